@@ -180,8 +180,9 @@ def test_dora_scalar_and_max_norm_on_fused_lokr_and_loha_are_lycoris(tmp_path, k
 def test_bypass_dropout_on_fused_lokr_and_loha_is_lycoris(tmp_path, kind):
     """lycoris.kohya bypass_mode with a dropout (output_dropout): LokrModule's / LohaModule's bypass forward
     drops the fused update x scalar (torch's Dropout) after module_dropout's draw and LoHa's row mask; the
-    parts of a fused layer share one draw over its output. The run resumes bit-exact, and its training
-    outputs and gradients are lycoris-lora's module in bypass_mode on the fused Linear from the same seed."""
+    parts of a fused layer share one draw over its output. The LoHa run (its draws LoKr's and the row mask)
+    resumes bit-exact; the training outputs and gradients are lycoris-lora's module in bypass_mode on the
+    fused Linear from the same seed (LoKr's on its built, untrained layers, their factors set at random)."""
     cls = LokrModule if kind == "lokr" else LohaModule
     drops = {**DROPS[kind], "dropout": 0.4}
     fields = "scalar = true\n" + "".join(f"{k} = {v}\n" for k, v in DROPS[kind].items())
@@ -189,9 +190,23 @@ def test_bypass_dropout_on_fused_lokr_and_loha_is_lycoris(tmp_path, kind):
     extra = extra.replace(
         "fused_projections = true\n", f"fused_projections = true\n{fields}output_dropout = 0.4\n"
     )
-    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    if kind == "loha":
+        plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+        transformer = whole.components.unet
+    else:  # built, not trained: the factors and the scalar set at random
+        from dbspec.runtime.families import family_runtime
+        from dbspec.runtime.prepare import configure_models
+
+        plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
+        comps = family_runtime(plan.model.family).load(plan)
+        configure_models(plan, comps, torch.device("cpu"))
+        transformer = comps.unet.float()
+        first = transformer.transformer_blocks[0].attn.to_q
+        with torch.no_grad():
+            for key in ("lokr_w1", "lokr_w2_a", "lokr_w2_b"):
+                torch.nn.init.normal_(getattr(first, key)["default"], std=0.3)
+            layer_scalar(first).fill_(0.7)
     assert plan.adapter.output_dropout == 0.4
-    transformer = whole.components.unet
     attn = transformer.transformer_blocks[0].attn
     qkv = (attn.to_q, attn.to_k, attn.to_v)
     theirs = _theirs(cls, qkv, bypass_mode=True, **drops).train()
