@@ -156,7 +156,7 @@ def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
     targets = list(a.denoiser_targets)
     assert "proj_out" not in targets and "single_transformer_blocks.37.proj_out" in targets
     assert "DBS403" not in codes(outcome)
-    assert "lora_up" in messages(outcome, "DBS405") and "not implemented" in messages(outcome, "DBS405")
+    assert "lora_up" in messages(outcome, "DBS405") and "only in bypass_mode" in messages(outcome, "DBS405")
     assert plan_of(outcome, tmp_path).checkpoints.exports == ("kohya_lora",)
 
 
