@@ -17,7 +17,9 @@ decomposes W + mask x ΔW x scalar (a skipped forward is the base output alone).
 bypass forward's `dropout` (bypass_forward_diff: torch's Dropout of the fused update x scalar, after the
 row mask; LoKr's bypass draws no row mask, so the converter leaves its rank_dropout out): one dropout mask
 over the fused output's shape, drawn as torch's dropout draws it for the update's shape and dtype, each part
-taking its columns of it. Outside training the parts run peft's forward."""
+taking its columns of it; with it every other LoKr / LoHa layer (not fused, text encoders' too: LyCORIS's
+bypass forward on each) gets a draw of its own in the same order (add_lycoris_layer_dropout). Outside
+training the parts run peft's forward."""
 
 from __future__ import annotations
 
@@ -45,14 +47,18 @@ class LycorisDraw:
         self.parts, self.rows = parts, rows
         self.module_dropout, self.rank_dropout, self.scale = module_dropout, rank_dropout, scale
         self.output_dropout = output_dropout
+        self.conv = False  # a convolution of its own (add_lycoris_layer_dropout): its output's channels
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.mask: torch.Tensor | None = None
         self.output: torch.Tensor | None = None  # the bypass dropout's scaled mask over the fused output
 
-    def take(self, x: torch.Tensor) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
-        """(skip, row mask or None, output mask or None) of the current forward on input `x`, drawn when no
-        part has one left."""
+    def take(
+        self, out: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+        """(skip, row mask or None, output mask or None) of the current forward, drawn when no part has one
+        left. The output mask spans the whole layer's output: `out` is a part's (a Linear's rows last, a
+        convolution's its own whole output), drawn in `dtype`, the input's (LyCORIS's update is in it)."""
         if self.left == 0:
             self.skip = bool(self.module_dropout) and bool(torch.rand(1) < self.module_dropout)
             self.mask = self.output = None
@@ -60,7 +66,8 @@ class LycorisDraw:
                 mask = (torch.rand(self.rows) > self.rank_dropout).float()
                 self.mask = mask / mask.mean() if self.scale else mask
             if not self.skip and self.output_dropout:  # bypass_forward_diff's self.drop(update x scalar)
-                ones = x.new_ones((*x.shape[:-1], self.rows))
+                shape = out.shape if self.conv else (*out.shape[:-1], self.rows)
+                ones = torch.ones(shape, dtype=dtype, device=out.device)
                 self.output = F.dropout(ones, p=self.output_dropout)
             self.left = self.parts
         self.left -= 1
@@ -96,6 +103,37 @@ def add_fused_lycoris_dropout(
     return wrapped
 
 
+def add_lycoris_layer_dropout(
+    module: torch.nn.Module,
+    module_dropout: float,
+    rank_dropout: float,
+    rank_dropout_scale: bool,
+    output_dropout: float,
+) -> int:
+    """With `output_dropout` (LyCORIS's bypass forward): every LoKr / LoHa layer of `module` no fused draw
+    wraps (a fused layer's other Linears, the text encoders') with a draw of its own, in LyCORIS's order
+    (module_dropout, the row mask, the output's dropout), as LokrModule / LohaModule on that layer alone;
+    how many layers."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    wrapped = 0
+    for layer in list(module.modules()):
+        if not isinstance(layer, LoHaLayer | LoKrLayer) or hasattr(layer, "dbspec_lycoris_draw"):
+            continue
+        if ADAPTER_NAME not in layer.scaling:
+            continue
+        base = layer.get_base_layer()
+        conv = isinstance(base, torch.nn.Conv2d)
+        rows = int(base.out_channels if conv else base.out_features)
+        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
+        draw.conv = conv
+        layer.forward = _forward(layer, layer.forward, draw, (0, rows))
+        layer.dbspec_lycoris_draw = draw
+        wrapped += 1
+    return wrapped
+
+
 def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
     """The part's forward with its fused layer's draw while training; peft's otherwise."""
 
@@ -109,7 +147,7 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         ):
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
-        skip, mask, output = draw.take(x)
+        skip, mask, output = draw.take(result, x.dtype)
         if skip:
             return result.to(x.dtype)
         if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
@@ -118,10 +156,13 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         else:
             delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
             if mask is not None:
-                delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
-        update = F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
+                part = mask[rows[0] : rows[1]].to(delta.device, delta.dtype)
+                delta = delta * part.view(-1, *[1] * (delta.dim() - 1))
+        x_in = layer._cast_input_dtype(x, delta.dtype)
+        base = layer.get_base_layer()
+        update = base._conv_forward(x_in, delta, None) if draw.conv else F.linear(x_in, delta)
         if output is not None:
-            update = update * output[..., rows[0] : rows[1]].to(update.dtype)
+            update = update * (output if draw.conv else output[..., rows[0] : rows[1]]).to(update.dtype)
         return (result + update).to(x.dtype)
 
     return forward

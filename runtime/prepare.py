@@ -81,6 +81,12 @@ def _prepare(
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
             add_fused_lycoris_dropout(module, a.fused, *rates)
+        if a.kind in ("lokr", "loha") and a.output_dropout:  # LyCORIS's bypass dropout on the other layers
+            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
+
+            add_lycoris_layer_dropout(
+                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
+            )
         drops = a.rank_dropout or a.module_dropout or a.down_dropout or a.output_dropout
         if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward

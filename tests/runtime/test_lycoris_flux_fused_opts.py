@@ -208,17 +208,27 @@ def test_bypass_dropout_on_fused_lokr_and_loha_is_lycoris(tmp_path, kind):
             layer_scalar(first).fill_(0.7)
     assert plan.adapter.output_dropout == 0.4
     attn = transformer.transformer_blocks[0].attn
-    qkv = (attn.to_q, attn.to_k, attn.to_v)
-    theirs = _theirs(cls, qkv, bypass_mode=True, **drops).train()
     transformer.train()
-    x, target = torch.randn(2, 5, 16), torch.randn(2, 5, 48)  # batch, tokens, width
-    shared = "lokr_w1" if kind == "lokr" else "hada_w1_b"
+    # the fused qkv (one draw for its parts); LoHa also a Linear of its own (attn.to_out.0: its own draw)
+    layers = [(attn.to_q, attn.to_k, attn.to_v)] + ([(attn.to_out[0],)] if kind == "loha" else [])
+    for parts in layers:
+        _assert_bypass_draws(cls, parts, drops)
+
+
+def _assert_bypass_draws(cls, parts, drops) -> None:
+    """Training forwards from 6 seeds: the parts' outputs and gradients are lycoris-lora's module's in
+    bypass_mode with `drops` on their stacked Linear; some forwards skip the update."""
+    theirs = _theirs(cls, parts, bypass_mode=True, **drops).train()
+    width = theirs.shape[0]
+    x, target = torch.randn(2, 5, 16), torch.randn(2, 5, width)  # batch, tokens, width
+    shared = "lokr_w1" if cls is LokrModule else "hada_w1_b"
     skipped = 0
     for seed in range(6):
-        transformer.zero_grad()
+        for p in parts:
+            p.zero_grad()
         theirs.zero_grad()
         torch.manual_seed(seed)
-        ours = torch.cat([p(x) for p in qkv], dim=-1)
+        ours = torch.cat([p(x) for p in parts], dim=-1)
         torch.manual_seed(seed)
         expected = theirs(x)
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
@@ -227,9 +237,9 @@ def test_bypass_dropout_on_fused_lokr_and_loha_is_lycoris(tmp_path, kind):
             continue
         torch.nn.functional.mse_loss(ours, target).backward()
         torch.nn.functional.mse_loss(expected, target).backward()
-        grad = getattr(qkv[0], shared)["default"].grad
+        grad = getattr(parts[0], shared)["default"].grad
         torch.testing.assert_close(grad, getattr(theirs, shared).grad, rtol=1e-4, atol=1e-7)
-        torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(layer_scalar(parts[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-7)
     assert 0 < skipped < 6
 
 
