@@ -2636,7 +2636,8 @@ must be adapted (the product spans all its rows). `dora` per output row, `scalar
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
 bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`: a norm
-spanning every part's rows) is not there, nor `output_dropout` with `dora` or without `fused_projections`.
+spanning every part's rows) is not there, nor (with or without `fused_projections`)
+`output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
 `distributed.strategy = "ddp"` only.""",

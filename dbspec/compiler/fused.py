@@ -254,21 +254,16 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
 
 
 def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapter) -> None:
-    """DBS575: a LoKr's / LoHa's output_dropout is LyCORIS's bypass dropout over a fused layer's update
-    (runtime/fused_lycoris_dropout.py): it needs fused_projections, and LyCORIS's bypass forward, where it
-    acts, has no weight decomposition."""
-    why = []
-    if not adapter.fused_projections:
-        why.append("adapter.fused_projections is false (dbspec draws it over kohya's fused layers only)")
+    """DBS575: a LoKr's / LoHa's output_dropout is LyCORIS's bypass dropout
+    (runtime/fused_lycoris_dropout.py), and LyCORIS's bypass forward, where it acts, does not decompose."""
     if adapter.dora:
-        why.append("adapter.dora is true (LyCORIS's bypass forward, where it acts, does not decompose)")
-    if why:
         ctx.report(
             "DBS575",
             "error",
-            f"adapter.output_dropout with {adapter.kind}: {'; '.join(why)}",
+            f"adapter.output_dropout with {adapter.kind} and adapter.dora: LyCORIS's bypass forward, where "
+            "its dropout acts, does not decompose the weight",
             ("adapter", "output_dropout"),
-            help="remove adapter.output_dropout, or set adapter.fused_projections = true without dora",
+            help="remove adapter.output_dropout or adapter.dora",
         )
 
 

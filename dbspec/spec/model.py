@@ -533,11 +533,11 @@ class DyloraBlock:
 def _lycoris_output_dropout(what: str):
     return option(
         0.0,
-        doc=f"With `fused_projections`: LyCORIS {what}'s `dropout` in `bypass_mode` (kohya's lycoris.kohya "
-        "network on Flux / SD3): torch's dropout of each fused layer's update (x scalar) while training, "
-        "after `module_dropout`'s draw and the `rank_dropout` mask, the kept values scaled by "
-        "1 / (1 - output_dropout); one draw over the whole fused layer's output, each part taking its rows, "
-        "and one per forward of every other layer (its module_dropout and rank_dropout drawn alike). "
+        doc=f"LyCORIS {what}'s `dropout` in `bypass_mode` (kohya's lycoris.kohya network): torch's dropout "
+        "of each layer's update (x scalar) while training, after `module_dropout`'s draw and the "
+        "`rank_dropout` mask (drawn in that order, per layer and forward), the kept values scaled by "
+        "1 / (1 - output_dropout); with `fused_projections` one draw over the whole fused layer's output, "
+        "each part taking its rows. "
         "Not with `dora` (LyCORIS's bypass forward has no weight decomposition). 0 turns it off.",
         minimum=0,
         maximum=1,

@@ -322,23 +322,28 @@ def test_lycoris_dropout_argument_wins_over_network_dropout(tmp_path):
     assert fate(outcome, "network_args") == "mapped"
 
 
-def test_lycoris_bypass_mode_is_peft_forward_unless_it_drops(tmp_path):
-    """bypass_mode adds ΔW x to W x, as peft's adapters compute: exact; with a dropout LyCORIS's LoHa drops
-    the adapter's output, which dbspec's LoHa cannot: unsupported (LoCon's: adapter.output_dropout)."""
+@pytest.mark.parametrize("algo", ["loha", "lokr"])
+def test_lycoris_bypass_mode_is_peft_forward_and_its_dropout_the_output_dropout(tmp_path, algo):
+    """bypass_mode adds ΔW x to W x, as peft's adapters compute: exact; with a dropout (--network_dropout,
+    which train_network.py hands on as LyCORIS's `dropout`) LohaModule's / LokrModule's bypass forward
+    drops the update after its module_dropout draw and LoHa's row mask: adapter.output_dropout, one draw
+    per layer (tests/runtime/test_lycoris_bypass_dropout.py holds it to lycoris-lora's modules)."""
     plain = _convert(
         tmp_path,
         SD15,
-        '--network_module=lycoris.kohya --network_dim=8 --network_args "algo=loha" "bypass_mode=True"',
+        f'--network_module=lycoris.kohya --network_dim=8 --network_args "algo={algo}" "bypass_mode=True"',
     )
-    assert fate(plain, "network_args") == "mapped" and plan_of(plain, tmp_path).adapter.kind == "loha"
+    assert fate(plain, "network_args") == "mapped" and plan_of(plain, tmp_path).adapter.kind == algo
     dropped = _convert(
         tmp_path,
         SD15,
-        "--network_module=lycoris.kohya --network_dim=8 --network_dropout=0.1 "
-        '--network_args "algo=loha" "bypass_mode=True"',
+        "--network_module=lycoris.kohya --network_dim=8 --network_alpha=4 --network_dropout=0.1 "
+        f'--network_args "algo={algo}" "conv_dim=4" "bypass_mode=True" "module_dropout=0.2"',
     )
-    assert fate(dropped, "network_args") == "unsupported"
-    assert "drops the adapter's output" in messages(dropped, "DBS403")
+    a = plan_of(dropped, tmp_path).adapter
+    assert (a.kind, a.output_dropout, a.module_dropout, a.conv_rank) == (algo, 0.1, 0.2, 4)
+    assert fate(dropped, "network_args") == "mapped" and fate(dropped, "network_dropout") == "mapped"
+    assert dropped.exit_code == 0
 
 
 def test_lycoris_rs_lora_is_the_alpha_of_the_same_scale(tmp_path):

@@ -236,16 +236,17 @@ def test_lokr_dora_per_input_column_is_refused(toy: Path):
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_lokr_and_loha_output_dropout_is_lycoris_bypass_dropout_on_fused_layers(toy: Path, kind):
-    """output_dropout (LyCORIS's bypass dropout) is drawn over kohya's fused layers only, and never with dora
-    (LyCORIS's bypass forward does not decompose): DBS575."""
+    """output_dropout (LyCORIS's bypass dropout), with or without fused layers, never with dora (LyCORIS's
+    bypass forward does not decompose): DBS575."""
     adapter = {"kind": kind, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
-    write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, "module_dropout": 0.1})
-    assert planned_ok(toy).adapter.output_dropout == 0.2
-    for bad in ({"dora": True}, {"fused_projections": False}):
-        write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, **bad})
-        planned = compile_in(toy)
-        message = next(d.message for d in planned.diagnostics if d.code == "DBS575")
-        assert "adapter.output_dropout" in message and next(iter(bad)) in message
+    for fused in (True, False):
+        spec = {**adapter, "fused_projections": fused, "output_dropout": 0.2, "module_dropout": 0.1}
+        write_spec(toy, model=FLUX, adapter=spec)
+        assert planned_ok(toy).adapter.output_dropout == 0.2
+    write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, "dora": True})
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS575")
+    assert "adapter.output_dropout" in message and "dora" in message
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
