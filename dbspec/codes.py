@@ -2634,8 +2634,10 @@ alone). `block_count` and `init_weights` (kohya's networks.oft file) mean nothin
 model (Flux's q, k, v), its parts updated by their rows of one Kronecker product: every part of a fused layer
 must be adapted (the product spans all its rows). `dora` per output row, `scalar`, `max_norm`,
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
-update, one draw per forward); `dora` per input column (`dora_axis = "input"`: a norm spanning every part's
-rows) and `dora` with a dropout are not there.
+update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
+bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`: a norm
+spanning every part's rows) is not there, nor (with or without `fused_projections`)
+`output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
 `distributed.strategy = "ddp"` only.""",

@@ -1,6 +1,6 @@
 """LyCORIS's LoKr / LoHa dropouts on a fused Linear, drawn once for all its parts (`plan.adapter.fused` with
-kind lokr / loha and `module_dropout` or `rank_dropout`: lycoris.kohya algo=lokr / loha on kohya's Flux /
-SD3).
+kind lokr / loha and `module_dropout`, `rank_dropout` or `output_dropout`: lycoris.kohya algo=lokr / loha
+on kohya's Flux / SD3).
 
 LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py; rebuild forward) draw, per training forward of
 the fused Linear: `torch.rand(1) < module_dropout` (only when module_dropout is set; the whole update
@@ -11,8 +11,15 @@ part called in a forward draws, the others apply the same skip and their rows of
 until every part has run, so gradient checkpointing's recomputation (the generator restored) draws it again
 alike, and a resumed run draws what an uninterrupted one draws. Each part's update is its own rows of the
 fused update (with use_scalar times the one scalar), masked, then applied to the input as peft's LoKr / LoHa
-forward applies it. Outside training the parts run peft's forward. LyCORIS's weight decomposition with
-these dropouts is refused (DBS575)."""
+forward applies it; with the weight decomposition (dora_wd, per output row: runtime/lycoris_dora.py) the
+part's masked rows of the update are decomposed with its rows' magnitudes, as LyCORIS's rebuild forward
+decomposes W + mask x ΔW x scalar (a skipped forward is the base output alone). `output_dropout` is their
+bypass forward's `dropout` (bypass_forward_diff: torch's Dropout of the fused update x scalar, after the
+row mask; LoKr's bypass draws no row mask, so the converter leaves its rank_dropout out): one dropout mask
+over the fused output's shape, drawn as torch's dropout draws it for the update's shape and dtype, each part
+taking its columns of it; with it every other LoKr / LoHa layer (not fused, text encoders' too: LyCORIS's
+bypass forward on each) gets a draw of its own in the same order (add_lycoris_layer_dropout). Outside
+training the parts run peft's forward."""
 
 from __future__ import annotations
 
@@ -22,29 +29,49 @@ import torch.nn.functional as F
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
 from dbspec.runtime.fused import _lycoris_part, fused_parts
+from dbspec.runtime.lycoris_dora import dora_scale_of
 
 
 class LycorisDraw:
     """One fused LoKr's / LoHa's draw for one forward, shared by its `parts`."""
 
-    def __init__(self, parts: int, rows: int, module_dropout: float, rank_dropout: float, scale: bool):
+    def __init__(
+        self,
+        parts: int,
+        rows: int,
+        module_dropout: float,
+        rank_dropout: float,
+        scale: bool,
+        output_dropout: float = 0.0,
+    ):
         self.parts, self.rows = parts, rows
         self.module_dropout, self.rank_dropout, self.scale = module_dropout, rank_dropout, scale
+        self.output_dropout = output_dropout
+        self.conv = False  # a convolution of its own (add_lycoris_layer_dropout): its output's channels
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.mask: torch.Tensor | None = None
+        self.output: torch.Tensor | None = None  # the bypass dropout's scaled mask over the fused output
 
-    def take(self) -> tuple[bool, torch.Tensor | None]:
-        """(skip, row mask or None) of the current forward, drawn when no part has one left."""
+    def take(
+        self, out: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+        """(skip, row mask or None, output mask or None) of the current forward, drawn when no part has one
+        left. The output mask spans the whole layer's output: `out` is a part's (a Linear's rows last, a
+        convolution's its own whole output), drawn in `dtype`, the input's (LyCORIS's update is in it)."""
         if self.left == 0:
             self.skip = bool(self.module_dropout) and bool(torch.rand(1) < self.module_dropout)
-            self.mask = None
+            self.mask = self.output = None
             if not self.skip and self.rank_dropout:
                 mask = (torch.rand(self.rows) > self.rank_dropout).float()
                 self.mask = mask / mask.mean() if self.scale else mask
+            if not self.skip and self.output_dropout:  # bypass_forward_diff's self.drop(update x scalar)
+                shape = out.shape if self.conv else (*out.shape[:-1], self.rows)
+                ones = torch.ones(shape, dtype=dtype, device=out.device)
+                self.output = F.dropout(ones, p=self.output_dropout)
             self.left = self.parts
         self.left -= 1
-        return self.skip, self.mask
+        return self.skip, self.mask, self.output
 
 
 def add_fused_lycoris_dropout(
@@ -53,6 +80,7 @@ def add_fused_lycoris_dropout(
     module_dropout: float,
     rank_dropout: float,
     rank_dropout_scale: bool,
+    output_dropout: float = 0.0,
 ) -> int:
     """Wrap the forward of every fused LoKr's / LoHa's parts in `module` with one shared draw per fused layer
     and forward; how many fused layers."""
@@ -66,10 +94,42 @@ def add_fused_lycoris_dropout(
             width = int(layer.get_base_layer().out_features)
             rows[id(layer)] = (start, start + width)
             start += width
-        draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, rank_dropout_scale)
+        rates = (module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
+        draw = LycorisDraw(len(layers), start, *rates)
         for layer in layers:
             layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
             layer.dbspec_lycoris_draw = draw
+        wrapped += 1
+    return wrapped
+
+
+def add_lycoris_layer_dropout(
+    module: torch.nn.Module,
+    module_dropout: float,
+    rank_dropout: float,
+    rank_dropout_scale: bool,
+    output_dropout: float,
+) -> int:
+    """With `output_dropout` (LyCORIS's bypass forward): every LoKr / LoHa layer of `module` no fused draw
+    wraps (a fused layer's other Linears, the text encoders') with a draw of its own, in LyCORIS's order
+    (module_dropout, the row mask, the output's dropout), as LokrModule / LohaModule on that layer alone;
+    how many layers."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    wrapped = 0
+    for layer in list(module.modules()):
+        if not isinstance(layer, LoHaLayer | LoKrLayer) or hasattr(layer, "dbspec_lycoris_draw"):
+            continue
+        if ADAPTER_NAME not in layer.scaling:
+            continue
+        base = layer.get_base_layer()
+        conv = isinstance(base, torch.nn.Conv2d)
+        rows = int(base.out_channels if conv else base.out_features)
+        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
+        draw.conv = conv
+        layer.forward = _forward(layer, layer.forward, draw, (0, rows))
+        layer.dbspec_lycoris_draw = draw
         wrapped += 1
     return wrapped
 
@@ -87,13 +147,22 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         ):
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
-        skip, mask = draw.take()
+        skip, mask, output = draw.take(result, x.dtype)
         if skip:
             return result.to(x.dtype)
-        delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
-        if mask is not None:
-            delta = delta * mask[rows[0] : rows[1]].to(delta.device, delta.dtype).view(-1, 1)
-        result = result + F.linear(layer._cast_input_dtype(x, delta.dtype), delta)
-        return result.to(x.dtype)
+        if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
+            part_mask = None if mask is None else mask[rows[0] : rows[1]]
+            delta = layer.dora_delta(ADAPTER_NAME, part_mask)
+        else:
+            delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
+            if mask is not None:
+                part = mask[rows[0] : rows[1]].to(delta.device, delta.dtype)
+                delta = delta * part.view(-1, *[1] * (delta.dim() - 1))
+        x_in = layer._cast_input_dtype(x, delta.dtype)
+        base = layer.get_base_layer()
+        update = base._conv_forward(x_in, delta, None) if draw.conv else F.linear(x_in, delta)
+        if output is not None:
+            update = update * (output if draw.conv else output[..., rows[0] : rows[1]]).to(update.dtype)
+        return (result + update).to(x.dtype)
 
     return forward

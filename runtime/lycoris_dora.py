@@ -97,13 +97,14 @@ class LycorisDora:
         scale = initial_scale(weight, axis).to(weight.device)
         self.dora_scales()[adapter] = nn.Parameter(scale)
 
-    def _update(self, adapter: str) -> torch.Tensor:
+    def _update(self, adapter: str, own_rank_dropout: bool = True) -> torch.Tensor:
         """The adapter's own ΔW (peft's delta weight: alpha / rank in; LoHa/LoKr rank dropout while
-        training; with use_scalar times the layer's scalar, lycoris_switches.py's class below this one)."""
+        training unless `own_rank_dropout` is False; with use_scalar times the layer's scalar,
+        lycoris_switches.py's class below this one)."""
         parent = super()
         rank_dropout = getattr(self, "rank_dropout", None)
         if isinstance(rank_dropout, dict):  # peft's LoHa / LoKr
-            apply = self.training and bool(rank_dropout.get(adapter))
+            apply = own_rank_dropout and self.training and bool(rank_dropout.get(adapter))
             if hasattr(self, "hada_w1_a"):  # LoHa: LyCORIS's update (runtime/loha_weight.py)
                 from dbspec.runtime.loha_weight import loha_delta
                 from dbspec.runtime.lycoris_switches import layer_scalar
@@ -114,10 +115,18 @@ class LycorisDora:
             return parent.get_delta_weight(adapter, apply_rank_dropout=apply)
         return parent.get_delta_weight(adapter)
 
-    def dora_delta(self, adapter: str) -> torch.Tensor:
-        """W' - W: the decomposed weight minus the base weight (LyCORIS's `delta_weight`)."""
+    def dora_delta(self, adapter: str, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """W' - W: the decomposed weight minus the base weight (LyCORIS's `delta_weight`). `row_mask`: a
+        rank-dropout mask drawn elsewhere (a fused layer's shared draw, runtime/fused_lycoris_dropout.py)
+        over ΔW's output rows, in place of the layer's own, before the decomposition as LyCORIS's
+        get_weight applies it."""
         base = self.get_base_layer().weight
-        merged = base + self._update(adapter).to(base.dtype)
+        if row_mask is None:
+            update = self._update(adapter)
+        else:
+            rows = row_mask.to(base.device).view(-1, *[1] * (base.dim() - 1))
+            update = self._update(adapter, own_rank_dropout=False) * rows
+        merged = base + update.to(base.dtype)
         return weight_decompose(merged, self.dora_scales()[adapter], self.dora_axis(adapter)) - base
 
     def dora_axis(self, adapter: str) -> Axis:

@@ -80,10 +80,18 @@ def _prepare(
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             _tie_fused(module, plan.adapter)
         a = plan.adapter
-        if a.fused and denoiser and a.kind in ("lokr", "loha") and (a.rank_dropout or a.module_dropout):
+        lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
+        if a.fused and denoiser and a.kind in ("lokr", "loha") and lycoris_drops:
             from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
 
-            add_fused_lycoris_dropout(module, a.fused, a.module_dropout, a.rank_dropout, a.rank_dropout_scale)
+            rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
+            add_fused_lycoris_dropout(module, a.fused, *rates)
+        if a.kind in ("lokr", "loha") and a.output_dropout:  # LyCORIS's bypass dropout on the other layers
+            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
+
+            add_lycoris_layer_dropout(
+                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
+            )
         drops = a.rank_dropout or a.module_dropout or a.down_dropout or a.output_dropout
         if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward

@@ -61,6 +61,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout
         extra["rank_dropout_scale"] = adapter.rank_dropout_scale and adapter.rank_dropout > 0
+        extra["output_dropout"] = adapter.output_dropout  # LyCORIS's bypass dropout (fused_lycoris_dropout)
     # DoRA (LyCORIS dora_wd) and its axis (wd_on_output); the axis is "output" whenever DoRA is off
     extra.update(dora=adapter.dora, dora_axis=adapter.dora_axis if adapter.dora else "output")
     extra.update(dora_form="lycoris" if lycoris_dora(adapter) else "peft")

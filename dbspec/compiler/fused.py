@@ -132,6 +132,8 @@ def _no_fused_layers(ctx: Context, spec: FamilySpec) -> bool:
 
 def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     adapter = ctx.spec.adapter
+    if isinstance(adapter, (LohaAdapter, LokrAdapter)) and adapter.output_dropout:
+        _check_lycoris_output_dropout(ctx, adapter)
     if not isinstance(adapter, _FUSED_KINDS) or not adapter.fused_projections:
         return
     lokr = isinstance(adapter, (LohaAdapter, LokrAdapter))  # LyCORIS's fused LoKr / LoHa
@@ -251,11 +253,25 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
     return plan
 
 
+def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapter) -> None:
+    """DBS575: a LoKr's / LoHa's output_dropout is LyCORIS's bypass dropout
+    (runtime/fused_lycoris_dropout.py), and LyCORIS's bypass forward, where it acts, does not decompose."""
+    if adapter.dora:
+        ctx.report(
+            "DBS575",
+            "error",
+            f"adapter.output_dropout with {adapter.kind} and adapter.dora: LyCORIS's bypass forward, where "
+            "its dropout acts, does not decompose the weight",
+            ("adapter", "output_dropout"),
+            help="remove adapter.output_dropout or adapter.dora",
+        )
+
+
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
     """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: the weight decomposition per input
     column (a norm spanning every part's rows; per output row each part decomposes its own rows, as LyCORIS's
-    dora_wd on the fused Linear) and with the dropouts (drawn once per fused layer around the parts' update,
-    runtime/fused_lycoris_dropout.py, not inside a decomposed weight); and a family without a kohya network
+    dora_wd on the fused Linear, the dropouts' one draw per fused layer masking the update it decomposes,
+    runtime/fused_lycoris_dropout.py); and a family without a kohya network
     layout of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original
     names; the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
@@ -278,15 +294,7 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    found = [
-        name
-        for name, on in (
-            ('dora_axis = "input"', adapter.dora and adapter.dora_axis == "input"),
-            ("dora with rank_dropout", adapter.dora and adapter.rank_dropout),
-            ("dora with module_dropout", adapter.dora and adapter.module_dropout),
-        )
-        if on
-    ]
+    found = ['dora_axis = "input"'] if adapter.dora and adapter.dora_axis == "input" else []
     if found:
         ctx.report(
             "DBS575",

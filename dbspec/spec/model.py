@@ -548,6 +548,20 @@ class DyloraBlock:
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
+def _lycoris_output_dropout(what: str):
+    return option(
+        0.0,
+        doc=f"LyCORIS {what}'s `dropout` in `bypass_mode` (kohya's lycoris.kohya network): torch's dropout "
+        "of each layer's update (x scalar) while training, after `module_dropout`'s draw and the "
+        "`rank_dropout` mask (drawn in that order, per layer and forward), the kept values scaled by "
+        "1 / (1 - output_dropout); with `fused_projections` one draw over the whole fused layer's output, "
+        "each part taking its rows. "
+        "Not with `dora` (LyCORIS's bypass forward has no weight decomposition). 0 turns it off.",
+        minimum=0,
+        maximum=1,
+    )
+
+
 @frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
@@ -810,6 +824,7 @@ class LohaAdapter:
     rank_dropout: float = _rank_dropout()
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
+    output_dropout: float = _lycoris_output_dropout("LoHa")
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
@@ -833,7 +848,7 @@ class LohaAdapter:
         "`hada_w2_a` and the parts share `hada_w1_b` / `hada_w2_b` (lycoris.kohya `algo=loha` with "
         "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
         "be adapted, at one rank and alpha; `scalar`, `max_norm`, `dora` (per output row) and the dropouts "
-        "act on the fused layer (one scalar, one norm, one draw), `dora` with a dropout is refused. false: "
+        "act on the fused layer (one scalar, one norm, one draw, the masked update decomposed). false: "
         "each part has its own LoHa. Families without fused layers refuse it.",
     )
     init_weights: str = _fused_init_weights("LoHa")
@@ -876,6 +891,7 @@ class LokrAdapter:
     rank_dropout: float = _rank_dropout()
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
+    output_dropout: float = _lycoris_output_dropout("LoKr")
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
@@ -911,7 +927,7 @@ class LokrAdapter:
         "part updated by its rows of the one Kronecker product (lycoris.kohya `algo=lokr` with "
         "flux_train_network.py); exported under kohya's Flux module names. Every part of a fused layer must "
         "be adapted, at one rank and alpha; `scalar`, `max_norm`, `dora` (per output row) and the dropouts "
-        "act on the fused layer (one scalar, one norm, one draw), `dora` with a dropout is refused. false: "
+        "act on the fused layer (one scalar, one norm, one draw, the masked update decomposed). false: "
         "each part has its own LoKr. Families without fused layers refuse it.",
     )
     init_weights: str = _fused_init_weights("LoKr")

@@ -156,7 +156,7 @@ def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):
     targets = list(a.denoiser_targets)
     assert "proj_out" not in targets and "single_transformer_blocks.37.proj_out" in targets
     assert "DBS403" not in codes(outcome)
-    assert "lora_up" in messages(outcome, "DBS405") and "not implemented" in messages(outcome, "DBS405")
+    assert "lora_up" in messages(outcome, "DBS405") and "only in bypass_mode" in messages(outcome, "DBS405")
     assert plan_of(outcome, tmp_path).checkpoints.exports == ("kohya_lora",)
 
 
@@ -168,11 +168,10 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
-def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_path, algo):
+def test_lokr_and_loha_bypass_is_the_same_update(tmp_path, algo):
     """lycoris-lora 4.1.3's LokrModule / LohaModule bypass forward: scale x ΔW x x scalar after the same
     module_dropout draw (LoHa: the same rank mask), so bypass_mode alone changes nothing (test_lycoris_flux_
-    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored); its
-    `dropout` (torch's Dropout on the fused update) and dora_wd (skipped in bypass) are not expressed."""
+    fused_opts.py checks the modules' outputs); LoKr's rank_dropout is never drawn there (ignored)."""
     rank = "rank_dropout=0.1 " if algo == "loha" else ""
     outcome = _flux(tmp_path, f"--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}")
     a = plan_of(outcome, tmp_path).adapter
@@ -181,11 +180,39 @@ def test_lokr_and_loha_bypass_is_the_same_update_and_its_dropout_is_refused(tmp_
     if algo == "lokr":
         outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True rank_dropout=0.1")
         assert not errors(outcome) and "never draws" in messages(outcome, "DBS405")
-    for extra in ("dropout=0.1", "dora_wd=True"):
-        assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo} bypass_mode=True {extra}"))
-    assert "DBS403" in codes(
-        _flux(tmp_path, f"--network_dropout 0.1 --network_args algo={algo} bypass_mode=1")
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+@pytest.mark.parametrize("where", ["network_args", "network_dropout"])
+def test_lokr_and_loha_dropout_in_bypass_mode_is_the_fused_output_dropout(tmp_path, algo, where):
+    """LokrModule's / LohaModule's bypass_forward_diff: self.drop (torch's Dropout, network_args' `dropout`
+    or --network_dropout, which train_network.py hands on as it) on the fused update x scalar, after the
+    module_dropout draw and LoHa's rank mask: adapter.output_dropout, one draw per fused layer
+    (test_lycoris_flux_fused_opts.py holds it to lycoris-lora's modules from the same seed)."""
+    rate = "dropout=0.25 " if where == "network_args" else ""
+    given = "--network_dropout 0.25 " if where == "network_dropout" else ""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    command = (
+        f"{given}--network_args algo={algo} bypass_mode=True module_dropout=0.2 {rank}{rate}use_scalar=1"
     )
+    outcome = _flux(tmp_path, command)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.output_dropout, a.module_dropout, a.scalar) == (algo, 0.25, 0.2, True)
+    assert a.rank_dropout == (0.1 if rank else 0.0) and [f.name for f in a.fused][0] == "img_attn_qkv"
+    key = "network_args dropout" if rate else "network_dropout"
+    assert fate(outcome, key) == "mapped" and fate(outcome, "network_args bypass_mode") == "mapped"
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_lokr_dropout_above_one_in_bypass_mode_is_torchs_value_error(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=lokr bypass_mode=True dropout=1.5", allow=True)
+    assert "ValueError" in messages(outcome, "DBS402")
+
+
+def test_lokr_and_loha_dropout_outside_bypass_mode_is_ignored(tmp_path):
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=loha")
+    assert plan_of(outcome, tmp_path).adapter.output_dropout == 0.0
+    assert "only in bypass_mode" in messages(outcome, "DBS405") and not errors(outcome)
 
 
 def test_loha_dropouts_are_one_draw_per_fused_layer(tmp_path):
@@ -516,15 +543,39 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
     "arg",
     [
         "algo=lokr dora_wd=True wd_on_output=False",
-        "algo=loha dora_wd=True rank_dropout=0.1",
         "dora_wd=True wd_on_output=False",
-        "dora_wd=True bypass_mode=True",
         "dora_wd=True rank_dropout=0.1",
         "dora_wd=True module_dropout=0.1",
     ],
 )
 def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_lokr_and_loha_dora_wd_with_dropouts_decompose_the_masked_update(tmp_path, algo):
+    """LokrModule's / LohaModule's rebuild forward with weight_decompose: module_dropout's torch.rand(1)
+    skips the whole layer (the base output), LoHa's rank mask multiplies ΔW before the decomposition; on a
+    fused Linear one draw for all its parts (runtime/fused_lycoris_dropout.py, test_lycoris_flux_fused_opts.py
+    holds it to lycoris-lora's modules); LoKr's rank_dropout stays invalid (its CPU mask)."""
+    rank = "rank_dropout=0.1 " if algo == "loha" else ""
+    command = f"--network_args preset=attn-mlp algo={algo} dora_wd=True module_dropout=0.2 {rank}use_scalar=1"
+    outcome = _flux(tmp_path, "--network_train_unet_only " + command)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.scalar) == (algo, True, "output", True)
+    assert (a.module_dropout, a.rank_dropout) == (0.2, 0.1 if rank else 0.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args dora_wd") == "mapped" and not errors(outcome)
+    assert "DBS403" not in codes(outcome)
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_dora_wd_in_bypass_mode_is_lycoris_defect(tmp_path, algo):
+    """LoConModule's / LokrModule's / LohaModule's forward (lycoris-lora 4.1.3) takes the bypass path before
+    the weight decomposition: dora_scale gets no gradient, yet the file saves it and lycoris-lora's loader
+    decomposes with it, so the file computes another model (scratch run: 0.1-0.4 apart): DBS402."""
+    outcome = _flux(tmp_path, f"--network_args algo={algo} dora_wd=True bypass_mode=True", allow=True)
+    assert errors(outcome) and "never applies the weight decomposition" in messages(outcome, "DBS402")
 
 
 def test_dora_wd_with_network_weights_is_refused(tmp_path):

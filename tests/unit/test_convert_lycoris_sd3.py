@@ -95,6 +95,19 @@ def test_full_adds_locon_on_the_patch_convolution(tmp_path):
     assert not plan_of(outcome, tmp_path).train_text_encoder
 
 
+def test_loha_bypass_dropout_and_dora_with_dropouts_convert_as_on_flux(tmp_path):
+    """The fused q/k/v of SD3 take LohaModule's bypass dropout (output_dropout) and dora_wd with the
+    dropouts as Flux's fused layers do; bypass_mode with dora_wd is LyCORIS's defect (DBS402)."""
+    unet = "--network_train_unet_only --network_args algo=loha preset=attn-mlp module_dropout=0.1 "
+    a = plan_of(_sd3(tmp_path, unet + "bypass_mode=True dropout=0.2"), tmp_path).adapter
+    assert (a.kind, a.output_dropout, a.module_dropout, a.dora) == ("loha", 0.2, 0.1, False)
+    a = plan_of(_sd3(tmp_path, unet + "rank_dropout=0.1 dora_wd=True"), tmp_path).adapter
+    assert (a.output_dropout, a.rank_dropout, a.dora) == (0.0, 0.1, True) and [
+        f.name for f in a.fused
+    ] == FUSED
+    assert "DBS402" in codes(_sd3(tmp_path, unet + "bypass_mode=True dora_wd=True"))
+
+
 def test_lokr_and_loha_on_the_patch_convolution_tucker_refused(tmp_path):
     """LokrModule / LohaModule on the patch convolution (x_embedder.proj) at conv_dim / conv_alpha: peft's
     LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora); the Tucker

@@ -227,32 +227,39 @@ def test_lokr_with_a_part_left_out_is_refused(toy: Path):
     assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
 
 
-@pytest.mark.parametrize(
-    "option",
-    [
-        {"dora": True, "module_dropout": 0.1},
-        {"dora": True, "rank_dropout": 0.1},
-        {"dora": True, "dora_axis": "input"},
-    ],
-)
-def test_lokr_per_part_options_are_refused(toy: Path, option):
-    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS, **option}
-    write_spec(toy, model=FLUX, adapter=adapter)
+def test_lokr_dora_per_input_column_is_refused(toy: Path):
+    adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    write_spec(toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input"})
     planned = compile_in(toy)
     assert "DBS575" in codes(planned, "error")
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_lokr_and_loha_output_dropout_is_lycoris_bypass_dropout_on_fused_layers(toy: Path, kind):
+    """output_dropout (LyCORIS's bypass dropout), with or without fused layers, never with dora (LyCORIS's
+    bypass forward does not decompose): DBS575."""
+    adapter = {"kind": kind, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    for fused in (True, False):
+        spec = {**adapter, "fused_projections": fused, "output_dropout": 0.2, "module_dropout": 0.1}
+        write_spec(toy, model=FLUX, adapter=spec)
+        assert planned_ok(toy).adapter.output_dropout == 0.2
+    write_spec(toy, model=FLUX, adapter={**adapter, "output_dropout": 0.2, "dora": True})
+    planned = compile_in(toy)
+    message = next(d.message for d in planned.diagnostics if d.code == "DBS575")
+    assert "adapter.output_dropout" in message and "dora" in message
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_lokr_and_loha_on_fused_layers_take_lycoris_switches_and_dropouts(toy: Path, kind):
     """dora_wd per output row, use_scalar, LyCORIS's max norm and the dropouts act on the fused layer as a
     whole."""
-    options = {"dora": True, "scalar": True, "max_norm": 1.0}
-    if kind == "loha":  # the dropouts (without dora): one draw per fused layer
-        options = {"scalar": True, "max_norm": 1.0, "rank_dropout": 0.1, "module_dropout": 0.1}
+    options = {"dora": True, "scalar": True, "max_norm": 1.0, "module_dropout": 0.1}
+    if kind == "loha":  # one draw per fused layer, its masked update decomposed
+        options["rank_dropout"] = 0.1
     adapter = {"kind": kind, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS, **options}
     write_spec(toy, model=FLUX, adapter=adapter)
     plan = planned_ok(toy)
-    assert plan.adapter.dora == (kind == "lokr") and plan.adapter.scalar
+    assert plan.adapter.dora and plan.adapter.scalar and plan.adapter.module_dropout == 0.1
 
 
 def test_lokr_on_sd3_fused_layers_plans_with_a_kohya_export(toy: Path):

@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
+    BYPASS_DORA,
     KOHYA_TEXT_TARGETS,
     _lycoris_full,
     _lokr_rank_dropout_on_gpu,
@@ -647,9 +648,11 @@ FLUX = LycorisLayout(
 def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) -> bool:
     """LoConModule's, LokrModule's and LohaModule's weight_decompose (`dora_wd`, LyCORIS's str_bool) on a
     fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
-    (adapter.dora in LyCORIS's form, DBS509 / DBS575). Refused: per input column (the norm spans every
-    part), the bypass forward (LoConModule's skips the decomposition) and the dropouts dbspec's fused layers
-    draw around peft's forward, not inside the decomposed weight. False when refused."""
+    (adapter.dora in LyCORIS's form, DBS509 / DBS575); LoKr's / LoHa's module_dropout and rank mask with it
+    are their rebuild forward's (one draw per fused layer, the masked update decomposed:
+    runtime/fused_lycoris_dropout.py). Refused: per input column (the norm spans every part) and LoCon's
+    dropouts, which dbspec's fused LoRA draws around peft's forward, not inside the decomposed weight. With
+    bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -657,13 +660,16 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     if _off(text):
         conv.inert(legacy, "off")
         return True
+    if not _off(kwargs.get("bypass_mode", "false")):
+        conv.invalid(legacy.key, legacy.value, legacy.source, BYPASS_DORA, help="drop dora_wd or bypass_mode")
+        return False
     why = ""
     if _off(kwargs.get("wd_on_output", "true")):
         why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
-    elif not _off(kwargs.get("bypass_mode", "false")):
-        why = "with bypass_mode LyCORIS's forward skips the decomposition, which dbspec does not express"
-    elif any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")):
-        why = "with rank_dropout / module_dropout: dbspec's fused draws wrap no decomposed weight"
+    elif algo not in ("lokr", "loha") and any(
+        float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")
+    ):
+        why = "with rank_dropout / module_dropout: dbspec's fused LoRA draws wrap no decomposed weight"
     if why:
         conv.unsupported(legacy, why)
         return False
@@ -812,17 +818,18 @@ def _lokr_args(
 def _lokr_dropouts(
     kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
 ) -> bool:
-    """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) never apply their `dropout` (they warn:
-    not implemented), so it and --network_dropout are ignored (DBS405). `module_dropout`: one `torch.rand(1)`
-    per fused module and training forward, the update skipped below the rate; LoHa's `rank_dropout`: one
-    `torch.rand(out)` row mask over the fused update, kept rows unscaled (lycoris.kohya never hands
-    `rank_dropout_scale` on: ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for
-    all its parts (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the
-    CPU: kohya fails on a GPU, network.py's _lokr_rank_dropout_on_gpu). `bypass_mode` (lycoris-lora 4.1.3's
+    """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) apply their `dropout` only in their
+    bypass forward (they warn: not implemented; the rebuild forward never reads it), so outside bypass_mode it
+    and --network_dropout are ignored (DBS405). `module_dropout`: one `torch.rand(1)` per fused module and
+    training forward, the update skipped below the rate; LoHa's `rank_dropout`: one `torch.rand(out)` row
+    mask over the fused update, kept rows unscaled (lycoris.kohya never hands `rank_dropout_scale` on:
+    ignored): adapter.module_dropout / rank_dropout, drawn once per fused layer for all its parts
+    (runtime/fused_lycoris_dropout.py). LoKr's rank_dropout is invalid (its mask stays on the CPU: kohya
+    fails on a GPU, network.py's _lokr_rank_dropout_on_gpu). `bypass_mode` (lycoris-lora 4.1.3's
     bypass_forward_diff: scale x ΔW x x scalar, after the same module_dropout draw, LoHa's rank mask from the
-    same get_weight) is the same update: inert, and LoKr's rank_dropout, which its bypass forward never draws,
-    ignored; there its `dropout` (torch's Dropout on the fused update) is refused (with dora_wd: _dora_wd).
-    False when refused or invalid."""
+    same get_weight) is the same update, and LoKr's rank_dropout, which its bypass forward never draws,
+    ignored; there the `dropout` is torch's Dropout on the fused update (_lokr_bypass). False when refused or
+    invalid."""
     bypass_text = kwargs.get("bypass_mode", "false")
     bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
     if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
@@ -847,13 +854,19 @@ def _lokr_dropouts(
         legacy = Legacy(key=f"{args.key} module_dropout", value=module_dropout, source=args.source)
         note = f"{'LokrModule' if algo == 'lokr' else 'LohaModule'}: one torch.rand(1) per fused module"
         conv.mapped(legacy, ("adapter", "module_dropout"), module_dropout, note=note)
+    if bypass:
+        return True
     legacy = (
         Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
         if "dropout" in kwargs
         else network_dropout
     )
     if legacy.value and float(legacy.value):
-        conv.ignored(legacy, "LyCORIS's LoKr and LoHa never apply their dropout (they warn: not implemented)")
+        conv.ignored(
+            legacy,
+            "LyCORIS's LoKr and LoHa apply their dropout only in bypass_mode (off here: they rebuild the "
+            "weight, W + ΔW, with no dropout)",
+        )
     return True
 
 
@@ -861,20 +874,33 @@ def _lokr_bypass(
     kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
 ) -> bool:
     """LokrModule's / LohaModule's bypass_mode on a fused Linear: without a `dropout` the same update as their
-    rebuilt-weight forward (inert); with one (network_args' or --network_dropout) torch's Dropout on the
-    fused update, which dbspec does not express for LoKr / LoHa (refused, False)."""
-    text = kwargs.get("dropout") if "dropout" in kwargs else network_dropout.value
+    rebuilt-weight forward (inert); with one (network_args' or --network_dropout, which train_network.py
+    hands on as it) bypass_forward_diff's `self.drop`, torch's Dropout on the fused update x scalar, after
+    module_dropout's draw and LoHa's rank mask: adapter.output_dropout, one draw over the fused layer's
+    output, each part its rows (runtime/fused_lycoris_dropout.py). A rate outside [0, 1] is torch's
+    ValueError when LyCORIS builds the module (invalid, False)."""
+    given = "dropout" in kwargs
+    text = kwargs.pop("dropout") if given else network_dropout.value
     legacy = Legacy(key=f"{args.key} bypass_mode", value=kwargs["bypass_mode"], source=args.source)
-    if text and float(text):
-        conv.unsupported(
+    form = "LokrModule" if algo == "lokr" else "LohaModule"
+    rate = float(text or 0.0)
+    if not rate:
+        conv.inert(
             legacy,
-            f"with dropout {text}: {'LokrModule' if algo == 'lokr' else 'LohaModule'}'s bypass forward drops "
-            "the fused update's output (torch's Dropout), which dbspec expresses for LoRA/LoCon only",
+            "without a dropout LyCORIS's LoKr / LoHa bypass forward is the same update (scale, scalar, "
+            "module_dropout and LoHa's rank mask alike)",
+        )
+        return True
+    dropout = Legacy(key=f"{args.key} dropout", value=text, source=args.source) if given else network_dropout
+    if not 0 <= rate <= 1:
+        conv.invalid(
+            dropout.key,
+            dropout.value,
+            dropout.source,
+            f"{form} builds torch's Dropout with it, which raises ValueError outside [0, 1]",
         )
         return False
-    conv.inert(
-        legacy,
-        "without a dropout LyCORIS's LoKr / LoHa bypass forward is the same update (scale, scalar, "
-        "module_dropout and LoHa's rank mask alike)",
-    )
+    note = f"{form}'s bypass forward: torch's dropout over each fused layer's update, one draw"
+    conv.mapped(dropout, ("adapter", "output_dropout"), rate, note=note)
+    conv.mapped(legacy, ("adapter", "output_dropout"), rate)
     return True

@@ -532,6 +532,16 @@ _KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# lycoris-lora 4.1.3's LoConModule / LokrModule / LohaModule.forward take the bypass path before the weight
+# decomposition: dora_scale never gets a gradient, yet custom_state_dict saves it and a loader (bypass_mode
+# unset) decomposes with it (checked in a scratch run: the reloaded module's outputs differ by 0.1-0.4).
+BYPASS_DORA = (
+    "with bypass_mode LyCORIS's forward never applies the weight decomposition: dora_scale gets no gradient "
+    "and stays at the base weight's norms, yet the saved file carries it and its loaders (lycoris-lora's "
+    "create_network_from_weights, ComfyUI) decompose with it, so the file does not compute what kohya trained"
+)
+
+
 def _lycoris_bypass_and_dropout(
     kwargs: dict[str, str],
     kind: str,
@@ -546,8 +556,9 @@ def _lycoris_bypass_and_dropout(
     bypass_mode, which adds ΔW x to W x as peft's adapters do and drops that output. train_network.py hands
     --network_dropout on as `dropout` unless network_args has one (both "or 0.0" when empty). LoCon's
     (LoConModule.bypass_forward_diff) is torch's dropout of the scaled update, after its rank mask:
-    adapter.output_dropout (runtime/lora_dropout.py); a rate outside [0, 1] is LoConModule's ValueError
-    (torch's Dropout)."""
+    adapter.output_dropout (runtime/lora_dropout.py), and LoKr's / LoHa's likewise, after their module_dropout
+    draw and LoHa's row mask (runtime/fused_lycoris_dropout.py); a rate outside [0, 1] is the module's
+    ValueError (torch's Dropout)."""
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = _str_bool(bypass_text)
     if "dropout" in kwargs:
@@ -558,25 +569,26 @@ def _lycoris_bypass_and_dropout(
         legacy = network_dropout
         rate = float(network_dropout.value or 0.0) if network_dropout is not None else 0.0
     if bypass and dora:
-        unsupported["bypass_mode"] = (
-            f"{bypass_text} with dora_wd (LyCORIS's bypass forward leaves the weight decomposition out)"
+        conv.invalid(
+            f"{args.key} dora_wd", "True", args.source, BYPASS_DORA, help="drop dora_wd or bypass_mode"
         )
-    if rate and bypass and kind == "lora" and not dora:
+    form = {"lora": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule"}.get(kind, kind)
+    if rate and bypass and not dora:
         if not 0 <= rate <= 1 and legacy is not None:
             conv.invalid(
                 legacy.key,
                 legacy.value,
                 legacy.source,
-                "LoConModule builds torch's Dropout with it, which raises ValueError outside [0, 1]",
+                f"{form} builds torch's Dropout with it, which raises ValueError outside [0, 1]",
             )
             return
-        put["output_dropout"] = rate  # LoConModule.bypass_forward_diff: self.dropout(update x scale)
+        # LoConModule's / LohaModule's / LokrModule's bypass_forward_diff: self.drop(update x scale x scalar)
+        # (runtime/lora_dropout.py; LoKr / LoHa: fused_lycoris_dropout.py, a draw of its own per layer)
+        put["output_dropout"] = rate
         if legacy is network_dropout and legacy is not None:
             conv.record(legacy, "mapped", "adapter.output_dropout", "LyCORIS's `dropout` in bypass_mode")
-    elif rate and bypass:
-        unsupported["dropout"] = (
-            f"{rate:g} (LyCORIS's bypass mode drops the adapter's output; peft's dropout acts on its input)"
-        )
+    elif rate and bypass:  # with dora_wd: invalid above
+        pass
     elif rate and legacy is not None:
         conv.ignored(
             legacy,
