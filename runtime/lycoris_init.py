@@ -11,7 +11,7 @@ scale 1 whatever it is). Here each module's tensors go where dbspec's export tak
 (runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
 (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
 `hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full `lokr_w1`
-beside a full `lokr_w2` holds the scale the export folds in. On SD3 the last block's context modulation holds
+beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1, sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds
 (scale, shift) where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`,
 `hada_w1_a` / `hada_w2_a`) have their halves swapped back, as the export swapped them
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
@@ -115,7 +115,7 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
         inner, adapter = found
         for name, layer in inner.named_modules():
             if isinstance(layer, LoKrLayer) and adapter in layer.r:
-                slots, alpha = _lokr_slots(layer, adapter)
+                slots, alpha = _lokr_slots(layer, adapter, plan.adapter.lokr_unit_scale)
             elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
                 slots, alpha = _loha_slots(layer, adapter)
             else:
@@ -156,13 +156,17 @@ def _into(param: torch.Tensor, factor: float = 1.0) -> Slot:
     return tuple(param.shape), copy
 
 
-def _lokr_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
-    """A (fused) LoKr's factors: the Parameters its parts share. Both factors full: LyCORIS trains at scale 1
-    and the export folds peft's scale into `lokr_w1`, which loading divides out again; no alpha check."""
+def _lokr_slots(layer, adapter: str, unit_scale: bool) -> tuple[dict[str, Slot], float | None]:
+    """A (fused) LoKr's factors: the Parameters its parts share. Both factors full: no alpha check; with
+    `unit_scale` (LyCORIS's LokrModule: scale 1, sqrt(rank) with rs_lora) the factors load as they are, as
+    LyCORIS's load_state_dict copies them into a module keeping its own scale (a file that folded sqrt(rank)
+    into `lokr_w1`, dbspec's rs_lora export, starts at rank x kron, as kohya starts it); peft's own form
+    (plans without lokr_unit_scale) divides out the alpha / rank its export folded into `lokr_w1`."""
     params = {key: getattr(layer, key)[adapter] for key in _LOKR if adapter in getattr(layer, key)}
     scaling = float(layer.scaling[adapter])
     if "lokr_w1" in params and "lokr_w2" in params:
-        slots = {key: _into(p, scaling if key == "lokr_w1" else 1.0) for key, p in params.items()}
+        fold = 1.0 if unit_scale else scaling
+        slots = {key: _into(p, fold if key == "lokr_w1" else 1.0) for key, p in params.items()}
         return slots, None
     return {key: _into(p) for key, p in params.items()}, scaling * layer.r[adapter]
 

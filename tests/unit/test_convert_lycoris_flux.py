@@ -348,10 +348,20 @@ def test_rs_lora_on_lokr_scales_alpha_and_full_factors(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.lokr_rank_stabilized and a.fused and a.alpha == pytest.approx(4 * 8**0.5)
-    # --network_weights: LyCORIS's file holds full factors unscaled, dbspec's export sqrt(rank) x lokr_w1
-    (tmp_path / "prev.safetensors").write_bytes(b"")
-    extra = "--network_weights prev.safetensors --network_args algo=lokr rs_lora=True"
-    assert "trains them at sqrt(dim)" in messages(_flux(tmp_path, extra, allow=True), "DBS403")
+    # --network_weights: LyCORIS's load_state_dict copies the factors into modules keeping their scale
+    # (runtime/lycoris_init.py loads them as they are; tests/runtime/test_lycoris_flux.py)
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {f"{qkv}.{f}": np.zeros((2, 2), np.float16) for f in ("lokr_w1", "lokr_w2")}
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    extra = "--network_weights prev.safetensors --network_args algo=lokr full_matrix=True rs_lora=True"
+    outcome = _flux(tmp_path, extra)
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.lokr_rank_stabilized and a.full_matrix and a.init_weights.endswith("prev.safetensors")
+    assert a.init_partial
 
 
 def _lycoris_flux_file(path, *, rank: int, alpha: float):
