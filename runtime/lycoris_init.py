@@ -32,8 +32,10 @@ from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import kohya_parts
 from dbspec.runtime.lycoris_export import _later_part, _original_name, _swapped
 
-_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+# with their Tucker cores (use_tucker on a k x k convolution: SD3's patch convolution)
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_LOHA_TUCKER = ("hada_t1", "hada_t2")
 Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
 _ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a")  # the factors holding the update's rows
 
@@ -176,7 +178,8 @@ def _loha_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
     alpha = float(layer.scaling[adapter]) * layer.r[adapter]
     parts = getattr(layer, "fused_loha_parts", None)
     if parts is None:
-        return {key: _into(getattr(layer, key)[adapter]) for key in _LOHA}, alpha
+        keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
+        return {key: _into(getattr(layer, key)[adapter]) for key in keys}, alpha
     slots = {key: _into(getattr(layer, key)[adapter]) for key in ("hada_w1_b", "hada_w2_b")}
     for key in ("hada_w1_a", "hada_w2_a"):
         rows = [getattr(p, key)[adapter] for p in parts]

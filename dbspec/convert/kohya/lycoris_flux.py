@@ -543,15 +543,23 @@ def _convs(
     layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
     `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too); LoKr / LoHa: LokrModule /
     LohaModule on it, peft's LoKr / LoHa on the convolution (LyCORIS's split and init; exported under kohya's
-    name, checked against lycoris-lora 4.1.3). The Tucker form (LoCon's, LoKr's `lokr_t2`, LoHa's
-    `hada_t1` / `hada_t2`) there is refused. False when refused."""
+    name, checked against lycoris-lora 4.1.3). LoKr's and LoHa's Tucker form (`use_tucker`: `lokr_t2`,
+    `hada_t1` / `hada_t2`, peft's use_effective_conv2d) there is `tucker = true`, exported as LyCORIS saves
+    it (tests/runtime/test_lycoris_sd3.py); LoCon's (`lora_mid`) is refused: the lora_sd3 layout dbspec
+    writes it in has no `lora_mid`. False when refused."""
     where = ", ".join(layout.convs[layers])
     form = "LoKr" if kind == "lokr" else "LoHa" if kind == "loha" else "LoCon"
-    if lycoris_tucker(kwargs):
+    tucker = lycoris_tucker(kwargs)
+    if tucker and kind not in ("lokr", "loha"):
         conv.unsupported(args, f"{form}'s Tucker form (use_tucker) on {layout.title}'s {where}")
         return False
     for key in [k for k in kwargs if k in TUCKER_NAMES]:
-        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+        item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        if tucker:
+            note = f"LyCORIS's {form} Tucker form on {where} (lokr_t2 / hada_t1, hada_t2)"
+            conv.mapped(item, ("adapter", "tucker"), True, note)
+        else:
+            conv.inert(item, "off")
     rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
     conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
     conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
