@@ -11,7 +11,8 @@ scale 1 whatever it is). Here each module's tensors go where dbspec's export tak
 (runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
 (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
 `hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full `lokr_w1`
-beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1, sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds
+beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1, sqrt(rank) with rs_lora).
+On SD3 the last block's context modulation holds
 (scale, shift) where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`,
 `hada_w1_a` / `hada_w2_a`) have their halves swapped back, as the export swapped them
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another

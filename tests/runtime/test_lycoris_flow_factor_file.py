@@ -7,12 +7,13 @@ alpha and LoKr split of its own: a block), and the LoKr run trains and resumes b
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dbspec.runtime.execute import execute
@@ -183,3 +184,51 @@ def test_ia3_file_stops_lycoris(tmp_path):
         lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
     outcome = _converted(tmp_path, allow=True)
     assert "DBS402" in codes(outcome)
+
+
+def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path):
+    """A LoHa file whose CLIP-L modules (lora_te1_*, LyCORIS's first encoder) cover the attention Linears of
+    every layer: text_encoder_targets (their paths) at the file's rank; dbspec's run starts CLIP-L's layers
+    where LyCORIS's create_network_from_weights on kohya's encoder list [CLIP-L, T5-XXL] rebuilds them."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    file, linears = _file(tmp_path, LohaModule, 2, {})
+    clip = build_pipeline(BASE).text_encoder.float()
+    tensors = dict(load_file(str(file)))
+    torch.manual_seed(6)
+    names = {}
+    for path, layer in clip.named_modules():
+        if path.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+            name = "lora_te1_" + f"text_model.{path}".replace(".", "_")
+            module = LohaModule(name, copy.deepcopy(layer), 1.0, 2, 1.5)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+            names[path] = name
+    save_file(tensors, str(file))
+    t5 = build_pipeline(BASE).text_encoder_2
+    theirs = copy.deepcopy(clip)
+    kohya_clip = nn.Module()  # kohya's transformers (4.54.1) CLIPTextModel: its layers under text_model
+    kohya_clip.add_module("text_model", theirs)
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, str(file), None, [kohya_clip, t5], _tree(linears)
+    )
+    assert len(network.text_encoder_loras) == len(names) == 12
+    for module in network.text_encoder_loras:
+        module.apply_to()
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert plan.adapter.text_encoder_targets[:2] == (
+        "encoder.layers.0.self_attn.k_proj",
+        "encoder.layers.0.self_attn.out_proj",
+    )
+    comps, count = _loaded(plan)
+    assert count == 6 + 12 and plan.train_text_encoder
+    ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    torch.manual_seed(0)
+    for path, layer in theirs.named_modules():
+        if path not in names:
+            continue
+        x = torch.randn(3, ours[path].base_layer.in_features)
+        with torch.no_grad():
+            assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-3), path
+            torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)

@@ -125,7 +125,9 @@ def _check_export(plan, result, cls, text: bool = True):
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     if plan.adapter.conv_targets and cls in (LokrModule, LohaModule):  # the others' own tests check theirs
         _check_patch(tensors, transformer, cls)
-        cores = [k for k in tensors if k.startswith("lora_unet_x_embedder_proj.") and k[-3:] in ("_t1", "_t2")]
+        cores = [
+            k for k in tensors if k.startswith("lora_unet_x_embedder_proj.") and k[-3:] in ("_t1", "_t2")
+        ]
         assert bool(cores) == plan.adapter.tucker  # LyCORIS's Tucker cores
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)

@@ -163,13 +163,70 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
     for extra, code, words in (
         ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 8)}, "DBS403", "lora_te1"),
+        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}, "DBS403", "of its own"),
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
         outcome = _flux(tmp_path, allow=True)
         assert words in messages(outcome, code), errors(outcome)
     _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
+def _loha(out: int, inp: int, rank: int) -> dict[str, tuple[int, int]]:
+    return {
+        "hada_w1_a": (out, rank),
+        "hada_w1_b": (rank, inp),
+        "hada_w2_a": (out, rank),
+        "hada_w2_b": (rank, inp),
+    }
+
+
+def test_flux_factor_file_with_clip_modules(tmp_path):
+    """A LoHa file's CLIP-L modules (lora_te1_*, LyCORIS's first encoder): text_encoder_targets, their
+    paths (a suffix of both CLIP layouts), at the file's rank; CLIP-L trains (runtime test:
+    test_lycoris_flow_factor_file)."""
+    modules = {"lora_unet_single_blocks_0_linear1": _loha(7 * W, W, 8)}
+    for i in range(12):
+        for part in ("self_attn_q_proj", "self_attn_v_proj"):
+            modules[f"lora_te1_text_model_encoder_layers_{i}_{part}"] = _loha(768, 768, 8)
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=4.0)
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, len(a.text_encoder_targets)) == ("loha", 8, 4.0, 24)
+    assert a.text_encoder_targets[:2] == (
+        "encoder.layers.0.self_attn.q_proj",
+        "encoder.layers.0.self_attn.v_proj",
+    )
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5
+    # --network_train_unet_only: LyCORIS's apply_to drops them
+    outcome = _flux(tmp_path, "--network_train_unet_only")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_sd3_factor_file_with_clip_modules(tmp_path):
+    """SD3's [CLIP-L, CLIP-G, T5-XXL]: a LoKr file's CLIP-G modules alone (lora_te2_*): CLIP-G trains, CLIP-L
+    does not; CLIP-L and CLIP-G at other layers (one target list): DBS403."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (1536 // 4, 1536 // 4)}
+    modules = {"lora_unet_joint_blocks_0_x_block_attn_proj": lokr}
+    for i in range(32):
+        modules[f"lora_te2_text_model_encoder_layers_{i}_mlp_fc2"] = {
+            "lokr_w1": (4, 4),
+            "lokr_w2": (320, 1280),
+        }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.text_encoder_targets == tuple(f"encoder.layers.{i}.mlp.fc2" for i in range(32))
+    spec = out_path(tmp_path).read_text(encoding="utf-8")
+    assert "text_encoder = false" in spec and "text_encoder_2 = true" in spec
+    clip_l = {"lora_te1_text_model_encoder_layers_0_mlp_fc2": {"lokr_w1": (4, 4), "lokr_w2": (192, 768)}}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **clip_l})
+    assert "one CLIP target list" in messages(_sd3(tmp_path, allow=True), "DBS403")
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):

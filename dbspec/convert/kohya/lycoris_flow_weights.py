@@ -14,11 +14,14 @@ or scale those do not give (checked module by module with LyCORIS's constructor 
 dbspec.plan.lokr.factorization) a [[adapter.blocks]] entry at its own (over all its diffusers parts); its
 modules' diffusers parts are the full-path targets, the file `init_weights` (runtime/lycoris_init.py fills
 the shared factors). Tucker or `dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names
-every single block's too): DBS403."""
+every single block's too): DBS403. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are
+`text_encoder_targets` (their full paths, one list for both encoders) at the adapter's rank, alpha and
+split (a module at its own: DBS403); T5-XXL's (LyCORIS's train_t5xxl stays False): DBS403."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -252,6 +255,44 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
     return out
 
 
+# LyCORIS's numbering of the encoders kohya hands it: CLIP first (Flux: CLIP-L; SD3: CLIP-L, CLIP-G) and
+# their layer counts in kohya's models, then T5-XXL; Flux's lora_te3_ names no module (LyCORIS ignores it)
+_CLIPS = {"flux": {"lora_te1_": 12}, "sd3": {"lora_te1_": 12, "lora_te2_": 32}}
+_T5 = {"flux": "lora_te2_", "sd3": "lora_te3_"}
+_CLIP_LINEAR = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$")
+
+
+def clip_targets(names: list[str], family: str) -> list[str] | str:
+    """The CLIP Linears (full paths, one list for the encoders) of the file's text-encoder modules, which
+    LyCORIS's create_network_from_weights builds by name on kohya's CLIP-L (SD3: and CLIP-G); else why not:
+    a T5-XXL module (LyCORIS builds it while its network's train_t5xxl stays False), a CLIP module outside
+    the attention / MLP Linears, or encoders whose layers differ (one target list: a path in one encoder's
+    file modules names the same layer of the other)."""
+    clips, t5 = _CLIPS[family], _T5[family]
+    paths: dict[str, set[str]] = {}
+    for name in names:
+        if name.startswith(t5):
+            return f"module `{name}` is T5-XXL's, which LyCORIS builds while its train_t5xxl stays False"
+        prefix = next((p for p in clips if name.startswith(p)), None)
+        if prefix is None:
+            continue  # Flux's lora_te3_: no module of LyCORIS's encoders
+        found = _CLIP_LINEAR.match(name.removeprefix(prefix))
+        if found is None or int(found.group(1)) >= clips[prefix]:
+            return f"module `{name}` is no CLIP attention / MLP Linear (kohya's CLIP targets)"
+        inner = found.group(2).replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
+        # a path suffix of both CLIP layouts (transformers 5.6 drops CLIPTextModel's `text_model.`)
+        paths.setdefault(prefix, set()).add(f"encoder.layers.{found.group(1)}.{inner}")
+    union = set().union(*paths.values()) if paths else set()
+    for prefix, own in paths.items():
+        layers = {p for p in union if int(p.split(".")[2]) < clips[prefix]}
+        if own != layers:
+            return (
+                f"its {prefix.rstrip('_')} modules are other layers than the other CLIP encoder's "
+                f"(e.g. `{sorted(own ^ layers)[0]}`): dbspec's LoKr / LoHa has one CLIP target list"
+            )
+    return sorted(union, key=lambda p: (int(p.split(".")[2]), p))
+
+
 def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
     """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
     builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
@@ -266,20 +307,22 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
             "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
             "(started at W + diff from a file) do not express"
         )
-    extra = next((f"{m.name}.{k}" for m in denoiser for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
-    bare = next((m.name for m in denoiser if m.alpha is None), None)
     if len(algos) > 1:
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
     if family == "chroma":
         return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
-    if text and not unet_only:
-        return (
-            f"it builds the file's text-encoder modules (`{text[0]}`) in LyCORIS's numbering of kohya's "
-            "encoders"
-        )
+    text_targets = clip_targets(text, family) if text and not unet_only else []
+    if isinstance(text_targets, str):
+        return text_targets
+    # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP ones
+    built = denoiser + [
+        m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))
+    ]
+    extra = next((f"{m.name}.{k}" for m in built for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
+    bare = next((m.name for m in built if m.alpha is None), None)
     if not denoiser:
         return "it holds no module of the denoiser"
-    if any("dora_scale" in m.shapes for m in denoiser):
+    if any("dora_scale" in m.shapes for m in built):
         return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
     if extra:
         return f"its Tucker tensor `{extra}`"
@@ -293,10 +336,16 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
             "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
             "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
         )
-    checked = (check_lokr if algo == "lokr" else check_loha)(denoiser)
+    checked = (check_lokr if algo == "lokr" else check_loha)(built)
     if isinstance(checked, str):
         return checked
     options, alpha, own = checked
+    apart = next((name for name in own if name.startswith("lora_te")), None)
+    if apart is not None:  # dbspec's fused LoKr / LoHa: no [[adapter.text_encoder_blocks]]
+        return (
+            f"its CLIP module `{apart}` has a rank, alpha or Kronecker split of its own (dbspec's {algo} "
+            "on the fused layers has one for every CLIP layer: no [[adapter.text_encoder_blocks]])"
+        )
     if isinstance(options, int):  # LoHa's rank
         out: dict = {"kind": algo, "rank": options, "alpha": alpha}
     else:
@@ -306,6 +355,7 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     return {
         **out,
         "denoiser_targets": targets,
+        **({"text_encoder_targets": text_targets} if text_targets else {}),
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
     }
