@@ -180,7 +180,8 @@ def map_lycoris_flow(
             presets={name: (layers, []) for name, (layers, _clip) in layout.presets.items()},
             targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
         )
-    if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
+    preset_file = preset not in layout.presets
+    if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout):
             return False
@@ -213,7 +214,7 @@ def map_lycoris_flow(
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
-    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo):
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, preset_file):
         return False
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
@@ -538,6 +539,7 @@ def _convs(
     layout,
     layers: str,
     kind: str,
+    preset_file: bool = False,
 ) -> bool:
     """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
     layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
@@ -546,11 +548,12 @@ def _convs(
     name, checked against lycoris-lora 4.1.3). LoKr's and LoHa's Tucker form (`use_tucker`: `lokr_t2`,
     `hada_t1` / `hada_t2`, peft's use_effective_conv2d) there is `tucker = true`, exported as LyCORIS saves
     it (tests/runtime/test_lycoris_sd3.py); LoCon's (`lora_mid`) is refused: the lora_sd3 layout dbspec
-    writes it in has no `lora_mid`. False when refused."""
+    writes it in has no `lora_mid`; with a preset file (lycoris_flow_file.py) the Tucker form stays refused
+    as before. False when refused."""
     where = ", ".join(layout.convs[layers])
     form = "LoKr" if kind == "lokr" else "LoHa" if kind == "loha" else "LoCon"
     tucker = lycoris_tucker(kwargs)
-    if tucker and kind not in ("lokr", "loha"):
+    if tucker and (kind not in ("lokr", "loha") or preset_file):
         conv.unsupported(args, f"{form}'s Tucker form (use_tucker) on {layout.title}'s {where}")
         return False
     for key in [k for k in kwargs if k in TUCKER_NAMES]:
