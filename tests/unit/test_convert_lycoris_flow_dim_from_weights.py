@@ -333,6 +333,49 @@ def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):
     assert (a.rank, a.alpha) == (8, 8.0) and a.init_partial
 
 
+def test_sd3_factor_file_patch_convolution_and_its_tucker_form(tmp_path):
+    """A LoKr / LoHa file's patch convolution (SD3.5 large: 2432 x 16 x 2 x 2): conv_targets at the rank,
+    alpha and Tucker form LyCORIS rebuilds (LokrModule decompose_both, factor 8, `lokr_t2`; LohaModule's
+    `hada_t1` / `hada_t2`); a LoKr Tucker file without decompose_both, whose rank make_module_from_state_dict
+    reads off `lokr_w2_a`'s columns (the output part), stops LyCORIS: DBS402. Shapes checked against
+    lycoris-lora 4.1.3 on 36 factor / rank / split / Tucker cases (scratch run); runtime test:
+    test_lycoris_sd3_patch_file."""
+    w = 2432
+    qkv = {"lokr_w1_a": (8, 2), "lokr_w1_b": (2, 8), "lokr_w2_a": (3 * w // 8, 2), "lokr_w2_b": (2, w // 8)}
+    tucker = {
+        "lokr_w1_a": (8, 2),  # 2432 = 8 x 304, 16 = 2 x 8 by factor 8
+        "lokr_w1_b": (2, 2),
+        "lokr_t2": (2, 2, 2, 2),
+        "lokr_w2_a": (2, w // 8),
+        "lokr_w2_b": (2, 8),
+    }
+    file = tmp_path / "prev.safetensors"
+    _factor_file(
+        file, {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv, "lora_unet_x_embedder_proj": tucker}, 2.0
+    )
+    outcome = _sd3(tmp_path, "--network_args algo=lokr use_tucker=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.decompose_both, a.rank, a.alpha) == ("lokr", 8, True, 2, 2.0)
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets, a.tucker) == (2, 2.0, ("pos_embed.proj",), True)
+    no_split = {"lokr_w1": (8, 2), **{k: v for k, v in tucker.items() if not k.startswith("lokr_w1")}}
+    _factor_file(
+        file, {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv, "lora_unet_x_embedder_proj": no_split}
+    )
+    assert "copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
+    loha = {"hada_t1": (4, 4, 2, 2), "hada_t2": (4, 4, 2, 2)}
+    loha |= {f"hada_w{i}_{x}": (4, w if x == "a" else 16) for i in (1, 2) for x in "ab"}
+    _factor_file(
+        file,
+        {"lora_unet_joint_blocks_0_x_block_attn_qkv": _loha(3 * w, w, 8), "lora_unet_x_embedder_proj": loha},
+        1.0,
+    )
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.conv_rank, a.conv_alpha, a.tucker) == ("loha", 8, 4, 1.0, True)
+
+
 def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
     """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
     4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""

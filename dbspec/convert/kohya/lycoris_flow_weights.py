@@ -13,8 +13,12 @@ the rank, alpha and LoKr split most modules share for the adapter, and a module 
 or scale those do not give (checked module by module with LyCORIS's constructor rules,
 dbspec.plan.lokr.factorization) a [[adapter.blocks]] entry at its own (over all its diffusers parts); its
 modules' diffusers parts are the full-path targets, the file `init_weights` (runtime/lycoris_init.py fills
-the shared factors). Tucker or `dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names
-every single block's too): DBS403. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are
+the shared factors). SD3's patch convolution (`lora_unet_x_embedder_proj`) is `conv_targets` at the
+rank, alpha and Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker) LyCORIS rebuilds it with (its LoKr
+split the adapter's; factors LyCORIS's copy_ rejects, e.g. a LoKr Tucker core without decompose_both, whose
+rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear (no Tucker core there:
+AttributeError): DBS402. `dora_scale`, and Flux's final layer (its `proj_out` suffix names every single
+block's too): DBS403. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are
 `text_encoder_targets` (their full paths, one list for both encoders) at the adapter's rank, alpha and
 split (a module at its own: DBS403); T5-XXL's (LyCORIS's train_t5xxl stays False): DBS403."""
 
@@ -231,6 +235,90 @@ def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
     return out
 
 
+PATCH = "lora_unet_x_embedder_proj"  # SD3's patch convolution (PatchEmbed's 2x2, stride-2 Conv2d)
+_KERNEL = (2, 2)
+
+
+def lokr_conv_shapes(out: int, inp: int, o: LokrOptions, tucker: bool) -> dict[str, tuple[int, ...]]:
+    """The factors LokrModule builds on an out x in 2x2 convolution (use_tucker: `lokr_t2`)."""
+    in_m, in_n = factorization(inp, o.factor)
+    out_l, out_k = factorization(out, o.factor)
+    r, shapes = o.rank, {}
+    if o.decompose_both and r < max(out_l, in_m) / 2 and not o.full_matrix:
+        shapes["lokr_w1_a"], shapes["lokr_w1_b"] = (out_l, r), (r, in_m)
+    else:
+        shapes["lokr_w1"] = (out_l, in_m)
+    if r >= max(out_k, in_n) / 2 or o.full_matrix:
+        shapes["lokr_w2"] = (out_k, in_n, *_KERNEL)
+    elif tucker:
+        shapes["lokr_t2"], shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (r, r, *_KERNEL), (r, out_k), (r, in_n)
+    else:
+        shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (out_k, r), (r, in_n * math.prod(_KERNEL))
+    return shapes
+
+
+def _lokr_patch(m: LycorisModule, common: LokrOptions) -> dict | str:
+    """conv_rank / conv_alpha / tucker building the patch convolution's LokrModule as LyCORIS rebuilds it
+    from the file (make_module_from_state_dict's options on the convolution the factors span), with the
+    adapter's factor and decompose_both; else why not ("invalid:..." where LyCORIS's copy_ fails)."""
+    s, tucker = m.shapes, "lokr_t2" in m.shapes
+    w1, _ = _factor_shapes(m)
+    out_k, in_n = (
+        s["lokr_w2"][:2]
+        if "lokr_w2" in s
+        else (s["lokr_w2_a"][1], s["lokr_w2_b"][1])
+        if tucker
+        else (s["lokr_w2_a"][0], s["lokr_w2_b"][1] // math.prod(_KERNEL))
+    )
+    out, inp = w1[0] * out_k, w1[1] * in_n
+    theirs = lokr_rebuilt(m)[0]
+    want = {k: tuple(v) for k, v in s.items() if k.startswith("lokr_")}
+    if lokr_conv_shapes(out, inp, theirs, tucker) != want:
+        return (
+            f"invalid:LyCORIS's LokrModule rebuilt from `{m.name}` (rank {theirs.rank}, factor "
+            f"{theirs.factor}) on the {out} x {inp} patch convolution has factors "
+            f"{lokr_conv_shapes(out, inp, theirs, tucker)}, not the file's {want}: its copy_ raises"
+        )
+    full = "lokr_w1" in s and "lokr_w2" in s  # scale 1 (LyCORIS's alpha is the rank)
+    rank = (
+        max(*factorization(out, common.factor), *factorization(inp, common.factor)) if full else theirs.rank
+    )
+    ours = LokrOptions(
+        rank=rank, factor=common.factor, decompose_both=common.decompose_both, full_matrix=common.full_matrix
+    )
+    if lokr_conv_shapes(out, inp, ours, tucker) != want:
+        return (
+            f"module `{m.name}` (the patch convolution) has a Kronecker split (factor {theirs.factor}, "
+            f"decompose_both {theirs.decompose_both}) other than the adapter's (factor {common.factor}, "
+            f"decompose_both {common.decompose_both}), which dbspec's LoKr gives its convolutions"
+        )
+    return {
+        "conv_rank": rank,
+        "conv_alpha": float(m.alpha or rank) if not full else float(rank),
+        "tucker": tucker,
+    }
+
+
+def _loha_patch(m: LycorisModule) -> dict | str:
+    """conv_rank / conv_alpha / tucker of the patch convolution's LohaModule (rank `hada_w1_b`'s rows,
+    use_tucker with `hada_t1`); "invalid:..." when its factors are not the ones LohaModule builds."""
+    s, tucker = m.shapes, "hada_t1" in m.shapes
+    r = s["hada_w1_b"][0] if "hada_w1_b" in s else 0
+    if tucker:
+        out, inp = s["hada_w1_a"][1], s["hada_w1_b"][1]
+        want = {"hada_t1": (r, r, *_KERNEL), "hada_t2": (r, r, *_KERNEL)}
+        want |= {f"hada_w{i}_{x}": (r, out if x == "a" else inp) for i in (1, 2) for x in "ab"}
+    else:
+        out, inp = s["hada_w1_a"][0], s["hada_w1_b"][1]
+        want = {f"hada_w{i}_{x}": (out, r) if x == "a" else (r, inp) for i in (1, 2) for x in "ab"}
+    got = {k: tuple(v) for k, v in s.items() if k.startswith("hada_")}
+    if got != want:
+        return (
+            f"invalid:module `{m.name}`'s LoHa factors {got} are not LohaModule's at rank {r}: copy_ raises"
+        )
+    return {"conv_rank": int(r), "conv_alpha": float(m.alpha or r), "tucker": tucker}
+
+
 def diffusers_targets(names: list[str], family: str) -> list[str] | str:
     """The diffusers Linears (full paths) of the file's denoiser modules, a fused one's every part; else why
     not: a name dbspec does not place, SD3's patch convolution, or a top-level Linear whose name is the tail
@@ -318,14 +406,21 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     built = denoiser + [
         m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))
     ]
+    patch = modules.get(PATCH) if family == "sd3" and algo in ("lokr", "loha") else None
+    if patch is not None:
+        denoiser = [m for m in denoiser if m is not patch]
+        built = [m for m in built if m is not patch]
     extra = next((f"{m.name}.{k}" for m in built for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
     bare = next((m.name for m in built if m.alpha is None), None)
     if not denoiser:
         return "it holds no module of the denoiser"
-    if any("dora_scale" in m.shapes for m in built):
+    if any("dora_scale" in m.shapes for m in (*built, *([patch] if patch else []))):
         return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
-    if extra:
-        return f"its Tucker tensor `{extra}`"
+    if (
+        extra
+    ):  # LyCORIS's module on a Linear has no Tucker core: AttributeError in make_module_from_state_dict
+        return f"invalid:LyCORIS's module on a Linear has no Tucker core for `{extra}`: AttributeError"
+    bare = bare or (patch.name if patch is not None and patch.alpha is None else None)
     if bare and algo != "ia3":
         return f"invalid:module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises"
     targets = diffusers_targets([m.name for m in denoiser], family)
@@ -352,6 +447,11 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
     blocks = own_blocks(own, options, family)
+    if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
+        conv = _lokr_patch(patch, options) if isinstance(options, LokrOptions) else _loha_patch(patch)
+        if isinstance(conv, str):
+            return conv
+        out.update(conv_targets=["pos_embed.proj"], **{k: v for k, v in conv.items() if v is not False})
     return {
         **out,
         "denoiser_targets": targets,
