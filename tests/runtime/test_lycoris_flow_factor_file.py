@@ -46,6 +46,7 @@ def _layers(model) -> dict[str, tuple]:
         single.proj_mlp,
     )
     layers["lora_unet_img_in"] = (model.x_embedder,)
+    layers["lora_unet_final_layer_linear"] = (model.proj_out,)  # the single blocks' proj_out left out
     return layers
 
 
@@ -58,6 +59,7 @@ def _tree(linears: dict[str, nn.Linear]) -> nn.Module:
         "double_blocks_0_txt_attn_proj": "double_blocks.0.txt_attn.proj",
         "single_blocks_0_linear1": "single_blocks.0.linear1",
         "img_in": "img_in",
+        "final_layer_linear": "final_layer.linear",
     }
     root = nn.Module()
     for name, linear in linears.items():
@@ -122,7 +124,7 @@ def _converted(tmp_path, allow: bool = False):
 def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, options):
     file, linears = _file(tmp_path, cls, rank, options)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
-    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == 6
+    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == 7
     for module in network.unet_loras:
         module.apply_to()
     spec = _converted(tmp_path)
@@ -132,12 +134,14 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     if kind == "lokr":
         assert (plan.adapter.factor, plan.adapter.decompose_both) == (4, True)
-    (block,) = plan.adapter.blocks  # linear1's parts, all of them
+    zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
+    assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
+    assert not re.search(zero.pattern, "proj_out")
     assert (block.rank, block.alpha, block.factor) == (3, 0.5, 8 if kind == "lokr" else 0)
     assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
     assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     comps, count = _loaded(plan)
-    assert count == 6
+    assert count == 7 and not hasattr(comps.unet.single_transformer_blocks[0].proj_out, "base_layer")
     torch.manual_seed(0)
     for name, parts in _layers(comps.unet.float().eval()).items():
         x = torch.randn(3, parts[0].base_layer.in_features)
@@ -163,7 +167,7 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     trained = _layers(whole.components.unet.float().eval())
     fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
-    assert len(network.unet_loras) == 6
+    assert len(network.unet_loras) == 7
     for module in network.unet_loras:
         module.apply_to()
     for name, parts in trained.items():
@@ -222,7 +226,7 @@ def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path
         "encoder.layers.0.self_attn.out_proj",
     )
     comps, count = _loaded(plan)
-    assert count == 6 + 12 and plan.train_text_encoder
+    assert count == 7 + 12 and plan.train_text_encoder
     ours = dict(comps.text_encoders[0].float().eval().named_modules())
     torch.manual_seed(0)
     for path, layer in theirs.named_modules():

@@ -162,7 +162,6 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert (a.rank, a.alpha) == (8, 4.0) and _rank(a, "transformer_blocks.0.attn.to_out.0") == (4, 4.0)
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
     for extra, code, words in (
-        ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
         ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
         ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}, "DBS403", "of its own"),
     ):
@@ -171,6 +170,21 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
         assert words in messages(outcome, code), errors(outcome)
     _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
+    # Flux's final layer: the target proj_out, and a first rank-0 block for the single blocks' proj_out
+    # (kohya's linear2) the file lacks: here all but block 5's
+    final = {
+        "lora_unet_final_layer_linear": loha(64, W, 8),
+        "lora_unet_single_blocks_5_linear2": loha(W, 5 * W, 8),
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **final}, alpha=4.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert {"proj_out", "single_transformer_blocks.5.proj_out"} <= set(a.denoiser_targets)
+    assert (a.rank, a.alpha) == (8, 4.0) and not any(re.search(b.pattern, "proj_out") for b in a.blocks)
+    assert not any(re.search(b.pattern, "single_transformer_blocks.5.proj_out") for b in a.blocks)
+    assert _rank(a, "single_transformer_blocks.4.proj_out") == (0, 1.0)
+    assert _rank(a, "single_transformer_blocks.37.proj_out") == (0, 1.0)
 
 
 def _loha(out: int, inp: int, rank: int) -> dict[str, tuple[int, int]]:

@@ -34,6 +34,7 @@ import attrs
 from dbspec.compiler.lora_file import _scalar
 from dbspec.compiler.safetensors_header import _read_raw_header
 from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns, flow_paths
+from dbspec.convert.kohya.lycoris_flow_file import NUM_SINGLE
 from dbspec.plan.lokr import factorization
 
 # LyCORIS's MODULE_LIST order and each class's weight_list_det (the first class a module matches builds it)
@@ -319,10 +320,23 @@ def _loha_patch(m: LycorisModule) -> dict | str:
     return {"conv_rank": int(r), "conv_alpha": float(m.alpha or r), "tucker": tucker}
 
 
+def final_layer_block(targets: list[str], family: str) -> list[dict]:
+    """Flux's final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among the targets:
+    the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too, so a first,
+    rank-0 block keeps out those the file does not hold (peft's exclude_modules, runtime/blocks.py)."""
+    if family != "flux" or "proj_out" not in targets:
+        return []
+    left = [str(i) for i in range(NUM_SINGLE) if f"single_transformer_blocks.{i}.proj_out" not in targets]
+    if not left:
+        return []
+    pattern = rf"^single_transformer_blocks\.({'|'.join(left)})\.proj_out$"
+    return [{"pattern": pattern, "rank": 0, "alpha": 1.0}]
+
+
 def diffusers_targets(names: list[str], family: str) -> list[str] | str:
     """The diffusers Linears (full paths) of the file's denoiser modules, a fused one's every part; else why
     not: a name dbspec does not place, SD3's patch convolution, or a top-level Linear whose name is the tail
-    of a block's (Flux's final-layer `proj_out`: a target suffix would take every single block's too)."""
+    of a block's other than Flux's final-layer `proj_out` (final_layer_block keeps the single blocks' out)."""
     lists, _top = _LAYOUTS[family]
     children = {c for _blocks, table in lists.values() for parts in table.values() for c in parts}
     out: list[str] = []
@@ -333,11 +347,10 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
         blocks, index, parts = found
         if not blocks and parts == ("pos_embed.proj",):
             return f"module `{name}` adapts a convolution (the patch embedding)"
-        if not blocks and any(c == parts[0] or c.endswith("." + parts[0]) for c in children):
+        if not blocks and parts != ("proj_out",) and any(c.endswith("." + parts[0]) for c in children):
             return (
                 f"module `{name}` is diffusers' top-level `{parts[0]}`, a name the blocks' Linears end in "
-                "too "
-                "(a LoKr / LoHa target is a name suffix, with no rank-0 block to keep them out)"
+                "too (a target suffix would take them along)"
             )
         out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     return out
@@ -446,7 +459,7 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     else:
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
-    blocks = own_blocks(own, options, family)
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family)]
     if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
         conv = _lokr_patch(patch, options) if isinstance(options, LokrOptions) else _loha_patch(patch)
         if isinstance(conv, str):
