@@ -10,11 +10,12 @@ forward does not read), so the file's alpha must be the adapter's (a LoKr whose 
 scale 1 whatever it is). Here each module's tensors go where dbspec's export takes them from
 (runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
 (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
-`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full `lokr_w1`
-beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1, sqrt(rank) with rs_lora).
-On SD3 the last block's context modulation holds
-(scale, shift) where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`,
-`hada_w1_a` / `hada_w2_a`) have their halves swapped back, as the export swapped them
+`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order (with LyCORIS's
+weight decomposition its `dora_scale` rows to each part's magnitudes, runtime/lycoris_dora.py); a
+LoKr's full `lokr_w1` beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1,
+sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds (scale, shift) where kohya's
+Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`, `hada_w1_a` / `hada_w2_a`,
+`dora_scale`) have their halves swapped back, as the export swapped them
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
 shape (a file of another rank, factor or decomposition) is an error naming the file and the tensor; a module
 or tensor the file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial`
@@ -38,7 +39,8 @@ _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOHA_TUCKER = ("hada_t1", "hada_t2")
 Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
-_ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a")  # the factors holding the update's rows
+# the tensors holding the update's rows (LyCORIS's weight decomposition: one magnitude per output row)
+_ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a", "dora_scale")
 
 
 def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -125,6 +127,7 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
                 continue
             if module is unet and _later_part(module, name):
                 continue  # a fused layer's tensors go in through its first part
+            slots |= _dora_slot(layer, adapter)
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             if module is unet and _swapped(module, name):
                 slots = {
@@ -133,6 +136,20 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
                 }
             out[key] = (slots, alpha)
     return out
+
+
+def _dora_slot(layer, adapter: str) -> dict[str, Slot]:
+    """LyCORIS's `dora_scale` (weight_decompose, one magnitude per output row) of a LoKr / LoHa with
+    LyCORIS's weight decomposition (runtime/lycoris_dora.py): a fused layer's its parts' rows stacked."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    scale = dora_scale_of(layer, adapter)
+    if scale is None:
+        return {}
+    parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
+    if parts:
+        return {"dora_scale": _rows([dora_scale_of(p, adapter) for p in parts])}
+    return {"dora_scale": _into(scale)}
 
 
 def _halves_swapped(path: str, key: str, name: str, slot: Slot) -> Slot:

@@ -454,7 +454,8 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     header = _read_file(ctx, path, read_safetensors_header, adapter.kind)
     if header is None:
         return "", 0
-    factors = _FACTORS[adapter.kind]
+    # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
+    factors = _FACTORS[adapter.kind] + (("dora_scale",) if getattr(adapter, "dora", False) else ())
     modules = {key.rsplit(".", 1)[0] for key in header if key.rsplit(".", 1)[-1] in factors}
     other = next((k for k in header if k.rsplit(".", 1)[-1] not in (*factors, "alpha")), None)
     if other is not None:

@@ -296,7 +296,7 @@ def _kohya_linear(parts, order) -> torch.nn.Linear:
 _CLASSES = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}
 
 
-def _sd3_file(tmp: Path, algo: str, more: str = ""):
+def _sd3_file(tmp: Path, algo: str, more: str = "", options: dict | None = None):
     """lycoris-lora's modules of `algo` (network_dim 2, alpha 1.5, every tensor random) on _layers' kohya
     Linears, saved as lycoris.kohya saves them: (tensors, the LOKR spec of its kind started from the file
     with kohya's strict=False, the other layers keeping their init)."""
@@ -305,7 +305,7 @@ def _sd3_file(tmp: Path, algo: str, more: str = ""):
     torch.manual_seed(5)
     tensors = {}
     for name, parts, order in _layers(build_pipeline(BASE).transformer.float()):
-        module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5)
+        module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5, **(options or {}))
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
@@ -317,10 +317,11 @@ def _sd3_file(tmp: Path, algo: str, more: str = ""):
     return tensors, extra
 
 
-def _theirs(algo: str, tensors, name: str, parts, order):
+def _theirs(algo: str, tensors, name: str, parts, order, options: dict | None = None):
     """lycoris-lora's module built at kohya's network_dim / network_alpha on the kohya Linear of `parts`'
     base layers, applied, then loaded from the file as lycoris.kohya's load_weights loads it."""
-    theirs = _CLASSES[algo](name, _kohya_linear([p.base_layer for p in parts], order), 1.0, 2, 1.5)
+    base = _kohya_linear([p.base_layer for p in parts], order)
+    theirs = _CLASSES[algo](name, base, 1.0, 2, 1.5, **(options or {}))
     theirs.apply_to()
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     theirs.load_state_dict(own, strict=False)
@@ -341,21 +342,27 @@ def _same_outputs(theirs, parts, order, name: str, changed: bool = True) -> None
         torch.testing.assert_close(theirs.eval()(x), ours, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
-def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo):
+@pytest.mark.parametrize(
+    ("algo", "dora"), [("locon", False), ("lokr", False), ("loha", False), ("lokr", True), ("loha", True)]
+)
+def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo, dora):
     """--network_weights with algo=locon / lokr / loha (network_dim 2, alpha 1.5): a file of lycoris-lora's
     LoConModules / LokrModules / LohaModules (every tensor random) on kohya's fused q/k/v Linears, the MLP's,
     the timestep embedder's and the last block's context modulation (kohya's (shift, scale) rows), loaded by
     dbspec (a LoCon's by runtime/flow_init.py, the factors by runtime/lycoris_init.py, the modulation's rows
     swapped back) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
-    network_alpha after apply_to: the same outputs."""
+    network_alpha after apply_to: the same outputs; with dora_wd (LyCORIS's weight_decompose) each
+    module's random `dora_scale` too, its rows into the parts' magnitudes."""
     from tests.runtime.test_flow_init import _loaded
 
-    tensors, extra = _sd3_file(tmp_path, algo)
+    options = {"weight_decompose": True} if dora else {}
+    tensors, extra = _sd3_file(tmp_path, algo, "dora = true\n" if dora else "", options)
+    if dora:
+        assert "lora_unet_joint_blocks_0_x_block_attn_qkv.dora_scale" in tensors
     comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
     assert count == 5
     for name, parts, order in _layers(comps.unet.float().eval()):
-        _same_outputs(_theirs(algo, tensors, name, parts, order), parts, order, name)
+        _same_outputs(_theirs(algo, tensors, name, parts, order, options), parts, order, name)
 
 
 @pytest.mark.parametrize("cls", [LokrModule, LohaModule])

@@ -390,6 +390,29 @@ def test_sd3_factor_file_patch_convolution_and_its_tucker_form(tmp_path):
     assert (a.kind, a.rank, a.conv_rank, a.conv_alpha, a.tucker) == ("loha", 8, 4, 1.0, True)
 
 
+def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
+    """make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose (wd_on_out's
+    default: one magnitude per output row of the fused Linear): dora = true, started from the file's
+    magnitudes; in some modules only: DBS403 (dbspec's dora is the adapter's); another shape: DBS402."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # img_attn.qkv 9216 x 3072 by factor 4
+    proj = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_qkv": {**lokr, "dora_scale": (9216, 1)},
+        "lora_unet_double_blocks_0_img_attn_proj": {**proj, "dora_scale": (3072, 1)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.init_partial) == ("lokr", True, "output", True)
+    modules["lora_unet_double_blocks_0_img_attn_proj"] = proj
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+    modules["lora_unet_double_blocks_0_img_attn_proj"] = {**proj, "dora_scale": (1, 3072)}
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
 def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
     """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
     4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""

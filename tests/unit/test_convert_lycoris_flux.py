@@ -461,6 +461,27 @@ def test_dora_wd_use_scalar_and_max_norm_of_lokr_and_loha_are_lycoris_per_fused_
     assert not errors(outcome)
 
 
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_with_dora_wd_start_the_magnitudes(tmp_path, algo):
+    """--network_weights with algo=lokr / loha dora_wd=True: LyCORIS's load_state_dict fills each module's
+    factors and dora_scale (one magnitude per output row of the fused Linear): init_weights with the
+    magnitudes (runtime/lycoris_init.py; tests/runtime/test_lycoris_sd3.py against lycoris-lora)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    factors = (
+        ("lokr_w1", "lokr_w2") if algo == "lokr" else ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    )
+    tensors = {f"{qkv}.{f}": np.zeros((2, 2), np.float16) for f in factors}
+    tensors[f"{qkv}.dora_scale"] = np.ones((9216, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} dora_wd=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.dora and a.init_weights.endswith("prev.safetensors") and a.init_layers == 1
+
+
 def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
     outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
     assert fate(outcome, "scale_weight_norms") == "unsupported"

@@ -394,6 +394,29 @@ def clip_targets(names: list[str], family: str) -> list[str] | str:
     return sorted(union, key=lambda p: (int(p.split(".")[2]), p))
 
 
+def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str:
+    """Whether the file's modules hold LyCORIS's weight decomposition (`dora_scale`: the module is built with
+    weight_decompose, one magnitude per output row of the fused Linear); why not when only some do (dbspec's
+    `dora` is the adapter's), the patch convolution does, or a `dora_scale` is not (rows, 1)."""
+    held = [m for m in built if "dora_scale" in m.shapes]
+    if not held:
+        return patch is not None and "dora_scale" in patch.shapes and "its patch convolution's `dora_scale`"
+    if patch is not None and "dora_scale" in patch.shapes:
+        return "its patch convolution's `dora_scale` (LyCORIS's weight decomposition of a convolution)"
+    if len(held) != len(built):
+        bare = next(m.name for m in built if "dora_scale" not in m.shapes)
+        return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
+    for m in held:
+        s = m.shapes
+        rows = s["hada_w1_a"][0] if "hada_w1_a" in s else _factor_shapes(m)[0][0] * _factor_shapes(m)[1][0]
+        if tuple(s["dora_scale"]) != (rows, 1):
+            return (
+                f"invalid:`{m.name}.dora_scale` has shape {list(s['dora_scale'])}, not LyCORIS's [{rows}, 1] "
+                "(one magnitude per output row): its copy_ raises"
+            )
+    return True
+
+
 def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
     """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
     builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
@@ -427,8 +450,9 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     bare = next((m.name for m in built if m.alpha is None), None)
     if not denoiser:
         return "it holds no module of the denoiser"
-    if any("dora_scale" in m.shapes for m in (*built, *([patch] if patch else []))):
-        return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
+    dora = _dora(built, patch)
+    if isinstance(dora, str):
+        return dora
     if (
         extra
     ):  # LyCORIS's module on a Linear has no Tucker core: AttributeError in make_module_from_state_dict
@@ -460,6 +484,8 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
     blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family)]
+    if dora:  # make_module_from_state_dict: weight_decompose with wd_on_out's default, one per output row
+        out["dora"] = True
     if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
         conv = _lokr_patch(patch, options) if isinstance(options, LokrOptions) else _loha_patch(patch)
         if isinstance(conv, str):

@@ -876,6 +876,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         ),
         ("dora", "with dora_wd: dbspec starts a plain LoRA from a file, not the file's dora_scale (DBS356)"),
     ):
+        if key == "dora" and kind in ("lokr", "loha"):
+            continue  # LoKr's / LoHa's dora_scale loads with the factors (runtime/lycoris_init.py)
         if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
             conv.unsupported(a["network_weights"], why)
             return False
