@@ -17,8 +17,10 @@ the shared factors). SD3's patch convolution (`lora_unet_x_embedder_proj`) is `c
 rank, alpha and Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker) LyCORIS rebuilds it with (its LoKr
 split the adapter's; factors LyCORIS's copy_ rejects, e.g. a LoKr Tucker core without decompose_both, whose
 rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear (no Tucker core there:
-AttributeError): DBS402. `dora_scale`, and Flux's final layer (its `proj_out` suffix names every single
-block's too): DBS403. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are
+AttributeError): DBS402. A `dora_scale` in every module is LyCORIS's weight decomposition (dora = true;
+in some only, or on the patch convolution: DBS403). Flux's final layer (`proj_out`, a suffix of every
+single block's) is the target with a first rank-0 block for the single blocks' the file lacks.
+CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are
 `text_encoder_targets` (their full paths, one list for both encoders) at the adapter's rank, alpha and
 split (a module at its own: DBS403); T5-XXL's (LyCORIS's train_t5xxl stays False): DBS403."""
 

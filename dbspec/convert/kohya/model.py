@@ -908,7 +908,8 @@ def _lycoris_flow_from_weights(
     alpha, what algo=lora / locon saves) is one LoConModule per fused Linear at
     the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
-    LoKr's / LoHa's keys (lokr_w1, hada_w1_a...), lora_mid or dora_scale: DBS403 (read_lora_file)."""
+    LoKr's / LoHa's keys (lokr_w1, hada_w1_a...): _lycoris_flow_factor_file (lycoris_flow_weights.py); a
+    LoCon's lora_mid or dora_scale: DBS403 (read_lora_file)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
