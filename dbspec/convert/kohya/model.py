@@ -29,7 +29,8 @@ from dbspec.convert.kohya.file_ranks import (
     per_module_text_blocks,
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, factor_file_adapter, read_lycoris_file
+from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
 
