@@ -343,7 +343,8 @@ def _same_outputs(theirs, parts, order, name: str, changed: bool = True) -> None
 
 
 @pytest.mark.parametrize(
-    ("algo", "dora"), [("locon", False), ("lokr", False), ("loha", False), ("lokr", True), ("loha", True)]
+    ("algo", "dora"),
+    [("locon", False), ("lokr", False), ("loha", False), ("locon", True), ("lokr", True), ("loha", True)],
 )
 def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo, dora):
     """--network_weights with algo=locon / lokr / loha (network_dim 2, alpha 1.5): a file of lycoris-lora's
@@ -356,7 +357,8 @@ def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo, dora):
     from tests.runtime.test_flow_init import _loaded
 
     options = {"weight_decompose": True} if dora else {}
-    tensors, extra = _sd3_file(tmp_path, algo, "dora = true\n" if dora else "", options)
+    form = 'dora_form = "lycoris"\n' if algo == "locon" else ""  # the converter's LoCon dora_wd
+    tensors, extra = _sd3_file(tmp_path, algo, "dora = true\n" + form if dora else "", options)
     if dora:
         assert "lora_unet_joint_blocks_0_x_block_attn_qkv.dora_scale" in tensors
     comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))

@@ -461,6 +461,27 @@ def test_dora_wd_use_scalar_and_max_norm_of_lokr_and_loha_are_lycoris_per_fused_
     assert not errors(outcome)
 
 
+def test_network_weights_of_a_locon_with_dora_wd_start_the_magnitudes(tmp_path):
+    """algo=locon dora_wd=True (dora_form "lycoris"): LyCORIS's load_state_dict fills each LoConModule's
+    lora_down / lora_up and dora_scale (one magnitude per output row of the fused Linear): init_weights, the
+    magnitudes loaded by runtime/flow_init.py (tests/runtime/test_lycoris_sd3.py against lycoris-lora)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {
+        f"{qkv}.lora_down.weight": np.zeros((8, 3072), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((9216, 8), np.float16),
+        f"{qkv}.alpha": np.array(4.0, np.float32),
+        f"{qkv}.dora_scale": np.ones((9216, 1), np.float16),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=locon dora_wd=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.init_layers) == (True, "lycoris", 1) and a.init_weights
+
+
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
 def test_network_weights_with_dora_wd_start_the_magnitudes(tmp_path, algo):
     """--network_weights with algo=lokr / loha dora_wd=True: LyCORIS's load_state_dict fills each module's
@@ -535,10 +556,13 @@ def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
 
 
-def test_dora_wd_with_network_weights_is_refused(tmp_path):
+def test_dora_wd_with_network_weights_without_dora_scale_keeps_the_magnitudes_init(tmp_path):
+    """LyCORIS's load_state_dict(strict=False) of a file without dora_scale leaves each module's magnitudes
+    at their init (the base weight's row norms), as dbspec's init_partial does."""
     _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args dora_wd=True")
-    assert fate(outcome, "network_weights") == "unsupported"
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.init_partial
 
 
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):

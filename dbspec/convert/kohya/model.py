@@ -875,10 +875,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             "with use_scalar: LyCORIS's load hook sets each loaded module's trained scalar to 1 (the file's "
             "lora_up holds it folded), a start dbspec's scalar (from 0) does not take (DBS520)",
         ),
-        ("dora", "with dora_wd: dbspec starts a plain LoRA from a file, not the file's dora_scale (DBS356)"),
-    ):
-        if key == "dora" and kind in ("lokr", "loha"):
-            continue  # LoKr's / LoHa's dora_scale loads with the factors (runtime/lycoris_init.py)
+    ):  # dora_wd: the file's dora_scale starts the magnitudes (runtime/flow_init.py, lycoris_init.py)
         if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
             conv.unsupported(a["network_weights"], why)
             return False
