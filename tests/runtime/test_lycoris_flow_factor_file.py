@@ -236,3 +236,26 @@ def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path
         with torch.no_grad():
             assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-3), path
             torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+
+
+def test_locon_file_with_dora_scale_starts_where_lycoris_rebuilds_it(tmp_path):
+    """A LoCon file whose modules hold `dora_scale` (LyCORIS's LoConModule with weight_decompose, one
+    magnitude per output row of kohya's Linear): dora = true with dora_form "lycoris", the magnitudes loaded
+    by runtime/flow_init.py; every layer starts where create_network_from_weights rebuilds it."""
+    from lycoris.modules.locon import LoConModule
+
+    file, linears = _file(tmp_path, LoConModule, 2, {"weight_decompose": True})
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    assert all(m.wd for m in network.unet_loras) and len(network.unet_loras) == 7
+    for module in network.unet_loras:
+        module.apply_to()
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert (plan.adapter.kind, plan.adapter.dora, plan.adapter.dora_form) == ("lora", True, "lycoris")
+    comps, count = _loaded(plan)
+    assert count == 7
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval()).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)

@@ -413,6 +413,26 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")
 
 
+def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
+    """A LoCon file's `dora_scale` (LoConModule with weight_decompose): dora = true, dora_form "lycoris"
+    (runtime test: test_lycoris_flow_factor_file); in some modules only: DBS403."""
+    qkv, proj = "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj"
+    tensors = {}
+    for name, rows in ((qkv, 3 * W), (proj, W)):
+        tensors[f"{name}.lora_down.weight"] = np.zeros((8, W), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((rows, 8), np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+        tensors[f"{name}.dora_scale"] = np.ones((rows, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, "--network_args algo=locon dora_wd=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dora, a.dora_form, a.init_partial) == ("lora", 8, True, "lycoris", True)
+    del tensors[f"{proj}.dora_scale"]
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+
+
 def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
     """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
     4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""
