@@ -35,8 +35,9 @@ RUN = [
 ]
 
 
-def _layers(model) -> dict[str, tuple]:
-    """kohya name -> tiny-flux's parts: double block 0's attention, single block 0's linear1, img_in."""
+def _layers(model, final: bool = False) -> dict[str, tuple]:
+    """kohya name -> tiny-flux's parts: double block 0's attention, single block 0's linear1, img_in (and
+    with `final` the final layer)."""
     single = model.single_transformer_blocks[0]
     layers = _double_block_layers(model.transformer_blocks[0].attn)
     layers["lora_unet_single_blocks_0_linear1"] = (
@@ -46,7 +47,8 @@ def _layers(model) -> dict[str, tuple]:
         single.proj_mlp,
     )
     layers["lora_unet_img_in"] = (model.x_embedder,)
-    layers["lora_unet_final_layer_linear"] = (model.proj_out,)  # the single blocks' proj_out left out
+    if final:  # the single blocks' proj_out left out
+        layers["lora_unet_final_layer_linear"] = (model.proj_out,)
     return layers
 
 
@@ -82,7 +84,7 @@ def _file(tmp_path, cls, rank: int, options: dict):
 
     torch.manual_seed(5)
     tensors, linears = {}, {}
-    for name, parts in _layers(build_pipeline(BASE).transformer.float()).items():
+    for name, parts in _layers(build_pipeline(BASE).transformer.float(), True).items():
         linears[name] = _fused_linear(parts)
         own = OWN[cls] if cls in OWN and name.endswith("single_blocks_0_linear1") else (rank, 1.5, options)
         module = cls(name, linears[name], 1.0, own[0], own[1], **own[2])
@@ -143,7 +145,7 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     comps, count = _loaded(plan)
     assert count == 7 and not hasattr(comps.unet.single_transformer_blocks[0].proj_out, "base_layer")
     torch.manual_seed(0)
-    for name, parts in _layers(comps.unet.float().eval()).items():
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
         x = torch.randn(3, parts[0].base_layer.in_features)
         with torch.no_grad():
             ours = torch.cat([p(x) for p in parts], dim=-1)
@@ -164,7 +166,7 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
         assert torch.equal(p, ours[name]), name
     # the trained export, rebuilt by LyCORIS's create_network_from_weights, computes the trained layers
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    trained = _layers(whole.components.unet.float().eval())
+    trained = _layers(whole.components.unet.float().eval(), True)
     fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
     assert len(network.unet_loras) == 7
@@ -254,7 +256,7 @@ def test_locon_file_with_dora_scale_starts_where_lycoris_rebuilds_it(tmp_path):
     comps, count = _loaded(plan)
     assert count == 7
     torch.manual_seed(0)
-    for name, parts in _layers(comps.unet.float().eval()).items():
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
         x = torch.randn(3, parts[0].base_layer.in_features)
         with torch.no_grad():
             ours = torch.cat([p(x) for p in parts], dim=-1)
