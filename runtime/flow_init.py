@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from dbspec.families import family_spec, flow_text_prefixes
 from dbspec.plan.model import Plan
-from dbspec.runtime.adapters import lora_adapter
+from dbspec.runtime.adapters import ADAPTER_NAME, lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, clip_path
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
@@ -69,6 +69,7 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
                 _check_alpha(path, state, key, (alpha,))
                 down.copy_(file_down.to(down))
                 up.copy_(file_up.to(up))
+                _load_dora(path, state, key, {0: lora_adapter(encoder)[0].get_submodule(name)}, None, False)
                 done.add(key)
     extra = sorted(m for m in modules if m not in done and not m.startswith(tuple(skipped)))
     if extra and not partial:
@@ -119,12 +120,39 @@ def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict, i
                 file_up = torch.cat([second, first], dim=0)
             down.copy_(file_down.to(down))
             up.copy_(file_up.to(up))
+            _load_dora(path, state, key, {0: plain.get_submodule(name)}, None, swapped(kohya, name))
         else:
             block = ".".join(next(iter(present.values()))[0].split(".")[:2])
             children = groups[kohya.split("_", 3)[-1]]  # double_blocks_{i}_img_attn_qkv -> img_attn_qkv
             _load_fused(path, state, key, block, children, present, widths)
+            parts = {index: plain.get_submodule(p[0]) for index, p in present.items()}
+            _load_dora(path, state, key, parts, [widths[f"{block}.{child}"] for child in children], False)
         done.add(key)
     return done
+
+
+def _load_dora(path: str, state: dict, key: str, parts: dict, rows: list[int] | None, swap: bool) -> None:
+    """LyCORIS's LoConModule with weight_decompose: the file's `dora_scale` (one magnitude per output row of
+    kohya's Linear) into the adapted parts' magnitudes (runtime/lycoris_dora.py; a fused Linear's rows split
+    by its parts' widths, the adaLN rows' halves swapped back). Nothing without one (strict=False keeps the
+    init) or without the weight decomposition (the plan refused such a file)."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    value = state.get(key + ".dora_scale")
+    scales = {index: dora_scale_of(layer, ADAPTER_NAME) for index, layer in parts.items()}
+    if value is None or any(scale is None for scale in scales.values()):
+        return
+    if swap:
+        first, second = value.chunk(2, dim=0)
+        value = torch.cat([second, first], dim=0)
+    blocks = value.split(rows, dim=0) if rows else [value]
+    for index, scale in scales.items():
+        if tuple(blocks[index].shape) != tuple(scale.shape):
+            raise ValueError(
+                f"{path}: tensor `{key}.dora_scale` has shape {list(value.shape)}; the run's layer's "
+                f"magnitudes need {list(scale.shape)} per part"
+            )
+        scale.copy_(blocks[index].to(scale))
 
 
 def _load_fused(path: str, state: dict, key: str, block: str, children, present: dict, widths) -> None:

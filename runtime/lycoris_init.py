@@ -10,10 +10,12 @@ forward does not read), so the file's alpha must be the adapter's (a LoKr whose 
 scale 1 whatever it is). Here each module's tensors go where dbspec's export takes them from
 (runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
 (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
-`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order; a LoKr's full `lokr_w1`
-beside a full `lokr_w2` holds the scale the export folds in. On SD3 the last block's context modulation holds
-(scale, shift) where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`,
-`hada_w1_a` / `hada_w2_a`) have their halves swapped back, as the export swapped them
+`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order (with LyCORIS's
+weight decomposition its `dora_scale` rows to each part's magnitudes, runtime/lycoris_dora.py); a
+LoKr's full `lokr_w1` beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1,
+sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds (scale, shift) where kohya's
+Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`, `hada_w1_a` / `hada_w2_a`,
+`dora_scale`) have their halves swapped back, as the export swapped them
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
 shape (a file of another rank, factor or decomposition) is an error naming the file and the tensor; a module
 or tensor the file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial`
@@ -32,10 +34,13 @@ from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import kohya_parts
 from dbspec.runtime.lycoris_export import _later_part, _original_name, _swapped
 
-_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+# with their Tucker cores (use_tucker on a k x k convolution: SD3's patch convolution)
+_LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_LOHA_TUCKER = ("hada_t1", "hada_t2")
 Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
-_ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a")  # the factors holding the update's rows
+# the tensors holding the update's rows (LyCORIS's weight decomposition: one magnitude per output row)
+_ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a", "dora_scale")
 
 
 def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -115,13 +120,14 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
         inner, adapter = found
         for name, layer in inner.named_modules():
             if isinstance(layer, LoKrLayer) and adapter in layer.r:
-                slots, alpha = _lokr_slots(layer, adapter)
+                slots, alpha = _lokr_slots(layer, adapter, plan.adapter.lokr_unit_scale)
             elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
                 slots, alpha = _loha_slots(layer, adapter)
             else:
                 continue
             if module is unet and _later_part(module, name):
                 continue  # a fused layer's tensors go in through its first part
+            slots |= _dora_slot(layer, adapter)
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             if module is unet and _swapped(module, name):
                 slots = {
@@ -130,6 +136,20 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
                 }
             out[key] = (slots, alpha)
     return out
+
+
+def _dora_slot(layer, adapter: str) -> dict[str, Slot]:
+    """LyCORIS's `dora_scale` (weight_decompose, one magnitude per output row) of a LoKr / LoHa with
+    LyCORIS's weight decomposition (runtime/lycoris_dora.py): a fused layer's its parts' rows stacked."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    scale = dora_scale_of(layer, adapter)
+    if scale is None:
+        return {}
+    parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
+    if parts:
+        return {"dora_scale": _rows([dora_scale_of(p, adapter) for p in parts])}
+    return {"dora_scale": _into(scale)}
 
 
 def _halves_swapped(path: str, key: str, name: str, slot: Slot) -> Slot:
@@ -156,13 +176,17 @@ def _into(param: torch.Tensor, factor: float = 1.0) -> Slot:
     return tuple(param.shape), copy
 
 
-def _lokr_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
-    """A (fused) LoKr's factors: the Parameters its parts share. Both factors full: LyCORIS trains at scale 1
-    and the export folds peft's scale into `lokr_w1`, which loading divides out again; no alpha check."""
+def _lokr_slots(layer, adapter: str, unit_scale: bool) -> tuple[dict[str, Slot], float | None]:
+    """A (fused) LoKr's factors: the Parameters its parts share. Both factors full: no alpha check; with
+    `unit_scale` (LyCORIS's LokrModule: scale 1, sqrt(rank) with rs_lora) the factors load as they are, as
+    LyCORIS's load_state_dict copies them into a module keeping its own scale (a file that folded sqrt(rank)
+    into `lokr_w1`, dbspec's rs_lora export, starts at rank x kron, as kohya starts it); peft's own form
+    (plans without lokr_unit_scale) divides out the alpha / rank its export folded into `lokr_w1`."""
     params = {key: getattr(layer, key)[adapter] for key in _LOKR if adapter in getattr(layer, key)}
     scaling = float(layer.scaling[adapter])
     if "lokr_w1" in params and "lokr_w2" in params:
-        slots = {key: _into(p, scaling if key == "lokr_w1" else 1.0) for key, p in params.items()}
+        fold = 1.0 if unit_scale else scaling
+        slots = {key: _into(p, fold if key == "lokr_w1" else 1.0) for key, p in params.items()}
         return slots, None
     return {key: _into(p) for key, p in params.items()}, scaling * layer.r[adapter]
 
@@ -172,7 +196,8 @@ def _loha_slots(layer, adapter: str) -> tuple[dict[str, Slot], float | None]:
     alpha = float(layer.scaling[adapter]) * layer.r[adapter]
     parts = getattr(layer, "fused_loha_parts", None)
     if parts is None:
-        return {key: _into(getattr(layer, key)[adapter]) for key in _LOHA}, alpha
+        keys = _LOHA + (_LOHA_TUCKER if adapter in layer.hada_t1 else ())
+        return {key: _into(getattr(layer, key)[adapter]) for key in keys}, alpha
     slots = {key: _into(getattr(layer, key)[adapter]) for key in ("hada_w1_b", "hada_w2_b")}
     for key in ("hada_w1_a", "hada_w2_a"):
         rows = [getattr(p, key)[adapter] for p in parts]

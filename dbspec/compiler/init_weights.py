@@ -63,7 +63,12 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    if getattr(adapter, "dora", False):
+    # LyCORIS's LoCon with weight_decompose on kohya's Flux / SD3 (dora_form "lycoris"): its file holds each
+    # module's dora_scale, which runtime/flow_init.py loads into the magnitudes
+    lycoris_dora_file = (
+        family_spec(family).fused_projections and getattr(adapter, "dora_form", "") == "lycoris"
+    )
+    if getattr(adapter, "dora", False) and not lycoris_dora_file:
         ctx.report(
             "DBS356",
             "error",
@@ -73,7 +78,8 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help="set adapter.dora = false to continue the LoRA",
         )
         return "", 0
-    file = _read_file(ctx, path, read_lora_file, "LoRA")
+    reader = (lambda p: read_lora_file(p, dora_scale=True)) if lycoris_dora_file else read_lora_file
+    file = _read_file(ctx, path, reader, "LoRA")
     if file is None:
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
@@ -454,7 +460,8 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     header = _read_file(ctx, path, read_safetensors_header, adapter.kind)
     if header is None:
         return "", 0
-    factors = _FACTORS[adapter.kind]
+    # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
+    factors = _FACTORS[adapter.kind] + (("dora_scale",) if getattr(adapter, "dora", False) else ())
     modules = {key.rsplit(".", 1)[0] for key in header if key.rsplit(".", 1)[-1] in factors}
     other = next((k for k in header if k.rsplit(".", 1)[-1] not in (*factors, "alpha")), None)
     if other is not None:

@@ -45,14 +45,15 @@ class LoraFile:
         return {next(p for p in KOHYA_PREFIXES if m.startswith(p)) for m in self.modules}
 
 
-def read_lora_file(path: str | os.PathLike) -> LoraFile:
+def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFile:
     """The modules of a kohya-layout LoRA file; ModelFileError when it is not one (naming the first tensor
-    that does not fit)."""
+    that does not fit). `dora_scale`: LyCORIS's LoCon with weight_decompose, its modules' `.dora_scale`
+    tensors allowed (and not read here)."""
     path = Path(path)
     header, data_bytes = _read_raw_header(path)
     header.pop("__metadata__", None)
     data_start = path.stat().st_size - data_bytes
-    names = sorted(header)
+    names = sorted(n for n in header if not (dora_scale and n.endswith(".dora_scale")))
     for name in names:
         base = _module_of(name)
         if base is None or not base.startswith(KOHYA_PREFIXES):

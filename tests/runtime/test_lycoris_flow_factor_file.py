@@ -7,12 +7,13 @@ alpha and LoKr split of its own: a block), and the LoKr run trains and resumes b
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dbspec.runtime.execute import execute
@@ -34,8 +35,9 @@ RUN = [
 ]
 
 
-def _layers(model) -> dict[str, tuple]:
-    """kohya name -> tiny-flux's parts: double block 0's attention, single block 0's linear1, img_in."""
+def _layers(model, final: bool = False) -> dict[str, tuple]:
+    """kohya name -> tiny-flux's parts: double block 0's attention, single block 0's linear1, img_in (and
+    with `final` the final layer)."""
     single = model.single_transformer_blocks[0]
     layers = _double_block_layers(model.transformer_blocks[0].attn)
     layers["lora_unet_single_blocks_0_linear1"] = (
@@ -45,6 +47,8 @@ def _layers(model) -> dict[str, tuple]:
         single.proj_mlp,
     )
     layers["lora_unet_img_in"] = (model.x_embedder,)
+    if final:  # the single blocks' proj_out left out
+        layers["lora_unet_final_layer_linear"] = (model.proj_out,)
     return layers
 
 
@@ -57,6 +61,7 @@ def _tree(linears: dict[str, nn.Linear]) -> nn.Module:
         "double_blocks_0_txt_attn_proj": "double_blocks.0.txt_attn.proj",
         "single_blocks_0_linear1": "single_blocks.0.linear1",
         "img_in": "img_in",
+        "final_layer_linear": "final_layer.linear",
     }
     root = nn.Module()
     for name, linear in linears.items():
@@ -79,7 +84,7 @@ def _file(tmp_path, cls, rank: int, options: dict):
 
     torch.manual_seed(5)
     tensors, linears = {}, {}
-    for name, parts in _layers(build_pipeline(BASE).transformer.float()).items():
+    for name, parts in _layers(build_pipeline(BASE).transformer.float(), True).items():
         linears[name] = _fused_linear(parts)
         own = OWN[cls] if cls in OWN and name.endswith("single_blocks_0_linear1") else (rank, 1.5, options)
         module = cls(name, linears[name], 1.0, own[0], own[1], **own[2])
@@ -121,7 +126,7 @@ def _converted(tmp_path, allow: bool = False):
 def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, options):
     file, linears = _file(tmp_path, cls, rank, options)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
-    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == 6
+    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == 7
     for module in network.unet_loras:
         module.apply_to()
     spec = _converted(tmp_path)
@@ -131,14 +136,16 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
     assert [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     if kind == "lokr":
         assert (plan.adapter.factor, plan.adapter.decompose_both) == (4, True)
-    (block,) = plan.adapter.blocks  # linear1's parts, all of them
+    zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
+    assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
+    assert not re.search(zero.pattern, "proj_out")
     assert (block.rank, block.alpha, block.factor) == (3, 0.5, 8 if kind == "lokr" else 0)
     assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
     assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     comps, count = _loaded(plan)
-    assert count == 6
+    assert count == 7 and not hasattr(comps.unet.single_transformer_blocks[0].proj_out, "base_layer")
     torch.manual_seed(0)
-    for name, parts in _layers(comps.unet.float().eval()).items():
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
         x = torch.randn(3, parts[0].base_layer.in_features)
         with torch.no_grad():
             ours = torch.cat([p(x) for p in parts], dim=-1)
@@ -159,10 +166,10 @@ def test_factor_file_starts_where_lycoris_rebuilds_it(tmp_path, cls, rank, optio
         assert torch.equal(p, ours[name]), name
     # the trained export, rebuilt by LyCORIS's create_network_from_weights, computes the trained layers
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    trained = _layers(whole.components.unet.float().eval())
+    trained = _layers(whole.components.unet.float().eval(), True)
     fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
-    assert len(network.unet_loras) == 6
+    assert len(network.unet_loras) == 7
     for module in network.unet_loras:
         module.apply_to()
     for name, parts in trained.items():
@@ -183,3 +190,74 @@ def test_ia3_file_stops_lycoris(tmp_path):
         lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
     outcome = _converted(tmp_path, allow=True)
     assert "DBS402" in codes(outcome)
+
+
+def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path):
+    """A LoHa file whose CLIP-L modules (lora_te1_*, LyCORIS's first encoder) cover the attention Linears of
+    every layer: text_encoder_targets (their paths) at the file's rank; dbspec's run starts CLIP-L's layers
+    where LyCORIS's create_network_from_weights on kohya's encoder list [CLIP-L, T5-XXL] rebuilds them."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    file, linears = _file(tmp_path, LohaModule, 2, {})
+    clip = build_pipeline(BASE).text_encoder.float()
+    tensors = dict(load_file(str(file)))
+    torch.manual_seed(6)
+    names = {}
+    for path, layer in clip.named_modules():
+        if path.endswith(("q_proj", "k_proj", "v_proj", "out_proj")):
+            name = "lora_te1_" + f"text_model.{path}".replace(".", "_")
+            module = LohaModule(name, copy.deepcopy(layer), 1.0, 2, 1.5)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+            names[path] = name
+    save_file(tensors, str(file))
+    t5 = build_pipeline(BASE).text_encoder_2
+    theirs = copy.deepcopy(clip)
+    kohya_clip = nn.Module()  # kohya's transformers (4.54.1) CLIPTextModel: its layers under text_model
+    kohya_clip.add_module("text_model", theirs)
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, str(file), None, [kohya_clip, t5], _tree(linears)
+    )
+    assert len(network.text_encoder_loras) == len(names) == 12
+    for module in network.text_encoder_loras:
+        module.apply_to()
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert plan.adapter.text_encoder_targets[:2] == (
+        "encoder.layers.0.self_attn.k_proj",
+        "encoder.layers.0.self_attn.out_proj",
+    )
+    comps, count = _loaded(plan)
+    assert count == 7 + 12 and plan.train_text_encoder
+    ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    torch.manual_seed(0)
+    for path, layer in theirs.named_modules():
+        if path not in names:
+            continue
+        x = torch.randn(3, ours[path].base_layer.in_features)
+        with torch.no_grad():
+            assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-3), path
+            torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+
+
+def test_locon_file_with_dora_scale_starts_where_lycoris_rebuilds_it(tmp_path):
+    """A LoCon file whose modules hold `dora_scale` (LyCORIS's LoConModule with weight_decompose, one
+    magnitude per output row of kohya's Linear): dora = true with dora_form "lycoris", the magnitudes loaded
+    by runtime/flow_init.py; every layer starts where create_network_from_weights rebuilds it."""
+    from lycoris.modules.locon import LoConModule
+
+    file, linears = _file(tmp_path, LoConModule, 2, {"weight_decompose": True})
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    assert all(m.wd for m in network.unet_loras) and len(network.unet_loras) == 7
+    for module in network.unet_loras:
+        module.apply_to()
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert (plan.adapter.kind, plan.adapter.dora, plan.adapter.dora_form) == ("lora", True, "lycoris")
+    comps, count = _loaded(plan)
+    assert count == 7
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)

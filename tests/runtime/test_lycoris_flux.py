@@ -429,17 +429,21 @@ def _factor_layers(model) -> dict[str, tuple]:
     return {**layers, "lora_unet_single_blocks_0_linear1": linear1}
 
 
-def _factor_file(tmp: Path, kind: str):
-    """lycoris-lora's LokrModules / LohaModules (network_dim 2, alpha 1.5, every factor random) on the tiny
-    Flux's fused layers, saved as lycoris.kohya saves them: (tensors, the LOKR spec of `kind` started from
-    the file with kohya's strict=False, the single block's other layers keeping their init)."""
+# LokrModule's rs_lora with both factors full (algo=lokr full_matrix=True rs_lora=True): sqrt(rank)
+RS_FULL = {"full_matrix": True, "rs_lora": True}
+
+
+def _factor_file(tmp: Path, kind: str, options: dict | None = None):
+    """lycoris-lora's LokrModules / LohaModules (network_dim 2, alpha 1.5, `options`, every factor random)
+    on the tiny Flux's fused layers, saved as lycoris.kohya saves them: (tensors, the LOKR spec of `kind`
+    started from the file with kohya's strict=False, the single block's other layers keeping their init)."""
     from dbspec.runtime.tiny import build_pipeline
 
     cls = LokrModule if kind == "lokr" else LohaModule
     torch.manual_seed(3)
     tensors = {}
     for name, parts in _factor_layers(build_pipeline(BASE).transformer.float()).items():
-        module = cls(name, _fused_linear(parts), 1.0, 2, 1.5)
+        module = cls(name, _fused_linear(parts), 1.0, 2, 1.5, **(options or {}))
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
@@ -447,25 +451,27 @@ def _factor_file(tmp: Path, kind: str):
     save_file(tensors, str(file))
     init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n'
     spec = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", init)
+    if options:  # the converter's full_matrix and rs_lora (alpha x sqrt(rank): unused by full layers)
+        spec = spec.replace("alpha = 1.5\n", "alpha = 1.5\nfull_matrix = true\nrank_stabilized = true\n")
     return tensors, spec
 
 
-@pytest.mark.parametrize("kind", ["lokr", "loha"])
-def test_network_weights_of_lokr_and_loha_load_as_lycoris_loads_them(tmp_path, kind):
+@pytest.mark.parametrize(("kind", "options"), [("lokr", None), ("loha", None), ("lokr", RS_FULL)])
+def test_network_weights_of_lokr_and_loha_load_as_lycoris_loads_them(tmp_path, kind, options):
     """--network_weights with algo=lokr / loha: a file of lycoris-lora's LokrModules / LohaModules on the
     fused Linears (every factor random), loaded by dbspec (runtime/lycoris_init.py: a LoKr's factors into
     the ones its parts share, a LoHa's w1_b / w2_b shared and its w1_a / w2_a rows to each part) and by
     LyCORIS's load_state_dict into modules built at kohya's network_dim / network_alpha: the same
-    outputs."""
+    outputs; LoKr's rs_lora with both factors full loads the factors as they are, at sqrt(rank)."""
     from tests.runtime.test_flow_init import _loaded
 
     cls = LokrModule if kind == "lokr" else LohaModule
-    tensors, extra = _factor_file(tmp_path, kind)
+    tensors, extra = _factor_file(tmp_path, kind, options)
     comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
     assert count == 5
     x = torch.randn(3, 16)
     for name, parts in _factor_layers(comps.unet.float().eval()).items():
-        theirs = cls(name, _fused_linear([p.base_layer for p in parts]), 1.0, 2, 1.5)
+        theirs = cls(name, _fused_linear([p.base_layer for p in parts]), 1.0, 2, 1.5, **(options or {}))
         theirs.apply_to()
         own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
         theirs.load_state_dict(own, strict=False)

@@ -99,6 +99,8 @@ def _layers(transformer):
 # the full / unet-only presets' patch convolution (PatchEmbed) at conv_dim 2 / conv_alpha 1 (LoKr: both
 # factors full on its 16 x 16 x 2 x 2 weight, scale 1)
 PATCH = 'fused_projections = true\nconv_rank = 2\nconv_alpha = 1\nconv_targets = ["pos_embed.proj"]\n'
+# use_tucker there (LoKr at conv_dim 1: its second factor low-rank, with LyCORIS's `lokr_t2`)
+TUCKER = PATCH.replace("conv_rank = 2", "conv_rank = 1") + "tucker = true\n"
 
 
 def _check_patch(tensors, transformer, cls) -> None:
@@ -106,7 +108,9 @@ def _check_patch(tensors, transformer, cls) -> None:
     conv = transformer.pos_embed.proj
     own = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("lora_unet_x_embedder_proj.")}
     base = copy.deepcopy(conv.base_layer)
-    module = cls("x_embedder_proj", base, 1.0, 2, own["alpha"].item())
+    tucker = "lokr_t2" in own or "hada_t1" in own
+    rank = own["lokr_t2"].shape[0] if "lokr_t2" in own else 2
+    module = cls("x_embedder_proj", base, 1.0, rank, own["alpha"].item(), use_tucker=tucker)
     module.load_state_dict(own)
     module.apply_to()
     x = torch.randn(2, base.in_channels, 8, 8)
@@ -121,6 +125,10 @@ def _check_export(plan, result, cls, text: bool = True):
     tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     if plan.adapter.conv_targets and cls in (LokrModule, LohaModule):  # the others' own tests check theirs
         _check_patch(tensors, transformer, cls)
+        cores = [
+            k for k in tensors if k.startswith("lora_unet_x_embedder_proj.") and k[-3:] in ("_t1", "_t2")
+        ]
+        assert bool(cores) == plan.adapter.tucker  # LyCORIS's Tucker cores
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "final_layer" in n or "context_embedder" in n for n in names)
     if text:
@@ -144,7 +152,8 @@ def _check_export(plan, result, cls, text: bool = True):
 
 
 def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    extra = LOKR.replace("fused_projections = true\n", PATCH)  # preset=full: the patch convolution too
+    # preset=full use_tucker=True conv_dim=1: the patch convolution too, in the Tucker form
+    extra = LOKR.replace("fused_projections = true\n", TUCKER)
     plan = make_plan(tmp_path / "whole", base=BASE, steps=4, extra=extra)
     assert [f.name for f in plan.adapter.fused] == [
         "x_block_attn_qkv",
@@ -167,7 +176,9 @@ def test_lokr_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
 
 def test_loha_export_is_what_lycoris_loads(tmp_path):
     extra = _with_text(
-        LOKR.replace('kind = "lokr"', 'kind = "loha"').replace("fused_projections = true\n", PATCH)
+        LOKR.replace('kind = "lokr"', 'kind = "loha"').replace(
+            "fused_projections = true\n", PATCH + "tucker = true\n"
+        )
     )
     plan = make_plan(tmp_path, base=BASE, steps=2, extra=extra)
     result = execute(plan, keep_models=True)
@@ -285,7 +296,7 @@ def _kohya_linear(parts, order) -> torch.nn.Linear:
 _CLASSES = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}
 
 
-def _sd3_file(tmp: Path, algo: str, more: str = ""):
+def _sd3_file(tmp: Path, algo: str, more: str = "", options: dict | None = None):
     """lycoris-lora's modules of `algo` (network_dim 2, alpha 1.5, every tensor random) on _layers' kohya
     Linears, saved as lycoris.kohya saves them: (tensors, the LOKR spec of its kind started from the file
     with kohya's strict=False, the other layers keeping their init)."""
@@ -294,7 +305,7 @@ def _sd3_file(tmp: Path, algo: str, more: str = ""):
     torch.manual_seed(5)
     tensors = {}
     for name, parts, order in _layers(build_pipeline(BASE).transformer.float()):
-        module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5)
+        module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5, **(options or {}))
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
@@ -306,10 +317,11 @@ def _sd3_file(tmp: Path, algo: str, more: str = ""):
     return tensors, extra
 
 
-def _theirs(algo: str, tensors, name: str, parts, order):
+def _theirs(algo: str, tensors, name: str, parts, order, options: dict | None = None):
     """lycoris-lora's module built at kohya's network_dim / network_alpha on the kohya Linear of `parts`'
     base layers, applied, then loaded from the file as lycoris.kohya's load_weights loads it."""
-    theirs = _CLASSES[algo](name, _kohya_linear([p.base_layer for p in parts], order), 1.0, 2, 1.5)
+    base = _kohya_linear([p.base_layer for p in parts], order)
+    theirs = _CLASSES[algo](name, base, 1.0, 2, 1.5, **(options or {}))
     theirs.apply_to()
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     theirs.load_state_dict(own, strict=False)
@@ -330,21 +342,63 @@ def _same_outputs(theirs, parts, order, name: str, changed: bool = True) -> None
         torch.testing.assert_close(theirs.eval()(x), ours, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
-def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo):
+@pytest.mark.parametrize(
+    ("algo", "dora"),
+    [("locon", False), ("lokr", False), ("loha", False), ("locon", True), ("lokr", True), ("loha", True)],
+)
+def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo, dora):
     """--network_weights with algo=locon / lokr / loha (network_dim 2, alpha 1.5): a file of lycoris-lora's
     LoConModules / LokrModules / LohaModules (every tensor random) on kohya's fused q/k/v Linears, the MLP's,
     the timestep embedder's and the last block's context modulation (kohya's (shift, scale) rows), loaded by
     dbspec (a LoCon's by runtime/flow_init.py, the factors by runtime/lycoris_init.py, the modulation's rows
     swapped back) and by LyCORIS's load_state_dict(strict=False) into modules built at kohya's network_dim /
-    network_alpha after apply_to: the same outputs."""
+    network_alpha after apply_to: the same outputs; with dora_wd (LyCORIS's weight_decompose) each
+    module's random `dora_scale` too, its rows into the parts' magnitudes."""
     from tests.runtime.test_flow_init import _loaded
 
-    tensors, extra = _sd3_file(tmp_path, algo)
+    options = {"weight_decompose": True} if dora else {}
+    form = 'dora_form = "lycoris"\n' if algo == "locon" else ""  # the converter's LoCon dora_wd
+    tensors, extra = _sd3_file(tmp_path, algo, "dora = true\n" + form if dora else "", options)
+    if dora:
+        assert "lora_unet_joint_blocks_0_x_block_attn_qkv.dora_scale" in tensors
     comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
     assert count == 5
     for name, parts, order in _layers(comps.unet.float().eval()):
-        _same_outputs(_theirs(algo, tensors, name, parts, order), parts, order, name)
+        _same_outputs(_theirs(algo, tensors, name, parts, order, options), parts, order, name)
+
+
+@pytest.mark.parametrize("cls", [LokrModule, LohaModule])
+def test_network_weights_of_the_tucker_patch_convolution_load_as_lycoris(tmp_path, cls):
+    """--network_weights with algo=lokr / loha use_tucker=True preset=full: the patch convolution's module
+    (lycoris-lora's, with `lokr_t2` / `hada_t1`, `hada_t2`, every tensor random) loaded by dbspec
+    (runtime/lycoris_init.py) and by LyCORIS's load_state_dict(strict=False) into the module built at
+    kohya's conv_dim / conv_alpha after apply_to: the same outputs."""
+    from tests.runtime.test_flow_init import _loaded
+    from dbspec.runtime.tiny import build_pipeline
+
+    rank = 1 if cls is LokrModule else 2
+    conv = build_pipeline(BASE).transformer.float().pos_embed.proj
+    torch.manual_seed(5)
+    module = cls("lora_unet_x_embedder_proj", copy.deepcopy(conv), 1.0, rank, 1.0, use_tucker=True)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    tensors = {f"lora_unet_x_embedder_proj.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    assert any(k[-3:] in ("_t1", "_t2") for k in tensors)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    init = f'init_weights = "{tmp_path / "prev.safetensors"}"\ninit_partial = true\n'
+    patch = TUCKER.replace("conv_rank = 1", f"conv_rank = {rank}") + init
+    kind = "lokr" if cls is LokrModule else "loha"
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", patch)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 1
+    ours = comps.unet.float().eval().pos_embed.proj
+    theirs = cls("x", copy.deepcopy(ours.base_layer), 1.0, rank, 1.0, use_tucker=True)
+    theirs.apply_to()
+    theirs.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()}, strict=False)
+    x = torch.randn(2, ours.base_layer.in_channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(ours(x), ours.base_layer(x), atol=1e-3)
+        torch.testing.assert_close(theirs.eval()(x), ours(x), rtol=0, atol=1e-5)
 
 
 def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):

@@ -1,7 +1,8 @@
 """lycoris.kohya --dim_from_weights on SD3 with SD3's patch convolution in the file (issue 12): lycoris-lora
 4.1.3 writes LoConModules on tiny-sd3's patch convolution and fused x-block q/k/v (kohya's MMDiT layers) and
 rebuilds them with create_network_from_weights on a tree of kohya's names; the converted run (conv_targets
-pos_embed.proj at the file's rank and alpha) starts both layers at LyCORIS's outputs."""
+pos_embed.proj at the file's rank and alpha) starts both layers at LyCORIS's outputs; so do LokrModules /
+LohaModules there in LyCORIS's Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker = true)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.runtime.test_lycoris_flux import _fused_linear
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 from lycoris.modules.locon import LoConModule  # noqa: E402
+from lycoris.modules.loha import LohaModule  # noqa: E402
+from lycoris.modules.lokr import LokrModule  # noqa: E402
 
 RUN = [
     "model.base=builtin:tiny-sd3",
@@ -41,17 +44,27 @@ def _copy(parts) -> nn.Module:
     return _fused_linear(parts)
 
 
-def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path):
+# (class, (rank, alpha) of the patch convolution's module and the q/k/v's, the patch's options)
+CASES = [
+    (LoConModule, ((2, 1.0), (3, 1.5)), {}),
+    (LokrModule, ((1, 0.5), (1, 1.5)), {"use_tucker": True, "decompose_both": True}),
+    (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}),
+]
+
+
+@pytest.mark.parametrize(("cls", "ranks", "options"), CASES)
+def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks, options):
     from dbspec.runtime.tiny import build_pipeline
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     torch.manual_seed(11)
     tensors, layers = {}, {}
     for (name, parts), (rank, alpha) in zip(
-        _layers(build_pipeline("builtin:tiny-sd3").transformer.float()).items(), ((2, 1.0), (3, 1.5))
+        _layers(build_pipeline("builtin:tiny-sd3").transformer.float()).items(), ranks
     ):
         layers[name] = _copy(parts)
-        module = LoConModule(name, layers[name], 1.0, rank, alpha)
+        own = options if name.endswith("x_embedder_proj") else {"decompose_both": True} if options else {}
+        module = cls(name, layers[name], 1.0, rank, alpha, **own)
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
@@ -66,9 +79,9 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path):
     network, _ = lycoris_kohya.create_network_from_weights(
         1.0, str(tmp_path / "prev.safetensors"), None, None, tree
     )
-    assert sorted((m.lora_name, m.lora_dim) for m in network.unet_loras) == [
-        ("lora_unet_joint_blocks_0_x_block_attn_qkv", 3),
-        ("lora_unet_x_embedder_proj", 2),
+    assert sorted((m.lora_name, m.lora_dim, type(m)) for m in network.unet_loras) == [
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", ranks[1][0], cls),
+        ("lora_unet_x_embedder_proj", ranks[0][0], cls),
     ]
     for module in network.unet_loras:
         module.apply_to()
@@ -86,10 +99,11 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path):
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     plan = compile_spec(out_path(tmp_path), RUN)
-    assert (plan.adapter.conv_rank, plan.adapter.conv_alpha, plan.adapter.conv_targets) == (
-        2,
-        1.0,
+    a = plan.adapter
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets, a.tucker) == (
+        *ranks[0],
         ("pos_embed.proj",),
+        bool(options),
     )
     comps, count = _loaded(plan)
     assert count == 2

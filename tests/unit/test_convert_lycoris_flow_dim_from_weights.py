@@ -162,14 +162,85 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert (a.rank, a.alpha) == (8, 4.0) and _rank(a, "transformer_blocks.0.attn.to_out.0") == (4, 4.0)
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
     for extra, code, words in (
-        ({"lora_unet_final_layer_linear": loha(64, W, 8)}, "DBS403", "proj_out"),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 8)}, "DBS403", "lora_te1"),
+        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}, "DBS403", "of its own"),
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
         outcome = _flux(tmp_path, allow=True)
         assert words in messages(outcome, code), errors(outcome)
     _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
+    # Flux's final layer: the target proj_out, and a first rank-0 block for the single blocks' proj_out
+    # (kohya's linear2) the file lacks: here all but block 5's
+    final = {
+        "lora_unet_final_layer_linear": loha(64, W, 8),
+        "lora_unet_single_blocks_5_linear2": loha(W, 5 * W, 8),
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **final}, alpha=4.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert {"proj_out", "single_transformer_blocks.5.proj_out"} <= set(a.denoiser_targets)
+    assert (a.rank, a.alpha) == (8, 4.0) and not any(re.search(b.pattern, "proj_out") for b in a.blocks)
+    assert not any(re.search(b.pattern, "single_transformer_blocks.5.proj_out") for b in a.blocks)
+    assert _rank(a, "single_transformer_blocks.4.proj_out") == (0, 1.0)
+    assert _rank(a, "single_transformer_blocks.37.proj_out") == (0, 1.0)
+
+
+def _loha(out: int, inp: int, rank: int) -> dict[str, tuple[int, int]]:
+    return {
+        "hada_w1_a": (out, rank),
+        "hada_w1_b": (rank, inp),
+        "hada_w2_a": (out, rank),
+        "hada_w2_b": (rank, inp),
+    }
+
+
+def test_flux_factor_file_with_clip_modules(tmp_path):
+    """A LoHa file's CLIP-L modules (lora_te1_*, LyCORIS's first encoder): text_encoder_targets, their
+    paths (a suffix of both CLIP layouts), at the file's rank; CLIP-L trains (runtime test:
+    test_lycoris_flow_factor_file)."""
+    modules = {"lora_unet_single_blocks_0_linear1": _loha(7 * W, W, 8)}
+    for i in range(12):
+        for part in ("self_attn_q_proj", "self_attn_v_proj"):
+            modules[f"lora_te1_text_model_encoder_layers_{i}_{part}"] = _loha(768, 768, 8)
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=4.0)
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, len(a.text_encoder_targets)) == ("loha", 8, 4.0, 24)
+    assert a.text_encoder_targets[:2] == (
+        "encoder.layers.0.self_attn.q_proj",
+        "encoder.layers.0.self_attn.v_proj",
+    )
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5
+    # --network_train_unet_only: LyCORIS's apply_to drops them
+    outcome = _flux(tmp_path, "--network_train_unet_only")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_sd3_factor_file_with_clip_modules(tmp_path):
+    """SD3's [CLIP-L, CLIP-G, T5-XXL]: a LoKr file's CLIP-G modules alone (lora_te2_*): CLIP-G trains, CLIP-L
+    does not; CLIP-L and CLIP-G at other layers (one target list): DBS403."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (1536 // 4, 1536 // 4)}
+    modules = {"lora_unet_joint_blocks_0_x_block_attn_proj": lokr}
+    for i in range(32):
+        modules[f"lora_te2_text_model_encoder_layers_{i}_mlp_fc2"] = {
+            "lokr_w1": (4, 4),
+            "lokr_w2": (320, 1280),
+        }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.text_encoder_targets == tuple(f"encoder.layers.{i}.mlp.fc2" for i in range(32))
+    spec = out_path(tmp_path).read_text(encoding="utf-8")
+    assert "text_encoder = false" in spec and "text_encoder_2 = true" in spec
+    clip_l = {"lora_te1_text_model_encoder_layers_0_mlp_fc2": {"lokr_w1": (4, 4), "lokr_w2": (192, 768)}}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **clip_l})
+    assert "one CLIP target list" in messages(_sd3(tmp_path, allow=True), "DBS403")
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):
@@ -274,6 +345,92 @@ def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):
     assert (a.conv_rank, a.conv_alpha, a.conv_targets) == (4, 2.0, ("pos_embed.proj",))
     assert _rank(a, "pos_embed.proj") == (4, 2.0)
     assert (a.rank, a.alpha) == (8, 8.0) and a.init_partial
+
+
+def test_sd3_factor_file_patch_convolution_and_its_tucker_form(tmp_path):
+    """A LoKr / LoHa file's patch convolution (SD3.5 large: 2432 x 16 x 2 x 2): conv_targets at the rank,
+    alpha and Tucker form LyCORIS rebuilds (LokrModule decompose_both, factor 8, `lokr_t2`; LohaModule's
+    `hada_t1` / `hada_t2`); a LoKr Tucker file without decompose_both, whose rank make_module_from_state_dict
+    reads off `lokr_w2_a`'s columns (the output part), stops LyCORIS: DBS402. Shapes checked against
+    lycoris-lora 4.1.3 on 36 factor / rank / split / Tucker cases (scratch run); runtime test:
+    test_lycoris_sd3_patch_file."""
+    w = 2432
+    qkv = {"lokr_w1_a": (8, 2), "lokr_w1_b": (2, 8), "lokr_w2_a": (3 * w // 8, 2), "lokr_w2_b": (2, w // 8)}
+    tucker = {
+        "lokr_w1_a": (8, 2),  # 2432 = 8 x 304, 16 = 2 x 8 by factor 8
+        "lokr_w1_b": (2, 2),
+        "lokr_t2": (2, 2, 2, 2),
+        "lokr_w2_a": (2, w // 8),
+        "lokr_w2_b": (2, 8),
+    }
+    file = tmp_path / "prev.safetensors"
+    _factor_file(
+        file, {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv, "lora_unet_x_embedder_proj": tucker}, 2.0
+    )
+    outcome = _sd3(tmp_path, "--network_args algo=lokr use_tucker=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.decompose_both, a.rank, a.alpha) == ("lokr", 8, True, 2, 2.0)
+    assert (a.conv_rank, a.conv_alpha, a.conv_targets, a.tucker) == (2, 2.0, ("pos_embed.proj",), True)
+    no_split = {"lokr_w1": (8, 2), **{k: v for k, v in tucker.items() if not k.startswith("lokr_w1")}}
+    _factor_file(
+        file, {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv, "lora_unet_x_embedder_proj": no_split}
+    )
+    assert "copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
+    loha = {"hada_t1": (4, 4, 2, 2), "hada_t2": (4, 4, 2, 2)}
+    loha |= {f"hada_w{i}_{x}": (4, w if x == "a" else 16) for i in (1, 2) for x in "ab"}
+    _factor_file(
+        file,
+        {"lora_unet_joint_blocks_0_x_block_attn_qkv": _loha(3 * w, w, 8), "lora_unet_x_embedder_proj": loha},
+        1.0,
+    )
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.conv_rank, a.conv_alpha, a.tucker) == ("loha", 8, 4, 1.0, True)
+
+
+def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
+    """make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose (wd_on_out's
+    default: one magnitude per output row of the fused Linear): dora = true, started from the file's
+    magnitudes; in some modules only: DBS403 (dbspec's dora is the adapter's); another shape: DBS402."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # img_attn.qkv 9216 x 3072 by factor 4
+    proj = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_qkv": {**lokr, "dora_scale": (9216, 1)},
+        "lora_unet_double_blocks_0_img_attn_proj": {**proj, "dora_scale": (3072, 1)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.init_partial) == ("lokr", True, "output", True)
+    modules["lora_unet_double_blocks_0_img_attn_proj"] = proj
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+    modules["lora_unet_double_blocks_0_img_attn_proj"] = {**proj, "dora_scale": (1, 3072)}
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
+def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
+    """A LoCon file's `dora_scale` (LoConModule with weight_decompose): dora = true, dora_form "lycoris"
+    (runtime test: test_lycoris_flow_factor_file); in some modules only: DBS403."""
+    qkv, proj = "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj"
+    tensors = {}
+    for name, rows in ((qkv, 3 * W), (proj, W)):
+        tensors[f"{name}.lora_down.weight"] = np.zeros((8, W), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((rows, 8), np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+        tensors[f"{name}.dora_scale"] = np.ones((rows, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, "--network_args algo=locon dora_wd=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dora, a.dora_form, a.init_partial) == ("lora", 8, True, "lycoris", True)
+    del tensors[f"{proj}.dora_scale"]
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
 
 
 def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):

@@ -398,10 +398,20 @@ def test_rs_lora_on_lokr_scales_alpha_and_full_factors(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.lokr_rank_stabilized and a.fused and a.alpha == pytest.approx(4 * 8**0.5)
-    # --network_weights: LyCORIS's file holds full factors unscaled, dbspec's export sqrt(rank) x lokr_w1
-    (tmp_path / "prev.safetensors").write_bytes(b"")
-    extra = "--network_weights prev.safetensors --network_args algo=lokr rs_lora=True"
-    assert "trains them at sqrt(dim)" in messages(_flux(tmp_path, extra, allow=True), "DBS403")
+    # --network_weights: LyCORIS's load_state_dict copies the factors into modules keeping their scale
+    # (runtime/lycoris_init.py loads them as they are; tests/runtime/test_lycoris_flux.py)
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {f"{qkv}.{f}": np.zeros((2, 2), np.float16) for f in ("lokr_w1", "lokr_w2")}
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    extra = "--network_weights prev.safetensors --network_args algo=lokr full_matrix=True rs_lora=True"
+    outcome = _flux(tmp_path, extra)
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.lokr_rank_stabilized and a.full_matrix and a.init_weights.endswith("prev.safetensors")
+    assert a.init_partial
 
 
 def _lycoris_flux_file(path, *, rank: int, alpha: float):
@@ -501,6 +511,48 @@ def test_dora_wd_use_scalar_and_max_norm_of_lokr_and_loha_are_lycoris_per_fused_
     assert not errors(outcome)
 
 
+def test_network_weights_of_a_locon_with_dora_wd_start_the_magnitudes(tmp_path):
+    """algo=locon dora_wd=True (dora_form "lycoris"): LyCORIS's load_state_dict fills each LoConModule's
+    lora_down / lora_up and dora_scale (one magnitude per output row of the fused Linear): init_weights, the
+    magnitudes loaded by runtime/flow_init.py (tests/runtime/test_lycoris_sd3.py against lycoris-lora)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {
+        f"{qkv}.lora_down.weight": np.zeros((8, 3072), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((9216, 8), np.float16),
+        f"{qkv}.alpha": np.array(4.0, np.float32),
+        f"{qkv}.dora_scale": np.ones((9216, 1), np.float16),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=locon dora_wd=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.init_layers) == (True, "lycoris", 1) and a.init_weights
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_with_dora_wd_start_the_magnitudes(tmp_path, algo):
+    """--network_weights with algo=lokr / loha dora_wd=True: LyCORIS's load_state_dict fills each module's
+    factors and dora_scale (one magnitude per output row of the fused Linear): init_weights with the
+    magnitudes (runtime/lycoris_init.py; tests/runtime/test_lycoris_sd3.py against lycoris-lora)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    factors = (
+        ("lokr_w1", "lokr_w2") if algo == "lokr" else ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+    )
+    tensors = {f"{qkv}.{f}": np.zeros((2, 2), np.float16) for f in factors}
+    tensors[f"{qkv}.dora_scale"] = np.ones((9216, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} dora_wd=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.dora and a.init_weights.endswith("prev.safetensors") and a.init_layers == 1
+
+
 def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
     outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
     assert fate(outcome, "scale_weight_norms") == "unsupported"
@@ -578,10 +630,13 @@ def test_dora_wd_in_bypass_mode_is_lycoris_defect(tmp_path, algo):
     assert errors(outcome) and "never applies the weight decomposition" in messages(outcome, "DBS402")
 
 
-def test_dora_wd_with_network_weights_is_refused(tmp_path):
+def test_dora_wd_with_network_weights_without_dora_scale_keeps_the_magnitudes_init(tmp_path):
+    """LyCORIS's load_state_dict(strict=False) of a file without dora_scale leaves each module's magnitudes
+    at their init (the base weight's row norms), as dbspec's init_partial does."""
     _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
     outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args dora_wd=True")
-    assert fate(outcome, "network_weights") == "unsupported"
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.init_partial
 
 
 def test_a_preset_without_flux_modules_is_invalid(tmp_path):

@@ -110,22 +110,31 @@ def test_loha_bypass_dropout_and_dora_with_dropouts_convert_as_on_flux(tmp_path)
 
 def test_lokr_and_loha_on_the_patch_convolution_tucker_refused(tmp_path):
     """LokrModule / LohaModule on the patch convolution (x_embedder.proj) at conv_dim / conv_alpha: peft's
-    LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora); the Tucker
-    form there (LoCon's, LoKr's, LoHa's): DBS403."""
+    LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora); LoCon's
+    Tucker form there (lora_mid): DBS403."""
     for algo in ("lokr", "loha"):
         outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=unet-only conv_dim=3 conv_alpha=2")
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
         a = plan_of(outcome, tmp_path).adapter
         assert (a.kind, a.conv_rank, a.conv_alpha, a.conv_targets) == (algo, 3, 2.0, ("pos_embed.proj",))
-    for args in (
-        "algo=lokr use_tucker=True",
-        "algo=loha preset=unet-only use_tucker=True",
-        "use_tucker=True",
-    ):
-        outcome = _sd3(tmp_path, f"--network_args {args}")
-        assert "DBS403" in codes(outcome)
-        assert "pos_embed.proj" in messages(outcome, "DBS403")
+    outcome = _sd3(tmp_path, "--network_args use_tucker=True")
+    assert "DBS403" in codes(outcome)
+    assert "pos_embed.proj" in messages(outcome, "DBS403")
     assert "DBS403" not in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin use_tucker=True"))
+
+
+@pytest.mark.parametrize(
+    "args", ["algo=lokr conv_dim=1 conv_alpha=1 use_tucker=True", "algo=loha preset=unet-only use_cp=True"]
+)
+def test_lokr_and_loha_tucker_form_on_the_patch_convolution(tmp_path, args):
+    """LokrModule's / LohaModule's use_tucker on the 2x2 patch convolution (`lokr_t2`, `hada_t1` /
+    `hada_t2`): peft's use_effective_conv2d, tucker = true (tests/runtime/test_lycoris_sd3.py loads its
+    export in lycoris-lora's module built with use_tucker)."""
+    outcome = _sd3(tmp_path, f"--network_args {args}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, f"network_args {args.split()[-1].split('=')[0]}") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.tucker and a.conv_targets == ("pos_embed.proj",) and a.kind == args.split()[0][5:]
 
 
 def test_diag_oft_full_is_one_block_split_per_fused_qkv_and_the_patch_convolution(tmp_path):

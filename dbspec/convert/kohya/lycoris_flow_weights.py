@@ -13,8 +13,7 @@ the rank, alpha and LoKr split most modules share for the adapter, and a module 
 or scale those do not give (checked module by module with LyCORIS's constructor rules,
 dbspec.plan.lokr.factorization) a [[adapter.blocks]] entry at its own (over all its diffusers parts); its
 modules' diffusers parts are the full-path targets, the file `init_weights` (runtime/lycoris_init.py fills
-the shared factors). Tucker or `dora_scale` tensors, and Flux's final layer (its `proj_out` suffix names
-every single block's too): DBS403."""
+the shared factors); lycoris_flow_factor_file.py maps the file to [adapter] values."""
 
 from __future__ import annotations
 
@@ -231,7 +230,7 @@ def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
 def diffusers_targets(names: list[str], family: str) -> list[str] | str:
     """The diffusers Linears (full paths) of the file's denoiser modules, a fused one's every part; else why
     not: a name dbspec does not place, SD3's patch convolution, or a top-level Linear whose name is the tail
-    of a block's (Flux's final-layer `proj_out`: a target suffix would take every single block's too)."""
+    of a block's other than Flux's final-layer `proj_out` (final_layer_block keeps the single blocks' out)."""
     lists, _top = _LAYOUTS[family]
     children = {c for _blocks, table in lists.values() for parts in table.values() for c in parts}
     out: list[str] = []
@@ -242,70 +241,10 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
         blocks, index, parts = found
         if not blocks and parts == ("pos_embed.proj",):
             return f"module `{name}` adapts a convolution (the patch embedding)"
-        if not blocks and any(c == parts[0] or c.endswith("." + parts[0]) for c in children):
+        if not blocks and parts != ("proj_out",) and any(c.endswith("." + parts[0]) for c in children):
             return (
                 f"module `{name}` is diffusers' top-level `{parts[0]}`, a name the blocks' Linears end in "
-                "too "
-                "(a LoKr / LoHa target is a name suffix, with no rank-0 block to keep them out)"
+                "too (a target suffix would take them along)"
             )
         out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     return out
-
-
-def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
-    """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
-    builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
-    what dbspec cannot express."""
-    algos = sorted({m.algo or "none" for m in modules.values()})
-    denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
-    text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
-    algo = algos[0]
-    if algo == "full":  # checked against lycoris-lora 4.1.3: a file diff of 1 trains from W + 2
-        return (
-            "LyCORIS builds each FullModule at W + diff, and train_network.py's load_weights then adds the "
-            "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
-            "(started at W + diff from a file) do not express"
-        )
-    extra = next((f"{m.name}.{k}" for m in denoiser for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
-    bare = next((m.name for m in denoiser if m.alpha is None), None)
-    if len(algos) > 1:
-        return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
-    if family == "chroma":
-        return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
-    if text and not unet_only:
-        return (
-            f"it builds the file's text-encoder modules (`{text[0]}`) in LyCORIS's numbering of kohya's "
-            "encoders"
-        )
-    if not denoiser:
-        return "it holds no module of the denoiser"
-    if any("dora_scale" in m.shapes for m in denoiser):
-        return f"its `dora_scale` (a fused {algo} has no weight decomposition)"
-    if extra:
-        return f"its Tucker tensor `{extra}`"
-    if bare and algo != "ia3":
-        return f"invalid:module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises"
-    targets = diffusers_targets([m.name for m in denoiser], family)
-    if isinstance(targets, str):
-        return targets
-    if algo == "ia3":  # get_module hands it (weight, on_input); it takes weight alone
-        return (
-            "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
-            "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
-        )
-    checked = (check_lokr if algo == "lokr" else check_loha)(denoiser)
-    if isinstance(checked, str):
-        return checked
-    options, alpha, own = checked
-    if isinstance(options, int):  # LoHa's rank
-        out: dict = {"kind": algo, "rank": options, "alpha": alpha}
-    else:
-        out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
-        out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
-    blocks = own_blocks(own, options, family)
-    return {
-        **out,
-        "denoiser_targets": targets,
-        "fused_projections": True,
-        **({"blocks": blocks} if blocks else {}),
-    }

@@ -183,7 +183,8 @@ def map_lycoris_flow(
             presets={name: (layers, []) for name, (layers, _clip) in layout.presets.items()},
             targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
         )
-    if preset not in layout.presets:  # a preset file: lycoris_flow_file.py
+    preset_file = preset not in layout.presets
+    if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
@@ -216,7 +217,7 @@ def map_lycoris_flow(
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
-    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo):
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, preset_file):
         return False
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
@@ -582,20 +583,30 @@ def _convs(
     layout,
     layers: str,
     kind: str,
+    preset_file: bool = False,
 ) -> bool:
     """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
     layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
     `conv_alpha` (LyCORIS's defaults: network_dim / network_alpha, 0 too); LoKr / LoHa: LokrModule /
     LohaModule on it, peft's LoKr / LoHa on the convolution (LyCORIS's split and init; exported under kohya's
-    name, checked against lycoris-lora 4.1.3). The Tucker form (LoCon's, LoKr's `lokr_t2`, LoHa's
-    `hada_t1` / `hada_t2`) there is refused. False when refused."""
+    name, checked against lycoris-lora 4.1.3). LoKr's and LoHa's Tucker form (`use_tucker`: `lokr_t2`,
+    `hada_t1` / `hada_t2`, peft's use_effective_conv2d) there is `tucker = true`, exported as LyCORIS saves
+    it (tests/runtime/test_lycoris_sd3.py); LoCon's (`lora_mid`) is refused: the lora_sd3 layout dbspec
+    writes it in has no `lora_mid`; with a preset file (lycoris_flow_file.py) the Tucker form stays refused
+    as before. False when refused."""
     where = ", ".join(layout.convs[layers])
     form = "LoKr" if kind == "lokr" else "LoHa" if kind == "loha" else "LoCon"
-    if lycoris_tucker(kwargs):
+    tucker = lycoris_tucker(kwargs)
+    if tucker and (kind not in ("lokr", "loha") or preset_file):
         conv.unsupported(args, f"{form}'s Tucker form (use_tucker) on {layout.title}'s {where}")
         return False
     for key in [k for k in kwargs if k in TUCKER_NAMES]:
-        conv.inert(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), "off")
+        item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        if tucker:
+            note = f"LyCORIS's {form} Tucker form on {where} (lokr_t2 / hada_t1, hada_t2)"
+            conv.mapped(item, ("adapter", "tucker"), True, note)
+        else:
+            conv.inert(item, "off")
     rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
     conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
     conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)

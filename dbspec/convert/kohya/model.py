@@ -29,7 +29,8 @@ from dbspec.convert.kohya.file_ranks import (
     per_module_text_blocks,
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, factor_file_adapter, read_lycoris_file
+from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
 
@@ -736,9 +737,13 @@ def _flow_dim_from_weights(
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        file = read_lora_file(local)
+        file = read_lora_file(local, dora_scale=lycoris)
+        dora = _locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        return
+    if isinstance(dora, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {dora}")
         return
     bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
     if bare is not None:
@@ -786,6 +791,10 @@ def _flow_dim_from_weights(
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
     conv.put(("adapter", "rank"), rank, note)
     conv.put(("adapter", "alpha"), alpha, note)
+    if dora:  # make_module_from_state_dict: weight_decompose, one magnitude per output row (flow_init.py)
+        why = note + ": its dora_scale (LyCORIS's LoConModule with weight_decompose)"
+        conv.put(("adapter", "dora"), True, why)
+        conv.put(("adapter", "dora_form"), "lycoris", why)
     if patch is not None and patch.conv:
         why = note + ": LyCORIS's LoConModule on the patch convolution at its rank and alpha"
         pair = {"rank": patch.rank, "alpha": float(patch.alpha or patch.rank)}
@@ -810,6 +819,24 @@ def _flow_dim_from_weights(
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
+
+
+def _locon_dora(local) -> bool | str:
+    """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
+    output row of kohya's Linear: LoConModule built with weight_decompose); why not when only some do or a
+    convolution does (dbspec's dora is the adapter's; SD3's patch convolution's is not expressed)."""
+    modules = read_lycoris_file(local)
+    held = [m for m in modules.values() if "dora_scale" in m.shapes]
+    if not held:
+        return False
+    bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
+    if bare is not None:
+        return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
+    for m in held:
+        rows = m.shapes["lora_up.weight"][0]
+        if len(m.shapes["lora_down.weight"]) != 2 or tuple(m.shapes["dora_scale"]) != (rows, 1):
+            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (a convolution's, or per input)"
+    return True
 
 
 def _lycoris_clip(file, components: dict[str, str], conv: Conversion, from_file: Legacy) -> dict | None:
@@ -874,8 +901,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             "with use_scalar: LyCORIS's load hook sets each loaded module's trained scalar to 1 (the file's "
             "lora_up holds it folded), a start dbspec's scalar (from 0) does not take (DBS520)",
         ),
-        ("dora", "with dora_wd: dbspec starts a plain LoRA from a file, not the file's dora_scale (DBS356)"),
-    ):
+    ):  # dora_wd: the file's dora_scale starts the magnitudes (runtime/flow_init.py, lycoris_init.py)
         if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
             conv.unsupported(a["network_weights"], why)
             return False
@@ -906,7 +932,8 @@ def _lycoris_flow_from_weights(
     alpha, what algo=lora / locon saves) is one LoConModule per fused Linear at
     the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
-    LoKr's / LoHa's keys (lokr_w1, hada_w1_a...), lora_mid or dora_scale: DBS403 (read_lora_file)."""
+    LoKr's / LoHa's keys (lokr_w1, hada_w1_a...): _lycoris_flow_factor_file (lycoris_flow_weights.py); a
+    LoCon's lora_mid or dora_scale: DBS403 (read_lora_file)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 

@@ -961,13 +961,6 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
-    if kind == "lokr" and conv.values.get(("adapter", "rank_stabilized"), (False,))[0]:
-        conv.unsupported(  # lycoris_init / the export: a full lokr_w1 holds sqrt(rank), divided out on load
-            weights,
-            "with rs_lora LokrModule loads a layer's full Kronecker factors as they are and trains them at "
-            "sqrt(dim), where dbspec reads a full lokr_w1 as its own export's (the scale folded in)",
-        )
-        return
     if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
             weights,

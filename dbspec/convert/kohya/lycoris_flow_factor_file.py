@@ -1,0 +1,271 @@
+"""lycoris.kohya --dim_from_weights on Flux / SD3 with a LoKr or LoHa file: the [adapter] values
+(factor_file_adapter) for the modules LyCORIS's create_network_from_weights builds from it, as
+lycoris_flow_weights.py reads and rebuilds them. SD3's patch convolution (`lora_unet_x_embedder_proj`) is
+`conv_targets` at the rank, alpha and Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker) LyCORIS
+rebuilds it with (its LoKr split the adapter's; factors LyCORIS's copy_ rejects, e.g. a LoKr Tucker core
+without decompose_both, whose rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear
+(no Tucker core there: AttributeError): DBS402. A `dora_scale` in every module is LyCORIS's weight
+decomposition (dora = true; in some only, or on the patch convolution: DBS403). Flux's final layer
+(`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
+blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
+(their full paths, one list for both encoders) at the adapter's rank, alpha and split (a module at its own:
+DBS403); T5-XXL's (LyCORIS's train_t5xxl stays False): DBS403."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from dbspec.convert.kohya.lycoris_flow_file import NUM_SINGLE
+from dbspec.convert.kohya.lycoris_flow_weights import (
+    LokrOptions,
+    LycorisModule,
+    _factor_shapes,
+    check_loha,
+    check_lokr,
+    diffusers_targets,
+    lokr_rebuilt,
+    own_blocks,
+)
+from dbspec.plan.lokr import factorization
+
+
+PATCH = "lora_unet_x_embedder_proj"  # SD3's patch convolution (PatchEmbed's 2x2, stride-2 Conv2d)
+_KERNEL = (2, 2)
+
+
+def lokr_conv_shapes(out: int, inp: int, o: LokrOptions, tucker: bool) -> dict[str, tuple[int, ...]]:
+    """The factors LokrModule builds on an out x in 2x2 convolution (use_tucker: `lokr_t2`)."""
+    in_m, in_n = factorization(inp, o.factor)
+    out_l, out_k = factorization(out, o.factor)
+    r, shapes = o.rank, {}
+    if o.decompose_both and r < max(out_l, in_m) / 2 and not o.full_matrix:
+        shapes["lokr_w1_a"], shapes["lokr_w1_b"] = (out_l, r), (r, in_m)
+    else:
+        shapes["lokr_w1"] = (out_l, in_m)
+    if r >= max(out_k, in_n) / 2 or o.full_matrix:
+        shapes["lokr_w2"] = (out_k, in_n, *_KERNEL)
+    elif tucker:
+        shapes["lokr_t2"], shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (r, r, *_KERNEL), (r, out_k), (r, in_n)
+    else:
+        shapes["lokr_w2_a"], shapes["lokr_w2_b"] = (out_k, r), (r, in_n * math.prod(_KERNEL))
+    return shapes
+
+
+def _lokr_patch(m: LycorisModule, common: LokrOptions) -> dict | str:
+    """conv_rank / conv_alpha / tucker building the patch convolution's LokrModule as LyCORIS rebuilds it
+    from the file (make_module_from_state_dict's options on the convolution the factors span), with the
+    adapter's factor and decompose_both; else why not ("invalid:..." where LyCORIS's copy_ fails)."""
+    s, tucker = m.shapes, "lokr_t2" in m.shapes
+    w1, _ = _factor_shapes(m)
+    out_k, in_n = (
+        s["lokr_w2"][:2]
+        if "lokr_w2" in s
+        else (s["lokr_w2_a"][1], s["lokr_w2_b"][1])
+        if tucker
+        else (s["lokr_w2_a"][0], s["lokr_w2_b"][1] // math.prod(_KERNEL))
+    )
+    out, inp = w1[0] * out_k, w1[1] * in_n
+    theirs = lokr_rebuilt(m)[0]
+    want = {k: tuple(v) for k, v in s.items() if k.startswith("lokr_")}
+    if lokr_conv_shapes(out, inp, theirs, tucker) != want:
+        return (
+            f"invalid:LyCORIS's LokrModule rebuilt from `{m.name}` (rank {theirs.rank}, factor "
+            f"{theirs.factor}) on the {out} x {inp} patch convolution has factors "
+            f"{lokr_conv_shapes(out, inp, theirs, tucker)}, not the file's {want}: its copy_ raises"
+        )
+    full = "lokr_w1" in s and "lokr_w2" in s  # scale 1 (LyCORIS's alpha is the rank)
+    rank = (
+        max(*factorization(out, common.factor), *factorization(inp, common.factor)) if full else theirs.rank
+    )
+    ours = LokrOptions(
+        rank=rank, factor=common.factor, decompose_both=common.decompose_both, full_matrix=common.full_matrix
+    )
+    if lokr_conv_shapes(out, inp, ours, tucker) != want:
+        return (
+            f"module `{m.name}` (the patch convolution) has a Kronecker split (factor {theirs.factor}, "
+            f"decompose_both {theirs.decompose_both}) other than the adapter's (factor {common.factor}, "
+            f"decompose_both {common.decompose_both}), which dbspec's LoKr gives its convolutions"
+        )
+    return {
+        "conv_rank": rank,
+        "conv_alpha": float(m.alpha or rank) if not full else float(rank),
+        "tucker": tucker,
+    }
+
+
+def _loha_patch(m: LycorisModule) -> dict | str:
+    """conv_rank / conv_alpha / tucker of the patch convolution's LohaModule (rank `hada_w1_b`'s rows,
+    use_tucker with `hada_t1`); "invalid:..." when its factors are not the ones LohaModule builds."""
+    s, tucker = m.shapes, "hada_t1" in m.shapes
+    r = s["hada_w1_b"][0] if "hada_w1_b" in s else 0
+    if tucker:
+        out, inp = s["hada_w1_a"][1], s["hada_w1_b"][1]
+        want = {"hada_t1": (r, r, *_KERNEL), "hada_t2": (r, r, *_KERNEL)}
+        want |= {f"hada_w{i}_{x}": (r, out if x == "a" else inp) for i in (1, 2) for x in "ab"}
+    else:
+        out, inp = s["hada_w1_a"][0], s["hada_w1_b"][1]
+        want = {f"hada_w{i}_{x}": (out, r) if x == "a" else (r, inp) for i in (1, 2) for x in "ab"}
+    got = {k: tuple(v) for k, v in s.items() if k.startswith("hada_")}
+    if got != want:
+        return (
+            f"invalid:module `{m.name}`'s LoHa factors {got} are not LohaModule's at rank {r}: copy_ raises"
+        )
+    return {"conv_rank": int(r), "conv_alpha": float(m.alpha or r), "tucker": tucker}
+
+
+def final_layer_block(targets: list[str], family: str) -> list[dict]:
+    """Flux's final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among the targets:
+    the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too, so a first,
+    rank-0 block keeps out those the file does not hold (peft's exclude_modules, runtime/blocks.py)."""
+    if family != "flux" or "proj_out" not in targets:
+        return []
+    left = [str(i) for i in range(NUM_SINGLE) if f"single_transformer_blocks.{i}.proj_out" not in targets]
+    if not left:
+        return []
+    pattern = rf"^single_transformer_blocks\.({'|'.join(left)})\.proj_out$"
+    return [{"pattern": pattern, "rank": 0, "alpha": 1.0}]
+
+
+# LyCORIS's numbering of the encoders kohya hands it: CLIP first (Flux: CLIP-L; SD3: CLIP-L, CLIP-G) and
+# their layer counts in kohya's models, then T5-XXL; Flux's lora_te3_ names no module (LyCORIS ignores it)
+_CLIPS = {"flux": {"lora_te1_": 12}, "sd3": {"lora_te1_": 12, "lora_te2_": 32}}
+_T5 = {"flux": "lora_te2_", "sd3": "lora_te3_"}
+_CLIP_LINEAR = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$")
+
+
+def clip_targets(names: list[str], family: str) -> list[str] | str:
+    """The CLIP Linears (full paths, one list for the encoders) of the file's text-encoder modules, which
+    LyCORIS's create_network_from_weights builds by name on kohya's CLIP-L (SD3: and CLIP-G); else why not:
+    a T5-XXL module (LyCORIS builds it while its network's train_t5xxl stays False), a CLIP module outside
+    the attention / MLP Linears, or encoders whose layers differ (one target list: a path in one encoder's
+    file modules names the same layer of the other)."""
+    clips, t5 = _CLIPS[family], _T5[family]
+    paths: dict[str, set[str]] = {}
+    for name in names:
+        if name.startswith(t5):
+            return f"module `{name}` is T5-XXL's, which LyCORIS builds while its train_t5xxl stays False"
+        prefix = next((p for p in clips if name.startswith(p)), None)
+        if prefix is None:
+            continue  # Flux's lora_te3_: no module of LyCORIS's encoders
+        found = _CLIP_LINEAR.match(name.removeprefix(prefix))
+        if found is None or int(found.group(1)) >= clips[prefix]:
+            return f"module `{name}` is no CLIP attention / MLP Linear (kohya's CLIP targets)"
+        inner = found.group(2).replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
+        # a path suffix of both CLIP layouts (transformers 5.6 drops CLIPTextModel's `text_model.`)
+        paths.setdefault(prefix, set()).add(f"encoder.layers.{found.group(1)}.{inner}")
+    union = set().union(*paths.values()) if paths else set()
+    for prefix, own in paths.items():
+        layers = {p for p in union if int(p.split(".")[2]) < clips[prefix]}
+        if own != layers:
+            return (
+                f"its {prefix.rstrip('_')} modules are other layers than the other CLIP encoder's "
+                f"(e.g. `{sorted(own ^ layers)[0]}`): dbspec's LoKr / LoHa has one CLIP target list"
+            )
+    return sorted(union, key=lambda p: (int(p.split(".")[2]), p))
+
+
+def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str:
+    """Whether the file's modules hold LyCORIS's weight decomposition (`dora_scale`: the module is built with
+    weight_decompose, one magnitude per output row of the fused Linear); why not when only some do (dbspec's
+    `dora` is the adapter's), the patch convolution does, or a `dora_scale` is not (rows, 1)."""
+    held = [m for m in built if "dora_scale" in m.shapes]
+    if not held:
+        return patch is not None and "dora_scale" in patch.shapes and "its patch convolution's `dora_scale`"
+    if patch is not None and "dora_scale" in patch.shapes:
+        return "its patch convolution's `dora_scale` (LyCORIS's weight decomposition of a convolution)"
+    if len(held) != len(built):
+        bare = next(m.name for m in built if "dora_scale" not in m.shapes)
+        return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
+    for m in held:
+        s = m.shapes
+        rows = s["hada_w1_a"][0] if "hada_w1_a" in s else _factor_shapes(m)[0][0] * _factor_shapes(m)[1][0]
+        if tuple(s["dora_scale"]) != (rows, 1):
+            return (
+                f"invalid:`{m.name}.dora_scale` has shape {list(s['dora_scale'])}, not LyCORIS's [{rows}, 1] "
+                "(one magnitude per output row): its copy_ raises"
+            )
+    return True
+
+
+def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
+    """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
+    builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
+    what dbspec cannot express."""
+    algos = sorted({m.algo or "none" for m in modules.values()})
+    denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
+    text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
+    algo = algos[0]
+    if algo == "full":  # checked against lycoris-lora 4.1.3: a file diff of 1 trains from W + 2
+        return (
+            "LyCORIS builds each FullModule at W + diff, and train_network.py's load_weights then adds the "
+            "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
+            "(started at W + diff from a file) do not express"
+        )
+    if len(algos) > 1:
+        return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
+    if family == "chroma":
+        return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
+    text_targets = clip_targets(text, family) if text and not unet_only else []
+    if isinstance(text_targets, str):
+        return text_targets
+    # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP ones
+    built = denoiser + [
+        m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))
+    ]
+    patch = modules.get(PATCH) if family == "sd3" and algo in ("lokr", "loha") else None
+    if patch is not None:
+        denoiser = [m for m in denoiser if m is not patch]
+        built = [m for m in built if m is not patch]
+    extra = next((f"{m.name}.{k}" for m in built for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
+    bare = next((m.name for m in built if m.alpha is None), None)
+    if not denoiser:
+        return "it holds no module of the denoiser"
+    dora = _dora(built, patch)
+    if isinstance(dora, str):
+        return dora
+    if (
+        extra
+    ):  # LyCORIS's module on a Linear has no Tucker core: AttributeError in make_module_from_state_dict
+        return f"invalid:LyCORIS's module on a Linear has no Tucker core for `{extra}`: AttributeError"
+    bare = bare or (patch.name if patch is not None and patch.alpha is None else None)
+    if bare and algo != "ia3":
+        return f"invalid:module `{bare}` has no alpha: make_module_from_state_dict's float(None) raises"
+    targets = diffusers_targets([m.name for m in denoiser], family)
+    if isinstance(targets, str):
+        return targets
+    if algo == "ia3":  # get_module hands it (weight, on_input); it takes weight alone
+        return (
+            "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
+            "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
+        )
+    checked = (check_lokr if algo == "lokr" else check_loha)(built)
+    if isinstance(checked, str):
+        return checked
+    options, alpha, own = checked
+    apart = next((name for name in own if name.startswith("lora_te")), None)
+    if apart is not None:  # dbspec's fused LoKr / LoHa: no [[adapter.text_encoder_blocks]]
+        return (
+            f"its CLIP module `{apart}` has a rank, alpha or Kronecker split of its own (dbspec's {algo} "
+            "on the fused layers has one for every CLIP layer: no [[adapter.text_encoder_blocks]])"
+        )
+    if isinstance(options, int):  # LoHa's rank
+        out: dict = {"kind": algo, "rank": options, "alpha": alpha}
+    else:
+        out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
+        out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family)]
+    if dora:  # make_module_from_state_dict: weight_decompose with wd_on_out's default, one per output row
+        out["dora"] = True
+    if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
+        conv = _lokr_patch(patch, options) if isinstance(options, LokrOptions) else _loha_patch(patch)
+        if isinstance(conv, str):
+            return conv
+        out.update(conv_targets=["pos_embed.proj"], **{k: v for k, v in conv.items() if v is not False})
+    return {
+        **out,
+        "denoiser_targets": targets,
+        **({"text_encoder_targets": text_targets} if text_targets else {}),
+        "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+    }
