@@ -163,11 +163,20 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
     for extra, code, words in (
         ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}, "DBS403", "of its own"),
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
         outcome = _flux(tmp_path, allow=True)
         assert words in messages(outcome, code), errors(outcome)
+    # a CLIP module at a rank of its own: an [[adapter.text_encoder_blocks]] entry over its path
+    clip = {"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **clip}, alpha=4.0)
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    (block,) = plan.adapter.text_encoder_blocks
+    assert (block.rank, block.alpha) == (4, 4.0) and plan.train_text_encoder
+    assert re.search(block.pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    assert not re.search(block.pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc2")
     _factor_file(tmp_path / "prev.safetensors", modules, alpha=None)
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
     # Flux's final layer: the target proj_out, and a first rank-0 block for the single blocks' proj_out
@@ -223,7 +232,8 @@ def test_flux_factor_file_with_clip_modules(tmp_path):
 
 def test_sd3_factor_file_with_clip_modules(tmp_path):
     """SD3's [CLIP-L, CLIP-G, T5-XXL]: a LoKr file's CLIP-G modules alone (lora_te2_*): CLIP-G trains, CLIP-L
-    does not; CLIP-L and CLIP-G at other layers (one target list): DBS403."""
+    does not; CLIP-L and CLIP-G at other layers: each its own target list (text_encoder_2_targets), and a
+    module at a LoKr split of its own an [[adapter.text_encoder_blocks]] entry."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (1536 // 4, 1536 // 4)}
     modules = {"lora_unet_joint_blocks_0_x_block_attn_proj": lokr}
     for i in range(32):
@@ -238,9 +248,16 @@ def test_sd3_factor_file_with_clip_modules(tmp_path):
     assert plan.adapter.text_encoder_targets == tuple(f"encoder.layers.{i}.mlp.fc2" for i in range(32))
     spec = out_path(tmp_path).read_text(encoding="utf-8")
     assert "text_encoder = false" in spec and "text_encoder_2 = true" in spec
-    clip_l = {"lora_te1_text_model_encoder_layers_0_mlp_fc2": {"lokr_w1": (4, 4), "lokr_w2": (192, 768)}}
+    clip_l = {"lora_te1_text_model_encoder_layers_0_mlp_fc2": {"lokr_w1": (2, 2), "lokr_w2": (384, 1536)}}
     _factor_file(tmp_path / "prev.safetensors", {**modules, **clip_l})
-    assert "one CLIP target list" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.text_encoder_targets == ("encoder.layers.0.mlp.fc2",)
+    assert a.text_encoder_2_targets == tuple(f"encoder.layers.{i}.mlp.fc2" for i in range(32))
+    (block,) = a.text_encoder_blocks  # CLIP-L's fc2 split 2 x 384 where the file's others split 4 x 320
+    assert block.factor == 2 and re.search(block.pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc2")
+    assert not re.search(block.pattern, "text_encoder_2.text_model.encoder.layers.0.mlp.fc2")
 
 
 def test_flux_file_with_text_encoder_modules(tmp_path):

@@ -8,8 +8,9 @@ without decompose_both, whose rank it reads off `lokr_w2_a`'s columns: DBS402). 
 decomposition (dora = true; in some only, or on the patch convolution: DBS403). Flux's final layer
 (`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
-(their full paths, one list for both encoders) at the adapter's rank, alpha and split (a module at its own:
-DBS403); T5-XXL's (LyCORIS's train_t5xxl stays False): DBS403."""
+(their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
+adapter's rank, alpha and split, a module at its own in an [[adapter.text_encoder_blocks]] entry; T5-XXL's
+(LyCORIS's train_t5xxl stays False): DBS403."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import re
 from dbspec.convert.kohya.lycoris_flow_file import NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_weights import (
     LokrOptions,
+    Own,
     LycorisModule,
     _factor_shapes,
     check_loha,
@@ -26,6 +28,7 @@ from dbspec.convert.kohya.lycoris_flow_weights import (
     diffusers_targets,
     lokr_rebuilt,
     own_blocks,
+    own_values,
 )
 from dbspec.plan.lokr import factorization
 
@@ -134,35 +137,61 @@ _T5 = {"flux": "lora_te2_", "sd3": "lora_te3_"}
 _CLIP_LINEAR = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$")
 
 
-def clip_targets(names: list[str], family: str) -> list[str] | str:
-    """The CLIP Linears (full paths, one list for the encoders) of the file's text-encoder modules, which
-    LyCORIS's create_network_from_weights builds by name on kohya's CLIP-L (SD3: and CLIP-G); else why not:
-    a T5-XXL module (LyCORIS builds it while its network's train_t5xxl stays False), a CLIP module outside
-    the attention / MLP Linears, or encoders whose layers differ (one target list: a path in one encoder's
-    file modules names the same layer of the other)."""
-    clips, t5 = _CLIPS[family], _T5[family]
+_COMPONENTS = {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}  # kohya's CLIP-L, SD3's CLIP-G
+
+
+def _clip_path(name: str, family: str) -> tuple[str, str] | str | None:
+    """(prefix, path suffix of both CLIP layouts) of a CLIP attention / MLP module of the file; None for a
+    module of no encoder LyCORIS builds on (Flux's lora_te3_); else why not."""
+    clips = _CLIPS[family]
+    if name.startswith(_T5[family]):
+        return f"module `{name}` is T5-XXL's, which LyCORIS builds while its train_t5xxl stays False"
+    prefix = next((p for p in clips if name.startswith(p)), None)
+    if prefix is None:
+        return None
+    found = _CLIP_LINEAR.match(name.removeprefix(prefix))
+    if found is None or int(found.group(1)) >= clips[prefix]:
+        return f"module `{name}` is no CLIP attention / MLP Linear (kohya's CLIP targets)"
+    inner = found.group(2).replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
+    # a path suffix of both CLIP layouts (transformers 5.6 drops CLIPTextModel's `text_model.`)
+    return prefix, f"encoder.layers.{found.group(1)}.{inner}"
+
+
+def clip_targets(names: list[str], family: str) -> tuple[list[str], list[str] | None] | str:
+    """The CLIP Linears (full paths) of the file's text-encoder modules, which LyCORIS's
+    create_network_from_weights builds by name on kohya's CLIP-L (SD3: and CLIP-G): one list for the
+    encoders, and None, or CLIP-L's and CLIP-G's own lists when the file adapts other layers in each (a path
+    in one encoder's file modules names the same layer of the other); else why not: a T5-XXL module
+    (LyCORIS builds it while its network's train_t5xxl stays False), or a CLIP module outside the attention /
+    MLP Linears."""
+    clips = _CLIPS[family]
     paths: dict[str, set[str]] = {}
     for name in names:
-        if name.startswith(t5):
-            return f"module `{name}` is T5-XXL's, which LyCORIS builds while its train_t5xxl stays False"
-        prefix = next((p for p in clips if name.startswith(p)), None)
-        if prefix is None:
-            continue  # Flux's lora_te3_: no module of LyCORIS's encoders
-        found = _CLIP_LINEAR.match(name.removeprefix(prefix))
-        if found is None or int(found.group(1)) >= clips[prefix]:
-            return f"module `{name}` is no CLIP attention / MLP Linear (kohya's CLIP targets)"
-        inner = found.group(2).replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
-        # a path suffix of both CLIP layouts (transformers 5.6 drops CLIPTextModel's `text_model.`)
-        paths.setdefault(prefix, set()).add(f"encoder.layers.{found.group(1)}.{inner}")
+        found = _clip_path(name, family)
+        if isinstance(found, str):
+            return found
+        if found is not None:
+            paths.setdefault(found[0], set()).add(found[1])
     union = set().union(*paths.values()) if paths else set()
-    for prefix, own in paths.items():
-        layers = {p for p in union if int(p.split(".")[2]) < clips[prefix]}
-        if own != layers:
-            return (
-                f"its {prefix.rstrip('_')} modules are other layers than the other CLIP encoder's "
-                f"(e.g. `{sorted(own ^ layers)[0]}`): dbspec's LoKr / LoHa has one CLIP target list"
-            )
-    return sorted(union, key=lambda p: (int(p.split(".")[2]), p))
+    order = lambda ps: sorted(ps, key=lambda p: (int(p.split(".")[2]), p))  # noqa: E731
+    if any(own != {p for p in union if int(p.split(".")[2]) < clips[k]} for k, own in paths.items()):
+        return order(paths["lora_te1_"]), order(paths["lora_te2_"])  # both held, or the sets would agree
+    return order(union), None
+
+
+def own_text_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
+    """[[adapter.text_encoder_blocks]] for the CLIP modules at options of their own: one per set of options,
+    its pattern the modules' `<component>.text_model.<path>`s."""
+    groups: dict[tuple, list[str]] = {}
+    for name, (options, alpha) in own.items():
+        found = _clip_path(name, family)
+        assert isinstance(found, tuple)  # clip_targets placed every module
+        path = f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"
+        groups.setdefault((options, alpha), []).append(re.escape(path))
+    return [
+        {"pattern": f"^(?:{'|'.join(sorted(paths))})$", **own_values(options, alpha, common)}
+        for (options, alpha), paths in groups.items()
+    ]
 
 
 def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str:
@@ -206,9 +235,10 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
     if family == "chroma":
         return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
-    text_targets = clip_targets(text, family) if text and not unet_only else []
-    if isinstance(text_targets, str):
-        return text_targets
+    clip = clip_targets(text, family) if text and not unet_only else ([], None)
+    if isinstance(clip, str):
+        return clip
+    text_targets, text_2 = clip
     # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP ones
     built = denoiser + [
         m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))
@@ -243,12 +273,8 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     if isinstance(checked, str):
         return checked
     options, alpha, own = checked
-    apart = next((name for name in own if name.startswith("lora_te")), None)
-    if apart is not None:  # dbspec's fused LoKr / LoHa: no [[adapter.text_encoder_blocks]]
-        return (
-            f"its CLIP module `{apart}` has a rank, alpha or Kronecker split of its own (dbspec's {algo} "
-            "on the fused layers has one for every CLIP layer: no [[adapter.text_encoder_blocks]])"
-        )
+    own_text = {name: value for name, value in own.items() if name.startswith("lora_te")}
+    own = {name: value for name, value in own.items() if name not in own_text}
     if isinstance(options, int):  # LoHa's rank
         out: dict = {"kind": algo, "rank": options, "alpha": alpha}
     else:
@@ -266,6 +292,8 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         **out,
         "denoiser_targets": targets,
         **({"text_encoder_targets": text_targets} if text_targets else {}),
+        **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
+        **({"text_encoder_blocks": own_text_blocks(own_text, options, family)} if own_text else {}),
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
     }

@@ -213,18 +213,25 @@ def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
     out = []
     for (options, alpha), lists in groups.items():
-        values: dict = {"rank": options, "alpha": alpha}
-        if isinstance(options, LokrOptions):
-            assert isinstance(common, LokrOptions)
-            values = {"rank": options.rank, "alpha": alpha}
-            if options.factor != common.factor:
-                values["factor"] = options.factor
-            for key in ("decompose_both", "full_matrix"):
-                if getattr(options, key) != getattr(common, key):
-                    values[key] = "on" if getattr(options, key) else "off"
+        values = own_values(options, alpha, common)
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
+
+
+def own_values(options: LokrOptions | int, alpha: float, common: LokrOptions | int) -> dict:
+    """A block's rank and alpha for modules at options of their own, and LoKr's factor, decompose_both and
+    full_matrix where they are not the adapter's (`common`)."""
+    if not isinstance(options, LokrOptions):
+        return {"rank": options, "alpha": alpha}
+    assert isinstance(common, LokrOptions)
+    values: dict = {"rank": options.rank, "alpha": alpha}
+    if options.factor != common.factor:
+        values["factor"] = options.factor
+    for key in ("decompose_both", "full_matrix"):
+        if getattr(options, key) != getattr(common, key):
+            values[key] = "on" if getattr(options, key) else "off"
+    return values
 
 
 def diffusers_targets(names: list[str], family: str) -> list[str] | str:

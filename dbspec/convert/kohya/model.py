@@ -1006,13 +1006,13 @@ def _lycoris_flow_factor_file(
     note = f"kohya --dim_from_weights: LyCORIS's {algo} modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), algo, conv.comment(module, note))
     for key, value in found.items():
-        if key not in ("kind", "blocks"):
+        if key not in ("kind", "blocks", "text_encoder_blocks"):
             conv.put(("adapter", key), value, note)
-    first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", "blocks")), default=-1)
-    own = found.get("blocks", ())  # modules at a rank / alpha / LoKr split of their own
-    for index, block in enumerate(own, start=first):
-        for key, value in block.items():
-            conv.put(("adapter", "blocks", index, key), value, note + ": its modules' own rank and alpha")
+    for table in ("blocks", "text_encoder_blocks"):  # modules at a rank / alpha / LoKr split of their own
+        first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
+        for index, block in enumerate(found.get(table, ()), start=first):
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note + ": its modules' own rank and alpha")
     map_init_weights(weights, paths, conv)
     for key in ("network_dim", "network_alpha"):
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
