@@ -55,6 +55,7 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
         or ((adapter.scalar or norm_scalars(adapter)) and not adapter.fused)
+        or any(b.kind != "adapter" for b in adapter.blocks)  # several kinds (runtime/mixed_kinds.py)
     )
 
 
@@ -436,7 +437,9 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or norm_scalars(adapter)
         or adapter.rank_dropout_form != "kohya"
         or adapter.output_dropout
-    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar or LoCon's dropouts
+        or any(b.kind != "adapter" for b in adapter.blocks)
+    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar, LoCon's dropouts or other
+        # kinds on some layers (a preset file's maps)
         args["algo"] = "locon"
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")

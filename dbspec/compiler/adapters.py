@@ -74,6 +74,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         extra["blocks"] = tuple(
             BlockPlan(
                 pattern=b.pattern,
+                # the adapter's own kind named again is the adapter's (LyCORIS's locon is lora)
+                kind="adapter" if b.kind == adapter.kind else b.kind,
                 rank=b.rank,
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,

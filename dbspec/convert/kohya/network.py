@@ -282,7 +282,7 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied, kinds=True
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
