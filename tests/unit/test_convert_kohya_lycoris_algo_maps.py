@@ -532,3 +532,7 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     (tmp_path / "rs").mkdir()
     outcome = _convert(tmp_path / "rs", MIXED, "lokr", '"rs_lora=True"')
     assert "DBS403" in codes(outcome) and "rs_lora" in messages(outcome, "DBS403")
+    # LyCORIS's LoRA+ raises the LoCon layers' lora_up on a LoKr network: a LoKr adapter has no ratio
+    (tmp_path / "plus").mkdir()
+    outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')
+    assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")

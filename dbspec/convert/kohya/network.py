@@ -370,6 +370,8 @@ def _map_network(
         _lora_fa_loraplus(kwargs, args, conv)
     elif not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
+    elif any(b.get("kind") == "lora" for b in put.get("_blocks", ())):  # LyCORIS raises their lora_up
+        unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
