@@ -294,7 +294,6 @@ def adapter_params(
         return _at_rank(public, components, adapter.block_size + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
-    factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:
         if c.trainable != "lora":
@@ -308,11 +307,17 @@ def adapter_params(
         if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
             per_rank = _denoiser_per_rank(public, targets, fused) or per_rank
-        total = per_rank * rank * factor
+        kinds = {adapter.kind}
+        if denoiser:  # blocks of other kinds (LoHa's two pairs per rank bound them all)
+            kinds |= {
+                k for b in getattr(adapter, "blocks", ()) if (k := getattr(b, "kind", "adapter")) != "adapter"
+            }
+        each = max(_PER_RANK_FACTOR[k] for k in kinds)
+        total = per_rank * rank * each
         if denoiser and adapter.conv_rank:
-            total += _conv_params(adapter, public, conv_rank) * factor
+            total += _conv_params(adapter, public, conv_rank) * each
         total *= size
-        if adapter.kind == "lokr":
+        if kinds == {"lokr"}:
             blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
             full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
             full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
