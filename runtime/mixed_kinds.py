@@ -1,6 +1,6 @@
-"""Several adapter kinds on one denoiser: `[[adapter.blocks]]` whose `kind` is not the adapter's (a LyCORIS
-preset file's `module_algo_map` / `name_algo_map` entries with another `algo`, e.g. LoKr on the attention and
-LoCon on the ResNets).
+"""Several adapter kinds on one model: `[[adapter.blocks]]` (`[[adapter.text_encoder_blocks]]`) whose `kind`
+is not the adapter's (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with another
+`algo`, e.g. LoKr on the attention and LoCon on the ResNets).
 
 Each kind's layers are injected through a peft config of their own, on disjoint modules, under the one adapter
 name (`adapters.ADAPTER_NAME`): every per-layer reader (exports, resume, adapters_disabled, the optimizer's
@@ -22,49 +22,62 @@ from dbspec.plan.model import AdapterPlan
 KIND_CONFIGS = "dbspec_kind_configs"  # the module attribute: {kind: peft config} of the other kinds
 
 
-def other_kinds(adapter: AdapterPlan) -> tuple[str, ...]:
-    """The kinds the adapter's blocks give some layers in place of its own, in the blocks' order."""
+def mixed(adapter: AdapterPlan) -> bool:
+    """Some block (the denoiser's or a text encoder's) gives its layers another kind than the adapter's."""
+    return any(b.kind != "adapter" for b in (*adapter.blocks, *adapter.text_encoder_blocks))
+
+
+def other_kinds(adapter: AdapterPlan, component: str = "") -> tuple[str, ...]:
+    """The kinds the adapter's blocks (a text encoder's, `component` named) give some layers in place of its
+    own, in the blocks' order."""
     found: list[str] = []
-    for block in adapter.blocks:
+    for block in adapter.text_encoder_blocks if component else adapter.blocks:
         if block.kind not in ("adapter", adapter.kind) and block.kind not in found:
             found.append(block.kind)
     return tuple(found)
 
 
-def kind_adapter(adapter: AdapterPlan, kind: str) -> AdapterPlan:
+def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> AdapterPlan:
     """The adapter as `kind`'s layers train: the blocks of that kind at their rank, every other block (and,
     for another kind than the adapter's, every module no block matches) at rank 0, so peft leaves them to
     the other kinds' configs. LoKr's layers split as LyCORIS's LokrModule splits them, full ones at scale 1
     (what the compiler plans for kind lokr)."""
     own = kind == adapter.kind
+    table = "text_encoder_blocks" if component else "blocks"
     blocks = tuple(
         attrs.evolve(b, kind="adapter")
         if (b.kind == "adapter" and own) or b.kind == kind
         else attrs.evolve(b, kind="adapter", rank=0, conv_rank=0)
-        for b in adapter.blocks
+        for b in getattr(adapter, table)
     )
     if not own:  # the modules no block matches are the adapter's kind's
         blocks += (attrs.evolve(blocks[0], pattern="", rank=0, conv_rank=0, factor=0),)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
-    return attrs.evolve(adapter, kind=kind, blocks=blocks, **extra)
+    return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 
 
 def add_mixed(
-    module: torch.nn.Module, adapter: AdapterPlan, targets: tuple[str, ...], seed: int, add_lora
+    module: torch.nn.Module,
+    adapter: AdapterPlan,
+    targets: tuple[str, ...],
+    seed: int,
+    add_lora,
+    component: str = "",
 ) -> None:
-    """Each kind's layers on the denoiser (the adapter's kind first) through `add_lora` (adapters.add_lora,
-    passed in: adapters imports this module), each kind's init seeded on its own; a kind no layer takes is
-    skipped (BlocksError when none takes any)."""
+    """Each kind's layers on the denoiser (a text encoder, `component` named) through `add_lora`
+    (adapters.add_lora, passed in: adapters imports this module), the adapter's kind first, each kind's init
+    seeded on its own; a kind no layer takes is skipped (BlocksError when none takes any)."""
     from dbspec.runtime.blocks import BlocksError
 
     configs: dict[str, object] = {}
     error: BlocksError | None = None
-    for i, kind in enumerate((adapter.kind, *other_kinds(adapter))):
+    for i, kind in enumerate((adapter.kind, *other_kinds(adapter, component))):
         # peft's injection marks only its own kind's weights trainable: the kinds before keep theirs (after
         # the first injection only adapter weights train; before it the base's may)
         trained = [p for p in module.parameters() if p.requires_grad] if configs else []
         try:
-            add_lora(module, kind_adapter(adapter, kind), targets, seed + i, conv=True)
+            sub = kind_adapter(adapter, kind, component)
+            add_lora(module, sub, targets, seed + i, conv=not component, component=component)
         except BlocksError as exc:
             error = exc
             continue

@@ -20,7 +20,7 @@ from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
 from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora, norm_scalars
 from dbspec.runtime.dtypes import to_dtype
-from dbspec.runtime.mixed_kinds import KIND_CONFIGS, config_as
+from dbspec.runtime.mixed_kinds import KIND_CONFIGS, config_as, mixed
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
 from dbspec.runtime.outdir import replace_folder
@@ -87,7 +87,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         and not lycoris_dora(plan.adapter)
         and not plan.adapter.scalar
         and not norm_scalars(plan.adapter)  # LyCORIS max norm's scalars: saved by peft's layout
-        and all(b.kind == "adapter" for b in plan.adapter.blocks)  # other kinds too: peft's layout
+        and not mixed(plan.adapter)  # other kinds too: peft's layout
     ):
         encoders = trained_text_encoders(plan, comps)
         # T5-XXL's LoRA (train.t5): diffusers' Flux LoRA file has no place for it, so peft's layout beside it

@@ -91,7 +91,12 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
             BlockPlan(
-                pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor, **_block_switches(b, adapter)
+                pattern=b.pattern,
+                kind="adapter" if b.kind == adapter.kind else b.kind,
+                rank=b.rank,
+                alpha=b.alpha,
+                factor=b.factor,
+                **_block_switches(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )

@@ -2486,8 +2486,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     options every kind builds alike (DBS578)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
-    blocks = getattr(a, "blocks", ())  # DyLoRA's have no kind
-    other = [(i, b) for i, b in enumerate(blocks) if getattr(b, "kind", "adapter") not in ("adapter", own)]
+    other = [
+        (f"{table}[{i}]", b)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, b in enumerate(getattr(a, table, ()))  # DyLoRA's have no kind
+        if getattr(b, "kind", "adapter") not in ("adapter", own)
+    ]
     if not other:
         return
     i, block = other[0]
@@ -2496,7 +2500,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS578",
             ("adapter", key),
-            f'adapter.{key} with adapter.blocks[{i}].kind = "{block.kind}" on a {own} adapter: dbspec trains '
+            f'adapter.{key} with adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains '
             "several kinds in one run with the options every kind builds alike (rank, alpha, targets, "
             f"LoKr's factor and decompose_both), not adapter.{key}",
             codes.help("DBS578"),

@@ -484,6 +484,12 @@ class TextEncoderBlock:
         "matches a module sets its rank and alpha.",
         example="^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.",
     )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
+        "`lokr` in its place (a LyCORIS preset file's map entry's `algo`), as `[[adapter.blocks]]` `kind`.",
+        example="lora",
+    )
     rank: int = option(doc="Rank of the matched layers; 0 adapts none of them.", minimum=0, maximum=1024)
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
     factor: int = _block_factor()

@@ -509,12 +509,16 @@ algo = "loha"
 dim = 2
 [name_algo_map.conv_in]
 algo = "lora"
+[module_algo_map.CLIPMLP]
+algo = "loha"
+dim = 2
 """
 
 
 def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):
-    """A preset giving U-Net layers other algorithms (U-Net only, to keep it cheap): the trained U-Net has
-    every layer LyCORIS builds in its class, dim and scale; a 2-step run stopped after one step and resumed
+    """A preset giving U-Net and CLIP layers other algorithms: the text encoder's adapter and the trained
+    U-Net have every layer LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep
+    it cheap); a 2-step run stopped after one step and resumed
     gives the same losses and files bit for bit; its one kohya export, each layer in its kind's keys, loads
     in lycoris-lora's create_network_from_weights and computes the trained U-Net's output (1e-4); its
     adapter folders (`<unet>/<kind>/` beside the LoKr's) load back as `dbspec sample` loads them."""
@@ -527,14 +531,23 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
 
     PRESETS["mixed"] = MIXED
     try:
-        path, plan = _converted_plan(tmp_path, "mixed", "lokr", "--network_train_unet_only")
+        path, plan = _converted_plan(tmp_path, "mixed", "lokr")
     finally:
         del PRESETS["mixed"]
-    assert {b.kind for b in plan.adapter.blocks} == {"lora", "loha"}
+    a = plan.adapter
+    assert {b.kind for b in a.blocks} == {"lora", "loha"} and {b.kind for b in a.text_encoder_blocks} == {
+        "loha"
+    }
     made = _lycoris(pipe, path, monkeypatch, "lokr")
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {"LokrModule", "LoConModule", "LohaModule"}
-    spec, base = out_path(tmp_path), ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    text = copy.deepcopy(pipe.text_encoder)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
+    assert {v[0] for v in theirs_text.values()} == {"LokrModule", "LohaModule"}
+    assert _built(text, "lora_te_text_model_") == theirs_text
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
     split = compile_spec(spec, [*base, "output.dir=parts"])
     first = execute(split, stop_after=1)

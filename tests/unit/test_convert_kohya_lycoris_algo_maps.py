@@ -467,7 +467,8 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     """train_network.py hands create_network the text encoder whatever --network_train_unet_only says, and
     LycorisNetworkKohya builds CLIP's layers with the entries' algorithm, but apply_to(text_encoder, unet,
     False, True) empties text_encoder_loras: those modules are never applied or trained, so their algorithm,
-    options and dims change nothing (issue 12). Without the flag they train: not expressed."""
+    options and dims change nothing (issue 12). Without the flag they train: CLIP's LoRA layers would be
+    blocks of kind lora, but the CLIPMLP entry's use_tucker is not expressed."""
     outcome = expressible(_convert(tmp_path, LOKR_UNET_LORA_TEXT, "lokr", args="--network_train_unet_only"))
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
@@ -479,7 +480,7 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     assert "network_train_unet_only" in said
     (tmp_path / "both").mkdir()
     outcome = _convert(tmp_path / "both", LOKR_UNET_LORA_TEXT, "lokr")
-    assert "DBS403" in codes(outcome) and "'lora'" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`use_tucker` = True" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
@@ -523,10 +524,17 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
     assert a.text_encoder_blocks == ()
 
 
+def test_mixed_algorithms_on_clip_are_text_encoder_blocks_of_their_kind(tmp_path):
+    text = MIXED + '[module_algo_map.CLIPMLP]\nalgo = "loha"\ndim = 2\n'
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr")), tmp_path).adapter
+    assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [("loha", 2, 8.0)]
+    assert re.search(a.text_encoder_blocks[0].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+
+
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm on text-encoder layers, or with options the kinds do not build alike (rs_lora),
-    stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPMLP]\nalgo = "loha"\n'
+    """Another algorithm beyond LoRA/LoCon, LoHa and LoKr, or with options the kinds do not build alike
+    (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPMLP]\nalgo = "full"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPMLP" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()

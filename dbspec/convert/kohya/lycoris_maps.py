@@ -8,7 +8,7 @@ other keys go to the module class as keyword arguments. lycoris_file._walk resol
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
 LoHa, LoKr; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker` too), or
 PresetError (`crash` False) for what dbspec does not express:
-another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD's U-Net, a block's `kind`), an
+another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
 entry's other options, per-layer dims on the other algorithms."""
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 def check_layers(
     found: Targets, algo: str, network: dict[str, Any], kinds: bool = False
 ) -> list[tuple[str, str]]:
-    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except U-Net layers
-    among LoRA/LoCon, LoHa and LoKr, which [[adapter.blocks]] `kind` expresses: _mixed_kinds) or hands the
+    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
+    LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
@@ -123,8 +123,8 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr, on SD 1.x/2.x and SDXL U-Net layers ([[adapter.blocks]] `kind`); elsewhere one "
-            "adapter kind per run",
+            "and LoKr, on SD 1.x/2.x and SDXL ([[adapter.blocks]] `kind`); elsewhere one adapter kind per "
+            "run",
             False,
         )
     inert: dict[str, str] = {}
@@ -166,14 +166,13 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 
 
 def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
-    """The layers of `other` (another algorithm than the network's) that [[adapter.blocks]] `kind` cannot
-    express (text-encoder layers; algorithms beyond LoRA/LoCon, LoHa and LoKr); PresetError for a network
+    """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
+    (algorithms beyond LoRA/LoCon, LoHa and LoKr); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
     if _algo(algo) not in _BLOCK_KINDS:
         return other
-    text = {id(layer) for layer in found.text.values()}
-    unet = [layer for layer in other if id(layer) not in text and _algo(layer.algo) in _BLOCK_KINDS]
+    unet = [layer for layer in other if _algo(layer.algo) in _BLOCK_KINDS]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
@@ -196,7 +195,7 @@ def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list
             "only",
             False,
         )
-    return [layer for layer in other if layer not in unet]  # the text encoders' others
+    return [layer for layer in other if layer not in unet]
 
 
 def _own_factor_given(layer: Layer) -> bool:
@@ -286,7 +285,9 @@ def map_blocks(
     if kind in _NO_DIMS:
         return [], [], inert
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
-    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network)
+    text = _blocks(
+        found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo if kinds else ""
+    )
     if (unet or text) and kind not in _BLOCK_KINDS:
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
