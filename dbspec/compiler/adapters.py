@@ -312,18 +312,15 @@ def adapter_params(
         if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
             per_rank = _denoiser_per_rank(public, targets, fused) or per_rank
-        kinds = {adapter.kind}
-        if denoiser:  # blocks of other kinds (LoHa's two pairs per rank bound them all)
-            kinds |= {
-                k for b in getattr(adapter, "blocks", ()) if (k := getattr(b, "kind", "adapter")) != "adapter"
-            }
+        # blocks of other kinds (LoHa's two pairs per rank bound them all)
+        blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
+        kinds = {adapter.kind, *(getattr(b, "kind", "adapter") for b in blocks)} - {"adapter"}
         each = max(_PER_RANK_FACTOR[k] for k in kinds)
         total = per_rank * rank * each
         if denoiser and adapter.conv_rank:
             total += _conv_params(adapter, public, conv_rank) * each
         total *= size
         if kinds == {"lokr"}:
-            blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
             full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
             full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
             total = full if full_matrix else min(total, full)
