@@ -2673,6 +2673,21 @@ kohya's Flux / SD3 layout.""",
         "adapter.fused_projections = false",
     ),
     Code(
+        "DBS578",
+        ERROR,
+        "Several adapter kinds with an option one kind lacks",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
+`module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
+beside the adapter's kind in one run, each kind's layers with the adapter's rank, alpha, targets (and LoKr's
+`factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS file, each layer in its kind's
+keys) together. The options that act on
+one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
+`max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
+`fused_projections`, `fused_dropout` and `init_weights`.""",
+        help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
+    ),
+    Code(
         "DBS585",
         WARNING,
         "adapter.text_encoder_norms without a trained CLIP text encoder",

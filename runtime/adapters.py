@@ -154,6 +154,12 @@ def add_lora(
     """Attach the plan's adapter (LoRA, LoHa or LoKr); its random init is seeded so a run is reproducible.
     `conv`: the denoiser (its convolutions and blocks); else `component` names the text encoder (its
     text_encoder_blocks)."""
+    blocks = adapter.blocks if conv else adapter.text_encoder_blocks if component else ()
+    if any(b.kind not in ("adapter", adapter.kind) for b in blocks):
+        from dbspec.runtime.mixed_kinds import add_mixed  # blocks of other kinds: one config per kind
+
+        add_mixed(module, adapter, targets, seed, add_lora, "" if conv else component)
+        return
     config = lora_config(adapter, targets, conv)
     # per-block ranks and alphas: the denoiser's [[adapter.blocks]], a text encoder's text_encoder_blocks
     if adapter.blocks if conv else (component and adapter.text_encoder_blocks):

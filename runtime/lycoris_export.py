@@ -37,6 +37,7 @@ from dbspec.runtime.adapters import lora_adapter, norm_scalars
 from dbspec.families import Family, family_spec
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
+from dbspec.runtime.mixed_kinds import mixed
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -55,6 +56,7 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
         or ((adapter.scalar or norm_scalars(adapter)) and not adapter.fused)
+        or mixed(adapter)  # several kinds (runtime/mixed_kinds.py)
     )
 
 
@@ -436,7 +438,9 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or norm_scalars(adapter)
         or adapter.rank_dropout_form != "kohya"
         or adapter.output_dropout
-    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar or LoCon's dropouts
+        or mixed(adapter)
+    ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar, LoCon's dropouts or other
+        # kinds on some layers (a preset file's maps)
         args["algo"] = "locon"
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")

@@ -20,6 +20,7 @@ from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
 from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora, norm_scalars
 from dbspec.runtime.dtypes import to_dtype
+from dbspec.runtime.mixed_kinds import KIND_CONFIGS, config_as, mixed
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
 from dbspec.runtime.outdir import replace_folder
@@ -88,6 +89,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         and not lycoris_dora(plan.adapter)
         and not plan.adapter.scalar
         and not norm_scalars(plan.adapter)  # LyCORIS max norm's scalars: saved by peft's layout
+        and not mixed(plan.adapter)  # other kinds too: peft's layout
     ):
         encoders = trained_text_encoders(plan, comps)
         # T5-XXL's LoRA (train.t5): diffusers' Flux LoRA file has no place for it, so peft's layout beside it
@@ -267,14 +269,26 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
         if found is None:
             raise ValueError(f"no adapter to save: {name} carries no peft adapter")
         plain, adapter = found
-        state = get_peft_model_state_dict(plain, adapter_name=adapter)
-        cast = {k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()}
+        kinds = getattr(plain, KIND_CONFIGS, {})  # other kinds' layers (mixed_kinds.py): a folder each
         target = Path(folder) / name
-        target.mkdir(parents=True, exist_ok=True)
-        save_file(cast, str(target / "adapter_model.safetensors"), metadata={"format": "pt"})
-        plain.peft_config[adapter].save_pretrained(str(target))
+        for sub, config in [("", plain.peft_config[adapter]), *kinds.items()]:
+            with config_as(plain, config):
+                state = get_peft_model_state_dict(plain, adapter_name="default")
+            if kinds:  # peft's LoHa / LoKr readers take every layer of the adapter name: this kind's only
+                state = {k: v for k, v in state.items() if _prefix(config) in k}
+            cast = {
+                k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()
+            }
+            (target / sub).mkdir(parents=True, exist_ok=True)
+            save_file(cast, str(target / sub / "adapter_model.safetensors"), metadata={"format": "pt"})
+            config.save_pretrained(str(target / sub))
         written.append(target)
     return written
+
+
+def _prefix(config) -> str:
+    """peft's key prefix of the weights of `config`'s kind."""
+    return _PREFIXES[getattr(config.peft_type, "value", config.peft_type)]
 
 
 def load_peft_adapters(
@@ -285,10 +299,14 @@ def load_peft_adapters(
     oft_form: str = "lycoris",
     fused_lokr: Any = None,
     lokr_rank_stabilized: bool = False,
+    *,
+    kind_only: bool = False,
 ) -> list[str]:
-    """Attach what `save_peft_adapters` wrote to the matching modules (by component name); the names
-    loaded. `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale
-    1. `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
+    """Attach what `save_peft_adapters` wrote to the matching modules (by component name), and the other
+    kinds' layers of a run with several (`<component>/<kind>/`, runtime/mixed_kinds.py); the names
+    loaded. `kind_only`: the module already carries other kinds' layers, whose weights the folder lacks.
+    `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale 1.
+    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name.
@@ -377,10 +395,32 @@ def load_peft_adapters(
             from dbspec.runtime.adapters import unit_scale_full_lokr
 
             unit_scale_full_lokr(module, lokr_rank_stabilized)
-        missing = [k for k in result.missing_keys if any(m in k for m in ("lora_", "hada_", "lokr_"))]
+        markers = [_prefix(config)] if kind_only else _PREFIXES.values()
+        missing = [k for k in result.missing_keys if any(m in k for m in markers)]
         if result.unexpected_keys or missing:
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
+        _load_kinds(source, module, lokr_rank_stabilized)
         loaded.append(name)
     return loaded
+
+
+# peft's key prefix of each kind's weights
+_PREFIXES = {"LORA": "lora_", "LOHA": "hada_", "LOKR": "lokr_"}
+
+
+def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool) -> None:
+    """The other kinds' layers of a run with several (`<component>/<kind>/` beside the adapter's own, each
+    LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py)."""
+    configs = {}
+    for kind in sorted(p.name for p in source.iterdir() if (p / "adapter_config.json").exists()):
+        own = module.peft_config
+        del module.peft_config  # the kind's injection starts a config of its own
+        load_peft_adapters(
+            source, {kind: module}, True, lokr_rank_stabilized=lokr_rank_stabilized, kind_only=True
+        )
+        configs[kind] = module.peft_config["default"]
+        module.peft_config = own
+    if configs:
+        setattr(module, KIND_CONFIGS, configs)

@@ -75,6 +75,8 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         extra["blocks"] = tuple(
             BlockPlan(
                 pattern=b.pattern,
+                # the adapter's own kind named again is the adapter's (LyCORIS's locon is lora)
+                kind="adapter" if b.kind == adapter.kind else b.kind,
                 rank=b.rank,
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,
@@ -90,7 +92,12 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
             BlockPlan(
-                pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor, **_block_switches(b, adapter)
+                pattern=b.pattern,
+                kind="adapter" if b.kind == adapter.kind else b.kind,
+                rank=b.rank,
+                alpha=b.alpha,
+                factor=b.factor,
+                **_block_switches(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -294,7 +301,6 @@ def adapter_params(
         return _at_rank(public, components, adapter.block_size + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
-    factor = _PER_RANK_FACTOR[adapter.kind]
     out: dict[str, int] = {}
     for c in components:
         if c.trainable != "lora":
@@ -308,12 +314,15 @@ def adapter_params(
         if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
             per_rank = _denoiser_per_rank(public, targets, fused) or per_rank
-        total = per_rank * rank * factor
+        # blocks of other kinds (LoHa's two pairs per rank bound them all)
+        blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
+        kinds = {adapter.kind, *(getattr(b, "kind", "adapter") for b in blocks)} - {"adapter"}
+        each = max(_PER_RANK_FACTOR[k] for k in kinds)
+        total = per_rank * rank * each
         if denoiser and adapter.conv_rank:
-            total += _conv_params(adapter, public, conv_rank) * factor
+            total += _conv_params(adapter, public, conv_rank) * each
         total *= size
-        if adapter.kind == "lokr":
-            blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
+        if kinds == {"lokr"}:
             full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
             full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
             total = full if full_matrix else min(total, full)

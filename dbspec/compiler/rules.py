@@ -2456,6 +2456,57 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+# The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
+# kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578
+_MIXED_OFF = {
+    "dropout": 0.0,
+    "rank_dropout": 0.0,
+    "module_dropout": 0.0,
+    "down_dropout": 0.0,
+    "output_dropout": 0.0,
+    "multiplier": 1.0,
+    "max_norm": 0.0,
+    "freeze_down": False,
+    "dora": False,
+    "tucker": False,
+    "scalar": False,
+    "full_matrix": False,
+    "rank_stabilized": False,
+    "ggpo": False,
+    "fused_projections": False,
+    "init_weights": "",
+    "fused_dropout": False,
+}
+
+
+@rule("spec")
+def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
+    """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
+    the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the
+    options every kind builds alike (DBS578)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "none")
+    other = [
+        (f"{table}[{i}]", b)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, b in enumerate(getattr(a, table, ()))  # DyLoRA's have no kind
+        if getattr(b, "kind", "adapter") not in ("adapter", own)
+    ]
+    if not other:
+        return
+    i, block = other[0]
+    set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]
+    for key in set_:
+        yield _err(
+            "DBS578",
+            ("adapter", key),
+            f'adapter.{key} with adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains '
+            "several kinds in one run with the options every kind builds alike (rank, alpha, targets, "
+            f"LoKr's factor and decompose_both), not adapter.{key}",
+            codes.help("DBS578"),
+        )
+
+
 @rule("spec")
 def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS train_norm's CLIP LayerNorm offsets (runtime/norm_offsets.py) are added to the CLIP encoders

@@ -211,6 +211,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "blocks", "*", "group"): "",  # a block's own optimizer group, added since
         ("adapter", "text_encoder_blocks", "*", "group"): "",
         ("adapter", "blocks", "*", "factor"): 0,  # a block's own LoKr factor, added since
+        ("adapter", "blocks", "*", "kind"): "adapter",  # a block's own algorithm, added since (none then)
+        ("adapter", "text_encoder_blocks", "*", "kind"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "factor"): 0,
         # a block's own LoKr decompose_both / full_matrix / tucker (LyCORIS map entries), added since
         ("adapter", "blocks", "*", "decompose_both"): "adapter",

@@ -105,6 +105,9 @@ class BlockPlan:
     alphas (rank 0: not adapted) and the learning-rate scale of their adapters."""
 
     pattern: str
+    # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
+    # (the adapter's), "lora", "loha", "lokr"
+    kind: Literal["adapter", "lora", "loha", "lokr"] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0

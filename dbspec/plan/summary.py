@@ -647,7 +647,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             (
                 f"  block /{block.pattern}/",
-                f"rank {block.rank} alpha {block.alpha:g}{conv}, "
+                ("" if block.kind == "adapter" else f"{block.kind} layers, ")
+                + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
                 + _block_factor(block),

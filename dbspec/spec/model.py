@@ -409,6 +409,7 @@ def _block_factor():
 
 
 BlockSwitch = Literal["adapter", "on", "off"]
+BlockKind = Literal["adapter", "lora", "loha", "lokr"]
 
 
 def _block_switch(key: str, what: str):
@@ -430,6 +431,15 @@ class AdapterBlock:
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
         "matches a module sets its rank, alpha and learning-rate scale.",
         example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
+        "`lokr` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's `algo`, "
+        "e.g. LoKr on the attention and LoCon on the ResNets); the adapter's options apply to every layer, "
+        "as LyCORIS hands its network's to every module. Another kind needs an adapter of kind lora, loha "
+        "or lokr without options one kind lacks (DBS578).",
+        example="loha",
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. At most 1024, on LoKr "
@@ -488,6 +498,12 @@ class TextEncoderBlock:
         "matches a module sets its rank and alpha.",
         example="^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.",
     )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
+        "`lokr` in its place (a LyCORIS preset file's map entry's `algo`), as `[[adapter.blocks]]` `kind`.",
+        example="lora",
+    )
     rank: int = option(
         doc="Rank of the matched layers; 0 adapts none of them. At most 1024, on LoKr 100000.",
         minimum=0,
@@ -505,8 +521,9 @@ def _adapter_blocks():
         doc="Per-block ranks, alphas and learning-rate scales or own rates of the denoiser's adapters "
         "([[adapter.blocks]] tables, kohya `block_dims` / `block_alphas` / `conv_block_dims` / "
         "`conv_block_alphas` and `down/mid/up_lr_weight`, Flux `network_reg_dims` / `network_reg_lrs`, "
-        "LyCORIS preset files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep "
-        "`rank`, `alpha`, `conv_rank`, `conv_alpha` and the learning rate.",
+        "LyCORIS preset files' `module_algo_map` / `name_algo_map` dims and algorithms: a block's `kind`, "
+        "e.g. LoCon on the ResNets of a LoKr adapter): modules no block matches keep `rank`, `alpha`, "
+        "`conv_rank`, `conv_alpha`, the learning rate and the adapter's kind.",
     )
 
 

@@ -489,3 +489,123 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
         state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
         loaded = get_peft_model_state_dict(module)
         assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+
+
+# LoKr on the attention and CLIP, LoCon on the ResNets and conv_in, LoHa on the transformers' MLPs: several
+# algorithms in one run (runtime/mixed_kinds.py; issue 12)
+MIXED = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+algo = "locon"
+dim = 4
+alpha = 2
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 2
+[name_algo_map.conv_in]
+algo = "lora"
+[module_algo_map.CLIPMLP]
+algo = "loha"
+dim = 2
+"""
+
+
+def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):
+    """A preset giving U-Net and CLIP layers other algorithms: the text encoder's adapter and the trained
+    U-Net have every layer LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep
+    it cheap); a 2-step run stopped after one step and resumed
+    gives the same losses and files bit for bit; its one kohya export, each layer in its kind's keys, loads
+    in lycoris-lora's create_network_from_weights and computes the trained U-Net's output (1e-4); its
+    adapter folders (`<unet>/<kind>/` beside the LoKr's) load back as `dbspec sample` loads them."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.adapters import adapters_disabled
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris import _unet_output
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["mixed"] = MIXED
+    try:
+        path, plan = _converted_plan(tmp_path, "mixed", "lokr")
+    finally:
+        del PRESETS["mixed"]
+    a = plan.adapter
+    assert {b.kind for b in a.blocks} == {"lora", "loha"} and {b.kind for b in a.text_encoder_blocks} == {
+        "loha"
+    }
+    made = _lycoris(pipe, path, monkeypatch, "lokr")
+    theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
+    assert {v[0] for v in theirs.values()} == {"LokrModule", "LoConModule", "LohaModule"}
+    text = copy.deepcopy(pipe.text_encoder)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
+    assert {v[0] for v in theirs_text.values()} == {"LokrModule", "LohaModule"}
+    assert _built(text, "lora_te_text_model_") == theirs_text
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
+    assert {"unet/lora/adapter_model.safetensors", "unet/loha/adapter_model.safetensors"} < set(files)
+    for name in files:
+        a, b = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    trained = whole.components.unet.eval()
+    ours = _built(trained, "lora_unet_")
+    assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    fresh = copy.deepcopy(pipe.unet)
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    loaded, weights = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, named, fresh, for_inference=True
+    )
+    assert {type(m).__name__ for m in loaded.unet_loras} == {"LokrModule", "LoConModule", "LohaModule"}
+    assert len(loaded.unet_loras) == sum(isinstance(m, BaseTunerLayer) for m in trained.modules())
+    loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
+    loaded.load_state_dict(weights, strict=False)
+    output = _unet_output(trained)
+    torch.testing.assert_close(_unet_output(fresh), output, rtol=1e-4, atol=1e-4)
+    base_output = _unet_output(pipe.unet)
+    assert not torch.allclose(base_output, output, atol=1e-3)  # training moved it
+    with adapters_disabled(trained):  # every kind's layers off: the base model (prior's base prediction)
+        torch.testing.assert_close(_unet_output(trained), base_output, rtol=1e-6, atol=1e-6)
+    again = copy.deepcopy(pipe.unet)
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, lokr_unit_scale=True) == ["unet"]
+    torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
+
+
+def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:
+    """Each peft layer of `model` as LyCORIS's class, its rank and its scale (what _ours builds)."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+
+    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    out = {}
+    for name, layer in model.named_modules():
+        found = next((c for t, c in classes if isinstance(layer, t)), None)
+        if found and "default" in layer.r:
+            out[prefix + name.replace(".", "_")] = (
+                found,
+                layer.r["default"],
+                float(layer.scaling["default"]),
+            )
+    return out

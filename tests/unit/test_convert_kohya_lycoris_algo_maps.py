@@ -204,7 +204,8 @@ def test_lycoris_example_mixes_algorithms(tmp_path):
     outcome = _convert(tmp_path, EXAMPLE)
     assert "DBS403" in codes(outcome)
     text = messages(outcome, "DBS403")
-    assert "module_algo_map.CrossAttention" in text and "'lokr'" in text and "one adapter kind" in text
+    # LoKr beside LoCon converts (a block's kind), but not LoKr layers at their own factor on a LoCon adapter
+    assert "module_algo_map.CrossAttention" in text and "their own factor" in text
 
 
 def test_module_options_are_not_expressed(tmp_path):
@@ -465,7 +466,8 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     """train_network.py hands create_network the text encoder whatever --network_train_unet_only says, and
     LycorisNetworkKohya builds CLIP's layers with the entries' algorithm, but apply_to(text_encoder, unet,
     False, True) empties text_encoder_loras: those modules are never applied or trained, so their algorithm,
-    options and dims change nothing (issue 12). Without the flag they train: not expressed."""
+    options and dims change nothing (issue 12). Without the flag they train: CLIP's LoRA layers would be
+    blocks of kind lora, but the CLIPMLP entry's use_tucker is not expressed."""
     outcome = expressible(_convert(tmp_path, LOKR_UNET_LORA_TEXT, "lokr", args="--network_train_unet_only"))
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
@@ -477,7 +479,7 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     assert "network_train_unet_only" in said
     (tmp_path / "both").mkdir()
     outcome = _convert(tmp_path / "both", LOKR_UNET_LORA_TEXT, "lokr")
-    assert "DBS403" in codes(outcome) and "'lora'" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`use_tucker` = True" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
@@ -486,3 +488,57 @@ def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
     text = FULL + '[module_algo_map.CLIPMLP]\nalgo = "LoRA"\n'
     outcome = _convert(tmp_path, text, "lokr", args="--network_train_unet_only")
     assert "DBS402" in codes(outcome) and "KeyError" in messages(outcome, "DBS402")
+
+
+# LoKr network (algo=lokr, factor=8) on the attention and CLIP's attention, LoCon on the ResNets and LoHa on
+# the transformers' and CLIP's MLPs at their own dims (issue 12: several algorithms in one run)
+MIXED = (
+    FULL
+    + """
+[module_algo_map.ResnetBlock2D]
+algo = "locon"
+dim = 8
+alpha = 4
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 4
+alpha = 2
+[module_algo_map.CLIPMLP]
+algo = "loha"
+dim = 2
+"""
+)
+
+
+def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
+    """Each map entry with another algorithm is a block of that kind at the entry's dim / alpha (the
+    ResNets' 3x3 convolutions at the entry's dim too: create_single_module's `dim or conv_lora_dim`); the
+    rest keeps the network's LoKr and its factor, as lycoris-lora's kohya network builds them
+    (tests/runtime/test_lycoris_algo_maps.py checks the built layers)."""
+    outcome = expressible(_convert(tmp_path, MIXED, "lokr", '"factor=8"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.factor, a.conv_rank, a.conv_alpha) == ("lokr", 16, 8.0, 8, 8, 4.0)
+    kinds = {b.kind: (b.rank, b.alpha, b.conv_rank, b.conv_alpha) for b in a.blocks}
+    assert kinds == {"loha": (4, 2.0, 0, 1.0), "lora": (8, 4.0, 8, 4.0)}
+    loha = next(b for b in a.blocks if b.kind == "loha")
+    assert re.search(loha.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
+    assert not re.search(loha.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [
+        ("loha", 2, 8.0)
+    ]  # alpha: the network's
+    assert re.search(a.text_encoder_blocks[0].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+
+
+def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
+    """Another algorithm beyond LoRA/LoCon, LoHa and LoKr, or with options the kinds do not build alike
+    (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "full"\n'
+    outcome = _convert(tmp_path, text, "lokr")
+    assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
+    (tmp_path / "rs").mkdir()
+    outcome = _convert(tmp_path / "rs", MIXED, "lokr", '"rs_lora=True"')
+    assert "DBS403" in codes(outcome) and "rs_lora" in messages(outcome, "DBS403")
+    # LyCORIS's LoRA+ raises the LoCon layers' lora_up on a LoKr network: a LoKr adapter has no ratio
+    (tmp_path / "plus").mkdir()
+    outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')
+    assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")

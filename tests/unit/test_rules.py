@@ -1455,6 +1455,22 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
     ),
+    # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
+    (
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\ndora = true\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        [
+            ("DBS578", "error", ("adapter", "module_dropout")),
+            ("DBS578", "error", ("adapter", "dora")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+    ),
     (
         rules.fused_dropout_draws,
         DOG + STEPS + LORA + "fused_dropout = true\n",

@@ -8,7 +8,8 @@ other keys go to the module class as keyword arguments. lycoris_file._walk resol
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
 LoHa, LoKr; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker` too), or
 PresetError (`crash` False) for what dbspec does not express:
-another algorithm on some layers, an entry's other options, per-layer dims on the other algorithms."""
+another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
+entry's other options, per-layer dims on the other algorithms."""
 
 from __future__ import annotations
 
@@ -105,19 +106,25 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
     return bool(value) == network[key]
 
 
-def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tuple[str, str]]:
-    """PresetError for built layers whose map entry changes the algorithm or hands the module class an option
-    it reads with a value other than the network's (`network`: the value create_network hands every module
-    for each option; dbspec trains one adapter kind with one set of options); the (`entry.key`, why) of entry
-    keys the module class never reads (inert)."""
+def check_layers(
+    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False
+) -> list[tuple[str, str]]:
+    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
+    LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
+    module class an option it reads with a value other than the network's (`network`: the value
+    create_network hands every module for each option; dbspec's adapter options apply to every layer); the
+    (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
+    if other and kinds:
+        other = _mixed_kinds(found, algo, network, other)
     if other:
         first = other[0]
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
-            f"algo={algo} network: dbspec trains one adapter kind per run (one peft adapter per model, its "
-            "exports and checkpoints in that kind's layout)",
+            f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
+            "and LoKr, on SD 1.x/2.x and SDXL ([[adapter.blocks]] `kind`); elsewhere one adapter kind per "
+            "run",
             False,
         )
     inert: dict[str, str] = {}
@@ -153,6 +160,48 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
     return list(inert.items())
 
 
+# What a network with several algorithms keeps off (DBS578): options LyCORIS hands every module, which act on
+# one algorithm's layers only or which dbspec's other kinds do not build
+_MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
+
+
+def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
+    """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
+    (algorithms beyond LoRA/LoCon, LoHa and LoKr); PresetError for a network
+    whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
+    writes them."""
+    if _algo(algo) not in _BLOCK_KINDS:
+        return other
+    unet = [layer for layer in other if _algo(layer.algo) in _BLOCK_KINDS]  # and the text encoders'
+    if not unet:
+        return other
+    first = unet[0]
+    on = [key for key in _MIXED_OFF if network.get(key)]
+    lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
+    if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
+        on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
+        on += ["factor"] if network.get("factor", -1) != -1 else []
+    if on:
+        raise PresetError(
+            f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo={algo} network with "
+            f"network_args {', '.join(on)}: dbspec trains several algorithms in one run with the options "
+            "every one builds alike (DBS578)",
+            False,
+        )
+    if lokr and any(_own_factor_given(layer) for layer in unet):
+        raise PresetError(
+            f"`{first.source}` gives LoKr layers (e.g. {first.path}) their own factor or switches on an "
+            f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter "
+            "only",
+            False,
+        )
+    return [layer for layer in other if layer not in unet]
+
+
+def _own_factor_given(layer: Layer) -> bool:
+    return any(key in ("factor", *_SWITCHES) for key, _ in layer.options)
+
+
 def _int(value: Any) -> bool:
     """int(value) succeeds (a TOML integer or float, a string of an integer; a bool is 0 or 1)."""
     try:
@@ -178,7 +227,7 @@ def _alpha(alpha: float, dim: int, rs_lora: bool) -> float:
 
 
 def _blocks(
-    layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool, network: dict[str, Any]
+    layers: dict[str, Layer], rows: list[Row], dims, rs_lora: bool, network: dict[str, Any], algo: str = ""
 ) -> list[dict[str, Any]]:
     dim, alpha, conv_dim, conv_alpha = dims
     defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
@@ -191,13 +240,15 @@ def _blocks(
         factor = _own_factor(group[0], network)  # one entry: one factor and set of switches
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
-        if not factor and not switches and same:
+        kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
+        if not factor and not switches and same and not kind:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         rank, a = (linear.dim, linear.alpha) if linear else (dim, alpha)  # a block of convolutions only
         block: dict[str, Any] = {
             "pattern": _pattern({layer.path for layer in group}, built),
+            **({"kind": kind} if kind else {}),
             "rank": rank,
             "alpha": _alpha(a, rank, rs_lora),
         }
@@ -206,7 +257,8 @@ def _blocks(
         if factor:
             block["factor"] = factor
         block.update(switches)
-        what = ", ".join(["dim / alpha", *(["factor"] if factor else []), *switches])
+        what = ", ".join([*([f"algo {group[0].algo}"] if kind else []), "dim / alpha"])
+        what += "".join(f", {key}" for key in (["factor"] if factor else []) + list(switches))
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
@@ -220,6 +272,7 @@ def map_blocks(
     rs_lora: bool,
     network: dict[str, Any],
     applied: tuple[bool, bool] = (True, True),
+    kinds: bool = False,
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
@@ -227,12 +280,14 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing). PresetError where they cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
-    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network)
-    text = _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network)
+    unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
+    text = _blocks(
+        found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo if kinds else ""
+    )
     if (unet or text) and kind not in _BLOCK_KINDS:
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
@@ -243,7 +298,7 @@ def map_blocks(
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _full_lokr_block(block, high, kind, rs_lora, network)
+            _full_lokr_block(block, high, block.get("kind", kind), rs_lora, network)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert

@@ -282,7 +282,7 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied
+                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied, kinds=True
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
@@ -370,6 +370,8 @@ def _map_network(
         _lora_fa_loraplus(kwargs, args, conv)
     elif not lycoris or kind == "lora":
         _loraplus(kwargs, put, unsupported)
+    elif any(b.get("kind") == "lora" for b in put.get("_blocks", ())):  # LyCORIS raises their lora_up
+        unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
     for key in [k for k in kwargs if k.startswith("loraplus_")]:
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),

@@ -1,0 +1,106 @@
+"""Several adapter kinds on one model: `[[adapter.blocks]]` (`[[adapter.text_encoder_blocks]]`) whose `kind`
+is not the adapter's (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with another
+`algo`, e.g. LoKr on the attention and LoCon on the ResNets).
+
+Each kind's layers are injected through a peft config of their own, on disjoint modules, under the one adapter
+name (`adapters.ADAPTER_NAME`): every per-layer reader (exports, resume, adapters_disabled, the optimizer's
+groups) tells the kinds apart by the layer's class, as it does for one kind. `module.peft_config` keeps the
+adapter's own kind's config (what the diffusers / peft writers read); the other kinds' configs ride in
+`module.dbspec_kind_configs`, which `weights.save_peft_adapters` writes as `<component>/<kind>/` folders
+beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import attrs
+import torch
+
+from dbspec.plan.model import AdapterPlan
+
+KIND_CONFIGS = "dbspec_kind_configs"  # the module attribute: {kind: peft config} of the other kinds
+
+
+def mixed(adapter: AdapterPlan) -> bool:
+    """Some block (the denoiser's or a text encoder's) gives its layers another kind than the adapter's."""
+    return any(b.kind != "adapter" for b in (*adapter.blocks, *adapter.text_encoder_blocks))
+
+
+def other_kinds(adapter: AdapterPlan, component: str = "") -> tuple[str, ...]:
+    """The kinds the adapter's blocks (a text encoder's, `component` named) give some layers in place of its
+    own, in the blocks' order."""
+    found: list[str] = []
+    for block in adapter.text_encoder_blocks if component else adapter.blocks:
+        if block.kind not in ("adapter", adapter.kind) and block.kind not in found:
+            found.append(block.kind)
+    return tuple(found)
+
+
+def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> AdapterPlan:
+    """The adapter as `kind`'s layers train: the blocks of that kind at their rank, every other block (and,
+    for another kind than the adapter's, every module no block matches) at rank 0, so peft leaves them to
+    the other kinds' configs. LoKr's layers split as LyCORIS's LokrModule splits them, full ones at scale 1
+    (what the compiler plans for kind lokr)."""
+    own = kind == adapter.kind
+    table = "text_encoder_blocks" if component else "blocks"
+    blocks = tuple(
+        attrs.evolve(b, kind="adapter")
+        if (b.kind == "adapter" and own) or b.kind == kind
+        else attrs.evolve(b, kind="adapter", rank=0, conv_rank=0)
+        for b in getattr(adapter, table)
+    )
+    if not own:  # the modules no block matches are the adapter's kind's
+        blocks += (attrs.evolve(blocks[0], pattern="", rank=0, conv_rank=0, factor=0),)
+    extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
+    return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
+
+
+def add_mixed(
+    module: torch.nn.Module,
+    adapter: AdapterPlan,
+    targets: tuple[str, ...],
+    seed: int,
+    add_lora,
+    component: str = "",
+) -> None:
+    """Each kind's layers on the denoiser (a text encoder, `component` named) through `add_lora`
+    (adapters.add_lora, passed in: adapters imports this module), the adapter's kind first, each kind's init
+    seeded on its own; a kind no layer takes is skipped (BlocksError when none takes any)."""
+    from dbspec.runtime.blocks import BlocksError
+
+    configs: dict[str, object] = {}
+    error: BlocksError | None = None
+    for i, kind in enumerate((adapter.kind, *other_kinds(adapter, component))):
+        # peft's injection marks only its own kind's weights trainable: the kinds before keep theirs (after
+        # the first injection only adapter weights train; before it the base's may)
+        trained = [p for p in module.parameters() if p.requires_grad] if configs else []
+        try:
+            sub = kind_adapter(adapter, kind, component)
+            add_lora(module, sub, targets, seed + i, conv=not component, component=component)
+        except BlocksError as exc:
+            error = exc
+            continue
+        for param in trained:
+            param.requires_grad_(True)
+        configs[kind] = module.peft_config.pop("default")
+        del module.peft_config  # the next kind's injection starts its own
+    if not configs and error is not None:
+        raise error
+    first = adapter.kind if adapter.kind in configs else next(iter(configs))
+    module.peft_config = {"default": configs.pop(first)}
+    setattr(module, KIND_CONFIGS, configs)
+
+
+@contextmanager
+def config_as(module: torch.nn.Module, config) -> Iterator[None]:
+    """`module.peft_config` is {"default": config}, and the module carries no other kind, inside the block
+    (peft's state-dict readers and writers pick the keys of the config's kind)."""
+    saved, others = module.peft_config, getattr(module, KIND_CONFIGS, {})
+    module.peft_config = {"default": config}
+    setattr(module, KIND_CONFIGS, {})
+    try:
+        yield
+    finally:
+        module.peft_config = saved
+        setattr(module, KIND_CONFIGS, others)
