@@ -2681,7 +2681,7 @@ kohya's Flux / SD3 layout.""",
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
 beside the adapter's kind in one run, each kind's layers with the adapter's rank, alpha, targets (and LoKr's
 `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS file, each layer in its kind's
-keys) together. The options that act on
+keys) together, on the U-Net families (SD 1.x/2.x, SDXL; not SD3, Flux or Chroma). The options that act on
 one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
 `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
 `fused_projections`, `fused_dropout` and `init_weights`.""",

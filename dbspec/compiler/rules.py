@@ -2495,6 +2495,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
+    family = FAMILIES.get(spec.model.family)  # "auto": the U-Net families' exports are checked alike
+    if family is not None and family.denoiser != "unet":
+        yield _err(
+            "DBS578",
+            ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
+            f'adapter.{i}.kind = "{block.kind}" on {family.title}: dbspec trains several adapter kinds in '
+            "one run on the U-Net families (SD 1.x/2.x, SDXL), whose LyCORIS exports and reloads it checks",
+            codes.help("DBS578"),
+        )
     set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]
     for key in set_:
         yield _err(

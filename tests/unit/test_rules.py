@@ -1471,6 +1471,16 @@ CASES = [
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
+    (  # several kinds on a transformer family: not checked there (its exports are fused / kohya's)
+        rules.mixed_block_kinds,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "lokr"\n',
+    ),
     (
         rules.fused_dropout_draws,
         DOG + STEPS + LORA + "fused_dropout = true\n",
