@@ -177,8 +177,9 @@ def plan_cache(
     elif c.text_embeddings and t5_dropout(spec, model):
         text_on = False
         notes.append(
-            'text embeddings are not cached: T5-XXL encodes in train mode (train.text_encoder_mode = "train"), '
-            "its dropout differing every step; every caption is encoded at every step"
+            "text embeddings are not cached: T5-XXL encodes in train mode "
+            '(train.text_encoder_mode = "train"), its dropout differing every step; every caption is encoded '
+            "at every step"
         )
     if text_on and spec.pivotal.tokens:
         notes.append(

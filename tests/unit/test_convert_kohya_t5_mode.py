@@ -37,7 +37,9 @@ def _flux(tmp_path, extra: str):
 def _t5_mode(plan) -> bool:
     """Whether T5-XXL is in train mode in a training step (runtime/prepare.py set_train_mode)."""
     t5 = next(c for c in plan.precision.components if c.name == "text_encoder_2")
-    return plan.text_encoder_mode == "train" or (plan.text_encoder_mode == "trained" and t5.trainable != "frozen")
+    return plan.text_encoder_mode == "train" or (
+        plan.text_encoder_mode == "trained" and t5.trainable != "frozen"
+    )
 
 
 @pytest.mark.parametrize(
