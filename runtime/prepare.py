@@ -169,10 +169,16 @@ def lora_up_ids(comps: Components) -> frozenset[int]:
 
 
 def set_train_mode(comps: Components, plan: Plan) -> None:
+    """The modules' mode for training steps: the denoiser's by whether it trains, the text encoders' as
+    train.text_encoder_mode says (kohya's LoRA scripts: every one in train mode under gradient checkpointing,
+    in eval mode otherwise; only T5-XXL has dropout, drawn from torch's global generator)."""
     comps.unet.train(plan.train_denoiser)
     trained = trained_text_encoders(plan, comps).values()
     for enc in comps.text_encoders:
-        enc.train(any(enc is t for t in trained))
+        if plan.text_encoder_mode == "trained":
+            enc.train(any(enc is t for t in trained))
+        else:
+            enc.train(plan.text_encoder_mode == "train")
 
 
 def make_teacher(plan: Plan, comps: Components, device: torch.device) -> torch.nn.Module | None:

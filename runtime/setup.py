@@ -298,7 +298,7 @@ def freeze_text_encoders(run: Run) -> None:
     parameters without one (no update, no weight decay)."""
     for enc in run.parts.text_encoders:
         enc.requires_grad_(False)
-        enc.eval()
+        enc.train(run.plan.text_encoder_mode == "train")  # eval, but where every encoder is in train mode
     run.parts.text_trains = False
 
 

@@ -120,13 +120,19 @@ class Keyer:
         return self.text_keys[caption]
 
 
+def t5_dropout(spec, model: ModelPlan | None) -> bool:
+    """T5-XXL encodes with its dropout at every step (train.text_encoder_mode = "train" on a family with
+    T5): its outputs differ per step, so no text embedding is cached."""
+    return spec.train.text_encoder_mode == "train" and model is not None and has_t5(model.family)
+
+
 def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) -> Keyer:
     c = ctx.spec.cache
     dtype = {p.name: p.dtype for p in precision.components}
     return Keyer(
         model=model,
         latents=c.latents,
-        text=c.text_embeddings and not any_text_encoder_trains(ctx.spec),
+        text=c.text_embeddings and not any_text_encoder_trains(ctx.spec) and not t5_dropout(ctx.spec, model),
         vae_dtype=dtype["vae"],
         # the first text encoder's (the SDXL refiner has only text_encoder_2)
         text_dtype=next(d for name, d in dtype.items() if name.startswith("text_encoder")),
@@ -168,6 +174,13 @@ def plan_cache(
     if c.text_embeddings and any_text_encoder_trains(spec):
         trains = "T5-XXL trains (train.t5)" if spec.train.t5 else "the text encoder trains"
         notes.append(f"text embeddings are not cached: {trains}")
+    elif c.text_embeddings and t5_dropout(spec, model):
+        text_on = False
+        notes.append(
+            "text embeddings are not cached: T5-XXL encodes in train mode "
+            '(train.text_encoder_mode = "train"), its dropout differing every step; every caption is encoded '
+            "at every step"
+        )
     if text_on and spec.pivotal.tokens:
         notes.append(
             "text embeddings of captions with a pivotal token are not cached (the token embeddings train): "

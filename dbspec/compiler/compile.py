@@ -464,6 +464,7 @@ def _assemble(
         adapter=adapter,
         train_denoiser=spec.train.denoiser,
         train_text_encoder=_text_encoders_train(model, precision),
+        text_encoder_mode=spec.train.text_encoder_mode,
         datasets=datasets,
         buckets=buckets,
         groups=plan_groups(ctx, datasets, buckets),

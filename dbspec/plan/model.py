@@ -1149,6 +1149,9 @@ class Plan:
     adapter: AdapterPlan
     train_denoiser: bool
     train_text_encoder: bool
+    # train.text_encoder_mode: the text encoders' module mode in training steps ("trained": train mode for
+    # those that train, eval for the frozen; "train"/"eval": every one); only T5-XXL's dropout sees it
+    text_encoder_mode: Literal["trained", "train", "eval"] = "trained"
     datasets: tuple[DatasetPlan, ...]
     buckets: tuple[BucketPlan, ...]
     schedule: SchedulePlan

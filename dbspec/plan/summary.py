@@ -477,9 +477,15 @@ def _teacher(plan: Plan) -> str:
 
 def _te(plan: Plan) -> str:
     if not plan.train_text_encoder:
-        return "frozen"
-    stop = plan.schedule.text_encoder_stop_step
-    return f"trains until step {stop}" if stop else "trains the whole run"
+        state = "frozen"
+    else:
+        stop = plan.schedule.text_encoder_stop_step
+        state = f"trains until step {stop}" if stop else "trains the whole run"
+    modes = {
+        "train": "every encoder in train mode in training steps (T5-XXL's dropout on)",
+        "eval": "every encoder in eval mode in training steps (no dropout)",
+    }
+    return f"{state}; {modes[plan.text_encoder_mode]}" if plan.text_encoder_mode in modes else state
 
 
 def _lycoris_switch_rows(a) -> list[tuple[str, str]]:

@@ -1359,6 +1359,15 @@ class Train:
         doc="Freeze the text encoder after this many optimizer steps; 0 trains it for the whole run.",
         minimum=0,
     )
+    text_encoder_mode: Literal["trained", "train", "eval"] = option(
+        "trained",
+        doc="The text encoders' module mode in training steps, which switches their dropout: trained puts "
+        'each one that trains in train mode and the frozen ones in eval mode; "train" puts every text '
+        'encoder in train mode, trained or frozen, and "eval" every one in eval mode (kohya\'s LoRA scripts: '
+        "train with --gradient_checkpointing, eval without). Only T5-XXL (Flux, SD3) has dropout (rate 0.1): "
+        'with "train" it encodes with dropout at every step, drawn from the run\'s seeded generator, so its '
+        "outputs are not cached. Validation and evaluation always encode in eval mode.",
+    )
 
 
 @frozen

@@ -34,6 +34,7 @@ from dbspec.convert.kohya.model import (
 from dbspec.convert.kohya.outputs import map_outputs
 from dbspec.convert.kohya.block_lr import map_block_lr
 from dbspec.convert.kohya.start import map_start
+from dbspec.convert.kohya.t5_mode import map_text_encoder_mode
 from dbspec.convert.kohya.train import (
     map_learning_rates,
     map_length,
@@ -185,6 +186,8 @@ def convert_kohya(
     if script in FLOW_SCRIPTS:
         map_flow_loss(a, script, conv)
     map_precision(a, script, lora, conv)
+    if script in FLOW_SCRIPTS:
+        map_text_encoder_mode(a, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv, length.total_steps)
     map_validation(a, script, layout, length.steps_per_epoch, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
