@@ -85,6 +85,26 @@ dim = 2
 alpha = 0.5
 factor = 4
 """,
+    # entries' own module options (issue 12): rs_lora (the MLP at its own dim, CLIP's MLP at the network's),
+    # options that change nothing on their layers (Tucker on linears, bypass without dropouts, wd_on_out
+    # without weight decomposition)
+    "entry-opts": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+dim = 8
+rs_lora = true
+[module_algo_map.CLIPMLP]
+rs_lora = true
+use_tucker = true
+[module_algo_map.Transformer2DModel]
+bypass_mode = true
+wd_on_out = false
+""",
     # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
     "no-conv": """\
 enable_conv = false
@@ -125,7 +145,7 @@ def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", conv_dim: str =
 def _theirs(made) -> dict[str, tuple[str, int, float]]:
     """Each LyCORIS module's class, dim and the scale its update is multiplied by."""
     return {
-        m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
+        m.lora_name: (type(m).__name__, m.lora_dim, round(float(m.scale), 12))  # rs_lora: alpha / sqrt(dim)
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
 
@@ -148,7 +168,7 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
             found = next((c for t, c in classes if isinstance(layer, t)), None)
             if found and "default" in layer.r:
                 key = prefix + name.replace(".", "_")
-                out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
+                out[key] = (found, layer.r["default"], round(float(layer.scaling["default"]), 12))
     return out
 
 
@@ -170,7 +190,8 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 
 @pytest.mark.parametrize(
-    "preset, algo", [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")]
+    "preset, algo",
+    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr"), ("entry-opts", "loha")],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale

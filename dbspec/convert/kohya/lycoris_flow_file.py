@@ -420,7 +420,7 @@ def flow_preset_file(
             data,
             algo,
             (dim, alpha, conv_dim, conv_alpha),
-            _module_options(kwargs),
+            _module_options(kwargs, a["network_dropout"]),
             rs_lora,
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),

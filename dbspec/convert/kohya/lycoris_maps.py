@@ -16,6 +16,7 @@ import math
 import re
 from typing import Any
 
+from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, split_options
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 from dbspec.plan.lokr import factorization
 
@@ -125,6 +126,9 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
+        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network)
+        for key, why in quiet:
+            inert[f"{layer.source}.{key}"] = why
         bad = [v for k, v in layer.options if k == "factor" and k in own and not _int(v)]
         if bad:
             raise PresetError(
@@ -136,8 +140,8 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, and LoKr's a factor, "
-                "decompose_both, full_matrix and tucker)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, LoRA/LoCon's and LoHa's "
+                "rs_lora in it, and LoKr's a factor, decompose_both, full_matrix and tucker)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -191,7 +195,8 @@ def _blocks(
         factor = _own_factor(group[0], network)  # one entry: one factor and set of switches
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
-        if not factor and not switches and same:
+        rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
+        if not factor and not switches and same and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -199,14 +204,15 @@ def _blocks(
         block: dict[str, Any] = {
             "pattern": _pattern({layer.path for layer in group}, built),
             "rank": rank,
-            "alpha": _alpha(a, rank, rs_lora),
+            "alpha": _alpha(a, rank, rs),
         }
         if conv is not None:
-            block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs_lora))
+            block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if factor:
             block["factor"] = factor
         block.update(switches)
-        what = ", ".join(["dim / alpha", *(["factor"] if factor else []), *switches])
+        own = ["factor"] if factor else []
+        what = ", ".join(["dim / alpha", *own, *switches, *(["rs_lora"] if rs != rs_lora else [])])
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
