@@ -2647,9 +2647,10 @@ rows) and `dora` with a dropout are not there.
         ERROR,
         "A block's LoKr factor or switch it cannot use",
         """\
-`factor`, `decompose_both`, `full_matrix` and `tucker` in `[[adapter.blocks]]` /
+`factor`, `decompose_both`, `full_matrix`, `tucker` and `unbalanced_factorization` in `[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
-map entry with its own `factor`, `decompose_both`, `full_matrix` or `use_tucker`): they need `kind = "lokr"`
+map entry with its own `factor`, `decompose_both`, `full_matrix`, `use_tucker` or
+`unbalanced_factorization`): they need `kind = "lokr"`
 with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),

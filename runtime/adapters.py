@@ -219,7 +219,10 @@ def _inject_lycoris_lokr(
         path: {"decompose_both": own["decompose_both"], "use_effective_conv2d": own["tucker"]}
         for path, own in switches.items()
     }
-    with lycoris_factors(adapter.unbalanced_factorization, factors, options=options):
+    unbalanced = {path: own["unbalanced_factorization"] for path, own in switches.items()}
+    with lycoris_factors(
+        adapter.unbalanced_factorization, factors, options=options, unbalanced_layers=unbalanced
+    ):
         inject_lora(module, config)
     return {path: own["full_matrix"] for path, own in switches.items()}
 

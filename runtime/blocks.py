@@ -109,10 +109,11 @@ def block_factors(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
 
 
 def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
-    """{path: {"decompose_both", "full_matrix", "tucker": bool}} of the LoKr layers whose block sets one of
-    them itself (LyCORIS's map entries; the plan settled a full layer's other two off)."""
+    """{path: {"decompose_both", "full_matrix", "tucker", "unbalanced_factorization": bool}} of the LoKr
+    layers whose block sets one of them itself (LyCORIS's map entries; the plan settled a full layer's
+    decompose_both and tucker off)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
-    keys = ("decompose_both", "full_matrix", "tucker")
+    keys = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
     if not any(getattr(b, k) != "adapter" for b in blocks for k in keys):
         return {}
     return {

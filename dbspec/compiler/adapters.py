@@ -222,13 +222,14 @@ def _lycoris_switches(adapter) -> dict:
     return switches
 
 
-BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker")
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 
 
 def _block_switches(block, adapter) -> dict[str, str]:
-    """A LoKr block's decompose_both / full_matrix / tucker as its layers train them: "on" / "off" where they
-    differ from the plan's adapter (whose full_matrix settles the other two off, _lycoris_switches), else
-    "adapter". A block's full_matrix settles its own two off alike (LokrModule never splits a full factor)."""
+    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization as its layers train
+    them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles decompose_both and
+    tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own two off alike
+    (LokrModule never splits a full factor; its unbalanced output split still orders the full factors)."""
     if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
@@ -236,6 +237,7 @@ def _block_switches(block, adapter) -> dict[str, str]:
         "full_matrix": adapter.full_matrix,
         "decompose_both": adapter.decompose_both and not adapter.full_matrix,
         "tucker": adapter.tucker and not adapter.full_matrix,
+        "unbalanced_factorization": adapter.unbalanced_factorization,
     }
     own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
     if own["full_matrix"]:

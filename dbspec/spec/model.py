@@ -436,6 +436,9 @@ class AdapterBlock:
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
     tucker: BlockSwitch = _block_switch("tucker", "use_tucker")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -479,6 +482,9 @@ class TextEncoderBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
 
 
 def _adapter_blocks():

@@ -22,6 +22,7 @@ from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -428,7 +429,9 @@ def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
 # LoKr entries switching LokrModule's options against the network's (network_args decompose_both=True): the
 # ResNets' k x k convolutions in Tucker form without decompose_both, the MLP's factors both full, conv_in
 # full by a truthy string, CLIP's MLP without decompose_both, its attention with (the network's); the MLP
-# and CLIP's attention at their own factor (issue 12)
+# and CLIP's attention at their own factor; the ResNets and CLIP's attention with the output split swapped
+# (unbalanced_factorization), the ResNets' entry also with options that change nothing there (bypass_mode
+# without dropouts, wd_on_out without weight decomposition) (issue 12)
 LOKR_SWITCHES = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -440,6 +443,9 @@ text_encoder_target_name = []
 dim = 1
 use_tucker = true
 decompose_both = false
+unbalanced_factorization = true
+bypass_mode = true
+wd_on_out = false
 [module_algo_map.FeedForward]
 dim = 1
 full_matrix = true
@@ -450,6 +456,7 @@ decompose_both = false
 [module_algo_map.CLIPAttention]
 dim = 1
 factor = 4
+unbalanced_factorization = "false"
 [name_algo_map.conv_in]
 dim = 1
 full_matrix = "yes"
@@ -457,10 +464,11 @@ full_matrix = "yes"
 
 
 def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
-    """Map entries' own decompose_both / full_matrix / use_tucker and factor: every LoKr layer in LyCORIS's
-    class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its shapes, stopped after a
-    step and resumed gives the uninterrupted run's losses and export bit for bit, and its adapter folders
-    load back (`dbspec sample`), each layer as its block built it (issue 12)."""
+    """Map entries' own decompose_both / full_matrix / use_tucker / unbalanced_factorization and factor: every
+    LoKr layer in LyCORIS's class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its
+    shapes, stopped after a step and resumed gives the uninterrupted run's losses and export bit for bit, its
+    adapter folders load back (`dbspec sample`), each layer as its block built it, and lycoris-lora's network
+    built from the same file loads the export to the trained weights (issue 12)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -480,6 +488,8 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
         ("adapter", "adapter", "adapter"),  # CLIP's attention: its dim and factor only
     }
     assert sorted(b.factor for b in blocks) == [0, 0, 0, 2, 4]
+    # a truthy string is on, as LokrModule tests it
+    assert sorted(b.unbalanced_factorization for b in blocks) == ["adapter"] * 3 + ["on"] * 2
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     assert {k: v for k, v in _ours(pipe, plan.adapter).items() if _theirs(made)[k] != v} == {}
     theirs, ours = _lokr_shapes(made), _lokr_shapes_of(pipe, plan)
@@ -488,7 +498,7 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     assert {"lokr_t2", "lokr_w1_a", "lokr_w2_a"} <= parts  # Tucker cores, decomposed and low-rank factors
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
-    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
     split = compile_spec(spec, [*base, "output.dir=parts"])
     first = execute(split, stop_after=1)
     resumed = execute(split, resume=True)
@@ -510,3 +520,25 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
         state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
         loaded = get_peft_model_state_dict(module)
         assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+    # lycoris-lora's network from the same file (as kohya builds it to load --network_weights) takes the
+    # export: each module's weight is the trained layer's merged weight
+    named = nn.Module()
+    named.text_model = fresh.text_encoder
+    made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
+    made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    made.load_state_dict(a, strict=True)
+    trained = whole.components
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        torch.testing.assert_close(
+            _lycoris_weight(lyco),
+            merged[prefix][f"{names[lyco.lora_name]}.weight"],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lyco.lora_name,
+        )

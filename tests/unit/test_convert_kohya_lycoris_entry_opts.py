@@ -109,3 +109,28 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
         (tmp_path / str(i)).mkdir()
         outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
         assert "DBS403" in codes(outcome) and named in messages(outcome, "DBS403"), (algo, entry)
+
+
+def test_lokr_entry_unbalanced_factorization_becomes_a_block_switch(tmp_path):
+    """LokrModule swaps an entry's layers' output split with its own unbalanced_factorization (tested for
+    truth: "false" is on), over the network's str_bool: the block's "on" / "off"; an entry's bypass_mode and
+    wd_on_out change nothing there (no dropout, no weight decomposition)."""
+    text = (
+        FULL
+        + """
+[module_algo_map.CrossAttention]
+unbalanced_factorization = "false"
+bypass_mode = true
+[module_algo_map.FeedForward]
+unbalanced_factorization = false
+wd_on_out = false
+"""
+    )
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8" "unbalanced_factorization=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.unbalanced_factorization) == ("lokr", 8, True)
+    # the attention's "false" is on, as the network's: no block; the MLP's false turns it off
+    assert [(b.pattern, b.unbalanced_factorization) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "off")
+    ]
+    assert "module_algo_map.CrossAttention.bypass_mode" in messages(outcome, "DBS405")

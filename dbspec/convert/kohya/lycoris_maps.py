@@ -65,7 +65,12 @@ _READS = {
 
 # The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`,
 # and LokrModule's switches, which it tests for truth: `decompose_both`, `full_matrix`, `use_tucker`)
-_SWITCHES = {"decompose_both": "decompose_both", "full_matrix": "full_matrix", "use_tucker": "tucker"}
+_SWITCHES = {
+    "decompose_both": "decompose_both",
+    "full_matrix": "full_matrix",
+    "use_tucker": "tucker",
+    "unbalanced_factorization": "unbalanced_factorization",
+}
 _PER_BLOCK = {"lokr": ("factor", *_SWITCHES)}
 _MAX_FACTOR = 65536  # spec AdapterBlock.factor's bound; a larger factor splits as -1 on every width
 
