@@ -2671,6 +2671,20 @@ kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",
     ),
+    Code(
+        "DBS578",
+        ERROR,
+        "A block's own LyCORIS scalar with an option that needs one scalar setting",
+        """\
+`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
+file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained scalar and others none. That
+holds where each layer trains alone: not with peft's DoRA (its layer rebuilds the weight with no scalar),
+`init_weights` (the file's factors carry their scalars folded in), LyCORIS's `max_norm` (it puts a fixed
+scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections) or
+`fused_projections` (a fused layer's parts share one scalar).""",
+        help="set the blocks' scalar to \"adapter\" (the adapter's `scalar` on every layer), or remove the "
+        "other option",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

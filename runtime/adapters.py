@@ -30,6 +30,13 @@ def lycoris_dora(adapter: AdapterPlan) -> bool:
     return adapter.dora and adapter.dora_form == "lycoris"
 
 
+def any_scalar(adapter: AdapterPlan) -> bool:
+    """Some layer trains LyCORIS's use_scalar: the adapter's `scalar`, or a block's own (a LyCORIS map
+    entry's)."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    return adapter.scalar or any(b.scalar == "on" for b in blocks)
+
+
 def norm_scalars(adapter: AdapterPlan) -> bool:
     """The plan's LoCon / LoHa layers carry a fixed scalar (at 1, never trained) for LyCORIS's max norm to
     multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
@@ -167,6 +174,8 @@ def add_lora(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         own_full: dict[str, bool] = {}  # LoKr layers whose block sets its own full_matrix
+        # layers whose block sets its own use_scalar (paths as peft keeps them)
+        own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
             own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
         else:
@@ -177,10 +186,11 @@ def add_lora(
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
         if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
             tie_fused_lycoris(module, adapter, seed)
-        if adapter.full_matrix or adapter.scalar or own_full:  # LyCORIS's LoKr full_matrix, use_scalar
+        if adapter.full_matrix or adapter.scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar
             from dbspec.runtime.lycoris_switches import apply_switches
 
-            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar, own_full)
+            full = adapter.kind == "lokr" and adapter.full_matrix
+            apply_switches(module, full, adapter.scalar, own_full, own_scalar)
     if norm_scalars(adapter):  # LyCORIS's max norm multiplies a scalar LoCon and LoHa hold at 1 otherwise
         from dbspec.runtime.max_norm import add_norm_scalars
 
@@ -200,6 +210,17 @@ def add_lora(
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
         add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
+
+
+def _block_scalars(
+    module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
+) -> dict[str, bool]:
+    """{path: use_scalar} of the layers whose block sets its own (LyCORIS's map entries)."""
+    if not (conv or component):
+        return {}
+    from dbspec.runtime.blocks import block_scalars
+
+    return block_scalars(module, config.target_modules, adapter, component)
 
 
 def _inject_lycoris_lokr(

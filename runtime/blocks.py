@@ -126,6 +126,18 @@ def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
     }
 
 
+def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: use_scalar} of the layers whose block sets LyCORIS's scalar itself (a map entry's)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.scalar != "adapter" for b in blocks):
+        return {}
+    return {
+        path: block.scalar == "on"
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.scalar != "adapter"
+    }
+
+
 def block_param_groups(
     groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan, ratio: float = 0.0
 ) -> list[dict]:

@@ -18,7 +18,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
-from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora, norm_scalars
+from dbspec.runtime.adapters import any_scalar, is_adapter_weight, lycoris_dora, norm_scalars
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
@@ -84,7 +84,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         plan.adapter.kind == "lora"
         and not plan.adapter.tucker
         and not lycoris_dora(plan.adapter)
-        and not plan.adapter.scalar
+        and not any_scalar(plan.adapter)
         and not norm_scalars(plan.adapter)  # LyCORIS max norm's scalars: saved by peft's layout
     ):
         encoders = trained_text_encoders(plan, comps)

@@ -83,13 +83,19 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 group=b.group,
                 factor=b.factor,
                 **_block_switches(b, adapter),
+                scalar=_block_scalar(b, adapter),
             )
             for b in adapter.blocks
         )
     if getattr(adapter, "text_encoder_blocks", ()):
         extra["text_encoder_blocks"] = tuple(
             BlockPlan(
-                pattern=b.pattern, rank=b.rank, alpha=b.alpha, factor=b.factor, **_block_switches(b, adapter)
+                pattern=b.pattern,
+                rank=b.rank,
+                alpha=b.alpha,
+                factor=b.factor,
+                **_block_switches(b, adapter),
+                scalar=_block_scalar(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -243,6 +249,13 @@ def _block_switches(block, adapter) -> dict[str, str]:
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _block_scalar(block, adapter) -> str:
+    """A block's LyCORIS scalar as its layers train it: "on" / "off" where it differs from the adapter's
+    `scalar`, else "adapter"."""
+    own = adapter.scalar if block.scalar == "adapter" else block.scalar == "on"
+    return "adapter" if own == adapter.scalar else "on" if own else "off"
 
 
 def _lokr_split(factor: int) -> int:

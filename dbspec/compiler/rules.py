@@ -2457,6 +2457,43 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) against the options that need
+    one scalar setting on every layer (DBS578)."""
+    a = spec.adapter
+    own = [
+        (table, i, block.scalar)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table, ()))
+        # differing from the adapter's: "off" on an adapter without scalar changes nothing
+        if getattr(block, "scalar", "adapter") != "adapter" and (block.scalar == "on") != a.scalar
+    ]
+    if not own:
+        return
+    others = [
+        f"adapter.{key}"
+        for key, on in (
+            ("dora", getattr(a, "dora", False) and not lycoris_dora(a)),
+            ("init_weights", getattr(a, "init_weights", "")),
+            ("max_norm", getattr(a, "max_norm", 0.0)),
+            ("freeze_down", getattr(a, "freeze_down", False)),
+            ("fused_projections", getattr(a, "fused_projections", False)),
+        )
+        if on
+    ]
+    if not others:
+        return
+    for table, i, value in own:
+        yield _err(
+            "DBS578",
+            ("adapter", table, i, "scalar"),
+            f'adapter.{table}[{i}].scalar = "{value}" with {" and ".join(others)}: some layers would train '
+            "LyCORIS's scalar and others not, which those options do not take",
+            codes.help("DBS578"),
+        )
+
+
+@rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped."""

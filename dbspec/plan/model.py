@@ -120,6 +120,9 @@ class BlockPlan:
     full_matrix: Literal["adapter", "on", "off"] = "adapter"
     tucker: Literal["adapter", "on", "off"] = "adapter"
     unbalanced_factorization: Literal["adapter", "on", "off"] = "adapter"
+    # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
+    # adapter's `scalar`; "adapter": the adapter's
+    scalar: Literal["adapter", "on", "off"] = "adapter"
 
 
 @frozen

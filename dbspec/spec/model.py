@@ -400,6 +400,16 @@ def _block_factor():
 BlockSwitch = Literal["adapter", "on", "off"]
 
 
+def _block_scalar():
+    return option(
+        "adapter",
+        doc="LoRA/LoCon, LoHa, LoKr: whether the matched layers' updates are multiplied by LyCORIS's trained "
+        "scalar (`scalar` of the adapter, in place of it; a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `use_scalar`): on, off, or `adapter` (the adapter's).",
+        example="on",
+    )
+
+
 def _block_switch(key: str, what: str):
     return option(
         "adapter",
@@ -439,6 +449,7 @@ class AdapterBlock:
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )
+    scalar: BlockSwitch = _block_scalar()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -485,6 +496,7 @@ class TextEncoderBlock:
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )
+    scalar: BlockSwitch = _block_scalar()
 
 
 def _adapter_blocks():

@@ -87,6 +87,7 @@ alpha = 0.5
 factor = 4
 """,
     # entries' own module options (issue 12): rs_lora (the MLP at its own dim, CLIP's MLP at the network's),
+    # use_scalar (the MLP),
     # options that change nothing on their layers (Tucker on linears, bypass without dropouts, wd_on_out
     # without weight decomposition)
     "entry-opts": """\
@@ -99,6 +100,7 @@ text_encoder_target_name = []
 [module_algo_map.FeedForward]
 dim = 8
 rs_lora = true
+use_scalar = true
 [module_algo_map.CLIPMLP]
 rs_lora = true
 use_tucker = true
@@ -198,15 +200,38 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
     (alpha / dim; LoKr's layers with both factors full at 1)."""
     path, plan = _converted_plan(tmp_path, preset, algo)
-    theirs = _theirs(_lycoris(pipe, path, monkeypatch, algo))
+    made = _lycoris(pipe, path, monkeypatch, algo)
+    theirs = _theirs(made)
     ours = _ours(pipe, plan.adapter)
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    if preset == "entry-opts":  # an entry's own use_scalar: a trained scalar on its layers only
+        scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
+        assert scaled and scaled == _scaled_of(pipe, plan.adapter)
     if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
         theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
         assert theirs and {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+
+
+def _trains_scalar(lyco) -> bool:
+    return isinstance(lyco.scalar, nn.Parameter)
+
+
+def _scaled_of(pipe, adapter) -> set[str]:
+    """The kohya names of the plan's adapted layers with a trained scalar (runtime/lycoris_switches.py)."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    return {
+        prefix + name.replace(".", "_")
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if layer_scalar(layer) is not None
+    }
 
 
 def test_conv_dim_zero_builds_the_entries_convolutions_in_tucker_form(pipe, tmp_path, monkeypatch):
@@ -299,15 +324,20 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 
 
-@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora"])
+# locon-entry: LoCon on the `entry-opts` file (its dims, the `names` file's on LoHa / LoKr)
+@pytest.mark.parametrize("algo", ["locon-entry", "loha", "lokr", "locon-tucker", "lokr-dora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
-    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
+    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
+    the `entry-opts` file (entries' own rs_lora and use_scalar) lycoris-lora's network from the file loads
+    the export to the trained weights (issue 12; the per-layer scalar's resume: the LoKr switches run)."""
     from tests.unit.convert_kit import out_path
 
     algo, *variant = algo.split("-")
-    extra = {VARIANTS[v]: "True" for v in variant}
-    path, plan = _converted_plan(tmp_path, "names", algo, " ".join(f'"{k}=True"' for k in extra))
+    entry = variant == ["entry"]
+    extra = {VARIANTS[v]: "True" for v in variant if not entry}
+    preset = "entry-opts" if entry else "names"
+    path, plan = _converted_plan(tmp_path, preset, algo, " ".join(f'"{k}=True"' for k in extra))
     assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
     assert (plan.adapter.tucker, plan.adapter.dora) == ("tucker" in variant, "dora" in variant)
     made = _lycoris(pipe, path, monkeypatch, algo, **extra)
@@ -316,7 +346,7 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
         for m in [*made.unet_loras, *made.text_encoder_loras]
         for k, v in m.state_dict().items()
     }
-    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]))
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=entry)
     assert done.status == "finished"
     (export,) = Path(done.final).glob("*.kohya.safetensors")
     with safe_open(str(export), "pt") as handle:
@@ -337,6 +367,31 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     assert len(set(alphas.values())) > 1  # layers at their own alphas
     moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
     assert moved, "the run trained the adapters"
+    if entry:  # lycoris-lora's network from the same file (kohya's for --network_weights) loads the export
+        fresh = build_pipeline("builtin:tiny-sd1")
+        named = nn.Module()
+        named.text_model = fresh.text_encoder
+        made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+        made.load_state_dict(ours, strict=True)
+        _loaded_weights_are_trained(made, done.components)
+
+
+def _loaded_weights_are_trained(made, trained) -> None:
+    """Each module of lycoris-lora's network `made` (the export loaded) against the trained layer's merge."""
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        torch.testing.assert_close(
+            _lycoris_weight(lyco),
+            merged[prefix][f"{names[lyco.lora_name]}.weight"],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lyco.lora_name,
+        )
 
 
 SDXL_MAPS = """\
@@ -431,7 +486,7 @@ def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
 # full by a truthy string, CLIP's MLP without decompose_both, its attention with (the network's); the MLP
 # and CLIP's attention at their own factor; the ResNets and CLIP's attention with the output split swapped
 # (unbalanced_factorization), the ResNets' entry also with options that change nothing there (bypass_mode
-# without dropouts, wd_on_out without weight decomposition) (issue 12)
+# without dropouts, wd_on_out without weight decomposition); the MLP with LyCORIS's trained scalar (issue 12)
 LOKR_SWITCHES = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -450,6 +505,7 @@ wd_on_out = false
 dim = 1
 full_matrix = true
 factor = 2
+use_scalar = true
 [module_algo_map.CLIPMLP]
 dim = 1
 decompose_both = false
@@ -490,8 +546,11 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     assert sorted(b.factor for b in blocks) == [0, 0, 0, 2, 4]
     # a truthy string is on, as LokrModule tests it
     assert sorted(b.unbalanced_factorization for b in blocks) == ["adapter"] * 3 + ["on"] * 2
+    assert [b.scalar for b in blocks].count("on") == 1
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     assert {k: v for k, v in _ours(pipe, plan.adapter).items() if _theirs(made)[k] != v} == {}
+    scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
+    assert scaled and scaled == _scaled_of(pipe, plan.adapter)
     theirs, ours = _lokr_shapes(made), _lokr_shapes_of(pipe, plan)
     assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
     parts = {p for shapes in theirs.values() for p in shapes}
@@ -527,18 +586,4 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
     made.load_state_dict(a, strict=True)
-    trained = whole.components
-    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
-    names = {
-        **_kohya_names(trained.unet, "lora_unet"),
-        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
-    }
-    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
-        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
-        torch.testing.assert_close(
-            _lycoris_weight(lyco),
-            merged[prefix][f"{names[lyco.lora_name]}.weight"],
-            rtol=1e-4,
-            atol=1e-4,
-            msg=lyco.lora_name,
-        )
+    _loaded_weights_are_trained(made, whole.components)

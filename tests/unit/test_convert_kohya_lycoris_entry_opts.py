@@ -134,3 +134,30 @@ wd_on_out = false
         (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "off")
     ]
     assert "module_algo_map.CrossAttention.bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):
+    """An entry's own use_scalar (LoConModule's, LohaModule's, LokrModule's truth test) over the network's
+    str_bool is its block's `scalar` = "on" / "off" (runtime/lycoris_switches.py per layer)."""
+    text = (
+        FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n[module_algo_map.CLIPMLP]\nuse_scalar = 1\n"
+    )
+    a = plan_of(expressible(_convert(tmp_path, text)), tmp_path).adapter
+    assert (a.kind, a.scalar) == ("lora", False)
+    assert [(b.pattern, b.rank, b.alpha, b.scalar) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
+    ]
+    assert [(b.pattern, b.scalar) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", "on")]
+    (tmp_path / "lokr").mkdir()
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_scalar = false\n"
+    outcome = expressible(_convert(tmp_path / "lokr", text, "lokr", '"use_scalar=True"'))
+    a = plan_of(outcome, tmp_path / "lokr").adapter
+    assert (a.kind, a.scalar) == ("lokr", True)
+    assert [b.scalar for b in a.blocks] == ["off"] and not a.text_encoder_blocks
+
+
+def test_entry_use_scalar_with_max_norm_is_refused(tmp_path):
+    """LyCORIS's max norm puts a fixed scalar on the layers without one: a block's own scalar is refused."""
+    text = FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n"
+    outcome = _convert(tmp_path, text, "locon", "--scale_weight_norms=1.0")
+    assert "DBS403" in codes(outcome) and 'scalar = "on" with adapter.max_norm' in messages(outcome, "DBS403")

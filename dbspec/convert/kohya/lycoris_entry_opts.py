@@ -4,7 +4,8 @@
 create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
 true), over the network's. For each option whose value differs from the network's this module says whether a
 block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
-the plain scale of alpha x sqrt(dim), which the block's alpha carries), whether it changes nothing on that
+the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
+block's `scalar`), whether it changes nothing on that
 layer (inert, with why), or neither (dbspec does not express it: the caller's PresetError names it)."""
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from typing import Any
 
 # the option a block of these algorithms carries: its alpha times sqrt(dim)
 _BLOCK_ALPHA = ("lora", "loha")
+# the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
+_BLOCK_SCALAR = ("lora", "loha", "lokr")
+
+
+def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
+    """{"scalar": "on" / "off"} of a layer of `algo` whose entry gives use_scalar a truth other than the
+    network's (LoConModule's, LohaModule's, LokrModule's `if use_scalar`), else {}."""
+    own = dict(options)
+    if algo not in _BLOCK_SCALAR or "use_scalar" not in own or bool(own["use_scalar"]) == network:
+        return {}
+    return {"scalar": "on" if own["use_scalar"] else "off"}
 
 
 def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
@@ -44,7 +56,9 @@ def split_options(
         why = _inert(algo, kind, key, own, network)
         if why:
             inert.append((key, why))
-        elif not (key == "rs_lora" and algo in _BLOCK_ALPHA):
+        elif not (key == "rs_lora" and algo in _BLOCK_ALPHA) and not (
+            key == "use_scalar" and algo in _BLOCK_SCALAR
+        ):
             rest.append((key, value))
     return rest, inert
 

@@ -297,6 +297,13 @@ def flux_preset_file(
     )
     kind = algo if lokr else "lora"
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
+    scaled = [block for block in [*blocks, *text_blocks] if "scalar" in block]
+    if scaled:  # the fused layers' parts share one scalar (runtime/fused.py tie_fused_scalars)
+        raise PresetError(
+            f"`{_source(scaled)}` hands its layers its own use_scalar: dbspec's LyCORIS on {model.title} "
+            "gives every layer the network's (a fused layer's parts share one scalar)",
+            False,
+        )
     if text_blocks and lokr:
         raise PresetError(
             f"`{_source(text_blocks)}` gives CLIP layers their own dim / alpha: dbspec's LoKr / LoHa on "

@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any
 
-from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, split_options
+from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, split_options
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 from dbspec.plan.lokr import factorization
 
@@ -146,7 +146,8 @@ def check_layers(found: Targets, algo: str, network: dict[str, Any]) -> list[tup
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
                 "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, LoRA/LoCon's and LoHa's "
-                "rs_lora in it, and LoKr's a factor, decompose_both, full_matrix and tucker)",
+                "rs_lora in it, a scalar, and LoKr's a factor, decompose_both, full_matrix, tucker and "
+                "unbalanced_factorization)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -201,6 +202,7 @@ def _blocks(
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
+        switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
         if not factor and not switches and same and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
