@@ -37,6 +37,12 @@ def any_scalar(adapter: AdapterPlan) -> bool:
     return adapter.scalar or any(b.scalar == "on" for b in blocks)
 
 
+def any_tucker(adapter: AdapterPlan) -> bool:
+    """Some LoCon layer trains in LyCORIS's Tucker form: the adapter's `tucker`, or a LoRA block's own (a
+    LyCORIS map entry's use_tucker)."""
+    return adapter.tucker or (adapter.kind == "lora" and any(b.tucker == "on" for b in adapter.blocks))
+
+
 def norm_scalars(adapter: AdapterPlan) -> bool:
     """The plan's LoCon / LoHa layers carry a fixed scalar (at 1, never trained) for LyCORIS's max norm to
     multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
@@ -167,7 +173,14 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter, "" if conv else component)
-    if conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
+    if conv and adapter.kind == "lora" and any(b.tucker != "adapter" for b in adapter.blocks):
+        from dbspec.runtime.blocks import block_tuckers
+        from dbspec.runtime.locon_tucker import with_tucker
+
+        # LoCon's Tucker form on the k x k convolutions of the blocks that set it (LyCORIS map entries)
+        own = block_tuckers(module, config.target_modules, adapter)
+        config = with_tucker(config, own, default=adapter.tucker)
+    elif conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
         from dbspec.runtime.locon_tucker import with_tucker
 
         config = with_tucker(config)

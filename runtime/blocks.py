@@ -138,6 +138,16 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
+def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan) -> dict[int, bool]:
+    """{id(layer): LoCon Tucker form} of the denoiser's layers whose LoRA block sets its own (a map entry's
+    use_tucker; only k x k convolutions take the form)."""
+    return {
+        id(layer): block.tucker == "on"
+        for _, layer, block in _blocks_of(module, targets, adapter.blocks, "")
+        if block is not None and block.tucker != "adapter"
+    }
+
+
 def block_param_groups(
     groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan, ratio: float = 0.0
 ) -> list[dict]:

@@ -18,7 +18,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
-from dbspec.runtime.adapters import any_scalar, is_adapter_weight, lycoris_dora, norm_scalars
+from dbspec.runtime.adapters import any_scalar, any_tucker, is_adapter_weight, lycoris_dora, norm_scalars
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import exports_for_plan
 from dbspec.runtime.models import Components, trained_text_encoders
@@ -82,7 +82,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     trained = _trained_modules(comps, plan)
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
-        and not plan.adapter.tucker
+        and not any_tucker(plan.adapter)
         and not lycoris_dora(plan.adapter)
         and not any_scalar(plan.adapter)
         and not norm_scalars(plan.adapter)  # LyCORIS max norm's scalars: saved by peft's layout
@@ -276,7 +276,7 @@ def load_peft_adapters(
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from dbspec.runtime.locon_tucker import has_tucker, with_tucker
+    from dbspec.runtime.locon_tucker import has_tucker, tucker_layers, with_tucker
     from dbspec.runtime.lycoris_dora import has_dora_scales, restore_lycoris_dora
 
     loaded = []
@@ -286,8 +286,8 @@ def load_peft_adapters(
             continue
         config = PeftConfig.from_pretrained(str(source))
         state = load_file(str(source / "adapter_model.safetensors"))
-        if has_tucker(state):  # LoCon's Tucker layers: peft's JSON config does not record them
-            config = with_tucker(config)
+        if has_tucker(state):  # LoCon's Tucker layers (some, with blocks' own): not in peft's JSON config
+            config = with_tucker(config, tucker_layers(module, state), default=False)
         from dbspec.runtime.lycoris_full import has_full, with_full
 
         if has_full(state):  # LyCORIS's full algo: its layers are not in peft's JSON config either

@@ -87,12 +87,12 @@ alpha = 0.5
 factor = 4
 """,
     # entries' own module options (issue 12): rs_lora (the MLP at its own dim, CLIP's MLP at the network's),
-    # use_scalar (the MLP),
+    # use_scalar (the MLP), LoCon's Tucker form on the ResNets' k x k convolutions,
     # options that change nothing on their layers (Tucker on linears, bypass without dropouts, wd_on_out
     # without weight decomposition)
     "entry-opts": """\
 enable_conv = true
-unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D"]
 unet_target_name = []
 text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
 text_encoder_target_name = []
@@ -107,6 +107,8 @@ use_tucker = true
 [module_algo_map.Transformer2DModel]
 bypass_mode = true
 wd_on_out = false
+[module_algo_map.ResnetBlock2D]
+use_tucker = true
 """,
     # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
     "no-conv": """\
@@ -194,7 +196,7 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 @pytest.mark.parametrize(
     "preset, algo",
-    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr"), ("entry-opts", "loha")],
+    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
@@ -329,8 +331,9 @@ VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
-    the `entry-opts` file (entries' own rs_lora and use_scalar) lycoris-lora's network from the file loads
-    the export to the trained weights (issue 12; the per-layer scalar's resume: the LoKr switches run)."""
+    the `entry-opts` file (entries' own rs_lora, use_scalar and use_tucker: the ResNets' convolutions in
+    Tucker form, the downsamplers' not) the run resumes bit-exact, its adapter folders load back, and
+    lycoris-lora's network from the file loads the export to the trained weights (issue 12)."""
     from tests.unit.convert_kit import out_path
 
     algo, *variant = algo.split("-")
@@ -352,7 +355,7 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     with safe_open(str(export), "pt") as handle:
         ours = {key: handle.get_tensor(key) for key in handle.keys()}
     assert sorted(ours) == sorted(theirs)
-    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant)
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant or entry)
     assert any(k.endswith("dora_scale") for k in theirs) == ("dora" in variant)
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
     # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
@@ -368,12 +371,38 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
     assert moved, "the run trained the adapters"
     if entry:  # lycoris-lora's network from the same file (kohya's for --network_weights) loads the export
+        _resumes_and_loads_back(tmp_path, done, ours)
         fresh = build_pipeline("builtin:tiny-sd1")
         named = nn.Module()
         named.text_model = fresh.text_encoder
         made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
         made.load_state_dict(ours, strict=True)
         _loaded_weights_are_trained(made, done.components)
+
+
+def _resumes_and_loads_back(tmp_path: Path, whole, export: dict) -> None:
+    """Stopped after a step and resumed, the run ends with `whole`'s export bit for bit; its adapter folders
+    load back (`dbspec sample`), each layer as its block built it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.unit.convert_kit import out_path
+
+    split = compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1", "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    again = load_file(str(again))
+    assert again.keys() == export.keys() and all(torch.equal(again[k], export[k]) for k in export)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules)) == sorted(modules)
+    for name, module in modules.items():
+        state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
 
 
 def _loaded_weights_are_trained(made, trained) -> None:

@@ -136,6 +136,22 @@ wd_on_out = false
     assert "module_algo_map.CrossAttention.bypass_mode" in messages(outcome, "DBS405")
 
 
+def test_locon_entry_use_tucker_becomes_a_block_tucker(tmp_path):
+    """LoConModule builds an entry's k x k convolutions in its Tucker form (lora_mid) with the entry's own
+    use_tucker: the block's `tucker` (runtime/locon_tucker.py per layer); on linears it changes nothing."""
+    text = (
+        FULL
+        + "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n[module_algo_map.CLIPMLP]\nuse_tucker = 1\n"
+    )
+    outcome = expressible(_convert(tmp_path, text))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_rank) == ("lora", False, 8)
+    assert [(b.pattern, b.rank, b.conv_rank, b.tucker) for b in a.blocks] == [
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 16, 8, "on")
+    ]
+    assert a.text_encoder_blocks == () and "CLIPMLP.use_tucker" in messages(outcome, "DBS405")
+
+
 def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):
     """An entry's own use_scalar (LoConModule's, LohaModule's, LokrModule's truth test) over the network's
     str_bool is its block's `scalar` = "on" / "off" (runtime/lycoris_switches.py per layer)."""

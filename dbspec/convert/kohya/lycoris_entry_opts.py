@@ -5,7 +5,8 @@ create_single_module hands an entry's keys to the module class raw (no str_bool:
 true), over the network's. For each option whose value differs from the network's this module says whether a
 block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
 the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
-block's `scalar`), whether it changes nothing on that
+block's `scalar`; `use_tucker` on LoRA/LoCon k x k convolutions: the block's `tucker`), whether it changes
+nothing on that
 layer (inert, with why), or neither (dbspec does not express it: the caller's PresetError names it)."""
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from typing import Any
 _BLOCK_ALPHA = ("lora", "loha")
 # the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
 _BLOCK_SCALAR = ("lora", "loha", "lokr")
+
+
+def own_tucker(algo: str, options: tuple[tuple[str, Any], ...], network: bool, convs: bool) -> dict[str, str]:
+    """{"tucker": "on" / "off"} of a LoRA/LoCon entry whose use_tucker (LoConModule's truth test) differs
+    from the network's and whose layers include k x k convolutions (`convs`: the only ones it shapes)."""
+    own = dict(options)
+    if algo != "lora" or not convs or "use_tucker" not in own or bool(own["use_tucker"]) == network:
+        return {}
+    return {"tucker": "on" if own["use_tucker"] else "off"}
 
 
 def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
@@ -56,11 +66,19 @@ def split_options(
         why = _inert(algo, kind, key, own, network)
         if why:
             inert.append((key, why))
-        elif not (key == "rs_lora" and algo in _BLOCK_ALPHA) and not (
-            key == "use_scalar" and algo in _BLOCK_SCALAR
-        ):
+        elif not _block_keeps(algo, key):
             rest.append((key, value))
     return rest, inert
+
+
+def _block_keeps(algo: str, key: str) -> bool:
+    """A block expresses the entry's `key` on a layer of `algo` (its alpha, scalar, or LoCon's tucker on its
+    k x k convolutions: _inert already took its other layers)."""
+    return (
+        (key == "rs_lora" and algo in _BLOCK_ALPHA)
+        or (key == "use_scalar" and algo in _BLOCK_SCALAR)
+        or (key == "use_tucker" and algo == "lora")
+    )
 
 
 def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[str, Any]) -> str:

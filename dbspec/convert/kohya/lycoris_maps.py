@@ -16,7 +16,7 @@ import math
 import re
 from typing import Any
 
-from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, split_options
+from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, own_tucker, split_options
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 from dbspec.plan.lokr import factorization
 
@@ -203,6 +203,8 @@ def _blocks(
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
         switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
+        convs = any(layer.kind == "conv" for layer in group)
+        switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         if not factor and not switches and same and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
