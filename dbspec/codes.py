@@ -2674,16 +2674,17 @@ kohya's Flux / SD3 layout.""",
     Code(
         "DBS578",
         ERROR,
-        "A block's own LyCORIS scalar or LoCon Tucker form with an option that needs one setting",
+        "A block's own LyCORIS scalar or Tucker form with an option that needs one setting",
         """\
 `scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
 file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained scalar and others none, and
-`tucker` in a `kind = "lora"` block (an entry's `use_tucker`) some k x k convolutions LoCon's Tucker form
-(`lora_mid`) and others not. That holds where each layer trains alone: not with peft's DoRA (its layer
-rebuilds the weight with no scalar), `init_weights` (the file's factors carry their scalars folded in; a
-Tucker layer's `lora_mid` is not read), LyCORIS's `max_norm` (it puts a fixed scalar at 1 on the layers
-without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections) or `fused_projections` (a fused
-layer's parts share one scalar); a block's Tucker form also not with DoRA or the dropouts.""",
+`tucker` in a `kind = "lora"` / `"loha"` block (an entry's `use_tucker`) some k x k convolutions the Tucker
+form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That holds where each layer trains
+alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), `init_weights` (the file's
+factors carry their scalars folded in; a Tucker layer's `lora_mid` is not read), LyCORIS's `max_norm` (it
+puts a fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down
+projections) or `fused_projections` (a fused layer's parts share one scalar); a block's Tucker form also not
+with DoRA or the dropouts.""",
         help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
         "other option",
     ),

@@ -191,6 +191,14 @@ def add_lora(
         own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
             own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
+        elif conv and adapter.kind == "loha" and any(b.tucker != "adapter" for b in adapter.blocks):
+            from dbspec.runtime.blocks import block_tuckers
+            from dbspec.runtime.loha_weight import loha_tucker_layers
+
+            # the Tucker form on the k x k convolutions of the blocks that set it (LyCORIS map entries)
+            own = block_tuckers(module, config.target_modules, adapter, paths=True)
+            with loha_tucker_layers(own):
+                inject_lora(module, config)
         else:
             inject_lora(module, config)
         if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers

@@ -138,12 +138,12 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
-def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan) -> dict[int, bool]:
-    """{id(layer): LoCon Tucker form} of the denoiser's layers whose LoRA block sets its own (a map entry's
-    use_tucker; only k x k convolutions take the form)."""
+def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths: bool = False) -> dict:
+    """{id(layer) (or its path with `paths`): Tucker form} of the denoiser's layers whose LoRA / LoHa block
+    sets its own (a map entry's use_tucker; only k x k convolutions take the form)."""
     return {
-        id(layer): block.tucker == "on"
-        for _, layer, block in _blocks_of(module, targets, adapter.blocks, "")
+        path if paths else id(layer): block.tucker == "on"
+        for path, layer, block in _blocks_of(module, targets, adapter.blocks, "")
         if block is not None and block.tucker != "adapter"
     }
 

@@ -331,6 +331,11 @@ def load_peft_adapters(
                     inject_adapter_in_model(config, module, adapter_name="default")
             else:
                 inject_adapter_in_model(config, module, adapter_name="default")
+        elif getattr(config, "peft_type", None) == "LOHA":  # blocks' own Tucker form: per layer
+            from dbspec.runtime.loha_weight import loha_tucker_layers, tucker_of_state
+
+            with loha_tucker_layers(tucker_of_state(state, config)):
+                inject_adapter_in_model(config, module, adapter_name="default")
         else:
             inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state

@@ -2443,7 +2443,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, value)
                 for key in BLOCK_SWITCHES
                 if (value := getattr(block, key, "adapter")) != "adapter"
-                and not (key == "tucker" and a.kind == "lora")  # LoCon's Tucker form: DBS578
+                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS578
             ]
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
@@ -2469,7 +2469,7 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # differing from the adapter's: "off" on an adapter without scalar changes nothing
         if getattr(block, "scalar", "adapter") != "adapter" and (block.scalar == "on") != a.scalar
     ]
-    if getattr(a, "kind", "") == "lora":
+    if getattr(a, "kind", "") in ("lora", "loha"):
         own += [
             ("blocks", i, "tucker", block.tucker)
             for i, block in enumerate(a.blocks)
@@ -2497,7 +2497,7 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not others:
         return
     for table, i, key, value in own:
-        what = "LyCORIS's scalar" if key == "scalar" else "LoCon's Tucker form"
+        what = "LyCORIS's scalar" if key == "scalar" else "the Tucker form"
         yield _err(
             "DBS578",
             ("adapter", table, i, key),

@@ -410,10 +410,10 @@ def _block_scalar():
     )
 
 
-def _block_switch(key: str, what: str):
+def _block_switch(key: str, what: str, kinds: str = "LoKr"):
     return option(
         "adapter",
-        doc=f"LoKr: the matched layers' `{key}` in place of the adapter's (a LyCORIS preset file's "
+        doc=f"{kinds}: the matched layers' `{key}` in place of the adapter's (a LyCORIS preset file's "
         f"`module_algo_map` / `name_algo_map` entry's `{what}`): on, off, or `adapter` (the adapter's).",
         example="on",
     )
@@ -445,7 +445,9 @@ class AdapterBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
-    tucker: BlockSwitch = _block_switch("tucker", "use_tucker")
+    tucker: BlockSwitch = _block_switch(
+        "tucker", "use_tucker", "LoKr, LoRA/LoCon and LoHa (k x k convolutions)"
+    )
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )

@@ -326,8 +326,8 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 
 
-# locon-entry: LoCon on the `entry-opts` file (its dims, the `names` file's on LoHa / LoKr)
-@pytest.mark.parametrize("algo", ["locon-entry", "loha", "lokr", "locon-tucker", "lokr-dora"])
+# locon-entry, loha-entry: the `entry-opts` file (its dims; the `names` file's on LoKr)
+@pytest.mark.parametrize("algo", ["locon-entry", "loha-entry", "lokr", "locon-tucker", "lokr-dora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
@@ -355,7 +355,10 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     with safe_open(str(export), "pt") as handle:
         ours = {key: handle.get_tensor(key) for key in handle.keys()}
     assert sorted(ours) == sorted(theirs)
-    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant or entry)
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == (
+        "tucker" in variant or algo == "locon" and entry
+    )
+    assert any(k.endswith("hada_t1") for k in theirs) == (algo == "loha" and entry)
     assert any(k.endswith("dora_scale") for k in theirs) == ("dora" in variant)
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
     # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply

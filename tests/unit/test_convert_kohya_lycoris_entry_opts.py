@@ -101,7 +101,7 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
             "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
             "scale",
         ),
-        ("loha", "", "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n", "`use_tucker` = True"),
+        ("loha", "", "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n", "`weight_decompose` = 1"),
         # LokrModule scales a layer whose factors are both full by sqrt(dim) with rs_lora: no block alpha
         ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\n", "`rs_lora` = True"),
     ]
@@ -138,7 +138,8 @@ wd_on_out = false
 
 def test_locon_entry_use_tucker_becomes_a_block_tucker(tmp_path):
     """LoConModule builds an entry's k x k convolutions in its Tucker form (lora_mid) with the entry's own
-    use_tucker: the block's `tucker` (runtime/locon_tucker.py per layer); on linears it changes nothing."""
+    use_tucker: the block's `tucker` (runtime/locon_tucker.py per layer); on linears it changes nothing.
+    LohaModule alike (hada_t1 / hada_t2, runtime/loha_weight.py per layer)."""
     text = (
         FULL
         + "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n[module_algo_map.CLIPMLP]\nuse_tucker = 1\n"
@@ -150,6 +151,15 @@ def test_locon_entry_use_tucker_becomes_a_block_tucker(tmp_path):
         (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 16, 8, "on")
     ]
     assert a.text_encoder_blocks == () and "CLIPMLP.use_tucker" in messages(outcome, "DBS405")
+    (tmp_path / "loha").mkdir()
+    a = plan_of(
+        expressible(_convert(tmp_path / "loha", text, "loha", '"use_tucker=True"')), tmp_path / "loha"
+    )
+    assert [b.tucker for b in a.adapter.blocks] == [] and a.adapter.tucker  # the network's own: no block
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_tucker = false\n"
+    (tmp_path / "off").mkdir()
+    a = plan_of(expressible(_convert(tmp_path / "off", text, "loha", '"use_tucker=True"')), tmp_path / "off")
+    assert [(b.rank, b.conv_rank, b.tucker) for b in a.adapter.blocks] == [(16, 8, "off")]
 
 
 def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):

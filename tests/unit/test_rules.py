@@ -1456,10 +1456,10 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "loha"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ntucker = "off"\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n',
         [
             ("DBS576", "error", ("adapter", "blocks", 0, "factor")),
-            ("DBS576", "error", ("adapter", "blocks", 0, "tucker")),
+            ("DBS576", "error", ("adapter", "blocks", 0, "decompose_both")),
         ],
         DOG
         + STEPS

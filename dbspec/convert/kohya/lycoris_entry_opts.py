@@ -5,9 +5,9 @@ create_single_module hands an entry's keys to the module class raw (no str_bool:
 true), over the network's. For each option whose value differs from the network's this module says whether a
 block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
 the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
-block's `scalar`; `use_tucker` on LoRA/LoCon k x k convolutions: the block's `tucker`), whether it changes
-nothing on that
-layer (inert, with why), or neither (dbspec does not express it: the caller's PresetError names it)."""
+block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's `tucker`), whether it
+changes nothing on that layer (inert, with why), or neither (dbspec does not express it: the caller's
+PresetError names it)."""
 
 from __future__ import annotations
 
@@ -20,10 +20,16 @@ _BLOCK_SCALAR = ("lora", "loha", "lokr")
 
 
 def own_tucker(algo: str, options: tuple[tuple[str, Any], ...], network: bool, convs: bool) -> dict[str, str]:
-    """{"tucker": "on" / "off"} of a LoRA/LoCon entry whose use_tucker (LoConModule's truth test) differs
-    from the network's and whose layers include k x k convolutions (`convs`: the only ones it shapes)."""
+    """{"tucker": "on" / "off"} of a LoRA/LoCon or LoHa entry whose use_tucker (LoConModule's, LohaModule's
+    truth test) differs from the network's and whose layers include k x k convolutions (`convs`: the only
+    ones it shapes)."""
     own = dict(options)
-    if algo != "lora" or not convs or "use_tucker" not in own or bool(own["use_tucker"]) == network:
+    if (
+        algo not in ("lora", "loha")
+        or not convs
+        or "use_tucker" not in own
+        or bool(own["use_tucker"]) == network
+    ):
         return {}
     return {"tucker": "on" if own["use_tucker"] else "off"}
 
@@ -77,7 +83,7 @@ def _block_keeps(algo: str, key: str) -> bool:
     return (
         (key == "rs_lora" and algo in _BLOCK_ALPHA)
         or (key == "use_scalar" and algo in _BLOCK_SCALAR)
-        or (key == "use_tucker" and algo == "lora")
+        or (key == "use_tucker" and algo in ("lora", "loha"))
     )
 
 
