@@ -2672,7 +2672,7 @@ kohya's Flux / SD3 layout.""",
         "adapter.fused_projections = false",
     ),
     Code(
-        "DBS578",
+        "DBS579",
         ERROR,
         "A block's own LyCORIS scalar or Tucker form with an option that needs one setting",
         """\

@@ -236,7 +236,7 @@ def _block_switches(block, adapter) -> dict[str, str]:
     them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles decompose_both and
     tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own two off alike
     (LokrModule never splits a full factor; its unbalanced output split still orders the full factors)."""
-    if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS578)
+    if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS579)
         tucker = getattr(block, "tucker", "adapter")
         own = adapter.tucker if tucker == "adapter" else tucker == "on"
         return {"tucker": "adapter" if own == adapter.tucker else "on" if own else "off"}

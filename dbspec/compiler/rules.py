@@ -2443,7 +2443,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, value)
                 for key in BLOCK_SWITCHES
                 if (value := getattr(block, key, "adapter")) != "adapter"
-                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS578
+                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS579
             ]
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
@@ -2460,7 +2460,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) or LoCon Tucker form
-    (runtime/locon_tucker.py, per layer) against the options that need one setting on every layer (DBS578)."""
+    (runtime/locon_tucker.py, per layer) against the options that need one setting on every layer (DBS579)."""
     a = spec.adapter
     own = [
         (table, i, "scalar", block.scalar)
@@ -2499,11 +2499,11 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     for table, i, key, value in own:
         what = "LyCORIS's scalar" if key == "scalar" else "the Tucker form"
         yield _err(
-            "DBS578",
+            "DBS579",
             ("adapter", table, i, key),
             f'adapter.{table}[{i}].{key} = "{value}" with {" and ".join(dict.fromkeys(others))}: some layers '
             f"would train {what} and others not, which those options do not take",
-            codes.help("DBS578"),
+            codes.help("DBS579"),
         )
 
 

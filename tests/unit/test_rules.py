@@ -1442,8 +1442,8 @@ CASES = [
         + '[adapter]\nkind = "lora"\nconv_rank = 4\nfreeze_down = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\ntucker = "on"\n',
         [
-            ("DBS578", "error", ("adapter", "blocks", 0, "scalar")),
-            ("DBS578", "error", ("adapter", "blocks", 0, "tucker")),
+            ("DBS579", "error", ("adapter", "blocks", 0, "scalar")),
+            ("DBS579", "error", ("adapter", "blocks", 0, "tucker")),
         ],
         DOG
         + STEPS
