@@ -2649,9 +2649,10 @@ spanning every part's rows) is not there, nor (with or without `fused_projection
         ERROR,
         "A block's LoKr factor or switch it cannot use",
         """\
-`factor`, `decompose_both`, `full_matrix` and `tucker` in `[[adapter.blocks]]` /
+`factor`, `decompose_both`, `full_matrix`, `tucker` and `unbalanced_factorization` in `[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
-map entry with its own `factor`, `decompose_both`, `full_matrix` or `use_tucker`): they need `kind = "lokr"`
+map entry with its own `factor`, `decompose_both`, `full_matrix`, `use_tucker` or
+`unbalanced_factorization`): they need `kind = "lokr"`
 with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),
@@ -2686,6 +2687,23 @@ one kind's layers only, or on all adapters at once, are not supported there: dro
 `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
 `fused_projections`, `fused_dropout` and `init_weights`.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
+    ),
+    Code(
+        "DBS579",
+        ERROR,
+        "A block's own LyCORIS scalar or Tucker form with an option that needs one setting",
+        """\
+`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
+file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained scalar and others none, and
+`tucker` in a `kind = "lora"` / `"loha"` block (an entry's `use_tucker`) some k x k convolutions the Tucker
+form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That holds where each layer trains
+alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), `init_weights` (the file's
+factors carry their scalars folded in; a Tucker layer's `lora_mid` is not read), LyCORIS's `max_norm` (it
+puts a fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down
+projections) or `fused_projections` (a fused layer's parts share one scalar); a block's Tucker form also not
+with DoRA or the dropouts.""",
+        help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
+        "other option",
     ),
     Code(
         "DBS585",

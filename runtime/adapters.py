@@ -30,6 +30,19 @@ def lycoris_dora(adapter: AdapterPlan) -> bool:
     return adapter.dora and adapter.dora_form == "lycoris"
 
 
+def any_scalar(adapter: AdapterPlan) -> bool:
+    """Some layer trains LyCORIS's use_scalar: the adapter's `scalar`, or a block's own (a LyCORIS map
+    entry's)."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    return adapter.scalar or any(b.scalar == "on" for b in blocks)
+
+
+def any_tucker(adapter: AdapterPlan) -> bool:
+    """Some LoCon layer trains in LyCORIS's Tucker form: the adapter's `tucker`, or a LoRA block's own (a
+    LyCORIS map entry's use_tucker)."""
+    return adapter.tucker or (adapter.kind == "lora" and any(b.tucker == "on" for b in adapter.blocks))
+
+
 def norm_scalars(adapter: AdapterPlan) -> bool:
     """The plan's LoCon / LoHa layers carry a fixed scalar (at 1, never trained) for LyCORIS's max norm to
     multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
@@ -166,15 +179,32 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter, "" if conv else component)
-    if conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
+    if conv and adapter.kind == "lora" and any(b.tucker != "adapter" for b in adapter.blocks):
+        from dbspec.runtime.blocks import block_tuckers
+        from dbspec.runtime.locon_tucker import with_tucker
+
+        # LoCon's Tucker form on the k x k convolutions of the blocks that set it (LyCORIS map entries)
+        own = block_tuckers(module, config.target_modules, adapter)
+        config = with_tucker(config, own, default=adapter.tucker)
+    elif conv and adapter.kind == "lora" and adapter.tucker:  # LyCORIS LoCon's Tucker form on k x k convs
         from dbspec.runtime.locon_tucker import with_tucker
 
         config = with_tucker(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         own_full: dict[str, bool] = {}  # LoKr layers whose block sets its own full_matrix
+        # layers whose block sets its own use_scalar (paths as peft keeps them)
+        own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
             own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
+        elif conv and adapter.kind == "loha" and any(b.tucker != "adapter" for b in adapter.blocks):
+            from dbspec.runtime.blocks import block_tuckers
+            from dbspec.runtime.loha_weight import loha_tucker_layers
+
+            # the Tucker form on the k x k convolutions of the blocks that set it (LyCORIS map entries)
+            own = block_tuckers(module, config.target_modules, adapter, paths=True)
+            with loha_tucker_layers(own):
+                inject_lora(module, config)
         else:
             inject_lora(module, config)
         if adapter.kind == "loha":  # LyCORIS's Tucker gradients and rank-dropout rule on peft's LoHa layers
@@ -183,10 +213,11 @@ def add_lora(
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
         if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
             tie_fused_lycoris(module, adapter, seed)
-        if adapter.full_matrix or adapter.scalar or own_full:  # LyCORIS's LoKr full_matrix, use_scalar
+        if adapter.full_matrix or adapter.scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar
             from dbspec.runtime.lycoris_switches import apply_switches
 
-            apply_switches(module, adapter.kind == "lokr" and adapter.full_matrix, adapter.scalar, own_full)
+            full = adapter.kind == "lokr" and adapter.full_matrix
+            apply_switches(module, full, adapter.scalar, own_full, own_scalar)
     if norm_scalars(adapter):  # LyCORIS's max norm multiplies a scalar LoCon and LoHa hold at 1 otherwise
         from dbspec.runtime.max_norm import add_norm_scalars
 
@@ -208,6 +239,17 @@ def add_lora(
         add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
 
 
+def _block_scalars(
+    module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
+) -> dict[str, bool]:
+    """{path: use_scalar} of the layers whose block sets its own (LyCORIS's map entries)."""
+    if not (conv or component):
+        return {}
+    from dbspec.runtime.blocks import block_scalars
+
+    return block_scalars(module, config.target_modules, adapter, component)
+
+
 def _inject_lycoris_lokr(
     module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
 ) -> dict[str, bool]:
@@ -225,7 +267,10 @@ def _inject_lycoris_lokr(
         path: {"decompose_both": own["decompose_both"], "use_effective_conv2d": own["tucker"]}
         for path, own in switches.items()
     }
-    with lycoris_factors(adapter.unbalanced_factorization, factors, options=options):
+    unbalanced = {path: own["unbalanced_factorization"] for path, own in switches.items()}
+    with lycoris_factors(
+        adapter.unbalanced_factorization, factors, options=options, unbalanced_layers=unbalanced
+    ):
         inject_lora(module, config)
     return {path: own["full_matrix"] for path, own in switches.items()}
 

@@ -109,10 +109,11 @@ def block_factors(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
 
 
 def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
-    """{path: {"decompose_both", "full_matrix", "tucker": bool}} of the LoKr layers whose block sets one of
-    them itself (LyCORIS's map entries; the plan settled a full layer's other two off)."""
+    """{path: {"decompose_both", "full_matrix", "tucker", "unbalanced_factorization": bool}} of the LoKr
+    layers whose block sets one of them itself (LyCORIS's map entries; the plan settled a full layer's
+    decompose_both and tucker off)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
-    keys = ("decompose_both", "full_matrix", "tucker")
+    keys = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
     if not any(getattr(b, k) != "adapter" for b in blocks for k in keys):
         return {}
     return {
@@ -122,6 +123,28 @@ def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
         }
         for path, _, block in _blocks_of(module, targets, blocks, component)
         if block is not None and any(getattr(block, k) != "adapter" for k in keys)
+    }
+
+
+def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: use_scalar} of the layers whose block sets LyCORIS's scalar itself (a map entry's)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.scalar != "adapter" for b in blocks):
+        return {}
+    return {
+        path: block.scalar == "on"
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.scalar != "adapter"
+    }
+
+
+def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths: bool = False) -> dict:
+    """{id(layer) (or its path with `paths`): Tucker form} of the denoiser's layers whose LoRA / LoHa block
+    sets its own (a map entry's use_tucker; only k x k convolutions take the form)."""
+    return {
+        path if paths else id(layer): block.tucker == "on"
+        for path, layer, block in _blocks_of(module, targets, adapter.blocks, "")
+        if block is not None and block.tucker != "adapter"
     }
 
 

@@ -118,9 +118,7 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         bases = [layer.get_base_layer() for _, layer in layers]
         out_dim, in_dim = sum(b.out_features for b in bases), bases[0].in_features
         path = f"{group.blocks}.{index}.{layers[0][0]}"
-        shapes = lokr_shapes(
-            out_dim, in_dim, rank, *_own_split(adapter, path), adapter.unbalanced_factorization
-        )
+        shapes = lokr_shapes(out_dim, in_dim, rank, *_own_split(adapter, path))
         like = next(iter(first.lokr_w1.values()), None)
         like = like if like is not None else first.lokr_w1_a[ADAPTER_NAME]
         params = _init(shapes, generator, like)
@@ -143,15 +141,17 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
     return made
 
 
-def _own_split(adapter: Any, path: str) -> tuple[int, bool, bool]:
-    """(factor, decompose_both, full_matrix) of the fused layer whose first part is at `path`: its block's own
-    (a LyCORIS map entry's; one block covers every part of a fused layer), else the adapter's."""
+def _own_split(adapter: Any, path: str) -> tuple[int, bool, bool, bool]:
+    """(factor, decompose_both, full_matrix, unbalanced_factorization) of the fused layer whose first part is
+    at `path`: its block's own (a LyCORIS map entry's; one block covers every part of a fused layer), else
+    the adapter's."""
+    keys = ("decompose_both", "full_matrix", "unbalanced_factorization")
     block = block_of(adapter.blocks, path)
     if block is None:
-        return adapter.factor, adapter.decompose_both, adapter.full_matrix
+        return adapter.factor, *(getattr(adapter, key) for key in keys)
     switch = [
         getattr(adapter, key) if getattr(block, key) == "adapter" else getattr(block, key) == "on"
-        for key in ("decompose_both", "full_matrix")
+        for key in keys
     ]
     return block.factor or adapter.factor, *switch
 

@@ -103,12 +103,31 @@ def dispatch_tucker(target: nn.Module, adapter_name: str, config, **kwargs: Any)
     return None
 
 
-def with_tucker(config):
+def with_tucker(config, own: dict[int, bool] | None = None, default: bool = True):
     """`config` (a LoraConfig) with k x k convolutions in LoCon's Tucker form. peft keeps the registration on
     the config object only (not in its JSON, and dataclasses.replace drops it): register on the config that
-    is injected."""
-    config._register_custom_module({nn.Conv2d: dispatch_tucker})
+    is injected. `own`: {id(convolution): Tucker form} of the layers whose block sets its own (LyCORIS map
+    entries' use_tucker), the others `default`."""
+    if not own:
+        if default:
+            config._register_custom_module({nn.Conv2d: dispatch_tucker})
+        return config
+
+    def dispatch(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:
+        base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+        if own.get(id(base), default):
+            return dispatch_tucker(target, adapter_name, config, **kwargs)
+        return None
+
+    config._register_custom_module({nn.Conv2d: dispatch})
     return config
+
+
+def tucker_layers(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[int, bool]:
+    """{id(convolution): True} of `module`'s layers a peft LoRA state dict holds in LoCon's Tucker form (their
+    `lora_mid`): with_tucker's `own` for a folder whose blocks gave some convolutions the form."""
+    paths = {key.split(".lora_mid.")[0] for key in state if ".lora_mid." in key}
+    return {id(module.get_submodule(path)): True for path in paths}
 
 
 def has_tucker(state: dict[str, torch.Tensor]) -> bool:

@@ -21,6 +21,9 @@ with this module's mixin (the same parameters, names and saved layout); LyCORIS'
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -120,3 +123,33 @@ def use_lycoris_loha(module: nn.Module, adapter: str, rank_dropout_scale: bool) 
 def loha_delta(layer: Any, adapter: str, apply_rank_dropout: bool) -> torch.Tensor:
     """A LoHa layer's ΔW the LyCORIS way, whatever its class (converted or peft's own)."""
     return LycorisLoha.get_delta_weight(layer, adapter, apply_rank_dropout=apply_rank_dropout)
+
+
+@contextmanager
+def loha_tucker_layers(own: dict[str, bool]) -> Iterator[None]:
+    """peft builds the LoHa layers of `own` ({module path: Tucker form}, a block's own `tucker`: LyCORIS's
+    map entries' use_tucker) with a LoHaConfig `use_effective_conv2d` of their own inside the block (peft's
+    update_layer reads it off the config it is handed); the others with the config's."""
+    from peft.tuners.loha.model import LoHaModel
+
+    create = LoHaModel._create_and_replace
+
+    def create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):
+        if current_key in own:
+            config = dataclasses.replace(config, use_effective_conv2d=own[current_key])
+        return create(self, config, adapter_name, target, target_name, parent, current_key)
+
+    LoHaModel._create_and_replace = create_and_replace
+    try:
+        yield
+    finally:
+        LoHaModel._create_and_replace = create
+
+
+def tucker_of_state(state: dict[str, torch.Tensor], config) -> dict[str, bool]:
+    """{path: Tucker form} of the saved LoHa layers built otherwise than peft's `config` says (a run whose
+    blocks gave convolutions their own tucker): a Tucker core (`hada_t1`) is the form."""
+    layers = {key.rsplit(".", 1)[0] for key in state if key.endswith(".hada_w1_a")}
+    held = {key.rsplit(".", 1)[0] for key in state if key.endswith(".hada_t1")}
+    own = {path: path in held for path in layers}
+    return {path: on for path, on in own.items() if on != config.use_effective_conv2d}

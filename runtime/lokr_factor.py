@@ -27,12 +27,19 @@ class _Splits:
     """peft's `factorization` as LyCORIS's; with `unbalanced` every second call (the output dimension's
     split, peft asking for the input's first) swapped. `factors`: the layers (peft's module keys) split by a
     factor of their own (a block's `factor`); `shapes`: layers whose (output, input) splits are given (read
-    off saved weights)."""
+    off saved weights); `unbalanced_layers`: layers whose block sets its own unbalanced_factorization."""
 
-    def __init__(self, unbalanced: bool, factors: dict | None = None, shapes: dict | None = None) -> None:
+    def __init__(
+        self,
+        unbalanced: bool,
+        factors: dict | None = None,
+        shapes: dict | None = None,
+        unbalanced_layers: dict[str, bool] | None = None,
+    ) -> None:
         self.unbalanced = unbalanced
         self.factors = factors or {}
         self.shapes = shapes or {}
+        self.unbalanced_layers = unbalanced_layers or {}
         self.layer = ""  # the layer peft is building (set by lycoris_factors' _create_and_replace)
         self.calls = 0
 
@@ -42,7 +49,7 @@ class _Splits:
             out_split, in_split = self.shapes[self.layer]
             return in_split if self.calls % 2 else out_split
         m, n = factorization(dimension, self.factors.get(self.layer, factor))
-        if self.unbalanced and self.calls % 2 == 0:
+        if self.unbalanced_layers.get(self.layer, self.unbalanced) and self.calls % 2 == 0:
             return n, m
         return m, n
 
@@ -53,16 +60,17 @@ def lycoris_factors(
     factors: dict | None = None,
     shapes: dict | None = None,
     options: dict[str, dict[str, bool]] | None = None,
+    unbalanced_layers: dict[str, bool] | None = None,
 ) -> Iterator[None]:
     """peft builds its LoKr layers with LyCORIS's split (module docstring) inside the block; `factors` /
-    `shapes` (by module path): layers with a factor or splits of their own (_Splits); `options` (by module
-    path): layers built with a peft LoKrConfig `decompose_both` / `use_effective_conv2d` of their own (a
-    block's, LyCORIS's map entries)."""
+    `shapes` / `unbalanced_layers` (by module path): layers with a factor, splits or an unbalanced output
+    split of their own (_Splits); `options` (by module path): layers built with a peft LoKrConfig
+    `decompose_both` / `use_effective_conv2d` of their own (a block's, LyCORIS's map entries)."""
     from peft.tuners.lokr import layer
     from peft.tuners.lokr.model import LoKrModel
 
     original, create = layer.factorization, LoKrModel._create_and_replace
-    splits = _Splits(unbalanced, factors, shapes)
+    splits = _Splits(unbalanced, factors, shapes, unbalanced_layers)
     options = options or {}
 
     def create_and_replace(self, config, adapter_name, target, target_name, parent, current_key):

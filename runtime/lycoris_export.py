@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dbspec.plan.model import AdapterPlan, Plan
-from dbspec.runtime.adapters import lora_adapter, norm_scalars
+from dbspec.runtime.adapters import any_scalar, any_tucker, lora_adapter, norm_scalars
 from dbspec.families import Family, family_spec
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
@@ -52,10 +52,10 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or (adapter.dora and not adapter.fused)  # a fused LoCon's: the family's kohya writer adds dora_scale
         or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
-        or adapter.tucker
+        or any_tucker(adapter)
         # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
-        or ((adapter.scalar or norm_scalars(adapter)) and not adapter.fused)
+        or ((any_scalar(adapter) or norm_scalars(adapter)) and not adapter.fused)
         or mixed(adapter)  # several kinds (runtime/mixed_kinds.py)
     )
 
@@ -433,8 +433,8 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args["algo"] = adapter.kind
     elif (
         adapter.dora
-        or adapter.tucker
-        or adapter.scalar
+        or any_tucker(adapter)
+        or any_scalar(adapter)
         or norm_scalars(adapter)
         or adapter.rank_dropout_form != "kohya"
         or adapter.output_dropout

@@ -135,16 +135,20 @@ def layer_scalar(layer, name: str = ADAPTER_NAME) -> torch.Tensor | None:
     return None
 
 
-def add_scalars(module: nn.Module, init: bool = True) -> int:
+def add_scalars(
+    module: nn.Module, init: bool = True, own: dict[str, bool] | None = None, default: bool = True
+) -> int:
     """LyCORIS's use_scalar on every adapter layer of `module` (LoRA without DoRA, LoHa, LoKr); how many.
-    `init`: restart the factor LyCORIS otherwise zeroes with its random init (False when loading weights)."""
+    `init`: restart the factor LyCORIS otherwise zeroes with its random init (False when loading weights).
+    `own`: {path: use_scalar} of layers whose block sets its own (LyCORIS map entries); the others take
+    `default`."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
     count = 0
-    for layer in list(module.modules()):
-        if layer_scalar(layer) is not None:
+    for path, layer in list(module.named_modules()):
+        if layer_scalar(layer) is not None or not (own or {}).get(path, default):
             continue
         if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
             if layer.use_dora.get(ADAPTER_NAME):  # LyCORIS's weight decomposition (lycoris_dora.py) is not
@@ -207,15 +211,19 @@ def has_scalars(state: dict[str, torch.Tensor]) -> bool:
 
 
 def apply_switches(
-    module: nn.Module, full_matrix: bool, scalar: bool, own_full: dict[str, bool] | None = None
+    module: nn.Module,
+    full_matrix: bool,
+    scalar: bool,
+    own_full: dict[str, bool] | None = None,
+    own_scalar: dict[str, bool] | None = None,
 ) -> None:
     """The plan's LyCORIS switches on a freshly adapted module (seeded by the caller): full_matrix first
-    (the scalar's init then restarts the full second factor); `own_full`: {path: full_matrix} of the layers
-    whose block sets its own."""
+    (the scalar's init then restarts the full second factor); `own_full` / `own_scalar`: {path:
+    full_matrix / use_scalar} of the layers whose block sets its own."""
     if full_matrix or any((own_full or {}).values()):
         lokr_full_matrix(module, own=own_full, default=full_matrix)
-    if scalar:
-        add_scalars(module)
+    if scalar or any((own_scalar or {}).values()):
+        add_scalars(module, own=own_scalar, default=scalar)
 
 
 def apply_switches_for_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -223,5 +231,13 @@ def apply_switches_for_state(module: nn.Module, state: dict[str, torch.Tensor]) 
     loaded into `module`'s fresh adapter layers."""
     if any(".lokr_" in k for k in state):
         lokr_full_matrix(module, state)
-    if has_scalars(state):
-        add_scalars(module, init=False)
+    if has_scalars(state):  # the layers saved with one (a block's own scalar: some layers only)
+        held = {
+            k[: -len(attr) - 1] for k in state for attr in SCALAR_ATTRS.values() if k.endswith(f".{attr}")
+        }
+        own = {
+            path: any(h == path or h.endswith(f".{path}") for h in held)
+            for path, _ in module.named_modules()
+            if path
+        }
+        add_scalars(module, init=False, own=own, default=False)

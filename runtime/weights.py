@@ -18,7 +18,7 @@ from dbspec.plan.io import plan_to_json
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import faults
-from dbspec.runtime.adapters import is_adapter_weight, lycoris_dora, norm_scalars
+from dbspec.runtime.adapters import any_scalar, any_tucker, is_adapter_weight, lycoris_dora, norm_scalars
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.mixed_kinds import KIND_CONFIGS, config_as, mixed
 from dbspec.runtime.exports import exports_for_plan
@@ -85,9 +85,9 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         _save_norms(folder, trained, dtype)
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
-        and not plan.adapter.tucker
+        and not any_tucker(plan.adapter)
         and not lycoris_dora(plan.adapter)
-        and not plan.adapter.scalar
+        and not any_scalar(plan.adapter)
         and not norm_scalars(plan.adapter)  # LyCORIS max norm's scalars: saved by peft's layout
         and not mixed(plan.adapter)  # other kinds too: peft's layout
     ):
@@ -314,7 +314,7 @@ def load_peft_adapters(
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from dbspec.runtime.locon_tucker import has_tucker, with_tucker
+    from dbspec.runtime.locon_tucker import has_tucker, tucker_layers, with_tucker
     from dbspec.runtime.lycoris_dora import has_dora_scales, restore_lycoris_dora
 
     loaded = []
@@ -324,8 +324,8 @@ def load_peft_adapters(
             continue
         config = PeftConfig.from_pretrained(str(source))
         state = load_file(str(source / "adapter_model.safetensors"))
-        if has_tucker(state):  # LoCon's Tucker layers: peft's JSON config does not record them
-            config = with_tucker(config)
+        if has_tucker(state):  # LoCon's Tucker layers (some, with blocks' own): not in peft's JSON config
+            config = with_tucker(config, tucker_layers(module, state), default=False)
         from dbspec.runtime.lycoris_full import has_full, with_full
 
         if has_full(state):  # LyCORIS's full algo: its layers are not in peft's JSON config either
@@ -368,6 +368,11 @@ def load_peft_adapters(
                 with lycoris_factors(unbalanced, shapes=shapes, options=options):
                     inject_adapter_in_model(config, module, adapter_name="default")
             else:
+                inject_adapter_in_model(config, module, adapter_name="default")
+        elif getattr(config, "peft_type", None) == "LOHA":  # blocks' own Tucker form: per layer
+            from dbspec.runtime.loha_weight import loha_tucker_layers, tucker_of_state
+
+            with loha_tucker_layers(tucker_of_state(state, config)):
                 inject_adapter_in_model(config, module, adapter_name="default")
         else:
             inject_adapter_in_model(config, module, adapter_name="default")

@@ -86,6 +86,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 group=b.group,
                 factor=b.factor,
                 **_block_switches(b, adapter),
+                scalar=_block_scalar(b, adapter),
             )
             for b in adapter.blocks
         )
@@ -98,6 +99,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 alpha=b.alpha,
                 factor=b.factor,
                 **_block_switches(b, adapter),
+                scalar=_block_scalar(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -231,13 +233,18 @@ def _lycoris_switches(adapter) -> dict:
     return switches
 
 
-BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker")
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 
 
 def _block_switches(block, adapter) -> dict[str, str]:
-    """A LoKr block's decompose_both / full_matrix / tucker as its layers train them: "on" / "off" where they
-    differ from the plan's adapter (whose full_matrix settles the other two off, _lycoris_switches), else
-    "adapter". A block's full_matrix settles its own two off alike (LokrModule never splits a full factor)."""
+    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization as its layers train
+    them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles decompose_both and
+    tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own two off alike
+    (LokrModule never splits a full factor; its unbalanced output split still orders the full factors)."""
+    if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS579)
+        tucker = getattr(block, "tucker", "adapter")
+        own = adapter.tucker if tucker == "adapter" else tucker == "on"
+        return {"tucker": "adapter" if own == adapter.tucker else "on" if own else "off"}
     if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
@@ -245,11 +252,19 @@ def _block_switches(block, adapter) -> dict[str, str]:
         "full_matrix": adapter.full_matrix,
         "decompose_both": adapter.decompose_both and not adapter.full_matrix,
         "tucker": adapter.tucker and not adapter.full_matrix,
+        "unbalanced_factorization": adapter.unbalanced_factorization,
     }
     own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _block_scalar(block, adapter) -> str:
+    """A block's LyCORIS scalar as its layers train it: "on" / "off" where it differs from the adapter's
+    `scalar`, else "adapter"."""
+    own = adapter.scalar if block.scalar == "adapter" else block.scalar == "on"
+    return "adapter" if own == adapter.scalar else "on" if own else "off"
 
 
 def _lokr_split(factor: int) -> int:

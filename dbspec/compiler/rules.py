@@ -2443,6 +2443,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, value)
                 for key in BLOCK_SWITCHES
                 if (value := getattr(block, key, "adapter")) != "adapter"
+                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS579
             ]
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
@@ -2528,6 +2529,56 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
             f"adapter.text_encoder_norms = {list(norms)} but no CLIP text encoder trains (train.text_encoder "
             "and train.text_encoder_2 are false): the offsets are never added",
             codes.help("DBS585"),
+        )
+
+
+@rule("spec")
+def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) or LoCon Tucker form
+    (runtime/locon_tucker.py, per layer) against the options that need one setting on every layer (DBS579)."""
+    a = spec.adapter
+    own = [
+        (table, i, "scalar", block.scalar)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table, ()))
+        # differing from the adapter's: "off" on an adapter without scalar changes nothing
+        if getattr(block, "scalar", "adapter") != "adapter" and (block.scalar == "on") != a.scalar
+    ]
+    if getattr(a, "kind", "") in ("lora", "loha"):
+        own += [
+            ("blocks", i, "tucker", block.tucker)
+            for i, block in enumerate(a.blocks)
+            if block.tucker != "adapter" and (block.tucker == "on") != a.tucker
+        ]
+    if not own:
+        return
+    tucker = any(key == "tucker" for _, _, key, _ in own)
+    others = [
+        f"adapter.{key}"
+        for key, on in (
+            ("dora", getattr(a, "dora", False) and not lycoris_dora(a)),
+            ("init_weights", getattr(a, "init_weights", "")),
+            ("max_norm", getattr(a, "max_norm", 0.0)),
+            ("freeze_down", getattr(a, "freeze_down", False)),
+            ("fused_projections", getattr(a, "fused_projections", False)),
+            # LoCon's Tucker layers: no DoRA of either form, no dropouts beside the module's
+            *(
+                (key, tucker and bool(getattr(a, key, False)))
+                for key in ("dora", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
+            ),
+        )
+        if on
+    ]
+    if not others:
+        return
+    for table, i, key, value in own:
+        what = "LyCORIS's scalar" if key == "scalar" else "the Tucker form"
+        yield _err(
+            "DBS579",
+            ("adapter", table, i, key),
+            f'adapter.{table}[{i}].{key} = "{value}" with {" and ".join(dict.fromkeys(others))}: some layers '
+            f"would train {what} and others not, which those options do not take",
+            codes.help("DBS579"),
         )
 
 

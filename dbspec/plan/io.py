@@ -222,6 +222,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "text_encoder_blocks", "*", "decompose_both"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "full_matrix"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "tucker"): "adapter",
+        # a block's own LoKr unbalanced_factorization (LyCORIS map entries), added since
+        ("adapter", "blocks", "*", "unbalanced_factorization"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "unbalanced_factorization"): "adapter",
+        # a block's own LyCORIS use_scalar (map entries), added since
+        ("adapter", "blocks", "*", "scalar"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "scalar"): "adapter",
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

@@ -116,11 +116,16 @@ class BlockPlan:
     lr: float = 0.0  # the adapters' own rate in place of the denoiser's times lr_scale; 0: not set
     group: str = ""  # an optimizer group of their own: the group's name + "_" + this; "": none
     factor: int = 0  # LoKr: the layers' Kronecker split factor in place of the adapter's; 0: the adapter's
-    # LoKr: the layers' decompose_both / full_matrix / tucker, "on" or "off" where they differ from the
-    # adapter's (full_matrix settles the other two off); "adapter": the adapter's
+    # LoKr: the layers' decompose_both / full_matrix / tucker / unbalanced_factorization, "on" or "off" where
+    # they differ from the adapter's (full_matrix settles decompose_both and tucker off); "adapter": the
+    # adapter's
     decompose_both: Literal["adapter", "on", "off"] = "adapter"
     full_matrix: Literal["adapter", "on", "off"] = "adapter"
     tucker: Literal["adapter", "on", "off"] = "adapter"
+    unbalanced_factorization: Literal["adapter", "on", "off"] = "adapter"
+    # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
+    # adapter's `scalar`; "adapter": the adapter's
+    scalar: Literal["adapter", "on", "off"] = "adapter"
 
 
 @frozen

@@ -412,10 +412,20 @@ BlockSwitch = Literal["adapter", "on", "off"]
 BlockKind = Literal["adapter", "lora", "loha", "lokr"]
 
 
-def _block_switch(key: str, what: str):
+def _block_scalar():
     return option(
         "adapter",
-        doc=f"LoKr: the matched layers' `{key}` in place of the adapter's (a LyCORIS preset file's "
+        doc="LoRA/LoCon, LoHa, LoKr: whether the matched layers' updates are multiplied by LyCORIS's trained "
+        "scalar (`scalar` of the adapter, in place of it; a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `use_scalar`): on, off, or `adapter` (the adapter's).",
+        example="on",
+    )
+
+
+def _block_switch(key: str, what: str, kinds: str = "LoKr"):
+    return option(
+        "adapter",
+        doc=f"{kinds}: the matched layers' `{key}` in place of the adapter's (a LyCORIS preset file's "
         f"`module_algo_map` / `name_algo_map` entry's `{what}`): on, off, or `adapter` (the adapter's).",
         example="on",
     )
@@ -459,7 +469,13 @@ class AdapterBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
-    tucker: BlockSwitch = _block_switch("tucker", "use_tucker")
+    tucker: BlockSwitch = _block_switch(
+        "tucker", "use_tucker", "LoKr, LoRA/LoCon and LoHa (k x k convolutions)"
+    )
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    scalar: BlockSwitch = _block_scalar()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -513,6 +529,10 @@ class TextEncoderBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    scalar: BlockSwitch = _block_scalar()
 
 
 def _adapter_blocks():

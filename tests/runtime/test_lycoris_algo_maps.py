@@ -22,6 +22,7 @@ from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -85,6 +86,30 @@ dim = 2
 alpha = 0.5
 factor = 4
 """,
+    # entries' own module options (issue 12): rs_lora (the MLP at its own dim, CLIP's MLP at the network's),
+    # use_scalar (the MLP), LoCon's Tucker form on the ResNets' k x k convolutions,
+    # options that change nothing on their layers (Tucker on linears, bypass without dropouts, wd_on_out
+    # without weight decomposition)
+    "entry-opts": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+dim = 8
+rs_lora = true
+use_scalar = true
+[module_algo_map.CLIPMLP]
+rs_lora = true
+use_tucker = true
+[module_algo_map.Transformer2DModel]
+bypass_mode = true
+wd_on_out = false
+[module_algo_map.ResnetBlock2D]
+use_tucker = true
+""",
     # convolutions off: an entry's dim still adapts the ResNets' 3x3 convolutions (create_single_module)
     "no-conv": """\
 enable_conv = false
@@ -125,7 +150,7 @@ def _lycoris(pipe, path: Path, monkeypatch, algo: str = "locon", conv_dim: str =
 def _theirs(made) -> dict[str, tuple[str, int, float]]:
     """Each LyCORIS module's class, dim and the scale its update is multiplied by."""
     return {
-        m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
+        m.lora_name: (type(m).__name__, m.lora_dim, round(float(m.scale), 12))  # rs_lora: alpha / sqrt(dim)
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
 
@@ -148,7 +173,7 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
             found = next((c for t, c in classes if isinstance(layer, t)), None)
             if found and "default" in layer.r:
                 key = prefix + name.replace(".", "_")
-                out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
+                out[key] = (found, layer.r["default"], round(float(layer.scaling["default"]), 12))
     return out
 
 
@@ -170,21 +195,45 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 
 @pytest.mark.parametrize(
-    "preset, algo", [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")]
+    "preset, algo",
+    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
     (alpha / dim; LoKr's layers with both factors full at 1)."""
     path, plan = _converted_plan(tmp_path, preset, algo)
-    theirs = _theirs(_lycoris(pipe, path, monkeypatch, algo))
+    made = _lycoris(pipe, path, monkeypatch, algo)
+    theirs = _theirs(made)
     ours = _ours(pipe, plan.adapter)
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    if preset == "entry-opts":  # an entry's own use_scalar: a trained scalar on its layers only
+        scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
+        assert scaled and scaled == _scaled_of(pipe, plan.adapter)
     if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
         theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
         assert theirs and {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
+
+
+def _trains_scalar(lyco) -> bool:
+    return isinstance(lyco.scalar, nn.Parameter)
+
+
+def _scaled_of(pipe, adapter) -> set[str]:
+    """The kohya names of the plan's adapted layers with a trained scalar (runtime/lycoris_switches.py)."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    return {
+        prefix + name.replace(".", "_")
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if layer_scalar(layer) is not None
+    }
 
 
 def test_conv_dim_zero_builds_the_entries_convolutions_in_tucker_form(pipe, tmp_path, monkeypatch):
@@ -277,15 +326,21 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 
 
-@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora"])
+# locon-entry, loha-entry: the `entry-opts` file (its dims; the `names` file's on LoKr)
+@pytest.mark.parametrize("algo", ["locon-entry", "loha-entry", "lokr", "locon-tucker", "lokr-dora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
-    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
+    LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
+    the `entry-opts` file (entries' own rs_lora, use_scalar and use_tucker: the ResNets' convolutions in
+    Tucker form, the downsamplers' not) the run resumes bit-exact, its adapter folders load back, and
+    lycoris-lora's network from the file loads the export to the trained weights (issue 12)."""
     from tests.unit.convert_kit import out_path
 
     algo, *variant = algo.split("-")
-    extra = {VARIANTS[v]: "True" for v in variant}
-    path, plan = _converted_plan(tmp_path, "names", algo, " ".join(f'"{k}=True"' for k in extra))
+    entry = variant == ["entry"]
+    extra = {VARIANTS[v]: "True" for v in variant if not entry}
+    preset = "entry-opts" if entry else "names"
+    path, plan = _converted_plan(tmp_path, preset, algo, " ".join(f'"{k}=True"' for k in extra))
     assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo) and plan.adapter.blocks
     assert (plan.adapter.tucker, plan.adapter.dora) == ("tucker" in variant, "dora" in variant)
     made = _lycoris(pipe, path, monkeypatch, algo, **extra)
@@ -294,13 +349,16 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
         for m in [*made.unet_loras, *made.text_encoder_loras]
         for k, v in m.state_dict().items()
     }
-    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]))
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=entry)
     assert done.status == "finished"
     (export,) = Path(done.final).glob("*.kohya.safetensors")
     with safe_open(str(export), "pt") as handle:
         ours = {key: handle.get_tensor(key) for key in handle.keys()}
     assert sorted(ours) == sorted(theirs)
-    assert any(k.endswith("lora_mid.weight") for k in theirs) == ("tucker" in variant)
+    assert any(k.endswith("lora_mid.weight") for k in theirs) == (
+        "tucker" in variant or algo == "locon" and entry
+    )
+    assert any(k.endswith("hada_t1") for k in theirs) == (algo == "loha" and entry)
     assert any(k.endswith("dora_scale") for k in theirs) == ("dora" in variant)
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in theirs.items()}
     # a LoKr layer whose two factors are both full trains at scale 1 whatever its alpha (both loaders apply
@@ -315,6 +373,57 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     assert len(set(alphas.values())) > 1  # layers at their own alphas
     moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
     assert moved, "the run trained the adapters"
+    if entry:  # lycoris-lora's network from the same file (kohya's for --network_weights) loads the export
+        _resumes_and_loads_back(tmp_path, done, ours)
+        fresh = build_pipeline("builtin:tiny-sd1")
+        named = nn.Module()
+        named.text_model = fresh.text_encoder
+        made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+        made.load_state_dict(ours, strict=True)
+        _loaded_weights_are_trained(made, done.components)
+
+
+def _resumes_and_loads_back(tmp_path: Path, whole, export: dict) -> None:
+    """Stopped after a step and resumed, the run ends with `whole`'s export bit for bit; its adapter folders
+    load back (`dbspec sample`), each layer as its block built it."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.unit.convert_kit import out_path
+
+    split = compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1", "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    again = load_file(str(again))
+    assert again.keys() == export.keys() and all(torch.equal(again[k], export[k]) for k in export)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules)) == sorted(modules)
+    for name, module in modules.items():
+        state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+
+
+def _loaded_weights_are_trained(made, trained) -> None:
+    """Each module of lycoris-lora's network `made` (the export loaded) against the trained layer's merge."""
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    for lyco in [*made.unet_loras, *made.text_encoder_loras]:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        torch.testing.assert_close(
+            _lycoris_weight(lyco),
+            merged[prefix][f"{names[lyco.lora_name]}.weight"],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lyco.lora_name,
+        )
 
 
 SDXL_MAPS = """\
@@ -407,7 +516,9 @@ def test_sdxl_maps_give_lycoris_ranks_and_scales(tmp_path, monkeypatch):
 # LoKr entries switching LokrModule's options against the network's (network_args decompose_both=True): the
 # ResNets' k x k convolutions in Tucker form without decompose_both, the MLP's factors both full, conv_in
 # full by a truthy string, CLIP's MLP without decompose_both, its attention with (the network's); the MLP
-# and CLIP's attention at their own factor (issue 12)
+# and CLIP's attention at their own factor; the ResNets and CLIP's attention with the output split swapped
+# (unbalanced_factorization), the ResNets' entry also with options that change nothing there (bypass_mode
+# without dropouts, wd_on_out without weight decomposition); the MLP with LyCORIS's trained scalar (issue 12)
 LOKR_SWITCHES = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -419,16 +530,21 @@ text_encoder_target_name = []
 dim = 1
 use_tucker = true
 decompose_both = false
+unbalanced_factorization = true
+bypass_mode = true
+wd_on_out = false
 [module_algo_map.FeedForward]
 dim = 1
 full_matrix = true
 factor = 2
+use_scalar = true
 [module_algo_map.CLIPMLP]
 dim = 1
 decompose_both = false
 [module_algo_map.CLIPAttention]
 dim = 1
 factor = 4
+unbalanced_factorization = "false"
 [name_algo_map.conv_in]
 dim = 1
 full_matrix = "yes"
@@ -436,10 +552,11 @@ full_matrix = "yes"
 
 
 def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
-    """Map entries' own decompose_both / full_matrix / use_tucker and factor: every LoKr layer in LyCORIS's
-    class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its shapes, stopped after a
-    step and resumed gives the uninterrupted run's losses and export bit for bit, and its adapter folders
-    load back (`dbspec sample`), each layer as its block built it (issue 12)."""
+    """Map entries' own decompose_both / full_matrix / use_tucker / unbalanced_factorization and factor: every
+    LoKr layer in LyCORIS's class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its
+    shapes, stopped after a step and resumed gives the uninterrupted run's losses and export bit for bit, its
+    adapter folders load back (`dbspec sample`), each layer as its block built it, and lycoris-lora's network
+    built from the same file loads the export to the trained weights (issue 12)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -459,15 +576,20 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
         ("adapter", "adapter", "adapter"),  # CLIP's attention: its dim and factor only
     }
     assert sorted(b.factor for b in blocks) == [0, 0, 0, 2, 4]
+    # a truthy string is on, as LokrModule tests it
+    assert sorted(b.unbalanced_factorization for b in blocks) == ["adapter"] * 3 + ["on"] * 2
+    assert [b.scalar for b in blocks].count("on") == 1
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     assert {k: v for k, v in _ours(pipe, plan.adapter).items() if _theirs(made)[k] != v} == {}
+    scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
+    assert scaled and scaled == _scaled_of(pipe, plan.adapter)
     theirs, ours = _lokr_shapes(made), _lokr_shapes_of(pipe, plan)
     assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
     parts = {p for shapes in theirs.values() for p in shapes}
     assert {"lokr_t2", "lokr_w1_a", "lokr_w2_a"} <= parts  # Tucker cores, decomposed and low-rank factors
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
-    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
     split = compile_spec(spec, [*base, "output.dir=parts"])
     first = execute(split, stop_after=1)
     resumed = execute(split, resume=True)
@@ -489,6 +611,14 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
         state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
         loaded = get_peft_model_state_dict(module)
         assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+    # lycoris-lora's network from the same file (as kohya builds it to load --network_weights) takes the
+    # export: each module's weight is the trained layer's merged weight
+    named = nn.Module()
+    named.text_model = fresh.text_encoder
+    made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
+    made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    made.load_state_dict(a, strict=True)
+    _loaded_weights_are_trained(made, whole.components)
 
 
 # LoKr on the attention and CLIP, LoCon on the ResNets and conv_in, LoHa on the transformers' MLPs: several

@@ -401,14 +401,16 @@ def test_clip_dims_of_a_preset_file_are_lycoris_modules(models, tmp_path, monkey
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
 def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatch, algo):
-    """LoKr / LoHa map entries with their own dim / alpha (and LoKr's factor, decompose_both; LoKr's
+    """LoKr / LoHa map entries with their own dim / alpha (and LoKr's factor, decompose_both,
+    unbalanced_factorization; LoKr's
     full-matrix dim of 100000 above the blocks' 1024), CLIP-L's attention at a dim of its own: the blocks and
     text-encoder blocks the converter writes give each of kohya's Linears, a fused one through all its
     diffusers parts, and each CLIP-L Linear the rank, scale and factor shapes of the module lycoris-lora's
     create_network builds on it (meta device)."""
     path = tmp_path / "dims.toml"  # tests/unit/test_convert_lycoris_flow_preset_file.py's LOKR_DIMS
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
-    own += "decompose_both = true\n[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
+    own += "decompose_both = true\nunbalanced_factorization = true\n"  # LoKr's split swapped
+    own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
     if algo == "lokr":
         own += '[name_algo_map."double_blocks.*.txt_attn.proj"]\ndim = 100000\n'
     path.write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
@@ -444,8 +446,8 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     for name, (rank, scale, shapes) in ours.items():
         assert theirs[name][0] == rank and theirs[name][1] == pytest.approx(scale), name
         assert theirs[name][2] == shapes, name
-    if algo == "lokr":  # factor 4 and decompose_both: w1 (4 x 4 of 9216 x 3072) at rank 1
-        assert theirs["lora_unet_double_blocks_0_txt_attn_qkv"][2]["lokr_w1_a"] == (4, 1)
+    if algo == "lokr":  # factor 4, decompose_both, the output split swapped: w1 (2304 x 4 of 9216 x 3072)
+        assert theirs["lora_unet_double_blocks_0_txt_attn_qkv"][2]["lokr_w1_a"] == (2304, 1)
         # dim 100000: both factors full at scale 1
         assert theirs["lora_unet_double_blocks_0_txt_attn_proj"][:2] == (100000, 1.0)
 
@@ -459,7 +461,8 @@ def _lycoris_form(algo: str, out_dim: int, in_dim: int, block, a) -> tuple:
     if algo == "lokr":
         factor = block.factor if block is not None and block.factor else a.factor
         both = block.decompose_both == "on" if block is not None else a.decompose_both
-        shapes = lokr_shapes(out_dim, in_dim, rank, factor, both, False, False)
+        swap = block.unbalanced_factorization == "on" if block is not None else a.unbalanced_factorization
+        shapes = lokr_shapes(out_dim, in_dim, rank, factor, both, False, swap)
         scale = 1.0 if {"lokr_w1", "lokr_w2"} <= set(shapes) else alpha / rank
     else:
         shapes = {"hada_w1_a": (out_dim, rank), "hada_w1_b": (rank, in_dim)}

@@ -212,10 +212,10 @@ def test_module_options_are_not_expressed(tmp_path):
     text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nweight_decompose = true\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "`weight_decompose` = True" in messages(outcome, "DBS403")
-    (tmp_path / "loha").mkdir()  # LoHa's use_tucker per entry: not expressed (LoKr's switches are)
-    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n"
+    (tmp_path / "loha").mkdir()  # LoHa's weight_decompose per entry: not expressed
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nweight_decompose = true\n"
     outcome = _convert(tmp_path / "loha", text, "loha")
-    assert "DBS403" in codes(outcome) and "`use_tucker` = True" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`weight_decompose` = True" in messages(outcome, "DBS403")
 
 
 # LoKr entries switching LokrModule's options against the network's (decompose_both=True, factor=8): the

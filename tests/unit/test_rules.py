@@ -1440,16 +1440,32 @@ CASES = [
         [("DBS573", "error", ("adapter", "rank_dropout_form"))],
         DOG + STEPS + LORA + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n',
     ),
+    # a block's own LyCORIS scalar / LoCon Tucker form (map entries' use_scalar / use_tucker) with LoRA-FA
+    (
+        rules.block_scalar_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nfreeze_down = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\ntucker = "on"\n',
+        [
+            ("DBS579", "error", ("adapter", "blocks", 0, "scalar")),
+            ("DBS579", "error", ("adapter", "blocks", 0, "tucker")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\ntucker = "on"\n',
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,
         DOG
         + STEPS
-        + LORA
-        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ntucker = "off"\n',
+        + '[adapter]\nkind = "loha"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n',
         [
             ("DBS576", "error", ("adapter", "blocks", 0, "factor")),
-            ("DBS576", "error", ("adapter", "blocks", 0, "tucker")),
+            ("DBS576", "error", ("adapter", "blocks", 0, "decompose_both")),
         ],
         DOG
         + STEPS

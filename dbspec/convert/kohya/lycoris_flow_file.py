@@ -52,7 +52,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_maps import _pattern, map_blocks
+from dbspec.convert.kohya.lycoris_maps import _pattern, _source, map_blocks
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
@@ -319,6 +319,13 @@ def flux_preset_file(
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):
         inert.append(("T5-XXL", f"the file reaches T5-XXL layers, whose LyCORIS modules never train: {idle}"))
+    scaled = [block for block in [*blocks, *text_blocks] if "scalar" in block]
+    if scaled:  # the fused layers' parts share one scalar (runtime/fused.py tie_fused_scalars)
+        raise PresetError(
+            f"`{_source(scaled)}` hands its layers its own use_scalar: dbspec's LyCORIS on {model.title} "
+            "gives every layer the network's (a fused layer's parts share one scalar)",
+            False,
+        )
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
         # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:
@@ -476,7 +483,7 @@ def flow_preset_file(
             data,
             algo,
             (dim, alpha, conv_dim, conv_alpha),
-            _module_options(kwargs),
+            _module_options(kwargs, a["network_dropout"]),
             rs_lora,
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),

@@ -17,6 +17,7 @@ import math
 import re
 from typing import Any
 
+from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, own_tucker, split_options
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
@@ -65,7 +66,12 @@ _READS = {
 
 # The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`,
 # and LokrModule's switches, which it tests for truth: `decompose_both`, `full_matrix`, `use_tucker`)
-_SWITCHES = {"decompose_both": "decompose_both", "full_matrix": "full_matrix", "use_tucker": "tucker"}
+_SWITCHES = {
+    "decompose_both": "decompose_both",
+    "full_matrix": "full_matrix",
+    "use_tucker": "tucker",
+    "unbalanced_factorization": "unbalanced_factorization",
+}
 _PER_BLOCK = {"lokr": ("factor", *_SWITCHES)}
 _MAX_FACTOR = 65536  # spec AdapterBlock.factor's bound; a larger factor splits as -1 on every width
 
@@ -132,6 +138,9 @@ def check_layers(
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
+        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network)
+        for key, why in quiet:
+            inert[f"{layer.source}.{key}"] = why
         bad = [v for k, v in layer.options if k == "factor" and k in own and not _int(v)]
         if bad:
             raise PresetError(
@@ -143,8 +152,9 @@ def check_layers(
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, and LoKr's a factor, "
-                "decompose_both, full_matrix and tucker)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, LoRA/LoCon's and LoHa's "
+                "rs_lora in it, a scalar, and LoKr's a factor, decompose_both, full_matrix, tucker and "
+                "unbalanced_factorization)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -241,7 +251,11 @@ def _blocks(
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
-        if not factor and not switches and same and not kind:
+        rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
+        switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
+        convs = any(layer.kind == "conv" for layer in group)
+        switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
+        if not factor and not switches and same and not kind and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -250,15 +264,15 @@ def _blocks(
             "pattern": _pattern({layer.path for layer in group}, built),
             **({"kind": kind} if kind else {}),
             "rank": rank,
-            "alpha": _alpha(a, rank, rs_lora),
+            "alpha": _alpha(a, rank, rs),
         }
         if conv is not None:
-            block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs_lora))
+            block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if factor:
             block["factor"] = factor
         block.update(switches)
-        what = ", ".join([*([f"algo {group[0].algo}"] if kind else []), "dim / alpha"])
-        what += "".join(f", {key}" for key in (["factor"] if factor else []) + list(switches))
+        own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
+        what = ", ".join([*own, *switches, *(["rs_lora"] if rs != rs_lora else [])])
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out

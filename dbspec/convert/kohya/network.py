@@ -176,11 +176,15 @@ def preset_file_targets(
     return found
 
 
-def _module_options(kwargs: dict[str, str]) -> dict[str, Any]:
+def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = None) -> dict[str, Any]:
     """The module options lycoris-lora 4.1.3's create_network hands every module (LycorisNetworkKohya's
     root kwargs and use_tucker), as the modules read them; a preset map entry giving the same value changes
-    nothing."""
+    nothing. Also the `dropout` (else --network_dropout, `network_dropout`) and `rank_dropout` rates, which
+    decide whether an entry's bypass_mode or rank_dropout_scale changes anything."""
     out: dict[str, Any] = {"use_tucker": lycoris_tucker(kwargs), "rank_dropout_scale": False}
+    given = network_dropout.value if network_dropout is not None else None
+    out["dropout"] = _rate((kwargs["dropout"] if "dropout" in kwargs else given) or 0.0)
+    out["rank_dropout"] = _rate(kwargs.get("rank_dropout") or 0.0)
     for key in ("use_scalar", "bypass_mode", "rs_lora", "full_matrix", "unbalanced_factorization"):
         out[key] = _str_bool(kwargs.get(key, "false"))
     out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
@@ -190,6 +194,14 @@ def _module_options(kwargs: dict[str, str]) -> dict[str, Any]:
     if factor.lstrip("-").isdigit():
         out["factor"] = int(factor)
     return out
+
+
+def _rate(text) -> float:
+    """A dropout rate; one float() rejects counts as set (its own row reports it)."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def parse_network_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -282,7 +294,14 @@ def _map_network(
             try:  # the file's module_algo_map / name_algo_map: per-layer ranks
                 rs_lora = _str_bool(kwargs.get("rs_lora", "false"))
                 put["_blocks"], put["_text_blocks"], inert = map_blocks(
-                    found, algo, _ALGOS[algo], dims, rs_lora, _module_options(kwargs), applied, kinds=True
+                    found,
+                    algo,
+                    _ALGOS[algo],
+                    dims,
+                    rs_lora,
+                    _module_options(kwargs, dropout),
+                    applied,
+                    kinds=True,
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)

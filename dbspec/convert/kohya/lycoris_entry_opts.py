@@ -1,0 +1,113 @@
+"""A LyCORIS preset map entry's own module options (`module_algo_map` / `name_algo_map` keys other than
+`algo`, `dim`, `alpha`), each as lycoris-lora 4.1.3's module classes read it for the layers the entry reaches.
+
+create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
+true), over the network's. For each option whose value differs from the network's this module says whether a
+block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
+the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
+block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's `tucker`), whether it
+changes nothing on that layer (inert, with why), or neither (dbspec does not express it: the caller's
+PresetError names it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# the option a block of these algorithms carries: its alpha times sqrt(dim)
+_BLOCK_ALPHA = ("lora", "loha")
+# the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
+_BLOCK_SCALAR = ("lora", "loha", "lokr")
+
+
+def own_tucker(algo: str, options: tuple[tuple[str, Any], ...], network: bool, convs: bool) -> dict[str, str]:
+    """{"tucker": "on" / "off"} of a LoRA/LoCon or LoHa entry whose use_tucker (LoConModule's, LohaModule's
+    truth test) differs from the network's and whose layers include k x k convolutions (`convs`: the only
+    ones it shapes)."""
+    own = dict(options)
+    if (
+        algo not in ("lora", "loha")
+        or not convs
+        or "use_tucker" not in own
+        or bool(own["use_tucker"]) == network
+    ):
+        return {}
+    return {"tucker": "on" if own["use_tucker"] else "off"}
+
+
+def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
+    """{"scalar": "on" / "off"} of a layer of `algo` whose entry gives use_scalar a truth other than the
+    network's (LoConModule's, LohaModule's, LokrModule's `if use_scalar`), else {}."""
+    own = dict(options)
+    if algo not in _BLOCK_SCALAR or "use_scalar" not in own or bool(own["use_scalar"]) == network:
+        return {}
+    return {"scalar": "on" if own["use_scalar"] else "off"}
+
+
+def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
+    """Whether a layer of `algo` (lycoris' class name: "lora" for LoRA/LoCon) trains with rs_lora: its entry's
+    value tested for truth (LoConModule's / LohaModule's `if self.rs_lora`), else the network's."""
+    own = dict(options)
+    if algo in _BLOCK_ALPHA and "rs_lora" in own:
+        return bool(own["rs_lora"])
+    return network
+
+
+def _decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:
+    """The layer's weight_decompose: its entry's (truth), else the network's dora_wd."""
+    return bool(options["weight_decompose"]) if "weight_decompose" in options else network["weight_decompose"]
+
+
+def split_options(
+    algo: str, kind: str, options: tuple[tuple[str, Any], ...], read: list[tuple[str, Any]], network: dict
+) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+    """(the entry options of `read` dbspec does not express, (key, why) of those that change nothing) for one
+    layer of `algo` (a map entry's `options`, `read`: those its class reads with a value other than the
+    network's; `kind`: the layer's "linear", "conv1" (1x1) or "conv" (k x k); `network`: the values
+    create_network hands every module, with the `dropout` and `rank_dropout` rates). The rest a block
+    expresses."""
+    own = dict(options)
+    rest: list[tuple[str, Any]] = []
+    inert: list[tuple[str, str]] = []
+    for key, value in read:
+        why = _inert(algo, kind, key, own, network)
+        if why:
+            inert.append((key, why))
+        elif not _block_keeps(algo, key):
+            rest.append((key, value))
+    return rest, inert
+
+
+def _block_keeps(algo: str, key: str) -> bool:
+    """A block expresses the entry's `key` on a layer of `algo` (its alpha, scalar, or LoCon's tucker on its
+    k x k convolutions: _inert already took its other layers)."""
+    return (
+        (key == "rs_lora" and algo in _BLOCK_ALPHA)
+        or (key == "use_scalar" and algo in _BLOCK_SCALAR)
+        or (key == "use_tucker" and algo in ("lora", "loha"))
+    )
+
+
+def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[str, Any]) -> str:
+    """Why the entry's `key` changes nothing on a layer (module classes of lycoris-lora 4.1.3), else ""."""
+    if key == "use_tucker" and algo in ("lora", "loha") and kind != "conv":
+        return (
+            "LoConModule and LohaModule build their Tucker form only on k x k convolutions; the entry "
+            "reaches linear or 1x1 layers"
+        )
+    if key == "wd_on_out" and not _decomposed(own, network):
+        return "LyCORIS's modules read it only with weight_decompose, off on the entry's layers"
+    if algo not in ("lora", "loha", "lokr"):
+        return ""
+    if key == "rank_dropout_scale" and not network["rank_dropout"]:
+        return (
+            "LyCORIS's modules read it only when they draw a rank-dropout mask; the network's rank_dropout "
+            "is 0"
+        )
+    if key == "bypass_mode" and not (
+        network["dropout"] or network["rank_dropout"] or _decomposed(own, network)
+    ):
+        return (
+            "its bypass forward adds ΔW x to W x, the update dbspec's adapters compute on every layer; with "
+            "no dropout, rank_dropout or weight_decompose the two forwards are the same"
+        )
+    return ""

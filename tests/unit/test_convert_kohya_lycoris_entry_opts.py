@@ -1,0 +1,189 @@
+"""A LyCORIS preset file's map entries handing their layers module options other than the network's
+(dbspec/convert/kohya/lycoris_entry_opts.py), as lycoris-lora 4.1.3's module classes read them: `rs_lora` on
+LoRA/LoCon and LoHa is the block's alpha times sqrt(dim); `use_tucker` on LoCon / LoHa linears, `wd_on_out`
+without weight decomposition, `rank_dropout_scale` without rank dropout and `bypass_mode` without dropouts or
+weight decomposition change nothing (DBS405); the rest is not expressed (DBS403, naming it)
+(tests/runtime/test_lycoris_algo_maps.py builds lycoris-lora's network from such a file) (issue 12)."""
+
+from __future__ import annotations
+
+import math
+
+from convert_kit import (  # noqa: F401
+    SD15,
+    codes,
+    empty_hub_cache,
+    expressible,
+    images,
+    kohya,
+    messages,
+    plan_of,
+)
+
+FULL = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+"""
+
+# rank-stabilised MLPs at their own dim, CLIP's attention rank-stabilised at the network's; entries whose
+# options change nothing on their layers (Tucker on linears, wd_on_out without DoRA, bypass without dropouts,
+# rank_dropout_scale without rank dropout)
+ENTRY_OPTS = (
+    FULL
+    + """
+[module_algo_map]
+  [module_algo_map.FeedForward]
+    dim = 32
+    rs_lora = true
+  [module_algo_map.CLIPAttention]
+    rs_lora = true
+  [module_algo_map.CLIPMLP]
+    use_tucker = true
+    wd_on_out = false
+  [module_algo_map.Transformer2DModel]
+    bypass_mode = true
+    rank_dropout_scale = true
+"""
+)
+
+
+def _convert(tmp_path, text: str, algo: str = "locon", args: str = ""):
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=512 --network_module=lycoris.kohya --network_dim=16 "
+        "--network_alpha=8 "
+        f'--network_args "algo={algo}" "conv_dim=8" "conv_alpha=4" "preset=p.toml" {args} '
+        "--learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors",
+    )
+
+
+def _blocks(blocks) -> list[tuple]:
+    return [(b.pattern, b.rank, b.alpha) for b in blocks]
+
+
+def test_entry_options_as_lycoris_modules_read_them(tmp_path):
+    outcome = expressible(_convert(tmp_path, ENTRY_OPTS))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 16, 8.0)
+    # LoConModule with rs_lora: scale alpha / sqrt(dim), the plain scale of alpha x sqrt(dim)
+    assert _blocks(a.blocks) == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 32, 8.0 * math.sqrt(32))]
+    assert _blocks(a.text_encoder_blocks) == [
+        (r"(?:^|\.)(?:k_proj|v_proj|q_proj|out_proj)$", 16, 8.0 * math.sqrt(16))
+    ]
+    ignored = messages(outcome, "DBS405")
+    for key in ("CLIPMLP.use_tucker", "CLIPMLP.wd_on_out", "Transformer2DModel.bypass_mode"):
+        assert f"module_algo_map.{key}" in ignored
+    assert "module_algo_map.Transformer2DModel.rank_dropout_scale" in ignored
+
+
+def test_entry_without_rs_lora_on_a_rank_stabilised_network(tmp_path):
+    """network_args rs_lora=True scales every layer by alpha / sqrt(dim); an entry's `rs_lora = false` (a
+    TOML boolean: LohaModule's truth test) puts its layers back at alpha / dim."""
+    text = FULL + "[module_algo_map.CLIPMLP]\nrs_lora = false\n"
+    a = plan_of(expressible(_convert(tmp_path, text, "loha", '"rs_lora=True"')), tmp_path).adapter
+    assert (a.kind, a.alpha, a.blocks) == ("loha", 8.0 * math.sqrt(16), ())
+    assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 16, 8.0)]
+
+
+def test_entry_options_that_change_something_stay_refused(tmp_path):
+    cases = [
+        # bypass_mode drops the update's output with the network's dropout (LoConModule.bypass_forward_diff)
+        ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
+        (
+            "locon",
+            '"rank_dropout=0.1"',
+            "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
+            "scale",
+        ),
+        ("loha", "", "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n", "`weight_decompose` = 1"),
+        # LokrModule scales a layer whose factors are both full by sqrt(dim) with rs_lora: no block alpha
+        ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\n", "`rs_lora` = True"),
+    ]
+    for i, (algo, args, entry, named) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
+        assert "DBS403" in codes(outcome) and named in messages(outcome, "DBS403"), (algo, entry)
+
+
+def test_lokr_entry_unbalanced_factorization_becomes_a_block_switch(tmp_path):
+    """LokrModule swaps an entry's layers' output split with its own unbalanced_factorization (tested for
+    truth: "false" is on), over the network's str_bool: the block's "on" / "off"; an entry's bypass_mode and
+    wd_on_out change nothing there (no dropout, no weight decomposition)."""
+    text = (
+        FULL
+        + """
+[module_algo_map.CrossAttention]
+unbalanced_factorization = "false"
+bypass_mode = true
+[module_algo_map.FeedForward]
+unbalanced_factorization = false
+wd_on_out = false
+"""
+    )
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8" "unbalanced_factorization=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.unbalanced_factorization) == ("lokr", 8, True)
+    # the attention's "false" is on, as the network's: no block; the MLP's false turns it off
+    assert [(b.pattern, b.unbalanced_factorization) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "off")
+    ]
+    assert "module_algo_map.CrossAttention.bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_locon_entry_use_tucker_becomes_a_block_tucker(tmp_path):
+    """LoConModule builds an entry's k x k convolutions in its Tucker form (lora_mid) with the entry's own
+    use_tucker: the block's `tucker` (runtime/locon_tucker.py per layer); on linears it changes nothing.
+    LohaModule alike (hada_t1 / hada_t2, runtime/loha_weight.py per layer)."""
+    text = (
+        FULL
+        + "[module_algo_map.ResnetBlock2D]\nuse_tucker = true\n[module_algo_map.CLIPMLP]\nuse_tucker = 1\n"
+    )
+    outcome = expressible(_convert(tmp_path, text))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_rank) == ("lora", False, 8)
+    assert [(b.pattern, b.rank, b.conv_rank, b.tucker) for b in a.blocks] == [
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 16, 8, "on")
+    ]
+    assert a.text_encoder_blocks == () and "CLIPMLP.use_tucker" in messages(outcome, "DBS405")
+    (tmp_path / "loha").mkdir()
+    a = plan_of(
+        expressible(_convert(tmp_path / "loha", text, "loha", '"use_tucker=True"')), tmp_path / "loha"
+    )
+    assert [b.tucker for b in a.adapter.blocks] == [] and a.adapter.tucker  # the network's own: no block
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_tucker = false\n"
+    (tmp_path / "off").mkdir()
+    a = plan_of(expressible(_convert(tmp_path / "off", text, "loha", '"use_tucker=True"')), tmp_path / "off")
+    assert [(b.rank, b.conv_rank, b.tucker) for b in a.adapter.blocks] == [(16, 8, "off")]
+
+
+def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):
+    """An entry's own use_scalar (LoConModule's, LohaModule's, LokrModule's truth test) over the network's
+    str_bool is its block's `scalar` = "on" / "off" (runtime/lycoris_switches.py per layer)."""
+    text = (
+        FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n[module_algo_map.CLIPMLP]\nuse_scalar = 1\n"
+    )
+    a = plan_of(expressible(_convert(tmp_path, text)), tmp_path).adapter
+    assert (a.kind, a.scalar) == ("lora", False)
+    assert [(b.pattern, b.rank, b.alpha, b.scalar) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
+    ]
+    assert [(b.pattern, b.scalar) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", "on")]
+    (tmp_path / "lokr").mkdir()
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nuse_scalar = false\n"
+    outcome = expressible(_convert(tmp_path / "lokr", text, "lokr", '"use_scalar=True"'))
+    a = plan_of(outcome, tmp_path / "lokr").adapter
+    assert (a.kind, a.scalar) == ("lokr", True)
+    assert [b.scalar for b in a.blocks] == ["off"] and not a.text_encoder_blocks
+
+
+def test_entry_use_scalar_with_max_norm_is_refused(tmp_path):
+    """LyCORIS's max norm puts a fixed scalar on the layers without one: a block's own scalar is refused."""
+    text = FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n"
+    outcome = _convert(tmp_path, text, "locon", "--scale_weight_norms=1.0")
+    assert "DBS403" in codes(outcome) and 'scalar = "on" with adapter.max_norm' in messages(outcome, "DBS403")
