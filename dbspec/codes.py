@@ -2685,7 +2685,8 @@ beside the adapter's kind in one run, each kind's layers with the adapter's rank
 keys) together, on the U-Net families (SD 1.x/2.x, SDXL; not SD3, Flux or Chroma). The options that act on
 one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
 `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
-`fused_projections`, `fused_dropout` and `init_weights`.""",
+`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar` or `tucker`, nor its own
+LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

@@ -2480,6 +2480,23 @@ _MIXED_OFF = {
 }
 
 
+_LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
+
+
+def _own_block_options(adapter, own: str):
+    """(table, index, option) of the block options a run of several kinds does not build: a scalar or Tucker
+    form of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and LoKr's own split
+    or switches on layers that are not a lokr adapter's own LoKr layers."""
+    for table in ("blocks", "text_encoder_blocks"):
+        for index, b in enumerate(getattr(adapter, table, ())):
+            kind = own if getattr(b, "kind", "adapter") == "adapter" else b.kind
+            lokr_own = kind == "lokr" and own == "lokr"
+            for key in ("scalar", *_LOKR_OWN):
+                value = getattr(b, key, "adapter")
+                if value not in ("adapter", 0) and (key in ("scalar", "tucker") or not lokr_own):
+                    yield table, index, key
+
+
 @rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
@@ -2503,6 +2520,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on {family.title}: dbspec trains several adapter kinds in '
             "one run on the U-Net families (SD 1.x/2.x, SDXL), whose LyCORIS exports and reloads it checks",
+            codes.help("DBS578"),
+        )
+    for table, index, b in _own_block_options(a, own):
+        yield _err(
+            "DBS578",
+            ("adapter", table, index, b),
+            f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
+            "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
+            "no scalar or Tucker form of its own",
             codes.help("DBS578"),
         )
     set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]

@@ -1487,6 +1487,23 @@ CASES = [
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
+    (  # a block's own scalar / LoKr split in a run of several kinds: each kind is built with the adapter's
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        [
+            ("DBS578", "error", ("adapter", "blocks", 0, "factor")),
+            ("DBS578", "error", ("adapter", "blocks", 1, "scalar")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+    ),
     (  # several kinds on a transformer family: not checked there (its exports are fused / kohya's)
         rules.mixed_block_kinds,
         'family = "flux"\n'
