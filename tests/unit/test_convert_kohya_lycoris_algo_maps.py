@@ -467,7 +467,8 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     LycorisNetworkKohya builds CLIP's layers with the entries' algorithm, but apply_to(text_encoder, unet,
     False, True) empties text_encoder_loras: those modules are never applied or trained, so their algorithm,
     options and dims change nothing (issue 12). Without the flag they train: CLIP's LoRA layers would be
-    blocks of kind lora, but the CLIPMLP entry's use_tucker is not expressed."""
+    blocks of kind lora, the CLIPMLP entry's use_tucker ignored (LoConModule builds no Tucker form on a
+    Linear)."""
     outcome = expressible(_convert(tmp_path, LOKR_UNET_LORA_TEXT, "lokr", args="--network_train_unet_only"))
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
@@ -479,7 +480,10 @@ def test_text_encoder_entries_change_nothing_with_network_train_unet_only(tmp_pa
     assert "network_train_unet_only" in said
     (tmp_path / "both").mkdir()
     outcome = _convert(tmp_path / "both", LOKR_UNET_LORA_TEXT, "lokr")
-    assert "DBS403" in codes(outcome) and "`use_tucker` = True" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(outcome), messages(outcome, "DBS403")
+    assert "module_algo_map.CLIPMLP.use_tucker" in messages(outcome, "DBS405")
+    text = plan_of(outcome, tmp_path / "both").adapter.text_encoder_blocks
+    assert {(b.kind, b.rank) for b in text} == {("lora", 8), ("lora", 4)}
 
 
 def test_unknown_algorithm_on_dropped_text_layers_still_stops_kohya(tmp_path):
