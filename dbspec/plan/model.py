@@ -214,6 +214,8 @@ class AdapterPlan:
     # lora: init_weights loaded as kohya loads it (strict=False): layers the file lacks keep their init, file
     # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
     init_partial: bool = False
+    # full: init_weights' diff / diff_b times this start the copies (kohya --dim_from_weights: 2)
+    init_scale: float = 1.0
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
     # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
     # 0 = off (runtime/max_norm.py)

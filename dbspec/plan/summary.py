@@ -696,6 +696,9 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                     "; layers it lacks keep their init, as kohya's strict=False load"
                     if a.init_partial
                     else ""
+                )
+                + (
+                    f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else ""
                 ),
             )
         )

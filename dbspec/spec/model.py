@@ -969,6 +969,13 @@ class FullAdapter:
     )
     init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = option(
+        1.0,
+        doc="The multiple of `init_weights`' `diff` / `diff_b` each copy starts from: the layer's weight "
+        "and bias plus init_scale x the file's. 2 is kohya's start with `--dim_from_weights`: LyCORIS's "
+        "create_network_from_weights builds each FullModule at W + diff, and train_network.py's "
+        "load_weights adds the file's diff again. Unused without init_weights.",
+    )
 
 
 @frozen
