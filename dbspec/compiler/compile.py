@@ -487,6 +487,7 @@ def _assemble(
             seed=v.seed,
             size=(first.resolution, first.resolution_height or first.resolution),
             preview=preview,
+            text_encoder_mode=v.text_encoder_mode,
         ),
         checkpoints=CheckpointPlan(
             dir=str(ctx.resolve(spec.output.dir)),

@@ -115,6 +115,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "aesthetic_score"): 6.0,  # the SDXL refiner family
         ("model", "negative_aesthetic_score"): 2.5,
         ("validation", "refine"): None,
+        ("validation", "text_encoder_mode"): "eval",  # kohya's validation text-encoder mode, added since
         ("model", "weighted_captions"): False,
         ("model", "denoiser_file"): "",  # per-component weight files, added since
         ("model", "text_encoder_files"): [],

@@ -972,6 +972,9 @@ class ValidationPlan:
     size: Size
     preview: PreviewPlan | None = None  # None: no live previews
     refine: RefinePlan | None = None  # img2img families: refine these dataset images instead of the prompts
+    # validation.text_encoder_mode: "training" keeps the text encoders' training-step mode (adapters in eval
+    # mode) for validation images and the evaluation loss (kohya's T5 dropout; runtime/text_mode.py)
+    text_encoder_mode: Literal["eval", "training"] = "eval"
 
 
 @frozen

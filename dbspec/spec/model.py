@@ -1373,7 +1373,8 @@ class Train:
         'encoder in train mode, trained or frozen, and "eval" every one in eval mode (kohya\'s LoRA scripts: '
         "train with --gradient_checkpointing, eval without). Only T5-XXL (Flux, SD3) has dropout (rate 0.1): "
         'with "train" it encodes with dropout at every step, drawn from the run\'s seeded generator, so its '
-        "outputs are not cached. Validation and evaluation always encode in eval mode.",
+        "outputs are not cached. Validation and evaluation encode in eval mode unless "
+        'validation.text_encoder_mode = "training".',
     )
 
 
@@ -2628,6 +2629,16 @@ class Validation:
         "strength; diffusers' refiner default 0.3: the last 30% of the steps).",
         exclusive_minimum=0,
         maximum=1,
+    )
+    text_encoder_mode: Literal["eval", "training"] = option(
+        "eval",
+        doc="The text encoders' module mode when validation images and the evaluation loss encode their "
+        'prompts: "eval" (no dropout) or "training", the mode of training steps (train.text_encoder_mode) '
+        "with the adapters' own dropouts off, as kohya's validation (which puts only its network in eval "
+        "mode) and sample images do: under --gradient_checkpointing T5-XXL (Flux, SD3) encodes with its "
+        "dropout. Its draws come from torch's global generators seeded at each evaluation (evaluation.seed) "
+        "and each image (validation.seed + i), then restored: training draws the same, and a resume is "
+        "bit-exact.",
     )
 
 
