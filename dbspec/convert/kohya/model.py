@@ -185,6 +185,16 @@ def map_adapter(
         if module.value == "networks.lora":
             a = _from_weights_args(a, conv)
         elif module.value == "lycoris.kohya":
+            factors = _factor_file(a, paths)
+            if factors is not None and any(m.algo == "full" for m in factors.values()):
+                conv.unsupported(
+                    a["dim_from_weights"],
+                    "LyCORIS's create_network_from_weights builds a FullModule per module of the full file "
+                    "(W + diff; load_weights then adds the diff again: W + 2 diff), and dbspec starts full "
+                    "copies from a file on Flux / SD3 only (adapter.init_weights, init_scale 2), not on "
+                    "SD 1.x/2.x or SDXL",
+                )
+                return False
             a = _lycoris_from_weights_args(a, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
