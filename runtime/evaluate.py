@@ -3,7 +3,9 @@ held-out images, CLIP-T, CLIP-I and DINO on the validation images.
 
 Nothing here touches the training RNG streams: the evaluation noise has its own generator, re-seeded at every
 evaluation (the same noise every time, so the numbers compare across steps and runs), the models run in eval
-mode (no dropout draws) under a forked global RNG, and no gradient is taken.
+mode (no dropout draws) under a forked global RNG, and no gradient is taken. With validation.text_encoder_mode
+"training" the text encoders draw their dropout from the global RNG seeded with the evaluation seed at every
+evaluation, forked as well (runtime/text_mode.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dbspec.runtime.cache import TensorCache
 from dbspec.runtime.data import Sample, load_example
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.step import Parts, denoise
+from dbspec.runtime.text_mode import seeded_global_rng
 
 
 # --- the metric maths (pure; checked against hand computations in tests/runtime/test_evaluate.py) -----------
@@ -299,7 +302,8 @@ class Evaluator:
         """The metrics row for `step` (in data epoch `epoch`, 0-based): only the keys of metrics that ran
         (the metrics.jsonl contract)."""
         ev, row = self.plan.evaluation, {}
-        with _rng_untouched(self.device):
+        seeded = self.plan.validation.text_encoder_mode == "training"  # T5's dropout draws, as kohya's
+        with seeded_global_rng(self.device, ev.seed) if seeded else _rng_untouched(self.device):
             if "eval_loss" in ev.metrics:
                 mean, bands, every = self.eval_loss.compute(parts, ev)
                 if ev.log == "kohya_running_mean":

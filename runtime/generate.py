@@ -1,7 +1,9 @@
 """Images from a pipeline: validation samples during training and class images before it.
 
 Every image gets its own CPU generator, so a sample depends on its seed only: not on the device, the
-batch it was made in, or what the training loop drew from the global RNGs (which stay untouched).
+batch it was made in, or what the training loop drew from the global RNGs (which stay untouched; text
+encoders kept in train mode, validation.text_encoder_mode "training", draw from them seeded per image,
+restored afterwards: runtime/text_mode.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from PIL import Image
 from rich.progress import Progress
 
 from dbspec.plan.model import GeneratePlan, ValidationPlan
+from dbspec.runtime.text_mode import adapters_eval, seeded_global_rng
 from dbspec.util.atomic import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -57,17 +60,25 @@ def make_scheduler(name: str, scheduler_config: Any) -> Any:
 
 
 @contextmanager
-def _inference(pipeline: DiffusionPipeline, autocast_dtype: torch.dtype | None) -> Iterator[None]:
-    """eval + no_grad (+ autocast) for the call; afterwards each module is back in the mode it was in."""
-    modules = [module for module in pipeline.components.values() if isinstance(module, torch.nn.Module)]
+def _inference(
+    pipeline: DiffusionPipeline, autocast_dtype: torch.dtype | None, keep_text_modes: bool = False
+) -> Iterator[None]:
+    """eval + no_grad (+ autocast) for the call; afterwards each module is back in the mode it was in.
+    `keep_text_modes` (validation.text_encoder_mode "training"): the text encoders keep their mode, their
+    adapters in eval mode (runtime/text_mode.py)."""
+    named = {n: m for n, m in pipeline.components.items() if isinstance(m, torch.nn.Module)}
+    modules = list(named.values())
     training = [module.training for module in modules]
+    text = [m for n, m in named.items() if keep_text_modes and n.startswith("text_encoder")]
     device_type = pipeline.device.type
     autocast = (
         torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     )
     try:
         for module in modules:
-            module.eval()
+            if not any(module is t for t in text):
+                module.eval()
+        adapters_eval(text)
         with torch.no_grad(), autocast:
             yield
     finally:
@@ -152,7 +163,8 @@ def render(
             with _inference(pipeline, autocast_dtype):
                 rows, paths = _refine_rows(pipeline, plan_validation, folder, prompt_inputs)
             return [*paths, _save_png(_grid(rows), folder / "grid.png")] if rows else paths
-        with _inference(pipeline, autocast_dtype):
+        keep = plan_validation.text_encoder_mode == "training"
+        with _inference(pipeline, autocast_dtype, keep):
             for prompt_index, prompt in enumerate(plan_validation.prompts):
                 rows.append(
                     [
@@ -245,19 +257,22 @@ def _sample(
 ) -> Image.Image:
     width, height = plan.size
     generator = torch.Generator("cpu").manual_seed(plan.seed + image_index)
-    if prompt_inputs is not None:
-        prompts = prompt_inputs(prompt, plan.negative_prompt)
-    else:
-        prompts = {"prompt": prompt, "negative_prompt": plan.negative_prompt or None}
-    result = pipeline(
-        **prompts,
-        num_inference_steps=plan.inference_steps,
-        guidance_scale=plan.guidance,
-        height=height,
-        width=width,
-        generator=generator,
-        **({"callback_on_step_end": callback} if callback is not None else {}),
-    )
+    # text encoders in training mode draw their dropout from the global RNG: seeded per image, restored
+    seeded = plan.text_encoder_mode == "training"
+    with seeded_global_rng(pipeline.device, plan.seed + image_index) if seeded else nullcontext():
+        if prompt_inputs is not None:
+            prompts = prompt_inputs(prompt, plan.negative_prompt)
+        else:
+            prompts = {"prompt": prompt, "negative_prompt": plan.negative_prompt or None}
+        result = pipeline(
+            **prompts,
+            num_inference_steps=plan.inference_steps,
+            guidance_scale=plan.guidance,
+            height=height,
+            width=width,
+            generator=generator,
+            **({"callback_on_step_end": callback} if callback is not None else {}),
+        )
     return result.images[0]
 
 

@@ -30,6 +30,7 @@ from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.optim_split import chunk_step_sizes, step_first_chunk
 from dbspec.runtime.prepare import set_train_mode
+from dbspec.runtime.text_mode import adapters_eval
 from dbspec.runtime.generate import validate
 from dbspec.runtime.setup import Run, freeze_text_encoders, setup
 from dbspec.runtime.start import last_step
@@ -293,11 +294,15 @@ def _validate(run: Run, step: int, log: MetricsLog) -> None:
 
 def _evaluate(run: Run, evaluator: Evaluator, step: int, log: MetricsLog) -> dict:
     """The evaluation metrics at `step` (with the EMA weights when there are any), in eval mode (no dropout
-    draws), logged as one metrics.jsonl row; then back to training mode."""
+    draws; with validation.text_encoder_mode "training" the text encoders stay in their training-step mode,
+    their adapters in eval mode: runtime/text_mode.py), logged as one metrics.jsonl row; then back to
+    training mode."""
     unet = getattr(run.parts.unet, "module", run.parts.unet)  # DDP-wrapped under several processes
+    keep_text = run.plan.validation.text_encoder_mode == "training"
     with run.ema.swap() if run.ema is not None else contextlib.nullcontext():
-        for module in (unet, *run.comps.text_encoders):
+        for module in (unet, *(() if keep_text else run.comps.text_encoders)):
             module.eval()
+        adapters_eval(run.comps.text_encoders if keep_text else ())
         with run.accelerator.autocast(), eager():
             row = evaluator.evaluate(attrs.evolve(run.parts, unet=unet), step, run.sampler.epoch)
     set_train_mode(run.comps, run.plan)

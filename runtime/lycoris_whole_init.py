@@ -30,7 +30,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
     from dbspec.runtime.lycoris_export import _swapped, _table
 
     out: dict[str, tuple[dict[str, Slot], None]] = {}
-    family = plan.model.family
+    family, scale = plan.model.family, plan.adapter.init_scale
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family):
         found = lora_adapter(module)
         if found is None:
@@ -40,7 +40,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
         for name, layer in layers.items():
             if module is not unet:
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
-                out[key] = (_slots([(layer, layer.get_base_layer())], adapter, swapped=False), None)
+                out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
                 continue
             original, part = _table(family).original_name(name)
             rows = (
@@ -51,7 +51,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
             if rows is None:
                 continue  # a later part: the fused layer's slots come with its first adapted part
             key = f"{prefix}_{original.replace('.', '_')}"
-            out[key] = (_slots(rows, adapter, swapped=part is None and _swapped(module, name)), None)
+            out[key] = (_slots(rows, adapter, part is None and _swapped(module, name), scale), None)
     return out
 
 
@@ -83,18 +83,18 @@ def _fused_rows(root: nn.Module, layers: dict, name: str, family) -> list[tuple]
     return rows if first == index else None
 
 
-def _slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[str, Slot]:
-    """The file tensors of one LyCORIS module over its rows' layers: full `diff` / `diff_b`, IA^3
-    `weight` / `on_input`."""
+def _slots(rows: list[tuple], adapter: str, swapped: bool, scale: float = 1.0) -> dict[str, Slot]:
+    """The file tensors of one LyCORIS module over its rows' layers: full `diff` / `diff_b` (times `scale`,
+    adapter.init_scale), IA^3 `weight` / `on_input`."""
     from dbspec.runtime.lycoris_full import FullLayer
 
     layer = next(layer for layer, _ in rows if layer is not None)
     sizes = [base.weight.shape[0] for _, base in rows]
     if isinstance(layer, FullLayer):
         weight_shape = (sum(sizes), *rows[0][1].weight.shape[1:])
-        slots = {"diff": (weight_shape, _rows_copy(rows, sizes, adapter, "weight", swapped))}
+        slots = {"diff": (weight_shape, _rows_copy(rows, sizes, adapter, "weight", swapped, scale))}
         if all(base.bias is not None for _, base in rows):
-            slots["diff_b"] = ((sum(sizes),), _rows_copy(rows, sizes, adapter, "bias", swapped))
+            slots["diff_b"] = ((sum(sizes),), _rows_copy(rows, sizes, adapter, "bias", swapped, scale))
         return slots
     own = tuple(layer.lora_ia3[adapter].shape)
     shape = own if len(rows) == 1 else (sum(sizes),)
@@ -109,9 +109,13 @@ def _slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[str, Slot]:
     return {"weight": (shape, _rows_copy(rows, sizes, adapter, "scale", swapped)), "on_input": ((), check)}
 
 
-def _rows_copy(rows: list[tuple], sizes: list[int], adapter: str, what: str, swapped: bool):
+def _rows_copy(
+    rows: list[tuple], sizes: list[int], adapter: str, what: str, swapped: bool, scale: float = 1.0
+):
     """Copy a fused tensor's row blocks into the parts: a full copy's weight / bias is the base's plus its
-    rows of `diff` / `diff_b`, an IA^3 part's scales its rows; an unadapted part's rows must be 0."""
+    rows of `diff` / `diff_b` times `scale` (2: kohya's --dim_from_weights, whose create_network_from_weights
+    builds FullModule at W + diff before load_weights adds the diff again), an IA^3 part's scales its rows;
+    an unadapted part's rows must be 0."""
 
     def copy(value: torch.Tensor) -> None:
         if swapped:  # kohya's (shift, scale) rows back to diffusers' (scale, shift)
@@ -129,6 +133,7 @@ def _rows_copy(rows: list[tuple], sizes: list[int], adapter: str, what: str, swa
                 continue
             target = (layer.lora_full if what == "weight" else layer.lora_full_bias)[adapter]
             original = base.weight if what == "weight" else base.bias
-            target.copy_((original.float() + block.float().to(original.device)).to(target.dtype))
+            diff = block.float().to(original.device)
+            target.copy_((original.float() + (diff * scale if scale != 1 else diff)).to(target.dtype))
 
     return copy

@@ -444,7 +444,10 @@ def _assemble(
     )
     if init[0]:
         partial = getattr(spec.adapter, "init_partial", False)
-        adapter = attrs.evolve(adapter, init_weights=init[0], init_layers=init[1], init_partial=partial)
+        scale = getattr(spec.adapter, "init_scale", 1.0)  # full: the file's diff times it
+        adapter = attrs.evolve(
+            adapter, init_weights=init[0], init_layers=init[1], init_partial=partial, init_scale=scale
+        )
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)
     v, c, e = spec.validation, spec.checkpoints, spec.ema
@@ -484,6 +487,7 @@ def _assemble(
             seed=v.seed,
             size=(first.resolution, first.resolution_height or first.resolution),
             preview=preview,
+            text_encoder_mode=v.text_encoder_mode,
         ),
         checkpoints=CheckpointPlan(
             dir=str(ctx.resolve(spec.output.dir)),

@@ -93,6 +93,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             "model",
             "merge_adapters",
         ): [],  # LoRA files merged into the base (kohya --base_weights), added since
+        ("adapter", "init_scale"): 1.0,  # full: init_weights' diff times it (kohya --dim_from_weights)
         ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
         ("adapter", "max_norm_form"): "kohya",  # LyCORIS's max-norm form, added since (kohya's then)
         ("adapter", "rank_dropout_form"): "kohya",  # LyCORIS LoCon's rank dropout, added since
@@ -114,6 +115,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("model", "aesthetic_score"): 6.0,  # the SDXL refiner family
         ("model", "negative_aesthetic_score"): 2.5,
         ("validation", "refine"): None,
+        ("validation", "text_encoder_mode"): "eval",  # kohya's validation text-encoder mode, added since
         ("model", "weighted_captions"): False,
         ("model", "denoiser_file"): "",  # per-component weight files, added since
         ("model", "text_encoder_files"): [],

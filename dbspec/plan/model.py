@@ -219,6 +219,8 @@ class AdapterPlan:
     # lora: init_weights loaded as kohya loads it (strict=False): layers the file lacks keep their init, file
     # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
     init_partial: bool = False
+    # full: init_weights' diff / diff_b times this start the copies (kohya --dim_from_weights: 2)
+    init_scale: float = 1.0
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept
     # lora: kohya's max-norm regularisation (--scale_weight_norms) after each micro-batch and optimizer step;
     # 0 = off (runtime/max_norm.py)
@@ -975,6 +977,9 @@ class ValidationPlan:
     size: Size
     preview: PreviewPlan | None = None  # None: no live previews
     refine: RefinePlan | None = None  # img2img families: refine these dataset images instead of the prompts
+    # validation.text_encoder_mode: "training" keeps the text encoders' training-step mode (adapters in eval
+    # mode) for validation images and the evaluation loss (kohya's T5 dropout; runtime/text_mode.py)
+    text_encoder_mode: Literal["eval", "training"] = "eval"
 
 
 @frozen

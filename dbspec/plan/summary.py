@@ -363,6 +363,11 @@ def schedule_table(plan: Plan) -> Table:
         ("validation", _steps(s.validation_steps) if s.validation_steps else "off"),
         *([("previews", _preview(plan.validation.preview))] if plan.validation.preview else []),
         *([("refines", _refine(plan.validation.refine))] if plan.validation.refine else []),
+        *(
+            [("validation text", "the text encoders in their training-step mode (seeded dropout, as kohya)")]
+            if plan.validation.text_encoder_mode == "training" and s.validation_steps
+            else []
+        ),
         ("text encoder", _te(plan)),
         *([("Weights & Biases", _wandb(plan.logging))] if plan.logging.wandb else []),
         *(
@@ -696,6 +701,9 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                     "; layers it lacks keep their init, as kohya's strict=False load"
                     if a.init_partial
                     else ""
+                )
+                + (
+                    f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else ""
                 ),
             )
         )

@@ -989,6 +989,13 @@ class FullAdapter:
     )
     init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = option(
+        1.0,
+        doc="The multiple of `init_weights`' `diff` / `diff_b` each copy starts from: the layer's weight "
+        "and bias plus init_scale x the file's. 2 is kohya's start with `--dim_from_weights`: LyCORIS's "
+        "create_network_from_weights builds each FullModule at W + diff, and train_network.py's "
+        "load_weights adds the file's diff again. Unused without init_weights.",
+    )
 
 
 @frozen
@@ -1386,7 +1393,8 @@ class Train:
         'encoder in train mode, trained or frozen, and "eval" every one in eval mode (kohya\'s LoRA scripts: '
         "train with --gradient_checkpointing, eval without). Only T5-XXL (Flux, SD3) has dropout (rate 0.1): "
         'with "train" it encodes with dropout at every step, drawn from the run\'s seeded generator, so its '
-        "outputs are not cached. Validation and evaluation always encode in eval mode.",
+        "outputs are not cached. Validation and evaluation encode in eval mode unless "
+        'validation.text_encoder_mode = "training".',
     )
 
 
@@ -2641,6 +2649,16 @@ class Validation:
         "strength; diffusers' refiner default 0.3: the last 30% of the steps).",
         exclusive_minimum=0,
         maximum=1,
+    )
+    text_encoder_mode: Literal["eval", "training"] = option(
+        "eval",
+        doc="The text encoders' module mode when validation images and the evaluation loss encode their "
+        'prompts: "eval" (no dropout) or "training", the mode of training steps (train.text_encoder_mode) '
+        "with the adapters' own dropouts off, as kohya's validation (which puts only its network in eval "
+        "mode) and sample images do: under --gradient_checkpointing T5-XXL (Flux, SD3) encodes with its "
+        "dropout. Its draws come from torch's global generators seeded at each evaluation (evaluation.seed) "
+        "and each image (validation.seed + i), then restored: training draws the same, and a resume is "
+        "bit-exact.",
     )
 
 

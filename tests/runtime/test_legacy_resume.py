@@ -34,6 +34,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
     del data["model"]["merge_adapters"]  # LoRA files merged into the base, added since (none then)
+    del data["validation"]["text_encoder_mode"]  # kohya's validation text-encoder mode, added since
+    del data["adapter"]["init_scale"]  # full: init_weights' diff times it, added since (1 then)
     del data["adapter"]["max_norm"]  # kohya's max-norm regularisation, added since (off then)
     del data["adapter"]["max_norm_form"]  # LyCORIS's max-norm form, added since (kohya's then)
     del data["adapter"]["rank_dropout_form"]  # LyCORIS LoCon's rank dropout, added since

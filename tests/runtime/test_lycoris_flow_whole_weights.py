@@ -2,8 +2,10 @@
 lycoris-lora 4.1.3's FullModule / IA3Module on tiny-flux's layers as kohya's Flux holds them (fused q/k/v
 stacked), every tensor random, saved as its network saves them; a converted kohya command starts from the
 file, and each layer computes what LyCORIS's module loaded from it (load_state_dict(strict=False) after
-apply_to, as its load_weights) computes. (Training and resuming a full / IA^3 run is
-test_lycoris_flux.py's and test_lycoris_flux_ia3.py's: a checkpoint, not the file, restores a resumed run.)"""
+apply_to, as its load_weights) computes; with `--dim_from_weights` what lycoris-lora's
+create_network_from_weights, apply_to and load_weights (kohya's two steps: W + 2 diff) compute. (Training
+and resuming a full / IA^3 run is test_lycoris_flux.py's and test_lycoris_flux_ia3.py's: a checkpoint,
+not the file, restores a resumed run.)"""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _file(tmp_path, cls):
     return modules, file
 
 
-def _converted(tmp_path, algo: str):
+def _converted(tmp_path, algo: str, extra: str = ""):
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -53,25 +55,49 @@ def _converted(tmp_path, algo: str):
         "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
         f"--network_args algo={algo} preset=unet-only --network_weights prev.safetensors "
         "--learning_rate=1e-3 --max_train_steps=3 --save_model_as=safetensors "
-        "--output_dir=out --model_prediction_type raw --guidance_scale 1.0",
+        f"--output_dir=out --model_prediction_type raw --guidance_scale 1.0 {extra}",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return out_path(tmp_path)
 
 
-@pytest.mark.parametrize(("algo", "cls"), [("full", FullModule), ("ia3", IA3Module)])
-def test_file_starts_where_lycoris_loads_it(tmp_path, algo, cls):
+def _kohya_from_weights(file) -> dict[str, torch.nn.Module]:
+    """kohya's --dim_from_weights start: lycoris-lora's create_network_from_weights on the fused Linears
+    (named as kohya's), apply_to, then train_network.py's load_weights of the same file."""
+    from dbspec.runtime.tiny import build_pipeline
+    from lycoris.kohya import create_network_from_weights
+
+    tree = torch.nn.Module()
+    for name, parts in _layers(build_pipeline(BASE).transformer.float()).items():
+        tree.add_module(name.removeprefix("lora_unet_"), _fused_linear(parts))
+    network, _ = create_network_from_weights(1.0, str(file), None, None, tree)
+    network.apply_to(None, tree, apply_text_encoder=False, apply_unet=True)
+    network.load_weights(str(file))
+    return {f"lora_unet_{name}": layer for name, layer in tree.named_children()}
+
+
+@pytest.mark.parametrize(
+    ("algo", "cls", "from_weights"),
+    [("full", FullModule, False), ("ia3", IA3Module, False), ("full", FullModule, True)],
+)
+def test_file_starts_where_lycoris_loads_it(tmp_path, algo, cls, from_weights):
     theirs, file = _file(tmp_path, cls)
     keys = {k.split(".", 1)[1] for k in load_file(str(file))}
     assert keys == ({"diff", "diff_b"} if algo == "full" else {"weight", "on_input"})
-    spec = _converted(tmp_path, algo)
+    if from_weights:  # kohya's two steps; every module of the file builds (img_in too)
+        theirs = _kohya_from_weights(file)
+        spec = _converted(tmp_path, algo, "--dim_from_weights")
+    else:
+        spec = _converted(tmp_path, algo)
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == algo and plan.adapter.init_partial
+    assert plan.adapter.init_scale == (2.0 if from_weights else 1.0)
     comps, count = _loaded(plan)
-    assert count == 5  # img_in: no layer of LyCORIS's preset (strict=False ignores it, as here)
+    assert count == (6 if from_weights else 5)  # img_in: no layer of LyCORIS's preset (strict=False)
     torch.manual_seed(0)
     layers = _layers(comps.unet.float().eval())
-    assert not hasattr(layers.pop("lora_unet_img_in")[0], "base_layer")
+    if not from_weights:
+        assert not hasattr(layers.pop("lora_unet_img_in")[0], "base_layer")
     for name, parts in layers.items():
         x = torch.randn(3, parts[0].base_layer.in_features)
         with torch.no_grad():

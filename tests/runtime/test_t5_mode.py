@@ -5,12 +5,14 @@ bit-exact (the dropout draws come from torch's global generator, which checkpoin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import attrs
 import pytest
 import torch
 
+from dbspec.runtime.execute import execute
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.prepare import configure_models, set_train_mode
 from dbspec.runtime.tiny import build_pipeline
@@ -78,5 +80,45 @@ def test_train_mode_draws_t5_dropout_and_the_others_do_not(tmp_path, flux_with_t
         assert not comps.text_encoders[1].training and torch.equal(first, second)
 
 
+VALIDATION = """
+[validation]
+prompts = ["a photo of ohwx toy"]
+every = 2
+steps = 2
+text_encoder_mode = "training"
+
+[evaluation]
+holdout = 1
+timesteps = 2
+bands = 1
+"""
+
+
+def _metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+@attrs.define
+class _Out:
+    output: Path
+
+
 def test_train_mode_run_resumes_bit_exact(tmp_path, flux_with_t5_dropout):
-    assert_lora_resumes_bit_exact(_spec(tmp_path, flux_with_t5_dropout, 4))
+    """With validation.text_encoder_mode = "training" (kohya's validation under gradient checkpointing) the
+    evaluation loss and validation images encode with T5's dropout, seeded per evaluation and image: the
+    run resumes bit-exact, its evaluations repeat after the resume, and its training losses are those of
+    the same run validating in eval mode, whose evaluation loss and images differ (no dropout)."""
+    spec = _spec(tmp_path, flux_with_t5_dropout, 4)
+    spec.write_text(spec.read_text() + VALIDATION)
+    assert "training-step mode (seeded dropout" in summary_text(compile_spec(spec))
+    whole = assert_lora_resumes_bit_exact(spec)
+    plain = execute(compile_spec(spec, ["output.dir=plain", "validation.text_encoder_mode=eval"]))
+    assert plain.losses == whole.losses  # the validation's draws never reach the training stream
+    ours, resumed, theirs = (
+        [r["eval_loss"] for r in _metrics(run.output) if "eval_loss" in r]
+        for run in (whole, _Out(tmp_path / "parts"), plain)
+    )
+    assert len(ours) == 2 and resumed[-2:] == ours  # seeded per evaluation: the resume repeats them
+    assert all(a != b for a, b in zip(ours, theirs))  # T5's dropout on in "training" mode only
+    grid = "samples/step-000002/p00-i00.png"
+    assert (Path(whole.output) / grid).read_bytes() != (Path(plain.output) / grid).read_bytes()

@@ -81,3 +81,28 @@ def test_sd3_without_cache_under_gradient_checkpointing_trains_t5s_dropout(tmp_p
     )
     plan = plan_of(kohya(tmp_path, command=command), tmp_path)
     assert plan.text_encoder_mode == "train" and not plan.cache.text_embeddings
+
+
+@pytest.mark.parametrize(
+    ("extra", "mode"),
+    [
+        # T5 in train mode in training steps: kohya's validation loss and samples encode with its dropout
+        (f"{UNET_ONLY} {GC}", "training"),
+        (f"{GC} {T5}", "training"),
+        (f"{UNET_ONLY}", "eval"),  # eval() in training and validation alike
+        (f"{UNET_ONLY} {GC} {CACHE}", "eval"),  # T5's outputs come from the cache, encoded in eval mode
+    ],
+)
+def test_validation_encodes_in_kohyas_text_encoder_mode(tmp_path, extra, mode):
+    """train_network.py's validation puts only its network in eval mode (switch_rng_state seeds the draws
+    with --validation_seed), and flux_train_utils.sample_images switches no mode (each prompt's seed):
+    validation.text_encoder_mode = "training" where T5 is in train mode in training steps."""
+    (tmp_path / "prompts.txt").write_text(
+        "a photo of ohwx dog on a beach --w 512 --h 512\n", encoding="utf-8"
+    )
+    samples = "--sample_prompts prompts.txt --sample_every_n_steps 100 --validation_split 0.25"
+    plan = plan_of(_flux(tmp_path, f"{extra} {samples}"), tmp_path)
+    assert plan.validation.text_encoder_mode == mode
+    assert plan.validation.prompts and plan.evaluation.metrics  # both encode their prompts
+    plain = plan_of(_flux(tmp_path, extra), tmp_path)  # no validation: nothing written
+    assert plain.validation.text_encoder_mode == "eval"

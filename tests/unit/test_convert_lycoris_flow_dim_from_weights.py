@@ -450,16 +450,49 @@ def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
 
 
-def test_full_file_is_refused_as_lycoris_doubles_it(tmp_path):
-    """LyCORIS builds FullModule at W + diff, then load_weights adds diff again (checked with lycoris-lora
-    4.1.3): W + 2 diff, which dbspec does not express (DBS403)."""
+def test_full_file_starts_at_twice_its_diff(tmp_path):
+    """A full file (`diff` / `diff_b`): LyCORIS builds FullModule on each module's layer at W + diff
+    (create_network_from_weights), then train_network.py's load_weights adds the diff again (its load hook):
+    kind full over the modules' layers, each fused module's parts, at init_scale 2 (checked with
+    lycoris-lora 4.1.3; runtime test: test_lycoris_flow_whole_weights). CLIP modules are text targets;
+    `--scale_weight_norms` is inert (FullModule's apply_max_norm scales nothing); T5-XXL's stay DBS403."""
+    layers = {
+        "lora_unet_img_in": {"diff": (W, 64), "diff_b": (W,)},
+        "lora_unet_double_blocks_0_img_attn_qkv": {"diff": (3 * W, W), "diff_b": (3 * W,)},
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1": {"diff": (3072, 768), "diff_b": (3072,)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", layers, alpha=None)
+    outcome = _flux(tmp_path, "--network_args algo=full --scale_weight_norms 1.0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    assert "W + 2 diff" in out_path(tmp_path).read_text()
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale, a.init_partial) == ("full", 2.0, True)
+    assert set(a.denoiser_targets) == {"x_embedder", *(f"transformer_blocks.0.attn.to_{p}" for p in "qkv")}
+    assert a.text_encoder_targets == ("encoder.layers.0.mlp.fc1",)
     _factor_file(
         tmp_path / "prev.safetensors",
-        {"lora_unet_img_in": {"diff": (W, 64), "diff_b": (W,)}},
+        {**layers, "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}},
         alpha=None,
     )
-    outcome = _flux(tmp_path, allow=True)
-    assert "W + 2 diff" in messages(outcome, "DBS403")
+    assert "T5-XXL" in messages(_flux(tmp_path, allow=True), "DBS403")
+
+
+def test_sd3_full_file_starts_at_twice_its_diff(tmp_path):
+    """The same on SD3: the joint blocks' fused q/k/v at init_scale 2; its patch convolution DBS403."""
+    qkv = "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    _factor_file(tmp_path / "prev.safetensors", {qkv: {"diff": (3 * 64, 64)}}, alpha=None)
+    outcome = _sd3(tmp_path, "--network_args algo=full")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("full", 2.0)
+    assert set(a.denoiser_targets) == {f"transformer_blocks.0.attn.to_{p}" for p in "qkv"}
+    _factor_file(
+        tmp_path / "prev.safetensors",
+        {qkv: {"diff": (3 * 64, 64)}, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}},
+        alpha=None,
+    )
+    assert "patch convolution" in messages(_sd3(tmp_path, allow=True), "DBS403")
 
 
 def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
@@ -490,3 +523,18 @@ def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
     assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
     assert _rank(a, "distilled_guidance_layer.layers.0.linear_2") == (0, 1.0)
     assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
+
+
+def test_sd_full_file_stays_refused_with_the_reason(tmp_path):
+    """On SD 1.x/2.x and SDXL dbspec starts no full copies from a file (with or without --dim_from_weights):
+    DBS403 naming kohya's W + 2 diff and where dbspec expresses it."""
+    from convert_kit import kohya_lora
+
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    _factor_file(tmp_path / "prev.safetensors", {q: {"diff": (320, 320)}}, alpha=None)
+    outcome = kohya_lora(
+        tmp_path,
+        "--network_module lycoris.kohya --network_args algo=full --network_weights prev.safetensors "
+        "--dim_from_weights",
+    )
+    assert "W + 2 diff" in messages(outcome, "DBS403") and "Flux / SD3 only" in messages(outcome, "DBS403")

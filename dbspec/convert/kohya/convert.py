@@ -34,7 +34,7 @@ from dbspec.convert.kohya.model import (
 from dbspec.convert.kohya.outputs import map_outputs
 from dbspec.convert.kohya.block_lr import map_block_lr
 from dbspec.convert.kohya.start import map_start
-from dbspec.convert.kohya.t5_mode import map_text_encoder_mode
+from dbspec.convert.kohya.t5_mode import map_text_encoder_mode, map_validation_text_mode
 from dbspec.convert.kohya.train import (
     map_learning_rates,
     map_length,
@@ -190,6 +190,8 @@ def convert_kohya(
         map_text_encoder_mode(a, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv, length.total_steps)
     map_validation(a, script, layout, length.steps_per_epoch, conv)
+    if script in FLOW_SCRIPTS:
+        map_validation_text_mode(a, conv)
     report_launcher(ka.launcher, conv, script_sets_precision=True)
     _sweep(a, conv)
     if config is not None:

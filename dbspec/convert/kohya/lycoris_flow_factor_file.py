@@ -1,4 +1,4 @@
-"""lycoris.kohya --dim_from_weights on Flux / SD3 with a LoKr or LoHa file: the [adapter] values
+"""lycoris.kohya --dim_from_weights on Flux / SD3 with a LoKr, LoHa or full file: the [adapter] values
 (factor_file_adapter) for the modules LyCORIS's create_network_from_weights builds from it, as
 lycoris_flow_weights.py reads and rebuilds them. SD3's patch convolution (`lora_unet_x_embedder_proj`) is
 `conv_targets` at the rank, alpha and Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker) LyCORIS
@@ -10,7 +10,8 @@ decomposition (dora = true; in some only, or on the patch convolution: DBS403). 
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
 (their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
 adapter's rank, alpha and split, a module at its own in an [[adapter.text_encoder_blocks]] entry; T5-XXL's
-(LyCORIS's train_t5xxl stays False): DBS403."""
+(LyCORIS's train_t5xxl stays False): DBS403. A full file (`diff` / `diff_b`) is kind full over its modules'
+layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file)."""
 
 from __future__ import annotations
 
@@ -217,6 +218,36 @@ def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str
     return True
 
 
+def _full_file(
+    denoiser: list[LycorisModule], text_targets: list[str], text_2: list[str] | None, family: str
+) -> dict | str:
+    """[adapter] values for a full file (`diff` / `diff_b`): FullModule on each module's layer, which
+    create_network_from_weights builds at W + diff and train_network.py's load_weights (its load hook adds
+    the file's diff to the module's weight) moves to W + 2 diff: init_scale 2 (checked with lycoris-lora
+    4.1.3). dbspec's full copies are per diffusers part, so a fused module's parts each take their rows."""
+    if not denoiser:
+        return "it holds no module of the denoiser"
+    names = [m.name for m in denoiser]
+    if PATCH in names:
+        return f"module `{PATCH}` is the patch convolution, which dbspec's full copies do not take on SD3"
+    targets = diffusers_targets(names, family)
+    if isinstance(targets, str):
+        return targets
+    left = final_layer_block(targets, family)
+    if left:  # a target `proj_out` also takes every single block's (no rank-0 block on a full adapter)
+        return (
+            "it holds Flux's final layer (`lora_unet_final_layer_linear`, diffusers' `proj_out`) without "
+            "every single block's `linear2`: the target `proj_out` takes those too"
+        )
+    return {
+        "kind": "full",
+        "denoiser_targets": targets,
+        **({"text_encoder_targets": text_targets} if text_targets else {}),
+        **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
+        "init_scale": 2.0,
+    }
+
+
 def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
     """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
     builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
@@ -225,12 +256,6 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
     text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
     algo = algos[0]
-    if algo == "full":  # checked against lycoris-lora 4.1.3: a file diff of 1 trains from W + 2
-        return (
-            "LyCORIS builds each FullModule at W + diff, and train_network.py's load_weights then adds the "
-            "file's diff again (its load hook): the run starts at W + 2 diff, which dbspec's full copies "
-            "(started at W + diff from a file) do not express"
-        )
     if len(algos) > 1:
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
     if family == "chroma":
@@ -239,6 +264,8 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     if isinstance(clip, str):
         return clip
     text_targets, text_2 = clip
+    if algo == "full":
+        return _full_file(denoiser, text_targets, text_2, family)
     # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP ones
     built = denoiser + [
         m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))

@@ -185,6 +185,16 @@ def map_adapter(
         if module.value == "networks.lora":
             a = _from_weights_args(a, conv)
         elif module.value == "lycoris.kohya":
+            factors = _factor_file(a, paths)
+            if factors is not None and any(m.algo == "full" for m in factors.values()):
+                conv.unsupported(
+                    a["dim_from_weights"],
+                    "LyCORIS's create_network_from_weights builds a FullModule per module of the full file "
+                    "(W + diff; load_weights then adds the diff again: W + 2 diff), and dbspec starts full "
+                    "copies from a file on Flux / SD3 only (adapter.init_weights, init_scale 2), not on "
+                    "SD 1.x/2.x or SDXL",
+                )
+                return False
             a = _lycoris_from_weights_args(a, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -990,8 +1000,9 @@ def _lycoris_flow_factor_file(
     """lycoris.kohya --dim_from_weights with a LoKr / LoHa file on Flux / SD3: LyCORIS's LokrModule /
     LohaModule per module of the file, one per fused Linear, as dbspec's fused LoKr / LoHa with the file's one
     rank, alpha (and LoKr split) over its modules' diffusers parts, started from the file
-    (lycoris_flow_weights.py); what that cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3
-    file: lycoris-lora 4.1.3's IA3Module cannot be built from one)."""
+    (lycoris_flow_weights.py); a full file: FullModule's copies from W + 2 diff (init_scale 2); what that
+    cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3 file: lycoris-lora 4.1.3's IA3Module
+    cannot be built from one)."""
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value))
     if isinstance(found, str) and found.startswith("invalid:"):
@@ -1005,9 +1016,13 @@ def _lycoris_flow_factor_file(
     algo = found["kind"]
     note = f"kohya --dim_from_weights: LyCORIS's {algo} modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), algo, conv.comment(module, note))
+    twice = (  # lycoris-lora 4.1.3: make_module_from_state_dict + apply_to, then the load hook's W + diff
+        "kohya --dim_from_weights: LyCORIS builds each FullModule at W + diff, then train_network.py's "
+        "load_weights adds the file's diff again: W + 2 diff"
+    )
     for key, value in found.items():
         if key not in ("kind", "blocks", "text_encoder_blocks"):
-            conv.put(("adapter", key), value, note)
+            conv.put(("adapter", key), value, twice if key == "init_scale" else note)
     for table in ("blocks", "text_encoder_blocks"):  # modules at a rank / alpha / LoKr split of their own
         first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
         for index, block in enumerate(found.get(table, ()), start=first):
@@ -1019,10 +1034,10 @@ def _lycoris_flow_factor_file(
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
-    if a["scale_weight_norms"].value:
+    if a["scale_weight_norms"].value and algo != "full":
         conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {algo}: no dbspec form yet")
         return False
-    map_scale_weight_norms(a, conv, lycoris=True)  # none given: records its fate
+    map_scale_weight_norms(a, conv, lycoris=True, kind=algo)  # none given: records its fate; full: inert
     return True
 
 

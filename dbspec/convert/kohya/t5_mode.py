@@ -35,3 +35,26 @@ def map_text_encoder_mode(a: Args, conv: Conversion) -> None:
             "eval",
             conv.comment(grad, "train_network.py puts every text encoder in eval mode, a trained T5-XXL too"),
         )
+
+
+def map_validation_text_mode(a: Args, conv: Conversion) -> None:
+    """validation.text_encoder_mode = "training" where T5-XXL is in train mode in training steps
+    (--gradient_checkpointing, its outputs not cached) and the run validates: train_network.py's validation
+    loss puts only its network in eval mode, and flux_train_utils / sd3_train_utils sample_images switch no
+    mode, so both encode with T5's dropout (kohya's validation seed, or each sample prompt's seed, seeds its
+    draws). Without validation images or a scored split there is nothing to encode."""
+    if text_outputs_cached(a) is not None or not a["gradient_checkpointing"].value:
+        return
+    prompts = conv.values.get(("validation", "prompts"), ([], ""))[0]
+    scored = ("evaluation", "split") in conv.values and conv.values.get(("evaluation", "score"), (True, ""))[
+        0
+    ] is not False
+    if prompts or scored:
+        conv.put(
+            ("validation", "text_encoder_mode"),
+            "training",
+            conv.comment(
+                a["gradient_checkpointing"],
+                "kohya validates and samples with T5-XXL in train mode too (its network alone in eval mode)",
+            ),
+        )
