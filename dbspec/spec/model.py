@@ -442,8 +442,9 @@ class AdapterBlock:
         example="loha",
     )
     rank: int = option(
-        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. At most 1024, on LoKr "
-        "100000 (the adapter's bound: a LyCORIS preset file's full-matrix dims).",
+        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. Up to 100000: a LyCORIS "
+        "preset file's dims (LoKr's full-matrix idiom; LoRA/LoCon and LoHa train a pair at the rank itself, "
+        "wider than the layer if so).",
         minimum=0,
         maximum=100_000,
     )
@@ -451,7 +452,7 @@ class AdapterBlock:
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
-        "none. At most 1024, on LoKr 100000.",
+        "none. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )
@@ -505,7 +506,7 @@ class TextEncoderBlock:
         example="lora",
     )
     rank: int = option(
-        doc="Rank of the matched layers; 0 adapts none of them. At most 1024, on LoKr 100000.",
+        doc="Rank of the matched layers; 0 adapts none of them. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )

@@ -95,6 +95,9 @@ text_encoder_target_module = []
 dim = 2
 """,
 }
+# a dim above 1024 (LoConModule and LohaModule train a pair that wide, wider than the tiny layers): the
+# ResNets' linears and 3x3 convolutions at 1100
+PRESETS["wide"] = PRESETS["no-conv"].replace("dim = 2", "dim = 1100\nalpha = 2")
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +173,8 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 
 @pytest.mark.parametrize(
-    "preset, algo", [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")]
+    "preset, algo",
+    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr"), ("wide", "loha")],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale

@@ -353,17 +353,35 @@ def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
 
 def test_huge_dims_keep_their_rank_on_lokr_only(tmp_path):
     """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560 (full only from dim 1280): a LoKr dim of
-    100000 is a block at 100000 (no width assumption); LoCon / LoHa train at the dim itself (DBS403), and
-    LoKr's 10^13 with rs_lora scales a full layer by sqrt(dim) (DBS403)."""
+    100000 is a block at 100000 (no width assumption); LoKr's 10^13 with rs_lora scales a full layer by
+    sqrt(dim) (DBS403)."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
     outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
     assert [b.rank for b in plan_of(expressible(outcome), tmp_path).adapter.blocks] == [100000]
-    (tmp_path / "rs").mkdir(), (tmp_path / "loha").mkdir()
+    (tmp_path / "rs").mkdir()
     huge = text.replace("100000", "10000000000000")
     outcome = _convert(tmp_path / "rs", huge, "lokr", args='"rs_lora=True"')
     assert "DBS403" in codes(outcome) and "dim / sqrt(dim)" in messages(outcome, "DBS403")
-    outcome = _convert(tmp_path / "loha", text, "loha")
-    assert "DBS403" in codes(outcome) and "only LoKr's factors cap" in messages(outcome, "DBS403")
+
+
+def test_dims_above_1024_on_locon_and_loha(tmp_path):
+    """LyCORIS's LoConModule and LohaModule train a pair at an entry's dim whatever the layer's width (here
+    2048 on 320- to 1280-wide layers, 4096 on CLIP's MLP): blocks at those ranks, up to the blocks' bound of
+    100000; above it (LoKr's 10^13 idiom on a LoHa) a pair that large is not expressed (DBS403)."""
+    text = (
+        FULL + "[module_algo_map.FeedForward]\ndim = 2048\n[module_algo_map.CLIPMLP]\ndim = 4096\nalpha = 1\n"
+    )
+    for algo in ("locon", "loha"):
+        (tmp_path / algo).mkdir()
+        a = plan_of(expressible(_convert(tmp_path / algo, text, algo)), tmp_path / algo).adapter
+        assert _blocks(a.blocks) == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 2048, 8.0, 0, 1.0)]
+        assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 4096, 1.0, 0, 1.0)]
+        assert (
+            a.kind == ("lora" if algo == "locon" else "loha") and a.params["unet"] > a.params["text_encoder"]
+        )
+    (tmp_path / "huge").mkdir()
+    outcome = _convert(tmp_path / "huge", text.replace("2048", "10000000000000"), "loha")
+    assert "DBS403" in codes(outcome) and "trains a pair at that rank" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_name_stops_kohya(tmp_path):

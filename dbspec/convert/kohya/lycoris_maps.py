@@ -25,8 +25,7 @@ _CLASS = {"locon": "lora"}
 _NO_DIMS = ("full", "ia3")
 # the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
 _BLOCK_KINDS = ("lora", "loha", "lokr")
-_MAX_BLOCK_RANK = 1024
-_MAX_LOKR_RANK = 100_000  # a LoKr block's (spec AdapterBlock / TextEncoderBlock rank on kind "lokr")
+_MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 
 
 def _algo(name: str) -> str:
@@ -298,36 +297,35 @@ def map_blocks(
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _full_lokr_block(block, high, block.get("kind", kind), rs_lora, network)
+            _huge_block(block, high, block.get("kind", kind), rs_lora)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
 
 
-def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool, network: dict) -> None:
-    """A block's dim above [[adapter.blocks]]' bound of 1024: on LoKr the block keeps it up to LoKr's own
-    bound (100000, the adapter's rank bound: LokrModule's split, full factors and scale at that dim, on any
-    model's widths); above it (LyCORIS's `dim = 10000000000000` idiom) every layer trains both Kronecker
-    factors in full at scale 1 (LokrModule sets alpha to the dim; a factor is full once the dim reaches half
-    the larger part of its split, at most the layer's width), which a block at 100000 builds alike on layers
-    narrower than 200000. Else PresetError."""
-    source = _source([block])
-    where = f"`{source}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+def _huge_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool) -> None:
+    """A block's dim above [[adapter.blocks]]' bound of 100000. LoRA/LoCon and LoHa layers train a pair at
+    the dim itself (no module clamps it to the layer's width): PresetError. On LoKr (LyCORIS's
+    `dim = 10000000000000` idiom) every layer trains both Kronecker factors in full at scale 1 (LokrModule
+    sets alpha to the dim; a factor is full once the dim reaches half the larger part of its split, at most
+    the layer's width), which a block at 100000 builds alike on layers narrower than 200000."""
+    where = (
+        f"`{_source([block])}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+    )
     if kind != "lokr":
-        raise PresetError(f"{where}: a {kind} layer trains at that rank (only LoKr's factors cap)", False)
-    if high <= _MAX_LOKR_RANK:
-        return
+        raise PresetError(
+            f"{where}: a {kind} layer trains a pair at that rank (only LoKr's factors cap)", False
+        )
     if rs_lora:
         raise PresetError(
-            f"{where} and {_MAX_LOKR_RANK}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), "
-            "which depends on it",
+            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
             False,
         )
     for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
-        if block.get(rank, 0) > _MAX_LOKR_RANK:
-            block[rank], block[alpha] = _MAX_LOKR_RANK, float(_MAX_LOKR_RANK)
+        if block.get(rank, 0) > _MAX_BLOCK_RANK:
+            block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)
     block["_why"] += (
-        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_LOKR_RANK} on every layer)"
+        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
     )
 
 
