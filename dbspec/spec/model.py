@@ -551,17 +551,17 @@ class DyloraBlock:
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
-        "of them.",
+        "of them. Up to 100000 (a LyCORIS preset file's dims).",
         minimum=0,
-        maximum=1024,
+        maximum=100_000,
     )
     alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
-        "of `unit`; 0 adapts none.",
+        "of `unit`; 0 adapts none. Up to 100000.",
         minimum=0,
-        maximum=1024,
+        maximum=100_000,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 

@@ -139,7 +139,14 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
-    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    from dbspec.runtime.dylora import DyloraLayer
+
+    classes = (
+        (DyloraLayer, "DyLoraModule"),  # a LoraLayer too
+        (LoraLayer, "LoConModule"),
+        (LoHaLayer, "LohaModule"),
+        (LoKrLayer, "LokrModule"),
+    )
     unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     out = {}
     if adapter.denoiser_targets or adapter.conv_targets:
@@ -174,17 +181,28 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 @pytest.mark.parametrize(
     "preset, algo",
-    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr"), ("wide", "loha")],
+    [
+        *((p, "locon") for p in sorted(PRESETS)),
+        ("names", "loha"),
+        ("names", "lokr"),
+        ("wide", "loha"),
+        ("names", "dylora"),
+    ],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
-    (alpha / dim; LoKr's layers with both factors full at 1)."""
-    path, plan = _converted_plan(tmp_path, preset, algo)
-    theirs = _theirs(_lycoris(pipe, path, monkeypatch, algo))
+    (alpha / dim; LoKr's layers with both factors full at 1; DyLoRA's in blocks of its block_size)."""
+    args = {"block_size": "2"} if algo == "dylora" else {}  # the `names` dims are even
+    path, plan = _converted_plan(tmp_path, preset, algo, " ".join(f'"{k}={v}"' for k, v in args.items()))
+    made = _lycoris(pipe, path, monkeypatch, algo, **args)
+    theirs = _theirs(made)
     ours = _ours(pipe, plan.adapter)
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    if algo == "dylora":  # every layer in blocks of block_size, as DyLoraModule's up_list / down_list
+        assert plan.adapter.dylora_unit == 2
+        assert {m.block_size for m in made.unet_loras + made.text_encoder_loras} == {2}
     if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
         theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
@@ -602,7 +620,14 @@ def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
-    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    from dbspec.runtime.dylora import DyloraLayer
+
+    classes = (
+        (DyloraLayer, "DyLoraModule"),  # a LoraLayer too
+        (LoraLayer, "LoConModule"),
+        (LoHaLayer, "LohaModule"),
+        (LoKrLayer, "LokrModule"),
+    )
     out = {}
     for name, layer in model.named_modules():
         found = next((c for t, c in classes if isinstance(layer, t)), None)
