@@ -2495,6 +2495,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
+    if own not in ("lora", "loha", "lokr"):  # a DyLoRA's or GLoRA's text_encoder_blocks
+        yield _err(
+            "DBS578",
+            ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
+            f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
+            "one run on adapters of kind lora, loha or lokr",
+            codes.help("DBS578"),
+        )
+        return
     family = FAMILIES.get(spec.model.family)  # "auto": the U-Net families' exports are checked alike
     if family is not None and family.denoiser != "unet":
         yield _err(

@@ -1143,6 +1143,33 @@ class BoftAdapter:
 
 
 @frozen
+class GloraBlock:
+    """Rank and alpha of the denoiser's GLoRA layers one pattern names (a LyCORIS preset file's
+    `module_algo_map` / `name_algo_map` entries with their own dim / alpha on an algo=glora network)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them.",
+        minimum=0,
+        maximum=100_000,
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
+        "none.",
+        minimum=0,
+        maximum=100_000,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+
+
+@frozen
 class GloraAdapter:
     kind: Literal["glora"] = option(
         doc="Adapter kind: glora trains LyCORIS's GLoRA (`algo = glora`): two low-rank pairs per layer, "
@@ -1197,6 +1224,17 @@ class GloraAdapter:
         "kohya's module names, `b1` stacked. Every part of a fused layer adapted; no dropouts with it (one "
         "draw spans every part). false: each part has its own GLoRA. Families without fused layers refuse "
         "it.",
+    )
+    blocks: list[GloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's GLoRA layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep `rank`, "
+        "`alpha`, `conv_rank` and `conv_alpha`.",
+    )
+    text_encoder_blocks: list[TextEncoderBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' GLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
     )
 
 
@@ -3026,6 +3064,7 @@ TABLE_CLASSES = (
     Ia3Adapter,
     DiagOftAdapter,
     BoftAdapter,
+    GloraBlock,
     GloraAdapter,
     DyloraAdapter,
     Train,

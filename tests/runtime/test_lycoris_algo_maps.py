@@ -140,9 +140,11 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
 
     classes = (
-        (DyloraLayer, "DyLoraModule"),  # a LoraLayer too
+        (DyloraLayer, "DyLoraModule"),  # LoraLayers too
+        (GloraLayer, "GLoRAModule"),
         (LoraLayer, "LoConModule"),
         (LoHaLayer, "LohaModule"),
         (LoKrLayer, "LokrModule"),
@@ -187,11 +189,13 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
         ("names", "lokr"),
         ("wide", "loha"),
         ("names", "dylora"),
+        ("names", "glora"),
     ],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
-    (alpha / dim; LoKr's layers with both factors full at 1; DyLoRA's in blocks of its block_size)."""
+    (alpha / dim; LoKr's layers with both factors full at 1; DyLoRA's in blocks of its block_size; GLoRA's
+    two pairs at the dim)."""
     args = {"block_size": "2"} if algo == "dylora" else {}  # the `names` dims are even
     path, plan = _converted_plan(tmp_path, preset, algo, " ".join(f'"{k}={v}"' for k, v in args.items()))
     made = _lycoris(pipe, path, monkeypatch, algo, **args)
@@ -299,7 +303,7 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 
 
-@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora"])
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr", "locon-tucker", "lokr-dora", "glora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's."""
@@ -621,9 +625,11 @@ def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
 
     classes = (
-        (DyloraLayer, "DyLoraModule"),  # a LoraLayer too
+        (DyloraLayer, "DyLoraModule"),  # LoraLayers too
+        (GloraLayer, "GLoRAModule"),
         (LoraLayer, "LoConModule"),
         (LoHaLayer, "LohaModule"),
         (LoKrLayer, "LokrModule"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from convert_kit import (  # noqa: F401
     SD15,
     SD21,
@@ -316,7 +318,7 @@ def test_lokr_entry_factor_zero_and_negative(tmp_path):
 def test_dims_on_diag_oft_are_not_expressed(tmp_path):
     text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
     outcome = _convert(tmp_path, text, "diag-oft")
-    assert "DBS403" in codes(outcome) and "LoHa, LoKr and DyLoRA" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "DyLoRA and GLoRA" in messages(outcome, "DBS403")
 
 
 # LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim
@@ -562,22 +564,25 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
 
 
-def test_dylora_entries_become_dylora_blocks(tmp_path):
-    """algo=dylora: LycorisNetworkKohya hands DyLoraModule an entry's dim / alpha (`dim or lora_dim`,
-    `alpha or self.alpha`) with the network's block_size: [[adapter.blocks]] /
-    [[adapter.text_encoder_blocks]] of the DyLoRA at those ranks, drawn in blocks of `unit`; DyLoraModule
-    never reads rs_lora (alphas unscaled). A dim block_size does not divide is DyLoraModule's AssertionError
-    (DBS402)."""
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_dylora_and_glora_entries_become_their_blocks(tmp_path, algo):
+    """LycorisNetworkKohya hands DyLoraModule and GLoRAModule an entry's dim / alpha (`dim or lora_dim`,
+    `alpha or self.alpha`): [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at those ranks (a GLoRA's
+    two pairs alike; a DyLoRA's drawn in blocks of the network's block_size, `unit`). DyLoraModule never
+    reads rs_lora (alphas unscaled); a dim block_size does not divide is its AssertionError (DBS402)."""
     text = re.sub(r'algo = "\w+"\n', "", RESNETS_LOW)  # each entry at the network's algorithm
-    outcome = expressible(_convert(tmp_path, text, "dylora", args='"block_size=4" "rs_lora=True"'))
+    args = '"block_size=4" "rs_lora=True"' if algo == "dylora" else ""
+    outcome = expressible(_convert(tmp_path, text, algo, args=args))
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("dylora", 16, 8.0, 8, 4.0)
-    assert (a.dylora_unit, a.dylora_form) == (4, "lycoris")
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (algo, 16, 8.0, 8, 4.0)
     assert _blocks(a.blocks) == [
         (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 32, 8.0, 0, 1.0),
         (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 1.0, 4, 1.0),
     ]
     assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
+    if algo == "glora":
+        return
+    assert (a.dylora_unit, a.dylora_form) == (4, "lycoris")
     (tmp_path / "odd").mkdir()
     outcome = _convert(tmp_path / "odd", text.replace("dim = 4", "dim = 6"), "dylora")
     assert "DBS402" in codes(outcome) and "not a multiple of 4" in messages(outcome, "DBS402")

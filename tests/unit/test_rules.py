@@ -1481,6 +1481,18 @@ CASES = [
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "lokr"\n',
     ),
+    (  # a GLoRA's text-encoder blocks carry its own kind only (a preset file's per-layer dims)
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\n',
+    ),
     (
         rules.fused_dropout_draws,
         DOG + STEPS + LORA + "fused_dropout = true\n",

@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr, DyLoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker` too), or
-PresetError (`crash` False) for what dbspec does not express:
+LoHa, LoKr, DyLoRA, GLoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker`
+too), or PresetError (`crash` False) for what dbspec does not express:
 another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
 entry's other options, per-layer dims on the other algorithms."""
 
@@ -25,9 +25,9 @@ _CLASS = {"locon": "lora"}
 _NO_DIMS = ("full", "ia3")
 # the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
 _BLOCK_KINDS = ("lora", "loha", "lokr")
-# the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoraModule
-# never reads rs_lora)
-_RANKED = (*_BLOCK_KINDS, "dylora")
+# the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
+# never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
+_RANKED = (*_BLOCK_KINDS, "dylora", "glora")
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 
 
@@ -295,7 +295,7 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr and DyLoRA",
+            "LoHa, LoKr, DyLoRA and GLoRA",
             False,
         )
     for block in [*unet, *text]:
