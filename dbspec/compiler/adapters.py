@@ -226,8 +226,26 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
+        **_oft_blocks(adapter),
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
+
+
+def _oft_blocks(adapter) -> dict:
+    """Diag-OFT's per-module block sizes (a LyCORIS preset file's dims) as blocks whose rank is the block-size
+    hint, linear and convolution alike, and whose alpha is the adapter's constraint (runtime/blocks.py)."""
+    if adapter.kind != "diag-oft" or not (adapter.blocks or adapter.text_encoder_blocks):
+        return {}
+    c = adapter.constraint
+    return dict(
+        blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, conv_rank=b.block_size, conv_alpha=c)
+            for b in adapter.blocks
+        ),
+        text_encoder_blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c) for b in adapter.text_encoder_blocks
+        ),
+    )
 
 
 def _lycoris_switches(adapter) -> dict:
@@ -308,7 +326,8 @@ def adapter_params(
         widest = 10240 if any(t.startswith("ff.net.0") for t in adapter.denoiser_targets) else 1280
         return _at_rank(public, components, max(1, widest // max(adapter.block_count, 1)))
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
-        return _at_rank(public, components, adapter.block_size + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
+        return _at_rank(public, components, max([adapter.block_size, *(b.block_size for b in blocks)]) + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
     out: dict[str, int] = {}

@@ -2376,7 +2376,7 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
                 "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
             )
-        if block.conv_rank and not adapter.conv_rank:
+        if getattr(block, "conv_rank", 0) and not adapter.conv_rank:  # Diag-OFT's: block sizes only
             yield _warn(
                 "DBS266",
                 ("adapter", "blocks", i, "conv_rank"),
@@ -3172,6 +3172,7 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
         (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
+        (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
         *[
             (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)
             for key in ("text_encoder", "text_encoder_2", "t5")

@@ -1025,6 +1025,27 @@ def _rotated_conv_targets():
 
 
 @frozen
+class OftBlock:
+    """LyCORIS Diag-OFT's block-size hint for the modules one pattern names (a LyCORIS preset file's
+    `module_algo_map` / `name_algo_map` entries with their own dim on an algo=diag-oft network)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
+        "names, e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`; a text encoder's "
+        "`<component>.<path>`, e.g. `text_encoder.text_model.encoder.layers.0.mlp.fc1`); the first block "
+        "whose pattern matches a module sets its block size.",
+        example="ff\\.net",
+    )
+    block_size: int = option(
+        doc="The matched layers' `block_size` in place of the adapter's (LyCORIS's lora_dim, split as "
+        "LyCORIS's factorization of each layer's width).",
+        minimum=1,
+        maximum=65536,
+        example=8,
+    )
+
+
+@frozen
 class DiagOftAdapter:
     kind: Literal["diag-oft"] = option(
         doc="Adapter kind: diag-oft trains LyCORIS's Diag-OFT (`algo = diag-oft`): each targeted layer's "
@@ -1105,6 +1126,17 @@ class DiagOftAdapter:
         "an adapted layer the file lacks keeps its zero blocks, and a file module the adapter does not "
         "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
         "adapter exactly.",
+    )
+    blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes of the denoiser's Diag-OFT layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` dims); modules no block matches keep "
+        "`block_size`. LyCORIS's form, without `fused_projections`.",
+    )
+    text_encoder_blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes of the text encoders' Diag-OFT layers ([[adapter.text_encoder_blocks]] "
+        "tables); modules no block matches keep `block_size`.",
     )
 
 
@@ -3062,6 +3094,7 @@ TABLE_CLASSES = (
     LokrAdapter,
     FullAdapter,
     Ia3Adapter,
+    OftBlock,
     DiagOftAdapter,
     BoftAdapter,
     GloraBlock,

@@ -95,8 +95,8 @@ text_encoder_target_module = []
 dim = 2
 """,
 }
-# a dim above 1024 (LoConModule and LohaModule train a pair that wide, wider than the tiny layers): the
-# ResNets' linears and 3x3 convolutions at 1100
+# a dim above 1024 (LoConModule, and LohaModule alike, train a pair that wide, wider than the tiny layers):
+# the ResNets' linears and 3x3 convolutions at 1100
 PRESETS["wide"] = PRESETS["no-conv"].replace("dim = 2", "dim = 1100\nalpha = 2")
 
 
@@ -187,7 +187,6 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
         *((p, "locon") for p in sorted(PRESETS)),
         ("names", "loha"),
         ("names", "lokr"),
-        ("wide", "loha"),
         ("names", "dylora"),
         ("names", "glora"),
     ],
@@ -296,6 +295,34 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
             assert isinstance(layer, LoKrLayer) and set(layer.lokr_w1) == set(layer.lokr_w2) == {"default"}
             shapes = (layer.lokr_w1["default"].shape, layer.lokr_w2["default"].shape)
             assert shapes == (theirs[key].lokr_w1.shape, theirs[key].lokr_w2.shape), key
+
+
+def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch):
+    """algo=diag-oft: an entry's dim is its layers' block-size hint (blocks of the plan): every layer's
+    `oft_blocks` in the shape lycoris-lora's DiagOFTModule gives it (LyCORIS's factorization of its width by
+    its own hint), at the network's constraint."""
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    path, plan = _converted_plan(tmp_path, "names", "diag-oft", '"constraint=0.01"')
+    made = _lycoris(pipe, path, monkeypatch, "diag-oft", constraint="0.01")
+    theirs = {
+        m.lora_name: (tuple(m.oft_blocks.shape), round(float(m.alpha), 6))
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+    assert len(set(theirs.values())) > 2, "the file gives layers different block sizes"
+    unet, text, a = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder), plan.adapter
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {
+        prefix + name.replace(".", "_"): (
+            tuple(layer.lora_oft_blocks["default"].shape),
+            layer.lora_alpha["default"],
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks
+    }
+    assert ours == theirs
 
 
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's

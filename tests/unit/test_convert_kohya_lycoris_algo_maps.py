@@ -315,10 +315,30 @@ def test_lokr_entry_factor_zero_and_negative(tmp_path):
     assert "DBS402" in codes(outcome) and "int() raises" in messages(outcome, "DBS402")
 
 
-def test_dims_on_diag_oft_are_not_expressed(tmp_path):
+def test_dims_on_boft_are_not_expressed(tmp_path):
     text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
-    outcome = _convert(tmp_path, text, "diag-oft")
-    assert "DBS403" in codes(outcome) and "DyLoRA and GLoRA" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path, text, "boft", args='"conv_dim=16"')
+    assert "DBS403" in codes(outcome) and "GLoRA and Diag-OFT" in messages(outcome, "DBS403")
+
+
+def test_diag_oft_entry_dims_are_block_sizes(tmp_path):
+    """algo=diag-oft: LycorisNetworkKohya hands DiagOFTModule an entry's dim as its lora_dim, the block-size
+    hint (linear and convolution alike), and an alpha it never reads (its constraint is the network's):
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] with the entry's `block_size`."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\ndim = 8\nalpha = 3\n[module_algo_map.ResnetBlock2D]\ndim = 32\n"
+        + "[module_algo_map.CLIPMLP]\ndim = 4\n[module_algo_map.CLIPAttention]\nalpha = 2\n"
+    )
+    args = '"conv_dim=16" "constraint=0.01"'
+    a = plan_of(expressible(_convert(tmp_path, text, "diag-oft", args=args)), tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint) == ("diag-oft", 16, 0.01)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.alpha) for b in a.blocks]
+    assert shown == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 8, 8, 0.01),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 32, 32, 0.01),
+    ]
+    assert [(b.pattern, b.rank) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", 4)]
 
 
 # LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim

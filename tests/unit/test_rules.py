@@ -1402,6 +1402,15 @@ CASES = [
         [("DBS574", "error", ("adapter", "block_count"))],
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\nblock_size = 4\n',
     ),
+    (  # per-layer block sizes (a LyCORIS preset file's dims) are LyCORIS's form's
+        rules.kohya_oft_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
+        [("DBS574", "error", ("adapter", "blocks"))],
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\n[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
+    ),
     (  # a starting file is kohya's networks.oft layout (form kohya's init_weights)
         rules.kohya_oft_fits,
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\ninit_weights = "w.safetensors"\n',

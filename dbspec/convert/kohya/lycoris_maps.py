@@ -27,7 +27,7 @@ _NO_DIMS = ("full", "ia3")
 _BLOCK_KINDS = ("lora", "loha", "lokr")
 # the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
-_RANKED = (*_BLOCK_KINDS, "dylora", "glora")
+_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 
 
@@ -286,6 +286,12 @@ def map_blocks(
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
+    if kind == "diag-oft":  # an entry's dim: its layers' block-size hint
+        return (
+            _oft_blocks(found.unet, found.unet_rows, dims),
+            _oft_blocks(found.text, found.text_rows, dims),
+            inert,
+        )
     rs_lora = rs_lora and kind != "dylora"
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
     text = _blocks(
@@ -295,7 +301,7 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr, DyLoRA and GLoRA",
+            "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
             False,
         )
     for block in [*unet, *text]:
@@ -305,6 +311,37 @@ def map_blocks(
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
+
+
+def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[str, Any]]:
+    """Diag-OFT's [[adapter.blocks]]: DiagOFTModule takes the layer's dim (`dim or lora_dim`, on k x k
+    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha (its constraint is the
+    network's); PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its
+    convolutions only with conv_dim)."""
+    dim, conv_dim = dims[0], dims[2]
+    built = [row for row in rows if row[0] in layers]
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers.values():
+        groups.setdefault(layer.source, []).append(layer)
+    out = []
+    for source, group in groups.items():
+        if all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
+            continue
+        conv = next((layer for layer in group if layer.kind == "conv"), None)
+        if conv is not None and not conv_dim:
+            raise PresetError(
+                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT adapts "
+                "convolutions only with conv_dim",
+                False,
+            )
+        out.append(
+            {
+                "pattern": _pattern({layer.path for layer in group}, built),
+                "block_size": group[0].dim,
+                "_why": f"kohya lycoris.kohya: the preset file's `{source}` dim (Diag-OFT's block size)",
+            }
+        )
+    return out
 
 
 def _huge_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool) -> None:
