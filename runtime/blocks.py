@@ -54,7 +54,11 @@ def with_blocks(
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        if block is None:
+        if (
+            block is None and adapter.kind == "diag-oft"
+        ):  # peft's rank: its block-size hint, alpha: constraint
+            rank, alpha = adapter.oft_block_size, adapter.oft_constraint
+        elif block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:
             rank, alpha = (block.conv_rank, block.conv_alpha) if conv else (block.rank, block.alpha)

@@ -142,6 +142,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         rank_dropout=adapter.rank_dropout if adapter.bypass else 0.0,
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         params=adapter_params(adapter, family, components),
+        **_rank_blocks(adapter),  # a LyCORIS preset file's per-layer dims
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
@@ -150,7 +151,6 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
     """DyLoRA (kohya networks.dylora, LyCORIS algo=dylora): a LoRA's rank, alpha, convolutions and per-module
     blocks, plus the block size, whose training forward and LyCORIS's module dropout and bypass forward; its
     parameters are LoRA's at the same ranks."""
-    conv = adapter.conv_rank > 0
     plan = AdapterPlan(
         kind="dylora",
         **_low_rank(adapter, family, targets_given),
@@ -159,6 +159,17 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
         # per-module ranks and alphas (kohya --dim_from_weights, LyCORIS's alphas from --network_weights)
+        **_rank_blocks(adapter),
+    )
+    fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
+    params = adapter_params(adapter, family, components, plan.denoiser_targets)
+    return attrs.evolve(plan, params=params, fused=fused)
+
+
+def _rank_blocks(adapter) -> dict:
+    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate)."""
+    conv = adapter.conv_rank > 0
+    return dict(
         blocks=tuple(
             BlockPlan(
                 pattern=b.pattern,
@@ -173,9 +184,6 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
             BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
         ),
     )
-    fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
-    params = adapter_params(adapter, family, components, plan.denoiser_targets)
-    return attrs.evolve(plan, params=params, fused=fused)
 
 
 def _low_rank(adapter, family: str, targets_given: bool) -> dict:
@@ -220,8 +228,26 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
+        **_oft_blocks(adapter),
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
+
+
+def _oft_blocks(adapter) -> dict:
+    """Diag-OFT's per-module block sizes (a LyCORIS preset file's dims) as blocks whose rank is the block-size
+    hint, linear and convolution alike, and whose alpha is the adapter's constraint (runtime/blocks.py)."""
+    if adapter.kind != "diag-oft" or not (adapter.blocks or adapter.text_encoder_blocks):
+        return {}
+    c = adapter.constraint
+    return dict(
+        blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, conv_rank=b.block_size, conv_alpha=c)
+            for b in adapter.blocks
+        ),
+        text_encoder_blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c) for b in adapter.text_encoder_blocks
+        ),
+    )
 
 
 def _lycoris_switches(adapter) -> dict:
@@ -304,7 +330,9 @@ def adapter_params(
     if adapter.kind == "full":  # copies of the targeted layers: at most the adapted components themselves
         return {c.name: int(c.params) for c in components if c.trainable == "lora"}
     if adapter.kind == "glora":  # a1, a2 (in x rank each), b1, b2 (rank x (out + in)): 3 LoRAs bound it
-        return _at_rank(public, components, 3 * max(adapter.rank, adapter.conv_rank))
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module ranks: the largest bounds it
+        ranks = [adapter.rank, adapter.conv_rank, *(max(b.rank, getattr(b, "conv_rank", 0)) for b in blocks)]
+        return _at_rank(public, components, 3 * max(ranks))
     if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
         return _at_rank(public, components, 16 * adapter.block_size + 1)
     if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
@@ -313,7 +341,8 @@ def adapter_params(
         widest = 10240 if any(t.startswith("ff.net.0") for t in adapter.denoiser_targets) else 1280
         return _at_rank(public, components, max(1, widest // max(adapter.block_count, 1)))
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
-        return _at_rank(public, components, adapter.block_size + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
+        return _at_rank(public, components, max([adapter.block_size, *(b.block_size for b in blocks)]) + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
     out: dict[str, int] = {}

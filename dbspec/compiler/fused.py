@@ -322,6 +322,7 @@ def _check_fused_module(
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
+            ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
         )
     else:
         switches = tuple(

@@ -2376,7 +2376,7 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
                 "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
             )
-        if block.conv_rank and not adapter.conv_rank:
+        if getattr(block, "conv_rank", 0) and not adapter.conv_rank:  # Diag-OFT's: block sizes only
             yield _warn(
                 "DBS266",
                 ("adapter", "blocks", i, "conv_rank"),
@@ -2513,6 +2513,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
+    if own not in ("lora", "loha", "lokr"):  # a DyLoRA's or GLoRA's text_encoder_blocks
+        yield _err(
+            "DBS578",
+            ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
+            f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
+            "one run on adapters of kind lora, loha or lokr",
+            codes.help("DBS578"),
+        )
+        return
     family = FAMILIES.get(spec.model.family)  # "auto": the U-Net families' exports are checked alike
     if family is not None and family.denoiser != "unet":
         yield _err(
@@ -3240,6 +3249,7 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
         (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
+        (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
         *[
             (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)
             for key in ("text_encoder", "text_encoder_2", "t5")

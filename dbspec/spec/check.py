@@ -260,35 +260,6 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
                     span=raw.value_span(path),
                 )
             )
-    return found + _block_ranks(raw, spec)
-
-
-# [[adapter.blocks]] / text_encoder_blocks ranks: the schema's bound is LoKr's (100000, LyCORIS's full-matrix
-# dims, whose Kronecker factors cap at the layer's width); the other kinds train a low-rank pair that large
-_BLOCK_RANK = 1024
-
-
-def _block_ranks(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
-    adapter = spec.adapter
-    found = []
-    for table in ("blocks", "text_encoder_blocks"):
-        for i, block in enumerate(getattr(adapter, table, ())):
-            kind = getattr(block, "kind", "adapter")  # a block's own kind (several kinds per run)
-            kind = getattr(adapter, "kind", "lokr") if kind == "adapter" else kind
-            if kind == "lokr":
-                continue
-            for key in ("rank", "conv_rank"):
-                path = ("adapter", table, i, key)
-                if getattr(block, key, 0) > _BLOCK_RANK and raw.given(path):
-                    found.append(
-                        error(
-                            "DBS105",
-                            f"`{dotted(path)}` must be <= {_BLOCK_RANK} on {kind} layers (100000 on "
-                            f"lokr ones); found {getattr(block, key)}",
-                            path=dotted(path),
-                            span=raw.value_span(path),
-                        )
-                    )
     return found
 
 

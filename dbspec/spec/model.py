@@ -452,8 +452,9 @@ class AdapterBlock:
         example="loha",
     )
     rank: int = option(
-        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. At most 1024, on LoKr "
-        "100000 (the adapter's bound: a LyCORIS preset file's full-matrix dims).",
+        doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. Up to 100000: a LyCORIS "
+        "preset file's dims (LoKr's full-matrix idiom; LoRA/LoCon and LoHa train a pair at the rank itself, "
+        "wider than the layer if so).",
         minimum=0,
         maximum=100_000,
     )
@@ -461,7 +462,7 @@ class AdapterBlock:
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
-        "none. At most 1024, on LoKr 100000.",
+        "none. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )
@@ -521,7 +522,7 @@ class TextEncoderBlock:
         example="lora",
     )
     rank: int = option(
-        doc="Rank of the matched layers; 0 adapts none of them. At most 1024, on LoKr 100000.",
+        doc="Rank of the matched layers; 0 adapts none of them. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )
@@ -570,17 +571,17 @@ class DyloraBlock:
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
-        "of them.",
+        "of them. Up to 100000 (a LyCORIS preset file's dims).",
         minimum=0,
-        maximum=1024,
+        maximum=100_000,
     )
     alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
-        "of `unit`; 0 adapts none.",
+        "of `unit`; 0 adapts none. Up to 100000.",
         minimum=0,
-        maximum=1024,
+        maximum=100_000,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
@@ -1051,6 +1052,27 @@ def _rotated_conv_targets():
 
 
 @frozen
+class OftBlock:
+    """LyCORIS Diag-OFT's block-size hint for the modules one pattern names (a LyCORIS preset file's
+    `module_algo_map` / `name_algo_map` entries with their own dim on an algo=diag-oft network)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
+        "names, e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`; a text encoder's "
+        "`<component>.<path>`, e.g. `text_encoder.text_model.encoder.layers.0.mlp.fc1`); the first block "
+        "whose pattern matches a module sets its block size.",
+        example="ff\\.net",
+    )
+    block_size: int = option(
+        doc="The matched layers' `block_size` in place of the adapter's (LyCORIS's lora_dim, split as "
+        "LyCORIS's factorization of each layer's width).",
+        minimum=1,
+        maximum=65536,
+        example=8,
+    )
+
+
+@frozen
 class DiagOftAdapter:
     kind: Literal["diag-oft"] = option(
         doc="Adapter kind: diag-oft trains LyCORIS's Diag-OFT (`algo = diag-oft`): each targeted layer's "
@@ -1132,6 +1154,17 @@ class DiagOftAdapter:
         "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
         "adapter exactly.",
     )
+    blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes of the denoiser's Diag-OFT layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` dims); modules no block matches keep "
+        "`block_size`. LyCORIS's form, without `fused_projections`.",
+    )
+    text_encoder_blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes of the text encoders' Diag-OFT layers ([[adapter.text_encoder_blocks]] "
+        "tables); modules no block matches keep `block_size`.",
+    )
 
 
 @frozen
@@ -1166,6 +1199,33 @@ class BoftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+
+
+@frozen
+class GloraBlock:
+    """Rank and alpha of the denoiser's GLoRA layers one pattern names (a LyCORIS preset file's
+    `module_algo_map` / `name_algo_map` entries with their own dim / alpha on an algo=glora network)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them.",
+        minimum=0,
+        maximum=100_000,
+    )
+    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
+        "none.",
+        minimum=0,
+        maximum=100_000,
+    )
+    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
 @frozen
@@ -1223,6 +1283,17 @@ class GloraAdapter:
         "kohya's module names, `b1` stacked. Every part of a fused layer adapted; no dropouts with it (one "
         "draw spans every part). false: each part has its own GLoRA. Families without fused layers refuse "
         "it.",
+    )
+    blocks: list[GloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's GLoRA layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep `rank`, "
+        "`alpha`, `conv_rank` and `conv_alpha`.",
+    )
+    text_encoder_blocks: list[TextEncoderBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' GLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
     )
 
 
@@ -3061,8 +3132,10 @@ TABLE_CLASSES = (
     LokrAdapter,
     FullAdapter,
     Ia3Adapter,
+    OftBlock,
     DiagOftAdapter,
     BoftAdapter,
+    GloraBlock,
     GloraAdapter,
     DyloraAdapter,
     Train,

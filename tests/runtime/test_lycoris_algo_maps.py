@@ -120,6 +120,9 @@ text_encoder_target_module = []
 dim = 2
 """,
 }
+# a dim above 1024 (LoConModule, and LohaModule alike, train a pair that wide, wider than the tiny layers):
+# the ResNets' linears and 3x3 convolutions at 1100
+PRESETS["wide"] = PRESETS["no-conv"].replace("dim = 2", "dim = 1100\nalpha = 2")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +164,16 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
-    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
+
+    classes = (
+        (DyloraLayer, "DyLoraModule"),  # LoraLayers too
+        (GloraLayer, "GLoRAModule"),
+        (LoraLayer, "LoConModule"),
+        (LoHaLayer, "LohaModule"),
+        (LoKrLayer, "LokrModule"),
+    )
     unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     out = {}
     if adapter.denoiser_targets or adapter.conv_targets:
@@ -196,13 +208,21 @@ def _converted_plan(tmp_path: Path, preset: str, algo: str = "locon", args: str 
 
 @pytest.mark.parametrize(
     "preset, algo",
-    [*((p, "locon") for p in sorted(PRESETS)), ("names", "loha"), ("names", "lokr")],
+    [
+        *((p, "locon") for p in sorted(PRESETS)),
+        ("names", "loha"),
+        ("names", "lokr"),
+        ("names", "dylora"),
+        ("names", "glora"),
+    ],
 )
 def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkeypatch):
     """Every layer LyCORIS builds from the file is adapted, in LyCORIS's class, at its dim and with its scale
-    (alpha / dim; LoKr's layers with both factors full at 1)."""
-    path, plan = _converted_plan(tmp_path, preset, algo)
-    made = _lycoris(pipe, path, monkeypatch, algo)
+    (alpha / dim; LoKr's layers with both factors full at 1; DyLoRA's in blocks of its block_size; GLoRA's
+    two pairs at the dim)."""
+    args = {"block_size": "2"} if algo == "dylora" else {}  # the `names` dims are even
+    path, plan = _converted_plan(tmp_path, preset, algo, " ".join(f'"{k}={v}"' for k, v in args.items()))
+    made = _lycoris(pipe, path, monkeypatch, algo, **args)
     theirs = _theirs(made)
     ours = _ours(pipe, plan.adapter)
     assert theirs and len({v[1:] for v in theirs.values()}) > 1, "the file gives layers different ranks"
@@ -211,6 +231,9 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
     if preset == "entry-opts":  # an entry's own use_scalar: a trained scalar on its layers only
         scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
         assert scaled and scaled == _scaled_of(pipe, plan.adapter)
+    if algo == "dylora":  # every layer in blocks of block_size, as DyLoraModule's up_list / down_list
+        assert plan.adapter.dylora_unit == 2
+        assert {m.block_size for m in made.unet_loras + made.text_encoder_loras} == {2}
     if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
         theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
@@ -321,13 +344,41 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
             assert shapes == (theirs[key].lokr_w1.shape, theirs[key].lokr_w2.shape), key
 
 
+def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch):
+    """algo=diag-oft: an entry's dim is its layers' block-size hint (blocks of the plan): every layer's
+    `oft_blocks` in the shape lycoris-lora's DiagOFTModule gives it (LyCORIS's factorization of its width by
+    its own hint), at the network's constraint."""
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    path, plan = _converted_plan(tmp_path, "names", "diag-oft", '"constraint=0.01"')
+    made = _lycoris(pipe, path, monkeypatch, "diag-oft", constraint="0.01")
+    theirs = {
+        m.lora_name: (tuple(m.oft_blocks.shape), round(float(m.alpha), 6))
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+    assert len(set(theirs.values())) > 2, "the file gives layers different block sizes"
+    unet, text, a = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder), plan.adapter
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {
+        prefix + name.replace(".", "_"): (
+            tuple(layer.lora_oft_blocks["default"].shape),
+            layer.lora_alpha["default"],
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks
+    }
+    assert ours == theirs
+
+
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
 # weight decomposition (dora_scale per layer)
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}
 
 
-# locon-entry, loha-entry: the `entry-opts` file (its dims; the `names` file's on LoKr)
-@pytest.mark.parametrize("algo", ["locon-entry", "loha-entry", "lokr", "locon-tucker", "lokr-dora"])
+# locon-entry, loha-entry: the `entry-opts` file (its dims; the `names` file's on LoKr and GLoRA)
+@pytest.mark.parametrize("algo", ["locon-entry", "loha-entry", "lokr", "locon-tucker", "lokr-dora", "glora"])
 def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     """A tiny run of the `names` file: its kohya export holds LyCORIS's modules, each tensor in the shape
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
@@ -728,7 +779,16 @@ def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
-    classes = ((LoraLayer, "LoConModule"), (LoHaLayer, "LohaModule"), (LoKrLayer, "LokrModule"))
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
+
+    classes = (
+        (DyloraLayer, "DyLoraModule"),  # LoraLayers too
+        (GloraLayer, "GLoRAModule"),
+        (LoraLayer, "LoConModule"),
+        (LoHaLayer, "LohaModule"),
+        (LoKrLayer, "LokrModule"),
+    )
     out = {}
     for name, layer in model.named_modules():
         found = next((c for t, c in classes if isinstance(layer, t)), None)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+
 from convert_kit import (  # noqa: F401
     SD15,
     SD21,
@@ -313,10 +315,30 @@ def test_lokr_entry_factor_zero_and_negative(tmp_path):
     assert "DBS402" in codes(outcome) and "int() raises" in messages(outcome, "DBS402")
 
 
-def test_dims_on_diag_oft_are_not_expressed(tmp_path):
+def test_dims_on_boft_are_not_expressed(tmp_path):
     text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
-    outcome = _convert(tmp_path, text, "diag-oft")
-    assert "DBS403" in codes(outcome) and "LoRA/LoCon, LoHa and LoKr" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path, text, "boft", args='"conv_dim=16"')
+    assert "DBS403" in codes(outcome) and "GLoRA and Diag-OFT" in messages(outcome, "DBS403")
+
+
+def test_diag_oft_entry_dims_are_block_sizes(tmp_path):
+    """algo=diag-oft: LycorisNetworkKohya hands DiagOFTModule an entry's dim as its lora_dim, the block-size
+    hint (linear and convolution alike), and an alpha it never reads (its constraint is the network's):
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] with the entry's `block_size`."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\ndim = 8\nalpha = 3\n[module_algo_map.ResnetBlock2D]\ndim = 32\n"
+        + "[module_algo_map.CLIPMLP]\ndim = 4\n[module_algo_map.CLIPAttention]\nalpha = 2\n"
+    )
+    args = '"conv_dim=16" "constraint=0.01"'
+    a = plan_of(expressible(_convert(tmp_path, text, "diag-oft", args=args)), tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint) == ("diag-oft", 16, 0.01)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.alpha) for b in a.blocks]
+    assert shown == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 8, 8, 0.01),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 32, 32, 0.01),
+    ]
+    assert [(b.pattern, b.rank) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", 4)]
 
 
 # LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim
@@ -353,17 +375,35 @@ def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
 
 def test_huge_dims_keep_their_rank_on_lokr_only(tmp_path):
     """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560 (full only from dim 1280): a LoKr dim of
-    100000 is a block at 100000 (no width assumption); LoCon / LoHa train at the dim itself (DBS403), and
-    LoKr's 10^13 with rs_lora scales a full layer by sqrt(dim) (DBS403)."""
+    100000 is a block at 100000 (no width assumption); LoKr's 10^13 with rs_lora scales a full layer by
+    sqrt(dim) (DBS403)."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
     outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
     assert [b.rank for b in plan_of(expressible(outcome), tmp_path).adapter.blocks] == [100000]
-    (tmp_path / "rs").mkdir(), (tmp_path / "loha").mkdir()
+    (tmp_path / "rs").mkdir()
     huge = text.replace("100000", "10000000000000")
     outcome = _convert(tmp_path / "rs", huge, "lokr", args='"rs_lora=True"')
     assert "DBS403" in codes(outcome) and "dim / sqrt(dim)" in messages(outcome, "DBS403")
-    outcome = _convert(tmp_path / "loha", text, "loha")
-    assert "DBS403" in codes(outcome) and "only LoKr's factors cap" in messages(outcome, "DBS403")
+
+
+def test_dims_above_1024_on_locon_and_loha(tmp_path):
+    """LyCORIS's LoConModule and LohaModule train a pair at an entry's dim whatever the layer's width (here
+    2048 on 320- to 1280-wide layers, 4096 on CLIP's MLP): blocks at those ranks, up to the blocks' bound of
+    100000; above it (LoKr's 10^13 idiom on a LoHa) a pair that large is not expressed (DBS403)."""
+    text = (
+        FULL + "[module_algo_map.FeedForward]\ndim = 2048\n[module_algo_map.CLIPMLP]\ndim = 4096\nalpha = 1\n"
+    )
+    for algo in ("locon", "loha"):
+        (tmp_path / algo).mkdir()
+        a = plan_of(expressible(_convert(tmp_path / algo, text, algo)), tmp_path / algo).adapter
+        assert _blocks(a.blocks) == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 2048, 8.0, 0, 1.0)]
+        assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 4096, 1.0, 0, 1.0)]
+        assert (
+            a.kind == ("lora" if algo == "locon" else "loha") and a.params["unet"] > a.params["text_encoder"]
+        )
+    (tmp_path / "huge").mkdir()
+    outcome = _convert(tmp_path / "huge", text.replace("2048", "10000000000000"), "loha")
+    assert "DBS403" in codes(outcome) and "trains a pair at that rank" in messages(outcome, "DBS403")
 
 
 def test_unknown_algorithm_name_stops_kohya(tmp_path):
@@ -546,3 +586,27 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     (tmp_path / "plus").mkdir()
     outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')
     assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_dylora_and_glora_entries_become_their_blocks(tmp_path, algo):
+    """LycorisNetworkKohya hands DyLoraModule and GLoRAModule an entry's dim / alpha (`dim or lora_dim`,
+    `alpha or self.alpha`): [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at those ranks (a GLoRA's
+    two pairs alike; a DyLoRA's drawn in blocks of the network's block_size, `unit`). DyLoraModule never
+    reads rs_lora (alphas unscaled); a dim block_size does not divide is its AssertionError (DBS402)."""
+    text = re.sub(r'algo = "\w+"\n', "", RESNETS_LOW)  # each entry at the network's algorithm
+    args = '"block_size=4" "rs_lora=True"' if algo == "dylora" else ""
+    outcome = expressible(_convert(tmp_path, text, algo, args=args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (algo, 16, 8.0, 8, 4.0)
+    assert _blocks(a.blocks) == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 32, 8.0, 0, 1.0),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 1.0, 4, 1.0),
+    ]
+    assert _blocks(a.text_encoder_blocks) == [(r"(?:^|\.)(?:fc1|fc2)$", 8, 8.0, 0, 1.0)]
+    if algo == "glora":
+        return
+    assert (a.dylora_unit, a.dylora_form) == (4, "lycoris")
+    (tmp_path / "odd").mkdir()
+    outcome = _convert(tmp_path / "odd", text.replace("dim = 4", "dim = 6"), "dylora")
+    assert "DBS402" in codes(outcome) and "not a multiple of 4" in messages(outcome, "DBS402")

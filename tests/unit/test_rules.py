@@ -1402,6 +1402,15 @@ CASES = [
         [("DBS574", "error", ("adapter", "block_count"))],
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\nblock_size = 4\n',
     ),
+    (  # per-layer block sizes (a LyCORIS preset file's dims) are LyCORIS's form's
+        rules.kohya_oft_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
+        [("DBS574", "error", ("adapter", "blocks"))],
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\n[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
+    ),
     (  # a starting file is kohya's networks.oft layout (form kohya's init_weights)
         rules.kohya_oft_fits,
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\ninit_weights = "w.safetensors"\n',
@@ -1513,6 +1522,18 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "lokr"\n',
+    ),
+    (  # a GLoRA's text-encoder blocks carry its own kind only (a preset file's per-layer dims)
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\n',
     ),
     (
         rules.fused_dropout_draws,

@@ -125,6 +125,18 @@ def lycoris_dylora(
                 f"multiple of {block}",
             )
     put["unit"] = block
+    entries = [*put.get("_blocks", ()), *put.get("_text_blocks", ())]  # a preset file's map entries' dims
+    for entry in entries:
+        for key in ("rank", "conv_rank"):
+            if entry.get(key, 0) % block:
+                source = entry["_why"].split("`")[1]
+                conv.invalid(
+                    f"{args.key} preset {source}",
+                    entry[key],
+                    args.source,
+                    f"LyCORIS's DyLoraModule asserts lora_dim % block_size == 0, and the preset file's "
+                    f"`{source}` gives layers dim {entry[key]}, not a multiple of {block}",
+                )
     for key in ("dropout", "rank_dropout", "dora_wd", "wd_on_output", "use_tucker", "use_scalar", "rs_lora"):
         if key in kwargs:
             conv.ignored(
@@ -137,9 +149,11 @@ def lycoris_dylora(
     bypass = kwargs.pop("bypass_mode", "false")
     if str(bypass).lower() == "false":  # LyCORIS's str_bool
         return
-    several = [
-        f"{key} {rank}" for key, rank in (("network_dim", dim), ("conv_dim", conv_rank)) if rank > block
-    ]
+    ranks = [("network_dim", dim), ("conv_dim", conv_rank)]
+    for entry in entries:  # a preset file's map entries: `<source>`'s dims
+        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("rank", 0))]
+        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("conv_rank", 0))]
+    several = [f"{key} {rank}" for key, rank in ranks if rank > block]
     if several:
         conv.invalid(
             f"{args.key} bypass_mode",
@@ -252,6 +266,18 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     (or without its alpha) keep network_alpha / conv_alpha; the file's modules of layers the network does not
     adapt are ignored. The run starts from a fresh init; the layers whose alpha differs are named in
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
+    if ("adapter", "blocks", 0, "pattern") in conv.values or (
+        "adapter",
+        "text_encoder_blocks",
+        0,
+        "pattern",
+    ) in conv.values:
+        conv.unsupported(
+            weights,
+            "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
+            "file's alphas into them: dbspec takes per-layer ranks from one source",
+        )
+        return
     file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
     if file is None:
         return

@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker` too), or
-PresetError (`crash` False) for what dbspec does not express:
+LoHa, LoKr, DyLoRA, GLoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker`
+too), or PresetError (`crash` False) for what dbspec does not express:
 another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
 entry's other options, per-layer dims on the other algorithms."""
 
@@ -26,8 +26,10 @@ _CLASS = {"locon": "lora"}
 _NO_DIMS = ("full", "ia3")
 # the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
 _BLOCK_KINDS = ("lora", "loha", "lokr")
-_MAX_BLOCK_RANK = 1024
-_MAX_LOKR_RANK = 100_000  # a LoKr block's (spec AdapterBlock / TextEncoderBlock rank on kind "lokr")
+# the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
+# never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
+_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
+_MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 
 
 def _algo(name: str) -> str:
@@ -298,50 +300,87 @@ def map_blocks(
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
+    if kind == "diag-oft":  # an entry's dim: its layers' block-size hint
+        return (
+            _oft_blocks(found.unet, found.unet_rows, dims),
+            _oft_blocks(found.text, found.text_rows, dims),
+            inert,
+        )
+    rs_lora = rs_lora and kind != "dylora"
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
     text = _blocks(
         found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo if kinds else ""
     )
-    if (unet or text) and kind not in _BLOCK_KINDS:
+    if (unet or text) and kind not in _RANKED:
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
-            "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, LoHa "
-            "and LoKr",
+            "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
+            "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
             False,
         )
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _full_lokr_block(block, high, block.get("kind", kind), rs_lora, network)
+            _huge_block(block, high, block.get("kind", kind), rs_lora)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
 
 
-def _full_lokr_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool, network: dict) -> None:
-    """A block's dim above [[adapter.blocks]]' bound of 1024: on LoKr the block keeps it up to LoKr's own
-    bound (100000, the adapter's rank bound: LokrModule's split, full factors and scale at that dim, on any
-    model's widths); above it (LyCORIS's `dim = 10000000000000` idiom) every layer trains both Kronecker
-    factors in full at scale 1 (LokrModule sets alpha to the dim; a factor is full once the dim reaches half
-    the larger part of its split, at most the layer's width), which a block at 100000 builds alike on layers
-    narrower than 200000. Else PresetError."""
-    source = _source([block])
-    where = f"`{source}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[str, Any]]:
+    """Diag-OFT's [[adapter.blocks]]: DiagOFTModule takes the layer's dim (`dim or lora_dim`, on k x k
+    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha (its constraint is the
+    network's); PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its
+    convolutions only with conv_dim)."""
+    dim, conv_dim = dims[0], dims[2]
+    built = [row for row in rows if row[0] in layers]
+    groups: dict[str, list[Layer]] = {}
+    for layer in layers.values():
+        groups.setdefault(layer.source, []).append(layer)
+    out = []
+    for source, group in groups.items():
+        if all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
+            continue
+        conv = next((layer for layer in group if layer.kind == "conv"), None)
+        if conv is not None and not conv_dim:
+            raise PresetError(
+                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT adapts "
+                "convolutions only with conv_dim",
+                False,
+            )
+        out.append(
+            {
+                "pattern": _pattern({layer.path for layer in group}, built),
+                "block_size": group[0].dim,
+                "_why": f"kohya lycoris.kohya: the preset file's `{source}` dim (Diag-OFT's block size)",
+            }
+        )
+    return out
+
+
+def _huge_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool) -> None:
+    """A block's dim above [[adapter.blocks]]' bound of 100000. LoRA/LoCon and LoHa layers train a pair at
+    the dim itself (no module clamps it to the layer's width): PresetError. On LoKr (LyCORIS's
+    `dim = 10000000000000` idiom) every layer trains both Kronecker factors in full at scale 1 (LokrModule
+    sets alpha to the dim; a factor is full once the dim reaches half the larger part of its split, at most
+    the layer's width), which a block at 100000 builds alike on layers narrower than 200000."""
+    where = (
+        f"`{_source([block])}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
+    )
     if kind != "lokr":
-        raise PresetError(f"{where}: a {kind} layer trains at that rank (only LoKr's factors cap)", False)
-    if high <= _MAX_LOKR_RANK:
-        return
+        raise PresetError(
+            f"{where}: a {kind} layer trains a pair at that rank (only LoKr's factors cap)", False
+        )
     if rs_lora:
         raise PresetError(
-            f"{where} and {_MAX_LOKR_RANK}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), "
-            "which depends on it",
+            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
             False,
         )
     for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
-        if block.get(rank, 0) > _MAX_LOKR_RANK:
-            block[rank], block[alpha] = _MAX_LOKR_RANK, float(_MAX_LOKR_RANK)
+        if block.get(rank, 0) > _MAX_BLOCK_RANK:
+            block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)
     block["_why"] += (
-        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_LOKR_RANK} on every layer)"
+        f" (dim {high}: both Kronecker factors full at scale 1, as at rank {_MAX_BLOCK_RANK} on every layer)"
     )
 
 
