@@ -961,6 +961,7 @@ class FullAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -981,6 +982,7 @@ class Ia3Adapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -1072,6 +1074,7 @@ class DiagOftAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
@@ -1153,6 +1156,7 @@ class GloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1229,6 +1233,7 @@ class DyloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -3,7 +3,7 @@
 (`[adapter] text_encoder_norms`, runtime/norm_offsets.py). A tiny Flux run trains them, resumes bit-exact
 and exports them as NormModule's `w_norm` / `b_norm`, which lycoris-lora 4.1.3's
 create_network_from_weights loads onto the base CLIP-L (with the file's LoCon modules) to give the trained
-encoder's outputs (issue 12)."""
+encoder's outputs (issue 12), beside LoCon's modules and beside Full's (algo=full)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.va
 BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
 
 
-def _converted(tmp_path: Path) -> Path:
+def _converted(tmp_path: Path, algo: str) -> Path:
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
@@ -41,7 +41,7 @@ def _converted(tmp_path: Path) -> Path:
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        '--network_dim=4 --network_alpha=1 --network_args "preset=p.toml" "train_norm=True" '
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=p.toml" "train_norm=True" '
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
         "--model_prediction_type raw --guidance_scale 1.0",
     )
@@ -49,8 +49,10 @@ def _converted(tmp_path: Path) -> Path:
     return out_path(tmp_path)
 
 
-def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
-    spec = _converted(tmp_path)
+@pytest.mark.parametrize("algo, module", [("lora", "LoConModule"), ("full", "FullModule")])
+def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, module):
+    """NormModules beside LoCon's and (LyCORIS gives the norms theirs whatever the algo) beside Full's."""
+    spec = _converted(tmp_path, algo)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
     assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2")
     whole = execute(plan, keep_models=True)
@@ -78,12 +80,13 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
         1.0, str(export), None, encoders, torch.nn.Module(), for_inference=True
     )
     kinds = {type(m).__name__ for m in network.text_encoder_loras}
-    assert kinds == {"LoConModule", "NormModule"}
+    assert kinds == {module, "NormModule"}
     ids = torch.arange(7).unsqueeze(0) % clip.config.vocab_size
     with torch.no_grad():
         plain = clip.eval()(ids).last_hidden_state
     network.apply_to(encoders, torch.nn.Module(), apply_text_encoder=True, apply_unet=False)
-    network.load_state_dict(weights, strict=False)
+    if algo != "full":  # kohya's loading; FullModule's were built from the file already, and its load
+        network.load_state_dict(weights, strict=False)  # prehook would add the diff a second time
     trained = whole.components.text_encoders[0].float().eval()
     with torch.no_grad():
         ours = trained(ids).last_hidden_state

@@ -318,6 +318,22 @@ def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, cl
         assert "AttributeError" in messages(outcome, code), errors(outcome)
 
 
+def test_train_norm_on_clip_beside_full(tmp_path):
+    """algo=full with a preset file reaching CLIP's encoder layers: LyCORIS gives the LayerNorms NormModules
+    whatever the algo (create_single_module), FullModules the Linears: the trained copies and the offsets
+    (lycoris-lora 4.1.3 loads both from the export with the trained outputs:
+    tests/runtime/test_lycoris_clip_norms.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPEncoderLayer"]\n'
+    )
+    outcome = _flux(tmp_path, "--network_args algo=full preset=p.toml train_norm=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "full" and a.text_encoder_norms == ("layer_norm1", "layer_norm2")
+    assert set(a.text_encoder_targets) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    assert fate(outcome, "network_args train_norm") == "mapped" and not errors(outcome)
+
+
 @pytest.mark.parametrize(
     "args, text, why",
     [

@@ -389,9 +389,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
     first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
     offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
-    text_encoder_norms` (runtime/norm_offsets.py), for algo lora / locon, lokr and loha with CLIP layers
-    adapted, each CLIP encoder's the same, and no rank or module dropout (NormModule draws its own). False
-    when refused."""
+    text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha, full: the
+    others take no preset file here), with CLIP layers adapted, each CLIP encoder's the same, and no rank or
+    module dropout (NormModule draws its own). False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -439,8 +439,6 @@ def _rate(value: str | None) -> float:
 
 def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
-    if algo not in ("lora", "locon", "lokr", "loha"):
-        return f"dbspec offsets them beside LoRA / LoCon, LoKr and LoHa, not algo={algo}"
     if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
         return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
     if not file.text:
