@@ -70,8 +70,9 @@ def _prepare(
         # the plan names the denoiser's component "unet" in every family (Flux's and SD3's transformer too):
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
-        adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         clip = not denoiser and name not in t5_text_encoders(plan.model.family)
+        if targets or not (clip and plan.adapter.text_encoder_norms):  # LyCORIS train_norm alone: no adapter
+            adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         if plan.adapter.text_encoder_norms and clip:  # LyCORIS train_norm: CLIP's LayerNorm offsets
             from dbspec.runtime.norm_offsets import add_norm_offsets
 

@@ -240,8 +240,8 @@ def _text_encoder_norms():
         factory=list,
         doc="LyCORIS `train_norm` on the CLIP text encoders: module names (suffixes) of their LayerNorms "
         "whose weight and bias each train an added offset, starting at 0 (LyCORIS's NormModule `w_norm` / "
-        "`b_norm`), with the text encoder's adapters; written under LyCORIS's names in the kohya_lora "
-        "export.",
+        "`b_norm`), with the text encoder's adapters, or alone where `text_encoder_targets` is empty; "
+        "written under LyCORIS's names in the kohya_lora export.",
         example=["layer_norm1", "layer_norm2"],
     )
 

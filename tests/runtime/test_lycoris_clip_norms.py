@@ -25,14 +25,20 @@ unet_target_module = ["SelfAttention"]
 unet_target_name = []
 text_encoder_target_module = ["CLIPEncoderLayer"]
 """
+# no CLIP Linear: two LayerNorms by name, whose NormModules alone make CLIP train
+NORMS_ONLY = PRESET.replace(
+    '["CLIPEncoderLayer"]',
+    "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm', "
+    "'text_model\\.encoder\\.layers\\.1\\.layer_norm2']",
+)
 BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
 BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
 
 
-def _converted(tmp_path: Path, algo: str) -> Path:
+def _converted(tmp_path: Path, algo: str, preset: str) -> Path:
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
-    (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -49,12 +55,20 @@ def _converted(tmp_path: Path, algo: str) -> Path:
     return out_path(tmp_path)
 
 
-@pytest.mark.parametrize("algo, module", [("lora", "LoConModule"), ("full", "FullModule")])
-def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, module):
-    """NormModules beside LoCon's and (LyCORIS gives the norms theirs whatever the algo) beside Full's."""
-    spec = _converted(tmp_path, algo)
+@pytest.mark.parametrize(
+    "algo, preset, kinds, norms",
+    [
+        ("lora", PRESET, {"LoConModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
+        ("full", PRESET, {"FullModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
+        ("lora", NORMS_ONLY, {"NormModule"}, ("layers.1.layer_norm2", "final_layer_norm")),
+    ],
+)
+def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, preset, kinds, norms):
+    """NormModules beside LoCon's, beside Full's (LyCORIS gives the norms theirs whatever the algo), and
+    alone (CLIP trains its norm offsets without an adapter)."""
+    spec = _converted(tmp_path, algo, preset)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
-    assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2")
+    assert plan.adapter.text_encoder_norms == norms and plan.train_text_encoder
     whole = execute(plan, keep_models=True)
     assert whole.status == "finished"
     parts = compile_spec(spec, [*BASE, "output.dir=parts"])
@@ -66,9 +80,9 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, modu
     (again,) = Path(second.final).glob("*.kohya.safetensors")
     tensors, resumed = load_file(str(export)), load_file(str(again))
     assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
-    norms = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
-    assert "lora_te1_text_model_encoder_layers_0_layer_norm1.w_norm" in norms
-    assert all(tensors[k].abs().max() > 0 for k in norms)  # trained away from LyCORIS's zeros
+    offsets = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
+    assert "lora_te1_text_model_encoder_layers_1_layer_norm2.w_norm" in offsets
+    assert all(tensors[k].abs().max() > 0 for k in offsets)  # trained away from LyCORIS's zeros
     assert (Path(whole.final) / "text_encoder_norms.safetensors").is_file()
 
     # lycoris-lora's loader on the base CLIP-L: its LoCon and Norm modules give the trained encoder's output
@@ -79,8 +93,7 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, modu
     network, weights = lycoris_kohya.create_network_from_weights(
         1.0, str(export), None, encoders, torch.nn.Module(), for_inference=True
     )
-    kinds = {type(m).__name__ for m in network.text_encoder_loras}
-    assert kinds == {module, "NormModule"}
+    assert {type(m).__name__ for m in network.text_encoder_loras} == kinds
     ids = torch.arange(7).unsqueeze(0) % clip.config.vocab_size
     with torch.no_grad():
         plain = clip.eval()(ids).last_hidden_state

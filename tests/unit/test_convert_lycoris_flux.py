@@ -334,17 +334,33 @@ def test_train_norm_on_clip_beside_full(tmp_path):
     assert fate(outcome, "network_args train_norm") == "mapped" and not errors(outcome)
 
 
+def test_train_norm_on_clip_norms_alone_trains_clip(tmp_path):
+    """A file reaching CLIP's final LayerNorm and no CLIP Linear: LyCORIS's network holds that NormModule
+    alone on CLIP, which trains (its text group at text_encoder_lr): train.text_encoder with no adapter
+    target, the offsets alone (runtime/norm_offsets.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\ntext_encoder_target_module = []\n'
+        "text_encoder_target_name = ['text_model\\.final_layer_norm']\n"
+    )
+    outcome = _flux(tmp_path, "--network_args preset=p.toml train_norm=True --text_encoder_lr 5e-5")
+    plan = plan_of(outcome, tmp_path)
+    assert (
+        plan.adapter.text_encoder_norms == ("final_layer_norm",) and plan.adapter.text_encoder_targets == ()
+    )
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5 and not errors(outcome)
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
+
+
 @pytest.mark.parametrize(
     "args, text, why",
     [
         ("module_dropout=0.1", '["CLIPEncoderLayer"]', "with module_dropout"),
-        ("", "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm']", "adapts no CLIP Linear"),
         ("", '["CLIPEncoderLayer", "T5Block"]', "T5-XXL's LayerNorms"),  # T5's train too (flowte)
     ],
 )
 def test_train_norm_on_clip_refusals(tmp_path, args, text, why):
     """What dbspec does not express of NormModule on CLIP's LayerNorms: LyCORIS's own dropout draws, and
-    norms without a CLIP adapter (dbspec trains CLIP with its adapters only), T5-XXL's norms (CLIP's only)."""
+    T5-XXL's norms (CLIP's only)."""
     (tmp_path / "p.toml").write_text(
         'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
         f"text_encoder_target_module = {text}\n"

@@ -441,8 +441,6 @@ def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
     if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
         return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
-    if not file.text:
-        return "the file adapts no CLIP Linear, and dbspec trains CLIP with its adapters only"
     if len(set(file.clip_norms)) > 1:
         return "the file reaches other LayerNorms in each CLIP encoder (dbspec names one set for both)"
     drops = [k for k in ("rank_dropout", "module_dropout") if _rate(kwargs.get(k))]
