@@ -76,7 +76,8 @@ def _prepare(
         if plan.adapter.text_encoder_norms and clip:  # LyCORIS train_norm: CLIP's LayerNorm offsets
             from dbspec.runtime.norm_offsets import add_norm_offsets
 
-            add_norm_offsets(module, plan.adapter.text_encoder_norms)
+            a = plan.adapter
+            add_norm_offsets(module, a.text_encoder_norms, a.module_dropout, a.rank_dropout)
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             _tie_fused(module, plan.adapter)

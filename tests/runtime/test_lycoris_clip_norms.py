@@ -35,7 +35,7 @@ BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.va
 BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
 
 
-def _converted(tmp_path: Path, algo: str, preset: str) -> Path:
+def _converted(tmp_path: Path, algo: str, preset: str, drops: str) -> Path:
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
@@ -48,6 +48,7 @@ def _converted(tmp_path: Path, algo: str, preset: str) -> Path:
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
         f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=p.toml" "train_norm=True" '
+        f"{drops} "
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
         "--model_prediction_type raw --guidance_scale 1.0",
     )
@@ -56,17 +57,24 @@ def _converted(tmp_path: Path, algo: str, preset: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "algo, preset, kinds, norms",
+    "algo, preset, drops, kinds, norms",
     [
-        ("lora", PRESET, {"LoConModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
-        ("full", PRESET, {"FullModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
-        ("lora", NORMS_ONLY, {"NormModule"}, ("layers.1.layer_norm2", "final_layer_norm")),
+        (
+            "lora",
+            PRESET,
+            '"rank_dropout=0.5" "module_dropout=0.2"',
+            {"LoConModule", "NormModule"},
+            ("layer_norm1", "layer_norm2"),
+        ),
+        ("full", PRESET, "", {"FullModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
+        ("lora", NORMS_ONLY, "", {"NormModule"}, ("layers.1.layer_norm2", "final_layer_norm")),
     ],
 )
-def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, preset, kinds, norms):
-    """NormModules beside LoCon's, beside Full's (LyCORIS gives the norms theirs whatever the algo), and
-    alone (CLIP trains its norm offsets without an adapter)."""
-    spec = _converted(tmp_path, algo, preset)
+def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, preset, drops, kinds, norms):
+    """NormModules beside LoCon's, with LyCORIS's dropouts (NormModule's draws: test_norm_offsets_draw_as_
+    lycoris), beside Full's (LyCORIS gives the norms theirs whatever the algo), and alone (CLIP trains its
+    norm offsets without an adapter)."""
+    spec = _converted(tmp_path, algo, preset, drops)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
     assert plan.adapter.text_encoder_norms == norms and plan.train_text_encoder
     whole = execute(plan, keep_models=True)
@@ -106,3 +114,36 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, pres
         theirs = clip.eval()(ids).last_hidden_state
     assert (ours - plain).abs().max() > 1e-2  # the trained encoder differs from the base
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+
+
+def test_norm_offsets_draw_as_lycoris():
+    """With LyCORIS's module_dropout / rank_dropout, the offsets draw what NormModule.forward draws from the
+    same generator state (a skip from a CPU `torch.rand(1)`, then `torch.rand(dim) < rank_dropout` keeping
+    the offsets it marks): equal outputs, and the generator left where LyCORIS leaves it."""
+    import copy
+
+    from lycoris.modules.norms import NormModule
+
+    from dbspec.runtime.norm_offsets import BIAS, WEIGHT, add_norm_offsets
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.Linear(16, 16), torch.nn.LayerNorm(16))
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    add_norm_offsets(ours, ("0", "2"), 0.4, 0.3)
+    modules = []
+    for i in (0, 2):
+        w, b = torch.randn(16), torch.randn(16)
+        getattr(ours[i], WEIGHT).data.copy_(w)
+        getattr(ours[i], BIAS).data.copy_(b)
+        module = NormModule(f"n{i}", theirs[i], 1.0, rank_dropout=0.3, module_dropout=0.4)
+        module.w_norm.data.copy_(w)
+        module.b_norm.data.copy_(b)
+        module.apply_to()
+        modules.append(module.train())
+    for step in range(12):
+        x = torch.randn(3, 16)
+        torch.manual_seed(step)
+        out, after = ours(x), torch.rand(1)
+        torch.manual_seed(step)
+        torch.testing.assert_close(out, theirs(x), rtol=0, atol=1e-6)
+        assert torch.equal(after, torch.rand(1))
