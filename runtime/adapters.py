@@ -326,15 +326,15 @@ def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
     trainable)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from dbspec.runtime.norm_offsets import norm_layers, set_disabled  # LyCORIS train_norm's offsets off too
+
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
-    if not layers:
+    if not layers and not norm_layers(module):  # a CLIP encoder may train its norm offsets alone
         raise RuntimeError(
             "a base-model prediction needs a LoRA run or a frozen teacher copy (an adapter on the model to "
             "switch off)"
         )
     trainable = {p: p.requires_grad for layer in layers for p in layer.parameters()}
-    from dbspec.runtime.norm_offsets import set_disabled  # LyCORIS train_norm's offsets off too
-
     for layer in layers:
         layer.enable_adapters(False)
     set_disabled(module, True)

@@ -67,7 +67,7 @@ def lycoris_state(
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
-        fused = module is unet and _fused_lokr(unet)
+        fused = module is unet and _fused_lokr(unet, family)
         full = module is unet and bool(family_spec(family).fused_projections) and _has_stacked(unet)
         if fused or full:  # LoKr, LoHa, full, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
             to_path = _original_name(family)
@@ -146,10 +146,27 @@ def _flow_ia3(unet: nn.Module, family: Family, cast) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fused_lokr(unet: nn.Module) -> bool:
-    """Whether the denoiser carries LyCORIS LoKr or LoHa on fused layers (runtime/fused_lokr.py,
-    fused_loha.py)."""
-    return any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules())
+def _fused_lokr(unet: nn.Module, family: Family) -> bool:
+    """Whether the denoiser's LoKr / LoHa layers are LyCORIS's on kohya's Flux / SD3 / Chroma, written under
+    kohya's names: some on fused layers (runtime/fused_lokr.py, fused_loha.py), or all on Linears that are no
+    part of a fused layer (the embedders, the final layer, the modulations: a preset file's, which
+    fused_projections builds alike either way); LoKr / LoHa on separate parts of a fused layer keep
+    diffusers' names (kohya's have no place for them)."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    if any(hasattr(m, "fused_lokr_rows") or hasattr(m, "fused_loha_parts") for m in unet.modules()):
+        return True
+    if not family_spec(family).fused_projections:
+        return False
+    found = lora_adapter(unet)
+    model = found[0] if found else unet
+    names = [n for n, m in model.named_modules() if isinstance(m, LoKrLayer | LoHaLayer)]
+    table = _table(family)
+    try:
+        return bool(names) and all(table.original_name(n)[1] is None for n in names)
+    except ValueError:  # a layer kohya's model has no place for
+        return False
 
 
 def _has_stacked(unet: nn.Module) -> bool:

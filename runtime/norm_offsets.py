@@ -8,6 +8,7 @@ with weight + w_norm and bias + b_norm. Here the offsets are parameters of the L
 no adapter name in them, so peft's own state dicts and diffusers' LoRA files leave them out), and a forward
 hook adds the same term. The module tree and every other parameter name stay as they were. `disabled`
 switches the term off (a base-model prediction, adapters.adapters_disabled), as LyCORIS's multiplier 0 does.
+While training, the network's `module_dropout` / `rank_dropout` draw as NormModule.forward draws (`_added`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ def _added(layer: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tens
         return output
     x = args[0]
     w, b = getattr(layer, WEIGHT), getattr(layer, BIAS, None)
+    module_dropout, rank_dropout = layer.norm_dropouts
+    # NormModule.forward's draws, from torch's global generator as the adapters' (lora_dropout.py): the
+    # layer skipped with one CPU `torch.rand(1)`, then make_weight's `torch.rand(dim) < rank_dropout` on the
+    # input's device, which keeps (not drops) the offsets it marks, unscaled
+    if layer.training and module_dropout and bool(torch.rand(1) < module_dropout):
+        return output
+    if layer.training and rank_dropout:
+        keep = torch.rand(w.numel(), device=x.device) < rank_dropout
+        w, b = w * keep, None if b is None else b * keep
     added = F.layer_norm(
         x, layer.normalized_shape, w.to(x.dtype), None if b is None else b.to(x.dtype), layer.eps
     )
@@ -34,9 +44,12 @@ def _named(path: str, suffixes: tuple[str, ...]) -> bool:
     return any(path == s or path.endswith("." + s) for s in suffixes)
 
 
-def add_norm_offsets(module: nn.Module, suffixes: tuple[str, ...]) -> int:
+def add_norm_offsets(
+    module: nn.Module, suffixes: tuple[str, ...], module_dropout: float = 0.0, rank_dropout: float = 0.0
+) -> int:
     """The offsets on every LayerNorm of `module` whose path ends in one of `suffixes`; how many layers. A
-    LayerNorm without weight (elementwise_affine off) is refused, as LyCORIS's NormModule fails on it."""
+    LayerNorm without weight (elementwise_affine off) is refused, as LyCORIS's NormModule fails on it.
+    `module_dropout` / `rank_dropout`: the network's, which LyCORIS hands every NormModule too."""
     count = 0
     for path, layer in module.named_modules():
         if not (isinstance(layer, nn.LayerNorm) and _named(path, suffixes)):
@@ -46,6 +59,7 @@ def add_norm_offsets(module: nn.Module, suffixes: tuple[str, ...]) -> int:
         setattr(layer, WEIGHT, nn.Parameter(torch.zeros_like(layer.weight, dtype=torch.float32)))
         if layer.bias is not None:
             setattr(layer, BIAS, nn.Parameter(torch.zeros_like(layer.bias, dtype=torch.float32)))
+        layer.norm_dropouts = (module_dropout, rank_dropout)
         layer.register_forward_hook(_added)
         count += 1
     if not count:

@@ -70,12 +70,14 @@ def _prepare(
         # the plan names the denoiser's component "unet" in every family (Flux's and SD3's transformer too):
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
-        adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         clip = not denoiser and name not in t5_text_encoders(plan.model.family)
+        if targets or not (clip and plan.adapter.text_encoder_norms):  # LyCORIS train_norm alone: no adapter
+            adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         if plan.adapter.text_encoder_norms and clip:  # LyCORIS train_norm: CLIP's LayerNorm offsets
             from dbspec.runtime.norm_offsets import add_norm_offsets
 
-            add_norm_offsets(module, plan.adapter.text_encoder_norms)
+            a = plan.adapter
+            add_norm_offsets(module, a.text_encoder_norms, a.module_dropout, a.rank_dropout)
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             _tie_fused(module, plan.adapter)

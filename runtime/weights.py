@@ -35,6 +35,14 @@ def _trained_modules(comps: Components, plan: Plan) -> dict[str, torch.nn.Module
     return modules
 
 
+def _with_adapters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """The modules carrying a peft adapter (a CLIP encoder training LyCORIS train_norm's offsets alone has
+    none: runtime/norm_offsets.py)."""
+    from dbspec.runtime.adapters import lora_adapter
+
+    return {name: m for name, m in modules.items() if lora_adapter(m) is not None}
+
+
 def _selected(name: str, plan: Plan) -> bool:
     return plan.adapter.kind == "none" or is_adapter_weight(name)
 
@@ -83,6 +91,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     trained = _trained_modules(comps, plan)
     if plan.adapter.text_encoder_norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
         _save_norms(folder, trained, dtype)
+        trained = _with_adapters(trained)  # a CLIP encoder that trains its norm offsets alone has none
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
         and not any_tucker(plan.adapter)
@@ -92,6 +101,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         and not mixed(plan.adapter)  # other kinds too: peft's layout
     ):
         encoders = trained_text_encoders(plan, comps)
+        if plan.adapter.text_encoder_norms:  # a CLIP encoder may train its norm offsets alone
+            encoders = _with_adapters(encoders)
         # T5-XXL's LoRA (train.t5): diffusers' Flux LoRA file has no place for it, so peft's layout beside it
         # (<folder>/text_encoder_2/); the kohya_lora export holds it as lora_te3_*
         t5 = {n: m for n, m in encoders.items() if n in t5_text_encoders(plan.model.family)}

@@ -226,6 +226,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         else family_spec(family).lora_targets,
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
+        text_encoder_norms=tuple(getattr(adapter, "text_encoder_norms", ())),  # LyCORIS train_norm
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
         **_oft_blocks(adapter),

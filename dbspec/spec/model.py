@@ -240,8 +240,8 @@ def _text_encoder_norms():
         factory=list,
         doc="LyCORIS `train_norm` on the CLIP text encoders: module names (suffixes) of their LayerNorms "
         "whose weight and bias each train an added offset, starting at 0 (LyCORIS's NormModule `w_norm` / "
-        "`b_norm`), with the text encoder's adapters; written under LyCORIS's names in the kohya_lora "
-        "export.",
+        "`b_norm`), with the text encoder's adapters, or alone where `text_encoder_targets` is empty; "
+        "written under LyCORIS's names in the kohya_lora export.",
         example=["layer_norm1", "layer_norm2"],
     )
 
@@ -982,6 +982,7 @@ class FullAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -1009,6 +1010,7 @@ class Ia3Adapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -1121,6 +1123,7 @@ class DiagOftAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
@@ -1240,6 +1243,7 @@ class GloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1327,6 +1331,7 @@ class DyloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -3,7 +3,7 @@
 (`[adapter] text_encoder_norms`, runtime/norm_offsets.py). A tiny Flux run trains them, resumes bit-exact
 and exports them as NormModule's `w_norm` / `b_norm`, which lycoris-lora 4.1.3's
 create_network_from_weights loads onto the base CLIP-L (with the file's LoCon modules) to give the trained
-encoder's outputs (issue 12)."""
+encoder's outputs (issue 12), beside LoCon's modules and beside Full's (algo=full)."""
 
 from __future__ import annotations
 
@@ -25,14 +25,20 @@ unet_target_module = ["SelfAttention"]
 unet_target_name = []
 text_encoder_target_module = ["CLIPEncoderLayer"]
 """
+# no CLIP Linear: two LayerNorms by name, whose NormModules alone make CLIP train
+NORMS_ONLY = PRESET.replace(
+    '["CLIPEncoderLayer"]',
+    "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm', "
+    "'text_model\\.encoder\\.layers\\.1\\.layer_norm2']",
+)
 BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
 BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
 
 
-def _converted(tmp_path: Path) -> Path:
+def _converted(tmp_path: Path, algo: str, preset: str, drops: str) -> Path:
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
-    (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -41,7 +47,8 @@ def _converted(tmp_path: Path) -> Path:
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        '--network_dim=4 --network_alpha=1 --network_args "preset=p.toml" "train_norm=True" '
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=p.toml" "train_norm=True" '
+        f"{drops} "
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
         "--model_prediction_type raw --guidance_scale 1.0",
     )
@@ -49,10 +56,27 @@ def _converted(tmp_path: Path) -> Path:
     return out_path(tmp_path)
 
 
-def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
-    spec = _converted(tmp_path)
+@pytest.mark.parametrize(
+    "algo, preset, drops, kinds, norms",
+    [
+        (
+            "lora",
+            PRESET,
+            '"rank_dropout=0.5" "module_dropout=0.2"',
+            {"LoConModule", "NormModule"},
+            ("layer_norm1", "layer_norm2"),
+        ),
+        ("full", PRESET, "", {"FullModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
+        ("lora", NORMS_ONLY, "", {"NormModule"}, ("layers.1.layer_norm2", "final_layer_norm")),
+    ],
+)
+def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, preset, drops, kinds, norms):
+    """NormModules beside LoCon's, with LyCORIS's dropouts (NormModule's draws: test_norm_offsets_draw_as_
+    lycoris), beside Full's (LyCORIS gives the norms theirs whatever the algo), and alone (CLIP trains its
+    norm offsets without an adapter)."""
+    spec = _converted(tmp_path, algo, preset, drops)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
-    assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2")
+    assert plan.adapter.text_encoder_norms == norms and plan.train_text_encoder
     whole = execute(plan, keep_models=True)
     assert whole.status == "finished"
     parts = compile_spec(spec, [*BASE, "output.dir=parts"])
@@ -64,9 +88,9 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
     (again,) = Path(second.final).glob("*.kohya.safetensors")
     tensors, resumed = load_file(str(export)), load_file(str(again))
     assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
-    norms = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
-    assert "lora_te1_text_model_encoder_layers_0_layer_norm1.w_norm" in norms
-    assert all(tensors[k].abs().max() > 0 for k in norms)  # trained away from LyCORIS's zeros
+    offsets = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
+    assert "lora_te1_text_model_encoder_layers_1_layer_norm2.w_norm" in offsets
+    assert all(tensors[k].abs().max() > 0 for k in offsets)  # trained away from LyCORIS's zeros
     assert (Path(whole.final) / "text_encoder_norms.safetensors").is_file()
 
     # lycoris-lora's loader on the base CLIP-L: its LoCon and Norm modules give the trained encoder's output
@@ -77,16 +101,49 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path):
     network, weights = lycoris_kohya.create_network_from_weights(
         1.0, str(export), None, encoders, torch.nn.Module(), for_inference=True
     )
-    kinds = {type(m).__name__ for m in network.text_encoder_loras}
-    assert kinds == {"LoConModule", "NormModule"}
+    assert {type(m).__name__ for m in network.text_encoder_loras} == kinds
     ids = torch.arange(7).unsqueeze(0) % clip.config.vocab_size
     with torch.no_grad():
         plain = clip.eval()(ids).last_hidden_state
     network.apply_to(encoders, torch.nn.Module(), apply_text_encoder=True, apply_unet=False)
-    network.load_state_dict(weights, strict=False)
+    if algo != "full":  # kohya's loading; FullModule's were built from the file already, and its load
+        network.load_state_dict(weights, strict=False)  # prehook would add the diff a second time
     trained = whole.components.text_encoders[0].float().eval()
     with torch.no_grad():
         ours = trained(ids).last_hidden_state
         theirs = clip.eval()(ids).last_hidden_state
     assert (ours - plain).abs().max() > 1e-2  # the trained encoder differs from the base
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+
+
+def test_norm_offsets_draw_as_lycoris():
+    """With LyCORIS's module_dropout / rank_dropout, the offsets draw what NormModule.forward draws from the
+    same generator state (a skip from a CPU `torch.rand(1)`, then `torch.rand(dim) < rank_dropout` keeping
+    the offsets it marks): equal outputs, and the generator left where LyCORIS leaves it."""
+    import copy
+
+    from lycoris.modules.norms import NormModule
+
+    from dbspec.runtime.norm_offsets import BIAS, WEIGHT, add_norm_offsets
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.LayerNorm(16), torch.nn.Linear(16, 16), torch.nn.LayerNorm(16))
+    ours, theirs = copy.deepcopy(base), copy.deepcopy(base)
+    add_norm_offsets(ours, ("0", "2"), 0.4, 0.3)
+    modules = []
+    for i in (0, 2):
+        w, b = torch.randn(16), torch.randn(16)
+        getattr(ours[i], WEIGHT).data.copy_(w)
+        getattr(ours[i], BIAS).data.copy_(b)
+        module = NormModule(f"n{i}", theirs[i], 1.0, rank_dropout=0.3, module_dropout=0.4)
+        module.w_norm.data.copy_(w)
+        module.b_norm.data.copy_(b)
+        module.apply_to()
+        modules.append(module.train())
+    for step in range(12):
+        x = torch.randn(3, 16)
+        torch.manual_seed(step)
+        out, after = ours(x), torch.rand(1)
+        torch.manual_seed(step)
+        torch.testing.assert_close(out, theirs(x), rtol=0, atol=1e-6)
+        assert torch.equal(after, torch.rand(1))

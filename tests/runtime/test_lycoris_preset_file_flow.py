@@ -406,14 +406,14 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     full-matrix dim of 100000 above the blocks' 1024), CLIP-L's attention at a dim of its own: the blocks and
     text-encoder blocks the converter writes give each of kohya's Linears, a fused one through all its
     diffusers parts, and each CLIP-L Linear the rank, scale and factor shapes of the module lycoris-lora's
-    create_network builds on it (meta device)."""
+    create_network builds on it (meta device), the embedders' and the final layer's plain Linears too."""
     path = tmp_path / "dims.toml"  # tests/unit/test_convert_lycoris_flow_preset_file.py's LOKR_DIMS
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
     own += "decompose_both = true\nunbalanced_factorization = true\n"  # LoKr's split swapped
     own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
     if algo == "lokr":
         own += '[name_algo_map."double_blocks.*.txt_attn.proj"]\ndim = 100000\n'
-    path.write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
+    path.write_text(_with_outside(PRESETS["double_attention"]) + "\n" + own, encoding="utf-8")
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
@@ -443,6 +443,7 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
         out_dim, in_dim = kohya.get_submodule(kohya_path).weight.shape
         ours["lora_unet_" + kohya_path.replace(".", "_")] = _lycoris_form(algo, out_dim, in_dim, block, a)
     assert sorted(ours) == sorted(theirs)
+    assert {"lora_unet_img_in", "lora_unet_final_layer_adaLN_modulation_1"} <= set(ours)
     for name, (rank, scale, shapes) in ours.items():
         assert theirs[name][0] == rank and theirs[name][1] == pytest.approx(scale), name
         assert theirs[name][2] == shapes, name
@@ -450,6 +451,16 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
         assert theirs["lora_unet_double_blocks_0_txt_attn_qkv"][2]["lokr_w1_a"] == (2304, 1)
         # dim 100000: both factors full at scale 1
         assert theirs["lora_unet_double_blocks_0_txt_attn_proj"][:2] == (100000, 1.0)
+
+
+# plain Linears outside the double and single blocks: an embedder, the final layer's (kohya's adaLN rows
+# are diffusers' norm_out.linear's halves swapped) and the timestep MLP's first
+OUTSIDE = ["img_in", "time_in.in_layer", "final_layer.linear", "final_layer.adaLN_modulation.1"]
+
+
+def _with_outside(preset: str) -> str:
+    names = ", ".join(f'"{n}"' for n in OUTSIDE)
+    return preset.replace('["double_blocks.*_attn.*"]', f'["double_blocks.*_attn.*", {names}]')
 
 
 def _lycoris_form(algo: str, out_dim: int, in_dim: int, block, a) -> tuple:
@@ -473,20 +484,22 @@ def _lycoris_form(algo: str, out_dim: int, in_dim: int, block, a) -> tuple:
 
 def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycoris(tmp_path):
     """A tiny Flux LoKr run of a file giving CLIP-L's attention a dim of its own (text_encoder_blocks) and the
-    txt stream's q/k/v LyCORIS's full-matrix dim 100000 (a block above 1024): it resumes bit-exact, and
-    lycoris-lora's LokrModule loaded from the export computes what the trained layers compute (a CLIP-L
-    Linear at rank 2, the fused q/k/v with both factors full)."""
+    txt stream's q/k/v LyCORIS's full-matrix dim 100000 (a block above 1024), with Linears outside the blocks
+    (the embedders, the final layer): it resumes bit-exact, and lycoris-lora's LokrModule loaded from the
+    export computes what the trained layers compute (a CLIP-L Linear at rank 2, the fused q/k/v with both
+    factors full, img_in, the final adaLN Linear with kohya's row order)."""
     from lycoris.modules.lokr import LokrModule
 
     from tests.runtime.lycoris_flow_kit import stacked_linear
 
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 100000\n'
     own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
-    (tmp_path / "full_dim.toml").write_text(PRESETS["double_attention"] + "\n" + own, encoding="utf-8")
+    (tmp_path / "full_dim.toml").write_text(_with_outside(PRESETS["double_attention"]) + "\n" + own)
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
     a = _converted(tmp_path, "full_dim.toml", "lokr", overrides=base).adapter
-    assert [b.rank for b in a.blocks] == [16, 100000] and [b.rank for b in a.text_encoder_blocks] == [2]
+    # first the rank-0 block keeping the single blocks' proj_out off the final layer's target
+    assert [b.rank for b in a.blocks] == [0, 16, 100000] and [b.rank for b in a.text_encoder_blocks] == [2]
     whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=1).status == "interrupted"
@@ -496,7 +509,8 @@ def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycori
         load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
     )
     assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
-    attn = whole.components.unet.transformer_blocks[0].attn
+    unet = whole.components.unet
+    attn = unet.transformer_blocks[0].attn
     clip = dict(whole.components.text_encoders[0].named_modules())
     for name, layers in (
         ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
@@ -504,17 +518,33 @@ def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycori
             "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
             (clip["encoder.layers.0.self_attn.q_proj"],),
         ),
+        ("lora_unet_img_in", (unet.x_embedder,)),  # outside the blocks: plain Linears
+        ("lora_unet_final_layer_adaLN_modulation_1", (unet.norm_out.linear,)),
     ):
         state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
         rank = state["lokr_w2_a"].shape[1] if "lokr_w2_a" in state else 100000
-        theirs = LokrModule(name, stacked_linear(layers), 1.0, rank, state["alpha"].item())
+        swap = name.endswith("adaLN_modulation_1")  # kohya's (shift, scale) rows, diffusers' (scale, shift)
+        theirs = LokrModule(
+            name, _halves_swapped(stacked_linear(layers), swap), 1.0, rank, state["alpha"].item()
+        )
         theirs.load_state_dict(state)
         theirs.apply_to()
         x = torch.randn(3, layers[0].base_layer.in_features)
         with torch.no_grad():
             trained = torch.cat([p(x) for p in layers], dim=-1)
             assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in layers], -1), atol=1e-7)
+            if swap:
+                trained = torch.cat(trained.chunk(2, dim=-1)[::-1], dim=-1)
             torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)
+
+
+def _halves_swapped(layer: nn.Linear, swap: bool) -> nn.Linear:
+    """The Linear with its two halves of rows (weight and bias) the other way round when `swap`."""
+    if swap:
+        with torch.no_grad():
+            layer.weight.copy_(torch.cat(layer.weight.chunk(2)[::-1]))
+            layer.bias.copy_(torch.cat(layer.bias.chunk(2)[::-1]))
+    return layer
 
 
 def test_sd3_patch_convolution_at_a_file_dim_is_lycoris_locon(tmp_path):

@@ -131,8 +131,8 @@ def test_kohya_chroma_flux_shift_and_sigma_scaled_plan_as_for_flux(tmp_path):
 
 def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
     """A LyCORIS preset file is walked over kohya's Chroma (chroma_rows.py): the approximator's MLPEmbedder
-    layers and the final layer are Linears LyCORIS builds there (a LoCon trains them); LoKr's fused export
-    covers the blocks only, and T5-XXL's classes are LyCORIS's lora_te2 modules (both DBS403; T5's, which
+    layers and the final layer are Linears LyCORIS builds there (a LoCon trains them, a LoKr too: plain
+    Linears), and T5-XXL's classes are LyCORIS's lora_te2 modules (DBS403; T5's, which
     dbspec trains no LoRA on beside LyCORIS on Chroma, only where they train: with network_train_unet_only
     apply_to drops them, DBS405)."""
     (tmp_path / "approx.toml").write_text(
@@ -147,14 +147,16 @@ def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
     assert [b.pattern for b in plan.adapter.blocks] == [
         r"^single_transformer_blocks\.(" + "|".join(map(str, range(38))) + r")\.proj_out$"
     ]
-    for args, why, cached in (
-        ('"algo=lokr" "preset=approx.toml"', "covers", CACHED),
-        ('"preset=t5.toml"', "T5-XXL", ""),
-    ):
-        refused = _chroma(
-            tmp_path, f"--network_module lycoris.kohya --network_args {args}", allow=True, cached=cached
-        )
-        assert why in messages(refused, "DBS403"), errors(refused)
+    # LoKr there: LokrModule on plain Linears, peft's LoKr on the same layers (exported under kohya's names)
+    lokr = _chroma(tmp_path, '--network_module lycoris.kohya --network_args "algo=lokr" "preset=approx.toml"')
+    assert not {"DBS402", "DBS403"} & codes(lokr), errors(lokr)
+    lokr_plan = plan_of(lokr, tmp_path).adapter
+    assert lokr_plan.kind == "lokr" and set(lokr_plan.denoiser_targets) == targets
+    assert _adapted(lokr_plan) == _adapted(plan.adapter)
+    refused = _chroma(
+        tmp_path, '--network_module lycoris.kohya --network_args "preset=t5.toml"', allow=True, cached=""
+    )
+    assert "T5-XXL" in messages(refused, "DBS403"), errors(refused)
     dropped = _chroma(tmp_path, '--network_module lycoris.kohya --network_args "preset=t5.toml"')
     assert "T5-XXL" in messages(dropped, "DBS405") and "DBS403" not in codes(dropped)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from convert_kit import codes, component_file, errors, images, kohya, messages, plan_of
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -315,3 +317,23 @@ def test_clip_dims_of_their_own_are_text_encoder_blocks(tmp_path):
         a = plan_of(outcome, tmp_path / algo).adapter
         assert a.kind == algo and te_rank("text_encoder.text_model.encoder.layers.3.mlp.fc2") == (2, 2.0)
         assert te_rank("text_encoder.text_model.encoder.layers.3.self_attn.q_proj") == (8, 4.0)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_sd3_lokr_and_loha_outside_the_joint_blocks(tmp_path, algo):
+    """LoKr / LoHa on the embedders and the final layer, plain Linears (LokrModule / LohaModule: peft's LoKr /
+    LoHa on the diffusers layer; its kohya_lora export under kohya's names, the final adaLN rows swapped,
+    loaded by lycoris-lora with the trained outputs in a scratch run)."""
+    preset = (
+        "unet_target_module = []\ntext_encoder_target_module = []\nunet_target_name = ['y_embedder\\..*', "
+        "'context_embedder', 'final_layer\\..*']\n"
+    )
+    outcome = _sd3(tmp_path, preset, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and a.rank == 8 and a.alpha == 4.0
+    embedders = ["time_text_embed.text_embedder.linear_1", "time_text_embed.text_embedder.linear_2"]
+    outside = [*embedders, "context_embedder", "norm_out.linear", "proj_out"]
+    inside = [f"transformer_blocks.{i}.attn.to_q" for i in range(3)] + ["transformer_blocks.0.ff.net.2"]
+    inside += ["time_text_embed.timestep_embedder.linear_1", "pos_embed.proj"]
+    assert _picked([*outside, *inside], a.denoiser_targets) == outside and not a.conv_targets

@@ -318,17 +318,69 @@ def test_train_norm_with_a_preset_file_follows_the_norms_it_reaches(tmp_path, cl
         assert "AttributeError" in messages(outcome, code), errors(outcome)
 
 
+def test_train_norm_on_clip_beside_full(tmp_path):
+    """algo=full with a preset file reaching CLIP's encoder layers: LyCORIS gives the LayerNorms NormModules
+    whatever the algo (create_single_module), FullModules the Linears: the trained copies and the offsets
+    (lycoris-lora 4.1.3 loads both from the export with the trained outputs:
+    tests/runtime/test_lycoris_clip_norms.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPEncoderLayer"]\n'
+    )
+    outcome = _flux(tmp_path, "--network_args algo=full preset=p.toml train_norm=True")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "full" and a.text_encoder_norms == ("layer_norm1", "layer_norm2")
+    assert set(a.text_encoder_targets) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+    assert fate(outcome, "network_args train_norm") == "mapped" and not errors(outcome)
+
+
+@pytest.mark.parametrize(  # LoKr's rank_dropout is DBS402 on a GPU (LyCORIS issue #291)
+    "algo, drops",
+    [
+        ("lora", "rank_dropout=0.2 module_dropout=0.1"),
+        ("loha", "rank_dropout=0.2 module_dropout=0.1"),
+        ("lokr", "module_dropout=0.1"),
+    ],
+)
+def test_train_norm_on_clip_with_lycoris_dropouts(tmp_path, algo, drops):
+    """rank_dropout / module_dropout: LyCORIS hands them to every NormModule too, whose draws
+    runtime/norm_offsets.py makes alike (the adapters' rates: one source for both)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPEncoderLayer"]\n'
+    )
+    args = f"--network_args algo={algo} preset=p.toml train_norm=True {drops}"
+    outcome = _flux(tmp_path, args)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and not errors(outcome)
+    assert (a.rank_dropout, a.module_dropout) == ((0.2 if "rank" in drops else 0.0), 0.1)
+
+
+def test_train_norm_on_clip_norms_alone_trains_clip(tmp_path):
+    """A file reaching CLIP's final LayerNorm and no CLIP Linear: LyCORIS's network holds that NormModule
+    alone on CLIP, which trains (its text group at text_encoder_lr): train.text_encoder with no adapter
+    target, the offsets alone (runtime/norm_offsets.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\ntext_encoder_target_module = []\n'
+        "text_encoder_target_name = ['text_model\\.final_layer_norm']\n"
+    )
+    outcome = _flux(tmp_path, "--network_args preset=p.toml train_norm=True --text_encoder_lr 5e-5")
+    plan = plan_of(outcome, tmp_path)
+    assert (
+        plan.adapter.text_encoder_norms == ("final_layer_norm",) and plan.adapter.text_encoder_targets == ()
+    )
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 5e-5 and not errors(outcome)
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
+
+
 @pytest.mark.parametrize(
     "args, text, why",
     [
-        ("module_dropout=0.1", '["CLIPEncoderLayer"]', "with module_dropout"),
-        ("", "[]\ntext_encoder_target_name = ['text_model\\.final_layer_norm']", "adapts no CLIP Linear"),
         ("", '["CLIPEncoderLayer", "T5Block"]', "T5-XXL's LayerNorms"),  # T5's train too (flowte)
     ],
 )
 def test_train_norm_on_clip_refusals(tmp_path, args, text, why):
-    """What dbspec does not express of NormModule on CLIP's LayerNorms: LyCORIS's own dropout draws, and
-    norms without a CLIP adapter (dbspec trains CLIP with its adapters only), T5-XXL's norms (CLIP's only)."""
+    """What dbspec does not express of NormModule on CLIP's LayerNorms: T5-XXL's norms (CLIP's only)."""
     (tmp_path / "p.toml").write_text(
         'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
         f"text_encoder_target_module = {text}\n"

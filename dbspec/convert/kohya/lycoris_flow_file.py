@@ -19,10 +19,11 @@ all as the shortest suffixes that pick exactly those layers among the diffusers 
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
 [[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
 so its block covers every diffusers part of a fused one; SD3's patch convolution: the block's conv_rank);
-LoKr / LoHa's fused export covers the blocks (and SD3's timestep embedder and patch convolution) only, so
-other layers are refused with them. CLIP dims of their own are [[adapter.text_encoder_blocks]] (LoConModule
-on a CLIP Linear is kohya's LoRA there; LokrModule / LohaModule peft's LoKr / LoHa). SD3's CLIP-L is CLIP-G's
-first 12 layers by paths and classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
+LoKr / LoHa layers outside the blocks (the embedders, the final layer) are plain Linears, LokrModule /
+LohaModule on them peft's LoKr / LoHa, exported under kohya's names (runtime/lycoris_export.py).
+CLIP dims of their own are [[adapter.text_encoder_blocks]] (LoConModule on a CLIP Linear is kohya's LoRA
+there; LokrModule / LohaModule peft's LoKr / LoHa). SD3's CLIP-L is CLIP-G's first 12 layers by paths and
+classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
 T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoConModules there train with CLIP's while T5
 encodes every step (train_t5xxl or not), dbspec's T5 LoRA (train.t5) with the layers left out at rank 0 and
 the entries' dims as text-encoder blocks; cached text-encoder outputs or network_train_unet_only leave them
@@ -211,15 +212,13 @@ class FlowFile(NamedTuple):
 
 class FlowModel(NamedTuple):
     """What a preset file is walked over with one kohya script: kohya's denoiser rows and their diffusers
-    parts, the CLIP encoders' rows (text_encoder, text_encoder_2), T5-XXL's prefix among LyCORIS's names, the
-    kohya paths LoKr / LoHa may adapt (their fused export's)."""
+    parts, the CLIP encoders' rows (text_encoder, text_encoder_2), T5-XXL's prefix among LyCORIS's names."""
 
     title: str
     rows: Callable[[], list[Row]]
     parts: Callable[[str], tuple[str, ...]]
     clips: tuple[Callable[[], list[Row]], ...]
     t5_prefix: str
-    lokr_prefixes: tuple[str, ...]
     t5_component: str = (
         ""  # T5-XXL's pipeline component (train.t5), "" where dbspec trains none beside LyCORIS
     )
@@ -268,14 +267,6 @@ def flux_preset_file(
     if t5 and idle:
         t5 = []  # built, never trained
     _t5_trains(t5, algo, model)
-    lokr = algo in ("lokr", "loha")
-    outside = [layer.path for layer in built if not layer.path.startswith(model.lokr_prefixes)]
-    if lokr and outside:
-        raise PresetError(
-            f"it adapts {outside[0]}: dbspec's fused LoKr / LoHa on {model.title} (and its export in "
-            f"LyCORIS's layout) covers {', '.join(p.rstrip('.') for p in model.lokr_prefixes)} only",
-            False,
-        )
     # the walk's layers and the inventory in diffusers' names (a fused layer: each part)
     layers = {part: replace(layer, path=part) for layer in built for part in model.parts(layer.path)}
     rows = [(part, "Linear", kind) for path, _, kind in unet if kind for part in model.parts(path)]
@@ -313,7 +304,7 @@ def flux_preset_file(
         rows,
         text_rows,
     )
-    kind = algo if lokr else "lora"
+    kind = algo if algo in ("lokr", "loha") else "lora"
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
@@ -419,7 +410,6 @@ SD3_MODEL = FlowModel(
     sd3_parts,
     (lambda: clip_text(12, projection=True), lambda: clip_text(32, projection=True)),
     "lora_te3_",
-    ("joint_blocks.", "t_embedder.", "x_embedder."),
     "text_encoder_3",
 )
 FLUX_MODEL = FlowModel(
@@ -428,7 +418,6 @@ FLUX_MODEL = FlowModel(
     diffusers_parts,
     (lambda: clip_text(12),),
     "lora_te2_",
-    ("double_blocks.", "single_blocks."),
     "text_encoder_2",
 )
 # --model_type chroma: kohya's Chroma (chroma_rows.py) with the dummy CLIP-L (no Linear) and T5-XXL
@@ -438,7 +427,6 @@ CHROMA_MODEL = FlowModel(
     chroma_parts,
     (dummy_clip_l,),
     "lora_te2_",
-    ("double_blocks.", "single_blocks."),
 )
 
 

@@ -389,9 +389,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
     first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
     offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
-    text_encoder_norms` (runtime/norm_offsets.py), for algo lora / locon, lokr and loha with CLIP layers
-    adapted, each CLIP encoder's the same, and no rank or module dropout (NormModule draws its own). False
-    when refused."""
+    text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha, full: the
+    others take no preset file here), each CLIP encoder's the same (CLIP Linears adapted or not: the offsets
+    alone train CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -429,27 +429,12 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     return True
 
 
-def _rate(value: str | None) -> float:
-    """A dropout rate as LyCORIS's float() reads it; 0 for one it cannot read (its own mapping reports it)."""
-    try:
-        return float(value or 0)
-    except ValueError:
-        return 0.0
-
-
 def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
-    if algo not in ("lora", "locon", "lokr", "loha"):
-        return f"dbspec offsets them beside LoRA / LoCon, LoKr and LoHa, not algo={algo}"
     if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
         return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
-    if not file.text:
-        return "the file adapts no CLIP Linear, and dbspec trains CLIP with its adapters only"
     if len(set(file.clip_norms)) > 1:
         return "the file reaches other LayerNorms in each CLIP encoder (dbspec names one set for both)"
-    drops = [k for k in ("rank_dropout", "module_dropout") if _rate(kwargs.get(k))]
-    if drops:
-        return f"with {drops[0]} (NormModule draws its own, which dbspec does not)"
     return ""
 
 

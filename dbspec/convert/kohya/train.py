@@ -784,7 +784,8 @@ def map_text_encoder(
                 conv.mapped(te_only, ("train", "denoiser"), False)
             return True
         conv.put(("train", "text_encoder_2"), False, note.format("second"))
-    if not unet_only.value and first == [] and not second:
+    norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]  # NormModules: CLIP trains
+    if not unet_only.value and first == [] and not second and not norms:
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.put(
             ("train", "text_encoder"),
