@@ -19,7 +19,7 @@ import attrs
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
+from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 from dbspec.spec.model import (
     DiagOftAdapter,
     DyloraAdapter,
@@ -220,11 +220,12 @@ def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
 FLOW_FOLDED = ("lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear")
 
 
-def flow_component_prefixes(family: str) -> dict[str, str]:
+def flow_component_prefixes(family: str, lycoris: bool = False) -> dict[str, str]:
     """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
-    denoiser `unet` in every family)."""
+    denoiser `unet` in every family); `lycoris`: lycoris.kohya's prefixes (T5-XXL lora_te2_ on Flux)."""
     names = family_spec(family).text_encoder_names
-    return {"lora_unet_": "unet", **dict(zip(flow_text_prefixes(family), names))}
+    prefixes = lycoris_text_prefixes(family) if lycoris else flow_text_prefixes(family)
+    return {"lora_unet_": "unet", **dict(zip(prefixes, names))}
 
 
 def fused_layer_of(family: str, name: str):
@@ -473,7 +474,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             help=f"start from a lycoris.kohya algo={adapter.kind} file",
         )
         return "", 0
-    prefixes = flow_component_prefixes(family)
+    prefixes = flow_component_prefixes(family, lycoris=True)  # LyCORIS's numbering of the encoders
     trained = {c.name for c in components if c.trainable == "lora"}
     used, ignored = 0, {}
     for name in sorted(modules):

@@ -6,7 +6,8 @@ names, what algo=lora / locon saves) is one LoConModule per fused Linear at the 
 dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
 (lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) is dbspec's fused LoKr / LoHa, modules at a rank,
 alpha or LoKr split of their own as [[adapter.blocks]].
-CLIP modules are lora_flux's / lora_sd3's; T5-XXL's (Flux's lora_te2 in LyCORIS's numbering) stay DBS403."""
+CLIP modules are lora_flux's / lora_sd3's; a LoKr / LoHa file's T5-XXL modules (Flux's lora_te2 in
+LyCORIS's numbering) are train.t5, a LoCon file's stay DBS403."""
 
 from __future__ import annotations
 
@@ -161,12 +162,38 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.rank, a.alpha) == (8, 4.0) and _rank(a, "transformer_blocks.0.attn.to_out.0") == (4, 4.0)
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
+    # T5-XXL's modules (LyCORIS's lora_te2_ on Flux) train while T5 encodes every step: train.t5, LoHa on
+    # T5 at the file's rank (one at its own: a text-encoder block), the Linears the file lacks at rank 0
+    t5 = {
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8),
+        "lora_te2_encoder_block_3_layer_1_DenseReluDense_wo": loha(4096, 10240, 2),
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5}, alpha=4.0)
+    outcome = _flux(tmp_path, "--text_encoder_lr 2e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert "text_encoder_2" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0) and plan.optimizer.text_encoder_lr == 2e-5
+    t5_path = "text_encoder_2.encoder.block.{}.layer.{}"
+
+    def _te(path):
+        block = next((b for b in a.text_encoder_blocks if re.search(b.pattern, path)), None)
+        return None if block is None else (block.rank, block.alpha)
+
+    assert _te(t5_path.format(0, "0.SelfAttention.q")) is None  # the adapter's rank 8
+    assert _te(t5_path.format(3, "1.DenseReluDense.wo")) == (2, 4.0)
+    assert _te(t5_path.format(0, "0.SelfAttention.k")) == (0, 1.0)
+    assert _te(t5_path.format(23, "1.DenseReluDense.wi_0")) == (0, 1.0)
     for extra, code, words in (
-        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
+        ("--cache_text_encoder_outputs", "DBS403", "T5-XXL's"),  # T5 never encodes: the file's stay
+        ("--text_encoder_lr 0", "DBS403", "T5-XXL's"),
     ):
-        _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
-        outcome = _flux(tmp_path, allow=True)
+        outcome = _flux(tmp_path, extra, allow=True)
         assert words in messages(outcome, code), errors(outcome)
+    bad = {"lora_te2_encoder_block_0_layer_0_SelfAttention_relative_attention_bias": loha(32, 64, 8)}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **bad}, alpha=4.0)
+    assert "no T5-XXL attention" in messages(_flux(tmp_path, allow=True), "DBS403")
     # a CLIP module at a rank of its own: an [[adapter.text_encoder_blocks]] entry over its path
     clip = {"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}
     _factor_file(tmp_path / "prev.safetensors", {**modules, **clip}, alpha=4.0)

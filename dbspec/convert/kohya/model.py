@@ -30,6 +30,7 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
+from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import family_spec
@@ -993,7 +994,7 @@ def _lycoris_flow_factor_file(
     (lycoris_flow_weights.py); what that cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3
     file: lycoris-lora 4.1.3's IA3Module cannot be built from one)."""
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
-    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value))
+    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value), _t5_idle(a))
     if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
             from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
@@ -1006,8 +1007,10 @@ def _lycoris_flow_factor_file(
     note = f"kohya --dim_from_weights: LyCORIS's {algo} modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), algo, conv.comment(module, note))
     for key, value in found.items():
-        if key not in ("kind", "blocks", "text_encoder_blocks"):
+        if key not in ("kind", "blocks", "text_encoder_blocks", "t5"):
             conv.put(("adapter", key), value, note)
+    if found.get("t5"):  # T5-XXL's modules train in LyCORIS's text group: dbspec's T5 adapter of that kind
+        conv.put(("train", "t5"), True, conv.comment(from_file, f"{note}: T5-XXL's"))
     for table in ("blocks", "text_encoder_blocks"):  # modules at a rank / alpha / LoKr split of their own
         first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
         for index, block in enumerate(found.get(table, ()), start=first):
