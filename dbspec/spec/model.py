@@ -611,8 +611,8 @@ class LoraAdapter:
         doc="Whose module names the `kohya_lora` export writes where kohya's own LoRA network and LyCORIS's "
         "differ: on Flux and Chroma T5-XXL's modules (train.t5) are `lora_te3_` in kohya's lora_flux and "
         "`lora_te2_` in LyCORIS's lycoris.kohya (the second of the encoders the script hands it, which "
-        "lycoris-lora's create_network_from_weights loads), its ss_network_module `lycoris.kohya`. Elsewhere "
-        "the names agree.",
+        "lycoris-lora's create_network_from_weights loads), its ss_network_module `lycoris.kohya`; "
+        "`init_weights` is read under the same names. Elsewhere the names agree.",
         example="lycoris",
     )
     module_dropout: float = option(

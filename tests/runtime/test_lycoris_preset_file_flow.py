@@ -248,6 +248,15 @@ def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_p
     (again,) = Path(second.final).glob("*.kohya.safetensors")
     b = load_file(str(again))
     assert tensors.keys() == b.keys() and all(torch.equal(tensors[k], b[k]) for k in tensors)
+    # the export starts the same LoCon run (kohya --network_weights): T5's lora_te2_ modules load back
+    from tests.runtime.test_flow_init import _loaded
+
+    start = [*base, "output.dir=start", f"adapter.init_weights={export}"]
+    comps, count = _loaded(compile_spec(_spec(tmp_path), start))
+    again_q = dict(comps.text_encoders[1].float().named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
+    with torch.no_grad():
+        assert count == len(modules)
+        torch.testing.assert_close(again_q(x), layer(x), rtol=0, atol=1e-5)
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
