@@ -870,3 +870,16 @@ def flow_text_prefixes(family: str) -> tuple[str, ...]:
         "lora_te3_" if e.tokenizer_class.startswith("T5") else f"lora_te{i + 1}_"
         for i, e in enumerate(encoders)
     )
+
+
+def lycoris_text_prefixes(family: str) -> tuple[str, ...]:
+    """LyCORIS's prefixes of the family's text encoders, in its order (lycoris.kohya numbers the list the
+    kohya script hands it from 1): flux_train_network.py hands [CLIP-L, T5-XXL] (Chroma's CLIP-L a dummy
+    dbspec does not load), so T5-XXL is `lora_te2_` on Flux and Chroma, where kohya's lora_flux says
+    `lora_te3_`; sd3_train_network.py hands [CLIP-L, CLIP-G, T5-XXL] (`lora_te3_` in both)."""
+    encoders = family_spec(family).text_encoders
+    clips = max(1, sum(not e.tokenizer_class.startswith("T5") for e in encoders))
+    return tuple(
+        f"lora_te{clips + 1}_" if e.tokenizer_class.startswith("T5") else f"lora_te{i + 1}_"
+        for i, e in enumerate(encoders)
+    )

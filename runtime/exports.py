@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dbspec import __version__
-from dbspec.families import family_spec, flow_text_prefixes
+from dbspec.families import family_spec, flow_text_prefixes, lycoris_text_prefixes, t5_text_encoders
 from dbspec.plan.io import plan_hash
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -236,21 +236,35 @@ def checked_layers(tensors: dict, ranks: set, alphas: set) -> tuple[dict, dict[s
     return tensors, dims
 
 
-def kohya_parts(*, unet: nn.Module | None, text_encoders: list, family: Family) -> list:
+def kohya_parts(
+    *, unet: nn.Module | None, text_encoders: list, family: Family, lycoris: bool = False
+) -> list:
     """(kohya key prefix, module, module path -> kohya path) for each adapted model, as kohya names them;
-    the LoRA and the LyCORIS writers share it."""
+    the LoRA and the LyCORIS writers share it. `lycoris`: the names lycoris.kohya gives (T5-XXL's prefix on
+    Flux and Chroma, families.lycoris_text_prefixes), else kohya's own network's."""
     spec = family_spec(family)
     expected = len(spec.text_encoders)
     if len(text_encoders) not in (0, expected):
         raise ValueError(f"{family} has {expected} text encoder(s); got {len(text_encoders)}")
-    # kohya's flow networks (lora_flux, lora_sd3; LyCORIS's on them) number CLIP-L 1, CLIP-G 2, T5-XXL 3
-    flow = tuple(p.rstrip("_") for p in flow_text_prefixes(family)) if spec.kohya_lora_targets else ()
+    # kohya's flow networks (lora_flux, lora_sd3) number CLIP-L 1, CLIP-G 2, T5-XXL 3; LyCORIS its list
+    named = lycoris_text_prefixes if lycoris else flow_text_prefixes
+    flow = tuple(p.rstrip("_") for p in named(family)) if spec.kohya_lora_targets else ()
     prefixes = flow or _TEXT_PREFIXES[expected]
-    parts = [(prefix, module, clip_path) for prefix, module in zip(prefixes, text_encoders)]
+    t5 = t5_text_encoders(family)
+    names = [e.component for e in spec.text_encoders]
+    # T5-XXL's modules keep transformers' paths (lora_te3_encoder_block_...); CLIP's the original layout's
+    parts = [
+        (prefix, module, _same if name in t5 else clip_path)
+        for prefix, module, name in zip(prefixes, text_encoders, names)
+    ]
     if unet is not None:
         original = unet_table(unet.config) if spec.kohya.original_unet_names else None
         parts.append(("lora_unet", unet, (lambda n: rename(n, original)) if original else (lambda n: n)))
     return parts
+
+
+def _same(name: str) -> str:
+    return name
 
 
 def _kohya_lora_layers(module: nn.Module | None, folded: bool = False):
@@ -453,10 +467,29 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
             tensors.update(kohya_norms(plan, comps))  # LyCORIS train_norm's NormModules
             path = folder / f"{name}.kohya.{ext}"
             training = {**metadata, **_kohya_training(plan, step)}
-            written.append(write_kohya_lora(path, tensors, dims, family.kohya_metadata(prediction), training))
+            facts = family.kohya_metadata(prediction)
+            if plan.adapter.kohya_names == "lycoris":  # lycoris.kohya's LoCon: its names (T5-XXL's prefix)
+                tensors = lycoris_names(tensors, plan.model.family)
+                facts = {**facts, "ss_network_module": "lycoris.kohya"}
+            written.append(write_kohya_lora(path, tensors, dims, facts, training))
         else:
             raise ValueError(f"unknown export format {fmt!r}")
     return written
+
+
+def lycoris_names(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
+    """kohya's flow-network tensors under LyCORIS's module names: the text encoders' prefixes where
+    lycoris.kohya numbers them otherwise (Flux / Chroma T5-XXL: lora_te3_ -> lora_te2_)."""
+    renamed = {
+        ours: theirs
+        for ours, theirs in zip(flow_text_prefixes(family), lycoris_text_prefixes(family))
+        if ours != theirs
+    }
+    out = {}
+    for key, value in tensors.items():
+        prefix = next((p for p in renamed if key.startswith(p)), None)
+        out[renamed[prefix] + key[len(prefix) :] if prefix else key] = value
+    return out
 
 
 def kohya_norms(plan: Plan, comps) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from importlib import import_module
 import torch
 from safetensors.torch import load_file
 
-from dbspec.families import family_spec, flow_text_prefixes
+from dbspec.families import family_spec, flow_text_prefixes, lycoris_text_prefixes
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import ADAPTER_NAME, lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, clip_path
@@ -52,7 +52,9 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
             skipped.append("lora_unet_")
         else:
             done |= _load_denoiser(path, family, unet, state, modules if partial else None)
-        for prefix, encoder in zip(flow_text_prefixes(family), text_encoders):
+        # a LyCORIS LoCon's file (adapter.kohya_names): T5-XXL under LyCORIS's prefix (lora_te2_ on Flux)
+        named = lycoris_text_prefixes if plan.adapter.kohya_names == "lycoris" else flow_text_prefixes
+        for prefix, encoder in zip(named(family), text_encoders):
             if lora_adapter(encoder) is None:
                 skipped.append(prefix)
                 continue

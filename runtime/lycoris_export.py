@@ -61,12 +61,14 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
 
 
 def lycoris_state(
-    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str
+    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str, lycoris: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Every adapted layer's tensors under its kohya name, cast to `dtype` (alphas in fp32)."""
+    """Every adapted layer's tensors under its kohya name (`lycoris`: lycoris.kohya's, else kohya's
+    networks.lora's: T5-XXL's prefix on Flux, exports.kohya_parts), cast to `dtype` (alphas in fp32)."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=text_encoders, family=family):
+    parts = kohya_parts(unet=unet, text_encoders=text_encoders, family=family, lycoris=lycoris)
+    for prefix, module, to_path in parts:
         fused = module is unet and _fused_lokr(unet, family)
         full = module is unet and bool(family_spec(family).fused_projections) and _has_stacked(unet)
         if fused or full:  # LoKr, LoHa, full, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
@@ -456,8 +458,9 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or adapter.rank_dropout_form != "kohya"
         or adapter.output_dropout
         or mixed(adapter)
+        or adapter.kohya_names == "lycoris"
     ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar, LoCon's dropouts or other
-        # kinds on some layers (a preset file's maps)
+        # kinds on some layers (a preset file's maps); or named as LyCORIS names it
         args["algo"] = "locon"
     if adapter.conv_rank:
         args.update(conv_dim=str(adapter.conv_rank), conv_alpha=f"{adapter.conv_alpha:g}")
@@ -490,17 +493,18 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":
         return export_kohya_oft(path, plan, comps, metadata)
     encoders = list(comps.text_encoders) if plan.train_text_encoder else []
+    a = plan.adapter
+    args = network_args(a)
     tensors = lycoris_state(
         unet=comps.unet if plan.train_denoiser else None,
         text_encoders=encoders,
         family=plan.model.family,
         dtype=plan.checkpoints.save_precision,
+        lycoris="algo" in args,  # the network ss_network_module names below names the modules
     )
     from dbspec.runtime.exports import kohya_norms
 
     tensors.update(kohya_norms(plan, comps))  # LyCORIS train_norm's NormModules
-    a = plan.adapter
-    args = network_args(a)
     kohya = {
         # A1111 and ComfyUI read the layout from the tensor names; the module says which network wrote it.
         "ss_network_module": "networks.lora" if "algo" not in args else "lycoris.kohya",

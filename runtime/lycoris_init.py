@@ -109,8 +109,8 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
         return whole_layer_slots(plan, unet, text_encoders)
 
     out: dict[str, tuple[dict[str, Slot], float | None]] = {}
-    for prefix, module, to_path in kohya_parts(
-        unet=unet, text_encoders=list(text_encoders), family=plan.model.family
+    for prefix, module, to_path in kohya_parts(  # LyCORIS's names (T5-XXL's lora_te2_ on Flux)
+        unet=unet, text_encoders=list(text_encoders), family=plan.model.family, lycoris=True
     ):
         found = lora_adapter(module)
         if found is None:

@@ -43,6 +43,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
             "down_dropout": adapter.down_dropout,
             "output_dropout": adapter.output_dropout,
             "multiplier": adapter.multiplier,
+            "kohya_names": adapter.kohya_names,
             "max_norm": adapter.max_norm,
             "max_norm_form": adapter.max_norm_form if adapter.max_norm else "kohya",
             "freeze_down": adapter.freeze_down,

@@ -19,7 +19,13 @@ import attrs
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes
+from dbspec.families import (
+    T5_LORA_TARGETS,
+    family_spec,
+    flow_text_prefixes,
+    lycoris_text_prefixes,
+    t5_text_encoders,
+)
 from dbspec.spec.model import (
     DiagOftAdapter,
     DyloraAdapter,
@@ -139,11 +145,14 @@ def _t5_module(module: LoraModule) -> bool:
     return module.name.startswith("lora_te3_")
 
 
-def _layer_targets(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> tuple[str, ...]:
-    """The targets a file's Linear module must end in: T5-XXL's are kohya's T5 targets (train.t5)."""
+def _layer_targets(
+    module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool | None = None
+) -> tuple[str, ...]:
+    """The targets a file's Linear module must end in: T5-XXL's are kohya's T5 targets (train.t5); `t5`:
+    whether it is T5-XXL's (None: by kohya's lora_te3 prefix)."""
     if denoiser:
         return tuple(adapter.denoiser_targets)
-    if _t5_module(module):
+    if _t5_module(module) if t5 is None else t5:
         return T5_LORA_TARGETS
     # kohya's lora_te2 prefix: SDXL's and SD3's second CLIP encoder (OpenCLIP bigG), its own targets
     return tuple(adapter.text_encoder_2_targets if _te2_module(module) else adapter.text_encoder_targets)
@@ -166,21 +175,22 @@ def _unadapted(ctx: Context, path, names: list[str]) -> None:
         )
 
 
-def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> str:
-    """Why the file's module does not fit the adapter, or ""."""
+def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool | None = None) -> str:
+    """Why the file's module does not fit the adapter, or "" (`t5`: as _layer_targets)."""
+    t5 = _t5_module(module) if t5 is None else t5
     tensor = f"`{module.name}.lora_down.weight`"
     if module.conv:
         targets = adapter.conv_targets if denoiser and adapter.conv_rank else []
         rank, alpha, what = adapter.conv_rank, adapter.conv_alpha, "conv_rank"
     else:
-        targets = _layer_targets(module, adapter, denoiser)
+        targets = _layer_targets(module, adapter, denoiser, t5)
         rank, alpha, what = adapter.rank, adapter.alpha, "rank"
     if not any(module.name.endswith(kohya_suffix(t)) for t in targets):
         listed = (
             "conv_targets" if module.conv else ("denoiser_targets" if denoiser else "text_encoder_targets")
         )
-        listed = "t5_targets (train.t5)" if _t5_module(module) else listed
-        listed = "text_encoder_2_targets" if _te2_module(module) and not denoiser else listed
+        listed = "t5_targets (train.t5)" if t5 else listed
+        listed = "text_encoder_2_targets" if _te2_module(module) and not (denoiser or t5) else listed
         kind = "convolution" if module.conv else "layer"
         return (
             f"tensor {tensor} adapts a {kind} adapter.{listed} does not name ({', '.join(targets) or 'none'})"
@@ -220,11 +230,12 @@ def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
 FLOW_FOLDED = ("lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear")
 
 
-def flow_component_prefixes(family: str) -> dict[str, str]:
+def flow_component_prefixes(family: str, lycoris: bool = False) -> dict[str, str]:
     """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
-    denoiser `unet` in every family)."""
+    denoiser `unet` in every family); `lycoris`: lycoris.kohya's prefixes (T5-XXL lora_te2_ on Flux)."""
     names = family_spec(family).text_encoder_names
-    return {"lora_unet_": "unet", **dict(zip(flow_text_prefixes(family), names))}
+    prefixes = lycoris_text_prefixes(family) if lycoris else flow_text_prefixes(family)
+    return {"lora_unet_": "unet", **dict(zip(prefixes, names))}
 
 
 def fused_layer_of(family: str, name: str):
@@ -237,7 +248,9 @@ def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, tr
     either one down-projection shared by its parts, or with split_qkv the parts' downs stacked and their ups
     on the block diagonal). Ranks and alphas are checked here; that each module names a layer the run adapts
     (and each adapted layer has its tensors) is checked when the run loads it (the names need the model)."""
-    prefixes = flow_component_prefixes(family)
+    # a LyCORIS LoCon's file (adapter.kohya_names): T5-XXL under LyCORIS's prefix (lora_te2_ on Flux)
+    lycoris = isinstance(adapter, LoraAdapter) and adapter.kohya_names == "lycoris"
+    prefixes = flow_component_prefixes(family, lycoris=lycoris)
     spec = family_spec(family)
     used = 0
     ignored: dict[str, int] = {}
@@ -260,7 +273,7 @@ def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, tr
         if component == "unet":
             problem = _flow_mismatch(module, adapter, family)
         else:
-            problem = _mismatch(module, adapter, False)
+            problem = _mismatch(module, adapter, False, component in t5_text_encoders(family))
         if problem:
             ctx.report(
                 "DBS356",
@@ -473,7 +486,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             help=f"start from a lycoris.kohya algo={adapter.kind} file",
         )
         return "", 0
-    prefixes = flow_component_prefixes(family)
+    prefixes = flow_component_prefixes(family, lycoris=True)  # LyCORIS's numbering of the encoders
     trained = {c.name for c in components if c.trainable == "lora"}
     used, ignored = 0, {}
     for name in sorted(modules):

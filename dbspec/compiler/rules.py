@@ -143,14 +143,18 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+# the adapter kinds train.t5 puts on T5-XXL's Linears (kohya lora_flux's LoRA; LyCORIS's LoKr / LoHa there)
+T5_ADAPTER_KINDS = ("lora", "lokr", "loha")
+
+
 @rule("spec")
 def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.t5 and spec.adapter.kind != "lora":
+    if spec.train.t5 and spec.adapter.kind not in T5_ADAPTER_KINDS:
         yield _err(
             "DBS568",
             ("train", "t5"),
-            f'train.t5 trains T5-XXL with LoRA, but adapter.kind is "{spec.adapter.kind}"',
-            'set adapter.kind = "lora", or remove train.t5',
+            f'train.t5 trains T5-XXL with LoRA, LoKr or LoHa, but adapter.kind is "{spec.adapter.kind}"',
+            'set adapter.kind = "lora", "lokr" or "loha", or remove train.t5',
         )
 
 

@@ -97,6 +97,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "max_norm"): 0.0,  # kohya's max-norm regularisation, added since (off then)
         ("adapter", "max_norm_form"): "kohya",  # LyCORIS's max-norm form, added since (kohya's then)
         ("adapter", "rank_dropout_form"): "kohya",  # LyCORIS LoCon's rank dropout, added since
+        ("adapter", "kohya_names"): "kohya",  # LyCORIS's T5-XXL names in the export, added since (kohya's)
         ("adapter", "output_dropout"): 0.0,  # LyCORIS LoCon's bypass dropout, added since (off then)
         ("adapter", "freeze_down"): False,  # LoRA-FA (kohya networks.lora_fa), added since (off then)
         ("adapter", "frozen_down_grad"): "none",

@@ -204,6 +204,8 @@ class AdapterPlan:
     # lora with rank_dropout: whose mask (adapter.rank_dropout_form): "kohya" (networks.lora, per sample and
     # rank, rescaled), "lycoris" (LoCon: torch.rand(out), output rows), "lycoris_bypass" (torch.rand(rank))
     rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = "kohya"
+    # lora: the kohya_lora export's module names, kohya's network's or LyCORIS's (Flux / Chroma T5-XXL)
+    kohya_names: Literal["kohya", "lycoris"] = "kohya"
     # lora: dropout on the down projection's output (kohya networks.lora network_dropout); 0 = off
     down_dropout: float = 0.0
     # lora: dropout on the update's output (LyCORIS LoCon's bypass `dropout`); 0 = off

@@ -613,6 +613,8 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     if a.t5_targets:  # train.t5 (kohya's train_t5xxl)
         rows.append(("  T5-XXL targets", f"{', '.join(a.t5_targets)} (train.t5; outputs never cached)"))
+    if a.kohya_names == "lycoris":  # lycoris.kohya's LoCon: LyCORIS's names in the kohya_lora export
+        rows.append(("  kohya export names", "LyCORIS's (T5-XXL lora_te2_ on Flux / Chroma)"))
     if a.text_encoder_norms:  # LyCORIS train_norm (runtime/norm_offsets.py)
         norms = ", ".join(a.text_encoder_norms)
         rows.append(("  CLIP norm offsets", f"{norms} (LyCORIS train_norm: weight and bias offsets, from 0)"))

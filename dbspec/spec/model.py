@@ -627,6 +627,15 @@ class LoraAdapter:
         "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact.",
         example="lycoris",
     )
+    kohya_names: Literal["kohya", "lycoris"] = option(
+        "kohya",
+        doc="Whose module names the `kohya_lora` export writes where kohya's own LoRA network and LyCORIS's "
+        "differ: on Flux and Chroma T5-XXL's modules (train.t5) are `lora_te3_` in kohya's lora_flux and "
+        "`lora_te2_` in LyCORIS's lycoris.kohya (the second of the encoders the script hands it, which "
+        "lycoris-lora's create_network_from_weights loads), its ss_network_module `lycoris.kohya`; "
+        "`init_weights` is read under the same names. Elsewhere the names agree.",
+        example="lycoris",
+    )
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
@@ -1453,9 +1462,11 @@ class Train:
     )
     t5: bool = option(
         False,
-        doc="Also train the T5-XXL text encoder (Flux, SD3) with LoRA on its attention q/k/v/o and gated MLP "
-        "wi_0/wi_1/wo projections (kohya's lora_flux / lora_sd3 `train_t5xxl=True`), at the adapter's rank "
-        'and alpha; its outputs are then not cached. Needs `adapter.kind = "lora"`.',
+        doc="Also train the T5-XXL text encoder (Flux, SD3, Chroma) with the adapter on its attention "
+        "q/k/v/o and gated MLP wi_0/wi_1/wo projections (LoRA: kohya's lora_flux / lora_sd3 "
+        "`train_t5xxl=True`; LoKr or LoHa: LyCORIS's modules there), at the adapter's rank and alpha; its "
+        "outputs are then not cached. "
+        'Needs `adapter.kind` "lora", "lokr" or "loha".',
     )
     text_encoder_stop_step: int = option(
         0,

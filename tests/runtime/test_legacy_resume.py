@@ -39,6 +39,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["max_norm"]  # kohya's max-norm regularisation, added since (off then)
     del data["adapter"]["max_norm_form"]  # LyCORIS's max-norm form, added since (kohya's then)
     del data["adapter"]["rank_dropout_form"]  # LyCORIS LoCon's rank dropout, added since
+    del data["adapter"]["kohya_names"]  # LyCORIS's T5-XXL names in the export, added since
     del data["adapter"]["output_dropout"]  # LyCORIS LoCon's bypass dropout, added since (off then)
     del data["adapter"]["freeze_down"], data["adapter"]["frozen_down_grad"]  # LoRA-FA, added since (off then)
     del data["model"]["t5_max_length"]  # SD3's T5 length, added since

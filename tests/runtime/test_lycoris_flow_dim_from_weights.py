@@ -67,8 +67,8 @@ def test_flux_file_builds_what_the_plan_blocks_say(tmp_path):
 def test_text_encoder_modules_in_lycoris_numbering(tmp_path):
     """create_network_from_weights numbers the encoder list flux_train_network.py hands it ([CLIP-L, T5-XXL]):
     lora_te1 builds on CLIP-L (a LoConModule at the file's rank and alpha, lora_flux's CLIP module, which the
-    converter's text blocks give that rank), lora_te2 on T5-XXL (which the converter refuses), and lora_flux's
-    own T5 name lora_te3 builds nothing."""
+    converter's text blocks give that rank), lora_te2 on T5-XXL (train.t5, its text blocks at that rank), and
+    lora_flux's own T5 name lora_te3 builds nothing."""
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from dbspec.convert.kohya.file_ranks import per_module_text_blocks
@@ -99,8 +99,14 @@ def test_text_encoder_modules_in_lycoris_numbering(tmp_path):
         "lora_te1_text_model_encoder_layers_1_mlp_fc1": (4, 0.5),
         "lora_te2_encoder_block_0_layer_0_SelfAttention_q": (2, 1.0),
     }
-    blocks = per_module_text_blocks(read_lora_file(path), {"lora_te1_": "text_encoder"})
-    for layer, want in (("1.mlp.fc1", (4, 2.0)), ("0.mlp.fc1", (0, 1.0))):
-        name = f"text_encoder.text_model.encoder.layers.{layer}"
+    # the converter's components: LyCORIS's numbering, T5-XXL (train.t5) under lora_te2_
+    components = {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
+    blocks = per_module_text_blocks(read_lora_file(path), components)
+    for name, want in (
+        ("text_encoder.text_model.encoder.layers.1.mlp.fc1", (4, 2.0)),
+        ("text_encoder.text_model.encoder.layers.0.mlp.fc1", (0, 1.0)),
+        ("text_encoder_2.encoder.block.0.layer.0.SelfAttention.q", (2, 2.0)),  # LyCORIS's: rank 2, scale 1
+        ("text_encoder_2.encoder.block.0.layer.0.SelfAttention.k", (0, 1.0)),  # lora_te3_: none built
+    ):
         block = next(b for b in blocks if re.search(b["pattern"], name))
         assert (block["rank"], block["alpha"]) == want, name

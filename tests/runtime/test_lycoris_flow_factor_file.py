@@ -194,8 +194,10 @@ def test_ia3_file_stops_lycoris(tmp_path):
 
 def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path):
     """A LoHa file whose CLIP-L modules (lora_te1_*, LyCORIS's first encoder) cover the attention Linears of
-    every layer: text_encoder_targets (their paths) at the file's rank; dbspec's run starts CLIP-L's layers
-    where LyCORIS's create_network_from_weights on kohya's encoder list [CLIP-L, T5-XXL] rebuilds them."""
+    every layer: text_encoder_targets (their paths) at the file's rank, and whose T5-XXL modules (lora_te2_*,
+    the second) cover block 0's attention: train.t5 (dbspec's T5 LoHa); dbspec's run starts CLIP-L's and
+    T5's layers where LyCORIS's create_network_from_weights on kohya's encoder list [CLIP-L, T5-XXL] rebuilds
+    them."""
     from dbspec.runtime.tiny import build_pipeline
 
     file, linears = _file(tmp_path, LohaModule, 2, {})
@@ -211,15 +213,23 @@ def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path
                 torch.nn.init.normal_(p, std=0.2)
             tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
             names[path] = name
+    t5 = build_pipeline(BASE).text_encoder_2.float()
+    for path, layer in t5.named_modules():
+        if re.fullmatch(r"encoder\.block\.0\.layer\.0\.SelfAttention\.[qkvo]", path):
+            name = "lora_te2_" + path.replace(".", "_")
+            module = LohaModule(name, layer, 1.0, 2, 1.5)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+            names[path] = name
     save_file(tensors, str(file))
-    t5 = build_pipeline(BASE).text_encoder_2
     theirs = copy.deepcopy(clip)
     kohya_clip = nn.Module()  # kohya's transformers (4.54.1) CLIPTextModel: its layers under text_model
     kohya_clip.add_module("text_model", theirs)
     network, _ = lycoris_kohya.create_network_from_weights(
         1.0, str(file), None, [kohya_clip, t5], _tree(linears)
     )
-    assert len(network.text_encoder_loras) == len(names) == 12
+    assert len(network.text_encoder_loras) == len(names) == 12 + 4
     for module in network.text_encoder_loras:
         module.apply_to()
     plan = compile_spec(_converted(tmp_path), RUN)
@@ -228,12 +238,13 @@ def test_factor_file_with_clip_modules_starts_where_lycoris_rebuilds_it(tmp_path
         "encoder.layers.0.self_attn.out_proj",
     )
     comps, count = _loaded(plan)
-    assert count == 7 + 12 and plan.train_text_encoder
+    assert count == 7 + 12 + 4 and plan.train_text_encoder and plan.adapter.t5_targets
     ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    ours_t5 = dict(comps.text_encoders[1].float().eval().named_modules())
     torch.manual_seed(0)
-    for path, layer in theirs.named_modules():
-        if path not in names:
-            continue
+    pairs = [(ours, path, layer) for path, layer in theirs.named_modules() if path in names]
+    pairs += [(ours_t5, path, layer) for path, layer in t5.named_modules() if path in names]
+    for ours, path, layer in pairs:
         x = torch.randn(3, ours[path].base_layer.in_features)
         with torch.no_grad():
             assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-3), path

@@ -197,9 +197,10 @@ def test_t5_layers_of_a_preset_file_are_t5_lora(models, tmp_path, monkeypatch):
 def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_path, monkeypatch):
     """A tiny Flux run of the double-attention file (fused q/k/v whole, the img stream's at dim 16) with
     T5-XXL's attention too (its block 1 excluded, dim 2: train.t5): its kohya export holds LyCORIS's modules
-    that tiny-flux has (T5's under kohya lora_flux's `lora_te3_` where LyCORIS says `lora_te2_`),
-    lycoris-lora's LoConModule loaded from it computes the trained T5 layer's output, and a run stopped after
-    2 of 4 steps resumes to the same weights."""
+    that tiny-flux has under LyCORIS's names (T5's `lora_te2_`, adapter.kohya_names, where kohya lora_flux
+    says `lora_te3_`), lycoris-lora's create_network_from_weights on [CLIP-L, T5] and tiny-flux's T5 finds
+    every T5 module and LoConModule loaded from it computes the trained T5 layer's output, and a run stopped
+    after 2 of 4 steps resumes to the same weights."""
     from lycoris.modules.locon import LoConModule
 
     text = PRESETS["double_attention"].replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
@@ -214,7 +215,8 @@ def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_p
     assert whole.status == "finished" and whole.steps == 4
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    modules = {k.split(".")[0].replace("lora_te3_", "lora_te2_") for k in tensors}
+    assert plan.adapter.kohya_names == "lycoris"
+    modules = {k.split(".")[0] for k in tensors}
     assert modules and modules <= theirs
     t5 = {m for m in modules if m.startswith("lora_te2_")}
     assert t5 == {f"lora_te2_encoder_block_0_layer_0_SelfAttention_{n}" for n in "qkvo"}
@@ -225,11 +227,16 @@ def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_p
     )
     assert plan.adapter.blocks[0].rank == 16
     layer = dict(whole.components.text_encoders[1].named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
-    name = "lora_te3_encoder_block_0_layer_0_SelfAttention_q"
-    state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(name + ".")}
-    theirs_q = LoConModule(name, copy.deepcopy(layer.base_layer), 1.0, 2, state["alpha"].item())
-    theirs_q.load_state_dict(state)
-    theirs_q.apply_to()
+    # lycoris-lora's loader on [CLIP-L, T5-XXL] (no CLIP-L or Flux layer here: T5's modules alone)
+    plain = _unwrapped(whole.components.text_encoders[1])
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, None, None, [nn.Module(), plain], nn.Module(), tensors
+    )
+    assert {m.lora_name for m in network.text_encoder_loras} == t5
+    theirs_q = next(m for m in network.text_encoder_loras if m.lora_name.endswith("SelfAttention_q"))
+    assert isinstance(theirs_q, LoConModule)
+    network.apply_to([nn.Module(), plain], nn.Module(), apply_text_encoder=True, apply_unet=False)
+    network.load_state_dict(tensors, strict=False)
     x = torch.randn(3, layer.base_layer.in_features)
     with torch.no_grad():
         assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)  # T5's LoRA trained
@@ -241,6 +248,25 @@ def test_flux_preset_file_trains_resumes_and_exports_lycoris_names(models, tmp_p
     (again,) = Path(second.final).glob("*.kohya.safetensors")
     b = load_file(str(again))
     assert tensors.keys() == b.keys() and all(torch.equal(tensors[k], b[k]) for k in tensors)
+    # the export starts the same LoCon run (kohya --network_weights): T5's lora_te2_ modules load back
+    from tests.runtime.test_flow_init import _loaded
+
+    start = [*base, "output.dir=start", f"adapter.init_weights={export}"]
+    comps, count = _loaded(compile_spec(_spec(tmp_path), start))
+    again_q = dict(comps.text_encoders[1].float().named_modules())["encoder.block.0.layer.0.SelfAttention.q"]
+    with torch.no_grad():
+        assert count == len(modules)
+        torch.testing.assert_close(again_q(x), layer(x), rtol=0, atol=1e-5)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """A copy of a peft-adapted model with its base layers back in place of the adapter layers."""
+    plain = copy.deepcopy(model)
+    for name, module in list(plain.named_modules()):
+        if isinstance(getattr(module, "base_layer", None), nn.Linear):
+            parent, _, child = name.rpartition(".")
+            setattr(plain.get_submodule(parent), child, module.base_layer)
+    return plain
 
 
 def _spec(tmp_path: Path) -> Path:
@@ -411,9 +437,12 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 1\nalpha = 1\nfactor = 4\n'
     own += "decompose_both = true\nunbalanced_factorization = true\n"  # LoKr's split swapped
     own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
+    own += "[module_algo_map.T5Attention]\ndim = 3\nalpha = 1\nfactor = 4\n"  # T5-XXL's: train.t5
     if algo == "lokr":
         own += '[name_algo_map."double_blocks.*.txt_attn.proj"]\ndim = 100000\n'
-    path.write_text(_with_outside(PRESETS["double_attention"]) + "\n" + own, encoding="utf-8")
+    text = _with_outside(PRESETS["double_attention"])
+    text = text.replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
+    path.write_text(text + "\n" + own, encoding="utf-8")
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
@@ -427,7 +456,7 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
         m.lora_name: (m.lora_dim, float(m.scale), {k: tuple(v.shape) for k, v in m.state_dict().items()})
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
-    assert {d for d, _, _ in theirs.values()} == {1, 2, 4, 16} | ({100000} if algo == "lokr" else set())
+    assert {d for d, _, _ in theirs.values()} == {1, 2, 3, 4, 16} | ({100000} if algo == "lokr" else set())
     a = _converted(tmp_path, path.name, algo).adapter
     ours = {}
     for name, module in models["te"][0].named_modules():
@@ -435,6 +464,12 @@ def test_lokr_and_loha_map_dims_are_lycoris_modules(models, tmp_path, monkeypatc
             block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder.{name}"))
             out_dim, in_dim = module.weight.shape
             ours[f"lora_te1_{name.replace('.', '_')}"] = _lycoris_form(algo, out_dim, in_dim, block, a)
+    for name, module in models["te"][1].named_modules():  # T5-XXL (train.t5): LyCORIS's lora_te2_
+        if isinstance(module, nn.Linear) and _matches(name, a.t5_targets):
+            block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, f"text_encoder_2.{name}"))
+            if block.rank:
+                out_dim, in_dim = module.weight.shape
+                ours[f"lora_te2_{name.replace('.', '_')}"] = _lycoris_form(algo, out_dim, in_dim, block, a)
     for kohya_path, _, kind in flux_model():
         parts = diffusers_parts(kohya_path) if kind else ()
         if not parts or not _adapted(parts[0], a):
@@ -483,23 +518,32 @@ def _lycoris_form(algo: str, out_dim: int, in_dim: int, block, a) -> tuple:
 
 
 def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycoris(tmp_path):
-    """A tiny Flux LoKr run of a file giving CLIP-L's attention a dim of its own (text_encoder_blocks) and the
-    txt stream's q/k/v LyCORIS's full-matrix dim 100000 (a block above 1024), with Linears outside the blocks
-    (the embedders, the final layer): it resumes bit-exact, and lycoris-lora's LokrModule loaded from the
-    export computes what the trained layers compute (a CLIP-L Linear at rank 2, the fused q/k/v with both
-    factors full, img_in, the final adaLN Linear with kohya's row order)."""
+    """A tiny Flux LoKr run of a file giving CLIP-L's attention a dim of its own (text_encoder_blocks),
+    T5-XXL's attention LoKr at dim 2, factor 4 (train.t5) and the txt stream's q/k/v LyCORIS's full-matrix
+    dim 100000 (a block above 1024), with Linears outside the blocks (the embedders, the final layer): it
+    resumes bit-exact, T5's modules are exported under LyCORIS's `lora_te2_`, where lycoris-lora's
+    create_network_from_weights loads them, and lycoris-lora's LokrModule loaded from the export computes
+    what the trained layers compute (a T5 and a CLIP-L Linear at rank 2, the fused q/k/v with both factors
+    full, img_in, the final adaLN Linear with kohya's row order)."""
     from lycoris.modules.lokr import LokrModule
 
     from tests.runtime.lycoris_flow_kit import stacked_linear
 
     own = '[name_algo_map."double_blocks.*.txt_attn.qkv"]\ndim = 100000\n'
     own += "[module_algo_map.CLIPAttention]\ndim = 2\nalpha = 1\n"
-    (tmp_path / "full_dim.toml").write_text(_with_outside(PRESETS["double_attention"]) + "\n" + own)
+    own += "[module_algo_map.T5Attention]\ndim = 2\nalpha = 1\nfactor = 4\n"  # T5-XXL's: train.t5
+    text = _with_outside(PRESETS["double_attention"])
+    text = text.replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
+    (tmp_path / "full_dim.toml").write_text(text + "\n" + own, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
     a = _converted(tmp_path, "full_dim.toml", "lokr", overrides=base).adapter
     # first the rank-0 block keeping the single blocks' proj_out off the final layer's target
-    assert [b.rank for b in a.blocks] == [0, 16, 100000] and [b.rank for b in a.text_encoder_blocks] == [2]
+    assert [b.rank for b in a.blocks] == [0, 16, 100000] and [b.rank for b in a.text_encoder_blocks] == [
+        0,
+        2,
+        2,
+    ]
     whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=1).status == "interrupted"
@@ -512,6 +556,27 @@ def test_flux_lokr_file_clip_dims_and_a_full_dim_train_resume_and_load_in_lycori
     unet = whole.components.unet
     attn = unet.transformer_blocks[0].attn
     clip = dict(whole.components.text_encoders[0].named_modules())
+    t5 = dict(whole.components.text_encoders[1].named_modules())
+    # LyCORIS's names: T5-XXL the second encoder kohya hands it (kohya lora_flux's lora_te3_ is not LyCORIS's)
+    assert not any(k.startswith("lora_te3_") for k in tensors)
+    t5_names = {f"lora_te2_encoder_block_{i}_layer_0_SelfAttention_{n}" for i in range(2) for n in "qkvo"}
+    assert {k.split(".")[0] for k in tensors if k.startswith("lora_te2_")} == t5_names
+    # lycoris-lora's loader on [CLIP-L, T5-XXL] builds T5's LokrModules from the file (its split read off
+    # the shapes) with the trained T5 layer's output (no CLIP-L or Flux layer given: T5's modules alone)
+    plain = _unwrapped(whole.components.text_encoders[1])
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, None, None, [nn.Module(), plain], nn.Module(), tensors
+    )
+    assert {m.lora_name for m in network.text_encoder_loras} == t5_names
+    network.apply_to([nn.Module(), plain], nn.Module(), apply_text_encoder=True, apply_unet=False)
+    v = t5["encoder.block.1.layer.0.SelfAttention.v"]
+    theirs_v = next(
+        m for m in network.text_encoder_loras if m.lora_name.endswith("block_1_layer_0_SelfAttention_v")
+    )
+    x = torch.randn(3, v.base_layer.in_features)
+    with torch.no_grad():
+        assert isinstance(theirs_v, LokrModule) and not torch.allclose(v(x), v.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(theirs_v.eval()(x), v(x), rtol=0, atol=1e-5)
     for name, layers in (
         ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)),
         (

@@ -5,6 +5,8 @@ targets on Chroma's blocks (no modulation Linears), and plans."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from convert_kit import (  # noqa: F401
     codes,
@@ -132,9 +134,8 @@ def test_kohya_chroma_flux_shift_and_sigma_scaled_plan_as_for_flux(tmp_path):
 def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
     """A LyCORIS preset file is walked over kohya's Chroma (chroma_rows.py): the approximator's MLPEmbedder
     layers and the final layer are Linears LyCORIS builds there (a LoCon trains them, a LoKr too: plain
-    Linears), and T5-XXL's classes are LyCORIS's lora_te2 modules (DBS403; T5's, which
-    dbspec trains no LoRA on beside LyCORIS on Chroma, only where they train: with network_train_unet_only
-    apply_to drops them, DBS405)."""
+    Linears), and T5-XXL's classes are LyCORIS's lora_te2 modules (with network_train_unet_only apply_to
+    drops them, DBS405; trained: test_kohya_chroma_lycoris_t5_file)."""
     (tmp_path / "approx.toml").write_text(
         'unet_target_module = ["MLPEmbedder"]\nunet_target_name = ["final_layer.linear"]\n'
         "text_encoder_target_module = []\n"
@@ -153,12 +154,38 @@ def test_kohya_chroma_lycoris_preset_file_over_chromas_modules(tmp_path):
     lokr_plan = plan_of(lokr, tmp_path).adapter
     assert lokr_plan.kind == "lokr" and set(lokr_plan.denoiser_targets) == targets
     assert _adapted(lokr_plan) == _adapted(plan.adapter)
-    refused = _chroma(
-        tmp_path, '--network_module lycoris.kohya --network_args "preset=t5.toml"', allow=True, cached=""
-    )
-    assert "T5-XXL" in messages(refused, "DBS403"), errors(refused)
     dropped = _chroma(tmp_path, '--network_module lycoris.kohya --network_args "preset=t5.toml"')
     assert "T5-XXL" in messages(dropped, "DBS405") and "DBS403" not in codes(dropped)
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_kohya_chroma_lycoris_t5_file_is_train_t5(tmp_path, algo):
+    """kohya's Chroma hands LyCORIS [the dummy CLIP-L, T5-XXL] and encodes with T5 at every step (outputs not
+    cached, network_train_unet_only off): a file's T5 modules (LoConModule, LokrModule or LohaModule) train in
+    LyCORIS's one text group at text_encoder_lr's first value: `train.t5` on Chroma's T5 (its text_encoder),
+    the file's T5 Linears at the network's dim (map entry: its own), the others at rank 0."""
+    (tmp_path / "t5.toml").write_text(
+        'unet_target_module = ["DoubleStreamBlock"]\ntext_encoder_target_module = ["T5Attention"]\n'
+        "[module_algo_map.T5Attention]\ndim = 4\nalpha = 2\n"
+    )
+    outcome = _chroma(
+        tmp_path,
+        f'--network_module lycoris.kohya --network_args "algo={algo}" "preset=t5.toml" '
+        "--text_encoder_lr 2e-5 5e-5",
+        cached="",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == ("lora" if algo == "locon" else algo)
+    assert a.kohya_names == ("lycoris" if algo == "locon" else "kohya")  # LoKr / LoHa: LyCORIS's anyway
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
+    assert a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo") and a.text_encoder_targets == ()
+    assert plan.optimizer.text_encoder_lr == 2e-5  # LyCORIS's text group: the first value
+    own, rest = a.text_encoder_blocks[1], a.text_encoder_blocks[0]
+    assert (own.rank, own.alpha) == (4, 2.0) and rest.rank == 0
+    assert re.search(own.pattern, "text_encoder.encoder.block.7.layer.0.SelfAttention.v")
+    assert re.search(rest.pattern, "text_encoder.encoder.block.7.layer.1.DenseReluDense.wi_1")
 
 
 def _adapted(adapter) -> set[str]:

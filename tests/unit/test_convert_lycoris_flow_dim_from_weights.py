@@ -6,7 +6,8 @@ names, what algo=lora / locon saves) is one LoConModule per fused Linear at the 
 dbspec's fused LoRA with the file's modules as [[adapter.blocks]], started from the file. A LoKr / LoHa file
 (lokr_w1 / hada_w1_a keys: LokrModule / LohaModule) is dbspec's fused LoKr / LoHa, modules at a rank,
 alpha or LoKr split of their own as [[adapter.blocks]].
-CLIP modules are lora_flux's / lora_sd3's; T5-XXL's (Flux's lora_te2 in LyCORIS's numbering) stay DBS403."""
+CLIP modules are lora_flux's / lora_sd3's; T5-XXL modules (Flux's lora_te2 in LyCORIS's numbering) are
+train.t5."""
 
 from __future__ import annotations
 
@@ -161,12 +162,38 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.rank, a.alpha) == (8, 4.0) and _rank(a, "transformer_blocks.0.attn.to_out.0") == (4, 4.0)
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_mlp") for b in a.blocks)
+    # T5-XXL's modules (LyCORIS's lora_te2_ on Flux) train while T5 encodes every step: train.t5, LoHa on
+    # T5 at the file's rank (one at its own: a text-encoder block), the Linears the file lacks at rank 0
+    t5 = {
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8),
+        "lora_te2_encoder_block_3_layer_1_DenseReluDense_wo": loha(4096, 10240, 2),
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5}, alpha=4.0)
+    outcome = _flux(tmp_path, "--text_encoder_lr 2e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert "text_encoder_2" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert (a.kind, a.rank, a.alpha) == ("loha", 8, 4.0) and plan.optimizer.text_encoder_lr == 2e-5
+    t5_path = "text_encoder_2.encoder.block.{}.layer.{}"
+
+    def _te(path):
+        block = next((b for b in a.text_encoder_blocks if re.search(b.pattern, path)), None)
+        return None if block is None else (block.rank, block.alpha)
+
+    assert _te(t5_path.format(0, "0.SelfAttention.q")) is None  # the adapter's rank 8
+    assert _te(t5_path.format(3, "1.DenseReluDense.wo")) == (2, 4.0)
+    assert _te(t5_path.format(0, "0.SelfAttention.k")) == (0, 1.0)
+    assert _te(t5_path.format(23, "1.DenseReluDense.wi_0")) == (0, 1.0)
     for extra, code, words in (
-        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": loha(4096, 4096, 8)}, "DBS403", "T5-XXL"),
+        ("--cache_text_encoder_outputs", "DBS403", "T5-XXL's"),  # T5 never encodes: the file's stay
+        ("--text_encoder_lr 0", "DBS403", "T5-XXL's"),
     ):
-        _factor_file(tmp_path / "prev.safetensors", {**modules, **extra}, alpha=4.0)
-        outcome = _flux(tmp_path, allow=True)
+        outcome = _flux(tmp_path, extra, allow=True)
         assert words in messages(outcome, code), errors(outcome)
+    bad = {"lora_te2_encoder_block_0_layer_0_SelfAttention_relative_attention_bias": loha(32, 64, 8)}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **bad}, alpha=4.0)
+    assert "no T5-XXL attention" in messages(_flux(tmp_path, allow=True), "DBS403")
     # a CLIP module at a rank of its own: an [[adapter.text_encoder_blocks]] entry over its path
     clip = {"lora_te1_text_model_encoder_layers_0_mlp_fc1": loha(3072, 768, 4)}
     _factor_file(tmp_path / "prev.safetensors", {**modules, **clip}, alpha=4.0)
@@ -262,8 +289,9 @@ def test_sd3_factor_file_with_clip_modules(tmp_path):
 
 def test_flux_file_with_text_encoder_modules(tmp_path):
     """LyCORIS numbers the encoder list kohya hands it (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): CLIP-L's
-    LoCon modules are lora_flux's, at their ranks ([[adapter.text_encoder_blocks]]); T5-XXL's are refused
-    (its network's train_t5xxl stays False), unless --network_train_unet_only, where apply_to drops them."""
+    LoCon modules are lora_flux's, at their ranks ([[adapter.text_encoder_blocks]]); T5-XXL's train while T5
+    encodes every step (train.t5, LyCORIS's names: adapter.kohya_names), refused where they would stay the
+    file's (outputs cached, text_encoder_lr 0); with --network_train_unet_only apply_to drops them."""
     clip = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
     layers = {**FLUX_LAYERS, clip: (3072, 768, 4, 4.0)}
     layers["lora_te1_text_model_encoder_layers_1_self_attn_q_proj"] = (768, 768, 2, 1.0)
@@ -281,10 +309,22 @@ def test_flux_file_with_text_encoder_modules(tmp_path):
     assert te_rank("text_encoder.text_model.encoder.layers.0.mlp.fc1") == (4, 4.0)
     assert te_rank("text_encoder.text_model.encoder.layers.1.self_attn.q_proj") == (2, 1.0)
     assert te_rank("text_encoder.text_model.encoder.layers.0.self_attn.q_proj") == (0, 1.0)
+    # T5-XXL's modules (LyCORIS's lora_te2_) train while T5 encodes every step: train.t5 at their ranks,
+    # exported and read under LyCORIS's names (adapter.kohya_names)
     t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
-    _locon_file(tmp_path / "prev.safetensors", {**layers, t5: (4096, 4096, 4, 4.0)})
-    outcome = _flux(tmp_path, allow=True)
-    assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
+    _locon_file(tmp_path / "prev.safetensors", {**layers, t5: (4096, 4096, 2, 1.0)})
+    outcome = _flux(tmp_path, "--text_encoder_lr 5e-5")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    blocks = plan.adapter.text_encoder_blocks
+    assert plan.adapter.kohya_names == "lycoris" and plan.adapter.t5_targets
+    assert "text_encoder_2" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert te_rank("text_encoder_2.encoder.block.0.layer.0.SelfAttention.q") == (2, 1.0)
+    assert te_rank("text_encoder_2.encoder.block.0.layer.0.SelfAttention.k") == (0, 1.0)
+    assert te_rank("text_encoder.text_model.encoder.layers.0.mlp.fc1") == (4, 4.0)
+    for extra in ("--cache_text_encoder_outputs", "--text_encoder_lr 0"):  # T5's would stay the file's
+        outcome = _flux(tmp_path, extra, allow=True)
+        assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
     _locon_file(tmp_path / "prev.safetensors", layers)
     outcome = _flux(tmp_path, "--network_train_unet_only")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -314,8 +354,8 @@ def test_sd3_locon_file_builds_its_modules_at_their_ranks(tmp_path):
 
 def test_sd3_file_with_clip_modules_and_t5(tmp_path):
     """SD3's list [CLIP-L, CLIP-G, T5-XXL] numbers as lora_sd3 does: CLIP-G's lora_te2 modules at their
-    ranks (CLIP-L without any: it trains nothing), T5-XXL's lora_te3 refused, CLIP-G's text_projection (no
-    kohya CLIP target) too."""
+    ranks (CLIP-L without any: it trains nothing), T5-XXL's lora_te3 train.t5, CLIP-G's text_projection (no
+    kohya CLIP target) refused."""
     layers = {
         "lora_unet_joint_blocks_0_x_block_attn_qkv": (3 * 2432, 2432, 16, 8.0),
         "lora_te2_text_model_encoder_layers_3_self_attn_out_proj": (1280, 1280, 8, 8.0),
@@ -332,13 +372,17 @@ def test_sd3_file_with_clip_modules_and_t5(tmp_path):
         if re.search(b.pattern, "text_encoder_2.text_model.encoder.layers.3.self_attn.out_proj")
     )
     assert (block.rank, block.alpha) == (8, 8.0)
-    for extra in (
-        "lora_te3_encoder_block_0_layer_0_SelfAttention_q",
-        "lora_te2_text_projection",
-    ):
-        _locon_file(tmp_path / "prev.safetensors", {**layers, extra: (1280, 1280, 4, 4.0)})
-        outcome = _sd3(tmp_path, allow=True)
-        assert extra in messages(outcome, "DBS403"), errors(outcome)
+    t5 = {"lora_te3_encoder_block_0_layer_0_SelfAttention_q": (4096, 4096, 4, 4.0)}
+    _locon_file(tmp_path / "prev.safetensors", {**layers, **t5})
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)  # T5's lora_te3_ (SD3's names agree): train.t5 at its rank
+    assert plan.adapter.t5_targets and plan.adapter.kohya_names == "kohya"
+    assert "text_encoder_3" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    extra = "lora_te2_text_projection"
+    _locon_file(tmp_path / "prev.safetensors", {**layers, extra: (1280, 1280, 4, 4.0)})
+    outcome = _sd3(tmp_path, allow=True)
+    assert extra in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_sd3_patch_convolution_in_the_file_at_its_rank(tmp_path):

@@ -2,7 +2,7 @@
 (dbspec/convert/kohya/lycoris_flow_file.py): the file's walk over kohya's Flux / MMDiT (lycoris_file._walk on
 lycoris_flow_file's rows) written as diffusers' targets, fused layers whole, a name_algo_map dim as
 [[adapter.blocks]] (LoRA/LoCon, LoKr / LoHa: a block per whole fused layer), SD3's patch convolution as
-conv_targets (a dim of its own: a block's conv_rank); T5-XXL layers refused (DBS403).
+conv_targets (a dim of its own: a block's conv_rank); T5-XXL layers as train.t5 (LoRA, LoKr, LoHa).
 tests/runtime/test_lycoris_preset_file_flow.py checks the walks against lycoris-lora 4.1.3's
 create_network."""
 
@@ -161,7 +161,7 @@ def test_t5_layers_train_as_t5_lora(tmp_path):
     """A file reaching T5-XXL: LyCORIS's LoConModules there train with CLIP-L's (one text group at
     text_encoder_lr's first value) while T5 encodes every step, train_t5xxl or not: `train.t5`, the file's T5
     Linears at their entry's dim, the others at rank 0; with text-encoder outputs cached T5 never runs and
-    with network_train_unet_only apply_to drops them (DBS405); LoKr's T5 modules are no T5 LoRA (DBS403)."""
+    with network_train_unet_only apply_to drops them (DBS405)."""
     outcome = _flux(tmp_path, T5_FILE, '"algo=locon" --text_encoder_lr 5e-5 1e-5')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
@@ -173,6 +173,7 @@ def test_t5_layers_train_as_t5_lora(tmp_path):
     }
     assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr in (None, 5e-5)
     t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    assert a.kohya_names == "lycoris"  # the export names T5's modules lora_te2_, as LyCORIS does
     assert (_te_block(a, t5.format(3, "0.SelfAttention.q")).rank, a.alpha) == (4, 4.0)
     assert _te_block(a, t5.format(3, "0.SelfAttention.q")).alpha == 4.0
     assert _te_block(a, t5.format(12, "0.SelfAttention.o")).rank == 0
@@ -189,8 +190,30 @@ def test_t5_layers_train_as_t5_lora(tmp_path):
         assert "text_encoder_2" not in {
             c.name for c in plan_of(outcome, folder).precision.components if c.trainable == "lora"
         }
-    outcome = _flux(tmp_path / "lokr", T5_FILE, '"algo=lokr"', allow=True)
-    assert "T5-XXL layer" in messages(outcome, "DBS403")
+
+
+def test_lokr_and_loha_t5_layers_train_as_t5_lokr_and_loha(tmp_path):
+    """LoKr / LoHa files reaching T5-XXL: LyCORIS's LokrModule / LohaModule there (lycoris.kohya's algo on
+    every module it builds) are dbspec's T5 adapter of that kind (`train.t5`), the T5 map entry's dim, alpha
+    and LoKr factor a text-encoder block, the T5 Linears the file leaves out at rank 0."""
+    lokr = T5_FILE + "factor = 8\n"
+    for algo, preset in (("lokr", lokr), ("loha", T5_FILE)):
+        folder = tmp_path / algo
+        outcome = _flux(folder, preset, f'"algo={algo}" "factor=16" --text_encoder_lr 5e-5')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, folder)
+        a = plan.adapter
+        assert a.kind == algo and "text_encoder_2" in {
+            c.name for c in plan.precision.components if c.trainable == "lora"
+        }
+        assert plan.optimizer.text_encoder_lr == 5e-5
+        assert a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+        t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+        own = _te_block(a, t5.format(3, "0.SelfAttention.k"))
+        assert (own.rank, own.alpha) == (4, 4.0) and own.factor == (8 if algo == "lokr" else 0)
+        assert _te_block(a, t5.format(12, "0.SelfAttention.o")).rank == 0
+        assert _te_block(a, t5.format(3, "1.DenseReluDense.wo")).rank == 0
+        assert a.factor == (16 if algo == "lokr" else -1)
 
 
 def test_a_file_matching_nothing_stops_kohya(tmp_path):

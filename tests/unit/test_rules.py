@@ -1623,7 +1623,7 @@ CASES = [
     ),
     (
         rules.t5_needs_lora,
-        DOG + STEPS + '[adapter]\nkind = "loha"\n[train]\nt5 = true\n',
+        DOG + STEPS + '[adapter]\nkind = "full"\n[train]\nt5 = true\n',
         [("DBS568", "error", ("train", "t5"))],
         DOG + STEPS + LORA + "[train]\nt5 = true\n",
     ),

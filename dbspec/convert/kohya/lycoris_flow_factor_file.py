@@ -9,16 +9,21 @@ decomposition (dora = true; in some only, or on the patch convolution: DBS403). 
 (`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
 (their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
-adapter's rank, alpha and split, a module at its own in an [[adapter.text_encoder_blocks]] entry; T5-XXL's
-(LyCORIS's train_t5xxl stays False): DBS403. A full file (`diff` / `diff_b`) is kind full over its modules'
-layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file)."""
+adapter's rank, alpha and split, a module at its own in an [[adapter.text_encoder_blocks]] entry. T5-XXL's
+(Flux's `lora_te2_*`, SD3's `lora_te3_*`: the index in the encoder list kohya hands LyCORIS) train with
+CLIP's while T5 encodes every step, train_t5xxl or not (lycoris_flow_file.py): `train.t5` (dbspec's T5
+LoKr / LoHa), the T5 Linears the file lacks at rank 0, its modules at options of their own in text-encoder
+blocks; where they would never train (text-encoder outputs cached, text_encoder_lr 0) the file's modules
+still change T5's outputs where it encodes: DBS403. A full file (`diff` / `diff_b`) is kind full over its
+modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; T5-XXL's: DBS403)."""
 
 from __future__ import annotations
 
 import math
 import re
 
-from dbspec.convert.kohya.lycoris_flow_file import NUM_SINGLE
+from dbspec.convert.kohya.lycoris_flow_file import NUM_SINGLE, t5_encoder
+from dbspec.convert.kohya.lycoris_maps import _pattern
 from dbspec.convert.kohya.lycoris_flow_weights import (
     LokrOptions,
     Own,
@@ -139,6 +144,30 @@ _CLIP_LINEAR = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v
 
 
 _COMPONENTS = {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}  # kohya's CLIP-L, SD3's CLIP-G
+_T5_COMPONENT = {"flux": "text_encoder_2", "sd3": "text_encoder_3"}  # dbspec's T5-XXL (train.t5)
+_T5_LINEAR = re.compile(
+    r"^encoder_block_(\d+)_layer_(?:0_SelfAttention_([qkvo])|1_DenseReluDense_(wi_0|wi_1|wo))$"
+)
+
+
+def t5_path(name: str, family: str) -> str | None:
+    """transformers' T5EncoderModel path of a T5-XXL attention / gated-MLP Linear module of the file (T5-XXL's
+    24 blocks), or None."""
+    found = _T5_LINEAR.match(name.removeprefix(_T5[family]))
+    if found is None or int(found.group(1)) >= 24:
+        return None
+    if found.group(2):
+        return f"encoder.block.{found.group(1)}.layer.0.SelfAttention.{found.group(2)}"
+    return f"encoder.block.{found.group(1)}.layer.1.DenseReluDense.{found.group(3)}"
+
+
+def t5_left_block(names: list[str], family: str) -> list[dict]:
+    """A rank-0 text-encoder block for T5-XXL's Linears the file lacks (train.t5 adapts every one)."""
+    component = _T5_COMPONENT[family]
+    rows = [(f"{component}.{p}", cls, kind) for p, cls, kind in t5_encoder() if p]
+    held = {f"{component}.{t5_path(n, family)}" for n in names}
+    left = {p for p, _, kind in rows if kind and p not in held}
+    return [{"pattern": _pattern(left, rows), "rank": 0, "alpha": 1.0}] if left else []
 
 
 def _clip_path(name: str, family: str) -> tuple[str, str] | str | None:
@@ -146,7 +175,7 @@ def _clip_path(name: str, family: str) -> tuple[str, str] | str | None:
     module of no encoder LyCORIS builds on (Flux's lora_te3_); else why not."""
     clips = _CLIPS[family]
     if name.startswith(_T5[family]):
-        return f"module `{name}` is T5-XXL's, which LyCORIS builds while its train_t5xxl stays False"
+        return None if t5_path(name, family) else f"module `{name}` is no T5-XXL attention / MLP Linear"
     prefix = next((p for p in clips if name.startswith(p)), None)
     if prefix is None:
         return None
@@ -185,6 +214,10 @@ def own_text_blocks(own: Own, common: LokrOptions | int, family: str) -> list[di
     its pattern the modules' `<component>.text_model.<path>`s."""
     groups: dict[tuple, list[str]] = {}
     for name, (options, alpha) in own.items():
+        if name.startswith(_T5[family]):  # T5-XXL's (train.t5)
+            path = f"{_T5_COMPONENT[family]}.{t5_path(name, family)}"
+            groups.setdefault((options, alpha), []).append(re.escape(path))
+            continue
         found = _clip_path(name, family)
         assert isinstance(found, tuple)  # clip_targets placed every module
         path = f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"
@@ -248,10 +281,13 @@ def _full_file(
     }
 
 
-def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
-    """[adapter] values (kind, ranks, LoKr split, targets) for the modules create_network_from_weights
-    builds from a LoKr / LoHa file; else why not: "invalid:..." where LyCORIS fails (an IA3 file too), else
-    what dbspec cannot express."""
+def factor_file_adapter(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
+) -> dict | str:
+    """[adapter] values (kind, ranks, LoKr split, targets; "t5": train.t5) for the modules
+    create_network_from_weights builds from a LoKr, LoHa or full file; else why not: "invalid:..." where
+    LyCORIS fails (an IA3 file too), else what dbspec cannot express. `t5_idle`: why T5-XXL's modules
+    would never train (lycoris_flow_file._t5_idle), or ""."""
     algos = sorted({m.algo or "none" for m in modules.values()})
     denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
     text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
@@ -264,12 +300,21 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
     if isinstance(clip, str):
         return clip
     text_targets, text_2 = clip
+    t5 = sorted(n for n in text if n.startswith(_T5[family]) and family in _T5_COMPONENT and not unet_only)
+    if t5 and algo == "full":
+        return f"module `{t5[0]}` is a full copy of a T5-XXL layer; dbspec's T5 adapter is LoRA, LoKr or LoHa"
     if algo == "full":
         return _full_file(denoiser, text_targets, text_2, family)
-    # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP ones
+    if t5 and t5_idle:
+        return (
+            f"module `{t5[0]}` is T5-XXL's, whose LyCORIS modules keep the file's weights untrained where T5 "
+            f"encodes: {t5_idle} (dbspec's T5 adapter trains)"
+        )
+    # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP and T5 ones
     built = denoiser + [
         m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))
     ]
+    built += [modules[n] for n in t5]
     patch = modules.get(PATCH) if family == "sd3" and algo in ("lokr", "loha") else None
     if patch is not None:
         denoiser = [m for m in denoiser if m is not patch]
@@ -308,6 +353,10 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
     blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family)]
+    text_blocks = [
+        *(t5_left_block(t5, family) if t5 else []),
+        *(own_text_blocks(own_text, options, family) if own_text else []),
+    ]
     if dora:  # make_module_from_state_dict: weight_decompose with wd_on_out's default, one per output row
         out["dora"] = True
     if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
@@ -320,7 +369,8 @@ def factor_file_adapter(modules: dict[str, LycorisModule], family: str, unet_onl
         "denoiser_targets": targets,
         **({"text_encoder_targets": text_targets} if text_targets else {}),
         **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
-        **({"text_encoder_blocks": own_text_blocks(own_text, options, family)} if own_text else {}),
+        **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
+        **({"t5": True} if t5 else {}),
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
     }

@@ -24,10 +24,11 @@ LohaModule on them peft's LoKr / LoHa, exported under kohya's names (runtime/lyc
 CLIP dims of their own are [[adapter.text_encoder_blocks]] (LoConModule on a CLIP Linear is kohya's LoRA
 there; LokrModule / LohaModule peft's LoKr / LoHa). SD3's CLIP-L is CLIP-G's first 12 layers by paths and
 classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
-T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoConModules there train with CLIP's while T5
-encodes every step (train_t5xxl or not), dbspec's T5 LoRA (train.t5) with the layers left out at rank 0 and
-the entries' dims as text-encoder blocks; cached text-encoder outputs or network_train_unet_only leave them
-untrained (ignored); other algos' T5 modules are refused.
+T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoCon / LoKr / LoHa modules there train with
+CLIP's while T5 encodes every step (train_t5xxl or not), dbspec's T5 adapter of that kind (train.t5) with the
+layers left out at rank 0 and the entries' dims as text-encoder blocks (Chroma's T5 is its text_encoder);
+cached text-encoder outputs or network_train_unet_only leave them untrained (ignored); other algos' T5
+modules are refused.
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
@@ -207,7 +208,7 @@ class FlowFile(NamedTuple):
     # per CLIP encoder, the suffixes picking exactly its LayerNorms among them that train_norm offsets
     clip_norms: tuple[tuple[str, ...], ...] = ()
     text_2: list[str] | None = None  # SD3's CLIP-G targets where they differ from CLIP-L's
-    t5: bool = False  # T5-XXL's LoConModules train (train.t5; text_blocks hold its ranks)
+    t5: bool = False  # T5-XXL's LyCORIS modules train (train.t5; text_blocks hold its ranks)
 
 
 class FlowModel(NamedTuple):
@@ -364,9 +365,10 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
-    if algo not in ("lora", "locon"):
+    if algo not in ("lora", "locon", "lokr", "loha"):
         raise PresetError(
-            f"{where} with algo={algo}: dbspec's T5-XXL adapter (train.t5) is LoRA, LoConModule's form only",
+            f"{where} with algo={algo}: dbspec's T5-XXL adapter (train.t5) is LoRA (LoConModule's form), "
+            "LoKr or LoHa only",
             False,
         )
 
@@ -427,6 +429,7 @@ CHROMA_MODEL = FlowModel(
     chroma_parts,
     (dummy_clip_l,),
     "lora_te2_",
+    "text_encoder",  # dbspec's Chroma loads T5-XXL alone, its first text encoder
 )
 
 

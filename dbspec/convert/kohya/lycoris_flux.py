@@ -239,8 +239,11 @@ def map_lycoris_flow(
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
-    if t5_file:  # a preset file's T5-XXL LoConModules, trained: T5's LoRA (its ranks in text_encoder_blocks)
-        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's LoCon on T5-XXL"))
+    if t5_file:  # a preset file's T5-XXL modules, trained: T5's adapter (its ranks in text_encoder_blocks)
+        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's {form} on T5-XXL"))
+        if not lokr and layout.title != "SD3":  # LoKr / LoHa exports are LyCORIS's whatever
+            why = "LyCORIS names T5-XXL lora_te2_ (the second encoder kohya hands it; lora_flux: lora_te3_)"
+            conv.put(("adapter", "kohya_names"), "lycoris", conv.comment(module, why))
     if text_2 is not None:  # a preset file adapting other layers in SD3's CLIP-G than in its CLIP-L
         conv.put(
             ("adapter", "text_encoder_2_targets"), text_2, conv.comment(module, f"preset {preset} on CLIP-G")

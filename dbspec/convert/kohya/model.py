@@ -30,9 +30,10 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
+from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import family_spec
+from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
 Args = dict[str, Legacy]
 
@@ -780,7 +781,7 @@ def _flow_dim_from_weights(
         return
     text_components = components
     if lycoris and not a["network_train_unet_only"].value:
-        text_components = _lycoris_clip(file, components, conv, from_file)
+        text_components = _lycoris_clip(file, family, components, conv, from_file, _t5_idle(a))
         if text_components is None:
             return
     pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
@@ -849,21 +850,33 @@ def _locon_dora(local) -> bool | str:
     return True
 
 
-def _lycoris_clip(file, components: dict[str, str], conv: Conversion, from_file: Legacy) -> dict | None:
-    """The CLIP prefixes LyCORIS's create_network_from_weights builds the file's text-encoder modules under:
-    it numbers the encoder list kohya hands it (lora_te1 CLIP-L; SD3's lora_te2 CLIP-G; T5-XXL last: Flux's
-    lora_te2, SD3's lora_te3), so a LoCon on a CLIP Linear is lora_flux's / lora_sd3's module there (one group
-    at text_encoder_lr's first value: train.py). None (DBS403) for T5-XXL modules (LyCORIS builds them, but
-    its network's train_t5xxl stays False, so kohya runs T5-XXL as it does not train it) and for a CLIP
-    module no text target names (text_projection...). Flux's lora_te3_* name no module of LyCORIS's two
-    encoders: ignored, as LyCORIS ignores them."""
+def _lycoris_clip(
+    file, family: str, components: dict[str, str], conv: Conversion, from_file: Legacy, t5_idle: str
+) -> dict | None:
+    """The text-encoder prefixes LyCORIS's create_network_from_weights builds the file's modules under: it
+    numbers the encoder list kohya hands it (lora_te1 CLIP-L; SD3's lora_te2 CLIP-G; T5-XXL last: Flux's and
+    Chroma's lora_te2, SD3's lora_te3), so a LoCon on a CLIP Linear is lora_flux's / lora_sd3's module there
+    (one group at text_encoder_lr's first value: train.py). T5-XXL's modules train there too while T5
+    encodes every step (train_t5xxl or not): train.t5 (its modules at their ranks in text-encoder blocks)
+    with adapter.kohya_names "lycoris" where LyCORIS's T5 prefix is not lora_flux's (runtime/flow_init.py
+    reads them under it). None (DBS403) for T5-XXL modules that would keep the file's weights untrained
+    (`t5_idle`: outputs cached, text_encoder_lr 0), for a T5 module outside kohya's T5 targets and for a
+    CLIP module no text target names (text_projection...). Flux's lora_te3_* name no module of LyCORIS's
+    two encoders: ignored, as LyCORIS ignores them."""
     clip = {p: c for p, c in components.items() if p != "lora_te3_"}
-    t5 = f"lora_te{len(components)}_"  # T5-XXL last: Chroma's only, Flux's second, SD3's third
+    t5 = lycoris_text_prefixes(family)[-1]  # T5-XXL last: Flux's and Chroma's lora_te2_, SD3's lora_te3_
+    t5_names = [m.name for m in file.modules.values() if m.name.startswith(t5)]
     targets = conv.values.get(("adapter", "text_encoder_targets"), ([], ""))[0]
     for module in file.modules.values():
         name = module.name
-        if name.startswith(t5):
-            why = "a T5-XXL module, which LyCORIS builds while its network's train_t5xxl stays False"
+        if name.startswith(t5) and t5_idle:
+            why = (
+                f"a T5-XXL module, which would keep the file's weights untrained where T5 encodes: {t5_idle}"
+            )
+        elif name.startswith(t5) and not name.endswith(tuple(f"_{t}" for t in T5_LORA_TARGETS)):
+            why = "a T5-XXL module outside kohya's T5 targets (its attention / gated-MLP Linears)"
+        elif name.startswith(t5):
+            continue
         elif name.startswith(tuple(clip)) and not any(name.endswith(kohya_suffix(t)) for t in targets):
             why = "a CLIP module outside kohya's CLIP targets (CLIPAttention / CLIPMLP Linears)"
         else:
@@ -875,7 +888,13 @@ def _lycoris_clip(file, components: dict[str, str], conv: Conversion, from_file:
             "modules), or from a file without that module",
         )
         return None
-    return clip
+    if not t5_names:
+        return clip
+    why = conv.comment(from_file, f"LyCORIS's LoCon modules on T5-XXL ({len(t5_names)}, `{t5}*`) train")
+    conv.put(("train", "t5"), True, why)
+    if t5 != flow_text_prefixes(family)[-1]:  # Flux / Chroma: LyCORIS's T5 prefix is not lora_flux's
+        conv.put(("adapter", "kohya_names"), "lycoris", why)
+    return {**clip, t5: family_spec(family).text_encoder_names[-1]}
 
 
 def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion, family: str | None) -> bool:
@@ -1004,7 +1023,7 @@ def _lycoris_flow_factor_file(
     cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3 file: lycoris-lora 4.1.3's IA3Module
     cannot be built from one)."""
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
-    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value))
+    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value), _t5_idle(a))
     if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
             from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
@@ -1021,8 +1040,10 @@ def _lycoris_flow_factor_file(
         "load_weights adds the file's diff again: W + 2 diff"
     )
     for key, value in found.items():
-        if key not in ("kind", "blocks", "text_encoder_blocks"):
+        if key not in ("kind", "blocks", "text_encoder_blocks", "t5"):
             conv.put(("adapter", key), value, twice if key == "init_scale" else note)
+    if found.get("t5"):  # T5-XXL's modules train in LyCORIS's text group: dbspec's T5 adapter of that kind
+        conv.put(("train", "t5"), True, conv.comment(from_file, f"{note}: T5-XXL's"))
     for table in ("blocks", "text_encoder_blocks"):  # modules at a rank / alpha / LoKr split of their own
         first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
         for index, block in enumerate(found.get(table, ()), start=first):

@@ -1042,10 +1042,10 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
                 ("optimizer", "text_encoder_2_lr"), float(values[1]), conv.comment(lr, "learning_rate_te2")
             )
         return te1 if te1.value is not None else te2 if te2.value is not None else lr
-    if script == "flux_train_network" and _t5_only(a, script):
-        return _t5_rate(a, lr)
-    te = lora_text_encoder_lr(a)
     module = a["network_module"].value
+    if script == "flux_train_network" and _t5_only(a, script) and module != "lycoris.kohya":
+        return _t5_rate(a, lr)  # LyCORIS has one text group, at the first value (lora_text_encoder_lr)
+    te = lora_text_encoder_lr(a)
     if script == "sd3_train_network" and trains and module != "lycoris.kohya":
         _sd3_clip_g_lr(a, conv)
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
