@@ -2650,9 +2650,9 @@ spanning every part's rows) is not there, nor (with or without `fused_projection
         "A block's LoKr factor or switch it cannot use",
         """\
 `factor`, `decompose_both`, `full_matrix`, `tucker` and `unbalanced_factorization` in `[[adapter.blocks]]` /
-`[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
-map entry with its own `factor`, `decompose_both`, `full_matrix`, `use_tucker` or
-`unbalanced_factorization`): they need `kind = "lokr"`
+`[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors, `rank_stabilized` scales
+their full ones (a LyCORIS preset file's map entry with its own `factor`, `decompose_both`, `full_matrix`,
+`use_tucker`, `unbalanced_factorization` or `rs_lora`): they need `kind = "lokr"`
 with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),
@@ -2685,8 +2685,8 @@ beside the adapter's kind in one run, each kind's layers with the adapter's rank
 keys) together, on the U-Net families (SD 1.x/2.x, SDXL; not SD3, Flux or Chroma). The options that act on
 one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
 `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
-`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar` or `tucker`, nor its own
-LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
+`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar`, `tucker` or
+`rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

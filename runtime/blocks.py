@@ -138,6 +138,23 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
+def block_rank_stabilized(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: rs_lora} of `module`'s LoKr layers (peft's, once injected) whose block sets LyCORIS's rs_lora on
+    full factors itself (`rank_stabilized`, a map entry's rs_lora); a text encoder's (`component` named)
+    blocks searched as with_blocks searches them."""
+    from peft.tuners.lokr import LoKrLayer
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.rank_stabilized != "adapter" for b in blocks):
+        return {}
+    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, LoKrLayer))
+    return {
+        path: block.rank_stabilized == "on"
+        for path, _, block in _blocks_of(module, paths, blocks, component)
+        if block is not None and block.rank_stabilized != "adapter"
+    }
+
+
 def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths: bool = False) -> dict:
     """{id(layer) (or its path with `paths`): Tucker form} of the denoiser's layers whose LoRA / LoHa block
     sets its own (a map entry's use_tucker; only k x k convolutions take the form)."""

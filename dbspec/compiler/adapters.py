@@ -233,14 +233,15 @@ def _lycoris_switches(adapter) -> dict:
     return switches
 
 
-BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization", "rank_stabilized")
 
 
 def _block_switches(block, adapter) -> dict[str, str]:
-    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization as its layers train
-    them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles decompose_both and
-    tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own two off alike
-    (LokrModule never splits a full factor; its unbalanced output split still orders the full factors)."""
+    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization / rank_stabilized as
+    its layers train them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles
+    decompose_both and tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own
+    two off alike (LokrModule never splits a full factor; its unbalanced output split still orders the full
+    factors)."""
     if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS579)
         tucker = getattr(block, "tucker", "adapter")
         own = adapter.tucker if tucker == "adapter" else tucker == "on"
@@ -253,6 +254,7 @@ def _block_switches(block, adapter) -> dict[str, str]:
         "decompose_both": adapter.decompose_both and not adapter.full_matrix,
         "tucker": adapter.tucker and not adapter.full_matrix,
         "unbalanced_factorization": adapter.unbalanced_factorization,
+        "rank_stabilized": adapter.rank_stabilized,
     }
     own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
     if own["full_matrix"]:

@@ -2481,19 +2481,21 @@ _MIXED_OFF = {
 
 
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
+# a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
+_NEVER_MIXED = ("scalar", "tucker", "rank_stabilized")
 
 
 def _own_block_options(adapter, own: str):
-    """(table, index, option) of the block options a run of several kinds does not build: a scalar or Tucker
-    form of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and LoKr's own split
-    or switches on layers that are not a lokr adapter's own LoKr layers."""
+    """(table, index, option) of the block options a run of several kinds does not build: a scalar, Tucker
+    form or LoKr rs_lora of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and
+    LoKr's own split or switches on layers that are not a lokr adapter's own LoKr layers."""
     for table in ("blocks", "text_encoder_blocks"):
         for index, b in enumerate(getattr(adapter, table, ())):
             kind = own if getattr(b, "kind", "adapter") == "adapter" else b.kind
             lokr_own = kind == "lokr" and own == "lokr"
-            for key in ("scalar", *_LOKR_OWN):
+            for key in ("scalar", "rank_stabilized", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
-                if value not in ("adapter", 0) and (key in ("scalar", "tucker") or not lokr_own):
+                if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
 
 
@@ -2528,7 +2530,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar or Tucker form of its own",
+            "no scalar, Tucker form or rank_stabilized of its own",
             codes.help("DBS578"),
         )
     set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]

@@ -225,6 +225,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own LoKr unbalanced_factorization (LyCORIS map entries), added since
         ("adapter", "blocks", "*", "unbalanced_factorization"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "unbalanced_factorization"): "adapter",
+        # a block's own LoKr rs_lora on full factors (LyCORIS map entries), added since
+        ("adapter", "blocks", "*", "rank_stabilized"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "rank_stabilized"): "adapter",
         # a block's own LyCORIS use_scalar (map entries), added since
         ("adapter", "blocks", "*", "scalar"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "scalar"): "adapter",

@@ -1462,10 +1462,12 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "loha"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n'
+        + 'rank_stabilized = "on"\n',
         [
             ("DBS576", "error", ("adapter", "blocks", 0, "factor")),
             ("DBS576", "error", ("adapter", "blocks", 0, "decompose_both")),
+            ("DBS576", "error", ("adapter", "blocks", 0, "rank_stabilized")),
         ],
         DOG
         + STEPS
@@ -1487,14 +1489,16 @@ CASES = [
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # a block's own scalar / LoKr split in a run of several kinds: each kind is built with the adapter's
+    (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + 'rank_stabilized = "on"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
         [
+            ("DBS578", "error", ("adapter", "blocks", 0, "rank_stabilized")),
             ("DBS578", "error", ("adapter", "blocks", 0, "factor")),
             ("DBS578", "error", ("adapter", "blocks", 1, "scalar")),
         ],

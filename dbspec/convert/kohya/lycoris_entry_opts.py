@@ -3,18 +3,21 @@
 
 create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
 true), over the network's. For each option whose value differs from the network's this module says whether a
-block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
-the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
-block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's `tucker`), whether it
-changes nothing on that layer (inert, with why), or neither (dbspec does not express it: the caller's
-PresetError names it)."""
+block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha /
+sqrt(dim), the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer
+whose two factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on
+those: the block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's
+`tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does not express
+it: the caller's PresetError names it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# the option a block of these algorithms carries: its alpha times sqrt(dim)
-_BLOCK_ALPHA = ("lora", "loha")
+from dbspec.convert.kohya.lycoris_file import PresetError
+
+# the algorithms whose rs_lora a block carries: its alpha x sqrt(dim) (LoKr's full layers: rank_stabilized)
+_BLOCK_ALPHA = ("lora", "loha", "lokr")
 # the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
 _BLOCK_SCALAR = ("lora", "loha", "lokr")
 
@@ -43,9 +46,32 @@ def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -
     return {"scalar": "on" if own["use_scalar"] else "off"}
 
 
+def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
+    """{"rank_stabilized": "on" / "off"} of a LoKr layer whose entry gives rs_lora a truth other than the
+    network's (LokrModule's `if self.rs_lora`: a layer with both factors full scales by dim / sqrt(dim)),
+    else {}."""
+    own = dict(options)
+    if algo != "lokr" or "rs_lora" not in own or bool(own["rs_lora"]) == network:
+        return {}
+    return {"rank_stabilized": "on" if own["rs_lora"] else "off"}
+
+
+def mixed_rank_stabilized(blocks: list[dict[str, Any]]) -> None:
+    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`) in a network of several
+    algorithms (blocks with a `kind`: DBS578, each kind built with the adapter's scale rule)."""
+    own = next((b for b in blocks if "rank_stabilized" in b), None)
+    if own is not None and any("kind" in b for b in blocks):
+        raise PresetError(
+            f"`{own['_why'].split('`')[1]}` gives LoKr layers their own rs_lora in a network of several "
+            "algorithms: dbspec builds each algorithm's layers there with the network's rs_lora (DBS578)",
+            False,
+        )
+
+
 def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
     """Whether a layer of `algo` (lycoris' class name: "lora" for LoRA/LoCon) trains with rs_lora: its entry's
-    value tested for truth (LoConModule's / LohaModule's `if self.rs_lora`), else the network's."""
+    value tested for truth (LoConModule's / LohaModule's / LokrModule's `if self.rs_lora`), else the
+    network's."""
     own = dict(options)
     if algo in _BLOCK_ALPHA and "rs_lora" in own:
         return bool(own["rs_lora"])

@@ -17,7 +17,14 @@ import math
 import re
 from typing import Any
 
-from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, own_tucker, split_options
+from dbspec.convert.kohya.lycoris_entry_opts import (
+    mixed_rank_stabilized,
+    own_rank_stabilized,
+    own_rs_lora,
+    own_scalar,
+    own_tucker,
+    split_options,
+)
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
@@ -152,9 +159,9 @@ def check_layers(
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, LoRA/LoCon's and LoHa's "
-                "rs_lora in it, a scalar, and LoKr's a factor, decompose_both, full_matrix, tucker and "
-                "unbalanced_factorization)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, rs_lora in it, a "
+                "scalar, and LoKr's a factor, decompose_both, full_matrix, tucker, unbalanced_factorization "
+                "and rs_lora on full factors)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -255,6 +262,7 @@ def _blocks(
         switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
+        switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
         if not factor and not switches and same and not kind and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
@@ -272,7 +280,9 @@ def _blocks(
             block["factor"] = factor
         block.update(switches)
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
-        what = ", ".join([*own, *switches, *(["rs_lora"] if rs != rs_lora else [])])
+        what = ", ".join(
+            [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]
+        )
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
@@ -309,10 +319,13 @@ def map_blocks(
             "and LoKr",
             False,
         )
+    mixed_rank_stabilized([*unet, *text])
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _full_lokr_block(block, high, block.get("kind", kind), rs_lora, network)
+            # the entry's own rs_lora, else the network's
+            rs = block.get("rank_stabilized", "on" if rs_lora else "off") == "on"
+            _full_lokr_block(block, high, block.get("kind", kind), rs, network)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
