@@ -2707,6 +2707,17 @@ with DoRA or the dropouts.""",
         "other option",
     ),
     Code(
+        "DBS580",
+        ERROR,
+        "A block's own rank_dropout_scale it cannot use",
+        """\
+`rank_dropout_scale = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
+preset file's map entry with its own `rank_dropout_scale`) rescales the rank-dropout rows the matched LoHa /
+LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `"lokr"`, and neither
+`output_dropout` (LyCORIS's bypass dropouts draw with the adapter's rescale) nor `fused_projections`.""",
+        help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
+    ),
+    Code(
         "DBS585",
         WARNING,
         "adapter.text_encoder_norms without a trained CLIP text encoder",

@@ -211,6 +211,10 @@ def add_lora(
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
+        if adapter.kind in ("loha", "lokr") and (conv or component):  # blocks' own rank-dropout rescale
+            from dbspec.runtime.blocks import block_rank_dropout_scales
+
+            block_rank_dropout_scales(module, adapter, ADAPTER_NAME, "" if conv else component)
         if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
             tie_fused_lycoris(module, adapter, seed)
         if adapter.full_matrix or adapter.scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar

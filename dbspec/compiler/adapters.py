@@ -87,6 +87,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.blocks
         )
@@ -100,6 +101,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -260,6 +262,17 @@ def _block_switches(block, adapter) -> dict[str, str]:
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _block_rank_dropout_scale(block, adapter) -> str:
+    """A LoHa / LoKr block's rank-dropout rescale as its layers train it: "on" / "off" where it differs from
+    the plan's adapter (on only with rank dropout), else "adapter" (DBS580 refuses it elsewhere)."""
+    given = getattr(block, "rank_dropout_scale", "adapter")
+    if adapter.kind not in ("loha", "lokr") or given == "adapter":
+        return "adapter"
+    planned = adapter.rank_dropout_scale and adapter.rank_dropout > 0
+    own = given == "on" and adapter.rank_dropout > 0
+    return "adapter" if own == planned else "on" if own else "off"
 
 
 def _block_scalar(block, adapter) -> str:

@@ -1453,6 +1453,7 @@ def _block_factor(block) -> str:
         "tucker",
         "unbalanced_factorization",
         "rank_stabilized",
+        "rank_dropout_scale",
         "scalar",
     ):
         if getattr(block, key) != "adapter":

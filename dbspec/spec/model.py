@@ -487,6 +487,9 @@ class AdapterBlock:
         "unbalanced_factorization", "unbalanced_factorization"
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    rank_dropout_scale: BlockSwitch = _block_switch(
+        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+    )
     scalar: BlockSwitch = _block_scalar()
     lr_scale: float = option(
         1.0,
@@ -545,6 +548,9 @@ class TextEncoderBlock:
         "unbalanced_factorization", "unbalanced_factorization"
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    rank_dropout_scale: BlockSwitch = _block_switch(
+        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+    )
     scalar: BlockSwitch = _block_scalar()
 
 

@@ -108,7 +108,7 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
             "",
             "[module_algo_map.FeedForward]\nrs_lora = true\n"
             '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
-            "own rs_lora",
+            "their own rs_lora",
         ),
         # a full layer's scale dim / sqrt(dim) at a dim above the block bound
         ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n", "rs_lora"),
@@ -226,3 +226,20 @@ rs_lora = "yes"
     a = plan_of(outcome, tmp_path / "rs").adapter
     assert (a.lokr_rank_stabilized, a.full_matrix, a.alpha, a.blocks) == (True, True, 8.0 * 4, ())
     assert [(b.rank, b.alpha, b.rank_stabilized) for b in a.text_encoder_blocks] == [(16, 8.0, "off")]
+
+
+def test_loha_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path):
+    """LohaModule divides the rank-dropout rows an entry's layers keep by their share with the entry's own
+    rank_dropout_scale (its truth test; LyCORIS's create_network never hands one to the modules): with the
+    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode (other
+    draws) it stays DBS403."""
+    text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n"
+    outcome = expressible(_convert(tmp_path, text, "loha", '"rank_dropout=0.25"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.25, False)
+    assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
+    ]
+    (tmp_path / "bypass").mkdir()
+    outcome = _convert(tmp_path / "bypass", text, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
+    assert "DBS403" in codes(outcome) and "`rank_dropout_scale` = True" in messages(outcome, "DBS403")

@@ -1473,6 +1473,28 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
     ),
+    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr, or with bypass dropouts
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+        [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+    ),
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "off"\n',
+        [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
+        DOG + STEPS + '[adapter]\nkind = "lora"\n',
+    ),
     # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
     (
         rules.mixed_block_kinds,

@@ -6,9 +6,10 @@ true), over the network's. For each option whose value differs from the network'
 block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha /
 sqrt(dim), the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer
 whose two factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on
-those: the block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's
-`tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does not express
-it: the caller's PresetError names it)."""
+those: the block's `scalar`; `rank_dropout_scale` on LoHa and LoKr with the network's rank dropout outside
+bypass_mode: the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions:
+the block's `tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does
+not express it: the caller's PresetError names it)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,29 @@ def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -
     return {"scalar": "on" if own["use_scalar"] else "off"}
 
 
+def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], network: dict) -> dict[str, str]:
+    """{"rank_dropout_scale": "on" / "off"} of a LoHa / LoKr layer whose entry gives rank_dropout_scale a
+    truth other than the network's (LohaModule's, LokrModule's `if self.rank_dropout_scale`: the kept
+    rank-dropout rows divided by their share), where the layer draws them in its weight forward (the
+    network's rank_dropout above 0, no bypass_mode), else {}."""
+    own = dict(options)
+    if not _rescales(algo, own, network) or bool(own["rank_dropout_scale"]) == network["rank_dropout_scale"]:
+        return {}
+    return {"rank_dropout_scale": "on" if own["rank_dropout_scale"] else "off"}
+
+
+def _rescales(algo: str, own: dict[str, Any], network: dict) -> bool:
+    """A block expresses the entry's rank_dropout_scale on a layer of `algo`: LoHa / LoKr drawing rank
+    dropout in the weight forward (runtime/loha_weight.py, peft's LoKr, per layer)."""
+    return (
+        algo in ("loha", "lokr")
+        and "rank_dropout_scale" in own
+        and bool(network["rank_dropout"])
+        and not network["bypass_mode"]
+        and not own.get("bypass_mode")
+    )
+
+
 def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
     """{"rank_stabilized": "on" / "off"} of a LoKr layer whose entry gives rs_lora a truth other than the
     network's (LokrModule's `if self.rs_lora`: a layer with both factors full scales by dim / sqrt(dim)),
@@ -57,13 +81,15 @@ def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network
 
 
 def mixed_rank_stabilized(blocks: list[dict[str, Any]]) -> None:
-    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`) in a network of several
-    algorithms (blocks with a `kind`: DBS578, each kind built with the adapter's scale rule)."""
-    own = next((b for b in blocks if "rank_stabilized" in b), None)
+    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`) or a LoHa / LoKr entry's own
+    rank_dropout_scale in a network of several algorithms (blocks with a `kind`: DBS578, each kind built with
+    the adapter's options)."""
+    own = next((b for b in blocks if "rank_stabilized" in b or "rank_dropout_scale" in b), None)
     if own is not None and any("kind" in b for b in blocks):
+        key = "rs_lora" if "rank_stabilized" in own else "rank_dropout_scale"
         raise PresetError(
-            f"`{own['_why'].split('`')[1]}` gives LoKr layers their own rs_lora in a network of several "
-            "algorithms: dbspec builds each algorithm's layers there with the network's rs_lora (DBS578)",
+            f"`{own['_why'].split('`')[1]}` gives its layers their own {key} in a network of several "
+            f"algorithms: dbspec builds each algorithm's layers there with the network's {key} (DBS578)",
             False,
         )
 
@@ -98,7 +124,9 @@ def split_options(
         why = _inert(algo, kind, key, own, network)
         if why:
             inert.append((key, why))
-        elif not _block_keeps(algo, key):
+        elif not _block_keeps(algo, key) and not (
+            key == "rank_dropout_scale" and _rescales(algo, own, network)
+        ):
             rest.append((key, value))
     return rest, inert
 

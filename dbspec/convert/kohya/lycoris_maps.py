@@ -19,6 +19,7 @@ from typing import Any
 
 from dbspec.convert.kohya.lycoris_entry_opts import (
     mixed_rank_stabilized,
+    own_rank_dropout_scale,
     own_rank_stabilized,
     own_rs_lora,
     own_scalar,
@@ -263,6 +264,7 @@ def _blocks(
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
+        switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
         if not factor and not switches and same and not kind and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
