@@ -243,3 +243,18 @@ def test_loha_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path):
     (tmp_path / "bypass").mkdir()
     outcome = _convert(tmp_path / "bypass", text, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
     assert "DBS403" in codes(outcome) and "`rank_dropout_scale` = True" in messages(outcome, "DBS403")
+
+
+def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):
+    """LoConModule's, LohaModule's and LokrModule's forward take the bypass path before the weight
+    decomposition: an entry giving its layers bypass_mode on a dora_wd network, or weight_decompose on a
+    bypass_mode network, trains no dora_scale while the file carries it (DBS402, as the network's pair)."""
+    cases = [
+        ("locon", '"dora_wd=True"', "[module_algo_map.FeedForward]\nbypass_mode = true\n"),
+        ("loha", '"bypass_mode=True"', "[module_algo_map.FeedForward]\nweight_decompose = true\n"),
+    ]
+    for i, (algo, args, entry) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
+        assert "DBS402" in codes(outcome), (algo, codes(outcome))
+        assert "FeedForward` gives its layers bypass_mode and weight_decompose" in messages(outcome, "DBS402")

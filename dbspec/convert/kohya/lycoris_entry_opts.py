@@ -110,14 +110,20 @@ def _decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:
 
 
 def split_options(
-    algo: str, kind: str, options: tuple[tuple[str, Any], ...], read: list[tuple[str, Any]], network: dict
+    algo: str,
+    kind: str,
+    options: tuple[tuple[str, Any], ...],
+    read: list[tuple[str, Any]],
+    network: dict,
+    source: str = "",
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
     """(the entry options of `read` dbspec does not express, (key, why) of those that change nothing) for one
     layer of `algo` (a map entry's `options`, `read`: those its class reads with a value other than the
     network's; `kind`: the layer's "linear", "conv1" (1x1) or "conv" (k x k); `network`: the values
-    create_network hands every module, with the `dropout` and `rank_dropout` rates). The rest a block
-    expresses."""
+    create_network hands every module, with the `dropout` and `rank_dropout` rates; `source`: the entry).
+    The rest a block expresses; PresetError (DBS402) for bypass_mode with weight decomposition."""
     own = dict(options)
+    _bypass_decomposed(algo, own, network, source)
     rest: list[tuple[str, Any]] = []
     inert: list[tuple[str, str]] = []
     for key, value in read:
@@ -129,6 +135,24 @@ def split_options(
         ):
             rest.append((key, value))
     return rest, inert
+
+
+def _bypass_decomposed(algo: str, own: dict[str, Any], network: dict[str, Any], source: str) -> None:
+    """PresetError (kohya's run differs from its file: DBS402) for layers an entry gives bypass_mode and
+    weight decomposition together, one of them its own: LoConModule's, LohaModule's and LokrModule's forward
+    take the bypass path before the decomposition, so dora_scale never trains, yet the saved file carries it
+    and its loaders decompose with it (the network's own pair: network.py's BYPASS_DORA)."""
+    if algo not in ("lora", "loha", "lokr") or not ({"bypass_mode", "weight_decompose"} & own.keys()):
+        return
+    bypass = bool(own["bypass_mode"]) if "bypass_mode" in own else network["bypass_mode"]
+    if bypass and _decomposed(own, network) and not (network["bypass_mode"] and network["weight_decompose"]):
+        raise PresetError(
+            f"`{source}` gives its layers bypass_mode and weight_decompose (one of them its own): with "
+            "bypass_mode LyCORIS's forward never applies the weight decomposition, so dora_scale gets no "
+            "gradient, yet the saved file carries it and its loaders decompose with it: the file does not "
+            "compute what kohya trained",
+            True,
+        )
 
 
 def _block_keeps(algo: str, key: str) -> bool:

@@ -146,7 +146,7 @@ def check_layers(
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
-        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network)
+        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
             inert[f"{layer.source}.{key}"] = why
         bad = [v for k, v in layer.options if k == "factor" and k in own and not _int(v)]
