@@ -2651,9 +2651,9 @@ spanning every part's rows) is not there, nor (with or without `fused_projection
         "A block's LoKr factor or switch it cannot use",
         """\
 `factor`, `decompose_both`, `full_matrix`, `tucker` and `unbalanced_factorization` in `[[adapter.blocks]]` /
-`[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors (a LyCORIS preset file's
-map entry with its own `factor`, `decompose_both`, `full_matrix`, `use_tucker` or
-`unbalanced_factorization`): they need `kind = "lokr"`
+`[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors, `rank_stabilized` scales
+their full ones (a LyCORIS preset file's map entry with its own `factor`, `decompose_both`, `full_matrix`,
+`use_tucker`, `unbalanced_factorization` or `rs_lora`): they need `kind = "lokr"`
 with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),
@@ -2686,8 +2686,8 @@ beside the adapter's kind in one run, each kind's layers with the adapter's rank
 keys) together, on the U-Net families (SD 1.x/2.x, SDXL; not SD3, Flux or Chroma). The options that act on
 one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
 `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
-`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar` or `tucker`, nor its own
-LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
+`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar`, `tucker` or
+`rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(
@@ -2706,6 +2706,17 @@ projections) or `fused_projections` (a fused layer's parts share one scalar); a 
 with DoRA or the dropouts.""",
         help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
         "other option",
+    ),
+    Code(
+        "DBS580",
+        ERROR,
+        "A block's own rank_dropout_scale it cannot use",
+        """\
+`rank_dropout_scale = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
+preset file's map entry with its own `rank_dropout_scale`) rescales the rank-dropout rows the matched LoHa /
+LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `"lokr"`, and neither
+`output_dropout` (LyCORIS's bypass dropouts draw with the adapter's rescale) nor `fused_projections`.""",
+        help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(
         "DBS585",

@@ -211,6 +211,10 @@ def add_lora(
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
+        if adapter.kind in ("loha", "lokr") and (conv or component):  # blocks' own rank-dropout rescale
+            from dbspec.runtime.blocks import block_rank_dropout_scales
+
+            block_rank_dropout_scales(module, adapter, ADAPTER_NAME, "" if conv else component)
         if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
             tie_fused_lycoris(module, adapter, seed)
         if adapter.full_matrix or adapter.scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar
@@ -232,7 +236,12 @@ def add_lora(
 
         tie_fused_scalars(module, adapter.fused)
     if adapter.kind == "lokr" and adapter.lokr_unit_scale:
-        unit_scale_full_lokr(module, adapter.lokr_rank_stabilized)
+        own: dict[str, bool] = {}  # layers whose block sets its own rs_lora (LyCORIS's map entries)
+        if conv or component:
+            from dbspec.runtime.blocks import block_rank_stabilized
+
+            own = block_rank_stabilized(module, adapter, "" if conv else component)
+        unit_scale_full_lokr(module, adapter.lokr_rank_stabilized, own)
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
@@ -287,20 +296,23 @@ def tie_fused_lycoris(module: torch.nn.Module, adapter, seed: int) -> int:
     return tie_fused_lokr(module, adapter.fused, adapter, seed)
 
 
-def unit_scale_full_lokr(module: torch.nn.Module, rank_stabilized: bool = False) -> int:
+def unit_scale_full_lokr(
+    module: torch.nn.Module, rank_stabilized: bool = False, own: dict[str, bool] | None = None
+) -> int:
     """LyCORIS's LokrModule: with both Kronecker factors full matrices (no rank inside either) the update is
     kron(w1, w2) at scale 1, its alpha replaced by the rank (rank / sqrt(rank) = sqrt(rank) with
-    `rank_stabilized`, LyCORIS's rs_lora); peft keeps alpha / rank there. Sets peft's scale of those layers;
-    how many there were."""
+    `rank_stabilized`, LyCORIS's rs_lora; `own`: {path: rs_lora} of the layers whose block sets its own);
+    peft keeps alpha / rank there. Sets peft's scale of those layers; how many there were."""
     from peft.tuners.lokr import LoKrLayer
 
     full = 0
-    for layer in module.modules():
+    for path, layer in module.named_modules():
         if not isinstance(layer, LoKrLayer):
             continue
+        stabilized = (own or {}).get(path, rank_stabilized)
         for name in layer.scaling:
             if name in layer.lokr_w1 and name in layer.lokr_w2:
-                layer.scaling[name] = full_lokr_scale(layer.r[name], rank_stabilized)
+                layer.scaling[name] = full_lokr_scale(layer.r[name], stabilized)
                 full += 1
     return full
 

@@ -142,6 +142,43 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
+def block_rank_stabilized(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: rs_lora} of `module`'s LoKr layers (peft's, once injected) whose block sets LyCORIS's rs_lora on
+    full factors itself (`rank_stabilized`, a map entry's rs_lora); a text encoder's (`component` named)
+    blocks searched as with_blocks searches them."""
+    from peft.tuners.lokr import LoKrLayer
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.rank_stabilized != "adapter" for b in blocks):
+        return {}
+    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, LoKrLayer))
+    return {
+        path: block.rank_stabilized == "on"
+        for path, _, block in _blocks_of(module, paths, blocks, component)
+        if block is not None and block.rank_stabilized != "adapter"
+    }
+
+
+def block_rank_dropout_scales(
+    module: torch.nn.Module, adapter: AdapterPlan, name: str, component: str
+) -> int:
+    """Set LyCORIS's rank-dropout rescale on `module`'s LoHa / LoKr layers (peft adapter `name`'s per-layer
+    `rank_dropout_scale`, which runtime/loha_weight.py and peft's LoKr read at each draw) whose block sets its
+    own (a map entry's rank_dropout_scale); how many layers."""
+    from peft.tuners.lycoris_utils import LycorisLayer
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.rank_dropout_scale != "adapter" for b in blocks):
+        return 0
+    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, LycorisLayer))
+    count = 0
+    for _, layer, block in _blocks_of(module, paths, blocks, component):
+        if block is not None and block.rank_dropout_scale != "adapter" and name in layer.r:
+            layer.rank_dropout_scale[name] = block.rank_dropout_scale == "on"
+            count += 1
+    return count
+
+
 def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths: bool = False) -> dict:
     """{id(layer) (or its path with `paths`): Tucker form} of the denoiser's layers whose LoRA / LoHa block
     sets its own (a map entry's use_tucker; only k x k convolutions take the form)."""

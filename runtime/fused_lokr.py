@@ -123,7 +123,7 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         like = like if like is not None else first.lokr_w1_a[ADAPTER_NAME]
         params = _init(shapes, generator, like)
         full = "lokr_w1" in shapes and "lokr_w2" in shapes  # LokrModule: 1, sqrt(rank) with rs_lora
-        scale = full_lokr_scale(rank, adapter.lokr_rank_stabilized) if full else alpha / rank
+        scale = full_lokr_scale(rank, _own_rank_stabilized(adapter, path)) if full else alpha / rank
         out_k = shapes["lokr_w2"][0] if "lokr_w2" in shapes else shapes["lokr_w2_a"][0]
         start = 0
         for (_, layer), base in zip(layers, bases):
@@ -139,6 +139,15 @@ def tie_fused_lokr(module: torch.nn.Module, groups: tuple[FusedPlan, ...], adapt
         first.fused_lokr_parts = [layer for _, layer in layers]
         made += 1
     return made
+
+
+def _own_rank_stabilized(adapter: Any, path: str) -> bool:
+    """LyCORIS's rs_lora on the fused layer whose first part is at `path`: its block's own (a LyCORIS map
+    entry's), else the adapter's."""
+    block = block_of(adapter.blocks, path)
+    if block is None or block.rank_stabilized == "adapter":
+        return adapter.lokr_rank_stabilized
+    return block.rank_stabilized == "on"
 
 
 def _own_split(adapter: Any, path: str) -> tuple[int, bool, bool, bool]:

@@ -149,6 +149,7 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         adapter.oft_form if adapter else "lycoris",
         adapter if adapter and adapter.kind in ("lokr", "loha") and adapter.fused else None,
         bool(adapter and adapter.lokr_rank_stabilized),
+        blocks=adapter if adapter and adapter.kind == "lokr" else None,
     )
     return pipe
 

@@ -312,6 +312,7 @@ def load_peft_adapters(
     lokr_rank_stabilized: bool = False,
     *,
     kind_only: bool = False,
+    blocks: Any = None,
 ) -> list[str]:
     """Attach what `save_peft_adapters` wrote to the matching modules (by component name), and the other
     kinds' layers of a run with several (`<component>/<kind>/`, runtime/mixed_kinds.py); the names
@@ -321,7 +322,8 @@ def load_peft_adapters(
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name.
-    `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank))."""
+    `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
+    the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -410,7 +412,12 @@ def load_peft_adapters(
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr
 
-            unit_scale_full_lokr(module, lokr_rank_stabilized)
+            own = {}
+            if blocks is not None:  # the denoiser's [[adapter.blocks]], a text encoder's own
+                from dbspec.runtime.blocks import block_rank_stabilized
+
+                own = block_rank_stabilized(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
+            unit_scale_full_lokr(module, lokr_rank_stabilized, own)
         markers = [_prefix(config)] if kind_only else _PREFIXES.values()
         missing = [k for k in result.missing_keys if any(m in k for m in markers)]
         if result.unexpected_keys or missing:

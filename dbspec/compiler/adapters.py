@@ -88,6 +88,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.blocks
         )
@@ -101,6 +102,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -261,14 +263,15 @@ def _lycoris_switches(adapter) -> dict:
     return switches
 
 
-BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
+BLOCK_SWITCHES = ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization", "rank_stabilized")
 
 
 def _block_switches(block, adapter) -> dict[str, str]:
-    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization as its layers train
-    them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles decompose_both and
-    tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own two off alike
-    (LokrModule never splits a full factor; its unbalanced output split still orders the full factors)."""
+    """A LoKr block's decompose_both / full_matrix / tucker / unbalanced_factorization / rank_stabilized as
+    its layers train them: "on" / "off" where they differ from the plan's adapter (whose full_matrix settles
+    decompose_both and tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own
+    two off alike (LokrModule never splits a full factor; its unbalanced output split still orders the full
+    factors)."""
     if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS579)
         tucker = getattr(block, "tucker", "adapter")
         own = adapter.tucker if tucker == "adapter" else tucker == "on"
@@ -281,11 +284,23 @@ def _block_switches(block, adapter) -> dict[str, str]:
         "decompose_both": adapter.decompose_both and not adapter.full_matrix,
         "tucker": adapter.tucker and not adapter.full_matrix,
         "unbalanced_factorization": adapter.unbalanced_factorization,
+        "rank_stabilized": adapter.rank_stabilized,
     }
     own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _block_rank_dropout_scale(block, adapter) -> str:
+    """A LoHa / LoKr block's rank-dropout rescale as its layers train it: "on" / "off" where it differs from
+    the plan's adapter (on only with rank dropout), else "adapter" (DBS580 refuses it elsewhere)."""
+    given = getattr(block, "rank_dropout_scale", "adapter")
+    if adapter.kind not in ("loha", "lokr") or given == "adapter":
+        return "adapter"
+    planned = adapter.rank_dropout_scale and adapter.rank_dropout > 0
+    own = given == "on" and adapter.rank_dropout > 0
+    return "adapter" if own == planned else "on" if own else "off"
 
 
 def _block_scalar(block, adapter) -> str:

@@ -2485,20 +2485,48 @@ _MIXED_OFF = {
 
 
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
+# a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
+_NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
 
 
 def _own_block_options(adapter, own: str):
-    """(table, index, option) of the block options a run of several kinds does not build: a scalar or Tucker
-    form of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and LoKr's own split
-    or switches on layers that are not a lokr adapter's own LoKr layers."""
+    """(table, index, option) of the block options a run of several kinds does not build: a scalar, Tucker
+    form or LoKr rs_lora of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and
+    LoKr's own split or switches on layers that are not a lokr adapter's own LoKr layers."""
     for table in ("blocks", "text_encoder_blocks"):
         for index, b in enumerate(getattr(adapter, table, ())):
             kind = own if getattr(b, "kind", "adapter") == "adapter" else b.kind
             lokr_own = kind == "lokr" and own == "lokr"
-            for key in ("scalar", *_LOKR_OWN):
+            for key in ("scalar", "rank_stabilized", "rank_dropout_scale", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
-                if value not in ("adapter", 0) and (key in ("scalar", "tucker") or not lokr_own):
+                if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
+
+
+@rule("spec")
+def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own rank-dropout rescale (a LyCORIS map entry's rank_dropout_scale) acts on LoHa / LoKr
+    layers drawn one by one (runtime/loha_weight.py, peft's LoKr per layer): DBS580 elsewhere."""
+    a = spec.adapter
+    kind = getattr(a, "kind", "none")
+    shared = [
+        f"adapter.{key}"
+        for key in ("output_dropout", "fused_projections")
+        if getattr(a, key, False)  # the bypass and fused draws take the adapter's rescale
+    ]
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            value = getattr(block, "rank_dropout_scale", "adapter")
+            if value == "adapter" or (kind in ("loha", "lokr") and not shared):
+                continue
+            why = f'adapter.kind = "{kind}"' if kind not in ("loha", "lokr") else " and ".join(shared)
+            yield _err(
+                "DBS580",
+                ("adapter", table, i, "rank_dropout_scale"),
+                f'adapter.{table}[{i}].rank_dropout_scale = "{value}" with {why}: a block\'s own rescale '
+                "acts on LoHa / LoKr layers that draw their rank-dropout rows one by one",
+                codes.help("DBS580"),
+            )
 
 
 @rule("spec")
@@ -2541,7 +2569,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar or Tucker form of its own",
+            "no scalar, Tucker form or rank_stabilized of its own",
             codes.help("DBS578"),
         )
     set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]

@@ -228,6 +228,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own LoKr unbalanced_factorization (LyCORIS map entries), added since
         ("adapter", "blocks", "*", "unbalanced_factorization"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "unbalanced_factorization"): "adapter",
+        # a block's own LoKr rs_lora on full factors (LyCORIS map entries), added since
+        ("adapter", "blocks", "*", "rank_stabilized"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "rank_stabilized"): "adapter",
+        # a block's own LoHa / LoKr rank_dropout_scale (LyCORIS map entries), added since
+        ("adapter", "blocks", "*", "rank_dropout_scale"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "rank_dropout_scale"): "adapter",
         # a block's own LyCORIS use_scalar (map entries), added since
         ("adapter", "blocks", "*", "scalar"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "scalar"): "adapter",

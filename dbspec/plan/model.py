@@ -123,6 +123,11 @@ class BlockPlan:
     full_matrix: Literal["adapter", "on", "off"] = "adapter"
     tucker: Literal["adapter", "on", "off"] = "adapter"
     unbalanced_factorization: Literal["adapter", "on", "off"] = "adapter"
+    # LoKr: LyCORIS's rs_lora on the layers whose two factors are full (sqrt(rank) in place of 1), "on" or
+    # "off" where it differs from the adapter's lokr_rank_stabilized; "adapter": the adapter's
+    rank_stabilized: Literal["adapter", "on", "off"] = "adapter"
+    # LoHa / LoKr: the layers' rank-dropout rescale where it differs from the adapter's (LyCORIS map entries)
+    rank_dropout_scale: Literal["adapter", "on", "off"] = "adapter"
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
     # adapter's `scalar`; "adapter": the adapter's
     scalar: Literal["adapter", "on", "off"] = "adapter"

@@ -1457,7 +1457,15 @@ def _fused_draw(a) -> str:
 def _block_factor(block) -> str:
     """A block's own LoKr split factor and switches (LyCORIS preset files' map entries)."""
     out = f", LoKr factor {block.factor}" if block.factor else ""
-    for key in ("decompose_both", "full_matrix", "tucker", "unbalanced_factorization", "scalar"):
+    for key in (
+        "decompose_both",
+        "full_matrix",
+        "tucker",
+        "unbalanced_factorization",
+        "rank_stabilized",
+        "rank_dropout_scale",
+        "scalar",
+    ):
         if getattr(block, key) != "adapter":
             out += f", {key} {getattr(block, key)}"
     return out

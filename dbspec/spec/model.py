@@ -422,6 +422,17 @@ def _block_scalar():
     )
 
 
+def _block_rank_stabilized():
+    return option(
+        "adapter",
+        doc="LoKr: the matched layers' `rank_stabilized` in place of the adapter's (a LyCORIS preset file's "
+        "`module_algo_map` / `name_algo_map` entry's `rs_lora`): a layer whose two Kronecker factors are "
+        "full trains at sqrt(rank) instead of 1 (the low-rank layers' rs_lora is in the block's alpha); "
+        "on, off, or `adapter` (the adapter's).",
+        example="on",
+    )
+
+
 def _block_switch(key: str, what: str, kinds: str = "LoKr"):
     return option(
         "adapter",
@@ -475,6 +486,10 @@ class AdapterBlock:
     )
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
+    )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    rank_dropout_scale: BlockSwitch = _block_switch(
+        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
     lr_scale: float = option(
@@ -532,6 +547,10 @@ class TextEncoderBlock:
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
+    )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    rank_dropout_scale: BlockSwitch = _block_switch(
+        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 from torch import nn
 
-from dbspec.plan.model import AdapterPlan
+from dbspec.plan.model import AdapterPlan, BlockPlan
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.loha_weight import LycorisLoha
 
@@ -38,12 +39,16 @@ class Net(nn.Module):
         self.conv = nn.Conv2d(32, 24, 3, padding=1)
 
 
-def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool = False):
+def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = False):
     """(our adapted layer, LyCORIS's module on a copy of the same base layer, the factor names), float64,
-    with the same random non-zero factors in both."""
+    with the same random non-zero factors in both. `scale` "block": the rescale is the layer's block's own
+    (a LyCORIS map entry's rank_dropout_scale), the adapter's off."""
     fields, cls, extra, names = KINDS[kind]
     net = Net().double()
     base = copy.deepcopy(getattr(net, layer))
+    if scale == "block":
+        block = BlockPlan(pattern=layer, rank=RANK, alpha=ALPHA, conv_rank=RANK, conv_alpha=ALPHA)
+        fields = {**fields, "blocks": (attrs.evolve(block, rank_dropout_scale="on"),)}
     plan = AdapterPlan(
         rank=RANK,
         alpha=ALPHA,
@@ -52,7 +57,7 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool = False)
         conv_alpha=ALPHA,
         conv_targets=("conv",),
         rank_dropout=rank_dropout,
-        rank_dropout_scale=scale,
+        rank_dropout_scale=scale is True,
         lokr_unit_scale=fields["kind"] == "lokr",
         **fields,
     )
@@ -67,7 +72,7 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool = False)
         ALPHA,
         rank_dropout=rank_dropout,
         module_dropout=1e-300,
-        rank_dropout_scale=scale,
+        rank_dropout_scale=bool(scale),
         **extra,
     ).double()
     ours = getattr(net, layer)
@@ -146,11 +151,12 @@ def test_peft_tucker_backward_is_what_the_fix_replaces():
     assert sorted(wrong) == ["hada_w1_a", "hada_w2_a"]
 
 
-@pytest.mark.parametrize("scale", [False, True])
+@pytest.mark.parametrize("scale", [False, True, "block"])
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rank_dropout_follows_lycoris_with_and_without_rescale(kind, scale):
     """Training mode, rank dropout 0.5: from the same generator state both draw the same rows and give the
-    same output and gradients; the kept rows are rescaled only with rank_dropout_scale."""
+    same output and gradients; the kept rows are rescaled only with rank_dropout_scale, the adapter's or
+    the layer's block's own (a LyCORIS map entry's, `block`)."""
     layer = "conv"
     ours, lyco, names = _pair(kind, layer, rank_dropout=0.5, scale=scale)
     x = _input(layer)

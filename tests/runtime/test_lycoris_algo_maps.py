@@ -585,17 +585,19 @@ unbalanced_factorization = true
 bypass_mode = true
 wd_on_out = false
 [module_algo_map.FeedForward]
-dim = 1
+dim = 4
 full_matrix = true
 factor = 2
 use_scalar = true
+rs_lora = true
 [module_algo_map.CLIPMLP]
 dim = 1
 decompose_both = false
 [module_algo_map.CLIPAttention]
-dim = 1
+dim = 2
 factor = 4
 unbalanced_factorization = "false"
+rs_lora = true
 [name_algo_map.conv_in]
 dim = 1
 full_matrix = "yes"
@@ -630,6 +632,8 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     # a truthy string is on, as LokrModule tests it
     assert sorted(b.unbalanced_factorization for b in blocks) == ["adapter"] * 3 + ["on"] * 2
     assert [b.scalar for b in blocks].count("on") == 1
+    # rs_lora: the MLP's full factors at sqrt(4), CLIP's low-rank attention at alpha / sqrt(2)
+    assert sorted(b.rank_stabilized for b in blocks) == ["adapter"] * 3 + ["on"] * 2
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     assert {k: v for k, v in _ours(pipe, plan.adapter).items() if _theirs(made)[k] != v} == {}
     scaled = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if _trains_scalar(m)}
@@ -657,7 +661,11 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     assert {k: list(v.shape) for k, v in a.items()} == {k: list(v.shape) for k, v in saved.items()}
     fresh = build_pipeline("builtin:tiny-sd1")  # the run's adapter folders load back (`dbspec sample`)
     modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
-    assert sorted(load_peft_adapters(Path(whole.final), modules, lokr_unit_scale=True)) == sorted(modules)
+    loaded = load_peft_adapters(Path(whole.final), modules, lokr_unit_scale=True, blocks=plan.adapter)
+    assert sorted(loaded) == sorted(modules)
+    # each layer at its trained scale (the MLP blocks' rs_lora full factors at sqrt(4))
+    assert _built(fresh.unet, "u") == _built(whole.components.unet, "u")
+    assert _built(fresh.text_encoder, "t") == _built(whole.components.text_encoders[0], "t")
     for name, module in modules.items():
         state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
         loaded = get_peft_model_state_dict(module)
@@ -669,6 +677,9 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
     made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
     made.load_state_dict(a, strict=True)
+    for m in made.unet_loras:  # the export holds a full layer's rs_lora sqrt(dim) in lokr_w1 (loaders: 1)
+        if m.use_w1 and m.use_w2 and m.rs_lora:
+            m.scale = 1.0
     _loaded_weights_are_trained(made, whole.components)
 
 

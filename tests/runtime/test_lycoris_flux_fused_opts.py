@@ -243,17 +243,22 @@ def _assert_bypass_draws(cls, parts, drops) -> None:
     assert 0 < skipped < 6
 
 
-def test_rank_stabilized_full_lokr_on_fused_layers_is_lycoris_rs_lora(tmp_path):
+@pytest.mark.parametrize("own", [False, True])
+def test_rank_stabilized_full_lokr_on_fused_layers_is_lycoris_rs_lora(tmp_path, own):
     """rs_lora with both Kronecker factors full (full_matrix): each fused layer at sqrt(rank), not 1, as
-    lycoris-lora's LokrModule (rs_lora=True) on the fused Linear holding the same factors."""
+    lycoris-lora's LokrModule (rs_lora=True) on the fused Linear holding the same factors; `own`: the
+    blocks' own rank_stabilized (a LyCORIS preset map entry's rs_lora), the adapter's off."""
     from dbspec.runtime.families import family_runtime
     from dbspec.runtime.prepare import configure_models
     from tests.runtime.test_lycoris_flux import _factor_layers
 
     extra = LOKR.replace("fused_projections = true\n", "fused_projections = true\nfull_matrix = true\n")
-    extra = extra.replace("alpha = 1.5\n", "alpha = 1.5\nrank_stabilized = true\n")
+    if own:
+        extra += '[[adapter.blocks]]\npattern = "."\nrank = 2\nalpha = 1.5\nrank_stabilized = "on"\n'
+    else:
+        extra = extra.replace("alpha = 1.5\n", "alpha = 1.5\nrank_stabilized = true\n")
     plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
-    assert plan.adapter.lokr_rank_stabilized and plan.adapter.full_matrix
+    assert plan.adapter.lokr_rank_stabilized != own and plan.adapter.full_matrix
     comps = family_runtime(plan.model.family).load(plan)
     configure_models(plan, comps, torch.device("cpu"))
     transformer = comps.unet.float().eval()

@@ -102,8 +102,16 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
             "scale",
         ),
         ("loha", "", "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n", "`weight_decompose` = 1"),
-        # LokrModule scales a layer whose factors are both full by sqrt(dim) with rs_lora: no block alpha
-        ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\n", "`rs_lora` = True"),
+        # several algorithms build with the network's rs_lora (DBS578)
+        (
+            "lokr",
+            "",
+            "[module_algo_map.FeedForward]\nrs_lora = true\n"
+            '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+            "their own rs_lora",
+        ),
+        # a full layer's scale dim / sqrt(dim) at a dim above the block bound
+        ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n", "rs_lora"),
     ]
     for i, (algo, args, entry, named) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
@@ -187,3 +195,66 @@ def test_entry_use_scalar_with_max_norm_is_refused(tmp_path):
     text = FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n"
     outcome = _convert(tmp_path, text, "locon", "--scale_weight_norms=1.0")
     assert "DBS403" in codes(outcome) and 'scalar = "on" with adapter.max_norm' in messages(outcome, "DBS403")
+
+
+def test_lokr_entry_rs_lora_becomes_the_block_alpha_and_rank_stabilized(tmp_path):
+    """LokrModule with an entry's own rs_lora (its truth test) scales a low-rank layer by alpha / sqrt(dim),
+    the block's alpha x sqrt(dim), and a layer whose two factors are full (the MLP's full_matrix) by
+    dim / sqrt(dim) = sqrt(dim) in place of 1: the block's rank_stabilized (runtime/adapters.py
+    unit_scale_full_lokr per layer). On a rank-stabilised network an entry's rs_lora = false puts its layers
+    back at alpha / dim and 1."""
+    text = (
+        FULL
+        + """
+[module_algo_map.FeedForward]
+full_matrix = true
+rs_lora = true
+[module_algo_map.CrossAttention]
+dim = 4
+rs_lora = "yes"
+"""
+    )
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr", '"factor=8"')), tmp_path).adapter
+    assert (a.kind, a.factor, a.lokr_rank_stabilized, a.alpha) == ("lokr", 8, False, 8.0)
+    assert [(b.pattern, b.rank, b.alpha, b.full_matrix, b.rank_stabilized) for b in a.blocks] == [
+        (r"(?:^|\.)(?:to_q|to_k|to_v|to_out\.0)$", 4, 8.0 * 2, "adapter", "on"),
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0 * 4, "on", "on"),
+    ]
+    (tmp_path / "rs").mkdir()
+    text = FULL + "[module_algo_map.CLIPMLP]\nrs_lora = false\n"
+    outcome = expressible(_convert(tmp_path / "rs", text, "lokr", '"rs_lora=True" "full_matrix=True"'))
+    a = plan_of(outcome, tmp_path / "rs").adapter
+    assert (a.lokr_rank_stabilized, a.full_matrix, a.alpha, a.blocks) == (True, True, 8.0 * 4, ())
+    assert [(b.rank, b.alpha, b.rank_stabilized) for b in a.text_encoder_blocks] == [(16, 8.0, "off")]
+
+
+def test_loha_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path):
+    """LohaModule divides the rank-dropout rows an entry's layers keep by their share with the entry's own
+    rank_dropout_scale (its truth test; LyCORIS's create_network never hands one to the modules): with the
+    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode (other
+    draws) it stays DBS403."""
+    text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n"
+    outcome = expressible(_convert(tmp_path, text, "loha", '"rank_dropout=0.25"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.25, False)
+    assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
+    ]
+    (tmp_path / "bypass").mkdir()
+    outcome = _convert(tmp_path / "bypass", text, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
+    assert "DBS403" in codes(outcome) and "`rank_dropout_scale` = True" in messages(outcome, "DBS403")
+
+
+def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):
+    """LoConModule's, LohaModule's and LokrModule's forward take the bypass path before the weight
+    decomposition: an entry giving its layers bypass_mode on a dora_wd network, or weight_decompose on a
+    bypass_mode network, trains no dora_scale while the file carries it (DBS402, as the network's pair)."""
+    cases = [
+        ("locon", '"dora_wd=True"', "[module_algo_map.FeedForward]\nbypass_mode = true\n"),
+        ("loha", '"bypass_mode=True"', "[module_algo_map.FeedForward]\nweight_decompose = true\n"),
+    ]
+    for i, (algo, args, entry) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
+        assert "DBS402" in codes(outcome), (algo, codes(outcome))
+        assert "FeedForward` gives its layers bypass_mode and weight_decompose" in messages(outcome, "DBS402")

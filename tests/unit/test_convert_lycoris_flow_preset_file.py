@@ -360,3 +360,23 @@ def test_sd3_lokr_and_loha_outside_the_joint_blocks(tmp_path, algo):
     inside = [f"transformer_blocks.{i}.attn.to_q" for i in range(3)] + ["transformer_blocks.0.ff.net.2"]
     inside += ["time_text_embed.timestep_embedder.linear_1", "pos_embed.proj"]
     assert _picked([*outside, *inside], a.denoiser_targets) == outside and not a.conv_targets
+
+
+def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
+    """A LoKr entry's own rs_lora on FLUX.1's fused qkv: its block's alpha x sqrt(dim) and rank_stabilized
+    (runtime/fused_lokr.py scales a fused layer with both factors full by its block's); a LoHa entry's own
+    rank_dropout_scale there: DBS403 (a fused layer's parts draw their rank dropout together)."""
+    text = DOUBLE_ATTENTION + "rs_lora = true\nfull_matrix = true\n"
+    outcome = _flux(tmp_path / "rs", text, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "rs").adapter
+    assert (
+        a.lokr_rank_stabilized,
+        [(b.rank, b.alpha, b.full_matrix, b.rank_stabilized) for b in a.blocks],
+    ) == (
+        False,
+        [(16, 8.0 * 4, "on", "on")],
+    )
+    text = DOUBLE_ATTENTION + "rank_dropout_scale = true\n"
+    outcome = _flux(tmp_path / "loha", text, '"algo=loha" "rank_dropout=0.1"')
+    assert "own rank_dropout_scale" in messages(outcome, "DBS403")

@@ -1471,14 +1471,38 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "loha"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\ndecompose_both = "off"\n'
+        + 'rank_stabilized = "on"\n',
         [
             ("DBS576", "error", ("adapter", "blocks", 0, "factor")),
             ("DBS576", "error", ("adapter", "blocks", 0, "decompose_both")),
+            ("DBS576", "error", ("adapter", "blocks", 0, "rank_stabilized")),
         ],
         DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
+    ),
+    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr, or with bypass dropouts
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+        [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+    ),
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "off"\n',
+        [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
+        DOG + STEPS + '[adapter]\nkind = "lora"\n',
     ),
     # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
     (
@@ -1496,14 +1520,16 @@ CASES = [
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # a block's own scalar / LoKr split in a run of several kinds: each kind is built with the adapter's
+    (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + 'rank_stabilized = "on"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
         [
+            ("DBS578", "error", ("adapter", "blocks", 0, "rank_stabilized")),
             ("DBS578", "error", ("adapter", "blocks", 0, "factor")),
             ("DBS578", "error", ("adapter", "blocks", 1, "scalar")),
         ],

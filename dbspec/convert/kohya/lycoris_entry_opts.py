@@ -3,18 +3,22 @@
 
 create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
 true), over the network's. For each option whose value differs from the network's this module says whether a
-block expresses it (`rs_lora` on LoRA/LoCon and LoHa: LoConModule and LohaModule scale by alpha / sqrt(dim),
-the plain scale of alpha x sqrt(dim), which the block's alpha carries; `use_scalar` on those and LoKr: the
-block's `scalar`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's `tucker`), whether it
-changes nothing on that layer (inert, with why), or neither (dbspec does not express it: the caller's
-PresetError names it)."""
+block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha /
+sqrt(dim), the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer
+whose two factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on
+those: the block's `scalar`; `rank_dropout_scale` on LoHa and LoKr with the network's rank dropout outside
+bypass_mode: the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions:
+the block's `tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does
+not express it: the caller's PresetError names it)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-# the option a block of these algorithms carries: its alpha times sqrt(dim)
-_BLOCK_ALPHA = ("lora", "loha")
+from dbspec.convert.kohya.lycoris_file import PresetError
+
+# the algorithms whose rs_lora a block carries: its alpha x sqrt(dim) (LoKr's full layers: rank_stabilized)
+_BLOCK_ALPHA = ("lora", "loha", "lokr")
 # the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
 _BLOCK_SCALAR = ("lora", "loha", "lokr")
 
@@ -43,9 +47,57 @@ def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -
     return {"scalar": "on" if own["use_scalar"] else "off"}
 
 
+def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], network: dict) -> dict[str, str]:
+    """{"rank_dropout_scale": "on" / "off"} of a LoHa / LoKr layer whose entry gives rank_dropout_scale a
+    truth other than the network's (LohaModule's, LokrModule's `if self.rank_dropout_scale`: the kept
+    rank-dropout rows divided by their share), where the layer draws them in its weight forward (the
+    network's rank_dropout above 0, no bypass_mode), else {}."""
+    own = dict(options)
+    if not _rescales(algo, own, network) or bool(own["rank_dropout_scale"]) == network["rank_dropout_scale"]:
+        return {}
+    return {"rank_dropout_scale": "on" if own["rank_dropout_scale"] else "off"}
+
+
+def _rescales(algo: str, own: dict[str, Any], network: dict) -> bool:
+    """A block expresses the entry's rank_dropout_scale on a layer of `algo`: LoHa / LoKr drawing rank
+    dropout in the weight forward (runtime/loha_weight.py, peft's LoKr, per layer)."""
+    return (
+        algo in ("loha", "lokr")
+        and "rank_dropout_scale" in own
+        and bool(network["rank_dropout"])
+        and not network["bypass_mode"]
+        and not own.get("bypass_mode")
+    )
+
+
+def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
+    """{"rank_stabilized": "on" / "off"} of a LoKr layer whose entry gives rs_lora a truth other than the
+    network's (LokrModule's `if self.rs_lora`: a layer with both factors full scales by dim / sqrt(dim)),
+    else {}."""
+    own = dict(options)
+    if algo != "lokr" or "rs_lora" not in own or bool(own["rs_lora"]) == network:
+        return {}
+    return {"rank_stabilized": "on" if own["rs_lora"] else "off"}
+
+
+def mixed_rank_stabilized(blocks: list[dict[str, Any]]) -> None:
+    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`) or a LoHa / LoKr entry's own
+    rank_dropout_scale in a network of several algorithms (blocks with a `kind`: DBS578, each kind built with
+    the adapter's options)."""
+    own = next((b for b in blocks if "rank_stabilized" in b or "rank_dropout_scale" in b), None)
+    if own is not None and any("kind" in b for b in blocks):
+        key = "rs_lora" if "rank_stabilized" in own else "rank_dropout_scale"
+        raise PresetError(
+            f"`{own['_why'].split('`')[1]}` gives its layers their own {key} in a network of several "
+            f"algorithms: dbspec builds each algorithm's layers there with the network's {key} (DBS578)",
+            False,
+        )
+
+
 def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
     """Whether a layer of `algo` (lycoris' class name: "lora" for LoRA/LoCon) trains with rs_lora: its entry's
-    value tested for truth (LoConModule's / LohaModule's `if self.rs_lora`), else the network's."""
+    value tested for truth (LoConModule's / LohaModule's / LokrModule's `if self.rs_lora`), else the
+    network's."""
     own = dict(options)
     if algo in _BLOCK_ALPHA and "rs_lora" in own:
         return bool(own["rs_lora"])
@@ -58,23 +110,49 @@ def _decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:
 
 
 def split_options(
-    algo: str, kind: str, options: tuple[tuple[str, Any], ...], read: list[tuple[str, Any]], network: dict
+    algo: str,
+    kind: str,
+    options: tuple[tuple[str, Any], ...],
+    read: list[tuple[str, Any]],
+    network: dict,
+    source: str = "",
 ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
     """(the entry options of `read` dbspec does not express, (key, why) of those that change nothing) for one
     layer of `algo` (a map entry's `options`, `read`: those its class reads with a value other than the
     network's; `kind`: the layer's "linear", "conv1" (1x1) or "conv" (k x k); `network`: the values
-    create_network hands every module, with the `dropout` and `rank_dropout` rates). The rest a block
-    expresses."""
+    create_network hands every module, with the `dropout` and `rank_dropout` rates; `source`: the entry).
+    The rest a block expresses; PresetError (DBS402) for bypass_mode with weight decomposition."""
     own = dict(options)
+    _bypass_decomposed(algo, own, network, source)
     rest: list[tuple[str, Any]] = []
     inert: list[tuple[str, str]] = []
     for key, value in read:
         why = _inert(algo, kind, key, own, network)
         if why:
             inert.append((key, why))
-        elif not _block_keeps(algo, key):
+        elif not _block_keeps(algo, key) and not (
+            key == "rank_dropout_scale" and _rescales(algo, own, network)
+        ):
             rest.append((key, value))
     return rest, inert
+
+
+def _bypass_decomposed(algo: str, own: dict[str, Any], network: dict[str, Any], source: str) -> None:
+    """PresetError (kohya's run differs from its file: DBS402) for layers an entry gives bypass_mode and
+    weight decomposition together, one of them its own: LoConModule's, LohaModule's and LokrModule's forward
+    take the bypass path before the decomposition, so dora_scale never trains, yet the saved file carries it
+    and its loaders decompose with it (the network's own pair: network.py's BYPASS_DORA)."""
+    if algo not in ("lora", "loha", "lokr") or not ({"bypass_mode", "weight_decompose"} & own.keys()):
+        return
+    bypass = bool(own["bypass_mode"]) if "bypass_mode" in own else network["bypass_mode"]
+    if bypass and _decomposed(own, network) and not (network["bypass_mode"] and network["weight_decompose"]):
+        raise PresetError(
+            f"`{source}` gives its layers bypass_mode and weight_decompose (one of them its own): with "
+            "bypass_mode LyCORIS's forward never applies the weight decomposition, so dora_scale gets no "
+            "gradient, yet the saved file carries it and its loaders decompose with it: the file does not "
+            "compute what kohya trained",
+            True,
+        )
 
 
 def _block_keeps(algo: str, key: str) -> bool:

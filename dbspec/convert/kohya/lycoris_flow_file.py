@@ -318,6 +318,13 @@ def flux_preset_file(
             "gives every layer the network's (a fused layer's parts share one scalar)",
             False,
         )
+    rescaled = [block for block in [*blocks, *text_blocks] if "rank_dropout_scale" in block]
+    if rescaled:  # the fused layers' parts draw their rank dropout together (DBS580)
+        raise PresetError(
+            f"`{_source(rescaled)}` hands its layers its own rank_dropout_scale: dbspec's LyCORIS on "
+            f"{model.title} draws a fused layer's rank dropout with the network's rescale",
+            False,
+        )
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
         # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:

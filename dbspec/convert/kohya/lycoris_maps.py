@@ -17,7 +17,15 @@ import math
 import re
 from typing import Any
 
-from dbspec.convert.kohya.lycoris_entry_opts import own_rs_lora, own_scalar, own_tucker, split_options
+from dbspec.convert.kohya.lycoris_entry_opts import (
+    mixed_rank_stabilized,
+    own_rank_dropout_scale,
+    own_rank_stabilized,
+    own_rs_lora,
+    own_scalar,
+    own_tucker,
+    split_options,
+)
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
@@ -140,7 +148,7 @@ def check_layers(
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
-        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network)
+        read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
             inert[f"{layer.source}.{key}"] = why
         bad = [v for k, v in layer.options if k == "factor" and k in own and not _int(v)]
@@ -154,9 +162,9 @@ def check_layers(
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) {keys}: dbspec's adapter options "
-                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, LoRA/LoCon's and LoHa's "
-                "rs_lora in it, a scalar, and LoKr's a factor, decompose_both, full_matrix, tucker and "
-                "unbalanced_factorization)",
+                "apply to every layer ([[adapter.blocks]] carry a rank and an alpha, rs_lora in it, a "
+                "scalar, and LoKr's a factor, decompose_both, full_matrix, tucker, unbalanced_factorization "
+                "and rs_lora on full factors)",
                 False,
             )
         for key in [k for k, _ in layer.options if k not in reads]:
@@ -257,6 +265,8 @@ def _blocks(
         switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
+        switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
+        switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
         if not factor and not switches and same and not kind and rs == rs_lora:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
@@ -274,7 +284,9 @@ def _blocks(
             block["factor"] = factor
         block.update(switches)
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
-        what = ", ".join([*own, *switches, *(["rs_lora"] if rs != rs_lora else [])])
+        what = ", ".join(
+            [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]
+        )
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
     return out
@@ -318,10 +330,14 @@ def map_blocks(
             "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
             False,
         )
+    mixed_rank_stabilized([*unet, *text])
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _huge_block(block, high, block.get("kind", kind), rs_lora)
+            rs = (
+                block.get("rank_stabilized", "on" if rs_lora else "off") == "on"
+            )  # the entry's own, else the network's
+            _huge_block(block, high, block.get("kind", kind), rs)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
