@@ -42,6 +42,8 @@ def pipe():
 
 
 def _named(text_encoder) -> nn.Module:
+    if hasattr(text_encoder, "text_model"):  # transformers' CLIPTextModel(WithProjection) as kohya holds it
+        return copy.deepcopy(text_encoder)
     named = nn.Module()  # kohya's CLIP names its modules text_model.*
     named.text_model = copy.deepcopy(text_encoder)
     return named
@@ -87,14 +89,14 @@ def _convert(tmp_path: Path, extra: str):
     return outcome
 
 
-def _ours(comps) -> dict[str, nn.Module]:
+def _ours(comps, family: str = "sd1") -> dict[str, nn.Module]:
     """kohya name -> dbspec's full layer."""
     from dbspec.runtime.adapters import lora_adapter
     from dbspec.runtime.exports import kohya_parts
     from dbspec.runtime.lycoris_full import FullLayer
 
     out = {}
-    parts = kohya_parts(unet=comps.unet, text_encoders=comps.text_encoders, family="sd1", lycoris=True)
+    parts = kohya_parts(unet=comps.unet, text_encoders=comps.text_encoders, family=family, lycoris=True)
     for prefix, module, to_path in parts:
         found = lora_adapter(module)
         for name, layer in found[0].named_modules() if found else ():
@@ -103,9 +105,9 @@ def _ours(comps) -> dict[str, nn.Module]:
     return out
 
 
-def _same_start(comps, theirs: dict[str, nn.Module]) -> None:
+def _same_start(comps, theirs: dict[str, nn.Module], family: str = "sd1") -> None:
     """Each of lycoris-lora's FullModules against dbspec's layer: weight, bias and output."""
-    ours = _ours(comps)
+    ours = _ours(comps, family)
     assert sorted(ours) == sorted(theirs)
     convs = 0
     for name, lyco in theirs.items():
@@ -206,3 +208,71 @@ def test_dim_from_weights_starts_at_w_plus_two_diff_trains_and_resumes(pipe, tmp
     (again,) = Path(resumed.final).glob("*.kohya.safetensors")
     again = load_file(str(again))
     assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+
+
+def test_sdxl_file_in_kohyas_original_names_starts_at_w_plus_two_diff(tmp_path, monkeypatch):
+    """SDXL: kohya's U-Net names its modules in the original layout (input_blocks...); the file's U-Net
+    modules renamed so, its CLIP-L / OpenCLIP modules lora_te1_ / lora_te2_ (LyCORIS's numbering of
+    kohya's list). lycoris-lora's create_network_from_weights, apply_to and load_weights run on the
+    diffusers-named file (the same modules: the name is only the lookup); dbspec's run from the renamed one
+    starts every layer where lycoris-lora's does."""
+    from dbspec.runtime.exports import kohya_parts
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    xl = build_pipeline(TINY["sdxl"])
+    preset = tmp_path / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+    texts = [_named(xl.text_encoder), _named(xl.text_encoder_2)]
+    unet = copy.deepcopy(xl.unet)
+    made = lycoris_kohya.create_network(1.0, 4, 1.0, None, texts, unet, algo="full", preset=str(preset))
+    made.apply_to(texts, unet, True, True)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[::4]:  # some modules left out: none is built there
+        for key in [k for k in state if k.startswith(name + ".")]:
+            del state[key]
+    assert any(k.startswith("lora_te1_") for k in state) and any(k.startswith("lora_te2_") for k in state)
+    diffusers_file = tmp_path / "diffusers.safetensors"
+    save_file(state, str(diffusers_file))
+    (_, _, to_original), *_ = [p for p in kohya_parts(unet=xl.unet, text_encoders=[], family="sdxl")]
+    paths = {f"lora_unet_{n}".replace(".", "_"): n for n, _ in xl.unet.named_modules() if n}
+    renamed = {}
+    for key, value in state.items():
+        name, tensor = key.split(".", 1)
+        if name in paths:
+            name = f"lora_unet_{to_original(paths[name])}".replace(".", "_")
+        renamed[f"{name}.{tensor}"] = value
+    assert renamed.keys() != state.keys()  # the U-Net's names differ in the original layout
+    save_file(renamed, str(tmp_path / "prev.safetensors"))
+
+    texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+    theirs, _ = lycoris_kohya.create_network_from_weights(1.0, str(diffusers_file), None, texts, unet)
+    theirs.apply_to(texts, unet, True, True)
+    assert theirs.load_weights(str(diffusers_file)) == {}
+    original = {paths[m.lora_name]: m for m in theirs.unet_loras}
+    theirs = {
+        **{f"lora_unet_{to_original(p)}".replace(".", "_"): m for p, m in original.items()},
+        **{m.lora_name: m for m in theirs.text_encoder_loras},
+    }
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        "--network_weights=prev.safetensors --dim_from_weights --learning_rate=1e-3 --max_train_steps=3 "
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sdxl"])
+    assert plan.adapter.kind == "full" and plan.adapter.init_scale == 2.0
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    _same_start(comps, theirs, "sdxl")
