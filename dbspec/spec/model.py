@@ -854,14 +854,18 @@ def _whole_init_weights(what: str, sd: bool = False):
     )
 
 
-def _fused_init_partial():
+def _fused_init_partial(full: bool = False):
+    lacks = (
+        "a file module the adapter has not is ignored, but a layer the file lacks fails as in kohya "
+        "(LyCORIS's FullModule load hook pops its `diff`: KeyError)"
+        if full
+        else "a layer the file lacks keeps its random init and a file module the adapter has not is ignored"
+    )
     return option(
         False,
-        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): a "
-        "layer the file lacks keeps its random init and a file module the adapter has not is ignored (a "
-        "full layer the file lacks still fails: LyCORIS's FullModule load hook pops its `diff`, KeyError). A "
-        "tensor of the wrong shape still fails. false: the run refuses a file that does not cover the "
-        "adapter exactly, naming the file and the first module.",
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): "
+        f"{lacks}. A tensor of the wrong shape still fails. false: the run refuses a file that does not "
+        "cover the adapter exactly, naming the file and the first module.",
     )
 
 
@@ -1026,7 +1030,7 @@ class FullAdapter:
         example=list(KOHYA_CONV_TARGETS),
     )
     init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)", sd=True)
-    init_partial: bool = _fused_init_partial()
+    init_partial: bool = _fused_init_partial(full=True)
     init_scale: float = option(
         1.0,
         doc="The multiple of `init_weights`' `diff` / `diff_b` each copy starts from: the layer's weight "
