@@ -48,8 +48,10 @@ def _picks(targets: list[str], path: str) -> bool:
 def test_dim_from_weights_trains_exactly_the_files_layers_from_w_plus_two_diff(tmp_path):
     outcome = _sd1(tmp_path)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    a = plan_of(outcome, tmp_path).adapter
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
     assert a.kind == "full" and a.init_scale == 2.0 and a.init_partial and a.init_weights
+    assert plan.train_text_encoder and plan.train_denoiser
     unet = {
         "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
         "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2",
