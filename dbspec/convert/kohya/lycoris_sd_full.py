@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dbspec.convert.kohya.lycoris_file import Row, _suffixes, _text_targets, clip_text, sd_unet, sdxl_unet
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule
+from dbspec.families import family_spec
 from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
 INVALID = "invalid:"  # kohya itself fails (DBS402); other messages: dbspec cannot express it (DBS403)
@@ -27,14 +28,11 @@ def _index(prefix: str, rows: list[Row]) -> dict[str, Row]:
 
 def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict[str, object] | str:
     """[adapter] values for the network create_network_from_weights builds from a full file on `family`
-    (sd1, sd2, sdxl); else why not ("invalid:..." where kohya fails)."""
-    sdxl = family == "sdxl"
-    unet_rows = sdxl_unet() if sdxl else sd_unet(family == "sd2")
-    texts = (
-        [clip_text(12), clip_text(32, projection=True)]
-        if sdxl
-        else [clip_text(23 if family == "sd2" else 12)]
-    )
+    (SD 1.x/2.x or SDXL); else why not ("invalid:..." where kohya fails)."""
+    facts = family_spec(family).kohya
+    sdxl = facts.original_unet_names  # kohya's SDXL U-Net (the original layout) and its two CLIP encoders
+    unet_rows = sdxl_unet() if sdxl else sd_unet(facts.v2)
+    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if facts.v2 else 12)]
     text_prefixes = ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]
     unet_index = _index("lora_unet", unet_rows)
     text_index = [_index(p, rows) for p, rows in zip(text_prefixes, texts)]
@@ -49,11 +47,10 @@ def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool
         n for n in modules if n not in unet_index and not any(n in index for index in text_index)
     )
     if unknown:
-        model = "SDXL" if sdxl else ("SD 2.x" if family == "sd2" else "SD 1.x")
         return (
-            f"module `{unknown[0]}` names no layer of kohya's {model} models ({len(unknown)} such): LyCORIS "
-            "skips it, so the file is likely another model's; dbspec starts only from a file whose every "
-            "module is a layer of the run"
+            f"module `{unknown[0]}` names no layer of kohya's {family_spec(family).title} models "
+            f"({len(unknown)} such): LyCORIS skips it, so the file is likely another model's; dbspec starts "
+            "only from a file whose every module is a layer of the run"
         )
     unet: dict[str, str] = {}  # diffusers path -> kind
     built_texts: list[list[str]] = [[] for _ in texts]
