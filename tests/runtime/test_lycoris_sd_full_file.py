@@ -276,3 +276,21 @@ def test_sdxl_file_in_kohyas_original_names_starts_at_w_plus_two_diff(tmp_path, 
     comps, count = _loaded(plan)
     assert count == len(theirs)
     _same_start(comps, theirs, "sdxl")
+
+
+def test_file_of_another_shape_fails_naming_the_tensor(pipe, tmp_path, monkeypatch):
+    """A module's `diff` of another shape than its layer's: lycoris-lora's create_network_from_weights
+    fails copying it, and so does dbspec's run when it loads the file, naming the tensor and both shapes."""
+    path = _full_file(pipe, tmp_path, monkeypatch)
+    state = load_file(str(path))
+    key = next(k for k in sorted(state) if k.endswith("attn1_to_q.diff"))
+    state[key] = state[key][:-1].contiguous()  # one row short
+    save_file(state, str(path))
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    with pytest.raises(RuntimeError):
+        lycoris_kohya.create_network_from_weights(1.0, str(path), None, named, unet)
+    from tests.unit.convert_kit import plan_of
+
+    plan = plan_of(_convert(tmp_path, "--dim_from_weights"), tmp_path, ["model.base=builtin:tiny-sd1"])
+    with pytest.raises(ValueError, match=rf"`{key}` has shape \[\d+, \d+\]; the run's layer has"):
+        _loaded(plan)

@@ -142,3 +142,25 @@ def test_bad_files_are_refused_clearly(tmp_path):
         modules={Q: {"diff": (320, 320)}, FF: {"lokr_w1": (4, 4), "lokr_w2": (80, 320)}},
     )
     assert "lokr" in messages(mixed, "DBS403"), errors(mixed)
+
+
+def test_sdxl_algo_full_loads_its_file_at_w_plus_diff(tmp_path):
+    from convert_kit import images
+
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_v": {"diff": (640, 2048)},
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": {"diff": (768, 768), "diff_b": (768,)},
+        },
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        f"--train_data_dir=x --resolution=64 {FROM} --learning_rate=1e-4 --max_train_steps=3 "
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "full" and a.init_scale == 1.0 and a.init_partial and a.init_layers == 2
