@@ -19,7 +19,8 @@ Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`, `h
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
 shape (a file of another rank, factor or decomposition) is an error naming the file and the tensor; a module
 or tensor the file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial`
-(LyCORIS's strict=False): then the layers keep their init and the file's other modules are ignored."""
+(LyCORIS's strict=False): then the layers keep their init and the file's other modules are ignored; a full
+layer the file lacks (or its `diff`) fails even then, as FullModule's load hook pops `diff` (KeyError)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b
 _LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 _LOHA_TUCKER = ("hada_t1", "hada_t2")
 Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]  # (the file tensor's shape, its copy)
+# LyCORIS's FullModule.load_weight_prehook pops each module's `diff` from the state dict: strict=False or not,
+# load_weights raises KeyError for a module the file lacks (lycoris-lora 4.1.3)
+_FULL_POPS = (
+    " (LyCORIS's FullModule load hook pops `{key}.diff`: kohya's load_weights raises KeyError even with "
+    "strict=False)"
+)
 # the tensors holding the update's rows (LyCORIS's weight decomposition: one magnitude per output row)
 _ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a", "dora_scale")
 
@@ -57,9 +64,12 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
     with torch.no_grad():
         for key, (slots, alpha) in sorted(layers.items()):
             if key not in modules:
-                if partial:
+                if partial and plan.adapter.kind != "full":
                     continue  # LyCORIS's module keeps its own init
-                raise ValueError(f"{path}: the run's {plan.adapter.kind} layer `{key}` is not in the file")
+                raise ValueError(
+                    f"{path}: the run's {plan.adapter.kind} layer `{key}` is not in the file"
+                    + (_FULL_POPS.format(key=key) if partial else "")
+                )
             stored = state.get(f"{key}.alpha")
             if (
                 alpha is not None
@@ -77,6 +87,11 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
                     )
             for name, (shape, copy) in slots.items():
                 value = state.get(f"{key}.{name}")
+                if value is None and partial and name == "diff":
+                    raise ValueError(
+                        f"{path}: the run's full layer `{key}` has no tensor `{key}.diff`"
+                        + _FULL_POPS.format(key=key)
+                    )
                 if value is None and partial:
                     continue  # strict=False: the tensor keeps its init
                 if value is None:

@@ -1,5 +1,7 @@
 """Start LyCORIS's full algo / IA^3 from its file (`plan.adapter.init_weights` with kind full / ia3:
-lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py).
+lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py; full also with
+train_network.py / sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the
+original layout, exports.kohya_parts).
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -31,6 +33,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
 
     out: dict[str, tuple[dict[str, Slot], None]] = {}
     family, scale = plan.model.family, plan.adapter.init_scale
+    fused = bool(family_spec(family).fused_projections)
     for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family):
         found = lora_adapter(module)
         if found is None:
@@ -38,7 +41,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
         inner, adapter = found
         layers = {name: layer for name, layer in inner.named_modules() if _whole(layer, adapter)}
         for name, layer in layers.items():
-            if module is not unet:
+            if module is not unet or not fused:  # SD 1.x/2.x, SDXL: one module per layer, kohya's name
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
                 continue

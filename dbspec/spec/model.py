@@ -833,27 +833,39 @@ def _fused_init_weights(what: str):
     )
 
 
-def _whole_init_weights(what: str):
-    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3: runtime/lycoris_init.py
+def _whole_init_weights(what: str, sd: bool = False):
+    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3 (full: SD too):
+    # runtime/lycoris_init.py
+    where = (
+        "; on SD 1.x/2.x and SDXL (train_network.py / sdxl_train_network.py) one module per layer under "
+        "kohya's names (SDXL's U-Net in the original layout)"
+        if sd
+        else ". Flux and SD3 only"
+    )
     return option(
         "",
         doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
         "flux_train_network.py / sd3_train_network.py), relative to the spec file: LyCORIS's layout under "
         "kohya's Flux / SD3 module names, one module per fused Linear, as LyCORIS saves it and dbspec's "
-        "`kohya_lora` export writes it; each diffusers part takes its rows of a fused module's tensors. "
-        "Flux and SD3 only. Its shapes must be the layers' (checked when the run loads it). A resumed run "
+        "`kohya_lora` export writes it; each diffusers part takes its rows of a fused module's tensors"
+        f"{where}. Its shapes must be the layers' (checked when the run loads it). A resumed run "
         "takes the checkpoint's weights instead. Empty: LyCORIS's init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
 
 
-def _fused_init_partial():
+def _fused_init_partial(full: bool = False):
+    lacks = (
+        "a file module the adapter has not is ignored, but a layer the file lacks fails as in kohya "
+        "(LyCORIS's FullModule load hook pops its `diff`: KeyError)"
+        if full
+        else "a layer the file lacks keeps its random init and a file module the adapter has not is ignored"
+    )
     return option(
         False,
-        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): a "
-        "layer the file lacks keeps its random init and a file module the adapter has not is ignored. A "
-        "tensor of the wrong shape still fails. false: the run refuses a file that does not cover the "
-        "adapter exactly, naming the file and the first module.",
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): "
+        f"{lacks}. A tensor of the wrong shape still fails. false: the run refuses a file that does not "
+        "cover the adapter exactly, naming the file and the first module.",
     )
 
 
@@ -1017,8 +1029,8 @@ class FullAdapter:
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
     )
-    init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)")
-    init_partial: bool = _fused_init_partial()
+    init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)", sd=True)
+    init_partial: bool = _fused_init_partial(full=True)
     init_scale: float = option(
         1.0,
         doc="The multiple of `init_weights`' `diff` / `diff_b` each copy starts from: the layer's weight "

@@ -567,18 +567,3 @@ def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
     assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
     assert _rank(a, "distilled_guidance_layer.layers.0.linear_2") == (0, 1.0)
     assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
-
-
-def test_sd_full_file_stays_refused_with_the_reason(tmp_path):
-    """On SD 1.x/2.x and SDXL dbspec starts no full copies from a file (with or without --dim_from_weights):
-    DBS403 naming kohya's W + 2 diff and where dbspec expresses it."""
-    from convert_kit import kohya_lora
-
-    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    _factor_file(tmp_path / "prev.safetensors", {q: {"diff": (320, 320)}}, alpha=None)
-    outcome = kohya_lora(
-        tmp_path,
-        "--network_module lycoris.kohya --network_args algo=full --network_weights prev.safetensors "
-        "--dim_from_weights",
-    )
-    assert "W + 2 diff" in messages(outcome, "DBS403") and "Flux / SD3 only" in messages(outcome, "DBS403")

@@ -187,16 +187,9 @@ def map_adapter(
             a = _from_weights_args(a, conv)
         elif module.value == "lycoris.kohya":
             factors = _factor_file(a, paths)
-            if factors is not None and any(m.algo == "full" for m in factors.values()):
-                conv.unsupported(
-                    a["dim_from_weights"],
-                    "LyCORIS's create_network_from_weights builds a FullModule per module of the full file "
-                    "(W + diff; load_weights then adds the diff again: W + 2 diff), and dbspec starts full "
-                    "copies from a file on Flux / SD3 only (adapter.init_weights, init_scale 2), not on "
-                    "SD 1.x/2.x or SDXL",
-                )
-                return False
             a = _lycoris_from_weights_args(a, conv)
+            if factors is not None and any(m.algo == "full" for m in factors.values()):
+                return _lycoris_sd_full_file(a, paths, conv, family or "sd1", factors)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -1011,6 +1004,43 @@ def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
     except (ModelFileError, ValueError, OSError):
         return None
     return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
+
+
+def _lycoris_sd_full_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a full file on SD 1.x/2.x / SDXL (lycoris_sd_full.py): kind full
+    over the file's layers, from W + 2 diff (init_scale 2)."""
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS, sd_full_file
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    found = sd_full_file(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    note = f"kohya --dim_from_weights: LyCORIS's full modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), "full", conv.comment(module, note))
+    twice = (  # lycoris-lora 4.1.3: make_module_from_state_dict + apply_to, then the load hook's W + diff
+        "kohya --dim_from_weights: LyCORIS builds each FullModule at W + diff, then train_network.py's "
+        "load_weights adds the file's diff again: W + 2 diff"
+    )
+    for key, value in found.items():
+        if key != "kind":
+            conv.put(("adapter", key), value, twice if key == "init_scale" else note)
+    map_init_weights(weights, paths, conv)
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(
+            a[key], "--dim_from_weights takes the layers from the file; LyCORIS's full algo has no rank"
+        )
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=True, kind="full")  # FullModule's apply_max_norm: inert
+    return True
 
 
 def _lycoris_flow_factor_file(
