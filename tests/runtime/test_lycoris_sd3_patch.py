@@ -114,3 +114,85 @@ def test_tucker_patch_convolution_is_lycoris_module(tmp_path, kind, conv_rank, b
         if p.requires_grad:
             assert torch.equal(p, ours[key]), key
     _check_export(plan, result, kind, rank)
+
+
+@pytest.mark.parametrize(
+    ("algo", "args"),
+    [
+        ("lora", "use_tucker=True conv_dim=4 conv_alpha=0"),  # alpha 0: the module's dim
+        ("lora", "use_tucker=True conv_dim=4 conv_alpha=2 rs_lora=True"),  # alpha / sqrt(dim)
+        ("lora", "conv_dim=3 conv_alpha="),  # "": network_alpha
+        ("loha", "use_tucker=True conv_dim=4 rs_lora=True"),
+        ("lokr", "use_tucker=True conv_dim=1 conv_alpha=0"),
+    ],
+)
+def test_converted_patch_convolution_scale_is_lycoris(tmp_path, algo, args):
+    """The patch convolution's conv_rank / conv_alpha as converted from `--network_args algo=<algo> <args>`
+    (network_dim 16, network_alpha 8) give the layer dbspec builds LyCORIS's dim and scale: its module built
+    as lycoris.kohya's create_network builds it (conv_dim / conv_alpha from the same strings, its alpha-0 and
+    rs_lora rules), on tiny-sd3's patch convolution."""
+    from tests.unit.convert_kit import component_file, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l sd3/clip_l.safetensors "
+        "--clip_g sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors --train_data_dir x "
+        "--resolution 512 --network_module lycoris.kohya "
+        f"--network_dim 16 --network_alpha 8 --learning_rate 1e-4 --network_args algo={algo} {args}",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    kwargs = dict(item.split("=", 1) for item in args.split())
+    conv_dim = int(kwargs.get("conv_dim", 16) or 16)  # create_network's reading of the strings
+    conv_alpha = float(kwargs.get("conv_alpha", 8.0) or 8.0)
+    rs = kwargs.get("rs_lora", "false").lower() != "false"
+    conv = torch.nn.Conv2d(16, 16, 2, 2)
+    theirs = CLASSES[algo](NAME, conv, 1.0, conv_dim, conv_alpha, use_tucker=a.tucker, rs_lora=rs)
+    extra = _extra(algo, a.conv_rank).replace("conv_alpha = 1\n", f"conv_alpha = {a.conv_alpha}\n")
+    extra = extra.replace("tucker = true", f"tucker = {str(a.tucker).lower()}")
+    if a.kind == "lokr" and a.lokr_rank_stabilized:  # LokrModule's full factors (its rs_lora)
+        extra = extra.replace('kind = "lokr"', 'kind = "lokr"\nrank_stabilized = true')
+    plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    layer = comps.unet.pos_embed.proj
+    assert a.conv_rank == conv_dim
+    assert layer.scaling["default"] == pytest.approx(float(theirs.scale))
+    assert layer.r["default"] == conv_dim
+
+
+@pytest.mark.parametrize(
+    ("option", "extra", "theirs"),
+    [
+        ("dora_wd", 'dora = true\ndora_form = "lycoris"\n', {"weight_decompose": True}),
+        ("use_scalar", "scalar = true\n", {"use_scalar": True}),
+        ("scale_weight_norms", 'max_norm = 1e-3\nmax_norm_form = "lycoris"\n', {}),
+        ("rank_dropout", 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\nmodule_dropout = 0.1\n', {}),
+    ],
+)
+def test_tucker_patch_convolution_with_lycoris_options(tmp_path, option, extra, theirs):
+    """use_tucker beside dora_wd, use_scalar, --scale_weight_norms or the dropouts (converted as on the
+    other layers): the run's patch convolution, exported by the lora_sd3 writer (dora_scale; the scalars
+    folded into lora_up, as LoConModule's custom_state_dict saves them), is what lycoris-lora's LoConModule
+    with use_tucker and that option loads (load_state_dict(strict=False), as lycoris.kohya's load_weights)."""
+    spec = _extra("lora", 2).replace("tucker = true\n", "tucker = true\n" + extra)
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=spec)
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    own = {k.removeprefix(NAME + "."): v for k, v in tensors.items() if k.startswith(NAME + ".")}
+    assert ("dora_scale" in own) == (option == "dora_wd") and "lora_mid.weight" in own
+    layer = result.components.unet.float().eval().pos_embed.proj
+    base = layer.get_base_layer()
+    module = LoConModule(NAME, copy.deepcopy(base), 1.0, 2, own["alpha"].item(), use_tucker=True, **theirs)
+    missing, unexpected = module.load_state_dict(own, strict=False)
+    assert not unexpected and set(missing) <= {"scalar"}
+    module.apply_to()
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        trained = layer(x)
+        assert not torch.allclose(trained, base(x), atol=1e-6)
+        torch.testing.assert_close(module.eval()(x), trained, rtol=0, atol=1e-5)

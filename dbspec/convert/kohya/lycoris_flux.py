@@ -46,6 +46,7 @@ shared."""
 
 from __future__ import annotations
 
+import math
 import re
 
 from collections.abc import Callable
@@ -68,6 +69,7 @@ from dbspec.convert.kohya.network import (
     _lokr_rank_dropout_on_gpu,
     _lycoris_rs_lora,
     _rank_dropout_scale_unread,
+    _str_bool,
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
@@ -621,7 +623,12 @@ def _convs(
         conv.put(("adapter", "tucker"), True, conv.comment(args, note + ": the preset file's map entry's"))
     rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
     conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
-    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
+    # LyCORIS's create_network: conv_alpha (a string: "0" is given, "" the network's) defaults to
+    # network_alpha; its modules take an alpha of 0 as the dim, and with rs_lora scale by alpha / sqrt(dim):
+    # the plain alpha x sqrt(dim) (as _lycoris_rs_lora)
+    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha) or float(conv_rank)
+    if _str_bool(kwargs.get("rs_lora", "false")):
+        conv_alpha *= math.sqrt(conv_rank)
     note = conv.comment(args, f"LyCORIS's {form} on {where} (enable_conv: conv_dim, conv_alpha)")
     conv.put(("adapter", "conv_rank"), conv_rank, note)
     conv.put(("adapter", "conv_alpha"), conv_alpha, note)
