@@ -845,8 +845,9 @@ def _locon_dora(local) -> bool | str:
         return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
     for m in held:
         rows = m.shapes["lora_up.weight"][0]
-        if len(m.shapes["lora_down.weight"]) != 2 or tuple(m.shapes["dora_scale"]) != (rows, 1):
-            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (a convolution's, or per input)"
+        conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
+        if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
+            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
     return True
 
 
