@@ -5,7 +5,8 @@ pos_embed.proj at the file's rank and alpha) starts both layers at LyCORIS's out
 LohaModules there in LyCORIS's Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker = true), every module
 with weight_decompose (`dora_scale`, the patch convolution's (out, 1, 1, 1) too: dora = true), and FullModules
 (`diff` / `diff_b`, the patch convolution's 4-D: kind full with conv_targets, W + 2 diff after kohya's
-load_weights). Such runs train, resume bit-exact, and their export is what lycoris-lora's module on the patch
+load_weights), and LoConModule's Tucker form there (`lora_mid`: tucker = true; runtime/flow_init.py reads
+it). Such runs train, resume bit-exact, and their export is what lycoris-lora's module on the patch
 convolution loads."""
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ CASES = [
         {"decompose_both": True},
     ),
     (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}, {}),
+    (LoConModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}, {}),  # lora_mid
     (LoConModule, ((2, 1.0), (3, 1.5)), WD, WD),
     (
         LokrModule,
@@ -165,11 +167,14 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
             torch.testing.assert_close(ours, layers[name](x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [CASES[3], CASES[4], CASES[6]], ids=["locon-dora", "lokr-dora", "full"])
+@pytest.mark.parametrize(
+    "case", [CASES[3], CASES[4], CASES[5], CASES[7]], ids=["locon-tucker", "locon-dora", "lokr-dora", "full"]
+)
 def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, case):
-    """Runs started from a file with `dora_scale` on every module (LoCon; LoKr with the Tucker form) or a
-    full file: 2 steps resume bit-exact, and the export's patch convolution module is what lycoris-lora's
-    module (built as make_module_from_state_dict builds it) loads, computing the trained layer."""
+    """Runs started from a file with the patch convolution's LoCon in its Tucker form (`lora_mid`), with
+    `dora_scale` on every module (LoCon; LoKr with the Tucker form) or a full file: 2 steps resume
+    bit-exact, and the export's patch convolution module is what lycoris-lora's module (built as
+    make_module_from_state_dict builds it) loads, computing the trained layer."""
     cls, ranks, options, linear = case
     _file(tmp_path, cls, ranks, options, linear)
     spec = _converted(tmp_path)
@@ -199,7 +204,8 @@ def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, ca
         module = cls(name, base, 1.0, ranks[0][0], own["alpha"].item(), **options)
         module.load_state_dict(own)
         module.apply_to()
-        assert "dora_scale" in own and own["dora_scale"].shape == (base.out_channels, 1, 1, 1)
+        if "weight_decompose" in options:
+            assert own["dora_scale"].shape == (base.out_channels, 1, 1, 1)
     x = torch.randn(2, base.in_channels, 8, 8)
     with torch.no_grad():
         trained = layer(x)

@@ -645,3 +645,49 @@ def test_sd_full_file_stays_refused_with_the_reason(tmp_path):
         "--dim_from_weights",
     )
     assert "W + 2 diff" in messages(outcome, "DBS403") and "Flux / SD3 only" in messages(outcome, "DBS403")
+
+
+def test_sd3_locon_file_lora_mid_on_the_patch_convolution(tmp_path):
+    """A LoCon file's `lora_mid` on the patch convolution (LoConModule with use_tucker: make_module_from_
+    state_dict builds it when the file holds one): tucker = true at its rank, read by runtime/flow_init.py
+    (runtime tests: test_lycoris_sd3_patch_file, test_lycoris_sd3); a `lora_mid` on a Linear module:
+    DBS402 (LyCORIS builds no core there)."""
+    w, qkv, patch = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_x_embedder_proj"
+    tensors = {
+        f"{qkv}.lora_down.weight": np.zeros((8, w), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((3 * w, 8), np.float16),
+        f"{qkv}.alpha": np.array(4.0, np.float32),
+        f"{patch}.lora_down.weight": np.zeros((4, 16, 1, 1), np.float16),
+        f"{patch}.lora_mid.weight": np.zeros((4, 4, 2, 2), np.float16),
+        f"{patch}.lora_up.weight": np.zeros((w, 4, 1, 1), np.float16),
+        f"{patch}.alpha": np.array(2.0, np.float32),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_rank, a.conv_alpha, a.conv_targets) == (
+        "lora",
+        True,
+        4,
+        2.0,
+        ("pos_embed.proj",),
+    )
+    # without --dim_from_weights: create_network at use_tucker / conv_dim, then load_weights of the file
+    from test_convert_lycoris_sd3 import _sd3 as _sd3_args
+
+    at_dim = {  # the q/k/v at the command's network_dim 16 / network_alpha 8
+        **tensors,
+        f"{qkv}.lora_down.weight": np.zeros((16, w), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((3 * w, 16), np.float16),
+        f"{qkv}.alpha": np.array(8.0, np.float32),
+    }
+    save_file(at_dim, str(tmp_path / "at_dim.safetensors"))
+    args = f"--network_weights {tmp_path / 'at_dim.safetensors'} --network_args use_tucker=True conv_dim=4 "
+    outcome = _sd3_args(tmp_path / "args", args + "conv_alpha=2")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "args").adapter
+    assert (a.tucker, a.conv_rank, a.init_layers) == (True, 4, 2)
+    bad = {**tensors, f"{qkv}.lora_mid.weight": np.zeros((8, 8, 1, 1), np.float16)}
+    save_file(bad, str(tmp_path / "prev.safetensors"))
+    assert "Tucker core on a Linear" in messages(_sd3(tmp_path, allow=True), "DBS402")
