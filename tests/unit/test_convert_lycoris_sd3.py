@@ -289,7 +289,7 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert plan_of(lokr, tmp_path).adapter.dora and "DBS403" not in codes(lokr) and not errors(lokr)
 
 
-def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_path):
+def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
     outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 1e-5 --network_args algo=full preset=full-lin")
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
@@ -298,7 +298,16 @@ def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_p
     # LyCORIS's prepare_optimizer_params: both CLIP encoders at text_encoder_lr's first value
     assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    assert "DBS403" in codes(_sd3(tmp_path / "full", "--network_args algo=full"))
+    # preset full: FullModule on the patch convolution too, a full copy of it (lycoris_full.FullLayer;
+    # tests/runtime/test_lycoris_sd3_patch_file.py trains and exports one)
+    outcome = _sd3(tmp_path / "full", "--network_args algo=full conv_dim=4")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "full").adapter
+    assert a.kind == "full" and a.conv_targets == ("pos_embed.proj",)
+    assert fate(outcome, "network_args conv_dim") == "inert"
+    # conv_dim=0: create_network's int("0") builds no convolution module (lycoris-lora 4.1.3, scratch run)
+    outcome = _sd3(tmp_path / "no_conv", "--network_args algo=full conv_dim=0")
+    assert plan_of(outcome, tmp_path / "no_conv").adapter.conv_targets == ()
 
 
 def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_convolution(tmp_path):

@@ -468,10 +468,17 @@ def _full(
     _lycoris_full). False when refused."""
     layers, text = layout.presets[preset]
     module = a["network_module"]
-    if layers in layout.convs:
+    if layers in layout.convs:  # the preset's convolutions (enable_conv): FullModule's copy of each
+        # create_network's int(conv_dim or network_dim): 0 builds no convolution module, else the rank is
+        # never read
+        dim = a["network_dim"].value if a["network_dim"].value is not None else 4
         where = ", ".join(layout.convs[layers])
-        conv.unsupported(args, f"LyCORIS's full algo on {layout.title}'s {where} has no dbspec form yet")
-        return False
+        if int(kwargs.get("conv_dim", dim) or dim):
+            note = conv.comment(args, f"LyCORIS's full algo on {where} too (the preset's enable_conv)")
+            conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
+        for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+            legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            conv.inert(legacy, f"FullModule has no rank or alpha (conv_dim 0 only leaves out {where})")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"])
