@@ -15,7 +15,8 @@ CLIP's while T5 encodes every step, train_t5xxl or not (lycoris_flow_file.py): `
 LoKr / LoHa), the T5 Linears the file lacks at rank 0, its modules at options of their own in text-encoder
 blocks; where they would never train (text-encoder outputs cached, text_encoder_lr 0) the file's modules
 still change T5's outputs where it encodes: DBS403. A full file (`diff` / `diff_b`) is kind full over its
-modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; T5-XXL's: DBS403)."""
+modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; SD3's patch convolution's
+4-D diff a full copy of it, conv_targets; T5-XXL's: DBS403)."""
 
 from __future__ import annotations
 
