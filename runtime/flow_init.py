@@ -20,7 +20,8 @@ unfolded, so an export loads back to the same adapter. The adaLN layers whose di
 (scale, shift) where the original holds (shift, scale) have their up rows swapped back. A file module no
 adapted layer matches, or an adapted layer missing from the file, is an error naming the file and tensor,
 unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then the layers the file lacks
-keep their init and its other modules are ignored."""
+keep their init and its other modules are ignored. SD3's patch convolution in LoCon's Tucker form
+(lycoris.kohya with use_tucker) takes the file's `lora_mid` too."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from dbspec.runtime.adapters import ADAPTER_NAME, lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, clip_path
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_MID = ".lora_mid.weight"
 
 
 def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -122,6 +124,7 @@ def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict, i
                 file_up = torch.cat([second, first], dim=0)
             down.copy_(file_down.to(down))
             up.copy_(file_up.to(up))
+            _load_mid(path, state, key, plain.get_submodule(name))
             _load_dora(path, state, key, {0: plain.get_submodule(name)}, None, swapped(kohya, name))
         else:
             block = ".".join(next(iter(present.values()))[0].split(".")[:2])
@@ -131,6 +134,28 @@ def _load_denoiser(path: str, family: str, unet: torch.nn.Module, state: dict, i
             _load_dora(path, state, key, parts, [widths[f"{block}.{child}"] for child in children], False)
         done.add(key)
     return done
+
+
+def _load_mid(path: str, state: dict, key: str, layer: torch.nn.Module) -> None:
+    """LyCORIS LoCon's Tucker core (`lora_mid.weight`, SD3's patch convolution with use_tucker) into the
+    layer's (locon_tucker.TuckerConv2d); a file core for a layer without one, or the reverse, is an error."""
+    mids = getattr(layer, "lora_mid", None)
+    own = mids[ADAPTER_NAME].weight if mids is not None and ADAPTER_NAME in mids else None
+    value = state.get(key + _MID)
+    if own is None and value is None:
+        return
+    if own is None or value is None:
+        held = "holds" if value is not None else "lacks"
+        raise ValueError(
+            f"{path}: module `{key}` {held} `{key}{_MID}` (LoCon's Tucker form), which the run's layer "
+            f"{'has not' if own is None else 'needs'}"
+        )
+    if tuple(value.shape) != tuple(own.shape):
+        raise ValueError(
+            f"{path}: tensor `{key}{_MID}` has shape {list(value.shape)}; the run's layer needs "
+            f"{list(own.shape)}"
+        )
+    own.copy_(value.to(own))
 
 
 def _load_dora(path: str, state: dict, key: str, parts: dict, rows: list[int] | None, swap: bool) -> None:

@@ -52,7 +52,9 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
         or (adapter.dora and not adapter.fused)  # a fused LoCon's: the family's kohya writer adds dora_scale
         or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
-        or any_tucker(adapter)
+        # a fused LoCon's Tucker form on the family's named convolutions (SD3's patch convolution): the
+        # family's kohya writer adds its `lora_mid`
+        or (any_tucker(adapter) and not (adapter.fused and named and set(adapter.conv_targets) <= set(named)))
         # the scalar (use_scalar's, LyCORIS max norm's fixed one) is folded into lora_up here, a fused
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
         or ((any_scalar(adapter) or norm_scalars(adapter)) and not adapter.fused)

@@ -16,7 +16,9 @@ adaLN Linears whose diffusers form holds (scale, shift) where the original holds
 block's context modulation and the final layer, AdaLayerNormContinuous) have their up rows swapped.
 kohya's loader scales by alpha / (rows of lora_down), as its LoRAModule does. A LoCon with LyCORIS's weight
 decomposition (lycoris.kohya's dora_wd) adds each module's `dora_scale`, one magnitude per output row of
-the original Linear, as the Flux writer does."""
+the original Linear, as the Flux writer does. LoCon's Tucker form on the patch convolution (LyCORIS's
+use_tucker, locon_tucker.py) adds its `lora_mid.weight` (rank, rank, 2, 2) beside the 1x1 `lora_down` /
+`lora_up`: LyCORIS's LoConModule layout, which lycoris.kohya's network loads."""
 
 from __future__ import annotations
 
@@ -105,10 +107,23 @@ def kohya_sd3_tensors(denoiser: nn.Module, dtype: torch.dtype, parts) -> dict[st
             scale, shift = up.chunk(2, dim=0)
             up = torch.cat([shift, scale], dim=0)
         tensors.update(_entry(name, down, up, alpha, dtype))
+        mid = _tucker_core(denoiser, path)
+        if mid is not None:  # LoCon's Tucker form (LyCORIS's LoConModule with use_tucker)
+            tensors[f"lora_unet_{name}.lora_mid.weight"] = mid.detach().to("cpu", dtype).contiguous()
     for (block, name), present in fused.items():
         tensors.update(_fuse(block, name, present, layers, widths, dtype, parts))
     tensors.update(_sd3_dora_scales(plain, denoiser, dtype, parts))
     return tensors
+
+
+def _tucker_core(denoiser: nn.Module, path: str) -> torch.Tensor | None:
+    """The `lora_mid` weight of the LoCon Tucker layer at `path` (locon_tucker.TuckerConv2d), else None."""
+    found = lora_adapter(denoiser)
+    if found is None:
+        return None
+    module, adapter = found
+    mids = getattr(module.get_submodule(path), "lora_mid", None)
+    return mids[adapter].weight if mids is not None and adapter in mids else None
 
 
 def _sd3_dora_scales(plain: nn.Module, denoiser: nn.Module, dtype, parts) -> dict[str, torch.Tensor]:

@@ -69,6 +69,17 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help='set adapter.init_weights = ""',
         )
         return "", 0
+    tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
+    if tucker and not family_spec(family).fused_projections:  # LoCon's Tucker layers (lora_mid)
+        ctx.report(
+            "DBS260",
+            "error",
+            "adapter.init_weights with adapter.tucker = true (LoCon's Tucker form): the starting file is "
+            f"read as lora_down / lora_up only (no lora_mid) on {family_spec(family).title}",
+            KEY,
+            help="set adapter.tucker = false, or remove adapter.init_weights",
+        )
+        return "", 0
     # LyCORIS's LoCon with weight_decompose on kohya's Flux / SD3 (dora_form "lycoris"): its file holds each
     # module's dora_scale, which runtime/flow_init.py loads into the magnitudes
     lycoris_dora_file = (
@@ -84,7 +95,12 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help="set adapter.dora = false to continue the LoRA",
         )
         return "", 0
-    reader = (lambda p: read_lora_file(p, dora_scale=True)) if lycoris_dora_file else read_lora_file
+    # LyCORIS LoCon's Tucker form on SD3's patch convolution (`lora_mid`, runtime/flow_init.py reads it)
+    mid = tucker  # here on Flux / SD3 only
+
+    def reader(p):
+        return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(mid))
+
     file = _read_file(ctx, path, reader, "LoRA")
     if file is None:
         return "", 0
@@ -297,7 +313,11 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
         and module.name == "lora_unet_x_embedder_proj"
         and "pos_embed.proj" in adapter.conv_targets
     ):
-        # SD3's patch convolution (lycoris.kohya's LoCon there): at conv_rank / conv_alpha
+        # SD3's patch convolution (lycoris.kohya's LoCon there): at conv_rank / conv_alpha, in LoCon's Tucker
+        # form (lora_mid) where the adapter's is
+        if bool(module.mid) != adapter.tucker:
+            held = "holds LoCon's Tucker core `lora_mid`" if module.mid else "has no `lora_mid`"
+            return f"module `{module.name}` {held}; adapter.tucker is {str(adapter.tucker).lower()}"
         if module.rank != adapter.conv_rank:
             return f"tensor {tensor} has rank {module.rank}; adapter.conv_rank is {adapter.conv_rank}"
         if module.alpha is not None and not math.isclose(module.alpha, adapter.conv_alpha, rel_tol=1e-3):
@@ -306,6 +326,8 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
         return ""
     if module.conv:
         return f"tensor {tensor} adapts a convolution; kohya's {family} LoRA adapts Linears only"
+    if module.mid:
+        return f"module `{module.name}` holds a Tucker core `lora_mid` on a Linear"
     rank, alpha = adapter.rank, adapter.alpha
     group = fused_layer_of(family, module.name)
     if group is None and adapter.blocks:

@@ -19,6 +19,7 @@ import attrs
 from dbspec.compiler.safetensors_header import ModelFileError, _read_raw_header
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker core
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")  # te3: Flux/SD3 T5
 # Scalar dtypes an alpha is stored in, as struct formats (bf16 is the top half of an fp32).
 _SCALAR = {"F64": ("<d", 8), "F32": ("<f", 4), "F16": ("<e", 2), "I64": ("<q", 8), "I32": ("<i", 4)}
@@ -34,6 +35,7 @@ class LoraModule:
     conv: bool  # a 3x3 (or larger) convolution: adapted at conv_rank / conv_alpha
     down: tuple[int, ...]  # tensor shapes
     up: tuple[int, ...]
+    mid: tuple[int, ...] = ()  # LyCORIS LoCon's Tucker core (`lora_mid.weight`, rank x rank x k x k), if any
 
 
 @attrs.frozen(kw_only=True)
@@ -45,15 +47,20 @@ class LoraFile:
         return {next(p for p in KOHYA_PREFIXES if m.startswith(p)) for m in self.modules}
 
 
-def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFile:
+def read_lora_file(path: str | os.PathLike, dora_scale: bool = False, lora_mid: bool = False) -> LoraFile:
     """The modules of a kohya-layout LoRA file; ModelFileError when it is not one (naming the first tensor
     that does not fit). `dora_scale`: LyCORIS's LoCon with weight_decompose, its modules' `.dora_scale`
-    tensors allowed (and not read here)."""
+    tensors allowed (and not read here). `lora_mid`: LyCORIS LoCon's Tucker form, a module's
+    `.lora_mid.weight` (its shape in LoraModule.mid; the module is a k x k convolution)."""
     path = Path(path)
     header, data_bytes = _read_raw_header(path)
     header.pop("__metadata__", None)
     data_start = path.stat().st_size - data_bytes
-    names = sorted(n for n in header if not (dora_scale and n.endswith(".dora_scale")))
+    names = sorted(
+        n
+        for n in header
+        if not (dora_scale and n.endswith(".dora_scale")) and not (lora_mid and n.endswith(_MID))
+    )
     for name in names:
         base = _module_of(name)
         if base is None or not base.startswith(KOHYA_PREFIXES):
@@ -75,14 +82,26 @@ def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFil
                 path, f"`{base}`: lora_down {list(down_shape)} and lora_up {list(up_shape)} do not chain"
             )
         alpha = header.get(base + _ALPHA)
+        mid = tuple(header[base + _MID]["shape"]) if lora_mid and base + _MID in header else ()
+        # (a core beside a Linear's 2-D lora_down is left to the callers: LyCORIS builds none there)
+        if mid and len(down_shape) == 4 and (len(mid) != 4 or mid[:2] != (down_shape[0], down_shape[0])):
+            raise ModelFileError(
+                path,
+                f"`{base}`: lora_down {list(down_shape)} and lora_mid {list(mid)} do not chain (LoCon's "
+                "Tucker form: a rank x rank x k x k core between 1x1 convolutions)",
+            )
         modules[base] = LoraModule(
             name=base,
             rank=down_shape[0],
             alpha=None if alpha is None else _scalar(path, base + _ALPHA, alpha, data_start),
-            conv=len(down_shape) == 4 and math.prod(down_shape[2:]) > 1,
+            conv=len(down_shape) == 4 and math.prod((mid or down_shape)[2:]) > 1,
             down=down_shape,
             up=up_shape,
+            mid=mid,
         )
+    orphan = sorted(n for n in header if lora_mid and n.endswith(_MID) and n[: -len(_MID)] not in modules)
+    if orphan:
+        raise ModelFileError(path, f"tensor `{orphan[0]}` belongs to no module with lora_down / lora_up")
     if not modules:
         raise ModelFileError(path, "holds no LoRA module")
     return LoraFile(path=str(path), modules=modules)

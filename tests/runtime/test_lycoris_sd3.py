@@ -367,12 +367,13 @@ def test_network_weights_load_as_lycoris_loads_them(tmp_path, algo, dora):
         _same_outputs(_theirs(algo, tensors, name, parts, order, options), parts, order, name)
 
 
-@pytest.mark.parametrize("cls", [LokrModule, LohaModule])
+@pytest.mark.parametrize("cls", [LokrModule, LohaModule, LoConModule])
 def test_network_weights_of_the_tucker_patch_convolution_load_as_lycoris(tmp_path, cls):
-    """--network_weights with algo=lokr / loha use_tucker=True preset=full: the patch convolution's module
-    (lycoris-lora's, with `lokr_t2` / `hada_t1`, `hada_t2`, every tensor random) loaded by dbspec
-    (runtime/lycoris_init.py) and by LyCORIS's load_state_dict(strict=False) into the module built at
-    kohya's conv_dim / conv_alpha after apply_to: the same outputs."""
+    """--network_weights with algo=lokr / loha / locon use_tucker=True preset=full: the patch convolution's
+    module (lycoris-lora's, with `lokr_t2` / `hada_t1`, `hada_t2` / `lora_mid`, every tensor random) loaded
+    by dbspec (runtime/lycoris_init.py; a LoCon's by runtime/flow_init.py) and by LyCORIS's
+    load_state_dict(strict=False) into the module built at kohya's conv_dim / conv_alpha after apply_to: the
+    same outputs."""
     from tests.runtime.test_flow_init import _loaded
     from dbspec.runtime.tiny import build_pipeline
 
@@ -383,11 +384,11 @@ def test_network_weights_of_the_tucker_patch_convolution_load_as_lycoris(tmp_pat
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.2)
     tensors = {f"lora_unet_x_embedder_proj.{k}": v.contiguous() for k, v in module.state_dict().items()}
-    assert any(k[-3:] in ("_t1", "_t2") for k in tensors)
+    assert any(k[-3:] in ("_t1", "_t2") or "lora_mid" in k for k in tensors)
     save_file(tensors, str(tmp_path / "prev.safetensors"))
     init = f'init_weights = "{tmp_path / "prev.safetensors"}"\ninit_partial = true\n'
     patch = TUCKER.replace("conv_rank = 1", f"conv_rank = {rank}") + init
-    kind = "lokr" if cls is LokrModule else "loha"
+    kind = {LokrModule: "lokr", LohaModule: "loha", LoConModule: "lora"}[cls]
     extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", patch)
     comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
     assert count == 1

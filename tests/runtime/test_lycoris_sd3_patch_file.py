@@ -2,20 +2,30 @@
 4.1.3 writes LoConModules on tiny-sd3's patch convolution and fused x-block q/k/v (kohya's MMDiT layers) and
 rebuilds them with create_network_from_weights on a tree of kohya's names; the converted run (conv_targets
 pos_embed.proj at the file's rank and alpha) starts both layers at LyCORIS's outputs; so do LokrModules /
-LohaModules there in LyCORIS's Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker = true)."""
+LohaModules there in LyCORIS's Tucker form (`lokr_t2`, `hada_t1` / `hada_t2`: tucker = true), every module
+with weight_decompose (`dora_scale`, the patch convolution's (out, 1, 1, 1) too: dora = true), and FullModules
+(`diff` / `diff_b`, the patch convolution's 4-D: kind full with conv_targets, W + 2 diff after kohya's
+load_weights), and LoConModule's Tucker form there (`lora_mid`: tucker = true; runtime/flow_init.py reads
+it). Such runs train, resume bit-exact, and their export is what lycoris-lora's module on the patch
+convolution loads."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_flux import _fused_linear
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.full import FullModule  # noqa: E402
 from lycoris.modules.locon import LoConModule  # noqa: E402
 from lycoris.modules.loha import LohaModule  # noqa: E402
 from lycoris.modules.lokr import LokrModule  # noqa: E402
@@ -44,18 +54,37 @@ def _copy(parts) -> nn.Module:
     return _fused_linear(parts)
 
 
-# (class, (rank, alpha) of the patch convolution's module and the q/k/v's, the patch's options)
+# (class, (rank, alpha) of the patch convolution's module and the q/k/v's, the patch's options, the
+# Linears')
+WD = {"weight_decompose": True}
 CASES = [
-    (LoConModule, ((2, 1.0), (3, 1.5)), {}),
-    (LokrModule, ((1, 0.5), (1, 1.5)), {"use_tucker": True, "decompose_both": True}),
-    (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}),
+    (LoConModule, ((2, 1.0), (3, 1.5)), {}, {}),
+    (
+        LokrModule,
+        ((1, 0.5), (1, 1.5)),
+        {"use_tucker": True, "decompose_both": True},
+        {"decompose_both": True},
+    ),
+    (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}, {}),
+    (LoConModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}, {}),  # lora_mid
+    (LoConModule, ((2, 1.0), (3, 1.5)), WD, WD),
+    (
+        LokrModule,
+        ((1, 0.5), (1, 1.5)),
+        {"use_tucker": True, "decompose_both": True, **WD},
+        {"decompose_both": True, **WD},
+    ),
+    (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True, **WD}, WD),
+    (FullModule, ((0, 0.0), (0, 0.0)), {}, {}),
 ]
 
 
-@pytest.mark.parametrize(("cls", "ranks", "options"), CASES)
-def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks, options):
+def _file(tmp_path, cls, ranks, options, linear):
+    """lycoris-lora's modules on tiny-sd3's patch convolution and fused x-block q/k/v (every tensor random),
+    saved as its network saves them, and the layers as kohya's --dim_from_weights leaves them: LyCORIS's
+    create_network_from_weights on a tree of kohya's names, apply_to, then train_network.py's load_weights
+    (for FullModule a second diff: W + 2 diff)."""
     from dbspec.runtime.tiny import build_pipeline
-    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     torch.manual_seed(11)
     tensors, layers = {}, {}
@@ -63,12 +92,20 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
         _layers(build_pipeline("builtin:tiny-sd3").transformer.float()).items(), ranks
     ):
         layers[name] = _copy(parts)
-        own = options if name.endswith("x_embedder_proj") else {"decompose_both": True} if options else {}
-        module = cls(name, layers[name], 1.0, rank, alpha, **own)
-        for p in module.parameters():
-            torch.nn.init.normal_(p, std=0.2)
+        own = options if name.endswith("x_embedder_proj") else linear
+        if cls is FullModule:
+            module = cls(name, copy.deepcopy(layers[name]), 1.0)
+            module.apply_to()
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.add_(torch.randn_like(p) * 0.05)
+        else:
+            module = cls(name, layers[name], 1.0, rank, alpha, **own)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
         tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
-    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
     tree = nn.Module()
     tree.x_embedder = nn.Module()
     tree.x_embedder.proj = layers["lora_unet_x_embedder_proj"]
@@ -76,15 +113,21 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
     tree.joint_blocks[0].x_block = nn.Module()
     tree.joint_blocks[0].x_block.attn = nn.Module()
     tree.joint_blocks[0].x_block.attn.qkv = layers["lora_unet_joint_blocks_0_x_block_attn_qkv"]
-    network, _ = lycoris_kohya.create_network_from_weights(
-        1.0, str(tmp_path / "prev.safetensors"), None, None, tree
-    )
-    assert sorted((m.lora_name, m.lora_dim, type(m)) for m in network.unet_loras) == [
-        ("lora_unet_joint_blocks_0_x_block_attn_qkv", ranks[1][0], cls),
-        ("lora_unet_x_embedder_proj", ranks[0][0], cls),
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, tree)
+    want = [
+        ("lora_unet_joint_blocks_0_x_block_attn_qkv", ranks[1][0]),
+        ("lora_unet_x_embedder_proj", ranks[0][0]),
     ]
-    for module in network.unet_loras:
-        module.apply_to()
+    if cls is not FullModule:
+        assert sorted((m.lora_name, m.lora_dim) for m in network.unet_loras) == want
+    assert all(type(m) is cls for m in network.unet_loras)
+    network.apply_to(None, tree, apply_text_encoder=False, apply_unet=True)
+    network.load_weights(str(file))
+    return layers
+
+
+def _converted(tmp_path):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l", "clip_g", "t5xxl"):
@@ -98,13 +141,20 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    plan = compile_spec(out_path(tmp_path), RUN)
+    return out_path(tmp_path)
+
+
+@pytest.mark.parametrize(("cls", "ranks", "options", "linear"), CASES)
+def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks, options, linear):
+    layers = _file(tmp_path, cls, ranks, options, linear)
+    plan = compile_spec(_converted(tmp_path), RUN)
     a = plan.adapter
-    assert (a.conv_rank, a.conv_alpha, a.conv_targets, a.tucker) == (
-        *ranks[0],
-        ("pos_embed.proj",),
-        bool(options),
-    )
+    assert a.conv_targets == ("pos_embed.proj",)
+    if cls is FullModule:
+        assert (a.kind, a.init_scale) == ("full", 2.0)
+    else:
+        assert (a.conv_rank, a.conv_alpha, a.tucker) == (*ranks[0], "use_tucker" in options)
+        assert a.dora == ("weight_decompose" in options)
     comps, count = _loaded(plan)
     assert count == 2
     for name, parts in _layers(comps.unet.float().eval()).items():
@@ -115,3 +165,49 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
             plain = torch.cat([p.base_layer(x) for p in parts], dim=1 if x.dim() == 4 else -1)
             assert not torch.allclose(ours, plain, atol=1e-3), name
             torch.testing.assert_close(ours, layers[name](x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case", [CASES[3], CASES[4], CASES[5], CASES[7]], ids=["locon-tucker", "locon-dora", "lokr-dora", "full"]
+)
+def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, case):
+    """Runs started from a file with the patch convolution's LoCon in its Tucker form (`lora_mid`), with
+    `dora_scale` on every module (LoCon; LoKr with the Tucker form) or a full file: 2 steps resume
+    bit-exact, and the export's patch convolution module is what lycoris-lora's module (built as
+    make_module_from_state_dict builds it) loads, computing the trained layer."""
+    cls, ranks, options, linear = case
+    _file(tmp_path, cls, ranks, options, linear)
+    spec = _converted(tmp_path)
+    more = [*RUN, "checkpoints.every=1"]
+    plan = compile_spec(spec, [*more, f"output.dir={tmp_path / 'whole'}"])
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = compile_spec(spec, [*more, f"output.dir={tmp_path / 'parts'}"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for key, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[key]), key
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_x_embedder_proj"
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    layer = whole.components.unet.float().eval().pos_embed.proj
+    base = copy.deepcopy(layer.get_base_layer())
+    if cls is FullModule:  # its load hook adds the file's diff to the copy of W (lycoris.kohya's load)
+        assert set(own) == {"diff", "diff_b"}
+        module = cls(name, base, 1.0)
+        module.apply_to()
+        module.load_state_dict(own, strict=False)
+    else:
+        module = cls(name, base, 1.0, ranks[0][0], own["alpha"].item(), **options)
+        module.load_state_dict(own)
+        module.apply_to()
+        if "weight_decompose" in options:
+            assert own["dora_scale"].shape == (base.out_channels, 1, 1, 1)
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        trained = layer(x)
+        assert not torch.allclose(trained, layer.get_base_layer()(x), atol=1e-4)
+        torch.testing.assert_close(module.eval()(x), trained, rtol=0, atol=1e-5)

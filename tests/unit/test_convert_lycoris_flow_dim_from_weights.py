@@ -523,7 +523,9 @@ def test_full_file_starts_at_twice_its_diff(tmp_path):
 
 
 def test_sd3_full_file_starts_at_twice_its_diff(tmp_path):
-    """The same on SD3: the joint blocks' fused q/k/v at init_scale 2; its patch convolution DBS403."""
+    """The same on SD3: the joint blocks' fused q/k/v at init_scale 2; its patch convolution's 4-D `diff`
+    (FullModule on the 2x2 convolution) a full copy there, conv_targets (runtime test:
+    test_lycoris_sd3_patch_file)."""
     qkv = "lora_unet_joint_blocks_0_x_block_attn_qkv"
     _factor_file(tmp_path / "prev.safetensors", {qkv: {"diff": (3 * 64, 64)}}, alpha=None)
     outcome = _sd3(tmp_path, "--network_args algo=full")
@@ -536,7 +538,68 @@ def test_sd3_full_file_starts_at_twice_its_diff(tmp_path):
         {qkv: {"diff": (3 * 64, 64)}, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}},
         alpha=None,
     )
-    assert "patch convolution" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale, a.conv_targets) == ("full", 2.0, ("pos_embed.proj",))
+    assert set(a.denoiser_targets) == {f"transformer_blocks.0.attn.to_{p}" for p in "qkv"}
+
+
+def test_sd3_factor_file_dora_scale_on_the_patch_convolution(tmp_path):
+    """A `dora_scale` on the patch convolution (LokrModule / LohaModule with weight_decompose there: one
+    magnitude per output channel, (out, 1, 1, 1)) beside every other module's: dora = true, the patch
+    convolution's too; the patch convolution's alone or every module's but its: DBS403 (dbspec's dora is the
+    adapter's); a (1, in, 1, 1) one: DBS402 (runtime test: test_lycoris_sd3_patch_file)."""
+    w = 2432
+    qkv = {"hada_w1_a": (3 * w, 8), "hada_w1_b": (8, w), "hada_w2_a": (3 * w, 8), "hada_w2_b": (8, w)}
+    patch = {f"hada_w{i}_{x}": (w, 4) if x == "a" else (4, 64) for i in (1, 2) for x in "ab"}
+    file = tmp_path / "prev.safetensors"
+    modules = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {**qkv, "dora_scale": (3 * w, 1)},
+        "lora_unet_x_embedder_proj": {**patch, "dora_scale": (w, 1, 1, 1)},
+    }
+    _factor_file(file, modules)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.conv_rank, a.conv_targets) == ("loha", True, 4, ("pos_embed.proj",))
+    _factor_file(file, {**modules, "lora_unet_joint_blocks_0_x_block_attn_qkv": qkv})
+    assert "some modules only" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    _factor_file(file, {**modules, "lora_unet_x_embedder_proj": patch})
+    assert "lora_unet_x_embedder_proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    _factor_file(file, {**modules, "lora_unet_x_embedder_proj": {**patch, "dora_scale": (1, 16, 1, 1)}})
+    assert "copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
+
+
+def test_sd3_locon_file_dora_scale_on_the_patch_convolution(tmp_path):
+    """A LoCon file's `dora_scale` in every module, the patch convolution's (out, 1, 1, 1) too: dora = true,
+    dora_form "lycoris" with the patch convolution at its rank (runtime test: test_lycoris_sd3_patch_file);
+    a (1, in, 1, 1) one there: DBS403."""
+    w, qkv, patch = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_x_embedder_proj"
+    tensors = {
+        f"{qkv}.lora_down.weight": np.zeros((8, w), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((3 * w, 8), np.float16),
+        f"{qkv}.alpha": np.array(4.0, np.float32),
+        f"{qkv}.dora_scale": np.ones((3 * w, 1), np.float16),
+        f"{patch}.lora_down.weight": np.zeros((4, 16, 2, 2), np.float16),
+        f"{patch}.lora_up.weight": np.zeros((w, 4, 1, 1), np.float16),
+        f"{patch}.alpha": np.array(2.0, np.float32),
+        f"{patch}.dora_scale": np.ones((w, 1, 1, 1), np.float16),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _sd3(tmp_path, "--network_args algo=locon dora_wd=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.conv_rank, a.conv_targets) == (
+        "lora",
+        True,
+        "lycoris",
+        4,
+        ("pos_embed.proj",),
+    )
+    tensors[f"{patch}.dora_scale"] = np.ones((1, 16, 1, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    assert "per input" in messages(_sd3(tmp_path, allow=True), "DBS403")
 
 
 def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
@@ -567,3 +630,49 @@ def test_chroma_locon_file_builds_the_final_layer_and_approximator(tmp_path):
     assert _rank(a, "transformer_blocks.0.attn.to_v") == (16, 8.0)
     assert _rank(a, "distilled_guidance_layer.layers.0.linear_2") == (0, 1.0)
     assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
+
+
+def test_sd3_locon_file_lora_mid_on_the_patch_convolution(tmp_path):
+    """A LoCon file's `lora_mid` on the patch convolution (LoConModule with use_tucker: make_module_from_
+    state_dict builds it when the file holds one): tucker = true at its rank, read by runtime/flow_init.py
+    (runtime tests: test_lycoris_sd3_patch_file, test_lycoris_sd3); a `lora_mid` on a Linear module:
+    DBS402 (LyCORIS builds no core there)."""
+    w, qkv, patch = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_x_embedder_proj"
+    tensors = {
+        f"{qkv}.lora_down.weight": np.zeros((8, w), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((3 * w, 8), np.float16),
+        f"{qkv}.alpha": np.array(4.0, np.float32),
+        f"{patch}.lora_down.weight": np.zeros((4, 16, 1, 1), np.float16),
+        f"{patch}.lora_mid.weight": np.zeros((4, 4, 2, 2), np.float16),
+        f"{patch}.lora_up.weight": np.zeros((w, 4, 1, 1), np.float16),
+        f"{patch}.alpha": np.array(2.0, np.float32),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_rank, a.conv_alpha, a.conv_targets) == (
+        "lora",
+        True,
+        4,
+        2.0,
+        ("pos_embed.proj",),
+    )
+    # without --dim_from_weights: create_network at use_tucker / conv_dim, then load_weights of the file
+    from test_convert_lycoris_sd3 import _sd3 as _sd3_args
+
+    at_dim = {  # the q/k/v at the command's network_dim 16 / network_alpha 8
+        **tensors,
+        f"{qkv}.lora_down.weight": np.zeros((16, w), np.float16),
+        f"{qkv}.lora_up.weight": np.zeros((3 * w, 16), np.float16),
+        f"{qkv}.alpha": np.array(8.0, np.float32),
+    }
+    save_file(at_dim, str(tmp_path / "at_dim.safetensors"))
+    args = f"--network_weights {tmp_path / 'at_dim.safetensors'} --network_args use_tucker=True conv_dim=4 "
+    outcome = _sd3_args(tmp_path / "args", args + "conv_alpha=2")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "args").adapter
+    assert (a.tucker, a.conv_rank, a.init_layers) == (True, 4, 2)
+    bad = {**tensors, f"{qkv}.lora_mid.weight": np.zeros((8, 8, 1, 1), np.float16)}
+    save_file(bad, str(tmp_path / "prev.safetensors"))
+    assert "Tucker core on a Linear" in messages(_sd3(tmp_path, allow=True), "DBS402")

@@ -286,16 +286,40 @@ def test_sd3_t5_layers_train_as_t5_lora(tmp_path):
     assert not re.search(block.pattern, "text_encoder_3.encoder.block.5.layer.1.DenseReluDense.wo")
 
 
-def test_sd3_lokr_on_the_patch_convolution_tucker_refused(tmp_path):
+def test_sd3_lokr_on_the_patch_convolution(tmp_path):
     """A file reaching the patch convolution with algo=lokr: LokrModule on it at conv_dim / conv_alpha (peft's
-    LoKr on pos_embed.proj); with use_tucker (LokrModule's lokr_t2 on its 2x2 kernel): DBS403."""
+    LoKr on pos_embed.proj)."""
     preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
     outcome = _sd3(tmp_path / "plain", preset, '"algo=lokr"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "plain").adapter
-    assert (a.kind, a.conv_rank, a.conv_targets) == ("lokr", 8, ("pos_embed.proj",))
-    outcome = _sd3(tmp_path / "tucker", preset, '"algo=lokr" "use_tucker=True"', allow=True)
-    assert "Tucker" in messages(outcome, "DBS403")
+    assert (a.kind, a.conv_rank, a.conv_targets, a.tucker) == ("lokr", 8, ("pos_embed.proj",), False)
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+@pytest.mark.parametrize("where", ["network", "entry", "entry dim", "entry off"])
+def test_sd3_tucker_form_on_a_files_patch_convolution(tmp_path, algo, where):
+    """use_tucker on a file's PatchEmbed, the network's or its map entry's own (with a dim of its own: a
+    block's conv_rank): the patch convolution is the only k x k convolution LyCORIS adapts on kohya's MMDiT,
+    so the setting it gets is the adapter's tucker (LoConModule's `lora_mid`, LokrModule's `lokr_t2`,
+    LohaModule's `hada_t1` / `hada_t2`; tests/runtime/test_lycoris_sd3_patch.py trains them, each equal to
+    lycoris-lora's module with use_tucker), no block carrying its own."""
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n"
+    extra = f'"algo={algo}"' + (' "use_tucker=True"' if where in ("network", "entry off") else "")
+    entry = {"entry": "use_tucker = true\n", "entry dim": "use_tucker = true\ndim = 2\nalpha = 1\n"}
+    entry["entry off"] = "use_tucker = false\ndim = 2\n"
+    if where in entry:
+        preset += "\n[module_algo_map.PatchEmbed]\n" + entry[where]
+    outcome = _sd3(tmp_path, preset, extra)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.tucker == (where != "entry off") and a.conv_targets == ("pos_embed.proj",)
+    assert all(b.tucker == "adapter" for b in a.blocks)
+    if where.startswith("entry "):
+        (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+        assert block.conv_rank == 2
+    if where == "entry off":  # the network's use_tucker shapes no layer
+        assert "use_tucker off" in messages(outcome, "DBS405")
 
 
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):

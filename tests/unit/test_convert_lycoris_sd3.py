@@ -108,18 +108,29 @@ def test_loha_bypass_dropout_and_dora_with_dropouts_convert_as_on_flux(tmp_path)
     assert "DBS402" in codes(_sd3(tmp_path, unet + "bypass_mode=True dora_wd=True"))
 
 
-def test_lokr_and_loha_on_the_patch_convolution_tucker_refused(tmp_path):
+def test_lokr_and_loha_on_the_patch_convolution(tmp_path):
     """LokrModule / LohaModule on the patch convolution (x_embedder.proj) at conv_dim / conv_alpha: peft's
-    LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora); LoCon's
-    Tucker form there (lora_mid): DBS403."""
+    LoKr / LoHa on it (tests/runtime/test_lycoris_sd3.py checks its export against lycoris-lora)."""
     for algo in ("lokr", "loha"):
         outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=unet-only conv_dim=3 conv_alpha=2")
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
         a = plan_of(outcome, tmp_path).adapter
         assert (a.kind, a.conv_rank, a.conv_alpha, a.conv_targets) == (algo, 3, 2.0, ("pos_embed.proj",))
-    outcome = _sd3(tmp_path, "--network_args use_tucker=True")
-    assert "DBS403" in codes(outcome)
-    assert "pos_embed.proj" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("args", ["use_tucker=True", "algo=locon preset=unet-only conv_dim=3 use_cp=True"])
+def test_locon_tucker_form_on_the_patch_convolution(tmp_path, args):
+    """LoConModule's use_tucker on the 2x2 patch convolution (presets full, unet-only): its 1x1 `lora_down`,
+    2x2 stride-2 `lora_mid` and 1x1 `lora_up` are runtime/locon_tucker.py's layer, tucker = true on the
+    fused LoCon, the lora_sd3 writer adding `lora_mid` (tests/runtime/test_lycoris_sd3_patch.py: it starts,
+    trains and exports as lycoris-lora's LoConModule with use_tucker)."""
+    outcome = _sd3(tmp_path, f"--network_args {args}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, f"network_args {args.split()[-1].split('=')[0]}") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_targets) == ("lora", True, ("pos_embed.proj",))
+    assert a.conv_rank == (3 if "conv_dim" in args else 16) and [f.name for f in a.fused] == FUSED
+    # without the patch convolution no layer takes the form: still the adapter's (a no-op on Linears)
     assert "DBS403" not in codes(_sd3(tmp_path, "--network_args algo=lokr preset=full-lin use_tucker=True"))
 
 
@@ -278,7 +289,7 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert plan_of(lokr, tmp_path).adapter.dora and "DBS403" not in codes(lokr) and not errors(lokr)
 
 
-def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_path):
+def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
     outcome = _sd3(tmp_path, "--text_encoder_lr 5e-5 1e-5 --network_args algo=full preset=full-lin")
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
@@ -287,7 +298,16 @@ def test_full_is_a_trained_copy_per_part_and_its_patch_convolution_refused(tmp_p
     # LyCORIS's prepare_optimizer_params: both CLIP encoders at text_encoder_lr's first value
     assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr is None
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    assert "DBS403" in codes(_sd3(tmp_path / "full", "--network_args algo=full"))
+    # preset full: FullModule on the patch convolution too, a full copy of it (lycoris_full.FullLayer;
+    # tests/runtime/test_lycoris_sd3_patch_file.py trains and exports one)
+    outcome = _sd3(tmp_path / "full", "--network_args algo=full conv_dim=4")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "full").adapter
+    assert a.kind == "full" and a.conv_targets == ("pos_embed.proj",)
+    assert fate(outcome, "network_args conv_dim") == "inert"
+    # conv_dim=0: create_network's int("0") builds no convolution module (lycoris-lora 4.1.3, scratch run)
+    outcome = _sd3(tmp_path / "no_conv", "--network_args algo=full conv_dim=0")
+    assert plan_of(outcome, tmp_path / "no_conv").adapter.conv_targets == ()
 
 
 def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_convolution(tmp_path):

@@ -248,6 +248,18 @@ def test_network_weights_of_a_tucker_locon_are_refused_with_the_reason(tmp_path)
     assert "lora_mid" in outcome.conversion.reports["network_weights"].note
 
 
+def test_a_tucker_locon_starting_file_on_sd_is_dbs260(tmp_path):
+    """On SD 1.x/2.x/SDXL a starting file is read as lora_down / lora_up (no lora_mid): a LoCon Tucker
+    adapter with init_weights is DBS260 once the family is known (on Flux / SD3 runtime/flow_init.py reads
+    SD3's patch convolution's lora_mid)."""
+    write_lora(tmp_path / "prev.safetensors", MODULES)
+    adapter = 'rank = 8\nalpha = 4.0\nconv_rank = 4\ntucker = true\ninit_weights = "prev.safetensors"'
+    planned = _plan(tmp_path, adapter)
+    assert planned.plan is None
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS260"]
+    assert hit.path == "adapter.init_weights" and "lora_mid" in hit.message
+
+
 def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):
     """adapter.init_partial (kohya's strict=False load): a file layer outside the targets is ignored with
     DBS387 naming it; without init_partial it is DBS356."""

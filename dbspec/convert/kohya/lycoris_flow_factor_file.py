@@ -5,7 +5,7 @@ lycoris_flow_weights.py reads and rebuilds them. SD3's patch convolution (`lora_
 rebuilds it with (its LoKr split the adapter's; factors LyCORIS's copy_ rejects, e.g. a LoKr Tucker core
 without decompose_both, whose rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear
 (no Tucker core there: AttributeError): DBS402. A `dora_scale` in every module is LyCORIS's weight
-decomposition (dora = true; in some only, or on the patch convolution: DBS403). Flux's final layer
+decomposition (dora = true, the patch convolution's too; in some only: DBS403). Flux's final layer
 (`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
 (their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
@@ -15,7 +15,8 @@ CLIP's while T5 encodes every step, train_t5xxl or not (lycoris_flow_file.py): `
 LoKr / LoHa), the T5 Linears the file lacks at rank 0, its modules at options of their own in text-encoder
 blocks; where they would never train (text-encoder outputs cached, text_encoder_lr 0) the file's modules
 still change T5's outputs where it encodes: DBS403. A full file (`diff` / `diff_b`) is kind full over its
-modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; T5-XXL's: DBS403)."""
+modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; SD3's patch convolution's
+4-D diff a full copy of it, conv_targets; T5-XXL's: DBS403)."""
 
 from __future__ import annotations
 
@@ -228,25 +229,42 @@ def own_text_blocks(own: Own, common: LokrOptions | int, family: str) -> list[di
     ]
 
 
+def _patch_rows(m: LycorisModule) -> int:
+    """The output channels of the patch convolution the module's factors span (LohaModule's Tucker form
+    holds them in `hada_w1_a`'s columns, LokrModule's in its two factors' rows)."""
+    s = m.shapes
+    if "hada_w1_a" in s:
+        return s["hada_w1_a"][1] if "hada_t1" in s else s["hada_w1_a"][0]
+    w1, _ = _factor_shapes(m)
+    out_k = s["lokr_w2"][0] if "lokr_w2" in s else s["lokr_w2_a"][1 if "lokr_t2" in s else 0]
+    return w1[0] * out_k
+
+
 def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str:
     """Whether the file's modules hold LyCORIS's weight decomposition (`dora_scale`: the module is built with
-    weight_decompose, one magnitude per output row of the fused Linear); why not when only some do (dbspec's
-    `dora` is the adapter's), the patch convolution does, or a `dora_scale` is not (rows, 1)."""
-    held = [m for m in built if "dora_scale" in m.shapes]
+    weight_decompose, one magnitude per output row of the fused Linear, and of the patch convolution: (out,
+    1, 1, 1)); why not when only some do (dbspec's `dora` is the adapter's: the patch convolution too) or a
+    `dora_scale` is not of that shape."""
+    modules = [*built, *([patch] if patch is not None else [])]
+    held = [m for m in modules if "dora_scale" in m.shapes]
     if not held:
-        return patch is not None and "dora_scale" in patch.shapes and "its patch convolution's `dora_scale`"
-    if patch is not None and "dora_scale" in patch.shapes:
-        return "its patch convolution's `dora_scale` (LyCORIS's weight decomposition of a convolution)"
-    if len(held) != len(built):
-        bare = next(m.name for m in built if "dora_scale" not in m.shapes)
+        return False
+    if len(held) != len(modules):
+        bare = next(m.name for m in modules if "dora_scale" not in m.shapes)
         return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
     for m in held:
         s = m.shapes
-        rows = s["hada_w1_a"][0] if "hada_w1_a" in s else _factor_shapes(m)[0][0] * _factor_shapes(m)[1][0]
-        if tuple(s["dora_scale"]) != (rows, 1):
+        if m is patch:
+            want: tuple[int, ...] = (_patch_rows(m), 1, 1, 1)
+        else:
+            rows = (
+                s["hada_w1_a"][0] if "hada_w1_a" in s else _factor_shapes(m)[0][0] * _factor_shapes(m)[1][0]
+            )
+            want = (rows, 1)
+        if tuple(s["dora_scale"]) != want:
             return (
-                f"invalid:`{m.name}.dora_scale` has shape {list(s['dora_scale'])}, not LyCORIS's [{rows}, 1] "
-                "(one magnitude per output row): its copy_ raises"
+                f"invalid:`{m.name}.dora_scale` has shape {list(s['dora_scale'])}, not LyCORIS's "
+                f"{list(want)} (one magnitude per output row): its copy_ raises"
             )
     return True
 
@@ -260,9 +278,9 @@ def _full_file(
     4.1.3). dbspec's full copies are per diffusers part, so a fused module's parts each take their rows."""
     if not denoiser:
         return "it holds no module of the denoiser"
-    names = [m.name for m in denoiser]
-    if PATCH in names:
-        return f"module `{PATCH}` is the patch convolution, which dbspec's full copies do not take on SD3"
+    names = [m.name for m in denoiser if m.name != PATCH or family != "sd3"]
+    if not names:
+        return "it holds no Linear module of the denoiser"
     targets = diffusers_targets(names, family)
     if isinstance(targets, str):
         return targets
@@ -272,9 +290,12 @@ def _full_file(
             "it holds Flux's final layer (`lora_unet_final_layer_linear`, diffusers' `proj_out`) without "
             "every single block's `linear2`: the target `proj_out` takes those too"
         )
+    patch = family == "sd3" and any(m.name == PATCH for m in denoiser)
     return {
         "kind": "full",
         "denoiser_targets": targets,
+        # the patch convolution's FullModule: a full copy of the 2x2 convolution (lycoris_full.FullLayer)
+        **({"conv_targets": ["pos_embed.proj"]} if patch else {}),
         **({"text_encoder_targets": text_targets} if text_targets else {}),
         **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
         "init_scale": 2.0,

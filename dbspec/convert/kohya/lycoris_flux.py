@@ -46,6 +46,9 @@ shared."""
 
 from __future__ import annotations
 
+import math
+import re
+
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +69,7 @@ from dbspec.convert.kohya.network import (
     _lokr_rank_dropout_on_gpu,
     _lycoris_rs_lora,
     _rank_dropout_scale_unread,
+    _str_bool,
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
@@ -217,7 +221,8 @@ def map_lycoris_flow(
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     layers, text = layout.presets[preset]
-    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, preset_file):
+    patch_tucker = _patch_tucker(layout.targets(layers, lokr)[1], layout.convs.get(layers, ()))
+    if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, patch_tucker):
         return False
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
@@ -463,10 +468,17 @@ def _full(
     _lycoris_full). False when refused."""
     layers, text = layout.presets[preset]
     module = a["network_module"]
-    if layers in layout.convs:
+    if layers in layout.convs:  # the preset's convolutions (enable_conv): FullModule's copy of each
+        # create_network's int(conv_dim or network_dim): 0 builds no convolution module, else the rank is
+        # never read
+        dim = a["network_dim"].value if a["network_dim"].value is not None else 4
         where = ", ".join(layout.convs[layers])
-        conv.unsupported(args, f"LyCORIS's full algo on {layout.title}'s {where} has no dbspec form yet")
-        return False
+        if int(kwargs.get("conv_dim", dim) or dim):
+            note = conv.comment(args, f"LyCORIS's full algo on {where} too (the preset's enable_conv)")
+            conv.put(("adapter", "conv_targets"), list(layout.convs[layers]), note)
+        for key in [k for k in ("conv_dim", "conv_alpha") if k in kwargs]:
+            legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            conv.inert(legacy, f"FullModule has no rank or alpha (conv_dim 0 only leaves out {where})")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"])
@@ -563,6 +575,20 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     return True
 
 
+def _patch_tucker(blocks: list[dict[str, Any]], convs) -> bool | None:
+    """A preset file's map entry's own use_tucker on SD3's patch convolution (the first block matching it
+    that sets `tucker`), or None. The patch convolution is the only k x k convolution LyCORIS adapts on
+    kohya's MMDiT, and use_tucker changes only those (LoConModule, LohaModule, LokrModule), so the entry's
+    setting is the adapter's `tucker`: the blocks' own are dropped (a block's own Tucker form beside
+    fused_projections is DBS579)."""
+    if tuple(convs) != ("pos_embed.proj",):
+        return None
+    own = [b["tucker"] for b in blocks if "tucker" in b and re.search(b["pattern"], "pos_embed.proj")]
+    for block in blocks:
+        block.pop("tucker", None)
+    return own[0] == "on" if own else None
+
+
 def _convs(
     kwargs: dict[str, str],
     a: dict[str, Legacy],
@@ -571,7 +597,7 @@ def _convs(
     layout,
     layers: str,
     kind: str,
-    preset_file: bool = False,
+    own_tucker: bool | None = None,
 ) -> bool:
     """The preset's convolutions (LyCORIS's enable_conv): LoConModule on each, a k x k `lora_down` with the
     layer's stride and a 1x1 `lora_up`, peft's LoRA on a convolution: `conv_targets` at `conv_dim` /
@@ -579,25 +605,37 @@ def _convs(
     LohaModule on it, peft's LoKr / LoHa on the convolution (LyCORIS's split and init; exported under kohya's
     name, checked against lycoris-lora 4.1.3). LoKr's and LoHa's Tucker form (`use_tucker`: `lokr_t2`,
     `hada_t1` / `hada_t2`, peft's use_effective_conv2d) there is `tucker = true`, exported as LyCORIS saves
-    it (tests/runtime/test_lycoris_sd3.py); LoCon's (`lora_mid`) is refused: the lora_sd3 layout dbspec
-    writes it in has no `lora_mid`; with a preset file (lycoris_flow_file.py) the Tucker form stays refused
-    as before. False when refused."""
+    it (tests/runtime/test_lycoris_sd3.py), and so is LoCon's (`lora_mid` beside the 1x1 `lora_down` /
+    `lora_up`, runtime/locon_tucker.py; the lora_sd3 writer adds it: tests/runtime/test_lycoris_sd3_patch.py).
+    `own_tucker`: a preset file's map entry's own use_tucker on the patch convolution (_patch_tucker), which
+    decides over the network's. False when refused."""
     where = ", ".join(layout.convs[layers])
     form = "LoKr" if kind == "lokr" else "LoHa" if kind == "loha" else "LoCon"
-    tucker = lycoris_tucker(kwargs)
-    if tucker and (kind not in ("lokr", "loha") or preset_file):
-        conv.unsupported(args, f"{form}'s Tucker form (use_tucker) on {layout.title}'s {where}")
-        return False
+    network = lycoris_tucker(kwargs)
+    tucker = network if own_tucker is None else own_tucker
+    cores = {"lokr": "lokr_t2", "loha": "hada_t1, hada_t2"}.get(kind, "lora_mid")
+    note = f"LyCORIS's {form} Tucker form on {where} ({cores})"
     for key in [k for k in kwargs if k in TUCKER_NAMES]:
         item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-        if tucker:
-            note = f"LyCORIS's {form} Tucker form on {where} (lokr_t2 / hada_t1, hada_t2)"
+        if network and tucker:
             conv.mapped(item, ("adapter", "tucker"), True, note)
+        elif network:
+            conv.ignored(
+                item,
+                f"the preset file's map entry for {where} sets use_tucker off there, the one layer it shapes",
+            )
         else:
             conv.inert(item, "off")
+    if tucker and not network:  # the preset file's entry's own use_tucker
+        conv.put(("adapter", "tucker"), True, conv.comment(args, note + ": the preset file's map entry's"))
     rank, alpha = a["network_dim"].value or 4, float(a["network_alpha"].value)
     conv_rank = int(kwargs.pop("conv_dim", rank) or rank)
-    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha)
+    # LyCORIS's create_network: conv_alpha (a string: "0" is given, "" the network's) defaults to
+    # network_alpha; its modules take an alpha of 0 as the dim, and with rs_lora scale by alpha / sqrt(dim):
+    # the plain alpha x sqrt(dim) (as _lycoris_rs_lora)
+    conv_alpha = float(kwargs.pop("conv_alpha", alpha) or alpha) or float(conv_rank)
+    if _str_bool(kwargs.get("rs_lora", "false")):
+        conv_alpha *= math.sqrt(conv_rank)
     note = conv.comment(args, f"LyCORIS's {form} on {where} (enable_conv: conv_dim, conv_alpha)")
     conv.put(("adapter", "conv_rank"), conv_rank, note)
     conv.put(("adapter", "conv_alpha"), conv_alpha, note)

@@ -17,7 +17,8 @@ text-encoder list [CLIP-L, CLIP-G, T5-XXL], for algo locon, lokr and loha alike)
   algo=lora / locon LoConModule's 2x2 `lora_down` and 1x1 `lora_up`, peft's LoRA on a convolution
   (conv_targets, written as kohya's lora_unet_x_embedder_proj); for lokr / loha LokrModule / LohaModule,
   peft's LoKr / LoHa on it, their Tucker form (use_tucker) peft's use_effective_conv2d; LoCon's Tucker
-  form (lora_mid) on it: DBS403.
+  form (lora_mid) runtime/locon_tucker.py's layer, its lora_mid written by the lora_sd3 writer; algo=full
+  FullModule's copy of it.
 - attn-only: no MMDiT module (its attention class is AttentionLinears; CrossAttention / SelfAttention match
   nothing): CLIP-L's and CLIP-G's CLIPAttention only, the denoiser untouched (train.denoiser = false).
 - full, full-lin, attn-mlp: CLIP-L's and CLIP-G's CLIPAttention and CLIPMLP Linears (lora_te1_, lora_te2_);

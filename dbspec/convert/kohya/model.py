@@ -741,7 +741,7 @@ def _flow_dim_from_weights(
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        file = read_lora_file(local, dora_scale=lycoris)
+        file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris)
         dora = _locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
@@ -762,6 +762,16 @@ def _flow_dim_from_weights(
     family = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
     components = flow_components(family)
     patch = file.modules.get("lora_unet_x_embedder_proj") if lycoris and family == "sd3" else None
+    cored = next((m.name for m in file.modules.values() if m.mid and m is not patch), None)
+    if cored is not None:  # make_module_from_state_dict: use_tucker on a Linear builds no lora_mid to copy_
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"`{cored}.lora_mid.weight` is LoCon's Tucker core on a Linear of kohya's model: LyCORIS's "
+            "LoConModule builds none there, and create_network_from_weights' copy_ into it raises",
+        )
+        return
     if patch is not None and patch.conv:  # LyCORIS's LoConModule on SD3's patch convolution
         file = attrs.evolve(file, modules={k: m for k, m in file.modules.items() if m is not patch})
     try:
@@ -805,6 +815,8 @@ def _flow_dim_from_weights(
         conv.put(("adapter", "conv_rank"), pair["rank"], why)
         conv.put(("adapter", "conv_alpha"), pair["alpha"], why)
         conv.put(("adapter", "conv_targets"), ["pos_embed.proj"], why)
+        if patch.mid:  # LoConModule with use_tucker (make_module_from_state_dict: mid is not None)
+            conv.put(("adapter", "tucker"), True, why + ", in LoCon's Tucker form (its lora_mid)")
         # its block (conv_rank / conv_alpha: a 2x2 convolution) before the last rank-0 block
         conv_pair = {"conv_rank": pair["rank"], "conv_alpha": pair["alpha"]}
         blocks.insert(-1, {"pattern": r"^pos_embed\.proj$", **pair, **conv_pair})
@@ -827,8 +839,8 @@ def _flow_dim_from_weights(
 
 def _locon_dora(local) -> bool | str:
     """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
-    output row of kohya's Linear: LoConModule built with weight_decompose); why not when only some do or a
-    convolution does (dbspec's dora is the adapter's; SD3's patch convolution's is not expressed)."""
+    output row of kohya's Linear, or of SD3's patch convolution, (out, 1, 1, 1): LoConModule built with
+    weight_decompose); why not when only some do (dbspec's dora is the adapter's) or one is per input."""
     modules = read_lycoris_file(local)
     held = [m for m in modules.values() if "dora_scale" in m.shapes]
     if not held:
@@ -838,8 +850,9 @@ def _locon_dora(local) -> bool | str:
         return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
     for m in held:
         rows = m.shapes["lora_up.weight"][0]
-        if len(m.shapes["lora_down.weight"]) != 2 or tuple(m.shapes["dora_scale"]) != (rows, 1):
-            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (a convolution's, or per input)"
+        conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
+        if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
+            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
     return True
 
 
@@ -937,7 +950,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             return False
         map_init_weights(weights, paths, conv)
     else:
-        map_network_weights(a, paths, conv)  # a LoCon's file, or none given: records its fate
+        # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read
+        map_network_weights(a, paths, conv, flow=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
     return True
@@ -955,7 +969,8 @@ def _lycoris_flow_from_weights(
     the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
     LoKr's / LoHa's keys (lokr_w1, hada_w1_a...): _lycoris_flow_factor_file (lycoris_flow_weights.py); a
-    LoCon's lora_mid or dora_scale: DBS403 (read_lora_file)."""
+    LoCon's `lora_mid` on SD3's patch convolution is its Tucker form (tucker = true), on a Linear DBS402;
+    `dora_scale` in every module dora = true (_locon_dora)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 

@@ -956,11 +956,15 @@ def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
     return out
 
 
-def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_names: bool = False) -> None:
+def map_network_weights(
+    a: dict[str, Legacy], paths, conv: Conversion, original_names: bool = False, flow: bool = False
+) -> None:
     """`--network_weights`: train_network.py loads the file into the network after `apply_to` (before
     training; a resumed state loads over it), dbspec's `adapter.init_weights`. `--dim_from_weights`: the
     network is built from the file instead (networks/lora.py create_network_from_weights): its ranks and
-    alphas, a module without alpha taking its rank, and network_dim / network_alpha / conv_dim unused."""
+    alphas, a module without alpha taking its rank, and network_dim / network_alpha / conv_dim unused.
+    `flow`: lycoris.kohya on kohya's Flux / SD3, whose LoCon Tucker layer (SD3's patch convolution) starts
+    from the file's `lora_mid` too (runtime/flow_init.py)."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not weights.value:
         if from_file.value:
@@ -990,7 +994,7 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
-    if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
+    if kind == "lora" and tucker and not flow:  # LyCORIS LoCon's Tucker form (DBS260)
         conv.unsupported(
             weights,
             "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
