@@ -179,6 +179,13 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter, "" if conv else component)
+        if adapter.kind == "diag-oft" and adapter.oft_form == "lycoris":  # blocks' own row rescales
+            from dbspec.runtime.blocks import block_rescaled
+            from dbspec.runtime.lycoris_oft import with_oft
+
+            own = block_rescaled(module, config.target_modules, adapter, "" if conv else component)
+            if own:
+                config = with_oft(config, adapter.oft_rescaled, bypass=adapter.bypass, own_rescaled=own)
     if conv and adapter.kind == "lora" and any(b.tucker != "adapter" for b in adapter.blocks):
         from dbspec.runtime.blocks import block_tuckers
         from dbspec.runtime.locon_tucker import with_tucker

@@ -130,6 +130,17 @@ def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
     }
 
 
+def block_rescaled(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{id(layer): rescaled} of the Diag-OFT layers whose block sets its own row rescale (LyCORIS's map
+    entries' `rescaled`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return {
+        id(layer): block.rescaled == "on"
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.rescaled != "adapter"
+    }
+
+
 def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: use_scalar} of the layers whose block sets LyCORIS's scalar itself (a map entry's)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks

@@ -362,7 +362,12 @@ def load_peft_adapters(
 
             config = with_oft(config, False, KohyaOftLayer)
         elif has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
-            config = with_oft(config, has_rescale(state), bypass=bypass)
+            from dbspec.runtime.lycoris_oft import rescale_layers
+
+            # each layer's row rescale as saved (blocks may set their own: LyCORIS map entries)
+            config = with_oft(
+                config, has_rescale(state), bypass=bypass, own_rescaled=rescale_layers(module, state)
+            )
         training = module.training
         if (
             getattr(config, "peft_type", None) == "LOKR"

@@ -238,19 +238,23 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
 
 
 def _oft_blocks(adapter) -> dict:
-    """Diag-OFT's per-module block sizes (a LyCORIS preset file's dims) as blocks whose rank is the block-size
-    hint, linear and convolution alike, and whose alpha is the adapter's constraint (runtime/blocks.py)."""
+    """Diag-OFT's per-module block sizes, constraints and rescales (a LyCORIS preset file's entries) as blocks
+    whose rank is the block-size hint, linear and convolution alike, whose alpha is the constraint (the
+    block's, else the adapter's) and whose `rescaled` differs from the adapter's or is "adapter"
+    (runtime/blocks.py)."""
     if adapter.kind != "diag-oft" or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
-    c = adapter.constraint
+
+    def plan(b, conv: bool) -> BlockPlan:
+        c = adapter.constraint if b.constraint < 0 else b.constraint
+        own = adapter.rescaled if b.rescaled == "adapter" else b.rescaled == "on"
+        rescaled = "adapter" if own == adapter.rescaled else "on" if own else "off"
+        size = {"conv_rank": b.block_size, "conv_alpha": c} if conv else {}
+        return BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, rescaled=rescaled, **size)
+
     return dict(
-        blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, conv_rank=b.block_size, conv_alpha=c)
-            for b in adapter.blocks
-        ),
-        text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c) for b in adapter.text_encoder_blocks
-        ),
+        blocks=tuple(plan(b, True) for b in adapter.blocks),
+        text_encoder_blocks=tuple(plan(b, False) for b in adapter.text_encoder_blocks),
     )
 
 

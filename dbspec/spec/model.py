@@ -1083,8 +1083,9 @@ def _rotated_conv_targets():
 
 @frozen
 class OftBlock:
-    """LyCORIS Diag-OFT's block-size hint for the modules one pattern names (a LyCORIS preset file's
-    `module_algo_map` / `name_algo_map` entries with their own dim on an algo=diag-oft network)."""
+    """LyCORIS Diag-OFT's block-size hint, constraint and rescale for the modules one pattern names (a LyCORIS
+    preset file's `module_algo_map` / `name_algo_map` entries with their own dim, `constraint` or `rescaled`
+    on an algo=diag-oft network)."""
 
     pattern: str = option(
         doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
@@ -1099,6 +1100,22 @@ class OftBlock:
         minimum=1,
         maximum=65536,
         example=8,
+    )
+    constraint: float = option(
+        -1.0,
+        doc="The matched layers' COFT `constraint` in place of the adapter's (a LyCORIS preset file's "
+        "`module_algo_map` / `name_algo_map` entry's own `constraint`: their skew-symmetric blocks scaled "
+        "down to norm constraint x (output width) when larger, saved as their `alpha`; 0 constrains "
+        "nothing); a negative value (the default, -1): the adapter's.",
+        minimum=-1,
+        example=1e-3,
+    )
+    rescaled: BlockSwitch = option(
+        "adapter",
+        doc="Whether the matched layers also train a scale per output row (the adapter's `rescaled` in "
+        "place of it; a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's own `rescaled`): "
+        "on, off, or `adapter` (the adapter's).",
+        example="on",
     )
 
 
@@ -1187,14 +1204,15 @@ class DiagOftAdapter:
     )
     blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes of the denoiser's Diag-OFT layers ([[adapter.blocks]] tables: LyCORIS "
-        "preset files' `module_algo_map` / `name_algo_map` dims); modules no block matches keep "
-        "`block_size`. LyCORIS's form, without `fused_projections`.",
+        doc="Per-module block sizes, constraints and rescales of the denoiser's Diag-OFT layers "
+        "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries); "
+        "modules no block matches keep `block_size`, `constraint` and `rescaled`. LyCORIS's form, without "
+        "`fused_projections`.",
     )
     text_encoder_blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes of the text encoders' Diag-OFT layers ([[adapter.text_encoder_blocks]] "
-        "tables); modules no block matches keep `block_size`.",
+        doc="Per-module block sizes, constraints and rescales of the text encoders' Diag-OFT layers "
+        "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
     )
 
 

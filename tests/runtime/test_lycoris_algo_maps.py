@@ -372,6 +372,118 @@ def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch):
     assert ours == theirs
 
 
+# Diag-OFT entries' own constraint and rescaled (issue 12): the MLP at its own constraint without the
+# network's rescale, the ResNets at their own dim, CLIP's MLP at its own constraint (a string `rescaled`:
+# true to DiagOFTModule's `if rescaled`, the network's), CLIP's attention at the network's constraint
+OFT_OPTS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["conv_in"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+constraint = 0.0001
+rescaled = false
+[module_algo_map.ResnetBlock2D]
+dim = 8
+[module_algo_map.CLIPMLP]
+constraint = 0.001
+rescaled = "false"
+[module_algo_map.CLIPAttention]
+constraint = 0.01
+"""
+
+
+def _oft_layers(made) -> dict[str, tuple]:
+    """Each DiagOFTModule's oft_blocks shape, alpha, constraint (x out_dim), whether it trains a rescale."""
+    return {
+        m.lora_name: (
+            tuple(m.oft_blocks.shape),
+            round(float(m.alpha), 9),
+            round(float(m.constraint), 9),
+            "rescale" in dict(m.named_parameters()),
+        )
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+
+
+def _oft_layers_of(unet, text) -> dict[str, tuple]:
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    return {
+        prefix + name.replace(".", "_"): (
+            tuple(layer.lora_oft_blocks["default"].shape),
+            round(float(layer.lora_alpha["default"]), 9),
+            round(float(layer.constraint["default"]), 9),
+            "default" in layer.lora_oft_rescale,
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks
+    }
+
+
+def test_diag_oft_entry_constraint_and_rescaled_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
+    """algo=diag-oft with entries' own `constraint` and `rescaled`: every layer's blocks, alpha, constraint
+    and row rescale as lycoris-lora's DiagOFTModule builds them from the same file; a tiny run stopped after a
+    step and resumed gives the uninterrupted run's losses and export bit for bit, the export holds LyCORIS's
+    tensors in its shapes with its alphas, and the adapter folders load back, each layer as its block built
+    it (issue 12)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["oft-opts"] = OFT_OPTS
+    try:
+        path, plan = _converted_plan(tmp_path, "oft-opts", "diag-oft", '"constraint=0.01" "rescaled=True"')
+    finally:
+        del PRESETS["oft-opts"]
+    a = plan.adapter
+    assert (a.oft_constraint, a.oft_rescaled) == (0.01, True)
+    assert sorted(b.rescaled for b in [*a.blocks, *a.text_encoder_blocks]) == ["adapter", "adapter", "off"]
+    made = _lycoris(pipe, path, monkeypatch, "diag-oft", constraint="0.01", rescaled="True")
+    theirs = _oft_layers(made)
+    assert len({v[1] for v in theirs.values()}) == 3 and {v[3] for v in theirs.values()} == {True, False}
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    assert _oft_layers_of(unet, text) == theirs
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (ours,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    ours, again = load_file(str(ours)), load_file(str(again))
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+    saved = {
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in saved.items()}
+    alphas = {k: round(float(v), 9) for k, v in ours.items() if k.endswith(".alpha")}
+    assert alphas == {k: round(float(v), 9) for k, v in saved.items() if k.endswith(".alpha")}
+    moved = [
+        k for k, v in ours.items() if k.endswith(("oft_blocks", "rescale")) and not torch.equal(v, saved[k])
+    ]
+    assert any(k.endswith("rescale") for k in moved) and any(k.endswith("oft_blocks") for k in moved)
+    fresh = build_pipeline("builtin:tiny-sd1")  # the run's adapter folders load back (`dbspec sample`)
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules)) == sorted(modules)
+    assert _oft_layers_of(fresh.unet, fresh.text_encoder) == theirs
+    for name, module in modules.items():
+        state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+
+
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
 # weight decomposition (dora_scale per layer)
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}

@@ -258,3 +258,37 @@ def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):
         outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
         assert "DBS402" in codes(outcome), (algo, codes(outcome))
         assert "FeedForward` gives its layers bypass_mode and weight_decompose" in messages(outcome, "DBS402")
+
+
+def test_diag_oft_entry_constraint_and_rescaled_become_block_options(tmp_path):
+    """algo=diag-oft: create_single_module hands DiagOFTModule an entry's own `constraint` (raw: constraint x
+    out_dim, saved as the layer's alpha) and `rescaled` (its truth test) over the network's: the entry's
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] carry them beside its block size; an entry giving
+    the network's value changes nothing (issue 12)."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\nconstraint = 0.001\n"
+        + "[module_algo_map.ResnetBlock2D]\ndim = 32\nrescaled = false\n"
+        + '[module_algo_map.CLIPMLP]\nrescaled = "false"\n'  # a string: true to `if rescaled`
+        + "[module_algo_map.CLIPAttention]\nconstraint = 0.01\n"  # the network's: no block
+    )
+    args = '"conv_dim=16" "constraint=0.01" "rescaled=True"'
+    a = plan_of(expressible(_convert(tmp_path, text, "diag-oft", args=args)), tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == ("diag-oft", 16, 0.01, True)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.alpha, b.conv_alpha, b.rescaled) for b in a.blocks]
+    assert shown == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 16, 0.001, 0.001, "adapter"),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 32, 32, 0.01, 0.01, "off"),
+    ]
+    assert a.text_encoder_blocks == ()  # CLIP's MLP: rescaled, as the network
+
+
+def test_diag_oft_entry_constraint_kohya_cannot_build_or_dbspec_cannot_save(tmp_path):
+    """An entry's constraint DiagOFTModule cannot store (a string: torch.tensor raises) stops kohya (DBS402);
+    a negative one or a bool, which LyCORIS saves as the layers' alpha as given, is not expressed (DBS403)."""
+    cases = [('"0.01"', "DBS402"), ("-0.5", "DBS403"), ("true", "DBS403")]
+    for i, (value, code) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        text = FULL + f"[module_algo_map.FeedForward]\nconstraint = {value}\n"
+        outcome = _convert(tmp_path / str(i), text, "diag-oft", '"conv_dim=16"')
+        assert code in codes(outcome) and "constraint" in messages(outcome, code), value

@@ -114,6 +114,8 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
     switches through the modules' truth tests)."""
     if key not in network:
         return False
+    if key == "constraint":  # DiagOFTModule's constraint x out_dim: a number (others: _oft_own refuses)
+        return _number(value) and float(value) == network[key]
     if key == "factor":
         try:
             return int(value) == network[key]
@@ -123,12 +125,13 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False
+    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False, oft: bool = False
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
     LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
-    create_network hands every module for each option; dbspec's adapter options apply to every layer); the
+    create_network hands every module for each option; dbspec's adapter options apply to every layer, but
+    what blocks carry: `oft`, Diag-OFT's blocks with their own constraint and rescaled); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
@@ -147,6 +150,8 @@ def check_layers(
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
+        if oft and _algo(layer.algo) == "diag-oft":  # Diag-OFT blocks carry them (_oft_blocks)
+            own = (*own, *_oft_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -183,6 +188,30 @@ def check_layers(
 # What a network with several algorithms keeps off (DBS578): options LyCORIS hands every module, which act on
 # one algorithm's layers only or which dbspec's other kinds do not build
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
+
+
+def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a Diag-OFT layer's entry its block carries (`constraint`, `rescaled`, as DiagOFTModule
+    reads them raw: `constraint * out_dim` and the buffer `torch.tensor(constraint)`, `if rescaled`);
+    PresetError for a constraint kohya cannot build (not a number: torch.tensor raises, DBS402) or that a
+    block does not express (a bool, a negative number: the saved alpha would differ)."""
+    own = dict(layer.options)
+    if "constraint" in own and not _same("constraint", own["constraint"], network):
+        value = own["constraint"]
+        if not isinstance(value, (int, float)):
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: "
+                "DiagOFTModule stores it with torch.tensor(), which raises on it",
+                True,
+            )
+        if isinstance(value, bool) or value < 0:
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: dbspec's "
+                "Diag-OFT block constraint is a number of at least 0 (LyCORIS would save that value as the "
+                "layers' alpha)",
+                False,
+            )
+    return ("constraint", "rescaled")
 
 
 def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
@@ -308,14 +337,14 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing). PresetError where they cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind == "diag-oft"), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
     if kind == "diag-oft":  # an entry's dim: its layers' block-size hint
         return (
-            _oft_blocks(found.unet, found.unet_rows, dims),
-            _oft_blocks(found.text, found.text_rows, dims),
+            _oft_blocks(found.unet, found.unet_rows, dims, network),
+            _oft_blocks(found.text, found.text_rows, dims, network),
             inert,
         )
     rs_lora = rs_lora and kind != "dylora"
@@ -343,11 +372,14 @@ def map_blocks(
     return unet, text, inert
 
 
-def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[str, Any]]:
+def _oft_blocks(
+    layers: dict[str, Layer], rows: list[Row], dims, network: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Diag-OFT's [[adapter.blocks]]: DiagOFTModule takes the layer's dim (`dim or lora_dim`, on k x k
-    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha (its constraint is the
-    network's); PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its
-    convolutions only with conv_dim)."""
+    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha; an entry's own
+    `constraint` (a number: _oft_own) and `rescaled` (its truth) replace the network's, which
+    create_single_module hands every module only where the entry does not give its own; PresetError for an
+    entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its convolutions only with conv_dim)."""
     dim, conv_dim = dims[0], dims[2]
     built = [row for row in rows if row[0] in layers]
     groups: dict[str, list[Layer]] = {}
@@ -355,7 +387,13 @@ def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[st
         groups.setdefault(layer.source, []).append(layer)
     out = []
     for source, group in groups.items():
-        if all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
+        entry = dict(group[0].options)  # one entry: one constraint and rescaled
+        own: dict[str, Any] = {}
+        if "constraint" in entry and not _same("constraint", entry["constraint"], network):
+            own["constraint"] = float(entry["constraint"])
+        if "rescaled" in entry and bool(entry["rescaled"]) != network["rescaled"]:
+            own["rescaled"] = "on" if entry["rescaled"] else "off"
+        if not own and all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
             continue
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         if conv is not None and not conv_dim:
@@ -364,11 +402,13 @@ def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[st
                 "convolutions only with conv_dim",
                 False,
             )
+        what = ", ".join(["dim (Diag-OFT's block size)", *own])
         out.append(
             {
                 "pattern": _pattern({layer.path for layer in group}, built),
                 "block_size": group[0].dim,
-                "_why": f"kohya lycoris.kohya: the preset file's `{source}` dim (Diag-OFT's block size)",
+                **own,
+                "_why": f"kohya lycoris.kohya: the preset file's `{source}` {what}",
             }
         )
     return out
