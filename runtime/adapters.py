@@ -179,6 +179,13 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter, "" if conv else component)
+        if adapter.kind == "dylora":  # blocks' own units (LyCORIS map entries' block_size)
+            from dbspec.runtime.blocks import block_units
+            from dbspec.runtime.dylora import with_units
+
+            units = block_units(module, config.target_modules, adapter, "" if conv else component)
+            if units:
+                config = with_units(config, adapter, units)
         if adapter.kind == "diag-oft" and adapter.oft_form == "lycoris":  # blocks' own row rescales
             from dbspec.runtime.blocks import block_rescaled
             from dbspec.runtime.lycoris_oft import with_oft

@@ -141,6 +141,17 @@ def block_rescaled(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
     }
 
 
+def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{id(layer): unit} of the DyLoRA layers whose block sets its own ranks per block (LyCORIS's map
+    entries' `block_size`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return {
+        id(layer): block.unit
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.unit
+    }
+
+
 def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: use_scalar} of the layers whose block sets LyCORIS's scalar itself (a map entry's)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks

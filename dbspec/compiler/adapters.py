@@ -170,8 +170,14 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
 
 
 def _rank_blocks(adapter) -> dict:
-    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate)."""
+    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate), and a
+    DyLoRA block's own unit where it differs from the adapter's."""
     conv = adapter.conv_rank > 0
+
+    def unit(b) -> int:
+        own = getattr(b, "unit", 0)
+        return own if own and own != getattr(adapter, "unit", 0) else 0
+
     return dict(
         blocks=tuple(
             BlockPlan(
@@ -180,11 +186,13 @@ def _rank_blocks(adapter) -> dict:
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,
                 conv_alpha=b.conv_alpha if conv else 1.0,
+                unit=unit(b),
             )
             for b in adapter.blocks
         ),
         text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, unit=unit(b))
+            for b in adapter.text_encoder_blocks
         ),
     )
 

@@ -3225,22 +3225,26 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit (DBS548; kohya and
-    LyCORIS assert it)."""
+    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit, or of a block's
+    own unit (DBS548; kohya and LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
         return
-    found = [(("adapter", key), f"adapter.{key}", getattr(a, key)) for key in ("rank", "conv_rank")]
-    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank
+    unit = ("adapter.unit", a.unit)
+    found = [(("adapter", key), f"adapter.{key}", getattr(a, key), unit) for key in ("rank", "conv_rank")]
+    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank, in its own unit if it has one
         for i, block in enumerate(getattr(a, table)):
+            own_unit = getattr(block, "unit", 0)  # DyloraBlock; text-encoder blocks: the adapter's
+            own = (f"adapter.{table}[{i}].unit", own_unit) if own_unit else unit
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
-                found.append((("adapter", table, i, key), f"adapter.{table}[{i}].{key}", getattr(block, key)))
-    for path, name, value in found:
-        if value % a.unit:
+                path = ("adapter", table, i, key)
+                found.append((path, f"adapter.{table}[{i}].{key}", getattr(block, key), own))
+    for path, name, value, (what, size) in found:
+        if value % size:
             yield _err(
                 "DBS548",
                 path,
-                f"{name} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one block of "
+                f"{name} = {value} is not a multiple of {what} = {size} (DyLoRA trains one block of "
                 "unit ranks per step)",
                 codes.help("DBS548"),
             )
@@ -3313,8 +3317,9 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
         for i, block in enumerate(getattr(a, table)):
             ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
-            if any(r and r != a.unit for r in ranks):
-                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // a.unit} blocks")
+            size = getattr(block, "unit", 0) or a.unit
+            if any(r and r != size for r in ranks):
+                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // size} blocks")
     if why:
         yield _err(
             "DBS549",

@@ -589,8 +589,8 @@ class DyloraBlock:
         example="^down_blocks\\.0\\.",
     )
     rank: int = option(
-        doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
-        "of them. Up to 100000 (a LyCORIS preset file's dims).",
+        doc="Rank of the matched linear (and 1x1) layers, a multiple of the block's `unit` (else the "
+        "adapter's); 0 adapts none of them. Up to 100000 (a LyCORIS preset file's dims).",
         minimum=0,
         maximum=100_000,
     )
@@ -598,11 +598,20 @@ class DyloraBlock:
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
-        "of `unit`; 0 adapts none. Up to 100000.",
+        "of the block's `unit` (else the adapter's); 0 adapts none. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    unit: int = option(
+        0,
+        doc="Ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS preset "
+        "file's `module_algo_map` / `name_algo_map` entry's own `block_size`): each of them draws one of "
+        "its rank / unit blocks per step. 0: the adapter's.",
+        minimum=0,
+        maximum=100_000,
+        example=2,
+    )
 
 
 def _lycoris_output_dropout(what: str):

@@ -484,6 +484,80 @@ def test_diag_oft_entry_constraint_and_rescaled_train_and_resume_as_lycoris(pipe
         assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
 
 
+# DyLoRA entries' own block_size (issue 12): the MLP at its own dim in blocks of 4, the ResNets (their 3x3
+# convolutions too) in blocks of 1, conv_in in one block of 4, the rest in the network's blocks of 2
+DYLORA_UNITS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["conv_in"]
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+dim = 8
+block_size = 4
+[module_algo_map.ResnetBlock2D]
+block_size = 1
+[name_algo_map.conv_in]
+block_size = 4
+"""
+
+
+def test_dylora_entry_block_sizes_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
+    """algo=dylora with entries' own `block_size`: every layer in LyCORIS's class, at its dim and scale, in
+    blocks of the size lycoris-lora's DyLoraModule gives it from the same file (its up_list / down_list);
+    a tiny run stopped after a step and resumed gives the uninterrupted run's losses and export bit for
+    bit, the export holding LyCORIS's saved tensors in their shapes (issue 12)."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.dylora import DyloraLayer
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["dylora-units"] = DYLORA_UNITS
+    try:
+        path, plan = _converted_plan(tmp_path, "dylora-units", "dylora", '"block_size=2"')
+    finally:
+        del PRESETS["dylora-units"]
+    assert plan.adapter.dylora_unit == 2 and sorted(b.unit for b in plan.adapter.blocks) == [1, 4, 4]
+    made = _lycoris(pipe, path, monkeypatch, "dylora", block_size="2")
+    modules = [*made.unet_loras, *made.text_encoder_loras]
+    theirs = {m.lora_name: (*_theirs(made)[m.lora_name], m.block_size, len(m.up_list)) for m in modules}
+    assert {v[3] for v in theirs.values()} == {1, 2, 4}
+    unet, text, a = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder), plan.adapter
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {
+        prefix + name.replace(".", "_"): (
+            "DyLoraModule",
+            layer.r["default"],
+            round(float(layer.scaling["default"]), 12),
+            layer.unit,
+            layer.blocks("default"),
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DyloraLayer) and "default" in layer.r
+    }
+    assert ours == theirs
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (done,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    done, again = load_file(str(done)), load_file(str(again))
+    assert done.keys() == again.keys() and all(torch.equal(done[k], again[k]) for k in done)
+    # LyCORIS saves a convolution's lora_up 2-D (out, rank), dbspec kohya's 4-D (out, rank, 1, 1)
+    saved = {f"{m.lora_name}.{k}": v for m in modules for k, v in m.custom_state_dict().items()}
+    assert {k: list(v.shape[:2]) + [v.numel()] for k, v in done.items()} == {
+        k: list(v.shape[:2]) + [v.numel()] for k, v in saved.items()
+    }
+    assert any(not torch.equal(v, saved[k]) for k, v in done.items() if "lora_up" in k), "it trained"
+
+
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
 # weight decomposition (dora_scale per layer)
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}

@@ -96,6 +96,15 @@ def _own_factor(layer: Layer, network: dict[str, Any]) -> int:
     return 1 if factor == 0 else -1 if factor < 0 or factor > _MAX_FACTOR else factor
 
 
+def _own_unit(layer: Layer, network: dict[str, Any]) -> int:
+    """A DyLoRA layer's entry's own `block_size` (a positive int: _dylora_own), its block's `unit`; 0 where
+    it is the network's."""
+    value = dict(layer.options).get("block_size")
+    if _algo(layer.algo) != "dylora" or value is None or _same("block_size", value, network):
+        return 0
+    return value
+
+
 def _own_switches(layer: Layer, network: dict[str, Any], convs: bool) -> dict[str, str]:
     """A LoKr layer's block decompose_both / full_matrix / tucker ("on" / "off") where its entry gives a
     value other than the network's (LokrModule's truth test; `tucker` only on k x k convolutions, `convs`:
@@ -116,6 +125,8 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
         return False
     if key == "constraint":  # DiagOFTModule's constraint x out_dim: a number (others: _oft_own refuses)
         return _number(value) and float(value) == network[key]
+    if key == "block_size":  # DyLoraModule's range(lora_dim // block_size): an int (others: _dylora_own)
+        return type(value) is int and value == network[key]
     if key == "factor":
         try:
             return int(value) == network[key]
@@ -125,13 +136,14 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False, oft: bool = False
+    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False, kind: str = ""
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
     LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
-    what blocks carry: `oft`, Diag-OFT's blocks with their own constraint and rescaled); the
+    what blocks carry: on an adapter of `kind` diag-oft its blocks' own constraint and rescaled, on dylora
+    their own block size); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
@@ -150,8 +162,10 @@ def check_layers(
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
-        if oft and _algo(layer.algo) == "diag-oft":  # Diag-OFT blocks carry them (_oft_blocks)
+        if kind == "diag-oft" and _algo(layer.algo) == "diag-oft":  # Diag-OFT blocks carry them (_oft_blocks)
             own = (*own, *_oft_own(layer, network))
+        if kind == "dylora" and _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks)
+            own = (*own, *_dylora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -212,6 +226,22 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
                 False,
             )
     return ("constraint", "rescaled")
+
+
+def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a DyLoRA layer's entry its block carries (`block_size`, its `unit`); PresetError (DBS402)
+    for one DyLoraModule cannot build or train with: it reads the value raw (`lora_dim % block_size`,
+    `range(lora_dim // block_size)`, `torch.empty(out, block_size)`, `random.randint(0, blocks - 1)`), so
+    anything but a positive int raises (a bool, a float or a string in its constructor, 0 dividing, a
+    negative one drawing from an empty range)."""
+    value = dict(layer.options).get("block_size")
+    if value is not None and not (type(value) is int and value > 0):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) block_size = {value!r}: LyCORIS's "
+            "DyLoraModule raises on anything but a positive integer",
+            True,
+        )
+    return ("block_size",)
 
 
 def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
@@ -296,7 +326,8 @@ def _blocks(
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
-        if not factor and not switches and same and not kind and rs == rs_lora:
+        unit = _own_unit(group[0], network)
+        if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -311,8 +342,11 @@ def _blocks(
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if factor:
             block["factor"] = factor
+        if unit:
+            block["unit"] = unit
         block.update(switches)
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
+        own += ["block_size"] if unit else []
         what = ", ".join(
             [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]
         )
@@ -337,7 +371,7 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing). PresetError where they cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds, kind == "diag-oft"), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
@@ -357,6 +391,14 @@ def map_blocks(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
             "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
+            False,
+        )
+    own_unit = next((block for block in text if "unit" in block), None)
+    if own_unit is not None:  # spec TextEncoderBlock: a rank and an alpha
+        raise PresetError(
+            f"`{_source([own_unit])}` gives text-encoder layers their own block_size: dbspec's DyLoRA builds "
+            "every text-encoder layer in blocks of the network's block_size ([[adapter.text_encoder_blocks]] "
+            "carry a rank and an alpha)",
             False,
         )
     mixed_rank_stabilized([*unet, *text])
