@@ -186,13 +186,16 @@ def add_lora(
             units = block_units(module, config.target_modules, adapter, "" if conv else component)
             if units:
                 config = with_units(config, adapter, units)
-        if adapter.kind == "diag-oft" and adapter.oft_form == "lycoris":  # blocks' own row rescales
+        if adapter.kind in ("diag-oft", "boft") and adapter.oft_form == "lycoris":  # blocks' own rescales
             from dbspec.runtime.blocks import block_rescaled
             from dbspec.runtime.lycoris_oft import with_oft
 
             own = block_rescaled(module, config.target_modules, adapter, "" if conv else component)
             if own:
-                config = with_oft(config, adapter.oft_rescaled, bypass=adapter.bypass, own_rescaled=own)
+                layer = None
+                if adapter.kind == "boft":
+                    from dbspec.runtime.lycoris_boft import BoftLayer as layer
+                config = with_oft(config, adapter.oft_rescaled, layer, adapter.bypass, own_rescaled=own)
     if conv and adapter.kind == "lora" and any(b.tucker != "adapter" for b in adapter.blocks):
         from dbspec.runtime.blocks import block_tuckers
         from dbspec.runtime.locon_tucker import with_tucker

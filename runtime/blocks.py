@@ -54,8 +54,9 @@ def with_blocks(
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        if (
-            block is None and adapter.kind == "diag-oft"
+        if block is None and adapter.kind in (
+            "diag-oft",
+            "boft",
         ):  # peft's rank: its block-size hint, alpha: constraint
             rank, alpha = adapter.oft_block_size, adapter.oft_constraint
         elif block is None:
@@ -131,7 +132,7 @@ def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
 
 
 def block_rescaled(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
-    """{id(layer): rescaled} of the Diag-OFT layers whose block sets its own row rescale (LyCORIS's map
+    """{id(layer): rescaled} of the Diag-OFT / BOFT layers whose block sets its own row rescale (LyCORIS's map
     entries' `rescaled`)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
     return {

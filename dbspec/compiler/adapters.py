@@ -246,11 +246,12 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
 
 
 def _oft_blocks(adapter) -> dict:
-    """Diag-OFT's per-module block sizes, constraints and rescales (a LyCORIS preset file's entries) as blocks
-    whose rank is the block-size hint, linear and convolution alike, whose alpha is the constraint (the
-    block's, else the adapter's) and whose `rescaled` differs from the adapter's or is "adapter"
+    """Diag-OFT's and BOFT's per-module block sizes, constraints and rescales (a LyCORIS preset file's
+    entries) as blocks whose rank is the block-size hint, linear and convolution alike, whose alpha is the
+    constraint (the block's, else the adapter's) and whose `rescaled` differs from the adapter's or is
+    "adapter"
     (runtime/blocks.py)."""
-    if adapter.kind != "diag-oft" or not (adapter.blocks or adapter.text_encoder_blocks):
+    if adapter.kind not in ("diag-oft", "boft") or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
 
     def plan(b, conv: bool) -> BlockPlan:
@@ -363,7 +364,10 @@ def adapter_params(
         ranks = [adapter.rank, adapter.conv_rank, *(max(b.rank, getattr(b, "conv_rank", 0)) for b in blocks)]
         return _at_rank(public, components, 3 * max(ranks))
     if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
-        return _at_rank(public, components, 16 * adapter.block_size + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
+        return _at_rank(
+            public, components, 16 * max([adapter.block_size, *(b.block_size for b in blocks)]) + 1
+        )
     if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
         # kohya's networks.oft: out x (out / blocks) per layer, at most (in + out) x (widest / blocks); the
         # U-Nets' widest targeted linear is GEGLU's ff.net.0.proj (8 x 1280) or else 1280

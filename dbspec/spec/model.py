@@ -1092,9 +1092,9 @@ def _rotated_conv_targets():
 
 @frozen
 class OftBlock:
-    """LyCORIS Diag-OFT's block-size hint, constraint and rescale for the modules one pattern names (a LyCORIS
-    preset file's `module_algo_map` / `name_algo_map` entries with their own dim, `constraint` or `rescaled`
-    on an algo=diag-oft network)."""
+    """LyCORIS Diag-OFT's or BOFT's block-size hint, constraint and rescale for the modules one pattern names
+    (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with their own dim, `constraint` or
+    `rescaled` on an algo=diag-oft or algo=boft network)."""
 
     pattern: str = option(
         doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
@@ -1257,6 +1257,18 @@ class BoftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes, constraints and rescales of the denoiser's BOFT layers "
+        "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries' own "
+        "dim, `constraint`, `rescaled`); each matched layer split by its block's `block_size` as "
+        "`block_size` splits the others (a width it cannot split refused alike).",
+    )
+    text_encoder_blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes, constraints and rescales of the text encoders' BOFT layers "
+        "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
+    )
 
 
 @frozen

@@ -424,12 +424,16 @@ def _oft_layers_of(unet, text) -> dict[str, tuple]:
     }
 
 
-def test_diag_oft_entry_constraint_and_rescaled_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
-    """algo=diag-oft with entries' own `constraint` and `rescaled`: every layer's blocks, alpha, constraint
-    and row rescale as lycoris-lora's DiagOFTModule builds them from the same file; a tiny run stopped after a
-    step and resumed gives the uninterrupted run's losses and export bit for bit, the export holds LyCORIS's
-    tensors in its shapes with its alphas, and the adapter folders load back, each layer as its block built
-    it (issue 12)."""
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_oft_entry_dims_constraint_and_rescaled_train_and_resume_as_lycoris(
+    pipe, algo, tmp_path, monkeypatch
+):
+    """algo=diag-oft / boft with entries' own dim, `constraint` and `rescaled`: every layer's blocks (BOFT's
+    butterfly stages at the entry's block size), alpha, constraint and row rescale as lycoris-lora's
+    DiagOFTModule / ButterflyOFTModule builds them from the same file; a tiny run stopped after a step and
+    resumed gives the uninterrupted run's losses and export bit for bit, the export holds LyCORIS's tensors in
+    its shapes with its alphas, and the adapter folders load back, each layer as its block built it (issue
+    12)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -438,14 +442,16 @@ def test_diag_oft_entry_constraint_and_rescaled_train_and_resume_as_lycoris(pipe
 
     PRESETS["oft-opts"] = OFT_OPTS
     try:
-        path, plan = _converted_plan(tmp_path, "oft-opts", "diag-oft", '"constraint=0.01" "rescaled=True"')
+        path, plan = _converted_plan(tmp_path, "oft-opts", algo, '"constraint=0.01" "rescaled=True"')
     finally:
         del PRESETS["oft-opts"]
     a = plan.adapter
-    assert (a.oft_constraint, a.oft_rescaled) == (0.01, True)
+    assert (a.oft_constraint, a.oft_rescaled) == (0.01, True) and a.oft_block_size == 4
+    assert sorted(b.rank for b in a.blocks) == [4, 8]  # the MLP at the network's dim, the ResNets at 8
     assert sorted(b.rescaled for b in [*a.blocks, *a.text_encoder_blocks]) == ["adapter", "adapter", "off"]
-    made = _lycoris(pipe, path, monkeypatch, "diag-oft", constraint="0.01", rescaled="True")
+    made = _lycoris(pipe, path, monkeypatch, algo, constraint="0.01", rescaled="True")
     theirs = _oft_layers(made)
+    assert len({v[0] for v in theirs.values()}) > 2  # block shapes: the ResNets' at their own dim
     assert len({v[1] for v in theirs.values()}) == 3 and {v[3] for v in theirs.values()} == {True, False}
     unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
     add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)

@@ -61,7 +61,7 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
                 lines += _rows(conv, MergeAdapter, ("model", "merge_adapters", index))
         block_cls = {"adapter": AdapterBlock, "optimizer": OptimizerBlock}.get(table)
         kind = conv.values.get(("adapter", "kind"), ("", ""))[0]
-        oft = kind == "diag-oft"  # block sizes (OftBlock)
+        oft = kind in ("diag-oft", "boft")  # block sizes (OftBlock)
         block_cls = OftBlock if oft and table == "adapter" else block_cls
         if kind == "dylora" and table == "adapter":  # DyLoRA's blocks: their own unit too
             block_cls = DyloraBlock

@@ -38,6 +38,7 @@ _BLOCK_KINDS = ("lora", "loha", "lokr")
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
 _RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
+_OFT = ("diag-oft", "boft")  # their blocks: a block size, constraint and rescale (spec OftBlock)
 
 
 def _algo(name: str) -> str:
@@ -142,8 +143,8 @@ def check_layers(
     LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
-    what blocks carry: on an adapter of `kind` diag-oft its blocks' own constraint and rescaled, on dylora
-    their own block size); the
+    what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
+    dylora their own block size); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
@@ -162,7 +163,7 @@ def check_layers(
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
-        if kind == "diag-oft" and _algo(layer.algo) == "diag-oft":  # Diag-OFT blocks carry them (_oft_blocks)
+        if kind in _OFT and _algo(layer.algo) == kind:  # Diag-OFT / BOFT blocks carry them (_oft_blocks)
             own = (*own, *_oft_own(layer, network))
         if kind == "dylora" and _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks)
             own = (*own, *_dylora_own(layer, network))
@@ -205,8 +206,9 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
-    """The keys of a Diag-OFT layer's entry its block carries (`constraint`, `rescaled`, as DiagOFTModule
-    reads them raw: `constraint * out_dim` and the buffer `torch.tensor(constraint)`, `if rescaled`);
+    """The keys of a Diag-OFT / BOFT layer's entry its block carries (`constraint`, `rescaled`, as
+    DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
+    `torch.tensor(constraint)`, `if rescaled`);
     PresetError for a constraint kohya cannot build (not a number: torch.tensor raises, DBS402) or that a
     block does not express (a bool, a negative number: the saved alpha would differ)."""
     own = dict(layer.options)
@@ -215,14 +217,14 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
         if not isinstance(value, (int, float)):
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: "
-                "DiagOFTModule stores it with torch.tensor(), which raises on it",
+                f"LyCORIS's {layer.algo} module stores it with torch.tensor(), which raises on it",
                 True,
             )
         if isinstance(value, bool) or value < 0:
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: dbspec's "
-                "Diag-OFT block constraint is a number of at least 0 (LyCORIS would save that value as the "
-                "layers' alpha)",
+                f"{layer.algo} block constraint is a number of at least 0 (LyCORIS would save that value as "
+                "the layers' alpha)",
                 False,
             )
     return ("constraint", "rescaled")
@@ -375,7 +377,7 @@ def map_blocks(
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
-    if kind == "diag-oft":  # an entry's dim: its layers' block-size hint
+    if kind in _OFT:  # an entry's dim: its layers' block-size hint
         return (
             _oft_blocks(found.unet, found.unet_rows, dims, network),
             _oft_blocks(found.text, found.text_rows, dims, network),
@@ -390,7 +392,7 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
+            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT and BOFT",
             False,
         )
     own_unit = next((block for block in text if "unit" in block), None)
@@ -417,11 +419,12 @@ def map_blocks(
 def _oft_blocks(
     layers: dict[str, Layer], rows: list[Row], dims, network: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Diag-OFT's [[adapter.blocks]]: DiagOFTModule takes the layer's dim (`dim or lora_dim`, on k x k
-    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha; an entry's own
-    `constraint` (a number: _oft_own) and `rescaled` (its truth) replace the network's, which
-    create_single_module hands every module only where the entry does not give its own; PresetError for an
-    entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its convolutions only with conv_dim)."""
+    """Diag-OFT's and BOFT's [[adapter.blocks]]: DiagOFTModule (ButterflyOFTModule alike) takes the layer's
+    dim (`dim or lora_dim`, on k x k convolutions `dim or conv_lora_dim`) as its block-size hint and never
+    reads alpha; an entry's own `constraint` (a number: _oft_own) and `rescaled` (its truth) replace the
+    network's, which create_single_module hands every module only where the entry does not give its own;
+    PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT and BOFT adapt convolutions
+    only with conv_dim)."""
     dim, conv_dim = dims[0], dims[2]
     built = [row for row in rows if row[0] in layers]
     groups: dict[str, list[Layer]] = {}
@@ -440,11 +443,11 @@ def _oft_blocks(
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         if conv is not None and not conv_dim:
             raise PresetError(
-                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT adapts "
-                "convolutions only with conv_dim",
+                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT and BOFT "
+                "adapt convolutions only with conv_dim",
                 False,
             )
-        what = ", ".join(["dim (Diag-OFT's block size)", *own])
+        what = ", ".join(["dim (its block size)", *own])
         out.append(
             {
                 "pattern": _pattern({layer.path for layer in group}, built),
