@@ -247,7 +247,9 @@ def add_lora(
         conv
         and adapter.fused
         and adapter.kind in ("lokr", "loha")
-        and (adapter.scalar or norm_scalars(adapter))
+        # the adapter's scalars, or blocks' own (LyCORIS map entries' use_scalar: a block covers whole
+        # fused layers, DBS507)
+        and (adapter.scalar or norm_scalars(adapter) or any(b.scalar == "on" for b in adapter.blocks))
     ):
         from dbspec.runtime.fused import tie_fused_scalars  # one scalar per fused LoKr / LoHa
 

@@ -2627,7 +2627,8 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("init_weights", getattr(a, "init_weights", "")),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            ("fused_projections", getattr(a, "fused_projections", False)),
+            # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
+            ("fused_projections", tucker and getattr(a, "fused_projections", False)),
             # LoCon's Tucker layers: no DoRA of either form, no dropouts beside the module's
             *(
                 (key, tucker and bool(getattr(a, key, False)))
