@@ -2720,6 +2720,15 @@ LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(
+        "DBS584",
+        ERROR,
+        "A text-encoder block's own unit outside DyLoRA",
+        """\
+`unit` in `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with its own `block_size`) cuts
+the matched DyLoRA layers' ranks into blocks of that size. Only `kind = "dylora"` trains in blocks.""",
+        help="remove the block's unit (0), or train a DyLoRA",
+    ),
+    Code(
         "DBS585",
         WARNING,
         "adapter.text_encoder_norms without a trained CLIP text encoder",

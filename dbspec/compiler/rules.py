@@ -2461,6 +2461,23 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+@rule("spec")
+def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A text-encoder block's own DyLoRA unit (runtime/dylora.py per layer) on another kind (DBS584)."""
+    a = spec.adapter
+    if a.kind == "dylora":
+        return
+    for i, block in enumerate(getattr(a, "text_encoder_blocks", ())):
+        if getattr(block, "unit", 0):
+            yield _err(
+                "DBS584",
+                ("adapter", "text_encoder_blocks", i, "unit"),
+                f'adapter.text_encoder_blocks[{i}].unit = {block.unit} with adapter.kind = "{a.kind}": a '
+                "block's unit cuts DyLoRA layers' ranks into blocks, which no other kind trains",
+                codes.help("DBS584"),
+            )
+
+
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
 # kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578
 _MIXED_OFF = {

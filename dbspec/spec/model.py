@@ -553,6 +553,15 @@ class TextEncoderBlock:
         "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
+    unit: int = option(
+        0,
+        doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's own `block_size`); their rank must be a "
+        "multiple of it. 0: the adapter's.",
+        minimum=0,
+        maximum=100_000,
+        example=2,
+    )
 
 
 def _adapter_blocks():
@@ -1441,9 +1450,9 @@ class DyloraAdapter:
     )
     text_encoder_blocks: list[TextEncoderBlock] = option(
         factory=list,
-        doc="Per-module ranks and alphas of the text encoders' DyLoRA layers "
-        "([[adapter.text_encoder_blocks]] tables; ranks multiples of `unit`): modules no block matches keep "
-        "`rank` and `alpha`.",
+        doc="Per-module ranks, alphas and units of the text encoders' DyLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables; ranks multiples of the block's `unit`, else the "
+        "adapter's): modules no block matches keep `rank`, `alpha` and `unit`.",
     )
     init_weights: str = option(
         "",

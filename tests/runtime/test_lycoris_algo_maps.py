@@ -491,7 +491,8 @@ def test_oft_entry_dims_constraint_and_rescaled_train_and_resume_as_lycoris(
 
 
 # DyLoRA entries' own block_size (issue 12): the MLP at its own dim in blocks of 4, the ResNets (their 3x3
-# convolutions too) in blocks of 1, conv_in in one block of 4, the rest in the network's blocks of 2
+# convolutions too) and CLIP's attention in blocks of 1, conv_in in one block of 4, the rest in the network's
+# blocks of 2
 DYLORA_UNITS = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -506,6 +507,8 @@ block_size = 4
 block_size = 1
 [name_algo_map.conv_in]
 block_size = 4
+[module_algo_map.CLIPAttention]
+block_size = 1
 """
 
 
@@ -525,6 +528,7 @@ def test_dylora_entry_block_sizes_train_and_resume_as_lycoris(pipe, tmp_path, mo
     finally:
         del PRESETS["dylora-units"]
     assert plan.adapter.dylora_unit == 2 and sorted(b.unit for b in plan.adapter.blocks) == [1, 4, 4]
+    assert [b.unit for b in plan.adapter.text_encoder_blocks] == [1]
     made = _lycoris(pipe, path, monkeypatch, "dylora", block_size="2")
     modules = [*made.unet_loras, *made.text_encoder_loras]
     theirs = {m.lora_name: (*_theirs(made)[m.lora_name], m.block_size, len(m.up_list)) for m in modules}

@@ -296,13 +296,15 @@ def test_diag_oft_entry_constraint_kohya_cannot_build_or_dbspec_cannot_save(tmp_
 
 def test_dylora_entry_block_size_becomes_a_block_unit(tmp_path):
     """algo=dylora: create_single_module hands DyLoraModule an entry's own `block_size` over the network's:
-    its U-Net layers' [[adapter.blocks]] `unit` (with the entry's dim, checked against its own block size);
+    its layers' [[adapter.blocks]] / [[adapter.text_encoder_blocks]] `unit` (with the entry's dim, checked
+    against its own block size);
     an entry giving the network's block_size changes nothing (issue 12)."""
     text = (
         FULL
         + "[module_algo_map.FeedForward]\nblock_size = 8\n"
         + "[module_algo_map.ResnetBlock2D]\ndim = 4\nblock_size = 1\n"
         + "[module_algo_map.CLIPMLP]\nblock_size = 2\n"  # the network's: no block
+        + "[module_algo_map.CLIPAttention]\nblock_size = 16\n"
     )
     a = plan_of(expressible(_convert(tmp_path, text, "dylora", '"block_size=2"')), tmp_path).adapter
     assert (a.kind, a.rank, a.conv_rank, a.dylora_unit) == ("dylora", 16, 8, 2)
@@ -311,13 +313,13 @@ def test_dylora_entry_block_size_becomes_a_block_unit(tmp_path):
         (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 0, 8),
         (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 4, 1),
     ]
-    assert a.text_encoder_blocks == ()
+    shown = [(b.pattern, b.rank, b.unit) for b in a.text_encoder_blocks]
+    assert shown == [(r"(?:^|\.)(?:k_proj|v_proj|q_proj|out_proj)$", 16, 16)]
 
 
-def test_dylora_entry_block_size_kohya_cannot_build_or_dbspec_cannot_express(tmp_path):
+def test_dylora_entry_block_size_kohya_cannot_build(tmp_path):
     """An entry's block_size DyLoraModule raises on (not a positive int) or that does not divide the entry's
-    dim stops kohya (DBS402); bypass_mode with several of its blocks too; one on text-encoder layers is not
-    expressed (DBS403: [[adapter.text_encoder_blocks]] carry no unit)."""
+    dim stops kohya (DBS402); bypass_mode with several of its blocks too."""
     cases = [
         ("block_size = 4.0", "", "DBS402", "block_size = 4.0"),
         ("block_size = 0", "", "DBS402", "block_size = 0"),
@@ -331,6 +333,3 @@ def test_dylora_entry_block_size_kohya_cannot_build_or_dbspec_cannot_express(tmp
         text = FULL + f"[module_algo_map.FeedForward]\n{entry}\n"
         outcome = _convert(tmp_path / str(i), text, "dylora", args)
         assert code in codes(outcome) and named in messages(outcome, code), entry
-    text = FULL + "[module_algo_map.CLIPMLP]\nblock_size = 8\n"
-    outcome = _convert(tmp_path, text, "dylora")
-    assert "DBS403" in codes(outcome) and "text-encoder" in messages(outcome, "DBS403")

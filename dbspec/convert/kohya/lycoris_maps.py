@@ -395,14 +395,6 @@ def map_blocks(
             "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT and BOFT",
             False,
         )
-    own_unit = next((block for block in text if "unit" in block), None)
-    if own_unit is not None:  # spec TextEncoderBlock: a rank and an alpha
-        raise PresetError(
-            f"`{_source([own_unit])}` gives text-encoder layers their own block_size: dbspec's DyLoRA builds "
-            "every text-encoder layer in blocks of the network's block_size ([[adapter.text_encoder_blocks]] "
-            "carry a rank and an alpha)",
-            False,
-        )
     mixed_rank_stabilized([*unet, *text])
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
