@@ -331,6 +331,16 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
         )
 
 
+def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict) -> set[int]:
+    """The DyLoRA units of a fused layer's adapted parts: each part's first matching block's own, else the
+    adapter's (LyCORIS's DyLoraModule on the fused Linear has one)."""
+    units = set()
+    for part in adapted:
+        block = next((b for b in plan.blocks if re.search(b.pattern, f"{group.blocks}.{index}.{part}")), None)
+        units.add(block.unit if block is not None and block.unit else plan.dylora_unit)
+    return units
+
+
 def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
@@ -365,6 +375,9 @@ def _check_fused_module(
                 break
             if len(set(adapted.values())) > 1:
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
+                break
+            if isinstance(adapter, DyloraAdapter) and len(_units(group, index, plan, adapted)) > 1:
+                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts in blocks of other units")
                 break
     if found:
         ctx.report(
