@@ -2104,7 +2104,8 @@ With `adapter.fused_projections` the parts of a fused layer share one down-proje
 one learning rate; kohya's LoRA on the fused layer has one alpha. `[[adapter.blocks]]` patterns gave parts of
 one fused layer different ranks, alphas or `lr_scale`s. With `kind = "lokr"` or `"loha"` (one LyCORIS module
 per fused layer, its rank, alpha and LoKr factor a block's) the first block matching each part must be the
-same block: a pattern matching only some parts of a fused layer splits it.""",
+same block: a pattern matching only some parts of a fused layer splits it. LyCORIS's `scalar` is one per
+fused layer too: a block's own `scalar` must cover every adapted part of a fused layer alike.""",
         help="give the parts one rank, alpha and lr_scale (LoKr, LoHa: one block whose pattern matches every "
         "part), or set adapter.fused_projections = false",
     ),
@@ -2669,8 +2670,8 @@ parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's bloc
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no
-`module_dropout`. All need every part of a fused layer adapted, at one rank and alpha, and a family with
-kohya's Flux / SD3 layout.""",
+`module_dropout`, one `unit` for all its parts. All need every part of a fused layer adapted, at one rank
+and alpha, and a family with kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",
     ),
@@ -2702,8 +2703,8 @@ form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That hol
 alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), `init_weights` (the file's
 factors carry their scalars folded in; a Tucker layer's `lora_mid` is not read), LyCORIS's `max_norm` (it
 puts a fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down
-projections) or `fused_projections` (a fused layer's parts share one scalar); a block's Tucker form also not
-with DoRA or the dropouts.""",
+projections); a block's Tucker form also not with DoRA, the dropouts or `fused_projections` (a block's own
+scalar over whole fused layers is allowed: their parts share one, DBS507).""",
         help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
         "other option",
     ),
@@ -2717,6 +2718,15 @@ preset file's map entry with its own `rank_dropout_scale`) rescales the rank-dro
 LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `"lokr"`, and neither
 `output_dropout` (LyCORIS's bypass dropouts draw with the adapter's rescale) nor `fused_projections`.""",
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
+    ),
+    Code(
+        "DBS584",
+        ERROR,
+        "A text-encoder block's own unit outside DyLoRA",
+        """\
+`unit` in `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with its own `block_size`) cuts
+the matched DyLoRA layers' ranks into blocks of that size. Only `kind = "dylora"` trains in blocks.""",
+        help="remove the block's unit (0), or train a DyLoRA",
     ),
     Code(
         "DBS585",

@@ -179,6 +179,23 @@ def add_lora(
         from dbspec.runtime.blocks import with_blocks
 
         config = with_blocks(config, module, adapter, "" if conv else component)
+        if adapter.kind == "dylora":  # blocks' own units (LyCORIS map entries' block_size)
+            from dbspec.runtime.blocks import block_units
+            from dbspec.runtime.dylora import with_units
+
+            units = block_units(module, config.target_modules, adapter, "" if conv else component)
+            if units:
+                config = with_units(config, adapter, units)
+        if adapter.kind in ("diag-oft", "boft") and adapter.oft_form == "lycoris":  # blocks' own rescales
+            from dbspec.runtime.blocks import block_rescaled
+            from dbspec.runtime.lycoris_oft import with_oft
+
+            own = block_rescaled(module, config.target_modules, adapter, "" if conv else component)
+            if own:
+                layer = None
+                if adapter.kind == "boft":
+                    from dbspec.runtime.lycoris_boft import BoftLayer as layer
+                config = with_oft(config, adapter.oft_rescaled, layer, adapter.bypass, own_rescaled=own)
     if conv and adapter.kind == "lora" and any(b.tucker != "adapter" for b in adapter.blocks):
         from dbspec.runtime.blocks import block_tuckers
         from dbspec.runtime.locon_tucker import with_tucker
@@ -230,7 +247,9 @@ def add_lora(
         conv
         and adapter.fused
         and adapter.kind in ("lokr", "loha")
-        and (adapter.scalar or norm_scalars(adapter))
+        # the adapter's scalars, or blocks' own (LyCORIS map entries' use_scalar: a block covers whole
+        # fused layers, DBS507)
+        and (adapter.scalar or norm_scalars(adapter) or any(b.scalar == "on" for b in adapter.blocks))
     ):
         from dbspec.runtime.fused import tie_fused_scalars  # one scalar per fused LoKr / LoHa
 

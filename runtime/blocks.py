@@ -54,8 +54,9 @@ def with_blocks(
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
-        if (
-            block is None and adapter.kind == "diag-oft"
+        if block is None and adapter.kind in (
+            "diag-oft",
+            "boft",
         ):  # peft's rank: its block-size hint, alpha: constraint
             rank, alpha = adapter.oft_block_size, adapter.oft_constraint
         elif block is None:
@@ -127,6 +128,28 @@ def block_switches(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
         }
         for path, _, block in _blocks_of(module, targets, blocks, component)
         if block is not None and any(getattr(block, k) != "adapter" for k in keys)
+    }
+
+
+def block_rescaled(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{id(layer): rescaled} of the Diag-OFT / BOFT layers whose block sets its own row rescale (LyCORIS's map
+    entries' `rescaled`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return {
+        id(layer): block.rescaled == "on"
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.rescaled != "adapter"
+    }
+
+
+def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{id(layer): unit} of the DyLoRA layers whose block sets its own ranks per block (LyCORIS's map
+    entries' `block_size`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return {
+        id(layer): block.unit
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.unit
     }
 
 

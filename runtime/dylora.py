@@ -208,7 +208,18 @@ def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
     return tie_parts(module, groups, adapted, "DyLoRA", same, "rank, unit or alpha", tie)
 
 
-def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: bool = False):
+def dispatch_dylora(
+    unit: int,
+    form: str,
+    module_dropout: float = 0.0,
+    bypass: bool = False,
+    units: dict[int, int] | None = None,
+):
+    """peft's custom dispatcher building DyloraLayer on Linear and Conv2d layers in blocks of `unit` ranks,
+    or of `units` ({id(base layer): unit}: the layers whose block sets its own, LyCORIS map entries'
+    `block_size`)."""
+    units = units or {}
+
     def dispatch(target: nn.Module, adapter_name: str, config, **kwargs: Any):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if isinstance(base, (nn.Linear, nn.Conv2d)):
@@ -218,7 +229,7 @@ def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: b
                 config=config,
                 r=kwargs.get("r", config.r),
                 lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
-                unit=unit,
+                unit=units.get(id(base), unit),
                 form=form,
                 module_dropout=module_dropout,
                 bypass=bypass,
@@ -226,6 +237,16 @@ def dispatch_dylora(unit: int, form: str, module_dropout: float = 0.0, bypass: b
         return None
 
     return dispatch
+
+
+def with_units(config, adapter, units: dict[int, int]):
+    """`config` (dylora_config's, after runtime/blocks.py's with_blocks) building the layers of `units`
+    ({id(base layer): unit}) in blocks of their own unit."""
+    dispatch = dispatch_dylora(
+        adapter.dylora_unit, adapter.dylora_form, adapter.module_dropout, adapter.bypass, units
+    )
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
+    return config
 
 
 def dylora_config(adapter, targets: list[str], convs: list[str]):

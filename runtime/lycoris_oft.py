@@ -188,9 +188,12 @@ def dispatch_oft(
     rescaled: bool = False,
     layer: type | None = None,
     bypass: bool = False,
+    own_rescaled: dict[int, bool] | None = None,
     **kwargs: Any,
 ):
-    """peft's custom dispatcher for Linear and Conv2d: `layer` (DiagOftLayer, or BOFT's subclass)."""
+    """peft's custom dispatcher for Linear and Conv2d: `layer` (DiagOftLayer, or BOFT's subclass);
+    `own_rescaled`: {id(base layer): rescaled} of the layers whose block sets its own (LyCORIS map
+    entries' `rescaled`), the others `rescaled`."""
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):
         return (layer or DiagOftLayer)(
@@ -199,7 +202,7 @@ def dispatch_oft(
             config=config,
             r=kwargs.get("r", config.r),
             lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
-            rescaled=rescaled,
+            rescaled=(own_rescaled or {}).get(id(base), rescaled),
             bypass=bypass,
             target_name=kwargs.get("target_name"),  # peft's module path
         )
@@ -222,8 +225,16 @@ def oft_config(
     return with_oft(config, rescaled, layer, bypass)
 
 
-def with_oft(config, rescaled: bool, layer: type | None = None, bypass: bool = False):
-    dispatch = partial(dispatch_oft, rescaled=rescaled, layer=layer, bypass=bypass)
+def with_oft(
+    config,
+    rescaled: bool,
+    layer: type | None = None,
+    bypass: bool = False,
+    own_rescaled: dict[int, bool] | None = None,
+):
+    """`config` building `layer` (DiagOftLayer, or BOFT's) on its Linear and Conv2d targets, each with a
+    row rescale when `rescaled`, or as `own_rescaled` ({id(base layer): rescaled}) says for its layers."""
+    dispatch = partial(dispatch_oft, rescaled=rescaled, layer=layer, bypass=bypass, own_rescaled=own_rescaled)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 
@@ -234,6 +245,15 @@ def has_oft(state: dict[str, torch.Tensor]) -> bool:
 
 def has_rescale(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_oft_rescale" in key for key in state)
+
+
+def rescale_layers(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[int, bool]:
+    """{id(layer): True / False} of `module`'s Diag-OFT layers a peft state dict holds, True for those with a
+    trained row rescale (`lora_oft_rescale`): with_oft's `own_rescaled` for a folder whose blocks gave
+    some layers one of their own."""
+    paths = {key.split(".lora_oft_blocks")[0] for key in state if ".lora_oft_blocks" in key}
+    rescaled = {key.split(".lora_oft_rescale")[0] for key in state if ".lora_oft_rescale" in key}
+    return {id(module.get_submodule(path)): path in rescaled for path in paths}
 
 
 class KohyaOftLayer(DiagOftLayer):

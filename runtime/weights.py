@@ -355,14 +355,22 @@ def load_peft_adapters(
             config = with_glora(config, scalar=has_glora_scalar(state))
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
-        if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT)
-            config = with_oft(config, has_rescale(state), BoftLayer, bypass)
+        if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT, each layer's rescale)
+            from dbspec.runtime.lycoris_oft import rescale_layers
+
+            own = rescale_layers(module, state)
+            config = with_oft(config, has_rescale(state), BoftLayer, bypass, own_rescaled=own)
         elif has_oft(state) and oft_form == "kohya":  # kohya's networks.oft (dim and alpha: r and alpha)
             from dbspec.runtime.lycoris_oft import KohyaOftLayer
 
             config = with_oft(config, False, KohyaOftLayer)
         elif has_oft(state):  # LyCORIS's Diag-OFT (lora_dim and constraint ride on the config's r and alpha)
-            config = with_oft(config, has_rescale(state), bypass=bypass)
+            from dbspec.runtime.lycoris_oft import rescale_layers
+
+            # each layer's row rescale as saved (blocks may set their own: LyCORIS map entries)
+            config = with_oft(
+                config, has_rescale(state), bypass=bypass, own_rescaled=rescale_layers(module, state)
+            )
         training = module.training
         if (
             getattr(config, "peft_type", None) == "LOKR"

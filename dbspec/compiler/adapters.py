@@ -170,8 +170,14 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
 
 
 def _rank_blocks(adapter) -> dict:
-    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate)."""
+    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate), and a
+    DyLoRA block's own unit where it differs from the adapter's."""
     conv = adapter.conv_rank > 0
+
+    def unit(b) -> int:
+        own = getattr(b, "unit", 0)
+        return own if own and own != getattr(adapter, "unit", 0) else 0
+
     return dict(
         blocks=tuple(
             BlockPlan(
@@ -180,11 +186,13 @@ def _rank_blocks(adapter) -> dict:
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,
                 conv_alpha=b.conv_alpha if conv else 1.0,
+                unit=unit(b),
             )
             for b in adapter.blocks
         ),
         text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, unit=unit(b))
+            for b in adapter.text_encoder_blocks
         ),
     )
 
@@ -238,19 +246,24 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
 
 
 def _oft_blocks(adapter) -> dict:
-    """Diag-OFT's per-module block sizes (a LyCORIS preset file's dims) as blocks whose rank is the block-size
-    hint, linear and convolution alike, and whose alpha is the adapter's constraint (runtime/blocks.py)."""
-    if adapter.kind != "diag-oft" or not (adapter.blocks or adapter.text_encoder_blocks):
+    """Diag-OFT's and BOFT's per-module block sizes, constraints and rescales (a LyCORIS preset file's
+    entries) as blocks whose rank is the block-size hint, linear and convolution alike, whose alpha is the
+    constraint (the block's, else the adapter's) and whose `rescaled` differs from the adapter's or is
+    "adapter"
+    (runtime/blocks.py)."""
+    if adapter.kind not in ("diag-oft", "boft") or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
-    c = adapter.constraint
+
+    def plan(b, conv: bool) -> BlockPlan:
+        c = adapter.constraint if b.constraint < 0 else b.constraint
+        own = adapter.rescaled if b.rescaled == "adapter" else b.rescaled == "on"
+        rescaled = "adapter" if own == adapter.rescaled else "on" if own else "off"
+        size = {"conv_rank": b.block_size, "conv_alpha": c} if conv else {}
+        return BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, rescaled=rescaled, **size)
+
     return dict(
-        blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, conv_rank=b.block_size, conv_alpha=c)
-            for b in adapter.blocks
-        ),
-        text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c) for b in adapter.text_encoder_blocks
-        ),
+        blocks=tuple(plan(b, True) for b in adapter.blocks),
+        text_encoder_blocks=tuple(plan(b, False) for b in adapter.text_encoder_blocks),
     )
 
 
@@ -351,7 +364,10 @@ def adapter_params(
         ranks = [adapter.rank, adapter.conv_rank, *(max(b.rank, getattr(b, "conv_rank", 0)) for b in blocks)]
         return _at_rank(public, components, 3 * max(ranks))
     if adapter.kind == "boft":  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
-        return _at_rank(public, components, 16 * adapter.block_size + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
+        return _at_rank(
+            public, components, 16 * max([adapter.block_size, *(b.block_size for b in blocks)]) + 1
+        )
     if adapter.kind == "diag-oft" and getattr(adapter, "form", "lycoris") == "kohya":
         # kohya's networks.oft: out x (out / blocks) per layer, at most (in + out) x (widest / blocks); the
         # U-Nets' widest targeted linear is GEGLU's ff.net.0.proj (8 x 1280) or else 1280

@@ -9,6 +9,7 @@ naming the layer."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dbspec.compiler.modelinfo import _component_weights
@@ -25,17 +26,28 @@ def _targeted(path: str, targets: tuple[str, ...]) -> bool:
 
 
 def unsplittable_layers(
-    tensors: list[tuple[str, object]], targets: tuple[str, ...], conv_targets: tuple[str, ...], block: int
+    tensors: list[tuple[str, object]],
+    targets: tuple[str, ...],
+    conv_targets: tuple[str, ...],
+    block: int,
+    blocks: tuple = (),
+    prefix: str = "",
 ) -> list[tuple[str, int]]:
     """(module path, output width) of each targeted Linear (2-D weight) or Conv2d (4-D: `conv_targets`)
-    whose width LyCORIS's power2factorization cannot split with `block`."""
+    whose width LyCORIS's power2factorization cannot split with `block`, or with the block size of the first
+    of `blocks` (the plan's per-module blocks, their rank the block size) whose pattern `re.search`es
+    `prefix` + its path (runtime/blocks.py's rule: a text encoder's blocks search `<component>.<path>`)."""
     found = []
     for name, info in tensors:
         if not name.endswith(".weight"):
             continue
         path, shape = name.removesuffix(".weight"), tuple(info.shape)
         names = targets if len(shape) == 2 else conv_targets if len(shape) == 4 else ()
-        if names and _targeted(path, names) and not power2_factorization(shape[0], block)[1]:
+        if not names or not _targeted(path, names):
+            continue
+        own = next((b for b in blocks if re.search(b.pattern, prefix + path)), None)
+        size = block if own is None else own.rank
+        if not power2_factorization(shape[0], size)[1]:
             found.append((path, shape[0]))
     return found
 
@@ -47,18 +59,20 @@ def check_boft_widths(ctx, model, adapter) -> None:
     family = family_spec(model.family)
     if getattr(model, "denoiser_file", ""):  # per-component files: their layers are checked when built
         return
-    parts = [(family.denoiser, adapter.denoiser_targets, adapter.conv_targets)]
+    parts = [(family.denoiser, adapter.denoiser_targets, adapter.conv_targets, adapter.blocks, "")]
     if adapter.text_encoder_targets and not any(getattr(model, "text_encoder_files", ()) or ()):
         parts += [
             (
                 name,
                 adapter.text_encoder_2_targets if name == "text_encoder_2" else adapter.text_encoder_targets,
                 (),
+                adapter.text_encoder_blocks,
+                f"{name}.",
             )
             for name in family.text_encoder_names
         ]
     bad: list[tuple[str, str, int]] = []
-    for component, targets, convs in parts:
+    for component, targets, convs, blocks, prefix in parts:
         try:
             weights = _component_weights(Path(model.path) / component)
         except (ModelFileError, OSError):  # the model's own checks report unreadable files
@@ -66,7 +80,8 @@ def check_boft_widths(ctx, model, adapter) -> None:
         if weights is None or weights.tensors is None:
             continue
         block = adapter.oft_block_size
-        bad += [(component, p, w) for p, w in unsplittable_layers(weights.tensors, targets, convs, block)]
+        found = unsplittable_layers(weights.tensors, targets, convs, block, blocks, prefix)
+        bad += [(component, p, w) for p, w in found]
     if not bad:
         return
     widths = sorted({w for _, _, w in bad})
@@ -74,11 +89,12 @@ def check_boft_widths(ctx, model, adapter) -> None:
         f" and {len(bad) - 4} more" if len(bad) > 4 else ""
     )
     fits = _block_sizes(widths)
+    own = " (or their [[adapter.blocks]]' own)" if adapter.blocks or adapter.text_encoder_blocks else ""
     ctx.report(
         "DBS390",
         "error",
         f"LyCORIS's BOFT cannot split {len(bad)} targeted layer(s) of this model with block_size "
-        f"{adapter.oft_block_size}: {shown}. Its power2factorization needs an even block size "
+        f"{adapter.oft_block_size}{own}: {shown}. Its power2factorization needs an even block size "
         "b <= block_size with width / b a power of two (LyCORIS raises on these layers too)",
         KEY,
         help=(

@@ -168,6 +168,8 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                     "adapter.fused_projections = false",
                 )
                 return
+            if not lokr and _split_scalar(ctx, group, index, found, plan):
+                return
             if found and len(found) < len(group.parts):
                 missing = [p for p in group.parts if p not in found]
                 partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
@@ -194,6 +196,29 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
             help="add the missing parts to adapter.denoiser_targets (kohya's Flux set adds proj_mlp), or "
             "accept the zero rows",
         )
+
+
+def _split_scalar(ctx: Context, group: FusedProjection, index: int, found: dict, plan: AdapterPlan) -> bool:
+    """DBS507: LyCORIS's LoCon on a fused layer has one scalar (use_scalar), which the parts share
+    (runtime/fused.py): a block's own scalar must cover every adapted part alike. Whether it reported."""
+    own = {}
+    for part in found:
+        block = next((b for b in plan.blocks if re.search(b.pattern, f"{group.blocks}.{index}.{part}")), None)
+        own[part] = plan.scalar if block is None or block.scalar == "adapter" else block.scalar == "on"
+    if len(set(own.values())) < 2:
+        return False
+    shown = ", ".join(f"{part} {'with' if on else 'without'}" for part, on in own.items())
+    ctx.report(
+        "DBS507",
+        "error",
+        f"adapter.fused_projections shares one LyCORIS scalar among the parts of {group.blocks}.{index}'s "
+        f"fused {group.kohya_name}, but its [[adapter.blocks]] give some parts a scalar and others not: "
+        f"{shown}",
+        ("adapter", "blocks"),
+        help="give the parts of a fused layer one `scalar` ([[adapter.blocks]] patterns that match them "
+        "all), or set adapter.fused_projections = false",
+    )
+    return True
 
 
 def _split_by_blocks(ctx: Context, group: FusedProjection, index: int, plan: AdapterPlan) -> bool:
@@ -306,6 +331,16 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
         )
 
 
+def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict) -> set[int]:
+    """The DyLoRA units of a fused layer's adapted parts: each part's first matching block's own, else the
+    adapter's (LyCORIS's DyLoraModule on the fused Linear has one)."""
+    units = set()
+    for part in adapted:
+        block = next((b for b in plan.blocks if re.search(b.pattern, f"{group.blocks}.{index}.{part}")), None)
+        units.add(block.unit if block is not None and block.unit else plan.dylora_unit)
+    return units
+
+
 def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
@@ -340,6 +375,9 @@ def _check_fused_module(
                 break
             if len(set(adapted.values())) > 1:
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
+                break
+            if isinstance(adapter, DyloraAdapter) and len(_units(group, index, plan, adapted)) > 1:
+                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts in blocks of other units")
                 break
     if found:
         ctx.report(

@@ -2446,6 +2446,23 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+@rule("spec")
+def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A text-encoder block's own DyLoRA unit (runtime/dylora.py per layer) on another kind (DBS584)."""
+    a = spec.adapter
+    if a.kind == "dylora":
+        return
+    for i, block in enumerate(getattr(a, "text_encoder_blocks", ())):
+        if getattr(block, "unit", 0):
+            yield _err(
+                "DBS584",
+                ("adapter", "text_encoder_blocks", i, "unit"),
+                f'adapter.text_encoder_blocks[{i}].unit = {block.unit} with adapter.kind = "{a.kind}": a '
+                "block's unit cuts DyLoRA layers' ranks into blocks, which no other kind trains",
+                codes.help("DBS584"),
+            )
+
+
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
 # kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578
 _MIXED_OFF = {
@@ -2612,7 +2629,8 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("init_weights", getattr(a, "init_weights", "")),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            ("fused_projections", getattr(a, "fused_projections", False)),
+            # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
+            ("fused_projections", tucker and getattr(a, "fused_projections", False)),
             # LoCon's Tucker layers: no DoRA of either form, no dropouts beside the module's
             *(
                 (key, tucker and bool(getattr(a, key, False)))
@@ -3210,22 +3228,26 @@ def eager_attention_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit (DBS548; kohya and
-    LyCORIS assert it)."""
+    """DyLoRA's rank and conv_rank, and its blocks' ranks, are whole blocks of adapter.unit, or of a block's
+    own unit (DBS548; kohya and LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
         return
-    found = [(("adapter", key), f"adapter.{key}", getattr(a, key)) for key in ("rank", "conv_rank")]
-    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank
+    unit = ("adapter.unit", a.unit)
+    found = [(("adapter", key), f"adapter.{key}", getattr(a, key), unit) for key in ("rank", "conv_rank")]
+    for table in ("blocks", "text_encoder_blocks"):  # each module's own rank, in its own unit if it has one
         for i, block in enumerate(getattr(a, table)):
+            own_unit = getattr(block, "unit", 0)  # DyloraBlock; text-encoder blocks: the adapter's
+            own = (f"adapter.{table}[{i}].unit", own_unit) if own_unit else unit
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
-                found.append((("adapter", table, i, key), f"adapter.{table}[{i}].{key}", getattr(block, key)))
-    for path, name, value in found:
-        if value % a.unit:
+                path = ("adapter", table, i, key)
+                found.append((path, f"adapter.{table}[{i}].{key}", getattr(block, key), own))
+    for path, name, value, (what, size) in found:
+        if value % size:
             yield _err(
                 "DBS548",
                 path,
-                f"{name} = {value} is not a multiple of adapter.unit = {a.unit} (DyLoRA trains one block of "
+                f"{name} = {value} is not a multiple of {what} = {size} (DyLoRA trains one block of "
                 "unit ranks per step)",
                 codes.help("DBS548"),
             )
@@ -3298,8 +3320,9 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
         for i, block in enumerate(getattr(a, table)):
             ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
-            if any(r and r != a.unit for r in ranks):
-                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // a.unit} blocks")
+            size = getattr(block, "unit", 0) or a.unit
+            if any(r and r != size for r in ranks):
+                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // size} blocks")
     if why:
         yield _err(
             "DBS549",

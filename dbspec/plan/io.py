@@ -237,6 +237,12 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own LyCORIS use_scalar (map entries), added since
         ("adapter", "blocks", "*", "scalar"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "scalar"): "adapter",
+        # a block's own Diag-OFT rescaled (map entries), added since
+        ("adapter", "blocks", "*", "rescaled"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "rescaled"): "adapter",
+        # a block's own DyLoRA unit (map entries' block_size), added since
+        ("adapter", "blocks", "*", "unit"): 0,
+        ("adapter", "text_encoder_blocks", "*", "unit"): 0,
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

@@ -131,6 +131,12 @@ class BlockPlan:
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
     # adapter's `scalar`; "adapter": the adapter's
     scalar: Literal["adapter", "on", "off"] = "adapter"
+    # Diag-OFT: the layers' trained row rescale, "on" / "off" where it differs from the adapter's
+    # oft_rescaled (LyCORIS map entries' own `rescaled`; their own constraint is the block's alpha)
+    rescaled: Literal["adapter", "on", "off"] = "adapter"
+    # DyLoRA: the layers' ranks per block in place of the adapter's dylora_unit (LyCORIS map entries' own
+    # `block_size`); 0: the adapter's
+    unit: int = 0
 
 
 @frozen

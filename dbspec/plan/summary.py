@@ -1455,8 +1455,10 @@ def _fused_draw(a) -> str:
 
 
 def _block_factor(block) -> str:
-    """A block's own LoKr split factor and switches (LyCORIS preset files' map entries)."""
+    """A block's own LoKr split factor and switches, DyLoRA unit and OFT row rescale (LyCORIS preset files'
+    map entries)."""
     out = f", LoKr factor {block.factor}" if block.factor else ""
+    out += f", DyLoRA blocks of {block.unit}" if block.unit else ""
     for key in (
         "decompose_both",
         "full_matrix",
@@ -1465,6 +1467,7 @@ def _block_factor(block) -> str:
         "rank_stabilized",
         "rank_dropout_scale",
         "scalar",
+        "rescaled",
     ):
         if getattr(block, key) != "adapter":
             out += f", {key} {getattr(block, key)}"

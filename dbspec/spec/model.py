@@ -553,6 +553,15 @@ class TextEncoderBlock:
         "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
+    unit: int = option(
+        0,
+        doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's own `block_size`); their rank must be a "
+        "multiple of it. 0: the adapter's.",
+        minimum=0,
+        maximum=100_000,
+        example=2,
+    )
 
 
 def _adapter_blocks():
@@ -589,8 +598,8 @@ class DyloraBlock:
         example="^down_blocks\\.0\\.",
     )
     rank: int = option(
-        doc="Rank of the matched linear (and 1x1) layers, a multiple of the adapter's `unit`; 0 adapts none "
-        "of them. Up to 100000 (a LyCORIS preset file's dims).",
+        doc="Rank of the matched linear (and 1x1) layers, a multiple of the block's `unit` (else the "
+        "adapter's); 0 adapts none of them. Up to 100000 (a LyCORIS preset file's dims).",
         minimum=0,
         maximum=100_000,
     )
@@ -598,11 +607,20 @@ class DyloraBlock:
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
-        "of `unit`; 0 adapts none. Up to 100000.",
+        "of the block's `unit` (else the adapter's); 0 adapts none. Up to 100000.",
         minimum=0,
         maximum=100_000,
     )
     conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    unit: int = option(
+        0,
+        doc="Ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS preset "
+        "file's `module_algo_map` / `name_algo_map` entry's own `block_size`): each of them draws one of "
+        "its rank / unit blocks per step. 0: the adapter's.",
+        minimum=0,
+        maximum=100_000,
+        example=2,
+    )
 
 
 def _lycoris_output_dropout(what: str):
@@ -1095,8 +1113,9 @@ def _rotated_conv_targets():
 
 @frozen
 class OftBlock:
-    """LyCORIS Diag-OFT's block-size hint for the modules one pattern names (a LyCORIS preset file's
-    `module_algo_map` / `name_algo_map` entries with their own dim on an algo=diag-oft network)."""
+    """LyCORIS Diag-OFT's or BOFT's block-size hint, constraint and rescale for the modules one pattern names
+    (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with their own dim, `constraint` or
+    `rescaled` on an algo=diag-oft or algo=boft network)."""
 
     pattern: str = option(
         doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
@@ -1111,6 +1130,22 @@ class OftBlock:
         minimum=1,
         maximum=65536,
         example=8,
+    )
+    constraint: float = option(
+        -1.0,
+        doc="The matched layers' COFT `constraint` in place of the adapter's (a LyCORIS preset file's "
+        "`module_algo_map` / `name_algo_map` entry's own `constraint`: their skew-symmetric blocks scaled "
+        "down to norm constraint x (output width) when larger, saved as their `alpha`; 0 constrains "
+        "nothing); a negative value (the default, -1): the adapter's.",
+        minimum=-1,
+        example=1e-3,
+    )
+    rescaled: BlockSwitch = option(
+        "adapter",
+        doc="Whether the matched layers also train a scale per output row (the adapter's `rescaled` in "
+        "place of it; a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's own `rescaled`): "
+        "on, off, or `adapter` (the adapter's).",
+        example="on",
     )
 
 
@@ -1199,14 +1234,15 @@ class DiagOftAdapter:
     )
     blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes of the denoiser's Diag-OFT layers ([[adapter.blocks]] tables: LyCORIS "
-        "preset files' `module_algo_map` / `name_algo_map` dims); modules no block matches keep "
-        "`block_size`. LyCORIS's form, without `fused_projections`.",
+        doc="Per-module block sizes, constraints and rescales of the denoiser's Diag-OFT layers "
+        "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries); "
+        "modules no block matches keep `block_size`, `constraint` and `rescaled`. LyCORIS's form, without "
+        "`fused_projections`.",
     )
     text_encoder_blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes of the text encoders' Diag-OFT layers ([[adapter.text_encoder_blocks]] "
-        "tables); modules no block matches keep `block_size`.",
+        doc="Per-module block sizes, constraints and rescales of the text encoders' Diag-OFT layers "
+        "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
     )
 
 
@@ -1242,6 +1278,18 @@ class BoftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes, constraints and rescales of the denoiser's BOFT layers "
+        "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries' own "
+        "dim, `constraint`, `rescaled`); each matched layer split by its block's `block_size` as "
+        "`block_size` splits the others (a width it cannot split refused alike).",
+    )
+    text_encoder_blocks: list[OftBlock] = option(
+        factory=list,
+        doc="Per-module block sizes, constraints and rescales of the text encoders' BOFT layers "
+        "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
+    )
 
 
 @frozen
@@ -1414,9 +1462,9 @@ class DyloraAdapter:
     )
     text_encoder_blocks: list[TextEncoderBlock] = option(
         factory=list,
-        doc="Per-module ranks and alphas of the text encoders' DyLoRA layers "
-        "([[adapter.text_encoder_blocks]] tables; ranks multiples of `unit`): modules no block matches keep "
-        "`rank` and `alpha`.",
+        doc="Per-module ranks, alphas and units of the text encoders' DyLoRA layers "
+        "([[adapter.text_encoder_blocks]] tables; ranks multiples of the block's `unit`, else the "
+        "adapter's): modules no block matches keep `rank`, `alpha` and `unit`.",
     )
     init_weights: str = option(
         "",

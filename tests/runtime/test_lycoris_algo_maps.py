@@ -372,6 +372,202 @@ def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch):
     assert ours == theirs
 
 
+# Diag-OFT entries' own constraint and rescaled (issue 12): the MLP at its own constraint without the
+# network's rescale, the ResNets at their own dim, CLIP's MLP at its own constraint (a string `rescaled`:
+# true to DiagOFTModule's `if rescaled`, the network's), CLIP's attention at the network's constraint
+OFT_OPTS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["conv_in"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+constraint = 0.0001
+rescaled = false
+[module_algo_map.ResnetBlock2D]
+dim = 8
+[module_algo_map.CLIPMLP]
+constraint = 0.001
+rescaled = "false"
+[module_algo_map.CLIPAttention]
+constraint = 0.01
+"""
+
+
+def _oft_layers(made) -> dict[str, tuple]:
+    """Each DiagOFTModule's oft_blocks shape, alpha, constraint (x out_dim), whether it trains a rescale."""
+    return {
+        m.lora_name: (
+            tuple(m.oft_blocks.shape),
+            round(float(m.alpha), 9),
+            round(float(m.constraint), 9),
+            "rescale" in dict(m.named_parameters()),
+        )
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+
+
+def _oft_layers_of(unet, text) -> dict[str, tuple]:
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    return {
+        prefix + name.replace(".", "_"): (
+            tuple(layer.lora_oft_blocks["default"].shape),
+            round(float(layer.lora_alpha["default"]), 9),
+            round(float(layer.constraint["default"]), 9),
+            "default" in layer.lora_oft_rescale,
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks
+    }
+
+
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_oft_entry_dims_constraint_and_rescaled_train_and_resume_as_lycoris(
+    pipe, algo, tmp_path, monkeypatch
+):
+    """algo=diag-oft / boft with entries' own dim, `constraint` and `rescaled`: every layer's blocks (BOFT's
+    butterfly stages at the entry's block size), alpha, constraint and row rescale as lycoris-lora's
+    DiagOFTModule / ButterflyOFTModule builds them from the same file; a tiny run stopped after a step and
+    resumed gives the uninterrupted run's losses and export bit for bit, the export holds LyCORIS's tensors in
+    its shapes with its alphas, and the adapter folders load back, each layer as its block built it (issue
+    12)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["oft-opts"] = OFT_OPTS
+    try:
+        path, plan = _converted_plan(tmp_path, "oft-opts", algo, '"constraint=0.01" "rescaled=True"')
+    finally:
+        del PRESETS["oft-opts"]
+    a = plan.adapter
+    assert (a.oft_constraint, a.oft_rescaled) == (0.01, True) and a.oft_block_size == 4
+    assert sorted(b.rank for b in a.blocks) == [4, 8]  # the MLP at the network's dim, the ResNets at 8
+    assert sorted(b.rescaled for b in [*a.blocks, *a.text_encoder_blocks]) == ["adapter", "adapter", "off"]
+    made = _lycoris(pipe, path, monkeypatch, algo, constraint="0.01", rescaled="True")
+    theirs = _oft_layers(made)
+    assert len({v[0] for v in theirs.values()}) > 2  # block shapes: the ResNets' at their own dim
+    assert len({v[1] for v in theirs.values()}) == 3 and {v[3] for v in theirs.values()} == {True, False}
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    assert _oft_layers_of(unet, text) == theirs
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (ours,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    ours, again = load_file(str(ours)), load_file(str(again))
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+    saved = {
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in saved.items()}
+    alphas = {k: round(float(v), 9) for k, v in ours.items() if k.endswith(".alpha")}
+    assert alphas == {k: round(float(v), 9) for k, v in saved.items() if k.endswith(".alpha")}
+    moved = [
+        k for k, v in ours.items() if k.endswith(("oft_blocks", "rescale")) and not torch.equal(v, saved[k])
+    ]
+    assert any(k.endswith("rescale") for k in moved) and any(k.endswith("oft_blocks") for k in moved)
+    fresh = build_pipeline("builtin:tiny-sd1")  # the run's adapter folders load back (`dbspec sample`)
+    modules = {"unet": fresh.unet, "text_encoder": fresh.text_encoder}
+    assert sorted(load_peft_adapters(Path(whole.final), modules)) == sorted(modules)
+    assert _oft_layers_of(fresh.unet, fresh.text_encoder) == theirs
+    for name, module in modules.items():
+        state = load_file(str(Path(whole.final) / name / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(module)
+        assert state.keys() == loaded.keys() and all(torch.equal(state[k], loaded[k]) for k in state), name
+
+
+# DyLoRA entries' own block_size (issue 12): the MLP at its own dim in blocks of 4, the ResNets (their 3x3
+# convolutions too) and CLIP's attention in blocks of 1, conv_in in one block of 4, the rest in the network's
+# blocks of 2
+DYLORA_UNITS = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = ["conv_in"]
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+dim = 8
+block_size = 4
+[module_algo_map.ResnetBlock2D]
+block_size = 1
+[name_algo_map.conv_in]
+block_size = 4
+[module_algo_map.CLIPAttention]
+block_size = 1
+"""
+
+
+def test_dylora_entry_block_sizes_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
+    """algo=dylora with entries' own `block_size`: every layer in LyCORIS's class, at its dim and scale, in
+    blocks of the size lycoris-lora's DyLoraModule gives it from the same file (its up_list / down_list);
+    a tiny run stopped after a step and resumed gives the uninterrupted run's losses and export bit for
+    bit, the export holding LyCORIS's saved tensors in their shapes (issue 12)."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.dylora import DyloraLayer
+    from tests.unit.convert_kit import out_path
+
+    PRESETS["dylora-units"] = DYLORA_UNITS
+    try:
+        path, plan = _converted_plan(tmp_path, "dylora-units", "dylora", '"block_size=2"')
+    finally:
+        del PRESETS["dylora-units"]
+    assert plan.adapter.dylora_unit == 2 and sorted(b.unit for b in plan.adapter.blocks) == [1, 4, 4]
+    assert [b.unit for b in plan.adapter.text_encoder_blocks] == [1]
+    made = _lycoris(pipe, path, monkeypatch, "dylora", block_size="2")
+    modules = [*made.unet_loras, *made.text_encoder_loras]
+    theirs = {m.lora_name: (*_theirs(made)[m.lora_name], m.block_size, len(m.up_list)) for m in modules}
+    assert {v[3] for v in theirs.values()} == {1, 2, 4}
+    unet, text, a = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder), plan.adapter
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {
+        prefix + name.replace(".", "_"): (
+            "DyLoraModule",
+            layer.r["default"],
+            round(float(layer.scaling["default"]), 12),
+            layer.unit,
+            layer.blocks("default"),
+        )
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if isinstance(layer, DyloraLayer) and "default" in layer.r
+    }
+    assert ours == theirs
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (done,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    done, again = load_file(str(done)), load_file(str(again))
+    assert done.keys() == again.keys() and all(torch.equal(done[k], again[k]) for k in done)
+    # LyCORIS saves a convolution's lora_up 2-D (out, rank), dbspec kohya's 4-D (out, rank, 1, 1)
+    saved = {f"{m.lora_name}.{k}": v for m in modules for k, v in m.custom_state_dict().items()}
+    assert {k: list(v.shape[:2]) + [v.numel()] for k, v in done.items()} == {
+        k: list(v.shape[:2]) + [v.numel()] for k, v in saved.items()
+    }
+    assert any(not torch.equal(v, saved[k]) for k, v in done.items() if "lora_up" in k), "it trained"
+
+
 # extra network arguments of a variant: LoCon's Tucker form (lora_mid per k x k convolution), LyCORIS's
 # weight decomposition (dora_scale per layer)
 VARIANTS = {"tucker": "use_tucker", "dora": "dora_wd"}

@@ -314,3 +314,58 @@ def test_lycoris_bypass_on_a_fused_linear_is_the_rebuilt_forward(cls):
         torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
         skipped += int(torch.equal(outs[0], fused(x)))
     assert 0 < skipped < 6
+
+
+# a LyCORIS map entry's own use_scalar on the first double block's img qkv (issue 12): its block's scalar
+OWN_SCALAR = (
+    '[[adapter.blocks]]\npattern = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"\n'
+    'rank = 2\nalpha = 1.5\nscalar = "on"\n'
+)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha", "lora"])
+def test_block_scalar_on_a_fused_layer_is_lycoris_use_scalar(tmp_path, kind):
+    """A block's own scalar (a preset map entry's use_scalar) over a whole fused qkv, the adapter's off: its
+    parts share one trained scalar, the other fused layers have none; the run resumes bit-exact, and the
+    fused layer's outputs and its scalar's gradient are lycoris-lora's LokrModule / LohaModule / LoConModule
+    with use_scalar on the fused Linear holding the same values (issue 12)."""
+    from lycoris.modules.locon import LoConModule
+
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"') + OWN_SCALAR
+    extra += '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert not plan.adapter.scalar and [b.scalar for b in plan.adapter.blocks] == ["on"]
+    transformer = whole.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    qkv, context = (attn.to_q, attn.to_k, attn.to_v), (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    assert all(layer_scalar(p) is layer_scalar(qkv[0]) for p in qkv)  # one scalar per fused layer
+    assert layer_scalar(qkv[0]).item() != 0.0  # trained from 0
+    assert all(layer_scalar(p) is None for p in context)  # the network's: none
+    fused = _fused_linear([p.base_layer for p in qkv])
+    if kind == "lora":
+        theirs = LoConModule("qkv", fused, 1.0, 2, 1.5, use_scalar=True)
+        with torch.no_grad():
+            theirs.lora_down.weight.copy_(qkv[0].lora_A["default"].weight)
+            theirs.lora_up.weight.copy_(torch.cat([p.lora_B["default"].weight for p in qkv]))
+            theirs.scalar.copy_(layer_scalar(qkv[0]))
+        theirs.apply_to()
+    else:
+        theirs = _theirs(LokrModule if kind == "lokr" else LohaModule, qkv)
+    x, target = torch.randn(3, 16), torch.randn(3, 48)
+    ours = torch.cat([p(x) for p in qkv], dim=-1)
+    expected = theirs.eval()(x)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(ours, target).backward()
+    torch.nn.functional.mse_loss(expected, target).backward()
+    torch.testing.assert_close(layer_scalar(qkv[0]).grad, theirs.scalar.grad, rtol=1e-4, atol=1e-8)
+    # the export (the scalar folded in) loads in lycoris-lora's module with the trained outputs
+    from tests.runtime.test_lycoris_flux import _fused_locon
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    loaded = (
+        _fused_locon(tensors, name, qkv) if kind == "lora" else _module(theirs.__class__, tensors, name, qkv)
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), ours.detach(), rtol=0, atol=1e-5)

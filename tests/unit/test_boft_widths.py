@@ -111,3 +111,23 @@ def test_the_plan_refuses_a_base_model_layer_boft_cannot_split(tmp_path):
     assert "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k (320 rows)" in diagnostic.message
     write_spec(tmp_path, model={"base": "models/sd15"}, adapter={**adapter, "block_size": 10})
     assert "DBS390" not in codes(compile_in(tmp_path))
+
+
+def test_a_block_of_its_own_splits_its_layers(tmp_path):
+    """A block with its own block size (a LyCORIS preset map entry's dim) splits the layers it matches: to_q
+    (320 rows) at the block's 10 passes, the conv at the adapter's 4 is still named (issue 12)."""
+    from dbspec.plan.model import BlockPlan
+
+    model = _model(tmp_path, UNET)
+    ctx = _Ctx()
+    adapter = AdapterPlan(
+        kind="boft",
+        oft_block_size=4,
+        denoiser_targets=("to_q", "to_k"),
+        conv_targets=("conv1",),
+        blocks=(BlockPlan(pattern=r"to_q$", rank=10, alpha=0.0, conv_rank=10, conv_alpha=0.0),),
+    )
+    check_boft_widths(ctx, model, adapter)
+    ((code, _, message, _, _),) = ctx.reports
+    assert code == "DBS390" and "conv1 (40 rows)" in message and "to_q" not in message
+    assert general.power2factorization(320, 10)[1] and not general.power2factorization(320, 4)[1]

@@ -315,10 +315,22 @@ def test_lokr_entry_factor_zero_and_negative(tmp_path):
     assert "DBS402" in codes(outcome) and "int() raises" in messages(outcome, "DBS402")
 
 
-def test_dims_on_boft_are_not_expressed(tmp_path):
-    text = FULL + "[module_algo_map.FeedForward]\ndim = 32\n"
-    outcome = _convert(tmp_path, text, "boft", args='"conv_dim=16"')
-    assert "DBS403" in codes(outcome) and "GLoRA and Diag-OFT" in messages(outcome, "DBS403")
+def test_boft_entry_dims_constraint_and_rescaled_become_blocks(tmp_path):
+    """algo=boft: LycorisNetworkKohya hands ButterflyOFTModule an entry's dim as its lora_dim (the block-size
+    hint of power2factorization) and its own constraint / rescaled over the network's, as for Diag-OFT:
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] with the entry's `block_size`, `constraint`,
+    `rescaled` (issue 12)."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\ndim = 32\nrescaled = true\n"
+        + "[module_algo_map.CLIPMLP]\nconstraint = 0.001\n"
+    )
+    a = plan_of(expressible(_convert(tmp_path, text, "boft", args='"conv_dim=16"')), tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == ("boft", 16, 0.0, False)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.alpha, b.rescaled) for b in a.blocks]
+    assert shown == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 32, 32, 0.0, "on")]
+    shown = [(b.pattern, b.rank, b.alpha, b.rescaled) for b in a.text_encoder_blocks]
+    assert shown == [(r"(?:^|\.)(?:fc1|fc2)$", 16, 0.001, "adapter")]
 
 
 def test_diag_oft_entry_dims_are_block_sizes(tmp_path):

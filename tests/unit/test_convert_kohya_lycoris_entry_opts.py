@@ -258,3 +258,78 @@ def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):
         outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
         assert "DBS402" in codes(outcome), (algo, codes(outcome))
         assert "FeedForward` gives its layers bypass_mode and weight_decompose" in messages(outcome, "DBS402")
+
+
+def test_diag_oft_entry_constraint_and_rescaled_become_block_options(tmp_path):
+    """algo=diag-oft: create_single_module hands DiagOFTModule an entry's own `constraint` (raw: constraint x
+    out_dim, saved as the layer's alpha) and `rescaled` (its truth test) over the network's: the entry's
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] carry them beside its block size; an entry giving
+    the network's value changes nothing (issue 12)."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\nconstraint = 0.001\n"
+        + "[module_algo_map.ResnetBlock2D]\ndim = 32\nrescaled = false\n"
+        + '[module_algo_map.CLIPMLP]\nrescaled = "false"\n'  # a string: true to `if rescaled`
+        + "[module_algo_map.CLIPAttention]\nconstraint = 0.01\n"  # the network's: no block
+    )
+    args = '"conv_dim=16" "constraint=0.01" "rescaled=True"'
+    a = plan_of(expressible(_convert(tmp_path, text, "diag-oft", args=args)), tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == ("diag-oft", 16, 0.01, True)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.alpha, b.conv_alpha, b.rescaled) for b in a.blocks]
+    assert shown == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 16, 0.001, 0.001, "adapter"),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 32, 32, 0.01, 0.01, "off"),
+    ]
+    assert a.text_encoder_blocks == ()  # CLIP's MLP: rescaled, as the network
+
+
+def test_diag_oft_entry_constraint_kohya_cannot_build_or_dbspec_cannot_save(tmp_path):
+    """An entry's constraint DiagOFTModule cannot store (a string: torch.tensor raises) stops kohya (DBS402);
+    a negative one or a bool, which LyCORIS saves as the layers' alpha as given, is not expressed (DBS403)."""
+    cases = [('"0.01"', "DBS402"), ("-0.5", "DBS403"), ("true", "DBS403")]
+    for i, (value, code) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        text = FULL + f"[module_algo_map.FeedForward]\nconstraint = {value}\n"
+        outcome = _convert(tmp_path / str(i), text, "diag-oft", '"conv_dim=16"')
+        assert code in codes(outcome) and "constraint" in messages(outcome, code), value
+
+
+def test_dylora_entry_block_size_becomes_a_block_unit(tmp_path):
+    """algo=dylora: create_single_module hands DyLoraModule an entry's own `block_size` over the network's:
+    its layers' [[adapter.blocks]] / [[adapter.text_encoder_blocks]] `unit` (with the entry's dim, checked
+    against its own block size);
+    an entry giving the network's block_size changes nothing (issue 12)."""
+    text = (
+        FULL
+        + "[module_algo_map.FeedForward]\nblock_size = 8\n"
+        + "[module_algo_map.ResnetBlock2D]\ndim = 4\nblock_size = 1\n"
+        + "[module_algo_map.CLIPMLP]\nblock_size = 2\n"  # the network's: no block
+        + "[module_algo_map.CLIPAttention]\nblock_size = 16\n"
+    )
+    a = plan_of(expressible(_convert(tmp_path, text, "dylora", '"block_size=2"')), tmp_path).adapter
+    assert (a.kind, a.rank, a.conv_rank, a.dylora_unit) == ("dylora", 16, 8, 2)
+    shown = [(b.pattern, b.rank, b.conv_rank, b.unit) for b in a.blocks]
+    assert shown == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 0, 8),
+        (r"(?:^|\.)(?:conv1|time_emb_proj|conv2|conv_shortcut)$", 4, 4, 1),
+    ]
+    shown = [(b.pattern, b.rank, b.unit) for b in a.text_encoder_blocks]
+    assert shown == [(r"(?:^|\.)(?:k_proj|v_proj|q_proj|out_proj)$", 16, 16)]
+
+
+def test_dylora_entry_block_size_kohya_cannot_build(tmp_path):
+    """An entry's block_size DyLoraModule raises on (not a positive int) or that does not divide the entry's
+    dim stops kohya (DBS402); bypass_mode with several of its blocks too."""
+    cases = [
+        ("block_size = 4.0", "", "DBS402", "block_size = 4.0"),
+        ("block_size = 0", "", "DBS402", "block_size = 0"),
+        ('block_size = "4"', "", "DBS402", "block_size = '4'"),
+        ("block_size = true", "", "DBS402", "block_size = True"),
+        ("dim = 12\nblock_size = 8", "", "DBS402", "not a multiple of 8"),
+        ("block_size = 8", '"bypass_mode=True" "block_size=16" "conv_dim=16"', "DBS402", "dim 16"),
+    ]
+    for i, (entry, args, code, named) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        text = FULL + f"[module_algo_map.FeedForward]\n{entry}\n"
+        outcome = _convert(tmp_path / str(i), text, "dylora", args)
+        assert code in codes(outcome) and named in messages(outcome, code), entry

@@ -404,3 +404,16 @@ def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
     text = DOUBLE_ATTENTION + "rank_dropout_scale = true\n"
     outcome = _flux(tmp_path / "loha", text, '"algo=loha" "rank_dropout=0.1"')
     assert "own rank_dropout_scale" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])
+def test_flux_entry_use_scalar_is_a_block_scalar_over_whole_fused_layers(tmp_path, algo):
+    """An entry's own use_scalar on FLUX.1's fused qkv (LokrModule's / LohaModule's / LoConModule's truth
+    test): its block's `scalar`, one trained scalar per fused layer, the parts' tied (runtime/fused.py), as
+    the entry names whole kohya Linears (issue 12; was DBS403)."""
+    text = DOUBLE_ATTENTION + "use_scalar = true\n"
+    outcome = _flux(tmp_path, text, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.scalar) == ({"locon": "lora"}.get(algo, algo), False)
+    assert [(b.rank, b.scalar) for b in a.blocks] == [(16, "on")]

@@ -73,6 +73,26 @@ def test_parts_at_different_ranks_are_refused(toy: Path):
     assert "attn.to_k rank 2" in message and "img_attn_qkv" in message
 
 
+def test_a_block_scalar_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
+    """LyCORIS's LoCon on a fused Linear has one scalar, the parts' tied: a block's own scalar covering only
+    some parts is DBS507; over the whole fused layer it plans (a LyCORIS map entry's use_scalar, issue 12)."""
+    adapter = {"kind": "lora", "rank": 8, "alpha": 8, "fused_projections": True, "denoiser_targets": KOHYA}
+    for pattern, refused in (
+        ("attn\\\\.to_k$", True),
+        ("^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$", False),
+    ):
+        write_spec(toy, model=FLUX, adapter=adapter)
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nrank = 8\nalpha = 8\nscalar = "on"\n')
+        planned = compile_in(toy)
+        assert ("DBS507" in codes(planned, "error")) == refused, pattern
+        if refused:
+            message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+            assert "to_k with" in message and "to_q without" in message and "scalar" in message
+        else:
+            assert planned.plan is not None and planned.plan.adapter.blocks[0].scalar == "on"
+
+
 def test_a_family_without_fused_layers_refuses_it(toy: Path):
     write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
@@ -364,3 +384,24 @@ def test_diag_oft_what_spans_the_parts_is_dbs577(toy: Path, extra, why):
 def test_diag_oft_fused_projections_on_sd1_is_dbs505(toy: Path):
     write_spec(toy, adapter={"kind": "diag-oft", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_dylora_fused_parts_in_blocks_of_other_units_are_dbs577(toy: Path):
+    """LyCORIS's DyLoRA on a fused Linear has one block size: a block's own unit covering only some parts of
+    a fused layer is DBS577; over every part it plans (a LyCORIS map entry's block_size, issue 12)."""
+    adapter = {"kind": "dylora", "rank": 4, "unit": 2, "fused_projections": True, "denoiser_targets": KOHYA}
+    for pattern, refused in (
+        ("attn\\\\.to_k$", True),
+        ("^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$", False),
+    ):
+        write_spec(toy, model=FLUX, adapter=adapter)
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nrank = 4\nalpha = 4\nunit = 1\n')
+        planned = compile_in(toy)
+        assert ("DBS577" in codes(planned, "error")) == refused, pattern
+        if refused:
+            assert "blocks of other units" in next(
+                d.message for d in planned.diagnostics if d.code == "DBS577"
+            )
+        else:
+            assert planned.plan is not None and planned.plan.adapter.blocks[0].unit == 1

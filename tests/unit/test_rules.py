@@ -1347,6 +1347,30 @@ CASES = [
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nconv_rank = 0\n"
         + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 12\nalpha = 1.0\n",
     ),
+    (  # a text-encoder block's own unit: DyLoRA's only
+        rules.block_unit_dylora,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 8\nalpha = 1.0\nunit = 2\n",
+        [("DBS584", "error", ("adapter", "text_encoder_blocks", 0, "unit"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\nunit = 2\n",
+    ),
+    (  # a block with its own unit (a LyCORIS map entry's block_size): its ranks are whole blocks of it
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 6\nalpha = 1.0\nconv_rank = 8\nunit = 4\n",
+        [("DBS548", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 6\nalpha = 1.0\nconv_rank = 8\nunit = 2\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,

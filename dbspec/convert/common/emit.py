@@ -15,6 +15,7 @@ from dbspec.spec.model import (
     MergeAdapter,
     SPEC_VERSION,
     AdapterBlock,
+    DyloraBlock,
     OftBlock,
     TextEncoderBlock,
     OptimizerBlock,
@@ -59,8 +60,11 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
                 lines += ["", "[[model.merge_adapters]]"]
                 lines += _rows(conv, MergeAdapter, ("model", "merge_adapters", index))
         block_cls = {"adapter": AdapterBlock, "optimizer": OptimizerBlock}.get(table)
-        oft = conv.values.get(("adapter", "kind"), ("", ""))[0] == "diag-oft"  # block sizes (OftBlock)
+        kind = conv.values.get(("adapter", "kind"), ("", ""))[0]
+        oft = kind in ("diag-oft", "boft")  # block sizes (OftBlock)
         block_cls = OftBlock if oft and table == "adapter" else block_cls
+        if kind == "dylora" and table == "adapter":  # DyLoRA's blocks: their own unit too
+            block_cls = DyloraBlock
         if block_cls is not None:  # [[adapter.blocks]] / [[optimizer.blocks]] after the table's own keys
             for index in sorted({p[2] for p in conv.values if p[:2] == (table, "blocks") and len(p) == 4}):
                 lines += ["", f"[[{table}.blocks]]", *_rows(conv, block_cls, (table, "blocks", index))]

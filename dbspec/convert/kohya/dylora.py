@@ -126,16 +126,17 @@ def lycoris_dylora(
             )
     put["unit"] = block
     entries = [*put.get("_blocks", ()), *put.get("_text_blocks", ())]  # a preset file's map entries' dims
-    for entry in entries:
+    for entry in entries:  # each entry in its own block_size (`unit`), else the network's
+        size = entry.get("unit", block)
         for key in ("rank", "conv_rank"):
-            if entry.get(key, 0) % block:
+            if entry.get(key, 0) % size:
                 source = entry["_why"].split("`")[1]
                 conv.invalid(
                     f"{args.key} preset {source}",
                     entry[key],
                     args.source,
                     f"LyCORIS's DyLoraModule asserts lora_dim % block_size == 0, and the preset file's "
-                    f"`{source}` gives layers dim {entry[key]}, not a multiple of {block}",
+                    f"`{source}` gives layers dim {entry[key]}, not a multiple of {size}",
                 )
     for key in ("dropout", "rank_dropout", "dora_wd", "wd_on_output", "use_tucker", "use_scalar", "rs_lora"):
         if key in kwargs:
@@ -149,11 +150,12 @@ def lycoris_dylora(
     bypass = kwargs.pop("bypass_mode", "false")
     if str(bypass).lower() == "false":  # LyCORIS's str_bool
         return
-    ranks = [("network_dim", dim), ("conv_dim", conv_rank)]
-    for entry in entries:  # a preset file's map entries: `<source>`'s dims
-        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("rank", 0))]
-        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("conv_rank", 0))]
-    several = [f"{key} {rank}" for key, rank in ranks if rank > block]
+    ranks = [("network_dim", dim, block), ("conv_dim", conv_rank, block)]
+    for entry in entries:  # a preset file's map entries: `<source>`'s dims, in its own block_size if given
+        size = entry.get("unit", block)
+        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("rank", 0), size)]
+        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("conv_rank", 0), size)]
+    several = [f"{key} {rank}" for key, rank, size in ranks if rank > size]
     if several:
         conv.invalid(
             f"{args.key} bypass_mode",

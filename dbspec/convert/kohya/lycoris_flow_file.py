@@ -311,13 +311,6 @@ def flux_preset_file(
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):
         inert.append(("T5-XXL", f"the file reaches T5-XXL layers, whose LyCORIS modules never train: {idle}"))
-    scaled = [block for block in [*blocks, *text_blocks] if "scalar" in block]
-    if scaled:  # the fused layers' parts share one scalar (runtime/fused.py tie_fused_scalars)
-        raise PresetError(
-            f"`{_source(scaled)}` hands its layers its own use_scalar: dbspec's LyCORIS on {model.title} "
-            "gives every layer the network's (a fused layer's parts share one scalar)",
-            False,
-        )
     rescaled = [block for block in [*blocks, *text_blocks] if "rank_dropout_scale" in block]
     if rescaled:  # the fused layers' parts draw their rank dropout together (DBS580)
         raise PresetError(

@@ -38,6 +38,7 @@ _BLOCK_KINDS = ("lora", "loha", "lokr")
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
 _RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
+_OFT = ("diag-oft", "boft")  # their blocks: a block size, constraint and rescale (spec OftBlock)
 
 
 def _algo(name: str) -> str:
@@ -96,6 +97,15 @@ def _own_factor(layer: Layer, network: dict[str, Any]) -> int:
     return 1 if factor == 0 else -1 if factor < 0 or factor > _MAX_FACTOR else factor
 
 
+def _own_unit(layer: Layer, network: dict[str, Any]) -> int:
+    """A DyLoRA layer's entry's own `block_size` (a positive int: _dylora_own), its block's `unit`; 0 where
+    it is the network's."""
+    value = dict(layer.options).get("block_size")
+    if _algo(layer.algo) != "dylora" or value is None or _same("block_size", value, network):
+        return 0
+    return value
+
+
 def _own_switches(layer: Layer, network: dict[str, Any], convs: bool) -> dict[str, str]:
     """A LoKr layer's block decompose_both / full_matrix / tucker ("on" / "off") where its entry gives a
     value other than the network's (LokrModule's truth test; `tucker` only on k x k convolutions, `convs`:
@@ -114,6 +124,10 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
     switches through the modules' truth tests)."""
     if key not in network:
         return False
+    if key == "constraint":  # DiagOFTModule's constraint x out_dim: a number (others: _oft_own refuses)
+        return _number(value) and float(value) == network[key]
+    if key == "block_size":  # DyLoraModule's range(lora_dim // block_size): an int (others: _dylora_own)
+        return type(value) is int and value == network[key]
     if key == "factor":
         try:
             return int(value) == network[key]
@@ -123,12 +137,14 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False
+    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False, kind: str = ""
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
     LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
-    create_network hands every module for each option; dbspec's adapter options apply to every layer); the
+    create_network hands every module for each option; dbspec's adapter options apply to every layer, but
+    what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
+    dylora their own block size); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
@@ -147,6 +163,10 @@ def check_layers(
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
+        if kind in _OFT and _algo(layer.algo) == kind:  # Diag-OFT / BOFT blocks carry them (_oft_blocks)
+            own = (*own, *_oft_own(layer, network))
+        if kind == "dylora" and _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks)
+            own = (*own, *_dylora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -183,6 +203,47 @@ def check_layers(
 # What a network with several algorithms keeps off (DBS578): options LyCORIS hands every module, which act on
 # one algorithm's layers only or which dbspec's other kinds do not build
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
+
+
+def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a Diag-OFT / BOFT layer's entry its block carries (`constraint`, `rescaled`, as
+    DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
+    `torch.tensor(constraint)`, `if rescaled`);
+    PresetError for a constraint kohya cannot build (not a number: torch.tensor raises, DBS402) or that a
+    block does not express (a bool, a negative number: the saved alpha would differ)."""
+    own = dict(layer.options)
+    if "constraint" in own and not _same("constraint", own["constraint"], network):
+        value = own["constraint"]
+        if not isinstance(value, (int, float)):
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: "
+                f"LyCORIS's {layer.algo} module stores it with torch.tensor(), which raises on it",
+                True,
+            )
+        if isinstance(value, bool) or value < 0:
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: dbspec's "
+                f"{layer.algo} block constraint is a number of at least 0 (LyCORIS would save that value as "
+                "the layers' alpha)",
+                False,
+            )
+    return ("constraint", "rescaled")
+
+
+def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a DyLoRA layer's entry its block carries (`block_size`, its `unit`); PresetError (DBS402)
+    for one DyLoraModule cannot build or train with: it reads the value raw (`lora_dim % block_size`,
+    `range(lora_dim // block_size)`, `torch.empty(out, block_size)`, `random.randint(0, blocks - 1)`), so
+    anything but a positive int raises (a bool, a float or a string in its constructor, 0 dividing, a
+    negative one drawing from an empty range)."""
+    value = dict(layer.options).get("block_size")
+    if value is not None and not (type(value) is int and value > 0):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) block_size = {value!r}: LyCORIS's "
+            "DyLoraModule raises on anything but a positive integer",
+            True,
+        )
+    return ("block_size",)
 
 
 def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
@@ -267,7 +328,8 @@ def _blocks(
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
-        if not factor and not switches and same and not kind and rs == rs_lora:
+        unit = _own_unit(group[0], network)
+        if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
         linear = next((layer for layer in group if layer.kind != "conv"), None)
         conv = next((layer for layer in group if layer.kind == "conv"), None)
@@ -282,8 +344,11 @@ def _blocks(
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if factor:
             block["factor"] = factor
+        if unit:
+            block["unit"] = unit
         block.update(switches)
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
+        own += ["block_size"] if unit else []
         what = ", ".join(
             [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]
         )
@@ -308,14 +373,14 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing). PresetError where they cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert
-    if kind == "diag-oft":  # an entry's dim: its layers' block-size hint
+    if kind in _OFT:  # an entry's dim: its layers' block-size hint
         return (
-            _oft_blocks(found.unet, found.unet_rows, dims),
-            _oft_blocks(found.text, found.text_rows, dims),
+            _oft_blocks(found.unet, found.unet_rows, dims, network),
+            _oft_blocks(found.text, found.text_rows, dims, network),
             inert,
         )
     rs_lora = rs_lora and kind != "dylora"
@@ -327,7 +392,7 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr, DyLoRA, GLoRA and Diag-OFT",
+            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT and BOFT",
             False,
         )
     mixed_rank_stabilized([*unet, *text])
@@ -343,11 +408,15 @@ def map_blocks(
     return unet, text, inert
 
 
-def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[str, Any]]:
-    """Diag-OFT's [[adapter.blocks]]: DiagOFTModule takes the layer's dim (`dim or lora_dim`, on k x k
-    convolutions `dim or conv_lora_dim`) as its block-size hint and never reads alpha (its constraint is the
-    network's); PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT adapts its
-    convolutions only with conv_dim)."""
+def _oft_blocks(
+    layers: dict[str, Layer], rows: list[Row], dims, network: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Diag-OFT's and BOFT's [[adapter.blocks]]: DiagOFTModule (ButterflyOFTModule alike) takes the layer's
+    dim (`dim or lora_dim`, on k x k convolutions `dim or conv_lora_dim`) as its block-size hint and never
+    reads alpha; an entry's own `constraint` (a number: _oft_own) and `rescaled` (its truth) replace the
+    network's, which create_single_module hands every module only where the entry does not give its own;
+    PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT and BOFT adapt convolutions
+    only with conv_dim)."""
     dim, conv_dim = dims[0], dims[2]
     built = [row for row in rows if row[0] in layers]
     groups: dict[str, list[Layer]] = {}
@@ -355,20 +424,28 @@ def _oft_blocks(layers: dict[str, Layer], rows: list[Row], dims) -> list[dict[st
         groups.setdefault(layer.source, []).append(layer)
     out = []
     for source, group in groups.items():
-        if all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
+        entry = dict(group[0].options)  # one entry: one constraint and rescaled
+        own: dict[str, Any] = {}
+        if "constraint" in entry and not _same("constraint", entry["constraint"], network):
+            own["constraint"] = float(entry["constraint"])
+        if "rescaled" in entry and bool(entry["rescaled"]) != network["rescaled"]:
+            own["rescaled"] = "on" if entry["rescaled"] else "off"
+        if not own and all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
             continue
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         if conv is not None and not conv_dim:
             raise PresetError(
-                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT adapts "
-                "convolutions only with conv_dim",
+                f"`{source}` gives {conv.path} dim = {conv.dim} with conv_dim=0: dbspec's Diag-OFT and BOFT "
+                "adapt convolutions only with conv_dim",
                 False,
             )
+        what = ", ".join(["dim (its block size)", *own])
         out.append(
             {
                 "pattern": _pattern({layer.path for layer in group}, built),
                 "block_size": group[0].dim,
-                "_why": f"kohya lycoris.kohya: the preset file's `{source}` dim (Diag-OFT's block size)",
+                **own,
+                "_why": f"kohya lycoris.kohya: the preset file's `{source}` {what}",
             }
         )
     return out

@@ -190,6 +190,13 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
     out["wd_on_out"] = _str_bool(kwargs.get("wd_on_output", "true"))
     out["decompose_both"] = bool(kwargs.get("decompose_both", False))  # passed raw, tested for truth
+    # Diag-OFT / BOFT (create_network's `float(kwargs.get("constraint", None) or 0)` and str_bool)
+    out["constraint"] = _rate(kwargs.get("constraint") or 0.0)
+    out["rescaled"] = _str_bool(kwargs.get("rescaled", "false"))
+    try:  # DyLoRA (create_network's `int(kwargs.get("block_size", None) or 4)`)
+        out["block_size"] = int(kwargs.get("block_size") or 4)
+    except (TypeError, ValueError):
+        out["block_size"] = 4
     factor = str(kwargs.get("factor", "-1")).strip()
     if factor.lstrip("-").isdigit():
         out["factor"] = int(factor)
