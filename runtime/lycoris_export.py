@@ -57,6 +57,7 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
         or ((any_scalar(adapter) or norm_scalars(adapter)) and not adapter.fused)
         or mixed(adapter)  # several kinds (runtime/mixed_kinds.py)
+        or bool(adapter.denoiser_norms)  # LyCORIS train_norm's U-Net NormModules: lycoris.kohya's network
     )
 
 
@@ -459,6 +460,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or adapter.output_dropout
         or mixed(adapter)
         or adapter.kohya_names == "lycoris"
+        or adapter.denoiser_norms  # LyCORIS train_norm on the U-Net
     ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar, LoCon's dropouts or other
         # kinds on some layers (a preset file's maps); or named as LyCORIS names it
         args["algo"] = "locon"
@@ -480,7 +482,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
-    if adapter.text_encoder_norms:
+    if adapter.text_encoder_norms or adapter.denoiser_norms:
         args["train_norm"] = "True"
     if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass" or adapter.output_dropout:
         args["bypass_mode"] = "True"

@@ -2600,6 +2600,20 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def norms_without_denoiser_training(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS train_norm's U-Net norm offsets (runtime/norm_offsets.py) are added to the U-Net when it
+    trains: with train.denoiser false, DBS586."""
+    norms = getattr(spec.adapter, "denoiser_norms", ())
+    if norms and not spec.train.denoiser:
+        yield _warn(
+            "DBS586",
+            ("adapter", "denoiser_norms"),
+            f"adapter.denoiser_norms = {list(norms)} but train.denoiser = false: the offsets are never added",
+            codes.help("DBS586"),
+        )
+
+
+@rule("spec")
 def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) or LoCon Tucker form
     (runtime/locon_tucker.py, per layer) against the options that need one setting on every layer (DBS579)."""

@@ -161,6 +161,9 @@ class AdapterPlan:
     # LyCORIS train_norm: the CLIP encoders' LayerNorms (suffixes) whose weight and bias train added offsets
     # (runtime/norm_offsets.py); () when none
     text_encoder_norms: tuple[str, ...] = ()
+    # LyCORIS train_norm: the U-Net's GroupNorms and LayerNorms (suffixes) whose weight and bias train added
+    # offsets (runtime/norm_offsets.py); () when none
+    denoiser_norms: tuple[str, ...] = ()
     # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
     # 0.
     conv_rank: int = 0

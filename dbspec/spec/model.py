@@ -246,6 +246,18 @@ def _text_encoder_norms():
     )
 
 
+def _denoiser_norms():
+    return option(
+        factory=list,
+        doc="LyCORIS `train_norm` on the SD 1.x / 2.x / SDXL U-Net: module names (suffixes) of its GroupNorms"
+        " and LayerNorms whose weight and bias each train an added offset, starting at 0 (LyCORIS's "
+        "NormModule `w_norm` / `b_norm`), with the U-Net's adapters and at their learning rate, or alone "
+        "where `denoiser_targets` is empty; written under LyCORIS's names (`lora_unet_...`) in the "
+        "kohya_lora export.",
+        example=["norm1", "norm2", "norm3", "norm"],
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -742,6 +754,7 @@ class LoraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -895,6 +908,7 @@ class LohaAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -962,6 +976,7 @@ class LokrAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1011,6 +1026,7 @@ class FullAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -1039,6 +1055,7 @@ class Ia3Adapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -1152,6 +1169,7 @@ class DiagOftAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
@@ -1272,6 +1290,7 @@ class GloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1360,6 +1379,7 @@ class DyloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
