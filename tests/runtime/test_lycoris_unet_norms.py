@@ -4,8 +4,8 @@ runtime/norm_offsets.py) and, with a preset file reaching them, CLIP's LayerNorm
 lycoris-lora 4.1.3's create_network on the tiny SD 1.x model builds NormModules on exactly the layers the
 converted plan offsets; a tiny run trains them, resumes bit-exact, and its kohya export, loaded by
 lycoris-lora's create_network_from_weights onto the base U-Net, gives the trained U-Net's outputs
-(issue 12). The network's dropouts draw as NormModule draws (test_group_norm_offsets_compute_what_norm_module_
-computes; LayerNorms: test_lycoris_clip_norms.py)."""
+(issue 12); `dbspec sample` loads the offsets back with the adapters. The network's dropouts draw as
+NormModule draws (the GroupNorm test here; LayerNorms: test_lycoris_clip_norms.py)."""
 
 from __future__ import annotations
 
@@ -184,3 +184,21 @@ def test_unet_norm_offsets_train_resume_and_load_in_lycoris(pipe, tmp_path, monk
         theirs = unet.eval()(sample, t, context).sample
     assert (ours - plain).abs().max() > 1e-3  # the trained U-Net differs from the base
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+
+    # `dbspec sample` on the run's folder: the base model, the run's adapters and its norm offsets. The
+    # offsets compared with the adapters off on both: diffusers' load_lora_weights leaves out some of this
+    # LoCon's layers (their config lists them, its state dict conversion drops them), which is not the norms'
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None)).unet.float().eval()
+    assert sum(1 for _ in norm_layers(sampled)) == sum(1 for _ in norm_layers(trained)) > 0
+    for model in (sampled, trained):
+        for layer in model.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.enable_adapters(False)
+    with torch.no_grad():
+        norms_alone = trained(sample, t, context).sample
+        assert (norms_alone - plain).abs().max() > 1e-3
+        torch.testing.assert_close(sampled(sample, t, context).sample, norms_alone, rtol=0, atol=1e-5)
