@@ -1,0 +1,125 @@
+"""kohya lycoris.kohya `train_norm=True` on SDXL (sdxl_train_network.py), against lycoris-lora 4.1.3's
+create_network on kohya's own SDXL U-Net (the recorded tree of test_lycoris_preset_file_sdxl.py: the original
+layout's paths and kohya's classes, its ResNets' norms `GroupNorm32`) and both CLIP encoders: the NormModules
+it builds are exactly the norms the converted plan offsets (`[adapter] denoiser_norms` on diffusers' SDXL
+U-Net, renamed to the original layout as dbspec's kohya export names them; `text_encoder_norms` on each
+encoder), and a tiny SDXL run's export holds NormModule's `w_norm` / `b_norm` under those names for the norms
+the tiny model has (issue 12)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from torch import nn
+
+from dbspec.runtime.execute import execute
+from dbspec.unet_layout import SDXL_UNET, rename, unet_table
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip, models  # noqa: F401
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+FILE = """\
+unet_target_module = ["ResnetBlock2D"]
+unet_target_name = ['middle_block\\.1\\.transformer_blocks\\.[0-3]\\.norm2', "out.0"]
+text_encoder_target_module = []
+text_encoder_target_name = [
+    'text_model\\.encoder\\.layers\\.(1|20)\\.layer_norm1',
+    'text_model\\.final_layer_norm',
+]
+"""
+NORMS = (nn.GroupNorm, nn.LayerNorm)
+
+
+def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None):
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    if preset.endswith(".toml"):
+        (tmp_path / preset).write_text(FILE, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo=locon" "preset={preset}" "train_norm=True" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _lycoris_norms(models, preset: str, monkeypatch) -> set[str]:  # noqa: F811
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", preset=preset, train_norm="True"
+    )
+    return {
+        m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if type(m).__name__ == "NormModule"
+    }
+
+
+def _matches(name: str, targets) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _planned_norms(models, adapter) -> set[str]:  # noqa: F811
+    table = unet_table(SDXL_UNET)
+    names = {
+        "lora_unet_" + rename(n, table).replace(".", "_")
+        for n, m in models["unet"].named_modules()
+        if isinstance(m, NORMS) and _matches(n, adapter.denoiser_norms)
+    }
+    for prefix, model in zip(("lora_te1", "lora_te2"), models["te"]):
+        names |= {
+            f"{prefix}_{n.replace('.', '_')}"
+            for n, m in model.named_modules()
+            if isinstance(m, nn.LayerNorm) and _matches(n, adapter.text_encoder_norms)
+        }
+    return names
+
+
+@pytest.mark.parametrize("preset", ["full", "attn-mlp", "unet-convblock-only", "p.toml"])
+def test_sdxl_norms_are_the_ones_lycoris_builds_norm_modules_on(models, preset, tmp_path, monkeypatch):  # noqa: F811
+    plan = _converted(tmp_path, preset)
+    theirs = _lycoris_norms(
+        models, str(tmp_path / preset) if preset.endswith(".toml") else preset, monkeypatch
+    )
+    ours = _planned_norms(models, plan.adapter)
+    assert theirs and sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+    assert any(n.startswith("lora_te2") for n in ours) == (preset == "p.toml")
+
+
+def test_sdxl_norms_run_exports_lycoris_names(models, tmp_path, monkeypatch):  # noqa: F811
+    """The file's norms on the tiny SDXL model (a prefix of the full layout; CLIP layers 0-2): the export's
+    NormModule tensors are LyCORIS's names for the norms the tiny model has."""
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.unit.convert_kit import out_path
+
+    _converted(tmp_path, "p.toml", ["model.base=builtin:tiny-sdxl"])
+    theirs = _lycoris_norms(models, str(tmp_path / "p.toml"), monkeypatch)
+    tiny = build_pipeline("builtin:tiny-sdxl")
+    table = unet_table(tiny.unet.config)
+    present = {
+        "lora_unet_" + rename(n, table).replace(".", "_")
+        for n, m in tiny.unet.named_modules()
+        if isinstance(m, NORMS)
+    }
+    for prefix, model in zip(("lora_te1", "lora_te2"), (tiny.text_encoder, tiny.text_encoder_2)):
+        model = _kohya_clip(model)
+        present |= {
+            f"{prefix}_{n.replace('.', '_')}" for n, m in model.named_modules() if isinstance(m, NORMS)
+        }
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sdxl"]))
+    assert done.status == "finished"
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        norms = {key.split(".")[0] for key in handle.keys() if key.endswith(("w_norm", "b_norm"))}
+    expected = theirs & present
+    assert any(n.startswith("lora_unet_middle_block") for n in expected) and "lora_unet_out_0" in expected
+    assert any(n.startswith("lora_te1") for n in expected) and any(n.startswith("lora_te2") for n in expected)
+    assert norms == expected
