@@ -496,7 +496,8 @@ def kohya_norms(plan: Plan, comps) -> dict[str, torch.Tensor]:
     """LyCORIS's NormModule tensors (`w_norm` / `b_norm`) of the CLIP LayerNorms and U-Net norms train_norm
     offsets (runtime/norm_offsets.py), under the text encoders' and the U-Net's kohya names (`lora_unet_`,
     SDXL's in the original layout)."""
-    clip = bool(plan.adapter.text_encoder_norms and plan.train_text_encoder)
+    a = plan.adapter
+    clip = bool((a.text_encoder_norms or a.text_encoder_2_norms) and plan.train_text_encoder)
     unet = bool(plan.adapter.denoiser_norms and plan.train_denoiser)
     if not (clip or unet):
         return {}

@@ -482,7 +482,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
-    if adapter.text_encoder_norms or adapter.denoiser_norms:
+    if adapter.text_encoder_norms or adapter.text_encoder_2_norms or adapter.denoiser_norms:
         args["train_norm"] = "True"
     if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass" or adapter.output_dropout:
         args["bypass_mode"] = "True"

@@ -46,6 +46,17 @@ def text_targets(adapter, name: str) -> tuple[str, ...]:
     return adapter.text_encoder_targets
 
 
+def text_norms(adapter, name: str) -> tuple[str, ...]:
+    """LyCORIS train_norm's LayerNorms of the CLIP text encoder named `name` (a pipeline component)."""
+    if name == "text_encoder_2" and adapter.text_encoder_2_norms is not None:
+        return adapter.text_encoder_2_norms
+    return adapter.text_encoder_norms
+
+
+def any_text_norms(adapter) -> bool:
+    return bool(adapter.text_encoder_norms or adapter.text_encoder_2_norms)
+
+
 def _prepare(
     module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...], seed: int
 ) -> list:
@@ -72,7 +83,7 @@ def _prepare(
         denoiser = name == "unet"
         clip = not denoiser and name not in t5_text_encoders(plan.model.family)
         # LyCORIS train_norm: CLIP's LayerNorm offsets, the U-Net's GroupNorm / LayerNorm offsets
-        norms = plan.adapter.text_encoder_norms if clip else plan.adapter.denoiser_norms if denoiser else ()
+        norms = text_norms(plan.adapter, name) if clip else plan.adapter.denoiser_norms if denoiser else ()
         convs = denoiser and plan.adapter.conv_rank and plan.adapter.conv_targets
         if targets or convs or not norms:  # LyCORIS train_norm alone: no adapter
             adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)

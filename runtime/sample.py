@@ -130,6 +130,7 @@ def _with_norms(pipe, source: Path, plan: Plan | None):
     """LyCORIS train_norm's offsets (runtime/norm_offsets.py) from the files beside the run's adapters
     (weights.NORM_FILES: the CLIP encoders' and the U-Net's), on the pipeline's models that hold them, so
     samples come from the trained model. The plan names the norms; the files' keys the models."""
+    from dbspec.runtime.prepare import text_norms
     from dbspec.runtime.weights import NORM_FILES, load_norms
 
     names = [name for name in NORM_FILES if (source / name).is_file()] if source.is_dir() else []
@@ -146,7 +147,7 @@ def _with_norms(pipe, source: Path, plan: Plan | None):
     denoiser = family_spec(plan.model.family).denoiser  # the pipeline's attribute: unet, or transformer
     modules = {c: getattr(pipe, denoiser if c == "unet" else c) for c in sorted(held)}
     for component, module in modules.items():
-        norms = plan.adapter.denoiser_norms if component == "unet" else plan.adapter.text_encoder_norms
+        norms = plan.adapter.denoiser_norms if component == "unet" else text_norms(plan.adapter, component)
         add_norm_offsets(module, norms, required=False)
     try:
         load_norms(source, modules)

@@ -89,7 +89,9 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    norms = plan.adapter.text_encoder_norms or plan.adapter.denoiser_norms
+    norms = (
+        plan.adapter.text_encoder_norms or plan.adapter.text_encoder_2_norms or plan.adapter.denoiser_norms
+    )
     if norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
         _save_norms(folder, trained, dtype)
         trained = _with_adapters(trained)  # a model that trains its norm offsets alone has none

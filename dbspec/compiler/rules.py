@@ -2589,6 +2589,7 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS train_norm's CLIP LayerNorm offsets (runtime/norm_offsets.py) are added to the CLIP encoders
     that train: with none, DBS585."""
     norms = getattr(spec.adapter, "text_encoder_norms", ())
+    norms = norms or getattr(spec.adapter, "text_encoder_2_norms", ())
     if norms and not (spec.train.text_encoder or spec.train.text_encoder_2):
         yield _warn(
             "DBS585",

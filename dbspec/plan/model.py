@@ -161,6 +161,8 @@ class AdapterPlan:
     # LyCORIS train_norm: the CLIP encoders' LayerNorms (suffixes) whose weight and bias train added offsets
     # (runtime/norm_offsets.py); () when none
     text_encoder_norms: tuple[str, ...] = ()
+    # the second CLIP encoder's (component text_encoder_2) norms; None (plans before it): text_encoder_norms
+    text_encoder_2_norms: tuple[str, ...] | None = None
     # LyCORIS train_norm: the U-Net's GroupNorms and LayerNorms (suffixes) whose weight and bias train added
     # offsets (runtime/norm_offsets.py); () when none
     denoiser_norms: tuple[str, ...] = ()

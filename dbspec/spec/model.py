@@ -246,6 +246,17 @@ def _text_encoder_norms():
     )
 
 
+def _text_encoder_2_norms():
+    return option(
+        attrs.Factory(lambda self: list(self.text_encoder_norms), takes_self=True),
+        doc="The second CLIP text encoder's LayerNorms (suffixes) whose weight and bias train LyCORIS "
+        "`train_norm` offsets (component text_encoder_2: SDXL's and SD3's OpenCLIP bigG): a LyCORIS preset "
+        "file that reaches other norms in the two encoders. `text_encoder_norms` then names the first "
+        "encoder's.",
+        derived="same as `text_encoder_norms`",
+    )
+
+
 def _denoiser_norms():
     return option(
         factory=list,
@@ -754,6 +765,7 @@ class LoraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
@@ -908,6 +920,7 @@ class LohaAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
@@ -976,6 +989,7 @@ class LokrAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
@@ -1026,6 +1040,7 @@ class FullAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
@@ -1055,6 +1070,7 @@ class Ia3Adapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
@@ -1169,6 +1185,7 @@ class DiagOftAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
@@ -1290,6 +1307,7 @@ class GloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
@@ -1379,6 +1397,7 @@ class DyloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()

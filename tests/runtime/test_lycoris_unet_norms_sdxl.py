@@ -9,6 +9,7 @@ the tiny model has (issue 12)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,15 @@ text_encoder_target_name = [
     'text_model\\.final_layer_norm',
 ]
 """
+# CLIP-L's root class alone (OpenCLIP bigG's is CLIPTextModelWithProjection): every CLIP-L LayerNorm, none
+# of bigG's (adapter.text_encoder_2_norms empty); the ResNets' norms, Linears and convolutions
+ROOT = """\
+enable_conv = true
+unet_target_module = ["ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPTextModel"]
+"""
+FILES = {"p.toml": FILE, "root.toml": ROOT}
 NORMS = (nn.GroupNorm, nn.LayerNorm)
 
 
@@ -38,7 +48,7 @@ def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None):
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
     if preset.endswith(".toml"):
-        (tmp_path / preset).write_text(FILE, encoding="utf-8")
+        (tmp_path / preset).write_text(FILES[preset], encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     outcome = kohya(
         tmp_path,
@@ -58,9 +68,10 @@ def _lycoris_norms(models, preset: str, monkeypatch) -> set[str]:  # noqa: F811
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", preset=preset, train_norm="True"
     )
-    return {
-        m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if type(m).__name__ == "NormModule"
-    }
+    # a text_encoder_target_module naming an encoder's root class: LyCORIS names its layers lora_te1__text_...
+    # (the empty path joined with "_"), dbspec's export kohya's usual lora_te1_text_... (docs/converting.md)
+    made = [m for m in [*made.unet_loras, *made.text_encoder_loras] if type(m).__name__ == "NormModule"]
+    return {re.sub(r"^(lora_te\d?)__", r"\1_", m.lora_name) for m in made}
 
 
 def _matches(name: str, targets) -> bool:
@@ -74,16 +85,17 @@ def _planned_norms(models, adapter) -> set[str]:  # noqa: F811
         for n, m in models["unet"].named_modules()
         if isinstance(m, NORMS) and _matches(n, adapter.denoiser_norms)
     }
-    for prefix, model in zip(("lora_te1", "lora_te2"), models["te"]):
+    texts = (adapter.text_encoder_norms, adapter.text_encoder_2_norms)
+    for prefix, model, norms in zip(("lora_te1", "lora_te2"), models["te"], texts):
         names |= {
             f"{prefix}_{n.replace('.', '_')}"
             for n, m in model.named_modules()
-            if isinstance(m, nn.LayerNorm) and _matches(n, adapter.text_encoder_norms)
+            if isinstance(m, nn.LayerNorm) and _matches(n, norms)
         }
     return names
 
 
-@pytest.mark.parametrize("preset", ["full", "attn-mlp", "unet-convblock-only", "p.toml"])
+@pytest.mark.parametrize("preset", ["full", "attn-mlp", "unet-convblock-only", "p.toml", "root.toml"])
 def test_sdxl_norms_are_the_ones_lycoris_builds_norm_modules_on(models, preset, tmp_path, monkeypatch):  # noqa: F811
     plan = _converted(tmp_path, preset)
     theirs = _lycoris_norms(
@@ -92,16 +104,21 @@ def test_sdxl_norms_are_the_ones_lycoris_builds_norm_modules_on(models, preset, 
     ours = _planned_norms(models, plan.adapter)
     assert theirs and sorted(ours - theirs) == [] and sorted(theirs - ours) == []
     assert any(n.startswith("lora_te2") for n in ours) == (preset == "p.toml")
+    assert any(n.startswith("lora_te1") for n in ours) == preset.endswith(".toml")
+    if preset == "root.toml":
+        assert plan.adapter.text_encoder_2_norms == () and plan.adapter.text_encoder_norms
 
 
-def test_sdxl_norms_run_exports_lycoris_names(models, tmp_path, monkeypatch):  # noqa: F811
-    """The file's norms on the tiny SDXL model (a prefix of the full layout; CLIP layers 0-2): the export's
-    NormModule tensors are LyCORIS's names for the norms the tiny model has."""
+@pytest.mark.parametrize("preset", sorted(FILES))
+def test_sdxl_norms_run_exports_lycoris_names(models, preset, tmp_path, monkeypatch):  # noqa: F811
+    """The files' norms on the tiny SDXL model (a prefix of the full layout; CLIP layers 0-2): the export's
+    NormModule tensors are LyCORIS's names for the norms the tiny model has (root.toml: CLIP-L's alone, bigG
+    not training)."""
     from dbspec.runtime.tiny import build_pipeline
     from tests.unit.convert_kit import out_path
 
-    _converted(tmp_path, "p.toml", ["model.base=builtin:tiny-sdxl"])
-    theirs = _lycoris_norms(models, str(tmp_path / "p.toml"), monkeypatch)
+    _converted(tmp_path, preset, ["model.base=builtin:tiny-sdxl"])
+    theirs = _lycoris_norms(models, str(tmp_path / preset), monkeypatch)
     tiny = build_pipeline("builtin:tiny-sdxl")
     table = unet_table(tiny.unet.config)
     present = {
@@ -120,6 +137,8 @@ def test_sdxl_norms_run_exports_lycoris_names(models, tmp_path, monkeypatch):  #
     with safe_open(str(export), "pt") as handle:
         norms = {key.split(".")[0] for key in handle.keys() if key.endswith(("w_norm", "b_norm"))}
     expected = theirs & present
-    assert any(n.startswith("lora_unet_middle_block") for n in expected) and "lora_unet_out_0" in expected
-    assert any(n.startswith("lora_te1") for n in expected) and any(n.startswith("lora_te2") for n in expected)
+    if preset == "p.toml":
+        assert any(n.startswith("lora_unet_middle_block") for n in expected) and "lora_unet_out_0" in expected
+    assert any(n.startswith("lora_te1") for n in expected)
+    assert any(n.startswith("lora_te2") for n in expected) == (preset == "p.toml")
     assert norms == expected

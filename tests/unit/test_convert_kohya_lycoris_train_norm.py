@@ -137,3 +137,32 @@ def test_sdxl_file_reaching_norms_of_one_encoder(tmp_path):
     )
     norms = plan_of(outcome, tmp_path).adapter.text_encoder_norms
     assert set(norms) == {"layers.20.layer_norm1", "layers.20.layer_norm2"}
+
+
+def test_sdxl_file_reaching_one_encoders_root_class_gives_each_its_norms(tmp_path):
+    """`CLIPTextModel` is CLIP-L's root class alone (OpenCLIP bigG's is CLIPTextModelWithProjection): every
+    CLIP-L LayerNorm, none of bigG's, which one list cannot name: the second encoder's own
+    text_encoder_2_norms (empty), and bigG does not train (no module there)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["Transformer2DModel"]\ntext_encoder_target_module = ["CLIPTextModel"]\n',
+        encoding="utf-8",
+    )
+    outcome = expressible(
+        _convert(tmp_path, '"algo=lora" "preset=p.toml" "train_norm=True"', SDXL, "sdxl_train_network.py")
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert set(a.text_encoder_norms) == {"layer_norm1", "layer_norm2", "final_layer_norm"}
+    assert a.text_encoder_2_norms == () and a.text_encoder_2_targets == ()
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"], trainable["text_encoder_2"]) == ("lora", "frozen")
+
+
+def test_sdxl_one_list_fits_both_encoders(tmp_path):
+    """CLIPEncoderLayer in both encoders: one list, the second's the same."""
+    (tmp_path / "p.toml").write_text('text_encoder_target_module = ["CLIPEncoderLayer"]\n', encoding="utf-8")
+    outcome = expressible(
+        _convert(tmp_path, '"algo=lora" "preset=p.toml" "train_norm=True"', SDXL, "sdxl_train_network.py")
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.text_encoder_2_norms == a.text_encoder_norms == ("layer_norm1", "layer_norm2")

@@ -642,13 +642,15 @@ BUILTIN_TABLES: dict[str, dict[str, Any]] = {
 class NormTargets(NamedTuple):
     """The norms `train_norm` gives a NormModule (lycoris/modules/norms.py): the U-Net's (diffusers' paths,
     and the suffixes picking exactly them: adapter.denoiser_norms) and each CLIP encoder's (its paths, and the
-    suffixes picking exactly each encoder's: adapter.text_encoder_norms; None where one list cannot, as on
-    SDXL when the two encoders' norms differ)."""
+    suffixes picking exactly each encoder's: adapter.text_encoder_norms; on SDXL, where one list cannot
+    pick both encoders' (a file naming one encoder's root class), the second's own in `text_encoder_2`:
+    adapter.text_encoder_2_norms)."""
 
     denoiser: list[str]
-    text_encoder: list[str] | None
+    text_encoder: list[str]
     unet_paths: list[str]
     text_paths: list[list[str]]
+    text_encoder_2: list[str] | None = None
 
 
 def preset_norms(data: dict[str, Any], v2: bool, sdxl: bool = False) -> NormTargets:
@@ -681,8 +683,16 @@ def preset_norms(data: dict[str, Any], v2: bool, sdxl: bool = False) -> NormTarg
         ]
         unet_paths = [diffusers_name(p, SDXL_UNET, ".") for p in unet_paths]
     wide = _suffixes(set(text_paths[-1]), texts[-1], skip=1)  # the widest encoder's, as _text_targets
-    fits = all(_norms_picked(rows, wide) == set(paths) for rows, paths in zip(texts, text_paths))
-    return NormTargets(_suffixes(set(unet_paths), unet), wide if fits else None, unet_paths, text_paths)
+    denoiser = _suffixes(set(unet_paths), unet)
+    if all(_norms_picked(rows, wide) == set(paths) for rows, paths in zip(texts, text_paths)):
+        return NormTargets(denoiser, wide, unet_paths, text_paths)
+    first, second = (_suffixes(set(paths), rows, skip=1) for rows, paths in zip(texts, text_paths))
+    for rows, paths, found in zip(texts, text_paths, (first, second)):
+        if _norms_picked(rows, found) != set(paths):  # a defensive check: _suffixes picks exactly its paths
+            raise PresetError(
+                f"dbspec's norm suffixes cannot pick exactly the norms it reaches ({paths})", False
+            )
+    return NormTargets(denoiser, first, unet_paths, text_paths, second)
 
 
 def _norms_picked(rows: list[Row], targets: list[str]) -> set[str]:

@@ -494,19 +494,14 @@ def _train_norm(
             "and full",
         )
         return
-    if clip and found.text_encoder is None:
-        conv.unsupported(
-            legacy,
-            "the preset reaches other LayerNorms in each CLIP encoder (dbspec names one set for both, "
-            "adapter.text_encoder_norms)",
-        )
-        return
     where = []
     if unet:
         put["denoiser_norms"] = list(found.denoiser)
         where.append(f"{len(unet)} U-Net norm(s)")
     if clip:
         put["text_encoder_norms"] = list(found.text_encoder)
+        if found.text_encoder_2 is not None:  # SDXL's two encoders reach other norms
+            put["text_encoder_2_norms"] = list(found.text_encoder_2)
         where.append(f"{len(clip)} CLIP LayerNorm(s)")
     target = "adapter.denoiser_norms" if unet else "adapter.text_encoder_norms"
     conv.record(
