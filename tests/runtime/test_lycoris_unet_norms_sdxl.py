@@ -142,3 +142,57 @@ def test_sdxl_norms_run_exports_lycoris_names(models, preset, tmp_path, monkeypa
     assert any(n.startswith("lora_te1") for n in expected)
     assert any(n.startswith("lora_te2") for n in expected) == (preset == "p.toml")
     assert norms == expected
+
+
+def test_sdxl_each_encoders_own_norms_train_resume_and_load_in_lycoris(tmp_path, monkeypatch):
+    """text_encoder_2_norms of its own (here OpenCLIP bigG's final LayerNorm beside root.toml's CLIP-L norms):
+    each encoder offsets its own list, the run resumes bit-exact, and lycoris-lora's
+    create_network_from_weights loads the export (lora_te1_ / lora_te2_ NormModules, CLIP-L's LoCon) onto
+    the base encoders with both trained encoders' outputs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.unit.convert_kit import out_path
+
+    _converted(tmp_path, "root.toml", ["model.base=builtin:tiny-sdxl"])
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sdxl", 'checkpoints.exports=["kohya_lora"]', "schedule.steps=2"]
+    base += ['adapter.text_encoder_2_norms=["final_layer_norm"]', "train.text_encoder_2=true"]
+    plan = compile_spec(spec, [*base, "output.dir=whole"])
+    assert plan.adapter.text_encoder_2_norms == ("final_layer_norm",)
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True)
+    assert first.status == "interrupted" and second.status == "finished"
+    assert first.losses + second.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    tensors, resumed = load_file(str(export)), load_file(str(again))
+    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    te2 = {k.split(".")[0] for k in tensors if k.startswith("lora_te2")}
+    assert te2 == {"lora_te2_text_model_final_layer_norm"}
+    assert "lora_te1_text_model_encoder_layers_1_layer_norm2" in {k.split(".")[0] for k in tensors}
+
+    tiny = build_pipeline("builtin:tiny-sdxl")
+    inner = [copy.deepcopy(tiny.text_encoder).float(), copy.deepcopy(tiny.text_encoder_2).float()]
+    encoders = [_kohya_clip(m) for m in inner]  # kohya's `text_model.` level (LyCORIS's names)
+    for attr in NETWORK_ATTRS[1:4]:  # the loader's network builds its preset's modules first: none here
+        monkeypatch.setattr(lycoris_kohya.LycorisNetworkKohya, attr, [])
+    network, weights = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, encoders, nn.Module(), for_inference=True
+    )
+    assert {type(m).__name__ for m in network.text_encoder_loras} == {"LoConModule", "NormModule"}
+    ids = torch.arange(7).unsqueeze(0) % tiny.text_encoder.config.vocab_size
+    with torch.no_grad():
+        plain = [m.eval()(ids)[0] for m in inner]
+    network.apply_to(encoders, nn.Module(), apply_text_encoder=True, apply_unet=False)
+    network.load_state_dict(weights, strict=False)
+    trained = [m.float().eval() for m in whole.components.text_encoders]
+    with torch.no_grad():
+        for theirs_model, ours_model, before in zip(inner, trained, plain):
+            ours, theirs = ours_model(ids)[0], theirs_model.eval()(ids)[0]
+            assert (ours - before).abs().max() > 1e-3  # each trained encoder differs from its base
+            torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
