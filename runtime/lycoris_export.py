@@ -62,10 +62,17 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
 
 
 def lycoris_state(
-    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str, lycoris: bool = True
+    *,
+    unet: nn.Module | None,
+    text_encoders: list,
+    family: Family,
+    dtype: str,
+    lycoris: bool = True,
+    empty_ok: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every adapted layer's tensors under its kohya name (`lycoris`: lycoris.kohya's, else kohya's
-    networks.lora's: T5-XXL's prefix on Flux, exports.kohya_parts), cast to `dtype` (alphas in fp32)."""
+    networks.lora's: T5-XXL's prefix on Flux, exports.kohya_parts), cast to `dtype` (alphas in fp32).
+    `empty_ok`: no adapted layer is no error (LyCORIS train_norm's NormModules alone)."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     parts = kohya_parts(unet=unet, text_encoders=text_encoders, family=family, lycoris=lycoris)
@@ -90,7 +97,7 @@ def lycoris_state(
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
             if alpha is not None:  # LyCORIS's full algo has none
                 tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    if not tensors:
+    if not tensors and not empty_ok:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
 
@@ -503,6 +510,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
         family=plan.model.family,
         dtype=plan.checkpoints.save_precision,
         lycoris="algo" in args,  # the network ss_network_module names below names the modules
+        empty_ok=bool(a.text_encoder_norms or a.text_encoder_2_norms or a.denoiser_norms),  # norms alone
     )
     from dbspec.runtime.exports import kohya_norms
 

@@ -19,6 +19,8 @@ from dbspec.runtime.execute import quiet_libraries
 from dbspec.runtime.generate import render
 
 LORA_FILES = ("pytorch_lora_weights.safetensors",)
+# LyCORIS train_norm's offsets (runtime/weights.py NORM_FILES)
+_NORM_FILES = ("text_encoder_norms.safetensors", "denoiser_norms.safetensors")
 
 
 class SampleError(Exception):
@@ -106,6 +108,14 @@ def load_pipeline(request: SampleRequest):
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
+    if source.is_dir() and any(
+        (source / name).is_file() for name in _NORM_FILES
+    ):  # LyCORIS NormModules alone
+        base = request.base or (plan.model.base if plan else "")
+        if not base:
+            raise SampleError(f"{source} holds norm offsets: pass --base with the model they were trained on")
+        pipe = _with_norms(_base_pipeline(base, plan, request), source, plan)
+        return load_embeddings(pipe, source, plan)
     if source.is_dir() and any((source / name / "config.json").exists() for name in _components()):
         pipe = _with_full_components(source, plan, request)  # a full fine-tune's checkpoint
         return load_embeddings(pipe, source, plan)

@@ -95,6 +95,8 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     if norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
         _save_norms(folder, trained, dtype)
         trained = _with_adapters(trained)  # a model that trains its norm offsets alone has none
+        if not trained:  # the network's NormModules alone: no adapter file
+            return
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
         and not any_tucker(plan.adapter)

@@ -38,11 +38,11 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _converted(tmp_path: Path, preset: str, extra: str = "") -> Path:
+def _converted(tmp_path: Path, preset: str, extra: str = "", text: str = FILE) -> Path:
     from tests.unit.convert_kit import SD15, errors, images, kohya, out_path
 
     if preset.endswith(".toml"):
-        (tmp_path / preset).write_text(FILE, encoding="utf-8")
+        (tmp_path / preset).write_text(text, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     outcome = kohya(
         tmp_path,
@@ -202,3 +202,73 @@ def test_unet_norm_offsets_train_resume_and_load_in_lycoris(pipe, tmp_path, monk
         norms_alone = trained(sample, t, context).sample
         assert (norms_alone - plain).abs().max() > 1e-3
         torch.testing.assert_close(sampled(sample, t, context).sample, norms_alone, rtol=0, atol=1e-5)
+
+
+# NormModules alone: two U-Net norms and CLIP's final LayerNorm by name, no Linear or convolution
+NORMS_ONLY = """\
+unet_target_module = []
+unet_target_name = ["conv_norm_out", 'mid_block\\.resnets\\.0\\.norm1']
+text_encoder_target_module = []
+text_encoder_target_name = ['text_model\\.final_layer_norm']
+"""
+
+
+def test_norm_offsets_alone_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):
+    """A network of NormModules only: no adapter on either model, the offsets alone train (the U-Net's and
+    CLIP's), resume bit-exact, and the export (NormModule tensors only) loads in lycoris-lora with both
+    trained models' outputs; `dbspec sample` loads them back."""
+    spec = _converted(tmp_path, "p.toml", text=NORMS_ONLY)
+    plan = compile_spec(spec, [*BASE, "output.dir=whole"])
+    a = plan.adapter
+    assert (a.denoiser_targets, a.text_encoder_targets, a.conv_rank) == ((), (), 0)
+    assert set(a.denoiser_norms) == {"conv_norm_out", "mid_block.resnets.0.norm1"}
+    assert a.text_encoder_norms == ("final_layer_norm",) and plan.train_text_encoder
+    whole = execute(plan, keep_models=True)
+    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True)
+    assert whole.status == second.status == "finished" and first.status == "interrupted"
+    assert first.losses + second.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    tensors, resumed = load_file(str(export)), load_file(str(again))
+    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    assert {k.split(".")[0] for k in tensors} == {
+        "lora_unet_conv_norm_out",
+        "lora_unet_mid_block_resnets_0_norm1",
+        "lora_te_text_model_final_layer_norm",
+    }
+
+    unet, clip = copy.deepcopy(pipe.unet).float(), copy.deepcopy(pipe.text_encoder).float()
+    named = nn.Module()
+    named.text_model = clip  # kohya's CLIP names its modules text_model.*
+    for attr in NETWORK_ATTRS[1:4]:  # the loader's network builds its preset's modules first: none here
+        monkeypatch.setattr(lycoris_kohya.LycorisNetworkKohya, attr, [])
+    network, weights = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, named, unet, for_inference=True
+    )
+    assert {type(m).__name__ for m in [*network.unet_loras, *network.text_encoder_loras]} == {"NormModule"}
+    network.apply_to(named, unet, apply_text_encoder=True, apply_unet=True)
+    network.load_state_dict(weights, strict=False)
+    torch.manual_seed(1)
+    cfg = unet.config
+    sample = torch.randn(1, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+    context, t = torch.randn(1, 5, cfg.cross_attention_dim), torch.tensor([500])
+    ids = torch.arange(7).unsqueeze(0) % clip.config.vocab_size
+    trained_unet = whole.components.unet.float().eval()
+    trained_clip = whole.components.text_encoders[0].float().eval()
+    with torch.no_grad():
+        ours = trained_unet(sample, t, context).sample
+        torch.testing.assert_close(unet.eval()(sample, t, context).sample, ours, rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            clip.eval()(ids).last_hidden_state, trained_clip(ids).last_hidden_state, rtol=0, atol=1e-4
+        )
+        assert (ours - pipe.unet.float().eval()(sample, t, context).sample).abs().max() > 1e-3
+
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sampled.unet.float().eval()(sample, t, context).sample, ours, rtol=0, atol=1e-5
+        )
