@@ -272,3 +272,5 @@ def test_norm_offsets_alone_train_resume_and_load_in_lycoris(pipe, tmp_path, mon
         torch.testing.assert_close(
             sampled.unet.float().eval()(sample, t, context).sample, ours, rtol=0, atol=1e-5
         )
+        text = sampled.text_encoder.float().eval()(ids).last_hidden_state
+        torch.testing.assert_close(text, trained_clip(ids).last_hidden_state, rtol=0, atol=1e-5)
