@@ -53,10 +53,6 @@ def text_norms(adapter, name: str) -> tuple[str, ...]:
     return adapter.text_encoder_norms
 
 
-def any_text_norms(adapter) -> bool:
-    return bool(adapter.text_encoder_norms or adapter.text_encoder_2_norms)
-
-
 def _prepare(
     module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...], seed: int
 ) -> list:
