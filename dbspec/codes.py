@@ -2738,6 +2738,16 @@ beside their adapters. With neither `train.text_encoder` nor `train.text_encoder
 so the offsets are never added and the setting changes nothing.""",
         help="set train.text_encoder = true, or remove adapter.text_encoder_norms",
     ),
+    Code(
+        "DBS586",
+        WARNING,
+        "adapter.denoiser_norms without a trained denoiser",
+        """\
+`adapter.denoiser_norms` (LyCORIS `train_norm`) trains offsets of the U-Net's GroupNorms and LayerNorms beside
+its adapters. With `train.denoiser = false` the U-Net does not train, so the offsets are never added and the
+setting changes nothing.""",
+        help="set train.denoiser = true, or remove adapter.denoiser_norms",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

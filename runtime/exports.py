@@ -493,14 +493,22 @@ def lycoris_names(tensors: dict[str, torch.Tensor], family: Family) -> dict[str,
 
 
 def kohya_norms(plan: Plan, comps) -> dict[str, torch.Tensor]:
-    """LyCORIS's NormModule tensors (`w_norm` / `b_norm`) of the CLIP LayerNorms train_norm offsets
-    (runtime/norm_offsets.py), under the text encoders' kohya names."""
-    if not (plan.adapter.text_encoder_norms and plan.train_text_encoder):
+    """LyCORIS's NormModule tensors (`w_norm` / `b_norm`) of the CLIP LayerNorms and U-Net norms train_norm
+    offsets (runtime/norm_offsets.py), under the text encoders' and the U-Net's kohya names (`lora_unet_`,
+    SDXL's in the original layout)."""
+    a = plan.adapter
+    clip = bool((a.text_encoder_norms or a.text_encoder_2_norms) and plan.train_text_encoder)
+    unet = bool(plan.adapter.denoiser_norms and plan.train_denoiser)
+    if not (clip or unet):
         return {}
     from dbspec.runtime.norm_offsets import lycoris_norms
 
     cast = to_dtype(plan.checkpoints.save_precision)
-    parts = kohya_parts(unet=None, text_encoders=list(comps.text_encoders), family=plan.model.family)
+    parts = kohya_parts(
+        unet=comps.unet if unet else None,
+        text_encoders=list(comps.text_encoders) if clip else [],
+        family=plan.model.family,
+    )
     return {
         k: v
         for prefix, module, to_path in parts

@@ -59,14 +59,22 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
         # LoCon's (lycoris.kohya on kohya's Flux) by the family's kohya writer, which folds it too
         or ((any_scalar(adapter) or norm_scalars(adapter)) and not adapter.fused)
         or mixed(adapter)  # several kinds (runtime/mixed_kinds.py)
+        or bool(adapter.denoiser_norms)  # LyCORIS train_norm's U-Net NormModules: lycoris.kohya's network
     )
 
 
 def lycoris_state(
-    *, unet: nn.Module | None, text_encoders: list, family: Family, dtype: str, lycoris: bool = True
+    *,
+    unet: nn.Module | None,
+    text_encoders: list,
+    family: Family,
+    dtype: str,
+    lycoris: bool = True,
+    empty_ok: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every adapted layer's tensors under its kohya name (`lycoris`: lycoris.kohya's, else kohya's
-    networks.lora's: T5-XXL's prefix on Flux, exports.kohya_parts), cast to `dtype` (alphas in fp32)."""
+    networks.lora's: T5-XXL's prefix on Flux, exports.kohya_parts), cast to `dtype` (alphas in fp32).
+    `empty_ok`: no adapted layer is no error (LyCORIS train_norm's NormModules alone)."""
     cast = to_dtype(dtype)
     tensors: dict[str, torch.Tensor] = {}
     parts = kohya_parts(unet=unet, text_encoders=text_encoders, family=family, lycoris=lycoris)
@@ -91,7 +99,7 @@ def lycoris_state(
                 tensors[f"{key}.{suffix}"] = value.detach().to("cpu", cast, copy=True).contiguous()
             if alpha is not None:  # LyCORIS's full algo has none
                 tensors[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
-    if not tensors:
+    if not tensors and not empty_ok:
         raise ValueError("no adapter layers to export: the modules carry no peft adapter")
     return tensors
 
@@ -461,6 +469,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         or adapter.output_dropout
         or mixed(adapter)
         or adapter.kohya_names == "lycoris"
+        or adapter.denoiser_norms  # LyCORIS train_norm on the U-Net
     ):  # LyCORIS's LoRA; kohya's networks.lora has no DoRA, Tucker form, scalar, LoCon's dropouts or other
         # kinds on some layers (a preset file's maps); or named as LyCORIS names it
         args["algo"] = "locon"
@@ -482,7 +491,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
             args["full_matrix"] = "True"
     if adapter.scalar:
         args["use_scalar"] = "True"
-    if adapter.text_encoder_norms:
+    if adapter.text_encoder_norms or adapter.text_encoder_2_norms or adapter.denoiser_norms:
         args["train_norm"] = "True"
     if adapter.bypass or adapter.rank_dropout_form == "lycoris_bypass" or adapter.output_dropout:
         args["bypass_mode"] = "True"
@@ -503,6 +512,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
         family=plan.model.family,
         dtype=plan.checkpoints.save_precision,
         lycoris="algo" in args,  # the network ss_network_module names below names the modules
+        empty_ok=bool(a.text_encoder_norms or a.text_encoder_2_norms or a.denoiser_norms),  # norms alone
     )
     from dbspec.runtime.exports import kohya_norms
 

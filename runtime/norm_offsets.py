@@ -1,9 +1,10 @@
-"""LyCORIS's `train_norm` on the CLIP text encoders (plan.adapter.text_encoder_norms): each named LayerNorm's
-weight and bias get a trained offset.
+"""LyCORIS's `train_norm` on the CLIP text encoders (plan.adapter.text_encoder_norms) and the U-Net
+(plan.adapter.denoiser_norms): each named LayerNorm's or GroupNorm's weight and bias get a trained offset.
 
 lycoris-lora's NormModule (lycoris/modules/norms.py) holds `w_norm` and `b_norm`, zeros at the start, and
-returns the LayerNorm's own output plus layer_norm(x, w_norm x multiplier, b_norm x multiplier): the layer
-with weight + w_norm and bias + b_norm. Here the offsets are parameters of the LayerNorm itself,
+returns the layer's own output plus layer_norm(x, w_norm x multiplier, b_norm x multiplier) (a GroupNorm:
+group_norm(x, num_groups, ...) with the layer's groups and eps): the layer with weight + w_norm and bias +
+b_norm. Here the offsets are parameters of the norm layer itself,
 `lora_w_norm` / `lora_b_norm` (peft's `lora_` marker: the trainable-weight filter and checkpoints hold them;
 no adapter name in them, so peft's own state dicts and diffusers' LoRA files leave them out), and a forward
 hook adds the same term. The module tree and every other parameter name stay as they were. `disabled`
@@ -20,7 +21,10 @@ from torch import nn
 WEIGHT, BIAS = "lora_w_norm", "lora_b_norm"
 
 
-def _added(layer: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
+_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def _added(layer: nn.LayerNorm | nn.GroupNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
     if getattr(layer, "norm_offsets_disabled", False):
         return output
     x = args[0]
@@ -34,9 +38,11 @@ def _added(layer: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tens
     if layer.training and rank_dropout:
         keep = torch.rand(w.numel(), device=x.device) < rank_dropout
         w, b = w * keep, None if b is None else b * keep
-    added = F.layer_norm(
-        x, layer.normalized_shape, w.to(x.dtype), None if b is None else b.to(x.dtype), layer.eps
-    )
+    w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+    if isinstance(layer, nn.GroupNorm):  # NormModule's op for a GroupNorm: F.group_norm, its groups and eps
+        added = F.group_norm(x, layer.num_groups, w, b, layer.eps)
+    else:
+        added = F.layer_norm(x, layer.normalized_shape, w, b, layer.eps)
     return output + added.to(output.dtype)
 
 
@@ -45,30 +51,37 @@ def _named(path: str, suffixes: tuple[str, ...]) -> bool:
 
 
 def add_norm_offsets(
-    module: nn.Module, suffixes: tuple[str, ...], module_dropout: float = 0.0, rank_dropout: float = 0.0
+    module: nn.Module,
+    suffixes: tuple[str, ...],
+    module_dropout: float = 0.0,
+    rank_dropout: float = 0.0,
+    required: bool = True,
 ) -> int:
-    """The offsets on every LayerNorm of `module` whose path ends in one of `suffixes`; how many layers. A
-    LayerNorm without weight (elementwise_affine off) is refused, as LyCORIS's NormModule fails on it.
+    """The offsets on every LayerNorm or GroupNorm of `module` whose path ends in one of `suffixes`; how many
+    layers. One without weight (elementwise_affine / affine off) is refused, as LyCORIS's NormModule fails
+    on it. `required`: none named is a ValueError (SDXL's CLIP-L may have none of the names that pick
+    OpenCLIP bigG's later layers: not required there).
     `module_dropout` / `rank_dropout`: the network's, which LyCORIS hands every NormModule too."""
     count = 0
     for path, layer in module.named_modules():
-        if not (isinstance(layer, nn.LayerNorm) and _named(path, suffixes)):
+        if not (isinstance(layer, _NORMS) and _named(path, suffixes)):
             continue
         if layer.weight is None:
-            raise ValueError(f"train_norm: `{path}` is a LayerNorm without weight or bias to offset")
+            kind = type(layer).__name__
+            raise ValueError(f"train_norm: `{path}` is a {kind} without weight or bias to offset")
         setattr(layer, WEIGHT, nn.Parameter(torch.zeros_like(layer.weight, dtype=torch.float32)))
         if layer.bias is not None:
             setattr(layer, BIAS, nn.Parameter(torch.zeros_like(layer.bias, dtype=torch.float32)))
         layer.norm_dropouts = (module_dropout, rank_dropout)
         layer.register_forward_hook(_added)
         count += 1
-    if not count:
-        raise ValueError(f"train_norm: no LayerNorm of the text encoder is named {list(suffixes)}")
+    if not count and required:
+        raise ValueError(f"train_norm: no LayerNorm or GroupNorm of the model is named {list(suffixes)}")
     return count
 
 
-def norm_layers(module: nn.Module | None) -> list[tuple[str, nn.LayerNorm]]:
-    """(path, layer) of each LayerNorm carrying offsets."""
+def norm_layers(module: nn.Module | None) -> list[tuple[str, nn.Module]]:
+    """(path, layer) of each LayerNorm / GroupNorm carrying offsets."""
     if module is None:
         return []
     return [(path, layer) for path, layer in module.named_modules() if hasattr(layer, WEIGHT)]
@@ -80,7 +93,7 @@ def set_disabled(module: nn.Module, disabled: bool) -> None:
 
 
 def norm_state(module: nn.Module | None) -> dict[str, torch.nn.Parameter]:
-    """`<path>.w_norm` / `<path>.b_norm`: NormModule's names of each offset LayerNorm's offsets."""
+    """`<path>.w_norm` / `<path>.b_norm`: NormModule's names of each offset norm layer's offsets."""
     out = {}
     for path, layer in norm_layers(module):
         out[f"{path}.w_norm"] = getattr(layer, WEIGHT)

@@ -46,6 +46,13 @@ def text_targets(adapter, name: str) -> tuple[str, ...]:
     return adapter.text_encoder_targets
 
 
+def text_norms(adapter, name: str) -> tuple[str, ...]:
+    """LyCORIS train_norm's LayerNorms of the CLIP text encoder named `name` (a pipeline component)."""
+    if name == "text_encoder_2" and adapter.text_encoder_2_norms is not None:
+        return adapter.text_encoder_2_norms
+    return adapter.text_encoder_norms
+
+
 def _prepare(
     module: torch.nn.Module, name: str, plan: Plan, device: torch.device, targets: tuple[str, ...], seed: int
 ) -> list:
@@ -71,13 +78,21 @@ def _prepare(
         # its convolution targets, per-block ranks ([[adapter.blocks]]) and fused projections apply
         denoiser = name == "unet"
         clip = not denoiser and name not in t5_text_encoders(plan.model.family)
-        if targets or not (clip and plan.adapter.text_encoder_norms):  # LyCORIS train_norm alone: no adapter
+        # LyCORIS train_norm: CLIP's LayerNorm offsets, the U-Net's GroupNorm / LayerNorm offsets
+        norms = text_norms(plan.adapter, name) if clip else plan.adapter.denoiser_norms if denoiser else ()
+        convs = denoiser and plan.adapter.conv_rank and plan.adapter.conv_targets
+        if targets or convs or not norms:  # LyCORIS train_norm alone: no adapter
             adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
-        if plan.adapter.text_encoder_norms and clip:  # LyCORIS train_norm: CLIP's LayerNorm offsets
+        if norms:
             from dbspec.runtime.norm_offsets import add_norm_offsets
 
             a = plan.adapter
-            add_norm_offsets(module, a.text_encoder_norms, a.module_dropout, a.rank_dropout)
+            # one list names every CLIP encoder's: SDXL's CLIP-L may have none of bigG's later layers
+            t5 = t5_text_encoders(plan.model.family)
+            several = (
+                len([e for e in family_spec(plan.model.family).text_encoders if e.component not in t5]) > 1
+            )
+            add_norm_offsets(module, norms, a.module_dropout, a.rank_dropout, required=not (clip and several))
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             _tie_fused(module, plan.adapter)

@@ -10,7 +10,7 @@ import attrs
 import diffusers
 import torch
 
-from dbspec.families import FAMILIES
+from dbspec.families import FAMILIES, family_spec
 from dbspec.runtime.families import family_runtime
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
@@ -19,6 +19,8 @@ from dbspec.runtime.execute import quiet_libraries
 from dbspec.runtime.generate import render
 
 LORA_FILES = ("pytorch_lora_weights.safetensors",)
+# LyCORIS train_norm's offsets (runtime/weights.py NORM_FILES)
+_NORM_FILES = ("text_encoder_norms.safetensors", "denoiser_norms.safetensors")
 
 
 class SampleError(Exception):
@@ -102,9 +104,17 @@ def load_pipeline(request: SampleRequest):
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
-        return load_embeddings(pipe, source, plan)
+        return load_embeddings(_with_norms(pipe, source, plan), source, plan)
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
+        return load_embeddings(_with_norms(pipe, source, plan), source, plan)
+    if source.is_dir() and any(
+        (source / name).is_file() for name in _NORM_FILES
+    ):  # LyCORIS NormModules alone
+        base = request.base or (plan.model.base if plan else "")
+        if not base:
+            raise SampleError(f"{source} holds norm offsets: pass --base with the model they were trained on")
+        pipe = _with_norms(_base_pipeline(base, plan, request), source, plan)
         return load_embeddings(pipe, source, plan)
     if source.is_dir() and any((source / name / "config.json").exists() for name in _components()):
         pipe = _with_full_components(source, plan, request)  # a full fine-tune's checkpoint
@@ -123,6 +133,36 @@ def load_embeddings(pipe, source: Path, plan: Plan | None):
     from dbspec.runtime.tokens_ti import load_embeddings as load
 
     load(pipe, source, plan)
+    return pipe
+
+
+def _with_norms(pipe, source: Path, plan: Plan | None):
+    """LyCORIS train_norm's offsets (runtime/norm_offsets.py) from the files beside the run's adapters
+    (weights.NORM_FILES: the CLIP encoders' and the U-Net's), on the pipeline's models that hold them, so
+    samples come from the trained model. The plan names the norms; the files' keys the models."""
+    from dbspec.runtime.prepare import text_norms
+    from dbspec.runtime.weights import NORM_FILES, load_norms
+
+    names = [name for name in NORM_FILES if (source / name).is_file()] if source.is_dir() else []
+    if plan is None or not names:
+        return pipe
+    from safetensors import safe_open
+
+    from dbspec.runtime.norm_offsets import add_norm_offsets
+
+    held = set()
+    for name in names:
+        with safe_open(str(source / name), framework="pt") as f:
+            held |= {key.split(".", 1)[0] for key in f.keys()}
+    denoiser = family_spec(plan.model.family).denoiser  # the pipeline's attribute: unet, or transformer
+    modules = {c: getattr(pipe, denoiser if c == "unet" else c) for c in sorted(held)}
+    for component, module in modules.items():
+        norms = plan.adapter.denoiser_norms if component == "unet" else text_norms(plan.adapter, component)
+        add_norm_offsets(module, norms, required=False)
+    try:
+        load_norms(source, modules)
+    except KeyError as exc:
+        raise SampleError(f"{source}: {exc.args[0]}") from None
     return pipe
 
 

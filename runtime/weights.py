@@ -89,9 +89,14 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     write_text_atomic(folder / "plan.json", plan_to_json(plan))
     dtype = plan.checkpoints.save_precision
     trained = _trained_modules(comps, plan)
-    if plan.adapter.text_encoder_norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
+    norms = (
+        plan.adapter.text_encoder_norms or plan.adapter.text_encoder_2_norms or plan.adapter.denoiser_norms
+    )
+    if norms:  # LyCORIS train_norm's offsets: beside the adapters, not in them
         _save_norms(folder, trained, dtype)
-        trained = _with_adapters(trained)  # a CLIP encoder that trains its norm offsets alone has none
+        trained = _with_adapters(trained)  # a model that trains its norm offsets alone has none
+        if not trained:  # the network's NormModules alone: no adapter file
+            return
     if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
         plan.adapter.kind == "lora"
         and not any_tucker(plan.adapter)
@@ -101,7 +106,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         and not mixed(plan.adapter)  # other kinds too: peft's layout
     ):
         encoders = trained_text_encoders(plan, comps)
-        if plan.adapter.text_encoder_norms:  # a CLIP encoder may train its norm offsets alone
+        if norms:  # a model may train its norm offsets alone
             encoders = _with_adapters(encoders)
         # T5-XXL's LoRA (train.t5): diffusers' Flux LoRA file has no place for it, so peft's layout beside it
         # (<folder>/text_encoder_2/); the kohya_lora export holds it as lora_te3_*
@@ -126,22 +131,51 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
     save_full_weights(folder, trained.get("unet"), text, dtype, denoiser=denoiser)
 
 
+# LyCORIS train_norm's offsets beside a run's adapter files: the CLIP encoders' and the U-Net's
+NORM_FILES = {"text_encoder_norms.safetensors": False, "denoiser_norms.safetensors": True}
+
+
 def _save_norms(folder: Path, trained: dict[str, torch.nn.Module], dtype: str) -> None:
-    """`text_encoder_norms.safetensors`: each offset LayerNorm's `<component>.<path>.w_norm` / `.b_norm`
-    (runtime/norm_offsets.py), which neither peft's nor diffusers' adapter files have a place for."""
+    """`text_encoder_norms.safetensors` (the CLIP encoders') and `denoiser_norms.safetensors` (the U-Net's):
+    each offset norm layer's `<component>.<path>.w_norm` / `.b_norm` (runtime/norm_offsets.py), which
+    neither peft's nor diffusers' adapter files have a place for."""
     from safetensors.torch import save_file
 
     from dbspec.runtime.norm_offsets import norm_state
 
     cast = to_dtype(dtype)
-    tensors = {
-        f"{name}.{key}": value.detach().to("cpu", cast, copy=True).contiguous()
-        for name, module in trained.items()
-        for key, value in norm_state(module).items()
-    }
-    if tensors:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(folder / "text_encoder_norms.safetensors"))
+    for file, denoiser in NORM_FILES.items():
+        tensors = {
+            f"{name}.{key}": value.detach().to("cpu", cast, copy=True).contiguous()
+            for name, module in trained.items()
+            if (name == "unet") == denoiser
+            for key, value in norm_state(module).items()
+        }
+        if tensors:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(folder / file))
+
+
+def load_norms(folder: Path, modules: dict[str, torch.nn.Module]) -> int:
+    """The offsets `_save_norms` wrote in `folder` copied onto `modules` (component name -> model, each
+    carrying the plan's offsets: runtime/norm_offsets.py); how many tensors. KeyError for a file tensor that
+    no module holds, or a module offset the files lack."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.norm_offsets import norm_state
+
+    wanted = {f"{name}.{key}": p for name, m in modules.items() for key, p in norm_state(m).items()}
+    found: dict[str, torch.Tensor] = {}
+    for file in NORM_FILES:
+        if (folder / file).is_file():
+            found.update(load_file(str(folder / file)))
+    if found.keys() != wanted.keys():
+        odd = sorted(found.keys() ^ wanted.keys())
+        raise KeyError(f"train_norm offsets in {folder} do not fit the model: {odd[:3]}")
+    with torch.no_grad():
+        for key, p in wanted.items():
+            p.copy_(found[key].to(p.dtype))
+    return len(found)
 
 
 def save_pipeline(folder: Path, pipeline, comps: Components, plan: Plan, ema=None) -> None:

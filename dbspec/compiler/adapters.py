@@ -210,6 +210,8 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
         "text_encoder_targets": tuple(adapter.text_encoder_targets),
         "text_encoder_2_targets": tuple(adapter.text_encoder_2_targets),
         "text_encoder_norms": tuple(getattr(adapter, "text_encoder_norms", ())),
+        "text_encoder_2_norms": tuple(getattr(adapter, "text_encoder_2_norms", ())),
+        "denoiser_norms": tuple(getattr(adapter, "denoiser_norms", ())),
         "conv_rank": adapter.conv_rank,
         "conv_alpha": adapter.conv_alpha if conv else 0.0,
         "conv_targets": tuple(adapter.conv_targets) if conv else (),
@@ -238,6 +240,8 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         text_encoder_norms=tuple(getattr(adapter, "text_encoder_norms", ())),  # LyCORIS train_norm
+        text_encoder_2_norms=tuple(getattr(adapter, "text_encoder_2_norms", ())),
+        denoiser_norms=tuple(getattr(adapter, "denoiser_norms", ())),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
         **_oft_blocks(adapter),

@@ -2591,6 +2591,7 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS train_norm's CLIP LayerNorm offsets (runtime/norm_offsets.py) are added to the CLIP encoders
     that train: with none, DBS585."""
     norms = getattr(spec.adapter, "text_encoder_norms", ())
+    norms = norms or getattr(spec.adapter, "text_encoder_2_norms", ())
     if norms and not (spec.train.text_encoder or spec.train.text_encoder_2):
         yield _warn(
             "DBS585",
@@ -2598,6 +2599,20 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
             f"adapter.text_encoder_norms = {list(norms)} but no CLIP text encoder trains (train.text_encoder "
             "and train.text_encoder_2 are false): the offsets are never added",
             codes.help("DBS585"),
+        )
+
+
+@rule("spec")
+def norms_without_denoiser_training(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS train_norm's U-Net norm offsets (runtime/norm_offsets.py) are added to the U-Net when it
+    trains: with train.denoiser false, DBS586."""
+    norms = getattr(spec.adapter, "denoiser_norms", ())
+    if norms and not spec.train.denoiser:
+        yield _warn(
+            "DBS586",
+            ("adapter", "denoiser_norms"),
+            f"adapter.denoiser_norms = {list(norms)} but train.denoiser = false: the offsets are never added",
+            codes.help("DBS586"),
         )
 
 

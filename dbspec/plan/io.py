@@ -108,6 +108,13 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             else run["adapter"]["text_encoder_targets"]
         ),
         ("adapter", "text_encoder_norms"): [],  # LyCORIS train_norm's CLIP LayerNorms, added since (none)
+        # the second CLIP encoder's own norms, added since (text_encoder_norms then; None: the same)
+        ("adapter", "text_encoder_2_norms"): lambda run: (
+            None
+            if run["adapter"].get("text_encoder_2_norms") is None
+            else run["adapter"].get("text_encoder_norms", [])
+        ),
+        ("adapter", "denoiser_norms"): [],  # LyCORIS train_norm's U-Net norms, added since (none)
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("text_encoder_mode",): "trained",  # train.text_encoder_mode (kohya's T5 dropout), added since
         ("model", "t5_max_length"): 256,

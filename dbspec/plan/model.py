@@ -167,6 +167,11 @@ class AdapterPlan:
     # LyCORIS train_norm: the CLIP encoders' LayerNorms (suffixes) whose weight and bias train added offsets
     # (runtime/norm_offsets.py); () when none
     text_encoder_norms: tuple[str, ...] = ()
+    # the second CLIP encoder's (component text_encoder_2) norms; None (plans before it): text_encoder_norms
+    text_encoder_2_norms: tuple[str, ...] | None = None
+    # LyCORIS train_norm: the U-Net's GroupNorms and LayerNorms (suffixes) whose weight and bias train added
+    # offsets (runtime/norm_offsets.py); () when none
+    denoiser_norms: tuple[str, ...] = ()
     # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
     # 0.
     conv_rank: int = 0

@@ -618,6 +618,14 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     if a.text_encoder_norms:  # LyCORIS train_norm (runtime/norm_offsets.py)
         norms = ", ".join(a.text_encoder_norms)
         rows.append(("  CLIP norm offsets", f"{norms} (LyCORIS train_norm: weight and bias offsets, from 0)"))
+    second = a.text_encoder_2_norms
+    if second is not None and second != a.text_encoder_norms:  # the second CLIP encoder's own
+        rows.append(("  CLIP-2 norm offsets", ", ".join(second) or "none"))
+    if a.denoiser_norms:  # LyCORIS train_norm on the U-Net (runtime/norm_offsets.py)
+        norms = ", ".join(a.denoiser_norms)
+        rows.append(
+            ("  U-Net norm offsets", f"{norms} (LyCORIS train_norm: weight and bias offsets, from 0)")
+        )
     if a.kind == "lokr" and a.lokr_unit_scale:
         scale = "sqrt(rank) (LyCORIS rs_lora)" if a.lokr_rank_stabilized else "1 (LyCORIS)"
         rows.append(("  full factors", f"a layer whose two factors are both full trains at scale {scale}"))

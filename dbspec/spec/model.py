@@ -246,6 +246,29 @@ def _text_encoder_norms():
     )
 
 
+def _text_encoder_2_norms():
+    return option(
+        attrs.Factory(lambda self: list(self.text_encoder_norms), takes_self=True),
+        doc="The second CLIP text encoder's LayerNorms (suffixes) whose weight and bias train LyCORIS "
+        "`train_norm` offsets (component text_encoder_2: SDXL's and SD3's OpenCLIP bigG): a LyCORIS preset "
+        "file that reaches other norms in the two encoders. `text_encoder_norms` then names the first "
+        "encoder's.",
+        derived="same as `text_encoder_norms`",
+    )
+
+
+def _denoiser_norms():
+    return option(
+        factory=list,
+        doc="LyCORIS `train_norm` on the SD 1.x / 2.x / SDXL U-Net: module names (suffixes) of its GroupNorms"
+        " and LayerNorms whose weight and bias each train an added offset, starting at 0 (LyCORIS's "
+        "NormModule `w_norm` / `b_norm`), with the U-Net's adapters and at their learning rate, or alone "
+        "where `denoiser_targets` is empty; written under LyCORIS's names (`lora_unet_...`) in the "
+        "kohya_lora export.",
+        example=["norm1", "norm2", "norm3", "norm"],
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -760,6 +783,8 @@ class LoraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -925,6 +950,8 @@ class LohaAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -992,6 +1019,8 @@ class LokrAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1041,6 +1070,8 @@ class FullAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
@@ -1069,6 +1100,8 @@ class Ia3Adapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = option(
         factory=list,
         doc="Denoiser convolution names (suffixes) scaled too (LyCORIS adds the 3x3 convolutions with "
@@ -1199,6 +1232,8 @@ class DiagOftAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
@@ -1332,6 +1367,8 @@ class GloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1420,6 +1457,8 @@ class DyloraAdapter:
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

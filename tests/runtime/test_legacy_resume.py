@@ -49,6 +49,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["validation"]["refine"]  # refiner validation (img2img), added since
     del data["model"]["weighted_captions"]  # kohya's weighted captions, added since
     del data["adapter"]["text_encoder_norms"]  # LyCORIS train_norm's CLIP LayerNorms, added since
+    del data["adapter"]["text_encoder_2_norms"]  # the second CLIP encoder's own norms, added since
+    del data["adapter"]["denoiser_norms"]  # LyCORIS train_norm's U-Net norms, added since
     del data["adapter"]["t5_targets"]  # LoRA on T5-XXL (train.t5), added since
     del data["text_encoder_mode"]  # train.text_encoder_mode (kohya's T5 dropout), added since
     del data["adapter"]["text_encoder_2_targets"]  # the second CLIP encoder's own targets, added since

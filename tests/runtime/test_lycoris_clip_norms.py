@@ -3,7 +3,8 @@
 (`[adapter] text_encoder_norms`, runtime/norm_offsets.py). A tiny Flux run trains them, resumes bit-exact
 and exports them as NormModule's `w_norm` / `b_norm`, which lycoris-lora 4.1.3's
 create_network_from_weights loads onto the base CLIP-L (with the file's LoCon modules) to give the trained
-encoder's outputs (issue 12), beside LoCon's modules and beside Full's (algo=full)."""
+encoder's outputs (issue 12), beside LoCon's modules and beside Full's (algo=full); `dbspec sample` loads
+the offsets back."""
 
 from __future__ import annotations
 
@@ -114,6 +115,24 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, pres
         theirs = clip.eval()(ids).last_hidden_state
     assert (ours - plain).abs().max() > 1e-2  # the trained encoder differs from the base
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+
+    # `dbspec sample` on the run's folder loads the offsets back (text_encoder_norms.safetensors); compared
+    # with the adapters off on both, the offsets alone
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from dbspec.runtime.norm_offsets import norm_layers
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None)).text_encoder.float()
+    assert len(norm_layers(sampled)) == len(norm_layers(trained)) > 0
+    for model in (sampled, trained):
+        for layer in model.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.enable_adapters(False)
+    with torch.no_grad():
+        norms_alone = trained(ids).last_hidden_state
+        assert (norms_alone - plain).abs().max() > 1e-3
+        torch.testing.assert_close(sampled.eval()(ids).last_hidden_state, norms_alone, rtol=0, atol=1e-5)
 
 
 def test_norm_offsets_draw_as_lycoris():

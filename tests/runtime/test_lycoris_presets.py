@@ -21,6 +21,7 @@ lycoris_kohya = pytest.importorskip("lycoris.kohya")
 from lycoris.config import PRESET  # noqa: E402
 
 NETWORK_ATTRS = (
+    "ENABLE_CONV",  # apply_preset sets it too (attn-mlp: off): restored, or later tests build no convolution
     "UNET_TARGET_REPLACE_MODULE",
     "UNET_TARGET_REPLACE_NAME",
     "TEXT_ENCODER_TARGET_REPLACE_MODULE",
@@ -36,7 +37,7 @@ def pipe():
 def _lycoris_names(pipe, preset: str, monkeypatch) -> set[str]:
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's lists: restored after the test
-        monkeypatch.setattr(network, attr, list(getattr(network, attr)))
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     config = copy.deepcopy(PRESET[preset])
     modules = config["unet_target_module"]
     if "CrossAttention" in modules:

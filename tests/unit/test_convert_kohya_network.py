@@ -135,15 +135,15 @@ def test_dora_wd_on_networks_lora_is_ignored_as_kohya_ignores_it(tmp_path):
 
 
 def test_lycoris_switches_on_unless_false(tmp_path):
-    """train_norm=0 is on for LyCORIS (str_bool): a setting dbspec has not, so it is refused, not dropped."""
+    """train_norm=0 is on for LyCORIS (str_bool): the U-Net's norms train offsets; "False" alone is off."""
     outcome = _convert(
         tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "train_norm=0"'
     )
-    assert fate(outcome, "network_args") == "unsupported"
+    assert plan_of(outcome, tmp_path).adapter.denoiser_norms
     off = _convert(
         tmp_path, SD15, '--network_module=lycoris.kohya --network_args "algo=lora" "train_norm=False"'
     )
-    assert fate(off, "network_args") == "mapped"
+    assert fate(off, "network_args") == "mapped" and not plan_of(off, tmp_path).adapter.denoiser_norms
 
 
 @pytest.mark.parametrize("algo", ["lora", "lokr", "loha"])

@@ -191,6 +191,19 @@ def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):
     outcome = _sd3(tmp_path, "--network_args preset=p.toml train_norm=True")
     a = plan_of(outcome, tmp_path).adapter
     assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and not errors(outcome)
+    # CLIP-G's layer 20 alone (CLIP-L has 12 layers): CLIP-G's own list, CLIP-L none (was DBS403)
+    (tmp_path / "p.toml").write_text(
+        "unet_target_module = []\nunet_target_name = []\ntext_encoder_target_module = []\n"
+        "text_encoder_target_name = ['text_model\\.encoder\\.layers\\.20\\.layer_norm2']\n"
+    )
+    outcome = _sd3(tmp_path, "--network_args preset=p.toml train_norm=True")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.text_encoder_norms, a.text_encoder_2_norms) == ((), ("layers.20.layer_norm2",))
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert (trainable["text_encoder"], trainable["text_encoder_2"]) == ("frozen", "lora") and not errors(
+        outcome
+    )
 
 
 def test_locon_bypass_dropouts_are_drawn_per_fused_qkv(tmp_path):

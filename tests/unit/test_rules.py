@@ -1089,6 +1089,16 @@ CASES = [
         LORA + 'text_encoder_norms = ["layer_norm1"]\n' + DOG + STEPS + "[train]\ntext_encoder = true\n",
     ),
     (
+        rules.norms_without_denoiser_training,
+        LORA
+        + 'denoiser_norms = ["norm1"]\n'
+        + DOG
+        + STEPS
+        + "[train]\ndenoiser = false\ntext_encoder = true\n",
+        [("DBS586", "warning", ("adapter", "denoiser_norms"))],
+        LORA + 'denoiser_norms = ["norm1"]\n' + DOG + STEPS,
+    ),
+    (
         rules.lora_dropouts_without_dora,
         LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
         [("DBS267", "error", ("adapter", "rank_dropout"))],

@@ -524,6 +524,7 @@ class Targets(NamedTuple):
     text: dict[str, Layer]
     unet_rows: list[Row]
     text_rows: list[Row]
+    norms: "NormTargets | None" = None  # train_norm's (network.py preset_file_targets)
 
 
 def preset_targets(data: dict[str, Any], algo: str, v2: bool, dims, sdxl: bool = False) -> Targets:
@@ -600,3 +601,99 @@ def _encoder_targets(rows: list[Row], built: list[str]) -> list[str]:
 
 def _picked(rows: list[Row], targets: list[str]) -> set[str]:
     return {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}
+
+
+# lycoris-lora 4.1.3 config.py BUILTIN_PRESET_CONFIGS: the keys each built-in preset sets that reach kohya's
+# SD 1.x / 2.x / SDXL models (their other classes are other models'; `full` is the class defaults, _DEFAULTS).
+# Only which norms they reach is read from these (preset_norms): the targets are network.py's _PRESETS.
+BUILTIN_TABLES: dict[str, dict[str, Any]] = {
+    "full": {},
+    "full-lin": {
+        "enable_conv": False,
+        "unet_target_module": ["Transformer2DModel", "ResnetBlock2D", "TimestepEmbedding"],
+        "unet_target_name": ["time_embedding.linear_1", "time_embedding.linear_2"],
+    },
+    "attn-mlp": {
+        "enable_conv": False,
+        "unet_target_module": ["Transformer2DModel", "TimestepEmbedding"],
+        "unet_target_name": [],
+    },
+    "attn-only": {
+        "enable_conv": False,
+        "unet_target_module": ["CrossAttention", "SelfAttention"],
+        "unet_target_name": [],
+        "text_encoder_target_module": ["CLIPAttention", "CLIPSdpaAttention"],
+    },
+    "unet-only": {"text_encoder_target_module": []},
+    "unet-transformer-only": {
+        "enable_conv": False,
+        "unet_target_module": ["Transformer2DModel"],
+        "unet_target_name": [],
+        "text_encoder_target_module": [],
+    },
+    "unet-convblock-only": {
+        "unet_target_module": ["ResnetBlock2D", "Downsample2D", "Upsample2D"],
+        "unet_target_name": ["conv_in", "conv_out"],
+        "text_encoder_target_module": [],
+    },
+}
+
+
+class NormTargets(NamedTuple):
+    """The norms `train_norm` gives a NormModule (lycoris/modules/norms.py): the U-Net's (diffusers' paths,
+    and the suffixes picking exactly them: adapter.denoiser_norms) and each CLIP encoder's (its paths, and the
+    suffixes picking exactly each encoder's: adapter.text_encoder_norms; on SDXL, where one list cannot
+    pick both encoders' (a file naming one encoder's root class), the second's own in `text_encoder_2`:
+    adapter.text_encoder_2_norms)."""
+
+    denoiser: list[str]
+    text_encoder: list[str]
+    unet_paths: list[str]
+    text_paths: list[list[str]]
+    text_encoder_2: list[str] | None = None
+
+
+def preset_norms(data: dict[str, Any], v2: bool, sdxl: bool = False) -> NormTargets:
+    """The norms LycorisNetworkKohya's walk gives a NormModule with `train_norm` (its create_single_module
+    turns each module whose class name holds "Norm" and that the walk reaches into one, whatever the algo) on
+    kohya's SD 1.x (`v2` False) / 2.x or (`sdxl`) SDXL model, for a preset table (a file's, or a built-in's
+    BUILTIN_TABLES entry). PresetError (a crash) where a norm is reached twice, as preset_targets."""
+    s = _settings(data, "lora")
+    unet = sdxl_unet() if sdxl else sd_unet(v2)
+    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
+
+    def norms(rows: list[Row], classes: list[str], names: list[str]) -> list[str]:
+        built = [layer.path for layer in _walk(rows, classes, names, s, (1, 1.0, 1, 1.0), True)]
+        kinds = {p: cls for p, cls, _ in rows}
+        built = [p for p in built if "Norm" in kinds[p]]  # the other layers: preset_targets
+        twice = sorted({p for p in built if built.count(p) > 1})
+        if twice:
+            raise PresetError(
+                f"it reaches {twice[0]} twice: LyCORIS builds the layer twice and asserts on the "
+                "duplicate name",
+                True,
+            )
+        return built
+
+    unet_paths = norms(unet, s["unet_target_module"], s["unet_target_name"])
+    text_paths = [norms(t, s["text_encoder_target_module"], s["text_encoder_target_name"]) for t in texts]
+    if sdxl:  # the walk ran on kohya's original-layout paths; dbspec offsets diffusers' SDXL U-Net
+        unet = [
+            (diffusers_name(p, SDXL_UNET, "."), cls, kind) for p, cls, kind in unet if kind or "Norm" in cls
+        ]
+        unet_paths = [diffusers_name(p, SDXL_UNET, ".") for p in unet_paths]
+    wide = _suffixes(set(text_paths[-1]), texts[-1], skip=1)  # the widest encoder's, as _text_targets
+    denoiser = _suffixes(set(unet_paths), unet)
+    if all(_norms_picked(rows, wide) == set(paths) for rows, paths in zip(texts, text_paths)):
+        return NormTargets(denoiser, wide, unet_paths, text_paths)
+    first, second = (_suffixes(set(paths), rows, skip=1) for rows, paths in zip(texts, text_paths))
+    for rows, paths, found in zip(texts, text_paths, (first, second)):
+        if _norms_picked(rows, found) != set(paths):  # a defensive check: _suffixes picks exactly its paths
+            raise PresetError(
+                f"dbspec's norm suffixes cannot pick exactly the norms it reaches ({paths})", False
+            )
+    return NormTargets(denoiser, first, unet_paths, text_paths, second)
+
+
+def _norms_picked(rows: list[Row], targets: list[str]) -> set[str]:
+    return {p for p, cls, _ in rows if "Norm" in cls and any(p == t or p.endswith("." + t) for t in targets)}

@@ -486,7 +486,8 @@ def flow_preset_file(
         else:
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
-    if not (found.denoiser or found.text or found.convs or found.text_2 or found.t5):
+    norms = _str_bool(kwargs.get("train_norm", "false")) and any(found.clip_norms)  # CLIP's NormModules
+    if not (found.denoiser or found.text or found.convs or found.text_2 or found.t5 or norms):
         conv.invalid(
             legacy.key,
             preset,

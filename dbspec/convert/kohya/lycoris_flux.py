@@ -398,8 +398,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
     offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
     text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha, full: the
-    others take no preset file here), each CLIP encoder's the same (CLIP Linears adapted or not: the offsets
-    alone train CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
+    others take no preset file here), SD3's CLIP-G its own list where it reaches other LayerNorms than
+    CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train CLIP), the network's
+    dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -434,6 +435,8 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
+    if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
+        conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
     return True
 
 
@@ -441,8 +444,6 @@ def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
     """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
     if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
         return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
-    if len(set(file.clip_norms)) > 1:
-        return "the file reaches other LayerNorms in each CLIP encoder (dbspec names one set for both)"
     return ""
 
 

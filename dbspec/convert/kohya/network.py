@@ -17,12 +17,20 @@ from dbspec.convert.kohya.file_ranks import (
     sd_blocks,
 )
 from dbspec.compiler.lora_file import read_lora_file
-from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
-from dbspec.convert.kohya.lycoris_file import PresetError, Targets, preset_targets, read_preset
+from dbspec.convert.kohya.lycoris_file import (
+    BUILTIN_TABLES,
+    NormTargets,
+    PresetError,
+    Targets,
+    preset_norms,
+    preset_targets,
+    read_preset,
+)
 from dbspec.convert.kohya.lycoris_maps import map_blocks
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.families import family_spec
@@ -129,10 +137,17 @@ def load_preset_file(preset: str, paths, args: Legacy, conv: Conversion) -> dict
 
 
 def preset_file_targets(
-    preset: str, algo: str, dims, family: str | None, paths, args: Legacy, conv: Conversion
+    preset: str,
+    algo: str,
+    dims,
+    family: str | None,
+    paths,
+    args: Legacy,
+    conv: Conversion,
+    train_norm: bool = False,
 ) -> Targets | None:
     """The targets and layers of a LyCORIS preset file, or None (reported); `dims`: the network's (dim,
-    alpha, conv_dim, conv_alpha)."""
+    alpha, conv_dim, conv_alpha). `train_norm`: the norms the file reaches are modules too (Targets.norms)."""
     data = load_preset_file(preset, paths, args, conv)
     if data is None:
         return None
@@ -150,6 +165,8 @@ def preset_file_targets(
         return None
     try:
         found = preset_targets(data, algo, facts.v2, dims, facts.original_unet_names)
+        if train_norm:
+            found = found._replace(norms=preset_norms(data, facts.v2, facts.original_unet_names))
     except PresetError as exc:
         if exc.crash:
             conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
@@ -157,7 +174,9 @@ def preset_file_targets(
             conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
         return None
     unet, text, convs = found.denoiser, found.text_encoder, found.convs
-    if not (unet or text or convs or found.text_encoder_2):
+    norms = found.norms or NormTargets([], [], [], [])
+    unet_norms, text_norms = bool(norms.unet_paths), any(norms.text_paths)
+    if not (unet or text or convs or found.text_encoder_2 or unet_norms or text_norms):
         conv.invalid(
             legacy.key,
             preset,
@@ -166,7 +185,7 @@ def preset_file_targets(
             "train (its optimizer gets an empty parameter list)",
         )
         return None
-    if not (unet or convs):  # a text-encoder-only network: the U-Net is not adapted
+    if not (unet or convs or unet_norms):  # a text-encoder-only network: the U-Net is not adapted
         conv.put(
             ("train", "denoiser"),
             False,
@@ -280,6 +299,10 @@ def _map_network(
     put: dict[str, Any] = {}
     targets_note = ""
     file_convs = False  # a preset file's convolutions: with conv_dim 0 only those a map entry gives a dim
+    train_norm = None  # LyCORIS's train_norm, on (its str_bool)
+    if lycoris and _str_bool(kwargs.get("train_norm", "false")):
+        train_norm = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
+    norm_table = None  # the preset's table that decides which norms train_norm reaches
     if lycoris:
         preset = kwargs.pop("preset", "full")
         # LyCORIS: conv_dim / conv_alpha default to network_dim / network_alpha.
@@ -290,9 +313,10 @@ def _map_network(
             return None
         if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
             dims = (dim, alpha, conv_dim, conv_alpha)
-            found = preset_file_targets(preset, algo, dims, family, paths, args, conv)
+            found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
+            norm_table = found.norms
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
             file_convs = bool(conv_targets)
             if found.text_encoder_2 is not None:  # SDXL's two encoders adapt different layers
@@ -324,6 +348,9 @@ def _map_network(
                 unsupported["preset"] = preset
                 preset = "full"
             unet, text, conv_targets = lycoris_preset(preset, original_names)
+            if train_norm is not None:
+                v2 = bool(family) and family_spec(family).kohya.v2
+                norm_table = preset_norms(BUILTIN_TABLES[preset], v2, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
         if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
@@ -342,6 +369,8 @@ def _map_network(
         if conv_targets:
             unet = [*unet, *RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
+    if train_norm is not None and norm_table is not None:
+        _train_norm(train_norm, norm_table, kind, algo, applied, put, conv)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
             kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv, dropout
@@ -440,6 +469,51 @@ def _map_network(
     elif args.given:
         conv.record(args, "mapped", "adapter")
     return kind
+
+
+def _train_norm(
+    legacy: Legacy,
+    found: NormTargets,
+    kind: str,
+    algo: str,
+    applied: tuple[bool, bool],
+    put: dict[str, Any],
+    conv: Conversion,
+) -> None:
+    """LyCORIS's `train_norm` on kohya's SD 1.x / 2.x / SDXL models: create_single_module gives each module
+    whose class name holds "Norm" that the preset's walk reaches a NormModule (lycoris/modules/norms.py),
+    whatever the algo: an offset of the norm's weight and bias, zeros at the start, trained with the model's
+    modules at its rate (prepare_optimizer_params puts NormModules among the U-Net's / text encoder's). The
+    built-in presets reach the U-Net's GroupNorms and LayerNorms inside Transformer2DModel and ResnetBlock2D
+    (none reaches CLIP's); a file may reach CLIP's LayerNorms (CLIPEncoderLayer, or by name). They map to
+    `[adapter] denoiser_norms` / `text_encoder_norms` (runtime/norm_offsets.py), the network's module_dropout
+    and rank_dropout drawn as NormModule draws them. apply_to drops a model's modules (norms too) kohya
+    does not train (network_train_unet_only / network_train_text_encoder_only)."""
+    unet = found.unet_paths if applied[1] else []
+    clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
+    if not (unet or clip):
+        conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
+        return
+    if kind not in ("lora", "loha", "lokr", "full"):
+        conv.unsupported(
+            legacy,
+            f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, lokr "
+            "and full",
+        )
+        return
+    where = []
+    if unet:
+        put["denoiser_norms"] = list(found.denoiser)
+        where.append(f"{len(unet)} U-Net norm(s)")
+    if clip:
+        put["text_encoder_norms"] = list(found.text_encoder)
+        if found.text_encoder_2 is not None:  # SDXL's two encoders reach other norms
+            put["text_encoder_2_norms"] = list(found.text_encoder_2)
+        where.append(f"{len(clip)} CLIP LayerNorm(s)")
+    target = "adapter.denoiser_norms" if unet else "adapter.text_encoder_norms"
+    conv.record(
+        legacy, "mapped", target, f"LyCORIS's NormModule on the {' and '.join(where)} the preset reaches"
+    )
 
 
 _BLOCK_KEYS = (
@@ -952,6 +1026,28 @@ def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
     )
 
 
+def _file_norms(weights: Legacy, paths, conv: Conversion) -> bool:
+    """True (refused, DBS403) where the network has train_norm's NormModules and the file holds their
+    `w_norm` / `b_norm` (a train_norm run's): LyCORIS's load_weights loads them into the NormModules, and
+    dbspec starts the adapters alone from a file (init_weights)."""
+    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    if not any(conv.values.get(("adapter", key), (None, ""))[0] for key in keys):
+        return False
+    local = paths.local(weights.value)
+    try:
+        names = read_safetensors_header(local) if local is not None else {}
+    except (ModelFileError, OSError):
+        return False  # reported where the file is read for the adapters
+    held = [name for name in names if name.endswith((".w_norm", ".b_norm"))]
+    if held:
+        conv.unsupported(
+            weights,
+            f"the file holds LyCORIS NormModule offsets (e.g. {held[0]}), which kohya's load_weights "
+            "loads into the train_norm network's NormModules; dbspec starts the adapters alone from a file",
+        )
+    return bool(held)
+
+
 def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
     """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's) most frequent linear pair
     and the denoiser's most frequent convolution pair (the blocks give each module its own)."""
@@ -1007,6 +1103,8 @@ def map_network_weights(
             "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
             "only, not the Tucker layers' lora_mid",
         )
+        return
+    if _file_norms(weights, paths, conv):
         return
     map_init_weights(weights, paths, conv)
     if not from_file.value:

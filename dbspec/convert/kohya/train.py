@@ -766,14 +766,20 @@ def map_text_encoder(
         return False
     first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
     second = conv.values.get(("adapter", "text_encoder_2_targets"), (None, ""))[0]
-    if not unet_only.value and (first == []) != (second == []) and second is not None:
+    # LyCORIS train_norm's NormModules make an encoder train too (the second's own where given)
+    norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]
+    norms_2 = conv.values.get(("adapter", "text_encoder_2_norms"), (None, ""))[0]
+    empty = first == [] and not norms
+    empty_2 = (first if second is None else second) == [] and not (norms if norms_2 is None else norms_2)
+    own = second is not None or norms_2 is not None
+    if not unet_only.value and empty != empty_2 and own:
         # a LyCORIS preset file adapting layers of one of SDXL's two encoders alone
         conv.record(unet_only, "mapped", "train.text_encoder")
         note = (
             "kohya lycoris.kohya: the LyCORIS preset matches no layer of the {} text encoder, so the network "
             "has no module there"
         )
-        if first == []:
+        if empty:
             conv.put(("train", "text_encoder"), False, note.format("first"))
             conv.put(
                 ("train", "text_encoder_2"),
@@ -784,8 +790,7 @@ def map_text_encoder(
                 conv.mapped(te_only, ("train", "denoiser"), False)
             return True
         conv.put(("train", "text_encoder_2"), False, note.format("second"))
-    norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]  # NormModules: CLIP trains
-    if not unet_only.value and first == [] and not second and not norms:
+    if not unet_only.value and empty and empty_2:
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.put(
             ("train", "text_encoder"),
