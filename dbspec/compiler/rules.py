@@ -2484,6 +2484,8 @@ _MIXED_OFF = {
 }
 
 
+# the flow families whose runs of several kinds dbspec builds and exports (their fused Linears included)
+_MIXED_FLOW = ("flux", "sd3")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
@@ -2555,12 +2557,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         return
     family = FAMILIES.get(spec.model.family)  # "auto": the U-Net families' exports are checked alike
-    if family is not None and family.denoiser != "unet":
+    if family is not None and family.denoiser != "unet" and spec.model.family not in _MIXED_FLOW:
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on {family.title}: dbspec trains several adapter kinds in '
-            "one run on the U-Net families (SD 1.x/2.x, SDXL), whose LyCORIS exports and reloads it checks",
+            "one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
     for table, index, b in _own_block_options(a, own):
@@ -2572,7 +2574,13 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             "no scalar, Tucker form or rank_stabilized of its own",
             codes.help("DBS578"),
         )
-    set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]
+    # Flux / SD3: LyCORIS's one module per fused Linear, each kind's (runtime/mixed_kinds.py ties them)
+    set_ = [
+        key
+        for key, off in _MIXED_OFF.items()
+        if getattr(a, key, off) != off
+        and not (key == "fused_projections" and spec.model.family in _MIXED_FLOW)
+    ]
     for key in set_:
         yield _err(
             "DBS578",

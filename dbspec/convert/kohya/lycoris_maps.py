@@ -139,8 +139,8 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr, on SD 1.x/2.x and SDXL ([[adapter.blocks]] `kind`); elsewhere one adapter kind per "
-            "run",
+            "and LoKr, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); elsewhere one adapter "
+            "kind per run",
             False,
         )
     inert: dict[str, str] = {}
@@ -231,6 +231,12 @@ def _int(value: Any) -> bool:
     return True
 
 
+# the class of rows no model of the family has, but whose paths a block's pattern must not match: a fused
+# Linear's parts one block beyond the last (the compiler checks fused layers at every block index a model can
+# have, compiler/fused.py: a block's pattern picks all of a fused layer's parts or none at any index)
+UNSEEN = "(unseen)"
+
+
 def _pattern(chosen: set[str], rows: list[Row]) -> str:
     """A regular expression `re.search` matches in exactly `chosen` among `rows`' paths: their shortest
     distinguishing suffixes (a text encoder's paths carry their component, `text_encoder.text_model....`, as
@@ -251,7 +257,8 @@ def _blocks(
 ) -> list[dict[str, Any]]:
     dim, alpha, conv_dim, conv_alpha = dims
     defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
-    built = [row for row in rows if row[0] in layers]  # suffixes unique among the adapted layers
+    # suffixes unique among the adapted layers (and the UNSEEN rows: a deeper model's fused layers' parts)
+    built = [row for row in rows if row[0] in layers or row[1] == UNSEEN]
     groups: dict[str, list[Layer]] = {}
     for layer in layers.values():
         groups.setdefault(layer.source, []).append(layer)
