@@ -391,7 +391,10 @@ def load_peft_adapters(
             inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
-        fused = fused_lokr is not None and name == "unet"
+        # the denoiser's (or, in a run of several kinds, its LoKr / LoHa kind's folder: kind_only)
+        fused = (
+            fused_lokr is not None and fused_lokr.kind in ("lokr", "loha") and (name == "unet" or kind_only)
+        )
         if fused:  # the parts' fused factors (LoHa: w1_b / w2_b), tied as in training: before the switches
             from dbspec.runtime.adapters import tie_fused_lycoris
 
@@ -424,7 +427,7 @@ def load_peft_adapters(
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
-        _load_kinds(source, module, lokr_rank_stabilized)
+        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None)
         loaded.append(name)
     return loaded
 
@@ -433,15 +436,25 @@ def load_peft_adapters(
 _PREFIXES = {"LORA": "lora_", "LOHA": "hada_", "LOKR": "lokr_"}
 
 
-def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool) -> None:
+def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None) -> None:
     """The other kinds' layers of a run with several (`<component>/<kind>/` beside the adapter's own, each
-    LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py)."""
+    LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py);
+    `fused`: the plan's adapter when the denoiser's fused layers (Flux, SD3) hold them, a LoKr / LoHa kind's
+    parts then tied to the fused factors as training ties them."""
+    from dbspec.runtime.mixed_kinds import kind_adapter
+
     configs = {}
     for kind in sorted(p.name for p in source.iterdir() if (p / "adapter_config.json").exists()):
         own = module.peft_config
         del module.peft_config  # the kind's injection starts a config of its own
+        sub = kind_adapter(fused, kind) if fused is not None and fused.fused else None
         load_peft_adapters(
-            source, {kind: module}, True, lokr_rank_stabilized=lokr_rank_stabilized, kind_only=True
+            source,
+            {kind: module},
+            True,
+            fused_lokr=sub,
+            lokr_rank_stabilized=lokr_rank_stabilized,
+            kind_only=True,
         )
         configs[kind] = module.peft_config["default"]
         module.peft_config = own

@@ -58,10 +58,12 @@ alpha = 1
 """
 
 _CLASS = {"lora": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule"}
+# the same file on a LoKr network: LoCon on the image q/k/v, LoKr on what no entry reaches
+MIXED_LOKR = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "locon"\ndim = 8')
 
 
-def _file(tmp_path: Path) -> str:
-    (tmp_path / "mixed.toml").write_text(MIXED, encoding="utf-8")
+def _file(tmp_path: Path, text: str = MIXED) -> str:
+    (tmp_path / "mixed.toml").write_text(text, encoding="utf-8")
     return "mixed.toml"
 
 
@@ -160,18 +162,25 @@ def _tree(paths: dict[str, nn.Module]) -> nn.Module:
     return root
 
 
-def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path):
-    """A tiny Flux run of the file trains, resumes bit-exact (losses and export), and its export's modules,
-    loaded by lycoris-lora's create_network_from_weights onto kohya's fused Linears (the trained parts'
-    base weights stacked) and CLIP-L, are LokrModule / LohaModule / LoConModule as the file gives them and
-    compute the trained layers' outputs."""
+@pytest.mark.parametrize("algo", ["locon", "lokr"])
+def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
+    """A tiny Flux run of the file (on a LoCon network, and on a LoKr one with LoCon on the image q/k/v)
+    trains, resumes bit-exact (losses and export), and its export's modules, loaded by lycoris-lora's
+    create_network_from_weights onto kohya's fused Linears (the trained parts' base weights stacked) and
+    CLIP-L, are LokrModule / LohaModule / LoConModule as the file gives them and compute the trained layers'
+    outputs; its adapter folders load back onto the plain transformer as `dbspec sample` loads them."""
+    from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.lycoris_flow_kit import stacked_linear
 
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
-    plan = _converted(tmp_path, _file(tmp_path), overrides=base)
-    assert plan.adapter.fused and {b.kind for b in plan.adapter.blocks} >= {"lokr", "loha"}
-    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    text = MIXED if algo == "locon" else MIXED_LOKR
+    plan = _converted(tmp_path, _file(tmp_path, text), algo, overrides=base)
+    own = {"locon": "lora"}.get(algo, algo)
+    assert plan.adapter.kind == own and plan.adapter.fused
+    assert {b.kind for b in plan.adapter.blocks} >= {"lora", "lokr", "loha"} - {own}
+    planned = compile_spec(_spec(tmp_path), [*base, "output.dir=whole"])
+    whole = execute(planned, keep_models=True)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     first = execute(parts, stop_after=1)
     second = execute(parts, resume=True)
@@ -191,12 +200,13 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path):
         "single_blocks.0.linear2": (single.proj_out,),
         "img_in": (unet.x_embedder,),
     }
+    rest = _CLASS[own]  # the layers no entry gives another algorithm
     kinds = {
-        "double_blocks.0.img_attn.qkv": "LokrModule",
-        "double_blocks.0.txt_attn.qkv": "LoConModule",
-        "double_blocks.0.img_attn.proj": "LoConModule",
+        "double_blocks.0.img_attn.qkv": "LokrModule" if algo == "locon" else "LoConModule",
+        "double_blocks.0.txt_attn.qkv": rest,
+        "double_blocks.0.img_attn.proj": rest,
         "single_blocks.0.linear1": "LohaModule",
-        "single_blocks.0.linear2": "LoConModule",
+        "single_blocks.0.linear2": rest,
         "img_in": "LohaModule",
     }
     names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
@@ -230,3 +240,23 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path):
         torch.testing.assert_close(
             clip.get_submodule(f"text_model.{name}")(x), trained_q(x), rtol=0, atol=1e-5
         )
+
+    # the adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads them
+    again = _unwrapped(unet)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(again, attr):
+            delattr(again, attr)
+    a = planned.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
+    with torch.no_grad():
+        for found in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in found]
+            x = torch.randn(3, found[0].base_layer.in_features)
+            trained = torch.cat([p(x) for p in found], dim=-1)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1), trained, rtol=0, atol=1e-5
+            )
+
+
+def _path_in(model: nn.Module, layer: nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if module is layer)
