@@ -260,3 +260,79 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
 
 def _path_in(model: nn.Module, layer: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is layer)
+
+
+# SD3: LoHa on the x blocks' q/k/v, LoCon on the context blocks' q/k/v, the network's LoKr on the projections
+MIXED_SD3 = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["joint_blocks.*.attn.qkv", "joint_blocks.*.attn.proj"]
+text_encoder_target_module = []
+
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "loha"
+dim = 2
+[name_algo_map."joint_blocks.*.context_block.attn.qkv"]
+algo = "locon"
+dim = 3
+alpha = 1
+"""
+
+
+def test_mixed_sd3_run_resumes_and_loads_in_lycoris(tmp_path):
+    """A tiny SD3 run of a LoKr network whose file gives the x blocks' fused q/k/v LoHa and the context
+    blocks' LoCon: it resumes bit-exact, and lycoris-lora's create_network_from_weights loads its export
+    onto kohya's fused Linears as LohaModule / LoConModule / LokrModule computing the trained outputs."""
+    from tests.runtime.lycoris_flow_kit import stacked_linear
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    (tmp_path / "mixed.toml").write_text(MIXED_SD3, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    base = ["model.base=builtin:tiny-sd3", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+    base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
+    planned = compile_spec(out_path(tmp_path), [*base, "output.dir=whole"])
+    assert planned.adapter.fused and sorted(b.kind for b in planned.adapter.blocks) == ["loha", "lora"]
+    whole = execute(planned, keep_models=True)
+    parts = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    tensors, again = (
+        load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
+    )
+    assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
+    attn = whole.components.unet.eval().transformer_blocks[0].attn
+    layers = {
+        "joint_blocks.0.x_block.attn.qkv": ((attn.to_q, attn.to_k, attn.to_v), "LohaModule"),
+        "joint_blocks.0.context_block.attn.qkv": (
+            (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+            "LoConModule",
+        ),
+        "joint_blocks.0.x_block.attn.proj": ((attn.to_out[0],), "LokrModule"),
+        "joint_blocks.0.context_block.attn.proj": ((attn.to_add_out,), "LokrModule"),
+    }
+    kohya_tree = _tree({path: stacked_linear(found) for path, (found, _) in layers.items()})
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], kohya_tree, tensors)
+    loaded = {m.lora_name: m for m in network.unet_loras}
+    network.apply_to([], kohya_tree, apply_text_encoder=False, apply_unet=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for path, (found, cls) in layers.items():
+            assert type(loaded["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
+            x = torch.randn(3, found[0].base_layer.in_features)
+            trained = torch.cat([p(x) for p in found], dim=-1)
+            assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in found], -1), atol=1e-7), (
+                path
+            )
+            torch.testing.assert_close(kohya_tree.get_submodule(path)(x), trained, rtol=0, atol=1e-5)
