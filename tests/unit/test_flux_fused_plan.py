@@ -364,3 +364,30 @@ def test_diag_oft_what_spans_the_parts_is_dbs577(toy: Path, extra, why):
 def test_diag_oft_fused_projections_on_sd1_is_dbs505(toy: Path):
     write_spec(toy, adapter={"kind": "diag-oft", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
+
+
+# several kinds on fused layers (blocks with their own kind: runtime/mixed_kinds.py): one LyCORIS module of
+# one kind per fused Linear, every part adapted (DBS575) and in one block (DBS507)
+@pytest.mark.parametrize(
+    ("pattern", "targets", "refused"),
+    [
+        ("^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$", _LOKR_TARGETS, ""),
+        ("^single_transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$", _LOKR_TARGETS, "DBS507"),  # LoRA proj_mlp
+        (
+            "^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$",  # proj_mlp not a target
+            [t for t in _LOKR_TARGETS if t != "proj_mlp"],
+            "DBS575",
+        ),
+    ],
+)
+def test_blocks_of_another_kind_cover_whole_fused_layers(toy: Path, pattern, targets, refused):
+    adapter = {"kind": "lora", "rank": 2, "fused_projections": True, "denoiser_targets": targets}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nkind = "lokr"\nrank = 2\nalpha = 2\n')
+    planned = compile_in(toy)
+    if not refused:
+        assert planned.plan is not None and not codes(planned, "error")
+        assert planned.plan.adapter.blocks[0].kind == "lokr" and len(planned.plan.adapter.fused) == 3
+        return
+    assert refused in codes(planned, "error")

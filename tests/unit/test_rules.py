@@ -1540,7 +1540,7 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
-        rules.mixed_block_kinds,
+        rules.mixed_kinds_family,
         'family = "chroma"\n'
         + DOG
         + STEPS
