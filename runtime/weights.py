@@ -286,7 +286,7 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
             with config_as(plain, config):
                 state = get_peft_model_state_dict(plain, adapter_name="default")
             if kinds:  # peft's LoHa / LoKr readers take every layer of the adapter name: this kind's only
-                state = {k: v for k, v in state.items() if _prefix(config) in k}
+                state = {k: v for k, v in state.items() if _of_kind(config, k)}
             cast = {
                 k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()
             }
@@ -300,6 +300,14 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 def _prefix(config) -> str:
     """peft's key prefix of the weights of `config`'s kind."""
     return _PREFIXES[getattr(config.peft_type, "value", config.peft_type)]
+
+
+def _of_kind(config, key: str) -> bool:
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full layers' `lora_full*` told from
+    LoRA's `lora_A` / `lora_B` (both LoraConfigs)."""
+    from dbspec.runtime.lycoris_full import is_full
+
+    return _prefix(config) in key and (".lora_full" in key) == is_full(config)
 
 
 def load_peft_adapters(
@@ -421,8 +429,10 @@ def load_peft_adapters(
 
                 own = block_rank_stabilized(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
             unit_scale_full_lokr(module, lokr_rank_stabilized, own)
-        markers = [_prefix(config)] if kind_only else _PREFIXES.values()
-        missing = [k for k in result.missing_keys if any(m in k for m in markers)]
+        if kind_only:  # the other kinds' layers lack this folder's weights
+            missing = [k for k in result.missing_keys if _of_kind(config, k)]
+        else:
+            missing = [k for k in result.missing_keys if any(m in k for m in _PREFIXES.values())]
         if result.unexpected_keys or missing:
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"

@@ -328,6 +328,7 @@ def _largest_ranks(adapter) -> tuple[int, int]:
     """The denoiser's largest linear and convolution ranks: with per-block ranks (adapter.blocks) the family's
     per-rank facts (whole-model sums) give an upper bound, the count at the largest rank anywhere."""
     blocks = getattr(adapter, "blocks", ())
+    blocks = [b for b in blocks if getattr(b, "kind", "adapter") != "full"]  # copies: counted apart
     rank = max([adapter.rank, *(b.rank for b in blocks)])
     conv_rank = max([adapter.conv_rank, *(b.conv_rank for b in blocks)]) if adapter.conv_rank else 0
     return rank, conv_rank
@@ -378,6 +379,8 @@ def adapter_params(
         # blocks of other kinds (LoHa's two pairs per rank bound them all)
         blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
         kinds = {adapter.kind, *(getattr(b, "kind", "adapter") for b in blocks)} - {"adapter"}
+        copies = "full" in kinds  # full blocks' copies: at most the component itself, beside the others
+        kinds -= {"full"}
         each = max(_PER_RANK_FACTOR[k] for k in kinds)
         total = per_rank * rank * each
         if denoiser and adapter.conv_rank:
@@ -387,7 +390,7 @@ def adapter_params(
             full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
             full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
             total = full if full_matrix else min(total, full)
-        out[c.name] = int(total)
+        out[c.name] = int(total + (c.params if copies else 0))
     return out
 
 

@@ -106,8 +106,8 @@ class BlockPlan:
 
     pattern: str
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
-    # (the adapter's), "lora", "loha", "lokr"
-    kind: Literal["adapter", "lora", "loha", "lokr"] = "adapter"
+    # (the adapter's), "lora", "loha", "lokr", "full" (LyCORIS's full algo: the rank only switches it on)
+    kind: Literal["adapter", "lora", "loha", "lokr", "full"] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0

@@ -574,9 +574,9 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa and LoKr, or with options the kinds do not build alike
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr and full, or with options the kinds do not build alike
     (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "full"\n'
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "ia3"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()
@@ -586,6 +586,27 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     (tmp_path / "plus").mkdir()
     outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')
     assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
+
+
+def test_full_entries_are_full_blocks(tmp_path):
+    """LyCORIS's full algo on the transformers' MLPs and CLIP's attention beside a LoKr network: blocks of
+    kind "full" (the entry's dim only switching them on: FullModule never reads it; on CLIP the network's),
+    the rest as before (tests/runtime/test_lycoris_mixed_full.py trains it against lycoris-lora); the
+    memory estimate counts the component's copy beside the low-rank layers."""
+    text = MIXED.replace(
+        '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "full"'
+    )
+    text += '[module_algo_map.CLIPAttention]\nalgo = "full"\n'
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8"'))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert {b.kind: b.rank for b in a.blocks} == {"full": 4, "lora": 8}
+    assert sorted((b.kind, b.rank) for b in a.text_encoder_blocks) == [("full", 16), ("loha", 2)]
+    full = next(b for b in a.blocks if b.kind == "full")
+    assert re.search(full.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
+    (tmp_path / "loha").mkdir()
+    mixed = plan_of(expressible(_convert(tmp_path / "loha", MIXED, "lokr", '"factor=8"')), tmp_path / "loha")
+    assert a.params["unet"] > mixed.adapter.params["unet"]
 
 
 @pytest.mark.parametrize("algo", ["dylora", "glora"])

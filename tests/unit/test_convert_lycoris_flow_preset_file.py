@@ -433,6 +433,9 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
     tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
     assert "DBS578" in messages(tucker, "DBS403")
+    full = MIXED.replace('algo = "lokr"', 'algo = "full"')  # a fused Linear holds one module of one kind
+    outcome = _flux(tmp_path / "full", full, '"algo=locon"', allow=True)
+    assert "algo = 'full'" in messages(outcome, "DBS403")
 
 
 def test_sd3_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):

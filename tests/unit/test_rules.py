@@ -1539,6 +1539,20 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
+    (  # LyCORIS's full algo beside other kinds: SD 1.x/2.x and SDXL only
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
+    ),
     (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
         rules.mixed_kinds_family,
         'family = "chroma"\n'

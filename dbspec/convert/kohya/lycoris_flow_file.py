@@ -55,7 +55,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_maps import UNSEEN, _pattern, _source, map_blocks
+from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, _source, map_blocks
 from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
@@ -308,7 +308,7 @@ def flux_preset_file(
         text_rows,
     )
     kind = algo if algo in ("lokr", "loha") else "lora"
-    kinds = model.title in ("Flux", "SD3")  # LoRA/LoCon, LoHa, LoKr mixed: blocks' `kind` (DBS578 on Chroma)
+    kinds = MIXED_FLOW if model.title in ("Flux", "SD3") else ()  # blocks' `kind` (DBS578 on Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]

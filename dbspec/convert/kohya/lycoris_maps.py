@@ -123,23 +123,24 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False
+    found: Targets, algo: str, network: dict[str, Any], kinds: tuple[str, ...] = ()
 ) -> list[tuple[str, str]]:
-    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
-    LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
+    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
+    them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
-        other = _mixed_kinds(found, algo, network, other)
+        other = _mixed_kinds(found, algo, network, other, kinds)
     if other:
         first = other[0]
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); elsewhere one adapter "
+            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full "
+            "entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); elsewhere one adapter "
             "kind per run",
             False,
         )
@@ -185,14 +186,23 @@ def check_layers(
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 
 
-def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
+# the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
+# SDXL LyCORIS's full algo too (runtime/lycoris_full.py's layers beside the others); on Flux and SD3, whose
+# fused Linears hold one module of one kind, the three
+MIXED_SD = ("lora", "loha", "lokr", "full")
+MIXED_FLOW = ("lora", "loha", "lokr")
+
+
+def _mixed_kinds(
+    found: Targets, algo: str, network: dict[str, Any], other: list[Layer], kinds: tuple[str, ...]
+) -> list[Layer]:
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
-    (algorithms beyond LoRA/LoCon, LoHa and LoKr); PresetError for a network
+    (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
     if _algo(algo) not in _BLOCK_KINDS:
         return other
-    unet = [layer for layer in other if _algo(layer.algo) in _BLOCK_KINDS]  # and the text encoders'
+    unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
@@ -307,7 +317,7 @@ def map_blocks(
     rs_lora: bool,
     network: dict[str, Any],
     applied: tuple[bool, bool] = (True, True),
-    kinds: bool = False,
+    kinds: tuple[str, ...] = (),
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
