@@ -52,6 +52,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     )
     if not own:  # the modules no block matches are the adapter's kind's
         blocks += (attrs.evolve(blocks[0], pattern="", rank=0, conv_rank=0, factor=0),)
+    if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
+        blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 

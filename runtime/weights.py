@@ -303,11 +303,15 @@ def _prefix(config) -> str:
 
 
 def _of_kind(config, key: str) -> bool:
-    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full layers' `lora_full*` told from
-    LoRA's `lora_A` / `lora_B` (both LoraConfigs)."""
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full and IA^3 layers' `lora_full*` /
+    `lora_ia3` told from LoRA's `lora_A` / `lora_B` (all LoraConfigs)."""
     from dbspec.runtime.lycoris_full import is_full
+    from dbspec.runtime.lycoris_ia3 import is_ia3
 
-    return _prefix(config) in key and (".lora_full" in key) == is_full(config)
+    if _prefix(config) not in key:
+        return False
+    own = ".lora_full" if is_full(config) else ".lora_ia3" if is_ia3(config) else ""
+    return own in key if own else not (".lora_full" in key or ".lora_ia3" in key)
 
 
 def load_peft_adapters(

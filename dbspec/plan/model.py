@@ -106,8 +106,9 @@ class BlockPlan:
 
     pattern: str
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
-    # (the adapter's), "lora", "loha", "lokr", "full" (LyCORIS's full algo: the rank only switches it on)
-    kind: Literal["adapter", "lora", "loha", "lokr", "full"] = "adapter"
+    # (the adapter's), "lora", "loha", "lokr", "full", "ia3" (LyCORIS's full algo, IA^3: the rank only
+    # switches them on)
+    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3"] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0

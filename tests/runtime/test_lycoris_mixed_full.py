@@ -43,12 +43,16 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
 
     out = {}
     for name, layer in model.named_modules():
         key = prefix + name.replace(".", "_")
         if isinstance(layer, FullLayer) and "default" in layer.lora_full:
             out[key] = ("FullModule",)
+            continue
+        if isinstance(layer, Ia3Layer) and "default" in layer.lora_ia3:
+            out[key] = ("IA3Module", bool(layer.on_input["default"]))
             continue
         found = next(
             (
@@ -68,32 +72,37 @@ def _lycoris_classes(made) -> dict[str, tuple]:
     return {
         m.lora_name: (type(m).__name__,)
         if type(m).__name__ == "FullModule"
+        else (type(m).__name__, bool(m.train_input))
+        if type(m).__name__ == "IA3Module"
         else (type(m).__name__, m.lora_dim, round(float(m.scale), 12))
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr"])
-def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+@pytest.mark.parametrize(("algo", "other"), [("locon", "full"), ("lokr", "full"), ("locon", "ia3")])
+def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
+    pipe,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    algo,
+    other,
+):
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    PRESETS["mixed_full"] = MIXED_FULL
+    PRESETS["mixed_full"] = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
     try:
         path, plan = _converted_plan(tmp_path, "mixed_full", algo)
     finally:
         del PRESETS["mixed_full"]
     a = plan.adapter
-    assert "full" in {b.kind for b in a.blocks} and {b.kind for b in a.text_encoder_blocks} == {
-        "loha",
-        "full",
-    }
+    assert other in {b.kind for b in a.blocks} and {b.kind for b in a.text_encoder_blocks} == {"loha", other}
     made = _lycoris(pipe, path, monkeypatch, algo)
     theirs_all = _lycoris_classes(made)
     theirs = {k: v for k, v in theirs_all.items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
-        "FullModule",
+        {"full": "FullModule", "ia3": "IA3Module"}[other],
         "LoConModule",
         "LokrModule" if algo == "lokr" else "LoConModule",
     }
@@ -113,7 +122,7 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(pipe, 
     resumed = execute(split, resume=True)
     assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
     files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
-    assert "unet/full/adapter_model.safetensors" in files
+    assert f"unet/{other}/adapter_model.safetensors" in files
     for name in files:
         x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
@@ -123,23 +132,34 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(pipe, 
     fresh = copy.deepcopy(pipe.unet)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in (
-        "UNET_TARGET_REPLACE_MODULE",
-        "UNET_TARGET_REPLACE_NAME",
-        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    ):
-        monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    assert any(k.endswith(".diff") for k in load_file(str(export)))
-    loaded, _ = lycoris_kohya.create_network_from_weights(
-        1.0, str(export), None, named, fresh, for_inference=True
-    )
+    tensors = load_file(str(export))
+    assert any(k.endswith(".diff" if other == "full" else ".on_input") for k in tensors)
+    if other == "ia3":
+        # lycoris-lora 4.1.3's create_network_from_weights cannot rebuild an IA3Module (its TypeError,
+        # test_lycoris_flow_factor_file.py): the file loads into create_network's modules from the preset
+        loaded = lycoris_kohya.create_network(
+            1.0, 4, 1.0, None, named, fresh, algo=algo, conv_dim="4", preset=str(path)
+        )
+        loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
+        result = loaded.load_state_dict(tensors, strict=False)
+        assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
+    else:
+        network = lycoris_kohya.LycorisNetworkKohya
+        for attr in (
+            "UNET_TARGET_REPLACE_MODULE",
+            "UNET_TARGET_REPLACE_NAME",
+            "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+        ):
+            monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
+        loaded, _ = lycoris_kohya.create_network_from_weights(
+            1.0, str(export), None, named, fresh, for_inference=True
+        )
+        loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
+        # every module was built from the file's tensors already (make_module_from_state_dict); kohya's
+        # extra load_state_dict would add FullModule's diff a second time (test_lycoris_clip_norms.py)
     assert {type(m).__name__ for m in loaded.unet_loras} == {v[0] for v in theirs.values()}
     assert len(loaded.unet_loras) == len(theirs)
-    loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
-    # every module was built from the file's tensors already (make_module_from_state_dict); kohya's extra
-    # load_state_dict would add FullModule's diff a second time (test_lycoris_clip_norms.py)
     output = _unet_output(trained)
     torch.testing.assert_close(_unet_output(fresh), output, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(_unet_output(pipe.unet), output, atol=1e-3)  # training moved it

@@ -574,9 +574,9 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr and full, or with options the kinds do not build alike
-    (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "ia3"\n'
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full and ia3, or with options the kinds do not build
+    alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "diag-oft"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()
@@ -605,6 +605,13 @@ def test_full_entries_are_full_blocks(tmp_path):
     full = next(b for b in a.blocks if b.kind == "full")
     assert re.search(full.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
     (tmp_path / "loha").mkdir()
+    ia3 = text.replace('algo = "full"', 'algo = "ia3"')
+    (tmp_path / "ia3").mkdir()
+    b = plan_of(expressible(_convert(tmp_path / "ia3", ia3, "lokr", '"factor=8"')), tmp_path / "ia3").adapter
+    assert {x.kind for x in b.blocks} == {"ia3", "lora"} and {x.kind for x in b.text_encoder_blocks} == {
+        "ia3",
+        "loha",
+    }
     mixed = plan_of(expressible(_convert(tmp_path / "loha", MIXED, "lokr", '"factor=8"')), tmp_path / "loha")
     assert a.params["unet"] > mixed.adapter.params["unet"]
 

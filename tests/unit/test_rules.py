@@ -1539,7 +1539,7 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # LyCORIS's full algo beside other kinds: SD 1.x/2.x and SDXL only
+    (  # LyCORIS's full algo (IA^3 alike) beside other kinds: SD 1.x/2.x and SDXL only
         rules.mixed_kinds_family,
         'family = "flux"\n'
         + DOG

@@ -139,7 +139,7 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full "
+            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full / ia3 "
             "entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); elsewhere one adapter "
             "kind per run",
             False,
@@ -187,9 +187,10 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 
 
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
-# SDXL LyCORIS's full algo too (runtime/lycoris_full.py's layers beside the others); on Flux and SD3, whose
+# SDXL LyCORIS's full and IA^3 algos too (runtime/lycoris_full.py's, lycoris_ia3.py's layers beside the
+# others); on Flux and SD3, whose
 # fused Linears hold one module of one kind, the three
-MIXED_SD = ("lora", "loha", "lokr", "full")
+MIXED_SD = ("lora", "loha", "lokr", "full", "ia3")
 MIXED_FLOW = ("lora", "loha", "lokr")
 
 
