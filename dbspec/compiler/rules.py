@@ -2484,8 +2484,6 @@ _MIXED_OFF = {
 }
 
 
-# the flow families whose runs of several kinds dbspec builds and exports (their fused Linears included)
-_MIXED_FLOW = ("flux", "sd3")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
@@ -2548,7 +2546,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and spec.model.family not in _MIXED_FLOW:
+    if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
@@ -2566,7 +2564,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "one module of one kind)",
             codes.help("DBS578"),
         )
-    if getattr(a, "fused_projections", False) and spec.model.family not in _MIXED_FLOW:
+    if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
             ("adapter", "fused_projections"),
