@@ -590,18 +590,18 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
 
 def test_full_entries_are_full_blocks(tmp_path):
     """LyCORIS's full algo on the transformers' MLPs and CLIP's attention beside a LoKr network: blocks of
-    kind "full" (the entry's dim only switching them on: FullModule never reads it; on CLIP the network's),
+    kind "full" at rank 1 (which only switches them on: FullModule never reads a dim; a huge one fits too),
     the rest as before (tests/runtime/test_lycoris_mixed_full.py trains it against lycoris-lora); the
     memory estimate counts the component's copy beside the low-rank layers."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "full"'
     )
-    text += '[module_algo_map.CLIPAttention]\nalgo = "full"\n'
+    text += '[module_algo_map.CLIPAttention]\nalgo = "full"\ndim = 10000000\n'
     outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8"'))
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
-    assert {b.kind: b.rank for b in a.blocks} == {"full": 4, "lora": 8}
-    assert sorted((b.kind, b.rank) for b in a.text_encoder_blocks) == [("full", 16), ("loha", 2)]
+    assert {b.kind: b.rank for b in a.blocks} == {"full": 1, "lora": 8}
+    assert sorted((b.kind, b.rank) for b in a.text_encoder_blocks) == [("full", 1), ("loha", 2)]
     full = next(b for b in a.blocks if b.kind == "full")
     assert re.search(full.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
     (tmp_path / "loha").mkdir()

@@ -298,6 +298,8 @@ def _blocks(
         }
         if conv is not None:
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
+        if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
+            block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
         if factor:
             block["factor"] = factor
         block.update(switches)
