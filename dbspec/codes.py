@@ -2682,11 +2682,11 @@ kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-beside the adapter's kind in one run, each kind's layers with the adapter's rank, alpha, targets (and LoKr's
-`factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS file, each layer in its kind's
-keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and SD3 with `fused_projections`,
-each fused Linear one LyCORIS module of its block's kind; `kind = "full"` / `"ia3"`, LyCORIS's full and IA^3
-algos, on SD 1.x/2.x and SDXL only). The options that act on one kind's layers only,
+(on SD 1.x/2.x and SDXL also LyCORIS's full, IA^3 and Diag-OFT: `kind = "full"` / `"ia3"` / `"diag-oft"`)
+beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
+alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
+file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and
+SD3 with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that act on one kind's layers only,
 or on all adapters at once, are not supported there: dropouts, `multiplier`, `max_norm`, `freeze_down`,
 `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`, `fused_projections` (but on Flux and
 SD3), `fused_dropout` and `init_weights`; nor a block's own `scalar`, `tucker` or

@@ -307,11 +307,20 @@ def _of_kind(config, key: str) -> bool:
     `lora_ia3` told from LoRA's `lora_A` / `lora_B` (all LoraConfigs)."""
     from dbspec.runtime.lycoris_full import is_full
     from dbspec.runtime.lycoris_ia3 import is_ia3
+    from dbspec.runtime.lycoris_oft import is_oft
 
     if _prefix(config) not in key:
         return False
-    own = ".lora_full" if is_full(config) else ".lora_ia3" if is_ia3(config) else ""
-    return own in key if own else not (".lora_full" in key or ".lora_ia3" in key)
+    own = (
+        ".lora_full"
+        if is_full(config)
+        else ".lora_ia3"
+        if is_ia3(config)
+        else ".lora_oft_"
+        if is_oft(config)
+        else ""
+    )
+    return own in key if own else not any(m in key for m in (".lora_full", ".lora_ia3", ".lora_oft_"))
 
 
 def load_peft_adapters(

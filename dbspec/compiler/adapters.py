@@ -15,7 +15,14 @@ from dbspec.spec.model import LoraAdapter, LowRankAdapter
 # pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root
 # of
 # each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
-_PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0, "dylora": 1.0, "ia3": 1.0}  # ia3: a bound
+_PER_RANK_FACTOR = {
+    "lora": 1.0,
+    "loha": 2.0,
+    "lokr": 1.0,
+    "dylora": 1.0,
+    "ia3": 1.0,
+    "diag-oft": 1.0,
+}  # ia3: a bound
 
 
 def _t5_targets(family: str, components) -> tuple[str, ...]:

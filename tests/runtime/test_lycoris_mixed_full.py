@@ -44,6 +44,7 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
 
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     out = {}
     for name, layer in model.named_modules():
@@ -53,6 +54,9 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
             continue
         if isinstance(layer, Ia3Layer) and "default" in layer.lora_ia3:
             out[key] = ("IA3Module", bool(layer.on_input["default"]))
+            continue
+        if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks:
+            out[key] = ("DiagOFTModule", tuple(layer.lora_oft_blocks["default"].shape))
             continue
         found = next(
             (
@@ -74,12 +78,16 @@ def _lycoris_classes(made) -> dict[str, tuple]:
         if type(m).__name__ == "FullModule"
         else (type(m).__name__, bool(m.train_input))
         if type(m).__name__ == "IA3Module"
+        else (type(m).__name__, tuple(m.oft_blocks.shape))
+        if type(m).__name__ == "DiagOFTModule"
         else (type(m).__name__, m.lora_dim, round(float(m.scale), 12))
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
 
 
-@pytest.mark.parametrize(("algo", "other"), [("locon", "full"), ("lokr", "full"), ("locon", "ia3")])
+@pytest.mark.parametrize(
+    ("algo", "other"), [("locon", "full"), ("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft")]
+)
 def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     pipe,  # noqa: F811
     tmp_path,
@@ -102,7 +110,7 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     theirs_all = _lycoris_classes(made)
     theirs = {k: v for k, v in theirs_all.items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
-        {"full": "FullModule", "ia3": "IA3Module"}[other],
+        {"full": "FullModule", "ia3": "IA3Module", "diag-oft": "DiagOFTModule"}[other],
         "LoConModule",
         "LokrModule" if algo == "lokr" else "LoConModule",
     }
@@ -134,7 +142,8 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     named.text_model = copy.deepcopy(pipe.text_encoder)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    assert any(k.endswith(".diff" if other == "full" else ".on_input") for k in tensors)
+    key = {"full": ".diff", "ia3": ".on_input", "diag-oft": ".oft_blocks"}[other]
+    assert any(k.endswith(key) for k in tensors)
     if other == "ia3":
         # lycoris-lora 4.1.3's create_network_from_weights cannot rebuild an IA3Module (its TypeError,
         # test_lycoris_flow_factor_file.py): the file loads into create_network's modules from the preset

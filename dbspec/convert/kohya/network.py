@@ -190,6 +190,13 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
     out["wd_on_out"] = _str_bool(kwargs.get("wd_on_output", "true"))
     out["decompose_both"] = bool(kwargs.get("decompose_both", False))  # passed raw, tested for truth
+    # DiagOFTModule's root kwargs (create_network's float() / str_bool()): a run of several kinds keeps them
+    # off (lycoris_maps._mixed_kinds)
+    try:
+        constraint = float(kwargs.get("constraint") or 0)
+    except (TypeError, ValueError):
+        constraint = 1.0
+    out["oft"] = {"constraint": constraint, "rescaled": _str_bool(kwargs.get("rescaled", "false"))}
     factor = str(kwargs.get("factor", "-1")).strip()
     if factor.lstrip("-").isdigit():
         out["factor"] = int(factor)
