@@ -303,24 +303,19 @@ def _prefix(config) -> str:
 
 
 def _of_kind(config, key: str) -> bool:
-    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full and IA^3 layers' `lora_full*` /
-    `lora_ia3` told from LoRA's `lora_A` / `lora_B` (all LoraConfigs)."""
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT and GLoRA layers'
+    `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` told from LoRA's `lora_A` / `lora_B` (all
+    LoraConfigs)."""
     from dbspec.runtime.lycoris_full import is_full
+    from dbspec.runtime.lycoris_glora import is_glora
     from dbspec.runtime.lycoris_ia3 import is_ia3
     from dbspec.runtime.lycoris_oft import is_oft
 
     if _prefix(config) not in key:
         return False
-    own = (
-        ".lora_full"
-        if is_full(config)
-        else ".lora_ia3"
-        if is_ia3(config)
-        else ".lora_oft_"
-        if is_oft(config)
-        else ""
-    )
-    return own in key if own else not any(m in key for m in (".lora_full", ".lora_ia3", ".lora_oft_"))
+    markers = {".lora_full": is_full, ".lora_ia3": is_ia3, ".lora_oft_": is_oft, ".lora_glora_": is_glora}
+    own = next((marker for marker, test in markers.items() if test(config)), "")
+    return own in key if own else not any(marker in key for marker in markers)
 
 
 def load_peft_adapters(

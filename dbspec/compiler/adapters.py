@@ -22,6 +22,7 @@ _PER_RANK_FACTOR = {
     "dylora": 1.0,
     "ia3": 1.0,
     "diag-oft": 1.0,
+    "glora": 3.0,  # a1, a2 (in x rank each), b1, b2: three LoRAs bound it
 }  # ia3: a bound
 
 

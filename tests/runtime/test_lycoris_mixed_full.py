@@ -43,6 +43,7 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
@@ -54,6 +55,9 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
             continue
         if isinstance(layer, Ia3Layer) and "default" in layer.lora_ia3:
             out[key] = ("IA3Module", bool(layer.on_input["default"]))
+            continue
+        if isinstance(layer, GloraLayer) and "default" in layer.lora_glora_a1:
+            out[key] = ("GLoRAModule", layer.r["default"], round(float(layer.scaling["default"]), 12))
             continue
         if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks:
             out[key] = ("DiagOFTModule", tuple(layer.lora_oft_blocks["default"].shape))
@@ -86,7 +90,8 @@ def _lycoris_classes(made) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize(
-    ("algo", "other"), [("locon", "full"), ("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft")]
+    ("algo", "other"),
+    [("locon", "full"), ("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft"), ("locon", "glora")],
 )
 def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     pipe,  # noqa: F811
@@ -110,7 +115,9 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     theirs_all = _lycoris_classes(made)
     theirs = {k: v for k, v in theirs_all.items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
-        {"full": "FullModule", "ia3": "IA3Module", "diag-oft": "DiagOFTModule"}[other],
+        {"full": "FullModule", "ia3": "IA3Module", "diag-oft": "DiagOFTModule", "glora": "GLoRAModule"}[
+            other
+        ],
         "LoConModule",
         "LokrModule" if algo == "lokr" else "LoConModule",
     }
@@ -142,7 +149,7 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     named.text_model = copy.deepcopy(pipe.text_encoder)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    key = {"full": ".diff", "ia3": ".on_input", "diag-oft": ".oft_blocks"}[other]
+    key = {"full": ".diff", "ia3": ".on_input", "diag-oft": ".oft_blocks", "glora": ".a1.weight"}[other]
     assert any(k.endswith(key) for k in tensors)
     if other == "ia3":
         # lycoris-lora 4.1.3's create_network_from_weights cannot rebuild an IA3Module (its TypeError,

@@ -574,9 +574,9 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3 and diag-oft, or with options the kinds do
-    not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "glora"\n'
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft and glora (dylora, boft), or with
+    options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "dylora"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()
@@ -619,12 +619,17 @@ def test_full_entries_are_full_blocks(tmp_path):
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
     hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
-    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403, a spec's DBS578)."""
+    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); GLoRA entries blocks of
+    kind "glora" at the entry's dim and alpha."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
     )
     a = plan_of(expressible(_convert(tmp_path, text, "lokr", '"factor=8"')), tmp_path).adapter
     assert {b.kind: (b.rank, b.alpha) for b in a.blocks} == {"diag-oft": (4, 0.0), "lora": (8, 4.0)}
+    glora = text.replace('algo = "diag-oft"', 'algo = "glora"')
+    (tmp_path / "glora").mkdir()
+    g = plan_of(expressible(_convert(tmp_path / "glora", glora, "lokr", '"factor=8"')), tmp_path / "glora")
+    assert {b.kind: (b.rank, b.alpha) for b in g.adapter.blocks} == {"glora": (4, 2.0), "lora": (8, 4.0)}
     (tmp_path / "constraint").mkdir()
     outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
     assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")

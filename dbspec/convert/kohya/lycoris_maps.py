@@ -140,8 +140,8 @@ def check_layers(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
             "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full / ia3 / "
-            "diag-oft entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); elsewhere one "
-            "adapter kind per run",
+            "diag-oft / glora entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); "
+            "elsewhere one adapter kind per run",
             False,
         )
     inert: dict[str, str] = {}
@@ -190,7 +190,7 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 # SDXL LyCORIS's full and IA^3 algos too (runtime/lycoris_full.py's, lycoris_ia3.py's layers beside the
 # others); on Flux and SD3, whose
 # fused Linears hold one module of one kind, the three
-MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft")
+MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
 MIXED_FLOW = ("lora", "loha", "lokr")
 
 
