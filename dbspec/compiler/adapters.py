@@ -22,6 +22,7 @@ _PER_RANK_FACTOR = {
     "dylora": 1.0,
     "ia3": 1.0,
     "diag-oft": 1.0,
+    "boft": 16.0,  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
     "glora": 3.0,  # a1, a2 (in x rank each), b1, b2: three LoRAs bound it
 }  # ia3: a bound
 

@@ -2554,14 +2554,14 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "kinds in one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
-    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "glora")]
+    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "boft", "glora")]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's full, IA^3, Diag-OFT and GLoRA algos beside other kinds on SD 1.x/2.x and SDXL (a "
-            "fused Linear holds one module of one kind)",
+            "LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA algos beside other kinds on SD 1.x/2.x and "
+            "SDXL (a fused Linear holds one module of one kind)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:

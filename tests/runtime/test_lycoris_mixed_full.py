@@ -36,6 +36,15 @@ MIXED_FULL = MIXED.replace(
 MIXED_FULL += '[module_algo_map.CLIPAttention]\nalgo = "full"\n'  # CLIP's attention too (built, not trained)
 
 
+_CLASS_OF = {
+    "full": "FullModule",
+    "ia3": "IA3Module",
+    "diag-oft": "DiagOFTModule",
+    "boft": "ButterflyOFTModule",
+    "glora": "GLoRAModule",
+}
+
+
 def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
     """Each adapted layer as LyCORIS's class, and for the low-rank ones their rank and scale."""
     from peft.tuners.loha import LoHaLayer
@@ -45,6 +54,7 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_boft import BoftLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     out = {}
@@ -60,7 +70,8 @@ def _classes(model: nn.Module, prefix: str) -> dict[str, tuple]:
             out[key] = ("GLoRAModule", layer.r["default"], round(float(layer.scaling["default"]), 12))
             continue
         if isinstance(layer, DiagOftLayer) and "default" in layer.lora_oft_blocks:
-            out[key] = ("DiagOFTModule", tuple(layer.lora_oft_blocks["default"].shape))
+            name = "ButterflyOFTModule" if isinstance(layer, BoftLayer) else "DiagOFTModule"
+            out[key] = (name, tuple(layer.lora_oft_blocks["default"].shape))
             continue
         found = next(
             (
@@ -83,7 +94,7 @@ def _lycoris_classes(made) -> dict[str, tuple]:
         else (type(m).__name__, bool(m.train_input))
         if type(m).__name__ == "IA3Module"
         else (type(m).__name__, tuple(m.oft_blocks.shape))
-        if type(m).__name__ == "DiagOFTModule"
+        if type(m).__name__ in ("DiagOFTModule", "ButterflyOFTModule")
         else (type(m).__name__, m.lora_dim, round(float(m.scale), 12))
         for m in [*made.unet_loras, *made.text_encoder_loras]
     }
@@ -91,7 +102,14 @@ def _lycoris_classes(made) -> dict[str, tuple]:
 
 @pytest.mark.parametrize(
     ("algo", "other"),
-    [("locon", "full"), ("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft"), ("locon", "glora")],
+    [
+        ("locon", "full"),
+        ("lokr", "full"),
+        ("locon", "ia3"),
+        ("lokr", "diag-oft"),
+        ("locon", "boft"),
+        ("locon", "glora"),
+    ],
 )
 def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     pipe,  # noqa: F811
@@ -115,9 +133,7 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     theirs_all = _lycoris_classes(made)
     theirs = {k: v for k, v in theirs_all.items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
-        {"full": "FullModule", "ia3": "IA3Module", "diag-oft": "DiagOFTModule", "glora": "GLoRAModule"}[
-            other
-        ],
+        _CLASS_OF[other],
         "LoConModule",
         "LokrModule" if algo == "lokr" else "LoConModule",
     }
@@ -149,7 +165,7 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     named.text_model = copy.deepcopy(pipe.text_encoder)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
-    key = {"full": ".diff", "ia3": ".on_input", "diag-oft": ".oft_blocks", "glora": ".a1.weight"}[other]
+    key = {"full": ".diff", "ia3": ".on_input", "glora": ".a1.weight"}.get(other, ".oft_blocks")
     assert any(k.endswith(key) for k in tensors)
     if other == "ia3":
         # lycoris-lora 4.1.3's create_network_from_weights cannot rebuild an IA3Module (its TypeError,

@@ -574,7 +574,7 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft and glora (dylora, boft), or with
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora (dylora), or with
     options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
     text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "dylora"\n'
     outcome = _convert(tmp_path, text, "lokr")
@@ -619,8 +619,8 @@ def test_full_entries_are_full_blocks(tmp_path):
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
     hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
-    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); GLoRA entries blocks of
-    kind "glora" at the entry's dim and alpha."""
+    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); BOFT's alike; GLoRA
+    entries blocks of kind "glora" at the entry's dim and alpha."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
     )
@@ -630,6 +630,10 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     (tmp_path / "glora").mkdir()
     g = plan_of(expressible(_convert(tmp_path / "glora", glora, "lokr", '"factor=8"')), tmp_path / "glora")
     assert {b.kind: (b.rank, b.alpha) for b in g.adapter.blocks} == {"glora": (4, 2.0), "lora": (8, 4.0)}
+    boft = text.replace('algo = "diag-oft"', 'algo = "boft"')
+    (tmp_path / "boft").mkdir()
+    o = plan_of(expressible(_convert(tmp_path / "boft", boft, "lokr", '"factor=8"')), tmp_path / "boft")
+    assert {b.kind: (b.rank, b.alpha) for b in o.adapter.blocks} == {"boft": (4, 0.0), "lora": (8, 4.0)}
     (tmp_path / "constraint").mkdir()
     outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
     assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")

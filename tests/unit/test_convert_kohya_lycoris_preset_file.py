@@ -124,7 +124,7 @@ def test_layer_reached_twice_stops_kohya(tmp_path):
 
 
 def test_per_module_algorithm_is_not_expressed(tmp_path):
-    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft and glora mix on the U-Net (a block's kind); another
+    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora mix on the U-Net (a block's kind); another
     algorithm there does not."""
     text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "dylora"\n'
     outcome = _convert(tmp_path, "mixed.toml", text)

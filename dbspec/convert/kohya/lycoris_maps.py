@@ -140,7 +140,7 @@ def check_layers(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
             "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full / ia3 / "
-            "diag-oft / glora entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); "
+            "diag-oft / boft / glora entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); "
             "elsewhere one adapter kind per run",
             False,
         )
@@ -190,7 +190,7 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 # SDXL LyCORIS's full and IA^3 algos too (runtime/lycoris_full.py's, lycoris_ia3.py's layers beside the
 # others); on Flux and SD3, whose
 # fused Linears hold one module of one kind, the three
-MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
+MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
 MIXED_FLOW = ("lora", "loha", "lokr")
 
 
@@ -212,7 +212,7 @@ def _mixed_kinds(
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
-    if any(_algo(layer.algo) == "diag-oft" for layer in unet):  # root kwargs DiagOFTModule reads
+    if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
         on += [key for key in ("constraint", "rescaled") if network.get("oft", {}).get(key)]
     if on:
         raise PresetError(
@@ -302,7 +302,7 @@ def _blocks(
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
             block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
-        if kind == "diag-oft":  # DiagOFTModule: the dim its block-size hint, the network's constraint (0)
+        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint 0
             block.update(alpha=0.0, **({"conv_alpha": 0.0} if conv else {}))
         if factor:
             block["factor"] = factor
