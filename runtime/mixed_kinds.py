@@ -7,7 +7,12 @@ name (`adapters.ADAPTER_NAME`): every per-layer reader (exports, resume, adapter
 groups) tells the kinds apart by the layer's class, as it does for one kind. `module.peft_config` keeps the
 adapter's own kind's config (what the diffusers / peft writers read); the other kinds' configs ride in
 `module.dbspec_kind_configs`, which `weights.save_peft_adapters` writes as `<component>/<kind>/` folders
-beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike."""
+beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike.
+
+Besides LoRA, LoHa and LoKr, a block may give its layers LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA on
+the U-Net families (their own peft layers, LoraConfigs whose keys runtime/weights.py tells apart). On Flux
+and SD3 (plan.adapter.fused) each kind's fused Linears are tied as that kind ties them: LoKr / LoHa in
+add_lora (runtime/fused_lokr.py, fused_loha.py), LoRA's shared downs in runtime/prepare.py."""
 
 from __future__ import annotations
 
