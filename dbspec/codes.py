@@ -2642,7 +2642,8 @@ spanning every part's rows) is not there, nor (with or without `fused_projection
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
-`distributed.strategy = "ddp"` only.""",
+`distributed.strategy = "ddp"` only. A run of several kinds (blocks with their own `kind`) likewise adapts
+every part of each fused layer it adapts, whatever the layer's kind.""",
         help="adapt every part of each fused layer and remove those options, or set "
         "adapter.fused_projections = false",
     ),
@@ -2682,13 +2683,17 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-beside the adapter's kind in one run, each kind's layers with the adapter's rank, alpha, targets (and LoKr's
-`factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS file, each layer in its kind's
-keys) together, on the U-Net families (SD 1.x/2.x, SDXL; not SD3, Flux or Chroma). The options that act on
-one kind's layers only, or on all adapters at once, are not supported there: dropouts, `multiplier`,
-`max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`, `ggpo`,
-`fused_projections`, `fused_dropout` and `init_weights`; nor a block's own `scalar`, `tucker` or
-`rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
+(on SD 1.x/2.x and SDXL also LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA: `kind = "full"` / `"ia3"` /
+`"diag-oft"` / `"boft"` / `"glora"`)
+beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
+alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
+file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and
+SD3 with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
+act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
+`multiplier`, `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`,
+`ggpo`, `fused_projections` (but on Flux and SD3), `fused_dropout` and `init_weights`; nor a block's own
+`scalar`, `tucker` or `rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's
+own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

@@ -162,6 +162,9 @@ class FamilySpec:
     lora_params_per_target: dict[str, int] = attrs.field(factory=dict)
     # The original model's fused Linears that diffusers splits (adapter.fused_projections); () for none.
     fused_projections: tuple[FusedProjection, ...] = ()
+    # Blocks of several adapter kinds (runtime/mixed_kinds.py) train and export on this family's fused layers
+    # (Flux, SD3: one LyCORIS module of one kind per fused Linear); the U-Net families have none to fuse.
+    mixed_fused_kinds: bool = False
     # kohya's LoRA network for the family (networks.lora_flux): its denoiser targets in diffusers names
     # (suffixes, as adapter.denoiser_targets) and the paths (regular expressions) those suffixes also match
     # that kohya leaves alone; () when the converter has no such network.
@@ -437,6 +440,7 @@ FAMILIES: dict[str, FamilySpec] = {
     # conditioned on CLIP-L and CLIP-G hidden states (concatenated, padded to T5's width) joined with
     # T5-XXL's, and on the two CLIPs' pooled projections.
     "sd3": FamilySpec(
+        mixed_fused_kinds=True,
         name="sd3",
         title="SD3",
         runtime="sd3",
@@ -590,6 +594,7 @@ FAMILIES: dict[str, FamilySpec] = {
     # Flux.1 dev: a guidance-distilled MM-DiT over 2x2-packed 16-channel latents, flow matching; conditioned
     # on T5-XXL's hidden states and CLIP-L's pooled output, with a guidance embedding.
     "flux": FamilySpec(
+        mixed_fused_kinds=True,
         name="flux",
         clip_attention_mask="pooled",
         t5_mask_in_denoiser=True,

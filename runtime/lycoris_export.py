@@ -81,6 +81,9 @@ def lycoris_state(
     for prefix, module, to_path in parts:
         fused = module is unet and _fused_lokr(unet, family)
         full = module is unet and bool(family_spec(family).fused_projections) and _has_stacked(unet)
+        # LoRA on fused layers beside other kinds (runtime/mixed_kinds.py): LoConModule's on the fused Linear
+        shared = module is unet and bool(family_spec(family).fused_projections) and _has_shared_down(unet)
+        fused = fused or shared
         if fused or full:  # LoKr, LoHa, full, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
             to_path = _original_name(family)
         if module is unet and family_spec(family).fused_projections and _has_ia3(unet):
@@ -89,6 +92,8 @@ def lycoris_state(
         layers = _layers(module)
         if full:  # LyCORIS's full / Diag-OFT: one module per fused Linear, the parts' rows (blocks) stacked
             layers, fused = _stacked_full(module, family, list(layers)), True
+        elif shared:  # the fused LoRAs: one lora_down, the parts' lora_up rows stacked
+            layers = _stacked_lora(module, family, list(layers))
         for name, weights, alpha in layers:
             if fused and _later_part(module, name):
                 continue  # a fused layer's factors, written once under its first part's (the fused) name
@@ -192,6 +197,39 @@ def _has_stacked(unet: nn.Module) -> bool:
 
     stacked = (FullLayer, GloraLayer, DyloraLayer)
     return any(isinstance(m, stacked) or type(m) is DiagOftLayer for m in unet.modules())
+
+
+def _has_shared_down(unet: nn.Module) -> bool:
+    """Whether LoRA layers of the denoiser share one down-projection (runtime/fused.py
+    tie_fused_projections: the parts of a fused Linear)."""
+    from peft.tuners.lora import LoraLayer
+
+    found = lora_adapter(unet)
+    if found is None:
+        return False
+    model, adapter = found
+    downs = [
+        id(m.lora_A[adapter].weight)
+        for m in model.modules()
+        if isinstance(m, LoraLayer) and adapter in m.lora_A
+    ]
+    return len(set(downs)) < len(downs)
+
+
+def _stacked_lora(
+    module: nn.Module, family: Family, layers: list[tuple[str, dict[str, torch.Tensor], float | None]]
+) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
+    """The LoRA layers on fused Linears' parts as LoConModule on the fused Linear (kohya's name): the one
+    `lora_down` the parts share, their `lora_up` rows stacked in the fused layer's row order (_stacked_full;
+    every part adapted, DBS575); the other layers (other kinds', plain Linears') as they are."""
+    table = _table(family)
+    parts = []
+    for name, weights, alpha in layers:
+        if "lora_down.weight" in weights and table.original_name(name)[1] is not None:
+            parts.append((name, weights, alpha))
+        else:
+            yield name, weights, alpha
+    yield from _stacked_full(module, family, parts)
 
 
 # the tensors a fused Linear's parts share, written once: GLoRA's (runtime/lycoris_glora.py

@@ -116,6 +116,12 @@ def with_full(config):
     return config
 
 
+def is_full(config) -> bool:
+    """`config` builds FullLayer (with_full): a LoraConfig whose keys are `lora_full*`, not `lora_A` /
+    `lora_B` (a run of several kinds holds both under one adapter name, runtime/mixed_kinds.py)."""
+    return dispatch_full in (getattr(config, "_custom_modules", None) or {}).values()
+
+
 def has_full(state: dict[str, torch.Tensor]) -> bool:
     """A peft LoRA state dict of LyCORIS full layers."""
     return any(".lora_full" in key for key in state)

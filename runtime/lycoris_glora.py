@@ -213,6 +213,13 @@ def glora_options(adapter) -> dict[str, Any]:
     }
 
 
+def is_glora(config) -> bool:
+    """`config` builds GloraLayer (with_glora): a LoraConfig whose keys are `lora_glora_*` (a run of several
+    kinds holds LoRA's too under one adapter name, runtime/mixed_kinds.py)."""
+    customs = (getattr(config, "_custom_modules", None) or {}).values()
+    return any(getattr(d, "func", None) is dispatch_glora for d in customs)
+
+
 def has_glora_scalar(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_glora_scalar" in key for key in state)
 

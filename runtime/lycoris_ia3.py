@@ -129,6 +129,12 @@ def with_ia3(config):
     return config
 
 
+def is_ia3(config) -> bool:
+    """`config` builds Ia3Layer (with_ia3): a LoraConfig whose keys are `lora_ia3` (a run of several kinds
+    holds LoRA's too under one adapter name, runtime/mixed_kinds.py)."""
+    return dispatch_ia3 in (getattr(config, "_custom_modules", None) or {}).values()
+
+
 def has_ia3(state: dict[str, torch.Tensor]) -> bool:
     """A peft LoRA state dict of LyCORIS IA^3 layers."""
     return any(".lora_ia3" in key for key in state)

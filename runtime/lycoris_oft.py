@@ -239,6 +239,15 @@ def with_oft(
     return config
 
 
+def is_oft(config) -> bool:
+    """`config` builds DiagOftLayer or a subclass (with_oft): a LoraConfig whose keys are `lora_oft_*` (a run
+    of several kinds holds LoRA's too under one adapter name, runtime/mixed_kinds.py)."""
+    return any(
+        getattr(d, "func", None) is dispatch_oft
+        for d in (getattr(config, "_custom_modules", None) or {}).values()
+    )
+
+
 def has_oft(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_oft_blocks" in key for key in state)
 

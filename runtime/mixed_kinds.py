@@ -7,7 +7,12 @@ name (`adapters.ADAPTER_NAME`): every per-layer reader (exports, resume, adapter
 groups) tells the kinds apart by the layer's class, as it does for one kind. `module.peft_config` keeps the
 adapter's own kind's config (what the diffusers / peft writers read); the other kinds' configs ride in
 `module.dbspec_kind_configs`, which `weights.save_peft_adapters` writes as `<component>/<kind>/` folders
-beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike."""
+beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike.
+
+Besides LoRA, LoHa and LoKr, a block may give its layers LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA on
+the U-Net families (their own peft layers, LoraConfigs whose keys runtime/weights.py tells apart). On Flux
+and SD3 (plan.adapter.fused) each kind's fused Linears are tied as that kind ties them: LoKr / LoHa in
+add_lora (runtime/fused_lokr.py, fused_loha.py), LoRA's shared downs in runtime/prepare.py."""
 
 from __future__ import annotations
 
@@ -52,6 +57,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     )
     if not own:  # the modules no block matches are the adapter's kind's
         blocks += (attrs.evolve(blocks[0], pattern="", rank=0, conv_rank=0, factor=0),)
+    if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
+        blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 

@@ -10,6 +10,7 @@ import torch
 from dbspec.families import family_spec, t5_text_encoders
 from dbspec.plan.model import Plan
 from dbspec.runtime import adapters
+from dbspec.runtime.mixed_kinds import mixed
 from dbspec.runtime.models import Components, set_attention, to_dtype, trained_text_encoders
 
 
@@ -96,6 +97,10 @@ def _prepare(
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
             _tie_fused(module, plan.adapter)
+        elif plan.adapter.fused and denoiser and mixed(plan.adapter):  # a LoKr / LoHa adapter's LoRA blocks
+            from dbspec.runtime.fused import tie_fused_projections
+
+            tie_fused_projections(module, plan.adapter.fused)
         a = plan.adapter
         lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
         if a.fused and denoiser and a.kind in ("lokr", "loha") and lycoris_drops:

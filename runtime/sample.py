@@ -12,6 +12,7 @@ import torch
 
 from dbspec.families import FAMILIES, family_spec
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.mixed_kinds import mixed
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
@@ -187,7 +188,10 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         bool(adapter and adapter.lokr_unit_scale),
         bool(adapter and adapter.bypass),
         adapter.oft_form if adapter else "lycoris",
-        adapter if adapter and adapter.kind in ("lokr", "loha") and adapter.fused else None,
+        # LoKr / LoHa on fused layers: the adapter's own, or a kind of its blocks' (runtime/mixed_kinds.py)
+        adapter
+        if adapter and adapter.fused and (adapter.kind in ("lokr", "loha") or mixed(adapter))
+        else None,
         bool(adapter and adapter.lokr_rank_stabilized),
         blocks=adapter if adapter and adapter.kind == "lokr" else None,
     )

@@ -320,7 +320,7 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
             with config_as(plain, config):
                 state = get_peft_model_state_dict(plain, adapter_name="default")
             if kinds:  # peft's LoHa / LoKr readers take every layer of the adapter name: this kind's only
-                state = {k: v for k, v in state.items() if _prefix(config) in k}
+                state = {k: v for k, v in state.items() if _of_kind(config, k)}
             cast = {
                 k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()
             }
@@ -334,6 +334,22 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 def _prefix(config) -> str:
     """peft's key prefix of the weights of `config`'s kind."""
     return _PREFIXES[getattr(config.peft_type, "value", config.peft_type)]
+
+
+def _of_kind(config, key: str) -> bool:
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT and GLoRA layers'
+    `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` told from LoRA's `lora_A` / `lora_B` (all
+    LoraConfigs)."""
+    from dbspec.runtime.lycoris_full import is_full
+    from dbspec.runtime.lycoris_glora import is_glora
+    from dbspec.runtime.lycoris_ia3 import is_ia3
+    from dbspec.runtime.lycoris_oft import is_oft
+
+    if _prefix(config) not in key:
+        return False
+    markers = {".lora_full": is_full, ".lora_ia3": is_ia3, ".lora_oft_": is_oft, ".lora_glora_": is_glora}
+    own = next((marker for marker, test in markers.items() if test(config)), "")
+    return own in key if own else not any(marker in key for marker in markers)
 
 
 def load_peft_adapters(
@@ -433,7 +449,10 @@ def load_peft_adapters(
             inject_adapter_in_model(config, module, adapter_name="default")
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
-        fused = fused_lokr is not None and name == "unet"
+        # the denoiser's (or, in a run of several kinds, its LoKr / LoHa kind's folder: kind_only)
+        fused = (
+            fused_lokr is not None and fused_lokr.kind in ("lokr", "loha") and (name == "unet" or kind_only)
+        )
         if fused:  # the parts' fused factors (LoHa: w1_b / w2_b), tied as in training: before the switches
             from dbspec.runtime.adapters import tie_fused_lycoris
 
@@ -460,13 +479,15 @@ def load_peft_adapters(
 
                 own = block_rank_stabilized(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
             unit_scale_full_lokr(module, lokr_rank_stabilized, own)
-        markers = [_prefix(config)] if kind_only else _PREFIXES.values()
-        missing = [k for k in result.missing_keys if any(m in k for m in markers)]
+        if kind_only:  # the other kinds' layers lack this folder's weights
+            missing = [k for k in result.missing_keys if _of_kind(config, k)]
+        else:
+            missing = [k for k in result.missing_keys if any(m in k for m in _PREFIXES.values())]
         if result.unexpected_keys or missing:
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
-        _load_kinds(source, module, lokr_rank_stabilized)
+        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None)
         loaded.append(name)
     return loaded
 
@@ -475,15 +496,25 @@ def load_peft_adapters(
 _PREFIXES = {"LORA": "lora_", "LOHA": "hada_", "LOKR": "lokr_"}
 
 
-def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool) -> None:
+def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None) -> None:
     """The other kinds' layers of a run with several (`<component>/<kind>/` beside the adapter's own, each
-    LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py)."""
+    LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py);
+    `fused`: the plan's adapter when the denoiser's fused layers (Flux, SD3) hold them, a LoKr / LoHa kind's
+    parts then tied to the fused factors as training ties them."""
+    from dbspec.runtime.mixed_kinds import kind_adapter
+
     configs = {}
     for kind in sorted(p.name for p in source.iterdir() if (p / "adapter_config.json").exists()):
         own = module.peft_config
         del module.peft_config  # the kind's injection starts a config of its own
+        sub = kind_adapter(fused, kind) if fused is not None and fused.fused else None
         load_peft_adapters(
-            source, {kind: module}, True, lokr_rank_stabilized=lokr_rank_stabilized, kind_only=True
+            source,
+            {kind: module},
+            True,
+            fused_lokr=sub,
+            lokr_rank_stabilized=lokr_rank_stabilized,
+            kind_only=True,
         )
         configs[kind] = module.peft_config["default"]
         module.peft_config = own

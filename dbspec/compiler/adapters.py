@@ -15,7 +15,16 @@ from dbspec.spec.model import LoraAdapter, LowRankAdapter
 # pairs. LoKr factors each weight into a Kronecker product whose low-rank factor spans about the square root
 # of
 # each side, so LoRA's count at the same rank bounds it from above; the estimate keeps that bound.
-_PER_RANK_FACTOR = {"lora": 1.0, "loha": 2.0, "lokr": 1.0, "dylora": 1.0}
+_PER_RANK_FACTOR = {
+    "lora": 1.0,
+    "loha": 2.0,
+    "lokr": 1.0,
+    "dylora": 1.0,
+    "ia3": 1.0,
+    "diag-oft": 1.0,
+    "boft": 16.0,  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
+    "glora": 3.0,  # a1, a2 (in x rank each), b1, b2: three LoRAs bound it
+}  # ia3: a bound
 
 
 def _t5_targets(family: str, components) -> tuple[str, ...]:
@@ -345,6 +354,7 @@ def _largest_ranks(adapter) -> tuple[int, int]:
     """The denoiser's largest linear and convolution ranks: with per-block ranks (adapter.blocks) the family's
     per-rank facts (whole-model sums) give an upper bound, the count at the largest rank anywhere."""
     blocks = getattr(adapter, "blocks", ())
+    blocks = [b for b in blocks if getattr(b, "kind", "adapter") != "full"]  # copies: counted apart
     rank = max([adapter.rank, *(b.rank for b in blocks)])
     conv_rank = max([adapter.conv_rank, *(b.conv_rank for b in blocks)]) if adapter.conv_rank else 0
     return rank, conv_rank
@@ -398,6 +408,8 @@ def adapter_params(
         # blocks of other kinds (LoHa's two pairs per rank bound them all)
         blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
         kinds = {adapter.kind, *(getattr(b, "kind", "adapter") for b in blocks)} - {"adapter"}
+        copies = "full" in kinds  # full blocks' copies: at most the component itself, beside the others
+        kinds -= {"full"}
         each = max(_PER_RANK_FACTOR[k] for k in kinds)
         total = per_rank * rank * each
         if denoiser and adapter.conv_rank:
@@ -407,7 +419,7 @@ def adapter_params(
             full = c.params / _lokr_smallest_split(adapter, blocks) ** 2
             full_matrix = adapter.full_matrix or any(b.full_matrix == "on" for b in blocks)
             total = full if full_matrix else min(total, full)
-        out[c.name] = int(total)
+        out[c.name] = int(total + (c.params if copies else 0))
     return out
 
 

@@ -48,6 +48,7 @@ from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import (
     eager_attention_fits,
+    mixed_kinds_family,
     hit_to_diagnostic,
     run_environment_rules,
     run_plan_rules,
@@ -117,6 +118,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     check_text_masks(ctx, model)
     precision = plan_precision(ctx, model)
     _check_eager_attention(ctx, model)
+    _check_mixed_kinds_family(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
     datasets = balance_groups(ctx, held.datasets)
@@ -613,6 +615,16 @@ def _loraplus(spec, name: str) -> float:
     return (
         float(getattr(spec.adapter, name)) if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)) else 0.0
     )
+
+
+def _check_mixed_kinds_family(ctx: Context, model) -> None:
+    """Blocks of several kinds on a detected family (`dbspec check` checked a spelled-out one): DBS578."""
+    if model is None or ctx.spec.model.family != "auto":
+        return
+    detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
+    ctx.diagnostics += [
+        hit_to_diagnostic(ctx.raw, hit) for hit in mixed_kinds_family(detected, ctx.raw.given)
+    ]
 
 
 def _check_eager_attention(ctx: Context, model) -> None:

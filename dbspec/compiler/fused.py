@@ -145,11 +145,14 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
     spec = family_spec(family)
     if _no_fused_layers(ctx, spec):
         return
+    # several kinds (blocks' `kind`, runtime/mixed_kinds.py): each fused layer one LyCORIS module of one
+    # kind, so one block's and every part adapted, as for LoKr / LoHa
+    whole = lokr or any(getattr(b, "kind", "adapter") not in ("adapter", plan.kind) for b in plan.blocks)
     partial = []
     for group in spec.fused_projections:
         for index in _INDICES:
             found = _adapted(group, index, plan)
-            if lokr and found and _split_by_blocks(ctx, group, index, plan):
+            if whole and found and _split_by_blocks(ctx, group, index, plan):
                 return
             if len(set(found.values())) > 1:
                 shown = ", ".join(
@@ -176,11 +179,12 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                 break
     if not lokr and adapter.dora:
         _check_fused_dora(ctx, adapter, partial)
-    if partial and lokr:
+    if partial and whole:
+        what = adapter.kind if lokr else "several kinds ([[adapter.blocks]] kind)"
         ctx.report(
             "DBS575",
             "error",
-            f"adapter.fused_projections with {adapter.kind}: LyCORIS's module spans every row of a fused "
+            f"adapter.fused_projections with {what}: LyCORIS's module spans every row of a fused "
             f"layer, so every part must be adapted: {'; '.join(partial)}",
             ("adapter", "denoiser_targets"),
             help="add the missing parts to adapter.denoiser_targets (or leave the whole fused layer out)",

@@ -2532,6 +2532,52 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build
+    (Chroma), and fused_projections with them outside Flux / SD3; silent for family = "auto" (the compiler
+    runs it again with the detected family)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "none")
+    other = [
+        (table, i, b)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, b in enumerate(getattr(a, table, ()))
+        if getattr(b, "kind", "adapter") not in ("adapter", own)
+    ]
+    family = FAMILIES.get(spec.model.family)
+    if not other or family is None or own not in ("lora", "loha", "lokr"):
+        return
+    table, i, block = other[0]
+    if family.denoiser != "unet" and not family.mixed_fused_kinds:
+        yield _err(
+            "DBS578",
+            ("adapter", table, i, "kind"),
+            f'adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: dbspec trains several adapter '
+            "kinds in one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
+            codes.help("DBS578"),
+        )
+    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "boft", "glora")]
+    if full and family.denoiser != "unet":
+        yield _err(
+            "DBS578",
+            ("adapter", full[0][0], full[0][1], "kind"),
+            f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
+            "LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA algos beside other kinds on SD 1.x/2.x and "
+            "SDXL (a fused Linear holds one module of one kind)",
+            codes.help("DBS578"),
+        )
+    if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:
+        yield _err(
+            "DBS578",
+            ("adapter", "fused_projections"),
+            f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
+            "dbspec trains several kinds on fused layers on Flux and SD3 (one LyCORIS module of one kind per "
+            "fused Linear)",
+            codes.help("DBS578"),
+        )
+
+
+@rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
     the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the
@@ -2556,15 +2602,6 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
         return
-    family = FAMILIES.get(spec.model.family)  # "auto": the U-Net families' exports are checked alike
-    if family is not None and family.denoiser != "unet":
-        yield _err(
-            "DBS578",
-            ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
-            f'adapter.{i}.kind = "{block.kind}" on {family.title}: dbspec trains several adapter kinds in '
-            "one run on the U-Net families (SD 1.x/2.x, SDXL), whose LyCORIS exports and reloads it checks",
-            codes.help("DBS578"),
-        )
     for table, index, b in _own_block_options(a, own):
         yield _err(
             "DBS578",
@@ -2574,7 +2611,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             "no scalar, Tucker form or rank_stabilized of its own",
             codes.help("DBS578"),
         )
-    set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off]
+    # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
+    set_ = [
+        key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off and key != "fused_projections"
+    ]
     for key in set_:
         yield _err(
             "DBS578",

@@ -106,8 +106,9 @@ class BlockPlan:
 
     pattern: str
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
-    # (the adapter's), "lora", "loha", "lokr"
-    kind: Literal["adapter", "lora", "loha", "lokr"] = "adapter"
+    # (the adapter's), "lora", "loha", "lokr", "full", "ia3" (LyCORIS's full algo, IA^3: the rank only
+    # switches them on), "diag-oft", "boft" (the rank its block-size hint, the alpha its constraint), "glora"
+    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0

@@ -432,7 +432,7 @@ def _block_factor():
 
 
 BlockSwitch = Literal["adapter", "on", "off"]
-BlockKind = Literal["adapter", "lora", "loha", "lokr"]
+BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
 
 
 def _block_scalar():
@@ -479,10 +479,15 @@ class AdapterBlock:
     kind: BlockKind = option(
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
-        "`lokr` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's `algo`, "
-        "e.g. LoKr on the attention and LoCon on the ResNets); the adapter's options apply to every layer, "
-        "as LyCORIS hands its network's to every module. Another kind needs an adapter of kind lora, loha "
-        "or lokr without options one kind lacks (DBS578).",
+        "`lokr`, `full`, `ia3` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` "
+        "entry's `algo`, e.g. LoKr on the attention and LoCon on the ResNets; `full`: LyCORIS's full algo, a "
+        "trained copy of each matched layer's weight and bias; `ia3`: LyCORIS's IA^3, a trained scale per "
+        "output channel; their rank only switches them on; `diag-oft`: LyCORIS's Diag-OFT, the rank its "
+        "block-size hint and the alpha its constraint, `boft` alike; `glora`: LyCORIS's GLoRA, both pairs at "
+        "the rank); "
+        "the adapter's options "
+        "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
+        "of kind lora, loha or lokr without options one kind lacks (DBS578).",
         example="loha",
     )
     rank: int = option(
@@ -556,7 +561,8 @@ class TextEncoderBlock:
     kind: BlockKind = option(
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
-        "`lokr` in its place (a LyCORIS preset file's map entry's `algo`), as `[[adapter.blocks]]` `kind`.",
+        "`lokr`, `full`, `ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's map "
+        "entry's `algo`), as `[[adapter.blocks]]` `kind`.",
         example="lora",
     )
     rank: int = option(

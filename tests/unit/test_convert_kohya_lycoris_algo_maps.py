@@ -586,9 +586,9 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa and LoKr, or with options the kinds do not build alike
-    (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "full"\n'
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora (dylora), or with
+    options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "dylora"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()
@@ -598,6 +598,57 @@ def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     (tmp_path / "plus").mkdir()
     outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')
     assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
+
+
+def test_full_entries_are_full_blocks(tmp_path):
+    """LyCORIS's full algo on the transformers' MLPs and CLIP's attention beside a LoKr network: blocks of
+    kind "full" at rank 1 (which only switches them on: FullModule never reads a dim; a huge one fits too),
+    the rest as before (tests/runtime/test_lycoris_mixed_full.py trains it against lycoris-lora); the
+    memory estimate counts the component's copy beside the low-rank layers."""
+    text = MIXED.replace(
+        '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "full"'
+    )
+    text += '[module_algo_map.CLIPAttention]\nalgo = "full"\ndim = 10000000\n'
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8"'))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert {b.kind: b.rank for b in a.blocks} == {"full": 1, "lora": 8}
+    assert sorted((b.kind, b.rank) for b in a.text_encoder_blocks) == [("full", 1), ("loha", 2)]
+    full = next(b for b in a.blocks if b.kind == "full")
+    assert re.search(full.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
+    (tmp_path / "loha").mkdir()
+    ia3 = text.replace('algo = "full"', 'algo = "ia3"')
+    (tmp_path / "ia3").mkdir()
+    b = plan_of(expressible(_convert(tmp_path / "ia3", ia3, "lokr", '"factor=8"')), tmp_path / "ia3").adapter
+    assert {x.kind for x in b.blocks} == {"ia3", "lora"} and {x.kind for x in b.text_encoder_blocks} == {
+        "ia3",
+        "loha",
+    }
+    mixed = plan_of(expressible(_convert(tmp_path / "loha", MIXED, "lokr", '"factor=8"')), tmp_path / "loha")
+    assert a.params["unet"] > mixed.adapter.params["unet"]
+
+
+def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
+    """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
+    hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
+    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); BOFT's alike; GLoRA
+    entries blocks of kind "glora" at the entry's dim and alpha."""
+    text = MIXED.replace(
+        '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
+    )
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr", '"factor=8"')), tmp_path).adapter
+    assert {b.kind: (b.rank, b.alpha) for b in a.blocks} == {"diag-oft": (4, 0.0), "lora": (8, 4.0)}
+    glora = text.replace('algo = "diag-oft"', 'algo = "glora"')
+    (tmp_path / "glora").mkdir()
+    g = plan_of(expressible(_convert(tmp_path / "glora", glora, "lokr", '"factor=8"')), tmp_path / "glora")
+    assert {b.kind: (b.rank, b.alpha) for b in g.adapter.blocks} == {"glora": (4, 2.0), "lora": (8, 4.0)}
+    boft = text.replace('algo = "diag-oft"', 'algo = "boft"')
+    (tmp_path / "boft").mkdir()
+    o = plan_of(expressible(_convert(tmp_path / "boft", boft, "lokr", '"factor=8"')), tmp_path / "boft")
+    assert {b.kind: (b.rank, b.alpha) for b in o.adapter.blocks} == {"boft": (4, 0.0), "lora": (8, 4.0)}
+    (tmp_path / "constraint").mkdir()
+    outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
+    assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")
 
 
 @pytest.mark.parametrize("algo", ["dylora", "glora"])

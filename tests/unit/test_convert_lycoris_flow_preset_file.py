@@ -324,11 +324,14 @@ def test_sd3_tucker_form_on_a_files_patch_convolution(tmp_path, algo, where):
 
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
     """--network_train_unet_only: LycorisNetworkKohya.apply_to drops CLIP-L's modules, so an entry reaching
-    only them (another algorithm, a dim) changes nothing (DBS405) instead of being refused."""
+    only them (another algorithm, a dim) changes nothing (DBS405); trained, CLIP-L's MLPs are LoHa blocks
+    (several kinds, tests/runtime/test_lycoris_mixed_flow.py)."""
     preset = NO_SINGLES.replace("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPMLP"]')
     preset += '\n[module_algo_map.CLIPMLP]\nalgo = "loha"\ndim = 2\n'
-    outcome = _flux(tmp_path / "refused", preset, '"algo=locon"', allow=True)
-    assert "DBS403" in codes(outcome)
+    outcome = _flux(tmp_path / "mixed", preset, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "mixed").adapter
+    assert a.kind == "lora" and [(b.kind, b.rank) for b in a.text_encoder_blocks] == [("loha", 2)]
     outcome = _flux(tmp_path / "kept", preset, '"algo=locon" --network_train_unet_only')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert "apply_to drops" in messages(outcome, "DBS405")
@@ -417,3 +420,83 @@ def test_flux_entry_use_scalar_is_a_block_scalar_over_whole_fused_layers(tmp_pat
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.scalar) == ({"locon": "lora"}.get(algo, algo), False)
     assert [(b.rank, b.scalar) for b in a.blocks] == [(16, "on")]
+
+
+# LyCORIS's LoKr on the double blocks' image q/k/v, LoHa on the single blocks' linear1, LoCon elsewhere
+# (tests/runtime/test_lycoris_mixed_flow.py checks the modules against lycoris-lora and trains it)
+MIXED = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "lokr"
+dim = 8
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+dim = 2
+alpha = 1
+"""
+
+
+def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
+    """Flux: map entries giving fused layers LoKr / LoHa on a LoCon network are blocks of that kind covering
+    every part of each fused layer (by block index: no deeper model's fused layer is split between kinds,
+    compiler/fused.py DBS507), fused_projections one LyCORIS module per fused Linear; with use_tucker (which
+    the kinds do not build alike) DBS403; on Chroma DBS403 (dbspec does not export it there)."""
+    outcome = _flux(tmp_path / "mixed", MIXED, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "mixed").adapter
+    assert a.kind == "lora" and a.fused
+    lokr, loha = a.blocks
+    assert (lokr.kind, lokr.rank, lokr.alpha, loha.kind, loha.rank, loha.alpha) == (
+        "lokr",
+        8,
+        4.0,
+        "loha",
+        2,
+        1.0,
+    )
+    for i in (0, 18, 19):  # 19: beyond FLUX.1's double blocks
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(lokr.pattern, p)) for p in parts} == {i < 19}
+    for i in (0, 37, 38):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
+    assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
+    tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
+    assert "DBS578" in messages(tucker, "DBS403")
+    full = MIXED.replace('algo = "lokr"', 'algo = "full"')  # a fused Linear holds one module of one kind
+    outcome = _flux(tmp_path / "full", full, '"algo=locon"', allow=True)
+    assert "algo = 'full'" in messages(outcome, "DBS403")
+
+
+def test_sd3_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
+    """SD3: a LoHa entry on the x blocks' attention q/k/v of a LoKr network is a LoHa block covering every
+    part of each fused qkv."""
+    preset = SD3_X_ATTENTION_MIXED
+    outcome = _sd3(tmp_path, preset, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr" and a.fused and [(b.kind, b.rank) for b in a.blocks] == [("loha", 2)]
+    for i in (0, 37):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
+    assert not re.search(a.blocks[0].pattern, "transformer_blocks.0.attn.to_out.0")
+
+
+SD3_X_ATTENTION_MIXED = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["joint_blocks.*.x_block.attn.*"]
+text_encoder_target_module = []
+exclude_name = ["*.ln_*"]
+
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "loha"
+dim = 2
+"""

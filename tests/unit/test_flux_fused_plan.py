@@ -405,3 +405,30 @@ def test_dylora_fused_parts_in_blocks_of_other_units_are_dbs577(toy: Path):
             )
         else:
             assert planned.plan is not None and planned.plan.adapter.blocks[0].unit == 1
+
+
+# several kinds on fused layers (blocks with their own kind: runtime/mixed_kinds.py): one LyCORIS module of
+# one kind per fused Linear, every part adapted (DBS575) and in one block (DBS507)
+@pytest.mark.parametrize(
+    ("pattern", "targets", "refused"),
+    [
+        ("^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$", _LOKR_TARGETS, ""),
+        ("^single_transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$", _LOKR_TARGETS, "DBS507"),  # LoRA proj_mlp
+        (
+            "^single_transformer_blocks\\\\.0\\\\.(attn\\\\.to_[qkv]|proj_mlp)$",  # proj_mlp not a target
+            [t for t in _LOKR_TARGETS if t != "proj_mlp"],
+            "DBS575",
+        ),
+    ],
+)
+def test_blocks_of_another_kind_cover_whole_fused_layers(toy: Path, pattern, targets, refused):
+    adapter = {"kind": "lora", "rank": 2, "fused_projections": True, "denoiser_targets": targets}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nkind = "lokr"\nrank = 2\nalpha = 2\n')
+    planned = compile_in(toy)
+    if not refused:
+        assert planned.plan is not None and not codes(planned, "error")
+        assert planned.plan.adapter.blocks[0].kind == "lokr" and len(planned.plan.adapter.fused) == 3
+        return
+    assert refused in codes(planned, "error")

@@ -1565,15 +1565,36 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # several kinds on a transformer family: not checked there (its exports are fused / kohya's)
-        rules.mixed_block_kinds,
+    (  # LyCORIS's full algo (IA^3 alike) beside other kinds: SD 1.x/2.x and SDXL only
+        rules.mixed_kinds_family,
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
-        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "lokr"\n',
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
+    ),
+    (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
+        rules.mixed_kinds_family,
+        'family = "chroma"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        [
+            ("DBS578", "error", ("adapter", "blocks", 0, "kind")),
+            ("DBS578", "error", ("adapter", "fused_projections")),
+        ],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # a GLoRA's text-encoder blocks carry its own kind only (a preset file's per-layer dims)
         rules.mixed_block_kinds,

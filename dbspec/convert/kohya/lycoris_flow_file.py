@@ -37,6 +37,7 @@ the approximator's and the final layer's included (runtime/flux_kohya.py names t
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any, Callable, NamedTuple
 
@@ -54,7 +55,8 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_maps import _pattern, _source, map_blocks
+from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, _source, map_blocks
+from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
 
@@ -302,11 +304,12 @@ def flux_preset_file(
             for c, _, built in encoders
             for layer in built
         },
-        rows,
+        [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
     kind = algo if algo in ("lokr", "loha") else "lora"
-    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied)
+    kinds = MIXED_FLOW if model.title in ("Flux", "SD3") else ()  # blocks' `kind` (DBS578 on Chroma)
+    blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):
@@ -355,6 +358,19 @@ def _clip_norms(rows: list[Row], s: dict[str, Any], applied: tuple[bool, bool]) 
     norms = [r for r in rows if r[1] == "LayerNorm"]
     chosen = {layer.path for layer in walked if layer.kind == "norm"} & {r[0] for r in norms}
     return tuple(_suffixes(chosen, norms, skip=1)) if chosen else ()
+
+
+def _unseen_parts(rows: list[Row], model: FlowModel) -> list[Row]:
+    """The parts of each fused Linear one block beyond the model's last (lycoris_maps.UNSEEN rows): a block
+    pattern picking some fused layers' parts names them by their block index, so that no deeper model's fused
+    layer has some parts in the block and others not (compiler/fused.py checks every index)."""
+    family = {"Flux": "flux", "SD3": "sd3", "Chroma": "chroma"}[model.title]
+    out: list[Row] = []
+    for group in family_spec(family).fused_projections:
+        indices = [int(m.group(1)) for p, _, _ in rows if (m := re.match(rf"{group.blocks}\.(\d+)\.", p))]
+        if indices:
+            out += [(f"{group.blocks}.{max(indices) + 1}.{part}", UNSEEN, "linear") for part in group.parts]
+    return out
 
 
 def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:

@@ -137,10 +137,10 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: bool = False, kind: str = ""
+    found: Targets, algo: str, network: dict[str, Any], kinds: tuple[str, ...] = (), kind: str = ""
 ) -> list[tuple[str, str]]:
-    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except among LoRA/LoCon,
-    LoHa and LoKr, which a block's `kind` expresses: _mixed_kinds) or hands the
+    """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
+    them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
     what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
@@ -149,14 +149,15 @@ def check_layers(
     layers = [*found.text.values(), *found.unet.values()]
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
-        other = _mixed_kinds(found, algo, network, other)
+        other = _mixed_kinds(found, algo, network, other, kinds)
     if other:
         first = other[0]
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr, on SD 1.x/2.x and SDXL ([[adapter.blocks]] `kind`); elsewhere one adapter kind per "
-            "run",
+            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full / ia3 / "
+            "diag-oft / boft / glora entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); "
+            "elsewhere one adapter kind per run",
             False,
         )
     inert: dict[str, str] = {}
@@ -246,14 +247,24 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     return ("block_size",)
 
 
-def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list[Layer]) -> list[Layer]:
+# the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
+# SDXL LyCORIS's full and IA^3 algos too (runtime/lycoris_full.py's, lycoris_ia3.py's layers beside the
+# others); on Flux and SD3, whose
+# fused Linears hold one module of one kind, the three
+MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
+MIXED_FLOW = ("lora", "loha", "lokr")
+
+
+def _mixed_kinds(
+    found: Targets, algo: str, network: dict[str, Any], other: list[Layer], kinds: tuple[str, ...]
+) -> list[Layer]:
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
-    (algorithms beyond LoRA/LoCon, LoHa and LoKr); PresetError for a network
+    (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
     if _algo(algo) not in _BLOCK_KINDS:
         return other
-    unet = [layer for layer in other if _algo(layer.algo) in _BLOCK_KINDS]  # and the text encoders'
+    unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
@@ -262,6 +273,8 @@ def _mixed_kinds(found: Targets, algo: str, network: dict[str, Any], other: list
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
+    if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
+        on += [key for key in ("constraint", "rescaled") if network.get(key)]
     if on:
         raise PresetError(
             f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo={algo} network with "
@@ -292,6 +305,12 @@ def _int(value: Any) -> bool:
     return True
 
 
+# the class of rows no model of the family has, but whose paths a block's pattern must not match: a fused
+# Linear's parts one block beyond the last (the compiler checks fused layers at every block index a model can
+# have, compiler/fused.py: a block's pattern picks all of a fused layer's parts or none at any index)
+UNSEEN = "(unseen)"
+
+
 def _pattern(chosen: set[str], rows: list[Row]) -> str:
     """A regular expression `re.search` matches in exactly `chosen` among `rows`' paths: their shortest
     distinguishing suffixes (a text encoder's paths carry their component, `text_encoder.text_model....`, as
@@ -312,7 +331,8 @@ def _blocks(
 ) -> list[dict[str, Any]]:
     dim, alpha, conv_dim, conv_alpha = dims
     defaults = {"linear": (dim, alpha), "conv1": (dim, alpha), "conv": (conv_dim, conv_alpha)}
-    built = [row for row in rows if row[0] in layers]  # suffixes unique among the adapted layers
+    # suffixes unique among the adapted layers (and the UNSEEN rows: a deeper model's fused layers' parts)
+    built = [row for row in rows if row[0] in layers or row[1] == UNSEEN]
     groups: dict[str, list[Layer]] = {}
     for layer in layers.values():
         groups.setdefault(layer.source, []).append(layer)
@@ -342,6 +362,10 @@ def _blocks(
         }
         if conv is not None:
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
+        if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
+            block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
+        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint 0
+            block.update(alpha=0.0, **({"conv_alpha": 0.0} if conv else {}))
         if factor:
             block["factor"] = factor
         if unit:
@@ -365,7 +389,7 @@ def map_blocks(
     rs_lora: bool,
     network: dict[str, Any],
     applied: tuple[bool, bool] = (True, True),
-    kinds: bool = False,
+    kinds: tuple[str, ...] = (),
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the

@@ -31,7 +31,7 @@ from dbspec.convert.kohya.lycoris_file import (
     preset_targets,
     read_preset,
 )
-from dbspec.convert.kohya.lycoris_maps import map_blocks
+from dbspec.convert.kohya.lycoris_maps import MIXED_SD, map_blocks
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
@@ -332,7 +332,7 @@ def _map_network(
                     rs_lora,
                     _module_options(kwargs, dropout),
                     applied,
-                    kinds=True,
+                    kinds=MIXED_SD,
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
