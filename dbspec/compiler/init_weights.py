@@ -451,12 +451,13 @@ _FACTORS = {
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """A LyCORIS LoKr / LoHa (full, IA3) file on kohya's Flux / SD3 names (lycoris.kohya --network_weights
     with flux_train_network.py / sd3_train_network.py): one module per fused Linear, for LoKr / LoHa with
-    `fused_projections` on that layout; a full file also on SD 1.x/2.x and SDXL (train_network.py /
+    `fused_projections` on that layout; a full or IA3 file also on SD 1.x/2.x and SDXL (train_network.py /
     sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes and kind are checked
     here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    sd_full = isinstance(adapter, FullAdapter) and not spec.fused_projections  # one module per layer
+    # full / IA^3 on SD 1.x/2.x and SDXL: one module per layer
+    sd_full = isinstance(adapter, (FullAdapter, Ia3Adapter)) and not spec.fused_projections
     if not sd_full and not (getattr(adapter, "fused_projections", True) and spec.fused_projections):
         ctx.report(
             "DBS356",

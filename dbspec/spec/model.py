@@ -834,7 +834,7 @@ def _fused_init_weights(what: str):
 
 
 def _whole_init_weights(what: str, sd: bool = False):
-    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3 (full: SD too):
+    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3 and SD 1.x/2.x / SDXL:
     # runtime/lycoris_init.py
     where = (
         "; on SD 1.x/2.x and SDXL (train_network.py / sdxl_train_network.py) one module per layer under "
@@ -1063,7 +1063,7 @@ class Ia3Adapter:
         "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
         example=["ff.net.2", "mlp.fc2"],
     )
-    init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)")
+    init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 
 

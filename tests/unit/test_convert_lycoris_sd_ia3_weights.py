@@ -1,0 +1,70 @@
+"""lycoris.kohya --network_weights with algo=ia3 on SD 1.x and SDXL (issue 12): create_network's IA3Modules
+load the file (`weight` / `on_input`) through load_state_dict(strict=False) -> adapter.init_weights /
+init_partial on the ia3 table; the plan checks the file's tensors and prefixes. The numbers against
+lycoris-lora 4.1.3: tests/runtime/test_lycoris_sd_ia3_file.py."""
+
+from __future__ import annotations
+
+import numpy as np
+from convert_kit import SDXL, codes, errors, kohya, kohya_lora, plan_of
+from safetensors.numpy import save_file
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
+FROM = "--network_module lycoris.kohya --network_args algo=ia3 --network_weights prev.safetensors"
+
+
+def _file(path, tensors: dict[str, tuple[int, ...]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.zeros(s, np.float32) for k, s in tensors.items()}, str(path))
+
+
+def test_ia3_file_starts_the_scales(tmp_path):
+    _file(tmp_path / "prev.safetensors", {f"{Q}.weight": (320,), f"{Q}.on_input": (), f"{TE}.weight": (768,)})
+    outcome = kohya_lora(tmp_path, FROM)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3" and a.init_partial and a.init_weights.endswith("prev.safetensors")
+    assert a.init_layers == 2
+
+
+def test_sdxl_ia3_file_in_kohyas_names(tmp_path):
+    from convert_kit import images
+
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_v.weight": (640,),
+            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.weight": (1280,),
+        },
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        f"--train_data_dir=x --resolution=64 {FROM} --learning_rate=1e-4 --max_train_steps=3 "
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "ia3" and a.init_partial and a.init_layers == 2
+
+
+def test_a_file_of_another_algo_or_model_is_refused_naming_it(tmp_path):
+    _file(tmp_path / "a" / "prev.safetensors", {f"{Q}.lokr_w1": (4, 4), f"{Q}.lokr_w2": (80, 80)})
+    lokr = kohya_lora(tmp_path / "a", FROM)
+    assert not {"DBS402", "DBS403"} & codes(lokr), errors(lokr)
+    assert f"`{Q}.lokr_w1` is not LyCORIS ia3's" in _plan_errors(tmp_path / "a")
+    _file(tmp_path / "c" / "prev.safetensors", {"lora_flux_double_blocks_0_img_attn_qkv.weight": (9,)})
+    kohya_lora(tmp_path / "c", FROM)
+    assert "`lora_flux_double_blocks_0_img_attn_qkv` belongs to no model" in _plan_errors(tmp_path / "c")
+
+
+def _plan_errors(folder) -> str:
+    from convert_kit import GPU, out_path
+
+    from dbspec.frontend import plan_spec
+
+    planned = plan_spec(out_path(folder), GPU)
+    assert planned.plan is None
+    return " ".join(d.message for d in planned.diagnostics if d.code == "DBS356")
