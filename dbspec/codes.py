@@ -2620,10 +2620,9 @@ output.)""",
 `adapter.form = "kohya"` trains kohya sd-scripts' own OFT (networks.oft): each layer's rows split into
 `adapter.block_count` blocks (at least 1), the constraint always applied, no row rescale, no bypass
 forward, no max-norm regularisation and no text-encoder layers (kohya's OFT network adapts the U-Net
-alone). `block_count` and `init_weights` (kohya's networks.oft file) mean nothing with LyCORIS's form
-(`block_size` is its hint).""",
+alone). `block_count` means nothing with LyCORIS's form (`block_size` is its hint).""",
         help='with form = "kohya": set adapter.block_count >= 1, remove rescaled / bypass / max_norm, train '
-        'no text encoder; with form = "lycoris": remove adapter.block_count and adapter.init_weights',
+        'no text encoder; with form = "lycoris": remove adapter.block_count',
     ),
     # LyCORIS LoKr / LoHa on kohya's fused layers (their fused_projections): DBS575.
     Code(

@@ -32,9 +32,10 @@ _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
-    if plan.adapter.kind == "diag-oft":  # kohya's networks.oft (the plan allows its form alone)
+    if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":  # kohya's networks.oft
         return _load_kohya_oft(plan, unet)
-    if plan.adapter.kind in ("lokr", "loha", "full", "ia3"):  # lycoris.kohya's file on kohya's Flux / SD3
+    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT and BOFT also on SD 1.x/2.x / SDXL)
+    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft"):
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init
 
         return load_fused_lycoris_init(plan, unet, text_encoders)

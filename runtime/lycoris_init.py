@@ -1,4 +1,4 @@
-"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3: runtime/lycoris_whole_init.py)
+"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3, Diag-OFT, BOFT: runtime/lycoris_whole_init.py)
 (`plan.adapter.init_weights` with kind lokr / loha and `fused_projections`: lycoris.kohya `--network_weights`
 with flux_train_network.py / sd3_train_network.py).
 
@@ -114,11 +114,11 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
     adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
-    IA^3: runtime/lycoris_whole_init.py."""
+    IA^3, Diag-OFT and BOFT: runtime/lycoris_whole_init.py."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
-    if plan.adapter.kind in ("full", "ia3"):
+    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft"):
         from dbspec.runtime.lycoris_whole_init import whole_layer_slots
 
         return whole_layer_slots(plan, unet, text_encoders)

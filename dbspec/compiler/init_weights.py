@@ -27,6 +27,7 @@ from dbspec.families import (
     t5_text_encoders,
 )
 from dbspec.spec.model import (
+    BoftAdapter,
     DiagOftAdapter,
     DyloraAdapter,
     FullAdapter,
@@ -54,7 +55,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     adapter = ctx.spec.adapter
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
-    if isinstance(adapter, (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter)) and adapter.init_weights:
+    if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:
         return _plan_fused_lycoris(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
@@ -445,19 +446,37 @@ _FACTORS = {
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "full": ("diff", "diff_b"),  # FullModule's custom_state_dict
     "ia3": ("weight", "on_input"),  # IA3Module's
+    "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
+    "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
 }
+# adapters started from a lycoris.kohya file (Diag-OFT: its LyCORIS form; kohya's networks.oft is above)
+_LYCORIS_FILES = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter)
+# ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
+_PER_LAYER = (FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter)
+_PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter)  # not on Flux / SD3 (their parts' rows are not per layer)
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """A LyCORIS LoKr / LoHa (full, IA3) file on kohya's Flux / SD3 names (lycoris.kohya --network_weights
     with flux_train_network.py / sd3_train_network.py): one module per fused Linear, for LoKr / LoHa with
-    `fused_projections` on that layout; a full or IA3 file also on SD 1.x/2.x and SDXL (train_network.py /
+    `fused_projections` on that layout; a full or IA3 file also on SD 1.x/2.x and SDXL, a Diag-OFT or BOFT one
+    there only (train_network.py /
     sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes and kind are checked
     here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    # full / IA^3 on SD 1.x/2.x and SDXL: one module per layer
-    sd_full = isinstance(adapter, (FullAdapter, Ia3Adapter)) and not spec.fused_projections
+    if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: a {adapter.kind} starts from LyCORIS's file on SD 1.x/2.x and SDXL only "
+            f"(train_network.py / sdxl_train_network.py), not on {spec.title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    # full / IA^3 / Diag-OFT / BOFT on SD 1.x/2.x and SDXL: one module per layer
+    sd_full = isinstance(adapter, _PER_LAYER) and not spec.fused_projections
     if not sd_full and not (getattr(adapter, "fused_projections", True) and spec.fused_projections):
         ctx.report(
             "DBS356",
@@ -489,6 +508,22 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             help=f"start from a lycoris.kohya algo={adapter.kind} file",
         )
         return "", 0
+    if isinstance(adapter, _PER_LAYER_ONLY):  # DiagOFTModule's 3-D blocks, ButterflyOFTModule's 4-D
+        dims = 3 if adapter.kind == "diag-oft" else 4
+        odd = next(
+            (k for k in sorted(header) if k.endswith(".oft_blocks") and len(header[k].shape) != dims), None
+        )
+        if odd is not None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: tensor `{odd}` has {len(header[odd].shape)} dimensions; LyCORIS's {adapter.kind} "
+                f"holds {dims}-D `oft_blocks` ({'Diag-OFT' if dims == 3 else 'BOFT'}'s; the other is "
+                f"{'BOFT' if dims == 3 else 'Diag-OFT'}'s)",
+                KEY,
+                help=f"start from a lycoris.kohya algo={adapter.kind} file",
+            )
+            return "", 0
     prefixes = (  # LyCORIS's numbering of the encoders (SD 1.x/2.x, SDXL: kohya's own)
         kohya_component_prefixes(family) if sd_full else flow_component_prefixes(family, lycoris=True)
     )

@@ -1178,24 +1178,28 @@ class DiagOftAdapter:
         "blocks stacked. LyCORIS form only, no `constraint` or `max_norm` with it (their norms span every "
         "part). false: each part splits its own width. Families without fused layers refuse it.",
     )
-    # kohya networks.oft --network_weights: the run starts from a saved OFT's blocks
+    # kohya networks.oft / lycoris.kohya --network_weights: the run starts from a saved OFT's blocks
     init_weights: str = option(
         "",
-        doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
-        "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
+        doc='Start the blocks from this `.safetensors` file, relative to the spec file. `form = "kohya"` '
+        "(kohya networks.oft `--network_weights`): kohya's networks.oft layout (`oft_unet_*` "
         "modules' `oft_blocks` and `alpha`; on FLUX.1 and Chroma networks.oft_flux's, "
-        "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it; its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
-        "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
-        "identity rotation).",
+        'time). `form = "lycoris"` (lycoris.kohya `--network_weights` with train_network.py / '
+        "sdxl_train_network.py; SD 1.x/2.x and SDXL, without `fused_projections`): LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's `oft_blocks` and "
+        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
+        "`alpha` is not read (DiagOFTModule keeps the constraint it was built with). A resumed run takes "
+        "the checkpoint's weights instead. Empty: the blocks start at zero (the identity rotation).",
         example="previous-run/final/oft.kohya.safetensors",
     )
     init_partial: bool = option(
         False,
-        doc="Load `init_weights` as kohya's OFTNetwork.load_weights does (`load_state_dict(strict=False)`): "
-        "an adapted layer the file lacks keeps its zero blocks, and a file module the adapter does not "
-        "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
-        "adapter exactly.",
+        doc="Load `init_weights` as kohya's OFTNetwork.load_weights (or lycoris.kohya's) does "
+        "(`load_state_dict(strict=False)`): an adapted layer the file lacks keeps its zero blocks (and "
+        "its rescale of ones), and a file module or `rescale` the adapter does not have is ignored. "
+        "false: the run refuses a file that does not cover the adapter exactly.",
     )
     blocks: list[OftBlock] = option(
         factory=list,
@@ -1242,6 +1246,25 @@ class BoftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    # lycoris.kohya --network_weights with algo=boft (train_network.py / sdxl_train_network.py)
+    init_weights: str = option(
+        "",
+        doc="Start the butterfly blocks from this `.safetensors` file (lycoris.kohya `--network_weights` "
+        "with train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's 4-D `oft_blocks` and "
+        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
+        "`alpha` is not read (ButterflyOFTModule keeps the constraint it was built with). SD 1.x/2.x and "
+        "SDXL. A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
+        "identity rotation).",
+        example="previous-run/final/boft.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): "
+        "an adapted layer the file lacks keeps its zero blocks (and its rescale of ones), and a file "
+        "module or `rescale` the adapter does not have is ignored. false: the run refuses a file that does "
+        "not cover the adapter exactly.",
+    )
 
 
 @frozen

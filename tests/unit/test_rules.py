@@ -1411,14 +1411,6 @@ CASES = [
         [("DBS574", "error", ("adapter", "blocks"))],
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\n[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
     ),
-    (  # a starting file is kohya's networks.oft layout (form kohya's init_weights)
-        rules.kohya_oft_fits,
-        DOG + STEPS + '[adapter]\nkind = "diag-oft"\ninit_weights = "w.safetensors"\n',
-        [("DBS574", "error", ("adapter", "init_weights"))],
-        DOG
-        + STEPS
-        + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\ninit_weights = "w.safetensors"\n',
-    ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed
         DOG + STEPS + '[optimizer]\nsplit_train = "first"\nsplit_first_step = "micro_batch"\n',

@@ -977,11 +977,12 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
-    if kind in ("full", "ia3") and a["network_module"].value == "lycoris.kohya":
+    if kind in _WHOLE_LAYER_KINDS and a["network_module"].value == "lycoris.kohya":
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`
         # (W + diff, init_scale 1; lycoris-lora 4.1.3), ignores the file's other modules and raises KeyError
         # for a FullModule the file lacks (checked when the run loads it: runtime/lycoris_init.py);
-        # IA3Modules take `weight` / `on_input` as they are (no hook: a module the file lacks keeps its 0)
+        # IA3Modules take `weight` / `on_input` as they are (no hook: a module the file lacks keeps its 0),
+        # DiagOFTModules / ButterflyOFTModules `oft_blocks` / `rescale` (their `alpha` buffer loads unread)
         map_init_weights(weights, paths, conv)
         return
     if kind in _WHOLE_LAYER_KINDS:

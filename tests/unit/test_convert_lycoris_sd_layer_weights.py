@@ -1,17 +1,20 @@
-"""lycoris.kohya --network_weights with algo=ia3 on SD 1.x and SDXL (issue 12): create_network's IA3Modules
-load the file (`weight` / `on_input`) through load_state_dict(strict=False) -> adapter.init_weights /
-init_partial on the ia3 table; the plan checks the file's tensors and prefixes. The numbers against
-lycoris-lora 4.1.3: tests/runtime/test_lycoris_sd_ia3_file.py."""
+"""lycoris.kohya --network_weights with algo=ia3, diag-oft or boft on SD 1.x and SDXL (issue 12):
+create_network's IA3Modules (`weight` / `on_input`), DiagOFTModules / ButterflyOFTModules (`oft_blocks`,
+`rescale`; `alpha` unread) load the file through load_state_dict(strict=False) -> adapter.init_weights /
+init_partial; the plan checks the file's tensors and prefixes. On Flux Diag-OFT's file stays DBS403. The
+numbers against lycoris-lora 4.1.3: tests/runtime/test_lycoris_sd_ia3_file.py, test_lycoris_sd_oft_file.py."""
 
 from __future__ import annotations
 
 import numpy as np
-from convert_kit import SDXL, codes, errors, kohya, kohya_lora, plan_of
+import pytest
+from convert_kit import SDXL, codes, errors, kohya, kohya_lora, messages, plan_of
 from safetensors.numpy import save_file
 
 Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
 FROM = "--network_module lycoris.kohya --network_args algo=ia3 --network_weights prev.safetensors"
+OFT = "--network_module lycoris.kohya --network_args algo={} rescaled=True --network_weights prev.safetensors"
 
 
 def _file(path, tensors: dict[str, tuple[int, ...]]) -> None:
@@ -68,3 +71,34 @@ def _plan_errors(folder) -> str:
     planned = plan_spec(out_path(folder), GPU)
     assert planned.plan is None
     return " ".join(d.message for d in planned.diagnostics if d.code == "DBS356")
+
+
+@pytest.mark.parametrize(("algo", "blocks"), [("diag-oft", (80, 4, 4)), ("boft", (3, 80, 4, 4))])
+def test_oft_file_starts_the_blocks(tmp_path, algo, blocks):
+    _file(
+        tmp_path / "prev.safetensors",
+        {f"{Q}.oft_blocks": blocks, f"{Q}.rescale": (320, 1), f"{Q}.alpha": (), f"{TE}.oft_blocks": blocks},
+    )
+    outcome = kohya_lora(tmp_path, OFT.format(algo))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (
+        a.kind == algo and a.oft_rescaled and a.init_partial and a.init_weights.endswith("prev.safetensors")
+    )
+    assert a.init_layers == 2
+
+
+@pytest.mark.parametrize(("algo", "blocks"), [("diag-oft", (3, 80, 4, 4)), ("boft", (80, 4, 4))])
+def test_the_other_ofts_blocks_are_refused_naming_the_tensor(tmp_path, algo, blocks):
+    _file(tmp_path / "prev.safetensors", {f"{Q}.oft_blocks": blocks})
+    outcome = kohya_lora(tmp_path, OFT.format(algo))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert f"`{Q}.oft_blocks` has {len(blocks)} dimensions" in _plan_errors(tmp_path)
+
+
+def test_diag_oft_file_on_flux_is_not_expressed(tmp_path):
+    from test_convert_lycoris_flux import _flux
+
+    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.oft_blocks": (9, 4, 4)})
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft --network_weights prev.safetensors")
+    assert "diag-oft from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)
