@@ -779,8 +779,7 @@ would be scaled to nothing) or with no `conv_targets`; a module named both in `d
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
 divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
 cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them); LoRA's Tucker form (`tucker = true`, LyCORIS LoCon's `lora_mid`) with `init_weights` (a starting
-file's `lora_mid` is not read).""",
+wraps them).""",
     ),
     Code(
         "DBS261",

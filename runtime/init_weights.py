@@ -5,7 +5,9 @@ as kohya names it (the `kohya_lora` exporter's names, so an export loads back ex
 `lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
 skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
 the file and the tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then
-the layers and tensors the file lacks keep their init and the file's other layers are ignored.
+the layers and tensors the file lacks keep their init and the file's other layers are ignored. A LyCORIS
+LoCon with use_tucker (plan.adapter.tucker) also takes each k x k convolution's `lora_mid` into its Tucker
+layer's middle convolution (runtime/locon_tucker.py), as LoConModule's load_state_dict does.
 
 A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) loads the same layout: each
 layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
@@ -28,6 +30,7 @@ from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, kohya_parts
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker form (runtime/locon_tucker.py)
 
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -46,6 +49,7 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     path = plan.adapter.init_weights
     state = load_file(path)
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    mids: dict[str, torch.Tensor] = {}  # LoCon's Tucker layers: their lora_mid weight
     skipped: list[str] = []  # prefixes of models without an adapter (not trained)
     for prefix, module, to_path in kohya_parts(
         unet=unet, text_encoders=list(text_encoders), family=plan.model.family
@@ -56,7 +60,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
         found = _dylora_layers(module) if plan.adapter.kind == "dylora" else _kohya_lora_layers(module)
         for name, down, up, _rank, alpha in found:
             layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
-    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
+        mids |= {f"{prefix}_{to_path(n).replace('.', '_')}": w for n, w in _tucker_mids(module)}
+    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA, _MID) if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
     if extra and not partial:
@@ -72,7 +77,12 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                 raise ValueError(
                     f"{path}: tensor `{key}{_ALPHA}` is {float(stored):g}; the run's layer has {alpha:g}"
                 )
-            for suffix, param in ((_DOWN, down), (_UP, up)):
+            mid = mids.get(key)
+            if mid is None and key + _MID in state and not partial:  # strict=False: an unexpected key
+                raise ValueError(
+                    f"{path}: tensor `{key}{_MID}` has no place in the run's layer (no Tucker form)"
+                )
+            for suffix, param in ((_DOWN, down), (_UP, up), *(((_MID, mid),) if mid is not None else ())):
                 value = state.get(key + suffix)
                 if value is None and partial:
                     continue  # strict=False: the tensor keeps its init
@@ -85,6 +95,20 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                     )
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
     return loaded
+
+
+def _tucker_mids(module: torch.nn.Module):
+    """(module path, lora_mid weight) of each LoCon Tucker layer of the adapter (LoConModule with
+    use_tucker loads `lora_mid.weight` as it loads lora_down / lora_up: load_state_dict, no hook)."""
+    from dbspec.runtime.locon_tucker import TuckerConv2d
+
+    found = lora_adapter(module)
+    if found is None:
+        return
+    inner, adapter = found
+    for name, layer in inner.named_modules():
+        if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:
+            yield name, layer.lora_mid[adapter].weight
 
 
 class _Blocks:

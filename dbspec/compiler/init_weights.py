@@ -85,7 +85,9 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help="set adapter.dora = false to continue the LoRA",
         )
         return "", 0
-    reader = (lambda p: read_lora_file(p, dora_scale=True)) if lycoris_dora_file else read_lora_file
+    # LyCORIS LoCon's Tucker form on SD 1.x/2.x / SDXL: its lora_mid too (Flux / SD3's loader reads none)
+    tucker = bool(getattr(adapter, "tucker", False)) and not family_spec(family).fused_projections
+    reader = lambda p: read_lora_file(p, dora_scale=lycoris_dora_file, tucker=tucker)  # noqa: E731
     file = _read_file(ctx, path, reader, "LoRA")
     if file is None:
         return "", 0
@@ -202,6 +204,11 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool
         return ""
     if module.rank != rank:
         return f"tensor {tensor} has rank {module.rank} (shape {list(module.down)}); adapter.{what} is {rank}"
+    if module.conv and denoiser and getattr(adapter, "tucker", False) and module.mid is None:
+        return (  # LoConModule's 1x1 lora_down: a k x k one does not fit (torch's size mismatch)
+            f"tensor {tensor} has shape {list(module.down)} and the module no `lora_mid`; adapter.tucker = "
+            "true (LoCon's Tucker form) builds each k x k convolution's lora_down 1x1 with a lora_mid"
+        )
     if module.alpha is not None and not math.isclose(module.alpha, alpha, rel_tol=1e-3):
         name = "conv_alpha" if module.conv else "alpha"
         return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.{name} is {alpha:g}"

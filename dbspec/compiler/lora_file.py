@@ -19,6 +19,7 @@ import attrs
 from dbspec.compiler.safetensors_header import ModelFileError, _read_raw_header
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker form (use_tucker): the k x k middle convolution
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")  # te3: Flux/SD3 T5
 # Scalar dtypes an alpha is stored in, as struct formats (bf16 is the top half of an fp32).
 _SCALAR = {"F64": ("<d", 8), "F32": ("<f", 4), "F16": ("<e", 2), "I64": ("<q", 8), "I32": ("<i", 4)}
@@ -34,6 +35,7 @@ class LoraModule:
     conv: bool  # a 3x3 (or larger) convolution: adapted at conv_rank / conv_alpha
     down: tuple[int, ...]  # tensor shapes
     up: tuple[int, ...]
+    mid: tuple[int, ...] | None = None  # LoCon's Tucker form: lora_mid's (rank, rank, k, k); down is 1x1
 
 
 @attrs.frozen(kw_only=True)
@@ -45,17 +47,18 @@ class LoraFile:
         return {next(p for p in KOHYA_PREFIXES if m.startswith(p)) for m in self.modules}
 
 
-def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFile:
+def read_lora_file(path: str | os.PathLike, dora_scale: bool = False, tucker: bool = False) -> LoraFile:
     """The modules of a kohya-layout LoRA file; ModelFileError when it is not one (naming the first tensor
     that does not fit). `dora_scale`: LyCORIS's LoCon with weight_decompose, its modules' `.dora_scale`
-    tensors allowed (and not read here)."""
+    tensors allowed (and not read here); `tucker`: LyCORIS LoCon's Tucker form, its convolutions'
+    `.lora_mid.weight` allowed (1x1 lora_down / lora_up around it)."""
     path = Path(path)
     header, data_bytes = _read_raw_header(path)
     header.pop("__metadata__", None)
     data_start = path.stat().st_size - data_bytes
     names = sorted(n for n in header if not (dora_scale and n.endswith(".dora_scale")))
     for name in names:
-        base = _module_of(name)
+        base = name[: -len(_MID)] if tucker and name.endswith(_MID) else _module_of(name)
         if base is None or not base.startswith(KOHYA_PREFIXES):
             raise ModelFileError(
                 path,
@@ -64,7 +67,8 @@ def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFil
                 "`dora_scale`) and diffusers-format files cannot start a LoRA run",
             )
     modules: dict[str, LoraModule] = {}
-    for base in sorted({_module_of(n) for n in names}):  # type: ignore[type-var]
+    bases = {n[: -len(_MID)] if tucker and n.endswith(_MID) else _module_of(n) for n in names}
+    for base in sorted(bases):  # type: ignore[type-var]
         down, up = header.get(base + _DOWN), header.get(base + _UP)
         if down is None or up is None:
             missing = _DOWN if down is None else _UP
@@ -74,14 +78,26 @@ def read_lora_file(path: str | os.PathLike, dora_scale: bool = False) -> LoraFil
             raise ModelFileError(
                 path, f"`{base}`: lora_down {list(down_shape)} and lora_up {list(up_shape)} do not chain"
             )
+        mid = header.get(base + _MID) if tucker else None
+        mid_shape = None if mid is None else tuple(mid["shape"])
+        if mid_shape is not None and (
+            len(mid_shape) != 4 or mid_shape[:2] != (down_shape[0],) * 2 or down_shape[2:] != (1, 1)
+        ):
+            raise ModelFileError(
+                path,
+                f"`{base}`: lora_mid {list(mid_shape)} is not the Tucker middle of lora_down "
+                f"{list(down_shape)} (rank x rank x k x k after a 1x1 lora_down)",
+            )
+        kernel = mid_shape[2:] if mid_shape is not None else down_shape[2:]
         alpha = header.get(base + _ALPHA)
         modules[base] = LoraModule(
             name=base,
             rank=down_shape[0],
             alpha=None if alpha is None else _scalar(path, base + _ALPHA, alpha, data_start),
-            conv=len(down_shape) == 4 and math.prod(down_shape[2:]) > 1,
+            conv=len(down_shape) == 4 and math.prod(kernel) > 1,
             down=down_shape,
             up=up_shape,
+            mid=mid_shape,
         )
     if not modules:
         raise ModelFileError(path, "holds no LoRA module")

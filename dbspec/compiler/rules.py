@@ -1089,21 +1089,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             'set quantize_denoiser = "none", conv_rank = 0, quantize_backend = "cast" (plain fp8 storage), '
             'or use kind = "loha" / "lokr" (they wrap quantised convolutions)',
         )
-    if a.kind == "lora" and a.tucker and a.conv_rank:  # LoCon's Tucker layers (lora_mid); DoRA: DBS515
-        for key, value, why in (
-            (
-                "init_weights",
-                a.init_weights,
-                "the starting file is read as lora_down / lora_up only (no lora_mid)",
-            ),
-        ):
-            if value:
-                yield _err(
-                    "DBS260",
-                    ("adapter", key),
-                    f"adapter.{key} with adapter.tucker = true (LoCon's Tucker form): {why}",
-                    f"set adapter.tucker = false, or remove adapter.{key}",
-                )
+    # LoCon's Tucker layers with init_weights: the file's lora_mid loads too (runtime/init_weights.py)
     if a.kind == "lokr" and a.factor == 0:
         yield _err(
             "DBS260",

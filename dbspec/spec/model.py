@@ -761,8 +761,9 @@ class LoraAdapter:
         "layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that does "
         "not train are ignored. Flux and SD3 files name the original model's fused layers (kohya's "
         "lora_flux / lora_sd3): a fused layer's down is shared by its parts (or, a `split_qkv` file, split "
-        "among them) and its up rows go to each part. A resumed run takes the checkpoint's weights instead. "
-        "Empty: peft's random init.",
+        "among them) and its up rows go to each part. With `tucker = true` (LyCORIS LoCon's Tucker form, "
+        "SD 1.x/2.x and SDXL) each k x k convolution's `lora_mid` loads too, its `lora_down` / `lora_up` "
+        "1x1. A resumed run takes the checkpoint's weights instead. Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
     init_partial: bool = option(

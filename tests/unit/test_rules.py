@@ -513,14 +513,6 @@ CASES = [
         [("DBS526", "error", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "lokr"\nrank_dropout = 1.0\n' + DOG + STEPS,
     ),
-    (  # a starting kohya file is read as lora_down / lora_up: no lora_mid
-        rules.adapter_options_fit,
-        '[adapter]\nkind = "lora"\nconv_rank = 4\ntucker = true\ninit_weights = "a.safetensors"\n'
-        + DOG
-        + STEPS,
-        [("DBS260", "error", ("adapter", "init_weights"))],
-        '[adapter]\nkind = "lora"\nconv_rank = 4\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
-    ),
     (
         rules.adapter_options_fit,
         '[adapter]\nkind = "lokr"\nfactor = 0\n' + DOG + STEPS,

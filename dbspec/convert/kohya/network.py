@@ -992,11 +992,11 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
-    if kind == "lora" and tucker:  # LyCORIS LoCon's Tucker form (DBS260)
+    if kind == "lora" and tucker and from_file.value:  # LyCORIS LoCon's Tucker form
         conv.unsupported(
-            weights,
-            "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
-            "only, not the Tucker layers' lora_mid",
+            from_file,
+            "the network is a LoCon with use_tucker: dbspec reads --dim_from_weights' ranks from lora_down / "
+            "lora_up only, not the Tucker layers' lora_mid",
         )
         return
     map_init_weights(weights, paths, conv)
