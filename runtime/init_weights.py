@@ -37,8 +37,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
     if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":  # kohya's networks.oft
         return _load_kohya_oft(plan, unet)
-    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT and BOFT also on SD 1.x/2.x / SDXL)
-    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft"):
+    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA on SD 1.x/2.x / SDXL)
+    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init
 
         return load_fused_lycoris_init(plan, unet, text_encoders)

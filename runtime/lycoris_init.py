@@ -114,11 +114,11 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
     adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
-    IA^3, Diag-OFT and BOFT: runtime/lycoris_whole_init.py."""
+    IA^3, Diag-OFT, BOFT and GLoRA: runtime/lycoris_whole_init.py."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
-    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft"):
+    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_whole_init import whole_layer_slots
 
         return whole_layer_slots(plan, unet, text_encoders)

@@ -2,7 +2,8 @@
 full / ia3 / diag-oft / boft: lycoris.kohya `--network_weights` with flux_train_network.py /
 sd3_train_network.py (full, IA^3); all four also with train_network.py / sdxl_train_network.py, one module per
 layer under kohya's names: SDXL's U-Net in the original layout, exports.kohya_parts). DiagOFTModule /
-ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook).
+ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
+`a2.weight`, `b1.weight`, `b2.weight` (its load hook sets the scalar to 1: no scalar here, the plan's rule).
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -31,6 +32,7 @@ Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]
 def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, tuple[dict[str, Slot], None]]:
     """kohya module name -> its tensors' slots (no alpha) for every full / IA^3 layer of the run."""
     from dbspec.runtime.lycoris_export import _swapped, _table
+    from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     out: dict[str, tuple[dict[str, Slot], None]] = {}
@@ -47,6 +49,9 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
                 if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: SD 1.x/2.x and SDXL (the plan's check)
                     out[key] = (_oft_slots(layer, adapter, plan.adapter.init_partial), None)
+                    continue
+                if isinstance(layer, GloraLayer):  # GLoRA: SD 1.x/2.x and SDXL (the plan's check)
+                    out[key] = (_glora_slots(layer, adapter), None)
                     continue
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
                 continue
@@ -66,6 +71,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
 def _whole(layer: nn.Module, adapter: str) -> bool:
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer, KohyaOftLayer
 
     return (
@@ -76,6 +82,7 @@ def _whole(layer: nn.Module, adapter: str) -> bool:
             and not isinstance(layer, KohyaOftLayer)
             and adapter in layer.lora_oft_blocks
         )
+        or (isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1)
     )
 
 
@@ -131,12 +138,7 @@ def _oft_slots(layer: nn.Module, adapter: str, partial: bool) -> dict[str, Slot]
     the layer has not (the network built without `rescaled`) is an unexpected key to load_state_dict: with
     `partial` (strict=False) ignored, as LyCORIS ignores it, else refused by the loader."""
 
-    def into(target: torch.Tensor):
-        def copy(value: torch.Tensor) -> None:
-            target.copy_(value.to(target.device, target.dtype))
-
-        return copy
-
+    into = _into
     blocks = layer.lora_oft_blocks[adapter]
     base = layer.get_base_layer()
     rescale = layer.lora_oft_rescale[adapter] if adapter in layer.lora_oft_rescale else None
@@ -145,6 +147,24 @@ def _oft_slots(layer: nn.Module, adapter: str, partial: bool) -> dict[str, Slot]
     if rescale is not None or partial:
         slots["rescale"] = (shape, into(rescale) if rescale is not None else lambda value: None)
     return slots
+
+
+def _glora_slots(layer: nn.Module, adapter: str) -> dict[str, Slot]:
+    """GLoRAModule's state: `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` into the layer's pairs, as
+    they are. Its `alpha` loads into the module's buffer, which its forward never reads (it keeps the scale
+    it was built with): the run's alpha / rank stays, and no alpha is checked (None)."""
+    slots = {}
+    for part in ("a1", "a2", "b1", "b2"):
+        target = getattr(layer, f"lora_glora_{part}")[adapter]
+        slots[f"{part}.weight"] = (tuple(target.shape), _into(target))
+    return slots
+
+
+def _into(target: torch.Tensor):
+    def copy(value: torch.Tensor) -> None:
+        target.copy_(value.to(target.device, target.dtype))
+
+    return copy
 
 
 def _rows_copy(

@@ -31,6 +31,7 @@ from dbspec.spec.model import (
     DiagOftAdapter,
     DyloraAdapter,
     FullAdapter,
+    GloraAdapter,
     Ia3Adapter,
     LohaAdapter,
     LokrAdapter,
@@ -455,12 +456,22 @@ _FACTORS = {
     "ia3": ("weight", "on_input"),  # IA3Module's
     "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
     "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
+    "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),  # GLoRAModule's
 }
 # adapters started from a lycoris.kohya file (Diag-OFT: its LyCORIS form; kohya's networks.oft is above)
-_LYCORIS_FILES = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter)
+_LYCORIS_FILES = (
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+)
 # ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
-_PER_LAYER = (FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter)
-_PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter)  # not on Flux / SD3 (their parts' rows are not per layer)
+_PER_LAYER = (FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
+# not on Flux / SD3 (the fused layers' blocks / shared pairs span the parts' rows)
+_PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter, GloraAdapter)
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
@@ -504,8 +515,8 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
     factors = _FACTORS[adapter.kind] + (("dora_scale",) if getattr(adapter, "dora", False) else ())
-    modules = {key.rsplit(".", 1)[0] for key in header if key.rsplit(".", 1)[-1] in factors}
-    other = next((k for k in header if k.rsplit(".", 1)[-1] not in (*factors, "alpha")), None)
+    modules = {_module_name(key, factors) for key in header} - {None}
+    other = next((k for k in header if _module_name(k, (*factors, "alpha")) is None), None)
     if other is not None:
         ctx.report(
             "DBS356",
@@ -553,6 +564,12 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
     return _tally(ctx, path, ignored, used)
+
+
+def _module_name(key: str, tensors: tuple[str, ...]) -> str | None:
+    """The module a LyCORIS tensor key belongs to (`<module>.<tensor>`, GLoRA's tensors dotted themselves:
+    `a1.weight`), or None when it ends in none of `tensors`."""
+    return next((key[: -len(t) - 1] for t in tensors if key.endswith("." + t)), None)
 
 
 def _read_file(ctx: Context, path, reader, what: str):

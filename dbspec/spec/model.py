@@ -1363,6 +1363,19 @@ class GloraAdapter:
         doc="Per-module ranks and alphas of the text encoders' GLoRA layers "
         "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
     )
+    # lycoris.kohya --network_weights with algo=glora (train_network.py / sdxl_train_network.py)
+    init_weights: str = option(
+        "",
+        doc="Start the GLoRA pairs from this `.safetensors` file (lycoris.kohya `--network_weights` with "
+        "train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's `a1.weight`, "
+        "`a2.weight`, `b1.weight` and `b2.weight` loaded as they are (their shapes the layer's, checked when "
+        "the run loads it); its `alpha` is not read (GLoRAModule keeps the scale it was built with, "
+        "alpha / rank). SD 1.x/2.x and SDXL, without `scalar` (LyCORIS's load hook sets every module's "
+        "scalar to 1). A resumed run takes the checkpoint's weights instead. Empty: LyCORIS's init.",
+        example="previous-run/final/glora.kohya.safetensors",
+    )
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen

@@ -102,3 +102,47 @@ def test_diag_oft_file_on_flux_is_not_expressed(tmp_path):
     _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.oft_blocks": (9, 4, 4)})
     outcome = _flux(tmp_path, "--network_args algo=diag-oft --network_weights prev.safetensors")
     assert "diag-oft from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)
+
+
+GLORA = "--network_module lycoris.kohya --network_args algo=glora {} --network_weights prev.safetensors"
+GLORA_Q = {f"{Q}.a1.weight": (320, 4), f"{Q}.a2.weight": (4, 320), f"{Q}.b1.weight": (320, 4)}
+
+
+def test_glora_file_starts_the_pairs(tmp_path):
+    _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.b2.weight": (4, 320), f"{Q}.alpha": ()})
+    outcome = kohya_lora(tmp_path, GLORA.format(""))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "glora" and a.init_partial and a.init_layers == 1
+
+
+def test_glora_file_with_another_algos_tensors_is_refused_naming_it(tmp_path):
+    _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.lora_down.weight": (4, 320)})
+    outcome = kohya_lora(tmp_path, GLORA.format(""))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert f"`{Q}.lora_down.weight` is not LyCORIS glora's" in _plan_errors(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "says"),
+    [
+        ("use_scalar=True", "network_weights", "sets every module's trained scalar to 1"),
+        # create_network_from_weights reads the file's GLoRA modules; dbspec reads LoRA files' ranks only
+        ("--dim_from_weights", "dim_from_weights", "cannot start a LoRA run"),
+    ],
+)
+def test_glora_starts_not_expressed(tmp_path, args, key, says):
+    _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.b2.weight": (4, 320)})
+    extra = args if args.startswith("use_") else ""
+    outcome = kohya_lora(tmp_path, GLORA.format(extra) + ("" if extra else f" {args}"))
+    assert says in messages(outcome, "DBS403"), errors(outcome)
+    assert any(d.code == "DBS403" and d.path == key for d in outcome.diagnostics), errors(outcome)
+
+
+def test_glora_file_on_flux_is_not_expressed(tmp_path):
+    """Was a converter crash (init_weights written into a table without it)."""
+    from test_convert_lycoris_flux import _flux
+
+    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.a1.weight": (4, 4)})
+    outcome = _flux(tmp_path, "--network_args algo=glora --network_weights prev.safetensors")
+    assert "glora from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)

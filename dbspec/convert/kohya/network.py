@@ -977,7 +977,27 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         )
         return
     kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
-    if kind in _WHOLE_LAYER_KINDS and a["network_module"].value == "lycoris.kohya":
+    lycoris = a["network_module"].value == "lycoris.kohya"
+    if kind in (*_WHOLE_LAYER_KINDS, "glora") and lycoris and from_file.value and kind != "full":
+        conv.unsupported(
+            from_file,
+            "LyCORIS's create_network_from_weights builds the file's modules; dbspec reads "
+            f"--dim_from_weights from LoCon, LoKr, LoHa and full files, not with algo={kind}",
+        )
+        return
+    if kind == "glora" and lycoris:
+        # GLoRAModule takes a1 / a2 / b1 / b2 as they are; its load hook sets every module's scalar to 1
+        if conv.values.get(("adapter", "scalar"), (False,))[0]:
+            conv.unsupported(
+                weights,
+                "with use_scalar: GLoRAModule's load hook sets every module's trained scalar to 1 (the "
+                "file's a2 / b2 hold it folded; the modules the file lacks start from their random a2 / b2 "
+                "then), a start dbspec's scalar (from 0) does not take (DBS520)",
+            )
+            return
+        map_init_weights(weights, paths, conv)
+        return
+    if kind in _WHOLE_LAYER_KINDS and lycoris:
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`
         # (W + diff, init_scale 1; lycoris-lora 4.1.3), ignores the file's other modules and raises KeyError
         # for a FullModule the file lacks (checked when the run loads it: runtime/lycoris_init.py);
