@@ -469,7 +469,7 @@ _LYCORIS_FILES = (
     GloraAdapter,
 )
 # ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
-_PER_LAYER = (FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
+_PER_LAYER = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
 # not on Flux / SD3 (the fused layers' blocks / shared pairs span the parts' rows)
 _PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter, GloraAdapter)
 

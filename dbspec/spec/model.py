@@ -821,15 +821,17 @@ class LoraAdapter:
 
 
 def _fused_init_weights(what: str):
-    # lycoris.kohya --network_weights on kohya's Flux: runtime/lycoris_init.py
+    # lycoris.kohya --network_weights on kohya's Flux / SD3 and SD 1.x/2.x / SDXL: runtime/lycoris_init.py
     return option(
         "",
         doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
-        "flux_train_network.py), relative to the spec file: LyCORIS's layout under kohya's Flux module "
-        "names, one module per fused Linear, as LyCORIS saves it and dbspec's `kohya_lora` export writes "
-        "it; a fused layer's tensors go to its parts as they share them. Needs `fused_projections` on Flux. "
-        "Its modules' factor shapes must be the adapter's (checked when the run loads it). A resumed run "
-        "takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
+        "flux_train_network.py / sd3_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's Flux / SD3 module names, one module per fused Linear, as LyCORIS saves it and dbspec's "
+        "`kohya_lora` export writes it; a fused layer's tensors go to its parts as they share them. Needs "
+        "`fused_projections` on Flux / SD3. On SD 1.x/2.x and SDXL (train_network.py / "
+        "sdxl_train_network.py) one module per layer under kohya's names (SDXL's U-Net in the original "
+        "layout). Its modules' factor shapes must be the adapter's (checked when the run loads it). A "
+        "resumed run takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
 

@@ -146,3 +146,25 @@ def test_glora_file_on_flux_is_not_expressed(tmp_path):
     _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.a1.weight": (4, 4)})
     outcome = _flux(tmp_path, "--network_args algo=glora --network_weights prev.safetensors")
     assert "glora from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)
+
+
+@pytest.mark.parametrize(
+    ("algo", "tensors"),
+    [
+        ("lokr", {"lokr_w1": (4, 4), "lokr_w2": (80, 80), "alpha": ()}),
+        (
+            "loha",
+            {"hada_w1_a": (320, 4), "hada_w1_b": (4, 320), "hada_w2_a": (320, 4), "hada_w2_b": (4, 320)},
+        ),
+    ],
+)
+def test_lokr_loha_files_start_on_sd(tmp_path, algo, tensors):
+    """One module per layer (the plan refused them as a Flux / SD3 layout before)."""
+    _file(tmp_path / "prev.safetensors", {f"{Q}.{k}": s for k, s in tensors.items()})
+    outcome = kohya_lora(
+        tmp_path,
+        f"--network_module lycoris.kohya --network_args algo={algo} --network_weights prev.safetensors",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and a.init_partial and a.init_layers == 1
