@@ -2185,14 +2185,14 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
     Code(
         "DBS520",
         ERROR,
-        "LyCORIS's use_scalar with peft's DoRA or a starting file",
+        "LyCORIS's use_scalar with peft's DoRA",
         """\
 `adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
-peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`) or `init_weights`: peft's DoRA layer
-rebuilds the weight from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition,
-`dora_form = "lycoris"` and LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS); and a starting
-file holds the factors with the scalar folded in (LyCORIS loads them with scalar 1), so the run would not
-start from that file's update. Turn `scalar` off, or remove the other option.""",
+peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`): peft's DoRA layer rebuilds the weight
+from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition, `dora_form = "lycoris"` and
+LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS). Turn `scalar` off, or remove the other option.
+(With `init_weights` every layer's scalar starts at 1, as LyCORIS's load hook sets it: the file's factors
+hold it folded in.)""",
     ),
     Code(
         "DBS521",

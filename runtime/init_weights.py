@@ -34,7 +34,35 @@ _MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker form (runtime/locon_tucker.p
 
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
-    """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
+    """Copy the plan's starting LoRA into the adapters; returns the number of layers set. With LyCORIS's
+    use_scalar (plan.adapter.scalar) every layer's trained scalar then becomes 1, as LyCORIS's modules'
+    load hook sets it on every module (those the file lacks too): the file's factors hold it folded in."""
+    loaded = _load(plan, unet, text_encoders)
+    if getattr(plan.adapter, "scalar", False):
+        _scalars_to_one([unet, *text_encoders])
+    return loaded
+
+
+def _scalars_to_one(modules: list) -> None:
+    """LoConModule's / LohaModule's / LokrModule's / GLoRAModule's load_weight_hook: scalar = 1."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    with torch.no_grad():
+        for module in modules:
+            found = lora_adapter(module) if module is not None else None
+            if found is None:
+                continue
+            inner, adapter = found
+            for layer in inner.modules():
+                glora = layer._modules.get("lora_glora_scalar")
+                scalar = (
+                    glora[adapter] if glora is not None and adapter in glora else layer_scalar(layer, adapter)
+                )
+                if scalar is not None:
+                    scalar.fill_(1.0)
+
+
+def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":  # kohya's networks.oft
         return _load_kohya_oft(plan, unet)
     # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA on SD 1.x/2.x / SDXL)

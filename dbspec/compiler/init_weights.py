@@ -54,6 +54,17 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
+    if getattr(adapter, "scalar", False) and adapter.init_weights and family_spec(family).fused_projections:
+        ctx.report(  # the fused layers' parts share one scalar: LyCORIS's start is per SD layer here
+            "DBS356",
+            "error",
+            f"`{ctx.resolve(adapter.init_weights)}`: with adapter.scalar = true (LyCORIS use_scalar) a run "
+            "starts from a file on SD 1.x/2.x and SDXL only, each layer's scalar at 1 as LyCORIS's load hook "
+            f"sets it; not on {family_spec(family).title}",
+            KEY,
+            help='set adapter.scalar = false, or adapter.init_weights = ""',
+        )
+        return "", 0
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
     if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:

@@ -1116,15 +1116,6 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     if a.kind in ("full", "ia3", "diag-oft", "boft", "glora"):  # GLoRA: W a1 a2 needs the float weight too
         yield from _lycoris_full_fits(spec, given)
-        if a.kind == "glora" and a.scalar and a.init_weights:
-            yield _err(
-                "DBS520",
-                ("adapter", "init_weights"),
-                "adapter.init_weights with adapter.scalar = true (LyCORIS use_scalar): the file's a2 / b2 "
-                "carry the scalar folded in, and GLoRAModule's load hook sets every module's scalar to 1 "
-                "(those the file lacks too)",
-                "set adapter.scalar = false, or remove adapter.init_weights",
-            )
         return
     if getattr(a, "scalar", False):
         for key, value, why in (
@@ -1133,11 +1124,6 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                 getattr(a, "dora", False) and not lycoris_dora(a),
                 "peft's DoRA rebuilds the weight with no scalar "
                 '(dora_form = "lycoris" takes it, as LyCORIS)',
-            ),
-            (
-                "init_weights",
-                getattr(a, "init_weights", ""),
-                "the file's factors carry the scalar folded in (LyCORIS loads them with scalar 1)",
             ),
         ):
             if value:

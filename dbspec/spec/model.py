@@ -1373,8 +1373,9 @@ class GloraAdapter:
         "kohya's module names (SDXL's U-Net in the original layout), each module's `a1.weight`, "
         "`a2.weight`, `b1.weight` and `b2.weight` loaded as they are (their shapes the layer's, checked when "
         "the run loads it); its `alpha` is not read (GLoRAModule keeps the scale it was built with, "
-        "alpha / rank). SD 1.x/2.x and SDXL, without `scalar` (LyCORIS's load hook sets every module's "
-        "scalar to 1). A resumed run takes the checkpoint's weights instead. Empty: LyCORIS's init.",
+        "alpha / rank). SD 1.x/2.x and SDXL; with `scalar` every layer's scalar starts at 1, as LyCORIS's "
+        "load hook sets it (the file's a2 / b2 hold it folded). A resumed run takes the checkpoint's "
+        "weights instead. Empty: LyCORIS's init.",
         example="previous-run/final/glora.kohya.safetensors",
     )
     init_partial: bool = _fused_init_partial()

@@ -18,8 +18,12 @@ OFT = "--network_module lycoris.kohya --network_args algo={} rescaled=True --net
 
 
 def _file(path, tensors: dict[str, tuple[int, ...]]) -> None:
+    """Zeros, alphas 1."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.zeros(s, np.float32) for k, s in tensors.items()}, str(path))
+    save_file(
+        {k: (np.ones if k.endswith(".alpha") else np.zeros)(s, np.float32) for k, s in tensors.items()},
+        str(path),
+    )
 
 
 def test_ia3_file_starts_the_scales(tmp_path):
@@ -123,20 +127,29 @@ def test_glora_file_with_another_algos_tensors_is_refused_naming_it(tmp_path):
     assert f"`{Q}.lora_down.weight` is not LyCORIS glora's" in _plan_errors(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("args", "key", "says"),
-    [
-        ("use_scalar=True", "network_weights", "sets every module's trained scalar to 1"),
-        # create_network_from_weights reads the file's GLoRA modules; dbspec reads LoRA files' ranks only
-        ("--dim_from_weights", "dim_from_weights", "cannot start a LoRA run"),
-    ],
-)
-def test_glora_starts_not_expressed(tmp_path, args, key, says):
+def test_glora_dim_from_weights_is_not_expressed(tmp_path):
+    """create_network_from_weights reads the file's GLoRA modules; dbspec reads LoRA files' ranks only."""
     _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.b2.weight": (4, 320)})
-    extra = args if args.startswith("use_") else ""
-    outcome = kohya_lora(tmp_path, GLORA.format(extra) + ("" if extra else f" {args}"))
-    assert says in messages(outcome, "DBS403"), errors(outcome)
-    assert any(d.code == "DBS403" and d.path == key for d in outcome.diagnostics), errors(outcome)
+    outcome = kohya_lora(tmp_path, GLORA.format("") + " --dim_from_weights")
+    assert "cannot start a LoRA run" in messages(outcome, "DBS403"), errors(outcome)
+    assert any(d.code == "DBS403" and d.path == "dim_from_weights" for d in outcome.diagnostics)
+
+
+@pytest.mark.parametrize("algo", ["glora", "locon"])
+def test_use_scalar_starts_from_the_file_at_scalar_one(tmp_path, algo):
+    """LyCORIS's load hook sets every module's scalar to 1 (runtime/init_weights.py does too): it converts
+    (was DBS403 / DBS520)."""
+    tensors = (
+        {**GLORA_Q, f"{Q}.b2.weight": (4, 320)}
+        if algo == "glora"
+        else {f"{Q}.lora_down.weight": (4, 320), f"{Q}.lora_up.weight": (320, 4), f"{Q}.alpha": ()}
+    )
+    _file(tmp_path / "prev.safetensors", tensors)
+    extra = "--network_dim 4 --network_alpha 1" if algo == "locon" else ""
+    outcome = kohya_lora(tmp_path, GLORA.replace("glora", algo).format("use_scalar=True") + f" {extra}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == ("lora" if algo == "locon" else algo) and a.scalar and a.init_layers == 1
 
 
 def test_glora_file_on_flux_is_not_expressed(tmp_path):

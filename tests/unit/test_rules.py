@@ -543,18 +543,6 @@ CASES = [
         [("DBS520", "error", ("adapter", "dora"))],
         '[adapter]\nkind = "loha"\nscalar = true\ndora = true\n' + DOG + STEPS,
     ),
-    (  # a starting file's factors hold the scalar folded in
-        rules.lycoris_switches_fit,
-        '[adapter]\nkind = "lora"\nscalar = true\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
-        [("DBS520", "error", ("adapter", "init_weights"))],
-        '[adapter]\nkind = "loha"\nscalar = true\n' + DOG + STEPS,
-    ),
-    (  # GLoRA: its load hook sets every module's scalar to 1 (the file's a2 / b2 hold it folded)
-        rules.lycoris_switches_fit,
-        '[adapter]\nkind = "glora"\nscalar = true\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
-        [("DBS520", "error", ("adapter", "init_weights"))],
-        '[adapter]\nkind = "glora"\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
-    ),
     (  # GLoRA's rank dropout and dropout act only in its bypass forward
         rules.glora_dropouts_need_bypass,
         '[adapter]\nkind = "glora"\nrank_dropout = 0.1\n' + DOG + STEPS,

@@ -987,14 +987,7 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         return
     if kind == "glora" and lycoris:
         # GLoRAModule takes a1 / a2 / b1 / b2 as they are; its load hook sets every module's scalar to 1
-        if conv.values.get(("adapter", "scalar"), (False,))[0]:
-            conv.unsupported(
-                weights,
-                "with use_scalar: GLoRAModule's load hook sets every module's trained scalar to 1 (the "
-                "file's a2 / b2 hold it folded; the modules the file lacks start from their random a2 / b2 "
-                "then), a start dbspec's scalar (from 0) does not take (DBS520)",
-            )
-            return
+        # (use_scalar: runtime/init_weights.py does too)
         map_init_weights(weights, paths, conv)
         return
     if kind in _WHOLE_LAYER_KINDS and lycoris:
