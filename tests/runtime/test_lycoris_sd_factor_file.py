@@ -166,3 +166,104 @@ def test_factor_file_of_another_rank_fails_naming_the_tensor(pipe, tmp_path, mon
     shape = r"has shape \[[\d, ]+\]; the run's layer|has no place in the run's layer"
     with pytest.raises(ValueError, match=rf"tensor `lora_\w+\.\w+` ({shape})"):
         _loaded(_plan(tmp_path, algo))
+
+
+def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
+    """SDXL: kohya's U-Net names its modules in the original layout (input_blocks...); lycoris-lora's network
+    loads the diffusers-named file (the name is only the lookup), dbspec's run the renamed one: every layer
+    of both encoders and the U-Net starts alike."""
+    from dbspec.runtime.exports import kohya_parts
+    from tests.runtime.test_lycoris_sd_full_file import TINY
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    xl = build_pipeline(TINY["sdxl"])
+    preset = tmp_path / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+
+    def made():
+        texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+        net = lycoris_kohya.create_network(
+            1.0,
+            4,
+            1.0,
+            None,
+            texts,
+            unet,
+            algo="lokr",
+            preset=str(preset),
+            conv_dim="4",
+            conv_alpha="2",
+            factor="4",
+        )
+        net.apply_to(texts, unet, True, True)
+        return net
+
+    source = made()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone().contiguous() for k, v in source.state_dict().items()}
+    diffusers_file = tmp_path / "diffusers.safetensors"
+    save_file(state, str(diffusers_file))
+    (_, _, to_original), *_ = kohya_parts(unet=xl.unet, text_encoders=[], family="sdxl")
+    paths = {f"lora_unet_{n}".replace(".", "_"): n for n, _ in xl.unet.named_modules() if n}
+    renamed = {}
+    for key, value in state.items():
+        name, tensor = key.split(".", 1)
+        if name in paths:
+            name = f"lora_unet_{to_original(paths[name])}".replace(".", "_")
+        renamed[f"{name}.{tensor}"] = value
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(tmp_path / "prev.safetensors"))
+    theirs_net = made()
+    assert theirs_net.load_weights(str(diffusers_file)) == {}
+    theirs = {
+        **{
+            f"lora_unet_{to_original(paths[m.lora_name])}".replace(".", "_"): m for m in theirs_net.unet_loras
+        },
+        **{m.lora_name: m for m in theirs_net.text_encoder_loras},
+    }
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_weights=prev.safetensors --network_dim=4 --network_alpha=1 --network_args "algo=lokr" '
+        '"preset=preset.toml" "conv_dim=4" '
+        '"conv_alpha=2" "factor=4" --learning_rate=1e-3 --max_train_steps=3 --output_dir=out',
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sdxl"])
+    comps, count = _loaded(plan)
+    # the preset's `conv_in` names diffusers' first convolution, which kohya's SDXL U-Net calls
+    # input_blocks.0.0: kohya's network has no module there, and its file module is ignored (strict=False)
+    assert theirs.pop("lora_unet_input_blocks_0_0") is not None
+    assert count == len(theirs)
+    from peft.tuners.lokr import LoKrLayer
+
+    from dbspec.runtime.adapters import lora_adapter
+
+    ours = {}
+    for prefix, module, to_path in kohya_parts(
+        unet=comps.unet, text_encoders=comps.text_encoders, family="sdxl"
+    ):
+        found = lora_adapter(module)
+        for name, layer in found[0].named_modules() if found else ():
+            if isinstance(layer, LoKrLayer) and found[1] in layer.r:
+                ours[f"{prefix}_{to_path(name).replace('.', '_')}"] = layer
+    assert sorted(ours) == sorted(theirs)
+    assert any(k.startswith("lora_te2_") for k in ours) and any("input_blocks" in k for k in ours)
+    for name, lyco in theirs.items():
+        layer, base = ours[name], ours[name].get_base_layer()
+        x = (
+            torch.randn(2, base.in_features)
+            if isinstance(base, nn.Linear)
+            else torch.randn(1, base.in_channels, 8, 8)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
