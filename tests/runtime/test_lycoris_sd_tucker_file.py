@@ -167,3 +167,49 @@ def test_a_plain_locon_file_does_not_start_the_tucker_form(pipe, tmp_path, monke
     planned = plan_spec(out_path(tmp_path), GPU, overrides=["model.base=builtin:tiny-sd1"])
     assert planned.plan is None
     assert any(d.code == "DBS356" and "no `lora_mid`" in d.message for d in planned.diagnostics)
+
+
+def test_dim_from_weights_builds_the_tucker_form_from_the_file(pipe, tmp_path, monkeypatch):
+    """--dim_from_weights: create_network_from_weights builds a LoConModule per file module, in its Tucker
+    form where the file has lora_mid (make_module_from_state_dict), apply_to, load_weights (the same file
+    again): dbspec's run over exactly the file's layers starts every one alike."""
+    path = _file(pipe, tmp_path, monkeypatch, drop=5)
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    made, _ = lycoris_kohya.create_network_from_weights(1.0, str(path), None, named, unet)
+    made.apply_to(named, unet, True, True)
+    assert made.load_weights(str(path)) == {}
+    theirs = _lycoris_modules(made)
+    assert sorted(theirs) == sorted({k.split(".")[0] for k in load_file(str(path))})
+    assert any(m.tucker for m in theirs.values())
+    from tests.unit.convert_kit import plan_of
+
+    plan = plan_of(_convert(tmp_path, "--dim_from_weights"), tmp_path, ["model.base=builtin:tiny-sd1"])
+    assert plan.adapter.kind == "lora" and plan.adapter.tucker
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    ours = _ours(comps)
+    assert sorted(ours) == sorted(theirs)
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        base = layer.get_base_layer()
+        x = (
+            torch.randn(2, base.in_features)
+            if isinstance(base, nn.Linear)
+            else torch.randn(1, base.in_channels, 8, 8)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    from tests.unit.convert_kit import out_path
+
+    overrides = ["model.base=builtin:tiny-sd1"]
+    whole = execute(compile_spec(out_path(tmp_path), overrides))
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    assert {k.split(".")[0] for k in saved} == set(theirs)
+    split = compile_spec(out_path(tmp_path), [*overrides, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    again = load_file(str(again))
+    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)

@@ -241,6 +241,7 @@ def _tucker_file(path: Path, mid: bool = True) -> Path:
     import numpy as np
     from safetensors.numpy import save_file
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_lora(path, MODULES)
     from safetensors.numpy import load_file
 
@@ -283,10 +284,26 @@ def test_a_plain_locon_file_for_a_tucker_locon_is_refused_naming_the_tensor(tmp_
     assert f"`{CONV}.lora_down.weight` has shape [4, 320, 3, 3]" in hit.message and "lora_mid" in hit.message
 
 
-def test_dim_from_weights_of_a_tucker_locon_is_not_expressed(tmp_path):
+def test_dim_from_weights_of_a_tucker_locon_builds_its_tucker_form(tmp_path):
+    """LyCORIS's create_network_from_weights builds LoConModule's Tucker form where the file has lora_mid:
+    adapter.tucker, the convolution at its rank; a file mixing it with a plain k x k LoCon: DBS403."""
     _tucker_file(tmp_path / "prev.safetensors")
-    outcome = _convert(tmp_path, TUCKER_ARGS + " --dim_from_weights", module="lycoris.kohya")
+    plan = plan_of(_convert(tmp_path, TUCKER_ARGS + " --dim_from_weights", module="lycoris.kohya"), tmp_path)
+    assert plan.adapter.tucker and plan.adapter.conv_rank == 4 and plan.adapter.init_layers == 4
+    mixed = tmp_path / "mixed"
+    _tucker_file(mixed / "prev.safetensors")
+    _tucker_file(mixed / "other.safetensors", mid=False)
+    from safetensors.numpy import load_file, save_file
+
+    plain = {
+        k.replace("resnets_0_conv1", "resnets_1_conv1"): v
+        for k, v in load_file(str(mixed / "other.safetensors")).items()
+        if CONV in k
+    }
+    save_file({**load_file(str(mixed / "prev.safetensors")), **plain}, str(mixed / "prev.safetensors"))
+    outcome = _convert(mixed, TUCKER_ARGS + " --dim_from_weights", module="lycoris.kohya")
     assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
+    assert "mixes LoCon's Tucker form" in outcome.conversion.reports["dim_from_weights"].note
 
 
 def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):

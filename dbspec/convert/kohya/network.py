@@ -976,7 +976,7 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
             weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
         )
         return
-    kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
+    kind = conv.values.get(("adapter", "kind"), (None, ""))[0]
     lycoris = a["network_module"].value == "lycoris.kohya"
     if kind in (*_WHOLE_LAYER_KINDS, "glora") and lycoris and from_file.value and kind != "full":
         conv.unsupported(
@@ -1005,13 +1005,6 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
-    if kind == "lora" and tucker and from_file.value:  # LyCORIS LoCon's Tucker form
-        conv.unsupported(
-            from_file,
-            "the network is a LoCon with use_tucker: dbspec reads --dim_from_weights' ranks from lora_down / "
-            "lora_up only, not the Tucker layers' lora_mid",
-        )
-        return
     map_init_weights(weights, paths, conv)
     if not from_file.value:
         return
@@ -1019,7 +1012,8 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        file = read_lora_file(local)
+        # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid
+        file = read_lora_file(local, tucker=lycoris)
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
@@ -1050,6 +1044,17 @@ def map_network_weights(a: dict[str, Legacy], paths, conv: Conversion, original_
         )
         return
     note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    if any(m.mid is not None for m in file.modules.values()):
+        plain = next((m.name for m in file.modules.values() if m.conv and m.mid is None), None)
+        if plain is not None:
+            conv.unsupported(
+                from_file,
+                f"the file mixes LoCon's Tucker form (lora_mid) with `{plain}`, a k x k convolution without "
+                "one: dbspec's Tucker form is the adapter's, on every k x k convolution",
+            )
+            return
+        # LoConModule.make_module_from_state_dict with lora_mid: the 1x1 / k x k / 1x1 chain
+        conv.put(("adapter", "tucker"), True, note + ": its convolutions' lora_mid (LoCon's Tucker form)")
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
