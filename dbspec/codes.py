@@ -779,8 +779,7 @@ would be scaled to nothing) or with no `conv_targets`; a module named both in `d
 `conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
 divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
 cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them); LoRA's Tucker form (`tucker = true`, LyCORIS LoCon's `lora_mid`) with `init_weights` on SD
-1.x/2.x/SDXL (a starting file's `lora_mid` is not read there; on SD3 the patch convolution's is).""",
+wraps them).""",
     ),
     Code(
         "DBS261",
@@ -2187,14 +2186,14 @@ convolution adapters): peft's DoRA keeps one magnitude per output row of plain L
     Code(
         "DBS520",
         ERROR,
-        "LyCORIS's use_scalar with peft's DoRA or a starting file",
+        "LyCORIS's use_scalar with peft's DoRA",
         """\
 `adapter.scalar = true` (LyCORIS `use_scalar`: a trained scalar, from 0, multiplies each layer's update) with
-peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`) or `init_weights`: peft's DoRA layer
-rebuilds the weight from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition,
-`dora_form = "lycoris"` and LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS); and a starting
-file holds the factors with the scalar folded in (LyCORIS loads them with scalar 1), so the run would not
-start from that file's update. Turn `scalar` off, or remove the other option.""",
+peft's DoRA (`kind = "lora"`, `dora = true`, `dora_form = "peft"`): peft's DoRA layer rebuilds the weight
+from `lora_A` and `lora_B` alone, with no scalar (LyCORIS's weight decomposition, `dora_form = "lycoris"` and
+LoHa / LoKr DoRA, renormalises the scaled update, as LyCORIS). Turn `scalar` off, or remove the other option.
+(With `init_weights` every layer's scalar starts at 1, as LyCORIS's load hook sets it: the file's factors
+hold it folded in.)""",
     ),
     Code(
         "DBS521",
@@ -2621,10 +2620,9 @@ output.)""",
 `adapter.form = "kohya"` trains kohya sd-scripts' own OFT (networks.oft): each layer's rows split into
 `adapter.block_count` blocks (at least 1), the constraint always applied, no row rescale, no bypass
 forward, no max-norm regularisation and no text-encoder layers (kohya's OFT network adapts the U-Net
-alone). `block_count` and `init_weights` (kohya's networks.oft file) mean nothing with LyCORIS's form
-(`block_size` is its hint).""",
+alone). `block_count` means nothing with LyCORIS's form (`block_size` is its hint).""",
         help='with form = "kohya": set adapter.block_count >= 1, remove rescaled / bypass / max_norm, train '
-        'no text encoder; with form = "lycoris": remove adapter.block_count and adapter.init_weights',
+        'no text encoder; with form = "lycoris": remove adapter.block_count',
     ),
     # LyCORIS LoKr / LoHa on kohya's fused layers (their fused_projections): DBS575.
     Code(

@@ -5,7 +5,9 @@ as kohya names it (the `kohya_lora` exporter's names, so an export loads back ex
 `lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
 skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
 the file and the tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then
-the layers and tensors the file lacks keep their init and the file's other layers are ignored.
+the layers and tensors the file lacks keep their init and the file's other layers are ignored. A LyCORIS
+LoCon with use_tucker (plan.adapter.tucker) also takes each k x k convolution's `lora_mid` into its Tucker
+layer's middle convolution (runtime/locon_tucker.py), as LoConModule's load_state_dict does.
 
 A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) loads the same layout: each
 layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
@@ -28,13 +30,43 @@ from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import _kohya_lora_layers, kohya_parts
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
+_MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker form (runtime/locon_tucker.py)
 
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
-    """Copy the plan's starting LoRA into the adapters; returns the number of layers set."""
-    if plan.adapter.kind == "diag-oft":  # kohya's networks.oft (the plan allows its form alone)
+    """Copy the plan's starting LoRA into the adapters; returns the number of layers set. With LyCORIS's
+    use_scalar (plan.adapter.scalar) every layer's trained scalar then becomes 1, as LyCORIS's modules'
+    load hook sets it on every module (those the file lacks too): the file's factors hold it folded in."""
+    loaded = _load(plan, unet, text_encoders)
+    if getattr(plan.adapter, "scalar", False):
+        _scalars_to_one([unet, *text_encoders])
+    return loaded
+
+
+def _scalars_to_one(modules: list) -> None:
+    """LoConModule's / LohaModule's / LokrModule's / GLoRAModule's load_weight_hook: scalar = 1."""
+    from dbspec.runtime.lycoris_switches import layer_scalar
+
+    with torch.no_grad():
+        for module in modules:
+            found = lora_adapter(module) if module is not None else None
+            if found is None:
+                continue
+            inner, adapter = found
+            for layer in inner.modules():
+                glora = layer._modules.get("lora_glora_scalar")
+                scalar = (
+                    glora[adapter] if glora is not None and adapter in glora else layer_scalar(layer, adapter)
+                )
+                if scalar is not None:
+                    scalar.fill_(1.0)
+
+
+def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
+    if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":  # kohya's networks.oft
         return _load_kohya_oft(plan, unet)
-    if plan.adapter.kind in ("lokr", "loha", "full", "ia3"):  # lycoris.kohya's file on kohya's Flux / SD3
+    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA on SD 1.x/2.x / SDXL)
+    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init
 
         return load_fused_lycoris_init(plan, unet, text_encoders)
@@ -45,6 +77,7 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     path = plan.adapter.init_weights
     state = load_file(path)
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    mids: dict[str, torch.Tensor] = {}  # LoCon's Tucker layers: their lora_mid weight
     skipped: list[str] = []  # prefixes of models without an adapter (not trained)
     for prefix, module, to_path in kohya_parts(
         unet=unet, text_encoders=list(text_encoders), family=plan.model.family
@@ -55,7 +88,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
         found = _dylora_layers(module) if plan.adapter.kind == "dylora" else _kohya_lora_layers(module)
         for name, down, up, _rank, alpha in found:
             layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
-    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
+        mids |= {f"{prefix}_{to_path(n).replace('.', '_')}": w for n, w in _tucker_mids(module)}
+    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA, _MID) if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
     if extra and not partial:
@@ -71,7 +105,12 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                 raise ValueError(
                     f"{path}: tensor `{key}{_ALPHA}` is {float(stored):g}; the run's layer has {alpha:g}"
                 )
-            for suffix, param in ((_DOWN, down), (_UP, up)):
+            mid = mids.get(key)
+            if mid is None and key + _MID in state and not partial:  # strict=False: an unexpected key
+                raise ValueError(
+                    f"{path}: tensor `{key}{_MID}` has no place in the run's layer (no Tucker form)"
+                )
+            for suffix, param in ((_DOWN, down), (_UP, up), *(((_MID, mid),) if mid is not None else ())):
                 value = state.get(key + suffix)
                 if value is None and partial:
                     continue  # strict=False: the tensor keeps its init
@@ -84,6 +123,20 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
                     )
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
     return loaded
+
+
+def _tucker_mids(module: torch.nn.Module):
+    """(module path, lora_mid weight) of each LoCon Tucker layer of the adapter (LoConModule with
+    use_tucker loads `lora_mid.weight` as it loads lora_down / lora_up: load_state_dict, no hook)."""
+    from dbspec.runtime.locon_tucker import TuckerConv2d
+
+    found = lora_adapter(module)
+    if found is None:
+        return
+    inner, adapter = found
+    for name, layer in inner.named_modules():
+        if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:
+            yield name, layer.lora_mid[adapter].weight
 
 
 class _Blocks:

@@ -1,4 +1,4 @@
-"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3: runtime/lycoris_whole_init.py)
+"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3, Diag-OFT, BOFT: runtime/lycoris_whole_init.py)
 (`plan.adapter.init_weights` with kind lokr / loha and `fused_projections`: lycoris.kohya `--network_weights`
 with flux_train_network.py / sd3_train_network.py).
 
@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from safetensors.torch import load_file
 
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
 from dbspec.runtime.exports import kohya_parts
@@ -114,23 +115,26 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
     adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
-    IA^3: runtime/lycoris_whole_init.py."""
+    IA^3, Diag-OFT, BOFT and GLoRA: runtime/lycoris_whole_init.py."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
-    if plan.adapter.kind in ("full", "ia3"):
+    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_whole_init import whole_layer_slots
 
         return whole_layer_slots(plan, unet, text_encoders)
 
     out: dict[str, tuple[dict[str, Slot], float | None]] = {}
+    # SD 1.x/2.x, SDXL: one module per layer under kohya's names (kohya_parts: SDXL's original layout)
+    fused = bool(family_spec(plan.model.family).fused_projections)
     for prefix, module, to_path in kohya_parts(  # LyCORIS's names (T5-XXL's lora_te2_ on Flux)
         unet=unet, text_encoders=list(text_encoders), family=plan.model.family, lycoris=True
     ):
         found = lora_adapter(module)
         if found is None:
             continue  # a model that does not train: its modules are ignored, as kohya drops its network
-        if module is unet:
+        flow = module is unet and fused
+        if flow:
             to_path = _original_name(plan.model.family)  # kohya's Flux (or SD3) names
         inner, adapter = found
         for name, layer in inner.named_modules():
@@ -140,11 +144,11 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
                 slots, alpha = _loha_slots(layer, adapter)
             else:
                 continue
-            if module is unet and _later_part(module, name):
+            if flow and _later_part(module, name):
                 continue  # a fused layer's tensors go in through its first part
             slots |= _dora_slot(layer, adapter)
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
-            if module is unet and _swapped(module, name):
+            if flow and _swapped(module, name):
                 slots = {
                     k: _halves_swapped(plan.adapter.init_weights, key, k, slot) if k in _ROW_FACTORS else slot
                     for k, slot in slots.items()

@@ -1,7 +1,9 @@
-"""Start LyCORIS's full algo / IA^3 from its file (`plan.adapter.init_weights` with kind full / ia3:
-lycoris.kohya `--network_weights` with flux_train_network.py / sd3_train_network.py; full also with
-train_network.py / sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the
-original layout, exports.kohya_parts).
+"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT from its file (`plan.adapter.init_weights` with kind
+full / ia3 / diag-oft / boft: lycoris.kohya `--network_weights` with flux_train_network.py /
+sd3_train_network.py (full, IA^3); all four also with train_network.py / sdxl_train_network.py, one module per
+layer under kohya's names: SDXL's U-Net in the original layout, exports.kohya_parts). DiagOFTModule /
+ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
+`a2.weight`, `b1.weight`, `b2.weight` (its load hook sets the scalar to 1: no scalar here, the plan's rule).
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -30,6 +32,8 @@ Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]
 def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, tuple[dict[str, Slot], None]]:
     """kohya module name -> its tensors' slots (no alpha) for every full / IA^3 layer of the run."""
     from dbspec.runtime.lycoris_export import _swapped, _table
+    from dbspec.runtime.lycoris_glora import GloraLayer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     out: dict[str, tuple[dict[str, Slot], None]] = {}
     family, scale = plan.model.family, plan.adapter.init_scale
@@ -43,6 +47,12 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
         for name, layer in layers.items():
             if module is not unet or not fused:  # SD 1.x/2.x, SDXL: one module per layer, kohya's name
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
+                if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: SD 1.x/2.x and SDXL (the plan's check)
+                    out[key] = (_oft_slots(layer, adapter, plan.adapter.init_partial), None)
+                    continue
+                if isinstance(layer, GloraLayer):  # GLoRA: SD 1.x/2.x and SDXL (the plan's check)
+                    out[key] = (_glora_slots(layer, adapter), None)
+                    continue
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
                 continue
             original, part = _table(family).original_name(name)
@@ -61,9 +71,18 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
 def _whole(layer: nn.Module, adapter: str) -> bool:
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_glora import GloraLayer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer, KohyaOftLayer
 
-    return (isinstance(layer, FullLayer) and adapter in layer.lora_full) or (
-        isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3
+    return (
+        (isinstance(layer, FullLayer) and adapter in layer.lora_full)
+        or (isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3)
+        or (  # LyCORIS's Diag-OFT and BOFT (BoftLayer is a DiagOftLayer); kohya's own OFT loads elsewhere
+            isinstance(layer, DiagOftLayer)
+            and not isinstance(layer, KohyaOftLayer)
+            and adapter in layer.lora_oft_blocks
+        )
+        or (isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1)
     )
 
 
@@ -110,6 +129,42 @@ def _slots(rows: list[tuple], adapter: str, swapped: bool, scale: float = 1.0) -
             )
 
     return {"weight": (shape, _rows_copy(rows, sizes, adapter, "scale", swapped)), "on_input": ((), check)}
+
+
+def _oft_slots(layer: nn.Module, adapter: str, partial: bool) -> dict[str, Slot]:
+    """LyCORIS's DiagOFTModule / ButterflyOFTModule state: `oft_blocks` (3-D; BOFT's 4-D) into the blocks,
+    `rescale` into the row rescale. Its `alpha` (the constraint) loads into the module's buffer, which its
+    forward never reads (it keeps the constraint it was built with): the run's constraint stays. A `rescale`
+    the layer has not (the network built without `rescaled`) is an unexpected key to load_state_dict: with
+    `partial` (strict=False) ignored, as LyCORIS ignores it, else refused by the loader."""
+
+    into = _into
+    blocks = layer.lora_oft_blocks[adapter]
+    base = layer.get_base_layer()
+    rescale = layer.lora_oft_rescale[adapter] if adapter in layer.lora_oft_rescale else None
+    shape = (base.weight.shape[0], *[1] * (base.weight.dim() - 1))
+    slots = {"oft_blocks": (tuple(blocks.shape), into(blocks))}
+    if rescale is not None or partial:
+        slots["rescale"] = (shape, into(rescale) if rescale is not None else lambda value: None)
+    return slots
+
+
+def _glora_slots(layer: nn.Module, adapter: str) -> dict[str, Slot]:
+    """GLoRAModule's state: `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` into the layer's pairs, as
+    they are. Its `alpha` loads into the module's buffer, which its forward never reads (it keeps the scale
+    it was built with): the run's alpha / rank stays, and no alpha is checked (None)."""
+    slots = {}
+    for part in ("a1", "a2", "b1", "b2"):
+        target = getattr(layer, f"lora_glora_{part}")[adapter]
+        slots[f"{part}.weight"] = (tuple(target.shape), _into(target))
+    return slots
+
+
+def _into(target: torch.Tensor):
+    def copy(value: torch.Tensor) -> None:
+        target.copy_(value.to(target.device, target.dtype))
+
+    return copy
 
 
 def _rows_copy(

@@ -27,9 +27,11 @@ from dbspec.families import (
     t5_text_encoders,
 )
 from dbspec.spec.model import (
+    BoftAdapter,
     DiagOftAdapter,
     DyloraAdapter,
     FullAdapter,
+    GloraAdapter,
     Ia3Adapter,
     LohaAdapter,
     LokrAdapter,
@@ -52,9 +54,20 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
+    if getattr(adapter, "scalar", False) and adapter.init_weights and family_spec(family).fused_projections:
+        ctx.report(  # the fused layers' parts share one scalar: LyCORIS's start is per SD layer here
+            "DBS356",
+            "error",
+            f"`{ctx.resolve(adapter.init_weights)}`: with adapter.scalar = true (LyCORIS use_scalar) a run "
+            "starts from a file on SD 1.x/2.x and SDXL only, each layer's scalar at 1 as LyCORIS's load hook "
+            f"sets it; not on {family_spec(family).title}",
+            KEY,
+            help='set adapter.scalar = false, or adapter.init_weights = ""',
+        )
+        return "", 0
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
-    if isinstance(adapter, (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter)) and adapter.init_weights:
+    if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:
         return _plan_fused_lycoris(ctx, family, adapter, components)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
@@ -70,16 +83,6 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         )
         return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
-    if tucker and not family_spec(family).fused_projections:  # LoCon's Tucker layers (lora_mid)
-        ctx.report(
-            "DBS260",
-            "error",
-            "adapter.init_weights with adapter.tucker = true (LoCon's Tucker form): the starting file is "
-            f"read as lora_down / lora_up only (no lora_mid) on {family_spec(family).title}",
-            KEY,
-            help="set adapter.tucker = false, or remove adapter.init_weights",
-        )
-        return "", 0
     # LyCORIS's LoCon with weight_decompose on kohya's Flux / SD3 (dora_form "lycoris"): its file holds each
     # module's dora_scale, which runtime/flow_init.py loads into the magnitudes
     lycoris_dora_file = (
@@ -95,11 +98,11 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             help="set adapter.dora = false to continue the LoRA",
         )
         return "", 0
-    # LyCORIS LoCon's Tucker form on SD3's patch convolution (`lora_mid`, runtime/flow_init.py reads it)
-    mid = tucker  # here on Flux / SD3 only
 
+    # LyCORIS LoCon's Tucker form (`lora_mid`): runtime/init_weights.py on SD 1.x/2.x / SDXL,
+    # runtime/flow_init.py on SD3's patch convolution
     def reader(p):
-        return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(mid))
+        return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker))
 
     file = _read_file(ctx, path, reader, "LoRA")
     if file is None:
@@ -217,6 +220,13 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool
         return ""
     if module.rank != rank:
         return f"tensor {tensor} has rank {module.rank} (shape {list(module.down)}); adapter.{what} is {rank}"
+    if module.mid and len(module.down) == 2:  # LyCORIS builds no Tucker core on a Linear
+        return f"module `{module.name}` holds a Tucker core `lora_mid` on a Linear"
+    if module.conv and denoiser and getattr(adapter, "tucker", False) and not module.mid:
+        return (  # LoConModule's 1x1 lora_down: a k x k one does not fit (torch's size mismatch)
+            f"tensor {tensor} has shape {list(module.down)} and the module no `lora_mid`; adapter.tucker = "
+            "true (LoCon's Tucker form) builds each k x k convolution's lora_down 1x1 with a lora_mid"
+        )
     if module.alpha is not None and not math.isclose(module.alpha, alpha, rel_tol=1e-3):
         name = "conv_alpha" if module.conv else "alpha"
         return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.{name} is {alpha:g}"
@@ -467,18 +477,47 @@ _FACTORS = {
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "full": ("diff", "diff_b"),  # FullModule's custom_state_dict
     "ia3": ("weight", "on_input"),  # IA3Module's
+    "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
+    "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
+    "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),  # GLoRAModule's
 }
+# adapters started from a lycoris.kohya file (Diag-OFT: its LyCORIS form; kohya's networks.oft is above)
+_LYCORIS_FILES = (
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+)
+# ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
+_PER_LAYER = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
+# not on Flux / SD3 (the fused layers' blocks / shared pairs span the parts' rows)
+_PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter, GloraAdapter)
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """A LyCORIS LoKr / LoHa (full, IA3) file on kohya's Flux / SD3 names (lycoris.kohya --network_weights
     with flux_train_network.py / sd3_train_network.py): one module per fused Linear, for LoKr / LoHa with
-    `fused_projections` on that layout; a full file also on SD 1.x/2.x and SDXL (train_network.py /
+    `fused_projections` on that layout; a full or IA3 file also on SD 1.x/2.x and SDXL, a Diag-OFT or BOFT one
+    there only (train_network.py /
     sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes and kind are checked
     here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    sd_full = isinstance(adapter, FullAdapter) and not spec.fused_projections  # one module per layer
+    if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: a {adapter.kind} starts from LyCORIS's file on SD 1.x/2.x and SDXL only "
+            f"(train_network.py / sdxl_train_network.py), not on {spec.title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    # full / IA^3 / Diag-OFT / BOFT on SD 1.x/2.x and SDXL: one module per layer
+    sd_full = isinstance(adapter, _PER_LAYER) and not spec.fused_projections
     if not sd_full and not (getattr(adapter, "fused_projections", True) and spec.fused_projections):
         ctx.report(
             "DBS356",
@@ -499,8 +538,8 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
     factors = _FACTORS[adapter.kind] + (("dora_scale",) if getattr(adapter, "dora", False) else ())
-    modules = {key.rsplit(".", 1)[0] for key in header if key.rsplit(".", 1)[-1] in factors}
-    other = next((k for k in header if k.rsplit(".", 1)[-1] not in (*factors, "alpha")), None)
+    modules = {_module_name(key, factors) for key in header} - {None}
+    other = next((k for k in header if _module_name(k, (*factors, "alpha")) is None), None)
     if other is not None:
         ctx.report(
             "DBS356",
@@ -510,6 +549,22 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             help=f"start from a lycoris.kohya algo={adapter.kind} file",
         )
         return "", 0
+    if isinstance(adapter, _PER_LAYER_ONLY):  # DiagOFTModule's 3-D blocks, ButterflyOFTModule's 4-D
+        dims = 3 if adapter.kind == "diag-oft" else 4
+        odd = next(
+            (k for k in sorted(header) if k.endswith(".oft_blocks") and len(header[k].shape) != dims), None
+        )
+        if odd is not None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: tensor `{odd}` has {len(header[odd].shape)} dimensions; LyCORIS's {adapter.kind} "
+                f"holds {dims}-D `oft_blocks` ({'Diag-OFT' if dims == 3 else 'BOFT'}'s; the other is "
+                f"{'BOFT' if dims == 3 else 'Diag-OFT'}'s)",
+                KEY,
+                help=f"start from a lycoris.kohya algo={adapter.kind} file",
+            )
+            return "", 0
     prefixes = (  # LyCORIS's numbering of the encoders (SD 1.x/2.x, SDXL: kohya's own)
         kohya_component_prefixes(family) if sd_full else flow_component_prefixes(family, lycoris=True)
     )
@@ -532,6 +587,12 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
     return _tally(ctx, path, ignored, used)
+
+
+def _module_name(key: str, tensors: tuple[str, ...]) -> str | None:
+    """The module a LyCORIS tensor key belongs to (`<module>.<tensor>`, GLoRA's tensors dotted themselves:
+    `a1.weight`), or None when it ends in none of `tensors`."""
+    return next((key[: -len(t) - 1] for t in tensors if key.endswith("." + t)), None)
 
 
 def _read_file(ctx: Context, path, reader, what: str):

@@ -84,7 +84,11 @@ def read_lora_file(path: str | os.PathLike, dora_scale: bool = False, lora_mid: 
         alpha = header.get(base + _ALPHA)
         mid = tuple(header[base + _MID]["shape"]) if lora_mid and base + _MID in header else ()
         # (a core beside a Linear's 2-D lora_down is left to the callers: LyCORIS builds none there)
-        if mid and len(down_shape) == 4 and (len(mid) != 4 or mid[:2] != (down_shape[0], down_shape[0])):
+        if (
+            mid
+            and len(down_shape) == 4
+            and (len(mid) != 4 or mid[:2] != (down_shape[0], down_shape[0]) or down_shape[2:] != (1, 1))
+        ):
             raise ModelFileError(
                 path,
                 f"`{base}`: lora_down {list(down_shape)} and lora_mid {list(mid)} do not chain (LoCon's "

@@ -1124,11 +1124,6 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                 "peft's DoRA rebuilds the weight with no scalar "
                 '(dora_form = "lycoris" takes it, as LyCORIS)',
             ),
-            (
-                "init_weights",
-                getattr(a, "init_weights", ""),
-                "the file's factors carry the scalar folded in (LyCORIS loads them with scalar 1)",
-            ),
         ):
             if value:
                 yield _err(
@@ -3325,15 +3320,7 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "block_size",
                 codes.help("DBS574"),
             )
-        if a.init_weights:
-            yield _err(
-                "DBS574",
-                ("adapter", "init_weights"),
-                "adapter.init_weights starts kohya's OFT from its file (form = \"kohya\"); LyCORIS's "
-                "Diag-OFT does not start from a file here",
-                codes.help("DBS574"),
-            )
-        return
+        return  # init_weights: LyCORIS's file on SD 1.x/2.x / SDXL (checked at plan time, init_weights.py)
     found = [
         (
             ("adapter", "block_count"),

@@ -810,8 +810,9 @@ class LoraAdapter:
         "layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that does "
         "not train are ignored. Flux and SD3 files name the original model's fused layers (kohya's "
         "lora_flux / lora_sd3): a fused layer's down is shared by its parts (or, a `split_qkv` file, split "
-        "among them) and its up rows go to each part. A resumed run takes the checkpoint's weights instead. "
-        "Empty: peft's random init.",
+        "among them) and its up rows go to each part. With `tucker = true` (LyCORIS LoCon's Tucker form, "
+        "SD 1.x/2.x and SDXL) each k x k convolution's `lora_mid` loads too, its `lora_down` / `lora_up` "
+        "1x1. A resumed run takes the checkpoint's weights instead. Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
     init_partial: bool = option(
@@ -869,21 +870,23 @@ class LoraAdapter:
 
 
 def _fused_init_weights(what: str):
-    # lycoris.kohya --network_weights on kohya's Flux: runtime/lycoris_init.py
+    # lycoris.kohya --network_weights on kohya's Flux / SD3 and SD 1.x/2.x / SDXL: runtime/lycoris_init.py
     return option(
         "",
         doc=f"Start the {what} from this `.safetensors` file (lycoris.kohya `--network_weights` with "
-        "flux_train_network.py), relative to the spec file: LyCORIS's layout under kohya's Flux module "
-        "names, one module per fused Linear, as LyCORIS saves it and dbspec's `kohya_lora` export writes "
-        "it; a fused layer's tensors go to its parts as they share them. Needs `fused_projections` on Flux. "
-        "Its modules' factor shapes must be the adapter's (checked when the run loads it). A resumed run "
-        "takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
+        "flux_train_network.py / sd3_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's Flux / SD3 module names, one module per fused Linear, as LyCORIS saves it and dbspec's "
+        "`kohya_lora` export writes it; a fused layer's tensors go to its parts as they share them. Needs "
+        "`fused_projections` on Flux / SD3. On SD 1.x/2.x and SDXL (train_network.py / "
+        "sdxl_train_network.py) one module per layer under kohya's names (SDXL's U-Net in the original "
+        "layout). Its modules' factor shapes must be the adapter's (checked when the run loads it). A "
+        "resumed run takes the checkpoint's weights instead. Empty: LyCORIS's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
 
 
 def _whole_init_weights(what: str, sd: bool = False):
-    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3 (full: SD too):
+    # lycoris.kohya --network_weights with algo=full / ia3 on kohya's Flux / SD3 and SD 1.x/2.x / SDXL:
     # runtime/lycoris_init.py
     where = (
         "; on SD 1.x/2.x and SDXL (train_network.py / sdxl_train_network.py) one module per layer under "
@@ -1120,7 +1123,7 @@ class Ia3Adapter:
         "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
         example=["ff.net.2", "mlp.fc2"],
     )
-    init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)")
+    init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 
 
@@ -1254,24 +1257,28 @@ class DiagOftAdapter:
         "blocks stacked. LyCORIS form only, no `constraint` or `max_norm` with it (their norms span every "
         "part). false: each part splits its own width. Families without fused layers refuse it.",
     )
-    # kohya networks.oft --network_weights: the run starts from a saved OFT's blocks
+    # kohya networks.oft / lycoris.kohya --network_weights: the run starts from a saved OFT's blocks
     init_weights: str = option(
         "",
-        doc='With `form = "kohya"`: start the blocks from this `.safetensors` file (kohya networks.oft '
-        "`--network_weights`), relative to the spec file: kohya's networks.oft layout (`oft_unet_*` "
+        doc='Start the blocks from this `.safetensors` file, relative to the spec file. `form = "kohya"` '
+        "(kohya networks.oft `--network_weights`): kohya's networks.oft layout (`oft_unet_*` "
         "modules' `oft_blocks` and `alpha`; on FLUX.1 and Chroma networks.oft_flux's, "
-        "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it. Its "
+        "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it; its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
-        "time). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
-        "identity rotation).",
+        'time). `form = "lycoris"` (lycoris.kohya `--network_weights` with train_network.py / '
+        "sdxl_train_network.py; SD 1.x/2.x and SDXL, without `fused_projections`): LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's `oft_blocks` and "
+        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
+        "`alpha` is not read (DiagOFTModule keeps the constraint it was built with). A resumed run takes "
+        "the checkpoint's weights instead. Empty: the blocks start at zero (the identity rotation).",
         example="previous-run/final/oft.kohya.safetensors",
     )
     init_partial: bool = option(
         False,
-        doc="Load `init_weights` as kohya's OFTNetwork.load_weights does (`load_state_dict(strict=False)`): "
-        "an adapted layer the file lacks keeps its zero blocks, and a file module the adapter does not "
-        "adapt is ignored (a warning at plan time). false: the run refuses a file that does not cover the "
-        "adapter exactly.",
+        doc="Load `init_weights` as kohya's OFTNetwork.load_weights (or lycoris.kohya's) does "
+        "(`load_state_dict(strict=False)`): an adapted layer the file lacks keeps its zero blocks (and "
+        "its rescale of ones), and a file module or `rescale` the adapter does not have is ignored. "
+        "false: the run refuses a file that does not cover the adapter exactly.",
     )
     blocks: list[OftBlock] = option(
         factory=list,
@@ -1330,6 +1337,25 @@ class BoftAdapter:
         factory=list,
         doc="Per-module block sizes, constraints and rescales of the text encoders' BOFT layers "
         "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
+    )
+    # lycoris.kohya --network_weights with algo=boft (train_network.py / sdxl_train_network.py)
+    init_weights: str = option(
+        "",
+        doc="Start the butterfly blocks from this `.safetensors` file (lycoris.kohya `--network_weights` "
+        "with train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's 4-D `oft_blocks` and "
+        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
+        "`alpha` is not read (ButterflyOFTModule keeps the constraint it was built with). SD 1.x/2.x and "
+        "SDXL. A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
+        "identity rotation).",
+        example="previous-run/final/boft.kohya.safetensors",
+    )
+    init_partial: bool = option(
+        False,
+        doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): "
+        "an adapted layer the file lacks keeps its zero blocks (and its rescale of ones), and a file "
+        "module or `rescale` the adapter does not have is ignored. false: the run refuses a file that does "
+        "not cover the adapter exactly.",
     )
 
 
@@ -1430,6 +1456,20 @@ class GloraAdapter:
         doc="Per-module ranks and alphas of the text encoders' GLoRA layers "
         "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
     )
+    # lycoris.kohya --network_weights with algo=glora (train_network.py / sdxl_train_network.py)
+    init_weights: str = option(
+        "",
+        doc="Start the GLoRA pairs from this `.safetensors` file (lycoris.kohya `--network_weights` with "
+        "train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
+        "kohya's module names (SDXL's U-Net in the original layout), each module's `a1.weight`, "
+        "`a2.weight`, `b1.weight` and `b2.weight` loaded as they are (their shapes the layer's, checked when "
+        "the run loads it); its `alpha` is not read (GLoRAModule keeps the scale it was built with, "
+        "alpha / rank). SD 1.x/2.x and SDXL; with `scalar` every layer's scalar starts at 1, as LyCORIS's "
+        "load hook sets it (the file's a2 / b2 hold it folded). A resumed run takes the checkpoint's "
+        "weights instead. Empty: LyCORIS's init.",
+        example="previous-run/final/glora.kohya.safetensors",
+    )
+    init_partial: bool = _fused_init_partial()
 
 
 @frozen

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, plan_of  # noqa: F401
+from convert_kit import SD15, SDXL, empty_hub_cache, fate, images, kohya, out_path, plan_of  # noqa: F401
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.frontend import plan_spec
 from dbspec.plan.summary import adapter_rows
@@ -235,29 +235,75 @@ def test_sdxl_original_layout_names_fit_the_diffusers_targets(tmp_path):
     assert planned.plan.adapter.init_layers == 5
 
 
-def test_network_weights_of_a_tucker_locon_are_refused_with_the_reason(tmp_path):
-    """LyCORIS LoCon with use_tucker: its layers hold lora_mid, which a starting file cannot set (DBS260)."""
-    write_lora(tmp_path / "prev.safetensors", MODULES)
-    outcome = _convert(
-        tmp_path,
-        '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "algo=locon" '
-        '"conv_dim=4" "use_tucker=True"',
-        module="lycoris.kohya",
-    )
-    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
-    assert "lora_mid" in outcome.conversion.reports["network_weights"].note
+def _tucker_file(path: Path, mid: bool = True) -> Path:
+    """MODULES plus CONV in LoCon's Tucker form (1x1 lora_down, 3x3 lora_mid, 1x1 lora_up; rank 4, alpha 1);
+    without `mid` CONV as a plain LoCon's (3x3 lora_down)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lora(path, MODULES)
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+    kernel = (1, 1) if mid else (3, 3)
+    tensors |= {
+        f"{CONV}.lora_down.weight": np.zeros((4, 320, *kernel), np.float16),
+        f"{CONV}.lora_up.weight": np.zeros((320, 4, 1, 1), np.float16),
+        f"{CONV}.alpha": np.array(1.0, np.float16),
+    }
+    if mid:
+        tensors[f"{CONV}.lora_mid.weight"] = np.zeros((4, 4, 3, 3), np.float16)
+    save_file(tensors, str(path))
+    return path
 
 
-def test_a_tucker_locon_starting_file_on_sd_is_dbs260(tmp_path):
-    """On SD 1.x/2.x/SDXL a starting file is read as lora_down / lora_up (no lora_mid): a LoCon Tucker
-    adapter with init_weights is DBS260 once the family is known (on Flux / SD3 runtime/flow_init.py reads
-    SD3's patch convolution's lora_mid)."""
-    write_lora(tmp_path / "prev.safetensors", MODULES)
-    adapter = 'rank = 8\nalpha = 4.0\nconv_rank = 4\ntucker = true\ninit_weights = "prev.safetensors"'
-    planned = _plan(tmp_path, adapter)
+TUCKER_ARGS = (
+    '--network_dim=8 --network_alpha=4 --network_weights=prev.safetensors --network_args "algo=locon" '
+    '"conv_dim=4" "conv_alpha=1" "use_tucker=True"'
+)
+
+
+def test_network_weights_of_a_tucker_locon_start_its_lora_mid(tmp_path):
+    """LyCORIS LoCon with use_tucker: LoConModule's load_state_dict takes lora_mid beside lora_down /
+    lora_up; the plan reads the file's 3x3 modules by their lora_mid (a convolution at conv_rank)."""
+    _tucker_file(tmp_path / "prev.safetensors")
+    plan = plan_of(_convert(tmp_path, TUCKER_ARGS, module="lycoris.kohya"), tmp_path)
+    assert plan.adapter.tucker and plan.adapter.init_layers == 4 and plan.adapter.init_partial
+    module = read_lora_file(tmp_path / "prev.safetensors", lora_mid=True).modules[CONV]
+    assert module.conv and module.mid == (4, 4, 3, 3) and module.rank == 4
+
+
+def test_a_plain_locon_file_for_a_tucker_locon_is_refused_naming_the_tensor(tmp_path):
+    _tucker_file(tmp_path / "prev.safetensors", mid=False)
+    outcome = _convert(tmp_path, TUCKER_ARGS, module="lycoris.kohya")
+    assert outcome.written
+    planned = plan_spec(out_path(tmp_path), GPU)
     assert planned.plan is None
-    (hit,) = [d for d in planned.diagnostics if d.code == "DBS260"]
-    assert hit.path == "adapter.init_weights" and "lora_mid" in hit.message
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    assert f"`{CONV}.lora_down.weight` has shape [4, 320, 3, 3]" in hit.message and "lora_mid" in hit.message
+
+
+def test_dim_from_weights_of_a_tucker_locon_builds_its_tucker_form(tmp_path):
+    """LyCORIS's create_network_from_weights builds LoConModule's Tucker form where the file has lora_mid:
+    adapter.tucker, the convolution at its rank; a file mixing it with a plain k x k LoCon: DBS403."""
+    _tucker_file(tmp_path / "prev.safetensors")
+    plan = plan_of(_convert(tmp_path, TUCKER_ARGS + " --dim_from_weights", module="lycoris.kohya"), tmp_path)
+    assert plan.adapter.tucker and plan.adapter.conv_rank == 4 and plan.adapter.init_layers == 4
+    mixed = tmp_path / "mixed"
+    _tucker_file(mixed / "prev.safetensors")
+    _tucker_file(mixed / "other.safetensors", mid=False)
+    from safetensors.numpy import load_file, save_file
+
+    plain = {
+        k.replace("resnets_0_conv1", "resnets_1_conv1"): v
+        for k, v in load_file(str(mixed / "other.safetensors")).items()
+        if CONV in k
+    }
+    save_file({**load_file(str(mixed / "prev.safetensors")), **plain}, str(mixed / "prev.safetensors"))
+    outcome = _convert(mixed, TUCKER_ARGS + " --dim_from_weights", module="lycoris.kohya")
+    assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "unsupported"
+    assert "mixes LoCon's Tucker form" in outcome.conversion.reports["dim_from_weights"].note
 
 
 def test_init_partial_ignores_file_layers_the_adapter_does_not_adapt(tmp_path):

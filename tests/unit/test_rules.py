@@ -543,12 +543,6 @@ CASES = [
         [("DBS520", "error", ("adapter", "dora"))],
         '[adapter]\nkind = "loha"\nscalar = true\ndora = true\n' + DOG + STEPS,
     ),
-    (  # a starting file's factors hold the scalar folded in
-        rules.lycoris_switches_fit,
-        '[adapter]\nkind = "lora"\nscalar = true\ninit_weights = "a.safetensors"\n' + DOG + STEPS,
-        [("DBS520", "error", ("adapter", "init_weights"))],
-        '[adapter]\nkind = "loha"\nscalar = true\n' + DOG + STEPS,
-    ),
     (  # GLoRA's rank dropout and dropout act only in its bypass forward
         rules.glora_dropouts_need_bypass,
         '[adapter]\nkind = "glora"\nrank_dropout = 0.1\n' + DOG + STEPS,
@@ -1436,14 +1430,6 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
         [("DBS574", "error", ("adapter", "blocks"))],
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\n[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\n',
-    ),
-    (  # a starting file is kohya's networks.oft layout (form kohya's init_weights)
-        rules.kohya_oft_fits,
-        DOG + STEPS + '[adapter]\nkind = "diag-oft"\ninit_weights = "w.safetensors"\n',
-        [("DBS574", "error", ("adapter", "init_weights"))],
-        DOG
-        + STEPS
-        + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\ninit_weights = "w.safetensors"\n',
     ),
     (
         rules.split_chunk_options,  # only the first chunk steps / steps per micro-batch: chunks needed

@@ -941,6 +941,13 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             conv.unsupported(a["network_weights"], why)
             return False
     weights = a["network_weights"]
+    if kind in ("diag-oft", "boft", "glora") and weights.value:
+        conv.unsupported(
+            weights,
+            f"dbspec starts LyCORIS's {kind} from a file on SD 1.x/2.x and SDXL, not on kohya's fused "
+            f"{layout.title} Linears (their blocks or shared pairs span the parts' rows)",
+        )
+        return False
     if kind in ("full", "ia3") and weights.value:
         # LyCORIS's load_weights into FullModule (W + diff) / IA3Module: runtime/lycoris_whole_init.py
         if not str(weights.value).lower().endswith(".safetensors"):

@@ -1083,11 +1083,26 @@ def map_network_weights(
             weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
         )
         return
-    kind, tucker = (conv.values.get(("adapter", key), (None, ""))[0] for key in ("kind", "tucker"))
-    if kind == "full" and a["network_module"].value == "lycoris.kohya":
+    kind = conv.values.get(("adapter", "kind"), (None, ""))[0]
+    lycoris = a["network_module"].value == "lycoris.kohya"
+    if kind in (*_WHOLE_LAYER_KINDS, "glora") and lycoris and from_file.value and kind != "full":
+        conv.unsupported(
+            from_file,
+            "LyCORIS's create_network_from_weights builds the file's modules; dbspec reads "
+            f"--dim_from_weights from LoCon, LoKr, LoHa and full files, not with algo={kind}",
+        )
+        return
+    if kind == "glora" and lycoris:
+        # GLoRAModule takes a1 / a2 / b1 / b2 as they are; its load hook sets every module's scalar to 1
+        # (use_scalar: runtime/init_weights.py does too)
+        map_init_weights(weights, paths, conv)
+        return
+    if kind in _WHOLE_LAYER_KINDS and lycoris:
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`
         # (W + diff, init_scale 1; lycoris-lora 4.1.3), ignores the file's other modules and raises KeyError
-        # for a FullModule the file lacks (checked when the run loads it: runtime/lycoris_init.py)
+        # for a FullModule the file lacks (checked when the run loads it: runtime/lycoris_init.py);
+        # IA3Modules take `weight` / `on_input` as they are (no hook: a module the file lacks keeps its 0),
+        # DiagOFTModules / ButterflyOFTModules `oft_blocks` / `rescale` (their `alpha` buffer loads unread)
         map_init_weights(weights, paths, conv)
         return
     if kind in _WHOLE_LAYER_KINDS:
@@ -1096,13 +1111,6 @@ def map_network_weights(
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
-        return
-    if kind == "lora" and tucker and not flow:  # LyCORIS LoCon's Tucker form (DBS260)
-        conv.unsupported(
-            weights,
-            "the network is a LoCon with use_tucker: dbspec starts a LoRA from a file's lora_down / lora_up "
-            "only, not the Tucker layers' lora_mid",
-        )
         return
     if _file_norms(weights, paths, conv):
         return
@@ -1113,7 +1121,8 @@ def map_network_weights(
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        file = read_lora_file(local)
+        # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid
+        file = read_lora_file(local, lora_mid=lycoris)
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
@@ -1144,6 +1153,17 @@ def map_network_weights(
         )
         return
     note = f"kohya --dim_from_weights: from {paths.name_of(weights.value)}"
+    if any(m.mid for m in file.modules.values()):
+        plain = next((m.name for m in file.modules.values() if m.conv and not m.mid), None)
+        if plain is not None:
+            conv.unsupported(
+                from_file,
+                f"the file mixes LoCon's Tucker form (lora_mid) with `{plain}`, a k x k convolution without "
+                "one: dbspec's Tucker form is the adapter's, on every k x k convolution",
+            )
+            return
+        # LoConModule.make_module_from_state_dict with lora_mid: the 1x1 / k x k / 1x1 chain
+        conv.put(("adapter", "tucker"), True, note + ": its convolutions' lora_mid (LoCon's Tucker form)")
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")

@@ -1,0 +1,157 @@
+"""lycoris.kohya --network_weights with a LyCORIS GLoRA file (`a1.weight`, `a2.weight`, `b1.weight`,
+`b2.weight`, `alpha`) on SD 1.x (issue 12; runtime/lycoris_whole_init.py): lycoris-lora 4.1.3's GLoRAModules
+over a preset file on the tiny U-Net and CLIP (3x3 convolutions at conv_dim), every pair moved at random,
+saved as its network saves them (some modules left out). kohya's steps, create_network (algo=glora, the same
+dims, alphas and preset), apply_to, load_weights (`load_state_dict(strict=False)`: a module the file lacks
+keeps its init; the file's `alpha` loads into a buffer the forward never reads; the load hook sets the
+scalar, 1 without use_scalar, to 1) and dbspec's converted run start every layer alike (pairs equal, outputs
+to 1e-5); a tiny run from the file trains and resumes bit for bit; a pair of another rank fails naming the
+tensor, as lycoris-lora fails."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dbspec.runtime.execute import execute
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.test_lycoris_sd_full_file import PRESET, _convert, _lycoris_modules, _named
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+ARGS = (
+    '--network_dim=4 --network_alpha=1 --network_args "algo=glora" "preset=preset.toml" "conv_dim=4" '
+    '"conv_alpha=2"'
+)
+PARTS = ("a1", "a2", "b1", "b2")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _network(pipe, folder: Path, monkeypatch, dim: int = 4):
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    preset = folder / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, dim, 1.0, None, named, unet, algo="glora", preset=str(preset), conv_dim=str(dim), conv_alpha="2"
+    )
+    made.apply_to(named, unet, True, True)
+    return made
+
+
+def _file(pipe, folder: Path, monkeypatch, drop: int = 0, dim: int = 4) -> Path:
+    made = _network(pipe, folder, monkeypatch, dim)
+    torch.manual_seed(8)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
+    # alphas other than the network's: GLoRAModule keeps the scale it was built with
+    state |= {k: v * 3 for k, v in state.items() if k.endswith(".alpha")}
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[::drop] if drop else ():
+        for key in [k for k in state if k.startswith(name + ".")]:
+            del state[key]
+    path = folder / "prev.safetensors"
+    save_file(state, str(path))
+    return path
+
+
+def _ours(comps) -> dict[str, nn.Module]:
+    from dbspec.runtime.adapters import lora_adapter
+    from dbspec.runtime.exports import kohya_parts
+    from dbspec.runtime.lycoris_glora import GloraLayer
+
+    out = {}
+    for prefix, module, to_path in kohya_parts(
+        unet=comps.unet, text_encoders=comps.text_encoders, family="sd1"
+    ):
+        found = lora_adapter(module)
+        for name, layer in found[0].named_modules() if found else ():
+            if isinstance(layer, GloraLayer):
+                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = layer
+    return out
+
+
+def _plan(tmp_path):
+    from tests.unit.convert_kit import plan_of
+
+    plan = plan_of(_convert(tmp_path, ARGS), tmp_path, ["model.base=builtin:tiny-sd1"])
+    assert plan.adapter.kind == "glora" and plan.adapter.init_partial
+    return plan
+
+
+def test_glora_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch):
+    path = _file(pipe, tmp_path, monkeypatch, drop=6)
+    state = load_file(str(path))
+    in_file = {k.split(".")[0] for k in state}
+    made = _network(pipe, tmp_path, monkeypatch)
+    assert set(made.load_weights(str(path))) == {"missing keys"}  # the left-out modules keep their init
+    theirs = _lycoris_modules(made)
+    assert in_file < set(theirs)
+    assert all(float(m.alpha) == 3 * m.scale * m.lora_dim for n, m in theirs.items() if n in in_file)
+    comps, count = _loaded(_plan(tmp_path))
+    assert count == len(in_file)
+    ours = _ours(comps)
+    assert sorted(ours) == sorted(theirs)
+    convs = 0
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        base = layer.get_base_layer()
+        if name in in_file:  # else each its own random a1 / b1 (a2, b2 at 0)
+            convs += isinstance(base, nn.Conv2d) and base.kernel_size == (3, 3)
+            for part in PARTS:
+                mine = getattr(layer, f"lora_glora_{part}")["default"]
+                torch.testing.assert_close(mine, getattr(lyco, part).weight, rtol=0, atol=0, msg=name)
+        x = (
+            torch.randn(2, base.in_features)
+            if isinstance(base, nn.Linear)
+            else torch.randn(1, base.in_channels, 8, 8)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+            if name in in_file:
+                assert not torch.allclose(layer(x), base(x), atol=1e-4), name
+    assert convs, "3x3 convolutions start from the file too"
+
+    from tests.unit.convert_kit import out_path
+
+    overrides = ["model.base=builtin:tiny-sd1"]
+    whole = execute(compile_spec(out_path(tmp_path), overrides))
+    assert whole.status == "finished"
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    assert any(
+        k.endswith(".b2.weight") and k in state and not torch.allclose(v, state[k]) for k, v in saved.items()
+    ), "the run trained the pairs"
+    split = compile_spec(out_path(tmp_path), [*overrides, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    again = load_file(str(again))
+    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+
+
+def test_glora_file_of_another_rank_fails_naming_the_tensor(pipe, tmp_path, monkeypatch):
+    path = _file(pipe, tmp_path, monkeypatch, dim=2)
+    made = _network(pipe, tmp_path, monkeypatch)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        made.load_weights(str(path))
+    with pytest.raises(
+        ValueError, match=r"tensor `lora_\w+\.a1\.weight` has shape \[[\d, ]+\]; the run's layer"
+    ):
+        _loaded(_plan(tmp_path))
