@@ -2751,6 +2751,17 @@ its adapters. With `train.denoiser = false` the U-Net does not train, so the off
 setting changes nothing.""",
         help="set train.denoiser = true, or remove adapter.denoiser_norms",
     ),
+    Code(
+        "DBS587",
+        ERROR,
+        "adapter.denoiser_norms on a family without a U-Net",
+        """\
+`adapter.denoiser_norms` (LyCORIS `train_norm`) trains offsets of the SD 1.x / 2.x / SDXL U-Net's GroupNorms
+and LayerNorms (runtime/norm_offsets.py). Flux, SD3 and Chroma denoise with a transformer, which dbspec gives
+no norm offsets (kohya's LyCORIS train_norm there reaches only norms it cannot train or CLIP's LayerNorms:
+`adapter.text_encoder_norms`); the run would fail when the model is built.""",
+        help="remove adapter.denoiser_norms, or train an SD 1.x / 2.x / SDXL model",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -48,6 +48,7 @@ from dbspec.compiler.origins import derived, spec_origins
 from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
 from dbspec.compiler.rules import (
     eager_attention_fits,
+    denoiser_norms_need_a_unet,
     mixed_kinds_family,
     hit_to_diagnostic,
     run_environment_rules,
@@ -618,13 +619,13 @@ def _loraplus(spec, name: str) -> float:
 
 
 def _check_mixed_kinds_family(ctx: Context, model) -> None:
-    """Blocks of several kinds on a detected family (`dbspec check` checked a spelled-out one): DBS578."""
+    """Blocks of several kinds (DBS578) and U-Net norm offsets (DBS587) on a detected family (`dbspec check`
+    checked a spelled-out one)."""
     if model is None or ctx.spec.model.family != "auto":
         return
     detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
-    ctx.diagnostics += [
-        hit_to_diagnostic(ctx.raw, hit) for hit in mixed_kinds_family(detected, ctx.raw.given)
-    ]
+    for check in (mixed_kinds_family, denoiser_norms_need_a_unet):
+        ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in check(detected, ctx.raw.given)]
 
 
 def _check_eager_attention(ctx: Context, model) -> None:

@@ -2652,6 +2652,23 @@ def norms_without_denoiser_training(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def denoiser_norms_need_a_unet(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS train_norm's norm offsets (runtime/norm_offsets.py) exist on the SD 1.x / 2.x / SDXL U-Net
+    only: on a transformer family, DBS587 (silent for family = "auto": the compiler runs it again with the
+    detected family)."""
+    norms = getattr(spec.adapter, "denoiser_norms", ())
+    family = FAMILIES.get(spec.model.family)
+    if norms and family is not None and family.denoiser != "unet":
+        yield _err(
+            "DBS587",
+            ("adapter", "denoiser_norms"),
+            f"adapter.denoiser_norms = {list(norms)} on {family.title}: dbspec offsets the norms of the "
+            "SD 1.x/2.x and SDXL U-Net only, and this family's denoiser is a transformer",
+            codes.help("DBS587"),
+        )
+
+
+@rule("spec")
 def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) or LoCon Tucker form
     (runtime/locon_tucker.py, per layer) against the options that need one setting on every layer (DBS579)."""

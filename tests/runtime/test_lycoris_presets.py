@@ -5,7 +5,9 @@ kohya trains SD 1.x/2.x on its own U-Net (library/original_unet.py), whose class
 but for the attention (`CrossAttention`, diffusers' `Attention`): the presets' `CrossAttention` is given
 diffusers' name too. lycoris-lora 4.1.3's `full` and `full-lin` name the time embedding twice (its
 `TimestepEmbedding` class and `time_embedding.linear_1/2`) and assert on the duplicate: the names are dropped
-when the class is there (the union of what it adapts is the same)."""
+when the class is there (the union of what it adapts is the same). kohya's own U-Net has that class too, so
+kohya stops with those presets: tests/runtime/test_lycoris_presets_kohya_sd.py runs them unpatched on kohya's
+recorded tree."""
 
 from __future__ import annotations
 

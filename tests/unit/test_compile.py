@@ -1013,3 +1013,15 @@ def test_a_huge_caption_file_is_capped_with_a_warning_and_shown_short(toy):
     render_summary(plan, console)  # took minutes: rich laid out an 11 MB table cell
     shown = console.file.getvalue()
     assert "ohwx toy, ohwx toy" in shown and "…" in shown and len(shown) < 20_000
+
+
+def test_denoiser_norms_on_a_detected_transformer_family_are_refused(toy):
+    """adapter.denoiser_norms (LyCORIS train_norm's U-Net offsets) on a family dbspec detects as Flux:
+    DBS587 at plan time (`dbspec check` refuses a spelled-out family), where the run would fail building
+    the model; the same spec on the tiny SD 1.x U-Net plans."""
+    adapter = {"kind": "lora", "denoiser_norms": ["norm1", "norm2"]}
+    write_spec(toy, {}, model={"base": "builtin:tiny-flux"}, adapter=adapter)
+    planned = compile_in(toy)
+    assert planned.plan is None and "DBS587" in codes(planned, "error")
+    write_spec(toy, {}, model={"base": "builtin:tiny-sd1"}, adapter=adapter)
+    assert planned_ok(toy).adapter.denoiser_norms == ("norm1", "norm2")

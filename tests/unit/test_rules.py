@@ -1093,6 +1093,12 @@ CASES = [
         LORA + 'denoiser_norms = ["norm1"]\n' + DOG + STEPS,
     ),
     (
+        rules.denoiser_norms_need_a_unet,
+        'family = "flux"\n' + DOG + STEPS + LORA + 'denoiser_norms = ["norm1"]\n',
+        [("DBS587", "error", ("adapter", "denoiser_norms"))],
+        'family = "sdxl"\n' + DOG + STEPS + LORA + 'denoiser_norms = ["norm1"]\n',
+    ),
+    (
         rules.lora_dropouts_without_dora,
         LORA + "dora = true\nrank_dropout = 0.1\n" + DOG + STEPS,
         [("DBS267", "error", ("adapter", "rank_dropout"))],

@@ -627,7 +627,7 @@ BUILTIN_TABLES: dict[str, dict[str, Any]] = {
     "unet-only": {"text_encoder_target_module": []},
     "unet-transformer-only": {
         "enable_conv": False,
-        "unet_target_module": ["Transformer2DModel"],
+        "unet_target_module": ["Transformer2DModel", "TimestepEmbedding"],
         "unet_target_name": [],
         "text_encoder_target_module": [],
     },

@@ -56,6 +56,10 @@ _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 # `CrossAttention`): (denoiser targets, text-encoder targets, adapts 3x3 convolutions). `full` and `full-lin`
 # name the time embedding's linears, `attn-mlp` takes them through the `TimestepEmbedding` class; without
 # conv_dim (`full-lin`) LyCORIS still adapts 1x1 convolutions (the ResNets' conv_shortcut) at the rank.
+# Known gap: on kohya's SD 1.x / 2.x U-Net lycoris-lora 4.1.3's `full`, `full-lin` and `unet-only`
+# (TimestepEmbedding class and time_embedding names both) build the time embedding's Linears twice and
+# create_network asserts, so kohya stops (tests/runtime/test_lycoris_presets_kohya_sd.py); these are
+# converted as older LyCORIS builds them.
 _TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
 _PRESETS = {
     "full": (
