@@ -306,7 +306,7 @@ def test_lycoris_network_dropout_is_ignored_outside_bypass_mode(tmp_path):
         a = plan_of(outcome, tmp_path).adapter
         assert (a.dropout, a.down_dropout) == (0.0, 0.0)
         assert fate(outcome, "network_dropout") == "inert" and "bypass_mode" in messages(outcome, "DBS405")
-        assert "DBS404" not in codes(outcome)
+        assert "dropout" not in messages(outcome, "DBS404")  # (the default preset's own note is there)
 
 
 def test_lycoris_dropout_argument_wins_over_network_dropout(tmp_path):
@@ -415,3 +415,18 @@ def test_lycoris_arguments_of_other_algos_are_ignored(tmp_path):
     lora = _convert(tmp_path, SD15, '--network_module=networks.lora --network_args "block_size=8"')
     assert fate(lora, "network_args") == "mapped"
     assert "networks.lora's create_network does not read it" in messages(lora, "DBS405")
+
+
+def test_lycoris_presets_that_stop_on_kohyas_sd_unet_with_lycoris_4_warn(tmp_path):
+    """lycoris-lora 4.x's full / full-lin / unet-only list SD 1.x/2.x's time embedding by class and by name and
+    assert on the duplicate (tests/runtime/test_lycoris_presets_kohya_sd.py): converted as LyCORIS 3.2 and
+    earlier build them, with a DBS404 warning naming the preset; attn-mlp and SDXL build and say nothing."""
+    for preset, warned in (("full", True), ("unet-only", True), ("attn-mlp", False)):
+        outcome = _convert(
+            tmp_path / preset,
+            SD15,
+            f'--network_module=lycoris.kohya --network_dim=8 --network_args "algo=locon" "preset={preset}"',
+        )
+        assert plan_of(outcome, tmp_path / preset).adapter.kind == "lora"
+        said = messages(outcome, "DBS404")
+        assert ("duplicated lora name" in said and f"preset {preset}" in said) == warned, (preset, said)

@@ -18,7 +18,7 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
-from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
@@ -61,6 +61,7 @@ _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 # create_network asserts, so kohya stops (tests/runtime/test_lycoris_presets_kohya_sd.py); these are
 # converted as older LyCORIS builds them.
 _TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
+_TWICE_ON_SD = ("full", "full-lin", "unet-only")  # the known gap above: a DBS404 warning names it
 _PRESETS = {
     "full": (
         [*KOHYA_UNET_TARGETS, *RESNET_LINEAR, *_TIME_EMBEDDING],
@@ -352,6 +353,17 @@ def _map_network(
                 unsupported["preset"] = preset
                 preset = "full"
             unet, text, conv_targets = lycoris_preset(preset, original_names)
+            if preset in _TWICE_ON_SD and not original_names and applied[1]:
+                conv.warn(
+                    DIFFERS,
+                    f"kohya lycoris.kohya preset {preset} on SD 1.x/2.x: lycoris-lora 4.x lists the time "
+                    "embedding both by its TimestepEmbedding class and by name, builds its Linears twice and "
+                    "stops (AssertionError: duplicated lora name); converted as lycoris-lora 3.2 and earlier "
+                    "build it, each once",
+                    key=f"{args.key} preset",
+                    help="the dbspec run trains what the older LyCORIS trained; with lycoris-lora 4.x kohya "
+                    "needs another preset (attn-mlp, or a preset file)",
+                )
             if train_norm is not None:
                 v2 = bool(family) and family_spec(family).kohya.v2
                 norm_table = preset_norms(BUILTIN_TABLES[preset], v2, original_names)
