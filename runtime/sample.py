@@ -105,6 +105,7 @@ def load_pipeline(request: SampleRequest):
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
+        _restore_text_magnitudes(pipe, lora)
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
@@ -125,6 +126,40 @@ def load_pipeline(request: SampleRequest):
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _restore_text_magnitudes(pipe, lora: Path) -> None:
+    """DoRA's magnitudes of the text encoders in a diffusers LoRA file (peft's
+    `<layer>.lora_magnitude_vector`, as diffusers' own scripts save them): diffusers hands the text
+    encoders' weights to transformers' `load_adapter`, which expects `<layer>.lora_magnitude_vector.weight`,
+    reports them unexpected and leaves the layers at their base weight's norms, so they are copied onto the
+    loaded layers here (the U-Net's / transformer's load through peft, which places them)."""
+    from safetensors import safe_open
+
+    suffix = ".lora_magnitude_vector"
+    with safe_open(str(lora), framework="pt") as f:
+        keys = [k for k in f.keys() if k.endswith(suffix) and k.split(".", 1)[0] in _text_encoders(pipe)]
+        if not keys:
+            return
+        for key in keys:
+            component, path = key.removesuffix(suffix).split(".", 1)
+            layers = {
+                name: m
+                for name, m in getattr(pipe, component).named_modules()
+                if isinstance(getattr(m, "lora_magnitude_vector", None), torch.nn.ModuleDict)
+            }
+            # the file's paths start at CLIPTextModel's `text_model.`, which transformers may leave out
+            layer = layers.get(path) or layers.get(path.removeprefix("text_model."))
+            if layer is None or len(layer.lora_magnitude_vector) != 1:
+                raise SampleError(f"{lora}: {key} fits no DoRA layer of the loaded {component}")
+            (magnitude,) = layer.lora_magnitude_vector.values()
+            with torch.no_grad():
+                magnitude.weight.copy_(f.get_tensor(key).to(magnitude.weight.dtype))
+
+
+def _text_encoders(pipe) -> set[str]:
+    names = {n for f in FAMILIES.values() for n in f.text_encoder_names}
+    return {n for n in names if getattr(pipe, n, None) is not None}
 
 
 def load_embeddings(pipe, source: Path, plan: Plan | None):
