@@ -106,6 +106,7 @@ def load_pipeline(request: SampleRequest):
         pipe = _base_pipeline(base, plan, request)
         pipe.load_lora_weights(str(lora))
         _restore_text_magnitudes(pipe, lora)
+        _check_lora_layers(pipe, lora)
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
@@ -155,6 +156,34 @@ def _restore_text_magnitudes(pipe, lora: Path) -> None:
             (magnitude,) = layer.lora_magnitude_vector.values()
             with torch.no_grad():
                 magnitude.weight.copy_(f.get_tensor(key).to(magnitude.weight.dtype))
+
+
+_LAYER_PARTS = re.compile(r"\.(lora_A|lora_B|lora|lora_linear_layer|lora_magnitude_vector)(\.|$)")
+
+
+def _check_lora_layers(pipe, lora: Path) -> None:
+    """Every layer the file adapts carries an adapter in the loaded pipeline: diffusers' loaders skip weights
+    they do not place with a warning at most (a mixed key layout, keys of another model), and the samples
+    would silently come from another model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
+
+    with safe_open(str(lora), framework="pt") as f:
+        keys = list(f.keys())
+    layers: dict[str, set[str]] = {}
+    for key in keys:
+        component, _, rest = key.partition(".")
+        found = _LAYER_PARTS.search(rest)
+        if found is not None:
+            layers.setdefault(component, set()).add(rest[: found.start()])
+    for component, names in sorted(layers.items()):
+        module = getattr(pipe, component, None)
+        adapted = 0 if module is None else sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+        if adapted != len(names):
+            raise SampleError(
+                f"{lora}: diffusers loaded {adapted} of the file's {len(names)} adapted {component} layers "
+                "(the file does not fit this base model, or diffusers cannot read its key layout)"
+            )
 
 
 def _text_encoders(pipe) -> set[str]:
