@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def load_pipeline(request: SampleRequest):
         if not base:
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
-        pipe.load_lora_weights(str(lora))
+        with tempfile.TemporaryDirectory() as scratch:
+            pipe.load_lora_weights(str(_one_layout(lora, Path(scratch))))
         _restore_text_magnitudes(pipe, lora)
         _check_lora_layers(pipe, lora)
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
@@ -127,6 +129,26 @@ def load_pipeline(request: SampleRequest):
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _one_layout(lora: Path, scratch: Path) -> Path:
+    """`lora`, or where it mixes diffusers' renamed U-Net keys (`to_q.lora.down`) with peft's
+    (`conv_in.lora_A`), as dbspec wrote LoCon files before, a copy in `scratch` in peft's layout with the
+    same metadata: diffusers' U-Net loader reads the layout off the first key and would drop the other
+    kind's layers."""
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(lora), framework="pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+        renamed = any(".lora.down." in k or ".lora.up." in k for k in keys)
+        if not (renamed and any(".lora_A." in k or ".lora_B." in k for k in keys)):
+            return lora
+        state = {key: f.get_tensor(key) for key in keys}
+    copy = scratch / lora.name
+    save_file(convert_unet_state_dict_to_peft(state), str(copy), metadata=metadata)
+    return copy
 
 
 def _restore_text_magnitudes(pipe, lora: Path) -> None:

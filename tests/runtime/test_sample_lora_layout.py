@@ -5,6 +5,7 @@ loader drops DoRA magnitudes: runtime/weights.py _diffusers_lora_layers, runtime
 from __future__ import annotations
 
 import copy
+import shutil
 import warnings
 from pathlib import Path
 
@@ -12,10 +13,12 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from dbspec.families import family_spec
+from dbspec.runtime import sample as sample_module
 from dbspec.runtime.execute import execute
-from dbspec.runtime.sample import SampleRequest, load_pipeline
+from dbspec.runtime.sample import SampleError, SampleRequest, load_pipeline
 from tests.runtime.runspec import compile_spec, write_spec
 from tests.runtime.test_lycoris import _unet_output
 
@@ -60,7 +63,7 @@ def _adapted(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_sampled_lora_is_the_trained_model(tmp_path, case):
+def test_sampled_lora_is_the_trained_model(tmp_path, monkeypatch, case):
     base, table = CASES[case]
     flow = base.endswith(("flux", "sd3"))
     extra = f"[adapter]\n{table}\n[train]\ntext_encoder = true\n"
@@ -93,3 +96,34 @@ def test_sampled_lora_is_the_trained_model(tmp_path, case):
     assert _adapted(trained.unet) and _adapted(trained.text_encoders[0])
     if base == "builtin:tiny-sd1":  # and the U-Net's output, adapters on
         torch.testing.assert_close(_unet_output(pipe.unet), _unet_output(trained.unet), rtol=1e-5, atol=1e-5)
+    if case == "sd1_locon_full":  # a file dbspec wrote before, in the mixed layout, samples the trained model
+        old = _mixed_copy(lora, tmp_path / "old")
+        pipe = load_pipeline(SampleRequest(source=old, settings=plan.validation))
+        assert _adapted(pipe.unet) == _adapted(trained.unet)
+        torch.testing.assert_close(_unet_output(pipe.unet), _unet_output(trained.unet), rtol=1e-5, atol=1e-5)
+        # read as diffusers reads it (no copy in one layout), its attention layers are dropped: refused
+        monkeypatch.setattr(sample_module, "_one_layout", lambda lora, scratch: lora)
+        with pytest.raises(SampleError, match="loaded 51 of the file's 83 adapted unet layers"):
+            load_pipeline(SampleRequest(source=old, settings=plan.validation))
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
+
+
+def _mixed_copy(lora: Path, folder: Path) -> Path:
+    """The file as dbspec wrote it before: each component's peft keys through diffusers'
+    convert_state_dict_to_diffusers (the attention projections renamed, the other layers peft's)."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    state = load_file(str(lora))
+    mixed = {}
+    for component in sorted({k.split(".", 1)[0] for k in state}):
+        part = {k: v for k, v in state.items() if k.startswith(component + ".")}
+        mixed |= convert_state_dict_to_diffusers(part)
+    assert any(".lora.down." in k for k in mixed) and any(".lora_A." in k for k in mixed)
+    folder.mkdir()
+    save_file(mixed, str(folder / lora.name), metadata=_metadata(lora))
+    shutil.copy(lora.parent / "plan.json", folder / "plan.json")
+    return folder
