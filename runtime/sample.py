@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 
 from pathlib import Path
 
@@ -104,7 +105,10 @@ def load_pipeline(request: SampleRequest):
         if not base:
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
-        pipe.load_lora_weights(str(lora))
+        with tempfile.TemporaryDirectory() as scratch:
+            pipe.load_lora_weights(str(_one_layout(lora, Path(scratch))))
+        _restore_text_magnitudes(pipe, lora)
+        _check_lora_layers(pipe, lora)
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
     if source.is_dir() and any((source / name / "adapter_config.json").exists() for name in _components()):
         pipe = _with_peft_adapters(source, plan, request)  # a LoHa / LoKr run's final/
@@ -125,6 +129,88 @@ def load_pipeline(request: SampleRequest):
         kwargs = {"config": request.config} if request.config else {}
         return cls.from_single_file(str(source), **kwargs)
     raise SampleError(f"{source} is no diffusers folder, LoRA output or .safetensors file")
+
+
+def _one_layout(lora: Path, scratch: Path) -> Path:
+    """`lora`, or where it mixes diffusers' renamed U-Net keys (`to_q.lora.down`) with peft's
+    (`conv_in.lora_A`), as dbspec wrote LoCon files before, a copy in `scratch` in peft's layout with the
+    same metadata: diffusers' U-Net loader reads the layout off the first key and would drop the other
+    kind's layers."""
+    from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(lora), framework="pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+        renamed = any(".lora.down." in k or ".lora.up." in k for k in keys)
+        if not (renamed and any(".lora_A." in k or ".lora_B." in k for k in keys)):
+            return lora
+        state = {key: f.get_tensor(key) for key in keys}
+    copy = scratch / lora.name
+    save_file(convert_unet_state_dict_to_peft(state), str(copy), metadata=metadata)
+    return copy
+
+
+def _restore_text_magnitudes(pipe, lora: Path) -> None:
+    """DoRA's magnitudes of the text encoders in a diffusers LoRA file (peft's
+    `<layer>.lora_magnitude_vector`, as diffusers' own scripts save them): diffusers hands the text
+    encoders' weights to transformers' `load_adapter`, which expects `<layer>.lora_magnitude_vector.weight`,
+    reports them unexpected and leaves the layers at their base weight's norms, so they are copied onto the
+    loaded layers here (the U-Net's / transformer's load through peft, which places them)."""
+    from safetensors import safe_open
+
+    suffix = ".lora_magnitude_vector"
+    with safe_open(str(lora), framework="pt") as f:
+        keys = [k for k in f.keys() if k.endswith(suffix) and k.split(".", 1)[0] in _text_encoders(pipe)]
+        if not keys:
+            return
+        for key in keys:
+            component, path = key.removesuffix(suffix).split(".", 1)
+            layers = {
+                name: m
+                for name, m in getattr(pipe, component).named_modules()
+                if isinstance(getattr(m, "lora_magnitude_vector", None), torch.nn.ModuleDict)
+            }
+            # the file's paths start at CLIPTextModel's `text_model.`, which transformers may leave out
+            layer = layers.get(path) or layers.get(path.removeprefix("text_model."))
+            if layer is None or len(layer.lora_magnitude_vector) != 1:
+                raise SampleError(f"{lora}: {key} fits no DoRA layer of the loaded {component}")
+            (magnitude,) = layer.lora_magnitude_vector.values()
+            with torch.no_grad():
+                magnitude.weight.copy_(f.get_tensor(key).to(magnitude.weight.dtype))
+
+
+_LAYER_PARTS = re.compile(r"\.(lora_A|lora_B|lora|lora_linear_layer|lora_magnitude_vector)(\.|$)")
+
+
+def _check_lora_layers(pipe, lora: Path) -> None:
+    """Every layer the file adapts carries an adapter in the loaded pipeline: diffusers' loaders skip weights
+    they do not place with a warning at most (a mixed key layout, keys of another model), and the samples
+    would silently come from another model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors import safe_open
+
+    with safe_open(str(lora), framework="pt") as f:
+        keys = list(f.keys())
+    layers: dict[str, set[str]] = {}
+    for key in keys:
+        component, _, rest = key.partition(".")
+        found = _LAYER_PARTS.search(rest)
+        if found is not None:
+            layers.setdefault(component, set()).add(rest[: found.start()])
+    for component, names in sorted(layers.items()):
+        module = getattr(pipe, component, None)
+        adapted = 0 if module is None else sum(isinstance(m, BaseTunerLayer) for m in module.modules())
+        if adapted != len(names):
+            raise SampleError(
+                f"{lora}: diffusers loaded {adapted} of the file's {len(names)} adapted {component} layers "
+                "(the file does not fit this base model, or diffusers cannot read its key layout)"
+            )
+
+
+def _text_encoders(pipe) -> set[str]:
+    names = {n for f in FAMILIES.values() for n in f.text_encoder_names}
+    return {n for n in names if getattr(pipe, n, None) is not None}
 
 
 def load_embeddings(pipe, source: Path, plan: Plan | None):

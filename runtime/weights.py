@@ -294,7 +294,18 @@ def _diffusers_lora_layers(
     state = dylora_as_lora(state)  # DyLoRA's blocks joined: every rank, the LoRA it saves
     # a copy per key: parts of a fused layer share one lora_A (adapter.fused_projections), written per part
     cast = {k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()}
-    return (convert_state_dict_to_diffusers(cast) if convert else cast), module.peft_config[adapter].to_dict()
+    config = module.peft_config[adapter].to_dict()
+    if not convert:
+        return cast, config
+    converted = convert_state_dict_to_diffusers(cast)
+    # diffusers renames only the attention projections (to_q.lora_A -> to_q.lora.down); other layers (conv_in,
+    # proj_in, ResNet convolutions, CLIP's fc1) keep peft's names. Its U-Net loader tells the layout by the
+    # file's FIRST key alone (loaders/peft.py: `"lora_A" not in first_key`): a mixed file whose first key is a
+    # peft one (conv_in, add_embedding, a proj_in before its block's attentions) has every converted key
+    # dropped, with a warning only. One layout per file: diffusers' where it renames every key, else peft's.
+    if any(key in converted for key in cast):
+        return cast, config
+    return converted, config
 
 
 def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str | torch.dtype) -> list[Path]:

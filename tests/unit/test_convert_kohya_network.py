@@ -418,9 +418,9 @@ def test_lycoris_arguments_of_other_algos_are_ignored(tmp_path):
 
 
 def test_lycoris_presets_that_stop_on_kohyas_sd_unet_with_lycoris_4_warn(tmp_path):
-    """lycoris-lora 4.x's full / full-lin / unet-only list SD 1.x/2.x's time embedding by class and by name and
-    assert on the duplicate (tests/runtime/test_lycoris_presets_kohya_sd.py): converted as LyCORIS 3.2 and
-    earlier build them, with a DBS404 warning naming the preset; attn-mlp and SDXL build and say nothing."""
+    """lycoris-lora 4.x's full / full-lin / unet-only list SD 1.x/2.x's time embedding by class and by
+    name and assert on the duplicate (tests/runtime/test_lycoris_presets_kohya_sd.py): converted as LyCORIS
+    3.2 and earlier build them, with a DBS404 warning naming the preset; attn-mlp builds and says nothing."""
     for preset, warned in (("full", True), ("unet-only", True), ("attn-mlp", False)):
         outcome = _convert(
             tmp_path / preset,
