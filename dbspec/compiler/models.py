@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.builtin import builtin_model, is_builtin
+from dbspec.compiler.adapters import block_dora
 from dbspec.compiler.component_files import with_component_files
 from dbspec.compiler.merge_adapters import with_merged_adapters
 from dbspec.compiler.context import Context
@@ -339,7 +340,7 @@ def _fused_lokr(adapter: Adapter, denoiser: bool) -> bool:
 def _layout_convs(adapter: Adapter, named: tuple[str, ...]) -> bool:
     """A LoRA whose only LyCORIS part is LoCon on convolutions the family's kohya layout names (SD3's patch
     convolution: runtime/sd3_kohya.py writes it beside the Linears)."""
-    plain = isinstance(adapter, LoraAdapter) and not adapter.dora
+    plain = isinstance(adapter, LoraAdapter) and not adapter.dora and not block_dora(adapter)
     return plain and adapter.conv_rank > 0 and set(adapter.conv_targets) <= set(named)
 
 
@@ -392,7 +393,7 @@ def _lycoris_kind(adapter: Adapter) -> str:
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):
         return ""
-    if adapter.dora:
+    if adapter.dora or block_dora(adapter):  # a block's own too (LyCORIS map entries' weight_decompose)
         return "DoRA"
     return "LoCon (adapter.conv_rank)" if adapter.conv_rank else ""
 
