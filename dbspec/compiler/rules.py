@@ -2722,7 +2722,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         text
         for text, on in (
             ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
-            ("init_weights", getattr(a, "init_weights", "")),
+            # LoHa / LoKr files start each layer with or without its dora_scale (runtime/lycoris_init.py)
+            ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora"),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("fused_projections", getattr(a, "fused_projections", False)),

@@ -128,3 +128,100 @@ def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
     made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
     made.load_state_dict(ours, strict=True)
     _loaded_weights_are_trained(made, done.components)
+
+
+# --network_weights (SD 1.x): LyCORIS's network over the same preset file, every tensor moved at random (the
+# ResNets' dora_scale too), saved; kohya's create_network, apply_to and load_weights (strict=False)
+WEIGHTS_PRESET = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+weight_decompose = true
+"""
+
+
+def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
+    import copy
+
+    from lycoris import kohya as lycoris_kohya
+
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    preset = str(folder / "preset.toml")
+    extra = {"factor": "4"} if algo == "lokr" else {}
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo=algo, preset=preset, conv_dim="4", conv_alpha="2", **extra
+    )
+    made.apply_to(named, unet, True, True)
+    return made
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path, monkeypatch):
+    """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
+    loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
+    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact."""
+    from safetensors.torch import save_file
+
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_sd_factor_file import _ours as _factor_layers
+    from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules
+    from tests.unit.convert_kit import out_path, plan_of
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    (tmp_path / "preset.toml").write_text(WEIGHTS_PRESET, encoding="utf-8")
+    made = _weights_network(pipe, tmp_path, monkeypatch, algo)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
+    assert 0 < sum(k.endswith(".dora_scale") for k in state) < len({k.split(".")[0] for k in state})
+    save_file(state, str(tmp_path / "prev.safetensors"))
+    made = _weights_network(pipe, tmp_path, monkeypatch, algo)
+    made.load_weights(str(tmp_path / "prev.safetensors"))
+    theirs = _lycoris_modules(made)
+    factor = ' "factor=4"' if algo == "lokr" else ""
+    args = (
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=preset.toml" "conv_dim=4" '
+        f'"conv_alpha=2"{factor}'
+    )
+    plan = plan_of(_convert(tmp_path, args), tmp_path, ["model.base=builtin:tiny-sd1"])
+    assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    ours = _factor_layers(comps)
+    assert sorted(ours) == sorted(theirs)
+    decomposed = 0
+    for name, lyco in theirs.items():
+        layer, base = ours[name], ours[name].get_base_layer()
+        scale = dora_scale_of(layer, "default")
+        assert (scale is not None) == bool(getattr(lyco, "wd", False)), name
+        if scale is not None:
+            torch.testing.assert_close(scale.detach(), lyco.dora_scale.detach(), rtol=0, atol=0)
+            decomposed += 1
+        x = (
+            torch.randn(2, base.in_features)
+            if isinstance(base, nn.Linear)
+            else torch.randn(1, base.in_channels, 8, 8)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    assert decomposed
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
