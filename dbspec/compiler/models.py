@@ -360,7 +360,11 @@ def _fused_oft(adapter: Adapter) -> bool:
 def _fused_dora(adapter: Adapter) -> bool:
     """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux / SD3 layers: the family's writer adds each
     fused layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
-    return isinstance(adapter, LoraAdapter) and adapter.fused_projections and adapter.dora
+    return (
+        isinstance(adapter, LoraAdapter)
+        and adapter.fused_projections
+        and (adapter.dora or block_dora(adapter))
+    )
 
 
 def _written(formats: tuple[str, ...]) -> str:

@@ -2718,15 +2718,18 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
     p = spec.precision
+    fused = getattr(a, "fused_projections", False)
     others = [
         text
         for text, on in (
             ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
-            # LoHa / LoKr files start each layer with or without its dora_scale (runtime/lycoris_init.py)
-            ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora"),
+            # LoHa / LoKr files (runtime/lycoris_init.py) and a fused LoCon's (runtime/flow_init.py) start
+            # each layer with or without its dora_scale
+            ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora" and not fused),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            ("fused_projections", getattr(a, "fused_projections", False)),
+            # a fused LoCon decomposes each fused layer whole (compiler/fused.py: DBS507 / DBS509)
+            ("fused_projections", fused and a.kind != "lora"),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
             *(

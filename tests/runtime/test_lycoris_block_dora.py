@@ -225,3 +225,86 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path
     first = execute(split, stop_after=1)
     resumed = execute(split, resume=True)
     assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+
+
+def test_flux_locon_file_with_dora_scale_in_some_modules(tmp_path):
+    """lycoris.kohya --dim_from_weights on Flux with a LoCon file whose fused q/k/v and img_in modules hold
+    `dora_scale` and the rest not: create_network_from_weights builds those LoConModules with weight_decompose
+    only (make_module_from_state_dict); dbspec's blocks give exactly those layers LyCORIS's decomposition
+    (`dora = "on"`, every part of a fused layer), each layer starts where LyCORIS rebuilds it (outputs to
+    1e-5), the run resumes bit-exact and its export carries `dora_scale` on the same modules, which
+    lycoris-lora loads back with the trained outputs."""
+    from lycoris import kohya as lycoris_kohya
+    from lycoris.modules.locon import LoConModule
+    from safetensors.torch import load_file, save_file
+
+    from dbspec.runtime.tiny import build_pipeline as build
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_flow_factor_file import (
+        BASE,
+        RUN,
+        _converted,
+        _fused_linear,
+        _layers,
+        _tree,
+    )
+
+    decomposed = ("qkv", "img_in")
+    torch.manual_seed(5)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build(BASE).transformer.float(), True).items():
+        linears[name] = _fused_linear(parts)
+        wd = name.endswith(decomposed)
+        module = LoConModule(name, linears[name], 1.0, 2, 1.5, weight_decompose=wd)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    held = {m.lora_name for m in network.unet_loras if m.wd}
+    assert held and len(held) < len(network.unet_loras)
+    for module in network.unet_loras:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    a = plan.adapter
+    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    assert any(b.dora == "on" for b in a.blocks)
+    comps, count = _loaded(plan)
+    assert count == len(network.unet_loras)
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
+        assert all((dora_scale_of(p, "default") is not None) == (name in held) for p in parts), name
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)
+    base = [*RUN, "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    saved, again = load_file(str(export)), load_file(str(again))
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    assert {k.split(".")[0] for k in saved if k.endswith(".dora_scale")} == held
+    assert {k: list(v.shape) for k, v in saved.items() if k.endswith(".dora_scale")} == {
+        k: list(v.shape) for k, v in tensors.items() if k.endswith(".dora_scale")
+    }
+    # lycoris-lora rebuilds the export (its own loader, kohya's for --dim_from_weights) with the trained outputs
+    trained = _layers(whole.components.unet.float().eval(), True)
+    fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
+    loaded, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
+    assert {m.lora_name for m in loaded.unet_loras if m.wd} == held
+    for module in loaded.unet_loras:
+        module.apply_to()
+    for name, parts in trained.items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.nn.functional.linear(x, fresh[name].weight, fresh[name].bias)
+            assert not torch.allclose(ours, plain, atol=1e-4), name
+            torch.testing.assert_close(ours, fresh[name](x), rtol=1e-4, atol=1e-4, msg=name)
