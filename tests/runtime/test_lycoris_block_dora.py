@@ -294,7 +294,7 @@ def test_flux_locon_file_with_dora_scale_in_some_modules(tmp_path):
     assert {k: list(v.shape) for k, v in saved.items() if k.endswith(".dora_scale")} == {
         k: list(v.shape) for k, v in tensors.items() if k.endswith(".dora_scale")
     }
-    # lycoris-lora rebuilds the export (its own loader, kohya's for --dim_from_weights) with the trained outputs
+    # lycoris-lora rebuilds the export (its loader, kohya's for --dim_from_weights) with the trained outputs
     trained = _layers(whole.components.unet.float().eval(), True)
     fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
     loaded, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
