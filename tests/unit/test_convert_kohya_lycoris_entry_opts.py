@@ -101,7 +101,13 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
             "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
             "scale",
         ),
-        ("loha", "", "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n", "`weight_decompose` = 1"),
+        # a block's own weight decomposition beside the network's rank dropout (DBS583)
+        (
+            "loha",
+            '"rank_dropout=0.1"',
+            "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n",
+            'dora = "on" with rank_dropout',
+        ),
         # several algorithms build with the network's rs_lora (DBS578)
         (
             "lokr",
