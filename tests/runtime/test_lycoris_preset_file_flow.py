@@ -668,8 +668,8 @@ def test_sd3_patch_convolution_at_a_file_dim_is_lycoris_locon(tmp_path):
 def test_flux_entry_weight_decompose_decomposes_its_fused_layers_only(models, tmp_path, monkeypatch):
     """The double-attention file with the img q/k/v entry's own weight_decompose (issue 12): lycoris-lora's
     network decomposes exactly that entry's fused Linears; a tiny run's export (LoCon, its block
-    `dora = "on"`) carries `dora_scale` on the modules of tiny-flux that LyCORIS decomposes and no other, one magnitude per
-    fused row, and a run stopped after a step resumes to the same export."""
+    `dora = "on"`) carries `dora_scale` on the modules of tiny-flux that LyCORIS decomposes and no other,
+    one magnitude per fused row, and a run stopped after a step resumes to the same export."""
     text = PRESETS["double_attention"] + "weight_decompose = true\n"
     path = tmp_path / "double_attention.toml"
     path.write_text(text, encoding="utf-8")
