@@ -26,8 +26,10 @@ ADAPTER_NAME = "default"
 
 
 def lycoris_dora(adapter: AdapterPlan) -> bool:
-    """The plan's DoRA is LyCORIS's weight decomposition (runtime/lycoris_dora.py), not peft's `use_dora`."""
-    return adapter.dora and adapter.dora_form == "lycoris"
+    """Some layer trains LyCORIS's weight decomposition (runtime/lycoris_dora.py), not peft's `use_dora`: the
+    plan's DoRA in LyCORIS's form, or a block's own (a LyCORIS map entry's weight_decompose)."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    return (adapter.dora or any(b.dora == "on" for b in blocks)) and adapter.dora_form == "lycoris"
 
 
 def any_scalar(adapter: AdapterPlan) -> bool:
@@ -212,6 +214,8 @@ def add_lora(
         own_full: dict[str, bool] = {}  # LoKr layers whose block sets its own full_matrix
         # layers whose block sets its own use_scalar (paths as peft keeps them)
         own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
+        # layers whose block sets its own weight decomposition (weight_decompose; paths as peft keeps them)
+        own_dora = _block_doras(module, config, adapter, "" if conv else component, conv)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
             own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
         elif conv and adapter.kind == "loha" and any(b.tucker != "adapter" for b in adapter.blocks):
@@ -264,7 +268,7 @@ def add_lora(
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
-        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis)
+        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis, own_dora, adapter.dora)
 
 
 def _block_scalars(
@@ -276,6 +280,17 @@ def _block_scalars(
     from dbspec.runtime.blocks import block_scalars
 
     return block_scalars(module, config.target_modules, adapter, component)
+
+
+def _block_doras(
+    module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
+) -> dict[str, bool]:
+    """{path: weight_decompose} of the layers whose block sets its own (LyCORIS's map entries)."""
+    if not (conv or component):
+        return {}
+    from dbspec.runtime.blocks import block_doras
+
+    return block_doras(module, config.target_modules, adapter, component)
 
 
 def _inject_lycoris_lokr(

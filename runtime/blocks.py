@@ -165,6 +165,19 @@ def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, compon
     }
 
 
+def block_doras(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: weight_decompose} of the layers whose block sets LyCORIS's weight decomposition itself (a map
+    entry's `weight_decompose`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.dora != "adapter" for b in blocks):
+        return {}
+    return {
+        path: block.dora == "on"
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.dora != "adapter"
+    }
+
+
 def block_rank_stabilized(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: rs_lora} of `module`'s LoKr layers (peft's, once injected) whose block sets LyCORIS's rs_lora on
     full factors itself (`rank_stabilized`, a map entry's rs_lora); a text encoder's (`component` named)

@@ -262,9 +262,16 @@ def adapter_layers(module: nn.Module, adapter: str) -> list[nn.Module]:
     ]
 
 
-def add_lycoris_dora(module: nn.Module, adapter: str, axis: Axis) -> int:
-    """Every adapted layer of `module` with LyCORIS's weight decomposition; how many."""
-    layers = adapter_layers(module, adapter)
+def add_lycoris_dora(
+    module: nn.Module, adapter: str, axis: Axis, own: dict[str, bool] | None = None, default: bool = True
+) -> int:
+    """The adapted layers of `module` with LyCORIS's weight decomposition: those `own` ({path: on}, a block's
+    own switch, a LyCORIS map entry's weight_decompose) sets on, the rest when `default`; how many."""
+    own = own or {}
+    adapted = {id(m) for m in adapter_layers(module, adapter)}
+    layers = [
+        layer for name, layer in module.named_modules() if id(layer) in adapted and own.get(name, default)
+    ]
     for layer in layers:
         convert(layer, adapter, axis)
     return len(layers)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dbspec.plan.model import AdapterPlan, Plan
-from dbspec.runtime.adapters import any_scalar, any_tucker, lora_adapter, norm_scalars
+from dbspec.runtime.adapters import any_scalar, any_tucker, lora_adapter, lycoris_dora, norm_scalars
 from dbspec.families import Family, family_spec
 from dbspec.runtime.dtypes import to_dtype
 from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
@@ -50,7 +50,9 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
     named = family_spec(family).kohya_conv_targets if family else ()
     return (
         adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-        or (adapter.dora and not adapter.fused)  # a fused LoCon's: the family's kohya writer adds dora_scale
+        or (
+            (adapter.dora or lycoris_dora(adapter)) and not adapter.fused
+        )  # a fused LoCon's: the family's kohya writer adds dora_scale
         or (adapter.conv_rank > 0 and not (named and set(adapter.conv_targets) <= set(named)))
         # a fused LoCon's Tucker form on the family's named convolutions (SD3's patch convolution): the
         # family's kohya writer adds its `lora_mid`
@@ -500,6 +502,7 @@ def network_args(adapter: AdapterPlan) -> dict[str, str]:
         args["algo"] = adapter.kind
     elif (
         adapter.dora
+        or lycoris_dora(adapter)  # a block's own weight decomposition (LyCORIS map entries)
         or any_tucker(adapter)
         or any_scalar(adapter)
         or norm_scalars(adapter)

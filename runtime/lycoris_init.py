@@ -81,6 +81,8 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
                     f"{path}: tensor `{key}.alpha` is {float(stored):g}; the run's layer has {alpha:g}"
                 )
             for name in sorted(k.rsplit(".", 1)[-1] for k in state if k.rsplit(".", 1)[0] == key):
+                if name == "dora_scale" and partial and name not in slots:
+                    continue  # strict=False: a module built without weight_decompose leaves it unread
                 if name != "alpha" and name not in slots:
                     raise ValueError(
                         f"{path}: tensor `{key}.{name}` has no place in the run's layer (its factors: "

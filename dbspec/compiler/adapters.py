@@ -73,8 +73,11 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
         extra["rank_dropout_scale"] = adapter.rank_dropout_scale and adapter.rank_dropout > 0
         extra["output_dropout"] = adapter.output_dropout  # LyCORIS's bypass dropout (fused_lycoris_dropout)
     # DoRA (LyCORIS dora_wd) and its axis (wd_on_output); the axis is "output" whenever DoRA is off
-    extra.update(dora=adapter.dora, dora_axis=adapter.dora_axis if adapter.dora else "output")
-    extra.update(dora_form="lycoris" if lycoris_dora(adapter) else "peft")
+    # (a block's own weight decomposition, LyCORIS map entries' weight_decompose: LyCORIS's form, the axis
+    # the adapter's)
+    decomposed = adapter.dora or block_dora(adapter)
+    extra.update(dora=adapter.dora, dora_axis=adapter.dora_axis if decomposed else "output")
+    extra.update(dora_form="lycoris" if lycoris_dora(adapter) or block_dora(adapter) else "peft")
     # LoRA's Tucker form acts on its convolution adapters only: without them the plan says false (DBS261)
     extra.update(tucker=adapter.tucker and (conv or not isinstance(adapter, LoraAdapter)))
     if adapter.kind == "lokr":
@@ -97,6 +100,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                dora=_block_dora(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.blocks
@@ -111,6 +115,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
+                dora=_block_dora(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.text_encoder_blocks
@@ -334,6 +339,22 @@ def _block_scalar(block, adapter) -> str:
     `scalar`, else "adapter"."""
     own = adapter.scalar if block.scalar == "adapter" else block.scalar == "on"
     return "adapter" if own == adapter.scalar else "on" if own else "off"
+
+
+def _block_dora(block, adapter) -> str:
+    """A block's LyCORIS weight decomposition as its layers train it: "on" / "off" where it differs from the
+    adapter's `dora`, else "adapter"."""
+    given = getattr(block, "dora", "adapter")
+    dora = getattr(adapter, "dora", False)
+    own = dora if given == "adapter" else given == "on"
+    return "adapter" if own == dora else "on" if own else "off"
+
+
+def block_dora(adapter) -> bool:
+    """Some block (the spec's or the plan's) gives its layers LyCORIS's weight decomposition the adapter's
+    `dora` does not (a LyCORIS map entry's own weight_decompose)."""
+    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
+    return not getattr(adapter, "dora", False) and any(getattr(b, "dora", "adapter") == "on" for b in blocks)
 
 
 def _lokr_split(factor: int) -> int:

@@ -177,7 +177,9 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                 missing = [p for p in group.parts if p not in found]
                 partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
                 break
-    if not lokr and adapter.dora:
+    from dbspec.compiler.adapters import block_dora  # adapters imports this module
+
+    if not lokr and (adapter.dora or block_dora(adapter)):  # the adapter's, or blocks' own
         _check_fused_dora(ctx, adapter, partial)
     if partial and whole:
         what = adapter.kind if lokr else "several kinds ([[adapter.blocks]] kind)"
@@ -204,25 +206,30 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
 
 def _split_scalar(ctx: Context, group: FusedProjection, index: int, found: dict, plan: AdapterPlan) -> bool:
     """DBS507: LyCORIS's LoCon on a fused layer has one scalar (use_scalar), which the parts share
-    (runtime/fused.py): a block's own scalar must cover every adapted part alike. Whether it reported."""
-    own = {}
-    for part in found:
-        block = next((b for b in plan.blocks if re.search(b.pattern, f"{group.blocks}.{index}.{part}")), None)
-        own[part] = plan.scalar if block is None or block.scalar == "adapter" else block.scalar == "on"
-    if len(set(own.values())) < 2:
-        return False
-    shown = ", ".join(f"{part} {'with' if on else 'without'}" for part, on in own.items())
-    ctx.report(
-        "DBS507",
-        "error",
-        f"adapter.fused_projections shares one LyCORIS scalar among the parts of {group.blocks}.{index}'s "
-        f"fused {group.kohya_name}, but its [[adapter.blocks]] give some parts a scalar and others not: "
-        f"{shown}",
-        ("adapter", "blocks"),
-        help="give the parts of a fused layer one `scalar` ([[adapter.blocks]] patterns that match them "
-        "all), or set adapter.fused_projections = false",
-    )
-    return True
+    (runtime/fused.py), and decomposes the whole fused weight or none of it (weight_decompose): a block's
+    own scalar or dora must cover every adapted part alike. Whether it reported."""
+    for key, what in (("scalar", "LyCORIS scalar"), ("dora", "LyCORIS weight decomposition")):
+        own = {}
+        for part in found:
+            path = f"{group.blocks}.{index}.{part}"
+            block = next((b for b in plan.blocks if re.search(b.pattern, path)), None)
+            given = "adapter" if block is None else getattr(block, key)
+            own[part] = getattr(plan, key) if given == "adapter" else given == "on"
+        if len(set(own.values())) < 2:
+            continue
+        shown = ", ".join(f"{part} {'with' if on else 'without'}" for part, on in own.items())
+        ctx.report(
+            "DBS507",
+            "error",
+            f"adapter.fused_projections shares one {what} among the parts of {group.blocks}.{index}'s "
+            f"fused {group.kohya_name}, but its [[adapter.blocks]] give some parts one and others not: "
+            f"{shown}",
+            ("adapter", "blocks"),
+            help=f"give the parts of a fused layer one `{key}` ([[adapter.blocks]] patterns that match them "
+            "all), or set adapter.fused_projections = false",
+        )
+        return True
+    return False
 
 
 def _split_by_blocks(ctx: Context, group: FusedProjection, index: int, plan: AdapterPlan) -> bool:

@@ -16,6 +16,7 @@ import math
 
 import attrs
 
+from dbspec.compiler.adapters import block_dora
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -537,7 +538,9 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     if header is None:
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
-    factors = _FACTORS[adapter.kind] + (("dora_scale",) if getattr(adapter, "dora", False) else ())
+    # (a block's own too: LyCORIS map entries' weight_decompose)
+    decomposed = getattr(adapter, "dora", False) or block_dora(adapter)
+    factors = _FACTORS[adapter.kind] + (("dora_scale",) if decomposed else ())
     modules = {_module_name(key, factors) for key in header} - {None}
     other = next((k for k in header if _module_name(k, (*factors, "alpha")) is None), None)
     if other is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.builtin import builtin_model, is_builtin
+from dbspec.compiler.adapters import block_dora
 from dbspec.compiler.component_files import with_component_files
 from dbspec.compiler.merge_adapters import with_merged_adapters
 from dbspec.compiler.context import Context
@@ -339,7 +340,7 @@ def _fused_lokr(adapter: Adapter, denoiser: bool) -> bool:
 def _layout_convs(adapter: Adapter, named: tuple[str, ...]) -> bool:
     """A LoRA whose only LyCORIS part is LoCon on convolutions the family's kohya layout names (SD3's patch
     convolution: runtime/sd3_kohya.py writes it beside the Linears)."""
-    plain = isinstance(adapter, LoraAdapter) and not adapter.dora
+    plain = isinstance(adapter, LoraAdapter) and not adapter.dora and not block_dora(adapter)
     return plain and adapter.conv_rank > 0 and set(adapter.conv_targets) <= set(named)
 
 
@@ -359,7 +360,11 @@ def _fused_oft(adapter: Adapter) -> bool:
 def _fused_dora(adapter: Adapter) -> bool:
     """lycoris.kohya's LoCon with dora_wd on kohya's fused Flux / SD3 layers: the family's writer adds each
     fused layer's `dora_scale` (compiler/fused.py holds it to LyCORIS's per-row form, DBS509)."""
-    return isinstance(adapter, LoraAdapter) and adapter.fused_projections and adapter.dora
+    return (
+        isinstance(adapter, LoraAdapter)
+        and adapter.fused_projections
+        and (adapter.dora or block_dora(adapter))
+    )
 
 
 def _written(formats: tuple[str, ...]) -> str:
@@ -392,7 +397,7 @@ def _lycoris_kind(adapter: Adapter) -> str:
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):
         return ""
-    if adapter.dora:
+    if adapter.dora or block_dora(adapter):  # a block's own too (LyCORIS map entries' weight_decompose)
         return "DoRA"
     return "LoCon (adapter.conv_rank)" if adapter.conv_rank else ""
 

@@ -2720,6 +2720,62 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone): LyCORIS's
+    form (dora_form "lycoris" on LoRA), on the adapter's own kind, without the options that need one setting
+    on every layer (DBS583)."""
+    a = spec.adapter
+    own = [
+        (table, i, block)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table, ()))
+        if getattr(block, "dora", "adapter") != "adapter" and (block.dora == "on") != a.dora
+    ]
+    if not own:
+        return
+    blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
+    p = spec.precision
+    fused = getattr(a, "fused_projections", False)
+    others = [
+        text
+        for text, on in (
+            ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
+            # LoHa / LoKr files (runtime/lycoris_init.py) and a fused LoCon's (runtime/flow_init.py) start
+            # each layer with or without its dora_scale
+            ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora" and not fused),
+            ("max_norm", getattr(a, "max_norm", 0.0)),
+            ("freeze_down", getattr(a, "freeze_down", False)),
+            # a fused LoCon decomposes each fused layer whole (compiler/fused.py checks its blocks)
+            ("fused_projections", fused and a.kind != "lora"),
+            ("ggpo", getattr(a, "ggpo", False)),
+            ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
+            *(
+                (key, bool(getattr(a, key, 0.0)))
+                for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
+            ),
+            ("a block's own kind", any(b.kind not in ("adapter", a.kind) for b in blocks)),
+            ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
+            (
+                "a quantised base (precision.quantize_*)",
+                p.quantize_backend != "cast"
+                and (p.quantize_denoiser != "none" or p.quantize_text_encoder != "none"),
+            ),
+        )
+        if on
+    ]
+    if not others:
+        return
+    for table, i, block in own:
+        yield _err(
+            "DBS583",
+            ("adapter", table, i, "dora"),
+            f'adapter.{table}[{i}].dora = "{block.dora}" with {", ".join(others)}: some layers would train '
+            "LyCORIS's weight decomposition and others not, which those options do not take",
+            codes.help("DBS583"),
+        )
+
+
+@rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped."""

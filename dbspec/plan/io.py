@@ -244,6 +244,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own LyCORIS use_scalar (map entries), added since
         ("adapter", "blocks", "*", "scalar"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "scalar"): "adapter",
+        # a block's own LyCORIS weight decomposition (map entries' weight_decompose), added since
+        ("adapter", "blocks", "*", "dora"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "dora"): "adapter",
         # a block's own Diag-OFT rescaled (map entries), added since
         ("adapter", "blocks", "*", "rescaled"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "rescaled"): "adapter",

@@ -132,6 +132,9 @@ class BlockPlan:
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
     # adapter's `scalar`; "adapter": the adapter's
     scalar: Literal["adapter", "on", "off"] = "adapter"
+    # LoRA/LoCon, LoHa, LoKr: LyCORIS's weight decomposition (runtime/lycoris_dora.py) on the layers, "on" /
+    # "off" where it differs from the adapter's `dora`; "adapter": the adapter's
+    dora: Literal["adapter", "on", "off"] = "adapter"
     # Diag-OFT: the layers' trained row rescale, "on" / "off" where it differs from the adapter's
     # oft_rescaled (LyCORIS map entries' own `rescaled`; their own constraint is the block's alpha)
     rescaled: Literal["adapter", "on", "off"] = "adapter"

@@ -445,6 +445,17 @@ def _block_scalar():
     )
 
 
+def _block_dora():
+    return option(
+        "adapter",
+        doc="LoRA/LoCon, LoHa, LoKr: whether the matched layers train LyCORIS's weight decomposition (`dora` "
+        'of the adapter, in place of it, `dora_form = "lycoris"` on LoRA, the adapter\'s `dora_axis`; a '
+        "LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's `weight_decompose`): on, off, or "
+        "`adapter` (the adapter's).",
+        example="on",
+    )
+
+
 def _block_rank_stabilized():
     return option(
         "adapter",
@@ -520,6 +531,7 @@ class AdapterBlock:
         "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
+    dora: BlockSwitch = _block_dora()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -582,6 +594,7 @@ class TextEncoderBlock:
         "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
     )
     scalar: BlockSwitch = _block_scalar()
+    dora: BlockSwitch = _block_dora()
     unit: int = option(
         0,
         doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "

@@ -211,13 +211,17 @@ def test_lycoris_example_mixes_algorithms(tmp_path):
 
 
 def test_module_options_are_not_expressed(tmp_path):
-    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nweight_decompose = true\n'
-    outcome = _convert(tmp_path, text, "lokr")
-    assert "DBS403" in codes(outcome) and "`weight_decompose` = True" in messages(outcome, "DBS403")
-    (tmp_path / "loha").mkdir()  # LoHa's weight_decompose per entry: not expressed
-    text = FULL + "[module_algo_map.ResnetBlock2D]\nweight_decompose = true\n"
+    """An entry's own wd_on_out on decomposed layers (a block's weight decomposition takes the adapter's
+    axis): not expressed; its own weight_decompose is the block's dora
+    (test_convert_kohya_lycoris_entry_opts).
+    """
+    text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nwd_on_out = false\n'
+    outcome = _convert(tmp_path, text, "lokr", '"dora_wd=True"')
+    assert "DBS403" in codes(outcome) and "`wd_on_out` = False" in messages(outcome, "DBS403")
+    (tmp_path / "loha").mkdir()
+    text = FULL + "[module_algo_map.ResnetBlock2D]\nweight_decompose = true\nwd_on_out = false\n"
     outcome = _convert(tmp_path / "loha", text, "loha")
-    assert "DBS403" in codes(outcome) and "`weight_decompose` = True" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "`wd_on_out` = False" in messages(outcome, "DBS403")
 
 
 # LoKr entries switching LokrModule's options against the network's (decompose_both=True, factor=8): the

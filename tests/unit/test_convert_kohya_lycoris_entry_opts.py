@@ -101,7 +101,13 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
             "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
             "scale",
         ),
-        ("loha", "", "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n", "`weight_decompose` = 1"),
+        # a block's own weight decomposition beside the network's rank dropout (DBS583)
+        (
+            "loha",
+            '"rank_dropout=0.1"',
+            "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n",
+            'dora = "on" with rank_dropout',
+        ),
         # several algorithms build with the network's rs_lora (DBS578)
         (
             "lokr",
@@ -333,3 +339,34 @@ def test_dylora_entry_block_size_kohya_cannot_build(tmp_path):
         text = FULL + f"[module_algo_map.FeedForward]\n{entry}\n"
         outcome = _convert(tmp_path / str(i), text, "dylora", args)
         assert code in codes(outcome) and named in messages(outcome, code), entry
+
+
+def test_entry_weight_decompose_becomes_the_block_dora(tmp_path):
+    """LoConModule / LohaModule / LokrModule take an entry's own weight_decompose over the network's dora_wd
+    (create_single_module hands it raw, tested for truth): those layers alone keep a `dora_scale`, LyCORIS's
+    form (dora_form "lycoris" on LoCon), on the network's wd_on_output axis: the block's `dora`."""
+    text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
+    outcome = expressible(_convert(tmp_path, text, "locon", '"wd_on_output=False"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (False, "lycoris", "input")
+    assert [(b.pattern, b.dora) for b in a.blocks] == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "on")]
+    assert [b.dora for b in a.blocks] == ["on"] and not a.text_encoder_blocks
+    (tmp_path / "lokr").mkdir()
+    text = FULL + "[module_algo_map.CLIPMLP]\nweight_decompose = false\n"
+    outcome = expressible(_convert(tmp_path / "lokr", text, "lokr", '"dora_wd=True"'))
+    a = plan_of(outcome, tmp_path / "lokr").adapter
+    assert (a.kind, a.dora, a.dora_axis) == ("lokr", True, "output")
+    assert [(b.pattern, b.dora) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", "off")]
+    assert not a.blocks
+
+
+def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
+    """A block's own weight decomposition beside layers without one: not with the network's dropouts
+    (LyCORIS ignores network_dropout on decomposed layers, renormalises their masked update) nor LyCORIS's max
+    norm (DBS583 on the spec: DBS403)."""
+    text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
+    outcome = _convert(tmp_path, text, "locon", '"rank_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and 'dora = "on" with rank_dropout' in messages(outcome, "DBS403")
+    (tmp_path / "n").mkdir()
+    outcome = _convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0")
+    assert "DBS403" in codes(outcome) and 'dora = "on" with max_norm' in messages(outcome, "DBS403")

@@ -476,7 +476,8 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
 
 def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     """A LoCon file's `dora_scale` (LoConModule with weight_decompose): dora = true, dora_form "lycoris"
-    (runtime test: test_lycoris_flow_factor_file); in some modules only: DBS403."""
+    (runtime test: test_lycoris_flow_factor_file); in some denoiser modules only: their blocks' own dora
+    (runtime test: test_lycoris_block_dora); with a text-encoder module among them: DBS403."""
     qkv, proj = "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj"
     tensors = {}
     for name, rows in ((qkv, 3 * W), (proj, W)):
@@ -491,7 +492,20 @@ def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert (a.kind, a.rank, a.dora, a.dora_form, a.init_partial) == ("lora", 8, True, "lycoris", True)
     del tensors[f"{proj}.dora_scale"]
     save_file(tensors, str(tmp_path / "prev.safetensors"))
-    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+    outcome = _flux(tmp_path, "--network_args algo=locon")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form) == (False, "lycoris")
+    own = [b for b in a.blocks if b.dora == "on"]
+    assert len(own) == 1 and re.search(own[0].pattern, "transformer_blocks.0.attn.to_k")
+    assert not re.search(own[0].pattern, "transformer_blocks.0.attn.to_out.0")
+    clip = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    tensors[f"{clip}.lora_down.weight"] = np.zeros((8, 768), np.float16)
+    tensors[f"{clip}.lora_up.weight"] = np.zeros((3072, 8), np.float16)
+    tensors[f"{clip}.alpha"] = np.array(4.0, np.float32)
+    tensors[f"{clip}.dora_scale"] = np.ones((3072, 1), np.float16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    assert "text-encoder modules" in messages(_flux(tmp_path, allow=True), "DBS403")
 
 
 def test_full_file_starts_at_twice_its_diff(tmp_path):

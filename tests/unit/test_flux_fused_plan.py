@@ -93,6 +93,39 @@ def test_a_block_scalar_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
             assert planned.plan is not None and planned.plan.adapter.blocks[0].scalar == "on"
 
 
+def test_a_block_dora_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
+    """LyCORIS's LoCon on a fused Linear decomposes the whole fused weight or none of it: a block's own dora
+    covering only some parts is DBS507, one per input column DBS509, peft's form DBS583; over the whole fused
+    layer in LyCORIS's form it plans (a file with dora_scale in some modules, issue 12)."""
+    adapter = {
+        "kind": "lora",
+        "rank": 8,
+        "alpha": 8,
+        "fused_projections": True,
+        "denoiser_targets": KOHYA,
+        "dora_form": "lycoris",
+    }
+    whole = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"
+    for pattern, extra, refused in (
+        ("attn\\\\.to_k$", {}, "DBS507"),
+        (whole, {"dora_axis": "input"}, "DBS509"),
+        (whole, {"dora_form": "peft"}, "DBS583"),
+        (whole, {}, ""),
+    ):
+        write_spec(toy, model=FLUX, adapter={**adapter, **extra})
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nrank = 8\nalpha = 8\ndora = "on"\n')
+        planned = compile_in(toy)
+        errors = [c for c in codes(planned, "error") if c in ("DBS507", "DBS509", "DBS583")]
+        assert errors == ([refused] if refused else []), (pattern, extra)
+        if refused == "DBS507":
+            message = next(d.message for d in planned.diagnostics if d.code == "DBS507")
+            assert "to_k with" in message and "to_q without" in message and "decomposition" in message
+        if not refused:
+            assert planned.plan is not None and planned.plan.adapter.blocks[0].dora == "on"
+            assert (planned.plan.adapter.dora, planned.plan.adapter.dora_form) == (False, "lycoris")
+
+
 def test_a_family_without_fused_layers_refuses_it(toy: Path):
     write_spec(toy, model={"base": "builtin:tiny-sd1"}, adapter={"kind": "lora", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")

@@ -1483,6 +1483,24 @@ CASES = [
         + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\ntucker = "on"\n',
     ),
+    # a block's own LyCORIS weight decomposition (map entries' weight_decompose) in peft's form, with LoRA-FA
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nfreeze_down = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        [
+            ("DBS583", "error", ("adapter", "blocks", 0, "dora")),
+            ("DBS583", "error", ("adapter", "text_encoder_blocks", 0, "dora")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,

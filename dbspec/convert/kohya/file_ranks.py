@@ -92,12 +92,18 @@ def flow_paths(
     return None
 
 
-def flow_blocks(file: LoraFile, family: str, lycoris: bool = False) -> tuple[list[dict], list[str]]:
+def flow_blocks(
+    file: LoraFile, family: str, lycoris: bool = False, dora: frozenset[str] = frozenset()
+) -> tuple[list[dict], list[str]]:
     """[[adapter.blocks]] tables for the file's denoiser modules (rank, alpha each) and a last rank-0 block,
     and the extra denoiser targets (embedders, LyCORIS's final layer) they need; ValueError for a module
     dbspec cannot adapt. `lycoris`: LyCORIS's create_network_from_weights, which builds a LoCon on whatever
-    module of kohya's model the file names, so a name dbspec does not place is a ValueError too."""
-    groups: dict[Pair, dict[str, dict[int | None, set[str]]]] = defaultdict(lambda: defaultdict(dict))
+    module of kohya's model the file names, so a name dbspec does not place is a ValueError too. `dora`: the
+    modules holding a `dora_scale` where others do not (make_module_from_state_dict builds those with
+    weight_decompose): their blocks' `dora = "on"`."""
+    groups: dict[tuple[Pair, bool], dict[str, dict[int | None, set[str]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
     extra: list[str] = []
     for module in file.modules.values():
         if not module.name.startswith("lora_unet_"):
@@ -113,15 +119,18 @@ def flow_blocks(file: LoraFile, family: str, lycoris: bool = False) -> tuple[lis
         if module.conv:
             raise ValueError(f"module `{module.name}` adapts a convolution (the patch embedding)")
         blocks, index, children = found
-        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        on = module.name in dora
+        key = next((k for k in groups if _same(k[0], pair_of(module)) and k[1] == on), (pair_of(module), on))
         groups[key][blocks].setdefault(index, set()).update(children)
         if not blocks:
             extra.extend(children)
     out = []
-    for (rank, alpha), lists in groups.items():
+    for ((rank, alpha), on), lists in groups.items():
         for blocks, indices in lists.items():
             for pattern in _patterns(blocks, indices):
-                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
+                out.append(
+                    {"pattern": pattern, "rank": rank, "alpha": alpha, **({"dora": "on"} if on else {})}
+                )
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out, extra
 

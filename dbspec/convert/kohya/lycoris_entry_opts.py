@@ -47,6 +47,18 @@ def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -
     return {"scalar": "on" if own["use_scalar"] else "off"}
 
 
+def own_dora(algo: str, options: tuple[tuple[str, Any], ...], network: dict[str, Any]) -> dict[str, str]:
+    """{"dora": "on" / "off"} of a LoRA/LoCon, LoHa or LoKr layer whose entry gives weight_decompose a truth
+    other than the network's dora_wd (LoConModule's, LohaModule's, LokrModule's `self.wd = weight_decompose`,
+    tested for truth: a `dora_scale` at the base weight's norms, on the network's wd_on_out axis), else {}."""
+    own = dict(options)
+    if algo not in _BLOCK_SCALAR or "weight_decompose" not in own:
+        return {}
+    if bool(own["weight_decompose"]) == network["weight_decompose"]:
+        return {}
+    return {"dora": "on" if own["weight_decompose"] else "off"}
+
+
 def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], network: dict) -> dict[str, str]:
     """{"rank_dropout_scale": "on" / "off"} of a LoHa / LoKr layer whose entry gives rank_dropout_scale a
     truth other than the network's (LohaModule's, LokrModule's `if self.rank_dropout_scale`: the kept
@@ -161,6 +173,7 @@ def _block_keeps(algo: str, key: str) -> bool:
     return (
         (key == "rs_lora" and algo in _BLOCK_ALPHA)
         or (key == "use_scalar" and algo in _BLOCK_SCALAR)
+        or (key == "weight_decompose" and algo in _BLOCK_SCALAR)  # the block's `dora`
         or (key == "use_tucker" and algo in ("lora", "loha"))
     )
 

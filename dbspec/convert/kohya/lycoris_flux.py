@@ -265,6 +265,20 @@ def map_lycoris_flow(
                 else "one LoCon module (one down-projection) per fused Linear",
             ),
         )
+    if any(b.get("dora") == "on" for b in (*blocks, *text_blocks)):  # an entry's own weight_decompose
+        if _off(kwargs.get("wd_on_output", "true")):
+            legacy = Legacy(key=f"{args.key} wd_on_output", value=kwargs["wd_on_output"], source=args.source)
+            conv.unsupported(
+                legacy,
+                "with a preset entry's weight_decompose on fused Linears: a norm per "
+                "input column of the fused weight spans every part's rows",
+            )
+            return False
+        if not lokr and ("adapter", "dora_form") not in conv.values:  # LoConModule's, per output row
+            why = (
+                "a preset map entry's own weight_decompose: LoConModule's decomposition of its fused Linears"
+            )
+            conv.put(("adapter", "dora_form"), "lycoris", conv.comment(module, why))
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():

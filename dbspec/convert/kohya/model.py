@@ -749,6 +749,7 @@ def _flow_dim_from_weights(
     if isinstance(dora, str):
         conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {dora}")
         return
+    some = dora if isinstance(dora, frozenset) else frozenset()  # the blocks' own dora (flow_blocks)
     bare = next((m.name for m in file.modules.values() if m.alpha is None), None)
     if bare is not None:
         conv.invalid(
@@ -775,7 +776,7 @@ def _flow_dim_from_weights(
     if patch is not None and patch.conv:  # LyCORIS's LoConModule on SD3's patch convolution
         file = attrs.evolve(file, modules={k: m for k, m in file.modules.items() if m is not patch})
     try:
-        blocks, embedders = flow_blocks(file, family, lycoris)
+        blocks, embedders = flow_blocks(file, family, lycoris, some)
     except ValueError as exc:
         conv.unsupported(
             from_file,
@@ -805,9 +806,14 @@ def _flow_dim_from_weights(
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
     conv.put(("adapter", "rank"), rank, note)
     conv.put(("adapter", "alpha"), alpha, note)
-    if dora:  # make_module_from_state_dict: weight_decompose, one magnitude per output row (flow_init.py)
+    if (
+        dora is True
+    ):  # make_module_from_state_dict: weight_decompose, one magnitude per output row (flow_init.py)
         why = note + ": its dora_scale (LyCORIS's LoConModule with weight_decompose)"
         conv.put(("adapter", "dora"), True, why)
+        conv.put(("adapter", "dora_form"), "lycoris", why)
+    elif some:  # some modules only: those blocks' dora, in LyCORIS's form
+        why = note + ": the dora_scale of some modules (LoConModule with weight_decompose there only)"
         conv.put(("adapter", "dora_form"), "lycoris", why)
     if patch is not None and patch.conv:
         why = note + ": LyCORIS's LoConModule on the patch convolution at its rank and alpha"
@@ -819,7 +825,8 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "tucker"), True, why + ", in LoCon's Tucker form (its lora_mid)")
         # its block (conv_rank / conv_alpha: a 2x2 convolution) before the last rank-0 block
         conv_pair = {"conv_rank": pair["rank"], "conv_alpha": pair["alpha"]}
-        blocks.insert(-1, {"pattern": r"^pos_embed\.proj$", **pair, **conv_pair})
+        own = {"dora": "on"} if patch.name in some else {}
+        blocks.insert(-1, {"pattern": r"^pos_embed\.proj$", **pair, **conv_pair, **own})
     targets = list(conv.values[("adapter", "denoiser_targets")][0])
     if embedders:
         extra = [e for e in dict.fromkeys(embedders) if e not in targets]
@@ -837,23 +844,29 @@ def _flow_dim_from_weights(
     conv.record(from_file, "mapped", mapped)
 
 
-def _locon_dora(local) -> bool | str:
+def _locon_dora(local) -> bool | frozenset[str] | str:
     """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
     output row of kohya's Linear, or of SD3's patch convolution, (out, 1, 1, 1): LoConModule built with
-    weight_decompose); why not when only some do (dbspec's dora is the adapter's) or one is per input."""
+    weight_decompose): True for every module, the names of those that do where only some denoiser modules
+    do (their blocks' own dora); why not when a text encoder's modules differ (dbspec's text-encoder blocks
+    take no dora from a file) or one is per input."""
     modules = read_lycoris_file(local)
     held = [m for m in modules.values() if "dora_scale" in m.shapes]
     if not held:
         return False
     bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
-    if bare is not None:
-        return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
+    text = next((m.name for m in held if not m.name.startswith("lora_unet_")), None)
+    if bare is not None and text is not None:
+        return (
+            f"`dora_scale` in some modules only (not `{bare}`), text-encoder modules (`{text}`) among them: "
+            "dbspec gives a file's denoiser blocks their own dora only"
+        )
     for m in held:
         rows = m.shapes["lora_up.weight"][0]
         conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
         if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
             return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
-    return True
+    return True if bare is None else frozenset(m.name for m in held)
 
 
 def _lycoris_clip(

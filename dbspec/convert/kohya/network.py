@@ -410,8 +410,12 @@ def _map_network(
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
             put["dora_form"] = "lycoris"
+    # a preset map entry's own weight_decompose (a block's `dora`): LyCORIS's form, on the network's axis
+    entry_dora = any(b.get("dora") == "on" for b in (*put.get("_blocks", []), *put.get("_text_blocks", [])))
+    if entry_dora and not dora and kind == "lora":
+        put["dora_form"] = "lycoris"
     wd_on_output = kwargs.pop("wd_on_output", "true")
-    if dora and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one magnitude per input column
+    if (dora or entry_dora) and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one per input column
         put["dora_axis"] = "input"
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":

@@ -1,0 +1,310 @@
+"""A LyCORIS preset file's map entries with their own `weight_decompose` (issue 12): lycoris-lora 4.1.3's
+create_single_module hands an entry's keys over the network's, so LoConModule / LohaModule / LokrModule give
+those layers alone LyCORIS's weight decomposition (a `dora_scale` at the base weight's norms), or take it away
+from them on a `dora_wd` network. dbspec converts such an entry to its block's `dora` (runtime/blocks.py
+block_doras, runtime/lycoris_dora.py on those layers only). Checked against lycoris-lora's network built from
+the same file: the layers holding a `dora_scale` and its shape; a tiny run resumes bit-exact, its export
+carries `dora_scale` exactly where LyCORIS's modules do and loads into them (strict) with each module's
+decomposed weight the trained layer's merged one, and its adapter folders load back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from dbspec.runtime.execute import execute
+from dbspec.runtime.lycoris_dora import dora_scale_of
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_algo_maps import (
+    PRESETS,
+    _converted_plan,
+    _loaded_weights_are_trained,
+    _lycoris,
+    _resumes_and_loads_back,
+)
+
+pytest.importorskip("lycoris.kohya")
+
+# the ResNets (their 3x3 convolutions and time projections) and CLIP's MLP decomposed, the rest not; on a
+# dora_wd network (`off`) the transformers' MLP without
+ENTRIES = {
+    "on": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+weight_decompose = true
+[module_algo_map.CLIPMLP]
+dim = 2
+weight_decompose = "yes"
+""",
+    "off": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+weight_decompose = false
+""",
+}
+
+
+def _decomposed(made) -> dict[str, list[int]]:
+    """{LyCORIS module name: its dora_scale's shape} of the modules with weight_decompose."""
+    return {
+        m.lora_name: list(m.dora_scale.shape)
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        if getattr(m, "wd", False)
+    }
+
+
+def _ours(components) -> dict[str, list[int]]:
+    out = {}
+    for prefix, model, path in (
+        ("lora_unet_", components.unet, lambda n: n),
+        ("lora_te_", components.text_encoders[0], lambda n: f"text_model.{n}"),
+    ):
+        for name, layer in model.named_modules():
+            scale = dora_scale_of(layer, "default")
+            if scale is not None:
+                out[prefix + path(name).replace(".", "_")] = list(scale.shape)
+    return out
+
+
+@pytest.mark.parametrize(
+    "algo, entries, args",
+    [("locon", "on", ""), ("loha", "on", "wd_on_output=False"), ("lokr", "off", "dora_wd=True")],
+)
+def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
+    algo, entries, args, tmp_path, monkeypatch
+):
+    from tests.unit.convert_kit import out_path
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    PRESETS[entries] = ENTRIES[entries]
+    try:
+        path, plan = _converted_plan(tmp_path, entries, algo, f'"{args}"' if args else "")
+    finally:
+        del PRESETS[entries]
+    a = plan.adapter
+    blocks = [*a.blocks, *a.text_encoder_blocks]
+    assert a.dora == (entries == "off") and a.dora_form == "lycoris"
+    assert a.dora_axis == ("input" if "wd_on_output" in args else "output")
+    assert {b.dora for b in blocks} == {entries}
+    extra = dict(kv.split("=") for kv in args.split()) if args else {}
+    made = _lycoris(pipe, path, monkeypatch, algo, **extra)
+    theirs = _decomposed(made)
+    everything = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert theirs and set(theirs) != everything  # some layers decomposed, others not
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    assert done.status == "finished"
+    assert _ours(done.components) == theirs  # the same layers, each dora_scale in LyCORIS's shape
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        ours = {key: handle.get_tensor(key) for key in handle.keys()}
+    saved = {
+        f"{m.lora_name}.{k}": v
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for k, v in m.state_dict().items()
+    }
+    assert sorted(ours) == sorted(saved)
+    assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in saved.items()}
+    trained = [k for k in ours if k.endswith("dora_scale") and not torch.equal(ours[k], saved[k])]
+    assert trained, "the magnitudes trained"
+    _resumes_and_loads_back(tmp_path, done, ours)
+    fresh = build_pipeline("builtin:tiny-sd1")  # lycoris-lora's modules from the same file take the export
+    named = nn.Module()
+    named.text_model = fresh.text_encoder
+    made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    made.load_state_dict(ours, strict=True)
+    _loaded_weights_are_trained(made, done.components)
+
+
+# --network_weights (SD 1.x): LyCORIS's network over the same preset file, every tensor moved at random (the
+# ResNets' dora_scale too), saved; kohya's create_network, apply_to and load_weights (strict=False)
+WEIGHTS_PRESET = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+weight_decompose = true
+"""
+
+
+def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
+    import copy
+
+    from lycoris import kohya as lycoris_kohya
+
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    preset = str(folder / "preset.toml")
+    extra = {"factor": "4"} if algo == "lokr" else {}
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo=algo, preset=preset, conv_dim="4", conv_alpha="2", **extra
+    )
+    made.apply_to(named, unet, True, True)
+    return made
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path, monkeypatch):
+    """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
+    loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
+    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact."""
+    from safetensors.torch import save_file
+
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_sd_factor_file import _ours as _factor_layers
+    from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules
+    from tests.unit.convert_kit import out_path, plan_of
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    (tmp_path / "preset.toml").write_text(WEIGHTS_PRESET, encoding="utf-8")
+    made = _weights_network(pipe, tmp_path, monkeypatch, algo)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
+    assert 0 < sum(k.endswith(".dora_scale") for k in state) < len({k.split(".")[0] for k in state})
+    save_file(state, str(tmp_path / "prev.safetensors"))
+    made = _weights_network(pipe, tmp_path, monkeypatch, algo)
+    made.load_weights(str(tmp_path / "prev.safetensors"))
+    theirs = _lycoris_modules(made)
+    factor = ' "factor=4"' if algo == "lokr" else ""
+    args = (
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=preset.toml" "conv_dim=4" '
+        f'"conv_alpha=2"{factor}'
+    )
+    plan = plan_of(_convert(tmp_path, args), tmp_path, ["model.base=builtin:tiny-sd1"])
+    assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    ours = _factor_layers(comps)
+    assert sorted(ours) == sorted(theirs)
+    decomposed = 0
+    for name, lyco in theirs.items():
+        layer, base = ours[name], ours[name].get_base_layer()
+        scale = dora_scale_of(layer, "default")
+        assert (scale is not None) == bool(getattr(lyco, "wd", False)), name
+        if scale is not None:
+            torch.testing.assert_close(scale.detach(), lyco.dora_scale.detach(), rtol=0, atol=0)
+            decomposed += 1
+        x = (
+            torch.randn(2, base.in_features)
+            if isinstance(base, nn.Linear)
+            else torch.randn(1, base.in_channels, 8, 8)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    assert decomposed
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+
+
+def test_flux_locon_file_with_dora_scale_in_some_modules(tmp_path):
+    """lycoris.kohya --dim_from_weights on Flux with a LoCon file whose fused q/k/v and img_in modules hold
+    `dora_scale` and the rest not: create_network_from_weights builds those LoConModules with weight_decompose
+    only (make_module_from_state_dict); dbspec's blocks give exactly those layers LyCORIS's decomposition
+    (`dora = "on"`, every part of a fused layer), each layer starts where LyCORIS rebuilds it (outputs to
+    1e-5), the run resumes bit-exact and its export carries `dora_scale` on the same modules, which
+    lycoris-lora loads back with the trained outputs."""
+    from lycoris import kohya as lycoris_kohya
+    from lycoris.modules.locon import LoConModule
+    from safetensors.torch import load_file, save_file
+
+    from dbspec.runtime.tiny import build_pipeline as build
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_flow_factor_file import (
+        BASE,
+        RUN,
+        _converted,
+        _fused_linear,
+        _layers,
+        _tree,
+    )
+
+    decomposed = ("qkv", "img_in")
+    torch.manual_seed(5)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build(BASE).transformer.float(), True).items():
+        linears[name] = _fused_linear(parts)
+        wd = name.endswith(decomposed)
+        module = LoConModule(name, linears[name], 1.0, 2, 1.5, weight_decompose=wd)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    held = {m.lora_name for m in network.unet_loras if m.wd}
+    assert held and len(held) < len(network.unet_loras)
+    for module in network.unet_loras:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    a = plan.adapter
+    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    assert any(b.dora == "on" for b in a.blocks)
+    comps, count = _loaded(plan)
+    assert count == len(network.unet_loras)
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
+        assert all((dora_scale_of(p, "default") is not None) == (name in held) for p in parts), name
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)
+    base = [*RUN, "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    saved, again = load_file(str(export)), load_file(str(again))
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    assert {k.split(".")[0] for k in saved if k.endswith(".dora_scale")} == held
+    assert {k: list(v.shape) for k, v in saved.items() if k.endswith(".dora_scale")} == {
+        k: list(v.shape) for k, v in tensors.items() if k.endswith(".dora_scale")
+    }
+    # lycoris-lora rebuilds the export (its loader, kohya's for --dim_from_weights) with the trained outputs
+    trained = _layers(whole.components.unet.float().eval(), True)
+    fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
+    loaded, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
+    assert {m.lora_name for m in loaded.unet_loras if m.wd} == held
+    for module in loaded.unet_loras:
+        module.apply_to()
+    for name, parts in trained.items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.nn.functional.linear(x, fresh[name].weight, fresh[name].bias)
+            assert not torch.allclose(ours, plain, atol=1e-4), name
+            torch.testing.assert_close(ours, fresh[name](x), rtol=1e-4, atol=1e-4, msg=name)
