@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import attrs
 
-from dbspec.compiler.fused import fused_plan, split_fused_plan, targeted
+from dbspec.compiler.fused import block_dora, fused_plan, split_fused_plan, targeted
 from dbspec.families import T5_LORA_TARGETS, family_spec, t5_text_encoders
 from dbspec.plan.model import AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
@@ -348,13 +348,6 @@ def _block_dora(block, adapter) -> str:
     dora = getattr(adapter, "dora", False)
     own = dora if given == "adapter" else given == "on"
     return "adapter" if own == dora else "on" if own else "off"
-
-
-def block_dora(adapter) -> bool:
-    """Some block (the spec's or the plan's) gives its layers LyCORIS's weight decomposition the adapter's
-    `dora` does not (a LyCORIS map entry's own weight_decompose)."""
-    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
-    return not getattr(adapter, "dora", False) and any(getattr(b, "dora", "adapter") == "on" for b in blocks)
 
 
 def _lokr_split(factor: int) -> int:

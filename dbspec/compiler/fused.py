@@ -177,8 +177,6 @@ def check_fused(ctx: Context, family: str, plan: AdapterPlan) -> None:
                 missing = [p for p in group.parts if p not in found]
                 partial.append(f"{group.blocks}.{index}: {group.kohya_name} without {', '.join(missing)}")
                 break
-    from dbspec.compiler.adapters import block_dora  # adapters imports this module
-
     if not lokr and (adapter.dora or block_dora(adapter)):  # the adapter's, or blocks' own
         _check_fused_dora(ctx, adapter, partial)
     if partial and whole:
@@ -399,3 +397,10 @@ def _check_fused_module(
             _OPTION,
             help=codes.help("DBS577"),
         )
+
+
+def block_dora(adapter) -> bool:
+    """Some block (the spec's or the plan's) gives its layers LyCORIS's weight decomposition the adapter's
+    `dora` does not (a LyCORIS map entry's own weight_decompose)."""
+    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
+    return not getattr(adapter, "dora", False) and any(getattr(b, "dora", "adapter") == "on" for b in blocks)

@@ -16,7 +16,7 @@ import math
 
 import attrs
 
-from dbspec.compiler.adapters import block_dora
+from dbspec.compiler.fused import block_dora
 from dbspec.compiler.context import Context
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError

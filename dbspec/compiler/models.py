@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.builtin import builtin_model, is_builtin
-from dbspec.compiler.adapters import block_dora
+from dbspec.compiler.fused import block_dora
 from dbspec.compiler.component_files import with_component_files
 from dbspec.compiler.merge_adapters import with_merged_adapters
 from dbspec.compiler.context import Context
