@@ -10,19 +10,17 @@ shape fails naming the tensor, as lycoris-lora fails."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import compile_spec
+from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
-from tests.runtime.test_lycoris_sd_full_file import PRESET, _convert, _lycoris_modules, _named
+from tests.runtime.test_lycoris_sd_full_file import PRESET, _lycoris_modules, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 # algo -> create_network's extra arguments (strings, as kohya's network_args hand them)
@@ -42,68 +40,26 @@ def _args(algo: str) -> str:
     )
 
 
-def _network(pipe, folder: Path, monkeypatch, algo: str, dim: int = 4):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    preset = folder / "preset.toml"
-    preset.write_text(PRESET, encoding="utf-8")
-    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
-    made = lycoris_kohya.create_network(
-        1.0,
-        dim,
-        1.0,
-        None,
-        named,
-        unet,
-        algo=algo,
-        preset=str(preset),
-        conv_dim=str(dim),
-        conv_alpha="2",
-        **ALGOS[algo],
+def _network(pipe, folder, monkeypatch, algo: str, dim: int = 4):
+    args = {"conv_dim": str(dim), "conv_alpha": "2", **ALGOS[algo]}
+    return kit.network(pipe, folder, monkeypatch, dim, algo=algo, **args)
+
+
+def _file(pipe, folder, monkeypatch, algo: str, drop: int = 0, dim: int = 4):
+    return kit.saved_file(
+        _network(pipe, folder, monkeypatch, algo, dim), folder, seed=9, scale=0.1, drop=drop
     )
-    made.apply_to(named, unet, True, True)
-    return made
-
-
-def _file(pipe, folder: Path, monkeypatch, algo: str, drop: int = 0, dim: int = 4) -> Path:
-    made = _network(pipe, folder, monkeypatch, algo, dim)
-    torch.manual_seed(9)
-    with torch.no_grad():
-        for p in made.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
-    names = sorted({k.split(".")[0] for k in state})
-    for name in names[::drop] if drop else ():
-        for key in [k for k in state if k.startswith(name + ".")]:
-            del state[key]
-    path = folder / "prev.safetensors"
-    save_file(state, str(path))
-    return path
 
 
 def _ours(comps) -> dict[str, nn.Module]:
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
-    from dbspec.runtime.adapters import lora_adapter
-    from dbspec.runtime.exports import kohya_parts
-
-    out = {}
-    for prefix, module, to_path in kohya_parts(
-        unet=comps.unet, text_encoders=comps.text_encoders, family="sd1"
-    ):
-        found = lora_adapter(module)
-        for name, layer in found[0].named_modules() if found else ():
-            if isinstance(layer, (LoKrLayer, LoHaLayer)) and found[1] in layer.r:
-                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = layer
-    return out
+    return kit.kohya_layers(comps, (LoKrLayer, LoHaLayer), adapter=True)
 
 
 def _plan(tmp_path, algo: str):
-    from tests.unit.convert_kit import plan_of
-
-    plan = plan_of(_convert(tmp_path, _args(algo)), tmp_path, ["model.base=builtin:tiny-sd1"])
+    plan = kit.converted_plan(tmp_path, _args(algo))
     assert plan.adapter.kind == algo and plan.adapter.init_partial
     return plan
 
@@ -125,11 +81,7 @@ def test_factor_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
     for name, lyco in theirs.items():
         layer = ours[name]
         base = layer.get_base_layer()
-        x = (
-            torch.randn(2, base.in_features)
-            if isinstance(base, nn.Linear)
-            else torch.randn(1, base.in_channels, 8, 8)
-        )
+        x = kit.sample_input(base)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
             if name in in_file:
@@ -137,23 +89,10 @@ def test_factor_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
                 assert not torch.allclose(layer(x), base(x), atol=1e-4), name
     assert convs, "3x3 convolutions start from the file too"
 
-    from tests.unit.convert_kit import out_path
-
-    overrides = ["model.base=builtin:tiny-sd1"]
-    whole = execute(compile_spec(out_path(tmp_path), overrides))
+    whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
-    (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    saved = load_file(str(export))
-    assert any(
-        k in state and not k.endswith(".alpha") and not torch.allclose(v, state[k]) for k, v in saved.items()
-    ), "the run trained the factors"
-    split = compile_spec(out_path(tmp_path), [*overrides, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
-    again = load_file(str(again))
-    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+    assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
@@ -202,11 +141,7 @@ def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
         return net
 
     source = made()
-    torch.manual_seed(11)
-    with torch.no_grad():
-        for p in source.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    state = {k: v.detach().clone().contiguous() for k, v in source.state_dict().items()}
+    state = kit.moved_state(source, seed=11, scale=0.1)
     diffusers_file = tmp_path / "diffusers.safetensors"
     save_file(state, str(diffusers_file))
     (_, _, to_original), *_ = kohya_parts(unet=xl.unet, text_encoders=[], family="sdxl")
@@ -246,24 +181,11 @@ def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
     assert count == len(theirs)
     from peft.tuners.lokr import LoKrLayer
 
-    from dbspec.runtime.adapters import lora_adapter
-
-    ours = {}
-    for prefix, module, to_path in kohya_parts(
-        unet=comps.unet, text_encoders=comps.text_encoders, family="sdxl"
-    ):
-        found = lora_adapter(module)
-        for name, layer in found[0].named_modules() if found else ():
-            if isinstance(layer, LoKrLayer) and found[1] in layer.r:
-                ours[f"{prefix}_{to_path(name).replace('.', '_')}"] = layer
+    ours = kit.kohya_layers(comps, LoKrLayer, adapter=True, family="sdxl")
     assert sorted(ours) == sorted(theirs)
     assert any(k.startswith("lora_te2_") for k in ours) and any("input_blocks" in k for k in ours)
     for name, lyco in theirs.items():
         layer, base = ours[name], ours[name].get_base_layer()
-        x = (
-            torch.randn(2, base.in_features)
-            if isinstance(base, nn.Linear)
-            else torch.randn(1, base.in_channels, 8, 8)
-        )
+        x = kit.sample_input(base)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)

@@ -11,19 +11,16 @@ plan time naming the tensor, as torch's size mismatch stops kohya."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from dbspec.runtime.execute import execute
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.runspec import compile_spec
+from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_flow_init import _loaded
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
-from tests.runtime.test_lycoris_sd_full_file import PRESET, _convert, _lycoris_modules, _named
+from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules, _named
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 ARGS = (
@@ -37,61 +34,20 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _network(pipe, folder: Path, monkeypatch, tucker: str = "True"):
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    preset = folder / "preset.toml"
-    preset.write_text(PRESET, encoding="utf-8")
-    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
-    made = lycoris_kohya.create_network(
-        1.0,
-        4,
-        1.0,
-        None,
-        named,
-        unet,
-        algo="locon",
-        preset=str(preset),
-        conv_dim="4",
-        conv_alpha="2",
-        use_tucker=tucker,
+def _network(pipe, folder, monkeypatch, tucker: str = "True"):
+    return kit.network(
+        pipe, folder, monkeypatch, algo="locon", conv_dim="4", conv_alpha="2", use_tucker=tucker
     )
-    made.apply_to(named, unet, True, True)
-    return made
 
 
-def _file(pipe, folder: Path, monkeypatch, drop: int = 0, tucker: str = "True") -> Path:
-    made = _network(pipe, folder, monkeypatch, tucker)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for p in made.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    state = {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}
-    names = sorted({k.split(".")[0] for k in state})
-    for name in names[::drop] if drop else ():
-        for key in [k for k in state if k.startswith(name + ".")]:
-            del state[key]
-    path = folder / "prev.safetensors"
-    save_file(state, str(path))
-    return path
+def _file(pipe, folder, monkeypatch, drop: int = 0, tucker: str = "True"):
+    return kit.saved_file(_network(pipe, folder, monkeypatch, tucker), folder, seed=7, scale=0.1, drop=drop)
 
 
 def _ours(comps) -> dict[str, nn.Module]:
     from peft.tuners.lora import LoraLayer
 
-    from dbspec.runtime.adapters import lora_adapter
-    from dbspec.runtime.exports import kohya_parts
-
-    out = {}
-    for prefix, module, to_path in kohya_parts(
-        unet=comps.unet, text_encoders=comps.text_encoders, family="sd1"
-    ):
-        found = lora_adapter(module)
-        for name, layer in found[0].named_modules() if found else ():
-            if isinstance(layer, LoraLayer) and found[1] in layer.r:
-                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = layer
-    return out
+    return kit.kohya_layers(comps, LoraLayer, adapter=True)
 
 
 def test_tucker_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch):
@@ -105,9 +61,7 @@ def test_tucker_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
     assert set(made.load_weights(str(path))) == {"missing keys"}  # the left-out modules keep their init
     theirs = _lycoris_modules(made)
     assert in_file < set(theirs)
-    from tests.unit.convert_kit import plan_of
-
-    plan = plan_of(_convert(tmp_path, ARGS), tmp_path, ["model.base=builtin:tiny-sd1"])
+    plan = kit.converted_plan(tmp_path, ARGS)
     assert plan.adapter.kind == "lora" and plan.adapter.tucker and plan.adapter.init_partial
     comps, count = _loaded(plan)
     assert count == len(in_file)
@@ -121,35 +75,18 @@ def test_tucker_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
             tucker += 1
             mid = layer.lora_mid["default"].weight
             torch.testing.assert_close(mid, lyco.lora_mid.weight, rtol=0, atol=0, msg=name)
-        x = (
-            torch.randn(2, base.in_features)
-            if isinstance(base, nn.Linear)
-            else torch.randn(1, base.in_channels, 8, 8)
-        )
+        x = kit.sample_input(base)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
             if name in in_file:
                 assert not torch.allclose(layer(x), base(x), atol=1e-4), name
     assert tucker, "Tucker convolutions start from the file's lora_mid"
 
-    from tests.unit.convert_kit import out_path
-
-    overrides = ["model.base=builtin:tiny-sd1"]
-    whole = execute(compile_spec(out_path(tmp_path), overrides))
+    whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
-    (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    saved = load_file(str(export))
-    assert any(
-        k.endswith(".lora_mid.weight") and k in state and not torch.allclose(v, state[k])
-        for k, v in saved.items()
-    ), "the run trained the middle convolutions"
-    split = compile_spec(out_path(tmp_path), [*overrides, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
-    again = load_file(str(again))
-    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+    mids = kit.trained(saved, state, lambda k: k.endswith(".lora_mid.weight"))
+    assert mids, "the run trained the middle convolutions"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 def test_a_plain_locon_file_does_not_start_the_tucker_form(pipe, tmp_path, monkeypatch):
@@ -181,9 +118,7 @@ def test_dim_from_weights_builds_the_tucker_form_from_the_file(pipe, tmp_path, m
     theirs = _lycoris_modules(made)
     assert sorted(theirs) == sorted({k.split(".")[0] for k in load_file(str(path))})
     assert any(m.tucker for m in theirs.values())
-    from tests.unit.convert_kit import plan_of
-
-    plan = plan_of(_convert(tmp_path, "--dim_from_weights"), tmp_path, ["model.base=builtin:tiny-sd1"])
+    plan = kit.converted_plan(tmp_path, "--dim_from_weights")
     assert plan.adapter.kind == "lora" and plan.adapter.tucker
     comps, count = _loaded(plan)
     assert count == len(theirs)
@@ -192,24 +127,9 @@ def test_dim_from_weights_builds_the_tucker_form_from_the_file(pipe, tmp_path, m
     for name, lyco in theirs.items():
         layer = ours[name]
         base = layer.get_base_layer()
-        x = (
-            torch.randn(2, base.in_features)
-            if isinstance(base, nn.Linear)
-            else torch.randn(1, base.in_channels, 8, 8)
-        )
+        x = kit.sample_input(base)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
-    from tests.unit.convert_kit import out_path
-
-    overrides = ["model.base=builtin:tiny-sd1"]
-    whole = execute(compile_spec(out_path(tmp_path), overrides))
-    (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    saved = load_file(str(export))
+    whole, saved = kit.whole_run(tmp_path)
     assert {k.split(".")[0] for k in saved} == set(theirs)
-    split = compile_spec(out_path(tmp_path), [*overrides, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
-    again = load_file(str(again))
-    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+    kit.resumes_bit_exact(tmp_path, whole, saved)
