@@ -5,7 +5,8 @@ parameter (dora_scale included) moved at random, saved as its network saves them
 kohya's steps, create_network (algo=locon, dora_wd=True, the same dims, alphas and preset), apply_to,
 load_weights (`load_state_dict(strict=False)`: dora_scale loads as it is, LoConModule's load hook only resets
 its scalar; a module the file lacks keeps its init, dora_scale the base weight's norms) and dbspec's converted
-run start every layer alike (outputs to 1e-5); a tiny run from the file trains and resumes bit for bit."""
+run start every layer alike, plain and in LoCon's Tucker form (use_tucker; outputs to 1e-5); a tiny run
+from the file trains and resumes bit for bit."""
 
 from __future__ import annotations
 
@@ -31,8 +32,17 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _network(pipe, folder, monkeypatch):
-    return kit.network(pipe, folder, monkeypatch, algo="locon", conv_dim="4", conv_alpha="2", dora_wd="True")
+def _network(pipe, folder, monkeypatch, tucker: str):
+    return kit.network(
+        pipe,
+        folder,
+        monkeypatch,
+        algo="locon",
+        conv_dim="4",
+        conv_alpha="2",
+        dora_wd="True",
+        use_tucker=tucker,
+    )
 
 
 def _ours(comps) -> dict[str, nn.Module]:
@@ -41,19 +51,22 @@ def _ours(comps) -> dict[str, nn.Module]:
     return kit.kohya_layers(comps, LoraLayer, adapter=True)
 
 
-def test_dora_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tucker", ["False", "True"])
+def test_dora_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch, tucker):
     from dbspec.runtime.lycoris_dora import dora_scale_of
 
-    path = kit.saved_file(_network(pipe, tmp_path, monkeypatch), tmp_path, seed=7, scale=0.1, drop=6)
+    path = kit.saved_file(_network(pipe, tmp_path, monkeypatch, tucker), tmp_path, seed=7, scale=0.1, drop=6)
     state = load_file(str(path))
     in_file = {k.split(".")[0] for k in state}
     assert any(k.endswith(".dora_scale") for k in state)
-    made = _network(pipe, tmp_path, monkeypatch)
+    made = _network(pipe, tmp_path, monkeypatch, tucker)
     assert set(made.load_weights(str(path))) == {"missing keys"}  # the left-out modules keep their init
     theirs = _lycoris_modules(made)
     assert in_file < set(theirs)
-    plan = kit.converted_plan(tmp_path, ARGS)
+    plan = kit.converted_plan(tmp_path, f'{ARGS} "use_tucker={tucker}"')
     assert plan.adapter.kind == "lora" and plan.adapter.dora and plan.adapter.dora_form == "lycoris"
+    assert plan.adapter.tucker == (tucker == "True")
+    assert any(k.endswith(".lora_mid.weight") for k in state) == plan.adapter.tucker
     assert plan.adapter.init_partial
     comps, count = _loaded(plan)
     assert count == len(in_file)
