@@ -31,6 +31,7 @@ from dbspec.runtime.exports import _kohya_lora_layers, kohya_parts
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker form (runtime/locon_tucker.py)
+_DORA = ".dora_scale"  # LyCORIS LoCon's weight decomposition (dora_wd; runtime/lycoris_dora.py)
 
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
@@ -78,6 +79,7 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     state = load_file(path)
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     mids: dict[str, torch.Tensor] = {}  # LoCon's Tucker layers: their lora_mid weight
+    scales: dict[str, torch.Tensor] = {}  # LoCon's weight-decomposed layers: their dora_scale
     skipped: list[str] = []  # prefixes of models without an adapter (not trained)
     for prefix, module, to_path in kohya_parts(
         unet=unet, text_encoders=list(text_encoders), family=plan.model.family
@@ -89,7 +91,9 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
         for name, down, up, _rank, alpha in found:
             layers[f"{prefix}_{to_path(name).replace('.', '_')}"] = (down, up, alpha)
         mids |= {f"{prefix}_{to_path(n).replace('.', '_')}": w for n, w in _tucker_mids(module)}
-    modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA, _MID) if key.endswith(s)}
+        scales |= {f"{prefix}_{to_path(n).replace('.', '_')}": w for n, w in _dora_scales(module)}
+    suffixes = (_DOWN, _UP, _ALPHA, _MID, _DORA)
+    modules = {key[: -len(s)] for key in state for s in suffixes if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     extra = sorted(m for m in modules if m not in layers and not m.startswith(tuple(skipped)))
     if extra and not partial:
@@ -110,7 +114,16 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
                 raise ValueError(
                     f"{path}: tensor `{key}{_MID}` has no place in the run's layer (no Tucker form)"
                 )
-            for suffix, param in ((_DOWN, down), (_UP, up), *(((_MID, mid),) if mid is not None else ())):
+            scale = scales.get(key)
+            if scale is None and key + _DORA in state and not partial:
+                raise ValueError(
+                    f"{path}: tensor `{key}{_DORA}` has no place in the run's layer (no weight decomposition)"
+                )
+            extra_params = (
+                *(((_MID, mid),) if mid is not None else ()),
+                *(((_DORA, scale),) if scale is not None else ()),
+            )
+            for suffix, param in ((_DOWN, down), (_UP, up), *extra_params):
                 value = state.get(key + suffix)
                 if value is None and partial:
                     continue  # strict=False: the tensor keeps its init
@@ -123,6 +136,21 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
                     )
                 param.copy_(value.to(device=param.device, dtype=param.dtype))
     return loaded
+
+
+def _dora_scales(module: torch.nn.Module):
+    """(module path, dora_scale) of each weight-decomposed LoCon layer of the adapter (LoConModule with
+    weight_decompose loads `dora_scale` as it is: load_state_dict; its load hook only sets the scalar)."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    found = lora_adapter(module)
+    if found is None:
+        return
+    inner, adapter = found
+    for name, layer in inner.named_modules():
+        scale = dora_scale_of(layer, adapter)
+        if scale is not None:
+            yield name, scale
 
 
 def _tucker_mids(module: torch.nn.Module):

@@ -84,11 +84,10 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         )
         return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
-    # LyCORIS's LoCon with weight_decompose on kohya's Flux / SD3 (dora_form "lycoris"): its file holds each
-    # module's dora_scale, which runtime/flow_init.py loads into the magnitudes
-    lycoris_dora_file = (
-        family_spec(family).fused_projections and getattr(adapter, "dora_form", "") == "lycoris"
-    )
+    # LyCORIS's LoCon with weight_decompose (dora_form "lycoris"): its file holds each module's dora_scale,
+    # which runtime/init_weights.py (SD 1.x/2.x, SDXL) or runtime/flow_init.py (Flux / SD3) loads as it is
+    # into the magnitudes, as LoConModule's load_state_dict does
+    lycoris_dora_file = getattr(adapter, "dora_form", "") == "lycoris"
     if getattr(adapter, "dora", False) and not lycoris_dora_file:
         ctx.report(
             "DBS356",

@@ -150,3 +150,45 @@ def test_wd_on_output_without_dora_leaves_the_axis_default(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.dora, a.dora_axis) == (False, "output")
     assert "dora_axis" not in outcome.text
+
+
+@pytest.mark.parametrize(
+    ("model", "script", "module", "width"),
+    [
+        (
+            SD15,
+            "train_network.py",
+            "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
+            320,
+        ),
+        (SDXL, "sdxl_train_network.py", "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q", 640),
+    ],
+)
+def test_network_weights_of_a_locon_with_dora_wd_start_the_magnitudes_on_sd(
+    tmp_path, model, script, module, width
+):
+    """--network_weights with algo=locon dora_wd=True on SD 1.x / SDXL: LyCORIS's load_weights
+    (load_state_dict, strict=False) fills each LoConModule's lora_down / lora_up and its dora_scale as it is
+    (one magnitude per output row): init_weights with init_partial, the magnitudes loaded by
+    runtime/init_weights.py (tests/runtime/test_lycoris_sd_dora_file.py against lycoris-lora)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {
+        f"{module}.lora_down.weight": np.zeros((16, width), np.float16),
+        f"{module}.lora_up.weight": np.zeros((width, 16), np.float16),
+        f"{module}.alpha": np.array(8.0, np.float32),
+        f"{module}.dora_scale": np.ones((width, 1), np.float16),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _convert(
+        tmp_path,
+        '"algo=locon", "dora_wd=True"',
+        model=model,
+        extra='network_weights = "prev.safetensors"\n',
+        script=script,
+    )
+    assert outcome.exit_code == 0 and fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.init_partial, a.init_layers) == ("lora", True, "lycoris", True, 1)
+    assert a.init_weights.endswith("prev.safetensors")

@@ -1,0 +1,92 @@
+"""lycoris.kohya --network_weights with a LyCORIS LoCon file made with dora_wd (each module's `lora_down`,
+`lora_up`, `alpha` and `dora_scale`) on SD 1.x (issue 12; runtime/init_weights.py, lycoris_dora.py):
+lycoris-lora 4.1.3's LoConModules with weight_decompose over a preset file on the tiny U-Net and CLIP, every
+parameter (dora_scale included) moved at random, saved as its network saves them (some modules left out).
+kohya's steps, create_network (algo=locon, dora_wd=True, the same dims, alphas and preset), apply_to,
+load_weights (`load_state_dict(strict=False)`: dora_scale loads as it is, LoConModule's load hook only resets
+its scalar; a module the file lacks keeps its init, dora_scale the base weight's norms) and dbspec's converted
+run start every layer alike, plain and in LoCon's Tucker form (use_tucker; outputs to 1e-5); a tiny run
+from the file trains and resumes bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules
+
+pytest.importorskip("lycoris.kohya")
+ARGS = (
+    '--network_dim=4 --network_alpha=1 --network_args "algo=locon" "preset=preset.toml" "conv_dim=4" '
+    '"conv_alpha=2" "dora_wd=True"'
+)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _network(pipe, folder, monkeypatch, tucker: str):
+    return kit.network(
+        pipe,
+        folder,
+        monkeypatch,
+        algo="locon",
+        conv_dim="4",
+        conv_alpha="2",
+        dora_wd="True",
+        use_tucker=tucker,
+    )
+
+
+def _ours(comps) -> dict[str, nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return kit.kohya_layers(comps, LoraLayer, adapter=True)
+
+
+@pytest.mark.parametrize("tucker", ["False", "True"])
+def test_dora_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch, tucker):
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    path = kit.saved_file(_network(pipe, tmp_path, monkeypatch, tucker), tmp_path, seed=7, scale=0.1, drop=6)
+    state = load_file(str(path))
+    in_file = {k.split(".")[0] for k in state}
+    assert any(k.endswith(".dora_scale") for k in state)
+    made = _network(pipe, tmp_path, monkeypatch, tucker)
+    assert set(made.load_weights(str(path))) == {"missing keys"}  # the left-out modules keep their init
+    theirs = _lycoris_modules(made)
+    assert in_file < set(theirs)
+    plan = kit.converted_plan(tmp_path, f'{ARGS} "use_tucker={tucker}"')
+    assert plan.adapter.kind == "lora" and plan.adapter.dora and plan.adapter.dora_form == "lycoris"
+    assert plan.adapter.tucker == (tucker == "True")
+    assert any(k.endswith(".lora_mid.weight") for k in state) == plan.adapter.tucker
+    assert plan.adapter.init_partial
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = _ours(comps)
+    assert sorted(ours) == sorted(theirs)
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        base = layer.get_base_layer()
+        scale = dora_scale_of(layer, "default")
+        assert scale is not None and lyco.wd, name
+        if name in in_file:  # the file's dora_scale as it is (moved off the base weight's norms)
+            torch.testing.assert_close(scale, state[name + ".dora_scale"], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(scale, lyco.dora_scale, rtol=0, atol=1e-6, msg=name)
+        x = kit.sample_input(base)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+            if name in in_file:
+                assert not torch.allclose(layer(x), base(x), atol=1e-4), name
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, state, lambda k: k.endswith(".dora_scale")), "the run trained the magnitudes"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
