@@ -419,6 +419,14 @@ class OptimizerBlock:
     )
 
 
+def _block_alpha():
+    return option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+
+
+def _block_conv_alpha():
+    return option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+
+
 def _block_factor():
     return option(
         0,
@@ -508,7 +516,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    alpha: float = _block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -516,7 +524,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    conv_alpha: float = _block_conv_alpha()
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
@@ -645,7 +653,7 @@ class DyloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    alpha: float = _block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
@@ -653,7 +661,7 @@ class DyloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    conv_alpha: float = _block_conv_alpha()
     unit: int = option(
         0,
         doc="Ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS preset "
@@ -1388,7 +1396,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
+    alpha: float = _block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -1396,7 +1404,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
+    conv_alpha: float = _block_conv_alpha()
 
 
 @frozen
