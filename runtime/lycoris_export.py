@@ -81,21 +81,24 @@ def lycoris_state(
     tensors: dict[str, torch.Tensor] = {}
     parts = kohya_parts(unet=unet, text_encoders=text_encoders, family=family, lycoris=lycoris)
     for prefix, module, to_path in parts:
+        flow = module is unet and bool(family_spec(family).fused_projections)
         fused = module is unet and _fused_lokr(unet, family)
-        full = module is unet and bool(family_spec(family).fused_projections) and _has_stacked(unet)
+        full = flow and _has_stacked(unet)
         # LoRA on fused layers beside other kinds (runtime/mixed_kinds.py): LoConModule's on the fused Linear
-        shared = module is unet and bool(family_spec(family).fused_projections) and _has_shared_down(unet)
-        fused = fused or shared
-        if fused or full:  # LoKr, LoHa, full, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
+        shared = flow and _has_shared_down(unet)
+        ia3 = flow and _has_ia3(unet)
+        fused = fused or shared or full or ia3
+        if fused:  # LoKr, LoHa, full, IA^3, Diag-OFT on kohya's fused Flux / SD3 Linears: kohya's names
             to_path = _original_name(family)
-        if module is unet and family_spec(family).fused_projections and _has_ia3(unet):
-            tensors.update(_flow_ia3(unet, family, cast))  # IA^3's rows under kohya's fused names
-            continue
         layers = _layers(module)
-        if full:  # LyCORIS's full / Diag-OFT: one module per fused Linear, the parts' rows (blocks) stacked
-            layers, fused = _stacked_full(module, family, list(layers)), True
-        elif shared:  # the fused LoRAs: one lora_down, the parts' lora_up rows stacked
-            layers = _stacked_lora(module, family, list(layers))
+        if ia3:  # IA^3's rows under kohya's fused names; the other kinds' layers (a run of several) below
+            tensors.update(_flow_ia3(unet, family, cast))
+            layers = [layer for layer in layers if "on_input" not in layer[1]]
+        if full or shared:
+            # LyCORIS's full / Diag-OFT / GLoRA / DyLoRA and the fused LoRAs: one module per fused Linear, the
+            # parts' rows (blocks) stacked, what they share written once; each kind's parts on their own (a
+            # run of several kinds, runtime/mixed_kinds.py)
+            layers = _stacked_parts(module, family, list(layers))
         for name, weights, alpha in layers:
             if fused and _later_part(module, name):
                 continue  # a fused layer's factors, written once under its first part's (the fused) name
@@ -129,6 +132,8 @@ def _flow_ia3(unet: nn.Module, family: Family, cast) -> dict[str, torch.Tensor]:
     blocks: dict[str, str] = {}  # kohya name -> its block's module path
     tensors: dict[str, torch.Tensor] = {}
     for name, weights, _alpha in _layers(unet):
+        if "on_input" not in weights:  # another kind's layer (a run of several kinds)
+            continue
         if int(weights["on_input"]):
             raise ValueError(f"`{name}`: dbspec writes no kohya form of an IA^3 scale per input column")
         scale = weights["weight"].detach()
@@ -218,20 +223,29 @@ def _has_shared_down(unet: nn.Module) -> bool:
     return len(set(downs)) < len(downs)
 
 
-def _stacked_lora(
+# the tensor that tells a stacked kind's layer (_stacked_parts): FullModule's, DiagOFTModule's, GLoRAModule's,
+# LoConModule's (DyLoRA's alike)
+_STACKED_BY = ("diff", "oft_blocks", "a1.weight", "lora_down.weight")
+
+
+def _stacked_parts(
     module: nn.Module, family: Family, layers: list[tuple[str, dict[str, torch.Tensor], float | None]]
 ) -> Iterator[tuple[str, dict[str, torch.Tensor], float | None]]:
-    """The LoRA layers on fused Linears' parts as LoConModule on the fused Linear (kohya's name): the one
-    `lora_down` the parts share, their `lora_up` rows stacked in the fused layer's row order (_stacked_full;
-    every part adapted, DBS575); the other layers (other kinds', plain Linears') as they are."""
+    """The layers on fused Linears' parts whose kind stacks them (_STACKED_BY: LyCORIS's full, Diag-OFT,
+    GLoRA, DyLoRA, and LoRA's shared down) as that kind's one module on the fused Linear (_stacked_full), each
+    kind's parts on their own (a run of several kinds: every part of a fused layer is one block's, one kind,
+    DBS507 / DBS575); the other layers (LoKr's, LoHa's, tied by their own writers; plain Linears') as they
+    are."""
     table = _table(family)
-    parts = []
+    kinds: dict[str, list[tuple[str, dict[str, torch.Tensor], float | None]]] = {}
     for name, weights, alpha in layers:
-        if "lora_down.weight" in weights and table.original_name(name)[1] is not None:
-            parts.append((name, weights, alpha))
+        key = next((k for k in _STACKED_BY if k in weights), None)
+        if key is not None and table.original_name(name)[1] is not None:
+            kinds.setdefault(key, []).append((name, weights, alpha))
         else:
             yield name, weights, alpha
-    yield from _stacked_full(module, family, parts)
+    for parts in kinds.values():
+        yield from _stacked_full(module, family, parts)
 
 
 # the tensors a fused Linear's parts share, written once: GLoRA's (runtime/lycoris_glora.py

@@ -470,9 +470,78 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
     tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
     assert "DBS578" in messages(tucker, "DBS403")
-    full = MIXED.replace('algo = "lokr"', 'algo = "full"')  # a fused Linear holds one module of one kind
-    outcome = _flux(tmp_path / "full", full, '"algo=locon"', allow=True)
-    assert "algo = 'full'" in messages(outcome, "DBS403")
+    oft = MIXED.replace('algo = "lokr"', 'algo = "diag-oft"')  # its blocks would span a fused layer's parts
+    outcome = _flux(tmp_path / "oft", oft, '"algo=locon"', allow=True)
+    assert "algo = 'diag-oft'" in messages(outcome, "DBS403")
+
+
+# LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and
+# img_in, LoCon elsewhere (tests/runtime/test_lycoris_mixed_flow_full.py checks the modules against
+# lycoris-lora and trains it)
+MIXED_FULL = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "full"
+dim = 64
+[name_algo_map."single_blocks.*.linear1"]
+algo = "ia3"
+alpha = 8
+[name_algo_map.img_in]
+algo = "ia3"
+[name_algo_map.txt_in]
+algo = "full"
+"""
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_full_and_ia3_entries_on_fused_layers_are_blocks_of_their_kind(tmp_path, algo):
+    """Flux: full / IA^3 entries are blocks of that kind at rank 1 (FullModule and IA3Module never read dim
+    or alpha) covering every part of each fused layer (LyCORIS's one module on the fused Linear: a copy of
+    each part's rows, a scale per each part's output row), fused_projections on, beside the network's kind
+    (issue 12; was DBS403)."""
+    outcome = _flux(tmp_path, MIXED_FULL, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and [f.name for f in a.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+    assert sorted((b.kind, b.rank, b.alpha) for b in a.blocks) == [
+        ("full", 1, 1.0),
+        ("full", 1, 1.0),
+        ("ia3", 1, 1.0),
+        ("ia3", 1, 1.0),
+    ]
+    full = [b for b in a.blocks if b.kind == "full"]
+    ia3 = [b for b in a.blocks if b.kind == "ia3"]
+    for i in (0, 18, 19):  # 19: beyond FLUX.1's double blocks
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {any(re.search(b.pattern, p) for b in full) for p in parts} == {i < 19}
+        assert not any(re.search(b.pattern, f"transformer_blocks.{i}.attn.add_q_proj") for b in a.blocks)
+    for i in (0, 37, 38):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert {any(re.search(b.pattern, p) for b in ia3) for p in parts} == {i < 38}
+    assert any(re.search(b.pattern, "x_embedder") for b in ia3)
+    assert any(re.search(b.pattern, "context_embedder") for b in full)
+    assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_out") for b in a.blocks)
+
+
+def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
+    """An IA^3 entry's own train_on_input (one scale per input column: the fused layer's parts would share
+    it) and network options the kinds do not build alike (use_scalar) stay DBS403."""
+    text = MIXED_FULL.replace('algo = "ia3"\nalpha = 8', 'algo = "ia3"\ntrain_on_input = true')
+    outcome = _flux(tmp_path / "input", text, '"algo=locon"', allow=True)
+    assert "train_on_input" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "scalar", MIXED_FULL, '"algo=lokr" "use_scalar=True"', allow=True)
+    assert "DBS578" in messages(outcome, "DBS403")
 
 
 def test_sd3_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
