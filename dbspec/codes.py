@@ -2214,7 +2214,9 @@ change nothing (LyCORIS ignores them too; the plan shows them off). Remove them,
 with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer has no float weight to copy
 (LyCORIS refuses quantised layers for this algo too); or a module named both in `denoiser_targets` and in
 `conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list. The same for
-`adapter.kind = "ia3"` (LyCORIS's IA^3 scales each targeted layer's float weight).""",
+`adapter.kind = "ia3"` (LyCORIS's IA^3 scales each targeted layer's float weight), and for
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of those kinds beside a LoRA/LoHa/LoKr adapter (a
+LyCORIS preset file's `full` / `ia3` entries, e.g. with kohya's `--fp8_base`).""",
     ),
     Code(
         "DBS523",

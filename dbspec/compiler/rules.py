@@ -2634,6 +2634,33 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+_FLOAT_KINDS = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates", "boft": "rotates"}
+_FLOAT_KINDS["glora"] = "multiplies"
+
+
+@rule("spec")
+def block_kinds_quantized(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Blocks of LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA kind (a preset file's entries beside a
+    LoRA/LoHa/LoKr network) use each matched layer's float weight, as the adapter of that kind does
+    (_lycoris_full_fits): DBS522 with the component quantised."""
+    p = spec.precision
+    for table, key in (("blocks", "quantize_denoiser"), ("text_encoder_blocks", "quantize_text_encoder")):
+        if getattr(p, key) == "none":
+            continue
+        for i, block in enumerate(getattr(spec.adapter, table, ())):
+            kind = getattr(block, "kind", "adapter")
+            if kind in _FLOAT_KINDS:
+                yield _err(
+                    "DBS522",
+                    ("adapter", table, i, "kind"),
+                    f'adapter.{table}[{i}].kind = "{kind}" (LyCORIS\'s {kind} algo) with precision.{key} = '
+                    f'"{getattr(p, key)}": it {_FLOAT_KINDS[kind]} each matched layer\'s float weight, which '
+                    "a quantised layer has not",
+                    f'set precision.{key} = "none", or give those layers another kind',
+                )
+                break
+
+
 @rule("spec")
 def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS train_norm's CLIP LayerNorm offsets (runtime/norm_offsets.py) are added to the CLIP encoders

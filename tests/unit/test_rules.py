@@ -1604,6 +1604,27 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n',
     ),
+    (  # full / IA^3 blocks (Diag-OFT, BOFT, GLoRA alike) use the float weight: no quantised base (issue 12)
+        rules.block_kinds_quantized,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n'
+        + '[precision]\nquantize_denoiser = "fp8"\nquantize_text_encoder = "fp8"\n'
+        + 'quantize_backend = "cast"\n',
+        [
+            ("DBS522", "error", ("adapter", "blocks", 0, "kind")),
+            ("DBS522", "error", ("adapter", "text_encoder_blocks", 0, "kind")),
+        ],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 1\nalpha = 1.0\n'
+        + '[precision]\nquantize_denoiser = "fp8"\nquantize_backend = "cast"\n',
+    ),
     (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
         rules.mixed_kinds_family,
         'family = "chroma"\n'
