@@ -2683,8 +2683,8 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full and IA^3, `kind = "full"` / `"ia3"`; on SD 1.x/2.x and SDXL also Diag-OFT, BOFT and
-GLoRA: `"diag-oft"` / `"boft"` / `"glora"`)
+(also LyCORIS's full, IA^3, Diag-OFT and GLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` / `"glora"`; on
+SD 1.x/2.x and SDXL also BOFT, `"boft"`)
 beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and

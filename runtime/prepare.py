@@ -101,6 +101,8 @@ def _prepare(
             from dbspec.runtime.fused import tie_fused_projections
 
             tie_fused_projections(module, plan.adapter.fused)
+        if plan.adapter.fused and denoiser and mixed(plan.adapter):  # Diag-OFT / GLoRA blocks' fused layers
+            _tie_fused_kinds(module, plan.adapter)
         a = plan.adapter
         lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
         if a.fused and denoiser and a.kind in ("lokr", "loha") and lycoris_drops:
@@ -177,6 +179,20 @@ def _tie_fused(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.fused import tie_fused_projections
 
         tie_fused_projections(module, adapter.fused)
+
+
+def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
+    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / GLoRA blocks hold
+    as that kind's one module on the fused layer (each kind's parts only: the others are left alone)."""
+    kinds = {b.kind for b in adapter.blocks}
+    if "diag-oft" in kinds:
+        from dbspec.runtime.lycoris_oft import fit_fused_oft
+
+        fit_fused_oft(module, adapter.fused, adapters.ADAPTER_NAME)
+    if "glora" in kinds:
+        from dbspec.runtime.lycoris_glora import tie_fused_glora
+
+        tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
 
 
 def lora_up_ids(comps: Components) -> frozenset[int]:

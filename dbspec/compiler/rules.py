@@ -2551,27 +2551,29 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "kinds in one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
-    # full / IA^3 on a fused Linear are exactly their parts' own (a copy of each part's rows, a scale per
-    # each part's output row); Diag-OFT's blocks, BOFT's butterflies and GLoRA's shared pairs span the parts
-    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("diag-oft", "boft", "glora")]
+    # full / IA^3 / Diag-OFT / GLoRA on a fused Linear are their parts' own (a copy of each part's rows, a
+    # scale per each part's output row, blocks within a part, GLoRA's pairs tied: runtime/prepare.py); BOFT's
+    # butterflies rotate rows of several parts together
+    full = [(t, j, b.kind) for t, j, b in other if b.kind == "boft"]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's Diag-OFT, BOFT and GLoRA algos beside other kinds on SD 1.x/2.x and SDXL (on Flux and "
-            "SD3 LoRA, LoHa, LoKr, full and IA^3: a fused Linear holds one module of one kind)",
+            "LyCORIS's BOFT algo beside other kinds on SD 1.x/2.x and SDXL (its butterflies rotate rows of "
+            "several parts of a fused Linear together)",
             codes.help("DBS578"),
         )
-    whole = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3")]
+    whole = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "glora")]
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
         yield _err(
             "DBS578",
             ("adapter", whole[0][0], whole[0][1], "kind"),
             f'adapter.{whole[0][0]}[{whole[0][1]}].kind = "{whole[0][2]}" on {family.title} without '
-            "adapter.fused_projections: dbspec trains LyCORIS's full and IA^3 beside other kinds there as "
-            "kohya's network does, one LyCORIS module per fused Linear (fused_projections = true)",
+            "adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, Diag-OFT and GLoRA beside other "
+            "kinds there as kohya's network does, one LyCORIS module per fused Linear (fused_projections = "
+            "true)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:

@@ -1,7 +1,9 @@
-"""LyCORIS preset files giving Flux / SD3 layers LyCORIS's full or IA^3 algo beside a LoCon / LoKr network's
-layers (issue 12): on kohya's Flux and MMDiT a fused Linear (q/k/v, linear1) is one FullModule (a trained copy
-of its whole weight and bias: exactly a copy of each part's rows) or one IA3Module (a scale per output row of
-the fused weight: each part's rows' scales, concatenated). A tiny run of each file trains and resumes
+"""LyCORIS preset files giving Flux / SD3 layers LyCORIS's full, IA^3, Diag-OFT or GLoRA algo beside a LoCon /
+LoKr network's layers (issue 12): on kohya's Flux and MMDiT a fused Linear (q/k/v, linear1) is one FullModule
+(a trained copy of its whole weight and bias: exactly a copy of each part's rows), one IA3Module (a scale per
+output row of the fused weight: each part's rows' scales, concatenated), one DiagOFTModule (blocks of rows
+over the stacked rows, none spanning two parts: each part's blocks) or one GLoRAModule (a1, a2, b2 shared by
+the parts, b1 their rows). A tiny run of each file trains and resumes
 bit-exact, and its one kohya export, on kohya's layers rebuilt from the trained parts (the base weights
 stacked in kohya's row order), is what lycoris-lora 4.1.3 builds from the same preset file (create_network:
 every layer's class, its module names, its state loaded strictly) and what its create_network_from_weights
@@ -29,9 +31,9 @@ from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_cl
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
-# full on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and img_in, LoHa (a
-# LoCon network) or LoCon (a LoKr network) on the text stream's q/k/v, the network's kind on the rest; full
-# on CLIP-L's attention
+# full (or Diag-OFT) on the double blocks' image q/k/v and full on txt_in, IA^3 (or GLoRA) on the single
+# blocks' linear1 and IA^3 on img_in, LoHa (a LoCon network) or LoCon (a LoKr network) on the text stream's
+# q/k/v, the network's kind on the rest; full on CLIP-L's attention
 FLUX_FILE = """\
 use_fnmatch = true
 unet_target_module = []
@@ -40,9 +42,9 @@ text_encoder_target_module = ["CLIPAttention"]
 exclude_name = ["*.norm*"]
 
 [name_algo_map."double_blocks.*.img_attn.qkv"]
-algo = "full"
+algo = "QKV"
 [name_algo_map."single_blocks.*.linear1"]
-algo = "ia3"
+algo = "LINEAR1"
 [name_algo_map."double_blocks.*.txt_attn.qkv"]
 algo = "OTHER"
 dim = 2
@@ -61,6 +63,8 @@ _CLASS = {
     "lokr": "LokrModule",
     "full": "FullModule",
     "ia3": "IA3Module",
+    "diag-oft": "DiagOFTModule",
+    "glora": "GLoRAModule",
 }
 _BASE = ["model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2", "model.t5_max_length=16"]
 _BASE += ['checkpoints.exports=["kohya_lora"]']
@@ -159,38 +163,53 @@ def _without_ia3(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.split(".")[0] not in ia3}
 
 
-@pytest.mark.parametrize(("algo", "other"), [("locon", "loha"), ("lokr", "locon")])
-def test_full_and_ia3_on_flux_fused_layers_train_resume_and_load_in_lycoris(
-    tmp_path, monkeypatch, algo, other
+@pytest.mark.parametrize(
+    ("algo", "other", "qkv", "linear1"),
+    [
+        ("locon", "loha", "full", "ia3"),
+        ("lokr", "locon", "full", "ia3"),
+        ("locon", "loha", "diag-oft", "glora"),
+    ],
+)
+def test_lycoris_kinds_on_flux_fused_layers_train_resume_and_load_in_lycoris(
+    tmp_path, monkeypatch, algo, other, qkv, linear1
 ):
     from dbspec.runtime.weights import load_peft_adapters
 
     file = tmp_path / "mixed.toml"
-    file.write_text(FLUX_FILE.replace("OTHER", other), encoding="utf-8")
+    text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
+    file.write_text(text, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE]
     plan = _converted(tmp_path, file.name, algo, overrides=base)
     own = {"locon": "lora"}.get(algo, algo)
     assert plan.adapter.kind == own
-    kinds = {"full", "ia3", {"locon": "lora"}.get(other, other)}
+    kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
     assert {b.kind for b in plan.adapter.blocks} == kinds
     assert {b.kind for b in plan.adapter.text_encoder_blocks} == {"full"}
     planned, whole, tensors = _run(tmp_path, kinds, base)
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "proj_mlp" in n or "x_embedder" in n for n in names)  # kohya's names only
-    assert {k for k in tensors if k.startswith("lora_unet_double_blocks_0_img_attn_qkv.")} == {
-        "lora_unet_double_blocks_0_img_attn_qkv.diff",
-        "lora_unet_double_blocks_0_img_attn_qkv.diff_b",
-    }
-    assert tensors["lora_unet_single_blocks_0_linear1.weight"].shape == (4 * 16 + 48,)  # q, k, v, mlp rows
+    if qkv == "full":  # the parts' copies stacked: the fused layer's
+        assert {k for k in tensors if k.startswith("lora_unet_double_blocks_0_img_attn_qkv.")} == {
+            "lora_unet_double_blocks_0_img_attn_qkv.diff",
+            "lora_unet_double_blocks_0_img_attn_qkv.diff_b",
+        }
+    else:  # DiagOFTModule's blocks of 4 rows (factorization(48, 4)) over the stacked q, k, v rows
+        assert tensors["lora_unet_double_blocks_0_img_attn_qkv.oft_blocks"].shape == (12, 4, 4)
+    if linear1 == "ia3":
+        assert tensors["lora_unet_single_blocks_0_linear1.weight"].shape == (4 * 16 + 48,)  # q, k, v, mlp
+    else:  # GLoRAModule's a1 / a2 / b2 once, b1 over the stacked rows
+        assert tensors["lora_unet_single_blocks_0_linear1.b1.weight"].shape == (4 * 16 + 48, 4)
+        assert tensors["lora_unet_single_blocks_0_linear1.a1.weight"].shape == (16, 4)
 
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     clip_trained = whole.components.text_encoders[0]
     clip_layers = dict(clip_trained.named_modules())
     expected = {
-        "double_blocks.0.img_attn.qkv": "FullModule",
+        "double_blocks.0.img_attn.qkv": _CLASS[qkv],
         "txt_in": "FullModule",
-        "single_blocks.0.linear1": "IA3Module",
+        "single_blocks.0.linear1": _CLASS[linear1],
         "img_in": "IA3Module",
         "double_blocks.0.txt_attn.qkv": _CLASS[{"locon": "lora"}.get(other, other)],
         "double_blocks.0.img_attn.proj": _CLASS[own],

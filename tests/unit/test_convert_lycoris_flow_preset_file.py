@@ -470,9 +470,9 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
     tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
     assert "DBS578" in messages(tucker, "DBS403")
-    oft = MIXED.replace('algo = "lokr"', 'algo = "diag-oft"')  # its blocks would span a fused layer's parts
-    outcome = _flux(tmp_path / "oft", oft, '"algo=locon"', allow=True)
-    assert "algo = 'diag-oft'" in messages(outcome, "DBS403")
+    boft = MIXED.replace('algo = "lokr"', 'algo = "boft"')  # its butterflies would span a fused layer's parts
+    outcome = _flux(tmp_path / "boft", boft, '"algo=locon"', allow=True)
+    assert "algo = 'boft'" in messages(outcome, "DBS403")
 
 
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and
@@ -532,6 +532,25 @@ def test_full_and_ia3_entries_on_fused_layers_are_blocks_of_their_kind(tmp_path,
     assert any(re.search(b.pattern, "x_embedder") for b in ia3)
     assert any(re.search(b.pattern, "context_embedder") for b in full)
     assert not any(re.search(b.pattern, "single_transformer_blocks.0.proj_out") for b in a.blocks)
+
+
+def test_diag_oft_and_glora_entries_on_fused_layers_are_blocks_of_their_kind(tmp_path):
+    """Flux: Diag-OFT / GLoRA entries beside a LoCon network are blocks of that kind at the entry's dim (the
+    Diag-OFT's block-size hint, its alpha the network's constraint 0; both GLoRA pairs at the dim) covering
+    every part of each fused layer: LyCORIS's one module on the fused Linear (runtime/prepare.py fits the
+    Diag-OFT parts' blocks to the stacked rows' split and ties the GLoRA parts' a1 / a2 / b2)."""
+    text = MIXED_FULL.replace('algo = "full"\ndim = 64', 'algo = "diag-oft"\ndim = 8')
+    text = text.replace('algo = "ia3"\nalpha = 8', 'algo = "glora"\ndim = 2\nalpha = 1')
+    outcome = _flux(tmp_path, text, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    found = {b.kind: (b.rank, b.alpha) for b in a.blocks}
+    assert (found["diag-oft"], found["glora"]) == ((8, 0.0), (2, 1.0))
+    oft = next(b for b in a.blocks if b.kind == "diag-oft")
+    glora = next(b for b in a.blocks if b.kind == "glora")
+    assert all(re.search(oft.pattern, f"transformer_blocks.18.attn.to_{p}") for p in "qkv")
+    parts = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    assert all(re.search(glora.pattern, f"single_transformer_blocks.37.{p}") for p in parts)
 
 
 def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):

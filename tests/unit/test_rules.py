@@ -1575,19 +1575,19 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # LyCORIS's Diag-OFT (BOFT, GLoRA alike) beside other kinds: SD 1.x/2.x and SDXL only
+    (  # LyCORIS's BOFT beside other kinds: SD 1.x/2.x and SDXL only (its butterflies span a fused layer)
         rules.mixed_kinds_family,
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "sdxl"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # LyCORIS's full algo (IA^3 alike) beside other kinds on Flux / SD3: one module per fused Linear
         rules.mixed_kinds_family,

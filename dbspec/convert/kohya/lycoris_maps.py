@@ -156,8 +156,8 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr, full or ia3 (on SD 1.x/2.x and SDXL "
-            "also diag-oft / boft / glora) entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] "
+            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft or glora (on SD "
+            "1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] "
             "`kind`); elsewhere one adapter kind per run",
             False,
         )
@@ -250,11 +250,12 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
 # SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA algos too (runtime/lycoris_full.py's, lycoris_ia3.py's,
-# ... layers beside the others); on Flux and SD3, whose fused Linears hold one module of one kind, the
-# three low-rank kinds (each tied over a fused layer's parts) and full / IA^3, whose one module on a fused
-# Linear is exactly its parts' own (a trained copy of each part's rows, a scale per each part's output row)
+# ... layers beside the others); on Flux and SD3, whose fused Linears hold one module of one kind, all but
+# BOFT: the low-rank kinds and GLoRA tied over a fused layer's parts, full / IA^3 / Diag-OFT exactly their
+# parts' own (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies
+# rotate rows of several parts together
 MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
-MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3")
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
 
 
 def _mixed_kinds(
