@@ -2564,7 +2564,12 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "several parts of a fused Linear together)",
             codes.help("DBS578"),
         )
-    whole = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "glora")]
+    # the denoiser's (the text encoders have no fused layers)
+    whole = [
+        (t, j, b.kind)
+        for t, j, b in other
+        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "glora")
+    ]
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
         yield _err(
