@@ -407,19 +407,27 @@ def _switches(
 def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, layout, algo: str) -> bool:
     """`train_norm` with a preset file: create_single_module gives each module with "Norm" in its class name
     that the file's walk reaches a NormModule (lycoris/modules/norms.py). QKNorm and RMSNorm (no `_norm`
-    method) are "not supported": no parameter, the layer's own forward. The blocks' and the final layer's
-    LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
-    first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
-    offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
-    text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha, full: the
-    others take no preset file here), SD3's CLIP-G its own list where it reaches other LayerNorms than
-    CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train CLIP), the network's
-    dropouts drawn as NormModule draws them. False when refused."""
+    method) are "not supported": no parameter, the layer's own forward, and so is T5-XXL's T5LayerNorm (a
+    weight, no `_norm`: lycoris-lora 4.1.3 warns "not supported in Norm algo"). The blocks' and the final
+    layer's LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and
+    kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
+    trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
+    `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
+    full: the others take no preset file here), SD3's CLIP-G its own list where it reaches other
+    LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
+    CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
     bare = [path for component, path, cls in file.norms if component == "denoiser" and cls == "LayerNorm"]
-    clip = [path for c, path, cls in file.norms if c == "clip" and cls in ("LayerNorm", "T5LayerNorm")]
+    clip = [path for c, path, cls in file.norms if c == "clip" and cls == "LayerNorm"]
+    t5 = [path for _, path, cls in file.norms if cls == "T5LayerNorm"]
+    t5_note = (
+        f"; its NormModules on T5-XXL's {len(t5)} T5LayerNorm(s) (e.g. {t5[0]}) are not supported by "
+        "LyCORIS (no `_norm` method: no parameter, the layer's own forward), so T5's norms stay as they are"
+        if t5
+        else ""
+    )
     if bare:
         conv.invalid(
             legacy.key,
@@ -435,30 +443,16 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         conv.inert(
             legacy,
             "the preset file reaches no norm NormModule trains (QKNorm / RMSNorm: no parameter, the layer's "
-            "own forward)"
+            f"own forward){t5_note}"
             if file.norms
             else "the preset file reaches no norm",
         )
         return True
-    why = _clip_norms_refused(kwargs, file, algo)
-    if why:
-        conv.unsupported(
-            legacy,
-            f"LyCORIS's NormModule trains CLIP's LayerNorm weight and bias offsets (e.g. {clip[0]}): {why}",
-        )
-        return False
-    note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches"
+    note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
     return True
-
-
-def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
-    """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
-    if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
-        return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
-    return ""
 
 
 def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:
