@@ -146,3 +146,46 @@ def test_full_file_with_t5_and_final_layer_starts_where_lycoris_rebuilds_it(tmp_
         theirs = base_t5(ids).last_hidden_state
     assert (ours - plain).abs().max() > 1e-3
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+
+
+def test_full_preset_file_copies_what_lycoris_builds(tmp_path):
+    """algo=full with a preset file naming Flux's final layer and T5-XXL's attention (`T5Attention`):
+    lycoris-lora 4.1.3's create_network over tiny-flux's T5 builds FullModules on exactly the T5 Linears
+    dbspec's run copies (train.t5, the gated-MLP ones excluded), and the run copies the final layer but not
+    the single block's linear2 (its `proj_out`, which the target `proj_out` would take)."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
+
+    preset = tmp_path / "p.toml"
+    preset.write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = ["final_layer.linear"]\n'
+        'text_encoder_target_module = ["T5Attention"]\n'
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        "--network_args algo=full preset=p.toml --learning_rate=1e-3 --max_train_steps=2 "
+        "--save_model_as=safetensors --output_dir=out --model_prediction_type raw --guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = compile_spec(out_path(tmp_path), RUN)
+    t5 = build_pipeline(BASE).text_encoder_2.float()
+    network = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [nn.Module(), t5], nn.Module(), preset=str(preset), algo="full"
+    )
+    theirs = {m.lora_name for m in network.text_encoder_loras}
+    assert {type(m).__name__ for m in network.text_encoder_loras} == {"FullModule"}
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    ours = {p for p, m in comps.text_encoders[1].named_modules() if hasattr(m, "lora_full")}
+    assert {"lora_te2_" + p.replace(".", "_") for p in ours} == theirs and len(theirs) == 8
+    unet = comps.unet
+    assert hasattr(unet.proj_out, "lora_full")
+    assert not hasattr(unet.single_transformer_blocks[0].proj_out, "lora_full")
