@@ -152,17 +152,32 @@ def test_full_preset_file_copies_what_lycoris_builds(tmp_path):
     """algo=full with a preset file naming Flux's final layer and T5-XXL's attention (`T5Attention`):
     lycoris-lora 4.1.3's create_network over tiny-flux's T5 builds FullModules on exactly the T5 Linears
     dbspec's run copies (train.t5, the gated-MLP ones excluded), and the run copies the final layer but not
-    the single block's linear2 (its `proj_out`, which the target `proj_out` would take)."""
-    from dbspec.runtime.families import family_runtime
-    from dbspec.runtime.prepare import configure_models
+    the single block's linear2 (its `proj_out`, which the target `proj_out` would take). With
+    `--network_weights` (no --dim_from_weights: the preset's FullModules, apply_to, load_weights' W + diff)
+    each T5 copy starts where LyCORIS's does."""
     from dbspec.runtime.tiny import build_pipeline
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
     preset = tmp_path / "p.toml"
     preset.write_text(
-        'unet_target_module = ["SelfAttention"]\nunet_target_name = ["final_layer.linear"]\n'
+        'unet_target_module = []\nunet_target_name = ["final_layer.linear"]\n'
         'text_encoder_target_module = ["T5Attention"]\n'
     )
+    # the file: kohya's network from the preset, every copy moved (its final layer's too: the load hook
+    # needs each module's diff), saved as LyCORIS saves it
+    pipe = build_pipeline(BASE)
+    torch.manual_seed(4)
+    tensors = _module("lora_unet_final_layer_linear", pipe.transformer.proj_out.float())
+    source = copy.deepcopy(pipe.text_encoder_2).float()
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [nn.Module(), source], nn.Module(), preset=str(preset), algo="full"
+    )
+    made.apply_to([nn.Module(), source], nn.Module(), apply_text_encoder=True, apply_unet=False)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tensors |= {k: v.contiguous() for k, v in made.state_dict().items()}
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -171,7 +186,8 @@ def test_full_preset_file_copies_what_lycoris_builds(tmp_path):
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        "--network_args algo=full preset=p.toml --learning_rate=1e-3 --max_train_steps=2 "
+        "--network_args algo=full preset=p.toml --network_weights prev.safetensors "
+        "--learning_rate=1e-3 --max_train_steps=2 "
         "--save_model_as=safetensors --output_dir=out --model_prediction_type raw --guidance_scale 1.0",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -182,10 +198,21 @@ def test_full_preset_file_copies_what_lycoris_builds(tmp_path):
     )
     theirs = {m.lora_name for m in network.text_encoder_loras}
     assert {type(m).__name__ for m in network.text_encoder_loras} == {"FullModule"}
-    comps = family_runtime(plan.model.family).load(plan)
-    configure_models(plan, comps, torch.device("cpu"))
+    assert plan.adapter.init_scale == 1.0 and plan.adapter.init_partial
+    comps, count = _loaded(plan)
+    assert count == 1 + 8
     ours = {p for p, m in comps.text_encoders[1].named_modules() if hasattr(m, "lora_full")}
     assert {"lora_te2_" + p.replace(".", "_") for p in ours} == theirs and len(theirs) == 8
     unet = comps.unet
     assert hasattr(unet.proj_out, "lora_full")
     assert not hasattr(unet.single_transformer_blocks[0].proj_out, "lora_full")
+    # kohya's start: the preset's FullModules applied, then load_weights' hook adds the file's diff
+    network.apply_to([nn.Module(), t5], nn.Module(), apply_text_encoder=True, apply_unet=False)
+    network.load_weights(str(tmp_path / "prev.safetensors"))
+    t5_ours, t5_theirs = dict(comps.text_encoders[1].float().eval().named_modules()), dict(t5.named_modules())
+    torch.manual_seed(0)
+    for path in ours:
+        x = torch.randn(3, t5_ours[path].base_layer.in_features)
+        with torch.no_grad():
+            assert not torch.allclose(t5_ours[path](x), t5_ours[path].base_layer(x), atol=1e-4), path
+            torch.testing.assert_close(t5_ours[path](x), t5_theirs[path](x), rtol=0, atol=1e-5)
