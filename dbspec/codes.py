@@ -821,8 +821,8 @@ train, so its rate is not used (the plan shows no rate for it).""",
         """\
 `[[adapter.blocks]]` `pattern` is searched in each adapted denoiser module's path as a Python regular
 expression (`re.search`), `[[adapter.text_encoder_blocks]]` `pattern` in each text-encoder module's
-`<component>.<path>`; this one does not compile. Dots match any character: escape them
-(`^down_blocks\\.0\\.`).""",
+`<component>.<path>`, and so is each of a full adapter's `exclude` patterns; this one does not compile. Dots
+match any character: escape them (`^down_blocks\\.0\\.`).""",
     ),
     Code(
         "DBS266",
@@ -2553,17 +2553,17 @@ its norm update reads every LoRA's whole weights and gradients, which FSDP and D
 (kohya runs GGPO only when both `ggpo_sigma` and `ggpo_beta` are given.)""",
         help="set adapter.ggpo = true, or remove the share",
     ),
-    # an adapter on T5-XXL (train.t5) of a kind other than LoRA / LoKr / LoHa: DBS568.
+    # an adapter on T5-XXL (train.t5) of a kind other than LoRA / LoKr / LoHa / full: DBS568.
     Code(
         "DBS568",
         ERROR,
-        "train.t5 without a LoRA, LoKr or LoHa adapter",
+        "train.t5 without a LoRA, LoKr, LoHa or full adapter",
         """\
 `train.t5 = true` adds the adapter to T5-XXL's attention and gated-MLP Linears at the adapter's rank and
-alpha: LoRA as kohya's lora_flux does with `train_t5xxl=True`, LoKr or LoHa as LyCORIS's lycoris.kohya network
-builds them there. It needs `adapter.kind` "lora", "lokr" or "loha": a full fine-tune of T5-XXL or another
-adapter kind on it is not offered.""",
-        help='set adapter.kind = "lora", "lokr" or "loha", or remove train.t5',
+alpha: LoRA as kohya's lora_flux does with `train_t5xxl=True`, LoKr, LoHa or full (trained copies of the
+Linears) as LyCORIS's lycoris.kohya network builds them there. It needs `adapter.kind` "lora", "lokr", "loha"
+or "full": another adapter kind on it is not offered.""",
+        help='set adapter.kind = "lora", "lokr", "loha" or "full", or remove train.t5',
     ),
     # kohya's per-dataset validation_split and a split that is never scored (evaluation): DBS570, DBS571.
     Code(

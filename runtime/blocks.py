@@ -59,6 +59,8 @@ def with_blocks(
             "boft",
         ):  # peft's rank: its block-size hint, alpha: constraint
             rank, alpha = adapter.oft_block_size, adapter.oft_constraint
+        elif block is None and adapter.kind == "full":  # a trained copy: no rank (rank-0 blocks: excluded)
+            rank, alpha = 1, 1.0
         elif block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:

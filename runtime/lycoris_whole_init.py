@@ -38,7 +38,9 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
     out: dict[str, tuple[dict[str, Slot], None]] = {}
     family, scale = plan.model.family, plan.adapter.init_scale
     fused = bool(family_spec(family).fused_projections)
-    for prefix, module, to_path in kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family):
+    # LyCORIS's names: T5-XXL's lora_te2_ on Flux (a full file's T5 modules, train.t5)
+    parts = kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family, lycoris=True)
+    for prefix, module, to_path in parts:
         found = lora_adapter(module)
         if found is None:
             continue  # a model that does not train: its modules are ignored, as kohya drops its network

@@ -258,9 +258,22 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         denoiser_norms=tuple(getattr(adapter, "denoiser_norms", ())),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
+        # full: LyCORIS's FullModules on T5-XXL's Linears (train.t5; rules.T5_ADAPTER_KINDS)
+        t5_targets=_t5_targets(family, components) if adapter.kind == "full" else (),
         **_oft_blocks(adapter),
+        **_full_excluded(adapter),
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
+
+
+def _full_excluded(adapter) -> dict:
+    """Full's `exclude` patterns as rank-0 blocks, the denoiser's and the text encoders' (runtime/blocks.py
+    leaves a layer of a rank-0 block without an adapter: no trained copy)."""
+    patterns = getattr(adapter, "exclude", ()) if adapter.kind == "full" else ()
+    if not patterns:
+        return {}
+    blocks = tuple(BlockPlan(pattern=p, rank=0, alpha=1.0) for p in patterns)
+    return dict(blocks=blocks, text_encoder_blocks=blocks)
 
 
 def _oft_blocks(adapter) -> dict:

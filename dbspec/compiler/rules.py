@@ -143,8 +143,9 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
-# the adapter kinds train.t5 puts on T5-XXL's Linears (kohya lora_flux's LoRA; LyCORIS's LoKr / LoHa there)
-T5_ADAPTER_KINDS = ("lora", "lokr", "loha")
+# the adapter kinds train.t5 puts on T5-XXL's Linears (kohya lora_flux's LoRA; LyCORIS's LoKr / LoHa / full
+# there)
+T5_ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
 
 
 @rule("spec")
@@ -153,8 +154,9 @@ def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS568",
             ("train", "t5"),
-            f'train.t5 trains T5-XXL with LoRA, LoKr or LoHa, but adapter.kind is "{spec.adapter.kind}"',
-            'set adapter.kind = "lora", "lokr" or "loha", or remove train.t5',
+            "train.t5 trains T5-XXL with LoRA, LoKr, LoHa or full, but adapter.kind is "
+            f'"{spec.adapter.kind}"',
+            'set adapter.kind = "lora", "lokr", "loha" or "full", or remove train.t5',
         )
 
 
@@ -2378,6 +2380,16 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.text_encoder_blocks[{i}].pattern `{block.pattern}` is not a regular expression: "
                 f"{exc}",
                 "write a Python regular expression, e.g. `^text_encoder\\.text_model\\.encoder\\.`",
+            )
+    for i, pattern in enumerate(getattr(adapter, "exclude", ())):  # full's excluded layers
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            yield _err(
+                "DBS265",
+                ("adapter", "exclude", i),
+                f"adapter.exclude[{i}] `{pattern}` is not a regular expression: {exc}",
+                "write a Python regular expression, e.g. `^single_transformer_blocks\\.3\\.proj_out$`",
             )
 
 

@@ -1108,6 +1108,16 @@ class FullAdapter:
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
     )
+    exclude: list[str] = option(
+        factory=list,
+        doc="Python regular expressions searched in each targeted layer's path (the denoiser's diffusers "
+        "names, e.g. `single_transformer_blocks.3.proj_out`; a text encoder's `<component>.<path>`, e.g. "
+        "`text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0`): a layer one matches gets no trained "
+        "copy, as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
+        "target is a suffix of every single block's `proj_out`; `train.t5` copies every T5-XXL Linear); "
+        "empty excludes none.",
+        example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
+    )
     init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)", sd=True)
     init_partial: bool = _fused_init_partial(full=True)
     init_scale: float = option(
@@ -1649,9 +1659,9 @@ class Train:
         False,
         doc="Also train the T5-XXL text encoder (Flux, SD3, Chroma) with the adapter on its attention "
         "q/k/v/o and gated MLP wi_0/wi_1/wo projections (LoRA: kohya's lora_flux / lora_sd3 "
-        "`train_t5xxl=True`; LoKr or LoHa: LyCORIS's modules there), at the adapter's rank and alpha; its "
-        "outputs are then not cached. "
-        'Needs `adapter.kind` "lora", "lokr" or "loha".',
+        "`train_t5xxl=True`; LoKr, LoHa or full: LyCORIS's modules there), at the adapter's rank and alpha "
+        "(full: trained copies of those Linears); its outputs are then not cached. "
+        'Needs `adapter.kind` "lora", "lokr", "loha" or "full".',
     )
     text_encoder_stop_step: int = option(
         0,

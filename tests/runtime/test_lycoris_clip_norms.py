@@ -166,3 +166,58 @@ def test_norm_offsets_draw_as_lycoris():
         torch.manual_seed(step)
         torch.testing.assert_close(out, theirs(x), rtol=0, atol=1e-6)
         assert torch.equal(after, torch.rand(1))
+
+
+def test_t5_norms_stay_as_lycoris_leaves_them(tmp_path):
+    """A file reaching CLIP's encoder layers and T5-XXL's blocks: lycoris-lora 4.1.3's create_network over
+    tiny-flux's [CLIP-L, T5-XXL] gives T5's T5LayerNorms NormModules that are "not supported" (no `_norm`):
+    no parameter, apply_to leaves the layer's forward, nothing saved; the NormModules it trains are exactly
+    the CLIP LayerNorms the converted plan offsets. The run (CLIP's offsets, T5's LoRA, T5's norms as they
+    are) trains, resumes bit-exact and exports no T5 norm tensor."""
+    preset = PRESET.replace('["CLIPEncoderLayer"]', '["CLIPEncoderLayer", "T5Block"]')
+    spec = _converted(tmp_path, "lora", preset, "")
+    plan = compile_spec(spec, [*BASE, "output.dir=whole"])
+    assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2") and plan.adapter.t5_targets
+
+    pipe = build_pipeline("builtin:tiny-flux")
+    clip, t5 = pipe.text_encoder.float(), pipe.text_encoder_2.float()
+    named = torch.nn.Module()
+    named.text_model = clip  # kohya's CLIP names its modules text_model.* (this transformers drops it)
+    network = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [named, t5], torch.nn.Module(), preset=str(tmp_path / "p.toml"), train_norm="True"
+    )
+    norms = [m for m in network.text_encoder_loras if type(m).__name__ == "NormModule"]
+    on_t5 = [m for m in norms if m.lora_name.startswith("lora_te2_")]
+    t5_norms = [p for p, m in t5.named_modules() if type(m).__name__ == "T5LayerNorm"]
+    assert len(on_t5) == len(t5_norms) - 1  # every block's, not the final one (outside T5Block)
+    assert all(m.not_supported and not list(m.parameters()) for m in on_t5)
+    offset = {m.lora_name for m in norms if list(m.parameters())}
+    planned = {
+        f"lora_te1_text_model_{path.replace('.', '_')}"
+        for path, layer in clip.named_modules()
+        if isinstance(layer, torch.nn.LayerNorm) and path.endswith(plan.adapter.text_encoder_norms)
+    }
+    assert offset == planned and all(m.lora_name.startswith("lora_te1_") for m in norms if m not in on_t5)
+    ids = torch.arange(7).unsqueeze(0) % t5.config.vocab_size
+    with torch.no_grad():
+        before = t5.eval()(ids).last_hidden_state
+        network.apply_to([named, t5], torch.nn.Module(), apply_text_encoder=True, apply_unet=False)
+        for module in on_t5:  # LyCORIS leaves the T5LayerNorm's forward
+            assert not hasattr(module.org_module[0], "_lycoris_wrappers")
+        torch.testing.assert_close(t5(ids).last_hidden_state, before, rtol=0, atol=0)  # LoCon ups start at 0
+    assert not any(k.startswith("lora_te2_") and k.endswith("_norm") for k in network.state_dict())
+
+    whole = execute(plan)
+    assert whole.status == "finished"
+    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    assert first.status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    tensors, resumed = load_file(str(export)), load_file(str(again))
+    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    assert any(k.startswith("lora_te2_") for k in tensors)  # T5's Linears trained
+    assert not any(k.startswith("lora_te2_") and k.endswith("_norm") for k in tensors)
+    assert any(k.startswith("lora_te1_") and k.endswith("w_norm") for k in tensors)

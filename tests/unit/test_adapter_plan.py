@@ -226,3 +226,12 @@ def test_lokr_full_matrix_and_scalar_are_settled_in_the_plan(tmp_path):
 def test_scalar_is_planned_for_every_kind_and_full_matrix_is_lokr_only(tmp_path, kind):
     plan = _plan(tmp_path, f'kind = "{kind}"\nrank = 4\nscalar = true')
     assert plan.adapter.scalar and not plan.adapter.full_matrix
+
+
+def test_full_exclude_patterns_are_rank_0_blocks(tmp_path):
+    """A full adapter's `exclude` (a LyCORIS full file lacking some targeted layers' modules): rank-0 blocks
+    over the denoiser's and the text encoders' paths, which runtime/blocks.py leaves without a copy."""
+    full = _plan(tmp_path, 'kind = "full"\nexclude = ["attn2\\\\.to_q$"]\n').adapter
+    assert [(b.pattern, b.rank) for b in full.blocks] == [(r"attn2\.to_q$", 0)]
+    assert full.text_encoder_blocks == full.blocks
+    assert not _plan(tmp_path, 'kind = "full"\n').adapter.blocks

@@ -513,7 +513,8 @@ def test_full_file_starts_at_twice_its_diff(tmp_path):
     (create_network_from_weights), then train_network.py's load_weights adds the diff again (its load hook):
     kind full over the modules' layers, each fused module's parts, at init_scale 2 (checked with
     lycoris-lora 4.1.3; runtime test: test_lycoris_flow_whole_weights). CLIP modules are text targets;
-    `--scale_weight_norms` is inert (FullModule's apply_max_norm scales nothing); T5-XXL's stay DBS403."""
+    `--scale_weight_norms` is inert (FullModule's apply_max_norm scales nothing); T5-XXL's: train.t5 (full
+    copies), T5's Linears the file lacks excluded; a T5 `diff_b` is DBS402 (kohya's save raises TypeError)."""
     layers = {
         "lora_unet_img_in": {"diff": (W, 64), "diff_b": (W,)},
         "lora_unet_double_blocks_0_img_attn_qkv": {"diff": (3 * W, W), "diff_b": (3 * W,)},
@@ -528,12 +529,46 @@ def test_full_file_starts_at_twice_its_diff(tmp_path):
     assert (a.kind, a.init_scale, a.init_partial) == ("full", 2.0, True)
     assert set(a.denoiser_targets) == {"x_embedder", *(f"transformer_blocks.0.attn.to_{p}" for p in "qkv")}
     assert a.text_encoder_targets == ("encoder.layers.0.mlp.fc1",)
-    _factor_file(
-        tmp_path / "prev.safetensors",
-        {**layers, "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}},
-        alpha=None,
-    )
-    assert "T5-XXL" in messages(_flux(tmp_path, allow=True), "DBS403")
+    t5 = {f"lora_te2_encoder_block_{i}_layer_0_SelfAttention_q": {"diff": (4096, 4096)} for i in (0, 5)}
+    _factor_file(tmp_path / "prev.safetensors", {**layers, **t5}, alpha=None)
+    outcome = _flux(tmp_path, "--network_args algo=full")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.t5_targets and plan.adapter.init_scale == 2.0
+    (pattern,) = {b.pattern for b in plan.adapter.text_encoder_blocks}
+    assert all(b.rank == 0 for b in plan.adapter.text_encoder_blocks)
+    rows = [
+        f"text_encoder_2.encoder.block.{i}.layer.{p}"
+        for i in range(24)
+        for p in ("0.SelfAttention.q", "0.SelfAttention.k", "0.SelfAttention.o", "1.DenseReluDense.wi_0")
+    ]
+    excluded = {r for r in rows if re.search(pattern, r)}
+    assert excluded == set(rows) - {
+        f"text_encoder_2.encoder.block.{i}.layer.0.SelfAttention.q" for i in (0, 5)
+    }
+    assert not re.search(pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
+    t5["lora_te2_encoder_block_5_layer_0_SelfAttention_q"]["diff_b"] = (4096,)
+    _factor_file(tmp_path / "prev.safetensors", {**layers, **t5}, alpha=None)
+    assert "TypeError" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
+def test_full_file_final_layer_without_every_linear2(tmp_path):
+    """Flux's final layer (`lora_unet_final_layer_linear`, diffusers' top-level `proj_out`, a suffix of every
+    single block's `proj_out`, kohya's linear2) with one single block's linear2 only: create_network_from_
+    weights builds exactly those modules, so the single blocks' others are `exclude`d (no trained copy)."""
+    layers = {
+        "lora_unet_final_layer_linear": {"diff": (64, W), "diff_b": (64,)},
+        "lora_unet_single_blocks_3_linear2": {"diff": (W, 5 * W), "diff_b": (W,)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", layers, alpha=None)
+    outcome = _flux(tmp_path, "--network_args algo=full")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert set(a.denoiser_targets) == {"proj_out", "single_transformer_blocks.3.proj_out"}
+    (pattern,) = {b.pattern for b in a.blocks}
+    paths = [f"single_transformer_blocks.{i}.proj_out" for i in range(38)]
+    kept = [p for p in paths if not re.search(pattern, p)]
+    assert kept == ["single_transformer_blocks.3.proj_out"] and not re.search(pattern, "proj_out")
 
 
 def test_sd3_full_file_starts_at_twice_its_diff(tmp_path):

@@ -611,3 +611,18 @@ def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
     assert "a norm per input column" in messages(outcome, "DBS403")
+
+
+def test_sd3_train_norm_reaching_t5_norms_offsets_clip_only(tmp_path):
+    """SD3 (sd3_train_network.py): a file reaching both CLIP encoders' layers and T5-XXL's blocks offsets the
+    CLIP LayerNorms; LyCORIS's NormModules on T5's T5LayerNorms are "not supported" (no parameter), so T5's
+    norms stay as they are while its Linears train (train.t5)."""
+    preset = (
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPEncoderLayer", "T5Block"]\n'
+    )
+    outcome = _sd3(tmp_path, preset, '"train_norm=True"')
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2") and plan.adapter.t5_targets
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    assert "T5LayerNorm(s)" in outcome.conversion.reports["network_args train_norm"].note

@@ -373,20 +373,25 @@ def test_train_norm_on_clip_norms_alone_trains_clip(tmp_path):
     assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "lora"
 
 
-@pytest.mark.parametrize(
-    "args, text, why",
-    [
-        ("", '["CLIPEncoderLayer", "T5Block"]', "T5-XXL's LayerNorms"),  # T5's train too (flowte)
-    ],
-)
-def test_train_norm_on_clip_refusals(tmp_path, args, text, why):
-    """What dbspec does not express of NormModule on CLIP's LayerNorms: T5-XXL's norms (CLIP's only)."""
+@pytest.mark.parametrize("text", ['["CLIPEncoderLayer", "T5Block"]', '["T5Block"]'])
+def test_train_norm_reaching_t5_norms_leaves_them(tmp_path, text):
+    """A file reaching T5-XXL's blocks: LyCORIS's NormModule on a T5LayerNorm (a weight, no `_norm`) is "not
+    supported", no parameter and the layer's own forward (tests/runtime/test_lycoris_clip_norms.py builds
+    lycoris-lora's network): CLIP's LayerNorms offset, T5's Linears trained (train.t5), T5's norms as they
+    are; T5's alone make train_norm inert."""
     (tmp_path / "p.toml").write_text(
         'unet_target_module = ["SelfAttention"]\nunet_target_name = []\n'
         f"text_encoder_target_module = {text}\n"
     )
-    outcome = _flux(tmp_path, f"--network_args preset=p.toml train_norm=True {args}", allow=True)
-    assert why in messages(outcome, "DBS403"), errors(outcome)
+    outcome = _flux(tmp_path, "--network_args preset=p.toml train_norm=True")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.t5_targets and not errors(outcome) and "DBS403" not in codes(outcome)
+    report = outcome.conversion.reports["network_args train_norm"]
+    assert "T5LayerNorm(s)" in report.note and "not supported" in report.note
+    if "CLIPEncoderLayer" in text:
+        assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2") and report.fate == "mapped"
+    else:
+        assert plan.adapter.text_encoder_norms == () and report.fate == "inert"
 
 
 def test_rescaled_and_train_t5xxl_with_lokr_and_ia3(tmp_path):
@@ -792,3 +797,32 @@ def test_dylora_is_one_module_per_fused_layer(tmp_path):
     assert "never reads it" in messages(outcome, "DBS405")
     assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=dylora module_dropout=0.1"))
     assert "DBS402" in codes(_flux(tmp_path, "--network_args algo=dylora block_size=3", allow=True))
+
+
+def test_full_preset_file_excludes_what_lycoris_builds_no_module_on(tmp_path):
+    """algo=full with a preset file: Flux's final layer by name (the target `proj_out`, a suffix of every
+    single block's linear2, which LyCORIS leaves) excludes the single blocks' `proj_out`; T5-XXL's attention
+    (`T5Attention`): train.t5's full copies, its gated-MLP Linears excluded (tests/runtime/
+    test_lycoris_flow_full_t5.py builds lycoris-lora's network from such a file)."""
+    import re
+
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["SelfAttention"]\nunet_target_name = ["final_layer.linear"]\n'
+        'text_encoder_target_module = ["T5Attention"]\n'
+    )
+    outcome = _flux(tmp_path, "--network_args algo=full preset=p.toml")
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "full" and "proj_out" in a.denoiser_targets and a.t5_targets
+    excluded = [b.pattern for b in a.blocks]
+    assert excluded == [b.pattern for b in a.text_encoder_blocks] and all(b.rank == 0 for b in a.blocks)
+
+    def out(path: str) -> bool:
+        return any(re.search(p, path) for p in excluded)
+
+    assert out("single_transformer_blocks.37.proj_out") and not out("proj_out")
+    assert not out("transformer_blocks.0.attn.to_q")
+    assert out("text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0")
+    assert not out("text_encoder_2.encoder.block.3.layer.0.SelfAttention.o")
+    assert not out("text_encoder.text_model.encoder.layers.0.mlp.fc1")

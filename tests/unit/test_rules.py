@@ -1742,9 +1742,16 @@ CASES = [
     ),
     (
         rules.t5_needs_lora,
-        DOG + STEPS + '[adapter]\nkind = "full"\n[train]\nt5 = true\n',
+        DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5 = true\n',
         [("DBS568", "error", ("train", "t5"))],
-        DOG + STEPS + LORA + "[train]\nt5 = true\n",
+        DOG + STEPS + '[adapter]\nkind = "full"\n[train]\nt5 = true\n',
+    ),
+    # a full adapter's exclude patterns (LyCORIS full files without some layers' modules)
+    (
+        rules.adapter_block_patterns,
+        DOG + STEPS + '[adapter]\nkind = "full"\nexclude = ["^proj_out$", "(("]\n',
+        [("DBS265", "error", ("adapter", "exclude", 1))],
+        DOG + STEPS + '[adapter]\nkind = "full"\nexclude = ["^proj_out$"]\n',
     ),
     (
         rules.third_text_encoder_lr_inert,

@@ -16,7 +16,9 @@ LoKr / LoHa), the T5 Linears the file lacks at rank 0, its modules at options of
 blocks; where they would never train (text-encoder outputs cached, text_encoder_lr 0) the file's modules
 still change T5's outputs where it encodes: DBS403. A full file (`diff` / `diff_b`) is kind full over its
 modules' layers, starting at W + 2 diff as kohya does (init_scale 2, _full_file; SD3's patch convolution's
-4-D diff a full copy of it, conv_targets; T5-XXL's: DBS403)."""
+4-D diff a full copy of it, conv_targets; Flux's final layer without some single block's linear2: those
+`exclude`d; T5-XXL's: train.t5's full copies, T5's Linears the file lacks excluded, a `diff_b` there
+DBS402)."""
 
 from __future__ import annotations
 
@@ -270,12 +272,22 @@ def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str
 
 
 def _full_file(
-    denoiser: list[LycorisModule], text_targets: list[str], text_2: list[str] | None, family: str
+    denoiser: list[LycorisModule],
+    text_targets: list[str],
+    text_2: list[str] | None,
+    family: str,
+    t5: list[LycorisModule],
 ) -> dict | str:
     """[adapter] values for a full file (`diff` / `diff_b`): FullModule on each module's layer, which
     create_network_from_weights builds at W + diff and train_network.py's load_weights (its load hook adds
     the file's diff to the module's weight) moves to W + 2 diff: init_scale 2 (checked with lycoris-lora
-    4.1.3). dbspec's full copies are per diffusers part, so a fused module's parts each take their rows."""
+    4.1.3). dbspec's full copies are per diffusers part, so a fused module's parts each take their rows.
+    Flux's final layer (the target `proj_out`, a suffix of every single block's `proj_out`, kohya's
+    linear2) without some linear2: those excluded (`exclude`). `t5`: T5-XXL's modules, which train in
+    LyCORIS's text group while T5 encodes: train.t5 (full copies of T5's Linears), those the file lacks
+    excluded; a `diff_b` on one (T5's Linears have no bias) is DBS402: make_module_from_state_dict makes it
+    the layer's bias, and FullModule's custom_state_dict subtracts the original bias, None, when kohya saves
+    (TypeError)."""
     if not denoiser:
         return "it holds no module of the denoiser"
     names = [m.name for m in denoiser if m.name != PATCH or family != "sd3"]
@@ -284,12 +296,22 @@ def _full_file(
     targets = diffusers_targets(names, family)
     if isinstance(targets, str):
         return targets
-    left = final_layer_block(targets, family)
-    if left:  # a target `proj_out` also takes every single block's (no rank-0 block on a full adapter)
-        return (
-            "it holds Flux's final layer (`lora_unet_final_layer_linear`, diffusers' `proj_out`) without "
-            "every single block's `linear2`: the target `proj_out` takes those too"
-        )
+    # a target `proj_out` also takes every single block's: those the file lacks excluded
+    exclude = [block["pattern"] for block in final_layer_block(targets, family)]
+    if t5:
+        bias = next((m.name for m in t5 if "diff_b" in m.shapes), None)
+        if bias:
+            return (
+                f"invalid:module `{bias}` holds a `diff_b`, but T5-XXL's Linears have no bias: "
+                "make_module_from_state_dict makes it the layer's bias, and FullModule's custom_state_dict "
+                "subtracts the original bias (None) when kohya saves the network: TypeError"
+            )
+        component = _T5_COMPONENT[family]
+        # T5's Linears the file lacks (train.t5 copies every one), anchored to T5's component
+        exclude += [
+            rf"^{re.escape(component)}(?:\..*)?" + block["pattern"]
+            for block in t5_left_block([m.name for m in t5], family)
+        ]
     patch = family == "sd3" and any(m.name == PATCH for m in denoiser)
     return {
         "kind": "full",
@@ -298,6 +320,8 @@ def _full_file(
         **({"conv_targets": ["pos_embed.proj"]} if patch else {}),
         **({"text_encoder_targets": text_targets} if text_targets else {}),
         **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
+        **({"exclude": exclude} if exclude else {}),
+        **({"t5": True} if t5 else {}),
         "init_scale": 2.0,
     }
 
@@ -322,15 +346,13 @@ def factor_file_adapter(
         return clip
     text_targets, text_2 = clip
     t5 = sorted(n for n in text if n.startswith(_T5[family]) and family in _T5_COMPONENT and not unet_only)
-    if t5 and algo == "full":
-        return f"module `{t5[0]}` is a full copy of a T5-XXL layer; dbspec's T5 adapter is LoRA, LoKr or LoHa"
-    if algo == "full":
-        return _full_file(denoiser, text_targets, text_2, family)
     if t5 and t5_idle:
         return (
             f"module `{t5[0]}` is T5-XXL's, whose LyCORIS modules keep the file's weights untrained where T5 "
             f"encodes: {t5_idle} (dbspec's T5 adapter trains)"
         )
+    if algo == "full":
+        return _full_file(denoiser, text_targets, text_2, family, [modules[n] for n in t5])
     # the modules LyCORIS builds and apply_to keeps: the denoiser's and (not unet-only) the CLIP and T5 ones
     built = denoiser + [
         m for m in modules.values() if text_targets and m.name.startswith(tuple(_CLIPS[family]))

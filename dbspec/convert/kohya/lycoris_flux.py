@@ -207,7 +207,7 @@ def map_lycoris_flow(
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     if algo == "full":
-        return _full(kwargs, a, args, conv, layout, preset)
+        return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
     if algo == "diag-oft":
         return map_flow_diag_oft(kwargs, a, conv, layout, preset)
     if algo == "glora":
@@ -407,19 +407,27 @@ def _switches(
 def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, layout, algo: str) -> bool:
     """`train_norm` with a preset file: create_single_module gives each module with "Norm" in its class name
     that the file's walk reaches a NormModule (lycoris/modules/norms.py). QKNorm and RMSNorm (no `_norm`
-    method) are "not supported": no parameter, the layer's own forward. The blocks' and the final layer's
-    LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and kohya's
-    first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule trains an
-    offset of their weight and bias, at the network's multiplier, with the CLIP modules: `[adapter]
-    text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha, full: the
-    others take no preset file here), SD3's CLIP-G its own list where it reaches other LayerNorms than
-    CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train CLIP), the network's
-    dropouts drawn as NormModule draws them. False when refused."""
+    method) are "not supported": no parameter, the layer's own forward, and so is T5-XXL's T5LayerNorm (a
+    weight, no `_norm`: lycoris-lora 4.1.3 warns "not supported in Norm algo"). The blocks' and the final
+    layer's LayerNorms have no weight or bias (elementwise_affine=False): its make_weight reads None and
+    kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
+    trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
+    `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
+    full: the others take no preset file here), SD3's CLIP-G its own list where it reaches other
+    LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
+    CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
     bare = [path for component, path, cls in file.norms if component == "denoiser" and cls == "LayerNorm"]
-    clip = [path for c, path, cls in file.norms if c == "clip" and cls in ("LayerNorm", "T5LayerNorm")]
+    clip = [path for c, path, cls in file.norms if c == "clip" and cls == "LayerNorm"]
+    t5 = [path for _, path, cls in file.norms if cls == "T5LayerNorm"]
+    t5_note = (
+        f"; its NormModules on T5-XXL's {len(t5)} T5LayerNorm(s) (e.g. {t5[0]}) are not supported by "
+        "LyCORIS (no `_norm` method: no parameter, the layer's own forward), so T5's norms stay as they are"
+        if t5
+        else ""
+    )
     if bare:
         conv.invalid(
             legacy.key,
@@ -435,30 +443,16 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         conv.inert(
             legacy,
             "the preset file reaches no norm NormModule trains (QKNorm / RMSNorm: no parameter, the layer's "
-            "own forward)"
+            f"own forward){t5_note}"
             if file.norms
             else "the preset file reaches no norm",
         )
         return True
-    why = _clip_norms_refused(kwargs, file, algo)
-    if why:
-        conv.unsupported(
-            legacy,
-            f"LyCORIS's NormModule trains CLIP's LayerNorm weight and bias offsets (e.g. {clip[0]}): {why}",
-        )
-        return False
-    note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches"
+    note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
     return True
-
-
-def _clip_norms_refused(kwargs: dict[str, str], file, algo: str) -> str:
-    """Why dbspec does not express the CLIP LayerNorms' offsets of this network ("" when it does)."""
-    if any(cls == "T5LayerNorm" for _, _, cls in file.norms):
-        return "it reaches T5-XXL's LayerNorms too, and dbspec offsets CLIP's only"
-    return ""
 
 
 def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:
@@ -473,14 +467,23 @@ def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion
 
 
 def _full(
-    kwargs: dict[str, str], a: dict[str, Legacy], args: Legacy, conv: Conversion, layout, preset: str
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    args: Legacy,
+    conv: Conversion,
+    layout,
+    preset: str,
+    text_blocks: list[dict[str, Any]] = (),
+    t5_file: bool = False,
 ) -> bool:
     """algo=full (lycoris/modules/full.py): FullModule trains a copy of each fused Linear's weight and bias;
     its diff's rows are the parts' own, so a copy per diffusers part (`kind = "full"`, no sharing) trains the
     same and the kohya_lora export stacks the parts' diffs under kohya's name (runtime/lycoris_export.py).
     The LoCon targets by full paths (no [[adapter.blocks]]); network_dim / network_alpha and the switches
     FullModule never reads are inert; its dropouts, bypass_mode and the convolutions are refused (network.py's
-    _lycoris_full). False when refused."""
+    _lycoris_full). A preset file's layers the targets take but LyCORIS builds no module on (rank-0 blocks:
+    the single blocks' linear2 beside Flux's final layer, T5-XXL's Linears it leaves out) are `exclude`d; its
+    T5-XXL modules (`t5_file`) train.t5's full copies. False when refused."""
     layers, text = layout.presets[preset]
     module = a["network_module"]
     if layers in layout.convs:  # the preset's convolutions (enable_conv): FullModule's copy of each
@@ -522,13 +525,37 @@ def _full(
     for legacy in (a["network_dim"], a["network_alpha"]):
         if legacy.given:
             conv.inert(legacy, "LyCORIS's full algo has no rank or alpha")
-    targets, _blocks, note = layout.targets(layers, True)  # LoKr's: full paths, no rank-0 blocks
+    targets, blocks, note = layout.targets(layers, True)  # LoKr's: full paths, rank-0 blocks
+    exclude = _full_excluded(blocks, list(text_blocks))
+    if isinstance(exclude, str):
+        conv.unsupported(args, f"algo=full with the preset file on {layout.title}: {exclude}")
+        return False
     if layers == "none":
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    put_rest(conv, module, args, preset, text, {})
+    if t5_file:  # a preset file's T5-XXL modules, trained: T5's full copies
+        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's full on T5-XXL"))
+    why = "the targets' layers the preset file builds no FullModule on (no trained copy)"
+    put_rest(conv, module, args, preset, text, {"exclude": exclude} if exclude else {}, why)
     return True
+
+
+def _full_excluded(blocks: list[dict[str, Any]], text_blocks: list[dict[str, Any]]) -> list[str] | str:
+    """The `exclude` patterns of full: the leading rank-0 blocks (the first matching block decides a layer;
+    a full copy has no rank, so the others' ranks change nothing), each kept to its model (the denoiser's
+    paths, or a text encoder's `text_encoder*.` ones); a rank-0 block after another: why not."""
+    out = []
+    for table, scope in ((blocks, "(?!text_encoder)"), (text_blocks, "(?=text_encoder)")):
+        ranks = [block["rank"] for block in table]
+        lead = next((i for i, rank in enumerate(ranks) if rank), len(ranks))
+        if any(rank == 0 for rank in ranks[lead:]):
+            return f"a map entry's dim 0 after another entry (`{table[lead]['pattern']}`)"
+        out += [
+            pattern if pattern.startswith("^") and scope.startswith("(?!") else f"^{scope}.*{pattern}"
+            for pattern in (block["pattern"] for block in table[:lead])
+        ]
+    return out
 
 
 def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str) -> bool:
