@@ -187,9 +187,12 @@ def map_adapter(
             a = _from_weights_args(a, conv)
         elif module.value == "lycoris.kohya":
             factors = _factor_file(a, paths)
+            rebuilt = _rebuilt_file(a, paths)
             a = _lycoris_from_weights_args(a, conv)
             if factors is not None and any(m.algo == "full" for m in factors.values()):
                 return _lycoris_sd_full_file(a, paths, conv, family or "sd1", factors)
+            if rebuilt is not None:
+                return _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -1039,6 +1042,62 @@ def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
     except (ModelFileError, ValueError, OSError):
         return None
     return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
+
+
+def _rebuilt_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
+    """The --network_weights file's modules when one is a LyCORIS Diag-OFT / BOFT, GLoRA or IA3 module
+    (lycoris_sd_rebuilt.py); None otherwise, or when it is unreadable (the LoCon mapping reports it)."""
+    from dbspec.convert.kohya.lycoris_sd_rebuilt import REBUILT
+
+    local = paths.local(a["network_weights"].value)
+    try:
+        modules = read_lycoris_file(local) if local is not None else {}
+    except (ModelFileError, ValueError, OSError):
+        return None
+    return modules if any(m.algo in REBUILT for m in modules.values()) else None
+
+
+def _lycoris_sd_rebuilt_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on SD 1.x/2.x / SDXL
+    (lycoris_sd_rebuilt.py): that kind over the file's layers at the modules' own values, started from the
+    file; an IA3 file stops kohya (DBS402)."""
+    from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
+        )
+        return False
+    found = sd_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    kind = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
+    for key, value in found.items():
+        if key not in ("kind", "blocks", "text_encoder_blocks"):
+            conv.put(("adapter", key), value, note)
+    for table in ("blocks", "text_encoder_blocks"):  # modules built with values of their own
+        for index, block in enumerate(found[table]):
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note + ": its modules' own values")
+    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
+    return True
 
 
 def _lycoris_sd_full_file(
