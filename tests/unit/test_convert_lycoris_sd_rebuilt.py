@@ -218,3 +218,69 @@ def test_sdxl_original_names(tmp_path):
     fc1 = _block(a.text_encoder_blocks, "text_encoder_2.text_model.encoder.layers.20.mlp.fc1")
     assert fc1 is not None and fc1.rank == 8
     assert not any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)
+
+
+# LyCORIS's NormModules (a train_norm run's w_norm / b_norm): create_network_from_weights builds one on each
+# norm the file names, beside the other modules
+NORM1 = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_norm1"
+GROUP = "lora_unet_down_blocks_1_resnets_0_norm2"
+TE_NORM = "lora_te_text_model_encoder_layers_3_layer_norm1"
+LOCON = {
+    Q: {"lora_down.weight": (4, 320), "lora_up.weight": (320, 4), "alpha": 2.0},
+    TE: {"lora_down.weight": (4, 768), "lora_up.weight": (768, 4), "alpha": 2.0},
+}
+NORMS = {
+    NORM1: {"w_norm": (320,), "b_norm": (320,)},
+    GROUP: {"w_norm": (640,), "b_norm": (640,)},
+    TE_NORM: {"w_norm": (768,), "b_norm": (768,)},
+}
+
+
+def test_norms_beside_a_locon_file_are_offset_norms(tmp_path):
+    outcome = _convert(tmp_path, LOCON | NORMS)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and a.rank == 4 and a.init_partial
+    assert _picks(a.denoiser_norms, "down_blocks.0.attentions.0.transformer_blocks.0.norm1")
+    assert _picks(a.denoiser_norms, "down_blocks.1.resnets.0.norm2")
+    assert not _picks(a.denoiser_norms, "down_blocks.1.resnets.0.norm1")
+    assert not _picks(a.denoiser_norms, "down_blocks.0.attentions.0.transformer_blocks.0.norm2")
+    assert _picks(a.text_encoder_norms, "text_model.encoder.layers.3.layer_norm1")
+    assert not _picks(a.text_encoder_norms, "text_model.encoder.layers.4.layer_norm1")
+
+
+def test_norms_beside_oft_and_glora_files(tmp_path):
+    for kind, modules in (("diag-oft", {Q: _oft(4, 320)}), ("glora", {Q: _glora(4, 320)})):
+        outcome = _convert(tmp_path / kind, modules | NORMS)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / kind).adapter
+        assert a.kind == kind and _picks(a.denoiser_norms, "down_blocks.1.resnets.0.norm2")
+        assert _picks(a.text_encoder_norms, "text_model.encoder.layers.3.layer_norm1")
+
+
+def test_norms_with_unet_only_drop_the_text_encoders(tmp_path):
+    outcome = _convert(tmp_path, LOCON | NORMS, "--dim_from_weights --network_train_unet_only")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.denoiser_norms and not a.text_encoder_norms
+
+
+def test_norm_offsets_on_a_linear_are_invalid(tmp_path):
+    outcome = _convert(tmp_path, LOCON | {K: {"w_norm": (320,), "b_norm": (320,)}})
+    assert "DBS402" in codes(outcome) and "NormModule" in messages(outcome, "DBS402")
+
+
+def test_norms_beside_boft_are_not_expressed(tmp_path):
+    outcome = _convert(tmp_path, {Q: {"oft_blocks": (6, 32, 10, 10), "alpha": 0.0}} | NORMS)
+    assert "DBS403" in codes(outcome) and "NormModules" in messages(outcome, "DBS403")
+
+
+def test_text_encoder_norms_alone_build_no_text_encoder_lora(tmp_path):
+    outcome = _convert(tmp_path, {Q: LOCON[Q], TE_NORM: NORMS[TE_NORM]})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert not a.text_encoder_targets and _picks(
+        a.text_encoder_norms, "text_model.encoder.layers.3.layer_norm1"
+    )
+    assert any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)

@@ -248,3 +248,53 @@ def sd_rebuilt_file(
         out["blocks"] = _oft_blocks(unet, rows, top)
         out["text_encoder_blocks"] = _oft_blocks(text, text_rows, top)
     return out
+
+
+def sd_file_norms(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict[str, object] | str:
+    """[adapter] denoiser_norms / text_encoder_norms (text_encoder_2_norms) for the file's NormModules
+    (`w_norm` / `b_norm`, what a train_norm run saves): create_network_from_weights builds a NormModule on
+    each norm of kohya's models the file names (make_module_from_state_dict: its offsets copied from the
+    file), whatever the other modules; {} when the file has none; else why not ("invalid:..." where kohya
+    fails). apply_to drops the text encoders' with --network_train_unet_only."""
+    from dbspec.convert.kohya.lycoris_file import norm_targets
+
+    norms = {n: m for n, m in modules.items() if m.algo == "norm"}
+    if not norms:
+        return {}
+    facts = family_spec(family).kohya
+    sdxl = facts.original_unet_names
+    unet_rows = sdxl_unet() if sdxl else sd_unet(facts.v2)
+    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if facts.v2 else 12)]
+    text_prefixes = ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]
+    unet_index = _index("lora_unet", unet_rows)
+    text_index = [_index(p, rows) for p, rows in zip(text_prefixes, texts)]
+    unet: list[str] = []
+    text: list[list[str]] = [[] for _ in texts]
+    for name in sorted(norms):
+        found = unet_index.get(name)
+        slot = next((i for i, index in enumerate(text_index) if name in index), None)
+        if found is None and slot is None:
+            return (
+                f"norm module `{name}` names no layer of kohya's {family_spec(family).title} models: LyCORIS "
+                "skips it, so the file is likely another model's; dbspec starts only from a file whose every "
+                "module is a layer of the run"
+            )
+        path, cls, _ = found if found is not None else text_index[slot][name]
+        if "Norm" not in cls:
+            return (
+                f"{INVALID}`{name}.w_norm`: kohya's `{path}` is a {cls}, not a LayerNorm or GroupNorm; "
+                "NormModule does not take it and its make_module_from_state_dict fails (AttributeError)"
+            )
+        if found is not None:
+            unet.append(path)
+        elif not unet_only:
+            text[slot].append(path)
+    targets = norm_targets(unet, text, facts.v2, sdxl)
+    out: dict[str, object] = {}
+    if unet:
+        out["denoiser_norms"] = targets.denoiser
+    if any(text):
+        out["text_encoder_norms"] = targets.text_encoder
+        if targets.text_encoder_2 is not None:
+            out["text_encoder_2_norms"] = targets.text_encoder_2
+    return out

@@ -1142,7 +1142,8 @@ def map_network_weights(
         if local is None:
             raise ValueError("a Windows path, not on this machine")
         # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid
-        file = read_lora_file(local, lora_mid=lycoris)
+        # LyCORIS's NormModules beside them (train_norm's w_norm / b_norm): model.py maps them to the norms
+        file = read_lora_file(local, lora_mid=lycoris, norms=lycoris)
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
