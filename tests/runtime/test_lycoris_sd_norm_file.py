@@ -1,7 +1,8 @@
-"""lycoris.kohya --dim_from_weights with a file a train_norm run saved (LoCon modules beside NormModules'
-`w_norm` / `b_norm`) on SD 1.x (issue 12): lycoris-lora 4.1.3's create_network_from_weights builds a
-LoConModule per LoCon module and a NormModule per norm module of the file (the U-Net's GroupNorms and
-LayerNorms, CLIP's LayerNorms), apply_to, load_weights; dbspec's converted run (adapter.denoiser_norms /
+"""lycoris.kohya --network_weights with a file a train_norm run saved (LoCon modules beside NormModules'
+`w_norm` / `b_norm`) on SD 1.x (issue 12): with --dim_from_weights lycoris-lora 4.1.3's
+create_network_from_weights builds a LoConModule per LoCon module and a NormModule per norm module of the
+file (the U-Net's GroupNorms and LayerNorms, CLIP's LayerNorms), without it create_network builds the
+preset's train_norm network; apply_to, load_weights; dbspec's converted run (adapter.denoiser_norms /
 text_encoder_norms beside the LoRA, every offset started from the file by runtime/init_weights.py) starts
 every layer alike (offsets equal, outputs to 1e-5); a tiny run from the file trains the offsets and resumes
 bit for bit, its export holding the trained `w_norm` / `b_norm`."""
@@ -63,21 +64,53 @@ def _ours_norms(comps) -> dict[str, nn.Module]:
     return out
 
 
-def test_norm_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch):
+def _network(pipe, folder, monkeypatch, from_file=None):
+    """kohya's steps: create_network (the preset, algo=locon, train_norm) or, with `from_file`,
+    create_network_from_weights on it; apply_to."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    if from_file is not None:
+        made, _ = lycoris_kohya.create_network_from_weights(1.0, str(from_file), None, named, unet)
+    else:
+        preset = folder / "preset.toml"
+        preset.write_text(PRESET, encoding="utf-8")
+        made = lycoris_kohya.create_network(
+            1.0, 4, 2.0, None, named, unet, algo="locon", conv_dim="4", train_norm="True", preset=str(preset)
+        )
+    made.apply_to(named, unet, True, True)
+    return made
+
+
+def _norm_file(pipe, folder, monkeypatch):
+    """A LoCon train_norm network over PRESET, every parameter moved at random, some modules left out."""
+    return kit.saved_file(_network(pipe, folder, monkeypatch), folder, seed=11, scale=0.1, drop=7)
+
+
+@pytest.mark.parametrize("from_weights", [True, False])
+def test_norm_file_starts_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch, from_weights):
+    """--dim_from_weights: create_network_from_weights builds the file's modules; without it the preset's
+    train_norm network (create_network) loads the file (load_state_dict(strict=False): the left-out
+    modules keep their init, zero offsets for the norms)."""
     from peft.tuners.lora import LoraLayer
 
     path = _norm_file(pipe, tmp_path, monkeypatch)
-    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
-    made, _ = lycoris_kohya.create_network_from_weights(1.0, str(path), None, named, unet)
-    made.apply_to(named, unet, True, True)
+    made = _network(pipe, tmp_path, monkeypatch, path if from_weights else None)
     made.load_weights(str(path))
     theirs = _lycoris_modules(made)
     in_file = {k.split(".")[0] for k in load_file(str(path))}
-    assert set(theirs) == in_file
+    assert set(theirs) == in_file if from_weights else in_file < set(theirs)
     norms = {n: m for n, m in theirs.items() if type(m).__name__ == "NormModule"}
     assert any(n.startswith("lora_te_") for n in norms) and any(n.startswith("lora_unet_") for n in norms)
     assert any("GroupNorm" in type(m.org_module[0]).__name__ for m in norms.values())
-    plan = kit.converted_plan(tmp_path, '--dim_from_weights --network_args "algo=lokr" "train_norm=True"')
+    args = (
+        '--dim_from_weights --network_args "algo=lokr" "train_norm=True"'
+        if from_weights
+        else '--network_dim=4 --network_alpha=2 --network_args "algo=locon" "preset=preset.toml" '
+        '"conv_dim=4" "train_norm=True"'
+    )
+    plan = kit.converted_plan(tmp_path, args)
     a = plan.adapter
     assert a.kind == "lora" and a.denoiser_norms and a.text_encoder_norms and a.init_partial
     comps, count = _loaded(plan)
@@ -92,6 +125,7 @@ def test_norm_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypa
         x = x if x is not None else torch.randn(1, layer.num_channels, 4, 4)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+        assert bool(torch.count_nonzero(lyco.w_norm)) == (name in in_file), name
     loras = kit.kohya_layers(comps, LoraLayer, adapter=True)
     locons = {n: m for n, m in theirs.items() if n not in norms}
     assert sorted(loras) == sorted(locons)
