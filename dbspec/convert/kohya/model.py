@@ -1018,6 +1018,17 @@ def _lycoris_flow_from_weights(
     if factors is not None:
         flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
         return _lycoris_flow_factor_file(a, paths, conv, flow, factors)
+    rebuilt = _rebuilt_file(a, paths, norms=True)  # Diag-OFT, BOFT, GLoRA, NormModules (IA3: factors')
+    if rebuilt is not None:
+        name, odd = next((n, m) for n, m in sorted(rebuilt.items()) if m.algo in ("oft", "glora", "norm"))
+        what = {"oft": "Diag-OFT / BOFT", "glora": "GLoRA", "norm": "NormModule (train_norm)"}[odd.algo]
+        conv.unsupported(
+            a["dim_from_weights"],
+            f"LyCORIS's create_network_from_weights builds `{name}` as a {what} module from the file's "
+            "keys; dbspec builds those from a file on SD 1.x/2.x / SDXL only, not on kohya's fused Flux / "
+            "SD3 layers (dbspec reads LoCon, LoKr, LoHa and full files there)",
+        )
+        return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -1108,9 +1119,10 @@ def _put_file_norms(norms: dict[str, object], a: Args, paths: PathMapper, conv: 
     return True
 
 
-def _rebuilt_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
+def _rebuilt_file(a: Args, paths: PathMapper, norms: bool = False) -> dict[str, LycorisModule] | None:
     """The --network_weights file's modules when one is a LyCORIS Diag-OFT / BOFT, GLoRA or IA3 module
-    (lycoris_sd_rebuilt.py); None otherwise, or when it is unreadable (the LoCon mapping reports it)."""
+    (lycoris_sd_rebuilt.py; `norms`: or a NormModule); None otherwise, or when it is unreadable (the LoCon
+    mapping reports it)."""
     from dbspec.convert.kohya.lycoris_sd_rebuilt import REBUILT
 
     local = paths.local(a["network_weights"].value)
@@ -1118,7 +1130,8 @@ def _rebuilt_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None
         modules = read_lycoris_file(local) if local is not None else {}
     except (ModelFileError, ValueError, OSError):
         return None
-    return modules if any(m.algo in REBUILT for m in modules.values()) else None
+    algos = (*REBUILT, "norm") if norms else REBUILT
+    return modules if any(m.algo in algos for m in modules.values()) else None
 
 
 def _lycoris_sd_rebuilt_file(
