@@ -50,8 +50,8 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
 def _load_norms(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     """LyCORIS's train_norm NormModules (runtime/norm_offsets.py): each offset norm's `w_norm` / `b_norm`
     from the file under its kohya name, as lycoris.kohya's load_weights (`load_state_dict(strict=False)`)
-    loads them into the NormModules; with `init_partial` a norm the file lacks keeps its zero offsets.
-    Returns the number of norms set."""
+    loads them into the NormModules. A file holding no norm tensor leaves every offset at zero; otherwise,
+    with `init_partial`, a norm the file lacks keeps its zero offsets. Returns the number of norms set."""
     from dbspec.runtime.norm_offsets import norm_state
 
     a = plan.adapter
@@ -60,6 +60,8 @@ def _load_norms(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
         return 0
     path = a.init_weights
     state = load_file(path)
+    if not any(key.endswith((".w_norm", ".b_norm")) for key in state):
+        return 0  # a file of the adapters alone: the offsets start at zero
     loaded = 0
     with torch.no_grad():
         for prefix, module, to_path in kohya_parts(
