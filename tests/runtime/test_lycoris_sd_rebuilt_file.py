@@ -143,3 +143,86 @@ def test_ia3_file_stops_create_network_from_weights(pipe, tmp_path, monkeypatch)
         f"--output_dir=out {FROM}",
     )
     assert "DBS402" in codes(outcome) and "IA3" in messages(outcome, "DBS402")
+
+
+def test_sdxl_diag_oft_file_in_kohyas_original_names(tmp_path, monkeypatch):
+    """SDXL: the file's U-Net modules in kohya's original layout (input_blocks...), its CLIP-L / OpenCLIP
+    modules lora_te1_ / lora_te2_, two block sizes in it. lycoris-lora's create_network_from_weights,
+    apply_to and load_weights run on the diffusers-named file (the name is only the lookup); dbspec's run from
+    the renamed one builds and starts every layer where lycoris-lora's does (blocks equal, outputs to 1e-5)."""
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.exports import kohya_parts
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from tests.runtime.test_lycoris_sd_full_file import PRESET
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in kit.NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    xl = build_pipeline("builtin:tiny-sdxl")
+    preset = tmp_path / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+
+    def state_at(dim: int) -> dict[str, torch.Tensor]:
+        texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+        made = lycoris_kohya.create_network(
+            1.0, dim, 1.0, None, texts, unet, algo="diag-oft", preset=str(preset), rescaled="True"
+        )
+        made.apply_to(texts, unet, True, True)
+        return kit.moved_state(made, seed=dim, scale=0.1)
+
+    state, other = state_at(4), state_at(2)
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[::3]:  # their own block size
+        state |= {k: other[k] for k in other if k.startswith(name + ".")}
+    for name in names[1::4]:  # a constraint that binds
+        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 0 + 0.01
+    for name in names[2::5]:  # left out
+        for key in [k for k in state if k.startswith(name + ".")]:
+            del state[key]
+    assert any(k.startswith("lora_te1_") for k in state) and any(k.startswith("lora_te2_") for k in state)
+    diffusers_file = tmp_path / "diffusers.safetensors"
+    save_file(state, str(diffusers_file))
+    (_, _, to_original), *_ = kohya_parts(unet=xl.unet, text_encoders=[], family="sdxl")
+    paths = {f"lora_unet_{n}".replace(".", "_"): n for n, _ in xl.unet.named_modules() if n}
+    renamed = {}
+    for key, value in state.items():
+        name, tensor = key.split(".", 1)
+        if name in paths:
+            name = f"lora_unet_{to_original(paths[name])}".replace(".", "_")
+        renamed[f"{name}.{tensor}"] = value
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(tmp_path / "prev.safetensors"))
+
+    texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+    made, _ = lycoris_kohya.create_network_from_weights(1.0, str(diffusers_file), None, texts, unet)
+    made.apply_to(texts, unet, True, True)
+    made.load_weights(str(diffusers_file))
+    original = {paths[m.lora_name]: m for m in made.unet_loras}
+    theirs = {
+        **{f"lora_unet_{to_original(p)}".replace(".", "_"): m for p, m in original.items()},
+        **{m.lora_name: m for m in made.text_encoder_loras},
+    }
+    assert len({tuple(m.oft_blocks.shape[1:]) for m in theirs.values()}) > 1
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f"--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 --output_dir=out {FROM}",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sdxl"])
+    assert plan.adapter.kind == "diag-oft" and plan.adapter.blocks and plan.adapter.text_encoder_blocks
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    ours = kit.kohya_layers(comps, DiagOftLayer, adapter=True, family="sdxl")
+    assert sorted(ours) == sorted(theirs)
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        torch.testing.assert_close(layer.lora_oft_blocks["default"], lyco.oft_blocks, rtol=0, atol=0, msg=name)
+        x = kit.sample_input(layer.get_base_layer())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
