@@ -148,8 +148,9 @@ def test_ia3_file_stops_create_network_from_weights(pipe, tmp_path, monkeypatch)
 def test_sdxl_diag_oft_file_in_kohyas_original_names(tmp_path, monkeypatch):
     """SDXL: the file's U-Net modules in kohya's original layout (input_blocks...), its CLIP-L / OpenCLIP
     modules lora_te1_ / lora_te2_, two block sizes in it. lycoris-lora's create_network_from_weights,
-    apply_to and load_weights run on the diffusers-named file (the name is only the lookup); dbspec's run from
-    the renamed one builds and starts every layer where lycoris-lora's does (blocks equal, outputs to 1e-5)."""
+    apply_to and load_weights run on the diffusers-named file (the name is only the lookup); dbspec's run
+    from the renamed one builds and starts every layer where lycoris-lora's does (blocks equal, outputs to
+    1e-5)."""
     from safetensors.torch import save_file
 
     from dbspec.runtime.exports import kohya_parts
@@ -211,7 +212,8 @@ def test_sdxl_diag_oft_file_in_kohyas_original_names(tmp_path, monkeypatch):
         tmp_path,
         command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        f"--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 --output_dir=out {FROM}",
+        "--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 "
+        f"--output_dir=out {FROM}",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sdxl"])
@@ -222,7 +224,9 @@ def test_sdxl_diag_oft_file_in_kohyas_original_names(tmp_path, monkeypatch):
     assert sorted(ours) == sorted(theirs)
     for name, lyco in theirs.items():
         layer = ours[name]
-        torch.testing.assert_close(layer.lora_oft_blocks["default"], lyco.oft_blocks, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(
+            layer.lora_oft_blocks["default"], lyco.oft_blocks, rtol=0, atol=0, msg=name
+        )
         x = kit.sample_input(layer.get_base_layer())
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
