@@ -15,7 +15,10 @@ DyLoRAModule cuts them into its one-rank parameters.
 
 kohya's own OFT (plan.adapter.kind "diag-oft", oft_form "kohya"; networks/oft.py, on FLUX.1
 and Chroma networks/oft_flux.py, OFTNetwork.load_weights) loads its `oft_unet_*` modules' `oft_blocks` into
-each layer's blocks, named as the kohya export names them."""
+each layer's blocks, named as the kohya export names them.
+
+LyCORIS's train_norm NormModules (plan.adapter.denoiser_norms / text_encoder_norms) take the file's
+`w_norm` / `b_norm` into the norms' offsets, whatever the adapter's kind."""
 
 from __future__ import annotations
 
@@ -38,9 +41,47 @@ def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) ->
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set. With LyCORIS's
     use_scalar (plan.adapter.scalar) every layer's trained scalar then becomes 1, as LyCORIS's modules'
     load hook sets it on every module (those the file lacks too): the file's factors hold it folded in."""
-    loaded = _load(plan, unet, text_encoders)
+    loaded = _load(plan, unet, text_encoders) + _load_norms(plan, unet, text_encoders)
     if getattr(plan.adapter, "scalar", False):
         _scalars_to_one([unet, *text_encoders])
+    return loaded
+
+
+def _load_norms(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
+    """LyCORIS's train_norm NormModules (runtime/norm_offsets.py): each offset norm's `w_norm` / `b_norm`
+    from the file under its kohya name, as lycoris.kohya's load_weights (`load_state_dict(strict=False)`)
+    loads them into the NormModules. A file holding no norm tensor leaves every offset at zero; otherwise,
+    with `init_partial`, a norm the file lacks keeps its zero offsets. Returns the number of norms set."""
+    from dbspec.runtime.norm_offsets import norm_state
+
+    a = plan.adapter
+    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    if not any(getattr(a, key, ()) for key in keys):
+        return 0
+    path = a.init_weights
+    state = load_file(path)
+    if not any(key.endswith((".w_norm", ".b_norm")) for key in state):
+        return 0  # a file of the adapters alone: the offsets start at zero
+    loaded = 0
+    with torch.no_grad():
+        for prefix, module, to_path in kohya_parts(
+            unet=unet, text_encoders=list(text_encoders), family=plan.model.family
+        ):
+            for key, param in sorted(norm_state(module).items()):
+                layer, tensor = key.rsplit(".", 1)
+                name = f"{prefix}_{to_path(layer).replace('.', '_')}.{tensor}"
+                value = state.get(name)
+                if value is None and a.init_partial:
+                    continue  # strict=False: the offset keeps its zeros
+                if value is None:
+                    raise ValueError(f"{path}: the run's offset norm has no tensor `{name}`")
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"{path}: tensor `{name}` has shape {list(value.shape)}; the run's norm has "
+                        f"{list(param.shape)}"
+                    )
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+                loaded += tensor == "w_norm"
     return loaded
 
 

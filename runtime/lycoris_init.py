@@ -56,7 +56,9 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
     path = plan.adapter.init_weights
     state = load_file(path)
     layers = _layers(plan, unet, text_encoders)
-    modules = {key.rsplit(".", 1)[0] for key in state}
+    a = plan.adapter  # train_norm's NormModules' tensors: runtime/init_weights.py loads them
+    norms = any(getattr(a, k, ()) for k in ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms"))
+    modules = {key.rsplit(".", 1)[0] for key in state if not (norms and key.endswith((".w_norm", ".b_norm")))}
     partial = plan.adapter.init_partial  # LyCORIS's load_state_dict(strict=False)
     extra = sorted(modules - layers.keys())
     if extra and not partial:

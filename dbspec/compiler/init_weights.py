@@ -101,8 +101,12 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
 
     # LyCORIS LoCon's Tucker form (`lora_mid`): runtime/init_weights.py on SD 1.x/2.x / SDXL,
     # runtime/flow_init.py on SD3's patch convolution
+    # LyCORIS's train_norm NormModules: their `w_norm` / `b_norm` load into the norm offsets
+    # (runtime/init_weights.py), as load_state_dict(strict=False) loads them into the NormModules
+    norms = _has_norms(adapter)
+
     def reader(p):
-        return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker))
+        return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker), norms=norms)
 
     file = _read_file(ctx, path, reader, "LoRA")
     if file is None:
@@ -540,6 +544,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     # (a block's own too: LyCORIS map entries' weight_decompose)
     decomposed = getattr(adapter, "dora", False) or block_dora(adapter)
     factors = _FACTORS[adapter.kind] + (("dora_scale",) if decomposed else ())
+    factors += ("w_norm", "b_norm") if _has_norms(adapter) else ()  # train_norm's NormModules
     modules = {_module_name(key, factors) for key in header} - {None}
     other = next((k for k in header if _module_name(k, (*factors, "alpha")) is None), None)
     if other is not None:
@@ -589,6 +594,14 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
     return _tally(ctx, path, ignored, used)
+
+
+def _has_norms(adapter) -> bool:
+    """Whether the adapter offsets norms (LyCORIS's train_norm NormModules), whose `w_norm` / `b_norm` a
+    lycoris.kohya file holds beside the modules and load_state_dict(strict=False) loads into them
+    (runtime/init_weights.py loads them into the offsets)."""
+    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    return any(getattr(adapter, key, ()) for key in keys)
 
 
 def _module_name(key: str, tensors: tuple[str, ...]) -> str | None:

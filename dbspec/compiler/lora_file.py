@@ -47,11 +47,15 @@ class LoraFile:
         return {next(p for p in KOHYA_PREFIXES if m.startswith(p)) for m in self.modules}
 
 
-def read_lora_file(path: str | os.PathLike, dora_scale: bool = False, lora_mid: bool = False) -> LoraFile:
+def read_lora_file(
+    path: str | os.PathLike, dora_scale: bool = False, lora_mid: bool = False, norms: bool = False
+) -> LoraFile:
     """The modules of a kohya-layout LoRA file; ModelFileError when it is not one (naming the first tensor
     that does not fit). `dora_scale`: LyCORIS's LoCon with weight_decompose, its modules' `.dora_scale`
     tensors allowed (and not read here). `lora_mid`: LyCORIS LoCon's Tucker form, a module's
-    `.lora_mid.weight` (its shape in LoraModule.mid; the module is a k x k convolution)."""
+    `.lora_mid.weight` (its shape in LoraModule.mid; the module is a k x k convolution). `norms`: LyCORIS's
+    NormModules (train_norm) beside the LoRA modules, their `.w_norm` / `.b_norm` tensors skipped (not read
+    here)."""
     path = Path(path)
     header, data_bytes = _read_raw_header(path)
     header.pop("__metadata__", None)
@@ -59,7 +63,9 @@ def read_lora_file(path: str | os.PathLike, dora_scale: bool = False, lora_mid: 
     names = sorted(
         n
         for n in header
-        if not (dora_scale and n.endswith(".dora_scale")) and not (lora_mid and n.endswith(_MID))
+        if not (dora_scale and n.endswith(".dora_scale"))
+        and not (lora_mid and n.endswith(_MID))
+        and not (norms and n.endswith((".w_norm", ".b_norm")))
     )
     for name in names:
         base = _module_of(name)

@@ -240,8 +240,9 @@ def _text_encoder_norms():
         factory=list,
         doc="LyCORIS `train_norm` on the CLIP text encoders: module names (suffixes) of their LayerNorms "
         "whose weight and bias each train an added offset, starting at 0 (LyCORIS's NormModule `w_norm` / "
-        "`b_norm`), with the text encoder's adapters, or alone where `text_encoder_targets` is empty; "
-        "written under LyCORIS's names in the kohya_lora export.",
+        "`b_norm`; with `init_weights` the file's, under LyCORIS's names, where it holds them), with the "
+        "text encoder's adapters, or alone where `text_encoder_targets` is empty; written under LyCORIS's "
+        "names in the kohya_lora export.",
         example=["layer_norm1", "layer_norm2"],
     )
 
@@ -262,7 +263,8 @@ def _denoiser_norms():
         factory=list,
         doc="LyCORIS `train_norm` on the SD 1.x / 2.x / SDXL U-Net: module names (suffixes) of its GroupNorms"
         " and LayerNorms whose weight and bias each train an added offset, starting at 0 (LyCORIS's "
-        "NormModule `w_norm` / `b_norm`), with the U-Net's adapters and at their learning rate, or alone "
+        "NormModule `w_norm` / `b_norm`; with `init_weights` the file's, under LyCORIS's names, where it "
+        "holds them), with the U-Net's adapters and at their learning rate, or alone "
         "where `denoiser_targets` is empty; written under LyCORIS's names (`lora_unet_...`) in the "
         "kohya_lora export.",
         example=["norm1", "norm2", "norm3", "norm"],

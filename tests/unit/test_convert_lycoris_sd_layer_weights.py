@@ -127,12 +127,18 @@ def test_glora_file_with_another_algos_tensors_is_refused_naming_it(tmp_path):
     assert f"`{Q}.lora_down.weight` is not LyCORIS glora's" in _plan_errors(tmp_path)
 
 
-def test_glora_dim_from_weights_is_not_expressed(tmp_path):
-    """create_network_from_weights reads the file's GLoRA modules; dbspec reads LoRA files' ranks only."""
+def test_glora_dim_from_weights_builds_the_files_modules(tmp_path):
+    """create_network_from_weights builds the file's GLoRA modules (convert/kohya/lycoris_sd_rebuilt.py; was
+    DBS403): at a2's rows and the file's alpha; a module without alpha stops it (float(None)): DBS402."""
     _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.b2.weight": (4, 320)})
     outcome = kohya_lora(tmp_path, GLORA.format("") + " --dim_from_weights")
-    assert "cannot start a LoRA run" in messages(outcome, "DBS403"), errors(outcome)
-    assert any(d.code == "DBS403" and d.path == "dim_from_weights" for d in outcome.diagnostics)
+    assert "float(alpha)" in messages(outcome, "DBS402"), errors(outcome)
+    assert any(d.code == "DBS402" and d.path == "dim_from_weights" for d in outcome.diagnostics)
+    _file(tmp_path / "prev.safetensors", {**GLORA_Q, f"{Q}.b2.weight": (4, 320), f"{Q}.alpha": ()})
+    outcome = kohya_lora(tmp_path, GLORA.format("") + " --dim_from_weights")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "glora" and a.rank == 4 and a.init_partial
 
 
 @pytest.mark.parametrize("algo", ["glora", "locon"])

@@ -677,6 +677,15 @@ def preset_norms(data: dict[str, Any], v2: bool, sdxl: bool = False) -> NormTarg
 
     unet_paths = norms(unet, s["unet_target_module"], s["unet_target_name"])
     text_paths = [norms(t, s["text_encoder_target_module"], s["text_encoder_target_name"]) for t in texts]
+    return norm_targets(unet_paths, text_paths, v2, sdxl)
+
+
+def norm_targets(unet_paths: list[str], text_paths: list[list[str]], v2: bool, sdxl: bool) -> NormTargets:
+    """The NormTargets of these norms of kohya's SD 1.x (`v2` False) / 2.x or (`sdxl`) SDXL models (the
+    U-Net's paths in kohya's layout, SDXL's original one; each CLIP encoder's): the suffixes picking exactly
+    them."""
+    unet = sdxl_unet() if sdxl else sd_unet(v2)
+    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if v2 else 12)]
     if sdxl:  # the walk ran on kohya's original-layout paths; dbspec offsets diffusers' SDXL U-Net
         unet = [
             (diffusers_name(p, SDXL_UNET, "."), cls, kind) for p, cls, kind in unet if kind or "Norm" in cls

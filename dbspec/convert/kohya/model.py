@@ -187,9 +187,19 @@ def map_adapter(
             a = _from_weights_args(a, conv)
         elif module.value == "lycoris.kohya":
             factors = _factor_file(a, paths)
+            rebuilt = _rebuilt_file(a, paths)
             a = _lycoris_from_weights_args(a, conv)
+            norms = _file_norm_values(a, paths, conv, family or "sd1")
+            if norms is None:
+                return False
             if factors is not None and any(m.algo == "full" for m in factors.values()):
-                return _lycoris_sd_full_file(a, paths, conv, family or "sd1", factors)
+                factors = {n: m for n, m in factors.items() if m.algo != "norm"}
+                done = _lycoris_sd_full_file(a, paths, conv, family or "sd1", factors)
+                return done and _put_file_norms(norms, a, paths, conv)
+            if rebuilt is not None:
+                rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt)
+                return done and _put_file_norms(norms, a, paths, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -239,6 +249,8 @@ def map_adapter(
     map_network_weights(a, paths, conv, bool(original))
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=lycoris, kind=kind)
+    if lycoris and a["dim_from_weights"].value and a["network_weights"].value:
+        _put_file_norms(_file_norm_values(a, paths, conv, family or "sd1") or {}, a, paths, conv)
     return True
 
 
@@ -1006,6 +1018,17 @@ def _lycoris_flow_from_weights(
     if factors is not None:
         flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
         return _lycoris_flow_factor_file(a, paths, conv, flow, factors)
+    rebuilt = _rebuilt_file(a, paths, norms=True)  # Diag-OFT, BOFT, GLoRA, NormModules (IA3: factors')
+    if rebuilt is not None:
+        name, odd = next((n, m) for n, m in sorted(rebuilt.items()) if m.algo in ("oft", "glora", "norm"))
+        what = {"oft": "Diag-OFT / BOFT", "glora": "GLoRA", "norm": "NormModule (train_norm)"}[odd.algo]
+        conv.unsupported(
+            a["dim_from_weights"],
+            f"LyCORIS's create_network_from_weights builds `{name}` as a {what} module from the file's "
+            "keys; dbspec builds those from a file on SD 1.x/2.x / SDXL only, not on kohya's fused Flux / "
+            "SD3 layers (dbspec reads LoCon, LoKr, LoHa and full files there)",
+        )
+        return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -1039,6 +1062,119 @@ def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
     except (ModelFileError, ValueError, OSError):
         return None
     return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
+
+
+def _file_norm_values(a: Args, paths: PathMapper, conv: Conversion, family: str) -> dict[str, object] | None:
+    """lycoris.kohya --dim_from_weights on SD 1.x/2.x / SDXL: the [adapter] norms for the file's NormModules
+    (lycoris_sd_rebuilt.sd_file_norms; {} without any, or when the file is unreadable); None where kohya fails
+    (DBS402) or dbspec cannot express them (DBS403), reported."""
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+    from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_file_norms
+
+    local = paths.local(a["network_weights"].value)
+    try:
+        modules = read_lycoris_file(local) if local is not None else {}
+    except (ModelFileError, ValueError, OSError):
+        return {}
+    found = sd_file_norms(modules, family, bool(a["network_train_unet_only"].value))
+    from_file = a["dim_from_weights"]
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return None
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights: {found}")
+        return None
+    return found
+
+
+def _put_file_norms(norms: dict[str, object], a: Args, paths: PathMapper, conv: Conversion) -> bool:
+    """The file's NormModules as the adapter's norm offsets, started from the file's `w_norm` / `b_norm`
+    (runtime/init_weights.py); False (DBS403) beside an adapter kind without norm offsets (BOFT)."""
+    if not norms:
+        return True
+    kind = conv.values.get(("adapter", "kind"), ("lora", ""))[0]
+    if kind == "boft":
+        conv.unsupported(
+            a["dim_from_weights"],
+            "LyCORIS's NormModules of the file beside its BOFT modules: dbspec offsets norms beside "
+            "lora / locon, loha, lokr, full, ia3, diag-oft and glora",
+        )
+        return False
+    note = (
+        f"kohya --dim_from_weights: LyCORIS's NormModules of {paths.name_of(a['network_weights'].value)} "
+        "(train_norm's w_norm / b_norm), started from the file"
+    )
+    for key, value in norms.items():
+        conv.put(("adapter", key), value, note)
+    local = paths.local(a["network_weights"].value)
+    modules = read_lycoris_file(local) if local is not None else {}  # read by _file_norm_values already
+    if "text_encoder_norms" in norms and not any(
+        n.startswith("lora_te") and m.algo != "norm" for n, m in modules.items()
+    ):  # the text encoders' NormModules alone: no LoRA there (the LoCon mapping's default targets)
+        why = note + ": the file has no other text-encoder module"
+        conv.put(("adapter", "text_encoder_targets"), [], why)
+        if ("adapter", "text_encoder_2_targets") in conv.values:
+            conv.put(("adapter", "text_encoder_2_targets"), [], why)
+    return True
+
+
+def _rebuilt_file(a: Args, paths: PathMapper, norms: bool = False) -> dict[str, LycorisModule] | None:
+    """The --network_weights file's modules when one is a LyCORIS Diag-OFT / BOFT, GLoRA or IA3 module
+    (lycoris_sd_rebuilt.py; `norms`: or a NormModule); None otherwise, or when it is unreadable (the LoCon
+    mapping reports it)."""
+    from dbspec.convert.kohya.lycoris_sd_rebuilt import REBUILT
+
+    local = paths.local(a["network_weights"].value)
+    try:
+        modules = read_lycoris_file(local) if local is not None else {}
+    except (ModelFileError, ValueError, OSError):
+        return None
+    algos = (*REBUILT, "norm") if norms else REBUILT
+    return modules if any(m.algo in algos for m in modules.values()) else None
+
+
+def _lycoris_sd_rebuilt_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on SD 1.x/2.x / SDXL
+    (lycoris_sd_rebuilt.py): that kind over the file's layers at the modules' own values, started from the
+    file; an IA3 file stops kohya (DBS402)."""
+    from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
+        )
+        return False
+    found = sd_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    kind = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
+    for key, value in found.items():
+        if key not in ("kind", "blocks", "text_encoder_blocks"):
+            conv.put(("adapter", key), value, note)
+    for table in ("blocks", "text_encoder_blocks"):  # modules built with values of their own
+        for index, block in enumerate(found[table]):
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note + ": its modules' own values")
+    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
+    return True
 
 
 def _lycoris_sd_full_file(

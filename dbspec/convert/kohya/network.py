@@ -17,7 +17,7 @@ from dbspec.convert.kohya.file_ranks import (
     sd_blocks,
 )
 from dbspec.compiler.lora_file import read_lora_file
-from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
@@ -1046,28 +1046,6 @@ def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
     )
 
 
-def _file_norms(weights: Legacy, paths, conv: Conversion) -> bool:
-    """True (refused, DBS403) where the network has train_norm's NormModules and the file holds their
-    `w_norm` / `b_norm` (a train_norm run's): LyCORIS's load_weights loads them into the NormModules, and
-    dbspec starts the adapters alone from a file (init_weights)."""
-    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
-    if not any(conv.values.get(("adapter", key), (None, ""))[0] for key in keys):
-        return False
-    local = paths.local(weights.value)
-    try:
-        names = read_safetensors_header(local) if local is not None else {}
-    except (ModelFileError, OSError):
-        return False  # reported where the file is read for the adapters
-    held = [name for name in names if name.endswith((".w_norm", ".b_norm"))]
-    if held:
-        conv.unsupported(
-            weights,
-            f"the file holds LyCORIS NormModule offsets (e.g. {held[0]}), which kohya's load_weights "
-            "loads into the train_norm network's NormModules; dbspec starts the adapters alone from a file",
-        )
-    return bool(held)
-
-
 def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
     """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's) most frequent linear pair
     and the denoiser's most frequent convolution pair (the blocks give each module its own)."""
@@ -1132,8 +1110,8 @@ def map_network_weights(
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
         lycoris_dylora_alphas(weights, paths, conv, original_names)  # only the file's alphas load
         return
-    if _file_norms(weights, paths, conv):
-        return
+    # a train_norm network's file: its NormModules' w_norm / b_norm load into the norm offsets too
+    # (runtime/init_weights.py), as load_state_dict(strict=False) loads them into the NormModules
     map_init_weights(weights, paths, conv)
     if not from_file.value:
         return
@@ -1142,7 +1120,8 @@ def map_network_weights(
         if local is None:
             raise ValueError("a Windows path, not on this machine")
         # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid
-        file = read_lora_file(local, lora_mid=lycoris)
+        # LyCORIS's NormModules beside them (train_norm's w_norm / b_norm): model.py maps them to the norms
+        file = read_lora_file(local, lora_mid=lycoris, norms=lycoris)
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names)
     except (ModelFileError, ValueError, OSError) as exc:
