@@ -208,3 +208,26 @@ def test_a_tensor_of_another_shape_is_named(tmp_path, algo, key):
     plan = compile_spec(_converted(tmp_path, algo), RUN)
     with pytest.raises(ValueError, match=f"tensor `{name}` has shape"):
         _loaded(plan)
+
+
+def test_a_block_scalar_starts_at_one_too(tmp_path):
+    """A LyCORIS map entry's own use_scalar (a block's `scalar = "on"`, the adapter's off): LyCORIS's load
+    hook sets those modules' scalar to 1 as well, so the block's fused layers compute the loaded modules."""
+    import attrs
+
+    from dbspec.plan.model import BlockPlan
+
+    theirs = _file(tmp_path, "lokr")
+    plan = compile_spec(_converted(tmp_path, "lokr"), RUN)
+    block = BlockPlan(pattern=r"^transformer_blocks\.0\.attn\.", rank=4, alpha=2.0, scalar="on")
+    adapter = attrs.evolve(plan.adapter, scalar=False, blocks=(block, *plan.adapter.blocks))
+    comps, _ = _loaded(attrs.evolve(plan, adapter=adapter))
+    attn = comps.unet.transformer_blocks[0].attn
+    assert set(_scalars(attn)) == {1.0} and not _scalars(comps.unet.single_transformer_blocks)
+    torch.manual_seed(0)
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    parts = _layers(comps.unet.float().eval())[name]
+    x = torch.randn(3, parts[0].base_layer.in_features)
+    with torch.no_grad():
+        ours = torch.cat([p(x) for p in parts], dim=-1)
+        torch.testing.assert_close(ours, theirs[name](x), rtol=0, atol=1e-5)
