@@ -1,9 +1,13 @@
-"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT from its file (`plan.adapter.init_weights` with kind
-full / ia3 / diag-oft / boft: lycoris.kohya `--network_weights` with flux_train_network.py /
-sd3_train_network.py (full, IA^3); all four also with train_network.py / sdxl_train_network.py, one module per
-layer under kohya's names: SDXL's U-Net in the original layout, exports.kohya_parts). DiagOFTModule /
-ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
-`a2.weight`, `b1.weight`, `b2.weight` (its load hook sets the scalar to 1: no scalar here, the plan's rule).
+"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT / GLoRA from its file (`plan.adapter.init_weights` with
+kind full / ia3 / diag-oft / boft / glora: lycoris.kohya `--network_weights` with flux_train_network.py /
+sd3_train_network.py (full, IA^3, Diag-OFT, GLoRA); all five also with train_network.py /
+sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the original layout,
+exports.kohya_parts). DiagOFTModule / ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load
+hook), GLoRAModule its `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's
+scalar to 1: runtime/init_weights.py does after loading). On kohya's Flux / MMDiT one DiagOFTModule or
+GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks / rescale rows (the fused block
+size, runtime/lycoris_oft.py fit_fused_oft), GLoRA's `a1`, `a2`, `b2` go into the Parameters the parts share
+(runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows to each part.
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -47,10 +51,10 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
         for name, layer in layers.items():
             if module is not unet or not fused:  # SD 1.x/2.x, SDXL: one module per layer, kohya's name
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
-                if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: SD 1.x/2.x and SDXL (the plan's check)
+                if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: one module per layer
                     out[key] = (_oft_slots(layer, adapter, plan.adapter.init_partial), None)
                     continue
-                if isinstance(layer, GloraLayer):  # GLoRA: SD 1.x/2.x and SDXL (the plan's check)
+                if isinstance(layer, GloraLayer):  # GLoRA: one module per layer
                     out[key] = (_glora_slots(layer, adapter), None)
                     continue
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
