@@ -204,7 +204,8 @@ def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bo
 
     slots = {"oft_blocks": ((sum(counts), size, size), blocks)}
     if rescaled or partial:  # without a rescale of its own: strict=False's unexpected key, ignored
-        slots["rescale"] = ((sum(widths), 1), rescale if rescaled else lambda value: None)
+        shape = (sum(widths), *[1] * (rows[0][1].weight.dim() - 1))  # a convolution's (out, 1, 1, 1)
+        slots["rescale"] = (shape, rescale if rescaled else lambda value: None)
     return slots
 
 

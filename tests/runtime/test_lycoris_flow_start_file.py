@@ -157,8 +157,21 @@ SD3_ALGOS = {
 }
 
 
+PATCH = "lora_unet_x_embedder_proj"  # SD3's patch convolution (presets full / unet-only), at conv_dim 4 / 2
+
+
+def _moved(module) -> dict[str, torch.Tensor]:
+    """`module`'s state as LyCORIS saves it, after every parameter moved (a scalar / rescale near 1)."""
+    with torch.no_grad():
+        for key, p in module.named_parameters():
+            p.uniform_(0.5, 1.5) if key in ("scalar", "rescale") else p.add_(torch.randn_like(p) * 0.1)
+    return {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+
+
 @pytest.mark.parametrize("algo", list(SD3_ALGOS))
 def test_sd3_file_starts_where_lycoris_loads_it(tmp_path, algo):
+    import copy
+
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import make_plan
     from tests.runtime.test_lycoris_sd3 import BASE as SD3, LOKR, _kohya_linear, _layers as sd3_layers
@@ -167,30 +180,42 @@ def test_sd3_file_starts_where_lycoris_loads_it(tmp_path, algo):
     cls, kwargs, fields = SD3_ALGOS[algo]
     torch.manual_seed(13)
     tensors, theirs = {}, {}
-    for name, parts, order in sd3_layers(build_pipeline(SD3).transformer.float()):
-        module = cls(name, _kohya_linear(parts, order), 1.0, **kwargs)
-        with torch.no_grad():
-            for key, p in module.named_parameters():
-                p.uniform_(0.5, 1.5) if key in ("scalar", "rescale") else p.add_(torch.randn_like(p) * 0.1)
-        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    transformer = build_pipeline(SD3).transformer.float()
+    for name, parts, order in sd3_layers(transformer):
+        state = _moved(cls(name, _kohya_linear(parts, order), 1.0, **kwargs))
         tensors |= {f"{name}.{k}": v for k, v in state.items()}
         fresh = cls(name, _kohya_linear(parts, order), 1.0, **kwargs)
         fresh.apply_to()
         fresh.load_state_dict(state, strict=False)  # kohya's load_weights (its hook: scalar 1)
         theirs[name] = fresh
+    conv = algo != "lokr"  # the patch convolution too (Diag-OFT at its lora_dim, GLoRA at conv_dim)
+    if conv:
+        state = _moved(cls(PATCH, copy.deepcopy(transformer.pos_embed.proj), 1.0, **kwargs))
+        tensors |= {f"{PATCH}.{k}": v for k, v in state.items()}
+        theirs[PATCH] = cls(PATCH, copy.deepcopy(transformer.pos_embed.proj), 1.0, **kwargs)
+        theirs[PATCH].apply_to()
+        theirs[PATCH].load_state_dict(state, strict=False)
     file = tmp_path / "prev.safetensors"
     save_file(tensors, str(file))
     head = 'kind = "lokr"\nrank = 2\nalpha = 1.5'
     own = 'kind = "diag-oft"\nblock_size = 4' if algo == "diag-oft" else head.replace("lokr", algo)
+    own += '\nconv_targets = ["pos_embed.proj"]' if conv else ""
+    own += "\nconv_rank = 2\nconv_alpha = 1.5" if algo == "glora" else ""
     init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n{fields}'
     extra = LOKR.replace(head, own).replace("fused_projections = true\n", init)
     comps, count = _loaded(make_plan(tmp_path / "run", base=SD3, steps=1, extra=extra))
-    assert count == 5
+    assert count == 5 + conv
     if fields.startswith("scalar"):
         assert set(_scalars(comps.unet)) == {1.0}
     torch.manual_seed(0)
     for name, parts, order in sd3_layers(comps.unet.float().eval()):
         _same_outputs(theirs[name], parts, order, name)
+    if conv:
+        layer = comps.unet.pos_embed.proj
+        x = torch.randn(1, layer.base_layer.in_channels, 8, 8)
+        with torch.no_grad():
+            assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-3)
+            torch.testing.assert_close(layer(x), theirs[PATCH].eval()(x), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(("algo", "key"), [("diag-oft", "oft_blocks"), ("glora-plain", "b1.weight")])
