@@ -2705,11 +2705,12 @@ own LoKr layers.""",
 file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained scalar and others none, and
 `tucker` in a `kind = "lora"` / `"loha"` block (an entry's `use_tucker`) some k x k convolutions the Tucker
 form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That holds where each layer trains
-alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), `init_weights` (the file's
-factors carry their scalars folded in; a Tucker layer's `lora_mid` is not read), LyCORIS's `max_norm` (it
-puts a fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down
-projections); a block's Tucker form also not with DoRA, the dropouts or `fused_projections` (a block's own
-scalar over whole fused layers is allowed: their parts share one, DBS507).""",
+alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), LyCORIS's `max_norm` (it puts a
+fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections);
+a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` is not read), DoRA, the
+dropouts or `fused_projections` (a block's own scalar over whole fused layers is allowed: their parts share
+one, DBS507; with `init_weights` every scalar starts at 1 after the file loads, as LyCORIS's load hook sets
+it, the file's factors holding the trained scalars folded in).""",
         help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
         "other option",
     ),

@@ -39,10 +39,13 @@ _DORA = ".dora_scale"  # LyCORIS LoCon's weight decomposition (dora_wd; runtime/
 
 def load_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     """Copy the plan's starting LoRA into the adapters; returns the number of layers set. With LyCORIS's
-    use_scalar (plan.adapter.scalar) every layer's trained scalar then becomes 1, as LyCORIS's modules'
-    load hook sets it on every module (those the file lacks too): the file's factors hold it folded in."""
+    use_scalar (plan.adapter.scalar, or a block's own) every layer's scalar then becomes 1, as LyCORIS's
+    modules' load hook sets it on every module (those the file lacks too): the file's factors hold it folded
+    in. On Flux / SD3 a fused layer's parts share one scalar (runtime/fused.py), which becomes 1 alike."""
+    from dbspec.runtime.adapters import any_scalar
+
     loaded = _load(plan, unet, text_encoders) + _load_norms(plan, unet, text_encoders)
-    if getattr(plan.adapter, "scalar", False):
+    if any_scalar(plan.adapter):  # the adapter's use_scalar, or a block's own (a LyCORIS map entry's)
         _scalars_to_one([unet, *text_encoders])
     return loaded
 

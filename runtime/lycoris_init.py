@@ -1,4 +1,5 @@
-"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3, Diag-OFT, BOFT: runtime/lycoris_whole_init.py)
+"""Start a fused LoKr / LoHa from LyCORIS's file (full, IA^3, Diag-OFT, BOFT, GLoRA:
+runtime/lycoris_whole_init.py)
 (`plan.adapter.init_weights` with kind lokr / loha and `fused_projections`: lycoris.kohya `--network_weights`
 with flux_train_network.py / sd3_train_network.py).
 

@@ -1,9 +1,13 @@
-"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT from its file (`plan.adapter.init_weights` with kind
-full / ia3 / diag-oft / boft: lycoris.kohya `--network_weights` with flux_train_network.py /
-sd3_train_network.py (full, IA^3); all four also with train_network.py / sdxl_train_network.py, one module per
-layer under kohya's names: SDXL's U-Net in the original layout, exports.kohya_parts). DiagOFTModule /
-ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
-`a2.weight`, `b1.weight`, `b2.weight` (its load hook sets the scalar to 1: no scalar here, the plan's rule).
+"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT / GLoRA from its file (`plan.adapter.init_weights` with
+kind full / ia3 / diag-oft / boft / glora: lycoris.kohya `--network_weights` with flux_train_network.py /
+sd3_train_network.py (full, IA^3, Diag-OFT, GLoRA); all five also with train_network.py /
+sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the original layout,
+exports.kohya_parts). DiagOFTModule / ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load
+hook), GLoRAModule its `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's
+scalar to 1: runtime/init_weights.py does after loading). On kohya's Flux / MMDiT one DiagOFTModule or
+GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks / rescale rows (the fused block
+size, runtime/lycoris_oft.py fit_fused_oft), GLoRA's `a1`, `a2`, `b2` go into the Parameters the parts share
+(runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows to each part.
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -49,10 +53,10 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
         for name, layer in layers.items():
             if module is not unet or not fused:  # SD 1.x/2.x, SDXL: one module per layer, kohya's name
                 key = f"{prefix}_{to_path(name).replace('.', '_')}"
-                if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: SD 1.x/2.x and SDXL (the plan's check)
+                if isinstance(layer, DiagOftLayer):  # Diag-OFT, BOFT: one module per layer
                     out[key] = (_oft_slots(layer, adapter, plan.adapter.init_partial), None)
                     continue
-                if isinstance(layer, GloraLayer):  # GLoRA: SD 1.x/2.x and SDXL (the plan's check)
+                if isinstance(layer, GloraLayer):  # GLoRA: one module per layer
                     out[key] = (_glora_slots(layer, adapter), None)
                     continue
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
@@ -66,7 +70,13 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
             if rows is None:
                 continue  # a later part: the fused layer's slots come with its first adapted part
             key = f"{prefix}_{original.replace('.', '_')}"
-            out[key] = (_slots(rows, adapter, part is None and _swapped(module, name), scale), None)
+            swapped = part is None and _swapped(module, name)
+            if isinstance(layer, DiagOftLayer):  # one DiagOFTModule over the fused layer's rows
+                out[key] = (_fused_oft_slots(rows, adapter, plan.adapter.init_partial, swapped), None)
+            elif isinstance(layer, GloraLayer):  # one GLoRAModule: a1, a2, b2 shared, b1 the parts' rows
+                out[key] = (_fused_glora_slots(rows, adapter, swapped), None)
+            else:
+                out[key] = (_slots(rows, adapter, swapped, scale), None)
     return out
 
 
@@ -160,6 +170,77 @@ def _glora_slots(layer: nn.Module, adapter: str) -> dict[str, Slot]:
         target = getattr(layer, f"lora_glora_{part}")[adapter]
         slots[f"{part}.weight"] = (tuple(target.shape), _into(target))
     return slots
+
+
+def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bool) -> dict[str, Slot]:
+    """DiagOFTModule's `oft_blocks` / `rescale` over a fused Linear of kohya's Flux / SD3 (or one Linear,
+    `rows` of one): its blocks cut into each part's (runtime/lycoris_oft.py fit_fused_oft gave every part the
+    fused module's block size), its rescale rows too; the blocks over a part the run does not adapt must
+    rotate nothing (B - B^T = 0) and its rescale be 1, as dbspec's export writes them. `swapped`: kohya's
+    (shift, scale) rows back to diffusers' (scale, shift), as the export swapped them."""
+    layer = next(layer for layer, _ in rows if layer is not None)
+    size = layer.lora_oft_blocks[adapter].shape[-1]
+    widths = [base.weight.shape[0] for _, base in rows]
+    counts = [w // size for w in widths]
+    rescaled = adapter in layer.lora_oft_rescale
+
+    def blocks(value: torch.Tensor) -> None:
+        value = _halves(value, swapped)
+        for (part, _), block in zip(rows, value.split(counts, dim=0)):
+            if part is None:
+                if torch.count_nonzero(block - block.transpose(1, 2)):
+                    raise ValueError(
+                        "blocks over a fused layer's part this run does not adapt rotate its rows"
+                    )
+                continue
+            _into(part.lora_oft_blocks[adapter])(block)
+
+    def rescale(value: torch.Tensor) -> None:
+        value = _halves(value, swapped)
+        for (part, _), block in zip(rows, value.split(widths, dim=0)):
+            if part is None:
+                if not torch.all(block == 1):
+                    raise ValueError("rows of a fused layer's part this run does not adapt are rescaled")
+                continue
+            _into(part.lora_oft_rescale[adapter])(block)
+
+    slots = {"oft_blocks": ((sum(counts), size, size), blocks)}
+    if rescaled or partial:  # without a rescale of its own: strict=False's unexpected key, ignored
+        shape = (sum(widths), *[1] * (rows[0][1].weight.dim() - 1))  # a convolution's (out, 1, 1, 1)
+        slots["rescale"] = (shape, rescale if rescaled else lambda value: None)
+    return slots
+
+
+def _fused_glora_slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[str, Slot]:
+    """GLoRAModule's pairs over a fused Linear (or one Linear): `a1`, `a2`, `b2` into the Parameters its
+    parts share (runtime/lycoris_glora.py tie_fused_glora), `b1` cut into each part's rows; `swapped`: b1's
+    halves back to diffusers' (scale, shift) rows (W a1 a2 follows the layer's own rows)."""
+    if any(part is None for part, _ in rows):  # tie_fused_glora refuses such a run
+        raise ValueError("the run adapts some of a fused layer's parts with GLoRA, whose pairs span all")
+    first = rows[0][0]
+    slots = {}
+    for name in ("a1", "a2", "b2"):
+        target = getattr(first, f"lora_glora_{name}")[adapter]
+        slots[f"{name}.weight"] = (tuple(target.shape), _into(target))
+    targets = [part.lora_glora_b1[adapter] for part, _ in rows]
+    widths = [t.shape[0] for t in targets]
+
+    def b1(value: torch.Tensor) -> None:
+        for target, block in zip(targets, _halves(value, swapped).split(widths, dim=0)):
+            _into(target)(block)
+
+    slots["b1.weight"] = ((sum(widths), *targets[0].shape[1:]), b1)
+    return slots
+
+
+def _halves(value: torch.Tensor, swapped: bool) -> torch.Tensor:
+    """kohya's (shift, scale) rows as diffusers' (scale, shift) where `swapped`."""
+    if not swapped:
+        return value
+    if value.shape[0] % 2:
+        raise ValueError(f"{value.shape[0]} rows (odd) have no (scale, shift) halves to swap back")
+    first, second = value.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
 
 
 def _into(target: torch.Tensor):

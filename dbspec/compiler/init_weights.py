@@ -55,17 +55,6 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
-    if getattr(adapter, "scalar", False) and adapter.init_weights and family_spec(family).fused_projections:
-        ctx.report(  # the fused layers' parts share one scalar: LyCORIS's start is per SD layer here
-            "DBS356",
-            "error",
-            f"`{ctx.resolve(adapter.init_weights)}`: with adapter.scalar = true (LyCORIS use_scalar) a run "
-            "starts from a file on SD 1.x/2.x and SDXL only, each layer's scalar at 1 as LyCORIS's load hook "
-            f"sets it; not on {family_spec(family).title}",
-            KEY,
-            help='set adapter.scalar = false, or adapter.init_weights = ""',
-        )
-        return "", 0
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
     if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:
@@ -497,17 +486,19 @@ _LYCORIS_FILES = (
 )
 # ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
 _PER_LAYER = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
-# not on Flux / SD3 (the fused layers' blocks / shared pairs span the parts' rows)
-_PER_LAYER_ONLY = (DiagOftAdapter, BoftAdapter, GloraAdapter)
+# OFT's 3-D / 4-D blocks (Diag-OFT and GLoRA also on Flux / SD3's fused layers, BOFT there not: its butterfly
+# stages span the parts' rows)
+_OFT_BLOCKS = (DiagOftAdapter, BoftAdapter)
+_PER_LAYER_ONLY = (BoftAdapter,)
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
-    """A LyCORIS LoKr / LoHa (full, IA3) file on kohya's Flux / SD3 names (lycoris.kohya --network_weights
-    with flux_train_network.py / sd3_train_network.py): one module per fused Linear, for LoKr / LoHa with
-    `fused_projections` on that layout; a full or IA3 file also on SD 1.x/2.x and SDXL, a Diag-OFT or BOFT one
-    there only (train_network.py /
-    sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes and kind are checked
-    here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py)."""
+    """A LyCORIS LoKr / LoHa (full, IA3, Diag-OFT, GLoRA) file on kohya's Flux / SD3 names (lycoris.kohya
+    --network_weights with flux_train_network.py / sd3_train_network.py): one module per fused Linear, with
+    `fused_projections` on that layout; every kind also on SD 1.x/2.x and SDXL, a BOFT one there only
+    (train_network.py / sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes
+    and kind are checked here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py,
+    lycoris_whole_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
     if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections:
@@ -556,7 +547,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             help=f"start from a lycoris.kohya algo={adapter.kind} file",
         )
         return "", 0
-    if isinstance(adapter, _PER_LAYER_ONLY):  # DiagOFTModule's 3-D blocks, ButterflyOFTModule's 4-D
+    if isinstance(adapter, _OFT_BLOCKS):  # DiagOFTModule's 3-D blocks, ButterflyOFTModule's 4-D
         dims = 3 if adapter.kind == "diag-oft" else 4
         odd = next(
             (k for k in sorted(header) if k.endswith(".oft_blocks") and len(header[k].shape) != dims), None

@@ -2752,7 +2752,9 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         f"adapter.{key}"
         for key, on in (
             ("dora", getattr(a, "dora", False) and not lycoris_dora(a)),
-            ("init_weights", getattr(a, "init_weights", "")),
+            # a file's start sets every scalar to 1 (runtime/init_weights.py), blocks' own too; the Tucker
+            # layers' lora_mid loads for the adapter's form alone
+            ("init_weights", tucker and getattr(a, "init_weights", "")),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)

@@ -835,7 +835,10 @@ class LoraAdapter:
         "lora_flux / lora_sd3): a fused layer's down is shared by its parts (or, a `split_qkv` file, split "
         "among them) and its up rows go to each part. With `tucker = true` (LyCORIS LoCon's Tucker form, "
         "SD 1.x/2.x and SDXL) each k x k convolution's `lora_mid` loads too, its `lora_down` / `lora_up` "
-        "1x1. A resumed run takes the checkpoint's weights instead. Empty: peft's random init.",
+        "1x1. With `scalar` (LyCORIS's use_scalar; a block's own too) every layer's scalar starts at 1 "
+        "after the file loads, as LyCORIS's load hook sets it (the file's `lora_up` holds it folded; a "
+        "fused layer's parts share one). A resumed run takes the checkpoint's weights instead. Empty: "
+        "peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
     init_partial: bool = option(
@@ -1298,10 +1301,11 @@ class DiagOftAdapter:
         "modules' `oft_blocks` and `alpha`; on FLUX.1 and Chroma networks.oft_flux's, "
         "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it; its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
-        'time). `form = "lycoris"` (lycoris.kohya `--network_weights` with train_network.py / '
-        "sdxl_train_network.py; SD 1.x/2.x and SDXL, without `fused_projections`): LyCORIS's layout under "
-        "kohya's module names (SDXL's U-Net in the original layout), each module's `oft_blocks` and "
-        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
+        "time). `form = \"lycoris\"` (lycoris.kohya `--network_weights`): LyCORIS's layout under kohya's "
+        "module names (SDXL's U-Net in the original layout; on Flux / SD3 with `fused_projections`, one "
+        "module per fused Linear, whose blocks and rescale rows each part takes its own of), each module's "
+        "`oft_blocks` and `rescale` loaded as they are (their shapes the layer's, checked when the run loads "
+        "it); its "
         "`alpha` is not read (DiagOFTModule keeps the constraint it was built with). A resumed run takes "
         "the checkpoint's weights instead. Empty: the blocks start at zero (the identity rotation).",
         example="previous-run/final/oft.kohya.safetensors",
@@ -1492,12 +1496,13 @@ class GloraAdapter:
     # lycoris.kohya --network_weights with algo=glora (train_network.py / sdxl_train_network.py)
     init_weights: str = option(
         "",
-        doc="Start the GLoRA pairs from this `.safetensors` file (lycoris.kohya `--network_weights` with "
-        "train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
-        "kohya's module names (SDXL's U-Net in the original layout), each module's `a1.weight`, "
+        doc="Start the GLoRA pairs from this `.safetensors` file (lycoris.kohya `--network_weights`), "
+        "relative to the spec file: LyCORIS's layout under kohya's module names (SDXL's U-Net in the "
+        "original layout; on Flux / SD3 with `fused_projections` one module per fused Linear, its `a1`, "
+        "`a2`, `b2` shared by the parts and its `b1` rows each part's), each module's `a1.weight`, "
         "`a2.weight`, `b1.weight` and `b2.weight` loaded as they are (their shapes the layer's, checked when "
         "the run loads it); its `alpha` is not read (GLoRAModule keeps the scale it was built with, "
-        "alpha / rank). SD 1.x/2.x and SDXL; with `scalar` every layer's scalar starts at 1, as LyCORIS's "
+        "alpha / rank). With `scalar` every layer's scalar starts at 1, as LyCORIS's "
         "load hook sets it (the file's a2 / b2 hold it folded). A resumed run takes the checkpoint's "
         "weights instead. Empty: LyCORIS's init.",
         example="previous-run/final/glora.kohya.safetensors",

@@ -87,3 +87,40 @@ def test_scalar_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def test_an_entry_use_scalar_file_starts_as_lycoris_loads_it(pipe, tmp_path, monkeypatch):
+    """A preset file's map entry with its own use_scalar (the Transformer2DModel class's LoConModules, the
+    network's off): the block's `scalar = "on"`, and after loading the file every one of those layers'
+    scalar is 1, as LyCORIS's load hook sets it; the file's modules compute what LyCORIS's loaded ones do."""
+    entry = '\n[module_algo_map.Transformer2DModel]\nalgo = "locon"\nuse_scalar = true\n'
+    monkeypatch.setattr(kit, "PRESET", kit.PRESET + entry)
+    args = {"conv_dim": "4", "conv_alpha": "2"}
+    made = kit.network(pipe, tmp_path, monkeypatch, algo="locon", **args)
+    assert {bool(isinstance(m.scalar, nn.Parameter)) for m in made.unet_loras} == {True, False}
+    path = kit.save_state(kit.moved_state(made, seed=12, scale=0.1), tmp_path, drop=6)
+    in_file = {k.split(".")[0] for k in load_file(str(path))}
+    theirs_made = kit.network(pipe, tmp_path, monkeypatch, algo="locon", **args)
+    theirs_made.load_weights(str(path))
+    theirs = _lycoris_modules(theirs_made)
+    plan = kit.converted_plan(
+        tmp_path,
+        '--network_dim=4 --network_alpha=1 --network_args "algo=locon" "preset=preset.toml" '
+        '"conv_dim=4" "conv_alpha=2"',
+    )
+    assert not plan.adapter.scalar and any(b.scalar == "on" for b in plan.adapter.blocks)
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = _ours(comps)
+    scaled = [name for name, m in theirs.items() if isinstance(m.scalar, nn.Parameter)]
+    assert scaled and all(float(_scalar(ours[name]).detach()) == 1.0 for name in scaled)
+    for name, lyco in theirs.items():
+        if name not in in_file:
+            continue
+        layer = ours[name]
+        x = kit.sample_input(layer.get_base_layer())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    kit.resumes_bit_exact(tmp_path, whole, saved)

@@ -626,3 +626,25 @@ def test_sd3_train_norm_reaching_t5_norms_offsets_clip_only(tmp_path):
     assert plan.adapter.text_encoder_norms == ("layer_norm1", "layer_norm2") and plan.adapter.t5_targets
     assert not errors(outcome) and "DBS403" not in codes(outcome)
     assert "T5LayerNorm(s)" in outcome.conversion.reports["network_args train_norm"].note
+
+
+def test_flux_entry_use_scalar_with_network_weights_starts_from_the_file(tmp_path):
+    """An entry's own use_scalar with --network_weights: LyCORIS's load hook sets those modules' scalar to 1
+    (the file's lora_up holds it folded), as dbspec's run sets every layer's after loading the file
+    (runtime/init_weights.py, a block's scalar too; was DBS403, a spec's DBS579)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {
+        f"{name}.lora_down.weight": np.zeros((16, 3072), np.float16),
+        f"{name}.lora_up.weight": np.zeros((9216, 16), np.float16),
+        f"{name}.alpha": np.array(8.0, np.float32),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    text = DOUBLE_ATTENTION + "use_scalar = true\n"
+    outcome = _flux(tmp_path, text, '"algo=locon" --network_weights prev.safetensors')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert not a.scalar and [(b.rank, b.scalar) for b in a.blocks] == [(16, "on")]
+    assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 1

@@ -132,9 +132,55 @@ def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
 
 
-@pytest.mark.parametrize("extra", ["--scale_weight_norms 1", "--network_weights prev.safetensors"])
-def test_diag_oft_max_norm_and_network_weights_are_refused(tmp_path, extra):
-    assert "DBS403" in codes(_flux(tmp_path, f"{extra} --network_args algo=diag-oft"))
+def test_diag_oft_max_norm_is_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=diag-oft"))
+
+
+def _whole_flux_file(path, algo: str) -> None:
+    """A Diag-OFT (network_dim 4: blocks of 96 rows on the 9216-row qkv, rescaled) or GLoRA (rank 8) file as
+    lycoris.kohya saves it on kohya's Flux at FLUX.1's widths (zero tensors), CLIP-L's attention too."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (9216, 3072),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        if algo == "diag-oft":
+            tensors[f"{name}.oft_blocks"] = np.zeros((out // 96, 96, 96), np.float16)
+            tensors[f"{name}.rescale"] = np.ones((out, 1), np.float16)
+        else:
+            for key, shape in (("a1", (inp, 8)), ("a2", (8, inp)), ("b1", (out, 8)), ("b2", (8, inp))):
+                tensors[f"{name}.{key}.weight"] = np.zeros(shape, np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("algo", ["diag-oft", "glora"])
+def test_network_weights_of_a_diag_oft_or_glora_start_the_fused_network(tmp_path, algo):
+    """LyCORIS's load_weights (load_state_dict(strict=False)) into one DiagOFTModule / GLoRAModule per fused
+    Linear: adapter.init_weights with init_partial, the file's blocks / pairs cut into the fused layers'
+    parts when the run loads it (runtime/lycoris_whole_init.py)."""
+    _whole_flux_file(tmp_path / "prev.safetensors", algo)
+    extra = "rescaled=True" if algo == "diag-oft" else "use_scalar=True"
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_args algo={algo} {extra}")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        algo,
+        str(tmp_path / "prev.safetensors"),
+        True,
+        2,
+    )
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert a.scalar if algo == "glora" else a.oft_rescaled
+
+
+def test_network_weights_of_a_boft_stay_refused_by_the_algo(tmp_path):
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=boft")
+    assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
 
 
 def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
@@ -625,11 +671,15 @@ def test_use_scalar_is_one_trained_scalar_per_fused_layer(tmp_path, value):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
-def test_use_scalar_with_network_weights_is_refused(tmp_path):
-    """LyCORIS's load hook sets the loaded modules' scalar to 1; dbspec's starts at 0 (DBS520)."""
+def test_use_scalar_with_network_weights_starts_from_the_file(tmp_path):
+    """The file's factors hold each module's trained scalar folded in; LyCORIS's load hook sets every
+    module's scalar to 1, and dbspec's run every layer's (a fused layer's one shared scalar) after loading
+    it (runtime/init_weights.py)."""
     _lycoris_flux_file(tmp_path / "prev.safetensors", rank=8, alpha=4.0)
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args use_scalar=True")
-    assert fate(outcome, "network_weights") == "unsupported"
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=locon use_scalar=True")
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.scalar and a.init_partial and a.init_weights == str(tmp_path / "prev.safetensors")
 
 
 def test_use_scalar_false_is_inert(tmp_path):

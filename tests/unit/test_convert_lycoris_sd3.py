@@ -338,3 +338,16 @@ def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_co
     outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=attn-mlp train_on_input=True")
     assert "DBS403" not in codes(outcome) and not plan_of(outcome, tmp_path).adapter.input_targets
     assert "module_algo_map" in messages(outcome, "DBS405")
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr"])
+def test_network_weights_with_use_scalar_start_the_fused_network(tmp_path, algo):
+    """use_scalar with --network_weights (was DBS403): the file's factors hold each module's scalar folded
+    in, and every scalar (a fused q/k/v's one, its parts' tied) is 1 after the file loads, as LyCORIS's load
+    hook sets it (runtime/init_weights.py; tests/runtime/test_lycoris_flow_start_file.py)."""
+    _lycoris_sd3_file(tmp_path / "prev.safetensors", algo)
+    extra = f"--network_weights prev.safetensors --network_args algo={algo} preset=full-lin use_scalar=True"
+    outcome = _sd3(tmp_path, extra)
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.scalar and a.init_partial and a.init_layers == 4 and [f.name for f in a.fused] == FUSED

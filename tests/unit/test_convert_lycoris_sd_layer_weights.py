@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from convert_kit import SDXL, codes, errors, kohya, kohya_lora, messages, plan_of
+from convert_kit import SDXL, codes, errors, fate, kohya, kohya_lora, messages, plan_of
 from safetensors.numpy import save_file
 
 Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
@@ -100,12 +100,18 @@ def test_the_other_ofts_blocks_are_refused_naming_the_tensor(tmp_path, algo, blo
     assert f"`{Q}.oft_blocks` has {len(blocks)} dimensions" in _plan_errors(tmp_path)
 
 
-def test_diag_oft_file_on_flux_is_not_expressed(tmp_path):
+@pytest.mark.parametrize(
+    ("algo", "tensor", "shape"), [("diag-oft", "oft_blocks", (9, 4, 4)), ("glora", "a1.weight", (4, 4))]
+)
+def test_diag_oft_or_glora_file_on_flux_starts_the_fused_network(tmp_path, algo, tensor, shape):
+    """Was DBS403 (and for GLoRA before that a converter crash): one module per fused Linear, cut into its
+    parts when the run loads it (runtime/lycoris_whole_init.py; its shapes checked then)."""
     from test_convert_lycoris_flux import _flux
 
-    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.oft_blocks": (9, 4, 4)})
-    outcome = _flux(tmp_path, "--network_args algo=diag-oft --network_weights prev.safetensors")
-    assert "diag-oft from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)
+    _file(tmp_path / "prev.safetensors", {f"lora_unet_double_blocks_0_img_attn_qkv.{tensor}": shape})
+    outcome = _flux(tmp_path, f"--network_args algo={algo} --network_weights prev.safetensors")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
 
 
 GLORA = "--network_module lycoris.kohya --network_args algo=glora {} --network_weights prev.safetensors"
@@ -156,15 +162,6 @@ def test_use_scalar_starts_from_the_file_at_scalar_one(tmp_path, algo):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == ("lora" if algo == "locon" else algo) and a.scalar and a.init_layers == 1
-
-
-def test_glora_file_on_flux_is_not_expressed(tmp_path):
-    """Was a converter crash (init_weights written into a table without it)."""
-    from test_convert_lycoris_flux import _flux
-
-    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv.a1.weight": (4, 4)})
-    outcome = _flux(tmp_path, "--network_args algo=glora --network_weights prev.safetensors")
-    assert "glora from a file on SD 1.x/2.x and SDXL" in messages(outcome, "DBS403"), errors(outcome)
 
 
 @pytest.mark.parametrize(

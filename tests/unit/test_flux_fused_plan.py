@@ -385,6 +385,36 @@ def test_lokr_starts_from_a_file_on_the_fused_layers_only(toy: Path):
     assert planned.plan is not None and planned.plan.adapter.init_layers == 1
 
 
+@pytest.mark.parametrize(
+    ("adapter", "tensors"),
+    [
+        ({"kind": "diag-oft", "block_size": 4}, {"oft_blocks": (2, 4, 4)}),
+        ({"kind": "glora", "rank": 4, "alpha": 2.0, "scalar": True}, {"a1.weight": (8, 4)}),
+        ({"kind": "lokr", "scalar": True}, {"lokr_w1": (2, 2)}),
+        ({"kind": "boft", "block_size": 4}, {"oft_blocks": (1, 2, 4, 4)}),
+    ],
+)
+def test_whole_layer_and_scalar_files_start_the_fused_layers(toy: Path, adapter, tensors):
+    """lycoris.kohya --network_weights on kohya's Flux: a Diag-OFT or GLoRA file (one module per fused
+    Linear, cut into the parts when the run loads it) and a use_scalar one (every scalar 1 after loading)
+    plan; a BOFT one stays DBS356 (its butterfly stages span the parts' rows)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{name}.{k}": np.zeros(v, np.float16) for k, v in tensors.items()}, str(toy / "a.st"))
+    targets = _LOKR_TARGETS if adapter["kind"] == "lokr" else KOHYA
+    fused = {} if adapter["kind"] == "boft" else {"fused_projections": True}  # BOFT has no fused form
+    spec = {**adapter, **fused, "denoiser_targets": targets, "init_weights": "a.st"}
+    write_spec(toy, model=FLUX, adapter={**spec, "init_partial": True})
+    planned = compile_in(toy)
+    if adapter["kind"] == "boft":
+        assert "DBS356" in codes(planned, "error")
+        return
+    assert planned.plan is not None, planned.diagnostics
+    assert planned.plan.adapter.init_layers == 1
+
+
 # Diag-OFT on fused layers (DiagOftAdapter.fused_projections: lycoris.kohya algo=diag-oft on kohya's Flux)
 def test_diag_oft_plans_the_fused_layers(toy: Path):
     adapter = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}

@@ -955,24 +955,10 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             f"a LoCon, LoKr or LoHa there, not a {kind} yet",
         )
         return False
-    for key, why in (
-        (
-            "scalar",
-            "with use_scalar: LyCORIS's load hook sets each loaded module's trained scalar to 1 (the file's "
-            "lora_up holds it folded), a start dbspec's scalar (from 0) does not take (DBS520)",
-        ),
-    ):  # dora_wd: the file's dora_scale starts the magnitudes (runtime/flow_init.py, lycoris_init.py)
-        if a["network_weights"].value and conv.values.get(("adapter", key), (False,))[0]:
-            conv.unsupported(a["network_weights"], why)
-            return False
+    # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
+    # sets every scalar to 1 (runtime/init_weights.py: a fused layer's one shared scalar too); dora_wd: the
+    # file's dora_scale starts the magnitudes (runtime/flow_init.py, lycoris_init.py)
     weights = a["network_weights"]
-    if kind in ("diag-oft", "boft", "glora") and weights.value:
-        conv.unsupported(
-            weights,
-            f"dbspec starts LyCORIS's {kind} from a file on SD 1.x/2.x and SDXL, not on kohya's fused "
-            f"{layout.title} Linears (their blocks or shared pairs span the parts' rows)",
-        )
-        return False
     if kind in ("full", "ia3") and weights.value:
         # LyCORIS's load_weights into FullModule (W + diff) / IA3Module: runtime/lycoris_whole_init.py
         if not str(weights.value).lower().endswith(".safetensors"):
@@ -982,7 +968,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             return False
         map_init_weights(weights, paths, conv)
     else:
-        # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read
+        # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read;
+        # Diag-OFT's `oft_blocks` / `rescale`, GLoRA's pairs go into the fused layers' parts
+        # (runtime/lycoris_whole_init.py)
         map_network_weights(a, paths, conv, flow=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
