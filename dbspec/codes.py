@@ -2733,10 +2733,11 @@ decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others n
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's), and it is not taken with a LoRA's `init_weights` without `fused_projections` (LoHa /
 LoKr files and a fused LoCon's start each layer with or without its `dora_scale`), `max_norm`, `freeze_down`,
-a LoHa's / LoKr's `fused_projections` (a fused LoCon's block must cover whole fused layers: DBS507), `ggpo`, a
+`ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
-weight.""",
+weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
+(`dora_axis = "input"`: DBS509 / DBS575).""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

@@ -2745,8 +2745,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora" and not fused),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            # a fused LoCon decomposes each fused layer whole (compiler/fused.py checks its blocks)
-            ("fused_projections", fused and a.kind != "lora"),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
             *(

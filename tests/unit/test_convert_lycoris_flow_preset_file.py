@@ -502,19 +502,17 @@ dim = 2
 """
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr"])
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
 def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
-    """An entry's own weight_decompose on FLUX.1's fused qkv: a fused LoCon's block `dora` (LyCORIS's form,
-    each fused layer decomposed whole: runtime/lycoris_dora.py on its parts, per output row); a fused LoKr /
-    LoHa's stays DBS403 (a spec's DBS583) (issue 12)."""
+    """An entry's own weight_decompose on FLUX.1's fused qkv: the block's `dora` (LyCORIS's form, each fused
+    layer decomposed whole, per output row: runtime/lycoris_dora.py on its parts, each its rows; a fused
+    LoKr / LoHa's parts share one module, runtime/fused_lokr.py / fused_loha.py) (issue 12)."""
     text = DOUBLE_ATTENTION + "weight_decompose = true\n"
-    outcome = _flux(tmp_path, text, f'"algo={algo}"', allow=algo != "locon")
-    if algo != "locon":
-        assert 'dora = "on" with fused_projections' in messages(outcome, "DBS403")
-        return
+    outcome = _flux(tmp_path, text, f'"algo={algo}"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    kind = "lora" if algo == "locon" else algo
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "output")
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
     assert "a norm per input column" in messages(outcome, "DBS403")
