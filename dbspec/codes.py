@@ -2718,8 +2718,10 @@ scalar over whole fused layers is allowed: their parts share one, DBS507).""",
         """\
 `rank_dropout_scale = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry with its own `rank_dropout_scale`) rescales the rank-dropout rows the matched LoHa /
-LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `"lokr"`, and neither
-`output_dropout` (LyCORIS's bypass dropouts draw with the adapter's rescale) nor `fused_projections`.""",
+LoKr layers keep (a fused layer's one mask over all its parts, which one block covers: DBS507), or on LoRA
+the rows or ranks LyCORIS LoCon's masks keep. It needs `kind = "loha"` or `"lokr"`, or `kind = "lora"` with
+`rank_dropout_form = "lycoris"` / `"lycoris_bypass"` (kohya's networks.lora form has its own fixed
+rescale).""",
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(

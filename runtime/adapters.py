@@ -232,7 +232,9 @@ def add_lora(
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
-        if adapter.kind in ("loha", "lokr") and (conv or component):  # blocks' own rank-dropout rescale
+        if adapter.kind in ("loha", "lokr", "lora") and (
+            conv or component
+        ):  # blocks' own rank-dropout rescale
             from dbspec.runtime.blocks import block_rank_dropout_scales
 
             block_rank_dropout_scales(module, adapter, ADAPTER_NAME, "" if conv else component)

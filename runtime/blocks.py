@@ -199,19 +199,27 @@ def block_rank_dropout_scales(
     module: torch.nn.Module, adapter: AdapterPlan, name: str, component: str
 ) -> int:
     """Set LyCORIS's rank-dropout rescale on `module`'s LoHa / LoKr layers (peft adapter `name`'s per-layer
-    `rank_dropout_scale`, which runtime/loha_weight.py and peft's LoKr read at each draw) whose block sets its
-    own (a map entry's rank_dropout_scale); how many layers."""
+    `rank_dropout_scale`, which runtime/loha_weight.py, peft's LoKr and runtime/fused_lycoris_dropout.py read
+    at each draw) and LoRA layers (`dbspec_rank_dropout_scale`, which runtime/lora_dropout.py and
+    fused_dropout.py read: LyCORIS LoConModule's rank-dropout forms) whose block sets its own (a map entry's
+    rank_dropout_scale); how many layers."""
+    from peft.tuners.lora import LoraLayer
     from peft.tuners.lycoris_utils import LycorisLayer
 
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
     if not any(b.rank_dropout_scale != "adapter" for b in blocks):
         return 0
-    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, LycorisLayer))
+    kinds = (LycorisLayer, LoraLayer)
+    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, kinds))
     count = 0
     for _, layer, block in _blocks_of(module, paths, blocks, component):
-        if block is not None and block.rank_dropout_scale != "adapter" and name in layer.r:
+        if block is None or block.rank_dropout_scale == "adapter" or name not in layer.r:
+            continue
+        if isinstance(layer, LoraLayer):
+            layer.dbspec_rank_dropout_scale = block.rank_dropout_scale == "on"
+        else:
             layer.rank_dropout_scale[name] = block.rank_dropout_scale == "on"
-            count += 1
+        count += 1
     return count
 
 

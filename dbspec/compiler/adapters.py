@@ -324,12 +324,14 @@ def _block_switches(block, adapter) -> dict[str, str]:
 
 
 def _block_rank_dropout_scale(block, adapter) -> str:
-    """A LoHa / LoKr block's rank-dropout rescale as its layers train it: "on" / "off" where it differs from
-    the plan's adapter (on only with rank dropout), else "adapter" (DBS580 refuses it elsewhere)."""
+    """A LoHa / LoKr block's rank-dropout rescale, or a LoRA's with LyCORIS's rank-dropout forms
+    (LoConModule's masks, which kohya's network leaves unscaled), as its layers train it: "on" / "off" where
+    it differs from the plan's adapter (on only with rank dropout), else "adapter" (DBS580 elsewhere)."""
     given = getattr(block, "rank_dropout_scale", "adapter")
-    if adapter.kind not in ("loha", "lokr") or given == "adapter":
+    lycoris_lora = adapter.kind == "lora" and adapter.rank_dropout_form != "kohya"
+    if (adapter.kind not in ("loha", "lokr") and not lycoris_lora) or given == "adapter":
         return "adapter"
-    planned = adapter.rank_dropout_scale and adapter.rank_dropout > 0
+    planned = getattr(adapter, "rank_dropout_scale", False) and adapter.rank_dropout > 0
     own = given == "on" and adapter.rank_dropout > 0
     return "adapter" if own == planned else "on" if own else "off"
 

@@ -2503,25 +2503,24 @@ def _own_block_options(adapter, own: str):
 @rule("spec")
 def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own rank-dropout rescale (a LyCORIS map entry's rank_dropout_scale) acts on LoHa / LoKr
-    layers drawn one by one (runtime/loha_weight.py, peft's LoKr per layer): DBS580 elsewhere."""
+    layers, each drawing its own rows (runtime/loha_weight.py, peft's LoKr per layer; a fused layer's one
+    draw, runtime/fused_lycoris_dropout.py, with its block's rescale), and on LoRA layers with LyCORIS
+    LoConModule's rank-dropout forms (runtime/lora_dropout.py, fused_dropout.py): DBS580 elsewhere."""
     a = spec.adapter
     kind = getattr(a, "kind", "none")
-    shared = [
-        f"adapter.{key}"
-        for key in ("output_dropout", "fused_projections")
-        if getattr(a, key, False)  # the bypass and fused draws take the adapter's rescale
-    ]
+    lycoris_masks = getattr(a, "rank_dropout_form", "kohya") != "kohya"  # LoConModule's (lora_dropout.py)
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             value = getattr(block, "rank_dropout_scale", "adapter")
-            if value == "adapter" or (kind in ("loha", "lokr") and not shared):
+            if value == "adapter" or kind in ("loha", "lokr") or (kind == "lora" and lycoris_masks):
                 continue
-            why = f'adapter.kind = "{kind}"' if kind not in ("loha", "lokr") else " and ".join(shared)
+            why = f'adapter.kind = "{kind}"'
+            why += ' and rank_dropout_form = "kohya"' if kind == "lora" else ""
             yield _err(
                 "DBS580",
                 ("adapter", table, i, "rank_dropout_scale"),
                 f'adapter.{table}[{i}].rank_dropout_scale = "{value}" with {why}: a block\'s own rescale '
-                "acts on LoHa / LoKr layers that draw their rank-dropout rows one by one",
+                "acts on LoHa / LoKr layers' rank-dropout rows and LoRA's in LyCORIS's forms",
                 codes.help("DBS580"),
             )
 

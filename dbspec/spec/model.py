@@ -440,6 +440,8 @@ def _block_factor():
 
 
 BlockSwitch = Literal["adapter", "on", "off"]
+# the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
+_RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
 BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
 
 
@@ -536,7 +538,7 @@ class AdapterBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     rank_dropout_scale: BlockSwitch = _block_switch(
-        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+        "rank_dropout_scale", "rank_dropout_scale", _RESCALED_KINDS
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
@@ -599,7 +601,7 @@ class TextEncoderBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     rank_dropout_scale: BlockSwitch = _block_switch(
-        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+        "rank_dropout_scale", "rank_dropout_scale", _RESCALED_KINDS
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()

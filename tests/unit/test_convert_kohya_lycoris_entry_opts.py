@@ -7,6 +7,8 @@ weight decomposition change nothing (DBS405); the rest is not expressed (DBS403,
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 from convert_kit import (  # noqa: F401
@@ -95,12 +97,6 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
     cases = [
         # bypass_mode drops the update's output with the network's dropout (LoConModule.bypass_forward_diff)
         ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
-        (
-            "locon",
-            '"rank_dropout=0.1"',
-            "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
-            "scale",
-        ),
         # a block's own weight decomposition beside the network's rank dropout (DBS583)
         (
             "loha",
@@ -237,18 +233,39 @@ rs_lora = "yes"
 def test_loha_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path):
     """LohaModule divides the rank-dropout rows an entry's layers keep by their share with the entry's own
     rank_dropout_scale (its truth test; LyCORIS's create_network never hands one to the modules): with the
-    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode (other
-    draws) it stays DBS403."""
+    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode too
+    (LohaModule's bypass forward rebuilds the masked weight with the same rule, issue 12); LoKr's bypass
+    forward draws no mask: inert (DBS405)."""
     text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n"
     outcome = expressible(_convert(tmp_path, text, "loha", '"rank_dropout=0.25"'))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.25, False)
+    ff = r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$"
+    assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [(ff, 16, 8.0, "on")]
+    (tmp_path / "bypass").mkdir()
+    args = '"rank_dropout=0.25" "bypass_mode=True" "dropout=0.1"'
+    outcome = expressible(_convert(tmp_path / "bypass", text, "loha", args))
+    a = plan_of(outcome, tmp_path / "bypass").adapter
+    assert (a.output_dropout, [(b.pattern, b.rank_dropout_scale) for b in a.blocks]) == (0.1, [(ff, "on")])
+    (tmp_path / "lokr").mkdir()
+    outcome = expressible(_convert(tmp_path / "lokr", text, "lokr", '"rank_dropout=0.25" "bypass_mode=True"'))
+    assert "module_algo_map.FeedForward.rank_dropout_scale" in messages(outcome, "DBS405")
+    assert not plan_of(outcome, tmp_path / "lokr").adapter.blocks
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_locon_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path, bypass):
+    """LoConModule divides the rows (its bypass forward: the ranks) its rank-dropout mask keeps by their
+    share with an entry's own rank_dropout_scale: with the network's rank_dropout, the block's "on" beside
+    LyCORIS's rank-dropout form (runtime/lora_dropout.py per layer) (issue 12)."""
+    text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = 1\n"
+    args = '"rank_dropout=0.25"' + (' "bypass_mode=True"' if bypass else "")
+    a = plan_of(expressible(_convert(tmp_path, text, "locon", args)), tmp_path).adapter
+    form = "lycoris_bypass" if bypass else "lycoris"
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form) == ("lora", 0.25, form)
     assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [
         (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
     ]
-    (tmp_path / "bypass").mkdir()
-    outcome = _convert(tmp_path / "bypass", text, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
-    assert "DBS403" in codes(outcome) and "`rank_dropout_scale` = True" in messages(outcome, "DBS403")
 
 
 def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):

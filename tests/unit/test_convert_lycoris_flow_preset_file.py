@@ -391,8 +391,8 @@ def test_sd3_lokr_and_loha_outside_the_joint_blocks(tmp_path, algo):
 
 def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
     """A LoKr entry's own rs_lora on FLUX.1's fused qkv: its block's alpha x sqrt(dim) and rank_stabilized
-    (runtime/fused_lokr.py scales a fused layer with both factors full by its block's); a LoHa entry's own
-    rank_dropout_scale there: DBS403 (a fused layer's parts draw their rank dropout together)."""
+    (runtime/fused_lokr.py scales a fused layer with both factors full by its block's); a LoHa's or LoCon's
+    entry's own rank_dropout_scale there: its block's, the fused layer's one draw rescaled (issue 12)."""
     text = DOUBLE_ATTENTION + "rs_lora = true\nfull_matrix = true\n"
     outcome = _flux(tmp_path / "rs", text, '"algo=lokr"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -405,8 +405,11 @@ def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
         [(16, 8.0 * 4, "on", "on")],
     )
     text = DOUBLE_ATTENTION + "rank_dropout_scale = true\n"
-    outcome = _flux(tmp_path / "loha", text, '"algo=loha" "rank_dropout=0.1"')
-    assert "own rank_dropout_scale" in messages(outcome, "DBS403")
+    for algo in ("loha", "locon"):
+        outcome = _flux(tmp_path / algo, text, f'"algo={algo}" "rank_dropout=0.1"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / algo).adapter
+        assert (a.rank_dropout, [(b.rank, b.rank_dropout_scale) for b in a.blocks]) == (0.1, [(16, "on")])
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])

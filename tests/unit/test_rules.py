@@ -1518,17 +1518,31 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
     ),
-    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr, or with bypass dropouts
+    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr and LyCORIS's LoRA masks
+    # (LoHa's with the bypass dropouts: each layer's draw takes its block's rescale, issue 12)
     (
         rules.block_rank_dropout_scale,
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
         [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\n'
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+    ),
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\nrank_dropout_form = "kohya"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\n'
+        + 'rank_dropout_scale = "on"\n',
+        [("DBS580", "error", ("adapter", "text_encoder_blocks", 0, "rank_dropout_scale"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
     ),
     (
