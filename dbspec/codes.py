@@ -2739,7 +2739,8 @@ LoKr files and a fused LoCon's start each layer with or without its `dora_scale`
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
 weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
-(`dora_axis = "input"`: DBS509 / DBS575).""",
+(`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers that
+decompose is held to the same options, and also not taken with `init_weights` or `fused_projections`.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

@@ -178,6 +178,19 @@ def block_doras(module: torch.nn.Module, targets, adapter: AdapterPlan, componen
     }
 
 
+def block_dora_axes(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: "output" / "input"} of the layers whose block sets LyCORIS's weight-decomposition axis itself
+    (a map entry's `wd_on_out`; the plan keeps it only on layers that decompose)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.dora_axis != "adapter" for b in blocks):
+        return {}
+    return {
+        path: block.dora_axis
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.dora_axis != "adapter"
+    }
+
+
 def block_rank_stabilized(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: rs_lora} of `module`'s LoKr layers (peft's, once injected) whose block sets LyCORIS's rs_lora on
     full factors itself (`rank_stabilized`, a map entry's rs_lora); a text encoder's (`component` named)

@@ -101,6 +101,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.blocks
@@ -116,6 +117,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.text_encoder_blocks
@@ -350,6 +352,18 @@ def _block_dora(block, adapter) -> str:
     dora = getattr(adapter, "dora", False)
     own = dora if given == "adapter" else given == "on"
     return "adapter" if own == dora else "on" if own else "off"
+
+
+def _block_dora_axis(block, adapter) -> str:
+    """A block's LyCORIS weight-decomposition axis as its layers train it: "output" / "input" where they
+    decompose (the adapter's `dora` or the block's own) on another axis than the adapter's `dora_axis`, else
+    "adapter"."""
+    given = getattr(block, "dora_axis", "adapter")
+    dora = getattr(adapter, "dora", False)
+    decomposed = dora if getattr(block, "dora", "adapter") == "adapter" else block.dora == "on"
+    if given == "adapter" or not decomposed or given == adapter.dora_axis:
+        return "adapter"
+    return given
 
 
 def _lokr_split(factor: int) -> int:

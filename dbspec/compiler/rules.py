@@ -2720,16 +2720,24 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone): LyCORIS's
-    form (dora_form "lycoris" on LoRA), on the adapter's own kind, without the options that need one setting
-    on every layer (DBS583)."""
+    """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone), or its own
+    axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
+    LoRA), on the adapter's own kind, without the options that need one setting on every layer (DBS583)."""
     a = spec.adapter
     own = [
-        (table, i, block)
+        (table, i, "dora", block.dora)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         if getattr(block, "dora", "adapter") != "adapter" and (block.dora == "on") != a.dora
     ]
+    axes = [
+        (table, i, "dora_axis", block.dora_axis)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table, ()))
+        if getattr(block, "dora_axis", "adapter") not in ("adapter", getattr(a, "dora_axis", "output"))
+        and (a.dora if block.dora == "adapter" else block.dora == "on")  # only where the layers decompose
+    ]
+    own += axes
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
@@ -2760,14 +2768,26 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         if on
     ]
-    if not others:
-        return
-    for table, i, block in own:
+    # a block's own axis also not with a file's start (its dora_scale shapes are not checked per layer) nor
+    # fused layers (their parts decompose their rows of the fused weight per output row, compiler/fused.py)
+    axis_others = [
+        text
+        for text, on in (
+            ("init_weights", getattr(a, "init_weights", "") and "init_weights" not in others),
+            ("fused_projections", fused),
+        )
+        if on
+    ]
+    for table, i, key, value in own:
+        found = [*others, *(axis_others if key == "dora_axis" else ())]
+        if not found:
+            continue
+        what = "and others not" if key == "dora" else "on another axis than others"
         yield _err(
             "DBS583",
-            ("adapter", table, i, "dora"),
-            f'adapter.{table}[{i}].dora = "{block.dora}" with {", ".join(others)}: some layers would train '
-            "LyCORIS's weight decomposition and others not, which those options do not take",
+            ("adapter", table, i, key),
+            f'adapter.{table}[{i}].{key} = "{value}" with {", ".join(found)}: some layers would train '
+            f"LyCORIS's weight decomposition {what}, which those options do not take",
             codes.help("DBS583"),
         )
 

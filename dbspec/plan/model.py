@@ -136,6 +136,9 @@ class BlockPlan:
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's weight decomposition (runtime/lycoris_dora.py) on the layers, "on" /
     # "off" where it differs from the adapter's `dora`; "adapter": the adapter's
     dora: Literal["adapter", "on", "off"] = "adapter"
+    # the layers' LyCORIS weight-decomposition axis where it differs from the adapter's `dora_axis` (LyCORIS
+    # map entries' wd_on_out; only on layers that decompose); "adapter": the adapter's
+    dora_axis: Literal["adapter", "output", "input"] = "adapter"
     # Diag-OFT: the layers' trained row rescale, "on" / "off" where it differs from the adapter's
     # oft_rescaled (LyCORIS map entries' own `rescaled`; their own constraint is the block's alpha)
     rescaled: Literal["adapter", "on", "off"] = "adapter"

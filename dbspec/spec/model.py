@@ -466,6 +466,18 @@ def _block_dora():
     )
 
 
+def _block_dora_axis():
+    return option(
+        "adapter",
+        doc="LoRA/LoCon, LoHa, LoKr: what the matched layers' LyCORIS weight decomposition keeps a magnitude "
+        "of, in place of the adapter's `dora_axis` (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `wd_on_out`): `output` (one per output row), `input` (one per input "
+        "column), or `adapter` (the adapter's). Acts on layers that decompose (the adapter's `dora` or the "
+        "block's).",
+        example="input",
+    )
+
+
 def _block_rank_stabilized():
     return option(
         "adapter",
@@ -542,6 +554,7 @@ class AdapterBlock:
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -605,6 +618,7 @@ class TextEncoderBlock:
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     unit: int = option(
         0,
         doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "

@@ -377,6 +377,31 @@ def test_entry_weight_decompose_becomes_the_block_dora(tmp_path):
     assert not a.blocks
 
 
+def test_entry_wd_on_out_becomes_the_block_dora_axis(tmp_path):
+    """LoConModule / LohaModule / LokrModule take an entry's own wd_on_out over the network's wd_on_output
+    (raw, tested for truth: "false" is true, "" false) on layers that decompose: the block's `dora_axis`
+    (issue 12); on layers that do not it changes nothing (DBS405); on Flux's fused layers a norm per input
+    column spans every part's rows: DBS403."""
+    text = (
+        FULL + '[module_algo_map.FeedForward]\nwd_on_out = false\n[module_algo_map.CLIPMLP]\nwd_on_out = ""\n'
+    )
+    outcome = expressible(_convert(tmp_path, text, "locon", '"dora_wd=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (True, "lycoris", "output")
+    ff = r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$"
+    assert [(b.pattern, b.dora, b.dora_axis) for b in a.blocks] == [(ff, "adapter", "input")]
+    assert [(b.dora, b.dora_axis) for b in a.text_encoder_blocks] == [("adapter", "input")]
+    (tmp_path / "own").mkdir()
+    text = FULL + '[module_algo_map.FeedForward]\nweight_decompose = true\nwd_on_out = "false"\n'
+    text += "[module_algo_map.CLIPMLP]\nwd_on_out = true\n"
+    outcome = expressible(_convert(tmp_path / "own", text, "lokr", '"wd_on_output=False"'))
+    a = plan_of(outcome, tmp_path / "own").adapter
+    assert (a.dora, a.dora_axis) == (False, "input")
+    assert [(b.pattern, b.dora, b.dora_axis) for b in a.blocks] == [(ff, "on", "output")]
+    assert not a.text_encoder_blocks  # CLIP's MLP does not decompose: its wd_on_out changes nothing
+    assert "module_algo_map.CLIPMLP.wd_on_out" in messages(outcome, "DBS405")
+
+
 def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     """A block's own weight decomposition beside layers without one: not with the network's dropouts
     (LyCORIS ignores network_dropout on decomposed layers, renormalises their masked update) nor LyCORIS's max

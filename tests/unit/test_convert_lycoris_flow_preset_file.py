@@ -519,3 +519,5 @@ def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
     assert "a norm per input column" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "own", text + "wd_on_out = false\n", f'"algo={algo}"', allow=True)
+    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")

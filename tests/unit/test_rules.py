@@ -1501,6 +1501,24 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
+    # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
+    # fused projections refused; on layers that do not decompose it is nothing (issue 12)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
+        + 'dora_axis = "input"\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora_axis"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
+        + 'dora_axis = "input"\n',
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,

@@ -3,14 +3,14 @@
 
 create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
 true), over the network's. For each option whose value differs from the network's this module says whether a
-block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha /
-sqrt(dim), the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer
-whose two factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on
-those: the block's `scalar`; `rank_dropout_scale` on LoRA/LoCon, LoHa and LoKr with the network's rank
-dropout (LoKr outside bypass_mode): the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa
-k x k convolutions: the block's `tucker`), whether it changes nothing on that layer (inert, with why), or
-neither (dbspec does
-not express it: the caller's PresetError names it)."""
+block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha / sqrt(dim),
+the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer whose two
+factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on those: the
+block's `scalar`; `weight_decompose` / `wd_on_out` on those: the block's `dora` / `dora_axis`;
+`rank_dropout_scale` on LoRA/LoCon, LoHa and LoKr with the network's rank dropout (LoKr outside bypass_mode):
+the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's
+`tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does not express it:
+the caller's PresetError names it)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,19 @@ def own_dora(algo: str, options: tuple[tuple[str, Any], ...], network: dict[str,
     if bool(own["weight_decompose"]) == network["weight_decompose"]:
         return {}
     return {"dora": "on" if own["weight_decompose"] else "off"}
+
+
+def own_dora_axis(algo: str, options: tuple[tuple[str, Any], ...], network: dict[str, Any]) -> dict[str, str]:
+    """{"dora_axis": "output" / "input"} of a LoRA/LoCon, LoHa or LoKr layer that decomposes (its entry's
+    weight_decompose, else the network's dora_wd) and whose entry gives wd_on_out a truth other than the
+    network's wd_on_output (LoConModule's, LohaModule's, LokrModule's `if self.wd_on_out`: a dora_scale per
+    output row, else per input column), else {}."""
+    own = dict(options)
+    if algo not in _BLOCK_SCALAR or "wd_on_out" not in own or not _decomposed(own, network):
+        return {}
+    if bool(own["wd_on_out"]) == network["wd_on_out"]:
+        return {}
+    return {"dora_axis": "output" if own["wd_on_out"] else "input"}
 
 
 def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], network: dict) -> dict[str, str]:
@@ -175,6 +188,7 @@ def _block_keeps(algo: str, key: str) -> bool:
         (key == "rs_lora" and algo in _BLOCK_ALPHA)
         or (key == "use_scalar" and algo in _BLOCK_SCALAR)
         or (key == "weight_decompose" and algo in _BLOCK_SCALAR)  # the block's `dora`
+        or (key == "wd_on_out" and algo in _BLOCK_SCALAR)  # the block's `dora_axis` (decomposed: _inert)
         or (key == "use_tucker" and algo in ("lora", "loha"))
     )
 
