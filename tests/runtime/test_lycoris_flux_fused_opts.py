@@ -439,3 +439,17 @@ def test_block_dora_on_a_fused_lokr_or_loha_layer_is_lycoris_weight_decompose(tm
         other = "lora_unet_double_blocks_0_txt_attn_qkv"
         trained = torch.cat([p(x) for p in context], dim=-1)
         torch.testing.assert_close(_module(cls, tensors, other, context)(x), trained, rtol=0, atol=1e-5)
+    # the run's peft folder loads back (sample, merge): the block's layers decomposed, the same outputs
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.transformer_blocks[0].attn
+    assert (
+        dora_scale_of(again.to_q, "default") is not None
+        and dora_scale_of(again.add_q_proj, "default") is None
+    )
+    with torch.no_grad():
+        loaded = torch.cat([p(x) for p in (again.to_q, again.to_k, again.to_v)], -1)
+        torch.testing.assert_close(loaded, ours.detach(), rtol=0, atol=1e-6)
