@@ -2721,8 +2721,10 @@ it, the file's factors holding the trained scalars folded in).""",
         """\
 `rank_dropout_scale = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry with its own `rank_dropout_scale`) rescales the rank-dropout rows the matched LoHa /
-LoKr layers keep, each layer drawing its own mask. It needs `kind = "loha"` or `"lokr"`, and neither
-`output_dropout` (LyCORIS's bypass dropouts draw with the adapter's rescale) nor `fused_projections`.""",
+LoKr layers keep (a fused layer's one mask over all its parts, which one block covers: DBS507), or on LoRA
+the rows or ranks LyCORIS LoCon's masks keep. It needs `kind = "loha"` or `"lokr"`, or `kind = "lora"` with
+`rank_dropout_form = "lycoris"` / `"lycoris_bypass"` (kohya's networks.lora form has its own fixed
+rescale).""",
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(
@@ -2736,10 +2738,12 @@ decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others n
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's), and it is not taken with a LoRA's `init_weights` without `fused_projections` (LoHa /
 LoKr files and a fused LoCon's start each layer with or without its `dora_scale`), `max_norm`, `freeze_down`,
-a LoHa's / LoKr's `fused_projections` (a fused LoCon's block must cover whole fused layers: DBS507), `ggpo`, a
+`ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
-weight.""",
+weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
+(`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers that
+decompose is held to the same options, and also not taken with `init_weights` or `fused_projections`.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

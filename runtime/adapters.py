@@ -216,6 +216,8 @@ def add_lora(
         own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
         # layers whose block sets its own weight decomposition (weight_decompose; paths as peft keeps them)
         own_dora = _block_doras(module, config, adapter, "" if conv else component, conv)
+        # layers whose block sets its own weight-decomposition axis (wd_on_out; paths as peft keeps them)
+        own_axes = _block_dora_axes(module, config, adapter, "" if conv else component, conv)
         if adapter.kind == "lokr" and adapter.lokr_factorization == "lycoris":  # LyCORIS's Kronecker split
             own_full = _inject_lycoris_lokr(module, config, adapter, "" if conv else component, conv)
         elif conv and adapter.kind == "loha" and any(b.tucker != "adapter" for b in adapter.blocks):
@@ -232,7 +234,9 @@ def add_lora(
             from dbspec.runtime.loha_weight import use_lycoris_loha
 
             use_lycoris_loha(module, ADAPTER_NAME, adapter.rank_dropout_scale)
-        if adapter.kind in ("loha", "lokr") and (conv or component):  # blocks' own rank-dropout rescale
+        if adapter.kind in ("loha", "lokr", "lora") and (
+            conv or component
+        ):  # blocks' own rank-dropout rescale
             from dbspec.runtime.blocks import block_rank_dropout_scales
 
             block_rank_dropout_scales(module, adapter, ADAPTER_NAME, "" if conv else component)
@@ -268,7 +272,7 @@ def add_lora(
     if lycoris_dora(adapter):  # DoRA peft cannot train: LyCORIS's weight decomposition on peft's layers
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
-        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis, own_dora, adapter.dora)
+        add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis, own_dora, adapter.dora, own_axes)
 
 
 def _block_scalars(
@@ -291,6 +295,18 @@ def _block_doras(
     from dbspec.runtime.blocks import block_doras
 
     return block_doras(module, config.target_modules, adapter, component)
+
+
+def _block_dora_axes(
+    module: torch.nn.Module, config: PeftConfig, adapter: AdapterPlan, component: str, conv: bool
+) -> dict[str, str]:
+    """{path: weight-decomposition axis} of the layers whose block sets its own (LyCORIS's map entries'
+    wd_on_out)."""
+    if not (conv or component):
+        return {}
+    from dbspec.runtime.blocks import block_dora_axes
+
+    return block_dora_axes(module, config.target_modules, adapter, component)
 
 
 def _inject_lycoris_lokr(

@@ -180,6 +180,19 @@ def block_doras(module: torch.nn.Module, targets, adapter: AdapterPlan, componen
     }
 
 
+def block_dora_axes(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{path: "output" / "input"} of the layers whose block sets LyCORIS's weight-decomposition axis itself
+    (a map entry's `wd_on_out`; the plan keeps it only on layers that decompose)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.dora_axis != "adapter" for b in blocks):
+        return {}
+    return {
+        path: block.dora_axis
+        for path, _, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.dora_axis != "adapter"
+    }
+
+
 def block_rank_stabilized(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: rs_lora} of `module`'s LoKr layers (peft's, once injected) whose block sets LyCORIS's rs_lora on
     full factors itself (`rank_stabilized`, a map entry's rs_lora); a text encoder's (`component` named)
@@ -201,19 +214,27 @@ def block_rank_dropout_scales(
     module: torch.nn.Module, adapter: AdapterPlan, name: str, component: str
 ) -> int:
     """Set LyCORIS's rank-dropout rescale on `module`'s LoHa / LoKr layers (peft adapter `name`'s per-layer
-    `rank_dropout_scale`, which runtime/loha_weight.py and peft's LoKr read at each draw) whose block sets its
-    own (a map entry's rank_dropout_scale); how many layers."""
+    `rank_dropout_scale`, which runtime/loha_weight.py, peft's LoKr and runtime/fused_lycoris_dropout.py read
+    at each draw) and LoRA layers (`dbspec_rank_dropout_scale`, which runtime/lora_dropout.py and
+    fused_dropout.py read: LyCORIS LoConModule's rank-dropout forms) whose block sets its own (a map entry's
+    rank_dropout_scale); how many layers."""
+    from peft.tuners.lora import LoraLayer
     from peft.tuners.lycoris_utils import LycorisLayer
 
     blocks = adapter.text_encoder_blocks if component else adapter.blocks
     if not any(b.rank_dropout_scale != "adapter" for b in blocks):
         return 0
-    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, LycorisLayer))
+    kinds = (LycorisLayer, LoraLayer)
+    paths = tuple(path for path, layer in module.named_modules() if isinstance(layer, kinds))
     count = 0
     for _, layer, block in _blocks_of(module, paths, blocks, component):
-        if block is not None and block.rank_dropout_scale != "adapter" and name in layer.r:
+        if block is None or block.rank_dropout_scale == "adapter" or name not in layer.r:
+            continue
+        if isinstance(layer, LoraLayer):
+            layer.dbspec_rank_dropout_scale = block.rank_dropout_scale == "on"
+        else:
             layer.rank_dropout_scale[name] = block.rank_dropout_scale == "on"
-            count += 1
+        count += 1
     return count
 
 

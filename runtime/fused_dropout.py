@@ -164,10 +164,12 @@ def _forward(
         if draw.down is not None:
             out = out * draw.down
         rank_mask = draw.rank
-        if rank_mask is not None and form == "lycoris_bypass":  # LoConModule's bypass forward: unscaled
-            out = out * rank_mask.to(out.dtype)
-        elif rank_mask is not None and form == "lycoris":  # LoConModule: ΔW's output rows, unscaled
-            update = lora_b(out) * rank_mask[rows[0] : rows[1]].to(out.dtype)
+        # LoConModule's masks are unscaled, but with a block's own rank_dropout_scale (a LyCORIS map entry's,
+        # over the whole fused layer: its parts share the block, compiler/fused.py) divided by their mean
+        if rank_mask is not None and form == "lycoris_bypass":  # LoConModule's bypass forward: the ranks
+            out = out * _rescaled(rank_mask.to(out.dtype), layer)
+        elif rank_mask is not None and form == "lycoris":  # LoConModule: ΔW's output rows
+            update = lora_b(out) * _rescaled(rank_mask.to(out.dtype), layer)[rows[0] : rows[1]]
             return (result + _output(update * scale, draw, rows)).to(result.dtype)
         elif rank_mask is not None:
             if out.dim() == 3:
@@ -179,6 +181,13 @@ def _forward(
         return (result + _output(lora_b(out) * scale, draw, rows)).to(result.dtype)
 
     return forward
+
+
+def _rescaled(mask: torch.Tensor, layer) -> torch.Tensor:
+    """The fused layer's whole LyCORIS mask divided by its mean where the part's block rescales it."""
+    from dbspec.runtime.lora_dropout import rescaled
+
+    return mask / mask.mean() if rescaled(layer) else mask
 
 
 def _output(update: torch.Tensor, draw: FusedDraw, rows) -> torch.Tensor:

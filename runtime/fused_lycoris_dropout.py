@@ -6,8 +6,9 @@ LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py; rebuild forward) dr
 the fused Linear: `torch.rand(1) < module_dropout` (only when module_dropout is set; the whole update
 skipped), then, in get_weight, the row mask `torch.rand(out) > rank_dropout` over every output row of the
 fused update, from torch's global CPU generator, the kept rows unscaled (rank_dropout_scale: divided by the
-mask's mean). The parts of one fused layer share that draw (runtime/fused_dropout.py's protocol): the first
-part called in a forward draws, the others apply the same skip and their rows of the mask; the draw is kept
+mask's mean; a block's own, a LyCORIS map entry's, on its fused layers). The parts of one fused layer share
+that draw (runtime/fused_dropout.py's protocol): the first part called in a forward draws, the others apply
+the same skip and their rows of the mask; the draw is kept
 until every part has run, so gradient checkpointing's recomputation (the generator restored) draws it again
 alike, and a resumed run draws what an uninterrupted one draws. Each part's update is its own rows of the
 fused update (with use_scalar times the one scalar), masked, then applied to the input as peft's LoKr / LoHa
@@ -94,8 +95,10 @@ def add_fused_lycoris_dropout(
             width = int(layer.get_base_layer().out_features)
             rows[id(layer)] = (start, start + width)
             start += width
-        rates = (module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
-        draw = LycorisDraw(len(layers), start, *rates)
+        # the fused layer's rescale: its block's own (a LyCORIS map entry's; one block covers every part,
+        # compiler/fused.py), set on the parts' layers by runtime/blocks.py, else the adapter's
+        scale = _own_rescale(layers[0], rank_dropout_scale)
+        draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, scale, output_dropout)
         for layer in layers:
             layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
             layer.dbspec_lycoris_draw = draw
@@ -126,12 +129,22 @@ def add_lycoris_layer_dropout(
         base = layer.get_base_layer()
         conv = isinstance(base, torch.nn.Conv2d)
         rows = int(base.out_channels if conv else base.out_features)
-        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, rank_dropout_scale, output_dropout)
+        scale = _own_rescale(layer, rank_dropout_scale)  # its block's own, else the adapter's
+        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, scale, output_dropout)
         draw.conv = conv
         layer.forward = _forward(layer, layer.forward, draw, (0, rows))
         layer.dbspec_lycoris_draw = draw
         wrapped += 1
     return wrapped
+
+
+def _own_rescale(layer, default: bool) -> bool:
+    """The layer's LyCORIS rank_dropout_scale: peft's per-layer table (runtime/loha_weight.py, peft's LoKr;
+    a block's own set there by runtime/blocks.py block_rank_dropout_scales), else `default`."""
+    own = getattr(layer, "rank_dropout_scale", None)
+    if isinstance(own, dict) and ADAPTER_NAME in own:
+        return bool(own[ADAPTER_NAME])
+    return default
 
 
 def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):

@@ -18,8 +18,10 @@ forward rebuilds ΔW and multiplies its output rows by `torch.rand(out, device=x
 ("lycoris"), the same as masking the update's output channels; its bypass forward multiplies the down
 projection's output (after lora_mid) by `torch.rand(rank, device=...) > rank_dropout`, one mask for the whole
 batch ("lycoris_bypass"). Neither rescales the kept rows: kohya's network never passes
-`rank_dropout_scale`. The draw follows module_dropout's, as in LoConModule.forward. `output_dropout` is
-the bypass forward's `dropout`: torch's dropout of the update (x scale), drawn last."""
+`rank_dropout_scale`; a LyCORIS preset map entry's own does (LoConModule's `drop /= drop.mean()`), set on its
+block's layers (`dbspec_rank_dropout_scale`, runtime/blocks.py). The draw follows module_dropout's, as in
+LoConModule.forward. `output_dropout` is the bypass forward's `dropout`: torch's dropout of the update (x
+scale), drawn last."""
 
 from __future__ import annotations
 
@@ -94,11 +96,13 @@ def _forward(
         scale = layer.scaling[ADAPTER_NAME] * multiplier
         if training and rank_dropout and form == "lycoris_bypass":  # LoConModule.bypass_forward_diff
             keep = (torch.rand(layer.r[ADAPTER_NAME], device=lx.device) > rank_dropout).to(lx.dtype)
+            keep = keep / keep.mean() if rescaled(layer) else keep
             lx = lx * (keep.view(1, -1, 1, 1) if lx.dim() == 4 else keep)
         elif training and rank_dropout and form == "lycoris":  # LoConModule.make_weight: ΔW's output rows
             update = lora_b(lx)
             keep = torch.rand(update.size(1 if update.dim() == 4 else -1), device=x.device) > rank_dropout
             keep = keep.to(update.dtype)
+            keep = keep / keep.mean() if rescaled(layer) else keep
             update = update * (keep.view(-1, 1, 1) if update.dim() == 4 else keep)
             return (result + _dropped(update * scale, training, output_dropout)).to(result.dtype)
         elif training and rank_dropout:
@@ -112,6 +116,12 @@ def _forward(
         return (result + _dropped(lora_b(lx) * scale, training, output_dropout)).to(result.dtype)
 
     return forward
+
+
+def rescaled(layer) -> bool:
+    """LyCORIS LoConModule's `rank_dropout_scale` on the layer: its block's own (a LyCORIS map entry's,
+    runtime/blocks.py block_rank_dropout_scales); off otherwise, as kohya's network never passes it."""
+    return bool(getattr(layer, "dbspec_rank_dropout_scale", False))
 
 
 def _dropped(update: torch.Tensor, training: bool, output_dropout: float) -> torch.Tensor:

@@ -263,17 +263,25 @@ def adapter_layers(module: nn.Module, adapter: str) -> list[nn.Module]:
 
 
 def add_lycoris_dora(
-    module: nn.Module, adapter: str, axis: Axis, own: dict[str, bool] | None = None, default: bool = True
+    module: nn.Module,
+    adapter: str,
+    axis: Axis,
+    own: dict[str, bool] | None = None,
+    default: bool = True,
+    axes: dict[str, Axis] | None = None,
 ) -> int:
     """The adapted layers of `module` with LyCORIS's weight decomposition: those `own` ({path: on}, a block's
-    own switch, a LyCORIS map entry's weight_decompose) sets on, the rest when `default`; how many."""
-    own = own or {}
+    own switch, a LyCORIS map entry's weight_decompose) sets on, the rest when `default`; each along its
+    `axes` entry ({path: axis}, a block's own, a map entry's wd_on_out), else `axis`; how many."""
+    own, axes = own or {}, axes or {}
     adapted = {id(m) for m in adapter_layers(module, adapter)}
     layers = [
-        layer for name, layer in module.named_modules() if id(layer) in adapted and own.get(name, default)
+        (name, layer)
+        for name, layer in module.named_modules()
+        if id(layer) in adapted and own.get(name, default)
     ]
-    for layer in layers:
-        convert(layer, adapter, axis)
+    for name, layer in layers:
+        convert(layer, adapter, axes.get(name, axis))
     return len(layers)
 
 

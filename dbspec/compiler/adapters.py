@@ -101,6 +101,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.blocks
@@ -116,6 +117,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
             )
             for b in adapter.text_encoder_blocks
@@ -337,12 +339,14 @@ def _block_switches(block, adapter) -> dict[str, str]:
 
 
 def _block_rank_dropout_scale(block, adapter) -> str:
-    """A LoHa / LoKr block's rank-dropout rescale as its layers train it: "on" / "off" where it differs from
-    the plan's adapter (on only with rank dropout), else "adapter" (DBS580 refuses it elsewhere)."""
+    """A LoHa / LoKr block's rank-dropout rescale, or a LoRA's with LyCORIS's rank-dropout forms
+    (LoConModule's masks, which kohya's network leaves unscaled), as its layers train it: "on" / "off" where
+    it differs from the plan's adapter (on only with rank dropout), else "adapter" (DBS580 elsewhere)."""
     given = getattr(block, "rank_dropout_scale", "adapter")
-    if adapter.kind not in ("loha", "lokr") or given == "adapter":
+    lycoris_lora = adapter.kind == "lora" and adapter.rank_dropout_form != "kohya"
+    if (adapter.kind not in ("loha", "lokr") and not lycoris_lora) or given == "adapter":
         return "adapter"
-    planned = adapter.rank_dropout_scale and adapter.rank_dropout > 0
+    planned = getattr(adapter, "rank_dropout_scale", False) and adapter.rank_dropout > 0
     own = given == "on" and adapter.rank_dropout > 0
     return "adapter" if own == planned else "on" if own else "off"
 
@@ -361,6 +365,18 @@ def _block_dora(block, adapter) -> str:
     dora = getattr(adapter, "dora", False)
     own = dora if given == "adapter" else given == "on"
     return "adapter" if own == dora else "on" if own else "off"
+
+
+def _block_dora_axis(block, adapter) -> str:
+    """A block's LyCORIS weight-decomposition axis as its layers train it: "output" / "input" where they
+    decompose (the adapter's `dora` or the block's own) on another axis than the adapter's `dora_axis`, else
+    "adapter"."""
+    given = getattr(block, "dora_axis", "adapter")
+    dora = getattr(adapter, "dora", False)
+    decomposed = dora if getattr(block, "dora", "adapter") == "adapter" else block.dora == "on"
+    if given == "adapter" or not decomposed or given == adapter.dora_axis:
+        return "adapter"
+    return given
 
 
 def _lokr_split(factor: int) -> int:

@@ -206,7 +206,11 @@ def _split_scalar(ctx: Context, group: FusedProjection, index: int, found: dict,
     """DBS507: LyCORIS's LoCon on a fused layer has one scalar (use_scalar), which the parts share
     (runtime/fused.py), and decomposes the whole fused weight or none of it (weight_decompose): a block's
     own scalar or dora must cover every adapted part alike. Whether it reported."""
-    for key, what in (("scalar", "LyCORIS scalar"), ("dora", "LyCORIS weight decomposition")):
+    for key, what in (
+        ("scalar", "LyCORIS scalar"),
+        ("dora", "LyCORIS weight decomposition"),
+        ("rank_dropout_scale", "LyCORIS rank-dropout rescale"),
+    ):
         own = {}
         for part in found:
             path = f"{group.blocks}.{index}.{part}"
@@ -328,7 +332,9 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    found = ['dora_axis = "input"'] if adapter.dora and adapter.dora_axis == "input" else []
+    # the adapter's weight decomposition or blocks' own (each part its rows: per output row)
+    decomposed = adapter.dora or block_dora(adapter)
+    found = ['dora_axis = "input"'] if decomposed and adapter.dora_axis == "input" else []
     if found:
         ctx.report(
             "DBS575",

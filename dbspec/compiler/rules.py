@@ -2515,25 +2515,24 @@ def _own_block_options(adapter, own: str):
 @rule("spec")
 def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own rank-dropout rescale (a LyCORIS map entry's rank_dropout_scale) acts on LoHa / LoKr
-    layers drawn one by one (runtime/loha_weight.py, peft's LoKr per layer): DBS580 elsewhere."""
+    layers, each drawing its own rows (runtime/loha_weight.py, peft's LoKr per layer; a fused layer's one
+    draw, runtime/fused_lycoris_dropout.py, with its block's rescale), and on LoRA layers with LyCORIS
+    LoConModule's rank-dropout forms (runtime/lora_dropout.py, fused_dropout.py): DBS580 elsewhere."""
     a = spec.adapter
     kind = getattr(a, "kind", "none")
-    shared = [
-        f"adapter.{key}"
-        for key in ("output_dropout", "fused_projections")
-        if getattr(a, key, False)  # the bypass and fused draws take the adapter's rescale
-    ]
+    lycoris_masks = getattr(a, "rank_dropout_form", "kohya") != "kohya"  # LoConModule's (lora_dropout.py)
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             value = getattr(block, "rank_dropout_scale", "adapter")
-            if value == "adapter" or (kind in ("loha", "lokr") and not shared):
+            if value == "adapter" or kind in ("loha", "lokr") or (kind == "lora" and lycoris_masks):
                 continue
-            why = f'adapter.kind = "{kind}"' if kind not in ("loha", "lokr") else " and ".join(shared)
+            why = f'adapter.kind = "{kind}"'
+            why += ' and rank_dropout_form = "kohya"' if kind == "lora" else ""
             yield _err(
                 "DBS580",
                 ("adapter", table, i, "rank_dropout_scale"),
                 f'adapter.{table}[{i}].rank_dropout_scale = "{value}" with {why}: a block\'s own rescale '
-                "acts on LoHa / LoKr layers that draw their rank-dropout rows one by one",
+                "acts on LoHa / LoKr layers' rank-dropout rows and LoRA's in LyCORIS's forms",
                 codes.help("DBS580"),
             )
 
@@ -2782,16 +2781,24 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone): LyCORIS's
-    form (dora_form "lycoris" on LoRA), on the adapter's own kind, without the options that need one setting
-    on every layer (DBS583)."""
+    """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone), or its own
+    axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
+    LoRA), on the adapter's own kind, without the options that need one setting on every layer (DBS583)."""
     a = spec.adapter
     own = [
-        (table, i, block)
+        (table, i, "dora", block.dora)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         if getattr(block, "dora", "adapter") != "adapter" and (block.dora == "on") != a.dora
     ]
+    axes = [
+        (table, i, "dora_axis", block.dora_axis)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table, ()))
+        if getattr(block, "dora_axis", "adapter") not in ("adapter", getattr(a, "dora_axis", "output"))
+        and (a.dora if block.dora == "adapter" else block.dora == "on")  # only where the layers decompose
+    ]
+    own += axes
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
@@ -2806,8 +2813,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora" and not fused),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            # a fused LoCon decomposes each fused layer whole (compiler/fused.py checks its blocks)
-            ("fused_projections", fused and a.kind != "lora"),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
             *(
@@ -2824,14 +2829,26 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         if on
     ]
-    if not others:
-        return
-    for table, i, block in own:
+    # a block's own axis also not with a file's start (its dora_scale shapes are not checked per layer) nor
+    # fused layers (their parts decompose their rows of the fused weight per output row, compiler/fused.py)
+    axis_others = [
+        text
+        for text, on in (
+            ("init_weights", getattr(a, "init_weights", "") and "init_weights" not in others),
+            ("fused_projections", fused),
+        )
+        if on
+    ]
+    for table, i, key, value in own:
+        found = [*others, *(axis_others if key == "dora_axis" else ())]
+        if not found:
+            continue
+        what = "and others not" if key == "dora" else "on another axis than others"
         yield _err(
             "DBS583",
-            ("adapter", table, i, "dora"),
-            f'adapter.{table}[{i}].dora = "{block.dora}" with {", ".join(others)}: some layers would train '
-            "LyCORIS's weight decomposition and others not, which those options do not take",
+            ("adapter", table, i, key),
+            f'adapter.{table}[{i}].{key} = "{value}" with {", ".join(found)}: some layers would train '
+            f"LyCORIS's weight decomposition {what}, which those options do not take",
             codes.help("DBS583"),
         )
 

@@ -247,6 +247,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own LyCORIS weight decomposition (map entries' weight_decompose), added since
         ("adapter", "blocks", "*", "dora"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "dora"): "adapter",
+        # a block's own weight-decomposition axis (LyCORIS map entries' wd_on_out), added since (none then)
+        ("adapter", "blocks", "*", "dora_axis"): "adapter",
+        ("adapter", "text_encoder_blocks", "*", "dora_axis"): "adapter",
         # a block's own Diag-OFT rescaled (map entries), added since
         ("adapter", "blocks", "*", "rescaled"): "adapter",
         ("adapter", "text_encoder_blocks", "*", "rescaled"): "adapter",

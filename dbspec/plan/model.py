@@ -127,7 +127,8 @@ class BlockPlan:
     # LoKr: LyCORIS's rs_lora on the layers whose two factors are full (sqrt(rank) in place of 1), "on" or
     # "off" where it differs from the adapter's lokr_rank_stabilized; "adapter": the adapter's
     rank_stabilized: Literal["adapter", "on", "off"] = "adapter"
-    # LoHa / LoKr: the layers' rank-dropout rescale where it differs from the adapter's (LyCORIS map entries)
+    # LoHa / LoKr, LoRA with LyCORIS's rank-dropout forms: the layers' rank-dropout rescale where it differs
+    # from the adapter's (LyCORIS map entries)
     rank_dropout_scale: Literal["adapter", "on", "off"] = "adapter"
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's trained scalar on the layers, "on" / "off" where it differs from the
     # adapter's `scalar`; "adapter": the adapter's
@@ -135,6 +136,9 @@ class BlockPlan:
     # LoRA/LoCon, LoHa, LoKr: LyCORIS's weight decomposition (runtime/lycoris_dora.py) on the layers, "on" /
     # "off" where it differs from the adapter's `dora`; "adapter": the adapter's
     dora: Literal["adapter", "on", "off"] = "adapter"
+    # the layers' LyCORIS weight-decomposition axis where it differs from the adapter's `dora_axis` (LyCORIS
+    # map entries' wd_on_out; only on layers that decompose); "adapter": the adapter's
+    dora_axis: Literal["adapter", "output", "input"] = "adapter"
     # Diag-OFT: the layers' trained row rescale, "on" / "off" where it differs from the adapter's
     # oft_rescaled (LyCORIS map entries' own `rescaled`; their own constraint is the block's alpha)
     rescaled: Literal["adapter", "on", "off"] = "adapter"

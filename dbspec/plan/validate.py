@@ -143,6 +143,12 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     if any(b.dora == "on" for b in (*a.blocks, *a.text_encoder_blocks)) and a.dora_form != "lycoris":
         # DBS583 in specs: a block's own weight decomposition is LyCORIS's (runtime/lycoris_dora.py)
         yield f"a block's own dora is LyCORIS's weight decomposition; found dora_form \"{a.dora_form}\""
+    if (
+        any(b.dora_axis != "adapter" for b in (*a.blocks, *a.text_encoder_blocks))
+        and a.dora_form != "lycoris"
+    ):
+        # DBS583 in specs: a block's own axis is LyCORIS's decomposition's (runtime/lycoris_dora.py)
+        yield f"a block's own dora_axis is LyCORIS's; found dora_form \"{a.dora_form}\""
     if a.rank_dropout_scale and not (a.kind in ("loha", "lokr") and a.rank_dropout > 0):
         # DBS525 in specs: the rescale acts on LoHa / LoKr rank dropout only
         yield (

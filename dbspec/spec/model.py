@@ -442,6 +442,8 @@ def _block_factor():
 
 
 BlockSwitch = Literal["adapter", "on", "off"]
+# the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
+_RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
 BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
 
 
@@ -463,6 +465,18 @@ def _block_dora():
         "LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's `weight_decompose`): on, off, or "
         "`adapter` (the adapter's).",
         example="on",
+    )
+
+
+def _block_dora_axis():
+    return option(
+        "adapter",
+        doc="LoRA/LoCon, LoHa, LoKr: what the matched layers' LyCORIS weight decomposition keeps a magnitude "
+        "of, in place of the adapter's `dora_axis` (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `wd_on_out`): `output` (one per output row), `input` (one per input "
+        "column), or `adapter` (the adapter's). Acts on layers that decompose (the adapter's `dora` or the "
+        "block's).",
+        example="input",
     )
 
 
@@ -538,10 +552,11 @@ class AdapterBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     rank_dropout_scale: BlockSwitch = _block_switch(
-        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+        "rank_dropout_scale", "rank_dropout_scale", _RESCALED_KINDS
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -601,10 +616,11 @@ class TextEncoderBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     rank_dropout_scale: BlockSwitch = _block_switch(
-        "rank_dropout_scale", "rank_dropout_scale", "LoHa / LoKr with `rank_dropout`"
+        "rank_dropout_scale", "rank_dropout_scale", _RESCALED_KINDS
     )
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     unit: int = option(
         0,
         doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "

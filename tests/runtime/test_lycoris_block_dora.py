@@ -56,6 +56,35 @@ text_encoder_target_name = []
 [module_algo_map.FeedForward]
 weight_decompose = false
 """,
+    # entries' own wd_on_out (issue 12), tested for truth: on a dora_wd LoCon (per output row) the ResNets
+    # per input column and CLIP's MLP ("": false) too; the transformers keep the network's rows
+    "axis": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+wd_on_out = false
+[module_algo_map.CLIPMLP]
+wd_on_out = ""
+""",
+    # on a LoHa network per input column (wd_on_output=False) without dora_wd: the ResNets' own
+    # weight_decompose per output row (their wd_on_out "false" is true), the transformers' MLP's per column
+    "axis_own": """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+weight_decompose = true
+wd_on_out = "false"
+[module_algo_map.FeedForward]
+weight_decompose = true
+""",
 }
 
 
@@ -82,11 +111,17 @@ def _ours(components) -> dict[str, list[int]]:
 
 
 @pytest.mark.parametrize(
-    "algo, entries, args",
-    [("locon", "on", ""), ("loha", "on", "wd_on_output=False"), ("lokr", "off", "dora_wd=True")],
+    "algo, entries, args, doras, axes",
+    [
+        ("locon", "on", "", {"on"}, {"adapter"}),
+        ("loha", "on", "wd_on_output=False", {"on"}, {"adapter"}),
+        ("lokr", "off", "dora_wd=True", {"off"}, {"adapter"}),
+        ("locon", "axis", "dora_wd=True", {"adapter"}, {"input"}),
+        ("loha", "axis_own", "wd_on_output=False", {"on"}, {"output", "adapter"}),
+    ],
 )
 def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
-    algo, entries, args, tmp_path, monkeypatch
+    algo, entries, args, doras, axes, tmp_path, monkeypatch
 ):
     from tests.unit.convert_kit import out_path
 
@@ -98,14 +133,18 @@ def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
         del PRESETS[entries]
     a = plan.adapter
     blocks = [*a.blocks, *a.text_encoder_blocks]
-    assert a.dora == (entries == "off") and a.dora_form == "lycoris"
+    assert a.dora == ("dora_wd" in args) and a.dora_form == "lycoris"
     assert a.dora_axis == ("input" if "wd_on_output" in args else "output")
-    assert {b.dora for b in blocks} == {entries}
+    assert {b.dora for b in blocks} == doras and {b.dora_axis for b in blocks} == axes
     extra = dict(kv.split("=") for kv in args.split()) if args else {}
     made = _lycoris(pipe, path, monkeypatch, algo, **extra)
     theirs = _decomposed(made)
     everything = {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras]}
-    assert theirs and set(theirs) != everything  # some layers decomposed, others not
+    if entries == "axis":  # every layer decomposed, some per input column, others per output row
+        assert set(theirs) == everything
+        assert {shape[0] == 1 for shape in theirs.values()} == {True, False}
+    else:
+        assert theirs and set(theirs) != everything  # some layers decomposed, others not
     done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
     assert done.status == "finished"
     assert _ours(done.components) == theirs  # the same layers, each dora_scale in LyCORIS's shape

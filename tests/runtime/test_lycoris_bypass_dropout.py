@@ -14,7 +14,7 @@ import torch
 from lycoris.modules.loha import LohaModule
 from lycoris.modules.lokr import LokrModule
 
-from dbspec.plan.model import AdapterPlan
+from dbspec.plan.model import AdapterPlan, BlockPlan
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
 from tests.runtime.test_lycoris_dora import LOHA, LOKR, Net
@@ -23,9 +23,13 @@ DROPS = {"lokr": {"module_dropout": 0.3}, "loha": {"module_dropout": 0.3, "rank_
 
 
 @pytest.mark.parametrize("layer", ["lin", "conv"])
-@pytest.mark.parametrize("kind", ["lokr", "loha"])
+@pytest.mark.parametrize("kind", ["lokr", "loha", "loha-rescaled"])
 def test_bypass_dropout_on_a_layer_of_its_own_is_lycoris(kind, layer):
+    """`loha-rescaled`: a block's own rank_dropout_scale on the Linear (a LyCORIS map entry's, issue 12):
+    its row mask divided by its mean as LohaModule's with rank_dropout_scale, the convolution's not."""
+    kind, rescaled = kind.split("-")[0], kind.endswith("rescaled")
     drops = DROPS[kind]
+    own = BlockPlan(pattern="^lin$", rank=2, alpha=1.5, rank_dropout_scale="on")
     net = Net()
     base = copy.deepcopy(getattr(net, layer))
     plan = AdapterPlan(
@@ -38,13 +42,15 @@ def test_bypass_dropout_on_a_layer_of_its_own_is_lycoris(kind, layer):
         conv_targets=("conv",),
         output_dropout=0.4,
         lokr_factorization="lycoris",
+        blocks=(own,) if rescaled else (),
         **drops,
     )
     add_lora(net, plan, ("lin",), seed=3, conv=True)
     rates = (drops["module_dropout"], drops.get("rank_dropout", 0.0), False, 0.4)
     assert add_lycoris_layer_dropout(net, *rates) == 2  # the Linear and the convolution
     cls, names = (LokrModule, LOKR) if kind == "lokr" else (LohaModule, LOHA)
-    theirs = cls("m", base, 1.0, 2, 1.5, bypass_mode=True, dropout=0.4, **drops)
+    scale = rescaled and layer == "lin"
+    theirs = cls("m", base, 1.0, 2, 1.5, bypass_mode=True, dropout=0.4, rank_dropout_scale=scale, **drops)
     ours = getattr(net, layer)
     params = dict(theirs.named_parameters())
     g = torch.Generator().manual_seed(1)

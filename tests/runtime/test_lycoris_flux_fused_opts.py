@@ -369,3 +369,87 @@ def test_block_scalar_on_a_fused_layer_is_lycoris_use_scalar(tmp_path, kind):
     )
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), ours.detach(), rtol=0, atol=1e-5)
+
+
+OWN_DORA = (
+    '[[adapter.blocks]]\npattern = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"\n'
+    'rank = 2\nalpha = 1.5\ndora = "on"\n'
+)
+
+
+def _decomposed(cls, parts):
+    """lycoris-lora's LokrModule / LohaModule with weight_decompose on the fused Linear, the parts' values."""
+    fused = _fused_linear([p.base_layer for p in parts])
+    theirs = cls("qkv", fused, 1.0, 2, 1.5, weight_decompose=True)
+    first = parts[0]
+    with torch.no_grad():
+        if cls is LokrModule:
+            for key in ("lokr_w1", "lokr_w2_a", "lokr_w2_b"):
+                getattr(theirs, key).copy_(getattr(first, key)["default"])
+        else:
+            for key in ("hada_w1_b", "hada_w2_b"):
+                getattr(theirs, key).copy_(getattr(first, key)["default"])
+            for key in ("hada_w1_a", "hada_w2_a"):
+                getattr(theirs, key).copy_(torch.cat([getattr(p, key)["default"] for p in parts]))
+        theirs.dora_scale.copy_(torch.cat([dora_scale_of(p, "default") for p in parts]))
+    theirs.apply_to()
+    return theirs
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_block_dora_on_a_fused_lokr_or_loha_layer_is_lycoris_weight_decompose(tmp_path, kind):
+    """A block's own weight decomposition (a preset map entry's weight_decompose) over a whole fused qkv of a
+    fused LoKr / LoHa, the adapter's off: each part keeps its rows' magnitudes, starting at the fused base
+    weight's row norms as LyCORIS's module does, the other fused layers have none; the run resumes bit-exact;
+    the fused layer's outputs and magnitude gradients are lycoris-lora's LokrModule / LohaModule with
+    weight_decompose on the fused Linear holding the same values, and the export carries `dora_scale` on
+    that module only, which lycoris-lora loads with the trained outputs (issue 12)."""
+    cls = LokrModule if kind == "lokr" else LohaModule
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"') + OWN_DORA
+    extra += '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert not plan.adapter.dora and [b.dora for b in plan.adapter.blocks] == ["on"]
+    transformer = whole.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    qkv, context = (attn.to_q, attn.to_k, attn.to_v), (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    assert all(dora_scale_of(p, "default") is not None for p in qkv)
+    assert all(dora_scale_of(p, "default") is None for p in context)  # the network's: none
+    # the run's magnitudes moved off LyCORIS's start, the fused base weight's row norms
+    start = _fused_linear([p.base_layer for p in qkv]).weight.norm(dim=1, keepdim=True)
+    scales = torch.cat([dora_scale_of(p, "default") for p in qkv]).detach()
+    assert scales.shape == start.shape and not torch.allclose(scales, start, atol=1e-7)
+    theirs = _decomposed(cls, qkv)
+    x, target = torch.randn(3, 16), torch.randn(3, 48)
+    ours = torch.cat([p(x) for p in qkv], dim=-1)
+    expected = theirs.eval()(x)
+    assert not torch.allclose(ours, torch.cat([p.base_layer(x) for p in qkv], -1), atol=1e-6)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(ours, target).backward()
+    torch.nn.functional.mse_loss(expected, target).backward()
+    magnitudes = torch.cat([dora_scale_of(p, "default").grad for p in qkv])
+    torch.testing.assert_close(magnitudes, theirs.dora_scale.grad)
+    # the export: dora_scale on the block's fused layer only, lycoris-lora's module loading it as trained
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")} == {name}
+    assert tensors[f"{name}.dora_scale"].shape == (48, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(_module(cls, tensors, name, qkv)(x), ours.detach(), rtol=0, atol=1e-5)
+        other = "lora_unet_double_blocks_0_txt_attn_qkv"
+        trained = torch.cat([p(x) for p in context], dim=-1)
+        torch.testing.assert_close(_module(cls, tensors, other, context)(x), trained, rtol=0, atol=1e-5)
+    # the run's peft folder loads back (sample, merge): the block's layers decomposed, the same outputs
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.transformer_blocks[0].attn
+    assert (
+        dora_scale_of(again.to_q, "default") is not None
+        and dora_scale_of(again.add_q_proj, "default") is None
+    )
+    with torch.no_grad():
+        loaded = torch.cat([p(x) for p in (again.to_q, again.to_k, again.to_v)], -1)
+        torch.testing.assert_close(loaded, ours.detach(), rtol=0, atol=1e-6)

@@ -210,18 +210,24 @@ def test_lycoris_example_mixes_algorithms(tmp_path):
     assert "module_algo_map.CrossAttention" in text and "their own factor" in text
 
 
-def test_module_options_are_not_expressed(tmp_path):
-    """An entry's own wd_on_out on decomposed layers (a block's weight decomposition takes the adapter's
-    axis): not expressed; its own weight_decompose is the block's dora
-    (test_convert_kohya_lycoris_entry_opts).
-    """
+def test_entry_wd_on_out_is_the_block_axis(tmp_path):
+    """An entry's own wd_on_out on decomposed layers: its block's `dora_axis` (issue 12; was not expressed),
+    beside its own weight_decompose, the block's dora (test_convert_kohya_lycoris_entry_opts)."""
     text = FULL + '[module_algo_map.CrossAttention]\nalgo = "lokr"\nwd_on_out = false\n'
-    outcome = _convert(tmp_path, text, "lokr", '"dora_wd=True"')
-    assert "DBS403" in codes(outcome) and "`wd_on_out` = False" in messages(outcome, "DBS403")
+    a = plan_of(expressible(_convert(tmp_path, text, "lokr", '"dora_wd=True"')), tmp_path).adapter
+    assert (a.dora, a.dora_axis, [(b.dora, b.dora_axis) for b in a.blocks]) == (
+        True,
+        "output",
+        [("adapter", "input")],
+    )
     (tmp_path / "loha").mkdir()
     text = FULL + "[module_algo_map.ResnetBlock2D]\nweight_decompose = true\nwd_on_out = false\n"
-    outcome = _convert(tmp_path / "loha", text, "loha")
-    assert "DBS403" in codes(outcome) and "`wd_on_out` = False" in messages(outcome, "DBS403")
+    a = plan_of(expressible(_convert(tmp_path / "loha", text, "loha")), tmp_path / "loha").adapter
+    assert (a.dora, a.dora_axis, [(b.dora, b.dora_axis) for b in a.blocks]) == (
+        False,
+        "output",
+        [("on", "input")],
+    )
 
 
 # LoKr entries switching LokrModule's options against the network's (decompose_both=True, factor=8): the

@@ -7,6 +7,8 @@ weight decomposition change nothing (DBS405); the rest is not expressed (DBS403,
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 from convert_kit import (  # noqa: F401
@@ -95,12 +97,6 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
     cases = [
         # bypass_mode drops the update's output with the network's dropout (LoConModule.bypass_forward_diff)
         ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
-        (
-            "locon",
-            '"rank_dropout=0.1"',
-            "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n",
-            "scale",
-        ),
         # a block's own weight decomposition beside the network's rank dropout (DBS583)
         (
             "loha",
@@ -237,18 +233,39 @@ rs_lora = "yes"
 def test_loha_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path):
     """LohaModule divides the rank-dropout rows an entry's layers keep by their share with the entry's own
     rank_dropout_scale (its truth test; LyCORIS's create_network never hands one to the modules): with the
-    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode (other
-    draws) it stays DBS403."""
+    network's rank_dropout, the block's "on" (runtime/loha_weight.py per layer); in bypass_mode too
+    (LohaModule's bypass forward rebuilds the masked weight with the same rule, issue 12); LoKr's bypass
+    forward draws no mask: inert (DBS405)."""
     text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = true\n"
     outcome = expressible(_convert(tmp_path, text, "loha", '"rank_dropout=0.25"'))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank_dropout, a.rank_dropout_scale) == ("loha", 0.25, False)
+    ff = r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$"
+    assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [(ff, 16, 8.0, "on")]
+    (tmp_path / "bypass").mkdir()
+    args = '"rank_dropout=0.25" "bypass_mode=True" "dropout=0.1"'
+    outcome = expressible(_convert(tmp_path / "bypass", text, "loha", args))
+    a = plan_of(outcome, tmp_path / "bypass").adapter
+    assert (a.output_dropout, [(b.pattern, b.rank_dropout_scale) for b in a.blocks]) == (0.1, [(ff, "on")])
+    (tmp_path / "lokr").mkdir()
+    outcome = expressible(_convert(tmp_path / "lokr", text, "lokr", '"rank_dropout=0.25" "bypass_mode=True"'))
+    assert "module_algo_map.FeedForward.rank_dropout_scale" in messages(outcome, "DBS405")
+    assert not plan_of(outcome, tmp_path / "lokr").adapter.blocks
+
+
+@pytest.mark.parametrize("bypass", [False, True])
+def test_locon_entry_rank_dropout_scale_becomes_a_block_switch(tmp_path, bypass):
+    """LoConModule divides the rows (its bypass forward: the ranks) its rank-dropout mask keeps by their
+    share with an entry's own rank_dropout_scale: with the network's rank_dropout, the block's "on" beside
+    LyCORIS's rank-dropout form (runtime/lora_dropout.py per layer) (issue 12)."""
+    text = FULL + "[module_algo_map.FeedForward]\nrank_dropout_scale = 1\n"
+    args = '"rank_dropout=0.25"' + (' "bypass_mode=True"' if bypass else "")
+    a = plan_of(expressible(_convert(tmp_path, text, "locon", args)), tmp_path).adapter
+    form = "lycoris_bypass" if bypass else "lycoris"
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form) == ("lora", 0.25, form)
     assert [(b.pattern, b.rank, b.alpha, b.rank_dropout_scale) for b in a.blocks] == [
         (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 16, 8.0, "on")
     ]
-    (tmp_path / "bypass").mkdir()
-    outcome = _convert(tmp_path / "bypass", text, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
-    assert "DBS403" in codes(outcome) and "`rank_dropout_scale` = True" in messages(outcome, "DBS403")
 
 
 def test_entry_bypass_mode_with_weight_decomposition_is_invalid(tmp_path):
@@ -358,6 +375,31 @@ def test_entry_weight_decompose_becomes_the_block_dora(tmp_path):
     assert (a.kind, a.dora, a.dora_axis) == ("lokr", True, "output")
     assert [(b.pattern, b.dora) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", "off")]
     assert not a.blocks
+
+
+def test_entry_wd_on_out_becomes_the_block_dora_axis(tmp_path):
+    """LoConModule / LohaModule / LokrModule take an entry's own wd_on_out over the network's wd_on_output
+    (raw, tested for truth: "false" is true, "" false) on layers that decompose: the block's `dora_axis`
+    (issue 12); on layers that do not it changes nothing (DBS405); on Flux's fused layers a norm per input
+    column spans every part's rows: DBS403."""
+    text = (
+        FULL + '[module_algo_map.FeedForward]\nwd_on_out = false\n[module_algo_map.CLIPMLP]\nwd_on_out = ""\n'
+    )
+    outcome = expressible(_convert(tmp_path, text, "locon", '"dora_wd=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (True, "lycoris", "output")
+    ff = r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$"
+    assert [(b.pattern, b.dora, b.dora_axis) for b in a.blocks] == [(ff, "adapter", "input")]
+    assert [(b.dora, b.dora_axis) for b in a.text_encoder_blocks] == [("adapter", "input")]
+    (tmp_path / "own").mkdir()
+    text = FULL + '[module_algo_map.FeedForward]\nweight_decompose = true\nwd_on_out = "false"\n'
+    text += "[module_algo_map.CLIPMLP]\nwd_on_out = true\n"
+    outcome = expressible(_convert(tmp_path / "own", text, "lokr", '"wd_on_output=False"'))
+    a = plan_of(outcome, tmp_path / "own").adapter
+    assert (a.dora, a.dora_axis) == (False, "input")
+    assert [(b.pattern, b.dora, b.dora_axis) for b in a.blocks] == [(ff, "on", "output")]
+    assert not a.text_encoder_blocks  # CLIP's MLP does not decompose: its wd_on_out changes nothing
+    assert "module_algo_map.CLIPMLP.wd_on_out" in messages(outcome, "DBS405")
 
 
 def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):

@@ -391,8 +391,8 @@ def test_sd3_lokr_and_loha_outside_the_joint_blocks(tmp_path, algo):
 
 def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
     """A LoKr entry's own rs_lora on FLUX.1's fused qkv: its block's alpha x sqrt(dim) and rank_stabilized
-    (runtime/fused_lokr.py scales a fused layer with both factors full by its block's); a LoHa entry's own
-    rank_dropout_scale there: DBS403 (a fused layer's parts draw their rank dropout together)."""
+    (runtime/fused_lokr.py scales a fused layer with both factors full by its block's); a LoHa's or LoCon's
+    entry's own rank_dropout_scale there: its block's, the fused layer's one draw rescaled (issue 12)."""
     text = DOUBLE_ATTENTION + "rs_lora = true\nfull_matrix = true\n"
     outcome = _flux(tmp_path / "rs", text, '"algo=lokr"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -405,8 +405,11 @@ def test_flux_lokr_entry_rs_lora_is_a_block_rank_stabilized(tmp_path):
         [(16, 8.0 * 4, "on", "on")],
     )
     text = DOUBLE_ATTENTION + "rank_dropout_scale = true\n"
-    outcome = _flux(tmp_path / "loha", text, '"algo=loha" "rank_dropout=0.1"')
-    assert "own rank_dropout_scale" in messages(outcome, "DBS403")
+    for algo in ("loha", "locon"):
+        outcome = _flux(tmp_path / algo, text, f'"algo={algo}" "rank_dropout=0.1"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / algo).adapter
+        assert (a.rank_dropout, [(b.rank, b.rank_dropout_scale) for b in a.blocks]) == (0.1, [(16, "on")])
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])
@@ -595,22 +598,22 @@ dim = 2
 """
 
 
-@pytest.mark.parametrize("algo", ["locon", "lokr"])
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
 def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
-    """An entry's own weight_decompose on FLUX.1's fused qkv: a fused LoCon's block `dora` (LyCORIS's form,
-    each fused layer decomposed whole: runtime/lycoris_dora.py on its parts, per output row); a fused LoKr /
-    LoHa's stays DBS403 (a spec's DBS583) (issue 12)."""
+    """An entry's own weight_decompose on FLUX.1's fused qkv: the block's `dora` (LyCORIS's form, each fused
+    layer decomposed whole, per output row: runtime/lycoris_dora.py on its parts, each its rows; a fused
+    LoKr / LoHa's parts share one module, runtime/fused_lokr.py / fused_loha.py) (issue 12)."""
     text = DOUBLE_ATTENTION + "weight_decompose = true\n"
-    outcome = _flux(tmp_path, text, f'"algo={algo}"', allow=algo != "locon")
-    if algo != "locon":
-        assert 'dora = "on" with fused_projections' in messages(outcome, "DBS403")
-        return
+    outcome = _flux(tmp_path, text, f'"algo={algo}"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    kind = "lora" if algo == "locon" else algo
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "output")
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
     assert "a norm per input column" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "own", text + "wd_on_out = false\n", f'"algo={algo}"', allow=True)
+    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
 
 
 def test_sd3_train_norm_reaching_t5_norms_offsets_clip_only(tmp_path):

@@ -1501,6 +1501,24 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
+    # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
+    # fused projections refused; on layers that do not decompose it is nothing (issue 12)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
+        + 'dora_axis = "input"\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora_axis"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
+        + 'dora_axis = "input"\n',
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,
@@ -1518,17 +1536,31 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
     ),
-    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr, or with bypass dropouts
+    # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr and LyCORIS's LoRA masks
+    # (LoHa's with the bypass dropouts: each layer's draw takes its block's rescale, issue 12)
     (
         rules.block_rank_dropout_scale,
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
         [("DBS580", "error", ("adapter", "blocks", 0, "rank_dropout_scale"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\n'
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
+    ),
+    (
+        rules.block_rank_dropout_scale,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank_dropout = 0.1\nrank_dropout_form = "kohya"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\n'
+        + 'rank_dropout_scale = "on"\n',
+        [("DBS580", "error", ("adapter", "text_encoder_blocks", 0, "rank_dropout_scale"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\noutput_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nrank_dropout_scale = "on"\n',
     ),
     (

@@ -3,13 +3,14 @@
 
 create_single_module hands an entry's keys to the module class raw (no str_bool: a string such as "false" is
 true), over the network's. For each option whose value differs from the network's this module says whether a
-block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha /
-sqrt(dim), the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer
-whose two factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on
-those: the block's `scalar`; `rank_dropout_scale` on LoHa and LoKr with the network's rank dropout outside
-bypass_mode: the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions:
-the block's `tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does
-not express it: the caller's PresetError names it)."""
+block expresses it (`rs_lora` on LoRA/LoCon, LoHa and LoKr: their module classes scale by alpha / sqrt(dim),
+the plain scale of alpha x sqrt(dim), which the block's alpha carries, and LokrModule a layer whose two
+factors are full by sqrt(dim) in place of 1, the LoKr block's `rank_stabilized`; `use_scalar` on those: the
+block's `scalar`; `weight_decompose` / `wd_on_out` on those: the block's `dora` / `dora_axis`;
+`rank_dropout_scale` on LoRA/LoCon, LoHa and LoKr with the network's rank dropout (LoKr outside bypass_mode):
+the block's `rank_dropout_scale`; `use_tucker` on LoRA/LoCon and LoHa k x k convolutions: the block's
+`tucker`), whether it changes nothing on that layer (inert, with why), or neither (dbspec does not express it:
+the caller's PresetError names it)."""
 
 from __future__ import annotations
 
@@ -59,11 +60,24 @@ def own_dora(algo: str, options: tuple[tuple[str, Any], ...], network: dict[str,
     return {"dora": "on" if own["weight_decompose"] else "off"}
 
 
+def own_dora_axis(algo: str, options: tuple[tuple[str, Any], ...], network: dict[str, Any]) -> dict[str, str]:
+    """{"dora_axis": "output" / "input"} of a LoRA/LoCon, LoHa or LoKr layer that decomposes (its entry's
+    weight_decompose, else the network's dora_wd) and whose entry gives wd_on_out a truth other than the
+    network's wd_on_output (LoConModule's, LohaModule's, LokrModule's `if self.wd_on_out`: a dora_scale per
+    output row, else per input column), else {}."""
+    own = dict(options)
+    if algo not in _BLOCK_SCALAR or "wd_on_out" not in own or not _decomposed(own, network):
+        return {}
+    if bool(own["wd_on_out"]) == network["wd_on_out"]:
+        return {}
+    return {"dora_axis": "output" if own["wd_on_out"] else "input"}
+
+
 def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], network: dict) -> dict[str, str]:
-    """{"rank_dropout_scale": "on" / "off"} of a LoHa / LoKr layer whose entry gives rank_dropout_scale a
-    truth other than the network's (LohaModule's, LokrModule's `if self.rank_dropout_scale`: the kept
-    rank-dropout rows divided by their share), where the layer draws them in its weight forward (the
-    network's rank_dropout above 0, no bypass_mode), else {}."""
+    """{"rank_dropout_scale": "on" / "off"} of a LoRA/LoCon, LoHa or LoKr layer whose entry gives
+    rank_dropout_scale a truth other than the network's (LoConModule's, LohaModule's, LokrModule's `if
+    self.rank_dropout_scale`: the kept rank-dropout rows, or LoCon's bypass ranks, divided by their share),
+    where the layer draws them (_rescales), else {}."""
     own = dict(options)
     if not _rescales(algo, own, network) or bool(own["rank_dropout_scale"]) == network["rank_dropout_scale"]:
         return {}
@@ -71,15 +85,15 @@ def own_rank_dropout_scale(algo: str, options: tuple[tuple[str, Any], ...], netw
 
 
 def _rescales(algo: str, own: dict[str, Any], network: dict) -> bool:
-    """A block expresses the entry's rank_dropout_scale on a layer of `algo`: LoHa / LoKr drawing rank
-    dropout in the weight forward (runtime/loha_weight.py, peft's LoKr, per layer)."""
-    return (
-        algo in ("loha", "lokr")
-        and "rank_dropout_scale" in own
-        and bool(network["rank_dropout"])
-        and not network["bypass_mode"]
-        and not own.get("bypass_mode")
-    )
+    """A block expresses the entry's rank_dropout_scale on a layer of `algo` drawing rank dropout (the
+    network's rank_dropout above 0): LoRA/LoCon in either forward (LoConModule's make_weight row mask and
+    bypass rank mask, runtime/lora_dropout.py, fused_dropout.py), LoHa in either (LohaModule's get_weight,
+    runtime/loha_weight.py, fused_lycoris_dropout.py), LoKr outside bypass_mode (peft's LoKr per layer; in
+    bypass_mode LokrModule draws none: _inert). An entry's own bypass_mode other than the network's is not
+    expressed (split_options)."""
+    if "rank_dropout_scale" not in own or not network["rank_dropout"]:
+        return False
+    return algo in ("lora", "loha") or (algo == "lokr" and not network["bypass_mode"])
 
 
 def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
@@ -174,6 +188,7 @@ def _block_keeps(algo: str, key: str) -> bool:
         (key == "rs_lora" and algo in _BLOCK_ALPHA)
         or (key == "use_scalar" and algo in _BLOCK_SCALAR)
         or (key == "weight_decompose" and algo in _BLOCK_SCALAR)  # the block's `dora`
+        or (key == "wd_on_out" and algo in _BLOCK_SCALAR)  # the block's `dora_axis` (decomposed: _inert)
         or (key == "use_tucker" and algo in ("lora", "loha"))
     )
 
@@ -194,6 +209,8 @@ def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[st
             "LyCORIS's modules read it only when they draw a rank-dropout mask; the network's rank_dropout "
             "is 0"
         )
+    if key == "rank_dropout_scale" and algo == "lokr" and network["bypass_mode"]:
+        return "LokrModule's bypass forward draws no rank-dropout mask"
     if key == "bypass_mode" and not (
         network["dropout"] or network["rank_dropout"] or _decomposed(own, network)
     ):

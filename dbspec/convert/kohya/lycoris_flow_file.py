@@ -55,7 +55,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, _source, map_blocks
+from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, map_blocks
 from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
@@ -314,13 +314,6 @@ def flux_preset_file(
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):
         inert.append(("T5-XXL", f"the file reaches T5-XXL layers, whose LyCORIS modules never train: {idle}"))
-    rescaled = [block for block in [*blocks, *text_blocks] if "rank_dropout_scale" in block]
-    if rescaled:  # the fused layers' parts draw their rank dropout together (DBS580)
-        raise PresetError(
-            f"`{_source(rescaled)}` hands its layers its own rank_dropout_scale: dbspec's LyCORIS on "
-            f"{model.title} draws a fused layer's rank dropout with the network's rescale",
-            False,
-        )
     targets = found.denoiser
     if "proj_out" in layers and "proj_out" not in targets:
         # Flux's final layer Linear is diffusers' top-level proj_out, a suffix of each single block's linear2:

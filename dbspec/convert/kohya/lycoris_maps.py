@@ -23,6 +23,7 @@ from dbspec.convert.kohya.lycoris_entry_opts import (
     own_rank_stabilized,
     own_rs_lora,
     own_dora,
+    own_dora_axis,
     own_scalar,
     own_tucker,
     split_options,
@@ -348,6 +349,7 @@ def _blocks(
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
         switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
         switches.update(own_dora(_algo(group[0].algo), group[0].options, network))
+        switches.update(own_dora_axis(_algo(group[0].algo), group[0].options, network))
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
