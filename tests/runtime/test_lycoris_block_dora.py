@@ -166,14 +166,16 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
     return made
 
 
-@pytest.mark.parametrize("algo", ["lokr", "loha"])
+@pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])
 def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path, monkeypatch):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
-    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact."""
+    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact. LoCon too
+    (runtime/init_weights.py; was DBS583 with init_weights)."""
     from safetensors.torch import save_file
 
     from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_sd_dora_file import _ours as _locon_layers
     from tests.runtime.test_lycoris_sd_factor_file import _ours as _factor_layers
     from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules
     from tests.unit.convert_kit import out_path, plan_of
@@ -200,15 +202,16 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path
     assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
     comps, count = _loaded(plan)
     assert count == len(theirs)
-    ours = _factor_layers(comps)
+    ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
     assert sorted(ours) == sorted(theirs)
     decomposed = 0
     for name, lyco in theirs.items():
         layer, base = ours[name], ours[name].get_base_layer()
         scale = dora_scale_of(layer, "default")
         assert (scale is not None) == bool(getattr(lyco, "wd", False)), name
-        if scale is not None:
+        if scale is not None:  # the file's magnitudes, moved off the base weight's norms
             torch.testing.assert_close(scale.detach(), lyco.dora_scale.detach(), rtol=0, atol=0)
+            torch.testing.assert_close(scale.detach(), state[f"{name}.dora_scale"], rtol=0, atol=0)
             decomposed += 1
         x = (
             torch.randn(2, base.in_features)
