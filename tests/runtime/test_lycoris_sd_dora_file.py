@@ -99,9 +99,10 @@ PARTIAL = {"locon": {}, "lokr": {"factor": "4"}, "loha": {}}
 @pytest.mark.parametrize("algo", sorted(PARTIAL))
 def test_dora_wd_file_with_dora_scale_in_some_modules(pipe, tmp_path, monkeypatch, algo):
     """A dora_wd network (LoCon, LoKr, LoHa) from a file whose modules hold their factors but only some their
-    `dora_scale` (CLIP's and the U-Net's alike, e.g. a file trained with per-entry weight_decompose): LyCORIS's
-    load_state_dict(strict=False) loads the magnitudes present and leaves the others at the base weight's
-    norms; dbspec's run starts every layer alike (magnitudes and outputs) and trains and resumes bit-exact."""
+    `dora_scale` (CLIP's and the U-Net's alike, e.g. a file trained with per-entry weight_decompose):
+    LyCORIS's load_state_dict(strict=False) loads the magnitudes present and leaves the others at the base
+    weight's norms; dbspec's run starts every layer alike (magnitudes and outputs), trains and resumes
+    bit-exact."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer

@@ -477,7 +477,8 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
 def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     """A LoCon file's `dora_scale` (LoConModule with weight_decompose): dora = true, dora_form "lycoris"
     (runtime test: test_lycoris_flow_factor_file); in some denoiser modules only: their blocks' own dora
-    (runtime test: test_lycoris_block_dora); with a text-encoder module among them: DBS403."""
+    (runtime test: test_lycoris_block_dora); with text-encoder modules among them, theirs too (their
+    text-encoder blocks' dora; was DBS403)."""
     qkv, proj = "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj"
     tensors = {}
     for name, rows in ((qkv, 3 * W), (proj, W)):
@@ -504,8 +505,20 @@ def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     tensors[f"{clip}.lora_up.weight"] = np.zeros((3072, 8), np.float16)
     tensors[f"{clip}.alpha"] = np.array(4.0, np.float32)
     tensors[f"{clip}.dora_scale"] = np.ones((3072, 1), np.float16)
+    bare = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"  # a CLIP module without dora_scale
+    tensors[f"{bare}.lora_down.weight"] = np.zeros((8, 768), np.float16)
+    tensors[f"{bare}.lora_up.weight"] = np.zeros((768, 8), np.float16)
+    tensors[f"{bare}.alpha"] = np.array(4.0, np.float32)
     save_file(tensors, str(tmp_path / "prev.safetensors"))
-    assert "text-encoder modules" in messages(_flux(tmp_path, allow=True), "DBS403")
+    outcome = _flux(tmp_path, "--network_args algo=locon")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.dora is False and [b.dora for b in a.blocks].count("on") == 1
+    text = {b.dora: b for b in a.text_encoder_blocks if b.rank}
+    assert sorted(text) == ["adapter", "on"]
+    assert re.search(text["on"].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    assert not re.search(text["on"].pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
+    assert re.search(text["adapter"].pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
 
 
 def test_full_file_starts_at_twice_its_diff(tmp_path):

@@ -838,7 +838,7 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
     # none where the file has none
-    text = per_module_text_blocks(file, text_components) if text_components else []
+    text = per_module_text_blocks(file, text_components, some) if text_components else []
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
@@ -847,20 +847,13 @@ def _flow_dim_from_weights(
 def _locon_dora(local) -> bool | frozenset[str] | str:
     """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
     output row of kohya's Linear, or of SD3's patch convolution, (out, 1, 1, 1): LoConModule built with
-    weight_decompose): True for every module, the names of those that do where only some denoiser modules
-    do (their blocks' own dora); why not when a text encoder's modules differ (dbspec's text-encoder blocks
-    take no dora from a file) or one is per input."""
+    weight_decompose): True for every module, the names of those that do where only some modules do (their
+    blocks' own dora, the denoiser's and the text encoders' alike); why not when one is per input."""
     modules = read_lycoris_file(local)
     held = [m for m in modules.values() if "dora_scale" in m.shapes]
     if not held:
         return False
     bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
-    text = next((m.name for m in held if not m.name.startswith("lora_unet_")), None)
-    if bare is not None and text is not None:
-        return (
-            f"`dora_scale` in some modules only (not `{bare}`), text-encoder modules (`{text}`) among them: "
-            "dbspec gives a file's denoiser blocks their own dora only"
-        )
     for m in held:
         rows = m.shapes["lora_up.weight"][0]
         conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
