@@ -2732,9 +2732,8 @@ map entry with its own `weight_decompose`) gives the matched LoRA/LoCon, LoHa or
 decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others none, or the reverse. That
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
-`load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, a LoHa's / LoKr's
-`fused_projections` (a fused LoCon's block must cover whole fused layers: DBS507), `ggpo`, a `multiplier`
-other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
+`load_state_dict(strict=False)` does; with `fused_projections` a block covers whole fused layers, DBS507),
+and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
 weight.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",

@@ -328,7 +328,9 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    found = ['dora_axis = "input"'] if adapter.dora and adapter.dora_axis == "input" else []
+    # the adapter's weight decomposition, or blocks' own (per block, covering whole fused layers: DBS507)
+    decomposed = adapter.dora or block_dora(adapter)
+    found = ['dora_axis = "input"'] if decomposed and adapter.dora_axis == "input" else []
     if found:
         ctx.report(
             "DBS575",

@@ -2735,7 +2735,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
     p = spec.precision
-    fused = getattr(a, "fused_projections", False)
     others = [
         text
         for text, on in (
@@ -2744,8 +2743,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # SD 1.x/2.x / SDXL; lycoris_init.py: LoHa / LoKr; flow_init.py: a fused LoCon)
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
-            # a fused LoCon decomposes each fused layer whole (compiler/fused.py checks its blocks)
-            ("fused_projections", fused and a.kind != "lora"),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
             *(

@@ -454,7 +454,8 @@ def test_sd3_factor_file_patch_convolution_and_its_tucker_form(tmp_path):
 def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     """make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose (wd_on_out's
     default: one magnitude per output row of the fused Linear): dora = true, started from the file's
-    magnitudes; in some modules only: DBS403 (dbspec's dora is the adapter's); another shape: DBS402."""
+    magnitudes; in some modules only: their blocks' own dora (was DBS403; runtime test:
+    test_lycoris_flow_factor_file); another shape: DBS402."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # img_attn.qkv 9216 x 3072 by factor 4
     proj = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     modules = {
@@ -468,7 +469,13 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert (a.kind, a.dora, a.dora_axis, a.init_partial) == ("lokr", True, "output", True)
     modules["lora_unet_double_blocks_0_img_attn_proj"] = proj
     _factor_file(tmp_path / "prev.safetensors", modules)
-    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.init_partial) == ("lokr", False, True)
+    (own,) = [b for b in a.blocks if b.dora == "on"]
+    assert all(re.search(own.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
+    assert not re.search(own.pattern, "transformer_blocks.0.attn.to_out.0")
     modules["lora_unet_double_blocks_0_img_attn_proj"] = {**proj, "dora_scale": (1, 3072)}
     _factor_file(tmp_path / "prev.safetensors", modules)
     assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")

@@ -506,15 +506,17 @@ dim = 2
 def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     """An entry's own weight_decompose on FLUX.1's fused qkv: a fused LoCon's block `dora` (LyCORIS's form,
     each fused layer decomposed whole: runtime/lycoris_dora.py on its parts, per output row); a fused LoKr /
-    LoHa's stays DBS403 (a spec's DBS583) (issue 12)."""
+    LoHa's alike (its block's `dora`, every part; was DBS403; runtime:
+    tests/runtime/test_lycoris_flow_factor_file.py against lycoris-lora's modules) (issue 12)."""
     text = DOUBLE_ATTENTION + "weight_decompose = true\n"
-    outcome = _flux(tmp_path, text, f'"algo={algo}"', allow=algo != "locon")
-    if algo != "locon":
-        assert 'dora = "on" with fused_projections' in messages(outcome, "DBS403")
-        return
+    outcome = _flux(tmp_path, text, f'"algo={algo}"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
-    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    assert (a.kind, a.dora) == ("lora" if algo == "locon" else algo, False)
+    assert a.dora_form == "lycoris" or algo != "locon"
+    assert [b.dora for b in a.blocks] == ["on"]
+    if algo != "locon":
+        return
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
     assert "a norm per input column" in messages(outcome, "DBS403")

@@ -201,19 +201,23 @@ def check_loha(modules: list[LycorisModule]) -> tuple[int, float, Own] | str:
     return rank, alpha, {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
 
 
-def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
+def own_blocks(
+    own: Own, common: LokrOptions | int, family: str, dora: frozenset[str] = frozenset()
+) -> list[dict]:
     """[[adapter.blocks]] for the modules at options of their own: one per set of options, its pattern the
-    modules' diffusers parts (a fused Linear's all: one block covers it, compiler/fused.py)."""
+    modules' diffusers parts (a fused Linear's all: one block covers it, compiler/fused.py). `dora`: the
+    modules holding a `dora_scale` where others do not (make_module_from_state_dict builds those with
+    weight_decompose): their blocks' dora "on"."""
     groups: dict[tuple, dict[str, dict[int | None, set[str]]]] = {}
     for name, (options, alpha) in own.items():
         found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
         assert found is not None  # diffusers_targets placed every module
         blocks, index, parts = found
-        key = (options, alpha)
+        key = (options, alpha, name in dora)
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
     out = []
-    for (options, alpha), lists in groups.items():
-        values = own_values(options, alpha, common)
+    for (options, alpha, on), lists in groups.items():
+        values = own_values(options, alpha, common) | ({"dora": "on"} if on else {})
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
