@@ -2733,9 +2733,9 @@ decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others n
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
 `load_state_dict(strict=False)` does; with `fused_projections` a block covers whole fused layers, DBS507),
-and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
-renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
-weight.""",
+and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a `multiplier` other than 1, the dropouts
+(LyCORIS ignores the network's dropout on decomposed layers and renormalises their masked update), blocks of
+another `kind` or with their own `tucker`, or a quantised base weight.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(
