@@ -147,3 +147,56 @@ def test_dora_wd_file_with_dora_scale_in_some_modules(pipe, tmp_path, monkeypatc
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: k.endswith(".dora_scale")), "the run trained the magnitudes"
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def test_dim_from_weights_locon_file_with_dora_scale_in_some_modules(pipe, tmp_path, monkeypatch):
+    """--dim_from_weights (SD 1.x) with a LoCon file whose modules hold `dora_scale` in some modules only
+    (CLIP's and the U-Net's, linears and 3x3 convolutions): lycoris-lora's create_network_from_weights
+    builds those LoConModules alone with weight_decompose (make_module_from_state_dict), apply_to and
+    load_weights load the file; dbspec's converted run (blocks' own dora; was DBS403) starts every layer
+    alike (magnitudes the file's, outputs to 1e-5), trains and resumes bit-exact."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    args = {"conv_dim": "4", "conv_alpha": "2", "dora_wd": "True"}
+    state = kit.moved_state(kit.network(pipe, tmp_path, monkeypatch, algo="locon", **args), 13, 0.1)
+    names = sorted({k.split(".")[0] for k in state})
+    bare = set(names[::3])
+    assert any(n.startswith("lora_te_") for n in bare) and any(n.startswith("lora_unet_") for n in bare)
+    for name in bare:
+        del state[f"{name}.dora_scale"]
+    path = kit.save_state(state, tmp_path)
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    made, _ = kit.lycoris_kohya.create_network_from_weights(1.0, str(path), None, named, unet)
+    made.apply_to(named, unet, True, True)
+    made.load_weights(str(path))
+    theirs = _lycoris_modules(made)
+    assert sorted(theirs) == names
+    assert {n for n, m in theirs.items() if m.wd} == set(names) - bare
+    plan = kit.converted_plan(tmp_path, '--dim_from_weights --network_args "algo=locon"')
+    a = plan.adapter
+    assert (a.dora, a.dora_form, a.init_partial) == (False, "lycoris", True)
+    assert any(b.dora == "on" for b in a.blocks) and any(b.dora == "on" for b in a.text_encoder_blocks)
+    comps, count = _loaded(plan)
+    assert count == len(names)
+    ours = kit.kohya_layers(comps, LoraLayer, adapter=True)
+    assert sorted(ours) == names
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        scale = dora_scale_of(layer, "default")
+        assert (scale is not None) == (name not in bare), name
+        if scale is not None:
+            torch.testing.assert_close(scale, state[name + ".dora_scale"], rtol=0, atol=0, msg=name)
+        x = kit.sample_input(layer.get_base_layer())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert {k.split(".")[0] for k in saved if k.endswith(".dora_scale")} == set(names) - bare
+    assert kit.trained(saved, state, lambda k: k.endswith(".dora_scale")), "the run trained the magnitudes"
+    kit.resumes_bit_exact(tmp_path, whole, saved)

@@ -161,28 +161,40 @@ def denoiser_names(file: LoraFile, original_names: bool = False) -> list[tuple[L
     return out
 
 
-def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
+def sd_blocks(file: LoraFile, original_names: bool = False, dora: frozenset[str] = frozenset()) -> list[dict]:
     """networks.lora: blocks naming the file's denoiser modules at their (rank, alpha), linears at `rank` /
     `alpha`, 3x3 convolutions at `conv_rank` / `conv_alpha` (rank 0), each `_` matching `.` or `_` (the
     modules that share a tail after their last index together), then a rank-0 block for the modules the file
     lacks. kohya's names are diffusers' paths with `.` written `_` (SD 1.x / 2.x) or, `original_names` (SDXL),
     the original U-Net layout's, read back onto diffusers' (dbspec.unet_layout); ValueError for a name
-    outside it."""
-    groups: dict[tuple[bool, Pair], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    outside it. `dora`: the modules holding a `dora_scale` where others do not (LyCORIS's
+    make_module_from_state_dict builds those with weight_decompose): their blocks' dora "on"."""
+    groups: dict[tuple[bool, Pair, bool], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module, name in denoiser_names(file, original_names):
         head, tail = _split(name)
-        pair = pair_of(module)
-        key = next((k for k in groups if k[0] == module.conv and _same(k[1], pair)), (module.conv, pair))
+        pair, on = pair_of(module), module.name in dora
+        key = next(
+            (k for k in groups if k[0] == module.conv and _same(k[1], pair) and k[2] == on),
+            (module.conv, pair, on),
+        )
         groups[key][_loose(head)].append(tail)
     out = []
-    for (conv, (rank, alpha)), heads in groups.items():
+    for (conv, (rank, alpha), on), heads in groups.items():
+        own = {"dora": "on"} if on else {}
         for pattern in _named(heads):
             if conv:
                 out.append(
-                    {"pattern": pattern, "rank": 0, "alpha": 1.0, "conv_rank": rank, "conv_alpha": alpha}
+                    {
+                        "pattern": pattern,
+                        "rank": 0,
+                        "alpha": 1.0,
+                        "conv_rank": rank,
+                        "conv_alpha": alpha,
+                        **own,
+                    }
                 )
             else:
-                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
+                out.append({"pattern": pattern, "rank": rank, "alpha": alpha, **own})
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 

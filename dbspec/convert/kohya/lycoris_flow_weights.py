@@ -259,3 +259,21 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
             )
         out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     return out
+
+
+def locon_dora(local) -> bool | frozenset[str] | str:
+    """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
+    output row of kohya's Linear, or of a convolution, (out, 1, 1, 1): LoConModule built with
+    weight_decompose): True for every module, the names of those that do where only some modules do (their
+    blocks' own dora, the denoiser's and the text encoders' alike); why not when one is per input."""
+    modules = read_lycoris_file(local)
+    held = [m for m in modules.values() if "dora_scale" in m.shapes]
+    if not held:
+        return False
+    bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
+    for m in held:
+        rows = m.shapes["lora_up.weight"][0]
+        conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
+        if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
+            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
+    return True if bare is None else frozenset(m.name for m in held)
