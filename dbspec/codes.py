@@ -2736,9 +2736,8 @@ rescale).""",
 map entry with its own `weight_decompose`) gives the matched LoRA/LoCon, LoHa or LoKr layers LyCORIS's weight
 decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others none, or the reverse. That
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
-is the adapter's), and it is not taken with a LoRA's `init_weights` without `fused_projections` (LoHa /
-LoKr files and a fused LoCon's start each layer with or without its `dora_scale`), `max_norm`, `freeze_down`,
-`ggpo`, a
+is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
+`load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
 weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row

@@ -106,7 +106,14 @@ def load_pipeline(request: SampleRequest):
             raise SampleError(f"{source} holds LoRA weights: pass --base with the model they were trained on")
         pipe = _base_pipeline(base, plan, request)
         with tempfile.TemporaryDirectory() as scratch:
-            pipe.load_lora_weights(str(_one_layout(lora, Path(scratch))))
+            try:
+                pipe.load_lora_weights(str(_one_layout(lora, Path(scratch))))
+            except (AssertionError, KeyError, ValueError, RuntimeError) as exc:
+                # diffusers' key converters assert on shapes (kohya's Flux widths) and names they expect
+                raise SampleError(
+                    f"{lora}: diffusers cannot load it onto {base} ({type(exc).__name__}: {exc}); the file "
+                    "does not fit this base model, or diffusers cannot read its key layout"
+                ) from exc
         _restore_text_magnitudes(pipe, lora)
         _check_lora_layers(pipe, lora)
         return load_embeddings(_with_norms(pipe, source, plan), source, plan)
@@ -198,14 +205,50 @@ def _check_lora_layers(pipe, lora: Path) -> None:
         found = _LAYER_PARTS.search(rest)
         if found is not None:
             layers.setdefault(component, set()).add(rest[: found.start()])
-    for component, names in sorted(layers.items()):
+    counts = {component: len(names) for component, names in layers.items()}
+    for component, count in _kohya_layers(pipe, keys).items():  # a kohya-layout file's modules
+        counts[component] = counts.get(component, 0) + count
+    for component, count in sorted(counts.items()):
         module = getattr(pipe, component, None)
         adapted = 0 if module is None else sum(isinstance(m, BaseTunerLayer) for m in module.modules())
-        if adapted != len(names):
+        if adapted != count:
             raise SampleError(
-                f"{lora}: diffusers loaded {adapted} of the file's {len(names)} adapted {component} layers "
+                f"{lora}: diffusers loaded {adapted} of the file's {count} adapted {component} layers "
                 "(the file does not fit this base model, or diffusers cannot read its key layout)"
             )
+
+
+def _kohya_layers(pipe, keys: list[str]) -> dict[str, int]:
+    """The diffusers layers per pipeline component that a kohya-layout file's modules adapt (`lora_unet_*` /
+    `lora_te*_*` with `lora_down.weight`, which diffusers' loaders convert): one per module, the parts of a
+    fused Flux / SD3 Linear each (diffusers splits it: img_attn_qkv into to_q, to_k, to_v). The text
+    encoders by kohya's numbering: `lora_te_` / `lora_te1_` the first, `lora_te2_` the second (SDXL's
+    CLIP-G, SD3's), T5-XXL `lora_te3_`."""
+    denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    texts = [n for n in ("text_encoder", "text_encoder_2", "text_encoder_3") if getattr(pipe, n, None)]
+    prefixes = {"lora_unet_": denoiser, "lora_te_": "text_encoder"}
+    for i, name in enumerate(texts):
+        t5 = type(getattr(pipe, name)).__name__.startswith("T5")
+        prefixes["lora_te3_" if t5 else f"lora_te{i + 1}_"] = name
+    fused = {
+        g.kohya_name: len(g.parts)
+        for f in FAMILIES.values()
+        for g in f.fused_projections
+        if denoiser == "transformer"
+    }
+    out: dict[str, int] = {}
+    for key in keys:
+        if not key.endswith(".lora_down.weight") or "." in key.removesuffix(".lora_down.weight"):
+            continue
+        module = key.removesuffix(".lora_down.weight")
+        prefix = next((p for p in prefixes if module.startswith(p)), None)
+        if prefix is None:
+            raise SampleError(
+                f"{key}: a kohya module of no component of this pipeline ({', '.join(prefixes)})"
+            )
+        parts = next((n for k, n in fused.items() if prefix == "lora_unet_" and module.endswith("_" + k)), 1)
+        out[prefixes[prefix]] = out.get(prefixes[prefix], 0) + parts
+    return out
 
 
 def _text_encoders(pipe) -> set[str]:

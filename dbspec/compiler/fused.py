@@ -332,7 +332,8 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    # the adapter's weight decomposition or blocks' own (each part its rows: per output row)
+    # the adapter's weight decomposition or blocks' own (a block covers whole fused layers, DBS507; each part
+    # decomposes its own rows: per output row)
     decomposed = adapter.dora or block_dora(adapter)
     found = ['dora_axis = "input"'] if decomposed and adapter.dora_axis == "input" else []
     if found:

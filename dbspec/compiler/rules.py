@@ -2808,9 +2808,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         text
         for text, on in (
             ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
-            # LoHa / LoKr files (runtime/lycoris_init.py) and a fused LoCon's (runtime/flow_init.py) start
-            # each layer with or without its dora_scale
-            ("init_weights", getattr(a, "init_weights", "") and a.kind == "lora" and not fused),
+            # a file starts each layer with or without its dora_scale (runtime/init_weights.py: LoCon on
+            # SD 1.x/2.x / SDXL; lycoris_init.py: LoHa / LoKr; flow_init.py: a fused LoCon)
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
@@ -2834,7 +2833,7 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     axis_others = [
         text
         for text, on in (
-            ("init_weights", getattr(a, "init_weights", "") and "init_weights" not in others),
+            ("init_weights", bool(getattr(a, "init_weights", ""))),
             ("fused_projections", fused),
         )
         if on

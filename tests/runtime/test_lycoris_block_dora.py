@@ -205,14 +205,16 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
     return made
 
 
-@pytest.mark.parametrize("algo", ["lokr", "loha"])
+@pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])
 def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path, monkeypatch):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
-    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact."""
+    1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact. LoCon too
+    (runtime/init_weights.py; was DBS583 with init_weights)."""
     from safetensors.torch import save_file
 
     from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_sd_dora_file import _ours as _locon_layers
     from tests.runtime.test_lycoris_sd_factor_file import _ours as _factor_layers
     from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules
     from tests.unit.convert_kit import out_path, plan_of
@@ -239,15 +241,16 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path
     assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
     comps, count = _loaded(plan)
     assert count == len(theirs)
-    ours = _factor_layers(comps)
+    ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
     assert sorted(ours) == sorted(theirs)
     decomposed = 0
     for name, lyco in theirs.items():
         layer, base = ours[name], ours[name].get_base_layer()
         scale = dora_scale_of(layer, "default")
         assert (scale is not None) == bool(getattr(lyco, "wd", False)), name
-        if scale is not None:
+        if scale is not None:  # the file's magnitudes, moved off the base weight's norms
             torch.testing.assert_close(scale.detach(), lyco.dora_scale.detach(), rtol=0, atol=0)
+            torch.testing.assert_close(scale.detach(), state[f"{name}.dora_scale"], rtol=0, atol=0)
             decomposed += 1
         x = (
             torch.randn(2, base.in_features)
@@ -347,3 +350,92 @@ def test_flux_locon_file_with_dora_scale_in_some_modules(tmp_path):
             plain = torch.nn.functional.linear(x, fresh[name].weight, fresh[name].bias)
             assert not torch.allclose(ours, plain, atol=1e-4), name
             torch.testing.assert_close(ours, fresh[name](x), rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_flux_locon_file_with_dora_scale_in_some_clip_modules(tmp_path):
+    """The same with CLIP-L modules (lora_te1_*) among the file's: each CLIP layer's MLP fc1 holds a
+    `dora_scale`, its attention Linears not, as the denoiser's qkv do and the rest not.
+    create_network_from_weights on kohya's encoder list builds the fc1 LoConModules alone with
+    weight_decompose; dbspec's text-encoder blocks give exactly those layers LyCORIS's decomposition
+    (`dora = "on"`; was DBS403), every layer starts where LyCORIS rebuilds it (magnitudes the file's,
+    outputs to 1e-5), and the run trains them and resumes bit-exact."""
+    import copy
+
+    from lycoris import kohya as lycoris_kohya
+    from lycoris.modules.locon import LoConModule
+    from safetensors.torch import load_file, save_file
+
+    from dbspec.runtime.tiny import build_pipeline as build
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_flow_factor_file import (
+        BASE,
+        RUN,
+        _converted,
+        _fused_linear,
+        _layers,
+        _tree,
+    )
+
+    torch.manual_seed(5)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build(BASE).transformer.float(), True).items():
+        linears[name] = _fused_linear(parts)
+        module = LoConModule(name, linears[name], 1.0, 2, 1.5, weight_decompose=name.endswith("qkv"))
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    clip, t5 = build(BASE).text_encoder.float(), build(BASE).text_encoder_2.float()
+    names = {}
+    for path, layer in clip.named_modules():
+        if path.endswith(("q_proj", "k_proj", "v_proj", "out_proj", "fc1")):
+            name = "lora_te1_" + f"text_model.{path}".replace(".", "_")
+            module = LoConModule(
+                name, copy.deepcopy(layer), 1.0, 2, 1.5, weight_decompose=path.endswith("fc1")
+            )
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+            names[path] = name
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    theirs = copy.deepcopy(clip)
+    kohya_clip = nn.Module()  # kohya's transformers CLIPTextModel: its layers under text_model
+    kohya_clip.add_module("text_model", theirs)
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, str(file), None, [kohya_clip, t5], _tree(linears)
+    )
+    held = {m.lora_name for m in network.text_encoder_loras if m.wd}
+    assert held and len(held) < len(network.text_encoder_loras) == len(names)
+    for module in [*network.unet_loras, *network.text_encoder_loras]:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    assert not plan.adapter.dora and any(b.dora == "on" for b in plan.adapter.text_encoder_blocks)
+    comps, count = _loaded(plan)
+    assert count == len(network.unet_loras) + len(names)
+    ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    torch.manual_seed(0)
+    for path, layer in theirs.named_modules():
+        if path not in names:
+            continue
+        scale = dora_scale_of(ours[path], "default")
+        assert (scale is not None) == (names[path] in held), path
+        if scale is not None:
+            torch.testing.assert_close(scale, tensors[f"{names[path]}.dora_scale"], rtol=0, atol=0)
+        x = torch.randn(3, ours[path].base_layer.in_features)
+        with torch.no_grad():
+            assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-3), path
+            torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+    base = [*RUN, "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
+    saved, again = load_file(str(export)), load_file(str(again))
+    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    clip_scales = {k for k in saved if k.startswith("lora_te1_") and k.endswith(".dora_scale")}
+    assert {k.split(".")[0] for k in clip_scales} == held
+    assert any(not torch.equal(saved[k], tensors[k]) for k in clip_scales), "the CLIP magnitudes trained"

@@ -272,3 +272,78 @@ def test_locon_file_with_dora_scale_starts_where_lycoris_rebuilds_it(tmp_path):
         with torch.no_grad():
             ours = torch.cat([p(x) for p in parts], dim=-1)
             torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "rank", "options"),
+    [(LokrModule, 1, {"factor": 4, "decompose_both": True}), (LohaModule, 2, {})],
+)
+def test_factor_file_with_dora_scale_in_some_modules(tmp_path, cls, rank, options):
+    """A LoKr / LoHa file whose fused q/k/v modules hold `dora_scale` (LyCORIS's module with
+    weight_decompose) and the rest not: create_network_from_weights builds those alone with weight_decompose
+    (make_module_from_state_dict); dbspec's blocks give exactly those layers LyCORIS's decomposition
+    (`dora = "on"` over every part; was DBS403), each layer starts where LyCORIS rebuilds it (the magnitudes
+    the file's, outputs to 1e-5), trains and resumes bit-exact, and its export rebuilds in lycoris-lora with
+    `dora_scale` on the same modules and the trained outputs."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+    from dbspec.runtime.tiny import build_pipeline
+
+    torch.manual_seed(5)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build_pipeline(BASE).transformer.float(), True).items():
+        linears[name] = _fused_linear(parts)
+        own = OWN[cls] if name.endswith("single_blocks_0_linear1") else (rank, 1.5, options)
+        module = cls(
+            name, linears[name], 1.0, own[0], own[1], weight_decompose=name.endswith("qkv"), **own[2]
+        )
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    held = {m.lora_name for m in network.unet_loras if m.wd}
+    assert len(held) == 2 and len(network.unet_loras) == 7
+    for module in network.unet_loras:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    assert not plan.adapter.dora and [b.dora for b in plan.adapter.blocks].count("on") == 1
+    comps, count = _loaded(plan)
+    assert count == 7
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), True).items():
+        scales = [dora_scale_of(p, "default") for p in parts]
+        assert all((s is not None) == (name in held) for s in scales), name
+        if name in held:
+            torch.testing.assert_close(torch.cat(scales), tensors[f"{name}.dora_scale"], rtol=0, atol=0)
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            assert not torch.allclose(ours, torch.cat([p.base_layer(x) for p in parts], -1), atol=1e-3)
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5)
+    whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and whole.steps == 3
+    split = compile_spec(spec, [*RUN, "output.dir=parts"])
+    assert execute(split, stop_after=2).status == "interrupted"
+    second = execute(split, resume=True, keep_models=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        assert torch.equal(p, ours[name]), name
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    assert {k.split(".")[0] for k in saved if k.endswith(".dora_scale")} == held
+    assert any(not torch.equal(saved[k], tensors[k]) for k in saved if k.endswith(".dora_scale"))
+    trained = _layers(whole.components.unet.float().eval(), True)
+    fresh = {name: _fused_linear([p.base_layer for p in parts]) for name, parts in trained.items()}
+    loaded, _ = lycoris_kohya.create_network_from_weights(1.0, str(export), None, None, _tree(fresh))
+    assert {m.lora_name for m in loaded.unet_loras if m.wd} == held
+    for module in loaded.unet_loras:
+        module.apply_to()
+    for name, parts in trained.items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                fresh[name](x), torch.cat([p(x) for p in parts], -1), rtol=1e-5, atol=1e-5
+            )

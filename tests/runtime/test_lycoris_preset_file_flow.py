@@ -665,11 +665,12 @@ def test_sd3_patch_convolution_at_a_file_dim_is_lycoris_locon(tmp_path):
         torch.testing.assert_close(theirs.eval()(x), proj(x), rtol=0, atol=1e-5)
 
 
-def test_flux_entry_weight_decompose_decomposes_its_fused_layers_only(models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algo", ["locon", "lokr"])
+def test_flux_entry_weight_decompose_decomposes_its_fused_layers_only(models, tmp_path, monkeypatch, algo):
     """The double-attention file with the img q/k/v entry's own weight_decompose (issue 12): lycoris-lora's
-    network decomposes exactly that entry's fused Linears; a tiny run's export (LoCon, its block
-    `dora = "on"`) carries `dora_scale` on the modules of tiny-flux that LyCORIS decomposes and no other,
-    one magnitude per fused row, and a run stopped after a step resumes to the same export."""
+    network decomposes exactly that entry's fused Linears; a tiny run's export (LoCon, or LoKr: was DBS403,
+    its block `dora = "on"`) carries `dora_scale` on the modules of tiny-flux that LyCORIS decomposes and no
+    other, one magnitude per fused row, and a run stopped after a step resumes to the same export."""
     text = PRESETS["double_attention"] + "weight_decompose = true\n"
     path = tmp_path / "double_attention.toml"
     path.write_text(text, encoding="utf-8")
@@ -677,11 +678,12 @@ def test_flux_entry_weight_decompose_decomposes_its_fused_layers_only(models, tm
     # weight_decompose together; built without it, as LyCORIS cannot take the norms of meta weights)
     plain = tmp_path / "plain.toml"
     plain.write_text(PRESETS["double_attention"], encoding="utf-8")
-    theirs = {m.lora_name: m.lora_dim == 16 for m in _lycoris_modules(models, str(plain), monkeypatch)}
+    found = _lycoris_modules(models, str(plain), monkeypatch, algo)
+    theirs = {m.lora_name: m.lora_dim == 16 for m in found}
     assert any(theirs.values()) and not all(theirs.values())
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
-    plan = _converted(tmp_path, path.name, overrides=base)
+    plan = _converted(tmp_path, path.name, algo, overrides=base)
     assert [b.dora for b in plan.adapter.blocks] == ["on"] and plan.adapter.dora_form == "lycoris"
     whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]))
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
@@ -690,8 +692,13 @@ def test_flux_entry_weight_decompose_decomposes_its_fused_layers_only(models, tm
     assert modules <= set(theirs)
     decomposed = {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")}
     assert decomposed and decomposed == {m for m in modules if theirs[m]}
-    for name in decomposed:  # per output row of the fused Linear (its lora_up's rows)
-        rows = tensors[f"{name}.lora_up.weight"].shape[0]
+    for name in decomposed:  # per output row of tiny-flux's fused Linear (LoKr: its factors' rows' product)
+        if algo == "locon":
+            rows = tensors[f"{name}.lora_up.weight"].shape[0]
+        else:
+            w1 = tensors.get(f"{name}.lokr_w1", tensors.get(f"{name}.lokr_w1_a"))
+            w2 = tensors.get(f"{name}.lokr_w2", tensors.get(f"{name}.lokr_w2_a"))
+            rows = w1.shape[0] * w2.shape[0]
         assert list(tensors[f"{name}.dora_scale"].shape) == [rows, 1]
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=1).status == "interrupted"

@@ -5,6 +5,7 @@ loader drops DoRA magnitudes: runtime/weights.py _diffusers_lora_layers, runtime
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -127,3 +128,56 @@ def _mixed_copy(lora: Path, folder: Path) -> Path:
     save_file(mixed, str(folder / lora.name), metadata=_metadata(lora))
     shutil.copy(lora.parent / "plan.json", folder / "plan.json")
     return folder
+
+
+def _kohya_run(tmp_path: Path, base: str, table: str):
+    """A one-step run of `table` with a kohya_lora export: its plan, result and export."""
+    flow = base.endswith(("flux", "sd3"))
+    extra = f'[adapter]\n{table}\n[train]\ntext_encoder = true\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    spec = write_spec(tmp_path, base=base, steps=1, extra=extra)
+    plan = compile_spec(spec, ["optimizer.lr=1e-2", *(["model.t5_max_length=8"] if flow else [])])
+    run = execute(plan, keep_models=True)
+    (export,) = Path(run.final).glob("*.kohya.safetensors")
+    return plan, run, export
+
+
+@pytest.mark.parametrize("base", ["builtin:tiny-sd1", "builtin:tiny-sdxl"])
+def test_sampled_kohya_file_is_the_trained_model_or_refused(tmp_path, base):
+    """A kohya-layout file (`lora_unet_*` / `lora_te*_*`, here a LoCon run's kohya_lora export) passed to
+    `dbspec sample` directly: diffusers' loaders convert it, and every module's layer must carry an adapter
+    (the check covered diffusers-layout files only): all loaded, the sampled weights are the trained ones;
+    a module no layer of the base model has is left out by diffusers, and refused, naming the counts."""
+    plan, run, export = _kohya_run(tmp_path, base, LOCON_FULL)
+    pipe = load_pipeline(SampleRequest(source=export, base=base, settings=plan.validation))
+    spec_ = family_spec(plan.model.family)
+    pairs = [
+        (spec_.denoiser, run.components.unet),
+        *zip(spec_.text_encoder_names, run.components.text_encoders),
+    ]
+    for name, module in pairs:
+        module.eval()
+        loaded = getattr(pipe, name)
+        assert _adapted(loaded) == _adapted(module) > 0, name
+        ours, theirs = _effective(module), _effective(loaded)
+        for key, value in ours.items():
+            torch.testing.assert_close(theirs[key], value, rtol=1e-5, atol=1e-5, msg=f"{name}.{key}")
+    state = load_file(str(export))
+    module = next(k.split(".")[0] for k in state if k.startswith("lora_unet_") and "_proj_in." in k)
+    moved = re.sub(r"_blocks_(\d+)_", r"_blocks_9\1_", module, count=1)  # a block the base model lacks
+    state |= {k.replace(module, moved): v.clone() for k, v in state.items() if k.startswith(module + ".")}
+    save_file(state, str(tmp_path / "extra.safetensors"))
+    adapted = _adapted(run.components.unet)
+    with pytest.raises(
+        SampleError, match=f"loaded {adapted} of the file's {adapted + 1} adapted unet layers"
+    ):
+        load_pipeline(
+            SampleRequest(source=tmp_path / "extra.safetensors", base=base, settings=plan.validation)
+        )
+
+
+def test_kohya_file_diffusers_cannot_convert_is_refused(tmp_path):
+    """diffusers' kohya Flux converter splits the fused Linears at FLUX.1's widths (3072) and asserts on
+    others (tiny-flux's): a SampleError naming the file, not diffusers' bare AssertionError."""
+    plan, _run, export = _kohya_run(tmp_path, "builtin:tiny-flux", FLOW_TARGETS)
+    with pytest.raises(SampleError, match="diffusers cannot load it onto builtin:tiny-flux"):
+        load_pipeline(SampleRequest(source=export, base="builtin:tiny-flux", settings=plan.validation))

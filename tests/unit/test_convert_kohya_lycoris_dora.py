@@ -192,3 +192,50 @@ def test_network_weights_of_a_locon_with_dora_wd_start_the_magnitudes_on_sd(
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.dora, a.dora_form, a.init_partial, a.init_layers) == ("lora", True, "lycoris", True, 1)
     assert a.init_weights.endswith("prev.safetensors")
+
+
+def test_dim_from_weights_locon_file_with_dora_scale(tmp_path):
+    """--dim_from_weights with a LyCORIS LoCon file holding `dora_scale` (SD 1.x): create_network_from_weights
+    builds each module holding one with weight_decompose (make_module_from_state_dict): in every module
+    `dora = true`, in some only their blocks' (a CLIP module's too) `dora = "on"`, dora_form "lycoris" (was
+    DBS403: the file was read as kohya's plain LoRA layout; runtime: test_lycoris_sd_dora_file)."""
+    import re
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    block = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_"
+    modules = {
+        f"{block}attn1_to_q": (320, 320),
+        f"{block}attn1_to_k": (320, 320),
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": (3072, 768),
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+    }
+
+    def write(held):
+        tensors = {}
+        for name, (out, inp) in modules.items():
+            tensors[f"{name}.lora_down.weight"] = np.zeros((8, inp), np.float16)
+            tensors[f"{name}.lora_up.weight"] = np.zeros((out, 8), np.float16)
+            tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+            if name in held:
+                tensors[f"{name}.dora_scale"] = np.ones((out, 1), np.float16)
+        save_file(tensors, str(tmp_path / "prev.safetensors"))
+
+    extra = 'network_weights = "prev.safetensors"\ndim_from_weights = true\n'
+    write(set(modules))
+    outcome = _convert(tmp_path, '"algo=locon"', extra=extra)
+    assert outcome.exit_code == 0 and fate(outcome, "dim_from_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dora, a.dora_form, a.init_partial) == ("lora", 8, True, "lycoris", True)
+    write({f"{block}attn1_to_q", "lora_te_text_model_encoder_layers_0_mlp_fc1"})
+    outcome = _convert(tmp_path, '"algo=locon"', extra=extra)
+    assert outcome.exit_code == 0 and fate(outcome, "dim_from_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form) == (False, "lycoris")
+    (own,) = [b for b in a.blocks if b.dora == "on"]
+    assert re.search(own.pattern, "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q")
+    assert not re.search(own.pattern, "down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k")
+    (text,) = [b for b in a.text_encoder_blocks if b.dora == "on"]
+    assert re.search(text.pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    assert not re.search(text.pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")

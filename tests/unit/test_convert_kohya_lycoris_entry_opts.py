@@ -412,3 +412,31 @@ def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     (tmp_path / "n").mkdir()
     outcome = _convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0")
     assert "DBS403" in codes(outcome) and 'dora = "on" with max_norm' in messages(outcome, "DBS403")
+
+
+def test_entry_weight_decompose_with_a_locon_network_weights_file(tmp_path):
+    """--network_weights with a LoCon network whose FeedForward entry has its own weight_decompose (SD 1.x):
+    LyCORIS's load_weights (load_state_dict, strict=False) loads the file's dora_scale into those modules'
+    magnitudes and the factors everywhere (a module without dora_scale keeps its init): init_weights with
+    init_partial beside the FeedForward block's dora (was DBS403 from the spec's DBS583; runtime:
+    tests/runtime/test_lycoris_block_dora.py against lycoris-lora 4.1.3)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    block = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_"
+    tensors = {
+        f"{block}ff_net_2.lora_down.weight": np.zeros((16, 1280), np.float16),
+        f"{block}ff_net_2.lora_up.weight": np.zeros((320, 16), np.float16),
+        f"{block}ff_net_2.alpha": np.array(8.0, np.float32),
+        f"{block}ff_net_2.dora_scale": np.ones((320, 1), np.float16),
+        f"{block}attn1_to_q.lora_down.weight": np.zeros((16, 320), np.float16),
+        f"{block}attn1_to_q.lora_up.weight": np.zeros((320, 16), np.float16),
+        f"{block}attn1_to_q.alpha": np.array(8.0, np.float32),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
+    outcome = expressible(_convert(tmp_path, text, "locon", "--network_weights=prev.safetensors"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.init_partial) == ("lora", False, "lycoris", True)
+    assert a.init_weights.endswith("prev.safetensors")
+    assert [(b.pattern, b.dora) for b in a.blocks] == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "on")]

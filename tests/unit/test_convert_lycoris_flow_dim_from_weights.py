@@ -454,7 +454,8 @@ def test_sd3_factor_file_patch_convolution_and_its_tucker_form(tmp_path):
 def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     """make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose (wd_on_out's
     default: one magnitude per output row of the fused Linear): dora = true, started from the file's
-    magnitudes; in some modules only: DBS403 (dbspec's dora is the adapter's); another shape: DBS402."""
+    magnitudes; in some modules only: their blocks' own dora (was DBS403; runtime test:
+    test_lycoris_flow_factor_file); another shape: DBS402."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (2304, 768)}  # img_attn.qkv 9216 x 3072 by factor 4
     proj = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     modules = {
@@ -468,7 +469,13 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert (a.kind, a.dora, a.dora_axis, a.init_partial) == ("lokr", True, "output", True)
     modules["lora_unet_double_blocks_0_img_attn_proj"] = proj
     _factor_file(tmp_path / "prev.safetensors", modules)
-    assert "some modules only" in messages(_flux(tmp_path, allow=True), "DBS403")
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.init_partial) == ("lokr", False, True)
+    (own,) = [b for b in a.blocks if b.dora == "on"]
+    assert all(re.search(own.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
+    assert not re.search(own.pattern, "transformer_blocks.0.attn.to_out.0")
     modules["lora_unet_double_blocks_0_img_attn_proj"] = {**proj, "dora_scale": (1, 3072)}
     _factor_file(tmp_path / "prev.safetensors", modules)
     assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")
@@ -477,7 +484,8 @@ def test_factor_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
 def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     """A LoCon file's `dora_scale` (LoConModule with weight_decompose): dora = true, dora_form "lycoris"
     (runtime test: test_lycoris_flow_factor_file); in some denoiser modules only: their blocks' own dora
-    (runtime test: test_lycoris_block_dora); with a text-encoder module among them: DBS403."""
+    (runtime test: test_lycoris_block_dora); with text-encoder modules among them, theirs too (their
+    text-encoder blocks' dora; was DBS403)."""
     qkv, proj = "lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_double_blocks_0_img_attn_proj"
     tensors = {}
     for name, rows in ((qkv, 3 * W), (proj, W)):
@@ -504,8 +512,20 @@ def test_locon_file_with_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     tensors[f"{clip}.lora_up.weight"] = np.zeros((3072, 8), np.float16)
     tensors[f"{clip}.alpha"] = np.array(4.0, np.float32)
     tensors[f"{clip}.dora_scale"] = np.ones((3072, 1), np.float16)
+    bare = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"  # a CLIP module without dora_scale
+    tensors[f"{bare}.lora_down.weight"] = np.zeros((8, 768), np.float16)
+    tensors[f"{bare}.lora_up.weight"] = np.zeros((768, 8), np.float16)
+    tensors[f"{bare}.alpha"] = np.array(4.0, np.float32)
     save_file(tensors, str(tmp_path / "prev.safetensors"))
-    assert "text-encoder modules" in messages(_flux(tmp_path, allow=True), "DBS403")
+    outcome = _flux(tmp_path, "--network_args algo=locon")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.dora is False and [b.dora for b in a.blocks].count("on") == 1
+    text = {b.dora: b for b in a.text_encoder_blocks if b.rank}
+    assert sorted(text) == ["adapter", "on"]
+    assert re.search(text["on"].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    assert not re.search(text["on"].pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
+    assert re.search(text["adapter"].pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
 
 
 def test_full_file_starts_at_twice_its_diff(tmp_path):

@@ -288,6 +288,31 @@ def test_lokr_dora_per_input_column_is_refused(toy: Path):
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_a_fused_lokr_or_loha_block_with_its_own_dora(toy: Path, kind):
+    """A block's own LyCORIS weight decomposition on fused LoKr / LoHa (a map entry's weight_decompose, a
+    --dim_from_weights file's dora_scale in some modules): planned over whole fused layers (was DBS583); one
+    per input column DBS575 (a column norm spans every part's rows); a block splitting a fused layer
+    DBS507 (issue 12)."""
+    adapter = {"kind": kind, "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
+    whole = r"^transformer_blocks\\.0\\.attn\\.(to_q|to_k|to_v)$"
+    block = '\n[[adapter.blocks]]\npattern = "{}"\nrank = 2\nalpha = 2\ndora = "on"\n'
+    for extra, refused in (({}, None), ({"dora_axis": "input"}, "DBS575")):
+        write_spec(toy, model=FLUX, adapter={**adapter, **extra})
+        with (toy / "spec.toml").open("a") as f:
+            f.write(block.format(whole))
+        planned = compile_in(toy)
+        if refused is None:
+            assert planned.plan is not None and not codes(planned, "error")
+            assert [b.dora for b in planned.plan.adapter.blocks] == ["on"]
+        else:
+            assert refused in codes(planned, "error")
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write(block.format(r"^transformer_blocks\\.0\\.attn\\.to_q$"))
+    assert "DBS507" in codes(compile_in(toy), "error")
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_lokr_and_loha_output_dropout_is_lycoris_bypass_dropout_on_fused_layers(toy: Path, kind):
     """output_dropout (LyCORIS's bypass dropout), with or without fused layers, never with dora (LyCORIS's
     bypass forward does not decompose): DBS575."""

@@ -161,28 +161,40 @@ def denoiser_names(file: LoraFile, original_names: bool = False) -> list[tuple[L
     return out
 
 
-def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
+def sd_blocks(file: LoraFile, original_names: bool = False, dora: frozenset[str] = frozenset()) -> list[dict]:
     """networks.lora: blocks naming the file's denoiser modules at their (rank, alpha), linears at `rank` /
     `alpha`, 3x3 convolutions at `conv_rank` / `conv_alpha` (rank 0), each `_` matching `.` or `_` (the
     modules that share a tail after their last index together), then a rank-0 block for the modules the file
     lacks. kohya's names are diffusers' paths with `.` written `_` (SD 1.x / 2.x) or, `original_names` (SDXL),
     the original U-Net layout's, read back onto diffusers' (dbspec.unet_layout); ValueError for a name
-    outside it."""
-    groups: dict[tuple[bool, Pair], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    outside it. `dora`: the modules holding a `dora_scale` where others do not (LyCORIS's
+    make_module_from_state_dict builds those with weight_decompose): their blocks' dora "on"."""
+    groups: dict[tuple[bool, Pair, bool], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module, name in denoiser_names(file, original_names):
         head, tail = _split(name)
-        pair = pair_of(module)
-        key = next((k for k in groups if k[0] == module.conv and _same(k[1], pair)), (module.conv, pair))
+        pair, on = pair_of(module), module.name in dora
+        key = next(
+            (k for k in groups if k[0] == module.conv and _same(k[1], pair) and k[2] == on),
+            (module.conv, pair, on),
+        )
         groups[key][_loose(head)].append(tail)
     out = []
-    for (conv, (rank, alpha)), heads in groups.items():
+    for (conv, (rank, alpha), on), heads in groups.items():
+        own = {"dora": "on"} if on else {}
         for pattern in _named(heads):
             if conv:
                 out.append(
-                    {"pattern": pattern, "rank": 0, "alpha": 1.0, "conv_rank": rank, "conv_alpha": alpha}
+                    {
+                        "pattern": pattern,
+                        "rank": 0,
+                        "alpha": 1.0,
+                        "conv_rank": rank,
+                        "conv_alpha": alpha,
+                        **own,
+                    }
                 )
             else:
-                out.append({"pattern": pattern, "rank": rank, "alpha": alpha})
+                out.append({"pattern": pattern, "rank": rank, "alpha": alpha, **own})
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 
@@ -191,22 +203,27 @@ def sd_blocks(file: LoraFile, original_names: bool = False) -> list[dict]:
 TEXT_COMPONENTS = {"lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
 
 
-def text_blocks(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> list[dict]:
+def text_blocks(
+    file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS, dora: frozenset[str] = frozenset()
+) -> list[dict]:
     """[[adapter.text_encoder_blocks]] naming the file's text-encoder modules at their (rank, alpha), patterns
     over `<component>.<transformers path>` (each `_` matching `.` or `_`), then a rank-0 block for the modules
     the file lacks. `components`: kohya's prefix -> the plan's component (networks.lora's by default; Flux's
-    and SD3's from flow_components)."""
-    groups: dict[Pair, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    and SD3's from flow_components). `dora`: the modules holding a `dora_scale` where others do not
+    (LyCORIS's make_module_from_state_dict builds those with weight_decompose): their blocks' dora "on"."""
+    groups: dict[tuple[Pair, bool], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module in file.modules.values():
         prefix = next((p for p in components if module.name.startswith(p)), None)
         if prefix is None:
             continue
         head, tail = _split(module.name.removeprefix(prefix))
-        key = next((p for p in groups if _same(p, pair_of(module))), pair_of(module))
+        on = module.name in dora
+        key = next((k for k in groups if _same(k[0], pair_of(module)) and k[1] == on), (pair_of(module), on))
         groups[key][re.escape(components[prefix]) + r"\." + _loose(head)].append(tail)
     out = []
-    for (rank, alpha), heads in groups.items():
-        out += [{"pattern": pattern, "rank": rank, "alpha": alpha} for pattern in _named(heads)]
+    for ((rank, alpha), on), heads in groups.items():
+        own = {"dora": "on"} if on else {}
+        out += [{"pattern": pattern, "rank": rank, "alpha": alpha, **own} for pattern in _named(heads)]
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
 
@@ -217,11 +234,13 @@ def flow_components(family: str) -> dict[str, str]:
     return dict(zip(flow_text_prefixes(family), family_spec(family).text_encoder_names))
 
 
-def per_module_text_blocks(file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS) -> list[dict]:
+def per_module_text_blocks(
+    file: LoraFile, components: dict[str, str] = TEXT_COMPONENTS, dora: frozenset[str] = frozenset()
+) -> list[dict]:
     """text_blocks wherever the file has text-encoder modules: kohya builds exactly those, and a file's last
     layer need not be its encoder's (the converter does not know the layer count), so the adapter's one rank
     and targets alone could adapt layers the file lacks; [] without text-encoder modules."""
-    text = text_blocks(file, components)
+    text = text_blocks(file, components, dora)
     return text if len(text) > 1 else []
 
 

@@ -5,7 +5,8 @@ lycoris_flow_weights.py reads and rebuilds them. SD3's patch convolution (`lora_
 rebuilds it with (its LoKr split the adapter's; factors LyCORIS's copy_ rejects, e.g. a LoKr Tucker core
 without decompose_both, whose rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear
 (no Tucker core there: AttributeError): DBS402. A `dora_scale` in every module is LyCORIS's weight
-decomposition (dora = true, the patch convolution's too; in some only: DBS403). Flux's final layer
+decomposition (dora = true, the patch convolution's too; in some only: those modules' blocks' dora "on",
+DBS403 with the patch convolution). Flux's final layer
 (`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
 (their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
@@ -212,22 +213,29 @@ def clip_targets(names: list[str], family: str) -> tuple[list[str], list[str] | 
     return order(union), None
 
 
-def own_text_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
+def own_text_blocks(
+    own: Own, common: LokrOptions | int, family: str, dora: frozenset[str] = frozenset()
+) -> list[dict]:
     """[[adapter.text_encoder_blocks]] for the CLIP modules at options of their own: one per set of options,
-    its pattern the modules' `<component>.text_model.<path>`s."""
+    its pattern the modules' `<component>.text_model.<path>`s; `dora` as for own_blocks."""
     groups: dict[tuple, list[str]] = {}
     for name, (options, alpha) in own.items():
+        key = (options, alpha, name in dora)
         if name.startswith(_T5[family]):  # T5-XXL's (train.t5)
             path = f"{_T5_COMPONENT[family]}.{t5_path(name, family)}"
-            groups.setdefault((options, alpha), []).append(re.escape(path))
+            groups.setdefault(key, []).append(re.escape(path))
             continue
         found = _clip_path(name, family)
         assert isinstance(found, tuple)  # clip_targets placed every module
         path = f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"
-        groups.setdefault((options, alpha), []).append(re.escape(path))
+        groups.setdefault(key, []).append(re.escape(path))
     return [
-        {"pattern": f"^(?:{'|'.join(sorted(paths))})$", **own_values(options, alpha, common)}
-        for (options, alpha), paths in groups.items()
+        {
+            "pattern": f"^(?:{'|'.join(sorted(paths))})$",
+            **own_values(options, alpha, common),
+            **({"dora": "on"} if on else {}),
+        }
+        for (options, alpha, on), paths in groups.items()
     ]
 
 
@@ -242,18 +250,16 @@ def _patch_rows(m: LycorisModule) -> int:
     return w1[0] * out_k
 
 
-def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str:
+def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | frozenset[str] | str:
     """Whether the file's modules hold LyCORIS's weight decomposition (`dora_scale`: the module is built with
     weight_decompose, one magnitude per output row of the fused Linear, and of the patch convolution: (out,
-    1, 1, 1)); why not when only some do (dbspec's `dora` is the adapter's: the patch convolution too) or a
-    `dora_scale` is not of that shape."""
+    1, 1, 1)): True for every module, the names of those that do where only some do (their blocks' own
+    dora); why not when a `dora_scale` is not of that shape, or only some do with SD3's patch convolution
+    in the file (dbspec's LoKr / LoHa convolution takes the adapter's dora)."""
     modules = [*built, *([patch] if patch is not None else [])]
     held = [m for m in modules if "dora_scale" in m.shapes]
     if not held:
         return False
-    if len(held) != len(modules):
-        bare = next(m.name for m in modules if "dora_scale" not in m.shapes)
-        return f"`dora_scale` in some modules only (not `{bare}`): dbspec's dora is the whole adapter's"
     for m in held:
         s = m.shapes
         if m is patch:
@@ -268,7 +274,15 @@ def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | str
                 f"invalid:`{m.name}.dora_scale` has shape {list(s['dora_scale'])}, not LyCORIS's "
                 f"{list(want)} (one magnitude per output row): its copy_ raises"
             )
-    return True
+    if len(held) == len(modules):
+        return True
+    if patch is not None:
+        bare = next(m.name for m in modules if "dora_scale" not in m.shapes)
+        return (
+            f"`dora_scale` in some modules only (not `{bare}`) with the patch convolution "
+            f"`{patch.name}`: dbspec's {patch.algo} convolution takes the adapter's dora"
+        )
+    return frozenset(m.name for m in held)
 
 
 def _full_file(
@@ -388,6 +402,8 @@ def factor_file_adapter(
     if isinstance(checked, str):
         return checked
     options, alpha, own = checked
+    some = dora if isinstance(dora, frozenset) else frozenset()  # the blocks' own dora
+    own = {**{name: (options, alpha) for name in sorted(some)}, **own}
     own_text = {name: value for name, value in own.items() if name.startswith("lora_te")}
     own = {name: value for name, value in own.items() if name not in own_text}
     if isinstance(options, int):  # LoHa's rank
@@ -395,12 +411,12 @@ def factor_file_adapter(
     else:
         out = {"kind": algo, "rank": options.rank, "alpha": alpha, "factor": options.factor}
         out.update({k: True for k in ("decompose_both", "full_matrix") if getattr(options, k)})
-    blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family)]
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, options, family, some)]
     text_blocks = [
         *(t5_left_block(t5, family) if t5 else []),
-        *(own_text_blocks(own_text, options, family) if own_text else []),
+        *(own_text_blocks(own_text, options, family, some) if own_text else []),
     ]
-    if dora:  # make_module_from_state_dict: weight_decompose with wd_on_out's default, one per output row
+    if dora is True:  # make_module_from_state_dict: weight_decompose with wd_on_out's default, per output row
         out["dora"] = True
     if patch is not None:  # conv_targets at its own rank and alpha (tucker: the only k x k convolution)
         conv = _lokr_patch(patch, options) if isinstance(options, LokrOptions) else _loha_patch(patch)

@@ -201,19 +201,23 @@ def check_loha(modules: list[LycorisModule]) -> tuple[int, float, Own] | str:
     return rank, alpha, {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
 
 
-def own_blocks(own: Own, common: LokrOptions | int, family: str) -> list[dict]:
+def own_blocks(
+    own: Own, common: LokrOptions | int, family: str, dora: frozenset[str] = frozenset()
+) -> list[dict]:
     """[[adapter.blocks]] for the modules at options of their own: one per set of options, its pattern the
-    modules' diffusers parts (a fused Linear's all: one block covers it, compiler/fused.py)."""
+    modules' diffusers parts (a fused Linear's all: one block covers it, compiler/fused.py). `dora`: the
+    modules holding a `dora_scale` where others do not (make_module_from_state_dict builds those with
+    weight_decompose): their blocks' dora "on"."""
     groups: dict[tuple, dict[str, dict[int | None, set[str]]]] = {}
     for name, (options, alpha) in own.items():
         found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
         assert found is not None  # diffusers_targets placed every module
         blocks, index, parts = found
-        key = (options, alpha)
+        key = (options, alpha, name in dora)
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
     out = []
-    for (options, alpha), lists in groups.items():
-        values = own_values(options, alpha, common)
+    for (options, alpha, on), lists in groups.items():
+        values = own_values(options, alpha, common) | ({"dora": "on"} if on else {})
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
@@ -255,3 +259,21 @@ def diffusers_targets(names: list[str], family: str) -> list[str] | str:
             )
         out.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     return out
+
+
+def locon_dora(local) -> bool | frozenset[str] | str:
+    """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
+    output row of kohya's Linear, or of a convolution, (out, 1, 1, 1): LoConModule built with
+    weight_decompose): True for every module, the names of those that do where only some modules do (their
+    blocks' own dora, the denoiser's and the text encoders' alike); why not when one is per input."""
+    modules = read_lycoris_file(local)
+    held = [m for m in modules.values() if "dora_scale" in m.shapes]
+    if not held:
+        return False
+    bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
+    for m in held:
+        rows = m.shapes["lora_up.weight"][0]
+        conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
+        if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
+            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
+    return True if bare is None else frozenset(m.name for m in held)

@@ -31,7 +31,7 @@ from dbspec.convert.kohya.file_ranks import (
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, read_lycoris_file
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
@@ -754,7 +754,7 @@ def _flow_dim_from_weights(
         if local is None:
             raise ValueError("a Windows path, not on this machine")
         file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris)
-        dora = _locon_dora(local) if lycoris else False
+        dora = locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
@@ -850,35 +850,10 @@ def _flow_dim_from_weights(
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules (CLIP-L, CLIP-G, T5-XXL) at several ranks, or not every layer's: kohya builds
     # none where the file has none
-    text = per_module_text_blocks(file, text_components) if text_components else []
+    text = per_module_text_blocks(file, text_components, some) if text_components else []
     put_text_blocks(text, note, conv)
     mapped = "adapter.rank, adapter.alpha, adapter.blocks" + (", adapter.text_encoder_blocks" if text else "")
     conv.record(from_file, "mapped", mapped)
-
-
-def _locon_dora(local) -> bool | frozenset[str] | str:
-    """Whether a LoCon file's modules hold LyCORIS's weight decomposition (`dora_scale`, one magnitude per
-    output row of kohya's Linear, or of SD3's patch convolution, (out, 1, 1, 1): LoConModule built with
-    weight_decompose): True for every module, the names of those that do where only some denoiser modules
-    do (their blocks' own dora); why not when a text encoder's modules differ (dbspec's text-encoder blocks
-    take no dora from a file) or one is per input."""
-    modules = read_lycoris_file(local)
-    held = [m for m in modules.values() if "dora_scale" in m.shapes]
-    if not held:
-        return False
-    bare = next((m.name for m in modules.values() if "dora_scale" not in m.shapes), None)
-    text = next((m.name for m in held if not m.name.startswith("lora_unet_")), None)
-    if bare is not None and text is not None:
-        return (
-            f"`dora_scale` in some modules only (not `{bare}`), text-encoder modules (`{text}`) among them: "
-            "dbspec gives a file's denoiser blocks their own dora only"
-        )
-    for m in held:
-        rows = m.shapes["lora_up.weight"][0]
-        conv = len(m.shapes["lora_down.weight"]) == 4  # SD3's patch convolution: (out, 1, 1, 1)
-        if tuple(m.shapes["dora_scale"]) != ((rows, 1, 1, 1) if conv else (rows, 1)):
-            return f"`{m.name}.dora_scale` {list(m.shapes['dora_scale'])} (per input, not per output row)"
-    return True if bare is None else frozenset(m.name for m in held)
 
 
 def _lycoris_clip(
@@ -990,7 +965,7 @@ def _lycoris_flow_from_weights(
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
     LoKr's / LoHa's keys (lokr_w1, hada_w1_a...): _lycoris_flow_factor_file (lycoris_flow_weights.py); a
     LoCon's `lora_mid` on SD3's patch convolution is its Tucker form (tucker = true), on a Linear DBS402;
-    `dora_scale` in every module dora = true (_locon_dora)."""
+    `dora_scale` in every module dora = true (lycoris_flow_weights.locon_dora)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dbspec.convert.kohya.lycoris_flow_weights import locon_dora
 from dbspec.convert.kohya.file_ranks import (
     TEXT_COMPONENTS,
     common_pair,
@@ -1119,11 +1120,16 @@ def map_network_weights(
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid
-        # LyCORIS's NormModules beside them (train_norm's w_norm / b_norm): model.py maps them to the norms
-        file = read_lora_file(local, lora_mid=lycoris, norms=lycoris)
+        # LyCORIS's make_module_from_state_dict builds a LoCon's Tucker form where the file has lora_mid, and
+        # its weight decomposition where it has dora_scale; its NormModules beside them (train_norm's w_norm /
+        # b_norm): model.py maps them to the norms
+        file = read_lora_file(local, lora_mid=lycoris, norms=lycoris, dora_scale=lycoris)
+        dora = locon_dora(local) if lycoris else False
+        if isinstance(dora, str):
+            raise ValueError(dora)
+        some = dora if isinstance(dora, frozenset) else frozenset()  # the blocks' own dora
         ranks = _from_weights_ranks(file)
-        blocks = sd_blocks(file, original_names)
+        blocks = sd_blocks(file, original_names, some)
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
@@ -1163,6 +1169,11 @@ def map_network_weights(
             return
         # LoConModule.make_module_from_state_dict with lora_mid: the 1x1 / k x k / 1x1 chain
         conv.put(("adapter", "tucker"), True, note + ": its convolutions' lora_mid (LoCon's Tucker form)")
+    if dora:  # LyCORIS's weight decomposition, on every module (True) or on those holding dora_scale
+        why = note + ": its dora_scale (LyCORIS's LoConModule with weight_decompose there)"
+        if dora is True:
+            conv.put(("adapter", "dora"), True, why)
+        conv.put(("adapter", "dora_form"), "lycoris", why)
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
@@ -1191,7 +1202,7 @@ def map_network_weights(
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
-    put_text_blocks(per_module_text_blocks(file), note, conv)
+    put_text_blocks(per_module_text_blocks(file, dora=some), note, conv)
     conv.record(from_file, "mapped", "adapter.rank, adapter.alpha")
 
 
