@@ -2685,13 +2685,13 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
 `"diag-oft"` / `"boft"` / `"glora"`)
 beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
-file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and
-SD3 with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
+file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
+Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
 `multiplier`, `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`,
-`ggpo`, `fused_projections` (but on Flux and SD3), `fused_dropout` and `init_weights`; nor a block's own
-`scalar`, `tucker` or `rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's
-own LoKr layers.""",
+`ggpo`, `fused_projections` (but on Flux, SD3 and Chroma), `fused_dropout` and `init_weights`; nor a
+block's own `scalar`, `tucker` or `rank_stabilized`, nor its own LoKr `factor` and switches except on a
+lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

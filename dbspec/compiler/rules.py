@@ -2528,9 +2528,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build
-    (Chroma), and fused_projections with them outside Flux / SD3; silent for family = "auto" (the compiler
-    runs it again with the detected family)."""
+    """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build (a
+    transformer family without FamilySpec.mixed_fused_kinds; Flux, SD3 and Chroma have it), LyCORIS's full /
+    IA^3 / OFT / GLoRA kinds on a transformer, and fused_projections with them outside those; silent for
+    family = "auto" (the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     other = [
@@ -2548,7 +2549,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", table, i, "kind"),
             f'adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: dbspec trains several adapter '
-            "kinds in one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
+            "kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma, whose LyCORIS exports and reloads "
+            "it checks",
             codes.help("DBS578"),
         )
     full = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "boft", "glora")]
@@ -2566,8 +2568,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", "fused_projections"),
             f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
-            "dbspec trains several kinds on fused layers on Flux and SD3 (one LyCORIS module of one kind per "
-            "fused Linear)",
+            "dbspec trains several kinds on fused layers on Flux, SD3 and Chroma (one LyCORIS module of one "
+            "kind per fused Linear)",
             codes.help("DBS578"),
         )
 

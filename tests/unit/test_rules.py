@@ -1589,18 +1589,15 @@ CASES = [
         + '[adapter]\nkind = "lokr"\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
+    (  # several kinds on Chroma's fused layers as on Flux (LoRA/LoHa/LoKr; a full block is one module)
         rules.mixed_kinds_family,
         'family = "chroma"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
-        [
-            ("DBS578", "error", ("adapter", "blocks", 0, "kind")),
-            ("DBS578", "error", ("adapter", "fused_projections")),
-        ],
-        'family = "flux"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "chroma"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'

@@ -157,7 +157,8 @@ def check_layers(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
             "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr or (on SD 1.x/2.x and SDXL) full / ia3 / "
-            "diag-oft / boft / glora entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] `kind`); "
+            "diag-oft / boft / glora entries, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] "
+            "`kind`); "
             "elsewhere one adapter kind per run",
             False,
         )
@@ -250,7 +251,7 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
 # SDXL LyCORIS's full and IA^3 algos too (runtime/lycoris_full.py's, lycoris_ia3.py's layers beside the
-# others); on Flux and SD3, whose
+# others); on Flux, SD3 and Chroma, whose
 # fused Linears hold one module of one kind, the three
 MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
 MIXED_FLOW = ("lora", "loha", "lokr")
