@@ -2348,7 +2348,8 @@ a joint attention), so dbspec refuses it there.""",
         """\
 `adapter.kind = "dylora"` cuts each layer's rank into blocks of `adapter.unit` ranks (kohya's networks.dylora
 `unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
-multiples of `unit` (both tools assert it).""",
+multiples of `unit` (both tools assert it); a block's ranks multiples of its own `unit` (a block of `kind =
+"dylora"` beside another adapter kind: of its unit).""",
         help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
     ),
     Code(
@@ -2681,8 +2682,8 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(on SD 1.x/2.x and SDXL also LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA: `kind = "full"` / `"ia3"` /
-`"diag-oft"` / `"boft"` / `"glora"`)
+(on SD 1.x/2.x and SDXL also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA: `kind = "full"` /
+`"ia3"` / `"diag-oft"` / `"boft"` / `"glora"` / `"dylora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
@@ -2742,11 +2743,14 @@ weight.""",
     Code(
         "DBS584",
         ERROR,
-        "A text-encoder block's own unit outside DyLoRA",
+        "A block's own unit outside DyLoRA layers",
         """\
-`unit` in `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with its own `block_size`) cuts
-the matched DyLoRA layers' ranks into blocks of that size. Only `kind = "dylora"` trains in blocks.""",
-        help="remove the block's unit (0), or train a DyLoRA",
+`unit` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with
+its own `block_size`) cuts the matched DyLoRA layers' ranks into blocks of that size. Only DyLoRA layers
+train in blocks: an adapter of `kind = "dylora"`, or a block of `kind = "dylora"` beside another kind
+(LyCORIS's DyLoraModule in a LoRA/LoCon, LoHa or LoKr network), which needs a unit of its own (the adapter
+has none).""",
+        help="remove the block's unit (0), give a dylora block its own unit, or train a DyLoRA",
     ),
     Code(
         "DBS585",

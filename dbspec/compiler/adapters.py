@@ -102,6 +102,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
+                unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
             )
             for b in adapter.blocks
         )
@@ -117,6 +118,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 scalar=_block_scalar(b, adapter),
                 dora=_block_dora(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
+                unit=b.unit if b.kind == "dylora" else 0,
             )
             for b in adapter.text_encoder_blocks
         )

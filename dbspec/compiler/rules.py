@@ -2443,19 +2443,31 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A text-encoder block's own DyLoRA unit (runtime/dylora.py per layer) on another kind (DBS584)."""
+    """A block's own DyLoRA unit (runtime/dylora.py per layer) on layers of another kind, or a block of kind
+    "dylora" beside another adapter kind without one (DBS584)."""
     a = spec.adapter
     if a.kind == "dylora":
         return
-    for i, block in enumerate(getattr(a, "text_encoder_blocks", ())):
-        if getattr(block, "unit", 0):
-            yield _err(
-                "DBS584",
-                ("adapter", "text_encoder_blocks", i, "unit"),
-                f'adapter.text_encoder_blocks[{i}].unit = {block.unit} with adapter.kind = "{a.kind}": a '
-                "block's unit cuts DyLoRA layers' ranks into blocks, which no other kind trains",
-                codes.help("DBS584"),
-            )
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            unit, kind = getattr(block, "unit", 0), getattr(block, "kind", "adapter")
+            if unit and kind != "dylora":
+                yield _err(
+                    "DBS584",
+                    ("adapter", table, i, "unit"),
+                    f'adapter.{table}[{i}].unit = {unit} with adapter.kind = "{a.kind}" and the block\'s '
+                    f"kind = \"{kind}\": a block's unit cuts DyLoRA layers' ranks into blocks, which no "
+                    "other kind trains",
+                    codes.help("DBS584"),
+                )
+            elif kind == "dylora" and not unit and block.rank + getattr(block, "conv_rank", 0):
+                yield _err(
+                    "DBS584",
+                    ("adapter", table, i, "unit"),
+                    f'adapter.{table}[{i}].kind = "dylora" on a {a.kind} adapter needs its own unit (ranks '
+                    "per DyLoRA block, a LyCORIS entry's block_size, 4 unless given); found 0",
+                    codes.help("DBS584"),
+                )
 
 
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
@@ -2553,14 +2565,15 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "it checks",
             codes.help("DBS578"),
         )
-    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("full", "ia3", "diag-oft", "boft", "glora")]
+    lycoris = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
+    full = [(t, j, b.kind) for t, j, b in other if b.kind in lycoris]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA algos beside other kinds on SD 1.x/2.x and "
-            "SDXL (a fused Linear holds one module of one kind)",
+            "LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA algos beside other kinds on SD 1.x/2.x "
+            "and SDXL (a fused Linear holds one module of one kind)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:
@@ -3357,6 +3370,7 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     own unit (DBS548; kohya and LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
+        yield from _dylora_kind_blocks_fit(a)
         return
     unit = ("adapter.unit", a.unit)
     found = [(("adapter", key), f"adapter.{key}", getattr(a, key), unit) for key in ("rank", "conv_rank")]
@@ -3376,6 +3390,25 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                 "unit ranks per step)",
                 codes.help("DBS548"),
             )
+
+
+def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
+    """Blocks of kind "dylora" beside another adapter kind: their ranks whole blocks of their unit (DBS548;
+    a missing unit is DBS584)."""
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            if getattr(block, "kind", "adapter") != "dylora" or not block.unit:
+                continue
+            for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
+                if getattr(block, key) % block.unit:
+                    yield _err(
+                        "DBS548",
+                        ("adapter", table, i, key),
+                        f"adapter.{table}[{i}].{key} = {getattr(block, key)} is not a multiple of "
+                        f"adapter.{table}[{i}].unit = {block.unit} (DyLoRA trains one block of unit ranks "
+                        "per step; LyCORIS's DyLoraModule asserts it)",
+                        codes.help("DBS548"),
+                    )
 
 
 @rule("spec")

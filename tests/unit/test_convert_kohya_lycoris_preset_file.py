@@ -124,9 +124,9 @@ def test_layer_reached_twice_stops_kohya(tmp_path):
 
 
 def test_per_module_algorithm_is_not_expressed(tmp_path):
-    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora mix on the U-Net (a block's kind); another
-    algorithm there does not."""
-    text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "dylora"\n'
+    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora mix on the U-Net (a block's kind);
+    another algorithm there (LyCORIS's T-LoRA) does not."""
+    text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "tlora"\n'
     outcome = _convert(tmp_path, "mixed.toml", text)
     assert "DBS403" in codes(outcome) and "one adapter kind" in messages(outcome, "DBS403")
 

@@ -1381,6 +1381,49 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 6\nalpha = 1.0\nconv_rank = 8\nunit = 2\n",
     ),
+    (  # blocks of kind "dylora" beside a LoKr adapter (LyCORIS's DyLoraModule): their own unit, needed
+        rules.block_unit_dylora,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\nunit = 2\n",
+        [
+            ("DBS584", "error", ("adapter", "blocks", 0, "unit")),
+            ("DBS584", "error", ("adapter", "blocks", 1, "unit")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 2\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # and their ranks whole blocks of it
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 6\nalpha = 1.0\nunit = 4\n",
+        [("DBS548", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 8\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # DyLoRA blocks beside other kinds on SD 1.x/2.x / SDXL only (a fused Linear holds one module)
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,
