@@ -1396,7 +1396,8 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\nrank = 8\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 2\n"
-        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\n"
+        + "unit = 4\n",
     ),
     (  # and their ranks whole blocks of it
         rules.dylora_blocks_fit,
