@@ -2684,7 +2684,8 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
 (on SD 1.x/2.x and SDXL also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA: `kind = "full"` /
 `"ia3"` / `"diag-oft"` / `"boft"` / `"glora"` / `"dylora"`, a DyLoRA block with its own `unit`)
-beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
+beside the adapter's kind (lora, loha or lokr; on SD 1.x/2.x and SDXL also dylora, LyCORIS's DyLoRA network
+with entries of other algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that

@@ -97,7 +97,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         trained = _with_adapters(trained)  # a model that trains its norm offsets alone has none
         if not trained:  # the network's NormModules alone: no adapter file
             return
-    if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
+    if (plan.adapter.kind == "dylora" and not mixed(plan.adapter)) or (  # DyLoRA at every rank: a LoRA
         plan.adapter.kind == "lora"
         and not any_tucker(plan.adapter)
         and not lycoris_dora(plan.adapter)

@@ -194,10 +194,15 @@ def _rank_blocks(adapter) -> dict:
         own = getattr(b, "unit", 0)
         return own if own and own != getattr(adapter, "unit", 0) else 0
 
+    def kind(b) -> str:  # LyCORIS map entries of another algorithm (runtime/mixed_kinds.py)
+        own = getattr(b, "kind", "adapter")
+        return "adapter" if own == adapter.kind else own
+
     return dict(
         blocks=tuple(
             BlockPlan(
                 pattern=b.pattern,
+                kind=kind(b),
                 rank=b.rank,
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,
@@ -207,7 +212,7 @@ def _rank_blocks(adapter) -> dict:
             for b in adapter.blocks
         ),
         text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, unit=unit(b))
+            BlockPlan(pattern=b.pattern, kind=kind(b), rank=b.rank, alpha=b.alpha, unit=unit(b))
             for b in adapter.text_encoder_blocks
         ),
     )

@@ -2446,12 +2446,11 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own DyLoRA unit (runtime/dylora.py per layer) on layers of another kind, or a block of kind
     "dylora" beside another adapter kind without one (DBS584)."""
     a = spec.adapter
-    if a.kind == "dylora":
-        return
+    dylora = ("adapter", "dylora") if a.kind == "dylora" else ("dylora",)  # the kinds of DyLoRA layers
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             unit, kind = getattr(block, "unit", 0), getattr(block, "kind", "adapter")
-            if unit and kind != "dylora":
+            if unit and kind not in dylora:
                 yield _err(
                     "DBS584",
                     ("adapter", table, i, "unit"),
@@ -2460,7 +2459,7 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
                     "other kind trains",
                     codes.help("DBS584"),
                 )
-            elif kind == "dylora" and not unit and block.rank + getattr(block, "conv_rank", 0):
+            elif kind == "dylora" != a.kind and not unit and block.rank + getattr(block, "conv_rank", 0):
                 yield _err(
                     "DBS584",
                     ("adapter", table, i, "unit"),
@@ -2553,16 +2552,16 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         if getattr(b, "kind", "adapter") not in ("adapter", own)
     ]
     family = FAMILIES.get(spec.model.family)
-    if not other or family is None or own not in ("lora", "loha", "lokr"):
+    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and not family.mixed_fused_kinds:
+    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own == "dylora"):
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
-            f'adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: dbspec trains several adapter '
-            "kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma, whose LyCORIS exports and reloads "
-            "it checks",
+            f'adapter.{table}[{i}].kind = "{block.kind}" on a {own} adapter on {family.title}: dbspec trains '
+            "several adapter kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (a DyLoRA "
+            "adapter's on SD 1.x/2.x and SDXL), whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
     lycoris = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
@@ -2603,12 +2602,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr"):  # a DyLoRA's or GLoRA's text_encoder_blocks
+    if own not in ("lora", "loha", "lokr", "dylora"):  # a GLoRA's text_encoder_blocks
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha or lokr",
+            "one run on adapters of kind lora, loha, lokr or dylora",
             codes.help("DBS578"),
         )
         return
@@ -3376,6 +3375,8 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     found = [(("adapter", key), f"adapter.{key}", getattr(a, key), unit) for key in ("rank", "conv_rank")]
     for table in ("blocks", "text_encoder_blocks"):  # each module's own rank, in its own unit if it has one
         for i, block in enumerate(getattr(a, table)):
+            if getattr(block, "kind", "adapter") not in ("adapter", "dylora"):
+                continue  # another kind's layers (LyCORIS map entries): not cut into blocks
             own_unit = getattr(block, "unit", 0)  # DyloraBlock; text-encoder blocks: the adapter's
             own = (f"adapter.{table}[{i}].unit", own_unit) if own_unit else unit
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):

@@ -520,7 +520,8 @@ class AdapterBlock:
         "layer and step, on SD 1.x/2.x and SDXL); "
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
-        "of kind lora, loha or lokr without options one kind lacks (DBS578).",
+        "of kind lora, loha or lokr (on SD 1.x/2.x and SDXL also dylora) without options one kind lacks "
+        "(DBS578).",
         example="loha",
     )
     rank: int = option(
@@ -653,6 +654,14 @@ class DyloraBlock:
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
         "matches a module sets its rank and alpha.",
         example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (DyLoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `algo` on an `algo=dylora` network, SD 1.x/2.x and SDXL), as "
+        "`[[adapter.blocks]]` `kind`; its rank is then not cut into blocks.",
+        example="lora",
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers, a multiple of the block's `unit` (else the "

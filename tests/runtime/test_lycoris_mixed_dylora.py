@@ -83,15 +83,22 @@ def _plan(tmp_path: Path, algo: str, args: str = ""):
         del PRESETS["mixed_dylora"]
 
 
-@pytest.mark.parametrize(("algo", "network"), [("locon", ""), ("lokr", "block_size=4")])
+@pytest.mark.parametrize(("algo", "network"), [("locon", ""), ("lokr", "block_size=4"), ("dylora", "")])
 def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo, network):  # noqa: F811
     """Every layer of tiny SD 1.x and its CLIP the file adapts has, in the converted plan, the module class,
     dim, scale and (DyLoRA) block size of lycoris-lora's create_network's; a DyLoRA layer's training forward
     with block b drawn is DyLoraModule's get_weight(b x block_size) (blocks 0..b at alpha / (b + 1))."""
     path, plan = _plan(tmp_path, algo, f'"{network}"' if network else "")  # more network_args
     a = plan.adapter
-    dylora = [b for b in (*a.blocks, *a.text_encoder_blocks) if b.kind == "dylora"]
-    assert sorted((b.rank, b.unit) for b in dylora) == [(4, 2), (4, 4)]
+    if algo == "dylora":  # a DyLoRA network (block_size 4) with LoCon / LoHa entries; its MLPs' own unit
+        assert (a.kind, a.dylora_unit, a.dylora_form) == ("dylora", 4, "lycoris")
+        assert {b.kind for b in a.blocks} == {"adapter", "lora"} and [
+            (b.rank, b.unit) for b in a.blocks if b.kind == "adapter"
+        ] == [(4, 2)]
+        assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
+    else:
+        dylora = [b for b in (*a.blocks, *a.text_encoder_blocks) if b.kind == "dylora"]
+        assert sorted((b.rank, b.unit) for b in dylora) == [(4, 2), (4, 4)]
     made = _lycoris(pipe, path, monkeypatch, algo, **({"block_size": "4"} if network else {}))
     theirs = _lycoris_classes(made)
     assert {v[0] for v in theirs.values()} >= {"DyLoraModule", "LoConModule", "LohaModule"}
@@ -123,12 +130,16 @@ def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo,
         torch.testing.assert_close(ours(x), theirs_out, rtol=1e-6, atol=1e-6)
 
 
-def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """A tiny run of the file on a LoCon network (DyLoRA entries) and on a DyLoRA network (LoCon entries):
+    one block per DyLoRA layer trains in a step, it resumes bit-exact, the export loads in lycoris-lora to
+    the trained output, and the adapter folders load back."""
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    path, plan = _plan(tmp_path, "locon")
+    path, plan = _plan(tmp_path, algo)
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
@@ -144,13 +155,14 @@ def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeyp
     resumed = execute(split, resume=True)
     assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
     files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
-    assert "unet/dylora/adapter_model.safetensors" in files
+    other = {"locon": "dylora", "dylora": "lora"}[algo]  # the other kind's folder beside the adapter's
+    assert {"unet/adapter_model.safetensors", f"unet/{other}/adapter_model.safetensors"} <= set(files)
     for name in files:
         x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
     trained = whole.components.unet.eval()
-    theirs = _lycoris_classes(_lycoris(pipe, path, monkeypatch, "locon"))
+    theirs = _lycoris_classes(_lycoris(pipe, path, monkeypatch, algo))
     assert _classes(trained, "lora_unet_") == {k: v for k, v in theirs.items() if k.startswith("lora_unet_")}
 
     fresh = copy.deepcopy(pipe.unet)

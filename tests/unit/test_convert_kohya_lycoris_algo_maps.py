@@ -717,3 +717,22 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     (tmp_path / "drop").mkdir()
     outcome = _convert(tmp_path / "drop", text, "locon", '"block_size=8" "module_dropout=0.1"')
     assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
+
+
+def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
+    """A DyLoRA network (block_size 4) with LoCon / LoHa / full entries: blocks of those kinds on the DyLoRA
+    adapter (their ranks not cut into blocks: an entry's dim 6 is no DBS402 there), the DyLoRA entries'
+    own block_size their unit; a network module_dropout with them DBS403 (DBS578)."""
+    text = MIXED.replace("dim = 8\nalpha = 4", "dim = 6\nalpha = 4") + (
+        '[module_algo_map.CLIPAttention]\nalgo = "full"\n[module_algo_map.Transformer2DModel]\n'
+        'algo = "dylora"\ndim = 8\nblock_size = 2\n'
+    )
+    outcome = expressible(_convert(tmp_path, text, "dylora"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dylora_unit, a.dylora_form) == ("dylora", 16, 4, "lycoris")
+    kinds = sorted((b.kind, b.rank, b.unit) for b in a.blocks)
+    assert ("lora", 6, 0) in kinds and ("loha", 4, 0) in kinds and ("adapter", 8, 2) in kinds
+    assert sorted(b.kind for b in a.text_encoder_blocks) == ["full", "loha"]
+    (tmp_path / "drop").mkdir()
+    outcome = _convert(tmp_path / "drop", text, "dylora", '"module_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")

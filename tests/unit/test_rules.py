@@ -1425,6 +1425,44 @@ CASES = [
         + '[adapter]\nkind = "lora"\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
     ),
+    (  # a DyLoRA adapter's blocks of another kind (LyCORIS map entries on an algo=dylora network): their
+        # ranks are not cut into blocks, and a unit of their own is refused
+        rules.block_unit_dylora,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 6\nalpha = 1.0\nunit = 2\n",
+        [("DBS584", "error", ("adapter", "blocks", 0, "unit"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'attn'\nrank = 6\nalpha = 1.0\nunit = 2\n",
+    ),
+    (
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 8\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n",
+        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
+    ),
+    (
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nrank = 6\nalpha = 1.0\n",
+        [("DBS548", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lokr'\nrank = 6\nalpha = 1.0\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,

@@ -263,7 +263,7 @@ def _mixed_kinds(
     (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
-    if _algo(algo) not in _BLOCK_KINDS:
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora"):  # a DyLoRA network's entries of other algos too
         return other
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
