@@ -2350,7 +2350,8 @@ a joint attention), so dbspec refuses it there.""",
         """\
 `adapter.kind = "dylora"` cuts each layer's rank into blocks of `adapter.unit` ranks (kohya's networks.dylora
 `unit`, LyCORIS's `block_size`) and trains one block per step: `rank`, and `conv_rank` when above 0, must be
-multiples of `unit` (both tools assert it).""",
+multiples of `unit` (both tools assert it); a block's ranks multiples of its own `unit` (a block of `kind =
+"dylora"` beside another adapter kind: of its unit).""",
         help="make rank (and conv_rank) a multiple of adapter.unit, or change unit",
     ),
     Code(
@@ -2684,16 +2685,17 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
 (also LyCORIS's full, IA^3, Diag-OFT and GLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` / `"glora"`; on
-SD 1.x/2.x and SDXL also BOFT, `"boft"`)
-beside the adapter's kind (lora, loha or lokr) in one run, each kind's layers with the adapter's rank,
+SD 1.x/2.x and SDXL also BOFT and DyLoRA, `"boft"` / `"dylora"`, a DyLoRA block with its own `unit`)
+beside the adapter's kind (lora, loha or lokr; on SD 1.x/2.x and SDXL also dylora, LyCORIS's DyLoRA network
+with entries of other algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
-file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux and SD3 (not Chroma; on Flux and
-SD3 with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
+file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
+Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
 `multiplier`, `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix`, `rank_stabilized`,
-`ggpo`, `fused_projections` (but on Flux and SD3), `fused_dropout` and `init_weights`; nor a block's own
-`scalar`, `tucker` or `rank_stabilized`, nor its own LoKr `factor` and switches except on a lokr adapter's
-own LoKr layers.""",
+`ggpo`, `fused_projections` (but on Flux, SD3 and Chroma), `fused_dropout` and `init_weights`; nor a
+block's own `scalar`, `tucker` or `rank_stabilized`, nor its own LoKr `factor` and switches except on a
+lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(
@@ -2748,11 +2750,14 @@ decompose is held to the same options, and also not taken with `init_weights` or
     Code(
         "DBS584",
         ERROR,
-        "A text-encoder block's own unit outside DyLoRA",
+        "A block's own unit outside DyLoRA layers",
         """\
-`unit` in `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with its own `block_size`) cuts
-the matched DyLoRA layers' ranks into blocks of that size. Only `kind = "dylora"` trains in blocks.""",
-        help="remove the block's unit (0), or train a DyLoRA",
+`unit` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map entry with
+its own `block_size`) cuts the matched DyLoRA layers' ranks into blocks of that size. Only DyLoRA layers
+train in blocks: an adapter of `kind = "dylora"`, or a block of `kind = "dylora"` beside another kind
+(LyCORIS's DyLoraModule in a LoRA/LoCon, LoHa or LoKr network), which needs a unit of its own (the adapter
+has none).""",
+        help="remove the block's unit (0), give a dylora block its own unit, or train a DyLoRA",
     ),
     Code(
         "DBS585",

@@ -163,7 +163,8 @@ class FamilySpec:
     # The original model's fused Linears that diffusers splits (adapter.fused_projections); () for none.
     fused_projections: tuple[FusedProjection, ...] = ()
     # Blocks of several adapter kinds (runtime/mixed_kinds.py) train and export on this family's fused layers
-    # (Flux, SD3: one LyCORIS module of one kind per fused Linear); the U-Net families have none to fuse.
+    # (Flux, SD3, Chroma: one LyCORIS module of one kind per fused Linear); the U-Net families have none to
+    # fuse.
     mixed_fused_kinds: bool = False
     # kohya's LoRA network for the family (networks.lora_flux): its denoiser targets in diffusers names
     # (suffixes, as adapter.denoiser_targets) and the paths (regular expressions) those suffixes also match
@@ -811,6 +812,7 @@ FAMILIES: dict[str, FamilySpec] = {
         approximator_guidance=True,  # kohya feeds --guidance_scale to it (its Chroma docs: 0.0)
         # Chroma's original layout is Black Forest Labs', as Flux's
         fused_projections=_BFL_FUSED,
+        mixed_fused_kinds=True,  # Flux's fused Linears: one LyCORIS module of one kind each
         # networks/lora_flux.py on Chroma: every Linear of the double blocks (qkv, proj, mlp.0, mlp.2 of both
         # streams; Chroma's blocks have no mod.lin) and the single blocks (linear1, linear2); the suffix
         # proj_out also names the final layer's Linear, which kohya does not adapt.

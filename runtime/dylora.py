@@ -236,7 +236,30 @@ def dispatch_dylora(
             )
         return None
 
+    dispatch.dylora = True  # is_dylora tells its configs apart (a run of several kinds: mixed_kinds.py)
     return dispatch
+
+
+def is_dylora(config) -> bool:
+    """`config` builds DyloraLayer: a LoraConfig whose keys are `lora_dylora_*` (a run of several kinds holds
+    LoRA's too under one adapter name, runtime/mixed_kinds.py)."""
+    customs = (getattr(config, "_custom_modules", None) or {}).values()
+    return any(getattr(d, "dylora", False) for d in customs)
+
+
+def with_state_units(config, module: nn.Module, state: dict[str, torch.Tensor]):
+    """`config` (a LoraConfig read back from a saved adapter folder) building DyloraLayer on the layers of
+    `state` (peft's DyLoRA keys, `<path>.lora_dylora_down.<i>`), each in blocks of the unit its saved
+    blocks have; LyCORIS's forward (what a DyLoRA beside other kinds trains: runtime/mixed_kinds.py)."""
+    units = {}
+    for key, value in state.items():
+        match = re.fullmatch(rf"(.*)\.{_DOWN}\.0", key)
+        if match is not None:
+            layer = module.get_submodule(match[1])
+            units[id(getattr(layer, "base_layer", layer))] = value.shape[0]
+    dispatch = dispatch_dylora(1, "lycoris", units=units)
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
+    return config
 
 
 def with_units(config, adapter, units: dict[int, int]):

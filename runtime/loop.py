@@ -26,6 +26,7 @@ from dbspec.runtime.dtypes import mixed_dtype
 from dbspec.runtime.evaluate import Evaluator
 from dbspec.runtime.logs import MetricsLog, train_progress
 from dbspec.runtime.max_norm import apply_max_norm, max_norm_metrics
+from dbspec.runtime.mixed_kinds import draws_blocks
 from dbspec.runtime.wandb_log import require_wandb, wandb_config
 from dbspec.runtime.optim import averaged_weights, step_size_metrics
 from dbspec.runtime.optim_split import chunk_step_sizes, step_first_chunk
@@ -214,7 +215,7 @@ def _optimizer_step(run: Run, step: int) -> tuple[float, dict[str, float]]:
     for index, batch in enumerate(batches):
         if run.plan.schedule.noise_streams == "micro_batch":
             reseed_micro_batch(run.generator, run.plan, step, index, accelerator.process_index)
-        if run.plan.adapter.kind == "dylora":  # the block each layer trains in this micro-batch
+        if draws_blocks(run.plan.adapter):  # the block each DyLoRA layer trains in this micro-batch
             from dbspec.runtime.dylora import draw_blocks
 
             draw_blocks([run.comps.unet, *run.comps.text_encoders], run.generator)

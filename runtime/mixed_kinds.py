@@ -9,8 +9,10 @@ adapter's own kind's config (what the diffusers / peft writers read); the other 
 `module.dbspec_kind_configs`, which `weights.save_peft_adapters` writes as `<component>/<kind>/` folders
 beside the adapter's own. The compiler (DBS578) admits only the options every kind builds alike.
 
-Besides LoRA, LoHa and LoKr, a block may give its layers LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA on
-the U-Net families (their own peft layers, LoraConfigs whose keys runtime/weights.py tells apart). On Flux
+Besides LoRA, LoHa and LoKr, a block may give its layers LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA or
+DyLoRA on the U-Net families (their own peft layers, LoraConfigs whose keys runtime/weights.py tells apart;
+DyLoRA's layers in LyCORIS's forward, each in blocks of its block's `unit`, drawing their block before each
+micro-batch as a DyLoRA adapter's do: draws_blocks). On Flux
 and SD3 (plan.adapter.fused) each kind's fused Linears are tied as that kind ties them: LoKr / LoHa in
 add_lora (runtime/fused_lokr.py, fused_loha.py), LoRA's shared downs in runtime/prepare.py."""
 
@@ -30,6 +32,13 @@ KIND_CONFIGS = "dbspec_kind_configs"  # the module attribute: {kind: peft config
 def mixed(adapter: AdapterPlan) -> bool:
     """Some block (the denoiser's or a text encoder's) gives its layers another kind than the adapter's."""
     return any(b.kind != "adapter" for b in (*adapter.blocks, *adapter.text_encoder_blocks))
+
+
+def draws_blocks(adapter: AdapterPlan) -> bool:
+    """DyLoRA layers train in the run (runtime/dylora.py draw_blocks before each micro-batch): a DyLoRA
+    adapter's, or blocks of kind "dylora" beside another kind's."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    return adapter.kind == "dylora" or any(b.kind == "dylora" and (b.rank or b.conv_rank) for b in blocks)
 
 
 def other_kinds(adapter: AdapterPlan, component: str = "") -> tuple[str, ...]:
@@ -60,6 +69,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
         blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
+    if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
+        extra = {"dylora_form": "lycoris", "dylora_unit": 1}
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 
 

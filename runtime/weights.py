@@ -97,7 +97,7 @@ def _save_trained(folder: Path, comps: Components, plan: Plan) -> None:
         trained = _with_adapters(trained)  # a model that trains its norm offsets alone has none
         if not trained:  # the network's NormModules alone: no adapter file
             return
-    if plan.adapter.kind == "dylora" or (  # DyLoRA at every rank is a plain LoRA (dylora.dylora_as_lora)
+    if (plan.adapter.kind == "dylora" and not mixed(plan.adapter)) or (  # DyLoRA at every rank: a LoRA
         plan.adapter.kind == "lora"
         and not any_tucker(plan.adapter)
         and not lycoris_dora(plan.adapter)
@@ -348,9 +348,10 @@ def _prefix(config) -> str:
 
 
 def _of_kind(config, key: str) -> bool:
-    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT and GLoRA layers'
-    `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` told from LoRA's `lora_A` / `lora_B` (all
-    LoraConfigs)."""
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT, GLoRA and DyLoRA
+    layers' `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` / `lora_dylora_*` told from LoRA's
+    `lora_A` / `lora_B` (all LoraConfigs)."""
+    from dbspec.runtime.dylora import is_dylora
     from dbspec.runtime.lycoris_full import is_full
     from dbspec.runtime.lycoris_glora import is_glora
     from dbspec.runtime.lycoris_ia3 import is_ia3
@@ -359,6 +360,7 @@ def _of_kind(config, key: str) -> bool:
     if _prefix(config) not in key:
         return False
     markers = {".lora_full": is_full, ".lora_ia3": is_ia3, ".lora_oft_": is_oft, ".lora_glora_": is_glora}
+    markers[".lora_dylora_"] = is_dylora
     own = next((marker for marker, test in markers.items() if test(config)), "")
     return own in key if own else not any(marker in key for marker in markers)
 
@@ -414,6 +416,10 @@ def load_peft_adapters(
 
         if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config; its use_scalar's scalars)
             config = with_glora(config, scalar=has_glora_scalar(state))
+        from dbspec.runtime.dylora import has_dylora, with_state_units
+
+        if has_dylora(state):  # DyLoRA beside other kinds (mixed_kinds.py): each layer's blocks as saved
+            config = with_state_units(config, module, state)
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT, each layer's rescale)

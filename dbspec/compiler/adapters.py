@@ -103,6 +103,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
+                unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
             )
             for b in adapter.blocks
         )
@@ -119,6 +120,7 @@ def adapter_plan(adapter, family: str, components, *, targets_given: bool = True
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
+                unit=b.unit if b.kind == "dylora" else 0,
             )
             for b in adapter.text_encoder_blocks
         )
@@ -194,10 +196,15 @@ def _rank_blocks(adapter) -> dict:
         own = getattr(b, "unit", 0)
         return own if own and own != getattr(adapter, "unit", 0) else 0
 
+    def kind(b) -> str:  # LyCORIS map entries of another algorithm (runtime/mixed_kinds.py)
+        own = getattr(b, "kind", "adapter")
+        return "adapter" if own == adapter.kind else own
+
     return dict(
         blocks=tuple(
             BlockPlan(
                 pattern=b.pattern,
+                kind=kind(b),
                 rank=b.rank,
                 alpha=b.alpha,
                 conv_rank=b.conv_rank if conv else 0,
@@ -207,7 +214,7 @@ def _rank_blocks(adapter) -> dict:
             for b in adapter.blocks
         ),
         text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha, unit=unit(b))
+            BlockPlan(pattern=b.pattern, kind=kind(b), rank=b.rank, alpha=b.alpha, unit=unit(b))
             for b in adapter.text_encoder_blocks
         ),
     )

@@ -2455,19 +2455,30 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A text-encoder block's own DyLoRA unit (runtime/dylora.py per layer) on another kind (DBS584)."""
+    """A block's own DyLoRA unit (runtime/dylora.py per layer) on layers of another kind, or a block of kind
+    "dylora" beside another adapter kind without one (DBS584)."""
     a = spec.adapter
-    if a.kind == "dylora":
-        return
-    for i, block in enumerate(getattr(a, "text_encoder_blocks", ())):
-        if getattr(block, "unit", 0):
-            yield _err(
-                "DBS584",
-                ("adapter", "text_encoder_blocks", i, "unit"),
-                f'adapter.text_encoder_blocks[{i}].unit = {block.unit} with adapter.kind = "{a.kind}": a '
-                "block's unit cuts DyLoRA layers' ranks into blocks, which no other kind trains",
-                codes.help("DBS584"),
-            )
+    dylora = ("adapter", "dylora") if a.kind == "dylora" else ("dylora",)  # the kinds of DyLoRA layers
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            unit, kind = getattr(block, "unit", 0), getattr(block, "kind", "adapter")
+            if unit and kind not in dylora:
+                yield _err(
+                    "DBS584",
+                    ("adapter", table, i, "unit"),
+                    f'adapter.{table}[{i}].unit = {unit} with adapter.kind = "{a.kind}" and the block\'s '
+                    f"kind = \"{kind}\": a block's unit cuts DyLoRA layers' ranks into blocks, which no "
+                    "other kind trains",
+                    codes.help("DBS584"),
+                )
+            elif kind == "dylora" != a.kind and not unit and block.rank + getattr(block, "conv_rank", 0):
+                yield _err(
+                    "DBS584",
+                    ("adapter", table, i, "unit"),
+                    f'adapter.{table}[{i}].kind = "dylora" on a {a.kind} adapter needs its own unit (ranks '
+                    "per DyLoRA block, a LyCORIS entry's block_size, 4 unless given); found 0",
+                    codes.help("DBS584"),
+                )
 
 
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
@@ -2539,9 +2550,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build
-    (Chroma), and fused_projections with them outside Flux / SD3; silent for family = "auto" (the compiler
-    runs it again with the detected family)."""
+    """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build (a
+    transformer family without FamilySpec.mixed_fused_kinds; Flux, SD3 and Chroma have it), LyCORIS's full /
+    IA^3 / OFT / GLoRA kinds on a transformer, and fused_projections with them outside those; silent for
+    family = "auto" (the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     other = [
@@ -2551,28 +2563,29 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         if getattr(b, "kind", "adapter") not in ("adapter", own)
     ]
     family = FAMILIES.get(spec.model.family)
-    if not other or family is None or own not in ("lora", "loha", "lokr"):
+    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and not family.mixed_fused_kinds:
+    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own == "dylora"):
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
-            f'adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: dbspec trains several adapter '
-            "kinds in one run on SD 1.x/2.x, SDXL, Flux and SD3, whose LyCORIS exports and reloads it checks",
+            f'adapter.{table}[{i}].kind = "{block.kind}" on a {own} adapter on {family.title}: dbspec trains '
+            "several adapter kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (a DyLoRA "
+            "adapter's on SD 1.x/2.x and SDXL), whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
     # full / IA^3 / Diag-OFT / GLoRA on a fused Linear are their parts' own (a copy of each part's rows, a
     # scale per each part's output row, blocks within a part, GLoRA's pairs tied: runtime/prepare.py); BOFT's
-    # butterflies rotate rows of several parts together
-    full = [(t, j, b.kind) for t, j, b in other if b.kind == "boft"]
+    # butterflies rotate rows of several parts together, and a DyLoRA layer's block draw is one module's
+    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("boft", "dylora")]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's BOFT algo beside other kinds on SD 1.x/2.x and SDXL (its butterflies rotate rows of "
-            "several parts of a fused Linear together)",
+            "LyCORIS's BOFT and DyLoRA algos beside other kinds on SD 1.x/2.x and SDXL (BOFT's butterflies "
+            "rotate rows of several parts of a fused Linear together; DyLoRA's block draw is one module's)",
             codes.help("DBS578"),
         )
     # the denoiser's (the text encoders have no fused layers)
@@ -2597,8 +2610,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", "fused_projections"),
             f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
-            "dbspec trains several kinds on fused layers on Flux and SD3 (one LyCORIS module of one kind per "
-            "fused Linear)",
+            "dbspec trains several kinds on fused layers on Flux, SD3 and Chroma (one LyCORIS module of one "
+            "kind per fused Linear)",
             codes.help("DBS578"),
         )
 
@@ -2619,12 +2632,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr"):  # a DyLoRA's or GLoRA's text_encoder_blocks
+    if own not in ("lora", "loha", "lokr", "dylora"):  # a GLoRA's text_encoder_blocks
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha or lokr",
+            "one run on adapters of kind lora, loha, lokr or dylora",
             codes.help("DBS578"),
         )
         return
@@ -3432,11 +3445,14 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     own unit (DBS548; kohya and LyCORIS assert it)."""
     a = spec.adapter
     if a.kind != "dylora":
+        yield from _dylora_kind_blocks_fit(a)
         return
     unit = ("adapter.unit", a.unit)
     found = [(("adapter", key), f"adapter.{key}", getattr(a, key), unit) for key in ("rank", "conv_rank")]
     for table in ("blocks", "text_encoder_blocks"):  # each module's own rank, in its own unit if it has one
         for i, block in enumerate(getattr(a, table)):
+            if getattr(block, "kind", "adapter") not in ("adapter", "dylora"):
+                continue  # another kind's layers (LyCORIS map entries): not cut into blocks
             own_unit = getattr(block, "unit", 0)  # DyloraBlock; text-encoder blocks: the adapter's
             own = (f"adapter.{table}[{i}].unit", own_unit) if own_unit else unit
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
@@ -3451,6 +3467,25 @@ def dylora_blocks_fit(spec: Spec, given: Given) -> Iterator[Hit]:
                 "unit ranks per step)",
                 codes.help("DBS548"),
             )
+
+
+def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
+    """Blocks of kind "dylora" beside another adapter kind: their ranks whole blocks of their unit (DBS548;
+    a missing unit is DBS584)."""
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            if getattr(block, "kind", "adapter") != "dylora" or not block.unit:
+                continue
+            for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
+                if getattr(block, key) % block.unit:
+                    yield _err(
+                        "DBS548",
+                        ("adapter", table, i, key),
+                        f"adapter.{table}[{i}].{key} = {getattr(block, key)} is not a multiple of "
+                        f"adapter.{table}[{i}].unit = {block.unit} (DyLoRA trains one block of unit ranks "
+                        "per step; LyCORIS's DyLoraModule asserts it)",
+                        codes.help("DBS548"),
+                    )
 
 
 @rule("spec")

@@ -107,8 +107,11 @@ class BlockPlan:
     pattern: str
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
     # (the adapter's), "lora", "loha", "lokr", "full", "ia3" (LyCORIS's full algo, IA^3: the rank only
-    # switches them on), "diag-oft", "boft" (the rank its block-size hint, the alpha its constraint), "glora"
-    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"] = "adapter"
+    # switches them on), "diag-oft", "boft" (the rank its block-size hint, the alpha its constraint), "glora",
+    # "dylora" (LyCORIS's DyLoraModule, the rank in blocks of `unit`)
+    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"] = (
+        "adapter"
+    )
     rank: int
     alpha: float
     conv_rank: int = 0
@@ -143,7 +146,7 @@ class BlockPlan:
     # oft_rescaled (LyCORIS map entries' own `rescaled`; their own constraint is the block's alpha)
     rescaled: Literal["adapter", "on", "off"] = "adapter"
     # DyLoRA: the layers' ranks per block in place of the adapter's dylora_unit (LyCORIS map entries' own
-    # `block_size`); 0: the adapter's
+    # `block_size`); 0: the adapter's. A block of kind "dylora" on another kind's adapter: its unit (>= 1)
     unit: int = 0
 
 

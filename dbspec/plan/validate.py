@@ -102,10 +102,17 @@ def plan_problems(plan: Plan) -> list[str]:
 
 
 def _dylora_problems(a) -> Iterator[str]:
-    """DyLoRA's blocks (DBS548 in specs) and form; other kinds carry neither."""
+    """DyLoRA's blocks (DBS548 in specs) and form; other kinds carry neither, and their blocks of kind
+    "dylora" (LyCORIS's DyLoraModule beside them, runtime/mixed_kinds.py) a unit of their own."""
     if a.kind != "dylora":
         if a.dylora_unit or a.dylora_form:
             yield f"adapter.dylora_unit / dylora_form are DyLoRA's; found them on kind {a.kind!r}"
+        for b in (*a.blocks, *a.text_encoder_blocks):
+            if b.kind == "dylora" and (b.unit < 1 or b.rank % b.unit or b.conv_rank % b.unit):
+                yield (
+                    f"a dylora block's rank {b.rank} and conv_rank {b.conv_rank} must be multiples of its "
+                    f"unit {b.unit} (at least 1) on a {a.kind} adapter; found pattern {b.pattern!r}"
+                )
         return
     if a.dylora_form not in ("kohya", "lycoris"):
         yield f'adapter.dylora_form must be "kohya" or "lycoris"; found {a.dylora_form!r}'

@@ -444,7 +444,7 @@ def _block_factor():
 BlockSwitch = Literal["adapter", "on", "off"]
 # the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
 _RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
-BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"]
+BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"]
 
 
 def _block_scalar():
@@ -500,6 +500,19 @@ def _block_switch(key: str, what: str, kinds: str = "LoKr"):
     )
 
 
+def _block_unit():
+    return option(
+        0,
+        doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's own `block_size`, else the network's); "
+        "their rank must be a multiple of it. 0: the adapter's (a DyLoRA adapter's). A block of `kind = "
+        '"dylora"` beside another adapter kind needs its own.',
+        minimum=0,
+        maximum=100_000,
+        example=2,
+    )
+
+
 @frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
@@ -519,10 +532,12 @@ class AdapterBlock:
         "trained copy of each matched layer's weight and bias; `ia3`: LyCORIS's IA^3, a trained scale per "
         "output channel; their rank only switches them on; `diag-oft`: LyCORIS's Diag-OFT, the rank its "
         "block-size hint and the alpha its constraint, `boft` alike; `glora`: LyCORIS's GLoRA, both pairs at "
-        "the rank); "
+        "the rank; `dylora`: LyCORIS's DyLoRA, the rank in blocks of the block's `unit`, one block drawn per "
+        "layer and step, on SD 1.x/2.x and SDXL); "
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
-        "of kind lora, loha or lokr without options one kind lacks (DBS578).",
+        "of kind lora, loha or lokr (on SD 1.x/2.x and SDXL also dylora) without options one kind lacks "
+        "(DBS578).",
         example="loha",
     )
     rank: int = option(
@@ -557,6 +572,7 @@ class AdapterBlock:
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    unit: int = _block_unit()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -598,8 +614,8 @@ class TextEncoderBlock:
     kind: BlockKind = option(
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (the adapter's `kind`), or `lora`, `loha`, "
-        "`lokr`, `full`, `ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's map "
-        "entry's `algo`), as `[[adapter.blocks]]` `kind`.",
+        "`lokr`, `full`, `ia3`, `diag-oft`, `boft`, `glora`, `dylora` in its place (a LyCORIS preset file's "
+        "map entry's `algo`), as `[[adapter.blocks]]` `kind`.",
         example="lora",
     )
     rank: int = option(
@@ -621,15 +637,7 @@ class TextEncoderBlock:
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
-    unit: int = option(
-        0,
-        doc="DyLoRA: ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS "
-        "preset file's `module_algo_map` / `name_algo_map` entry's own `block_size`); their rank must be a "
-        "multiple of it. 0: the adapter's.",
-        minimum=0,
-        maximum=100_000,
-        example=2,
-    )
+    unit: int = _block_unit()
 
 
 def _adapter_blocks():
@@ -664,6 +672,14 @@ class DyloraBlock:
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
         "matches a module sets its rank and alpha.",
         example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (DyLoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `algo` on an `algo=dylora` network, SD 1.x/2.x and SDXL), as "
+        "`[[adapter.blocks]]` `kind`; its rank is then not cut into blocks.",
+        example="lora",
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers, a multiple of the block's `unit` (else the "

@@ -596,9 +596,9 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora (dylora), or with
-    options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
-    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "dylora"\n'
+    """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora (tlora),
+    or with options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""
+    text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "tlora"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" in codes(outcome) and "CLIPAttention" in messages(outcome, "DBS403")
     (tmp_path / "rs").mkdir()
@@ -683,3 +683,62 @@ def test_dylora_and_glora_entries_become_their_blocks(tmp_path, algo):
     (tmp_path / "odd").mkdir()
     outcome = _convert(tmp_path / "odd", text.replace("dim = 4", "dim = 6"), "dylora")
     assert "DBS402" in codes(outcome) and "not a multiple of 4" in messages(outcome, "DBS402")
+
+
+def test_dylora_entries_are_dylora_blocks(tmp_path):
+    """DyLoRA entries beside a LoKr network: blocks of kind "dylora" at the entry's dim and alpha, in blocks
+    of the entry's own block_size, else the network's (create_network's `int(block_size or 4)`, which a
+    LoKr network then reads: no DBS405); a dim that is not a multiple of it stops kohya (DyLoraModule's
+    assert, DBS402); LoRA+ on a LoCon network (LyCORIS raises `lora_up`, never DyLoRA's `up_list`) DBS403;
+    a network module_dropout, which DyLoraModule reads, DBS403 (DBS578)."""
+    text = MIXED.replace(
+        '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 4\nalpha = 2',
+        '[module_algo_map.FeedForward]\nalgo = "dylora"\ndim = 6\nalpha = 3\nblock_size = 2',
+    )
+    text += '[module_algo_map.CLIPAttention]\nalgo = "dylora"\ndim = 8\n'
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8" "block_size=8"'))
+    assert not any("block_size" in d.message for d in outcome.diagnostics if d.code == "DBS405")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr" and a.dylora_unit == 0
+    assert {b.kind: (b.rank, b.alpha, b.unit) for b in a.blocks} == {
+        "dylora": (6, 3.0, 2),
+        "lora": (8, 4.0, 0),
+    }
+    assert sorted((b.kind, b.rank, b.alpha, b.unit) for b in a.text_encoder_blocks) == [
+        ("dylora", 8, 8.0, 8),
+        ("loha", 2, 8.0, 0),
+    ]
+    dylora = next(b for b in a.blocks if b.kind == "dylora")
+    assert re.search(dylora.pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
+    (tmp_path / "default").mkdir()  # no block_size anywhere: 4
+    fours = text.replace("dim = 6\nalpha = 3\nblock_size = 2", "dim = 12\nalpha = 3")
+    b = plan_of(expressible(_convert(tmp_path / "default", fours, "lokr")), tmp_path / "default").adapter
+    assert sorted((x.kind, x.rank, x.unit) for x in b.blocks if x.kind == "dylora") == [("dylora", 12, 4)]
+    (tmp_path / "odd").mkdir()
+    outcome = _convert(tmp_path / "odd", fours.replace("dim = 12", "dim = 6"), "lokr")
+    assert "DBS402" in codes(outcome) and "block_size" in messages(outcome, "DBS402")
+    (tmp_path / "plus").mkdir()
+    outcome = _convert(tmp_path / "plus", text, "locon", '"block_size=8" "loraplus_lr_ratio=4"')
+    assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
+    (tmp_path / "drop").mkdir()
+    outcome = _convert(tmp_path / "drop", text, "locon", '"block_size=8" "module_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
+
+
+def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
+    """A DyLoRA network (block_size 4) with LoCon / LoHa / full entries: blocks of those kinds on the DyLoRA
+    adapter (their ranks not cut into blocks: an entry's dim 6 is no DBS402 there), the DyLoRA entries'
+    own block_size their unit; a network module_dropout with them DBS403 (DBS578)."""
+    text = MIXED.replace("dim = 8\nalpha = 4", "dim = 6\nalpha = 4") + (
+        '[module_algo_map.CLIPAttention]\nalgo = "full"\n[module_algo_map.Transformer2DModel]\n'
+        'algo = "dylora"\ndim = 8\nblock_size = 2\n'
+    )
+    outcome = expressible(_convert(tmp_path, text, "dylora"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dylora_unit, a.dylora_form) == ("dylora", 16, 4, "lycoris")
+    kinds = sorted((b.kind, b.rank, b.unit) for b in a.blocks)
+    assert ("lora", 6, 0) in kinds and ("loha", 4, 0) in kinds and ("adapter", 8, 2) in kinds
+    assert sorted(b.kind for b in a.text_encoder_blocks) == ["full", "loha"]
+    (tmp_path / "drop").mkdir()
+    outcome = _convert(tmp_path / "drop", text, "dylora", '"module_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")

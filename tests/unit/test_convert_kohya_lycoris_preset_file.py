@@ -9,6 +9,8 @@ The built-in `ia3` preset matches no layer in lycoris-lora 4.1.3: kohya has noth
 
 from __future__ import annotations
 
+import re
+
 from convert_kit import (  # noqa: F401
     SD15,
     SD21,
@@ -124,9 +126,9 @@ def test_layer_reached_twice_stops_kohya(tmp_path):
 
 
 def test_per_module_algorithm_is_not_expressed(tmp_path):
-    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft and glora mix on the U-Net (a block's kind); another
-    algorithm there does not."""
-    text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "dylora"\n'
+    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora mix on the U-Net (a block's kind);
+    another algorithm there (LyCORIS's T-LoRA) does not."""
+    text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "tlora"\n'
     outcome = _convert(tmp_path, "mixed.toml", text)
     assert "DBS403" in codes(outcome) and "one adapter kind" in messages(outcome, "DBS403")
 
@@ -147,6 +149,29 @@ def test_sdxl_attention_only_file(tmp_path):
     assert plan.model.family == "sdxl" and a.kind == "lokr"
     assert a.denoiser_targets == ("to_q", "to_k", "to_v", "to_out.0") and a.conv_targets == ()
     assert a.text_encoder_targets == ("k_proj", "v_proj", "q_proj", "out_proj")
+
+
+def test_sdxl_dylora_entry_beside_lokr(tmp_path):
+    """SDXL: a DyLoRA entry on kohya's CrossAttention of a LoKr network is a `kind = "dylora"` block on
+    diffusers' attention paths in blocks of the network's block_size; both CLIP encoders' attention a DyLoRA
+    text-encoder block in the entry's own block_size."""
+    text = (
+        'unet_target_module = ["CrossAttention", "FeedForward"]\nunet_target_name = []\n'
+        'text_encoder_target_module = ["CLIPAttention"]\n'
+        '[module_algo_map.CrossAttention]\nalgo = "dylora"\ndim = 8\n'
+        '[module_algo_map.CLIPAttention]\nalgo = "dylora"\ndim = 6\nblock_size = 3\n'
+    )
+    outcome = expressible(
+        _convert(tmp_path, "dy.toml", text, '"block_size=2"', SDXL, "sdxl_train_network.py")
+    )
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "sdxl" and a.kind == "lokr"
+    (block,) = a.blocks
+    assert (block.kind, block.rank, block.unit) == ("dylora", 8, 2)
+    assert re.search(block.pattern, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k")
+    assert not re.search(block.pattern, "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2")
+    assert [(b.kind, b.rank, b.unit) for b in a.text_encoder_blocks] == [("dylora", 6, 3)]
 
 
 def test_sdxl_conv_file_takes_kohyas_original_names(tmp_path):

@@ -448,7 +448,7 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     """Flux: map entries giving fused layers LoKr / LoHa on a LoCon network are blocks of that kind covering
     every part of each fused layer (by block index: no deeper model's fused layer is split between kinds,
     compiler/fused.py DBS507), fused_projections one LyCORIS module per fused Linear; with use_tucker (which
-    the kinds do not build alike) DBS403; on Chroma DBS403 (dbspec does not export it there)."""
+    the kinds do not build alike) DBS403."""
     outcome = _flux(tmp_path / "mixed", MIXED, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "mixed").adapter
@@ -569,6 +569,44 @@ def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
         tmp_path / "fp8", MIXED_FULL, '"algo=locon" --fp8_base --mixed_precision bf16', allow=True
     )
     assert 'precision.quantize_denoiser = "fp8": it scales' in messages(outcome, "DBS403")
+
+
+def test_chroma_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
+    """Chroma (--model_type chroma, Flux's fused Linears): the same file on a LoHa network is a LoKr block
+    covering every part of each double block's image q/k/v and the network's LoHa elsewhere, the single
+    blocks' entry a block of the network's kind at its own dim; a full entry there (one module of one kind
+    per fused Linear) stays DBS403."""
+    for where in (tmp_path, tmp_path / "full"):
+        images(where / "x" / "10_ohwx", 2, (64, 64))
+        for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+            component_file(where / name)
+    command = (
+        "accelerate launch flux_train_network.py --pretrained_model_name_or_path Chroma1-HD.safetensors "
+        "--model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors --apply_t5_attn_mask "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
+        '--network_alpha=1 --network_args "algo=loha" "preset=preset.toml" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --guidance_scale 0.0"
+    )
+    (tmp_path / "preset.toml").write_text(MIXED, encoding="utf-8")
+    outcome = kohya(tmp_path, command=command)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and a.kind == "loha" and a.fused
+    lokr, loha = a.blocks
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("lokr", 8, 1.0), ("adapter", 2, 1.0)]
+    for i in (0, 18, 19):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(lokr.pattern, p)) for p in parts} == {i < 19}
+    for i in (0, 37, 38):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
+    full_file = MIXED.replace('algo = "lokr"', 'algo = "full"')
+    (tmp_path / "full" / "preset.toml").write_text(full_file, encoding="utf-8")
+    full = kohya(tmp_path / "full", allow=True, command=command)
+    assert "algo = 'full'" in messages(full, "DBS403")
 
 
 def test_sd3_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):

@@ -1381,6 +1381,88 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nconv_rank = 8\n'
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 6\nalpha = 1.0\nconv_rank = 8\nunit = 2\n",
     ),
+    (  # blocks of kind "dylora" beside a LoKr adapter (LyCORIS's DyLoraModule): their own unit, needed
+        rules.block_unit_dylora,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\nunit = 2\n",
+        [
+            ("DBS584", "error", ("adapter", "blocks", 0, "unit")),
+            ("DBS584", "error", ("adapter", "blocks", 1, "unit")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 2\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\n"
+        + "unit = 4\n",
+    ),
+    (  # and their ranks whole blocks of it
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 6\nalpha = 1.0\nunit = 4\n",
+        [("DBS548", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 8\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # DyLoRA blocks beside other kinds on SD 1.x/2.x / SDXL only (a fused Linear holds one module)
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # a DyLoRA adapter's blocks of another kind (LyCORIS map entries on an algo=dylora network): their
+        # ranks are not cut into blocks, and a unit of their own is refused
+        rules.block_unit_dylora,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 6\nalpha = 1.0\nunit = 2\n",
+        [("DBS584", "error", ("adapter", "blocks", 0, "unit"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'attn'\nrank = 6\nalpha = 1.0\nunit = 2\n",
+    ),
+    (
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 8\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n",
+        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
+    ),
+    (
+        rules.dylora_blocks_fit,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nrank = 6\nalpha = 1.0\n",
+        [("DBS548", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lokr'\nrank = 6\nalpha = 1.0\n",
+    ),
     # DyLoRA bypass: LyCORIS's bypass forward runs with one block per layer only
     (
         rules.dylora_bypass_runs,
@@ -1657,18 +1739,15 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 1\nalpha = 1.0\n'
         + '[precision]\nquantize_denoiser = "fp8"\nquantize_backend = "cast"\n',
     ),
-    (  # several kinds on Chroma: not checked there (Flux and SD3 are, fused_projections too)
+    (  # several kinds on Chroma's fused layers as on Flux (LoRA/LoHa/LoKr; a full block is one module)
         rules.mixed_kinds_family,
         'family = "chroma"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
-        [
-            ("DBS578", "error", ("adapter", "blocks", 0, "kind")),
-            ("DBS578", "error", ("adapter", "fused_projections")),
-        ],
-        'family = "flux"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "chroma"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'

@@ -125,7 +125,9 @@ def lycoris_dylora(
                 f"multiple of {block}",
             )
     put["unit"] = block
-    entries = [*put.get("_blocks", ()), *put.get("_text_blocks", ())]  # a preset file's map entries' dims
+    entries = [  # a preset file's map entries' dims (of DyLoRA layers: not another algorithm's, a `kind`)
+        entry for entry in (*put.get("_blocks", ()), *put.get("_text_blocks", ())) if "kind" not in entry
+    ]
     for entry in entries:  # each entry in its own block_size (`unit`), else the network's
         size = entry.get("unit", block)
         for key in ("rank", "conv_rank"):

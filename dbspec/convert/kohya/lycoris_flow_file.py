@@ -308,7 +308,7 @@ def flux_preset_file(
         text_rows,
     )
     kind = algo if algo in ("lokr", "loha") else "lora"
-    kinds = MIXED_FLOW if model.title in ("Flux", "SD3") else ()  # blocks' `kind` (DBS578 on Chroma)
+    kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]

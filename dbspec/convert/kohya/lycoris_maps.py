@@ -158,8 +158,8 @@ def check_layers(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
             "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft or glora (on SD "
-            "1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, SDXL, Flux and SD3 ([[adapter.blocks]] "
-            "`kind`); elsewhere one adapter kind per run",
+            "1.x/2.x and SDXL also boft and dylora) entries, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma "
+            "([[adapter.blocks]] `kind`); elsewhere one adapter kind per run",
             False,
         )
     inert: dict[str, str] = {}
@@ -168,7 +168,7 @@ def check_layers(
         own = _PER_BLOCK.get(_algo(layer.algo), ())
         if kind in _OFT and _algo(layer.algo) == kind:  # Diag-OFT / BOFT blocks carry them (_oft_blocks)
             own = (*own, *_oft_own(layer, network))
-        if kind == "dylora" and _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks)
+        if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
@@ -250,12 +250,13 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 
 
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
-# SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA algos too (runtime/lycoris_full.py's, lycoris_ia3.py's,
-# ... layers beside the others); on Flux and SD3, whose fused Linears hold one module of one kind, all but
-# BOFT: the low-rank kinds and GLoRA tied over a fused layer's parts, full / IA^3 / Diag-OFT exactly their
-# parts' own (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies
-# rotate rows of several parts together
-MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
+# SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA algos too (runtime/lycoris_full.py's,
+# lycoris_ia3.py's, lycoris_oft.py's, lycoris_boft.py's, lycoris_glora.py's, dylora.py's layers beside the
+# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but BOFT and DyLoRA:
+# the low-rank kinds and GLoRA tied over a fused layer's parts, full / IA^3 / Diag-OFT exactly their parts'
+# own (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies rotate
+# rows of several parts together, and a DyLoRA layer's block draw is one module's
+MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
 MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
 
 
@@ -266,7 +267,7 @@ def _mixed_kinds(
     (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
-    if _algo(algo) not in _BLOCK_KINDS:
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora"):  # a DyLoRA network's entries of other algos too
         return other
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
@@ -294,6 +295,18 @@ def _mixed_kinds(
             False,
         )
     return [layer for layer in other if layer not in unet]
+
+
+def _dylora_fits(source: str, group: list[Layer], unit: int) -> None:
+    """PresetError (DBS402) for DyLoRA layers whose dim is not a multiple of their block size: LyCORIS's
+    DyLoraModule asserts `lora_dim % block_size == 0` when create_network builds it."""
+    bad = next((layer for layer in group if layer.dim % unit), None)
+    if bad is not None:
+        raise PresetError(
+            f"`{source}` gives {bad.path} algo = 'dylora' at dim {bad.dim} in blocks of {unit}: LyCORIS's "
+            "DyLoraModule asserts lora_dim % block_size == 0",
+            True,
+        )
 
 
 def _own_factor_given(layer: Layer) -> bool:
@@ -374,6 +387,9 @@ def _blocks(
             block.update(alpha=0.0, **({"conv_alpha": 0.0} if conv else {}))
         if factor:
             block["factor"] = factor
+        if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's
+            unit = unit or network["block_size"]
+            _dylora_fits(source, group, unit)
         if unit:
             block["unit"] = unit
         block.update(switches)

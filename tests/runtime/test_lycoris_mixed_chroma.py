@@ -1,0 +1,206 @@
+"""LyCORIS preset files giving Chroma layers other algorithms than the network's (issue 12), as on Flux
+(test_lycoris_mixed_flow.py): Chroma's blocks are Flux's fused Linears (chroma_rows.py, the same
+FusedProjections), so each kind's fused layers are tied as on Flux (runtime/mixed_kinds.py, fused.py,
+fused_lokr.py, fused_loha.py). The converted plan's blocks against lycoris-lora 4.1.3's create_network on
+kohya's Chroma tree rebuilt on the meta device (test_lycoris_preset_file_chroma.py's), and a tiny Chroma run:
+it resumes bit-exact, and lycoris-lora's create_network_from_weights loads its export onto kohya's fused
+Linears, each module of its kind computing what the trained layers compute."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_mixed_flow import _form, _tree
+from tests.runtime.test_lycoris_preset_file_chroma import models  # noqa: F401 (a fixture)
+from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+# LoKr on the double blocks' image q/k/v, LoHa on the single blocks' linear1 and on img_in, LoCon on the
+# approximator's first MLP (by name), the network's algorithm on the rest
+MIXED = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in",
+    "distilled_guidance_layer.layers.0.*"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "lokr"
+dim = 8
+alpha = 4
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+dim = 2
+alpha = 1
+[name_algo_map.img_in]
+algo = "loha"
+dim = 3
+[name_algo_map."distilled_guidance_layer.layers.0.*"]
+algo = "locon"
+dim = 2
+alpha = 2
+"""
+
+
+def _converted(tmp_path: Path, algo: str, overrides=None):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    (tmp_path / "mixed.toml").write_text(MIXED, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
+        "--apply_t5_attn_mask --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=mixed.toml" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+        "--timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _adapted(path: str, adapter) -> bool:
+    block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
+    hit = any(path == t or path.endswith("." + t) for t in adapter.denoiser_targets)
+    return hit and (block is None or block.rank > 0)
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha"])
+def test_mixed_chroma_file_builds_lycoris_modules(models, tmp_path, monkeypatch, algo):  # noqa: F811
+    """Every kohya Chroma Linear the file adapts has, in the converted plan, the class, rank, scale and tensor
+    shapes of the module lycoris-lora's create_network builds on it (the fused q/k/v and linear1 through all
+    their diffusers parts), at Chroma1-HD's widths on the layers of other kinds."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    kohya = copy.deepcopy(models["kohya"])
+    with torch.device("meta"):
+        kohya.img_in = nn.Linear(64, 3072)
+        for i in range(19):
+            kohya.get_submodule(f"double_blocks.{i}.img_attn").qkv = nn.Linear(3072, 9216)
+        for i in range(38):
+            kohya.get_submodule(f"single_blocks.{i}").linear1 = nn.Linear(3072, 21504)
+    a = _converted(tmp_path, algo).adapter
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, models["te"], kohya, algo=algo, preset=str(tmp_path / "mixed.toml")
+    )
+    theirs = {
+        m.lora_name: (
+            type(m).__name__,
+            m.lora_dim,
+            float(m.scale),
+            {k: tuple(v.shape) for k, v in m.state_dict().items()},
+        )
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+    assert {v[0] for v in theirs.values()} == {"LoConModule", "LohaModule", "LokrModule"}
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and a.fused
+    ours = {}
+    for kohya_path, _, kind in chroma_model():
+        parts = chroma_parts(kohya_path) if kind else ()
+        if not parts or not _adapted(parts[0], a):
+            continue
+        block = next((b for b in a.blocks if re.search(b.pattern, parts[0])), None)
+        assert all(re.search(block.pattern, p) for p in parts) if block else True, kohya_path
+        ours["lora_unet_" + kohya_path.replace(".", "_")] = _form(kohya.get_submodule(kohya_path), block, a)
+    assert sorted(ours) == sorted(theirs)
+    for name, (cls, rank, scale, shapes) in ours.items():
+        assert theirs[name][:2] == (cls, rank) and theirs[name][2] == pytest.approx(scale), name
+        assert theirs[name][3] == shapes, name
+    assert theirs["lora_unet_double_blocks_0_img_attn_qkv"][0] == "LokrModule"
+    assert theirs["lora_unet_single_blocks_0_linear1"][0] == "LohaModule"
+    assert theirs["lora_unet_distilled_guidance_layer_layers_0_in_layer"][:2] == ("LoConModule", 2)
+
+
+def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
+    """A tiny Chroma run of the file on a LoCon network trains, resumes bit-exact (losses and export), and
+    lycoris-lora's create_network_from_weights loads its export onto kohya's fused Linears (the trained
+    parts' base weights stacked) as LokrModule / LohaModule / LoConModule computing the trained outputs."""
+    from tests.runtime.lycoris_flow_kit import stacked_linear
+
+    base = ["model.base=builtin:tiny-chroma", "model.text_encoder_files=[]", 'model.vae=""']
+    base += ['model.denoiser_file=""', "schedule.steps=2", 'checkpoints.exports=["kohya_lora"]']
+    base += ["model.t5_max_length=8"]
+    from tests.unit.convert_kit import out_path
+
+    plan = _converted(tmp_path, "locon", overrides=base)
+    assert plan.model.family == "chroma" and plan.adapter.fused
+    assert {b.kind for b in plan.adapter.blocks} >= {"lokr", "loha"}
+    whole = execute(compile_spec(out_path(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    parts = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    tensors, again = (
+        load_file(str(next(Path(r.final).glob("*.kohya.safetensors")))) for r in (whole, second)
+    )
+    assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
+
+    unet = whole.components.unet.eval()
+    attn, single = unet.transformer_blocks[0].attn, unet.single_transformer_blocks[0]
+    approximator = unet.distilled_guidance_layer.layers[0]
+    layers = {
+        "double_blocks.0.img_attn.qkv": ((attn.to_q, attn.to_k, attn.to_v), "LokrModule"),
+        "double_blocks.0.txt_attn.qkv": (
+            (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj),
+            "LoConModule",
+        ),
+        "double_blocks.0.img_attn.proj": ((attn.to_out[0],), "LoConModule"),
+        "single_blocks.0.linear1": (
+            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
+            "LohaModule",
+        ),
+        "img_in": ((unet.x_embedder,), "LohaModule"),
+        "distilled_guidance_layer.layers.0.in_layer": ((approximator.linear_1,), "LoConModule"),
+    }
+    names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
+    assert {"lora_unet_" + p.replace(".", "_") for p in layers} <= names
+    assert not any("to_q" in n or "proj_mlp" in n or "x_embedder" in n for n in names)  # kohya's names only
+    assert tensors["lora_unet_distilled_guidance_layer_layers_0_in_layer.lora_down.weight"].shape[0] == 2
+    kohya = _tree({path: stacked_linear(found) for path, (found, _) in layers.items()})
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], kohya, tensors)
+    loaded = {m.lora_name: m for m in network.unet_loras}
+    network.apply_to([], kohya, apply_text_encoder=False, apply_unet=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for path, (found, cls) in layers.items():
+            assert type(loaded["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
+            x = torch.randn(3, found[0].base_layer.in_features)
+            trained = torch.cat([p(x) for p in found], dim=-1)
+            assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in found], -1), atol=1e-7), (
+                path
+            )
+            torch.testing.assert_close(kohya.get_submodule(path)(x), trained, rtol=0, atol=1e-5)
+
+    # the adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads them
+    from dbspec.runtime.weights import load_peft_adapters
+
+    plain = _unwrapped(unet)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(plain, attr):
+            delattr(plain, attr)
+    a = plan.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": plain}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
+    paths = {id(m): n for n, m in unet.named_modules()}
+    with torch.no_grad():
+        for found, _ in layers.values():
+            reloaded = [plain.get_submodule(paths[id(p)]) for p in found]
+            x = torch.randn(3, found[0].base_layer.in_features)
+            trained = torch.cat([p(x) for p in found], dim=-1)
+            torch.testing.assert_close(torch.cat([p(x) for p in reloaded], -1), trained, rtol=0, atol=1e-5)
