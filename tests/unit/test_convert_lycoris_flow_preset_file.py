@@ -574,9 +574,10 @@ def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
 def test_chroma_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     """Chroma (--model_type chroma, Flux's fused Linears): the same file on a LoHa network is a LoKr block
     covering every part of each double block's image q/k/v and the network's LoHa elsewhere, the single
-    blocks' entry a block of the network's kind at its own dim; a full entry there (one module of one kind
-    per fused Linear) stays DBS403."""
-    for where in (tmp_path, tmp_path / "full"):
+    blocks' entry a block of the network's kind at its own dim; full / IA^3 / Diag-OFT / GLoRA entries are
+    blocks of their kind over whole fused layers, as on Flux (tests/runtime/test_lycoris_mixed_chroma_full.py
+    trains them and loads the export into lycoris-lora)."""
+    for where in (tmp_path, tmp_path / "full", tmp_path / "oft"):
         images(where / "x" / "10_ohwx", 2, (64, 64))
         for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
             component_file(where / name)
@@ -603,10 +604,27 @@ def test_chroma_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
             f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
         ]
         assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
-    full_file = MIXED.replace('algo = "lokr"', 'algo = "full"')
-    (tmp_path / "full" / "preset.toml").write_text(full_file, encoding="utf-8")
-    full = kohya(tmp_path / "full", allow=True, command=command)
-    assert "algo = 'full'" in messages(full, "DBS403")
+    for where, qkv, linear1 in (("full", "full", "ia3"), ("oft", "diag-oft", "glora")):
+        text = MIXED.replace('algo = "lokr"', f'algo = "{qkv}"').replace(
+            'algo = "loha"', f'algo = "{linear1}"'
+        )
+        (tmp_path / where / "preset.toml").write_text(text, encoding="utf-8")
+        outcome = kohya(tmp_path / where, command=command)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path / where)
+        a = plan.adapter
+        assert plan.model.family == "chroma" and a.kind == "loha" and a.fused
+        assert sorted(b.kind for b in a.blocks) == sorted((qkv, linear1))
+        by_kind = {b.kind: b for b in a.blocks}
+        for i in (0, 18, 19):
+            parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+            assert {bool(re.search(by_kind[qkv].pattern, p)) for p in parts} == {i < 19}
+        for i in (0, 37, 38):
+            parts = [
+                f"single_transformer_blocks.{i}.{p}"
+                for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+            ]
+            assert {bool(re.search(by_kind[linear1].pattern, p)) for p in parts} == {i < 38}
 
 
 def test_sd3_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
