@@ -1739,19 +1739,19 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 1\nalpha = 1.0\n'
         + '[precision]\nquantize_denoiser = "fp8"\nquantize_backend = "cast"\n',
     ),
-    (  # several kinds on Chroma's fused layers as on Flux (LoRA/LoHa/LoKr; a full block is one module)
+    (  # several kinds on Chroma's fused layers as on Flux: a full block needs fused_projections there too
         rules.mixed_kinds_family,
         'family = "chroma"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[adapter]\nkind = "lokr"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "chroma"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # a GLoRA's text-encoder blocks carry its own kind only (a preset file's per-layer dims)
         rules.mixed_block_kinds,
