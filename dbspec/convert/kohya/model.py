@@ -983,15 +983,8 @@ def _lycoris_flow_from_weights(
         return _lycoris_flow_factor_file(a, paths, conv, flow, factors)
     rebuilt = _rebuilt_file(a, paths, norms=True)  # Diag-OFT, BOFT, GLoRA, NormModules (IA3: factors')
     if rebuilt is not None:
-        name, odd = next((n, m) for n, m in sorted(rebuilt.items()) if m.algo in ("oft", "glora", "norm"))
-        what = {"oft": "Diag-OFT / BOFT", "glora": "GLoRA", "norm": "NormModule (train_norm)"}[odd.algo]
-        conv.unsupported(
-            a["dim_from_weights"],
-            f"LyCORIS's create_network_from_weights builds `{name}` as a {what} module from the file's "
-            "keys; dbspec builds those from a file on SD 1.x/2.x / SDXL only, not on kohya's fused Flux / "
-            "SD3 layers (dbspec reads LoCon, LoKr, LoHa and full files there)",
-        )
-        return False
+        flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
+        return _lycoris_flow_rebuilt_file(a, paths, conv, flow, rebuilt)
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -1013,6 +1006,46 @@ def _lycoris_flow_from_weights(
     _flow_dim_from_weights(a, wanted, paths, conv, family, lycoris=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear (Flux, SD3)
+    return True
+
+
+def _lycoris_flow_rebuilt_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a Diag-OFT or GLoRA file on Flux / SD3 (lycoris_flow_rebuilt.py):
+    that kind with fused_projections over the file modules' diffusers parts at the values LyCORIS rebuilds
+    them with, started from the file; what it cannot express is DBS403, what LyCORIS fails on DBS402."""
+    from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    kind = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
+    for key, value in found.items():
+        if key not in ("kind", "blocks"):
+            conv.put(("adapter", key), value, note)
+    for index, block in enumerate(found.get("blocks", ())):  # modules at a rank / alpha of their own
+        for key, value in block.items():
+            conv.put(("adapter", "blocks", index, key), value, note + ": its modules' own rank and alpha")
+    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    if a["scale_weight_norms"].value:
+        conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {kind}: no dbspec form yet")
+        return False
+    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
     return True
 
 

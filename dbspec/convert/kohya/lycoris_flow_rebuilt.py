@@ -1,0 +1,113 @@
+"""lycoris.kohya `--dim_from_weights` with a LyCORIS Diag-OFT or GLoRA file on Flux / SD3
+(flux_train_network.py / sd3_train_network.py). LyCORIS's create_network_from_weights (lycoris-lora 4.1.3,
+lycoris/kohya.py) builds each file module on the kohya layer of that name with the class its keys pick
+(lycoris_sd_rebuilt.py reads the values make_module_from_state_dict takes: Diag-OFT `lora_dim = s` from
+`oft_blocks` (n, s, s), `constraint = float(alpha)`, `rescaled` where a `rescale` is held; GLoRA rank `a2`'s
+rows, alpha `float(alpha)`, 0 the rank), one module per fused Linear (Flux's img_attn.qkv / txt_attn.qkv /
+linear1, SD3's attn.qkv), then train_network.py's load_weights loads the same file into it.
+
+dbspec's equivalent: that kind with `fused_projections` over the file modules' diffusers parts (full paths,
+lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, `init_partial`;
+runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: one block size
+and rescale for every module (dbspec's fused Diag-OFT has no [[adapter.blocks]]), no constraint (its norm
+spans a fused layer's parts), no block spanning two parts of FLUX.1's fused widths, and Flux's final layer
+only with every single block's linear2 (its target `proj_out` takes them along; no block leaves them out);
+a module otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
+[[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
+blocks' linear2 the file lacks. Text-encoder modules, SD3's patch convolution, BOFT, Chroma: DBS403. Checked
+against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
+from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
+from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
+
+REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
+
+
+def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
+    """[adapter] values (`blocks` a list of tables) for the network create_network_from_weights builds from
+    a Diag-OFT or GLoRA file on `family` (flux or sd3); else why not ("invalid:..." where kohya fails,
+    DBS402; otherwise DBS403)."""
+    norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
+    if norm is not None:
+        return (
+            f"module `{norm}` is a NormModule (train_norm's w_norm / b_norm); dbspec offsets no norm of "
+            "kohya's fused Flux / SD3 layers"
+        )
+    kinds = sorted({_kind(m) for m in modules.values()})
+    if len(kinds) != 1:
+        first = next(n for n, m in sorted(modules.items()) if _kind(m) == kinds[-1])
+        return (
+            f"module `{first}` is a LyCORIS {kinds[-1]} module beside {kinds[0]} ones; dbspec rebuilds one "
+            "kind from a --dim_from_weights file"
+        )
+    (kind,) = kinds
+    if family == "chroma":
+        return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
+    if kind == "boft":
+        name = next(iter(sorted(modules)))
+        return f"module `{name}` is a ButterflyOFTModule; dbspec's BOFT does not train kohya's fused layers"
+    text = sorted(n for n in modules if n.startswith("lora_te"))
+    if text and not unet_only:  # apply_to drops them with --network_train_unet_only
+        return (
+            f"module `{text[0]}` is a text encoder's {kind} module; dbspec rebuilds a Flux / SD3 {kind} file "
+            "on the denoiser only"
+        )
+    denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
+    if not denoiser:
+        return "it holds no module of the denoiser"
+    targets = diffusers_targets(list(denoiser), family)
+    if isinstance(targets, str):
+        return targets
+    values = {}
+    for name, module in denoiser.items():
+        found = _glora(name, module, "linear") if kind == "glora" else _oft(name, module, kind)
+        if isinstance(found, str):
+            return found
+        values[name] = found
+    if kind == "glora":
+        pairs = {n: (v["rank"], v["alpha"]) for n, v in values.items()}
+        (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
+        own = {n: pair for n, pair in pairs.items() if pair != (rank, alpha)}
+        blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
+        out: dict = {"kind": kind, "rank": rank, "alpha": alpha}
+    else:
+        (size, constraint, rescaled), _ = Counter(
+            (v["block_size"], v["constraint"], v["rescaled"]) for v in values.values()
+        ).most_common(1)[0]
+        for name, v in values.items():
+            if v["constraint"]:
+                return (
+                    f"`{name}.alpha` is {v['constraint']:g}: DiagOFTModule's constraint {v['constraint']:g}; "
+                    "dbspec's fused Diag-OFT has none (its norm spans a fused layer's parts)"
+                )
+            if (v["block_size"], v["rescaled"]) != (size, rescaled):
+                theirs, ours = ("on" if x else "off" for x in (v["rescaled"], rescaled))
+                return (
+                    f"module `{name}` has block size {v['block_size']} and rescale {theirs}, the others "
+                    f"{size} and {ours}: "
+                    "dbspec's fused Diag-OFT has one block size and rescale (no [[adapter.blocks]])"
+                )
+            rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
+            misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
+            if misfit:
+                return f"module `{name}`: {misfit}"
+        if final_layer_block(targets, family):
+            return (
+                "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
+                "linear2 ends in too, and the file lacks some of those: dbspec's fused Diag-OFT has no "
+                "[[adapter.blocks]] to leave them out"
+            )
+        out = {"kind": kind, "block_size": size, "rescaled": rescaled}
+        blocks = []
+    return {
+        **out,
+        "denoiser_targets": targets,
+        "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+    }

@@ -1,0 +1,103 @@
+"""lycoris.kohya --dim_from_weights on Flux with a Diag-OFT or GLoRA file (issue 12;
+dbspec/convert/kohya/lycoris_flow_rebuilt.py): lycoris-lora 4.1.3 writes the file (its DiagOFTModule /
+GLoRAModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v and linear1 one module over the
+stacked rows, every tensor moved) and rebuilds it with create_network_from_weights on a tree of kohya's
+names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's rebuilt modules are (same
+outputs to 1e-5; GLoRA's single block linear1 at a rank and alpha of its own: a block, the final layer
+beside a rank-0 block), and the run trains and resumes bit-exact."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_flow_factor_file import LINEAR1, RUN, _converted, _layers, _tree
+from tests.runtime.test_lycoris_flux import BASE, _fused_linear
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.diag_oft import DiagOFTModule  # noqa: E402
+from lycoris.modules.glora import GLoRAModule  # noqa: E402
+
+# kind -> (LyCORIS's class, its (lora_dim, alpha) and keywords, single block 0 linear1's own, the final layer)
+KINDS = {
+    "diag-oft": (DiagOFTModule, (4, 0.0, {"rescaled": True}), None, False),
+    "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
+}
+
+
+def _file(tmp_path, kind: str):
+    from dbspec.runtime.tiny import build_pipeline
+
+    cls, common, own, final = KINDS[kind]
+    torch.manual_seed(7)
+    tensors, linears = {}, {}
+    for name, parts in _layers(build_pipeline(BASE).transformer.float(), final).items():
+        linears[name] = _fused_linear(parts)
+        dim, alpha, kwargs = own if own and name.endswith("single_blocks_0_linear1") else common
+        module = cls(name, linears[name], 1.0, dim, alpha, **kwargs)
+        with torch.no_grad():
+            for key, p in module.named_parameters():
+                p.uniform_(0.8, 1.2) if key == "rescale" else p.add_(torch.randn_like(p) * 0.1)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    return file, linears
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
+    cls, (dim, alpha, _), own, final = KINDS[kind]
+    file, linears = _file(tmp_path, kind)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
+    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
+    for module in network.unet_loras:
+        module.apply_to()
+    spec = _converted(tmp_path)
+    plan = compile_spec(spec, RUN)
+    assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
+    if kind == "diag-oft":
+        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled, plan.adapter.oft_constraint) == (
+            dim,
+            True,
+            0.0,
+        )
+        assert not plan.adapter.blocks
+    else:
+        assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
+        zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
+        assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
+        assert not re.search(zero.pattern, "proj_out")
+        assert (block.rank, block.alpha) == own[:2]
+        assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
+        assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
+    comps, count = _loaded(plan)
+    assert count == len(linears)
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), final).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            assert not torch.allclose(ours, plain, atol=1e-4), name
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5, msg=name)
+    whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and whole.steps == 3
+    parts = compile_spec(spec, [*RUN, "output.dir=parts"])
+    assert execute(parts, stop_after=2).status == "interrupted"
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    ours = dict(whole.components.unet.named_parameters())
+    for name, p in second.components.unet.named_parameters():
+        assert torch.equal(p, ours[name]), name
+    trained = _layers(whole.components.unet.float().eval(), final)
+    attn = trained["lora_unet_double_blocks_0_img_attn_qkv"]
+    x = torch.randn(3, attn[0].base_layer.in_features)
+    with torch.no_grad():
+        moved = torch.cat([p(x) for p in attn], -1)
+        assert not torch.allclose(moved, linears["lora_unet_double_blocks_0_img_attn_qkv"](x), atol=1e-7)
