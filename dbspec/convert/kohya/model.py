@@ -964,6 +964,7 @@ def _lycoris_flow_from_weights(
     the file's rank and alpha: lora_flux's / lora_sd3's fused network without split_qkv, the file's modules
     at their ranks (_flow_dim_from_weights), started from the file (load_state_dict after apply_to). A
     LoKr's / LoHa's keys (lokr_w1, hada_w1_a...): _lycoris_flow_factor_file (lycoris_flow_weights.py); a
+    Diag-OFT's / GLoRA's (oft_blocks, a1.weight): _lycoris_flow_rebuilt_file (lycoris_flow_rebuilt.py); a
     LoCon's `lora_mid` on SD3's patch convolution is its Tucker form (tucker = true), on a Linear DBS402;
     `dora_scale` in every module dora = true (lycoris_flow_weights.locon_dora)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
