@@ -286,17 +286,23 @@ def test_text_encoder_norms_alone_build_no_text_encoder_lora(tmp_path):
     assert any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)
 
 
-def test_flux_oft_glora_and_norm_files_are_not_expressed_there(tmp_path):
-    """On kohya's Flux dbspec starts no fused Diag-OFT / GLoRA (nor norms) from a file: DBS403 naming the
-    module create_network_from_weights builds otherwise (was a 'not in kohya's LoRA layout' message)."""
+def test_flux_oft_glora_files_convert_there_norm_files_do_not(tmp_path):
+    """On kohya's Flux a Diag-OFT / GLoRA file builds dbspec's fused Diag-OFT / GLoRA
+    (lycoris_flow_rebuilt.py, was DBS403); NormModules there stay DBS403, naming the module."""
     from test_convert_lycoris_flow_dim_from_weights import _flux
 
     qkv = "lora_unet_double_blocks_0_img_attn_qkv"
-    for kind, modules, said in (
-        ("oft", {qkv: {"oft_blocks": (2304, 4, 4), "alpha": 0.0}}, "Diag-OFT"),
-        ("glora", {"lora_unet_double_blocks_0_img_attn_proj": _glora(4, 3072)}, "GLoRA"),
+    for kind, modules in (
+        ("diag-oft", {qkv: {"oft_blocks": (2304, 4, 4), "alpha": 0.0}}),
+        ("glora", {"lora_unet_double_blocks_0_img_attn_proj": _glora(4, 3072)}),
     ):
         (tmp_path / kind).mkdir()
         _file(tmp_path / kind / "prev.safetensors", modules)
         outcome = _flux(tmp_path / kind)
-        assert "DBS403" in codes(outcome) and said in messages(outcome, "DBS403"), errors(outcome)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        assert plan_of(outcome, tmp_path / kind).adapter.kind == kind
+    (tmp_path / "norm").mkdir()
+    norm = {qkv: {"oft_blocks": (2304, 4, 4), "alpha": 0.0}, "lora_unet_img_in": {"w_norm": (3072,)}}
+    _file(tmp_path / "norm" / "prev.safetensors", norm)
+    outcome = _flux(tmp_path / "norm", allow=True)
+    assert "DBS403" in codes(outcome) and "`lora_unet_img_in` is a NormModule" in messages(outcome, "DBS403")
