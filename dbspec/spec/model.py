@@ -335,8 +335,10 @@ def _dora_axis():
 def _loraplus_ratio(kohya: str):
     return option(
         0.0,
-        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`) at the learning rate times "
-        f"this ({kohya}, e.g. 16); 0 turns it off.",
+        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`; a DyLoRA adapter's up "
+        "blocks too) at the learning rate times "
+        f'this ({kohya}, e.g. 16); 0 turns it off. Blocks of kind "dylora" beside another adapter kind '
+        "keep their ups at the base rate (LyCORIS raises `lora_up` only, never DyLoraModule's `up_list`).",
         minimum=0,
         example=16.0,
     )
