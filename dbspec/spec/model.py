@@ -1154,6 +1154,8 @@ class FullAdapter:
         "`text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0`): a layer one matches gets no trained "
         "copy, as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
         "target is a suffix of every single block's `proj_out`; `train.t5` copies every T5-XXL Linear); "
+        "the plan's adapter count and memory estimate leave their copies out where the base model is a "
+        "diffusers folder whose safetensors headers list them (else the whole component bounds the count); "
         "empty excludes none.",
         example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
     )
