@@ -195,14 +195,17 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
 
 
-def lora_up_ids(comps: Components) -> frozenset[int]:
-    """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`; DyLoRA's blocks of
-    it, `lora_dylora_up`, kohya networks.dylora's `lora_B`) of every model."""
+def lora_up_ids(comps: Components, dylora: bool = True) -> frozenset[int]:
+    """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`; with `dylora`,
+    a DyLoRA adapter's, DyLoRA's blocks of it, `lora_dylora_up`, kohya networks.dylora's `lora_B`) of every
+    model. DyLoRA blocks beside an adapter of another kind (LyCORIS's DyLoraModule entries) stay out:
+    LyCORIS's prepare_optimizer_params raises parameters named `lora_up` only, never its `up_list`."""
+    ups = (".lora_B.", ".lora_dylora_up.") if dylora else (".lora_B.",)
     return frozenset(
         id(p)
         for module in (comps.unet, *comps.text_encoders)
         for name, p in module.named_parameters()
-        if p.requires_grad and (".lora_B." in f".{name}." or ".lora_dylora_up." in f".{name}.")
+        if p.requires_grad and any(up in f".{name}." for up in ups)
     )
 
 

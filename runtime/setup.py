@@ -148,7 +148,9 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     o = plan.optimizer
     lora_up = (
-        lora_up_ids(comps) if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio else frozenset()
+        lora_up_ids(comps, dylora=plan.adapter.kind == "dylora")
+        if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio
+        else frozenset()
     )
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
     if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)

@@ -4,6 +4,10 @@ many parameters it trains. The runtime builds its peft config from this plan alo
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import attrs
 
 from dbspec.compiler.fused import block_dora, fused_plan, split_fused_plan, targeted
@@ -33,14 +37,18 @@ def _t5_targets(family: str, components) -> tuple[str, ...]:
     return T5_LORA_TARGETS if any(c.name in t5 and c.trainable == "lora" for c in components) else ()
 
 
-def adapter_plan(adapter, family: str, components, *, targets_given: bool = True) -> AdapterPlan:
+def adapter_plan(
+    adapter, family: str, components, *, targets_given: bool = True, layers: Mapping = MappingProxyType({})
+) -> AdapterPlan:
     """`components`: the plan's component precisions (those with trainable "lora" carry adapters). Unset
     denoiser targets are the family's defaults (the spec's default names the UNet's attention projections;
-    SD3's are those of diffusers' SD3 LoRA script)."""
+    SD3's are those of diffusers' SD3 LoRA script). `layers`: per component, each layer's parameters by
+    module path where the model's files tell them (modelinfo.layer_params): a full adapter's count leaves
+    out the targeted layers its `exclude` leaves without a copy."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
     if adapter.kind in ("full", "ia3", "diag-oft", "boft"):
-        return _full_plan(adapter, family, components, targets_given)
+        return _full_plan(adapter, family, components, targets_given, layers)
     if adapter.kind == "glora":
         return _glora_plan(adapter, family, components, targets_given)
     if adapter.kind == "dylora":
@@ -241,7 +249,7 @@ def _low_rank(adapter, family: str, targets_given: bool) -> dict:
     }
 
 
-def _full_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+def _full_plan(adapter, family: str, components, targets_given: bool, layers: Mapping) -> AdapterPlan:
     """LyCORIS's full and IA^3 algos: no rank or alpha; the convolutions they train are `conv_targets`
     alone; IA^3's input-side targets. Diag-OFT's fused layers (fused_projections): their parts' blocks split
     the fused width (runtime/lycoris_oft.py fit_fused_oft)."""
@@ -272,6 +280,12 @@ def _full_plan(adapter, family: str, components, targets_given: bool) -> Adapter
         **_oft_blocks(adapter),
         **_full_excluded(adapter),
     )
+    if adapter.kind == "full" and layers:
+        copies = {
+            name: count - _excluded_copies(plan, family, name, layers.get(name, {}))
+            for name, count in plan.params.items()
+        }
+        plan = attrs.evolve(plan, params=copies)
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
 
 
@@ -283,6 +297,25 @@ def _full_excluded(adapter) -> dict:
         return {}
     blocks = tuple(BlockPlan(pattern=p, rank=0, alpha=1.0) for p in patterns)
     return dict(blocks=blocks, text_encoder_blocks=blocks)
+
+
+def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Mapping[str, int]) -> int:
+    """The parameters of `component`'s targeted layers a full adapter's `exclude` leaves without a trained
+    copy (its rank-0 blocks, searched in the denoiser's paths and in a text encoder's `<component>.<path>`,
+    as runtime/blocks.py searches them), among the layers the model's files list."""
+    if component == "unet":
+        targets, prefix = (*plan.denoiser_targets, *plan.conv_targets), ""
+    elif component in t5_text_encoders(family):
+        targets, prefix = plan.t5_targets, f"{component}."
+    else:
+        targets = plan.text_encoder_2_targets if component == "text_encoder_2" else plan.text_encoder_targets
+        prefix = f"{component}."
+    patterns = [b.pattern for b in (plan.blocks if component == "unet" else plan.text_encoder_blocks)]
+    return sum(
+        count
+        for path, count in layers.items()
+        if targeted(path, targets) and any(re.search(p, prefix + path) for p in patterns)
+    )
 
 
 def _oft_blocks(adapter) -> dict:

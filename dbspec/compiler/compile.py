@@ -23,6 +23,7 @@ from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory
+from dbspec.compiler.modelinfo import layer_params
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
 from dbspec.compiler.ggpo import check_ggpo
@@ -308,6 +309,22 @@ def _environment_rules(ctx: Context) -> None:
     ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in run_environment_rules(ctx.spec, ctx.env)]
 
 
+def _excluded_layers(adapter, model, precision) -> dict[str, dict[str, int]]:
+    """A full adapter with `exclude`: each adapted component's layer sizes from a diffusers folder's
+    safetensors headers (modelinfo.layer_params), so its count leaves the excluded layers' copies out; empty
+    otherwise (no files to read: the count stays the whole component's, an upper bound)."""
+    if getattr(adapter, "kind", "") != "full" or not getattr(adapter, "exclude", ()):
+        return {}
+    if not model.resolved or model.source not in ("diffusers", "hub") or not model.path:
+        return {}
+    folders = {"unet": family_spec(model.family).denoiser}
+    return {
+        c.name: layer_params(Path(model.path) / folders.get(c.name, c.name))
+        for c in precision.components
+        if c.trainable == "lora"
+    }
+
+
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
@@ -318,6 +335,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
             model.family,
             precision.components,
             targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+            layers=_excluded_layers(spec.adapter, model, precision),
         )
         trainable["lora"] = sum(planned.params.values())
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
@@ -444,6 +462,7 @@ def _assemble(
         model.family,
         precision.components,
         targets_given=ctx.raw.given(("adapter", "denoiser_targets")),
+        layers=_excluded_layers(spec.adapter, model, precision),
     )
     if init[0]:
         partial = getattr(spec.adapter, "init_partial", False)

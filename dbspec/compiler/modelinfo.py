@@ -32,7 +32,7 @@ from dbspec.compiler.safetensors_header import (
     read_sharded_index,
 )
 
-__all__ = ["ModelFacts", "ModelFileError", "hub_cache_dir", "inspect_model"]
+__all__ = ["ModelFacts", "ModelFileError", "hub_cache_dir", "inspect_model", "layer_params"]
 
 Source = Literal["diffusers", "single_file", "ckpt", "hub"]
 Family = Literal[ModelFamily, "unknown"]  # the registry's families, or not recognised
@@ -212,6 +212,18 @@ def _component_weights(folder: Path) -> _Weights | None:
             if pickled.is_file():
                 return _Weights(files=(pickled,), variant=variant, tensors=None)
     return None
+
+
+def layer_params(folder: str | os.PathLike) -> dict[str, int]:
+    """Each layer's parameters (its `.weight` and `.bias` together) in a diffusers component folder's
+    safetensors, by module path; empty where the folder holds none (pickled .bin files, a missing folder)."""
+    weights = _component_weights(Path(folder)) if Path(folder).is_dir() else None
+    out: dict[str, int] = {}
+    for name, info in (weights.tensors or []) if weights else []:
+        module, _, leaf = name.rpartition(".")
+        if module and leaf in ("weight", "bias"):
+            out[module] = out.get(module, 0) + info.numel
+    return out
 
 
 def _with_variant(name: str, variant: str) -> str:

@@ -335,8 +335,10 @@ def _dora_axis():
 def _loraplus_ratio(kohya: str):
     return option(
         0.0,
-        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`) at the learning rate times "
-        f"this ({kohya}, e.g. 16); 0 turns it off.",
+        doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`; a DyLoRA adapter's up "
+        "blocks too) at the learning rate times "
+        f'this ({kohya}, e.g. 16); 0 turns it off. Blocks of kind "dylora" beside another adapter kind '
+        "keep their ups at the base rate (LyCORIS raises `lora_up` only, never DyLoraModule's `up_list`).",
         minimum=0,
         example=16.0,
     )
@@ -1152,6 +1154,8 @@ class FullAdapter:
         "`text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0`): a layer one matches gets no trained "
         "copy, as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
         "target is a suffix of every single block's `proj_out`; `train.t5` copies every T5-XXL Linear); "
+        "the plan's adapter count and memory estimate leave their copies out where the base model is a "
+        "diffusers folder whose safetensors headers list them (else the whole component bounds the count); "
         "empty excludes none.",
         example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
     )

@@ -191,3 +191,61 @@ def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeyp
     assert load_peft_adapters(Path(whole.final), {"unet": again}, lokr_unit_scale=True) == ["unet"]
     assert _classes(again, "lora_unet_") == _classes(trained, "lora_unet_")
     torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
+
+
+def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """LoRA+ on a LoCon network with DyLoRA entries: dbspec's raised parameters are, module for module, those
+    lycoris-lora 4.1.3's prepare_optimizer_params puts in its plus groups at lr x the ratio (the
+    LoConModules' `lora_up`), none of the DyLoRA blocks' ups (its `up_list`); a tiny run resumes
+    bit-exact."""
+    from types import SimpleNamespace
+
+    from dbspec.runtime.prepare import lora_up_ids
+    from tests.unit.convert_kit import out_path
+
+    path, plan = _plan(tmp_path, "locon", '"loraplus_lr_ratio=4"')
+    a = plan.adapter
+    assert a.kind == "lora" and plan.optimizer.loraplus_denoiser_ratio == 4.0
+    made = _lycoris(pipe, path, monkeypatch, "locon", loraplus_lr_ratio="4")
+    names = {
+        id(p): f"{m.lora_name}.{n}"
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        for n, p in m.named_parameters()
+    }
+    groups, _ = made.prepare_optimizer_params(text_encoder_lr=1e-3, unet_lr=1e-3)
+    theirs = {names[id(p)] for g in groups if g["lr"] == pytest.approx(4e-3) for p in g["params"]}
+    assert theirs and {n.rsplit(".", 2)[-2] for n in theirs} == {"lora_up"}
+    theirs_modules = {n.split(".")[0] for n in theirs}
+
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    unet.requires_grad_(False), text.requires_grad_(False)
+    for module in (unet, text):  # the adapters' parameters train, as configure_models leaves them
+        for name, p in module.named_parameters():
+            p.requires_grad_(".lora_" in name)
+    ids = lora_up_ids(SimpleNamespace(unet=unet, text_encoders=[text]), dylora=a.kind == "dylora")
+
+    def raised(module: nn.Module, prefix: str, ids) -> set[str]:
+        return {
+            prefix + name.split(".lora_")[0].replace(".", "_")
+            for name, p in module.named_parameters()
+            if id(p) in ids
+        }
+
+    ours = raised(unet, "lora_unet_", ids) | raised(text, "lora_te_text_model_", ids)
+    assert ours == theirs_modules
+    every = lora_up_ids(SimpleNamespace(unet=unet, text_encoders=[text]))  # the DyLoRA ups too: more
+    dylora = {k for k, v in _classes(unet, "lora_unet_").items() if v[0] == "DyLoraModule"}
+    assert dylora and dylora <= raised(unet, "lora_unet_", every) and not dylora & ours
+
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    for name in sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors")):
+        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name

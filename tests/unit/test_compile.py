@@ -853,6 +853,36 @@ def test_model_facts_of_a_diffusers_folder(toy):
     assert plan.origins["model.prediction"] == Origin(kind="derived", note="detected")
 
 
+def test_full_exclude_leaves_the_excluded_copies_out_of_the_count_and_memory(toy):
+    """A full adapter trains a copy of each targeted layer: its count (and the memory estimate) leave out the
+    targeted layers `exclude` matches, read from the model's safetensors headers; an untargeted layer the
+    pattern matches (attn2.to_k under to_q-only targets) changes nothing."""
+    diffusers_folder(toy / "models" / "sd15")
+    attn = "down_blocks.0.attentions.0.transformer_blocks.0"
+    unet = {
+        "conv_in.weight": np.zeros((8, 4, 3, 3), np.float32),
+        "conv_in.bias": np.zeros(8, np.float32),
+        f"{attn}.attn1.to_q.weight": np.zeros((8, 8), np.float32),
+        f"{attn}.attn2.to_q.weight": np.zeros((8, 16), np.float32),
+        f"{attn}.attn2.to_q.bias": np.zeros(8, np.float32),
+        f"{attn}.attn2.to_k.weight": np.zeros((8, 24), np.float32),
+    }
+    save_file(unet, str(toy / "models" / "sd15" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    def planned(exclude: list[str]) -> Plan:
+        adapter = {"kind": "full", "denoiser_targets": ["to_q"], "exclude": exclude}
+        write_spec(toy, model={"base": "models/sd15"}, adapter=adapter, optimizer={"lr": 1e-4})
+        return planned_ok(toy)
+
+    whole, excluded, untargeted = planned([]), planned([r"attn2\."]), planned([r"to_k$"])
+    copied = unet[f"{attn}.attn2.to_q.weight"].size + unet[f"{attn}.attn2.to_q.bias"].size
+    assert whole.adapter.params["unet"] - excluded.adapter.params["unet"] == copied
+    assert untargeted.adapter.params == whole.adapter.params
+    assert excluded.memory.weights < whole.memory.weights
+    assert excluded.memory.total < whole.memory.total
+    assert untargeted.memory == whole.memory
+
+
 def test_changed_weights_change_the_identity_and_the_right_cache_keys(toy):
     diffusers_folder(toy / "models" / "sd15")
     write_spec(toy, model={"base": "models/sd15"})

@@ -689,7 +689,8 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     """DyLoRA entries beside a LoKr network: blocks of kind "dylora" at the entry's dim and alpha, in blocks
     of the entry's own block_size, else the network's (create_network's `int(block_size or 4)`, which a
     LoKr network then reads: no DBS405); a dim that is not a multiple of it stops kohya (DyLoraModule's
-    assert, DBS402); LoRA+ on a LoCon network (LyCORIS raises `lora_up`, never DyLoRA's `up_list`) DBS403;
+    assert, DBS402); LoRA+ on a LoCon network to loraplus_ratio (LyCORIS raises `lora_up`, never DyLoRA's
+    `up_list`, as dbspec's LoRA+ leaves the DyLoRA blocks' ups at the base rate, runtime/prepare.py);
     a network module_dropout, which DyLoraModule reads, DBS403 (DBS578)."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 4\nalpha = 2',
@@ -718,8 +719,10 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     outcome = _convert(tmp_path / "odd", fours.replace("dim = 12", "dim = 6"), "lokr")
     assert "DBS402" in codes(outcome) and "block_size" in messages(outcome, "DBS402")
     (tmp_path / "plus").mkdir()
-    outcome = _convert(tmp_path / "plus", text, "locon", '"block_size=8" "loraplus_lr_ratio=4"')
-    assert "DBS403" in codes(outcome) and "loraplus_lr_ratio" in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path / "plus", text, "locon", '"block_size=8" "loraplus_lr_ratio=4"'))
+    plus = plan_of(outcome, tmp_path / "plus")
+    assert plus.adapter.kind == "lora" and {b.kind for b in plus.adapter.blocks} >= {"dylora"}
+    assert (plus.optimizer.loraplus_denoiser_ratio, plus.optimizer.loraplus_text_encoder_ratio) == (4.0, 4.0)
     (tmp_path / "drop").mkdir()
     outcome = _convert(tmp_path / "drop", text, "locon", '"block_size=8" "module_dropout=0.1"')
     assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")

@@ -445,14 +445,13 @@ def _map_network(
             put["unbalanced_factorization"] = _str_bool(kwargs.pop("unbalanced_factorization"))
         _lokr_full_matrix(kwargs, put)
     # DyLoRA entries beside another algorithm (blocks of kind "dylora"): create_network's block_size is their
-    # unit where the entry gives none (lycoris_maps._blocks wrote it), and LyCORIS's LoRA+ raises the
-    # `lora_up` parameters only, never DyLoraModule's `up_list` (dbspec's LoRA+ on a LoRA adapter raises
-    # every up: DBS403; LoHa / LoKr networks have no lora_up, their LoRA+ ignored below)
+    # unit where the entry gives none (lycoris_maps._blocks wrote it); LyCORIS's LoRA+ raises the `lora_up`
+    # parameters only, never DyLoraModule's `up_list`, as dbspec's LoRA+ on a LoRA adapter leaves its
+    # DyLoRA blocks' ups at the base rate (runtime/prepare.py lora_up_ids; LoHa / LoKr networks have no
+    # lora_up, their LoRA+ ignored below)
     dylora = any(b.get("kind") == "dylora" for b in (*put.get("_blocks", ()), *put.get("_text_blocks", ())))
     if lycoris and dylora:
         kwargs.pop("block_size", None)
-        if kind == "lora":
-            unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
     if module.value == "networks.lora_fa":
         _lora_fa_loraplus(kwargs, args, conv)
     elif not lycoris or kind == "lora":
