@@ -1,0 +1,92 @@
+"""lycoris.kohya --dim_from_weights with a LyCORIS LoKr or LoHa file on SD 1.x (issue 12;
+convert/kohya/lycoris_sd_factor.py): lycoris-lora 4.1.3's network over a preset file on the tiny U-Net and
+CLIP (3x3 convolutions at conv_dim, with and without use_tucker), every factor moved at random, some modules
+taken from a network of another dim (another rank, so another Kronecker decomposition for LoKr), some alphas
+changed and some modules left out, saved. kohya's steps with --dim_from_weights (create_network_from_weights
+on the file, apply_to, load_weights) and dbspec's converted run build the same layers and start them alike
+(factors equal, outputs to 1e-5); a tiny run from the file trains and resumes bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+CASES = {
+    "lokr": {"algo": "lokr", "factor": "4"},
+    "lokr-tucker": {"algo": "lokr", "factor": "4", "use_tucker": "True", "decompose_both": "True"},
+    "loha": {"algo": "loha"},
+    "loha-tucker": {"algo": "loha", "use_tucker": "True"},
+}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _state(pipe, folder, monkeypatch, dim: int, **args) -> dict[str, torch.Tensor]:
+    made = kit.network(pipe, folder, monkeypatch, dim, conv_dim=str(dim), conv_alpha="2", **args)
+    return kit.moved_state(made, seed=dim, scale=0.1)
+
+
+def _mixed_file(pipe, folder, monkeypatch, args: dict[str, str]):
+    """A file of modules at dim 4, every third at dim 2 (its own rank / decomposition), every fourth with
+    alpha 3 x its own, every sixth left out."""
+    state = _state(pipe, folder, monkeypatch, 4, **args)
+    other = _state(pipe, folder, monkeypatch, 2, **args)
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[::3]:
+        for key in [k for k in state if k.startswith(name + ".")]:
+            del state[key]
+        state |= {k: v for k, v in other.items() if k.startswith(name + ".")}
+    for name in names[1::4]:
+        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    return kit.save_state(state, folder, drop=6)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch, case):
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    args = CASES[case]
+    algo = args["algo"]
+    path = _mixed_file(pipe, tmp_path, monkeypatch, args)
+    state = load_file(str(path))
+    theirs = _theirs(pipe, path)
+    in_file = {k.split(".")[0] for k in state}
+    assert set(theirs) == in_file
+    plan = kit.converted_plan(tmp_path, FROM)
+    assert plan.adapter.kind == algo and plan.adapter.init_partial
+    assert plan.adapter.blocks, "modules of their own rank: blocks"
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = kit.kohya_layers(comps, (LoKrLayer, LoHaLayer), adapter=True)
+    assert sorted(ours) == sorted(theirs)
+    convs = tucker = 0
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        base = layer.get_base_layer()
+        for key in [k.split(".", 1)[1] for k in state if k.startswith(name + ".") and not k.endswith("alpha")]:
+            mine = getattr(layer, key)["default"]
+            torch.testing.assert_close(mine, getattr(lyco, key), rtol=0, atol=0, msg=f"{name}.{key}")
+        tucker += "lokr_t2" in dir(lyco) or getattr(lyco, "tucker", False)
+        convs += isinstance(base, torch.nn.Conv2d) and base.kernel_size == (3, 3)
+        x = kit.sample_input(base)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+            assert not torch.allclose(layer(x), base(x), atol=1e-4), name
+    assert convs, "3x3 convolutions built from the file too"
+    assert bool(tucker) == ("use_tucker" in args)
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
