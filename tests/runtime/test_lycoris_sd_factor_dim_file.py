@@ -20,7 +20,6 @@ from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 CASES = {
     "lokr": {"algo": "lokr", "factor": "4"},
-    "lokr-tucker": {"algo": "lokr", "factor": "4", "use_tucker": "True", "decompose_both": "True"},
     "loha": {"algo": "loha"},
     "loha-tucker": {"algo": "loha", "use_tucker": "True"},
 }
@@ -74,7 +73,9 @@ def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkey
     for name, lyco in theirs.items():
         layer = ours[name]
         base = layer.get_base_layer()
-        for key in [k.split(".", 1)[1] for k in state if k.startswith(name + ".") and not k.endswith("alpha")]:
+        for key in [
+            k.split(".", 1)[1] for k in state if k.startswith(name + ".") and not k.endswith("alpha")
+        ]:
             mine = getattr(layer, key)["default"]
             torch.testing.assert_close(mine, getattr(lyco, key), rtol=0, atol=0, msg=f"{name}.{key}")
         tucker += "lokr_t2" in dir(lyco) or getattr(lyco, "tucker", False)
@@ -90,3 +91,24 @@ def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkey
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def test_lokr_tucker_file_whose_rank_lycoris_misreads_is_invalid(pipe, tmp_path, monkeypatch):
+    """A LoKr Tucker convolution whose first factor is full: make_module_from_state_dict reads the rank off
+    `lokr_w2_a`'s columns (its rows of the layer), rebuilds other factors and its copy_ raises; the conversion
+    says so (DBS402)."""
+    from tests.unit.convert_kit import SD15, codes, images, kohya, messages
+
+    args = {"algo": "lokr", "factor": "4", "use_tucker": "True"}
+    path = kit.save_state(_state(pipe, tmp_path, monkeypatch, 4, **args), tmp_path)
+    assert any(k.endswith(".lokr_t2") for k in load_file(str(path)))
+    with pytest.raises(RuntimeError):
+        _theirs(pipe, path)
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f"--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 --output_dir=out {FROM}",
+    )
+    assert "DBS402" in codes(outcome) and "lokr_t2" in messages(outcome, "DBS402")

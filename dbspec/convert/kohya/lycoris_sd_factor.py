@@ -180,11 +180,12 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
         return f"{INVALID}`{name}`'s factors span no {path} of kohya's model: LyCORIS's copy_ raises"
     out, inp = dims
     built = (lokr_shapes if algo == "lokr" else loha_shapes)(out, inp, kernel, options)
-    if built != {k: tuple(v) for k, v in s.items() if k in _KEYS[algo]}:
+    held = {k: tuple(v) for k, v in s.items() if k in _KEYS[algo]}
+    if built != held:
         return (
             f"{INVALID}LyCORIS's {'LokrModule' if algo == 'lokr' else 'LohaModule'} rebuilt from `{name}` "
             f"(dim {options[0]}" + (f", factor {options[1]}" if algo == "lokr" else "") + f") on kohya's "
-            f"`{path}` has factors {built}, not the file's: its copy_ raises"
+            f"`{path}` has factors {built}, not the file's {held}: its copy_ raises"
         )
     if m.alpha is None:
         return f"{INVALID}`{name}` has no alpha: make_module_from_state_dict's float(None) raises TypeError"
