@@ -109,6 +109,7 @@ def test_lokr_tucker_file_whose_rank_lycoris_misreads_is_invalid(pipe, tmp_path,
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        f"--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 --output_dir=out {FROM}",
+        "--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 "
+        f"--output_dir=out {FROM}",
     )
     assert "DBS402" in codes(outcome) and "lokr_t2" in messages(outcome, "DBS402")

@@ -119,6 +119,18 @@ def _lokr_rebuilt(s: Shapes) -> Options:
     return int(rank), int(factor), both, full, "lokr_t2" in s
 
 
+def _used(algo: str, s: Shapes) -> set[str]:
+    """The tensors make_module_from_state_dict copies into the module it builds (a full factor in place of
+    its halves; a Tucker core where the file holds one)."""
+    if algo == "loha":
+        return {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} | (
+            {"hada_t1", "hada_t2"} if "hada_t1" in s else set()
+        )
+    used = {"lokr_w1"} if "lokr_w1" in s else {"lokr_w1_a", "lokr_w1_b"}
+    used |= {"lokr_w2"} if "lokr_w2" in s else {"lokr_w2_a", "lokr_w2_b"}
+    return used | ({"lokr_t2"} if "lokr_t2" in s else set())
+
+
 def _dims(algo: str, s: Shapes, kernel: int) -> tuple[int, int] | None:
     """The layer's (out, in) the file's factors span (None where they do not multiply out)."""
     flat = max(kernel, 1) ** 2
@@ -165,8 +177,8 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
     s = m.shapes
     if algo == "loha":
         missing = [k for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b") if k not in s]
-        if missing or ("hada_t1" in s) != ("hada_t2" in s):
-            lost = missing[0] if missing else "hada_t1` / `hada_t2"
+        if missing or ("hada_t1" in s and "hada_t2" not in s):
+            lost = missing[0] if missing else "hada_t2"
             return f"{INVALID}`{name}` has no `{lost}`: LohaModule's make_module_from_state_dict fails"
         options: Options = (int(s["hada_w1_b"][0]), 0, False, False, "hada_t1" in s)
     else:
@@ -180,12 +192,19 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
         return f"{INVALID}`{name}`'s factors span no {path} of kohya's model: LyCORIS's copy_ raises"
     out, inp = dims
     built = (lokr_shapes if algo == "lokr" else loha_shapes)(out, inp, kernel, options)
-    held = {k: tuple(v) for k, v in s.items() if k in _KEYS[algo]}
+    held = {k: tuple(v) for k, v in s.items() if k in _used(algo, s)}
     if built != held:
         return (
             f"{INVALID}LyCORIS's {'LokrModule' if algo == 'lokr' else 'LohaModule'} rebuilt from `{name}` "
             f"(dim {options[0]}" + (f", factor {options[1]}" if algo == "lokr" else "") + f") on kohya's "
             f"`{path}` has factors {built}, not the file's {held}: its copy_ raises"
+        )
+    unread = sorted(k for k in s if k in _KEYS[algo] and k not in held)
+    if unread:  # make_module_from_state_dict copies the others; load_state_dict(strict=False) ignores it
+        return (
+            f"`{name}.{unread[0]}` is a tensor LyCORIS's module rebuilt from `{name}` does not have (its "
+            "load_state_dict(strict=False) ignores it); dbspec starts only from a file whose every tensor it "
+            "places"
         )
     if m.alpha is None:
         return f"{INVALID}`{name}` has no alpha: make_module_from_state_dict's float(None) raises TypeError"
