@@ -22,6 +22,7 @@ CASES = {
     "lokr": {"algo": "lokr", "factor": "4"},
     "loha": {"algo": "loha"},
     "loha-tucker": {"algo": "loha", "use_tucker": "True"},
+    "lokr-dora": {"algo": "lokr", "factor": "4", "dora_wd": "True"},
 }
 
 
@@ -37,7 +38,7 @@ def _state(pipe, folder, monkeypatch, dim: int, **args) -> dict[str, torch.Tenso
 
 def _mixed_file(pipe, folder, monkeypatch, args: dict[str, str]):
     """A file of modules at dim 4, every third at dim 2 (its own rank / decomposition), every fourth with
-    alpha 3 x its own, every sixth left out."""
+    alpha 3 x its own, every fifth without its dora_scale (with dora_wd), every sixth left out."""
     state = _state(pipe, folder, monkeypatch, 4, **args)
     other = _state(pipe, folder, monkeypatch, 2, **args)
     names = sorted({k.split(".")[0] for k in state})
@@ -47,6 +48,8 @@ def _mixed_file(pipe, folder, monkeypatch, args: dict[str, str]):
         state |= {k: v for k, v in other.items() if k.startswith(name + ".")}
     for name in names[1::4]:
         state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    for name in names[2::5]:  # weight_decompose on the others only
+        state.pop(f"{name}.dora_scale", None)
     return kit.save_state(state, folder, drop=6)
 
 
@@ -54,6 +57,8 @@ def _mixed_file(pipe, folder, monkeypatch, args: dict[str, str]):
 def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch, case):
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
+
+    from dbspec.runtime.lycoris_dora import dora_scale_of
 
     args = CASES[case]
     algo = args["algo"]
@@ -76,7 +81,7 @@ def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkey
         for key in [
             k.split(".", 1)[1] for k in state if k.startswith(name + ".") and not k.endswith("alpha")
         ]:
-            mine = getattr(layer, key)["default"]
+            mine = dora_scale_of(layer, "default") if key == "dora_scale" else getattr(layer, key)["default"]
             torch.testing.assert_close(mine, getattr(lyco, key), rtol=0, atol=0, msg=f"{name}.{key}")
         tucker += "lokr_t2" in dir(lyco) or getattr(lyco, "tucker", False)
         convs += isinstance(base, torch.nn.Conv2d) and base.kernel_size == (3, 3)
@@ -86,6 +91,9 @@ def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkey
             assert not torch.allclose(layer(x), base(x), atol=1e-4), name
     assert convs, "3x3 convolutions built from the file too"
     assert bool(tucker) == ("use_tucker" in args)
+    decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+    assert decomposed == {k.split(".")[0] for k in state if k.endswith(".dora_scale")}
+    assert bool(decomposed) == ("dora_wd" in args) and decomposed != set(theirs)
 
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"

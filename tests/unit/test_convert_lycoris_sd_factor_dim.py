@@ -92,10 +92,26 @@ def test_what_lycoris_fails_on_is_invalid(tmp_path):
         assert "DBS402" in codes(outcome) and said in messages(outcome, "DBS402"), errors(outcome)
 
 
-def test_mixed_kinds_and_weight_decomposition_are_not_expressed(tmp_path):
+def test_dora_scale_is_lycoris_weight_decomposition(tmp_path):
+    dora = {Q: _lokr(320, 320, 4, 4) | {"dora_scale": (320, 1)}, FF: _lokr(320, 1280, 4, 4)}
+    outcome = _convert(tmp_path / "some", dora)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "some").adapter
+    q = _block(a.blocks, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert not a.dora and q is not None and q.dora == "on"
+    assert _block(a.blocks, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2") is None
+    every = {**dora, FF: dora[FF] | {"dora_scale": (320, 1)}}
+    outcome = _convert(tmp_path / "every", every)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "every").adapter
+    assert a.dora and not a.blocks
+    outcome = _convert(tmp_path / "input", {Q: _lokr(320, 320, 4, 4) | {"dora_scale": (1, 320)}})
+    assert "DBS402" in codes(outcome) and "dora_scale" in messages(outcome, "DBS402")
+
+
+def test_mixed_kinds_and_stray_tensors_are_not_expressed(tmp_path):
     for case, modules, said in (
         ("mixed", {Q: _lokr(320, 320, 4, 4), FF: _loha(320, 1280, 4)}, "beside"),
-        ("dora", {Q: _lokr(320, 320, 4, 4) | {"dora_scale": (320, 1)}}, "dora_scale"),
         # beside the full lokr_w2 make_module_from_state_dict reads, load_state_dict(strict=False) ignores it
         (
             "stray",

@@ -13,6 +13,8 @@ on the layer, then train_network.py's `load_weights` loads the same file into it
   dim). The constructor then splits the layer by those options; factors it does not build as the file holds
   them make `copy_` raise (or the copy of a tensor it has no such parameter for: AttributeError).
 - LohaModule: dim the rows of `hada_w1_b`, `use_tucker` with a `hada_t1`, alpha `float(alpha)`.
+- A `dora_scale` (one magnitude per output row): the module built with weight_decompose, the file's
+  magnitudes copied in; in every module dbspec's `dora = true`, in some only their blocks' `dora = "on"`.
 - A module without `alpha`: float(None), TypeError.
 
 dbspec's equivalent: a LoKr / LoHa over exactly the file's layers (the U-Net's 3x3 convolutions as
@@ -167,12 +169,6 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
             f"`{name}.{odd[0]}` is no tensor LyCORIS's {algo} module reads (load_state_dict(strict=False) "
             "ignores it); dbspec starts only from a file whose every tensor it places"
         )
-    if "dora_scale" in m.shapes:
-        return (
-            f"`{name}.dora_scale`: LyCORIS builds the module with weight_decompose; dbspec builds a "
-            f"{algo} with LyCORIS's weight decomposition from a --dim_from_weights file on Flux / SD3 only, "
-            "not yet on SD 1.x/2.x / SDXL"
-        )
     kernel = {"linear": 0, "conv1": 1, "conv": 3}[layer]
     s = m.shapes
     if algo == "loha":
@@ -206,6 +202,13 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
             "load_state_dict(strict=False) ignores it); dbspec starts only from a file whose every tensor it "
             "places"
         )
+    dora = m.shapes.get("dora_scale")
+    want = (out, 1, 1, 1) if kernel else (out, 1)
+    if dora is not None and tuple(dora) != want:  # weight_decompose: one magnitude per output row
+        return (
+            f"{INVALID}`{name}.dora_scale` has shape {list(dora)}, not LyCORIS's {list(want)} (one magnitude "
+            "per output row of the layer): its copy_ raises"
+        )
     if m.alpha is None:
         return f"{INVALID}`{name}` has no alpha: make_module_from_state_dict's float(None) raises TypeError"
     if m.alpha < 0:
@@ -217,6 +220,7 @@ def _module(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
         "dims": dims,
         "kernel": kernel,
         "shapes": built,
+        "dora": dora is not None,
     }
 
 
@@ -243,6 +247,7 @@ def _own_blocks(
     rows: list[Row],
     linear: tuple[Options, float],
     conv: tuple[Options, float],
+    dora: bool = False,
 ) -> list[dict[str, Any]]:
     """Blocks for the modules dbspec's adapter values (`linear`, `conv`: the options and alpha of its Linears
     and 1x1, and of its 3x3 convolutions) would not build as LyCORIS rebuilds them: one per set of options."""
@@ -251,10 +256,11 @@ def _own_blocks(
     for path, v in found.items():
         spatial = v["kernel"] == 3
         top, top_alpha = conv if spatial else linear
-        if not _same(algo, v, top, top_alpha):
-            groups.setdefault((spatial, v["options"], v["alpha"]), set()).add(path)
+        own_dora = v["dora"] and not dora  # weight_decompose on the modules holding a dora_scale only
+        if own_dora or not _same(algo, v, top, top_alpha):
+            groups.setdefault((spatial, v["options"], v["alpha"], own_dora), set()).add(path)
     out = []
-    for (spatial, options, alpha), paths in groups.items():
+    for (spatial, options, alpha, own_dora), paths in groups.items():
         top, _ = conv if spatial else linear
         block: dict[str, Any] = {"pattern": _pattern(paths, built)}
         if spatial:
@@ -270,6 +276,8 @@ def _own_blocks(
                 block["full_matrix"] = _switch(options[3])
         if spatial and options[4] != top[4]:
             block["tucker"] = _switch(options[4])
+        if own_dora:
+            block["dora"] = "on"
         out.append(block)
     return out
 
@@ -355,6 +363,9 @@ def sd_factor_file(
         out["text_encoder_2_targets"] = targets_2
     lin = ((rank, factor, both, full, False), alpha)
     cv = conv or lin
-    out["blocks"] = _own_blocks(algo, unet, rows, lin, cv)
-    out["text_encoder_blocks"] = _own_blocks(algo, text, text_rows, lin, cv)
+    dora = all(v["dora"] for v in every)  # make_module_from_state_dict: weight_decompose, per output row
+    if dora:
+        out["dora"] = True
+    out["blocks"] = _own_blocks(algo, unet, rows, lin, cv, dora)
+    out["text_encoder_blocks"] = _own_blocks(algo, text, text_rows, lin, cv, dora)
     return out
