@@ -121,3 +121,87 @@ def test_lokr_tucker_file_whose_rank_lycoris_misreads_is_invalid(pipe, tmp_path,
         f"--output_dir=out {FROM}",
     )
     assert "DBS402" in codes(outcome) and "lokr_t2" in messages(outcome, "DBS402")
+
+
+def test_sdxl_lokr_file_in_kohyas_original_names(tmp_path, monkeypatch):
+    """SDXL: the file's U-Net modules in kohya's original layout (input_blocks...), its CLIP-L / OpenCLIP
+    modules lora_te1_ / lora_te2_, two dims in it. lycoris-lora's create_network_from_weights, apply_to and
+    load_weights run on the diffusers-named file (the name is only the lookup); dbspec's run from the renamed
+    one builds and starts every layer where lycoris-lora's does (factors equal, outputs to 1e-5)."""
+    import copy
+
+    from peft.tuners.lokr import LoKrLayer
+    from safetensors.torch import save_file
+
+    from dbspec.runtime.exports import kohya_parts
+    from tests.runtime.test_lycoris_sd_full_file import PRESET, _named
+    from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in kit.NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    xl = build_pipeline("builtin:tiny-sdxl")
+    preset = tmp_path / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+
+    def state_at(dim: int) -> dict[str, torch.Tensor]:
+        texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+        made = lycoris_kohya.create_network(
+            1.0, dim, 1.0, None, texts, unet, algo="lokr", preset=str(preset), conv_dim=str(dim), factor="4"
+        )
+        made.apply_to(texts, unet, True, True)
+        return kit.moved_state(made, seed=dim, scale=0.1)
+
+    state, other = state_at(4), state_at(2)
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[::3]:  # their own rank / decomposition
+        state = {k: v for k, v in state.items() if not k.startswith(name + ".")}
+        state |= {k: v for k, v in other.items() if k.startswith(name + ".")}
+    for name in names[2::5]:  # left out
+        state = {k: v for k, v in state.items() if not k.startswith(name + ".")}
+    assert any(k.startswith("lora_te1_") for k in state) and any(k.startswith("lora_te2_") for k in state)
+    diffusers_file = tmp_path / "diffusers.safetensors"
+    save_file(state, str(diffusers_file))
+    (_, _, to_original), *_ = kohya_parts(unet=xl.unet, text_encoders=[], family="sdxl")
+    paths = {f"lora_unet_{n}".replace(".", "_"): n for n, _ in xl.unet.named_modules() if n}
+    renamed = {}
+    for key, value in state.items():
+        name, tensor = key.split(".", 1)
+        if name in paths:
+            name = f"lora_unet_{to_original(paths[name])}".replace(".", "_")
+        renamed[f"{name}.{tensor}"] = value
+    assert renamed.keys() != state.keys()
+    save_file(renamed, str(tmp_path / "prev.safetensors"))
+
+    texts, unet = [_named(xl.text_encoder), _named(xl.text_encoder_2)], copy.deepcopy(xl.unet)
+    made, _ = lycoris_kohya.create_network_from_weights(1.0, str(diffusers_file), None, texts, unet)
+    made.apply_to(texts, unet, True, True)
+    made.load_weights(str(diffusers_file))
+    original = {paths[m.lora_name]: m for m in made.unet_loras}
+    theirs = {
+        **{f"lora_unet_{to_original(p)}".replace(".", "_"): m for p, m in original.items()},
+        **{m.lora_name: m for m in made.text_encoder_loras},
+    }
+    # the preset's `conv_in` names diffusers' first convolution, kohya's input_blocks.0.0: its file module
+    # is renamed too and built by both
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        "--network_weights=prev.safetensors --learning_rate=1e-3 --max_train_steps=3 "
+        f"--output_dir=out {FROM}",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sdxl"])
+    assert plan.adapter.kind == "lokr" and plan.adapter.blocks
+    comps, count = _loaded(plan)
+    assert count == len(theirs)
+    ours = kit.kohya_layers(comps, LoKrLayer, adapter=True, family="sdxl")
+    assert sorted(ours) == sorted(theirs)
+    assert any(k.startswith("lora_te2_") for k in ours) and any("input_blocks" in k for k in ours)
+    for name, lyco in theirs.items():
+        layer = ours[name]
+        x = kit.sample_input(layer.get_base_layer())
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
