@@ -200,6 +200,10 @@ def map_adapter(
                 rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
                 done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt)
                 return done and _put_file_norms(norms, a, paths, conv)
+            if factors is not None and any(m.algo in ("lokr", "loha") for m in factors.values()):
+                factors = {n: m for n, m in factors.items() if m.algo != "norm"}
+                done = _lycoris_sd_factor_file(a, paths, conv, family or "sd1", factors)
+                return done and _put_file_norms(norms, a, paths, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     original = bool(family) and family_spec(family).kohya.original_unet_names
@@ -1167,6 +1171,50 @@ def _lycoris_sd_rebuilt_file(
     map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
     for key in ("network_dim", "network_alpha"):
         conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
+    return True
+
+
+def _lycoris_sd_factor_file(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+) -> bool:
+    """lycoris.kohya --dim_from_weights with a LoKr or LoHa file on SD 1.x/2.x / SDXL (lycoris_sd_factor.py):
+    that kind over the file's layers, each module at the rank, alpha, LoKr split and Tucker form LyCORIS's
+    make_module_from_state_dict rebuilds it with (modules built otherwise than most: blocks), started from
+    the file."""
+    from dbspec.convert.kohya.lycoris_sd_factor import sd_factor_file
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    if not str(weights.value).lower().endswith(".safetensors"):
+        conv.unsupported(
+            weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
+        )
+        return False
+    found = sd_factor_file(modules, family, bool(a["network_train_unet_only"].value))
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return False
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return False
+    kind = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
+    for key, value in found.items():
+        if key not in ("kind", "blocks", "text_encoder_blocks"):
+            conv.put(("adapter", key), value, note)
+    for table in ("blocks", "text_encoder_blocks"):  # modules LyCORIS rebuilds with options of their own
+        for index, block in enumerate(found[table]):
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note + ": its modules' own options")
+    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the layers, ranks and alphas from the file")
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
