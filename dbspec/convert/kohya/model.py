@@ -1014,6 +1014,46 @@ def _lycoris_flow_from_weights(
     return True
 
 
+def _rebuilt(found: dict | str, weights, from_file, conv: Conversion) -> dict | None:
+    """The adapter values of the network LyCORIS's create_network_from_weights rebuilds from a file (a
+    lycoris_sd_* / lycoris_flow_* finder's dict), or None once its message is reported: DBS402 where LyCORIS
+    itself fails (the finder's INVALID prefix), DBS403 where dbspec cannot express that network."""
+    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
+
+    if isinstance(found, str) and found.startswith(FAILS):
+        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+        return None
+    if isinstance(found, str):
+        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+        return None
+    return found
+
+
+def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> str:
+    """Write a rebuilt network (kind, adapter values, blocks of modules built with values of their own),
+    started from the same file (load_weights: load_state_dict(strict=False)); returns its kind."""
+    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    kind = found["kind"]
+    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
+    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
+    tables = ("blocks", "text_encoder_blocks")
+    for key, value in found.items():
+        if key != "kind" and key not in tables:
+            conv.put(("adapter", key), value, note)
+    for table in tables:
+        for index, block in enumerate(found.get(table, ())):
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note + ": its modules' own values")
+    map_init_weights(weights, paths, conv)
+    for key in ("network_dim", "network_alpha"):
+        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
+    conv.record(module, "mapped", "adapter")
+    conv.record(from_file, "mapped", "adapter")
+    map_base_weights(a, paths, conv)
+    return kind
+
+
 def _lycoris_flow_rebuilt_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
@@ -1021,32 +1061,13 @@ def _lycoris_flow_rebuilt_file(
     that kind with fused_projections over the file modules' diffusers parts at the values LyCORIS rebuilds
     them with, started from the file; what it cannot express is DBS403, what LyCORIS fails on DBS402."""
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
-    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
 
-    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
     found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
-    if isinstance(found, str) and found.startswith(FAILS):
-        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
-        conv.invalid(from_file.key, True, from_file.source, message)
+    found = _rebuilt(found, weights, from_file, conv)
+    if found is None:
         return False
-    if isinstance(found, str):
-        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
-        return False
-    kind = found["kind"]
-    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
-    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
-    for key, value in found.items():
-        if key not in ("kind", "blocks"):
-            conv.put(("adapter", key), value, note)
-    for index, block in enumerate(found.get("blocks", ())):  # modules at a rank / alpha of their own
-        for key, value in block.items():
-            conv.put(("adapter", "blocks", index, key), value, note + ": its modules' own rank and alpha")
-    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
-    for key in ("network_dim", "network_alpha"):
-        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
-    conv.record(module, "mapped", "adapter")
-    conv.record(from_file, "mapped", "adapter")
-    map_base_weights(a, paths, conv)
+    kind = _put_rebuilt(found, a, paths, conv)
     if a["scale_weight_norms"].value:
         conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {kind}: no dbspec form yet")
         return False
@@ -1142,38 +1163,18 @@ def _lycoris_sd_rebuilt_file(
     (lycoris_sd_rebuilt.py): that kind over the file's layers at the modules' own values, started from the
     file; an IA3 file stops kohya (DBS402)."""
     from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
-    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
 
-    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not str(weights.value).lower().endswith(".safetensors"):
         conv.unsupported(
             weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
         )
         return False
     found = sd_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
-    if isinstance(found, str) and found.startswith(FAILS):
-        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
-        conv.invalid(from_file.key, True, from_file.source, message)
+    found = _rebuilt(found, weights, from_file, conv)
+    if found is None:
         return False
-    if isinstance(found, str):
-        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
-        return False
-    kind = found["kind"]
-    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
-    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
-    for key, value in found.items():
-        if key not in ("kind", "blocks", "text_encoder_blocks"):
-            conv.put(("adapter", key), value, note)
-    for table in ("blocks", "text_encoder_blocks"):  # modules built with values of their own
-        for index, block in enumerate(found[table]):
-            for key, value in block.items():
-                conv.put(("adapter", table, index, key), value, note + ": its modules' own values")
-    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
-    for key in ("network_dim", "network_alpha"):
-        conv.inert(a[key], "--dim_from_weights takes the layers and their values from the file")
-    conv.record(module, "mapped", "adapter")
-    conv.record(from_file, "mapped", "adapter")
-    map_base_weights(a, paths, conv)
+    kind = _put_rebuilt(found, a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
     return True
 
@@ -1186,38 +1187,18 @@ def _lycoris_sd_factor_file(
     make_module_from_state_dict rebuilds it with (modules built otherwise than most: blocks), started from
     the file."""
     from dbspec.convert.kohya.lycoris_sd_factor import sd_factor_file
-    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
 
-    module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
+    weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not str(weights.value).lower().endswith(".safetensors"):
         conv.unsupported(
             weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
         )
         return False
     found = sd_factor_file(modules, family, bool(a["network_train_unet_only"].value))
-    if isinstance(found, str) and found.startswith(FAILS):
-        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
-        conv.invalid(from_file.key, True, from_file.source, message)
+    found = _rebuilt(found, weights, from_file, conv)
+    if found is None:
         return False
-    if isinstance(found, str):
-        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
-        return False
-    kind = found["kind"]
-    note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
-    conv.put(("adapter", "kind"), kind, conv.comment(module, note))
-    for key, value in found.items():
-        if key not in ("kind", "blocks", "text_encoder_blocks"):
-            conv.put(("adapter", key), value, note)
-    for table in ("blocks", "text_encoder_blocks"):  # modules LyCORIS rebuilds with options of their own
-        for index, block in enumerate(found[table]):
-            for key, value in block.items():
-                conv.put(("adapter", table, index, key), value, note + ": its modules' own options")
-    map_init_weights(weights, paths, conv)  # load_weights: load_state_dict(strict=False) of the same file
-    for key in ("network_dim", "network_alpha"):
-        conv.inert(a[key], "--dim_from_weights takes the layers, ranks and alphas from the file")
-    conv.record(module, "mapped", "adapter")
-    conv.record(from_file, "mapped", "adapter")
-    map_base_weights(a, paths, conv)
+    kind = _put_rebuilt(found, a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
     return True
 
@@ -1227,16 +1208,12 @@ def _lycoris_sd_full_file(
 ) -> bool:
     """lycoris.kohya --dim_from_weights with a full file on SD 1.x/2.x / SDXL (lycoris_sd_full.py): kind full
     over the file's layers, from W + 2 diff (init_scale 2)."""
-    from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS, sd_full_file
+    from dbspec.convert.kohya.lycoris_sd_full import sd_full_file
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     found = sd_full_file(modules, family, bool(a["network_train_unet_only"].value))
-    if isinstance(found, str) and found.startswith(FAILS):
-        message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
-        conv.invalid(from_file.key, True, from_file.source, message)
-        return False
-    if isinstance(found, str):
-        conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {found}")
+    found = _rebuilt(found, weights, from_file, conv)
+    if found is None:
         return False
     note = f"kohya --dim_from_weights: LyCORIS's full modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), "full", conv.comment(module, note))
