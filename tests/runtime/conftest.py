@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,19 @@ def tiny_folders_once(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tiny, "materialize", materialize)
         yield
+
+
+@pytest.fixture(autouse=True)
+def lycoris_presets_restored():
+    """lycoris-lora's apply_preset (create_network with a preset) sets LycorisNetworkKohya's class attributes,
+    which then hold for every later network in the worker: each test gets the attributes it started with back,
+    so no test's preset leaks into another's (tests that also restore them themselves are unaffected)."""
+    try:
+        from lycoris.kohya import LycorisNetworkKohya as network
+    except ImportError:
+        yield
+        return
+    saved = {k: copy.copy(v) for k, v in vars(network).items() if k.isupper()}
+    yield
+    for key, value in saved.items():
+        setattr(network, key, value)
