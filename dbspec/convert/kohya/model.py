@@ -7,6 +7,8 @@ the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
@@ -198,11 +200,15 @@ def map_adapter(
                 return done and _put_file_norms(norms, a, paths, conv)
             if rebuilt is not None:
                 rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
-                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt)
+                from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
+
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt, sd_rebuilt_file)
                 return done and _put_file_norms(norms, a, paths, conv)
             if factors is not None and any(m.algo in ("lokr", "loha") for m in factors.values()):
                 factors = {n: m for n, m in factors.items() if m.algo != "norm"}
-                done = _lycoris_sd_factor_file(a, paths, conv, family or "sd1", factors)
+                from dbspec.convert.kohya.lycoris_sd_factor import sd_factor_file
+
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", factors, sd_factor_file)
                 return done and _put_file_norms(norms, a, paths, conv)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -1157,44 +1163,25 @@ def _rebuilt_file(a: Args, paths: PathMapper, norms: bool = False) -> dict[str, 
 
 
 def _lycoris_sd_rebuilt_file(
-    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
+    a: Args,
+    paths: PathMapper,
+    conv: Conversion,
+    family: str,
+    modules: dict[str, LycorisModule],
+    finder: Callable[[dict[str, LycorisModule], str, bool], dict | str],
 ) -> bool:
-    """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on SD 1.x/2.x / SDXL
-    (lycoris_sd_rebuilt.py): that kind over the file's layers at the modules' own values, started from the
-    file; an IA3 file stops kohya (DBS402)."""
-    from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
-
+    """lycoris.kohya --dim_from_weights on SD 1.x/2.x / SDXL with a file `finder` reads: a Diag-OFT, BOFT or
+    GLoRA file (lycoris_sd_rebuilt.sd_rebuilt_file; an IA3 file stops kohya, DBS402) or a LoKr / LoHa file
+    (lycoris_sd_factor.sd_factor_file: each module at the rank, alpha, LoKr split and Tucker form LyCORIS's
+    make_module_from_state_dict rebuilds it with). That kind over the file's layers, modules built otherwise
+    than most as blocks, started from the file."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
     if not str(weights.value).lower().endswith(".safetensors"):
         conv.unsupported(
             weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
         )
         return False
-    found = sd_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
-    found = _rebuilt(found, weights, from_file, conv)
-    if found is None:
-        return False
-    kind = _put_rebuilt(found, a, paths, conv)
-    map_scale_weight_norms(a, conv, lycoris=True, kind=kind)
-    return True
-
-
-def _lycoris_sd_factor_file(
-    a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
-) -> bool:
-    """lycoris.kohya --dim_from_weights with a LoKr or LoHa file on SD 1.x/2.x / SDXL (lycoris_sd_factor.py):
-    that kind over the file's layers, each module at the rank, alpha, LoKr split and Tucker form LyCORIS's
-    make_module_from_state_dict rebuilds it with (modules built otherwise than most: blocks), started from
-    the file."""
-    from dbspec.convert.kohya.lycoris_sd_factor import sd_factor_file
-
-    weights, from_file = a["network_weights"], a["dim_from_weights"]
-    if not str(weights.value).lower().endswith(".safetensors"):
-        conv.unsupported(
-            weights, "dbspec builds the network from a .safetensors file only (kohya also torch.loads)"
-        )
-        return False
-    found = sd_factor_file(modules, family, bool(a["network_train_unet_only"].value))
+    found = finder(modules, family, bool(a["network_train_unet_only"].value))
     found = _rebuilt(found, weights, from_file, conv)
     if found is None:
         return False
