@@ -101,7 +101,7 @@ def _prepare(
             from dbspec.runtime.fused import tie_fused_projections
 
             tie_fused_projections(module, plan.adapter.fused)
-        if plan.adapter.fused and denoiser and mixed(plan.adapter):  # Diag-OFT / GLoRA blocks' fused layers
+        if plan.adapter.fused and denoiser and mixed(plan.adapter):  # other kinds' blocks' fused layers
             _tie_fused_kinds(module, plan.adapter)
         a = plan.adapter
         lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
@@ -182,9 +182,18 @@ def _tie_fused(module: torch.nn.Module, adapter) -> None:
 
 
 def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
-    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / GLoRA blocks hold
-    as that kind's one module on the fused layer (each kind's parts only: the others are left alone)."""
-    kinds = {b.kind for b in adapter.blocks}
+    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / GLoRA / DyLoRA
+    blocks hold (a DyLoRA adapter's LoRA blocks too) as that kind's one module on the fused layer (each kind's
+    parts only: the others are left alone; the adapter's own kind's are _tie_fused's)."""
+    kinds = {b.kind for b in adapter.blocks if b.kind != adapter.kind}
+    if "dylora" in kinds:  # one DyLoraModule per fused Linear: its down blocks and draw shared
+        from dbspec.runtime.dylora import tie_fused_dylora
+
+        tie_fused_dylora(module, adapter.fused, adapters.ADAPTER_NAME)
+    if "lora" in kinds and adapter.kind == "dylora":  # LoConModule's one down per fused Linear
+        from dbspec.runtime.fused import tie_fused_projections
+
+        tie_fused_projections(module, adapter.fused)
     if "diag-oft" in kinds:
         from dbspec.runtime.lycoris_oft import fit_fused_oft
 

@@ -2551,9 +2551,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build (a
-    transformer family without FamilySpec.mixed_fused_kinds; Flux, SD3 and Chroma have it), LyCORIS's full /
-    IA^3 / OFT / GLoRA kinds on a transformer, and fused_projections with them outside those; silent for
-    family = "auto" (the compiler runs it again with the detected family)."""
+    transformer family without FamilySpec.mixed_fused_kinds; Flux, SD3 and Chroma have it), BOFT there,
+    LyCORIS's full / IA^3 / Diag-OFT / GLoRA / DyLoRA kinds (or a DyLoRA adapter's run of several) there
+    without fused_projections, and fused_projections with them outside those; silent for family = "auto"
+    (the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     other = [
@@ -2566,43 +2567,45 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own == "dylora"):
+    if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
             f'adapter.{table}[{i}].kind = "{block.kind}" on a {own} adapter on {family.title}: dbspec trains '
-            "several adapter kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (a DyLoRA "
-            "adapter's on SD 1.x/2.x and SDXL), whose LyCORIS exports and reloads it checks",
+            "several adapter kinds in one run on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma, whose LyCORIS "
+            "exports and reloads it checks",
             codes.help("DBS578"),
         )
-    # full / IA^3 / Diag-OFT / GLoRA on a fused Linear are their parts' own (a copy of each part's rows, a
-    # scale per each part's output row, blocks within a part, GLoRA's pairs tied: runtime/prepare.py); BOFT's
-    # butterflies rotate rows of several parts together, and a DyLoRA layer's block draw is one module's
-    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("boft", "dylora")]
+    # full / IA^3 / Diag-OFT / GLoRA / DyLoRA on a fused Linear are their parts' own or tied (a copy of each
+    # part's rows, a scale per each part's output row, blocks within a part, GLoRA's pairs and DyLoRA's down
+    # blocks and draw shared: runtime/prepare.py); BOFT's butterflies rotate rows of several parts together
+    full = [(t, j, b.kind) for t, j, b in other if b.kind == "boft"]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's BOFT and DyLoRA algos beside other kinds on SD 1.x/2.x and SDXL (BOFT's butterflies "
-            "rotate rows of several parts of a fused Linear together; DyLoRA's block draw is one module's)",
+            "LyCORIS's BOFT algo beside other kinds on SD 1.x/2.x and SDXL (BOFT's butterflies rotate rows "
+            "of several parts of a fused Linear together)",
             codes.help("DBS578"),
         )
-    # the denoiser's (the text encoders have no fused layers)
+    # the denoiser's (the text encoders have no fused layers); a DyLoRA adapter's own layers too
     whole = [
         (t, j, b.kind)
         for t, j, b in other
-        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "glora")
+        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "glora", "dylora")
     ]
+    if own == "dylora" and not whole:
+        whole = [(table, i, block.kind)]
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
         yield _err(
             "DBS578",
             ("adapter", whole[0][0], whole[0][1], "kind"),
-            f'adapter.{whole[0][0]}[{whole[0][1]}].kind = "{whole[0][2]}" on {family.title} without '
-            "adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, Diag-OFT and GLoRA beside other "
-            "kinds there as kohya's network does, one LyCORIS module per fused Linear (fused_projections = "
-            "true)",
+            f'adapter.{whole[0][0]}[{whole[0][1]}].kind = "{whole[0][2]}" on a {own} adapter on '
+            f"{family.title} without adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, "
+            "Diag-OFT, GLoRA and DyLoRA beside other kinds there as kohya's network does, one LyCORIS module "
+            "per fused Linear (fused_projections = true)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:

@@ -707,3 +707,116 @@ def test_flux_entry_use_scalar_with_network_weights_starts_from_the_file(tmp_pat
     a = plan_of(outcome, tmp_path).adapter
     assert not a.scalar and [(b.rank, b.scalar) for b in a.blocks] == [(16, "on")]
     assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 1
+
+
+# DyLoRA on the single blocks' linear1 (its own dim, alpha and block size) and on the double blocks' image
+# q/k/v (the network's dim and alpha, block_size from network_args), LoHa on the text stream's q/k/v and
+# DyLoRA on CLIP-L's MLPs; the network's kind elsewhere (tests/runtime/test_lycoris_mixed_flow_dylora.py
+# checks the modules against lycoris-lora and trains it)
+MIXED_DYLORA = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."single_blocks.*.linear1"]
+algo = "dylora"
+dim = 16
+alpha = 8
+block_size = 4
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "dylora"
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "loha"
+dim = 4
+[module_algo_map.CLIPMLP]
+algo = "dylora"
+dim = 6
+block_size = 3
+"""
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_flux_dylora_entries_are_dylora_blocks_over_whole_fused_layers(tmp_path, algo):
+    """Flux: DyLoRA entries beside a LoCon / LoKr / LoHa network are blocks of kind "dylora" covering every
+    part of each fused layer (one DyLoraModule, one draw per fused Linear), at the entry's dim and alpha and
+    in blocks of its block_size, else of the network's (block_size=2, which only DyLoRA reads: mapped into
+    their `unit`); fused_projections."""
+    outcome = _flux(tmp_path, MIXED_DYLORA, f'"algo={algo}" "block_size=2"')
+    assert not {"DBS402", "DBS403", "DBS405"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and a.fused
+    by_rank = {b.rank: b for b in a.blocks if b.kind == "dylora"}
+    assert {(b.rank, b.alpha, b.unit) for b in by_rank.values()} == {(16, 8.0, 4), (8, 4.0, 2)}
+    linear1, qkv = by_rank[16], by_rank[8]
+    for i in (0, 37, 38):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert {bool(re.search(linear1.pattern, p)) for p in parts} == {i < 38}
+    for i in (0, 18, 19):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(qkv.pattern, p)) for p in parts} == {i < 19}
+    assert not any(re.search(b.pattern, "transformer_blocks.0.attn.to_out.0") for b in (linear1, qkv))
+    assert [b.kind for b in a.blocks if b.kind not in ("dylora", "adapter")] == (
+        ["loha"] if algo != "loha" else []
+    )
+    (text,) = [b for b in a.text_encoder_blocks if b.kind == "dylora"]
+    assert (text.rank, text.alpha, text.unit) == (6, 4.0, 3)
+    odd = MIXED_DYLORA.replace("dim = 16\nalpha = 8\nblock_size = 4", "dim = 6\nalpha = 8\nblock_size = 4")
+    bad = _flux(tmp_path / "odd", odd, f'"algo={algo}"', allow=True)
+    assert "lora_dim % block_size" in messages(bad, "DBS402")  # DyLoraModule asserts
+
+
+def test_flux_block_size_without_dylora_layers_is_ignored(tmp_path):
+    """block_size on a LoCon network whose file gives no layer DyLoRA: only DyLoraModule reads it (DBS405)."""
+    plain = MIXED_DYLORA.replace('algo = "dylora"', 'algo = "locon"')
+    outcome = _flux(tmp_path, plain, '"algo=locon" "block_size=2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert "block_size" in messages(outcome, "DBS405")
+    assert not any(b.unit for b in plan_of(outcome, tmp_path).adapter.blocks)
+
+
+def test_sd3_dylora_entries_are_dylora_blocks_over_whole_fused_layers(tmp_path):
+    """SD3: a DyLoRA entry on the x blocks' attention q/k/v of a LoKr network is a DyLoRA block at the
+    entry's dim in blocks of its block_size, covering every part of each fused qkv; the projections the
+    network's LoKr."""
+    preset = SD3_X_ATTENTION_MIXED.replace(
+        'algo = "loha"\ndim = 2', 'algo = "dylora"\ndim = 6\nblock_size = 2'
+    )
+    outcome = _sd3(tmp_path, preset, '"algo=lokr"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr" and a.fused
+    assert [(b.kind, b.rank, b.alpha, b.unit) for b in a.blocks] == [("dylora", 6, 4.0, 2)]
+    for i in (0, 37):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
+    assert not re.search(a.blocks[0].pattern, "transformer_blocks.0.attn.to_out.0")
+
+
+def test_chroma_dylora_entries_are_dylora_blocks(tmp_path):
+    """Chroma (Flux's fused Linears): DyLoRA entries as on Flux, blocks of kind "dylora" over whole fused
+    layers at their own dim, alpha and block size."""
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    (tmp_path / "preset.toml").write_text(MIXED_DYLORA, encoding="utf-8")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
+        "--apply_t5_attn_mask "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
+        '--network_alpha=1 --network_args "algo=locon" "preset=preset.toml" --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --guidance_scale 0.0",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and a.kind == "lora" and a.fused
+    assert sorted((b.rank, b.alpha, b.unit) for b in a.blocks if b.kind == "dylora") == [
+        (4, 1.0, 4),
+        (16, 8.0, 4),
+    ]

@@ -1411,7 +1411,8 @@ CASES = [
         + '[adapter]\nkind = "lora"\nrank = 8\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 8\nalpha = 1.0\nunit = 4\n",
     ),
-    (  # DyLoRA blocks beside other kinds on SD 1.x/2.x / SDXL only (a fused Linear holds one module)
+    (  # DyLoRA blocks beside other kinds on Flux / SD3 / Chroma: one DyLoraModule per fused Linear, so
+        # fused_projections (issue 12)
         rules.mixed_kinds_family,
         'family = "flux"\n'
         + DOG
@@ -1419,11 +1420,25 @@ CASES = [
         + '[adapter]\nkind = "lora"\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
-        'family = "sdxl"\n'
+        'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\n'
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # a DyLoRA adapter with blocks of other kinds on SD3: fused_projections too (issue 12)
+        rules.mixed_kinds_family,
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 2\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\n",
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 2\nfused_projections = true\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\n",
     ),
     (  # a DyLoRA adapter's blocks of another kind (LyCORIS map entries on an algo=dylora network): their
         # ranks are not cut into blocks, and a unit of their own is refused

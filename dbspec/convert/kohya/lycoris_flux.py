@@ -279,6 +279,7 @@ def map_lycoris_flow(
                 "a preset map entry's own weight_decompose: LoConModule's decomposition of its fused Linears"
             )
             conv.put(("adapter", "dora_form"), "lycoris", conv.comment(module, why))
+    _block_size(kwargs, args, conv, algo, [*blocks, *text_blocks])
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():
@@ -453,6 +454,21 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
     return True
+
+
+def _block_size(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str, blocks: list[dict]
+) -> None:
+    """create_network's `block_size`, which it hands every module and only DyLoraModule reads: the unit of a
+    preset file's DyLoRA entries that give none (lycoris_maps._blocks wrote it into their blocks), else
+    ignored (DBS405)."""
+    if "block_size" not in kwargs:
+        return
+    if any(b.get("kind") == "dylora" for b in blocks):
+        kwargs.pop("block_size")  # mapped with network_args (record_mapped)
+        return
+    legacy = Legacy(key=f"{args.key} block_size", value=kwargs.pop("block_size"), source=args.source)
+    conv.ignored(legacy, f"LyCORIS reads it for DyLoRA (lycoris/modules/dylora.py) only, not algo={algo}")
 
 
 def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:

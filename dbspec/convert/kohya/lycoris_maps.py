@@ -156,9 +156,9 @@ def check_layers(
         first = other[0]
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
-            f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa "
-            "and LoKr networks' layers and LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft or glora (on SD "
-            "1.x/2.x and SDXL also boft and dylora) entries, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma "
+            f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
+            "LoKr and DyLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, glora or "
+            "dylora (on SD 1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma "
             "([[adapter.blocks]] `kind`); elsewhere one adapter kind per run",
             False,
         )
@@ -252,12 +252,13 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
 # SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA algos too (runtime/lycoris_full.py's,
 # lycoris_ia3.py's, lycoris_oft.py's, lycoris_boft.py's, lycoris_glora.py's, dylora.py's layers beside the
-# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but BOFT and DyLoRA:
-# the low-rank kinds and GLoRA tied over a fused layer's parts, full / IA^3 / Diag-OFT exactly their parts'
-# own (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies rotate
-# rows of several parts together, and a DyLoRA layer's block draw is one module's
+# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but BOFT: the
+# low-rank kinds, GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per
+# fused module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own
+# (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies rotate rows
+# of several parts together
 MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora", "dylora")
 
 
 def _mixed_kinds(

@@ -1,0 +1,327 @@
+"""LyCORIS preset files giving Flux / SD3 layers LyCORIS's DyLoRA beside a LoCon / LoKr network's layers
+(issue 12): on kohya's Flux and MMDiT a fused Linear (q/k/v, linear1) is one DyLoraModule, its down blocks
+over the fused input and one block drawn per training forward, its up blocks' rows the parts'
+(runtime/dylora.py tie_fused_dylora, tied in a run of several kinds by runtime/prepare.py). Checked against
+lycoris-lora 4.1.3: create_network from the same preset file on kohya's layers (every layer's class, dim,
+scale and DyLoRA block size equal to the plan's), DyLoraModule's update for each drawn block on the stacked
+weight (the parts' training forward), a tiny run that resumes bit-exact, and its one kohya export: the keys
+and shapes of create_network's state dict (DyLoraModule's `lora_down` / `lora_up` / `alpha` under kohya's
+fused names beside the other modules'), loaded by create_network_from_weights to the trained outputs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+from dbspec.runtime.dylora import DyloraLayer, draw_blocks
+from tests.runtime.test_lycoris_mixed_flow_full import (
+    _BASE,
+    _base,
+    _check_kohya_outputs,
+    _kohya_layers,
+    _kohya_tree,
+    _run,
+)
+from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+# DyLoRA on the single blocks' linear1 (dim 4, alpha 2, blocks of 2: the entry's own), on the double blocks'
+# image q/k/v (the network's dim, alpha and block_size) and on CLIP-L's attention; OTHER on the text stream's
+# q/k/v; the network's kind on the projections, linear2 and img_in
+FLUX_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."single_blocks.*.linear1"]
+algo = "dylora"
+dim = 4
+alpha = 2
+block_size = 2
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "dylora"
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "OTHER"
+dim = 2
+alpha = 1
+[module_algo_map.CLIPAttention]
+algo = "dylora"
+"""
+
+_CLASS = {"lora": "LoConModule", "locon": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule"}
+_CLASS["dylora"] = "DyLoraModule"
+
+
+def _converted(tmp_path: Path, file: str, algo: str, overrides, script: str = "flux"):
+    """The kohya command's conversion (network_dim 4, alpha 1, block_size 2) and its plan."""
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    if script == "flux":
+        for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+            component_file(tmp_path / name)
+        command = (
+            "accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+            "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+            "--ae ae.safetensors "
+            "--model_prediction_type raw --guidance_scale 1.0 "
+        )
+    else:
+        for name in ("clip_l", "clip_g", "t5xxl"):
+            component_file(tmp_path / f"{name}.safetensors")
+        command = (
+            "accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+            "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+            "--t5xxl t5xxl.safetensors "
+        )
+    outcome = kohya(
+        tmp_path,
+        command=command + "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
+        f'--network_alpha=1 --network_args "algo={algo}" "block_size=2" "preset={file}" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _their_network(monkeypatch, algo: str, file: Path, text_encoders, tree):
+    """lycoris-lora's create_network from the preset file on kohya's layers (as converted: network_dim 4,
+    alpha 1, block_size 2), applied: its modules by name, and the network (its state dict as
+    `dbspec_state`)."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), block_size="2"
+    )
+    made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
+    made.dbspec_state = made.state_dict()
+    return {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}, made
+
+
+def _described(theirs: nn.Module) -> tuple:
+    """LyCORIS's module as its class, dim and scale (DyLoRA: and block size)."""
+    name = type(theirs).__name__
+    out = (name, theirs.lora_dim, round(float(theirs.scale), 12))
+    return out + ((theirs.block_size,) if name == "DyLoraModule" else ())
+
+
+def _ours(layer: nn.Module) -> tuple:
+    """A part's peft layer as LyCORIS's module class, dim and scale (DyLoRA: and block size)."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+
+    if isinstance(layer, DyloraLayer):
+        return ("DyLoraModule", layer.r["default"], round(float(layer.scaling["default"]), 12), layer.unit)
+    cls = (
+        "LohaModule" if isinstance(layer, LoHaLayer) else "LokrModule" if isinstance(layer, LoKrLayer) else ""
+    )
+    return (cls or "LoConModule", layer.r["default"], round(float(layer.scaling["default"]), 12))
+
+
+def _same_modules(theirs: dict[str, nn.Module], layers, skip_scale: tuple[str, ...] = ()) -> None:
+    """Every kohya layer lycoris-lora adapts is adapted in the trained model with the same class, dim, scale
+    and block size (the first part's: a fused layer's parts are one module); `skip_scale`: classes whose
+    scale both tools define apart (LoKr's full factors: compared in the other LoKr tests)."""
+    for path, (parts, _) in layers.items():
+        name = "lora_unet_" + path.replace(".", "_")
+        if name not in theirs:
+            assert not hasattr(parts[0], "base_layer"), path
+            continue
+        want, got = _described(theirs[name]), _ours(parts[0])
+        if want[0] in skip_scale:
+            want, got = want[:2], got[:2]
+        assert got == want, path
+        assert {_ours(p) for p in parts} == {_ours(parts[0])}, path
+
+
+def _check_dylora_draws(theirs: dict[str, nn.Module], layers) -> int:
+    """Each fused (or plain) DyLoRA layer's training forward with block b drawn, on every part, equals
+    lycoris-lora's DyLoraModule's update for that block (get_diff_weight at rank b x block_size: blocks
+    0..b at alpha / (b + 1)) on the stacked weight, the module holding the parts' blocks (the down once, the
+    ups' rows stacked). How many layers were checked."""
+    checked = 0
+    torch.manual_seed(3)
+    for path, (parts, _order) in layers.items():
+        module = theirs.get("lora_unet_" + path.replace(".", "_"))
+        if type(module).__name__ != "DyLoraModule":
+            continue
+        first = parts[0]
+        assert all(p.lora_dylora_down["default"][0] is first.lora_dylora_down["default"][0] for p in parts)
+        with torch.no_grad():
+            for i, (down, up) in enumerate(zip(module.down_list, module.up_list)):
+                down.copy_(first.lora_dylora_down["default"][i])
+                up.copy_(torch.cat([p.lora_dylora_up["default"][i].flatten(1) for p in parts]))
+        x = torch.randn(3, _base(first).in_features)
+        for part in parts:
+            part.train()
+        for b in range(module.block_count):
+            for part in parts:
+                part.drawn["default"] = b
+            with torch.no_grad():
+                ours = torch.cat([p(x) for p in parts], dim=-1)
+                delta, _ = module.get_diff_weight(rank=b * module.block_size)
+                stacked = torch.cat([_base(p)(x) for p in parts], dim=-1) + nn.functional.linear(x, delta)
+            torch.testing.assert_close(ours, stacked, rtol=1e-6, atol=1e-6)
+        for part in parts:
+            part.eval()
+        checked += 1
+    return checked
+
+
+def _parts_draw_together(model: nn.Module, layers) -> None:
+    """draw_blocks (the run's draw before each micro-batch) gives every part of a fused DyLoRA layer its first
+    part's block, and over a few draws each fused layer draws more than one of its blocks."""
+    fused = [parts for parts, _ in layers.values() if len(parts) > 1 and isinstance(parts[0], DyloraLayer)]
+    assert fused
+    seen: dict[int, set[int]] = {}
+    for seed in range(8):
+        draw_blocks([model], torch.Generator().manual_seed(seed))
+        for i, parts in enumerate(fused):
+            assert len({p.drawn["default"] for p in parts}) == 1
+            seen.setdefault(i, set()).add(parts[0].drawn["default"])
+    for i, parts in enumerate(fused):
+        assert len(seen[i]) > 1 and seen[i] <= set(range(parts[0].blocks("default")))
+
+
+def _export_matches_their_state(made, tensors: dict[str, torch.Tensor]) -> None:
+    """The export holds exactly create_network's state-dict keys (DyLoraModule's custom_state_dict:
+    `lora_down` / `lora_up` / `alpha`), each in its shape."""
+    state = made.dbspec_state
+    assert set(tensors) == set(state)
+    assert {k: tuple(v.shape) for k, v in tensors.items() if tuple(v.shape) != tuple(state[k].shape)} == {}
+
+
+@pytest.mark.parametrize(("algo", "other"), [("locon", "loha"), ("lokr", "locon")])
+def test_dylora_entries_on_flux_fused_layers_train_resume_and_load_in_lycoris(
+    tmp_path, monkeypatch, algo, other
+):
+    file = tmp_path / "mixed.toml"
+    file.write_text(FLUX_FILE.replace("OTHER", other), encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    plan = _converted(tmp_path, file.name, algo, base)
+    a = plan.adapter
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and a.fused
+    dylora = sorted((b.rank, b.alpha, b.unit) for b in a.blocks if b.kind == "dylora")
+    assert dylora == [(4, 1.0, 2), (4, 2.0, 2)]  # img_attn.qkv at the network's; linear1 the entry's own
+    assert [(b.kind, b.unit) for b in a.text_encoder_blocks] == [("dylora", 2)]
+
+    planned, whole, tensors = _run(tmp_path, {"dylora"}, base)
+    unet = whole.components.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    names = {k.split(".")[0] for k in tensors}
+    assert not any("to_q" in n or "proj_mlp" in n for n in names)  # kohya's names only
+    assert tensors["lora_unet_single_blocks_0_linear1.lora_down.weight"].shape == (4, 16)  # once
+    assert tensors["lora_unet_single_blocks_0_linear1.lora_up.weight"].shape == (4 * 16 + 48, 4)  # stacked
+    assert float(tensors["lora_unet_single_blocks_0_linear1.alpha"]) == 2.0
+
+    clip_trained = whole.components.text_encoders[0]
+    clip = _kohya_clip(_unwrapped(clip_trained))
+    theirs, made = _their_network(monkeypatch, algo, file, [clip, nn.Module()], _kohya_tree(layers))
+    assert {n for n in theirs if n.startswith("lora_unet_")} == {
+        n for n in names if n.startswith("lora_unet_")
+    }
+    assert {type(m).__name__ for n, m in theirs.items() if n.startswith("lora_te1_")} == {"DyLoraModule"}
+    expected = {
+        "double_blocks.0.img_attn.qkv": "DyLoraModule",
+        "single_blocks.0.linear1": "DyLoraModule",
+        "double_blocks.0.txt_attn.qkv": _CLASS[other],
+        "double_blocks.0.img_attn.proj": _CLASS[algo],
+        "single_blocks.0.linear2": _CLASS[algo],
+        "img_in": _CLASS[algo],
+    }
+    assert {p: type(theirs["lora_unet_" + p.replace(".", "_")]).__name__ for p in expected} == expected
+    _same_modules(theirs, layers, skip_scale=("LokrModule",))
+    clip_layers = dict(clip_trained.named_modules())
+    for name, module in theirs.items():
+        if name.startswith("lora_te1_"):
+            path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
+            path = path.replace("self.attn", "self_attn").replace(".proj", "_proj")
+            assert _ours(clip_layers[path]) == _described(module), name
+    _export_matches_their_state(made, tensors)
+    assert _check_dylora_draws(theirs, layers) == 2
+    _parts_draw_together(unet, layers)
+
+    # create_network_from_weights: DyLoRA's saved LoRA layout loads as LoConModules, to the trained outputs
+    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    loaded = {m.lora_name for m in network.unet_loras}
+    assert loaded == {n for n in names if n.startswith("lora_unet_")}
+    _check_kohya_outputs(tree, layers, loaded)
+
+
+# SD3: DyLoRA on the x blocks' q/k/v (blocks of 1: the entry's own) and on the context modulations (the last
+# block's rows swapped to kohya's (shift, scale)), LoCon on the context blocks' q/k/v, the network's LoKr on
+# the projections
+SD3_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = [
+    "joint_blocks.*.attn.qkv", "joint_blocks.*.attn.proj", "joint_blocks.*.context_block.adaLN_modulation.1"
+]
+text_encoder_target_module = []
+
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "dylora"
+block_size = 1
+[name_algo_map."joint_blocks.*.context_block.adaLN_modulation.1"]
+algo = "dylora"
+dim = 2
+alpha = 4
+[name_algo_map."joint_blocks.*.context_block.attn.qkv"]
+algo = "locon"
+dim = 2
+"""
+
+
+def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp_path, monkeypatch):
+    from dbspec.runtime.sd3_kohya import swapped
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(SD3_FILE, encoding="utf-8")
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    plan = _converted(tmp_path, file.name, "lokr", base, script="sd3")
+    assert plan.adapter.kind == "lokr" and plan.adapter.fused
+    assert sorted((b.rank, b.alpha, b.unit) for b in plan.adapter.blocks if b.kind == "dylora") == [
+        (2, 4.0, 2),
+        (4, 1.0, 1),
+    ]
+    _, whole, tensors = _run(tmp_path, {"dylora", "lora"}, base)
+    unet = whole.components.unet.eval()
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    expected = {
+        **{f"joint_blocks.{i}.x_block.attn.qkv": "DyLoraModule" for i in (0, 1)},
+        **{f"joint_blocks.{i}.context_block.adaLN_modulation.1": "DyLoraModule" for i in (0, 1)},
+        **{f"joint_blocks.{i}.context_block.attn.qkv": "LoConModule" for i in (0, 1)},
+        **{f"joint_blocks.{i}.x_block.attn.proj": "LokrModule" for i in (0, 1)},
+        "joint_blocks.0.context_block.attn.proj": "LokrModule",  # the last context block has none
+    }
+    names = {k.split(".")[0] for k in tensors}
+    assert names == {"lora_unet_" + p.replace(".", "_") for p in expected}
+    theirs, made = _their_network(monkeypatch, "lokr", file, [nn.Module()] * 3, _kohya_tree(layers))
+    assert {n: type(m).__name__ for n, m in theirs.items()} == {
+        "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
+    }
+    _same_modules(theirs, layers, skip_scale=("LokrModule",))
+    _export_matches_their_state(made, tensors)
+    assert _check_dylora_draws(theirs, layers) == 4  # the x blocks' q/k/v and the context modulations
+    _parts_draw_together(unet, layers)
+
+    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    loaded = {m.lora_name for m in network.unet_loras}
+    assert loaded == names
+    _check_kohya_outputs(tree, layers, loaded)
