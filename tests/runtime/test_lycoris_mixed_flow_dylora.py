@@ -325,3 +325,166 @@ def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp
     loaded = {m.lora_name for m in network.unet_loras}
     assert loaded == names
     _check_kohya_outputs(tree, layers, loaded)
+
+
+# a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
+# the single blocks' linear1, full on img_in, IA^3 on txt_in, QKV on the double blocks' image q/k/v; DyLoRA of
+# its own dim, alpha and block size on CLIP-L's MLPs, at the network's on its attention and elsewhere
+DYLORA_NETWORK = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "locon"
+dim = 2
+alpha = 1
+[name_algo_map."single_blocks.*.linear1"]
+algo = "lokr"
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "QKV"
+[name_algo_map.img_in]
+algo = "full"
+[name_algo_map.txt_in]
+algo = "ia3"
+[module_algo_map.CLIPMLP]
+algo = "dylora"
+dim = 6
+alpha = 3
+block_size = 3
+"""
+
+
+def _kind_of(layer: nn.Module) -> str:
+    """A part's peft layer as LyCORIS's module class."""
+    from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_glora import GloraLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    for cls, name in (
+        (FullLayer, "FullModule"),
+        (Ia3Layer, "IA3Module"),
+        (DiagOftLayer, "DiagOFTModule"),
+        (GloraLayer, "GLoRAModule"),
+    ):
+        if isinstance(layer, cls):
+            return name
+    return _ours(layer)[0]
+
+
+@pytest.mark.parametrize("qkv", ["diag-oft", "glora"])
+def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_lycoris(
+    tmp_path, monkeypatch, qkv
+):
+    from tests.runtime.test_lycoris_mixed_flow_full import _without_ia3
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(DYLORA_NETWORK.replace("QKV", qkv), encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    plan = _converted(tmp_path, file.name, "dylora", base)
+    a = plan.adapter
+    assert (a.kind, a.dylora_unit, a.dylora_form) == ("dylora", 2, "lycoris") and a.fused
+    kinds = {"lora", "lokr", qkv, "full", "ia3"}
+    assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    planned, whole, tensors = _run(tmp_path, kinds, base)
+    unet = whole.components.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    names = {k.split(".")[0] for k in tensors}
+    assert not any("to_q" in n or "proj_mlp" in n for n in names)  # kohya's names only
+
+    clip_trained = whole.components.text_encoders[0]
+    clip = _kohya_clip(_unwrapped(clip_trained))
+    theirs, made = _their_network(monkeypatch, "dylora", file, [clip, nn.Module()], _kohya_tree(layers))
+    expected = {
+        "double_blocks.0.img_attn.qkv": {"diag-oft": "DiagOFTModule", "glora": "GLoRAModule"}[qkv],
+        "double_blocks.0.txt_attn.qkv": "LoConModule",
+        "single_blocks.0.linear1": "LokrModule",
+        "img_in": "FullModule",
+        "txt_in": "IA3Module",
+        "double_blocks.0.img_attn.proj": "DyLoraModule",
+        "double_blocks.0.txt_attn.proj": "DyLoraModule",
+        "single_blocks.0.linear2": "DyLoraModule",
+    }
+    unet_names = {n for n in theirs if n.startswith("lora_unet_")}
+    assert (
+        unet_names
+        == {"lora_unet_" + p.replace(".", "_") for p in expected}
+        == {n for n in names if n.startswith("lora_unet_")}
+    )
+    for path, cls in expected.items():
+        assert type(theirs["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
+        assert {_kind_of(p) for p in layers[path][0]} == {cls}, path
+    ranked = {p: v for p, v in layers.items() if expected.get(p) in ("DyLoraModule", "LoConModule")}
+    _same_modules(theirs, ranked)
+    clip_layers = dict(clip_trained.named_modules())
+    te = {n: m for n, m in theirs.items() if n.startswith("lora_te1_")}
+    assert {_described(m)[1:] for m in te.values()} == {(4, 0.25, 2), (6, 0.5, 3)}
+    for name, module in te.items():
+        path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
+        path = path.replace("self.attn", "self_attn").replace(".proj", "_proj")
+        assert _ours(clip_layers[path]) == _described(module), name
+    _export_matches_their_state(made, tensors)
+    assert _check_dylora_draws(theirs, layers) == 3  # the projections and linear2 (plain Linears)
+
+    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, _without_ia3(tensors))
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    loaded = {m.lora_name for m in network.unet_loras}
+    assert loaded == unet_names - {"lora_unet_txt_in"}
+    _check_kohya_outputs(tree, {p: v for p, v in layers.items() if p != "txt_in"}, loaded)
+
+
+# SD3: a DyLoRA network (block_size 2) on the context blocks' q/k/v and projections, LoKr on the x blocks'
+# q/k/v, LoCon on their projections
+SD3_DYLORA_NETWORK = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["joint_blocks.*.attn.qkv", "joint_blocks.*.attn.proj"]
+text_encoder_target_module = []
+
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "lokr"
+[name_algo_map."joint_blocks.*.x_block.attn.proj"]
+algo = "locon"
+dim = 2
+"""
+
+
+def test_dylora_network_with_other_entries_on_sd3_trains_resumes_and_loads_in_lycoris(tmp_path, monkeypatch):
+    from dbspec.runtime.sd3_kohya import swapped
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(SD3_DYLORA_NETWORK, encoding="utf-8")
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    plan = _converted(tmp_path, file.name, "dylora", base, script="sd3")
+    assert (plan.adapter.kind, plan.adapter.dylora_unit) == ("dylora", 2) and plan.adapter.fused
+    _, whole, tensors = _run(tmp_path, {"lokr", "lora"}, base)
+    unet = whole.components.unet.eval()
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    expected = {
+        **{f"joint_blocks.{i}.x_block.attn.qkv": "LokrModule" for i in (0, 1)},
+        **{f"joint_blocks.{i}.x_block.attn.proj": "LoConModule" for i in (0, 1)},
+        **{f"joint_blocks.{i}.context_block.attn.qkv": "DyLoraModule" for i in (0, 1)},
+        "joint_blocks.0.context_block.attn.proj": "DyLoraModule",  # the last context block has none
+    }
+    names = {k.split(".")[0] for k in tensors}
+    assert names == {"lora_unet_" + p.replace(".", "_") for p in expected}
+    theirs, made = _their_network(monkeypatch, "dylora", file, [nn.Module()] * 3, _kohya_tree(layers))
+    assert {n: type(m).__name__ for n, m in theirs.items()} == {
+        "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
+    }
+    _same_modules(theirs, layers, skip_scale=("LokrModule",))
+    _export_matches_their_state(made, tensors)
+    assert _check_dylora_draws(theirs, layers) == 3
+    _parts_draw_together(unet, layers)
+
+    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    assert {m.lora_name for m in network.unet_loras} == names
+    _check_kohya_outputs(tree, layers, names)

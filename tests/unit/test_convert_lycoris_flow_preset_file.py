@@ -820,3 +820,88 @@ def test_chroma_dylora_entries_are_dylora_blocks(tmp_path):
         (4, 1.0, 4),
         (16, 8.0, 4),
     ]
+
+
+# a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
+# the single blocks' linear1, full on img_in, IA^3 on txt_in, Diag-OFT / GLoRA (GLORA) on the double blocks'
+# image q/k/v; a DyLoRA entry of its own dim, alpha and block size on CLIP-L's MLPs; DyLoRA elsewhere
+DYLORA_NETWORK = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "locon"
+dim = 4
+alpha = 2
+[name_algo_map."single_blocks.*.linear1"]
+algo = "lokr"
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "QKV"
+[name_algo_map.img_in]
+algo = "full"
+[name_algo_map.txt_in]
+algo = "ia3"
+[module_algo_map.CLIPMLP]
+algo = "dylora"
+dim = 6
+alpha = 3
+block_size = 3
+"""
+
+
+@pytest.mark.parametrize("qkv", ["diag-oft", "glora"])
+def test_flux_dylora_network_with_entries_of_other_algorithms(tmp_path, qkv):
+    """Flux: algo=dylora with a preset file: the DyLoRA adapter (block_size its unit) on the file's layers,
+    fused_projections (one module per fused Linear), the entries of other algorithms blocks of their kind over
+    whole fused layers, a DyLoRA entry's own dim, alpha and block size a block of the adapter's kind."""
+    outcome = _flux(tmp_path, DYLORA_NETWORK.replace("QKV", qkv), '"algo=dylora" "block_size=2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.dylora_unit, a.dylora_form) == ("dylora", 8, 4.0, 2, "lycoris")
+    assert a.fused
+    kinds = {b.kind: b for b in a.blocks if b.kind != "adapter"}
+    assert set(kinds) == {"lora", "lokr", qkv, "full", "ia3"}
+    assert (kinds["lora"].rank, kinds["lora"].alpha) == (4, 2.0)
+    for i in (0, 37, 38):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert {bool(re.search(kinds["lokr"].pattern, p)) for p in parts} == {i < 38}
+    for i in (0, 18, 19):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(kinds[qkv].pattern, p)) for p in parts} == {i < 19}
+        parts = [f"transformer_blocks.{i}.attn.add_{p}_proj" for p in "qkv"]
+        assert {bool(re.search(kinds["lora"].pattern, p)) for p in parts} == {i < 19}
+    (text,) = a.text_encoder_blocks
+    assert (text.kind, text.rank, text.alpha, text.unit) == ("adapter", 6, 3.0, 3)
+
+
+def test_flux_dylora_network_file_refusals(tmp_path):
+    """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
+    LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (DBS403); options the kinds do
+    not build alike (bypass_mode) DBS403."""
+    odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
+    outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
+    assert "lora_dim % block_size" in messages(outcome, "DBS402")
+    file = DYLORA_NETWORK.replace("QKV", "glora")
+    outcome = _flux(tmp_path / "plus", file, '"algo=dylora" "loraplus_lr_ratio=4"', allow=True)
+    assert "loraplus_lr_ratio" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "bypass", file, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True)
+    assert "DBS578" in messages(outcome, "DBS403")
+
+
+def test_sd3_dylora_network_with_entries_of_other_algorithms(tmp_path):
+    """SD3: algo=dylora with a preset file giving the x blocks' q/k/v LoKr: a LoKr block over whole fused
+    qkv beside the DyLoRA adapter on the rest of the x attention."""
+    preset = SD3_X_ATTENTION_MIXED.replace('algo = "loha"', 'algo = "lokr"')
+    outcome = _sd3(tmp_path, preset, '"algo=dylora" "block_size=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.dylora_unit) == ("dylora", 8, 4) and a.fused
+    assert [(b.kind, b.rank) for b in a.blocks] == [("lokr", 2)]
+    for i in (0, 37):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}

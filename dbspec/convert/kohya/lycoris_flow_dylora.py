@@ -13,7 +13,11 @@ export writes the down once and `lora_up` stacked under kohya's name, the LoRA l
 lycoris-lora loads back as LoConModules. The arguments as network.py's U-Net mapping (dylora.py
 lycoris_dylora: `block_size` the unit, bypass_mode with one block per layer, the unread ones DBS405);
 `module_dropout` (one draw per fused module) is refused (DBS403). The SD3 patch convolution (presets full /
-unet-only) at conv_dim / conv_alpha."""
+unet-only) at conv_dim / conv_alpha. A preset file (lycoris_flow_file.py): its DyLoRA entries' own dims,
+alphas and block sizes are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of the adapter's kind, its
+entries of other algorithms (LoCon, LoKr, LoHa, full, IA^3, Diag-OFT, GLoRA) blocks of their kind, each
+fused Linear one module of its block's kind (runtime/prepare.py ties each kind's parts); LyCORIS's LoRA+
+there raises the LoCon entries' `lora_up`, which dbspec's ratio would apply to DyLoRA's ups too (DBS403)."""
 
 from __future__ import annotations
 
@@ -32,10 +36,16 @@ from dbspec.convert.kohya.lycoris_flow_args import (
 
 
 def map_flow_dylora(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    conv: Conversion,
+    layout,
+    preset: str,
+    text_blocks: list[dict[str, Any]] = (),
 ) -> bool:
-    """[adapter] for algo=dylora on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
-    when refused (reported)."""
+    """[adapter] for algo=dylora on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout; a preset
+    file's map entries: the layout's [[adapter.blocks]] and `text_blocks`, DyLoRA entries' own dims, alphas
+    and block sizes, other algorithms' entries blocks of their kind); False when refused (reported)."""
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
@@ -51,9 +61,14 @@ def map_flow_dylora(
         conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
     put: dict[str, Any] = {}
     put_convs(kwargs, args, conv, put, layout, layers, rank, alpha.value)
+    blocks = [] if layers == "none" else layout.targets(layers, True)[1]
+    put["_blocks"], put["_text_blocks"] = list(blocks), list(text_blocks)  # lycoris_dylora checks their dims
     unsupported: dict[str, str] = {}
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     put.pop("module_dropout", None)  # 0 (refused above otherwise)
+    blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
+    if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up
+        unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which DyLoraModule has not (its up_list)"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)
     unsupported.update(kwargs)
@@ -63,6 +78,11 @@ def map_flow_dylora(
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))
     why = "one DyLoraModule per fused Linear: the down blocks and the draw shared, the up rows the parts'"
-    put_targets(conv, module, layout, layers, why)  # full paths: no rank-0 [[adapter.blocks]]
+    put_targets(conv, module, layout, layers, why)  # a built-in preset's full paths: no rank-0 blocks
+    for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_blocks)):
+        for index, block in enumerate(entries):
+            note = conv.comment(module, block.pop("_why"))
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note)
     put_rest(conv, module, args, preset, text, put)
     return True

@@ -307,7 +307,7 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    kind = algo if algo in ("lokr", "loha") else "lora"
+    kind = algo if algo in ("lokr", "loha", "dylora") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
     if t5:

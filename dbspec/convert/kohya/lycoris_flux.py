@@ -173,7 +173,7 @@ def map_lycoris_flow(
         return False
     if not _switches(kwargs, a, args, conv, layout, preset, algo):
         return False
-    if algo in ("ia3", "diag-oft", "glora", "dylora") and preset not in layout.presets:
+    if algo in ("ia3", "diag-oft", "glora") and preset not in layout.presets:
         conv.unsupported(
             args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
@@ -213,7 +213,7 @@ def map_lycoris_flow(
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset)
     if algo == "dylora":
-        return map_flow_dylora(kwargs, a, conv, layout, preset)
+        return map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo):
@@ -449,6 +449,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             else "the preset file reaches no norm",
         )
         return True
+    if algo == "dylora":  # dbspec's norm offsets beside a DyLoRA network: not built or checked
+        conv.unsupported(legacy, "dbspec offsets CLIP's LayerNorms beside LoCon, LoKr, LoHa and full networks")
+        return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
