@@ -2684,10 +2684,10 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full, IA^3, Diag-OFT and GLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` / `"glora"`; on
-SD 1.x/2.x and SDXL also BOFT and DyLoRA, `"boft"` / `"dylora"`, a DyLoRA block with its own `unit`)
-beside the adapter's kind (lora, loha or lokr; on SD 1.x/2.x and SDXL also dylora, LyCORIS's DyLoRA network
-with entries of other algorithms) in one run, each kind's layers with the adapter's rank,
+(also LyCORIS's full, IA^3, Diag-OFT, GLoRA and DyLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
+`"glora"` / `"dylora"`, a DyLoRA block with its own `unit`; on SD 1.x/2.x and SDXL also BOFT, `"boft"`)
+beside the adapter's kind (lora, loha, lokr or dylora, LyCORIS's DyLoRA network with entries of other
+algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that

@@ -803,23 +803,27 @@ def test_chroma_dylora_entries_are_dylora_blocks(tmp_path):
     for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
     (tmp_path / "preset.toml").write_text(MIXED_DYLORA, encoding="utf-8")
-    outcome = kohya(
-        tmp_path,
-        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
-        "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
-        "--apply_t5_attn_mask "
+    command = (
+        "accelerate launch flux_train_network.py --pretrained_model_name_or_path Chroma1-HD.safetensors "
+        "--model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors --apply_t5_attn_mask "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
         '--network_alpha=1 --network_args "algo=locon" "preset=preset.toml" --learning_rate=1e-2 '
-        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --guidance_scale 0.0",
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --guidance_scale 0.0"
     )
+    outcome = kohya(tmp_path, command=command)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
     assert plan.model.family == "chroma" and a.kind == "lora" and a.fused
-    assert sorted((b.rank, b.alpha, b.unit) for b in a.blocks if b.kind == "dylora") == [
-        (4, 1.0, 4),
-        (16, 8.0, 4),
-    ]
+    dylora = sorted((b.rank, b.alpha, b.unit) for b in a.blocks if b.kind == "dylora")
+    assert dylora == [(4, 1.0, 4), (16, 8.0, 4)]
+    # a DyLoRA network with the file's LoHa entry: a LoHa block beside the DyLoRA adapter, its DyLoRA
+    # entries' own dims blocks of the adapter's kind
+    outcome = kohya(tmp_path, command=command.replace("algo=locon", "algo=dylora"))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_unit) == ("dylora", 4) and a.fused
+    assert sorted((b.kind, b.rank, b.unit) for b in a.blocks) == [("adapter", 16, 0), ("loha", 4, 0)]
 
 
 # a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
@@ -891,6 +895,9 @@ def test_flux_dylora_network_file_refusals(tmp_path):
     assert "loraplus_lr_ratio" in messages(outcome, "DBS403")
     outcome = _flux(tmp_path / "bypass", file, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True)
     assert "DBS578" in messages(outcome, "DBS403")
+    norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
+    outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"', allow=True)
+    assert "CLIP's LayerNorms" in messages(outcome, "DBS403")
 
 
 def test_sd3_dylora_network_with_entries_of_other_algorithms(tmp_path):

@@ -798,11 +798,25 @@ def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
     assert "module_algo_map" in messages(outcome, "DBS405") and "DBS403" not in codes(outcome)
 
 
-@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora"])
 def test_whole_layer_algos_with_a_preset_file_are_refused(tmp_path, algo):
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
     outcome = _flux(tmp_path, f"--network_args algo={algo} preset=p.toml")
     assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+
+
+def test_dylora_with_a_preset_file_is_one_module_per_fused_layer(tmp_path):
+    """algo=dylora with a preset file (issue 12): DyLoraModule on the layers the file reaches (the double
+    blocks' Linears, CLIP-L's attention and MLPs by LyCORIS's class defaults), one per fused Linear; the
+    single blocks and the final layer left out."""
+    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=dylora block_size=2 preset=p.toml")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.dylora_unit, a.dylora_form) == ("dylora", 8, 4.0, 2, "lycoris")
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv"]  # no single block
+    targets = a.denoiser_targets
+    assert any("to_q" in t for t in targets) and not any("proj_mlp" in t for t in targets)
 
 
 def test_glora_is_one_module_per_fused_layer(tmp_path):

@@ -450,7 +450,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         )
         return True
     if algo == "dylora":  # dbspec's norm offsets beside a DyLoRA network: not built or checked
-        conv.unsupported(legacy, "dbspec offsets CLIP's LayerNorms beside LoCon, LoKr, LoHa and full networks")
+        conv.unsupported(
+            legacy, "dbspec offsets CLIP's LayerNorms beside LoCon, LoKr, LoHa and full networks"
+        )
         return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
