@@ -6,7 +6,8 @@ lycoris-lora 4.1.3: create_network from the same preset file on kohya's layers (
 scale and DyLoRA block size equal to the plan's), DyLoraModule's update for each drawn block on the stacked
 weight (the parts' training forward), a tiny run that resumes bit-exact, and its one kohya export: the keys
 and shapes of create_network's state dict (DyLoraModule's `lora_down` / `lora_up` / `alpha` under kohya's
-fused names beside the other modules'), loaded by create_network_from_weights to the trained outputs."""
+fused names beside the other modules'), loaded by create_network_from_weights to the trained outputs;
+the adapter folders load back as `dbspec sample` loads them (Flux)."""
 
 from __future__ import annotations
 
@@ -193,6 +194,32 @@ def _parts_draw_together(model: nn.Module, layers) -> None:
         assert len(seen[i]) > 1 and seen[i] <= set(range(parts[0].blocks("default")))
 
 
+def _folders_load_back(whole, planned, layers) -> None:
+    """The adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads
+    them: every layer computes the trained parts' outputs (DyLoRA's at every rank, outside training)."""
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris_mixed_flow import _path_in
+
+    unet = whole.components.unet
+    again = _unwrapped(unet)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(again, attr):
+            delattr(again, attr)
+    a = planned.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
+    again.eval()
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, _base(parts[0]).in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1),
+                torch.cat([p(x) for p in parts], dim=-1),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
 def _export_matches_their_state(made, tensors: dict[str, torch.Tensor]) -> None:
     """The export holds exactly create_network's state-dict keys (DyLoraModule's custom_state_dict:
     `lora_down` / `lora_up` / `alpha`), each in its shape."""
@@ -259,6 +286,7 @@ def test_dylora_entries_on_flux_fused_layers_train_resume_and_load_in_lycoris(
     loaded = {m.lora_name for m in network.unet_loras}
     assert loaded == {n for n in names if n.startswith("lora_unet_")}
     _check_kohya_outputs(tree, layers, loaded)
+    _folders_load_back(whole, planned, layers)
 
 
 # SD3: DyLoRA on the x blocks' q/k/v (blocks of 1: the entry's own) and on the context modulations (the last
@@ -436,6 +464,7 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
     loaded = {m.lora_name for m in network.unet_loras}
     assert loaded == unet_names - {"lora_unet_txt_in"}
     _check_kohya_outputs(tree, {p: v for p, v in layers.items() if p != "txt_in"}, loaded)
+    _folders_load_back(whole, planned, layers)
 
 
 # SD3: a DyLoRA network (block_size 2) on the context blocks' q/k/v and projections, LoKr on the x blocks'
