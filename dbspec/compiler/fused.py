@@ -43,9 +43,16 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
-    if adapter.kind == "diag-oft":  # no rank or blocks: its block-size hint on every target
-        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
+    if adapter.kind == "diag-oft":  # its block-size hint, constraint and rescale (a block's: rank, alpha)
+        if block is None:
+            return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
+        return (
+            block.rank,
+            block.alpha,
+            1.0,
+            "" if block.rescaled == "adapter" else f"rescaled {block.rescaled}",
+        )
     if block is None:
         return adapter.rank, adapter.alpha, 1.0, ""
     return block.rank, block.alpha, block.lr_scale, block.group
@@ -373,7 +380,10 @@ def _check_fused_module(
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
-            ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
+            (
+                "a block's constraint (its norm spans every part's blocks)",
+                any(b.constraint > 0 for b in adapter.blocks),
+            ),
         )
     else:
         switches = tuple(
@@ -390,7 +400,10 @@ def _check_fused_module(
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
                 break
             if len(set(adapted.values())) > 1:
-                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
+                what = "block sizes, constraints or rescales" if isinstance(adapter, DiagOftAdapter) else ""
+                found.append(
+                    f"{group.blocks}.{index}'s {group.kohya_name} parts at other {what or 'ranks or alphas'}"
+                )
                 break
             if isinstance(adapter, DyloraAdapter) and len(_units(group, index, plan, adapted)) > 1:
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts in blocks of other units")

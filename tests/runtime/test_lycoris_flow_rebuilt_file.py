@@ -3,8 +3,9 @@ dbspec/convert/kohya/lycoris_flow_rebuilt.py): lycoris-lora 4.1.3 writes the fil
 GLoRAModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v and linear1 one module over the
 stacked rows, every tensor moved) and rebuilds it with create_network_from_weights on a tree of kohya's
 names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's rebuilt modules are (same
-outputs to 1e-5; GLoRA's single block linear1 at a rank and alpha of its own: a block, the final layer
-beside a rank-0 block), and the run trains and resumes bit-exact."""
+outputs to 1e-5; the single block's linear1 at a rank and alpha (GLoRA) or a block size and rescale
+(Diag-OFT) of its own: a block, GLoRA's final layer beside a rank-0 block), and the run trains and resumes
+bit-exact."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from lycoris.modules.glora import GLoRAModule  # noqa: E402
 
 # kind -> (LyCORIS's class, its (lora_dim, alpha) and keywords, single block 0 linear1's own, the final layer)
 KINDS = {
-    "diag-oft": (DiagOFTModule, (4, 0.0, {"rescaled": True}), None, False),
+    "diag-oft": (DiagOFTModule, (4, 0.0, {"rescaled": True}), (8, 0.0, {}), False),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
 }
 
@@ -67,7 +68,10 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
             True,
             0.0,
         )
-        assert not plan.adapter.blocks
+        (block,) = plan.adapter.blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
+        assert (block.rank, block.alpha, block.rescaled) == (*own[:2], "off")
+        assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
+        assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     else:
         assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
         zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them

@@ -469,6 +469,32 @@ def test_diag_oft_what_spans_the_parts_is_dbs577(toy: Path, extra, why):
     assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
 
 
+def test_diag_oft_fused_blocks_over_whole_fused_layers_plan(toy: Path):
+    """A block's own block size or rescale (a --dim_from_weights file's modules at their own, issue 12):
+    planned over every part of a fused layer; over some parts, or with a constraint, DBS577."""
+    adapter = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    whole = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"
+    for block, refused in (
+        (f'pattern = "{whole}"\nblock_size = 8\nrescaled = "on"', ""),
+        ('pattern = "attn\\\\.to_k$"\nblock_size = 8', "block sizes, constraints or rescales"),
+        (
+            'pattern = "attn\\\\.to_k$"\nblock_size = 4\nrescaled = "on"',
+            "block sizes, constraints or rescales",
+        ),
+        (f'pattern = "{whole}"\nblock_size = 4\nconstraint = 0.001', "a block's constraint"),
+    ):
+        write_spec(toy, model=FLUX, adapter=adapter)
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f"\n[[adapter.blocks]]\n{block}\n")
+        planned = compile_in(toy)
+        assert ("DBS577" in codes(planned, "error")) == bool(refused), block
+        if refused:
+            assert refused in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+        else:
+            (planned_block,) = planned.plan.adapter.blocks
+            assert (planned_block.rank, planned_block.rescaled) == (8, "on")
+
+
 def test_diag_oft_fused_projections_on_sd1_is_dbs505(toy: Path):
     write_spec(toy, adapter={"kind": "diag-oft", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
