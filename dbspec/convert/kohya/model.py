@@ -1146,17 +1146,9 @@ def _file_norm_values(
 
 def _put_file_norms(norms: dict[str, object], a: Args, paths: PathMapper, conv: Conversion) -> bool:
     """The file's NormModules as the adapter's norm offsets, started from the file's `w_norm` / `b_norm`
-    (runtime/init_weights.py); False (DBS403) beside an adapter kind without norm offsets (BOFT)."""
+    (runtime/init_weights.py), beside any adapter kind (LyCORIS builds a NormModule whatever the others)."""
     if not norms:
         return True
-    kind = conv.values.get(("adapter", "kind"), ("lora", ""))[0]
-    if kind == "boft":
-        conv.unsupported(
-            a["dim_from_weights"],
-            "LyCORIS's NormModules of the file beside its BOFT modules: dbspec offsets norms beside "
-            "lora / locon, loha, lokr, full, ia3, diag-oft and glora",
-        )
-        return False
     note = (
         f"kohya --dim_from_weights: LyCORIS's NormModules of {paths.name_of(a['network_weights'].value)} "
         "(train_norm's w_norm / b_norm), started from the file"
