@@ -368,8 +368,9 @@ def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
-    Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
-    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA, DyLoRA: their dropouts
+    Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's blocks,
+    kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's blocks is
+    runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; GLoRA, DyLoRA: their dropouts
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
@@ -378,12 +379,7 @@ def _check_fused_module(
     if isinstance(adapter, DiagOftAdapter):
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
-            ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
-            (
-                "a block's constraint (its norm spans every part's blocks)",
-                any(b.constraint > 0 for b in adapter.blocks),
-            ),
         )
     else:
         switches = tuple(

@@ -27,7 +27,13 @@ from lycoris.modules.glora import GLoRAModule  # noqa: E402
 
 # kind -> (LyCORIS's class, its (lora_dim, alpha) and keywords, single block 0 linear1's own, the final layer)
 KINDS = {
-    "diag-oft": (DiagOFTModule, (4, 0.0, {"rescaled": True}), (8, 0.0, {}), False),
+    # constraints that bind (DiagOFTModule's one norm over a fused Linear's blocks: the parts share it)
+    "diag-oft": (
+        DiagOFTModule,
+        (4, 0.0, {"rescaled": True, "constraint": 0.01}),
+        (8, 0.0, {"constraint": 0.02}),
+        False,
+    ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
 }
 
@@ -53,7 +59,7 @@ def _file(tmp_path, kind: str):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
-    cls, (dim, alpha, _), own, final = KINDS[kind]
+    cls, (dim, alpha, kwargs), own, final = KINDS[kind]
     file, linears = _file(tmp_path, kind)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
     assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
@@ -63,13 +69,14 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
     if kind == "diag-oft":
-        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled, plan.adapter.oft_constraint) == (
-            dim,
-            True,
-            0.0,
-        )
+        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
+        assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])  # the file's alpha
         (block,) = plan.adapter.blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
-        assert (block.rank, block.alpha, block.rescaled) == (*own[:2], "off")
+        assert (block.rank, block.rescaled) == (own[0], "off")
+        assert block.alpha == pytest.approx(own[2]["constraint"])
+        for module in network.unet_loras:  # the constraints bind: the fused norms exceed them
+            q = module.oft_blocks - module.oft_blocks.transpose(1, 2)
+            assert torch.norm(q) > module.constraint > 0, module.lora_name
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     else:
@@ -105,3 +112,12 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     with torch.no_grad():
         moved = torch.cat([p(x) for p in attn], -1)
         assert not torch.allclose(moved, linears["lora_unet_double_blocks_0_img_attn_qkv"](x), atol=1e-7)
+    if kind == "diag-oft":  # `dbspec sample` loads the run's adapters back, each fused layer's norm shared
+        from pathlib import Path
+
+        from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+        sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None)).transformer.float()
+        again = _layers(sampled.eval(), final)["lora_unet_double_blocks_0_img_attn_qkv"]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.cat([p(x) for p in again], -1), moved, rtol=0, atol=1e-5)

@@ -102,12 +102,24 @@ def test_flux_diag_oft_file_at_its_block_sizes(tmp_path):
     assert not re.search(block.pattern, "transformer_blocks.1.attn.to_v")
 
 
+def test_flux_diag_oft_file_constraints(tmp_path):
+    """The file's alpha is DiagOFTModule's constraint (make_module_from_state_dict: constraint = float(alpha);
+    was DBS403): the adapter's the one most modules hold, a module at its own a block's."""
+    file = tmp_path / "prev.safetensors"
+    modules = {QKV: _oft(3 * W, 16), PROJ: _oft(W, 16), LINEAR1: _oft(7 * W, 16)}
+    _file(file, modules, {QKV: 1e-3, LINEAR1: 1e-3, PROJ: 0.0})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_constraint == np.float32(1e-3) and a.oft_block_size == 16
+    (block,) = a.blocks
+    assert (block.rank, block.alpha) == (16, 0.0)  # the 0 constraint: a block's own
+    assert re.search(block.pattern, "transformer_blocks.0.attn.to_out.0")
+    assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
+
+
 def test_flux_diag_oft_file_refusals(tmp_path):
     file = tmp_path / "prev.safetensors"
-    # a constraint (the file's alpha): its norm spans a fused layer's parts
-    _file(file, {QKV: _oft(3 * W, 16), PROJ: _oft(W, 16)}, {QKV: 1e-3})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and f"{QKV}.alpha" in messages(outcome, "DBS403")
     # blocks of 7 rows split linear1's 21504 rows across its 3072-row parts
     _file(file, {LINEAR1: _oft(7 * W, 7)}, {})
     outcome = _flux(tmp_path, allow=True)

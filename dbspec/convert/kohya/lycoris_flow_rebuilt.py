@@ -8,13 +8,13 @@ linear1, SD3's attn.qkv), then train_network.py's load_weights loads the same fi
 
 dbspec's equivalent: that kind with `fused_projections` over the file modules' diffusers parts (full paths,
 lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, `init_partial`;
-runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size
-and rescale most modules share, a module at its own an [[adapter.blocks]] entry over all its diffusers parts,
-no constraint (its norm spans a fused layer's parts), no block spanning two parts of FLUX.1's fused
-widths, and Flux's final layer only with every single block's linear2 (its target `proj_out` takes them
-along; a Diag-OFT block cannot leave them out); a module otherwise: DBS403 naming it.
-GLoRA: the rank and alpha most modules share, a module at its own an [[adapter.blocks]] entry over its
-diffusers parts, Flux's final layer beside a rank-0 block for the single
+runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size,
+constraint (the file's alpha: one norm over a fused layer's parts, runtime/lycoris_oft.py link_fused_oft)
+and rescale most modules share, a module at its own an [[adapter.blocks]] entry over all its diffusers
+parts; no block spanning two parts of FLUX.1's fused widths, and Flux's final layer only with every single
+block's linear2 (its target `proj_out` takes them along; a Diag-OFT block cannot leave them out); a module
+otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
+[[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
 blocks' linear2 the file lacks. Text-encoder modules, SD3's patch convolution, BOFT, Chroma: DBS403. Checked
 against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
 
@@ -79,15 +79,9 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
         out: dict = {"kind": kind, "rank": rank, "alpha": alpha}
     else:
-        (size, rescaled), _ = Counter((v["block_size"], v["rescaled"]) for v in values.values()).most_common(
-            1
-        )[0]
+        keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
+        (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
         for name, v in values.items():
-            if v["constraint"]:
-                return (
-                    f"`{name}.alpha` is {v['constraint']:g}: DiagOFTModule's constraint {v['constraint']:g}; "
-                    "dbspec's fused Diag-OFT has none (its norm spans a fused layer's parts)"
-                )
             rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
             misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
             if misfit:
@@ -98,13 +92,9 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
                 "linear2 ends in too, and the file lacks some of those: a Diag-OFT block cannot leave them "
                 "out (its block size is at least 1)"
             )
-        own = {
-            n: (v["block_size"], v["rescaled"])
-            for n, v in values.items()
-            if (v["block_size"], v["rescaled"]) != (size, rescaled)
-        }
-        out = {"kind": kind, "block_size": size, "rescaled": rescaled}
-        blocks = _oft_blocks(own, rescaled, family)
+        own = {n: key for n, key in keys.items() if key != (size, constraint, rescaled)}
+        out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
+        blocks = _oft_blocks(own, (constraint, rescaled), family)
     return {
         **out,
         "denoiser_targets": targets,
@@ -113,19 +103,22 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     }
 
 
-def _oft_blocks(own: dict[str, tuple[int, bool]], rescaled: bool, family: str) -> list[dict]:
-    """OftBlock tables for the Diag-OFT modules at a block size or rescale of their own: one per (size,
-    rescale), its pattern every diffusers part of its modules (a fused Linear's all: one block covers it, as
-    its one DiagOFTModule; compiler/fused.py checks the parts agree)."""
-    groups: dict[tuple[int, bool], dict[str, dict[int | None, set[str]]]] = {}
+def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool], family: str) -> list[dict]:
+    """OftBlock tables for the Diag-OFT modules at a block size, constraint or rescale of their own (`top`:
+    the adapter's constraint and rescale): one per (size, constraint, rescale), its pattern every diffusers
+    part of its modules (a fused Linear's all: one block covers it, as its one DiagOFTModule;
+    compiler/fused.py checks the parts agree)."""
+    groups: dict[tuple[int, float, bool], dict[str, dict[int | None, set[str]]]] = {}
     for name, key in own.items():
         found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
         assert found is not None  # diffusers_targets placed every module
         blocks, index, parts = found
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
     out = []
-    for (size, on), lists in groups.items():
-        values: dict = {"block_size": size} | ({"rescaled": "on" if on else "off"} if on != rescaled else {})
+    for (size, constraint, on), lists in groups.items():
+        values: dict = {"block_size": size}
+        values |= {"constraint": constraint} if constraint != top[0] else {}
+        values |= {"rescaled": "on" if on else "off"} if on != top[1] else {}
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
