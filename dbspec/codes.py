@@ -2668,7 +2668,9 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
 stacked rows, and each diffusers part rotates its own rows in them. That holds only where nothing spans the
-parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's blocks), no `max_norm`.
+parts: LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
+share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescaled` on every part of a fused
+layer or on none.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no

@@ -107,10 +107,23 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         q = blocks - blocks.transpose(1, 2)
         constraint = self.constraint[adapter]
         if constraint > 0:
-            norm = torch.norm(q) + 1e-8
+            norm = self._constrained_norm(adapter, q) + 1e-8
             if norm > constraint:
                 q = q * constraint / norm
         return (eye + q) @ (eye - q).float().inverse()
+
+    def _constrained_norm(self, adapter: str, q: torch.Tensor) -> torch.Tensor:
+        """The norm the constraint bounds: of this layer's skew-symmetric blocks `q`, or for a part of a
+        fused Linear (link_fused_oft) of every part's, in row order, as LyCORIS's one DiagOFTModule on the
+        fused layer holds them (each part's rotation then depends on the others' blocks too)."""
+        parts = self.__dict__.get("oft_fused_parts")
+        if not parts:
+            return torch.norm(q)
+        qs = []
+        for part in parts:
+            blocks = part.lora_oft_blocks[adapter]
+            qs.append(q if part is self else blocks - blocks.transpose(1, 2))
+        return torch.norm(torch.cat([x.reshape(-1) for x in qs]))
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """W' - W: LyCORIS's make_weight(diff=True)."""
@@ -378,9 +391,10 @@ def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     """LyCORIS's DiagOFTModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
     linear1, SD3's qkv): one block split of the stacked rows, block size factorization(sum of the parts'
     widths, lora_dim), which each part's DiagOftLayer takes for its own rows (its blocks are the fused
-    module's blocks over its rows, in row order). With no constraint and no rescale across parts, each
-    block's rotation touches one part's rows alone, so the parts' rotations are exactly the fused module's.
-    ValueError when a block would span two parts. How many parts were resized."""
+    module's blocks over its rows, in row order). Each block's rotation touches one part's rows alone (the
+    rescale is per row), so the parts' rotations are exactly the fused module's; its constraint's one norm
+    over all the blocks is shared by linking the parts (link_fused_oft). ValueError when a block would span
+    two parts. How many parts were resized."""
     from dbspec.runtime.fused import fused_parts
 
     resized = 0
@@ -402,7 +416,30 @@ def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
         for _, _, part in found:
             resize_blocks(part, adapter, size)
             resized += 1
+    link_fused_oft(module, groups, adapter)
     return resized
+
+
+def link_fused_oft(module: nn.Module, groups, adapter: str) -> int:
+    """Each part of a fused Linear (plan.adapter.fused) knows the fused layer's parts, in row order, and its
+    constraint is the fused module's: constraint x the fused width (LyCORIS's DiagOFTModule: constraint x
+    out_dim over all its blocks), the norm taken over every part's blocks (DiagOftLayer._constrained_norm).
+    Called when the run builds its layers (fit_fused_oft) and when a saved adapter is loaded back
+    (runtime/sample.py). How many parts were linked."""
+    from dbspec.runtime.fused import fused_parts
+
+    linked = 0
+    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DiagOftLayer)):
+        parts = [part for _, _, part in found if adapter in part.lora_oft_blocks]
+        if not parts:
+            continue
+        block = module.get_submodule(group.blocks)[index]
+        width = sum(_rows(block.get_submodule(p)) for p in group.parts)
+        for part in parts:
+            part.__dict__["oft_fused_parts"] = parts  # not a submodule: no state, no second registration
+            part.constraint[adapter] = float(part.lora_alpha[adapter]) * width
+            linked += 1
+    return linked
 
 
 def fit_oft_to_state(module: nn.Module, state: dict[str, torch.Tensor], adapter: str) -> None:

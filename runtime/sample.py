@@ -310,6 +310,8 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         raise SampleError(f"{source} holds adapter weights: pass --base with the model they were trained on")
     pipe = _base_pipeline(base, plan, request)
     modules = {name: getattr(pipe, name) for name in _components() if getattr(pipe, name, None) is not None}
+    if plan is not None:  # the denoiser's folder is `unet` whatever the family (weights.py save_weights)
+        modules["unet"] = getattr(pipe, family_spec(plan.model.family).denoiser)
     adapter = plan.adapter if plan else None
     load_peft_adapters(
         source,
@@ -324,6 +326,11 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         bool(adapter and adapter.lokr_rank_stabilized),
         blocks=adapter if adapter and adapter.kind == "lokr" else None,
     )
+    if adapter and adapter.kind == "diag-oft" and adapter.fused:  # LyCORIS's one module per fused Linear
+        from dbspec.runtime.lycoris_oft import link_fused_oft
+
+        for module in modules.values():
+            link_fused_oft(module, adapter.fused, "default")
     return pipe
 
 

@@ -43,9 +43,16 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
-    if adapter.kind == "diag-oft":  # no rank or blocks: its block-size hint on every target
-        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
+    if adapter.kind == "diag-oft":  # its block-size hint, constraint and rescale (a block's: rank, alpha)
+        if block is None:
+            return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
+        return (
+            block.rank,
+            block.alpha,
+            1.0,
+            "" if block.rescaled == "adapter" else f"rescaled {block.rescaled}",
+        )
     if block is None:
         return adapter.rank, adapter.alpha, 1.0, ""
     return block.rank, block.alpha, block.lr_scale, block.group
@@ -361,8 +368,9 @@ def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
-    Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
-    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA, DyLoRA: their dropouts
+    Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's blocks,
+    kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's blocks is
+    runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; GLoRA, DyLoRA: their dropouts
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
@@ -371,9 +379,7 @@ def _check_fused_module(
     if isinstance(adapter, DiagOftAdapter):
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
-            ("constraint (its norm spans every part's blocks)", bool(adapter.constraint)),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
-            ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
         )
     else:
         switches = tuple(
@@ -390,7 +396,10 @@ def _check_fused_module(
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
                 break
             if len(set(adapted.values())) > 1:
-                found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts at other ranks or alphas")
+                what = "block sizes, constraints or rescales" if isinstance(adapter, DiagOftAdapter) else ""
+                found.append(
+                    f"{group.blocks}.{index}'s {group.kohya_name} parts at other {what or 'ranks or alphas'}"
+                )
                 break
             if isinstance(adapter, DyloraAdapter) and len(_units(group, index, plan, adapted)) > 1:
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} parts in blocks of other units")

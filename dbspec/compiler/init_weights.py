@@ -92,7 +92,9 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     # runtime/flow_init.py on SD3's patch convolution
     # LyCORIS's train_norm NormModules: their `w_norm` / `b_norm` load into the norm offsets
     # (runtime/init_weights.py), as load_state_dict(strict=False) loads them into the NormModules
-    norms = _has_norms(adapter)
+    # (with init_partial, strict=False, a file's NormModules the run has no norm for are skipped: a
+    # --network_train_unet_only run, whose apply_to drops the text encoders' NormModules)
+    norms = _has_norms(adapter) or adapter.init_partial
 
     def reader(p):
         return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker), norms=norms)

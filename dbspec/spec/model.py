@@ -1397,6 +1397,9 @@ class BoftAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
     blocks: list[OftBlock] = option(

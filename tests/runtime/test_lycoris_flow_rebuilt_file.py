@@ -3,8 +3,9 @@ dbspec/convert/kohya/lycoris_flow_rebuilt.py): lycoris-lora 4.1.3 writes the fil
 GLoRAModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v and linear1 one module over the
 stacked rows, every tensor moved) and rebuilds it with create_network_from_weights on a tree of kohya's
 names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's rebuilt modules are (same
-outputs to 1e-5; GLoRA's single block linear1 at a rank and alpha of its own: a block, the final layer
-beside a rank-0 block), and the run trains and resumes bit-exact."""
+outputs to 1e-5; the single block's linear1 at a rank and alpha (GLoRA) or a block size and rescale
+(Diag-OFT) of its own: a block, GLoRA's final layer beside a rank-0 block), and the run trains and resumes
+bit-exact."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ from lycoris.modules.glora import GLoRAModule  # noqa: E402
 
 # kind -> (LyCORIS's class, its (lora_dim, alpha) and keywords, single block 0 linear1's own, the final layer)
 KINDS = {
-    "diag-oft": (DiagOFTModule, (4, 0.0, {"rescaled": True}), None, False),
+    # constraints that bind (DiagOFTModule's one norm over a fused Linear's blocks: the parts share it)
+    "diag-oft": (
+        DiagOFTModule,
+        (4, 0.0, {"rescaled": True, "constraint": 0.01}),
+        (8, 0.0, {"constraint": 0.02}),
+        False,
+    ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
 }
 
@@ -52,7 +59,7 @@ def _file(tmp_path, kind: str):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
-    cls, (dim, alpha, _), own, final = KINDS[kind]
+    cls, (dim, alpha, kwargs), own, final = KINDS[kind]
     file, linears = _file(tmp_path, kind)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
     assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
@@ -62,12 +69,16 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
     if kind == "diag-oft":
-        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled, plan.adapter.oft_constraint) == (
-            dim,
-            True,
-            0.0,
-        )
-        assert not plan.adapter.blocks
+        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
+        assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])  # the file's alpha
+        (block,) = plan.adapter.blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
+        assert (block.rank, block.rescaled) == (own[0], "off")
+        assert block.alpha == pytest.approx(own[2]["constraint"])
+        for module in network.unet_loras:  # the constraints bind: the fused norms exceed them
+            q = module.oft_blocks - module.oft_blocks.transpose(1, 2)
+            assert torch.norm(q) > module.constraint > 0, module.lora_name
+        assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
+        assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     else:
         assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
         zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
@@ -101,3 +112,12 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     with torch.no_grad():
         moved = torch.cat([p(x) for p in attn], -1)
         assert not torch.allclose(moved, linears["lora_unet_double_blocks_0_img_attn_qkv"](x), atol=1e-7)
+    if kind == "diag-oft":  # `dbspec sample` loads the run's adapters back, each fused layer's norm shared
+        from pathlib import Path
+
+        from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+        sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None)).transformer.float()
+        again = _layers(sampled.eval(), final)["lora_unet_double_blocks_0_img_attn_qkv"]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.cat([p(x) for p in again], -1), moved, rtol=0, atol=1e-5)

@@ -27,16 +27,22 @@ from tests.runtime.runspec import whole_and_resumed
 _PARTS = ("attn.to_q", "attn.to_k", "attn.to_v")
 
 
-def _theirs(parts, blocks: torch.Tensor, bypass: bool = False, rescale=None) -> DiagOFTModule:
+def _theirs(parts, blocks: torch.Tensor, bypass: bool = False, rescale=None, constraint=0.0) -> DiagOFTModule:
     """lycoris-lora's DiagOFTModule on the fused Linear (the parts' base weights stacked), its blocks (and
-    row rescale) set."""
+    row rescale) set; `constraint` its COFT constraint (one norm over all the fused layer's blocks)."""
     fused = stacked_linear(parts)
     size = blocks.shape[-1]
     module = DiagOFTModule(
-        "fused", fused, 1.0, lora_dim=size, bypass_mode=bypass, rescaled=rescale is not None
+        "fused",
+        fused,
+        1.0,
+        lora_dim=size,
+        bypass_mode=bypass,
+        rescaled=rescale is not None,
+        constraint=constraint,
     )
     assert module.block_size == size  # the stacked width's split is the blocks' own
-    state = {"oft_blocks": blocks, "alpha": torch.tensor(0.0)}
+    state = {"oft_blocks": blocks, "alpha": torch.tensor(float(constraint))}
     module.load_state_dict({**state, **({} if rescale is None else {"rescale": rescale})})
     module.apply_to()
     return module.eval()
@@ -50,14 +56,17 @@ class _Block(nn.Module):
             setattr(self.attn, name, nn.Linear(8, width))
 
 
-@pytest.mark.parametrize(("bypass", "rescaled"), [(False, False), (True, False), (False, True)])
-def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, rescaled):
+@pytest.mark.parametrize(
+    ("bypass", "rescaled", "constraint"),
+    [(False, False, 0.0), (True, False, 0.0), (False, True, 0.0), (False, False, 1e-3), (True, True, 1e-3)],
+)
+def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, rescaled, constraint):
     # 48-row parts at lora_dim 8: the stacked 144 rows split as blocks of 8 (8 x 18), a part's own 48 as
     # blocks of 6 (6 x 8): the parts must take the fused module's 8
     torch.manual_seed(0)
     model = nn.Module()
     model.transformer_blocks = nn.ModuleList([_Block(48)])
-    config = oft_config(list(_PARTS), 8, 0.0, rescaled, bypass=bypass)
+    config = oft_config(list(_PARTS), 8, constraint, rescaled, bypass=bypass)
     inject_adapter_in_model(config, model, adapter_name="default")
     parts = [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
     assert parts[0].lora_oft_blocks["default"].shape == (8, 6, 6)
@@ -74,7 +83,11 @@ def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, resc
     x = torch.randn(5, 8)
     with torch.no_grad():
         ours = torch.cat([p(x) for p in parts], dim=-1)
-        theirs = _theirs(parts, stacked, bypass, rescale)(x)
+        module = _theirs(parts, stacked, bypass, rescale, constraint)
+        theirs = module(x)
+    if constraint:  # it binds: the fused blocks' norm exceeds constraint x 144 rows (scaled by that norm)
+        q = stacked - stacked.transpose(1, 2)
+        assert torch.norm(q) > module.constraint
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
@@ -91,8 +104,12 @@ def test_a_block_spanning_two_parts_is_refused():
 OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = true\n')
 
 
-def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
-    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=OFT)
+@pytest.mark.parametrize("constraint", [0.0, 5e-4])
+def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path, constraint):
+    """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too."""
+    extra = OFT.replace("block_size = 4\n", f"block_size = 4\nconstraint = {constraint}\n")
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
+    assert plan.adapter.oft_constraint == constraint
     assert plan.adapter.kind == "diag-oft" and [f.name for f in plan.adapter.fused] == [
         "img_attn_qkv",
         "txt_attn_qkv",
@@ -104,7 +121,13 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
     assert isinstance(transformer.transformer_blocks[0].attn.to_q, DiagOftLayer)
 
     def theirs(name: str, parts) -> DiagOFTModule:
-        assert float(tensors[f"{name}.alpha"]) == 0.0
-        return _theirs(parts, tensors[f"{name}.oft_blocks"].float())
+        assert float(tensors[f"{name}.alpha"]) == pytest.approx(constraint)
+        return _theirs(
+            parts, tensors[f"{name}.oft_blocks"].float(), constraint=float(tensors[f"{name}.alpha"])
+        )
 
+    if constraint:  # it binds on the fused layers: their blocks' norm past constraint x the fused rows
+        blocks = tensors["lora_unet_double_blocks_0_img_attn_qkv.oft_blocks"].float()
+        rows = blocks.shape[0] * blocks.shape[1]
+        assert torch.norm(blocks - blocks.transpose(1, 2)) > constraint * rows
     assert_lycoris_computes(transformer, theirs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import SD15, SD21, SDXL, codes, expressible, fate, images, kohya, plan_of  # noqa: F401
+from convert_kit import SD15, SD21, SDXL, codes, expressible, fate, images, kohya, messages, plan_of  # noqa: F401
 
 # diffusers' SD 1.x U-Net: the norms of Transformer2DModel (its GroupNorm `norm`, its blocks' LayerNorms
 # norm1-3) and of ResnetBlock2D (GroupNorms norm1 / norm2); never conv_norm_out (no preset class holds it)
@@ -81,10 +81,20 @@ def test_unet_only_training_drops_nothing_of_the_unet(tmp_path):
     assert set(plan.adapter.denoiser_norms) == set(EVERY) and not plan.train_text_encoder
 
 
-@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "dylora"])
-def test_train_norm_beside_other_algos_is_not_expressed(tmp_path, algo):
-    outcome = _convert(tmp_path, f'"algo={algo}" "train_norm=True"')
-    assert "DBS403" in codes(outcome)
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora"])
+def test_train_norm_beside_other_algos(tmp_path, algo):
+    """LyCORIS gives the norms NormModules whatever the algo (was DBS403 beside these): the same offsets
+    (tests/runtime/test_lycoris_sd_boft_norm_file.py beside BOFT); with the network's dropouts, which
+    NormModule draws between those modules' forwards, DBS403."""
+    outcome = expressible(_convert(tmp_path, f'"algo={algo}" "train_norm=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and set(a.denoiser_norms) == set(EVERY)
+    outcome = _convert(tmp_path, f'"algo={algo}" "train_norm=True" "module_dropout=0.1"')
+    assert "module_dropout beside" in messages(outcome, "DBS403")
+
+
+def test_train_norm_beside_dylora_is_not_expressed(tmp_path):
+    assert "DBS403" in codes(_convert(tmp_path, '"algo=dylora" "train_norm=True"'))
 
 
 PRESET = """\

@@ -64,16 +64,62 @@ def test_flux_diag_oft_file(tmp_path):
     assert (a.kind, a.oft_block_size, a.oft_rescaled) == ("diag-oft", 16, False)
 
 
+def test_flux_diag_oft_file_at_its_block_sizes(tmp_path):
+    """Modules at a block size or rescale of their own (make_module_from_state_dict builds each at its
+    blocks' size, rescaled where it holds a `rescale`): [[adapter.blocks]] over every diffusers part of
+    their modules, the adapter at the size and rescale most modules share."""
+    file = tmp_path / "prev.safetensors"
+    txt = "lora_unet_double_blocks_0_txt_attn_qkv"
+    modules = {QKV: _oft(3 * W, 16), txt: _oft(3 * W, 16), PROJ: _oft(W, 8), LINEAR1: _oft(7 * W, 32, False)}
+    _file(file, modules, {})
+    outcome = _flux(tmp_path, "--network_args algo=lokr")
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_rescaled, a.oft_constraint) == ("diag-oft", 16, True, 0.0)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"] and a.init_partial
+    proj, linear1 = sorted(a.blocks, key=lambda b: b.rank)
+    assert (proj.rank, proj.rescaled) == (8, "adapter")  # rescaled like the adapter
+    assert re.search(proj.pattern, "transformer_blocks.0.attn.to_out.0")
+    assert not re.search(proj.pattern, "transformer_blocks.0.attn.to_add_out")
+    assert (linear1.rank, linear1.rescaled, linear1.alpha) == (32, "off", 0.0)
+    for part in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"):
+        assert re.search(linear1.pattern, f"single_transformer_blocks.0.{part}")
+    assert not re.search(linear1.pattern, "single_transformer_blocks.0.proj_out")
+    assert not re.search(linear1.pattern, "transformer_blocks.0.attn.to_q")
+    # SD3's fused q/k/v of one joint block at its own size
+    w, qkv = 2432, "lora_unet_joint_blocks_{}_x_block_attn_qkv"
+    _file(
+        file,
+        {qkv.format(0): _oft(3 * w, 16), qkv.format(1): _oft(3 * w, 16), qkv.format(2): _oft(3 * w, 8)},
+        {},
+    )
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    (block,) = a.blocks
+    assert (a.oft_block_size, block.rank) == (16, 8) and len(a.fused) == 1
+    assert re.search(block.pattern, "transformer_blocks.2.attn.to_v")
+    assert not re.search(block.pattern, "transformer_blocks.1.attn.to_v")
+
+
+def test_flux_diag_oft_file_constraints(tmp_path):
+    """The file's alpha is DiagOFTModule's constraint (make_module_from_state_dict: constraint = float(alpha);
+    was DBS403): the adapter's the one most modules hold, a module at its own a block's."""
+    file = tmp_path / "prev.safetensors"
+    modules = {QKV: _oft(3 * W, 16), PROJ: _oft(W, 16), LINEAR1: _oft(7 * W, 16)}
+    _file(file, modules, {QKV: 1e-3, LINEAR1: 1e-3, PROJ: 0.0})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_constraint == np.float32(1e-3) and a.oft_block_size == 16
+    (block,) = a.blocks
+    assert (block.rank, block.alpha) == (16, 0.0)  # the 0 constraint: a block's own
+    assert re.search(block.pattern, "transformer_blocks.0.attn.to_out.0")
+    assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
+
+
 def test_flux_diag_oft_file_refusals(tmp_path):
     file = tmp_path / "prev.safetensors"
-    # a module at a block size of its own: dbspec's fused Diag-OFT has no blocks
-    _file(file, {QKV: _oft(3 * W, 16), PROJ: _oft(W, 8), LINEAR1: _oft(7 * W, 16)}, {})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and f"`{PROJ}` has block size 8" in messages(outcome, "DBS403")
-    # a constraint (the file's alpha): its norm spans a fused layer's parts
-    _file(file, {QKV: _oft(3 * W, 16), PROJ: _oft(W, 16)}, {QKV: 1e-3})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and f"{QKV}.alpha" in messages(outcome, "DBS403")
     # blocks of 7 rows split linear1's 21504 rows across its 3072-row parts
     _file(file, {LINEAR1: _oft(7 * W, 7)}, {})
     outcome = _flux(tmp_path, allow=True)

@@ -127,9 +127,19 @@ def test_diag_oft_bypass_and_rescaled_map_and_its_dropout_is_invalid(tmp_path):
     assert "DBS402" in codes(outcome)
 
 
-@pytest.mark.parametrize("arg", ["constraint=1e-3", "rank_dropout=0.1", "module_dropout=0.1"])
+@pytest.mark.parametrize("arg", ["rank_dropout=0.1", "module_dropout=0.1"])
 def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
+
+
+def test_diag_oft_constraint_maps(tmp_path):
+    """constraint (was DBS403): DiagOFTModule's one norm over each fused Linear's blocks, which the parts
+    share (runtime/lycoris_oft.py link_fused_oft; tests/runtime/test_lycoris_flux_oft.py)."""
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft constraint=1e-3")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_constraint == 1e-3 and a.fused
+    assert fate(outcome, "network_args constraint") == "mapped"
 
 
 def test_diag_oft_max_norm_is_refused(tmp_path):

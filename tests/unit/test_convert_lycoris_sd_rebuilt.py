@@ -270,9 +270,15 @@ def test_norm_offsets_on_a_linear_are_invalid(tmp_path):
     assert "DBS402" in codes(outcome) and "NormModule" in messages(outcome, "DBS402")
 
 
-def test_norms_beside_boft_are_not_expressed(tmp_path):
+def test_norms_beside_boft_convert(tmp_path):
+    """LyCORIS builds the file's NormModules whatever the other modules: beside BOFT's (was DBS403) the
+    adapter's norm offsets too (tests/runtime/test_lycoris_sd_boft_norm_file.py)."""
     outcome = _convert(tmp_path, {Q: {"oft_blocks": (6, 32, 10, 10), "alpha": 0.0}} | NORMS)
-    assert "DBS403" in codes(outcome) and "NormModules" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "boft" and a.init_partial
+    assert _picks(a.text_encoder_norms, "text_model.encoder.layers.3.layer_norm1")
+    assert a.denoiser_norms and not a.text_encoder_targets
 
 
 def test_text_encoder_norms_alone_build_no_text_encoder_lora(tmp_path):
@@ -288,7 +294,8 @@ def test_text_encoder_norms_alone_build_no_text_encoder_lora(tmp_path):
 
 def test_flux_oft_glora_files_convert_there_norm_files_do_not(tmp_path):
     """On kohya's Flux a Diag-OFT / GLoRA file builds dbspec's fused Diag-OFT / GLoRA
-    (lycoris_flow_rebuilt.py, was DBS403); NormModules there stay DBS403, naming the module."""
+    (lycoris_flow_rebuilt.py, was DBS403); a NormModule on a Linear there stops kohya (DBS402, naming it;
+    CLIP's convert: test_convert_lycoris_flow_norm_file.py)."""
     from test_convert_lycoris_flow_dim_from_weights import _flux
 
     qkv = "lora_unet_double_blocks_0_img_attn_qkv"
@@ -305,4 +312,4 @@ def test_flux_oft_glora_files_convert_there_norm_files_do_not(tmp_path):
     norm = {qkv: {"oft_blocks": (2304, 4, 4), "alpha": 0.0}, "lora_unet_img_in": {"w_norm": (3072,)}}
     _file(tmp_path / "norm" / "prev.safetensors", norm)
     outcome = _flux(tmp_path / "norm", allow=True)
-    assert "DBS403" in codes(outcome) and "`lora_unet_img_in` is a NormModule" in messages(outcome, "DBS403")
+    assert "DBS402" in codes(outcome) and "`lora_unet_img_in.w_norm`" in messages(outcome, "DBS402")

@@ -455,7 +455,6 @@ def test_diag_oft_plans_the_fused_layers(toy: Path):
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"constraint": 1e-3}, "constraint"),
         ({"max_norm": 1.0}, "max_norm"),
         ({"form": "kohya", "block_count": 4}, 'form = "kohya"'),
         ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
@@ -467,6 +466,36 @@ def test_diag_oft_what_spans_the_parts_is_dbs577(toy: Path, extra, why):
     planned = compile_in(toy)
     assert "DBS577" in codes(planned, "error")
     assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+
+
+def test_diag_oft_fused_blocks_over_whole_fused_layers_plan(toy: Path):
+    """A block's own block size, constraint or rescale (a --dim_from_weights file's modules at their own,
+    issue 12): planned over every part of a fused layer; over some parts DBS577."""
+    adapter = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    whole = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"
+    for block, refused in (
+        (f'pattern = "{whole}"\nblock_size = 8\nrescaled = "on"', ""),
+        ('pattern = "attn\\\\.to_k$"\nblock_size = 8', "block sizes, constraints or rescales"),
+        (
+            'pattern = "attn\\\\.to_k$"\nblock_size = 4\nrescaled = "on"',
+            "block sizes, constraints or rescales",
+        ),
+        (f'pattern = "{whole}"\nblock_size = 8\nconstraint = 0.001', ""),
+        (
+            'pattern = "attn\\\\.to_k$"\nblock_size = 4\nconstraint = 0.001',
+            "block sizes, constraints or rescales",
+        ),
+    ):
+        write_spec(toy, model=FLUX, adapter=adapter)
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f"\n[[adapter.blocks]]\n{block}\n")
+        planned = compile_in(toy)
+        assert ("DBS577" in codes(planned, "error")) == bool(refused), block
+        if refused:
+            assert refused in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+        else:
+            (planned_block,) = planned.plan.adapter.blocks
+            assert planned_block.rank == 8
 
 
 def test_diag_oft_fused_projections_on_sd1_is_dbs505(toy: Path):

@@ -11,8 +11,9 @@ a part's. A block touches the rows of one part alone when the block size divides
 3072 and 12288), and then each part of diffusers' split layer rotating its own rows in those blocks is the
 same update: `fused_projections = true` gives each part the fused module's block size (runtime/lycoris_oft.py
 fit_fused_oft, which refuses a block spanning two parts; on FLUX.1 the converter refuses it already), and the
-kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora loads back. What spans
-the parts is refused (DBS403): `constraint` (DiagOFTModule scales all its blocks by one norm) and the
+kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora loads back. `constraint`
+(DiagOFTModule scales all its blocks by one norm, bounded by constraint x the fused width): the parts share
+that norm (runtime/lycoris_oft.py link_fused_oft). What else spans the parts is refused (DBS403): the
 dropouts (rank_dropout: one mask over the fused module's blocks; module_dropout: one draw per fused module).
 `dropout` (--network_dropout) acts only in bypass_mode, where lycoris-lora 4.1.3 raises on it (DBS402, as
 network.py's U-Net rule); bypass_mode alone rotates the output, its bias too (adapter.bypass), per block of
@@ -71,8 +72,6 @@ def map_flow_diag_oft(
         conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
         return False
     refused = []
-    if float(kwargs.get("constraint") or 0):
-        refused.append(f"constraint={kwargs['constraint']} (one norm over all the fused Linear's blocks)")
     for key in ("rank_dropout", "module_dropout"):
         if float(kwargs.get(key) or 0):
             refused.append(f"{key}={kwargs[key]} (one draw over the fused Linear's blocks)")
@@ -85,6 +84,7 @@ def map_flow_diag_oft(
     if refused:
         conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
+    constraint = legacy("constraint") if float(kwargs.get("constraint") or 0) else None
     for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
         conv.inert(legacy(key), "0 is off")
     if "conv_dim" in kwargs:
@@ -111,6 +111,10 @@ def map_flow_diag_oft(
         return False
     put_kind(conv, module, "diag-oft", preset, "DiagOFTModule", layout.title)
     conv.mapped(dim, ("adapter", "block_size"), lora_dim)
+    if (
+        constraint is not None
+    ):  # one norm over each fused Linear's blocks (runtime/lycoris_oft.py link_fused_oft)
+        conv.mapped(constraint, ("adapter", "constraint"), float(constraint.value))
     if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own
         conv.mapped(rescaled, ("adapter", "rescaled"), str(rescaled.value).lower() != "false")
     if a["network_alpha"].given:

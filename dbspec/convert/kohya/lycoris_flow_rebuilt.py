@@ -8,11 +8,12 @@ linear1, SD3's attn.qkv), then train_network.py's load_weights loads the same fi
 
 dbspec's equivalent: that kind with `fused_projections` over the file modules' diffusers parts (full paths,
 lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, `init_partial`;
-runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: one block size
-and rescale for every module (dbspec's fused Diag-OFT has no [[adapter.blocks]]), no constraint (its norm
-spans a fused layer's parts), no block spanning two parts of FLUX.1's fused widths, and Flux's final layer
-only with every single block's linear2 (its target `proj_out` takes them along; no block leaves them out);
-a module otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
+runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size,
+constraint (the file's alpha: one norm over a fused layer's parts, runtime/lycoris_oft.py link_fused_oft)
+and rescale most modules share, a module at its own an [[adapter.blocks]] entry over all its diffusers
+parts; no block spanning two parts of FLUX.1's fused widths, and Flux's final layer only with every single
+block's linear2 (its target `proj_out` takes them along; a Diag-OFT block cannot leave them out); a module
+otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
 [[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
 blocks' linear2 the file lacks. Text-encoder modules, SD3's patch convolution, BOFT, Chroma: DBS403. Checked
 against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
@@ -23,6 +24,7 @@ from collections import Counter
 
 from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
 from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
+from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 
@@ -77,22 +79,9 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
         out: dict = {"kind": kind, "rank": rank, "alpha": alpha}
     else:
-        (size, constraint, rescaled), _ = Counter(
-            (v["block_size"], v["constraint"], v["rescaled"]) for v in values.values()
-        ).most_common(1)[0]
+        keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
+        (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
         for name, v in values.items():
-            if v["constraint"]:
-                return (
-                    f"`{name}.alpha` is {v['constraint']:g}: DiagOFTModule's constraint {v['constraint']:g}; "
-                    "dbspec's fused Diag-OFT has none (its norm spans a fused layer's parts)"
-                )
-            if (v["block_size"], v["rescaled"]) != (size, rescaled):
-                theirs, ours = ("on" if x else "off" for x in (v["rescaled"], rescaled))
-                return (
-                    f"module `{name}` has block size {v['block_size']} and rescale {theirs}, the others "
-                    f"{size} and {ours}: "
-                    "dbspec's fused Diag-OFT has one block size and rescale (no [[adapter.blocks]])"
-                )
             rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
             misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
             if misfit:
@@ -100,14 +89,36 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         if final_layer_block(targets, family):
             return (
                 "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
-                "linear2 ends in too, and the file lacks some of those: dbspec's fused Diag-OFT has no "
-                "[[adapter.blocks]] to leave them out"
+                "linear2 ends in too, and the file lacks some of those: a Diag-OFT block cannot leave them "
+                "out (its block size is at least 1)"
             )
-        out = {"kind": kind, "block_size": size, "rescaled": rescaled}
-        blocks = []
+        own = {n: key for n, key in keys.items() if key != (size, constraint, rescaled)}
+        out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
+        blocks = _oft_blocks(own, (constraint, rescaled), family)
     return {
         **out,
         "denoiser_targets": targets,
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
     }
+
+
+def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool], family: str) -> list[dict]:
+    """OftBlock tables for the Diag-OFT modules at a block size, constraint or rescale of their own (`top`:
+    the adapter's constraint and rescale): one per (size, constraint, rescale), its pattern every diffusers
+    part of its modules (a fused Linear's all: one block covers it, as its one DiagOFTModule;
+    compiler/fused.py checks the parts agree)."""
+    groups: dict[tuple[int, float, bool], dict[str, dict[int | None, set[str]]]] = {}
+    for name, key in own.items():
+        found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
+        assert found is not None  # diffusers_targets placed every module
+        blocks, index, parts = found
+        groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
+    out = []
+    for (size, constraint, on), lists in groups.items():
+        values: dict = {"block_size": size}
+        values |= {"constraint": constraint} if constraint != top[0] else {}
+        values |= {"rescaled": "on" if on else "off"} if on != top[1] else {}
+        for blocks, indices in lists.items():
+            out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
+    return out

@@ -266,7 +266,7 @@ def locon_dora(local) -> bool | frozenset[str] | str:
     output row of kohya's Linear, or of a convolution, (out, 1, 1, 1): LoConModule built with
     weight_decompose): True for every module, the names of those that do where only some modules do (their
     blocks' own dora, the denoiser's and the text encoders' alike); why not when one is per input."""
-    modules = read_lycoris_file(local)
+    modules = {n: m for n, m in read_lycoris_file(local).items() if m.algo != "norm"}  # train_norm's beside
     held = [m for m in modules.values() if "dora_scale" in m.shapes]
     if not held:
         return False

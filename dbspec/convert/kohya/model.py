@@ -763,7 +763,8 @@ def _flow_dim_from_weights(
     try:
         if local is None:
             raise ValueError("a Windows path, not on this machine")
-        file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris)
+        # LyCORIS's NormModules beside the LoCon modules (train_norm's w_norm / b_norm): _put_file_norms
+        file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris, norms=lycoris)
         dora = locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
         conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
@@ -978,6 +979,7 @@ def _lycoris_flow_from_weights(
     LoCon's `lora_mid` on SD3's patch convolution is its Tucker form (tucker = true), on a Linear DBS402;
     `dora_scale` in every module dora = true (lycoris_flow_weights.locon_dora)."""
     from dbspec.convert.kohya.lora_flux import map_lora_flux
+    from dbspec.convert.kohya.lycoris_flow_norms import flow_file_norms
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, weights = a["network_module"], a["network_weights"]
@@ -988,14 +990,27 @@ def _lycoris_flow_from_weights(
         return False
     a = _lycoris_from_weights_args(a, conv)
     wanted = NETWORK_MODULES[script]
+    flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
+    norms = _file_norm_values(a, paths, conv, flow, flow_file_norms)  # CLIP's NormModules (train_norm's)
+    if norms is None:
+        return False
     factors = _factor_file(a, paths)
     if factors is not None:
-        flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
-        return _lycoris_flow_factor_file(a, paths, conv, flow, factors)
-    rebuilt = _rebuilt_file(a, paths, norms=True)  # Diag-OFT, BOFT, GLoRA, NormModules (IA3: factors')
+        factors = {n: m for n, m in factors.items() if m.algo != "norm"}
+        done = _lycoris_flow_factor_file(a, paths, conv, flow, factors)
+        return done and _put_file_norms(norms, a, paths, conv)
+    rebuilt = _rebuilt_file(a, paths)  # Diag-OFT, BOFT, GLoRA (IA3: factors')
     if rebuilt is not None:
-        flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
-        return _lycoris_flow_rebuilt_file(a, paths, conv, flow, rebuilt)
+        rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
+        done = _lycoris_flow_rebuilt_file(a, paths, conv, flow, rebuilt)
+        return done and _put_file_norms(norms, a, paths, conv)
+    if _norms_alone(a, paths):
+        conv.unsupported(
+            a["dim_from_weights"],
+            f"LyCORIS's create_network_from_weights with `{a['network_weights'].value}`: it holds "
+            "NormModules alone (no module of the denoiser); dbspec trains a network with denoiser modules",
+        )
+        return False
     conv.put(("adapter", "kind"), "lora", conv.comment(module))
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
@@ -1017,7 +1032,17 @@ def _lycoris_flow_from_weights(
     _flow_dim_from_weights(a, wanted, paths, conv, family, lycoris=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True)  # a LoCon's: one norm per fused Linear (Flux, SD3)
-    return True
+    return _put_file_norms(norms, a, paths, conv)
+
+
+def _norms_alone(a: Args, paths: PathMapper) -> bool:
+    """The --network_weights file holds LyCORIS NormModules and no other module (False when unreadable)."""
+    local = paths.local(a["network_weights"].value)
+    try:
+        modules = read_lycoris_file(local) if local is not None else {}
+    except (ModelFileError, ValueError, OSError):
+        return False
+    return bool(modules) and all(m.algo == "norm" for m in modules.values())
 
 
 def _rebuilt(found: dict | str, weights, from_file, conv: Conversion) -> dict | None:
@@ -1092,10 +1117,13 @@ def _factor_file(a: Args, paths: PathMapper) -> dict[str, LycorisModule] | None:
     return modules if any(m.algo in ("lokr", "loha", "ia3", "full") for m in modules.values()) else None
 
 
-def _file_norm_values(a: Args, paths: PathMapper, conv: Conversion, family: str) -> dict[str, object] | None:
-    """lycoris.kohya --dim_from_weights on SD 1.x/2.x / SDXL: the [adapter] norms for the file's NormModules
-    (lycoris_sd_rebuilt.sd_file_norms; {} without any, or when the file is unreadable); None where kohya fails
-    (DBS402) or dbspec cannot express them (DBS403), reported."""
+def _file_norm_values(
+    a: Args, paths: PathMapper, conv: Conversion, family: str, finder=None
+) -> dict[str, object] | None:
+    """lycoris.kohya --dim_from_weights: the [adapter] norms for the file's NormModules (`finder`: on SD
+    1.x/2.x / SDXL lycoris_sd_rebuilt.sd_file_norms, on Flux / SD3 lycoris_flow_norms.flow_file_norms; {}
+    without any, or when the file is unreadable); None where kohya fails (DBS402) or dbspec cannot express
+    them (DBS403), reported."""
     from dbspec.convert.kohya.lycoris_sd_full import INVALID as FAILS
     from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_file_norms
 
@@ -1104,7 +1132,7 @@ def _file_norm_values(a: Args, paths: PathMapper, conv: Conversion, family: str)
         modules = read_lycoris_file(local) if local is not None else {}
     except (ModelFileError, ValueError, OSError):
         return {}
-    found = sd_file_norms(modules, family, bool(a["network_train_unet_only"].value))
+    found = (finder or sd_file_norms)(modules, family, bool(a["network_train_unet_only"].value))
     from_file = a["dim_from_weights"]
     if isinstance(found, str) and found.startswith(FAILS):
         message = f"LyCORIS's create_network_from_weights: {found.removeprefix(FAILS)}"
@@ -1118,17 +1146,9 @@ def _file_norm_values(a: Args, paths: PathMapper, conv: Conversion, family: str)
 
 def _put_file_norms(norms: dict[str, object], a: Args, paths: PathMapper, conv: Conversion) -> bool:
     """The file's NormModules as the adapter's norm offsets, started from the file's `w_norm` / `b_norm`
-    (runtime/init_weights.py); False (DBS403) beside an adapter kind without norm offsets (BOFT)."""
+    (runtime/init_weights.py), beside any adapter kind (LyCORIS builds a NormModule whatever the others)."""
     if not norms:
         return True
-    kind = conv.values.get(("adapter", "kind"), ("lora", ""))[0]
-    if kind == "boft":
-        conv.unsupported(
-            a["dim_from_weights"],
-            "LyCORIS's NormModules of the file beside its BOFT modules: dbspec offsets norms beside "
-            "lora / locon, loha, lokr, full, ia3, diag-oft and glora",
-        )
-        return False
     note = (
         f"kohya --dim_from_weights: LyCORIS's NormModules of {paths.name_of(a['network_weights'].value)} "
         "(train_norm's w_norm / b_norm), started from the file"

@@ -387,7 +387,8 @@ def _map_network(
             unet = [*unet, *RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if train_norm is not None and norm_table is not None:
-        _train_norm(train_norm, norm_table, kind, algo, applied, put, conv)
+        drops = any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout"))
+        _train_norm(train_norm, norm_table, kind, algo, applied, put, conv, drops)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
             kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv, dropout
@@ -508,6 +509,7 @@ def _train_norm(
     applied: tuple[bool, bool],
     put: dict[str, Any],
     conv: Conversion,
+    drops: bool = False,
 ) -> None:
     """LyCORIS's `train_norm` on kohya's SD 1.x / 2.x / SDXL models: create_single_module gives each module
     whose class name holds "Norm" that the preset's walk reaches a NormModule (lycoris/modules/norms.py),
@@ -517,17 +519,28 @@ def _train_norm(
     (none reaches CLIP's); a file may reach CLIP's LayerNorms (CLIPEncoderLayer, or by name). They map to
     `[adapter] denoiser_norms` / `text_encoder_norms` (runtime/norm_offsets.py), the network's module_dropout
     and rank_dropout drawn as NormModule draws them. apply_to drops a model's modules (norms too) kohya
-    does not train (network_train_unet_only / network_train_text_encoder_only)."""
+    does not train (network_train_unet_only / network_train_text_encoder_only). Beside algo=diag-oft, boft,
+    ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; with the
+    network's dropouts (`drops`), which NormModule draws between those modules' forwards, DBS403; dylora:
+    DBS403 (dbspec's DyLoRA offsets no U-Net norm)."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
     if not (unet or clip):
         conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
         return
-    if kind not in ("lora", "loha", "lokr", "full"):
+    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora"):
         conv.unsupported(
             legacy,
-            f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, lokr "
-            "and full",
+            f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, "
+            "lokr, full, ia3, diag-oft, boft and glora",
+        )
+        return
+    if drops and kind not in ("lora", "loha", "lokr", "full"):
+        conv.unsupported(
+            legacy,
+            f"LyCORIS's NormModules with the network's rank_dropout / module_dropout beside algo={algo}: "
+            "dbspec draws the offsets' dropouts in forward order beside lora / locon, loha, lokr and full "
+            "modules only",
         )
         return
     where = []
