@@ -2499,7 +2499,6 @@ _MIXED_OFF = {
     "rank_stabilized": False,
     "ggpo": False,
     "fused_projections": False,
-    "init_weights": "",
     "fused_dropout": False,
 }
 
