@@ -102,3 +102,51 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(pipe, tmp_path, monkeypatch):
+    """--dim_from_weights with the file of a LoKr network whose preset gives ResNets LoCon (dim 4, alpha 2),
+    conv_in LoRA and the MLPs LoHa (dim 2), every parameter moved, some alphas changed, some modules left
+    out: lycoris-lora's create_network_from_weights builds each module by its keys (LokrModule, LoConModule,
+    LohaModule); dbspec's converted run is of kind lokr with blocks of kind lora / loha, every layer in
+    LyCORIS's class at its dim and scale and starting alike (outputs to 1e-5); it trains and resumes."""
+    from tests.runtime.test_lycoris_algo_maps import _built
+    from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
+
+    preset_path = tmp_path / "mixed.toml"
+    preset_path.write_text(MIXED, encoding="utf-8")
+    made = _network(pipe, preset_path, monkeypatch, "lokr")
+    state = kit.moved_state(made, seed=2, scale=0.1)
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[1::4]:  # their own scale
+        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    path = kit.save_state(state, tmp_path, drop=6)
+    in_file = {k.split(".")[0] for k in load_file(str(path))}
+    theirs = _theirs(pipe, path)
+    assert set(theirs) == in_file
+    assert {type(m).__name__ for m in theirs.values()} == {"LokrModule", "LoConModule", "LohaModule"}
+
+    plan = kit.converted_plan(tmp_path, FROM)
+    a = plan.adapter
+    assert a.kind == "lokr" and a.init_partial and a.init_weights
+    assert {"lora", "loha"} <= {b.kind for b in a.blocks}
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = _ours(comps)
+    built = {**_built(comps.unet, "lora_unet_"), **_built(comps.text_encoders[0], "lora_te_text_model_")}
+    expected = {n: (type(m).__name__, m.lora_dim, round(float(m.scale), 12)) for n, m in theirs.items()}
+    assert built == expected
+    torch.manual_seed(0)
+    for name, lyco in sorted(theirs.items()):
+        layer = ours[name]
+        base = layer.get_base_layer()
+        x = kit.sample_input(base)
+        with torch.no_grad():
+            mine = layer(x)
+            torch.testing.assert_close(mine, lyco(x), rtol=0, atol=1e-5, msg=name)
+            assert not torch.allclose(mine, base(x), atol=1e-4), name
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
