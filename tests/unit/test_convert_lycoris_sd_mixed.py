@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from convert_kit import codes, errors, messages, plan_of
 from test_convert_lycoris_sd_factor_dim import _loha, _lokr
-from test_convert_lycoris_sd_rebuilt import CONV, FF, K, Q, TE, _block, _convert, _oft, _picks
+from test_convert_lycoris_sd_rebuilt import CONV, FF, K, Q, TE, _block, _convert, _glora, _oft, _picks
 
 
 def _locon(out: int, inp: int, rank: int, alpha: float | None = 1.0, kernel: int = 0) -> dict:
@@ -72,7 +72,27 @@ def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
             "dora",
         ),
         ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
-        ("oft", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "beside"),
+        ("rescale", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "rescale"),
+        ("full", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320), "alpha": 1.0}}, "DBS403", "beside"),
     ):
         outcome = _convert(tmp_path / case, modules)
         assert code in codes(outcome) and said in messages(outcome, code), (case, errors(outcome))
+
+
+def test_locon_file_with_oft_and_glora_modules_is_a_lora_run_with_their_blocks(tmp_path):
+    modules = {
+        Q: _locon(320, 320, 4, alpha=2.0),
+        TE: _locon(768, 768, 4, alpha=2.0),
+        K: _oft(8, 320, alpha=0.5, rescale=False),  # DiagOFTModule: lora_dim 8, constraint 0.5
+        FF: _glora(2, 1280, out=320, alpha=1.0),
+    }
+    outcome = _convert(tmp_path, modules)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 4, 2.0)
+    q = _block(a.blocks, f"{ATTN}.to_q")
+    assert (q.kind, q.rank, q.alpha) == ("adapter", 4, 2.0)  # the plan names the own kind so
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.alpha) == ("diag-oft", 8, 0.5)
+    ff = _block(a.blocks, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2")
+    assert (ff.kind, ff.rank, ff.alpha) == ("glora", 2, 1.0)

@@ -1,19 +1,20 @@
 """lycoris.kohya `--dim_from_weights` with a LyCORIS file mixing LoCon (`lora_down` / `lora_up`), LoKr
-(`lokr_w1`...) and LoHa (`hada_w1_a`...) modules on SD 1.x/2.x (train_network.py) and SDXL
-(sdxl_train_network.py). LyCORIS's create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds
-each module by its own keys (get_module: LoConModule, LohaModule, LokrModule), each at the values its
-make_module_from_state_dict reads off the file (LoConModule: `lora_dim` the rows of `lora_down`, alpha
-`float(alpha)`, 0 the dim; LoKr / LoHa: lycoris_sd_factor.py), then `load_weights` loads the file into them.
+(`lokr_w1`...), LoHa (`hada_w1_a`...), Diag-OFT / BOFT (`oft_blocks`) and GLoRA (`a1.weight`...) modules,
+some LoCon, LoKr or LoHa among them, on SD 1.x/2.x (train_network.py) and SDXL (sdxl_train_network.py).
+LyCORIS's create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own
+keys (get_module), each at the values its make_module_from_state_dict reads off the file (LoConModule:
+`lora_dim` the rows of `lora_down`, alpha `float(alpha)`, 0 the dim; LoKr / LoHa: lycoris_sd_factor.py;
+Diag-OFT / BOFT / GLoRA: lycoris_sd_rebuilt.py), then `load_weights` loads the file into them.
 
 dbspec's equivalent: a run of several kinds (runtime/mixed_kinds.py). The adapter is of the LoKr modules'
 kind when the file has some (lycoris_sd_factor.sd_factor_file's values and blocks for them: a lokr adapter's
-own LoKr layers may carry their own split), else of the LoHa modules'; the other kinds' modules are
-`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their `kind` ("lora", "loha") at each module's
-rank and alpha, placed first so that their patterns (exact among the file's layers) take their layers; the
-targets span every module's layer; the run starts from the file (runtime/mixed_init.py). A run of several
-kinds builds no Tucker form and no weight decomposition (DBS578): a `lora_mid`, `hada_t1`, `lokr_t2` or
-`dora_scale` in such a file is DBS403. Checked against lycoris-lora in
-tests/runtime/test_lycoris_mixed_file.py."""
+own LoKr layers may carry their own split), else of the LoHa modules', else LoRA; the other modules are
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their `kind` at each module's rank and alpha
+(an OFT's block-size hint and constraint), placed first so that their patterns (exact among the file's
+layers) take their layers; the targets span every module's layer; the run starts from the file
+(runtime/mixed_init.py). A run of several kinds builds no Tucker form, weight decomposition or OFT rescale
+(DBS578): a `lora_mid`, `hada_t1`, `lokr_t2`, `dora_scale` or `rescale` in such a file is DBS403. Checked
+against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
 
 from __future__ import annotations
 
@@ -25,16 +26,19 @@ from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule
 from dbspec.convert.kohya.lycoris_maps import _pattern
 from dbspec.convert.kohya.lycoris_sd_factor import _module, sd_factor_file
 from dbspec.convert.kohya.lycoris_sd_full import INVALID, sd_layers
+from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _oft
+from dbspec.convert.kohya.lycoris_sd_rebuilt import _kind as _oft_kind
 
-MIXED_ALGOS = ("locon", "lokr", "loha")  # the file algos (lycoris_flow_weights._DETECT) this module maps
-_KIND = {"locon": "lora", "lokr": "lokr", "loha": "loha"}
+# the file algos (lycoris_flow_weights._DETECT) this module maps; LoCon, LoKr or LoHa among them
+MIXED_ALGOS = ("locon", "lokr", "loha", "oft", "glora")
+_KIND = {"locon": "lora", "lokr": "lokr", "loha": "loha", "glora": "glora"}
 _LOCON = ("lora_down.weight", "lora_up.weight")
 
 
 def is_mixed(modules: dict[str, LycorisModule]) -> bool:
     """The file's modules (NormModules aside) are of several of LoCon, LoKr and LoHa, and of no other."""
     algos = {m.algo for m in modules.values()} - {"norm"}
-    return len(algos) > 1 and algos <= set(MIXED_ALGOS)
+    return len(algos) > 1 and algos <= set(MIXED_ALGOS) and bool(algos & {"locon", "lokr", "loha"})
 
 
 def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
@@ -62,9 +66,22 @@ def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
 
 
 def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
-    """A LoCon / LoHa module's (kind, rank, alpha, spatial) in a run of several kinds; else why not."""
+    """A LoCon / LoHa / Diag-OFT / BOFT / GLoRA module's (kind, rank, alpha, spatial) in a run of several
+    kinds (an OFT block's rank its block-size hint, its alpha the constraint); else why not."""
+    kind = _KIND.get(m.algo) or _oft_kind(m)
     if m.algo == "locon":
         found = _locon(name, m)
+    elif m.algo == "glora":
+        found = _glora(name, m, layer)
+    elif m.algo == "oft":
+        found = _oft(name, m, kind)
+        if isinstance(found, dict):
+            if found["rescaled"]:
+                return (
+                    f"`{name}.rescale`: a {kind} module's row rescale beside modules of other kinds; "
+                    "dbspec's OFT blocks in a run of several kinds rescale nothing"
+                )
+            found = {"rank": found["block_size"], "alpha": found["constraint"]}
     else:
         found = _module(name, m, layer, path)
         if isinstance(found, dict):
@@ -77,7 +94,7 @@ def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
             found = {"rank": found["options"][0], "alpha": found["alpha"]}
     if isinstance(found, str):
         return found
-    return {"kind": _KIND[m.algo], "spatial": layer == "conv", **found}
+    return {"kind": kind, "spatial": layer == "conv", **found}
 
 
 def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]) -> list[dict[str, Any]]:
@@ -106,8 +123,13 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
     if unknown:
         return unknown
     algos = {m.algo for m in modules.values()}
-    own = "lokr" if "lokr" in algos else "loha"
-    found = sd_factor_file({n: m for n, m in modules.items() if m.algo == own}, family, unet_only)
+    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
+    if (
+        own == "locon"
+    ):  # a LoRA adapter: its LoCon modules blocks of kind lora (the adapter's) like the others
+        found = _locon_adapter(modules, layers)
+    else:
+        found = sd_factor_file({n: m for n, m in modules.items() if m.algo == own}, family, unet_only)
     if isinstance(found, str):
         return found
     own_blocks = [*found["blocks"], *found["text_encoder_blocks"]]
@@ -129,7 +151,7 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
         if slot is not None:
             built_texts[slot].append(path)
         key = layers.unet_path(path) if slot is None else f"{layers.components[slot]}.{path}"
-        if module.algo == own:
+        if module.algo == own and own != "locon":
             (own_unet if slot is None else own_text).add(key)
             continue
         if not layer:
@@ -161,4 +183,29 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
     # the other kinds' blocks first: each module takes the first block whose pattern it matches
     out["blocks"] = [*_kind_blocks(unet, rows, top), *found["blocks"]]
     out["text_encoder_blocks"] = [*_kind_blocks(text, text_rows, top), *found["text_encoder_blocks"]]
+    return out
+
+
+def _locon_adapter(modules: dict[str, LycorisModule], layers) -> dict[str, object] | str:
+    """A LoRA adapter's values for a file led by LoCon modules: the rank and alpha most of them share (its
+    convolutions': conv_rank / conv_alpha), each module's own in its block of kind lora."""
+    pairs: list[tuple[int, float]] = []
+    convs: list[tuple[int, float]] = []
+    for name, m in sorted(modules.items()):
+        if m.algo != "locon":
+            continue
+        values = _locon(name, m)
+        if isinstance(values, str):
+            return values
+        (convs if layers.lookup(name)[1][2] == "conv" else pairs).append((values["rank"], values["alpha"]))
+    rank, alpha = Counter(pairs or convs).most_common(1)[0][0]
+    out: dict[str, object] = {
+        "kind": "lora",
+        "rank": rank,
+        "alpha": alpha,
+        "blocks": [],
+        "text_encoder_blocks": [],
+    }
+    if convs:
+        out["conv_rank"], out["conv_alpha"] = Counter(convs).most_common(1)[0][0]
     return out
