@@ -5,9 +5,9 @@ from it. The numbers against lycoris-lora 4.1.3: tests/runtime/test_lycoris_mixe
 
 from __future__ import annotations
 
-from convert_kit import codes, errors, messages, plan_of
+from convert_kit import SDXL, codes, errors, images, kohya, messages, plan_of
 from test_convert_lycoris_sd_factor_dim import _loha, _lokr
-from test_convert_lycoris_sd_rebuilt import CONV, FF, K, Q, TE, _block, _convert, _glora, _oft, _picks
+from test_convert_lycoris_sd_rebuilt import CONV, FF, K, Q, TE, _block, _convert, _file, _glora, _oft, _picks
 
 
 def _locon(out: int, inp: int, rank: int, alpha: float | None = 1.0, kernel: int = 0) -> dict:
@@ -96,3 +96,34 @@ def test_locon_file_with_oft_and_glora_modules_is_a_lora_run_with_their_blocks(t
     assert (k.kind, k.rank, k.alpha) == ("diag-oft", 8, 0.5)
     ff = _block(a.blocks, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2")
     assert (ff.kind, ff.rank, ff.alpha) == ("glora", 2, 1.0)
+
+
+def test_sdxl_original_names(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_v": _lokr(640, 640, 4, 4),
+            "lora_unet_output_blocks_0_0_in_layers_2": _locon(1280, 2560, 4, alpha=2.0, kernel=3),
+            "lora_te2_text_model_encoder_layers_20_mlp_fc1": _loha(5120, 1280, 8),
+        },
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module lycoris.kohya "
+        "--network_weights prev.safetensors --dim_from_weights --learning_rate=1e-4 --max_train_steps=3 "
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "lokr"
+    assert _picks(a.denoiser_targets, "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_v")
+    assert _picks(a.conv_targets, "up_blocks.0.resnets.0.conv1")
+    conv = _block(a.blocks, "up_blocks.0.resnets.0.conv1")
+    assert (conv.kind, conv.conv_rank, conv.conv_alpha) == ("lora", 4, 2.0)
+    fc1 = _block(a.text_encoder_blocks, "text_encoder_2.text_model.encoder.layers.20.mlp.fc1")
+    assert (fc1.kind, fc1.rank) == ("loha", 8)
+    assert not any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)
