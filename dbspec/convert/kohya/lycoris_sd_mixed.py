@@ -116,17 +116,15 @@ def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]
 
 def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict[str, object] | str:
     """[adapter] values (blocks and text_encoder_blocks as lists of tables) for the network
-    create_network_from_weights builds from a file of LoCon, LoKr and LoHa modules on `family` (SD 1.x/2.x
-    or SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
+    create_network_from_weights builds from a file of LoCon, LoKr, LoHa, OFT and GLoRA modules on `family`
+    (SD 1.x/2.x or SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
     layers = sd_layers(family)
     unknown = layers.unknown(modules)
     if unknown:
         return unknown
     algos = {m.algo for m in modules.values()}
     own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
-    if (
-        own == "locon"
-    ):  # a LoRA adapter: its LoCon modules blocks of kind lora (the adapter's) like the others
+    if own == "locon":  # a LoRA adapter: its LoCon modules blocks of kind lora (the adapter's) too
         found = _locon_adapter(modules, layers)
     else:
         found = sd_factor_file({n: m for n, m in modules.items() if m.algo == own}, family, unet_only)
@@ -139,6 +137,37 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
             f"its {own} modules hold LyCORIS's {what} "
             "beside modules of other kinds: dbspec trains several kinds in one run without it (DBS578)"
         )
+    split = _split(modules, layers, own, unet_only)
+    if isinstance(split, str):
+        return split
+    own_unet, own_text, unet, text, built_texts = split
+    everything = {p: v["layer"] for p, v in unet.items()}
+    everything |= {p: k for p, _, k in layers.rows if p in own_unet}
+    rows = [row for row in layers.rows if row[0] in everything]
+    text_rows = [row for row in layers.text_rows if row[0] in own_text or row[0] in text]
+    targets, targets_2 = _text_targets(layers.texts, built_texts)
+    convs = {p for p, k in everything.items() if k == "conv"}
+    out = {k: v for k, v in found.items() if k not in ("blocks", "text_encoder_blocks")}
+    out["denoiser_targets"] = _suffixes(set(everything) - convs, layers.rows)
+    out["text_encoder_targets"] = targets
+    if targets_2 is not None:
+        out["text_encoder_2_targets"] = targets_2
+    conv_pairs = [(v["rank"], v["alpha"]) for v in unet.values() if v["spatial"]]
+    if convs and "conv_rank" not in out:  # the adapter's convolutions are all another kind's: theirs
+        out["conv_rank"], out["conv_alpha"] = Counter(conv_pairs).most_common(1)[0][0]
+    if convs:
+        out["conv_targets"] = _suffixes(convs, layers.rows)
+    top = (int(out["rank"]), float(out["alpha"]))
+    # the other kinds' blocks first: each module takes the first block whose pattern it matches
+    out["blocks"] = [*_kind_blocks(unet, rows, top), *found["blocks"]]
+    out["text_encoder_blocks"] = [*_kind_blocks(text, text_rows, top), *found["text_encoder_blocks"]]
+    return out
+
+
+def _split(modules: dict[str, LycorisModule], layers, own: str, unet_only: bool) -> tuple | str:
+    """(the own kind's U-Net paths, its text paths, the other modules' values by U-Net path, by text path,
+    each text encoder's built paths); else why not. The own kind's are lycoris_sd_factor's (a LoCon-led
+    file's LoCon modules are blocks like the others)."""
     own_unet: set[str] = set()  # dbspec paths of the own kind's modules
     own_text: set[str] = set()
     unet: dict[str, dict] = {}  # the other kinds' modules: diffusers path -> values
@@ -163,27 +192,7 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
         if isinstance(values, str):
             return values
         (unet if slot is None else text)[key] = {**values, "layer": layer}
-    everything = {p: v["layer"] for p, v in unet.items()}
-    everything |= {p: k for p, _, k in layers.rows if p in own_unet}
-    rows = [row for row in layers.rows if row[0] in everything]
-    text_rows = [row for row in layers.text_rows if row[0] in own_text or row[0] in text]
-    targets, targets_2 = _text_targets(layers.texts, built_texts)
-    convs = {p for p, k in everything.items() if k == "conv"}
-    out = {k: v for k, v in found.items() if k not in ("blocks", "text_encoder_blocks")}
-    out["denoiser_targets"] = _suffixes(set(everything) - convs, layers.rows)
-    out["text_encoder_targets"] = targets
-    if targets_2 is not None:
-        out["text_encoder_2_targets"] = targets_2
-    conv_pairs = [(v["rank"], v["alpha"]) for v in unet.values() if v["spatial"]]
-    if convs and "conv_rank" not in out:  # the adapter's convolutions are all another kind's: theirs
-        out["conv_rank"], out["conv_alpha"] = Counter(conv_pairs).most_common(1)[0][0]
-    if convs:
-        out["conv_targets"] = _suffixes(convs, layers.rows)
-    top = (int(out["rank"]), float(out["alpha"]))
-    # the other kinds' blocks first: each module takes the first block whose pattern it matches
-    out["blocks"] = [*_kind_blocks(unet, rows, top), *found["blocks"]]
-    out["text_encoder_blocks"] = [*_kind_blocks(text, text_rows, top), *found["text_encoder_blocks"]]
-    return out
+    return own_unet, own_text, unet, text, built_texts
 
 
 def _locon_adapter(modules: dict[str, LycorisModule], layers) -> dict[str, object] | str:
