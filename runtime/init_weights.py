@@ -110,6 +110,12 @@ def _scalars_to_one(modules: list) -> None:
 def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":  # kohya's networks.oft
         return _load_kohya_oft(plan, unet)
+    from dbspec.runtime.mixed_kinds import mixed
+
+    if mixed(plan.adapter):  # blocks of several kinds: lycoris.kohya's one file of their modules
+        from dbspec.runtime.mixed_init import load_mixed_init
+
+        return load_mixed_init(plan, unet, text_encoders)
     # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA on SD 1.x/2.x / SDXL)
     if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init

@@ -52,11 +52,15 @@ _FULL_POPS = (
 _ROW_FACTORS = ("lokr_w1", "lokr_w1_a", "hada_w1_a", "hada_w2_a", "dora_scale")
 
 
-def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
-    """Copy the plan's LyCORIS LoKr / LoHa file into the adapters; returns the file modules set."""
+def load_fused_lycoris_init(
+    plan: Plan, unet: torch.nn.Module, text_encoders: list, layers: dict | None = None
+) -> int:
+    """Copy the plan's LyCORIS LoKr / LoHa file into the adapters; returns the file modules set. `layers`:
+    the slots to fill (kohya name -> (slots, alpha)) where not the adapter kind's (a run of several kinds:
+    runtime/mixed_init.py)."""
     path = plan.adapter.init_weights
     state = load_file(path)
-    layers = _layers(plan, unet, text_encoders)
+    layers = _layers(plan, unet, text_encoders) if layers is None else layers
     a = plan.adapter  # train_norm's NormModules' tensors: runtime/init_weights.py loads them
     norms = any(getattr(a, k, ()) for k in ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms"))
     modules = {key.rsplit(".", 1)[0] for key in state if not (norms and key.endswith((".w_norm", ".b_norm")))}
@@ -68,10 +72,10 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
     with torch.no_grad():
         for key, (slots, alpha) in sorted(layers.items()):
             if key not in modules:
-                if partial and plan.adapter.kind != "full":
+                if partial and "diff" not in slots:  # a FullModule's load hook pops its diff: KeyError
                     continue  # LyCORIS's module keeps its own init
                 raise ValueError(
-                    f"{path}: the run's {plan.adapter.kind} layer `{key}` is not in the file"
+                    f"{path}: the run's {_kind(plan, slots)} layer `{key}` is not in the file"
                     + (_FULL_POPS.format(key=key) if partial else "")
                 )
             stored = state.get(f"{key}.alpha")
@@ -117,17 +121,31 @@ def load_fused_lycoris_init(plan: Plan, unet: torch.nn.Module, text_encoders: li
     return loaded
 
 
+def _kind(plan: Plan, slots: dict[str, Slot]) -> str:
+    """The kind a layer's slots are (full where it holds a `diff`), for messages."""
+    return "full" if "diff" in slots else plan.adapter.kind
+
+
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
     adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
     IA^3, Diag-OFT, BOFT and GLoRA: runtime/lycoris_whole_init.py."""
-    from peft.tuners.loha import LoHaLayer
-    from peft.tuners.lokr import LoKrLayer
 
     if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft", "glora"):
         from dbspec.runtime.lycoris_whole_init import whole_layer_slots
 
         return whole_layer_slots(plan, unet, text_encoders)
+    return factor_slots(plan, unet, text_encoders, plan.adapter.lokr_unit_scale)
+
+
+def factor_slots(
+    plan: Plan, unet, text_encoders, unit_scale: bool
+) -> dict[str, tuple[dict[str, Slot], float | None]]:
+    """kohya module name -> (its tensors' slots, its alpha or None) of every LoKr / LoHa layer of the run;
+    `unit_scale`: its LoKr layers keep LyCORIS's scale 1 with both factors full (plan.adapter.lokr_unit_scale;
+    every LoKr layer of a run of several kinds, runtime/mixed_kinds.py)."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
 
     out: dict[str, tuple[dict[str, Slot], float | None]] = {}
     # SD 1.x/2.x, SDXL: one module per layer under kohya's names (kohya_parts: SDXL's original layout)
@@ -144,7 +162,7 @@ def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot],
         inner, adapter = found
         for name, layer in inner.named_modules():
             if isinstance(layer, LoKrLayer) and adapter in layer.r:
-                slots, alpha = _lokr_slots(layer, adapter, plan.adapter.lokr_unit_scale)
+                slots, alpha = _lokr_slots(layer, adapter, unit_scale)
             elif isinstance(layer, LoHaLayer) and adapter in layer.hada_w1_a:
                 slots, alpha = _loha_slots(layer, adapter)
             else:

@@ -55,6 +55,10 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
     problems reported)."""
     adapter = ctx.spec.adapter
+    from dbspec.compiler.mixed_init_file import plan_mixed_init, run_kinds
+
+    if getattr(adapter, "init_weights", "") and len(run_kinds(adapter)) > 1:  # blocks of their own kind
+        return plan_mixed_init(ctx, family, adapter, components)
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
     if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:

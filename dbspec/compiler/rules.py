@@ -2499,7 +2499,6 @@ _MIXED_OFF = {
     "rank_stabilized": False,
     "ggpo": False,
     "fused_projections": False,
-    "init_weights": "",
     "fused_dropout": False,
 }
 
@@ -2654,9 +2653,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
-    set_ = [
-        key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off and key != "fused_projections"
-    ]
+    # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
+    # kinds the adapter, whose LoRA / LoHa layers never read it)
+    kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
+    set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
             "DBS578",

@@ -539,7 +539,8 @@ class AdapterBlock:
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
         "of kind lora, loha or lokr (on SD 1.x/2.x and SDXL also dylora) without options one kind lacks "
-        "(DBS578).",
+        "(DBS578); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file of its "
+        "modules, each in its kind's keys (without DyLoRA layers).",
         example="loha",
     )
     rank: int = option(

@@ -109,9 +109,9 @@ def test_dora_scale_is_lycoris_weight_decomposition(tmp_path):
     assert "DBS402" in codes(outcome) and "dora_scale" in messages(outcome, "DBS402")
 
 
-def test_mixed_kinds_and_stray_tensors_are_not_expressed(tmp_path):
+def test_stray_tensors_are_not_expressed(tmp_path):
+    # (LoKr beside LoHa / LoCon modules: a run of several kinds, test_convert_lycoris_sd_mixed.py)
     for case, modules, said in (
-        ("mixed", {Q: _lokr(320, 320, 4, 4), FF: _loha(320, 1280, 4)}, "beside"),
         # beside the full lokr_w2 make_module_from_state_dict reads, load_state_dict(strict=False) ignores it
         (
             "stray",

@@ -1682,7 +1682,9 @@ CASES = [
         ],
         DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\ndecompose_both = true\n'
+        # a lokr adapter's full_matrix (its LoKr layers' alone) and a starting file (runtime/mixed_init.py)
+        + '[adapter]\nkind = "lokr"\ndecompose_both = true\nfull_matrix = true\n'
+        + 'init_weights = "prev.safetensors"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's

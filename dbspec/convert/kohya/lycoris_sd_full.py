@@ -13,6 +13,8 @@ file with init_scale 2. The layers are looked up on torch-free inventories of ko
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from dbspec.convert.kohya.lycoris_file import Row, _suffixes, _text_targets, clip_text, sd_unet, sdxl_unet
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule
 from dbspec.families import family_spec
@@ -26,16 +28,71 @@ def _index(prefix: str, rows: list[Row]) -> dict[str, Row]:
     return {f"{prefix}_{path}".replace(".", "_"): (path, cls, kind) for path, cls, kind in rows if path}
 
 
-def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict[str, object] | str:
-    """[adapter] values for the network create_network_from_weights builds from a full file on `family`
-    (SD 1.x/2.x or SDXL); else why not ("invalid:..." where kohya fails)."""
+class SdLayers(NamedTuple):
+    """The layers of kohya's SD 1.x/2.x or SDXL models, as create_network_from_weights looks a file's module
+    names up on them: the U-Net's and each text encoder's inventory rows (convert/kohya/lycoris_file.py) by
+    kohya's module name, and the adaptable rows under dbspec's paths (SDXL's original layout read onto
+    diffusers' U-Net; the text encoders' as `<component>.<path>`)."""
+
+    title: str
+    sdxl: bool
+    texts: list[list[Row]]  # each text encoder's inventory
+    components: list[str]  # text_encoder, text_encoder_2
+    unet_index: dict[str, Row]
+    text_index: list[dict[str, Row]]
+    rows: list[Row]  # the U-Net's Linear / convolution rows under dbspec's paths
+    text_rows: list[Row]
+
+    def unknown(self, modules) -> str | None:
+        """Why a file naming layers these models lack is not started from; None when it names none."""
+        found = sorted(
+            n for n in modules if n not in self.unet_index and not any(n in i for i in self.text_index)
+        )
+        if not found:
+            return None
+        return (
+            f"module `{found[0]}` names no layer of kohya's {self.title} models ({len(found)} such): LyCORIS "
+            "skips it, so the file is likely another model's; dbspec starts only from a file whose every "
+            "module is a layer of the run"
+        )
+
+    def lookup(self, name: str) -> tuple[int | None, Row]:
+        """(None for the U-Net, else the text encoder's index; its inventory row) of a known module name."""
+        found = self.unet_index.get(name)
+        if found is not None:
+            return None, found
+        slot = next(i for i, index in enumerate(self.text_index) if name in index)
+        return slot, self.text_index[slot][name]
+
+    def unet_path(self, path: str) -> str:
+        """dbspec's (diffusers') path of a U-Net inventory path."""
+        return diffusers_name(path, SDXL_UNET, ".") if self.sdxl else path
+
+
+def sd_layers(family: str) -> SdLayers:
+    """The layers of kohya's models of `family` (SD 1.x/2.x or SDXL)."""
     facts = family_spec(family).kohya
     sdxl = facts.original_unet_names  # kohya's SDXL U-Net (the original layout) and its two CLIP encoders
     unet_rows = sdxl_unet() if sdxl else sd_unet(facts.v2)
     texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if facts.v2 else 12)]
+    components = ["text_encoder", "text_encoder_2"][: len(texts)]
     text_prefixes = ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]
-    unet_index = _index("lora_unet", unet_rows)
-    text_index = [_index(p, rows) for p, rows in zip(text_prefixes, texts)]
+    return SdLayers(
+        title=family_spec(family).title,
+        sdxl=sdxl,
+        texts=texts,
+        components=components,
+        unet_index=_index("lora_unet", unet_rows),
+        text_index=[_index(p, rows) for p, rows in zip(text_prefixes, texts)],
+        rows=[(diffusers_name(p, SDXL_UNET, ".") if sdxl else p, c, k) for p, c, k in unet_rows if k],
+        text_rows=[(f"{c}.{p}", cls, k) for c, rs in zip(components, texts) for p, cls, k in rs if p and k],
+    )
+
+
+def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict[str, object] | str:
+    """[adapter] values for the network create_network_from_weights builds from a full file on `family`
+    (SD 1.x/2.x or SDXL); else why not ("invalid:..." where kohya fails)."""
+    layers = sd_layers(family)
     other = sorted({m.algo or "unknown" for m in modules.values()} - {"full"})
     if other:
         first = next(m.name for m in modules.values() if (m.algo or "unknown") == other[0])
@@ -43,21 +100,13 @@ def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool
             f"module `{first}` is a LyCORIS {other[0]} module beside the full ones; dbspec's adapter is of "
             "one kind"
         )
-    unknown = sorted(
-        n for n in modules if n not in unet_index and not any(n in index for index in text_index)
-    )
+    unknown = layers.unknown(modules)
     if unknown:
-        return (
-            f"module `{unknown[0]}` names no layer of kohya's {family_spec(family).title} models "
-            f"({len(unknown)} such): LyCORIS skips it, so the file is likely another model's; dbspec starts "
-            "only from a file whose every module is a layer of the run"
-        )
+        return unknown
     unet: dict[str, str] = {}  # diffusers path -> kind
-    built_texts: list[list[str]] = [[] for _ in texts]
+    built_texts: list[list[str]] = [[] for _ in layers.texts]
     for name, module in sorted(modules.items()):
-        found = unet_index.get(name)
-        slot = None if found is not None else next(i for i, index in enumerate(text_index) if name in index)
-        path, cls, kind = found if found is not None else text_index[slot][name]
+        slot, (path, cls, kind) = layers.lookup(name)
         if not kind:
             return (
                 f"{INVALID}module `{name}` is kohya's {cls} `{path}`, which LyCORIS's FullModule does not "
@@ -69,14 +118,14 @@ def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool
                 f"{INVALID}`{name}.diff` has {dims} dimensions; kohya's `{path}` is a "
                 f"{'Linear' if kind == 'linear' else 'convolution'}: FullModule's copy_ raises"
             )
-        if found is not None:
-            unet[diffusers_name(path, SDXL_UNET, ".") if sdxl else path] = kind
+        if slot is None:
+            unet[layers.unet_path(path)] = kind
         elif not unet_only:  # apply_to drops the text-encoder modules with --network_train_unet_only
             built_texts[slot].append(path)
     if not unet:
         return "it holds no module of the U-Net"
-    rows = [(diffusers_name(p, SDXL_UNET, ".") if sdxl else p, c, k) for p, c, k in unet_rows if k]
-    text, text_2 = _text_targets(texts, built_texts)
+    rows = layers.rows
+    text, text_2 = _text_targets(layers.texts, built_texts)
     out: dict[str, object] = {
         "kind": "full",
         "denoiser_targets": _suffixes({p for p, k in unet.items() if k != "conv"}, rows),

@@ -29,13 +29,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from dbspec.convert.kohya.lycoris_file import Row, _text_targets, _suffixes, clip_text, sd_unet, sdxl_unet
+from dbspec.convert.kohya.lycoris_file import Row, _suffixes, _text_targets
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule
 from dbspec.convert.kohya.lycoris_maps import _pattern
-from dbspec.convert.kohya.lycoris_sd_full import INVALID, _index
+from dbspec.convert.kohya.lycoris_sd_full import INVALID, sd_layers
 from dbspec.families import family_spec
 from dbspec.plan.boft import power2_factorization
-from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
 REBUILT = ("oft", "glora", "ia3")  # the file algos (lycoris_flow_weights._DETECT) this module maps
 _GLORA = ("a1.weight", "a2.weight", "b1.weight", "b2.weight")
@@ -160,21 +159,10 @@ def sd_rebuilt_file(
     """[adapter] values (blocks and text_encoder_blocks as lists of tables) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (SD 1.x/2.x or
     SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
-    facts = family_spec(family).kohya
-    sdxl = facts.original_unet_names
-    unet_rows = sdxl_unet() if sdxl else sd_unet(facts.v2)
-    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if facts.v2 else 12)]
-    components = ["text_encoder", "text_encoder_2"][: len(texts)]
-    text_prefixes = ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]
-    unet_index = _index("lora_unet", unet_rows)
-    text_index = [_index(p, rows) for p, rows in zip(text_prefixes, texts)]
-    unknown = sorted(n for n in modules if n not in unet_index and not any(n in i for i in text_index))
+    layers = sd_layers(family)
+    unknown = layers.unknown(modules)
     if unknown:
-        return (
-            f"module `{unknown[0]}` names no layer of kohya's {family_spec(family).title} models "
-            f"({len(unknown)} such): LyCORIS skips it, so the file is likely another model's; dbspec starts "
-            "only from a file whose every module is a layer of the run"
-        )
+        return unknown
     ia3 = next((n for n, m in sorted(modules.items()) if m.algo == "ia3"), None)
     if ia3 is not None:
         return (
@@ -197,11 +185,9 @@ def sd_rebuilt_file(
     (kind,) = kinds
     unet: dict[str, dict] = {}  # diffusers path -> the module's values (and its layer kind)
     text: dict[str, dict] = {}  # <component>.<path> -> the same
-    built_texts: list[list[str]] = [[] for _ in texts]
+    built_texts: list[list[str]] = [[] for _ in layers.texts]
     for name, module in sorted(modules.items()):
-        found = unet_index.get(name)
-        slot = None if found is not None else next(i for i, index in enumerate(text_index) if name in index)
-        path, cls, layer = found if found is not None else text_index[slot][name]
+        slot, (path, cls, layer) = layers.lookup(name)
         if not layer:
             return (
                 f"{INVALID}module `{name}` is kohya's {cls} `{path}`, which LyCORIS's {kind} module does not "
@@ -211,16 +197,15 @@ def sd_rebuilt_file(
         if isinstance(values, str):
             return values
         values["layer"] = layer
-        if found is not None:
-            unet[diffusers_name(path, SDXL_UNET, ".") if sdxl else path] = values
+        if slot is None:
+            unet[layers.unet_path(path)] = values
         elif not unet_only:  # apply_to drops the text-encoder modules with --network_train_unet_only
             built_texts[slot].append(path)
-            text[f"{components[slot]}.{path}"] = values
+            text[f"{layers.components[slot]}.{path}"] = values
     if not unet:
         return "it holds no module of the U-Net"
-    rows = [(diffusers_name(p, SDXL_UNET, ".") if sdxl else p, c, k) for p, c, k in unet_rows if k]
-    text_rows = [(f"{c}.{p}", cls, k) for c, rs in zip(components, texts) for p, cls, k in rs if p and k]
-    targets, targets_2 = _text_targets(texts, built_texts)
+    rows, text_rows = layers.rows, layers.text_rows
+    targets, targets_2 = _text_targets(layers.texts, built_texts)
     out: dict[str, object] = {
         "kind": kind,
         "denoiser_targets": _suffixes({p for p, v in unet.items() if v["layer"] != "conv"}, rows),
@@ -262,34 +247,27 @@ def sd_file_norms(modules: dict[str, LycorisModule], family: str, unet_only: boo
     if not norms:
         return {}
     facts = family_spec(family).kohya
-    sdxl = facts.original_unet_names
-    unet_rows = sdxl_unet() if sdxl else sd_unet(facts.v2)
-    texts = [clip_text(12), clip_text(32, projection=True)] if sdxl else [clip_text(23 if facts.v2 else 12)]
-    text_prefixes = ["lora_te1", "lora_te2"] if sdxl else ["lora_te"]
-    unet_index = _index("lora_unet", unet_rows)
-    text_index = [_index(p, rows) for p, rows in zip(text_prefixes, texts)]
+    layers = sd_layers(family)
     unet: list[str] = []
-    text: list[list[str]] = [[] for _ in texts]
+    text: list[list[str]] = [[] for _ in layers.texts]
     for name in sorted(norms):
-        found = unet_index.get(name)
-        slot = next((i for i, index in enumerate(text_index) if name in index), None)
-        if found is None and slot is None:
+        if layers.unknown([name]):
             return (
-                f"norm module `{name}` names no layer of kohya's {family_spec(family).title} models: LyCORIS "
+                f"norm module `{name}` names no layer of kohya's {layers.title} models: LyCORIS "
                 "skips it, so the file is likely another model's; dbspec starts only from a file whose every "
                 "module is a layer of the run"
             )
-        path, cls, _ = found if found is not None else text_index[slot][name]
+        slot, (path, cls, _) = layers.lookup(name)
         if "Norm" not in cls:
             return (
                 f"{INVALID}`{name}.w_norm`: kohya's `{path}` is a {cls}, not a LayerNorm or GroupNorm; "
                 "NormModule does not take it and its make_module_from_state_dict fails (AttributeError)"
             )
-        if found is not None:
+        if slot is None:
             unet.append(path)
         elif not unet_only:
             text[slot].append(path)
-    targets = norm_targets(unet, text, facts.v2, sdxl)
+    targets = norm_targets(unet, text, facts.v2, layers.sdxl)
     out: dict[str, object] = {}
     if unet:
         out["denoiser_norms"] = targets.denoiser

@@ -194,6 +194,13 @@ def map_adapter(
             norms = _file_norm_values(a, paths, conv, family or "sd1")
             if norms is None:
                 return False
+            from dbspec.convert.kohya.lycoris_sd_mixed import is_mixed, sd_mixed_file
+
+            found = factors if factors is not None else rebuilt
+            if found is not None and is_mixed(found):  # LoCon, LoKr, LoHa, OFT, GLoRA modules together
+                found = {n: m for n, m in found.items() if m.algo != "norm"}
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", found, sd_mixed_file)
+                return done and _put_file_norms(norms, a, paths, conv)
             if factors is not None and any(m.algo == "full" for m in factors.values()):
                 factors = {n: m for n, m in factors.items() if m.algo != "norm"}
                 done = _lycoris_sd_full_file(a, paths, conv, family or "sd1", factors)

@@ -1105,13 +1105,8 @@ def map_network_weights(
         return
     kind = conv.values.get(("adapter", "kind"), (None, ""))[0]
     lycoris = a["network_module"].value == "lycoris.kohya"
-    if kind in (*_WHOLE_LAYER_KINDS, "glora") and lycoris and from_file.value and kind != "full":
-        conv.unsupported(
-            from_file,
-            "LyCORIS's create_network_from_weights builds the file's modules; dbspec reads "
-            f"--dim_from_weights from LoCon, LoKr, LoHa and full files, not with algo={kind}",
-        )
-        return
+    # lycoris.kohya with --dim_from_weights never gets here with another algo: create_network_from_weights
+    # reads no network_args (model.py _lycoris_from_weights_args drops them; the file's keys decide)
     if kind == "glora" and lycoris:
         # GLoRAModule takes a1 / a2 / b1 / b2 as they are; its load hook sets every module's scalar to 1
         # (use_scalar: runtime/init_weights.py does too)

@@ -1,0 +1,96 @@
+"""`adapter.init_weights` for a run of several kinds (blocks whose `kind` is not the adapter's,
+runtime/mixed_kinds.py): lycoris.kohya's file of one module per layer, each in its own algo's tensors
+(`--network_weights` with a preset giving layers their own algo; the file of mixed kinds `--dim_from_weights`
+rebuilds). Checked here from the header: every tensor is one of the run's kinds' (LoRA's `lora_down` /
+`lora_up`, LoKr's / LoHa's factors, full's `diff`, IA^3's, OFT's, GLoRA's) and every module a model of the
+run's; the shapes and alphas when the run loads it (runtime/mixed_init.py). On SD 1.x/2.x and SDXL (one
+module per layer), with kinds whose file form the loader knows (not DyLoRA: DBS356)."""
+
+from __future__ import annotations
+
+from dbspec.compiler.context import Context
+from dbspec.families import family_spec
+
+_LORA = ("lora_down.weight", "lora_up.weight")  # LoConModule's
+
+
+def run_kinds(adapter) -> tuple[str, ...]:
+    """The adapter's kind and its blocks' other kinds; one entry when the run is of one kind."""
+    own = adapter.kind
+    found = [own]
+    for table in ("blocks", "text_encoder_blocks"):
+        for block in getattr(adapter, table, ()):
+            kind = getattr(block, "kind", "adapter")
+            if kind not in ("adapter", *found):
+                found.append(kind)
+    return tuple(found)
+
+
+def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
+    """(the file's absolute path, its modules that load), or ("", 0) when it does not fit (reported)."""
+    from dbspec.compiler.init_weights import (
+        _FACTORS,
+        KEY,
+        _has_norms,
+        _module_name,
+        _read_file,
+        _tally,
+        kohya_component_prefixes,
+    )
+    from dbspec.compiler.safetensors_header import read_safetensors_header
+
+    path = ctx.resolve(adapter.init_weights)
+    kinds = run_kinds(adapter)
+    spec = family_spec(family)
+    if spec.fused_projections or "dylora" in kinds:
+        why = (
+            f"on {spec.title} (kohya's fused layers)"
+            if spec.fused_projections
+            else "with DyLoRA layers among them"
+        )
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: a run of several kinds ({', '.join(kinds)}) starts from LyCORIS's file on SD 1.x/2.x "
+            f"and SDXL, without DyLoRA layers; not {why}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
+    header = _read_file(ctx, path, read_safetensors_header, "LyCORIS")
+    if header is None:
+        return "", 0
+    tensors = tuple(dict.fromkeys(t for k in kinds for t in (_LORA if k == "lora" else _FACTORS[k])))
+    tensors += ("w_norm", "b_norm") if _has_norms(adapter) else ()  # train_norm's NormModules
+    modules = {_module_name(key, tensors) for key in header} - {None}
+    other = next((k for k in sorted(header) if _module_name(k, (*tensors, "alpha")) is None), None)
+    if other is not None:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}`: tensor `{other}` is none of this run's kinds' ({', '.join(kinds)}: "
+            f"{', '.join(tensors)})",
+            KEY,
+            help="start from the lycoris.kohya file of a network with these kinds",
+        )
+        return "", 0
+    prefixes = kohya_component_prefixes(family)
+    trained = {c.name for c in components if c.trainable == "lora"}
+    used, ignored = 0, {}
+    for name in sorted(modules):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: module `{name}` belongs to no model of this {family} run (kohya's prefixes: "
+                f"{', '.join(prefixes)})",
+                KEY,
+                help="start from a file of this model family",
+            )
+            return "", 0
+        if prefixes[prefix] in trained:
+            used += 1
+        else:
+            ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
+    return _tally(ctx, path, ignored, used)

@@ -1,0 +1,173 @@
+"""LyCORIS files holding modules of several kinds on SD 1.x (issue 12; runtime/mixed_init.py,
+compiler/mixed_init_file.py): a preset run giving layers their own algo (test_lycoris_algo_maps's MIXED,
+test_lycoris_mixed_full's full / Diag-OFT entries) started from lycoris-lora 4.1.3's file of that network
+(every parameter moved at random, some modules left out): kohya's steps (create_network over the preset,
+apply_to, load_weights) and dbspec's converted run start every layer alike (outputs to 1e-5); a tiny run from
+the file trains and resumes bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_algo_maps import MIXED, NETWORK_ATTRS, PRESETS, _converted_plan
+from tests.runtime.test_lycoris_mixed_full import MIXED_FULL
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _network(pipe, preset_path, monkeypatch, algo: str):
+    """kohya's create_network (dim 4, alpha 1, conv_dim 4) over the preset, applied to copies of the tiny
+    CLIP and U-Net."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(preset_path)
+    )
+    made.apply_to(named, unet, True, True)
+    return made
+
+
+def _ours(comps) -> dict[str, nn.Module]:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return kit.kohya_layers(comps, BaseTunerLayer)
+
+
+@pytest.mark.parametrize(
+    ("algo", "preset"),
+    [
+        ("lokr", MIXED),
+        ("locon", MIXED_FULL),
+        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"')),
+    ],
+    ids=["lokr-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
+)
+def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkeypatch, algo, preset):
+    preset_path = tmp_path / "mixed.toml"
+    preset_path.write_text(preset, encoding="utf-8")
+    made = _network(pipe, preset_path, monkeypatch, algo)
+    kinds = {type(m).__name__ for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert len(kinds) >= 3, kinds
+    full = "FullModule" in kinds  # its load hook pops every module's diff: none left out
+    path = kit.saved_file(made, tmp_path, seed=1, scale=0.1, drop=0 if full else 5)
+    state = load_file(str(path))
+    in_file = {k.split(".")[0] for k in state}
+    made = _network(pipe, preset_path, monkeypatch, algo)  # a fresh network, as kohya builds it
+    made.load_weights(str(path))  # train_network.py's load after apply_to
+
+    PRESETS["mixed"] = preset
+    try:
+        _, plan = _converted_plan(tmp_path, "mixed", algo, "--network_weights=prev.safetensors")
+    finally:
+        del PRESETS["mixed"]
+    assert plan.adapter.init_weights and plan.adapter.init_partial
+    assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = _ours(comps)
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert set(theirs) <= set(ours)
+    left_out = 0
+    torch.manual_seed(0)
+    for name, lyco in sorted(theirs.items()):
+        layer = ours[name]
+        base = layer.get_base_layer()
+        x = kit.sample_input(base)
+        with torch.no_grad():
+            mine, want = layer(x), lyco(x)
+            torch.testing.assert_close(mine, want, rtol=0, atol=1e-5, msg=name)
+            moved = not torch.allclose(mine, base(x), atol=1e-4)
+        assert moved or name not in in_file, name
+        left_out += name not in in_file
+    assert left_out == (0 if full else len(theirs) - len(in_file))
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+_LOW_RANK = ("LokrModule", "LoConModule", "LohaModule", "GLoRAModule")
+GLORA = MIXED_FULL.replace('algo = "full"', 'algo = "glora"').replace(
+    '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
+)
+
+
+@pytest.mark.parametrize(
+    ("algo", "preset", "kind", "others"),
+    [
+        ("lokr", MIXED, "lokr", {"lora", "loha"}),
+        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"'), "lokr", {"lora", "diag-oft"}),
+        ("locon", GLORA, "lora", {"glora"}),
+    ],
+    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora"],
+)
+def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
+    pipe, tmp_path, monkeypatch, algo, preset, kind, others
+):
+    """--dim_from_weights with the file of a LoKr network whose preset gives ResNets LoCon (dim 4, alpha 2),
+    conv_in LoRA and the MLPs LoHa (dim 2), every parameter moved, some alphas changed, some modules left
+    out: lycoris-lora's create_network_from_weights builds each module by its keys (LokrModule, LoConModule,
+    LohaModule); dbspec's converted run is of kind lokr with blocks of kind lora / loha, every layer in
+    LyCORIS's class at its dim and scale and starting alike (outputs to 1e-5); it trains and resumes."""
+    from tests.runtime.test_lycoris_algo_maps import _built
+    from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
+
+    preset_path = tmp_path / "mixed.toml"
+    preset_path.write_text(preset, encoding="utf-8")
+    made = _network(pipe, preset_path, monkeypatch, algo)
+    state = kit.moved_state(made, seed=2, scale=0.1)
+    names = sorted({k.split(".")[0] for k in state})
+    for name in names[1::4]:  # their own scale
+        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    path = kit.save_state(state, tmp_path, drop=6)
+    in_file = {k.split(".")[0] for k in load_file(str(path))}
+    theirs = _theirs(pipe, path)
+    assert set(theirs) == in_file
+    assert len({type(m).__name__ for m in theirs.values()}) >= 2
+
+    plan = kit.converted_plan(tmp_path, FROM)
+    a = plan.adapter
+    assert a.kind == kind and a.init_partial and a.init_weights
+    assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
+    comps, count = _loaded(plan)
+    assert count == len(in_file)
+    ours = _ours(comps)
+    built = {**_built(comps.unet, "lora_unet_"), **_built(comps.text_encoders[0], "lora_te_text_model_")}
+    expected = {
+        n: (type(m).__name__, m.lora_dim, round(float(m.scale), 12))
+        for n, m in theirs.items()
+        if type(m).__name__ in _LOW_RANK
+    }
+    assert {n: v for n, v in built.items() if n in expected} == expected
+    torch.manual_seed(0)
+    for name, lyco in sorted(theirs.items()):
+        layer = ours[name]
+        base = layer.get_base_layer()
+        x = kit.sample_input(base)
+        with torch.no_grad():
+            mine = layer(x)
+            torch.testing.assert_close(mine, lyco(x), rtol=0, atol=1e-5, msg=name)
+            assert not torch.allclose(mine, base(x), atol=1e-4), name
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    kit.resumes_bit_exact(tmp_path, whole, saved)

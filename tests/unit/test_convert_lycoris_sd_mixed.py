@@ -1,0 +1,129 @@
+"""lycoris.kohya --dim_from_weights with a LyCORIS file mixing LoCon, LoKr and LoHa modules on SD 1.x
+(convert/kohya/lycoris_sd_mixed.py; issue 12): create_network_from_weights builds each module by its keys, so
+the plan is a run of several kinds (blocks with their own `kind`) over exactly the file's layers, started
+from it. The numbers against lycoris-lora 4.1.3: tests/runtime/test_lycoris_mixed_file.py."""
+
+from __future__ import annotations
+
+from convert_kit import SDXL, codes, errors, images, kohya, messages, plan_of
+from test_convert_lycoris_sd_factor_dim import _loha, _lokr
+from test_convert_lycoris_sd_rebuilt import CONV, FF, K, Q, TE, _block, _convert, _file, _glora, _oft, _picks
+
+
+def _locon(out: int, inp: int, rank: int, alpha: float | None = 1.0, kernel: int = 0) -> dict:
+    k = (kernel, kernel) if kernel else ()
+    tensors: dict[str, object] = {
+        "lora_down.weight": (rank, inp, *k),
+        "lora_up.weight": (out, rank, *((1, 1) if kernel else ())),
+    }
+    return tensors | ({"alpha": alpha} if alpha is not None else {})
+
+
+ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+
+
+def test_lokr_loha_and_locon_modules_are_blocks_of_their_kind(tmp_path):
+    modules = {
+        Q: _lokr(320, 320, 4, 4, alpha=2.0),
+        K: _locon(320, 320, 8, alpha=4.0),
+        FF: _loha(320, 1280, 2, alpha=1.0),
+        CONV: _locon(640, 320, 4, alpha=2.0, kernel=3),
+        TE: _loha(768, 768, 4, alpha=4.0),
+    }
+    outcome = _convert(tmp_path, modules)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr" and a.init_partial and a.init_weights
+    assert (a.rank, a.alpha, a.factor) == (4, 2.0, 4)
+    for path in (f"{ATTN}.to_q", f"{ATTN}.to_k", "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2"):
+        assert _picks(a.denoiser_targets, path), path
+    assert not _picks(a.denoiser_targets, f"{ATTN}.to_v")
+    assert _picks(a.conv_targets, "down_blocks.1.resnets.0.conv1")
+    assert not _picks(a.conv_targets, "down_blocks.1.resnets.0.conv2")
+    assert _block(a.blocks, f"{ATTN}.to_q") is None  # the adapter's own LoKr
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.alpha) == ("lora", 8, 4.0)
+    ff = _block(a.blocks, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2")
+    assert (ff.kind, ff.rank, ff.alpha) == ("loha", 2, 1.0)
+    conv = _block(a.blocks, "down_blocks.1.resnets.0.conv1")
+    assert (conv.kind, conv.conv_rank, conv.conv_alpha) == ("lora", 4, 2.0)
+    te = _block(a.text_encoder_blocks, "text_encoder.text_model.encoder.layers.3.self_attn.k_proj")
+    assert (te.kind, te.rank, te.alpha) == ("loha", 4, 4.0)
+    assert _picks(a.text_encoder_targets, "text_model.encoder.layers.3.self_attn.k_proj")
+
+
+def test_locon_and_loha_file_is_a_loha_run_with_lora_blocks(tmp_path):
+    outcome = _convert(tmp_path, {Q: _loha(320, 320, 4, alpha=2.0), K: _locon(320, 320, 8, alpha=0.0)})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("loha", 4, 2.0)
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.alpha) == ("lora", 8, 8.0)  # LoConModule: alpha 0 is the dim
+
+
+def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
+    tucker = _locon(640, 320, 4, kernel=3) | {"lora_mid.weight": (4, 4, 3, 3)}
+    for case, modules, code, said in (
+        ("tucker", {Q: _lokr(320, 320, 4, 4), CONV: tucker}, "DBS403", "Tucker"),
+        (
+            "dora",
+            {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4) | {"dora_scale": (320, 1)}},
+            "DBS403",
+            "dora",
+        ),
+        ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
+        ("rescale", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "rescale"),
+        ("full", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320), "alpha": 1.0}}, "DBS403", "beside"),
+    ):
+        outcome = _convert(tmp_path / case, modules)
+        assert code in codes(outcome) and said in messages(outcome, code), (case, errors(outcome))
+
+
+def test_locon_file_with_oft_and_glora_modules_is_a_lora_run_with_their_blocks(tmp_path):
+    modules = {
+        Q: _locon(320, 320, 4, alpha=2.0),
+        TE: _locon(768, 768, 4, alpha=2.0),
+        K: _oft(8, 320, alpha=0.5, rescale=False),  # DiagOFTModule: lora_dim 8, constraint 0.5
+        FF: _glora(2, 1280, out=320, alpha=1.0),
+    }
+    outcome = _convert(tmp_path, modules)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("lora", 4, 2.0)
+    q = _block(a.blocks, f"{ATTN}.to_q")
+    assert (q.kind, q.rank, q.alpha) == ("adapter", 4, 2.0)  # the plan names the own kind so
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.alpha) == ("diag-oft", 8, 0.5)
+    ff = _block(a.blocks, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2")
+    assert (ff.kind, ff.rank, ff.alpha) == ("glora", 2, 1.0)
+
+
+def test_sdxl_original_names(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_v": _lokr(640, 640, 4, 4),
+            "lora_unet_output_blocks_0_0_in_layers_2": _locon(1280, 2560, 4, alpha=2.0, kernel=3),
+            "lora_te2_text_model_encoder_layers_20_mlp_fc1": _loha(5120, 1280, 8),
+        },
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=x --resolution=64 --network_module lycoris.kohya "
+        "--network_weights prev.safetensors --dim_from_weights --learning_rate=1e-4 --max_train_steps=3 "
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == "lokr"
+    assert _picks(a.denoiser_targets, "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_v")
+    assert _picks(a.conv_targets, "up_blocks.0.resnets.0.conv1")
+    conv = _block(a.blocks, "up_blocks.0.resnets.0.conv1")
+    assert (conv.kind, conv.conv_rank, conv.conv_alpha) == ("lora", 4, 2.0)
+    fc1 = _block(a.text_encoder_blocks, "text_encoder_2.text_model.encoder.layers.20.mlp.fc1")
+    assert (fc1.kind, fc1.rank) == ("loha", 8)
+    assert not any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)
