@@ -2663,12 +2663,16 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
     Code(
         "DBS577",
         ERROR,
-        "A fused Diag-OFT, GLoRA or DyLoRA it cannot train",
+        "A fused Diag-OFT, BOFT, GLoRA or DyLoRA it cannot train",
         """\
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
 stacked rows, and each diffusers part rotates its own rows in them. That holds only where nothing spans the
 parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's blocks), no `max_norm`.
+With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
+together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
+the rotated stacked weight; no `bypass` (the rotated fused output spans every part's outputs) and no
+`[[adapter.blocks]]`.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no

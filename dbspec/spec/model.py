@@ -1399,6 +1399,20 @@ class BoftAdapter:
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    # kohya lycoris.kohya algo=boft on kohya's Flux / SD3: one module per fused Linear (lycoris_boft.py)
+    fused_projections: bool = option(
+        False,
+        doc="One BOFT per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "ButterflyOFTModule on kohya's fused Linear, whose butterfly stages rotate the stacked rows "
+        "together (rows of every part mixed): the parts share one set of blocks (split and stages from "
+        "the fused width and `block_size`; `constraint` x the fused width, its norm over all of them, "
+        "`max_norm` scaling them once), each part's weight its rows of the rotated stacked weight, times "
+        "its own rows of the rescale. lycoris.kohya `algo=boft` with flux_train_network.py / "
+        "sd3_train_network.py; exported under kohya's module names (the blocks once, the rescale "
+        "stacked). No `bypass` or [[adapter.blocks]] with it. false: each part splits its own width. "
+        "Families without fused layers refuse it.",
+    )
     blocks: list[OftBlock] = option(
         factory=list,
         doc="Per-module block sizes, constraints and rescales of the denoiser's BOFT layers "

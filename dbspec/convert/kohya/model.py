@@ -933,11 +933,20 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     kind = conv.values[("adapter", "kind")][0]
-    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha"):
+    # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
+    # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once)
+    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha", "boft"):
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
-            f"a LoCon, LoKr or LoHa there, not a {kind} yet",
+            f"a LoCon, LoKr, LoHa or BOFT there, not a {kind} yet",
+        )
+        return False
+    if kind == "boft" and a["network_weights"].value:
+        conv.unsupported(
+            a["network_weights"],
+            f"LyCORIS's ButterflyOFTModule file on kohya's fused {layout.title} Linears: dbspec starts a BOFT "
+            "from a file on SD 1.x/2.x and SDXL only (train_network.py / sdxl_train_network.py)",
         )
         return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
