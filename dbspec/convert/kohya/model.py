@@ -945,8 +945,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if kind == "boft" and a["network_weights"].value:
         conv.unsupported(
             a["network_weights"],
-            f"LyCORIS's ButterflyOFTModule file on kohya's fused {layout.title} Linears: dbspec starts a BOFT "
-            "from a file on SD 1.x/2.x and SDXL only (train_network.py / sdxl_train_network.py)",
+            f"LyCORIS's ButterflyOFTModule file on kohya's fused {layout.title} Linears: dbspec starts a "
+            "BOFT from a file on SD 1.x/2.x and SDXL only (train_network.py / sdxl_train_network.py)",
         )
         return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
