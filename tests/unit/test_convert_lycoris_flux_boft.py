@@ -1,7 +1,8 @@
 """lycoris.kohya `algo=boft` with flux_train_network.py / sd3_train_network.py
-(convert/kohya/lycoris_flow_boft.py): one ButterflyOFTModule per fused Linear, `kind = "boft"` with `fused_projections = true` (its blocks shared by
-the parts, runtime/lycoris_boft.py tie_fused_boft); FLUX.1's widths LyCORIS cannot split at network_dim are
-kohya's own failure (DBS402); what a fused BOFT cannot do here is refused (DBS403)."""
+(convert/kohya/lycoris_flow_boft.py): one ButterflyOFTModule per fused Linear, `kind = "boft"` with
+`fused_projections = true` (its blocks shared by the parts, runtime/lycoris_boft.py tie_fused_boft);
+FLUX.1's widths LyCORIS cannot split at network_dim are kohya's own failure (DBS402); what a fused BOFT
+cannot do here is refused (DBS403)."""
 
 from __future__ import annotations
 
