@@ -1,0 +1,232 @@
+"""LyCORIS's lycoris.kohya algo=boft with flux_train_network.py / sd3_train_network.py
+(convert/kohya/lycoris_flow_boft.py): one ButterflyOFTModule per fused Linear, whose butterfly stages rotate
+the stacked rows of every part together; the parts of diffusers' split layer share its blocks, each computing
+its rows of the rotated stacked weight (runtime/lycoris_boft.py tie_fused_boft). Checked against lycoris-lora
+4.1.3's own ButterflyOFTModule built on the stacked Linear with random blocks (and rescale, constraint):
+outputs, gradients, merge; kohya's (shift, scale) rows of SD3's last modulation; then on tiny-flux and
+tiny-sd3 trained, resumed bit-exact, the kohya_lora export rebuilt by lycoris-lora's
+create_network_from_weights on kohya's stacked Linears with the trained outputs, and the adapter folder loaded
+back as `dbspec sample` loads it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from peft import inject_adapter_in_model
+from torch import nn
+
+from dbspec.plan.model import FusedPlan
+from dbspec.runtime.lycoris_boft import BoftLayer, boft_config, fused_parts_deferred, tie_fused_boft
+from tests.runtime.lycoris_flow_kit import BASE, kohya_export, stacked_linear, unet_only_spec
+from tests.runtime.runspec import whole_and_resumed
+
+boft = pytest.importorskip("lycoris.modules.boft")
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+_PARTS = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+
+
+class _Block(nn.Module):
+    """A single block's parts: q, k, v of `width` rows and the MLP input of `mlp` rows (Flux's linear1)."""
+
+    def __init__(self, width: int, mlp: int):
+        super().__init__()
+        self.attn = nn.Module()
+        for name in ("to_q", "to_k", "to_v"):
+            setattr(self.attn, name, nn.Linear(8, width))
+        self.proj_mlp = nn.Linear(8, mlp)
+
+
+def _fused(width: int, mlp: int, lora_dim: int, constraint: float, rescaled: bool):
+    """A model of one block with a fused BOFT over its parts; (model, parts)."""
+    model = nn.Module()
+    model.single_transformer_blocks = nn.ModuleList([_Block(width, mlp)])
+    with fused_parts_deferred():
+        inject_adapter_in_model(
+            boft_config(list(_PARTS), lora_dim, constraint, rescaled), model, adapter_name="default"
+        )
+    group = FusedPlan(name="linear1", blocks="single_transformer_blocks", parts=_PARTS)
+    assert tie_fused_boft(model, (group,), "default") == 1
+    return model, [model.single_transformer_blocks[0].get_submodule(p) for p in _PARTS]
+
+
+def _theirs(parts, blocks: torch.Tensor, constraint: float, rescale=None) -> nn.Module:
+    """lycoris-lora's ButterflyOFTModule on the fused Linear (the parts' base weights stacked), its blocks
+    (and row rescale) set."""
+    fused = stacked_linear(parts)
+    module = boft.ButterflyOFTModule(
+        "fused", fused, 1.0, lora_dim=blocks.shape[-1], constraint=constraint, rescaled=rescale is not None
+    )
+    assert module.oft_blocks.shape == blocks.shape  # the stacked width's split and stages are the blocks'
+    state = {"oft_blocks": blocks, "alpha": torch.tensor(constraint)}
+    module.load_state_dict({**state, **({} if rescale is None else {"rescale": rescale})})
+    module.apply_to()
+    return module
+
+
+@pytest.mark.parametrize(
+    ("width", "mlp", "lora_dim", "constraint", "rescaled"),
+    [
+        (16, 64, 16, 0.0, False),  # 112 rows: blocks of 14 (14 x 8), 4 stages; q alone would take 16 x 1
+        (10, 34, 4, 0.0, True),  # 64 rows: blocks of 4, 5 stages; a 10-row part alone does not split
+        (16, 64, 16, 2e-3, True),  # COFT: one norm over the shared blocks, constraint x 112
+    ],
+)
+def test_parts_share_one_butterfly_and_compute_lycoris_module(width, mlp, lora_dim, constraint, rescaled):
+    torch.manual_seed(0)
+    model, parts = _fused(width, mlp, lora_dim, constraint, rescaled)
+    blocks = parts[0].lora_oft_blocks["default"]
+    assert all(p.lora_oft_blocks["default"] is blocks for p in parts)  # one Parameter
+    assert len({id(p) for p in model.parameters()}) == len(list(model.parameters()))
+    with torch.no_grad():
+        blocks.normal_(0, 0.2)
+        for part in parts:
+            if rescaled:  # each part its own rows of the module's rescale
+                part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts]) if rescaled else None
+    theirs = _theirs(parts, blocks.detach().clone(), constraint, rescale)
+    x = torch.randn(5, 8)
+    ours = torch.cat([p(x) for p in parts], dim=-1)
+    out = theirs(x)
+    torch.testing.assert_close(ours, out, rtol=0, atol=1e-5)
+    before = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+    assert (ours - before).abs().max() > 1e-3  # every row rotated with rows of the other parts
+    # the same gradient of the shared blocks as the fused module's
+    weights = torch.randn_like(out)
+    (ours * weights).sum().backward()
+    (out * weights).sum().backward()
+    torch.testing.assert_close(blocks.grad, theirs.oft_blocks.grad, rtol=1e-4, atol=1e-5)
+    # peft's merge, part by part (each delta from the others' unmerged weights), then unmerged again
+    with torch.no_grad():
+        for part in parts:
+            part.merge()
+        torch.testing.assert_close(torch.cat([p.base_layer(x) for p in parts], -1), out, rtol=0, atol=1e-5)
+        for part in parts:
+            part.unmerge()
+        torch.testing.assert_close(torch.cat([p.base_layer(x) for p in parts], -1), before, rtol=0, atol=1e-6)
+
+
+def test_a_stacked_width_lycoris_cannot_split_is_refused_naming_the_layer():
+    # 3 x 8 + 24 = 48 rows at lora_dim 4: no even block <= 4 leaves a power of two (LyCORIS raises too)
+    model = nn.Module()
+    model.single_transformer_blocks = nn.ModuleList([_Block(8, 24)])
+    with fused_parts_deferred():
+        inject_adapter_in_model(boft_config(list(_PARTS), 4, 0.0, False), model, adapter_name="default")
+    group = FusedPlan(name="linear1", blocks="single_transformer_blocks", parts=_PARTS)
+    with pytest.raises(ValueError, match="single_transformer_blocks.0: the fused linear1 .* 48 stacked rows"):
+        tie_fused_boft(model, (group,), "default")
+    with pytest.raises(ValueError, match="impossible to decompose 48 with factor 4"):  # LyCORIS raises too
+        boft.ButterflyOFTModule("fused", nn.Linear(8, 48), 1.0, lora_dim=4)
+
+
+def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order():
+    """SD3's last context modulation (diffusers' AdaLayerNormContinuous holds (scale, shift), kohya's
+    (shift, scale)): its BOFT rotates kohya's row order, as ButterflyOFTModule on kohya's Linear does."""
+    torch.manual_seed(1)
+    model = nn.Module()
+    model.linear = nn.Linear(8, 32)
+    inject_adapter_in_model(boft_config(["linear"], 4, 0.0, True), model, adapter_name="default")
+    tie_fused_boft(model, (), "default", swapped=lambda path: path == "linear")
+    layer = model.linear
+    assert isinstance(layer, BoftLayer) and layer.boft_swapped
+    with torch.no_grad():
+        layer.lora_oft_blocks["default"].normal_(0, 0.3)
+        layer.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    order = torch.cat([torch.arange(16, 32), torch.arange(16)])
+    kohya = nn.Linear(8, 32)
+    with torch.no_grad():
+        kohya.weight.copy_(layer.base_layer.weight[order])
+        kohya.bias.copy_(layer.base_layer.bias[order])
+    theirs = boft.ButterflyOFTModule("m", kohya, 1.0, lora_dim=4, rescaled=True)
+    state = {"oft_blocks": layer.lora_oft_blocks["default"].detach(), "alpha": torch.tensor(0.0)}
+    theirs.load_state_dict({**state, "rescale": layer.lora_oft_rescale["default"].detach()[order]})
+    theirs.apply_to()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[:, order], theirs(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-4)
+
+
+def _lycoris_loads_the_export(tensors, layers) -> None:
+    """lycoris-lora's create_network_from_weights on kohya's Linears rebuilt from the trained parts: every
+    module a ButterflyOFTModule, loaded strictly, computing the trained parts' outputs (1e-5)."""
+    from tests.runtime.test_lycoris_mixed_flow_full import _check_kohya_outputs, _kohya_tree
+
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    result = network.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    loaded = {m.lora_name: type(m).__name__ for m in network.unet_loras}
+    names = {k.split(".")[0] for k in tensors}
+    assert set(loaded) == names and set(loaded.values()) == {"ButterflyOFTModule"}
+    _check_kohya_outputs(
+        tree, {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}, names
+    )
+
+
+def _sample_load(plan, whole, unet, layers) -> None:
+    """The run's adapter folder on the plain transformer, as `dbspec sample` loads it (the parts tied as in
+    training): the trained outputs."""
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris_mixed_flow import _path_in
+    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+
+    again = copy.deepcopy(_unwrapped(unet))
+    for module in list(again.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, BoftLayer):
+                setattr(module, name, child.base_layer)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(again, attr):
+            delattr(again, attr)
+    a = plan.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, fused_lokr=a) == ["unet"]
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, parts[0].base_layer.in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], -1),
+                torch.cat([p(x) for p in parts], -1),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
+# what the converter writes for `--network_dim 16 --network_args algo=boft preset=unet-only rescaled=True
+# constraint=1e-2` (tiny-flux: one double and one single block; every width splits at 16)
+BOFT = unet_only_spec(
+    'kind = "boft"\nblock_size = 16\nconstraint = 1e-2\nrescaled = true\nfused_projections = true\n'
+)
+
+
+def test_boft_on_flux_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path):
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers
+
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=BOFT)
+    assert plan.adapter.kind == "boft" and [f.name for f in plan.adapter.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+    unet = whole.components.unet.float().eval()
+    tensors, names = kohya_export(plan, whole)
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    # the 48-row qkv: power2factorization(48, 16) = 12 x 4, 3 stages; linear1's 112 rows: 14 x 8, 4 stages
+    assert tensors[f"{qkv}.oft_blocks"].shape == (3, 4, 12, 12)
+    assert tensors["lora_unet_single_blocks_0_linear1.oft_blocks"].shape == (4, 8, 14, 14)
+    assert tensors[f"{qkv}.rescale"].shape == (48, 1) and float(tensors[f"{qkv}.alpha"]) == pytest.approx(
+        1e-2
+    )
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    layers = {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}
+    assert {"double_blocks.0.img_attn.qkv", "single_blocks.0.linear1", "double_blocks.0.img_mod.lin"} <= set(
+        layers
+    )
+    _lycoris_loads_the_export(tensors, layers)
+    _sample_load(plan, whole, unet, layers)
