@@ -230,3 +230,46 @@ def test_boft_on_flux_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_th
     )
     _lycoris_loads_the_export(tensors, layers)
     _sample_load(plan, whole, unet, layers)
+
+
+def test_boft_on_sd3_fused_qkv_swapped_modulation_and_patch_convolution_is_what_lycoris_loads(tmp_path):
+    """algo=boft preset=full on SD3 (network_dim 8, rescaled): one ButterflyOFTModule per fused q/k/v, the
+    last context modulation rotated in kohya's (shift, scale) rows (its rescale written in that order), the
+    patch convolution its own; the tiny run resumes bit-exact and lycoris-lora rebuilds the export."""
+    from dbspec.convert.kohya.lycoris_flow_file import mmdit, sd3_parts
+    from dbspec.runtime.sd3_kohya import swapped
+    from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers
+    from tests.runtime.test_lycoris_sd3 import LOKR
+
+    extra = LOKR.replace(
+        'kind = "lokr"\nrank = 2\nalpha = 1.5',
+        'kind = "boft"\nblock_size = 8\nrescaled = true\nconv_targets = ["pos_embed.proj"]',
+    )
+    plan, whole = whole_and_resumed(tmp_path, base="builtin:tiny-sd3", steps=4, extra=extra)
+    assert plan.adapter.kind == "boft" and plan.adapter.fused and plan.adapter.conv_targets
+    unet = whole.components.unet.float().eval()
+    assert unet.transformer_blocks[1].norm1_context.linear.boft_swapped
+    tensors, names = kohya_export(plan, whole)
+    last = "joint_blocks.1.context_block.adaLN_modulation.1"
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    assert layers[last][1] is not None and "lora_unet_" + last.replace(".", "_") in names  # kohya's rows
+    assert tensors["lora_unet_joint_blocks_0_x_block_attn_qkv.oft_blocks"].shape == (4, 8, 6, 6)  # 48 rows
+    layers = {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}
+    patch = "lora_unet_x_embedder_proj"
+    _lycoris_loads_the_export({k: v for k, v in tensors.items() if not k.startswith(patch + ".")}, layers)
+    # the patch convolution: ButterflyOFTModule on the 2 x 2 Conv2d
+    conv = unet.pos_embed.proj
+    own = {k.split(".", 1)[1]: v.float() for k, v in tensors.items() if k.startswith(patch + ".")}
+    theirs = boft.ButterflyOFTModule(
+        "x_embedder_proj",
+        copy.deepcopy(conv.base_layer),
+        1.0,
+        lora_dim=own["oft_blocks"].shape[-1],
+        rescaled=True,
+    )
+    theirs.load_state_dict(own)
+    theirs.apply_to()
+    x = torch.randn(2, conv.base_layer.in_channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(conv(x), conv.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(theirs.eval()(x), conv(x), rtol=0, atol=1e-5)
