@@ -150,6 +150,25 @@ def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order():
         assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-4)
 
 
+def test_max_norm_scales_the_fused_module_s_blocks_once():
+    """lycoris.kohya's apply_max_norm_regularization: one ButterflyOFTModule per fused layer, its blocks
+    scaled once by limit / norm (ButterflyOFTModule.apply_max_norm on the same blocks)."""
+    from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules
+
+    torch.manual_seed(2)
+    model, parts = _fused(16, 64, 16, 0.0, False)
+    blocks = parts[0].lora_oft_blocks["default"]
+    with torch.no_grad():
+        blocks.normal_(0, 0.5)
+    theirs = _theirs(parts, blocks.detach().clone(), 0.0)
+    modules = lycoris_norm_modules(model, [])
+    assert [m.name for m in modules] == ["single_transformer_blocks.0.attn.to_q"]
+    result = apply_lycoris_max_norm(modules, 1.0)
+    scaled, norm = theirs.apply_max_norm(1.0)
+    assert bool(scaled) and result[0] == 1 and result[2] == pytest.approx(float(norm), rel=1e-6)
+    torch.testing.assert_close(blocks.detach(), theirs.oft_blocks.detach(), rtol=1e-6, atol=0)
+
+
 def _lycoris_loads_the_export(tensors, layers) -> None:
     """lycoris-lora's create_network_from_weights on kohya's Linears rebuilt from the trained parts: every
     module a ButterflyOFTModule, loaded strictly, computing the trained parts' outputs (1e-5)."""
