@@ -10,6 +10,7 @@ import pytest
 from convert_kit import codes, errors, fate, messages, plan_of  # noqa: F401
 from test_convert_lycoris_flux import _flux
 
+from dbspec.convert.kohya.lycoris_flow_boft import flux1_unsplit
 from dbspec.plan.boft import power2_factorization
 
 
@@ -80,3 +81,18 @@ def test_scale_weight_norms_scales_the_fused_module_s_blocks(tmp_path):
 def test_network_weights_of_a_fused_boft_are_refused(tmp_path):
     outcome = _flux(tmp_path, "--network_dim 64 --network_weights prev.safetensors --network_args algo=boft")
     assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
+
+
+def test_chroma_boft_has_no_modulation_linears(tmp_path):
+    """--model_type chroma: kohya's Chroma blocks have no img_mod.lin / txt_mod.lin / modulation.lin, so
+    network_dim 42 splits every Linear LyCORIS builds (18432 rows would need 18 too, which 42 covers anyway);
+    the fused layers are Flux's."""
+    from test_convert_kohya_chroma import _chroma
+
+    assert "img_mod.lin" not in flux1_unsplit(16, "all", chroma=True)
+    assert "img_mod.lin" in flux1_unsplit(16, "all", chroma=False)
+    outcome = _chroma(tmp_path, '--network_module lycoris.kohya --network_dim 64 --network_args "algo=boft"')
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "boft" and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert "norm1.linear" not in a.denoiser_targets
