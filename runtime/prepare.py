@@ -86,7 +86,8 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import fused_parts_deferred
 
             # a fused BOFT's parts take the fused width's split (_tie_fused), whether or not their own splits
-            with fused_parts_deferred(bool(plan.adapter.fused) and denoiser and plan.adapter.kind == "boft"):
+            boft = plan.adapter.kind == "boft" or any(b.kind == "boft" for b in plan.adapter.blocks)
+            with fused_parts_deferred(bool(plan.adapter.fused) and denoiser and boft):
                 adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         if norms:
             from dbspec.runtime.norm_offsets import add_norm_offsets
@@ -199,9 +200,14 @@ def swapped_rows(module: torch.nn.Module):
 
 
 def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
-    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / GLoRA blocks hold
-    as that kind's one module on the fused layer (each kind's parts only: the others are left alone)."""
+    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / BOFT / GLoRA
+    blocks hold as that kind's one module on the fused layer (each kind's parts only: the others are left
+    alone)."""
     kinds = {b.kind for b in adapter.blocks}
+    if "boft" in kinds:
+        from dbspec.runtime.lycoris_boft import tie_fused_boft
+
+        tie_fused_boft(module, adapter.fused, adapters.ADAPTER_NAME, swapped_rows(module))
     if "diag-oft" in kinds:
         from dbspec.runtime.lycoris_oft import fit_fused_oft
 

@@ -440,8 +440,11 @@ def load_peft_adapters(
                 config, has_rescale(state), bypass=bypass, own_rescaled=rescale_layers(module, state)
             )
         training = module.training
-        boft_fused = bool(
-            fused_lokr is not None and fused_lokr.kind == "boft" and fused_lokr.fused and name == "unet"
+        boft_fused = bool(  # the denoiser's, or in a run of several kinds its BOFT kind's folder
+            fused_lokr is not None
+            and fused_lokr.kind == "boft"
+            and fused_lokr.fused
+            and (name == "unet" or kind_only)
         )
         if (
             getattr(config, "peft_type", None) == "LOKR"

@@ -2575,24 +2575,24 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "adapter's on SD 1.x/2.x and SDXL), whose LyCORIS exports and reloads it checks",
             codes.help("DBS578"),
         )
-    # full / IA^3 / Diag-OFT / GLoRA on a fused Linear are their parts' own (a copy of each part's rows, a
-    # scale per each part's output row, blocks within a part, GLoRA's pairs tied: runtime/prepare.py); BOFT's
-    # butterflies rotate rows of several parts together, and a DyLoRA layer's block draw is one module's
-    full = [(t, j, b.kind) for t, j, b in other if b.kind in ("boft", "dylora")]
+    # full / IA^3 / Diag-OFT / BOFT / GLoRA on a fused Linear are their parts' own (a copy of each part's
+    # rows, a scale per each part's output row, blocks within a part, BOFT's blocks and GLoRA's pairs tied:
+    # runtime/prepare.py); a DyLoRA layer's block draw is one module's
+    full = [(t, j, b.kind) for t, j, b in other if b.kind == "dylora"]
     if full and family.denoiser != "unet":
         yield _err(
             "DBS578",
             ("adapter", full[0][0], full[0][1], "kind"),
             f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's BOFT and DyLoRA algos beside other kinds on SD 1.x/2.x and SDXL (BOFT's butterflies "
-            "rotate rows of several parts of a fused Linear together; DyLoRA's block draw is one module's)",
+            "LyCORIS's DyLoRA algo beside other kinds on SD 1.x/2.x and SDXL (DyLoRA's block draw is one "
+            "module's)",
             codes.help("DBS578"),
         )
     # the denoiser's (the text encoders have no fused layers)
     whole = [
         (t, j, b.kind)
         for t, j, b in other
-        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "glora")
+        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "boft", "glora")
     ]
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
@@ -2600,9 +2600,9 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", whole[0][0], whole[0][1], "kind"),
             f'adapter.{whole[0][0]}[{whole[0][1]}].kind = "{whole[0][2]}" on {family.title} without '
-            "adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, Diag-OFT and GLoRA beside other "
-            "kinds there as kohya's network does, one LyCORIS module per fused Linear (fused_projections = "
-            "true)",
+            "adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA beside "
+            "other kinds there as kohya's network does, one LyCORIS module per fused Linear "
+            "(fused_projections = true)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:

@@ -292,3 +292,62 @@ def test_boft_on_sd3_fused_qkv_swapped_modulation_and_patch_convolution_is_what_
     with torch.no_grad():
         assert not torch.allclose(conv(x), conv.base_layer(x), atol=1e-7)
         torch.testing.assert_close(theirs.eval()(x), conv(x), rtol=0, atol=1e-5)
+
+
+# a LoCon network (network_dim 4) with boft on the double blocks' image q/k/v at its own dim 16 (LyCORIS's
+# lora_dim there: power2factorization(48, 16) = 12 x 4), glora on linear1, loha on the text stream's q/k/v
+MIXED_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = []
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "boft"
+dim = 16
+[name_algo_map."single_blocks.*.linear1"]
+algo = "glora"
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "loha"
+dim = 2
+alpha = 1
+"""
+
+
+def test_boft_entries_beside_other_algos_on_flux_train_resume_and_load_in_lycoris(tmp_path, monkeypatch):
+    """A preset file's `boft` entry on Flux (was DBS403): a `kind = "boft"` block whose fused q/k/v is one
+    ButterflyOFTModule; the run resumes bit-exact, lycoris-lora's create_network from the same file on
+    kohya's Linears loads the export strictly and computes the trained outputs, and the adapter folders
+    load back as `dbspec sample` loads them."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from tests.runtime.test_lycoris_mixed_flow_full import (
+        _BASE,
+        _check_kohya_outputs,
+        _kohya_layers,
+        _kohya_tree,
+        _lycoris_network,
+        _run,
+    )
+    from tests.runtime.test_lycoris_preset_file_flow import _converted
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(MIXED_FILE, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    plan = _converted(tmp_path, file.name, "locon", overrides=base)
+    assert plan.adapter.kind == "lora" and {b.kind for b in plan.adapter.blocks} >= {"boft", "glora", "loha"}
+    planned, whole, tensors = _run(tmp_path, {"boft", "glora", "loha"}, base)
+    qkv = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert tensors[f"{qkv}.oft_blocks"].shape == (3, 4, 12, 12)
+    unet = whole.components.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    names = {k.split(".")[0] for k in tensors}
+    tree = _kohya_tree(layers)
+    theirs = _lycoris_network(monkeypatch, "locon", file, [nn.Module(), nn.Module()], tree, tensors)
+    assert type(theirs[qkv]).__name__ == "ButterflyOFTModule"
+    assert type(theirs["lora_unet_single_blocks_0_linear1"]).__name__ == "GLoRAModule"
+    _check_kohya_outputs(
+        tree, {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}, names
+    )
+    _sample_load(
+        planned, whole, unet, {p: v for p, v in layers.items() if p == "double_blocks.0.img_attn.qkv"}
+    )

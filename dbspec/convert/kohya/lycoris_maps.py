@@ -252,12 +252,13 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
 # SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA algos too (runtime/lycoris_full.py's,
 # lycoris_ia3.py's, lycoris_oft.py's, lycoris_boft.py's, lycoris_glora.py's, dylora.py's layers beside the
-# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but BOFT and DyLoRA:
-# the low-rank kinds and GLoRA tied over a fused layer's parts, full / IA^3 / Diag-OFT exactly their parts'
-# own (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies rotate
-# rows of several parts together, and a DyLoRA layer's block draw is one module's
+# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but DyLoRA: the
+# low-rank kinds, BOFT's blocks and GLoRA tied over a fused layer's parts (runtime/lycoris_boft.py: each part
+# its rows of the butterfly over the stacked weight), full / IA^3 / Diag-OFT exactly their parts' own (a
+# copy of each part's rows, a scale per output row, blocks within a part); a DyLoRA layer's block draw is
+# one module's
 MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora")
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora")
 
 
 def _mixed_kinds(
