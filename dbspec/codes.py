@@ -2688,8 +2688,8 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full, IA^3, Diag-OFT and GLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` / `"glora"`; on
-SD 1.x/2.x and SDXL also BOFT and DyLoRA, `"boft"` / `"dylora"`, a DyLoRA block with its own `unit`)
+(also LyCORIS's full, IA^3, Diag-OFT, BOFT and GLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
+`"boft"` / `"glora"`; on SD 1.x/2.x and SDXL also DyLoRA, `"dylora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha or lokr; on SD 1.x/2.x and SDXL also dylora, LyCORIS's DyLoRA network
 with entries of other algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
