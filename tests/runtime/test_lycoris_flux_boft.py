@@ -351,3 +351,26 @@ def test_boft_entries_beside_other_algos_on_flux_train_resume_and_load_in_lycori
     _sample_load(
         planned, whole, unet, {p: v for p, v in layers.items() if p == "double_blocks.0.img_attn.qkv"}
     )
+
+
+def test_boft_on_chroma_fused_layers_resumes_and_lycoris_loads_the_export(tmp_path):
+    """kohya's Chroma (flux_train_network.py --model_type chroma): Flux's fused Linears, one
+    ButterflyOFTModule each; a tiny Chroma run resumes bit-exact and create_network_from_weights rebuilds
+    its export on kohya's stacked Linears with the trained outputs."""
+    from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
+    from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers
+
+    spec = unet_only_spec('kind = "boft"\nblock_size = 16\nrescaled = true\nfused_projections = true\n')
+    spec = spec.replace('"norm1.linear", "norm1_context.linear", ', "").replace('"norm.linear", ', "")
+    plan, whole = whole_and_resumed(tmp_path, base="builtin:tiny-chroma", steps=4, extra=spec)
+    assert plan.model.family == "chroma" and [f.name for f in plan.adapter.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+    unet = whole.components.unet.float().eval()
+    tensors, names = kohya_export(plan, whole)
+    layers = _kohya_layers(unet, chroma_model(1, 1, 1), chroma_parts)
+    layers = {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}
+    assert {"double_blocks.0.img_attn.qkv", "single_blocks.0.linear1"} <= set(layers)
+    _lycoris_loads_the_export(tensors, layers)
