@@ -294,8 +294,9 @@ def test_boft_on_sd3_fused_qkv_swapped_modulation_and_patch_convolution_is_what_
         torch.testing.assert_close(theirs.eval()(x), conv(x), rtol=0, atol=1e-5)
 
 
-# a LoCon network (network_dim 4) with boft on the double blocks' image q/k/v at its own dim 16 (LyCORIS's
-# lora_dim there: power2factorization(48, 16) = 12 x 4), glora on linear1, loha on the text stream's q/k/v
+# a LoCon network (network_dim 4) with boft on the double blocks' image q/k/v at its own dim 24 (LyCORIS's
+# lora_dim there: power2factorization(48, 24) = 24 x 2 on tiny-flux, 18 x 512 on FLUX.1's 9216 rows, which the
+# converter checks), glora on linear1, loha on the text stream's q/k/v
 MIXED_FILE = """\
 use_fnmatch = true
 unet_target_module = []
@@ -304,7 +305,7 @@ text_encoder_target_module = []
 
 [name_algo_map."double_blocks.*.img_attn.qkv"]
 algo = "boft"
-dim = 16
+dim = 24
 [name_algo_map."single_blocks.*.linear1"]
 algo = "glora"
 [name_algo_map."double_blocks.*.txt_attn.qkv"]
@@ -337,7 +338,7 @@ def test_boft_entries_beside_other_algos_on_flux_train_resume_and_load_in_lycori
     assert plan.adapter.kind == "lora" and {b.kind for b in plan.adapter.blocks} >= {"boft", "glora", "loha"}
     planned, whole, tensors = _run(tmp_path, {"boft", "glora", "loha"}, base)
     qkv = "lora_unet_double_blocks_0_img_attn_qkv"
-    assert tensors[f"{qkv}.oft_blocks"].shape == (3, 4, 12, 12)
+    assert tensors[f"{qkv}.oft_blocks"].shape == (2, 2, 24, 24)
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors}
