@@ -1429,12 +1429,14 @@ class BoftAdapter:
     init_weights: str = option(
         "",
         doc="Start the butterfly blocks from this `.safetensors` file (lycoris.kohya `--network_weights` "
-        "with train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
-        "kohya's module names (SDXL's U-Net in the original layout), each module's 4-D `oft_blocks` and "
-        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
-        "`alpha` is not read (ButterflyOFTModule keeps the constraint it was built with). SD 1.x/2.x and "
-        "SDXL. A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
-        "identity rotation).",
+        "with train_network.py / sdxl_train_network.py, and with flux_train_network.py / "
+        "sd3_train_network.py), relative to the spec file: LyCORIS's layout under kohya's module names "
+        "(SDXL's U-Net in the original layout; on Flux / SD3 with `fused_projections`, one module per "
+        "fused Linear, whose blocks its parts share and whose rescale rows each part takes its own of), "
+        "each module's 4-D `oft_blocks` and `rescale` loaded as they are (their shapes the layer's, checked "
+        "when the run loads it); its `alpha` is not read (ButterflyOFTModule keeps the constraint it was "
+        "built with). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at "
+        "zero (the identity rotation).",
         example="previous-run/final/boft.kohya.safetensors",
     )
     init_partial: bool = option(

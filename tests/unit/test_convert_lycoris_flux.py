@@ -172,12 +172,6 @@ def test_network_weights_of_a_diag_oft_or_glora_start_the_fused_network(tmp_path
     assert a.scalar if algo == "glora" else a.oft_rescaled
 
 
-def test_network_weights_of_a_boft_stay_refused_by_the_algo(tmp_path):
-    # algo=boft converts (test_convert_lycoris_flux_boft.py); its file on the fused layers does not
-    outcome = _flux(tmp_path, "--network_dim 64 --network_weights prev.safetensors --network_args algo=boft")
-    assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
-
-
 def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
     # network_dim 128: LyCORIS's factorization splits the 9216-row qkv as 72 x 128 (128 > 9216 / 128), so
     # blocks of 72 rows, and 3072 / 72 is no integer: a block spans q and k

@@ -78,9 +78,35 @@ def test_scale_weight_norms_scales_the_fused_module_s_blocks(tmp_path):
     assert (a.kind, a.max_norm, a.max_norm_form) == ("boft", 1.5, "lycoris") and a.fused
 
 
-def test_network_weights_of_a_fused_boft_are_refused(tmp_path):
-    outcome = _flux(tmp_path, "--network_dim 64 --network_weights prev.safetensors --network_args algo=boft")
-    assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
+def test_network_weights_of_a_fused_boft_start_its_blocks(tmp_path):
+    """LyCORIS's load_weights (load_state_dict(strict=False)) into one ButterflyOFTModule per fused Linear:
+    adapter.init_weights with init_partial; the blocks go into the parts' shared Parameter and the rescale
+    rows to each part when the run loads it (runtime/lycoris_whole_init.py)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    size, count = power2_factorization(9216, 32)  # FLUX.1's qkv: 18 x 512, popcount(511) + 1 = 10 stages
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    tensors = {
+        f"{name}.oft_blocks": np.zeros((10, count, size, size), np.float16),
+        f"{name}.rescale": np.ones((9216, 1), np.float16),
+        f"{name}.alpha": np.array(0.0, np.float32),
+    }
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(
+        tmp_path,
+        "--network_dim 32 --network_weights prev.safetensors --network_args algo=boft preset=attn-only "
+        "rescaled=True",
+    )
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        "boft",
+        str(tmp_path / "prev.safetensors"),
+        True,
+        1,
+    )
+    assert a.fused and a.oft_rescaled
 
 
 def test_chroma_boft_has_no_modulation_linears(tmp_path):

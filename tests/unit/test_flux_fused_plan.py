@@ -566,3 +566,19 @@ def test_boft_what_a_fused_module_cannot_do_is_dbs577(toy: Path, extra, why):
 def test_boft_fused_projections_on_sd1_is_dbs505(toy: Path):
     write_spec(toy, adapter={"kind": "boft", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_boft_starts_from_a_flux_file_with_fused_projections_only(toy: Path):
+    """lycoris.kohya --network_weights with algo=boft on Flux: one ButterflyOFTModule per fused Linear, so a
+    BOFT of separate parts (fused_projections = false) has no kohya file to start from (DBS356)."""
+    (toy / "prev.safetensors").write_bytes(b"")
+    adapter = {
+        "kind": "boft",
+        "block_size": 16,
+        "denoiser_targets": KOHYA,
+        "init_weights": "prev.safetensors",
+    }
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS356" in codes(planned, "error")
+    assert "fused_projections" in next(d.message for d in planned.diagnostics if d.code == "DBS356")

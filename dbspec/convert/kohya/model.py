@@ -942,13 +942,6 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             f"a LoCon, LoKr, LoHa or BOFT there, not a {kind} yet",
         )
         return False
-    if kind == "boft" and a["network_weights"].value:
-        conv.unsupported(
-            a["network_weights"],
-            f"LyCORIS's ButterflyOFTModule file on kohya's fused {layout.title} Linears: dbspec starts a "
-            "BOFT from a file on SD 1.x/2.x and SDXL only (train_network.py / sdxl_train_network.py)",
-        )
-        return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
     # sets every scalar to 1 (runtime/init_weights.py: a fused layer's one shared scalar too); dora_wd: the
     # file's dora_scale starts the magnitudes (runtime/flow_init.py, lycoris_init.py)
@@ -963,8 +956,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         map_init_weights(weights, paths, conv)
     else:
         # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read;
-        # Diag-OFT's `oft_blocks` / `rescale`, GLoRA's pairs go into the fused layers' parts
-        # (runtime/lycoris_whole_init.py)
+        # Diag-OFT's `oft_blocks` / `rescale`, BOFT's blocks (shared) and rescale rows, GLoRA's pairs go
+        # into the fused layers' parts (runtime/lycoris_whole_init.py)
         map_network_weights(a, paths, conv, flow=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
