@@ -2671,7 +2671,7 @@ stacked rows, and each diffusers part rotates its own rows in them. That holds o
 parts: LyCORIS's form, no `constraint` (one norm over all the fused layer's blocks), no `max_norm`.
 With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
 together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
-the rotated stacked weight; no `bypass` (the rotated fused output spans every part's outputs) and no
+the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); no
 `[[adapter.blocks]]`.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per

@@ -34,6 +34,7 @@ from torch import nn
 
 from dbspec.plan.boft import power2_factorization  # noqa: F401 (LyCORIS's split, torch-free)
 from dbspec.runtime.lycoris_oft import DiagOftLayer, oft_config
+from dbspec.runtime.peft_layer import WeightDelta
 
 
 def boft_stages(block_num: int) -> int:
@@ -101,26 +102,73 @@ class BoftLayer(DiagOftLayer):
         """W' - W; a fused Linear's part: its rows of the butterfly over every part's (unmerged) weight."""
         if not self.boft_parts and not self.boft_swapped:
             return super().get_delta_weight(adapter)
+        return self._fused_delta(adapter, _unmerged_weight)
+
+    def _fused_delta(self, adapter: str, piece) -> torch.Tensor:
+        """A fused Linear's part (or a swapped Linear): `piece(layer)` each part's rows (dimension 0: its
+        weight's rows, its bias, or its output's channels), stacked in kohya's order and rotated by the
+        butterfly stages; this part's rows of that, times its rescale, minus its own rows."""
+        if self.boft_unsplit:
+            raise ValueError(self.boft_unsplit)
         rotation = self.rotation(adapter)
-        own = _unmerged_weight(self).to(rotation.dtype)
+        own = piece(self).to(rotation.dtype)
         if self.boft_swapped:  # kohya's (shift, scale) rows: rotated in kohya's order, then back
-            rows = _butterfly(rotation, own.roll(own.shape[0] // 2, 0)).roll(own.shape[0] // 2, 0)
+            half = own.shape[0] // 2
+            rows = _butterfly(rotation, own.roll(half, 0)).roll(half, 0)
         else:
-            weights = [own if p is self else _unmerged_weight(p).to(rotation.dtype) for p in self.boft_parts]
-            start = sum(w.shape[0] for w in weights[: self.boft_index])
-            rows = _butterfly(rotation, torch.cat(weights))[start : start + own.shape[0]]
+            pieces = [own if p is self else piece(p).to(rotation.dtype) for p in self.boft_parts]
+            start = sum(r.shape[0] for r in pieces[: self.boft_index])
+            rows = _butterfly(rotation, torch.cat(pieces))[start : start + own.shape[0]]
         rescale = self._rescale(adapter, own)
         if rescale is not None:
             rows = rows * rescale
         return (rows - own).to(self.lora_oft_blocks[adapter].dtype)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """DiagOftLayer's forward; a fused part in bypass mode: LyCORIS's bypass forward of the fused Linear,
+        the butterfly over every part's output (the parts of kohya's fused Linears read one input), this
+        part's channels of it."""
+        if not self.oft_bypass or not (self.boft_parts or self.boft_swapped):
+            return super().forward(x, *args, **kwargs)
+        if self._base_only(x, args, kwargs):
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        dtype = result.dtype
+        channels = 1 if isinstance(self.get_base_layer(), nn.Conv2d) else -1
+
+        def piece(layer: BoftLayer) -> torch.Tensor:
+            out = result if layer is self else layer.get_base_layer()(x, *args, **kwargs)
+            return out.movedim(channels, 0)
+
+        for adapter in self.active_adapters:
+            if adapter in self.lora_oft_blocks:
+                result = result + self._fused_delta(adapter, piece).to(dtype).movedim(0, channels)
+        return result.to(dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """DiagOftLayer's merge; a fused part's (or swapped Linear's) bias in bypass mode: its rows of the
+        butterfly over every part's (unmerged) bias."""
+        if not self.boft_parts and not self.boft_swapped:
+            return super().merge(safe_merge, adapter_names)
+        before = list(self.merged_adapters)
+        WeightDelta.merge(self, safe_merge, adapter_names)
+        bias = self.get_base_layer().bias
+        if not self.oft_bypass or bias is None:
+            return None
+        for adapter in self.merged_adapters[len(before) :]:
+            with torch.no_grad():
+                delta = self._fused_delta(adapter, _unmerged_bias).to(bias.dtype)
+                bias.data += delta
+            self.__dict__.setdefault("_merged_bias", {})[adapter] = delta
+        return None
 
     def _rotated_delta(self, adapter: str, rows: torch.Tensor) -> torch.Tensor:
         """The butterfly stages applied to `rows` (dimension 0: a weight's rows, or the output's channels in
         bypass mode), then the rescale, minus `rows`."""
         if self.boft_unsplit:
             raise ValueError(self.boft_unsplit)
-        if self.boft_parts or self.boft_swapped:  # tie_fused_boft refuses bypass_mode on these
-            raise ValueError(f"`{self.oft_name}`: LyCORIS's bypass forward of a fused BOFT is not supported")
         rotation = self.rotation(adapter)
         org = rows.to(rotation.dtype)
         rows = _butterfly(rotation, org)
@@ -145,6 +193,14 @@ def _butterfly(rotation: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         rotated = torch.einsum("b i j, b j ... -> b i ...", blocks, grouped)
         rows = rotated.flatten(0, 1).unflatten(0, (-1, stride, 2)).transpose(1, 2).flatten(0, 2)
     return rows
+
+
+def _unmerged_bias(layer: BoftLayer) -> torch.Tensor:
+    """The layer's base bias without the bypass deltas merged into it (BoftLayer.merge keeps them)."""
+    bias = layer.get_base_layer().bias
+    for delta in layer.__dict__.get("_merged_bias", {}).values():
+        bias = bias - delta.to(bias.dtype)
+    return bias
 
 
 def _unmerged_weight(layer: BoftLayer) -> torch.Tensor:
@@ -175,8 +231,8 @@ def tie_fused_boft(module: nn.Module, groups, adapter: str, swapped=None) -> int
     stacked width, shared by the parts (the first's: the optimizer, resume state and EMA hold it once); each
     part keeps its own rows of the rescale. `swapped(path)`: the layers kohya holds with their halves of rows
     the other way round (SD3). ValueError when a fused layer's parts are adapted in part, at other block
-    sizes or constraints, in bypass mode, or its stacked width does not split. How many fused layers were
-    tied. Before the optimizer is built, and before a saved state is loaded."""
+    sizes, constraints or forwards (bypass_mode), or its stacked width does not split. How many fused
+    layers were tied. Before the optimizer is built, and before a saved state is loaded."""
     from dbspec.runtime.fused import fused_parts
 
     tied = 0
@@ -190,8 +246,8 @@ def tie_fused_boft(module: nn.Module, groups, adapter: str, swapped=None) -> int
         first = layers[0]
         if len({(layer.r[adapter], float(layer.lora_alpha[adapter])) for layer in layers}) > 1:
             raise ValueError(f"{where}: its parts have other block sizes or constraints (one BOFT module)")
-        if any(layer.oft_bypass for layer in layers):
-            raise ValueError(f"{where}: LyCORIS's bypass forward of a fused BOFT is not supported")
+        if len({layer.oft_bypass for layer in layers}) > 1:
+            raise ValueError(f"{where}: its parts are in other forwards (bypass_mode: one BOFT module)")
         widths = [int(layer.get_base_layer().weight.shape[0]) for layer in layers]
         total, lora_dim = sum(widths), first.r[adapter]
         size, count = power2_factorization(total, lora_dim)

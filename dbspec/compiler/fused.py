@@ -373,8 +373,8 @@ def _check_fused_module(
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, BOFT, GLoRA or DyLoRA on a
     fused Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
-    every part's blocks, kohya's form is networks.oft_flux's, per part already; BOFT: its bypass forward
-    rotates every part's output together, its blocks are one; GLoRA, DyLoRA: their dropouts
+    every part's blocks, kohya's form is networks.oft_flux's, per part already; BOFT: its blocks are one,
+    per-layer block sizes not; GLoRA, DyLoRA: their dropouts
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
@@ -388,10 +388,7 @@ def _check_fused_module(
             ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
         )
     elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
-        switches = (
-            ("bypass (the rotation of the fused output spans every part's outputs)", adapter.bypass),
-            ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
-        )
+        switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)
     else:
         switches = tuple(
             (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))

@@ -1410,7 +1410,8 @@ class BoftAdapter:
         "`max_norm` scaling them once), each part's weight its rows of the rotated stacked weight, times "
         "its own rows of the rescale. lycoris.kohya `algo=boft` with flux_train_network.py / "
         "sd3_train_network.py; exported under kohya's module names (the blocks once, the rescale "
-        "stacked). No `bypass` or [[adapter.blocks]] with it. false: each part splits its own width. "
+        "stacked). With `bypass` each part's output is its rows of the rotated stacked outputs (every "
+        "part's base output computed). No [[adapter.blocks]] with it. false: each part splits its own width. "
         "Families without fused layers refuse it.",
     )
     blocks: list[OftBlock] = option(

@@ -40,25 +40,31 @@ class _Block(nn.Module):
         self.proj_mlp = nn.Linear(8, mlp)
 
 
-def _fused(width: int, mlp: int, lora_dim: int, constraint: float, rescaled: bool):
+def _fused(width: int, mlp: int, lora_dim: int, constraint: float, rescaled: bool, bypass: bool = False):
     """A model of one block with a fused BOFT over its parts; (model, parts)."""
     model = nn.Module()
     model.single_transformer_blocks = nn.ModuleList([_Block(width, mlp)])
     with fused_parts_deferred():
         inject_adapter_in_model(
-            boft_config(list(_PARTS), lora_dim, constraint, rescaled), model, adapter_name="default"
+            boft_config(list(_PARTS), lora_dim, constraint, rescaled, bypass), model, adapter_name="default"
         )
     group = FusedPlan(name="linear1", blocks="single_transformer_blocks", parts=_PARTS)
     assert tie_fused_boft(model, (group,), "default") == 1
     return model, [model.single_transformer_blocks[0].get_submodule(p) for p in _PARTS]
 
 
-def _theirs(parts, blocks: torch.Tensor, constraint: float, rescale=None) -> nn.Module:
+def _theirs(parts, blocks: torch.Tensor, constraint: float, rescale=None, bypass: bool = False) -> nn.Module:
     """lycoris-lora's ButterflyOFTModule on the fused Linear (the parts' base weights stacked), its blocks
     (and row rescale) set."""
     fused = stacked_linear(parts)
     module = boft.ButterflyOFTModule(
-        "fused", fused, 1.0, lora_dim=blocks.shape[-1], constraint=constraint, rescaled=rescale is not None
+        "fused",
+        fused,
+        1.0,
+        lora_dim=blocks.shape[-1],
+        constraint=constraint,
+        rescaled=rescale is not None,
+        bypass_mode=bypass,
     )
     assert module.oft_blocks.shape == blocks.shape  # the stacked width's split and stages are the blocks'
     state = {"oft_blocks": blocks, "alpha": torch.tensor(constraint)}
@@ -68,16 +74,19 @@ def _theirs(parts, blocks: torch.Tensor, constraint: float, rescale=None) -> nn.
 
 
 @pytest.mark.parametrize(
-    ("width", "mlp", "lora_dim", "constraint", "rescaled"),
+    ("width", "mlp", "lora_dim", "constraint", "rescaled", "bypass"),
     [
-        (16, 64, 16, 0.0, False),  # 112 rows: blocks of 14 (14 x 8), 4 stages; q alone would take 16 x 1
-        (10, 34, 4, 0.0, True),  # 64 rows: blocks of 4, 5 stages; a 10-row part alone does not split
-        (16, 64, 16, 2e-3, True),  # COFT: one norm over the shared blocks, constraint x 112
+        (16, 64, 16, 0.0, False, False),  # 112 rows: blocks of 14 (14 x 8), 4 stages; q alone: 16 x 1
+        (10, 34, 4, 0.0, True, False),  # 64 rows: blocks of 4, 5 stages; a 10-row part alone does not split
+        (16, 64, 16, 2e-3, True, False),  # COFT: one norm over the shared blocks, constraint x 112
+        (16, 64, 16, 2e-3, True, True),  # bypass_mode: every part's output (bias too) rotated together
     ],
 )
-def test_parts_share_one_butterfly_and_compute_lycoris_module(width, mlp, lora_dim, constraint, rescaled):
+def test_parts_share_one_butterfly_and_compute_lycoris_module(
+    width, mlp, lora_dim, constraint, rescaled, bypass
+):
     torch.manual_seed(0)
-    model, parts = _fused(width, mlp, lora_dim, constraint, rescaled)
+    model, parts = _fused(width, mlp, lora_dim, constraint, rescaled, bypass)
     blocks = parts[0].lora_oft_blocks["default"]
     assert all(p.lora_oft_blocks["default"] is blocks for p in parts)  # one Parameter
     assert len({id(p) for p in model.parameters()}) == len(list(model.parameters()))
@@ -87,7 +96,7 @@ def test_parts_share_one_butterfly_and_compute_lycoris_module(width, mlp, lora_d
             if rescaled:  # each part its own rows of the module's rescale
                 part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
     rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts]) if rescaled else None
-    theirs = _theirs(parts, blocks.detach().clone(), constraint, rescale)
+    theirs = _theirs(parts, blocks.detach().clone(), constraint, rescale, bypass)
     x = torch.randn(5, 8)
     ours = torch.cat([p(x) for p in parts], dim=-1)
     out = theirs(x)
@@ -122,13 +131,15 @@ def test_a_stacked_width_lycoris_cannot_split_is_refused_naming_the_layer():
         boft.ButterflyOFTModule("fused", nn.Linear(8, 48), 1.0, lora_dim=4)
 
 
-def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order():
+@pytest.mark.parametrize("bypass", [False, True])
+def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order(bypass):
     """SD3's last context modulation (diffusers' AdaLayerNormContinuous holds (scale, shift), kohya's
-    (shift, scale)): its BOFT rotates kohya's row order, as ButterflyOFTModule on kohya's Linear does."""
+    (shift, scale)): its BOFT rotates kohya's row order, as ButterflyOFTModule on kohya's Linear does (in
+    bypass_mode its output channels, bias included)."""
     torch.manual_seed(1)
     model = nn.Module()
     model.linear = nn.Linear(8, 32)
-    inject_adapter_in_model(boft_config(["linear"], 4, 0.0, True), model, adapter_name="default")
+    inject_adapter_in_model(boft_config(["linear"], 4, 0.0, True, bypass), model, adapter_name="default")
     tie_fused_boft(model, (), "default", swapped=lambda path: path == "linear")
     layer = model.linear
     assert isinstance(layer, BoftLayer) and layer.boft_swapped
@@ -140,7 +151,7 @@ def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order():
     with torch.no_grad():
         kohya.weight.copy_(layer.base_layer.weight[order])
         kohya.bias.copy_(layer.base_layer.bias[order])
-    theirs = boft.ButterflyOFTModule("m", kohya, 1.0, lora_dim=4, rescaled=True)
+    theirs = boft.ButterflyOFTModule("m", kohya, 1.0, lora_dim=4, rescaled=True, bypass_mode=bypass)
     state = {"oft_blocks": layer.lora_oft_blocks["default"].detach(), "alpha": torch.tensor(0.0)}
     theirs.load_state_dict({**state, "rescale": layer.lora_oft_rescale["default"].detach()[order]})
     theirs.apply_to()
@@ -148,6 +159,8 @@ def test_kohya_s_swapped_modulation_rows_rotate_in_kohya_s_order():
     with torch.no_grad():
         torch.testing.assert_close(layer(x)[:, order], theirs(x), rtol=0, atol=1e-5)
         assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-4)
+        layer.merge()  # the weight (and in bypass mode the bias) rotated in kohya's order
+        torch.testing.assert_close(layer.base_layer(x)[:, order], theirs(x), rtol=0, atol=1e-5)
 
 
 def test_max_norm_scales_the_fused_module_s_blocks_once():
@@ -375,3 +388,41 @@ def test_boft_on_chroma_fused_layers_resumes_and_lycoris_loads_the_export(tmp_pa
     layers = {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in names}
     assert {"double_blocks.0.img_attn.qkv", "single_blocks.0.linear1"} <= set(layers)
     _lycoris_loads_the_export(tensors, layers)
+
+
+def test_bypass_boft_on_flux_trains_resumes_and_is_lycoris_bypass_module(tmp_path):
+    """algo=boft bypass_mode=True (`bypass = true`): each fused layer's parts output their channels of the
+    rotated stacked output (bias included); the run resumes bit-exact and ButterflyOFTModule in bypass_mode
+    on kohya's stacked Linear, loaded from the export, computes the trained parts' outputs."""
+    spec = BOFT.replace("fused_projections = true\n", "fused_projections = true\nbypass = true\n")
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=spec)
+    assert plan.adapter.bypass and plan.adapter.fused
+    unet = whole.components.unet.float().eval()
+    tensors, _ = kohya_export(plan, whole)
+    block, single = unet.transformer_blocks[0], unet.single_transformer_blocks[0]
+    attn = block.attn
+    torch.manual_seed(0)
+    for name, parts in (
+        ("lora_unet_double_blocks_0_img_attn_qkv", (attn.to_q, attn.to_k, attn.to_v)),
+        (
+            "lora_unet_single_blocks_0_linear1",
+            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
+        ),
+    ):
+        own = {k.split(".", 1)[1]: v.float() for k, v in tensors.items() if k.startswith(name + ".")}
+        theirs = boft.ButterflyOFTModule(
+            name,
+            stacked_linear(parts),
+            1.0,
+            lora_dim=own["oft_blocks"].shape[-1],
+            constraint=float(own["alpha"]),
+            rescaled=True,
+            bypass_mode=True,
+        )
+        theirs.load_state_dict(own)
+        theirs.apply_to()
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            trained = torch.cat([p(x) for p in parts], dim=-1)
+            assert not torch.allclose(trained, torch.cat([p.base_layer(x) for p in parts], -1), atol=1e-7)
+            torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)

@@ -59,9 +59,18 @@ def test_flux1_widths_lycoris_cannot_split_are_kohya_s_failure(tmp_path, dim, sm
     assert f"network_dim to {smallest}" in helps
 
 
-@pytest.mark.parametrize("arg", ["bypass_mode=True", "module_dropout=0.1"])
-def test_what_a_fused_boft_cannot_do_is_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_dim 64 --network_args algo=boft {arg}"))
+def test_module_dropout_is_refused(tmp_path):
+    # ButterflyOFTModule skips its whole update with one torch.rand(1) per forward: one draw per fused module
+    assert "DBS403" in codes(_flux(tmp_path, "--network_dim 64 --network_args algo=boft module_dropout=0.1"))
+
+
+def test_bypass_mode_rotates_the_fused_output(tmp_path):
+    # dropout: ButterflyOFTModule never reads it, in bypass_mode either (DBS405)
+    outcome = _flux(tmp_path, "--network_dim 64 --network_args algo=boft bypass_mode=True dropout=0.1")
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.bypass and a.fused and fate(outcome, "network_args bypass_mode") == "mapped"
+    assert "never reads" in messages(outcome, "DBS405")
 
 
 def test_modulation_linears_are_named_where_they_do_not_split(tmp_path):

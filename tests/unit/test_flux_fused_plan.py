@@ -524,13 +524,14 @@ def test_blocks_of_another_kind_cover_whole_fused_layers(toy: Path, pattern, tar
 
 def test_boft_fused_projections_plan_one_module_per_fused_layer(toy: Path):
     """LyCORIS's ButterflyOFTModule on each fused Linear (runtime/lycoris_boft.py tie_fused_boft): its blocks
-    are one, so its constraint and max_norm plan; bypass, [[adapter.blocks]] and a part left out do not."""
+    are one, so its constraint, max_norm and bypass plan; [[adapter.blocks]] and a part left out do not."""
     adapter = {
         "kind": "boft",
         "block_size": 16,
         "constraint": 1e-3,
         "max_norm": 1.0,
         "fused_projections": True,
+        "bypass": True,  # the fused output rotated, each part its channels
     }
     write_spec(toy, model=FLUX, adapter={**adapter, "denoiser_targets": KOHYA})
     plan = planned_ok(toy)
@@ -539,13 +540,12 @@ def test_boft_fused_projections_plan_one_module_per_fused_layer(toy: Path):
         "txt_attn_qkv",
         "linear1",
     ]
-    assert (plan.adapter.oft_constraint, plan.adapter.max_norm) == (1e-3, 1.0)
+    assert (plan.adapter.oft_constraint, plan.adapter.max_norm, plan.adapter.bypass) == (1e-3, 1.0, True)
 
 
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"bypass": True}, "bypass"),
         ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
     ],
 )
@@ -561,6 +561,16 @@ def test_boft_what_a_fused_module_cannot_do_is_dbs577(toy: Path, extra, why):
     planned = compile_in(toy)
     assert "DBS577" in codes(planned, "error")
     assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+
+
+def test_boft_fused_blocks_are_dbs577(toy: Path):
+    adapter = {"kind": "boft", "block_size": 16, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "attn"\nblock_size = 8\n')
+    planned = compile_in(toy)
+    assert "DBS577" in codes(planned, "error")
+    assert "[[adapter.blocks]]" in next(d.message for d in planned.diagnostics if d.code == "DBS577")
 
 
 def test_boft_fused_projections_on_sd1_is_dbs505(toy: Path):

@@ -12,8 +12,9 @@ parts of diffusers' split layer, each computing its rows of the rotated stacked 
 (runtime/lycoris_boft.py tie_fused_boft), and the kohya_lora export writes the blocks once under kohya's name,
 the rescale stacked, the file lycoris-lora loads back. Its `constraint` (COFT: one norm over all the
 module's blocks, constraint x the stacked width) and `rescaled` (a row rescale after the stages) are the
-adapter's. Refused (DBS403): `module_dropout` (one draw per fused module; dbspec's BOFT has none) and
-`bypass_mode` (its forward rotates the fused output, every part's outputs at once). ButterflyOFTModule never
+adapter's, `bypass_mode` its bypass forward (`bypass`: the fused output rotated, each part its channels of
+it). Refused (DBS403): `module_dropout` (one draw per fused module; dbspec's BOFT has none).
+ButterflyOFTModule never
 reads `dropout` (or --network_dropout), `rank_dropout`, network_alpha, use_scalar, dora_wd, rs_lora or
 Tucker's switches (DBS405 / inert). Convolutions (SD3's patch convolution with presets full / unet-only): at
 conv_dim, which must be network_dim (dbspec has one block size)."""
@@ -79,11 +80,6 @@ def map_flow_boft(
     if float(kwargs.get("module_dropout") or 0):
         refused.append(f"module_dropout={kwargs['module_dropout']} (one draw per fused module)")
     bypass = "bypass_mode" in kwargs and str(kwargs["bypass_mode"]).lower() != "false"  # LyCORIS's str_bool
-    if bypass:
-        refused.append(
-            f"bypass_mode={kwargs['bypass_mode']} (its forward rotates the fused Linear's output, every "
-            "part's outputs together)"
-        )
     conv_targets: list[str] = []
     if layers in layout.convs:
         conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
@@ -93,6 +89,8 @@ def map_flow_boft(
     if refused:
         conv.unsupported(args, f"algo=boft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
+    if bypass:  # its bypass forward: the fused output rotated (every part's, bias included)
+        conv.mapped(popped(args, kwargs, "bypass_mode"), ("adapter", "bypass"), True)
     for key in [k for k in ("module_dropout", "bypass_mode") if k in kwargs]:
         conv.inert(popped(args, kwargs, key), "off")
     if "conv_dim" in kwargs:
