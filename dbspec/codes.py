@@ -2663,7 +2663,7 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
     Code(
         "DBS577",
         ERROR,
-        "A fused Diag-OFT, GLoRA or DyLoRA it cannot train",
+        "A fused Diag-OFT, BOFT, GLoRA or DyLoRA it cannot train",
         """\
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
@@ -2671,6 +2671,10 @@ stacked rows, and each diffusers part rotates its own rows in them. That holds o
 parts: LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
 share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescaled` on every part of a fused
 layer or on none.
+With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
+together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
+the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); no
+`[[adapter.blocks]]`.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no
@@ -2686,8 +2690,8 @@ and alpha, and a family with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full, IA^3, Diag-OFT, GLoRA and DyLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
-`"glora"` / `"dylora"`, a DyLoRA block with its own `unit`; on SD 1.x/2.x and SDXL also BOFT, `"boft"`)
+(also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
+`"boft"` / `"glora"` / `"dylora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha, lokr or dylora, LyCORIS's DyLoRA network with entries of other
 algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS

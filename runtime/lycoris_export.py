@@ -194,16 +194,19 @@ def _fused_lokr(unet: nn.Module, family: Family) -> bool:
 
 
 def _has_stacked(unet: nn.Module) -> bool:
-    """Whether the denoiser carries the full algo, Diag-OFT (LyCORIS's own form, not BOFT's), GLoRA or
+    """Whether the denoiser carries the full algo, Diag-OFT (LyCORIS's own form), a fused BOFT, GLoRA or
     DyLoRA: their fused Linears' tensors are the parts' stacked by rows (or blocks of rows), what the parts
-    share written once."""
+    share written once (BOFT's blocks)."""
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     stacked = (FullLayer, GloraLayer, DyloraLayer)
-    return any(isinstance(m, stacked) or type(m) is DiagOftLayer for m in unet.modules())
+    return any(
+        isinstance(m, stacked) or type(m) is DiagOftLayer or getattr(m, "boft_parts", ())  # a fused BOFT's
+        for m in unet.modules()
+    )
 
 
 def _has_shared_down(unet: nn.Module) -> bool:
@@ -311,6 +314,8 @@ def _stacked_full(
                 stacked[key].append(own[key].to(weights[key].dtype))
         for key in [k for k in _SHARED_BY_PARTS if k in stacked]:  # GLoRA's: one tensor, the first part's
             stacked[key] = stacked[key][:1]
+        if weights.get("oft_blocks") is not None and weights["oft_blocks"].dim() == 4:
+            stacked["oft_blocks"] = stacked["oft_blocks"][:1]  # BOFT's: the fused module's, one Parameter
         yield (
             prefix + group.parts[0],
             {key: torch.cat(values, dim=0) for key, values in stacked.items()},
@@ -356,7 +361,10 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
     names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
     names += ("dora_scale",)
-    keys = [k for k in names if k in weights]
+    # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped)
+    keys = [k for k in names if k in weights and not (k == "oft_blocks" and weights[k].dim() == 4)]
+    if not keys and "oft_blocks" in weights:  # BOFT's without a rescale
+        return dict(weights)
     if not keys:
         raise ValueError(f"`{name}`: dbspec writes no kohya form of its adapter with the rows swapped")
     out = dict(weights)

@@ -1,13 +1,14 @@
 """Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT / GLoRA from its file (`plan.adapter.init_weights` with
 kind full / ia3 / diag-oft / boft / glora: lycoris.kohya `--network_weights` with flux_train_network.py /
-sd3_train_network.py (full, IA^3, Diag-OFT, GLoRA); all five also with train_network.py /
+sd3_train_network.py (full, IA^3, Diag-OFT, BOFT, GLoRA); all five also with train_network.py /
 sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the original layout,
 exports.kohya_parts). DiagOFTModule / ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load
 hook), GLoRAModule its `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's
 scalar to 1: runtime/init_weights.py does after loading). On kohya's Flux / MMDiT one DiagOFTModule or
 GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks / rescale rows (the fused block
-size, runtime/lycoris_oft.py fit_fused_oft), GLoRA's `a1`, `a2`, `b2` go into the Parameters the parts share
-(runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows to each part.
+size, runtime/lycoris_oft.py fit_fused_oft), BOFT's blocks into the Parameter the parts share and its rescale
+rows to each part (runtime/lycoris_boft.py tie_fused_boft), GLoRA's `a1`, `a2`, `b2` go into the Parameters
+the parts share (runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows to each part.
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -35,6 +36,7 @@ Slot = tuple[tuple[int, ...], Callable[[torch.Tensor], None]]
 
 def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, tuple[dict[str, Slot], None]]:
     """kohya module name -> its tensors' slots (no alpha) for every full / IA^3 layer of the run."""
+    from dbspec.runtime.lycoris_boft import BoftLayer
     from dbspec.runtime.lycoris_export import _swapped, _table
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
@@ -71,7 +73,9 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
                 continue  # a later part: the fused layer's slots come with its first adapted part
             key = f"{prefix}_{original.replace('.', '_')}"
             swapped = part is None and _swapped(module, name)
-            if isinstance(layer, DiagOftLayer):  # one DiagOFTModule over the fused layer's rows
+            if isinstance(layer, BoftLayer):  # one ButterflyOFTModule: its blocks the parts' shared ones
+                out[key] = (_fused_boft_slots(rows, adapter, plan.adapter.init_partial, swapped), None)
+            elif isinstance(layer, DiagOftLayer):  # one DiagOFTModule over the fused layer's rows
                 out[key] = (_fused_oft_slots(rows, adapter, plan.adapter.init_partial, swapped), None)
             elif isinstance(layer, GloraLayer):  # one GLoRAModule: a1, a2, b2 shared, b1 the parts' rows
                 out[key] = (_fused_glora_slots(rows, adapter, swapped), None)
@@ -208,6 +212,30 @@ def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bo
     if rescaled or partial:  # without a rescale of its own: strict=False's unexpected key, ignored
         shape = (sum(widths), *[1] * (rows[0][1].weight.dim() - 1))  # a convolution's (out, 1, 1, 1)
         slots["rescale"] = (shape, rescale if rescaled else lambda value: None)
+    return slots
+
+
+def _fused_boft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bool) -> dict[str, Slot]:
+    """ButterflyOFTModule's `oft_blocks` / `rescale` over a fused Linear of kohya's Flux / SD3 (or one Linear,
+    `rows` of one): the blocks into the Parameter its parts share (runtime/lycoris_boft.py tie_fused_boft:
+    the stacked width's split), as they are (a swapped Linear's rotation acts on kohya's row order already,
+    `boft_swapped`), the rescale cut into each part's rows (`swapped`: kohya's (shift, scale) halves back to
+    diffusers' (scale, shift), as the export swapped them)."""
+    if any(part is None for part, _ in rows):  # tie_fused_boft refuses such a run
+        raise ValueError("the run adapts some of a fused layer's parts with BOFT, whose blocks span all")
+    first = rows[0][0]
+    blocks = first.lora_oft_blocks[adapter]
+    slots = {"oft_blocks": (tuple(blocks.shape), _into(blocks))}
+    targets = [part.lora_oft_rescale[adapter] for part, _ in rows if adapter in part.lora_oft_rescale]
+    widths = [base.weight.shape[0] for _, base in rows]
+
+    def rescale(value: torch.Tensor) -> None:
+        for target, block in zip(targets, _halves(value, swapped).split(widths, dim=0)):
+            _into(target)(block)
+
+    if targets or partial:  # without a rescale of its own: strict=False's unexpected key, ignored
+        shape = (sum(widths), *[1] * (rows[0][1].weight.dim() - 1))  # a convolution's (out, 1, 1, 1)
+        slots["rescale"] = (shape, rescale if targets else lambda value: None)
     return slots
 
 

@@ -192,6 +192,8 @@ def lycoris_norm_modules(
         locon: dict[int, list[tuple[str, torch.nn.Module]]] = {}  # by the shared lora_A
         for name, layer in model.named_modules():
             if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
+                if getattr(layer, "boft_index", 0):  # a fused BOFT's later part: its first's blocks
+                    continue
                 modules.append(LycorisNormModule(name, layer, "oft"))
             elif isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
                 down = layer.lora_A[ADAPTER_NAME].weight

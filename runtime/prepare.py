@@ -83,7 +83,12 @@ def _prepare(
         norms = text_norms(plan.adapter, name) if clip else plan.adapter.denoiser_norms if denoiser else ()
         convs = denoiser and plan.adapter.conv_rank and plan.adapter.conv_targets
         if targets or convs or not norms:  # LyCORIS train_norm alone: no adapter
-            adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
+            from dbspec.runtime.lycoris_boft import fused_parts_deferred
+
+            # a fused BOFT's parts take the fused width's split (_tie_fused), whether or not their own splits
+            boft = plan.adapter.kind == "boft" or any(b.kind == "boft" for b in plan.adapter.blocks)
+            with fused_parts_deferred(bool(plan.adapter.fused) and denoiser and boft):
+                adapters.add_lora(module, plan.adapter, targets, seed, conv=denoiser, component=name)
         if norms:
             from dbspec.runtime.norm_offsets import add_norm_offsets
 
@@ -162,8 +167,12 @@ def _prepare(
 
 def _tie_fused(module: torch.nn.Module, adapter) -> None:
     """The parts of each fused Linear of the original model (plan.adapter.fused) share what the one module
-    on the fused layer holds: kohya's LoRA, or LyCORIS's Diag-OFT, DyLoRA, GLoRA."""
-    if adapter.kind == "diag-oft":
+    on the fused layer holds: kohya's LoRA, or LyCORIS's Diag-OFT, BOFT, DyLoRA, GLoRA."""
+    if adapter.kind == "boft":
+        from dbspec.runtime.lycoris_boft import tie_fused_boft
+
+        tie_fused_boft(module, adapter.fused, adapters.ADAPTER_NAME, swapped_rows(module))
+    elif adapter.kind == "diag-oft":
         from dbspec.runtime.lycoris_oft import fit_fused_oft
 
         fit_fused_oft(module, adapter.fused, adapters.ADAPTER_NAME)
@@ -181,11 +190,24 @@ def _tie_fused(module: torch.nn.Module, adapter) -> None:
         tie_fused_projections(module, adapter.fused)
 
 
+def swapped_rows(module: torch.nn.Module):
+    """path -> whether kohya's model holds that Linear's halves of rows the other way round (the inputs of
+    diffusers' AdaLayerNormContinuous, (scale, shift) where kohya's Flux and SD3 read (shift, scale):
+    runtime/sd3_kohya.py swapped, as lycoris_export.py writes them)."""
+    from dbspec.runtime.sd3_kohya import swapped
+
+    return lambda path: swapped(path, module)
+
+
 def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
-    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / GLoRA / DyLoRA
-    blocks hold (a DyLoRA adapter's LoRA blocks too) as that kind's one module on the fused layer (each kind's
-    parts only: the others are left alone; the adapter's own kind's are _tie_fused's)."""
+    """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / BOFT / GLoRA /
+    DyLoRA blocks hold (a DyLoRA adapter's LoRA blocks too) as that kind's one module on the fused layer (each
+    kind's parts only: the others are left alone; the adapter's own kind's are _tie_fused's)."""
     kinds = {b.kind for b in adapter.blocks if b.kind != adapter.kind}
+    if "boft" in kinds:  # one ButterflyOFTModule per fused Linear: its blocks shared
+        from dbspec.runtime.lycoris_boft import tie_fused_boft
+
+        tie_fused_boft(module, adapter.fused, adapters.ADAPTER_NAME, swapped_rows(module))
     if "dylora" in kinds:  # one DyLoraModule per fused Linear: its down blocks and draw shared
         from dbspec.runtime.dylora import tie_fused_dylora
 

@@ -319,9 +319,9 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         bool(adapter and adapter.lokr_unit_scale),
         bool(adapter and adapter.bypass),
         adapter.oft_form if adapter else "lycoris",
-        # LoKr / LoHa on fused layers: the adapter's own, or a kind of its blocks' (runtime/mixed_kinds.py)
+        # LoKr / LoHa / BOFT on fused layers: the adapter's own, or a kind of its blocks' (mixed_kinds.py)
         adapter
-        if adapter and adapter.fused and (adapter.kind in ("lokr", "loha") or mixed(adapter))
+        if adapter and adapter.fused and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter))
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
         blocks=adapter if adapter and adapter.kind == "lokr" else None,

@@ -384,7 +384,8 @@ def load_peft_adapters(
     `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
-    fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name.
+    fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name;
+    or BOFT on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
     `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
     the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
@@ -439,6 +440,12 @@ def load_peft_adapters(
                 config, has_rescale(state), bypass=bypass, own_rescaled=rescale_layers(module, state)
             )
         training = module.training
+        boft_fused = bool(  # the denoiser's, or in a run of several kinds its BOFT kind's folder
+            fused_lokr is not None
+            and fused_lokr.kind == "boft"
+            and fused_lokr.fused
+            and (name == "unet" or kind_only)
+        )
         if (
             getattr(config, "peft_type", None) == "LOKR"
         ):  # LyCORIS's Kronecker split or peft's (lokr_factor.py)
@@ -463,7 +470,15 @@ def load_peft_adapters(
             with loha_tucker_layers(tucker_of_state(state, config)):
                 inject_adapter_in_model(config, module, adapter_name="default")
         else:
-            inject_adapter_in_model(config, module, adapter_name="default")
+            from dbspec.runtime.lycoris_boft import fused_parts_deferred
+
+            with fused_parts_deferred(boft_fused):  # a fused BOFT's parts: the fused split, tied below
+                inject_adapter_in_model(config, module, adapter_name="default")
+        if boft_fused:  # one ButterflyOFTModule per fused Linear, as in training (lycoris_boft.py)
+            from dbspec.runtime.lycoris_boft import tie_fused_boft
+            from dbspec.runtime.prepare import swapped_rows
+
+            tie_fused_boft(module, fused_lokr.fused, "default", swapped_rows(module))
         from dbspec.runtime.lycoris_switches import apply_switches_for_state
 
         # the denoiser's (or, in a run of several kinds, its LoKr / LoHa kind's folder: kind_only)

@@ -32,12 +32,16 @@ def unsplittable_layers(
     block: int,
     blocks: tuple = (),
     prefix: str = "",
+    fused: tuple = (),
 ) -> list[tuple[str, int]]:
     """(module path, output width) of each targeted Linear (2-D weight) or Conv2d (4-D: `conv_targets`)
     whose width LyCORIS's power2factorization cannot split with `block`, or with the block size of the first
     of `blocks` (the plan's per-module blocks, their rank the block size) whose pattern `re.search`es
-    `prefix` + its path (runtime/blocks.py's rule: a text encoder's blocks search `<component>.<path>`)."""
+    `prefix` + its path (runtime/blocks.py's rule: a text encoder's blocks search `<component>.<path>`).
+    `fused`: the plan's fused layers (adapter.fused_projections), each split as one module over its parts'
+    stacked rows (runtime/lycoris_boft.py tie_fused_boft), named `<blocks>.<index>.<kohya name>`."""
     found = []
+    stacked: dict[str, int] = {}  # a fused layer's path -> its parts' rows
     for name, info in tensors:
         if not name.endswith(".weight"):
             continue
@@ -45,11 +49,27 @@ def unsplittable_layers(
         names = targets if len(shape) == 2 else conv_targets if len(shape) == 4 else ()
         if not names or not _targeted(path, names):
             continue
+        whole = _fused_path(path, fused)
+        if whole:
+            stacked[whole] = stacked.get(whole, 0) + shape[0]
+            continue
         own = next((b for b in blocks if re.search(b.pattern, prefix + path)), None)
         size = block if own is None else own.rank
         if not power2_factorization(shape[0], size)[1]:
             found.append((path, shape[0]))
-    return found
+    return found + [
+        (path, rows) for path, rows in stacked.items() if not power2_factorization(rows, block)[1]
+    ]
+
+
+def _fused_path(path: str, fused: tuple) -> str:
+    """`<blocks>.<index>.<kohya name>` when `path` is a part of one of the `fused` layers, else ""."""
+    for group in fused:
+        for part in group.parts:
+            head, dot, index = path.removesuffix("." + part).rpartition(".")
+            if path.endswith("." + part) and dot and head == group.blocks and index.isdigit():
+                return f"{group.blocks}.{index}.{group.name}"
+    return ""
 
 
 def check_boft_widths(ctx, model, adapter) -> None:
@@ -59,7 +79,9 @@ def check_boft_widths(ctx, model, adapter) -> None:
     family = family_spec(model.family)
     if getattr(model, "denoiser_file", ""):  # per-component files: their layers are checked when built
         return
-    parts = [(family.denoiser, adapter.denoiser_targets, adapter.conv_targets, adapter.blocks, "")]
+    parts = [
+        (family.denoiser, adapter.denoiser_targets, adapter.conv_targets, adapter.blocks, "", adapter.fused)
+    ]
     if adapter.text_encoder_targets and not any(getattr(model, "text_encoder_files", ()) or ()):
         parts += [
             (
@@ -68,11 +90,12 @@ def check_boft_widths(ctx, model, adapter) -> None:
                 (),
                 adapter.text_encoder_blocks,
                 f"{name}.",
+                (),
             )
             for name in family.text_encoder_names
         ]
     bad: list[tuple[str, str, int]] = []
-    for component, targets, convs, blocks, prefix in parts:
+    for component, targets, convs, blocks, prefix, fused in parts:
         try:
             weights = _component_weights(Path(model.path) / component)
         except (ModelFileError, OSError):  # the model's own checks report unreadable files
@@ -80,7 +103,7 @@ def check_boft_widths(ctx, model, adapter) -> None:
         if weights is None or weights.tensors is None:
             continue
         block = adapter.oft_block_size
-        found = unsplittable_layers(weights.tensors, targets, convs, block, blocks, prefix)
+        found = unsplittable_layers(weights.tensors, targets, convs, block, blocks, prefix, fused)
         bad += [(component, p, w) for p, w in found]
     if not bad:
         return

@@ -7,8 +7,9 @@ which parts of a fused layer are adapted, and at which rank, is settled here ove
 can have (`_INDICES`), without the weights: DBS505 (a family without fused layers), DBS506 (a fused layer
 with some parts adapted and others not: those rows get no update), DBS507 (parts of one fused layer at
 different ranks, alphas or learning-rate scales: one down-projection has one of each; LoKr / LoHa, one
-LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's and GLoRA's
-fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_glora.py): DBS577."""
+LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's, BOFT's and
+GLoRA's fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_boft.py,
+lycoris_glora.py): DBS577."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from dbspec.compiler.context import Context
 from dbspec.families import FamilySpec, FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
 from dbspec.spec.model import (
+    BoftAdapter,
     DiagOftAdapter,
     DyloraAdapter,
     GloraAdapter,
@@ -29,8 +31,17 @@ from dbspec.spec.model import (
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
 _OPTION = ("adapter", "fused_projections")
-_FUSED_KINDS = (LoraAdapter, LohaAdapter, LokrAdapter, DiagOftAdapter, GloraAdapter, DyloraAdapter)
-_MODULE_KINDS = (DiagOftAdapter, GloraAdapter, DyloraAdapter)  # LyCORIS's module per fused Linear: DBS577
+_FUSED_KINDS = (
+    LoraAdapter,
+    LohaAdapter,
+    LokrAdapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+    DyloraAdapter,
+)
+# LyCORIS's module per fused Linear: DBS577
+_MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter)
 
 
 def targeted(path: str, targets) -> bool:
@@ -43,6 +54,8 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
+    if adapter.kind == "boft":  # one module per fused Linear, no blocks: its block-size hint on every target
+        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
     if adapter.kind == "diag-oft":  # its block-size hint, constraint and rescale (a block's: rank, alpha)
         if block is None:
@@ -367,10 +380,11 @@ def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict)
 def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
-    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
-    Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's blocks,
+    """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, BOFT, GLoRA or DyLoRA on a
+    fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's blocks,
     kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's blocks is
-    runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; GLoRA, DyLoRA: their dropouts
+    runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are one,
+    per-layer block sizes not; GLoRA, DyLoRA: their dropouts
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
@@ -381,6 +395,8 @@ def _check_fused_module(
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
         )
+    elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
+        switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)
     else:
         switches = tuple(
             (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))

@@ -492,27 +492,28 @@ _LYCORIS_FILES = (
 )
 # ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
 _PER_LAYER = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
-# OFT's 3-D / 4-D blocks (Diag-OFT and GLoRA also on Flux / SD3's fused layers, BOFT there not: its butterfly
-# stages span the parts' rows)
+# OFT's 3-D / 4-D blocks (Diag-OFT, BOFT and GLoRA also on Flux / SD3's fused layers, BOFT there with
+# fused_projections only: its butterfly stages span the parts' rows)
 _OFT_BLOCKS = (DiagOftAdapter, BoftAdapter)
 _PER_LAYER_ONLY = (BoftAdapter,)
 
 
 def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
-    """A LyCORIS LoKr / LoHa (full, IA3, Diag-OFT, GLoRA) file on kohya's Flux / SD3 names (lycoris.kohya
-    --network_weights with flux_train_network.py / sd3_train_network.py): one module per fused Linear, with
-    `fused_projections` on that layout; every kind also on SD 1.x/2.x and SDXL, a BOFT one there only
+    """A LyCORIS LoKr / LoHa (full, IA3, Diag-OFT, BOFT, GLoRA) file on kohya's Flux / SD3 names
+    (lycoris.kohya --network_weights with flux_train_network.py / sd3_train_network.py): one module per fused
+    Linear, with `fused_projections` on that layout; every kind also on SD 1.x/2.x and SDXL
     (train_network.py / sdxl_train_network.py: one module per layer, kohya's names). Its modules' prefixes
     and kind are checked here; the factor shapes and alphas when the run loads it (runtime/lycoris_init.py,
     lycoris_whole_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections:
+    if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections and not adapter.fused_projections:
         ctx.report(
             "DBS356",
             "error",
-            f"`{path}`: a {adapter.kind} starts from LyCORIS's file on SD 1.x/2.x and SDXL only "
-            f"(train_network.py / sdxl_train_network.py), not on {spec.title}",
+            f"`{path}`: a {adapter.kind} starts from LyCORIS's file on SD 1.x/2.x and SDXL (train_network.py "
+            f"/ sdxl_train_network.py), and on {spec.title} with adapter.fused_projections (one module per "
+            "fused Linear, kohya's layout there)",
             KEY,
             help='set adapter.init_weights = ""',
         )

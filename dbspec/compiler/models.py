@@ -351,10 +351,11 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
 
 
 def _fused_oft(adapter: Adapter) -> bool:
-    """lycoris.kohya algo=diag-oft, glora or dylora on kohya's fused Flux / SD3 layers (fused_projections;
-    compiler/fused.py refuses it elsewhere): LyCORIS's file under kohya's module names."""
+    """lycoris.kohya algo=diag-oft, boft, glora or dylora on kohya's fused Flux / SD3 layers
+    (fused_projections; compiler/fused.py refuses it elsewhere): LyCORIS's file under kohya's module names."""
     oft = isinstance(adapter, DiagOftAdapter) and adapter.form == "lycoris"
-    return (oft or isinstance(adapter, (GloraAdapter, DyloraAdapter))) and adapter.fused_projections
+    kinds = (BoftAdapter, GloraAdapter, DyloraAdapter)
+    return (oft or isinstance(adapter, kinds)) and adapter.fused_projections
 
 
 def _fused_dora(adapter: Adapter) -> bool:

@@ -2575,24 +2575,14 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "exports and reloads it checks",
             codes.help("DBS578"),
         )
-    # full / IA^3 / Diag-OFT / GLoRA / DyLoRA on a fused Linear are their parts' own or tied (a copy of each
-    # part's rows, a scale per each part's output row, blocks within a part, GLoRA's pairs and DyLoRA's down
-    # blocks and draw shared: runtime/prepare.py); BOFT's butterflies rotate rows of several parts together
-    full = [(t, j, b.kind) for t, j, b in other if b.kind == "boft"]
-    if full and family.denoiser != "unet":
-        yield _err(
-            "DBS578",
-            ("adapter", full[0][0], full[0][1], "kind"),
-            f'adapter.{full[0][0]}[{full[0][1]}].kind = "{full[0][2]}" on {family.title}: dbspec trains '
-            "LyCORIS's BOFT algo beside other kinds on SD 1.x/2.x and SDXL (BOFT's butterflies rotate rows "
-            "of several parts of a fused Linear together)",
-            codes.help("DBS578"),
-        )
-    # the denoiser's (the text encoders have no fused layers); a DyLoRA adapter's own layers too
+    # full / IA^3 / Diag-OFT / BOFT / GLoRA / DyLoRA on a fused Linear are their parts' own or tied (a copy of
+    # each part's rows, a scale per each part's output row, blocks within a part, BOFT's blocks, GLoRA's pairs
+    # and DyLoRA's down blocks and draw shared: runtime/prepare.py): the denoiser's (the text encoders have no
+    # fused layers); a DyLoRA adapter's own layers too
     whole = [
         (t, j, b.kind)
         for t, j, b in other
-        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "glora", "dylora")
+        if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
     ]
     if own == "dylora" and not whole:
         whole = [(table, i, block.kind)]
@@ -2603,8 +2593,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", whole[0][0], whole[0][1], "kind"),
             f'adapter.{whole[0][0]}[{whole[0][1]}].kind = "{whole[0][2]}" on a {own} adapter on '
             f"{family.title} without adapter.fused_projections: dbspec trains LyCORIS's full, IA^3, "
-            "Diag-OFT, GLoRA and DyLoRA beside other kinds there as kohya's network does, one LyCORIS module "
-            "per fused Linear (fused_projections = true)",
+            "Diag-OFT, BOFT, GLoRA and DyLoRA beside other kinds there as kohya's network does, one LyCORIS "
+            "module per fused Linear (fused_projections = true)",
             codes.help("DBS578"),
         )
     if getattr(a, "fused_projections", False) and not family.mixed_fused_kinds:

@@ -1403,6 +1403,21 @@ class BoftAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    # kohya lycoris.kohya algo=boft on kohya's Flux / SD3: one module per fused Linear (lycoris_boft.py)
+    fused_projections: bool = option(
+        False,
+        doc="One BOFT per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, "
+        "and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's "
+        "ButterflyOFTModule on kohya's fused Linear, whose butterfly stages rotate the stacked rows "
+        "together (rows of every part mixed): the parts share one set of blocks (split and stages from "
+        "the fused width and `block_size`; `constraint` x the fused width, its norm over all of them, "
+        "`max_norm` scaling them once), each part's weight its rows of the rotated stacked weight, times "
+        "its own rows of the rescale. lycoris.kohya `algo=boft` with flux_train_network.py / "
+        "sd3_train_network.py; exported under kohya's module names (the blocks once, the rescale "
+        "stacked). With `bypass` each part's output is its rows of the rotated stacked outputs (every "
+        "part's base output computed). No [[adapter.blocks]] with it. false: each part splits its own width. "
+        "Families without fused layers refuse it.",
+    )
     blocks: list[OftBlock] = option(
         factory=list,
         doc="Per-module block sizes, constraints and rescales of the denoiser's BOFT layers "
@@ -1419,12 +1434,14 @@ class BoftAdapter:
     init_weights: str = option(
         "",
         doc="Start the butterfly blocks from this `.safetensors` file (lycoris.kohya `--network_weights` "
-        "with train_network.py / sdxl_train_network.py), relative to the spec file: LyCORIS's layout under "
-        "kohya's module names (SDXL's U-Net in the original layout), each module's 4-D `oft_blocks` and "
-        "`rescale` loaded as they are (their shapes the layer's, checked when the run loads it); its "
-        "`alpha` is not read (ButterflyOFTModule keeps the constraint it was built with). SD 1.x/2.x and "
-        "SDXL. A resumed run takes the checkpoint's weights instead. Empty: the blocks start at zero (the "
-        "identity rotation).",
+        "with train_network.py / sdxl_train_network.py, and with flux_train_network.py / "
+        "sd3_train_network.py), relative to the spec file: LyCORIS's layout under kohya's module names "
+        "(SDXL's U-Net in the original layout; on Flux / SD3 with `fused_projections`, one module per "
+        "fused Linear, whose blocks its parts share and whose rescale rows each part takes its own of), "
+        "each module's 4-D `oft_blocks` and `rescale` loaded as they are (their shapes the layer's, checked "
+        "when the run loads it); its `alpha` is not read (ButterflyOFTModule keeps the constraint it was "
+        "built with). A resumed run takes the checkpoint's weights instead. Empty: the blocks start at "
+        "zero (the identity rotation).",
         example="previous-run/final/boft.kohya.safetensors",
     )
     init_partial: bool = option(

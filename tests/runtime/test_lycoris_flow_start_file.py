@@ -21,6 +21,7 @@ from tests.runtime.test_lycoris_flow_factor_file import RUN, _layers
 from tests.runtime.test_lycoris_flux import BASE, _fused_linear
 
 pytest.importorskip("lycoris.kohya")
+from lycoris.modules.boft import ButterflyOFTModule  # noqa: E402
 from lycoris.modules.diag_oft import DiagOFTModule  # noqa: E402
 from lycoris.modules.glora import GLoRAModule  # noqa: E402
 from lycoris.modules.locon import LoConModule  # noqa: E402
@@ -154,6 +155,8 @@ SD3_ALGOS = {
     "glora": (GLoRAModule, {"lora_dim": 2, "alpha": 1.5, "use_scalar": True}, "scalar = true\n"),
     "diag-oft": (DiagOFTModule, {"lora_dim": 4, "alpha": 0.0, "rescaled": True}, "rescaled = true\n"),
     "lokr": (LokrModule, {"lora_dim": 2, "alpha": 1.5, "use_scalar": True}, "scalar = true\n"),
+    # ButterflyOFTModule at lora_dim 8 (its blocks over the stacked 48 rows: 6 x 8, 4 stages)
+    "boft": (ButterflyOFTModule, {"lora_dim": 8, "rescaled": True}, "rescaled = true\n"),
 }
 
 
@@ -199,6 +202,7 @@ def test_sd3_file_starts_where_lycoris_loads_it(tmp_path, algo):
     save_file(tensors, str(file))
     head = 'kind = "lokr"\nrank = 2\nalpha = 1.5'
     own = 'kind = "diag-oft"\nblock_size = 4' if algo == "diag-oft" else head.replace("lokr", algo)
+    own = 'kind = "boft"\nblock_size = 8' if algo == "boft" else own
     own += '\nconv_targets = ["pos_embed.proj"]' if conv else ""
     own += "\nconv_rank = 2\nconv_alpha = 1.5" if algo == "glora" else ""
     init = f'fused_projections = true\ninit_weights = "{file}"\ninit_partial = true\n{fields}'

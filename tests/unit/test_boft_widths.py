@@ -131,3 +131,26 @@ def test_a_block_of_its_own_splits_its_layers(tmp_path):
     ((code, _, message, _, _),) = ctx.reports
     assert code == "DBS390" and "conv1 (40 rows)" in message and "to_q" not in message
     assert general.power2factorization(320, 10)[1] and not general.power2factorization(320, 4)[1]
+
+
+def test_a_fused_layer_splits_by_its_stacked_width(tmp_path):
+    """With fused_projections a fused Linear is one ButterflyOFTModule (runtime/lycoris_boft.py): its parts'
+    widths add up (FLUX.1's 3072-row q, k, v and 12288-row MLP input: linear1's 21504 rows, which block
+    size 32 cannot split though every part alone splits; 42 can)."""
+    from dbspec.plan.model import FusedPlan
+
+    rows = {"to_q": 3072, "to_k": 3072, "to_v": 3072, "proj_mlp": 12288}
+    tensors = [
+        (f"single_transformer_blocks.0.{p}.weight", types.SimpleNamespace(shape=(w, 3072)))
+        for p, w in rows.items()
+    ]
+    parts = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    tensors = [(n.replace(".to_", ".attn.to_"), i) for n, i in tensors]
+    fused = (FusedPlan(name="linear1", blocks="single_transformer_blocks", parts=parts),)
+    targets = parts
+    assert all(power2_factorization(w, 32)[1] for w in rows.values())
+    assert unsplittable_layers(tensors, targets, (), 32) == []  # each part alone
+    assert unsplittable_layers(tensors, targets, (), 32, fused=fused) == [
+        ("single_transformer_blocks.0.linear1", 21504)
+    ]
+    assert unsplittable_layers(tensors, targets, (), 42, fused=fused) == []

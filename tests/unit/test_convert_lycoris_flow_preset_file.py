@@ -473,9 +473,22 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
     tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
     assert "DBS578" in messages(tucker, "DBS403")
-    boft = MIXED.replace('algo = "lokr"', 'algo = "boft"')  # its butterflies would span a fused layer's parts
-    outcome = _flux(tmp_path / "boft", boft, '"algo=locon"', allow=True)
-    assert "algo = 'boft'" in messages(outcome, "DBS403")
+    # a boft entry: one ButterflyOFTModule per fused Linear (tests/runtime/test_lycoris_flux_boft.py), its
+    # dim LyCORIS's lora_dim (the block size: power2factorization of the stacked rows)
+    boft = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "boft"\ndim = 32')
+    outcome = _flux(tmp_path / "boft", boft, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "boft").adapter
+    assert a.fused and [(b.kind, b.rank) for b in a.blocks][0] == ("boft", 32)
+    # dim 8: FLUX.1's 9216-row qkv (2^10 x 9) needs an even block of 18: ButterflyOFTModule raises
+    boft = MIXED.replace('algo = "lokr"', 'algo = "boft"')
+    outcome = _flux(tmp_path / "boft8", boft, '"algo=locon"', allow=True)
+    assert "9216 rows on FLUX.1" in messages(outcome, "DBS402") and "18 or more" in messages(
+        outcome, "DBS402"
+    )
+    dylora = MIXED.replace('algo = "lokr"', 'algo = "dylora"')  # a DyLoRA layer's block draw is one module's
+    outcome = _flux(tmp_path / "dylora", dylora, '"algo=locon"', allow=True)
+    assert "algo = 'dylora'" in messages(outcome, "DBS403")
 
 
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and

@@ -85,14 +85,8 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("algo", ["boft", "tlora"])
-def test_other_algos_are_refused(tmp_path, algo):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo={algo}"))
-
-
-def test_boft_is_refused_because_its_butterfly_mixes_the_fused_parts(tmp_path):
-    outcome = _flux(tmp_path, "--network_args algo=boft")
-    assert "mix the q, k, v" in messages(outcome, "DBS403")
+def test_other_algos_are_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=tlora"))
 
 
 def test_diag_oft_is_one_block_split_per_fused_layer(tmp_path):
@@ -186,11 +180,6 @@ def test_network_weights_of_a_diag_oft_or_glora_start_the_fused_network(tmp_path
     )
     assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     assert a.scalar if algo == "glora" else a.oft_rescaled
-
-
-def test_network_weights_of_a_boft_stay_refused_by_the_algo(tmp_path):
-    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=boft")
-    assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
 
 
 def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):

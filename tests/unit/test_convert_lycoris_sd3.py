@@ -169,7 +169,23 @@ def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_pa
 
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=boft"))
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=tlora"))
+
+
+def test_boft_full_is_one_butterfly_module_per_fused_qkv_and_the_patch_convolution(tmp_path):
+    """algo=boft: ButterflyOFTModule on the preset's Linears and the patch convolution, one per fused qkv
+    (its blocks shared by q, k, v: runtime/lycoris_boft.py); network_dim its block-size hint, conv_dim
+    another one refused (one block size)."""
+    outcome = _sd3(
+        tmp_path,
+        "--network_train_unet_only --network_args algo=boft preset=full rescaled=True constraint=1e-4",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint, a.oft_rescaled) == ("boft", 16, 1e-4, True)
+    assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
+    assert list(a.conv_targets) == ["pos_embed.proj"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=boft preset=full conv_dim=8"))
 
 
 def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):

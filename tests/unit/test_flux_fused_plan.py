@@ -549,3 +549,75 @@ def test_blocks_of_another_kind_cover_whole_fused_layers(toy: Path, pattern, tar
         assert planned.plan.adapter.blocks[0].kind == "lokr" and len(planned.plan.adapter.fused) == 3
         return
     assert refused in codes(planned, "error")
+
+
+def test_boft_fused_projections_plan_one_module_per_fused_layer(toy: Path):
+    """LyCORIS's ButterflyOFTModule on each fused Linear (runtime/lycoris_boft.py tie_fused_boft): its blocks
+    are one, so its constraint, max_norm and bypass plan; [[adapter.blocks]] and a part left out do not."""
+    adapter = {
+        "kind": "boft",
+        "block_size": 16,
+        "constraint": 1e-3,
+        "max_norm": 1.0,
+        "fused_projections": True,
+        "bypass": True,  # the fused output rotated, each part its channels
+    }
+    write_spec(toy, model=FLUX, adapter={**adapter, "denoiser_targets": KOHYA})
+    plan = planned_ok(toy)
+    assert plan.adapter.kind == "boft" and [f.name for f in plan.adapter.fused] == [
+        "img_attn_qkv",
+        "txt_attn_qkv",
+        "linear1",
+    ]
+    assert (plan.adapter.oft_constraint, plan.adapter.max_norm, plan.adapter.bypass) == (1e-3, 1.0, True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
+    ],
+)
+def test_boft_what_a_fused_module_cannot_do_is_dbs577(toy: Path, extra, why):
+    adapter = {
+        "kind": "boft",
+        "block_size": 16,
+        "fused_projections": True,
+        "denoiser_targets": KOHYA,
+        **extra,
+    }
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS577" in codes(planned, "error")
+    assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+
+
+def test_boft_fused_blocks_are_dbs577(toy: Path):
+    adapter = {"kind": "boft", "block_size": 16, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter=adapter)
+    with (toy / "spec.toml").open("a") as f:
+        f.write('\n[[adapter.blocks]]\npattern = "attn"\nblock_size = 8\n')
+    planned = compile_in(toy)
+    assert "DBS577" in codes(planned, "error")
+    assert "[[adapter.blocks]]" in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+
+
+def test_boft_fused_projections_on_sd1_is_dbs505(toy: Path):
+    write_spec(toy, adapter={"kind": "boft", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_boft_starts_from_a_flux_file_with_fused_projections_only(toy: Path):
+    """lycoris.kohya --network_weights with algo=boft on Flux: one ButterflyOFTModule per fused Linear, so a
+    BOFT of separate parts (fused_projections = false) has no kohya file to start from (DBS356)."""
+    (toy / "prev.safetensors").write_bytes(b"")
+    adapter = {
+        "kind": "boft",
+        "block_size": 16,
+        "denoiser_targets": KOHYA,
+        "init_weights": "prev.safetensors",
+    }
+    write_spec(toy, model=FLUX, adapter=adapter)
+    planned = compile_in(toy)
+    assert "DBS356" in codes(planned, "error")
+    assert "fused_projections" in next(d.message for d in planned.diagnostics if d.code == "DBS356")

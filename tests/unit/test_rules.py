@@ -1706,13 +1706,28 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # LyCORIS's BOFT beside other kinds: SD 1.x/2.x and SDXL only (its butterflies span a fused layer)
+    (  # LyCORIS's BOFT beside other kinds on Flux: one module per fused Linear (its blocks shared by the
+        # parts: runtime/lycoris_boft.py), so fused_projections
         rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
+    ),
+    (  # LyCORIS's DyLoRA beside other kinds: SD 1.x/2.x and SDXL only (its block draw is one module's)
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "sdxl"\n'
         + DOG

@@ -266,6 +266,8 @@ def flux_preset_file(
                 "LyCORIS builds the layer twice and asserts on the duplicate name",
                 True,
             )
+    if model.title in ("Flux", "Chroma"):  # FLUX.1's widths (Chroma's blocks alike)
+        _boft_widths(built)
     idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
     if t5 and idle:
         t5 = []  # built, never trained
@@ -338,6 +340,32 @@ def flux_preset_file(
     return FlowFile(
         targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms, text_2, bool(t5)
     )
+
+
+# FLUX.1's (and Chroma's) Linear widths by kohya's module path suffix (library/flux_models.py, 3072 wide)
+_FLUX1_WIDTHS = {"qkv": 9216, "linear1": 21504, "proj": 3072, "mlp.0": 12288, "mlp.2": 3072, "linear2": 3072}
+_FLUX1_WIDTHS |= {"mod.lin": 18432, "modulation.lin": 9216, "img_in": 3072, "txt_in": 3072}
+
+
+def _boft_widths(built) -> None:
+    """PresetError (kohya stops) where a `boft` layer's FLUX.1 width has no split by its dim: LyCORIS's
+    power2factorization finds no even block size up to it leaving a power of two, and ButterflyOFTModule
+    raises ValueError when create_network builds it (a fused Linear's width is the stacked one)."""
+    from dbspec.convert.kohya.lycoris_maps import _algo
+    from dbspec.plan.boft import power2_factorization
+
+    for layer in built:
+        if _algo(layer.algo) != "boft" or layer.kind != "linear":
+            continue
+        width = next((w for end, w in _FLUX1_WIDTHS.items() if layer.path.endswith(end)), 0)
+        if width and not power2_factorization(width, int(layer.dim))[1]:
+            fits = next(b for b in range(2, width + 1, 2) if power2_factorization(width, b)[1])
+            raise PresetError(
+                f"its boft layer {layer.path} ({width} rows on FLUX.1) has no split by its dim {layer.dim}: "
+                "LyCORIS's power2factorization needs an even block size <= dim with width / block a power of "
+                f"two (here {fits} or more), and ButterflyOFTModule raises ValueError",
+                True,
+            )
 
 
 def _clip_norms(rows: list[Row], s: dict[str, Any], applied: tuple[bool, bool]) -> tuple[str, ...]:

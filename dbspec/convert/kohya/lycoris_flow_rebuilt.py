@@ -53,7 +53,10 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     if kind == "boft":
         name = next(iter(sorted(modules)))
-        return f"module `{name}` is a ButterflyOFTModule; dbspec's BOFT does not train kohya's fused layers"
+        return (
+            f"module `{name}` is a ButterflyOFTModule; dbspec rebuilds no BOFT network from a file on "
+            "Flux / SD3 (algo=boft with --network_weights starts one)"
+        )
     text = sorted(n for n in modules if n.startswith("lora_te"))
     if text and not unet_only:  # apply_to drops them with --network_train_unet_only
         return (

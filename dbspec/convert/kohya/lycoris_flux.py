@@ -1,7 +1,7 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
 library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`),
-diag-oft (lycoris_flow_oft.py), glora (lycoris_flow_glora.py), dylora (lycoris_flow_dylora.py); the other
-algos are refused (DBS403; boft: _REFUSED_ALGOS says why).
+diag-oft (lycoris_flow_oft.py), boft (lycoris_flow_boft.py), glora (lycoris_flow_glora.py), dylora
+(lycoris_flow_dylora.py); the other algos are refused (DBS403).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
+from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.network import (
@@ -116,11 +117,8 @@ class LycorisLayout:
     bare_norms: dict[str, str] = attrs.field(factory=dict)
 
 
-# algos refused on Flux / SD3: why (their modules on a fused Linear mix the parts' rows)
-_REFUSED_ALGOS = {
-    "boft": ": ButterflyOFTModule's butterfly stages on a fused Linear regroup its stacked rows in strides "
-    "up to half its width, so its rotations mix the q, k, v (and MLP) rows dbspec trains as separate layers",
-}
+# algos refused on Flux / SD3: why
+_REFUSED_ALGOS: dict[str, str] = {}
 # network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
     "conv_dim": "the blocks have no convolutions for it to adapt",
@@ -150,12 +148,12 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "glora", "dylora"):
+    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora"):
         why = _REFUSED_ALGOS.get(algo, "")
         conv.unsupported(
             args,
             f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
-            f"full, ia3, diag-oft, glora and dylora only{why}",
+            f"full, ia3, diag-oft, boft, glora and dylora only{why}",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -173,7 +171,7 @@ def map_lycoris_flow(
         return False
     if not _switches(kwargs, a, args, conv, layout, preset, algo):
         return False
-    if algo in ("ia3", "diag-oft", "glora") and preset not in layout.presets:
+    if algo in ("ia3", "diag-oft", "boft", "glora", "dylora") and preset not in layout.presets:
         conv.unsupported(
             args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
@@ -210,6 +208,8 @@ def map_lycoris_flow(
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
     if algo == "diag-oft":
         return map_flow_diag_oft(kwargs, a, conv, layout, preset)
+    if algo == "boft":
+        return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma")
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset)
     if algo == "dylora":
@@ -332,8 +332,8 @@ def _switches(
     library/flux_models.py double and single blocks and sd3_models.MMDiTBlock, transformers' CLIP-L and
     T5-XXL):
 
-    - `rescaled`: only the OFT / BOFT modules read it (diag-oft's: lycoris_flow_oft.py); LoCon, LoKr, LoHa,
-      Full, IA^3, GLoRA and DyLoRA take it and never do: inert.
+    - `rescaled`: only the OFT / BOFT modules read it (lycoris_flow_oft.py, lycoris_flow_boft.py); LoCon,
+      LoKr, LoHa, Full, IA^3, GLoRA and DyLoRA take it and never do: inert.
     - `train_norm`: a NormModule on each module with "Norm" in its class name inside the preset's classes.
       Flux's QKNorm / RMSNorm and SD3's RMS q/k norms (no `weight` with `_norm`) get one that is "not
       supported" (no parameter, the layer's own forward) and CLIP's CLIPAttention / CLIPMLP hold no norm, so
@@ -355,7 +355,8 @@ def _switches(
 
     built_in = preset in layout.presets
     layers = layout.presets[preset][0] if built_in else ""
-    read = ("train_norm", "train_t5xxl") if algo == "diag-oft" else ("rescaled", "train_norm", "train_t5xxl")
+    oft = algo in ("diag-oft", "boft")  # they read `rescaled` (lycoris_flow_oft.py, lycoris_flow_boft.py)
+    read = ("train_norm", "train_t5xxl") if oft else ("rescaled", "train_norm", "train_t5xxl")
     for key in [k for k in read if k in kwargs]:
         value = kwargs.pop(key)
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)

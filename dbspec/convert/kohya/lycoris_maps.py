@@ -252,13 +252,13 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # the algorithms a block's `kind` gives layers beside a LoRA/LoCon, LoHa or LoKr network: on SD 1.x/2.x and
 # SDXL LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA algos too (runtime/lycoris_full.py's,
 # lycoris_ia3.py's, lycoris_oft.py's, lycoris_boft.py's, lycoris_glora.py's, dylora.py's layers beside the
-# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all but BOFT: the
-# low-rank kinds, GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per
-# fused module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own
-# (a copy of each part's rows, a scale per output row, blocks within a part); BOFT's butterflies rotate rows
-# of several parts together
+# others); on Flux, SD3 and Chroma, whose fused Linears hold one module of one kind, all of them: the
+# low-rank kinds, BOFT's blocks (runtime/lycoris_boft.py: each part its rows of the butterfly over the stacked
+# weight), GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per fused
+# module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own (a copy
+# of each part's rows, a scale per output row, blocks within a part)
 MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "glora", "dylora")
+MIXED_FLOW = MIXED_SD
 
 
 def _mixed_kinds(

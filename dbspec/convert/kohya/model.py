@@ -941,11 +941,13 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
     kind = conv.values[("adapter", "kind")][0]
-    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha"):
+    # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
+    # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once)
+    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha", "boft"):
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
-            f"a LoCon, LoKr or LoHa there, not a {kind} yet",
+            f"a LoCon, LoKr, LoHa or BOFT there, not a {kind} yet",
         )
         return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
@@ -962,8 +964,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         map_init_weights(weights, paths, conv)
     else:
         # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read;
-        # Diag-OFT's `oft_blocks` / `rescale`, GLoRA's pairs go into the fused layers' parts
-        # (runtime/lycoris_whole_init.py)
+        # Diag-OFT's `oft_blocks` / `rescale`, BOFT's blocks (shared) and rescale rows, GLoRA's pairs go
+        # into the fused layers' parts (runtime/lycoris_whole_init.py)
         map_network_weights(a, paths, conv, flow=True)
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
