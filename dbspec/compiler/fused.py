@@ -381,10 +381,10 @@ def _check_fused_module(
     ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, BOFT, GLoRA or DyLoRA on a
-    fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's blocks,
-    kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's blocks is
-    runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are one,
-    per-layer block sizes not; GLoRA, DyLoRA: their dropouts
+    fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
+    blocks, kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's
+    blocks is runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are
+    one, per-layer block sizes not; GLoRA, DyLoRA: their dropouts
     draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)

@@ -357,7 +357,8 @@ def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp
 
 # a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
 # the single blocks' linear1, full on img_in, IA^3 on txt_in, QKV on the double blocks' image q/k/v; DyLoRA of
-# its own dim, alpha and block size on CLIP-L's MLPs, at the network's on its attention and elsewhere
+# its own dim, alpha and block size on CLIP-L's MLPs, at the network's on its attention and elsewhere (BOFT at
+# dim 24: LyCORIS's split of FLUX.1's 9216 q/k/v rows, see test_lycoris_flux_boft.py)
 DYLORA_NETWORK = """\
 use_fnmatch = true
 unet_target_module = []
@@ -373,6 +374,7 @@ alpha = 1
 algo = "lokr"
 [name_algo_map."double_blocks.*.img_attn.qkv"]
 algo = "QKV"
+dim = DIM
 [name_algo_map.img_in]
 algo = "full"
 [name_algo_map.txt_in]
@@ -387,12 +389,14 @@ block_size = 3
 
 def _kind_of(layer: nn.Module) -> str:
     """A part's peft layer as LyCORIS's module class."""
+    from dbspec.runtime.lycoris_boft import BoftLayer
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     for cls, name in (
+        (BoftLayer, "ButterflyOFTModule"),  # a DiagOftLayer too: first
         (FullLayer, "FullModule"),
         (Ia3Layer, "IA3Module"),
         (DiagOftLayer, "DiagOFTModule"),
@@ -403,14 +407,15 @@ def _kind_of(layer: nn.Module) -> str:
     return _ours(layer)[0]
 
 
-@pytest.mark.parametrize("qkv", ["diag-oft", "glora"])
+@pytest.mark.parametrize("qkv", ["diag-oft", "glora", "boft"])
 def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_lycoris(
     tmp_path, monkeypatch, qkv
 ):
     from tests.runtime.test_lycoris_mixed_flow_full import _without_ia3
 
     file = tmp_path / "mixed.toml"
-    file.write_text(DYLORA_NETWORK.replace("QKV", qkv), encoding="utf-8")
+    dim = 24 if qkv == "boft" else 4
+    file.write_text(DYLORA_NETWORK.replace("QKV", qkv).replace("DIM", str(dim)), encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE]
     plan = _converted(tmp_path, file.name, "dylora", base)
     a = plan.adapter
@@ -427,7 +432,11 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
     clip = _kohya_clip(_unwrapped(clip_trained))
     theirs, made = _their_network(monkeypatch, "dylora", file, [clip, nn.Module()], _kohya_tree(layers))
     expected = {
-        "double_blocks.0.img_attn.qkv": {"diag-oft": "DiagOFTModule", "glora": "GLoRAModule"}[qkv],
+        "double_blocks.0.img_attn.qkv": {
+            "diag-oft": "DiagOFTModule",
+            "glora": "GLoRAModule",
+            "boft": "ButterflyOFTModule",
+        }[qkv],
         "double_blocks.0.txt_attn.qkv": "LoConModule",
         "single_blocks.0.linear1": "LokrModule",
         "img_in": "FullModule",

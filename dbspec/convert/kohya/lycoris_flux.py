@@ -171,7 +171,7 @@ def map_lycoris_flow(
         return False
     if not _switches(kwargs, a, args, conv, layout, preset, algo):
         return False
-    if algo in ("ia3", "diag-oft", "boft", "glora", "dylora") and preset not in layout.presets:
+    if algo in ("ia3", "diag-oft", "boft", "glora") and preset not in layout.presets:
         conv.unsupported(
             args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
         )
