@@ -2482,11 +2482,12 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
-# kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578
+# kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578.
+# module_dropout each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py
+# add_module_dropout), on the U-Net families (mixed_kinds_family: not on fused Linears)
 _MIXED_OFF = {
     "dropout": 0.0,
     "rank_dropout": 0.0,
-    "module_dropout": 0.0,
     "down_dropout": 0.0,
     "output_dropout": 0.0,
     "multiplier": 1.0,
@@ -2566,6 +2567,16 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
+    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0):
+        # one draw per LyCORIS module: a fused Linear's parts of each kind would draw together
+        yield _err(
+            "DBS578",
+            ("adapter", "module_dropout"),
+            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{table}[{i}].kind = "{block.kind}" '
+            f"on {family.title}: dbspec draws each kind's module dropout in a run of several kinds on SD "
+            "1.x/2.x and SDXL (on fused Linears each LyCORIS module draws once for all its parts)",
+            codes.help("DBS578"),
+        )
     if family.denoiser != "unet" and (not family.mixed_fused_kinds or own == "dylora"):
         yield _err(
             "DBS578",

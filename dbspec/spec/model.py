@@ -537,7 +537,8 @@ class AdapterBlock:
         "the rank; `dylora`: LyCORIS's DyLoRA, the rank in blocks of the block's `unit`, one block drawn per "
         "layer and step, on SD 1.x/2.x and SDXL); "
         "the adapter's options "
-        "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
+        "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
+        "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
         "of kind lora, loha or lokr (on SD 1.x/2.x and SDXL also dylora) without options one kind lacks "
         "(DBS578).",
         example="loha",

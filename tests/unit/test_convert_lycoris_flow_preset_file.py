@@ -476,6 +476,11 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     boft = MIXED.replace('algo = "lokr"', 'algo = "boft"')  # its butterflies would span a fused layer's parts
     outcome = _flux(tmp_path / "boft", boft, '"algo=locon"', allow=True)
     assert "algo = 'boft'" in messages(outcome, "DBS403")
+    # module_dropout: each LyCORIS module draws once for all its fused parts, whatever its kind (DBS578)
+    drop = _flux(tmp_path / "drop", MIXED, '"algo=locon" "module_dropout=0.1"', allow=True)
+    assert "module_dropout" in messages(drop, "DBS403") and "once for all its parts" in messages(
+        drop, "DBS403"
+    )
 
 
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and
