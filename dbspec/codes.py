@@ -2744,7 +2744,9 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
 weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers that
-decompose is held to the same options, and also not taken with `init_weights` or `fused_projections`.""",
+decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights` file
+starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`), each
+tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict` checks it.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

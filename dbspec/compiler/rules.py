@@ -2852,16 +2852,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         if on
     ]
-    # a block's own axis also not with a file's start (its dora_scale shapes are not checked per layer) nor
-    # fused layers (their parts decompose their rows of the fused weight per output row, compiler/fused.py)
-    axis_others = [
-        text
-        for text, on in (
-            ("init_weights", bool(getattr(a, "init_weights", ""))),
-            ("fused_projections", fused),
-        )
-        if on
-    ]
+    # a block's own axis also not on fused layers (their parts decompose their rows of the fused weight per
+    # output row, compiler/fused.py); a file's start loads each layer's dora_scale in its block's axis shape
+    # (runtime/init_weights.py, lycoris_init.py check each tensor's shape against its layer, as LyCORIS's
+    # load_state_dict does)
+    axis_others = [text for text, on in (("fused_projections", fused),) if on]
     for table, i, key, value in own:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
         if not found:
