@@ -2638,8 +2638,9 @@ model (Flux's q, k, v), its parts updated by their rows of one Kronecker product
 must be adapted (the product spans all its rows). `dora` per output row, `scalar`, `max_norm`,
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
-bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`: a norm
-spanning every part's rows) is not there, nor (with or without `fused_projections`)
+bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`) shares one
+magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows,
+and takes none of the dropouts nor an `init_weights` file; nor (with or without `fused_projections`)
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under

@@ -2628,6 +2628,29 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
+    magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
+    the dropouts' shared draws or a file's start (its stacked magnitudes)."""
+    a = spec.adapter
+    if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
+        return
+    own = any(getattr(b, "dora", "adapter") == "on" for b in getattr(a, "blocks", ()))
+    if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own):
+        return
+    for key in ("rank_dropout", "module_dropout", "output_dropout", "init_weights"):
+        if getattr(a, key, None):
+            yield _err(
+                "DBS575",
+                ("adapter", key),
+                f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
+                "decomposition takes the column norms of every part's merged weight, which adapter."
+                f"{key} would draw or load per part",
+                f'remove adapter.{key}, or set adapter.dora_axis = "output"',
+            )
+
+
+@rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
     the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the

@@ -1671,6 +1671,19 @@ CASES = [
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\nmodule_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
+    (  # LyCORIS's decomposition per input column on a fused LoKr: no dropouts' draws or file's start
+        rules.fused_dora_columns,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n'
+        + "module_dropout = 0.1\n",
+        [("DBS575", "error", ("adapter", "module_dropout"))],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
+    ),
     (  # module_dropout in a run of several kinds: not on fused Linears (one draw per LyCORIS module)
         rules.mixed_kinds_family,
         'family = "flux"\n'
