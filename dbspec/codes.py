@@ -2638,8 +2638,10 @@ model (Flux's q, k, v), its parts updated by their rows of one Kronecker product
 must be adapted (the product spans all its rows). `dora` per output row, `scalar`, `max_norm`,
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
-bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`: a norm
-spanning every part's rows) is not there, nor (with or without `fused_projections`)
+bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`) shares one
+magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows,
+and takes none of the dropouts nor an `init_weights` file (the adapter's own `dora` only, not a block's);
+nor (with or without `fused_projections`)
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
@@ -2751,7 +2753,9 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 renormalises their masked update), blocks of another `kind` or with their own `tucker`, or a quantised base
 weight. With `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers that
-decompose is held to the same options, and also not taken with `init_weights` or `fused_projections`.""",
+decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights` file
+starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`), each
+tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict` checks it.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

@@ -19,7 +19,8 @@ compiler/fused.py), else the adapter's.
 Each part's class becomes a subclass whose `get_delta_weight` is its rows (`FusedLokrPart`), tied before
 LyCORIS's switches wrap the class (runtime/adapters.py add_lora): use_scalar's class (one scalar per fused
 layer, its parts' tied by runtime/fused.py tie_fused_scalars) and the weight decomposition (dora_wd,
-runtime/lycoris_dora.py: per output row, so each part decomposes its own rows of the fused weight) then
+runtime/lycoris_dora.py: per output row each part decomposes its own rows of the fused weight; per
+input column the parts share one magnitude and the whole fused weight's column norms, tie_fused_doras) then
 build on the part's rows as LokrModule builds on the fused update. The first part keeps the parts in row
 order (`fused_lokr_parts`: the export stacks their dora_scale rows, the max norm takes the whole
 product)."""

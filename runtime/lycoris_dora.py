@@ -127,7 +127,26 @@ class LycorisDora:
             rows = row_mask.to(base.device).view(-1, *[1] * (base.dim() - 1))
             update = self._update(adapter, own_rank_dropout=False) * rows
         merged = base + update.to(base.dtype)
+        parts = self.__dict__.get("dbspec_dora_parts")
+        if parts is not None and self.dora_axis(adapter) == "input":  # a fused layer's one column norm
+            return self._fused_column_delta(adapter, merged, parts) - base
         return weight_decompose(merged, self.dora_scales()[adapter], self.dora_axis(adapter)) - base
+
+    def _fused_column_delta(self, adapter: str, merged: torch.Tensor, parts: tuple) -> torch.Tensor:
+        """This part's rows of LyCORIS's decomposition per input column of the fused Linear
+        (tie_fused_doras): every part's merged weight stacked in part order, renormalised to the shared
+        `dora_scale` by the whole stacked column norms, as LokrModule / LohaModule with wd_on_out=False on
+        kohya's fused Linear."""
+        stacked, start = [], 0
+        for part in parts:
+            if part is self:
+                start = sum(w.shape[0] for w in stacked)
+                stacked.append(merged)
+            else:
+                other = part.get_base_layer().weight
+                stacked.append(other + part._update(adapter).to(other.dtype))
+        whole = weight_decompose(torch.cat(stacked), self.dora_scales()[adapter], "input")
+        return whole[start : start + merged.shape[0]]
 
     def dora_axis(self, adapter: str) -> Axis:
         return axis_of(self.dora_scales()[adapter].shape)
@@ -283,6 +302,38 @@ def add_lycoris_dora(
     for name, layer in layers:
         convert(layer, adapter, axes.get(name, axis))
     return len(layers)
+
+
+def tie_fused_doras(module: nn.Module, fused) -> int:
+    """LyCORIS's weight decomposition per input column on a fused LoKr / LoHa Linear (LokrModule /
+    LohaModule with wd_on_out=False on kohya's fused Linear): one `dora_scale` of (1, in) for the stacked
+    weight, the first part's Parameter shared by every part and starting at the stacked base weight's column
+    norms; each part holds the others (`dbspec_dora_parts`, part order) so its forward takes the norms of the
+    whole merged weight (_fused_column_delta). Per output row each part decomposes its own rows already.
+    How many fused layers."""
+    from dbspec.runtime.fused import _lycoris_part, fused_parts
+
+    tied = 0
+    for _, _, found in fused_parts(module, fused, _lycoris_part):
+        layers = [layer for _, _, layer in found]
+        names = [layer.dora_scale_name if isinstance(layer, LycorisDora) else None for layer in layers]
+        if len(layers) < 2 or None in names:
+            continue
+        adapters = [
+            a for a in layers[0].dora_scales() if axis_of(layers[0].dora_scales()[a].shape) == "input"
+        ]
+        for adapter in adapters:
+            base = torch.cat([layer.get_base_layer().weight for layer in layers])
+            first = layers[0].dora_scales()[adapter]
+            with torch.no_grad():
+                first.data = initial_scale(base, "input").to(first.device, first.dtype)
+            for layer in layers[1:]:
+                layer.dora_scales()[adapter] = first
+        if adapters:
+            for layer in layers:
+                layer.__dict__["dbspec_dora_parts"] = tuple(layers)  # not submodules: no second registration
+            tied += 1
+    return tied
 
 
 def has_dora_scales(state: dict[str, torch.Tensor]) -> bool:

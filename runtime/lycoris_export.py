@@ -361,8 +361,15 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
     names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
     names += ("dora_scale",)
-    # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped)
-    keys = [k for k in names if k in weights and not (k == "oft_blocks" and weights[k].dim() == 4)]
+    # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped); a magnitude
+    # per input column (1, in, ...) holds no rows: the columns keep their order
+    keys = [
+        k
+        for k in names
+        if k in weights
+        and not (k == "oft_blocks" and weights[k].dim() == 4)
+        and not (k == "dora_scale" and weights[k].shape[0] == 1)
+    ]
     if not keys and "oft_blocks" in weights:  # BOFT's without a rescale
         return dict(weights)
     if not keys:
@@ -388,7 +395,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.dylora import DyloraLayer
-    from dbspec.runtime.lycoris_dora import dora_scale_of
+    from dbspec.runtime.lycoris_dora import axis_of, dora_scale_of
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_glora import GloraLayer
@@ -439,7 +446,9 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         weights = _fold_scalar(layer, adapter, found[0])
         scale = dora_scale_of(layer, adapter)  # LyCORIS's weight decomposition (lycoris_dora.py)
         parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
-        if scale is not None and parts:  # a fused LoKr / LoHa's, per output row: its parts' rows stacked
+        # a fused LoKr / LoHa's, per output row: its parts' rows stacked; per input column the parts share
+        # one (1, in) magnitude of the stacked weight (lycoris_dora.tie_fused_doras): written as it is
+        if scale is not None and parts and axis_of(scale.shape) == "output":
             scale = torch.cat([dora_scale_of(part, adapter) for part in parts])
         if scale is not None:
             weights = {**weights, "dora_scale": scale}  # already in LyCORIS's shape for its axis

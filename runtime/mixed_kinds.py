@@ -122,3 +122,47 @@ def config_as(module: torch.nn.Module, config) -> Iterator[None]:
     finally:
         module.peft_config = saved
         setattr(module, KIND_CONFIGS, others)
+
+
+def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan) -> int:
+    """The network's `module_dropout` in a run of several kinds (LyCORIS hands it every module): each
+    layer draws as its own LyCORIS class does, one `torch.rand(1)` from torch's global CPU generator per
+    training forward, the layer's base output alone below the rate (LoConModule, LohaModule, LokrModule,
+    FullModule, IA3Module, DiagOFTModule, ButterflyOFTModule, GLoRAModule and DyLoraModule.forward in
+    lycoris-lora 4.1.3 alike), in the model's forward order. LoHa / LoKr (peft's own draw), GLoRA and DyLoRA
+    layers draw in their own forward already (their kind's config carries the rate), a lora adapter's LoRA
+    layers through lora_dropout.py (runtime/prepare.py); here a LoHa / LoKr / DyLoRA adapter's LoRA blocks
+    (lora_dropout.py) and the full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
+    own. Returns how many layers this wrapped."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    rate = adapter.module_dropout
+    count = 0
+    if adapter.kind != "lora":
+        from dbspec.runtime.lora_dropout import add_lora_dropout
+
+        count += add_lora_dropout(module, 0.0, rate)
+    for layer in module.modules():
+        if isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer)) and ADAPTER_NAME in getattr(
+            layer, layer._holds
+        ):
+            layer.forward = _skipping(layer, layer.forward, rate)
+            count += 1
+    return count
+
+
+def _skipping(layer, own, rate: float):
+    """`own` (the layer's forward) after LyCORIS's module dropout draw."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        active = not layer.disable_adapters and not layer.merged and ADAPTER_NAME in layer.active_adapters
+        if layer.training and active and bool(torch.rand(1) < rate):
+            kwargs.pop("alora_offsets", None)
+            return layer.base_layer(x, *args, **kwargs)  # the module's org_forward
+        return own(x, *args, **kwargs)
+
+    return forward

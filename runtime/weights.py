@@ -501,6 +501,10 @@ def load_peft_adapters(
             fit_oft_to_state(module, state, "default")
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
+            if fused:  # per input column: one magnitude per fused layer's column (tie_fused_doras)
+                from dbspec.runtime.lycoris_dora import tie_fused_doras
+
+                tie_fused_doras(module, fused_lokr.fused)
         result = set_peft_model_state_dict(module, state)
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr

@@ -327,9 +327,9 @@ def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapt
 
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
     """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: the weight decomposition per input
-    column (a norm spanning every part's rows; per output row each part decomposes its own rows, as LyCORIS's
-    dora_wd on the fused Linear, the dropouts' one draw per fused layer masking the update it decomposes,
-    runtime/fused_lycoris_dropout.py); and a family without a kohya network
+    column with the dropouts or a file's start (per output row each part decomposes its own rows, as
+    LyCORIS's dora_wd on the fused Linear, the dropouts' one draw per fused layer masking the update it
+    decomposes, runtime/fused_lycoris_dropout.py); and a family without a kohya network
     layout of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original
     names; the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
@@ -352,19 +352,7 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    # the adapter's weight decomposition or blocks' own (a block covers whole fused layers, DBS507; each part
-    # decomposes its own rows: per output row)
-    decomposed = adapter.dora or block_dora(adapter)
-    found = ['dora_axis = "input"'] if decomposed and adapter.dora_axis == "input" else []
-    if found:
-        ctx.report(
-            "DBS575",
-            "error",
-            f"adapter.fused_projections with {adapter.kind} has no {', '.join(found)}: its parts share one "
-            "LyCORIS update, which those would draw or normalise per part",
-            _OPTION,
-            help=f"remove {', '.join(found)}, or set adapter.fused_projections = false",
-        )
+    # the adapter's weight decomposition per input column: rules.fused_dora_columns (DBS575)
 
 
 def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict) -> set[int]:

@@ -2482,11 +2482,12 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
-# kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578
+# kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578.
+# module_dropout each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py
+# add_module_dropout), on the U-Net families (mixed_kinds_family: not on fused Linears)
 _MIXED_OFF = {
     "dropout": 0.0,
     "rank_dropout": 0.0,
-    "module_dropout": 0.0,
     "down_dropout": 0.0,
     "output_dropout": 0.0,
     "multiplier": 1.0,
@@ -2566,6 +2567,16 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
+    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0):
+        # one draw per LyCORIS module: a fused Linear's parts of each kind would draw together
+        yield _err(
+            "DBS578",
+            ("adapter", "module_dropout"),
+            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{table}[{i}].kind = "{block.kind}" '
+            f"on {family.title}: dbspec draws each kind's module dropout in a run of several kinds on SD "
+            "1.x/2.x and SDXL (on fused Linears each LyCORIS module draws once for all its parts)",
+            codes.help("DBS578"),
+        )
     if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
@@ -2606,6 +2617,39 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "kind per fused Linear)",
             codes.help("DBS578"),
         )
+
+
+@rule("spec")
+def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
+    magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
+    the dropouts' shared draws or a file's start (its stacked magnitudes)."""
+    a = spec.adapter
+    if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
+        return
+    own = next(
+        (i for i, b in enumerate(getattr(a, "blocks", ())) if getattr(b, "dora", "adapter") == "on"), None
+    )
+    if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own is not None):
+        return
+    if own is not None and not a.dora:  # a block's own over some fused layers: not built per column
+        yield _err(
+            "DBS575",
+            ("adapter", "blocks", own, "dora"),
+            f'adapter.blocks[{own}].dora = "on" with {a.kind}, fused_projections and dora_axis = "input": '
+            "dbspec decomposes fused layers per input column with the adapter's own dora on every layer",
+            'set adapter.dora = true, or adapter.dora_axis = "output"',
+        )
+    for key in ("rank_dropout", "module_dropout", "output_dropout", "init_weights"):
+        if getattr(a, key, None):
+            yield _err(
+                "DBS575",
+                ("adapter", key),
+                f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
+                "decomposition takes the column norms of every part's merged weight, which adapter."
+                f"{key} would draw or load per part",
+                f'remove adapter.{key}, or set adapter.dora_axis = "output"',
+            )
 
 
 @rule("spec")
@@ -2834,16 +2878,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         if on
     ]
-    # a block's own axis also not with a file's start (its dora_scale shapes are not checked per layer) nor
-    # fused layers (their parts decompose their rows of the fused weight per output row, compiler/fused.py)
-    axis_others = [
-        text
-        for text, on in (
-            ("init_weights", bool(getattr(a, "init_weights", ""))),
-            ("fused_projections", fused),
-        )
-        if on
-    ]
+    # a block's own axis also not on fused layers (their parts decompose their rows of the fused weight per
+    # output row, compiler/fused.py); a file's start loads each layer's dora_scale in its block's axis shape
+    # (runtime/init_weights.py, lycoris_init.py check each tensor's shape against its layer, as LyCORIS's
+    # load_state_dict does)
+    axis_others = [text for text, on in (("fused_projections", fused),) if on]
     for table, i, key, value in own:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
         if not found:

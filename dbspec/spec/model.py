@@ -535,12 +535,13 @@ class AdapterBlock:
         "output channel; their rank only switches them on; `diag-oft`: LyCORIS's Diag-OFT, the rank its "
         "block-size hint and the alpha its constraint, `boft` alike; `glora`: LyCORIS's GLoRA, both pairs at "
         "the rank; `dylora`: LyCORIS's DyLoRA, the rank in blocks of the block's `unit`, one block drawn per "
-        "layer and step, on SD 1.x/2.x and SDXL); "
+        "layer and step); "
         "the adapter's options "
-        "apply to every layer, as LyCORIS hands its network's to every module. Another kind needs an adapter "
-        "of kind lora, loha or lokr (on SD 1.x/2.x and SDXL also dylora) without options one kind lacks "
-        "(DBS578); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file of its "
-        "modules, each in its kind's keys (without DyLoRA layers).",
+        "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
+        "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
+        "of kind lora, loha, lokr or dylora without options one kind lacks (DBS578; on Flux, SD3 and Chroma "
+        "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
+        "of its modules, each in its kind's keys (without DyLoRA layers).",
         example="loha",
     )
     rank: int = option(

@@ -181,6 +181,8 @@ text_encoder_target_name = []
 [module_algo_map.ResnetBlock2D]
 weight_decompose = true
 """
+# the entry's own wd_on_out too: the ResNets' dora_scale per input column (issue 12; was DBS583 / DBS403)
+WEIGHTS_PRESET_AXIS = WEIGHTS_PRESET + "wd_on_out = false\n"
 
 
 def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
@@ -205,12 +207,17 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
     return made
 
 
-@pytest.mark.parametrize("algo", ["lokr", "loha", "locon"])
-def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "algo, axis",
+    [("lokr", "output"), ("loha", "output"), ("locon", "output"), ("lokr", "input"), ("loha", "input")]
+    + [("locon", "input")],
+)
+def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tmp_path, monkeypatch):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
     1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact. LoCon too
-    (runtime/init_weights.py; was DBS583 with init_weights)."""
+    (runtime/init_weights.py; was DBS583 with init_weights). With the entry's own `wd_on_out = false`
+    (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583)."""
     from safetensors.torch import save_file
 
     from tests.runtime.test_flow_init import _loaded
@@ -220,7 +227,8 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path
     from tests.unit.convert_kit import out_path, plan_of
 
     pipe = build_pipeline("builtin:tiny-sd1")
-    (tmp_path / "preset.toml").write_text(WEIGHTS_PRESET, encoding="utf-8")
+    preset = WEIGHTS_PRESET_AXIS if axis == "input" else WEIGHTS_PRESET
+    (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
     made = _weights_network(pipe, tmp_path, monkeypatch, algo)
     torch.manual_seed(9)
     with torch.no_grad():
@@ -239,6 +247,9 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, tmp_path
     )
     plan = plan_of(_convert(tmp_path, args), tmp_path, ["model.base=builtin:tiny-sd1"])
     assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
+    assert [b.dora_axis for b in plan.adapter.blocks] == ["input" if axis == "input" else "adapter"]
+    shapes = {list(v.shape)[0] == 1 for k, v in state.items() if k.endswith(".dora_scale")}
+    assert shapes == {axis == "input"}  # LyCORIS's per-column (1, in, ...) or per-row (out, 1, ...) shape
     comps, count = _loaded(plan)
     assert count == len(theirs)
     ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)

@@ -453,3 +453,91 @@ def test_block_dora_on_a_fused_lokr_or_loha_layer_is_lycoris_weight_decompose(tm
     with torch.no_grad():
         loaded = torch.cat([p(x) for p in (again.to_q, again.to_k, again.to_v)], -1)
         torch.testing.assert_close(loaded, ours.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_fused_dora_per_input_column_is_lycoris_wd_on_out_false(tmp_path, kind):
+    """dora_wd with wd_on_output=False on a fused LoKr / LoHa (issue 12; was DBS575 / DBS403): the parts
+    share one (1, in) magnitude starting at the fused base weight's column norms, and each part's
+    decomposition takes the column norms of every part's merged weight; the run resumes bit-exact; the fused
+    qkv's outputs and the magnitude's and factors' gradients are lycoris-lora's LokrModule / LohaModule with
+    weight_decompose and wd_on_out=False on the fused Linear holding the same values; the export's
+    (1, in) dora_scale loads in that module with the trained outputs, and the peft folder loads back."""
+    cls = LokrModule if kind == "lokr" else LohaModule
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"')
+    extra = extra.replace(
+        "fused_projections = true\n",
+        'fused_projections = true\ndora = true\ndora_axis = "input"\nscalar = true\n',
+    )
+    extra += '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert plan.adapter.dora and plan.adapter.dora_axis == "input"
+    transformer = whole.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    qkv = (attn.to_q, attn.to_k, attn.to_v)
+    scale = dora_scale_of(qkv[0], "default")
+    assert all(dora_scale_of(p, "default") is scale for p in qkv) and scale.shape == (1, 16)
+    fused = _fused_linear([p.base_layer for p in qkv])
+    start = fused.weight.norm(dim=0, keepdim=True)  # LyCORIS's start: the fused weight's column norms
+    assert not torch.allclose(scale.detach(), start, atol=1e-7)  # trained
+    theirs = cls("qkv", fused, 1.0, 2, 1.5, weight_decompose=True, wd_on_out=False, use_scalar=True)
+    with torch.no_grad():
+        if cls is LokrModule:
+            for key in ("lokr_w1", "lokr_w2_a", "lokr_w2_b"):
+                getattr(theirs, key).copy_(getattr(qkv[0], key)["default"])
+        else:
+            for key in ("hada_w1_b", "hada_w2_b"):
+                getattr(theirs, key).copy_(getattr(qkv[0], key)["default"])
+            for key in ("hada_w1_a", "hada_w2_a"):
+                getattr(theirs, key).copy_(torch.cat([getattr(p, key)["default"] for p in qkv]))
+        theirs.scalar.copy_(layer_scalar(qkv[0]))  # use_scalar: one per fused layer, trained from 0
+        assert theirs.dora_scale.shape == scale.shape
+        theirs.dora_scale.copy_(scale)
+    theirs.apply_to()
+    x, target = torch.randn(3, 16), torch.randn(3, 48)
+    ours = torch.cat([p(x) for p in qkv], dim=-1)
+    expected = theirs.eval()(x)
+    assert not torch.allclose(ours, torch.cat([p.base_layer(x) for p in qkv], -1), atol=1e-6)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    # one part's rows alone, decomposed by its own rows' norms, would differ: the norm spans every part
+    alone = qkv[1].get_base_layer().weight + qkv[1]._update("default")
+    own_norm = alone * (scale / (alone.norm(dim=0, keepdim=True) + torch.finfo(alone.dtype).eps))
+    assert not torch.allclose(torch.nn.functional.linear(x, own_norm), ours[:, 16:32], atol=1e-4)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(ours, target).backward()
+    torch.nn.functional.mse_loss(expected, target).backward()
+    torch.testing.assert_close(scale.grad, theirs.dora_scale.grad, rtol=1e-4, atol=1e-7)
+    if kind == "lokr":
+        torch.testing.assert_close(qkv[0].lokr_w1["default"].grad, theirs.lokr_w1.grad, rtol=1e-4, atol=1e-7)
+    else:
+        rows_grad = torch.cat([p.hada_w2_a["default"].grad for p in qkv])
+        torch.testing.assert_close(rows_grad, theirs.hada_w2_a.grad, rtol=1e-4, atol=1e-7)
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert tensors[f"{name}.dora_scale"].shape == (1, 16)
+    with torch.no_grad():
+        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        rank = own["lokr_w2_a"].shape[1] if cls is LokrModule else own["hada_w1_b"].shape[0]
+        module = cls(
+            name,
+            _fused_linear([p.base_layer for p in qkv]),
+            1.0,
+            rank,
+            own["alpha"].item(),
+            weight_decompose=True,
+            wd_on_out=False,
+        )
+        module.load_state_dict(own)
+        module.apply_to()
+        torch.testing.assert_close(module.eval()(x), ours.detach(), rtol=0, atol=1e-5)
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.transformer_blocks[0].attn
+    parts = (again.to_q, again.to_k, again.to_v)
+    assert all(dora_scale_of(p, "default") is dora_scale_of(parts[0], "default") for p in parts)
+    with torch.no_grad():
+        loaded = torch.cat([p(x) for p in parts], -1)
+        torch.testing.assert_close(loaded, ours.detach(), rtol=0, atol=1e-6)

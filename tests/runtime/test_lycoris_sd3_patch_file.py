@@ -76,6 +76,16 @@ CASES = [
     ),
     (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True, **WD}, WD),
     (FullModule, ((0, 0.0), (0, 0.0)), {}, {}),
+    # `dora_scale` in some modules only (issue 12; was DBS403): the patch convolution's alone (its block's
+    # dora "on"), or the q/k/v's alone (the patch convolution without, the adapter's dora off)
+    (
+        LokrModule,
+        ((1, 0.5), (1, 1.5)),
+        {"use_tucker": True, "decompose_both": True, **WD},
+        {"decompose_both": True},
+    ),
+    (LohaModule, ((2, 1.0), (3, 1.5)), {"use_tucker": True}, WD),
+    (LohaModule, ((2, 1.0), (3, 1.5)), WD, {}),
 ]
 
 
@@ -154,7 +164,10 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
         assert (a.kind, a.init_scale) == ("full", 2.0)
     else:
         assert (a.conv_rank, a.conv_alpha, a.tucker) == (*ranks[0], "use_tucker" in options)
-        assert a.dora == ("weight_decompose" in options)
+        assert a.dora == ("weight_decompose" in options and "weight_decompose" in linear)
+        if ("weight_decompose" in options) != ("weight_decompose" in linear):  # some modules only
+            own = [b for b in a.blocks if b.dora == "on"]
+            assert len(own) == 1 and bool(own[0].conv_rank) == ("weight_decompose" in options)
     comps, count = _loaded(plan)
     assert count == 2
     for name, parts in _layers(comps.unet.float().eval()).items():
@@ -168,7 +181,9 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
 
 
 @pytest.mark.parametrize(
-    "case", [CASES[3], CASES[4], CASES[5], CASES[7]], ids=["locon-tucker", "locon-dora", "lokr-dora", "full"]
+    "case",
+    [CASES[3], CASES[4], CASES[5], CASES[7], CASES[8], CASES[9]],
+    ids=["locon-tucker", "locon-dora", "lokr-dora", "full", "lokr-patch-dora", "loha-qkv-dora"],
 )
 def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, case):
     """Runs started from a file with the patch convolution's LoCon in its Tucker form (`lora_mid`), with
@@ -206,6 +221,8 @@ def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, ca
         module.apply_to()
         if "weight_decompose" in options:
             assert own["dora_scale"].shape == (base.out_channels, 1, 1, 1)
+        else:
+            assert "dora_scale" not in own
     x = torch.randn(2, base.in_channels, 8, 8)
     with torch.no_grad():
         trained = layer(x)

@@ -638,6 +638,27 @@ def test_full_entries_are_full_blocks(tmp_path):
     assert a.params["unet"] > mixed.adapter.params["unet"]
 
 
+@pytest.mark.parametrize("other", ["full", "ia3", "diag-oft", "boft", "glora"])
+def test_network_module_dropout_beside_other_algorithms(tmp_path, other):
+    """A LoKr network's module_dropout with LoCon / LoHa / `other` entries: LyCORIS hands it every module and
+    each class reads it (one torch.rand(1) per training forward, the base output below it): the adapter's
+    module_dropout, each kind's layers drawing as their class does (tests/runtime/
+    test_lycoris_mixed_module_dropout.py against lycoris-lora's network); a LoCon network's alike."""
+    text = MIXED.replace(
+        '[module_algo_map.FeedForward]\nalgo = "loha"', f'[module_algo_map.FeedForward]\nalgo = "{other}"'
+    )
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"factor=8" "module_dropout=0.25"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout) == ("lokr", 0.25) and other in {b.kind for b in a.blocks}
+    (tmp_path / "locon").mkdir()
+    outcome = expressible(_convert(tmp_path / "locon", text, "locon", '"module_dropout=0.25"'))
+    b = plan_of(outcome, tmp_path / "locon").adapter
+    assert (b.kind, b.module_dropout, b.rank_dropout) == ("lora", 0.25, 0.0)
+    (tmp_path / "rank").mkdir()  # rank_dropout: each kind's own masks, not built in a run of several
+    outcome = _convert(tmp_path / "rank", text, "locon", '"rank_dropout=0.25"')
+    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
+
+
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
     hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
@@ -691,7 +712,8 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     LoKr network then reads: no DBS405); a dim that is not a multiple of it stops kohya (DyLoraModule's
     assert, DBS402); LoRA+ on a LoCon network to loraplus_ratio (LyCORIS raises `lora_up`, never DyLoRA's
     `up_list`, as dbspec's LoRA+ leaves the DyLoRA blocks' ups at the base rate, runtime/prepare.py);
-    a network module_dropout, which DyLoraModule reads, DBS403 (DBS578)."""
+    a network module_dropout, which every module class reads, to module_dropout (each layer draws as its
+    class does)."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 4\nalpha = 2',
         '[module_algo_map.FeedForward]\nalgo = "dylora"\ndim = 6\nalpha = 3\nblock_size = 2',
@@ -723,15 +745,17 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     plus = plan_of(outcome, tmp_path / "plus")
     assert plus.adapter.kind == "lora" and {b.kind for b in plus.adapter.blocks} >= {"dylora"}
     assert (plus.optimizer.loraplus_denoiser_ratio, plus.optimizer.loraplus_text_encoder_ratio) == (4.0, 4.0)
-    (tmp_path / "drop").mkdir()
-    outcome = _convert(tmp_path / "drop", text, "locon", '"block_size=8" "module_dropout=0.1"')
-    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
+    (
+        tmp_path / "drop"
+    ).mkdir()  # each module draws as its class (tests/runtime/test_lycoris_mixed_module_dropout.py)
+    outcome = expressible(_convert(tmp_path / "drop", text, "locon", '"block_size=8" "module_dropout=0.1"'))
+    assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1
 
 
 def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
     """A DyLoRA network (block_size 4) with LoCon / LoHa / full entries: blocks of those kinds on the DyLoRA
     adapter (their ranks not cut into blocks: an entry's dim 6 is no DBS402 there), the DyLoRA entries'
-    own block_size their unit; a network module_dropout with them DBS403 (DBS578)."""
+    own block_size their unit; a network module_dropout with them to module_dropout."""
     text = MIXED.replace("dim = 8\nalpha = 4", "dim = 6\nalpha = 4") + (
         '[module_algo_map.CLIPAttention]\nalgo = "full"\n[module_algo_map.Transformer2DModel]\n'
         'algo = "dylora"\ndim = 8\nblock_size = 2\n'
@@ -743,5 +767,5 @@ def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
     assert ("lora", 6, 0) in kinds and ("loha", 4, 0) in kinds and ("adapter", 8, 2) in kinds
     assert sorted(b.kind for b in a.text_encoder_blocks) == ["full", "loha"]
     (tmp_path / "drop").mkdir()
-    outcome = _convert(tmp_path / "drop", text, "dylora", '"module_dropout=0.1"')
-    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path / "drop", text, "dylora", '"module_dropout=0.1"'))
+    assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1

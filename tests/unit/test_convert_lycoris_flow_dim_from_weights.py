@@ -617,8 +617,9 @@ def test_sd3_full_file_starts_at_twice_its_diff(tmp_path):
 def test_sd3_factor_file_dora_scale_on_the_patch_convolution(tmp_path):
     """A `dora_scale` on the patch convolution (LokrModule / LohaModule with weight_decompose there: one
     magnitude per output channel, (out, 1, 1, 1)) beside every other module's: dora = true, the patch
-    convolution's too; the patch convolution's alone or every module's but its: DBS403 (dbspec's dora is the
-    adapter's); a (1, in, 1, 1) one: DBS402 (runtime test: test_lycoris_sd3_patch_file)."""
+    convolution's too; the patch convolution's alone: a block of its own (its conv_rank / conv_alpha) with
+    dora "on"; every module's but its: the q/k/v's block dora "on", the adapter's off (were DBS403); a
+    (1, in, 1, 1) one: DBS402 (runtime test: test_lycoris_sd3_patch_file)."""
     w = 2432
     qkv = {"hada_w1_a": (3 * w, 8), "hada_w1_b": (8, w), "hada_w2_a": (3 * w, 8), "hada_w2_b": (8, w)}
     patch = {f"hada_w{i}_{x}": (w, 4) if x == "a" else (4, 64) for i in (1, 2) for x in "ab"}
@@ -633,9 +634,20 @@ def test_sd3_factor_file_dora_scale_on_the_patch_convolution(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.dora, a.conv_rank, a.conv_targets) == ("loha", True, 4, ("pos_embed.proj",))
     _factor_file(file, {**modules, "lora_unet_joint_blocks_0_x_block_attn_qkv": qkv})
-    assert "some modules only" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.conv_rank, a.conv_alpha) == (False, 4, 1.0)
+    assert [(b.pattern, b.conv_rank, b.conv_alpha, b.dora) for b in a.blocks] == [
+        (r"^(pos_embed\.proj)$", 4, 1.0, "on")
+    ]
     _factor_file(file, {**modules, "lora_unet_x_embedder_proj": patch})
-    assert "lora_unet_x_embedder_proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.dora is False and [b.dora for b in a.blocks] == ["on"]
+    assert re.search(a.blocks[0].pattern, "transformer_blocks.0.attn.to_q")
+    assert not re.search(a.blocks[0].pattern, "pos_embed.proj")
     _factor_file(file, {**modules, "lora_unet_x_embedder_proj": {**patch, "dora_scale": (1, 16, 1, 1)}})
     assert "copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
 

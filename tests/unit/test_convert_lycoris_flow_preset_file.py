@@ -486,9 +486,11 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert "9216 rows on FLUX.1" in messages(outcome, "DBS402") and "18 or more" in messages(
         outcome, "DBS402"
     )
-    dylora = MIXED.replace('algo = "lokr"', 'algo = "dylora"')  # a DyLoRA layer's block draw is one module's
-    outcome = _flux(tmp_path / "dylora", dylora, '"algo=locon"', allow=True)
-    assert "algo = 'dylora'" in messages(outcome, "DBS403")
+    # module_dropout: each LyCORIS module draws once for all its fused parts, whatever its kind (DBS578)
+    drop = _flux(tmp_path / "drop", MIXED, '"algo=locon" "module_dropout=0.1"', allow=True)
+    assert "module_dropout" in messages(drop, "DBS403") and "once for all its parts" in messages(
+        drop, "DBS403"
+    )
 
 
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and

@@ -700,7 +700,6 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
 @pytest.mark.parametrize(
     "arg",
     [
-        "algo=lokr dora_wd=True wd_on_output=False",
         "dora_wd=True wd_on_output=False",
         "dora_wd=True rank_dropout=0.1",
         "dora_wd=True module_dropout=0.1",
@@ -708,6 +707,24 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
 )
 def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
     assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+
+
+@pytest.mark.parametrize("algo", ["lokr", "loha"])
+def test_lokr_and_loha_dora_wd_per_input_column_on_fused_layers(tmp_path, algo):
+    """LokrModule's / LohaModule's weight_decompose with wd_on_output=False on each fused Linear: one
+    magnitude per input column of the stacked weight, the parts sharing it and its norms: adapter.dora with
+    dora_axis "input" (issue 12; was DBS403; test_lycoris_flux_fused_opts.py holds it to lycoris-lora's
+    modules); with module_dropout (the shared draw) or --network_weights (stacked magnitudes) still DBS403."""
+    command = f"--network_args preset=attn-mlp algo={algo} dora_wd=True wd_on_output=False use_scalar=1"
+    outcome = _flux(tmp_path, "--network_train_unet_only " + command)
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.scalar) == (algo, True, "input", True)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args wd_on_output") == "mapped"
+    (tmp_path / "drop").mkdir()
+    outcome = _flux(tmp_path / "drop", f"--network_train_unet_only {command} module_dropout=0.1", allow=True)
+    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])

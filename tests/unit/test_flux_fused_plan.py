@@ -280,18 +280,26 @@ def test_lokr_with_a_part_left_out_is_refused(toy: Path):
     assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
 
 
-def test_lokr_dora_per_input_column_is_refused(toy: Path):
+def test_lokr_dora_per_input_column_plans_without_the_dropouts(toy: Path):
+    """The weight decomposition per input column on a fused LoKr (the parts sharing one magnitude and the
+    whole fused weight's column norms, runtime/lycoris_dora.py; was DBS575); with module_dropout DBS575."""
     adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
     write_spec(toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input"})
     planned = compile_in(toy)
-    assert "DBS575" in codes(planned, "error")
+    assert planned.plan is not None and not codes(planned, "error")
+    assert (planned.plan.adapter.dora, planned.plan.adapter.dora_axis) == (True, "input")
+    write_spec(
+        toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input", "module_dropout": 0.1}
+    )
+    assert "DBS575" in codes(compile_in(toy), "error")
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_a_fused_lokr_or_loha_block_with_its_own_dora(toy: Path, kind):
     """A block's own LyCORIS weight decomposition on fused LoKr / LoHa (a map entry's weight_decompose, a
     --dim_from_weights file's dora_scale in some modules): planned over whole fused layers (was DBS583); one
-    per input column DBS575 (a column norm spans every part's rows); a block splitting a fused layer
+    per input column DBS575 (dbspec ties the parts' column norms for the adapter's own dora only); a block
+    splitting a fused layer
     DBS507 (issue 12)."""
     adapter = {"kind": kind, "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
     whole = r"^transformer_blocks\\.0\\.attn\\.(to_q|to_k|to_v)$"

@@ -1674,18 +1674,47 @@ CASES = [
         rules.mixed_block_kinds,
         DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\ndora = true\nmodule_dropout = 0.1\n'
+        + '[adapter]\nkind = "lokr"\ndora = true\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
         [
-            ("DBS578", "error", ("adapter", "module_dropout")),
+            ("DBS578", "error", ("adapter", "rank_dropout")),
             ("DBS578", "error", ("adapter", "dora")),
         ],
+        # module_dropout: each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py)
         DOG
         + STEPS
-        # a lokr adapter's full_matrix (its LoKr layers' alone) and a starting file (runtime/mixed_init.py)
-        + '[adapter]\nkind = "lokr"\ndecompose_both = true\nfull_matrix = true\n'
+        # a lokr adapter's full_matrix (its LoKr layers' alone), a starting file (runtime/mixed_init.py) and
+        # module_dropout (each kind's module draws its own)
+        + '[adapter]\nkind = "lokr"\ndecompose_both = true\nfull_matrix = true\nmodule_dropout = 0.1\n'
         + 'init_weights = "prev.safetensors"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+    ),
+    (  # LyCORIS's decomposition per input column on a fused LoKr: no dropouts' draws or file's start
+        rules.fused_dora_columns,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n'
+        + "module_dropout = 0.1\n",
+        [("DBS575", "error", ("adapter", "module_dropout"))],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
+    ),
+    (  # module_dropout in a run of several kinds: not on fused Linears (one draw per LyCORIS module)
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "module_dropout"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,

@@ -6,7 +6,7 @@ rebuilds it with (its LoKr split the adapter's; factors LyCORIS's copy_ rejects,
 without decompose_both, whose rank it reads off `lokr_w2_a`'s columns: DBS402). Tucker tensors on a Linear
 (no Tucker core there: AttributeError): DBS402. A `dora_scale` in every module is LyCORIS's weight
 decomposition (dora = true, the patch convolution's too; in some only: those modules' blocks' dora "on",
-DBS403 with the patch convolution). Flux's final layer
+the patch convolution's a block of its own). Flux's final layer
 (`proj_out`, a suffix of every single block's) is the target with a first rank-0 block for the single
 blocks' the file lacks. CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G) are `text_encoder_targets`
 (their full paths; SD3's CLIP-G layers `text_encoder_2_targets` where they are other than CLIP-L's) at the
@@ -254,8 +254,8 @@ def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | fro
     """Whether the file's modules hold LyCORIS's weight decomposition (`dora_scale`: the module is built with
     weight_decompose, one magnitude per output row of the fused Linear, and of the patch convolution: (out,
     1, 1, 1)): True for every module, the names of those that do where only some do (their blocks' own
-    dora); why not when a `dora_scale` is not of that shape, or only some do with SD3's patch convolution
-    in the file (dbspec's LoKr / LoHa convolution takes the adapter's dora)."""
+    dora, SD3's patch convolution's included: _patch_block); why not when a `dora_scale` is not of that
+    shape."""
     modules = [*built, *([patch] if patch is not None else [])]
     held = [m for m in modules if "dora_scale" in m.shapes]
     if not held:
@@ -276,13 +276,22 @@ def _dora(built: list[LycorisModule], patch: LycorisModule | None) -> bool | fro
             )
     if len(held) == len(modules):
         return True
-    if patch is not None:
-        bare = next(m.name for m in modules if "dora_scale" not in m.shapes)
-        return (
-            f"`dora_scale` in some modules only (not `{bare}`) with the patch convolution "
-            f"`{patch.name}`: dbspec's {patch.algo} convolution takes the adapter's dora"
-        )
     return frozenset(m.name for m in held)
+
+
+def _patch_block(out: dict) -> dict:
+    """The [[adapter.blocks]] entry giving SD3's patch convolution LyCORIS's weight decomposition alone
+    (make_module_from_state_dict builds its module with weight_decompose where its `dora_scale` is, one
+    magnitude per output channel): the adapter's rank, alpha and the convolution's conv_rank / conv_alpha
+    (its LoKr split and Tucker form the adapter's), dora "on"."""
+    return {
+        "pattern": r"^(pos_embed\.proj)$",
+        "rank": out["rank"],
+        "alpha": out["alpha"],
+        "conv_rank": out["conv_rank"],
+        "conv_alpha": out["conv_alpha"],
+        "dora": "on",
+    }
 
 
 def _full_file(
@@ -403,7 +412,7 @@ def factor_file_adapter(
         return checked
     options, alpha, own = checked
     some = dora if isinstance(dora, frozenset) else frozenset()  # the blocks' own dora
-    own = {**{name: (options, alpha) for name in sorted(some)}, **own}
+    own = {**{name: (options, alpha) for name in sorted(some - {PATCH})}, **own}
     own_text = {name: value for name, value in own.items() if name.startswith("lora_te")}
     own = {name: value for name, value in own.items() if name not in own_text}
     if isinstance(options, int):  # LoHa's rank
@@ -423,6 +432,8 @@ def factor_file_adapter(
         if isinstance(conv, str):
             return conv
         out.update(conv_targets=["pos_embed.proj"], **{k: v for k, v in conv.items() if v is not False})
+        if PATCH in some:  # its dora_scale where some others have none: a block of its own, dora "on"
+            blocks.append(_patch_block(out))
     return {
         **out,
         "denoiser_targets": targets,

@@ -1,0 +1,138 @@
+"""The network's `module_dropout` in a run of several LyCORIS algorithms (a preset file's `module_algo_map`
+entries of other algos, issue 12): every module of every kind draws as its own lycoris-lora 4.1.3 class
+does, one `torch.rand(1)` from torch's global generator per training forward in forward order, the layer's
+base output alone below the rate (runtime/mixed_kinds.py add_module_dropout, lora_dropout.py, peft's LoHa /
+LoKr, GLoRA's own). Checked against lycoris-lora's network built from the same file on tiny SD 1.x with the
+same weights: training-mode outputs and the generator state after each forward equal; a tiny run trains
+and resumes bit-exact."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.runtime.adapters import add_lora
+from dbspec.runtime.execute import execute
+from dbspec.runtime.lycoris_export import lycoris_state
+from dbspec.runtime.mixed_kinds import add_module_dropout
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
+    NETWORK_ATTRS,
+    PRESETS,
+    _converted_plan,
+    pipe,
+)
+from tests.runtime.test_lycoris_mixed_full import MIXED_FULL
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+RATE = 0.5
+
+
+def _inputs(seed: int, unet) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    return latents, torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
+
+
+def _ours(pipe, adapter, rate: float):  # noqa: F811
+    """The converted plan's U-Net layers with every trainable tensor drawn at random (so no update is 0),
+    and the mixed run's module dropout."""
+    from dbspec.runtime.lora_dropout import add_lora_dropout
+
+    unet = copy.deepcopy(pipe.unet)
+    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05 + (p if p.abs().sum() else 0))
+    wrapped = add_module_dropout(unet, adapter) if rate else 0
+    if adapter.kind == "lora" and rate:  # prepare.py's own for a lora adapter's layers
+        wrapped += add_lora_dropout(unet, adapter.rank_dropout, rate, form=adapter.rank_dropout_form)
+    return unet, wrapped
+
+
+@pytest.mark.parametrize(
+    ("algo", "other"),
+    [("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft"), ("locon", "boft"), ("lokr", "glora")],
+)
+def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, algo, other):  # noqa: F811
+    """LoCon, LoHa, LoKr and the entry's algo on one U-Net, module_dropout 0.5: with lycoris-lora's
+    network holding the same weights (our export loaded into it), four training forwards from the same
+    generator state give the same outputs and leave the same generator state; they differ from the
+    no-dropout output (some layers skipped) and from each other (the draws move on)."""
+    PRESETS["mixed_drop"] = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
+    try:
+        path, plan = _converted_plan(tmp_path, "mixed_drop", algo, f'"module_dropout={RATE}"')
+    finally:
+        del PRESETS["mixed_drop"]
+    a = plan.adapter
+    assert a.module_dropout == RATE and other in {b.kind for b in a.blocks}
+    ours, wrapped = _ours(pipe, a, RATE)
+    lora_layers = sum(1 for b in a.blocks if b.kind in ("lora", "adapter"))
+    assert wrapped > lora_layers  # the LoRA blocks' and the entry kind's layers (GLoRA: its own)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    theirs = copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, theirs, algo=algo, conv_dim="4", preset=str(path), module_dropout=str(RATE)
+    )
+    made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
+    state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
+    result = made.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
+    assert {round(m.module_dropout, 6) for m in made.unet_loras} == {RATE}
+    latents, context = _inputs(1, pipe.unet)
+    t = torch.tensor([10, 700])
+    with torch.no_grad():
+        ours.eval(), theirs.eval(), made.eval()  # LyCORIS's modules: the network's children
+        calm = ours(latents, t, context).sample
+        torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
+        ours.train(), theirs.train(), made.train()
+        torch.manual_seed(11)
+        outputs = []
+        for _ in range(4):
+            state_before = torch.get_rng_state()
+            mine = ours(latents, t, context).sample
+            after = torch.get_rng_state()
+            torch.set_rng_state(state_before)
+            other_out = theirs(latents, t, context).sample
+            assert torch.equal(torch.get_rng_state(), after)
+            torch.testing.assert_close(other_out, mine, rtol=1e-4, atol=1e-4)
+            outputs.append(mine)
+    assert not torch.allclose(outputs[0], calm, atol=1e-4)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
+def test_mixed_module_dropout_trains_and_resumes(pipe, tmp_path):  # noqa: F811
+    """A LoKr network with LoCon / LoHa / full entries and module_dropout trains 2 steps; stopped after one
+    and resumed, the losses and files are bit-identical."""
+    PRESETS["mixed_drop"] = MIXED_FULL
+    try:
+        _, plan = _converted_plan(tmp_path, "mixed_drop", "lokr", '"module_dropout=0.5"')
+    finally:
+        del PRESETS["mixed_drop"]
+    assert plan.adapter.module_dropout == 0.5
+    from tests.unit.convert_kit import out_path
+
+    spec = out_path(tmp_path)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
+    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
+    assert "unet/full/adapter_model.safetensors" in files
+    for name in files:
+        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
