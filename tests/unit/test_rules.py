@@ -1750,19 +1750,20 @@ CASES = [
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # LyCORIS's DyLoRA beside other kinds: SD 1.x/2.x and SDXL only (its block draw is one module's)
+    (  # LyCORIS's DyLoRA beside other kinds on Flux: one module per fused Linear (its down blocks and draw
+        # shared by the parts: runtime/dylora.py tie_fused_dylora), so fused_projections
         rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 4.0\n',
-        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
-        'family = "sdxl"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lokr"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # LyCORIS's full algo (IA^3 alike) beside other kinds on Flux / SD3: one module per fused Linear
         rules.mixed_kinds_family,
