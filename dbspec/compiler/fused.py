@@ -362,9 +362,10 @@ def _check_fused_module(
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, GLoRA or DyLoRA on a fused
     Linear has that the separate parts cannot share (Diag-OFT: the constraint's norm and max_norm's span
-    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA, DyLoRA: their dropouts
-    draw once per fused module), a family without kohya's Flux / SD3 layout, and fused layers with parts
-    left out or at other ranks (LyCORIS's module spans every row at one rank)."""
+    every part's blocks, kohya's form is networks.oft_flux's, per part already; GLoRA: its dropouts draw
+    once per fused module; DyLoRA's module_dropout is one draw its parts share), a family without kohya's
+    Flux / SD3 layout, and fused layers with parts left out or at other ranks (LyCORIS's module spans every
+    row at one rank)."""
     spec = family_spec(family)
     if _no_fused_layers(ctx, spec):
         return
@@ -375,11 +376,13 @@ def _check_fused_module(
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
             ("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),
         )
-    else:
+    elif isinstance(adapter, GloraAdapter):
         switches = tuple(
             (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
             for key in ("module_dropout", "rank_dropout", "dropout")
         )
+    else:  # DyLoRA's module_dropout: one skip draw its parts share (runtime/dylora.py FusedSkip)
+        switches = ()
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:

@@ -12,7 +12,9 @@ draws from the run's seeded generator, uniform as LyCORIS's, so a resume draws t
 export writes the down once and `lora_up` stacked under kohya's name, the LoRA layout LyCORIS saves, which
 lycoris-lora loads back as LoConModules. The arguments as network.py's U-Net mapping (dylora.py
 lycoris_dylora: `block_size` the unit, bypass_mode with one block per layer, the unread ones DBS405);
-`module_dropout` (one draw per fused module) is refused (DBS403). The SD3 patch convolution (presets full /
+`module_dropout` DyLoraModule.forward's one `torch.rand(1)` per training forward of the fused module, which
+its parts share (runtime/dylora.py FusedSkip: the first part called draws; DBS578 beside entries of other
+algorithms, as on the U-Net). The SD3 patch convolution (presets full /
 unet-only) at conv_dim / conv_alpha. A preset file (lycoris_flow_file.py): its DyLoRA entries' own dims,
 alphas and block sizes are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of the adapter's kind, its
 entries of other algorithms (LoCon, LoKr, LoHa, full, IA^3, Diag-OFT, GLoRA) blocks of their kind, each
@@ -49,13 +51,6 @@ def map_flow_dylora(
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
-    if float(kwargs.get("module_dropout") or 0):
-        conv.unsupported(
-            args,
-            f"module_dropout={kwargs['module_dropout']} with algo=dylora on {layout.title}'s fused Linears: "
-            "one draw per fused module, which dbspec's parts would each draw",
-        )
-        return False
     network_dropout = a["network_dropout"]
     if network_dropout.value and float(network_dropout.value) and "dropout" not in kwargs:
         conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
@@ -65,7 +60,6 @@ def map_flow_dylora(
     put["_blocks"], put["_text_blocks"] = list(blocks), list(text_blocks)  # lycoris_dylora checks their dims
     unsupported: dict[str, str] = {}
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
-    put.pop("module_dropout", None)  # 0 (refused above otherwise)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up
         unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
