@@ -923,8 +923,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
-    or its one scalar (LoHa) scaled once; of a DyLoRA network inert (_no_max_norm). --dim_from_weights:
-    _lycoris_flow_from_weights."""
+    or its one scalar (LoHa) scaled once; of a DyLoRA network inert (_no_max_norm). A DyLoRA network's
+    --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
+    --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
@@ -953,6 +954,10 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             )
             return False
         map_init_weights(weights, paths, conv)
+    elif kind == "dylora" and weights.value:  # only the file's alphas load, under kohya's fused names
+        from dbspec.convert.kohya.lycoris_flow_dylora import flow_dylora_alphas
+
+        flow_dylora_alphas(weights, paths, conv, "sd3" if layout is SD3 else family or "flux")
     else:
         # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read;
         # Diag-OFT's `oft_blocks` / `rescale`, GLoRA's pairs go into the fused layers' parts
