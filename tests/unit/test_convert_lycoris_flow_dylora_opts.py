@@ -179,3 +179,46 @@ def test_network_weights_with_dylora_on_sd3_names_the_mmdit_parts(tmp_path):
     path = "text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj"
     assert _matched(a.text_encoder_blocks, path) == (16, 2.0)
     assert _matched(a.text_encoder_blocks, path.replace("text_encoder_2", "text_encoder")) is None
+
+
+def test_network_weights_with_dylora_on_sd3s_patch_convolution_is_its_conv_alpha(tmp_path):
+    """Preset full builds a DyLoraModule on SD3's patch convolution at conv_dim / conv_alpha: the file's
+    alpha there (kohya's `x_embedder_proj`) is that layer's conv_alpha, its rank the network's."""
+    save_file(
+        {
+            "lora_unet_x_embedder_proj.lora_down.weight": np.zeros((8, 16, 2, 2), np.float16),
+            "lora_unet_x_embedder_proj.lora_up.weight": np.zeros((2432, 8), np.float16),
+            "lora_unet_x_embedder_proj.alpha": np.array(2.0, np.float32),
+        },
+        str(tmp_path / "prev.safetensors"),
+    )
+    args = "--network_args algo=dylora block_size=8 preset=full conv_dim=8 conv_alpha=4"
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors {args}")
+    assert not errors(outcome) and fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert "pos_embed.proj" in a.conv_targets
+    ((pattern, conv_rank, conv_alpha),) = [(b.pattern, b.conv_rank, b.conv_alpha) for b in a.blocks]
+    assert re.search(pattern, "pos_embed.proj") and (conv_rank, conv_alpha) == (8, 2.0)
+
+
+def test_network_weights_with_dylora_on_chroma(tmp_path):
+    """Chroma (kohya's Flux layout without the modulation Linears): a Flux modulation name loads nowhere;
+    a fused Linear's alpha goes to its parts; module_dropout maps alike."""
+    from test_convert_kohya_chroma import _chroma
+
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_double_blocks_0_img_mod_lin": (6 * W, W, 2.0),  # no Chroma module
+            "lora_unet_double_blocks_1_img_attn_qkv": (3 * W, W, 2.0),
+        },
+    )
+    args = "--network_args algo=dylora block_size=4 module_dropout=0.1 preset=full"
+    outcome = _chroma(tmp_path, f"--network_module lycoris.kohya --network_weights prev.safetensors {args}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.module_dropout) == ("dylora", 0.1) and a.fused
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") == (a.rank, 2.0)
+    assert all(not re.search(b.pattern, "transformer_blocks.0.norm1.linear") for b in a.blocks)
