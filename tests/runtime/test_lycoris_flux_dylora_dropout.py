@@ -91,3 +91,27 @@ def test_fused_dylora_module_dropout_is_one_draw_per_fused_layer(tmp_path, monke
     with torch.no_grad():
         attn.to_q(x)  # outside training: no draw
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_fused_module_dropout_under_gradient_checkpointing_trains_as_without(tmp_path):
+    """Gradient checkpointing recomputes each block in the backward pass with torch's generator restored:
+    the fused layers' shared draw is made again alike (every part had taken it), so the trained weights
+    equal a run without checkpointing bit for bit."""
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import make_plan
+
+    runs = []
+    for name, on in (("plain", "false"), ("checkpointed", "true")):
+        extra = DROPPED + f"\n[precision]\ngradient_checkpointing = {on}\n"
+        plan = make_plan(tmp_path / name, base=BASE, steps=3, extra=extra)
+        assert plan.adapter.module_dropout == RATE
+        runs.append(execute(plan, keep_models=True))
+    plain, checkpointed = runs
+    assert (
+        checkpointed.components.unet.gradient_checkpointing
+        and not plain.components.unet.gradient_checkpointing
+    )
+    assert plain.losses == checkpointed.losses
+    ours = dict(checkpointed.components.unet.named_parameters())
+    trained = [(n, p) for n, p in plain.components.unet.named_parameters() if p.requires_grad]
+    assert trained and all(torch.equal(p, ours[n]) for n, p in trained)
