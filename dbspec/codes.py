@@ -2679,8 +2679,8 @@ the rotated stacked weight (with `bypass`, its rows of the rotated stacked outpu
 `[[adapter.blocks]]`.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
-fused Linear: the parts share the down blocks and the drawn block, each its rows of the up blocks; no
-`module_dropout`, one `unit` for all its parts. All need every part of a fused layer adapted, at one rank
+fused Linear: the parts share the down blocks, the drawn block and the `module_dropout` draw, each its
+rows of the up blocks; one `unit` for all its parts. All need every part of a fused layer adapted, at one rank
 and alpha, and a family with kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",

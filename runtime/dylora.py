@@ -19,10 +19,11 @@ the exports hold.
 
 LyCORIS's switches (plan.adapter): `module_dropout` (DyLoraModule.forward: one `torch.rand(1)` from torch's
 global generator per layer and training forward, before anything else; below the rate the layer answers with
-its base output alone, so its drawn block gets no gradient) and `bypass` (bypass_mode: one block per layer,
-the compiler's DBS549, and the update up(down(x)) (a convolution's stride and padding on down, the up 1x1)
-with no scale at all, in training and outside it alike, as
-DyLoraModule.bypass_forward_diff computes it; merges and exports keep the saved file's alpha / rank)."""
+its base output alone, so its drawn block gets no gradient; a fused Linear's parts share one draw,
+FusedSkip) and `bypass` (bypass_mode: one block per layer, the compiler's DBS549, and the update
+up(down(x)) (a convolution's stride and padding on down, the up 1x1) with no scale at all, in training and
+outside it alike, as DyLoraModule.bypass_forward_diff computes it; merges and exports keep the saved file's
+alpha / rank)."""
 
 from __future__ import annotations
 
@@ -127,9 +128,15 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
             return super().forward(x, *args, **kwargs)
         if self._base_only(x, args, kwargs) or self.merged:
             return self.base_layer(x, *args, **kwargs)
-        if any(a in getattr(self, _DOWN) for a in self.active_adapters) and torch.rand(1) < p:
+        if any(a in getattr(self, _DOWN) for a in self.active_adapters) and self._skips(p):
             return self.base_layer(x, *args, **kwargs)  # DyLoraModule: the layer's base output alone
         return super().forward(x, *args, **kwargs)
+
+    def _skips(self, p: float) -> bool:
+        """This training forward's module dropout: the layer's own `torch.rand(1) < p`, or a fused Linear's
+        one draw its parts share (tie_fused_dylora)."""
+        shared = self.__dict__.get("dylora_skip")
+        return shared.take(p) if shared is not None else bool(torch.rand(1) < p)
 
     def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
         downs, ups = getattr(self, _DOWN)[adapter], getattr(self, _UP)[adapter]
@@ -185,14 +192,33 @@ def draw_blocks(modules: list[nn.Module | None], generator: torch.Generator) -> 
     return drawn
 
 
+class FusedSkip:
+    """DyLoraModule's module dropout on a fused Linear, one draw for its `parts` per training forward: the
+    first part called draws `torch.rand(1) < p` from torch's global generator, where kohya's one module on the
+    fused layer draws it in the forward order (the fused layer's forward, first of its parts'); the others
+    take the same outcome. The draw is kept until every part has taken it, so gradient checkpointing's
+    recomputation (the generator restored) draws it again alike, and a resumed run draws what an
+    uninterrupted one draws (the generator is checkpointed)."""
+
+    def __init__(self, parts: int):
+        self.parts, self.left, self.skip = parts, 0, False
+
+    def take(self, p: float) -> bool:
+        if self.left == 0:
+            self.skip, self.left = bool(torch.rand(1) < p), self.parts
+        self.left -= 1
+        return self.skip
+
+
 def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
     """LyCORIS's DyLoraModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
     linear1, SD3's qkv): one `down_list` of blocks over the fused input, an `up_list` over the stacked rows,
     and one block drawn per fused module and forward. Here the parts' down blocks are one Parameter each (the
     first part's, as runtime/fused.py ties LoRA downs), each part keeps its rows of the up blocks, and the
     later parts take the first part's draw (draw_blocks), so the parts' updates together are the fused
-    module's. ValueError when a fused layer's parts are adapted in part or at other ranks, units or alphas
-    (the compiler refuses those plans). How many fused layers were tied."""
+    module's; with module_dropout the parts share one skip draw per forward (FusedSkip). ValueError when a
+    fused layer's parts are adapted in part or at other ranks, units or alphas (the compiler refuses those
+    plans). How many fused layers were tied."""
     from dbspec.runtime.fused import tie_parts
 
     def same(layer: DyloraLayer) -> tuple:
@@ -203,6 +229,10 @@ def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
         for block in range(len(downs)):
             downs[block] = leader[block]
         layer.__dict__["dylora_leader"] = first  # not a submodule: its draw, not its parameters
+        if first.dylora_module_dropout and "dylora_skip" not in layer.__dict__:  # one draw per fused layer
+            skip = first.__dict__.setdefault("dylora_skip", FusedSkip(1))
+            skip.parts += 1
+            layer.__dict__["dylora_skip"] = skip
 
     adapted = lambda m: isinstance(m, DyloraLayer)  # noqa: E731
     return tie_parts(module, groups, adapted, "DyLoRA", same, "rank, unit or alpha", tie)

@@ -1627,9 +1627,9 @@ class DyloraAdapter:
         "DyLoraModule on kohya's fused Linear, one block drawn per fused layer and step: the parts share the "
         "down blocks and the draw, each keeps its rows of the up blocks (lycoris.kohya `algo=dylora` with "
         "flux_train_network.py / sd3_train_network.py); exported under kohya's module names, `lora_up` "
-        "stacked. Every part of a fused layer adapted at one rank and alpha; no `module_dropout` with it "
-        "(one draw spans every part). false: each part has its own DyLoRA. Families without fused layers "
-        "refuse it.",
+        "stacked. Every part of a fused layer adapted at one rank and alpha; `module_dropout` one draw per "
+        "fused layer and forward, its parts skipping together. false: each part has its own DyLoRA. "
+        "Families without fused layers refuse it.",
     )
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()

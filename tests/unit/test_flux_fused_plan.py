@@ -532,6 +532,19 @@ def test_dylora_fused_parts_in_blocks_of_other_units_are_dbs577(toy: Path):
             assert planned.plan is not None and planned.plan.adapter.blocks[0].unit == 1
 
 
+def test_dylora_fused_module_dropout_plans(toy: Path):
+    """DyLoRA's module_dropout on fused layers: one skip draw per fused Linear, its parts sharing it
+    (runtime/dylora.py FusedSkip; was DBS577, issue 12); GLoRA's stays DBS577."""
+    adapter = {"kind": "dylora", "rank": 4, "unit": 2, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter={**adapter, "module_dropout": 0.3})
+    planned = compile_in(toy)
+    assert planned.plan is not None, planned.diagnostics
+    assert planned.plan.adapter.module_dropout == 0.3 and len(planned.plan.adapter.fused) == 3
+    glora = {"kind": "glora", "rank": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter={**glora, "module_dropout": 0.3})
+    assert "DBS577" in codes(compile_in(toy), "error")
+
+
 # several kinds on fused layers (blocks with their own kind: runtime/mixed_kinds.py): one LyCORIS module of
 # one kind per fused Linear, every part adapted (DBS575) and in one block (DBS507)
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ draws from the run's seeded generator, uniform as LyCORIS's, so a resume draws t
 export writes the down once and `lora_up` stacked under kohya's name, the LoRA layout LyCORIS saves, which
 lycoris-lora loads back as LoConModules. The arguments as network.py's U-Net mapping (dylora.py
 lycoris_dylora: `block_size` the unit, bypass_mode with one block per layer, the unread ones DBS405);
-`module_dropout` (one draw per fused module) is refused (DBS403). The SD3 patch convolution (presets full /
+`module_dropout` DyLoraModule.forward's one `torch.rand(1)` per training forward of the fused module, which
+its parts share (runtime/dylora.py FusedSkip: the first part called draws; DBS578 beside entries of other
+algorithms, as on the U-Net). The SD3 patch convolution (presets full /
 unet-only) at conv_dim / conv_alpha. A preset file (lycoris_flow_file.py): its DyLoRA entries' own dims,
 alphas and block sizes are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of the adapter's kind, its
 entries of other algorithms (LoCon, LoKr, LoHa, full, IA^3, Diag-OFT, GLoRA) blocks of their kind, each
@@ -23,8 +25,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
+import attrs
+
+from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.dylora import lycoris_dylora
+from dbspec.convert.kohya.dylora import _f32, _read, lycoris_dylora
+from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
+from dbspec.families import family_spec, lycoris_text_prefixes
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     put_convs,
@@ -49,13 +58,6 @@ def map_flow_dylora(
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
-    if float(kwargs.get("module_dropout") or 0):
-        conv.unsupported(
-            args,
-            f"module_dropout={kwargs['module_dropout']} with algo=dylora on {layout.title}'s fused Linears: "
-            "one draw per fused module, which dbspec's parts would each draw",
-        )
-        return False
     network_dropout = a["network_dropout"]
     if network_dropout.value and float(network_dropout.value) and "dropout" not in kwargs:
         conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
@@ -65,7 +67,6 @@ def map_flow_dylora(
     put["_blocks"], put["_text_blocks"] = list(blocks), list(text_blocks)  # lycoris_dylora checks their dims
     unsupported: dict[str, str] = {}
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
-    put.pop("module_dropout", None)  # 0 (refused above otherwise)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up
         unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
@@ -86,3 +87,120 @@ def map_flow_dylora(
                 conv.put(("adapter", table, index, key), value, note)
     put_rest(conv, module, args, preset, text, put)
     return True
+
+
+def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) -> None:
+    """--network_weights with algo=dylora on kohya's Flux / Chroma / SD3: LycorisNetworkKohya.load_weights is
+    load_state_dict(strict=False), DyLoraModule's weights are up_list / down_list, so of the file only each
+    module's `alpha` buffer loads (float32; get_weight scales by it, the saved file holds it), as on the
+    U-Net (dylora.py lycoris_dylora_alphas). A module is named as kohya's Flux / MMDiT names it, one per fused
+    Linear: the file's alpha goes to every diffusers part of that Linear (file_ranks.flow_paths), so the
+    parts stay one module at one alpha. The layers whose alpha differs from network_alpha (the patch
+    convolution's from conv_alpha) are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the network's
+    rank and the file's alpha; the file's modules of layers the network does not adapt load nowhere (ignored);
+    the run starts from a fresh init."""
+    if any(k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) for k in conv.values):
+        conv.unsupported(
+            weights,
+            "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
+            "file's alphas into them: dbspec takes per-layer ranks from one source",
+        )
+        return
+    file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+    if file is None:
+        return
+    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
+    rank, alpha = value("rank", 4), float(value("alpha", 1.0))
+    conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
+    unet, convs = _differing_unet(file, family, value, alpha, conv_alpha)
+    text = _differing_text(file, family, value, alpha)
+    zero = next((m.name for m in (*unet.values(), *convs.values(), *text.values()) if m.alpha == 0), None)
+    if zero is not None:
+        conv.unsupported(
+            weights,
+            f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which then "
+            "scales its update by 0 (DyLoraModule reads alpha 0 as the rank only when it builds the layer); "
+            "dbspec reads alpha 0 as the rank",
+        )
+        return
+    if not (unet or convs or text):
+        conv.inert(
+            weights,
+            "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
+            "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
+            "network's: the run starts from a fresh init",
+        )
+        return
+    blocks = flow_blocks(LoraFile(path=file.path, modules=unet), family, lycoris=True)[0][:-1]
+    blocks = [{**b, "rank": rank, "conv_rank": conv_rank, "conv_alpha": conv_alpha} for b in blocks]
+    for name, module in convs.items():  # SD3's patch convolution (presets full / unet-only)
+        (path,) = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)[2]
+        pattern = f"^{re.escape(path)}$"
+        blocks.append({"pattern": pattern, "rank": rank, "alpha": alpha, "conv_rank": conv_rank})
+        blocks[-1]["conv_alpha"] = module.alpha
+    components = dict(zip(lycoris_text_prefixes(family), family_spec(family).text_encoder_names))
+    text_tables = text_blocks(LoraFile(path=file.path, modules=text), components)[:-1]
+    note = (
+        f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
+        "DyLoraModule; a fused Linear's alpha on all its parts)"
+    )
+    for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_tables)):
+        for index, block in enumerate(entries):
+            for key, item in {**block, "rank": rank}.items():
+                conv.put(("adapter", table, index, key), item, note)
+    conv.record(
+        weights,
+        "mapped",
+        "adapter.blocks, adapter.text_encoder_blocks",
+        "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list): the run starts "
+        "from a fresh init, the file's layers at its alphas",
+    )
+
+
+def _adapted(path: str, targets) -> bool:
+    """peft's target match: the module path is a target or ends with `.<target>`."""
+    return any(path == t or path.endswith("." + t) for t in targets or ())
+
+
+def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha: float):
+    """The file's denoiser modules on layers the network adapts whose float32 alpha is not the network's:
+    ({name: Linear module at rank 1 and the file's alpha}, {name: the patch convolution's})."""
+    linears, convs = {}, {}
+    targets, conv_targets = value("denoiser_targets", ()), value("conv_targets", ())
+    for m in file.modules.values():
+        if m.alpha is None or not m.name.startswith("lora_unet_"):
+            continue
+        found = flow_paths(family, m.name.removeprefix("lora_unet_"), lycoris=True)
+        if found is None:  # no module of kohya's model dbspec places: the network has none either
+            continue
+        blocks, index, children = found
+        full = [f"{blocks}.{index}.{c}" if blocks else c for c in children]
+        if not all(_adapted(p, conv_targets if m.conv else targets) for p in full):
+            continue  # a layer the network does not adapt: load_state_dict(strict=False) ignores it
+        own = _f32(m.alpha)
+        if own != (conv_alpha if m.conv else alpha):
+            (convs if m.conv else linears)[m.name] = attrs.evolve(m, rank=1, alpha=own)  # by alpha alone
+    return linears, convs
+
+
+def _differing_text(file: LoraFile, family: str, value, alpha: float):
+    """The file's text-encoder modules (LyCORIS's lora_te<N>_ prefixes) of the encoders the network adapts
+    whose float32 alpha is not the network's, at rank 1 and the file's alpha."""
+    clip_keys = iter(("text_encoder_targets", "text_encoder_2_targets"))
+    prefixes = []
+    for prefix, encoder in zip(lycoris_text_prefixes(family), family_spec(family).text_encoders):
+        key = "t5_targets" if encoder.tokenizer_class.startswith("T5") else next(clip_keys)
+        # the second CLIP's targets default to the first's (spec/model.py)
+        if value(key, ()) or (key == "text_encoder_2_targets" and value("text_encoder_targets", ())):
+            prefixes.append(prefix)
+    prefixes = tuple(prefixes)
+    if not prefixes:
+        return {}
+    out = {}
+    for m in file.modules.values():
+        if m.alpha is None or not m.name.startswith(prefixes):
+            continue
+        own = _f32(m.alpha)
+        if own != alpha:
+            out[m.name] = attrs.evolve(m, rank=1, alpha=own)
+    return out

@@ -931,7 +931,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
-    or its one scalar (LoHa) scaled once. --dim_from_weights: _lycoris_flow_from_weights."""
+    or its one scalar (LoHa) scaled once; of a DyLoRA network inert (_no_max_norm). A DyLoRA network's
+    --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
+    --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
@@ -943,7 +945,11 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     kind = conv.values[("adapter", "kind")][0]
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
     # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once)
-    if a["scale_weight_norms"].value and kind not in ("lora", "lokr", "loha", "boft"):
+    if (
+        a["scale_weight_norms"].value
+        and kind not in ("lora", "lokr", "loha", "boft")
+        and not _no_max_norm(conv)
+    ):
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
@@ -962,6 +968,10 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             )
             return False
         map_init_weights(weights, paths, conv)
+    elif kind == "dylora" and weights.value:  # only the file's alphas load, under kohya's fused names
+        from dbspec.convert.kohya.lycoris_flow_dylora import flow_dylora_alphas
+
+        flow_dylora_alphas(weights, paths, conv, "sd3" if layout is SD3 else family or "flux")
     else:
         # a LoCon's file, or none given: records its fate; SD3's patch convolution's lora_mid is read;
         # Diag-OFT's `oft_blocks` / `rescale`, BOFT's blocks (shared) and rescale rows, GLoRA's pairs go
@@ -970,6 +980,18 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     map_base_weights(a, paths, conv)
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
     return True
+
+
+def _no_max_norm(conv: Conversion) -> bool:
+    """Every module of a lycoris.kohya DyLoRA network keeps LyCORIS's base apply_max_norm (returns None, None:
+    nothing scaled; DyLoraModule does not override it, lycoris-lora 4.1.3): no preset-file entry of another
+    algo (its LoCon / LoKr / LoHa / Diag-OFT modules would scale)."""
+    kinds = {
+        value
+        for key, (value, _) in conv.values.items()
+        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
+    }
+    return conv.values[("adapter", "kind")][0] == "dylora" and kinds <= {"dylora", "adapter"}
 
 
 def _lycoris_flow_from_weights(

@@ -1,0 +1,224 @@
+"""lycoris.kohya algo=dylora on kohya's Flux / SD3 (convert/kohya/lycoris_flow_dylora.py) with the switches
+that act on whole fused modules (issue 12): `--scale_weight_norms` (LycorisNetworkKohya's
+apply_max_norm_regularization calls each module's apply_max_norm; DyLoraModule keeps the base class's, which
+returns (None, None): nothing scaled, so the limit is inert, unless a preset file's entries give layers a
+LoCon / LoKr / LoHa / Diag-OFT module, whose own apply_max_norm scales); `module_dropout`
+(one skip draw per fused module, its parts sharing it)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from convert_kit import codes, errors, fate, messages, plan_of
+from test_convert_lycoris_flux import _flux
+from test_convert_lycoris_sd3 import _sd3
+from safetensors.numpy import save_file
+
+# a realistic DyLoRA-on-Flux run: the network's unit 4, CLIP-L trained beside
+DYLORA = "--network_args algo=dylora block_size=4 preset=full"
+
+
+def test_scale_weight_norms_with_dylora_on_flux_is_inert(tmp_path):
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1.0 {DYLORA}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm) == ("dylora", 0.0) and a.fused
+
+
+def test_scale_weight_norms_with_dylora_on_sd3_is_inert(tmp_path):
+    outcome = _sd3(tmp_path, "--scale_weight_norms 2 --network_args algo=dylora block_size=8 preset=attn-mlp")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0
+
+
+def test_scale_weight_norms_with_a_locon_entry_in_a_dylora_network_stays_refused(tmp_path):
+    """A preset file's LoCon entry is a LoConModule, whose apply_max_norm scales: not inert, and dbspec has no
+    max norm for some layers of a DyLoRA network."""
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
+        '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "locon"\ndim = 4\n',
+        encoding="utf-8",
+    )
+    outcome = _flux(tmp_path, "--scale_weight_norms 1 --network_args algo=dylora block_size=2 preset=p.toml")
+    assert fate(outcome, "scale_weight_norms") == "unsupported"
+    # the same file without --scale_weight_norms converts
+    assert "DBS403" not in codes(_flux(tmp_path, "--network_args algo=dylora block_size=2 preset=p.toml"))
+
+
+def test_module_dropout_with_dylora_on_flux_is_one_draw_per_fused_module(tmp_path):
+    """module_dropout: DyLoraModule.forward's skip draw, one per fused Linear (its parts share it,
+    runtime/dylora.py FusedSkip), each other layer its own; was DBS403."""
+    outcome = _flux(tmp_path, "--network_args algo=dylora block_size=4 module_dropout=0.1 preset=full")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.dylora_unit) == ("dylora", 0.1, 4)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+
+
+def test_module_dropout_with_dylora_on_sd3_maps(tmp_path):
+    outcome = _sd3(tmp_path, "--network_args algo=dylora block_size=8 module_dropout=0.25 preset=attn-mlp")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout) == ("dylora", 0.25) and a.fused
+
+
+def test_module_dropout_with_other_entries_in_a_dylora_network_stays_refused(tmp_path):
+    """A preset file's LoCon entry in a DyLoRA network: dbspec's run of several kinds draws no dropout
+    (DBS578), as on the U-Net."""
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
+        '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "locon"\ndim = 4\n',
+        encoding="utf-8",
+    )
+    outcome = _flux(tmp_path, "--network_args algo=dylora block_size=2 module_dropout=0.1 preset=p.toml")
+    assert "adapter.module_dropout with adapter.blocks[0].kind" in messages(outcome, "DBS403")
+
+
+# --- --network_weights: only the file's alphas load (DyLoraModule's weights are up_list / down_list) ---
+
+W = 3072  # FLUX.1's width; the file as LyCORIS saves a DyLoRA network (kohya's LoRA layout, rank 8)
+
+
+def _file(path, modules: dict[str, tuple[int, int, float]]) -> None:
+    """kohya's LoRA layout: name -> (out, in, alpha) at rank 8, zero tensors."""
+    tensors = {}
+    for name, (out, inp, alpha) in modules.items():
+        tensors[f"{name}.lora_down.weight"] = np.zeros((8, inp), np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.zeros((out, 8), np.float16)
+        tensors[f"{name}.alpha"] = np.array(alpha, np.float32)
+    save_file(tensors, str(path))
+
+
+FLUX_FILE = {
+    "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0),  # differs: all three parts at alpha 2
+    "lora_unet_double_blocks_0_txt_attn_qkv": (3 * W, W, 4.0),  # the network's alpha
+    "lora_unet_double_blocks_3_img_mlp_0": (4 * W, W, 0.1),  # float32 0.1
+    "lora_unet_single_blocks_5_linear1": (7 * W, W, 1.0),  # differs: q, k, v and proj_mlp
+    "lora_unet_final_layer_linear": (64, W, 1.0),  # no module of the full preset: loads nowhere
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 2.0),
+    "lora_te1_text_model_encoder_layers_1_mlp_fc1": (3072, 768, 4.0),
+}
+
+
+def _matched(blocks, path: str):
+    """The first block whose pattern matches `path` (peft's rank_pattern: the first match)."""
+    return next(((b.rank, b.alpha) for b in blocks if re.search(b.pattern, path)), None)
+
+
+def test_network_weights_with_dylora_on_flux_takes_the_files_alphas_per_fused_layer(tmp_path):
+    """LycorisNetworkKohya.load_weights (load_state_dict(strict=False)) loads only each DyLoraModule's alpha
+    buffer: the fused Linear's alpha on all its diffusers parts, at the network's rank, from a fresh init;
+    a module the network does not build (the final layer) loads nowhere."""
+    _file(tmp_path / "prev.safetensors", FLUX_FILE)
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {DYLORA}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_weights) == ("dylora", 8, 4.0, "")
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.0.attn.{part}") == (8, 2.0)
+        assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") is None  # the network's
+        assert _matched(a.blocks, f"single_transformer_blocks.5.attn.{part}") == (8, 1.0)
+        assert _matched(a.blocks, f"single_transformer_blocks.4.attn.{part}") is None
+    assert _matched(a.blocks, "single_transformer_blocks.5.proj_mlp") == (8, 1.0)
+    assert _matched(a.blocks, "transformer_blocks.0.attn.add_q_proj") is None
+    assert _matched(a.blocks, "transformer_blocks.3.ff.net.0.proj") == (8, float(np.float32(0.1)))
+    assert _matched(a.blocks, "proj_out") is None and "proj_out" not in a.denoiser_targets
+    text = "text_encoder.text_model.encoder.layers.{}.{}"
+    assert _matched(a.text_encoder_blocks, text.format(0, "self_attn.q_proj")) == (8, 2.0)
+    assert _matched(a.text_encoder_blocks, text.format(1, "mlp.fc1")) is None
+
+
+def test_network_weights_with_dylora_at_the_networks_alphas_is_inert(tmp_path):
+    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 4.0)})
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {DYLORA}")
+    assert fate(outcome, "network_weights") == "inert" and not errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.blocks == ()
+
+
+def test_network_weights_with_dylora_that_stay_refused(tmp_path):
+    """An alpha of 0 (LyCORIS copies it into the buffer: the update scaled by 0) and a preset file's entries
+    with their own dims (two sources of per-layer values): DBS403."""
+    _file(tmp_path / "prev.safetensors", {"lora_unet_single_blocks_0_linear1": (7 * W, W, 0.0)})
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {DYLORA}", allow=True)
+    assert "scales its update by 0" in outcome.conversion.reports["network_weights"].note
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
+        '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "dylora"\ndim = 4\n',
+        encoding="utf-8",
+    )
+    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0)})
+    args = "--network_args algo=dylora block_size=2 preset=p.toml"
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {args}", allow=True)
+    assert fate(outcome, "network_weights") == "unsupported"
+
+
+def test_network_weights_with_dylora_on_sd3_names_the_mmdit_parts(tmp_path):
+    """SD3's kohya names (joint_blocks_N_x_block_attn_qkv, context_block...) onto diffusers' q/k/v and
+    add_q/k/v_proj; CLIP-G's modules (LyCORIS's lora_te2_) onto text_encoder_2."""
+    width = 2432  # SD3.5-large
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_joint_blocks_2_x_block_attn_qkv": (3 * width, width, 4.0),
+            "lora_unet_joint_blocks_2_context_block_attn_qkv": (3 * width, width, 8.0),  # the network's
+            "lora_te2_text_model_encoder_layers_3_self_attn_k_proj": (1280, 1280, 2.0),
+        },
+    )
+    outcome = _sd3(
+        tmp_path, "--network_weights prev.safetensors --network_args algo=dylora block_size=8 preset=attn-mlp"
+    )
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (16, 4.0)
+    assert _matched(a.blocks, "transformer_blocks.2.attn.add_k_proj") is None
+    path = "text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj"
+    assert _matched(a.text_encoder_blocks, path) == (16, 2.0)
+    assert _matched(a.text_encoder_blocks, path.replace("text_encoder_2", "text_encoder")) is None
+
+
+def test_network_weights_with_dylora_on_sd3s_patch_convolution_is_its_conv_alpha(tmp_path):
+    """Preset full builds a DyLoraModule on SD3's patch convolution at conv_dim / conv_alpha: the file's
+    alpha there (kohya's `x_embedder_proj`) is that layer's conv_alpha, its rank the network's."""
+    save_file(
+        {
+            "lora_unet_x_embedder_proj.lora_down.weight": np.zeros((8, 16, 2, 2), np.float16),
+            "lora_unet_x_embedder_proj.lora_up.weight": np.zeros((2432, 8), np.float16),
+            "lora_unet_x_embedder_proj.alpha": np.array(2.0, np.float32),
+        },
+        str(tmp_path / "prev.safetensors"),
+    )
+    args = "--network_args algo=dylora block_size=8 preset=full conv_dim=8 conv_alpha=4"
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors {args}")
+    assert not errors(outcome) and fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert "pos_embed.proj" in a.conv_targets
+    ((pattern, conv_rank, conv_alpha),) = [(b.pattern, b.conv_rank, b.conv_alpha) for b in a.blocks]
+    assert re.search(pattern, "pos_embed.proj") and (conv_rank, conv_alpha) == (8, 2.0)
+
+
+def test_network_weights_with_dylora_on_chroma(tmp_path):
+    """Chroma (kohya's Flux layout without the modulation Linears): a Flux modulation name loads nowhere;
+    a fused Linear's alpha goes to its parts; module_dropout maps alike."""
+    from test_convert_kohya_chroma import _chroma
+
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_double_blocks_0_img_mod_lin": (6 * W, W, 2.0),  # no Chroma module
+            "lora_unet_double_blocks_1_img_attn_qkv": (3 * W, W, 2.0),
+        },
+    )
+    args = "--network_args algo=dylora block_size=4 module_dropout=0.1 preset=full"
+    outcome = _chroma(tmp_path, f"--network_module lycoris.kohya --network_weights prev.safetensors {args}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.module_dropout) == ("dylora", 0.1) and a.fused
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") == (a.rank, 2.0)
+    assert all(not re.search(b.pattern, "transformer_blocks.0.norm1.linear") for b in a.blocks)
