@@ -18,8 +18,16 @@ import attrs
 
 from dbspec.compiler.fused import block_dora
 from dbspec.compiler.context import Context
+from dbspec.compiler.init_file import (
+    FACTORS,
+    KEY,
+    has_norms,
+    kohya_component_prefixes,
+    module_name,
+    read_file,
+    tally,
+)
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
-from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import (
     T5_LORA_TARGETS,
     family_spec,
@@ -38,17 +46,6 @@ from dbspec.spec.model import (
     LokrAdapter,
     LoraAdapter,
 )
-
-KEY = ("adapter", "init_weights")
-
-
-def kohya_component_prefixes(family: str) -> dict[str, str]:
-    """kohya's module-name prefix -> the component it adapts (networks/lora.py: `lora_te` for one text
-    encoder, `lora_te1` / `lora_te2` for SDXL's two)."""
-    spec = family_spec(family)
-    names = spec.text_encoder_names
-    text = {"lora_te_": names[0]} if len(names) == 1 else {f"lora_te{i + 1}_": n for i, n in enumerate(names)}
-    return {"lora_unet_": spec.denoiser, **text}
 
 
 def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
@@ -98,12 +95,12 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     # (runtime/init_weights.py), as load_state_dict(strict=False) loads them into the NormModules
     # (with init_partial, strict=False, a file's NormModules the run has no norm for are skipped: a
     # --network_train_unet_only run, whose apply_to drops the text encoders' NormModules)
-    norms = _has_norms(adapter) or adapter.init_partial
+    norms = has_norms(adapter) or adapter.init_partial
 
     def reader(p):
         return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker), norms=norms)
 
-    file = _read_file(ctx, path, reader, "LoRA")
+    file = read_file(ctx, path, reader, "LoRA")
     if file is None:
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
@@ -147,7 +144,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
             return "", 0
         used += 1
     _unadapted(ctx, path, unadapted)
-    return _tally(ctx, path, ignored, used)
+    return tally(ctx, path, ignored, used)
 
 
 def _targeted(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> bool:
@@ -310,7 +307,7 @@ def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, tr
             )
             return "", 0
         used += 1
-    return _tally(ctx, path, ignored, used)
+    return tally(ctx, path, ignored, used)
 
 
 def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str:
@@ -385,22 +382,6 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
     return ""
 
 
-def _tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str, int]:
-    """The file's layers of models that do not train (DBS358) and none of one that does (DBS356); the checked
-    path and how many layers start the run."""
-    for component, count in ignored.items():
-        ctx.report(
-            "DBS358",
-            "warning",
-            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
-            KEY,
-        )
-    if not used:
-        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
-        return "", 0
-    return str(path), used
-
-
 def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, components) -> tuple[str, int]:
     """kohya's networks.oft `--network_weights` (OFTNetwork.load_weights: load_state_dict(strict=False)):
     each `oft_unet_*` module of an adapted layer must hold the adapter's block count (a shape that differs
@@ -421,12 +402,12 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    file = _read_file(ctx, path, read_oft_file, "OFT")
+    file = read_file(ctx, path, read_oft_file, "OFT")
     if file is None:
         return "", 0
     denoiser = "unet" if flux else spec.denoiser  # the plan names the flow families' denoiser `unet`
     if denoiser not in {c.name for c in components if c.trainable == "lora"}:
-        return _tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
+        return tally(ctx, path, {spec.denoiser: len(file.modules)}, 0)
     if flux:  # kohya's Flux names: the run matches them to its layers when it loads the file
         return _plan_flux_oft(ctx, path, file, adapter)
     targets = [*adapter.denoiser_targets, *adapter.conv_targets]
@@ -467,19 +448,9 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
             "(adapter.init_partial)",
             ("adapter", "init_partial"),
         )
-    return _tally(ctx, path, {}, used)
+    return tally(ctx, path, {}, used)
 
 
-# LyCORIS's LoKr / LoHa tensors of one module (lycoris/modules/lokr.py, loha.py state dicts)
-_FACTORS = {
-    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
-    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
-    "full": ("diff", "diff_b"),  # FullModule's custom_state_dict
-    "ia3": ("weight", "on_input"),  # IA3Module's
-    "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
-    "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
-    "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),  # GLoRAModule's
-}
 # adapters started from a lycoris.kohya file (Diag-OFT: its LyCORIS form; kohya's networks.oft is above)
 _LYCORIS_FILES = (
     LohaAdapter,
@@ -535,16 +506,16 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
         return "", 0
     from dbspec.compiler.safetensors_header import read_safetensors_header
 
-    header = _read_file(ctx, path, read_safetensors_header, adapter.kind)
+    header = read_file(ctx, path, read_safetensors_header, adapter.kind)
     if header is None:
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
     # (a block's own too: LyCORIS map entries' weight_decompose)
     decomposed = getattr(adapter, "dora", False) or block_dora(adapter)
-    factors = _FACTORS[adapter.kind] + (("dora_scale",) if decomposed else ())
-    factors += ("w_norm", "b_norm") if _has_norms(adapter) else ()  # train_norm's NormModules
-    modules = {_module_name(key, factors) for key in header} - {None}
-    other = next((k for k in header if _module_name(k, (*factors, "alpha")) is None), None)
+    factors = FACTORS[adapter.kind] + (("dora_scale",) if decomposed else ())
+    factors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
+    modules = {module_name(key, factors) for key in header} - {None}
+    other = next((k for k in header if module_name(k, (*factors, "alpha")) is None), None)
     if other is not None:
         ctx.report(
             "DBS356",
@@ -591,33 +562,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
             used += 1
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
-    return _tally(ctx, path, ignored, used)
-
-
-def _has_norms(adapter) -> bool:
-    """Whether the adapter offsets norms (LyCORIS's train_norm NormModules), whose `w_norm` / `b_norm` a
-    lycoris.kohya file holds beside the modules and load_state_dict(strict=False) loads into them
-    (runtime/init_weights.py loads them into the offsets)."""
-    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
-    return any(getattr(adapter, key, ()) for key in keys)
-
-
-def _module_name(key: str, tensors: tuple[str, ...]) -> str | None:
-    """The module a LyCORIS tensor key belongs to (`<module>.<tensor>`, GLoRA's tensors dotted themselves:
-    `a1.weight`), or None when it ends in none of `tensors`."""
-    return next((key[: -len(t) - 1] for t in tensors if key.endswith("." + t)), None)
-
-
-def _read_file(ctx: Context, path, reader, what: str):
-    """The starting file as `reader` reads it, or None (reported: missing, or unreadable as `what`)."""
-    if not path.is_file():
-        ctx.report("DBS357", "error", f"{what} file `{path}` not found", KEY, help="check the path")
-        return None
-    try:
-        return reader(path)
-    except ModelFileError as exc:
-        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the {what}: {exc.reason}", KEY)
-        return None
+    return tally(ctx, path, ignored, used)
 
 
 def _oft_misfit(name: str, module, adapter: DiagOftAdapter) -> str:
@@ -649,4 +594,4 @@ def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[s
                 help="make adapter.block_count and constraint the file's, or start from another file",
             )
             return "", 0
-    return _tally(ctx, path, {}, sum(m.blocks is not None for m in file.modules.values()))
+    return tally(ctx, path, {}, sum(m.blocks is not None for m in file.modules.values()))

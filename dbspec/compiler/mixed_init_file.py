@@ -28,13 +28,13 @@ def run_kinds(adapter) -> tuple[str, ...]:
 
 def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """(the file's absolute path, its modules that load), or ("", 0) when it does not fit (reported)."""
-    from dbspec.compiler.init_weights import (
-        _FACTORS,
+    from dbspec.compiler.init_file import (
+        FACTORS,
         KEY,
-        _has_norms,
-        _module_name,
-        _read_file,
-        _tally,
+        has_norms,
+        module_name,
+        read_file,
+        tally,
         kohya_component_prefixes,
     )
     from dbspec.compiler.safetensors_header import read_safetensors_header
@@ -57,13 +57,13 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    header = _read_file(ctx, path, read_safetensors_header, "LyCORIS")
+    header = read_file(ctx, path, read_safetensors_header, "LyCORIS")
     if header is None:
         return "", 0
-    tensors = tuple(dict.fromkeys(t for k in kinds for t in (_LORA if k == "lora" else _FACTORS[k])))
-    tensors += ("w_norm", "b_norm") if _has_norms(adapter) else ()  # train_norm's NormModules
-    modules = {_module_name(key, tensors) for key in header} - {None}
-    other = next((k for k in sorted(header) if _module_name(k, (*tensors, "alpha")) is None), None)
+    tensors = tuple(dict.fromkeys(t for k in kinds for t in (_LORA if k == "lora" else FACTORS[k])))
+    tensors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
+    modules = {module_name(key, tensors) for key in header} - {None}
+    other = next((k for k in sorted(header) if module_name(k, (*tensors, "alpha")) is None), None)
     if other is not None:
         ctx.report(
             "DBS356",
@@ -93,4 +93,4 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
             used += 1
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
-    return _tally(ctx, path, ignored, used)
+    return tally(ctx, path, ignored, used)

@@ -74,7 +74,7 @@ def test_module_dropout_with_other_entries_in_a_dylora_network_stays_refused(tmp
         encoding="utf-8",
     )
     outcome = _flux(tmp_path, "--network_args algo=dylora block_size=2 module_dropout=0.1 preset=p.toml")
-    assert "adapter.module_dropout with adapter.blocks[0].kind" in messages(outcome, "DBS403")
+    assert "adapter.module_dropout = 0.1 with adapter.blocks[0].kind" in messages(outcome, "DBS403")
 
 
 # --- --network_weights: only the file's alphas load (DyLoraModule's weights are up_list / down_list) ---

@@ -1763,7 +1763,7 @@ CASES = [
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 4.0\nunit = 2\n',
     ),
     (  # LyCORIS's full algo (IA^3 alike) beside other kinds on Flux / SD3: one module per fused Linear
         rules.mixed_kinds_family,

@@ -1,0 +1,74 @@
+"""The starting file of `adapter.init_weights`: what the plan-time checks of compiler/init_weights.py and
+compiler/mixed_init_file.py (a run of several kinds) share: the spec key, kohya's component prefixes,
+LyCORIS's tensor names per kind, reading the file and the tally of its layers."""
+
+from __future__ import annotations
+
+from dbspec.compiler.context import Context
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.families import family_spec
+
+KEY = ("adapter", "init_weights")
+
+
+def kohya_component_prefixes(family: str) -> dict[str, str]:
+    """kohya's module-name prefix -> the component it adapts (networks/lora.py: `lora_te` for one text
+    encoder, `lora_te1` / `lora_te2` for SDXL's two)."""
+    spec = family_spec(family)
+    names = spec.text_encoder_names
+    text = {"lora_te_": names[0]} if len(names) == 1 else {f"lora_te{i + 1}_": n for i, n in enumerate(names)}
+    return {"lora_unet_": spec.denoiser, **text}
+
+
+def tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str, int]:
+    """The file's layers of models that do not train (DBS358) and none of one that does (DBS356); the checked
+    path and how many layers start the run."""
+    for component, count in ignored.items():
+        ctx.report(
+            "DBS358",
+            "warning",
+            f"`{path}` holds {count} LoRA layer(s) of `{component}`, which does not train: they are ignored",
+            KEY,
+        )
+    if not used:
+        ctx.report("DBS356", "error", f"`{path}` holds no layer of a model this run trains", KEY)
+        return "", 0
+    return str(path), used
+
+
+# LyCORIS's LoKr / LoHa tensors of one module (lycoris/modules/lokr.py, loha.py state dicts)
+FACTORS = {
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+    "full": ("diff", "diff_b"),  # FullModule's custom_state_dict
+    "ia3": ("weight", "on_input"),  # IA3Module's
+    "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
+    "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
+    "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),  # GLoRAModule's
+}
+
+
+def has_norms(adapter) -> bool:
+    """Whether the adapter offsets norms (LyCORIS's train_norm NormModules), whose `w_norm` / `b_norm` a
+    lycoris.kohya file holds beside the modules and load_state_dict(strict=False) loads into them
+    (runtime/init_weights.py loads them into the offsets)."""
+    keys = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    return any(getattr(adapter, key, ()) for key in keys)
+
+
+def module_name(key: str, tensors: tuple[str, ...]) -> str | None:
+    """The module a LyCORIS tensor key belongs to (`<module>.<tensor>`, GLoRA's tensors dotted themselves:
+    `a1.weight`), or None when it ends in none of `tensors`."""
+    return next((key[: -len(t) - 1] for t in tensors if key.endswith("." + t)), None)
+
+
+def read_file(ctx: Context, path, reader, what: str):
+    """The starting file as `reader` reads it, or None (reported: missing, or unreadable as `what`)."""
+    if not path.is_file():
+        ctx.report("DBS357", "error", f"{what} file `{path}` not found", KEY, help="check the path")
+        return None
+    try:
+        return reader(path)
+    except ModelFileError as exc:
+        ctx.report("DBS357", "error", f"`{exc.path}` cannot start the {what}: {exc.reason}", KEY)
+        return None
