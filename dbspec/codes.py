@@ -1828,7 +1828,9 @@ bf16): it would read gradients still multiplied by the loss scale. That is kohya
         "A layer LyCORIS's BOFT cannot split into blocks",
         """\
 `adapter.kind = "boft"` splits each targeted layer's w output rows into w / b blocks of b rows, b even and at
-most `block_size`, w / b a power of two (LyCORIS's power2factorization). A targeted layer of the base model
+most `block_size`, w / b a power of two (LyCORIS's power2factorization); so does a `kind = "boft"` block of
+another adapter kind's run on its layers, b at most the block's rank (a fused layer: its parts' stacked
+rows). A targeted layer of the base model
 whose width has no such split cannot train (LyCORIS raises on it too): the message names the layers and the
 help line the smallest block size that splits them all. The widths are read from the model's safetensors
 headers when its diffusers folder is on this machine; otherwise the layer is refused, named, when the adapter

@@ -33,15 +33,18 @@ def unsplittable_layers(
     blocks: tuple = (),
     prefix: str = "",
     fused: tuple = (),
+    mixed: bool = False,
 ) -> list[tuple[str, int]]:
     """(module path, output width) of each targeted Linear (2-D weight) or Conv2d (4-D: `conv_targets`)
     whose width LyCORIS's power2factorization cannot split with `block`, or with the block size of the first
     of `blocks` (the plan's per-module blocks, their rank the block size) whose pattern `re.search`es
     `prefix` + its path (runtime/blocks.py's rule: a text encoder's blocks search `<component>.<path>`).
     `fused`: the plan's fused layers (adapter.fused_projections), each split as one module over its parts'
-    stacked rows (runtime/lycoris_boft.py tie_fused_boft), named `<blocks>.<index>.<kohya name>`."""
+    stacked rows (runtime/lycoris_boft.py tie_fused_boft), named `<blocks>.<index>.<kohya name>`.
+    `mixed`: a run of several kinds (another kind's adapter): only the layers whose first block is of kind
+    "boft" are BOFT's, split by that block's size (a fused layer's: its parts' block, the stacked rows)."""
     found = []
-    stacked: dict[str, int] = {}  # a fused layer's path -> its parts' rows
+    stacked: dict[str, tuple[int, int]] = {}  # a fused layer's path -> (its parts' rows, block size)
     for name, info in tensors:
         if not name.endswith(".weight"):
             continue
@@ -49,17 +52,29 @@ def unsplittable_layers(
         names = targets if len(shape) == 2 else conv_targets if len(shape) == 4 else ()
         if not names or not _targeted(path, names):
             continue
+        own = next((b for b in blocks if re.search(b.pattern, prefix + path)), None)
+        if mixed and (own is None or own.kind != "boft"):
+            continue
         whole = _fused_path(path, fused)
         if whole:
-            stacked[whole] = stacked.get(whole, 0) + shape[0]
+            size = own.rank if mixed else block  # the whole-network BOFT's fused layers take no block
+            stacked[whole] = (stacked.get(whole, (0, size))[0] + shape[0], size)
             continue
-        own = next((b for b in blocks if re.search(b.pattern, prefix + path)), None)
         size = block if own is None else own.rank
         if not power2_factorization(shape[0], size)[1]:
             found.append((path, shape[0]))
     return found + [
-        (path, rows) for path, rows in stacked.items() if not power2_factorization(rows, block)[1]
+        (path, rows) for path, (rows, size) in stacked.items() if not power2_factorization(rows, size)[1]
     ]
+
+
+def has_boft(adapter) -> bool:
+    """BOFT layers in the run: a BOFT adapter, or another kind's with blocks of kind "boft"."""
+    blocks = (
+        *(getattr(adapter, "blocks", None) or ()),
+        *(getattr(adapter, "text_encoder_blocks", None) or ()),
+    )
+    return adapter.kind == "boft" or any(getattr(b, "kind", "") == "boft" for b in blocks)
 
 
 def _fused_path(path: str, fused: tuple) -> str:
@@ -74,8 +89,9 @@ def _fused_path(path: str, fused: tuple) -> str:
 
 def check_boft_widths(ctx, model, adapter) -> None:
     """Report (DBS390) the targeted layers of the base model BOFT cannot split; `adapter`: the plan's."""
-    if adapter.kind != "boft" or model is None or model.source not in ("diffusers", "hub") or not model.path:
+    if not has_boft(adapter) or model is None or model.source not in ("diffusers", "hub") or not model.path:
         return
+    mixed = adapter.kind != "boft"  # a run of several kinds: its boft blocks' layers
     family = family_spec(model.family)
     if getattr(model, "denoiser_file", ""):  # per-component files: their layers are checked when built
         return
@@ -103,7 +119,7 @@ def check_boft_widths(ctx, model, adapter) -> None:
         if weights is None or weights.tensors is None:
             continue
         block = adapter.oft_block_size
-        found = unsplittable_layers(weights.tensors, targets, convs, block, blocks, prefix, fused)
+        found = unsplittable_layers(weights.tensors, targets, convs, block, blocks, prefix, fused, mixed)
         bad += [(component, p, w) for p, w in found]
     if not bad:
         return
@@ -113,15 +129,19 @@ def check_boft_widths(ctx, model, adapter) -> None:
     )
     fits = _block_sizes(widths)
     own = " (or their [[adapter.blocks]]' own)" if adapter.blocks or adapter.text_encoder_blocks else ""
+    size = f"block_size {adapter.oft_block_size}{own}"
+    if mixed:  # the boft blocks' sizes (their rank)
+        size = "their kind = \"boft\" [[adapter.blocks]]' block sizes (the blocks' rank)"
+    where = "the boft blocks' rank" if mixed else "adapter.block_size"
     ctx.report(
         "DBS390",
         "error",
-        f"LyCORIS's BOFT cannot split {len(bad)} targeted layer(s) of this model with block_size "
-        f"{adapter.oft_block_size}{own}: {shown}. Its power2factorization needs an even block size "
-        "b <= block_size with width / b a power of two (LyCORIS raises on these layers too)",
-        KEY,
+        f"LyCORIS's BOFT cannot split {len(bad)} targeted layer(s) of this model with {size}: {shown}. "
+        "Its power2factorization needs an even block size b <= block_size with width / b a power of two "
+        "(LyCORIS raises on these layers too)",
+        ("adapter", "blocks") if mixed else KEY,
         help=(
-            f"set adapter.block_size to {fits} (the smallest that splits every such width)"
+            f"set {where} to {fits} (the smallest that splits every such width)"
             if fits
             else "leave these layers out of the targets"
         ),

@@ -9,7 +9,7 @@ import attrs
 from dbspec import __version__, codes
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_plan
-from dbspec.compiler.boft_widths import check_boft_widths
+from dbspec.compiler.boft_widths import check_boft_widths, has_boft
 from dbspec.compiler.init_weights import plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds, table_names
@@ -149,8 +149,8 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
         optimizer = optimizer_plan(ctx.spec, model)
         schedule = plan_group_bounds(ctx, schedule, model, precision, optimizer, pivotal)
     if (
-        model is not None and precision is not None and ctx.spec.adapter.kind == "boft"
-    ):  # LyCORIS's block split
+        model is not None and precision is not None and has_boft(ctx.spec.adapter)
+    ):  # LyCORIS's block split (a BOFT adapter's layers, or a run's boft blocks')
         boft = adapter_plan(
             ctx.spec.adapter,
             model.family,

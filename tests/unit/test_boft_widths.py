@@ -154,3 +154,89 @@ def test_a_fused_layer_splits_by_its_stacked_width(tmp_path):
         ("single_transformer_blocks.0.linear1", 21504)
     ]
     assert unsplittable_layers(tensors, targets, (), 42, fused=fused) == []
+
+
+def _boft_block(pattern: str, rank: int, kind: str = "boft"):
+    from dbspec.plan.model import BlockPlan
+
+    return BlockPlan(pattern=pattern, kind=kind, rank=rank, alpha=0.0, conv_rank=rank, conv_alpha=0.0)
+
+
+def test_a_runs_boft_blocks_are_checked_beside_another_kind(tmp_path):
+    """A LoRA adapter with a `kind = "boft"` block (a LyCORIS preset entry's algo=boft beside LoCon): the
+    block's layers split by its own block size (its rank); the other kinds' layers are not BOFT's (to_k's
+    and the conv's widths, which BOFT at 4 could not split, go unnamed) (issue 12)."""
+    model = _model(tmp_path, UNET)
+    ctx = _Ctx()
+    adapter = AdapterPlan(
+        kind="lora",
+        rank=4,
+        denoiser_targets=("to_q", "to_k"),
+        conv_targets=("conv1",),
+        blocks=(_boft_block(r"to_q$", 4), _boft_block(r"to_k$", 4, "loha")),
+    )
+    check_boft_widths(ctx, model, adapter)
+    ((code, _, message, path, help_),) = ctx.reports
+    assert code == "DBS390" and path == ("adapter", "blocks")
+    assert "attn1.to_q (320 rows)" in message and "to_k" not in message and "conv1" not in message
+    assert not general.power2factorization(320, 4)[1] and "to 10" in help_  # 320 = 2^5 x 10
+    assert general.power2factorization(320, 10)[1]
+    ctx = _Ctx()
+    check_boft_widths(ctx, model, attrs_evolve(adapter, blocks=(_boft_block(r"to_q$", 10),)))
+    assert ctx.reports == []
+
+
+def attrs_evolve(adapter, **changes):
+    import attrs
+
+    return attrs.evolve(adapter, **changes)
+
+
+def test_a_runs_boft_block_on_a_fused_layer_splits_its_stacked_width():
+    """Flux / SD3 with fused_projections: a `boft` block over a fused Linear's parts is one
+    ButterflyOFTModule over the stacked rows (linear1: 21504, which 32 cannot split though each part can;
+    42 can); the parts of a fused layer under another kind's block are not checked (issue 12)."""
+    from dbspec.plan.model import FusedPlan
+
+    parts = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+    rows = dict(zip(parts, (3072, 3072, 3072, 12288)))
+    tensors = [
+        (f"single_transformer_blocks.{i}.{p}.weight", types.SimpleNamespace(shape=(w, 3072)))
+        for i in (0, 1)
+        for p, w in rows.items()
+    ]
+    fused = (FusedPlan(name="linear1", blocks="single_transformer_blocks", parts=parts),)
+    boft = _boft_block(r"^single_transformer_blocks\.0\.", 32)
+    lokr = _boft_block(r"^single_transformer_blocks\.1\.", 32, "lokr")
+    found = unsplittable_layers(tensors, parts, (), 4, (boft, lokr), fused=fused, mixed=True)
+    assert found == [("single_transformer_blocks.0.linear1", 21504)]
+    assert not power2_factorization(21504, 32)[1] and all(
+        power2_factorization(w, 32)[1] for w in rows.values()
+    )
+    wide = _boft_block(r"^single_transformer_blocks\.0\.", 42)
+    assert unsplittable_layers(tensors, parts, (), 4, (wide, lokr), fused=fused, mixed=True) == []
+
+
+def test_the_plan_refuses_a_boft_block_width_beside_lora(tmp_path):
+    """`dbspec plan` on a diffusers folder with a LoRA adapter whose `kind = "boft"` block at rank 4 covers
+    to_k (320 rows: DBS390 names it); at 10 the plan passes (issue 12)."""
+    from test_compile import codes, compile_in, image, write_spec
+    from test_modelinfo import sd1_folder
+
+    image(tmp_path / "inst" / "a.png", (64, 64))
+    sd1_folder(tmp_path / "models" / "sd15")
+    adapter = {"kind": "lora", "rank": 4, "denoiser_targets": ["to_k", "to_q"]}
+
+    def spec(rank: int) -> None:
+        path = write_spec(tmp_path, model={"base": "models/sd15"}, adapter=adapter)
+        block = f'\n[[adapter.blocks]]\npattern = "to_k$"\nkind = "boft"\nrank = {rank}\nalpha = 0.0\n'
+        path.write_text(path.read_text(encoding="utf-8") + block, encoding="utf-8")
+
+    spec(4)
+    planned = compile_in(tmp_path)
+    assert planned.plan is None and "DBS390" in codes(planned, "error"), planned.diagnostics
+    (diagnostic,) = [d for d in planned.diagnostics if d.code == "DBS390"]
+    assert "attn2.to_k (320 rows)" in diagnostic.message and "to_q" not in diagnostic.message
+    spec(10)
+    planned = compile_in(tmp_path)
+    assert "DBS390" not in codes(planned, "error") and planned.plan is not None, planned.diagnostics

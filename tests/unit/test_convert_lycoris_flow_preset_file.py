@@ -927,3 +927,46 @@ def test_sd3_dylora_network_with_entries_of_other_algorithms(tmp_path):
     for i in (0, 37):
         parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
         assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
+
+
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "boft", "glora"])
+def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
+    """algo=ia3 / diag-oft / boft / glora with a preset file: the file's layers are the adapter's targets
+    (fused q/k/v whole: fused_projections but for IA^3's per-row scales), its CLIP attention the text
+    targets; tests/runtime/test_lycoris_flow_file_whole_algos.py checks them against create_network. A map
+    entry's own dim is refused (DBS403: no [[adapter.blocks]] for these), another algorithm's too."""
+    plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
+    dim = "--network_dim 18" if algo == "boft" else ""  # FLUX.1's 9216-row qkv: an even block of 18
+    outcome = _flux(tmp_path / "plain", plain, f'"algo={algo}" {dim}')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "plain").adapter
+    assert a.kind == algo and not a.blocks
+    assert [f.name for f in a.fused] == ([] if algo == "ia3" else ["img_attn_qkv", "txt_attn_qkv"])
+    parts = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]
+    parts += ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
+    double = [f"transformer_blocks.{i}.{p}" for i in range(19) for p in parts]
+    single = [f"single_transformer_blocks.{i}.{p}" for i in range(38) for p in ("attn.to_q", "proj_out")]
+    assert _picked([*double, *single, "proj_out"], a.denoiser_targets) == double
+    assert sorted(a.text_encoder_targets) == ["k_proj", "out_proj", "q_proj", "v_proj"]
+    own = DOUBLE_ATTENTION.replace("dim = 16", "dim = 36")  # 36: BOFT splits the 9216 rows by it too
+    entry = _flux(tmp_path / "entry", own, f'"algo={algo}" {dim}', allow=True)
+    assert "map entries" in messages(entry, "DBS403") and f"algo={algo}" in messages(entry, "DBS403")
+    other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
+    assert "algo = 'lokr'" in messages(other, "DBS403")
+    # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer): dbspec's offsets beside these, untried
+    norms = plain.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]')
+    norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}', allow=True)
+    assert "LayerNorms beside LoCon" in messages(norm, "DBS403")
+
+
+def test_boft_file_checks_the_widths_of_its_own_layers(tmp_path):
+    """algo=boft with a file: the FLUX.1 widths checked are those of the layers the file reaches (the
+    attention's 9216 / 3072 rows split by 18), not the built-in `full` preset's (linear1's 21504 rows need
+    42); a file reaching linear1 at dim 18 stops kohya (DBS402)."""
+    plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
+    outcome = _flux(tmp_path / "attn", plain, '"algo=boft" --network_dim 18')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path / "attn").adapter.oft_block_size == 18
+    singles = plain.replace('"single_blocks.*", ', "").replace('"double_blocks.*_attn.*"', '"*.linear1"')
+    stopped = _flux(tmp_path / "linear1", singles, '"algo=boft" --network_dim 18', allow=True)
+    assert "21504 rows on FLUX.1" in messages(stopped, "DBS402")

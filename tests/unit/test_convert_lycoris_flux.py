@@ -815,10 +815,16 @@ def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
 
 
 @pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora"])
-def test_whole_layer_algos_with_a_preset_file_are_refused(tmp_path, algo):
+def test_whole_layer_algos_with_a_preset_file_take_its_layers(tmp_path, algo):
+    """(was DBS403) the file's layers (the double blocks' Linears, CLIP-L's attention and MLPs by LyCORIS's
+    class defaults) are the adapter's targets, the single blocks left out
+    (tests/runtime/test_lycoris_flow_file_whole_algos.py checks such files against create_network)."""
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
     outcome = _flux(tmp_path, f"--network_args algo={algo} preset=p.toml")
-    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and "add_q_proj" in a.denoiser_targets and "fc1" in a.text_encoder_targets
+    assert not any("single" in t or "proj_mlp" in t for t in a.denoiser_targets)
 
 
 def test_dylora_with_a_preset_file_is_one_module_per_fused_layer(tmp_path):

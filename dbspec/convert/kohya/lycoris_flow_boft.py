@@ -56,14 +56,22 @@ def _splits(width: int, lora_dim: int) -> bool:
 
 
 def map_flow_boft(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, chroma: bool = False
+    kwargs: dict[str, str],
+    a: dict[str, Legacy],
+    conv: Conversion,
+    layout,
+    preset: str,
+    chroma: bool = False,
+    file: bool = False,
 ) -> bool:
     """[adapter] for algo=boft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False when
-    refused or invalid (reported)."""
+    refused or invalid (reported). `file`: a preset file's layers, whose FLUX.1 widths
+    lycoris_flow_file._boft_widths checked already (layer by layer, the ones the file reaches)."""
     module, args, dim = a["network_module"], a["network_args"], a["network_dim"]
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
-    bad = flux1_unsplit(lora_dim, layers, chroma) if layout.title == "Flux" and layers != "none" else ""
+    whole = layout.title == "Flux" and layers != "none" and not file
+    bad = flux1_unsplit(lora_dim, layers, chroma) if whole else ""
     if bad:
         fits = next(b for b in range(2, 21505, 2) if not flux1_unsplit(b, layers, chroma))
         conv.invalid(

@@ -133,6 +133,28 @@ _INERT = {
 }
 
 
+# algos a preset file converts for with its targets alone: the network's own dims on every layer it reaches
+_WHOLE_ONLY = {
+    "ia3": "IA3Module",
+    "diag-oft": "DiagOFTModule",
+    "boft": "ButterflyOFTModule",
+    "glora": "GLoRAModule",
+}
+
+
+def _whole_only(algo: str, preset: str, blocks, text_blocks, title: str) -> str:
+    """Why a preset file's map entries are refused (DBS403) with algo=ia3 / diag-oft / boft / glora: dbspec
+    takes the file's targets for these whole-network adapters, not its entries' own dims or algorithms."""
+    first = next(iter([*blocks, *text_blocks]))
+    what = f"`{first.get('kind', algo)}`" + (f" at rank {first['rank']}" if "rank" in first else "")
+    return (
+        f"algo={algo} with the preset file {preset} on {title}: its map entries (module_algo_map / "
+        f"name_algo_map) give {len(blocks) + len(text_blocks)} group(s) of layers their own dims or "
+        f"algorithm (e.g. {what}); dbspec converts the file's layers for LyCORIS's {_WHOLE_ONLY[algo]} at "
+        "the network's network_dim only (no [[adapter.blocks]] for this adapter on the fused layers)"
+    )
+
+
 def _off(value: str) -> bool:
     """LyCORIS's str_bool: only "false" (any case) is off; "" too is on."""
     return str(value).lower() == "false"
@@ -171,11 +193,6 @@ def map_lycoris_flow(
         return False
     if not _switches(kwargs, a, args, conv, layout, preset, algo):
         return False
-    if algo in ("ia3", "diag-oft", "boft", "glora") and preset not in layout.presets:
-        conv.unsupported(
-            args, f"algo={algo} with a preset file ({preset}) on {layout.title} has no dbspec form yet"
-        )
-        return False
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
     text_2: list[str] | None = None  # a preset file's CLIP-G layers where they are not CLIP-L's
     t5_file = False  # a preset file's T5-XXL modules train
@@ -191,6 +208,9 @@ def map_lycoris_flow(
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
+        if algo in _WHOLE_ONLY and (file.blocks or text_blocks):
+            conv.unsupported(args, _whole_only(algo, preset, file.blocks, text_blocks, layout.title))
+            return False
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -209,7 +229,7 @@ def map_lycoris_flow(
     if algo == "diag-oft":
         return map_flow_diag_oft(kwargs, a, conv, layout, preset)
     if algo == "boft":
-        return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma")
+        return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma", file=preset_file)
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset)
     if algo == "dylora":
@@ -415,9 +435,9 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
-    full: the others take no preset file here), SD3's CLIP-G its own list where it reaches other
-    LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
-    CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
+    full; dylora, ia3, diag-oft, boft or glora: DBS403, untried there), SD3's CLIP-G its own list where it
+    reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets
+    alone train CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -450,9 +470,11 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             else "the preset file reaches no norm",
         )
         return True
-    if algo == "dylora":  # dbspec's norm offsets beside a DyLoRA network: not built or checked
+    if algo in ("dylora", *_WHOLE_ONLY):  # dbspec's norm offsets beside these networks: not built or checked
         conv.unsupported(
-            legacy, "dbspec offsets CLIP's LayerNorms beside LoCon, LoKr, LoHa and full networks"
+            legacy,
+            f"with algo={algo} and a preset file on {layout.title}: dbspec offsets CLIP's LayerNorms beside "
+            "LoCon, LoKr, LoHa and full networks",
         )
         return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"

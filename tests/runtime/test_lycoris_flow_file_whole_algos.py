@@ -1,0 +1,159 @@
+"""lycoris.kohya algo=ia3 / diag-oft / boft / glora with a LyCORIS preset file on kohya's Flux
+(dbspec/convert/kohya/lycoris_flux.py, lycoris_flow_file.py): the file's layers are the whole-network
+adapter's targets (kohya's fused Linears whole, fused_projections as the built-in presets set it), checked
+against lycoris-lora 4.1.3's create_network reading the same file on kohya's Flux rebuilt on the meta device
+(tests/runtime/test_lycoris_preset_file_flow.py): the same layers, each LyCORIS module of the plan's kind with
+the plan's rank / block size; a tiny Flux run of a converted file trains and resumes bit-exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.plan.boft import power2_factorization
+from dbspec.plan.lokr import factorization
+from dbspec.runtime.execute import execute
+from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris_preset_file_flow import (
+    PRESETS,
+    _planned_names,
+    _spec,
+    models,  # noqa: F401  (the module-scoped fixture)
+)
+
+pytest.importorskip("lycoris.kohya")
+
+# BOFT's blocks grow with the width: a few layers (the fused qkv and linear1, the attention outputs, the
+# embedders) at a dim that splits FLUX.1's 9216, 21504 and 3072 rows (power2factorization)
+BOFT_FILE = """\
+unet_target_module = []
+unet_target_name = ['double_blocks\\.[01]\\..*_attn\\..*', 'single_blocks\\.0\\.linear1', 'img_in', 'txt_in']
+text_encoder_target_module = []
+exclude_name = ['.*norm.*']
+"""
+FILES = {
+    "ia3": (PRESETS["no_singles"], 4),
+    "diag-oft": (PRESETS["double_attention"].split("[name_algo_map")[0], 4),  # CLIP's attention too
+    "glora": (PRESETS["no_singles"], 4),
+    "boft": (BOFT_FILE, 42),
+}
+CLASSES = {
+    "ia3": "IA3Module",
+    "diag-oft": "DiagOFTModule",
+    "boft": "ButterflyOFTModule",
+    "glora": "GLoRAModule",
+}
+
+
+def _converted(tmp_path: Path, preset: str, algo: str, dim: int, overrides=None):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim={dim} --network_alpha=1 --network_args "algo={algo}" "preset={preset}" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+        "--model_prediction_type raw --guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _file(tmp_path: Path, algo: str) -> Path:
+    path = tmp_path / "preset.toml"
+    path.write_text(FILES[algo][0], encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("algo", sorted(FILES))
+def test_file_layers_are_the_whole_network_algos_modules(models, algo, tmp_path, monkeypatch):  # noqa: F811
+    path = _file(tmp_path, algo)
+    dim = FILES[algo][1]
+    plan = _converted(tmp_path, path.name, algo, dim)
+    a = plan.adapter
+    assert a.kind == algo and not a.blocks
+    assert bool(a.fused) == (algo != "ia3")  # IA^3's per-row scales need no sharing across the parts
+    made = _lycoris_network(models, str(path), monkeypatch, algo, dim)
+    theirs = {m.lora_name for m in made}
+    assert theirs
+    assert sorted(_planned_names(models, a) ^ theirs) == []
+    for module in made:
+        assert type(module).__name__ == CLASSES[algo], module.lora_name
+        out = module.org_module[0].weight.shape[0]
+        if algo == "diag-oft":
+            assert module.block_size == factorization(out, a.oft_block_size)[0], module.lora_name
+        elif algo == "boft":
+            b, m = power2_factorization(out, a.oft_block_size)
+            assert (module.block_size, module.block_num) == (b, m), module.lora_name
+        elif algo == "glora":
+            assert module.lora_dim == a.rank and module.scale == a.alpha / a.rank, module.lora_name
+
+
+def _wide_flux() -> nn.Module:
+    """kohya's Flux rebuilt on the meta device (lycoris_flow_file.flux_model's rows) with FLUX.1's output
+    widths (library/flux_models.py: 3072 wide, qkv 9216, linear1 21504, ...; the rest 8), so that LyCORIS's
+    block sizes are the ones it builds on FLUX.1."""
+    from dbspec.convert.kohya.lycoris_flow_file import flux_model
+
+    widths = {"qkv": 9216, "linear1": 21504, "proj": 3072, "mlp.0": 12288, "mlp.2": 3072, "linear2": 3072}
+    widths |= {"mod.lin": 18432, "modulation.lin": 9216, "img_in": 3072, "txt_in": 3072}
+    classes: dict[str, type] = {}
+    modules: dict[str, nn.Module] = {}
+    with torch.device("meta"):
+        for path, cls, kind in flux_model():
+            if kind:
+                out = next((w for end, w in widths.items() if path.endswith(end)), 8)
+                module = nn.Linear(8, out)
+            else:
+                module = classes.setdefault(cls, type(cls, (nn.Module,), {}))()
+            modules[path] = module
+            if path:
+                parent, _, name = path.rpartition(".")
+                modules[parent].add_module(name, module)
+    return modules[""]
+
+
+def _lycoris_network(built, preset: str, monkeypatch, algo: str, dim: int) -> list:
+    import copy
+
+    import lycoris.kohya as lycoris_kohya
+
+    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, dim, 1.0, None, built["te"], _wide_flux(), algo=algo, preset=preset
+    )
+    return [*made.unet_loras, *made.text_encoder_loras]
+
+
+@pytest.mark.parametrize("algo", sorted(FILES))
+def test_file_run_trains_and_resumes(algo, tmp_path):
+    path = _file(tmp_path, algo)
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+    base += ["model.t5_max_length=16"]
+    _converted(tmp_path, path.name, algo, FILES[algo][1], overrides=base)
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and whole.steps == 2
+    trained = [
+        p for n, p in whole.components.unet.named_parameters() if p.requires_grad and "base_layer" not in n
+    ]
+    assert trained and any(p.abs().sum() > 0 for p in trained)
+    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    ours = dict(second.components.unet.named_parameters())
+    for name, p in whole.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[name]), name
