@@ -1123,9 +1123,10 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
 def _lycoris_flow_rebuilt_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
-    """lycoris.kohya --dim_from_weights with a Diag-OFT or GLoRA file on Flux / SD3 (lycoris_flow_rebuilt.py):
-    that kind with fused_projections over the file modules' diffusers parts at the values LyCORIS rebuilds
-    them with, started from the file; what it cannot express is DBS403, what LyCORIS fails on DBS402."""
+    """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on Flux / SD3
+    (lycoris_flow_rebuilt.py): that kind with fused_projections over the file modules' diffusers parts at the
+    values LyCORIS rebuilds them with, started from the file; what it cannot express is DBS403, what LyCORIS
+    fails on DBS402."""
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
 
     weights, from_file = a["network_weights"], a["dim_from_weights"]
@@ -1134,7 +1135,8 @@ def _lycoris_flow_rebuilt_file(
     if found is None:
         return False
     kind = _put_rebuilt(found, a, paths, conv)
-    if a["scale_weight_norms"].value and kind not in _LYCORIS_NO_MAX_NORM:  # GLoRAModule's: inert
+    # GLoRAModule's: inert; ButterflyOFTModule's scales the fused module's blocks (runtime/max_norm.py)
+    if a["scale_weight_norms"].value and kind not in (*_LYCORIS_NO_MAX_NORM, "boft"):
         conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {kind}: no dbspec form yet")
         return False
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
