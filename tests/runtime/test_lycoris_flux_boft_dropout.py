@@ -129,7 +129,7 @@ def test_fused_module_dropout_under_gradient_checkpointing_trains_as_without(tmp
 
 def test_tiny_sd_trains_and_resumes_with_each_layer_s_draw(tmp_path):
     """SD 1.x (train_network.py): every BOFT layer draws its own; a run's losses differ from the run without
-    (the draws act) and it resumes bit-exact."""
+    (the draws change the run) and it resumes bit-exact."""
     spec = '[adapter]\nkind = "boft"\nblock_size = 4\nrescaled = true\nmodule_dropout = {}\n'
     plan, whole = whole_and_resumed(tmp_path / "dropped", steps=3, extra=spec.format(RATE))
     assert plan.adapter.module_dropout == RATE and not plan.adapter.fused
