@@ -20,10 +20,10 @@ the exports hold.
 LyCORIS's switches (plan.adapter): `module_dropout` (DyLoraModule.forward: one `torch.rand(1)` from torch's
 global generator per layer and training forward, before anything else; below the rate the layer answers with
 its base output alone, so its drawn block gets no gradient; a fused Linear's parts share one draw,
-FusedSkip) and `bypass` (bypass_mode: one block per layer, the compiler's DBS549, and the update
-up(down(x)) (a convolution's stride and padding on down, the up 1x1) with no scale at all, in training and
-outside it alike, as DyLoraModule.bypass_forward_diff computes it; merges and exports keep the saved file's
-alpha / rank)."""
+runtime/fused.py FusedSkip) and `bypass` (bypass_mode: one block per layer, the compiler's DBS549, and the
+update up(down(x)) (a convolution's stride and padding on down, the up 1x1) with no scale at all, in training
+and outside it alike, as DyLoraModule.bypass_forward_diff computes it; merges and exports keep the saved
+file's alpha / rank)."""
 
 from __future__ import annotations
 
@@ -192,34 +192,16 @@ def draw_blocks(modules: list[nn.Module | None], generator: torch.Generator) -> 
     return drawn
 
 
-class FusedSkip:
-    """DyLoraModule's module dropout on a fused Linear, one draw for its `parts` per training forward: the
-    first part called draws `torch.rand(1) < p` from torch's global generator, where kohya's one module on the
-    fused layer draws it in the forward order (the fused layer's forward, first of its parts'); the others
-    take the same outcome. The draw is kept until every part has taken it, so gradient checkpointing's
-    recomputation (the generator restored) draws it again alike, and a resumed run draws what an
-    uninterrupted one draws (the generator is checkpointed)."""
-
-    def __init__(self, parts: int):
-        self.parts, self.left, self.skip = parts, 0, False
-
-    def take(self, p: float) -> bool:
-        if self.left == 0:
-            self.skip, self.left = bool(torch.rand(1) < p), self.parts
-        self.left -= 1
-        return self.skip
-
-
 def tie_fused_dylora(module: nn.Module, groups, adapter: str) -> int:
     """LyCORIS's DyLoraModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
     linear1, SD3's qkv): one `down_list` of blocks over the fused input, an `up_list` over the stacked rows,
     and one block drawn per fused module and forward. Here the parts' down blocks are one Parameter each (the
     first part's, as runtime/fused.py ties LoRA downs), each part keeps its rows of the up blocks, and the
     later parts take the first part's draw (draw_blocks), so the parts' updates together are the fused
-    module's; with module_dropout the parts share one skip draw per forward (FusedSkip). ValueError when a
-    fused layer's parts are adapted in part or at other ranks, units or alphas (the compiler refuses those
-    plans). How many fused layers were tied."""
-    from dbspec.runtime.fused import tie_parts
+    module's; with module_dropout the parts share one skip draw per forward (runtime/fused.py FusedSkip).
+    ValueError when a fused layer's parts are adapted in part or at other ranks, units or alphas (the
+    compiler refuses those plans). How many fused layers were tied."""
+    from dbspec.runtime.fused import FusedSkip, tie_parts
 
     def same(layer: DyloraLayer) -> tuple:
         return layer.r[adapter], layer.unit, layer.scaling[adapter]

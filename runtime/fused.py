@@ -149,3 +149,22 @@ def tie_fused_scalars(module: torch.nn.Module, fused: tuple[FusedPlan, ...]) -> 
                     own[ADAPTER_NAME] = first[ADAPTER_NAME]
         tied += 1
     return tied
+
+
+class FusedSkip:
+    """LyCORIS's module dropout on a fused Linear (DyLoraModule's, ButterflyOFTModule's: runtime/dylora.py,
+    lycoris_boft.py), one draw for its `parts` per training forward: the first part called draws
+    `torch.rand(1) < p` from torch's global generator, where kohya's one module on the fused layer draws it
+    in the forward order (the fused layer's forward, first of its parts'); the others take the same
+    outcome. The draw is kept until every part has taken it, so gradient checkpointing's
+    recomputation (the generator restored) draws it again alike, and a resumed run draws what an
+    uninterrupted one draws (the generator is checkpointed)."""
+
+    def __init__(self, parts: int):
+        self.parts, self.left, self.skip = parts, 0, False
+
+    def take(self, p: float) -> bool:
+        if self.left == 0:
+            self.skip, self.left = bool(torch.rand(1) < p), self.parts
+        self.left -= 1
+        return self.skip

@@ -8,7 +8,8 @@ Q)^-1, Q = B - B^T (COFT: Q over all stages scaled down to norm constraint x out
 regroups the rows in strides of 2^i x block_size / 2 before applying its block-diagonal R (R W per block, not
 diag-oft's R^T W). The weight becomes the rotated W times a trained per-row `rescale` when `rescaled`; the
 forward adds op(x, W' - W) with no bias. It saves `oft_blocks` (4-D: stages, blocks, size, size), `rescale`
-and `alpha`.
+and `alpha`. `module_dropout` (ButterflyOFTModule.forward's one `torch.rand(1)` per training forward, the
+base output alone below it) is add_boft_module_dropout's: a fused Linear's parts share the one draw.
 
 `BoftLayer` is DiagOftLayer (lycoris_oft.py) with the 4-D blocks and the butterfly product: the same
 `lora_oft_blocks` / `lora_oft_rescale` ParameterDicts, peft's rank the lora_dim, its alpha the constraint.
@@ -53,6 +54,7 @@ class BoftLayer(DiagOftLayer):
         False  # while fused layers are built (fused_parts_deferred): a part's own width may not split
     )
     boft_unsplit = ""  # why this layer's own width did not split (deferred); "" once it has fused blocks
+    boft_module_dropout = 0.0  # LyCORIS's module_dropout (add_boft_module_dropout)
 
     def update_layer(
         self, adapter_name: str, config, r: int, lora_alpha: float, rescaled: bool = False, *a, **k
@@ -127,7 +129,15 @@ class BoftLayer(DiagOftLayer):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """DiagOftLayer's forward; a fused part in bypass mode: LyCORIS's bypass forward of the fused Linear,
         the butterfly over every part's output (the parts of kohya's fused Linears read one input), this
-        part's channels of it."""
+        part's channels of it. With `boft_module_dropout`, while training, ButterflyOFTModule.forward's draw
+        first: `torch.rand(1) < p` from torch's global generator, the base output alone below it (a fused
+        Linear's parts: one draw they share, runtime/fused.py FusedSkip)."""
+        p = self.boft_module_dropout
+        if p and self.training and not self.disable_adapters and not self.merged:
+            held = any(a in self.lora_oft_blocks for a in self.active_adapters)
+            if held and self._skips(p):
+                kwargs.pop("alora_offsets", None)
+                return self.base_layer(x, *args, **kwargs)  # the module's org_forward
         if not self.oft_bypass or not (self.boft_parts or self.boft_swapped):
             return super().forward(x, *args, **kwargs)
         if self._base_only(x, args, kwargs):
@@ -146,6 +156,12 @@ class BoftLayer(DiagOftLayer):
             if adapter in self.lora_oft_blocks:
                 result = result + self._fused_delta(adapter, piece).to(dtype).movedim(0, channels)
         return result.to(dtype)
+
+    def _skips(self, p: float) -> bool:
+        """This training forward's module dropout: the layer's own `torch.rand(1) < p`, or a fused Linear's
+        one draw its parts share."""
+        shared = self.__dict__.get("boft_skip")
+        return shared.take(p) if shared is not None else bool(torch.rand(1) < p)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """DiagOftLayer's merge; a fused part's (or swapped Linear's) bias in bypass mode: its rows of the
@@ -275,6 +291,27 @@ def tie_fused_boft(module: nn.Module, groups, adapter: str, swapped=None) -> int
         if isinstance(layer, BoftLayer) and layer.boft_unsplit:
             raise ValueError(layer.boft_unsplit)
     return tied
+
+
+def add_boft_module_dropout(module: nn.Module, rate: float) -> int:
+    """LyCORIS's `module_dropout` on every BOFT layer of `module` (ButterflyOFTModule.forward: one
+    `torch.rand(1)` from torch's global CPU generator per module and training forward, before anything else,
+    the base output alone below the rate; nothing drawn outside training): each layer draws its own, the
+    parts of a fused Linear (tie_fused_boft, called first) one they share, the first part called drawing
+    (runtime/fused.py FusedSkip). How many layers draw."""
+    from dbspec.runtime.fused import FusedSkip
+
+    count = 0
+    for layer in module.modules():
+        if not isinstance(layer, BoftLayer):
+            continue
+        layer.boft_module_dropout = rate
+        count += 1
+        if layer.boft_parts and "boft_skip" not in layer.__dict__:
+            skip = FusedSkip(len(layer.boft_parts))
+            for part in layer.boft_parts:
+                part.__dict__["boft_skip"] = skip  # not a submodule: the draw, no parameters
+    return count
 
 
 def boft_config(targets: list[str], block: int, constraint: float, rescaled: bool, bypass: bool = False):

@@ -121,6 +121,10 @@ def _prepare(
             add_lycoris_layer_dropout(
                 module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
             )
+        if a.kind == "boft" and a.module_dropout and not mixed(a):  # after the fused parts are tied
+            from dbspec.runtime.lycoris_boft import add_boft_module_dropout
+
+            add_boft_module_dropout(module, a.module_dropout)
         if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class (DBS578 on fused)
             from dbspec.runtime.mixed_kinds import add_module_dropout
 

@@ -390,7 +390,7 @@ def _check_fused_module(
             (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
             for key in ("module_dropout", "rank_dropout", "dropout")
         )
-    else:  # DyLoRA's module_dropout: one skip draw its parts share (runtime/dylora.py FusedSkip)
+    else:  # DyLoRA's module_dropout: one skip draw its parts share (runtime/fused.py FusedSkip)
         switches = ()
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]

@@ -1404,6 +1404,15 @@ class BoftAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
     max_norm: float = _lycoris_max_norm("BOFT")
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole rotation with this probability while training (LyCORIS `module_dropout`: "
+        "ButterflyOFTModule.forward's one `torch.rand(1)` from torch's global generator per layer and "
+        "training forward, the base output alone below the rate); with `fused_projections` one draw per "
+        "fused layer, its parts skipping together.",
+        minimum=0,
+        maximum=1,
+    )
     # kohya lycoris.kohya algo=boft on kohya's Flux / SD3: one module per fused Linear (lycoris_boft.py)
     fused_projections: bool = option(
         False,

@@ -1,10 +1,11 @@
-"""lycoris.kohya --dim_from_weights on Flux with a Diag-OFT or GLoRA file (issue 12;
+"""lycoris.kohya --dim_from_weights on Flux with a Diag-OFT, GLoRA or BOFT file (issue 12;
 dbspec/convert/kohya/lycoris_flow_rebuilt.py): lycoris-lora 4.1.3 writes the file (its DiagOFTModule /
 GLoRAModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v and linear1 one module over the
 stacked rows, every tensor moved) and rebuilds it with create_network_from_weights on a tree of kohya's
 names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's rebuilt modules are (same
 outputs to 1e-5; the single block's linear1 at a rank and alpha (GLoRA) or a block size and rescale
-(Diag-OFT) of its own: a block, GLoRA's final layer beside a rank-0 block), and the run trains and resumes
+(Diag-OFT) of its own: a block, GLoRA's final layer beside a rank-0 block; BOFT's modules at their own
+block sizes, one fused BOFT at the hint that splits each as the file), and the run trains and resumes
 bit-exact."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.runtime.test_lycoris_flow_factor_file import LINEAR1, RUN, _converted
 from tests.runtime.test_lycoris_flux import BASE, _fused_linear
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.boft import ButterflyOFTModule  # noqa: E402
 from lycoris.modules.diag_oft import DiagOFTModule  # noqa: E402
 from lycoris.modules.glora import GLoRAModule  # noqa: E402
 
@@ -35,6 +37,9 @@ KINDS = {
         False,
     ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
+    # lora_dim 16 (algo=boft's network_dim): each module at its own block size (qkv 4 x 12, proj 1 x 16,
+    # linear1 8 x 14), rebuilt at lora_dim = that size; dbspec's one fused BOFT at the hint 16
+    "boft": (ButterflyOFTModule, (16, 0.0, {"rescaled": True, "constraint": 0.05}), None, False),
 }
 
 
@@ -79,6 +84,14 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
             assert torch.norm(q) > module.constraint > 0, module.lora_name
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
+    elif kind == "boft":  # one fused BOFT, no blocks: the hint gives every module its file split
+        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled, plan.adapter.blocks) == (
+            dim,
+            True,
+            (),
+        )
+        assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])
+        assert len({m.oft_blocks.shape[-1] for m in network.unet_loras}) > 1  # modules at other sizes
     else:
         assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
         zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them

@@ -105,3 +105,20 @@ def test_diag_oft_bypass_with_a_dropout_is_invalid_as_lycoris_crashes(tmp_path):
     )
     assert outcome.exit_code == 1 and "DBS402" in codes(outcome) and "DBS403" not in codes(outcome)
     assert fate(outcome, "network_dropout") == "invalid"
+
+
+def test_boft_module_dropout_is_its_forward_s_draw(tmp_path):
+    """ButterflyOFTModule.forward draws one torch.rand(1) per layer and training forward (its module_dropout,
+    was DBS403) and never reads rank_dropout (DBS405)."""
+    outcome = _lycoris(tmp_path, '"algo=boft", "preset=attn-mlp", "module_dropout=0.3", "rank_dropout=0.2"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.fused) == ("boft", 0.3, ())
+    assert fate(outcome, "network_args rank_dropout") == "inert"
+    assert "never reads" in messages(outcome, "DBS405")
+
+
+def test_diag_oft_module_dropout_stays_refused(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "module_dropout=0.3"')
+    assert outcome.exit_code == 1 and "DBS403" in codes(outcome)

@@ -50,7 +50,7 @@ def test_scale_weight_norms_with_a_locon_entry_in_a_dylora_network_stays_refused
 
 def test_module_dropout_with_dylora_on_flux_is_one_draw_per_fused_module(tmp_path):
     """module_dropout: DyLoraModule.forward's skip draw, one per fused Linear (its parts share it,
-    runtime/dylora.py FusedSkip), each other layer its own; was DBS403."""
+    runtime/fused.py FusedSkip), each other layer its own; was DBS403."""
     outcome = _flux(tmp_path, "--network_args algo=dylora block_size=4 module_dropout=0.1 preset=full")
     assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter

@@ -1,4 +1,4 @@
-"""lycoris.kohya --dim_from_weights with a Diag-OFT or GLoRA file on flux_train_network.py /
+"""lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on flux_train_network.py /
 sd3_train_network.py (dbspec/convert/kohya/lycoris_flow_rebuilt.py): LyCORIS 4.1.3's
 create_network_from_weights builds DiagOFTModule at lora_dim = the blocks' size, constraint = alpha,
 rescaled where a `rescale` is held, GLoRAModule at a2's rows and the file's alpha, one module per fused
@@ -14,6 +14,8 @@ import numpy as np
 from convert_kit import codes, errors, fate, messages, plan_of
 from safetensors.numpy import save_file
 from test_convert_lycoris_flow_dim_from_weights import W, _flux, _sd3
+
+from dbspec.plan.boft import power2_factorization
 
 QKV, PROJ, LINEAR1 = (
     "lora_unet_double_blocks_0_img_attn_qkv",
@@ -134,10 +136,78 @@ def test_flux_diag_oft_file_refusals(tmp_path):
     # blocks wider than they are many: DiagOFTModule rebuilt the other way round, its copy_ raises
     _file(file, {PROJ: {"oft_blocks": (16, 192, 192)}}, {})
     assert "DBS402" in codes(_flux(tmp_path, allow=True))
-    # a BOFT module (4-D blocks): no fused BOFT in dbspec
-    _file(file, {PROJ: {"oft_blocks": (9, 256, 12, 12)}}, {})
+    # a BOFT module beside Diag-OFT ones: one kind per file
+    _file(file, {QKV: _oft(3 * W, 16), PROJ: _boft(W, 12)}, {})
     outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "ButterflyOFTModule" in messages(outcome, "DBS403")
+    assert "DBS403" in codes(outcome) and "beside" in messages(outcome, "DBS403")
+
+
+def _boft(rows: int, hint: int, rescale: bool = True) -> dict[str, tuple[int, ...]]:
+    """ButterflyOFTModule's tensors on a layer of `rows` built at lora_dim `hint` (algo=boft's network_dim):
+    power2factorization's (block_size, block_num), popcount(block_num - 1) + 1 stages."""
+    size, count = power2_factorization(rows, hint)
+    assert count, (rows, hint)
+    stages = bin(count - 1).count("1") + 1
+    return {"oft_blocks": (stages, count, size, size), **({"rescale": (rows, 1)} if rescale else {})}
+
+
+def test_flux_boft_file_is_one_fused_boft(tmp_path):
+    """A file algo=boft saved at network_dim 64 (each module its own block size: 9216 rows as 256 x 36,
+    3072 as 64 x 48, 21504 as 512 x 42): create_network_from_weights rebuilds each at lora_dim = its block
+    size, constraint = alpha; dbspec's fused BOFT at the largest block size (48), which gives every module its
+    file split (was DBS403)."""
+    file = tmp_path / "prev.safetensors"
+    widths = {QKV: 3 * W, PROJ: W, LINEAR1: 7 * W}
+    modules = {name: _boft(rows, 64) for name, rows in widths.items()}
+    _file(file, modules, dict.fromkeys(modules, 1e-3))
+    outcome = _flux(tmp_path, "--network_args algo=lokr --scale_weight_norms 1.5")
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "dim_from_weights") == "mapped" and fate(outcome, "network_dim") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    sizes = {name: m["oft_blocks"][2] for name, m in modules.items()}
+    assert (a.kind, a.oft_block_size, a.oft_rescaled, a.bypass) == ("boft", max(sizes.values()), True, False)
+    assert a.oft_constraint == np.float32(1e-3) and not a.blocks
+    for name, rows in widths.items():  # the runtime's split of each (fused) layer is the file's
+        stages, count, size, _ = modules[name]["oft_blocks"]
+        assert power2_factorization(rows, a.oft_block_size) == (size, count)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "linear1"]
+    assert a.init_weights == str(file) and a.init_partial
+    assert "single_transformer_blocks.0.proj_mlp" in a.denoiser_targets
+    assert a.max_norm == 1.5  # ButterflyOFTModule.apply_max_norm: the fused module's blocks
+    # no rescale anywhere: rescaled off
+    _file(file, {name: _boft(rows, 64, False) for name, rows in widths.items()}, {})
+    a = plan_of(_flux(tmp_path), tmp_path).adapter
+    assert (a.kind, a.oft_rescaled, a.oft_constraint) == ("boft", False, 0.0)
+
+
+def test_sd3_boft_file(tmp_path):
+    w, qkv = 2432, "lora_unet_joint_blocks_{}_x_block_attn_qkv"  # 7296 rows = 64 x 114
+    _file(tmp_path / "prev.safetensors", {qkv.format(i): _boft(3 * w, 128) for i in range(2)}, {})
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, len(a.fused), a.oft_block_size) == ("boft", 1, power2_factorization(3 * w, 128)[0])
+
+
+def test_flux_boft_file_refusals(tmp_path):
+    """What one fused BOFT cannot hold (DBS403, naming the module); what LyCORIS fails on (DBS402)."""
+    file = tmp_path / "prev.safetensors"
+    # modules at other constraints: a fused BOFT takes no [[adapter.blocks]]
+    _file(file, {QKV: _boft(3 * W, 64), PROJ: _boft(W, 64)}, {QKV: 1e-3, PROJ: 0.0})
+    outcome = _flux(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and "constraints or rescales" in messages(outcome, "DBS403")
+    # 3072 rows as 256 x 12 beside blocks of 36: the hint 36 splits 3072 as 128 x 24
+    assert power2_factorization(W, 36) != power2_factorization(W, 12)
+    _file(file, {QKV: _boft(3 * W, 36), PROJ: _boft(W, 12)}, {})
+    outcome = _flux(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and PROJ in messages(outcome, "DBS403")
+    # the final layer without every single block's linear2
+    _file(file, {QKV: _boft(3 * W, 64), "lora_unet_final_layer_linear": _boft(64, 8)}, {})
+    outcome = _flux(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and "final_layer" in messages(outcome, "DBS403")
+    # 4-D blocks whose split LyCORIS's rebuild does not give (its copy_ raises)
+    _file(file, {PROJ: {"oft_blocks": (9, 256, 12, 10)}}, {})
+    assert "DBS402" in codes(_flux(tmp_path, allow=True))
 
 
 def test_flux_glora_file_at_its_ranks(tmp_path):

@@ -140,6 +140,33 @@ def test_diag_oft_max_norm_is_refused(tmp_path):
     assert "DBS403" in codes(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=diag-oft"))
 
 
+@pytest.mark.parametrize("algo", ["full", "ia3", "glora"])
+def test_max_norm_of_modules_that_scale_nothing_is_inert(tmp_path, algo):
+    """FullModule, IA3Module and GLoRAModule keep LyCORIS's base apply_max_norm (lycoris-lora 4.1.3
+    modules/base.py: `return None, None`), which apply_max_norm_regularization skips (0, 0, 0 logged): inert
+    on the fused Linears too (was DBS403)."""
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5 --network_args algo={algo}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm) == (algo, 0.0)
+
+
+def test_max_norm_of_a_glora_file_is_inert(tmp_path):
+    """--dim_from_weights with a GLoRA file: GLoRAModules rebuilt from it scale nothing either (was DBS403);
+    a Diag-OFT file's modules would scale their blocks: still DBS403."""
+    _whole_flux_file(tmp_path / "prev.safetensors", "glora")
+    extra = "--network_weights prev.safetensors --dim_from_weights --scale_weight_norms 1"
+    extra += " --network_train_unet_only"
+    outcome = _flux(tmp_path, extra)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    assert plan_of(outcome, tmp_path).adapter.kind == "glora"
+    (tmp_path / "oft").mkdir()
+    _whole_flux_file(tmp_path / "oft" / "prev.safetensors", "diag-oft")
+    assert "max norm of a fused diag-oft" in messages(_flux(tmp_path / "oft", extra), "DBS403")
+
+
 def _whole_flux_file(path, algo: str) -> None:
     """A Diag-OFT (network_dim 4: blocks of 96 rows on the 9216-row qkv, rescaled) or GLoRA (rank 8) file as
     lycoris.kohya saves it on kohya's Flux at FLUX.1's widths (zero tensors), CLIP-L's attention too."""

@@ -59,9 +59,21 @@ def test_flux1_widths_lycoris_cannot_split_are_kohya_s_failure(tmp_path, dim, sm
     assert f"network_dim to {smallest}" in helps
 
 
-def test_module_dropout_is_refused(tmp_path):
-    # ButterflyOFTModule skips its whole update with one torch.rand(1) per forward: one draw per fused module
-    assert "DBS403" in codes(_flux(tmp_path, "--network_dim 64 --network_args algo=boft module_dropout=0.1"))
+def test_module_dropout_is_one_draw_per_fused_module(tmp_path):
+    """ButterflyOFTModule skips its whole update with one torch.rand(1) per training forward: the fused
+    module's parts share the draw (runtime/fused.py FusedSkip; was DBS403)."""
+    outcome = _flux(
+        tmp_path,
+        "--network_dim 64 --network_args algo=boft preset=attn-only module_dropout=0.25 rescaled=True",
+    )
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, bool(a.fused)) == ("boft", 0.25, True)
+    assert fate(outcome, "network_args module_dropout") == "mapped"
+    # 0 is off
+    outcome = _flux(tmp_path / "off", "--network_dim 64 --network_args algo=boft module_dropout=0")
+    assert plan_of(outcome, tmp_path / "off").adapter.module_dropout == 0.0
+    assert fate(outcome, "network_args module_dropout") == "inert"
 
 
 def test_bypass_mode_rotates_the_fused_output(tmp_path):

@@ -367,3 +367,15 @@ def test_network_weights_with_use_scalar_start_the_fused_network(tmp_path, algo)
     assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.scalar and a.init_partial and a.init_layers == 4 and [f.name for f in a.fused] == FUSED
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3", "glora"])
+def test_max_norm_of_full_ia3_glora_is_inert(tmp_path, algo):
+    """Their modules keep LyCORIS's base apply_max_norm, which scales nothing (was DBS403). (A GLoRA spec's
+    plan is not built here: its default kohya_lora export is SD3 LoRA-only, DBS381, whatever the max norm.)"""
+    outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=attn-only --scale_weight_norms 1")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    assert ("adapter", "max_norm") not in outcome.conversion.values
+    if algo != "glora":
+        assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0

@@ -534,7 +534,7 @@ def test_dylora_fused_parts_in_blocks_of_other_units_are_dbs577(toy: Path):
 
 def test_dylora_fused_module_dropout_plans(toy: Path):
     """DyLoRA's module_dropout on fused layers: one skip draw per fused Linear, its parts sharing it
-    (runtime/dylora.py FusedSkip; was DBS577, issue 12); GLoRA's stays DBS577."""
+    (runtime/fused.py FusedSkip; was DBS577, issue 12); GLoRA's stays DBS577."""
     adapter = {"kind": "dylora", "rank": 4, "unit": 2, "fused_projections": True, "denoiser_targets": KOHYA}
     write_spec(toy, model=FLUX, adapter={**adapter, "module_dropout": 0.3})
     planned = compile_in(toy)

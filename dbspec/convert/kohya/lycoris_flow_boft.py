@@ -13,8 +13,8 @@ parts of diffusers' split layer, each computing its rows of the rotated stacked 
 the rescale stacked, the file lycoris-lora loads back. Its `constraint` (COFT: one norm over all the
 module's blocks, constraint x the stacked width) and `rescaled` (a row rescale after the stages) are the
 adapter's, `bypass_mode` its bypass forward (`bypass`: the fused output rotated, each part its channels of
-it). Refused (DBS403): `module_dropout` (one draw per fused module; dbspec's BOFT has none).
-ButterflyOFTModule never
+it), `module_dropout` its forward's one `torch.rand(1)` per training forward (one draw per fused module, its
+parts skipping together: runtime/fused.py FusedSkip). ButterflyOFTModule never
 reads `dropout` (or --network_dropout), `rank_dropout`, network_alpha, use_scalar, dora_wd, rs_lora or
 Tucker's switches (DBS405 / inert). Convolutions (SD3's patch convolution with presets full / unet-only): at
 conv_dim, which must be network_dim (dbspec has one block size)."""
@@ -85,8 +85,6 @@ def map_flow_boft(
         )
         return False
     refused = []
-    if float(kwargs.get("module_dropout") or 0):
-        refused.append(f"module_dropout={kwargs['module_dropout']} (one draw per fused module)")
     bypass = "bypass_mode" in kwargs and str(kwargs["bypass_mode"]).lower() != "false"  # LyCORIS's str_bool
     conv_targets: list[str] = []
     if layers in layout.convs:
@@ -99,6 +97,9 @@ def map_flow_boft(
         return False
     if bypass:  # its bypass forward: the fused output rotated (every part's, bias included)
         conv.mapped(popped(args, kwargs, "bypass_mode"), ("adapter", "bypass"), True)
+    if float(kwargs.get("module_dropout") or 0):  # one torch.rand(1) per fused module, its parts share it
+        dropped = popped(args, kwargs, "module_dropout")
+        conv.mapped(dropped, ("adapter", "module_dropout"), float(dropped.value))
     for key in [k for k in ("module_dropout", "bypass_mode") if k in kwargs]:
         conv.inert(popped(args, kwargs, key), "off")
     if "conv_dim" in kwargs:

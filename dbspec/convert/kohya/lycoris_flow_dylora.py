@@ -13,7 +13,7 @@ export writes the down once and `lora_up` stacked under kohya's name, the LoRA l
 lycoris-lora loads back as LoConModules. The arguments as network.py's U-Net mapping (dylora.py
 lycoris_dylora: `block_size` the unit, bypass_mode with one block per layer, the unread ones DBS405);
 `module_dropout` DyLoraModule.forward's one `torch.rand(1)` per training forward of the fused module, which
-its parts share (runtime/dylora.py FusedSkip: the first part called draws; DBS578 beside entries of other
+its parts share (runtime/fused.py FusedSkip: the first part called draws; DBS578 beside entries of other
 algorithms, as on the U-Net). The SD3 patch convolution (presets full /
 unet-only) at conv_dim / conv_alpha. A preset file (lycoris_flow_file.py): its DyLoRA entries' own dims,
 alphas and block sizes are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of the adapter's kind, its

@@ -1,4 +1,4 @@
-"""lycoris.kohya `--dim_from_weights` with a LyCORIS Diag-OFT or GLoRA file on Flux / SD3
+"""lycoris.kohya `--dim_from_weights` with a LyCORIS Diag-OFT, BOFT or GLoRA file on Flux / SD3
 (flux_train_network.py / sd3_train_network.py). LyCORIS's create_network_from_weights (lycoris-lora 4.1.3,
 lycoris/kohya.py) builds each file module on the kohya layer of that name with the class its keys pick
 (lycoris_sd_rebuilt.py reads the values make_module_from_state_dict takes: Diag-OFT `lora_dim = s` from
@@ -15,7 +15,11 @@ parts; no block spanning two parts of FLUX.1's fused widths, and Flux's final la
 block's linear2 (its target `proj_out` takes them along; a Diag-OFT block cannot leave them out); a module
 otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
 [[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
-blocks' linear2 the file lacks. Text-encoder modules, SD3's patch convolution, BOFT, Chroma: DBS403. Checked
+blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): one fused BOFT (runtime/lycoris_boft.py
+tie_fused_boft) at the block-size hint that gives every module its file split (_boft), the constraint and
+rescale all modules share; modules at other constraints or rescales, splits one hint cannot give, or Flux's
+final layer without every linear2: DBS403 (a fused BOFT takes no [[adapter.blocks]]). Text-encoder modules,
+SD3's patch convolution, Chroma: DBS403. Checked
 against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
+from dbspec.plan.boft import power2_factorization
 
 REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
 
@@ -51,12 +56,6 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     (kind,) = kinds
     if family == "chroma":
         return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
-    if kind == "boft":
-        name = next(iter(sorted(modules)))
-        return (
-            f"module `{name}` is a ButterflyOFTModule; dbspec rebuilds no BOFT network from a file on "
-            "Flux / SD3 (algo=boft with --network_weights starts one)"
-        )
     text = sorted(n for n in modules if n.startswith("lora_te"))
     if text and not unet_only:  # apply_to drops them with --network_train_unet_only
         return (
@@ -75,6 +74,8 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         if isinstance(found, str):
             return found
         values[name] = found
+    if kind == "boft":
+        return _boft(values, denoiser, targets, family)
     if kind == "glora":
         pairs = {n: (v["rank"], v["alpha"]) for n, v in values.items()}
         (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
@@ -103,6 +104,53 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         "denoiser_targets": targets,
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
+    }
+
+
+def _boft(
+    values: dict[str, dict], denoiser: dict[str, LycorisModule], targets: list[str], family: str
+) -> dict | str:
+    """One fused BOFT for a BOFT file (ButterflyOFTModules rebuilt at lora_dim = each module's block size s,
+    constraint float(alpha), rescaled where it holds a `rescale`): dbspec's BOFT splits every layer by one
+    block size hint B (power2_factorization(width, B)), and no [[adapter.blocks]] go with a fused BOFT, so the
+    file's modules must share the constraint and rescale, and one B must give every module its file split:
+    the largest s (a smaller hint misses that module's size; a larger one only adds splits to choose from).
+    What a network_dim-built file holds: each module split by that one hint."""
+    named: dict[tuple[float, bool], str] = {}
+    for name, v in values.items():
+        named.setdefault((v["constraint"], v["rescaled"]), name)
+    keys = set(named)
+    if len(keys) > 1:
+        (one, first), (other, second) = sorted(named.items())[:2]
+        return (
+            f"modules `{first}` and `{second}` are ButterflyOFTModules at other constraints or rescales "
+            f"({one[0]:g}{', rescaled' * one[1]} and {other[0]:g}{', rescaled' * other[1]}); a fused BOFT "
+            "has one constraint and rescale (and takes no [[adapter.blocks]])"
+        )
+    hint = max(v["block_size"] for v in values.values())
+    for name in values:
+        n, s = denoiser[name].shapes["oft_blocks"][1:3]
+        split = power2_factorization(n * s, hint)
+        if split != (s, n):
+            return (
+                f"module `{name}` splits its {n * s} rows into {n} blocks of {s}, but the file's largest "
+                f"block size {hint} splits them as {split[1]} blocks of {split[0]}: dbspec's BOFT splits "
+                "every layer by one block size (a fused BOFT takes no [[adapter.blocks]])"
+            )
+    if final_layer_block(targets, family):
+        return (
+            "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
+            "linear2 ends in too, and the file lacks some of those: a fused BOFT takes no [[adapter.blocks]] "
+            "to leave them out"
+        )
+    ((constraint, rescaled),) = keys
+    return {
+        "kind": "boft",
+        "block_size": hint,
+        "constraint": constraint,
+        "rescaled": rescaled,
+        "denoiser_targets": targets,
+        "fused_projections": True,
     }
 
 

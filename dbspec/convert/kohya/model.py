@@ -931,8 +931,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
-    or its one scalar (LoHa) scaled once; of a DyLoRA network inert (_no_max_norm). A DyLoRA network's
-    --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
+    or its one scalar (LoHa) scaled once; of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm). A
+    DyLoRA network's --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
     --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
@@ -953,7 +953,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
-            f"a LoCon, LoKr, LoHa or BOFT there, not a {kind} yet",
+            f"a LoCon, LoKr, LoHa or BOFT there (a full / IA^3 / GLoRA / DyLoRA network of its kind alone "
+            f"is inert), not a {kind} network with these entries",
         )
         return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
@@ -983,15 +984,18 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
 
 
 def _no_max_norm(conv: Conversion) -> bool:
-    """Every module of a lycoris.kohya DyLoRA network keeps LyCORIS's base apply_max_norm (returns None, None:
-    nothing scaled; DyLoraModule does not override it, lycoris-lora 4.1.3): no preset-file entry of another
-    algo (its LoCon / LoKr / LoHa / Diag-OFT modules would scale)."""
+    """Every module of a lycoris.kohya full, IA^3, GLoRA or DyLoRA network keeps LyCORIS's base
+    apply_max_norm (returns None, None: nothing scaled, apply_max_norm_regularization skips it and logs 0,
+    0, 0; FullModule, IA3Module, GLoRAModule, DyLoraModule and NormModule do not override it, lycoris-lora
+    4.1.3): no preset-file entry of another algo (its LoCon / LoKr / LoHa / Diag-OFT / BOFT modules would
+    scale)."""
     kinds = {
         value
         for key, (value, _) in conv.values.items()
         if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
     }
-    return conv.values[("adapter", "kind")][0] == "dylora" and kinds <= {"dylora", "adapter"}
+    kind = conv.values[("adapter", "kind")][0]
+    return kind in _LYCORIS_NO_MAX_NORM and kinds <= {kind, "adapter"}
 
 
 def _lycoris_flow_from_weights(
@@ -1119,9 +1123,10 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
 def _lycoris_flow_rebuilt_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
-    """lycoris.kohya --dim_from_weights with a Diag-OFT or GLoRA file on Flux / SD3 (lycoris_flow_rebuilt.py):
-    that kind with fused_projections over the file modules' diffusers parts at the values LyCORIS rebuilds
-    them with, started from the file; what it cannot express is DBS403, what LyCORIS fails on DBS402."""
+    """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on Flux / SD3
+    (lycoris_flow_rebuilt.py): that kind with fused_projections over the file modules' diffusers parts at the
+    values LyCORIS rebuilds them with, started from the file; what it cannot express is DBS403, what LyCORIS
+    fails on DBS402."""
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
 
     weights, from_file = a["network_weights"], a["dim_from_weights"]
@@ -1130,7 +1135,8 @@ def _lycoris_flow_rebuilt_file(
     if found is None:
         return False
     kind = _put_rebuilt(found, a, paths, conv)
-    if a["scale_weight_norms"].value:
+    # GLoRAModule's: inert; ButterflyOFTModule's scales the fused module's blocks (runtime/max_norm.py)
+    if a["scale_weight_norms"].value and kind not in (*_LYCORIS_NO_MAX_NORM, "boft"):
         conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {kind}: no dbspec form yet")
         return False
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate

@@ -948,7 +948,8 @@ def _lycoris_full(
     (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
     conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
     are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
-    IA3Module's none)."""
+    IA3Module's none), but BOFT's module_dropout (ButterflyOFTModule.forward's one draw per layer and
+    training forward; it never reads rank_dropout)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -981,6 +982,13 @@ def _lycoris_full(
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
             "output, its bias too; dbspec changes the weight, as LyCORIS's default forward)"
+        )
+    if kind == "boft" and "module_dropout" in kwargs:  # ButterflyOFTModule.forward's one torch.rand(1)
+        put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
+    if kind == "boft" and "rank_dropout" in kwargs:
+        conv.ignored(
+            Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
+            "LyCORIS's ButterflyOFTModule takes it and never reads it",
         )
     for key in ("rank_dropout", "module_dropout"):
         if _float(kwargs.get(key, "0") or 0):
