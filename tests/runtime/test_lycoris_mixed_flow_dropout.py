@@ -34,7 +34,7 @@ lycoris_kohya = pytest.importorskip("lycoris.kohya")
 RATE = 0.25
 
 
-def _converted(tmp_path, preset: str, algo: str, overrides):
+def _converted(tmp_path, preset: str, algo: str, overrides, args: str = ""):
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -46,7 +46,7 @@ def _converted(tmp_path, preset: str, algo: str, overrides):
         "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
         "--ae ae.safetensors "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo={algo}" "preset={preset}" "module_dropout={RATE}" --learning_rate=1e-2 '
+        f'--network_args "algo={algo}" "preset={preset}" "module_dropout={RATE}" {args} --learning_rate=1e-2 '
         "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --model_prediction_type raw "
         "--guidance_scale 1.0",
     )
@@ -128,3 +128,37 @@ def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
     with torch.no_grad():
         unet.transformer_blocks[0].attn.to_q(x)
     assert torch.equal(state, torch.get_rng_state())  # outside training: no draw
+
+
+def test_dylora_and_locon_modules_on_fused_layers_draw_once_each(tmp_path):
+    """DyLoRA entries beside a LoCon network's layers (and LoHa's) with module_dropout: every fused Linear's
+    module draws one `torch.rand(1)` per training forward (DyLoraModule's before its block draw, which is
+    Python's random), its parts skipping together; a tiny run trains and resumes bit-exact."""
+    from tests.runtime.test_lycoris_mixed_flow_dylora import FLUX_FILE as DYLORA_FILE
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(DYLORA_FILE.replace("OTHER", "loha"), encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]
+    plan = _converted(tmp_path, file.name, "locon", base, '"block_size=2"')
+    assert plan.adapter.module_dropout == RATE
+    _, whole, _ = _run(tmp_path, {"dylora", "loha"}, base)
+    unet = whole.components.unet.train()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    fused = 0
+    for path, (parts, _) in layers.items():
+        if len(parts) == 1:
+            continue
+        fused += 1
+        x = torch.randn(3, _base(parts[0]).in_features)
+        torch.manual_seed(7)
+        want = [bool(torch.rand(1) < RATE) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            ours = [[(p(x), _base(p)(x)) for p in _call_order(parts, unet)] for _ in range(8)]
+        assert torch.equal(after, torch.get_rng_state()), path  # one draw per forward of the fused module
+        got = [{torch.equal(out, plain) for out, plain in outs} for outs in ours]
+        assert all(len(g) == 1 for g in got), path  # the parts skip together
+        assert [g == {True} for g in got] == want, path
+    assert fused == 3
+    unet.eval()
