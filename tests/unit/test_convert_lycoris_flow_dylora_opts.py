@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from convert_kit import codes, errors, fate, messages, plan_of
+from convert_kit import codes, errors, fate, plan_of
 from test_convert_lycoris_flux import _flux
 from test_convert_lycoris_sd3 import _sd3
 from safetensors.numpy import save_file
