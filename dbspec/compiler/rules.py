@@ -2570,7 +2570,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     drawn_alone = [(t, j, b) for t, j, b in other if t == "blocks" and b.kind in ("glora", "boft")]
     if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0) and drawn_alone:
         # each other kind's module on a fused Linear draws once for its parts (runtime/mixed_kinds.py
-        # add_module_dropout); GLoRA's and BOFT's fused parts draw on their own (DBS577 for their adapters)
+        # add_module_dropout); GLoRA's and BOFT's fused parts draw on their own (as their own adapters)
         t, j, b = drawn_alone[0]
         yield _err(
             "DBS578",
