@@ -1,6 +1,8 @@
 """Start a run of several kinds (runtime/mixed_kinds.py) from LyCORIS's file (`plan.adapter.init_weights`:
 lycoris.kohya `--network_weights` with a preset giving layers their own algo, or the file of mixed kinds
-`--dim_from_weights` rebuilds) on SD 1.x/2.x and SDXL.
+`--dim_from_weights` rebuilds) on SD 1.x/2.x, SDXL, and Flux / SD3 / Chroma (each kind's fused Linear one
+module under kohya's fused name, its tensors split into the parts as that kind's single-kind start splits
+them: factor_slots, whole_layer_slots, _lora_slots).
 
 lycoris.kohya's network holds one module per layer, each of its own class (LoConModule, LohaModule,
 LokrModule, FullModule, IA3Module, DiagOFTModule / ButterflyOFTModule, GLoRAModule), and its `load_weights`
@@ -37,32 +39,71 @@ def load_mixed_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> i
 
 def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float]]:
     """kohya name -> (LoConModule's `lora_down.weight` / `lora_up.weight` slots, its alpha) for every LoRA
-    layer (peft's own LoRA layers: not the other kinds' LoraLayer subclasses)."""
+    layer (peft's own LoRA layers: not the other kinds' LoraLayer subclasses). On Flux / SD3 / Chroma
+    (family fused_projections) the denoiser's layers go under kohya's names: a fused Linear (q/k/v, linear1)
+    is one LoConModule, its `lora_down` the one down its parts share (runtime/fused.py
+    tie_fused_projections), its `lora_up` their ups' rows stacked in kohya's row order; a Linear whose halves
+    of rows kohya holds the other way round (runtime/sd3_kohya.py) takes its `lora_up` halves swapped."""
     from peft.tuners.lora import LoraLayer
 
+    from dbspec.families import family_spec
     from dbspec.runtime.dylora import DyloraLayer
-    from dbspec.runtime.lycoris_whole_init import _whole
+    from dbspec.runtime.lycoris_export import _swapped, _table
+    from dbspec.runtime.lycoris_init import _halves_swapped, _rows
+    from dbspec.runtime.lycoris_whole_init import _fused_rows, _whole
 
+    family = plan.model.family
+    fused = bool(family_spec(family).fused_projections)
     out: dict[str, tuple[dict[str, Slot], float]] = {}
     for prefix, module, to_path in kohya_parts(
-        unet=unet, text_encoders=list(text_encoders), family=plan.model.family, lycoris=True
+        unet=unet, text_encoders=list(text_encoders), family=family, lycoris=True
     ):
         found = lora_adapter(module)
         if found is None:
             continue  # a model that does not train: kohya drops its modules
         inner, adapter = found
-        for name, layer in inner.named_modules():
-            if (
-                not isinstance(layer, LoraLayer)
-                or isinstance(layer, DyloraLayer)
-                or _whole(layer, adapter)
-                or adapter not in layer.lora_A
-            ):
+        layers = {
+            name: layer
+            for name, layer in inner.named_modules()
+            if isinstance(layer, LoraLayer)
+            and not isinstance(layer, DyloraLayer)
+            and not _whole(layer, adapter)
+            and adapter in layer.lora_A
+        }
+        for name, layer in layers.items():
+            alpha = float(layer.scaling[adapter]) * layer.r[adapter]
+            if module is not unet or not fused:  # SD 1.x/2.x, SDXL, the text encoders: one module per layer
+                key = f"{prefix}_{to_path(name).replace('.', '_')}"
+                slots = {
+                    "lora_down.weight": _into(layer.lora_A[adapter].weight),
+                    "lora_up.weight": _into(layer.lora_B[adapter].weight),
+                }
+                out[key] = (slots, alpha)
                 continue
-            key = f"{prefix}_{to_path(name).replace('.', '_')}"
+            original, part = _table(family).original_name(name)
+            key = f"{prefix}_{original.replace('.', '_')}"
+            if part is None:  # a Linear of its own in kohya's model
+                up = _into(layer.lora_B[adapter].weight)
+                if _swapped(module, name):
+                    up = _halves_swapped(plan.adapter.init_weights, key, "lora_up.weight", up)
+                out[key] = (
+                    {"lora_down.weight": _into(layer.lora_A[adapter].weight), "lora_up.weight": up},
+                    alpha,
+                )
+                continue
+            rows = _fused_rows(inner, layers, name, family)
+            if rows is None:
+                continue  # a later part: the fused layer's slots come with its first adapted part
+            parts = [part_layer for part_layer, _ in rows]
+            down = layer.lora_A[adapter].weight
+            if any(p is None or p.lora_A[adapter].weight is not down for p in parts):
+                raise ValueError(  # the compiler plans every part of a fused LoConModule, tied
+                    f"{plan.adapter.init_weights}: kohya's `{key}` is one LoConModule; the run's parts of it "
+                    "do not share one down"
+                )
             slots = {
-                "lora_down.weight": _into(layer.lora_A[adapter].weight),
-                "lora_up.weight": _into(layer.lora_B[adapter].weight),
+                "lora_down.weight": _into(down),
+                "lora_up.weight": _rows([p.lora_B[adapter].weight for p in parts]),
             }
-            out[key] = (slots, float(layer.scaling[adapter]) * layer.r[adapter])
+            out[key] = (slots, alpha)
     return out

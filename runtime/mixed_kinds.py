@@ -124,7 +124,7 @@ def config_as(module: torch.nn.Module, config) -> Iterator[None]:
         setattr(module, KIND_CONFIGS, others)
 
 
-def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan) -> int:
+def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tuple = ()) -> int:
     """The network's `module_dropout` in a run of several kinds (LyCORIS hands it every module): each
     layer draws as its own LyCORIS class does, one `torch.rand(1)` from torch's global CPU generator per
     training forward, the layer's base output alone below the rate (LoConModule, LohaModule, LokrModule,
@@ -133,34 +133,63 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan) -> int:
     layers draw in their own forward already (their kind's config carries the rate), a lora adapter's LoRA
     layers through lora_dropout.py (runtime/prepare.py); here a LoHa / LoKr / DyLoRA adapter's LoRA blocks
     (lora_dropout.py) and the full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
-    own. Returns how many layers this wrapped."""
+    own. On the denoiser's fused Linears (`fused`, plan.adapter.fused: Flux, SD3, Chroma) each kind's one
+    LyCORIS module on the fused layer draws once per forward for all its parts: the first part called draws,
+    the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs;
+    runtime/fused_dropout.py for LoRA parts, fused_lycoris_dropout.py for LoKr / LoHa parts of a lora or
+    dylora adapter's blocks; a LoKr / LoHa adapter's are wrapped by runtime/prepare.py). Returns how many
+    layers (fused layers) this wrapped."""
     from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.fused import FusedSkip
+    from dbspec.runtime.fused import fused_parts
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     rate = adapter.module_dropout
     count = 0
+    kinds = set(other_kinds(adapter))
+    if fused and adapter.kind not in ("lokr", "loha") and kinds & {"lokr", "loha"}:
+        from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout
+
+        count += add_fused_lycoris_dropout(module, fused, rate, 0.0, adapter.rank_dropout_scale)
     if adapter.kind != "lora":
         from dbspec.runtime.lora_dropout import add_lora_dropout
 
+        if fused and "lora" in kinds:  # the LoRA blocks' fused parts: one draw per fused layer
+            from dbspec.runtime.fused_dropout import add_fused_dropout
+
+            count += add_fused_dropout(module, fused, 0.0, rate)
         count += add_lora_dropout(module, 0.0, rate)
-    for layer in module.modules():
-        if isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer)) and ADAPTER_NAME in getattr(
+
+    def own(layer) -> bool:
+        return isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer)) and ADAPTER_NAME in getattr(
             layer, layer._holds
-        ):
-            layer.forward = _skipping(layer, layer.forward, rate)
+        )
+
+    for _group, _index, found in fused_parts(module, fused, own):
+        if len(found) > 1:  # one LyCORIS module on the fused layer: one draw its parts share
+            skip = FusedSkip(len(found))
+            for _, _, layer in found:
+                layer.forward = _skipping(layer, layer.forward, rate, skip)
+            count += 1
+    for layer in module.modules():
+        if own(layer) and not hasattr(layer, "dbspec_skip"):
+            layer.forward = _skipping(layer, layer.forward, rate, FusedSkip(1))
             count += 1
     return count
 
 
-def _skipping(layer, own, rate: float):
-    """`own` (the layer's forward) after LyCORIS's module dropout draw."""
+def _skipping(layer, own, rate: float, skip):
+    """`own` (the layer's forward) after LyCORIS's module dropout draw, `skip` (runtime/dylora.py FusedSkip:
+    the layer's own, or the one its fused layer's parts share)."""
     from dbspec.runtime.adapters import ADAPTER_NAME
+
+    layer.dbspec_skip = skip
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         active = not layer.disable_adapters and not layer.merged and ADAPTER_NAME in layer.active_adapters
-        if layer.training and active and bool(torch.rand(1) < rate):
+        if layer.training and active and skip.take(rate):
             kwargs.pop("alora_offsets", None)
             return layer.base_layer(x, *args, **kwargs)  # the module's org_forward
         return own(x, *args, **kwargs)

@@ -125,10 +125,10 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
-        if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class (DBS578 on fused)
+        if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class once per fused layer
             from dbspec.runtime.mixed_kinds import add_module_dropout
 
-            add_module_dropout(module, a)
+            add_module_dropout(module, a, a.fused if denoiser else ())
         drops = a.rank_dropout or a.module_dropout or a.down_dropout or a.output_dropout
         if a.kind == "lora" and (drops or a.multiplier != 1.0):
             from dbspec.runtime.lora_dropout import add_lora_dropout  # kohya networks.lora's forward

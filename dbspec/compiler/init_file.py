@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dbspec.compiler.context import Context
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.families import family_spec
+from dbspec.families import family_spec, flow_text_prefixes, lycoris_text_prefixes
 
 KEY = ("adapter", "init_weights")
 
@@ -18,6 +18,14 @@ def kohya_component_prefixes(family: str) -> dict[str, str]:
     names = spec.text_encoder_names
     text = {"lora_te_": names[0]} if len(names) == 1 else {f"lora_te{i + 1}_": n for i, n in enumerate(names)}
     return {"lora_unet_": spec.denoiser, **text}
+
+
+def flow_component_prefixes(family: str, lycoris: bool = False) -> dict[str, str]:
+    """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
+    denoiser `unet` in every family); `lycoris`: lycoris.kohya's prefixes (T5-XXL lora_te2_ on Flux)."""
+    names = family_spec(family).text_encoder_names
+    prefixes = lycoris_text_prefixes(family) if lycoris else flow_text_prefixes(family)
+    return {"lora_unet_": "unet", **dict(zip(prefixes, names))}
 
 
 def tally(ctx: Context, path, ignored: dict[str, int], used: int) -> tuple[str, int]:

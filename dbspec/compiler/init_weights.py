@@ -21,6 +21,7 @@ from dbspec.compiler.context import Context
 from dbspec.compiler.init_file import (
     FACTORS,
     KEY,
+    flow_component_prefixes,
     has_norms,
     kohya_component_prefixes,
     module_name,
@@ -31,8 +32,6 @@ from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohy
 from dbspec.families import (
     T5_LORA_TARGETS,
     family_spec,
-    flow_text_prefixes,
-    lycoris_text_prefixes,
     t5_text_encoders,
 )
 from dbspec.spec.model import (
@@ -250,14 +249,6 @@ def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
 # Flux's final layer: dbspec's export folds its scale into lora_up and writes alpha = rank (diffusers'
 # converter ignores that alpha), so the file's alpha may be its rank there.
 FLOW_FOLDED = ("lora_unet_final_layer_adaLN_modulation_1", "lora_unet_final_layer_linear")
-
-
-def flow_component_prefixes(family: str, lycoris: bool = False) -> dict[str, str]:
-    """kohya's module-name prefix -> the plan component it adapts, for Flux and SD3 (the plan names the
-    denoiser `unet` in every family); `lycoris`: lycoris.kohya's prefixes (T5-XXL lora_te2_ on Flux)."""
-    names = family_spec(family).text_encoder_names
-    prefixes = lycoris_text_prefixes(family) if lycoris else flow_text_prefixes(family)
-    return {"lora_unet_": "unet", **dict(zip(prefixes, names))}
 
 
 def fused_layer_of(family: str, name: str):

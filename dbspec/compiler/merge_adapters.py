@@ -10,8 +10,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.compiler.context import Context
-from dbspec.compiler.init_file import kohya_component_prefixes
-from dbspec.compiler.init_weights import flow_component_prefixes
+from dbspec.compiler.init_file import flow_component_prefixes, kohya_component_prefixes
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError, file_fingerprint
 from dbspec.families import family_spec

@@ -4,7 +4,8 @@ runtime/mixed_kinds.py): lycoris.kohya's file of one module per layer, each in i
 rebuilds). Checked here from the header: every tensor is one of the run's kinds' (LoRA's `lora_down` /
 `lora_up`, LoKr's / LoHa's factors, full's `diff`, IA^3's, OFT's, GLoRA's) and every module a model of the
 run's; the shapes and alphas when the run loads it (runtime/mixed_init.py). On SD 1.x/2.x and SDXL (one
-module per layer), with kinds whose file form the loader knows (not DyLoRA: DBS356)."""
+module per layer) and Flux / SD3 / Chroma (one module per kohya Linear, a fused one's tensors split into its
+parts), with kinds whose file form the loader knows (not DyLoRA: DBS356)."""
 
 from __future__ import annotations
 
@@ -35,24 +36,19 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
         module_name,
         read_file,
         tally,
+        flow_component_prefixes,
         kohya_component_prefixes,
     )
     from dbspec.compiler.safetensors_header import read_safetensors_header
 
     path = ctx.resolve(adapter.init_weights)
     kinds = run_kinds(adapter)
-    spec = family_spec(family)
-    if spec.fused_projections or "dylora" in kinds:
-        why = (
-            f"on {spec.title} (kohya's fused layers)"
-            if spec.fused_projections
-            else "with DyLoRA layers among them"
-        )
+    if "dylora" in kinds:
         ctx.report(
             "DBS356",
             "error",
-            f"`{path}`: a run of several kinds ({', '.join(kinds)}) starts from LyCORIS's file on SD 1.x/2.x "
-            f"and SDXL, without DyLoRA layers; not {why}",
+            f"`{path}`: a run of several kinds ({', '.join(kinds)}) starts from LyCORIS's file without "
+            "DyLoRA layers; not with DyLoRA layers among them",
             KEY,
             help='set adapter.init_weights = ""',
         )
@@ -62,6 +58,8 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
         return "", 0
     tensors = tuple(dict.fromkeys(t for k in kinds for t in (_LORA if k == "lora" else FACTORS[k])))
     tensors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
+    # the longest name first: IA^3's `weight` also ends LoCon's `lora_down.weight` and GLoRA's `a1.weight`
+    tensors = tuple(sorted(tensors, key=len, reverse=True))
     modules = {module_name(key, tensors) for key in header} - {None}
     other = next((k for k in sorted(header) if module_name(k, (*tensors, "alpha")) is None), None)
     if other is not None:
@@ -74,7 +72,11 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
             help="start from the lycoris.kohya file of a network with these kinds",
         )
         return "", 0
-    prefixes = kohya_component_prefixes(family)
+    prefixes = (  # LyCORIS's numbering of the encoders on Flux / SD3 / Chroma (T5-XXL's lora_te2_ / _te3_)
+        flow_component_prefixes(family, lycoris=True)
+        if family_spec(family).fused_projections
+        else kohya_component_prefixes(family)
+    )
     trained = {c.name for c in components if c.trainable == "lora"}
     used, ignored = 0, {}
     for name in sorted(modules):

@@ -2484,7 +2484,7 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
 # kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578.
 # module_dropout each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py
-# add_module_dropout), on the U-Net families (mixed_kinds_family: not on fused Linears)
+# add_module_dropout), once per fused Linear on Flux / SD3 / Chroma (mixed_kinds_family: not GLoRA, BOFT)
 _MIXED_OFF = {
     "dropout": 0.0,
     "rank_dropout": 0.0,
@@ -2567,14 +2567,18 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0):
-        # one draw per LyCORIS module: a fused Linear's parts of each kind would draw together
+    drawn_alone = [(t, j, b) for t, j, b in other if t == "blocks" and b.kind in ("glora", "boft")]
+    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0) and drawn_alone:
+        # each other kind's module on a fused Linear draws once for its parts (runtime/mixed_kinds.py
+        # add_module_dropout); GLoRA's and BOFT's fused parts draw on their own (as their own adapters)
+        t, j, b = drawn_alone[0]
         yield _err(
             "DBS578",
             ("adapter", "module_dropout"),
-            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{table}[{i}].kind = "{block.kind}" '
-            f"on {family.title}: dbspec draws each kind's module dropout in a run of several kinds on SD "
-            "1.x/2.x and SDXL (on fused Linears each LyCORIS module draws once for all its parts)",
+            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{t}[{j}].kind = "{b.kind}" '
+            f"on {family.title}: dbspec draws a run of several kinds' module dropout once per fused Linear "
+            "for LoRA, LoHa, LoKr, full, IA^3, Diag-OFT and DyLoRA modules, not for GLoRA or BOFT ones (on "
+            "fused Linears each LyCORIS module draws once for all its parts)",
             codes.help("DBS578"),
         )
     if family.denoiser != "unet" and not family.mixed_fused_kinds:

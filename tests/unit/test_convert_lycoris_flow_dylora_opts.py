@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from convert_kit import codes, errors, fate, messages, plan_of
+from convert_kit import codes, errors, fate, plan_of
 from test_convert_lycoris_flux import _flux
 from test_convert_lycoris_sd3 import _sd3
 from safetensors.numpy import save_file
@@ -65,16 +65,19 @@ def test_module_dropout_with_dylora_on_sd3_maps(tmp_path):
     assert (a.kind, a.module_dropout) == ("dylora", 0.25) and a.fused
 
 
-def test_module_dropout_with_other_entries_in_a_dylora_network_stays_refused(tmp_path):
-    """A preset file's LoCon entry in a DyLoRA network: dbspec's run of several kinds draws no dropout
-    (DBS578), as on the U-Net."""
+def test_module_dropout_with_other_entries_in_a_dylora_network_converts(tmp_path):
+    """A preset file's LoCon entry in a DyLoRA network with module_dropout: each LyCORIS module on a fused
+    Linear draws once for its parts (runtime/mixed_kinds.py add_module_dropout: the LoCon parts through
+    runtime/fused_dropout.py, the DyLoRA parts' FusedSkip); was DBS403."""
     (tmp_path / "p.toml").write_text(
         'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
         '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "locon"\ndim = 4\n',
         encoding="utf-8",
     )
     outcome = _flux(tmp_path, "--network_args algo=dylora block_size=2 module_dropout=0.1 preset=p.toml")
-    assert "adapter.module_dropout = 0.1 with adapter.blocks[0].kind" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, [b.kind for b in a.blocks]) == ("dylora", 0.1, ["lora"])
 
 
 # --- --network_weights: only the file's alphas load (DyLoraModule's weights are up_list / down_list) ---

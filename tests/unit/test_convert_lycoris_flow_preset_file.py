@@ -486,8 +486,14 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
     assert "9216 rows on FLUX.1" in messages(outcome, "DBS402") and "18 or more" in messages(
         outcome, "DBS402"
     )
-    # module_dropout: each LyCORIS module draws once for all its fused parts, whatever its kind (DBS578)
-    drop = _flux(tmp_path / "drop", MIXED, '"algo=locon" "module_dropout=0.1"', allow=True)
+    # module_dropout: each LyCORIS module draws once for all its fused parts (runtime/mixed_kinds.py
+    # add_module_dropout; tests/runtime/test_lycoris_mixed_flow_dropout.py), was DBS403
+    drop = _flux(tmp_path / "drop", MIXED, '"algo=locon" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(drop), errors(drop)
+    assert plan_of(drop, tmp_path / "drop").adapter.module_dropout == 0.1
+    # beside a boft entry, whose fused parts draw on their own, it stays DBS403 (a spec's DBS578)
+    boft = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "boft"\ndim = 32')
+    drop = _flux(tmp_path / "boftdrop", boft, '"algo=locon" "module_dropout=0.1"', allow=True)
     assert "module_dropout" in messages(drop, "DBS403") and "once for all its parts" in messages(
         drop, "DBS403"
     )

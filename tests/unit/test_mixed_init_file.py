@@ -1,7 +1,7 @@
 """`adapter.init_weights` for a run of several kinds (blocks with their own `kind`), checked at plan time
 from the file's header (compiler/mixed_init_file.py; issue 12): every tensor one of the run's kinds', the
-modules counted per trained model; DyLoRA layers or a fused family refused (DBS356). The load itself against
-lycoris-lora: tests/runtime/test_lycoris_mixed_file.py."""
+modules counted per trained model; DyLoRA layers refused (DBS356). The load itself against lycoris-lora:
+tests/runtime/test_lycoris_mixed_file.py (Flux: test_lycoris_mixed_flow_file.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,164 @@
+"""A LyCORIS preset file giving kohya's Flux layers several algos (module_algo_map / name_algo_map entries)
+with the network's `module_dropout` (issue 12; was DBS403 / DBS578 on the fused Linears): every LyCORIS
+module's forward (LoConModule, LohaModule, LokrModule, FullModule, IA3Module, DiagOFTModule in lycoris-lora
+4.1.3) draws `torch.rand(1) < module_dropout` first, once per training forward of its layer, and a fused
+Linear (q/k/v, linear1) is ONE module: diffusers' parts of it share that one draw, the first part called
+drawing (runtime/mixed_kinds.py add_module_dropout: runtime/dylora.py FusedSkip for full / IA^3 / Diag-OFT
+parts, fused_dropout.py for LoRA parts, fused_lycoris_dropout.py for LoKr / LoHa parts). A tiny run trains
+and resumes bit-exact, and each kohya layer's module in lycoris-lora's network built from the same preset
+file (the run's export loaded into it) gives, in training, from the same generator state, the trained
+parts' outputs stacked in kohya's rows and leaves the generator where the parts leave it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+from tests.runtime.test_lycoris_mixed_flow_full import (
+    _BASE,
+    FLUX_FILE,
+    _base,
+    _kohya_layers,
+    _kohya_tree,
+    _run,
+)
+from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+RATE = 0.25
+
+
+def _converted(tmp_path, preset: str, algo: str, overrides, args: str = ""):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset={preset}" "module_dropout={RATE}" {args} --learning_rate=1e-2 '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --model_prediction_type raw "
+        "--guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+def _call_order(parts: list[nn.Module], transformer: nn.Module) -> list[nn.Module]:
+    """diffusers' order of the parts' calls: a single block's proj_mlp (kohya's last rows) first."""
+    mlps = {id(b.proj_mlp) for b in transformer.single_transformer_blocks}
+    return sorted(parts, key=lambda p: id(p) not in mlps)
+
+
+@pytest.mark.parametrize(
+    ("algo", "other", "qkv", "linear1"),
+    [("locon", "loha", "full", "ia3"), ("lokr", "locon", "diag-oft", "ia3")],
+)
+def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
+    tmp_path, monkeypatch, algo, other, qkv, linear1
+):
+    file = tmp_path / "mixed.toml"
+    text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
+    file.write_text(text, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]  # every module trained in some step
+    plan = _converted(tmp_path, file.name, algo, base)
+    kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
+    assert plan.adapter.module_dropout == RATE and plan.adapter.fused
+    planned, whole, tensors = _run(tmp_path, kinds, base)  # trains, resumes bit-exact
+
+    unet = whole.components.unet
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [clip, nn.Module()], tree, algo=algo, preset=str(file), module_dropout=RATE
+    )
+    made.apply_to([clip, nn.Module()], tree, apply_text_encoder=True, apply_unet=True)
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    assert {type(m).__name__ for m in theirs.values()} >= {"FullModule", "IA3Module"}
+    assert len(theirs) == 8
+    fused = 0
+    unet.train()
+    for path, (parts, order) in layers.items():
+        name = "lora_unet_" + path.replace(".", "_")
+        if name not in theirs:  # a layer no module adapts
+            continue
+        module = theirs[name].train()
+        assert module.module_dropout == RATE, name
+        assert order is None
+        fused += len(parts) > 1
+        x = torch.randn(3, _base(parts[0]).in_features)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            want = [module(x) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        calls = _call_order(parts, unet)
+        with torch.no_grad():
+            ours = []
+            for _ in range(8):
+                out = {id(p): p(x) for p in calls}
+                ours.append(torch.cat([out[id(p)] for p in parts], dim=-1))
+        assert torch.equal(after, torch.get_rng_state()), name  # one draw per forward of the module
+        plain = torch.cat([_base(p)(x) for p in parts], dim=-1)
+        skipped = 0
+        for got, expected in zip(ours, want):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            skipped += torch.equal(got, plain)
+        assert 0 < skipped < 8, name  # both kinds of forward compared
+    assert fused == 3  # img qkv, txt qkv, linear1
+    unet.eval()
+    x = torch.randn(1, 16)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        unet.transformer_blocks[0].attn.to_q(x)
+    assert torch.equal(state, torch.get_rng_state())  # outside training: no draw
+
+
+def test_dylora_and_locon_modules_on_fused_layers_draw_once_each(tmp_path):
+    """DyLoRA entries beside a LoCon network's layers (and LoHa's) with module_dropout: every fused Linear's
+    module draws one `torch.rand(1)` per training forward (DyLoraModule's before its block draw, which is
+    Python's random), its parts skipping together; a tiny run trains and resumes bit-exact."""
+    from tests.runtime.test_lycoris_mixed_flow_dylora import FLUX_FILE as DYLORA_FILE
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(DYLORA_FILE.replace("OTHER", "loha"), encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]
+    plan = _converted(tmp_path, file.name, "locon", base, '"block_size=2"')
+    assert plan.adapter.module_dropout == RATE
+    _, whole, _ = _run(tmp_path, {"dylora", "loha"}, base)
+    unet = whole.components.unet.train()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    fused = 0
+    for path, (parts, _) in layers.items():
+        if len(parts) == 1:
+            continue
+        fused += 1
+        x = torch.randn(3, _base(parts[0]).in_features)
+        torch.manual_seed(7)
+        want = [bool(torch.rand(1) < RATE) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            ours = [[(p(x), _base(p)(x)) for p in _call_order(parts, unet)] for _ in range(8)]
+        assert torch.equal(after, torch.get_rng_state()), path  # one draw per forward of the fused module
+        got = [{torch.equal(out, plain) for out, plain in outs} for outs in ours]
+        assert all(len(g) == 1 for g in got), path  # the parts skip together
+        assert [g == {True} for g in got] == want, path
+    assert fused == 3
+    unet.eval()

@@ -1,0 +1,178 @@
+"""A run of several kinds on Flux started from lycoris.kohya's file of that network (`--network_weights`
+with a preset file of module_algo_map / name_algo_map entries; issue 12, was DBS356): runtime/mixed_init.py
+loads each kohya module's tensors into its kind's layers, a fused Linear's (q/k/v, linear1) split into its
+parts as that kind's single-kind start splits them (LoCon's one down shared and its up's rows, LoHa's /
+LoKr's factors, full's diff rows, IA^3's scale rows, Diag-OFT's blocks). The file is a first tiny run's kohya
+export; lycoris-lora 4.1.3's network built from the same preset file on kohya's Flux layers, that file
+loaded into it (create_network, apply_to, load_state_dict as kohya's load_weights), gives every layer the
+output of the second run's started parts stacked in kohya's rows; the second run trains and resumes
+bit-exact."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+from tests.runtime.test_flow_init import _loaded
+from tests.runtime.test_lycoris_mixed_flow_full import (
+    _BASE,
+    FLUX_FILE,
+    _check_kohya_outputs,
+    _kohya_layers,
+    _kohya_tree,
+    _run,
+)
+from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+
+def _converted(tmp_path: Path, preset: str, algo: str, overrides, flags: str = ""):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
+        "--ae ae.safetensors "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset={preset}" --learning_rate=1e-2 {flags} '
+        "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --model_prediction_type raw "
+        "--guidance_scale 1.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, overrides)
+
+
+@pytest.mark.parametrize(
+    ("algo", "other", "qkv", "linear1"),
+    [
+        ("locon", "loha", "full", "ia3"),
+        ("lokr", "locon", "diag-oft", "ia3"),
+        ("locon", "lokr", "full", "glora"),
+    ],
+)
+def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo, other, qkv, linear1):
+    text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(text, encoding="utf-8")
+    _converted(first_dir, "mixed.toml", algo, base)
+    _, first, _ = _run(first_dir, kinds, base)
+    export = next(Path(first.final).glob("*.kohya.safetensors"))
+    shutil.copy(export, second_dir / "prev.safetensors")
+
+    plan = _converted(second_dir, "mixed.toml", algo, base, "--network_weights=prev.safetensors")
+    assert plan.adapter.init_weights and plan.adapter.fused
+    assert {b.kind for b in plan.adapter.blocks} == kinds
+    comps, count = _loaded(plan)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert count == len(names) == plan.adapter.init_layers
+
+    # lycoris-lora's network from the same preset file on kohya's layers, the file loaded into it
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [clip, nn.Module()], tree, algo=algo, preset=str(second_dir / "mixed.toml")
+    )
+    made.apply_to([clip, nn.Module()], tree, apply_text_encoder=True, apply_unet=True)
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    unet_names = {n for n in names if n.startswith("lora_unet_")}
+    assert {m.lora_name for m in made.unet_loras} == unet_names
+    made.eval()
+    _check_kohya_outputs(tree, layers, unet_names)  # every trained layer started where the file puts it
+
+    _, second, _ = _run(second_dir, kinds, base)  # trains from the file and resumes bit-exact
+    assert second.status == "finished"
+
+
+def _sd3_converted(tmp_path: Path, flags: str = ""):
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{name}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" '
+        f"--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out {flags}",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd3", *_BASE])
+
+
+def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
+    """SD3: full on the x blocks' q/k/v, IA^3 on the context blocks' q/k/v and LoCon on the context blocks'
+    modulation Linear (the last one's halves of rows held (shift, scale) by kohya: its `lora_up` halves
+    swapped into diffusers' order) beside a LoKr network's layers."""
+    from dbspec.runtime.sd3_kohya import swapped
+    from tests.runtime.test_lycoris_mixed_flow_full import SD3_FILE
+
+    text = SD3_FILE.replace(
+        '[name_algo_map."joint_blocks.*.context_block.adaLN_modulation.1"]\nalgo = "full"',
+        '[name_algo_map."joint_blocks.*.context_block.adaLN_modulation.1"]\nalgo = "locon"',
+    )
+    assert text != SD3_FILE
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    kinds = {"full", "ia3", "lora"}
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(text, encoding="utf-8")
+    _sd3_converted(first_dir)
+    _, first, _ = _run(first_dir, kinds, base)
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+
+    plan = _sd3_converted(second_dir, "--network_weights=prev.safetensors")
+    assert plan.adapter.init_weights and plan.adapter.fused
+    comps, count = _loaded(plan)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_joint_blocks_1_context_block_adaLN_modulation_1.lora_up.weight" in tensors
+    assert count == len(names) == plan.adapter.init_layers
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    assert layers["joint_blocks.1.context_block.adaLN_modulation.1"][1] is not None  # kohya's rows
+    tree = _kohya_tree(layers)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [nn.Module()] * 3, tree, algo="lokr", preset=str(second_dir / "mixed.toml")
+    )
+    made.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    assert {m.lora_name for m in made.unet_loras} == names
+    made.eval()
+    _check_kohya_outputs(tree, layers, names)
+
+    _, second, _ = _run(second_dir, kinds, base)
+    assert second.status == "finished"
