@@ -80,8 +80,8 @@ def test_attn_only_is_the_clip_attention_alone(tmp_path):
 @pytest.mark.parametrize("algo", ["glora", "diag-oft", "boft", "dylora", "lokr", "loha", "ia3", "full"])
 def test_attn_only_of_every_algo_plans_with_its_kohya_export(tmp_path, algo):
     """attn-only trains CLIP-L's and CLIP-G's attention alone (no fused MMDiT layer): each kind's kohya_lora
-    export is LyCORIS's modules on them under lora_te1_ / lora_te2_ (tests/runtime/test_lycoris_sd3_attn_only.py
-    loads it in lycoris-lora), so the converted spec plans with save_model_as's export."""
+    export is LyCORIS's modules on them under lora_te1_ / lora_te2_ (lycoris-lora loads it:
+    tests/runtime/test_lycoris_sd3_attn_only.py), so the converted spec plans with save_model_as's export."""
     outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=attn-only")
     plan = plan_of(outcome, tmp_path)
     assert not plan.train_denoiser and plan.train_text_encoder
