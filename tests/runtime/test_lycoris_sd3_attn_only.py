@@ -4,7 +4,8 @@ Linears alone (what the converter writes: train.denoiser = false, text_encoder_t
 run trains on tiny-sd3 (GLoRA's resumes bit-exact), and its kohya_lora export, LyCORIS's modules under kohya's
 SD3 names (lora_te1_* CLIP-L, lora_te2_* CLIP-G), is what lycoris-lora 4.1.3's create_network_from_weights
 rebuilds on the untrained encoders [CLIP-L, CLIP-G, T5-XXL] (the list sd3_train_network.py gives it): their
-hidden states are the trained encoders'."""
+hidden states are the trained encoders'. The same kinds on FLUX.1's CLIP-L alone (a hand-written spec: Flux's
+attn-only reaches the double blocks too) export and load alike."""
 
 from __future__ import annotations
 
@@ -94,3 +95,34 @@ def test_attn_only_export_is_what_lycoris_loads_on_the_clip_encoders(tmp_path, k
     for p, o, t in zip(plain, ours, theirs, strict=True):
         assert (o - p).abs().max() > 1e-4  # the encoder trained
         torch.testing.assert_close(t, o, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_flux_clip_l_alone_export_is_what_lycoris_loads(tmp_path, kind):
+    from dbspec.runtime.tiny import build_pipeline
+
+    adapter, cls = KINDS[kind]
+    plan = make_plan(tmp_path, base="builtin:tiny-flux", steps=2, extra=_extra(adapter))
+    assert plan.checkpoints.exports == ("kohya_lora",) and not plan.train_denoiser
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    (export,) = Path(result.final).glob("*.kohya.safetensors")
+    names = {k.split(".")[0] for k in load_file(str(export))}
+    assert len(names) == 3 * len(ATTN) and all(n.startswith("lora_te1_text_model_") for n in names)
+    pipe = build_pipeline("builtin:tiny-flux")
+    clip = pipe.text_encoder.float().eval()
+    ids = torch.arange(1, 10).unsqueeze(0)
+    (plain,) = _hidden([clip], ids)
+    # kohya's transformers (4.54.1) holds CLIPTextModel's layers under `text_model`, as the export names them
+    tree = clip if hasattr(clip, "text_model") else nn.Module()
+    tree.text_model = tree.text_model if tree is clip else clip
+    encoders = [tree, pipe.text_encoder_2.float()]
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, str(export), None, encoders, nn.Module(), for_inference=True
+    )
+    assert len(network.text_encoder_loras) == len(names)
+    assert all(type(m) is cls for m in network.text_encoder_loras)
+    network.apply_to(encoders, nn.Module(), apply_text_encoder=True, apply_unet=False)
+    ((theirs,), (ours,)) = _hidden([clip], ids), _hidden(result.components.text_encoders[:1], ids)
+    assert (ours - plain).abs().max() > 1e-4
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
