@@ -313,7 +313,8 @@ def check_exports(ctx: Context, model: ModelPlan | None) -> None:
             and not _layout_convs(ctx.spec.adapter, spec.kohya_conv_targets)
             and not _kohya_oft(ctx.spec.adapter, spec.kohya.oft_network)  # networks.oft_flux's file
             # LyCORIS's Diag-OFT on the fused layers: the parts' blocks stacked (runtime/lycoris_export.py)
-            and not _fused_oft(ctx.spec.adapter)
+            # ... or on the text encoders alone (LyCORIS's attn-only on SD3): their own modules, kohya's names
+            and not _fused_oft(ctx.spec.adapter, ctx.spec.train.denoiser)
             and not (_fused_dora(ctx.spec.adapter) and spec.fused_projections)  # flux_kohya.py, sd3_kohya.py
             # IA^3's output rows under kohya's fused names (runtime/lycoris_export.py)
             and not (isinstance(ctx.spec.adapter, Ia3Adapter) and spec.fused_projections)
@@ -350,12 +351,14 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
     return isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and bool(network)
 
 
-def _fused_oft(adapter: Adapter) -> bool:
+def _fused_oft(adapter: Adapter, denoiser: bool) -> bool:
     """lycoris.kohya algo=diag-oft, boft, glora or dylora on kohya's fused Flux / SD3 layers
-    (fused_projections; compiler/fused.py refuses it elsewhere): LyCORIS's file under kohya's module names."""
+    (fused_projections; compiler/fused.py refuses it elsewhere), or on the text encoders alone (LyCORIS's
+    attn-only on SD3: CLIP-L's and CLIP-G's attention Linears, each its own module): LyCORIS's file under
+    kohya's module names (runtime/lycoris_export.py)."""
     oft = isinstance(adapter, DiagOftAdapter) and adapter.form == "lycoris"
     kinds = (BoftAdapter, GloraAdapter, DyloraAdapter)
-    return (oft or isinstance(adapter, kinds)) and adapter.fused_projections
+    return (oft or isinstance(adapter, kinds)) and (adapter.fused_projections or not denoiser)
 
 
 def _fused_dora(adapter: Adapter) -> bool:

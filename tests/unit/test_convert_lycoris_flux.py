@@ -239,6 +239,17 @@ def test_lokr_attn_only_names_the_double_blocks(tmp_path):
     assert len(a.denoiser_targets) == 19 * 8
 
 
+@pytest.mark.parametrize("algo", ["glora", "diag-oft", "boft", "dylora"])
+def test_attn_only_of_the_fused_kinds_plans_with_its_kohya_export(tmp_path, algo):
+    """Flux's attn-only reaches the double blocks' attention (fused q/k/v) and CLIP-L's: the plan keeps
+    save_model_as's kohya_lora export (LyCORIS's modules under kohya's Flux names)."""
+    dim = "--network_dim 18 " if algo == "boft" else ""  # FLUX.1's 9216-row qkv: an even block of 18
+    plan = plan_of(_flux(tmp_path, f"{dim}--network_args algo={algo} preset=attn-only"), tmp_path)
+    assert plan.train_denoiser and [f.name for f in plan.adapter.fused] == ["img_attn_qkv", "txt_attn_qkv"]
+    assert list(plan.adapter.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    assert plan.checkpoints.exports == ("kohya_lora",)
+
+
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
 def test_lokr_and_loha_bypass_is_the_same_update(tmp_path, algo):
     """lycoris-lora 4.1.3's LokrModule / LohaModule bypass forward: scale x ΔW x x scalar after the same

@@ -77,6 +77,19 @@ def test_attn_only_is_the_clip_attention_alone(tmp_path):
     assert list(plan.adapter.text_encoder_2_targets) == CLIP[:4]
 
 
+@pytest.mark.parametrize("algo", ["glora", "diag-oft", "boft", "dylora", "lokr", "loha", "ia3", "full"])
+def test_attn_only_of_every_algo_plans_with_its_kohya_export(tmp_path, algo):
+    """attn-only trains CLIP-L's and CLIP-G's attention alone (no fused MMDiT layer): each kind's kohya_lora
+    export is LyCORIS's modules on them under lora_te1_ / lora_te2_ (lycoris-lora loads it:
+    tests/runtime/test_lycoris_sd3_attn_only.py), so the converted spec plans with save_model_as's export."""
+    outcome = _sd3(tmp_path, f"--network_args algo={algo} preset=attn-only")
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert list(plan.adapter.text_encoder_targets) == CLIP[:4]
+    assert list(plan.adapter.text_encoder_2_targets) == CLIP[:4] and not plan.adapter.t5_targets
+    assert plan.checkpoints.exports == ("kohya_lora",) and "DBS403" not in codes(outcome)
+
+
 def test_attn_only_with_unet_only_trains_nothing(tmp_path):
     outcome = _sd3(tmp_path, "--network_train_unet_only --network_args preset=attn-only")
     assert errors(outcome)
