@@ -80,3 +80,27 @@ def read_file(ctx: Context, path, reader, what: str):
     except ModelFileError as exc:
         ctx.report("DBS357", "error", f"`{exc.path}` cannot start the {what}: {exc.reason}", KEY)
         return None
+
+
+def tally_modules(ctx: Context, path, family: str, modules, prefixes: dict[str, str], components):
+    """A LyCORIS file's modules counted by the component kohya's prefix names (DBS356 for one of no model of
+    the run), then tallied: (the checked path, the modules of trained components), or ("", 0)."""
+    trained = {c.name for c in components if c.trainable == "lora"}
+    used, ignored = 0, {}
+    for name in sorted(modules):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            ctx.report(
+                "DBS356",
+                "error",
+                f"`{path}`: module `{name}` belongs to no model of this {family} run (kohya's prefixes: "
+                f"{', '.join(prefixes)})",
+                KEY,
+                help="start from a file of this model family",
+            )
+            return "", 0
+        if prefixes[prefix] in trained:
+            used += 1
+        else:
+            ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
+    return tally(ctx, path, ignored, used)

@@ -27,6 +27,7 @@ from dbspec.compiler.init_file import (
     module_name,
     read_file,
     tally,
+    tally_modules,
 )
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
 from dbspec.families import (
@@ -535,25 +536,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     prefixes = (  # LyCORIS's numbering of the encoders (SD 1.x/2.x, SDXL: kohya's own)
         kohya_component_prefixes(family) if sd_full else flow_component_prefixes(family, lycoris=True)
     )
-    trained = {c.name for c in components if c.trainable == "lora"}
-    used, ignored = 0, {}
-    for name in sorted(modules):
-        prefix = next((p for p in prefixes if name.startswith(p)), None)
-        if prefix is None:
-            ctx.report(
-                "DBS356",
-                "error",
-                f"`{path}`: module `{name}` belongs to no model of this {family} run (kohya's prefixes: "
-                f"{', '.join(prefixes)})",
-                KEY,
-                help="start from a file of this model family",
-            )
-            return "", 0
-        if prefixes[prefix] in trained:
-            used += 1
-        else:
-            ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
-    return tally(ctx, path, ignored, used)
+    return tally_modules(ctx, path, family, modules, prefixes, components)
 
 
 def _oft_misfit(name: str, module, adapter: DiagOftAdapter) -> str:

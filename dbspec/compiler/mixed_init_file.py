@@ -35,7 +35,7 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
         has_norms,
         module_name,
         read_file,
-        tally,
+        tally_modules,
         flow_component_prefixes,
         kohya_component_prefixes,
     )
@@ -77,22 +77,4 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
         if family_spec(family).fused_projections
         else kohya_component_prefixes(family)
     )
-    trained = {c.name for c in components if c.trainable == "lora"}
-    used, ignored = 0, {}
-    for name in sorted(modules):
-        prefix = next((p for p in prefixes if name.startswith(p)), None)
-        if prefix is None:
-            ctx.report(
-                "DBS356",
-                "error",
-                f"`{path}`: module `{name}` belongs to no model of this {family} run (kohya's prefixes: "
-                f"{', '.join(prefixes)})",
-                KEY,
-                help="start from a file of this model family",
-            )
-            return "", 0
-        if prefixes[prefix] in trained:
-            used += 1
-        else:
-            ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
-    return tally(ctx, path, ignored, used)
+    return tally_modules(ctx, path, family, modules, prefixes, components)

@@ -262,6 +262,19 @@ def _f32(value: float) -> float:
     return struct.unpack("<f", struct.pack("<f", value))[0]
 
 
+def alpha_file(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
+    """The --network_weights file whose alphas alone start a LyCORIS DyLoRA network, or None: unreadable, or
+    refused where the preset file's map entries give layers their own dim / alpha (blocks already)."""
+    if any(k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) for k in conv.values):
+        conv.unsupported(
+            weights,
+            "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
+            "file's alphas into them: dbspec takes per-layer ranks from one source",
+        )
+        return None
+    return _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+
+
 def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_names: bool) -> None:
     """LyCORIS algo=dylora with --network_weights: LycorisNetworkKohya.load_weights is
     load_state_dict(strict=False), and DyLoraModule keeps its weights in up_list / down_list, so the file's
@@ -270,19 +283,7 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     (or without its alpha) keep network_alpha / conv_alpha; the file's modules of layers the network does not
     adapt are ignored. The run starts from a fresh init; the layers whose alpha differs are named in
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
-    if ("adapter", "blocks", 0, "pattern") in conv.values or (
-        "adapter",
-        "text_encoder_blocks",
-        0,
-        "pattern",
-    ) in conv.values:
-        conv.unsupported(
-            weights,
-            "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
-            "file's alphas into them: dbspec takes per-layer ranks from one source",
-        )
-        return
-    file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+    file = alpha_file(weights, paths, conv)
     if file is None:
         return
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731

@@ -31,7 +31,7 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.dylora import _f32, _read, lycoris_dylora
+from dbspec.convert.kohya.dylora import _f32, alpha_file, lycoris_dylora
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
 from dbspec.families import family_spec, lycoris_text_prefixes
 from dbspec.convert.kohya.lycoris_flow_args import (
@@ -99,14 +99,7 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     convolution's from conv_alpha) are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the network's
     rank and the file's alpha; the file's modules of layers the network does not adapt load nowhere (ignored);
     the run starts from a fresh init."""
-    if any(k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) for k in conv.values):
-        conv.unsupported(
-            weights,
-            "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
-            "file's alphas into them: dbspec takes per-layer ranks from one source",
-        )
-        return
-    file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+    file = alpha_file(weights, paths, conv)
     if file is None:
         return
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
