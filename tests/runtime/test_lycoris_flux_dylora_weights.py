@@ -41,7 +41,7 @@ ALPHAS = {
 
 
 def _convert(tmp_path):
-    from tests.unit.convert_kit import component_file, errors, fate, images, kohya
+    from tests.unit.convert_kit import errors, fate, flux_lycoris
 
     (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
     tensors = {}
@@ -50,18 +50,8 @@ def _convert(tmp_path):
         tensors[f"{name}.lora_up.weight"] = torch.ones(5, 2)
         tensors[f"{name}.alpha"] = torch.tensor(alpha)
     save_file(tensors, str(tmp_path / "prev.safetensors"))
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
-        component_file(tmp_path / name)
-    outcome = kohya(
-        tmp_path,
-        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
-        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
-        "--ae ae.safetensors "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        '--network_args "algo=dylora" "block_size=2" "preset=p.toml" --network_weights=prev.safetensors '
-        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
-        "--model_prediction_type raw --guidance_scale 1.0",
+    outcome = flux_lycoris(
+        tmp_path, '"algo=dylora" "block_size=2" "preset=p.toml"', "--network_weights=prev.safetensors"
     )
     assert not errors(outcome) and fate(outcome, "network_weights") == "mapped", errors(outcome)
     return tensors

@@ -114,22 +114,9 @@ def _planned_names(models, adapter) -> set[str]:
 
 
 def _converted(tmp_path: Path, preset: str, algo: str = "locon", overrides=None):
-    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+    from tests.unit.convert_kit import flux_lycoris, plan_of
 
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
-        component_file(tmp_path / name)
-    outcome = kohya(
-        tmp_path,
-        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
-        "black-forest-labs/FLUX.1-dev --clip_l clip_l.safetensors --t5xxl t5xxl.safetensors "
-        "--ae ae.safetensors "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo={algo}" "preset={preset}" --learning_rate=1e-2 --max_train_steps=2 '
-        "--save_model_as=safetensors --output_dir=out --model_prediction_type raw --guidance_scale 1.0",
-    )
-    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    return plan_of(outcome, tmp_path, overrides)
+    return plan_of(flux_lycoris(tmp_path, f'"algo={algo}" "preset={preset}"'), tmp_path, overrides)
 
 
 def _file(tmp_path: Path, preset: str) -> Path:

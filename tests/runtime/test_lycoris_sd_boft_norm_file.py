@@ -11,13 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_sd_full_file import _lycoris_modules
-from tests.runtime.test_lycoris_sd_norm_file import _ours_norms
+from tests.runtime.test_lycoris_sd_norm_file import same_norms
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -82,16 +81,7 @@ def test_boft_norm_file_starts_as_lycoris_trains_and_resumes(pipe, tmp_path, mon
     assert a.kind == "boft" and a.denoiser_norms and a.text_encoder_norms and a.init_partial
     comps, count = _loaded(plan)
     assert count == len(in_file)
-    ours = _ours_norms(comps)
-    assert sorted(ours) == sorted(norms)
-    for name, lyco in norms.items():
-        layer = ours[name]
-        torch.testing.assert_close(layer.lora_w_norm, lyco.w_norm, rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(layer.lora_b_norm, lyco.b_norm, rtol=0, atol=0, msg=name)
-        x = torch.randn(2, 3, layer.weight.shape[0]) if isinstance(layer, nn.LayerNorm) else None
-        x = x if x is not None else torch.randn(1, layer.num_channels, 4, 4)
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    same_norms(comps, norms)
     layers = kit.kohya_layers(comps, BoftLayer, adapter=True)
     bofts = {n: m for n, m in theirs.items() if n not in norms}
     assert sorted(layers) == sorted(bofts)

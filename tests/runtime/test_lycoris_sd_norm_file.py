@@ -64,6 +64,21 @@ def _ours_norms(comps) -> dict[str, nn.Module]:
     return out
 
 
+def same_norms(comps, norms: dict[str, nn.Module]) -> None:
+    """The run's norm offsets are lycoris-lora's NormModules `norms` (by kohya name): the same layers, their
+    offsets exactly, their outputs to 1e-5."""
+    ours = _ours_norms(comps)
+    assert sorted(ours) == sorted(norms)
+    for name, lyco in norms.items():
+        layer = ours[name]
+        torch.testing.assert_close(layer.lora_w_norm, lyco.w_norm, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(layer.lora_b_norm, lyco.b_norm, rtol=0, atol=0, msg=name)
+        x = torch.randn(2, 3, layer.weight.shape[0]) if isinstance(layer, nn.LayerNorm) else None
+        x = x if x is not None else torch.randn(1, layer.num_channels, 4, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+
+
 def _network(pipe, folder, monkeypatch, from_file=None):
     """kohya's steps: create_network (the preset, algo=locon, train_norm) or, with `from_file`,
     create_network_from_weights on it; apply_to."""
@@ -115,16 +130,8 @@ def test_norm_file_starts_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypa
     assert a.kind == "lora" and a.denoiser_norms and a.text_encoder_norms and a.init_partial
     comps, count = _loaded(plan)
     assert count == len(in_file)
-    ours = _ours_norms(comps)
-    assert sorted(ours) == sorted(norms)
+    same_norms(comps, norms)
     for name, lyco in norms.items():
-        layer = ours[name]
-        torch.testing.assert_close(layer.lora_w_norm, lyco.w_norm, rtol=0, atol=0, msg=name)
-        torch.testing.assert_close(layer.lora_b_norm, lyco.b_norm, rtol=0, atol=0, msg=name)
-        x = torch.randn(2, 3, layer.weight.shape[0]) if isinstance(layer, nn.LayerNorm) else None
-        x = x if x is not None else torch.randn(1, layer.num_channels, 4, 4)
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
         assert bool(torch.count_nonzero(lyco.w_norm)) == (name in in_file), name
     loras = kit.kohya_layers(comps, LoraLayer, adapter=True)
     locons = {n: m for n, m in theirs.items() if n not in norms}

@@ -177,3 +177,24 @@ def component_file(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.zeros(v, dtype=np.float16) for k, v in shapes.items()}, str(path))
     return path
+
+
+# flux_train_network.py with lycoris.kohya at network_dim 4, alpha 1 (the runtime tests' tiny Flux twins)
+FLUX_LYCORIS = (
+    "accelerate launch flux_train_network.py --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev "
+    "--clip_l clip_l.safetensors --t5xxl t5xxl.safetensors --ae ae.safetensors --train_data_dir=x "
+    "--resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 --learning_rate=1e-2 "
+    "--max_train_steps=2 --save_model_as=safetensors --output_dir=out --model_prediction_type raw "
+    "--guidance_scale 1.0 "
+)
+
+
+def flux_lycoris(tmp: Path, network_args: str, flags: str = "") -> Outcome:
+    """FLUX_LYCORIS with `network_args` (quoted arguments) and `flags`, on two 64x64 images in x/10_ohwx and
+    stand-in component files, converted; no refusal (DBS402 / DBS403) is asserted."""
+    images(tmp / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp / name)
+    outcome = kohya(tmp, command=f"{FLUX_LYCORIS}--network_args {network_args} {flags}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    return outcome
