@@ -541,7 +541,8 @@ class AdapterBlock:
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
         "of kind lora, loha, lokr or dylora without options one kind lacks (DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
-        "of its modules, each in its kind's keys (without DyLoRA layers).",
+        "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "
+        "its `alpha` loads, which must be the block's, as LyCORIS's DyLoraModule takes nothing else).",
         example="loha",
     )
     rank: int = option(
