@@ -726,6 +726,17 @@ def _lycoris_output_dropout(what: str):
     )
 
 
+def _full_blocks_init_scale():
+    return option(
+        1.0,
+        doc="With `init_weights`: the multiple of the file's `diff` / `diff_b` each layer of a `kind = "
+        "\"full\"` block starts from (the layer's weight and bias plus init_scale x the file's; the full "
+        "adapter's `init_scale` for a run of several kinds). 2 is kohya's start with `--dim_from_weights` "
+        "from a LyCORIS file of several kinds: create_network_from_weights builds each FullModule at W + "
+        "diff and load_weights adds the file's diff again. Unused without full blocks and init_weights.",
+    )
+
+
 @frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
@@ -886,6 +897,7 @@ class LoraAdapter:
         "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
         "first layer.",
     )
+    init_scale: float = _full_blocks_init_scale()
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(
         False,
@@ -1048,6 +1060,7 @@ class LohaAdapter:
     )
     init_weights: str = _fused_init_weights("LoHa")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = _full_blocks_init_scale()
 
 
 @frozen
@@ -1129,6 +1142,7 @@ class LokrAdapter:
     )
     init_weights: str = _fused_init_weights("LoKr")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = _full_blocks_init_scale()
 
 
 @frozen

@@ -109,6 +109,10 @@ GLORA = MIXED_FULL.replace('algo = "full"', 'algo = "glora"').replace(
     '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
 )
 
+LORA_FULL = MIXED_FULL.replace(
+    '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
+)
+
 
 @pytest.mark.parametrize(
     ("algo", "preset", "kind", "others"),
@@ -116,8 +120,10 @@ GLORA = MIXED_FULL.replace('algo = "full"', 'algo = "glora"').replace(
         ("lokr", MIXED, "lokr", {"lora", "loha"}),
         ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"'), "lokr", {"lora", "diag-oft"}),
         ("locon", GLORA, "lora", {"glora"}),
+        ("locon", LORA_FULL, "lora", {"full"}),
+        ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
     ],
-    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora"],
+    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     pipe, tmp_path, monkeypatch, algo, preset, kind, others
@@ -135,8 +141,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     made = _network(pipe, preset_path, monkeypatch, algo)
     state = kit.moved_state(made, seed=2, scale=0.1)
     names = sorted({k.split(".")[0] for k in state})
-    for name in names[1::4]:  # their own scale
-        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    for name in names[1::4]:  # their own scale (a FullModule has no alpha)
+        if f"{name}.alpha" in state:
+            state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
     path = kit.save_state(state, tmp_path, drop=6)
     in_file = {k.split(".")[0] for k in load_file(str(path))}
     theirs = _theirs(pipe, path)
@@ -147,6 +154,7 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     a = plan.adapter
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
+    assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)
