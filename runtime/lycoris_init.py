@@ -88,6 +88,8 @@ def load_fused_lycoris_init(
                     f"{path}: tensor `{key}.alpha` is {float(stored):g}; the run's layer has {alpha:g}"
                 )
             for name in sorted(k.rsplit(".", 1)[-1] for k in state if k.rsplit(".", 1)[0] == key):
+                if not slots:  # alpha alone loads (DyLoRA: its weights are up_list / down_list)
+                    break
                 if name == "dora_scale" and partial and name not in slots:
                     continue  # strict=False: a module built without weight_decompose leaves it unread
                 if name != "alpha" and name not in slots:

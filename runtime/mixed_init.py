@@ -33,8 +33,30 @@ def load_mixed_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> i
         **_lora_slots(plan, unet, text_encoders),
         **factor_slots(plan, unet, text_encoders, unit_scale=True),  # mixed_kinds.kind_adapter's LoKr
         **whole_layer_slots(plan, unet, text_encoders),
+        **_dylora_alphas(plan, unet, text_encoders),
     }
     return load_fused_lycoris_init(plan, unet, text_encoders, layers)
+
+
+def _dylora_alphas(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float]]:
+    """kohya name -> (no slot, its alpha) for every DyLoRA layer (SD 1.x/2.x and SDXL: one module per layer).
+    LyCORIS's DyLoraModule keeps its weights in `up_list` / `down_list`, so load_weights'
+    `load_state_dict(strict=False)` takes none of the file's `lora_down` / `lora_up` and only the `alpha`
+    buffer, which get_weight scales by: the layer keeps its own init, and the file's alpha must be the one it
+    trains at (the loader checks it; compiler/mixed_init_file.py)."""
+    from dbspec.runtime.dylora import DyloraLayer
+
+    out: dict[str, tuple[dict[str, Slot], float]] = {}
+    parts = kohya_parts(unet=unet, text_encoders=list(text_encoders), family=plan.model.family, lycoris=True)
+    for prefix, module, to_path in parts:
+        found = lora_adapter(module)
+        if found is None:
+            continue  # a model that does not train: kohya drops its modules
+        inner, adapter = found
+        for name, layer in inner.named_modules():
+            if isinstance(layer, DyloraLayer) and adapter in layer.lora_alpha:
+                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = ({}, float(layer.lora_alpha[adapter]))
+    return out
 
 
 def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float]]:

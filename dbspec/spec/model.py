@@ -541,7 +541,8 @@ class AdapterBlock:
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
         "of kind lora, loha, lokr or dylora without options one kind lacks (DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
-        "of its modules, each in its kind's keys (without DyLoRA layers).",
+        "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "
+        "its `alpha` loads, which must be the block's, as LyCORIS's DyLoraModule takes nothing else).",
         example="loha",
     )
     rank: int = option(
@@ -725,6 +726,17 @@ def _lycoris_output_dropout(what: str):
     )
 
 
+def _full_blocks_init_scale():
+    return option(
+        1.0,
+        doc="With `init_weights`: the multiple of the file's `diff` / `diff_b` each layer of a `kind = "
+        "\"full\"` block starts from (the layer's weight and bias plus init_scale x the file's; the full "
+        "adapter's `init_scale` for a run of several kinds). 2 is kohya's start with `--dim_from_weights` "
+        "from a LyCORIS file of several kinds: create_network_from_weights builds each FullModule at W + "
+        "diff and load_weights adds the file's diff again. Unused without full blocks and init_weights.",
+    )
+
+
 @frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
@@ -885,6 +897,7 @@ class LoraAdapter:
         "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
         "first layer.",
     )
+    init_scale: float = _full_blocks_init_scale()
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(
         False,
@@ -1047,6 +1060,7 @@ class LohaAdapter:
     )
     init_weights: str = _fused_init_weights("LoHa")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = _full_blocks_init_scale()
 
 
 @frozen
@@ -1128,6 +1142,7 @@ class LokrAdapter:
     )
     init_weights: str = _fused_init_weights("LoKr")
     init_partial: bool = _fused_init_partial()
+    init_scale: float = _full_blocks_init_scale()
 
 
 @frozen

@@ -109,6 +109,10 @@ GLORA = MIXED_FULL.replace('algo = "full"', 'algo = "glora"').replace(
     '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
 )
 
+LORA_FULL = MIXED_FULL.replace(
+    '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
+)
+
 
 @pytest.mark.parametrize(
     ("algo", "preset", "kind", "others"),
@@ -116,8 +120,10 @@ GLORA = MIXED_FULL.replace('algo = "full"', 'algo = "glora"').replace(
         ("lokr", MIXED, "lokr", {"lora", "loha"}),
         ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"'), "lokr", {"lora", "diag-oft"}),
         ("locon", GLORA, "lora", {"glora"}),
+        ("locon", LORA_FULL, "lora", {"full"}),
+        ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
     ],
-    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora"],
+    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     pipe, tmp_path, monkeypatch, algo, preset, kind, others
@@ -135,8 +141,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     made = _network(pipe, preset_path, monkeypatch, algo)
     state = kit.moved_state(made, seed=2, scale=0.1)
     names = sorted({k.split(".")[0] for k in state})
-    for name in names[1::4]:  # their own scale
-        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    for name in names[1::4]:  # their own scale (a FullModule has no alpha)
+        if f"{name}.alpha" in state:
+            state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
     path = kit.save_state(state, tmp_path, drop=6)
     in_file = {k.split(".")[0] for k in load_file(str(path))}
     theirs = _theirs(pipe, path)
@@ -147,6 +154,7 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     a = plan.adapter
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
+    assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)
@@ -171,3 +179,66 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+DYLORA = MIXED.replace(
+    '[module_algo_map.ResnetBlock2D]\nalgo = "locon"', '[module_algo_map.ResnetBlock2D]\nalgo = "dylora"'
+)
+
+
+def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path, monkeypatch):
+    """A LoCon network whose preset gives the ResNets DyLoRA (dim 4, alpha 2), the MLPs LoHa and conv_in LoRA,
+    started from lycoris-lora 4.1.3's file of that network (every parameter moved): load_weights'
+    load_state_dict(strict=False) loads the DyLoraModules' `alpha` alone (their weights are up_list /
+    down_list), the other modules whole. dbspec's converted run starts every layer alike (outputs to 1e-5,
+    the DyLoRA layers at their fresh init with LyCORIS's scale, the others moved); a file DyLoRA alpha other
+    than its block's is refused when the run starts; the run trains and resumes bit for bit."""
+    from dbspec.runtime.dylora import DyloraLayer
+
+    preset_path = tmp_path / "mixed.toml"
+    preset_path.write_text(DYLORA, encoding="utf-8")
+    made = _network(pipe, preset_path, monkeypatch, "locon")
+    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    assert dylora and len({type(m).__name__ for m in made.unet_loras}) >= 3
+    path = kit.saved_file(made, tmp_path, seed=1, scale=0.1)
+    state = load_file(str(path))
+    assert {f"{n}.lora_down.weight" for n in dylora} <= set(state), "DyLoRA's modules in kohya's layout"
+    made = _network(pipe, preset_path, monkeypatch, "locon")
+    made.load_weights(str(path))
+
+    PRESETS["mixed"] = DYLORA
+    try:
+        _, plan = _converted_plan(tmp_path, "mixed", "locon", "--network_weights=prev.safetensors")
+    finally:
+        del PRESETS["mixed"]
+    assert plan.adapter.init_weights and plan.adapter.init_partial
+    assert "dylora" in {b.kind for b in plan.adapter.blocks}
+    comps, count = _loaded(plan)
+    assert count == len({k.split(".")[0] for k in state})
+    ours = _ours(comps)
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert set(theirs) <= set(ours)
+    torch.manual_seed(0)
+    for name, lyco in sorted(theirs.items()):
+        layer = ours[name]
+        base = layer.get_base_layer()
+        x = kit.sample_input(base)
+        if name in dylora:
+            assert isinstance(layer, DyloraLayer), name
+            adapter = next(iter(layer.lora_alpha))
+            assert layer.lora_alpha[adapter] == float(lyco.alpha) == float(state[f"{name}.alpha"]), name
+        with torch.no_grad():
+            mine, want = layer(x), lyco(x)
+            torch.testing.assert_close(mine, want, rtol=0, atol=1e-5, msg=name)
+            moved = not torch.allclose(mine, base(x), atol=1e-4)
+        assert moved == (name not in dylora), name
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    kit.resumes_bit_exact(tmp_path, whole, saved)
+
+    name = sorted(dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
+    state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    kit.save_state(state, tmp_path)
+    with pytest.raises(ValueError, match=f"{name}.alpha"):
+        _loaded(plan)

@@ -137,11 +137,12 @@ def test_bad_files_are_refused_clearly(tmp_path):
     assert "FullModule does not take" in messages(norm, "DBS402"), errors(norm)
     flat = _sd1(tmp_path / "c", modules={CONV: {"diff": (640, 2880)}})
     assert "2 dimensions" in messages(flat, "DBS402"), errors(flat)
+    # beside LoKr modules a run of several kinds (test_convert_lycoris_sd_mixed.py); beside IA^3 alone not
     mixed = _sd1(
         tmp_path / "d",
-        modules={Q: {"diff": (320, 320)}, FF: {"lokr_w1": (4, 4), "lokr_w2": (80, 320)}},
+        modules={Q: {"diff": (320, 320)}, FF: {"weight": (320,), "on_input": ()}},
     )
-    assert "lokr" in messages(mixed, "DBS403"), errors(mixed)
+    assert "ia3" in messages(mixed, "DBS403"), errors(mixed)
 
 
 def test_sdxl_algo_full_loads_its_file_at_w_plus_diff(tmp_path):

@@ -73,7 +73,7 @@ def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
         ),
         ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
         ("rescale", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "rescale"),
-        ("full", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320), "alpha": 1.0}}, "DBS403", "beside"),
+        ("full-dims", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320, 1, 1)}}, "DBS402", "dimensions"),
     ):
         outcome = _convert(tmp_path / case, modules)
         assert code in codes(outcome) and said in messages(outcome, code), (case, errors(outcome))
@@ -127,3 +127,25 @@ def test_sdxl_original_names(tmp_path):
     fc1 = _block(a.text_encoder_blocks, "text_encoder_2.text_model.encoder.layers.20.mlp.fc1")
     assert (fc1.kind, fc1.rank) == ("loha", 8)
     assert not any(c.name == "text_encoder" and c.trainable == "lora" for c in plan.precision.components)
+
+
+def test_full_modules_are_full_blocks_from_twice_their_diff(tmp_path):
+    """FullModule.make_module_from_state_dict copies the diff into its weight, apply_to adds W, and
+    load_weights' prehook adds the diff again: the full blocks start at W + 2 diff (init_scale 2; was
+    DBS403). The outputs against lycoris-lora: test_lycoris_mixed_file.py."""
+    modules = {
+        Q: _lokr(320, 320, 4, 4, alpha=2.0),
+        K: {"diff": (320, 320)},
+        CONV: {"diff": (640, 320, 3, 3), "diff_b": (640,)},
+    }
+    outcome = _convert(tmp_path, modules)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("lokr", 2.0) and a.init_partial and a.init_weights
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert k.kind == "full" and k.rank > 0
+    conv = _block(a.blocks, "down_blocks.1.resnets.0.conv1")
+    assert conv.kind == "full" and conv.conv_rank > 0
+    assert _picks(a.conv_targets, "down_blocks.1.resnets.0.conv1")
+    outcome = _convert(tmp_path / "no-full", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4)})
+    assert plan_of(outcome, tmp_path / "no-full").adapter.init_scale == 1.0

@@ -1,6 +1,7 @@
 """`adapter.init_weights` for a run of several kinds (blocks with their own `kind`), checked at plan time
 from the file's header (compiler/mixed_init_file.py; issue 12): every tensor one of the run's kinds', the
-modules counted per trained model; DyLoRA layers refused (DBS356). The load itself against lycoris-lora:
+modules counted per trained model; DyLoRA layers' modules in kohya's LoRA layout (their alpha alone
+loads). The load itself against lycoris-lora:
 tests/runtime/test_lycoris_mixed_file.py (Flux: test_lycoris_mixed_flow_file.py)."""
 
 from __future__ import annotations
@@ -53,11 +54,23 @@ def test_a_file_of_the_runs_kinds_starts_it(tmp_path):
     assert "DBS358" in {d.code for d in planned.diagnostics}
 
 
-def test_a_tensor_of_no_kind_of_the_run_or_dylora_layers_are_dbs356(tmp_path):
+def test_a_tensor_of_no_kind_of_the_run_is_dbs356(tmp_path):
     _write(tmp_path / "prev.safetensors", {Q: LORA, OUT: {"oft_blocks": (80, 4, 4)}})
     planned = _plan(tmp_path, _spec())
     found = [d for d in planned.diagnostics if d.code == "DBS356"]
     assert planned.plan is None and found and f"{OUT}.oft_blocks" in found[0].message
+
+
+def test_dylora_layers_modules_in_kohyas_lora_layout_plan(tmp_path):
+    """A DyLoraModule saves kohya's `lora_down` / `lora_up` / `alpha` (was DBS356 on SD 1.x)."""
+    _write(
+        tmp_path / "prev.safetensors",
+        {Q: LORA, OUT: {"lora_down.weight": (2, 320), "lora_up.weight": (320, 2)}},
+    )
     planned = _plan(tmp_path, _spec("dylora") + "unit = 1\n")  # the block's own unit
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 2
+    _write(tmp_path / "prev.safetensors", {Q: LORA, OUT: LOHA})  # LoHa's factors are no DyLoRA run's
+    planned = _plan(tmp_path, _spec("dylora") + "unit = 1\n")
     found = [d for d in planned.diagnostics if d.code == "DBS356"]
-    assert planned.plan is None and found and "DyLoRA" in found[0].message, planned.diagnostics
+    assert planned.plan is None and found and f"{OUT}.hada_w1_a" in found[0].message

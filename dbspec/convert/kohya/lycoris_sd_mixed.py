@@ -1,5 +1,6 @@
 """lycoris.kohya `--dim_from_weights` with a LyCORIS file mixing LoCon (`lora_down` / `lora_up`), LoKr
-(`lokr_w1`...), LoHa (`hada_w1_a`...), Diag-OFT / BOFT (`oft_blocks`) and GLoRA (`a1.weight`...) modules,
+(`lokr_w1`...), LoHa (`hada_w1_a`...), Diag-OFT / BOFT (`oft_blocks`), GLoRA (`a1.weight`...) and full
+(`diff` / `diff_b`) modules,
 some LoCon, LoKr or LoHa among them, on SD 1.x/2.x (train_network.py) and SDXL (sdxl_train_network.py).
 LyCORIS's create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own
 keys (get_module), each at the values its make_module_from_state_dict reads off the file (LoConModule:
@@ -12,7 +13,9 @@ own LoKr layers may carry their own split), else of the LoHa modules', else LoRA
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their `kind` at each module's rank and alpha
 (an OFT's block-size hint and constraint), placed first so that their patterns (exact among the file's
 layers) take their layers; the targets span every module's layer; the run starts from the file
-(runtime/mixed_init.py). A run of several kinds builds no Tucker form, weight decomposition or OFT rescale
+(runtime/mixed_init.py); with full modules at `init_scale` 2 (make_module_from_state_dict copies the diff
+into FullModule's weight, apply_to adds W, load_weights' prehook adds the diff again: W + 2 diff). A run of
+several kinds builds no Tucker form, weight decomposition or OFT rescale
 (DBS578): a `lora_mid`, `hada_t1`, `lokr_t2`, `dora_scale` or `rescale` in such a file is DBS403. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
 
@@ -30,8 +33,8 @@ from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _oft
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _kind as _oft_kind
 
 # the file algos (lycoris_flow_weights._DETECT) this module maps; LoCon, LoKr or LoHa among them
-MIXED_ALGOS = ("locon", "lokr", "loha", "oft", "glora")
-_KIND = {"locon": "lora", "lokr": "lokr", "loha": "loha", "glora": "glora"}
+MIXED_ALGOS = ("locon", "lokr", "loha", "oft", "glora", "full")
+_KIND = {"locon": "lora", "lokr": "lokr", "loha": "loha", "glora": "glora", "full": "full"}
 _LOCON = ("lora_down.weight", "lora_up.weight")
 
 
@@ -65,11 +68,30 @@ def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
     return {"rank": rank, "alpha": float(m.alpha or rank)}  # LoConModule: alpha 0 is the dim
 
 
+def _full(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
+    """A full module's block values (its rank only switches the layer on); else why not."""
+    odd = sorted(k for k in m.shapes if k not in ("diff", "diff_b"))
+    if odd or "diff" not in m.shapes:
+        return (
+            f"`{name}.{odd[0] if odd else 'diff'}`: a full module of no tensors but `diff` / `diff_b` beside "
+            "modules of other kinds; dbspec starts only from a file whose every tensor it places"
+        )
+    dims = len(m.shapes["diff"])
+    if dims != (4 if layer == "conv" else 2):
+        return (
+            f"{INVALID}`{name}.diff` has {dims} dimensions; kohya's `{path}` is a "
+            f"{'convolution' if layer == 'conv' else 'Linear'}: FullModule's copy_ raises"
+        )
+    return {"rank": 1, "alpha": 1.0}
+
+
 def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
     """A LoCon / LoHa / Diag-OFT / BOFT / GLoRA module's (kind, rank, alpha, spatial) in a run of several
     kinds (an OFT block's rank its block-size hint, its alpha the constraint); else why not."""
     kind = _KIND.get(m.algo) or _oft_kind(m)
-    if m.algo == "locon":
+    if m.algo == "full":
+        found = _full(name, m, layer, path)
+    elif m.algo == "locon":
         found = _locon(name, m)
     elif m.algo == "glora":
         found = _glora(name, m, layer)
@@ -157,6 +179,10 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
         out["conv_rank"], out["conv_alpha"] = Counter(conv_pairs).most_common(1)[0][0]
     if convs:
         out["conv_targets"] = _suffixes(convs, layers.rows)
+    if any(v["kind"] == "full" for v in (*unet.values(), *text.values())):
+        # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
+        # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
+        out["init_scale"] = 2.0
     top = (int(out["rank"]), float(out["alpha"]))
     # the other kinds' blocks first: each module takes the first block whose pattern it matches
     out["blocks"] = [*_kind_blocks(unet, rows, top), *found["blocks"]]

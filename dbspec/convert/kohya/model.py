@@ -1104,9 +1104,13 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
     note = f"kohya --dim_from_weights: LyCORIS's {kind} modules of {paths.name_of(weights.value)}"
     conv.put(("adapter", "kind"), kind, conv.comment(module, note))
     tables = ("blocks", "text_encoder_blocks")
+    twice = (  # lycoris-lora 4.1.3: make_module_from_state_dict + apply_to, then the load hook's W + diff
+        "kohya --dim_from_weights: LyCORIS builds each FullModule at W + diff, then train_network.py's "
+        "load_weights adds the file's diff again: W + 2 diff"
+    )
     for key, value in found.items():
         if key != "kind" and key not in tables:
-            conv.put(("adapter", key), value, note)
+            conv.put(("adapter", key), value, twice if key == "init_scale" else note)
     for table in tables:
         for index, block in enumerate(found.get(table, ())):
             for key, value in block.items():
