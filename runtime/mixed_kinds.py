@@ -135,7 +135,8 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     (lora_dropout.py) and the full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
     own. On the denoiser's fused Linears (`fused`, plan.adapter.fused: Flux, SD3, Chroma) each kind's one
     LyCORIS module on the fused layer draws once per forward for all its parts: the first part called draws,
-    the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs;
+    the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs, a
+    fused GLoRA's their draws in its forward, runtime/lycoris_glora.py FusedDraws;
     runtime/fused_dropout.py for LoRA parts, fused_lycoris_dropout.py for LoKr / LoHa parts of a lora or
     dylora adapter's blocks; a LoKr / LoHa adapter's are wrapped by runtime/prepare.py). Returns how many
     layers (fused layers) this wrapped."""

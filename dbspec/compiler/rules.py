@@ -2567,20 +2567,6 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    drawn_alone = [(t, j, b) for t, j, b in other if t == "blocks" and b.kind in ("glora", "boft")]
-    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0) and drawn_alone:
-        # each other kind's module on a fused Linear draws once for its parts (runtime/mixed_kinds.py
-        # add_module_dropout); GLoRA's and BOFT's fused parts draw on their own (as their own adapters)
-        t, j, b = drawn_alone[0]
-        yield _err(
-            "DBS578",
-            ("adapter", "module_dropout"),
-            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{t}[{j}].kind = "{b.kind}" '
-            f"on {family.title}: dbspec draws a run of several kinds' module dropout once per fused Linear "
-            "for LoRA, LoHa, LoKr, full, IA^3, Diag-OFT and DyLoRA modules, not for GLoRA or BOFT ones (on "
-            "fused Linears each LyCORIS module draws once for all its parts)",
-            codes.help("DBS578"),
-        )
     if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
