@@ -382,6 +382,7 @@ def _check_fused_module(
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
+            ("module_dropout (one draw per fused module)", bool(adapter.module_dropout)),
         )
     elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
         switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)

@@ -3512,9 +3512,9 @@ def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
 
 @rule("spec")
 def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass or
-    max norm, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count` only with it
-    (DBS574)."""
+    """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass, max
+    norm or module dropout, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count`
+    only with it (DBS574)."""
     a = spec.adapter
     if a.kind != "diag-oft":
         return
@@ -3537,6 +3537,11 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
         (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
+        (
+            ("adapter", "module_dropout"),
+            "adapter.module_dropout: kohya's OFTModule has no module dropout",
+            bool(a.module_dropout),
+        ),
         (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
         *[
             (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)

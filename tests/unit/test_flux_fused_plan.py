@@ -548,6 +548,13 @@ def test_dylora_fused_module_dropout_plans(toy: Path):
     assert planned.plan is not None, planned.diagnostics
     a = planned.plan.adapter
     assert (a.module_dropout, a.rank_dropout, a.bypass_dropout, len(a.fused)) == (0.3, 0.2, 0.1, 3)
+    # Diag-OFT's module_dropout plans on SD (its own draw per layer) but not on fused layers yet (DBS577)
+    oft = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3})
+    refused = compile_in(toy)
+    assert "module_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
+    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3, "form": "kohya", "block_count": 4})
+    assert "module dropout" in " ".join(d.message for d in compile_in(toy).diagnostics if d.code == "DBS574")
 
 
 # several kinds on fused layers (blocks with their own kind: runtime/mixed_kinds.py): one LyCORIS module of
