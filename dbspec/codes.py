@@ -2680,7 +2680,7 @@ together, so the parts share its blocks (constraint and `max_norm` over them) an
 the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); no
 `[[adapter.blocks]]`.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
-of `b1`; its dropouts (one draw per module) are not there. With `kind = "dylora"` one DyLoraModule per
+of `b1` and the module's dropout draws (one per forward). With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks, the drawn block and the `module_dropout` draw, each its
 rows of the up blocks; one `unit` for all its parts. All need every part of a fused layer adapted, at one rank
 and alpha, and a family with kohya's Flux / SD3 layout.""",

@@ -136,15 +136,22 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
         if adapter is None:
             return self.base_layer(x, *args, **kwargs)
         p = self.glora_module_dropout
-        if self.training and p and torch.rand(1) < p:  # LyCORIS: the whole update skipped
+        shared = self.__dict__.get("glora_draws") if self.training else None
+        if shared is not None:  # a part of a fused Linear: the fused module's draws, made once
+            shared.begin()
+        draw = (lambda key, make: make()) if shared is None else shared.get  # noqa: E731
+        if self.training and p and draw("skip", lambda: bool(torch.rand(1) < p)):  # LyCORIS: update skipped
             return self.base_layer(x, *args, **kwargs)
         if self.glora_bypass:
-            return self._bypass(x, adapter, *args, **kwargs)
+            return self._bypass(x, adapter, *args, shared=shared, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         return (result + self._added(x, adapter)).to(result.dtype)
 
-    def _bypass(self, x: torch.Tensor, adapter: str, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """GLoRAModule's bypass_forward: the pairs on activations, A's output added to the layer's input."""
+    def _bypass(
+        self, x: torch.Tensor, adapter: str, *args: Any, shared: FusedDraws | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """GLoRAModule's bypass_forward: the pairs on activations, A's output added to the layer's input.
+        `shared`: a fused Linear's draws (FusedDraws), its masks made by the first part called."""
         base = self.get_base_layer()
         a1, a2, b1, b2 = (getattr(self, part)[adapter].to(x.dtype) for part in _PARTS)
         if isinstance(base, nn.Conv2d):
@@ -152,10 +159,11 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
         else:
             ax_mid, bx_mid = F.linear(x, a2), F.linear(x, b2)
         p = self.glora_rank_dropout
+        draw = (lambda key, make: make()) if shared is None else shared.get  # noqa: E731
         if p and self.training:  # LyCORIS keeps the ranks drawn below the rate
             rank = self.r[adapter]
-            drop_a = (torch.rand(rank, device=ax_mid.device) < p).to(ax_mid.dtype)
-            drop_b = (torch.rand(rank, device=bx_mid.device) < p).to(bx_mid.dtype)
+            drop_a = draw("a", lambda: (torch.rand(rank, device=ax_mid.device) < p).to(ax_mid.dtype))
+            drop_b = draw("b", lambda: (torch.rand(rank, device=bx_mid.device) < p).to(bx_mid.dtype))
             shape = (1, -1, 1, 1) if x.dim() == 4 else (*[1] * (x.dim() - 1), -1)
             ax_mid, bx_mid = ax_mid * drop_a.view(shape), bx_mid * drop_b.view(shape)
         if isinstance(base, nn.Conv2d):
@@ -167,7 +175,14 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
         scale = scalar * self.scaling[adapter]
         training = self.training and self.glora_dropout > 0
         drop = partial(F.dropout, p=self.glora_dropout, training=training)
-        return self.base_layer(x + drop(ax) * scale, *args, **kwargs) + drop(bx) * scale
+        if shared is not None and training:  # the fused module's masks: ax's, and bx's over every part's rows
+            mask_a = draw("ax", lambda: drop(torch.ones_like(ax)))
+            mask_b = draw("bx", lambda: drop(ax.new_ones((*bx.shape[:-1], shared.rows), dtype=bx.dtype)))
+            start, stop = self.__dict__["glora_rows"]
+            ax, bx = ax * mask_a, bx * mask_b[..., start:stop]
+        else:
+            ax, bx = drop(ax), drop(bx)
+        return self.base_layer(x + ax * scale, *args, **kwargs) + bx * scale
 
     def __repr__(self) -> str:
         return "lycoris_glora." + super().__repr__()
@@ -251,4 +266,57 @@ def tie_fused_glora(module: nn.Module, groups, adapter: str) -> int:
                 own[adapter] = theirs[adapter]
 
     adapted = lambda m: isinstance(m, GloraLayer)  # noqa: E731
-    return tie_parts(module, groups, adapted, "GLoRA", same, "rank or scale", tie)
+    tied = tie_parts(module, groups, adapted, "GLoRA", same, "rank or scale", tie)
+    share_fused_draws(module, groups)
+    return tied
+
+
+class FusedDraws:
+    """The draws of LyCORIS's GLoRAModule on a fused Linear, made once per training forward for its parts:
+    the first part called (begin) makes each (get) as GLoRAModule does, in its order and from torch's
+    generators (module_dropout's `torch.rand(1)`, bypass_mode's rank masks over the shared rank and its
+    dropout's masks: over `ax`, the same input's for every part, and over `bx`'s stacked rows, `rows` of
+    them, each part its slice), the others take them. As runtime/fused.py FusedSkip, they are kept until
+    every part has taken them, so gradient checkpointing's recomputation (the generator restored) makes
+    them again alike. A dropout mask is torch's dropout of ones (the bernoulli draw scaled by 1 / (1 - p),
+    which dropout multiplies the input by on the CPU; CUDA's fused dropout kernel scales in float, which
+    rounds otherwise in half precision)."""
+
+    def __init__(self, parts: int, rows: int):
+        self.parts, self.rows, self.left, self.drawn = parts, rows, 0, {}
+
+    def begin(self) -> None:
+        if self.left == 0:
+            self.left, self.drawn = self.parts, {}
+        self.left -= 1
+
+    def get(self, key: str, make):
+        if key not in self.drawn:
+            self.drawn[key] = make()
+        return self.drawn[key]
+
+
+def share_fused_draws(module: nn.Module, groups) -> int:
+    """One FusedDraws per fused Linear whose GLoRA parts draw (module_dropout, or bypass_mode's rank_dropout
+    or dropout), each part's rows of the stacked layer (`glora_rows`, the group's part order: kohya's)
+    beside it; how many."""
+    from dbspec.runtime.fused import fused_parts
+
+    shared = 0
+    for _, _, found in fused_parts(module, groups, lambda m: isinstance(m, GloraLayer)):
+        layers = [layer for _, _, layer in found]
+        first = layers[0] if layers else None
+        if first is None or not (
+            first.glora_module_dropout
+            or (first.glora_bypass and (first.glora_rank_dropout or first.glora_dropout))
+        ):
+            continue
+        widths = [layer.get_base_layer().weight.shape[0] for layer in layers]
+        draws = FusedDraws(len(layers), sum(widths))
+        start = 0
+        for layer, width in zip(layers, widths):
+            layer.__dict__["glora_draws"] = draws  # not a submodule
+            layer.__dict__["glora_rows"] = (start, start + width)
+            start += width
+        shared += 1
+    return shared

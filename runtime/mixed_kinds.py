@@ -135,17 +135,11 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     (lora_dropout.py) and the full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
     own. On the denoiser's fused Linears (`fused`, plan.adapter.fused: Flux, SD3, Chroma) each kind's one
     LyCORIS module on the fused layer draws once per forward for all its parts: the first part called draws,
-    the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs;
+    the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs, a
+    fused GLoRA's their draws in its forward, runtime/lycoris_glora.py FusedDraws;
     runtime/fused_dropout.py for LoRA parts, fused_lycoris_dropout.py for LoKr / LoHa parts of a lora or
     dylora adapter's blocks; a LoKr / LoHa adapter's are wrapped by runtime/prepare.py). Returns how many
     layers (fused layers) this wrapped."""
-    from dbspec.runtime.adapters import ADAPTER_NAME
-    from dbspec.runtime.fused import FusedSkip
-    from dbspec.runtime.fused import fused_parts
-    from dbspec.runtime.lycoris_full import FullLayer
-    from dbspec.runtime.lycoris_ia3 import Ia3Layer
-    from dbspec.runtime.lycoris_oft import DiagOftLayer
-
     rate = adapter.module_dropout
     count = 0
     kinds = set(other_kinds(adapter))
@@ -162,11 +156,27 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
             count += add_fused_dropout(module, fused, 0.0, rate)
         count += add_lora_dropout(module, 0.0, rate)
 
+    return count + add_own_module_dropout(module, rate, fused)
+
+
+def add_own_module_dropout(module: torch.nn.Module, rate: float, fused: tuple = ()) -> int:
+    """LyCORIS's module dropout on `module`'s full / IA^3 / Diag-OFT / BOFT layers, which have none of their
+    own (FullModule, IA3Module, DiagOFTModule, ButterflyOFTModule.forward: one `torch.rand(1)` from torch's
+    global CPU generator per training forward, first, the base output alone below the rate): each layer its
+    own draw, a fused Linear's parts (`fused`) one they share (runtime/fused.py FusedSkip). Also a Diag-OFT
+    adapter's own `module_dropout` (runtime/prepare.py). How many layers (fused layers) draw."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.fused import FusedSkip, fused_parts
+    from dbspec.runtime.lycoris_full import FullLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
     def own(layer) -> bool:
         return isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer)) and ADAPTER_NAME in getattr(
             layer, layer._holds
         )
 
+    count = 0
     for _group, _index, found in fused_parts(module, fused, own):
         if len(found) > 1:  # one LyCORIS module on the fused layer: one draw its parts share
             skip = FusedSkip(len(found))

@@ -125,6 +125,10 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
+        if a.kind == "diag-oft" and a.module_dropout and not mixed(a):  # DiagOFTModule's draw per layer
+            from dbspec.runtime.mixed_kinds import add_own_module_dropout
+
+            add_own_module_dropout(module, a.module_dropout)
         if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class once per fused layer
             from dbspec.runtime.mixed_kinds import add_module_dropout
 

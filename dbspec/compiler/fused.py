@@ -372,8 +372,8 @@ def _check_fused_module(
     fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
     blocks, kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's
     blocks is runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are
-    one, per-layer block sizes not; GLoRA: its dropouts draw once per fused module; DyLoRA's module_dropout
-    is one draw its parts share), a family without kohya's Flux / SD3 layout, and fused layers with parts
+    one, per-layer block sizes not; GLoRA's dropouts and DyLoRA's module_dropout are draws its parts
+    share), a family without kohya's Flux / SD3 layout, and fused layers with parts
     left out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
     if _no_fused_layers(ctx, spec):
@@ -382,16 +382,12 @@ def _check_fused_module(
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
+            ("module_dropout (one draw per fused module)", bool(adapter.module_dropout)),
         )
     elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
         switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)
-    elif isinstance(adapter, GloraAdapter):
-        switches = tuple(
-            (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
-            for key in ("module_dropout", "rank_dropout", "dropout")
-        )
-    else:  # DyLoRA's module_dropout: one skip draw its parts share (runtime/fused.py FusedSkip)
-        switches = ()
+    else:  # GLoRA's and DyLoRA's dropouts: draws their parts share (runtime/lycoris_glora.py FusedDraws,
+        switches = ()  # runtime/fused.py FusedSkip)
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:

@@ -2567,20 +2567,6 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
         return
     table, i, block = other[0]
-    drawn_alone = [(t, j, b) for t, j, b in other if t == "blocks" and b.kind in ("glora", "boft")]
-    if family.denoiser != "unet" and getattr(a, "module_dropout", 0.0) and drawn_alone:
-        # each other kind's module on a fused Linear draws once for its parts (runtime/mixed_kinds.py
-        # add_module_dropout); GLoRA's and BOFT's fused parts draw on their own (as their own adapters)
-        t, j, b = drawn_alone[0]
-        yield _err(
-            "DBS578",
-            ("adapter", "module_dropout"),
-            f'adapter.module_dropout = {a.module_dropout:g} with adapter.{t}[{j}].kind = "{b.kind}" '
-            f"on {family.title}: dbspec draws a run of several kinds' module dropout once per fused Linear "
-            "for LoRA, LoHa, LoKr, full, IA^3, Diag-OFT and DyLoRA modules, not for GLoRA or BOFT ones (on "
-            "fused Linears each LyCORIS module draws once for all its parts)",
-            codes.help("DBS578"),
-        )
     if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
@@ -3526,9 +3512,9 @@ def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
 
 @rule("spec")
 def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass or
-    max norm, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count` only with it
-    (DBS574)."""
+    """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass, max
+    norm or module dropout, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count`
+    only with it (DBS574)."""
     a = spec.adapter
     if a.kind != "diag-oft":
         return
@@ -3551,6 +3537,11 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (("adapter", "rescaled"), "adapter.rescaled: kohya's OFTModule has no row rescale", a.rescaled),
         (("adapter", "bypass"), "adapter.bypass: kohya's OFTModule has no bypass forward", a.bypass),
         (("adapter", "max_norm"), "adapter.max_norm: kohya's OFT network has no max-norm", bool(a.max_norm)),
+        (
+            ("adapter", "module_dropout"),
+            "adapter.module_dropout: kohya's OFTModule has no module dropout",
+            bool(a.module_dropout),
+        ),
         (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
         *[
             (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)

@@ -1333,6 +1333,14 @@ class DiagOftAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole rotation with this probability while training (LyCORIS `module_dropout`: "
+        "DiagOFTModule.forward's one `torch.rand(1)` from torch's global generator per layer and training "
+        "forward, the base output alone below the rate). LyCORIS's form only; not with `fused_projections`.",
+        minimum=0,
+        maximum=1,
+    )
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
     fused_projections: bool = option(

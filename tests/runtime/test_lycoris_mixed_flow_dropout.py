@@ -49,7 +49,11 @@ def _call_order(parts: list[nn.Module], transformer: nn.Module) -> list[nn.Modul
 
 @pytest.mark.parametrize(
     ("algo", "other", "qkv", "linear1"),
-    [("locon", "loha", "full", "ia3"), ("lokr", "locon", "diag-oft", "ia3")],
+    [
+        ("locon", "loha", "full", "ia3"),
+        ("lokr", "locon", "diag-oft", "ia3"),
+        ("locon", "loha", "glora", "ia3"),
+    ],
 )
 def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
     tmp_path, monkeypatch, algo, other, qkv, linear1
@@ -61,6 +65,16 @@ def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
     plan = _converted(tmp_path, file.name, algo, base)
     kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
     assert plan.adapter.module_dropout == RATE and plan.adapter.fused
+    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base)
+    assert {type(m).__name__ for m in theirs.values()} >= {"FullModule", "IA3Module"}
+    assert len(theirs) == 8
+    assert fused == 3  # img qkv, txt qkv, linear1
+
+
+def _draws_as_lycoris(tmp_path, monkeypatch, file, algo: str, kinds: set[str], base: list[str]):
+    """The converted preset file's tiny run (trained, resumed bit-exact), then every kohya layer's module in
+    lycoris-lora's network from the same file (the export loaded) against the trained parts in training from
+    the same generator state: outputs, generator state, both kinds of forward seen. (modules, fused layers)"""
     planned, whole, tensors = _run(tmp_path, kinds, base)  # trains, resumes bit-exact
 
     unet = whole.components.unet
@@ -77,8 +91,6 @@ def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys and not result.missing_keys, result
     theirs = {m.lora_name: m for m in made.unet_loras}
-    assert {type(m).__name__ for m in theirs.values()} >= {"FullModule", "IA3Module"}
-    assert len(theirs) == 8
     fused = 0
     unet.train()
     for path, (parts, order) in layers.items():
@@ -108,13 +120,13 @@ def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
             skipped += torch.equal(got, plain)
         assert 0 < skipped < 8, name  # both kinds of forward compared
-    assert fused == 3  # img qkv, txt qkv, linear1
     unet.eval()
     x = torch.randn(1, 16)
     state = torch.get_rng_state()
     with torch.no_grad():
         unet.transformer_blocks[0].attn.to_q(x)
     assert torch.equal(state, torch.get_rng_state())  # outside training: no draw
+    return theirs, fused
 
 
 def test_dylora_and_locon_modules_on_fused_layers_draw_once_each(tmp_path):
@@ -149,3 +161,19 @@ def test_dylora_and_locon_modules_on_fused_layers_draw_once_each(tmp_path):
         assert [g == {True} for g in got] == want, path
     assert fused == 3
     unet.eval()
+
+
+def test_boft_and_glora_entries_draw_once_per_fused_layer(tmp_path, monkeypatch):
+    """BOFT q/k/v, GLoRA linear1 and LoHa text q/k/v entries on a LoCon network with module_dropout (was
+    DBS578): ButterflyOFTModule's draw shared by its parts (add_module_dropout's FusedSkip), GLoRAModule's
+    (runtime/lycoris_glora.py FusedDraws), each as lycoris-lora's network from the same file draws it."""
+    from tests.runtime.test_lycoris_flux_boft import MIXED_FILE
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(MIXED_FILE, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]
+    plan = _converted(tmp_path, file.name, "locon", base)
+    assert plan.adapter.module_dropout == RATE
+    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, "locon", {"boft", "glora", "loha"}, base)
+    assert {"ButterflyOFTModule", "GLoRAModule", "LohaModule"} <= {type(m).__name__ for m in theirs.values()}
+    assert fused == 3

@@ -119,6 +119,12 @@ def test_boft_module_dropout_is_its_forward_s_draw(tmp_path):
     assert "never reads" in messages(outcome, "DBS405")
 
 
-def test_diag_oft_module_dropout_stays_refused(tmp_path):
+def test_diag_oft_module_dropout_is_its_forward_s_draw(tmp_path):
+    """DiagOFTModule.forward draws one torch.rand(1) per layer and training forward (its module_dropout, was
+    DBS403; tests/runtime/test_lycoris_oft_module_dropout.py); its rank_dropout stays DBS403."""
     outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "module_dropout=0.3"')
-    assert outcome.exit_code == 1 and "DBS403" in codes(outcome)
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.fused) == ("diag-oft", 0.3, ())
+    refused = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "rank_dropout=0.3"')
+    assert refused.exit_code == 1 and "DBS403" in codes(refused)

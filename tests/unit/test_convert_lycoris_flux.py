@@ -901,10 +901,22 @@ def test_glora_is_one_module_per_fused_layer(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arg", ["module_dropout=0.1", "bypass_mode=True rank_dropout=0.1", "bypass_mode=True dropout=0.1"]
+    ("arg", "expected"),
+    [
+        ("module_dropout=0.1", (0.1, 0.0, 0.0, False)),
+        ("bypass_mode=True rank_dropout=0.2", (0.0, 0.2, 0.0, True)),
+        ("bypass_mode=True dropout=0.3", (0.0, 0.0, 0.3, True)),
+        ("bypass_mode=True module_dropout=0.1 rank_dropout=0.2 dropout=0.3", (0.1, 0.2, 0.3, True)),
+    ],
 )
-def test_glora_draws_per_fused_module_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=glora {arg}"))
+def test_glora_draws_per_fused_module_map(tmp_path, arg, expected):
+    """GLoRAModule's draws on a fused Linear, one per fused module its parts share (runtime/lycoris_glora.py
+    FusedDraws; DBS403 before, issue 12)."""
+    outcome = _flux(tmp_path, f"--network_args algo=glora {arg}")
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.module_dropout, a.rank_dropout, a.bypass_dropout, a.bypass) == expected
+    assert len(a.fused) == 3
 
 
 def test_dylora_is_one_module_per_fused_layer(tmp_path):

@@ -534,15 +534,27 @@ def test_dylora_fused_parts_in_blocks_of_other_units_are_dbs577(toy: Path):
 
 def test_dylora_fused_module_dropout_plans(toy: Path):
     """DyLoRA's module_dropout on fused layers: one skip draw per fused Linear, its parts sharing it
-    (runtime/fused.py FusedSkip; was DBS577, issue 12); GLoRA's stays DBS577."""
+    (runtime/fused.py FusedSkip; was DBS577, issue 12); GLoRA's dropouts too (runtime/lycoris_glora.py
+    FusedDraws)."""
     adapter = {"kind": "dylora", "rank": 4, "unit": 2, "fused_projections": True, "denoiser_targets": KOHYA}
     write_spec(toy, model=FLUX, adapter={**adapter, "module_dropout": 0.3})
     planned = compile_in(toy)
     assert planned.plan is not None, planned.diagnostics
     assert planned.plan.adapter.module_dropout == 0.3 and len(planned.plan.adapter.fused) == 3
     glora = {"kind": "glora", "rank": 4, "fused_projections": True, "denoiser_targets": KOHYA}
-    write_spec(toy, model=FLUX, adapter={**glora, "module_dropout": 0.3})
-    assert "DBS577" in codes(compile_in(toy), "error")
+    dropped = {"module_dropout": 0.3, "bypass": True, "rank_dropout": 0.2, "dropout": 0.1}
+    write_spec(toy, model=FLUX, adapter={**glora, **dropped})
+    planned = compile_in(toy)
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.module_dropout, a.rank_dropout, a.bypass_dropout, len(a.fused)) == (0.3, 0.2, 0.1, 3)
+    # Diag-OFT's module_dropout plans on SD (its own draw per layer) but not on fused layers yet (DBS577)
+    oft = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3})
+    refused = compile_in(toy)
+    assert "module_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
+    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3, "form": "kohya", "block_count": 4})
+    assert "module dropout" in " ".join(d.message for d in compile_in(toy).diagnostics if d.code == "DBS574")
 
 
 # several kinds on fused layers (blocks with their own kind: runtime/mixed_kinds.py): one LyCORIS module of

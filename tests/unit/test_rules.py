@@ -1702,21 +1702,6 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
     ),
-    (  # module_dropout in a run of several kinds on fused Linears: not beside GLoRA / BOFT blocks (their
-        # fused parts draw on their own); LoRA / LoHa / LoKr / full / IA^3 / Diag-OFT / DyLoRA ones share one
-        rules.mixed_kinds_family,
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lokr"\nfused_projections = true\nmodule_dropout = 0.1\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "glora"\nrank = 4\nalpha = 4.0\n',
-        [("DBS578", "error", ("adapter", "module_dropout"))],
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lokr"\nfused_projections = true\nmodule_dropout = 0.1\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
-    ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,
         DOG

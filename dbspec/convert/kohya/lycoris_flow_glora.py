@@ -9,12 +9,12 @@ blocks' linear1, SD3's attn.qkv) one module spans the stacked rows: part p's row
 b2) x scale, so diffusers' separate parts share a1, a2, b2 (and the scalar) and each keeps its rows of b1
 (runtime/lycoris_glora.py tie_fused_glora; b1's kaiming bound is 1 / sqrt(rank) whatever its rows, so the
 parts' own draws have the fused module's distribution). The kohya_lora export writes the shared tensors once
-and b1 stacked under kohya's name, the file lycoris-lora loads back. What draws once per fused module is
-refused (DBS403): `module_dropout`, and in bypass_mode `rank_dropout` and `dropout` (--network_dropout);
-outside bypass_mode those two are never applied (DBS405). bypass_mode alone: adapter.bypass (the pairs on
-activations, each part its rows). GLoRAModule never reads dora_wd or Tucker's switches (DBS405); LoRA+
-raises `lora_up` parameters, which it has not (DBS405). Convolutions (SD3's patch convolution with presets
-full / unet-only): at conv_dim / conv_alpha."""
+and b1 stacked under kohya's name, the file lycoris-lora loads back. Its draws, made once per fused module,
+its parts share (runtime/lycoris_glora.py FusedDraws): `module_dropout`, and in bypass_mode `rank_dropout`
+and `dropout` (--network_dropout); outside bypass_mode those two are never applied (DBS405). bypass_mode:
+adapter.bypass (the pairs on activations, each part its rows). GLoRAModule never reads dora_wd or
+Tucker's switches (DBS405); LoRA+ raises `lora_up` parameters, which it has not (DBS405). Convolutions
+(SD3's patch convolution with presets full / unet-only): at conv_dim / conv_alpha."""
 
 from __future__ import annotations
 
@@ -49,24 +49,22 @@ def map_flow_glora(
     scale_alpha = float(alpha.value)
     legacy = lambda key: popped(args, kwargs, key)  # noqa: E731
     bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
-    refused = []
-    if float(kwargs.get("module_dropout") or 0):
-        refused.append(f"module_dropout={kwargs['module_dropout']} (one draw per fused Linear)")
+    if "module_dropout" in kwargs:  # one draw per fused Linear its parts share
+        given = legacy("module_dropout")
+        if float(given.value or 0):
+            conv.mapped(given, ("adapter", "module_dropout"), float(given.value))
+        else:
+            conv.inert(given, "0 is off")
     rates = {k: legacy(k) for k in ("rank_dropout", "dropout") if k in kwargs}
     if "dropout" not in rates and a["network_dropout"].value:  # train_network.py hands it on as `dropout`
         rates["dropout"] = a["network_dropout"]
     for key, given in rates.items():
         if not float(given.value or 0):
             conv.inert(given, "0 is off")
-        elif bypass:
-            refused.append(f"{key}={given.value} with bypass_mode (one draw per fused Linear)")
+        elif bypass:  # drawn once per fused Linear: rank masks over the shared rank, masks over its rows
+            conv.mapped(given, ("adapter", key), float(given.value))
         else:
             conv.ignored(given, "GLoRAModule applies it only in bypass_mode (off here)")
-    if refused:
-        conv.unsupported(args, f"algo=glora on {layout.title}'s fused Linears: {', '.join(refused)}")
-        return False
-    if "module_dropout" in kwargs:
-        conv.inert(legacy("module_dropout"), "0 is off")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     put_convs(kwargs, args, conv, put, layout, layers, rank, scale_alpha)

@@ -948,8 +948,8 @@ def _lycoris_full(
     (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
     conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
     are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
-    IA3Module's none), but BOFT's module_dropout (ButterflyOFTModule.forward's one draw per layer and
-    training forward; it never reads rank_dropout)."""
+    IA3Module's none), but BOFT's and Diag-OFT's module_dropout (ButterflyOFTModule.forward's and
+    DiagOFTModule.forward's one draw per layer and training forward; BOFT never reads rank_dropout)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -983,7 +983,7 @@ def _lycoris_full(
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
             "output, its bias too; dbspec changes the weight, as LyCORIS's default forward)"
         )
-    if kind == "boft" and "module_dropout" in kwargs:  # ButterflyOFTModule.forward's one torch.rand(1)
+    if kind in ("boft", "diag-oft") and "module_dropout" in kwargs:  # their forward's one torch.rand(1)
         put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
     if kind == "boft" and "rank_dropout" in kwargs:
         conv.ignored(
