@@ -2127,12 +2127,12 @@ Linear draws them.) kohya's networks have no input dropout.""",
         "A weight decomposition the fused layer's parts cannot share",
         """\
 With `adapter.fused_projections` a LoRA's `dora` is LyCORIS's weight decomposition of the fused Linear
-(lycoris.kohya's `dora_wd` on kohya's Flux): one magnitude per output row, so each part keeps its rows'. That
-needs LyCORIS's form (`dora_form = "lycoris"`; peft's DoRA has no kohya file layout), the norm per output row
-(`dora_axis = "output"`: a norm per input column spans every part's rows), and every part of each fused layer
-adapted (LyCORIS decomposes all of the fused weight's rows).""",
-        help='set dora_form = "lycoris" and dora_axis = "output" and adapt every part, or set adapter.dora = '
-        "false",
+(lycoris.kohya's `dora_wd` on kohya's Flux): one magnitude per output row, so each part keeps its rows', or
+per input column (`dora_axis = "input"`, wd_on_output=False) one (1, in) magnitude the parts share, each part
+renormalised by the column norms of every part's merged rows. That needs LyCORIS's form (`dora_form =
+"lycoris"`; peft's DoRA has no kohya file layout), per input column the adapter's own `dora` (not only
+blocks'), and every part of each fused layer adapted (LyCORIS decomposes all of the fused weight's rows).""",
+        help='set dora_form = "lycoris" and adapt every part, or set adapter.dora = false',
     ),
     Code(
         "DBS510",

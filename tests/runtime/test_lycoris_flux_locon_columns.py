@@ -1,0 +1,136 @@
+"""lycoris.kohya algo=lora / locon with dora_wd and wd_on_output=False on kohya's fused Flux Linears (issue
+12; was DBS403 / DBS509): LoConModule(weight_decompose=True, wd_on_out=False) on the fused Linear keeps one
+magnitude per input column of the stacked weight, its norm spanning every part's merged rows. dbspec's parts
+share one (1, in) `dora_scale` (runtime/lycoris_dora.py tie_fused_doras) beside their shared down; checked
+here against lycoris-lora 4.1.3's LoConModule on the fused Linear holding the same values (outputs, the
+magnitude's, down's and ups' gradients), a tiny run resumed bit-exact, its kohya_lora export's (1, in)
+dora_scale loading into that module with the trained outputs, its peft folder loading back, and a run
+started from a LyCORIS file of such modules taking each fused layer's (1, in) magnitude."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lycoris.modules.locon import LoConModule
+from safetensors.torch import load_file, save_file
+
+from dbspec.runtime.lycoris_dora import dora_scale_of
+from tests.runtime.runspec import make_plan, whole_and_resumed
+from tests.runtime.test_lycoris_flux import ATTN_ONLY, BASE, _double_block_layers, _fused_linear
+
+COLUMNS = 'dora = true\ndora_form = "lycoris"\ndora_axis = "input"\n'
+SPEC = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + COLUMNS)
+
+
+def _locon(parts, rank: int, alpha: float, tensors=None, name: str = "") -> LoConModule:
+    """lycoris-lora's LoConModule (weight_decompose, wd_on_out=False) on the fused Linear of `parts`: loaded
+    from `tensors` (a file's `name` module), else holding the parts' trained values."""
+    module = LoConModule(
+        "qkv",
+        _fused_linear([p.base_layer for p in parts]),
+        1.0,
+        rank,
+        alpha,
+        weight_decompose=True,
+        wd_on_out=False,
+    )
+    with torch.no_grad():
+        if tensors is not None:
+            own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+            module.load_state_dict(own)
+        else:
+            module.lora_down.weight.copy_(parts[0].lora_A["default"].weight)
+            module.lora_up.weight.copy_(torch.cat([p.lora_B["default"].weight for p in parts]))
+            assert module.dora_scale.shape == dora_scale_of(parts[0], "default").shape
+            module.dora_scale.copy_(dora_scale_of(parts[0], "default"))
+    module.apply_to()
+    return module
+
+
+def test_fused_locon_dora_per_input_column_is_lycoris_wd_on_out_false(tmp_path):
+    extra = SPEC + '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert plan.adapter.dora and plan.adapter.dora_axis == "input"
+    transformer = whole.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    qkv = (attn.to_q, attn.to_k, attn.to_v)
+    scale = dora_scale_of(qkv[0], "default")
+    assert all(dora_scale_of(p, "default") is scale for p in qkv) and scale.shape == (1, 16)
+    start = _fused_linear([p.base_layer for p in qkv]).weight.norm(dim=0, keepdim=True)  # LyCORIS's start
+    assert not torch.allclose(scale.detach(), start, atol=1e-7)  # trained
+    theirs = _locon(qkv, 4, 2.0)
+    x, target = torch.randn(3, 16), torch.randn(3, 48)
+    ours = torch.cat([p(x) for p in qkv], dim=-1)
+    expected = theirs.eval()(x)
+    assert not torch.allclose(ours, torch.cat([p.base_layer(x) for p in qkv], -1), atol=1e-6)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    # each part's rows decomposed by their own column norms would differ: the norm spans every part
+    alone = qkv[1].get_base_layer().weight + qkv[1]._update("default")
+    own_norm = alone * (scale / (alone.norm(dim=0, keepdim=True) + torch.finfo(alone.dtype).eps))
+    assert not torch.allclose(torch.nn.functional.linear(x, own_norm), ours[:, 16:32], atol=1e-4)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(ours, target).backward()
+    torch.nn.functional.mse_loss(expected, target).backward()
+    torch.testing.assert_close(scale.grad, theirs.dora_scale.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(qkv[0].lora_A["default"].weight.grad, theirs.lora_down.weight.grad)
+    ups = torch.cat([p.lora_B["default"].weight.grad for p in qkv])
+    torch.testing.assert_close(ups, theirs.lora_up.weight.grad, rtol=1e-4, atol=1e-7)
+
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    for name, parts in _double_block_layers(attn).items():
+        assert tensors[f"{name}.dora_scale"].shape == (1, 16), name
+        with torch.no_grad():
+            loaded = _locon(parts, 4, 2.0, tensors, name).eval()(x)
+            torch.testing.assert_close(loaded, torch.cat([p(x) for p in parts], -1), rtol=0, atol=1e-5)
+
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, fused_lokr=plan.adapter) == ["unet"]
+    again = fresh.transformer_blocks[0].attn
+    parts = (again.to_q, again.to_k, again.to_v)
+    assert all(dora_scale_of(p, "default") is dora_scale_of(parts[0], "default") for p in parts)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat([p(x) for p in parts], -1), ours.detach(), rtol=0, atol=1e-6)
+
+
+def test_fused_locon_dora_per_input_column_starts_from_its_file(tmp_path):
+    """--network_weights of LoConModules with weight_decompose and wd_on_out=False on the fused Linears: each
+    fused layer's (1, in) dora_scale loads into the parts' shared magnitude (runtime/flow_init.py), its down
+    and ups as usual; the run's layers then compute what lycoris-lora's modules loaded from the file do."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_flow_init import _loaded
+
+    torch.manual_seed(0)
+    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
+    tensors = {}
+    for name, parts in layers.items():
+        fused = _fused_linear(parts)
+        module = LoConModule(name, fused, 1.0, 4, 2.0, weight_decompose=True, wd_on_out=False)
+        with torch.no_grad():
+            module.lora_up.weight.normal_(std=0.1)
+            module.dora_scale.mul_(1 + 0.2 * torch.rand_like(module.dora_scale))  # not the base's norms
+        for key, value in module.state_dict().items():
+            tensors[f"{name}.{key}"] = value.contiguous()
+    assert tensors["lora_unet_double_blocks_0_img_attn_qkv.dora_scale"].shape == (1, 16)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    extra = SPEC.replace(
+        "fused_projections = true\n",
+        f'fused_projections = true\ninit_weights = "{tmp_path / "prev.safetensors"}"\ninit_partial = true\n',
+    )
+    plan = make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra)
+    assert plan.adapter.init_weights
+    comps, count = _loaded(plan)
+    assert count == 4
+    attn = comps.unet.float().eval().transformer_blocks[0].attn
+    x = torch.randn(3, 16)
+    for name, parts in _double_block_layers(attn).items():
+        scale = dora_scale_of(parts[0], ADAPTER_NAME)
+        assert all(dora_scale_of(p, ADAPTER_NAME) is scale for p in parts)
+        torch.testing.assert_close(scale.detach(), tensors[f"{name}.dora_scale"], rtol=0, atol=0)
+        with torch.no_grad():
+            theirs = _locon(parts, 4, 2.0, tensors, name).eval()(x)
+            torch.testing.assert_close(torch.cat([p(x) for p in parts], -1), theirs, rtol=0, atol=1e-5)
