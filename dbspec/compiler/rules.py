@@ -2627,7 +2627,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
 def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
     """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
     magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
-    the dropouts' shared draws or a file's start (its stacked magnitudes)."""
+    the dropouts' shared draws (a file's (1, in) magnitude loads into the shared one, runtime/
+    lycoris_init.py)."""
     a = spec.adapter
     if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
         return
@@ -2644,14 +2645,14 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
             "dbspec decomposes fused layers per input column with the adapter's own dora on every layer",
             'set adapter.dora = true, or adapter.dora_axis = "output"',
         )
-    for key in ("rank_dropout", "module_dropout", "output_dropout", "init_weights"):
+    for key in ("rank_dropout", "module_dropout", "output_dropout"):
         if getattr(a, key, None):
             yield _err(
                 "DBS575",
                 ("adapter", key),
                 f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
                 "decomposition takes the column norms of every part's merged weight, which adapter."
-                f"{key} would draw or load per part",
+                f"{key} would draw per part",
                 f'remove adapter.{key}, or set adapter.dora_axis = "output"',
             )
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
+from lycoris.modules.loha import LohaModule
 from lycoris.modules.locon import LoConModule
+from lycoris.modules.lokr import LokrModule
 from safetensors.torch import load_file, save_file
 
 from dbspec.runtime.lycoris_dora import dora_scale_of
@@ -134,3 +137,50 @@ def test_fused_locon_dora_per_input_column_starts_from_its_file(tmp_path):
         with torch.no_grad():
             theirs = _locon(parts, 4, 2.0, tensors, name).eval()(x)
             torch.testing.assert_close(torch.cat([p(x) for p in parts], -1), theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha"])
+def test_fused_lokr_and_loha_dora_per_input_column_start_from_their_file(tmp_path, kind):
+    """--network_weights of LokrModules / LohaModules with weight_decompose and wd_on_out=False on the fused
+    Linears (was DBS575 / DBS403): each module's factors load as before and its (1, in) dora_scale into the
+    magnitude the fused layer's parts share (runtime/lycoris_init.py); the run's layers then compute what
+    lycoris-lora 4.1.3's modules built after apply_to and loaded from the file (strict=False) compute."""
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_flux import LOKR, _factor_layers
+
+    cls = LokrModule if kind == "lokr" else LohaModule
+    options = {"weight_decompose": True, "wd_on_out": False}
+    torch.manual_seed(3)
+    tensors = {}
+    for name, parts in _factor_layers(build_pipeline(BASE).transformer.float()).items():
+        module = cls(name, _fused_linear(parts), 1.0, 2, 1.5, **options)
+        with torch.no_grad():
+            for key, p in module.named_parameters():
+                if key == "dora_scale":  # not the base weight's column norms
+                    p.mul_(1 + 0.2 * torch.rand_like(p))
+                else:
+                    torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+    file = tmp_path / "prev.safetensors"
+    save_file(tensors, str(file))
+    init = 'fused_projections = true\ndora = true\ndora_axis = "input"\n'
+    init += f'init_weights = "{file}"\ninit_partial = true\n'
+    extra = LOKR.replace('kind = "lokr"', f'kind = "{kind}"').replace("fused_projections = true\n", init)
+    comps, count = _loaded(make_plan(tmp_path / "run", base=BASE, steps=1, extra=extra))
+    assert count == 5
+    x = torch.randn(3, 16)
+    for name, parts in _factor_layers(comps.unet.float().eval()).items():
+        scale = dora_scale_of(parts[0], "default")
+        if len(parts) > 1:
+            assert all(dora_scale_of(p, "default") is scale for p in parts)
+        torch.testing.assert_close(scale.detach(), tensors[f"{name}.dora_scale"], rtol=0, atol=0)
+        theirs = cls(name, _fused_linear([p.base_layer for p in parts]), 1.0, 2, 1.5, **options)
+        theirs.apply_to()
+        own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        theirs.load_state_dict(own, strict=False)
+        with torch.no_grad():
+            loaded = torch.cat([p(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
+            assert not torch.allclose(loaded, plain, atol=1e-3), name
+            torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-5)

@@ -245,8 +245,8 @@ FC1 = "lora_te_text_model_encoder_layers_0_mlp_fc1"  # CLIP-L's fc1: 768 -> 3072
 
 
 def _dora_file(path, algo: str, per_output: bool):
-    """A lycoris.kohya file of one CLIP fc1 module (768 -> 3072, rank 16, alpha 8: the network's) whose dora_scale is LyCORIS's
-    wd_on_out=True shape (3072, 1) or its wd_on_out=False shape (1, 768)."""
+    """A lycoris.kohya file of one CLIP fc1 module (768 -> 3072, rank 16, alpha 8: the network's) whose
+    dora_scale is LyCORIS's wd_on_out=True shape (3072, 1) or its wd_on_out=False shape (1, 768)."""
     import numpy as np
     from safetensors.numpy import save_file
 

@@ -775,7 +775,8 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     are their rebuild forward's (one draw per fused layer, the masked update decomposed:
     runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
     the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
-    tie_fused_doras; LoKr / LoHa with the dropouts or --network_weights DBS575). Refused: LoCon's dropouts,
+    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
+    dropouts DBS575). Refused: LoCon's dropouts,
     which dbspec's fused LoRA draws around peft's forward, not inside the decomposed weight.
     With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
