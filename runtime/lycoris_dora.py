@@ -314,14 +314,14 @@ def tie_fused_doras(module: nn.Module, fused) -> int:
     fused layers."""
     from dbspec.runtime.fused import _lora_part, _lycoris_part, fused_parts
 
-    def part(layer) -> bool:  # a fused LoKr / LoHa part, or a LoCon part with the weight decomposition
-        return _lycoris_part(layer) or (isinstance(layer, LycorisDora) and _lora_part(layer))
+    def part(layer) -> bool:  # a fused LoKr / LoHa part, or a LoCon part (decomposed or not: checked below)
+        return _lycoris_part(layer) or _lora_part(layer)
 
     tied = 0
     for _, _, found in fused_parts(module, fused, part):
         layers = [layer for _, _, layer in found]
         names = [layer.dora_scale_name if isinstance(layer, LycorisDora) else None for layer in layers]
-        if len(layers) < 2 or None in names:
+        if len(layers) < 2 or None in names:  # a fused layer not decomposed (a block's own dora elsewhere)
             continue
         adapters = [
             a for a in layers[0].dora_scales() if axis_of(layers[0].dora_scales()[a].shape) == "input"

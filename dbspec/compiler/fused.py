@@ -291,9 +291,7 @@ def _check_fused_dora(ctx: Context, adapter: LoraAdapter, partial: list[str]) ->
     if adapter.dora_form != "lycoris":
         why.append(f'dora_form = "{adapter.dora_form}" (peft\'s DoRA has no kohya layout)')
     # per input column: one (1, in) magnitude shared by the parts (lycoris_dora.tie_fused_doras), the
-    # adapter's own dora on every layer (the dropouts: DBS267)
-    if adapter.dora_axis == "input" and not adapter.dora:
-        why.append("dora_axis = \"input\" with blocks' own dora (the adapter's own dora on every layer only)")
+    # adapter's dora or blocks' own over whole fused layers (DBS507; the dropouts: DBS267)
     if partial:
         why.append(f"parts left out: {'; '.join(partial)}")
     if why:

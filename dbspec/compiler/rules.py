@@ -2637,14 +2637,6 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
     )
     if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own is not None):
         return
-    if own is not None and not a.dora:  # a block's own over some fused layers: not built per column
-        yield _err(
-            "DBS575",
-            ("adapter", "blocks", own, "dora"),
-            f'adapter.blocks[{own}].dora = "on" with {a.kind}, fused_projections and dora_axis = "input": '
-            "dbspec decomposes fused layers per input column with the adapter's own dora on every layer",
-            'set adapter.dora = true, or adapter.dora_axis = "output"',
-        )
     for key in ("rank_dropout", "module_dropout", "output_dropout"):
         if getattr(a, key, None):
             yield _err(

@@ -184,3 +184,69 @@ def test_fused_lokr_and_loha_dora_per_input_column_start_from_their_file(tmp_pat
             plain = torch.cat([p.base_layer(x[:, : p.base_layer.in_features]) for p in parts], dim=-1)
             assert not torch.allclose(loaded, plain, atol=1e-3), name
             torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lora", "lokr"])
+def test_a_blocks_own_dora_per_input_column_on_a_fused_layer_is_lycoris(tmp_path, kind):
+    """A preset map entry's own weight_decompose with the network's wd_on_output=False on a fused Linear
+    (a block's `dora = "on"`, the adapter's `dora_axis = "input"`; was DBS403 / DBS509 / DBS575): the
+    block's fused qkv shares one (1, in) magnitude over its parts, the other fused layers have none; the run
+    resumes bit-exact; the fused layer's outputs and magnitude gradient are lycoris-lora 4.1.3's
+    LoConModule / LokrModule with weight_decompose and wd_on_out=False on the fused Linear holding the same
+    values; the export carries the (1, in) dora_scale on that module only, which that module loads with the
+    trained outputs."""
+    from tests.runtime.test_lycoris_flux import LOKR
+    from tests.runtime.test_lycoris_flux_fused_opts import OWN_DORA
+
+    if kind == "lora":
+        spec = ATTN_ONLY.replace(
+            "fused_projections = true\n", 'fused_projections = true\ndora_form = "lycoris"\n'
+        )
+        own = OWN_DORA.replace("rank = 2\nalpha = 1.5\n", "rank = 4\nalpha = 2\n")
+        spec = spec.replace("[[adapter.blocks]]", own.rstrip("\n") + "\n\n[[adapter.blocks]]", 1)
+    else:
+        spec = LOKR + OWN_DORA
+    spec = spec.replace("fused_projections = true\n", 'fused_projections = true\ndora_axis = "input"\n')
+    extra = spec + '\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=extra)
+    assert not plan.adapter.dora and plan.adapter.dora_axis == "input"
+    assert [b.dora for b in plan.adapter.blocks][0] == "on"
+    transformer = whole.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    qkv, context = (attn.to_q, attn.to_k, attn.to_v), (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    scale = dora_scale_of(qkv[0], "default")
+    assert scale.shape == (1, 16) and all(dora_scale_of(p, "default") is scale for p in qkv)
+    assert all(dora_scale_of(p, "default") is None for p in context)
+    fused = _fused_linear([p.base_layer for p in qkv])
+    assert not torch.allclose(scale.detach(), fused.weight.norm(dim=0, keepdim=True), atol=1e-7)  # trained
+    options = {"weight_decompose": True, "wd_on_out": False}
+    if kind == "lora":
+        theirs = _locon(qkv, 4, 2.0)
+    else:
+        theirs = LokrModule("qkv", fused, 1.0, 2, 1.5, **options)
+        with torch.no_grad():
+            for key in ("lokr_w1", "lokr_w2_a", "lokr_w2_b"):
+                getattr(theirs, key).copy_(getattr(qkv[0], key)["default"])
+            theirs.dora_scale.copy_(scale)
+        theirs.apply_to()
+    x, target = torch.randn(3, 16), torch.randn(3, 48)
+    ours = torch.cat([p(x) for p in qkv], dim=-1)
+    expected = theirs.eval()(x)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    transformer.zero_grad()
+    torch.nn.functional.mse_loss(ours, target).backward()
+    torch.nn.functional.mse_loss(expected, target).backward()
+    torch.testing.assert_close(scale.grad, theirs.dora_scale.grad, rtol=1e-4, atol=1e-7)
+    tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")} == {name}
+    assert tensors[f"{name}.dora_scale"].shape == (1, 16)
+    with torch.no_grad():
+        if kind == "lora":
+            loaded = _locon(qkv, 4, 2.0, tensors, name)
+        else:
+            own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+            loaded = LokrModule(name, _fused_linear([p.base_layer for p in qkv]), 1.0, 2, 1.5, **options)
+            loaded.load_state_dict(own)
+            loaded.apply_to()
+        torch.testing.assert_close(loaded.eval()(x), ours.detach(), rtol=0, atol=1e-5)

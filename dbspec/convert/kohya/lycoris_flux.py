@@ -286,14 +286,14 @@ def map_lycoris_flow(
             ),
         )
     if any(b.get("dora") == "on" for b in (*blocks, *text_blocks)):  # an entry's own weight_decompose
-        if _off(kwargs.get("wd_on_output", "true")):
-            legacy = Legacy(key=f"{args.key} wd_on_output", value=kwargs["wd_on_output"], source=args.source)
-            conv.unsupported(
-                legacy,
-                "with a preset entry's weight_decompose on fused Linears: a norm per "
-                "input column of the fused weight spans every part's rows",
+        # the network's wd_on_output=False: those modules' one magnitude per input column of the fused
+        # weight, the parts sharing it (lycoris_dora.tie_fused_doras); with dora_wd _dora_wd maps it
+        if _off(kwargs.get("wd_on_output", "true")) and _off(kwargs.get("dora_wd", "false")):
+            legacy = Legacy(
+                key=f"{args.key} wd_on_output", value=kwargs.pop("wd_on_output"), source=args.source
             )
-            return False
+            note = "a preset map entry's weight_decompose on fused Linears, per input column of each"
+            conv.mapped(legacy, ("adapter", "dora_axis"), "input", note=note)
         if not lokr and ("adapter", "dora_form") not in conv.values:  # LoConModule's, per output row
             why = (
                 "a preset map entry's own weight_decompose: LoConModule's decomposition of its fused Linears"
