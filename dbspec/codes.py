@@ -2127,12 +2127,12 @@ Linear draws them.) kohya's networks have no input dropout.""",
         "A weight decomposition the fused layer's parts cannot share",
         """\
 With `adapter.fused_projections` a LoRA's `dora` is LyCORIS's weight decomposition of the fused Linear
-(lycoris.kohya's `dora_wd` on kohya's Flux): one magnitude per output row, so each part keeps its rows'. That
-needs LyCORIS's form (`dora_form = "lycoris"`; peft's DoRA has no kohya file layout), the norm per output row
-(`dora_axis = "output"`: a norm per input column spans every part's rows), and every part of each fused layer
-adapted (LyCORIS decomposes all of the fused weight's rows).""",
-        help='set dora_form = "lycoris" and dora_axis = "output" and adapt every part, or set adapter.dora = '
-        "false",
+(lycoris.kohya's `dora_wd` on kohya's Flux): one magnitude per output row, so each part keeps its rows', or
+per input column (`dora_axis = "input"`, wd_on_output=False) one (1, in) magnitude the parts share, each part
+renormalised by the column norms of every part's merged rows. That needs LyCORIS's form (`dora_form =
+"lycoris"`; peft's DoRA has no kohya file layout) and every part of each fused layer adapted (LyCORIS
+decomposes all of the fused weight's rows).""",
+        help='set dora_form = "lycoris" and adapt every part, or set adapter.dora = false',
     ),
     Code(
         "DBS510",
@@ -2642,7 +2642,8 @@ must be adapted (the product spans all its rows). `dora` per output row, `scalar
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
 bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`) shares one
 magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows,
-and takes none of the dropouts nor an `init_weights` file (the adapter's own `dora` only, not a block's);
+and takes none of the dropouts (the adapter's `dora` or a block's own over whole fused layers; an
+`init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
 nor (with or without `fused_projections`)
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /

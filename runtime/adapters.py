@@ -273,7 +273,12 @@ def add_lora(
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
         add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis, own_dora, adapter.dora, own_axes)
-        if conv and adapter.fused and adapter.kind in ("lokr", "loha") and adapter.dora_axis == "input":
+        if (
+            conv
+            and adapter.fused
+            and adapter.kind in ("lokr", "loha", "lora")
+            and adapter.dora_axis == "input"
+        ):
             from dbspec.runtime.lycoris_dora import tie_fused_doras  # one column norm per fused layer
 
             tie_fused_doras(module, adapter.fused)

@@ -161,13 +161,27 @@ def _load_mid(path: str, state: dict, key: str, layer: torch.nn.Module) -> None:
 def _load_dora(path: str, state: dict, key: str, parts: dict, rows: list[int] | None, swap: bool) -> None:
     """LyCORIS's LoConModule with weight_decompose: the file's `dora_scale` (one magnitude per output row of
     kohya's Linear) into the adapted parts' magnitudes (runtime/lycoris_dora.py; a fused Linear's rows split
-    by its parts' widths, the adaLN rows' halves swapped back). Nothing without one (strict=False keeps the
+    by its parts' widths, the adaLN rows' halves swapped back; per input column, wd_on_out=False, the one
+    (1, in) magnitude the parts share). Nothing without one (strict=False keeps the
     init) or without the weight decomposition (the plan refused such a file)."""
     from dbspec.runtime.lycoris_dora import dora_scale_of
 
     value = state.get(key + ".dora_scale")
     scales = {index: dora_scale_of(layer, ADAPTER_NAME) for index, layer in parts.items()}
     if value is None or any(scale is None for scale in scales.values()):
+        return
+    from dbspec.runtime.lycoris_dora import axis_of
+
+    if any(axis_of(scale.shape) == "input" for scale in scales.values()):
+        # per input column: one (1, in) magnitude of the fused Linear, the Parameter its parts share
+        # (lycoris_dora.tie_fused_doras), loaded as it is (LoConModule's load_state_dict)
+        for scale in scales.values():
+            if tuple(value.shape) != tuple(scale.shape):
+                raise ValueError(
+                    f"{path}: tensor `{key}.dora_scale` has shape {list(value.shape)}; the run's layer's "
+                    f"magnitudes (one per input column) need {list(scale.shape)}"
+                )
+            scale.copy_(value.to(scale))
         return
     if swap:
         first, second = value.chunk(2, dim=0)

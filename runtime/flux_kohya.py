@@ -252,10 +252,13 @@ def stacked_dora_scales(
     swapped: Callable[[str, str], bool],
 ) -> dict[str, torch.Tensor]:
     """LyCORIS's `dora_scale` of each kohya module (lycoris.kohya's dora_wd on kohya's Flux / MMDiT: one
-    magnitude per output row of the fused Linear, the parts' rows stacked in the fused layer's order, a
+    magnitude per output row of the fused Linear, the parts' rows stacked in the fused layer's order, or per
+    input column the one (1, in) magnitude the parts share (lycoris_dora.tie_fused_doras), a
     swapped layer's (scale, shift) halves back in kohya's (shift, scale) order); `parts`: the family's fused
     layers (fused_parts), `kohya_name`: a diffusers path's (kohya name, part index or None), `swapped`:
     whether (path, kohya name) holds its halves the other way round."""
+    from dbspec.runtime.lycoris_dora import axis_of
+
     fused: dict[str, dict[int, torch.Tensor]] = {}
     tensors: dict[str, torch.Tensor] = {}
     for path, scale in dora_scales(denoiser).items():
@@ -264,14 +267,17 @@ def stacked_dora_scales(
         if part is not None:
             fused.setdefault(name, {})[part] = scale
             continue
-        if swapped(path, name):
+        if swapped(path, name) and axis_of(scale.shape) == "output":  # a column's norm spans both halves
             first, second = scale.chunk(2, dim=0)
             scale = torch.cat([second, first], dim=0)
         tensors[f"lora_unet_{name}.dora_scale"] = scale.to("cpu", dtype).contiguous()
     for name, found in fused.items():
         if len(found) != len(parts[name.split("_", 3)[-1]]):  # the compiler refuses it (DBS509)
             raise ValueError(f"`{name}`: a weight decomposition of a fused layer needs every part (DBS509)")
-        stacked = torch.cat([found[index] for index in sorted(found)])
+        if axis_of(found[min(found)].shape) == "input":  # one (1, in) magnitude the parts share (tied)
+            stacked = found[min(found)]
+        else:
+            stacked = torch.cat([found[index] for index in sorted(found)])
         tensors[f"lora_unet_{name}.dora_scale"] = stacked.to("cpu", dtype).contiguous()
     return tensors
 

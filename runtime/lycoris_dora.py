@@ -305,19 +305,23 @@ def add_lycoris_dora(
 
 
 def tie_fused_doras(module: nn.Module, fused) -> int:
-    """LyCORIS's weight decomposition per input column on a fused LoKr / LoHa Linear (LokrModule /
-    LohaModule with wd_on_out=False on kohya's fused Linear): one `dora_scale` of (1, in) for the stacked
-    weight, the first part's Parameter shared by every part and starting at the stacked base weight's column
-    norms; each part holds the others (`dbspec_dora_parts`, part order) so its forward takes the norms of the
-    whole merged weight (_fused_column_delta). Per output row each part decomposes its own rows already.
-    How many fused layers."""
-    from dbspec.runtime.fused import _lycoris_part, fused_parts
+    """LyCORIS's weight decomposition per input column on a fused LoKr / LoHa / LoCon Linear (LokrModule /
+    LohaModule / LoConModule with wd_on_out=False on kohya's fused Linear): one `dora_scale` of (1, in) for
+    the stacked weight, the first part's Parameter shared by every part and starting at the stacked base
+    weight's column norms; each part holds the others (`dbspec_dora_parts`, part order) so its forward takes
+    the norms of the whole merged weight (_fused_column_delta; a LoCon part's update is its rows of the
+    shared down's, B_p A x alpha / rank). Per output row each part decomposes its own rows already. How many
+    fused layers."""
+    from dbspec.runtime.fused import _lora_part, _lycoris_part, fused_parts
+
+    def part(layer) -> bool:  # a fused LoKr / LoHa part, or a LoCon part (decomposed or not: checked below)
+        return _lycoris_part(layer) or _lora_part(layer)
 
     tied = 0
-    for _, _, found in fused_parts(module, fused, _lycoris_part):
+    for _, _, found in fused_parts(module, fused, part):
         layers = [layer for _, _, layer in found]
         names = [layer.dora_scale_name if isinstance(layer, LycorisDora) else None for layer in layers]
-        if len(layers) < 2 or None in names:
+        if len(layers) < 2 or None in names:  # a fused layer not decomposed (a block's own dora elsewhere)
             continue
         adapters = [
             a for a in layers[0].dora_scales() if axis_of(layers[0].dora_scales()[a].shape) == "input"

@@ -175,7 +175,9 @@ def factor_slots(
             key = f"{prefix}_{to_path(name).replace('.', '_')}"
             if flow and _swapped(module, name):
                 slots = {
-                    k: _halves_swapped(plan.adapter.init_weights, key, k, slot) if k in _ROW_FACTORS else slot
+                    k: _halves_swapped(plan.adapter.init_weights, key, k, slot)
+                    if k in _ROW_FACTORS and not (k == "dora_scale" and slot[0][0] == 1)  # a column's: whole
+                    else slot
                     for k, slot in slots.items()
                 }
             out[key] = (slots, alpha)
@@ -184,14 +186,15 @@ def factor_slots(
 
 def _dora_slot(layer, adapter: str) -> dict[str, Slot]:
     """LyCORIS's `dora_scale` (weight_decompose, one magnitude per output row) of a LoKr / LoHa with
-    LyCORIS's weight decomposition (runtime/lycoris_dora.py): a fused layer's its parts' rows stacked."""
-    from dbspec.runtime.lycoris_dora import dora_scale_of
+    LyCORIS's weight decomposition (runtime/lycoris_dora.py): a fused layer's its parts' rows stacked; per
+    input column (wd_on_out=False) the one (1, in) magnitude its parts share (tie_fused_doras), as it is."""
+    from dbspec.runtime.lycoris_dora import axis_of, dora_scale_of
 
     scale = dora_scale_of(layer, adapter)
     if scale is None:
         return {}
     parts = getattr(layer, "fused_lokr_parts", None) or getattr(layer, "fused_loha_parts", None)
-    if parts:
+    if parts and axis_of(scale.shape) == "output":
         return {"dora_scale": _rows([dora_scale_of(p, adapter) for p in parts])}
     return {"dora_scale": _into(scale)}
 

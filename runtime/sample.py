@@ -321,7 +321,9 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         adapter.oft_form if adapter else "lycoris",
         # LoKr / LoHa / BOFT on fused layers: the adapter's own, or a kind of its blocks' (mixed_kinds.py)
         adapter
-        if adapter and adapter.fused and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter))
+        if adapter
+        and adapter.fused
+        and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or adapter.dora_axis == "input")
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
         blocks=adapter if adapter and adapter.kind == "lokr" else None,

@@ -385,7 +385,8 @@ def load_peft_adapters(
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name;
-    or BOFT on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
+    or LoCon on fused layers (its per-column weight decomposition's one magnitude per fused layer); or BOFT
+    on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
     `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
     the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
@@ -501,7 +502,11 @@ def load_peft_adapters(
             fit_oft_to_state(module, state, "default")
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
-            if fused:  # per input column: one magnitude per fused layer's column (tie_fused_doras)
+            # per input column: one magnitude per fused layer's column (tie_fused_doras), a LoCon's too
+            locon = (
+                fused_lokr is not None and fused_lokr.kind == "lora" and fused_lokr.fused and name == "unet"
+            )
+            if fused or locon:
                 from dbspec.runtime.lycoris_dora import tie_fused_doras
 
                 tie_fused_doras(module, fused_lokr.fused)

@@ -283,21 +283,23 @@ def _split_by_blocks(ctx: Context, group: FusedProjection, index: int, plan: Ada
 
 
 def _check_fused_dora(ctx: Context, adapter: LoraAdapter, partial: list[str]) -> None:
-    """DBS509: a fused LoRA's DoRA is LyCORIS's weight decomposition of the whole fused Linear, per output
-    row (runtime/lycoris_dora.py on each part: its rows' magnitudes), over every part."""
+    """DBS509: a fused LoRA's DoRA is LyCORIS's weight decomposition of the whole fused Linear (runtime/
+    lycoris_dora.py on each part: per output row its rows' magnitudes; per input column one (1, in) magnitude
+    the parts share, each part renormalised by the column norms of every part's merged rows, tie_fused_doras),
+    over every part."""
     why = []
     if adapter.dora_form != "lycoris":
         why.append(f'dora_form = "{adapter.dora_form}" (peft\'s DoRA has no kohya layout)')
-    if adapter.dora_axis != "output":
-        why.append('dora_axis = "input" (a norm per input column spans every part\'s rows)')
+    # per input column: one (1, in) magnitude shared by the parts (lycoris_dora.tie_fused_doras), the
+    # adapter's dora or blocks' own over whole fused layers (DBS507; the dropouts: DBS267)
     if partial:
         why.append(f"parts left out: {'; '.join(partial)}")
     if why:
         ctx.report(
             "DBS509",
             "error",
-            "adapter.dora with fused_projections is LyCORIS's weight decomposition of each fused layer, per "
-            f"output row and over every part: {', '.join(why)}",
+            "adapter.dora with fused_projections is LyCORIS's weight decomposition of each fused layer, over "
+            f"every part: {', '.join(why)}",
             ("adapter", "dora"),
             help=codes.help("DBS509"),
         )

@@ -104,3 +104,52 @@ def tally_modules(ctx: Context, path, family: str, modules, prefixes: dict[str, 
         else:
             ignored[prefixes[prefix]] = ignored.get(prefixes[prefix], 0) + 1
     return tally(ctx, path, ignored, used)
+
+
+def _rows_cols(shapes: dict[str, tuple[int, ...]], module: str) -> tuple[int | None, int | None]:
+    """A LyCORIS module's layer rows (out) and columns (in) as its factors give them (LoCon's lora_up /
+    lora_down; LoHa's hada_w1_a / hada_w1_b, columns on a Linear only, a convolution's flattened with its
+    kernel; LoKr's Kronecker factors' rows and, on a Linear, columns), None where they do not."""
+
+    def get(t: str) -> tuple[int, ...] | None:
+        return shapes.get(f"{module}.{t}")
+
+    up, down = get("lora_up.weight"), get("lora_down.weight")
+    if up and down:
+        return up[0], down[1]
+    a, b = get("hada_w1_a"), get("hada_w1_b")
+    if a and b:
+        return a[0], (b[1] if get("hada_t1") or len(shapes.get(f"{module}.dora_scale", ())) == 2 else None)
+    w1 = get("lokr_w1") or (get("lokr_w1_a") and (get("lokr_w1_a")[0], get("lokr_w1_b")[1]))
+    w2 = get("lokr_w2") or (get("lokr_w2_a") and (get("lokr_w2_a")[0], get("lokr_w2_b")[1]))
+    if w1 and w2 and not get("lokr_t2"):
+        return w1[0] * w2[0], (w1[1] * w2[1] if len(w2) == 2 else None)
+    return None, None
+
+
+def other_axis_doras(shapes: dict[str, tuple[int, ...]], axis: str) -> list[str]:
+    """The `dora_scale` tensors of a LyCORIS file (tensor name -> shape) shaped for the other axis than
+    `axis` ("output": LyCORIS's wd_on_out, one magnitude per output row, (out, 1, ...); "input": one per input
+    column, (1, in, ...)), each as "`<module>.dora_scale` has shape [...], not [...] (...)": LoConModule's,
+    LohaModule's and LokrModule's `dora_scale` is built in the run's axis shape, so load_state_dict fails
+    with a size mismatch on such a file (kohya and LyCORIS alike)."""
+    found = []
+    for key in sorted(shapes):
+        if not key.endswith(".dora_scale") or len(shapes[key]) < 2:
+            continue
+        shape, module = tuple(shapes[key]), key[: -len(".dora_scale")]
+        ones = all(d == 1 for d in shape[2:])
+        per_input = ones and shape[0] == 1 and shape[1] > 1
+        per_output = ones and shape[1] == 1 and shape[0] > 1
+        if not (per_input if axis == "output" else per_output):
+            continue
+        rows, cols = _rows_cols(shapes, module)
+        tail = [1] * (len(shape) - 2)
+        if axis == "output":
+            want = f"[{rows if rows else 'out'}, 1{''.join(', 1' for _ in tail)}]"
+            what = "one magnitude per input column (wd_on_output=False), the run's one per output row"
+        else:
+            want = f"[1, {cols if cols else 'in'}{''.join(', 1' for _ in tail)}]"
+            what = "one magnitude per output row (wd_on_output=True), the run's one per input column"
+        found.append(f"`{key}` has shape {list(shape)}, not {want} ({what})")
+    return found

@@ -25,11 +25,13 @@ from dbspec.compiler.init_file import (
     has_norms,
     kohya_component_prefixes,
     module_name,
+    other_axis_doras,
     read_file,
     tally,
     tally_modules,
 )
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
+from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.families import (
     T5_LORA_TARGETS,
     family_spec,
@@ -101,7 +103,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker), norms=norms)
 
     file = read_file(ctx, path, reader, "LoRA")
-    if file is None:
+    if file is None or (lycoris_dora_file and _other_axis_dora(ctx, path, adapter)):
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
     if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
@@ -145,6 +147,38 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         used += 1
     _unadapted(ctx, path, unadapted)
     return tally(ctx, path, ignored, used)
+
+
+def _other_axis_dora(ctx: Context, path, adapter, header=None) -> bool:
+    """DBS356 (and True) when the file's `dora_scale` tensors have the other axis's shape than the run's
+    decomposed layers (LyCORIS's wd_on_output, adapter.dora_axis): LoConModule / LohaModule / LokrModule
+    build theirs in the network's axis shape and load_state_dict fails with a size mismatch. Blocks with an
+    axis of their own (a preset entry's wd_on_out) are checked per layer when the run loads the file."""
+    if not (getattr(adapter, "dora", False) or block_dora(adapter)):
+        return False
+    axis = getattr(adapter, "dora_axis", "output")
+    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
+    if any(getattr(b, "dora_axis", "adapter") not in ("adapter", axis) for b in blocks):
+        return False
+    try:
+        header = header if header is not None else read_safetensors_header(path)
+    except ModelFileError:
+        return False  # reported by the reader
+    found = other_axis_doras({k: tuple(t.shape) for k, t in header.items()}, axis)
+    other = "input" if axis == "output" else "output"
+    if found:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}` does not fit the adapter: {found[0]}"
+            + (f"; {len(found) - 1} other module(s) likewise" if len(found) > 1 else "")
+            + f' (adapter.dora_axis = "{axis}"; LyCORIS\'s load_state_dict fails with a size mismatch)',
+            KEY,
+            help=f'set adapter.dora_axis = "{other}" (LyCORIS\'s wd_on_output={other == "output"}), the '
+            "file's, or start from another file",
+        )
+        return True
+    return False
 
 
 def _targeted(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> bool:
@@ -499,7 +533,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     from dbspec.compiler.safetensors_header import read_safetensors_header
 
     header = read_file(ctx, path, read_safetensors_header, adapter.kind)
-    if header is None:
+    if header is None or _other_axis_dora(ctx, path, adapter, header):
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
     # (a block's own too: LyCORIS map entries' weight_decompose)

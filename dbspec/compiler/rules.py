@@ -2613,7 +2613,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
 def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
     """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
     magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
-    the dropouts' shared draws or a file's start (its stacked magnitudes)."""
+    the dropouts' shared draws (a file's (1, in) magnitude loads into the shared one, runtime/
+    lycoris_init.py)."""
     a = spec.adapter
     if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
         return
@@ -2622,22 +2623,14 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
     )
     if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own is not None):
         return
-    if own is not None and not a.dora:  # a block's own over some fused layers: not built per column
-        yield _err(
-            "DBS575",
-            ("adapter", "blocks", own, "dora"),
-            f'adapter.blocks[{own}].dora = "on" with {a.kind}, fused_projections and dora_axis = "input": '
-            "dbspec decomposes fused layers per input column with the adapter's own dora on every layer",
-            'set adapter.dora = true, or adapter.dora_axis = "output"',
-        )
-    for key in ("rank_dropout", "module_dropout", "output_dropout", "init_weights"):
+    for key in ("rank_dropout", "module_dropout", "output_dropout"):
         if getattr(a, key, None):
             yield _err(
                 "DBS575",
                 ("adapter", key),
                 f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
                 "decomposition takes the column norms of every part's merged weight, which adapter."
-                f"{key} would draw or load per part",
+                f"{key} would draw per part",
                 f'remove adapter.{key}, or set adapter.dora_axis = "output"',
             )
 

@@ -239,3 +239,84 @@ def test_dim_from_weights_locon_file_with_dora_scale(tmp_path):
     (text,) = [b for b in a.text_encoder_blocks if b.dora == "on"]
     assert re.search(text.pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
     assert not re.search(text.pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
+
+
+FC1 = "lora_te_text_model_encoder_layers_0_mlp_fc1"  # CLIP-L's fc1: 768 -> 3072
+
+
+def _dora_file(path, algo: str, per_output: bool):
+    """A lycoris.kohya file of one CLIP fc1 module (768 -> 3072, rank 16, alpha 8: the network's) whose
+    dora_scale is LyCORIS's wd_on_out=True shape (3072, 1) or its wd_on_out=False shape (1, 768)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    out, inp = 3072, 768
+    if algo == "locon":
+        factors = {"lora_down.weight": (16, inp), "lora_up.weight": (out, 16)}
+    elif algo == "loha":
+        factors = {
+            "hada_w1_a": (out, 16),
+            "hada_w1_b": (16, inp),
+            "hada_w2_a": (out, 16),
+            "hada_w2_b": (16, inp),
+        }
+    else:  # LoKr: (out, in) = (16 x 192, 8 x 96)
+        factors = {"lokr_w1": (16, 8), "lokr_w2_a": (192, 16), "lokr_w2_b": (16, 96)}
+    tensors = {f"{FC1}.{k}": np.zeros(shape, np.float16) for k, shape in factors.items()}
+    tensors[f"{FC1}.alpha"] = np.array(8.0, np.float32)
+    tensors[f"{FC1}.dora_scale"] = np.ones((out, 1) if per_output else (1, inp), np.float16)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+@pytest.mark.parametrize("wd_on_output", [True, False])
+def test_network_weights_whose_dora_scale_has_the_other_axis_is_dbs402(tmp_path, algo, wd_on_output):
+    """A `--network_weights` file whose dora_scale is shaped for the other wd_on_output than the network's:
+    LoConModule / LohaModule / LokrModule (lycoris-lora 4.1.3) build dora_scale as (out, 1) with wd_on_out and
+    (1, in) without, so LycorisNetworkKohya.load_weights' load_state_dict raises a size mismatch: DBS402
+    naming the module and both shapes. The file of the network's own axis converts and plans."""
+    extra = 'network_weights = "prev.safetensors"\n'
+    args = f'"algo={algo}", "dora_wd=True", "wd_on_output={wd_on_output}"'
+    _dora_file(tmp_path / "prev.safetensors", algo, per_output=not wd_on_output)
+    outcome = _convert(tmp_path, args, extra=extra)
+    assert outcome.exit_code != 0 and fate(outcome, "network_weights") == "invalid", errors(outcome)
+    (hit,) = [d for d in outcome.diagnostics if d.code == "DBS402"]
+    got, want = ("[3072, 1]", "[1, 768]") if not wd_on_output else ("[1, 768]", "[3072, 1]")
+    assert f"`{FC1}.dora_scale` has shape {got}, not {want}" in hit.message, hit.message
+    _dora_file(tmp_path / "prev.safetensors", algo, per_output=wd_on_output)
+    outcome = _convert(tmp_path, args, extra=extra)
+    assert outcome.exit_code == 0 and fate(outcome, "network_weights") == "mapped", errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_axis, a.init_layers) == (True, "output" if wd_on_output else "input", 1)
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha", "lokr"])
+@pytest.mark.parametrize("axis", ["output", "input"])
+def test_a_spec_starting_from_a_dora_scale_of_the_other_axis_is_dbs356_at_plan_time(tmp_path, kind, axis):
+    """The compiler's init_weights check: a hand-written spec whose decomposed layers' dora_axis differs from
+    the file's dora_scale shape is refused at plan time (DBS356, naming the tensor and both shapes), not when
+    the run loads it; the file of the spec's axis plans."""
+    from dbspec.frontend import plan_spec
+    from tests.unit.convert_kit import GPU
+
+    images(tmp_path / "img", 1, (512, 512))
+    form = '\ndora_form = "lycoris"\ntext_encoder_targets = ["fc1"]' if kind == "lora" else ""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 2\n[model]\nbase = "{SD15}"\n[adapter]\nkind = "{kind}"\nrank = 16\nalpha = 8.0\n'
+        f'dora = true\ndora_axis = "{axis}"{form}\ninit_weights = "prev.safetensors"\ninit_partial = true\n'
+        '[train]\ntext_encoder = true\n[optimizer]\nlr = 1e-4\n[[datasets]]\nname = "s"\npath = "img"\n'
+        'prompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+    algo = {"lora": "locon"}.get(kind, kind)
+    _dora_file(tmp_path / "prev.safetensors", algo, per_output=axis == "input")
+    planned = plan_spec(spec, GPU, "spec.toml", [])
+    assert planned.plan is None
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    got, want = ("[3072, 1]", "[1, 768]") if axis == "input" else ("[1, 768]", "[3072, 1]")
+    assert hit.path == "adapter.init_weights"
+    assert f"`{FC1}.dora_scale` has shape {got}, not {want}" in hit.message, hit.message
+    _dora_file(tmp_path / "prev.safetensors", algo, per_output=axis == "output")
+    planned = plan_spec(spec, GPU, "spec.toml", [])
+    assert planned.plan is not None, [f"{d.code}: {d.message}" for d in planned.diagnostics]
+    assert planned.plan.adapter.dora_axis == axis

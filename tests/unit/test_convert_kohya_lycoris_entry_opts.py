@@ -440,3 +440,26 @@ def test_entry_weight_decompose_with_a_locon_network_weights_file(tmp_path):
     assert (a.kind, a.dora, a.dora_form, a.init_partial) == ("lora", False, "lycoris", True)
     assert a.init_weights.endswith("prev.safetensors")
     assert [(b.pattern, b.dora) for b in a.blocks] == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "on")]
+
+
+def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
+    """bypass_mode on a network whose map entries give some layers another algorithm (a run of several kinds,
+    no dropouts there): LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward gives
+    their rebuilt forward's outputs (lycoris-lora 4.1.3, to float rounding, no dropout and no weight
+    decomposition), so it changes nothing on those layers and the run converts (was DBS403, DBS578);
+    DiagOFTModule's (the bias rotated too), DyLoraModule's (its scale dropped) and IA3Module's (the bias
+    scaled) change their layers, and a dropout acts otherwise in bypass: still DBS403 naming bypass_mode."""
+    entries = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]\nalgo = "glora"\n'
+    outcome = _convert(tmp_path, FULL + entries, "locon", '"bypass_mode=True"')
+    assert "DBS403" not in codes(outcome), messages(outcome, "DBS403")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and {b.kind for b in (*a.blocks, *a.text_encoder_blocks)} >= {"loha", "glora"}
+    for algo in ("diag-oft", "dylora", "ia3"):
+        (tmp_path / algo).mkdir()
+        entry = f'[module_algo_map.FeedForward]\nalgo = "{algo}"\n'
+        outcome = _convert(tmp_path / algo, FULL + entry, "locon", '"bypass_mode=True"')
+        assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403"), algo
+    # with a dropout bypass_mode changes what it drops (LoConModule.bypass_forward_diff)
+    (tmp_path / "drop").mkdir()
+    outcome = _convert(tmp_path / "drop", FULL + entries, "locon", '"bypass_mode=True", "dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403")

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from convert_kit import codes, component_file, errors, images, kohya, messages, plan_of
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 BASE = (
@@ -679,7 +679,8 @@ dim = 2
 def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     """An entry's own weight_decompose on FLUX.1's fused qkv: the block's `dora` (LyCORIS's form, each fused
     layer decomposed whole, per output row: runtime/lycoris_dora.py on its parts, each its rows; a fused
-    LoKr / LoHa's parts share one module, runtime/fused_lokr.py / fused_loha.py) (issue 12)."""
+    LoKr / LoHa's parts share one module, runtime/fused_lokr.py / fused_loha.py), per input column with the
+    network's wd_on_output=False (issue 12)."""
     text = DOUBLE_ATTENTION + "weight_decompose = true\n"
     outcome = _flux(tmp_path, text, f'"algo={algo}"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -687,8 +688,14 @@ def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     kind = "lora" if algo == "locon" else algo
     assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "output")
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
-    outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"', allow=True)
-    assert "a norm per input column" in messages(outcome, "DBS403")
+    # the network's wd_on_output=False: the entry's fused layers per input column, the parts sharing one
+    # (1, in) magnitude (was DBS403; tests/runtime/test_lycoris_flux_locon_columns.py against lycoris-lora)
+    outcome = _flux(tmp_path / "input", text, f'"algo={algo}" "wd_on_output=False"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "input").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "input")
+    assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
+    assert fate(outcome, "network_args wd_on_output") == "mapped"
     outcome = _flux(tmp_path / "own", text + "wd_on_out = false\n", f'"algo={algo}"', allow=True)
     assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
 

@@ -735,10 +735,26 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row(tmp_path):
     assert "DBS403" not in codes(outcome) and not errors(outcome)
 
 
+def test_locon_dora_wd_per_input_column_on_fused_layers(tmp_path):
+    """LoConModule's weight_decompose with wd_on_output=False on each fused Linear: one magnitude per input
+    column of the stacked weight, the parts sharing it and its norms: adapter.dora in LyCORIS's form with
+    dora_axis "input" (issue 12; was DBS403; tests/runtime/test_lycoris_flux_locon_columns.py holds it to
+    lycoris-lora's LoConModule); with rank_dropout still DBS403."""
+    command = "--network_args preset=attn-mlp algo=locon dora_wd=True wd_on_output=False use_scalar=1"
+    outcome = _flux(tmp_path, "--network_train_unet_only " + command)
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis, a.scalar) == ("lora", True, "lycoris", "input", True)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args wd_on_output") == "mapped"
+    (tmp_path / "drop").mkdir()
+    outcome = _flux(tmp_path / "drop", f"--network_train_unet_only {command} rank_dropout=0.1", allow=True)
+    assert "DBS403" in codes(outcome)
+
+
 @pytest.mark.parametrize(
     "arg",
     [
-        "dora_wd=True wd_on_output=False",
         "dora_wd=True rank_dropout=0.1",
         "dora_wd=True module_dropout=0.1",
     ],
@@ -752,7 +768,7 @@ def test_lokr_and_loha_dora_wd_per_input_column_on_fused_layers(tmp_path, algo):
     """LokrModule's / LohaModule's weight_decompose with wd_on_output=False on each fused Linear: one
     magnitude per input column of the stacked weight, the parts sharing it and its norms: adapter.dora with
     dora_axis "input" (issue 12; was DBS403; test_lycoris_flux_fused_opts.py holds it to lycoris-lora's
-    modules); with module_dropout (the shared draw) or --network_weights (stacked magnitudes) still DBS403."""
+    modules); with module_dropout (the shared draw) still DBS403 (--network_weights: below)."""
     command = f"--network_args preset=attn-mlp algo={algo} dora_wd=True wd_on_output=False use_scalar=1"
     outcome = _flux(tmp_path, "--network_train_unet_only " + command)
     assert not errors(outcome) and "DBS403" not in codes(outcome)
@@ -963,3 +979,42 @@ def test_full_preset_file_excludes_what_lycoris_builds_no_module_on(tmp_path):
     assert out("text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0")
     assert not out("text_encoder_2.encoder.block.3.layer.0.SelfAttention.o")
     assert not out("text_encoder.text_model.encoder.layers.0.mlp.fc1")
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_network_weights_of_dora_per_input_column_start_the_fused_magnitude(tmp_path, algo):
+    """--network_weights with dora_wd=True wd_on_output=False on kohya's Flux (was DBS403 for LoKr / LoHa,
+    and LoCon's per-column form): each fused Linear's (1, in) dora_scale loads into the magnitude its parts
+    share (runtime/lycoris_init.py, flow_init.py; tests/runtime/test_lycoris_flux_locon_columns.py against
+    lycoris-lora); a file whose dora_scale is per output row instead stops LyCORIS's load_state_dict with a
+    size mismatch: DBS402 naming the module and both shapes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    qkv, width = "lora_unet_double_blocks_0_img_attn_qkv", 3072
+    if algo == "locon":
+        factors = {"lora_down.weight": (8, width), "lora_up.weight": (3 * width, 8)}
+    elif algo == "lokr":
+        factors = {"lokr_w1": (2, 2), "lokr_w2_a": (2, 8), "lokr_w2_b": (8, 2)}
+    else:
+        factors = {"hada_w1_a": (2, 2), "hada_w1_b": (2, 2)}
+
+    def write(shape):
+        tensors = {f"{qkv}.{k}": np.zeros(s, np.float16) for k, s in factors.items()}
+        tensors[f"{qkv}.alpha"] = np.array(4.0, np.float32)
+        tensors[f"{qkv}.dora_scale"] = np.ones(shape, np.float16)
+        save_file(tensors, str(tmp_path / "prev.safetensors"))
+
+    command = f"--network_weights prev.safetensors --network_args algo={algo} dora_wd=True wd_on_output=False"
+    write((1, width))
+    outcome = _flux(tmp_path, command)
+    assert fate(outcome, "network_weights") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_axis, a.init_partial) == (True, "input", True) and a.fused
+    write((3 * width, 1))
+    outcome = _flux(tmp_path, command, allow=True)
+    assert fate(outcome, "network_weights") == "invalid", errors(outcome)
+    # the columns as the module's factors give them (this file's LoKr / LoHa factors are placeholders)
+    assert f"`{qkv}.dora_scale` has shape [{3 * width}, 1], not [1, " in messages(outcome, "DBS402")
+    if algo == "locon":
+        assert f"not [1, {width}]" in messages(outcome, "DBS402")

@@ -95,8 +95,9 @@ def test_a_block_scalar_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
 
 def test_a_block_dora_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
     """LyCORIS's LoCon on a fused Linear decomposes the whole fused weight or none of it: a block's own dora
-    covering only some parts is DBS507, one per input column DBS509, peft's form DBS583; over the whole fused
-    layer in LyCORIS's form it plans (a file with dora_scale in some modules, issue 12)."""
+    covering only some parts is DBS507, peft's form DBS583; over the whole fused layer in LyCORIS's form it
+    plans (a file with dora_scale in some modules, issue 12), per input column too (the parts sharing one
+    (1, in) magnitude: tests/runtime/test_lycoris_flux_locon_columns.py; was DBS509)."""
     adapter = {
         "kind": "lora",
         "rank": 8,
@@ -108,7 +109,7 @@ def test_a_block_dora_over_some_parts_of_a_fused_layer_is_refused(toy: Path):
     whole = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"
     for pattern, extra, refused in (
         ("attn\\\\.to_k$", {}, "DBS507"),
-        (whole, {"dora_axis": "input"}, "DBS509"),
+        (whole, {"dora_axis": "input"}, ""),
         (whole, {"dora_form": "peft"}, "DBS583"),
         (whole, {}, ""),
     ):
@@ -297,23 +298,20 @@ def test_lokr_dora_per_input_column_plans_without_the_dropouts(toy: Path):
 @pytest.mark.parametrize("kind", ["lokr", "loha"])
 def test_a_fused_lokr_or_loha_block_with_its_own_dora(toy: Path, kind):
     """A block's own LyCORIS weight decomposition on fused LoKr / LoHa (a map entry's weight_decompose, a
-    --dim_from_weights file's dora_scale in some modules): planned over whole fused layers (was DBS583); one
-    per input column DBS575 (dbspec ties the parts' column norms for the adapter's own dora only); a block
-    splitting a fused layer
+    --dim_from_weights file's dora_scale in some modules): planned over whole fused layers (was DBS583), per
+    input column too (the parts sharing one (1, in) magnitude; was DBS575); a block splitting a fused layer
     DBS507 (issue 12)."""
     adapter = {"kind": kind, "rank": 2, "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
     whole = r"^transformer_blocks\\.0\\.attn\\.(to_q|to_k|to_v)$"
     block = '\n[[adapter.blocks]]\npattern = "{}"\nrank = 2\nalpha = 2\ndora = "on"\n'
-    for extra, refused in (({}, None), ({"dora_axis": "input"}, "DBS575")):
+    for extra in ({}, {"dora_axis": "input"}):
         write_spec(toy, model=FLUX, adapter={**adapter, **extra})
         with (toy / "spec.toml").open("a") as f:
             f.write(block.format(whole))
         planned = compile_in(toy)
-        if refused is None:
-            assert planned.plan is not None and not codes(planned, "error")
-            assert [b.dora for b in planned.plan.adapter.blocks] == ["on"]
-        else:
-            assert refused in codes(planned, "error")
+        assert planned.plan is not None and not codes(planned, "error")
+        assert [b.dora for b in planned.plan.adapter.blocks] == ["on"]
+        assert planned.plan.adapter.dora_axis == extra.get("dora_axis", "output")
     write_spec(toy, model=FLUX, adapter=adapter)
     with (toy / "spec.toml").open("a") as f:
         f.write(block.format(r"^transformer_blocks\\.0\\.attn\\.to_q$"))
@@ -372,12 +370,13 @@ def test_lokr_under_fsdp_is_refused(toy: Path):
     assert "DBS575" in codes(compile_in(toy), "error")
 
 
-# LoRA DoRA on fused layers (lycoris.kohya dora_wd on kohya's Flux: per output row of a fused Linear): DBS509
+# LoRA DoRA on fused layers (lycoris.kohya dora_wd on kohya's Flux: per output row of a fused Linear, or per
+# input column with one (1, in) magnitude the parts share; the dropouts: DBS267): DBS509
 @pytest.mark.parametrize(
     ("dora", "fits"),
     [
         ({"dora_form": "lycoris"}, True),
-        ({"dora_form": "lycoris", "dora_axis": "input"}, False),  # a column norm spans every part's rows
+        ({"dora_form": "lycoris", "dora_axis": "input"}, True),  # tie_fused_doras: one column norm
         ({}, False),  # peft's DoRA
     ],
 )
@@ -385,7 +384,7 @@ def test_dora_on_fused_layers_is_lycoris_per_output_row(toy: Path, dora, fits):
     adapter = {"kind": "lora", "fused_projections": True, "denoiser_targets": KOHYA, "dora": True, **dora}
     write_spec(toy, model=FLUX, adapter=adapter)
     planned = compile_in(toy)
-    assert ("DBS509" in codes(planned, "error")) is not fits
+    assert ("DBS509" in codes(planned, "error")) is not fits, codes(planned, "error")
     if fits:
         assert planned.plan.adapter.dora and len(planned.plan.adapter.fused) == 3
 

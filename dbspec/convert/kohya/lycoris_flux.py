@@ -286,14 +286,14 @@ def map_lycoris_flow(
             ),
         )
     if any(b.get("dora") == "on" for b in (*blocks, *text_blocks)):  # an entry's own weight_decompose
-        if _off(kwargs.get("wd_on_output", "true")):
-            legacy = Legacy(key=f"{args.key} wd_on_output", value=kwargs["wd_on_output"], source=args.source)
-            conv.unsupported(
-                legacy,
-                "with a preset entry's weight_decompose on fused Linears: a norm per "
-                "input column of the fused weight spans every part's rows",
+        # the network's wd_on_output=False: those modules' one magnitude per input column of the fused
+        # weight, the parts sharing it (lycoris_dora.tie_fused_doras); with dora_wd _dora_wd maps it
+        if _off(kwargs.get("wd_on_output", "true")) and _off(kwargs.get("dora_wd", "false")):
+            legacy = Legacy(
+                key=f"{args.key} wd_on_output", value=kwargs.pop("wd_on_output"), source=args.source
             )
-            return False
+            note = "a preset map entry's weight_decompose on fused Linears, per input column of each"
+            conv.mapped(legacy, ("adapter", "dora_axis"), "input", note=note)
         if not lokr and ("adapter", "dora_form") not in conv.values:  # LoConModule's, per output row
             why = (
                 "a preset map entry's own weight_decompose: LoConModule's decomposition of its fused Linears"
@@ -773,11 +773,12 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     fused Linear: one magnitude per output row (wd_on_output, its default), so each part keeps its rows'
     (adapter.dora in LyCORIS's form, DBS509 / DBS575); LoKr's / LoHa's module_dropout and rank mask with it
     are their rebuild forward's (one draw per fused layer, the masked update decomposed:
-    runtime/fused_lycoris_dropout.py); LoKr's / LoHa's wd_on_output=False: adapter.dora_axis "input", the
-    parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
-    tie_fused_doras; with the dropouts or --network_weights DBS575). Refused: LoCon per input column (the
-    norm spans every part) and LoCon's dropouts, which dbspec's fused LoRA draws around peft's forward, not
-    inside the decomposed weight. With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
+    runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
+    the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
+    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
+    dropouts DBS575). Refused: LoCon's dropouts,
+    which dbspec's fused LoRA draws around peft's forward, not inside the decomposed weight.
+    With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -790,9 +791,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         return False
     why = ""
     columns = _off(kwargs.get("wd_on_output", "true"))
-    if columns and algo not in ("lokr", "loha"):
-        why = "wd_on_output=False: a norm per input column of the fused weight spans every part's rows"
-    elif algo not in ("lokr", "loha") and any(
+    if algo not in ("lokr", "loha") and any(
         float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")
     ):
         why = "with rank_dropout / module_dropout: dbspec's fused LoRA draws wrap no decomposed weight"
@@ -810,10 +809,15 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.mapped(legacy, ("adapter", "dora"), True, note=note)
         return True
     conv.mapped(legacy, ("adapter", "dora"), True)
+    if columns:  # one magnitude per input column of the fused weight, the parts sharing its norms
+        note = "LoConModule's weight decomposition of each fused Linear, per input column"
+        axis = Legacy(key=f"{args.key} wd_on_output", value=axis_text, source=args.source)
+        conv.mapped(axis, ("adapter", "dora_axis"), "input", note=note)
+    row = "per input column" if columns else "per output row"
     conv.put(
         ("adapter", "dora_form"),
         "lycoris",
-        conv.comment(args, "LoConModule's weight decomposition of each fused Linear, per output row"),
+        conv.comment(args, f"LoConModule's weight decomposition of each fused Linear, {row}"),
     )
     return True
 

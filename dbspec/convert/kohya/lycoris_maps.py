@@ -47,6 +47,14 @@ def _algo(name: str) -> str:
     return _CLASS.get(name, name)
 
 
+def _rate(value: Any) -> float:
+    """A network argument's dropout rate as a number (0 when absent or not one: refused elsewhere)."""
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -206,6 +214,8 @@ def check_layers(
 # What a network with several algorithms keeps off (DBS578): options LyCORIS hands every module, which act on
 # one algorithm's layers only or which dbspec's other kinds do not build
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
+# the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
+_BYPASS_INERT = ("lora", "loha", "lokr", "glora")
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -275,6 +285,16 @@ def _mixed_kinds(
         return other
     first = unet[0]
     on = [key for key in _MIXED_OFF if network.get(key)]
+    # bypass_mode without dropouts (which a run of several kinds keeps off) and without weight decomposition:
+    # LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt weight's
+    # update on activations, the same outputs (lycoris-lora 4.1.3, to float rounding): inert on their layers;
+    # DiagOFTModule's and ButterflyOFTModule's rotate the bias too, DyLoraModule's drops its scale,
+    # IA3Module's scales the bias, FullModule raises: refused where those layers train
+    # (tests/runtime/test_lycoris_bypass_kinds.py)
+    drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
+    inert = {_algo(algo), *(_algo(layer.algo) for layer in unet)} <= set(_BYPASS_INERT)
+    if "bypass_mode" in on and inert and not drops:
+        on.remove("bypass_mode")
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]

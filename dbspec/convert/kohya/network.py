@@ -18,7 +18,8 @@ from dbspec.convert.kohya.file_ranks import (
     sd_blocks,
 )
 from dbspec.compiler.lora_file import read_lora_file
-from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.init_file import other_axis_doras
+from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
@@ -1076,6 +1077,40 @@ def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
     )
 
 
+def _other_axis_dora(weights: Legacy, paths, conv: Conversion) -> None:
+    """DBS402 when a lycoris.kohya `--network_weights` file's `dora_scale` has the other axis's shape than
+    the network's decomposed modules (wd_on_output): LoConModule / LohaModule / LokrModule build their
+    dora_scale in the network's axis shape, so LycorisNetworkKohya.load_weights' load_state_dict fails with
+    a size mismatch. Preset entries with a wd_on_out of their own: checked per layer when the run loads."""
+    values = conv.values
+    blocks = [k for k in values if k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks"))]
+    decomposed = values.get(("adapter", "dora"), (False,))[0] or any(
+        k[-1] == "dora" and values[k][0] == "on" for k in blocks
+    )
+    if not decomposed or any(k[-1] == "dora_axis" for k in blocks):
+        return
+    axis = values.get(("adapter", "dora_axis"), ("output",))[0]
+    local = paths.local(weights.value)
+    try:
+        if local is None:
+            return  # a Windows path: the run checks it when it loads the file
+        shapes = {k: tuple(t.shape) for k, t in read_safetensors_header(local).items()}
+    except (ModelFileError, OSError):
+        return  # the plan reports the file (DBS357)
+    found = other_axis_doras(shapes, axis)
+    if found:
+        more = f"; {len(found) - 1} other module(s) likewise" if len(found) > 1 else ""
+        conv.invalid(
+            weights.key,
+            weights.value,
+            weights.source,
+            f"{found[0]}{more}: LyCORIS builds each decomposed module's dora_scale in the network's "
+            "wd_on_output shape, and load_weights' load_state_dict fails with a size mismatch",
+            help=f"set wd_on_output={axis != 'output'} in network_args (the file's), or start from another "
+            "file",
+        )
+
+
 def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
     """{"rank"|"conv_rank": (rank, alpha)}: the text encoders' (else the denoiser's) most frequent linear pair
     and the denoiser's most frequent convolution pair (the blocks give each module its own)."""
@@ -1139,6 +1174,8 @@ def map_network_weights(
     # (runtime/init_weights.py), as load_state_dict(strict=False) loads them into the NormModules
     map_init_weights(weights, paths, conv)
     if not from_file.value:
+        if lycoris:
+            _other_axis_dora(weights, paths, conv)
         return
     local = paths.local(weights.value)
     try:
