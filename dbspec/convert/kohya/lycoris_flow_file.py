@@ -309,7 +309,8 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    kind = algo if algo in ("lokr", "loha", "dylora") else "lora"
+    # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
+    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
     if t5:

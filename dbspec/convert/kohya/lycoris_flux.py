@@ -142,6 +142,11 @@ _WHOLE_ONLY = {
 }
 
 
+# whole-network algos whose preset-file map entries' dims are [[adapter.blocks]] (GLoRA ranks, Diag-OFT
+# block sizes) over whole fused layers
+_WHOLE_BLOCKS = ("glora", "diag-oft")
+
+
 def _whole_only(algo: str, preset: str, blocks, text_blocks, title: str) -> str:
     """Why a preset file's map entries are refused (DBS403) with algo=ia3 / diag-oft / boft / glora: dbspec
     takes the file's targets for these whole-network adapters, not its entries' own dims or algorithms."""
@@ -208,7 +213,7 @@ def map_lycoris_flow(
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
-        if algo in _WHOLE_ONLY and (file.blocks or text_blocks):
+        if algo in _WHOLE_ONLY and algo not in _WHOLE_BLOCKS and (file.blocks or text_blocks):
             conv.unsupported(args, _whole_only(algo, preset, file.blocks, text_blocks, layout.title))
             return False
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
@@ -227,11 +232,11 @@ def map_lycoris_flow(
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
     if algo == "diag-oft":
-        return map_flow_diag_oft(kwargs, a, conv, layout, preset)
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "boft":
         return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma", file=preset_file)
     if algo == "glora":
-        return map_flow_glora(kwargs, a, conv, layout, preset)
+        return map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "dylora":
         return map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
     if not _dora_wd(kwargs, args, conv, algo):
