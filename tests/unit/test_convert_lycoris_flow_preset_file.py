@@ -955,14 +955,47 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     assert _picked([*double, *single, "proj_out"], a.denoiser_targets) == double
     assert sorted(a.text_encoder_targets) == ["k_proj", "out_proj", "q_proj", "v_proj"]
     own = DOUBLE_ATTENTION.replace("dim = 16", "dim = 36")  # 36: BOFT splits the 9216 rows by it too
-    entry = _flux(tmp_path / "entry", own, f'"algo={algo}" {dim}', allow=True)
-    assert "map entries" in messages(entry, "DBS403") and f"algo={algo}" in messages(entry, "DBS403")
+    entry = _flux(
+        tmp_path / "entry", own if algo == "boft" else DOUBLE_ATTENTION, f'"algo={algo}" {dim}', allow=True
+    )
+    if algo == "boft":
+        assert "map entries" in messages(entry, "DBS403") and f"algo={algo}" in messages(entry, "DBS403")
+    else:
+        assert not {"DBS402", "DBS403"} & codes(entry), errors(entry)
+        e = plan_of(entry, tmp_path / "entry").adapter
+        qkv = [f"transformer_blocks.{i}.attn.to_{p}" for i in (0, 18) for p in "qkv"]
+        if algo == "ia3":  # IA3Module never reads an entry's dim / alpha
+            assert not e.blocks and "IA3Module takes them and never reads them" in messages(entry, "DBS405")
+        else:  # the entry's dim (Diag-OFT: its block size) and alpha over the whole fused q/k/v
+            assert [(b.rank, b.alpha) for b in e.blocks] == [(16, 8.0 if algo == "glora" else 0.0)]
+            assert all(re.search(e.blocks[0].pattern, p) for p in qkv)
+            assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
     assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer): dbspec's offsets beside these, untried
     norms = plain.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]')
     norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}', allow=True)
     assert "LayerNorms beside LoCon" in messages(norm, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "boft", "glora"])
+def test_whole_network_algos_final_layer_without_linear2(tmp_path, algo):
+    """A file reaching Flux's final layer Linear (diffusers' top-level proj_out) without the single blocks'
+    linear2: GLoRA takes the rank-0 block for the single blocks' proj_out (as LoCon files do); IA^3, Diag-OFT
+    and BOFT have no rank 0 (DBS403, naming the final layer)."""
+    plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
+    final = plain.replace('["double_blocks.*_attn.*"]', '["double_blocks.*_attn.*", "final_layer.linear"]')
+    dim = "--network_dim 18" if algo == "boft" else ""
+    outcome = _flux(tmp_path, final, f'"algo={algo}" {dim}', allow=True)
+    if algo != "glora":
+        assert "final layer" in messages(outcome, "DBS403"), errors(outcome)
+        return
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert "proj_out" in a.denoiser_targets
+    singles = [f"single_transformer_blocks.{i}.proj_out" for i in (0, 37)]
+    assert [b.rank for b in a.blocks] == [0] and all(re.search(a.blocks[0].pattern, p) for p in singles)
+    assert not re.search(a.blocks[0].pattern, "proj_out")
 
 
 def test_boft_file_checks_the_widths_of_its_own_layers(tmp_path):

@@ -313,6 +313,14 @@ def flux_preset_file(
     kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
+    if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
+        own = {
+            layer.source
+            for layer in [*built, *(layer for built in built_texts for layer in built)]
+            if layer.source and (layer.dim, layer.alpha) != (dim, alpha)
+        }
+        why = "its dim / alpha: IA3Module takes them and never reads them (one scale per output row)"
+        inert += [(source, why) for source in sorted(own)]
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):

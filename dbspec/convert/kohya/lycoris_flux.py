@@ -150,6 +150,12 @@ _WHOLE_BLOCKS = ("glora", "diag-oft")
 def _whole_only(algo: str, preset: str, blocks, text_blocks, title: str) -> str:
     """Why a preset file's map entries are refused (DBS403) with algo=ia3 / diag-oft / boft / glora: dbspec
     takes the file's targets for these whole-network adapters, not its entries' own dims or algorithms."""
+    if any(block.get("rank") == 0 for block in blocks):  # lycoris_flow_file.py: the final layer's target
+        return (
+            f"algo={algo} with the preset file {preset} on {title}: it reaches the final layer's Linear "
+            "(diffusers' proj_out, a suffix of each single block's proj_out) without the single blocks' "
+            f"linear2, which dbspec's {_WHOLE_ONLY[algo]} form cannot leave out (no rank-0 block)"
+        )
     first = next(iter([*blocks, *text_blocks]))
     what = f"`{first.get('kind', algo)}`" + (f" at rank {first['rank']}" if "rank" in first else "")
     return (
