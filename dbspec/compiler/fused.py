@@ -54,10 +54,11 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
-    if adapter.kind == "boft":  # one module per fused Linear, no blocks: its block-size hint on every target
-        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
-    if adapter.kind == "diag-oft":  # its block-size hint, constraint and rescale (a block's: rank, alpha)
+    if adapter.kind in (
+        "diag-oft",
+        "boft",
+    ):  # its block-size hint, constraint and rescale (a block's: rank, alpha)
         if block is None:
             return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
         return (
@@ -384,7 +385,7 @@ def _check_fused_module(
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
         )
     elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
-        switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)
+        switches = ()  # [[adapter.blocks]] over whole fused layers: each fused layer's parts at one size
     elif isinstance(adapter, GloraAdapter):
         switches = tuple(
             (f"{key} (one draw per fused module)", bool(getattr(adapter, key, 0)))
@@ -402,7 +403,11 @@ def _check_fused_module(
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
                 break
             if len(set(adapted.values())) > 1:
-                what = "block sizes, constraints or rescales" if isinstance(adapter, DiagOftAdapter) else ""
+                what = (
+                    "block sizes, constraints or rescales"
+                    if isinstance(adapter, (DiagOftAdapter, BoftAdapter))
+                    else ""
+                )
                 found.append(
                     f"{group.blocks}.{index}'s {group.kohya_name} parts at other {what or 'ranks or alphas'}"
                 )

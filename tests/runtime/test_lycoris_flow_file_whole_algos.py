@@ -182,6 +182,17 @@ alpha = 2
 dim = 2
 alpha = 3
 """,
+    # BOFT: the entries' block sizes split FLUX.1's 9216-row qkv and CLIP's 768 rows (power2factorization)
+    "boft": BOFT_FILE.replace(
+        "text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention"]'
+    )
+    + """
+[name_algo_map.'double_blocks\\.[01]\\.img_attn\\.qkv']
+dim = 18
+
+[module_algo_map.CLIPAttention]
+dim = 6
+""",
     "diag-oft": """\
 use_fnmatch = true
 unet_target_module = []
@@ -219,7 +230,8 @@ def _planned(adapter, lora_name: str) -> tuple[int, float]:
         layer = next(n for n, _ in _CLIP_NAMES if "text_encoder." + n.replace(".", "_") == name)
         if re.search(block.pattern, "text_encoder." + layer):
             return block.rank, block.alpha
-    return (adapter.oft_block_size if adapter.kind == "diag-oft" else adapter.rank), adapter.alpha
+    oft = adapter.kind in ("diag-oft", "boft")
+    return (adapter.oft_block_size if oft else adapter.rank), adapter.alpha
 
 
 @pytest.mark.parametrize("algo", sorted(ENTRY_FILES))
@@ -227,10 +239,11 @@ def test_file_entries_dims_are_blocks(models, algo, tmp_path, monkeypatch):  # n
     global _CLIP_NAMES
     _CLIP_NAMES = [(n, m) for n, m in models["te"][0].named_modules() if isinstance(m, nn.Linear)]
     path = _entry_file(tmp_path, algo)
-    plan = _converted(tmp_path, path.name, algo, 4)
+    dim = FILES[algo][1]  # the network's: BOFT's splits FLUX.1's widths
+    plan = _converted(tmp_path, path.name, algo, dim)
     a = plan.adapter
-    assert a.kind == algo and a.blocks and a.text_encoder_blocks and a.fused
-    made = _lycoris_network(models, str(path), monkeypatch, algo, 4)
+    assert a.kind == algo and a.blocks and a.fused
+    made = _lycoris_network(models, str(path), monkeypatch, algo, dim)
     assert sorted(_planned_names(models, a) ^ {m.lora_name for m in made}) == []
     own = set()
     for module in made:
@@ -239,6 +252,9 @@ def test_file_entries_dims_are_blocks(models, algo, tmp_path, monkeypatch):  # n
         out = module.org_module[0].weight.shape[0]
         if algo == "diag-oft":
             assert module.block_size == factorization(out, rank)[0], module.lora_name
+        elif algo == "boft":
+            b, m = power2_factorization(out, rank)
+            assert (module.block_size, module.block_num) == (b, m), module.lora_name
         else:
             assert (module.lora_dim, module.scale) == (rank, alpha / rank), module.lora_name
         own.add(rank)
@@ -248,9 +264,10 @@ def test_file_entries_dims_are_blocks(models, algo, tmp_path, monkeypatch):  # n
 @pytest.mark.parametrize("algo", sorted(ENTRY_FILES))
 def test_file_entries_run_trains_and_resumes(algo, tmp_path):
     path = _entry_file(tmp_path, algo)
+    dim = FILES[algo][1]
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ["model.t5_max_length=16"]
-    _converted(tmp_path, path.name, algo, 4, overrides=base)
+    _converted(tmp_path, path.name, algo, dim, overrides=base)
     whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 2
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])

@@ -144,7 +144,7 @@ _WHOLE_ONLY = {
 
 # whole-network algos whose preset-file map entries' dims are [[adapter.blocks]] (GLoRA ranks, Diag-OFT
 # block sizes) over whole fused layers
-_WHOLE_BLOCKS = ("glora", "diag-oft")
+_WHOLE_BLOCKS = ("glora", "diag-oft", "boft")
 
 
 def _whole_only(algo: str, preset: str, blocks, text_blocks, title: str) -> str:
@@ -240,7 +240,16 @@ def map_lycoris_flow(
     if algo == "diag-oft":
         return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "boft":
-        return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma", file=preset_file)
+        return map_flow_boft(
+            kwargs,
+            a,
+            conv,
+            layout,
+            preset,
+            chroma=family == "chroma",
+            file=preset_file,
+            text_blocks=text_blocks,
+        )
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "dylora":
