@@ -1009,3 +1009,23 @@ def test_boft_file_checks_the_widths_of_its_own_layers(tmp_path):
     singles = plain.replace('"single_blocks.*", ', "").replace('"double_blocks.*_attn.*"', '"*.linear1"')
     stopped = _flux(tmp_path / "linear1", singles, '"algo=boft" --network_dim 18', allow=True)
     assert "21504 rows on FLUX.1" in messages(stopped, "DBS402")
+
+
+@pytest.mark.parametrize("algo", ["glora", "diag-oft", "boft"])
+def test_sd3_whole_network_algos_entries_are_blocks_over_whole_qkv(tmp_path, algo):
+    """SD3: algo=glora / diag-oft / boft with a file giving the x blocks' q/k/v their own dim: a block of
+    the adapter's kind over every part of each fused qkv (GLoRA: rank and alpha; Diag-OFT / BOFT: block
+    size), the rest of the x attention at the network's."""
+    own = SD3_X_ATTENTION_MIXED.replace('algo = "loha"\ndim = 2', "dim = 4\nalpha = 2")
+    outcome = _sd3(tmp_path, own, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and a.fused and [b.rank for b in a.blocks] == [4]
+    if algo == "glora":
+        assert a.blocks[0].alpha == 2.0 and a.rank == 8
+    else:
+        assert a.oft_block_size == 8
+    for i in (0, 37):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
+        assert not re.search(a.blocks[0].pattern, f"transformer_blocks.{i}.attn.to_out.0")
