@@ -17,7 +17,8 @@ img_attn.qkv / txt_attn.qkv / linear1, SD3's attn.qkv / attn2.qkv) as all its di
 all as the shortest suffixes that pick exactly those layers among the diffusers model's (Flux's final
 `proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
-[[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
+[[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; GLoRA's rank / alpha, Diag-OFT's
+and BOFT's block size; IA^3's inert: IA3Module never reads them; an entry names whole kohya layers,
 so its block covers every diffusers part of a fused one; SD3's patch convolution: the block's conv_rank);
 LoKr / LoHa layers outside the blocks (the embedders, the final layer) are plain Linears, LokrModule /
 LohaModule on them peft's LoKr / LoHa, exported under kohya's names (runtime/lycoris_export.py).
