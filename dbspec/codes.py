@@ -2678,8 +2678,8 @@ share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescale
 layer or on none.
 With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
 together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
-the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); no
-`[[adapter.blocks]]`.
+the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); a block's own
+`block_size`, `constraint` and `rescaled` on every part of a fused layer or on none.
 With `kind = "glora"` one GLoRAModule per fused Linear: the parts share `a1`, `a2` and `b2`, each its rows
 of `b1` and the module's dropout draws (one per forward). With `kind = "dylora"` one DyLoraModule per
 fused Linear: the parts share the down blocks, the drawn block and the `module_dropout` draw, each its

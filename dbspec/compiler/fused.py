@@ -54,10 +54,11 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
-    if adapter.kind == "boft":  # one module per fused Linear, no blocks: its block-size hint on every target
-        return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
-    if adapter.kind == "diag-oft":  # its block-size hint, constraint and rescale (a block's: rank, alpha)
+    if adapter.kind in (
+        "diag-oft",
+        "boft",
+    ):  # its block-size hint, constraint and rescale (a block's: rank, alpha)
         if block is None:
             return adapter.oft_block_size, adapter.oft_constraint, 1.0, ""
         return (
@@ -374,9 +375,9 @@ def _check_fused_module(
     fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
     blocks, kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's
     blocks is runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are
-    one, per-layer block sizes not; GLoRA's dropouts and DyLoRA's module_dropout are draws its parts
-    share), a family without kohya's Flux / SD3 layout, and fused layers with parts
-    left out or at other ranks (LyCORIS's module spans every row at one rank)."""
+    one module's, at one size per fused layer; GLoRA's dropouts and DyLoRA's module_dropout are draws its
+    parts share), a family without kohya's Flux / SD3 layout, and fused layers with parts left out or at
+    other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
     if _no_fused_layers(ctx, spec):
         return
@@ -386,10 +387,8 @@ def _check_fused_module(
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
             ("module_dropout (one draw per fused module)", bool(adapter.module_dropout)),
         )
-    elif isinstance(adapter, BoftAdapter):  # one module: its blocks shared, its constraint's norm over them
-        switches = (("[[adapter.blocks]] (per-layer block sizes)", bool(adapter.blocks)),)
-    else:  # GLoRA's and DyLoRA's dropouts: draws their parts share (runtime/lycoris_glora.py FusedDraws,
-        switches = ()  # runtime/fused.py FusedSkip)
+    else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's dropouts:
+        switches = ()  # draws the parts share (lycoris_glora.py FusedDraws, runtime/fused.py FusedSkip)
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:
@@ -400,7 +399,11 @@ def _check_fused_module(
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
                 break
             if len(set(adapted.values())) > 1:
-                what = "block sizes, constraints or rescales" if isinstance(adapter, DiagOftAdapter) else ""
+                what = (
+                    "block sizes, constraints or rescales"
+                    if isinstance(adapter, (DiagOftAdapter, BoftAdapter))
+                    else ""
+                )
                 found.append(
                     f"{group.blocks}.{index}'s {group.kohya_name} parts at other {what or 'ranks or alphas'}"
                 )

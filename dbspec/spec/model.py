@@ -1382,8 +1382,8 @@ class DiagOftAdapter:
         factory=list,
         doc="Per-module block sizes, constraints and rescales of the denoiser's Diag-OFT layers "
         "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries); "
-        "modules no block matches keep `block_size`, `constraint` and `rescaled`. LyCORIS's form, without "
-        "`fused_projections`.",
+        "modules no block matches keep `block_size`, `constraint` and `rescaled`. LyCORIS's form; with "
+        "`fused_projections` a block covers every part of a fused layer or none.",
     )
     text_encoder_blocks: list[OftBlock] = option(
         factory=list,
@@ -1448,7 +1448,8 @@ class BoftAdapter:
         "its own rows of the rescale. lycoris.kohya `algo=boft` with flux_train_network.py / "
         "sd3_train_network.py; exported under kohya's module names (the blocks once, the rescale "
         "stacked). With `bypass` each part's output is its rows of the rotated stacked outputs (every "
-        "part's base output computed). No [[adapter.blocks]] with it. false: each part splits its own width. "
+        "part's base output computed). A [[adapter.blocks]] table covers every part of a fused layer or "
+        "none (its block size the fused module's). false: each part splits its own width. "
         "Families without fused layers refuse it.",
     )
     blocks: list[OftBlock] = option(

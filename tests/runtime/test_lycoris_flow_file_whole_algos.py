@@ -7,6 +7,7 @@ the plan's rank / block size; a tiny Flux run of a converted file trains and res
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from dbspec.plan.boft import power2_factorization
 from dbspec.plan.lokr import factorization
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts
 from tests.runtime.test_lycoris_preset_file_flow import (
     PRESETS,
     _planned_names,
@@ -157,3 +159,130 @@ def test_file_run_trains_and_resumes(algo, tmp_path):
     for name, p in whole.components.unet.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, ours[name]), name
+
+
+# map entries with their own dims over whole fused layers ([[adapter.blocks]]): GLoRA's rank / alpha and
+# Diag-OFT's block size (one that splits tiny-flux's 16-row parts too) on the double blocks' image q/k/v and
+# CLIP's attention; GLoRA's file reaches the final layer's Linear without the single blocks' linear2 (a
+# rank-0 block for diffusers' single blocks' proj_out)
+_CLIP_NAMES: list = []  # CLIP-L's Linears (the models fixture's), set by the test
+ENTRY_FILES = {
+    "glora": """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "final_layer.linear"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["single_blocks.*", "*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+dim = 8
+alpha = 2
+
+[module_algo_map.CLIPAttention]
+dim = 2
+alpha = 3
+""",
+    # BOFT: the entries' block sizes split FLUX.1's 9216-row qkv and CLIP's 768 rows (power2factorization)
+    "boft": BOFT_FILE.replace(
+        "text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention"]'
+    )
+    + """
+[name_algo_map.'double_blocks\\.[01]\\.img_attn\\.qkv']
+dim = 18
+
+[module_algo_map.CLIPAttention]
+dim = 6
+""",
+    "diag-oft": """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["single_blocks.*", "*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+dim = 2
+
+[module_algo_map.CLIPAttention]
+dim = 8
+""",
+}
+
+
+def _entry_file(tmp_path: Path, algo: str) -> Path:
+    path = tmp_path / "preset.toml"
+    path.write_text(ENTRY_FILES[algo], encoding="utf-8")
+    return path
+
+
+def _planned(adapter, lora_name: str) -> tuple[int, float]:
+    """The plan's (rank or block size, alpha) of the layer kohya's LyCORIS names `lora_name`: the compiler's
+    reading of the first diffusers part (compiler/fused.py), a CLIP layer's first matching text block."""
+    from dbspec.compiler.fused import _rank
+    from dbspec.convert.kohya.lycoris_flow_file import flux_model
+
+    if lora_name.startswith("lora_unet_"):
+        path = next(p for p, _, k in flux_model() if k and "lora_unet_" + p.replace(".", "_") == lora_name)
+        rank, alpha, _, _ = _rank(diffusers_parts(path)[0], adapter)
+        return rank, alpha
+    name = "text_encoder." + lora_name.removeprefix("lora_te1_")
+    for block in adapter.text_encoder_blocks:
+        layer = next(n for n, _ in _CLIP_NAMES if "text_encoder." + n.replace(".", "_") == name)
+        if re.search(block.pattern, "text_encoder." + layer):
+            return block.rank, block.alpha
+    oft = adapter.kind in ("diag-oft", "boft")
+    return (adapter.oft_block_size if oft else adapter.rank), adapter.alpha
+
+
+@pytest.mark.parametrize("algo", sorted(ENTRY_FILES))
+def test_file_entries_dims_are_blocks(models, algo, tmp_path, monkeypatch):  # noqa: F811
+    global _CLIP_NAMES
+    _CLIP_NAMES = [(n, m) for n, m in models["te"][0].named_modules() if isinstance(m, nn.Linear)]
+    path = _entry_file(tmp_path, algo)
+    dim = FILES[algo][1]  # the network's: BOFT's splits FLUX.1's widths
+    plan = _converted(tmp_path, path.name, algo, dim)
+    a = plan.adapter
+    assert a.kind == algo and a.blocks and a.fused
+    made = _lycoris_network(models, str(path), monkeypatch, algo, dim)
+    assert sorted(_planned_names(models, a) ^ {m.lora_name for m in made}) == []
+    own = set()
+    for module in made:
+        assert type(module).__name__ == CLASSES[algo], module.lora_name
+        rank, alpha = _planned(a, module.lora_name)
+        out = module.org_module[0].weight.shape[0]
+        if algo == "diag-oft":
+            assert module.block_size == factorization(out, rank)[0], module.lora_name
+        elif algo == "boft":
+            b, m = power2_factorization(out, rank)
+            assert (module.block_size, module.block_num) == (b, m), module.lora_name
+        else:
+            assert (module.lora_dim, module.scale) == (rank, alpha / rank), module.lora_name
+        own.add(rank)
+    assert len(own) == 3  # the network's dim and both entries' own
+
+
+@pytest.mark.parametrize("algo", sorted(ENTRY_FILES))
+def test_file_entries_run_trains_and_resumes(algo, tmp_path):
+    path = _entry_file(tmp_path, algo)
+    dim = FILES[algo][1]
+    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
+    base += ["model.t5_max_length=16"]
+    _converted(tmp_path, path.name, algo, dim, overrides=base)
+    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    assert whole.status == "finished" and whole.steps == 2
+    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    for which in (whole.components.unet, whole.components.text_encoders[0]):  # the denoiser, CLIP-L
+        theirs = [(n, p) for n, p in which.named_parameters() if p.requires_grad]
+        assert theirs
+        mine = dict(
+            (
+                second.components.unet
+                if which is whole.components.unet
+                else second.components.text_encoders[0]
+            ).named_parameters()
+        )
+        for name, p in theirs:
+            assert torch.equal(p, mine[name]), name

@@ -947,7 +947,8 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     """algo=ia3 / diag-oft / boft / glora with a preset file: the file's layers are the adapter's targets
     (fused q/k/v whole: fused_projections but for IA^3's per-row scales), its CLIP attention the text
     targets; tests/runtime/test_lycoris_flow_file_whole_algos.py checks them against create_network. A map
-    entry's own dim is refused (DBS403: no [[adapter.blocks]] for these), another algorithm's too."""
+    entry's own dim is a block over whole fused layers (GLoRA's rank / alpha, Diag-OFT's / BOFT's block
+    size), inert on IA^3 (DBS405); another algorithm's is refused (DBS403)."""
     plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
     dim = "--network_dim 18" if algo == "boft" else ""  # FLUX.1's 9216-row qkv: an even block of 18
     outcome = _flux(tmp_path / "plain", plain, f'"algo={algo}" {dim}')
@@ -962,14 +963,45 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     assert _picked([*double, *single, "proj_out"], a.denoiser_targets) == double
     assert sorted(a.text_encoder_targets) == ["k_proj", "out_proj", "q_proj", "v_proj"]
     own = DOUBLE_ATTENTION.replace("dim = 16", "dim = 36")  # 36: BOFT splits the 9216 rows by it too
-    entry = _flux(tmp_path / "entry", own, f'"algo={algo}" {dim}', allow=True)
-    assert "map entries" in messages(entry, "DBS403") and f"algo={algo}" in messages(entry, "DBS403")
+    entry = _flux(
+        tmp_path / "entry", own if algo == "boft" else DOUBLE_ATTENTION, f'"algo={algo}" {dim}', allow=True
+    )
+    assert not {"DBS402", "DBS403"} & codes(entry), errors(entry)
+    e = plan_of(entry, tmp_path / "entry").adapter
+    qkv = [f"transformer_blocks.{i}.attn.to_{p}" for i in (0, 18) for p in "qkv"]
+    if algo == "ia3":  # IA3Module never reads an entry's dim / alpha
+        assert not e.blocks and "IA3Module takes them and never reads them" in messages(entry, "DBS405")
+    else:  # the entry's dim (Diag-OFT: its block size) and alpha over the whole fused q/k/v
+        size = 36 if algo == "boft" else 16
+        assert [(b.rank, b.alpha) for b in e.blocks] == [(size, 8.0 if algo == "glora" else 0.0)]
+        assert all(re.search(e.blocks[0].pattern, p) for p in qkv)
+        assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
     assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer): dbspec's offsets beside these, untried
     norms = plain.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]')
     norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}', allow=True)
     assert "LayerNorms beside LoCon" in messages(norm, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "boft", "glora"])
+def test_whole_network_algos_final_layer_without_linear2(tmp_path, algo):
+    """A file reaching Flux's final layer Linear (diffusers' top-level proj_out) without the single blocks'
+    linear2: GLoRA takes the rank-0 block for the single blocks' proj_out (as LoCon files do); IA^3, Diag-OFT
+    and BOFT have no rank 0 (DBS403, naming the final layer)."""
+    plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
+    final = plain.replace('["double_blocks.*_attn.*"]', '["double_blocks.*_attn.*", "final_layer.linear"]')
+    dim = "--network_dim 18" if algo == "boft" else ""
+    outcome = _flux(tmp_path, final, f'"algo={algo}" {dim}', allow=True)
+    if algo != "glora":
+        assert "final layer" in messages(outcome, "DBS403"), errors(outcome)
+        return
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert "proj_out" in a.denoiser_targets
+    singles = [f"single_transformer_blocks.{i}.proj_out" for i in (0, 37)]
+    assert [b.rank for b in a.blocks] == [0] and all(re.search(a.blocks[0].pattern, p) for p in singles)
+    assert not re.search(a.blocks[0].pattern, "proj_out")
 
 
 def test_boft_file_checks_the_widths_of_its_own_layers(tmp_path):
@@ -983,3 +1015,23 @@ def test_boft_file_checks_the_widths_of_its_own_layers(tmp_path):
     singles = plain.replace('"single_blocks.*", ', "").replace('"double_blocks.*_attn.*"', '"*.linear1"')
     stopped = _flux(tmp_path / "linear1", singles, '"algo=boft" --network_dim 18', allow=True)
     assert "21504 rows on FLUX.1" in messages(stopped, "DBS402")
+
+
+@pytest.mark.parametrize("algo", ["glora", "diag-oft", "boft"])
+def test_sd3_whole_network_algos_entries_are_blocks_over_whole_qkv(tmp_path, algo):
+    """SD3: algo=glora / diag-oft / boft with a file giving the x blocks' q/k/v their own dim: a block of
+    the adapter's kind over every part of each fused qkv (GLoRA: rank and alpha; Diag-OFT / BOFT: block
+    size), the rest of the x attention at the network's."""
+    own = SD3_X_ATTENTION_MIXED.replace('algo = "loha"\ndim = 2', "dim = 4\nalpha = 2")
+    outcome = _sd3(tmp_path, own, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == algo and a.fused and [b.rank for b in a.blocks] == [4]
+    if algo == "glora":
+        assert a.blocks[0].alpha == 2.0 and a.rank == 8
+    else:
+        assert a.oft_block_size == 8
+    for i in (0, 37):
+        parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
+        assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
+        assert not re.search(a.blocks[0].pattern, f"transformer_blocks.{i}.attn.to_out.0")

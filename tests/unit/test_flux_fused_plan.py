@@ -624,14 +624,22 @@ def test_boft_what_a_fused_module_cannot_do_is_dbs577(toy: Path, extra, why):
     assert why in next(d.message for d in planned.diagnostics if d.code == "DBS577")
 
 
-def test_boft_fused_blocks_are_dbs577(toy: Path):
+def test_boft_fused_blocks_over_whole_fused_layers_plan(toy: Path):
+    """A block's own BOFT block size (a LyCORIS preset file's map entry, issue 12; was DBS577 for any
+    block): over every part of a fused layer it plans (one ButterflyOFTModule at that size,
+    runtime/lycoris_boft.py tie_fused_boft); over some parts DBS577."""
     adapter = {"kind": "boft", "block_size": 16, "fused_projections": True, "denoiser_targets": KOHYA}
-    write_spec(toy, model=FLUX, adapter=adapter)
-    with (toy / "spec.toml").open("a") as f:
-        f.write('\n[[adapter.blocks]]\npattern = "attn"\nblock_size = 8\n')
-    planned = compile_in(toy)
-    assert "DBS577" in codes(planned, "error")
-    assert "[[adapter.blocks]]" in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+    whole = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"
+    for pattern, refused in ((whole, False), ("attn\\\\.to_k$", True)):
+        write_spec(toy, model=FLUX, adapter=adapter)
+        with (toy / "spec.toml").open("a") as f:
+            f.write(f'\n[[adapter.blocks]]\npattern = "{pattern}"\nblock_size = 8\n')
+        planned = compile_in(toy)
+        assert ("DBS577" in codes(planned, "error")) == refused, pattern
+        if refused:
+            assert "block sizes" in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+        else:
+            assert [b.rank for b in planned.plan.adapter.blocks] == [8]
 
 
 def test_boft_fused_projections_on_sd1_is_dbs505(toy: Path):

@@ -70,6 +70,17 @@ def put_targets(conv: Conversion, module: Legacy, layout, layers: str, fused_why
         conv.put(("adapter", "fused_projections"), True, conv.comment(module, fused_why))
 
 
+def put_blocks(conv: Conversion, module: Legacy, layout, layers: str, text_blocks=()) -> None:
+    """A preset file's [[adapter.blocks]] (its map entries' own dims and the rank-0 blocks, layout.targets)
+    and [[adapter.text_encoder_blocks]], each commented with why."""
+    blocks = [dict(b) for b in layout.targets(layers, True)[1]] if layers != "none" else []
+    for table, found in (("blocks", blocks), ("text_encoder_blocks", [dict(b) for b in text_blocks])):
+        for index, block in enumerate(found):
+            note = conv.comment(module, block.pop("_why"))
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note)
+
+
 def put_rest(
     conv: Conversion, module: Legacy, args: Legacy, preset: str, text, put: dict[str, Any], note: str = ""
 ) -> None:

@@ -27,6 +27,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     popped,
     put_kind,
     put_rest,
+    put_blocks,
     put_targets,
     refuse_rest,
 )
@@ -63,14 +64,24 @@ def map_flow_boft(
     preset: str,
     chroma: bool = False,
     file: bool = False,
+    text_blocks=(),
 ) -> bool:
     """[adapter] for algo=boft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False when
     refused or invalid (reported). `file`: a preset file's layers, whose FLUX.1 widths
-    lycoris_flow_file._boft_widths checked already (layer by layer, the ones the file reaches)."""
+    lycoris_flow_file._boft_widths checked already (layer by layer, the ones the file reaches, at their map
+    entries' own block sizes: its [[adapter.blocks]] over whole fused layers and `text_blocks`)."""
     module, args, dim = a["network_module"], a["network_args"], a["network_dim"]
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     whole = layout.title == "Flux" and layers != "none" and not file
+    if file and any("rank" in block for block in layout.targets(layers, True)[1]):  # lycoris_flow_file.py
+        conv.unsupported(
+            args,
+            f"algo=boft with the preset file {preset} on {layout.title}: it reaches the final layer's "
+            "Linear (diffusers' proj_out, a suffix of each single block's proj_out) without the single "
+            "blocks' linear2, which dbspec's BOFT cannot leave out (its blocks have no rank 0)",
+        )
+        return False
     bad = flux1_unsplit(lora_dim, layers, chroma) if whole else ""
     if bad:
         fits = next(b for b in range(2, 21505, 2) if not flux1_unsplit(b, layers, chroma))
@@ -132,7 +143,8 @@ def map_flow_boft(
             "ButterflyOFTModule takes alpha and never reads it (its constraint is its own)",
         )
     why = "one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows together"
-    put_targets(conv, module, layout, layers, why)  # full paths: no [[adapter.blocks]] with a fused BOFT
+    put_targets(conv, module, layout, layers, why)
+    put_blocks(conv, module, layout, layers, text_blocks)  # a preset file's entries' own block sizes
     if conv_targets:
         note = conv.comment(
             args, f"ButterflyOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"

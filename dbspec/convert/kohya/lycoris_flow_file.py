@@ -17,7 +17,8 @@ img_attn.qkv / txt_attn.qkv / linear1, SD3's attn.qkv / attn2.qkv) as all its di
 all as the shortest suffixes that pick exactly those layers among the diffusers model's (Flux's final
 `proj_out` with a rank-0 block for the single blocks' `proj_out` left out); SD3's patch convolution as
 conv_targets through the SD3 layout's LoCon mapping (lycoris_flux._convs). A map entry's dim / alpha are
-[[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; an entry names whole kohya layers,
+[[adapter.blocks]] (LoKr's own factor, decompose_both and full_matrix too; GLoRA's rank / alpha, Diag-OFT's
+and BOFT's block size; IA^3's inert: IA3Module never reads them; an entry names whole kohya layers,
 so its block covers every diffusers part of a fused one; SD3's patch convolution: the block's conv_rank);
 LoKr / LoHa layers outside the blocks (the embedders, the final layer) are plain Linears, LokrModule /
 LohaModule on them peft's LoKr / LoHa, exported under kohya's names (runtime/lycoris_export.py).
@@ -309,9 +310,18 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    kind = algo if algo in ("lokr", "loha", "dylora") else "lora"
+    # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
+    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     blocks, text_blocks, inert = map_blocks(found, algo, kind, conv_dims, rs_lora, network, applied, kinds)
+    if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
+        own = {
+            layer.source
+            for layer in [*built, *(layer for built in built_texts for layer in built)]
+            if layer.source and (layer.dim, layer.alpha) != (dim, alpha)
+        }
+        why = "its dim / alpha: IA3Module takes them and never reads them (one scale per output row)"
+        inert += [(source, why) for source in sorted(own)]
     if t5:
         text_blocks = [*_t5_left(model.t5_component, t5, text_rows), *text_blocks]
     elif idle and _walk(t5_encoder(), *text_args):

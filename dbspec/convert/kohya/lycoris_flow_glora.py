@@ -24,6 +24,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
+    put_blocks,
     put_convs,
     put_kind,
     put_rest,
@@ -39,10 +40,11 @@ _UNREAD += ("block_size", "constraint", "verbose")
 
 
 def map_flow_glora(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, text_blocks=()
 ) -> bool:
-    """[adapter] for algo=glora on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
-    when refused (reported)."""
+    """[adapter] for algo=glora on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout; a preset
+    file's map entries' own dims and alphas: its [[adapter.blocks]] over whole fused layers and
+    `text_blocks`); False when refused (reported)."""
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
@@ -83,7 +85,8 @@ def map_flow_glora(
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), put.pop("alpha"))
     why = "one GLoRAModule per fused Linear: a1, a2, b2 shared, b1 the parts' rows"
-    put_targets(conv, module, layout, layers, why)  # full paths: GLoRA has no [[adapter.blocks]]
+    put_targets(conv, module, layout, layers, why)
+    put_blocks(conv, module, layout, layers, text_blocks)  # a preset file's entries' ranks and rank-0 blocks
     if bypass:
         put["bypass"] = True
     put_rest(conv, module, args, preset, text, put)

@@ -30,6 +30,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
     put_kind,
+    put_blocks,
     put_rest,
     put_targets,
     refuse_rest,
@@ -59,10 +60,11 @@ def flux1_misfit(lora_dim: int) -> str:
 
 
 def map_flow_diag_oft(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, text_blocks=()
 ) -> bool:
-    """[adapter] for algo=diag-oft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout); False
-    when refused (reported)."""
+    """[adapter] for algo=diag-oft on kohya's Flux / SD3 (`layout`: lycoris_flux.py's LycorisLayout; a preset
+    file's map entries' own block sizes: its [[adapter.blocks]] over whole fused layers and `text_blocks`);
+    False when refused (reported)."""
     module, args, dim = a["network_module"], a["network_args"], a["network_dim"]
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
@@ -71,6 +73,20 @@ def map_flow_diag_oft(
     if misfit:
         conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
         return False
+    blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    if any("rank" in block for block in blocks):  # lycoris_flow_file.py: the final layer's proj_out target
+        conv.unsupported(
+            args,
+            f"algo=diag-oft with the preset file {preset} on {layout.title}: it reaches the final layer's "
+            "Linear (diffusers' proj_out, a suffix of each single block's proj_out) without the single "
+            "blocks' linear2, which dbspec's Diag-OFT cannot leave out (its blocks have no rank 0)",
+        )
+        return False
+    for block in [*blocks, *text_blocks] if layout.title == "Flux" else ():
+        misfit = flux1_misfit(int(block["block_size"]))
+        if misfit:
+            conv.unsupported(args, f"{block['_why']} ({block['block_size']}): {misfit}")
+            return False
     refused = []
     for key in ("rank_dropout", "module_dropout"):
         if float(kwargs.get(key) or 0):
@@ -122,7 +138,8 @@ def map_flow_diag_oft(
             a["network_alpha"], "DiagOFTModule takes alpha and never reads it (its constraint is its own)"
         )
     why = "one DiagOFTModule per fused Linear: its blocks split the stacked rows"
-    put_targets(conv, module, layout, layers, why)  # full paths: Diag-OFT has no [[adapter.blocks]]
+    put_targets(conv, module, layout, layers, why)
+    put_blocks(conv, module, layout, layers, text_blocks)  # a preset file's entries' own block sizes
     if conv_targets:
         note = conv.comment(
             args, f"DiagOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"

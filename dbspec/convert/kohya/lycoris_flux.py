@@ -142,16 +142,14 @@ _WHOLE_ONLY = {
 }
 
 
-def _whole_only(algo: str, preset: str, blocks, text_blocks, title: str) -> str:
-    """Why a preset file's map entries are refused (DBS403) with algo=ia3 / diag-oft / boft / glora: dbspec
-    takes the file's targets for these whole-network adapters, not its entries' own dims or algorithms."""
-    first = next(iter([*blocks, *text_blocks]))
-    what = f"`{first.get('kind', algo)}`" + (f" at rank {first['rank']}" if "rank" in first else "")
+def _ia3_final_layer(preset: str, title: str) -> str:
+    """Why an algo=ia3 preset file reaching Flux's final layer without the single blocks' linear2 is refused
+    (DBS403; lycoris_flow_file.py's rank-0 block, the only block an IA^3 file gets: IA3Module never reads an
+    entry's dim or alpha, and Diag-OFT / GLoRA / BOFT take their entries' as [[adapter.blocks]])."""
     return (
-        f"algo={algo} with the preset file {preset} on {title}: its map entries (module_algo_map / "
-        f"name_algo_map) give {len(blocks) + len(text_blocks)} group(s) of layers their own dims or "
-        f"algorithm (e.g. {what}); dbspec converts the file's layers for LyCORIS's {_WHOLE_ONLY[algo]} at "
-        "the network's network_dim only (no [[adapter.blocks]] for this adapter on the fused layers)"
+        f"algo=ia3 with the preset file {preset} on {title}: it reaches the final layer's Linear (diffusers' "
+        "proj_out, a suffix of each single block's proj_out) without the single blocks' linear2, which "
+        "dbspec's IA^3 cannot leave out (no [[adapter.blocks]], no rank 0)"
     )
 
 
@@ -208,8 +206,8 @@ def map_lycoris_flow(
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
-        if algo in _WHOLE_ONLY and (file.blocks or text_blocks):
-            conv.unsupported(args, _whole_only(algo, preset, file.blocks, text_blocks, layout.title))
+        if algo == "ia3" and (file.blocks or text_blocks):
+            conv.unsupported(args, _ia3_final_layer(preset, layout.title))
             return False
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
@@ -227,11 +225,20 @@ def map_lycoris_flow(
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
     if algo == "diag-oft":
-        return map_flow_diag_oft(kwargs, a, conv, layout, preset)
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "boft":
-        return map_flow_boft(kwargs, a, conv, layout, preset, chroma=family == "chroma", file=preset_file)
+        return map_flow_boft(
+            kwargs,
+            a,
+            conv,
+            layout,
+            preset,
+            chroma=family == "chroma",
+            file=preset_file,
+            text_blocks=text_blocks,
+        )
     if algo == "glora":
-        return map_flow_glora(kwargs, a, conv, layout, preset)
+        return map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "dylora":
         return map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
     if not _dora_wd(kwargs, args, conv, algo):
