@@ -387,7 +387,7 @@ def _map_network(
             unet = [*unet, *RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if train_norm is not None and norm_table is not None:
-        drops = any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout"))
+        drops = _norm_drops(kwargs, kind)
         _train_norm(train_norm, norm_table, kind, algo, applied, put, conv, drops)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
@@ -501,6 +501,21 @@ def _map_network(
     return kind
 
 
+def _norm_drops(kwargs: dict[str, str], kind: str) -> str:
+    """What of the network's rank_dropout / module_dropout (which LyCORIS hands every NormModule) dbspec
+    cannot draw for the norm offsets beside `kind`'s modules ("" when none): the offsets take the adapter's
+    module_dropout / rank_dropout, so a rate the adapter does not carry (BOFT never reads rank_dropout,
+    GLoRA only in bypass_mode; IA3 / Diag-OFT: their dropouts are not expressed) cannot reach them."""
+    rates = [k for k in ("rank_dropout", "module_dropout") if _float(kwargs.get(k) or 0.0)]
+    if kind in ("lora", "loha", "lokr", "full"):
+        return ""
+    if kind in ("boft", "glora"):  # BOFT's / GLoRA's module_dropout: the adapter's, drawn by its modules
+        rates = [r for r in rates if r != "module_dropout"]
+    if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
+        return ""  # GLoRAModule's bypass_mode rank_dropout: the adapter's too
+    return " / ".join(rates)
+
+
 def _train_norm(
     legacy: Legacy,
     found: NormTargets,
@@ -509,7 +524,7 @@ def _train_norm(
     applied: tuple[bool, bool],
     put: dict[str, Any],
     conv: Conversion,
-    drops: bool = False,
+    drops: str = "",
 ) -> None:
     """LyCORIS's `train_norm` on kohya's SD 1.x / 2.x / SDXL models: create_single_module gives each module
     whose class name holds "Norm" that the preset's walk reaches a NormModule (lycoris/modules/norms.py),
@@ -520,8 +535,10 @@ def _train_norm(
     `[adapter] denoiser_norms` / `text_encoder_norms` (runtime/norm_offsets.py), the network's module_dropout
     and rank_dropout drawn as NormModule draws them. apply_to drops a model's modules (norms too) kohya
     does not train (network_train_unet_only / network_train_text_encoder_only). Beside algo=diag-oft, boft,
-    ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; with the
-    network's dropouts (`drops`), which NormModule draws between those modules' forwards, DBS403; dylora:
+    ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; the network's
+    dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's
+    and GLoRA's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode); a rate the adapter does not
+    carry (`drops`: BOFT's rank_dropout, GLoRA's outside bypass_mode, IA3's / Diag-OFT's): DBS403; dylora:
     DBS403 (dbspec's DyLoRA offsets no U-Net norm)."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
@@ -535,12 +552,14 @@ def _train_norm(
             "lokr, full, ia3, diag-oft, boft and glora",
         )
         return
-    if drops and kind not in ("lora", "loha", "lokr", "full"):
+    if drops:
         conv.unsupported(
             legacy,
-            f"LyCORIS's NormModules with the network's rank_dropout / module_dropout beside algo={algo}: "
-            "dbspec draws the offsets' dropouts in forward order beside lora / locon, loha, lokr and full "
-            "modules only",
+            f"LyCORIS's NormModules with the network's {drops} beside algo={algo}: the norm offsets draw "
+            "the adapter's rates, and dbspec's adapter of this kind carries no such rate (LyCORIS's "
+            f"{algo} module does not read it, or dbspec does not express it there); dbspec draws the "
+            "offsets' dropouts beside lora / locon, loha, lokr and full, BOFT's and GLoRA's module_dropout "
+            "and GLoRA's bypass_mode rank_dropout",
         )
         return
     where = []
