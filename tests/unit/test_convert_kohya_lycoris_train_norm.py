@@ -116,8 +116,15 @@ def test_train_norm_with_the_networks_dropouts(tmp_path, algo, drops, refused):
     assert a.rank_dropout == (0.1 if "bypass" in drops else 0.0)
 
 
-def test_train_norm_beside_dylora_is_not_expressed(tmp_path):
-    assert "DBS403" in codes(_convert(tmp_path, '"algo=dylora" "train_norm=True"'))
+def test_train_norm_beside_dylora(tmp_path):
+    """(was DBS403) the offsets beside LyCORIS's DyloraModules, its module_dropout drawn by both in forward
+    order (tests/runtime/test_lycoris_dylora_norms.py against lycoris-lora's network); DyloraModule never
+    reads rank_dropout, which NormModule alone would draw: DBS403."""
+    outcome = expressible(_convert(tmp_path, '"algo=dylora" "train_norm=True" "module_dropout=0.2"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "dylora" and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
+    outcome = _convert(tmp_path, '"algo=dylora" "train_norm=True" "rank_dropout=0.2"')
+    assert "rank_dropout beside algo=dylora" in messages(outcome, "DBS403")
 
 
 PRESET = """\

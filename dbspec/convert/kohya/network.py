@@ -505,11 +505,12 @@ def _norm_drops(kwargs: dict[str, str], kind: str) -> str:
     """What of the network's rank_dropout / module_dropout (which LyCORIS hands every NormModule) dbspec
     cannot draw for the norm offsets beside `kind`'s modules ("" when none): the offsets take the adapter's
     module_dropout / rank_dropout, so a rate the adapter does not carry (BOFT never reads rank_dropout,
-    GLoRA only in bypass_mode; IA3 / Diag-OFT: their dropouts are not expressed) cannot reach them."""
+    GLoRA only in bypass_mode, DyLoRA never; IA3 / Diag-OFT: their dropouts are not expressed) cannot
+    reach them."""
     rates = [k for k in ("rank_dropout", "module_dropout") if _float(kwargs.get(k) or 0.0)]
     if kind in ("lora", "loha", "lokr", "full"):
         return ""
-    if kind in ("boft", "glora"):  # BOFT's / GLoRA's module_dropout: the adapter's, drawn by its modules
+    if kind in ("boft", "glora", "dylora"):  # their module_dropout: the adapter's, drawn by its modules
         rates = [r for r in rates if r != "module_dropout"]
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return ""  # GLoRAModule's bypass_mode rank_dropout: the adapter's too
@@ -538,14 +539,14 @@ def _train_norm(
     ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; the network's
     dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's
     and GLoRA's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode); a rate the adapter does not
-    carry (`drops`: BOFT's rank_dropout, GLoRA's outside bypass_mode, IA3's / Diag-OFT's): DBS403; dylora:
-    DBS403 (dbspec's DyLoRA offsets no U-Net norm)."""
+    carry (`drops`: BOFT's / DyLoRA's rank_dropout, GLoRA's outside bypass_mode, IA3's / Diag-OFT's): DBS403.
+    Beside dylora the same offsets, DyloraModule's module_dropout drawn in forward order with theirs."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
     if not (unet or clip):
         conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
         return
-    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora"):
+    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora", "dylora"):
         conv.unsupported(
             legacy,
             f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, "
