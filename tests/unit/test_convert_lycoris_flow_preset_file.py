@@ -906,14 +906,16 @@ def test_flux_dylora_network_with_entries_of_other_algorithms(tmp_path, qkv):
 
 def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
-    LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (DBS403); options the kinds do
+    LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
+    tests/runtime/test_lycoris_dylora_loraplus.py); options the kinds do
     not build alike (bypass_mode) DBS403; train_norm on CLIP's LayerNorms converts (was DBS403)."""
     odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
     outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
     assert "lora_dim % block_size" in messages(outcome, "DBS402")
     file = DYLORA_NETWORK.replace("QKV", "glora")
-    outcome = _flux(tmp_path / "plus", file, '"algo=dylora" "loraplus_lr_ratio=4"', allow=True)
-    assert "loraplus_lr_ratio" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "plus", file, '"algo=dylora" "loraplus_lr_ratio=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the LoCon blocks' ups
+    assert plan_of(outcome, tmp_path / "plus").optimizer.loraplus_denoiser_ratio == 4
     outcome = _flux(tmp_path / "bypass", file, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True)
     assert "DBS578" in messages(outcome, "DBS403")
     norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
