@@ -238,11 +238,20 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
 
 
+def raises_dylora_ups(adapter) -> bool:
+    """LoRA+ on a DyLoRA adapter's own ups: kohya networks.dylora's LoRA+ raises them (its `lora_B`), a
+    LyCORIS-form DyLoRA network's never (prepare_optimizer_params raises `lora_up` parameters only: its
+    LoCon entries' alone)."""
+    return adapter.kind == "dylora" and adapter.dylora_form != "lycoris"
+
+
 def lora_up_ids(comps: Components, dylora: bool = True) -> frozenset[int]:
     """LoRA+: the ids of the trained LoRA up matrices (peft `lora_B`, kohya's `lora_up`; with `dylora`,
     a DyLoRA adapter's, DyLoRA's blocks of it, `lora_dylora_up`, kohya networks.dylora's `lora_B`) of every
-    model. DyLoRA blocks beside an adapter of another kind (LyCORIS's DyLoraModule entries) stay out:
-    LyCORIS's prepare_optimizer_params raises parameters named `lora_up` only, never its `up_list`."""
+    model. DyLoRA blocks beside an adapter of another kind (LyCORIS's DyLoraModule entries), and a
+    LyCORIS-form DyLoRA adapter's own ups (raises_dylora_ups: only its LoCon blocks' `lora_B` rise), stay
+    out: LyCORIS's prepare_optimizer_params raises parameters named `lora_up` only, never DyLoraModule's
+    `up_list`."""
     ups = (".lora_B.", ".lora_dylora_up.") if dylora else (".lora_B.",)
     return frozenset(
         id(p)

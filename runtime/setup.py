@@ -30,7 +30,13 @@ from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
 from dbspec.runtime.optim_split import make_split, run_optimizer_chunks, scale_later_chunks
 from dbspec.runtime.rounding import with_stochastic_rounding
-from dbspec.runtime.prepare import configure_models, lora_up_ids, make_teacher, set_train_mode
+from dbspec.runtime.prepare import (
+    configure_models,
+    lora_up_ids,
+    make_teacher,
+    raises_dylora_ups,
+    set_train_mode,
+)
 from dbspec.runtime.generate import generate_class_images
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.blocks import block_param_groups
@@ -148,7 +154,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     # Optimizer, LR schedule, data order and the one generator that draws all training noise.
     o = plan.optimizer
     lora_up = (
-        lora_up_ids(comps, dylora=plan.adapter.kind == "dylora")
+        lora_up_ids(comps, dylora=raises_dylora_ups(plan.adapter))
         if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio
         else frozenset()
     )

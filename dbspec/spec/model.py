@@ -336,7 +336,8 @@ def _loraplus_ratio(kohya: str):
     return option(
         0.0,
         doc="LoRA+: train the LoRA up matrices (peft `lora_B`, kohya `lora_up`; a DyLoRA adapter's up "
-        "blocks too) at the learning rate times "
+        'blocks too, but with `dylora_form = "lycoris"` only its LoCon blocks\' ups, as LyCORIS raises '
+        "`lora_up` parameters alone) at the learning rate times "
         f'this ({kohya}, e.g. 16); 0 turns it off. Blocks of kind "dylora" beside another adapter kind '
         "keep their ups at the base rate (LyCORIS raises `lora_up` only, never DyLoraModule's `up_list`).",
         minimum=0,

@@ -81,20 +81,50 @@ def test_unet_only_training_drops_nothing_of_the_unet(tmp_path):
     assert set(plan.adapter.denoiser_norms) == set(EVERY) and not plan.train_text_encoder
 
 
-@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora"])
+@pytest.mark.parametrize("algo", ["ia3", "diag-oft", "glora", "boft"])
 def test_train_norm_beside_other_algos(tmp_path, algo):
     """LyCORIS gives the norms NormModules whatever the algo (was DBS403 beside these): the same offsets
-    (tests/runtime/test_lycoris_sd_boft_norm_file.py beside BOFT); with the network's dropouts, which
-    NormModule draws between those modules' forwards, DBS403."""
-    outcome = expressible(_convert(tmp_path, f'"algo={algo}" "train_norm=True"'))
+    (tests/runtime/test_lycoris_sd_boft_norm_file.py beside BOFT)."""
+    outcome = expressible(_convert(tmp_path, f'"algo={algo}" "train_norm=True" "conv_dim=0"'))
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == algo and set(a.denoiser_norms) == set(EVERY)
-    outcome = _convert(tmp_path, f'"algo={algo}" "train_norm=True" "module_dropout=0.1"')
-    assert "module_dropout beside" in messages(outcome, "DBS403")
 
 
-def test_train_norm_beside_dylora_is_not_expressed(tmp_path):
-    assert "DBS403" in codes(_convert(tmp_path, '"algo=dylora" "train_norm=True"'))
+@pytest.mark.parametrize(
+    "algo, drops, refused",
+    [
+        ("ia3", '"module_dropout=0.1"', "module_dropout"),  # IA3's dropouts: not expressed
+        ("diag-oft", '"rank_dropout=0.1"', "rank_dropout"),
+        ("boft", '"rank_dropout=0.1" "module_dropout=0.2"', "rank_dropout"),  # BOFT never reads it
+        ("glora", '"rank_dropout=0.1"', "rank_dropout"),  # GLoRA reads it in bypass_mode only
+        ("boft", '"module_dropout=0.2"', None),  # (was DBS403) ButterflyOFTModule's own draw
+        ("glora", '"module_dropout=0.2"', None),
+        ("glora", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"', None),
+    ],
+)
+def test_train_norm_with_the_networks_dropouts(tmp_path, algo, drops, refused):
+    """NormModule draws the network's module_dropout / rank_dropout between the other modules' forwards: the
+    offsets draw the adapter's rates in forward order (tests/runtime/test_lycoris_norm_dropouts.py checks
+    the draws against lycoris-lora's network); a rate the adapter cannot carry (a module that ignores it,
+    or dropouts dbspec does not express on that kind) is DBS403."""
+    outcome = _convert(tmp_path, f'"algo={algo}" "train_norm=True" "conv_dim=0" {drops}')
+    if refused:
+        assert f"{refused} beside algo={algo}" in messages(outcome, "DBS403")
+        return
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert a.kind == algo and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
+    assert a.rank_dropout == (0.1 if "bypass" in drops else 0.0)
+
+
+def test_train_norm_beside_dylora(tmp_path):
+    """(was DBS403) the offsets beside LyCORIS's DyloraModules, its module_dropout drawn by both in forward
+    order (tests/runtime/test_lycoris_dylora_norms.py against lycoris-lora's network); DyloraModule never
+    reads rank_dropout, which NormModule alone would draw: DBS403."""
+    outcome = expressible(_convert(tmp_path, '"algo=dylora" "train_norm=True" "module_dropout=0.2"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "dylora" and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
+    outcome = _convert(tmp_path, '"algo=dylora" "train_norm=True" "rank_dropout=0.2"')
+    assert "rank_dropout beside algo=dylora" in messages(outcome, "DBS403")
 
 
 PRESET = """\

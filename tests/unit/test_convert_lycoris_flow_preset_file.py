@@ -913,19 +913,22 @@ def test_flux_dylora_network_with_entries_of_other_algorithms(tmp_path, qkv):
 
 def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
-    LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (DBS403); options the kinds do
-    not build alike (bypass_mode) DBS403."""
+    LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
+    tests/runtime/test_lycoris_dylora_loraplus.py); options the kinds do
+    not build alike (bypass_mode) DBS403; train_norm on CLIP's LayerNorms converts (was DBS403)."""
     odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
     outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
     assert "lora_dim % block_size" in messages(outcome, "DBS402")
     file = DYLORA_NETWORK.replace("QKV", "glora")
-    outcome = _flux(tmp_path / "plus", file, '"algo=dylora" "loraplus_lr_ratio=4"', allow=True)
-    assert "loraplus_lr_ratio" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "plus", file, '"algo=dylora" "loraplus_lr_ratio=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the LoCon blocks' ups
+    assert plan_of(outcome, tmp_path / "plus").optimizer.loraplus_denoiser_ratio == 4
     outcome = _flux(tmp_path / "bypass", file, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True)
     assert "DBS578" in messages(outcome, "DBS403")
     norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
-    outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"', allow=True)
-    assert "CLIP's LayerNorms" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the offsets beside DyLoRA
+    assert plan_of(outcome, tmp_path / "norm").adapter.text_encoder_norms == ("layer_norm1", "layer_norm2")
 
 
 def test_sd3_dylora_network_with_entries_of_other_algorithms(tmp_path):
@@ -978,10 +981,17 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
         assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
     assert "algo = 'lokr'" in messages(other, "DBS403")
-    # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer): dbspec's offsets beside these, untried
+    # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these
+    # (tests/runtime/test_lycoris_clip_norms.py); with a rank_dropout only NormModule would draw: DBS403
     norms = plain.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]')
-    norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}', allow=True)
-    assert "LayerNorms beside LoCon" in messages(norm, "DBS403")
+    norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}')
+    assert not {"DBS402", "DBS403"} & codes(norm), errors(norm)
+    a = plan_of(norm, tmp_path / "norm").adapter
+    assert a.kind == algo and sorted(a.text_encoder_norms) == ["layer_norm1", "layer_norm2"]
+    drop = _flux(
+        tmp_path / "drop", norms, f'"algo={algo}" "train_norm=True" "rank_dropout=0.1" {dim}', allow=True
+    )
+    assert "network's rank_dropout" in messages(drop, "DBS403")
 
 
 @pytest.mark.parametrize("algo", ["ia3", "diag-oft", "boft", "glora"])

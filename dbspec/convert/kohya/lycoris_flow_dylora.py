@@ -19,7 +19,8 @@ unet-only) at conv_dim / conv_alpha. A preset file (lycoris_flow_file.py): its D
 alphas and block sizes are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of the adapter's kind, its
 entries of other algorithms (LoCon, LoKr, LoHa, full, IA^3, Diag-OFT, GLoRA) blocks of their kind, each
 fused Linear one module of its block's kind (runtime/prepare.py ties each kind's parts); LyCORIS's LoRA+
-there raises the LoCon entries' `lora_up`, which dbspec's ratio would apply to DyLoRA's ups too (DBS403)."""
+there raises the LoCon entries' `lora_up` only, as dbspec's ratio on a LyCORIS-form DyLoRA adapter raises
+its LoCon blocks' `lora_B` alone (runtime/prepare.py raises_dylora_ups)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.dylora import _f32, alpha_file, lycoris_dylora
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
+from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.families import family_spec, lycoris_text_prefixes
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
@@ -68,8 +70,8 @@ def map_flow_dylora(
     unsupported: dict[str, str] = {}
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
-    if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up
-        unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
+    if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up only:
+        loraplus(kwargs, put, unsupported)  # the LoCon blocks' lora_B (runtime/prepare.py lora_up_ids)
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which DyLoraModule has not (its up_list)"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)
     unsupported.update(kwargs)

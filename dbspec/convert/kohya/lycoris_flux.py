@@ -442,9 +442,11 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
-    full; dylora, ia3, diag-oft, boft or glora: DBS403, untried there), SD3's CLIP-G its own list where it
-    reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets
-    alone train CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
+    full, dylora, ia3, diag-oft, boft, glora; beside the last five a rank_dropout, or a module_dropout but
+    BOFT's and DyLoRA's: DBS403, the adapter carries no rate for the offsets), SD3's CLIP-G its own
+    list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not:
+    the offsets alone train CLIP), the network's dropouts drawn as NormModule draws them. False when
+    refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -477,11 +479,16 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             else "the preset file reaches no norm",
         )
         return True
-    if algo in ("dylora", *_WHOLE_ONLY):  # dbspec's norm offsets beside these networks: not built or checked
+    # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
+    # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
+    carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
+    drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
+    if algo in ("dylora", *_WHOLE_ONLY) and drops:
         conv.unsupported(
             legacy,
-            f"with algo={algo} and a preset file on {layout.title}: dbspec offsets CLIP's LayerNorms beside "
-            "LoCon, LoKr, LoHa and full networks",
+            f"with algo={algo}, a preset file on {layout.title} and the network's {' / '.join(drops)}: "
+            "LyCORIS's NormModules draw it, and dbspec's adapter of this kind carries no such rate for the "
+            "norm offsets to draw",
         )
         return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"

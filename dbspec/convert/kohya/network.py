@@ -388,7 +388,7 @@ def _map_network(
             unet = [*unet, *RESNET_LINEAR]
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if train_norm is not None and norm_table is not None:
-        drops = any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout"))
+        drops = _norm_drops(kwargs, kind)
         _train_norm(train_norm, norm_table, kind, algo, applied, put, conv, drops)
     if kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
@@ -502,6 +502,22 @@ def _map_network(
     return kind
 
 
+def _norm_drops(kwargs: dict[str, str], kind: str) -> str:
+    """What of the network's rank_dropout / module_dropout (which LyCORIS hands every NormModule) dbspec
+    cannot draw for the norm offsets beside `kind`'s modules ("" when none): the offsets take the adapter's
+    module_dropout / rank_dropout, so a rate the adapter does not carry (BOFT never reads rank_dropout,
+    GLoRA only in bypass_mode, DyLoRA never; IA3 / Diag-OFT: their dropouts are not expressed) cannot
+    reach them."""
+    rates = [k for k in ("rank_dropout", "module_dropout") if _float(kwargs.get(k) or 0.0)]
+    if kind in ("lora", "loha", "lokr", "full"):
+        return ""
+    if kind in ("boft", "glora", "dylora"):  # their module_dropout: the adapter's, drawn by its modules
+        rates = [r for r in rates if r != "module_dropout"]
+    if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
+        return ""  # GLoRAModule's bypass_mode rank_dropout: the adapter's too
+    return " / ".join(rates)
+
+
 def _train_norm(
     legacy: Legacy,
     found: NormTargets,
@@ -510,7 +526,7 @@ def _train_norm(
     applied: tuple[bool, bool],
     put: dict[str, Any],
     conv: Conversion,
-    drops: bool = False,
+    drops: str = "",
 ) -> None:
     """LyCORIS's `train_norm` on kohya's SD 1.x / 2.x / SDXL models: create_single_module gives each module
     whose class name holds "Norm" that the preset's walk reaches a NormModule (lycoris/modules/norms.py),
@@ -521,27 +537,31 @@ def _train_norm(
     `[adapter] denoiser_norms` / `text_encoder_norms` (runtime/norm_offsets.py), the network's module_dropout
     and rank_dropout drawn as NormModule draws them. apply_to drops a model's modules (norms too) kohya
     does not train (network_train_unet_only / network_train_text_encoder_only). Beside algo=diag-oft, boft,
-    ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; with the
-    network's dropouts (`drops`), which NormModule draws between those modules' forwards, DBS403; dylora:
-    DBS403 (dbspec's DyLoRA offsets no U-Net norm)."""
+    ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; the network's
+    dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's
+    and GLoRA's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode); a rate the adapter does not
+    carry (`drops`: BOFT's / DyLoRA's rank_dropout, GLoRA's outside bypass_mode, IA3's / Diag-OFT's): DBS403.
+    Beside dylora the same offsets, DyloraModule's module_dropout drawn in forward order with theirs."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
     if not (unet or clip):
         conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
         return
-    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora"):
+    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora", "dylora"):
         conv.unsupported(
             legacy,
             f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, "
             "lokr, full, ia3, diag-oft, boft and glora",
         )
         return
-    if drops and kind not in ("lora", "loha", "lokr", "full"):
+    if drops:
         conv.unsupported(
             legacy,
-            f"LyCORIS's NormModules with the network's rank_dropout / module_dropout beside algo={algo}: "
-            "dbspec draws the offsets' dropouts in forward order beside lora / locon, loha, lokr and full "
-            "modules only",
+            f"LyCORIS's NormModules with the network's {drops} beside algo={algo}: the norm offsets draw "
+            "the adapter's rates, and dbspec's adapter of this kind carries no such rate (LyCORIS's "
+            f"{algo} module does not read it, or dbspec does not express it there); dbspec draws the "
+            "offsets' dropouts beside lora / locon, loha, lokr and full, BOFT's and GLoRA's module_dropout "
+            "and GLoRA's bypass_mode rank_dropout",
         )
         return
     where = []

@@ -1,0 +1,109 @@
+"""LyCORIS `train_norm` beside algo=boft / glora with the network's `module_dropout` (and GLoRA's bypass_mode
+`rank_dropout`) on SD 1.x (issue 12; was DBS403): LyCORIS hands every NormModule the network's dropouts, and
+each module draws from torch's global generator in its own forward, the NormModules' draws between the
+ButterflyOFT / GLoRA modules'. lycoris-lora 4.1.3's network (create_network over the file test's PRESET,
+every parameter moved at random, apply_to) and dbspec's converted run started from its file give the same
+U-Net outputs over several training forwards from the same generator state, leaving the generator in the
+same state; the run trains and resumes bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime import lycoris_sd_file_kit as kit
+from tests.runtime.test_flow_init import _loaded
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+CASES = {
+    "boft": ('"algo=boft" "conv_dim=4" "module_dropout=0.3"', {"module_dropout": "0.3"}),
+    "glora": (
+        '"algo=glora" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4" "bypass_mode=True"',
+        {"module_dropout": "0.3", "rank_dropout": "0.4", "bypass_mode": "True"},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_pipeline("builtin:tiny-sd1")
+
+
+def _network(pipe, folder, monkeypatch, algo: str, extra: dict[str, str]):
+    """kohya's steps over kit's PRESET: create_network (algo, conv_dim 4, train_norm, the dropouts), apply_to;
+    the network and the U-Net it was applied to."""
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.runtime.test_lycoris_sd_full_file import PRESET, _named
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # create_network's apply_preset sets the class's attributes
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    preset = folder / "preset.toml"
+    preset.write_text(PRESET, encoding="utf-8")
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0,
+        4,
+        1.0,
+        None,
+        named,
+        unet,
+        algo=algo,
+        conv_dim="4",
+        train_norm="True",
+        preset=str(preset),
+        **extra,
+    )
+    made.apply_to(named, unet, True, True)
+    return made, unet
+
+
+@pytest.mark.parametrize("algo", sorted(CASES))
+def test_norm_dropouts_draw_as_lycoris_beside(pipe, tmp_path, monkeypatch, algo):
+    args, extra = CASES[algo]
+    made, theirs = _network(pipe, tmp_path, monkeypatch, algo, extra)
+    kinds = {type(m).__name__ for m in made.unet_loras}
+    assert "NormModule" in kinds and len(kinds) == 2, kinds
+    path = kit.saved_file(made, tmp_path, seed=5, scale=0.1)
+    made.load_weights(str(path))  # kohya's --network_weights (the same tensors)
+
+    plan = kit.converted_plan(
+        tmp_path,
+        f'--network_dim=4 --network_alpha=1 --network_args "preset=preset.toml" "train_norm=True" {args}',
+    )
+    a = plan.adapter
+    assert a.kind == algo and a.denoiser_norms and a.module_dropout == 0.3
+    assert a.rank_dropout == float(extra.get("rank_dropout", 0))
+    comps, _ = _loaded(plan)
+    ours = comps.unet.float()
+    made.train(), theirs.train(), ours.train()
+    cfg = pipe.unet.config
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=generator)
+    hidden = torch.randn(2, 5, cfg.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        theirs.eval(), made.eval()
+        plain = theirs(x, 10, hidden).sample
+        made.train(), theirs.train()
+        differ = 0
+        for step in range(4):  # several training forwards, each drawing afresh
+            torch.manual_seed(100 + step)
+            want = theirs(x, 10, hidden).sample
+            after = torch.get_rng_state()
+            torch.manual_seed(100 + step)
+            got = ours(x, 10, hidden).sample
+            assert torch.equal(torch.get_rng_state(), after), f"forward {step}: the generator's state differs"
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=f"forward {step}")
+            differ += int((want - plain).abs().max() > 1e-4)
+    assert differ, "the dropouts changed no training forward"
+
+    whole, saved = kit.whole_run(tmp_path)
+    assert whole.status == "finished"
+    assert kit.trained(saved, kit.load_file(str(path)), lambda k: k.endswith(".w_norm")), (
+        "the offsets trained"
+    )
+    kit.resumes_bit_exact(tmp_path, whole, saved)
