@@ -228,6 +228,18 @@ def _export_matches_their_state(made, tensors: dict[str, torch.Tensor]) -> None:
     assert {k: tuple(v.shape) for k, v in tensors.items() if tuple(v.shape) != tuple(state[k].shape)} == {}
 
 
+def _loaded_back(monkeypatch, tensors, layers) -> set[str]:
+    """create_network_from_weights on kohya's layers (DyLoRA's saved LoRA layout loads as LoConModules): the
+    U-Net modules it loads, each checked to give the trained outputs."""
+    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    loaded = {m.lora_name for m in network.unet_loras}
+    _check_kohya_outputs(tree, layers, loaded)
+    return loaded
+
+
 @pytest.mark.parametrize(("algo", "other"), [("locon", "loha"), ("lokr", "locon")])
 def test_dylora_entries_on_flux_fused_layers_train_resume_and_load_in_lycoris(
     tmp_path, monkeypatch, algo, other
@@ -279,13 +291,7 @@ def test_dylora_entries_on_flux_fused_layers_train_resume_and_load_in_lycoris(
     _parts_draw_together(unet, layers)
 
     # create_network_from_weights: DyLoRA's saved LoRA layout loads as LoConModules, to the trained outputs
-    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    loaded = {m.lora_name for m in network.unet_loras}
-    assert loaded == {n for n in names if n.startswith("lora_unet_")}
-    _check_kohya_outputs(tree, layers, loaded)
+    assert _loaded_back(monkeypatch, tensors, layers) == {n for n in names if n.startswith("lora_unet_")}
     _folders_load_back(whole, planned, layers)
 
 
@@ -346,13 +352,7 @@ def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp
     assert _check_dylora_draws(theirs, layers) == 4  # the x blocks' q/k/v and the context modulations
     _parts_draw_together(unet, layers)
 
-    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    loaded = {m.lora_name for m in network.unet_loras}
-    assert loaded == names
-    _check_kohya_outputs(tree, layers, loaded)
+    assert _loaded_back(monkeypatch, tensors, layers) == names
 
 
 # a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
@@ -466,13 +466,10 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
     _export_matches_their_state(made, tensors)
     assert _check_dylora_draws(theirs, layers) == 3  # the projections and linear2 (plain Linears)
 
-    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, _without_ia3(tensors))
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    loaded = {m.lora_name for m in network.unet_loras}
-    assert loaded == unet_names - {"lora_unet_txt_in"}
-    _check_kohya_outputs(tree, {p: v for p, v in layers.items() if p != "txt_in"}, loaded)
+    others = {
+        p: v for p, v in layers.items() if p != "txt_in"
+    }  # IA^3's: lycoris-lora's loader cannot build it
+    assert _loaded_back(monkeypatch, _without_ia3(tensors), others) == unet_names - {"lora_unet_txt_in"}
     _folders_load_back(whole, planned, layers)
 
 
@@ -520,9 +517,4 @@ def test_dylora_network_with_other_entries_on_sd3_trains_resumes_and_loads_in_ly
     assert _check_dylora_draws(theirs, layers) == 3
     _parts_draw_together(unet, layers)
 
-    monkeypatch.undo()  # the preset's class lists off: the loader's network builds nothing from it
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    assert {m.lora_name for m in network.unet_loras} == names
-    _check_kohya_outputs(tree, layers, names)
+    assert _loaded_back(monkeypatch, tensors, layers) == names
