@@ -2805,6 +2805,17 @@ no norm offsets (kohya's LyCORIS train_norm there reaches only norms it cannot t
 `adapter.text_encoder_norms`); the run would fail when the model is built.""",
         help="remove adapter.denoiser_norms, or train an SD 1.x / 2.x / SDXL model",
     ),
+    Code(
+        "DBS588",
+        WARNING,
+        "adapter.init_scale with nothing it scales",
+        """\
+`adapter.init_scale` on a lora, loha or lokr adapter scales only the start of its `kind = "full"` blocks
+(LyCORIS's full modules in a run of several kinds, e.g. kohya's `--dim_from_weights` file: W + 2 x the
+file's diff): their layers start from the weight plus init_scale x the `init_weights` file's diff. Without
+full blocks, or without `init_weights`, no layer reads it and a value other than 1 changes nothing.""",
+        help="remove adapter.init_scale, or add the full blocks and init_weights it is meant for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -3832,3 +3832,23 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
                 message=f"adapter.blocks[{i}] (pattern `{b.pattern}`) gives lr {b.lr:g}, but {why}",
                 help=codes.help("DBS564"),
             )
+
+
+@rule("spec")
+def init_scale_without_full_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A lora / loha / lokr adapter's init_scale scales its full blocks' start from init_weights only
+    (runtime/mixed_init.py): DBS588 where no layer reads it."""
+    a = spec.adapter
+    if a.kind not in ("lora", "loha", "lokr") or getattr(a, "init_scale", 1.0) == 1.0:
+        return
+    full = any(getattr(b, "kind", "adapter") == "full" for b in (*a.blocks, *a.text_encoder_blocks))
+    if full and a.init_weights:
+        return
+    missing = "init_weights" if full else 'blocks of kind = "full"'
+    yield _warn(
+        "DBS588",
+        ("adapter", "init_scale"),
+        f"adapter.init_scale = {a.init_scale:g} on a {a.kind} adapter without {missing}: it scales only the "
+        "starting file's diff of full blocks, so no layer reads it",
+        codes.help("DBS588"),
+    )

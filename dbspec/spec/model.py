@@ -734,7 +734,8 @@ def _full_blocks_init_scale():
         "\"full\"` block starts from (the layer's weight and bias plus init_scale x the file's; the full "
         "adapter's `init_scale` for a run of several kinds). 2 is kohya's start with `--dim_from_weights` "
         "from a LyCORIS file of several kinds: create_network_from_weights builds each FullModule at W + "
-        "diff and load_weights adds the file's diff again. Unused without full blocks and init_weights.",
+        "diff and load_weights adds the file's diff again. Unused without full blocks and init_weights "
+        "(DBS588).",
     )
 
 

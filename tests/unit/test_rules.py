@@ -1721,6 +1721,18 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
+    (  # a lora / loha / lokr adapter's init_scale scales its full blocks' start from the file only
+        rules.init_scale_without_full_blocks,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\ninit_scale = 2.0\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
+        [("DBS588", "warning", ("adapter", "init_scale"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\ninit_scale = 2.0\ninit_weights = "prev.safetensors"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
+    ),
     (  # LyCORIS's BOFT beside other kinds on Flux: one module per fused Linear (its blocks shared by the
         # parts: runtime/lycoris_boft.py), so fused_projections
         rules.mixed_kinds_family,
