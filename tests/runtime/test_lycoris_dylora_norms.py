@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
 from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_lycoris_sd_norm_file import _ours_norms
 
@@ -97,16 +98,7 @@ def test_dylora_norm_offsets_draw_as_lycoris_train_and_resume(pipe, tmp_path, mo
         made.eval(), theirs.eval()
         plain = theirs(x, 10, hidden).sample  # no dropout (DyloraModule draws its one block in eval too)
         made.train(), theirs.train(), ours.train()
-        differ = 0
-        for step in range(4):  # several training forwards, each drawing afresh
-            torch.manual_seed(100 + step)
-            want = theirs(x, 10, hidden).sample
-            after = torch.get_rng_state()
-            torch.manual_seed(100 + step)
-            got = ours(x, 10, hidden).sample
-            assert torch.equal(torch.get_rng_state(), after), f"forward {step}: the generator's state differs"
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-5, msg=f"forward {step}")
-            differ += int((want - plain).abs().max() > 1e-4)
+        differ = draws_as_lycoris(theirs, ours, x, hidden, plain)
     assert differ, "module_dropout changed no training forward"
 
     whole, saved = kit.whole_run(tmp_path)
