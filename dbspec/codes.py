@@ -2816,6 +2816,18 @@ file's diff): their layers start from the weight plus init_scale x the `init_wei
 full blocks, or without `init_weights`, no layer reads it and a value other than 1 changes nothing.""",
         help="remove adapter.init_scale, or add the full blocks and init_weights it is meant for",
     ),
+    Code(
+        "DBS589",
+        WARNING,
+        "adapter.rank_dropout with Diag-OFT's bypass forward",
+        """\
+LyCORIS's DiagOFTModule draws `rank_dropout` (an `nn.Dropout` on its block rotations) in its default forward's
+make_weight only; its bypass forward (`adapter.bypass`, LyCORIS `bypass_mode`) reads `dropout` instead and
+never the rank dropout. dbspec's Diag-OFT layers do the same: with `bypass = true` they draw nothing for
+`adapter.rank_dropout`. The norm offsets (`denoiser_norms`, `text_encoder_norms`), which take the network's
+rank dropout as LyCORIS's NormModule does, still draw it; without them the value changes nothing.""",
+        help="remove adapter.rank_dropout, or set adapter.bypass = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

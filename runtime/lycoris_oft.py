@@ -56,6 +56,7 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
     _title = "LyCORIS's diag-oft"
 
     adapter_layer_names = ("lora_oft_blocks", "lora_oft_rescale")
+    oft_rank_dropout = 0.0  # LyCORIS's rank_dropout (add_oft_rank_dropout): the rotations' nn.Dropout
 
     def __init__(
         self,
@@ -136,9 +137,31 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         rescale = self.lora_oft_rescale[adapter]
         return rescale.reshape(rescale.shape[0], *[1] * (rows.dim() - 1))
 
-    def _rotated_delta(self, adapter: str, rows: torch.Tensor) -> torch.Tensor:
-        """R^T per block of `rows` (dimension 0), times the rescale, minus `rows` (in the blocks' dtype)."""
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """WeightDelta's added output; while training with `oft_rank_dropout` (the default forward only),
+        the delta of the rotations with their dropout (_rotated_delta's `dropped`)."""
+        if not (self.training and self.oft_rank_dropout):
+            return super()._added(x, adapter)
+        delta = self._rotated_delta(adapter, self.get_base_layer().weight, dropped=True)
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta)
+
+    def _rank_mask(self, rotation: torch.Tensor) -> torch.Tensor:
+        """DiagOFTModule.make_weight's `rank_drop(r * scale)` (nn.Dropout(rank_dropout) on the (blocks, size,
+        size) rotations, from torch's generator on their device) as the factor it multiplies them by: the
+        same dropout of ones shaped as the rotations, 0 or 1 / (1 - rate) per entry; a fused Linear's
+        parts (add_oft_rank_dropout) take their blocks' rows of one mask over the fused module's."""
+        draw = self.__dict__.get("oft_rank_draw")
+        if draw is not None:
+            return draw.take(self, rotation)
+        ones = torch.ones_like(rotation)
+        return nn.functional.dropout(ones, self.oft_rank_dropout, training=True)
+
+    def _rotated_delta(self, adapter: str, rows: torch.Tensor, dropped: bool = False) -> torch.Tensor:
+        """R^T per block of `rows` (dimension 0), times the rescale, minus `rows` (in the blocks' dtype);
+        `dropped`: R with its rank dropout (_rank_mask) first."""
         rotation = self.rotation(adapter)
+        if dropped:
+            rotation = rotation * self._rank_mask(rotation)
         out_dim, *rest = rows.shape
         blocks, size = rotation.shape[0], rotation.shape[1]
         org = rows.to(rotation.dtype)
@@ -366,6 +389,19 @@ def kohya_oft_config(targets: list[str], blocks: int, alpha: float):
     """A LoraConfig building KohyaOftLayer on every target: peft's rank is kohya's dim (the block count),
     its alpha kohya's alpha (the constraint per output row)."""
     return oft_config(targets, blocks, alpha, False, layer=KohyaOftLayer)
+
+
+def add_oft_rank_dropout(module: nn.Module, rate: float) -> int:
+    """LyCORIS's `rank_dropout` on every Diag-OFT layer of `module` (LyCORIS's form; not BOFT's, which never
+    reads it): while training, the default forward's rotations through DiagOFTModule.make_weight's
+    nn.Dropout, one mask per layer and forward (after module_dropout's draw); the bypass forward draws none,
+    as LyCORIS's never reads it. How many layers draw."""
+    count = 0
+    for layer in module.modules():
+        if type(layer) is DiagOftLayer and not layer.oft_bypass:
+            layer.oft_rank_dropout = rate
+            count += 1
+    return count
 
 
 def _oft_layers(module: nn.Module) -> list[tuple[str, DiagOftLayer]]:

@@ -129,6 +129,10 @@ def _prepare(
             from dbspec.runtime.mixed_kinds import add_own_module_dropout
 
             add_own_module_dropout(module, a.module_dropout)
+        if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # DiagOFTModule's rotations' dropout
+            from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
+
+            add_oft_rank_dropout(module, a.rank_dropout)
         if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class once per fused layer
             from dbspec.runtime.mixed_kinds import add_module_dropout
 

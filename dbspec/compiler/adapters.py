@@ -263,6 +263,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         oft_blocks=getattr(adapter, "block_count", 0) if adapter.kind == "diag-oft" else 0,
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
         module_dropout=getattr(adapter, "module_dropout", 0.0),  # boft: ButterflyOFTModule's
+        rank_dropout=getattr(adapter, "rank_dropout", 0.0),  # diag-oft: DiagOFTModule's rotations' dropout
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
         max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",

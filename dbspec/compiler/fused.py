@@ -386,6 +386,7 @@ def _check_fused_module(
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
             ("module_dropout (one draw per fused module)", bool(adapter.module_dropout)),
+            ("rank_dropout (one mask over the fused module's blocks)", bool(adapter.rank_dropout)),
         )
     else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's dropouts:
         switches = ()  # draws the parts share (lycoris_glora.py FusedDraws, runtime/fused.py FusedSkip)

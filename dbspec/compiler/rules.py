@@ -1146,6 +1146,24 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def oft_rank_dropout_not_in_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's DiagOFTModule draws rank_dropout in its default forward's make_weight only: its bypass
+    forward never reads it (DBS589; the norm offsets still draw it, as NormModule does)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "diag-oft" or not a.bypass or not a.rank_dropout:
+        return
+    norms = a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms
+    yield _warn(
+        "DBS589",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} with kind = "diag-oft" and bypass = true: the Diag-OFT '
+        "layers draw no rank dropout (LyCORIS's bypass forward never reads it)"
+        + ("; only the norm offsets draw it" if norms else ", and nothing else does: it changes nothing"),
+        codes.help("DBS589"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3506,7 +3524,7 @@ def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
 @rule("spec")
 def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """Diag-OFT's kohya form (kohya's networks.oft): a block count, none of LyCORIS's rescale, bypass, max
-    norm or module dropout, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count`
+    norm, module or rank dropout, no text encoder (kohya's OFT network adapts the U-Net alone); `block_count`
     only with it (DBS574)."""
     a = spec.adapter
     if a.kind != "diag-oft":
@@ -3534,6 +3552,11 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", "module_dropout"),
             "adapter.module_dropout: kohya's OFTModule has no module dropout",
             bool(a.module_dropout),
+        ),
+        (
+            ("adapter", "rank_dropout"),
+            "adapter.rank_dropout: kohya's OFTModule has no rank dropout",
+            bool(a.rank_dropout),
         ),
         (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
         *[

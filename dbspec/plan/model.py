@@ -224,7 +224,7 @@ class AdapterPlan:
     oft_form: Literal["lycoris", "kohya"] = "lycoris"
     oft_blocks: int = 0  # oft_form "kohya": kohya's network_dim, the number of blocks per layer
     tucker: bool = False  # k x k convolutions as a Tucker core (LyCORIS use_tucker; lora: lora_mid)
-    rank_dropout: float = 0.0  # loha, lokr
+    rank_dropout: float = 0.0  # loha, lokr, diag-oft (its rotations' dropout), glora in bypass
     # loha, lokr with rank_dropout: the kept rows divided by the kept share (LyCORIS rank_dropout_scale)
     rank_dropout_scale: bool = False
     module_dropout: float = 0.0  # loha, lokr

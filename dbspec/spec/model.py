@@ -1343,6 +1343,18 @@ class DiagOftAdapter:
         minimum=0,
         maximum=1,
     )
+    rank_dropout: float = option(
+        0.0,
+        doc="While training, zero each entry of a layer's block rotations with this probability and scale "
+        "the kept ones by 1 / (1 - rate) (LyCORIS `rank_dropout`: DiagOFTModule.make_weight's "
+        "`nn.Dropout(rank_dropout)` on its (blocks, size, size) rotations, drawn from torch's generator on "
+        "the blocks' device once per layer and training forward, after `module_dropout`'s draw). The "
+        "bypass forward never draws it (LyCORIS's reads `dropout` instead); the norm offsets "
+        "(`denoiser_norms`, `text_encoder_norms`) draw it as LyCORIS's NormModule does. LyCORIS's form "
+        "only; not with `fused_projections`.",
+        minimum=0,
+        maximum=1,
+    )
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
     fused_projections: bool = option(

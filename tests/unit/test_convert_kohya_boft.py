@@ -121,10 +121,31 @@ def test_boft_module_dropout_is_its_forward_s_draw(tmp_path):
 
 def test_diag_oft_module_dropout_is_its_forward_s_draw(tmp_path):
     """DiagOFTModule.forward draws one torch.rand(1) per layer and training forward (its module_dropout, was
-    DBS403; tests/runtime/test_lycoris_oft_module_dropout.py); its rank_dropout stays DBS403."""
+    DBS403; tests/runtime/test_lycoris_oft_module_dropout.py)."""
     outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "module_dropout=0.3"')
     assert outcome.exit_code == 0, errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.module_dropout, a.fused) == ("diag-oft", 0.3, ())
-    refused = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "rank_dropout=0.3"')
-    assert refused.exit_code == 1 and "DBS403" in codes(refused)
+
+
+def test_diag_oft_rank_dropout_is_its_rotations_dropout(tmp_path):
+    """DiagOFTModule.make_weight's nn.Dropout(rank_dropout) on its rotations (was DBS403): its rank_dropout
+    (tests/runtime/test_lycoris_oft_module_dropout.py); its default forward never reads `dropout` (DBS405)."""
+    args = '"algo=diag-oft", "preset=attn-mlp", "rank_dropout=0.3", "module_dropout=0.1", "dropout=0.2"'
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    assert "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.module_dropout, a.bypass) == ("diag-oft", 0.3, 0.1, False)
+    assert fate(outcome, "network_args dropout") == "inert"
+    assert "only in bypass_mode" in messages(outcome, "DBS405")
+
+
+def test_diag_oft_bypass_never_reads_its_rank_dropout(tmp_path):
+    """DiagOFTModule's bypass forward never calls make_weight's rank dropout: DBS405."""
+    outcome = _lycoris(tmp_path, '"algo=diag-oft", "preset=attn-mlp", "bypass_mode=True", "rank_dropout=0.3"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank_dropout, a.bypass) == (0.0, True)
+    assert fate(outcome, "network_args rank_dropout") == "inert"
+    assert "default forward only" in messages(outcome, "DBS405")

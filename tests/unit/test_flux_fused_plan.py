@@ -552,6 +552,9 @@ def test_dylora_fused_module_dropout_plans(toy: Path):
     write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3})
     refused = compile_in(toy)
     assert "module_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
+    write_spec(toy, model=FLUX, adapter={**oft, "rank_dropout": 0.3})
+    refused = compile_in(toy)
+    assert "rank_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
     write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3, "form": "kohya", "block_count": 4})
     assert "module dropout" in " ".join(d.message for d in compile_in(toy).diagnostics if d.code == "DBS574")
 

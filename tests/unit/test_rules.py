@@ -549,6 +549,12 @@ CASES = [
         [("DBS556", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "glora"\nrank_dropout = 0.1\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
+    (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
+        rules.oft_rank_dropout_not_in_bypass,
+        '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,
+        [("DBS589", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\n' + DOG + STEPS,
+    ),
     (  # LoKr full_matrix: nothing is split low-rank
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "lokr"\nfull_matrix = true\ndecompose_both = true\n' + DOG + STEPS,
@@ -1509,12 +1515,13 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nrescaled = true\nbypass = true\nmax_norm = 1.0\n'
-        + "[train]\ntext_encoder = true\n",
+        + "rank_dropout = 0.1\n[train]\ntext_encoder = true\n",
         [
             ("DBS574", "error", ("adapter", "block_count")),
             ("DBS574", "error", ("adapter", "rescaled")),
             ("DBS574", "error", ("adapter", "bypass")),
             ("DBS574", "error", ("adapter", "max_norm")),
+            ("DBS574", "error", ("adapter", "rank_dropout")),
             ("DBS574", "error", ("train", "text_encoder")),
         ],
         DOG + STEPS + '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\nconstraint = 0.001\n',

@@ -970,7 +970,8 @@ def _lycoris_full(
     conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
     are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
     IA3Module's none), but BOFT's and Diag-OFT's module_dropout (ButterflyOFTModule.forward's and
-    DiagOFTModule.forward's one draw per layer and training forward; BOFT never reads rank_dropout)."""
+    DiagOFTModule.forward's one draw per layer and training forward; BOFT never reads rank_dropout) and
+    Diag-OFT's rank_dropout (_diag_oft_dropouts)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -1006,6 +1007,8 @@ def _lycoris_full(
         )
     if kind in ("boft", "diag-oft") and "module_dropout" in kwargs:  # their forward's one torch.rand(1)
         put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
+    if kind == "diag-oft":
+        _diag_oft_dropouts(kwargs, put, args, conv, network_dropout)
     if kind == "boft" and "rank_dropout" in kwargs:
         conv.ignored(
             Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
@@ -1015,6 +1018,41 @@ def _lycoris_full(
         if _float(kwargs.get(key, "0") or 0):
             unsupported[key] = f"{kwargs.pop(key)} (LyCORIS's {kind} algo: dbspec expresses no dropout there)"
         kwargs.pop(key, None)
+
+
+def _diag_oft_dropouts(
+    kwargs: dict[str, str],
+    put: dict[str, Any],
+    args: Legacy,
+    conv: Conversion,
+    network_dropout: Legacy | None,
+) -> None:
+    """algo=diag-oft's rank_dropout and, outside bypass_mode, its `dropout` (network_args', else
+    --network_dropout): DiagOFTModule.make_weight draws rank_dropout (nn.Dropout on its rotations) in the
+    default forward only, adapter.rank_dropout (runtime/lycoris_oft.py add_oft_rank_dropout); its bypass
+    forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. The default
+    forward never reads `dropout` (DBS405; in bypass_mode _diag_oft_bypass_dropout's DBS402)."""
+    bypass = bool(put.get("bypass"))
+    norms = any(key in put for key in ("denoiser_norms", "text_encoder_norms"))
+    if "rank_dropout" in kwargs:
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+        rate = _float(legacy.value or 0)
+        if rate and bypass and not norms:
+            conv.ignored(
+                legacy, "LyCORIS's DiagOFTModule draws it in its default forward only, not bypass_mode"
+            )
+        elif rate:
+            put["rank_dropout"] = rate
+    if bypass:
+        return
+    if "dropout" in kwargs:
+        legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
+    elif network_dropout is not None and network_dropout.value:
+        legacy = network_dropout
+    else:
+        return
+    if _float(legacy.value or 0):
+        conv.ignored(legacy, "LyCORIS's DiagOFTModule applies its dropout only in bypass_mode (off here)")
 
 
 def _diag_oft_bypass_dropout(
