@@ -391,16 +391,45 @@ def kohya_oft_config(targets: list[str], blocks: int, alpha: float):
     return oft_config(targets, blocks, alpha, False, layer=KohyaOftLayer)
 
 
-def add_oft_rank_dropout(module: nn.Module, rate: float) -> int:
+class FusedRankDraw:
+    """One DiagOFTModule's rank-dropout mask on a fused Linear (plan.adapter.fused), for its `parts` (each
+    part's DiagOftLayer, in row order, their blocks the fused module's over their rows: fit_fused_oft): the
+    first part called per training forward draws the dropout of ones shaped as every part's blocks stacked,
+    (all blocks, size, size), as LyCORIS's module draws it over its rotations (one call, the same generator
+    use); each part takes its own blocks' rows. Kept until every part has taken it (as runtime/fused.py
+    FusedSkip), so gradient checkpointing's recomputation draws it again alike."""
+
+    def __init__(self, parts: list, rate: float, adapter: str):
+        self.parts, self.rate, self.adapter = parts, rate, adapter
+        self.left, self.mask = 0, None
+
+    def take(self, layer: DiagOftLayer, rotation: torch.Tensor) -> torch.Tensor:
+        counts = [int(part.lora_oft_blocks[self.adapter].shape[0]) for part in self.parts]
+        if self.left == 0:
+            ones = rotation.new_ones((sum(counts), *rotation.shape[1:]))
+            self.mask, self.left = nn.functional.dropout(ones, self.rate, training=True), len(self.parts)
+        self.left -= 1
+        index = next(i for i, part in enumerate(self.parts) if part is layer)
+        start = sum(counts[:index])
+        return self.mask[start : start + counts[index]]
+
+
+def add_oft_rank_dropout(module: nn.Module, rate: float, adapter: str = "default") -> int:
     """LyCORIS's `rank_dropout` on every Diag-OFT layer of `module` (LyCORIS's form; not BOFT's, which never
     reads it): while training, the default forward's rotations through DiagOFTModule.make_weight's
     nn.Dropout, one mask per layer and forward (after module_dropout's draw); the bypass forward draws none,
-    as LyCORIS's never reads it. How many layers draw."""
+    as LyCORIS's never reads it. The parts of a fused Linear (linked by fit_fused_oft, called first) share
+    one mask over the fused module's blocks (FusedRankDraw). How many layers draw."""
     count = 0
     for layer in module.modules():
         if type(layer) is DiagOftLayer and not layer.oft_bypass:
             layer.oft_rank_dropout = rate
             count += 1
+            parts = layer.__dict__.get("oft_fused_parts")
+            if parts and "oft_rank_draw" not in layer.__dict__:
+                draw = FusedRankDraw(list(parts), rate, adapter)
+                for part in parts:
+                    part.__dict__["oft_rank_draw"] = draw  # not a submodule: the draw, no parameters
     return count
 
 

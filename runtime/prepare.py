@@ -125,14 +125,15 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
-        if a.kind == "diag-oft" and a.module_dropout and not mixed(a):  # DiagOFTModule's draw per layer
+        # DiagOFTModule's draws per layer, a fused Linear's parts (tied above) sharing their module's
+        if a.kind == "diag-oft" and a.module_dropout and not mixed(a):
             from dbspec.runtime.mixed_kinds import add_own_module_dropout
 
-            add_own_module_dropout(module, a.module_dropout)
-        if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # DiagOFTModule's rotations' dropout
+            add_own_module_dropout(module, a.module_dropout, a.fused if denoiser else ())
+        if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # its rotations' dropout
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
-            add_oft_rank_dropout(module, a.rank_dropout)
+            add_oft_rank_dropout(module, a.rank_dropout, adapters.ADAPTER_NAME)
         if a.module_dropout and mixed(a):  # each kind's layers draw as its LyCORIS class once per fused layer
             from dbspec.runtime.mixed_kinds import add_module_dropout
 

@@ -375,9 +375,9 @@ def _check_fused_module(
     fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
     blocks, kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's
     blocks is runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are
-    one module's, at one size per fused layer; GLoRA's dropouts and DyLoRA's module_dropout are draws its
-    parts share), a family without kohya's Flux / SD3 layout, and fused layers with parts left out or at
-    other ranks (LyCORIS's module spans every row at one rank)."""
+    one module's, at one size per fused layer; GLoRA's and Diag-OFT's dropouts and DyLoRA's module_dropout
+    are draws its parts share), a family without kohya's Flux / SD3 layout, and fused layers with parts left
+    out or at other ranks (LyCORIS's module spans every row at one rank)."""
     spec = family_spec(family)
     if _no_fused_layers(ctx, spec):
         return
@@ -385,8 +385,6 @@ def _check_fused_module(
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
-            ("module_dropout (one draw per fused module)", bool(adapter.module_dropout)),
-            ("rank_dropout (one mask over the fused module's blocks)", bool(adapter.rank_dropout)),
         )
     else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's dropouts:
         switches = ()  # draws the parts share (lycoris_glora.py FusedDraws, runtime/fused.py FusedSkip)

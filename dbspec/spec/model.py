@@ -1339,7 +1339,8 @@ class DiagOftAdapter:
         0.0,
         doc="Skip a layer's whole rotation with this probability while training (LyCORIS `module_dropout`: "
         "DiagOFTModule.forward's one `torch.rand(1)` from torch's global generator per layer and training "
-        "forward, the base output alone below the rate). LyCORIS's form only; not with `fused_projections`.",
+        "forward, the base output alone below the rate); with `fused_projections` one draw per fused "
+        "layer, its parts skipping together. LyCORIS's form only.",
         minimum=0,
         maximum=1,
     )
@@ -1350,8 +1351,9 @@ class DiagOftAdapter:
         "`nn.Dropout(rank_dropout)` on its (blocks, size, size) rotations, drawn from torch's generator on "
         "the blocks' device once per layer and training forward, after `module_dropout`'s draw). The "
         "bypass forward never draws it (LyCORIS's reads `dropout` instead); the norm offsets "
-        "(`denoiser_norms`, `text_encoder_norms`) draw it as LyCORIS's NormModule does. LyCORIS's form "
-        "only; not with `fused_projections`.",
+        "(`denoiser_norms`, `text_encoder_norms`) draw it as LyCORIS's NormModule does. With "
+        "`fused_projections` one mask over the fused layer's blocks, each part taking its own. LyCORIS's "
+        "form only.",
         minimum=0,
         maximum=1,
     )

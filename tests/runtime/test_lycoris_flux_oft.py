@@ -3,7 +3,10 @@ DiagOFTModule per fused Linear, whose blocks (LyCORIS's factorization of the sta
 diffusers' split layer takes for its own rows (runtime/lycoris_oft.py fit_fused_oft). Checked against
 lycoris-lora 4.1.3's own DiagOFTModule built on the stacked Linear: where the fused block size differs from a
 part's own factorization, and on tiny-flux trained, resumed bit-exact and loaded from the kohya_lora
-export."""
+export. Its module_dropout and rank_dropout (was DBS403 / DBS577): one skip draw and one rotation mask per
+fused module, shared by the parts (runtime/fused.py FusedSkip, runtime/lycoris_oft.py FusedRankDraw), equal
+to lycoris-lora's module on the stacked Linear from the same generator state (outputs, gradients,
+generator), and a tiny-flux run with both resumed bit-exact."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from peft import inject_adapter_in_model
 from torch import nn
 
 from dbspec.plan.model import FusedPlan
-from dbspec.runtime.lycoris_oft import DiagOftLayer, fit_fused_oft, oft_config
+from dbspec.runtime.lycoris_oft import DiagOftLayer, add_oft_rank_dropout, fit_fused_oft, oft_config
+from dbspec.runtime.mixed_kinds import add_own_module_dropout
 from tests.runtime.lycoris_flow_kit import (
     BASE,
     assert_lycoris_computes,
@@ -91,6 +95,55 @@ def test_parts_take_the_fused_block_size_and_compute_lycoris_module(bypass, resc
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+def test_fused_parts_draw_their_module_s_dropouts_as_lycoris_module():
+    """module_dropout 0.5 and rank_dropout 0.3 on a fused q/k/v of 48-row parts (blocks of 8 over 144 rows):
+    per training forward one skip draw and one (18, 8, 8) mask, as DiagOFTModule.forward / make_weight draw
+    them, whichever part is called first; the gradients of every part's blocks and rescale equal."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.transformer_blocks = nn.ModuleList([_Block(48)])
+    inject_adapter_in_model(oft_config(list(_PARTS), 8, 0.0, True), model, adapter_name="default")
+    parts = [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
+    group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+    fit_fused_oft(model, (group,), "default")
+    assert add_own_module_dropout(model, 0.5, (group,)) == 1  # one fused layer
+    assert add_oft_rank_dropout(model, 0.3) == 3
+    with torch.no_grad():
+        for part in parts:
+            part.lora_oft_blocks["default"].normal_(0, 0.1)
+            part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    stacked = torch.cat([p.lora_oft_blocks["default"].detach() for p in parts])
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts])
+    theirs = _theirs(parts, stacked.clone(), rescale=rescale.clone())
+    theirs.module_dropout, theirs.rank_dropout = 0.5, 0.3
+    theirs.rank_drop = nn.Dropout(0.3)  # as DiagOFTModule's constructor builds it for rank_dropout 0.3
+    theirs.org_module[0].requires_grad_(False)
+    model.train(), theirs.train()
+    x = torch.randn(5, 8)
+    plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+    kinds, trained = set(), 0
+    for seed in range(10):
+        order = parts if seed % 2 else parts[::-1]  # the first part called draws
+        torch.manual_seed(seed)
+        want = theirs(x)
+        after = torch.get_rng_state()
+        torch.manual_seed(seed)
+        got = {id(p): p(x) for p in order}
+        mine = torch.cat([got[id(p)] for p in parts], dim=-1)
+        assert torch.equal(after, torch.get_rng_state())  # one draw each per module and forward
+        torch.testing.assert_close(mine, want, rtol=0, atol=1e-5)
+        kinds.add(torch.equal(mine, plain))
+        if want.requires_grad:
+            want.square().sum().backward()
+            mine.square().sum().backward()
+            trained += 1
+    assert kinds == {True, False} and trained
+    blocks = torch.cat([p.lora_oft_blocks["default"].grad for p in parts])
+    torch.testing.assert_close(blocks, theirs.oft_blocks.grad, rtol=1e-5, atol=1e-5)
+    rescales = torch.cat([p.lora_oft_rescale["default"].grad for p in parts])
+    torch.testing.assert_close(rescales.view(-1), theirs.rescale.grad.view(-1), rtol=1e-5, atol=1e-5)
+
+
 def test_a_block_spanning_two_parts_is_refused():
     model = nn.Module()
     model.transformer_blocks = nn.ModuleList([_Block(16)])  # 48 rows at lora_dim 8: blocks of 6
@@ -108,8 +161,15 @@ OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = tru
 def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path, constraint):
     """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too."""
     extra = OFT.replace("block_size = 4\n", f"block_size = 4\nconstraint = {constraint}\n")
+    if not constraint:  # with the dropouts: one draw each per fused module, its parts sharing it
+        extra = extra.replace(
+            "block_size = 4\n", "block_size = 4\nmodule_dropout = 0.3\nrank_dropout = 0.2\n"
+        )
     plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
     assert plan.adapter.oft_constraint == constraint
+    assert (plan.adapter.module_dropout, plan.adapter.rank_dropout) == (
+        (0.0, 0.0) if constraint else (0.3, 0.2)
+    )
     assert plan.adapter.kind == "diag-oft" and [f.name for f in plan.adapter.fused] == [
         "img_attn_qkv",
         "txt_attn_qkv",
@@ -119,6 +179,11 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
     tensors, names = kohya_export(plan, whole)
     assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
     assert isinstance(transformer.transformer_blocks[0].attn.to_q, DiagOftLayer)
+    if not constraint:
+        single = transformer.single_transformer_blocks[0]
+        parts = [single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp]
+        assert len({id(p.__dict__["oft_rank_draw"]) for p in parts}) == 1
+        assert len({id(p.__dict__["dbspec_skip"]) for p in parts}) == 1
 
     def theirs(name: str, parts) -> DiagOFTModule:
         assert float(tensors[f"{name}.alpha"]) == pytest.approx(constraint)

@@ -121,9 +121,19 @@ def test_diag_oft_bypass_and_rescaled_map_and_its_dropout_is_invalid(tmp_path):
     assert "DBS402" in codes(outcome)
 
 
-@pytest.mark.parametrize("arg", ["rank_dropout=0.1", "module_dropout=0.1"])
-def test_diag_oft_what_spans_the_fused_parts_is_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args algo=diag-oft {arg}"))
+def test_diag_oft_dropouts_are_one_draw_per_fused_module(tmp_path):
+    """module_dropout and rank_dropout (was DBS403): DiagOFTModule's skip draw and rotation mask, once per
+    fused Linear, its parts sharing them (tests/runtime/test_lycoris_flux_oft.py); its bypass forward never
+    reads rank_dropout (DBS405)."""
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft module_dropout=0.2 rank_dropout=0.1")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout, len(a.fused)) == ("diag-oft", 0.2, 0.1, 3)
+    assert fate(outcome, "network_args rank_dropout") == "mapped"
+    outcome = _flux(tmp_path, "--network_args algo=diag-oft bypass_mode=True rank_dropout=0.1")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.bypass, a.rank_dropout) == (True, 0.0) and fate(outcome, "network_args rank_dropout") == "inert"
+    assert "default forward only" in messages(outcome, "DBS405")
 
 
 def test_diag_oft_constraint_maps(tmp_path):

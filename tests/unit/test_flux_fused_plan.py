@@ -547,14 +547,14 @@ def test_dylora_fused_module_dropout_plans(toy: Path):
     assert planned.plan is not None, planned.diagnostics
     a = planned.plan.adapter
     assert (a.module_dropout, a.rank_dropout, a.bypass_dropout, len(a.fused)) == (0.3, 0.2, 0.1, 3)
-    # Diag-OFT's module_dropout plans on SD (its own draw per layer) but not on fused layers yet (DBS577)
+    # Diag-OFT's module_dropout and rank_dropout on fused layers (was DBS577): one draw each per fused
+    # module (runtime/fused.py FusedSkip, runtime/lycoris_oft.py FusedRankDraw)
     oft = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
-    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3})
-    refused = compile_in(toy)
-    assert "module_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
-    write_spec(toy, model=FLUX, adapter={**oft, "rank_dropout": 0.3})
-    refused = compile_in(toy)
-    assert "rank_dropout" in next(d.message for d in refused.diagnostics if d.code == "DBS577")
+    write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3, "rank_dropout": 0.2})
+    planned = compile_in(toy)
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.module_dropout, a.rank_dropout, len(a.fused)) == (0.3, 0.2, 3)
     write_spec(toy, model=FLUX, adapter={**oft, "module_dropout": 0.3, "form": "kohya", "block_count": 4})
     assert "module dropout" in " ".join(d.message for d in compile_in(toy).diagnostics if d.code == "DBS574")
 

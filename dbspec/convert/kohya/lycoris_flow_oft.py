@@ -13,8 +13,9 @@ same update: `fused_projections = true` gives each part the fused module's block
 fit_fused_oft, which refuses a block spanning two parts; on FLUX.1 the converter refuses it already), and the
 kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora loads back. `constraint`
 (DiagOFTModule scales all its blocks by one norm, bounded by constraint x the fused width): the parts share
-that norm (runtime/lycoris_oft.py link_fused_oft). What else spans the parts is refused (DBS403): the
-dropouts (rank_dropout: one mask over the fused module's blocks; module_dropout: one draw per fused module).
+that norm (runtime/lycoris_oft.py link_fused_oft). The dropouts span the parts too: module_dropout's one
+draw per fused module (runtime/fused.py FusedSkip) and rank_dropout's one mask over its blocks
+(runtime/lycoris_oft.py FusedRankDraw; never read in bypass_mode, DBS405) are shared by the parts.
 `dropout` (--network_dropout) acts only in bypass_mode, where lycoris-lora 4.1.3 raises on it (DBS402, as
 network.py's U-Net rule); bypass_mode alone rotates the output, its bias too (adapter.bypass), per block of
 rows as well. DiagOFTModule takes and never reads network_alpha, use_scalar, dora_wd, rs_lora and Tucker's
@@ -88,9 +89,6 @@ def map_flow_diag_oft(
             conv.unsupported(args, f"{block['_why']} ({block['block_size']}): {misfit}")
             return False
     refused = []
-    for key in ("rank_dropout", "module_dropout"):
-        if float(kwargs.get(key) or 0):
-            refused.append(f"{key}={kwargs[key]} (one draw over the fused Linear's blocks)")
     conv_targets: list[str] = []
     if layers in layout.convs:
         conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
@@ -101,11 +99,16 @@ def map_flow_diag_oft(
         conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
     constraint = legacy("constraint") if float(kwargs.get("constraint") or 0) else None
+    bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
+    # DiagOFTModule's draws, once per fused module (its parts share them: runtime/fused.py FusedSkip,
+    # runtime/lycoris_oft.py FusedRankDraw); its bypass forward never reads rank_dropout
+    drops = {k: legacy(k) for k in ("module_dropout", "rank_dropout") if float(kwargs.get(k) or 0)}
+    if bypass and "rank_dropout" in drops:
+        conv.ignored(drops.pop("rank_dropout"), "DiagOFTModule draws it in its default forward only")
     for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
         conv.inert(legacy(key), "0 is off")
     if "conv_dim" in kwargs:
         conv.inert(legacy("conv_dim"), "network_dim's block size" if conv_targets else "no convolution here")
-    bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
     dropout = legacy("dropout") if "dropout" in kwargs else a["network_dropout"]
     if dropout.value and float(dropout.value) and bypass:
         conv.invalid(
@@ -131,6 +134,8 @@ def map_flow_diag_oft(
         constraint is not None
     ):  # one norm over each fused Linear's blocks (runtime/lycoris_oft.py link_fused_oft)
         conv.mapped(constraint, ("adapter", "constraint"), float(constraint.value))
+    for key, given in drops.items():
+        conv.mapped(given, ("adapter", key), float(given.value))
     if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own
         conv.mapped(rescaled, ("adapter", "rescaled"), str(rescaled.value).lower() != "false")
     if a["network_alpha"].given:
