@@ -125,8 +125,8 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
-        # DiagOFTModule's draws per layer, a fused Linear's parts (tied above) sharing their module's
-        if a.kind == "diag-oft" and a.module_dropout and not mixed(a):
+        # DiagOFTModule's / IA3Module's draws per layer, a fused Linear's parts (tied above) sharing theirs
+        if a.kind in ("diag-oft", "ia3") and a.module_dropout and not mixed(a):
             from dbspec.runtime.mixed_kinds import add_own_module_dropout
 
             add_own_module_dropout(module, a.module_dropout, a.fused if denoiser else ())

@@ -1214,6 +1214,15 @@ class Ia3Adapter:
         "(LyCORIS `train_on_input`, which its ia3 preset sets for `ff.net.2` and `mlp.fc2`).",
         example=["ff.net.2", "mlp.fc2"],
     )
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's scaling with this probability while training (LyCORIS `module_dropout`: "
+        "IA3Module.forward's one `torch.rand(1)` from torch's global generator per layer and training "
+        "forward, the base output alone below the rate). Each adapted layer draws its own, diffusers' "
+        "split parts of Flux / SD3's fused Linears too (kohya's one module on the fused Linear draws once).",
+        minimum=0,
+        maximum=1,
+    )
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 

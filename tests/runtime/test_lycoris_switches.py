@@ -451,9 +451,48 @@ def test_ia3_layer_equals_lycoris_ia3_module():
         torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
 
 
+def test_ia3_module_dropout_draws_as_lycoris_ia3_module():
+    """IA3Module.forward's module_dropout (lycoris-lora 4.1.3): one `torch.rand(1)` per training forward,
+    first, the base output alone below the rate (runtime/mixed_kinds.py add_own_module_dropout, each layer
+    its own draw): equal outputs and generator state from one generator state; none outside training."""
+    from lycoris.modules.ia3 import IA3Module
+
+    from dbspec.runtime.mixed_kinds import add_own_module_dropout
+
+    net, base = _ia3_net()
+    _randomise(net, torch.Generator().manual_seed(2))
+    assert add_own_module_dropout(net, 0.5) == 4
+    layer, reference = net.proj, copy.deepcopy(base.proj)
+    lyco = IA3Module("proj", reference, 1.0, module_dropout=0.5)
+    with torch.no_grad():
+        lyco.weight.copy_(layer.lora_ia3["default"])
+    lyco.apply_to()
+    net.train(), lyco.train()
+    x = _inputs(torch.Generator().manual_seed(1))["proj"]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        expected = [reference(x) for _ in range(8)]
+    after = torch.get_rng_state()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        got = [layer(x) for _ in range(8)]
+    assert torch.equal(after, torch.get_rng_state())  # one draw per forward
+    plain = layer.base_layer(x)
+    skipped = [torch.equal(m, plain) for m in got]
+    assert skipped == [torch.equal(w, plain) for w in expected] and 0 < sum(skipped) < 8
+    for mine, want in zip(got, expected):
+        torch.testing.assert_close(mine, want, rtol=1e-5, atol=1e-5)
+    net.eval()
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        layer(x)  # outside training: no draw
+    assert torch.equal(state, torch.get_rng_state())
+
+
 IA3 = (
     'kind = "ia3"\nconv_targets = ["conv1"]\ninput_targets = ["ff.net.2", "fc2"]\n'
     'denoiser_targets = ["to_k", "to_v", "ff.net.2"]\ntext_encoder_targets = ["k_proj", "v_proj", "fc2"]\n'
+    "module_dropout = 0.3\n"  # IA3Module.forward's draw per layer (resumed bit-exact with the generator)
 )
 
 

@@ -149,3 +149,16 @@ def test_diag_oft_bypass_never_reads_its_rank_dropout(tmp_path):
     assert (a.rank_dropout, a.bypass) == (0.0, True)
     assert fate(outcome, "network_args rank_dropout") == "inert"
     assert "default forward only" in messages(outcome, "DBS405")
+
+
+def test_ia3_module_dropout_is_its_forward_s_draw_and_the_rest_unread(tmp_path):
+    """IA3Module.forward draws one torch.rand(1) per layer and training forward (its module_dropout, was
+    DBS403; tests/runtime/test_lycoris_switches.py); it never reads rank_dropout or `dropout` (DBS405)."""
+    args = '"algo=ia3", "preset=attn-mlp", "module_dropout=0.3", "rank_dropout=0.2", "dropout=0.1"'
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout) == ("ia3", 0.3, 0.0)
+    assert fate(outcome, "network_args rank_dropout") == "inert"
+    assert fate(outcome, "network_args dropout") == "inert"
+    assert "IA3Module" in messages(outcome, "DBS405")

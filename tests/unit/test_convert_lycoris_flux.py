@@ -868,6 +868,18 @@ def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
     assert "DBS403" not in codes(outcome)
 
 
+def test_ia3_dropouts_on_flux(tmp_path):
+    """IA3Module never reads `dropout` (--network_dropout) or rank_dropout: DBS405; its module_dropout is one
+    draw per fused Linear, which dbspec's per-part IA^3 layers do not share: DBS403."""
+    outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=ia3 preset=full rank_dropout=0.2")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert (
+        fate(outcome, "network_args rank_dropout") == "inert" and fate(outcome, "network_dropout") == "inert"
+    )
+    assert "never reads" in messages(outcome, "DBS405")
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full module_dropout=0.2"))
+
+
 @pytest.mark.parametrize("value", ["True", "1", "False"])
 def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
     """lycoris-lora 4.1.3's create_network hands LycorisNetworkKohya a fixed argument list without

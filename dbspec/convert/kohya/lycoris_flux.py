@@ -624,7 +624,9 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     network_args is never read: create_network hands LycorisNetworkKohya a fixed list of arguments without
     it, so IA3Module keeps its default, the output rows (lycoris-lora 4.1.3 on kohya's Flux, any value:
     every module's `on_input` 0): ignored (DBS405); only a preset's module_algo_map sets it. Rank and alpha
-    mean nothing to it, and its dropouts are not expressed. False when refused."""
+    mean nothing to it; IA3Module never reads `dropout` (--network_dropout) or rank_dropout (DBS405), and
+    its module_dropout is one draw per fused module, which dbspec's parts do not share (DBS403). False when
+    refused."""
     module, args = a["network_module"], a["network_args"]
     layers, text = layout.presets[preset]
     if "train_on_input" in kwargs:
@@ -641,14 +643,24 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
             conv.inert(legacy, "IA3Module has no rank or alpha")
     network_dropout = a["network_dropout"]
-    rates = {k: kwargs.pop(k) for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs}
-    if network_dropout.value and "dropout" not in rates:
-        rates["--network_dropout"] = str(network_dropout.value)
-    dropped = {k: v for k, v in rates.items() if float(v or 0)}
-    if dropped:
-        rest = ", ".join(f"{k}={v}" for k, v in dropped.items())
-        conv.unsupported(args, f"{rest} with algo=ia3 on {layout.title}: dbspec expresses no dropout there")
+    if float(kwargs.get("module_dropout") or 0):  # IA3Module.forward's draw: one per fused module
+        conv.unsupported(
+            args,
+            f"module_dropout={kwargs['module_dropout']} with algo=ia3 on {layout.title}: IA3Module draws "
+            "once per fused Linear, and dbspec's IA^3 layers on diffusers' split parts each draw their own",
+        )
         return False
+    own_dropout = "dropout" in kwargs  # else train_network.py hands --network_dropout on as `dropout`
+    for key in [k for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs]:
+        legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        if key == "module_dropout":
+            conv.inert(legacy, "0 is off")
+        elif float(legacy.value or 0):
+            conv.ignored(legacy, "IA3Module takes it and never reads it")
+        else:
+            conv.inert(legacy, "0 is off")
+    if network_dropout.value and float(network_dropout.value) and not own_dropout:
+        conv.ignored(network_dropout, "IA3Module takes it (as `dropout`) and never reads it")
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)

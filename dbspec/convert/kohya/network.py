@@ -968,10 +968,10 @@ def _lycoris_full(
     """algo=full (lycoris/modules/full.py: each targeted layer's weight and bias train as a copy) and ia3
     (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
     conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
-    are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it lacks,
-    IA3Module's none), but BOFT's and Diag-OFT's module_dropout (ButterflyOFTModule.forward's and
-    DiagOFTModule.forward's one draw per layer and training forward; BOFT never reads rank_dropout) and
-    Diag-OFT's rank_dropout (_diag_oft_dropouts)."""
+    are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it
+    lacks), but BOFT's, Diag-OFT's and IA3's module_dropout (ButterflyOFTModule.forward's,
+    DiagOFTModule.forward's and IA3Module.forward's one draw per layer and training forward; BOFT never
+    reads rank_dropout) and Diag-OFT's rank_dropout (_diag_oft_dropouts; IA3Module never reads it)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -1005,10 +1005,10 @@ def _lycoris_full(
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
             "output, its bias too; dbspec changes the weight, as LyCORIS's default forward)"
         )
-    if kind in ("boft", "diag-oft") and "module_dropout" in kwargs:  # their forward's one torch.rand(1)
+    if kind in ("boft", "diag-oft", "ia3") and "module_dropout" in kwargs:  # their forward's torch.rand(1)
         put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
-    if kind == "diag-oft":
-        _diag_oft_dropouts(kwargs, put, args, conv, network_dropout)
+    if kind in ("diag-oft", "ia3"):
+        _diag_oft_dropouts(kwargs, put, args, conv, network_dropout, kind)
     if kind == "boft" and "rank_dropout" in kwargs:
         conv.ignored(
             Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
@@ -1026,18 +1026,22 @@ def _diag_oft_dropouts(
     args: Legacy,
     conv: Conversion,
     network_dropout: Legacy | None,
+    kind: str = "diag-oft",
 ) -> None:
-    """algo=diag-oft's rank_dropout and, outside bypass_mode, its `dropout` (network_args', else
-    --network_dropout): DiagOFTModule.make_weight draws rank_dropout (nn.Dropout on its rotations) in the
+    """algo=diag-oft's and ia3's rank_dropout and (outside bypass_mode) `dropout` (network_args', else
+    --network_dropout). DiagOFTModule.make_weight draws rank_dropout (nn.Dropout on its rotations) in the
     default forward only, adapter.rank_dropout (runtime/lycoris_oft.py add_oft_rank_dropout); its bypass
-    forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. The default
-    forward never reads `dropout` (DBS405; in bypass_mode _diag_oft_bypass_dropout's DBS402)."""
+    forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. IA3Module never
+    reads rank_dropout (DBS405; with norms left for the norm rule). Neither's default forward reads
+    `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402)."""
     bypass = bool(put.get("bypass"))
     norms = any(key in put for key in ("denoiser_norms", "text_encoder_norms"))
-    if "rank_dropout" in kwargs:
+    if "rank_dropout" in kwargs and not (kind == "ia3" and norms):
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         rate = _float(legacy.value or 0)
-        if rate and bypass and not norms:
+        if rate and kind == "ia3":
+            conv.ignored(legacy, "LyCORIS's IA3Module takes it and never reads it")
+        elif rate and bypass and not norms:
             conv.ignored(
                 legacy, "LyCORIS's DiagOFTModule draws it in its default forward only, not bypass_mode"
             )
@@ -1051,7 +1055,9 @@ def _diag_oft_dropouts(
         legacy = network_dropout
     else:
         return
-    if _float(legacy.value or 0):
+    if _float(legacy.value or 0) and kind == "ia3":
+        conv.ignored(legacy, "LyCORIS's IA3Module takes its dropout and never reads it")
+    elif _float(legacy.value or 0):
         conv.ignored(legacy, "LyCORIS's DiagOFTModule applies its dropout only in bypass_mode (off here)")
 
 
