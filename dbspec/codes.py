@@ -2828,6 +2828,17 @@ never the rank dropout. dbspec's Diag-OFT layers do the same: with `bypass = tru
 rank dropout as LyCORIS's NormModule does, still draw it; without them the value changes nothing.""",
         help="remove adapter.rank_dropout, or set adapter.bypass = false",
     ),
+    Code(
+        "DBS590",
+        WARNING,
+        "adapter.rank_dropout on an IA^3 adapter without norm offsets",
+        """\
+LyCORIS's IA3Module takes the network's `rank_dropout` and never reads it; only the NormModules a `train_norm`
+network gives the norms draw it. On a `kind = "ia3"` adapter `rank_dropout` is therefore the norm offsets'
+(`denoiser_norms`, `text_encoder_norms`, `text_encoder_2_norms`, runtime/norm_offsets.py) alone: with none of
+them the value changes nothing.""",
+        help="remove adapter.rank_dropout, or add the norm offsets it is meant for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

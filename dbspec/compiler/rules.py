@@ -1164,6 +1164,23 @@ def oft_rank_dropout_not_in_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's IA3Module never reads rank_dropout; only the norm offsets (NormModule) draw it (DBS590)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "ia3" or not a.rank_dropout:
+        return
+    if a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms:
+        return
+    yield _warn(
+        "DBS590",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "ia3" and no norm offsets '
+        "(LyCORIS's IA3Module never reads it; only its NormModules draw it)",
+        codes.help("DBS590"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter

@@ -1223,6 +1223,14 @@ class Ia3Adapter:
         minimum=0,
         maximum=1,
     )
+    rank_dropout: float = option(
+        0.0,
+        doc="The norm offsets' rank dropout (`denoiser_norms`, `text_encoder_norms`: LyCORIS's NormModule "
+        "draws the network's `rank_dropout`, keeping the offsets it marks, unscaled). The IA^3 layers "
+        "never draw it, as LyCORIS's IA3Module never reads it; without norm offsets it changes nothing.",
+        minimum=0,
+        maximum=1,
+    )
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 

@@ -1,10 +1,11 @@
-"""LyCORIS `train_norm` beside algo=boft / glora with the network's `module_dropout` (and GLoRA's bypass_mode
-`rank_dropout`) on SD 1.x (issue 12; was DBS403): LyCORIS hands every NormModule the network's dropouts, and
-each module draws from torch's global generator in its own forward, the NormModules' draws between the
-ButterflyOFT / GLoRA modules'. lycoris-lora 4.1.3's network (create_network over the file test's PRESET,
-every parameter moved at random, apply_to) and dbspec's converted run started from its file give the same
-U-Net outputs over several training forwards from the same generator state, leaving the generator in the
-same state; the run trains and resumes bit for bit."""
+"""LyCORIS `train_norm` beside algo=boft / glora / diag-oft / ia3 with the network's `module_dropout` (and
+GLoRA's bypass_mode `rank_dropout`, Diag-OFT's and IA3's `rank_dropout`) on SD 1.x (issue 12; was DBS403):
+LyCORIS hands every NormModule the network's dropouts, and each module draws from torch's global generator in
+its own forward, the NormModules' draws between the ButterflyOFT / GLoRA / DiagOFT / IA3 modules' (DiagOFT's
+rotation mask; IA3Module never reads rank_dropout, the NormModules alone draw it). lycoris-lora 4.1.3's
+network (create_network over the file test's PRESET, every parameter moved at random, apply_to) and dbspec's
+converted run started from its file give the same U-Net outputs over several training forwards from the same
+generator state, leaving the generator in the same state; the run trains and resumes bit for bit."""
 
 from __future__ import annotations
 
@@ -21,6 +22,16 @@ lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 CASES = {
     "boft": ('"algo=boft" "conv_dim=4" "module_dropout=0.3"', {"module_dropout": "0.3"}),
+    # DiagOFTModule's skip draw and its rotations' nn.Dropout mask; IA3Module's skip draw (it never reads
+    # rank_dropout: the NormModules alone draw it)
+    "diag-oft": (
+        '"algo=diag-oft" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4"',
+        {"module_dropout": "0.3", "rank_dropout": "0.4"},
+    ),
+    "ia3": (
+        '"algo=ia3" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4"',
+        {"module_dropout": "0.3", "rank_dropout": "0.4"},
+    ),
     "glora": (
         '"algo=glora" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4" "bypass_mode=True"',
         {"module_dropout": "0.3", "rank_dropout": "0.4", "bypass_mode": "True"},

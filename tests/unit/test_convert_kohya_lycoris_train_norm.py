@@ -93,8 +93,10 @@ def test_train_norm_beside_other_algos(tmp_path, algo):
 @pytest.mark.parametrize(
     "algo, drops, refused",
     [
-        ("ia3", '"module_dropout=0.1"', "module_dropout"),  # IA3's dropouts: not expressed
-        ("diag-oft", '"rank_dropout=0.1"', "rank_dropout"),
+        ("ia3", '"module_dropout=0.2"', None),  # (was DBS403) IA3Module's own draw
+        ("ia3", '"rank_dropout=0.1" "module_dropout=0.2"', None),  # NormModule's alone (IA3Module's unread)
+        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2"', None),  # (was DBS403) DiagOFTModule's too
+        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"', None),  # NormModule's
         ("boft", '"rank_dropout=0.1" "module_dropout=0.2"', "rank_dropout"),  # BOFT never reads it
         ("glora", '"rank_dropout=0.1"', "rank_dropout"),  # GLoRA reads it in bypass_mode only
         ("boft", '"module_dropout=0.2"', None),  # (was DBS403) ButterflyOFTModule's own draw
@@ -113,7 +115,9 @@ def test_train_norm_with_the_networks_dropouts(tmp_path, algo, drops, refused):
         return
     a = plan_of(expressible(outcome), tmp_path).adapter
     assert a.kind == algo and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
-    assert a.rank_dropout == (0.1 if "bypass" in drops else 0.0)
+    assert a.rank_dropout == (
+        0.1 if "rank_dropout" in drops and ("bypass" in drops or algo != "glora") else 0.0
+    )
 
 
 def test_train_norm_beside_dylora(tmp_path):

@@ -555,6 +555,12 @@ CASES = [
         [("DBS589", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\n' + DOG + STEPS,
     ),
+    (  # IA3Module never reads rank_dropout: the norm offsets alone draw it
+        rules.ia3_rank_dropout_needs_norms,
+        '[adapter]\nkind = "ia3"\nrank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS590", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "ia3"\nrank_dropout = 0.1\ndenoiser_norms = ["norm1"]\n' + DOG + STEPS,
+    ),
     (  # LoKr full_matrix: nothing is split low-rank
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "lokr"\nfull_matrix = true\ndecompose_both = true\n' + DOG + STEPS,

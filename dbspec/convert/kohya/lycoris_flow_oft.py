@@ -103,7 +103,8 @@ def map_flow_diag_oft(
     # DiagOFTModule's draws, once per fused module (its parts share them: runtime/fused.py FusedSkip,
     # runtime/lycoris_oft.py FusedRankDraw); its bypass forward never reads rank_dropout
     drops = {k: legacy(k) for k in ("module_dropout", "rank_dropout") if float(kwargs.get(k) or 0)}
-    if bypass and "rank_dropout" in drops:
+    norms = ("adapter", "text_encoder_norms") in conv.values  # train_norm's NormModules draw it too
+    if bypass and "rank_dropout" in drops and not norms:
         conv.ignored(drops.pop("rank_dropout"), "DiagOFTModule draws it in its default forward only")
     for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
         conv.inert(legacy(key), "0 is off")

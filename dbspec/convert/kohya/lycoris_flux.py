@@ -442,11 +442,11 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
-    full, dylora, ia3, diag-oft, boft, glora; beside the last five a rank_dropout, or a module_dropout but
-    BOFT's and DyLoRA's: DBS403, the adapter carries no rate for the offsets), SD3's CLIP-G its own
-    list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not:
-    the offsets alone train CLIP), the network's dropouts drawn as NormModule draws them. False when
-    refused."""
+    full, dylora, ia3, diag-oft, boft, glora; beside BOFT, GLoRA and DyLoRA a rank_dropout, or GLoRA's
+    module_dropout: DBS403, the adapter carries no rate for the offsets; Diag-OFT's and IA^3's carry both),
+    SD3's CLIP-G its own list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP
+    Linears adapted or not: the offsets alone train CLIP), the network's dropouts drawn as NormModule draws
+    them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -482,6 +482,8 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
     # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
     carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
+    if algo in ("diag-oft", "ia3"):  # their adapters carry both (IA^3's module_dropout: _ia3's DBS403)
+        carried = ("module_dropout", "rank_dropout")
     drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
     if algo in ("dylora", *_WHOLE_ONLY) and drops:
         conv.unsupported(
@@ -624,7 +626,8 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     network_args is never read: create_network hands LycorisNetworkKohya a fixed list of arguments without
     it, so IA3Module keeps its default, the output rows (lycoris-lora 4.1.3 on kohya's Flux, any value:
     every module's `on_input` 0): ignored (DBS405); only a preset's module_algo_map sets it. Rank and alpha
-    mean nothing to it; IA3Module never reads `dropout` (--network_dropout) or rank_dropout (DBS405), and
+    mean nothing to it; IA3Module never reads `dropout` (--network_dropout) or rank_dropout (DBS405; the
+    NormModules of train_norm draw rank_dropout: adapter.rank_dropout), and
     its module_dropout is one draw per fused module, which dbspec's parts do not share (DBS403). False when
     refused."""
     module, args = a["network_module"], a["network_args"]
@@ -651,10 +654,13 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         )
         return False
     own_dropout = "dropout" in kwargs  # else train_network.py hands --network_dropout on as `dropout`
+    norms = ("adapter", "text_encoder_norms") in conv.values  # train_norm's (_file_train_norm)
     for key in [k for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs]:
         legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
         if key == "module_dropout":
             conv.inert(legacy, "0 is off")
+        elif float(legacy.value or 0) and key == "rank_dropout" and norms:  # NormModule draws it
+            conv.mapped(legacy, ("adapter", "rank_dropout"), float(legacy.value))
         elif float(legacy.value or 0):
             conv.ignored(legacy, "IA3Module takes it and never reads it")
         else:

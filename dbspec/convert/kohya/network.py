@@ -506,10 +506,11 @@ def _norm_drops(kwargs: dict[str, str], kind: str) -> str:
     """What of the network's rank_dropout / module_dropout (which LyCORIS hands every NormModule) dbspec
     cannot draw for the norm offsets beside `kind`'s modules ("" when none): the offsets take the adapter's
     module_dropout / rank_dropout, so a rate the adapter does not carry (BOFT never reads rank_dropout,
-    GLoRA only in bypass_mode, DyLoRA never; IA3 / Diag-OFT: their dropouts are not expressed) cannot
-    reach them."""
+    GLoRA only in bypass_mode, DyLoRA never) cannot reach them. Diag-OFT's adapter carries both (its bypass
+    forward's unread rank_dropout too, for the offsets); IA3's both, its rank_dropout for the offsets alone
+    (IA3Module never reads it)."""
     rates = [k for k in ("rank_dropout", "module_dropout") if _float(kwargs.get(k) or 0.0)]
-    if kind in ("lora", "loha", "lokr", "full"):
+    if kind in ("lora", "loha", "lokr", "full", "diag-oft", "ia3"):
         return ""
     if kind in ("boft", "glora", "dylora"):  # their module_dropout: the adapter's, drawn by its modules
         rates = [r for r in rates if r != "module_dropout"]
@@ -538,9 +539,10 @@ def _train_norm(
     and rank_dropout drawn as NormModule draws them. apply_to drops a model's modules (norms too) kohya
     does not train (network_train_unet_only / network_train_text_encoder_only). Beside algo=diag-oft, boft,
     ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; the network's
-    dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's
-    and GLoRA's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode); a rate the adapter does not
-    carry (`drops`: BOFT's / DyLoRA's rank_dropout, GLoRA's outside bypass_mode, IA3's / Diag-OFT's): DBS403.
+    dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's,
+    GLoRA's, Diag-OFT's and IA3's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode, Diag-OFT's
+    outside it); a rate the adapter does not carry (`drops`: BOFT's / DyLoRA's rank_dropout, GLoRA's outside
+    bypass_mode): DBS403.
     Beside dylora the same offsets, DyloraModule's module_dropout drawn in forward order with theirs."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
@@ -560,8 +562,8 @@ def _train_norm(
             f"LyCORIS's NormModules with the network's {drops} beside algo={algo}: the norm offsets draw "
             "the adapter's rates, and dbspec's adapter of this kind carries no such rate (LyCORIS's "
             f"{algo} module does not read it, or dbspec does not express it there); dbspec draws the "
-            "offsets' dropouts beside lora / locon, loha, lokr and full, BOFT's and GLoRA's module_dropout "
-            "and GLoRA's bypass_mode rank_dropout",
+            "offsets' dropouts beside lora / locon, loha, lokr, full, diag-oft and ia3, BOFT's and GLoRA's "
+            "module_dropout and GLoRA's bypass_mode rank_dropout",
         )
         return
     where = []
@@ -1032,14 +1034,14 @@ def _diag_oft_dropouts(
     --network_dropout). DiagOFTModule.make_weight draws rank_dropout (nn.Dropout on its rotations) in the
     default forward only, adapter.rank_dropout (runtime/lycoris_oft.py add_oft_rank_dropout); its bypass
     forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. IA3Module never
-    reads rank_dropout (DBS405; with norms left for the norm rule). Neither's default forward reads
-    `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402)."""
+    reads rank_dropout (DBS405), the NormModules beside it do (adapter.rank_dropout, for them). Neither's
+    default forward reads `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402)."""
     bypass = bool(put.get("bypass"))
     norms = any(key in put for key in ("denoiser_norms", "text_encoder_norms"))
-    if "rank_dropout" in kwargs and not (kind == "ia3" and norms):
+    if "rank_dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         rate = _float(legacy.value or 0)
-        if rate and kind == "ia3":
+        if rate and kind == "ia3" and not norms:
             conv.ignored(legacy, "LyCORIS's IA3Module takes it and never reads it")
         elif rate and bypass and not norms:
             conv.ignored(
