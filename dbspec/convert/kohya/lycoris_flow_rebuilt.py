@@ -24,9 +24,18 @@ against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
-from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
+from dbspec.convert.kohya.lycoris_flow_factor_file import (
+    _CLIPS,
+    _COMPONENTS,
+    _T5,
+    PATCH,
+    _clip_path,
+    clip_targets,
+    final_layer_block,
+)
 from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
@@ -37,9 +46,9 @@ REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT)
 
 
 def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
-    """[adapter] values (`blocks` a list of tables) for the network create_network_from_weights builds from
-    a Diag-OFT or GLoRA file on `family` (flux or sd3); else why not ("invalid:..." where kohya fails,
-    DBS402; otherwise DBS403)."""
+    """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables) for the network
+    create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (flux or sd3); else
+    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
     norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
     if norm is not None:
         return (
@@ -57,35 +66,63 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     if family == "chroma":
         return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     text = sorted(n for n in modules if n.startswith("lora_te"))
+    clip_names: list[str] = []
+    text_targets: list[str] = []
+    text_2: list[str] | None = None
     if text and not unet_only:  # apply_to drops them with --network_train_unet_only
-        return (
-            f"module `{text[0]}` is a text encoder's {kind} module; dbspec rebuilds a Flux / SD3 {kind} file "
-            "on the denoiser only"
-        )
+        t5 = next((n for n in text if n.startswith(_T5[family])), None)
+        if t5 is not None:  # LyCORIS trains them with CLIP's, train_t5xxl or not
+            return (
+                f"module `{t5}` is T5-XXL's {kind} module, which LyCORIS trains with CLIP's; dbspec's T5-XXL "
+                "adapter (train.t5) is LoRA, LoKr, LoHa or full"
+            )
+        clip = clip_targets(text, family)
+        if isinstance(clip, str):
+            return clip
+        text_targets, text_2 = clip
+        clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
     denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
+    patch = denoiser.pop(PATCH, None) if family == "sd3" else None
     if not denoiser:
-        return "it holds no module of the denoiser"
+        return "it holds no Linear module of the denoiser" if patch else "it holds no module of the denoiser"
     targets = diffusers_targets(list(denoiser), family)
     if isinstance(targets, str):
         return targets
-    values = {}
-    for name, module in denoiser.items():
-        found = _glora(name, module, "linear") if kind == "glora" else _oft(name, module, kind)
+    values: dict[str, dict] = {}
+    built = {**denoiser, **{n: modules[n] for n in clip_names}, **({PATCH: patch} if patch else {})}
+    for name, module in built.items():
+        layer = "conv" if name == PATCH else "linear"
+        found = _glora(name, module, layer) if kind == "glora" else _oft(name, module, kind)
         if isinstance(found, str):
             return found
         values[name] = found
+    texts = {
+        **({"text_encoder_targets": text_targets} if text_targets else {}),
+        **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
+        **({"conv_targets": ["pos_embed.proj"]} if patch else {}),
+    }
     if kind == "boft":
-        return _boft(values, denoiser, targets, family)
+        found = _boft(values, built, targets, family)
+        return found if isinstance(found, str) else {**found, **texts}
     if kind == "glora":
-        pairs = {n: (v["rank"], v["alpha"]) for n, v in values.items()}
-        (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
-        own = {n: pair for n, pair in pairs.items() if pair != (rank, alpha)}
+        linear = {n: (v["rank"], v["alpha"]) for n, v in values.items() if n != PATCH}
+        (rank, alpha), _ = Counter(linear.values()).most_common(1)[0]
+        own = {n: pair for n, pair in linear.items() if pair != (rank, alpha) and n.startswith("lora_unet")}
+        own_text = {n: pair for n, pair in linear.items() if pair != (rank, alpha) and n not in own}
         blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
         out: dict = {"kind": kind, "rank": rank, "alpha": alpha}
+        if patch:  # GLoRAModule on the 2x2 convolution at its own rank and alpha (the only convolution)
+            out |= {"conv_rank": values[PATCH]["rank"], "conv_alpha": values[PATCH]["alpha"]}
+        text_blocks = [
+            {"pattern": _text_pattern(names, family), "rank": r, "alpha": a}
+            for (r, a), names in _grouped(own_text).items()
+        ]
     else:
         keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
         (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
         for name, v in values.items():
+            if name not in denoiser:
+                continue
             rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
             misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
             if misfit:
@@ -96,54 +133,98 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
                 "linear2 ends in too, and the file lacks some of those: a Diag-OFT block cannot leave them "
                 "out (its block size is at least 1)"
             )
-        own = {n: key for n, key in keys.items() if key != (size, constraint, rescaled)}
+        top = (size, constraint, rescaled)
         out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
-        blocks = _oft_blocks(own, (constraint, rescaled), family)
+        blocks, text_blocks = _split_oft_blocks(keys, top, family)
     return {
         **out,
         "denoiser_targets": targets,
+        **texts,
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
+        **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
     }
 
 
+def _grouped(own: dict[str, tuple]) -> dict[tuple, list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for name, key in own.items():
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _text_pattern(names: list[str], family: str) -> str:
+    """A text-encoder block's pattern naming exactly these CLIP modules' `<component>.text_model.<path>`s
+    (lycoris_flow_factor_file.own_text_blocks' form)."""
+    paths = []
+    for name in names:
+        found = _clip_path(name, family)
+        assert isinstance(found, tuple)  # clip_targets placed every module
+        paths.append(re.escape(f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"))
+    return f"^(?:{'|'.join(sorted(paths))})$"
+
+
+def _oft_values(key: tuple[int, float, bool], top: tuple[int, float, bool]) -> dict:
+    """An OftBlock's values for modules at `key` (block size, constraint, rescale) beside the adapter's."""
+    size, constraint, on = key
+    values: dict = {"block_size": size}
+    values |= {"constraint": constraint} if constraint != top[1] else {}
+    values |= {"rescaled": "on" if on else "off"} if on != top[2] else {}
+    return values
+
+
+def _split_oft_blocks(
+    keys: dict[str, tuple[int, float, bool]], top: tuple[int, float, bool], family: str
+) -> tuple[list[dict], list[dict]]:
+    """[[adapter.blocks]] and [[adapter.text_encoder_blocks]] for the Diag-OFT / BOFT modules at a block
+    size, constraint or rescale of their own (`top`: the adapter's): the denoiser's over every diffusers part
+    of a fused module, SD3's patch convolution by its path, CLIP's by theirs."""
+    own = {n: k for n, k in keys.items() if k != top}
+    unet = {n: k for n, k in own.items() if n.startswith("lora_unet") and n != PATCH}
+    blocks = _oft_blocks(unet, top[1:], family)
+    if PATCH in own:
+        blocks.append({"pattern": r"^pos_embed\.proj$", **_oft_values(own[PATCH], top)})
+    text = {n: k for n, k in own.items() if n.startswith("lora_te")}
+    text_blocks = [
+        {"pattern": _text_pattern(names, family), **_oft_values(key, top)}
+        for key, names in _grouped(text).items()
+    ]
+    return blocks, text_blocks
+
+
 def _boft(
-    values: dict[str, dict], denoiser: dict[str, LycorisModule], targets: list[str], family: str
+    values: dict[str, dict], built: dict[str, LycorisModule], targets: list[str], family: str
 ) -> dict | str:
-    """One fused BOFT for a BOFT file (ButterflyOFTModules rebuilt at lora_dim = each module's block size s,
-    constraint float(alpha), rescaled where it holds a `rescale`): dbspec's BOFT splits every layer by one
-    block size hint B (power2_factorization(width, B)), and no [[adapter.blocks]] go with a fused BOFT, so the
-    file's modules must share the constraint and rescale, and one B must give every module its file split:
-    the largest s (a smaller hint misses that module's size; a larger one only adds splits to choose from).
-    What a network_dim-built file holds: each module split by that one hint."""
-    named: dict[tuple[float, bool], str] = {}
-    for name, v in values.items():
-        named.setdefault((v["constraint"], v["rescaled"]), name)
-    keys = set(named)
-    if len(keys) > 1:
-        (one, first), (other, second) = sorted(named.items())[:2]
-        return (
-            f"modules `{first}` and `{second}` are ButterflyOFTModules at other constraints or rescales "
-            f"({one[0]:g}{', rescaled' * one[1]} and {other[0]:g}{', rescaled' * other[1]}); a fused BOFT "
-            "has one constraint and rescale (and takes no [[adapter.blocks]])"
-        )
-    hint = max(v["block_size"] for v in values.values())
-    for name in values:
-        n, s = denoiser[name].shapes["oft_blocks"][1:3]
-        split = power2_factorization(n * s, hint)
-        if split != (s, n):
-            return (
-                f"module `{name}` splits its {n * s} rows into {n} blocks of {s}, but the file's largest "
-                f"block size {hint} splits them as {split[1]} blocks of {split[0]}: dbspec's BOFT splits "
-                "every layer by one block size (a fused BOFT takes no [[adapter.blocks]])"
-            )
+    """The fused BOFT for a BOFT file (ButterflyOFTModules rebuilt at lora_dim = each module's block size s,
+    constraint float(alpha), rescaled where it holds a `rescale`): dbspec's BOFT splits each layer by a
+    block-size hint B (power2_factorization(width, B)), the adapter's or its [[adapter.blocks]] entry's (a
+    fused module's entry over all its parts). The adapter's hint is the file's block size that gives the most
+    modules at the constraint and rescale most modules share their file split (ties: the largest; what a
+    network_dim-built file holds: every module split by that one hint), the other modules blocks at their own
+    block size, constraint and rescale."""
+    keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
+    splits = {n: (built[n].shapes["oft_blocks"][2], built[n].shapes["oft_blocks"][1]) for n in values}
+    (constraint, rescaled), _ = Counter(k[1:] for k in keys.values()).most_common(1)[0]
+
+    def fits(hint: int) -> set[str]:
+        return {
+            n
+            for n, (s, count) in splits.items()
+            if keys[n][1:] == (constraint, rescaled) and power2_factorization(s * count, hint) == (s, count)
+        }
+
+    hint = max(sorted({k[0] for k in keys.values()}), key=lambda h: (len(fits(h)), h))
     if final_layer_block(targets, family):
         return (
             "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
-            "linear2 ends in too, and the file lacks some of those: a fused BOFT takes no [[adapter.blocks]] "
-            "to leave them out"
+            "linear2 ends in too, and the file lacks some of those: a BOFT block cannot leave them out (its "
+            "block size is at least 2)"
         )
-    ((constraint, rescaled),) = keys
+    top = (hint, constraint, rescaled)
+    fitted = fits(hint)
+    blocks, text_blocks = _split_oft_blocks(
+        {n: top if n in fitted else key for n, key in keys.items()}, top, family
+    )
     return {
         "kind": "boft",
         "block_size": hint,
@@ -151,6 +232,8 @@ def _boft(
         "rescaled": rescaled,
         "denoiser_targets": targets,
         "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+        **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
     }
 
 
