@@ -79,17 +79,19 @@ def _file(tmp_path, kind: str):
     layers = dict(pipe.text_encoder.float().named_modules())
     for path in CLIP:
         name = "lora_te1_text_model_" + path.replace(".", "_")
-        tensors |= _module(cls, name, copy.deepcopy(layers[path]), own if path.endswith("q_proj") else common)
+        values = own if own and path.endswith("q_proj") else common
+        tensors |= _module(cls, name, copy.deepcopy(layers[path]), values)
     file = tmp_path / "prev.safetensors"
     save_file(tensors, str(file))
     return file, linears
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
-    cls, (dim, alpha, kwargs), own, final = KINDS[kind]
+def _rebuilt(tmp_path, kind: str):
+    """The file, lycoris-lora's network rebuilt from it on kohya's Flux names and [CLIP-L, T5-XXL] (applied:
+    the layers compute its modules), the layers and CLIP-L."""
     from dbspec.runtime.tiny import build_pipeline
 
+    cls = KINDS[kind][0]
     file, linears = _file(tmp_path, kind)
     pipe = build_pipeline(BASE)
     clip = pipe.text_encoder.float()
@@ -102,6 +104,51 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     assert len(network.text_encoder_loras) == len(CLIP)
     for module in [*network.unet_loras, *network.text_encoder_loras]:
         module.apply_to()
+    return network, linears, clip
+
+
+def _starts_where_rebuilt(plan, linears, clip, final: bool) -> None:
+    """The converted run's CLIP-L and denoiser layers compute lycoris-lora's rebuilt modules (to 1e-5)."""
+    comps, count = _loaded(plan)
+    assert count == len(linears) + len(CLIP)
+    ours_clip = dict(comps.text_encoders[0].float().eval().named_modules())
+    theirs_clip = dict(clip.named_modules())
+    for path in CLIP:  # CLIP-L's layers where LyCORIS rebuilt them
+        x = torch.randn(3, theirs_clip[path].in_features)
+        with torch.no_grad():
+            assert not torch.allclose(ours_clip[path](x), ours_clip[path].base_layer(x), atol=1e-4), path
+            torch.testing.assert_close(ours_clip[path](x), theirs_clip[path](x), rtol=0, atol=1e-5, msg=path)
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), final).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            assert not torch.allclose(ours, plain, atol=1e-4), name
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_negative_constraint_file_starts_where_lycoris_rebuilds_it(tmp_path, monkeypatch, kind):
+    """A Diag-OFT / BOFT file whose alpha is negative (was DBS403): make_module_from_state_dict builds the
+    modules at constraint = alpha < 0, which their `if constraint > 0` leaves unconstrained, as 0: the
+    converted run (constraint 0) starts every layer at the rebuilt modules' outputs, blocks whose norms a
+    positive constraint of that size would bind."""
+    cls, (dim, alpha, kwargs), _, _ = KINDS[kind]
+    monkeypatch.setitem(KINDS, kind, (cls, (dim, alpha, {**kwargs, "constraint": -0.01}), None, False))
+    network, linears, clip = _rebuilt(tmp_path, kind)
+    for module in network.unet_loras:
+        q = module.oft_blocks - module.oft_blocks.transpose(-1, -2)
+        assert module.alpha.item() == pytest.approx(-0.01) and torch.norm(q) > -module.constraint
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert (plan.adapter.kind, plan.adapter.oft_constraint, plan.adapter.blocks) == (kind, 0.0, ())
+    _starts_where_rebuilt(plan, linears, clip, False)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
+    cls, (dim, alpha, kwargs), own, final = KINDS[kind]
+    network, linears, clip = _rebuilt(tmp_path, kind)
     spec = _converted(tmp_path)
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
@@ -137,23 +184,8 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     (text,) = plan.adapter.text_encoder_blocks  # q_proj at its own values
     assert re.search(text.pattern, f"text_encoder.text_model.{CLIP[0]}")
     assert not any(re.search(text.pattern, f"text_encoder.text_model.{p}") for p in CLIP[1:])
-    comps, count = _loaded(plan)
-    assert count == len(linears) + len(CLIP)
-    ours_clip = dict(comps.text_encoders[0].float().eval().named_modules())
+    _starts_where_rebuilt(plan, linears, clip, final)
     theirs_clip = dict(clip.named_modules())
-    for path in CLIP:  # CLIP-L's layers where LyCORIS rebuilt them
-        x = torch.randn(3, theirs_clip[path].in_features)
-        with torch.no_grad():
-            assert not torch.allclose(ours_clip[path](x), ours_clip[path].base_layer(x), atol=1e-4), path
-            torch.testing.assert_close(ours_clip[path](x), theirs_clip[path](x), rtol=0, atol=1e-5, msg=path)
-    torch.manual_seed(0)
-    for name, parts in _layers(comps.unet.float().eval(), final).items():
-        x = torch.randn(3, parts[0].base_layer.in_features)
-        with torch.no_grad():
-            ours = torch.cat([p(x) for p in parts], dim=-1)
-            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
-            assert not torch.allclose(ours, plain, atol=1e-4), name
-            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5, msg=name)
     whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 3
     parts = compile_spec(spec, [*RUN, "output.dir=parts"])

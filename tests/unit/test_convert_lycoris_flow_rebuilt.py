@@ -363,3 +363,15 @@ def test_flux_boft_file_modules_at_their_own_values_are_blocks(tmp_path):
     assert not re.search(linear1.pattern, "transformer_blocks.0.attn.to_q")
     for name, rows in ((QKV, 3 * W), (LINEAR1, 7 * W)):  # the hint gives the other modules their splits
         assert power2_factorization(rows, 42)[1] == modules[name]["oft_blocks"][1]
+
+
+def test_flux_negative_oft_alpha_constrains_nothing(tmp_path):
+    """A negative alpha (was DBS403): LyCORIS's `if constraint > 0` leaves the module unconstrained, as 0."""
+    file = tmp_path / "prev.safetensors"
+    for oft in (_oft, _boft):
+        modules = {QKV: oft(3 * W, 64 if oft is _boft else 16), PROJ: oft(W, 64 if oft is _boft else 16)}
+        _file(file, modules, {QKV: -0.5, PROJ: 0.0})
+        outcome = _flux(tmp_path)
+        assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.oft_constraint == 0.0 and not a.blocks

@@ -6,7 +6,8 @@
 make_module_from_state_dict, then train_network.py's `load_weights` loads the same file into it:
 
 - DiagOFTModule (3-D `oft_blocks` (n, s, s)): `lora_dim = s` (its block-size hint, split as LyCORIS's
-  factorization of the layer's width: blocks of min(s, width / s) rows), `constraint = float(alpha)`,
+  factorization of the layer's width: blocks of min(s, width / s) rows), `constraint = float(alpha)` (a
+  negative one constrains nothing, as 0: the module's `if constraint > 0`),
   `rescaled` where the module holds a `rescale`; blocks and rescale copied from the file. A module whose
   blocks are wider than they are many (s > n) is rebuilt the other way round and `copy_` raises; a module
   without `alpha` raises TypeError (float(None)).
@@ -73,12 +74,11 @@ def _oft(name: str, module: LycorisModule, kind: str) -> dict[str, Any] | str:
             f"{INVALID}`{name}` has no alpha: make_module_from_state_dict builds it with constraint = "
             "float(alpha), TypeError"
         )
-    if module.alpha < 0:
-        return (
-            f"`{name}.alpha` is {module.alpha:g}: LyCORIS constrains nothing with it, as with 0, but saves "
-            "it; dbspec's constraint is at least 0"
-        )
-    return {"block_size": s, "constraint": float(module.alpha), "rescaled": "rescale" in module.shapes}
+    # a negative alpha: DiagOFTModule / ButterflyOFTModule scale their blocks only `if constraint > 0`, so it
+    # constrains nothing, as 0 (the module saves it back as its alpha; dbspec's export saves 0, which LyCORIS
+    # loads to the same unconstrained module)
+    constraint = max(float(module.alpha), 0.0)
+    return {"block_size": s, "constraint": constraint, "rescaled": "rescale" in module.shapes}
 
 
 def _glora(name: str, module: LycorisModule, layer: str) -> dict[str, Any] | str:
