@@ -375,3 +375,21 @@ def test_flux_negative_oft_alpha_constrains_nothing(tmp_path):
         assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
         a = plan_of(outcome, tmp_path).adapter
         assert a.oft_constraint == 0.0 and not a.blocks
+
+
+def test_diag_oft_blocks_spanning_fused_parts_are_named(tmp_path):
+    """A Diag-OFT module whose blocks cross the bounds of its fused Linear's parts (LyCORIS rotates them
+    together; dbspec's separate parts cannot): DBS403 naming it, on Flux and SD3 (where the runtime would
+    otherwise raise when building the layers); blocks within the parts convert."""
+    file = tmp_path / "prev.safetensors"
+    w, qkv = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    assert (3 * w) % 12 == 0 and w % 12  # 608 blocks of 12 rows: one spans to_q's and to_k's rows
+    _file(file, {qkv: _oft(3 * w, 12)}, {})
+    outcome = _sd3(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and "span" in messages(outcome, "DBS403")
+    assert qkv in messages(outcome, "DBS403")
+    _file(file, {qkv: _oft(3 * w, 16)}, {})
+    assert not {"DBS402", "DBS403"} & codes(_sd3(tmp_path))
+    # FLUX.1's qkv at blocks of 24 (3072 = 128 x 24): within the parts, whatever linear1 would do
+    _file(file, {QKV: _oft(3 * W, 24)}, {})
+    assert not {"DBS402", "DBS403"} & codes(_flux(tmp_path))

@@ -36,7 +36,6 @@ from dbspec.convert.kohya.lycoris_flow_factor_file import (
     clip_targets,
     final_layer_block,
 )
-from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
@@ -121,12 +120,9 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
         (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
         for name, v in values.items():
-            if name not in denoiser:
-                continue
-            rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
-            misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
-            if misfit:
-                return f"module `{name}`: {misfit}"
+            spans = _spans(name, denoiser[name], v["block_size"]) if name in denoiser else ""
+            if spans:
+                return spans
         if final_layer_block(targets, family):
             return (
                 "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
@@ -256,3 +252,20 @@ def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool]
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
+
+
+def _spans(name: str, module: LycorisModule, size: int) -> str:
+    """Why a Diag-OFT module's blocks of `size` rows on kohya's fused Linear (Flux's img_attn.qkv /
+    txt_attn.qkv: q, k, v of width w each; linear1: q, k, v and the MLP input, 4 w; SD3's attn.qkv) would
+    rotate rows of two of diffusers' parts together (w not a multiple of the size), which dbspec's parts,
+    separate layers, cannot; "" if not (or not a fused module)."""
+    rows = module.shapes["oft_blocks"][0] * size
+    parts = 3 if name.endswith("_qkv") else 7 if name.endswith("_linear1") else 0
+    width = rows // parts if parts and not rows % parts else 0
+    if not width or width % size == 0:
+        return ""
+    return (
+        f"module `{name}`: DiagOFTModule's blocks of {size} rows on kohya's fused {rows}-row Linear span "
+        f"the bounds of its parts (q, k, v{', the MLP input' if parts == 7 else ''}; every {width} rows): "
+        "dbspec trains diffusers' parts as separate layers, whose rotations cannot mix the rows of two"
+    )
