@@ -9,18 +9,23 @@ linear1, SD3's attn.qkv), then train_network.py's load_weights loads the same fi
 dbspec's equivalent: that kind with `fused_projections` over the file modules' diffusers parts (full paths,
 lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, `init_partial`;
 runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size,
-constraint (the file's alpha: one norm over a fused layer's parts, runtime/lycoris_oft.py link_fused_oft)
-and rescale most modules share, a module at its own an [[adapter.blocks]] entry over all its diffusers
-parts; no block spanning two parts of FLUX.1's fused widths, and Flux's final layer only with every single
-block's linear2 (its target `proj_out` takes them along; a Diag-OFT block cannot leave them out); a module
-otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
-[[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
-blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): one fused BOFT (runtime/lycoris_boft.py
-tie_fused_boft) at the block-size hint that gives every module its file split (_boft), the constraint and
-rescale all modules share; modules at other constraints or rescales, splits one hint cannot give, or Flux's
-final layer without every linear2: DBS403 (a fused BOFT takes no [[adapter.blocks]]). Text-encoder modules,
-SD3's patch convolution, Chroma: DBS403. Checked
-against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
+constraint (the file's alpha, a negative one 0: LyCORIS constrains only `if constraint > 0`; one norm over a
+fused layer's parts, runtime/lycoris_oft.py link_fused_oft) and rescale most modules share, a module at its
+own an [[adapter.blocks]] entry over all its diffusers parts; no block spanning two parts of a fused Linear
+(_spans), and Flux's final layer only with every single block's linear2 (its target `proj_out` takes them
+along; a Diag-OFT block cannot leave them out); a module otherwise: DBS403 naming it. GLoRA: the rank and
+alpha most modules share, a module at its own an [[adapter.blocks]] entry over its diffusers parts, Flux's
+final layer beside a rank-0 block for the single blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): a
+fused BOFT (runtime/lycoris_boft.py tie_fused_boft) at the block-size hint giving most modules their file
+split, the constraint and rescale most share, the other modules [[adapter.blocks]] at their own block size,
+constraint and rescale over whole fused layers (_boft); Flux's final layer without every linear2: DBS403.
+CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / text_encoder_2_targets
+(lycoris_flow_factor_file.clip_targets), a module at its own values an [[adapter.text_encoder_blocks]]
+entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
+train.t5 is LoRA, LoKr, LoHa or full). SD3's patch convolution (`lora_unet_x_embedder_proj`): conv_targets
+`pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha, Diag-OFT's / BOFT's at its own values a block
+naming it. Chroma: DBS403. Checked against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py
+and test_lycoris_sd3_patch_file.py."""
 
 from __future__ import annotations
 
