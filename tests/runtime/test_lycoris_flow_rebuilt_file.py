@@ -10,11 +10,13 @@ bit-exact."""
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
@@ -37,10 +39,30 @@ KINDS = {
         False,
     ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
-    # lora_dim 16 (algo=boft's network_dim): each module at its own block size (qkv 4 x 12, proj 1 x 16,
-    # linear1 8 x 14), rebuilt at lora_dim = that size; dbspec's one fused BOFT at the hint 16
-    "boft": (ButterflyOFTModule, (16, 0.0, {"rescaled": True, "constraint": 0.05}), None, False),
+    # lora_dim 16 (algo=boft's network_dim): each module at its own block size (qkv 4 x 12, proj 1 x 16),
+    # rebuilt at lora_dim = that size; dbspec's fused BOFT at the hint 16; linear1 at lora_dim 28 (4 x 28,
+    # which the hint 16 would split as 8 x 14), another constraint and no rescale: a block over its parts
+    "boft": (
+        ButterflyOFTModule,
+        (16, 0.0, {"rescaled": True, "constraint": 0.05}),
+        (28, 0.0, {"constraint": 0.02}),
+        False,
+    ),
 }
+
+
+# CLIP-L's Linears the file also holds (lora_te1_*, LyCORIS's first encoder of kohya's [CLIP-L, T5-XXL]);
+# layer 0's q_proj at the kind's own values (a text-encoder block), the others at the common ones
+CLIP = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.k_proj", "encoder.layers.1.mlp.fc1")
+
+
+def _module(cls, name: str, layer, values):
+    dim, alpha, kwargs = values
+    module = cls(name, layer, 1.0, dim, alpha, **kwargs)
+    with torch.no_grad():
+        for key, p in module.named_parameters():
+            p.uniform_(0.8, 1.2) if key == "rescale" else p.add_(torch.randn_like(p) * 0.1)
+    return {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
 
 
 def _file(tmp_path, kind: str):
@@ -49,27 +71,84 @@ def _file(tmp_path, kind: str):
     cls, common, own, final = KINDS[kind]
     torch.manual_seed(7)
     tensors, linears = {}, {}
-    for name, parts in _layers(build_pipeline(BASE).transformer.float(), final).items():
+    pipe = build_pipeline(BASE)
+    for name, parts in _layers(pipe.transformer.float(), final).items():
         linears[name] = _fused_linear(parts)
-        dim, alpha, kwargs = own if own and name.endswith("single_blocks_0_linear1") else common
-        module = cls(name, linears[name], 1.0, dim, alpha, **kwargs)
-        with torch.no_grad():
-            for key, p in module.named_parameters():
-                p.uniform_(0.8, 1.2) if key == "rescale" else p.add_(torch.randn_like(p) * 0.1)
-        tensors |= {f"{name}.{k}": v.contiguous() for k, v in module.state_dict().items()}
+        values = own if own and name.endswith("single_blocks_0_linear1") else common
+        tensors |= _module(cls, name, linears[name], values)
+    layers = dict(pipe.text_encoder.float().named_modules())
+    for path in CLIP:
+        name = "lora_te1_text_model_" + path.replace(".", "_")
+        values = own if own and path.endswith("q_proj") else common
+        tensors |= _module(cls, name, copy.deepcopy(layers[path]), values)
     file = tmp_path / "prev.safetensors"
     save_file(tensors, str(file))
     return file, linears
 
 
+def _rebuilt(tmp_path, kind: str):
+    """The file, lycoris-lora's network rebuilt from it on kohya's Flux names and [CLIP-L, T5-XXL] (applied:
+    the layers compute its modules), the layers and CLIP-L."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    cls = KINDS[kind][0]
+    file, linears = _file(tmp_path, kind)
+    pipe = build_pipeline(BASE)
+    clip = pipe.text_encoder.float()
+    kohya_clip = nn.Module()  # kohya's transformers (4.54.1) CLIPTextModel: its layers under text_model
+    kohya_clip.add_module("text_model", clip)
+    encoders = [kohya_clip, pipe.text_encoder_2.float()]
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, encoders, _tree(linears))
+    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
+    assert {type(m) for m in network.text_encoder_loras} == {cls}
+    assert len(network.text_encoder_loras) == len(CLIP)
+    for module in [*network.unet_loras, *network.text_encoder_loras]:
+        module.apply_to()
+    return network, linears, clip
+
+
+def _starts_where_rebuilt(plan, linears, clip, final: bool) -> None:
+    """The converted run's CLIP-L and denoiser layers compute lycoris-lora's rebuilt modules (to 1e-5)."""
+    comps, count = _loaded(plan)
+    assert count == len(linears) + len(CLIP)
+    ours_clip = dict(comps.text_encoders[0].float().eval().named_modules())
+    theirs_clip = dict(clip.named_modules())
+    for path in CLIP:  # CLIP-L's layers where LyCORIS rebuilt them
+        x = torch.randn(3, theirs_clip[path].in_features)
+        with torch.no_grad():
+            assert not torch.allclose(ours_clip[path](x), ours_clip[path].base_layer(x), atol=1e-4), path
+            torch.testing.assert_close(ours_clip[path](x), theirs_clip[path](x), rtol=0, atol=1e-5, msg=path)
+    torch.manual_seed(0)
+    for name, parts in _layers(comps.unet.float().eval(), final).items():
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=-1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+            assert not torch.allclose(ours, plain, atol=1e-4), name
+            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_negative_constraint_file_starts_where_lycoris_rebuilds_it(tmp_path, monkeypatch, kind):
+    """A Diag-OFT / BOFT file whose alpha is negative (was DBS403): make_module_from_state_dict builds the
+    modules at constraint = alpha < 0, which their `if constraint > 0` leaves unconstrained, as 0: the
+    converted run (constraint 0) starts every layer at the rebuilt modules' outputs, blocks whose norms a
+    positive constraint of that size would bind."""
+    cls, (dim, alpha, kwargs), _, _ = KINDS[kind]
+    monkeypatch.setitem(KINDS, kind, (cls, (dim, alpha, {**kwargs, "constraint": -0.01}), None, False))
+    network, linears, clip = _rebuilt(tmp_path, kind)
+    for module in network.unet_loras:
+        q = module.oft_blocks - module.oft_blocks.transpose(-1, -2)
+        assert module.alpha.item() == pytest.approx(-0.01) and torch.norm(q) > -module.constraint
+    plan = compile_spec(_converted(tmp_path), RUN)
+    assert (plan.adapter.kind, plan.adapter.oft_constraint, plan.adapter.blocks) == (kind, 0.0, ())
+    _starts_where_rebuilt(plan, linears, clip, False)
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
     cls, (dim, alpha, kwargs), own, final = KINDS[kind]
-    file, linears = _file(tmp_path, kind)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, None, _tree(linears))
-    assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
-    for module in network.unet_loras:
-        module.apply_to()
+    network, linears, clip = _rebuilt(tmp_path, kind)
     spec = _converted(tmp_path)
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
@@ -84,14 +163,15 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
             assert torch.norm(q) > module.constraint > 0, module.lora_name
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
-    elif kind == "boft":  # one fused BOFT, no blocks: the hint gives every module its file split
-        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled, plan.adapter.blocks) == (
-            dim,
-            True,
-            (),
-        )
+    elif kind == "boft":  # the hint gives every module but linear1 its file split; linear1 a block
+        assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
         assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])
-        assert len({m.oft_blocks.shape[-1] for m in network.unet_loras}) > 1  # modules at other sizes
+        assert len({m.oft_blocks.shape[-1] for m in network.unet_loras}) > 2  # modules at other sizes
+        (block,) = plan.adapter.blocks
+        assert (block.rank, block.rescaled) == (own[0], "off")
+        assert block.alpha == pytest.approx(own[2]["constraint"])
+        assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
+        assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     else:
         assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
         zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
@@ -100,25 +180,29 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
         assert (block.rank, block.alpha) == own[:2]
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
-    comps, count = _loaded(plan)
-    assert count == len(linears)
-    torch.manual_seed(0)
-    for name, parts in _layers(comps.unet.float().eval(), final).items():
-        x = torch.randn(3, parts[0].base_layer.in_features)
-        with torch.no_grad():
-            ours = torch.cat([p(x) for p in parts], dim=-1)
-            plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
-            assert not torch.allclose(ours, plain, atol=1e-4), name
-            torch.testing.assert_close(ours, linears[name](x), rtol=0, atol=1e-5, msg=name)
+    assert plan.train_text_encoder and set(plan.adapter.text_encoder_targets) == set(CLIP)
+    (text,) = plan.adapter.text_encoder_blocks  # q_proj at its own values
+    assert re.search(text.pattern, f"text_encoder.text_model.{CLIP[0]}")
+    assert not any(re.search(text.pattern, f"text_encoder.text_model.{p}") for p in CLIP[1:])
+    _starts_where_rebuilt(plan, linears, clip, final)
+    theirs_clip = dict(clip.named_modules())
     whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 3
     parts = compile_spec(spec, [*RUN, "output.dir=parts"])
     assert execute(parts, stop_after=2).status == "interrupted"
     second = execute(parts, resume=True, keep_models=True)
     assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
-    ours = dict(whole.components.unet.named_parameters())
-    for name, p in second.components.unet.named_parameters():
-        assert torch.equal(p, ours[name]), name
+    for a, b in [
+        (whole.components.unet, second.components.unet),
+        (whole.components.text_encoders[0], second.components.text_encoders[0]),
+    ]:
+        ours = dict(a.named_parameters())
+        for name, p in b.named_parameters():
+            assert torch.equal(p, ours[name]), name
+    trained_clip = dict(whole.components.text_encoders[0].float().eval().named_modules())[CLIP[1]]
+    x = torch.randn(3, trained_clip.in_features)
+    with torch.no_grad():  # CLIP's adapters trained too
+        assert not torch.allclose(trained_clip(x), theirs_clip[CLIP[1]](x), atol=1e-7)
     trained = _layers(whole.components.unet.float().eval(), final)
     attn = trained["lora_unet_double_blocks_0_img_attn_qkv"]
     x = torch.randn(3, attn[0].base_layer.in_features)

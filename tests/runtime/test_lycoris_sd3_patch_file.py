@@ -25,7 +25,10 @@ from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_flux import _fused_linear
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
+from lycoris.modules.boft import ButterflyOFTModule  # noqa: E402
+from lycoris.modules.diag_oft import DiagOFTModule  # noqa: E402
 from lycoris.modules.full import FullModule  # noqa: E402
+from lycoris.modules.glora import GLoRAModule  # noqa: E402
 from lycoris.modules.locon import LoConModule  # noqa: E402
 from lycoris.modules.loha import LohaModule  # noqa: E402
 from lycoris.modules.lokr import LokrModule  # noqa: E402
@@ -89,6 +92,18 @@ CASES = [
 ]
 
 
+# LyCORIS's DiagOFTModule / ButterflyOFTModule / GLoRAModule on the patch convolution beside the q/k/v's (was
+# DBS403): (class, the lora_dims and alphas, the patch's options, the q/k/v's). Diag-OFT: the patch at blocks
+# of 2 with a constraint and rescale of its own beside the q/k/v's blocks of 4; BOFT: the patch split 4 x 4
+# (lora_dim 4), which the adapter's hint 12 (the q/k/v's 4 x 12) would split 2 x 8: a block of its own;
+# GLoRA: the patch at its own rank and alpha (conv_rank / conv_alpha)
+ROTATIONS = [
+    (DiagOFTModule, ((2, 0.0), (4, 0.0)), {"constraint": 0.05, "rescaled": True}, {}),
+    (ButterflyOFTModule, ((4, 0.0), (16, 0.0)), {"constraint": 0.05}, {"constraint": 0.05}),
+    (GLoRAModule, ((2, 1.0), (3, 1.5)), {}, {}),
+]
+
+
 def _file(tmp_path, cls, ranks, options, linear):
     """lycoris-lora's modules on tiny-sd3's patch convolution and fused x-block q/k/v (every tensor random),
     saved as its network saves them, and the layers as kohya's --dim_from_weights leaves them: LyCORIS's
@@ -128,7 +143,7 @@ def _file(tmp_path, cls, ranks, options, linear):
         ("lora_unet_joint_blocks_0_x_block_attn_qkv", ranks[1][0]),
         ("lora_unet_x_embedder_proj", ranks[0][0]),
     ]
-    if cls is not FullModule:
+    if cls not in (FullModule, DiagOFTModule, ButterflyOFTModule):  # OFT's lora_dim: the block size
         assert sorted((m.lora_name, m.lora_dim) for m in network.unet_loras) == want
     assert all(type(m) is cls for m in network.unet_loras)
     network.apply_to(None, tree, apply_text_encoder=False, apply_unet=True)
@@ -182,8 +197,9 @@ def test_patch_convolution_starts_where_lycoris_rebuilds_it(tmp_path, cls, ranks
 
 @pytest.mark.parametrize(
     "case",
-    [CASES[3], CASES[4], CASES[5], CASES[7], CASES[8], CASES[9]],
-    ids=["locon-tucker", "locon-dora", "lokr-dora", "full", "lokr-patch-dora", "loha-qkv-dora"],
+    [CASES[3], CASES[4], CASES[5], CASES[7], CASES[8], CASES[9], *ROTATIONS],
+    ids=["locon-tucker", "locon-dora", "lokr-dora", "full", "lokr-patch-dora", "loha-qkv-dora"]
+    + ["diag-oft", "boft", "glora"],
 )
 def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, case):
     """Runs started from a file with the patch convolution's LoCon in its Tucker form (`lora_mid`), with
@@ -228,3 +244,30 @@ def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, ca
         trained = layer(x)
         assert not torch.allclose(trained, layer.get_base_layer()(x), atol=1e-4)
         torch.testing.assert_close(module.eval()(x), trained, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("cls", "ranks", "options", "linear"), ROTATIONS, ids=["diag-oft", "boft", "glora"])
+def test_rotation_and_glora_patch_convolution_starts_where_lycoris_rebuilds_it(
+    tmp_path, cls, ranks, options, linear
+):
+    layers = _file(tmp_path, cls, ranks, options, linear)
+    plan = compile_spec(_converted(tmp_path), RUN)
+    a = plan.adapter
+    assert a.conv_targets == ("pos_embed.proj",) and len(a.fused) == 1
+    if cls is GLoRAModule:
+        assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("glora", 3, 1.5, 2, 1.0)
+    else:  # the patch convolution's block: its own block size (rank), constraint (alpha) and rescale
+        (block,) = a.blocks
+        size = load_file(str(tmp_path / "prev.safetensors"))["lora_unet_x_embedder_proj.oft_blocks"].shape[-1]
+        assert block.pattern == r"^pos_embed\.proj$" and block.conv_rank == size != a.oft_block_size
+        assert block.conv_alpha == pytest.approx(0.05)
+    comps, count = _loaded(plan)
+    assert count == 2
+    for name, parts in _layers(comps.unet.float().eval()).items():
+        base = parts[0].base_layer
+        x = torch.randn(2, base.in_channels, 8, 8) if isinstance(base, nn.Conv2d) else torch.randn(3, 16)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in parts], dim=1 if x.dim() == 4 else -1)
+            plain = torch.cat([p.base_layer(x) for p in parts], dim=1 if x.dim() == 4 else -1)
+            assert not torch.allclose(ours, plain, atol=1e-3), name
+            torch.testing.assert_close(ours, layers[name](x), rtol=0, atol=1e-5)

@@ -190,17 +190,8 @@ def test_sd3_boft_file(tmp_path):
 
 
 def test_flux_boft_file_refusals(tmp_path):
-    """What one fused BOFT cannot hold (DBS403, naming the module); what LyCORIS fails on (DBS402)."""
+    """What a fused BOFT cannot hold (DBS403, naming the module); what LyCORIS fails on (DBS402)."""
     file = tmp_path / "prev.safetensors"
-    # modules at other constraints: a fused BOFT takes no [[adapter.blocks]]
-    _file(file, {QKV: _boft(3 * W, 64), PROJ: _boft(W, 64)}, {QKV: 1e-3, PROJ: 0.0})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "constraints or rescales" in messages(outcome, "DBS403")
-    # 3072 rows as 256 x 12 beside blocks of 36: the hint 36 splits 3072 as 128 x 24
-    assert power2_factorization(W, 36) != power2_factorization(W, 12)
-    _file(file, {QKV: _boft(3 * W, 36), PROJ: _boft(W, 12)}, {})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and PROJ in messages(outcome, "DBS403")
     # the final layer without every single block's linear2
     _file(file, {QKV: _boft(3 * W, 64), "lora_unet_final_layer_linear": _boft(64, 8)}, {})
     outcome = _flux(tmp_path, allow=True)
@@ -236,11 +227,6 @@ def test_glora_file_refusals_and_sd3(tmp_path):
     # a Tucker core: GLoRAModule builds none (AttributeError)
     _file(file, {QKV: {**_glora(3 * W, W, 4), "bm.weight": (4, 4)}}, {QKV: 1.0})
     assert "DBS402" in codes(_flux(tmp_path, allow=True))
-    # a CLIP module (text encoders trained): dbspec rebuilds the denoiser's only
-    clip = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
-    _file(file, {QKV: _glora(3 * W, W, 4), clip: _glora(768, 768, 4)}, {QKV: 1.0, clip: 1.0})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and clip in messages(outcome, "DBS403")
     # GLoRA beside Diag-OFT modules
     _file(file, {QKV: _glora(3 * W, W, 4), PROJ: _oft(W, 16)}, {QKV: 1.0})
     assert "DBS403" in codes(_flux(tmp_path, allow=True))
@@ -251,6 +237,162 @@ def test_glora_file_refusals_and_sd3(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("glora", 4, 2.0) and len(a.fused) == 1 and a.init_partial
-    # SD3's patch convolution: dbspec rebuilds the Linears only
+    # SD3's patch convolution alone: no Linear of the denoiser
     _file(file, {"lora_unet_x_embedder_proj": _oft(w, 16)}, {})
-    assert "DBS403" in codes(_sd3(tmp_path, allow=True))
+    outcome = _sd3(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and "no Linear" in messages(outcome, "DBS403")
+
+
+CLIP_Q = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+CLIP_FC1 = "lora_te1_text_model_encoder_layers_1_mlp_fc1"
+CLIP_PATHS = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1")
+KIND_FILES = {  # kind -> (module tensors on a Linear of (out, in), the modules' own (CLIP fc1's) block)
+    "diag-oft": lambda out, inp, own: _oft(out, 8 if own else 16),
+    "boft": lambda out, inp, own: _boft(out, 12 if own else 64),  # 9216 rows: 36 x 256, 768: 48 x 16
+    "glora": lambda out, inp, own: _glora(out, inp, 8 if own else 4),
+}
+
+
+def test_flux_rebuilt_files_with_clip_modules(tmp_path):
+    """CLIP-L modules (lora_te1_*, LyCORIS's first encoder) beside the denoiser's (was DBS403): LyCORIS's
+    DiagOFTModule / ButterflyOFTModule / GLoRAModule on those CLIP Linears, dbspec's adapter of that kind on
+    them (text_encoder_targets, their full paths), a module at its own block size or rank a
+    [[adapter.text_encoder_blocks]] entry naming it alone; --network_train_unet_only drops them (apply_to)."""
+    file = tmp_path / "prev.safetensors"
+    for kind, tensors in KIND_FILES.items():
+        modules = {
+            QKV: tensors(3 * W, W, False),
+            PROJ: tensors(W, W, False),
+            CLIP_Q: tensors(768, 768, False),
+            CLIP_FC1: tensors(3072, 768, True),
+        }
+        _file(file, modules, dict.fromkeys(modules, 2.0 if kind == "glora" else 1e-3))
+        outcome = _flux(tmp_path)
+        assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), (kind, errors(outcome))
+        plan = plan_of(outcome, tmp_path)
+        a = plan.adapter
+        assert a.kind == kind and plan.train_text_encoder, kind
+        assert a.text_encoder_targets == CLIP_PATHS, kind
+        (own,) = a.text_encoder_blocks
+        assert re.search(own.pattern, "text_encoder.text_model.encoder.layers.1.mlp.fc1"), kind
+        assert not re.search(own.pattern, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj")
+        assert not a.blocks, kind
+        if kind == "glora":
+            assert (a.rank, a.alpha, own.rank, own.alpha) == (4, 2.0, 8, 2.0)
+        else:  # the block's rank is its block-size hint (fc1's own size), its alpha the constraint
+            assert own.rank == modules[CLIP_FC1]["oft_blocks"][-1] != a.oft_block_size, kind
+            assert a.oft_block_size == (16 if kind == "diag-oft" else 48), (
+                kind
+            )  # boft: the hint splitting most
+            assert own.alpha == a.oft_constraint == np.float32(1e-3), kind
+        unet_only = plan_of(_flux(tmp_path, "--network_train_unet_only"), tmp_path)
+        assert not unet_only.train_text_encoder and not unet_only.adapter.text_encoder_blocks, kind
+    # text_encoder_lr 0: LyCORIS applies the CLIP modules (the file's weights) and trains none of them
+    outcome = _flux(tmp_path, "--text_encoder_lr 0", allow=True)
+    assert "DBS403" in codes(outcome) and "text_encoder_lr is 0" in messages(outcome, "DBS403")
+    # T5-XXL's modules (Flux's lora_te2_): dbspec's T5 adapter is LoRA, LoKr, LoHa or full
+    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    _file(file, {QKV: _oft(3 * W, 16), t5: _oft(4096, 16)}, {})
+    outcome = _flux(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and t5 in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(_flux(tmp_path, "--network_train_unet_only"))
+
+
+def test_sd3_rebuilt_file_with_clip_g_modules(tmp_path):
+    """SD3's CLIP-G modules (lora_te2_*) on other layers than CLIP-L's: their own text_encoder_2_targets."""
+    w, qkv = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    clip_g = "lora_te2_text_model_encoder_layers_20_self_attn_v_proj"
+    _file(
+        tmp_path / "prev.safetensors",
+        {qkv: _oft(3 * w, 16), CLIP_Q: _oft(768, 16), clip_g: _oft(1280, 16)},
+        {},
+    )
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.text_encoder_targets == ("encoder.layers.0.self_attn.q_proj",)
+    assert a.text_encoder_2_targets == ("encoder.layers.20.self_attn.v_proj",)
+
+
+def test_sd3_rebuilt_file_with_the_patch_convolution(tmp_path):
+    """SD3's patch convolution (`lora_unet_x_embedder_proj`, diffusers' pos_embed.proj, a 2x2 stride-2
+    Conv2d; was DBS403): LyCORIS's module on it from the file's keys -> conv_targets; Diag-OFT / BOFT at a
+    block size of its own a block naming it, GLoRA at its rank and alpha as conv_rank / conv_alpha."""
+    w, qkv, patch = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv", "lora_unet_x_embedder_proj"
+    file = tmp_path / "prev.safetensors"
+    for kind, oft, hints in (("diag-oft", _oft, (16, 8)), ("boft", _boft, (128, 38))):
+        _file(file, {qkv: oft(3 * w, hints[0]), patch: {**oft(w, hints[1]), "rescale": (w, 1, 1, 1)}}, {})
+        outcome = _sd3(tmp_path)
+        assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), (kind, errors(outcome))
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.kind == kind and a.conv_targets == ("pos_embed.proj",), kind
+        (block,) = a.blocks
+        assert re.search(block.pattern, "pos_embed.proj") and not re.search(block.pattern, "to_q"), kind
+        size = oft(w, hints[1])["oft_blocks"][-1]
+        assert (block.rank, block.conv_rank) == (size, size), kind
+    # GLoRAModule on the convolution: a1 / a2 / b1 1x1, b2 the 2x2 kernel
+    conv = {"a1.weight": (w, 6, 1, 1), "a2.weight": (6, 16, 1, 1), "b1.weight": (w, 6, 1, 1)}
+    _file(
+        file, {qkv: _glora(3 * w, w, 4), patch: {**conv, "b2.weight": (6, 16, 2, 2)}}, {qkv: 2.0, patch: 3.0}
+    )
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (4, 2.0, 6, 3.0)
+    assert a.conv_targets == ("pos_embed.proj",) and not a.blocks
+
+
+def test_flux_boft_file_modules_at_their_own_values_are_blocks(tmp_path):
+    """BOFT modules at another constraint or rescale, or whose split the adapter's hint does not give (was
+    DBS403): [[adapter.blocks]] at their own block size, constraint and rescale over every diffusers part of
+    their (fused) module; the adapter at the hint giving most modules their split."""
+    file = tmp_path / "prev.safetensors"
+    txt = "lora_unet_double_blocks_0_txt_attn_qkv"
+    # saved at network_dim 64 (qkv 36 x 256, linear1 42 x 512) beside 3072 rows as 12 x 256, which the hint
+    # 42 (the file's block size giving most modules theirs) splits as 24 x 128
+    assert power2_factorization(W, 42) != power2_factorization(W, 12)
+    modules = {QKV: _boft(3 * W, 64), txt: _boft(3 * W, 64), PROJ: _boft(W, 12), LINEAR1: _boft(7 * W, 64)}
+    _file(file, modules, {QKV: 1e-3, txt: 1e-3, PROJ: 1e-3, LINEAR1: 0.0})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.oft_constraint) == ("boft", 42, np.float32(1e-3))
+    proj, linear1 = sorted(a.blocks, key=lambda b: b.rank)
+    assert (proj.rank, proj.alpha) == (modules[PROJ]["oft_blocks"][2], np.float32(1e-3))
+    assert re.search(proj.pattern, "transformer_blocks.0.attn.to_out.0")
+    assert (linear1.rank, linear1.alpha) == (modules[LINEAR1]["oft_blocks"][2], 0.0)
+    for part in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"):
+        assert re.search(linear1.pattern, f"single_transformer_blocks.0.{part}")
+    assert not re.search(linear1.pattern, "transformer_blocks.0.attn.to_q")
+    for name, rows in ((QKV, 3 * W), (LINEAR1, 7 * W)):  # the hint gives the other modules their splits
+        assert power2_factorization(rows, 42)[1] == modules[name]["oft_blocks"][1]
+
+
+def test_flux_negative_oft_alpha_constrains_nothing(tmp_path):
+    """A negative alpha (was DBS403): LyCORIS's `if constraint > 0` leaves the module unconstrained, as 0."""
+    file = tmp_path / "prev.safetensors"
+    for oft in (_oft, _boft):
+        modules = {QKV: oft(3 * W, 64 if oft is _boft else 16), PROJ: oft(W, 64 if oft is _boft else 16)}
+        _file(file, modules, {QKV: -0.5, PROJ: 0.0})
+        outcome = _flux(tmp_path)
+        assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.oft_constraint == 0.0 and not a.blocks
+
+
+def test_diag_oft_blocks_spanning_fused_parts_are_named(tmp_path):
+    """A Diag-OFT module whose blocks cross the bounds of its fused Linear's parts (LyCORIS rotates them
+    together; dbspec's separate parts cannot): DBS403 naming it, on Flux and SD3 (where the runtime would
+    otherwise raise when building the layers); blocks within the parts convert."""
+    file = tmp_path / "prev.safetensors"
+    w, qkv = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    assert (3 * w) % 12 == 0 and w % 12  # 608 blocks of 12 rows: one spans to_q's and to_k's rows
+    _file(file, {qkv: _oft(3 * w, 12)}, {})
+    outcome = _sd3(tmp_path, allow=True)
+    assert "DBS403" in codes(outcome) and "span" in messages(outcome, "DBS403")
+    assert qkv in messages(outcome, "DBS403")
+    _file(file, {qkv: _oft(3 * w, 16)}, {})
+    assert not {"DBS402", "DBS403"} & codes(_sd3(tmp_path))
+    # FLUX.1's qkv at blocks of 24 (3072 = 128 x 24): within the parts, whatever linear1 would do
+    _file(file, {QKV: _oft(3 * W, 24)}, {})
+    assert not {"DBS402", "DBS403"} & codes(_flux(tmp_path))

@@ -313,3 +313,31 @@ def test_flux_oft_glora_files_convert_there_norm_files_do_not(tmp_path):
     _file(tmp_path / "norm" / "prev.safetensors", norm)
     outcome = _flux(tmp_path / "norm", allow=True)
     assert "DBS402" in codes(outcome) and "`lora_unet_img_in.w_norm`" in messages(outcome, "DBS402")
+
+
+def test_negative_oft_alpha_constrains_nothing(tmp_path):
+    """A Diag-OFT / BOFT module's negative alpha (was DBS403): make_module_from_state_dict builds it at
+    constraint = alpha, which DiagOFTModule / ButterflyOFTModule apply only `if constraint > 0`: constraint
+    0, the modules at 0 and at a negative alpha alike (tests/runtime/test_lycoris_flow_rebuilt_file.py checks
+    the rebuilt outputs)."""
+    for modules in (
+        {Q: _oft(4, 320, alpha=-0.5), FF: _oft(4, 320, alpha=0.0), K: _oft(4, 320, alpha=-2.0)},
+        {
+            Q: {"oft_blocks": (6, 32, 10, 10), "alpha": -1.0},
+            FF: {"oft_blocks": (6, 32, 10, 10), "alpha": 0.0},
+        },
+    ):
+        outcome = _convert(tmp_path, modules)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.oft_constraint == 0.0 and not a.blocks
+
+
+def test_text_modules_at_text_encoder_lr_0_are_not_expressed(tmp_path):
+    """text_encoder_lr 0: train_network.py's apply_to keeps the text encoder's modules (is_train_text_encoder
+    reads no rate), with the file's weights, and LyCORIS's prepare_optimizer_params skips their group: CLIP
+    runs rotated and never trains, which dbspec (a text-encoder adapter only while it trains) cannot hold."""
+    outcome = _convert(tmp_path, DIAG, "--dim_from_weights --text_encoder_lr 0")
+    assert "DBS403" in codes(outcome) and TE in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path, DIAG, "--dim_from_weights --text_encoder_lr 0 --network_train_unet_only")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)

@@ -9,25 +9,38 @@ linear1, SD3's attn.qkv), then train_network.py's load_weights loads the same fi
 dbspec's equivalent: that kind with `fused_projections` over the file modules' diffusers parts (full paths,
 lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, `init_partial`;
 runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size,
-constraint (the file's alpha: one norm over a fused layer's parts, runtime/lycoris_oft.py link_fused_oft)
-and rescale most modules share, a module at its own an [[adapter.blocks]] entry over all its diffusers
-parts; no block spanning two parts of FLUX.1's fused widths, and Flux's final layer only with every single
-block's linear2 (its target `proj_out` takes them along; a Diag-OFT block cannot leave them out); a module
-otherwise: DBS403 naming it. GLoRA: the rank and alpha most modules share, a module at its own an
-[[adapter.blocks]] entry over its diffusers parts, Flux's final layer beside a rank-0 block for the single
-blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): one fused BOFT (runtime/lycoris_boft.py
-tie_fused_boft) at the block-size hint that gives every module its file split (_boft), the constraint and
-rescale all modules share; modules at other constraints or rescales, splits one hint cannot give, or Flux's
-final layer without every linear2: DBS403 (a fused BOFT takes no [[adapter.blocks]]). Text-encoder modules,
-SD3's patch convolution, Chroma: DBS403. Checked
-against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
+constraint (the file's alpha, a negative one 0: LyCORIS constrains only `if constraint > 0`; one norm over a
+fused layer's parts, runtime/lycoris_oft.py link_fused_oft) and rescale most modules share, a module at its
+own an [[adapter.blocks]] entry over all its diffusers parts; no block spanning two parts of a fused Linear
+(_spans), and Flux's final layer only with every single block's linear2 (its target `proj_out` takes them
+along; a Diag-OFT block cannot leave them out); a module otherwise: DBS403 naming it. GLoRA: the rank and
+alpha most modules share, a module at its own an [[adapter.blocks]] entry over its diffusers parts, Flux's
+final layer beside a rank-0 block for the single blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): a
+fused BOFT (runtime/lycoris_boft.py tie_fused_boft) at the block-size hint giving most modules their file
+split, the constraint and rescale most share, the other modules [[adapter.blocks]] at their own block size,
+constraint and rescale over whole fused layers (_boft); Flux's final layer without every linear2: DBS403.
+CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / text_encoder_2_targets
+(lycoris_flow_factor_file.clip_targets), a module at its own values an [[adapter.text_encoder_blocks]]
+entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
+train.t5 is LoRA, LoKr, LoHa or full). SD3's patch convolution (`lora_unet_x_embedder_proj`): conv_targets
+`pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha, Diag-OFT's / BOFT's at its own values a block
+naming it. Chroma: DBS403. Checked against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py
+and test_lycoris_sd3_patch_file.py."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
-from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
-from dbspec.convert.kohya.lycoris_flow_oft import FLUX1_FUSED, flux1_misfit
+from dbspec.convert.kohya.lycoris_flow_factor_file import (
+    _CLIPS,
+    _COMPONENTS,
+    _T5,
+    PATCH,
+    _clip_path,
+    clip_targets,
+    final_layer_block,
+)
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
@@ -36,10 +49,13 @@ from dbspec.plan.boft import power2_factorization
 REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
 
 
-def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
-    """[adapter] values (`blocks` a list of tables) for the network create_network_from_weights builds from
-    a Diag-OFT or GLoRA file on `family` (flux or sd3); else why not ("invalid:..." where kohya fails,
-    DBS402; otherwise DBS403)."""
+def flow_rebuilt_file(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, text_idle: str = ""
+) -> dict | str:
+    """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables) for the network
+    create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (flux or sd3); else
+    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `text_idle`: why the CLIP modules,
+    which apply_to keeps with the file's weights, would never train (text_encoder_lr 0), or ""."""
     norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
     if norm is not None:
         return (
@@ -57,93 +73,167 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     if family == "chroma":
         return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     text = sorted(n for n in modules if n.startswith("lora_te"))
+    clip_names: list[str] = []
+    text_targets: list[str] = []
+    text_2: list[str] | None = None
     if text and not unet_only:  # apply_to drops them with --network_train_unet_only
-        return (
-            f"module `{text[0]}` is a text encoder's {kind} module; dbspec rebuilds a Flux / SD3 {kind} file "
-            "on the denoiser only"
-        )
+        t5 = next((n for n in text if n.startswith(_T5[family])), None)
+        if t5 is not None:  # LyCORIS trains them with CLIP's, train_t5xxl or not
+            return (
+                f"module `{t5}` is T5-XXL's {kind} module, which LyCORIS trains with CLIP's; dbspec's T5-XXL "
+                "adapter (train.t5) is LoRA, LoKr, LoHa or full"
+            )
+        clip = clip_targets(text, family)
+        if isinstance(clip, str):
+            return clip
+        text_targets, text_2 = clip
+        clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
+        if clip_names and text_idle:
+            return (
+                f"module `{clip_names[0]}` is CLIP's, which LyCORIS applies with the file's weights that "
+                f"never train: {text_idle}; dbspec adapts a text encoder only while it trains"
+            )
     denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
+    patch = denoiser.pop(PATCH, None) if family == "sd3" else None
     if not denoiser:
-        return "it holds no module of the denoiser"
+        return "it holds no Linear module of the denoiser" if patch else "it holds no module of the denoiser"
     targets = diffusers_targets(list(denoiser), family)
     if isinstance(targets, str):
         return targets
-    values = {}
-    for name, module in denoiser.items():
-        found = _glora(name, module, "linear") if kind == "glora" else _oft(name, module, kind)
+    values: dict[str, dict] = {}
+    built = {**denoiser, **{n: modules[n] for n in clip_names}, **({PATCH: patch} if patch else {})}
+    for name, module in built.items():
+        layer = "conv" if name == PATCH else "linear"
+        found = _glora(name, module, layer) if kind == "glora" else _oft(name, module, kind)
         if isinstance(found, str):
             return found
         values[name] = found
+    texts = {
+        **({"text_encoder_targets": text_targets} if text_targets else {}),
+        **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
+        **({"conv_targets": ["pos_embed.proj"]} if patch else {}),
+    }
     if kind == "boft":
-        return _boft(values, denoiser, targets, family)
+        found = _boft(values, built, targets, family)
+        return found if isinstance(found, str) else {**found, **texts}
     if kind == "glora":
-        pairs = {n: (v["rank"], v["alpha"]) for n, v in values.items()}
-        (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
-        own = {n: pair for n, pair in pairs.items() if pair != (rank, alpha)}
+        linear = {n: (v["rank"], v["alpha"]) for n, v in values.items() if n != PATCH}
+        (rank, alpha), _ = Counter(linear.values()).most_common(1)[0]
+        own = {n: pair for n, pair in linear.items() if pair != (rank, alpha) and n.startswith("lora_unet")}
+        own_text = {n: pair for n, pair in linear.items() if pair != (rank, alpha) and n not in own}
         blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
         out: dict = {"kind": kind, "rank": rank, "alpha": alpha}
+        if patch:  # GLoRAModule on the 2x2 convolution at its own rank and alpha (the only convolution)
+            out |= {"conv_rank": values[PATCH]["rank"], "conv_alpha": values[PATCH]["alpha"]}
+        text_blocks = [
+            {"pattern": _text_pattern(names, family), "rank": r, "alpha": a}
+            for (r, a), names in _grouped(own_text).items()
+        ]
     else:
         keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
         (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
         for name, v in values.items():
-            rows = denoiser[name].shapes["oft_blocks"][0] * v["block_size"]
-            misfit = flux1_misfit(v["block_size"]) if family == "flux" and rows in FLUX1_FUSED else ""
-            if misfit:
-                return f"module `{name}`: {misfit}"
+            spans = _spans(name, denoiser[name], v["block_size"]) if name in denoiser else ""
+            if spans:
+                return spans
         if final_layer_block(targets, family):
             return (
                 "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
                 "linear2 ends in too, and the file lacks some of those: a Diag-OFT block cannot leave them "
                 "out (its block size is at least 1)"
             )
-        own = {n: key for n, key in keys.items() if key != (size, constraint, rescaled)}
+        top = (size, constraint, rescaled)
         out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
-        blocks = _oft_blocks(own, (constraint, rescaled), family)
+        blocks, text_blocks = _split_oft_blocks(keys, top, family)
     return {
         **out,
         "denoiser_targets": targets,
+        **texts,
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
+        **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
     }
 
 
+def _grouped(own: dict[str, tuple]) -> dict[tuple, list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for name, key in own.items():
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def _text_pattern(names: list[str], family: str) -> str:
+    """A text-encoder block's pattern naming exactly these CLIP modules' `<component>.text_model.<path>`s
+    (lycoris_flow_factor_file.own_text_blocks' form)."""
+    paths = []
+    for name in names:
+        found = _clip_path(name, family)
+        assert isinstance(found, tuple)  # clip_targets placed every module
+        paths.append(re.escape(f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"))
+    return f"^(?:{'|'.join(sorted(paths))})$"
+
+
+def _oft_values(key: tuple[int, float, bool], top: tuple[int, float, bool]) -> dict:
+    """An OftBlock's values for modules at `key` (block size, constraint, rescale) beside the adapter's."""
+    size, constraint, on = key
+    values: dict = {"block_size": size}
+    values |= {"constraint": constraint} if constraint != top[1] else {}
+    values |= {"rescaled": "on" if on else "off"} if on != top[2] else {}
+    return values
+
+
+def _split_oft_blocks(
+    keys: dict[str, tuple[int, float, bool]], top: tuple[int, float, bool], family: str
+) -> tuple[list[dict], list[dict]]:
+    """[[adapter.blocks]] and [[adapter.text_encoder_blocks]] for the Diag-OFT / BOFT modules at a block
+    size, constraint or rescale of their own (`top`: the adapter's): the denoiser's over every diffusers part
+    of a fused module, SD3's patch convolution by its path, CLIP's by theirs."""
+    own = {n: k for n, k in keys.items() if k != top}
+    unet = {n: k for n, k in own.items() if n.startswith("lora_unet") and n != PATCH}
+    blocks = _oft_blocks(unet, top[1:], family)
+    if PATCH in own:
+        blocks.append({"pattern": r"^pos_embed\.proj$", **_oft_values(own[PATCH], top)})
+    text = {n: k for n, k in own.items() if n.startswith("lora_te")}
+    text_blocks = [
+        {"pattern": _text_pattern(names, family), **_oft_values(key, top)}
+        for key, names in _grouped(text).items()
+    ]
+    return blocks, text_blocks
+
+
 def _boft(
-    values: dict[str, dict], denoiser: dict[str, LycorisModule], targets: list[str], family: str
+    values: dict[str, dict], built: dict[str, LycorisModule], targets: list[str], family: str
 ) -> dict | str:
-    """One fused BOFT for a BOFT file (ButterflyOFTModules rebuilt at lora_dim = each module's block size s,
-    constraint float(alpha), rescaled where it holds a `rescale`): dbspec's BOFT splits every layer by one
-    block size hint B (power2_factorization(width, B)), and no [[adapter.blocks]] go with a fused BOFT, so the
-    file's modules must share the constraint and rescale, and one B must give every module its file split:
-    the largest s (a smaller hint misses that module's size; a larger one only adds splits to choose from).
-    What a network_dim-built file holds: each module split by that one hint."""
-    named: dict[tuple[float, bool], str] = {}
-    for name, v in values.items():
-        named.setdefault((v["constraint"], v["rescaled"]), name)
-    keys = set(named)
-    if len(keys) > 1:
-        (one, first), (other, second) = sorted(named.items())[:2]
-        return (
-            f"modules `{first}` and `{second}` are ButterflyOFTModules at other constraints or rescales "
-            f"({one[0]:g}{', rescaled' * one[1]} and {other[0]:g}{', rescaled' * other[1]}); a fused BOFT "
-            "has one constraint and rescale (and takes no [[adapter.blocks]])"
-        )
-    hint = max(v["block_size"] for v in values.values())
-    for name in values:
-        n, s = denoiser[name].shapes["oft_blocks"][1:3]
-        split = power2_factorization(n * s, hint)
-        if split != (s, n):
-            return (
-                f"module `{name}` splits its {n * s} rows into {n} blocks of {s}, but the file's largest "
-                f"block size {hint} splits them as {split[1]} blocks of {split[0]}: dbspec's BOFT splits "
-                "every layer by one block size (a fused BOFT takes no [[adapter.blocks]])"
-            )
+    """The fused BOFT for a BOFT file (ButterflyOFTModules rebuilt at lora_dim = each module's block size s,
+    constraint float(alpha), rescaled where it holds a `rescale`): dbspec's BOFT splits each layer by a
+    block-size hint B (power2_factorization(width, B)), the adapter's or its [[adapter.blocks]] entry's (a
+    fused module's entry over all its parts). The adapter's hint is the file's block size that gives the most
+    modules at the constraint and rescale most modules share their file split (ties: the largest; what a
+    network_dim-built file holds: every module split by that one hint), the other modules blocks at their own
+    block size, constraint and rescale."""
+    keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
+    splits = {n: (built[n].shapes["oft_blocks"][2], built[n].shapes["oft_blocks"][1]) for n in values}
+    (constraint, rescaled), _ = Counter(k[1:] for k in keys.values()).most_common(1)[0]
+
+    def fits(hint: int) -> set[str]:
+        return {
+            n
+            for n, (s, count) in splits.items()
+            if keys[n][1:] == (constraint, rescaled) and power2_factorization(s * count, hint) == (s, count)
+        }
+
+    hint = max(sorted({k[0] for k in keys.values()}), key=lambda h: (len(fits(h)), h))
     if final_layer_block(targets, family):
         return (
             "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
-            "linear2 ends in too, and the file lacks some of those: a fused BOFT takes no [[adapter.blocks]] "
-            "to leave them out"
+            "linear2 ends in too, and the file lacks some of those: a BOFT block cannot leave them out (its "
+            "block size is at least 2)"
         )
-    ((constraint, rescaled),) = keys
+    top = (hint, constraint, rescaled)
+    fitted = fits(hint)
+    blocks, text_blocks = _split_oft_blocks(
+        {n: top if n in fitted else key for n, key in keys.items()}, top, family
+    )
     return {
         "kind": "boft",
         "block_size": hint,
@@ -151,6 +241,8 @@ def _boft(
         "rescaled": rescaled,
         "denoiser_targets": targets,
         "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+        **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
     }
 
 
@@ -173,3 +265,20 @@ def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool]
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
+
+
+def _spans(name: str, module: LycorisModule, size: int) -> str:
+    """Why a Diag-OFT module's blocks of `size` rows on kohya's fused Linear (Flux's img_attn.qkv /
+    txt_attn.qkv: q, k, v of width w each; linear1: q, k, v and the MLP input, 4 w; SD3's attn.qkv) would
+    rotate rows of two of diffusers' parts together (w not a multiple of the size), which dbspec's parts,
+    separate layers, cannot; "" if not (or not a fused module)."""
+    rows = module.shapes["oft_blocks"][0] * size
+    parts = 3 if name.endswith("_qkv") else 7 if name.endswith("_linear1") else 0
+    width = rows // parts if parts and not rows % parts else 0
+    if not width or width % size == 0:
+        return ""
+    return (
+        f"module `{name}`: DiagOFTModule's blocks of {size} rows on kohya's fused {rows}-row Linear span "
+        f"the bounds of its parts (q, k, v{', the MLP input' if parts == 7 else ''}; every {width} rows): "
+        "dbspec trains diffusers' parts as separate layers, whose rotations cannot mix the rows of two"
+    )

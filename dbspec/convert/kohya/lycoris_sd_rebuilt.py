@@ -6,7 +6,8 @@
 make_module_from_state_dict, then train_network.py's `load_weights` loads the same file into it:
 
 - DiagOFTModule (3-D `oft_blocks` (n, s, s)): `lora_dim = s` (its block-size hint, split as LyCORIS's
-  factorization of the layer's width: blocks of min(s, width / s) rows), `constraint = float(alpha)`,
+  factorization of the layer's width: blocks of min(s, width / s) rows), `constraint = float(alpha)` (a
+  negative one constrains nothing, as 0: the module's `if constraint > 0`),
   `rescaled` where the module holds a `rescale`; blocks and rescale copied from the file. A module whose
   blocks are wider than they are many (s > n) is rebuilt the other way round and `copy_` raises; a module
   without `alpha` raises TypeError (float(None)).
@@ -73,12 +74,11 @@ def _oft(name: str, module: LycorisModule, kind: str) -> dict[str, Any] | str:
             f"{INVALID}`{name}` has no alpha: make_module_from_state_dict builds it with constraint = "
             "float(alpha), TypeError"
         )
-    if module.alpha < 0:
-        return (
-            f"`{name}.alpha` is {module.alpha:g}: LyCORIS constrains nothing with it, as with 0, but saves "
-            "it; dbspec's constraint is at least 0"
-        )
-    return {"block_size": s, "constraint": float(module.alpha), "rescaled": "rescale" in module.shapes}
+    # a negative alpha: DiagOFTModule / ButterflyOFTModule scale their blocks only `if constraint > 0`, so it
+    # constrains nothing, as 0 (the module saves it back as its alpha; dbspec's export saves 0, which LyCORIS
+    # loads to the same unconstrained module)
+    constraint = max(float(module.alpha), 0.0)
+    return {"block_size": s, "constraint": constraint, "rescaled": "rescale" in module.shapes}
 
 
 def _glora(name: str, module: LycorisModule, layer: str) -> dict[str, Any] | str:
@@ -154,11 +154,12 @@ def _glora_blocks(found: dict[str, dict], rows: list[Row], top: dict[str, Any]) 
 
 
 def sd_rebuilt_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, text_idle: str = ""
 ) -> dict[str, object] | str:
     """[adapter] values (blocks and text_encoder_blocks as lists of tables) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (SD 1.x/2.x or
-    SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
+    SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `text_idle`: why the
+    text encoders' modules, which apply_to keeps with the file's weights, never train, or ""."""
     layers = sd_layers(family)
     unknown = layers.unknown(modules)
     if unknown:
@@ -204,6 +205,12 @@ def sd_rebuilt_file(
             text[f"{layers.components[slot]}.{path}"] = values
     if not unet:
         return "it holds no module of the U-Net"
+    if text and text_idle:
+        first = next(n for n in sorted(modules) if n.startswith("lora_te"))
+        return (
+            f"module `{first}` is a text encoder's, which LyCORIS applies with the file's weights that never "
+            f"train: {text_idle}; dbspec adapts a text encoder only while it trains"
+        )
     rows, text_rows = layers.rows, layers.text_rows
     targets, targets_2 = _text_targets(layers.texts, built_texts)
     out: dict[str, object] = {

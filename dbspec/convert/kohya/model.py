@@ -7,6 +7,7 @@ the weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import attrs
@@ -209,7 +210,8 @@ def map_adapter(
                 rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
                 from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
 
-                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt, sd_rebuilt_file)
+                finder = functools.partial(sd_rebuilt_file, text_idle=_text_idle(a))
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt, finder)
                 return done and _put_file_norms(norms, a, paths, conv)
             if factors is not None and any(m.algo in ("lokr", "loha") for m in factors.values()):
                 factors = {n: m for n, m in factors.items() if m.algo != "norm"}
@@ -1124,6 +1126,17 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
     return kind
 
 
+def _text_idle(a: Args) -> str:
+    """Why a --dim_from_weights file's text-encoder modules never train though train_network.py's apply_to
+    keeps them (is_train_text_encoder reads no rate), or "": at text_encoder_lr 0 (the first value) LyCORIS's
+    prepare_optimizer_params skips the text group ("NO LR skipping!")."""
+    from dbspec.convert.kohya.train import lora_text_encoder_lr
+
+    if lora_text_encoder_lr(a).value == 0:
+        return "text_encoder_lr is 0 (LyCORIS's prepare_optimizer_params leaves them out of the optimizer)"
+    return ""
+
+
 def _lycoris_flow_rebuilt_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
@@ -1134,7 +1147,7 @@ def _lycoris_flow_rebuilt_file(
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
 
     weights, from_file = a["network_weights"], a["dim_from_weights"]
-    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
+    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value), _text_idle(a))
     found = _rebuilt(found, weights, from_file, conv)
     if found is None:
         return False
