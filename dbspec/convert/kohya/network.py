@@ -456,7 +456,9 @@ def _map_network(
         kwargs.pop("block_size", None)
     if module.value == "networks.lora_fa":
         _lora_fa_loraplus(kwargs, args, conv)
-    elif not lycoris or kind == "lora":
+    elif not lycoris or kind == "lora" or (kind == "dylora" and _locon_blocks(put)):
+        # a LyCORIS DyLoRA network's: its LoCon entries' lora_up alone rise, as the adapter's LoCon blocks'
+        # lora_B (runtime/prepare.py raises_dylora_ups: not a LyCORIS-form DyLoRA's own ups)
         _loraplus(kwargs, put, unsupported)
     elif any(b.get("kind") == "lora" for b in put.get("_blocks", ())):  # LyCORIS raises their lora_up
         unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
@@ -598,6 +600,12 @@ def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None
     for key in _BLOCK_KEYS:
         if key in kwargs:
             unsupported[key] = kwargs.pop(key)
+
+
+def _locon_blocks(put: dict[str, Any]) -> bool:
+    """Some [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of kind lora (a preset file's LoCon
+    entries)."""
+    return any(b.get("kind") == "lora" for b in (*put.get("_blocks", ()), *put.get("_text_blocks", ())))
 
 
 def _lora_fa_loraplus(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
