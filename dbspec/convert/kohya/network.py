@@ -1109,7 +1109,8 @@ def _other_axis_dora(weights: Legacy, paths, conv: Conversion) -> None:
     """DBS402 when a lycoris.kohya `--network_weights` file's `dora_scale` has the other axis's shape than
     the network's decomposed modules (wd_on_output): LoConModule / LohaModule / LokrModule build their
     dora_scale in the network's axis shape, so LycorisNetworkKohya.load_weights' load_state_dict fails with
-    a size mismatch. Preset entries with a wd_on_out of their own: checked per layer when the run loads."""
+    a size mismatch. Preset entries with a wd_on_out of their own: per layer by the plan
+    (compiler/dora_axes.py) where the base model's files list the layers, else when the run loads."""
     values = conv.values
     blocks = [k for k in values if k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks"))]
     decomposed = values.get(("adapter", "dora"), (False,))[0] or any(
