@@ -540,7 +540,8 @@ class AdapterBlock:
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
-        "of kind lora, loha, lokr or dylora without options one kind lacks (DBS578; on Flux, SD3 and Chroma "
+        "of kind lora, loha, lokr, dylora or (SD 1.x/2.x and SDXL) glora without options one kind lacks "
+        "(DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
         "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "
         "its `alpha` loads, which must be the block's, as LyCORIS's DyLoraModule takes nothing else).",
@@ -1514,6 +1515,13 @@ class GloraBlock:
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
         "matches a module sets its rank and alpha.",
         example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (GLoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `diag-oft`, `boft`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `algo` on an `algo=glora` network), as `[[adapter.blocks]]` `kind`.",
+        example="lora",
     )
     rank: int = option(
         doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them.",

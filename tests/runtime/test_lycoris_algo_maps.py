@@ -903,13 +903,15 @@ dim = 2
 """
 
 
-def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):
-    """A preset giving U-Net and CLIP layers other algorithms: the text encoder's adapter and the trained
-    U-Net have every layer LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep
-    it cheap); a 2-step run stopped after one step and resumed
-    gives the same losses and files bit for bit; its one kohya export, each layer in its kind's keys, loads
-    in lycoris-lora's create_network_from_weights and computes the trained U-Net's output (1e-4); its
-    adapter folders (`<unet>/<kind>/` beside the LoKr's) load back as `dbspec sample` loads them."""
+@pytest.mark.parametrize("algo", ["lokr", "glora"])
+def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):
+    """A preset giving U-Net and CLIP layers other algorithms, on a LoKr network and on a GLoRA one (was
+    DBS403: GLoRA blocks of other kinds): the text encoder's adapter and the trained U-Net have every layer
+    LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep it cheap); a 2-step run
+    stopped after one step and resumed gives the same losses and files bit for bit; its one kohya export, each
+    layer in its kind's keys, loads in lycoris-lora's create_network_from_weights and computes the trained
+    U-Net's output (1e-4); its adapter folders (`<unet>/<kind>/` beside the network's kind's) load back as
+    `dbspec sample` loads them."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file
 
@@ -920,20 +922,20 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
 
     PRESETS["mixed"] = MIXED
     try:
-        path, plan = _converted_plan(tmp_path, "mixed", "lokr")
+        path, plan = _converted_plan(tmp_path, "mixed", algo)
     finally:
         del PRESETS["mixed"]
     a = plan.adapter
-    assert {b.kind for b in a.blocks} == {"lora", "loha"} and {b.kind for b in a.text_encoder_blocks} == {
-        "loha"
-    }
-    made = _lycoris(pipe, path, monkeypatch, "lokr")
+    assert a.kind == algo and {b.kind for b in a.blocks} == {"lora", "loha"}
+    assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
+    own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
+    made = _lycoris(pipe, path, monkeypatch, algo)
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
-    assert {v[0] for v in theirs.values()} == {"LokrModule", "LoConModule", "LohaModule"}
+    assert {v[0] for v in theirs.values()} == {own, "LoConModule", "LohaModule"}
     text = copy.deepcopy(pipe.text_encoder)
     add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
     theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
-    assert {v[0] for v in theirs_text.values()} == {"LokrModule", "LohaModule"}
+    assert {v[0] for v in theirs_text.values()} == {own, "LohaModule"}
     assert _built(text, "lora_te_text_model_") == theirs_text
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
@@ -965,7 +967,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     loaded, weights = lycoris_kohya.create_network_from_weights(
         1.0, str(export), None, named, fresh, for_inference=True
     )
-    assert {type(m).__name__ for m in loaded.unet_loras} == {"LokrModule", "LoConModule", "LohaModule"}
+    assert {type(m).__name__ for m in loaded.unet_loras} == {own, "LoConModule", "LohaModule"}
     assert len(loaded.unet_loras) == sum(isinstance(m, BaseTunerLayer) for m in trained.modules())
     loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
     loaded.load_state_dict(weights, strict=False)
