@@ -11,6 +11,7 @@ model shares with kohya's (diffusers calls kohya's `CrossAttention` `Attention`,
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -980,6 +981,20 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     again = copy.deepcopy(pipe.unet)
     assert load_peft_adapters(Path(whole.final), {"unet": again}, lokr_unit_scale=True) == ["unet"]
     torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
+    if algo == "glora":  # kohya's --network_weights of that export starts a GLoRA network of several kinds
+        (tmp_path / "again").mkdir()
+        shutil.copy(export, tmp_path / "prev.safetensors")
+        PRESETS["mixed"] = MIXED
+        try:
+            _, started = _converted_plan(
+                tmp_path / "again", "mixed", algo, "--network_weights=../prev.safetensors"
+            )
+        finally:
+            del PRESETS["mixed"]
+        assert started.adapter.init_weights
+        tiny = ["optimizer.lr=1e-12", "schedule.steps=1", "output.dir=again"]  # a step that moves nothing
+        run = execute(compile_spec(out_path(tmp_path / "again"), [*base, *tiny]), keep_models=True)
+        torch.testing.assert_close(_unet_output(run.components.unet.eval()), output, rtol=1e-6, atol=1e-6)
 
 
 def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:
