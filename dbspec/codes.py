@@ -821,8 +821,8 @@ train, so its rate is not used (the plan shows no rate for it).""",
         """\
 `[[adapter.blocks]]` `pattern` is searched in each adapted denoiser module's path as a Python regular
 expression (`re.search`), `[[adapter.text_encoder_blocks]]` `pattern` in each text-encoder module's
-`<component>.<path>`, and so is each of a full adapter's `exclude` patterns; this one does not compile. Dots
-match any character: escape them (`^down_blocks\\.0\\.`).""",
+`<component>.<path>`, and so is each of a full, ia3, diag-oft or boft adapter's `exclude` patterns; this
+one does not compile. Dots match any character: escape them (`^down_blocks\\.0\\.`).""",
     ),
     Code(
         "DBS266",

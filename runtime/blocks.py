@@ -61,6 +61,10 @@ def with_blocks(
             rank, alpha = adapter.oft_block_size, adapter.oft_constraint
         elif block is None and adapter.kind == "full":  # a trained copy: no rank (rank-0 blocks: excluded)
             rank, alpha = 1, 1.0
+        elif block is None and adapter.kind == "ia3":  # peft's rank: the scale's side (rank-0: excluded)
+            from dbspec.runtime.lycoris_ia3 import INPUT_SIDE_RANK
+
+            rank, alpha = (INPUT_SIDE_RANK if _targeted(path, adapter.input_targets) else 1), 1.0
         elif block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:

@@ -279,8 +279,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         params=adapter_params(adapter, family, components),
         # full: LyCORIS's FullModules on T5-XXL's Linears (train.t5; rules.T5_ADAPTER_KINDS)
         t5_targets=_t5_targets(family, components) if adapter.kind == "full" else (),
-        **_oft_blocks(adapter),
-        **_full_excluded(adapter),
+        **_excluded_first(_full_excluded(adapter), _oft_blocks(adapter)),
     )
     if adapter.kind == "full" and layers:
         copies = {
@@ -292,13 +291,24 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
 
 
 def _full_excluded(adapter) -> dict:
-    """Full's `exclude` patterns as rank-0 blocks, the denoiser's and the text encoders' (runtime/blocks.py
-    leaves a layer of a rank-0 block without an adapter: no trained copy)."""
-    patterns = getattr(adapter, "exclude", ()) if adapter.kind == "full" else ()
+    """Full's, IA^3's, Diag-OFT's and BOFT's `exclude` patterns as rank-0 blocks, the denoiser's and the text
+    encoders' (runtime/blocks.py leaves a layer of a rank-0 block without an adapter: no trained copy, scale
+    or rotation)."""
+    patterns = getattr(adapter, "exclude", ())
     if not patterns:
         return {}
     blocks = tuple(BlockPlan(pattern=p, rank=0, alpha=1.0) for p in patterns)
     return dict(blocks=blocks, text_encoder_blocks=blocks)
+
+
+def _excluded_first(excluded: dict, own: dict) -> dict:
+    """The excluded layers' rank-0 blocks before the adapter's own blocks (Diag-OFT's / BOFT's sizes): the
+    first block whose pattern matches a layer decides it."""
+    return {
+        key: (*excluded.get(key, ()), *own.get(key, ()))
+        for key in ("blocks", "text_encoder_blocks")
+        if key in excluded or key in own
+    }
 
 
 def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Mapping[str, int]) -> int:

@@ -137,7 +137,11 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     model = plan_scaled_pos_embed(ctx, model, datasets, buckets)
     _environment_rules(ctx)
     cache = plan_cache(ctx, model, datasets, caption_notes)
-    init = plan_init_weights(ctx, model.family, precision.components) if model and precision else ("", 0)
+    init = (
+        plan_init_weights(ctx, model.family, precision.components, lambda: model_layers(model, precision))
+        if model and precision
+        else ("", 0)
+    )
     evaluation = (
         plan_evaluation(ctx, held, datasets, schedule, loss.noise, len(ctx.spec.validation.prompts))
         if schedule is not None and loss is not None
@@ -315,6 +319,12 @@ def _excluded_layers(adapter, model, precision) -> dict[str, dict[str, int]]:
     otherwise (no files to read: the count stays the whole component's, an upper bound)."""
     if getattr(adapter, "kind", "") != "full" or not getattr(adapter, "exclude", ()):
         return {}
+    return model_layers(model, precision)
+
+
+def model_layers(model, precision) -> dict[str, dict[str, int]]:
+    """Each adapted component's layer sizes by module path from a diffusers folder's safetensors headers
+    (modelinfo.layer_params); empty where there are no such files to read."""
     if not model.resolved or model.source not in ("diffusers", "hub") or not model.path:
         return {}
     folders = {"unet": family_spec(model.family).denoiser}

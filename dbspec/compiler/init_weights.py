@@ -16,6 +16,7 @@ import math
 
 import attrs
 
+from dbspec.compiler.dora_axes import own_axis_doras
 from dbspec.compiler.fused import block_dora
 from dbspec.compiler.context import Context
 from dbspec.compiler.init_file import (
@@ -50,9 +51,10 @@ from dbspec.spec.model import (
 )
 
 
-def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
+def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tuple[str, int]:
     """(the file's absolute path, layers that load), or ("", 0) without one or when it does not fit (the
-    problems reported)."""
+    problems reported). `layers`: a callable giving the base model's layers per component (compile.py
+    model_layers), read only where blocks set a dora_axis of their own."""
     adapter = ctx.spec.adapter
     from dbspec.compiler.mixed_init_file import plan_mixed_init, run_kinds
 
@@ -61,7 +63,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     if isinstance(adapter, DiagOftAdapter) and adapter.form == "kohya" and adapter.init_weights:
         return _plan_kohya_oft(ctx, family, adapter, components)
     if isinstance(adapter, _LYCORIS_FILES) and adapter.init_weights:
-        return _plan_fused_lycoris(ctx, family, adapter, components)
+        return _plan_fused_lycoris(ctx, family, adapter, components, layers)
     if not isinstance(adapter, (LoraAdapter, DyloraAdapter)) or not adapter.init_weights:
         return "", 0
     path = ctx.resolve(adapter.init_weights)
@@ -103,7 +105,7 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
         return read_lora_file(p, dora_scale=lycoris_dora_file, lora_mid=bool(tucker), norms=norms)
 
     file = read_file(ctx, path, reader, "LoRA")
-    if file is None or (lycoris_dora_file and _other_axis_dora(ctx, path, adapter)):
+    if file is None or (lycoris_dora_file and _other_axis_dora(ctx, path, adapter, None, family, layers)):
         return "", 0
     trained = {c.name for c in components if c.trainable == "lora"}
     if family_spec(family).fused_projections:  # kohya's lora_flux / lora_sd3: the original model's names
@@ -149,23 +151,40 @@ def plan_init_weights(ctx: Context, family: str, components) -> tuple[str, int]:
     return tally(ctx, path, ignored, used)
 
 
-def _other_axis_dora(ctx: Context, path, adapter, header=None) -> bool:
+def _other_axis_dora(ctx: Context, path, adapter, header=None, family: str = "", layers=None) -> bool:
     """DBS356 (and True) when the file's `dora_scale` tensors have the other axis's shape than the run's
     decomposed layers (LyCORIS's wd_on_output, adapter.dora_axis): LoConModule / LohaModule / LokrModule
     build theirs in the network's axis shape and load_state_dict fails with a size mismatch. Blocks with an
-    axis of their own (a preset entry's wd_on_out) are checked per layer when the run loads the file."""
+    axis of their own (a preset entry's wd_on_out): each module against its layer's axis where `layers` (a
+    callable: the base model's layers per component, compile.py model_layers) lists it on SD 1.x/2.x /
+    SDXL (`family`; dora_axes.py), else checked per layer when the run loads the file."""
     if not (getattr(adapter, "dora", False) or block_dora(adapter)):
         return False
     axis = getattr(adapter, "dora_axis", "output")
     blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
-    if any(getattr(b, "dora_axis", "adapter") not in ("adapter", axis) for b in blocks):
+    own = any(getattr(b, "dora_axis", "adapter") not in ("adapter", axis) for b in blocks)
+    if own and (layers is None or not family or family_spec(family).fused_projections):
         return False
     try:
         header = header if header is not None else read_safetensors_header(path)
     except ModelFileError:
         return False  # reported by the reader
-    found = other_axis_doras({k: tuple(t.shape) for k, t in header.items()}, axis)
+    shapes = {k: tuple(t.shape) for k, t in header.items()}
+    found = own_axis_doras(shapes, adapter, family, layers) if own else other_axis_doras(shapes, axis)
     other = "input" if axis == "output" else "output"
+    if found and own:
+        ctx.report(
+            "DBS356",
+            "error",
+            f"`{path}` does not fit the adapter: {found[0]}"
+            + (f"; {len(found) - 1} other module(s) likewise" if len(found) > 1 else "")
+            + " (the layer's block's dora_axis, else adapter.dora_axis; LyCORIS's load_state_dict fails "
+            "with a size mismatch)",
+            KEY,
+            help="set that block's dora_axis (LyCORIS's wd_on_out of the preset entry) to the file's, or "
+            "start from another file",
+        )
+        return True
     if found:
         ctx.report(
             "DBS356",
@@ -495,7 +514,7 @@ _OFT_BLOCKS = (DiagOftAdapter, BoftAdapter)
 _PER_LAYER_ONLY = (BoftAdapter,)
 
 
-def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
+def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=None) -> tuple[str, int]:
     """A LyCORIS LoKr / LoHa (full, IA3, Diag-OFT, BOFT, GLoRA) file on kohya's Flux / SD3 names
     (lycoris.kohya --network_weights with flux_train_network.py / sd3_train_network.py): one module per fused
     Linear, with `fused_projections` on that layout; every kind also on SD 1.x/2.x and SDXL
@@ -533,7 +552,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components) -> tuple
     from dbspec.compiler.safetensors_header import read_safetensors_header
 
     header = read_file(ctx, path, read_safetensors_header, adapter.kind)
-    if header is None or _other_axis_dora(ctx, path, adapter, header):
+    if header is None or _other_axis_dora(ctx, path, adapter, header, family, layers):
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too
     # (a block's own too: LyCORIS map entries' weight_decompose)

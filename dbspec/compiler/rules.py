@@ -2599,9 +2599,18 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         if getattr(b, "kind", "adapter") not in ("adapter", own)
     ]
     family = FAMILIES.get(spec.model.family)
-    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora"):
+    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora", "glora"):
         return
     table, i, block = other[0]
+    if own == "glora" and family.denoiser != "unet":  # its fused Linears beside other kinds: untried
+        yield _err(
+            "DBS578",
+            ("adapter", table, i, "kind"),
+            f'adapter.{table}[{i}].kind = "{block.kind}" on a glora adapter on {family.title}: dbspec trains '
+            "a GLoRA adapter's blocks of other kinds on SD 1.x/2.x and SDXL",
+            codes.help("DBS578"),
+        )
+        return
     if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
@@ -2686,12 +2695,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr", "dylora"):  # a GLoRA's text_encoder_blocks
+    if own not in ("lora", "loha", "lokr", "dylora", "glora"):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr or dylora",
+            "one run on adapters of kind lora, loha, lokr, dylora or glora",
             codes.help("DBS578"),
         )
         return
@@ -2708,7 +2717,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
     # kinds the adapter, whose LoRA / LoHa layers never read it)
     kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
-    set_ = [key for key, off in _MIXED_OFF.items() if getattr(a, key, off) != off and key not in kept]
+    # a GLoRA adapter's own module dropout and bypass forward act on its GLoRA layers alone (its blocks of
+    # other kinds are built from the adapter's rank and alpha only): not expressed beside other kinds
+    defaults = {**_MIXED_OFF, **({"module_dropout": 0.0, "bypass": False} if own == "glora" else {})}
+    set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
             "DBS578",

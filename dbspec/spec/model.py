@@ -540,7 +540,8 @@ class AdapterBlock:
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
-        "of kind lora, loha, lokr or dylora without options one kind lacks (DBS578; on Flux, SD3 and Chroma "
+        "of kind lora, loha, lokr, dylora or (SD 1.x/2.x and SDXL) glora without options one kind lacks "
+        "(DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
         "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "
         "its `alpha` loads, which must be the block's, as LyCORIS's DyLoraModule takes nothing else).",
@@ -1147,6 +1148,23 @@ class LokrAdapter:
     init_scale: float = _full_blocks_init_scale()
 
 
+def _exclude(what: str, tail: str):
+    return option(
+        factory=list,
+        doc="Python regular expressions searched in each targeted layer's path (the denoiser's diffusers "
+        "names, e.g. `single_transformer_blocks.3.proj_out`; a text encoder's `<component>.<path>`, e.g. "
+        f"`text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0`): a layer one matches gets no {what}, "
+        f"{tail}; empty excludes none.",
+        example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
+    )
+
+
+_EXCLUDED_LAYER = (
+    "as a LyCORIS preset file that leaves the layer out builds no module on it (Flux's top-level `proj_out` "
+    "target is a suffix of every single block's `proj_out`)"
+)
+
+
 @frozen
 class FullAdapter:
     kind: Literal["full"] = option(
@@ -1166,17 +1184,12 @@ class FullAdapter:
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
     )
-    exclude: list[str] = option(
-        factory=list,
-        doc="Python regular expressions searched in each targeted layer's path (the denoiser's diffusers "
-        "names, e.g. `single_transformer_blocks.3.proj_out`; a text encoder's `<component>.<path>`, e.g. "
-        "`text_encoder_2.encoder.block.3.layer.1.DenseReluDense.wi_0`): a layer one matches gets no trained "
-        "copy, as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
+    exclude: list[str] = _exclude(
+        "trained copy",
+        "as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
         "target is a suffix of every single block's `proj_out`; `train.t5` copies every T5-XXL Linear); "
         "the plan's adapter count and memory estimate leave their copies out where the base model is a "
-        "diffusers folder whose safetensors headers list them (else the whole component bounds the count); "
-        "empty excludes none.",
-        example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
+        "diffusers folder whose safetensors headers list them (else the whole component bounds the count)",
     )
     init_weights: str = _whole_init_weights("trained copies (`diff` / `diff_b`)", sd=True)
     init_partial: bool = _fused_init_partial(full=True)
@@ -1231,6 +1244,7 @@ class Ia3Adapter:
         minimum=0,
         maximum=1,
     )
+    exclude: list[str] = _exclude("scale", _EXCLUDED_LAYER)
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 
@@ -1352,6 +1366,7 @@ class DiagOftAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
+    exclude: list[str] = _exclude("rotation", _EXCLUDED_LAYER)
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole rotation with this probability while training (LyCORIS `module_dropout`: "
@@ -1459,6 +1474,7 @@ class BoftAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_targets: list[str] = _rotated_conv_targets()
+    exclude: list[str] = _exclude("rotation", _EXCLUDED_LAYER)
     max_norm: float = _lycoris_max_norm("BOFT")
     module_dropout: float = option(
         0.0,
@@ -1530,6 +1546,13 @@ class GloraBlock:
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
         "matches a module sets its rank and alpha.",
         example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (GLoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `diag-oft`, `boft`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entry's `algo` on an `algo=glora` network), as `[[adapter.blocks]]` `kind`.",
+        example="lora",
     )
     rank: int = option(
         doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them.",

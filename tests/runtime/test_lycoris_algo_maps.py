@@ -11,6 +11,7 @@ model shares with kohya's (diffusers calls kohya's `CrossAttention` `Attention`,
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -903,13 +904,15 @@ dim = 2
 """
 
 
-def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch):
-    """A preset giving U-Net and CLIP layers other algorithms: the text encoder's adapter and the trained
-    U-Net have every layer LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep
-    it cheap); a 2-step run stopped after one step and resumed
-    gives the same losses and files bit for bit; its one kohya export, each layer in its kind's keys, loads
-    in lycoris-lora's create_network_from_weights and computes the trained U-Net's output (1e-4); its
-    adapter folders (`<unet>/<kind>/` beside the LoKr's) load back as `dbspec sample` loads them."""
+@pytest.mark.parametrize("algo", ["lokr", "glora"])
+def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):
+    """A preset giving U-Net and CLIP layers other algorithms, on a LoKr network and on a GLoRA one (was
+    DBS403: GLoRA blocks of other kinds): the text encoder's adapter and the trained U-Net have every layer
+    LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep it cheap); a 2-step run
+    stopped after one step and resumed gives the same losses and files bit for bit; its one kohya export, each
+    layer in its kind's keys, loads in lycoris-lora's create_network_from_weights and computes the trained
+    U-Net's output (1e-4); its adapter folders (`<unet>/<kind>/` beside the network's kind's) load back as
+    `dbspec sample` loads them."""
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file
 
@@ -920,20 +923,20 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
 
     PRESETS["mixed"] = MIXED
     try:
-        path, plan = _converted_plan(tmp_path, "mixed", "lokr")
+        path, plan = _converted_plan(tmp_path, "mixed", algo)
     finally:
         del PRESETS["mixed"]
     a = plan.adapter
-    assert {b.kind for b in a.blocks} == {"lora", "loha"} and {b.kind for b in a.text_encoder_blocks} == {
-        "loha"
-    }
-    made = _lycoris(pipe, path, monkeypatch, "lokr")
+    assert a.kind == algo and {b.kind for b in a.blocks} == {"lora", "loha"}
+    assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
+    own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
+    made = _lycoris(pipe, path, monkeypatch, algo)
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
-    assert {v[0] for v in theirs.values()} == {"LokrModule", "LoConModule", "LohaModule"}
+    assert {v[0] for v in theirs.values()} == {own, "LoConModule", "LohaModule"}
     text = copy.deepcopy(pipe.text_encoder)
     add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
     theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
-    assert {v[0] for v in theirs_text.values()} == {"LokrModule", "LohaModule"}
+    assert {v[0] for v in theirs_text.values()} == {own, "LohaModule"}
     assert _built(text, "lora_te_text_model_") == theirs_text
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
@@ -965,7 +968,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     loaded, weights = lycoris_kohya.create_network_from_weights(
         1.0, str(export), None, named, fresh, for_inference=True
     )
-    assert {type(m).__name__ for m in loaded.unet_loras} == {"LokrModule", "LoConModule", "LohaModule"}
+    assert {type(m).__name__ for m in loaded.unet_loras} == {own, "LoConModule", "LohaModule"}
     assert len(loaded.unet_loras) == sum(isinstance(m, BaseTunerLayer) for m in trained.modules())
     loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
     loaded.load_state_dict(weights, strict=False)
@@ -978,6 +981,20 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     again = copy.deepcopy(pipe.unet)
     assert load_peft_adapters(Path(whole.final), {"unet": again}, lokr_unit_scale=True) == ["unet"]
     torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
+    if algo == "glora":  # kohya's --network_weights of that export starts a GLoRA network of several kinds
+        (tmp_path / "again").mkdir()
+        shutil.copy(export, tmp_path / "prev.safetensors")
+        PRESETS["mixed"] = MIXED
+        try:
+            _, started = _converted_plan(
+                tmp_path / "again", "mixed", algo, "--network_weights=../prev.safetensors"
+            )
+        finally:
+            del PRESETS["mixed"]
+        assert started.adapter.init_weights
+        tiny = ["optimizer.lr=1e-12", "schedule.steps=1", "output.dir=again"]  # a step that moves nothing
+        run = execute(compile_spec(out_path(tmp_path / "again"), [*base, *tiny]), keep_models=True)
+        torch.testing.assert_close(_unet_output(run.components.unet.eval()), output, rtol=1e-6, atol=1e-6)
 
 
 def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:

@@ -32,14 +32,23 @@ pytest.importorskip("lycoris.kohya")
 # embedders) at a dim that splits FLUX.1's 9216, 21504 and 3072 rows (power2factorization)
 BOFT_FILE = """\
 unet_target_module = []
-unet_target_name = ['double_blocks\\.[01]\\..*_attn\\..*', 'single_blocks\\.0\\.linear1', 'img_in', 'txt_in']
+unet_target_name = ['double_blocks\\.[01]\\..*_attn\\..*', 'single_blocks\\.0\\.linear1', 'img_in', 'txt_in',
+  'final_layer\\.linear']
 text_encoder_target_module = []
 exclude_name = ['.*norm.*']
 """
+# each file reaches Flux's final layer without the single blocks' linear2: the target
+# `proj_out` with the single blocks' proj_out the file leaves out `exclude`d (a rank-0 block in the plan)
+FINAL = 'unet_target_name = ["final_layer.linear"]\n'
 FILES = {
-    "ia3": (PRESETS["no_singles"], 4),
-    "diag-oft": (PRESETS["double_attention"].split("[name_algo_map")[0], 4),  # CLIP's attention too
-    "glora": (PRESETS["no_singles"], 4),
+    "ia3": (FINAL + PRESETS["no_singles"], 4),
+    "diag-oft": (  # CLIP's attention too
+        PRESETS["double_attention"]
+        .split("[name_algo_map")[0]
+        .replace('*_attn.*"]', '*_attn.*", "final_layer.linear"]'),
+        4,
+    ),
+    "glora": (FINAL + PRESETS["no_singles"], 4),
     "boft": (BOFT_FILE, 42),
 }
 CLASSES = {
@@ -81,7 +90,9 @@ def test_file_layers_are_the_whole_network_algos_modules(models, algo, tmp_path,
     dim = FILES[algo][1]
     plan = _converted(tmp_path, path.name, algo, dim)
     a = plan.adapter
-    assert a.kind == algo and not a.blocks
+    assert a.kind == algo and [b.rank for b in a.blocks] == [0]  # the single blocks' proj_out left out
+    assert re.search(a.blocks[0].pattern, "single_transformer_blocks.1.proj_out")
+    assert "proj_out" in a.denoiser_targets and not re.search(a.blocks[0].pattern, "proj_out")
     assert bool(a.fused) == (algo != "ia3")  # IA^3's per-row scales need no sharing across the parts
     made = _lycoris_network(models, str(path), monkeypatch, algo, dim)
     theirs = {m.lora_name for m in made}
@@ -151,6 +162,11 @@ def test_file_run_trains_and_resumes(algo, tmp_path):
         p for n, p in whole.components.unet.named_parameters() if p.requires_grad and "base_layer" not in n
     ]
     assert trained and any(p.abs().sum() > 0 for p in trained)
+    adapted = {
+        n.split(".base_layer")[0] for n, _ in whole.components.unet.named_modules() if ".base_layer" in n
+    }
+    assert "proj_out" in adapted  # the final layer, not the single blocks' proj_out the file leaves out
+    assert not any(re.fullmatch(r"single_transformer_blocks\.\d+\.proj_out", n) for n in adapted)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     assert execute(parts, stop_after=1).status == "interrupted"
     second = execute(parts, resume=True, keep_models=True)

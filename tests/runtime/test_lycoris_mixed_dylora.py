@@ -193,20 +193,22 @@ def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeyp
     torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
 
 
-def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, monkeypatch):  # noqa: F811
-    """LoRA+ on a LoCon network with DyLoRA entries: dbspec's raised parameters are, module for module, those
-    lycoris-lora 4.1.3's prepare_optimizer_params puts in its plus groups at lr x the ratio (the
-    LoConModules' `lora_up`), none of the DyLoRA blocks' ups (its `up_list`); a tiny run resumes
-    bit-exact."""
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """LoRA+ on a LoCon network with DyLoRA entries, and on a DyLoRA network with LoCon entries (was DBS403):
+    dbspec's raised parameters are, module for module, those lycoris-lora 4.1.3's prepare_optimizer_params
+    puts in its plus groups at lr x the ratio (the LoConModules' `lora_up`), none of the DyLoRA layers' ups
+    (its `up_list`); a tiny run resumes bit-exact."""
     from types import SimpleNamespace
 
-    from dbspec.runtime.prepare import lora_up_ids
+    from dbspec.runtime.prepare import lora_up_ids, raises_dylora_ups
     from tests.unit.convert_kit import out_path
 
-    path, plan = _plan(tmp_path, "locon", '"loraplus_lr_ratio=4"')
+    path, plan = _plan(tmp_path, algo, '"loraplus_lr_ratio=4"')
     a = plan.adapter
-    assert a.kind == "lora" and plan.optimizer.loraplus_denoiser_ratio == 4.0
-    made = _lycoris(pipe, path, monkeypatch, "locon", loraplus_lr_ratio="4")
+    assert a.kind == ("lora" if algo == "locon" else "dylora")
+    assert plan.optimizer.loraplus_denoiser_ratio == 4.0
+    made = _lycoris(pipe, path, monkeypatch, algo, loraplus_lr_ratio="4")
     names = {
         id(p): f"{m.lora_name}.{n}"
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -224,7 +226,7 @@ def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, mon
     for module in (unet, text):  # the adapters' parameters train, as configure_models leaves them
         for name, p in module.named_parameters():
             p.requires_grad_(".lora_" in name)
-    ids = lora_up_ids(SimpleNamespace(unet=unet, text_encoders=[text]), dylora=a.kind == "dylora")
+    ids = lora_up_ids(SimpleNamespace(unet=unet, text_encoders=[text]), dylora=raises_dylora_ups(a))
 
     def raised(module: nn.Module, prefix: str, ids) -> set[str]:
         return {

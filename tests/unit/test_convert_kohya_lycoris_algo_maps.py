@@ -595,6 +595,23 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
     assert re.search(a.text_encoder_blocks[0].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
 
 
+def test_mixed_algorithms_on_a_glora_network(tmp_path):
+    """A GLoRA network's entries of other algorithms (was DBS403) are blocks of their kind beside the GLoRA
+    layers (tests/runtime/test_lycoris_algo_maps.py checks the built layers, trains, resumes and loads the
+    export in lycoris-lora); its module_dropout or bypass_mode, which the other kinds' blocks would not
+    take, stay DBS403 (a spec's DBS578)."""
+    outcome = expressible(_convert(tmp_path, MIXED, "glora"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("glora", 16, 8.0)
+    assert {b.kind for b in a.blocks} == {"loha", "lora"} and [b.kind for b in a.text_encoder_blocks] == [
+        "loha"
+    ]
+    for arg in ("module_dropout=0.1", "bypass_mode=True"):
+        (tmp_path / arg).mkdir()
+        outcome = _convert(tmp_path / arg, MIXED, "glora", f'"{arg}"')
+        assert arg.split("=")[0] in messages(outcome, "DBS403"), messages(outcome, "DBS403")
+
+
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora (tlora),
     or with options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""

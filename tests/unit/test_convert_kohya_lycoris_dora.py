@@ -320,3 +320,51 @@ def test_a_spec_starting_from_a_dora_scale_of_the_other_axis_is_dbs356_at_plan_t
     planned = plan_spec(spec, GPU, "spec.toml", [])
     assert planned.plan is not None, [f"{d.code}: {d.message}" for d in planned.diagnostics]
     assert planned.plan.adapter.dora_axis == axis
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_a_block_axis_of_its_own_is_checked_per_layer_at_plan_time(tmp_path, kind):
+    """A block with a dora_axis of its own (a preset entry's wd_on_out) over CLIP's fc1: the file's
+    dora_scale is checked against that layer's axis at plan time (DBS356 naming the layer and its axis), the
+    layer found in the base model's diffusers folder; the file of the block's axis plans, and a model whose
+    files do not list the layer leaves the check to the run's load."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from dbspec.frontend import plan_spec
+    from tests.unit.convert_kit import GPU
+    from test_compile import diffusers_folder
+
+    model = tmp_path / "sd15"
+    diffusers_folder(model)
+    images(tmp_path / "img", 1, (512, 512))
+    form = '\ndora_form = "lycoris"' if kind == "lora" else ""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        f'spec_version = 2\n[model]\nbase = "sd15"\n[adapter]\nkind = "{kind}"\nrank = 16\nalpha = 8.0\n'
+        f'dora = true\ndora_axis = "output"{form}\ntext_encoder_targets = ["fc1"]\n'
+        'init_weights = "prev.safetensors"\ninit_partial = true\n'
+        '[[adapter.text_encoder_blocks]]\npattern = "mlp\\\\.fc1$"\nrank = 16\nalpha = 8.0\n'
+        'dora_axis = "input"\n'
+        '[train]\ntext_encoder = true\n[optimizer]\nlr = 1e-4\n[[datasets]]\nname = "s"\npath = "img"\n'
+        'prompt = "a photo of ohwx"\n[schedule]\nsteps = 10\n'
+    )
+
+    def planned(per_output: bool, listed: bool):
+        _dora_file(tmp_path / "prev.safetensors", {"lora": "locon"}.get(kind, kind), per_output=per_output)
+        fc1 = {"text_model.encoder.layers.0.mlp.fc1.weight": np.zeros((3072, 768), np.float32)}
+        norm = {"text_model.final_layer_norm.weight": np.zeros(768, np.float32)}
+        save_file({**norm, **(fc1 if listed else {})}, str(model / "text_encoder" / "model.safetensors"))
+        return plan_spec(spec, GPU, "spec.toml", [])
+
+    wrong = planned(per_output=True, listed=True)  # the adapter's axis, not the block's
+    assert wrong.plan is None
+    (hit,) = [d for d in wrong.diagnostics if d.code == "DBS356"]
+    assert hit.path == "adapter.init_weights"
+    assert f"`{FC1}.dora_scale` has shape [3072, 1], not [1, 768]" in hit.message, hit.message
+    assert "text_model.encoder.layers.0.mlp.fc1: dora_axis input" in hit.message, hit.message
+    right = planned(per_output=False, listed=True)
+    assert right.plan is not None, [f"{d.code}: {d.message}" for d in right.diagnostics]
+    assert [b.dora_axis for b in right.plan.adapter.text_encoder_blocks] == ["input"]
+    unlisted = planned(per_output=True, listed=False)  # left to the run's load
+    assert "DBS356" not in {d.code for d in unlisted.diagnostics}

@@ -1470,9 +1470,9 @@ CASES = [
         rules.mixed_block_kinds,
         DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nrank = 8\n'
+        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\n'
         + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n",
-        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
+        [("DBS578", "error", ("adapter", "module_dropout")), ("DBS578", "error", ("adapter", "bypass"))],
         DOG
         + STEPS
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
@@ -1826,17 +1826,19 @@ CASES = [
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # a GLoRA's text-encoder blocks carry its own kind only (a preset file's per-layer dims)
-        rules.mixed_block_kinds,
+    (  # a GLoRA's blocks of other kinds (a preset file's entries of other algos) on SD alone (issue 12)
+        rules.mixed_kinds_family,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
         DOG
         + STEPS
         + '[adapter]\nkind = "glora"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n',
-        [("DBS578", "error", ("adapter", "text_encoder_blocks", 0, "kind"))],
-        DOG
-        + STEPS
-        + '[adapter]\nkind = "glora"\n'
-        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\n',
     ),
     (
         rules.fused_dropout_draws,

@@ -74,14 +74,6 @@ def map_flow_boft(
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     whole = layout.title == "Flux" and layers != "none" and not file
-    if file and any("rank" in block for block in layout.targets(layers, True)[1]):  # lycoris_flow_file.py
-        conv.unsupported(
-            args,
-            f"algo=boft with the preset file {preset} on {layout.title}: it reaches the final layer's "
-            "Linear (diffusers' proj_out, a suffix of each single block's proj_out) without the single "
-            "blocks' linear2, which dbspec's BOFT cannot leave out (its blocks have no rank 0)",
-        )
-        return False
     bad = flux1_unsplit(lora_dim, layers, chroma) if whole else ""
     if bad:
         fits = next(b for b in range(2, 21505, 2) if not flux1_unsplit(b, layers, chroma))

@@ -75,14 +75,6 @@ def map_flow_diag_oft(
         conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
         return False
     blocks = layout.targets(layers, True)[1] if layers != "none" else []
-    if any("rank" in block for block in blocks):  # lycoris_flow_file.py: the final layer's proj_out target
-        conv.unsupported(
-            args,
-            f"algo=diag-oft with the preset file {preset} on {layout.title}: it reaches the final layer's "
-            "Linear (diffusers' proj_out, a suffix of each single block's proj_out) without the single "
-            "blocks' linear2, which dbspec's Diag-OFT cannot leave out (its blocks have no rank 0)",
-        )
-        return False
     for block in [*blocks, *text_blocks] if layout.title == "Flux" else ():
         misfit = flux1_misfit(int(block["block_size"]))
         if misfit:

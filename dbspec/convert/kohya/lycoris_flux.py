@@ -142,14 +142,21 @@ _WHOLE_ONLY = {
 }
 
 
-def _ia3_final_layer(preset: str, title: str) -> str:
-    """Why an algo=ia3 preset file reaching Flux's final layer without the single blocks' linear2 is refused
-    (DBS403; lycoris_flow_file.py's rank-0 block, the only block an IA^3 file gets: IA3Module never reads an
-    entry's dim or alpha, and Diag-OFT / GLoRA / BOFT take their entries' as [[adapter.blocks]])."""
-    return (
-        f"algo=ia3 with the preset file {preset} on {title}: it reaches the final layer's Linear (diffusers' "
-        "proj_out, a suffix of each single block's proj_out) without the single blocks' linear2, which "
-        "dbspec's IA^3 cannot leave out (no [[adapter.blocks]], no rank 0)"
+def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_file, text_blocks) -> bool:
+    """[adapter] for algo=ia3, diag-oft or boft; False when refused (reported)."""
+    if algo == "ia3":
+        return _ia3(kwargs, a, conv, layout, preset)
+    if algo == "diag-oft":
+        return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
+    return map_flow_boft(
+        kwargs,
+        a,
+        conv,
+        layout,
+        preset,
+        chroma=family == "chroma",
+        file=preset_file,
+        text_blocks=text_blocks,
     )
 
 
@@ -194,6 +201,8 @@ def map_lycoris_flow(
     text_blocks: list[dict[str, Any]] = []  # a preset file's CLIP dims
     text_2: list[str] | None = None  # a preset file's CLIP-G layers where they are not CLIP-L's
     t5_file = False  # a preset file's T5-XXL modules train
+    exclude: list[str] = []  # IA^3's, Diag-OFT's, BOFT's layers the targets take and the file leaves out
+    why = ""
     if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
         layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
             layout,
@@ -206,9 +215,13 @@ def map_lycoris_flow(
         if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
-        if algo == "ia3" and (file.blocks or text_blocks):
-            conv.unsupported(args, _ia3_final_layer(preset, layout.title))
-            return False
+        if algo in ("ia3", "diag-oft", "boft"):  # their blocks have no rank 0: the leading ones `exclude`
+            lead = next((i for i, b in enumerate(file.blocks) if b.get("rank", 1)), len(file.blocks))
+            exclude, file = (
+                [b["pattern"] for b in file.blocks[:lead]],
+                file._replace(blocks=file.blocks[lead:]),
+            )
+            why = f"the targets' layers the preset file {preset} builds no {_WHOLE_ONLY[algo]} on"
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -218,25 +231,15 @@ def map_lycoris_flow(
             targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
             convs={"blocks+patch": tuple(file.convs)},
         )
-    if algo == "ia3":
-        return _ia3(kwargs, a, conv, layout, preset)
+    if algo in ("ia3", "diag-oft", "boft"):
+        done = _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_file, text_blocks)
+        if done and exclude:  # lycoris_flow_file.py's rank-0 blocks: the final layer's proj_out target
+            conv.put(("adapter", "exclude"), exclude, conv.comment(args, why))
+        return done
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
-    if algo == "diag-oft":
-        return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
-    if algo == "boft":
-        return map_flow_boft(
-            kwargs,
-            a,
-            conv,
-            layout,
-            preset,
-            chroma=family == "chroma",
-            file=preset_file,
-            text_blocks=text_blocks,
-        )
     if algo == "glora":
         return map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "dylora":

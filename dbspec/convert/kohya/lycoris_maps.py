@@ -146,6 +146,15 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
     return bool(value) == network[key]
 
 
+# why a network of these algorithms holds no block of another kind
+_NO_KIND_BLOCKS = {
+    "ia3": " (an IA^3 adapter has no [[adapter.blocks]])",
+    "diag-oft": " (a Diag-OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
+    "boft": " (a BOFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
+    "full": " (a full adapter has no [[adapter.blocks]])",
+}
+
+
 def check_layers(
     found: Targets, algo: str, network: dict[str, Any], kinds: tuple[str, ...] = (), kind: str = ""
 ) -> list[tuple[str, str]]:
@@ -165,9 +174,10 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
-            "LoKr and DyLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, glora or "
-            "dylora (on SD 1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma "
-            "([[adapter.blocks]] `kind`); elsewhere one adapter kind per run",
+            "LoKr, DyLoRA and (SD 1.x/2.x, SDXL) GLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, "
+            "ia3, diag-oft, glora or dylora (on SD 1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, "
+            "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
+            + _NO_KIND_BLOCKS.get(_algo(algo), ""),
             False,
         )
     inert: dict[str, str] = {}
@@ -278,7 +288,7 @@ def _mixed_kinds(
     (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
     writes them."""
-    if _algo(algo) not in (*_BLOCK_KINDS, "dylora"):  # a DyLoRA network's entries of other algos too
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
@@ -293,8 +303,10 @@ def _mixed_kinds(
     # (tests/runtime/test_lycoris_bypass_kinds.py)
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
     inert = {_algo(algo), *(_algo(layer.algo) for layer in unet)} <= set(_BYPASS_INERT)
-    if "bypass_mode" in on and inert and not drops:
+    if "bypass_mode" in on and inert and not drops and _algo(algo) != "glora":
         on.remove("bypass_mode")
+    if _algo(algo) == "glora" and network.get("_module_dropout"):  # a GLoRA adapter's blocks draw none
+        on.append("module_dropout")
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]

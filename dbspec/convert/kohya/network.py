@@ -211,6 +211,8 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     given = network_dropout.value if network_dropout is not None else None
     out["dropout"] = _rate((kwargs["dropout"] if "dropout" in kwargs else given) or 0.0)
     out["rank_dropout"] = _rate(kwargs.get("rank_dropout") or 0.0)
+    # the network's module_dropout (not a key entries are compared on): a GLoRA network's mixed-kinds rule
+    out["_module_dropout"] = _rate(kwargs.get("module_dropout") or 0.0)
     for key in ("use_scalar", "bypass_mode", "rs_lora", "full_matrix", "unbalanced_factorization"):
         out[key] = _str_bool(kwargs.get(key, "false"))
     out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
@@ -456,7 +458,9 @@ def _map_network(
         kwargs.pop("block_size", None)
     if module.value == "networks.lora_fa":
         _lora_fa_loraplus(kwargs, args, conv)
-    elif not lycoris or kind == "lora":
+    elif not lycoris or kind == "lora" or (kind == "dylora" and _locon_blocks(put)):
+        # a LyCORIS DyLoRA network's: its LoCon entries' lora_up alone rise, as the adapter's LoCon blocks'
+        # lora_B (runtime/prepare.py raises_dylora_ups: not a LyCORIS-form DyLoRA's own ups)
         _loraplus(kwargs, put, unsupported)
     elif any(b.get("kind") == "lora" for b in put.get("_blocks", ())):  # LyCORIS raises their lora_up
         unsupported.update({k: kwargs.pop(k) for k in [k for k in kwargs if k.startswith("loraplus_")]})
@@ -600,6 +604,12 @@ def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None
     for key in _BLOCK_KEYS:
         if key in kwargs:
             unsupported[key] = kwargs.pop(key)
+
+
+def _locon_blocks(put: dict[str, Any]) -> bool:
+    """Some [[adapter.blocks]] / [[adapter.text_encoder_blocks]] of kind lora (a preset file's LoCon
+    entries)."""
+    return any(b.get("kind") == "lora" for b in (*put.get("_blocks", ()), *put.get("_text_blocks", ())))
 
 
 def _lora_fa_loraplus(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
@@ -1147,7 +1157,8 @@ def _other_axis_dora(weights: Legacy, paths, conv: Conversion) -> None:
     """DBS402 when a lycoris.kohya `--network_weights` file's `dora_scale` has the other axis's shape than
     the network's decomposed modules (wd_on_output): LoConModule / LohaModule / LokrModule build their
     dora_scale in the network's axis shape, so LycorisNetworkKohya.load_weights' load_state_dict fails with
-    a size mismatch. Preset entries with a wd_on_out of their own: checked per layer when the run loads."""
+    a size mismatch. Preset entries with a wd_on_out of their own: per layer by the plan
+    (compiler/dora_axes.py) where the base model's files list the layers, else when the run loads."""
     values = conv.values
     blocks = [k for k in values if k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks"))]
     decomposed = values.get(("adapter", "dora"), (False,))[0] or any(
