@@ -157,6 +157,8 @@ def check_layers(
     dylora their own block size); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
+    for layer in layers:
+        _full_bypass(layer, network)  # kohya stops before anything else matters
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
         other = _mixed_kinds(found, algo, network, other, kinds)
@@ -216,6 +218,54 @@ def check_layers(
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
 _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
+# what the others' bypass forward changes (lycoris-lora 4.1.3, tests/runtime/test_lycoris_bypass_kinds.py)
+_BYPASS_CHANGES = {
+    "ia3": "IA3Module's bypass forward scales the layer's output, its bias included, where its default "
+    "forward (and dbspec's IA^3) scales the weight alone",
+    "diag-oft": "DiagOFTModule's bypass forward rotates the layer's output, its bias included, where its "
+    "default forward (and dbspec's Diag-OFT blocks beside another kind) rotates the weight alone",
+    "boft": "ButterflyOFTModule's bypass forward rotates the layer's output, its bias included, where its "
+    "default forward (and dbspec's BOFT blocks beside another kind) rotates the weight alone",
+    "dylora": "DyLoraModule's bypass forward adds up(down(x)) with no scale, where its default forward (and "
+    "dbspec's DyLoRA blocks beside another kind) scales the update by alpha / (b + 1)",
+}
+
+
+def _bypassed(layer: Layer, network: dict[str, Any]) -> bool:
+    """The layer's module runs in bypass_mode: its entry's own `bypass_mode` (create_single_module hands it
+    over the network's; the modules test it for truth), else the network's."""
+    own = dict(layer.options)
+    return bool(own["bypass_mode"]) if "bypass_mode" in own else bool(network.get("bypass_mode"))
+
+
+def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
+    """PresetError (DBS402) for a layer of algo full in bypass_mode: lycoris-lora 4.1.3's FullModule raises
+    ValueError("bypass mode is not supported in Full algo.") when create_network builds it (only a
+    bypass_mode of None, which kohya's create_network never hands it, is turned off with a warning)."""
+    if _algo(layer.algo) == "full" and _bypassed(layer, network):
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} algo = 'full' with bypass_mode (its own or the network's): "
+            "LyCORIS's FullModule raises ValueError (bypass mode is not supported in Full algo) when "
+            "create_network builds it",
+            True,
+        )
+
+
+def _bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
+    """Whether bypass_mode (without dropouts) leaves `layers` (map entries' layers of another algorithm than
+    the network's) as their default forward does: LoConModule's, LohaModule's, LokrModule's and
+    GLoRAModule's bypass forward is their rebuilt weight's update on activations (the same outputs,
+    lycoris-lora 4.1.3, to float rounding). PresetError (DBS403) naming what the others change."""
+    for layer in layers:
+        algo = _algo(layer.algo)
+        if not _bypassed(layer, network) or algo in _BYPASS_INERT:
+            continue
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} with the network's bypass_mode: "
+            f"{_BYPASS_CHANGES.get(algo, 'its bypass forward differs')} (DBS578)",
+            False,
+        )
+    return True
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -285,16 +335,9 @@ def _mixed_kinds(
         return other
     first = unet[0]
     on = [key for key in _MIXED_OFF if network.get(key)]
-    # bypass_mode without dropouts (which a run of several kinds keeps off) and without weight decomposition:
-    # LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt weight's
-    # update on activations, the same outputs (lycoris-lora 4.1.3, to float rounding): inert on their layers;
-    # DiagOFTModule's and ButterflyOFTModule's rotate the bias too, DyLoraModule's drops its scale,
-    # IA3Module's scales the bias, FullModule raises: refused where those layers train
-    # (tests/runtime/test_lycoris_bypass_kinds.py)
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    inert = {_algo(algo), *(_algo(layer.algo) for layer in unet)} <= set(_BYPASS_INERT)
-    if "bypass_mode" in on and inert and not drops:
-        on.remove("bypass_mode")
+    if "bypass_mode" in on and not drops and _bypass_inert(unet, network):
+        on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
