@@ -381,7 +381,8 @@ def load_peft_adapters(
     kinds' layers of a run with several (`<component>/<kind>/`, runtime/mixed_kinds.py); the names
     loaded. `kind_only`: the module already carries other kinds' layers, whose weights the folder lacks.
     `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale 1.
-    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
+    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too; DyLoRA
+    blocks beside other kinds add their one block unscaled).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name;
@@ -421,7 +422,7 @@ def load_peft_adapters(
         from dbspec.runtime.dylora import has_dylora, with_state_units
 
         if has_dylora(state):  # DyLoRA beside other kinds (mixed_kinds.py): each layer's blocks as saved
-            config = with_state_units(config, module, state)
+            config = with_state_units(config, module, state, bypass)
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT, each layer's rescale)
@@ -528,7 +529,7 @@ def load_peft_adapters(
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
-        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None)
+        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None, bypass)
         loaded.append(name)
     return loaded
 
@@ -537,11 +538,14 @@ def load_peft_adapters(
 _PREFIXES = {"LORA": "lora_", "LOHA": "hada_", "LOKR": "lokr_"}
 
 
-def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None) -> None:
+def _load_kinds(
+    source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None, bypass: bool = False
+) -> None:
     """The other kinds' layers of a run with several (`<component>/<kind>/` beside the adapter's own, each
     LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py);
     `fused`: the plan's adapter when the denoiser's fused layers (Flux, SD3) hold them, a LoKr / LoHa kind's
-    parts then tied to the fused factors as training ties them."""
+    parts then tied to the fused factors as training ties them; `bypass`: the plan's (the Diag-OFT, BOFT
+    and DyLoRA kinds' bypass forward)."""
     from dbspec.runtime.mixed_kinds import kind_adapter
 
     configs = {}
@@ -553,6 +557,7 @@ def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fus
             source,
             {kind: module},
             True,
+            bypass,
             fused_lokr=sub,
             lokr_rank_stabilized=lokr_rank_stabilized,
             kind_only=True,

@@ -218,17 +218,14 @@ def check_layers(
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
 _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
-# what the others' bypass forward changes (lycoris-lora 4.1.3, tests/runtime/test_lycoris_bypass_kinds.py)
-_BYPASS_CHANGES = {
-    "ia3": "IA3Module's bypass forward scales the layer's output, its bias included, where its default "
-    "forward (and dbspec's IA^3) scales the weight alone",
-    "diag-oft": "DiagOFTModule's bypass forward rotates the layer's output, its bias included, where its "
-    "default forward (and dbspec's Diag-OFT blocks beside another kind) rotates the weight alone",
-    "boft": "ButterflyOFTModule's bypass forward rotates the layer's output, its bias included, where its "
-    "default forward (and dbspec's BOFT blocks beside another kind) rotates the weight alone",
-    "dylora": "DyLoraModule's bypass forward adds up(down(x)) with no scale, where its default forward (and "
-    "dbspec's DyLoRA blocks beside another kind) scales the update by alpha / (b + 1)",
-}
+# those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
+# BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled)
+BYPASS_BLOCKS = ("diag-oft", "boft", "dylora")
+# what IA3Module's bypass forward changes (lycoris-lora 4.1.3, tests/runtime/test_lycoris_bypass_kinds.py)
+_IA3_BYPASS = (
+    "IA3Module's bypass forward scales the layer's output, its bias included, where its default forward (and "
+    "dbspec's IA^3) scales the weight alone; dbspec's IA^3 layers have no bypass forward"
+)
 
 
 def _bypassed(layer: Layer, network: dict[str, Any]) -> bool:
@@ -251,21 +248,19 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
         )
 
 
-def _bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
-    """Whether bypass_mode (without dropouts) leaves `layers` (map entries' layers of another algorithm than
-    the network's) as their default forward does: LoConModule's, LohaModule's, LokrModule's and
-    GLoRAModule's bypass forward is their rebuilt weight's update on activations (the same outputs,
-    lycoris-lora 4.1.3, to float rounding). PresetError (DBS403) naming what the others change."""
+def _bypass_fits(layers: list[Layer], network: dict[str, Any]) -> None:
+    """bypass_mode (without dropouts) on `layers` (map entries' layers of another algorithm than the
+    network's): LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt
+    weight's update on activations (the same outputs, lycoris-lora 4.1.3, to float rounding); Diag-OFT's,
+    BOFT's and DyLoRA's (one block per layer: _blocks) the adapter's `bypass` (theirs, runtime/mixed_kinds.py
+    kind_adapter); PresetError (DBS403) for IA^3's, which dbspec does not build."""
     for layer in layers:
-        algo = _algo(layer.algo)
-        if not _bypassed(layer, network) or algo in _BYPASS_INERT:
-            continue
-        raise PresetError(
-            f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} with the network's bypass_mode: "
-            f"{_BYPASS_CHANGES.get(algo, 'its bypass forward differs')} (DBS578)",
-            False,
-        )
-    return True
+        if _algo(layer.algo) == "ia3" and _bypassed(layer, network):
+            raise PresetError(
+                f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} with the network's bypass_mode: "
+                f"{_IA3_BYPASS} (DBS578)",
+                False,
+            )
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -336,7 +331,8 @@ def _mixed_kinds(
     first = unet[0]
     on = [key for key in _MIXED_OFF if network.get(key)]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    if "bypass_mode" in on and not drops and _bypass_inert(unet, network):
+    if "bypass_mode" in on and not drops:
+        _bypass_fits(unet, network)
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
@@ -361,14 +357,24 @@ def _mixed_kinds(
     return [layer for layer in other if layer not in unet]
 
 
-def _dylora_fits(source: str, group: list[Layer], unit: int) -> None:
+def _dylora_fits(source: str, group: list[Layer], unit: int, bypass: bool = False) -> None:
     """PresetError (DBS402) for DyLoRA layers whose dim is not a multiple of their block size: LyCORIS's
-    DyLoraModule asserts `lora_dim % block_size == 0` when create_network builds it."""
+    DyLoraModule asserts `lora_dim % block_size == 0` when create_network builds it; in bypass_mode for
+    several blocks per layer: its bypass forward views the drawn blocks as the whole rank and raises unless
+    the last block is drawn (convert/kohya/dylora.py's rule for a DyLoRA network)."""
     bad = next((layer for layer in group if layer.dim % unit), None)
     if bad is not None:
         raise PresetError(
             f"`{source}` gives {bad.path} algo = 'dylora' at dim {bad.dim} in blocks of {unit}: LyCORIS's "
             "DyLoraModule asserts lora_dim % block_size == 0",
+            True,
+        )
+    several = next((layer for layer in group if layer.dim != unit), None) if bypass else None
+    if several is not None:
+        raise PresetError(
+            f"`{source}` gives {several.path} algo = 'dylora' at dim {several.dim} in blocks of {unit} with "
+            "bypass_mode: LyCORIS's DyLoraModule crashes in training (its bypass forward views the drawn "
+            "blocks as the whole rank, a shape error unless the last block is drawn)",
             True,
         )
 
@@ -453,7 +459,7 @@ def _blocks(
             block["factor"] = factor
         if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's
             unit = unit or network["block_size"]
-            _dylora_fits(source, group, unit)
+            _dylora_fits(source, group, unit, _bypassed(group[0], network))
         if unit:
             block["unit"] = unit
         block.update(switches)
