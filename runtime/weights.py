@@ -331,7 +331,9 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
             with config_as(plain, config):
                 state = get_peft_model_state_dict(plain, adapter_name="default")
             if kinds:  # peft's LoHa / LoKr readers take every layer of the adapter name: this kind's only
-                state = {k: v for k, v in state.items() if _of_kind(config, k)}
+                state = {
+                    k: v for k, v in state.items() if _of_kind(config, k) and _oft_fits(plain, config, k)
+                }
             cast = {
                 k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()
             }
@@ -345,6 +347,18 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 def _prefix(config) -> str:
     """peft's key prefix of the weights of `config`'s kind."""
     return _PREFIXES[getattr(config.peft_type, "value", config.peft_type)]
+
+
+def _oft_fits(module: nn.Module, config, key: str) -> bool:
+    """Diag-OFT's and BOFT's layers (a run with blocks of both kinds) share their `lora_oft_*` keys: a key
+    of an OFT config's kind is a weight of a layer of its own class (DiagOftLayer, or BOFT's subclass)."""
+    from dbspec.runtime.lycoris_oft import DiagOftLayer, is_oft
+
+    if not is_oft(config) or ".lora_oft_" not in key:
+        return True
+    dispatch = next(iter(config._custom_modules.values()))
+    own = getattr(dispatch, "keywords", {}).get("layer") or DiagOftLayer
+    return type(module.get_submodule(key[: key.index(".lora_oft_")])) is own
 
 
 def _of_kind(config, key: str) -> bool:
@@ -523,6 +537,7 @@ def load_peft_adapters(
             unit_scale_full_lokr(module, lokr_rank_stabilized, own)
         if kind_only:  # the other kinds' layers lack this folder's weights
             missing = [k for k in result.missing_keys if _of_kind(config, k)]
+            missing = [k for k in missing if _oft_fits(module, config, k)]
         else:
             missing = [k for k in result.missing_keys if any(m in k for m in _PREFIXES.values())]
         if result.unexpected_keys or missing:
