@@ -147,21 +147,28 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: tuple[str, ...] = (), kind: str = ""
+    found: Targets,
+    algo: str,
+    network: dict[str, Any],
+    kinds: tuple[str, ...] = (),
+    kind: str = "",
+    bypass: bool = False,
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
     them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
     what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
-    dylora their own block size); the
+    dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
+    LyCORIS bypass forward (SD 1.x/2.x and SDXL, network.py; elsewhere bypass_mode converts only where every
+    algorithm's bypass forward is inert); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
-        other = _mixed_kinds(found, algo, network, other, kinds)
+        other = _mixed_kinds(found, algo, network, other, kinds, bypass)
     if other:
         first = other[0]
         raise PresetError(
@@ -317,7 +324,12 @@ MIXED_FLOW = MIXED_SD
 
 
 def _mixed_kinds(
-    found: Targets, algo: str, network: dict[str, Any], other: list[Layer], kinds: tuple[str, ...]
+    found: Targets,
+    algo: str,
+    network: dict[str, Any],
+    other: list[Layer],
+    kinds: tuple[str, ...],
+    bypass: bool = False,
 ) -> list[Layer]:
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
     (algorithms beyond `kinds`); PresetError for a network
@@ -331,9 +343,15 @@ def _mixed_kinds(
     first = unet[0]
     on = [key for key in _MIXED_OFF if network.get(key)]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    if "bypass_mode" in on and not drops:
+    if "bypass_mode" in on and not drops and bypass:
         _bypass_fits(unet, network)
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
+    elif (  # no adapter.bypass for the blocks: inert kinds only
+        "bypass_mode" in on
+        and not drops
+        and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
+    ):
+        on.remove("bypass_mode")
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
@@ -459,7 +477,7 @@ def _blocks(
             block["factor"] = factor
         if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's
             unit = unit or network["block_size"]
-            _dylora_fits(source, group, unit, _bypassed(group[0], network))
+            _dylora_fits(source, group, unit, _bypassed(group[0], network))  # refused first without bypass
         if unit:
             block["unit"] = unit
         block.update(switches)
@@ -482,14 +500,16 @@ def map_blocks(
     network: dict[str, Any],
     applied: tuple[bool, bool] = (True, True),
     kinds: tuple[str, ...] = (),
+    bypass: bool = False,
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
     module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
-    algorithm, options and dims there change nothing). PresetError where they cannot be written."""
+    algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
+    cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds, kind), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind, bypass), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert

@@ -340,6 +340,7 @@ def _map_network(
                     _module_options(kwargs, dropout),
                     applied,
                     kinds=MIXED_SD,
+                    bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
