@@ -30,12 +30,12 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # the transformers' MLPs Diag-OFT, their attention BOFT (kohya's U-Net class, which the converter reads, and
-# diffusers', which lycoris-lora walks here), the ResNets (3x3 convolutions too) DyLoRA in one
-# block of 4, the rest of the transformers (proj_in / proj_out) the network's LoCon
+# diffusers', which lycoris-lora walks here), two ResNet 3x3 convolutions DyLoRA in one block of 4, the rest of
+# the transformers (proj_in / proj_out) the network's LoCon
 BYPASS_BLOCKS = """\
 enable_conv = true
-unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
-unet_target_name = []
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ['down_blocks\\.1\\.resnets\\.0\\.conv[12]']
 text_encoder_target_module = []
 text_encoder_target_name = []
 
@@ -45,7 +45,7 @@ algo = "diag-oft"
 algo = "boft"
 [module_algo_map.Attention]
 algo = "boft"
-[module_algo_map.ResnetBlock2D]
+[name_algo_map.'down_blocks\\.1\\.resnets\\.0\\.conv[12]']
 algo = "dylora"
 block_size = 4
 """
