@@ -30,8 +30,8 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # the transformers' MLPs Diag-OFT, their attention BOFT (kohya's U-Net class, which the converter reads, and
-# diffusers', which lycoris-lora walks here), two ResNet 3x3 convolutions DyLoRA in one block of 4, the rest of
-# the transformers (proj_in / proj_out) the network's LoCon
+# diffusers', which lycoris-lora walks here), two ResNet 3x3 convolutions DyLoRA in one block of 4, the rest
+# of the transformers (proj_in / proj_out) the network's LoCon
 BYPASS_BLOCKS = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel"]
