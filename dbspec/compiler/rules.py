@@ -3587,8 +3587,18 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
 def _blocks_bypass(a) -> Iterator[Hit]:
     """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT and DyLoRA
     blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several
-    blocks per layer cannot run it (DBS549)."""
+    blocks per layer cannot run it (DBS549); with fused_projections (Flux / SD3 / Chroma) DBS578."""
     found = bypass_blocks(a)
+    if found and getattr(a, "fused_projections", False):  # Flux / SD3 / Chroma: not converted or checked
+        table, i = found[0]
+        yield _err(
+            "DBS578",
+            ("adapter", "bypass"),
+            f'adapter.bypass with adapter.{table}[{i}].kind = "{getattr(a, table)[i].kind}" and '
+            "fused_projections: dbspec gives blocks of other kinds LyCORIS's bypass forward on SD 1.x/2.x "
+            "and SDXL (unfused layers) only",
+            codes.help("DBS578"),
+        )
     if not found:
         yield _warn(
             "DBS216",

@@ -737,7 +737,8 @@ def _mixed_bypass():
         '`"dylora"` layers (one block each: `rank`, and `conv_rank` if set, equal to the block\'s `unit`) '
         "add up (down x) unscaled, as LyCORIS's bypass forward does, in training, validation and sampling; "
         "`glora` layers and the adapter's own compute the same update either way. The exports are the "
-        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216).",
+        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); not "
+        "with `fused_projections` (DBS578).",
     )
 
 
