@@ -259,17 +259,18 @@ def is_dylora(config) -> bool:
     return any(getattr(d, "dylora", False) for d in customs)
 
 
-def with_state_units(config, module: nn.Module, state: dict[str, torch.Tensor]):
+def with_state_units(config, module: nn.Module, state: dict[str, torch.Tensor], bypass: bool = False):
     """`config` (a LoraConfig read back from a saved adapter folder) building DyloraLayer on the layers of
     `state` (peft's DyLoRA keys, `<path>.lora_dylora_down.<i>`), each in blocks of the unit its saved
-    blocks have; LyCORIS's forward (what a DyLoRA beside other kinds trains: runtime/mixed_kinds.py)."""
+    blocks have; LyCORIS's forward (what a DyLoRA beside other kinds trains: runtime/mixed_kinds.py), its
+    bypass forward with `bypass` (the plan's: a LoRA / LoHa / LoKr adapter's DyLoRA blocks, one each)."""
     units = {}
     for key, value in state.items():
         match = re.fullmatch(rf"(.*)\.{_DOWN}\.0", key)
         if match is not None:
             layer = module.get_submodule(match[1])
             units[id(getattr(layer, "base_layer", layer))] = value.shape[0]
-    dispatch = dispatch_dylora(1, "lycoris", units=units)
+    dispatch = dispatch_dylora(1, "lycoris", bypass=bypass, units=units)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 

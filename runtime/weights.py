@@ -331,7 +331,9 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
             with config_as(plain, config):
                 state = get_peft_model_state_dict(plain, adapter_name="default")
             if kinds:  # peft's LoHa / LoKr readers take every layer of the adapter name: this kind's only
-                state = {k: v for k, v in state.items() if _of_kind(config, k)}
+                state = {
+                    k: v for k, v in state.items() if _of_kind(config, k) and _oft_fits(plain, config, k)
+                }
             cast = {
                 k: v.detach().to("cpu", to_dtype(dtype), copy=True).contiguous() for k, v in state.items()
             }
@@ -345,6 +347,18 @@ def save_peft_adapters(folder: Path, modules: dict[str, nn.Module], dtype: str |
 def _prefix(config) -> str:
     """peft's key prefix of the weights of `config`'s kind."""
     return _PREFIXES[getattr(config.peft_type, "value", config.peft_type)]
+
+
+def _oft_fits(module: nn.Module, config, key: str) -> bool:
+    """Diag-OFT's and BOFT's layers (a run with blocks of both kinds) share their `lora_oft_*` keys: a key
+    of an OFT config's kind is a weight of a layer of its own class (DiagOftLayer, or BOFT's subclass)."""
+    from dbspec.runtime.lycoris_oft import DiagOftLayer, is_oft
+
+    if not is_oft(config) or ".lora_oft_" not in key:
+        return True
+    dispatch = next(iter(config._custom_modules.values()))
+    own = getattr(dispatch, "keywords", {}).get("layer") or DiagOftLayer
+    return type(module.get_submodule(key[: key.index(".lora_oft_")])) is own
 
 
 def _of_kind(config, key: str) -> bool:
@@ -381,7 +395,8 @@ def load_peft_adapters(
     kinds' layers of a run with several (`<component>/<kind>/`, runtime/mixed_kinds.py); the names
     loaded. `kind_only`: the module already carries other kinds' layers, whose weights the folder lacks.
     `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale 1.
-    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too).
+    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too; DyLoRA
+    blocks beside other kinds add their one block unscaled).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name;
@@ -421,7 +436,7 @@ def load_peft_adapters(
         from dbspec.runtime.dylora import has_dylora, with_state_units
 
         if has_dylora(state):  # DyLoRA beside other kinds (mixed_kinds.py): each layer's blocks as saved
-            config = with_state_units(config, module, state)
+            config = with_state_units(config, module, state, bypass)
         from dbspec.runtime.lycoris_boft import BoftLayer, has_boft
 
         if has_boft(state):  # LyCORIS's BOFT: 4-D oft_blocks (the rest as Diag-OFT, each layer's rescale)
@@ -522,13 +537,14 @@ def load_peft_adapters(
             unit_scale_full_lokr(module, lokr_rank_stabilized, own)
         if kind_only:  # the other kinds' layers lack this folder's weights
             missing = [k for k in result.missing_keys if _of_kind(config, k)]
+            missing = [k for k in missing if _oft_fits(module, config, k)]
         else:
             missing = [k for k in result.missing_keys if any(m in k for m in _PREFIXES.values())]
         if result.unexpected_keys or missing:
             raise ValueError(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
-        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None)
+        _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None, bypass)
         loaded.append(name)
     return loaded
 
@@ -537,11 +553,14 @@ def load_peft_adapters(
 _PREFIXES = {"LORA": "lora_", "LOHA": "hada_", "LOKR": "lokr_"}
 
 
-def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None) -> None:
+def _load_kinds(
+    source: Path, module: nn.Module, lokr_rank_stabilized: bool, fused: Any = None, bypass: bool = False
+) -> None:
     """The other kinds' layers of a run with several (`<component>/<kind>/` beside the adapter's own, each
     LoKr at LyCORIS's scale), their configs kept aside as training keeps them (runtime/mixed_kinds.py);
     `fused`: the plan's adapter when the denoiser's fused layers (Flux, SD3) hold them, a LoKr / LoHa kind's
-    parts then tied to the fused factors as training ties them."""
+    parts then tied to the fused factors as training ties them; `bypass`: the plan's (the Diag-OFT, BOFT
+    and DyLoRA kinds' bypass forward)."""
     from dbspec.runtime.mixed_kinds import kind_adapter
 
     configs = {}
@@ -553,6 +572,7 @@ def _load_kinds(source: Path, module: nn.Module, lokr_rank_stabilized: bool, fus
             source,
             {kind: module},
             True,
+            bypass,
             fused_lokr=sub,
             lokr_rank_stabilized=lokr_rank_stabilized,
             kind_only=True,

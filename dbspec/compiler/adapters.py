@@ -92,6 +92,9 @@ def adapter_plan(
         extra.update(factor=adapter.factor, decompose_both=adapter.decompose_both)
         extra.update(lokr_factorization="lycoris", unbalanced_factorization=adapter.unbalanced_factorization)
     extra.update(_lycoris_switches(adapter))
+    # LyCORIS bypass_mode for the blocks of kinds whose bypass forward differs (runtime/mixed_kinds.py
+    # kind_adapter hands it on); elsewhere the same update (DBS216: no effect)
+    extra["bypass"] = adapter.bypass and bool(bypass_blocks(adapter))
     if getattr(adapter, "blocks", ()):  # LoRA, LoHa, LoKr
         extra["blocks"] = tuple(
             BlockPlan(
@@ -144,6 +147,21 @@ def adapter_plan(
     params = adapter_params(adapter, family, components, plan.denoiser_targets, fused)
     split = split_fused_plan(adapter, family, plan)  # adapter.fused_dropout: split parts draw together
     return attrs.evolve(plan, fused=fused, split_fused=split, params=params)
+
+
+# the block kinds whose LyCORIS bypass forward differs from their default one (a lora / loha / lokr adapter's
+# `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled
+BYPASS_KINDS = ("diag-oft", "boft", "dylora")
+
+
+def bypass_blocks(adapter) -> list[tuple[str, int]]:
+    """(table, index) of the adapter's blocks (spec or plan) of a kind in BYPASS_KINDS that adapt layers."""
+    return [
+        (table, i)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, b in enumerate(getattr(adapter, table, ()))
+        if getattr(b, "kind", "adapter") in BYPASS_KINDS and (b.rank or getattr(b, "conv_rank", 0))
+    ]
 
 
 def lycoris_dora(adapter) -> bool:

@@ -28,7 +28,7 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
-from dbspec.compiler.adapters import BLOCK_SWITCHES, lycoris_dora
+from dbspec.compiler.adapters import BLOCK_SWITCHES, bypass_blocks, lycoris_dora
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -3604,6 +3604,9 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     """DyLoRA's `bypass` (LyCORIS bypass_mode): LyCORIS's form with one block per layer, the only case
     LyCORIS's bypass forward runs (DBS549)."""
     a = spec.adapter
+    if a.kind in ("lora", "loha", "lokr") and a.bypass:
+        yield from _blocks_bypass(a)
+        return
     if a.kind != "dylora" or not a.bypass:
         return
     why = []
@@ -3618,6 +3621,8 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
     for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
         for i, block in enumerate(getattr(a, table)):
+            if getattr(block, "kind", "adapter") not in ("adapter", "dylora"):
+                continue  # another kind's layers (LyCORIS map entries): not cut into blocks
             ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
             size = getattr(block, "unit", 0) or a.unit
             if any(r and r != size for r in ranks):
@@ -3629,6 +3634,42 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
             "adapter.bypass cannot run: " + "; ".join(why),
             codes.help("DBS549"),
         )
+
+
+def _blocks_bypass(a) -> Iterator[Hit]:
+    """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT and DyLoRA
+    blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several
+    blocks per layer cannot run it (DBS549); with fused_projections (Flux / SD3 / Chroma) DBS578."""
+    found = bypass_blocks(a)
+    if found and getattr(a, "fused_projections", False):  # Flux / SD3 / Chroma: not converted or checked
+        table, i = found[0]
+        yield _err(
+            "DBS578",
+            ("adapter", "bypass"),
+            f'adapter.bypass with adapter.{table}[{i}].kind = "{getattr(a, table)[i].kind}" and '
+            "fused_projections: dbspec gives blocks of other kinds LyCORIS's bypass forward on SD 1.x/2.x "
+            "and SDXL (unfused layers) only",
+            codes.help("DBS578"),
+        )
+    if not found:
+        yield _warn(
+            "DBS216",
+            ("adapter", "bypass"),
+            f'adapter.bypass has no effect with kind = "{a.kind}" and no blocks of kind "diag-oft", "boft" '
+            'or "dylora" (LyCORIS\'s bypass forward of its other layers is the same update)',
+            'remove adapter.bypass, or give blocks kind = "diag-oft", "boft" or "dylora"',
+        )
+    for table, i in found:
+        block = getattr(a, table)[i]
+        ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+        if block.kind == "dylora" and any(r and r != block.unit for r in ranks):
+            yield _err(
+                "DBS549",
+                ("adapter", table, i, "rank"),
+                f'adapter.bypass with adapter.{table}[{i}].kind = "dylora" at rank {max(ranks)} in blocks of '
+                f"{block.unit}: LyCORIS's DyLoRA bypass forward runs with one block per layer only",
+                codes.help("DBS549"),
+            )
 
 
 @rule("environment")

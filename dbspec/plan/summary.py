@@ -542,6 +542,14 @@ def _bypass_rows(a) -> list[tuple[str, str]]:
         return [
             ("  bypass", "W x + up (down x), unscaled, in every forward (LyCORIS bypass_mode, one block)")
         ]
+    if a.kind in ("lora", "loha", "lokr"):  # its blocks of other kinds (LyCORIS map entries)
+        return [
+            (
+                "  bypass",
+                "LyCORIS bypass_mode on the blocks of other kinds: Diag-OFT / BOFT rotate the layer's "
+                "output, its bias too; DyLoRA adds its one block unscaled",
+            )
+        ]
     return [("  bypass", "the layer's output rotated, its bias too (LyCORIS bypass_mode)")]
 
 

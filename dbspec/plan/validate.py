@@ -177,13 +177,26 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"adapter.ggpo_sigma is kohya lora_flux's plain-LoRA GGPO; found kind {a.kind!r}, dora "
             f"{str(a.dora).lower()}, family {plan.model.family!r}"
         )
-    if a.bypass and a.kind not in (
+    blocks = (*a.blocks, *a.text_encoder_blocks)
+    others = [b for b in blocks if b.kind in ("diag-oft", "boft", "dylora") and (b.rank or b.conv_rank)]
+    if a.bypass and a.kind in ("lora", "loha", "lokr") and others:  # LyCORIS bypass_mode: their blocks'
+        several = [b for b in others if b.kind == "dylora" and {b.rank, b.conv_rank} - {0, b.unit}]
+        if several:  # DBS549 in specs: LyCORIS's bypass forward runs with one block per layer only
+            yield (
+                f"adapter.bypass with a dylora block of several blocks per layer; found pattern "
+                f"{several[0].pattern!r}, rank {several[0].rank}, conv_rank {several[0].conv_rank}, unit "
+                f"{several[0].unit}"
+            )
+    elif a.bypass and a.kind not in (
         "glora",
         "diag-oft",
         "boft",
         "dylora",
     ):  # LyCORIS bypass_mode: these kinds' own forward
-        yield f"adapter.bypass is a GLoRA, Diag-OFT, BOFT or DyLoRA option; found adapter kind {a.kind!r}"
+        yield (
+            f"adapter.bypass is a GLoRA, Diag-OFT, BOFT or DyLoRA option (or of a LoRA / LoHa / LoKr with "
+            f"blocks of those kinds); found adapter kind {a.kind!r}"
+        )
     elif (
         a.bypass
         and a.kind == "dylora"

@@ -728,6 +728,21 @@ def _lycoris_output_dropout(what: str):
     )
 
 
+def _mixed_bypass():
+    return option(
+        False,
+        doc="LyCORIS `bypass_mode` for the layers of `[[adapter.blocks]]` / "
+        "`[[adapter.text_encoder_blocks]]` of another kind (a LyCORIS preset file's entries on a network "
+        'in bypass_mode): `kind = "diag-oft"` and `"boft"` layers rotate (and rescale) their output '
+        "channels, their bias included; "
+        '`"dylora"` layers (one block each: `rank`, and `conv_rank` if set, equal to the block\'s `unit`) '
+        "add up (down x) unscaled, as LyCORIS's bypass forward does, in training, validation and sampling; "
+        "`glora` layers and the adapter's own compute the same update either way. The exports are the "
+        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); not "
+        "with `fused_projections` (DBS578).",
+    )
+
+
 def _full_blocks_init_scale():
     return option(
         1.0,
@@ -800,6 +815,7 @@ class LoraAdapter:
         minimum=0,
         maximum=1,
     )
+    bypass: bool = _mixed_bypass()
     multiplier: float = option(
         1.0,
         doc="Scale the LoRA update by this while the run trains and validates (kohya's network multiplier, "
@@ -1033,6 +1049,7 @@ class LohaAdapter:
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
     output_dropout: float = _lycoris_output_dropout("LoHa")
+    bypass: bool = _mixed_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
@@ -1103,6 +1120,7 @@ class LokrAdapter:
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
     output_dropout: float = _lycoris_output_dropout("LoKr")
+    bypass: bool = _mixed_bypass()
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()

@@ -2,8 +2,9 @@
 for converting it in a run of several kinds (convert/kohya/lycoris_maps.py `_BYPASS_INERT`; issue 12): with no
 dropout and no weight decomposition (a run of several kinds keeps both off, DBS578), LoConModule's,
 LohaModule's, LokrModule's and GLoRAModule's bypass forward gives their rebuilt forward's outputs and
-gradients, so bypass_mode is inert on their layers; DiagOFTModule's (the bias rotated too), DyLoraModule's
-(its scale dropped) and IA3Module's (the bias scaled) outputs differ, so it stays refused where they train."""
+gradients, so bypass_mode is inert on their layers; DiagOFTModule's and ButterflyOFTModule's (the bias rotated
+too), DyLoraModule's (its scale dropped) and IA3Module's (the bias scaled) outputs differ, so it stays refused
+where they train; FullModule raises on it (kohya stops: DBS402)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import random
 
 import pytest
 import torch
+from lycoris.modules.boft import ButterflyOFTModule
 from lycoris.modules.diag_oft import DiagOFTModule
 from lycoris.modules.dylora import DyLoraModule
+from lycoris.modules.full import FullModule
 from lycoris.modules.glora import GLoRAModule
 from lycoris.modules.ia3 import IA3Module
 from lycoris.modules.locon import LoConModule
@@ -26,6 +29,7 @@ CLASSES = {
     "lokr": (LokrModule, {}),
     "glora": (GLoRAModule, {}),
     "diag-oft": (DiagOFTModule, {}),
+    "boft": (ButterflyOFTModule, {}),
     "dylora": (DyLoraModule, {"block_size": 4}),
     "ia3": (IA3Module, {}),
 }
@@ -68,7 +72,14 @@ def test_bypass_mode_changes_nothing_without_dropouts(algo, conv):
         torch.testing.assert_close(bypass_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("algo", ["diag-oft", "dylora", "ia3"])
+@pytest.mark.parametrize("algo", ["diag-oft", "boft", "dylora", "ia3"])
 def test_bypass_mode_changes_these_layers(algo):
     (plain, _), (bypass, _) = _both(algo, False)
     assert (bypass - plain).abs().max() > 1e-3
+
+
+def test_full_module_refuses_bypass_mode():
+    """create_network hands FullModule the network's bypass_mode (True, never None): it raises."""
+    with pytest.raises(ValueError, match="bypass mode is not supported"):
+        FullModule("m", torch.nn.Linear(16, 32), 1.0, 4, 2.0, bypass_mode=True)
+    FullModule("m", torch.nn.Linear(16, 32), 1.0, 4, 2.0, bypass_mode=False)

@@ -447,19 +447,89 @@ def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
     no dropouts there): LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward gives
     their rebuilt forward's outputs (lycoris-lora 4.1.3, to float rounding, no dropout and no weight
     decomposition), so it changes nothing on those layers and the run converts (was DBS403, DBS578);
-    DiagOFTModule's (the bias rotated too), DyLoraModule's (its scale dropped) and IA3Module's (the bias
-    scaled) change their layers, and a dropout acts otherwise in bypass: still DBS403 naming bypass_mode."""
+    DiagOFTModule's and ButterflyOFTModule's (the bias rotated too) and DyLoraModule's (its one block
+    unscaled) change their layers: the adapter's `bypass`, which gives those blocks their bypass forward (was
+    DBS403); a DyLoRA entry of several blocks per layer crashes in LyCORIS's bypass forward (DBS402);
+    IA3Module's (the bias scaled) stays DBS403 naming what it changes; FullModule raises on it: DBS402
+    (tests/runtime/test_lycoris_bypass_kinds.py); a dropout acts otherwise in bypass: DBS403."""
     entries = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]\nalgo = "glora"\n'
     outcome = _convert(tmp_path, FULL + entries, "locon", '"bypass_mode=True"')
     assert "DBS403" not in codes(outcome), messages(outcome, "DBS403")
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == "lora" and {b.kind for b in (*a.blocks, *a.text_encoder_blocks)} >= {"loha", "glora"}
-    for algo in ("diag-oft", "dylora", "ia3"):
-        (tmp_path / algo).mkdir()
-        entry = f'[module_algo_map.FeedForward]\nalgo = "{algo}"\n'
-        outcome = _convert(tmp_path / algo, FULL + entry, "locon", '"bypass_mode=True"')
-        assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403"), algo
+    assert not a.bypass  # LoCon, LoHa and GLoRA alike: nothing for it to change (DBS216 in a spec)
+    for algo, network, entry in (
+        ("diag-oft", "locon", ""),
+        ("boft", "loha", ""),
+        ("dylora", "lokr", "dim = 4\n"),  # one block of the network's block_size (4)
+        ("dylora", "locon", "dim = 8\nblock_size = 8\n"),
+    ):
+        where = tmp_path / f"{algo}_{network}_{len(entry)}"
+        where.mkdir()
+        text = FULL + f'[module_algo_map.FeedForward]\nalgo = "{algo}"\n{entry}'
+        outcome = expressible(_convert(where, text, network, '"bypass_mode=True"'))
+        a = plan_of(outcome, where).adapter
+        assert a.bypass and [b.kind for b in a.blocks] == [algo], (algo, network)
+    (tmp_path / "several").mkdir()  # dim 16 in blocks of 4: LyCORIS's bypass forward raises
+    outcome = _convert(
+        tmp_path / "several",
+        FULL + '[module_algo_map.FeedForward]\nalgo = "dylora"\n',
+        "locon",
+        '"bypass_mode=True"',
+    )
+    assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+    (tmp_path / "ia3").mkdir()
+    outcome = _convert(
+        tmp_path / "ia3",
+        FULL + '[module_algo_map.FeedForward]\nalgo = "ia3"\n',
+        "locon",
+        '"bypass_mode=True"',
+    )
+    assert "DBS403" in codes(outcome) and "its bias included" in messages(outcome, "DBS403")
+    # FullModule(bypass_mode=True) raises ValueError when create_network builds it: kohya stops (DBS402),
+    # the network's bypass_mode or the entry's own on a network without it alike
+    for name, entry, args in (
+        ("full", '[module_algo_map.FeedForward]\nalgo = "full"\n', '"bypass_mode=True"'),
+        ("full_own", '[module_algo_map.FeedForward]\nalgo = "full"\nbypass_mode = true\n', ""),
+    ):
+        (tmp_path / name).mkdir()
+        outcome = _convert(tmp_path / name, FULL + entry, "locon", args)
+        assert "DBS402" in codes(outcome) and "FullModule raises" in messages(outcome, "DBS402"), name
     # with a dropout bypass_mode changes what it drops (LoConModule.bypass_forward_diff)
     (tmp_path / "drop").mkdir()
     outcome = _convert(tmp_path / "drop", FULL + entries, "locon", '"bypass_mode=True", "dropout=0.1"')
     assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403")
+
+
+def test_bypass_mode_on_a_dylora_network_with_other_algorithms(tmp_path):
+    """algo=dylora with bypass_mode and one block per layer (block_size = network_dim = conv_dim): the
+    DyLoRA adapter's `bypass` (DyLoraModule's unscaled bypass forward), its LoHa / GLoRA entries' layers in
+    their inert bypass forward, a Diag-OFT entry's layers in its bypass forward (the adapter's `bypass`
+    reaches them: runtime/mixed_kinds.py kind_adapter) (was DBS403); with several blocks per layer LyCORIS's
+    bypass forward fails (DBS402, convert/kohya/dylora.py)."""
+    entries = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]\nalgo = "glora"\n'
+
+    def convert(where, text, block_size):
+        where.mkdir(exist_ok=True)
+        (where / "p.toml").write_text(text, encoding="utf-8")
+        images(where / "x" / "10_ohwx", 3, (512, 512))
+        return kohya(
+            where,
+            command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+            "--train_data_dir=x --resolution=512 --network_module=lycoris.kohya --network_dim=8 "
+            '--network_alpha=4 --network_args "algo=dylora" "conv_dim=8" "conv_alpha=4" "preset=p.toml" '
+            f'"block_size={block_size}" "bypass_mode=True" '
+            "--learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors",
+        )
+
+    outcome = expressible(convert(tmp_path / "one", FULL + entries, 8))
+    a = plan_of(outcome, tmp_path / "one").adapter
+    assert (a.kind, a.bypass, a.dylora_unit, a.rank) == ("dylora", True, 8, 8)
+    assert {b.kind for b in (*a.blocks, *a.text_encoder_blocks)} == {"loha", "glora"}
+    outcome = convert(tmp_path / "several", FULL + entries, 4)
+    assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+    outcome = expressible(
+        convert(tmp_path / "oft", FULL + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n', 8)
+    )
+    a = plan_of(outcome, tmp_path / "oft").adapter  # its bypass the Diag-OFT blocks' too (kind_adapter)
+    assert (a.kind, a.bypass, [b.kind for b in a.blocks]) == ("dylora", True, ["diag-oft"])

@@ -933,7 +933,8 @@ def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
     LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
     tests/runtime/test_lycoris_dylora_loraplus.py); options the kinds do
-    not build alike (bypass_mode) DBS403; train_norm on CLIP's LayerNorms converts (was DBS403)."""
+    not build alike (bypass_mode) DBS403, beside a full entry DBS402 (FullModule raises); train_norm on
+    CLIP's LayerNorms converts (was DBS403)."""
     odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
     outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
     assert "lora_dim % block_size" in messages(outcome, "DBS402")
@@ -942,6 +943,11 @@ def test_flux_dylora_network_file_refusals(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the LoCon blocks' ups
     assert plan_of(outcome, tmp_path / "plus").optimizer.loraplus_denoiser_ratio == 4
     outcome = _flux(tmp_path / "bypass", file, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True)
+    assert "FullModule raises" in messages(outcome, "DBS402")  # its full entry: LyCORIS raises on bypass_mode
+    no_full = file.replace('[name_algo_map.img_in]\nalgo = "full"\n', "")
+    outcome = _flux(
+        tmp_path / "bypass2", no_full, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True
+    )
     assert "DBS578" in messages(outcome, "DBS403")
     norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
     outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"')

@@ -1514,6 +1514,54 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 3.0\n",
     ),
+    (  # a DyLoRA's blocks of another kind (LyCORIS map entries) are not cut into blocks
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 8\nalpha = 1.0\n",
+        [("DBS549", "error", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"loha\"\nrank = 2\nalpha = 1.0\n",
+    ),
+    (  # a LoRA adapter's bypass: its Diag-OFT / BOFT / DyLoRA blocks' LyCORIS bypass forward, else nothing
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"glora\"\nrank = 4\nalpha = 1.0\n",
+        [("DBS216", "warning", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
+    ),
+    (  # ... on unfused layers (SD 1.x/2.x, SDXL)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+        [("DBS578", "error", ("adapter", "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+    ),
+    (  # ... a DyLoRA block of one block per layer only (LyCORIS's bypass forward)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n",
+        [("DBS549", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n",
+    ),
     # kohya's networks.oft (diag-oft form kohya): a block count, no LyCORIS rescale / bypass / max norm, no
     # text encoder; block_count only with that form
     (

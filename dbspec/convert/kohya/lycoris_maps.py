@@ -156,19 +156,28 @@ _NO_KIND_BLOCKS = {
 
 
 def check_layers(
-    found: Targets, algo: str, network: dict[str, Any], kinds: tuple[str, ...] = (), kind: str = ""
+    found: Targets,
+    algo: str,
+    network: dict[str, Any],
+    kinds: tuple[str, ...] = (),
+    kind: str = "",
+    bypass: bool = False,
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
     them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
     module class an option it reads with a value other than the network's (`network`: the value
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
     what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
-    dylora their own block size); the
+    dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
+    LyCORIS bypass forward (SD 1.x/2.x and SDXL, network.py; elsewhere bypass_mode converts only where every
+    algorithm's bypass forward is inert); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
+    for layer in layers:
+        _full_bypass(layer, network)  # kohya stops before anything else matters
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
-        other = _mixed_kinds(found, algo, network, other, kinds)
+        other = _mixed_kinds(found, algo, network, other, kinds, bypass)
     if other:
         first = other[0]
         raise PresetError(
@@ -226,6 +235,49 @@ def check_layers(
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
 _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
+# those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
+# BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled)
+BYPASS_BLOCKS = ("diag-oft", "boft", "dylora")
+# what IA3Module's bypass forward changes (lycoris-lora 4.1.3, tests/runtime/test_lycoris_bypass_kinds.py)
+_IA3_BYPASS = (
+    "IA3Module's bypass forward scales the layer's output, its bias included, where its default forward (and "
+    "dbspec's IA^3) scales the weight alone; dbspec's IA^3 layers have no bypass forward"
+)
+
+
+def _bypassed(layer: Layer, network: dict[str, Any]) -> bool:
+    """The layer's module runs in bypass_mode: its entry's own `bypass_mode` (create_single_module hands it
+    over the network's; the modules test it for truth), else the network's."""
+    own = dict(layer.options)
+    return bool(own["bypass_mode"]) if "bypass_mode" in own else bool(network.get("bypass_mode"))
+
+
+def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
+    """PresetError (DBS402) for a layer of algo full in bypass_mode: lycoris-lora 4.1.3's FullModule raises
+    ValueError("bypass mode is not supported in Full algo.") when create_network builds it (only a
+    bypass_mode of None, which kohya's create_network never hands it, is turned off with a warning)."""
+    if _algo(layer.algo) == "full" and _bypassed(layer, network):
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} algo = 'full' with bypass_mode (its own or the network's): "
+            "LyCORIS's FullModule raises ValueError (bypass mode is not supported in Full algo) when "
+            "create_network builds it",
+            True,
+        )
+
+
+def _bypass_fits(layers: list[Layer], network: dict[str, Any]) -> None:
+    """bypass_mode (without dropouts) on `layers` (map entries' layers of another algorithm than the
+    network's): LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt
+    weight's update on activations (the same outputs, lycoris-lora 4.1.3, to float rounding); Diag-OFT's,
+    BOFT's and DyLoRA's (one block per layer: _blocks) the adapter's `bypass` (theirs, runtime/mixed_kinds.py
+    kind_adapter); PresetError (DBS403) for IA^3's, which dbspec does not build."""
+    for layer in layers:
+        if _algo(layer.algo) == "ia3" and _bypassed(layer, network):
+            raise PresetError(
+                f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} with the network's bypass_mode: "
+                f"{_IA3_BYPASS} (DBS578)",
+                False,
+            )
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -282,7 +334,12 @@ MIXED_FLOW = MIXED_SD
 
 
 def _mixed_kinds(
-    found: Targets, algo: str, network: dict[str, Any], other: list[Layer], kinds: tuple[str, ...]
+    found: Targets,
+    algo: str,
+    network: dict[str, Any],
+    other: list[Layer],
+    kinds: tuple[str, ...],
+    bypass: bool = False,
 ) -> list[Layer]:
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
     (algorithms beyond `kinds`); PresetError for a network
@@ -295,15 +352,17 @@ def _mixed_kinds(
         return other
     first = unet[0]
     on = [key for key in _MIXED_OFF if network.get(key)]
-    # bypass_mode without dropouts (which a run of several kinds keeps off) and without weight decomposition:
-    # LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt weight's
-    # update on activations, the same outputs (lycoris-lora 4.1.3, to float rounding): inert on their layers;
-    # DiagOFTModule's and ButterflyOFTModule's rotate the bias too, DyLoraModule's drops its scale,
-    # IA3Module's scales the bias, FullModule raises: refused where those layers train
-    # (tests/runtime/test_lycoris_bypass_kinds.py)
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    inert = {_algo(algo), *(_algo(layer.algo) for layer in unet)} <= set(_BYPASS_INERT)
-    if "bypass_mode" in on and inert and not drops and _algo(algo) != "glora":
+    glora = _algo(algo) == "glora"  # a GLoRA adapter's blocks of other kinds take no bypass
+    if "bypass_mode" in on and not drops and bypass and not glora:
+        _bypass_fits(unet, network)
+        on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
+    elif (  # no adapter.bypass for the blocks: inert kinds only
+        "bypass_mode" in on
+        and not drops
+        and not glora
+        and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
+    ):
         on.remove("bypass_mode")
     if _algo(algo) == "glora" and network.get("_module_dropout"):  # a GLoRA adapter's blocks draw none
         on.append("module_dropout")
@@ -330,14 +389,24 @@ def _mixed_kinds(
     return [layer for layer in other if layer not in unet]
 
 
-def _dylora_fits(source: str, group: list[Layer], unit: int) -> None:
+def _dylora_fits(source: str, group: list[Layer], unit: int, bypass: bool = False) -> None:
     """PresetError (DBS402) for DyLoRA layers whose dim is not a multiple of their block size: LyCORIS's
-    DyLoraModule asserts `lora_dim % block_size == 0` when create_network builds it."""
+    DyLoraModule asserts `lora_dim % block_size == 0` when create_network builds it; in bypass_mode for
+    several blocks per layer: its bypass forward views the drawn blocks as the whole rank and raises unless
+    the last block is drawn (convert/kohya/dylora.py's rule for a DyLoRA network)."""
     bad = next((layer for layer in group if layer.dim % unit), None)
     if bad is not None:
         raise PresetError(
             f"`{source}` gives {bad.path} algo = 'dylora' at dim {bad.dim} in blocks of {unit}: LyCORIS's "
             "DyLoraModule asserts lora_dim % block_size == 0",
+            True,
+        )
+    several = next((layer for layer in group if layer.dim != unit), None) if bypass else None
+    if several is not None:
+        raise PresetError(
+            f"`{source}` gives {several.path} algo = 'dylora' at dim {several.dim} in blocks of {unit} with "
+            "bypass_mode: LyCORIS's DyLoraModule crashes in training (its bypass forward views the drawn "
+            "blocks as the whole rank, a shape error unless the last block is drawn)",
             True,
         )
 
@@ -422,7 +491,7 @@ def _blocks(
             block["factor"] = factor
         if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's
             unit = unit or network["block_size"]
-            _dylora_fits(source, group, unit)
+            _dylora_fits(source, group, unit, _bypassed(group[0], network))  # refused first without bypass
         if unit:
             block["unit"] = unit
         block.update(switches)
@@ -445,14 +514,16 @@ def map_blocks(
     network: dict[str, Any],
     applied: tuple[bool, bool] = (True, True),
     kinds: tuple[str, ...] = (),
+    bypass: bool = False,
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
     module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
-    algorithm, options and dims there change nothing). PresetError where they cannot be written."""
+    algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
+    cannot be written."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds, kind), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind, bypass), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert

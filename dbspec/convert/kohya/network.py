@@ -33,7 +33,7 @@ from dbspec.convert.kohya.lycoris_file import (
     preset_targets,
     read_preset,
 )
-from dbspec.convert.kohya.lycoris_maps import MIXED_SD, map_blocks
+from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
@@ -342,6 +342,7 @@ def _map_network(
                     _module_options(kwargs, dropout),
                     applied,
                     kinds=MIXED_SD,
+                    bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
@@ -740,6 +741,17 @@ def _lycoris_bypass_and_dropout(
     ValueError (torch's Dropout)."""
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = _str_bool(bypass_text)
+    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if bypass and any(b.get("kind") in BYPASS_BLOCKS for b in blocks):
+        # a preset file's Diag-OFT / BOFT / DyLoRA entries: their modules' bypass forward (the output rotated,
+        # bias included; DyLoRA's one block unscaled), which the adapter's `bypass` gives those blocks
+        put["bypass"] = True
+        conv.record(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
+            "mapped",
+            "adapter.bypass",
+            "LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / DyLoRA entries' layers",
+        )
     if "dropout" in kwargs:
         text = kwargs.pop("dropout")
         legacy = Legacy(key=f"{args.key} dropout", value=text, source=args.source)
