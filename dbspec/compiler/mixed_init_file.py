@@ -5,8 +5,8 @@ rebuilds). Checked here from the header: every tensor is one of the run's kinds'
 `lora_up`, LoKr's / LoHa's factors, full's `diff`, IA^3's, OFT's, GLoRA's) and every module a model of the
 run's; the shapes and alphas when the run loads it (runtime/mixed_init.py). On SD 1.x/2.x and SDXL (one
 module per layer) and Flux / SD3 / Chroma (one module per kohya Linear, a fused one's tensors split into its
-parts), with kinds whose file form the loader knows (DyLoRA on SD 1.x/2.x and SDXL only, its alpha alone
-loading; on the others DBS356)."""
+parts), with kinds whose file form the loader knows (DyLoRA's alpha alone loading, a fused DyLoraModule's one
+alpha for all its parts)."""
 
 from __future__ import annotations
 
@@ -44,16 +44,6 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
 
     path = ctx.resolve(adapter.init_weights)
     kinds = run_kinds(adapter)
-    if "dylora" in kinds and family_spec(family).fused_projections:
-        ctx.report(
-            "DBS356",
-            "error",
-            f"`{path}`: a run of several kinds ({', '.join(kinds)}) on {family} starts from LyCORIS's file "
-            "without DyLoRA layers; not with DyLoRA layers among them (SD 1.x/2.x and SDXL: with them)",
-            KEY,
-            help='set adapter.init_weights = ""',
-        )
-        return "", 0
     header = read_file(ctx, path, read_safetensors_header, "LyCORIS")
     if header is None:
         return "", 0
