@@ -165,31 +165,47 @@ def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
     assert second.status == "finished"
 
 
-def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(tmp_path, monkeypatch):
-    """DyLoRA on the single blocks' linear1 (dim 4, alpha 2), the double blocks' image q/k/v (the network's)
-    and CLIP-L's attention beside LoHa text q/k/v and a LoCon network's layers (was DBS356): lycoris-lora
-    4.1.3's network from the same preset file on kohya's Flux layers, the first run's export loaded into it
-    (load_state_dict(strict=False), as kohya's load_weights), takes each DyLoraModule's `alpha` alone (its
-    weights are `up_list` / `down_list`, the file's `lora_down` / `lora_up` unexpected), one alpha per fused
-    Linear, the other modules whole. The second run starts every layer alike: the others moved to the file's
-    outputs (1e-5), the DyLoRA parts at their fresh init and the file's alphas; a file DyLoRA alpha other than
-    its block's is refused when the run starts; the run trains and resumes bit-exact."""
+@pytest.mark.parametrize(
+    ("algo", "kinds", "fused"),
+    [
+        ("locon", {"dylora", "loha"}, {"single_blocks_0_linear1", "double_blocks_0_img_attn_qkv"}),
+        ("dylora", {"lora", "lokr", "diag-oft", "full", "ia3"}, set()),
+    ],
+    ids=["locon-network", "dylora-network"],
+)
+def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
+    tmp_path, monkeypatch, algo, kinds, fused
+):
+    """A LoCon network whose preset file gives DyLoRA to the single blocks' linear1 (dim 4, alpha 2), the
+    double blocks' image q/k/v (the network's) and CLIP-L's attention, LoHa to the text q/k/v (was DBS356);
+    a DyLoRA network whose preset gives LoCon, LoKr, Diag-OFT, full and IA^3 entries (was DBS403):
+    lycoris-lora 4.1.3's network from the same preset file on kohya's Flux layers, the first run's export
+    loaded into it (load_state_dict(strict=False), as kohya's load_weights), takes each DyLoraModule's
+    `alpha` alone (its weights are `up_list` / `down_list`, the file's `lora_down` / `lora_up` unexpected),
+    one alpha per fused Linear, the other modules whole. The second run starts every layer alike: the others
+    moved to the file's outputs (1e-5), the DyLoRA parts at their fresh init and the file's alphas; a file
+    DyLoRA alpha other than its block's is refused when the run starts; the run trains and resumes
+    bit-exact."""
     from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.execute import execute
     from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris_mixed_flow_dylora import DYLORA_NETWORK, _their_network
     from tests.runtime.test_lycoris_mixed_flow_dylora import FLUX_FILE as DYLORA_FILE
-    from tests.runtime.test_lycoris_mixed_flow_dylora import _their_network
+    from tests.unit.convert_kit import flux_lycoris, plan_of
 
-    args = '"algo=locon" "block_size=2" "preset=mixed.toml"'
+    preset = (
+        DYLORA_FILE.replace("OTHER", "loha")
+        if algo == "locon"
+        else DYLORA_NETWORK.replace("QKV", "diag-oft").replace("DIM", "4")
+    )
+    args = f'"algo={algo}" "block_size=2" "preset=mixed.toml"'
     base = ["model.base=builtin:tiny-flux", *_BASE]
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     for folder in (first_dir, second_dir):
         folder.mkdir()
-        (folder / "mixed.toml").write_text(DYLORA_FILE.replace("OTHER", "loha"), encoding="utf-8")
-    from tests.unit.convert_kit import flux_lycoris, plan_of
-
+        (folder / "mixed.toml").write_text(preset, encoding="utf-8")
     plan_of(flux_lycoris(first_dir, args), first_dir, base)
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
@@ -197,7 +213,7 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(tmp_path, 
     outcome = flux_lycoris(second_dir, args, "--network_weights=prev.safetensors")
     plan = plan_of(outcome, second_dir, base)
     assert plan.adapter.init_weights and plan.adapter.init_partial and plan.adapter.fused
-    assert {b.kind for b in plan.adapter.blocks} == {"dylora", "loha"}
+    assert {b.kind for b in plan.adapter.blocks} - {"adapter"} == kinds
     comps, count = _loaded(plan)
     tensors = load_file(str(second_dir / "prev.safetensors"))
     names = {k.split(".")[0] for k in tensors}
@@ -207,39 +223,35 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(tmp_path, 
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    theirs, made = _their_network(monkeypatch, "locon", second_dir / "mixed.toml", [clip, nn.Module()], tree)
+    theirs, made = _their_network(monkeypatch, algo, second_dir / "mixed.toml", [clip, nn.Module()], tree)
     dylora = {n for n, m in theirs.items() if type(m).__name__ == "DyLoraModule"}
-    assert {n for n in dylora if n.startswith("lora_unet_")} == {
-        "lora_unet_single_blocks_0_linear1",
-        "lora_unet_double_blocks_0_img_attn_qkv",
-    }
-    assert any(n.startswith("lora_te1_") for n in dylora)
+    unet_dylora = {n for n in dylora if n.startswith("lora_unet_")}
+    assert unet_dylora and any(n.startswith("lora_te1_") for n in dylora)
     result = made.load_state_dict(tensors, strict=False)
-    assert {k.split(".")[0] for k in result.unexpected_keys} <= dylora
-    assert {k.rsplit(".", 1)[-1] for k in result.unexpected_keys} == {"weight"}  # lora_down / lora_up
+    assert {k.split(".")[0] for k in result.unexpected_keys} == dylora
+    assert {k.split(".", 1)[1] for k in result.unexpected_keys} == {"lora_down.weight", "lora_up.weight"}
+    assert {k.split(".")[0] for k in result.missing_keys} == dylora
     assert {k.split(".")[1] for k in result.missing_keys} == {"up_list", "down_list"}
-    assert {theirs_name for theirs_name in names if theirs_name.startswith("lora_unet_")} == {
+    assert {n for n in names if n.startswith("lora_unet_")} == {
         n for n in theirs if n.startswith("lora_unet_")
     }
     made.eval()
     by_name = {"lora_unet_" + path.replace(".", "_"): parts for path, (parts, _) in layers.items()}
+    assert {n for n in unet_dylora if len(by_name[n]) > 1} == {"lora_unet_" + n for n in fused}
     for name in sorted(dylora):  # the file's alpha in LyCORIS's buffer and on every part of ours
         alpha = float(tensors[f"{name}.alpha"])
         assert float(theirs[name].alpha) == alpha, name
-        if name.startswith("lora_unet_"):
-            parts = by_name[name]
-            assert len(parts) > 1 and all(isinstance(p, DyloraLayer) for p in parts), name
-            assert {float(p.lora_alpha["default"]) for p in parts} == {alpha}, name
-    assert {float(tensors[f"{n}.alpha"]) for n in dylora if n.startswith("lora_unet_")} == {1.0, 2.0}
+        if name in unet_dylora:
+            assert all(isinstance(p, DyloraLayer) for p in by_name[name]), name
+            assert {float(p.lora_alpha["default"]) for p in by_name[name]} == {alpha}, name
     moved = {n for n in names if n.startswith("lora_unet_")} - dylora
     _check_kohya_outputs(tree, layers, moved)  # DyLoRA layers the base (fresh ups), the others the file's
 
-    _, second, _ = _run(second_dir, {"dylora", "loha"}, base)
+    _, second, _ = _run(second_dir, kinds, base)
     assert second.status == "finished"
 
-    tensors["lora_unet_single_blocks_0_linear1.alpha"] = (
-        tensors["lora_unet_single_blocks_0_linear1.alpha"] * 3
-    )
+    name = sorted(unet_dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
+    tensors[f"{name}.alpha"] = tensors[f"{name}.alpha"] * 3
     save_file(tensors, str(second_dir / "prev.safetensors"))
-    with pytest.raises(ValueError, match="lora_unet_single_blocks_0_linear1.alpha"):
+    with pytest.raises(ValueError, match=f"{name}.alpha"):
         _loaded(plan)

@@ -20,6 +20,7 @@ from dbspec.convert.kohya.network import (
     map_init_weights,
     map_network,
     map_network_weights,
+    other_block_kinds,
     parse_network_args,
     put_text_blocks,
 )
@@ -969,7 +970,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             )
             return False
         map_init_weights(weights, paths, conv)
-    elif kind == "dylora" and weights.value:  # only the file's alphas load, under kohya's fused names
+    elif kind == "dylora" and weights.value and not other_block_kinds(conv):
+        # only the file's alphas load, under kohya's fused names (with entries of other algos: a run of
+        # several kinds, map_network_weights)
         from dbspec.convert.kohya.lycoris_flow_dylora import flow_dylora_alphas
 
         flow_dylora_alphas(weights, paths, conv, "sd3" if layout is SD3 else family or "flux")
