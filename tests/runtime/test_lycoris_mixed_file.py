@@ -186,8 +186,10 @@ DYLORA = MIXED.replace(
 )
 
 
-def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path, monkeypatch):
-    """A LoCon network whose preset gives the ResNets DyLoRA (dim 4, alpha 2), the MLPs LoHa and conv_in LoRA,
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path, monkeypatch, algo):
+    """A LoCon network whose preset gives the ResNets DyLoRA (dim 4, alpha 2), the MLPs LoHa and conv_in LoRA
+    (or a DyLoRA network with those entries: its other layers DyLoRA too, was DBS403),
     started from lycoris-lora 4.1.3's file of that network (every parameter moved): load_weights'
     load_state_dict(strict=False) loads the DyLoraModules' `alpha` alone (their weights are up_list /
     down_list), the other modules whole. dbspec's converted run starts every layer alike (outputs to 1e-5,
@@ -197,22 +199,26 @@ def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path,
 
     preset_path = tmp_path / "mixed.toml"
     preset_path.write_text(DYLORA, encoding="utf-8")
-    made = _network(pipe, preset_path, monkeypatch, "locon")
-    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    made = _network(pipe, preset_path, monkeypatch, algo)
+    dylora = {
+        m.lora_name
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        if type(m).__name__ == "DyLoraModule"
+    }
     assert dylora and len({type(m).__name__ for m in made.unet_loras}) >= 3
     path = kit.saved_file(made, tmp_path, seed=1, scale=0.1)
     state = load_file(str(path))
     assert {f"{n}.lora_down.weight" for n in dylora} <= set(state), "DyLoRA's modules in kohya's layout"
-    made = _network(pipe, preset_path, monkeypatch, "locon")
+    made = _network(pipe, preset_path, monkeypatch, algo)
     made.load_weights(str(path))
 
     PRESETS["mixed"] = DYLORA
     try:
-        _, plan = _converted_plan(tmp_path, "mixed", "locon", "--network_weights=prev.safetensors")
+        _, plan = _converted_plan(tmp_path, "mixed", algo, "--network_weights=prev.safetensors")
     finally:
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
-    assert "dylora" in {b.kind for b in plan.adapter.blocks}
+    assert "dylora" in {plan.adapter.kind} | {b.kind for b in plan.adapter.blocks}
     comps, count = _loaded(plan)
     assert count == len({k.split(".")[0] for k in state})
     ours = _ours(comps)
