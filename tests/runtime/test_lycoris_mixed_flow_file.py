@@ -255,3 +255,76 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
     save_file(tensors, str(second_dir / "prev.safetensors"))
     with pytest.raises(ValueError, match=f"{name}.alpha"):
         _loaded(plan)
+
+
+# a LoKr network with full, LoCon and LoHa entries on the denoiser only (no CLIP module)
+FROM_WEIGHTS_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "full"
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "locon"
+dim = 2
+alpha = 1
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+[name_algo_map.txt_in]
+algo = "full"
+"""
+
+
+def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(tmp_path, monkeypatch):
+    """lycoris.kohya --dim_from_weights on Flux with a file mixing LoKr, full (a fused q/k/v and txt_in),
+    LoCon and LoHa modules (was DBS403): a LoKr adapter with blocks of kind full / lora / loha over the
+    modules' diffusers parts, init_scale 2, started from the file. lycoris-lora 4.1.3's
+    create_network_from_weights on kohya's Flux layers, applied, the file loaded (train_network.py's
+    load_weights: the FullModules at W + 2 diff), gives every layer the converted run's started output
+    (1e-5); the run trains and resumes bit-exact."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(FROM_WEIGHTS_FILE, encoding="utf-8")
+    plan_of(flux_lycoris(first_dir, '"algo=lokr" "preset=mixed.toml"'), first_dir, base)
+    first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert {k.rsplit(".", 1)[-1] for k in tensors} >= {"diff", "diff_b", "lokr_w1", "hada_w1_a", "weight"}
+
+    outcome = flux_lycoris(
+        second_dir, '"algo=lokr" "preset=mixed.toml"', "--dim_from_weights --network_weights=prev.safetensors"
+    )
+    plan = plan_of(outcome, second_dir, base)
+    a = plan.adapter
+    assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.init_weights and a.fused
+    assert {b.kind for b in a.blocks} - {"adapter"} == {"full", "lora", "loha"}
+    comps, count = _loaded(plan)
+    assert count == len(names) == a.init_layers
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    kinds = {type(m).__name__ for m in network.unet_loras}
+    assert kinds == {"LokrModule", "FullModule", "LoConModule", "LohaModule"}
+    result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
+    assert not result.unexpected_keys, result
+    assert {m.lora_name for m in network.unet_loras} == names
+    network.eval()
+    _check_kohya_outputs(tree, layers, names)  # every layer where LyCORIS's rebuilt network starts it
+
+    _, second, _ = _run(second_dir, {"full", "lora", "loha"}, base)
+    assert second.status == "finished"
