@@ -813,6 +813,19 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra})
         assert words in messages(_flux(tmp_path, allow=True), code), words
+    led = {  # LoCon modules at two ranks beside a full one: a LoRA adapter, its modules' ranks as blocks
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        "lora_unet_double_blocks_0_txt_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        **{n: m for n, m in modules.items() if "_qkv" in n},
+    }
+    _factor_file(tmp_path / "prev.safetensors", led)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_scale) == ("lora", 4, 1.0, 2.0) and a.fused
+    assert _rank(a, "transformer_blocks.0.attn.add_k_proj") == (2, 1.0)
+    assert next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_k")).kind == "full"
+    assert not any(re.search(b.pattern, "transformer_blocks.0.attn.to_out.0") for b in a.blocks)
     tensors = {f"{n}.{k}": np.zeros(s, np.float16) for n, m in modules.items() for k, s in m.items()}
     save_file(tensors, str(tmp_path / "prev.safetensors"))  # no alpha at all
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")

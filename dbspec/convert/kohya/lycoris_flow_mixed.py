@@ -1,5 +1,5 @@
-"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr or LoHa modules with LoCon
-(`lora_down` / `lora_up`), LoHa and full (`diff` / `diff_b`) modules on the denoiser. LyCORIS's
+"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon (`lora_down` /
+`lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
 create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own keys, one per
 kohya Linear (a fused q/k/v or linear1 one module), at the values its make_module_from_state_dict reads off
 the file, then train_network.py's load_weights loads the file into them (a FullModule: built at W + diff,
@@ -7,15 +7,15 @@ its load hook adds the diff again, W + 2 diff).
 
 dbspec's equivalent: a run of several kinds with `fused_projections` (runtime/mixed_kinds.py). The adapter is
 of the LoKr modules' kind when the file has some, else of the LoHa modules' (lycoris_flow_factor_file's
-values, targets and blocks for them, text encoders and T5-XXL included); every other module is an
+values, targets and blocks for them, text encoders and T5-XXL included), else LoRA (the LoCon modules' most
+frequent rank and alpha, the others' as blocks; on the denoiser only); every other module is an
 `[[adapter.blocks]]` entry of its kind over its diffusers parts (a fused Linear's all), at its rank and alpha
 (a full block's rank only switches it on), placed first so that it takes its layers; the denoiser targets
 span every module's parts; full modules make the adapter's `init_scale` 2. The run starts from the file
-(runtime/mixed_init.py). Not expressed (why not returned): LoCon-led files without LoKr or LoHa modules,
-other kinds' modules on the text encoders, Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch
-convolution or Flux's final layer as another kind's module, and LoCon / LoHa Tucker or weight-decomposition
-tensors there (a run of several kinds builds neither, DBS578). Checked against lycoris-lora in
-tests/runtime/test_lycoris_mixed_flow_file.py."""
+(runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
+LoCon-led file's LoCon ones), Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch convolution or Flux's
+final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
+kinds builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py."""
 
 from __future__ import annotations
 
@@ -29,10 +29,51 @@ _OTHERS = {"locon": "lora", "loha": "loha", "full": "full"}
 
 
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
-    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon and full, LoKr or LoHa
-    among them."""
+    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon and full, LoKr, LoHa or
+    LoCon among them."""
     algos = {m.algo for m in modules.values()} - {"norm"}
-    return len(algos) > 1 and algos <= {"lokr", *_OTHERS} and bool(algos & {"lokr", "loha"})
+    return len(algos) > 1 and algos <= {"lokr", *_OTHERS} and bool(algos & {"lokr", "loha", "locon"})
+
+
+def _locon_adapter(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool
+) -> dict[str, object] | str:
+    """A LoRA adapter's values for a file led by LoCon modules (no LoKr / LoHa): one LoConModule per kohya
+    Linear (fused_projections), the rank and alpha most of them share, a module at its own an
+    [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
+    from collections import Counter
+
+    from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
+    from dbspec.convert.kohya.lycoris_flow_weights import diffusers_targets, own_blocks
+
+    text = next((n for n in modules if not n.startswith("lora_unet_")), None)
+    if text is not None and not unet_only:
+        return (
+            f"module `{text}` is a LyCORIS LoCon module of a text encoder beside full modules: dbspec maps "
+            "such a file's LoCon modules on the denoiser only"
+        )
+    pairs = {}
+    for name, m in sorted(modules.items()):
+        if not name.startswith("lora_unet_"):
+            continue
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        pairs[name] = (values["rank"], values["alpha"])
+    targets = diffusers_targets(sorted(pairs), family)
+    if isinstance(targets, str):
+        return targets
+    (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
+    own = {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
+    return {
+        "kind": "lora",
+        "rank": rank,
+        "alpha": alpha,
+        "denoiser_targets": targets,
+        "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+    }
 
 
 def _values(m: LycorisModule) -> dict[str, Any] | str:
@@ -90,7 +131,7 @@ def flow_mixed_file(
     the adapter's own modules (lycoris_flow_factor_file.factor_file_adapter, taking the modules alone).
     Else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
     algos = {m.algo for m in modules.values()}
-    own = "lokr" if "lokr" in algos else "loha"
+    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
     others = {n: m for n, m in modules.items() if m.algo != own}
     text = next((n for n in others if not n.startswith("lora_unet_")), None)
     if text is not None and not unet_only:
@@ -119,7 +160,8 @@ def flow_mixed_file(
         key = (values["kind"], values["rank"], values["alpha"])
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
-    found = own_values({n: m for n, m in modules.items() if m.algo == own})
+    mine = {n: m for n, m in modules.items() if m.algo == own}
+    found = _locon_adapter(mine, family, unet_only) if own == "locon" else own_values(mine)
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
