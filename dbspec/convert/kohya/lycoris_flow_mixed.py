@@ -1,5 +1,5 @@
-"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon (`lora_down` /
-`lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
+"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon
+(`lora_down` / `lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
 create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own keys, one per
 kohya Linear (a fused q/k/v or linear1 one module), at the values its make_module_from_state_dict reads off
 the file, then train_network.py's load_weights loads the file into them (a FullModule: built at W + diff,
@@ -15,7 +15,8 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 (runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
 LoCon-led file's LoCon ones), Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch convolution or Flux's
 final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
-kinds builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py."""
+kinds builds neither, DBS578). Checked against lycoris-lora in
+tests/runtime/test_lycoris_mixed_flow_file.py."""
 
 from __future__ import annotations
 
