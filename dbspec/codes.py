@@ -2816,6 +2816,17 @@ file's diff): their layers start from the weight plus init_scale x the `init_wei
 full blocks, or without `init_weights`, no layer reads it and a value other than 1 changes nothing.""",
         help="remove adapter.init_scale, or add the full blocks and init_weights it is meant for",
     ),
+    Code(
+        "DBS591",
+        ERROR,
+        "A block's own OFT rescale on layers that are not Diag-OFT / BOFT",
+        """\
+`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr
+or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry with
+its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
+per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
+        help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -112,6 +112,7 @@ def adapter_plan(
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
+                rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
             )
             for b in adapter.blocks
         )
@@ -129,6 +130,7 @@ def adapter_plan(
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,
+                rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
             )
             for b in adapter.text_encoder_blocks
         )

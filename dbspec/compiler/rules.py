@@ -2549,6 +2549,28 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
+    block of that kind beside a lora / loha / lokr / dylora adapter's (runtime/blocks.py block_rescaled):
+    DBS591 on a block of another kind."""
+    a = spec.adapter
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora"):
+        return  # OFT adapters' blocks (OftBlock) carry their own
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            value = getattr(block, "rescaled", "adapter")
+            if value == "adapter" or getattr(block, "kind", "adapter") in ("diag-oft", "boft"):
+                continue
+            yield _err(
+                "DBS591",
+                ("adapter", table, i, "rescaled"),
+                f'adapter.{table}[{i}].rescaled = "{value}" on a block of kind "{block.kind}": a row rescale '
+                'of its own acts on kind "diag-oft" / "boft" blocks only',
+                codes.help("DBS591"),
+            )
+
+
+@rule("spec")
 def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build (a
     transformer family without FamilySpec.mixed_fused_kinds; Flux, SD3 and Chroma have it), BOFT there,

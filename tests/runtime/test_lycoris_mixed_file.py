@@ -23,6 +23,14 @@ from tests.runtime.test_lycoris_mixed_full import MIXED_FULL
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 
+# Diag-OFT on the MLPs with their own constraint and row rescale (blocks' alpha and `rescaled`, was DBS403)
+# and on CLIP's attention at the network's, beside a LoKr network's layers, LoCon ResNets and LoHa CLIP MLPs
+OFT_RESCALED = MIXED_FULL.replace(
+    '[module_algo_map.FeedForward]\nalgo = "full"',
+    '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nconstraint = 0.001\nrescaled = true',
+).replace('algo = "full"', 'algo = "diag-oft"')
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return build_pipeline("builtin:tiny-sd1")
@@ -55,7 +63,7 @@ def _ours(comps) -> dict[str, nn.Module]:
     [
         ("lokr", MIXED),
         ("locon", MIXED_FULL),
-        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"')),
+        ("lokr", OFT_RESCALED),
     ],
     ids=["lokr-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
 )
@@ -79,6 +87,10 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
+    if preset is OFT_RESCALED:  # the MLPs' entry's own constraint and rescale on its block
+        oft = [b for b in plan.adapter.blocks if b.kind == "diag-oft"]
+        assert [(b.alpha, b.rescaled) for b in oft] == [(0.001, "on")]
+        assert "rescale" in {k.rsplit(".", 1)[-1] for k in state}
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)
@@ -101,6 +113,11 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    if preset is OFT_RESCALED:  # the export holds the MLPs' rescale, in LyCORIS's shape
+        theirs_state = made.state_dict()  # lycoris-lora's network: every rescaled module's
+        assert {k: v.shape for k, v in saved.items() if k.endswith(".rescale")} == {
+            k: v.shape for k, v in theirs_state.items() if k.endswith(".rescale")
+        }
     kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
@@ -118,7 +135,7 @@ LORA_FULL = MIXED_FULL.replace(
     ("algo", "preset", "kind", "others"),
     [
         ("lokr", MIXED, "lokr", {"lora", "loha"}),
-        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"'), "lokr", {"lora", "diag-oft"}),
+        ("lokr", OFT_RESCALED, "lokr", {"lora", "diag-oft"}),
         ("locon", GLORA, "lora", {"glora"}),
         ("locon", LORA_FULL, "lora", {"full"}),
         ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
@@ -155,6 +172,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
     assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
+    if preset is OFT_RESCALED:  # the MLPs' modules' `rescale`: their blocks' own row rescale (was DBS403)
+        assert {b.rescaled for b in a.blocks if b.kind == "diag-oft"} == {"on"}
+        assert {b.rescaled for b in a.text_encoder_blocks if b.kind == "diag-oft"} <= {"adapter"}
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)

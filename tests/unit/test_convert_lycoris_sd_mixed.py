@@ -72,11 +72,21 @@ def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
             "dora",
         ),
         ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
-        ("rescale", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "rescale"),
         ("full-dims", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320, 1, 1)}}, "DBS402", "dimensions"),
     ):
         outcome = _convert(tmp_path / case, modules)
         assert code in codes(outcome) and said in messages(outcome, code), (case, errors(outcome))
+
+
+def test_oft_module_rescale_beside_other_kinds_is_its_blocks_rescaled(tmp_path):
+    """A Diag-OFT module's `rescale` beside a LoKr one (was DBS403): make_module_from_state_dict builds it
+    with rescaled, dbspec's block of kind diag-oft `rescaled = "on"` (runtime test:
+    test_lycoris_mixed_file)."""
+    outcome = _convert(tmp_path, {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.rescaled) == ("diag-oft", 4, "on")
 
 
 def test_locon_file_with_oft_and_glora_modules_is_a_lora_run_with_their_blocks(tmp_path):

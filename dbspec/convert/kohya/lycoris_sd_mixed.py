@@ -15,8 +15,8 @@ own LoKr layers may carry their own split), else of the LoHa modules', else LoRA
 layers) take their layers; the targets span every module's layer; the run starts from the file
 (runtime/mixed_init.py); with full modules at `init_scale` 2 (make_module_from_state_dict copies the diff
 into FullModule's weight, apply_to adds W, load_weights' prehook adds the diff again: W + 2 diff). A run of
-several kinds builds no Tucker form, weight decomposition or OFT rescale
-(DBS578): a `lora_mid`, `hada_t1`, `lokr_t2`, `dora_scale` or `rescale` in such a file is DBS403. Checked
+several kinds builds no Tucker form or weight decomposition (DBS578): a `lora_mid`, `hada_t1`, `lokr_t2` or
+`dora_scale` in such a file is DBS403; an OFT module's `rescale` is its block's `rescaled = "on"`. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
 
 from __future__ import annotations
@@ -97,13 +97,8 @@ def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
         found = _glora(name, m, layer)
     elif m.algo == "oft":
         found = _oft(name, m, kind)
-        if isinstance(found, dict):
-            if found["rescaled"]:
-                return (
-                    f"`{name}.rescale`: a {kind} module's row rescale beside modules of other kinds; "
-                    "dbspec's OFT blocks in a run of several kinds rescale nothing"
-                )
-            found = {"rank": found["block_size"], "alpha": found["constraint"]}
+        if isinstance(found, dict):  # a `rescale`: its block's own row rescale (spec block `rescaled`)
+            found = {"rank": found["block_size"], "alpha": found["constraint"], "rescaled": found["rescaled"]}
     else:
         found = _module(name, m, layer, path)
         if isinstance(found, dict):
@@ -124,14 +119,17 @@ def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]
     each pattern matching exactly its modules among `rows` (every module's layer of the file)."""
     groups: dict[tuple, set[str]] = {}
     for path, v in found.items():
-        groups.setdefault((v["kind"], v["spatial"], v["rank"], v["alpha"]), set()).add(path)
+        key = (v["kind"], v["spatial"], v["rank"], v["alpha"], bool(v.get("rescaled")))
+        groups.setdefault(key, set()).add(path)
     out = []
-    for (kind, spatial, rank, alpha), paths in groups.items():
+    for (kind, spatial, rank, alpha, rescaled), paths in groups.items():
         block: dict[str, Any] = {"pattern": _pattern(paths, rows), "kind": kind}
         if spatial:
             block.update(rank=top[0], alpha=top[1], conv_rank=rank, conv_alpha=alpha)
         else:
             block.update(rank=rank, alpha=alpha)
+        if rescaled:  # an OFT module's `rescale`: make_module_from_state_dict builds it with rescaled
+            block["rescaled"] = "on"
         out.append(block)
     return out
 
