@@ -50,6 +50,8 @@ def _converted(tmp_path: Path, preset: str, algo: str, overrides, flags: str = "
 )
 def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo, other, qkv, linear1):
     text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
+    # the Diag-OFT entry's own constraint and row rescale (its block's alpha and `rescaled`, was DBS403)
+    text = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = true')
     base = ["model.base=builtin:tiny-flux", *_BASE]
     kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
@@ -64,6 +66,8 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     plan = _converted(second_dir, "mixed.toml", algo, base, "--network_weights=prev.safetensors")
     assert plan.adapter.init_weights and plan.adapter.fused
     assert {b.kind for b in plan.adapter.blocks} == kinds
+    oft = [(b.alpha, b.rescaled) for b in plan.adapter.blocks if b.kind == "diag-oft"]
+    assert oft == ([(0.001, "on")] if qkv == "diag-oft" else [])
     comps, count = _loaded(plan)
     from safetensors.torch import load_file
 
