@@ -7,7 +7,8 @@ them: factor_slots, whole_layer_slots, _lora_slots).
 lycoris.kohya's network holds one module per layer, each of its own class (LoConModule, LohaModule,
 LokrModule, FullModule, IA3Module, DiagOFTModule / ButterflyOFTModule, GLoRAModule), and its `load_weights`
 is `load_state_dict(strict=False)` of the file into all of them at once. Here every layer of the run gives
-its slots under its kohya name, each in its kind's tensors: LoRA's `lora_down` / `lora_up` (alpha checked as
+its slots under its kohya name, each in its kind's tensors: LoRA's `lora_down` / `lora_up` (a LoCon Tucker
+convolution's `lora_mid` too; alpha checked as
 runtime/init_weights.py checks it), LoKr's / LoHa's factors (runtime/lycoris_init.py; every LoKr layer of such
 a run at LyCORIS's scale, lokr_unit_scale), full / IA^3 / Diag-OFT / BOFT / GLoRA's (runtime/
 lycoris_whole_init.py), and lycoris_init's loader fills them: a file tensor of another kind or shape than the
@@ -88,6 +89,7 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
 
     from dbspec.families import family_spec
     from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.locon_tucker import TuckerConv2d
     from dbspec.runtime.lycoris_export import _swapped, _table
     from dbspec.runtime.lycoris_init import _halves_swapped, _rows
     from dbspec.runtime.lycoris_whole_init import _fused_rows, _whole
@@ -118,6 +120,8 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
                     "lora_down.weight": _into(layer.lora_A[adapter].weight),
                     "lora_up.weight": _into(layer.lora_B[adapter].weight),
                 }
+                if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:  # LoCon's Tucker form
+                    slots["lora_mid.weight"] = _into(layer.lora_mid[adapter].weight)
                 out[key] = (slots, alpha)
                 continue
             original, part = _table(family).original_name(name)

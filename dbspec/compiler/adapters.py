@@ -367,6 +367,12 @@ def _block_switches(block, adapter) -> dict[str, str]:
         return {"tucker": "adapter" if own == adapter.tucker else "on" if own else "off"}
     if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
+    if getattr(block, "kind", "adapter") == "lora":  # a LoCon block beside LoKr: its own Tucker form alone
+        return {
+            "tucker": "on"
+            if getattr(block, "tucker", "adapter") == "on" and not adapter.tucker
+            else "adapter"
+        }
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
     planned = {
         "full_matrix": adapter.full_matrix,

@@ -28,6 +28,16 @@ def run_kinds(adapter) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _locon_tuckers(adapter) -> bool:
+    """Some LoRA block of the run sets LoCon's Tucker form (`tucker = "on"`; LyCORIS's `lora_mid`)."""
+    own = adapter.kind
+    for block in getattr(adapter, "blocks", ()):
+        kind = getattr(block, "kind", "adapter")
+        if getattr(block, "tucker", "adapter") == "on" and (own if kind == "adapter" else kind) == "lora":
+            return True
+    return False
+
+
 def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """(the file's absolute path, its modules that load), or ("", 0) when it does not fit (reported)."""
     from dbspec.compiler.init_file import (
@@ -51,6 +61,8 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
     tensors = tuple(
         dict.fromkeys(t for k in kinds for t in (_LORA if k in ("lora", "dylora") else FACTORS[k]))
     )
+    if _locon_tuckers(adapter):  # a LoCon block's Tucker form: its convolutions' middle factor
+        tensors += ("lora_mid.weight",)
     tensors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
     # the longest name first: IA^3's `weight` also ends LoCon's `lora_down.weight` and GLoRA's `a1.weight`
     tensors = tuple(sorted(tensors, key=len, reverse=True))

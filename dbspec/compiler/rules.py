@@ -2519,6 +2519,11 @@ def _own_block_options(adapter, own: str):
             lokr_own = kind == "lokr" and own == "lokr"
             for key in ("scalar", "rank_stabilized", "rank_dropout_scale", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
+                # a LoCon block's own Tucker form: its kind's layers built alone (mixed_kinds.kind_adapter,
+                # adapters.add_lora's block_tuckers), on the denoiser's convolutions
+                locon_tucker = key == "tucker" and kind == "lora" and table == "blocks"
+                if locon_tucker:
+                    continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
 
@@ -2688,7 +2693,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form or rank_stabilized of its own",
+            "no scalar, Tucker form (but a LoRA block's on the denoiser) or rank_stabilized of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)

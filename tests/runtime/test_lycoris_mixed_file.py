@@ -31,6 +31,13 @@ OFT_RESCALED = MIXED_FULL.replace(
 ).replace('algo = "full"', 'algo = "diag-oft"')
 
 
+# the ResNets' LoCon entry in LyCORIS's Tucker form (use_tucker: its 3x3 convolutions' lora_mid; was DBS403)
+TUCKER = MIXED.replace(
+    '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+    '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\nuse_tucker = true\n',
+)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return build_pipeline("builtin:tiny-sd1")
@@ -61,11 +68,11 @@ def _ours(comps) -> dict[str, nn.Module]:
 @pytest.mark.parametrize(
     ("algo", "preset"),
     [
-        ("lokr", MIXED),
+        ("lokr", TUCKER),
         ("locon", MIXED_FULL),
         ("lokr", OFT_RESCALED),
     ],
-    ids=["lokr-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
+    ids=["lokr-tucker-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
 )
 def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkeypatch, algo, preset):
     preset_path = tmp_path / "mixed.toml"
@@ -87,6 +94,9 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
+    if preset is TUCKER:  # the ResNets' LoCon in its Tucker form: the file's lora_mid start it
+        assert "on" in {b.tucker for b in plan.adapter.blocks if b.kind == "lora"}
+        assert any(k.endswith(".lora_mid.weight") for k in state)
     if preset is OFT_RESCALED:  # the MLPs' entry's own constraint and rescale on its block
         oft = [b for b in plan.adapter.blocks if b.kind == "diag-oft"]
         assert [(b.alpha, b.rescaled) for b in oft] == [(0.001, "on")]
@@ -134,13 +144,13 @@ LORA_FULL = MIXED_FULL.replace(
 @pytest.mark.parametrize(
     ("algo", "preset", "kind", "others"),
     [
-        ("lokr", MIXED, "lokr", {"lora", "loha"}),
+        ("lokr", TUCKER, "lokr", {"lora", "loha"}),
         ("lokr", OFT_RESCALED, "lokr", {"lora", "diag-oft"}),
         ("locon", GLORA, "lora", {"glora"}),
         ("locon", LORA_FULL, "lora", {"full"}),
         ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
     ],
-    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
+    ids=["lokr-tucker-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     pipe, tmp_path, monkeypatch, algo, preset, kind, others
@@ -172,6 +182,10 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
     assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
+    if preset is TUCKER:  # the ResNets' `lora_mid`: their LoCon blocks' Tucker form (was DBS403)
+        assert "on" in {b.tucker for b in a.blocks if b.kind == "lora"}, [
+            (b.kind, b.pattern, b.tucker, b.conv_rank) for b in a.blocks
+        ]
     if preset is OFT_RESCALED:  # the MLPs' modules' `rescale`: their blocks' own row rescale (was DBS403)
         assert {b.rescaled for b in a.blocks if b.kind == "diag-oft"} == {"on"}
         assert {b.rescaled for b in a.text_encoder_blocks if b.kind == "diag-oft"} <= {"adapter"}

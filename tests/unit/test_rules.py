@@ -1720,6 +1720,20 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
     ),
+    (  # a block's own Tucker form in a run of several kinds: LoCon blocks' only (issue 12)
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\ntucker = "on"\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 4\nalpha = 4.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        + 'tucker = "on"\n',
+    ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,
         DOG
