@@ -123,10 +123,10 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
-    if preset is OFT_RESCALED:  # the export holds the MLPs' rescale, in LyCORIS's shape
-        theirs_state = made.state_dict()  # lycoris-lora's network: every rescaled module's
-        assert {k: v.shape for k, v in saved.items() if k.endswith(".rescale")} == {
-            k: v.shape for k, v in theirs_state.items() if k.endswith(".rescale")
+    for tail in (".rescale", ".lora_mid.weight"):  # the export holds the rescales / Tucker cores in LyCORIS's
+        theirs_state = made.state_dict()  # shapes: lycoris-lora's network's every such tensor
+        assert {k: v.shape for k, v in saved.items() if k.endswith(tail)} == {
+            k: v.shape for k, v in theirs_state.items() if k.endswith(tail)
         }
     kit.resumes_bit_exact(tmp_path, whole, saved)
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha
+from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter, final_layer_block
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha, diffusers_targets, own_blocks
 
 # the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
 _OTHERS = {"locon": "lora", "loha": "loha", "full": "full"}
@@ -43,9 +44,6 @@ def _locon_adapter(
     Linear (fused_projections), the rank and alpha most of them share, a module at its own an
     [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
     from collections import Counter
-
-    from dbspec.convert.kohya.lycoris_flow_factor_file import final_layer_block
-    from dbspec.convert.kohya.lycoris_flow_weights import diffusers_targets, own_blocks
 
     text = next((n for n in modules if not n.startswith("lora_unet_")), None)
     if text is not None and not unet_only:
@@ -126,11 +124,10 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
 
 
 def flow_mixed_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool, own_values
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
 ) -> dict[str, object] | str:
-    """[adapter] values for a mixed file on `family` (flux or sd3); `own_values`: the single-kind mapping of
-    the adapter's own modules (lycoris_flow_factor_file.factor_file_adapter, taking the modules alone).
-    Else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
+    """[adapter] values for a mixed file on `family` (flux or sd3; `t5_idle` as factor_file_adapter's);
+    else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
     algos = {m.algo for m in modules.values()}
     own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
     others = {n: m for n, m in modules.items() if m.algo != own}
@@ -162,7 +159,10 @@ def flow_mixed_file(
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     mine = {n: m for n, m in modules.items() if m.algo == own}
-    found = _locon_adapter(mine, family, unet_only) if own == "locon" else own_values(mine)
+    if own == "locon":
+        found = _locon_adapter(mine, family, unet_only)
+    else:  # the LoKr / LoHa modules as a file of that kind alone
+        found = factor_file_adapter(mine, family, unet_only, t5_idle)
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]

@@ -1296,8 +1296,14 @@ def _lycoris_flow_factor_file(
     (lycoris_flow_weights.py); a full file: FullModule's copies from W + 2 diff (init_scale 2); what that
     cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3 file: lycoris-lora 4.1.3's IA3Module
     cannot be built from one)."""
+    from dbspec.convert.kohya.lycoris_flow_mixed import flow_mixed_file, is_flow_mixed
+
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
-    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value), _t5_idle(a))
+    unet_only = bool(a["network_train_unet_only"].value)
+    if is_flow_mixed(modules) and family != "chroma":  # LoKr / LoHa / LoCon / full: a run of several kinds
+        found = flow_mixed_file(modules, family, unet_only, _t5_idle(a))
+    else:
+        found = factor_file_adapter(modules, family, unet_only, _t5_idle(a))
     if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
             from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
