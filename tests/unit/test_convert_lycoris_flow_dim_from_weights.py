@@ -829,3 +829,31 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     tensors = {f"{n}.{k}": np.zeros(s, np.float16) for n, m in modules.items() for k, s in m.items()}
     save_file(tensors, str(tmp_path / "prev.safetensors"))  # no alpha at all
     assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
+def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
+    """The same on SD3 (was DBS403): a LoHa file's context-block q/k/v beside a full x-block q/k/v and a
+    LoCon x-block projection: a loha adapter with blocks of kind full / lora over the fused parts, init_scale
+    2; the patch convolution as another kind's module stays DBS403."""
+    loha = {"hada_w1_a": (192, 2), "hada_w1_b": (2, 64), "hada_w2_a": (192, 2), "hada_w2_b": (2, 64)}
+    modules = {
+        "lora_unet_joint_blocks_0_context_block_attn_qkv": loha,
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {"diff": (3 * 64, 64)},
+        "lora_unet_joint_blocks_0_x_block_attn_proj": {
+            "lora_down.weight": (4, 64),
+            "lora_up.weight": (64, 4),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.init_scale) == ("loha", 2, 2.0) and a.fused
+    full = next(b for b in a.blocks if b.kind == "full")
+    assert all(re.search(full.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
+    assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
+    lora = next(b for b in a.blocks if b.kind == "lora")
+    assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
+    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}}
+    _factor_file(tmp_path / "prev.safetensors", patch)
+    assert "pos_embed.proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
