@@ -2707,9 +2707,10 @@ act on one kind's layers only, or on all adapters at once, are not supported the
 its LoKr layers alone read it), `rank_stabilized`, `ggpo`, `fused_projections` (but on Flux, SD3 and
 Chroma; there not with `bypass`, which gives Diag-OFT, BOFT and DyLoRA blocks LyCORIS's bypass forward on
 SD 1.x/2.x and SDXL) and `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts
-such a run, its DyLoRA layers taking only their `alpha` from it on SD 1.x/2.x and SDXL; beside DyLoRA
-layers on Flux, SD3 and Chroma: DBS356); nor a block's own `scalar`, `tucker` or `rank_stabilized`, nor
-its own LoKr `factor` and switches except on a lokr adapter's own LoKr layers.""",
+such a run, its DyLoRA layers taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
+Chroma); nor a block's own `scalar`, `tucker` (but a `kind = "lora"` block's on the denoiser's
+convolutions: LyCORIS LoCon's Tucker form) or `rank_stabilized`, nor its own LoKr `factor` and switches
+except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(
@@ -2839,6 +2840,17 @@ network gives the norms draw it. On a `kind = "ia3"` adapter `rank_dropout` is t
 (`denoiser_norms`, `text_encoder_norms`, `text_encoder_2_norms`, runtime/norm_offsets.py) alone: with none of
 them the value changes nothing.""",
         help="remove adapter.rank_dropout, or add the norm offsets it is meant for",
+    ),
+    Code(
+        "DBS591",
+        ERROR,
+        "A block's own OFT rescale on layers that are not Diag-OFT / BOFT",
+        """\
+`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr
+or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry with
+its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
+per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
+        help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
     ),
 )
 

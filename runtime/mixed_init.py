@@ -7,7 +7,8 @@ them: factor_slots, whole_layer_slots, _lora_slots).
 lycoris.kohya's network holds one module per layer, each of its own class (LoConModule, LohaModule,
 LokrModule, FullModule, IA3Module, DiagOFTModule / ButterflyOFTModule, GLoRAModule), and its `load_weights`
 is `load_state_dict(strict=False)` of the file into all of them at once. Here every layer of the run gives
-its slots under its kohya name, each in its kind's tensors: LoRA's `lora_down` / `lora_up` (alpha checked as
+its slots under its kohya name, each in its kind's tensors: LoRA's `lora_down` / `lora_up` (a LoCon Tucker
+convolution's `lora_mid` too; alpha checked as
 runtime/init_weights.py checks it), LoKr's / LoHa's factors (runtime/lycoris_init.py; every LoKr layer of such
 a run at LyCORIS's scale, lokr_unit_scale), full / IA^3 / Diag-OFT / BOFT / GLoRA's (runtime/
 lycoris_whole_init.py), and lycoris_init's loader fills them: a file tensor of another kind or shape than the
@@ -39,23 +40,41 @@ def load_mixed_init(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> i
 
 
 def _dylora_alphas(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float]]:
-    """kohya name -> (no slot, its alpha) for every DyLoRA layer (SD 1.x/2.x and SDXL: one module per layer).
-    LyCORIS's DyLoraModule keeps its weights in `up_list` / `down_list`, so load_weights'
-    `load_state_dict(strict=False)` takes none of the file's `lora_down` / `lora_up` and only the `alpha`
-    buffer, which get_weight scales by: the layer keeps its own init, and the file's alpha must be the one it
-    trains at (the loader checks it; compiler/mixed_init_file.py)."""
+    """kohya name -> (no slot, its alpha) for every DyLoRA layer. LyCORIS's DyLoraModule keeps its weights in
+    `up_list` / `down_list`, so load_weights' `load_state_dict(strict=False)` takes none of the file's
+    `lora_down` / `lora_up` and only the `alpha` buffer, which get_weight scales by: the layer keeps its own
+    init, and the file's alpha must be the one it trains at (the loader checks it;
+    compiler/mixed_init_file.py). On Flux / SD3 / Chroma (family fused_projections) the denoiser's layers go
+    under kohya's names: a fused Linear (q/k/v, linear1) is one DyLoraModule with one `alpha` buffer, whose
+    parts (runtime/dylora.py tie_fused_dylora) must all train at it."""
+    from dbspec.families import family_spec
     from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_export import _table
 
+    family = plan.model.family
+    fused = bool(family_spec(family).fused_projections)
     out: dict[str, tuple[dict[str, Slot], float]] = {}
-    parts = kohya_parts(unet=unet, text_encoders=list(text_encoders), family=plan.model.family, lycoris=True)
+    parts = kohya_parts(unet=unet, text_encoders=list(text_encoders), family=family, lycoris=True)
     for prefix, module, to_path in parts:
         found = lora_adapter(module)
         if found is None:
             continue  # a model that does not train: kohya drops its modules
         inner, adapter = found
         for name, layer in inner.named_modules():
-            if isinstance(layer, DyloraLayer) and adapter in layer.lora_alpha:
-                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = ({}, float(layer.lora_alpha[adapter]))
+            if not (isinstance(layer, DyloraLayer) and adapter in layer.lora_alpha):
+                continue
+            alpha = float(layer.lora_alpha[adapter])
+            if module is not unet or not fused:  # one module per layer
+                out[f"{prefix}_{to_path(name).replace('.', '_')}"] = ({}, alpha)
+                continue
+            original, _part = _table(family).original_name(name)
+            key = f"{prefix}_{original.replace('.', '_')}"
+            if key in out and out[key][1] != alpha:
+                raise ValueError(  # the compiler plans a fused DyLoraModule's parts from one block
+                    f"{plan.adapter.init_weights}: kohya's `{key}` is one DyLoraModule with one alpha; the "
+                    f"run's parts of it train at {out[key][1]:g} and {alpha:g}"
+                )
+            out[key] = ({}, alpha)
     return out
 
 
@@ -70,6 +89,7 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
 
     from dbspec.families import family_spec
     from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.locon_tucker import TuckerConv2d
     from dbspec.runtime.lycoris_export import _swapped, _table
     from dbspec.runtime.lycoris_init import _halves_swapped, _rows
     from dbspec.runtime.lycoris_whole_init import _fused_rows, _whole
@@ -100,6 +120,8 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
                     "lora_down.weight": _into(layer.lora_A[adapter].weight),
                     "lora_up.weight": _into(layer.lora_B[adapter].weight),
                 }
+                if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:  # LoCon's Tucker form
+                    slots["lora_mid.weight"] = _into(layer.lora_mid[adapter].weight)
                 out[key] = (slots, alpha)
                 continue
             original, part = _table(family).original_name(name)

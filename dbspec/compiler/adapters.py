@@ -115,6 +115,7 @@ def adapter_plan(
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
+                rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
             )
             for b in adapter.blocks
         )
@@ -132,6 +133,7 @@ def adapter_plan(
                 dora_axis=_block_dora_axis(b, adapter),
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,
+                rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
             )
             for b in adapter.text_encoder_blocks
         )
@@ -394,6 +396,12 @@ def _block_switches(block, adapter) -> dict[str, str]:
         return {"tucker": "adapter" if own == adapter.tucker else "on" if own else "off"}
     if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
+    if getattr(block, "kind", "adapter") == "lora":  # a LoCon block beside LoKr: its own Tucker form alone
+        return {
+            "tucker": "on"
+            if getattr(block, "tucker", "adapter") == "on" and not adapter.tucker
+            else "adapter"
+        }
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
     planned = {
         "full_matrix": adapter.full_matrix,

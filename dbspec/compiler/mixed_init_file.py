@@ -5,8 +5,8 @@ rebuilds). Checked here from the header: every tensor is one of the run's kinds'
 `lora_up`, LoKr's / LoHa's factors, full's `diff`, IA^3's, OFT's, GLoRA's) and every module a model of the
 run's; the shapes and alphas when the run loads it (runtime/mixed_init.py). On SD 1.x/2.x and SDXL (one
 module per layer) and Flux / SD3 / Chroma (one module per kohya Linear, a fused one's tensors split into its
-parts), with kinds whose file form the loader knows (DyLoRA on SD 1.x/2.x and SDXL only, its alpha alone
-loading; on the others DBS356)."""
+parts), with kinds whose file form the loader knows (DyLoRA's alpha alone loading, a fused DyLoraModule's one
+alpha for all its parts)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def run_kinds(adapter) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _locon_tuckers(adapter) -> bool:
+    """Some LoRA block of the run sets LoCon's Tucker form (`tucker = "on"`; LyCORIS's `lora_mid`)."""
+    own = adapter.kind
+    for block in getattr(adapter, "blocks", ()):
+        kind = getattr(block, "kind", "adapter")
+        if getattr(block, "tucker", "adapter") == "on" and (own if kind == "adapter" else kind) == "lora":
+            return True
+    return False
+
+
 def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """(the file's absolute path, its modules that load), or ("", 0) when it does not fit (reported)."""
     from dbspec.compiler.init_file import (
@@ -44,16 +54,6 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
 
     path = ctx.resolve(adapter.init_weights)
     kinds = run_kinds(adapter)
-    if "dylora" in kinds and family_spec(family).fused_projections:
-        ctx.report(
-            "DBS356",
-            "error",
-            f"`{path}`: a run of several kinds ({', '.join(kinds)}) on {family} starts from LyCORIS's file "
-            "without DyLoRA layers; not with DyLoRA layers among them (SD 1.x/2.x and SDXL: with them)",
-            KEY,
-            help='set adapter.init_weights = ""',
-        )
-        return "", 0
     header = read_file(ctx, path, read_safetensors_header, "LyCORIS")
     if header is None:
         return "", 0
@@ -61,6 +61,8 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
     tensors = tuple(
         dict.fromkeys(t for k in kinds for t in (_LORA if k in ("lora", "dylora") else FACTORS[k]))
     )
+    if _locon_tuckers(adapter):  # a LoCon block's Tucker form: its convolutions' middle factor
+        tensors += ("lora_mid.weight",)
     tensors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
     # the longest name first: IA^3's `weight` also ends LoCon's `lora_down.weight` and GLoRA's `a1.weight`
     tensors = tuple(sorted(tensors, key=len, reverse=True))

@@ -2554,6 +2554,11 @@ def _own_block_options(adapter, own: str):
             lokr_own = kind == "lokr" and own == "lokr"
             for key in ("scalar", "rank_stabilized", "rank_dropout_scale", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
+                # a LoCon block's own Tucker form: its kind's layers built alone (mixed_kinds.kind_adapter,
+                # adapters.add_lora's block_tuckers), on the denoiser's convolutions
+                locon_tucker = key == "tucker" and kind == "lora" and table == "blocks"
+                if locon_tucker:
+                    continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
 
@@ -2580,6 +2585,28 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
                 f'adapter.{table}[{i}].rank_dropout_scale = "{value}" with {why}: a block\'s own rescale '
                 "acts on LoHa / LoKr layers' rank-dropout rows and LoRA's in LyCORIS's forms",
                 codes.help("DBS580"),
+            )
+
+
+@rule("spec")
+def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
+    block of that kind beside a lora / loha / lokr / dylora adapter's (runtime/blocks.py block_rescaled):
+    DBS591 on a block of another kind."""
+    a = spec.adapter
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora"):
+        return  # OFT adapters' blocks (OftBlock) carry their own
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            value = getattr(block, "rescaled", "adapter")
+            if value == "adapter" or getattr(block, "kind", "adapter") in ("diag-oft", "boft"):
+                continue
+            yield _err(
+                "DBS591",
+                ("adapter", table, i, "rescaled"),
+                f'adapter.{table}[{i}].rescaled = "{value}" on a block of kind "{block.kind}": a row rescale '
+                'of its own acts on kind "diag-oft" / "boft" blocks only',
+                codes.help("DBS591"),
             )
 
 
@@ -2710,7 +2737,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form or rank_stabilized of its own",
+            "no scalar, Tucker form (but a LoRA block's on the denoiser) or rank_stabilized of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)

@@ -460,6 +460,18 @@ def _block_scalar():
     )
 
 
+def _block_oft_rescaled():
+    return option(
+        "adapter",
+        doc="Blocks of kind `diag-oft` / `boft` (LyCORIS's Diag-OFT / BOFT beside a lora, loha, lokr or "
+        "dylora adapter's layers): whether the matched layers also train a scale per output row, from 1 "
+        "(LyCORIS `rescaled`: a preset file's `module_algo_map` / `name_algo_map` entry's own, a "
+        "`--dim_from_weights` file's `rescale`; saved as `rescale`): on, off, or `adapter` (off: the "
+        "adapter rescales nothing). Other kinds' blocks: `adapter` only (DBS591).",
+        example="on",
+    )
+
+
 def _block_dora():
     return option(
         "adapter",
@@ -579,6 +591,7 @@ class AdapterBlock:
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
     lr_scale: float = option(
         1.0,
@@ -644,6 +657,7 @@ class TextEncoderBlock:
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
 
 

@@ -23,6 +23,21 @@ from tests.runtime.test_lycoris_mixed_full import MIXED_FULL
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 
+# Diag-OFT on the MLPs with their own constraint and row rescale (blocks' alpha and `rescaled`, was DBS403)
+# and on CLIP's attention at the network's, beside a LoKr network's layers, LoCon ResNets and LoHa CLIP MLPs
+OFT_RESCALED = MIXED_FULL.replace(
+    '[module_algo_map.FeedForward]\nalgo = "full"',
+    '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nconstraint = 0.001\nrescaled = true',
+).replace('algo = "full"', 'algo = "diag-oft"')
+
+
+# the ResNets' LoCon entry in LyCORIS's Tucker form (use_tucker: its 3x3 convolutions' lora_mid; was DBS403)
+TUCKER = MIXED.replace(
+    '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+    '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\nuse_tucker = true\n',
+)
+
+
 @pytest.fixture(scope="module")
 def pipe():
     return build_pipeline("builtin:tiny-sd1")
@@ -53,11 +68,11 @@ def _ours(comps) -> dict[str, nn.Module]:
 @pytest.mark.parametrize(
     ("algo", "preset"),
     [
-        ("lokr", MIXED),
+        ("lokr", TUCKER),
         ("locon", MIXED_FULL),
-        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"')),
+        ("lokr", OFT_RESCALED),
     ],
-    ids=["lokr-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
+    ids=["lokr-tucker-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
 )
 def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkeypatch, algo, preset):
     preset_path = tmp_path / "mixed.toml"
@@ -79,6 +94,13 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
+    if preset is TUCKER:  # the ResNets' LoCon in its Tucker form: the file's lora_mid start it
+        assert "on" in {b.tucker for b in plan.adapter.blocks if b.kind == "lora"}
+        assert any(k.endswith(".lora_mid.weight") for k in state)
+    if preset is OFT_RESCALED:  # the MLPs' entry's own constraint and rescale on its block
+        oft = [b for b in plan.adapter.blocks if b.kind == "diag-oft"]
+        assert [(b.alpha, b.rescaled) for b in oft] == [(0.001, "on")]
+        assert "rescale" in {k.rsplit(".", 1)[-1] for k in state}
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)
@@ -101,6 +123,11 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    for tail in (".rescale", ".lora_mid.weight"):  # the export holds the rescales / Tucker cores in LyCORIS's
+        theirs_state = made.state_dict()  # shapes: lycoris-lora's network's every such tensor
+        assert {k: v.shape for k, v in saved.items() if k.endswith(tail)} == {
+            k: v.shape for k, v in theirs_state.items() if k.endswith(tail)
+        }
     kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
@@ -117,13 +144,13 @@ LORA_FULL = MIXED_FULL.replace(
 @pytest.mark.parametrize(
     ("algo", "preset", "kind", "others"),
     [
-        ("lokr", MIXED, "lokr", {"lora", "loha"}),
-        ("lokr", MIXED_FULL.replace('algo = "full"', 'algo = "diag-oft"'), "lokr", {"lora", "diag-oft"}),
+        ("lokr", TUCKER, "lokr", {"lora", "loha"}),
+        ("lokr", OFT_RESCALED, "lokr", {"lora", "diag-oft"}),
         ("locon", GLORA, "lora", {"glora"}),
         ("locon", LORA_FULL, "lora", {"full"}),
         ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
     ],
-    ids=["lokr-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
+    ids=["lokr-tucker-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     pipe, tmp_path, monkeypatch, algo, preset, kind, others
@@ -155,6 +182,13 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
     assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
+    if preset is TUCKER:  # the ResNets' `lora_mid`: their LoCon blocks' Tucker form (was DBS403)
+        assert "on" in {b.tucker for b in a.blocks if b.kind == "lora"}, [
+            (b.kind, b.pattern, b.tucker, b.conv_rank) for b in a.blocks
+        ]
+    if preset is OFT_RESCALED:  # the MLPs' modules' `rescale`: their blocks' own row rescale (was DBS403)
+        assert {b.rescaled for b in a.blocks if b.kind == "diag-oft"} == {"on"}
+        assert {b.rescaled for b in a.text_encoder_blocks if b.kind == "diag-oft"} <= {"adapter"}
     comps, count = _loaded(plan)
     assert count == len(in_file)
     ours = _ours(comps)
@@ -186,8 +220,10 @@ DYLORA = MIXED.replace(
 )
 
 
-def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path, monkeypatch):
-    """A LoCon network whose preset gives the ResNets DyLoRA (dim 4, alpha 2), the MLPs LoHa and conv_in LoRA,
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path, monkeypatch, algo):
+    """A LoCon network whose preset gives the ResNets DyLoRA (dim 4, alpha 2), the MLPs LoHa and conv_in LoRA
+    (or a DyLoRA network with those entries: its other layers DyLoRA too, was DBS403),
     started from lycoris-lora 4.1.3's file of that network (every parameter moved): load_weights'
     load_state_dict(strict=False) loads the DyLoraModules' `alpha` alone (their weights are up_list /
     down_list), the other modules whole. dbspec's converted run starts every layer alike (outputs to 1e-5,
@@ -197,22 +233,26 @@ def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path,
 
     preset_path = tmp_path / "mixed.toml"
     preset_path.write_text(DYLORA, encoding="utf-8")
-    made = _network(pipe, preset_path, monkeypatch, "locon")
-    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    made = _network(pipe, preset_path, monkeypatch, algo)
+    dylora = {
+        m.lora_name
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        if type(m).__name__ == "DyLoraModule"
+    }
     assert dylora and len({type(m).__name__ for m in made.unet_loras}) >= 3
     path = kit.saved_file(made, tmp_path, seed=1, scale=0.1)
     state = load_file(str(path))
     assert {f"{n}.lora_down.weight" for n in dylora} <= set(state), "DyLoRA's modules in kohya's layout"
-    made = _network(pipe, preset_path, monkeypatch, "locon")
+    made = _network(pipe, preset_path, monkeypatch, algo)
     made.load_weights(str(path))
 
     PRESETS["mixed"] = DYLORA
     try:
-        _, plan = _converted_plan(tmp_path, "mixed", "locon", "--network_weights=prev.safetensors")
+        _, plan = _converted_plan(tmp_path, "mixed", algo, "--network_weights=prev.safetensors")
     finally:
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
-    assert "dylora" in {b.kind for b in plan.adapter.blocks}
+    assert "dylora" in {plan.adapter.kind} | {b.kind for b in plan.adapter.blocks}
     comps, count = _loaded(plan)
     assert count == len({k.split(".")[0] for k in state})
     ours = _ours(comps)

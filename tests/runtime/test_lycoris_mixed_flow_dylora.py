@@ -353,6 +353,36 @@ def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp
     _parts_draw_together(unet, layers)
 
     assert _loaded_back(monkeypatch, tensors, layers) == names
+    _starts_from_export(tmp_path, base, whole, tensors, theirs)
+
+
+def _starts_from_export(tmp_path: Path, base, whole, tensors, theirs) -> None:
+    """The run's kohya export starts the same spec (`--network_weights`, issue 12; was DBS356): each fused
+    DyLoraModule's one `alpha` on every part (lycoris-lora's load_state_dict takes only it), the LoCon / LoKr
+    modules' tensors whole; another DyLoRA alpha in the file stops the load."""
+    from safetensors.torch import save_file
+
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_preset_file_flow import _spec
+
+    export = next(Path(whole.final).glob("*.kohya.safetensors"))
+    start = ["adapter.init_weights=" + str(export), "adapter.init_partial=true", "output.dir=again"]
+    plan = compile_spec(_spec(tmp_path), [*base, *start])
+    comps, count = _loaded(plan)
+    assert count == len({k.split(".")[0] for k in tensors}) == plan.adapter.init_layers
+    layers = _kohya_layers(comps.unet, mmdit(2, ()), sd3_parts)
+    dylora = [n for n, m in theirs.items() if type(m).__name__ == "DyLoraModule"]
+    by_name = {"lora_unet_" + p.replace(".", "_"): parts for p, (parts, _) in layers.items()}
+    for name in dylora:
+        alphas = {float(p.lora_alpha["default"]) for p in by_name[name]}
+        assert alphas == {float(tensors[f"{name}.alpha"])}, name
+    changed = dict(tensors)
+    changed[f"{dylora[0]}.alpha"] = tensors[f"{dylora[0]}.alpha"] * 3
+    save_file(changed, str(tmp_path / "changed.safetensors"))
+    start[0] = "adapter.init_weights=" + str(tmp_path / "changed.safetensors")
+    with pytest.raises(ValueError, match=f"{dylora[0]}.alpha"):
+        _loaded(compile_spec(_spec(tmp_path), [*base, *start]))
 
 
 # a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on

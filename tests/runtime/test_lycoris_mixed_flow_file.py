@@ -27,7 +27,7 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _kohya_tree,
     _run,
 )
-from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+from tests.runtime.test_lycoris_preset_file_flow import _spec, _unwrapped
 from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -50,6 +50,8 @@ def _converted(tmp_path: Path, preset: str, algo: str, overrides, flags: str = "
 )
 def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo, other, qkv, linear1):
     text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
+    # the Diag-OFT entry's own constraint and row rescale (its block's alpha and `rescaled`, was DBS403)
+    text = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = true')
     base = ["model.base=builtin:tiny-flux", *_BASE]
     kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
@@ -64,6 +66,8 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     plan = _converted(second_dir, "mixed.toml", algo, base, "--network_weights=prev.safetensors")
     assert plan.adapter.init_weights and plan.adapter.fused
     assert {b.kind for b in plan.adapter.blocks} == kinds
+    oft = [(b.alpha, b.rescaled) for b in plan.adapter.blocks if b.kind == "diag-oft"]
+    assert oft == ([(0.001, "on")] if qkv == "diag-oft" else [])
     comps, count = _loaded(plan)
     from safetensors.torch import load_file
 
@@ -160,6 +164,185 @@ def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
     assert {m.lora_name for m in made.unet_loras} == names
     made.eval()
     _check_kohya_outputs(tree, layers, names)
+
+    _, second, _ = _run(second_dir, kinds, base)
+    assert second.status == "finished"
+
+
+@pytest.mark.parametrize(
+    ("algo", "kinds", "fused"),
+    [
+        ("locon", {"dylora", "loha"}, {"single_blocks_0_linear1", "double_blocks_0_img_attn_qkv"}),
+        ("dylora", {"lora", "lokr", "diag-oft", "full", "ia3"}, set()),
+    ],
+    ids=["locon-network", "dylora-network"],
+)
+def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
+    tmp_path, monkeypatch, algo, kinds, fused
+):
+    """A LoCon network whose preset file gives DyLoRA to the single blocks' linear1 (dim 4, alpha 2), the
+    double blocks' image q/k/v (the network's) and CLIP-L's attention, LoHa to the text q/k/v (was DBS356);
+    a DyLoRA network whose preset gives LoCon, LoKr, Diag-OFT, full and IA^3 entries (was DBS403):
+    lycoris-lora 4.1.3's network from the same preset file on kohya's Flux layers, the first run's export
+    loaded into it (load_state_dict(strict=False), as kohya's load_weights), takes each DyLoraModule's
+    `alpha` alone (its weights are `up_list` / `down_list`, the file's `lora_down` / `lora_up` unexpected),
+    one alpha per fused Linear, the other modules whole. The second run starts every layer alike: the others
+    moved to the file's outputs (1e-5), the DyLoRA parts at their fresh init and the file's alphas; a file
+    DyLoRA alpha other than its block's is refused when the run starts; the run trains and resumes
+    bit-exact."""
+    from safetensors.torch import load_file, save_file
+
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris_mixed_flow_dylora import DYLORA_NETWORK, _their_network
+    from tests.runtime.test_lycoris_mixed_flow_dylora import FLUX_FILE as DYLORA_FILE
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    preset = (
+        DYLORA_FILE.replace("OTHER", "loha")
+        if algo == "locon"
+        else DYLORA_NETWORK.replace("QKV", "diag-oft").replace("DIM", "4")
+    )
+    args = f'"algo={algo}" "block_size=2" "preset=mixed.toml"'
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(preset, encoding="utf-8")
+    plan_of(flux_lycoris(first_dir, args), first_dir, base)
+    first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+
+    outcome = flux_lycoris(second_dir, args, "--network_weights=prev.safetensors")
+    plan = plan_of(outcome, second_dir, base)
+    assert plan.adapter.init_weights and plan.adapter.init_partial and plan.adapter.fused
+    assert {b.kind for b in plan.adapter.blocks} - {"adapter"} == kinds
+    comps, count = _loaded(plan)
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert count == len(names) == plan.adapter.init_layers
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
+    theirs, made = _their_network(monkeypatch, algo, second_dir / "mixed.toml", [clip, nn.Module()], tree)
+    dylora = {n for n, m in theirs.items() if type(m).__name__ == "DyLoraModule"}
+    unet_dylora = {n for n in dylora if n.startswith("lora_unet_")}
+    assert unet_dylora and any(n.startswith("lora_te1_") for n in dylora)
+    result = made.load_state_dict(tensors, strict=False)
+    assert {k.split(".")[0] for k in result.unexpected_keys} == dylora
+    assert {k.split(".", 1)[1] for k in result.unexpected_keys} == {"lora_down.weight", "lora_up.weight"}
+    assert {k.split(".")[0] for k in result.missing_keys} == dylora
+    assert {k.split(".")[1] for k in result.missing_keys} == {"up_list", "down_list"}
+    assert {n for n in names if n.startswith("lora_unet_")} == {
+        n for n in theirs if n.startswith("lora_unet_")
+    }
+    made.eval()
+    by_name = {"lora_unet_" + path.replace(".", "_"): parts for path, (parts, _) in layers.items()}
+    assert {n for n in unet_dylora if len(by_name[n]) > 1} == {"lora_unet_" + n for n in fused}
+    for name in sorted(dylora):  # the file's alpha in LyCORIS's buffer and on every part of ours
+        alpha = float(tensors[f"{name}.alpha"])
+        assert float(theirs[name].alpha) == alpha, name
+        if name in unet_dylora:
+            assert all(isinstance(p, DyloraLayer) for p in by_name[name]), name
+            assert {float(p.lora_alpha["default"]) for p in by_name[name]} == {alpha}, name
+    moved = {n for n in names if n.startswith("lora_unet_")} - dylora
+    _check_kohya_outputs(tree, layers, moved)  # DyLoRA layers the base (fresh ups), the others the file's
+
+    _, second, _ = _run(second_dir, kinds, base)
+    assert second.status == "finished"
+
+    name = sorted(unet_dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
+    tensors[f"{name}.alpha"] = tensors[f"{name}.alpha"] * 3
+    save_file(tensors, str(second_dir / "prev.safetensors"))
+    with pytest.raises(ValueError, match=f"{name}.alpha"):
+        _loaded(plan)
+
+
+# a LoKr network with full, LoCon and LoHa entries on the denoiser only (no CLIP module)
+FROM_WEIGHTS_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "full"
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "locon"
+dim = 2
+alpha = 1
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+[name_algo_map.txt_in]
+algo = "full"
+"""
+
+
+@pytest.mark.parametrize(
+    ("algo", "kinds", "classes"),
+    [
+        ("lokr", {"full", "lora", "loha"}, {"LokrModule", "FullModule", "LoConModule", "LohaModule"}),
+        ("locon", {"full"}, {"FullModule", "LoConModule"}),
+    ],
+)
+def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
+    tmp_path, monkeypatch, algo, kinds, classes
+):
+    """lycoris.kohya --dim_from_weights on Flux with a file mixing LoKr, full (a fused q/k/v and txt_in),
+    LoCon and LoHa modules (was DBS403): a LoKr adapter with blocks of kind full / lora / loha over the
+    modules' diffusers parts, init_scale 2, started from the file; a LoCon network's file with full modules
+    likewise, a LoRA adapter (LoCon at two ranks) with full blocks. lycoris-lora 4.1.3's
+    create_network_from_weights on kohya's Flux layers, applied, the file loaded (train_network.py's
+    load_weights: the FullModules at W + 2 diff), gives every layer the converted run's started output
+    (1e-5); the run trains and resumes bit-exact."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    preset = FROM_WEIGHTS_FILE
+    if algo == "locon":  # no LoHa entry: the LoCon modules lead
+        preset = preset.replace('[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n', "")
+        assert preset != FROM_WEIGHTS_FILE
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(preset, encoding="utf-8")
+    plan_of(flux_lycoris(first_dir, f'"algo={algo}" "preset=mixed.toml"'), first_dir, base)
+    first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert {k.rsplit(".", 1)[-1] for k in tensors} >= {"diff", "diff_b", "weight"}
+
+    outcome = flux_lycoris(
+        second_dir, '"algo=lokr" "preset=mixed.toml"', "--dim_from_weights --network_weights=prev.safetensors"
+    )
+    plan = plan_of(outcome, second_dir, base)
+    a = plan.adapter
+    own = {"locon": "lora"}.get(algo, algo)
+    assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
+    assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    comps, count = _loaded(plan)
+    assert count == len(names) == a.init_layers
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    assert {type(m).__name__ for m in network.unet_loras} == classes
+    result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
+    assert not result.unexpected_keys, result
+    assert {m.lora_name for m in network.unet_loras} == names
+    network.eval()
+    _check_kohya_outputs(tree, layers, names)  # every layer where LyCORIS's rebuilt network starts it
 
     _, second, _ = _run(second_dir, kinds, base)
     assert second.status == "finished"

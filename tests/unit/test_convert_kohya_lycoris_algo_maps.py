@@ -697,6 +697,16 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     (tmp_path / "constraint").mkdir()
     outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
     assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")
+    # an entry's own constraint and rescaled (was DBS403): its block's alpha and `rescaled` (DiagOFTModule's
+    # `if rescaled`: the string "false" is true); runtime: test_lycoris_mixed_file (OFT_RESCALED)
+    own = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = "false"')
+    (tmp_path / "own").mkdir()
+    w = plan_of(expressible(_convert(tmp_path / "own", own, "lokr", '"factor=8"')), tmp_path / "own")
+    oft = [(b.rank, b.alpha, b.rescaled) for b in w.adapter.blocks if b.kind == "diag-oft"]
+    assert oft == [(4, 0.001, "on")]
+    bad = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = -1')
+    (tmp_path / "bad").mkdir()
+    assert "DBS403" in codes(_convert(tmp_path / "bad", bad, "lokr", '"factor=8"'))
 
 
 @pytest.mark.parametrize("algo", ["dylora", "glora"])

@@ -757,3 +757,103 @@ def test_sd3_locon_file_lora_mid_on_the_patch_convolution(tmp_path):
     bad = {**tensors, f"{qkv}.lora_mid.weight": np.zeros((8, 8, 1, 1), np.float16)}
     save_file(bad, str(tmp_path / "prev.safetensors"))
     assert "Tucker core on a Linear" in messages(_sd3(tmp_path, allow=True), "DBS402")
+
+
+def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
+    """A file mixing LoKr, full, LoCon and LoHa modules on the denoiser (was DBS403: one kind per adapter):
+    create_network_from_weights builds each module by its keys, so the adapter is the LoKr modules' and the
+    others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
+    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on a text encoder (DBS403),
+    on the final layer (DBS403), a LoCon module's Tucker core beside other kinds (DBS403, DBS578 in a spec),
+    another kind's module without alpha (DBS402: float(None))."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_img_attn_qkv": {"diff": (3 * W, W), "diff_b": (3 * W,)},
+        "lora_unet_double_blocks_0_txt_attn_qkv": {"lora_down.weight": (2, W), "lora_up.weight": (3 * W, 2)},
+        "lora_unet_double_blocks_0_txt_attn_proj": loha,
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.fused
+    kinds = {
+        "transformer_blocks.0.attn.to_out.0": ("adapter", 1),
+        "transformer_blocks.0.attn.to_k": ("full", 1),
+        "transformer_blocks.0.attn.add_v_proj": ("lora", 2),
+        "transformer_blocks.0.attn.to_add_out": ("loha", 2),
+    }
+    for path, want in kinds.items():
+        block = next((b for b in a.blocks if re.search(b.pattern, path)), None)
+        got = (block.kind, block.rank) if block is not None else ("adapter", a.rank)
+        assert got[0] == want[0] and (want[0] == "adapter" or got[1] == want[1]), path
+    assert set(a.denoiser_targets) == {
+        *kinds,
+        "transformer_blocks.0.attn.to_q",
+        "transformer_blocks.0.attn.to_v",
+        "transformer_blocks.0.attn.add_q_proj",
+        "transformer_blocks.0.attn.add_k_proj",
+    }
+    for extra, code, words in (
+        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": {"diff": (3072, 768)}}, "DBS403", "text encoder"),
+        ({"lora_unet_final_layer_linear": {"diff": (64, W)}}, "DBS403", "proj_out"),
+        (
+            {
+                "lora_unet_img_in": {
+                    "lora_down.weight": (2, 64),
+                    "lora_up.weight": (W, 2),
+                    "lora_mid.weight": (2, 2),
+                }
+            },
+            "DBS403",
+            "Tucker",
+        ),
+    ):
+        _factor_file(tmp_path / "prev.safetensors", {**modules, **extra})
+        assert words in messages(_flux(tmp_path, allow=True), code), words
+    led = {  # LoCon modules at two ranks beside a full one: a LoRA adapter, its modules' ranks as blocks
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        "lora_unet_double_blocks_0_txt_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        **{n: m for n, m in modules.items() if "_qkv" in n},
+    }
+    _factor_file(tmp_path / "prev.safetensors", led)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_scale) == ("lora", 4, 1.0, 2.0) and a.fused
+    assert _rank(a, "transformer_blocks.0.attn.add_k_proj") == (2, 1.0)
+    assert next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_k")).kind == "full"
+    assert not any(re.search(b.pattern, "transformer_blocks.0.attn.to_out.0") for b in a.blocks)
+    tensors = {f"{n}.{k}": np.zeros(s, np.float16) for n, m in modules.items() for k, s in m.items()}
+    save_file(tensors, str(tmp_path / "prev.safetensors"))  # no alpha at all
+    assert "float(None)" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+
+def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
+    """The same on SD3 (was DBS403): a LoHa file's context-block q/k/v beside a full x-block q/k/v and a
+    LoCon x-block projection: a loha adapter with blocks of kind full / lora over the fused parts, init_scale
+    2; the patch convolution as another kind's module stays DBS403."""
+    loha = {"hada_w1_a": (192, 2), "hada_w1_b": (2, 64), "hada_w2_a": (192, 2), "hada_w2_b": (2, 64)}
+    modules = {
+        "lora_unet_joint_blocks_0_context_block_attn_qkv": loha,
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {"diff": (3 * 64, 64)},
+        "lora_unet_joint_blocks_0_x_block_attn_proj": {
+            "lora_down.weight": (4, 64),
+            "lora_up.weight": (64, 4),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.init_scale) == ("loha", 2, 2.0) and a.fused
+    full = next(b for b in a.blocks if b.kind == "full")
+    assert all(re.search(full.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
+    assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
+    lora = next(b for b in a.blocks if b.kind == "lora")
+    assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
+    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}}
+    _factor_file(tmp_path / "prev.safetensors", patch)
+    assert "pos_embed.proj" in messages(_sd3(tmp_path, allow=True), "DBS403")

@@ -62,9 +62,7 @@ def test_locon_and_loha_file_is_a_loha_run_with_lora_blocks(tmp_path):
 
 
 def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
-    tucker = _locon(640, 320, 4, kernel=3) | {"lora_mid.weight": (4, 4, 3, 3)}
     for case, modules, code, said in (
-        ("tucker", {Q: _lokr(320, 320, 4, 4), CONV: tucker}, "DBS403", "Tucker"),
         (
             "dora",
             {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4) | {"dora_scale": (320, 1)}},
@@ -72,11 +70,36 @@ def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
             "dora",
         ),
         ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
-        ("rescale", {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)}, "DBS403", "rescale"),
         ("full-dims", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320, 1, 1)}}, "DBS402", "dimensions"),
     ):
         outcome = _convert(tmp_path / case, modules)
         assert code in codes(outcome) and said in messages(outcome, code), (case, errors(outcome))
+
+
+def test_locon_module_lora_mid_beside_other_kinds_is_its_blocks_tucker(tmp_path):
+    """A LoCon convolution's `lora_mid` beside a LoKr module (was DBS403): make_module_from_state_dict builds
+    it with use_tucker, dbspec's block of kind lora `tucker = "on"` (runtime test: test_lycoris_mixed_file);
+    on a Linear it has no Tucker core (DBS402)."""
+    tucker = _locon(640, 320, 4, kernel=3) | {"lora_mid.weight": (4, 4, 3, 3)}
+    outcome = _convert(tmp_path, {Q: _lokr(320, 320, 4, 4), CONV: tucker})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    (block,) = [b for b in a.blocks if b.kind == "lora"]
+    assert (block.conv_rank, block.tucker) == (4, "on")
+    linear = _locon(320, 320, 4) | {"lora_mid.weight": (4, 4)}
+    outcome = _convert(tmp_path / "linear", {Q: _lokr(320, 320, 4, 4), K: linear})
+    assert "DBS402" in codes(outcome) and "Tucker" in messages(outcome, "DBS402")
+
+
+def test_oft_module_rescale_beside_other_kinds_is_its_blocks_rescaled(tmp_path):
+    """A Diag-OFT module's `rescale` beside a LoKr one (was DBS403): make_module_from_state_dict builds it
+    with rescaled, dbspec's block of kind diag-oft `rescaled = "on"` (runtime test:
+    test_lycoris_mixed_file)."""
+    outcome = _convert(tmp_path, {Q: _lokr(320, 320, 4, 4), K: _oft(4, 320)})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    k = _block(a.blocks, f"{ATTN}.to_k")
+    assert (k.kind, k.rank, k.rescaled) == ("diag-oft", 4, "on")
 
 
 def test_locon_file_with_oft_and_glora_modules_is_a_lora_run_with_their_blocks(tmp_path):

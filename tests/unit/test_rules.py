@@ -1694,6 +1694,24 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nfactor = 4\n',
     ),
+    # a block's own OFT row rescale (a LyCORIS map entry's `rescaled`, a --dim_from_weights file's `rescale`)
+    # acts on blocks of kind diag-oft / boft only (issue 12)
+    (
+        rules.block_oft_rescaled,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\nrescaled = "on"\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\nrescaled = "off"\n',
+        [
+            ("DBS591", "error", ("adapter", "blocks", 0, "rescaled")),
+            ("DBS591", "error", ("adapter", "text_encoder_blocks", 0, "rescaled")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nrescaled = "on"\n',
+    ),
     # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr and LyCORIS's LoRA masks
     # (LoHa's with the bypass dropouts: each layer's draw takes its block's rescale, issue 12)
     (
@@ -1762,6 +1780,20 @@ CASES = [
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
+    ),
+    (  # a block's own Tucker form in a run of several kinds: LoCon blocks' only (issue 12)
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\ntucker = "on"\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 4\nalpha = 4.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        + 'tucker = "on"\n',
     ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,

@@ -360,7 +360,7 @@ def factor_file_adapter(
     denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
     text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
     algo = algos[0]
-    if len(algos) > 1:
+    if len(algos) > 1:  # LoKr / LoHa / LoCon / full together: lycoris_flow_mixed.py (model.py picks it)
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
     if family == "chroma":
         return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"

@@ -193,7 +193,9 @@ def check_layers(
     for layer in layers:
         reads = _READS.get(_algo(layer.algo), ())
         own = _PER_BLOCK.get(_algo(layer.algo), ())
-        if kind in _OFT and _algo(layer.algo) == kind:  # Diag-OFT / BOFT blocks carry them (_oft_blocks)
+        # Diag-OFT / BOFT blocks carry them: an OFT network's (_oft_blocks), or beside other kinds (_blocks)
+        oft = _algo(layer.algo) in _OFT
+        if oft and (_algo(layer.algo) == kind or _algo(layer.algo) != _algo(algo)):
             own = (*own, *_oft_own(layer, network))
         if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
@@ -485,8 +487,16 @@ def _blocks(
             block.update(conv_rank=conv.dim, conv_alpha=_alpha(conv.alpha, conv.dim, rs))
         if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
             block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
+        oft_own: list[str] = []
         if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint 0
-            block.update(alpha=0.0, **({"conv_alpha": 0.0} if conv else {}))
+            entry = dict(group[0].options)  # one entry: its own constraint (the block's alpha), rescaled
+            c = 0.0
+            if "constraint" in entry and not _same("constraint", entry["constraint"], network):
+                c = float(entry["constraint"])  # a number of at least 0 (_oft_own)
+                oft_own.append("constraint")
+            block.update(alpha=c, **({"conv_alpha": c} if conv else {}))
+            if "rescaled" in entry and bool(entry["rescaled"]) != bool(network.get("rescaled")):
+                switches["rescaled"] = "on" if entry["rescaled"] else "off"  # DiagOFTModule's `if rescaled`
         if factor:
             block["factor"] = factor
         if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's
@@ -496,6 +506,7 @@ def _blocks(
             block["unit"] = unit
         block.update(switches)
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
+        own += oft_own
         own += ["block_size"] if unit else []
         what = ", ".join(
             [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]

@@ -15,8 +15,8 @@ own LoKr layers may carry their own split), else of the LoHa modules', else LoRA
 layers) take their layers; the targets span every module's layer; the run starts from the file
 (runtime/mixed_init.py); with full modules at `init_scale` 2 (make_module_from_state_dict copies the diff
 into FullModule's weight, apply_to adds W, load_weights' prehook adds the diff again: W + 2 diff). A run of
-several kinds builds no Tucker form, weight decomposition or OFT rescale
-(DBS578): a `lora_mid`, `hada_t1`, `lokr_t2`, `dora_scale` or `rescale` in such a file is DBS403. Checked
+several kinds builds no Tucker form or weight decomposition (DBS578): a `lora_mid`, `hada_t1`, `lokr_t2` or
+`dora_scale` in such a file is DBS403; an OFT module's `rescale` is its block's `rescaled = "on"`. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
 
 from __future__ import annotations
@@ -46,13 +46,15 @@ def is_mixed(modules: dict[str, LycorisModule]) -> bool:
 
 def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
     """A LoCon module's (rank, alpha) as LoConModule.make_module_from_state_dict builds it; else why not."""
-    odd = sorted(k for k in m.shapes if k not in _LOCON)
-    if "lora_mid.weight" in odd or "dora_scale" in odd:
-        what = "Tucker form (lora_mid)" if "lora_mid.weight" in odd else "weight decomposition (dora_scale)"
+    odd = sorted(k for k in m.shapes if k not in (*_LOCON, "lora_mid.weight"))
+    if "dora_scale" in odd:
         return (
-            f"`{name}` is a LoCon module with LyCORIS's {what} beside modules of other kinds: dbspec trains "
-            "several kinds in one run without it (DBS578)"
+            f"`{name}` is a LoCon module with LyCORIS's weight decomposition (dora_scale) beside modules of "
+            "other kinds: dbspec trains several kinds in one run without it (DBS578)"
         )
+    mid = m.shapes.get("lora_mid.weight")
+    if mid is not None and (len(mid) != 4 or len(m.shapes.get("lora_down.weight", ())) != 4):
+        return f"{INVALID}`{name}.lora_mid.weight` on a Linear: LoConModule has no Tucker core there"
     if odd:
         return (
             f"`{name}.{odd[0]}` is no tensor LyCORIS's LoConModule reads (load_state_dict(strict=False) "
@@ -65,7 +67,8 @@ def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
         return f"{INVALID}`{name}` has no alpha: make_module_from_state_dict's float(None) raises TypeError"
     if m.alpha < 0:
         return f"`{name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
-    return {"rank": rank, "alpha": float(m.alpha or rank)}  # LoConModule: alpha 0 is the dim
+    # LoConModule: alpha 0 is the dim; a `lora_mid` its Tucker form (make_module_from_state_dict's use_tucker)
+    return {"rank": rank, "alpha": float(m.alpha or rank), **({"tucker": True} if mid is not None else {})}
 
 
 def _full(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
@@ -97,13 +100,8 @@ def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
         found = _glora(name, m, layer)
     elif m.algo == "oft":
         found = _oft(name, m, kind)
-        if isinstance(found, dict):
-            if found["rescaled"]:
-                return (
-                    f"`{name}.rescale`: a {kind} module's row rescale beside modules of other kinds; "
-                    "dbspec's OFT blocks in a run of several kinds rescale nothing"
-                )
-            found = {"rank": found["block_size"], "alpha": found["constraint"]}
+        if isinstance(found, dict):  # a `rescale`: its block's own row rescale (spec block `rescaled`)
+            found = {"rank": found["block_size"], "alpha": found["constraint"], "rescaled": found["rescaled"]}
     else:
         found = _module(name, m, layer, path)
         if isinstance(found, dict):
@@ -124,14 +122,19 @@ def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]
     each pattern matching exactly its modules among `rows` (every module's layer of the file)."""
     groups: dict[tuple, set[str]] = {}
     for path, v in found.items():
-        groups.setdefault((v["kind"], v["spatial"], v["rank"], v["alpha"]), set()).add(path)
+        key = (v["kind"], v["spatial"], v["rank"], v["alpha"], bool(v.get("rescaled")), bool(v.get("tucker")))
+        groups.setdefault(key, set()).add(path)
     out = []
-    for (kind, spatial, rank, alpha), paths in groups.items():
+    for (kind, spatial, rank, alpha, rescaled, tucker), paths in groups.items():
         block: dict[str, Any] = {"pattern": _pattern(paths, rows), "kind": kind}
         if spatial:
             block.update(rank=top[0], alpha=top[1], conv_rank=rank, conv_alpha=alpha)
         else:
             block.update(rank=rank, alpha=alpha)
+        if rescaled:  # an OFT module's `rescale`: make_module_from_state_dict builds it with rescaled
+            block["rescaled"] = "on"
+        if tucker:  # a LoCon convolution's `lora_mid`: its Tucker form (runtime/locon_tucker.py)
+            block["tucker"] = "on"
         out.append(block)
     return out
 

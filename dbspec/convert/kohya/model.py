@@ -21,6 +21,7 @@ from dbspec.convert.kohya.network import (
     map_init_weights,
     map_network,
     map_network_weights,
+    other_block_kinds,
     parse_network_args,
     put_text_blocks,
 )
@@ -971,7 +972,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             )
             return False
         map_init_weights(weights, paths, conv)
-    elif kind == "dylora" and weights.value:  # only the file's alphas load, under kohya's fused names
+    elif kind == "dylora" and weights.value and not other_block_kinds(conv):
+        # only the file's alphas load, under kohya's fused names (with entries of other algos: a run of
+        # several kinds, map_network_weights)
         from dbspec.convert.kohya.lycoris_flow_dylora import flow_dylora_alphas
 
         flow_dylora_alphas(weights, paths, conv, "sd3" if layout is SD3 else family or "flux")
@@ -1306,8 +1309,14 @@ def _lycoris_flow_factor_file(
     (lycoris_flow_weights.py); a full file: FullModule's copies from W + 2 diff (init_scale 2); what that
     cannot express is DBS403, what LyCORIS fails on DBS402 (an IA3 file: lycoris-lora 4.1.3's IA3Module
     cannot be built from one)."""
+    from dbspec.convert.kohya.lycoris_flow_mixed import flow_mixed_file, is_flow_mixed
+
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
-    found = factor_file_adapter(modules, family, bool(a["network_train_unet_only"].value), _t5_idle(a))
+    unet_only = bool(a["network_train_unet_only"].value)
+    if is_flow_mixed(modules) and family != "chroma":  # LoKr / LoHa / LoCon / full: a run of several kinds
+        found = flow_mixed_file(modules, family, unet_only, _t5_idle(a))
+    else:
+        found = factor_file_adapter(modules, family, unet_only, _t5_idle(a))
     if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
             from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"

@@ -1153,6 +1153,18 @@ def _float(text) -> float:
     return float(text)
 
 
+def other_block_kinds(conv: Conversion) -> set[str]:
+    """The kinds of the converted [[adapter.blocks]] / [[adapter.text_encoder_blocks]] other than the
+    adapter's (a preset file's map entries of other algos: a run of several kinds)."""
+    kind = conv.values.get(("adapter", "kind"), (None, ""))[0]
+    kinds = {
+        value
+        for key, (value, _) in conv.values.items()
+        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
+    }
+    return kinds - {kind, "adapter"}
+
+
 def map_init_weights(weights: Legacy, paths, conv: Conversion) -> None:
     """`--network_weights` -> adapter.init_weights, loaded as kohya's network loads it: `load_weights` calls
     `load_state_dict(weights_sd, False)`, so a layer the file lacks keeps its fresh init and a file layer the
@@ -1254,6 +1266,12 @@ def map_network_weights(
         return
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
+        return
+    if kind == "dylora" and other_block_kinds(conv):
+        # a DyLoRA network whose preset entries give layers other algos: a run of several kinds, each
+        # LyCORIS module loading its tensors (load_state_dict(strict=False)), the DyLoraModules their alpha
+        # alone, which must be their blocks' (runtime/mixed_init.py checks it when the run loads the file)
+        map_init_weights(weights, paths, conv)
         return
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)

@@ -1,0 +1,191 @@
+"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon
+(`lora_down` / `lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
+create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own keys, one per
+kohya Linear (a fused q/k/v or linear1 one module), at the values its make_module_from_state_dict reads off
+the file, then train_network.py's load_weights loads the file into them (a FullModule: built at W + diff,
+its load hook adds the diff again, W + 2 diff).
+
+dbspec's equivalent: a run of several kinds with `fused_projections` (runtime/mixed_kinds.py). The adapter is
+of the LoKr modules' kind when the file has some, else of the LoHa modules' (lycoris_flow_factor_file's
+values, targets and blocks for them, text encoders and T5-XXL included), else LoRA (the LoCon modules' most
+frequent rank and alpha, the others' as blocks; on the denoiser only); every other module is an
+`[[adapter.blocks]]` entry of its kind over its diffusers parts (a fused Linear's all), at its rank and alpha
+(a full block's rank only switches it on), placed first so that it takes its layers; the denoiser targets
+span every module's parts; full modules make the adapter's `init_scale` 2. The run starts from the file
+(runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
+LoCon-led file's LoCon ones), Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch convolution or Flux's
+final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
+kinds builds neither, DBS578). Checked against lycoris-lora in
+tests/runtime/test_lycoris_mixed_flow_file.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
+from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter, final_layer_block
+from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha, diffusers_targets, own_blocks
+
+# the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
+_OTHERS = {"locon": "lora", "loha": "loha", "full": "full"}
+
+
+def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
+    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon and full, LoKr, LoHa or
+    LoCon among them."""
+    algos = {m.algo for m in modules.values()} - {"norm"}
+    return len(algos) > 1 and algos <= {"lokr", *_OTHERS} and bool(algos & {"lokr", "loha", "locon"})
+
+
+def _locon_adapter(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool
+) -> dict[str, object] | str:
+    """A LoRA adapter's values for a file led by LoCon modules (no LoKr / LoHa): one LoConModule per kohya
+    Linear (fused_projections), the rank and alpha most of them share, a module at its own an
+    [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
+    from collections import Counter
+
+    text = next((n for n in modules if not n.startswith("lora_unet_")), None)
+    if text is not None and not unet_only:
+        return (
+            f"module `{text}` is a LyCORIS LoCon module of a text encoder beside full modules: dbspec maps "
+            "such a file's LoCon modules on the denoiser only"
+        )
+    pairs = {}
+    for name, m in sorted(modules.items()):
+        if not name.startswith("lora_unet_"):
+            continue
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        pairs[name] = (values["rank"], values["alpha"])
+    targets = diffusers_targets(sorted(pairs), family)
+    if isinstance(targets, str):
+        return targets
+    (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
+    own = {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
+    return {
+        "kind": "lora",
+        "rank": rank,
+        "alpha": alpha,
+        "denoiser_targets": targets,
+        "fused_projections": True,
+        **({"blocks": blocks} if blocks else {}),
+    }
+
+
+def _values(m: LycorisModule) -> dict[str, Any] | str:
+    """Another kind's module as its block's kind, rank and alpha; else why not ("invalid:..." where
+    make_module_from_state_dict fails)."""
+    s = m.shapes
+    if m.algo == "full":
+        odd = sorted(k for k in s if k not in ("diff", "diff_b"))
+        if odd:
+            return f"`{m.name}.{odd[0]}` is no tensor LyCORIS's FullModule reads beside `diff` / `diff_b`"
+        if len(s["diff"]) != 2:
+            dims = len(s["diff"])
+            return (
+                f"invalid:`{m.name}.diff` has {dims} dimensions, kohya's Linear 2: FullModule's copy_ raises"
+            )
+        return {"kind": "full", "rank": 1, "alpha": 1.0}
+    if m.algo == "locon":
+        odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight"))
+        if odd:
+            what = {
+                "lora_mid.weight": "Tucker form (lora_mid)",
+                "dora_scale": "weight decomposition (dora_scale)",
+            }
+            return (
+                f"`{m.name}.{odd[0]}`: LyCORIS's {what.get(odd[0], 'tensor ' + odd[0])} on a LoCon module "
+                "beside "
+                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
+            )
+        if "lora_down.weight" not in s:
+            why = "LoConModule's make_module_from_state_dict fails"
+            return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
+        rank = s["lora_down.weight"][0]
+    else:  # LoHa beside a LoKr adapter
+        odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
+        if odd:
+            return (
+                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form or weight decomposition on a LoHa module beside "
+                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
+            )
+        checked = check_loha([m])
+        if isinstance(checked, str):
+            return checked
+        rank = checked[0]
+    if m.alpha is None:
+        return f"invalid:module `{m.name}` has no alpha: make_module_from_state_dict's float(None) raises"
+    if m.alpha < 0:
+        return f"`{m.name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
+    return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": float(m.alpha or rank)}  # 0: the dim
+
+
+def flow_mixed_file(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
+) -> dict[str, object] | str:
+    """[adapter] values for a mixed file on `family` (flux or sd3; `t5_idle` as factor_file_adapter's);
+    else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
+    algos = {m.algo for m in modules.values()}
+    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
+    others = {n: m for n, m in modules.items() if m.algo != own}
+    text = next((n for n in others if not n.startswith("lora_unet_")), None)
+    if text is not None and not unet_only:
+        return (
+            f"module `{text}` is a LyCORIS {others[text].algo} module of a text encoder beside {own} "
+            "modules: "
+            "dbspec maps the other kinds' modules of such a file on the denoiser only"
+        )
+    others = {n: m for n, m in others.items() if n.startswith("lora_unet_")}
+    groups: dict[tuple, dict[str | None, dict[int | None, set[str]]]] = {}
+    paths: list[str] = []
+    for name, m in sorted(others.items()):
+        found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
+        if found is None:
+            return f"module `{name}` is no Linear of kohya's model dbspec places"
+        blocks, index, parts = found
+        if not blocks and parts in (("pos_embed.proj",), ("proj_out",)):
+            return (
+                f"module `{name}` (diffusers' `{parts[0]}`) is a LyCORIS {m.algo} module beside {own} "
+                "modules: "
+                "dbspec places another kind there only on the blocks' Linears and the embedders"
+            )
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        key = (values["kind"], values["rank"], values["alpha"])
+        groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
+        paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
+    mine = {n: m for n, m in modules.items() if m.algo == own}
+    if own == "locon":
+        found = _locon_adapter(mine, family, unet_only)
+    else:  # the LoKr / LoHa modules as a file of that kind alone
+        found = factor_file_adapter(mine, family, unet_only, t5_idle)
+    if isinstance(found, str):
+        return found
+    own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
+    for key, what in (("dora", "weight decomposition"), ("tucker", "Tucker form")):
+        if found.get(key) or any(key in b for b in own_blocks):
+            return (
+                f"its {own} modules hold LyCORIS's {what} beside modules of other kinds: dbspec trains "
+                "several kinds in one run without it (DBS578)"
+            )
+    blocks_out = [
+        {"pattern": pattern, "kind": kind, "rank": rank, "alpha": alpha}
+        for (kind, rank, alpha), lists in groups.items()
+        for blocks, indices in lists.items()
+        for pattern in _patterns(blocks, indices)
+    ]
+    out = dict(found)
+    out["denoiser_targets"] = [
+        *found["denoiser_targets"],
+        *(p for p in paths if p not in found["denoiser_targets"]),
+    ]
+    out["blocks"] = [*blocks_out, *found.get("blocks", ())]  # the other kinds' first: each takes its layers
+    if any(kind == "full" for kind, _, _ in groups):
+        # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
+        # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
+        out["init_scale"] = 2.0
+    return out
