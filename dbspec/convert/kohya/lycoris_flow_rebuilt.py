@@ -49,13 +49,10 @@ from dbspec.plan.boft import power2_factorization
 REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
 
 
-def flow_rebuilt_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool, text_idle: str = ""
-) -> dict | str:
+def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
     """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (flux or sd3); else
-    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `text_idle`: why the CLIP modules,
-    which apply_to keeps with the file's weights, would never train (text_encoder_lr 0), or ""."""
+    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
     norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
     if norm is not None:
         return (
@@ -88,11 +85,6 @@ def flow_rebuilt_file(
             return clip
         text_targets, text_2 = clip
         clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
-        if clip_names and text_idle:
-            return (
-                f"module `{clip_names[0]}` is CLIP's, which LyCORIS applies with the file's weights that "
-                f"never train: {text_idle}; dbspec adapts a text encoder only while it trains"
-            )
     denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
     patch = denoiser.pop(PATCH, None) if family == "sd3" else None
     if not denoiser:
