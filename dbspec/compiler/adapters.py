@@ -279,8 +279,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         params=adapter_params(adapter, family, components),
         # full: LyCORIS's FullModules on T5-XXL's Linears (train.t5; rules.T5_ADAPTER_KINDS)
         t5_targets=_t5_targets(family, components) if adapter.kind == "full" else (),
-        **_oft_blocks(adapter),
-        **_full_excluded(adapter),
+        **_excluded_blocks(adapter, _oft_blocks(adapter)),
     )
     if adapter.kind == "full" and layers:
         copies = {
@@ -291,14 +290,18 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))
 
 
-def _full_excluded(adapter) -> dict:
-    """Full's `exclude` patterns as rank-0 blocks, the denoiser's and the text encoders' (runtime/blocks.py
-    leaves a layer of a rank-0 block without an adapter: no trained copy)."""
-    patterns = getattr(adapter, "exclude", ()) if adapter.kind == "full" else ()
+def _excluded_blocks(adapter, blocks: dict) -> dict:
+    """`exclude` patterns (full, Diag-OFT, BOFT) as rank-0 blocks ahead of `blocks` (the kind's own), the
+    denoiser's and the text encoders' (runtime/blocks.py takes a layer's first matching block and leaves a
+    layer of a rank-0 block without an adapter: no trained copy, no rotation)."""
+    patterns = getattr(adapter, "exclude", ()) if adapter.kind in ("full", "diag-oft", "boft") else ()
     if not patterns:
-        return {}
-    blocks = tuple(BlockPlan(pattern=p, rank=0, alpha=1.0) for p in patterns)
-    return dict(blocks=blocks, text_encoder_blocks=blocks)
+        return blocks
+    excluded = tuple(BlockPlan(pattern=p, rank=0, alpha=1.0) for p in patterns)
+    return dict(
+        blocks=excluded + tuple(blocks.get("blocks", ())),
+        text_encoder_blocks=excluded + tuple(blocks.get("text_encoder_blocks", ())),
+    )
 
 
 def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Mapping[str, int]) -> int:

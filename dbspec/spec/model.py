@@ -1147,6 +1147,19 @@ class LokrAdapter:
     init_scale: float = _full_blocks_init_scale()
 
 
+def _rotated_exclude(name: str) -> list[str]:
+    return option(
+        factory=list,
+        doc="Python regular expressions searched in each targeted layer's path (the denoiser's diffusers "
+        "names, e.g. `single_transformer_blocks.3.proj_out`; a text encoder's `<component>.<path>`): a layer "
+        f"one matches gets no {name}, as a LyCORIS file without that layer's module builds none (Flux's "
+        "top-level `proj_out` target is a suffix of every single block's `proj_out`); searched before "
+        "`blocks`. LyCORIS's form; the plan's adapter count still counts those layers (an upper bound). "
+        "Empty excludes none.",
+        example=["^single_transformer_blocks\\.(3|4)\\.proj_out$"],
+    )
+
+
 @frozen
 class FullAdapter:
     kind: Literal["full"] = option(
@@ -1423,6 +1436,7 @@ class DiagOftAdapter:
         doc="Per-module block sizes, constraints and rescales of the text encoders' Diag-OFT layers "
         "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
     )
+    exclude: list[str] = _rotated_exclude("rotation")
 
 
 @frozen
@@ -1497,6 +1511,7 @@ class BoftAdapter:
         doc="Per-module block sizes, constraints and rescales of the text encoders' BOFT layers "
         "([[adapter.text_encoder_blocks]] tables); modules no block matches keep the adapter's.",
     )
+    exclude: list[str] = _rotated_exclude("rotation")
     # lycoris.kohya --network_weights with algo=boft (train_network.py / sdxl_train_network.py)
     init_weights: str = option(
         "",
