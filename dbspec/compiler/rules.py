@@ -2416,7 +2416,7 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"{exc}",
                 "write a Python regular expression, e.g. `^text_encoder\\.text_model\\.encoder\\.`",
             )
-    for i, pattern in enumerate(getattr(adapter, "exclude", ())):  # full's excluded layers
+    for i, pattern in enumerate(getattr(adapter, "exclude", ())):  # full's / OFT's excluded layers
         try:
             re.compile(pattern)
         except re.error as exc:
@@ -3615,6 +3615,7 @@ def kohya_oft_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             bool(a.rank_dropout),
         ),
         (("adapter", "blocks"), "adapter.blocks: LyCORIS's per-layer block sizes", bool(a.blocks)),
+        (("adapter", "exclude"), "adapter.exclude: LyCORIS's layers without a module", bool(a.exclude)),
         *[
             (("train", key), f"train.{key}: kohya's OFT network adapts the U-Net alone", True)
             for key in ("text_encoder", "text_encoder_2", "t5")

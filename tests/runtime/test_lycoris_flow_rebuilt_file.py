@@ -4,9 +4,9 @@ GLoRAModule on tiny-flux's layers as kohya's Flux holds them, fused q/k/v and li
 stacked rows, every tensor moved) and rebuilds it with create_network_from_weights on a tree of kohya's
 names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's rebuilt modules are (same
 outputs to 1e-5; the single block's linear1 at a rank and alpha (GLoRA) or a block size and rescale
-(Diag-OFT) of its own: a block, GLoRA's final layer beside a rank-0 block; BOFT's modules at their own
-block sizes, one fused BOFT at the hint that splits each as the file), and the run trains and resumes
-bit-exact."""
+(Diag-OFT) of its own: a block; the final layer without the single blocks' linear2, which stay plain
+(GLoRA: a rank-0 block; Diag-OFT, BOFT: `exclude`); BOFT's modules at their own block sizes, one fused
+BOFT at the hint that splits each as the file), and the run trains and resumes bit-exact."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ KINDS = {
         DiagOFTModule,
         (4, 0.0, {"rescaled": True, "constraint": 0.01}),
         (8, 0.0, {"constraint": 0.02}),
-        False,
+        True,
     ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
     # lora_dim 16 (algo=boft's network_dim): each module at its own block size (qkv 4 x 12, proj 1 x 16),
@@ -46,7 +46,7 @@ KINDS = {
         ButterflyOFTModule,
         (16, 0.0, {"rescaled": True, "constraint": 0.05}),
         (28, 0.0, {"constraint": 0.02}),
-        False,
+        True,
     ),
 }
 
@@ -152,10 +152,15 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     spec = _converted(tmp_path)
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
+    # the final layer (`proj_out`) without the single blocks' linear2 (their proj_out): a first rank-0 block
+    # (GLoRA's) or `exclude` (Diag-OFT's, BOFT's) keeps those plain, as LyCORIS builds no module there
+    zero, *blocks = plan.adapter.blocks
+    assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
+    assert not re.search(zero.pattern, "proj_out")
     if kind == "diag-oft":
         assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
         assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])  # the file's alpha
-        (block,) = plan.adapter.blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
+        (block,) = blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
         assert (block.rank, block.rescaled) == (own[0], "off")
         assert block.alpha == pytest.approx(own[2]["constraint"])
         for module in network.unet_loras:  # the constraints bind: the fused norms exceed them
@@ -167,21 +172,20 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
         assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
         assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])
         assert len({m.oft_blocks.shape[-1] for m in network.unet_loras}) > 2  # modules at other sizes
-        (block,) = plan.adapter.blocks
+        (block,) = blocks
         assert (block.rank, block.rescaled) == (own[0], "off")
         assert block.alpha == pytest.approx(own[2]["constraint"])
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     else:
         assert (plan.adapter.rank, plan.adapter.alpha) == (dim, alpha)
-        zero, block = plan.adapter.blocks  # the single blocks' proj_out out; linear1's parts, all of them
-        assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
-        assert not re.search(zero.pattern, "proj_out")
+        (block,) = blocks  # linear1's parts, all of them
         assert (block.rank, block.alpha) == own[:2]
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     assert plan.train_text_encoder and set(plan.adapter.text_encoder_targets) == set(CLIP)
-    (text,) = plan.adapter.text_encoder_blocks  # q_proj at its own values
+    # q_proj at its own values (`exclude`'s rank-0 blocks are searched in the text encoders' paths too)
+    (text,) = [b for b in plan.adapter.text_encoder_blocks if b.rank]
     assert re.search(text.pattern, f"text_encoder.text_model.{CLIP[0]}")
     assert not any(re.search(text.pattern, f"text_encoder.text_model.{p}") for p in CLIP[1:])
     _starts_where_rebuilt(plan, linears, clip, final)
@@ -203,15 +207,22 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     x = torch.randn(3, trained_clip.in_features)
     with torch.no_grad():  # CLIP's adapters trained too
         assert not torch.allclose(trained_clip(x), theirs_clip[CLIP[1]](x), atol=1e-7)
-    trained = _layers(whole.components.unet.float().eval(), final)
+    unet = whole.components.unet
+    assert type(unet.single_transformer_blocks[0].proj_out) is nn.Linear  # excluded: no adapter layer
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    exported = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {key.split(".")[0] for key in exported}  # the final layer's module, no single block's linear2
+    assert "lora_unet_final_layer_linear" in names and not any("linear2" in n for n in names), names
+    trained = _layers(unet.float().eval(), final)
     attn = trained["lora_unet_double_blocks_0_img_attn_qkv"]
     x = torch.randn(3, attn[0].base_layer.in_features)
     with torch.no_grad():
         moved = torch.cat([p(x) for p in attn], -1)
         assert not torch.allclose(moved, linears["lora_unet_double_blocks_0_img_attn_qkv"](x), atol=1e-7)
     if kind == "diag-oft":  # `dbspec sample` loads the run's adapters back, each fused layer's norm shared
-        from pathlib import Path
-
         from dbspec.runtime.sample import SampleRequest, load_pipeline
 
         sampled = load_pipeline(SampleRequest(source=Path(whole.output), settings=None)).transformer.float()

@@ -235,3 +235,26 @@ def test_full_exclude_patterns_are_rank_0_blocks(tmp_path):
     assert [(b.pattern, b.rank) for b in full.blocks] == [(r"attn2\.to_q$", 0)]
     assert full.text_encoder_blocks == full.blocks
     assert not _plan(tmp_path, 'kind = "full"\n').adapter.blocks
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_oft_exclude_patterns_are_rank_0_blocks_ahead_of_its_blocks(tmp_path, kind):
+    """Diag-OFT's / BOFT's `exclude` (a LyCORIS file lacking some targeted layers' modules): rank-0 blocks
+    ahead of the adapter's own blocks (runtime/blocks.py takes the first match and leaves a rank-0 layer
+    without a rotation)."""
+    spec = (
+        f'kind = "{kind}"\nblock_size = 4\nexclude = ["attn2\\\\.to_q$"]\n'
+        '[[adapter.blocks]]\npattern = "attn2"\nblock_size = 8\n'
+    )
+    a = _plan(tmp_path, spec).adapter
+    assert [(b.pattern, b.rank) for b in a.blocks] == [(r"attn2\.to_q$", 0), ("attn2", 8)]
+    assert [(b.pattern, b.rank) for b in a.text_encoder_blocks] == [(r"attn2\.to_q$", 0)]
+    assert not _plan(tmp_path, f'kind = "{kind}"\n').adapter.blocks
+    if kind == "diag-oft":  # kohya's form has no per-layer modules to leave out (DBS574)
+        planned = plan_hub_spec(
+            tmp_path,
+            '[adapter]\nkind = "diag-oft"\nform = "kohya"\nblock_count = 4\nexclude = ["to_q$"]\n'
+            "[optimizer]\nlr = 1e-4\n",
+            SD15,
+        )
+        assert "DBS574" in {d.code for d in planned.diagnostics if d.severity == "error"}

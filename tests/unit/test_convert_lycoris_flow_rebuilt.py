@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from convert_kit import codes, errors, fate, messages, plan_of
+import pytest
+from convert_kit import codes, errors, fate, messages, out_path, plan_of
 from safetensors.numpy import save_file
 from test_convert_lycoris_flow_dim_from_weights import W, _flux, _sd3
 
@@ -126,10 +127,6 @@ def test_flux_diag_oft_file_refusals(tmp_path):
     _file(file, {LINEAR1: _oft(7 * W, 7)}, {})
     outcome = _flux(tmp_path, allow=True)
     assert "DBS403" in codes(outcome) and "span" in messages(outcome, "DBS403")
-    # the final layer without every single block's linear2
-    _file(file, {QKV: _oft(3 * W, 16), "lora_unet_final_layer_linear": _oft(64, 8)}, {})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "final_layer" in messages(outcome, "DBS403")
     # no alpha: make_module_from_state_dict's float(None) raises
     _file(file, {QKV: _oft(3 * W, 16)}, {QKV: None})
     assert "DBS402" in codes(_flux(tmp_path, allow=True))
@@ -192,10 +189,6 @@ def test_sd3_boft_file(tmp_path):
 def test_flux_boft_file_refusals(tmp_path):
     """What a fused BOFT cannot hold (DBS403, naming the module); what LyCORIS fails on (DBS402)."""
     file = tmp_path / "prev.safetensors"
-    # the final layer without every single block's linear2
-    _file(file, {QKV: _boft(3 * W, 64), "lora_unet_final_layer_linear": _boft(64, 8)}, {})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "final_layer" in messages(outcome, "DBS403")
     # 4-D blocks whose split LyCORIS's rebuild does not give (its copy_ raises)
     _file(file, {PROJ: {"oft_blocks": (9, 256, 12, 10)}}, {})
     assert "DBS402" in codes(_flux(tmp_path, allow=True))
@@ -396,3 +389,28 @@ def test_diag_oft_blocks_spanning_fused_parts_are_named(tmp_path):
     # FLUX.1's qkv at blocks of 24 (3072 = 128 x 24): within the parts, whatever linear1 would do
     _file(file, {QKV: _oft(3 * W, 24)}, {})
     assert not {"DBS402", "DBS403"} & codes(_flux(tmp_path))
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_flux_final_layer_without_every_linear2_excludes_the_rest(tmp_path, kind):
+    """Flux's final layer (kohya's final_layer.linear, diffusers' top-level `proj_out`) with single block 5's
+    linear2 alone: the target `proj_out` takes every single block's proj_out along, so those the file lacks
+    are `exclude`d (rank-0 blocks first: no rotation, as LyCORIS builds none there); checked against
+    lycoris-lora 4.1.3 in tests/runtime/test_lycoris_flow_rebuilt_file.py."""
+    make, size = (_oft, 16) if kind == "diag-oft" else (_boft, 64)
+    file = tmp_path / "prev.safetensors"
+    final, linear2 = "lora_unet_final_layer_linear", "lora_unet_single_blocks_5_linear2"
+    _file(file, {QKV: make(3 * W, size), final: make(64, 8), linear2: make(W, size)}, {})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == kind and {"proj_out", "single_transformer_blocks.5.proj_out"} <= set(a.denoiser_targets)
+    zero = a.blocks[0]
+    assert zero.rank == 0 and not re.search(zero.pattern, "proj_out")
+    assert not re.search(zero.pattern, "single_transformer_blocks.5.proj_out")
+    for i in (0, 4, 6, 37):
+        assert re.search(zero.pattern, f"single_transformer_blocks.{i}.proj_out"), i
+    assert "exclude = [" in out_path(tmp_path).read_text(encoding="utf-8")
+    # the final layer at a block size of its own (8 where most are 16 / 64): its block after the exclusion
+    own = next(b for b in a.blocks[1:] if re.search(b.pattern, "proj_out"))
+    assert own.rank == 8 and not re.search(own.pattern, "single_transformer_blocks.5.proj_out")

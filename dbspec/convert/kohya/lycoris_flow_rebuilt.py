@@ -12,13 +12,14 @@ runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts
 constraint (the file's alpha, a negative one 0: LyCORIS constrains only `if constraint > 0`; one norm over a
 fused layer's parts, runtime/lycoris_oft.py link_fused_oft) and rescale most modules share, a module at its
 own an [[adapter.blocks]] entry over all its diffusers parts; no block spanning two parts of a fused Linear
-(_spans), and Flux's final layer only with every single block's linear2 (its target `proj_out` takes them
-along; a Diag-OFT block cannot leave them out); a module otherwise: DBS403 naming it. GLoRA: the rank and
+(_spans; a module otherwise: DBS403 naming it). Flux's final layer (target `proj_out`, which takes every
+single block's linear2 along) without some linear2: those layers `exclude`d (rank-0 blocks at runtime,
+no rotation, as LyCORIS builds none), Diag-OFT and BOFT alike. GLoRA: the rank and
 alpha most modules share, a module at its own an [[adapter.blocks]] entry over its diffusers parts, Flux's
 final layer beside a rank-0 block for the single blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): a
 fused BOFT (runtime/lycoris_boft.py tie_fused_boft) at the block-size hint giving most modules their file
 split, the constraint and rescale most share, the other modules [[adapter.blocks]] at their own block size,
-constraint and rescale over whole fused layers (_boft); Flux's final layer without every linear2: DBS403.
+constraint and rescale over whole fused layers (_boft).
 CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / text_encoder_2_targets
 (lycoris_flow_factor_file.clip_targets), a module at its own values an [[adapter.text_encoder_blocks]]
 entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
@@ -49,13 +50,10 @@ from dbspec.plan.boft import power2_factorization
 REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
 
 
-def flow_rebuilt_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool, text_idle: str = ""
-) -> dict | str:
+def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
     """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (flux or sd3); else
-    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `text_idle`: why the CLIP modules,
-    which apply_to keeps with the file's weights, would never train (text_encoder_lr 0), or ""."""
+    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
     norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
     if norm is not None:
         return (
@@ -88,11 +86,6 @@ def flow_rebuilt_file(
             return clip
         text_targets, text_2 = clip
         clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
-        if clip_names and text_idle:
-            return (
-                f"module `{clip_names[0]}` is CLIP's, which LyCORIS applies with the file's weights that "
-                f"never train: {text_idle}; dbspec adapts a text encoder only while it trains"
-            )
     denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
     patch = denoiser.pop(PATCH, None) if family == "sd3" else None
     if not denoiser:
@@ -136,14 +129,9 @@ def flow_rebuilt_file(
             spans = _spans(name, denoiser[name], v["block_size"]) if name in denoiser else ""
             if spans:
                 return spans
-        if final_layer_block(targets, family):
-            return (
-                "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
-                "linear2 ends in too, and the file lacks some of those: a Diag-OFT block cannot leave them "
-                "out (its block size is at least 1)"
-            )
         top = (size, constraint, rescaled)
         out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
+        out |= _final_layer_exclude(targets, family)
         blocks, text_blocks = _split_oft_blocks(keys, top, family)
     return {
         **out,
@@ -223,12 +211,6 @@ def _boft(
         }
 
     hint = max(sorted({k[0] for k in keys.values()}), key=lambda h: (len(fits(h)), h))
-    if final_layer_block(targets, family):
-        return (
-            "module `lora_unet_final_layer_linear` is diffusers' `proj_out`, a name every single block's "
-            "linear2 ends in too, and the file lacks some of those: a BOFT block cannot leave them out (its "
-            "block size is at least 2)"
-        )
     top = (hint, constraint, rescaled)
     fitted = fits(hint)
     blocks, text_blocks = _split_oft_blocks(
@@ -240,10 +222,22 @@ def _boft(
         "constraint": constraint,
         "rescaled": rescaled,
         "denoiser_targets": targets,
+        **_final_layer_exclude(targets, family),
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
         **({"text_encoder_blocks": text_blocks} if text_blocks else {}),
     }
+
+
+def _final_layer_exclude(targets: list[str], family: str) -> dict:
+    """Flux's final layer (target `proj_out`, a suffix of every single block's linear2 too) without some
+    single blocks' linear2: those layers `exclude`d (no rotation, as LyCORIS builds no module there); a
+    Diag-OFT / BOFT block cannot leave a layer out (its block size is at least 1), a rank-0 one can."""
+    return (
+        {"exclude": [b["pattern"] for b in final_layer_block(targets, family)]}
+        if final_layer_block(targets, family)
+        else {}
+    )
 
 
 def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool], family: str) -> list[dict]:

@@ -154,12 +154,11 @@ def _glora_blocks(found: dict[str, dict], rows: list[Row], top: dict[str, Any]) 
 
 
 def sd_rebuilt_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool, text_idle: str = ""
+    modules: dict[str, LycorisModule], family: str, unet_only: bool
 ) -> dict[str, object] | str:
     """[adapter] values (blocks and text_encoder_blocks as lists of tables) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (SD 1.x/2.x or
-    SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `text_idle`: why the
-    text encoders' modules, which apply_to keeps with the file's weights, never train, or ""."""
+    SDXL); else why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
     layers = sd_layers(family)
     unknown = layers.unknown(modules)
     if unknown:
@@ -205,12 +204,6 @@ def sd_rebuilt_file(
             text[f"{layers.components[slot]}.{path}"] = values
     if not unet:
         return "it holds no module of the U-Net"
-    if text and text_idle:
-        first = next(n for n in sorted(modules) if n.startswith("lora_te"))
-        return (
-            f"module `{first}` is a text encoder's, which LyCORIS applies with the file's weights that never "
-            f"train: {text_idle}; dbspec adapts a text encoder only while it trains"
-        )
     rows, text_rows = layers.rows, layers.text_rows
     targets, targets_2 = _text_targets(layers.texts, built_texts)
     out: dict[str, object] = {

@@ -7,7 +7,6 @@ the weights.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import attrs
@@ -26,6 +25,7 @@ from dbspec.convert.kohya.network import (
     put_text_blocks,
 )
 from dbspec.convert.kohya.train import text_outputs_cached
+from dbspec.convert.kohya.idle_text import idle_text_modules
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
     flow_blocks,
@@ -186,6 +186,8 @@ def map_adapter(
             "lycoris.kohya have a dbspec equivalent",
         )
         return False
+    if idle_text_modules(a, paths, conv):  # the file's text-encoder modules at text_encoder_lr 0
+        return False
     if a["dim_from_weights"].value and a["network_weights"].value:
         if module.value == "networks.lora":
             a = _from_weights_args(a, conv)
@@ -211,8 +213,7 @@ def map_adapter(
                 rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
                 from dbspec.convert.kohya.lycoris_sd_rebuilt import sd_rebuilt_file
 
-                finder = functools.partial(sd_rebuilt_file, text_idle=_text_idle(a))
-                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt, finder)
+                done = _lycoris_sd_rebuilt_file(a, paths, conv, family or "sd1", rebuilt, sd_rebuilt_file)
                 return done and _put_file_norms(norms, a, paths, conv)
             if factors is not None and any(m.algo in ("lokr", "loha") for m in factors.values()):
                 factors = {n: m for n, m in factors.items() if m.algo != "norm"}
@@ -1129,17 +1130,6 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
     return kind
 
 
-def _text_idle(a: Args) -> str:
-    """Why a --dim_from_weights file's text-encoder modules never train though train_network.py's apply_to
-    keeps them (is_train_text_encoder reads no rate), or "": at text_encoder_lr 0 (the first value) LyCORIS's
-    prepare_optimizer_params skips the text group ("NO LR skipping!")."""
-    from dbspec.convert.kohya.train import lora_text_encoder_lr
-
-    if lora_text_encoder_lr(a).value == 0:
-        return "text_encoder_lr is 0 (LyCORIS's prepare_optimizer_params leaves them out of the optimizer)"
-    return ""
-
-
 def _lycoris_flow_rebuilt_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
@@ -1150,7 +1140,7 @@ def _lycoris_flow_rebuilt_file(
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
 
     weights, from_file = a["network_weights"], a["dim_from_weights"]
-    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value), _text_idle(a))
+    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
     found = _rebuilt(found, weights, from_file, conv)
     if found is None:
         return False
@@ -1362,6 +1352,8 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
+    if idle_text_modules(a, paths, conv):  # the file's text-encoder modules at text_encoder_lr 0
+        return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
         return _map_lycoris_flow(a, script, paths, conv, family)
     if module.value == "networks.oft_flux" and script == "flux_train_network":

@@ -1,0 +1,149 @@
+"""A --network_weights file's text-encoder modules at text_encoder_lr 0 (convert/kohya/idle_text.py; issue
+12): train_network.py's apply_to keeps them with the file's weights (is_train_text_encoder reads no rate) and
+prepare_optimizer_params leaves their group out ("NO LR skipping!"), so CLIP encodes through modules that
+never train. dbspec adapts a text encoder only while it trains: every path (networks.lora, networks.dylora,
+lycoris.kohya's LoCon / LoKr / LoHa / full / DyLoRA / Diag-OFT files, networks.lora_flux / lora_sd3 and
+LyCORIS on Flux / SD3) refuses it alike (DBS403) instead of leaving CLIP plain; --network_train_unet_only
+(apply_to drops them) and a rate for them convert."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from convert_kit import codes, component_file, errors, fate, images, kohya, kohya_lora, messages
+from safetensors.numpy import save_file
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
+IDLE = "whose text_encoder_lr is 0"
+
+
+def _lora(out: int, inp: int, rank: int = 4) -> dict:
+    return {"lora_down.weight": (rank, inp), "lora_up.weight": (out, rank)}
+
+
+def _lokr(out: int, inp: int) -> dict:
+    return {"lokr_w1": (4, 4), "lokr_w2": (out // 4, inp // 4)}
+
+
+def _loha(out: int, inp: int, rank: int = 4) -> dict:
+    return {
+        "hada_w1_a": (out, rank),
+        "hada_w1_b": (rank, inp),
+        "hada_w2_a": (out, rank),
+        "hada_w2_b": (rank, inp),
+    }
+
+
+def _file(path, modules: dict[str, dict]) -> None:
+    tensors = {}
+    for name, shapes in modules.items():
+        tensors |= {f"{name}.{key}": np.zeros(shape, np.float16) for key, shape in shapes.items()}
+        if "diff" not in shapes:
+            tensors[f"{name}.alpha"] = np.array(2.0, np.float32)
+    save_file(tensors, str(path))
+
+
+SD_FILES = {
+    "networks.lora": ("--network_module networks.lora", _lora),
+    "networks.dylora": ("--network_module networks.dylora --network_args unit=4", _lora),
+    "locon": ("--network_module lycoris.kohya --network_args algo=locon", _lora),
+    "lokr": ("--network_module lycoris.kohya --network_args algo=lokr", lambda o, i: _lokr(o, i)),
+    "loha": ("--network_module lycoris.kohya --network_args algo=loha", _loha),
+    "full": ("--network_module lycoris.kohya --network_args algo=full", lambda o, i: {"diff": (o, i)}),
+    "dylora": ("--network_module lycoris.kohya --network_args algo=dylora", _lora),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SD_FILES))
+def test_sd_file_text_modules_at_rate_0_are_refused_on_every_path(tmp_path, kind):
+    module, make = SD_FILES[kind]
+    _file(tmp_path / "prev.safetensors", {Q: make(320, 320), TE: make(768, 768)})
+    command = f"{module} --network_weights prev.safetensors --dim_from_weights"
+    trains = kohya_lora(tmp_path, f"{command} --text_encoder_lr 5e-5")  # CLIP's modules train: converts
+    assert IDLE not in messages(trains, "DBS403"), errors(trains)
+    outcome = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0")
+    assert fate(outcome, "dim_from_weights") == "unsupported", errors(outcome)
+    assert IDLE in messages(outcome, "DBS403") and TE in messages(outcome, "DBS403")
+    # --network_train_unet_only: apply_to drops the text encoder's modules, nothing is left idle
+    dropped = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0 --network_train_unet_only")
+    assert IDLE not in messages(dropped, "DBS403"), errors(dropped)
+
+
+def test_network_weights_without_dim_from_weights_too(tmp_path):
+    """create_network builds CLIP's modules and load_weights puts the file's in them: the same idle modules;
+    a `--text_encoder_lr a 0` takes networks.lora's first value (kohya hands it only that one)."""
+    _file(tmp_path / "prev.safetensors", {Q: _lora(320, 320), TE: _lora(768, 768)})
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
+    assert fate(outcome, "network_weights") == "unsupported" and IDLE in messages(outcome, "DBS403")
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 5e-5 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    # a file without text-encoder modules: nothing idle, text_encoder_lr 0 is train.text_encoder = false
+    _file(tmp_path / "prev.safetensors", {Q: _lora(320, 320)})
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+
+
+FLUX = (
+    "accelerate launch flux_train_network.py --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev "
+    "--clip_l clip_l.safetensors --t5xxl t5xxl_fp16.safetensors --ae ae.safetensors --train_data_dir x "
+    "--resolution 512 --network_dim 8 --network_alpha 4 --learning_rate 1e-4 --max_train_steps 100 "
+    "--model_prediction_type raw --guidance_scale 1.0 --network_weights prev.safetensors --dim_from_weights "
+)
+W = 3072
+CLIP_L = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+
+
+def _flux(tmp_path, extra: str):
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    return kohya(tmp_path, allow=True, command=FLUX + extra)
+
+
+@pytest.mark.parametrize("kind", ["lycoris locon", "lycoris loha", "lycoris full", "networks.lora_flux"])
+def test_flux_file_clip_modules_at_rate_0(tmp_path, kind):
+    """Flux: LyCORIS's CLIP-L modules (lora_te1_) at its one text rate; lora_flux's at text_encoder_lr's
+    first value (prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, T5-XXL])."""
+    make = {"lycoris loha": _loha, "lycoris full": lambda o, i: {"diff": (o, i)}}.get(kind, _lora)
+    module = "networks.lora_flux" if kind == "networks.lora_flux" else "lycoris.kohya"
+    _file(
+        tmp_path / "prev.safetensors",
+        {"lora_unet_single_blocks_0_linear1": make(7 * W, W), CLIP_L: make(768, 768)},
+    )
+    trains = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 5e-5")
+    assert IDLE not in messages(trains, "DBS403"), errors(trains)
+    outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 0")
+    assert IDLE in messages(outcome, "DBS403") and CLIP_L in messages(outcome, "DBS403")
+    assert fate(outcome, "dim_from_weights") == "unsupported"
+    if module == "networks.lora_flux":  # T5-XXL's rate 0 leaves CLIP-L's modules training
+        outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 5e-5 0")
+        assert IDLE not in messages(outcome, "DBS403"), errors(outcome)
+
+
+def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
+    """lora_sd3: CLIP-L (lora_te1_) at text_encoder_lr's first value, CLIP-G (lora_te2_) at its second."""
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    clip_g = "lora_te2_text_model_encoder_layers_0_mlp_fc2"
+    unet = "lora_unet_joint_blocks_0_x_block_attn_qkv"
+
+    def run(rates: str):
+        return kohya(
+            tmp_path,
+            allow=True,
+            command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+            "stabilityai/stable-diffusion-3.5-large --clip_l sd3/clip_l.safetensors --clip_g "
+            "sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors --train_data_dir x --resolution 512 "
+            "--network_module networks.lora_sd3 --network_dim 16 --network_alpha 8 --learning_rate 1e-4 "
+            "--max_train_steps 10 --network_weights prev.safetensors --dim_from_weights "
+            f"--text_encoder_lr {rates}",
+        )
+
+    _file(tmp_path / "prev.safetensors", {unet: _lora(3 * 2432, 2432), clip_g: _lora(1280, 5120)})
+    assert IDLE not in messages(run("0 5e-5"), "DBS403")  # CLIP-G trains, CLIP-L has no module
+    outcome = run("5e-5 0")
+    assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
+    outcome = run("0")  # one value: every encoder's
+    assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
