@@ -7,6 +7,7 @@ import hashlib
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,24 @@ def wandb_records(path: Path):
             yield record
 
 
+def finished_records(path: Path, wait_s: float = 60.0) -> list:
+    """The records of a finished run's file. wandb-core (its own process) may still be writing the file when
+    `finish()` has returned (seen on a loaded machine: the header alone), so wait for the run's `exit`
+    record, which it writes last."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records = list(wandb_records(path))
+        except Exception:  # noqa: BLE001 - a chunk still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def history(path: Path) -> dict[int, dict]:
     rows: dict[int, dict] = {}
-    for record in wandb_records(path):
+    for record in finished_records(path):
         if record.WhichOneof("record_type") == "history":
             row = {
                 item.key or "/".join(item.nested_key): json.loads(item.value_json)
@@ -84,7 +100,7 @@ def history(path: Path) -> dict[int, dict]:
 
 
 def run_record(path: Path):
-    return next(r.run for r in wandb_records(path) if r.WhichOneof("record_type") == "run")
+    return next(r.run for r in finished_records(path) if r.WhichOneof("record_type") == "run")
 
 
 def test_a_run_logs_to_wandb_what_it_logs_to_tensorboard_and_a_resume_continues_the_run(offline):
