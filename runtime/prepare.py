@@ -100,7 +100,8 @@ def _prepare(
             )
             add_norm_offsets(module, norms, a.module_dropout, a.rank_dropout, required=not (clip and several))
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
-        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha"):
+        # (IA^3's parts keep their own rows' scales: its fused layers share the module_dropout draw alone)
+        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha", "ia3"):
             _tie_fused(module, plan.adapter)
         elif plan.adapter.fused and denoiser and mixed(plan.adapter):  # a LoKr / LoHa adapter's LoRA blocks
             from dbspec.runtime.fused import tie_fused_projections

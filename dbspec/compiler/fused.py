@@ -9,7 +9,7 @@ with some parts adapted and others not: those rows get no update), DBS507 (parts
 different ranks, alphas or learning-rate scales: one down-projection has one of each; LoKr / LoHa, one
 LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's, BOFT's and
 GLoRA's fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_boft.py,
-lycoris_glora.py): DBS577."""
+lycoris_glora.py) and IA^3's (one module_dropout draw per fused layer, runtime/fused.py FusedSkip): DBS577."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from dbspec.spec.model import (
     DiagOftAdapter,
     DyloraAdapter,
     GloraAdapter,
+    Ia3Adapter,
     LohaAdapter,
     LokrAdapter,
     LoraAdapter,
@@ -39,9 +40,10 @@ _FUSED_KINDS = (
     BoftAdapter,
     GloraAdapter,
     DyloraAdapter,
+    Ia3Adapter,
 )
 # LyCORIS's module per fused Linear: DBS577
-_MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter)
+_MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter, Ia3Adapter)
 
 
 def targeted(path: str, targets) -> bool:
@@ -54,6 +56,8 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
     block's (the first pattern that matches), else the adapter's; rank 0 when the targets do not name it."""
     if not targeted(path, adapter.denoiser_targets):
         return 0, 0.0, 1.0, ""
+    if adapter.kind == "ia3":  # no rank: the side it scales (2: the input columns, input_targets)
+        return (2 if targeted(path, adapter.input_targets) else 1), 0.0, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
     if adapter.kind in (
         "diag-oft",
@@ -369,7 +373,10 @@ def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict)
 
 
 def _check_fused_module(
-    ctx: Context, adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter, family: str, plan: AdapterPlan
+    ctx: Context,
+    adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter | Ia3Adapter,
+    family: str,
+    plan: AdapterPlan,
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, BOFT, GLoRA or DyLoRA on a
     fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
@@ -386,8 +393,8 @@ def _check_fused_module(
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
             ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
         )
-    else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's dropouts:
-        switches = ()  # draws the parts share (lycoris_glora.py FusedDraws, runtime/fused.py FusedSkip)
+    else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's,
+        switches = ()  # IA^3's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:
@@ -396,6 +403,12 @@ def _check_fused_module(
             if adapted and len(adapted) < len(group.parts):
                 missing = ", ".join(p for p in group.parts if p not in adapted)
                 found.append(f"{group.blocks}.{index}'s {group.kohya_name} without {missing}")
+                break
+            if isinstance(adapter, Ia3Adapter) and any(side == 2 for side, *_ in adapted.values()):
+                found.append(
+                    f"{group.blocks}.{index}'s {group.kohya_name} parts in input_targets (IA3Module on the "
+                    "fused Linear scales its input columns once for every part)"
+                )
                 break
             if len(set(adapted.values())) > 1:
                 what = (

@@ -536,16 +536,18 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
         return "", 0
     # full / IA^3 / Diag-OFT / BOFT on SD 1.x/2.x and SDXL: one module per layer
     sd_full = isinstance(adapter, _PER_LAYER) and not spec.fused_projections
-    if not sd_full and not (getattr(adapter, "fused_projections", True) and spec.fused_projections):
+    # IA^3's parts hold their rows of the fused module's scales either way (its fused_projections: one draw)
+    fused = isinstance(adapter, Ia3Adapter) or getattr(adapter, "fused_projections", True)
+    if not sd_full and not (fused and spec.fused_projections):
         ctx.report(
             "DBS356",
             "error",
             f"`{path}`: a {adapter.kind} starts from a file on kohya's fused Flux / SD3 layers only "
             "(lycoris.kohya's layout there)"
-            + (", with adapter.fused_projections = true" if hasattr(adapter, "fused_projections") else ""),
+            + (", with adapter.fused_projections = true" if not fused else ""),
             KEY,
             help='set adapter.fused_projections = true on a Flux or SD3 model, or adapter.init_weights = ""'
-            if hasattr(adapter, "fused_projections")
+            if not fused
             else 'start from it on a Flux or SD3 model, or set adapter.init_weights = ""',
         )
         return "", 0

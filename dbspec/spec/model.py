@@ -1263,8 +1263,9 @@ class Ia3Adapter:
         0.0,
         doc="Skip a layer's scaling with this probability while training (LyCORIS `module_dropout`: "
         "IA3Module.forward's one `torch.rand(1)` from torch's global generator per layer and training "
-        "forward, the base output alone below the rate). Each adapted layer draws its own, diffusers' "
-        "split parts of Flux / SD3's fused Linears too (kohya's one module on the fused Linear draws once).",
+        "forward, the base output alone below the rate). Each adapted layer draws its own; with "
+        "`fused_projections` one draw per fused layer, its parts skipping together (kohya's one module on "
+        "the fused Linear); without it diffusers' split parts of Flux / SD3's fused Linears each draw.",
         minimum=0,
         maximum=1,
     )
@@ -1277,6 +1278,18 @@ class Ia3Adapter:
         maximum=1,
     )
     exclude: list[str] = _exclude("scale", _EXCLUDED_LAYER)
+    # kohya lycoris.kohya algo=ia3 on kohya's Flux / SD3: one IA3Module per fused Linear (its one draw)
+    fused_projections: bool = option(
+        False,
+        doc="One IA^3 per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block stream, and "
+        "the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): LyCORIS's IA3Module "
+        "on kohya's fused Linear, whose output-row scales are the parts' rows, so the parts keep their own "
+        "scales and share the module's `module_dropout` draw (lycoris.kohya `algo=ia3` with "
+        "flux_train_network.py / sd3_train_network.py; the export writes kohya's fused names either way). "
+        "Every part of a fused layer must be adapted, none in `input_targets` (the fused module's input "
+        "scale would be one for all parts). false: each part draws its own. Families without fused layers "
+        "refuse it.",
+    )
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
 

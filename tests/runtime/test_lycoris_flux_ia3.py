@@ -40,3 +40,74 @@ def test_ia3_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_expo
     assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
     assert "lora_unet_single_blocks_0_linear2" in names and "lora_unet_double_blocks_0_img_mod_lin" in names
     assert_lycoris_computes(transformer, lambda name, parts: _their_ia3(tensors, name, parts))
+
+
+# what the converter writes for `--network_args algo=ia3 preset=unet-only module_dropout=0.5`: IA3Module's
+# one draw per module and training forward, diffusers' parts of a fused Linear sharing it (issue 12)
+RATE = 0.5
+DROPPED = unet_only_spec(f'kind = "ia3"\nmodule_dropout = {RATE}\nfused_projections = true\n')
+
+
+def test_ia3_module_dropout_on_fused_layers_draws_once_as_lycoris_module(tmp_path):
+    """A run with module_dropout trains and resumes bit-exact (whole_and_resumed), trains under gradient
+    checkpointing bit-equal to the run without (the draw kept until every part took it, so the recomputed
+    forward draws alike), and each fused Linear's parts compute, in training, what lycoris-lora 4.1.3's
+    IA3Module with that module_dropout computes on the stacked Linear from the same generator state: equal
+    outputs, both skipped and scaled forwards seen, the generator left where it leaves it (one draw per
+    module, not per part); no draw outside training."""
+    import torch
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import make_plan
+
+    plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=3, extra=DROPPED)
+    assert plan.adapter.module_dropout == RATE and len(plan.adapter.fused) == 3
+    extra = DROPPED + "\n[precision]\ngradient_checkpointing = true\n"
+    checkpointed = execute(
+        make_plan(tmp_path / "checkpointed", base=BASE, steps=3, extra=extra), keep_models=True
+    )
+    assert checkpointed.components.unet.gradient_checkpointing and checkpointed.losses == whole.losses
+    ours = dict(checkpointed.components.unet.float().named_parameters())
+    trained = [(n, p) for n, p in whole.components.unet.named_parameters() if p.requires_grad]
+    assert trained and all(torch.equal(p, ours[n]) for n, p in trained)
+
+    block = whole.components.unet.transformer_blocks[0]
+    single = whole.components.unet.single_transformer_blocks[0]
+    torch.manual_seed(0)
+    x = torch.randn(3, block.attn.to_q.base_layer.in_features)
+    qkv = (block.attn.to_q, block.attn.to_k, block.attn.to_v)
+    linear1 = (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp)
+    # (the fused weight's row order, the order diffusers calls the parts in: proj_mlp first)
+    for name, rows, order in (("img_attn_qkv", qkv, qkv), ("linear1", linear1, (linear1[3], *linear1[:3]))):
+        with torch.no_grad():  # scales of every row, whichever steps skipped a layer
+            for p in rows:
+                p.lora_ia3["default"].normal_(0, 0.1)
+        theirs = IA3Module(name, stacked_linear(rows), 1.0, module_dropout=RATE)
+        with torch.no_grad():
+            theirs.weight.copy_(torch.cat([p.lora_ia3["default"] for p in rows]))
+        theirs.apply_to()
+        theirs.train()
+        for p in rows:
+            p.train()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            expected = [theirs(x) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            got = []
+            for _ in range(8):
+                out = {id(p): p(x) for p in order}  # the first called draws, the others take it
+                got.append(torch.cat([out[id(p)] for p in rows], dim=-1))
+        assert torch.equal(after, torch.get_rng_state()), name
+        plain = torch.cat([p.base_layer(x) for p in rows], dim=-1)
+        skipped = [torch.equal(g, plain) for g in got]
+        assert skipped == [torch.equal(e, plain) for e in expected] and 0 < sum(skipped) < 8, name
+        for mine, want in zip(got, expected):
+            torch.testing.assert_close(mine, want, rtol=0, atol=1e-5)
+        for p in rows:
+            p.eval()
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            rows[0](x)  # outside training: no draw
+        assert torch.equal(state, torch.get_rng_state())

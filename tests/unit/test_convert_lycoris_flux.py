@@ -870,14 +870,21 @@ def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):
 
 def test_ia3_dropouts_on_flux(tmp_path):
     """IA3Module never reads `dropout` (--network_dropout) or rank_dropout: DBS405; its module_dropout is one
-    draw per fused Linear, which dbspec's per-part IA^3 layers do not share: DBS403."""
+    draw per module, the parts of a fused Linear sharing it (fused_projections; was DBS403)."""
     outcome = _flux(tmp_path, "--network_dropout 0.1 --network_args algo=ia3 preset=full rank_dropout=0.2")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert (
         fate(outcome, "network_args rank_dropout") == "inert" and fate(outcome, "network_dropout") == "inert"
     )
     assert "never reads" in messages(outcome, "DBS405")
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=ia3 preset=full module_dropout=0.2"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.module_dropout, a.fused) == (0.0, ())  # no draw to share: the parts as before
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=full module_dropout=0.2")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout) == ("ia3", 0.2)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    assert fate(outcome, "network_args module_dropout") == "mapped"
 
 
 @pytest.mark.parametrize("value", ["True", "1", "False"])

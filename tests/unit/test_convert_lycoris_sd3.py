@@ -367,6 +367,11 @@ def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_co
     outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=attn-mlp train_on_input=True")
     assert "DBS403" not in codes(outcome) and not plan_of(outcome, tmp_path).adapter.input_targets
     assert "module_algo_map" in messages(outcome, "DBS405")
+    # module_dropout (was DBS403): IA3Module's one draw per fused q/k/v, its parts sharing it
+    outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=full module_dropout=0.25")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.module_dropout == 0.25 and a.fused and all(len(f.parts) == 3 for f in a.fused)
 
 
 @pytest.mark.parametrize("algo", ["locon", "lokr"])

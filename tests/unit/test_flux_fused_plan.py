@@ -664,3 +664,27 @@ def test_boft_starts_from_a_flux_file_with_fused_projections_only(toy: Path):
     planned = compile_in(toy)
     assert "DBS356" in codes(planned, "error")
     assert "fused_projections" in next(d.message for d in planned.diagnostics if d.code == "DBS356")
+
+
+def test_ia3_fused_projections_plans_one_module_per_fused_layer(toy: Path):
+    """IA^3 with fused_projections: one IA3Module per fused Linear, whose module_dropout draw its parts
+    share (runtime/fused.py FusedSkip; issue 12). Every part adapted, none on the input side (the fused
+    module's input scale would be one for all parts): else DBS577; a family without fused layers DBS505."""
+    ia3 = {"kind": "ia3", "fused_projections": True, "denoiser_targets": KOHYA, "module_dropout": 0.3}
+    write_spec(toy, model=FLUX, adapter=ia3)
+    planned = compile_in(toy)
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.module_dropout, [f.name for f in a.fused]) == (0.3, ["img_attn_qkv", "txt_attn_qkv", "linear1"])
+    for changed, refused in (
+        ({"input_targets": ["attn.to_k"]}, "input_targets"),
+        ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
+        ({"input_targets": ["proj_out"]}, ""),  # the final layer / attention outputs: no fused layer
+    ):
+        write_spec(toy, model=FLUX, adapter={**ia3, **changed})
+        planned = compile_in(toy)
+        assert ("DBS577" in codes(planned, "error")) == bool(refused), changed
+        if refused:
+            assert refused in next(d.message for d in planned.diagnostics if d.code == "DBS577")
+    write_spec(toy, adapter={"kind": "ia3", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")

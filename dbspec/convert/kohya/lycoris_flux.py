@@ -485,7 +485,7 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
     # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
     carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
-    if algo in ("diag-oft", "ia3"):  # their adapters carry both (IA^3's module_dropout: _ia3's DBS403)
+    if algo in ("diag-oft", "ia3"):  # their adapters carry both
         carried = ("module_dropout", "rank_dropout")
     drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
     if algo in ("dylora", *_WHOLE_ONLY) and drops:
@@ -630,8 +630,9 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     it, so IA3Module keeps its default, the output rows (lycoris-lora 4.1.3 on kohya's Flux, any value:
     every module's `on_input` 0): ignored (DBS405); only a preset's module_algo_map sets it. Rank and alpha
     mean nothing to it; IA3Module never reads `dropout` (--network_dropout) or rank_dropout (DBS405; the
-    NormModules of train_norm draw rank_dropout: adapter.rank_dropout), and
-    its module_dropout is one draw per fused module, which dbspec's parts do not share (DBS403). False when
+    NormModules of train_norm draw rank_dropout: adapter.rank_dropout). Its module_dropout is
+    IA3Module.forward's one draw per module and training forward: `module_dropout` with
+    `fused_projections` (the parts of a fused Linear share the draw, runtime/fused.py FusedSkip). False when
     refused."""
     module, args = a["network_module"], a["network_args"]
     layers, text = layout.presets[preset]
@@ -649,18 +650,15 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
             conv.inert(legacy, "IA3Module has no rank or alpha")
     network_dropout = a["network_dropout"]
-    if float(kwargs.get("module_dropout") or 0):  # IA3Module.forward's draw: one per fused module
-        conv.unsupported(
-            args,
-            f"module_dropout={kwargs['module_dropout']} with algo=ia3 on {layout.title}: IA3Module draws "
-            "once per fused Linear, and dbspec's IA^3 layers on diffusers' split parts each draw their own",
-        )
-        return False
     own_dropout = "dropout" in kwargs  # else train_network.py hands --network_dropout on as `dropout`
     norms = ("adapter", "text_encoder_norms") in conv.values  # train_norm's (_file_train_norm)
+    skip = False  # IA3Module.forward's module_dropout draw: one per (fused) module
     for key in [k for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs]:
         legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-        if key == "module_dropout":
+        if key == "module_dropout" and float(legacy.value or 0):
+            conv.mapped(legacy, ("adapter", "module_dropout"), float(legacy.value))
+            skip = layers != "none"
+        elif key == "module_dropout":
             conv.inert(legacy, "0 is off")
         elif float(legacy.value or 0) and key == "rank_dropout" and norms:  # NormModule draws it
             conv.mapped(legacy, ("adapter", "rank_dropout"), float(legacy.value))
@@ -692,6 +690,9 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    if skip:  # the parts of a fused Linear are one IA3Module: one module_dropout draw
+        why = "one IA3Module per fused Linear: its parts share the module_dropout draw"
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
     put_rest(conv, module, args, preset, text, {})
     return True
 
