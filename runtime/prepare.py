@@ -230,7 +230,7 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.dylora import tie_fused_dylora
 
         tie_fused_dylora(module, adapter.fused, adapters.ADAPTER_NAME)
-    if "lora" in kinds and adapter.kind == "dylora":  # LoConModule's one down per fused Linear
+    if "lora" in kinds and adapter.kind in ("dylora", "glora"):  # LoConModule's one down per fused Linear
         from dbspec.runtime.fused import tie_fused_projections
 
         tie_fused_projections(module, adapter.fused)

@@ -2629,15 +2629,6 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in ("lora", "loha", "lokr", "dylora", "glora"):
         return
     table, i, block = other[0]
-    if own == "glora" and family.denoiser != "unet":  # its fused Linears beside other kinds: untried
-        yield _err(
-            "DBS578",
-            ("adapter", table, i, "kind"),
-            f'adapter.{table}[{i}].kind = "{block.kind}" on a glora adapter on {family.title}: dbspec trains '
-            "a GLoRA adapter's blocks of other kinds on SD 1.x/2.x and SDXL",
-            codes.help("DBS578"),
-        )
-        return
     if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
@@ -2656,7 +2647,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         for t, j, b in other
         if t == "blocks" and b.kind in ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
     ]
-    if own == "dylora" and not whole:
+    if own in ("dylora", "glora") and not whole:  # a GLoRA adapter's own layers: one GLoRAModule per fused
         whole = [(table, i, block.kind)]
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
@@ -3563,7 +3554,9 @@ def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
     a missing unit is DBS584)."""
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
-            if getattr(block, "kind", "adapter") != "dylora" or not block.unit:
+            if getattr(block, "kind", "adapter") != "dylora" or not getattr(
+                block, "unit", 0
+            ):  # GLoRA's: none
                 continue
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
                 if getattr(block, key) % block.unit:

@@ -552,7 +552,7 @@ class AdapterBlock:
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
-        "of kind lora, loha, lokr, dylora or (SD 1.x/2.x and SDXL) glora without options one kind lacks "
+        "of kind lora, loha, lokr, dylora or glora without options one kind lacks "
         "(DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
         "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "

@@ -929,6 +929,35 @@ def test_flux_dylora_network_with_entries_of_other_algorithms(tmp_path, qkv):
     assert (text.kind, text.rank, text.alpha, text.unit) == ("adapter", 6, 3.0, 3)
 
 
+def test_flux_glora_network_with_entries_of_other_algorithms(tmp_path):
+    """Flux: algo=glora with a preset file giving layers other algorithms (was DBS403, DBS578): the GLoRA
+    adapter with fused_projections, the entries blocks of their kind over whole fused layers
+    (tests/runtime/test_lycoris_mixed_flow_glora.py checks them against lycoris-lora's network); the
+    network's bypass_mode, which the other kinds' blocks would not take, stays DBS403."""
+    file = DYLORA_NETWORK.replace("QKV", "diag-oft").replace(
+        '"dylora"\ndim = 6\nalpha = 3\nblock_size = 3', '"loha"\ndim = 6\nalpha = 3'
+    )
+    outcome = _flux(tmp_path, file, '"algo=glora"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("glora", 8, 4.0) and a.fused
+    kinds = {b.kind: b for b in a.blocks if b.kind != "adapter"}
+    assert set(kinds) == {"lora", "lokr", "diag-oft", "full", "ia3"}
+    for i in (0, 37):
+        parts = [
+            f"single_transformer_blocks.{i}.{p}" for p in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+        ]
+        assert all(re.search(kinds["lokr"].pattern, p) for p in parts)
+    assert {(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks} == {("loha", 6, 3.0)}
+    outcome = _flux(
+        tmp_path / "bypass",
+        file.replace('algo = "full"', 'algo = "lokr"'),
+        '"algo=glora" "bypass_mode=True"',
+        allow=True,
+    )
+    assert "bypass_mode" in messages(outcome, "DBS403")
+
+
 def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
     LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
@@ -1004,8 +1033,10 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
         assert all(re.search(e.blocks[0].pattern, p) for p in qkv)
         assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
-    # GLoRA's entries of other algorithms convert on SD 1.x/2.x / SDXL only (test_lycoris_algo_maps.py)
-    assert ("algo lokr" if algo == "glora" else "algo = 'lokr'") in messages(other, "DBS403")
+    if algo == "glora":  # a GLoRA network's entries of other algorithms: blocks of their kind (was DBS403)
+        assert not {"DBS402", "DBS403"} & codes(other), errors(other)
+    else:
+        assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these
     # (tests/runtime/test_lycoris_clip_norms.py); with a rank_dropout only NormModule would draw: DBS403,
     # but beside Diag-OFT (its rotations' mask too) and IA^3 (for the offsets alone): rank_dropout (issue 12)

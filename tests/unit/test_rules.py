@@ -1906,17 +1906,18 @@ CASES = [
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # a GLoRA's blocks of other kinds (a preset file's entries of other algos) on SD alone (issue 12)
+    (  # a GLoRA's blocks of other kinds on Flux: one module per fused Linear, fused_projections (issue 12)
         rules.mixed_kinds_family,
         'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nfused_projections = true\n'
+        + '[adapter]\nkind = "glora"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "kind"))],
-        DOG
+        'family = "flux"\n'
+        + DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\n'
+        + '[adapter]\nkind = "glora"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n',
     ),

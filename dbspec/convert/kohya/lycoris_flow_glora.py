@@ -47,16 +47,6 @@ def map_flow_glora(
     `text_blocks`); False when refused (reported)."""
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
-    blocks = layout.targets(layers, True)[1] if layers != "none" else []
-    other = next((b for b in [*blocks, *text_blocks] if b.get("kind")), None)
-    if other is not None:  # lycoris_maps._mixed_kinds lets a GLoRA network's entries through (SD's rule)
-        conv.unsupported(
-            args,
-            f"algo=glora with the preset file {preset} on {layout.title}: its map entries give some layers "
-            f"algo {other['kind']}; dbspec trains a GLoRA network's other algorithms on SD 1.x/2.x "
-            "and SDXL (kohya's fused Linears beside them untried)",
-        )
-        return False
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     scale_alpha = float(alpha.value)
     legacy = lambda key: popped(args, kwargs, key)  # noqa: E731

@@ -183,7 +183,7 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
-            "LoKr, DyLoRA and (SD 1.x/2.x, SDXL) GLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, "
+            "LoKr, DyLoRA and GLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, "
             "ia3, diag-oft, glora or dylora (on SD 1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, "
             "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
             + _NO_KIND_BLOCKS.get(_algo(algo), ""),
