@@ -2735,9 +2735,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
     # kinds the adapter, whose LoRA / LoHa layers never read it)
     kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
-    # a GLoRA adapter's own module dropout and bypass forward act on its GLoRA layers alone (its blocks of
-    # other kinds are built from the adapter's rank and alpha only): not expressed beside other kinds
-    defaults = {**_MIXED_OFF, **({"module_dropout": 0.0, "bypass": False} if own == "glora" else {})}
+    # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
+    # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
+    # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own == "glora" else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(

@@ -53,6 +53,7 @@ def _call_order(parts: list[nn.Module], transformer: nn.Module) -> list[nn.Modul
         ("locon", "loha", "full", "ia3"),
         ("lokr", "locon", "diag-oft", "ia3"),
         ("locon", "loha", "glora", "ia3"),
+        ("glora", "loha", "full", "ia3"),  # a GLoRA network beside other kinds (was DBS403 / DBS578)
     ],
 )
 def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(

@@ -60,7 +60,14 @@ def _ours(pipe, adapter, rate: float):  # noqa: F811
 
 @pytest.mark.parametrize(
     ("algo", "other"),
-    [("lokr", "full"), ("locon", "ia3"), ("lokr", "diag-oft"), ("locon", "boft"), ("lokr", "glora")],
+    [
+        ("lokr", "full"),
+        ("locon", "ia3"),
+        ("lokr", "diag-oft"),
+        ("locon", "boft"),
+        ("lokr", "glora"),
+        ("glora", "full"),  # a GLoRA network's module_dropout beside other kinds (was DBS403 / DBS578)
+    ],
 )
 def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, algo, other):  # noqa: F811
     """LoCon, LoHa, LoKr and the entry's algo on one U-Net, module_dropout 0.5: with lycoris-lora's

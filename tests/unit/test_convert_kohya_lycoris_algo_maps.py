@@ -598,18 +598,21 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
 def test_mixed_algorithms_on_a_glora_network(tmp_path):
     """A GLoRA network's entries of other algorithms (was DBS403) are blocks of their kind beside the GLoRA
     layers (tests/runtime/test_lycoris_algo_maps.py checks the built layers, trains, resumes and loads the
-    export in lycoris-lora); its module_dropout or bypass_mode, which the other kinds' blocks would not
-    take, stay DBS403 (a spec's DBS578)."""
+    export in lycoris-lora); its module_dropout (was DBS403) every kind's layers draw as their LyCORIS class
+    does (tests/runtime/test_lycoris_mixed_module_dropout.py); its bypass_mode, which the other kinds'
+    blocks would not take, stays DBS403 (a spec's DBS578)."""
     outcome = expressible(_convert(tmp_path, MIXED, "glora"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("glora", 16, 8.0)
     assert {b.kind for b in a.blocks} == {"loha", "lora"} and [b.kind for b in a.text_encoder_blocks] == [
         "loha"
     ]
-    for arg in ("module_dropout=0.1", "bypass_mode=True"):
-        (tmp_path / arg).mkdir()
-        outcome = _convert(tmp_path / arg, MIXED, "glora", f'"{arg}"')
-        assert arg.split("=")[0] in messages(outcome, "DBS403"), messages(outcome, "DBS403")
+    (tmp_path / "drop").mkdir()
+    outcome = expressible(_convert(tmp_path / "drop", MIXED, "glora", '"module_dropout=0.1"'))
+    assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1
+    (tmp_path / "bypass").mkdir()
+    outcome = _convert(tmp_path / "bypass", MIXED, "glora", '"bypass_mode=True"')
+    assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):

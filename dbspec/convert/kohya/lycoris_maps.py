@@ -366,8 +366,6 @@ def _mixed_kinds(
         and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
     ):
         on.remove("bypass_mode")
-    if _algo(algo) == "glora" and network.get("_module_dropout"):  # a GLoRA adapter's blocks draw none
-        on.append("module_dropout")
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]

@@ -211,8 +211,6 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     given = network_dropout.value if network_dropout is not None else None
     out["dropout"] = _rate((kwargs["dropout"] if "dropout" in kwargs else given) or 0.0)
     out["rank_dropout"] = _rate(kwargs.get("rank_dropout") or 0.0)
-    # the network's module_dropout (not a key entries are compared on): a GLoRA network's mixed-kinds rule
-    out["_module_dropout"] = _rate(kwargs.get("module_dropout") or 0.0)
     for key in ("use_scalar", "bypass_mode", "rs_lora", "full_matrix", "unbalanced_factorization"):
         out[key] = _str_bool(kwargs.get(key, "false"))
     out["weight_decompose"] = _str_bool(kwargs.get("dora_wd", "false"))
