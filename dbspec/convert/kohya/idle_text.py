@@ -7,7 +7,8 @@ step through the file's modules, which never change, yet they still take gradien
 clipping counts (get_trainable_params: every parameter of the network). dbspec adapts a text encoder only
 while it trains, so the converted run would leave it plain: DBS403 for every --network_weights path
 (networks.lora, networks.dylora, networks.lora_flux / lora_sd3, lycoris.kohya's kinds on SD 1.x/2.x, SDXL,
-Flux and SD3)."""
+Flux and SD3). Fresh modules at rate 0 (clipped_idle_text): their output is the base's, but their gradients
+count in max_grad_norm's clip: without a file, train.text_encoder = false is exact only at max_grad_norm 0."""
 
 from __future__ import annotations
 
