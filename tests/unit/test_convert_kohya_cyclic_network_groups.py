@@ -573,12 +573,13 @@ def test_lora_fa_scalar_bounds_lift_a_group_at_rate_0(tmp_path):
 
 def test_lora_fa_group_the_schedule_holds_at_0_stays_untrained(tmp_path):
     """OneCycleLR max_lr 0 for the text encoder's group at rate 0: its rate stays 0 all run (kohya's group
-    never moves), so it does not train; the list keeps kohya's order."""
+    never moves), so it does not train; the list keeps kohya's order. Without a clip: the group's gradients
+    count in max_grad_norm's (test_convert_kohya_idle_text.py)."""
     lists = {"max_lr": [0.0, 3e-4]}
     outcome = _lycoris(
         tmp_path,
-        "--network_module=networks.lora_fa --text_encoder_lr=0 --lr_scheduler_type OneCycleLR "
-        + _args(lists, "total_steps=400"),
+        "--network_module=networks.lora_fa --text_encoder_lr=0 --max_grad_norm 0 "
+        "--lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
     )
     assert not codes(outcome) & {"DBS402", "DBS403"}, errors(outcome)
     plan = plan_of(outcome, tmp_path)

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from convert_kit import codes, component_file, errors, fate, images, kohya, kohya_lora, messages
+from convert_kit import (
+    KOHYA_LORA,
+    SD15,
+    SDXL,
+    codes,
+    component_file,
+    errors,
+    fate,
+    images,
+    kohya,
+    kohya_lora,
+    messages,
+    plan_of,
+)
 from safetensors.numpy import save_file
 
 Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
 IDLE = "whose text_encoder_lr is 0"
+CLIPPED = "count in the total norm"  # clipped_idle_text: fresh modules at rate 0 under max_grad_norm
 
 
 def _lora(out: int, inp: int, rank: int = 4) -> dict:
@@ -78,10 +92,13 @@ def test_network_weights_without_dim_from_weights_too(tmp_path):
     assert fate(outcome, "network_weights") == "unsupported" and IDLE in messages(outcome, "DBS403")
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 5e-5 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    # a file without text-encoder modules: nothing idle, text_encoder_lr 0 is train.text_encoder = false
+    # a file without text-encoder modules: create_network still builds fresh ones (lora_up 0), which only
+    # max_grad_norm's clip reads; without a clip text_encoder_lr 0 is train.text_encoder = false
     _file(tmp_path / "prev.safetensors", {Q: _lora(320, 320)})
-    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
+    assert fate(outcome, "text_encoder_lr") == "unsupported" and CLIPPED in messages(outcome, "DBS403")
 
 
 FLUX = (
@@ -147,3 +164,103 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
     outcome = run("0")  # one value: every encoder's
     assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
+
+
+# --- fresh text-encoder modules at rate 0 under max_grad_norm (clipped_idle_text) ---------------------------
+# train_network.py builds the text encoders' modules whatever their rate (apply_to), runs them under grad and
+# clips network.get_trainable_params() (every module's parameters) to max_grad_norm (kohya's default 1.0):
+# a fresh module's lora_up is 0 but its gradient is not, so the clip coefficient of the trained modules'
+# step counts it. Exact as train.text_encoder = false only with --max_grad_norm 0.
+
+SD_FRESH = {
+    "networks.lora": "",
+    "networks.dylora": "--network_module networks.dylora --network_args unit=4",
+    "lycoris loha": "--network_module lycoris.kohya --network_args algo=loha",
+    "lycoris locon": "--network_module lycoris.kohya --network_args algo=locon",
+    "networks.lora_fa": "--network_module networks.lora_fa",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SD_FRESH))
+def test_fresh_text_modules_at_rate_0_under_a_clip_are_refused(tmp_path, kind):
+    command = f"{SD_FRESH[kind]} --unet_lr 1e-4 --text_encoder_lr 0"
+    outcome = kohya_lora(tmp_path, command)  # kohya's default max_grad_norm 1.0
+    assert fate(outcome, "text_encoder_lr") == "unsupported", errors(outcome)
+    said = messages(outcome, "DBS403")
+    assert CLIPPED in said and "max_grad_norm 1" in said
+    # networks.lora_fa keeps the group in the optimizer at rate 0; the others leave it out, never clearing it
+    kept = "keeps their group in the optimizer at rate 0" in said
+    assert kept == (kind == "networks.lora_fa") and ("add up from step to step" in said) != kept
+    clipped = kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5")
+    assert "max_grad_norm 0.5" in messages(clipped, "DBS403")
+    # without a clip nothing reads their gradients: train.text_encoder = false is the same run
+    for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
+        plan = plan_of(kohya_lora(tmp_path, f"{command} {exact}"), tmp_path)
+        assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
+
+
+def test_networks_without_text_modules_convert_under_a_clip(tmp_path):
+    """networks.oft adapts the U-Net alone; a LyCORIS preset matching no text-encoder layer builds none:
+    nothing at rate 0 reaches the clip."""
+    for command in (
+        "--network_module networks.oft --network_alpha 1e-3",
+        "--network_module lycoris.kohya --network_args algo=locon preset=unet-transformer-only",
+    ):
+        outcome = kohya_lora(tmp_path, f"{command} --unet_lr 1e-4 --text_encoder_lr 0")
+        assert CLIPPED not in messages(outcome, "DBS403"), errors(outcome)
+        assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_sdxl_first_value_decides(tmp_path):
+    """sdxl_train_network.py with networks.lora: both encoders at text_encoder_lr's first value."""
+    sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
+    outcome = kohya_lora(tmp_path, "--text_encoder_lr 0 1e-5", base=sdxl)
+    assert fate(outcome, "text_encoder_lr") == "unsupported" and CLIPPED in messages(outcome, "DBS403")
+    plan = plan_of(kohya_lora(tmp_path, "--text_encoder_lr 1e-5 0", base=sdxl), tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == pytest.approx(1e-5)
+
+
+FLUX_FRESH = FLUX.replace("--network_weights prev.safetensors --dim_from_weights ", "")
+
+
+@pytest.mark.parametrize(
+    ("rates", "key", "encoder"),
+    [
+        ("0 4e-5", "text_encoder_lr", "CLIP-L's"),
+        ("4e-5 0", "network_args train_t5xxl", "T5-XXL's"),
+    ],
+)
+def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
+    """lora_flux [CLIP-L, T5-XXL] (train_t5xxl=True): the encoder at rate 0 keeps its modules, clipped."""
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    command = f'{FLUX_FRESH} --network_module networks.lora_flux --network_args "train_t5xxl=True" '
+    outcome = kohya(tmp_path, command=f"{command} --text_encoder_lr {rates}")
+    assert fate(outcome, key) == "unsupported", errors(outcome)
+    assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS403")
+    plan = plan_of(
+        kohya(tmp_path, command=f"{command} --text_encoder_lr {rates} --max_grad_norm 0"), tmp_path
+    )
+    assert plan.optimizer.max_grad_norm == 0
+
+
+def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    command = (
+        "accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l sd3/clip_l.safetensors --clip_g "
+        "sd3/clip_g.safetensors --t5xxl sd3/t5xxl_fp16.safetensors --train_data_dir x --resolution 512 "
+        "--network_module networks.lora_sd3 --network_dim 16 --network_alpha 8 --learning_rate 1e-4 "
+        '--max_train_steps 10 --network_args "train_t5xxl=True" --text_encoder_lr '
+    )
+    for rates, key, encoder in (
+        ("5e-5 0 1e-5", "text_encoder_lr", "CLIP-G's"),
+        ("5e-5 2e-5 0", "network_args train_t5xxl", "T5-XXL's"),
+    ):
+        outcome = kohya(tmp_path, command=command + rates)
+        assert fate(outcome, key) == "unsupported", errors(outcome)
+        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS403")
+        assert kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0").written

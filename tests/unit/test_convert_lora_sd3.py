@@ -136,11 +136,12 @@ def _sd3_text(tmp_path, rates: str):
 
 def test_clip_g_trains_at_text_encoder_lrs_second_value(tmp_path):
     """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, CLIP-G, T5-XXL] rates, two values
-    giving CLIP-G (and T5) the second; a rate of 0 leaves CLIP-G out of the optimizer."""
+    giving CLIP-G (and T5) the second; a rate of 0 leaves CLIP-G out of the optimizer (exact without a clip:
+    test_convert_kohya_idle_text.py)."""
     plan = plan_of(_sd3_text(tmp_path / "two", "5e-5 2e-5"), tmp_path / "two")
     assert (plan.optimizer.text_encoder_lr, plan.optimizer.text_encoder_2_lr) == (5e-5, 2e-5)
     one = plan_of(_sd3_text(tmp_path / "one", "5e-5"), tmp_path / "one")
     assert (one.optimizer.text_encoder_lr, one.optimizer.text_encoder_2_lr) == (5e-5, None)
-    off = plan_of(_sd3_text(tmp_path / "off", "5e-5 0"), tmp_path / "off")
+    off = plan_of(_sd3_text(tmp_path / "off", "5e-5 0 --max_grad_norm 0"), tmp_path / "off")
     trained = {c.name: c.trainable for c in off.precision.components}
     assert trained["text_encoder"] == "lora" and trained["text_encoder_2"] == "frozen"

@@ -87,13 +87,18 @@ def test_train_t5xxl_trains_t5_at_the_third_rate(tmp_path, values):
 
 
 def test_clip_g_at_zero_leaves_t5_at_its_rate(tmp_path):
-    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 0 1e-5')
+    # CLIP-G's modules at rate 0 count in max_grad_norm's clip (test_convert_kohya_idle_text.py): exact at 0
+    outcome = _sd3(
+        tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 0 1e-5 --max_grad_norm 0'
+    )
     plan = plan_of(outcome, tmp_path)
     assert _plan_rates(plan) == {"text_encoder": 5e-5, "text_encoder_3": 1e-5}
 
 
 def test_t5_rate_zero_is_inert(tmp_path):
-    outcome = _sd3(tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 2e-5 0')
+    outcome = _sd3(
+        tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 2e-5 0 --max_grad_norm 0'
+    )
     assert fate(outcome, "network_args train_t5xxl") == "inert"
     plan = plan_of(outcome, tmp_path)
     assert not plan.adapter.t5_targets

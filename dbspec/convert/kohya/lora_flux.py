@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.idle_text import clipped_idle_text
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
 from dbspec.convert.kohya.reg_dims import flux_reg_blocks
 from dbspec.families import family_spec
@@ -273,7 +274,10 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str, family: str = "f
         return _sd3_t5_trains(legacy, rates or [default], a, conv)
     clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (default, default)
     if t5_lr == 0:
-        conv.inert(legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer")
+        if not clipped_idle_text(a, legacy, "T5-XXL's", conv):  # exact only without a clip
+            conv.inert(
+                legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer"
+            )
         return True
     conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
     if family == "chroma":  # T5 is Chroma's only text encoder: optimizer.text_encoder_lr (train.py _t5_rate)
@@ -294,7 +298,8 @@ def _sd3_t5_trains(legacy: Legacy, rates: list[float], a, conv: Conversion) -> b
     converter writes for CLIP-G's own rate (train.py _sd3_clip_g_lr): written here only when T5's differs."""
     clip_l, clip_g, t5_lr = (rates + rates[-1:] * 2)[:3]
     if t5_lr == 0:
-        conv.inert(legacy, "T5-XXL's text_encoder_lr (its third value) is 0: kohya leaves its group out")
+        if not clipped_idle_text(a, legacy, "T5-XXL's", conv):  # exact only without a clip
+            conv.inert(legacy, "T5-XXL's text_encoder_lr (its third value) is 0: kohya leaves its group out")
         return True
     conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
     derived = clip_g if clip_g != 0 else clip_l  # text_encoder_2_lr as written (CLIP-G at 0: not written)

@@ -9,6 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
+from dbspec.convert.kohya.idle_text import clipped_idle_text
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
@@ -737,6 +738,12 @@ def map_text_encoder(
         return bool(conv.values.get(("train", "t5"), (False, ""))[0])
     te_lr = lora_text_encoder_lr(a)
     if not unet_only.value and te_lr.value == 0:
+        if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
+            # the modules at rate 0 still count in max_grad_norm's clip (idle_text.py; exact at 0)
+            first = (
+                "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
+            )
+            clipped_idle_text(a, te_lr, first, conv)
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
             te_lr,
@@ -804,6 +811,28 @@ def map_text_encoder(
     if te_only.value:
         conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
+
+
+def _builds_text_modules(a: Args, conv: Conversion, text_modules: bool) -> bool:
+    """Whether kohya's network holds text-encoder modules when network_train_unet_only is off: not for a
+    --dim_from_weights file without any, networks.oft / oft_flux (the U-Net or transformer alone), or a
+    LyCORIS preset matching no text-encoder layer (as map_text_encoder reads them below)."""
+    module = a["network_module"].value if "network_module" in a else None
+    if not text_modules or module in ("networks.oft", "networks.oft_flux"):
+        return False
+    first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
+    second = conv.values.get(("adapter", "text_encoder_2_targets"), (None, ""))[0]
+    norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]
+    norms_2 = conv.values.get(("adapter", "text_encoder_2_norms"), (None, ""))[0]
+    empty = first == [] and not norms
+    empty_2 = (first if second is None else second) == [] and not (norms if norms_2 is None else norms_2)
+    return not (empty and empty_2)
+
+
+def _file_refused(a: Args, conv: Conversion) -> bool:
+    """A --network_weights file whose text-encoder modules idle_text_modules refused already."""
+    keys = ("network_weights", "dim_from_weights")
+    return any(k in conv.reports and conv.reports[k].fate == "unsupported" for k in keys)
 
 
 def _train_db_text_encoder(a: Args, total: int | None, conv: Conversion) -> bool:
@@ -1073,6 +1102,7 @@ def _sd3_clip_g_lr(a: Args, conv: Conversion) -> None:
     if second == first:
         return
     if second == 0:
+        clipped_idle_text(a, te, "CLIP-G's", conv)  # its modules still count in the clip (exact without)
         conv.put(
             ("train", "text_encoder_2"), False, conv.comment(te, "CLIP-G's rate 0: kohya skips its group")
         )
