@@ -98,7 +98,7 @@ def test_network_weights_without_dim_from_weights_too(tmp_path):
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
-    assert fate(outcome, "text_encoder_lr") == "unsupported" and CLIPPED in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome) and CLIPPED in messages(outcome, "DBS404")
 
 
 FLUX = (
@@ -182,20 +182,23 @@ SD_FRESH = {
 
 
 @pytest.mark.parametrize("kind", sorted(SD_FRESH))
-def test_fresh_text_modules_at_rate_0_under_a_clip_are_refused(tmp_path, kind):
+def test_fresh_text_modules_at_rate_0_under_a_clip_convert_with_a_warning(tmp_path, kind):
     command = f"{SD_FRESH[kind]} --unet_lr 1e-4 --text_encoder_lr 0"
     outcome = kohya_lora(tmp_path, command)  # kohya's default max_grad_norm 1.0
-    assert fate(outcome, "text_encoder_lr") == "unsupported", errors(outcome)
-    said = messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert not plan_of(outcome, tmp_path).train_text_encoder  # the encoder untrained, as without a clip
+    said = messages(outcome, "DBS404")
     assert CLIPPED in said and "max_grad_norm 1" in said
     # networks.lora_fa keeps the group in the optimizer at rate 0; the others leave it out, never clearing it
     kept = "keeps their group in the optimizer at rate 0" in said
     assert kept == (kind == "networks.lora_fa") and ("add up from step to step" in said) != kept
     clipped = kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5")
-    assert "max_grad_norm 0.5" in messages(clipped, "DBS403")
-    # without a clip nothing reads their gradients: train.text_encoder = false is the same run
+    assert "max_grad_norm 0.5" in messages(clipped, "DBS404")
+    # without a clip nothing reads their gradients: train.text_encoder = false is the same run (no warning)
     for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
-        plan = plan_of(kohya_lora(tmp_path, f"{command} {exact}"), tmp_path)
+        same = kohya_lora(tmp_path, f"{command} {exact}")
+        assert CLIPPED not in messages(same, "DBS404")
+        plan = plan_of(same, tmp_path)
         assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
 
 
@@ -207,7 +210,7 @@ def test_networks_without_text_modules_convert_under_a_clip(tmp_path):
         "--network_module lycoris.kohya --network_args algo=locon preset=unet-transformer-only",
     ):
         outcome = kohya_lora(tmp_path, f"{command} --unet_lr 1e-4 --text_encoder_lr 0")
-        assert CLIPPED not in messages(outcome, "DBS403"), errors(outcome)
+        assert CLIPPED not in messages(outcome, "DBS404"), errors(outcome)
         assert not plan_of(outcome, tmp_path).train_text_encoder
 
 
@@ -215,7 +218,7 @@ def test_sdxl_first_value_decides(tmp_path):
     """sdxl_train_network.py with networks.lora: both encoders at text_encoder_lr's first value."""
     sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
     outcome = kohya_lora(tmp_path, "--text_encoder_lr 0 1e-5", base=sdxl)
-    assert fate(outcome, "text_encoder_lr") == "unsupported" and CLIPPED in messages(outcome, "DBS403")
+    assert CLIPPED in messages(outcome, "DBS404") and not plan_of(outcome, tmp_path).train_text_encoder
     plan = plan_of(kohya_lora(tmp_path, "--text_encoder_lr 1e-5 0", base=sdxl), tmp_path)
     assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == pytest.approx(1e-5)
 
@@ -237,8 +240,8 @@ def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
         component_file(tmp_path / name)
     command = f'{FLUX_FRESH} --network_module networks.lora_flux --network_args "train_t5xxl=True" '
     outcome = kohya(tmp_path, command=f"{command} --text_encoder_lr {rates}")
-    assert fate(outcome, key) == "unsupported", errors(outcome)
-    assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
     plan = plan_of(
         kohya(tmp_path, command=f"{command} --text_encoder_lr {rates} --max_grad_norm 0"), tmp_path
     )
@@ -261,6 +264,7 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
         ("5e-5 2e-5 0", "network_args train_t5xxl", "T5-XXL's"),
     ):
         outcome = kohya(tmp_path, command=command + rates)
-        assert fate(outcome, key) == "unsupported", errors(outcome)
-        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS403")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
+        assert fate(outcome, key) == "differs", fate(outcome, key)
         assert kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0").written

@@ -8,7 +8,8 @@ clipping counts (get_trainable_params: every parameter of the network). dbspec a
 while it trains, so the converted run would leave it plain: DBS403 for every --network_weights path
 (networks.lora, networks.dylora, networks.lora_flux / lora_sd3, lycoris.kohya's kinds on SD 1.x/2.x, SDXL,
 Flux and SD3). Fresh modules at rate 0 (clipped_idle_text): their output is the base's, but their gradients
-count in max_grad_norm's clip: without a file, train.text_encoder = false is exact only at max_grad_norm 0."""
+count in max_grad_norm's clip: without a file, train.text_encoder = false is exact only at max_grad_norm 0,
+and converts with a DBS404 warning otherwise (kohya's clip counts modules that never move)."""
 
 from __future__ import annotations
 
@@ -77,18 +78,19 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
 
 
 def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:
-    """Report (DBS403) a text encoder whose LoRA modules kohya builds and never trains (its rate 0) while
-    max_grad_norm clips: True when reported. train_network.py builds the text encoders' modules whenever
-    --network_train_unet_only is off (apply_to reads no rate; a fresh module's lora_up is 0, so the encoder's
-    output is the base's) and runs the text encoders under grad, so those modules take gradients (lora_up's
-    are not 0) that `accelerator.clip_grad_norm_(network.get_trainable_params(), max_grad_norm)` counts: every
-    module's parameters, trained or not. networks.lora, networks.dylora, lycoris.kohya and lora_flux /
-    lora_sd3 leave a group at rate 0 out of the optimizer ("NO LR skipping!"), whose zero_grad clears only
-    its own parameters, so those gradients add up from step to step (each clip scaling the sum in place);
-    networks.lora_fa keeps the group in the optimizer at rate 0 (cleared every step, still clipped). Either
-    way the clip coefficient, so the trained modules' steps, differ from a run without them, which is all
-    dbspec can write (it adapts a text encoder only while it trains, at a rate above 0). With max_grad_norm
-    0 nothing reads those gradients: train.text_encoder = false is then the same run (not reported)."""
+    """Warn (DBS404) that a text encoder whose LoRA modules kohya builds and never trains (its rate 0) is
+    converted untrained while max_grad_norm clips: True when warned (the caller still maps the encoder as
+    untrained). train_network.py builds the text encoders' modules whenever --network_train_unet_only is off
+    (apply_to reads no rate; a fresh module's lora_up is 0, so the encoder's output is the base's) and runs
+    the text encoders under grad, so those modules take gradients (lora_up's are not 0) that
+    `accelerator.clip_grad_norm_(network.get_trainable_params(), max_grad_norm)` counts: every module's
+    parameters, trained or not. networks.lora, networks.dylora, lycoris.kohya and lora_flux / lora_sd3 leave a
+    group at rate 0 out of the optimizer ("NO LR skipping!"), whose zero_grad clears only its own parameters,
+    so those gradients add up from step to step (each clip scaling the sum in place); networks.lora_fa keeps
+    the group in the optimizer at rate 0 (cleared every step, still clipped). Either way kohya's clip
+    coefficient counts gradients of modules that never move, stale ones after the first step: dbspec's
+    untrained encoder clips the trained modules alone, as kohya's own run with --max_grad_norm 0 or
+    --network_train_unet_only leaves them. With max_grad_norm 0 the runs are the same (no warning)."""
     clip = a["max_grad_norm"]
     if not clip.value:
         return False
@@ -103,14 +105,14 @@ def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: 
             'the optimizer leaves their group out at rate 0 ("NO LR skipping!"), and as optimizer.zero_grad '
             "clears only the optimizer's own parameters, their gradients add up from step to step"
         )
-    conv.unsupported(
+    conv.differs(
         legacy,
-        f"kohya still builds {encoder} LoRA modules (apply_to reads no rate; fresh, they leave its output "
-        f"the base's) and runs that encoder under grad; {held}, yet max_grad_norm {clip.value:g} clips "
+        f"converted with {encoder} text encoder untrained and unadapted, as kohya's run with "
+        "--max_grad_norm 0 or --network_train_unet_only is. kohya's differs: it still builds "
+        f"{encoder} LoRA modules (apply_to reads no rate; fresh, they leave the output the base's) and runs "
+        f"that encoder under grad; {held}, yet max_grad_norm {clip.value:g} clips "
         "network.get_trainable_params(), every module's parameters: their gradients (lora_up's are not 0) "
-        "count in the total norm, so the clip scales the trained modules' steps differently from a run "
-        "without them. dbspec adapts a text encoder only while it trains (at a rate above 0)",
-        help="kohya's run with --max_grad_norm 0 (nothing reads those gradients: the encoder untrained is "
-        "exact) or with --network_train_unet_only (apply_to drops the modules) converts",
+        "count in the total norm, so whenever the clip engages kohya scales the trained modules' steps by "
+        "a norm that includes modules which never move. dbspec clips the trained modules' gradients alone",
     )
     return True
