@@ -2852,6 +2852,17 @@ its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of
 per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
     ),
+    Code(
+        "DBS594",
+        ERROR,
+        "IA^3's bypass on a transformer family",
+        """\
+`bypass = true` on a `kind = "ia3"` adapter gives its layers LyCORIS IA3Module's bypass forward (the output
+scaled, its bias included), checked against lycoris-lora 4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On
+Flux, SD3 and Chroma kohya's network scales whole fused Linears (and their inputs), which dbspec's parts do
+not reproduce with it yet.""",
+        help="remove adapter.bypass, or train the IA^3 adapter on SD 1.x/2.x or SDXL",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

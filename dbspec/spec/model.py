@@ -751,6 +751,7 @@ def _mixed_bypass():
         "channels, their bias included; "
         '`"dylora"` layers (one block each: `rank`, and `conv_rank` if set, equal to the block\'s `unit`) '
         "add up (down x) unscaled, as LyCORIS's bypass forward does, in training, validation and sampling; "
+        '`"ia3"` layers scale their output channels, their bias included; '
         "`glora` layers and the adapter's own compute the same update either way. The exports are the "
         "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); not "
         "with `fused_projections` (DBS578).",
@@ -1275,6 +1276,13 @@ class Ia3Adapter:
         "never draw it, as LyCORIS's IA3Module never reads it; without norm offsets it changes nothing.",
         minimum=0,
         maximum=1,
+    )
+    bypass: bool = option(
+        False,
+        doc="LyCORIS `bypass_mode` (IA3Module's bypass forward): scale the layer's output channels, its "
+        "bias included, by (1 + s) instead of the weight's rows (the default forward leaves the bias as it "
+        "is); an `input_targets` layer reads its input scaled, the same update either way. The export is "
+        "the same tensors; kohya's file records `bypass_mode`. SD 1.x/2.x and SDXL only (DBS594).",
     )
     exclude: list[str] = _exclude("scale", _EXCLUDED_LAYER)
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
