@@ -92,3 +92,78 @@ def test_ia3_bypass_equals_lycoris_bypass_forward():
         merged.unmerge()
         torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
         torch.testing.assert_close(merged.base_layer.bias, getattr(base, name).bias)
+
+
+IA3_BYPASS_SPEC = """
+[adapter]
+kind = "ia3"
+bypass = true
+conv_targets = ["conv1"]
+denoiser_targets = ["to_k", "to_v", "ff.net.2"]
+input_targets = ["ff.net.2"]
+
+[checkpoints]
+every = 1
+exports = ["kohya_lora"]
+"""
+
+
+def test_ia3_bypass_trains_resumes_bit_exact_and_matches_lycoris(tmp_path):
+    """A tiny SD run of IA^3 in bypass_mode (output-side attention / 3x3 convolutions, input-side ff.net.2):
+    two steps resume bit-exact from step 1; the export records bypass_mode and, in lycoris-lora's IA3Module
+    on each exported layer in bypass mode (as kohya's bypass_mode network runs them), gives the trained
+    U-Net's output, which the same modules' default forward does not."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec, write_spec
+    from safetensors.torch import load_file
+
+    from tests.runtime.test_lycoris import _files, _kohya_names, _unet_output
+
+    spec = write_spec(tmp_path, steps=2, extra=IA3_BYPASS_SPEC)
+    lr = ["optimizer.lr=5e-2"]
+    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(spec, [*lr, "output.dir=parts"])
+    assert plan.adapter.bypass
+    assert execute(plan, stop_after=1).status == "interrupted"
+    second = execute(plan, resume=True)
+    assert second.status == "finished" and second.steps == 2
+    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+    assert ours.keys() == resumed.keys() and ours
+    for name, tensors in ours.items():
+        assert tensors.keys() == resumed[name].keys()
+        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(export), "pt") as handle:
+        args = json.loads(handle.metadata()["ss_network_args"])
+    assert args["algo"] == "ia3" and args["bypass_mode"] == "True"
+    trained = whole.components.unet
+    trained.eval()
+    trained_output = _unet_output(trained)
+    fresh = build_pipeline(plan.model.base).unet
+    plain = fresh  # lycoris-lora 4.1.3's file loader cannot build IA3Module (it hands it `on_input` too):
+    # IA3Module per exported layer, built as kohya's bypass_mode network builds it, holding the file's scales
+    state = load_file(str(export))
+    names = _kohya_names(trained, "lora_unet")
+    built = []
+    for key in [k for k in state if k.startswith("lora_unet_") and k.endswith(".weight")]:
+        name = key.rsplit(".", 1)[0]
+        on_input = bool(state[f"{name}.on_input"])
+        lyco = modules.IA3Module(
+            name, fresh.get_submodule(names[name]), 1.0, bypass_mode=True, train_on_input=on_input
+        )
+        with torch.no_grad():
+            lyco.weight.copy_(state[key])
+        built.append(lyco)
+    assert {m.train_input for m in built} == {False, True} and len(built) == len(names)
+    for lyco in built:
+        lyco.apply_to()
+    torch.testing.assert_close(_unet_output(plain), trained_output, rtol=1e-4, atol=1e-4)
+    for lyco in built:  # the modules' default forward: the biases unscaled
+        lyco.bypass_mode = False
+    assert not torch.allclose(_unet_output(plain), trained_output, atol=1e-4)

@@ -66,7 +66,8 @@ def test_ia3_bypass_settles_in_the_plan(tmp_path):
 
 def test_ia3_blocks_take_the_adapters_bypass(tmp_path):
     """A LoRA adapter's `bypass` with a block of kind ia3 (a LyCORIS map entry): settled, no DBS216."""
-    table = 'kind = "lora"\nrank = 4\nbypass = true\n[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\nrank = 1\nalpha = 1.0'
+    table = 'kind = "lora"\nrank = 4\nbypass = true\n[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\n'
+    table += "rank = 1\nalpha = 1.0"
     planned = _planned(tmp_path, table)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     assert planned.plan.adapter.bypass and not plan_problems(planned.plan)
