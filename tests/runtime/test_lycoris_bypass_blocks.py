@@ -1,11 +1,11 @@
 """lycoris.kohya `bypass_mode` on a LoCon network whose preset file gives some SD layers Diag-OFT, BOFT,
 IA^3 and DyLoRA (issue 12): their modules' bypass forward differs from their default one (the output rotated
 or scaled, its bias included; DyLoRA's one block unscaled: tests/runtime/test_lycoris_bypass_kinds.py), which
-the converted adapter's `bypass` gives those blocks (runtime/mixed_kinds.py kind_adapter). A tiny run resumes bit-exact, and
-its export loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) gives the trained U-Net's output,
-which the same weights without bypass_mode do not, and its adapter folders load back (`dbspec sample`) to it
-(each kind's own folder: Diag-OFT's and BOFT's layers share their `lora_oft_*` keys, runtime/weights.py
-_oft_fits)."""
+the converted adapter's `bypass` gives those blocks (runtime/mixed_kinds.py kind_adapter). A tiny run resumes
+bit-exact, and its export loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) gives the trained
+U-Net's output, which the same weights without bypass_mode do not, and its adapter folders load back
+(`dbspec sample`) to it (each kind's own folder: Diag-OFT's and BOFT's layers share their `lora_oft_*` keys,
+runtime/weights.py _oft_fits)."""
 
 from __future__ import annotations
 
