@@ -1538,17 +1538,17 @@ CASES = [
         + '[adapter]\nkind = "lora"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
     ),
-    (  # ... on unfused layers (SD 1.x/2.x, SDXL)
+    (  # ... DyLoRA blocks on unfused layers (SD 1.x/2.x, SDXL) only; Diag-OFT / IA^3 ones on fused layers too
         rules.dylora_bypass_runs,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n",
         [("DBS578", "error", ("adapter", "bypass"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\nbypass = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+        + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
     ),
     (  # ... a DyLoRA block of one block per layer only (LyCORIS's bypass forward)
         rules.dylora_bypass_runs,
