@@ -2707,8 +2707,8 @@ Chroma with `fused_projections`, each fused Linear one LyCORIS module of its blo
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
 `multiplier`, `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix` (but on a lokr adapter:
 its LoKr layers alone read it), `rank_stabilized`, `ggpo`, `fused_projections` (but on Flux, SD3 and
-Chroma; there not with `bypass`, which gives Diag-OFT, BOFT and DyLoRA blocks LyCORIS's bypass forward on
-SD 1.x/2.x and SDXL) and `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts
+Chroma; there not with `bypass` and DyLoRA blocks: `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks
+LyCORIS's bypass forward on SD 1.x/2.x and SDXL, Diag-OFT and IA^3 blocks also on fused layers) and `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts
 such a run, its DyLoRA layers taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
 Chroma); nor a block's own `scalar`, `tucker` (but a `kind = "lora"` block's on the denoiser's
 convolutions: LyCORIS LoCon's Tucker form) or `rank_stabilized`, nor its own LoKr `factor` and switches
@@ -2853,6 +2853,17 @@ or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS pr
 its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
 per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
+    ),
+    Code(
+        "DBS594",
+        ERROR,
+        "IA^3's bypass on a transformer family",
+        """\
+`bypass = true` on a `kind = "ia3"` adapter gives its layers LyCORIS IA3Module's bypass forward (the output
+scaled, its bias included), checked against lycoris-lora 4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On
+Flux, SD3 and Chroma kohya's network scales whole fused Linears (and their inputs), which dbspec's parts do
+not reproduce with it yet.""",
+        help="remove adapter.bypass, or train the IA^3 adapter on SD 1.x/2.x or SDXL",
     ),
 )
 

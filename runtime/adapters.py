@@ -70,7 +70,9 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
     if adapter.kind == "ia3":  # LyCORIS's IA^3: dbspec's own peft layer (lycoris_ia3.py)
         from dbspec.runtime.lycoris_ia3 import ia3_config
 
-        return ia3_config([*targets, *(adapter.conv_targets if conv else ())], adapter.input_targets)
+        convs = adapter.conv_targets if conv else ()
+        # `bypass`: LyCORIS bypass_mode (the output scaled, its bias too)
+        return ia3_config([*targets, *convs], adapter.input_targets, adapter.bypass)
     if adapter.kind == "glora":  # LyCORIS's GLoRA: dbspec's own peft layer (lycoris_glora.py)
         from dbspec.runtime.lycoris_glora import glora_options, with_glora
 

@@ -11,7 +11,11 @@ LyCORIS's form on peft's LoRA machinery (custom modules, as locon_tucker.py): th
 `lora_ia3` ParameterDict (peft's `lora_` prefix: peft's adapter state dicts, dbspec's trainable-weight filter
 and checkpoints hold them). peft builds a custom layer without its module path, so which side a layer scales
 rides on peft's per-module rank (`rank_pattern`, saved in its JSON config): rank 2 is the input side, 1 the
-output side. Linear and ungrouped Conv2d layers."""
+output side. Linear and ungrouped Conv2d layers.
+
+`bypass` (plan.adapter.bypass, LyCORIS `bypass_mode`; IA3Module._bypass_forward): the layer's output (its bias
+included) times (1 + s) on the output side, the layer applied to x times (1 + s) on the input side (the same
+update as the default forward there); merging scales the bias too. The saved tensors are the same."""
 
 from __future__ import annotations
 
@@ -36,11 +40,20 @@ class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
 
     adapter_layer_names = ("lora_ia3",)
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config=None, r: int = 1, **kwargs: Any):
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config=None,
+        r: int = 1,
+        bypass: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__()
         LoraLayer.__init__(self, base_layer)
         self.lora_ia3 = nn.ParameterDict()
         self.on_input: dict[str, bool] = {}
+        self.ia3_bypass = bypass  # LyCORIS bypass_mode: the output scaled, its bias too
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config, r)
 
@@ -72,12 +85,42 @@ class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
             return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation)
         return F.linear(x, weight)
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """AddedOutput's forward, or with `ia3_bypass` LyCORIS's bypass forward (IA3Module._channel_scale:
+        the channels of dimension 1 of a convolution's, the last of a linear's, times w + 1)."""
+        if not self.ia3_bypass:
+            return super().forward(x, *args, **kwargs)
+        if self._base_only(x, args, kwargs):
+            return self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return self.base_layer(x, *args, **kwargs)
+        active = [a for a in self.active_adapters if a in self.lora_ia3]
+        conv = isinstance(self.get_base_layer(), nn.Conv2d)
+        for adapter in active:  # the input side first: it scales what the layer reads
+            if self.on_input[adapter]:
+                x = self._channel_scale(x, adapter, conv)
+        result = self.base_layer(x, *args, **kwargs)
+        dtype = result.dtype
+        for adapter in active:
+            if not self.on_input[adapter]:
+                result = self._channel_scale(result, adapter, conv)
+        return result.to(dtype)
+
+    def _channel_scale(self, x: torch.Tensor, adapter: str, conv: bool) -> torch.Tensor:
+        """x times (w + 1) on its channel axis (w: (1, C, 1, 1) on a convolution's dimension 1, (C,) on a
+        linear's last), in x's dtype."""
+        scale = self.lora_ia3[adapter]
+        return (x * (scale + 1)).to(x.dtype)
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         base = self.get_base_layer()
         for adapter in adapter_names or self.active_adapters:
             if adapter in self.lora_ia3 and adapter not in self.merged_adapters:
                 with torch.no_grad():
                     base.weight.data += self.get_delta_weight(adapter).to(base.weight.dtype)
+                    if self.ia3_bypass and not self.on_input[adapter] and base.bias is not None:
+                        scale = self.lora_ia3[adapter].detach().reshape(-1)  # the bias scaled too
+                        base.bias.data = (base.bias.data.to(scale.dtype) * (scale + 1)).to(base.bias.dtype)
                 self.merged_adapters.append(adapter)
 
     def unmerge(self) -> None:
@@ -85,6 +128,10 @@ class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
             scale = self.lora_ia3[adapter].detach()
+            if self.ia3_bypass and not self.on_input[adapter] and base.bias is not None:
+                with torch.no_grad():
+                    flat = scale.reshape(-1)
+                    base.bias.data = (base.bias.data.to(flat.dtype) / (1 + flat)).to(base.bias.dtype)
             with torch.no_grad():  # W (1 + s) back to W
                 merged = base.weight.data.to(scale.dtype)
                 if self.on_input[adapter]:
@@ -108,9 +155,17 @@ def dispatch_ia3(target: nn.Module, adapter_name: str, config, **kwargs: Any) ->
     return None
 
 
-def ia3_config(targets: list[str], input_targets: tuple[str, ...]):
+def dispatch_ia3_bypass(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:
+    """dispatch_ia3 building layers that run LyCORIS's bypass forward."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return Ia3Layer(target, adapter_name, config=config, r=kwargs.get("r", 1), bypass=True)
+    return None
+
+
+def ia3_config(targets: list[str], input_targets: tuple[str, ...], bypass: bool = False):
     """A LoraConfig building Ia3Layer on every target, the input-side ones marked by peft's per-module
-    rank."""
+    rank; `bypass`: LyCORIS's bypass forward."""
     from peft import LoraConfig
 
     config = LoraConfig(
@@ -120,19 +175,22 @@ def ia3_config(targets: list[str], input_targets: tuple[str, ...]):
         # only this module's targets: peft warns of a pattern that matches none of its layers
         rank_pattern={re.escape(t): INPUT_SIDE_RANK for t in input_targets if t in targets},
     )
-    return with_ia3(config)
+    return with_ia3(config, bypass)
 
 
-def with_ia3(config):
-    """`config` building Ia3Layer on every target; as with_tucker, the registration lives on the config."""
-    config._register_custom_module({nn.Linear: dispatch_ia3, nn.Conv2d: dispatch_ia3})
+def with_ia3(config, bypass: bool = False):
+    """`config` building Ia3Layer on every target (`bypass`: in LyCORIS's bypass forward); as with_tucker,
+    the registration lives on the config."""
+    dispatch = dispatch_ia3_bypass if bypass else dispatch_ia3
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 
 
 def is_ia3(config) -> bool:
     """`config` builds Ia3Layer (with_ia3): a LoraConfig whose keys are `lora_ia3` (a run of several kinds
     holds LoRA's too under one adapter name, runtime/mixed_kinds.py)."""
-    return dispatch_ia3 in (getattr(config, "_custom_modules", None) or {}).values()
+    found = (getattr(config, "_custom_modules", None) or {}).values()
+    return dispatch_ia3 in found or dispatch_ia3_bypass in found
 
 
 def has_ia3(state: dict[str, torch.Tensor]) -> bool:

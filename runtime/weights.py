@@ -395,8 +395,8 @@ def load_peft_adapters(
     kinds' layers of a run with several (`<component>/<kind>/`, runtime/mixed_kinds.py); the names
     loaded. `kind_only`: the module already carries other kinds' layers, whose weights the folder lacks.
     `lokr_unit_scale`: the run's plan (`adapter.lokr_unit_scale`) trained full LoKr factors at scale 1.
-    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too; DyLoRA
-    blocks beside other kinds add their one block unscaled).
+    `bypass`: the plan's LyCORIS bypass_mode (Diag-OFT / BOFT rotate the output, its bias too, IA^3 scales
+    it; DyLoRA blocks beside other kinds add their one block unscaled).
     `oft_form`: the plan's adapter.oft_form ("kohya": kohya's networks.oft layers, r their block count).
     `fused_lokr`: the plan's adapter when it trained LoKr or LoHa on fused layers (runtime/fused_lokr.py,
     fused_loha.py): the denoiser's parts share the fused factors the folder holds under each part's name;
@@ -425,8 +425,10 @@ def load_peft_adapters(
             config = with_full(config)
         from dbspec.runtime.lycoris_ia3 import has_ia3, with_ia3
 
-        if has_ia3(state):  # LyCORIS's IA^3 (its sides ride on the config's rank_pattern)
-            config = with_ia3(config)
+        if has_ia3(
+            state
+        ):  # LyCORIS's IA^3 (its sides ride on the config's rank_pattern; bypass: the bias too)
+            config = with_ia3(config, bypass)
         from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
 
         from dbspec.runtime.lycoris_glora import has_glora, has_glora_scalar, with_glora

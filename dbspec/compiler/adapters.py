@@ -152,8 +152,8 @@ def adapter_plan(
 
 
 # the block kinds whose LyCORIS bypass forward differs from their default one (a lora / loha / lokr adapter's
-# `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled
-BYPASS_KINDS = ("diag-oft", "boft", "dylora")
+# `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled, IA^3 scales the bias too
+BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def bypass_blocks(adapter) -> list[tuple[str, int]]:
@@ -281,7 +281,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         oft_rescaled=getattr(adapter, "rescaled", False),
         oft_form=getattr(adapter, "form", "lycoris") if adapter.kind == "diag-oft" else "lycoris",
         oft_blocks=getattr(adapter, "block_count", 0) if adapter.kind == "diag-oft" else 0,
-        bypass=getattr(adapter, "bypass", False),  # diag-oft, boft: LyCORIS bypass_mode
+        bypass=getattr(adapter, "bypass", False),  # diag-oft, boft, ia3: LyCORIS bypass_mode
         module_dropout=getattr(adapter, "module_dropout", 0.0),  # boft: ButterflyOFTModule's
         rank_dropout=getattr(adapter, "rank_dropout", 0.0),  # diag-oft: DiagOFTModule's rotations' dropout
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)

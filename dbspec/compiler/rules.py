@@ -3658,28 +3658,51 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+@rule("spec")
+def ia3_bypass_family(spec: Spec, given: Given) -> Iterator[Hit]:
+    """DBS594: an IA^3 adapter's `bypass` (runtime/lycoris_ia3.py, checked against lycoris-lora's IA3Module
+    on unfused layers) on a transformer family; silent for family = "auto" (run again with the detected
+    family)."""
+    a = spec.adapter
+    family = FAMILIES.get(spec.model.family)
+    if getattr(a, "kind", "") != "ia3" or not a.bypass or family is None or family.denoiser == "unet":
+        return
+    yield _err(
+        "DBS594",
+        ("adapter", "bypass"),
+        f'adapter.bypass with kind = "ia3" on {family.title}: dbspec gives IA^3 LyCORIS\'s bypass forward '
+        "on SD 1.x/2.x and SDXL (unfused layers) only",
+        codes.help("DBS594"),
+    )
+
+
 def _blocks_bypass(a) -> Iterator[Hit]:
-    """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT and DyLoRA
+    """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT, DyLoRA and IA^3
     blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several
-    blocks per layer cannot run it (DBS549); with fused_projections (Flux / SD3 / Chroma) DBS578."""
+    blocks per layer cannot run it (DBS549); DyLoRA blocks with fused_projections (Flux / SD3 / Chroma)
+    DBS578."""
     found = bypass_blocks(a)
-    if found and getattr(a, "fused_projections", False):  # Flux / SD3 / Chroma: not converted or checked
-        table, i = found[0]
+    # Flux / SD3 / Chroma: a Diag-OFT / IA^3 block's parts each rotate / scale their own rows of the fused
+    # output (a Diag-OFT block never spans two parts), LyCORIS's bypass forward on the fused Linear
+    # (tests/runtime/test_lycoris_mixed_flow_bypass.py); DyLoRA's there unchecked
+    dylora = [(t, i) for t, i in found if getattr(a, t)[i].kind == "dylora"]
+    if dylora and getattr(a, "fused_projections", False):
+        table, i = dylora[0]
         yield _err(
             "DBS578",
             ("adapter", "bypass"),
-            f'adapter.bypass with adapter.{table}[{i}].kind = "{getattr(a, table)[i].kind}" and '
-            "fused_projections: dbspec gives blocks of other kinds LyCORIS's bypass forward on SD 1.x/2.x "
-            "and SDXL (unfused layers) only",
+            f'adapter.bypass with adapter.{table}[{i}].kind = "dylora" and fused_projections: dbspec gives '
+            "DyLoRA blocks beside other kinds LyCORIS's bypass forward on SD 1.x/2.x and SDXL (unfused "
+            "layers) only",
             codes.help("DBS578"),
         )
     if not found:
         yield _warn(
             "DBS216",
             ("adapter", "bypass"),
-            f'adapter.bypass has no effect with kind = "{a.kind}" and no blocks of kind "diag-oft", "boft" '
-            'or "dylora" (LyCORIS\'s bypass forward of its other layers is the same update)',
-            'remove adapter.bypass, or give blocks kind = "diag-oft", "boft" or "dylora"',
+            f'adapter.bypass has no effect with kind = "{a.kind}" and no blocks of kind "diag-oft", "boft", '
+            '"dylora" or "ia3" (LyCORIS\'s bypass forward of its other layers is the same update)',
+            'remove adapter.bypass, or give blocks kind = "diag-oft", "boft", "dylora" or "ia3"',
         )
     for table, i in found:
         block = getattr(a, table)[i]

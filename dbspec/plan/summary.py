@@ -547,9 +547,12 @@ def _bypass_rows(a) -> list[tuple[str, str]]:
             (
                 "  bypass",
                 "LyCORIS bypass_mode on the blocks of other kinds: Diag-OFT / BOFT rotate the layer's "
-                "output, its bias too; DyLoRA adds its one block unscaled",
+                "output, its bias too; DyLoRA adds its one block unscaled; IA^3 scales the layer's output, "
+                "its bias too",
             )
         ]
+    if a.kind == "ia3":
+        return [("  bypass", "the layer's output scaled, its bias too (LyCORIS bypass_mode)")]
     return [("  bypass", "the layer's output rotated, its bias too (LyCORIS bypass_mode)")]
 
 

@@ -178,7 +178,9 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"{str(a.dora).lower()}, family {plan.model.family!r}"
         )
     blocks = (*a.blocks, *a.text_encoder_blocks)
-    others = [b for b in blocks if b.kind in ("diag-oft", "boft", "dylora") and (b.rank or b.conv_rank)]
+    others = [
+        b for b in blocks if b.kind in ("diag-oft", "boft", "dylora", "ia3") and (b.rank or b.conv_rank)
+    ]
     if a.bypass and a.kind in ("lora", "loha", "lokr") and others:  # LyCORIS bypass_mode: their blocks'
         several = [b for b in others if b.kind == "dylora" and {b.rank, b.conv_rank} - {0, b.unit}]
         if several:  # DBS549 in specs: LyCORIS's bypass forward runs with one block per layer only
@@ -192,10 +194,11 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         "diag-oft",
         "boft",
         "dylora",
+        "ia3",
     ):  # LyCORIS bypass_mode: these kinds' own forward
         yield (
-            f"adapter.bypass is a GLoRA, Diag-OFT, BOFT or DyLoRA option (or of a LoRA / LoHa / LoKr with "
-            f"blocks of those kinds); found adapter kind {a.kind!r}"
+            f"adapter.bypass is a GLoRA, Diag-OFT, BOFT, DyLoRA or IA^3 option (or of a LoRA / LoHa / LoKr "
+            f"with blocks of those kinds); found adapter kind {a.kind!r}"
         )
     elif (
         a.bypass

@@ -751,9 +751,11 @@ def _mixed_bypass():
         "channels, their bias included; "
         '`"dylora"` layers (one block each: `rank`, and `conv_rank` if set, equal to the block\'s `unit`) '
         "add up (down x) unscaled, as LyCORIS's bypass forward does, in training, validation and sampling; "
+        '`"ia3"` layers scale their output channels, their bias included; '
         "`glora` layers and the adapter's own compute the same update either way. The exports are the "
-        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); not "
-        "with `fused_projections` (DBS578).",
+        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); "
+        "`dylora` blocks not with `fused_projections` (DBS578; Diag-OFT / IA^3 parts of a fused Linear each "
+        "rotate / scale their own rows of its output).",
     )
 
 
@@ -1276,6 +1278,13 @@ class Ia3Adapter:
         "never draw it, as LyCORIS's IA3Module never reads it; without norm offsets it changes nothing.",
         minimum=0,
         maximum=1,
+    )
+    bypass: bool = option(
+        False,
+        doc="LyCORIS `bypass_mode` (IA3Module's bypass forward): scale the layer's output channels, its "
+        "bias included, by (1 + s) instead of the weight's rows (the default forward leaves the bias as it "
+        "is); an `input_targets` layer reads its input scaled, the same update either way. The export is "
+        "the same tensors; kohya's file records `bypass_mode`. SD 1.x/2.x and SDXL only (DBS594).",
     )
     exclude: list[str] = _exclude("scale", _EXCLUDED_LAYER)
     # kohya lycoris.kohya algo=ia3 on kohya's Flux / SD3: one IA3Module per fused Linear (its one draw)

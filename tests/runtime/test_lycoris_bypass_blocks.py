@@ -1,11 +1,11 @@
-"""lycoris.kohya `bypass_mode` on a LoCon network whose preset file gives some SD layers Diag-OFT, BOFT and
-DyLoRA (issue 12): their modules' bypass forward differs from their default one (the output rotated, its bias
-included; DyLoRA's one block unscaled: tests/runtime/test_lycoris_bypass_kinds.py), which the converted
-adapter's `bypass` gives those blocks (runtime/mixed_kinds.py kind_adapter). A tiny run resumes bit-exact, and
-its export loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) gives the trained U-Net's output,
-which the same weights without bypass_mode do not, and its adapter folders load back (`dbspec sample`) to it
-(each kind's own folder: Diag-OFT's and BOFT's layers share their `lora_oft_*` keys, runtime/weights.py
-_oft_fits)."""
+"""lycoris.kohya `bypass_mode` on a LoCon network whose preset file gives some SD layers Diag-OFT, BOFT,
+IA^3 and DyLoRA (issue 12): their modules' bypass forward differs from their default one (the output rotated
+or scaled, its bias included; DyLoRA's one block unscaled: tests/runtime/test_lycoris_bypass_kinds.py), which
+the converted adapter's `bypass` gives those blocks (runtime/mixed_kinds.py kind_adapter). A tiny run resumes
+bit-exact, and its export loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) gives the trained
+U-Net's output, which the same weights without bypass_mode do not, and its adapter folders load back
+(`dbspec sample`) to it (each kind's own folder: Diag-OFT's and BOFT's layers share their `lora_oft_*` keys,
+runtime/weights.py _oft_fits)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ lycoris_kohya = pytest.importorskip("lycoris.kohya")
 BYPASS_BLOCKS = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel"]
-unet_target_name = ['down_blocks\\.1\\.resnets\\.0\\.conv[12]']
+unet_target_name = ['down_blocks\\.1\\.resnets\\.0\\.conv[12]', 'down_blocks\\.0\\.resnets\\.0\\.conv1']
 text_encoder_target_module = []
 text_encoder_target_name = []
 
@@ -48,6 +48,8 @@ algo = "boft"
 [name_algo_map.'down_blocks\\.1\\.resnets\\.0\\.conv[12]']
 algo = "dylora"
 block_size = 4
+[name_algo_map.'down_blocks\\.0\\.resnets\\.0\\.conv1']
+algo = "ia3"
 """
 
 
@@ -89,7 +91,7 @@ def _lycoris_unet(base, path: Path, monkeypatch, file: Path, bypass: bool, algo:
                 module.down_list[0].copy_(export[f"{module.lora_name}.lora_down.weight"].flatten(1))
                 module.up_list[0].copy_(export[f"{module.lora_name}.lora_up.weight"].flatten(1))
     own = {"locon": "LoConModule", "dylora": "DyLoraModule"}[algo]
-    assert kinds == {own, "DiagOFTModule", "ButterflyOFTModule", "DyLoraModule"}, kinds
+    assert kinds == {own, "DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module"}, kinds
     return unet.eval()
 
 
@@ -108,7 +110,7 @@ def test_bypass_blocks_train_resume_and_match_lycoris(pipe, tmp_path, monkeypatc
         del PRESETS["bypass-blocks"]
     a = plan.adapter
     assert a.kind == {"locon": "lora", "dylora": "dylora"}[algo] and a.bypass
-    kinds = {"locon": ["boft", "diag-oft", "dylora"], "dylora": ["boft", "diag-oft"]}[algo]
+    kinds = {"locon": ["boft", "diag-oft", "dylora", "ia3"], "dylora": ["boft", "diag-oft", "ia3"]}[algo]
     assert sorted(b.kind for b in a.blocks) == kinds
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]

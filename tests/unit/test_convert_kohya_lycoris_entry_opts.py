@@ -450,7 +450,7 @@ def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
     DiagOFTModule's and ButterflyOFTModule's (the bias rotated too) and DyLoraModule's (its one block
     unscaled) change their layers: the adapter's `bypass`, which gives those blocks their bypass forward (was
     DBS403); a DyLoRA entry of several blocks per layer crashes in LyCORIS's bypass forward (DBS402);
-    IA3Module's (the bias scaled) stays DBS403 naming what it changes; FullModule raises on it: DBS402
+    IA3Module's (the bias scaled) the adapter's `bypass` too; FullModule raises on it: DBS402
     (tests/runtime/test_lycoris_bypass_kinds.py); a dropout acts otherwise in bypass: DBS403."""
     entries = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]\nalgo = "glora"\n'
     outcome = _convert(tmp_path, FULL + entries, "locon", '"bypass_mode=True"')
@@ -478,14 +478,24 @@ def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
         '"bypass_mode=True"',
     )
     assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+    # IA3Module's (the bias scaled too): the adapter's `bypass` for its IA^3 blocks (was DBS403;
+    # tests/runtime/test_lycoris_ia3_bypass.py against IA3Module)
     (tmp_path / "ia3").mkdir()
-    outcome = _convert(
-        tmp_path / "ia3",
-        FULL + '[module_algo_map.FeedForward]\nalgo = "ia3"\n',
-        "locon",
-        '"bypass_mode=True"',
+    outcome = expressible(
+        _convert(
+            tmp_path / "ia3",
+            FULL + '[module_algo_map.FeedForward]\nalgo = "ia3"\n',
+            "locon",
+            '"bypass_mode=True"',
+        )
     )
-    assert "DBS403" in codes(outcome) and "its bias included" in messages(outcome, "DBS403")
+    a = plan_of(outcome, tmp_path / "ia3").adapter
+    assert a.bypass and [b.kind for b in a.blocks] == ["ia3"]
+    (tmp_path / "ia3_off").mkdir()  # without bypass_mode the IA^3 blocks keep the default forward
+    outcome = expressible(
+        _convert(tmp_path / "ia3_off", FULL + '[module_algo_map.FeedForward]\nalgo = "ia3"\n', "locon")
+    )
+    assert not plan_of(outcome, tmp_path / "ia3_off").adapter.bypass
     # FullModule(bypass_mode=True) raises ValueError when create_network builds it: kohya stops (DBS402),
     # the network's bypass_mode or the entry's own on a network without it alike
     for name, entry, args in (

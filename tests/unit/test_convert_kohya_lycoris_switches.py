@@ -155,10 +155,16 @@ def test_ia3_algo_scales_the_preset_layers(tmp_path):
     assert {"to_q", "ff.net.2"} <= set(adapter.denoiser_targets) and "fc1" in adapter.text_encoder_targets
 
 
-def test_ia3_refuses_what_it_cannot_train(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=ia3", "bypass_mode=True"')  # LyCORIS's bypass scales the output
-    assert outcome.exit_code == 1 and fate(outcome, "network_args") == "unsupported"
-    assert "bias too" in outcome.conversion.reports["network_args"].note
+@pytest.mark.parametrize(("given", "bypass"), [("True", True), ("1", True), ("false", False)])
+def test_ia3_bypass_mode_scales_the_output(tmp_path, given, bypass):
+    """algo=ia3 with bypass_mode (LyCORIS's str_bool: only "false" is off): IA3Module's bypass forward, the
+    layer's output scaled, its bias too (was DBS403): the adapter's `bypass` (tests/runtime/
+    test_lycoris_ia3_bypass.py against IA3Module); its `dropout` is read by neither forward (DBS405)."""
+    outcome = _lycoris(tmp_path, f'"algo=ia3", "bypass_mode={given}", "dropout=0.1"')
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "network_args dropout") in ("inert", "ignored")
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.bypass) == ("ia3", bypass)
 
 
 def test_ia3_preset_is_invalid_as_it_builds_no_module(tmp_path):

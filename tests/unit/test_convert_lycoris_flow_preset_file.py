@@ -1106,3 +1106,41 @@ def test_sd3_whole_network_algos_entries_are_blocks_over_whole_qkv(tmp_path, alg
         parts = [f"transformer_blocks.{i}.attn.to_{p}" for p in "qkv"]
         assert {bool(re.search(a.blocks[0].pattern, p)) for p in parts} == {True}
         assert not re.search(a.blocks[0].pattern, f"transformer_blocks.{i}.attn.to_out.0")
+
+
+FLUX_BYPASS = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear1"]
+text_encoder_target_module = []
+text_encoder_target_name = []
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "OFT"
+[name_algo_map."single_blocks.*.linear1"]
+algo = "ia3"
+"""
+
+
+@pytest.mark.parametrize("network", ["locon", "lokr"])
+def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
+    """A LoCon / LoKr network's bypass_mode beside Diag-OFT and IA^3 entries on kohya's fused Linears: their
+    modules' bypass forward (the stacked output rotated / scaled, bias included), each part its own rows:
+    the adapter's `bypass` (was DBS403 / DBS578; tests/runtime/test_lycoris_mixed_flow_bypass.py against
+    lycoris-lora 4.1.3); DyLoRA entries there, or a dropout, stay DBS403 naming why."""
+    args = f'"algo={network}" "bypass_mode=True"'
+    outcome = _flux(tmp_path / "oft", FLUX_BYPASS.replace("OFT", "diag-oft"), args)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args bypass_mode") == "mapped"
+    a = plan_of(outcome, tmp_path / "oft").adapter
+    assert a.bypass and a.fused and {b.kind for b in a.blocks} >= {"diag-oft", "ia3"}
+    (tmp_path / "off").mkdir()
+    outcome = _flux(tmp_path / "off", FLUX_BYPASS.replace("OFT", "diag-oft"), f'"algo={network}"')
+    assert not plan_of(outcome, tmp_path / "off").adapter.bypass
+    dylora = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "dylora"\ndim = 4\nblock_size = 4')
+    outcome = _flux(tmp_path / "dylora", dylora, args, allow=True)
+    assert "DBS578" in messages(outcome, "DBS403") and "dylora" in messages(outcome, "DBS403")
+    drop = f'{args} "dropout=0.1"'
+    outcome = _flux(tmp_path / "drop", FLUX_BYPASS.replace("OFT", "diag-oft"), drop, allow=True)
+    assert "DBS403" in codes(outcome) and fate(outcome, "network_args preset") == "unsupported"
+    assert "bypass_mode" in outcome.conversion.reports["network_args preset"].note

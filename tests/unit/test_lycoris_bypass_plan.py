@@ -56,6 +56,25 @@ def test_oft_bypass_settles_in_the_plan(tmp_path, kind):
     assert "bias too" in dict(adapter_rows(plan.adapter))["  bypass"]
 
 
+def test_ia3_bypass_settles_in_the_plan(tmp_path):
+    plan = _plan(tmp_path, 'kind = "ia3"\nbypass = true')
+    assert plan.adapter.bypass and not plan_problems(plan)
+    assert plan_from_json(plan_to_json(plan)).adapter == plan.adapter
+    assert "scaled, its bias too" in dict(adapter_rows(plan.adapter))["  bypass"]
+    assert not _plan(tmp_path, 'kind = "ia3"').adapter.bypass
+
+
+def test_ia3_blocks_take_the_adapters_bypass(tmp_path):
+    """A LoRA adapter's `bypass` with a block of kind ia3 (a LyCORIS map entry): settled, no DBS216."""
+    table = 'kind = "lora"\nrank = 4\nbypass = true\n[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\n'
+    table += "rank = 1\nalpha = 1.0"
+    planned = _planned(tmp_path, table)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.bypass and not plan_problems(planned.plan)
+    assert "DBS216" not in {d.code for d in planned.diagnostics}
+    assert "IA^3 scales" in dict(adapter_rows(planned.plan.adapter))["  bypass"]
+
+
 def test_a_plan_file_with_bypass_on_another_kind_is_refused(tmp_path):
     plan = _plan(tmp_path, 'kind = "loha"')
     broken = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, bypass=True))

@@ -1438,6 +1438,12 @@ CASES = [
         + '[adapter]\nkind = "lora"\nfused_projections = true\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
     ),
+    (  # IA^3's bypass: SD 1.x/2.x and SDXL only (issue 12)
+        rules.ia3_bypass_family,
+        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n',
+        [("DBS594", "error", ("adapter", "bypass"))],
+        'family = "sdxl"\n' + DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n',
+    ),
     (  # a DyLoRA adapter with blocks of other kinds on SD3: fused_projections too (issue 12)
         rules.mixed_kinds_family,
         'family = "sd3"\n'
@@ -1538,17 +1544,17 @@ CASES = [
         + '[adapter]\nkind = "lora"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
     ),
-    (  # ... on unfused layers (SD 1.x/2.x, SDXL)
+    (  # ... DyLoRA blocks on unfused layers (SD 1.x/2.x, SDXL) only; Diag-OFT / IA^3 ones on fused layers too
         rules.dylora_bypass_runs,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n",
         [("DBS578", "error", ("adapter", "bypass"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\nbypass = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"boft\"\nrank = 4\nalpha = 0.0\n",
+        + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
     ),
     (  # ... a DyLoRA block of one block per layer only (LyCORIS's bypass forward)
         rules.dylora_bypass_runs,

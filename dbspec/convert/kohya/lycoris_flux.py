@@ -57,6 +57,7 @@ import attrs
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
 from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
@@ -246,10 +247,15 @@ def map_lycoris_flow(
         return map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
+    bypass_text = kwargs.get("bypass_mode", "false")
     if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo):
         return False
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
+    if preset_file and str(bypass_text).lower() != "false":  # LyCORIS's str_bool
+        _bypass_blocks(
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source), file, conv
+        )
     layers, text = layout.presets[preset]
     patch_tucker = _patch_tucker(layout.targets(layers, lokr)[1], layout.convs.get(layers, ()))
     if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, patch_tucker):
@@ -856,6 +862,21 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         conv.comment(args, f"LoConModule's weight decomposition of each fused Linear, {row}"),
     )
     return True
+
+
+def _bypass_blocks(legacy: Legacy, file, conv: Conversion) -> None:
+    """A LoCon / LoHa / LoKr network's bypass_mode beside a preset file's Diag-OFT / IA^3 entries (without
+    dropouts: lycoris_maps._mixed_kinds): their modules' bypass forward on each fused Linear, the stacked
+    output rotated or scaled, bias included, which each part computes for its own rows (a Diag-OFT block
+    never spans two parts): the adapter's `bypass` (tests/runtime/test_lycoris_mixed_flow_bypass.py against
+    lycoris-lora 4.1.3's network on kohya's fused layers)."""
+    if any(b.get("kind") in BYPASS_BLOCKS for b in (*file.blocks, *file.text_blocks)):
+        conv.mapped(
+            legacy,
+            ("adapter", "bypass"),
+            True,
+            note="LyCORIS's bypass forward of the preset file's Diag-OFT / IA^3 entries' layers",
+        )
 
 
 def _dropouts(kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion) -> bool:

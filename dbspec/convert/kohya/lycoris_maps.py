@@ -238,13 +238,9 @@ _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
 _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
 # those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
-# BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled)
-BYPASS_BLOCKS = ("diag-oft", "boft", "dylora")
-# what IA3Module's bypass forward changes (lycoris-lora 4.1.3, tests/runtime/test_lycoris_bypass_kinds.py)
-_IA3_BYPASS = (
-    "IA3Module's bypass forward scales the layer's output, its bias included, where its default forward (and "
-    "dbspec's IA^3) scales the weight alone; dbspec's IA^3 layers have no bypass forward"
-)
+# BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled; IA^3
+# scales the output, bias included: lycoris-lora 4.1.3, tests/runtime/test_lycoris_ia3_bypass.py)
+BYPASS_BLOCKS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def _bypassed(layer: Layer, network: dict[str, Any]) -> bool:
@@ -265,21 +261,6 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
             "create_network builds it",
             True,
         )
-
-
-def _bypass_fits(layers: list[Layer], network: dict[str, Any]) -> None:
-    """bypass_mode (without dropouts) on `layers` (map entries' layers of another algorithm than the
-    network's): LoConModule's, LohaModule's, LokrModule's and GLoRAModule's bypass forward is their rebuilt
-    weight's update on activations (the same outputs, lycoris-lora 4.1.3, to float rounding); Diag-OFT's,
-    BOFT's and DyLoRA's (one block per layer: _blocks) the adapter's `bypass` (theirs, runtime/mixed_kinds.py
-    kind_adapter); PresetError (DBS403) for IA^3's, which dbspec does not build."""
-    for layer in layers:
-        if _algo(layer.algo) == "ia3" and _bypassed(layer, network):
-            raise PresetError(
-                f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} with the network's bypass_mode: "
-                f"{_IA3_BYPASS} (DBS578)",
-                False,
-            )
 
 
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -357,7 +338,6 @@ def _mixed_kinds(
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
     glora = _algo(algo) == "glora"  # a GLoRA adapter's blocks of other kinds take no bypass
     if "bypass_mode" in on and not drops and bypass and not glora:
-        _bypass_fits(unet, network)
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     elif (  # no adapter.bypass for the blocks: inert kinds only
         "bypass_mode" in on

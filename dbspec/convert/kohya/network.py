@@ -741,14 +741,15 @@ def _lycoris_bypass_and_dropout(
     bypass = _str_bool(bypass_text)
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     if bypass and any(b.get("kind") in BYPASS_BLOCKS for b in blocks):
-        # a preset file's Diag-OFT / BOFT / DyLoRA entries: their modules' bypass forward (the output rotated,
-        # bias included; DyLoRA's one block unscaled), which the adapter's `bypass` gives those blocks
+        # a preset file's Diag-OFT / BOFT / DyLoRA / IA^3 entries: their modules' bypass forward (the output
+        # rotated or scaled, bias included; DyLoRA's one block unscaled), which the adapter's `bypass` gives
+        # those blocks
         put["bypass"] = True
         conv.record(
             Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
             "mapped",
             "adapter.bypass",
-            "LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / DyLoRA entries' layers",
+            "LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / DyLoRA / IA^3 entries' layers",
         )
     if "dropout" in kwargs:
         text = kwargs.pop("dropout")
@@ -993,7 +994,9 @@ def _lycoris_full(
     are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it
     lacks), but BOFT's, Diag-OFT's and IA3's module_dropout (ButterflyOFTModule.forward's,
     DiagOFTModule.forward's and IA3Module.forward's one draw per layer and training forward; BOFT never
-    reads rank_dropout) and Diag-OFT's rank_dropout (_diag_oft_dropouts; IA3Module never reads it)."""
+    reads rank_dropout) and Diag-OFT's rank_dropout (_diag_oft_dropouts; IA3Module never reads it).
+    bypass_mode: Diag-OFT's, BOFT's and IA3's bypass forward (adapter.bypass: the output rotated or scaled,
+    its bias too); full raises on it (DBS402)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -1022,6 +1025,9 @@ def _lycoris_full(
             )
         elif kind == "diag-oft":
             _diag_oft_bypass_dropout(kwargs, args, conv, network_dropout)
+    elif _str_bool(kwargs.get("bypass_mode", "false")) and kind == "ia3":
+        kwargs.pop("bypass_mode")  # the output scaled, its bias too (runtime/lycoris_ia3.py)
+        put["bypass"] = True
     elif _str_bool(kwargs.get("bypass_mode", "false")):
         unsupported["bypass_mode"] = (
             f"{kwargs.pop('bypass_mode')} with algo={kind} (LyCORIS's bypass forward acts on the layer's "
@@ -1055,7 +1061,8 @@ def _diag_oft_dropouts(
     default forward only, adapter.rank_dropout (runtime/lycoris_oft.py add_oft_rank_dropout); its bypass
     forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. IA3Module never
     reads rank_dropout (DBS405), the NormModules beside it do (adapter.rank_dropout, for them). Neither's
-    default forward reads `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402)."""
+    default forward reads `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402; IA3's
+    bypass forward does not read it either)."""
     bypass = bool(put.get("bypass"))
     norms = any(key in put for key in ("denoiser_norms", "text_encoder_norms"))
     if "rank_dropout" in kwargs:
@@ -1069,7 +1076,7 @@ def _diag_oft_dropouts(
             )
         elif rate:
             put["rank_dropout"] = rate
-    if bypass:
+    if bypass and kind == "diag-oft":
         return
     if "dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
