@@ -143,4 +143,4 @@ def test_boft_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loade
 
     monkeypatch.setitem(lycoris_runs.KINDS, "boft", BOFT)
     monkeypatch.setattr(lycoris_runs, "_lycoris_weight", boft_weight)
-    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, "boft", loader)
+    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, "boft", loader, steps=2)

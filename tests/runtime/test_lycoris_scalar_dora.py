@@ -150,4 +150,4 @@ def test_scalar_with_dora_trains_resumes_bit_exact_and_loads_back_in_lycoris(
     """The loaded LyCORIS modules' weights: their own forward's (the scalar 1, folded into the file). The
     magnitude per output row: lycoris-lora 4.1.3's loader cannot build a per-input-column one."""
     monkeypatch.setitem(lycoris_runs.KINDS, kind, SCALAR_DORA[kind])
-    lycoris_runs.test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, loader)
+    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2)

@@ -5,7 +5,7 @@ gives its workers (tests/runtime/forked.py run_ranks): a fresh interpreter's imp
 on this machine, most of a launch. The fault tests (test_process_faults.py) and the killed-process test
 launch through torchrun itself, whose report they check. The launches are few:
 one uninterrupted two-process run shared by the tests (`two_processes`, a session fixture in conftest.py,
-shared with test_process_faults.py), one interrupted and resumed.
+shared with test_process_faults.py) and the runs each test interrupts and resumes.
 """
 
 from __future__ import annotations
@@ -129,22 +129,6 @@ def test_two_processes_match_one_with_accumulation(two_processes, tmp_path):
     assert max((apart[k] - one[k]).abs().max().item() for k in one) > 1e-3
 
 
-def test_two_processes_resume_bit_exact(two_processes, tmp_path):
-    """Ctrl-C on process 0 after the step-2 checkpoint: both processes stop together at step 3 (checkpoint),
-    then --resume finishes; the final weights equal the uninterrupted run's bit for bit."""
-    spec = _spec(tmp_path, batch=1, accumulation=1)
-    stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
-    assert stopped.returncode != 0, stopped.stderr[-4000:]
-    assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
-    assert not (tmp_path / "out" / "final").exists()
-    resumed = _launch(spec, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
-    assert uninterrupted.keys() == after_resume.keys()
-    for key, value in uninterrupted.items():
-        assert torch.equal(after_resume[key], value), key
-
-
 def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_path):
     """kill -9 of process 0 just after its step-2 checkpoint: process 1, waiting on it at the checkpoint's
     barrier, is ended by the launcher instead of hanging (the launch's timeout, well below gloo's 30-minute
@@ -163,18 +147,26 @@ def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_
 
 
 def test_two_processes_resume_bit_exact_with_process_streams(tmp_path):
-    """noise_streams = "process" (one generator per process, carried across steps): the checkpoint holds every
-    process's generator, so Ctrl-C and --resume end with the uninterrupted run's weights here too (before,
-    processes other than the first restarted their stream from the seed)."""
+    """Ctrl-C on process 0 after the step-2 checkpoint: both processes stop together at step 3 (checkpoint),
+    then --resume finishes; the final weights equal the uninterrupted run's bit for bit. With noise_streams =
+    "process" (one generator per process, carried across steps) the checkpoint holds every process's
+    generator (before, processes other than the first restarted their stream from the seed).
+
+    The same Ctrl-C with the default streams (micro_batch for two processes) was a test of its own: its stop
+    is this one's, and resuming micro_batch streams bit-exact is test_one_process_killed_stops_all_then_...'s
+    and test_process_faults.py's (each resumes two processes to the `two_processes` run's weights)."""
     whole = _spec(tmp_path / "whole", batch=1, accumulation=1, streams="process")
     done = _launch(whole)
     assert done.returncode == 0, done.stderr[-4000:]
     spec = _spec(tmp_path / "cut", batch=1, accumulation=1, streams="process")
     stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
+    assert stopped.returncode != 0, stopped.stderr[-4000:]
     assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    assert not (tmp_path / "cut" / "out" / "final").exists()
     resumed = _launch(spec, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     uninterrupted, after_resume = _weights(tmp_path / "whole" / "out"), _weights(tmp_path / "cut" / "out")
+    assert uninterrupted.keys() == after_resume.keys()
     for key, value in uninterrupted.items():
         assert torch.equal(after_resume[key], value), key
 

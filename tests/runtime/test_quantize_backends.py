@@ -9,7 +9,6 @@ CPU: docs/memory.md says so.
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
@@ -60,16 +59,7 @@ def test_lora_on_a_quantised_base_trains_and_only_the_adapter_moves(backend, kin
     assert losses[-1] < 0.99 * losses[0], losses
 
 
-def test_a_backend_library_is_imported_only_when_used():
-    import subprocess
-
-    code = (
-        "import sys; import dbspec.runtime.quantize as q; import dbspec.runtime.prepare;"
-        "print(sorted(m for m in ('optimum.quanto', 'torchao', 'bitsandbytes') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    # peft imports bitsandbytes (and torchao) itself when installed; quanto is never imported by others
-    assert "optimum.quanto" not in out
+# That importing dbspec.runtime.quantize imports no backend library: tests/runtime/test_startup_imports.py.
 
 
 QUANTISED_LORA = """
