@@ -155,14 +155,16 @@ def test_lora_text_encoder_lr_pair_uses_the_first_value(tmp_path):
 def test_lora_text_encoder_lr_zero_freezes_the_text_encoder(tmp_path, given):
     """lora.py assemble_params skips a group whose lr is 0 ("NO LR skipping!"), but apply_to still builds the
     text encoder's modules and max_grad_norm's clip counts their gradients: exact as train.text_encoder =
-    false only without a clip (test_convert_kohya_idle_text.py has the refusal with one)."""
+    false without a clip; with one the same conversion and a DBS404 warning (test_convert_kohya_idle_text.py
+    has its wording)."""
     images(tmp_path / "d" / "2_ohwx", 2, (512, 512))
     command = f"{LORA} --train_data_dir d --resolution 512 --unet_lr 1e-4 {given} --max_train_steps 20"
     outcome = kohya(tmp_path, command=command + " --max_grad_norm 0")
     plan = plan_of(outcome, tmp_path)
     assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
     assert fate(outcome, "text_encoder_lr") == "mapped"
-    assert fate(kohya(tmp_path, command=command), "text_encoder_lr") == "unsupported"  # kohya's clip 1.0
+    clipped = kohya(tmp_path, command=command)  # kohya's clip 1.0
+    assert fate(clipped, "text_encoder_lr") == "differs" and not plan_of(clipped, tmp_path).train_text_encoder
 
 
 # --- 4. a warm-up at least as long as the run --------------------------------------------------------------
