@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
@@ -287,6 +288,11 @@ algo = "full"
     [
         ("lokr", {"full", "lora", "loha"}, {"LokrModule", "FullModule", "LoConModule", "LohaModule"}),
         ("locon", {"full"}, {"FullModule", "LoConModule"}),
+        (
+            "lokr-oft",
+            {"full", "diag-oft", "boft", "glora"},
+            {"LokrModule", "FullModule", "DiagOFTModule", "ButterflyOFTModule", "GLoRAModule"},
+        ),
     ],
 )
 def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
@@ -311,6 +317,20 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     if algo == "locon":  # no LoHa entry: the LoCon modules lead
         preset = preset.replace('[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n', "")
         assert preset != FROM_WEIGHTS_FILE
+    if (
+        algo == "lokr-oft"
+    ):  # Diag-OFT (its own constraint and rescale), BOFT and GLoRA beside LoKr (was DBS403)
+        algo = "lokr"
+        for old, new in (
+            (
+                'img_attn.qkv"]\nalgo = "full"',
+                'img_attn.qkv"]\nalgo = "diag-oft"\nconstraint = 0.001\nrescaled = true',
+            ),
+            ('algo = "locon"\ndim = 2', 'algo = "boft"\ndim = 36'),  # FLUX.1's 9216 rows: 256 blocks
+            ('linear1"]\nalgo = "loha"', 'linear1"]\nalgo = "glora"'),
+        ):
+            assert old in preset
+            preset = preset.replace(old, new)
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(preset, encoding="utf-8")
@@ -329,6 +349,9 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     own = {"locon": "lora"}.get(algo, algo)
     assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    oft = {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind in ("diag-oft", "boft")}
+    constraint = float(torch.tensor(0.001, dtype=torch.float32))  # the file's float32 alpha, float()ed
+    assert oft == ({("diag-oft", constraint, "on"), ("boft", 0.0, "adapter")} if "boft" in kinds else set())
     comps, count = _loaded(plan)
     assert count == len(names) == a.init_layers
 

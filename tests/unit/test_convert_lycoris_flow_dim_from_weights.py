@@ -857,3 +857,64 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}}
     _factor_file(tmp_path / "prev.safetensors", patch)
     assert "pos_embed.proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
+
+
+def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
+    """Diag-OFT (a fused q/k/v, its `rescale` held), BOFT and GLoRA modules beside LoKr ones (was DBS403):
+    each an [[adapter.blocks]] entry of its kind over its diffusers parts, at the values
+    make_module_from_state_dict rebuilds it with (an OFT's block size its rank, its alpha the constraint,
+    its `rescale` the block's rescaled; GLoRA's rank a2's rows; runtime test:
+    test_lycoris_mixed_flow_file); a LoCon-led file with a Diag-OFT module likewise (the file has no
+    LoKr / LoHa / full module: picked from the rebuilt kinds). A Diag-OFT module whose blocks span q, k
+    and v is refused (DBS403), one whose rebuilt split differs from the file's is DBS402."""
+    from dbspec.plan.boft import power2_factorization
+
+    size, count = power2_factorization(W, 8)
+    stages = bin(count - 1).count("1") + 1
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    glora = {"a1.weight": (W, 2), "a2.weight": (2, W), "b1.weight": (W, 2), "b2.weight": (2, W)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_img_attn_qkv": {"oft_blocks": (3 * W // 4, 4, 4), "rescale": (3 * W, 1)},
+        "lora_unet_double_blocks_0_txt_attn_proj": {"oft_blocks": (stages, count, size, size)},
+        "lora_unet_double_blocks_0_img_mlp_0": glora,
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=0.5)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_partial, a.init_scale) == ("lokr", True, 1.0) and a.fused and a.init_weights
+    want = {
+        "transformer_blocks.0.attn.to_out.0": ("adapter", None, None, None),
+        "transformer_blocks.0.attn.to_q": ("diag-oft", 4, 0.5, "on"),
+        "transformer_blocks.0.attn.to_v": ("diag-oft", 4, 0.5, "on"),
+        "transformer_blocks.0.attn.to_add_out": ("boft", size, 0.5, "adapter"),
+        "transformer_blocks.0.ff.net.0.proj": ("glora", 2, 0.5, "adapter"),
+    }
+    for path, (kind, rank, alpha, rescaled) in want.items():
+        block = next((b for b in a.blocks if re.search(b.pattern, path)), None)
+        if kind == "adapter":
+            assert block is None or block.kind == "adapter", path
+            continue
+        assert (block.kind, block.rank, block.alpha, block.rescaled) == (kind, rank, alpha, rescaled), path
+    assert set(a.denoiser_targets) == {*want, "transformer_blocks.0.attn.to_k"}
+
+    led = {  # LoCon modules beside a Diag-OFT one: no LoKr / LoHa / full module
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        "lora_unet_double_blocks_0_img_attn_qkv": modules["lora_unet_double_blocks_0_img_attn_qkv"],
+    }
+    _factor_file(tmp_path / "prev.safetensors", led, alpha=2.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_scale) == ("lora", 4, 2.0, 1.0) and a.fused
+    block = next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_k"))
+    assert (block.kind, block.rank, block.alpha, block.rescaled) == ("diag-oft", 4, 2.0, "on")
+
+    for bad, code, words in (
+        ({"oft_blocks": (3 * W // 9, 9, 9)}, "DBS403", "span the bounds"),  # 3072 rows a part: 9 ∤ 3072
+        ({"oft_blocks": (4, 3 * W // 4, 3 * W // 4)}, "DBS402", "copy_ raises"),  # s > n
+    ):
+        odd = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": bad}
+        _factor_file(tmp_path / "prev.safetensors", odd, alpha=0.5)
+        assert words in messages(_flux(tmp_path, allow=True), code), words

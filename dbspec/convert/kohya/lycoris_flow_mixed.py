@@ -1,19 +1,21 @@
-"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon
-(`lora_down` / `lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
-create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own keys, one per
-kohya Linear (a fused q/k/v or linear1 one module), at the values its make_module_from_state_dict reads off
-the file, then train_network.py's load_weights loads the file into them (a FullModule: built at W + diff,
-its load hook adds the diff again, W + 2 diff).
+"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon (`lora_down`
+/ `lora_up`), full (`diff` / `diff_b`), Diag-OFT / BOFT and GLoRA modules, LoKr, LoHa or LoCon among them.
+LyCORIS's create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own
+keys, one per kohya Linear (a fused q/k/v or linear1 one module), at the values its
+make_module_from_state_dict reads off the file, then train_network.py's load_weights loads the file into
+them (a FullModule: built at W + diff, its load hook adds the diff again, W + 2 diff).
 
 dbspec's equivalent: a run of several kinds with `fused_projections` (runtime/mixed_kinds.py). The adapter is
 of the LoKr modules' kind when the file has some, else of the LoHa modules' (lycoris_flow_factor_file's
 values, targets and blocks for them, text encoders and T5-XXL included), else LoRA (the LoCon modules' most
 frequent rank and alpha, the others' as blocks; on the denoiser only); every other module is an
 `[[adapter.blocks]]` entry of its kind over its diffusers parts (a fused Linear's all), at its rank and alpha
-(a full block's rank only switches it on), placed first so that it takes its layers; the denoiser targets
+(a full block's rank only switches it on; a Diag-OFT / BOFT block's rank the block size of its `oft_blocks`,
+its alpha the constraint, a `rescale` its `rescaled`, as lycoris_sd_rebuilt._oft reads them; a GLoRA block's
+rank `a2`'s rows), placed first so that it takes its layers; the denoiser targets
 span every module's parts; full modules make the adapter's `init_scale` 2. The run starts from the file
 (runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
-LoCon-led file's LoCon ones), Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch convolution or Flux's
+LoCon-led file's LoCon ones), SD3's patch convolution or Flux's
 final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
 kinds builds neither, DBS578). Checked against lycoris-lora in
 tests/runtime/test_lycoris_mixed_flow_file.py."""
@@ -24,15 +26,18 @@ from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter, final_layer_block
+from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha, diffusers_targets, own_blocks
+from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 
 # the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
-_OTHERS = {"locon": "lora", "loha": "loha", "full": "full"}
+# (an `oft` module is Diag-OFT or BOFT by its blocks' shape: lycoris_sd_rebuilt._kind)
+_OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "glora": "glora"}
 
 
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
-    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon and full, LoKr, LoHa or
-    LoCon among them."""
+    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon, full, Diag-OFT / BOFT and
+    GLoRA, LoKr, LoHa or LoCon among them."""
     algos = {m.algo for m in modules.values()} - {"norm"}
     return len(algos) > 1 and algos <= {"lokr", *_OTHERS} and bool(algos & {"lokr", "loha", "locon"})
 
@@ -79,6 +84,20 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
     """Another kind's module as its block's kind, rank and alpha; else why not ("invalid:..." where
     make_module_from_state_dict fails)."""
     s = m.shapes
+    if m.algo == "oft":  # DiagOFTModule / ButterflyOFTModule at lora_dim = its block size s
+        kind = _kind(m)
+        found = _oft(m.name, m, kind)
+        if isinstance(found, str):
+            return found
+        spans = _spans(m.name, m, found["block_size"]) if kind == "diag-oft" else ""
+        if spans:
+            return spans
+        # a block's rank is its block-size hint, its alpha the constraint; a `rescale` its own row rescale
+        rescaled = {"rescaled": "on"} if found["rescaled"] else {}
+        return {"kind": kind, "rank": found["block_size"], "alpha": found["constraint"], **rescaled}
+    if m.algo == "glora":  # GLoRAModule: rank a2's rows, alpha float(alpha) (0: the rank)
+        found = _glora(m.name, m, "linear")
+        return found if isinstance(found, str) else {"kind": "glora", **found}
     if m.algo == "full":
         odd = sorted(k for k in s if k not in ("diff", "diff_b"))
         if odd:
@@ -155,7 +174,7 @@ def flow_mixed_file(
         values = _values(m)
         if isinstance(values, str):
             return values
-        key = (values["kind"], values["rank"], values["alpha"])
+        key = tuple(values.items())
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
     mine = {n: m for n, m in modules.items() if m.algo == own}
@@ -173,8 +192,8 @@ def flow_mixed_file(
                 "several kinds in one run without it (DBS578)"
             )
     blocks_out = [
-        {"pattern": pattern, "kind": kind, "rank": rank, "alpha": alpha}
-        for (kind, rank, alpha), lists in groups.items()
+        {"pattern": pattern, **dict(key)}
+        for key, lists in groups.items()
         for blocks, indices in lists.items()
         for pattern in _patterns(blocks, indices)
     ]
@@ -184,7 +203,7 @@ def flow_mixed_file(
         *(p for p in paths if p not in found["denoiser_targets"]),
     ]
     out["blocks"] = [*blocks_out, *found.get("blocks", ())]  # the other kinds' first: each takes its layers
-    if any(kind == "full" for kind, _, _ in groups):
+    if any(dict(key)["kind"] == "full" for key in groups):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
