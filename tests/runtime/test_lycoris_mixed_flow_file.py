@@ -308,6 +308,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
+    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
@@ -328,9 +329,17 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
             ),
             ('algo = "locon"\ndim = 2', 'algo = "boft"\ndim = 36'),  # FLUX.1's 9216 rows: 256 blocks
             ('linear1"]\nalgo = "loha"', 'linear1"]\nalgo = "glora"'),
+            # Flux's final layer full, CLIP-L's attention LoKr (the adapter's) and MLP full (was DBS403)
+            ('"img_in", "txt_in"]', '"img_in", "txt_in", "final_layer.linear"]'),
+            ("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]'),
+            (
+                "[name_algo_map.txt_in]",
+                '[name_algo_map."final_layer.linear"]\nalgo = "full"\n[name_algo_map.txt_in]',
+            ),
         ):
             assert old in preset
             preset = preset.replace(old, new)
+        preset += '[module_algo_map.CLIPMLP]\nalgo = "full"\n'
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(preset, encoding="utf-8")
@@ -358,14 +367,31 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     unet = comps.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    clip = build_pipeline("builtin:tiny-flux").text_encoder.float().eval()  # the run's base CLIP-L
+    texts = [_kohya_clip(clip), nn.Module()]
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, texts, tree, tensors)
+    network.apply_to(texts, tree, apply_text_encoder=True, apply_unet=True)
     assert {type(m).__name__ for m in network.unet_loras} == classes
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
     assert not result.unexpected_keys, result
-    assert {m.lora_name for m in network.unet_loras} == names
+    unet_names = {n for n in names if n.startswith("lora_unet_")}
+    assert {m.lora_name for m in network.unet_loras} == unet_names
+    text_names = {m.lora_name: type(m).__name__ for m in network.text_encoder_loras}
+    assert set(text_names) == names - unet_names
+    oft = "GLoRAModule" in classes  # the variant with CLIP modules and the final layer
+    assert bool(text_names) == oft == ("lora_unet_final_layer_linear" in names)
+    if text_names:  # CLIP-L's attention LoKr (the adapter's), its MLP full
+        assert set(text_names.values()) == {"LokrModule", "FullModule"} and plan.train_text_encoder
     network.eval()
-    _check_kohya_outputs(tree, layers, names)  # every layer where LyCORIS's rebuilt network starts it
+    _check_kohya_outputs(tree, layers, unet_names)  # every layer where LyCORIS's rebuilt network starts it
+    ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    torch.manual_seed(0)
+    for path, layer in clip.named_modules():  # every CLIP layer the file holds, where LyCORIS starts it
+        if "lora_te1_" + f"text_model.{path}".replace(".", "_") in text_names:
+            x = torch.randn(3, layer.in_features)
+            with torch.no_grad():
+                assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-6), path
+                torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
 
     _, second, _ = _run(second_dir, kinds, base)
     assert second.status == "finished"

@@ -763,9 +763,9 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """A file mixing LoKr, full, LoCon and LoHa modules on the denoiser (was DBS403: one kind per adapter):
     create_network_from_weights builds each module by its keys, so the adapter is the LoKr modules' and the
     others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
-    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on a text encoder (DBS403),
-    on the final layer (DBS403), a LoCon module's Tucker core beside other kinds (DBS403, DBS578 in a spec),
-    another kind's module without alpha (DBS402: float(None))."""
+    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on T5-XXL (DBS403), a LoCon
+    module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without alpha
+    (DBS402: float(None))."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
     modules = {
@@ -797,8 +797,7 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
         "transformer_blocks.0.attn.add_k_proj",
     }
     for extra, code, words in (
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": {"diff": (3072, 768)}}, "DBS403", "text encoder"),
-        ({"lora_unet_final_layer_linear": {"diff": (64, W)}}, "DBS403", "proj_out"),
+        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}}, "DBS403", "T5-XXL"),
         (
             {
                 "lora_unet_img_in": {
@@ -918,3 +917,56 @@ def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
         odd = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": bad}
         _factor_file(tmp_path / "prev.safetensors", odd, alpha=0.5)
         assert words in messages(_flux(tmp_path, allow=True), code), words
+
+
+def test_flux_file_of_several_kinds_with_clip_and_final_layer_modules(tmp_path):
+    """Other kinds' CLIP modules (was DBS403): text_encoder_targets over every kind's CLIP Linears, each
+    other kind's an [[adapter.text_encoder_blocks]] entry of its kind (a LoCon-led file's CLIP LoCon modules
+    blocks of kind lora at their rank); Flux's final layer as another kind's module (was DBS403): its block
+    `^(proj_out)$`, the single blocks' linear2 the file lacks a rank-0 block (the target `proj_out` takes
+    them along). A file whose LoKr modules are CLIP's alone beside the denoiser's LoCon ones is a LoKr
+    adapter (its values the CLIP LoKr modules') with LoRA blocks (was DBS403: "no module of the
+    denoiser"); with --network_train_unet_only (the text modules dropped) DBS403."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    fc1 = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    q = "lora_te1_text_model_encoder_layers_1_self_attn_q_proj"
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_final_layer_linear": {"diff": (64, W), "diff_b": (64,)},
+        fc1: {"diff": (3072, 768)},
+        q: {"lokr_w1": (4, 4), "lokr_w2": (192, 192)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("lokr", 2.0)
+    assert set(a.denoiser_targets) == {"transformer_blocks.0.attn.to_out.0", "proj_out"}
+    assert set(a.text_encoder_targets) == {"encoder.layers.0.mlp.fc1", "encoder.layers.1.self_attn.q_proj"}
+    final = next(b for b in a.blocks if re.search(b.pattern, "proj_out"))
+    assert (final.kind, final.rank) == ("full", 1)
+    linear2 = next(b for b in a.blocks if re.search(b.pattern, "single_transformer_blocks.3.proj_out"))
+    assert linear2.rank == 0
+    fc1_path = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
+    q_path = "text_encoder.text_model.encoder.layers.1.self_attn.q_proj"
+    assert [b.kind for b in a.text_encoder_blocks if re.search(b.pattern, fc1_path)][:1] == ["full"]
+    assert not any(re.search(b.pattern, q_path) for b in a.text_encoder_blocks)  # the adapter's LoKr
+
+    led = {  # LoCon on the denoiser and CLIP-L, LoKr on CLIP-L alone
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        fc1: {"lora_down.weight": (2, 768), "lora_up.weight": (3072, 2)},
+        q: modules[q],
+    }
+    _factor_file(tmp_path / "prev.safetensors", led, alpha=2.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.full_matrix, a.init_scale) == ("lokr", 4, True, 1.0)
+    unet = next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_out.0"))
+    text = next(b for b in a.text_encoder_blocks if re.search(b.pattern, fc1_path))
+    assert [(b.kind, b.rank, b.alpha) for b in (unet, text)] == [("lora", 4, 2.0), ("lora", 2, 2.0)]
+    assert not any(re.search(b.pattern, q_path) for b in a.text_encoder_blocks)
+    # --network_train_unet_only: LoCon modules alone are applied, but the file holds LoKr tensors, from
+    # which dbspec's LoRA run cannot start (DBS357 at plan time): refused at conversion
+    outcome = _flux(tmp_path, "--network_train_unet_only", allow=True)
+    assert "holds lokr modules too" in messages(outcome, "DBS403")

@@ -14,10 +14,13 @@ frequent rank and alpha, the others' as blocks; on the denoiser only); every oth
 its alpha the constraint, a `rescale` its `rescaled`, as lycoris_sd_rebuilt._oft reads them; a GLoRA block's
 rank `a2`'s rows), placed first so that it takes its layers; the denoiser targets
 span every module's parts; full modules make the adapter's `init_scale` 2. The run starts from the file
-(runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
-LoCon-led file's LoCon ones), SD3's patch convolution or Flux's
-final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
-kinds builds neither, DBS578). Checked against lycoris-lora in
+(runtime/mixed_init.py). Other kinds' CLIP modules (a LoCon-led file's CLIP LoCon ones too) are
+[[adapter.text_encoder_blocks]] of their kind, the text-encoder targets every kind's CLIP Linears; a LoKr /
+LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
+final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
+the file lacks. Not expressed (why not returned): T5-XXL modules of another kind than the adapter's, SD3's
+patch convolution as another kind's module, and Tucker or weight-decomposition tensors there (a run of
+several kinds builds neither, DBS578). Checked against lycoris-lora in
 tests/runtime/test_lycoris_mixed_flow_file.py."""
 
 from __future__ import annotations
@@ -25,9 +28,20 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
-from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter, final_layer_block
-from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha, diffusers_targets, own_blocks
+from dbspec.convert.kohya.lycoris_flow_factor_file import (
+    _CLIPS,
+    _T5,
+    clip_targets,
+    factor_file_adapter,
+    final_layer_block,
+)
+from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans, _text_pattern
+from dbspec.convert.kohya.lycoris_flow_weights import (
+    LycorisModule,
+    check_loha,
+    diffusers_targets,
+    own_blocks,
+)
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 
 # the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
@@ -50,12 +64,6 @@ def _locon_adapter(
     [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
     from collections import Counter
 
-    text = next((n for n in modules if not n.startswith("lora_unet_")), None)
-    if text is not None and not unet_only:
-        return (
-            f"module `{text}` is a LyCORIS LoCon module of a text encoder beside full modules: dbspec maps "
-            "such a file's LoCon modules on the denoiser only"
-        )
     pairs = {}
     for name, m in sorted(modules.items()):
         if not name.startswith("lora_unet_"):
@@ -147,16 +155,41 @@ def flow_mixed_file(
 ) -> dict[str, object] | str:
     """[adapter] values for a mixed file on `family` (flux or sd3; `t5_idle` as factor_file_adapter's);
     else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
+    text_names = sorted(n for n in modules if n.startswith("lora_te"))
+    whole = modules
+    if unet_only:  # apply_to drops the text encoders' modules with --network_train_unet_only
+        modules = {n: m for n, m in modules.items() if n.startswith("lora_unet_")}
     algos = {m.algo for m in modules.values()}
-    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
-    others = {n: m for n, m in modules.items() if m.algo != own}
-    text = next((n for n in others if not n.startswith("lora_unet_")), None)
-    if text is not None and not unet_only:
+    if len(algos) == 1:  # --network_train_unet_only: the other kinds were the text encoders' alone
+        dropped = sorted({m.algo for m in (m for m in whole.values() if m.algo not in algos)})
         return (
-            f"module `{text}` is a LyCORIS {others[text].algo} module of a text encoder beside {own} "
-            "modules: "
-            "dbspec maps the other kinds' modules of such a file on the denoiser only"
+            f"with --network_train_unet_only (apply_to drops the text encoders' modules) its denoiser holds "
+            f"{next(iter(algos))} modules alone, and dbspec starts a run of one kind only from a file of "
+            f"that kind (it holds {' and '.join(dropped)} modules too)"
         )
+    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
+    # the other kinds' modules, and a LoCon-led file's CLIP LoCon modules (blocks of kind lora there)
+    others = {
+        n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
+    }
+    t5 = next((n for n in sorted(others) if n.startswith(_T5[family])), None)
+    if t5 is not None:
+        return (
+            f"module `{t5}` is T5-XXL's LyCORIS {others[t5].algo} module beside {own} modules: dbspec's "
+            "T5-XXL adapter (train.t5) is of the adapter's kind"
+        )
+    apart = set(others)  # LyCORIS ignores Flux's lora_te3_ names: no encoder of that index
+    clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS[family]))}
+    text_groups: dict[tuple, list[str]] = {}
+    if clips:
+        placed = clip_targets(sorted(clips), family)
+        if isinstance(placed, str):
+            return placed
+    for name, m in sorted(clips.items()):
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        text_groups.setdefault(tuple(values.items()), []).append(name)
     others = {n: m for n, m in others.items() if n.startswith("lora_unet_")}
     groups: dict[tuple, dict[str | None, dict[int | None, set[str]]]] = {}
     paths: list[str] = []
@@ -165,11 +198,11 @@ def flow_mixed_file(
         if found is None:
             return f"module `{name}` is no Linear of kohya's model dbspec places"
         blocks, index, parts = found
-        if not blocks and parts in (("pos_embed.proj",), ("proj_out",)):
+        if not blocks and parts == ("pos_embed.proj",):
             return (
                 f"module `{name}` (diffusers' `{parts[0]}`) is a LyCORIS {m.algo} module beside {own} "
                 "modules: "
-                "dbspec places another kind there only on the blocks' Linears and the embedders"
+                "dbspec places another kind there only on the Linears"
             )
         values = _values(m)
         if isinstance(values, str):
@@ -177,11 +210,11 @@ def flow_mixed_file(
         key = tuple(values.items())
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
-    mine = {n: m for n, m in modules.items() if m.algo == own}
+    mine = {n: m for n, m in modules.items() if n not in apart}
     if own == "locon":
         found = _locon_adapter(mine, family, unet_only)
     else:  # the LoKr / LoHa modules as a file of that kind alone
-        found = factor_file_adapter(mine, family, unet_only, t5_idle)
+        found = factor_file_adapter(mine, family, unet_only, t5_idle, beside=bool(others))
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
@@ -198,12 +231,26 @@ def flow_mixed_file(
         for pattern in _patterns(blocks, indices)
     ]
     out = dict(found)
-    out["denoiser_targets"] = [
-        *found["denoiser_targets"],
-        *(p for p in paths if p not in found["denoiser_targets"]),
-    ]
-    out["blocks"] = [*blocks_out, *found.get("blocks", ())]  # the other kinds' first: each takes its layers
-    if any(dict(key)["kind"] == "full" for key in groups):
+    targets = [*found["denoiser_targets"], *(p for p in paths if p not in found["denoiser_targets"])]
+    out["denoiser_targets"] = targets
+    # Flux's final layer (target `proj_out`, every single block's linear2 a suffix too) of any kind: a rank-0
+    # block for the linear2 the file lacks (the own kind's alone would leave the others' out)
+    theirs = final_layer_block(found["denoiser_targets"], family)
+    kept = [b for b in found.get("blocks", ()) if b not in theirs]
+    out["blocks"] = [*blocks_out, *final_layer_block(targets, family), *kept]  # the other kinds' first
+    if clips:  # the CLIP Linears of every kind's modules, the other kinds' blocks first
+        held = [n for n in text_names if n in modules and n.startswith(tuple(_CLIPS[family]))]
+        placed = clip_targets(held, family)
+        assert not isinstance(placed, str)  # each kind's modules placed alone
+        out["text_encoder_targets"], text_2 = placed
+        out.pop("text_encoder_2_targets", None)
+        if text_2 is not None:
+            out["text_encoder_2_targets"] = text_2
+        text_blocks = [
+            {"pattern": _text_pattern(names, family), **dict(key)} for key, names in text_groups.items()
+        ]
+        out["text_encoder_blocks"] = [*text_blocks, *found.get("text_encoder_blocks", ())]
+    if any(dict(key)["kind"] == "full" for key in (*groups, *text_groups)):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
