@@ -363,7 +363,7 @@ def factor_file_adapter(
     algo = algos[0]
     if len(algos) > 1:  # LoKr / LoHa / LoCon / full together: lycoris_flow_mixed.py (model.py picks it)
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
-    if family == "chroma":
+    if family == "chroma" and not beside:  # a Chroma run of several kinds starts from the file (mixed_init)
         return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     clip = clip_targets(text, family) if text and not unet_only else ([], None)
     if isinstance(clip, str):

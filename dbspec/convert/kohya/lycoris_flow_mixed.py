@@ -18,10 +18,11 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 [[adapter.text_encoder_blocks]] of their kind, the text-encoder targets every kind's CLIP Linears; a LoKr /
 LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
 final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
-the file lacks. Not expressed (why not returned): T5-XXL modules of another kind than the adapter's, SD3's
+the file lacks. On Chroma the denoiser's modules map as Flux's. Not expressed (why not returned): T5-XXL
+modules of another kind than the adapter's, on Chroma a text-encoder module or the final layer, SD3's
 patch convolution as another kind's module, and Tucker or weight-decomposition tensors there (a run of
 several kinds builds neither, DBS578). Checked against lycoris-lora in
-tests/runtime/test_lycoris_mixed_flow_file.py."""
+tests/runtime/test_lycoris_mixed_flow_file.py and test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
 def flow_mixed_file(
     modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
 ) -> dict[str, object] | str:
-    """[adapter] values for a mixed file on `family` (flux or sd3; `t5_idle` as factor_file_adapter's);
+    """[adapter] values for a mixed file on `family` (flux, chroma, sd3; `t5_idle`: factor_file_adapter's);
     else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
     text_names = sorted(n for n in modules if n.startswith("lora_te"))
     whole = modules
@@ -172,14 +173,27 @@ def flow_mixed_file(
     others = {
         n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
     }
-    t5 = next((n for n in sorted(others) if n.startswith(_T5[family])), None)
+    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL and its final layer stay DBS403
+        text = next((n for n in sorted(modules) if not n.startswith("lora_unet_")), None)
+        if text is not None:
+            return (
+                f"module `{text}` is a text encoder's (Chroma's T5-XXL) beside {own} modules: dbspec maps "
+                "a Chroma file of several kinds on the denoiser only"
+            )
+        if "lora_unet_final_layer_linear" in modules:
+            return (
+                "module `lora_unet_final_layer_linear` (Chroma's final layer, diffusers' `proj_out`, whose "
+                "name every single block's linear2 ends with too) in a Chroma file of several kinds: dbspec "
+                "keeps the single blocks' linear2 out of it on Flux only"
+            )
+    t5 = next((n for n in sorted(others) if n.startswith(_T5.get(family, "lora_te"))), None)
     if t5 is not None:
         return (
             f"module `{t5}` is T5-XXL's LyCORIS {others[t5].algo} module beside {own} modules: dbspec's "
             "T5-XXL adapter (train.t5) is of the adapter's kind"
         )
     apart = set(others)  # LyCORIS ignores Flux's lora_te3_ names: no encoder of that index
-    clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS[family]))}
+    clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS.get(family, ())))}
     text_groups: dict[tuple, list[str]] = {}
     if clips:
         placed = clip_targets(sorted(clips), family)

@@ -1308,7 +1308,7 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
-    if is_flow_mixed(modules) and family != "chroma":  # LoKr / LoHa / LoCon / full: a run of several kinds
+    if is_flow_mixed(modules):  # LoKr / LoHa / LoCon / full / OFT / GLoRA: a run of several kinds
         found = flow_mixed_file(modules, family, unet_only, _t5_idle(a))
     else:
         found = factor_file_adapter(modules, family, unet_only, _t5_idle(a))
