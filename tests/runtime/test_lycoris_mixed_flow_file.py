@@ -11,6 +11,7 @@ bit-exact."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -394,4 +395,87 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
                 torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
 
     _, second, _ = _run(second_dir, kinds, base)
+    assert second.status == "finished"
+
+
+@pytest.mark.parametrize("kind", ["full", "glora"])
+def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, kind):
+    """SD3's patch convolution (kohya's `x_embedder.proj`, diffusers' `pos_embed.proj`) as a full / GLoRA
+    module beside LoKr, LoCon and full modules (was DBS403): the first run's export converted with
+    --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
+    there; lycoris-lora 4.1.3's create_network_from_weights on kohya's SD3 layers (the convolution among
+    them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
+    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris_mixed_flow import _tree
+    from tests.runtime.test_lycoris_mixed_flow_full import SD3_FILE
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    text = SD3_FILE.replace('algo = "ia3"', 'algo = "locon"').replace(
+        '"joint_blocks.*.context_block.adaLN_modulation.1"\n]',
+        '"joint_blocks.*.context_block.adaLN_modulation.1", "x_embedder.proj"\n]',
+    )
+    text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
+    assert 'algo = "locon"' in text and "x_embedder.proj" in text
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(text, encoding="utf-8")
+    _sd3_converted(first_dir)
+    first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_x_embedder_proj" in names
+
+    images(second_dir / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(second_dir / f"{name}.safetensors")
+    outcome = kohya(
+        second_dir,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        "--network_dim=4 --network_alpha=1 --learning_rate=1e-2 --max_train_steps=2 "
+        "--save_model_as=safetensors --output_dir=out --dim_from_weights --network_weights prev.safetensors",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, second_dir, base)
+    a = plan.adapter
+    assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.conv_targets == (
+        "pos_embed.proj",
+    )
+    patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
+    comps, count = _loaded(plan)
+    assert count == len(names) == a.init_layers
+
+    from dbspec.runtime.sd3_kohya import swapped
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    conv = unet.pos_embed.proj
+    fused = {}
+    for path, (parts, order) in layers.items():
+        fused[path] = _kohya_tree({path: (parts, order)}).get_submodule(path)
+    fused["x_embedder.proj"] = copy.deepcopy(conv.get_base_layer())
+    tree = _tree(fused)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
+    assert not result.unexpected_keys, result
+    assert {m.lora_name for m in network.unet_loras} == names
+    network.eval()
+    _check_kohya_outputs(tree, layers, names)
+    torch.manual_seed(0)
+    x = torch.randn(2, conv.get_base_layer().in_channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(conv(x), conv.get_base_layer()(x), atol=1e-6)
+        torch.testing.assert_close(tree.x_embedder.proj(x), conv(x), rtol=0, atol=1e-5)
+
+    _, second, _ = _run(second_dir, {kind}, base)
     assert second.status == "finished"

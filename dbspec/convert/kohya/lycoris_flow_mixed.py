@@ -18,11 +18,12 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 [[adapter.text_encoder_blocks]] of their kind, the text-encoder targets every kind's CLIP Linears; a LoKr /
 LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
 final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
-the file lacks. On Chroma the denoiser's modules map as Flux's. Not expressed (why not returned): T5-XXL
-modules of another kind than the adapter's, on Chroma a text-encoder module or the final layer, SD3's
-patch convolution as another kind's module, and Tucker or weight-decomposition tensors there (a run of
-several kinds builds neither, DBS578). Checked against lycoris-lora in
-tests/runtime/test_lycoris_mixed_flow_file.py and test_lycoris_mixed_chroma.py."""
+the file lacks; SD3's patch convolution of another kind is conv_targets `pos_embed.proj` with a block of that
+kind there at its conv_rank / conv_alpha. On Chroma the denoiser's modules map as Flux's. Not expressed (why
+not returned): T5-XXL modules of another kind than the adapter's, on Chroma a text-encoder module or the
+final layer, and Tucker or weight-decomposition tensors there (a run of several kinds builds neither,
+DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
+test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
@@ -89,10 +90,12 @@ def _locon_adapter(
     }
 
 
-def _values(m: LycorisModule) -> dict[str, Any] | str:
-    """Another kind's module as its block's kind, rank and alpha; else why not ("invalid:..." where
-    make_module_from_state_dict fails)."""
+def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
+    """Another kind's module as its block's kind, rank and alpha (`layer` "conv": SD3's 2x2 patch
+    convolution); else why not ("invalid:..." where make_module_from_state_dict fails)."""
     s = m.shapes
+    dims = 4 if layer == "conv" else 2
+    what = "convolution" if layer == "conv" else "Linear"
     if m.algo == "oft":  # DiagOFTModule / ButterflyOFTModule at lora_dim = its block size s
         kind = _kind(m)
         found = _oft(m.name, m, kind)
@@ -105,16 +108,16 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
         rescaled = {"rescaled": "on"} if found["rescaled"] else {}
         return {"kind": kind, "rank": found["block_size"], "alpha": found["constraint"], **rescaled}
     if m.algo == "glora":  # GLoRAModule: rank a2's rows, alpha float(alpha) (0: the rank)
-        found = _glora(m.name, m, "linear")
+        found = _glora(m.name, m, layer)
         return found if isinstance(found, str) else {"kind": "glora", **found}
     if m.algo == "full":
         odd = sorted(k for k in s if k not in ("diff", "diff_b"))
         if odd:
             return f"`{m.name}.{odd[0]}` is no tensor LyCORIS's FullModule reads beside `diff` / `diff_b`"
-        if len(s["diff"]) != 2:
-            dims = len(s["diff"])
+        if len(s["diff"]) != dims:
             return (
-                f"invalid:`{m.name}.diff` has {dims} dimensions, kohya's Linear 2: FullModule's copy_ raises"
+                f"invalid:`{m.name}.diff` has {len(s['diff'])} dimensions, kohya's {what} {dims}: "
+                "FullModule's copy_ raises"
             )
         return {"kind": "full", "rank": 1, "alpha": 1.0}
     if m.algo == "locon":
@@ -132,6 +135,11 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
         if "lora_down.weight" not in s:
             why = "LoConModule's make_module_from_state_dict fails"
             return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
+        if len(s["lora_down.weight"]) != dims:
+            return (
+                f"invalid:`{m.name}.lora_down.weight` has {len(s['lora_down.weight'])} dimensions, kohya's "
+                f"{what} {dims}: LoConModule's copy_ raises"
+            )
         rank = s["lora_down.weight"][0]
     else:  # LoHa beside a LoKr adapter
         odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
@@ -207,20 +215,18 @@ def flow_mixed_file(
     others = {n: m for n, m in others.items() if n.startswith("lora_unet_")}
     groups: dict[tuple, dict[str | None, dict[int | None, set[str]]]] = {}
     paths: list[str] = []
+    patch: dict[str, Any] | None = None
     for name, m in sorted(others.items()):
         found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
         if found is None:
             return f"module `{name}` is no Linear of kohya's model dbspec places"
         blocks, index, parts = found
-        if not blocks and parts == ("pos_embed.proj",):
-            return (
-                f"module `{name}` (diffusers' `{parts[0]}`) is a LyCORIS {m.algo} module beside {own} "
-                "modules: "
-                "dbspec places another kind there only on the Linears"
-            )
-        values = _values(m)
+        values = _values(m, "conv" if parts == ("pos_embed.proj",) else "linear")
         if isinstance(values, str):
             return values
+        if parts == ("pos_embed.proj",):  # SD3's patch convolution: conv_targets, its block's conv values
+            patch = values
+            continue
         key = tuple(values.items())
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
@@ -264,7 +270,12 @@ def flow_mixed_file(
             {"pattern": _text_pattern(names, family), **dict(key)} for key, names in text_groups.items()
         ]
         out["text_encoder_blocks"] = [*text_blocks, *found.get("text_encoder_blocks", ())]
-    if any(dict(key)["kind"] == "full" for key in (*groups, *text_groups)):
+    if patch is not None:  # the adapter's convolution values where it has none (it holds no other)
+        pair = {"conv_rank": patch["rank"], "conv_alpha": patch["alpha"]}
+        out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
+        block = {**patch, "rank": out["rank"], "alpha": out["alpha"], **pair}
+        out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
+    if any(v["kind"] == "full" for v in (*map(dict, (*groups, *text_groups)), *([patch] if patch else []))):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
