@@ -833,7 +833,8 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
 def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """The same on SD3 (was DBS403): a LoHa file's context-block q/k/v beside a full x-block q/k/v and a
     LoCon x-block projection: a loha adapter with blocks of kind full / lora over the fused parts, init_scale
-    2; the patch convolution as another kind's module stays DBS403."""
+    2; the patch convolution as a full module (was DBS403): conv_targets with a full block there (runtime
+    test: test_lycoris_mixed_flow_file), a 2-D diff there DBS402."""
     loha = {"hada_w1_a": (192, 2), "hada_w1_b": (2, 64), "hada_w2_a": (192, 2), "hada_w2_b": (2, 64)}
     modules = {
         "lora_unet_joint_blocks_0_context_block_attn_qkv": loha,
@@ -853,9 +854,17 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
     lora = next(b for b in a.blocks if b.kind == "lora")
     assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
-    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}}
+    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2), "diff_b": (64,)}}
     _factor_file(tmp_path / "prev.safetensors", patch)
-    assert "pos_embed.proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.conv_targets == ("pos_embed.proj",) and a.init_scale == 2.0
+    block = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert (block.kind, block.conv_rank) == ("full", 1) and a.conv_rank == 1
+    flat = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 64)}}  # a Linear's diff on the conv
+    _factor_file(tmp_path / "prev.safetensors", flat)
+    assert "FullModule's copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
 
 
 def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
