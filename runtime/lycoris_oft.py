@@ -452,6 +452,14 @@ def resize_blocks(layer: DiagOftLayer, adapter: str, size: int) -> None:
     layer.lora_oft_blocks[adapter] = nn.Parameter(zeros, requires_grad=old.requires_grad)
 
 
+def _diag_oft(layer: nn.Module) -> bool:
+    """A Diag-OFT layer, not a BOFT one (BoftLayer subclasses DiagOftLayer; a run of several kinds holds
+    both, and a fused BOFT's parts are lycoris_boft.tie_fused_boft's)."""
+    from dbspec.runtime.lycoris_boft import BoftLayer
+
+    return isinstance(layer, DiagOftLayer) and not isinstance(layer, BoftLayer)
+
+
 def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     """LyCORIS's DiagOFTModule on a fused Linear of the original model (plan.adapter.fused: Flux's qkv and
     linear1, SD3's qkv): one block split of the stacked rows, block size factorization(sum of the parts'
@@ -463,7 +471,7 @@ def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     from dbspec.runtime.fused import fused_parts
 
     resized = 0
-    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DiagOftLayer)):
+    for group, index, found in fused_parts(module, groups, _diag_oft):
         if not found:
             continue
         block = module.get_submodule(group.blocks)[index]
@@ -494,7 +502,7 @@ def link_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     from dbspec.runtime.fused import fused_parts
 
     linked = 0
-    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, DiagOftLayer)):
+    for group, index, found in fused_parts(module, groups, _diag_oft):
         parts = [part for _, _, part in found if adapter in part.lora_oft_blocks]
         if not parts:
             continue

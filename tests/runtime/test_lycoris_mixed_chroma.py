@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
@@ -55,7 +55,7 @@ alpha = 2
 """
 
 
-def _converted(tmp_path: Path, algo: str, overrides=None):
+def _converted(tmp_path: Path, algo: str, overrides=None, flags: str = ""):
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     (tmp_path / "mixed.toml").write_text(MIXED, encoding="utf-8")
@@ -69,7 +69,7 @@ def _converted(tmp_path: Path, algo: str, overrides=None):
         "--apply_t5_attn_mask --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
         f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=mixed.toml" '
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
-        "--timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0",
+        f"--timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0 {flags}",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return plan_of(outcome, tmp_path, overrides)
@@ -153,6 +153,7 @@ def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
     assert tensors.keys() == again.keys() and all(torch.equal(tensors[k], again[k]) for k in tensors)
 
     unet = whole.components.unet.eval()
+    paths_of = {id(m): n for n, m in unet.named_modules()}
     attn, single = unet.transformer_blocks[0].attn, unet.single_transformer_blocks[0]
     approximator = unet.distilled_guidance_layer.layers[0]
     layers = {
@@ -187,6 +188,33 @@ def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
                 path
             )
             torch.testing.assert_close(kohya.get_submodule(path)(x), trained, rtol=0, atol=1e-5)
+
+    # --dim_from_weights with that export (was DBS403 on Chroma): a lokr run with loha / lora blocks, started
+    # where LyCORIS's create_network_from_weights network above starts every layer (1e-5); trains, resumes
+    from tests.runtime.test_flow_init import _loaded
+
+    again = tmp_path / "again"
+    again.mkdir()
+    save_file(tensors, str(again / "prev.safetensors"))
+    flags = "--dim_from_weights --network_weights prev.safetensors"
+    replan = _converted(again, "locon", base, flags)
+    r = replan.adapter
+    assert (r.kind, r.init_partial) == ("lokr", True) and r.init_weights and r.fused
+    assert {b.kind for b in r.blocks} - {"adapter"} == {"loha", "lora"}
+    comps, count = _loaded(replan)
+    assert count == len(names)
+    started = dict(comps.unet.eval().named_modules())
+    with torch.no_grad():
+        for found, _ in layers.values():
+            x = torch.randn(3, found[0].base_layer.in_features)
+            ours = torch.cat([started[paths_of[id(p)]](x) for p in found], dim=-1)
+            path = next(k for k, (f, _) in layers.items() if f is found)
+            torch.testing.assert_close(kohya.get_submodule(path)(x), ours, rtol=0, atol=1e-5)
+    whole_again = execute(compile_spec(out_path(again), [*base, "output.dir=whole"]))
+    parts = compile_spec(out_path(again), [*base, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole_again.losses
 
     # the adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads them
     from dbspec.runtime.weights import load_peft_adapters

@@ -140,6 +140,16 @@ LORA_FULL = MIXED_FULL.replace(
     '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
 )
 
+# a LoCon network with LoKr on CLIP's attention alone (was DBS403: "it holds no module of the U-Net")
+CLIP_LOKR = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+
+[module_algo_map.CLIPAttention]
+algo = "lokr"
+"""
+
 
 @pytest.mark.parametrize(
     ("algo", "preset", "kind", "others"),
@@ -149,8 +159,16 @@ LORA_FULL = MIXED_FULL.replace(
         ("locon", GLORA, "lora", {"glora"}),
         ("locon", LORA_FULL, "lora", {"full"}),
         ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
+        ("locon", CLIP_LOKR, "lokr", {"lora"}),
     ],
-    ids=["lokr-tucker-lora-loha", "lokr-lora-loha-oft", "locon-glora", "locon-full", "lokr-lora-loha-full"],
+    ids=[
+        "lokr-tucker-lora-loha",
+        "lokr-lora-loha-oft",
+        "locon-glora",
+        "locon-full",
+        "lokr-lora-loha-full",
+        "locon-clip-lokr",
+    ],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     pipe, tmp_path, monkeypatch, algo, preset, kind, others
@@ -159,7 +177,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     conv_in LoRA and the MLPs LoHa (dim 2), every parameter moved, some alphas changed, some modules left
     out: lycoris-lora's create_network_from_weights builds each module by its keys (LokrModule, LoConModule,
     LohaModule); dbspec's converted run is of kind lokr with blocks of kind lora / loha, every layer in
-    LyCORIS's class at its dim and scale and starting alike (outputs to 1e-5); it trains and resumes."""
+    LyCORIS's class at its dim and scale and starting alike (outputs to 1e-5); it trains and resumes. A
+    LoCon network's file with LoKr on CLIP's attention alone: a lokr adapter whose U-Net is all lora
+    blocks."""
     from tests.runtime.test_lycoris_algo_maps import _built
     from tests.runtime.test_lycoris_sd_rebuilt_file import FROM, _theirs
 

@@ -11,10 +11,12 @@ bit-exact."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
@@ -287,6 +289,11 @@ algo = "full"
     [
         ("lokr", {"full", "lora", "loha"}, {"LokrModule", "FullModule", "LoConModule", "LohaModule"}),
         ("locon", {"full"}, {"FullModule", "LoConModule"}),
+        (
+            "lokr-oft",
+            {"full", "diag-oft", "boft", "glora"},
+            {"LokrModule", "FullModule", "DiagOFTModule", "ButterflyOFTModule", "GLoRAModule"},
+        ),
     ],
 )
 def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
@@ -302,6 +309,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
+    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
@@ -311,6 +319,28 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     if algo == "locon":  # no LoHa entry: the LoCon modules lead
         preset = preset.replace('[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n', "")
         assert preset != FROM_WEIGHTS_FILE
+    if (
+        algo == "lokr-oft"
+    ):  # Diag-OFT (its own constraint and rescale), BOFT and GLoRA beside LoKr (was DBS403)
+        algo = "lokr"
+        for old, new in (
+            (
+                'img_attn.qkv"]\nalgo = "full"',
+                'img_attn.qkv"]\nalgo = "diag-oft"\nconstraint = 0.001\nrescaled = true',
+            ),
+            ('algo = "locon"\ndim = 2', 'algo = "boft"\ndim = 36'),  # FLUX.1's 9216 rows: 256 blocks
+            ('linear1"]\nalgo = "loha"', 'linear1"]\nalgo = "glora"'),
+            # Flux's final layer full, CLIP-L's attention LoKr (the adapter's) and MLP full (was DBS403)
+            ('"img_in", "txt_in"]', '"img_in", "txt_in", "final_layer.linear"]'),
+            ("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]'),
+            (
+                "[name_algo_map.txt_in]",
+                '[name_algo_map."final_layer.linear"]\nalgo = "full"\n[name_algo_map.txt_in]',
+            ),
+        ):
+            assert old in preset
+            preset = preset.replace(old, new)
+        preset += '[module_algo_map.CLIPMLP]\nalgo = "full"\n'
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(preset, encoding="utf-8")
@@ -329,20 +359,123 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     own = {"locon": "lora"}.get(algo, algo)
     assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    oft = {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind in ("diag-oft", "boft")}
+    constraint = float(torch.tensor(0.001, dtype=torch.float32))  # the file's float32 alpha, float()ed
+    assert oft == ({("diag-oft", constraint, "on"), ("boft", 0.0, "adapter")} if "boft" in kinds else set())
     comps, count = _loaded(plan)
     assert count == len(names) == a.init_layers
 
     unet = comps.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
+    clip = build_pipeline("builtin:tiny-flux").text_encoder.float().eval()  # the run's base CLIP-L
+    texts = [_kohya_clip(clip), nn.Module()]
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, texts, tree, tensors)
+    network.apply_to(texts, tree, apply_text_encoder=True, apply_unet=True)
+    assert {type(m).__name__ for m in network.unet_loras} == classes
+    result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
+    assert not result.unexpected_keys, result
+    unet_names = {n for n in names if n.startswith("lora_unet_")}
+    assert {m.lora_name for m in network.unet_loras} == unet_names
+    text_names = {m.lora_name: type(m).__name__ for m in network.text_encoder_loras}
+    assert set(text_names) == names - unet_names
+    oft = "GLoRAModule" in classes  # the variant with CLIP modules and the final layer
+    assert bool(text_names) == oft == ("lora_unet_final_layer_linear" in names)
+    if text_names:  # CLIP-L's attention LoKr (the adapter's), its MLP full
+        assert set(text_names.values()) == {"LokrModule", "FullModule"} and plan.train_text_encoder
+    network.eval()
+    _check_kohya_outputs(tree, layers, unet_names)  # every layer where LyCORIS's rebuilt network starts it
+    ours = dict(comps.text_encoders[0].float().eval().named_modules())
+    torch.manual_seed(0)
+    for path, layer in clip.named_modules():  # every CLIP layer the file holds, where LyCORIS starts it
+        if "lora_te1_" + f"text_model.{path}".replace(".", "_") in text_names:
+            x = torch.randn(3, layer.in_features)
+            with torch.no_grad():
+                assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-6), path
+                torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+
+    _, second, _ = _run(second_dir, kinds, base)
+    assert second.status == "finished"
+
+
+@pytest.mark.parametrize("kind", ["full", "glora"])
+def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, kind):
+    """SD3's patch convolution (kohya's `x_embedder.proj`, diffusers' `pos_embed.proj`) as a full / GLoRA
+    module beside LoKr, LoCon and full modules (was DBS403): the first run's export converted with
+    --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
+    there; lycoris-lora 4.1.3's create_network_from_weights on kohya's SD3 layers (the convolution among
+    them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
+    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris_mixed_flow import _tree
+    from tests.runtime.test_lycoris_mixed_flow_full import SD3_FILE
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    text = SD3_FILE.replace('algo = "ia3"', 'algo = "locon"').replace(
+        '"joint_blocks.*.context_block.adaLN_modulation.1"\n]',
+        '"joint_blocks.*.context_block.adaLN_modulation.1", "x_embedder.proj"\n]',
+    )
+    text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
+    assert 'algo = "locon"' in text and "x_embedder.proj" in text
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder in (first_dir, second_dir):
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(text, encoding="utf-8")
+    _sd3_converted(first_dir)
+    first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))
+    shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
+    tensors = load_file(str(second_dir / "prev.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert "lora_unet_x_embedder_proj" in names
+
+    images(second_dir / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l", "clip_g", "t5xxl"):
+        component_file(second_dir / f"{name}.safetensors")
+    outcome = kohya(
+        second_dir,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        "--network_dim=4 --network_alpha=1 --learning_rate=1e-2 --max_train_steps=2 "
+        "--save_model_as=safetensors --output_dir=out --dim_from_weights --network_weights prev.safetensors",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, second_dir, base)
+    a = plan.adapter
+    assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.conv_targets == (
+        "pos_embed.proj",
+    )
+    patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
+    comps, count = _loaded(plan)
+    assert count == len(names) == a.init_layers
+
+    from dbspec.runtime.sd3_kohya import swapped
+
+    unet = comps.unet.eval()
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    conv = unet.pos_embed.proj
+    fused = {}
+    for path, (parts, order) in layers.items():
+        fused[path] = _kohya_tree({path: (parts, order)}).get_submodule(path)
+    fused["x_embedder.proj"] = copy.deepcopy(conv.get_base_layer())
+    tree = _tree(fused)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
     network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    assert {type(m).__name__ for m in network.unet_loras} == classes
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
     assert not result.unexpected_keys, result
     assert {m.lora_name for m in network.unet_loras} == names
     network.eval()
-    _check_kohya_outputs(tree, layers, names)  # every layer where LyCORIS's rebuilt network starts it
+    _check_kohya_outputs(tree, layers, names)
+    torch.manual_seed(0)
+    x = torch.randn(2, conv.get_base_layer().in_channels, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(conv(x), conv.get_base_layer()(x), atol=1e-6)
+        torch.testing.assert_close(tree.x_embedder.proj(x), conv(x), rtol=0, atol=1e-5)
 
-    _, second, _ = _run(second_dir, kinds, base)
+    _, second, _ = _run(second_dir, {kind}, base)
     assert second.status == "finished"

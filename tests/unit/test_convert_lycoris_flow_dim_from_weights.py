@@ -763,9 +763,9 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """A file mixing LoKr, full, LoCon and LoHa modules on the denoiser (was DBS403: one kind per adapter):
     create_network_from_weights builds each module by its keys, so the adapter is the LoKr modules' and the
     others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
-    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on a text encoder (DBS403),
-    on the final layer (DBS403), a LoCon module's Tucker core beside other kinds (DBS403, DBS578 in a spec),
-    another kind's module without alpha (DBS402: float(None))."""
+    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on T5-XXL (DBS403), a LoCon
+    module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without alpha
+    (DBS402: float(None))."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
     modules = {
@@ -797,8 +797,7 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
         "transformer_blocks.0.attn.add_k_proj",
     }
     for extra, code, words in (
-        ({"lora_te1_text_model_encoder_layers_0_mlp_fc1": {"diff": (3072, 768)}}, "DBS403", "text encoder"),
-        ({"lora_unet_final_layer_linear": {"diff": (64, W)}}, "DBS403", "proj_out"),
+        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}}, "DBS403", "T5-XXL"),
         (
             {
                 "lora_unet_img_in": {
@@ -834,7 +833,8 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
 def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """The same on SD3 (was DBS403): a LoHa file's context-block q/k/v beside a full x-block q/k/v and a
     LoCon x-block projection: a loha adapter with blocks of kind full / lora over the fused parts, init_scale
-    2; the patch convolution as another kind's module stays DBS403."""
+    2; the patch convolution as a full module (was DBS403): conv_targets with a full block there (runtime
+    test: test_lycoris_mixed_flow_file), a 2-D diff there DBS402."""
     loha = {"hada_w1_a": (192, 2), "hada_w1_b": (2, 64), "hada_w2_a": (192, 2), "hada_w2_b": (2, 64)}
     modules = {
         "lora_unet_joint_blocks_0_context_block_attn_qkv": loha,
@@ -854,6 +854,128 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
     lora = next(b for b in a.blocks if b.kind == "lora")
     assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
-    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2)}}
+    patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2), "diff_b": (64,)}}
     _factor_file(tmp_path / "prev.safetensors", patch)
-    assert "pos_embed.proj" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.conv_targets == ("pos_embed.proj",) and a.init_scale == 2.0
+    block = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert (block.kind, block.conv_rank) == ("full", 1) and a.conv_rank == 1
+    flat = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 64)}}  # a Linear's diff on the conv
+    _factor_file(tmp_path / "prev.safetensors", flat)
+    assert "FullModule's copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
+
+
+def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
+    """Diag-OFT (a fused q/k/v, its `rescale` held), BOFT and GLoRA modules beside LoKr ones (was DBS403):
+    each an [[adapter.blocks]] entry of its kind over its diffusers parts, at the values
+    make_module_from_state_dict rebuilds it with (an OFT's block size its rank, its alpha the constraint,
+    its `rescale` the block's rescaled; GLoRA's rank a2's rows; runtime test:
+    test_lycoris_mixed_flow_file); a LoCon-led file with a Diag-OFT module likewise (the file has no
+    LoKr / LoHa / full module: picked from the rebuilt kinds). A Diag-OFT module whose blocks span q, k
+    and v is refused (DBS403), one whose rebuilt split differs from the file's is DBS402."""
+    from dbspec.plan.boft import power2_factorization
+
+    size, count = power2_factorization(W, 8)
+    stages = bin(count - 1).count("1") + 1
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    glora = {"a1.weight": (W, 2), "a2.weight": (2, W), "b1.weight": (W, 2), "b2.weight": (2, W)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_img_attn_qkv": {"oft_blocks": (3 * W // 4, 4, 4), "rescale": (3 * W, 1)},
+        "lora_unet_double_blocks_0_txt_attn_proj": {"oft_blocks": (stages, count, size, size)},
+        "lora_unet_double_blocks_0_img_mlp_0": glora,
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules, alpha=0.5)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_partial, a.init_scale) == ("lokr", True, 1.0) and a.fused and a.init_weights
+    want = {
+        "transformer_blocks.0.attn.to_out.0": ("adapter", None, None, None),
+        "transformer_blocks.0.attn.to_q": ("diag-oft", 4, 0.5, "on"),
+        "transformer_blocks.0.attn.to_v": ("diag-oft", 4, 0.5, "on"),
+        "transformer_blocks.0.attn.to_add_out": ("boft", size, 0.5, "adapter"),
+        "transformer_blocks.0.ff.net.0.proj": ("glora", 2, 0.5, "adapter"),
+    }
+    for path, (kind, rank, alpha, rescaled) in want.items():
+        block = next((b for b in a.blocks if re.search(b.pattern, path)), None)
+        if kind == "adapter":
+            assert block is None or block.kind == "adapter", path
+            continue
+        assert (block.kind, block.rank, block.alpha, block.rescaled) == (kind, rank, alpha, rescaled), path
+    assert set(a.denoiser_targets) == {*want, "transformer_blocks.0.attn.to_k"}
+
+    led = {  # LoCon modules beside a Diag-OFT one: no LoKr / LoHa / full module
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        "lora_unet_double_blocks_0_img_attn_qkv": modules["lora_unet_double_blocks_0_img_attn_qkv"],
+    }
+    _factor_file(tmp_path / "prev.safetensors", led, alpha=2.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_scale) == ("lora", 4, 2.0, 1.0) and a.fused
+    block = next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_k"))
+    assert (block.kind, block.rank, block.alpha, block.rescaled) == ("diag-oft", 4, 2.0, "on")
+
+    for bad, code, words in (
+        ({"oft_blocks": (3 * W // 9, 9, 9)}, "DBS403", "span the bounds"),  # 3072 rows a part: 9 ∤ 3072
+        ({"oft_blocks": (4, 3 * W // 4, 3 * W // 4)}, "DBS402", "copy_ raises"),  # s > n
+    ):
+        odd = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": bad}
+        _factor_file(tmp_path / "prev.safetensors", odd, alpha=0.5)
+        assert words in messages(_flux(tmp_path, allow=True), code), words
+
+
+def test_flux_file_of_several_kinds_with_clip_and_final_layer_modules(tmp_path):
+    """Other kinds' CLIP modules (was DBS403): text_encoder_targets over every kind's CLIP Linears, each
+    other kind's an [[adapter.text_encoder_blocks]] entry of its kind (a LoCon-led file's CLIP LoCon modules
+    blocks of kind lora at their rank); Flux's final layer as another kind's module (was DBS403): its block
+    `^(proj_out)$`, the single blocks' linear2 the file lacks a rank-0 block (the target `proj_out` takes
+    them along). A file whose LoKr modules are CLIP's alone beside the denoiser's LoCon ones is a LoKr
+    adapter (its values the CLIP LoKr modules') with LoRA blocks (was DBS403: "no module of the
+    denoiser"); with --network_train_unet_only (the text modules dropped) DBS403."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    fc1 = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    q = "lora_te1_text_model_encoder_layers_1_self_attn_q_proj"
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_final_layer_linear": {"diff": (64, W), "diff_b": (64,)},
+        fc1: {"diff": (3072, 768)},
+        q: {"lokr_w1": (4, 4), "lokr_w2": (192, 192)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("lokr", 2.0)
+    assert set(a.denoiser_targets) == {"transformer_blocks.0.attn.to_out.0", "proj_out"}
+    assert set(a.text_encoder_targets) == {"encoder.layers.0.mlp.fc1", "encoder.layers.1.self_attn.q_proj"}
+    final = next(b for b in a.blocks if re.search(b.pattern, "proj_out"))
+    assert (final.kind, final.rank) == ("full", 1)
+    linear2 = next(b for b in a.blocks if re.search(b.pattern, "single_transformer_blocks.3.proj_out"))
+    assert linear2.rank == 0
+    fc1_path = "text_encoder.text_model.encoder.layers.0.mlp.fc1"
+    q_path = "text_encoder.text_model.encoder.layers.1.self_attn.q_proj"
+    assert [b.kind for b in a.text_encoder_blocks if re.search(b.pattern, fc1_path)][:1] == ["full"]
+    assert not any(re.search(b.pattern, q_path) for b in a.text_encoder_blocks)  # the adapter's LoKr
+
+    led = {  # LoCon on the denoiser and CLIP-L, LoKr on CLIP-L alone
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)},
+        fc1: {"lora_down.weight": (2, 768), "lora_up.weight": (3072, 2)},
+        q: modules[q],
+    }
+    _factor_file(tmp_path / "prev.safetensors", led, alpha=2.0)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.factor, a.full_matrix, a.init_scale) == ("lokr", 4, True, 1.0)
+    unet = next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_out.0"))
+    text = next(b for b in a.text_encoder_blocks if re.search(b.pattern, fc1_path))
+    assert [(b.kind, b.rank, b.alpha) for b in (unet, text)] == [("lora", 4, 2.0), ("lora", 2, 2.0)]
+    assert not any(re.search(b.pattern, q_path) for b in a.text_encoder_blocks)
+    # --network_train_unet_only: LoCon modules alone are applied, but the file holds LoKr tensors, from
+    # which dbspec's LoRA run cannot start (DBS357 at plan time): refused at conversion
+    outcome = _flux(tmp_path, "--network_train_unet_only", allow=True)
+    assert "holds lokr modules too" in messages(outcome, "DBS403")

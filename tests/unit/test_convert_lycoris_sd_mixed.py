@@ -172,3 +172,30 @@ def test_full_modules_are_full_blocks_from_twice_their_diff(tmp_path):
     assert _picks(a.conv_targets, "down_blocks.1.resnets.0.conv1")
     outcome = _convert(tmp_path / "no-full", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4)})
     assert plan_of(outcome, tmp_path / "no-full").adapter.init_scale == 1.0
+
+
+def test_unet_locon_with_clip_lokr_converts_like_the_reverse_pairing(tmp_path):
+    """A U-Net LoCon module beside a CLIP LoKr module (was refused with "it holds no module of the U-Net":
+    the LoKr modules, which lead the adapter, were read as a file of that kind alone): a LoKr adapter at the
+    CLIP module's values, the U-Net's LoCon module a block of kind lora over its layer; the reverse pairing
+    (U-Net LoKr, CLIP LoCon) a LoKr adapter with a lora text block. With --network_train_unet_only apply_to
+    drops the CLIP module: the LoKr kind has no layer to lead, refused (DBS403)."""
+    te = "text_encoder.text_model.encoder.layers.3.self_attn.k_proj"
+    for modules, unet_kind, text_kind in (
+        ({K: _locon(320, 320, 8, alpha=4.0), TE: _lokr(768, 768, 4, 4, alpha=2.0)}, "lora", None),
+        ({K: _lokr(320, 320, 4, 4, alpha=2.0), TE: _locon(768, 768, 8, alpha=4.0)}, None, "lora"),
+    ):
+        outcome = _convert(tmp_path / str(unet_kind), modules)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / str(unet_kind)).adapter
+        assert (a.kind, a.rank, a.alpha, a.factor) == ("lokr", 4, 2.0, 4) and a.init_weights
+        assert _picks(a.denoiser_targets, f"{ATTN}.to_k") and not _picks(a.denoiser_targets, f"{ATTN}.to_q")
+        assert _picks(a.text_encoder_targets, "text_model.encoder.layers.3.self_attn.k_proj")
+        unet, text = _block(a.blocks, f"{ATTN}.to_k"), _block(a.text_encoder_blocks, te)
+        assert (unet.kind, unet.rank, unet.alpha) == ("lora", 8, 4.0) if unet_kind else unet is None
+        assert (text.kind, text.rank, text.alpha) == ("lora", 8, 4.0) if text_kind else text is None
+    outcome = _convert(tmp_path / "only", modules, "--dim_from_weights --network_train_unet_only")
+    assert "DBS403" not in codes(outcome), errors(outcome)  # the U-Net LoKr leads: converts
+    only = {K: _locon(320, 320, 8, alpha=4.0), TE: _lokr(768, 768, 4, 4, alpha=2.0)}
+    outcome = _convert(tmp_path / "only2", only, "--dim_from_weights --network_train_unet_only")
+    assert "U-Net" in messages(outcome, "DBS403")

@@ -34,6 +34,7 @@ ALLOWED = {
     "dbspec/convert/kohya/lycoris_flow_file.py": "LyCORIS preset files: flux_train_network.py on flux only",
     "dbspec/convert/kohya/lycoris_flow_factor_file.py": "LyCORIS LoKr/LoHa file: no chroma layout",
     "dbspec/convert/kohya/lycoris_flow_rebuilt.py": "LyCORIS Diag-OFT/GLoRA file: Chroma, FLUX.1 widths",
+    "dbspec/convert/kohya/lycoris_flow_mixed.py": "LyCORIS mixed file: Chroma's T5 / final layer unmapped",
     "dbspec/convert/kohya/lycoris_flow_norms.py": "LyCORIS NormModule file: kohya's Flux / SD3 encoder lists",
     "dbspec/convert/kohya/lora_sd3.py": "kohya's networks.lora_sd3 -> the sd3 family's kohya target set",
     "dbspec/convert/kohya/file_ranks.py": "kohya lora_flux / lora_sd3 module names -> flux / sd3 paths",

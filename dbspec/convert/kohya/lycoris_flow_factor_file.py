@@ -350,19 +350,20 @@ def _full_file(
 
 
 def factor_file_adapter(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = "", beside: bool = False
 ) -> dict | str:
     """[adapter] values (kind, ranks, LoKr split, targets; "t5": train.t5) for the modules
     create_network_from_weights builds from a LoKr, LoHa or full file; else why not: "invalid:..." where
     LyCORIS fails (an IA3 file too), else what dbspec cannot express. `t5_idle`: why T5-XXL's modules
-    would never train (lycoris_flow_file._t5_idle), or ""."""
+    would never train (lycoris_flow_file._t5_idle), or "". `beside`: other kinds' modules hold the denoiser
+    (lycoris_flow_mixed.py), so these may be the text encoders' alone."""
     algos = sorted({m.algo or "none" for m in modules.values()})
     denoiser = [m for m in modules.values() if m.name.startswith("lora_unet")]
     text = [m.name for m in modules.values() if m.name.startswith("lora_te")]
     algo = algos[0]
     if len(algos) > 1:  # LoKr / LoHa / LoCon / full together: lycoris_flow_mixed.py (model.py picks it)
         return f"its modules are LyCORIS {' and '.join(algos)} modules; dbspec's adapter is of one kind"
-    if family == "chroma":
+    if family == "chroma" and not beside:  # a Chroma run of several kinds starts from the file (mixed_init)
         return f"dbspec's {algo} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     clip = clip_targets(text, family) if text and not unet_only else ([], None)
     if isinstance(clip, str):
@@ -387,7 +388,7 @@ def factor_file_adapter(
         built = [m for m in built if m is not patch]
     extra = next((f"{m.name}.{k}" for m in built for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
     bare = next((m.name for m in built if m.alpha is None), None)
-    if not denoiser:
+    if not denoiser and not (beside and built):
         return "it holds no module of the denoiser"
     dora = _dora(built, patch)
     if isinstance(dora, str):

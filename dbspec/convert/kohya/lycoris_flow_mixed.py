@@ -1,38 +1,59 @@
-"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon
-(`lora_down` / `lora_up`) and full (`diff` / `diff_b`) modules, LoKr, LoHa or LoCon among them. LyCORIS's
-create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own keys, one per
-kohya Linear (a fused q/k/v or linear1 one module), at the values its make_module_from_state_dict reads off
-the file, then train_network.py's load_weights loads the file into them (a FullModule: built at W + diff,
-its load hook adds the diff again, W + 2 diff).
+"""lycoris.kohya `--dim_from_weights` on Flux / SD3 with a LyCORIS file mixing LoKr, LoHa, LoCon (`lora_down`
+/ `lora_up`), full (`diff` / `diff_b`), Diag-OFT / BOFT and GLoRA modules, LoKr, LoHa or LoCon among them.
+LyCORIS's create_network_from_weights (lycoris-lora 4.1.3, lycoris/kohya.py) builds each module by its own
+keys, one per kohya Linear (a fused q/k/v or linear1 one module), at the values its
+make_module_from_state_dict reads off the file, then train_network.py's load_weights loads the file into
+them (a FullModule: built at W + diff, its load hook adds the diff again, W + 2 diff).
 
 dbspec's equivalent: a run of several kinds with `fused_projections` (runtime/mixed_kinds.py). The adapter is
 of the LoKr modules' kind when the file has some, else of the LoHa modules' (lycoris_flow_factor_file's
 values, targets and blocks for them, text encoders and T5-XXL included), else LoRA (the LoCon modules' most
 frequent rank and alpha, the others' as blocks; on the denoiser only); every other module is an
 `[[adapter.blocks]]` entry of its kind over its diffusers parts (a fused Linear's all), at its rank and alpha
-(a full block's rank only switches it on), placed first so that it takes its layers; the denoiser targets
+(a full block's rank only switches it on; a Diag-OFT / BOFT block's rank the block size of its `oft_blocks`,
+its alpha the constraint, a `rescale` its `rescaled`, as lycoris_sd_rebuilt._oft reads them; a GLoRA block's
+rank `a2`'s rows), placed first so that it takes its layers; the denoiser targets
 span every module's parts; full modules make the adapter's `init_scale` 2. The run starts from the file
-(runtime/mixed_init.py). Not expressed (why not returned): other kinds' modules on the text encoders (and a
-LoCon-led file's LoCon ones), Diag-OFT / BOFT / GLoRA modules beside them, SD3's patch convolution or Flux's
-final layer as another kind's module, and Tucker or weight-decomposition tensors there (a run of several
-kinds builds neither, DBS578). Checked against lycoris-lora in
-tests/runtime/test_lycoris_mixed_flow_file.py."""
+(runtime/mixed_init.py). Other kinds' CLIP modules (a LoCon-led file's CLIP LoCon ones too) are
+[[adapter.text_encoder_blocks]] of their kind, the text-encoder targets every kind's CLIP Linears; a LoKr /
+LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
+final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
+the file lacks; SD3's patch convolution of another kind is conv_targets `pos_embed.proj` with a block of that
+kind there at its conv_rank / conv_alpha. On Chroma the denoiser's modules map as Flux's. Not expressed (why
+not returned): T5-XXL modules of another kind than the adapter's, on Chroma a text-encoder module or the
+final layer, and Tucker or weight-decomposition tensors there (a run of several kinds builds neither,
+DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
+test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
-from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter, final_layer_block
-from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, check_loha, diffusers_targets, own_blocks
+from dbspec.convert.kohya.lycoris_flow_factor_file import (
+    _CLIPS,
+    _T5,
+    clip_targets,
+    factor_file_adapter,
+    final_layer_block,
+)
+from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans, _text_pattern
+from dbspec.convert.kohya.lycoris_flow_weights import (
+    LycorisModule,
+    check_loha,
+    diffusers_targets,
+    own_blocks,
+)
+from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 
 # the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
-_OTHERS = {"locon": "lora", "loha": "loha", "full": "full"}
+# (an `oft` module is Diag-OFT or BOFT by its blocks' shape: lycoris_sd_rebuilt._kind)
+_OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "glora": "glora"}
 
 
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
-    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon and full, LoKr, LoHa or
-    LoCon among them."""
+    """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon, full, Diag-OFT / BOFT and
+    GLoRA, LoKr, LoHa or LoCon among them."""
     algos = {m.algo for m in modules.values()} - {"norm"}
     return len(algos) > 1 and algos <= {"lokr", *_OTHERS} and bool(algos & {"lokr", "loha", "locon"})
 
@@ -45,12 +66,6 @@ def _locon_adapter(
     [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
     from collections import Counter
 
-    text = next((n for n in modules if not n.startswith("lora_unet_")), None)
-    if text is not None and not unet_only:
-        return (
-            f"module `{text}` is a LyCORIS LoCon module of a text encoder beside full modules: dbspec maps "
-            "such a file's LoCon modules on the denoiser only"
-        )
     pairs = {}
     for name, m in sorted(modules.items()):
         if not name.startswith("lora_unet_"):
@@ -75,18 +90,34 @@ def _locon_adapter(
     }
 
 
-def _values(m: LycorisModule) -> dict[str, Any] | str:
-    """Another kind's module as its block's kind, rank and alpha; else why not ("invalid:..." where
-    make_module_from_state_dict fails)."""
+def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
+    """Another kind's module as its block's kind, rank and alpha (`layer` "conv": SD3's 2x2 patch
+    convolution); else why not ("invalid:..." where make_module_from_state_dict fails)."""
     s = m.shapes
+    dims = 4 if layer == "conv" else 2
+    what = "convolution" if layer == "conv" else "Linear"
+    if m.algo == "oft":  # DiagOFTModule / ButterflyOFTModule at lora_dim = its block size s
+        kind = _kind(m)
+        found = _oft(m.name, m, kind)
+        if isinstance(found, str):
+            return found
+        spans = _spans(m.name, m, found["block_size"]) if kind == "diag-oft" else ""
+        if spans:
+            return spans
+        # a block's rank is its block-size hint, its alpha the constraint; a `rescale` its own row rescale
+        rescaled = {"rescaled": "on"} if found["rescaled"] else {}
+        return {"kind": kind, "rank": found["block_size"], "alpha": found["constraint"], **rescaled}
+    if m.algo == "glora":  # GLoRAModule: rank a2's rows, alpha float(alpha) (0: the rank)
+        found = _glora(m.name, m, layer)
+        return found if isinstance(found, str) else {"kind": "glora", **found}
     if m.algo == "full":
         odd = sorted(k for k in s if k not in ("diff", "diff_b"))
         if odd:
             return f"`{m.name}.{odd[0]}` is no tensor LyCORIS's FullModule reads beside `diff` / `diff_b`"
-        if len(s["diff"]) != 2:
-            dims = len(s["diff"])
+        if len(s["diff"]) != dims:
             return (
-                f"invalid:`{m.name}.diff` has {dims} dimensions, kohya's Linear 2: FullModule's copy_ raises"
+                f"invalid:`{m.name}.diff` has {len(s['diff'])} dimensions, kohya's {what} {dims}: "
+                "FullModule's copy_ raises"
             )
         return {"kind": "full", "rank": 1, "alpha": 1.0}
     if m.algo == "locon":
@@ -104,6 +135,11 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
         if "lora_down.weight" not in s:
             why = "LoConModule's make_module_from_state_dict fails"
             return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
+        if len(s["lora_down.weight"]) != dims:
+            return (
+                f"invalid:`{m.name}.lora_down.weight` has {len(s['lora_down.weight'])} dimensions, kohya's "
+                f"{what} {dims}: LoConModule's copy_ raises"
+            )
         rank = s["lora_down.weight"][0]
     else:  # LoHa beside a LoKr adapter
         odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
@@ -126,43 +162,79 @@ def _values(m: LycorisModule) -> dict[str, Any] | str:
 def flow_mixed_file(
     modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
 ) -> dict[str, object] | str:
-    """[adapter] values for a mixed file on `family` (flux or sd3; `t5_idle` as factor_file_adapter's);
+    """[adapter] values for a mixed file on `family` (flux, chroma, sd3; `t5_idle`: factor_file_adapter's);
     else why not ("invalid:..." where LyCORIS fails: DBS402; otherwise DBS403)."""
+    text_names = sorted(n for n in modules if n.startswith("lora_te"))
+    whole = modules
+    if unet_only:  # apply_to drops the text encoders' modules with --network_train_unet_only
+        modules = {n: m for n, m in modules.items() if n.startswith("lora_unet_")}
     algos = {m.algo for m in modules.values()}
-    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
-    others = {n: m for n, m in modules.items() if m.algo != own}
-    text = next((n for n in others if not n.startswith("lora_unet_")), None)
-    if text is not None and not unet_only:
+    if len(algos) == 1:  # --network_train_unet_only: the other kinds were the text encoders' alone
+        dropped = sorted({m.algo for m in (m for m in whole.values() if m.algo not in algos)})
         return (
-            f"module `{text}` is a LyCORIS {others[text].algo} module of a text encoder beside {own} "
-            "modules: "
-            "dbspec maps the other kinds' modules of such a file on the denoiser only"
+            f"with --network_train_unet_only (apply_to drops the text encoders' modules) its denoiser holds "
+            f"{next(iter(algos))} modules alone, and dbspec starts a run of one kind only from a file of "
+            f"that kind (it holds {' and '.join(dropped)} modules too)"
         )
+    own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
+    # the other kinds' modules, and a LoCon-led file's CLIP LoCon modules (blocks of kind lora there)
+    others = {
+        n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
+    }
+    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL and its final layer stay DBS403
+        text = next((n for n in sorted(modules) if not n.startswith("lora_unet_")), None)
+        if text is not None:
+            return (
+                f"module `{text}` is a text encoder's (Chroma's T5-XXL) beside {own} modules: dbspec maps "
+                "a Chroma file of several kinds on the denoiser only"
+            )
+        if "lora_unet_final_layer_linear" in modules:
+            return (
+                "module `lora_unet_final_layer_linear` (Chroma's final layer, diffusers' `proj_out`, whose "
+                "name every single block's linear2 ends with too) in a Chroma file of several kinds: dbspec "
+                "keeps the single blocks' linear2 out of it on Flux only"
+            )
+    t5 = next((n for n in sorted(others) if n.startswith(_T5.get(family, "lora_te"))), None)
+    if t5 is not None:
+        return (
+            f"module `{t5}` is T5-XXL's LyCORIS {others[t5].algo} module beside {own} modules: dbspec's "
+            "T5-XXL adapter (train.t5) is of the adapter's kind"
+        )
+    apart = set(others)  # LyCORIS ignores Flux's lora_te3_ names: no encoder of that index
+    clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS.get(family, ())))}
+    text_groups: dict[tuple, list[str]] = {}
+    if clips:
+        placed = clip_targets(sorted(clips), family)
+        if isinstance(placed, str):
+            return placed
+    for name, m in sorted(clips.items()):
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        text_groups.setdefault(tuple(values.items()), []).append(name)
     others = {n: m for n, m in others.items() if n.startswith("lora_unet_")}
     groups: dict[tuple, dict[str | None, dict[int | None, set[str]]]] = {}
     paths: list[str] = []
+    patch: dict[str, Any] | None = None
     for name, m in sorted(others.items()):
         found = flow_paths(family, name.removeprefix("lora_unet_"), lycoris=True)
         if found is None:
             return f"module `{name}` is no Linear of kohya's model dbspec places"
         blocks, index, parts = found
-        if not blocks and parts in (("pos_embed.proj",), ("proj_out",)):
-            return (
-                f"module `{name}` (diffusers' `{parts[0]}`) is a LyCORIS {m.algo} module beside {own} "
-                "modules: "
-                "dbspec places another kind there only on the blocks' Linears and the embedders"
-            )
-        values = _values(m)
+        values = _values(m, "conv" if parts == ("pos_embed.proj",) else "linear")
         if isinstance(values, str):
             return values
-        key = (values["kind"], values["rank"], values["alpha"])
+        if parts == ("pos_embed.proj",):  # SD3's patch convolution: conv_targets, its block's conv values
+            patch = values
+            continue
+        key = tuple(values.items())
         groups.setdefault(key, {}).setdefault(blocks, {}).setdefault(index, set()).update(parts)
         paths.extend(f"{blocks}.{index}.{p}" if blocks else p for p in parts)
-    mine = {n: m for n, m in modules.items() if m.algo == own}
+    mine = {n: m for n, m in modules.items() if n not in apart}
     if own == "locon":
         found = _locon_adapter(mine, family, unet_only)
     else:  # the LoKr / LoHa modules as a file of that kind alone
-        found = factor_file_adapter(mine, family, unet_only, t5_idle)
+        found = factor_file_adapter(mine, family, unet_only, t5_idle, beside=bool(others))
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
@@ -173,18 +245,37 @@ def flow_mixed_file(
                 "several kinds in one run without it (DBS578)"
             )
     blocks_out = [
-        {"pattern": pattern, "kind": kind, "rank": rank, "alpha": alpha}
-        for (kind, rank, alpha), lists in groups.items()
+        {"pattern": pattern, **dict(key)}
+        for key, lists in groups.items()
         for blocks, indices in lists.items()
         for pattern in _patterns(blocks, indices)
     ]
     out = dict(found)
-    out["denoiser_targets"] = [
-        *found["denoiser_targets"],
-        *(p for p in paths if p not in found["denoiser_targets"]),
-    ]
-    out["blocks"] = [*blocks_out, *found.get("blocks", ())]  # the other kinds' first: each takes its layers
-    if any(kind == "full" for kind, _, _ in groups):
+    targets = [*found["denoiser_targets"], *(p for p in paths if p not in found["denoiser_targets"])]
+    out["denoiser_targets"] = targets
+    # Flux's final layer (target `proj_out`, every single block's linear2 a suffix too) of any kind: a rank-0
+    # block for the linear2 the file lacks (the own kind's alone would leave the others' out)
+    theirs = final_layer_block(found["denoiser_targets"], family)
+    kept = [b for b in found.get("blocks", ()) if b not in theirs]
+    out["blocks"] = [*blocks_out, *final_layer_block(targets, family), *kept]  # the other kinds' first
+    if clips:  # the CLIP Linears of every kind's modules, the other kinds' blocks first
+        held = [n for n in text_names if n in modules and n.startswith(tuple(_CLIPS[family]))]
+        placed = clip_targets(held, family)
+        assert not isinstance(placed, str)  # each kind's modules placed alone
+        out["text_encoder_targets"], text_2 = placed
+        out.pop("text_encoder_2_targets", None)
+        if text_2 is not None:
+            out["text_encoder_2_targets"] = text_2
+        text_blocks = [
+            {"pattern": _text_pattern(names, family), **dict(key)} for key, names in text_groups.items()
+        ]
+        out["text_encoder_blocks"] = [*text_blocks, *found.get("text_encoder_blocks", ())]
+    if patch is not None:  # the adapter's convolution values where it has none (it holds no other)
+        pair = {"conv_rank": patch["rank"], "conv_alpha": patch["alpha"]}
+        out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
+        block = {**patch, "rank": out["rank"], "alpha": out["alpha"], **pair}
+        out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
+    if any(v["kind"] == "full" for v in (*map(dict, (*groups, *text_groups)), *([patch] if patch else []))):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0

@@ -281,11 +281,13 @@ def _own_blocks(
 
 
 def sd_factor_file(
-    modules: dict[str, LycorisModule], family: str, unet_only: bool
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, beside: bool = False
 ) -> dict[str, object] | str:
     """[adapter] values (blocks and text_encoder_blocks as lists of tables) for the network
     create_network_from_weights builds from a LoKr or LoHa file on `family` (SD 1.x/2.x or SDXL); else why
-    not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
+    not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `beside`: these are a mixed file's
+    modules of the adapter's kind (lycoris_sd_mixed.py), the U-Net's other kinds' blocks, so they may be
+    the text encoders' alone."""
     layers = sd_layers(family)
     unknown = layers.unknown(modules)
     if unknown:
@@ -316,7 +318,7 @@ def sd_factor_file(
         elif not unet_only:  # apply_to drops the text-encoder modules with --network_train_unet_only
             built_texts[slot].append(path)
             text[f"{layers.components[slot]}.{path}"] = values
-    if not unet:
+    if not unet and not (beside and text):
         return "it holds no module of the U-Net"
     every = [*unet.values(), *text.values()]
     pointwise = [(v["options"], v["alpha"]) for v in every if v["kernel"] != 3]

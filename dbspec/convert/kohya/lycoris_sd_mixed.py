@@ -9,7 +9,8 @@ Diag-OFT / BOFT / GLoRA: lycoris_sd_rebuilt.py), then `load_weights` loads the f
 
 dbspec's equivalent: a run of several kinds (runtime/mixed_kinds.py). The adapter is of the LoKr modules'
 kind when the file has some (lycoris_sd_factor.sd_factor_file's values and blocks for them: a lokr adapter's
-own LoKr layers may carry their own split), else of the LoHa modules', else LoRA; the other modules are
+own LoKr layers may carry their own split; they may be the text encoders' alone), else of the LoHa
+modules', else LoRA; the other modules are
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their `kind` at each module's rank and alpha
 (an OFT's block-size hint and constraint), placed first so that their patterns (exact among the file's
 layers) take their layers; the targets span every module's layer; the run starts from the file
@@ -152,7 +153,8 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
     if own == "locon":  # a LoRA adapter: its LoCon modules blocks of kind lora (the adapter's) too
         found = _locon_adapter(modules, layers)
     else:
-        found = sd_factor_file({n: m for n, m in modules.items() if m.algo == own}, family, unet_only)
+        mine = {n: m for n, m in modules.items() if m.algo == own}
+        found = sd_factor_file(mine, family, unet_only, beside=len(mine) < len(modules))
     if isinstance(found, str):
         return found
     own_blocks = [*found["blocks"], *found["text_encoder_blocks"]]

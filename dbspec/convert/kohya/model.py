@@ -1042,7 +1042,12 @@ def _lycoris_flow_from_weights(
         return done and _put_file_norms(norms, a, paths, conv)
     rebuilt = _rebuilt_file(a, paths)  # Diag-OFT, BOFT, GLoRA (IA3: factors')
     if rebuilt is not None:
+        from dbspec.convert.kohya.lycoris_flow_mixed import is_flow_mixed
+
         rebuilt = {n: m for n, m in rebuilt.items() if m.algo != "norm"}
+        if is_flow_mixed(rebuilt):  # LoCon modules beside them: a run of several kinds (lycoris_flow_mixed)
+            done = _lycoris_flow_factor_file(a, paths, conv, flow, rebuilt)
+            return done and _put_file_norms(norms, a, paths, conv)
         done = _lycoris_flow_rebuilt_file(a, paths, conv, flow, rebuilt)
         return done and _put_file_norms(norms, a, paths, conv)
     if _norms_alone(a, paths):
@@ -1303,7 +1308,7 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
-    if is_flow_mixed(modules) and family != "chroma":  # LoKr / LoHa / LoCon / full: a run of several kinds
+    if is_flow_mixed(modules):  # LoKr / LoHa / LoCon / full / OFT / GLoRA: a run of several kinds
         found = flow_mixed_file(modules, family, unet_only, _t5_idle(a))
     else:
         found = factor_file_adapter(modules, family, unet_only, _t5_idle(a))
