@@ -771,14 +771,7 @@ def map_text_encoder(
             "(the text encoders run, nothing of theirs trains)",
         )
         return False
-    first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
-    second = conv.values.get(("adapter", "text_encoder_2_targets"), (None, ""))[0]
-    # LyCORIS train_norm's NormModules make an encoder train too (the second's own where given)
-    norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]
-    norms_2 = conv.values.get(("adapter", "text_encoder_2_norms"), (None, ""))[0]
-    empty = first == [] and not norms
-    empty_2 = (first if second is None else second) == [] and not (norms if norms_2 is None else norms_2)
-    own = second is not None or norms_2 is not None
+    empty, empty_2, own = _text_layers_empty(conv)
     if not unet_only.value and empty != empty_2 and own:
         # a LyCORIS preset file adapting layers of one of SDXL's two encoders alone
         conv.record(unet_only, "mapped", "train.text_encoder")
@@ -820,13 +813,21 @@ def _builds_text_modules(a: Args, conv: Conversion, text_modules: bool) -> bool:
     module = a["network_module"].value if "network_module" in a else None
     if not text_modules or module in ("networks.oft", "networks.oft_flux"):
         return False
+    empty, empty_2, _ = _text_layers_empty(conv)
+    return not (empty and empty_2)
+
+
+def _text_layers_empty(conv: Conversion) -> tuple[bool, bool, bool]:
+    """Whether a LyCORIS preset's walk left the first and the second text encoder without a layer (targets
+    written as [] and no train_norm NormModules, which make an encoder train too), and whether the second
+    encoder's targets or norms were written apart (the second reads the first's otherwise)."""
     first = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
     second = conv.values.get(("adapter", "text_encoder_2_targets"), (None, ""))[0]
     norms = conv.values.get(("adapter", "text_encoder_norms"), (None, ""))[0]
     norms_2 = conv.values.get(("adapter", "text_encoder_2_norms"), (None, ""))[0]
     empty = first == [] and not norms
     empty_2 = (first if second is None else second) == [] and not (norms if norms_2 is None else norms_2)
-    return not (empty and empty_2)
+    return empty, empty_2, second is not None or norms_2 is not None
 
 
 def _file_refused(a: Args, conv: Conversion) -> bool:
