@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from google.protobuf.message import DecodeError
 
 from dbspec.plan.model import LoggingPlan
 from dbspec.runtime.execute import RunError, execute
@@ -80,7 +81,7 @@ def finished_records(path: Path, wait_s: float = 60.0) -> list:
     while True:
         try:
             records = list(wandb_records(path))
-        except Exception:  # noqa: BLE001 - a chunk still being written
+        except (DecodeError, struct.error):  # a chunk still being written
             records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records

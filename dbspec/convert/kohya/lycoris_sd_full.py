@@ -112,12 +112,9 @@ def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool
                 f"{INVALID}module `{name}` is kohya's {cls} `{path}`, which LyCORIS's FullModule does not "
                 "take (Linear and convolution layers only): ValueError"
             )
-        dims = len(module.shapes["diff"])
-        if dims != (2 if kind == "linear" else 4):
-            return (
-                f"{INVALID}`{name}.diff` has {dims} dimensions; kohya's `{path}` is a "
-                f"{'Linear' if kind == 'linear' else 'convolution'}: FullModule's copy_ raises"
-            )
+        wrong = diff_dims_error(name, module, path, conv=kind != "linear")
+        if wrong:
+            return wrong
         if slot is None:
             unet[layers.unet_path(path)] = kind
         elif not unet_only:  # apply_to drops the text-encoder modules with --network_train_unet_only
@@ -136,3 +133,14 @@ def sd_full_file(modules: dict[str, LycorisModule], family: str, unet_only: bool
     if text_2 is not None:
         out["text_encoder_2_targets"] = text_2
     return out
+
+
+def diff_dims_error(name: str, module: LycorisModule, path: str, conv: bool) -> str:
+    """Why a full module's `diff` cannot be kohya's layer `path` (a convolution's is 4-D, a Linear's 2-D:
+    FullModule's copy_ raises, DBS402); "" when it fits."""
+    dims = len(module.shapes["diff"])
+    if dims == (4 if conv else 2):
+        return ""
+    kind = "convolution" if conv else "Linear"
+    what = f"`{name}.diff` has {dims} dimensions; kohya's `{path}` is a {kind}"
+    return f"{INVALID}{what}: FullModule's copy_ raises"

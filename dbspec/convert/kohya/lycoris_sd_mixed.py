@@ -29,7 +29,7 @@ from dbspec.convert.kohya.lycoris_file import Row, _suffixes, _text_targets
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule
 from dbspec.convert.kohya.lycoris_maps import _pattern
 from dbspec.convert.kohya.lycoris_sd_factor import _module, sd_factor_file
-from dbspec.convert.kohya.lycoris_sd_full import INVALID, sd_layers
+from dbspec.convert.kohya.lycoris_sd_full import INVALID, diff_dims_error, sd_layers
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _oft
 from dbspec.convert.kohya.lycoris_sd_rebuilt import _kind as _oft_kind
 
@@ -80,13 +80,7 @@ def _full(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] 
             f"`{name}.{odd[0] if odd else 'diff'}`: a full module of no tensors but `diff` / `diff_b` beside "
             "modules of other kinds; dbspec starts only from a file whose every tensor it places"
         )
-    dims = len(m.shapes["diff"])
-    if dims != (4 if layer == "conv" else 2):
-        return (
-            f"{INVALID}`{name}.diff` has {dims} dimensions; kohya's `{path}` is a "
-            f"{'convolution' if layer == 'conv' else 'Linear'}: FullModule's copy_ raises"
-        )
-    return {"rank": 1, "alpha": 1.0}
+    return diff_dims_error(name, m, path, conv=layer == "conv") or {"rank": 1, "alpha": 1.0}
 
 
 def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
