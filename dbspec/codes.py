@@ -2860,11 +2860,11 @@ per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other 
         ERROR,
         "IA^3's bypass on a transformer family",
         """\
-`bypass = true` on a `kind = "ia3"` adapter gives its layers LyCORIS IA3Module's bypass forward (the output
-scaled, its bias included), checked against lycoris-lora 4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On
-Flux, SD3 and Chroma kohya's network scales whole fused Linears (and their inputs), which dbspec's parts do
-not reproduce with it yet.""",
-        help="remove adapter.bypass, or train the IA^3 adapter on SD 1.x/2.x or SDXL",
+No longer raised: `bypass = true` on a `kind = "ia3"` adapter gives its layers LyCORIS IA3Module's bypass
+forward on Flux, SD3 and Chroma too: a fused Linear's output, its bias included, scaled by (1 + s) is each
+part's output scaled by its own rows of s (checked against lycoris-lora 4.1.3's IA3Module on kohya's fused
+Linear).""",
+        reserved=True,
     ),
 )
 

@@ -3658,24 +3658,6 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-@rule("spec")
-def ia3_bypass_family(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DBS594: an IA^3 adapter's `bypass` (runtime/lycoris_ia3.py, checked against lycoris-lora's IA3Module
-    on unfused layers) on a transformer family; silent for family = "auto" (run again with the detected
-    family)."""
-    a = spec.adapter
-    family = FAMILIES.get(spec.model.family)
-    if getattr(a, "kind", "") != "ia3" or not a.bypass or family is None or family.denoiser == "unet":
-        return
-    yield _err(
-        "DBS594",
-        ("adapter", "bypass"),
-        f'adapter.bypass with kind = "ia3" on {family.title}: dbspec gives IA^3 LyCORIS\'s bypass forward '
-        "on SD 1.x/2.x and SDXL (unfused layers) only",
-        codes.help("DBS594"),
-    )
-
-
 def _blocks_bypass(a) -> Iterator[Hit]:
     """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT, DyLoRA and IA^3
     blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several

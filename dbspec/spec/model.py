@@ -1284,7 +1284,8 @@ class Ia3Adapter:
         doc="LyCORIS `bypass_mode` (IA3Module's bypass forward): scale the layer's output channels, its "
         "bias included, by (1 + s) instead of the weight's rows (the default forward leaves the bias as it "
         "is); an `input_targets` layer reads its input scaled, the same update either way. The export is "
-        "the same tensors; kohya's file records `bypass_mode`. SD 1.x/2.x and SDXL only (DBS594).",
+        "the same tensors; kohya's file records `bypass_mode`. On Flux / SD3 / Chroma a fused Linear's parts "
+        "each scale their own rows: its whole output scaled, as IA3Module on kohya's fused layer.",
     )
     exclude: list[str] = _exclude("scale", _EXCLUDED_LAYER)
     # kohya lycoris.kohya algo=ia3 on kohya's Flux / SD3: one IA3Module per fused Linear (its one draw)

@@ -887,6 +887,26 @@ def test_ia3_dropouts_on_flux(tmp_path):
     assert fate(outcome, "network_args module_dropout") == "mapped"
 
 
+def test_ia3_bypass_mode_on_flux_is_the_adapters_bypass(tmp_path):
+    """algo=ia3 bypass_mode=True (was DBS403 / DBS594): IA3Module's bypass forward, each fused Linear's
+    output, bias included, times (1 + s), which each part computes for its own rows (no input side on
+    kohya's Flux): adapter.bypass, beside module_dropout's shared draw
+    (tests/runtime/test_lycoris_flux_ia3.py against lycoris-lora 4.1.3); `dropout`, which its bypass
+    forward never reads either, stays DBS405; LyCORIS's str_bool: "false" is off."""
+    outcome = _flux(
+        tmp_path, "--network_args algo=ia3 preset=full bypass_mode=True module_dropout=0.2 dropout=0.1"
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args bypass_mode") == "mapped"
+    assert fate(outcome, "network_args dropout") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.bypass, a.module_dropout, a.input_targets) == ("ia3", True, 0.2, ())
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    outcome = _flux(tmp_path, "--network_args algo=ia3 preset=full bypass_mode=false")
+    assert fate(outcome, "network_args bypass_mode") == "inert"
+    assert not plan_of(outcome, tmp_path).adapter.bypass
+
+
 @pytest.mark.parametrize("value", ["True", "1", "False"])
 def test_ia3_train_on_input_in_network_args_is_never_read(tmp_path, value):
     """lycoris-lora 4.1.3's create_network hands LycorisNetworkKohya a fixed argument list without

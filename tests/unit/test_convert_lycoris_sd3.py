@@ -372,6 +372,10 @@ def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_co
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert a.module_dropout == 0.25 and a.fused and all(len(f.parts) == 3 for f in a.fused)
+    # bypass_mode (was DBS403 / DBS594): IA3Module's bypass forward, each part scaling its own output rows
+    outcome = _sd3(tmp_path, "--network_args algo=ia3 preset=full bypass_mode=True")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.bypass
 
 
 @pytest.mark.parametrize("algo", ["locon", "lokr"])

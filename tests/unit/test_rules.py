@@ -1438,12 +1438,6 @@ CASES = [
         + '[adapter]\nkind = "lora"\nfused_projections = true\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 1.0\nunit = 4\n",
     ),
-    (  # IA^3's bypass: SD 1.x/2.x and SDXL only (issue 12)
-        rules.ia3_bypass_family,
-        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n',
-        [("DBS594", "error", ("adapter", "bypass"))],
-        'family = "sdxl"\n' + DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n',
-    ),
     (  # a DyLoRA adapter with blocks of other kinds on SD3: fused_projections too (issue 12)
         rules.mixed_kinds_family,
         'family = "sd3"\n'

@@ -638,8 +638,11 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     mean nothing to it; IA3Module never reads `dropout` (--network_dropout) or rank_dropout (DBS405; the
     NormModules of train_norm draw rank_dropout: adapter.rank_dropout). Its module_dropout is
     IA3Module.forward's one draw per module and training forward: `module_dropout` with
-    `fused_projections` (the parts of a fused Linear share the draw, runtime/fused.py FusedSkip). False when
-    refused."""
+    `fused_projections` (the parts of a fused Linear share the draw, runtime/fused.py FusedSkip).
+    `bypass_mode` (LyCORIS's str_bool) is IA3Module's bypass forward: the fused Linear's whole output, its
+    bias included, times (1 + s), which is each part's output times its own rows' slice of s (no input side
+    here): adapter.bypass (tests/runtime/test_lycoris_flux_ia3.py against lycoris-lora 4.1.3's IA3Module on
+    the stacked Linear). False when refused."""
     module, args = a["network_module"], a["network_args"]
     layers, text = layout.presets[preset]
     if "train_on_input" in kwargs:
@@ -674,6 +677,17 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
             conv.inert(legacy, "0 is off")
     if network_dropout.value and float(network_dropout.value) and not own_dropout:
         conv.ignored(network_dropout, "IA3Module takes it (as `dropout`) and never reads it")
+    if "bypass_mode" in kwargs:
+        legacy = Legacy(key=f"{args.key} bypass_mode", value=kwargs.pop("bypass_mode"), source=args.source)
+        if _off(legacy.value):
+            conv.inert(legacy, "false is off")
+        else:  # IA3Module._bypass_forward: the output scaled, its bias too; each part its own rows
+            conv.mapped(
+                legacy,
+                ("adapter", "bypass"),
+                True,
+                note="IA3Module's bypass forward: each fused Linear's output, bias included, times (1 + s)",
+            )
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
