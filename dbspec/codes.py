@@ -2707,8 +2707,8 @@ Chroma with `fused_projections`, each fused Linear one LyCORIS module of its blo
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
 `multiplier`, `max_norm`, `freeze_down`, `dora`, `tucker`, `scalar`, `full_matrix` (but on a lokr adapter:
 its LoKr layers alone read it), `rank_stabilized`, `ggpo`, `fused_projections` (but on Flux, SD3 and
-Chroma; there not with `bypass` and DyLoRA blocks: `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks
-LyCORIS's bypass forward on SD 1.x/2.x and SDXL, Diag-OFT and IA^3 blocks also on fused layers) and
+Chroma, where `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks LyCORIS's bypass forward of the one
+module on each fused Linear, each part its own rows) and
 `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts such a run, its DyLoRA layers
 taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
 Chroma); nor a block's own `scalar`, `tucker` (but a `kind = "lora"` block's on the denoiser's

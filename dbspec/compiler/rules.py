@@ -3661,23 +3661,11 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
 def _blocks_bypass(a) -> Iterator[Hit]:
     """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT, DyLoRA and IA^3
     blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several
-    blocks per layer cannot run it (DBS549); DyLoRA blocks with fused_projections (Flux / SD3 / Chroma)
-    DBS578."""
+    blocks per layer cannot run it (DBS549). With fused_projections (Flux / SD3 / Chroma) each block's parts
+    compute their own rows of LyCORIS's one module's bypass forward on the fused Linear: a Diag-OFT block
+    never spans two parts, BOFT's and DyLoRA's parts are tied (the butterfly over the stacked output, one
+    down and draw), IA^3 scales rows (tests/runtime/test_lycoris_mixed_flow_bypass.py)."""
     found = bypass_blocks(a)
-    # Flux / SD3 / Chroma: a Diag-OFT / IA^3 block's parts each rotate / scale their own rows of the fused
-    # output (a Diag-OFT block never spans two parts), LyCORIS's bypass forward on the fused Linear
-    # (tests/runtime/test_lycoris_mixed_flow_bypass.py); DyLoRA's there unchecked
-    dylora = [(t, i) for t, i in found if getattr(a, t)[i].kind == "dylora"]
-    if dylora and getattr(a, "fused_projections", False):
-        table, i = dylora[0]
-        yield _err(
-            "DBS578",
-            ("adapter", "bypass"),
-            f'adapter.bypass with adapter.{table}[{i}].kind = "dylora" and fused_projections: dbspec gives '
-            "DyLoRA blocks beside other kinds LyCORIS's bypass forward on SD 1.x/2.x and SDXL (unfused "
-            "layers) only",
-            codes.help("DBS578"),
-        )
     if not found:
         yield _warn(
             "DBS216",

@@ -753,9 +753,9 @@ def _mixed_bypass():
         "add up (down x) unscaled, as LyCORIS's bypass forward does, in training, validation and sampling; "
         '`"ia3"` layers scale their output channels, their bias included; '
         "`glora` layers and the adapter's own compute the same update either way. The exports are the "
-        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216); "
-        "`dylora` blocks not with `fused_projections` (DBS578; Diag-OFT / IA^3 parts of a fused Linear each "
-        "rotate / scale their own rows of its output).",
+        "same tensors, kohya's file records `bypass_mode`. No effect without such blocks (DBS216). With "
+        "`fused_projections` each part of a fused Linear computes its own rows of LyCORIS's one module's "
+        "bypass forward on it (BOFT's butterfly over every part's output, DyLoRA's shared down).",
     )
 
 

@@ -1,14 +1,19 @@
 """lycoris.kohya `bypass_mode` on a Flux LoCon network whose preset file gives the double blocks' image q/k/v
-Diag-OFT and the single blocks' linear1 and img_in IA^3 (issue 12): on kohya's fused Linear LyCORIS's bypass
-forward rotates (DiagOFTModule) or scales (IA3Module) the whole stacked output, its bias included; each
-diffusers part rotating / scaling its own rows is the same (a Diag-OFT block never spans two parts), which the
+Diag-OFT, their text q/k/v BOFT, the single blocks' linear1 DyLoRA (one block) and img_in IA^3 (issue 12): on
+kohya's fused Linear LyCORIS's bypass forward rotates (DiagOFTModule, ButterflyOFTModule) the whole stacked
+output, its bias included, or adds up(down(x)) unscaled (DyLoraModule); each diffusers part computing its own
+rows of that is the same (a Diag-OFT block never spans two parts; BOFT's butterfly, whose 12-row blocks do
+span them, runs over every part's output, runtime/lycoris_boft.py; DyLoRA's parts share the down), which the
 converted adapter's `bypass` gives those blocks (was DBS578). A tiny run trains and resumes bit-exact, and its
 export, loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) from the same file on kohya's
 layers rebuilt from the trained parts, computes the trained parts' stacked outputs, which the same modules'
-default forward does not."""
+default forward does not (IA^3 on fused Linears in bypass: tests/runtime/test_lycoris_flux_ia3.py)."""
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from torch import nn
 
@@ -17,12 +22,13 @@ from tests.runtime.test_lycoris_mixed_flow_full import (
     _check_kohya_outputs,
     _kohya_layers,
     _kohya_tree,
-    _lycoris_network,
     _run,
     _trained,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
+from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS, _kohya_clip
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 BYPASS_FILE = """\
 use_fnmatch = true
@@ -33,9 +39,15 @@ exclude_name = ["*.norm*"]
 
 [name_algo_map."double_blocks.*.img_attn.qkv"]
 algo = "diag-oft"
-[name_algo_map."single_blocks.*.linear1"]
-algo = "ia3"
 [name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "boft"
+dim = 18
+[name_algo_map."single_blocks.*.linear1"]
+algo = "dylora"
+dim = 4
+alpha = 2
+block_size = 4
+[name_algo_map."double_blocks.*.img_attn.proj"]
 algo = "loha"
 dim = 2
 alpha = 1
@@ -55,8 +67,8 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
     plan = plan_of(outcome, tmp_path, base)
     a = plan.adapter
     assert (a.kind, a.bypass) == ("lora", True) and a.fused
-    assert {b.kind for b in a.blocks} == {"diag-oft", "ia3", "loha"}
-    planned, whole, tensors = _run(tmp_path, {"diag-oft", "ia3"}, base)
+    assert {b.kind for b in a.blocks} == {"diag-oft", "boft", "dylora", "ia3", "loha"}
+    planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", "dylora", "ia3"}, base)
     assert planned.adapter.bypass
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
@@ -65,15 +77,24 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
     network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors)
     kinds = {type(m).__name__ for m in network.values()}
-    assert {"DiagOFTModule", "IA3Module", "LohaModule", "LoConModule"} <= kinds
+    modules = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module", "LohaModule"}
+    assert {*modules, "LoConModule"} <= kinds
+    # BOFT's butterfly over the 48 stacked q/k/v rows: 3 stages of 4 blocks of 12 rows, spanning the parts
+    assert network["lora_unet_double_blocks_0_txt_attn_qkv"].oft_blocks.shape == (3, 4, 12, 12)
     assert all(m.bypass_mode for m in network.values())
     _check_kohya_outputs(tree, layers, names)
-    # the same modules' default forward: the fused biases neither rotated nor scaled, another output
+    # the same modules' default forward: the fused biases neither rotated nor scaled, DyLoRA's update at
+    # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled: another output
     for m in network.values():
         m.bypass_mode = False
     differs = []
     with torch.no_grad():
-        for path in ("double_blocks.0.img_attn.qkv", "single_blocks.0.linear1", "img_in"):
+        for path in (
+            "double_blocks.0.img_attn.qkv",
+            "double_blocks.0.txt_attn.qkv",
+            "single_blocks.0.linear1",
+            "img_in",
+        ):
             parts, order = layers[path]
             x = torch.randn(3, parts[0].base_layer.in_features)
             differs.append((tree.get_submodule(path)(x) - _trained(parts, order, x)[0]).abs().max() > 1e-4)
@@ -81,13 +102,27 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
 
 
 def lycoris_kohya_network(monkeypatch, file, clip, tree, tensors) -> dict[str, nn.Module]:
-    """_lycoris_network with the network in bypass_mode (create_network hands every module its str_bool)."""
-    import lycoris.kohya as lycoris_kohya
-
-    real = lycoris_kohya.create_network
-
-    def bypassed(*args, **kwargs):
-        return real(*args, **kwargs, bypass_mode="True")
-
-    monkeypatch.setattr(lycoris_kohya, "create_network", bypassed)
-    return _lycoris_network(monkeypatch, "locon", file, [clip, nn.Module()], tree, tensors)
+    """lycoris-lora's create_network from the preset file on kohya's layers in bypass_mode (create_network
+    hands every module its str_bool; network_dim 4, alpha 1, as converted), applied, the export loaded: every
+    key a module's, every module's key in it, but DyLoraModule's, whose network state names its blocks
+    (`down_list.0` / `up_list.0`) where its saved file holds the LoRA layout (`lora_down` / `lora_up`): those
+    copied into its one block."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    encoders = [clip, nn.Module()]
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, encoders, tree, algo="locon", preset=str(file), bypass_mode="True"
+    )
+    made.apply_to(encoders, tree, apply_text_encoder=True, apply_unet=True)
+    result = made.load_state_dict(tensors, strict=False)
+    modules = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    dylora = {n for n, m in modules.items() if type(m).__name__ == "DyLoraModule"}
+    assert {k.split(".")[0] for k in [*result.missing_keys, *result.unexpected_keys]} <= dylora, result
+    for name in dylora:
+        module = modules[name]
+        assert module.block_count == 1  # bypass_mode: one block per layer
+        with torch.no_grad():
+            module.down_list[0].copy_(tensors[f"{name}.lora_down.weight"])
+            module.up_list[0].copy_(tensors[f"{name}.lora_up.weight"])
+    return modules

@@ -1124,10 +1124,12 @@ algo = "ia3"
 
 @pytest.mark.parametrize("network", ["locon", "lokr"])
 def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
-    """A LoCon / LoKr network's bypass_mode beside Diag-OFT and IA^3 entries on kohya's fused Linears: their
-    modules' bypass forward (the stacked output rotated / scaled, bias included), each part its own rows:
-    the adapter's `bypass` (was DBS403 / DBS578; tests/runtime/test_lycoris_mixed_flow_bypass.py against
-    lycoris-lora 4.1.3); DyLoRA entries there, or a dropout, stay DBS403 naming why."""
+    """A LoCon / LoKr network's bypass_mode beside Diag-OFT, IA^3, BOFT and DyLoRA entries on kohya's fused
+    Linears: their modules' bypass forward (the stacked output rotated / scaled, bias included; DyLoRA's
+    update unscaled), each part its own rows: the adapter's `bypass` (was DBS403 / DBS578;
+    tests/runtime/test_lycoris_mixed_flow_bypass.py against lycoris-lora 4.1.3); a DyLoRA entry of several
+    blocks is DBS402 (DyLoraModule's bypass forward fails in training), a dropout stays DBS403 naming
+    why."""
     args = f'"algo={network}" "bypass_mode=True"'
     outcome = _flux(tmp_path / "oft", FLUX_BYPASS.replace("OFT", "diag-oft"), args)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -1138,8 +1140,14 @@ def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
     outcome = _flux(tmp_path / "off", FLUX_BYPASS.replace("OFT", "diag-oft"), f'"algo={network}"')
     assert not plan_of(outcome, tmp_path / "off").adapter.bypass
     dylora = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "dylora"\ndim = 4\nblock_size = 4')
-    outcome = _flux(tmp_path / "dylora", dylora, args, allow=True)
-    assert "DBS578" in messages(outcome, "DBS403") and "dylora" in messages(outcome, "DBS403")
+    dylora = dylora.replace('algo = "ia3"', 'algo = "boft"\ndim = 42')
+    outcome = _flux(tmp_path / "dylora", dylora, args)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dylora").adapter
+    assert a.bypass and {b.kind for b in a.blocks} >= {"dylora", "boft"}
+    several = dylora.replace("block_size = 4", "block_size = 2")
+    outcome = _flux(tmp_path / "several", several, args, allow=True)
+    assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
     drop = f'{args} "dropout=0.1"'
     outcome = _flux(tmp_path / "drop", FLUX_BYPASS.replace("OFT", "diag-oft"), drop, allow=True)
     assert "DBS403" in codes(outcome) and fate(outcome, "network_args preset") == "unsupported"

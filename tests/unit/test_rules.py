@@ -1538,17 +1538,17 @@ CASES = [
         + '[adapter]\nkind = "lora"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
     ),
-    (  # ... DyLoRA blocks on unfused layers (SD 1.x/2.x, SDXL) only; Diag-OFT / IA^3 ones on fused layers too
+    (  # ... DyLoRA blocks on fused layers too (was DBS578), one block per layer
         rules.dylora_bypass_runs,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n",
-        [("DBS578", "error", ("adapter", "bypass"))],
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n",
+        [("DBS549", "error", ("adapter", "blocks", 0, "rank"))],
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nbypass = true\nfused_projections = true\n'
-        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"diag-oft\"\nrank = 4\nalpha = 0.0\n",
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n",
     ),
     (  # ... a DyLoRA block of one block per layer only (LyCORIS's bypass forward)
         rules.dylora_bypass_runs,

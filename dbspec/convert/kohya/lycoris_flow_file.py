@@ -313,22 +313,13 @@ def flux_preset_file(
     # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
     kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
-    # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT and IA^3 entries
-    # their bypass forward (each fused Linear's parts their own rows: lycoris_flux.py; DyLoRA's, unchecked
-    # there, and any dropout stay DBS403)
+    # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT, BOFT, IA^3 and
+    # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
+    # output: lycoris_flux.py; a dropout stays DBS403)
     bypass = kind in ("lora", "loha", "lokr")
     blocks, text_blocks, inert = map_blocks(
         found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass
     )
-    if bypass and network.get("bypass_mode"):
-        dylora = next((b for b in [*blocks, *text_blocks] if b.get("kind") == "dylora"), None)
-        if dylora is not None:
-            raise PresetError(
-                f"an entry gives layers ({dylora['pattern']}) algo dylora on a network in bypass_mode: "
-                "dbspec gives DyLoRA blocks beside other kinds LyCORIS's bypass forward on SD 1.x/2.x and "
-                "SDXL only (DBS578)",
-                False,
-            )
     if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
         own = {
             layer.source

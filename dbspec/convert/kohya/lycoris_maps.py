@@ -169,8 +169,8 @@ def check_layers(
     create_network hands every module for each option; dbspec's adapter options apply to every layer, but
     what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
     dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
-    LyCORIS bypass forward (SD 1.x/2.x and SDXL, network.py; elsewhere bypass_mode converts only where every
-    algorithm's bypass forward is inert); the
+    LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
+    fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
@@ -184,7 +184,7 @@ def check_layers(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
             "LoKr, DyLoRA and GLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, "
-            "ia3, diag-oft, glora or dylora (on SD 1.x/2.x and SDXL also boft) entries, on SD 1.x/2.x, "
+            "ia3, diag-oft, boft, glora or dylora entries, on SD 1.x/2.x, "
             "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
             + _NO_KIND_BLOCKS.get(_algo(algo), ""),
             False,
