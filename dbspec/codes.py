@@ -2748,6 +2748,18 @@ rescale).""",
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(
+        "DBS582",
+        ERROR,
+        "A block's own bypass on a transformer family",
+        """\
+`bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
+file's map entry with its own `bypass_mode`) gives the matched Diag-OFT, BOFT, DyLoRA or IA^3 layers
+LyCORIS's bypass forward, or its default one, apart from the adapter's `bypass`; checked against lycoris-lora
+4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On Flux, SD3 and Chroma (`fused_projections`) one LyCORIS
+module spans a fused Linear's parts, which dbspec does not give a bypass_mode of their own yet.""",
+        help="set the block's bypass to \"adapter\" (the adapter's `bypass` on every layer)",
+    ),
+    Code(
         "DBS583",
         ERROR,
         "A block's own LyCORIS weight decomposition with an option that needs one setting",
@@ -2854,6 +2866,20 @@ or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS pr
 its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
 per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
+    ),
+    Code(
+        "DBS592",
+        ERROR,
+        "A block's own bypass on layers whose bypass forward is not their own",
+        """\
+`bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
+file's map entry with its own `bypass_mode`) gives the matched layers LyCORIS's bypass forward, or its default
+one, where the two differ: on a lora, loha or lokr adapter's blocks of `kind = "diag-oft"` / `"boft"` (the
+output rotated, its bias included), `"ia3"` (the output scaled, its bias included) or `"dylora"` (its one
+block added unscaled). LoRA/LoCon, LoHa, LoKr and GLoRA layers compute the same update in either forward
+without dropouts (a run of several kinds has none); other adapter kinds' blocks take the adapter's
+`bypass`.""",
+        help='set the block\'s bypass to "adapter", or its kind to "diag-oft", "boft", "dylora" or "ia3"',
     ),
     Code(
         "DBS594",

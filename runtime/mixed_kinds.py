@@ -27,6 +27,8 @@ import torch
 from dbspec.plan.model import AdapterPlan
 
 KIND_CONFIGS = "dbspec_kind_configs"  # the module attribute: {kind: peft config} of the other kinds
+# the kinds whose LyCORIS bypass forward differs from their default one (compiler/adapters.py BYPASS_KINDS)
+BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def mixed(adapter: AdapterPlan) -> bool:
@@ -71,7 +73,61 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
+    if not own:  # the kind's layers built in its blocks' bypass_mode: when they differ, in the default
+        # forward, set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer
+        # build only there)
+        extra["bypass"] = all(block_bypass(adapter, b) for b in getattr(adapter, table) if b.kind == kind)
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
+
+
+def block_bypass(adapter: AdapterPlan, block) -> bool:
+    """The block's settled bypass_mode (None in plan files written before it: the adapter's)."""
+    return adapter.bypass if block.bypass is None else block.bypass
+
+
+def own_bypass(adapter: AdapterPlan) -> bool:
+    """Some Diag-OFT / BOFT / DyLoRA / IA^3 block's settled bypass_mode (plan BlockPlan.bypass: a LyCORIS map
+    entry's own) differs from the adapter's."""
+    return any(
+        b.kind in BYPASS_KINDS and block_bypass(adapter, b) != adapter.bypass
+        for b in (*adapter.blocks, *adapter.text_encoder_blocks)
+    )
+
+
+def set_block_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> int:
+    """Each Diag-OFT, BOFT, IA^3 and DyLoRA layer of `module` (the denoiser; a text encoder, `component`
+    named) in the bypass_mode of its block (the first whose pattern matches it, as it chose the layer's kind:
+    runtime/blocks.py), where some block's differs from the adapter's (own_bypass): LyCORIS's
+    create_single_module hands a map entry's own bypass_mode to its modules over the network's. How many
+    layers run the bypass forward."""
+    from dbspec.runtime.blocks import block_of
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.exports import clip_path
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    if not own_bypass(adapter):
+        return 0
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
+    count = 0
+    for path, layer in module.named_modules():
+        if not isinstance(layer, (DiagOftLayer, Ia3Layer, DyloraLayer)):
+            continue
+        block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
+        if block is None or block.kind not in BYPASS_KINDS:
+            continue  # the adapter's own kind (its `bypass`)
+        bypass = block_bypass(adapter, block)
+        if isinstance(layer, DyloraLayer):
+            if bypass and any(r != layer.unit for r in layer.r.values()):
+                raise ValueError(f"DyLoRA bypass at {path}: LyCORIS runs it with one block per layer")
+            layer.dylora_bypass = bypass
+        elif isinstance(layer, Ia3Layer):
+            layer.ia3_bypass = bypass
+        else:
+            layer.oft_bypass = bypass
+        count += bypass
+    return count
 
 
 def add_mixed(
@@ -108,6 +164,7 @@ def add_mixed(
     first = adapter.kind if adapter.kind in configs else next(iter(configs))
     module.peft_config = {"default": configs.pop(first)}
     setattr(module, KIND_CONFIGS, configs)
+    set_block_bypass(module, adapter, component)  # blocks' own bypass_mode (LyCORIS map entries')
 
 
 @contextmanager

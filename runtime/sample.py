@@ -13,7 +13,7 @@ import torch
 
 from dbspec.families import FAMILIES, family_spec
 from dbspec.runtime.families import family_runtime
-from dbspec.runtime.mixed_kinds import mixed
+from dbspec.runtime.mixed_kinds import mixed, own_bypass
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
@@ -326,7 +326,8 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or adapter.dora_axis == "input")
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
-        blocks=adapter if adapter and adapter.kind == "lokr" else None,
+        # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass)
+        blocks=adapter if adapter and (adapter.kind == "lokr" or own_bypass(adapter)) else None,
     )
     if adapter and adapter.kind == "diag-oft" and adapter.fused:  # LyCORIS's one module per fused Linear
         from dbspec.runtime.lycoris_oft import link_fused_oft

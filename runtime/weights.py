@@ -403,13 +403,19 @@ def load_peft_adapters(
     or LoCon on fused layers (its per-column weight decomposition's one magnitude per fused layer); or BOFT
     on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
     `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
-    the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora)."""
+    the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora;
+    `bypass`, their bypass_mode)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from dbspec.runtime.locon_tucker import has_tucker, tucker_layers, with_tucker
     from dbspec.runtime.lycoris_dora import has_dora_scales, restore_lycoris_dora
+    from dbspec.runtime.mixed_kinds import own_bypass, set_block_bypass
 
+    # blocks' own bypass_mode (LyCORIS map entries'): the layers built in the default forward, each then
+    # given its block's (mixed_kinds.set_block_bypass), as training builds them
+    per_block = blocks is not None and not kind_only and own_bypass(blocks)
+    bypass = bypass and not per_block
     loaded = []
     for name, module in modules.items():
         source = Path(folder) / name
@@ -547,6 +553,8 @@ def load_peft_adapters(
                 f"{source}: adapter weights do not fit the model ({(result.unexpected_keys or missing)[0]})"
             )
         _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None, bypass)
+        if per_block:
+            set_block_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
         loaded.append(name)
     return loaded
 

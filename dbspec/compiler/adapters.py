@@ -47,6 +47,31 @@ def adapter_plan(
     out the targeted layers its `exclude` leaves without a copy."""
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
+    plan = _kind_plan(adapter, family, components, targets_given, layers)
+    return _settle_bypass(plan, adapter)
+
+
+def _settle_bypass(plan: AdapterPlan, adapter) -> AdapterPlan:
+    """Each block's LyCORIS bypass_mode settled: its own `bypass` ("on" / "off", a LyCORIS preset file's map
+    entry's own bypass_mode), else the plan's adapter's (runtime/blocks.py set_block_bypass gives a block's
+    Diag-OFT / BOFT / DyLoRA / IA^3 layers their own)."""
+
+    def settled(spec_blocks, plan_blocks) -> tuple[BlockPlan, ...]:
+        own = [getattr(b, "bypass", "adapter") for b in spec_blocks]
+        return tuple(
+            attrs.evolve(b, bypass=plan.bypass if i >= len(own) or own[i] == "adapter" else own[i] == "on")
+            for i, b in enumerate(plan_blocks)
+        )
+
+    return attrs.evolve(
+        plan,
+        blocks=settled(getattr(adapter, "blocks", ()), plan.blocks),
+        text_encoder_blocks=settled(getattr(adapter, "text_encoder_blocks", ()), plan.text_encoder_blocks),
+    )
+
+
+def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Mapping) -> AdapterPlan:
+    """The plan of the adapter's kind, its blocks' bypass not yet settled."""
     if adapter.kind in ("full", "ia3", "diag-oft", "boft"):
         return _full_plan(adapter, family, components, targets_given, layers)
     if adapter.kind == "glora":

@@ -28,7 +28,7 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
-from dbspec.compiler.adapters import BLOCK_SWITCHES, bypass_blocks, lycoris_dora
+from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -2610,6 +2610,46 @@ def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
+    """(table, index, block) of the adapter's blocks that set their own `bypass` (LyCORIS map entries')."""
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            if getattr(block, "bypass", "adapter") != "adapter":
+                yield table, i, block
+
+
+@rule("spec")
+def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
+    layers of a block of that kind beside a lora / loha / lokr adapter's (runtime/blocks.py
+    set_block_bypass): DBS592 elsewhere; on SD 1.x/2.x and SDXL's unfused layers only (DBS582; silent for
+    family = "auto": the compiler runs it again with the detected family)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "none")
+    family = FAMILIES.get(spec.model.family)
+    for table, i, block in _own_bypass(a):
+        path = ("adapter", table, i, "bypass")
+        key = f'adapter.{table}[{i}].bypass = "{block.bypass}"'
+        if own not in ("lora", "loha", "lokr") or block.kind not in BYPASS_KINDS:
+            kind = own if block.kind in ("adapter", own) else block.kind
+            yield _err(
+                "DBS592",
+                path,
+                f'{key} on layers of kind "{kind}" ({own} adapter): a block\'s own bypass acts on kind '
+                '"diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha or lokr adapter only',
+                codes.help("DBS592"),
+            )
+        elif getattr(a, "fused_projections", False) or (family is not None and family.denoiser != "unet"):
+            where = family.title if family is not None else "fused_projections"
+            yield _err(
+                "DBS582",
+                path,
+                f"{key} on {where}: dbspec gives a block's layers a bypass_mode of their own on SD 1.x/2.x "
+                "and SDXL (unfused layers) only",
+                codes.help("DBS582"),
+            )
+
+
 @rule("spec")
 def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     """DBS578 for blocks of another kind on a family whose runs of several kinds dbspec does not build (a
@@ -3626,7 +3666,7 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     """DyLoRA's `bypass` (LyCORIS bypass_mode): LyCORIS's form with one block per layer, the only case
     LyCORIS's bypass forward runs (DBS549)."""
     a = spec.adapter
-    if a.kind in ("lora", "loha", "lokr") and a.bypass:
+    if a.kind in ("lora", "loha", "lokr") and (a.bypass or any(_own_bypass(a))):
         yield from _blocks_bypass(a)
         return
     if a.kind != "dylora" or not a.bypass:
@@ -3666,22 +3706,28 @@ def _blocks_bypass(a) -> Iterator[Hit]:
     never spans two parts, BOFT's and DyLoRA's parts are tied (the butterfly over the stacked output, one
     down and draw), IA^3 scales rows (tests/runtime/test_lycoris_mixed_flow_bypass.py)."""
     found = bypass_blocks(a)
-    if not found:
+    # the blocks the adapter's `bypass` reaches (no own `bypass`), and those whose layers run it (their own
+    # "on", else the adapter's)
+    taken = [(t, i) for t, i in found if getattr(a, t)[i].bypass == "adapter"]
+    found = [(t, i) for t, i in found if getattr(a, t)[i].bypass == "on" or (a.bypass and (t, i) in taken)]
+    if a.bypass and not taken:
         yield _warn(
             "DBS216",
             ("adapter", "bypass"),
             f'adapter.bypass has no effect with kind = "{a.kind}" and no blocks of kind "diag-oft", "boft", '
-            '"dylora" or "ia3" (LyCORIS\'s bypass forward of its other layers is the same update)',
+            '"dylora" or "ia3" without a bypass of their own (LyCORIS\'s bypass forward of its other layers '
+            "is the same update)",
             'remove adapter.bypass, or give blocks kind = "diag-oft", "boft", "dylora" or "ia3"',
         )
     for table, i in found:
         block = getattr(a, table)[i]
         ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+        whose = f"adapter.{table}[{i}].bypass" if block.bypass == "on" else "adapter.bypass"
         if block.kind == "dylora" and any(r and r != block.unit for r in ranks):
             yield _err(
                 "DBS549",
                 ("adapter", table, i, "rank"),
-                f'adapter.bypass with adapter.{table}[{i}].kind = "dylora" at rank {max(ranks)} in blocks of '
+                f'{whose} with adapter.{table}[{i}].kind = "dylora" at rank {max(ranks)} in blocks of '
                 f"{block.unit}: LyCORIS's DyLoRA bypass forward runs with one block per layer only",
                 codes.help("DBS549"),
             )

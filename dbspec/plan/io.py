@@ -256,6 +256,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a block's own DyLoRA unit (map entries' block_size), added since
         ("adapter", "blocks", "*", "unit"): 0,
         ("adapter", "text_encoder_blocks", "*", "unit"): 0,
+        # a block's settled LyCORIS bypass_mode (map entries' own), added since: the adapter's then
+        ("adapter", "blocks", "*", "bypass"): lambda run: run["adapter"].get("bypass", False),
+        ("adapter", "text_encoder_blocks", "*", "bypass"): lambda run: run["adapter"].get("bypass", False),
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then

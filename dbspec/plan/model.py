@@ -148,6 +148,11 @@ class BlockPlan:
     # DyLoRA: the layers' ranks per block in place of the adapter's dylora_unit (LyCORIS map entries' own
     # `block_size`); 0: the adapter's. A block of kind "dylora" on another kind's adapter: its unit (>= 1)
     unit: int = 0
+    # LyCORIS bypass_mode of the layers, settled: the block's own (a preset file's map entry's bypass_mode),
+    # else the adapter's `bypass`; it acts on Diag-OFT, BOFT, DyLoRA and IA^3 layers (runtime/blocks.py
+    # set_block_bypass), whose bypass forward differs from their default one; None (plan files written
+    # before it): the adapter's
+    bypass: bool | None = None
 
 
 @frozen

@@ -685,14 +685,14 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
-                + _block_factor(block),
+                + _block_factor(block, a),
             )
         )
     for block in a.text_encoder_blocks:
         rows.append(
             (
                 f"  text-encoder block /{block.pattern}/",
-                f"rank {block.rank} alpha {block.alpha:g}{_block_factor(block)}",
+                f"rank {block.rank} alpha {block.alpha:g}{_block_factor(block, a)}",
             )
         )
     for fused in a.fused:
@@ -1475,9 +1475,9 @@ def _fused_draw(a) -> str:
     return f"; {', '.join(on)} dropout drawn once per layer" if on else ""
 
 
-def _block_factor(block) -> str:
-    """A block's own LoKr split factor and switches, DyLoRA unit and OFT row rescale (LyCORIS preset files'
-    map entries)."""
+def _block_factor(block, a) -> str:
+    """A block's own LoKr split factor and switches, DyLoRA unit, OFT row rescale and bypass_mode (LyCORIS
+    preset files' map entries)."""
     out = f", LoKr factor {block.factor}" if block.factor else ""
     out += f", DyLoRA blocks of {block.unit}" if block.unit else ""
     for key in (
@@ -1492,7 +1492,13 @@ def _block_factor(block) -> str:
     ):
         if getattr(block, key) != "adapter":
             out += f", {key} {getattr(block, key)}"
+    if block.bypass is not None and block.bypass != a.bypass and block.kind in _BYPASS_KINDS:
+        out += ", bypass_mode on (LyCORIS's bypass forward)" if block.bypass else ", bypass_mode off"
     return out
+
+
+# the block kinds whose LyCORIS bypass forward differs from their default one (compiler/adapters.py)
+_BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def _ggpo_rows(a) -> list[tuple[str, str]]:

@@ -181,11 +181,25 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     others = [
         b for b in blocks if b.kind in ("diag-oft", "boft", "dylora", "ia3") and (b.rank or b.conv_rank)
     ]
-    if a.bypass and a.kind in ("lora", "loha", "lokr") and others:  # LyCORIS bypass_mode: their blocks'
-        several = [b for b in others if b.kind == "dylora" and {b.rank, b.conv_rank} - {0, b.unit}]
+    own = [b for b in blocks if b.bypass is not None and b.bypass != a.bypass]
+    kinds = ("diag-oft", "boft", "dylora", "ia3")
+    own = [b for b in own if a.kind not in ("lora", "loha", "lokr") or b.kind not in kinds]
+    if own:  # DBS592 in specs: a block's own bypass_mode acts on those blocks of a LoRA / LoHa / LoKr only
+        yield (
+            f"a block's own bypass acts on the Diag-OFT, BOFT, DyLoRA or IA^3 blocks of a lora, loha or lokr "
+            f"adapter; found pattern {own[0].pattern!r} of kind {own[0].kind!r} on a {a.kind} adapter"
+        )
+    if a.kind in ("lora", "loha", "lokr") and others:  # LyCORIS bypass_mode: their blocks' (own or adapter's)
+        several = [
+            b
+            for b in others
+            if b.kind == "dylora"
+            and (a.bypass if b.bypass is None else b.bypass)
+            and {b.rank, b.conv_rank} - {0, b.unit}
+        ]
         if several:  # DBS549 in specs: LyCORIS's bypass forward runs with one block per layer only
             yield (
-                f"adapter.bypass with a dylora block of several blocks per layer; found pattern "
+                f"bypass_mode on a dylora block of several blocks per layer; found pattern "
                 f"{several[0].pattern!r}, rank {several[0].rank}, conv_rank {several[0].conv_rank}, unit "
                 f"{several[0].unit}"
             )

@@ -528,6 +528,20 @@ def _block_unit():
     )
 
 
+def _block_bypass():
+    return option(
+        "adapter",
+        doc="LyCORIS `bypass_mode` of the matched layers in place of the adapter's `bypass` (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's own `bypass_mode`): `on` gives a block "
+        'of `kind = "diag-oft"` / `"boft"` (the output rotated, its bias included), `"ia3"` (the output '
+        'scaled, its bias included) or `"dylora"` (one block per layer, added unscaled) LyCORIS\'s bypass '
+        "forward, `off` its default forward, `adapter` the adapter's `bypass`. A lora, loha or lokr "
+        "adapter's blocks of those kinds only (DBS592; the other kinds compute the same update either way), "
+        "on SD 1.x/2.x and SDXL (DBS582). The exports are the same tensors.",
+        example="on",
+    )
+
+
 @frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
@@ -593,6 +607,7 @@ class AdapterBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
@@ -659,6 +674,7 @@ class TextEncoderBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    bypass: BlockSwitch = _block_bypass()
 
 
 def _adapter_blocks():

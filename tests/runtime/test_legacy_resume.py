@@ -143,7 +143,7 @@ def _as_plan_version_3(plan_json: str) -> str:
         "params",
     ):
         del data["adapter"][key]  # LoCon, DoRA, LoHa, LoKr and the parameter estimate, added since (off then)
-    # blocks (their `lr` included, added since) go with the adapter fields added since
+    # blocks (their `lr` and settled `bypass` included, added since) go with the adapter fields added since
     for key in ("init_weights", "init_layers", "blocks", "multiplier"):
         del data["adapter"][key]  # a LoRA started from a saved file, added since (none then)
     del data["adapter"]["tucker"]  # LoHa/LoKr Tucker convolutions, added since (off then)

@@ -543,3 +543,44 @@ def test_bypass_mode_on_a_dylora_network_with_other_algorithms(tmp_path):
     )
     a = plan_of(outcome, tmp_path / "oft").adapter  # its bypass the Diag-OFT blocks' too (kind_adapter)
     assert (a.kind, a.bypass, [b.kind for b in a.blocks]) == ("dylora", True, ["diag-oft"])
+
+
+@pytest.mark.parametrize("algo", ["diag-oft", "boft", "ia3", "dylora"])
+@pytest.mark.parametrize("network", [False, True])
+def test_entry_own_bypass_mode_becomes_the_blocks_bypass(tmp_path, algo, network):
+    """A Diag-OFT, BOFT, IA^3 or DyLoRA entry's own bypass_mode other than the network's (create_single_module
+    hands it over the network's; its module tests it for truth): the block's `bypass` "on" / "off" (was
+    DBS403), the network's on the adapter only where some such block takes it
+    (tests/runtime/test_lycoris_bypass_blocks.py against lycoris-lora 4.1.3's network)."""
+    entry = f'[module_algo_map.FeedForward]\nalgo = "{algo}"\nbypass_mode = {str(not network).lower()}\n'
+    entry += "dim = 4\n" if algo == "dylora" else ""  # one block of the network's block_size (4)
+    args = '"bypass_mode=True"' if network else ""
+    outcome = expressible(_convert(tmp_path, FULL + entry, "locon", args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert [(b.kind, b.bypass) for b in a.blocks] == [(algo, not network)]
+    assert not a.bypass  # the one such block takes its own: the network's reaches none (DBS216 else)
+    (tmp_path / "two").mkdir()  # beside an entry of the same algo on the network's bypass_mode
+    other = f'[module_algo_map.CrossAttention]\nalgo = "{algo}"\n' + ("dim = 4\n" if algo == "dylora" else "")
+    outcome = expressible(_convert(tmp_path / "two", FULL + entry + other, "locon", args))
+    a = plan_of(outcome, tmp_path / "two").adapter
+    assert a.bypass is network
+    assert sorted(b.bypass for b in a.blocks) == [False, True]
+
+
+def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
+    """An entry's own bypass_mode on a DyLoRA entry of several blocks per layer: LyCORIS's bypass forward
+    raises (DBS402); on a Diag-OFT entry of a GLoRA network (its blocks of other kinds take no bypass of their
+    own): DBS403, naming it; on a LoCon entry without dropouts: inert (DBS405)."""
+    (tmp_path / "several").mkdir()
+    entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\nbypass_mode = true\n'
+    outcome = _convert(tmp_path / "several", FULL + entry, "locon")
+    assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+    (tmp_path / "glora").mkdir()
+    entry = '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nbypass_mode = true\n'
+    outcome = _convert(tmp_path / "glora", FULL + entry, "glora")
+    assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
+    (tmp_path / "locon").mkdir()
+    entry = "[module_algo_map.FeedForward]\nbypass_mode = true\n"
+    outcome = expressible(_convert(tmp_path / "locon", FULL + entry, "locon"))
+    assert "module_algo_map.FeedForward.bypass_mode" in messages(outcome, "DBS405")
+    assert not plan_of(outcome, tmp_path / "locon").adapter.blocks

@@ -7,7 +7,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from dbspec.plan.io import plan_from_json, plan_to_json
+from dbspec.plan.io import legacy_run_data, plan_from_json, plan_to_data, plan_to_json
 from dbspec.plan.summary import adapter_rows
 from dbspec.plan.validate import plan_problems
 from tests.unit.hubspecs import SD15, empty_hub_cache, plan_hub_spec  # noqa: F401 - the fixture
@@ -82,3 +82,27 @@ def test_a_plan_file_with_bypass_on_another_kind_is_refused(tmp_path):
     glora = _plan(tmp_path, 'kind = "glora"')
     dropped = attrs.evolve(glora, adapter=attrs.evolve(glora.adapter, bypass_dropout=0.1))
     assert any("bypass forward only" in p for p in plan_problems(dropped))
+
+
+def test_blocks_own_bypass_settles_per_block(tmp_path):
+    """A block's own `bypass` (a LyCORIS map entry's bypass_mode) settles per block: its own "on" / "off", the
+    others the adapter's; the summary names the blocks whose bypass_mode differs; a plan file round-trips and
+    one giving a LoRA block its own is refused (DBS592 in specs)."""
+    table = 'kind = "lora"\nrank = 4\nbypass = true\n'
+    table += '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "off"\n'
+    table += '[[adapter.blocks]]\npattern = "attn1"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n'
+    table += '[[adapter.blocks]]\npattern = "attn2"\nrank = 8\nalpha = 1.0\n'
+    plan = _plan(tmp_path, table)
+    a = plan.adapter
+    assert a.bypass and [b.bypass for b in a.blocks] == [False, True, True]
+    assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
+    # a plan whose blocks take the adapter's hashes as runs before the field did; a block's own does not
+    legacy = legacy_run_data(plan_to_data(plan), 3)
+    assert ["bypass" in b for b in legacy["adapter"]["blocks"]] == [True, False, False]
+    rows = dict(adapter_rows(a))
+    assert "bypass_mode off" in rows["  block /ff/"] and "bypass_mode" not in rows["  block /attn1/"]
+    lora = attrs.evolve(a.blocks[2], bypass=False)
+    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(*a.blocks[:2], lora)))
+    assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
+    off = _plan(tmp_path, table.replace("bypass = true\n", "", 1).replace('bypass = "off"', 'bypass = "on"'))
+    assert not off.adapter.bypass and [b.bypass for b in off.adapter.blocks] == [True, False, False]

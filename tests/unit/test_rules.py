@@ -1526,6 +1526,55 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'up'\nkind = \"loha\"\nrank = 2\nalpha = 1.0\n",
     ),
+    (  # a block's own bypass (a LyCORIS map entry's bypass_mode): its DyLoRA layers one block each too, and
+        # the adapter's bypass no effect where every such block sets its own (issue 12)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n'
+        + '[[adapter.blocks]]\npattern = \'down\'\nkind = "ia3"\nrank = 1\nalpha = 1.0\nbypass = "off"\n',
+        [("DBS216", "warning", ("adapter", "bypass")), ("DBS549", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n'
+        + "[[adapter.blocks]]\npattern = 'down'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n",
+    ),
+    (  # a block's own bypass acts on a lora / loha / lokr adapter's Diag-OFT, BOFT, DyLoRA, IA^3 blocks only
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = \'up\'\nkind = "glora"\nrank = 4\nalpha = 1.0\nbypass = "on"\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 4\nalpha = 1.0\nbypass = \"off\"\n",
+        [
+            ("DBS592", "error", ("adapter", "blocks", 0, "bypass")),
+            ("DBS592", "error", ("adapter", "text_encoder_blocks", 0, "bypass")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = \'up\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
+        + 'bypass = "off"\n',
+    ),
+    (  # ... on SD 1.x/2.x and SDXL (unfused layers)
+        rules.block_own_bypass,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
+        [("DBS582", "error", ("adapter", "blocks", 0, "bypass"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
+    ),
     (  # a LoRA adapter's bypass: its Diag-OFT / BOFT / DyLoRA blocks' LyCORIS bypass forward, else nothing
         rules.dylora_bypass_runs,
         DOG

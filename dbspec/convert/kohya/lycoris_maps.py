@@ -162,6 +162,7 @@ def check_layers(
     kinds: tuple[str, ...] = (),
     kind: str = "",
     bypass: bool = False,
+    entry_bypass: bool = False,
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
     them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
@@ -170,7 +171,8 @@ def check_layers(
     what blocks carry: on an adapter of `kind` diag-oft or boft its blocks' own constraint and rescaled, on
     dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
-    fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert); the
+    fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
+    `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass: SD 1.x/2.x and SDXL); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
@@ -199,6 +201,8 @@ def check_layers(
             own = (*own, *_oft_own(layer, network))
         if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
+        if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
+            own = (*own, "bypass_mode")
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -241,6 +245,25 @@ _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
 # BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled; IA^3
 # scales the output, bias included: lycoris-lora 4.1.3, tests/runtime/test_lycoris_ia3_bypass.py)
 BYPASS_BLOCKS = ("diag-oft", "boft", "dylora", "ia3")
+
+
+def _own_bypass(algo: str, entry: str) -> bool:
+    """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
+    BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
+    or LoKr network (the block's `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
+    return _algo(entry) in BYPASS_BLOCKS and _algo(algo) in _BLOCK_KINDS
+
+
+def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
+    """{"bypass": "on" / "off"} of a block whose entry gives bypass_mode a truth other than the network's
+    (create_single_module hands it over the network's; DiagOFTModule, ButterflyOFTModule, IA3Module and
+    DyLoraModule test it for truth), else {}."""
+    own = dict(layer.options)
+    if not _own_bypass(algo, layer.algo) or "bypass_mode" not in own:
+        return {}
+    if bool(own["bypass_mode"]) == bool(network.get("bypass_mode")):
+        return {}
+    return {"bypass": "on" if own["bypass_mode"] else "off"}
 
 
 def _bypassed(layer: Layer, network: dict[str, Any]) -> bool:
@@ -449,6 +472,8 @@ def _blocks(
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
+        if kind:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through)
+            switches.update(own_bypass_switch(algo, group[0], network))
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
@@ -504,15 +529,16 @@ def map_blocks(
     applied: tuple[bool, bool] = (True, True),
     kinds: tuple[str, ...] = (),
     bypass: bool = False,
+    entry_bypass: bool = False,
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
     module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
-    cannot be written."""
+    cannot be written; `entry_bypass`: check_layers'."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds, kind, bypass), *_dropped(found, kept)]
+    inert = [*check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass), *_dropped(found, kept)]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert

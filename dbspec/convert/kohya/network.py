@@ -341,6 +341,7 @@ def _map_network(
                     applied,
                     kinds=MIXED_SD,
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
+                    entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
@@ -740,7 +741,8 @@ def _lycoris_bypass_and_dropout(
     bypass_text = kwargs.pop("bypass_mode", "false")
     bypass = _str_bool(bypass_text)
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
-    if bypass and any(b.get("kind") in BYPASS_BLOCKS for b in blocks):
+    # (a block whose entry's own bypass_mode is off keeps its layers from it)
+    if bypass and any(b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off" for b in blocks):
         # a preset file's Diag-OFT / BOFT / DyLoRA / IA^3 entries: their modules' bypass forward (the output
         # rotated or scaled, bias included; DyLoRA's one block unscaled), which the adapter's `bypass` gives
         # those blocks
