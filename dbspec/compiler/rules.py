@@ -2542,6 +2542,9 @@ _MIXED_OFF = {
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
+# the kinds whose blocks carry their own Tucker form in a run of several kinds (LyCORIS's LoConModule,
+# LohaModule, LokrModule with a map entry's use_tucker; the denoiser's blocks)
+_TUCKER_KINDS = ("lora", "loha", "lokr")
 
 
 def _own_block_options(adapter, own: str):
@@ -2554,10 +2557,11 @@ def _own_block_options(adapter, own: str):
             lokr_own = kind == "lokr" and own == "lokr"
             for key in ("scalar", "rank_stabilized", "rank_dropout_scale", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
-                # a LoCon block's own Tucker form: its kind's layers built alone (mixed_kinds.kind_adapter,
-                # adapters.add_lora's block_tuckers), on the denoiser's convolutions
-                locon_tucker = key == "tucker" and kind == "lora" and table == "blocks"
-                if locon_tucker:
+                # a LoCon, LoHa or LoKr block's own Tucker form: its kind's layers built alone
+                # (mixed_kinds.kind_adapter; adapters.add_lora's block_tuckers, loha_tucker_layers,
+                # block_switches), on the denoiser's k x k convolutions
+                own_tucker = key == "tucker" and kind in _TUCKER_KINDS and table == "blocks"
+                if own_tucker:
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
@@ -2728,7 +2732,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form (but a LoRA block's on the denoiser) or rank_stabilized of its own",
+            "no scalar, Tucker form (but a LoRA, LoHa or LoKr block's on the denoiser) or rank_stabilized "
+            "of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
