@@ -29,6 +29,7 @@ import attrs
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
 from dbspec.compiler.adapters import BLOCK_SWITCHES, bypass_blocks, lycoris_dora
+from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -2856,8 +2857,10 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         for key, on in (
             ("dora", getattr(a, "dora", False) and not lycoris_dora(a)),
             # a file's start sets every scalar to 1 (runtime/init_weights.py), blocks' own too; the Tucker
-            # layers' lora_mid loads for the adapter's form alone
-            ("init_weights", tucker and getattr(a, "init_weights", "")),
+            # layers' lora_mid loads for the adapter's form alone, but in a run of several kinds, whose file
+            # places each layer's own tensors (runtime/mixed_init.py: a LoCon Tucker layer's lora_mid, a
+            # LoHa's hada_t1 / hada_t2)
+            ("init_weights", tucker and getattr(a, "init_weights", "") and len(run_kinds(a)) == 1),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)

@@ -80,10 +80,11 @@ def _ours(comps) -> dict[str, nn.Module]:
     ("algo", "preset"),
     [
         ("lokr", TUCKER),
+        ("locon", TUCKER),
         ("locon", MIXED_FULL),
         ("lokr", OFT_RESCALED),
     ],
-    ids=["lokr-tucker-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
+    ids=["lokr-tucker-lora-loha", "locon-tucker-loha-lokr", "locon-loha-full", "lokr-lora-loha-oft"],
 )
 def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkeypatch, algo, preset):
     preset_path = tmp_path / "mixed.toml"
@@ -107,7 +108,10 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
     if preset is TUCKER:  # the ResNets' LoCon, the downsampler's LoHa and conv_out's LoKr (the
         # network's own algo) in their Tucker form: the file's lora_mid, hada_t1 / hada_t2, lokr_t2 start them
-        assert _tuckers(plan.adapter) == {"lora", "loha", "adapter"}
+        # on a LoCon network the ResNets' are its own layers ("adapter"), conv_out's LoKr another kind's
+        assert _tuckers(plan.adapter) == (
+            {"lora", "loha", "adapter"} if algo == "lokr" else {"adapter", "loha", "lokr"}
+        )
         for tail in ("lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"):
             assert any(k.endswith(f".{tail}") for k in state), tail
     if preset is OFT_RESCALED:  # the MLPs' entry's own constraint and rescale on its block
@@ -132,6 +136,8 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         assert moved or name not in in_file, name
         left_out += name not in in_file
     assert left_out == (0 if full else len(theirs) - len(in_file))
+    if preset is TUCKER and algo == "locon":
+        return  # the LoCon network's start alone: the LoKr network's run trains these layers' forms
 
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
@@ -142,7 +148,38 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         assert {k: v.shape for k, v in saved.items() if k.endswith(tail)} == {
             k: v.shape for k, v in theirs_state.items() if k.endswith(tail)
         }
+    if preset is TUCKER:
+        _export_rebuilds_in_lycoris(pipe, whole, made, saved)
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def _export_rebuilds_in_lycoris(pipe, whole, made, saved) -> None:
+    """The run's export, read by lycoris-lora's create_network_from_weights (kohya's --dim_from_weights),
+    rebuilds every module of `made` (the preset's network) in its class, Tucker cores included, holding the
+    export's tensors exactly, each computing what `made` computes with the export loaded (load_weights)."""
+    from pathlib import Path
+
+    from tests.runtime.test_lycoris_sd_rebuilt_file import _theirs
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    rebuilt = _theirs(pipe, export)
+    made.load_weights(str(export))
+    preset = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert {n: type(m).__name__ for n, m in rebuilt.items()} == {
+        n: type(m).__name__ for n, m in preset.items()
+    }
+    cores = 0
+    torch.manual_seed(1)
+    for name, module in rebuilt.items():
+        state = module.state_dict()
+        assert state.keys() == preset[name].state_dict().keys(), name
+        for key, value in state.items():
+            assert torch.equal(value, saved[f"{name}.{key}"].to(value.dtype)), f"{name}.{key}"
+        cores += any(k in state for k in ("lora_mid.weight", "hada_t1", "lokr_t2"))
+        x = kit.sample_input(module.org_module[0])
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), preset[name](x), rtol=0, atol=1e-6, msg=name)
+    assert cores >= 3  # LoCon, LoHa and LoKr Tucker modules
 
 
 _LOW_RANK = ("LokrModule", "LoConModule", "LohaModule", "GLoRAModule")
