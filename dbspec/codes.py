@@ -2866,6 +2866,19 @@ Flux, SD3 and Chroma kohya's network scales whole fused Linears (and their input
 not reproduce with it yet.""",
         help="remove adapter.bypass, or train the IA^3 adapter on SD 1.x/2.x or SDXL",
     ),
+    Code(
+        "DBS596",
+        ERROR,
+        "A LoHa / LoKr block's own Tucker form beside other kinds on a transformer family",
+        """\
+`tucker = "on"` / `"off"` on a `[[adapter.blocks]]` entry whose layers are LoHa or LoKr (the block's `kind`,
+or the adapter's) in a run of several kinds (a LyCORIS preset file's LoHa / LoKr map entry with its own
+`use_tucker`, a `--dim_from_weights` file's `hada_t1` / `lokr_t2` beside modules of other kinds) gives those
+layers' k x k convolutions LyCORIS LohaModule's / LokrModule's Tucker form, checked against lycoris-lora 4.1.3
+on SD 1.x/2.x and SDXL. On Flux, SD3 and Chroma (fused layers tied per kind, SD3's patch convolution) dbspec
+does not build it beside other kinds.""",
+        help='set the block\'s tucker to "adapter", or train the run on SD 1.x/2.x or SDXL',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

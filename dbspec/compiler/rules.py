@@ -2703,6 +2703,32 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def mixed_block_tucker_family(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A LoHa / LoKr block's own Tucker form in a run of several kinds (runtime/mixed_kinds.py builds it per
+    kind, checked against LyCORIS on the U-Net families) on Flux, SD3 or Chroma: DBS596; silent for
+    family = "auto" (the compiler runs it again with the detected family)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "none")
+    family = FAMILIES.get(spec.model.family)
+    blocks = getattr(a, "blocks", ())
+    if family is None or family.denoiser == "unet" or own not in _TUCKER_KINDS:
+        return
+    if not any(getattr(b, "kind", "adapter") not in ("adapter", own) for b in blocks):
+        return  # one kind: the adapter's own per-block Tucker form (DBS579)
+    for i, block in enumerate(blocks):
+        kind = own if block.kind == "adapter" else block.kind
+        if block.tucker != "adapter" and kind in ("loha", "lokr"):
+            yield _err(
+                "DBS596",
+                ("adapter", "blocks", i, "tucker"),
+                f'adapter.blocks[{i}].tucker = "{block.tucker}" on {kind} layers in a run of several kinds '
+                f"on {family.title}: dbspec builds a LoHa / LoKr block's own Tucker form beside other kinds "
+                "on SD 1.x/2.x and SDXL",
+                codes.help("DBS596"),
+            )
+
+
+@rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
     the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the
