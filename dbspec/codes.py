@@ -2711,8 +2711,9 @@ Chroma, where `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks LyCORIS's by
 module on each fused Linear, each part its own rows) and
 `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts such a run, its DyLoRA layers
 taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
-Chroma); nor a block's own `scalar`, `tucker` (but a `kind = "lora"` block's on the denoiser's
-convolutions: LyCORIS LoCon's Tucker form) or `rank_stabilized`, nor its own LoKr `factor` and switches
+Chroma); nor a block's own `scalar`, `tucker` (but a LoRA, LoHa or LoKr block's on the denoiser's
+convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form; LoHa / LoKr on SD 1.x/2.x and SDXL,
+DBS596) or `rank_stabilized`, nor its own LoKr `factor` and switches
 except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
@@ -2727,7 +2728,8 @@ file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained 
 form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That holds where each layer trains
 alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), LyCORIS's `max_norm` (it puts a
 fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections);
-a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` is not read), DoRA, the
+a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` is not read; in a run of
+several kinds the file places each layer's own, runtime/mixed_init.py), DoRA, the
 dropouts or `fused_projections` (a block's own scalar over whole fused layers is allowed: their parts share
 one, DBS507; with `init_weights` every scalar starts at 1 after the file loads, as LyCORIS's load hook sets
 it, the file's factors holding the trained scalars folded in).""",
@@ -2891,6 +2893,19 @@ forward on Flux, SD3 and Chroma too: a fused Linear's output, its bias included,
 part's output scaled by its own rows of s (checked against lycoris-lora 4.1.3's IA3Module on kohya's fused
 Linear).""",
         reserved=True,
+    ),
+    Code(
+        "DBS596",
+        ERROR,
+        "A LoHa / LoKr block's own Tucker form beside other kinds on a transformer family",
+        """\
+`tucker = "on"` / `"off"` on a `[[adapter.blocks]]` entry whose layers are LoHa or LoKr (the block's `kind`,
+or the adapter's) in a run of several kinds (a LyCORIS preset file's LoHa / LoKr map entry with its own
+`use_tucker`, a `--dim_from_weights` file's `hada_t1` / `lokr_t2` beside modules of other kinds) gives those
+layers' k x k convolutions LyCORIS LohaModule's / LokrModule's Tucker form, checked against lycoris-lora 4.1.3
+on SD 1.x/2.x and SDXL. On Flux, SD3 and Chroma (fused layers tied per kind, SD3's patch convolution) dbspec
+does not build it beside other kinds.""",
+        help='set the block\'s tucker to "adapter", or train the run on SD 1.x/2.x or SDXL',
     ),
 )
 

@@ -415,18 +415,17 @@ def _block_switches(block, adapter) -> dict[str, str]:
     decompose_both and tucker off, _lycoris_switches), else "adapter". A block's full_matrix settles its own
     two off alike (LokrModule never splits a full factor; its unbalanced output split still orders the full
     factors)."""
-    if adapter.kind in ("lora", "loha"):  # the Tucker form on the block's k x k convolutions (DBS579)
-        tucker = getattr(block, "tucker", "adapter")
-        own = adapter.tucker if tucker == "adapter" else tucker == "on"
-        return {"tucker": "adapter" if own == adapter.tucker else "on" if own else "off"}
-    if adapter.kind != "lokr":  # DBS576 refuses a block switch outside LoKr
+    kind = getattr(block, "kind", "adapter")
+    kind = adapter.kind if kind == "adapter" else kind
+    # the Tucker form alone on the block's k x k convolutions: a LoRA / LoHa adapter's (DBS579), or a block
+    # of kind lora, loha or lokr beside another kind (runtime/mixed_kinds.py builds each kind's layers with
+    # its blocks' own tucker; the adapter's is off there, DBS578)
+    if adapter.kind in ("lora", "loha") or (kind != adapter.kind and kind in ("lora", "loha", "lokr")):
+        tucker, network = getattr(block, "tucker", "adapter"), getattr(adapter, "tucker", False)
+        own = network if tucker == "adapter" else tucker == "on"
+        return {"tucker": "adapter" if own == network else "on" if own else "off"}
+    if adapter.kind != "lokr" or kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
-    if getattr(block, "kind", "adapter") == "lora":  # a LoCon block beside LoKr: its own Tucker form alone
-        return {
-            "tucker": "on"
-            if getattr(block, "tucker", "adapter") == "on" and not adapter.tucker
-            else "adapter"
-        }
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
     planned = {
         "full_matrix": adapter.full_matrix,

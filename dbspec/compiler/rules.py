@@ -29,6 +29,7 @@ import attrs
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
 from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
+from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
@@ -2542,6 +2543,9 @@ _MIXED_OFF = {
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
+# the kinds whose blocks carry their own Tucker form in a run of several kinds (LyCORIS's LoConModule,
+# LohaModule, LokrModule with a map entry's use_tucker; the denoiser's blocks)
+_TUCKER_KINDS = ("lora", "loha", "lokr")
 
 
 def _own_block_options(adapter, own: str):
@@ -2554,10 +2558,11 @@ def _own_block_options(adapter, own: str):
             lokr_own = kind == "lokr" and own == "lokr"
             for key in ("scalar", "rank_stabilized", "rank_dropout_scale", *_LOKR_OWN):
                 value = getattr(b, key, "adapter")
-                # a LoCon block's own Tucker form: its kind's layers built alone (mixed_kinds.kind_adapter,
-                # adapters.add_lora's block_tuckers), on the denoiser's convolutions
-                locon_tucker = key == "tucker" and kind == "lora" and table == "blocks"
-                if locon_tucker:
+                # a LoCon, LoHa or LoKr block's own Tucker form: its kind's layers built alone
+                # (mixed_kinds.kind_adapter; adapters.add_lora's block_tuckers, loha_tucker_layers,
+                # block_switches), on the denoiser's k x k convolutions
+                own_tucker = key == "tucker" and kind in _TUCKER_KINDS and table == "blocks"
+                if own_tucker:
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
@@ -2738,6 +2743,32 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def mixed_block_tucker_family(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A LoHa / LoKr block's own Tucker form in a run of several kinds (runtime/mixed_kinds.py builds it per
+    kind, checked against LyCORIS on the U-Net families) on Flux, SD3 or Chroma: DBS596; silent for
+    family = "auto" (the compiler runs it again with the detected family)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "none")
+    family = FAMILIES.get(spec.model.family)
+    blocks = getattr(a, "blocks", ())
+    if family is None or family.denoiser == "unet" or own not in _TUCKER_KINDS:
+        return
+    if not any(getattr(b, "kind", "adapter") not in ("adapter", own) for b in blocks):
+        return  # one kind: the adapter's own per-block Tucker form (DBS579)
+    for i, block in enumerate(blocks):
+        kind = own if block.kind == "adapter" else block.kind
+        if block.tucker != "adapter" and kind in ("loha", "lokr"):
+            yield _err(
+                "DBS596",
+                ("adapter", "blocks", i, "tucker"),
+                f'adapter.blocks[{i}].tucker = "{block.tucker}" on {kind} layers in a run of several kinds '
+                f"on {family.title}: dbspec builds a LoHa / LoKr block's own Tucker form beside other kinds "
+                "on SD 1.x/2.x and SDXL",
+                codes.help("DBS596"),
+            )
+
+
+@rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
     the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the
@@ -2768,7 +2799,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
             "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form (but a LoRA block's on the denoiser) or rank_stabilized of its own",
+            "no scalar, Tucker form (but a LoRA, LoHa or LoKr block's on the denoiser) or rank_stabilized "
+            "of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
@@ -2891,8 +2923,10 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         for key, on in (
             ("dora", getattr(a, "dora", False) and not lycoris_dora(a)),
             # a file's start sets every scalar to 1 (runtime/init_weights.py), blocks' own too; the Tucker
-            # layers' lora_mid loads for the adapter's form alone
-            ("init_weights", tucker and getattr(a, "init_weights", "")),
+            # layers' lora_mid loads for the adapter's form alone, but in a run of several kinds, whose file
+            # places each layer's own tensors (runtime/mixed_init.py: a LoCon Tucker layer's lora_mid, a
+            # LoHa's hada_t1 / hada_t2)
+            ("init_weights", tucker and getattr(a, "init_weights", "") and len(run_kinds(a)) == 1),
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)

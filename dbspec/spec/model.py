@@ -593,7 +593,10 @@ class AdapterBlock:
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
     tucker: BlockSwitch = _block_switch(
-        "tucker", "use_tucker", "LoKr, LoRA/LoCon and LoHa (k x k convolutions)"
+        "tucker",
+        "use_tucker",
+        "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
+        "LoHa / LoKr ones on SD 1.x/2.x and SDXL)",
     )
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"

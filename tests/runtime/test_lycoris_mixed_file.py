@@ -31,10 +31,15 @@ OFT_RESCALED = MIXED_FULL.replace(
 ).replace('algo = "full"', 'algo = "diag-oft"')
 
 
-# the ResNets' LoCon entry in LyCORIS's Tucker form (use_tucker: its 3x3 convolutions' lora_mid; was DBS403)
+# the ResNets' LoCon entry in LyCORIS's Tucker form (use_tucker: its 3x3 convolutions' lora_mid; was DBS403),
+# the downsampler's LoHa entry (hada_t1 / hada_t2) and conv_out's LoKr entry of the network's own algo at dim
+# 2 (its second factor low-rank: lokr_t2) in theirs too (was DBS403)
 TUCKER = MIXED.replace(
     '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
     '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\nuse_tucker = true\n',
+) + (
+    '[module_algo_map.Downsample2D]\nalgo = "loha"\nuse_tucker = true\n'
+    '[name_algo_map.conv_out]\nalgo = "lokr"\ndim = 2\nuse_tucker = true\n'
 )
 
 
@@ -59,6 +64,12 @@ def _network(pipe, preset_path, monkeypatch, algo: str):
     return made
 
 
+def _tuckers(adapter) -> set[str]:
+    """The kinds of the denoiser's blocks giving their layers the Tucker form ("adapter": the adapter's)."""
+    assert not adapter.tucker  # a run of several kinds: the blocks' own alone (DBS578)
+    return {b.kind for b in adapter.blocks if b.tucker == "on"}
+
+
 def _ours(comps) -> dict[str, nn.Module]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -69,10 +80,11 @@ def _ours(comps) -> dict[str, nn.Module]:
     ("algo", "preset"),
     [
         ("lokr", TUCKER),
+        ("locon", TUCKER),
         ("locon", MIXED_FULL),
         ("lokr", OFT_RESCALED),
     ],
-    ids=["lokr-tucker-lora-loha", "locon-loha-full", "lokr-lora-loha-oft"],
+    ids=["lokr-tucker-lora-loha", "locon-tucker-loha-lokr", "locon-loha-full", "lokr-lora-loha-oft"],
 )
 def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkeypatch, algo, preset):
     preset_path = tmp_path / "mixed.toml"
@@ -94,9 +106,14 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
-    if preset is TUCKER:  # the ResNets' LoCon in its Tucker form: the file's lora_mid start it
-        assert "on" in {b.tucker for b in plan.adapter.blocks if b.kind == "lora"}
-        assert any(k.endswith(".lora_mid.weight") for k in state)
+    if preset is TUCKER:  # the ResNets' LoCon, the downsampler's LoHa and conv_out's LoKr (the
+        # network's own algo) in their Tucker form: the file's lora_mid, hada_t1 / hada_t2, lokr_t2 start them
+        # on a LoCon network the ResNets' are its own layers ("adapter"), conv_out's LoKr another kind's
+        assert _tuckers(plan.adapter) == (
+            {"lora", "loha", "adapter"} if algo == "lokr" else {"adapter", "loha", "lokr"}
+        )
+        for tail in ("lora_mid.weight", "hada_t1", "hada_t2", "lokr_t2"):
+            assert any(k.endswith(f".{tail}") for k in state), tail
     if preset is OFT_RESCALED:  # the MLPs' entry's own constraint and rescale on its block
         oft = [b for b in plan.adapter.blocks if b.kind == "diag-oft"]
         assert [(b.alpha, b.rescaled) for b in oft] == [(0.001, "on")]
@@ -119,16 +136,50 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         assert moved or name not in in_file, name
         left_out += name not in in_file
     assert left_out == (0 if full else len(theirs) - len(in_file))
+    if preset is TUCKER and algo == "locon":
+        return  # the LoCon network's start alone: the LoKr network's run trains these layers' forms
 
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
-    for tail in (".rescale", ".lora_mid.weight"):  # the export holds the rescales / Tucker cores in LyCORIS's
+    # the export holds the rescales / Tucker cores in LyCORIS's
+    for tail in (".rescale", ".lora_mid.weight", ".hada_t1", ".hada_t2", ".lokr_t2"):
         theirs_state = made.state_dict()  # shapes: lycoris-lora's network's every such tensor
         assert {k: v.shape for k, v in saved.items() if k.endswith(tail)} == {
             k: v.shape for k, v in theirs_state.items() if k.endswith(tail)
         }
+    if preset is TUCKER:
+        _export_rebuilds_in_lycoris(pipe, whole, made, saved)
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def _export_rebuilds_in_lycoris(pipe, whole, made, saved) -> None:
+    """The run's export, read by lycoris-lora's create_network_from_weights (kohya's --dim_from_weights),
+    rebuilds every module of `made` (the preset's network) in its class, Tucker cores included, holding the
+    export's tensors exactly, each computing what `made` computes with the export loaded (load_weights)."""
+    from pathlib import Path
+
+    from tests.runtime.test_lycoris_sd_rebuilt_file import _theirs
+
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    rebuilt = _theirs(pipe, export)
+    made.load_weights(str(export))
+    preset = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert {n: type(m).__name__ for n, m in rebuilt.items()} == {
+        n: type(m).__name__ for n, m in preset.items()
+    }
+    cores = 0
+    torch.manual_seed(1)
+    for name, module in rebuilt.items():
+        state = module.state_dict()
+        assert state.keys() == preset[name].state_dict().keys(), name
+        for key, value in state.items():
+            assert torch.equal(value, saved[f"{name}.{key}"].to(value.dtype)), f"{name}.{key}"
+        cores += any(k in state for k in ("lora_mid.weight", "hada_t1", "lokr_t2"))
+        x = kit.sample_input(module.org_module[0])
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), preset[name](x), rtol=0, atol=1e-6, msg=name)
+    assert cores >= 3  # LoCon, LoHa and LoKr Tucker modules
 
 
 _LOW_RANK = ("LokrModule", "LoConModule", "LohaModule", "GLoRAModule")
@@ -202,8 +253,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
     assert a.kind == kind and a.init_partial and a.init_weights
     assert others <= {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
     assert a.init_scale == (2.0 if "full" in others else 1.0)  # FullModule: W + diff, then + diff again
-    if preset is TUCKER:  # the ResNets' `lora_mid`: their LoCon blocks' Tucker form (was DBS403)
-        assert "on" in {b.tucker for b in a.blocks if b.kind == "lora"}, [
+    if preset is TUCKER:  # the ResNets' `lora_mid`, the downsampler's `hada_t1`, conv_out's `lokr_t2`:
+        # their LoCon, LoHa and LoKr blocks' Tucker form (was DBS403)
+        assert _tuckers(a) == {"lora", "loha", "adapter"}, [
             (b.kind, b.pattern, b.tucker, b.conv_rank) for b in a.blocks
         ]
     if preset is OFT_RESCALED:  # the MLPs' modules' `rescale`: their blocks' own row rescale (was DBS403)

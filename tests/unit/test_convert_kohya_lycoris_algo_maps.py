@@ -18,6 +18,7 @@ from convert_kit import (  # noqa: F401
     SD21,
     codes,
     empty_hub_cache,
+    errors,
     expressible,
     fate,
     images,
@@ -593,6 +594,67 @@ def test_mixed_algorithms_are_blocks_of_their_kind(tmp_path):
         ("loha", 2, 8.0)
     ]  # alpha: the network's
     assert re.search(a.text_encoder_blocks[0].pattern, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+
+
+# the ResNets LoHa and the downsamplers LoKr, each entry with its own use_tucker, the transformers' MLPs LoHa
+# with one that reaches no k x k convolution, beside a LoCon network
+OWN_TUCKERS = (
+    FULL
+    + """
+[module_algo_map.ResnetBlock2D]
+algo = "loha"
+dim = 8
+use_tucker = true
+[module_algo_map.Downsample2D]
+algo = "lokr"
+dim = 4
+use_tucker = true
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 4
+use_tucker = true
+"""
+)
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_mixed_loha_and_lokr_entries_own_tucker_are_their_blocks(tmp_path, model):
+    """A LoHa / LoKr entry's own use_tucker beside other algorithms (was DBS403): LohaModule and
+    LokrModule build their Tucker form on the entry's k x k convolutions, its block of kind loha / lokr
+    `tucker = "on"` (the adapter's Tucker form stays off: tests/runtime/test_lycoris_mixed_file.py checks
+    the layers against lycoris-lora 4.1.3); on an entry reaching linears only it changes nothing (DBS405).
+    SDXL names kohya's same classes. A LoKr entry's own factor beside other kinds stays DBS403, naming it;
+    entries' own use_tucker on a GLoRA / DyLoRA network too (their blocks have no `tucker`)."""
+    if model == "sdxl":
+        (tmp_path / "p.toml").write_text(OWN_TUCKERS, encoding="utf-8")
+        images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
+        outcome = kohya(
+            tmp_path,
+            command="accelerate launch sdxl_train_network.py --pretrained_model_name_or_path="
+            "stabilityai/stable-diffusion-xl-base-1.0 --train_data_dir=x --resolution=1024 "
+            "--network_module=lycoris.kohya --network_dim=16 --network_alpha=8 "
+            '--network_args "algo=locon" "conv_dim=8" "conv_alpha=4" "preset=p.toml" '
+            "--learning_rate=1e-4 --max_train_steps=200",
+        )
+    else:
+        outcome = _convert(tmp_path, OWN_TUCKERS, "locon")
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert (a.kind, a.tucker) == ("lora", False)
+    own = {(b.kind, b.rank, b.conv_rank, b.tucker) for b in a.blocks}
+    # the downsamplers hold a convolution alone: the block's linear rank the network's
+    assert own == {("loha", 8, 8, "on"), ("lokr", 16, 4, "on"), ("loha", 4, 0, "adapter")}, own
+    (lokr,) = [b for b in a.blocks if b.kind == "lokr"]
+    assert re.search(lokr.pattern, "down_blocks.1.downsamplers.0.conv")
+    assert not re.search(lokr.pattern, "down_blocks.1.resnets.0.conv1")
+    assert "module_algo_map.FeedForward.use_tucker" in messages(outcome, "DBS405")
+    (tmp_path / "factor").mkdir()
+    text = OWN_TUCKERS.replace('algo = "lokr"\n', 'algo = "lokr"\nfactor = 4\n')
+    outcome = _convert(tmp_path / "factor", text, "locon")
+    assert "module_algo_map.Downsample2D" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
+    for algo in ("glora", "dylora"):  # their blocks carry no Tucker form: DBS403 (was a converter crash)
+        (tmp_path / algo).mkdir()
+        outcome = _convert(tmp_path / algo, OWN_TUCKERS, algo)
+        assert "use_tucker" in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_mixed_algorithms_on_a_glora_network(tmp_path):

@@ -91,6 +91,43 @@ def test_locon_module_lora_mid_beside_other_kinds_is_its_blocks_tucker(tmp_path)
     assert "DBS402" in codes(outcome) and "Tucker" in messages(outcome, "DBS402")
 
 
+def test_loha_and_lokr_tucker_modules_beside_other_kinds_are_their_blocks_tucker(tmp_path):
+    """A LoHa convolution's `hada_t1` / `hada_t2` beside a LoKr module, and a LoKr convolution's `lokr_t2`
+    (the adapter's own kind) beside a LoCon one (was DBS403): make_module_from_state_dict builds them with
+    use_tucker, dbspec's block `tucker = "on"` (of kind loha; the lokr adapter's own), the adapter's Tucker
+    form off (runtime test: test_lycoris_mixed_file)."""
+    loha = {
+        "hada_t1": (4, 4, 3, 3),
+        "hada_w1_a": (4, 640),
+        "hada_w1_b": (4, 320),
+        "hada_t2": (4, 4, 3, 3),
+        "hada_w2_a": (4, 640),
+        "hada_w2_b": (4, 320),
+        "alpha": 2.0,
+    }
+    outcome = _convert(tmp_path, {Q: _lokr(320, 320, 4, 4), CONV: loha})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    (block,) = [b for b in a.blocks if b.kind == "loha"]
+    assert (a.tucker, block.conv_rank, block.conv_alpha, block.tucker) == (False, 4, 2.0, "on")
+    # conv_out (320 -> 4): LokrModule.make_module_from_state_dict reads the dim off `lokr_w2_a`'s columns,
+    # its second output part (2) here, so it rebuilds the file's module (elsewhere DBS402: the copy fails)
+    lokr = {
+        "lokr_w1": (2, 16),
+        "lokr_t2": (2, 2, 3, 3),
+        "lokr_w2_a": (2, 2),
+        "lokr_w2_b": (2, 20),
+        "alpha": 1.0,
+    }
+    out = "lora_unet_conv_out"
+    outcome = _convert(tmp_path / "lokr", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 8), out: lokr})
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "lokr").adapter
+    conv = _block(a.blocks, "conv_out")
+    assert (a.kind, a.tucker, conv.kind, conv.conv_rank, conv.tucker) == ("lokr", False, "adapter", 2, "on")
+    assert _block(a.blocks, f"{ATTN}.to_k").kind == "lora"
+
+
 def test_oft_module_rescale_beside_other_kinds_is_its_blocks_rescaled(tmp_path):
     """A Diag-OFT module's `rescale` beside a LoKr one (was DBS403): make_module_from_state_dict builds it
     with rescaled, dbspec's block of kind diag-oft `rescaled = "on"` (runtime test:

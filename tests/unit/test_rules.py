@@ -1830,19 +1830,40 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
     ),
-    (  # a block's own Tucker form in a run of several kinds: LoCon blocks' only (issue 12)
+    (  # a block's own Tucker form in a run of several kinds: LoCon, LoHa and LoKr blocks' only (issue 12)
         rules.mixed_block_kinds,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
-        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\ntucker = "on"\n',
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "full"\nrank = 1\nalpha = 1.0\ntucker = "on"\n',
         [("DBS578", "error", ("adapter", "blocks", 0, "tucker"))],
         DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nconv_rank = 4\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 4\nalpha = 4.0\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
-        + 'tucker = "on"\n',
+        + 'tucker = "on"\n'
+        + '[[adapter.blocks]]\npattern = "downsamplers"\nkind = "loha"\nrank = 4\nalpha = 4.0\n'
+        + 'conv_rank = 4\ntucker = "on"\n'
+        + '[[adapter.blocks]]\npattern = "upsamplers"\nrank = 4\nalpha = 4.0\nconv_rank = 2\ntucker = "on"\n',
+    ),
+    (  # a LoHa / LoKr block's own Tucker form beside other kinds: SD 1.x/2.x and SDXL only (issue 12)
+        rules.mixed_block_tucker_family,
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'pos_embed'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
+        + "tucker = 'on'\n",
+        [("DBS596", "error", ("adapter", "blocks", 1, "tucker"))],
+        'family = "sdxl"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'downsamplers'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\n"
+        + "conv_rank = 2\ntucker = 'on'\n",
     ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,

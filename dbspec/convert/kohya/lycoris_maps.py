@@ -382,11 +382,12 @@ def _mixed_kinds(
             "every one builds alike (DBS578)",
             False,
         )
-    if lokr and any(_own_factor_given(layer) for layer in unet):
+    own = next((layer for layer in unet if _own_factor_given(layer)), None) if lokr else None
+    if own is not None:
         raise PresetError(
-            f"`{first.source}` gives LoKr layers (e.g. {first.path}) their own factor or switches on an "
+            f"`{own.source}` gives LoKr layers (e.g. {own.path}) their own factor or switches on an "
             f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter "
-            "only",
+            "only (beside other kinds a LoKr entry's own use_tucker alone, its block's `tucker`)",
             False,
         )
     return [layer for layer in other if layer not in unet]
@@ -415,7 +416,9 @@ def _dylora_fits(source: str, group: list[Layer], unit: int, bypass: bool = Fals
 
 
 def _own_factor_given(layer: Layer) -> bool:
-    return any(key in ("factor", *_SWITCHES) for key, _ in layer.options)
+    """A LoKr entry gives its own factor or switches other than use_tucker (LokrModule's Tucker form, which
+    a block of kind lokr carries beside other kinds: its `tucker`, runtime/mixed_kinds.py)."""
+    return any(key in ("factor", *_SWITCHES) and key != "use_tucker" for key, _ in layer.options)
 
 
 def _int(value: Any) -> bool:
@@ -561,6 +564,14 @@ def map_blocks(
             False,
         )
     mixed_rank_stabilized([*unet, *text])
+    tucker = next((b for b in unet if "tucker" in b), None)
+    if tucker is not None and kind in ("dylora", "glora"):  # spec DyloraBlock / GloraBlock: no `tucker`
+        raise PresetError(
+            f"`{_source([tucker])}` gives its layers their own use_tucker on an algo={algo} network: "
+            f"dbspec's {kind} adapter's [[adapter.blocks]] (its layers' and other kinds') carry no Tucker "
+            "form (on LoRA/LoCon, LoHa and LoKr networks they do)",
+            False,
+        )
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:

@@ -287,7 +287,7 @@ def sd_factor_file(
     create_network_from_weights builds from a LoKr or LoHa file on `family` (SD 1.x/2.x or SDXL); else why
     not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `beside`: these are a mixed file's
     modules of the adapter's kind (lycoris_sd_mixed.py), the U-Net's other kinds' blocks, so they may be
-    the text encoders' alone."""
+    the text encoders' alone, and their Tucker form (`lokr_t2` / `hada_t1`) is their blocks' `tucker`."""
     layers = sd_layers(family)
     unknown = layers.unknown(modules)
     if unknown:
@@ -327,7 +327,8 @@ def sd_factor_file(
     conv = _common(spatial)
     (rank, factor, both, full, _), alpha = linear
     if conv is not None:  # the convolutions take the adapter's split: the linear one's
-        conv = ((conv[0][0], factor, both, full, conv[0][4]), conv[1])
+        # beside other kinds the adapter's Tucker form is off (DBS578): each Tucker module's block has its own
+        conv = ((conv[0][0], factor, both, full, conv[0][4] and not beside), conv[1])
     rows, text_rows = layers.rows, layers.text_rows
     targets, targets_2 = _text_targets(layers.texts, built_texts)
     out: dict[str, object] = {

@@ -16,8 +16,9 @@ modules', else LoRA; the other modules are
 layers) take their layers; the targets span every module's layer; the run starts from the file
 (runtime/mixed_init.py); with full modules at `init_scale` 2 (make_module_from_state_dict copies the diff
 into FullModule's weight, apply_to adds W, load_weights' prehook adds the diff again: W + 2 diff). A run of
-several kinds builds no Tucker form or weight decomposition (DBS578): a `lora_mid`, `hada_t1`, `lokr_t2` or
-`dora_scale` in such a file is DBS403; an OFT module's `rescale` is its block's `rescaled = "on"`. Checked
+several kinds builds no weight decomposition (DBS578): a `dora_scale` in such a file is DBS403; a LoCon's
+`lora_mid`, a LoHa's `hada_t1` / `hada_t2` and a LoKr's `lokr_t2` (their module's Tucker form) are their
+blocks' `tucker = "on"`; an OFT module's `rescale` is its block's `rescaled = "on"`. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
 
 from __future__ import annotations
@@ -100,13 +101,14 @@ def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
     else:
         found = _module(name, m, layer, path)
         if isinstance(found, dict):
-            if found["dora"] or found["options"][4]:
-                what = "weight decomposition (dora_scale)" if found["dora"] else "Tucker form (hada_t1)"
+            if found["dora"]:
                 return (
-                    f"`{name}` is a LoHa module with LyCORIS's {what} beside modules of other kinds: dbspec "
-                    "trains several kinds in one run without it (DBS578)"
+                    f"`{name}` is a LoHa module with LyCORIS's weight decomposition (dora_scale) beside "
+                    "modules of other kinds: dbspec trains several kinds in one run without it (DBS578)"
                 )
-            found = {"rank": found["options"][0], "alpha": found["alpha"]}
+            # a `hada_t1` (k x k convolutions only: _module): LohaModule's Tucker form, its block's own
+            tucker = {"tucker": True} if found["options"][4] else {}
+            found = {"rank": found["options"][0], "alpha": found["alpha"], **tucker}
     if isinstance(found, str):
         return found
     return {"kind": kind, "spatial": layer == "conv", **found}
@@ -128,7 +130,7 @@ def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]
             block.update(rank=rank, alpha=alpha)
         if rescaled:  # an OFT module's `rescale`: make_module_from_state_dict builds it with rescaled
             block["rescaled"] = "on"
-        if tucker:  # a LoCon convolution's `lora_mid`: its Tucker form (runtime/locon_tucker.py)
+        if tucker:  # a LoCon convolution's `lora_mid` (runtime/locon_tucker.py), a LoHa's `hada_t1`
             block["tucker"] = "on"
         out.append(block)
     return out
@@ -152,10 +154,10 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
     if isinstance(found, str):
         return found
     own_blocks = [*found["blocks"], *found["text_encoder_blocks"]]
-    if found.get("dora") or found.get("tucker") or any("dora" in b or "tucker" in b for b in own_blocks):
-        what = "weight decomposition" if found.get("dora") else "Tucker form"
+    # their Tucker form (lokr_t2 / hada_t1) is their blocks' own `tucker` (sd_factor_file's `beside`)
+    if found.get("dora") or any("dora" in b for b in own_blocks):
         return (
-            f"its {own} modules hold LyCORIS's {what} "
+            f"its {own} modules hold LyCORIS's weight decomposition "
             "beside modules of other kinds: dbspec trains several kinds in one run without it (DBS578)"
         )
     split = _split(modules, layers, own, unet_only)
