@@ -1622,6 +1622,7 @@ class GloraBlock:
         maximum=100_000,
     )
     conv_alpha: float = _block_conv_alpha()
+    unit: int = _block_unit()
 
 
 @frozen
