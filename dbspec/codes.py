@@ -2750,6 +2750,17 @@ rescale).""",
         help='set the block\'s rank_dropout_scale to "adapter", or remove the other option',
     ),
     Code(
+        "DBS581",
+        ERROR,
+        "A negative alpha on layers other than GLoRA's",
+        """\
+A GLoRA adapter (`kind = "glora"`) takes an `alpha` / `conv_alpha` below 0, as LyCORIS's GLoRAModule keeps its
+sign (scale alpha / rank: the update trains with its sign flipped). Its `[[adapter.blocks]]` of another `kind`
+(LoRA/LoCon, LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3 layers beside it) read their alpha as those kinds
+do, where dbspec takes only alphas of 0 or more.""",
+        help='give the block an alpha of 0 or more, or kind = "adapter" (GLoRA)',
+    ),
+    Code(
         "DBS582",
         ERROR,
         "A block's own bypass on a transformer family",

@@ -2517,6 +2517,27 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+@rule("spec")
+def glora_negative_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A GLoRA adapter's blocks of another kind with an alpha below 0 (DBS581): only GLoRAModule's layers keep
+    a negative alpha's sign in dbspec (the GLoRA spec's alphas may be negative, the other kinds' may not)."""
+    a = spec.adapter
+    if a.kind != "glora":
+        return
+    for i, block in enumerate(a.blocks):
+        if block.kind in ("adapter", "glora"):
+            continue
+        for key in ("alpha", "conv_alpha"):
+            if getattr(block, key) < 0:
+                yield _err(
+                    "DBS581",
+                    ("adapter", "blocks", i, key),
+                    f"adapter.blocks[{i}].{key} = {getattr(block, key):g} on a block of "
+                    f'kind = "{block.kind}": only GLoRA layers take an alpha below 0',
+                    codes.help("DBS581"),
+                )
+
+
 # The adapter options a run with several kinds leaves at these values (runtime/adapters.py builds each
 # kind's layers with the adapter's rank, alpha, targets, LoKr factor and decompose_both alone): DBS578.
 # module_dropout each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py

@@ -125,11 +125,16 @@ def _dylora_problems(a) -> Iterator[str]:
 
 def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
+    # GLoRA's alphas may be below 0 (LyCORIS's GLoRAModule keeps the sign; 0 is the rank, as it reads it)
+    signed = a.kind == "glora"
     if a.kind not in ("none", "full", "ia3", "diag-oft", "boft") and not (
-        _at_least(1)(a.rank) and _above(0)(a.alpha)
+        _at_least(1)(a.rank) and (_number(a.alpha) if signed else _above(0)(a.alpha))
     ):
-        yield f"a {a.kind} adapter needs rank >= 1 and alpha > 0; found rank {a.rank}, alpha {a.alpha}"
-    if a.conv_rank and not (_above(0)(a.conv_alpha) and a.conv_targets):
+        need = "a number as alpha" if signed else "alpha > 0"
+        yield f"a {a.kind} adapter needs rank >= 1 and {need}; found rank {a.rank}, alpha {a.alpha}"
+    if a.conv_rank and not (
+        (_number(a.conv_alpha) if signed else _above(0)(a.conv_alpha)) and a.conv_targets
+    ):
         yield (
             f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
             f"conv_targets {list(a.conv_targets)}"

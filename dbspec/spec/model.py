@@ -1610,6 +1610,19 @@ class BoftAdapter:
     )
 
 
+def _glora_alpha(what: str, rank: str, default=attrs.NOTHING, derived: str = ""):
+    """A GLoRA alpha: any sign (LyCORIS's GLoRAModule scales by alpha / rank, the sign kept)."""
+    return option(
+        default,
+        doc=f"Alpha of {what}; the update is scaled by alpha / {rank}. May be negative: LyCORIS's "
+        "GLoRAModule keeps the sign (kohya `network_alpha` / `conv_alpha` / a preset entry's `alpha` below 0 "
+        "with algo=glora), so the update trains with its sign flipped and the export saves the negative "
+        "alpha, as LyCORIS does; 0 is the rank (scale 1), as LyCORIS reads it.",
+        derived=derived,
+        example=-4.0,
+    )
+
+
 @frozen
 class GloraBlock:
     """Rank and alpha of the denoiser's GLoRA layers one pattern names (a LyCORIS preset file's
@@ -1633,7 +1646,11 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = _block_alpha()
+    alpha: float = option(
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for the GLoRA layers "
+        "(`kind` adapter or glora: LyCORIS's GLoRAModule keeps the sign, see the adapter's `alpha`; "
+        "DBS581 for other kinds)."
+    )
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -1641,7 +1658,10 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = option(
+        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
+    )
+    unit: int = _block_unit()
 
 
 @frozen
@@ -1652,7 +1672,12 @@ class GloraAdapter:
         "exported as LyCORIS's `a1.weight` / `a2.weight` / `b1.weight` / `b2.weight` / `alpha`."
     )
     rank: int = _rank(8, "GLoRA")
-    alpha: float = _alpha()
+    alpha: float = _glora_alpha(
+        "the GLoRA layers",
+        "rank",
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        "same as `rank` (scale 1.0)",
+    )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
@@ -1660,7 +1685,12 @@ class GloraAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _glora_alpha(
+        "the convolution adapters",
+        "conv_rank",
+        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
+        "same as `conv_rank` (scale 1.0)",
+    )
     conv_targets: list[str] = _conv_targets()
     # LyCORIS's GLoRAModule switches (runtime/lycoris_glora.py)
     scalar: bool = option(

@@ -902,6 +902,9 @@ algo = "lora"
 algo = "loha"
 dim = 2
 """
+# on the GLoRA network DyLoRA on the transformers' other Linears too, in blocks of 2 (a GLoRA block of kind
+# "dylora" takes the entry's block_size as its `unit`; was DBS403 "unknown key unit")
+MIXED_GLORA = MIXED + '[module_algo_map.Transformer2DModel]\nalgo = "dylora"\ndim = 4\nblock_size = 2\n'
 
 
 @pytest.mark.parametrize("algo", ["lokr", "glora"])
@@ -917,22 +920,33 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     from safetensors.torch import load_file
 
     from dbspec.runtime.adapters import adapters_disabled
+    from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    PRESETS["mixed"] = MIXED
+    preset = MIXED if algo == "lokr" else MIXED_GLORA
+    PRESETS["mixed"] = preset
     try:
         path, plan = _converted_plan(tmp_path, "mixed", algo)
     finally:
         del PRESETS["mixed"]
     a = plan.adapter
-    assert a.kind == algo and {b.kind for b in a.blocks} == {"lora", "loha"}
+    dylora = {"dylora"} if algo == "glora" else set()
+    assert a.kind == algo and {b.kind for b in a.blocks} == {"lora", "loha", *dylora}
+    assert [b.unit for b in a.blocks if b.kind == "dylora"] == ([2] if dylora else [])
     assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
     own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
     made = _lycoris(pipe, path, monkeypatch, algo)
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
-    assert {v[0] for v in theirs.values()} == {own, "LoConModule", "LohaModule"}
+    assert {v[0] for v in theirs.values()} == {
+        own,
+        "LoConModule",
+        "LohaModule",
+        *("DyLoraModule" for _ in dylora),
+    }
+    units = {m.block_size for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    assert units == ({2} if dylora else set())  # lycoris-lora's DyLoraModule in blocks of the entry's 2
     text = copy.deepcopy(pipe.text_encoder)
     add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
     theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
@@ -984,7 +998,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     if algo == "glora":  # kohya's --network_weights of that export starts a GLoRA network of several kinds
         (tmp_path / "again").mkdir()
         shutil.copy(export, tmp_path / "prev.safetensors")
-        PRESETS["mixed"] = MIXED
+        PRESETS["mixed"] = preset
         try:
             _, started = _converted_plan(
                 tmp_path / "again", "mixed", algo, "--network_weights=../prev.safetensors"
@@ -994,7 +1008,16 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
         assert started.adapter.init_weights
         tiny = ["optimizer.lr=1e-12", "schedule.steps=1", "output.dir=again"]  # a step that moves nothing
         run = execute(compile_spec(out_path(tmp_path / "again"), [*base, *tiny]), keep_models=True)
-        torch.testing.assert_close(_unet_output(run.components.unet.eval()), output, rtol=1e-6, atol=1e-6)
+        # LyCORIS's DyLoraModule.load_state_dict is a no-op and its parameters (up_list / down_list) are not
+        # the file's keys: kohya's load_weights leaves its layers fresh (up 0), the others start trained
+        expected = copy.deepcopy(trained)
+        fresh_dylora = [m for m in expected.modules() if isinstance(m, DyloraLayer)]
+        assert len(fresh_dylora) == sum(v[0] == "DyLoraModule" for v in theirs.values())
+        for layer in fresh_dylora:
+            for up in layer.lora_dylora_up["default"]:
+                up.data.zero_()
+        reference = _unet_output(expected)
+        torch.testing.assert_close(_unet_output(run.components.unet.eval()), reference, rtol=1e-6, atol=1e-6)
 
 
 def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:

@@ -34,7 +34,7 @@ def _inputs(generator):
     }
 
 
-@pytest.mark.parametrize("alpha", [0.0, 1.5])
+@pytest.mark.parametrize("alpha", [0.0, 1.5, -2.0])  # -2: kohya's network_alpha < 0, its sign kept
 def test_glora_layer_equals_lycoris_glora_module(alpha):
     from dbspec.runtime.lycoris_glora import glora_config
 
@@ -78,8 +78,10 @@ def test_glora_layer_equals_lycoris_glora_module(alpha):
         torch.testing.assert_close(merged.base_layer.weight, getattr(base, name).weight)
 
 
+# alpha below 0 (kohya network_alpha < 0 with algo=glora): GLoRAModule keeps its sign, the export saves it and
+# LyCORIS's loader builds its modules at that scale; the convolutions at a positive conv_alpha
 GLORA = (
-    'kind = "glora"\nrank = 2\nalpha = 1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
+    'kind = "glora"\nrank = 2\nalpha = -1.0\nconv_rank = 2\nconv_alpha = 1.0\n',
     {"algo": "glora", "conv_dim": "2", "conv_alpha": "1"},
     {"a1.weight", "a2.weight", "b1.weight", "b2.weight", "alpha"},
 )

@@ -36,7 +36,9 @@ GLORA_NETWORK = (
     DYLORA_NETWORK.replace("QKV", "diag-oft")
     .replace("DIM", "4")
     .replace('"dylora"\ndim = 6\nalpha = 3\nblock_size = 3', '"loha"\ndim = 6\nalpha = 3')
-)
+) + '[name_algo_map."double_blocks.*.img_attn.proj"]\nalgo = "dylora"\ndim = 4\nblock_size = 2\n'
+# (DyLoRA on the image stream's out projection: a GLoRA block of kind "dylora" with the entry's block_size as
+# its unit; was DBS403 "unknown key unit")
 
 
 def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_lycoris(tmp_path, monkeypatch):
@@ -48,7 +50,7 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
     plan = _converted(tmp_path, file.name, "glora", base)
     a = plan.adapter
     assert a.kind == "glora" and a.fused
-    kinds = {"lora", "lokr", "diag-oft", "full", "ia3"}
+    kinds = {"lora", "lokr", "diag-oft", "full", "ia3", "dylora"}
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
     planned, whole, tensors = _run(tmp_path, kinds, base)
     unet = whole.components.unet.eval()
@@ -65,7 +67,7 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
         "single_blocks.0.linear1": "LokrModule",
         "img_in": "FullModule",
         "txt_in": "IA3Module",
-        "double_blocks.0.img_attn.proj": "GLoRAModule",
+        "double_blocks.0.img_attn.proj": "DyLoraModule",
         "double_blocks.0.txt_attn.proj": "GLoRAModule",
         "single_blocks.0.linear2": "GLoRAModule",
     }
@@ -84,6 +86,8 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
             got = {(p.r["default"], round(float(p.scaling["default"]), 12)) for p in parts}
             assert got == {(module.lora_dim, round(float(module.scale), 12))}, path
             assert all(isinstance(p, GloraLayer) for p in parts)
+        if cls == "DyLoraModule":  # the entry's dim 4 in blocks of its 2, at the network's alpha 1 / 4
+            assert {_ours(p) for p in parts} == {_described(module)} == {(cls, 4, 1 / 4, 2)}, path
         if cls == "LoConModule":  # one down per fused Linear (tied), at the entry's dim and alpha
             assert {_ours(p) for p in parts} == {_described(module)}, path
             assert all(p.lora_A["default"].weight is parts[0].lora_A["default"].weight for p in parts)

@@ -105,3 +105,29 @@ def test_glora_rs_lora_scales_alpha_by_the_square_root_of_the_rank(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert a.alpha / a.rank == pytest.approx(4 / 8**0.5)
     assert a.conv_alpha / a.conv_rank == pytest.approx(2 / 4**0.5)
+
+
+def test_negative_alphas_keep_their_sign(tmp_path):
+    """LyCORIS's GLoRAModule scales by alpha / dim with the sign kept (`alpha = lora_dim if alpha is None or
+    alpha == 0 else alpha`), kohya's create_network hands network_alpha on as given and conv_alpha defaults
+    to it, a preset entry's own alpha wins (`alpha or self.alpha`): all to the GLoRA spec's signed alphas
+    (was DBS403: dbspec's alpha had to be above 0). tests/runtime/test_lycoris_glora.py: GloraLayer at a
+    negative alpha equal to GLoRAModule's output and gradients; a run at alpha -1 trains, resumes
+    bit-exact and loads back in lycoris-lora."""
+    outcome = _lycoris(tmp_path, '"algo=glora"')
+    plain = plan_of(outcome, tmp_path).adapter
+    config = (tmp_path / "cfg.toml").read_text().replace("network_alpha = 4", "network_alpha = -4")
+    write(tmp_path / "cfg.toml", config)
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_alpha) == ("glora", 8, -plain.alpha, -plain.conv_alpha)
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["Transformer2DModel"]\ntext_encoder_target_module = ["CLIPAttention"]\n'
+        "[module_algo_map.FeedForward]\ndim = 4\nalpha = -2\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "entry").mkdir()
+    entry = _lycoris(tmp_path / "entry", '"algo=glora", "preset=../p.toml"')
+    assert entry.exit_code == 0, errors(entry)
+    assert [(b.rank, b.alpha) for b in plan_of(entry, tmp_path / "entry").adapter.blocks] == [(4, -2.0)]

@@ -159,7 +159,12 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
         )
 
     _file(tmp_path / "prev.safetensors", {unet: _lora(3 * 2432, 2432), clip_g: _lora(1280, 5120)})
-    assert IDLE not in messages(run("0 5e-5"), "DBS403")  # CLIP-G trains, CLIP-L has no module
+    trains = run("0 5e-5")
+    assert IDLE not in messages(trains, "DBS403")  # CLIP-G trains, CLIP-L has no module
+    assert "CLIP-L" not in messages(trains, "DBS404")  # nor any idle one for max_grad_norm's clip
+    plan = plan_of(trains, tmp_path)
+    trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    assert trained == {"unet", "text_encoder_2"} and plan.optimizer.text_encoder_lr == 5e-5
     outcome = run("5e-5 0")
     assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
     outcome = run("0")  # one value: every encoder's
@@ -246,6 +251,14 @@ def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
         kohya(tmp_path, command=f"{command} --text_encoder_lr {rates} --max_grad_norm 0"), tmp_path
     )
     assert plan.optimizer.max_grad_norm == 0
+    # the other encoder trains at its own value ([CLIP-L, T5-XXL]; Flux's T5 is text_encoder_2)
+    clip_l, t5 = (float(v) for v in rates.split())
+    o = plan.optimizer
+    rate = {"text_encoder": o.text_encoder_lr, "text_encoder_2": o.text_encoder_2_lr or o.text_encoder_lr}
+    trained = {
+        c.name: rate[c.name] for c in plan.precision.components if c.name in rate and c.trainable != "frozen"
+    }
+    assert trained == ({"text_encoder_2": t5} if clip_l == 0 else {"text_encoder": clip_l})
 
 
 def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):

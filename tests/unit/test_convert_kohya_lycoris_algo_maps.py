@@ -844,6 +844,27 @@ def test_dylora_entries_are_dylora_blocks(tmp_path):
     assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1
 
 
+def test_dylora_entries_on_a_glora_network(tmp_path):
+    """DyLoRA entries beside a GLoRA network (was DBS403 "unknown key `unit`": GLoRA blocks had none): blocks
+    of kind "dylora" at the entry's dim and alpha in blocks of its own block_size, else the network's
+    (create_network's `int(block_size or 4)`); a dim that is not a multiple of it stops kohya (DBS402).
+    Runtime: tests/runtime/test_lycoris_algo_maps.py (SD 1.x) and test_lycoris_mixed_flow_glora.py (Flux)."""
+    entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\ndim = 6\nalpha = 3\nblock_size = 2\n'
+    outcome = expressible(_convert(tmp_path, FULL + entry, "glora"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "glora" and [(b.kind, b.rank, b.alpha, b.unit) for b in a.blocks] == [
+        ("dylora", 6, 3.0, 2)
+    ]
+    assert re.search(a.blocks[0].pattern, "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2")
+    (tmp_path / "network").mkdir()  # no block_size of its own: the network's, else 4
+    own = entry.replace("block_size = 2\n", "").replace("dim = 6", "dim = 12")
+    for args, unit in (('"block_size=3"', 3), ("", 4)):
+        outcome = expressible(_convert(tmp_path / "network", FULL + own, "glora", args))
+        assert [b.unit for b in plan_of(outcome, tmp_path / "network").adapter.blocks] == [unit]
+    outcome = _convert(tmp_path / "network", FULL + own.replace("dim = 12", "dim = 6"), "glora")
+    assert "DBS402" in codes(outcome) and "block_size" in messages(outcome, "DBS402")
+
+
 def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
     """A DyLoRA network (block_size 4) with LoCon / LoHa / full entries: blocks of those kinds on the DyLoRA
     adapter (their ranks not cut into blocks: an entry's dim 6 is no DBS402 there), the DyLoRA entries'

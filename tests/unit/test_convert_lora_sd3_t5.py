@@ -95,6 +95,39 @@ def test_clip_g_at_zero_leaves_t5_at_its_rate(tmp_path):
     assert _plan_rates(plan) == {"text_encoder": 5e-5, "text_encoder_3": 1e-5}
 
 
+@pytest.mark.parametrize("t5", [False, True], ids=["clip", "t5"])
+@pytest.mark.parametrize("values", [[0, 5e-5], [0, 5e-5, 2e-5], [0, 1e-4]], ids=["two", "three", "unet-rate"])
+def test_clip_l_at_zero_trains_clip_g_alone(tmp_path, values, t5):
+    """text_encoder_lr's first value 0: lora_sd3 leaves CLIP-L's group out and trains CLIP-G (and T5-XXL with
+    train_t5xxl) at the padded rates, as sdxl_train.py's learning_rate_te1 0 trains the second encoder
+    alone (train.text_encoder = false, train.text_encoder_2 = true)."""
+    rates = " ".join(f"{v:g}" for v in values)
+    extra = ('--network_args "train_t5xxl=True" ' if t5 else "") + f"--text_encoder_lr {rates}"
+    outcome = _sd3(tmp_path, f"{extra} --max_grad_norm 0")
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome)
+    plan = plan_of(outcome, tmp_path)
+    expected = dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), _kohya_rates(values, 1e-4)))
+    expected = {k: v for k, v in expected.items() if v != 0 and (t5 or k != "text_encoder_3")}
+    assert _plan_rates(plan) == expected and plan.optimizer.lr == 1e-4
+    # kohya's default max_grad_norm 1.0 clips CLIP-L's idle modules' gradients too: converted with DBS404
+    clipped = _sd3(tmp_path, extra)
+    assert "builds CLIP-L's LoRA modules" in " ".join(
+        d.message for d in clipped.diagnostics if d.code == "DBS404"
+    )
+    assert _plan_rates(plan_of(clipped, tmp_path)) == expected
+
+
+def test_lycoris_clip_l_at_zero_trains_no_text_encoder(tmp_path):
+    """lycoris.kohya on SD3: one text group at text_encoder_lr's first value, so 0 trains neither CLIP."""
+    command = COMMAND.replace("--network_module networks.lora_sd3", "--network_module lycoris.kohya")
+    images(tmp_path / "x" / "10_ohwx dog", 4, (512, 512))
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
+        component_file(tmp_path / "sd3" / name)
+    extra = "--network_args algo=locon preset=full-lin --text_encoder_lr 0 5e-5 --max_grad_norm 0"
+    plan = plan_of(kohya(tmp_path, command=f"{command} {extra}"), tmp_path)
+    assert _plan_rates(plan) == {}
+
+
 def test_t5_rate_zero_is_inert(tmp_path):
     outcome = _sd3(
         tmp_path, '--network_args "train_t5xxl=True" --text_encoder_lr 5e-5 2e-5 0 --max_grad_norm 0'

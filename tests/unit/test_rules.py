@@ -1381,6 +1381,19 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
         + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\nunit = 2\n",
     ),
+    (  # a GLoRA adapter's alphas may be negative (GLoRAModule keeps the sign), its blocks of other kinds' not
+        rules.glora_negative_alpha,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = -1.0\n",
+        [("DBS581", "error", ("adapter", "blocks", 0, "alpha"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = -1.0\n"
+        + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n",
+    ),
     (  # a block with its own unit (a LyCORIS map entry's block_size): its ranks are whole blocks of it
         rules.dylora_blocks_fit,
         DOG

@@ -25,6 +25,7 @@ from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_los
 from dbspec.convert.kohya.group_lists import lift_kept_rates
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
+    file_has_first_text,
     file_has_text,
     map_adapter,
     map_file_text_encoders,
@@ -172,7 +173,8 @@ def convert_kohya(
         a = lift_kept_rates(a, conv)
     map_lr_schedule(a, length.total_steps, conv, script)
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
-    text_encoder = map_text_encoder(a, script, length.total_steps, conv, not lora or file_has_text(a, paths))
+    has_text, has_first = (file_has_text(a, paths), file_has_first_text(a, paths)) if lora else (True, True)
+    text_encoder = map_text_encoder(a, script, length.total_steps, conv, has_text, has_first)
     map_learning_rates(a, script, text_encoder, conv)
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder)

@@ -105,7 +105,9 @@ def _glora(name: str, module: LycorisModule, layer: str) -> dict[str, Any] | str
             "TypeError"
         )
     if module.alpha < 0:
-        return f"`{name}.alpha` is {module.alpha:g}: dbspec's GLoRA alpha is above 0"
+        return (
+            f"`{name}.alpha` is {module.alpha:g}: dbspec does not start a GLoRA from a file's negative alpha"
+        )
     return {"rank": rank, "alpha": float(module.alpha or rank)}  # GLoRAModule: alpha 0 is the rank
 
 

@@ -430,6 +430,13 @@ def file_has_text(a: Args, paths: PathMapper) -> bool:
     return names is None or any(n.startswith("lora_te") for n in names)
 
 
+def file_has_first_text(a: Args, paths: PathMapper) -> bool:
+    """False when --dim_from_weights builds the network from a file without a module of the first text
+    encoder (CLIP-L: `lora_te1_`, SD 1.x's `lora_te_`); True otherwise, or when it is unreadable."""
+    names = _file_modules(a, paths)
+    return names is None or any(n.startswith(("lora_te_", "lora_te1_")) for n in names)
+
+
 def map_file_text_encoders(a: Args, script: str, paths: PathMapper, conv: Conversion, trains: bool) -> None:
     """--dim_from_weights with a file holding text-encoder modules of some CLIP encoders only: kohya's
     create_network_from_weights builds no LoRA on the others (SDXL's and SD3's second, or the first: Flux's

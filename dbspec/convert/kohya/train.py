@@ -694,9 +694,16 @@ def text_outputs_cached(a: Args) -> Legacy | None:
 
 
 def map_text_encoder(
-    a: Args, script: str, total: int | None, conv: Conversion, text_modules: bool = True
+    a: Args,
+    script: str,
+    total: int | None,
+    conv: Conversion,
+    text_modules: bool = True,
+    first_modules: bool = True,
 ) -> bool:
-    """[train] text_encoder and its stop step; returns whether the text encoder trains."""
+    """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
+    `first_modules`: whether kohya's network holds text-encoder modules at all / of the first encoder (False
+    for a --dim_from_weights file without them)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -737,12 +744,17 @@ def map_text_encoder(
         conv.record(unet_only, "mapped", "train.t5")
         return bool(conv.values.get(("train", "t5"), (False, ""))[0])
     te_lr = lora_text_encoder_lr(a)
+    clip_g = _sd3_clip_g_rate(a, script)
+    if not unet_only.value and te_lr.value == 0 and clip_g and text_modules:
+        return _sd3_clip_g_alone(a, te_lr, conv, first_modules)
     if not unet_only.value and te_lr.value == 0:
         if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
             # the modules at rate 0 still count in max_grad_norm's clip (idle_text.py; exact at 0)
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
             )
+            if clip_g == 0:  # lora_sd3's CLIP-G at 0 too (its second value, or the one value)
+                first = "CLIP-L's and CLIP-G's"
             clipped_idle_text(a, te_lr, first, conv)
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
@@ -804,6 +816,40 @@ def map_text_encoder(
     if te_only.value:
         conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
+
+
+def _sd3_clip_g_rate(a: Args, script: str) -> float | None:
+    """CLIP-G's rate in a networks.lora_sd3 run (prepare_optimizer_params_with_multiple_te_lrs pads
+    text_encoder_lr to [CLIP-L, CLIP-G, T5-XXL]: one value gives all three, two [a, b, b]; none:
+    learning_rate), or None for another script or network (lycoris.kohya: one text group at the first
+    value)."""
+    if script != "sd3_train_network" or a["network_module"].value == "lycoris.kohya":
+        return None
+    te = a["text_encoder_lr"].value
+    values = te if isinstance(te, list) else [te] if te is not None else []
+    return float(values[1] if len(values) > 1 else values[0]) if values else float(a["learning_rate"].value)
+
+
+def _sd3_clip_g_alone(a: Args, te_lr: Legacy, conv: Conversion, clip_l_modules: bool) -> bool:
+    """lora_sd3 with text_encoder_lr's first value 0 and its second above: kohya leaves CLIP-L's group out
+    ("NO LR skipping!") and trains CLIP-G at the second value, as sdxl_train.py's learning_rate_te1 0 trains
+    the second encoder alone: train.text_encoder = false, train.text_encoder_2 = true, CLIP-G's rate
+    optimizer.text_encoder_lr (_sd3_clip_g_lr). CLIP-L's modules (none from a --dim_from_weights file
+    without them) still count in max_grad_norm's clip."""
+    unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
+    if clip_l_modules and not _file_refused(a, conv):
+        clipped_idle_text(a, te_lr, "CLIP-L's", conv)
+    conv.record(unet_only, "mapped", "train.text_encoder")
+    why = "lora_sd3 leaves CLIP-L's group out at its rate 0 (text_encoder_lr's first value)"
+    conv.mapped(te_lr, ("train", "text_encoder"), False, comment=conv.comment(te_lr, why))
+    conv.put(
+        ("train", "text_encoder_2"),
+        True,
+        conv.comment(te_lr, "CLIP-G trains alone, at text_encoder_lr's second value"),
+    )
+    if te_only.value:
+        conv.mapped(te_only, ("train", "denoiser"), False)
+    return True
 
 
 def _builds_text_modules(a: Args, conv: Conversion, text_modules: bool) -> bool:
@@ -1082,7 +1128,7 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
         return _t5_rate(a, lr)  # LyCORIS has one text group, at the first value (lora_text_encoder_lr)
     te = lora_text_encoder_lr(a)
     if script == "sd3_train_network" and trains and module != "lycoris.kohya":
-        _sd3_clip_g_lr(a, conv)
+        return _sd3_clip_g_lr(a, te, conv)
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
         # LyCORIS's network has no prepare_optimizer_params_with_multiple_te_lrs either
         conv.notes.append(
@@ -1092,25 +1138,30 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
     return te
 
 
-def _sd3_clip_g_lr(a: Args, conv: Conversion) -> None:
+def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion) -> Legacy:
     """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: CLIP-L at text_encoder_lr's first value,
     CLIP-G at its second (one value: both), T5-XXL at the third with train_t5xxl (lora_flux.train_t5); a rate
-    of 0 leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G)."""
-    te = a["text_encoder_lr"]
-    if not (isinstance(te.value, list) and len(te.value) > 1):
-        return
-    first, second = float(te.value[0]), float(te.value[1])
+    of 0 leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G). Returns
+    the rate of dbspec's text_encoder_lr: CLIP-L's (`te`), or CLIP-G's where it trains alone
+    (_sd3_clip_g_alone: CLIP-L at 0)."""
+    given = a["text_encoder_lr"]
+    if not (isinstance(given.value, list) and len(given.value) > 1):
+        return te
+    first, second = float(given.value[0]), float(given.value[1])
     if second == first:
-        return
+        return te
+    if first == 0:  # CLIP-G trains alone: its rate is text_encoder_lr (text_encoder_2_lr derives from it)
+        return attrs.evolve(given, value=second)
     if second == 0:
-        clipped_idle_text(a, te, "CLIP-G's", conv)  # its modules still count in the clip (exact without)
+        clipped_idle_text(a, given, "CLIP-G's", conv)  # its modules still count in the clip (exact without)
         conv.put(
-            ("train", "text_encoder_2"), False, conv.comment(te, "CLIP-G's rate 0: kohya skips its group")
+            ("train", "text_encoder_2"), False, conv.comment(given, "CLIP-G's rate 0: kohya skips its group")
         )
     else:
         conv.put(
-            ("optimizer", "text_encoder_2_lr"), second, conv.comment(te, "CLIP-G's rate: the second value")
+            ("optimizer", "text_encoder_2_lr"), second, conv.comment(given, "CLIP-G's rate: the second value")
         )
+    return te
 
 
 def _rates(conv: Conversion) -> set[float]:
@@ -1118,7 +1169,7 @@ def _rates(conv: Conversion) -> set[float]:
     written = {path: value for path, (value, _) in conv.values.items()}
     lr = written[("optimizer", "lr")] if ("optimizer", "lr") in written else _OPTIMIZER_DEFAULTS["lr"]
     rates = {lr}
-    trains_text = ("train", "text_encoder") in written and written[("train", "text_encoder")]
+    trains_text = any(written.get(("train", k), False) for k in ("text_encoder", "text_encoder_2"))
     if trains_text and ("optimizer", "text_encoder_lr") in written:
         rates.add(written[("optimizer", "text_encoder_lr")])
     return rates
