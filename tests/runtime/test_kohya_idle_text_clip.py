@@ -6,8 +6,8 @@ prepare_optimizer_params, `clip_grad_norm_(network.get_trainable_params(), max_g
 lora_up gradients are not 0, never cleared, and count in the clip: with max_grad_norm the U-Net's modules end
 elsewhere than with the text encoder's dropped (--network_train_unet_only, what train.text_encoder = false
 trains); with max_grad_norm 0 they end bit for bit the same. `train.text_encoder_idle = "kohya"` is kohya's
-run: dbspec's own Run (runtime/setup.py: its optimizer, its clip list) stepped on the same inputs from the same
-modules ends with kohya's U-Net modules and CLIP gradients, and a tiny run resumes bit-exact."""
+run: dbspec's own Run (runtime/setup.py: its optimizer, its clip list) stepped on the same inputs from the
+same modules ends with kohya's U-Net modules and CLIP gradients, and a tiny run resumes bit-exact."""
 
 from __future__ import annotations
 
