@@ -98,7 +98,9 @@ def test_network_weights_without_dim_from_weights_too(tmp_path):
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
-    assert not {"DBS402", "DBS403"} & codes(outcome) and CLIPPED in messages(outcome, "DBS404")
+    assert not {"DBS402", "DBS403"} & codes(outcome) and CLIPPED not in messages(outcome, "DBS404")
+    # the fresh modules kept idle under kohya's clip beside the file's U-Net modules
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
 
 
 FLUX = (
@@ -166,11 +168,14 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
 
 
-# --- fresh text-encoder modules at rate 0 under max_grad_norm (clipped_idle_text) ---------------------------
+# --- fresh text-encoder modules at rate 0 under max_grad_norm ---------------------------------------------
 # train_network.py builds the text encoders' modules whatever their rate (apply_to), runs them under grad and
 # clips network.get_trainable_params() (every module's parameters) to max_grad_norm (kohya's default 1.0):
-# a fresh module's lora_up is 0 but its gradient is not, so the clip coefficient of the trained modules'
-# step counts it. Exact as train.text_encoder = false only with --max_grad_norm 0.
+# a fresh module's lora_up is 0 but its gradient is not, never cleared (out of the optimizer), so the clip
+# coefficient of the trained modules' step counts it: train.text_encoder_idle = "kohya" (exact; checked
+# against lycoris-lora in tests/runtime/test_kohya_idle_text_clip.py). networks.lora_fa keeps the group in
+# the optimizer at rate 0 (cleared every step): converted untrained with a DBS404 warning. Without a clip
+# train.text_encoder = false is the same run.
 
 SD_FRESH = {
     "networks.lora": "",
@@ -182,24 +187,31 @@ SD_FRESH = {
 
 
 @pytest.mark.parametrize("kind", sorted(SD_FRESH))
-def test_fresh_text_modules_at_rate_0_under_a_clip_convert_with_a_warning(tmp_path, kind):
+def test_fresh_text_modules_at_rate_0_under_a_clip_stay_idle(tmp_path, kind):
     command = f"{SD_FRESH[kind]} --unet_lr 1e-4 --text_encoder_lr 0"
     outcome = kohya_lora(tmp_path, command)  # kohya's default max_grad_norm 1.0
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert not plan_of(outcome, tmp_path).train_text_encoder  # the encoder untrained, as without a clip
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_text_encoder  # nothing of the encoder moves
     said = messages(outcome, "DBS404")
-    assert CLIPPED in said and "max_grad_norm 1" in said
-    # networks.lora_fa keeps the group in the optimizer at rate 0; the others leave it out, never clearing it
-    kept = "keeps their group in the optimizer at rate 0" in said
-    assert kept == (kind == "networks.lora_fa") and ("add up from step to step" in said) != kept
-    clipped = kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5")
-    assert "max_grad_norm 0.5" in messages(clipped, "DBS404")
+    if kind == "networks.lora_fa":  # kept in the optimizer at rate 0, cleared every step: the warning
+        assert CLIPPED in said and "keeps their group in the optimizer at rate 0" in said
+        assert "max_grad_norm 1" in said and plan.idle_text_encoders == ()
+        assert "max_grad_norm 0.5" in messages(
+            kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5"), "DBS404"
+        )
+    else:  # out of the optimizer, their gradients added up and clipped: the idle encoder, exact
+        assert CLIPPED not in said, said
+        assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
+        assert [c.trainable for c in plan.precision.components if c.name == "text_encoder"] == ["lora"]
+        assert not plan.cache.text_embeddings
     # without a clip nothing reads their gradients: train.text_encoder = false is the same run (no warning)
     for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
         same = kohya_lora(tmp_path, f"{command} {exact}")
         assert CLIPPED not in messages(same, "DBS404")
         plan = plan_of(same, tmp_path)
         assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
+        assert plan.idle_text_encoders == ()
 
 
 def test_networks_without_text_modules_convert_under_a_clip(tmp_path):
@@ -218,7 +230,9 @@ def test_sdxl_first_value_decides(tmp_path):
     """sdxl_train_network.py with networks.lora: both encoders at text_encoder_lr's first value."""
     sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
     outcome = kohya_lora(tmp_path, "--text_encoder_lr 0 1e-5", base=sdxl)
-    assert CLIPPED in messages(outcome, "DBS404") and not plan_of(outcome, tmp_path).train_text_encoder
+    plan = plan_of(outcome, tmp_path)
+    assert CLIPPED not in messages(outcome, "DBS404") and not plan.train_text_encoder
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2")  # both kept idle, clipped
     plan = plan_of(kohya_lora(tmp_path, "--text_encoder_lr 1e-5 0", base=sdxl), tmp_path)
     assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == pytest.approx(1e-5)
 

@@ -25,6 +25,25 @@ _MULTIPLE = {
 }
 
 
+# the scripts and networks whose text-encoder modules at rate 0 train.text_encoder_idle = "kohya" keeps
+# exactly (SD 1.x/2.x, SDXL; networks.lora_fa keeps their group in the optimizer at rate 0, cleared each step)
+_IDLE_SCRIPTS = ("train_network", "sdxl_train_network")
+_IDLE_MODULES = ("networks.lora", "networks.dylora", "lycoris.kohya")
+IDLE_NOTE = (
+    "text_encoder_lr 0: kohya's apply_to still builds the text-encoder modules, which never train while "
+    "their gradients add up and count in max_grad_norm's clip"
+)
+
+
+def idle_kohya(a: dict[str, Legacy], script: str) -> bool:
+    """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
+    "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
+    clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
+    under a clip (without one train.text_encoder = false is the same run, cheaper)."""
+    module = a["network_module"].value if "network_module" in a else "networks.lora"
+    return bool(a["max_grad_norm"].value) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+
+
 def _rates(a: dict[str, Legacy]) -> list[float]:
     te = a["text_encoder_lr"].value
     values = te if isinstance(te, list) else [te] if te is not None else []

@@ -9,7 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.kohya.idle_text import clipped_idle_text
+from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
@@ -743,7 +743,10 @@ def map_text_encoder(
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
             )
-            clipped_idle_text(a, te_lr, first, conv)
+            if idle_kohya(a, script):  # exact: train.text_encoder_idle keeps them, clipped as kohya's
+                conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
+            else:
+                clipped_idle_text(a, te_lr, first, conv)
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
             te_lr,
