@@ -70,26 +70,33 @@ SD_FILES = {
 
 
 @pytest.mark.parametrize("kind", sorted(SD_FILES))
-def test_sd_file_text_modules_at_rate_0_are_refused_on_every_path(tmp_path, kind):
+def test_sd_file_text_modules_at_rate_0_stay_idle_on_every_path(tmp_path, kind):
+    """The file's CLIP modules at rate 0: the idle encoder (train.text_encoder_idle = "kohya") loaded with
+    them through adapter.init_weights, whether or not max_grad_norm clips."""
     module, make = SD_FILES[kind]
     _file(tmp_path / "prev.safetensors", {Q: make(320, 320), TE: make(768, 768)})
     command = f"{module} --network_weights prev.safetensors --dim_from_weights"
     trains = kohya_lora(tmp_path, f"{command} --text_encoder_lr 5e-5")  # CLIP's modules train: converts
     assert IDLE not in messages(trains, "DBS403"), errors(trains)
-    outcome = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0")
-    assert fate(outcome, "dim_from_weights") == "unsupported", errors(outcome)
-    assert IDLE in messages(outcome, "DBS403") and TE in messages(outcome, "DBS403")
+    for clip in ("", " --max_grad_norm 0"):
+        outcome = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0{clip}")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+        assert plan.adapter.init_weights.endswith("prev.safetensors")
     # --network_train_unet_only: apply_to drops the text encoder's modules, nothing is left idle
     dropped = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0 --network_train_unet_only")
     assert IDLE not in messages(dropped, "DBS403"), errors(dropped)
+    assert plan_of(dropped, tmp_path).idle_text_encoders == ()
 
 
 def test_network_weights_without_dim_from_weights_too(tmp_path):
     """create_network builds CLIP's modules and load_weights puts the file's in them: the same idle modules;
     a `--text_encoder_lr a 0` takes networks.lora's first value (kohya hands it only that one)."""
     _file(tmp_path / "prev.safetensors", {Q: _lora(320, 320), TE: _lora(768, 768)})
-    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
-    assert fate(outcome, "network_weights") == "unsupported" and IDLE in messages(outcome, "DBS403")
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"  # the file's, kept idle
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 5e-5 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     # a file without text-encoder modules: create_network still builds fresh ones (lora_up 0), which only

@@ -35,13 +35,14 @@ IDLE_NOTE = (
 )
 
 
-def idle_kohya(a: dict[str, Legacy], script: str) -> bool:
+def idle_kohya(a: dict[str, Legacy], script: str, file: bool = False) -> bool:
     """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
     "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
     clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
-    under a clip (without one train.text_encoder = false is the same run, cheaper)."""
+    under a clip, or (`file`) with a --network_weights file's modules on them (without either, fresh modules
+    leave the output the base's and train.text_encoder = false is the same run, cheaper)."""
     module = a["network_module"].value if "network_module" in a else "networks.lora"
-    return bool(a["max_grad_norm"].value) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+    return (file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
 
 
 def _rates(a: dict[str, Legacy]) -> list[float]:
@@ -52,18 +53,18 @@ def _rates(a: dict[str, Legacy]) -> list[float]:
     return [float(v) for v in values]
 
 
-def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
-    """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
-    weights and never trains (their rate 0); True when reported. An unreadable file is left to the
-    mappings that read it."""
+def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
+    """The --network_weights file's text-encoder modules kohya applies at rate 0: the first module of each
+    encoder prefix (lora_te_, lora_te1_, ...) by prefix; {} for none, or an unreadable file (left to the
+    mappings that read it)."""
     weights = a["network_weights"]
     if not weights.value or ("network_train_unet_only" in a and a["network_train_unet_only"].value):
-        return False
+        return {}
     local = paths.local(weights.value)
     try:
         names = sorted({k.split(".", 1)[0] for k in read_safetensors_header(local)}) if local else []
     except (ModelFileError, OSError, ValueError):
-        return False
+        return {}
     rates = _rates(a)
     module = a["network_module"].value if "network_module" in a else None
     per_encoder = _MULTIPLE.get(str(module))
@@ -80,8 +81,30 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
             continue
         if rate == 0:
             idle.setdefault(prefix, name)
-    if not idle:
+    return idle
+
+
+def file_idle(a: dict[str, Legacy], paths, script: str) -> bool:
+    """Whether the --network_weights file's text-encoder modules at rate 0 convert as
+    train.text_encoder_idle = "kohya" (the idle encoders loaded with the file's modules by
+    adapter.init_weights): the scripts and networks idle_kohya takes, where kohya's network holds modules on
+    every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL both)."""
+    idle = _idle_modules(a, paths)
+    if not idle or not idle_kohya(a, script, file=True):
         return False
+    if a["dim_from_weights"].value and script == "sdxl_train_network":
+        return {"lora_te1_", "lora_te2_"} <= set(idle)
+    return True
+
+
+def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
+    """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
+    weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (file_idle); True
+    when reported. An unreadable file is left to the mappings that read it."""
+    idle = _idle_modules(a, paths)
+    if not idle or file_idle(a, paths, script):
+        return False
+    weights = a["network_weights"]
     from_file = a["dim_from_weights"]
     key = from_file if from_file.value else weights
     first = ", ".join(f"`{n}`" for n in idle.values())

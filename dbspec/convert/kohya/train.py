@@ -694,9 +694,15 @@ def text_outputs_cached(a: Args) -> Legacy | None:
 
 
 def map_text_encoder(
-    a: Args, script: str, total: int | None, conv: Conversion, text_modules: bool = True
+    a: Args,
+    script: str,
+    total: int | None,
+    conv: Conversion,
+    text_modules: bool = True,
+    idle_file: bool = False,
 ) -> bool:
-    """[train] text_encoder and its stop step; returns whether the text encoder trains."""
+    """[train] text_encoder and its stop step; returns whether the text encoder trains. `idle_file`: a
+    --network_weights file's text-encoder modules at rate 0 that train.text_encoder_idle keeps (file_idle)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -743,7 +749,7 @@ def map_text_encoder(
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
             )
-            if idle_kohya(a, script):  # exact: train.text_encoder_idle keeps them, clipped as kohya's
+            if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
             else:
                 clipped_idle_text(a, te_lr, first, conv)
