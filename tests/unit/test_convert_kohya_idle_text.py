@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from convert_kit import (
+    GPU,
     KOHYA_LORA,
     SD15,
     SDXL,
@@ -289,3 +290,71 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
         assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
         assert fate(outcome, key) == "differs", fate(outcome, key)
         assert kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0").written
+
+
+def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_path):
+    """sdxl_train_network.py --dim_from_weights builds only the file's modules: with both CLIP encoders'
+    at rate 0 they stay idle; a file with CLIP-L's alone leaves CLIP-G without modules, which the one
+    train.text_encoder_idle cannot say (DBS403). Without --dim_from_weights create_network builds both."""
+    sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
+    unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    te2 = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    both = {unet: _lora(640, 640), te1: _lora(768, 768), te2: _lora(1280, 1280)}
+    _file(tmp_path / "prev.safetensors", both)
+    command = "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 0"
+    outcome = kohya_lora(tmp_path, command, base=sdxl)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path).idle_text_encoders == ("text_encoder", "text_encoder_2")
+    _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), te1: _lora(768, 768)})
+    outcome = kohya_lora(tmp_path, command, base=sdxl)
+    assert IDLE in messages(outcome, "DBS403") and te1 in messages(outcome, "DBS403")
+    outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+
+
+IDLE_SPEC = """spec_version = 2
+
+[model]
+base = "builtin:tiny-sdxl"
+
+[adapter]
+kind = "lora"
+
+[train]
+text_encoder = {first}
+text_encoder_2 = {second}
+text_encoder_idle = "kohya"
+
+[[datasets]]
+name = "dog"
+path = "d"
+prompt = "a photo of ohwx dog"
+
+[schedule]
+steps = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "idle"),
+    [
+        ("false", "false", ("text_encoder", "text_encoder_2")),
+        ("true", "false", ("text_encoder_2",)),  # each untrained CLIP encoder on its own
+        ("true", "true", ()),  # nothing left idle: DBS598
+    ],
+)
+def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, second, idle):
+    from dbspec.frontend import plan_spec
+
+    images(tmp_path / "d", 2, (64, 64))
+    (tmp_path / "spec.toml").write_text(IDLE_SPEC.format(first=first, second=second))
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    plan = planned.plan
+    assert plan.idle_text_encoders == idle
+    assert ("DBS598" in {d.code for d in planned.diagnostics}) == (not idle)
+    lora = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert {"text_encoder", "text_encoder_2"} <= lora  # the idle ones carry the adapter too
+    assert plan.train_text_encoder == (first == "true")

@@ -1,15 +1,19 @@
-"""A --network_weights file's text-encoder modules at text_encoder_lr 0 (issue 12): train_network.py's
-apply_to keeps the network's text-encoder modules whenever --network_train_unet_only is off
-(is_train_text_encoder reads no rate), create_network_from_weights (--dim_from_weights) or load_weights puts
-the file's weights in them, and the networks' prepare_optimizer_params leave a group at rate 0 out of the
-optimizer (networks.lora: "lr" 0 skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes every
-step through the file's modules, which never change, yet they still take gradients that max_grad_norm's
-clipping counts (get_trainable_params: every parameter of the network). dbspec adapts a text encoder only
-while it trains, so the converted run would leave it plain: DBS403 for every --network_weights path
-(networks.lora, networks.dylora, networks.lora_flux / lora_sd3, lycoris.kohya's kinds on SD 1.x/2.x, SDXL,
-Flux and SD3). Fresh modules at rate 0 (clipped_idle_text): their output is the base's, but their gradients
-count in max_grad_norm's clip: without a file, train.text_encoder = false is exact only at max_grad_norm 0,
-and converts with a DBS404 warning otherwise (kohya's clip counts modules that never move)."""
+"""kohya's text-encoder modules at text_encoder_lr 0 (issue 12): train_network.py's apply_to builds the
+network's text-encoder modules whenever --network_train_unet_only is off (is_train_text_encoder reads no
+rate), fresh or with a --network_weights file's weights (create_network_from_weights / load_weights), and
+the networks' prepare_optimizer_params leave a group at rate 0 out of the optimizer (networks.lora: "lr" 0
+skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes under grad through modules that never
+change, whose gradients optimizer.zero_grad never clears: they add up step after step and count in
+max_grad_norm's clip (get_trainable_params: every parameter of the network), which scales the sum in place.
+
+`train.text_encoder_idle = "kohya"` is that run (runtime/idle_text.py; checked bit for bit against
+lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora, networks.dylora
+and lycoris.kohya on train_network.py / sdxl_train_network.py map to it, fresh modules under a clip (without
+one, train.text_encoder = false is the same run) and a file's modules always (adapter.init_weights loads
+them into the idle encoder). Elsewhere: a file's idle modules are DBS403 (idle_text_modules: Flux, SD3,
+--dim_from_weights on SDXL with one encoder's modules), fresh modules under a clip a DBS404 warning
+(clipped_idle_text: networks.lora_fa, which keeps the group in the optimizer at rate 0, lora_flux /
+lora_sd3)."""
 
 from __future__ import annotations
 
@@ -99,8 +103,8 @@ def file_idle(a: dict[str, Legacy], paths, script: str) -> bool:
 
 def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
     """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
-    weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (file_idle); True
-    when reported. An unreadable file is left to the mappings that read it."""
+    weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
+    True when reported. An unreadable file is left to the mappings that read it."""
     idle = _idle_modules(a, paths)
     if not idle or file_idle(a, paths, script):
         return False
@@ -121,7 +125,8 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
 
 def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:
     """Warn (DBS404) that a text encoder whose LoRA modules kohya builds and never trains (its rate 0) is
-    converted untrained while max_grad_norm clips: True when warned (the caller still maps the encoder as
+    converted untrained while max_grad_norm clips, where train.text_encoder_idle cannot hold them (not
+    idle_kohya): True when warned (the caller still maps the encoder as
     untrained). train_network.py builds the text encoders' modules whenever --network_train_unet_only is off
     (apply_to reads no rate; a fresh module's lora_up is 0, so the encoder's output is the base's) and runs
     the text encoders under grad, so those modules take gradients (lora_up's are not 0) that
