@@ -489,8 +489,8 @@ def _te(plan: Plan) -> str:
     if plan.idle_text_encoders:  # train.text_encoder_idle = "kohya"
         names = ", ".join(shown_component(plan, n) for n in plan.idle_text_encoders)
         state += (
-            f"; {names} carry the adapter untrained (kohya's modules at text_encoder_lr 0): out of the "
-            "optimizer, their gradients add up and count in the clip"
+            f"; the adapter on {names} held untrained (kohya's modules at text_encoder_lr 0): out of the "
+            "optimizer, its gradients added up and clipped"
         )
     modes = {
         "train": "every encoder in train mode in training steps (T5-XXL's dropout on)",

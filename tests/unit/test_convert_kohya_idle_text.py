@@ -8,6 +8,8 @@ LyCORIS on Flux / SD3) refuses it alike (DBS403) instead of leaving CLIP plain; 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from convert_kit import (
@@ -25,7 +27,11 @@ from convert_kit import (
     messages,
     plan_of,
 )
+from rich.console import Console
 from safetensors.numpy import save_file
+
+from dbspec.frontend import plan_spec
+from dbspec.plan.summary import render_summary
 
 Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
@@ -346,8 +352,6 @@ steps = 10
     ],
 )
 def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, second, idle):
-    from dbspec.frontend import plan_spec
-
     images(tmp_path / "d", 2, (64, 64))
     (tmp_path / "spec.toml").write_text(IDLE_SPEC.format(first=first, second=second))
     planned = plan_spec(tmp_path / "spec.toml", GPU)
@@ -358,3 +362,7 @@ def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, sec
     lora = {c.name for c in plan.precision.components if c.trainable == "lora"}
     assert {"text_encoder", "text_encoder_2"} <= lora  # the idle ones carry the adapter too
     assert plan.train_text_encoder == (first == "true")
+    if idle:
+        console = Console(file=io.StringIO(), width=400)
+        render_summary(plan, console)
+        assert "held untrained (kohya's modules at text_encoder_lr 0)" in console.file.getvalue()
