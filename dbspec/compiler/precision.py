@@ -111,7 +111,17 @@ def idle_text_encoders(spec, family: str | None) -> tuple[str, ...]:
     if spec.train.text_encoder_idle != "kohya" or not isinstance(spec.adapter, LowRankAdapter):
         return ()
     names = trainable_text_encoders(family) if family else ("text_encoder",)
-    return tuple(n for n in names if not text_encoder_trains(spec, n))
+    return tuple(n for n in names if not text_encoder_trains(spec, n) and _adapts(spec.adapter, n))
+
+
+def _adapts(adapter, name: str) -> bool:
+    """Whether the adapter has layers on the CLIP encoder `name`: targets, LyCORIS train_norm's norms or
+    text-encoder blocks (a LyCORIS preset may leave one of SDXL's encoders without any: kohya's network then
+    has no module there, and nothing is left idle)."""
+    second = name == "text_encoder_2"
+    targets = getattr(adapter, "text_encoder_2_targets" if second else "text_encoder_targets", ())
+    norms = getattr(adapter, "text_encoder_2_norms" if second else "text_encoder_norms", ())
+    return bool(targets or norms or getattr(adapter, "text_encoder_blocks", ()))
 
 
 def text_encoder_runs_trained(spec) -> bool:

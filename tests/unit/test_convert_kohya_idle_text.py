@@ -366,3 +366,18 @@ def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, sec
         console = Console(file=io.StringIO(), width=400)
         render_summary(plan, console)
         assert "held untrained (kohya's modules at text_encoder_lr 0)" in console.file.getvalue()
+
+
+def test_an_encoder_without_adapter_layers_is_not_left_idle(tmp_path):
+    """No targets (nor norms or blocks) on SDXL's second encoder: nothing to carry there (a LyCORIS preset
+    leaving one encoder without modules), so only the first is idle."""
+    images(tmp_path / "d", 2, (64, 64))
+    text = IDLE_SPEC.format(first="false", second="false").replace(
+        '[adapter]\nkind = "lora"\n', '[adapter]\nkind = "lora"\ntext_encoder_2_targets = []\n'
+    )
+    (tmp_path / "spec.toml").write_text(text)
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.idle_text_encoders == ("text_encoder",)
+    modes = {c.name: c.trainable for c in planned.plan.precision.components}
+    assert (modes["text_encoder"], modes["text_encoder_2"]) == ("lora", "frozen")
