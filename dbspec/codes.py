@@ -2918,6 +2918,25 @@ on SD 1.x/2.x and SDXL. On Flux, SD3 and Chroma (fused layers tied per kind, SD3
 does not build it beside other kinds.""",
         help='set the block\'s tucker to "adapter", or train the run on SD 1.x/2.x or SDXL',
     ),
+    Code(
+        "DBS597",
+        ERROR,
+        "train.text_encoder_idle without an adapter",
+        """\
+`train.text_encoder_idle = "kohya"` puts the adapter on the text encoders that do not train, as kohya's LoRA
+scripts build their modules at `text_encoder_lr` 0. A full fine-tune (`adapter.kind = "none"`) has no adapter
+to put there.""",
+        help="remove train.text_encoder_idle, or pick an adapter.kind",
+    ),
+    Code(
+        "DBS598",
+        WARNING,
+        "train.text_encoder_idle with no idle CLIP text encoder",
+        """\
+`train.text_encoder_idle = "kohya"` acts on the CLIP text encoders that do not train. Here every CLIP text
+encoder trains (`train.text_encoder` and `train.text_encoder_2`), so the setting changes nothing.""",
+        help="remove train.text_encoder_idle, or set train.text_encoder = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

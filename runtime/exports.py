@@ -42,6 +42,12 @@ _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "
 _VAE_CONV_ATTENTION = re.compile(r"mid\.attn_1\.(q|k|v|proj_out)\.weight$")  # 1x1 convs in the original
 
 
+def adapted_text(plan: Plan) -> bool:
+    """Whether a text encoder carries an adapter the exports hold: one trains, or train.text_encoder_idle's
+    encoders carry theirs untrained (kohya's network saves its text-encoder modules at rate 0 too)."""
+    return plan.train_text_encoder or bool(plan.idle_text_encoders)
+
+
 def vae_table(config: Mapping[str, Any]) -> Table:
     """The original VAE numbers decoder blocks from the bottom: diffusers up_blocks.0 is up.{n-1}."""
     blocks, per_block = len(config["down_block_types"]), config["layers_per_block"]
@@ -461,7 +467,7 @@ def exports_for_plan(plan: Plan, folder: Path, comps, step: int = 0) -> list[Pat
         elif fmt == "kohya_lora":
             tensors, dims = family.kohya_lora_state(
                 denoiser=comps.unet if plan.train_denoiser else None,
-                text_encoders=list(comps.text_encoders) if plan.train_text_encoder else [],
+                text_encoders=list(comps.text_encoders) if adapted_text(plan) else [],
                 dtype=dtype,
             )
             tensors.update(kohya_norms(plan, comps))  # LyCORIS train_norm's NormModules
@@ -497,7 +503,7 @@ def kohya_norms(plan: Plan, comps) -> dict[str, torch.Tensor]:
     offsets (runtime/norm_offsets.py), under the text encoders' and the U-Net's kohya names (`lora_unet_`,
     SDXL's in the original layout)."""
     a = plan.adapter
-    clip = bool((a.text_encoder_norms or a.text_encoder_2_norms) and plan.train_text_encoder)
+    clip = bool((a.text_encoder_norms or a.text_encoder_2_norms) and adapted_text(plan))
     unet = bool(plan.adapter.denoiser_norms and plan.train_denoiser)
     if not (clip or unet):
         return {}

@@ -36,7 +36,7 @@ from dbspec.plan.model import AdapterPlan, Plan
 from dbspec.runtime.adapters import any_scalar, any_tucker, lora_adapter, lycoris_dora, norm_scalars
 from dbspec.families import Family, family_spec
 from dbspec.runtime.dtypes import to_dtype
-from dbspec.runtime.exports import _write, kohya_family_metadata, kohya_parts
+from dbspec.runtime.exports import _write, adapted_text, kohya_family_metadata, kohya_parts
 from dbspec.runtime.mixed_kinds import mixed
 
 _LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
@@ -575,7 +575,7 @@ def export_lycoris(path: Path, plan: Plan, comps, metadata: dict[str, str]) -> P
     lycoris.kohya network writes (a `.ckpt` / `.pt` path: the bare state dict, pickled, no metadata)."""
     if plan.adapter.kind == "diag-oft" and plan.adapter.oft_form == "kohya":
         return export_kohya_oft(path, plan, comps, metadata)
-    encoders = list(comps.text_encoders) if plan.train_text_encoder else []
+    encoders = list(comps.text_encoders) if adapted_text(plan) else []
     a = plan.adapter
     args = network_args(a)
     tensors = lycoris_state(

@@ -38,6 +38,7 @@ from dbspec.runtime.prepare import (
     set_train_mode,
 )
 from dbspec.runtime.generate import generate_class_images
+from dbspec.runtime.idle_text import named_idle, split_idle
 from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.blocks import block_param_groups
 from dbspec.runtime.optimizer_blocks import optimizer_block_groups
@@ -76,6 +77,8 @@ class Run:
     norm_modules: list = attrs.field(factory=list)
     # LoRA-FA with kohya's gradients: the frozen downs by name, whose accumulated gradients checkpoints keep
     frozen_down: dict = attrs.field(factory=dict)
+    # train.text_encoder_idle: the idle encoders' adapter weights by name, whose gradients add up uncleared
+    idle: dict = attrs.field(factory=dict)
     # evaluation.log = "kohya_running_mean": kohya's validation loss recorder, kept across evaluations
     eval_record: RunningMean = attrs.field(factory=RunningMean)
 
@@ -136,6 +139,9 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
             _without(unet_params, frozen_down),
             [_without(params, frozen_down) for params in per_encoder],
         )
+    # train.text_encoder_idle: the idle encoders' adapter weights take gradients, out of the optimizer
+    per_encoder, held = split_idle(plan, per_encoder)
+    idle = named_idle(comps, plan) if plan.idle_text_encoders else {}
     if plan.adapter.init_weights and resumed is None:  # a resume restores the checkpoint's weights instead
         load_init_weights(plan, comps.unet, comps.text_encoders)
     text_params = [p for params in per_encoder for p in params]
@@ -213,7 +219,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         text_cache=text_cache,
         device=device,
         generator=generator,
-        text_trains=bool(text_params),
+        text_trains=bool(text_params) or any(held.values()),  # the idle encoders run under grad too
         teacher=teacher,
         tokens=tokens,
     )
@@ -228,7 +234,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         params=(
             [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
             if sharded
-            else (_kohya_network_order(comps, tokens) if frozen_down else unet_params + text_params)
+            else (_kohya_network_order(comps, tokens) if frozen_down or idle else unet_params + text_params)
             + (tokens.params if tokens is not None else [])
         ),
         optimizer=optimizer,
@@ -240,6 +246,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         prompt_inputs=long_prompt_inputs(plan, comps, pipeline, device, tokens),
         sharded=sharded,
         frozen_down=frozen_down,
+        idle=idle,
     )
     if plan.adapter.max_norm and plan.adapter.max_norm_form == "lycoris":  # lycoris.kohya: denoiser first
         run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
@@ -284,9 +291,10 @@ def named_frozen_downs(comps: Components) -> dict[str, torch.nn.Parameter]:
 
 
 def _kohya_network_order(comps: Components, tokens) -> list:
-    """LoRA-FA with kohya's gradients: every adapter weight that takes a gradient (the frozen downs too) in
-    kohya's network order, the text encoders' modules then the denoiser's, each down before its up: the
-    parameters train_network.py clips, in the order its total norm adds them."""
+    """LoRA-FA with kohya's gradients, or idle text encoders: every adapter weight that takes a gradient
+    (the frozen downs, the idle encoders' too) in kohya's network order, the text encoders' modules then the
+    denoiser's, each down before its up: the parameters train_network.py clips, in the order its total norm
+    adds them."""
     own = {id(p) for p in tokens.params} if tokens is not None else set()
     models = (*comps.text_encoders, comps.unet)
     return [p for m in models for p in m.parameters() if p.requires_grad and id(p) not in own]

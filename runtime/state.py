@@ -15,6 +15,7 @@ from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
 from dbspec.runtime.optimizer_blocks import held_gradients, restore_held_gradients
+from dbspec.runtime.idle_text import idle_grads, restore_idle_grads
 from dbspec.runtime.lora_fa import frozen_down_grads, restore_frozen_down_grads
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.scaled_pos import added_sides, restore_sides
@@ -49,6 +50,8 @@ class TrainState:
     held_grads: dict[str, torch.Tensor] | None = None
     # LoRA-FA with kohya's gradients: the frozen downs' accumulated gradients by name (None without them)
     frozen_down_grads: dict[str, torch.Tensor] | None = None
+    # train.text_encoder_idle: the idle text encoders' accumulated gradients by name (None without them)
+    idle_grads: dict[str, torch.Tensor] | None = None
     # LoRA-GGPO's running norms, by GGPO module in order (runtime/ggpo.py); None without GGPO
     ggpo: list[dict[str, Any]] | None = None
     # evaluation.log = "kohya_running_mean": the recorder's losses and total (None: nothing recorded)
@@ -97,6 +100,7 @@ class TrainState:
             scaled_pos_sides=added_sides(run.comps.unet),
             held_grads=held_gradients(run),
             frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
+            idle_grads=idle_grads(run.idle),
             ggpo=_ggpo_state(run),
             eval_record=run.eval_record.state(),
         )
@@ -126,6 +130,8 @@ class TrainState:
             restore_sides(run.comps.unet, self.scaled_pos_sides)
         if run.frozen_down and self.frozen_down_grads is not None:
             restore_frozen_down_grads(run.frozen_down, self.frozen_down_grads)
+        if run.idle and self.idle_grads is not None:
+            restore_idle_grads(run.idle, self.idle_grads)
         ckpt.restore_rng_state(self.rng)
         if self.held_grads:
             restore_held_gradients(run, self.held_grads)

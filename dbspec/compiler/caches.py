@@ -15,7 +15,7 @@ import attrs
 
 from dbspec.compiler.context import Context
 from dbspec.compiler.pivotal import mentions_token
-from dbspec.compiler.precision import any_text_encoder_trains
+from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_runs_trained
 from dbspec.compiler.text_masks import has_t5
 from dbspec.plan.model import CachePlan, DatasetPlan, ModelPlan, PrecisionPlan
 from dbspec.spec.model import Dataset
@@ -132,7 +132,9 @@ def make_keyer(ctx: Context, model: ModelPlan | None, precision: PrecisionPlan) 
     return Keyer(
         model=model,
         latents=c.latents,
-        text=c.text_embeddings and not any_text_encoder_trains(ctx.spec) and not t5_dropout(ctx.spec, model),
+        text=c.text_embeddings
+        and not text_encoder_runs_trained(ctx.spec)
+        and not t5_dropout(ctx.spec, model),
         vae_dtype=dtype["vae"],
         # the first text encoder's (the SDXL refiner has only text_encoder_2)
         text_dtype=next(d for name, d in dtype.items() if name.startswith("text_encoder")),
@@ -170,9 +172,11 @@ def plan_cache(
     """Where the caches live and how many entries the plan's keys find on disk now."""
     c, spec = ctx.spec.cache, ctx.spec
     notes: list[str] = list(caption_notes)
-    text_on = c.text_embeddings and not any_text_encoder_trains(spec) and model is not None
-    if c.text_embeddings and any_text_encoder_trains(spec):
+    text_on = c.text_embeddings and not text_encoder_runs_trained(spec) and model is not None
+    if c.text_embeddings and text_encoder_runs_trained(spec):
         trains = "T5-XXL trains (train.t5)" if spec.train.t5 else "the text encoder trains"
+        if not any_text_encoder_trains(spec):
+            trains = 'the text encoder carries the adapter under grad (train.text_encoder_idle = "kohya")'
         notes.append(f"text embeddings are not cached: {trains}")
     elif c.text_embeddings and t5_dropout(spec, model):
         text_on = False

@@ -46,7 +46,7 @@ from dbspec.compiler.split import with_split_chunks
 from dbspec.compiler.start import requested_start, start_plan
 from dbspec.compiler.optimizer_blocks import optimizer_blocks
 from dbspec.compiler.origins import derived, spec_origins
-from dbspec.compiler.precision import any_text_encoder_trains, plan_precision
+from dbspec.compiler.precision import any_text_encoder_trains, idle_text_encoders, plan_precision
 from dbspec.compiler.rules import (
     eager_attention_fits,
     denoiser_norms_need_a_unet,
@@ -483,6 +483,7 @@ def _assemble(
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)
     v, c, e = spec.validation, spec.checkpoints, spec.ema
+    idle = idle_text_encoders(spec, model.family)  # train.text_encoder_idle: adapted, never stepped
     first = next(d for d in spec.datasets if d.role == "instance")
     origins = _origins(ctx, precision)
     warnings = tuple(
@@ -498,8 +499,9 @@ def _assemble(
         model=model,
         adapter=adapter,
         train_denoiser=spec.train.denoiser,
-        train_text_encoder=_text_encoders_train(model, precision),
+        train_text_encoder=_text_encoders_train(model, precision, idle),
         text_encoder_mode=spec.train.text_encoder_mode,
+        idle_text_encoders=idle,
         datasets=datasets,
         buckets=buckets,
         groups=plan_groups(ctx, datasets, buckets),
@@ -600,9 +602,10 @@ def _split_order(spec: Spec, model) -> str:
     return "original" if spec.optimizer.split > 1 and original and full else "registration"
 
 
-def _text_encoders_train(model, precision) -> bool:
-    """Whether any text encoder trains (SDXL's second alone too): the per-component plan decides."""
-    names = set(family_spec(model.family).text_encoder_names)
+def _text_encoders_train(model, precision, idle: tuple[str, ...] = ()) -> bool:
+    """Whether any text encoder trains (SDXL's second alone too): the per-component plan decides (the idle
+    ones carry the adapter without training)."""
+    names = set(family_spec(model.family).text_encoder_names) - set(idle)
     return any(c.trainable != "frozen" for c in precision.components if c.name in names)
 
 

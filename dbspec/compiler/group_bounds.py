@@ -20,6 +20,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.compiler.context import Context
+from dbspec.compiler.precision import idle_text_encoders
 from dbspec.compiler.schedule import Curve, lr_curve
 from dbspec.compiler.torch_schedules import momentum_at
 from dbspec.families import family_spec
@@ -55,6 +56,7 @@ def optimizer_groups(
     scales: tuple[float, ...] = (),
     rates: tuple[float, ...] = (),
     units: tuple[tuple[float, float, str], ...] = (),
+    idle: tuple[str, ...] = (),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
@@ -62,7 +64,8 @@ def optimizer_groups(
     denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>`; `rates`: the blocks' own
     rates, each a group `<name>_lr<rate>` (runtime/blocks.py); `units`: (scale, own rate, group) of the
     blocks with a group of their own, `<name>[_x<scale> | _lr<rate>]_<group>`."""
-    trains = {c.name: c.trainable != "frozen" for c in precision.components}
+    # the idle text encoders (train.text_encoder_idle) carry the adapter out of the optimizer
+    trains = {c.name: c.trainable != "frozen" and c.name not in idle for c in precision.components}
     groups: list[tuple[str, float]] = []
 
     def add(name: str, rate: float, ratio: float) -> None:
@@ -134,7 +137,8 @@ def plan_group_bounds(
     rates = tuple(dict.fromkeys(b.lr for b in plain if getattr(b, "lr", 0)))
     # blocks with a group of their own (kohya networks.lora's per-block groups)
     units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if getattr(b, "group", "")))
-    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units)
+    idle = idle_text_encoders(ctx.spec, model.family)
+    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units, idle)
     if optimizer.blocks or scales or rates or units:
         # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
         # tables may leave out its own group and the scale groups (the runtime refuses a run where one the

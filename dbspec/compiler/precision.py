@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from dbspec import codes
 from dbspec.compiler.context import Context
 from dbspec.families import family_spec, t5_text_encoders, trainable_text_encoders
 from dbspec.plan.model import CompilePlan, ComponentPlan, ModelPlan, PrecisionPlan
@@ -101,6 +102,34 @@ def text_encoder_trains(spec, name: str) -> bool:
     """Whether the text encoder `name` trains: SDXL's second one with train.text_encoder_2 (which defaults to
     train.text_encoder), every other with train.text_encoder."""
     return spec.train.text_encoder_2 if name == "text_encoder_2" else spec.train.text_encoder
+
+
+def idle_text_encoders(spec, family: str | None) -> tuple[str, ...]:
+    """train.text_encoder_idle = "kohya": the CLIP text encoders (components) of `family` that carry the
+    adapter without training, kohya's modules at text_encoder_lr 0 (every family text encoder that
+    train.text_encoder trains, where the spec does not train it); () otherwise or without an adapter."""
+    if spec.train.text_encoder_idle != "kohya" or not isinstance(spec.adapter, LowRankAdapter):
+        return ()
+    names = trainable_text_encoders(family) if family else ("text_encoder",)
+    return tuple(n for n in names if not text_encoder_trains(spec, n) and _adapts(spec.adapter, n))
+
+
+def _adapts(adapter, name: str) -> bool:
+    """Whether the adapter has layers on the CLIP encoder `name`: targets, LyCORIS train_norm's norms or
+    text-encoder blocks (a LyCORIS preset may leave one of SDXL's encoders without any: kohya's network then
+    has no module there, and nothing is left idle)."""
+    second = name == "text_encoder_2"
+    targets = getattr(adapter, "text_encoder_2_targets" if second else "text_encoder_targets", ())
+    norms = getattr(adapter, "text_encoder_2_norms" if second else "text_encoder_norms", ())
+    return bool(targets or norms or getattr(adapter, "text_encoder_blocks", ()))
+
+
+def text_encoder_runs_trained(spec) -> bool:
+    """A text encoder runs as a trained one (under grad, its outputs not cached), before the family is
+    known: one trains, or train.text_encoder_idle may give an untrained one the adapter."""
+    return any_text_encoder_trains(spec) or (
+        spec.train.text_encoder_idle == "kohya" and isinstance(spec.adapter, LowRankAdapter)
+    )
 
 
 def any_text_encoder_trains(spec) -> bool:
@@ -214,8 +243,14 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     parts = [component("unet", spec.train.denoiser, p.quantize_denoiser)]
     trainable = trainable_text_encoders(model.family) if model else text_parts  # T5 only with train.t5
     t5 = _t5_trains(ctx, model)
+    idle = idle_text_encoders(spec, model.family if model else None)  # they carry the adapter, run trained
+    _check_idle(ctx, idle)
     parts += [
-        component(n, n in t5 or (text_encoder_trains(spec, n) and n in trainable), p.quantize_text_encoder)
+        component(
+            n,
+            n in t5 or n in idle or (text_encoder_trains(spec, n) and n in trainable),
+            p.quantize_text_encoder,
+        )
         for n in text_parts
     ]
     parts.append(
@@ -234,6 +269,21 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
         quantize_backend=p.quantize_backend,
         compile=_compile_plan(p.compile, parts),
         fp16_gradients=_fp16_gradients(ctx, mixed),
+    )
+
+
+def _check_idle(ctx: Context, idle: tuple[str, ...]) -> None:
+    """DBS598: train.text_encoder_idle = "kohya" where every CLIP text encoder trains (or there is none)."""
+    spec, path = ctx.spec, ("train", "text_encoder_idle")
+    if spec.train.text_encoder_idle != "kohya" or idle or not isinstance(spec.adapter, LowRankAdapter):
+        return
+    ctx.report(
+        "DBS598",
+        "warning",
+        'train.text_encoder_idle = "kohya" has no effect: no CLIP text encoder is left untrained (each one '
+        "trains, or the model has none)",
+        path,
+        help=codes.help("DBS598"),
     )
 
 

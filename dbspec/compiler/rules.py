@@ -144,6 +144,20 @@ def text_encoder_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+@rule("spec")
+def text_encoder_idle_needs_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
+    """train.text_encoder_idle = "kohya" puts the adapter on untrained CLIP encoders: a full fine-tune has
+    none (DBS597)."""
+    if spec.train.text_encoder_idle == "kohya" and spec.adapter.kind == "none":
+        yield _err(
+            "DBS597",
+            ("train", "text_encoder_idle"),
+            'train.text_encoder_idle = "kohya" puts the adapter on the text encoders that do not train, but '
+            'adapter.kind is "none" (a full fine-tune has no adapter)',
+            codes.help("DBS597"),
+        )
+
+
 # the adapter kinds train.t5 puts on T5-XXL's Linears (kohya lora_flux's LoRA; LyCORIS's LoKr / LoHa / full
 # there)
 T5_ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
@@ -2877,7 +2891,8 @@ def norms_without_clip_training(spec: Spec, given: Given) -> Iterator[Hit]:
     that train: with none, DBS585."""
     norms = getattr(spec.adapter, "text_encoder_norms", ())
     norms = norms or getattr(spec.adapter, "text_encoder_2_norms", ())
-    if norms and not (spec.train.text_encoder or spec.train.text_encoder_2):
+    idle = spec.train.text_encoder_idle == "kohya"  # the untrained CLIP encoders carry the adapter
+    if norms and not (spec.train.text_encoder or spec.train.text_encoder_2 or idle):
         yield _warn(
             "DBS585",
             ("adapter", "text_encoder_norms"),

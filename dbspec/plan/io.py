@@ -117,6 +117,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "denoiser_norms"): [],  # LyCORIS train_norm's U-Net norms, added since (none)
         ("adapter", "t5_targets"): [],  # train.t5 (LoRA on T5-XXL), added since (T5 never trained then)
         ("text_encoder_mode",): "trained",  # train.text_encoder_mode (kohya's T5 dropout), added since
+        ("idle_text_encoders",): [],  # train.text_encoder_idle (kohya's modules at rate 0), added since
         ("model", "t5_max_length"): 256,
         ("model", "t5_attention_mask"): False,  # kohya's text attention masks, added since
         ("model", "clip_attention_mask"): False,

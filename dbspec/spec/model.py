@@ -1926,6 +1926,18 @@ class Train:
         doc="Freeze the text encoder after this many optimizer steps; 0 trains it for the whole run.",
         minimum=0,
     )
+    text_encoder_idle: Literal["none", "kohya"] = option(
+        "none",
+        doc="What a CLIP text encoder that does not train (train.text_encoder / text_encoder_2 false) holds. "
+        '"none": nothing, it runs as loaded. "kohya": the adapter anyway, as kohya\'s LoRA scripts build '
+        "it at text_encoder_lr 0 (train_network.py's apply_to reads no rate), on each such encoder it has "
+        "layers for (targets, norms or blocks): fresh (the encoder's output "
+        "the base's) or `adapter.init_weights`' modules for it. The encoder then runs as a trained one "
+        "(under grad, in training mode, its outputs not cached), but its adapter weights stay out of the "
+        "optimizer and never move; their gradients, never cleared, add up step after step and count in "
+        "`optimizer.max_grad_norm`'s clip (which scales that sum in place), as kohya's. Checkpoints keep "
+        'them, and the exported file holds the encoder\'s modules. Needs an adapter (not `kind = "none"`).',
+    )
     text_encoder_mode: Literal["trained", "train", "eval"] = option(
         "trained",
         doc="The text encoders' module mode in training steps, which switches their dropout: trained puts "

@@ -95,3 +95,37 @@ def test_a_file_missing_a_layer_of_the_run_fails_naming_the_tensor(tmp_path):
     configure_models(plan, comps, torch.device("cpu"))
     with pytest.raises(ValueError, match=f"{base}.lora_down.weight"):
         load_init_weights(plan, comps.unet, comps.text_encoders)
+
+
+def test_idle_text_encoders_hold_the_files_modules_out_of_the_optimizer(tmp_path):
+    """kohya --network_weights with text_encoder_lr 0 (train.text_encoder_idle = "kohya"; convert/kohya/
+    idle_text.py): the untrained CLIP holds the file's modules at step 0, none of its weights is the
+    optimizer's, all of them take gradients for the clip and are in the checkpoint's weights."""
+    from dbspec.runtime.weights import trainable_state
+
+    export = _first_export(tmp_path)
+    saved = load_file(str(export))
+    assert any(k.startswith("lora_te_") for k in saved)
+    spec = _second_spec(tmp_path, export)
+    idle = spec.read_text().replace(
+        "text_encoder = true", 'text_encoder = false\ntext_encoder_idle = "kohya"'
+    )
+    spec.write_text(idle)
+    plan = compile_spec(spec, ["optimizer.lr=1e-2"])
+    assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    state, _ = kohya_lora_state(
+        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
+    )
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[key], value.float()) for key, value in saved.items())
+    held = [p for p in run.comps.text_encoders[0].parameters() if p.requires_grad]
+    stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    assert (
+        held and not stepped & {id(p) for p in held} and {id(p) for p in held} <= {id(p) for p in run.params}
+    )
+    assert sorted(run.idle) == sorted(
+        f"text_encoder.{k}" for k, p in run.comps.text_encoders[0].named_parameters() if p.requires_grad
+    )
+    kept = trainable_state(run.comps, plan)  # what a checkpoint holds: the idle encoder's modules too
+    assert sum(k.startswith("text_encoder.") for k in kept) == len(held)

@@ -1,11 +1,13 @@
-"""Why kohya's text-encoder LoRA at text_encoder_lr 0 converts only without a clip (issue 12;
-dbspec/convert/kohya/idle_text.py clipped_idle_text): lycoris-lora 4.1.3's kohya network on the tiny SD 1.x
-U-Net and CLIP, stepped as train_network.py steps it (apply_to with the text encoder, its group at rate 0 left
-out by prepare_optimizer_params, `clip_grad_norm_(network.get_trainable_params(), max_grad_norm)`,
+"""kohya's text-encoder LoRA at text_encoder_lr 0 under a clip (issue 12; dbspec/convert/kohya/idle_text.py,
+runtime/idle_text.py): lycoris-lora 4.1.3's kohya network on the tiny SD 1.x U-Net and CLIP, stepped as
+train_network.py steps it (apply_to with the text encoder, its group at rate 0 left out by
+prepare_optimizer_params, `clip_grad_norm_(network.get_trainable_params(), max_grad_norm)`,
 `optimizer.zero_grad(set_to_none=True)`). The fresh text modules leave CLIP's output the base's, yet their
 lora_up gradients are not 0, never cleared, and count in the clip: with max_grad_norm the U-Net's modules end
 elsewhere than with the text encoder's dropped (--network_train_unet_only, what train.text_encoder = false
-trains); with max_grad_norm 0 they end bit for bit the same."""
+trains); with max_grad_norm 0 they end bit for bit the same. `train.text_encoder_idle = "kohya"` is kohya's
+run: dbspec's own Run (runtime/setup.py: its optimizer, its clip list) stepped on the same inputs from the
+same modules ends with kohya's U-Net modules and CLIP gradients, and a tiny run resumes bit-exact."""
 
 from __future__ import annotations
 
@@ -29,14 +31,28 @@ text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
 """
 
 
-def _run(pipe, with_text: bool, max_grad_norm: float, start: dict | None = None, steps: int = 2):
+def _run(
+    pipe,
+    with_text: bool,
+    max_grad_norm: float,
+    start: dict | None = None,
+    steps: int = 2,
+    bypass: bool = False,
+    record: dict | None = None,
+):
+    """`record`: filled with the network's state before the first step and the text modules' gradients
+    after the last (by kohya name)."""
     text, unet = copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.unet)
     named = nn.Module()
     named.text_model = text  # kohya's CLIP names its modules text_model.*
-    network = lycoris_kohya.create_network(1.0, 4, 1.0, None, named, unet, algo="locon", preset=pipe.preset)
+    network = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo="locon", preset=pipe.preset, bypass_mode=bypass
+    )
     network.apply_to(named, unet, with_text, True)
     if start is not None:  # the same U-Net modules to start from in both runs
         network.load_state_dict(start, strict=False)
+    if record is not None:
+        record["start"] = {k: v.detach().clone() for k, v in network.state_dict().items()}
     params, _ = network.prepare_optimizer_params(0.0, 1e-3, 1e-3)  # text_encoder_lr 0: "NO LR skipping!"
     network.prepare_grad_etc()
     text.requires_grad_(False)
@@ -65,6 +81,8 @@ def _run(pipe, with_text: bool, max_grad_norm: float, start: dict | None = None,
         assert all(not m.lora_up.weight.detach().any() for m in held)
         assert all(m.lora_up.weight.grad is not None for m in held)
         assert sum(float(m.lora_up.weight.grad.norm()) for m in held) > 0
+    if record is not None:
+        record["grads"] = {f"{m.lora_name}.lora_up.weight": m.lora_up.weight.grad.clone() for m in held}
     return {k: v.detach().clone() for k, v in network.state_dict().items() if k.startswith("lora_unet")}, seen
 
 
@@ -86,3 +104,105 @@ def test_fresh_text_modules_at_rate_0_change_the_clip_not_the_unclipped_run(tmp_
     with_text, _ = _run(pipe, True, 0.0, start)
     without, _ = _run(pipe, False, 0.0, start)
     assert all(torch.equal(with_text[k], without[k]) for k in without)
+
+
+IDLE = """
+[adapter]
+kind = "lora"
+rank = 4
+alpha = 1.0
+denoiser_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+[train]
+text_encoder_idle = "kohya"
+"""
+
+
+def _layers(module: nn.Module, prefix: str) -> dict:
+    """peft's LoRA layers of `module` by kohya's module name (`prefix` + the path with _ for .)."""
+    from peft.tuners.lora import LoraLayer
+
+    return {prefix + n.replace(".", "_"): m for n, m in module.named_modules() if isinstance(m, LoraLayer)}
+
+
+def _dbspec_steps(run, pipe, max_grad_norm: float, steps: int = 2) -> None:
+    """`run` (runtime/setup.py's Run) stepped on _run's inputs as runtime/loop.py steps it: its clip over
+    run.params, its optimizer (zero_grad clears its own parameters)."""
+    from dbspec.runtime.loop import clip_gradients
+
+    text, unet = run.comps.text_encoders[0], run.comps.unet
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        run.optimizer.zero_grad(set_to_none=True)
+        ids = torch.randint(0, pipe.text_encoder.config.vocab_size, (2, 8), generator=generator)
+        latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=generator)
+        target = torch.randn(latents.shape, generator=generator)
+        out = unet(latents, torch.tensor([500, 500]), encoder_hidden_states=text(ids)[0]).sample
+        (torch.nn.functional.mse_loss(out, target) * 100).backward()
+        clip_gradients(run.params, run.plan.optimizer.clip_mode, max_grad_norm)
+        run.optimizer.step()
+
+
+def test_text_encoder_idle_steps_as_kohyas_network_and_resumes_bit_exact(tmp_path, monkeypatch):
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.setup import setup
+    from tests.runtime.runspec import compile_spec, final_weights, write_spec
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    pipe = build_pipeline("builtin:tiny-sd1")
+    (tmp_path / "preset.toml").write_text(PRESET)
+    pipe.preset = str(tmp_path / "preset.toml")
+    limit = 1e-6
+    # kohya's run (bypass_mode: LoCon's forward as up(down(x)) x scale, the order peft's LoRA computes in)
+    start, _ = _run(pipe, False, 0.0, steps=1, bypass=True)
+    kohya: dict = {}
+    ends, norms = _run(pipe, True, limit, start, bypass=True, record=kohya)
+    assert all(n > limit for n in norms)  # the clip engages
+
+    spec = write_spec(tmp_path, steps=2, extra=IDLE)
+    plan = compile_spec(spec, [f"optimizer.max_grad_norm={limit}"])
+    assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+    assert not plan.cache.text_embeddings  # CLIP runs under grad
+    o = plan.optimizer
+    assert (o.kind, o.lr, o.betas, o.eps, o.weight_decay) == ("adamw", 1e-3, (0.9, 0.999), 1e-8, 1e-2)
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    text, unet = run.comps.text_encoders[0], run.comps.unet
+    for model, base in ((text, pipe.text_encoder), (unet, pipe.unet)):  # the same base weights
+        weights = {k.replace(".base_layer", ""): v for k, v in model.named_parameters() if "lora_" not in k}
+        assert all(torch.equal(weights[k], v) for k, v in base.named_parameters())
+    stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    held = [p for p in text.parameters() if p.requires_grad]
+    assert held and not stepped & {id(p) for p in held}  # out of the optimizer, in the clip list
+    assert [id(p) for p in run.params[: len(held)]] == [id(p) for p in held]  # kohya's order: text first
+    layers = _layers(text, "lora_te_text_model_") | _layers(unet, "lora_unet_")
+    assert {f"{k}.lora_down.weight" for k in layers} == {k for k in kohya["start"] if "lora_down" in k}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A["default"].weight.copy_(kohya["start"][f"{name}.lora_down.weight"])
+            layer.lora_B["default"].weight.copy_(kohya["start"][f"{name}.lora_up.weight"])
+            assert layer.scaling["default"] == float(kohya["start"][f"{name}.alpha"]) / 4
+    _dbspec_steps(run, pipe, limit)
+    for name, layer in layers.items():
+        if name.startswith("lora_unet_"):
+            for ours, theirs in (("lora_A", "lora_down"), ("lora_B", "lora_up")):
+                got = getattr(layer, ours)["default"].weight.detach()
+                assert torch.equal(got, ends[f"{name}.{theirs}.weight"]), name
+        else:  # never stepped; kohya's accumulated gradient
+            assert not layer.lora_B["default"].weight.detach().any()
+            assert torch.equal(layer.lora_B["default"].weight.grad, kohya["grads"][f"{name}.lora_up.weight"])
+
+    # a tiny run of the plan resumes bit-exact: the accumulated gradients are in the checkpoint
+    whole = execute(compile_spec(spec, [f"optimizer.max_grad_norm={limit}", "output.dir=whole"]))
+    parts = compile_spec(spec, [f"optimizer.max_grad_norm={limit}", "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 2
+    ours, theirs = final_weights(whole.final), final_weights(resumed.final)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    kept = [k for k in ours if k.split("/")[1].startswith("text_encoder.")]
+    assert kept and not any(ours[k].any() for k in kept if "lora_B" in k)  # exported, never stepped

@@ -53,6 +53,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["denoiser_norms"]  # LyCORIS train_norm's U-Net norms, added since
     del data["adapter"]["t5_targets"]  # LoRA on T5-XXL (train.t5), added since
     del data["text_encoder_mode"]  # train.text_encoder_mode (kohya's T5 dropout), added since
+    del data["idle_text_encoders"]  # train.text_encoder_idle (kohya's modules at rate 0), added since
     del data["adapter"]["text_encoder_2_targets"]  # the second CLIP encoder's own targets, added since
     del data["model"]["denoiser_file"]  # per-component weight files, added since
     del data["model"]["text_encoder_files"]

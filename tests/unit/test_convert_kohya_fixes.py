@@ -155,8 +155,8 @@ def test_lora_text_encoder_lr_pair_uses_the_first_value(tmp_path):
 def test_lora_text_encoder_lr_zero_freezes_the_text_encoder(tmp_path, given):
     """lora.py assemble_params skips a group whose lr is 0 ("NO LR skipping!"), but apply_to still builds the
     text encoder's modules and max_grad_norm's clip counts their gradients: exact as train.text_encoder =
-    false without a clip; with one the same conversion and a DBS404 warning (test_convert_kohya_idle_text.py
-    has its wording)."""
+    false without a clip; with one the encoder kept idle (train.text_encoder_idle = "kohya"; more in
+    test_convert_kohya_idle_text.py)."""
     images(tmp_path / "d" / "2_ohwx", 2, (512, 512))
     command = f"{LORA} --train_data_dir d --resolution 512 --unet_lr 1e-4 {given} --max_train_steps 20"
     outcome = kohya(tmp_path, command=command + " --max_grad_norm 0")
@@ -164,7 +164,9 @@ def test_lora_text_encoder_lr_zero_freezes_the_text_encoder(tmp_path, given):
     assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
     assert fate(outcome, "text_encoder_lr") == "mapped"
     clipped = kohya(tmp_path, command=command)  # kohya's clip 1.0
-    assert fate(clipped, "text_encoder_lr") == "differs" and not plan_of(clipped, tmp_path).train_text_encoder
+    plan = plan_of(clipped, tmp_path)
+    assert fate(clipped, "text_encoder_lr") == "mapped" and not plan.train_text_encoder
+    assert plan.idle_text_encoders == ("text_encoder",)
 
 
 # --- 4. a warm-up at least as long as the run --------------------------------------------------------------

@@ -8,9 +8,12 @@ LyCORIS on Flux / SD3) refuses it alike (DBS403) instead of leaving CLIP plain; 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from convert_kit import (
+    GPU,
     KOHYA_LORA,
     SD15,
     SDXL,
@@ -24,7 +27,11 @@ from convert_kit import (
     messages,
     plan_of,
 )
+from rich.console import Console
 from safetensors.numpy import save_file
+
+from dbspec.frontend import plan_spec
+from dbspec.plan.summary import render_summary
 
 Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
 TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
@@ -70,26 +77,33 @@ SD_FILES = {
 
 
 @pytest.mark.parametrize("kind", sorted(SD_FILES))
-def test_sd_file_text_modules_at_rate_0_are_refused_on_every_path(tmp_path, kind):
+def test_sd_file_text_modules_at_rate_0_stay_idle_on_every_path(tmp_path, kind):
+    """The file's CLIP modules at rate 0: the idle encoder (train.text_encoder_idle = "kohya") loaded with
+    them through adapter.init_weights, whether or not max_grad_norm clips."""
     module, make = SD_FILES[kind]
     _file(tmp_path / "prev.safetensors", {Q: make(320, 320), TE: make(768, 768)})
     command = f"{module} --network_weights prev.safetensors --dim_from_weights"
     trains = kohya_lora(tmp_path, f"{command} --text_encoder_lr 5e-5")  # CLIP's modules train: converts
     assert IDLE not in messages(trains, "DBS403"), errors(trains)
-    outcome = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0")
-    assert fate(outcome, "dim_from_weights") == "unsupported", errors(outcome)
-    assert IDLE in messages(outcome, "DBS403") and TE in messages(outcome, "DBS403")
+    for clip in ("", " --max_grad_norm 0"):
+        outcome = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0{clip}")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+        assert plan.adapter.init_weights.endswith("prev.safetensors")
     # --network_train_unet_only: apply_to drops the text encoder's modules, nothing is left idle
     dropped = kohya_lora(tmp_path, f"{command} --text_encoder_lr 0 --network_train_unet_only")
     assert IDLE not in messages(dropped, "DBS403"), errors(dropped)
+    assert plan_of(dropped, tmp_path).idle_text_encoders == ()
 
 
 def test_network_weights_without_dim_from_weights_too(tmp_path):
     """create_network builds CLIP's modules and load_weights puts the file's in them: the same idle modules;
     a `--text_encoder_lr a 0` takes networks.lora's first value (kohya hands it only that one)."""
     _file(tmp_path / "prev.safetensors", {Q: _lora(320, 320), TE: _lora(768, 768)})
-    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
-    assert fate(outcome, "network_weights") == "unsupported" and IDLE in messages(outcome, "DBS403")
+    outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"  # the file's, kept idle
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 5e-5 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     # a file without text-encoder modules: create_network still builds fresh ones (lora_up 0), which only
@@ -98,7 +112,9 @@ def test_network_weights_without_dim_from_weights_too(tmp_path):
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0 --max_grad_norm 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     outcome = kohya_lora(tmp_path, "--network_weights prev.safetensors --text_encoder_lr 0")
-    assert not {"DBS402", "DBS403"} & codes(outcome) and CLIPPED in messages(outcome, "DBS404")
+    assert not {"DBS402", "DBS403"} & codes(outcome) and CLIPPED not in messages(outcome, "DBS404")
+    # the fresh modules kept idle under kohya's clip beside the file's U-Net modules
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
 
 
 FLUX = (
@@ -171,11 +187,14 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
 
 
-# --- fresh text-encoder modules at rate 0 under max_grad_norm (clipped_idle_text) ---------------------------
+# --- fresh text-encoder modules at rate 0 under max_grad_norm ---------------------------------------------
 # train_network.py builds the text encoders' modules whatever their rate (apply_to), runs them under grad and
 # clips network.get_trainable_params() (every module's parameters) to max_grad_norm (kohya's default 1.0):
-# a fresh module's lora_up is 0 but its gradient is not, so the clip coefficient of the trained modules'
-# step counts it. Exact as train.text_encoder = false only with --max_grad_norm 0.
+# a fresh module's lora_up is 0 but its gradient is not, never cleared (out of the optimizer), so the clip
+# coefficient of the trained modules' step counts it: train.text_encoder_idle = "kohya" (exact; checked
+# against lycoris-lora in tests/runtime/test_kohya_idle_text_clip.py). networks.lora_fa keeps the group in
+# the optimizer at rate 0 (cleared every step): converted untrained with a DBS404 warning. Without a clip
+# train.text_encoder = false is the same run.
 
 SD_FRESH = {
     "networks.lora": "",
@@ -187,24 +206,31 @@ SD_FRESH = {
 
 
 @pytest.mark.parametrize("kind", sorted(SD_FRESH))
-def test_fresh_text_modules_at_rate_0_under_a_clip_convert_with_a_warning(tmp_path, kind):
+def test_fresh_text_modules_at_rate_0_under_a_clip_stay_idle(tmp_path, kind):
     command = f"{SD_FRESH[kind]} --unet_lr 1e-4 --text_encoder_lr 0"
     outcome = kohya_lora(tmp_path, command)  # kohya's default max_grad_norm 1.0
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert not plan_of(outcome, tmp_path).train_text_encoder  # the encoder untrained, as without a clip
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_text_encoder  # nothing of the encoder moves
     said = messages(outcome, "DBS404")
-    assert CLIPPED in said and "max_grad_norm 1" in said
-    # networks.lora_fa keeps the group in the optimizer at rate 0; the others leave it out, never clearing it
-    kept = "keeps their group in the optimizer at rate 0" in said
-    assert kept == (kind == "networks.lora_fa") and ("add up from step to step" in said) != kept
-    clipped = kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5")
-    assert "max_grad_norm 0.5" in messages(clipped, "DBS404")
+    if kind == "networks.lora_fa":  # kept in the optimizer at rate 0, cleared every step: the warning
+        assert CLIPPED in said and "keeps their group in the optimizer at rate 0" in said
+        assert "max_grad_norm 1" in said and plan.idle_text_encoders == ()
+        assert "max_grad_norm 0.5" in messages(
+            kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5"), "DBS404"
+        )
+    else:  # out of the optimizer, their gradients added up and clipped: the idle encoder, exact
+        assert CLIPPED not in said, said
+        assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
+        assert [c.trainable for c in plan.precision.components if c.name == "text_encoder"] == ["lora"]
+        assert not plan.cache.text_embeddings
     # without a clip nothing reads their gradients: train.text_encoder = false is the same run (no warning)
     for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
         same = kohya_lora(tmp_path, f"{command} {exact}")
         assert CLIPPED not in messages(same, "DBS404")
         plan = plan_of(same, tmp_path)
         assert not plan.train_text_encoder and plan.optimizer.lr == pytest.approx(1e-4)
+        assert plan.idle_text_encoders == ()
 
 
 def test_networks_without_text_modules_convert_under_a_clip(tmp_path):
@@ -223,7 +249,9 @@ def test_sdxl_first_value_decides(tmp_path):
     """sdxl_train_network.py with networks.lora: both encoders at text_encoder_lr's first value."""
     sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
     outcome = kohya_lora(tmp_path, "--text_encoder_lr 0 1e-5", base=sdxl)
-    assert CLIPPED in messages(outcome, "DBS404") and not plan_of(outcome, tmp_path).train_text_encoder
+    plan = plan_of(outcome, tmp_path)
+    assert CLIPPED not in messages(outcome, "DBS404") and not plan.train_text_encoder
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2")  # both kept idle, clipped
     plan = plan_of(kohya_lora(tmp_path, "--text_encoder_lr 1e-5 0", base=sdxl), tmp_path)
     assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == pytest.approx(1e-5)
 
@@ -281,3 +309,88 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
         assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
         assert fate(outcome, key) == "differs", fate(outcome, key)
         assert kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0").written
+
+
+def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_path):
+    """sdxl_train_network.py --dim_from_weights builds only the file's modules: with both CLIP encoders'
+    at rate 0 they stay idle; a file with CLIP-L's alone leaves CLIP-G without modules, which the one
+    train.text_encoder_idle cannot say (DBS403). Without --dim_from_weights create_network builds both."""
+    sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
+    unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    te2 = "lora_te2_text_model_encoder_layers_0_self_attn_q_proj"
+    both = {unet: _lora(640, 640), te1: _lora(768, 768), te2: _lora(1280, 1280)}
+    _file(tmp_path / "prev.safetensors", both)
+    command = "--network_weights prev.safetensors --dim_from_weights --text_encoder_lr 0"
+    outcome = kohya_lora(tmp_path, command, base=sdxl)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path).idle_text_encoders == ("text_encoder", "text_encoder_2")
+    _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), te1: _lora(768, 768)})
+    outcome = kohya_lora(tmp_path, command, base=sdxl)
+    assert IDLE in messages(outcome, "DBS403") and te1 in messages(outcome, "DBS403")
+    outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+
+
+IDLE_SPEC = """spec_version = 2
+
+[model]
+base = "builtin:tiny-sdxl"
+
+[adapter]
+kind = "lora"
+
+[train]
+text_encoder = {first}
+text_encoder_2 = {second}
+text_encoder_idle = "kohya"
+
+[[datasets]]
+name = "dog"
+path = "d"
+prompt = "a photo of ohwx dog"
+
+[schedule]
+steps = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "idle"),
+    [
+        ("false", "false", ("text_encoder", "text_encoder_2")),
+        ("true", "false", ("text_encoder_2",)),  # each untrained CLIP encoder on its own
+        ("true", "true", ()),  # nothing left idle: DBS598
+    ],
+)
+def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, second, idle):
+    images(tmp_path / "d", 2, (64, 64))
+    (tmp_path / "spec.toml").write_text(IDLE_SPEC.format(first=first, second=second))
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    plan = planned.plan
+    assert plan.idle_text_encoders == idle
+    assert ("DBS598" in {d.code for d in planned.diagnostics}) == (not idle)
+    lora = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert {"text_encoder", "text_encoder_2"} <= lora  # the idle ones carry the adapter too
+    assert plan.train_text_encoder == (first == "true")
+    if idle:
+        console = Console(file=io.StringIO(), width=400)
+        render_summary(plan, console)
+        assert "held untrained (kohya's modules at text_encoder_lr 0)" in console.file.getvalue()
+
+
+def test_an_encoder_without_adapter_layers_is_not_left_idle(tmp_path):
+    """No targets (nor norms or blocks) on SDXL's second encoder: nothing to carry there (a LyCORIS preset
+    leaving one encoder without modules), so only the first is idle."""
+    images(tmp_path / "d", 2, (64, 64))
+    text = IDLE_SPEC.format(first="false", second="false").replace(
+        '[adapter]\nkind = "lora"\n', '[adapter]\nkind = "lora"\ntext_encoder_2_targets = []\n'
+    )
+    (tmp_path / "spec.toml").write_text(text)
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.idle_text_encoders == ("text_encoder",)
+    modes = {c.name: c.trainable for c in planned.plan.precision.components}
+    assert (modes["text_encoder"], modes["text_encoder_2"]) == ("lora", "frozen")

@@ -333,11 +333,13 @@ def test_negative_oft_alpha_constrains_nothing(tmp_path):
         assert a.oft_constraint == 0.0 and not a.blocks
 
 
-def test_text_modules_at_text_encoder_lr_0_are_not_expressed(tmp_path):
+def test_text_modules_at_text_encoder_lr_0_stay_idle(tmp_path):
     """text_encoder_lr 0: train_network.py's apply_to keeps the text encoder's modules (is_train_text_encoder
     reads no rate), with the file's weights, and LyCORIS's prepare_optimizer_params skips their group: CLIP
-    runs rotated and never trains, which dbspec (a text-encoder adapter only while it trains) cannot hold."""
+    runs rotated and never trains, train.text_encoder_idle = "kohya" (convert/kohya/idle_text.py)."""
     outcome = _convert(tmp_path, DIAG, "--dim_from_weights --text_encoder_lr 0")
-    assert "DBS403" in codes(outcome) and TE in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder",) and plan.adapter.kind == "diag-oft"
     outcome = _convert(tmp_path, DIAG, "--dim_from_weights --text_encoder_lr 0 --network_train_unet_only")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)

@@ -1089,6 +1089,12 @@ CASES = [
         + STEPS,
     ),
     (
+        rules.text_encoder_idle_needs_adapter,
+        DOG + STEPS + '[train]\ntext_encoder_idle = "kohya"\n',
+        [("DBS597", "error", ("train", "text_encoder_idle"))],
+        LORA + DOG + STEPS + '[train]\ntext_encoder_idle = "kohya"\n',
+    ),
+    (
         rules.norms_without_clip_training,
         LORA + 'text_encoder_norms = ["layer_norm1"]\n' + DOG + STEPS,
         [("DBS585", "warning", ("adapter", "text_encoder_norms"))],

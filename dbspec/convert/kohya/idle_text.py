@@ -1,15 +1,19 @@
-"""A --network_weights file's text-encoder modules at text_encoder_lr 0 (issue 12): train_network.py's
-apply_to keeps the network's text-encoder modules whenever --network_train_unet_only is off
-(is_train_text_encoder reads no rate), create_network_from_weights (--dim_from_weights) or load_weights puts
-the file's weights in them, and the networks' prepare_optimizer_params leave a group at rate 0 out of the
-optimizer (networks.lora: "lr" 0 skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes every
-step through the file's modules, which never change, yet they still take gradients that max_grad_norm's
-clipping counts (get_trainable_params: every parameter of the network). dbspec adapts a text encoder only
-while it trains, so the converted run would leave it plain: DBS403 for every --network_weights path
-(networks.lora, networks.dylora, networks.lora_flux / lora_sd3, lycoris.kohya's kinds on SD 1.x/2.x, SDXL,
-Flux and SD3). Fresh modules at rate 0 (clipped_idle_text): their output is the base's, but their gradients
-count in max_grad_norm's clip: without a file, train.text_encoder = false is exact only at max_grad_norm 0,
-and converts with a DBS404 warning otherwise (kohya's clip counts modules that never move)."""
+"""kohya's text-encoder modules at text_encoder_lr 0 (issue 12): train_network.py's apply_to builds the
+network's text-encoder modules whenever --network_train_unet_only is off (is_train_text_encoder reads no
+rate), fresh or with a --network_weights file's weights (create_network_from_weights / load_weights), and
+the networks' prepare_optimizer_params leave a group at rate 0 out of the optimizer (networks.lora: "lr" 0
+skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes under grad through modules that never
+change, whose gradients optimizer.zero_grad never clears: they add up step after step and count in
+max_grad_norm's clip (get_trainable_params: every parameter of the network), which scales the sum in place.
+
+`train.text_encoder_idle = "kohya"` is that run (runtime/idle_text.py; checked bit for bit against
+lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora, networks.dylora
+and lycoris.kohya on train_network.py / sdxl_train_network.py map to it, fresh modules under a clip (without
+one, train.text_encoder = false is the same run) and a file's modules always (adapter.init_weights loads
+them into the idle encoder). Elsewhere: a file's idle modules are DBS403 (idle_text_modules: Flux, SD3,
+--dim_from_weights on SDXL with one encoder's modules), fresh modules under a clip a DBS404 warning
+(clipped_idle_text: networks.lora_fa, which keeps the group in the optimizer at rate 0, lora_flux /
+lora_sd3)."""
 
 from __future__ import annotations
 
@@ -25,6 +29,26 @@ _MULTIPLE = {
 }
 
 
+# the scripts and networks whose text-encoder modules at rate 0 train.text_encoder_idle = "kohya" keeps
+# exactly (SD 1.x/2.x, SDXL; networks.lora_fa keeps their group in the optimizer at rate 0, cleared each step)
+_IDLE_SCRIPTS = ("train_network", "sdxl_train_network")
+_IDLE_MODULES = ("networks.lora", "networks.dylora", "lycoris.kohya")
+IDLE_NOTE = (
+    "text_encoder_lr 0: kohya's apply_to still builds the text-encoder modules, which never train while "
+    "their gradients add up and count in max_grad_norm's clip"
+)
+
+
+def idle_kohya(a: dict[str, Legacy], script: str, file: bool = False) -> bool:
+    """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
+    "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
+    clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
+    under a clip, or (`file`) with a --network_weights file's modules on them (without either, fresh modules
+    leave the output the base's and train.text_encoder = false is the same run, cheaper)."""
+    module = a["network_module"].value if "network_module" in a else "networks.lora"
+    return (file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+
+
 def _rates(a: dict[str, Legacy]) -> list[float]:
     te = a["text_encoder_lr"].value
     values = te if isinstance(te, list) else [te] if te is not None else []
@@ -33,18 +57,18 @@ def _rates(a: dict[str, Legacy]) -> list[float]:
     return [float(v) for v in values]
 
 
-def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
-    """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
-    weights and never trains (their rate 0); True when reported. An unreadable file is left to the
-    mappings that read it."""
+def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
+    """The --network_weights file's text-encoder modules kohya applies at rate 0: the first module of each
+    encoder prefix (lora_te_, lora_te1_, ...) by prefix; {} for none, or an unreadable file (left to the
+    mappings that read it)."""
     weights = a["network_weights"]
     if not weights.value or ("network_train_unet_only" in a and a["network_train_unet_only"].value):
-        return False
+        return {}
     local = paths.local(weights.value)
     try:
         names = sorted({k.split(".", 1)[0] for k in read_safetensors_header(local)}) if local else []
     except (ModelFileError, OSError, ValueError):
-        return False
+        return {}
     rates = _rates(a)
     module = a["network_module"].value if "network_module" in a else None
     per_encoder = _MULTIPLE.get(str(module))
@@ -61,8 +85,30 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
             continue
         if rate == 0:
             idle.setdefault(prefix, name)
-    if not idle:
+    return idle
+
+
+def file_idle(a: dict[str, Legacy], paths, script: str) -> bool:
+    """Whether the --network_weights file's text-encoder modules at rate 0 convert as
+    train.text_encoder_idle = "kohya" (the idle encoders loaded with the file's modules by
+    adapter.init_weights): the scripts and networks idle_kohya takes, where kohya's network holds modules on
+    every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL both)."""
+    idle = _idle_modules(a, paths)
+    if not idle or not idle_kohya(a, script, file=True):
         return False
+    if a["dim_from_weights"].value and script == "sdxl_train_network":
+        return {"lora_te1_", "lora_te2_"} <= set(idle)
+    return True
+
+
+def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
+    """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
+    weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
+    True when reported. An unreadable file is left to the mappings that read it."""
+    idle = _idle_modules(a, paths)
+    if not idle or file_idle(a, paths, script):
+        return False
+    weights = a["network_weights"]
     from_file = a["dim_from_weights"]
     key = from_file if from_file.value else weights
     first = ", ".join(f"`{n}`" for n in idle.values())
@@ -79,7 +125,8 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion) -> bool:
 
 def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:
     """Warn (DBS404) that a text encoder whose LoRA modules kohya builds and never trains (its rate 0) is
-    converted untrained while max_grad_norm clips: True when warned (the caller still maps the encoder as
+    converted untrained while max_grad_norm clips, where train.text_encoder_idle cannot hold them (not
+    idle_kohya): True when warned (the caller still maps the encoder as
     untrained). train_network.py builds the text encoders' modules whenever --network_train_unet_only is off
     (apply_to reads no rate; a fresh module's lora_up is 0, so the encoder's output is the base's) and runs
     the text encoders under grad, so those modules take gradients (lora_up's are not 0) that

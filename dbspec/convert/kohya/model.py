@@ -186,7 +186,7 @@ def map_adapter(
             "lycoris.kohya have a dbspec equivalent",
         )
         return False
-    if idle_text_modules(a, paths, conv):  # the file's text-encoder modules at text_encoder_lr 0
+    if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if a["dim_from_weights"].value and a["network_weights"].value:
         if module.value == "networks.lora":

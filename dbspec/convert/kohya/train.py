@@ -9,7 +9,7 @@ import attrs
 
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
-from dbspec.convert.kohya.idle_text import clipped_idle_text
+from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
@@ -700,10 +700,12 @@ def map_text_encoder(
     conv: Conversion,
     text_modules: bool = True,
     first_modules: bool = True,
+    idle_file: bool = False,
 ) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
     `first_modules`: whether kohya's network holds text-encoder modules at all / of the first encoder (False
-    for a --dim_from_weights file without them)."""
+    for a --dim_from_weights file without them); `idle_file`: a --network_weights file's text-encoder modules
+    at rate 0 that train.text_encoder_idle keeps (file_idle)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -755,7 +757,10 @@ def map_text_encoder(
             )
             if clip_g == 0:  # lora_sd3's CLIP-G at 0 too (its second value, or the one value)
                 first = "CLIP-L's and CLIP-G's"
-            clipped_idle_text(a, te_lr, first, conv)
+            if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
+                conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
+            else:
+                clipped_idle_text(a, te_lr, first, conv)
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
             te_lr,
