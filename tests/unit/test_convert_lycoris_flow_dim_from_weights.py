@@ -763,9 +763,10 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """A file mixing LoKr, full, LoCon and LoHa modules on the denoiser (was DBS403: one kind per adapter):
     create_network_from_weights builds each module by its keys, so the adapter is the LoKr modules' and the
     others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
-    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on T5-XXL (DBS403), a LoCon
-    module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without alpha
-    (DBS402: float(None))."""
+    runtime test: test_lycoris_mixed_flow_file); another kind's modules on T5-XXL (was DBS403) text-encoder
+    blocks of their kind with train.t5. Refused: a T5 `diff_b` (DBS402: T5's Linears have no bias), a
+    LoCon module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without
+    alpha (DBS402: float(None))."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
     modules = {
@@ -796,8 +797,33 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
         "transformer_blocks.0.attn.add_q_proj",
         "transformer_blocks.0.attn.add_k_proj",
     }
+    # T5-XXL's modules of other kinds (was DBS403): train.t5 with text-encoder blocks of their kind first,
+    # the T5 Linears the file lacks at rank 0 (runtime test: test_lycoris_mixed_flow_file)
+    t5 = {
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)},
+        "lora_te2_encoder_block_1_layer_1_DenseReluDense_wo": {
+            "lora_down.weight": (2, 10240),
+            "lora_up.weight": (4096, 2),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("lokr", 2.0) and a.t5_targets
+    t5_kinds = {
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q": ("full", 1),
+        "text_encoder_2.encoder.block.1.layer.1.DenseReluDense.wo": ("lora", 2),
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.k": ("adapter", 0),
+        "text_encoder_2.encoder.block.1.layer.1.DenseReluDense.wi_0": ("adapter", 0),
+    }
+    for path, want in t5_kinds.items():
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        assert (block.kind, block.rank) == want, path
+    t5["lora_te2_encoder_block_0_layer_0_SelfAttention_q"]["diff_b"] = (4096,)
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    assert "no bias" in messages(_flux(tmp_path, allow=True), "DBS402")
     for extra, code, words in (
-        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}}, "DBS403", "T5-XXL"),
         (
             {
                 "lora_unet_img_in": {

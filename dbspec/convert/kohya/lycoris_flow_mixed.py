@@ -19,23 +19,30 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
 final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
 the file lacks; SD3's patch convolution of another kind is conv_targets `pos_embed.proj` with a block of that
-kind there at its conv_rank / conv_alpha. On Chroma the denoiser's modules map as Flux's. Not expressed (why
-not returned): T5-XXL modules of another kind than the adapter's, on Chroma a text-encoder module or the
+kind there at its conv_rank / conv_alpha. T5-XXL's modules of other kinds (a LoCon-led file's T5 LoCon ones too) are
+[[adapter.text_encoder_blocks]] of their kind over T5's Linears (`train.t5`, every kind's blocks first,
+then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a full file's).
+On Chroma the denoiser's modules map as Flux's. Not expressed (why
+not returned): on Chroma a text-encoder module or the
 final layer, and Tucker or weight-decomposition tensors there (a run of several kinds builds neither,
 DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
 test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_factor_file import (
     _CLIPS,
     _T5,
+    _T5_COMPONENT,
     clip_targets,
     factor_file_adapter,
     final_layer_block,
+    t5_left_block,
+    t5_path,
 )
 from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans, _text_pattern
 from dbspec.convert.kohya.lycoris_flow_weights import (
@@ -159,6 +166,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
     return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": float(m.alpha or rank)}  # 0: the dim
 
 
+def _t5_pattern(names: list[str], family: str) -> str:
+    """A text-encoder block's pattern naming exactly these T5-XXL modules' `<component>.<path>`s
+    (lycoris_flow_factor_file.own_text_blocks' form)."""
+    paths = sorted(re.escape(f"{_T5_COMPONENT[family]}.{t5_path(n, family)}") for n in names)
+    return f"^(?:{'|'.join(paths)})$"
+
+
 def flow_mixed_file(
     modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
 ) -> dict[str, object] | str:
@@ -194,12 +208,27 @@ def flow_mixed_file(
                 "name every single block's linear2 ends with too) in a Chroma file of several kinds: dbspec "
                 "keeps the single blocks' linear2 out of it on Flux only"
             )
-    t5 = next((n for n in sorted(others) if n.startswith(_T5.get(family, "lora_te"))), None)
-    if t5 is not None:
+    # T5-XXL's modules of the other kinds: text-encoder blocks of their kind over T5's Linears (train.t5)
+    t5_others = {n: m for n, m in others.items() if family in _T5 and n.startswith(_T5[family])}
+    if t5_others and t5_idle:
         return (
-            f"module `{t5}` is T5-XXL's LyCORIS {others[t5].algo} module beside {own} modules: dbspec's "
-            "T5-XXL adapter (train.t5) is of the adapter's kind"
+            f"module `{min(t5_others)}` is T5-XXL's, whose LyCORIS modules keep the file's weights untrained "
+            f"where T5 encodes: {t5_idle} (dbspec's T5 adapter trains)"
         )
+    t5_groups: dict[tuple, list[str]] = {}
+    for name, m in sorted(t5_others.items()):
+        if t5_path(name, family) is None:
+            return f"module `{name}` is no T5-XXL attention / MLP Linear"
+        if "diff_b" in m.shapes:
+            return (
+                f"invalid:module `{name}` holds a `diff_b`, but T5-XXL's Linears have no bias: "
+                "make_module_from_state_dict makes it the layer's bias, and FullModule's custom_state_dict "
+                "subtracts the original bias (None) when kohya saves the network: TypeError"
+            )
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        t5_groups.setdefault(tuple(values.items()), []).append(name)
     apart = set(others)  # LyCORIS ignores Flux's lora_te3_ names: no encoder of that index
     clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS.get(family, ())))}
     text_groups: dict[tuple, list[str]] = {}
@@ -270,6 +299,13 @@ def flow_mixed_file(
             {"pattern": _text_pattern(names, family), **dict(key)} for key, names in text_groups.items()
         ]
         out["text_encoder_blocks"] = [*text_blocks, *found.get("text_encoder_blocks", ())]
+    if t5_groups:  # T5's other kinds first, then the adapter's (its own T5 modules' blocks, rank-0 left)
+        t5_blocks = [{"pattern": _t5_pattern(names, family), **dict(key)} for key, names in t5_groups.items()]
+        held = [n for n in modules if n.startswith(_T5[family])]
+        mine_left = t5_left_block([n for n in held if n not in t5_others], family) if out.get("t5") else []
+        kept = [b for b in out.get("text_encoder_blocks", ()) if b not in mine_left]
+        out["text_encoder_blocks"] = [*t5_blocks, *t5_left_block(held, family), *kept]
+        out["t5"] = True
     if patch is not None:  # the adapter's convolution values where it has none (it holds no other)
         pair = {"conv_rank": patch["rank"], "conv_alpha": patch["alpha"]}
         out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
