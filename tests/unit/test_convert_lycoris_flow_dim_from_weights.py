@@ -765,8 +765,8 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
     runtime test: test_lycoris_mixed_flow_file); another kind's modules on T5-XXL (was DBS403) text-encoder
     blocks of their kind with train.t5. Refused: a T5 `diff_b` (DBS402: T5's Linears have no bias), a
-    LoCon module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without
-    alpha (DBS402: float(None))."""
+    LoCon / LoHa module's Tucker core on a Linear (DBS402: LyCORIS's module builds none there, checked with
+    lycoris-lora 4.1.3), another kind's module without alpha (DBS402: float(None))."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
     modules = {
@@ -832,8 +832,13 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
                     "lora_mid.weight": (2, 2),
                 }
             },
-            "DBS403",
-            "Tucker",
+            "DBS402",
+            "no Tucker core",
+        ),
+        (  # a LoHa module's Tucker cores beside a LoKr adapter, on a Linear alike
+            {"lora_unet_double_blocks_0_txt_attn_proj": {**loha, "hada_t1": (2, 2), "hada_t2": (2, 2)}},
+            "DBS402",
+            "LohaModule builds no Tucker core",
         ),
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra})

@@ -19,13 +19,14 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
 final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
 the file lacks; SD3's patch convolution of another kind is conv_targets `pos_embed.proj` with a block of that
-kind there at its conv_rank / conv_alpha. T5-XXL's modules of other kinds (a LoCon-led file's T5 LoCon ones too) are
-[[adapter.text_encoder_blocks]] of their kind over T5's Linears (`train.t5`, every kind's blocks first,
-then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a full file's).
-On Chroma the denoiser's modules map as Flux's. Not expressed (why
-not returned): on Chroma a text-encoder module or the
-final layer, and Tucker or weight-decomposition tensors there (a run of several kinds builds neither,
-DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
+kind there at its conv_rank / conv_alpha. T5-XXL's modules of other kinds (a LoCon-led file's T5 LoCon
+ones too) are [[adapter.text_encoder_blocks]] of their kind over T5's Linears (`train.t5`, every kind's
+blocks first, then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a
+full file's). Tucker tensors (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`) on a Linear are DBS402 (the
+rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's.
+Not expressed (why not returned): on Chroma a text-encoder module or the final layer, a Tucker form on
+SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
+builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
 test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
@@ -127,6 +128,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
                 "FullModule's copy_ raises"
             )
         return {"kind": "full", "rank": 1, "alpha": 1.0}
+    tucker = next((k for k in sorted(s) if k in ("lora_mid.weight", "hada_t1", "hada_t2")), None)
+    if tucker and layer == "linear":  # no Tucker core on a Linear: make_module_from_state_dict's copy_ fails
+        cls = "LoConModule" if m.algo == "locon" else "LohaModule"
+        return (
+            f"invalid:`{m.name}.{tucker}` is LyCORIS's Tucker form on a Linear, where {cls} builds no Tucker "
+            f"core (its make_module_from_state_dict raises AttributeError)"
+        )
     if m.algo == "locon":
         odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight"))
         if odd:
