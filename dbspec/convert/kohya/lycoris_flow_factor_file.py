@@ -128,10 +128,11 @@ def _loha_patch(m: LycorisModule) -> dict | str:
 
 
 def final_layer_block(targets: list[str], family: str) -> list[dict]:
-    """Flux's final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among the targets:
-    the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too, so a first,
-    rank-0 block keeps out those the file does not hold (peft's exclude_modules, runtime/blocks.py)."""
-    if family != "flux" or "proj_out" not in targets:
+    """Flux's (Chroma's) final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among
+    the targets: the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too,
+    so a first, rank-0 block keeps out those the file does not hold (peft's exclude_modules,
+    runtime/blocks.py). Chroma1-HD has Flux's 38 single blocks."""
+    if family not in ("flux", "chroma") or "proj_out" not in targets:
         return []
     left = [str(i) for i in range(NUM_SINGLE) if f"single_transformer_blocks.{i}.proj_out" not in targets]
     if not left:

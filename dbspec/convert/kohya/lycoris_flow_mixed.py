@@ -23,8 +23,9 @@ kind there at its conv_rank / conv_alpha. T5-XXL's modules of other kinds (a LoC
 ones too) are [[adapter.text_encoder_blocks]] of their kind over T5's Linears (`train.t5`, every kind's
 blocks first, then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a
 full file's). Tucker tensors (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`) on a Linear are DBS402 (the
-rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's.
-Not expressed (why not returned): on Chroma a text-encoder module or the final layer, a Tucker form on
+rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's,
+its final layer too (Chroma1-HD has Flux's single blocks; was DBS403).
+Not expressed (why not returned): on Chroma a text-encoder module, a Tucker form on
 SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
 builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
 test_lycoris_mixed_chroma.py."""
@@ -203,18 +204,12 @@ def flow_mixed_file(
     others = {
         n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
     }
-    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL and its final layer stay DBS403
+    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL stays DBS403
         text = next((n for n in sorted(modules) if not n.startswith("lora_unet_")), None)
         if text is not None:
             return (
                 f"module `{text}` is a text encoder's (Chroma's T5-XXL) beside {own} modules: dbspec maps "
                 "a Chroma file of several kinds on the denoiser only"
-            )
-        if "lora_unet_final_layer_linear" in modules:
-            return (
-                "module `lora_unet_final_layer_linear` (Chroma's final layer, diffusers' `proj_out`, whose "
-                "name every single block's linear2 ends with too) in a Chroma file of several kinds: dbspec "
-                "keeps the single blocks' linear2 out of it on Flux only"
             )
     # T5-XXL's modules of the other kinds: text-encoder blocks of their kind over T5's Linears (train.t5)
     t5_others = {n: m for n, m in others.items() if family in _T5 and n.startswith(_T5[family])}
