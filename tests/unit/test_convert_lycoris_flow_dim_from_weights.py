@@ -1010,3 +1010,46 @@ def test_flux_file_of_several_kinds_with_clip_and_final_layer_modules(tmp_path):
     # which dbspec's LoRA run cannot start (DBS357 at plan time): refused at conversion
     outcome = _flux(tmp_path, "--network_train_unet_only", allow=True)
     assert "holds lokr modules too" in messages(outcome, "DBS403")
+
+
+def test_chroma_file_of_several_kinds_with_t5_modules_and_the_final_layer(tmp_path):
+    """--model_type chroma, a file of LoKr, LoCon and full modules: its final layer (was DBS403) a block
+    `^(proj_out)$` of its kind beside a rank-0 block for the single blocks' linear2 the file lacks; its
+    T5-XXL modules (lora_te2_: kohya hands LyCORIS [DummyCLIPL, T5-XXL]) of other kinds (was DBS403)
+    train.t5 with text-encoder blocks of their kind on Chroma's T5 (`text_encoder`), a full one making
+    init_scale 2 (runtime test: test_lycoris_mixed_chroma). A CLIP-L module (lora_te1_), for which LyCORIS
+    builds nothing on DummyCLIPL (kohya ignores it), stays DBS403: dbspec's start needs each file module's
+    model (DBS356)."""
+    from test_convert_kohya_chroma import _chroma
+
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_txt_attn_proj": {"lora_down.weight": (2, W), "lora_up.weight": (W, 2)},
+        "lora_unet_final_layer_linear": {"lora_down.weight": (4, W), "lora_up.weight": (64, 4)},
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)},
+        "lora_te2_encoder_block_2_layer_1_DenseReluDense_wi_1": {
+            "lora_down.weight": (2, 4096),
+            "lora_up.weight": (10240, 2),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    extra = "--network_module lycoris.kohya --network_weights prev.safetensors --dim_from_weights"
+    outcome = _chroma(tmp_path, extra, cached="")  # T5 encodes every step
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.init_scale) == ("lokr", 2.0) and a.t5_targets
+    assert _rank(a, "proj_out") == (4, 1.0)
+    assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
+    assert next(b for b in a.blocks if re.search(b.pattern, "proj_out")).kind == "lora"
+    for path, want in {
+        "text_encoder.encoder.block.0.layer.0.SelfAttention.q": ("full", 1),
+        "text_encoder.encoder.block.2.layer.1.DenseReluDense.wi_1": ("lora", 2),
+        "text_encoder.encoder.block.0.layer.0.SelfAttention.k": ("adapter", 0),
+    }.items():
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        assert (block.kind, block.rank) == want, path
+    clip = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": lokr}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **clip})
+    assert "DummyCLIPL" in messages(_chroma(tmp_path, extra, cached="", allow=True), "DBS403")

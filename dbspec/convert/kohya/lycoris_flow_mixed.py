@@ -24,8 +24,11 @@ ones too) are [[adapter.text_encoder_blocks]] of their kind over T5's Linears (`
 blocks first, then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a
 full file's). Tucker tensors (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`) on a Linear are DBS402 (the
 rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's,
-its final layer too (Chroma1-HD has Flux's single blocks; was DBS403).
-Not expressed (why not returned): on Chroma a text-encoder module, a Tucker form on
+its final layer too (Chroma1-HD has Flux's single blocks; was DBS403), and its T5-XXL modules (kohya hands
+LyCORIS [DummyCLIPL, T5-XXL]: `lora_te2_`) as Flux's T5 ones on Chroma's T5 (`text_encoder`).
+Not expressed (why not returned): on Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
+DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
+model, DBS356), a Tucker form on
 SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
 builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
 test_lycoris_mixed_chroma.py."""
@@ -204,13 +207,14 @@ def flow_mixed_file(
     others = {
         n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
     }
-    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL stays DBS403
-        text = next((n for n in sorted(modules) if not n.startswith("lora_unet_")), None)
-        if text is not None:
-            return (
-                f"module `{text}` is a text encoder's (Chroma's T5-XXL) beside {own} modules: dbspec maps "
-                "a Chroma file of several kinds on the denoiser only"
-            )
+    clip = next((n for n in sorted(whole) if family == "chroma" and n.startswith("lora_te1_")), None)
+    if clip is not None:  # kohya ignores it; dbspec's init_weights names every file module's model (DBS356)
+        return (
+            f"module `{clip}` is CLIP-L's, which kohya's Chroma lacks: flux_train_network.py hands "
+            "LyCORIS flux_utils.DummyCLIPL, without a Linear, so create_network_from_weights builds nothing "
+            "for it and load_weights' strict=False load skips it, while dbspec starts a run only from a "
+            "file whose modules each name a model of the run (DBS356)"
+        )
     # T5-XXL's modules of the other kinds: text-encoder blocks of their kind over T5's Linears (train.t5)
     t5_others = {n: m for n, m in others.items() if family in _T5 and n.startswith(_T5[family])}
     if t5_others and t5_idle:
@@ -314,7 +318,10 @@ def flow_mixed_file(
         out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
         block = {**patch, "rank": out["rank"], "alpha": out["alpha"], **pair}
         out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
-    if any(v["kind"] == "full" for v in (*map(dict, (*groups, *text_groups)), *([patch] if patch else []))):
+    if any(
+        v["kind"] == "full"
+        for v in (*map(dict, (*groups, *text_groups, *t5_groups)), *([patch] if patch else []))
+    ):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
