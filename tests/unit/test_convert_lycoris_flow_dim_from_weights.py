@@ -885,6 +885,16 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
     lora = next(b for b in a.blocks if b.kind == "lora")
     assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
+    # SD3's T5-XXL modules (lora_te3_, the third encoder) of other kinds (was DBS403): train.t5 with blocks
+    t5 = {"lora_te3_encoder_block_0_layer_0_SelfAttention_o": {"diff": (4096, 4096)}}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.t5_targets and a.init_scale == 2.0
+    o, q = (f"text_encoder_3.encoder.block.0.layer.0.SelfAttention.{p}" for p in "oq")
+    assert [(b.kind, b.rank) for b in a.text_encoder_blocks if re.search(b.pattern, o)][:1] == [("full", 1)]
+    assert [b.rank for b in a.text_encoder_blocks if re.search(b.pattern, q)][:1] == [0]
     patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2), "diff_b": (64,)}}
     _factor_file(tmp_path / "prev.safetensors", patch)
     outcome = _sd3(tmp_path)
