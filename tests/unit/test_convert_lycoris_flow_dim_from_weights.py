@@ -820,6 +820,12 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     for path, want in t5_kinds.items():
         block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
         assert (block.kind, block.rank) == want, path
+    # with --network_train_unet_only kohya leaves the T5 full module unused; beside no full module of the
+    # denoiser dbspec's start would refuse its `diff` (DBS356): DBS403 at conversion
+    denoiser = {n: m for n, m in modules.items() if "img_attn_qkv" not in n}
+    _factor_file(tmp_path / "prev.safetensors", {**denoiser, **t5})
+    unused = messages(_flux(tmp_path, "--network_train_unet_only", allow=True), "DBS403")
+    assert "lora_te2_encoder_block_0_layer_0_SelfAttention_q" in unused and "DBS356" in unused
     t5["lora_te2_encoder_block_0_layer_0_SelfAttention_q"]["diff_b"] = (4096,)
     _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
     assert "no bias" in messages(_flux(tmp_path, allow=True), "DBS402")

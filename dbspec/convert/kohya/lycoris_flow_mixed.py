@@ -26,7 +26,9 @@ full file's). Tucker tensors (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`) on a
 rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's,
 its final layer too (Chroma1-HD has Flux's single blocks; was DBS403), and its T5-XXL modules (kohya hands
 LyCORIS [DummyCLIPL, T5-XXL]: `lora_te2_`) as Flux's T5 ones on Chroma's T5 (`text_encoder`).
-Not expressed (why not returned): on Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
+Not expressed (why not returned): with --network_train_unet_only text-encoder modules of a kind the
+denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run's kinds, DBS356), on
+Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
 DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
 model, DBS356), a Tucker form on
 SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
@@ -201,6 +203,16 @@ def flow_mixed_file(
             f"with --network_train_unet_only (apply_to drops the text encoders' modules) its denoiser holds "
             f"{next(iter(algos))} modules alone, and dbspec starts a run of one kind only from a file of "
             f"that kind (it holds {' and '.join(dropped)} modules too)"
+        )
+    # apply_to drops a text encoder's module, load_weights' strict=False load skips it; dbspec's start takes a
+    # file's tensors of the run's kinds alone (DBS356)
+    idle = next((n for n, m in sorted(whole.items()) if n not in modules and m.algo not in algos), None)
+    if idle is not None:
+        return (
+            f"module `{idle}` is a text encoder's LyCORIS {whole[idle].algo} module, which kohya leaves "
+            "untrained and unused with --network_train_unet_only (apply_to drops it, load_weights' "
+            "strict=False load skips it), while dbspec starts only from a file whose tensors are of its "
+            f"run's kinds ({', '.join(sorted(algos))} on the denoiser; DBS356)"
         )
     own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
     # the other kinds' modules, and a LoCon-led file's CLIP LoCon modules (blocks of kind lora there)
