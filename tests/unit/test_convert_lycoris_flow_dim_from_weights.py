@@ -841,6 +841,17 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
             "DBS402",
             "no Tucker core",
         ),
+        (  # a LoCon module's weight decomposition beside other kinds (DBS583 in a spec)
+            {
+                "lora_unet_double_blocks_0_txt_attn_qkv": {
+                    "lora_down.weight": (2, W),
+                    "lora_up.weight": (3 * W, 2),
+                    "dora_scale": (3 * W, 1),
+                }
+            },
+            "DBS403",
+            "weight decomposition on a LoCon module",
+        ),
         (  # a LoHa module's Tucker cores beside a LoKr adapter, on a Linear alike
             {"lora_unet_double_blocks_0_txt_attn_proj": {**loha, "hada_t1": (2, 2), "hada_t2": (2, 2)}},
             "DBS402",

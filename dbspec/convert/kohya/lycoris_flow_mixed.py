@@ -65,6 +65,14 @@ from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 _OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "glora": "glora"}
 
 
+# make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose
+_DORA = (
+    "LyCORIS's weight decomposition on a {kind} module (make_module_from_state_dict's weight_decompose) "
+    "beside modules of other kinds: a run of several kinds takes neither the adapter's `dora` (DBS578) nor a "
+    "block's own `dora` beside blocks of their own kind (DBS583)"
+)
+
+
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
     """The file's modules (NormModules aside) are of several of LoKr, LoHa, LoCon, full, Diag-OFT / BOFT and
     GLoRA, LoKr, LoHa or LoCon among them."""
@@ -144,15 +152,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
     if m.algo == "locon":
         odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight"))
         if odd:
-            what = {
-                "lora_mid.weight": "Tucker form (lora_mid)",
-                "dora_scale": "weight decomposition (dora_scale)",
+            why = {
+                "lora_mid.weight": "LyCORIS's Tucker form (lora_mid) on SD3's patch convolution as a LoCon "
+                "module beside modules of other kinds: dbspec's run of several kinds builds a LoCon block's "
+                "Tucker form on the U-Net families' convolutions alone (DBS578)",
+                "dora_scale": _DORA.format(kind="LoCon"),
             }
-            return (
-                f"`{m.name}.{odd[0]}`: LyCORIS's {what.get(odd[0], 'tensor ' + odd[0])} on a LoCon module "
-                "beside "
-                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
-            )
+            return f"`{m.name}.{odd[0]}`: " + why.get(odd[0], f"tensor {odd[0]} LoConModule does not read")
         if "lora_down.weight" not in s:
             why = "LoConModule's make_module_from_state_dict fails"
             return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
@@ -164,10 +170,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
         rank = s["lora_down.weight"][0]
     else:  # LoHa beside a LoKr adapter
         odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
-        if odd:
+        if odd and odd[0] == "dora_scale":
+            return f"`{m.name}.dora_scale`: " + _DORA.format(kind="LoHa")
+        if odd:  # on SD3's patch convolution (a Linear's: DBS402 above)
             return (
-                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form or weight decomposition on a LoHa module beside "
-                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
+                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form on SD3's patch convolution as a LoHa module "
+                "beside modules of other kinds: a run of several kinds builds no block's own Tucker form "
+                "but a LoCon one's (DBS578)"
             )
         checked = check_loha([m])
         if isinstance(checked, str):
@@ -286,12 +295,13 @@ def flow_mixed_file(
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
-    for key, what in (("dora", "weight decomposition"), ("tucker", "Tucker form")):
-        if found.get(key) or any(key in b for b in own_blocks):
-            return (
-                f"its {own} modules hold LyCORIS's {what} beside modules of other kinds: dbspec trains "
-                "several kinds in one run without it (DBS578)"
-            )
+    if found.get("dora") or any("dora" in b for b in own_blocks):
+        return f"its {own} modules hold `dora_scale`: " + _DORA.format(kind=own)
+    if found.get("tucker") or any("tucker" in b for b in own_blocks):  # SD3's patch convolution's
+        return (
+            f"its {own} modules hold LyCORIS's Tucker form (SD3's patch convolution) beside modules of "
+            "other kinds: a run of several kinds builds no Tucker form but a LoCon block's (DBS578)"
+        )
     blocks_out = [
         {"pattern": pattern, **dict(key)}
         for key, lists in groups.items()
