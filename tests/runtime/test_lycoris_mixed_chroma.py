@@ -193,6 +193,51 @@ def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
     # where LyCORIS's create_network_from_weights network above starts every layer (1e-5); trains, resumes
     from tests.runtime.test_flow_init import _loaded
 
+    # the final layer (kohya's final_layer.linear, diffusers' proj_out, a suffix of every single block's
+    # linear2) as a LoCon module beside them (was DBS403): a lora block ^(proj_out)$ and a rank-0 block for
+    # the single blocks' linear2 the file lacks
+    from lycoris.modules.locon import LoConModule
+
+    final = copy.deepcopy(getattr(unet.proj_out, "base_layer", unet.proj_out))
+    module = LoConModule("lora_unet_final_layer_linear", copy.deepcopy(final), 1.0, 2, 1.5)
+    torch.manual_seed(5)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    single_out = [k for k in tensors if k.startswith("lora_unet_single_blocks_0_linear2.")]
+    assert single_out  # held: only the other single blocks' (none in tiny-chroma) are kept out
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("lora_unet_single_blocks_0_linear2.")}
+    tensors |= {f"lora_unet_final_layer_linear.{k}": v.detach() for k, v in module.state_dict().items()}
+    # T5-XXL's modules of other kinds than the lokr adapter's (LoHa, full; was DBS403), kohya's lora_te2_
+    # (flux_train_network.py hands LyCORIS [DummyCLIPL, T5-XXL]): train.t5 with text-encoder blocks of their
+    # kinds
+    from lycoris.modules.loha import LohaModule
+
+    from dbspec.runtime.tiny import build_pipeline
+
+    t5 = build_pipeline("builtin:tiny-chroma").text_encoder.float().eval()
+    t5_names = {}
+    for path, cls in (
+        ("encoder.block.0.layer.0.SelfAttention.q", LohaModule),
+        ("encoder.block.0.layer.1.DenseReluDense.wo", None),
+    ):
+        name, layer = "lora_te2_" + path.replace(".", "_"), t5.get_submodule(path)
+        if cls is None:  # FullModule's file tensors: its diff (T5's Linears have no bias)
+            tensors[f"{name}.diff"] = torch.randn_like(layer.weight) * 0.05
+        else:
+            module = cls(name, copy.deepcopy(layer), 1.0, 2, 1.5)
+            for p in module.parameters():
+                torch.nn.init.normal_(p, std=0.2)
+            tensors |= {f"{name}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+        t5_names[path] = name
+    final_tree = _tree({"final_layer.linear": final})
+    final_net, _ = lycoris_kohya.create_network_from_weights(
+        1.0, None, None, [nn.Module(), t5], final_tree, tensors
+    )
+    assert [type(m).__name__ for m in final_net.unet_loras] == ["LoConModule"]
+    built = {m.lora_name: type(m).__name__ for m in final_net.text_encoder_loras}
+    assert built == dict(zip(t5_names.values(), ("LohaModule", "FullModule"), strict=True))
+    final_net.apply_to([nn.Module(), t5], final_tree, apply_text_encoder=True, apply_unet=True)
+    final_net.load_state_dict(tensors, strict=False)  # train_network.py's load_weights: W + 2 diff
     again = tmp_path / "again"
     again.mkdir()
     save_file(tensors, str(again / "prev.safetensors"))
@@ -201,8 +246,11 @@ def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
     r = replan.adapter
     assert (r.kind, r.init_partial) == ("lokr", True) and r.init_weights and r.fused
     assert {b.kind for b in r.blocks} - {"adapter"} == {"loha", "lora"}
+    assert not _adapted("single_transformer_blocks.0.proj_out", r) and _adapted("proj_out", r)
+    assert r.t5_targets and {b.kind for b in r.text_encoder_blocks} - {"adapter"} == {"loha", "full"}
+    assert r.init_scale == 2.0  # T5's FullModule at W + 2 diff, as lycoris-lora builds and loads it
     comps, count = _loaded(replan)
-    assert count == len(names)
+    assert count == len({k.split(".")[0] for k in tensors})
     started = dict(comps.unet.eval().named_modules())
     with torch.no_grad():
         for found, _ in layers.values():
@@ -210,6 +258,18 @@ def test_mixed_chroma_run_resumes_and_loads_in_lycoris(tmp_path):
             ours = torch.cat([started[paths_of[id(p)]](x) for p in found], dim=-1)
             path = next(k for k, (f, _) in layers.items() if f is found)
             torch.testing.assert_close(kohya.get_submodule(path)(x), ours, rtol=0, atol=1e-5)
+        x = torch.randn(3, final.in_features)
+        assert not torch.allclose(started["proj_out"](x), started["proj_out"].base_layer(x), atol=1e-6)
+        torch.testing.assert_close(
+            final_tree.final_layer.linear(x), started["proj_out"](x), rtol=0, atol=1e-5
+        )
+        single = started["single_transformer_blocks.0.proj_out"]  # the file lacks it: not adapted
+        assert not hasattr(single, "base_layer"), type(single)
+        ours_t5 = dict(comps.text_encoders[0].float().eval().named_modules())
+        for path in t5_names:
+            x = torch.randn(3, t5.get_submodule(path).in_features)
+            assert not torch.allclose(ours_t5[path](x), ours_t5[path].base_layer(x), atol=1e-6), path
+            torch.testing.assert_close(t5.get_submodule(path)(x), ours_t5[path](x), rtol=0, atol=1e-5)
     whole_again = execute(compile_spec(out_path(again), [*base, "output.dir=whole"]))
     parts = compile_spec(out_path(again), [*base, "output.dir=parts"])
     first = execute(parts, stop_after=1)

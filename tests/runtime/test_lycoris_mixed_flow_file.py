@@ -306,7 +306,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     create_network_from_weights on kohya's Flux layers, applied, the file loaded (train_network.py's
     load_weights: the FullModules at W + 2 diff), gives every layer the converted run's started output
     (1e-5); the run trains and resumes bit-exact."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.execute import execute
     from dbspec.runtime.tiny import build_pipeline
@@ -348,6 +348,11 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
     tensors = load_file(str(second_dir / "prev.safetensors"))
+    t5 = build_pipeline("builtin:tiny-flux").text_encoder_2.float().eval()  # the run's base T5-XXL
+    t5_names = {}
+    if "GLoRAModule" in classes:  # T5-XXL modules of other kinds than the LoKr adapter's (was DBS403)
+        t5_names = _t5_modules(t5, tensors)
+        save_file(tensors, str(second_dir / "prev.safetensors"))
     names = {k.split(".")[0] for k in tensors}
     assert {k.rsplit(".", 1)[-1] for k in tensors} >= {"diff", "diff_b", "weight"}
 
@@ -369,7 +374,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = build_pipeline("builtin:tiny-flux").text_encoder.float().eval()  # the run's base CLIP-L
-    texts = [_kohya_clip(clip), nn.Module()]
+    texts = [_kohya_clip(clip), copy.deepcopy(t5)]  # kohya's encoder list: CLIP-L, T5-XXL (lora_te2_)
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, texts, tree, tensors)
     network.apply_to(texts, tree, apply_text_encoder=True, apply_unet=True)
     assert {type(m).__name__ for m in network.unet_loras} == classes
@@ -381,8 +386,10 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     assert set(text_names) == names - unet_names
     oft = "GLoRAModule" in classes  # the variant with CLIP modules and the final layer
     assert bool(text_names) == oft == ("lora_unet_final_layer_linear" in names)
-    if text_names:  # CLIP-L's attention LoKr (the adapter's), its MLP full
-        assert set(text_names.values()) == {"LokrModule", "FullModule"} and plan.train_text_encoder
+    if text_names:  # CLIP-L's attention LoKr (the adapter's), its MLP full; T5's LoCon, full, LoHa
+        want = {"LokrModule", "FullModule", "LoConModule", "LohaModule"}
+        assert set(text_names.values()) == want and plan.train_text_encoder and a.t5_targets
+        assert {n: text_names[n] for n in t5_names} == t5_names
     network.eval()
     _check_kohya_outputs(tree, layers, unet_names)  # every layer where LyCORIS's rebuilt network starts it
     ours = dict(comps.text_encoders[0].float().eval().named_modules())
@@ -393,9 +400,50 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
             with torch.no_grad():
                 assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-6), path
                 torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+    ours = dict(comps.text_encoders[1].float().eval().named_modules())
+    checked = set()
+    for path, layer in texts[1].named_modules():  # T5's, each of its LyCORIS module's kind
+        if "lora_te2_" + path.replace(".", "_") in t5_names:
+            x = torch.randn(3, layer.in_features)
+            with torch.no_grad():
+                assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-6), path
+                torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
+            checked.add("lora_te2_" + path.replace(".", "_"))
+    assert checked == set(t5_names)
 
-    _, second, _ = _run(second_dir, kinds, base)
+    _, second, exported = _run(second_dir, kinds, base)
     assert second.status == "finished"
+    for name in t5_names:  # T5's modules trained from the file and exported in their kind's keys
+        keys = {k.split(".", 1)[1] for k in exported if k.startswith(name + ".")}
+        assert keys and not any(
+            torch.equal(exported[f"{name}.{k}"], tensors[f"{name}.{k}"]) for k in keys - {"alpha"}
+        )
+
+
+def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
+    """LyCORIS's LoCon (block 0's q), full (its o) and LoHa (block 1's wo) modules on the tiny T5-XXL, their
+    tensors drawn at random into `tensors` (kohya's lora_te2_ names); name -> LyCORIS class."""
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.locon import LoConModule
+
+    torch.manual_seed(3)
+    made = {}
+    for path, cls in (
+        ("encoder.block.0.layer.0.SelfAttention.q", LoConModule),
+        ("encoder.block.0.layer.0.SelfAttention.o", None),
+        ("encoder.block.1.layer.1.DenseReluDense.wo", LohaModule),
+    ):
+        name, layer = "lora_te2_" + path.replace(".", "_"), t5.get_submodule(path)
+        if cls is None:  # FullModule's file tensors: its diff (T5's Linears have no bias)
+            tensors[f"{name}.diff"] = torch.randn_like(layer.weight) * 0.05
+            made[name] = "FullModule"
+            continue
+        module = cls(name, copy.deepcopy(layer), 1.0, 2, 1.5)
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        tensors |= {f"{name}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+        made[name] = cls.__name__
+    return made
 
 
 @pytest.mark.parametrize("kind", ["full", "glora"])

@@ -763,9 +763,10 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     """A file mixing LoKr, full, LoCon and LoHa modules on the denoiser (was DBS403: one kind per adapter):
     create_network_from_weights builds each module by its keys, so the adapter is the LoKr modules' and the
     others blocks of their kind over their diffusers parts, placed first, full at init_scale 2 (W + 2 diff;
-    runtime test: test_lycoris_mixed_flow_file). Refused: another kind's module on T5-XXL (DBS403), a LoCon
-    module's Tucker core beside other kinds (DBS403, DBS578 in a spec), another kind's module without alpha
-    (DBS402: float(None))."""
+    runtime test: test_lycoris_mixed_flow_file); another kind's modules on T5-XXL (was DBS403) text-encoder
+    blocks of their kind with train.t5. Refused: a T5 `diff_b` (DBS402: T5's Linears have no bias), a
+    LoCon / LoHa module's Tucker core on a Linear (DBS402: LyCORIS's module builds none there, checked with
+    lycoris-lora 4.1.3), another kind's module without alpha (DBS402: float(None))."""
     lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
     loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
     modules = {
@@ -796,8 +797,39 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
         "transformer_blocks.0.attn.add_q_proj",
         "transformer_blocks.0.attn.add_k_proj",
     }
+    # T5-XXL's modules of other kinds (was DBS403): train.t5 with text-encoder blocks of their kind first,
+    # the T5 Linears the file lacks at rank 0 (runtime test: test_lycoris_mixed_flow_file)
+    t5 = {
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)},
+        "lora_te2_encoder_block_1_layer_1_DenseReluDense_wo": {
+            "lora_down.weight": (2, 10240),
+            "lora_up.weight": (4096, 2),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_scale) == ("lokr", 2.0) and a.t5_targets
+    t5_kinds = {
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q": ("full", 1),
+        "text_encoder_2.encoder.block.1.layer.1.DenseReluDense.wo": ("lora", 2),
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.k": ("adapter", 0),
+        "text_encoder_2.encoder.block.1.layer.1.DenseReluDense.wi_0": ("adapter", 0),
+    }
+    for path, want in t5_kinds.items():
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        assert (block.kind, block.rank) == want, path
+    # with --network_train_unet_only kohya leaves the T5 full module unused; beside no full module of the
+    # denoiser dbspec's start would refuse its `diff` (DBS356): DBS403 at conversion
+    denoiser = {n: m for n, m in modules.items() if "img_attn_qkv" not in n}
+    _factor_file(tmp_path / "prev.safetensors", {**denoiser, **t5})
+    unused = messages(_flux(tmp_path, "--network_train_unet_only", allow=True), "DBS403")
+    assert "lora_te2_encoder_block_0_layer_0_SelfAttention_q" in unused and "DBS356" in unused
+    t5["lora_te2_encoder_block_0_layer_0_SelfAttention_q"]["diff_b"] = (4096,)
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    assert "no bias" in messages(_flux(tmp_path, allow=True), "DBS402")
     for extra, code, words in (
-        ({"lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)}}, "DBS403", "T5-XXL"),
         (
             {
                 "lora_unet_img_in": {
@@ -806,8 +838,24 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
                     "lora_mid.weight": (2, 2),
                 }
             },
+            "DBS402",
+            "no Tucker core",
+        ),
+        (  # a LoCon module's weight decomposition beside other kinds (DBS583 in a spec)
+            {
+                "lora_unet_double_blocks_0_txt_attn_qkv": {
+                    "lora_down.weight": (2, W),
+                    "lora_up.weight": (3 * W, 2),
+                    "dora_scale": (3 * W, 1),
+                }
+            },
             "DBS403",
-            "Tucker",
+            "weight decomposition on a LoCon module",
+        ),
+        (  # a LoHa module's Tucker cores beside a LoKr adapter, on a Linear alike
+            {"lora_unet_double_blocks_0_txt_attn_proj": {**loha, "hada_t1": (2, 2), "hada_t2": (2, 2)}},
+            "DBS402",
+            "LohaModule builds no Tucker core",
         ),
     ):
         _factor_file(tmp_path / "prev.safetensors", {**modules, **extra})
@@ -854,6 +902,16 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     assert not re.search(full.pattern, "transformer_blocks.0.attn.add_q_proj")
     lora = next(b for b in a.blocks if b.kind == "lora")
     assert (lora.rank, re.search(lora.pattern, "transformer_blocks.0.attn.to_out.0") is not None) == (4, True)
+    # SD3's T5-XXL modules (lora_te3_, the third encoder) of other kinds (was DBS403): train.t5 with blocks
+    t5 = {"lora_te3_encoder_block_0_layer_0_SelfAttention_o": {"diff": (4096, 4096)}}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **t5})
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.t5_targets and a.init_scale == 2.0
+    o, q = (f"text_encoder_3.encoder.block.0.layer.0.SelfAttention.{p}" for p in "oq")
+    assert [(b.kind, b.rank) for b in a.text_encoder_blocks if re.search(b.pattern, o)][:1] == [("full", 1)]
+    assert [b.rank for b in a.text_encoder_blocks if re.search(b.pattern, q)][:1] == [0]
     patch = {**modules, "lora_unet_x_embedder_proj": {"diff": (64, 16, 2, 2), "diff_b": (64,)}}
     _factor_file(tmp_path / "prev.safetensors", patch)
     outcome = _sd3(tmp_path)
@@ -979,3 +1037,46 @@ def test_flux_file_of_several_kinds_with_clip_and_final_layer_modules(tmp_path):
     # which dbspec's LoRA run cannot start (DBS357 at plan time): refused at conversion
     outcome = _flux(tmp_path, "--network_train_unet_only", allow=True)
     assert "holds lokr modules too" in messages(outcome, "DBS403")
+
+
+def test_chroma_file_of_several_kinds_with_t5_modules_and_the_final_layer(tmp_path):
+    """--model_type chroma, a file of LoKr, LoCon and full modules: its final layer (was DBS403) a block
+    `^(proj_out)$` of its kind beside a rank-0 block for the single blocks' linear2 the file lacks; its
+    T5-XXL modules (lora_te2_: kohya hands LyCORIS [DummyCLIPL, T5-XXL]) of other kinds (was DBS403)
+    train.t5 with text-encoder blocks of their kind on Chroma's T5 (`text_encoder`), a full one making
+    init_scale 2 (runtime test: test_lycoris_mixed_chroma). A CLIP-L module (lora_te1_), for which LyCORIS
+    builds nothing on DummyCLIPL (kohya ignores it), stays DBS403: dbspec's start needs each file module's
+    model (DBS356)."""
+    from test_convert_kohya_chroma import _chroma
+
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_txt_attn_proj": {"lora_down.weight": (2, W), "lora_up.weight": (W, 2)},
+        "lora_unet_final_layer_linear": {"lora_down.weight": (4, W), "lora_up.weight": (64, 4)},
+        "lora_te2_encoder_block_0_layer_0_SelfAttention_q": {"diff": (4096, 4096)},
+        "lora_te2_encoder_block_2_layer_1_DenseReluDense_wi_1": {
+            "lora_down.weight": (2, 4096),
+            "lora_up.weight": (10240, 2),
+        },
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    extra = "--network_module lycoris.kohya --network_weights prev.safetensors --dim_from_weights"
+    outcome = _chroma(tmp_path, extra, cached="")  # T5 encodes every step
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.init_scale) == ("lokr", 2.0) and a.t5_targets
+    assert _rank(a, "proj_out") == (4, 1.0)
+    assert _rank(a, "single_transformer_blocks.0.proj_out") == (0, 1.0)
+    assert next(b for b in a.blocks if re.search(b.pattern, "proj_out")).kind == "lora"
+    for path, want in {
+        "text_encoder.encoder.block.0.layer.0.SelfAttention.q": ("full", 1),
+        "text_encoder.encoder.block.2.layer.1.DenseReluDense.wi_1": ("lora", 2),
+        "text_encoder.encoder.block.0.layer.0.SelfAttention.k": ("adapter", 0),
+    }.items():
+        block = next(b for b in a.text_encoder_blocks if re.search(b.pattern, path))
+        assert (block.kind, block.rank) == want, path
+    clip = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": lokr}
+    _factor_file(tmp_path / "prev.safetensors", {**modules, **clip})
+    assert "DummyCLIPL" in messages(_chroma(tmp_path, extra, cached="", allow=True), "DBS403")

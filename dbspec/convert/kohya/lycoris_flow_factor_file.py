@@ -128,10 +128,11 @@ def _loha_patch(m: LycorisModule) -> dict | str:
 
 
 def final_layer_block(targets: list[str], family: str) -> list[dict]:
-    """Flux's final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among the targets:
-    the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too, so a first,
-    rank-0 block keeps out those the file does not hold (peft's exclude_modules, runtime/blocks.py)."""
-    if family != "flux" or "proj_out" not in targets:
+    """Flux's (Chroma's) final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among
+    the targets: the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too,
+    so a first, rank-0 block keeps out those the file does not hold (peft's exclude_modules,
+    runtime/blocks.py). Chroma1-HD has Flux's 38 single blocks."""
+    if family not in ("flux", "chroma") or "proj_out" not in targets:
         return []
     left = [str(i) for i in range(NUM_SINGLE) if f"single_transformer_blocks.{i}.proj_out" not in targets]
     if not left:
@@ -141,14 +142,17 @@ def final_layer_block(targets: list[str], family: str) -> list[dict]:
 
 
 # LyCORIS's numbering of the encoders kohya hands it: CLIP first (Flux: CLIP-L; SD3: CLIP-L, CLIP-G) and
-# their layer counts in kohya's models, then T5-XXL; Flux's lora_te3_ names no module (LyCORIS ignores it)
-_CLIPS = {"flux": {"lora_te1_": 12}, "sd3": {"lora_te1_": 12, "lora_te2_": 32}}
-_T5 = {"flux": "lora_te2_", "sd3": "lora_te3_"}
+# their layer counts in kohya's models, then T5-XXL; Flux's lora_te3_ names no module (LyCORIS ignores it),
+# nor Chroma's lora_te1_ (flux_train_network.py hands LyCORIS flux_utils.DummyCLIPL, which has no Linear;
+# only the mixed-kind files of lycoris_flow_mixed.py read Chroma's entries)
+_CLIPS = {"flux": {"lora_te1_": 12}, "sd3": {"lora_te1_": 12, "lora_te2_": 32}, "chroma": {}}
+_T5 = {"flux": "lora_te2_", "sd3": "lora_te3_", "chroma": "lora_te2_"}
 _CLIP_LINEAR = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_(?:q|k|v|out)_proj|mlp_fc[12])$")
 
 
 _COMPONENTS = {"lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}  # kohya's CLIP-L, SD3's CLIP-G
-_T5_COMPONENT = {"flux": "text_encoder_2", "sd3": "text_encoder_3"}  # dbspec's T5-XXL (train.t5)
+# dbspec's T5-XXL (train.t5; Chroma loads it alone, its first text encoder)
+_T5_COMPONENT = {"flux": "text_encoder_2", "sd3": "text_encoder_3", "chroma": "text_encoder"}
 _T5_LINEAR = re.compile(
     r"^encoder_block_(\d+)_layer_(?:0_SelfAttention_([qkvo])|1_DenseReluDense_(wi_0|wi_1|wo))$"
 )

@@ -19,23 +19,37 @@ span every module's parts; full modules make the adapter's `init_scale` 2. The r
 LoHa kind held on the text encoders alone still leads (its denoiser targets the other kinds' alone); Flux's
 final layer of another kind is a block `^(proj_out)$` beside a rank-0 block for the single blocks' linear2
 the file lacks; SD3's patch convolution of another kind is conv_targets `pos_embed.proj` with a block of that
-kind there at its conv_rank / conv_alpha. On Chroma the denoiser's modules map as Flux's. Not expressed (why
-not returned): T5-XXL modules of another kind than the adapter's, on Chroma a text-encoder module or the
-final layer, and Tucker or weight-decomposition tensors there (a run of several kinds builds neither,
-DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
+kind there at its conv_rank / conv_alpha. T5-XXL's modules of other kinds (a LoCon-led file's T5 LoCon
+ones too) are [[adapter.text_encoder_blocks]] of their kind over T5's Linears (`train.t5`, every kind's
+blocks first, then a rank-0 block for the T5 Linears the file lacks; a `diff_b` there DBS402, as for a
+full file's). Tucker tensors (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`) on a Linear are DBS402 (the
+rebuilt module has no Tucker core there: AttributeError). On Chroma the denoiser's modules map as Flux's,
+its final layer too (Chroma1-HD has Flux's single blocks; was DBS403), and its T5-XXL modules (kohya hands
+LyCORIS [DummyCLIPL, T5-XXL]: `lora_te2_`) as Flux's T5 ones on Chroma's T5 (`text_encoder`).
+Not expressed (why not returned): with --network_train_unet_only text-encoder modules of a kind the
+denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run's kinds, DBS356), on
+Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
+DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
+model, DBS356), a Tucker form on
+SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
+builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
 test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_factor_file import (
     _CLIPS,
     _T5,
+    _T5_COMPONENT,
     clip_targets,
     factor_file_adapter,
     final_layer_block,
+    t5_left_block,
+    t5_path,
 )
 from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans, _text_pattern
 from dbspec.convert.kohya.lycoris_flow_weights import (
@@ -49,6 +63,14 @@ from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 # the file algos (lycoris_flow_weights._DETECT) this module maps beside the adapter's LoKr / LoHa modules
 # (an `oft` module is Diag-OFT or BOFT by its blocks' shape: lycoris_sd_rebuilt._kind)
 _OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "glora": "glora"}
+
+
+# make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose
+_DORA = (
+    "LyCORIS's weight decomposition on a {kind} module (make_module_from_state_dict's weight_decompose) "
+    "beside modules of other kinds: a run of several kinds takes neither the adapter's `dora` (DBS578) nor a "
+    "block's own `dora` beside blocks of their own kind (DBS583)"
+)
 
 
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
@@ -120,18 +142,23 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
                 "FullModule's copy_ raises"
             )
         return {"kind": "full", "rank": 1, "alpha": 1.0}
+    tucker = next((k for k in sorted(s) if k in ("lora_mid.weight", "hada_t1", "hada_t2")), None)
+    if tucker and layer == "linear":  # no Tucker core on a Linear: make_module_from_state_dict's copy_ fails
+        cls = "LoConModule" if m.algo == "locon" else "LohaModule"
+        return (
+            f"invalid:`{m.name}.{tucker}` is LyCORIS's Tucker form on a Linear, where {cls} builds no Tucker "
+            f"core (its make_module_from_state_dict raises AttributeError)"
+        )
     if m.algo == "locon":
         odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight"))
         if odd:
-            what = {
-                "lora_mid.weight": "Tucker form (lora_mid)",
-                "dora_scale": "weight decomposition (dora_scale)",
+            why = {
+                "lora_mid.weight": "LyCORIS's Tucker form (lora_mid) on SD3's patch convolution as a LoCon "
+                "module beside modules of other kinds: dbspec's run of several kinds builds a LoCon block's "
+                "Tucker form on the U-Net families' convolutions alone (DBS578)",
+                "dora_scale": _DORA.format(kind="LoCon"),
             }
-            return (
-                f"`{m.name}.{odd[0]}`: LyCORIS's {what.get(odd[0], 'tensor ' + odd[0])} on a LoCon module "
-                "beside "
-                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
-            )
+            return f"`{m.name}.{odd[0]}`: " + why.get(odd[0], f"tensor {odd[0]} LoConModule does not read")
         if "lora_down.weight" not in s:
             why = "LoConModule's make_module_from_state_dict fails"
             return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
@@ -143,10 +170,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
         rank = s["lora_down.weight"][0]
     else:  # LoHa beside a LoKr adapter
         odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
-        if odd:
+        if odd and odd[0] == "dora_scale":
+            return f"`{m.name}.dora_scale`: " + _DORA.format(kind="LoHa")
+        if odd:  # on SD3's patch convolution (a Linear's: DBS402 above)
             return (
-                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form or weight decomposition on a LoHa module beside "
-                "modules of other kinds; dbspec trains several kinds in one run without it (DBS578)"
+                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form on SD3's patch convolution as a LoHa module "
+                "beside modules of other kinds: a run of several kinds builds no block's own Tucker form "
+                "but a LoCon one's (DBS578)"
             )
         checked = check_loha([m])
         if isinstance(checked, str):
@@ -157,6 +187,13 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
     if m.alpha < 0:
         return f"`{m.name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
     return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": float(m.alpha or rank)}  # 0: the dim
+
+
+def _t5_pattern(names: list[str], family: str) -> str:
+    """A text-encoder block's pattern naming exactly these T5-XXL modules' `<component>.<path>`s
+    (lycoris_flow_factor_file.own_text_blocks' form)."""
+    paths = sorted(re.escape(f"{_T5_COMPONENT[family]}.{t5_path(n, family)}") for n in names)
+    return f"^(?:{'|'.join(paths)})$"
 
 
 def flow_mixed_file(
@@ -176,30 +213,50 @@ def flow_mixed_file(
             f"{next(iter(algos))} modules alone, and dbspec starts a run of one kind only from a file of "
             f"that kind (it holds {' and '.join(dropped)} modules too)"
         )
+    # apply_to drops a text encoder's module, load_weights' strict=False load skips it; dbspec's start takes a
+    # file's tensors of the run's kinds alone (DBS356)
+    idle = next((n for n, m in sorted(whole.items()) if n not in modules and m.algo not in algos), None)
+    if idle is not None:
+        return (
+            f"module `{idle}` is a text encoder's LyCORIS {whole[idle].algo} module, which kohya leaves "
+            "untrained and unused with --network_train_unet_only (apply_to drops it, load_weights' "
+            "strict=False load skips it), while dbspec starts only from a file whose tensors are of its "
+            f"run's kinds ({', '.join(sorted(algos))} on the denoiser; DBS356)"
+        )
     own = "lokr" if "lokr" in algos else "loha" if "loha" in algos else "locon"
     # the other kinds' modules, and a LoCon-led file's CLIP LoCon modules (blocks of kind lora there)
     others = {
         n: m for n, m in modules.items() if m.algo != own or (own == "locon" and n.startswith("lora_te"))
     }
-    if family == "chroma":  # denoiser modules only: Chroma's T5-XXL and its final layer stay DBS403
-        text = next((n for n in sorted(modules) if not n.startswith("lora_unet_")), None)
-        if text is not None:
-            return (
-                f"module `{text}` is a text encoder's (Chroma's T5-XXL) beside {own} modules: dbspec maps "
-                "a Chroma file of several kinds on the denoiser only"
-            )
-        if "lora_unet_final_layer_linear" in modules:
-            return (
-                "module `lora_unet_final_layer_linear` (Chroma's final layer, diffusers' `proj_out`, whose "
-                "name every single block's linear2 ends with too) in a Chroma file of several kinds: dbspec "
-                "keeps the single blocks' linear2 out of it on Flux only"
-            )
-    t5 = next((n for n in sorted(others) if n.startswith(_T5.get(family, "lora_te"))), None)
-    if t5 is not None:
+    clip = next((n for n in sorted(whole) if family == "chroma" and n.startswith("lora_te1_")), None)
+    if clip is not None:  # kohya ignores it; dbspec's init_weights names every file module's model (DBS356)
         return (
-            f"module `{t5}` is T5-XXL's LyCORIS {others[t5].algo} module beside {own} modules: dbspec's "
-            "T5-XXL adapter (train.t5) is of the adapter's kind"
+            f"module `{clip}` is CLIP-L's, which kohya's Chroma lacks: flux_train_network.py hands "
+            "LyCORIS flux_utils.DummyCLIPL, without a Linear, so create_network_from_weights builds nothing "
+            "for it and load_weights' strict=False load skips it, while dbspec starts a run only from a "
+            "file whose modules each name a model of the run (DBS356)"
         )
+    # T5-XXL's modules of the other kinds: text-encoder blocks of their kind over T5's Linears (train.t5)
+    t5_others = {n: m for n, m in others.items() if family in _T5 and n.startswith(_T5[family])}
+    if t5_others and t5_idle:
+        return (
+            f"module `{min(t5_others)}` is T5-XXL's, whose LyCORIS modules keep the file's weights untrained "
+            f"where T5 encodes: {t5_idle} (dbspec's T5 adapter trains)"
+        )
+    t5_groups: dict[tuple, list[str]] = {}
+    for name, m in sorted(t5_others.items()):
+        if t5_path(name, family) is None:
+            return f"module `{name}` is no T5-XXL attention / MLP Linear"
+        if "diff_b" in m.shapes:
+            return (
+                f"invalid:module `{name}` holds a `diff_b`, but T5-XXL's Linears have no bias: "
+                "make_module_from_state_dict makes it the layer's bias, and FullModule's custom_state_dict "
+                "subtracts the original bias (None) when kohya saves the network: TypeError"
+            )
+        values = _values(m)
+        if isinstance(values, str):
+            return values
+        t5_groups.setdefault(tuple(values.items()), []).append(name)
     apart = set(others)  # LyCORIS ignores Flux's lora_te3_ names: no encoder of that index
     clips = {n: m for n, m in others.items() if n.startswith(tuple(_CLIPS.get(family, ())))}
     text_groups: dict[tuple, list[str]] = {}
@@ -238,12 +295,13 @@ def flow_mixed_file(
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
-    for key, what in (("dora", "weight decomposition"), ("tucker", "Tucker form")):
-        if found.get(key) or any(key in b for b in own_blocks):
-            return (
-                f"its {own} modules hold LyCORIS's {what} beside modules of other kinds: dbspec trains "
-                "several kinds in one run without it (DBS578)"
-            )
+    if found.get("dora") or any("dora" in b for b in own_blocks):
+        return f"its {own} modules hold `dora_scale`: " + _DORA.format(kind=own)
+    if found.get("tucker") or any("tucker" in b for b in own_blocks):  # SD3's patch convolution's
+        return (
+            f"its {own} modules hold LyCORIS's Tucker form (SD3's patch convolution) beside modules of "
+            "other kinds: a run of several kinds builds no Tucker form but a LoCon block's (DBS578)"
+        )
     blocks_out = [
         {"pattern": pattern, **dict(key)}
         for key, lists in groups.items()
@@ -270,12 +328,22 @@ def flow_mixed_file(
             {"pattern": _text_pattern(names, family), **dict(key)} for key, names in text_groups.items()
         ]
         out["text_encoder_blocks"] = [*text_blocks, *found.get("text_encoder_blocks", ())]
+    if t5_groups:  # T5's other kinds first, then the adapter's (its own T5 modules' blocks, rank-0 left)
+        t5_blocks = [{"pattern": _t5_pattern(names, family), **dict(key)} for key, names in t5_groups.items()]
+        held = [n for n in modules if n.startswith(_T5[family])]
+        mine_left = t5_left_block([n for n in held if n not in t5_others], family) if out.get("t5") else []
+        kept = [b for b in out.get("text_encoder_blocks", ()) if b not in mine_left]
+        out["text_encoder_blocks"] = [*t5_blocks, *t5_left_block(held, family), *kept]
+        out["t5"] = True
     if patch is not None:  # the adapter's convolution values where it has none (it holds no other)
         pair = {"conv_rank": patch["rank"], "conv_alpha": patch["alpha"]}
         out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
         block = {**patch, "rank": out["rank"], "alpha": out["alpha"], **pair}
         out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
-    if any(v["kind"] == "full" for v in (*map(dict, (*groups, *text_groups)), *([patch] if patch else []))):
+    if any(
+        v["kind"] == "full"
+        for v in (*map(dict, (*groups, *text_groups, *t5_groups)), *([patch] if patch else []))
+    ):
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
