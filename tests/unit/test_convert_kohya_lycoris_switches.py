@@ -6,6 +6,8 @@ arguments, not read back from the converter."""
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 
 from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
@@ -60,8 +62,8 @@ def test_full_matrix_overrides_decompose_both_and_tucker(tmp_path):
     args = '"algo=lokr", "conv_dim=4", "decompose_both=True", "use_tucker=True", "full_matrix=True"'
     outcome = _lycoris(tmp_path, args)
     assert outcome.exit_code == 0, errors(outcome)
-    text = out_path(tmp_path).read_text(encoding="utf-8")
-    assert "full_matrix = true" in text and "decompose_both" not in text and "tucker" not in text
+    written = tomllib.loads(out_path(tmp_path).read_text(encoding="utf-8"))["adapter"]
+    assert written["full_matrix"] is True and "decompose_both" not in written and "tucker" not in written
     adapter = plan_of(outcome, tmp_path).adapter
     assert adapter.full_matrix and not adapter.decompose_both and not adapter.tucker
 
