@@ -2765,12 +2765,13 @@ do, where dbspec takes only alphas of 0 or more.""",
         ERROR,
         "A block's own bypass on a transformer family",
         """\
-`bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
-file's map entry with its own `bypass_mode`) gives the matched Diag-OFT, BOFT, DyLoRA or IA^3 layers
-LyCORIS's bypass forward, or its default one, apart from the adapter's `bypass`; checked against lycoris-lora
-4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On Flux, SD3 and Chroma (`fused_projections`) one LyCORIS
-module spans a fused Linear's parts, which dbspec does not give a bypass_mode of their own yet.""",
-        help="set the block's bypass to \"adapter\" (the adapter's `bypass` on every layer)",
+No longer raised: `bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a
+LyCORIS preset file's map entry with its own `bypass_mode`) gives the matched Diag-OFT, BOFT, DyLoRA or IA^3
+layers LyCORIS's bypass forward, or its default one, on Flux, SD3 and Chroma too: on a fused Linear
+(`fused_projections`) one block covers every part (DBS507), each part computing its rows of the one LyCORIS
+module's forward in its block's bypass_mode (checked against lycoris-lora 4.1.3's network from the same
+preset file on kohya's fused Linears).""",
+        reserved=True,
     ),
     Code(
         "DBS583",

@@ -2661,33 +2661,23 @@ def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
 @rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
-    layers of a block of that kind beside a lora / loha / lokr adapter's (runtime/blocks.py
-    set_block_bypass): DBS592 elsewhere; on SD 1.x/2.x and SDXL's unfused layers only (DBS582; silent for
-    family = "auto": the compiler runs it again with the detected family)."""
+    layers of a block of that kind beside a lora / loha / lokr adapter's (runtime/mixed_kinds.py
+    set_block_bypass; on Flux, SD3 and Chroma's fused Linears each part of the one LyCORIS module in its
+    block's forward): DBS592 elsewhere."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
-    family = FAMILIES.get(spec.model.family)
     for table, i, block in _own_bypass(a):
-        path = ("adapter", table, i, "bypass")
-        key = f'adapter.{table}[{i}].bypass = "{block.bypass}"'
-        if own not in ("lora", "loha", "lokr") or block.kind not in BYPASS_KINDS:
-            kind = own if block.kind in ("adapter", own) else block.kind
-            yield _err(
-                "DBS592",
-                path,
-                f'{key} on layers of kind "{kind}" ({own} adapter): a block\'s own bypass acts on kind '
-                '"diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha or lokr adapter only',
-                codes.help("DBS592"),
-            )
-        elif getattr(a, "fused_projections", False) or (family is not None and family.denoiser != "unet"):
-            where = family.title if family is not None else "fused_projections"
-            yield _err(
-                "DBS582",
-                path,
-                f"{key} on {where}: dbspec gives a block's layers a bypass_mode of their own on SD 1.x/2.x "
-                "and SDXL (unfused layers) only",
-                codes.help("DBS582"),
-            )
+        if own in ("lora", "loha", "lokr") and block.kind in BYPASS_KINDS:
+            continue
+        kind = own if block.kind in ("adapter", own) else block.kind
+        yield _err(
+            "DBS592",
+            ("adapter", table, i, "bypass"),
+            f'adapter.{table}[{i}].bypass = "{block.bypass}" on layers of kind "{kind}" ({own} adapter): a '
+            'block\'s own bypass acts on kind "diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha '
+            "or lokr adapter only",
+            codes.help("DBS592"),
+        )
 
 
 @rule("spec")

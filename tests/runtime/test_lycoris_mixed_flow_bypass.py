@@ -53,6 +53,9 @@ dim = 2
 alpha = 1
 [name_algo_map.img_in]
 algo = "ia3"
+[name_algo_map."double_blocks.*.txt_attn.proj"]
+algo = "diag-oft"
+bypass_mode = false
 """
 
 
@@ -68,6 +71,12 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
     a = plan.adapter
     assert (a.kind, a.bypass) == ("lora", True) and a.fused
     assert {b.kind for b in a.blocks} == {"diag-oft", "boft", "dylora", "ia3", "loha"}
+    # the text proj's Diag-OFT entry's own bypass_mode (was DBS403 / a spec's DBS582): its Diag-OFT layers are
+    # built in the default forward, set_block_bypass turning the image q/k/v's fused parts to the bypass one
+    assert sorted((b.kind, b.bypass) for b in a.blocks if b.kind == "diag-oft") == [
+        ("diag-oft", False),
+        ("diag-oft", True),
+    ]
     planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", "dylora", "ia3"}, base)
     assert planned.adapter.bypass
     unet = whole.components.unet.eval()
@@ -81,12 +90,13 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
     assert {*modules, "LoConModule"} <= kinds
     # BOFT's butterfly over the 48 stacked q/k/v rows: 3 stages of 4 blocks of 12 rows, spanning the parts
     assert network["lora_unet_double_blocks_0_txt_attn_qkv"].oft_blocks.shape == (3, 4, 12, 12)
-    assert all(m.bypass_mode for m in network.values())
+    off = "lora_unet_double_blocks_0_txt_attn_proj"
+    assert type(network[off]).__name__ == "DiagOFTModule" and not network[off].bypass_mode  # its own
+    assert all(m.bypass_mode for n, m in network.items() if n != off)
     _check_kohya_outputs(tree, layers, names)
-    # the same modules' default forward: the fused biases neither rotated nor scaled, DyLoRA's update at
-    # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled: another output
-    for m in network.values():
-        m.bypass_mode = False
+    # each module in the other forward: the fused biases neither rotated nor scaled, DyLoRA's update at
+    # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled (the text proj's bias rotated): another
+    # output
     differs = []
     with torch.no_grad():
         for path in (
@@ -94,7 +104,10 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
             "double_blocks.0.txt_attn.qkv",
             "single_blocks.0.linear1",
             "img_in",
+            "double_blocks.0.txt_attn.proj",
         ):
+            module = network["lora_unet_" + path.replace(".", "_")]
+            module.bypass_mode = not module.bypass_mode
             parts, order = layers[path]
             x = torch.randn(3, parts[0].base_layer.in_features)
             differs.append((tree.get_submodule(path)(x) - _trained(parts, order, x)[0]).abs().max() > 1e-4)

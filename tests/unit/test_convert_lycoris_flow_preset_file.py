@@ -1152,3 +1152,37 @@ def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
     outcome = _flux(tmp_path / "drop", FLUX_BYPASS.replace("OFT", "diag-oft"), drop, allow=True)
     assert "DBS403" in codes(outcome) and fate(outcome, "network_args preset") == "unsupported"
     assert "bypass_mode" in outcome.conversion.reports["network_args preset"].note
+
+
+def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):
+    """A Diag-OFT / IA^3 / DyLoRA / BOFT entry's own bypass_mode other than the network's on kohya's fused
+    Linears (create_single_module hands it over the network's): the block's `bypass` "on" / "off", over every
+    part of each fused Linear (was DBS403 / a spec's DBS582; tests/runtime/test_lycoris_mixed_flow_bypass.py
+    against lycoris-lora 4.1.3); the adapter's `bypass` only where some such block takes the network's."""
+    oft = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "diag-oft"\nbypass_mode = false')
+    outcome = _flux(tmp_path / "oft", oft, '"algo=locon" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "oft").adapter
+    assert a.bypass and a.fused
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", False), ("ia3", True)]
+    qkv = next(b for b in a.blocks if b.kind == "diag-oft")
+    parts = [f"transformer_blocks.{i}.attn.to_{p}" for i in (0, 18) for p in "qkv"]
+    assert all(re.search(qkv.pattern, p) for p in parts)
+    (tmp_path / "on").mkdir()  # without the network's: a DyLoRA (one block) and a BOFT entry turn it on
+    on = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "dylora"\ndim = 4\nblock_size = 4\nbypass_mode = true')
+    on = on.replace('algo = "ia3"', 'algo = "boft"\ndim = 42\nbypass_mode = true')
+    outcome = _flux(tmp_path / "on", on, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "on").adapter
+    assert not a.bypass
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("boft", True), ("dylora", True)]
+    (tmp_path / "none").mkdir()  # every such entry turns the network's off: no layer takes it (inert)
+    none = oft.replace('algo = "ia3"', 'algo = "ia3"\nbypass_mode = false')
+    outcome = _flux(tmp_path / "none", none, '"algo=locon" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args bypass_mode") == "inert"
+    a = plan_of(outcome, tmp_path / "none").adapter
+    assert not a.bypass and sorted((b.kind, b.bypass) for b in a.blocks) == [
+        ("diag-oft", False),
+        ("ia3", False),
+    ]

@@ -1580,18 +1580,18 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
-    (  # ... on SD 1.x/2.x and SDXL (unfused layers)
+    (  # ... on Flux's fused layers too (was DBS582): each part in its block's forward; not a GLoRA block's
         rules.block_own_bypass,
         'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\n'
-        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
-        [("DBS582", "error", ("adapter", "blocks", 0, "bypass"))],
-        'family = "sdxl"\n'
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "glora"\nrank = 4\nalpha = 1.0\nbypass = "on"\n',
+        [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
+        'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\n'
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
     ),
     (  # a LoRA adapter's bypass: its Diag-OFT / BOFT / DyLoRA blocks' LyCORIS bypass forward, else nothing

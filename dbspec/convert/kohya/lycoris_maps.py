@@ -172,7 +172,8 @@ def check_layers(
     dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
-    `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass: SD 1.x/2.x and SDXL); the
+    `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
+    Linears over every part); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
