@@ -2890,9 +2890,10 @@ per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other 
 file's map entry with its own `bypass_mode`) gives the matched layers LyCORIS's bypass forward, or its default
 one, where the two differ: on a lora, loha or lokr adapter's blocks of `kind = "diag-oft"` / `"boft"` (the
 output rotated, its bias included), `"ia3"` (the output scaled, its bias included) or `"dylora"` (its one
-block added unscaled). LoRA/LoCon, LoHa, LoKr and GLoRA layers compute the same update in either forward
-without dropouts (a run of several kinds has none); other adapter kinds' blocks take the adapter's
-`bypass`.""",
+block added unscaled), and on a dylora or glora adapter's blocks of those kinds other than its own (a DyLoRA
+network's Diag-OFT, BOFT and IA^3 entries; a GLoRA network's DyLoRA ones too). LoRA/LoCon, LoHa, LoKr and
+GLoRA layers compute the same update in either forward without dropouts (a run of several kinds has none);
+other adapter kinds' blocks, and a dylora adapter's own, take the adapter's `bypass`.""",
         help='set the block\'s bypass to "adapter", or its kind to "diag-oft", "boft", "dylora" or "ia3"',
     ),
     Code(

@@ -7,7 +7,11 @@ span them, runs over every part's output, runtime/lycoris_boft.py; DyLoRA's part
 converted adapter's `bypass` gives those blocks (was DBS578). A tiny run trains and resumes bit-exact, and its
 export, loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) from the same file on kohya's
 layers rebuilt from the trained parts, computes the trained parts' stacked outputs, which the same modules'
-default forward does not (IA^3 on fused Linears in bypass: tests/runtime/test_lycoris_flux_ia3.py)."""
+default forward does not (IA^3 on fused Linears in bypass: tests/runtime/test_lycoris_flux_ia3.py). The text
+stream's out-projections' Diag-OFT entry has its own bypass_mode off (was DBS403 / a spec's DBS582): its
+block's `bypass`, set_block_bypass giving the image q/k/v's fused parts theirs. The same file on a DyLoRA
+network in bypass_mode (one block per layer; was DBS403 / a spec's DBS578) alike; the adapter folders load
+back as `dbspec sample` loads them."""
 
 from __future__ import annotations
 
@@ -59,41 +63,50 @@ bypass_mode = false
 """
 
 
-def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch):
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch, algo):
+    """A LoCon network, and a DyLoRA network of one block per layer (was DBS403 / a spec's DBS578: its own
+    layers and its Diag-OFT, BOFT and IA^3 entries' in its `bypass`, the DyLoRA entry a block of its own
+    kind)."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = tmp_path / "mixed.toml"
     file.write_text(BYPASS_FILE, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE, "optimizer.lr=5e-2"]
-    outcome = flux_lycoris(tmp_path, f'"algo=locon" "preset={file.name}" "bypass_mode=True"')
+    args = f'"algo={algo}" "preset={file.name}" "bypass_mode=True"' + (
+        ' "block_size=4"' if algo == "dylora" else ""
+    )
+    outcome = flux_lycoris(tmp_path, args)
     plan = plan_of(outcome, tmp_path, base)
     a = plan.adapter
-    assert (a.kind, a.bypass) == ("lora", True) and a.fused
-    assert {b.kind for b in a.blocks} == {"diag-oft", "boft", "dylora", "ia3", "loha"}
+    assert (a.kind, a.bypass) == ({"locon": "lora"}.get(algo, algo), True) and a.fused
+    dylora = "dylora" if algo == "locon" else "adapter"  # the DyLoRA entry: a DyLoRA network's own kind
+    assert {b.kind for b in a.blocks} == {"diag-oft", "boft", dylora, "ia3", "loha"}
     # the text proj's Diag-OFT entry's own bypass_mode (was DBS403 / a spec's DBS582): its Diag-OFT layers are
     # built in the default forward, set_block_bypass turning the image q/k/v's fused parts to the bypass one
     assert sorted((b.kind, b.bypass) for b in a.blocks if b.kind == "diag-oft") == [
         ("diag-oft", False),
         ("diag-oft", True),
     ]
-    planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", "dylora", "ia3"}, base)
+    planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", dylora, "ia3"}, base)
     assert planned.adapter.bypass
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
-    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors)
+    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors, algo)
     kinds = {type(m).__name__ for m in network.values()}
     modules = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module", "LohaModule"}
-    assert {*modules, "LoConModule"} <= kinds
+    assert {*modules, {"locon": "LoConModule", "dylora": "DyLoraModule"}[algo]} == kinds
     # BOFT's butterfly over the 48 stacked q/k/v rows: 3 stages of 4 blocks of 12 rows, spanning the parts
     assert network["lora_unet_double_blocks_0_txt_attn_qkv"].oft_blocks.shape == (3, 4, 12, 12)
     off = "lora_unet_double_blocks_0_txt_attn_proj"
     assert type(network[off]).__name__ == "DiagOFTModule" and not network[off].bypass_mode  # its own
     assert all(m.bypass_mode for n, m in network.items() if n != off)
     _check_kohya_outputs(tree, layers, names)
+    _folders_load_back(whole, planned, layers)
     # each module in the other forward: the fused biases neither rotated nor scaled, DyLoRA's update at
     # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled (the text proj's bias rotated): another
     # output
@@ -114,9 +127,44 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
     assert all(differs)
 
 
-def lycoris_kohya_network(monkeypatch, file, clip, tree, tensors) -> dict[str, nn.Module]:
+def _folders_load_back(whole, planned, layers) -> None:
+    """The adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads
+    them (the adapter's bypass, each block's own: runtime/weights.py load_peft_adapters): every layer
+    computes the trained parts' outputs."""
+    from pathlib import Path
+
+    from dbspec.runtime.mixed_kinds import own_bypass
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris_mixed_flow import _path_in
+    from tests.runtime.test_lycoris_mixed_flow_full import _base
+
+    unet = whole.components.unet
+    again = _unwrapped(unet)
+    a = planned.adapter
+    blocks = a if own_bypass(a) else None
+    loaded = load_peft_adapters(
+        Path(whole.final), {"unet": again}, a.lokr_unit_scale, a.bypass, fused_lokr=a, blocks=blocks
+    )
+    assert loaded == ["unet"]
+    again.eval()
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, _base(parts[0]).in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1),
+                torch.cat([p(x) for p in parts], dim=-1),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
+def lycoris_kohya_network(
+    monkeypatch, file, clip, tree, tensors, algo: str = "locon"
+) -> dict[str, nn.Module]:
     """lycoris-lora's create_network from the preset file on kohya's layers in bypass_mode (create_network
-    hands every module its str_bool; network_dim 4, alpha 1, as converted), applied, the export loaded: every
+    hands every module its str_bool; an `algo` network, network_dim 4, alpha 1, block_size 4, as converted),
+    applied, the export loaded: every
     key a module's, every module's key in it, but DyLoraModule's, whose network state names its blocks
     (`down_list.0` / `up_list.0`) where its saved file holds the LoRA layout (`lora_down` / `lora_up`): those
     copied into its one block."""
@@ -125,7 +173,7 @@ def lycoris_kohya_network(monkeypatch, file, clip, tree, tensors) -> dict[str, n
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     encoders = [clip, nn.Module()]
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, encoders, tree, algo="locon", preset=str(file), bypass_mode="True"
+        1.0, 4, 1.0, None, encoders, tree, algo=algo, preset=str(file), bypass_mode="True", block_size="4"
     )
     made.apply_to(encoders, tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)

@@ -1158,7 +1158,8 @@ def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):
     """A Diag-OFT / IA^3 / DyLoRA / BOFT entry's own bypass_mode other than the network's on kohya's fused
     Linears (create_single_module hands it over the network's): the block's `bypass` "on" / "off", over every
     part of each fused Linear (was DBS403 / a spec's DBS582; tests/runtime/test_lycoris_mixed_flow_bypass.py
-    against lycoris-lora 4.1.3); the adapter's `bypass` only where some such block takes the network's."""
+    against lycoris-lora 4.1.3); the adapter's `bypass` only where some such block takes the network's; a
+    DyLoRA network's in bypass_mode too (one block per layer: its own layers' and its entries')."""
     oft = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "diag-oft"\nbypass_mode = false')
     outcome = _flux(tmp_path / "oft", oft, '"algo=locon" "bypass_mode=True"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -1186,3 +1187,9 @@ def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):
         ("diag-oft", False),
         ("ia3", False),
     ]
+    (tmp_path / "dylora").mkdir()  # a DyLoRA network of one block per layer in bypass_mode (was DBS403)
+    outcome = _flux(tmp_path / "dylora", oft, '"algo=dylora" "block_size=8" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dylora").adapter
+    assert (a.kind, a.bypass, a.rank, a.dylora_unit) == ("dylora", True, 8, 8)
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", False), ("ia3", True)]

@@ -1580,6 +1580,34 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
+    (  # ... and a dylora / glora adapter's blocks of those kinds other than its own (was DBS403 converted)
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nbypass = \"on\"\n",
+        [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + '[[adapter.blocks]]\npattern = \'up\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
+        + 'bypass = "off"\n',
+    ),
+    (  # a GLoRA adapter's DyLoRA block with a bypass of its own: one block per layer (DBS549)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n',
+        [("DBS549", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n',
+    ),
     (  # ... on Flux's fused layers too (was DBS582): each part in its block's forward; not a GLoRA block's
         rules.block_own_bypass,
         'family = "flux"\n'

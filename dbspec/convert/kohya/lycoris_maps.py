@@ -251,8 +251,11 @@ BYPASS_BLOCKS = ("diag-oft", "boft", "dylora", "ia3")
 def _own_bypass(algo: str, entry: str) -> bool:
     """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
     BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
-    or LoKr network (the block's `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
-    return _algo(entry) in BYPASS_BLOCKS and _algo(algo) in _BLOCK_KINDS
+    or LoKr network, or of a DyLoRA or GLoRA network where the entry's algorithm is another (the block's
+    `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
+    if _algo(entry) not in BYPASS_BLOCKS:
+        return False
+    return _algo(algo) in _BLOCK_KINDS or (_algo(algo) in ("dylora", "glora") and _algo(entry) != _algo(algo))
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
