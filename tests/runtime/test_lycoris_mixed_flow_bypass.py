@@ -63,25 +63,33 @@ bypass_mode = false
 """
 
 
-@pytest.mark.parametrize("algo", ["locon", "dylora"])
+# a GLoRA network without bypass_mode: its Diag-OFT (image q/k/v), BOFT, DyLoRA and IA^3 entries turn it on
+_ENTRIES_ON = ('algo = "diag-oft"\n', 'algo = "boft"\n', "block_size = 4\n", 'algo = "ia3"\n')
+
+
+@pytest.mark.parametrize("algo", ["locon", "dylora", "glora"])
 def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch, algo):
-    """A LoCon network, and a DyLoRA network of one block per layer (was DBS403 / a spec's DBS578: its own
+    """A LoCon network, a DyLoRA network of one block per layer (was DBS403 / a spec's DBS578: its own
     layers and its Diag-OFT, BOFT and IA^3 entries' in its `bypass`, the DyLoRA entry a block of its own
-    kind)."""
+    kind), and a GLoRA network without bypass_mode whose entries turn theirs on (was DBS403)."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = tmp_path / "mixed.toml"
-    file.write_text(BYPASS_FILE, encoding="utf-8")
+    text = BYPASS_FILE
+    if algo == "glora":
+        for entry in _ENTRIES_ON:
+            text = text.replace(entry, entry + "bypass_mode = true\n", 1)
+    file.write_text(text, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE, "optimizer.lr=5e-2"]
-    args = f'"algo={algo}" "preset={file.name}" "bypass_mode=True"' + (
-        ' "block_size=4"' if algo == "dylora" else ""
-    )
+    network_bypass = algo != "glora"
+    args = f'"algo={algo}" "preset={file.name}"' + (' "bypass_mode=True"' if network_bypass else "")
+    args += ' "block_size=4"' if algo == "dylora" else ""
     outcome = flux_lycoris(tmp_path, args)
     plan = plan_of(outcome, tmp_path, base)
     a = plan.adapter
-    assert (a.kind, a.bypass) == ({"locon": "lora"}.get(algo, algo), True) and a.fused
-    dylora = "dylora" if algo == "locon" else "adapter"  # the DyLoRA entry: a DyLoRA network's own kind
+    assert (a.kind, a.bypass) == ({"locon": "lora"}.get(algo, algo), network_bypass) and a.fused
+    dylora = "adapter" if algo == "dylora" else "dylora"  # the DyLoRA entry: a DyLoRA network's own kind
     assert {b.kind for b in a.blocks} == {"diag-oft", "boft", dylora, "ia3", "loha"}
     # the text proj's Diag-OFT entry's own bypass_mode (was DBS403 / a spec's DBS582): its Diag-OFT layers are
     # built in the default forward, set_block_bypass turning the image q/k/v's fused parts to the bypass one
@@ -90,21 +98,25 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch,
         ("diag-oft", True),
     ]
     planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", dylora, "ia3"}, base)
-    assert planned.adapter.bypass
+    assert planned.adapter.bypass is network_bypass
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
-    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors, algo)
+    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors, algo, network_bypass)
     kinds = {type(m).__name__ for m in network.values()}
     modules = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module", "LohaModule"}
-    assert {*modules, {"locon": "LoConModule", "dylora": "DyLoraModule"}[algo]} == kinds
+    own = {"locon": "LoConModule", "dylora": "DyLoraModule", "glora": "GLoRAModule"}[algo]
+    assert {*modules, own} == kinds
     # BOFT's butterfly over the 48 stacked q/k/v rows: 3 stages of 4 blocks of 12 rows, spanning the parts
     assert network["lora_unet_double_blocks_0_txt_attn_qkv"].oft_blocks.shape == (3, 4, 12, 12)
     off = "lora_unet_double_blocks_0_txt_attn_proj"
     assert type(network[off]).__name__ == "DiagOFTModule" and not network[off].bypass_mode  # its own
-    assert all(m.bypass_mode for n, m in network.items() if n != off)
+    on = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module"}  # a GLoRA network's entries'
+    assert all(
+        m.bypass_mode is (network_bypass or type(m).__name__ in on) for n, m in network.items() if n != off
+    )
     _check_kohya_outputs(tree, layers, names)
     _folders_load_back(whole, planned, layers)
     # each module in the other forward: the fused biases neither rotated nor scaled, DyLoRA's update at
@@ -160,20 +172,28 @@ def _folders_load_back(whole, planned, layers) -> None:
 
 
 def lycoris_kohya_network(
-    monkeypatch, file, clip, tree, tensors, algo: str = "locon"
+    monkeypatch, file, clip, tree, tensors, algo: str = "locon", bypass: bool = True
 ) -> dict[str, nn.Module]:
-    """lycoris-lora's create_network from the preset file on kohya's layers in bypass_mode (create_network
-    hands every module its str_bool; an `algo` network, network_dim 4, alpha 1, block_size 4, as converted),
-    applied, the export loaded: every
-    key a module's, every module's key in it, but DyLoraModule's, whose network state names its blocks
-    (`down_list.0` / `up_list.0`) where its saved file holds the LoRA layout (`lora_down` / `lora_up`): those
-    copied into its one block."""
+    """lycoris-lora's create_network from the preset file on kohya's layers (in bypass_mode with `bypass`:
+    create_network hands every module its str_bool; an `algo` network, network_dim 4, alpha 1, block_size
+    4, as converted), applied, the export loaded: every key a module's, every module's key in it, but
+    DyLoraModule's, whose network state names its blocks (`down_list.0` / `up_list.0`) where its saved file
+    holds the LoRA layout (`lora_down` / `lora_up`): those copied into its one block."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     encoders = [clip, nn.Module()]
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, encoders, tree, algo=algo, preset=str(file), bypass_mode="True", block_size="4"
+        1.0,
+        4,
+        1.0,
+        None,
+        encoders,
+        tree,
+        algo=algo,
+        preset=str(file),
+        bypass_mode=str(bypass),
+        block_size="4",
     )
     made.apply_to(encoders, tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)
