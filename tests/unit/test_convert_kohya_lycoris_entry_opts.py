@@ -602,11 +602,19 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
 
 def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
     """An entry's own bypass_mode on a DyLoRA entry of several blocks per layer: LyCORIS's bypass forward
-    raises (DBS402); on a LoCon entry without dropouts: inert (DBS405)."""
+    raises (DBS402); on a LoCon entry without dropouts: inert (DBS405); on an entry of a Diag-OFT, BOFT or
+    IA^3 network's own algorithm (their blocks carry no bypass: the network's on every layer): DBS403,
+    saying so."""
     (tmp_path / "several").mkdir()
     entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\nbypass_mode = true\n'
     outcome = _convert(tmp_path / "several", FULL + entry, "locon")
     assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+    for network in ("diag-oft", "boft", "ia3"):
+        (tmp_path / network).mkdir()
+        entry = f'[module_algo_map.FeedForward]\nalgo = "{network}"\nbypass_mode = true\n'
+        outcome = _convert(tmp_path / network, FULL + entry, network)
+        assert "DBS403" in codes(outcome)
+        assert f"not the algo={network} network's" in messages(outcome, "DBS403")
     (tmp_path / "locon").mkdir()
     entry = "[module_algo_map.FeedForward]\nbypass_mode = true\n"
     outcome = expressible(_convert(tmp_path / "locon", FULL + entry, "locon"))

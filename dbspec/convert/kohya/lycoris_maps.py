@@ -215,6 +215,16 @@ def check_layers(
                 "int() raises on it",
                 True,
             )
+        if any(k == "bypass_mode" for k, _ in read) and _algo(layer.algo) in BYPASS_BLOCKS:
+            value = dict(read)["bypass_mode"]
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
+                f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
+                "beside a LoCon, LoHa or LoKr network, or a DyLoRA or GLoRA network of another algorithm; "
+                "dbspec gives a network's layers of its own algorithm (Diag-OFT, BOFT, IA^3 or DyLoRA "
+                "networks' entries) the network's bypass_mode only",
+                False,
+            )
         if read:
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
