@@ -961,8 +961,9 @@ def test_flux_glora_network_with_entries_of_other_algorithms(tmp_path):
 def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
     LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
-    tests/runtime/test_lycoris_dylora_loraplus.py); options the kinds do
-    not build alike (bypass_mode) DBS403, beside a full entry DBS402 (FullModule raises); train_norm on
+    tests/runtime/test_lycoris_dylora_loraplus.py); bypass_mode beside a full entry DBS402 (FullModule
+    raises), beside a DyLoRA entry of several blocks DBS402 (its bypass forward fails), else the DyLoRA
+    adapter's `bypass` (was DBS403 / DBS578: tests/runtime/test_lycoris_mixed_flow_bypass.py); train_norm on
     CLIP's LayerNorms converts (was DBS403)."""
     odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
     outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
@@ -976,8 +977,13 @@ def test_flux_dylora_network_file_refusals(tmp_path):
     no_full = file.replace('[name_algo_map.img_in]\nalgo = "full"\n', "")
     outcome = _flux(
         tmp_path / "bypass2", no_full, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True
-    )
-    assert "DBS578" in messages(outcome, "DBS403")
+    )  # CLIP's MLPs' DyLoRA entry of two blocks of 3: its bypass forward fails in training
+    assert "fails unless the last block is drawn" in messages(outcome, "DBS402")
+    one = no_full.replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 8")
+    outcome = _flux(tmp_path / "bypass3", one, '"algo=dylora" "block_size=8" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403 (DBS578)
+    a = plan_of(outcome, tmp_path / "bypass3").adapter
+    assert a.kind == "dylora" and a.bypass and all(b.bypass for b in a.blocks if b.kind == "glora")
     norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
     outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the offsets beside DyLoRA
