@@ -2765,12 +2765,13 @@ do, where dbspec takes only alphas of 0 or more.""",
         ERROR,
         "A block's own bypass on a transformer family",
         """\
-`bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset
-file's map entry with its own `bypass_mode`) gives the matched Diag-OFT, BOFT, DyLoRA or IA^3 layers
-LyCORIS's bypass forward, or its default one, apart from the adapter's `bypass`; checked against lycoris-lora
-4.1.3 on SD 1.x/2.x and SDXL's unfused layers. On Flux, SD3 and Chroma (`fused_projections`) one LyCORIS
-module spans a fused Linear's parts, which dbspec does not give a bypass_mode of their own yet.""",
-        help="set the block's bypass to \"adapter\" (the adapter's `bypass` on every layer)",
+No longer raised: `bypass = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a
+LyCORIS preset file's map entry with its own `bypass_mode`) gives the matched Diag-OFT, BOFT, DyLoRA or IA^3
+layers LyCORIS's bypass forward, or its default one, on Flux, SD3 and Chroma too: on a fused Linear
+(`fused_projections`) one block covers every part (DBS507), each part computing its rows of the one LyCORIS
+module's forward in its block's bypass_mode (checked against lycoris-lora 4.1.3's network from the same
+preset file on kohya's fused Linears).""",
+        reserved=True,
     ),
     Code(
         "DBS583",
@@ -2889,9 +2890,10 @@ per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other 
 file's map entry with its own `bypass_mode`) gives the matched layers LyCORIS's bypass forward, or its default
 one, where the two differ: on a lora, loha or lokr adapter's blocks of `kind = "diag-oft"` / `"boft"` (the
 output rotated, its bias included), `"ia3"` (the output scaled, its bias included) or `"dylora"` (its one
-block added unscaled). LoRA/LoCon, LoHa, LoKr and GLoRA layers compute the same update in either forward
-without dropouts (a run of several kinds has none); other adapter kinds' blocks take the adapter's
-`bypass`.""",
+block added unscaled), and on a dylora or glora adapter's blocks of those kinds other than its own (a DyLoRA
+network's Diag-OFT, BOFT and IA^3 entries; a GLoRA network's DyLoRA ones too). LoRA/LoCon, LoHa, LoKr and
+GLoRA layers compute the same update in either forward without dropouts (a run of several kinds has none);
+other adapter kinds' blocks, and a dylora adapter's own, take the adapter's `bypass`.""",
         help='set the block\'s bypass to "adapter", or its kind to "diag-oft", "boft", "dylora" or "ia3"',
     ),
     Code(

@@ -98,8 +98,9 @@ def set_block_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: s
     """Each Diag-OFT, BOFT, IA^3 and DyLoRA layer of `module` (the denoiser; a text encoder, `component`
     named) in the bypass_mode of its block (the first whose pattern matches it, as it chose the layer's kind:
     runtime/blocks.py), where some block's differs from the adapter's (own_bypass): LyCORIS's
-    create_single_module hands a map entry's own bypass_mode to its modules over the network's. How many
-    layers run the bypass forward."""
+    create_single_module hands a map entry's own bypass_mode to its modules over the network's; a DyLoRA
+    adapter's own layers the adapter's (weights.load_peft_adapters builds every layer in the default
+    forward first). How many layers run the bypass forward."""
     from dbspec.runtime.blocks import block_of
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.exports import clip_path
@@ -115,8 +116,11 @@ def set_block_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: s
         if not isinstance(layer, (DiagOftLayer, Ia3Layer, DyloraLayer)):
             continue
         block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
-        if block is None or block.kind not in BYPASS_KINDS:
-            continue  # the adapter's own kind (its `bypass`)
+        if block is None or block.kind not in BYPASS_KINDS:  # the adapter's own kind: its `bypass`
+            if adapter.kind == "dylora" and isinstance(layer, DyloraLayer):  # (a load builds all in one)
+                layer.dylora_bypass = adapter.bypass
+                count += adapter.bypass
+            continue
         bypass = block_bypass(adapter, block)
         if isinstance(layer, DyloraLayer):
             if bypass and any(r != layer.unit for r in layer.r.values()):

@@ -2658,36 +2658,35 @@ def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
                 yield table, i, block
 
 
+def own_bypass_fits(adapter: str, block: str) -> bool:
+    """A block of kind `block` on an `adapter` adapter may take a bypass of its own: a Diag-OFT, BOFT,
+    DyLoRA or IA^3 block (their bypass forward differs) of a lora, loha or lokr adapter, or of a dylora or
+    glora adapter where it is not the adapter's own kind (runtime/mixed_kinds.py set_block_bypass)."""
+    if block not in BYPASS_KINDS:
+        return False
+    return adapter in ("lora", "loha", "lokr") or (adapter in ("dylora", "glora") and block != adapter)
+
+
 @rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
-    layers of a block of that kind beside a lora / loha / lokr adapter's (runtime/blocks.py
-    set_block_bypass): DBS592 elsewhere; on SD 1.x/2.x and SDXL's unfused layers only (DBS582; silent for
-    family = "auto": the compiler runs it again with the detected family)."""
+    layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of
+    another kind (runtime/mixed_kinds.py set_block_bypass; on Flux, SD3 and Chroma's fused Linears each part
+    of the one LyCORIS module in its block's forward): DBS592 elsewhere."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
-    family = FAMILIES.get(spec.model.family)
     for table, i, block in _own_bypass(a):
-        path = ("adapter", table, i, "bypass")
-        key = f'adapter.{table}[{i}].bypass = "{block.bypass}"'
-        if own not in ("lora", "loha", "lokr") or block.kind not in BYPASS_KINDS:
-            kind = own if block.kind in ("adapter", own) else block.kind
-            yield _err(
-                "DBS592",
-                path,
-                f'{key} on layers of kind "{kind}" ({own} adapter): a block\'s own bypass acts on kind '
-                '"diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha or lokr adapter only',
-                codes.help("DBS592"),
-            )
-        elif getattr(a, "fused_projections", False) or (family is not None and family.denoiser != "unet"):
-            where = family.title if family is not None else "fused_projections"
-            yield _err(
-                "DBS582",
-                path,
-                f"{key} on {where}: dbspec gives a block's layers a bypass_mode of their own on SD 1.x/2.x "
-                "and SDXL (unfused layers) only",
-                codes.help("DBS582"),
-            )
+        if own_bypass_fits(own, block.kind):
+            continue
+        kind = own if block.kind in ("adapter", own) else block.kind
+        yield _err(
+            "DBS592",
+            ("adapter", table, i, "bypass"),
+            f'adapter.{table}[{i}].bypass = "{block.bypass}" on layers of kind "{kind}" ({own} adapter): a '
+            'block\'s own bypass acts on kind "diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha '
+            "or lokr adapter, or of a dylora or glora adapter of another kind, only",
+            codes.help("DBS592"),
+        )
 
 
 @rule("spec")
@@ -3739,6 +3738,8 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     if a.kind in ("lora", "loha", "lokr") and (a.bypass or any(_own_bypass(a))):
         yield from _blocks_bypass(a)
         return
+    if a.kind == "glora":  # its DyLoRA blocks' own bypass (a GLoRA adapter's reaches none beside them)
+        yield from _several_blocks_bypass(a, [(t, i) for t, i, b in _own_bypass(a) if b.bypass == "on"])
     if a.kind != "dylora" or not a.bypass:
         return
     why = []
@@ -3789,6 +3790,12 @@ def _blocks_bypass(a) -> Iterator[Hit]:
             "is the same update)",
             'remove adapter.bypass, or give blocks kind = "diag-oft", "boft", "dylora" or "ia3"',
         )
+    yield from _several_blocks_bypass(a, found)
+
+
+def _several_blocks_bypass(a, found: list[tuple[str, int]]) -> Iterator[Hit]:
+    """DBS549 for the DyLoRA blocks among `found` ((table, index) of blocks whose layers run LyCORIS's bypass
+    forward) of several blocks per layer."""
     for table, i in found:
         block = getattr(a, table)[i]
         ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]

@@ -188,11 +188,26 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     ]
     own = [b for b in blocks if b.bypass is not None and b.bypass != a.bypass]
     kinds = ("diag-oft", "boft", "dylora", "ia3")
-    own = [b for b in own if a.kind not in ("lora", "loha", "lokr") or b.kind not in kinds]
-    if own:  # DBS592 in specs: a block's own bypass_mode acts on those blocks of a LoRA / LoHa / LoKr only
+    # DBS592 in specs: a block's own bypass_mode acts on those blocks of a LoRA / LoHa / LoKr, or of a
+    # DyLoRA / GLoRA of another kind, only
+    fits = [b for b in own if b.kind in kinds and a.kind in ("lora", "loha", "lokr", "dylora", "glora")]
+    own = [b for b in own if b not in fits or b.kind == a.kind]
+    if own:
         yield (
             f"a block's own bypass acts on the Diag-OFT, BOFT, DyLoRA or IA^3 blocks of a lora, loha or lokr "
-            f"adapter; found pattern {own[0].pattern!r} of kind {own[0].kind!r} on a {a.kind} adapter"
+            f"adapter (a dylora or glora adapter's of another kind); found pattern {own[0].pattern!r} of "
+            f"kind {own[0].kind!r} on a {a.kind} adapter"
+        )
+    several = [
+        b
+        for b in fits
+        if b.kind == "dylora" and b.bypass and a.kind == "glora" and {b.rank, b.conv_rank} - {0, b.unit}
+    ]
+    if several:  # DBS549 in specs: LyCORIS's bypass forward runs with one block per layer only
+        yield (
+            f"bypass_mode on a dylora block of several blocks per layer; found pattern "
+            f"{several[0].pattern!r}, rank {several[0].rank}, conv_rank {several[0].conv_rank}, unit "
+            f"{several[0].unit}"
         )
     if a.kind in ("lora", "loha", "lokr") and others:  # LyCORIS bypass_mode: their blocks' (own or adapter's)
         several = [

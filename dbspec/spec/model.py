@@ -536,8 +536,10 @@ def _block_bypass():
         'of `kind = "diag-oft"` / `"boft"` (the output rotated, its bias included), `"ia3"` (the output '
         'scaled, its bias included) or `"dylora"` (one block per layer, added unscaled) LyCORIS\'s bypass '
         "forward, `off` its default forward, `adapter` the adapter's `bypass`. A lora, loha or lokr "
-        "adapter's blocks of those kinds only (DBS592; the other kinds compute the same update either way), "
-        "on SD 1.x/2.x and SDXL (DBS582). The exports are the same tensors.",
+        "adapter's blocks of those kinds, and a dylora or glora adapter's blocks of those kinds other than "
+        "its own, only (DBS592; the other kinds compute the same update either way); "
+        "on Flux, SD3 and Chroma's fused Linears each part computes its rows of the one LyCORIS module's "
+        "forward in the block's mode. The exports are the same tensors.",
         example="on",
     )
 
@@ -745,6 +747,7 @@ class DyloraBlock:
         maximum=100_000,
         example=2,
     )
+    bypass: BlockSwitch = _block_bypass()
 
 
 def _lycoris_output_dropout(what: str):
@@ -1662,6 +1665,7 @@ class GloraBlock:
         1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
     )
     unit: int = _block_unit()
+    bypass: BlockSwitch = _block_bypass()
 
 
 @frozen

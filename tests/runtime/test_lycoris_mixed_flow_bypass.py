@@ -7,7 +7,11 @@ span them, runs over every part's output, runtime/lycoris_boft.py; DyLoRA's part
 converted adapter's `bypass` gives those blocks (was DBS578). A tiny run trains and resumes bit-exact, and its
 export, loaded into lycoris-lora 4.1.3's create_network(bypass_mode=True) from the same file on kohya's
 layers rebuilt from the trained parts, computes the trained parts' stacked outputs, which the same modules'
-default forward does not (IA^3 on fused Linears in bypass: tests/runtime/test_lycoris_flux_ia3.py)."""
+default forward does not (IA^3 on fused Linears in bypass: tests/runtime/test_lycoris_flux_ia3.py). The text
+stream's out-projections' Diag-OFT entry has its own bypass_mode off (was DBS403 / a spec's DBS582): its
+block's `bypass`, set_block_bypass giving the image q/k/v's fused parts theirs. The same file on a DyLoRA
+network in bypass_mode (one block per layer; was DBS403 / a spec's DBS578) alike; the adapter folders load
+back as `dbspec sample` loads them."""
 
 from __future__ import annotations
 
@@ -53,40 +57,71 @@ dim = 2
 alpha = 1
 [name_algo_map.img_in]
 algo = "ia3"
+[name_algo_map."double_blocks.*.txt_attn.proj"]
+algo = "diag-oft"
+bypass_mode = false
 """
 
 
-def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch):
+# a GLoRA network without bypass_mode: its Diag-OFT (image q/k/v), BOFT, DyLoRA and IA^3 entries turn it on
+_ENTRIES_ON = ('algo = "diag-oft"\n', 'algo = "boft"\n', "block_size = 4\n", 'algo = "ia3"\n')
+
+
+@pytest.mark.parametrize("algo", ["locon", "dylora", "glora"])
+def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch, algo):
+    """A LoCon network, a DyLoRA network of one block per layer (was DBS403 / a spec's DBS578: its own
+    layers and its Diag-OFT, BOFT and IA^3 entries' in its `bypass`, the DyLoRA entry a block of its own
+    kind), and a GLoRA network without bypass_mode whose entries turn theirs on (was DBS403)."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = tmp_path / "mixed.toml"
-    file.write_text(BYPASS_FILE, encoding="utf-8")
+    text = BYPASS_FILE
+    if algo == "glora":
+        for entry in _ENTRIES_ON:
+            text = text.replace(entry, entry + "bypass_mode = true\n", 1)
+    file.write_text(text, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE, "optimizer.lr=5e-2"]
-    outcome = flux_lycoris(tmp_path, f'"algo=locon" "preset={file.name}" "bypass_mode=True"')
+    network_bypass = algo != "glora"
+    args = f'"algo={algo}" "preset={file.name}"' + (' "bypass_mode=True"' if network_bypass else "")
+    args += ' "block_size=4"' if algo == "dylora" else ""
+    outcome = flux_lycoris(tmp_path, args)
     plan = plan_of(outcome, tmp_path, base)
     a = plan.adapter
-    assert (a.kind, a.bypass) == ("lora", True) and a.fused
-    assert {b.kind for b in a.blocks} == {"diag-oft", "boft", "dylora", "ia3", "loha"}
-    planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", "dylora", "ia3"}, base)
-    assert planned.adapter.bypass
+    assert (a.kind, a.bypass) == ({"locon": "lora"}.get(algo, algo), network_bypass) and a.fused
+    dylora = "adapter" if algo == "dylora" else "dylora"  # the DyLoRA entry: a DyLoRA network's own kind
+    assert {b.kind for b in a.blocks} == {"diag-oft", "boft", dylora, "ia3", "loha"}
+    # the text proj's Diag-OFT entry's own bypass_mode (was DBS403 / a spec's DBS582): its Diag-OFT layers are
+    # built in the default forward, set_block_bypass turning the image q/k/v's fused parts to the bypass one
+    assert sorted((b.kind, b.bypass) for b in a.blocks if b.kind == "diag-oft") == [
+        ("diag-oft", False),
+        ("diag-oft", True),
+    ]
+    planned, whole, tensors = _run(tmp_path, {"diag-oft", "boft", dylora, "ia3"}, base)
+    assert planned.adapter.bypass is network_bypass
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
-    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors)
+    network = lycoris_kohya_network(monkeypatch, file, clip, tree, tensors, algo, network_bypass)
     kinds = {type(m).__name__ for m in network.values()}
     modules = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module", "LohaModule"}
-    assert {*modules, "LoConModule"} <= kinds
+    own = {"locon": "LoConModule", "dylora": "DyLoraModule", "glora": "GLoRAModule"}[algo]
+    assert {*modules, own} == kinds
     # BOFT's butterfly over the 48 stacked q/k/v rows: 3 stages of 4 blocks of 12 rows, spanning the parts
     assert network["lora_unet_double_blocks_0_txt_attn_qkv"].oft_blocks.shape == (3, 4, 12, 12)
-    assert all(m.bypass_mode for m in network.values())
+    off = "lora_unet_double_blocks_0_txt_attn_proj"
+    assert type(network[off]).__name__ == "DiagOFTModule" and not network[off].bypass_mode  # its own
+    on = {"DiagOFTModule", "ButterflyOFTModule", "DyLoraModule", "IA3Module"}  # a GLoRA network's entries'
+    assert all(
+        m.bypass_mode is (network_bypass or type(m).__name__ in on) for n, m in network.items() if n != off
+    )
     _check_kohya_outputs(tree, layers, names)
-    # the same modules' default forward: the fused biases neither rotated nor scaled, DyLoRA's update at
-    # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled: another output
-    for m in network.values():
-        m.bypass_mode = False
+    _folders_load_back(whole, planned, layers)
+    # each module in the other forward: the fused biases neither rotated nor scaled, DyLoRA's update at
+    # alpha / (b + 1) = 2 where its bypass forward leaves it unscaled (the text proj's bias rotated): another
+    # output
     differs = []
     with torch.no_grad():
         for path in (
@@ -94,25 +129,71 @@ def test_bypass_blocks_on_flux_fused_layers_match_lycoris(tmp_path, monkeypatch)
             "double_blocks.0.txt_attn.qkv",
             "single_blocks.0.linear1",
             "img_in",
+            "double_blocks.0.txt_attn.proj",
         ):
+            module = network["lora_unet_" + path.replace(".", "_")]
+            module.bypass_mode = not module.bypass_mode
             parts, order = layers[path]
             x = torch.randn(3, parts[0].base_layer.in_features)
             differs.append((tree.get_submodule(path)(x) - _trained(parts, order, x)[0]).abs().max() > 1e-4)
     assert all(differs)
 
 
-def lycoris_kohya_network(monkeypatch, file, clip, tree, tensors) -> dict[str, nn.Module]:
-    """lycoris-lora's create_network from the preset file on kohya's layers in bypass_mode (create_network
-    hands every module its str_bool; network_dim 4, alpha 1, as converted), applied, the export loaded: every
-    key a module's, every module's key in it, but DyLoraModule's, whose network state names its blocks
-    (`down_list.0` / `up_list.0`) where its saved file holds the LoRA layout (`lora_down` / `lora_up`): those
-    copied into its one block."""
+def _folders_load_back(whole, planned, layers) -> None:
+    """The adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads
+    them (the adapter's bypass, each block's own: runtime/weights.py load_peft_adapters): every layer
+    computes the trained parts' outputs."""
+    from pathlib import Path
+
+    from dbspec.runtime.mixed_kinds import own_bypass
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris_mixed_flow import _path_in
+    from tests.runtime.test_lycoris_mixed_flow_full import _base
+
+    unet = whole.components.unet
+    again = _unwrapped(unet)
+    a = planned.adapter
+    blocks = a if own_bypass(a) else None
+    loaded = load_peft_adapters(
+        Path(whole.final), {"unet": again}, a.lokr_unit_scale, a.bypass, fused_lokr=a, blocks=blocks
+    )
+    assert loaded == ["unet"]
+    again.eval()
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, _base(parts[0]).in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1),
+                torch.cat([p(x) for p in parts], dim=-1),
+                rtol=0,
+                atol=1e-5,
+            )
+
+
+def lycoris_kohya_network(
+    monkeypatch, file, clip, tree, tensors, algo: str = "locon", bypass: bool = True
+) -> dict[str, nn.Module]:
+    """lycoris-lora's create_network from the preset file on kohya's layers (in bypass_mode with `bypass`:
+    create_network hands every module its str_bool; an `algo` network, network_dim 4, alpha 1, block_size
+    4, as converted), applied, the export loaded: every key a module's, every module's key in it, but
+    DyLoraModule's, whose network state names its blocks (`down_list.0` / `up_list.0`) where its saved file
+    holds the LoRA layout (`lora_down` / `lora_up`): those copied into its one block."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     encoders = [clip, nn.Module()]
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, encoders, tree, algo="locon", preset=str(file), bypass_mode="True"
+        1.0,
+        4,
+        1.0,
+        None,
+        encoders,
+        tree,
+        algo=algo,
+        preset=str(file),
+        bypass_mode=str(bypass),
+        block_size="4",
     )
     made.apply_to(encoders, tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)

@@ -567,18 +567,54 @@ def test_entry_own_bypass_mode_becomes_the_blocks_bypass(tmp_path, algo, network
     assert sorted(b.bypass for b in a.blocks) == [False, True]
 
 
+@pytest.mark.parametrize("network", ["glora", "dylora"])
+def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
+    """A Diag-OFT / IA^3 entry's own bypass_mode on a GLoRA or DyLoRA network (was DBS403): the block's
+    `bypass` (tests/runtime/test_lycoris_bypass_blocks.py against lycoris-lora 4.1.3); on a GLoRA network a
+    DyLoRA entry's too (one block: its bypass forward), several blocks DBS402; an entry of the network's own
+    algorithm stays DBS403, naming it (its layers take the network's `bypass`)."""
+    # a DyLoRA network of one block per layer (its conv_dim too)
+    unit = '"block_size=16" "conv_dim=16"' if network == "dylora" else ""
+    entry = '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nbypass_mode = true\n'
+    entry += '[module_algo_map.ResnetBlock2D]\nalgo = "ia3"\nbypass_mode = true\n'
+    outcome = expressible(_convert(tmp_path, FULL + entry, network, unit))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == network and not a.bypass
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", True), ("ia3", True)]
+    (tmp_path / "own").mkdir()
+    entry = f'[module_algo_map.FeedForward]\nalgo = "{network}"\ndim = 4\nbypass_mode = true\n'
+    outcome = _convert(tmp_path / "own", FULL + entry, network, unit)
+    assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
+    if network == "glora":
+        (tmp_path / "one").mkdir()
+        entry = (
+            '[module_algo_map.FeedForward]\nalgo = "dylora"\ndim = 4\nblock_size = 4\nbypass_mode = true\n'
+        )
+        outcome = expressible(_convert(tmp_path / "one", FULL + entry, network))
+        a = plan_of(outcome, tmp_path / "one").adapter
+        assert [(b.kind, b.bypass, b.rank, b.unit) for b in a.blocks] == [("dylora", True, 4, 4)]
+        (tmp_path / "several").mkdir()
+        outcome = _convert(
+            tmp_path / "several", FULL + entry.replace("block_size = 4", "block_size = 2"), network
+        )
+        assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
+
+
 def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
     """An entry's own bypass_mode on a DyLoRA entry of several blocks per layer: LyCORIS's bypass forward
-    raises (DBS402); on a Diag-OFT entry of a GLoRA network (its blocks of other kinds take no bypass of their
-    own): DBS403, naming it; on a LoCon entry without dropouts: inert (DBS405)."""
+    raises (DBS402); on a LoCon entry without dropouts: inert (DBS405); on an entry of a Diag-OFT, BOFT or
+    IA^3 network's own algorithm (their blocks carry no bypass: the network's on every layer): DBS403,
+    saying so."""
     (tmp_path / "several").mkdir()
     entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\nbypass_mode = true\n'
     outcome = _convert(tmp_path / "several", FULL + entry, "locon")
     assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
-    (tmp_path / "glora").mkdir()
-    entry = '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nbypass_mode = true\n'
-    outcome = _convert(tmp_path / "glora", FULL + entry, "glora")
-    assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
+    for network in ("diag-oft", "boft", "ia3"):
+        (tmp_path / network).mkdir()
+        entry = f'[module_algo_map.FeedForward]\nalgo = "{network}"\nbypass_mode = true\n'
+        outcome = _convert(tmp_path / network, FULL + entry, network)
+        assert "DBS403" in codes(outcome)
+        assert f"not the algo={network} network's" in messages(outcome, "DBS403")
     (tmp_path / "locon").mkdir()
     entry = "[module_algo_map.FeedForward]\nbypass_mode = true\n"
     outcome = expressible(_convert(tmp_path / "locon", FULL + entry, "locon"))

@@ -961,8 +961,9 @@ def test_flux_glora_network_with_entries_of_other_algorithms(tmp_path):
 def test_flux_dylora_network_file_refusals(tmp_path):
     """algo=dylora with a preset file: an entry's dim its block size does not divide stops kohya (DBS402);
     LoRA+ raises LyCORIS's LoCon entries' lora_up only, not DyLoRA's up blocks (converts, was DBS403:
-    tests/runtime/test_lycoris_dylora_loraplus.py); options the kinds do
-    not build alike (bypass_mode) DBS403, beside a full entry DBS402 (FullModule raises); train_norm on
+    tests/runtime/test_lycoris_dylora_loraplus.py); bypass_mode beside a full entry DBS402 (FullModule
+    raises), beside a DyLoRA entry of several blocks DBS402 (its bypass forward fails), else the DyLoRA
+    adapter's `bypass` (was DBS403 / DBS578: tests/runtime/test_lycoris_mixed_flow_bypass.py); train_norm on
     CLIP's LayerNorms converts (was DBS403)."""
     odd = DYLORA_NETWORK.replace("QKV", "glora").replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 5")
     outcome = _flux(tmp_path / "odd", odd, '"algo=dylora" "block_size=2"', allow=True)
@@ -976,8 +977,13 @@ def test_flux_dylora_network_file_refusals(tmp_path):
     no_full = file.replace('[name_algo_map.img_in]\nalgo = "full"\n', "")
     outcome = _flux(
         tmp_path / "bypass2", no_full, '"algo=dylora" "block_size=8" "bypass_mode=True"', allow=True
-    )
-    assert "DBS578" in messages(outcome, "DBS403")
+    )  # CLIP's MLPs' DyLoRA entry of two blocks of 3: its bypass forward fails in training
+    assert "fails unless the last block is drawn" in messages(outcome, "DBS402")
+    one = no_full.replace("dim = 6\nalpha = 3\nblock_size = 3", "dim = 8")
+    outcome = _flux(tmp_path / "bypass3", one, '"algo=dylora" "block_size=8" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403 (DBS578)
+    a = plan_of(outcome, tmp_path / "bypass3").adapter
+    assert a.kind == "dylora" and a.bypass and all(b.bypass for b in a.blocks if b.kind == "glora")
     norms = file.replace('["CLIPAttention", "CLIPMLP"]', '["CLIPEncoderLayer"]')  # CLIP's LayerNorms too
     outcome = _flux(tmp_path / "norm", norms, '"algo=dylora" "block_size=2" "train_norm=True"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)  # was DBS403: the offsets beside DyLoRA
@@ -1152,3 +1158,44 @@ def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
     outcome = _flux(tmp_path / "drop", FLUX_BYPASS.replace("OFT", "diag-oft"), drop, allow=True)
     assert "DBS403" in codes(outcome) and fate(outcome, "network_args preset") == "unsupported"
     assert "bypass_mode" in outcome.conversion.reports["network_args preset"].note
+
+
+def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):
+    """A Diag-OFT / IA^3 / DyLoRA / BOFT entry's own bypass_mode other than the network's on kohya's fused
+    Linears (create_single_module hands it over the network's): the block's `bypass` "on" / "off", over every
+    part of each fused Linear (was DBS403 / a spec's DBS582; tests/runtime/test_lycoris_mixed_flow_bypass.py
+    against lycoris-lora 4.1.3); the adapter's `bypass` only where some such block takes the network's; a
+    DyLoRA network's in bypass_mode too (one block per layer: its own layers' and its entries')."""
+    oft = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "diag-oft"\nbypass_mode = false')
+    outcome = _flux(tmp_path / "oft", oft, '"algo=locon" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "oft").adapter
+    assert a.bypass and a.fused
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", False), ("ia3", True)]
+    qkv = next(b for b in a.blocks if b.kind == "diag-oft")
+    parts = [f"transformer_blocks.{i}.attn.to_{p}" for i in (0, 18) for p in "qkv"]
+    assert all(re.search(qkv.pattern, p) for p in parts)
+    (tmp_path / "on").mkdir()  # without the network's: a DyLoRA (one block) and a BOFT entry turn it on
+    on = FLUX_BYPASS.replace('algo = "OFT"', 'algo = "dylora"\ndim = 4\nblock_size = 4\nbypass_mode = true')
+    on = on.replace('algo = "ia3"', 'algo = "boft"\ndim = 42\nbypass_mode = true')
+    outcome = _flux(tmp_path / "on", on, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "on").adapter
+    assert not a.bypass
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("boft", True), ("dylora", True)]
+    (tmp_path / "none").mkdir()  # every such entry turns the network's off: no layer takes it (inert)
+    none = oft.replace('algo = "ia3"', 'algo = "ia3"\nbypass_mode = false')
+    outcome = _flux(tmp_path / "none", none, '"algo=locon" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args bypass_mode") == "inert"
+    a = plan_of(outcome, tmp_path / "none").adapter
+    assert not a.bypass and sorted((b.kind, b.bypass) for b in a.blocks) == [
+        ("diag-oft", False),
+        ("ia3", False),
+    ]
+    (tmp_path / "dylora").mkdir()  # a DyLoRA network of one block per layer in bypass_mode (was DBS403)
+    outcome = _flux(tmp_path / "dylora", oft, '"algo=dylora" "block_size=8" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dylora").adapter
+    assert (a.kind, a.bypass, a.rank, a.dylora_unit) == ("dylora", True, 8, 8)
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", False), ("ia3", True)]

@@ -106,3 +106,30 @@ def test_blocks_own_bypass_settles_per_block(tmp_path):
     assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
     off = _plan(tmp_path, table.replace("bypass = true\n", "", 1).replace('bypass = "off"', 'bypass = "on"'))
     assert not off.adapter.bypass and [b.bypass for b in off.adapter.blocks] == [True, False, False]
+
+
+def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
+    """A DyLoRA adapter's Diag-OFT / IA^3 blocks and a GLoRA adapter's DyLoRA block with a bypass of their own
+    (LyCORIS map entries' bypass_mode; was DBS403 converted) settle per block; a plan file giving a DyLoRA
+    adapter's own layers (kind "adapter") their own is refused (DBS592 in specs), and a GLoRA adapter's
+    DyLoRA block of several blocks in bypass (DBS549)."""
+    table = 'kind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+    table += '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "off"\n'
+    table += '[[adapter.blocks]]\npattern = "attn1"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n'
+    table += '[[adapter.blocks]]\npattern = "attn2"\nrank = 4\nalpha = 1.0\n'
+    plan = _plan(tmp_path, table)
+    a = plan.adapter
+    assert [(b.kind, b.bypass) for b in a.blocks] == [("diag-oft", False), ("ia3", True), ("adapter", True)]
+    assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
+    own = attrs.evolve(a.blocks[2], bypass=False)
+    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(*a.blocks[:2], own)))
+    assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
+    table = 'kind = "glora"\nrank = 4\n'
+    table += '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 1.0\nunit = 4\n'
+    table += 'bypass = "on"\n'
+    glora = _plan(tmp_path, table)
+    assert not glora.adapter.bypass and [b.bypass for b in glora.adapter.blocks] == [True]
+    assert not plan_problems(glora)
+    several = attrs.evolve(glora.adapter.blocks[0], rank=8)
+    broken = attrs.evolve(glora, adapter=attrs.evolve(glora.adapter, blocks=(several,)))
+    assert any("several blocks per layer" in p for p in plan_problems(broken))

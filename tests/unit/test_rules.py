@@ -1580,18 +1580,46 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
-    (  # ... on SD 1.x/2.x and SDXL (unfused layers)
+    (  # ... and a dylora / glora adapter's blocks of those kinds other than its own (was DBS403 converted)
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nbypass = \"on\"\n",
+        [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + '[[adapter.blocks]]\npattern = \'up\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
+        + 'bypass = "off"\n',
+    ),
+    (  # a GLoRA adapter's DyLoRA block with a bypass of its own: one block per layer (DBS549)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 8\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n',
+        [("DBS549", "error", ("adapter", "blocks", 0, "rank"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n',
+    ),
+    (  # ... on Flux's fused layers too (was DBS582): each part in its block's forward; not a GLoRA block's
         rules.block_own_bypass,
         'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\n'
-        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
-        [("DBS582", "error", ("adapter", "blocks", 0, "bypass"))],
-        'family = "sdxl"\n'
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "glora"\nrank = 4\nalpha = 1.0\nbypass = "on"\n',
+        [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
+        'family = "flux"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\n'
+        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = \'ff\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
     ),
     (  # a LoRA adapter's bypass: its Diag-OFT / BOFT / DyLoRA blocks' LyCORIS bypass forward, else nothing

@@ -315,10 +315,11 @@ def flux_preset_file(
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT, BOFT, IA^3 and
     # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
-    # output: lycoris_flux.py; a dropout stays DBS403)
-    bypass = kind in ("lora", "loha", "lokr")
+    # output: lycoris_flux.py; a dropout stays DBS403), and an entry's own bypass_mode their block's
+    # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
+    bypass = kind in ("lora", "loha", "lokr", "dylora")
     blocks, text_blocks, inert = map_blocks(
-        found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass
+        found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass, entry_bypass=True
     )
     if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
         own = {

@@ -886,7 +886,9 @@ def _bypass_blocks(legacy: Legacy, file, conv: Conversion) -> None:
     BOFT's parts rotate every part's output by the butterfly they share; a DyLoRA's share the down): the
     adapter's `bypass` (tests/runtime/test_lycoris_mixed_flow_bypass.py against lycoris-lora 4.1.3's network
     on kohya's fused layers)."""
-    if any(b.get("kind") in BYPASS_BLOCKS for b in (*file.blocks, *file.text_blocks)):
+    # (a block whose entry's own bypass_mode is off keeps its layers from it)
+    blocks = (*file.blocks, *file.text_blocks)
+    if any(b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off" for b in blocks):
         conv.mapped(
             legacy,
             ("adapter", "bypass"),

@@ -172,7 +172,8 @@ def check_layers(
     dylora their own block size); `bypass`: the adapter's `bypass` gives blocks of BYPASS_BLOCKS their
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
-    `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass: SD 1.x/2.x and SDXL); the
+    `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
+    Linears over every part); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
@@ -214,6 +215,16 @@ def check_layers(
                 "int() raises on it",
                 True,
             )
+        if any(k == "bypass_mode" for k, _ in read) and _algo(layer.algo) in BYPASS_BLOCKS:
+            value = dict(read)["bypass_mode"]
+            raise PresetError(
+                f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
+                f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
+                "beside a LoCon, LoHa or LoKr network, or a DyLoRA or GLoRA network of another algorithm; "
+                "dbspec gives a network's layers of its own algorithm (Diag-OFT, BOFT, IA^3 or DyLoRA "
+                "networks' entries) the network's bypass_mode only",
+                False,
+            )
         if read:
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
@@ -250,8 +261,11 @@ BYPASS_BLOCKS = ("diag-oft", "boft", "dylora", "ia3")
 def _own_bypass(algo: str, entry: str) -> bool:
     """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
     BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
-    or LoKr network (the block's `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
-    return _algo(entry) in BYPASS_BLOCKS and _algo(algo) in _BLOCK_KINDS
+    or LoKr network, or of a DyLoRA or GLoRA network where the entry's algorithm is another (the block's
+    `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
+    if _algo(entry) not in BYPASS_BLOCKS:
+        return False
+    return _algo(algo) in _BLOCK_KINDS or (_algo(algo) in ("dylora", "glora") and _algo(entry) != _algo(algo))
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
