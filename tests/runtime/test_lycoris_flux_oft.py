@@ -10,6 +10,8 @@ generator), and a tiny-flux run with both resumed bit-exact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lycoris.modules.diag_oft import DiagOFTModule
@@ -265,8 +267,11 @@ OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = tru
 
 @pytest.mark.parametrize("constraint", [0.0, 5e-4])
 def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path, constraint):
-    """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too."""
-    extra = OFT.replace("block_size = 4\n", f"block_size = 4\nconstraint = {constraint}\n")
+    """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too, at
+    block_size 6: the q/k/v's 48 stacked rows split into blocks of 6, which span tiny-flux's 16-row parts
+    (their parts share the blocks, runtime/fused_oft.py; was DBS403), linear1's 112 into blocks of 4."""
+    size = 6 if constraint else 4
+    extra = OFT.replace("block_size = 4\n", f"block_size = {size}\nconstraint = {constraint}\n")
     if not constraint:  # with the dropouts: one draw each per fused module, its parts sharing it
         extra = extra.replace(
             "block_size = 4\n", "block_size = 4\nmodule_dropout = 0.3\nrank_dropout = 0.2\n"
@@ -285,6 +290,11 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
     tensors, names = kohya_export(plan, whole)
     assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
     assert isinstance(transformer.transformer_blocks[0].attn.to_q, DiagOftLayer)
+    attn = transformer.transformer_blocks[0].attn
+    spanning = {id(p.lora_oft_blocks["default"]) for p in (attn.to_q, attn.to_k, attn.to_v)}
+    assert len(spanning) == (1 if constraint else 3)  # blocks of 6 span the parts: one Parameter
+    qkv = tensors["lora_unet_double_blocks_0_img_attn_qkv.oft_blocks"]
+    assert qkv.shape == ((8, 6, 6) if constraint else (12, 4, 4))
     if not constraint:
         single = transformer.single_transformer_blocks[0]
         parts = [single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp]
@@ -302,3 +312,25 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
         rows = blocks.shape[0] * blocks.shape[1]
         assert torch.norm(blocks - blocks.transpose(1, 2)) > constraint * rows
     assert_lycoris_computes(transformer, theirs)
+    if (
+        constraint
+    ):  # dbspec's own folder loads back as `dbspec sample` loads it: the spanning parts tied again
+        _sample_load(plan, whole, transformer)
+
+
+def _sample_load(plan, whole, transformer) -> None:
+    from dbspec.runtime.lycoris_oft import link_fused_oft
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, bypass=plan.adapter.bypass) == ["unet"]
+    link_fused_oft(fresh, plan.adapter.fused, "default")  # runtime/sample.py's
+    attn, trained = fresh.transformer_blocks[0].attn, transformer.transformer_blocks[0].attn
+    assert len({id(p.lora_oft_blocks["default"]) for p in (attn.to_q, attn.to_k, attn.to_v)}) == 1
+    x = torch.randn(3, attn.to_q.base_layer.in_features)
+    with torch.no_grad():
+        for names in (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj")):
+            loaded = torch.cat([getattr(attn, n)(x) for n in names], -1)
+            ours = torch.cat([getattr(trained, n)(x) for n in names], -1)
+            torch.testing.assert_close(loaded, ours, rtol=0, atol=1e-6)
