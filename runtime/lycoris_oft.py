@@ -129,8 +129,13 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
     def get_delta_weight(self, adapter: str, dropped: bool = False) -> torch.Tensor:
         """W' - W: LyCORIS's make_weight(diff=True); a part whose fused module's blocks span parts
         (runtime/fused_oft.py): its rows of the rotated stacked weight (the parts' unmerged weights)."""
-        if "oft_tie" not in self.__dict__:
-            return self._rotated_delta(adapter, self.get_base_layer().weight, dropped)
+        if "oft_tie" not in self.__dict__:  # (BoftLayer's _rotated_delta takes no dropout: never drawn)
+            weight = self.get_base_layer().weight
+            return (
+                self._rotated_delta(adapter, weight, dropped=True)
+                if dropped
+                else self._rotated_delta(adapter, weight)
+            )
         from dbspec.runtime.lycoris_boft import _unmerged_weight
 
         return self._rotated_delta(adapter, _unmerged_weight(self), dropped, _unmerged_weight)
@@ -207,7 +212,8 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         for adapter in self.active_adapters:
             if adapter in self.lora_oft_blocks:
                 moved = result.movedim(channels, 0)
-                delta = self._rotated_delta(adapter, moved, piece=piece)
+                tied = {"piece": piece} if "oft_tie" in self.__dict__ else {}
+                delta = self._rotated_delta(adapter, moved, **tied)
                 result = result + delta.to(dtype).movedim(0, channels)
         return result.to(dtype)
 
@@ -222,8 +228,10 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
 
         for adapter in self.merged_adapters[len(before) :]:
             with torch.no_grad():
-                own = _unmerged_bias(self) if "oft_tie" in self.__dict__ else bias
-                delta = self._rotated_delta(adapter, own, piece=_unmerged_bias)
+                if "oft_tie" in self.__dict__:
+                    delta = self._rotated_delta(adapter, _unmerged_bias(self), piece=_unmerged_bias)
+                else:
+                    delta = self._rotated_delta(adapter, bias)
                 delta = delta.to(bias.dtype)
                 bias.data += delta
             self.__dict__.setdefault("_merged_bias", {})[adapter] = delta
