@@ -2672,8 +2672,9 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
         """\
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
-stacked rows, and each diffusers part rotates its own rows in them. That holds only where nothing spans the
-parts: LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
+stacked rows, and each diffusers part rotates its own rows in them (where a block spans two parts, the
+parts share the fused module's blocks and each computes its rows of the rotated stacked weight). That holds
+for LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
 share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescaled` on every part of a fused
 layer or on none.
 With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows

@@ -278,7 +278,8 @@ def _stacked_full(
     """The full algo's (Diag-OFT's) layers with each fused Linear's parts as one: its `diff` / `diff_b`
     (`oft_blocks`, `rescale`) the parts' stacked in the original layer's row order, under its first part's
     name (each part's trained copy is exactly its rows of FullModule's copy of the fused weight; each part's
-    blocks are DiagOFTModule's over its rows, runtime/lycoris_oft.py fit_fused_oft); a part the run did not
+    blocks are DiagOFTModule's over its rows, runtime/lycoris_oft.py fit_fused_oft, or the parts' one
+    Parameter of them where they span parts, runtime/fused_oft.py); a part the run did not
     adapt is its rows unchanged. Diag-OFT's alpha (its constraint) is the parts' (one, DBS577)."""
     from dbspec.runtime import flux_kohya, sd3_kohya
 
@@ -314,8 +315,12 @@ def _stacked_full(
                 stacked[key].append(own[key].to(weights[key].dtype))
         for key in [k for k in _SHARED_BY_PARTS if k in stacked]:  # GLoRA's: one tensor, the first part's
             stacked[key] = stacked[key][:1]
-        if weights.get("oft_blocks") is not None and weights["oft_blocks"].dim() == 4:
-            stacked["oft_blocks"] = stacked["oft_blocks"][:1]  # BOFT's: the fused module's, one Parameter
+        blocks = weights.get("oft_blocks")
+        shared = blocks is not None and all(w["oft_blocks"] is blocks for _, w, _ in present.values())
+        if blocks is not None and (blocks.dim() == 4 or (shared and len(present) > 1)):
+            # BOFT's, and Diag-OFT's whose blocks span the parts (runtime/fused_oft.py): the fused
+            # module's, one Parameter
+            stacked["oft_blocks"] = stacked["oft_blocks"][:1]
         yield (
             prefix + group.parts[0],
             {key: torch.cat(values, dim=0) for key, values in stacked.items()},

@@ -118,7 +118,7 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         fused Linear (link_fused_oft) of every part's, in row order, as LyCORIS's one DiagOFTModule on the
         fused layer holds them (each part's rotation then depends on the others' blocks too)."""
         parts = self.__dict__.get("oft_fused_parts")
-        if not parts:
+        if not parts or "oft_tie" in self.__dict__:  # a tied part's blocks are the fused module's, all
             return torch.norm(q)
         qs = []
         for part in parts:
@@ -126,9 +126,19 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
             qs.append(q if part is self else blocks - blocks.transpose(1, 2))
         return torch.norm(torch.cat([x.reshape(-1) for x in qs]))
 
-    def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """W' - W: LyCORIS's make_weight(diff=True)."""
-        return self._rotated_delta(adapter, self.get_base_layer().weight)
+    def get_delta_weight(self, adapter: str, dropped: bool = False) -> torch.Tensor:
+        """W' - W: LyCORIS's make_weight(diff=True); a part whose fused module's blocks span parts
+        (runtime/fused_oft.py): its rows of the rotated stacked weight (the parts' unmerged weights)."""
+        if "oft_tie" not in self.__dict__:  # (BoftLayer's _rotated_delta takes no dropout: never drawn)
+            weight = self.get_base_layer().weight
+            return (
+                self._rotated_delta(adapter, weight, dropped=True)
+                if dropped
+                else self._rotated_delta(adapter, weight)
+            )
+        from dbspec.runtime.lycoris_boft import _unmerged_weight
+
+        return self._rotated_delta(adapter, _unmerged_weight(self), dropped, _unmerged_weight)
 
     def _rescale(self, adapter: str, rows: torch.Tensor) -> torch.Tensor | None:
         """The trained per-row rescale shaped to broadcast over `rows` (rows first), None without one."""
@@ -142,7 +152,7 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         the delta of the rotations with their dropout (_rotated_delta's `dropped`)."""
         if not (self.training and self.oft_rank_dropout):
             return super()._added(x, adapter)
-        delta = self._rotated_delta(adapter, self.get_base_layer().weight, dropped=True)
+        delta = self.get_delta_weight(adapter, dropped=True)
         return self._op(self._cast_input_dtype(x, delta.dtype), delta)
 
     def _rank_mask(self, rotation: torch.Tensor) -> torch.Tensor:
@@ -150,24 +160,34 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         size) rotations, from torch's generator on their device) as the factor it multiplies them by: the
         same dropout of ones shaped as the rotations, 0 or 1 / (1 - rate) per entry; a fused Linear's
         parts (add_oft_rank_dropout) take their blocks' rows of one mask over the fused module's."""
-        draw = self.__dict__.get("oft_rank_draw")
+        draw = self.__dict__.get("oft_rank_draw")  # a fused Linear's parts' one mask
         if draw is not None:
             return draw.take(self, rotation)
         ones = torch.ones_like(rotation)
         return nn.functional.dropout(ones, self.oft_rank_dropout, training=True)
 
-    def _rotated_delta(self, adapter: str, rows: torch.Tensor, dropped: bool = False) -> torch.Tensor:
+    def _rotated_delta(
+        self, adapter: str, rows: torch.Tensor, dropped: bool = False, piece=None
+    ) -> torch.Tensor:
         """R^T per block of `rows` (dimension 0), times the rescale, minus `rows` (in the blocks' dtype);
-        `dropped`: R with its rank dropout (_rank_mask) first."""
+        `dropped`: R with its rank dropout (_rank_mask) first. A tied part of a fused Linear (its blocks
+        span parts: runtime/fused_oft.py): the blocks its rows touch over those stacked rows, `piece(part)`
+        a neighbour's rows, and its own rows of the result."""
         rotation = self.rotation(adapter)
         if dropped:
             rotation = rotation * self._rank_mask(rotation)
+        org = rows.to(rotation.dtype)
+        tie = self.__dict__.get("oft_tie")
+        if tie is not None:
+            first, end, offset, width = tie.window(self)
+            rotation, rows = rotation[first:end], tie.rows(self, org, piece)
         out_dim, *rest = rows.shape
         blocks, size = rotation.shape[0], rotation.shape[1]
-        org = rows.to(rotation.dtype)
         eye = torch.eye(size, device=rotation.device, dtype=rotation.dtype)
-        delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, org.reshape(blocks, size, *rest))
-        delta = delta.reshape(out_dim, *rest)
+        window = rows.to(rotation.dtype).reshape(blocks, size, *rest)
+        delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, window).reshape(out_dim, *rest)
+        if tie is not None:
+            delta = delta[offset : offset + width]
         rescale = self._rescale(adapter, org)
         if rescale is not None:
             delta = rescale * delta + (rescale - 1) * org
@@ -185,10 +205,16 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
             return result
         dtype = result.dtype
         channels = 1 if isinstance(self.get_base_layer(), nn.Conv2d) else -1
+
+        def piece(layer: DiagOftLayer) -> torch.Tensor:  # a tied part's neighbour's output (fused_oft.py)
+            return layer.get_base_layer()(x, *args, **kwargs).movedim(channels, 0)
+
         for adapter in self.active_adapters:
             if adapter in self.lora_oft_blocks:
                 moved = result.movedim(channels, 0)
-                result = result + self._rotated_delta(adapter, moved).to(dtype).movedim(0, channels)
+                tied = {"piece": piece} if "oft_tie" in self.__dict__ else {}
+                delta = self._rotated_delta(adapter, moved, **tied)
+                result = result + delta.to(dtype).movedim(0, channels)
         return result.to(dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
@@ -198,9 +224,15 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         bias = self.get_base_layer().bias
         if not self.oft_bypass or bias is None:
             return
+        from dbspec.runtime.lycoris_boft import _unmerged_bias  # a tied part's neighbours' (fused_oft.py)
+
         for adapter in self.merged_adapters[len(before) :]:
             with torch.no_grad():
-                delta = self._rotated_delta(adapter, bias).to(bias.dtype)
+                if "oft_tie" in self.__dict__:
+                    delta = self._rotated_delta(adapter, _unmerged_bias(self), piece=_unmerged_bias)
+                else:
+                    delta = self._rotated_delta(adapter, bias)
+                delta = delta.to(bias.dtype)
                 bias.data += delta
             self.__dict__.setdefault("_merged_bias", {})[adapter] = delta
 
@@ -396,7 +428,8 @@ class FusedRankDraw:
     part's DiagOftLayer, in row order, their blocks the fused module's over their rows: fit_fused_oft): the
     first part called per training forward draws the dropout of ones shaped as every part's blocks stacked,
     (all blocks, size, size), as LyCORIS's module draws it over its rotations (one call, the same generator
-    use); each part takes its own blocks' rows. Kept until every part has taken it (as runtime/fused.py
+    use); each part takes its own blocks' rows, or parts that share the fused module's blocks
+    (runtime/fused_oft.py) the whole mask. Kept until every part has taken it (as runtime/fused.py
     FusedSkip), so gradient checkpointing's recomputation draws it again alike."""
 
     def __init__(self, parts: list, rate: float, adapter: str):
@@ -404,11 +437,16 @@ class FusedRankDraw:
         self.left, self.mask = 0, None
 
     def take(self, layer: DiagOftLayer, rotation: torch.Tensor) -> torch.Tensor:
-        counts = [int(part.lora_oft_blocks[self.adapter].shape[0]) for part in self.parts]
+        tied = "oft_tie" in layer.__dict__  # the parts' one Parameter: every block, once
+        counts = [
+            int(part.lora_oft_blocks[self.adapter].shape[0]) for part in self.parts[: 1 if tied else None]
+        ]
         if self.left == 0:
             ones = rotation.new_ones((sum(counts), *rotation.shape[1:]))
             self.mask, self.left = nn.functional.dropout(ones, self.rate, training=True), len(self.parts)
         self.left -= 1
+        if tied:
+            return self.mask
         index = next(i for i, part in enumerate(self.parts) if part is layer)
         start = sum(counts[:index])
         return self.mask[start : start + counts[index]]
@@ -466,8 +504,9 @@ def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     widths, lora_dim), which each part's DiagOftLayer takes for its own rows (its blocks are the fused
     module's blocks over its rows, in row order). Each block's rotation touches one part's rows alone (the
     rescale is per row), so the parts' rotations are exactly the fused module's; its constraint's one norm
-    over all the blocks is shared by linking the parts (link_fused_oft). ValueError when a block would span
-    two parts. How many parts were resized."""
+    over all the blocks is shared by linking the parts (link_fused_oft). Where a block spans two parts, the
+    parts share the fused module's blocks instead (runtime/fused_oft.py tie_fused_oft; every part adapted).
+    How many parts were resized (or tied)."""
     from dbspec.runtime.fused import fused_parts
 
     resized = 0
@@ -479,13 +518,18 @@ def fit_fused_oft(module: nn.Module, groups, adapter: str) -> int:
         layer = found[0][2]
         size, _ = lycoris_factorization(sum(widths), layer.r[adapter])
         where = f"{group.blocks}.{index}: the fused {group.name} ({' + '.join(map(str, widths))} rows)"
-        if any(w % size for w in widths):
-            raise ValueError(
-                f"{where} splits into LyCORIS Diag-OFT blocks of {size} rows (factorization of "
-                f"{sum(widths)} by adapter.block_size = {layer.r[adapter]}), and a block would rotate rows "
-                "of two parts together, which the separate parts cannot: choose a block_size whose block "
-                "divides every part's width"
-            )
+        if any(w % size for w in widths):  # a block spans two parts: one module's blocks, shared
+            from dbspec.runtime.fused_oft import tie_fused_oft
+
+            if len(found) != len(group.parts):
+                raise ValueError(
+                    f"{where} splits into LyCORIS Diag-OFT blocks of {size} rows (factorization of "
+                    f"{sum(widths)} by adapter.block_size = {layer.r[adapter]}), which span its parts: "
+                    f"every part must be adapted ({', '.join(group.parts)})"
+                )
+            tie_fused_oft([part for _, _, part in found], size, adapter, where)
+            resized += len(found)
+            continue
         for _, _, part in found:
             resize_blocks(part, adapter, size)
             resized += 1
@@ -498,7 +542,8 @@ def link_fused_oft(module: nn.Module, groups, adapter: str) -> int:
     constraint is the fused module's: constraint x the fused width (LyCORIS's DiagOFTModule: constraint x
     out_dim over all its blocks), the norm taken over every part's blocks (DiagOftLayer._constrained_norm).
     Called when the run builds its layers (fit_fused_oft) and when a saved adapter is loaded back
-    (runtime/sample.py). How many parts were linked."""
+    (runtime/sample.py; parts loaded back each holding the blocks of the stacked rows, saved from parts
+    whose blocks spanned them, share them again: runtime/fused_oft.py). How many parts were linked."""
     from dbspec.runtime.fused import fused_parts
 
     linked = 0
@@ -508,6 +553,12 @@ def link_fused_oft(module: nn.Module, groups, adapter: str) -> int:
             continue
         block = module.get_submodule(group.blocks)[index]
         width = sum(_rows(block.get_submodule(p)) for p in group.parts)
+        if "oft_tie" not in parts[0].__dict__ and len(parts) == len(group.parts):
+            from dbspec.runtime.fused_oft import OftTie, share, spans
+
+            size = spans(parts, adapter)
+            if size:  # the loaded values are equal (one Parameter when saved): the first part's
+                share(parts, parts[0].lora_oft_blocks[adapter], OftTie(parts, size), adapter)
         for part in parts:
             part.__dict__["oft_fused_parts"] = parts  # not a submodule: no state, no second registration
             part.constraint[adapter] = float(part.lora_alpha[adapter]) * width
@@ -517,13 +568,20 @@ def link_fused_oft(module: nn.Module, groups, adapter: str) -> int:
 
 def fit_oft_to_state(module: nn.Module, state: dict[str, torch.Tensor], adapter: str) -> None:
     """Diag-OFT layers whose saved blocks (peft's state: `<path>.lora_oft_blocks`) have another block size
-    than their own factorization (a fused Linear's parts, fit_fused_oft) take the saved size."""
+    than their own factorization (a fused Linear's parts, fit_fused_oft) take the saved size; a part whose
+    saved blocks are its fused module's over every part's rows (they spanned parts: runtime/fused_oft.py)
+    takes their shape, for link_fused_oft to tie."""
     for name, layer in _oft_layers(module):
         if adapter not in layer.lora_oft_blocks:
             continue
         key = f"{name}.lora_oft_blocks"
         saved = next((v for k, v in state.items() if k == key or k.endswith(f".{key}")), None)
-        if saved is not None and saved.shape[-1] != layer.lora_oft_blocks[adapter].shape[-1]:
+        own = layer.lora_oft_blocks[adapter]
+        if saved is not None and saved.shape[0] * saved.shape[-1] != _rows(layer):
+            zeros = torch.zeros(saved.shape, dtype=own.dtype, device=own.device)
+            layer.oft_block_size = int(saved.shape[-1])
+            layer.lora_oft_blocks[adapter] = nn.Parameter(zeros, requires_grad=own.requires_grad)
+        elif saved is not None and saved.shape[-1] != own.shape[-1]:
             resize_blocks(layer, adapter, int(saved.shape[-1]))
 
 

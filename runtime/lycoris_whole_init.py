@@ -179,7 +179,8 @@ def _glora_slots(layer: nn.Module, adapter: str) -> dict[str, Slot]:
 def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bool) -> dict[str, Slot]:
     """DiagOFTModule's `oft_blocks` / `rescale` over a fused Linear of kohya's Flux / SD3 (or one Linear,
     `rows` of one): its blocks cut into each part's (runtime/lycoris_oft.py fit_fused_oft gave every part the
-    fused module's block size), its rescale rows too; the blocks over a part the run does not adapt must
+    fused module's block size), or into the one Parameter the parts share where its blocks span them
+    (runtime/fused_oft.py), its rescale rows too; the blocks over a part the run does not adapt must
     rotate nothing (B - B^T = 0) and its rescale be 1, as dbspec's export writes them. `swapped`: kohya's
     (shift, scale) rows back to diffusers' (scale, shift), as the export swapped them."""
     layer = next(layer for layer, _ in rows if layer is not None)
@@ -187,9 +188,15 @@ def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bo
     widths = [base.weight.shape[0] for _, base in rows]
     counts = [w // size for w in widths]
     rescaled = adapter in layer.lora_oft_rescale
+    tied = "oft_tie" in layer.__dict__  # blocks spanning the parts: one Parameter (runtime/fused_oft.py)
+    if tied:
+        counts = [sum(widths) // size]
 
     def blocks(value: torch.Tensor) -> None:
         value = _halves(value, swapped)
+        if tied:
+            _into(layer.lora_oft_blocks[adapter])(value)
+            return
         for (part, _), block in zip(rows, value.split(counts, dim=0)):
             if part is None:
                 if torch.count_nonzero(block - block.transpose(1, 2)):

@@ -329,7 +329,8 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass)
         blocks=adapter if adapter and (adapter.kind == "lokr" or own_bypass(adapter)) else None,
     )
-    if adapter and adapter.kind == "diag-oft" and adapter.fused:  # LyCORIS's one module per fused Linear
+    oft = adapter and (adapter.kind == "diag-oft" or any(b.kind == "diag-oft" for b in adapter.blocks))
+    if oft and adapter.fused:  # LyCORIS's one module per fused Linear (a run of several kinds' too)
         from dbspec.runtime.lycoris_oft import link_fused_oft
 
         for module in modules.values():

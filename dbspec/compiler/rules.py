@@ -3773,9 +3773,10 @@ def _blocks_bypass(a) -> Iterator[Hit]:
     """A LoRA / LoHa / LoKr adapter's `bypass`: LyCORIS bypass_mode for its Diag-OFT, BOFT, DyLoRA and IA^3
     blocks (runtime/mixed_kinds.py); without them it changes nothing (DBS216); a DyLoRA block of several
     blocks per layer cannot run it (DBS549). With fused_projections (Flux / SD3 / Chroma) each block's parts
-    compute their own rows of LyCORIS's one module's bypass forward on the fused Linear: a Diag-OFT block
-    never spans two parts, BOFT's and DyLoRA's parts are tied (the butterfly over the stacked output, one
-    down and draw), IA^3 scales rows (tests/runtime/test_lycoris_mixed_flow_bypass.py)."""
+    compute their own rows of LyCORIS's one module's bypass forward on the fused Linear: a Diag-OFT block's
+    parts share its blocks where one spans two parts (runtime/fused_oft.py), BOFT's and DyLoRA's parts are
+    tied (the butterfly over the stacked output, one down and draw), IA^3 scales rows
+    (tests/runtime/test_lycoris_mixed_flow_bypass.py)."""
     found = bypass_blocks(a)
     # the blocks the adapter's `bypass` reaches (no own `bypass`), and those whose layers run it (their own
     # "on", else the adapter's)

@@ -35,7 +35,9 @@ KINDS = {
     "diag-oft": (
         DiagOFTModule,
         (4, 0.0, {"rescaled": True, "constraint": 0.01}),
-        (8, 0.0, {"constraint": 0.02}),
+        # linear1 (112 rows) at lora_dim 7: blocks of 7, which span its 16-row parts (they share them:
+        # runtime/fused_oft.py; was DBS403)
+        (7, 0.0, {"constraint": 0.02}),
         True,
     ),
     "glora": (GLoRAModule, (2, 1.5, {}), (3, 0.5, {}), True),
@@ -160,7 +162,7 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     if kind == "diag-oft":
         assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
         assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])  # the file's alpha
-        (block,) = blocks  # linear1's parts, all of them: blocks of 8 rows, no rescale
+        (block,) = blocks  # linear1's parts, all of them: blocks of 7 rows, no rescale
         assert (block.rank, block.rescaled) == (own[0], "off")
         assert block.alpha == pytest.approx(own[2]["constraint"])
         for module in network.unet_loras:  # the constraints bind: the fused norms exceed them
@@ -229,3 +231,14 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
         again = _layers(sampled.eval(), final)["lora_unet_double_blocks_0_img_attn_qkv"]
         with torch.no_grad():
             torch.testing.assert_close(torch.cat([p(x) for p in again], -1), moved, rtol=0, atol=1e-5)
+        # linear1's blocks of 7 span its parts: one Parameter, trained, loaded back shared
+        name = "lora_unet_single_blocks_0_linear1"
+        for layers in (trained[name], _layers(sampled, final)[name]):
+            assert len({id(p.lora_oft_blocks["default"]) for p in layers}) == 1
+        assert exported[f"{name}.oft_blocks"].shape == (16, 7, 7)
+        x = torch.randn(3, trained[name][0].base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([p(x) for p in trained[name]], -1)
+            assert not torch.allclose(ours, linears[name](x), atol=1e-7)
+            loaded = torch.cat([p(x) for p in _layers(sampled, final)[name]], -1)
+            torch.testing.assert_close(loaded, ours, rtol=0, atol=1e-5)

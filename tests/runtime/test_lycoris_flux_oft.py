@@ -10,6 +10,8 @@ generator), and a tiny-flux run with both resumed bit-exact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lycoris.modules.diag_oft import DiagOFTModule
@@ -144,12 +146,118 @@ def test_fused_parts_draw_their_module_s_dropouts_as_lycoris_module():
     torch.testing.assert_close(rescales.view(-1), theirs.rescale.grad.view(-1), rtol=1e-5, atol=1e-5)
 
 
-def test_a_block_spanning_two_parts_is_refused():
+def _spanning(widths=(16, 16, 16), lora_dim=8, **config) -> tuple[nn.Module, list]:
+    """A fused q/k/v of parts `widths` rows (48 rows at lora_dim 8: blocks of 6, two of which span two
+    parts), adapted and tied (fit_fused_oft)."""
+    model = nn.Module()
+    model.transformer_blocks = nn.ModuleList([_Block(16)])
+    attn = model.transformer_blocks[0].attn
+    for name, width in zip(("to_q", "to_k", "to_v"), widths):
+        setattr(attn, name, nn.Linear(8, width))
+    config = oft_config(list(_PARTS), lora_dim, config.pop("constraint", 0.0), **config)
+    inject_adapter_in_model(config, model, adapter_name="default")
+    group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+    assert fit_fused_oft(model, (group,), "default") == 3
+    return model, [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
+
+
+@pytest.mark.parametrize(
+    ("widths", "bypass", "rescaled", "constraint"),
+    [
+        ((16, 16, 16), False, False, 0.0),
+        ((16, 16, 16), True, True, 1e-3),
+        ((16, 16, 16), False, True, 1e-3),
+        ((10, 7, 31), True, False, 0.0),  # blocks of 6 over 48 rows: one spans all three parts' rows
+    ],
+)
+def test_parts_whose_blocks_span_share_them_and_compute_lycoris_module(widths, bypass, rescaled, constraint):
+    """A block spanning two parts (was a ValueError): the parts share one Parameter of the stacked rows'
+    blocks (runtime/fused_oft.py) and compute lycoris-lora's DiagOFTModule on the stacked Linear, in its
+    default and bypass forwards, with a row rescale and a binding constraint; merged, the same."""
+    torch.manual_seed(0)
+    model, parts = _spanning(widths, bypass=bypass, rescaled=rescaled, constraint=constraint)
+    shared = parts[0].lora_oft_blocks["default"]
+    assert shared.shape == (8, 6, 6) and all(p.lora_oft_blocks["default"] is shared for p in parts)
+    assert len([n for n, _ in model.named_parameters() if "oft_blocks" in n]) == 1
+    with torch.no_grad():
+        shared.normal_(0, 0.1)
+        for part in parts:
+            if rescaled:
+                part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+            part.base_layer.bias.normal_()
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts]) if rescaled else None
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        ours = torch.cat([p(x) for p in parts], dim=-1)
+        module = _theirs(parts, shared.detach().clone(), bypass, rescale, constraint)
+        theirs = module(x)
+        plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+    if constraint:
+        q = shared - shared.transpose(1, 2)
+        assert torch.norm(q) > module.constraint
+    assert not torch.allclose(ours, plain, atol=1e-4)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    for part in parts:  # merged (each part's rows of the rotated stacked weight, the parts' unmerged), alike
+        part.merge()
+    with torch.no_grad():
+        merged = torch.cat([p(x) for p in parts], dim=-1)
+    torch.testing.assert_close(merged, theirs, rtol=0, atol=1e-5)
+    for part in parts:
+        part.unmerge()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat([p.base_layer(x) for p in parts], dim=-1), plain)
+
+
+def test_spanning_parts_draw_their_module_s_dropouts_as_lycoris_module():
+    """module_dropout 0.5 and rank_dropout 0.3 on parts whose blocks span (blocks of 6 over 16-row parts):
+    one skip draw and one (8, 6, 6) mask per training forward, as DiagOFTModule draws them; the shared
+    blocks' gradient and the rescales' equal lycoris-lora's."""
+    torch.manual_seed(0)
+    model, parts = _spanning(rescaled=True)
+    group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+    assert add_own_module_dropout(model, 0.5, (group,)) == 1
+    assert add_oft_rank_dropout(model, 0.3) == 3
+    shared = parts[0].lora_oft_blocks["default"]
+    with torch.no_grad():
+        shared.normal_(0, 0.1)
+        for part in parts:
+            part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts])
+    theirs = _theirs(parts, shared.detach().clone(), rescale=rescale.clone())
+    theirs.module_dropout, theirs.rank_dropout = 0.5, 0.3
+    theirs.rank_drop = nn.Dropout(0.3)
+    theirs.org_module[0].requires_grad_(False)
+    model.train(), theirs.train()
+    x = torch.randn(5, 8)
+    plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+    kinds, trained = set(), 0
+    for seed in range(10):
+        order = parts if seed % 2 else parts[::-1]
+        torch.manual_seed(seed)
+        want = theirs(x)
+        after = torch.get_rng_state()
+        torch.manual_seed(seed)
+        got = {id(p): p(x) for p in order}
+        mine = torch.cat([got[id(p)] for p in parts], dim=-1)
+        assert torch.equal(after, torch.get_rng_state())
+        torch.testing.assert_close(mine, want, rtol=0, atol=1e-5)
+        kinds.add(torch.equal(mine, plain))
+        if want.requires_grad:
+            want.square().sum().backward()
+            mine.square().sum().backward()
+            trained += 1
+    assert kinds == {True, False} and trained
+    torch.testing.assert_close(shared.grad, theirs.oft_blocks.grad, rtol=1e-5, atol=1e-5)
+    rescales = torch.cat([p.lora_oft_rescale["default"].grad for p in parts])
+    torch.testing.assert_close(rescales.view(-1), theirs.rescale.grad.view(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_spanning_block_over_parts_left_unadapted_is_refused():
     model = nn.Module()
     model.transformer_blocks = nn.ModuleList([_Block(16)])  # 48 rows at lora_dim 8: blocks of 6
-    inject_adapter_in_model(oft_config(list(_PARTS), 8, 0.0, False), model, adapter_name="default")
+    inject_adapter_in_model(oft_config(list(_PARTS[:2]), 8, 0.0, False), model, adapter_name="default")
     group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
-    with pytest.raises(ValueError, match="blocks of 6 rows"):
+    with pytest.raises(ValueError, match="blocks of 6 rows.*every part must be adapted"):
         fit_fused_oft(model, (group,), "default")
 
 
@@ -159,8 +267,11 @@ OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = tru
 
 @pytest.mark.parametrize("constraint", [0.0, 5e-4])
 def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path, constraint):
-    """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too."""
-    extra = OFT.replace("block_size = 4\n", f"block_size = 4\nconstraint = {constraint}\n")
+    """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too, at
+    block_size 6: the q/k/v's 48 stacked rows split into blocks of 6, which span tiny-flux's 16-row parts
+    (their parts share the blocks, runtime/fused_oft.py; was DBS403), linear1's 112 into blocks of 4."""
+    size = 6 if constraint else 4
+    extra = OFT.replace("block_size = 4\n", f"block_size = {size}\nconstraint = {constraint}\n")
     if not constraint:  # with the dropouts: one draw each per fused module, its parts sharing it
         extra = extra.replace(
             "block_size = 4\n", "block_size = 4\nmodule_dropout = 0.3\nrank_dropout = 0.2\n"
@@ -179,6 +290,11 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
     tensors, names = kohya_export(plan, whole)
     assert {"lora_unet_single_blocks_0_linear1", "lora_unet_double_blocks_0_img_attn_qkv"} <= names
     assert isinstance(transformer.transformer_blocks[0].attn.to_q, DiagOftLayer)
+    attn = transformer.transformer_blocks[0].attn
+    spanning = {id(p.lora_oft_blocks["default"]) for p in (attn.to_q, attn.to_k, attn.to_v)}
+    assert len(spanning) == (1 if constraint else 3)  # blocks of 6 span the parts: one Parameter
+    qkv = tensors["lora_unet_double_blocks_0_img_attn_qkv.oft_blocks"]
+    assert qkv.shape == ((8, 6, 6) if constraint else (12, 4, 4))
     if not constraint:
         single = transformer.single_transformer_blocks[0]
         parts = [single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp]
@@ -196,3 +312,25 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
         rows = blocks.shape[0] * blocks.shape[1]
         assert torch.norm(blocks - blocks.transpose(1, 2)) > constraint * rows
     assert_lycoris_computes(transformer, theirs)
+    if (
+        constraint
+    ):  # dbspec's own folder loads back as `dbspec sample` loads it: the spanning parts tied again
+        _sample_load(plan, whole, transformer)
+
+
+def _sample_load(plan, whole, transformer) -> None:
+    from dbspec.runtime.lycoris_oft import link_fused_oft
+    from dbspec.runtime.tiny import build_pipeline
+    from dbspec.runtime.weights import load_peft_adapters
+
+    fresh = build_pipeline(BASE).transformer.float().eval()
+    assert load_peft_adapters(Path(whole.final), {"unet": fresh}, bypass=plan.adapter.bypass) == ["unet"]
+    link_fused_oft(fresh, plan.adapter.fused, "default")  # runtime/sample.py's
+    attn, trained = fresh.transformer_blocks[0].attn, transformer.transformer_blocks[0].attn
+    assert len({id(p.lora_oft_blocks["default"]) for p in (attn.to_q, attn.to_k, attn.to_v)}) == 1
+    x = torch.randn(3, attn.to_q.base_layer.in_features)
+    with torch.no_grad():
+        for names in (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj")):
+            loaded = torch.cat([getattr(attn, n)(x) for n in names], -1)
+            ours = torch.cat([getattr(trained, n)(x) for n in names], -1)
+            torch.testing.assert_close(loaded, ours, rtol=0, atol=1e-6)

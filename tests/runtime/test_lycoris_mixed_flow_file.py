@@ -326,7 +326,9 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
         for old, new in (
             (
                 'img_attn.qkv"]\nalgo = "full"',
-                'img_attn.qkv"]\nalgo = "diag-oft"\nconstraint = 0.001\nrescaled = true',
+                # dim 6: blocks of 6 over the 48 stacked rows, spanning tiny-flux's 16-row q, k, v (the
+                # parts share them: runtime/fused_oft.py; was DBS403)
+                'img_attn.qkv"]\nalgo = "diag-oft"\ndim = 6\nconstraint = 0.001\nrescaled = true',
             ),
             ('algo = "locon"\ndim = 2', 'algo = "boft"\ndim = 36'),  # FLUX.1's 9216 rows: 256 blocks
             ('linear1"]\nalgo = "loha"', 'linear1"]\nalgo = "glora"'),
@@ -371,6 +373,10 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     assert count == len(names) == a.init_layers
 
     unet = comps.unet.eval()
+    if "DiagOFTModule" in classes:  # blocks of 6 over q, k, v: one Parameter the parts share
+        assert tensors["lora_unet_double_blocks_0_img_attn_qkv.oft_blocks"].shape == (8, 6, 6)
+        attn = unet.transformer_blocks[0].attn
+        assert len({id(p.lora_oft_blocks["default"]) for p in (attn.to_q, attn.to_k, attn.to_v)}) == 1
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = build_pipeline("builtin:tiny-flux").text_encoder.float().eval()  # the run's base CLIP-L
@@ -413,6 +419,19 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
     _, second, exported = _run(second_dir, kinds, base)
     assert second.status == "finished"
+    if "DiagOFTModule" in classes:  # `dbspec sample` loads the Diag-OFT kind back, its q, k, v tied again
+        from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+        sampled = load_pipeline(SampleRequest(source=Path(second.output), settings=None)).transformer
+        names = ("to_q", "to_k", "to_v")
+        again, trained = sampled.float().transformer_blocks[0].attn, second.components.unet
+        trained = trained.float().eval().transformer_blocks[0].attn
+        assert len({id(getattr(again, n).lora_oft_blocks["default"]) for n in names}) == 1
+        x = torch.randn(3, again.to_q.base_layer.in_features)
+        with torch.no_grad():
+            ours = torch.cat([getattr(trained, n)(x) for n in names], -1)
+            loaded = torch.cat([getattr(again, n)(x) for n in names], -1)
+        torch.testing.assert_close(loaded, ours, rtol=0, atol=1e-5)
     for name in t5_names:  # T5's modules trained from the file and exported in their kind's keys
         keys = {k.split(".", 1)[1] for k in exported if k.startswith(name + ".")}
         assert keys and not any(

@@ -932,7 +932,8 @@ def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
     its `rescale` the block's rescaled; GLoRA's rank a2's rows; runtime test:
     test_lycoris_mixed_flow_file); a LoCon-led file with a Diag-OFT module likewise (the file has no
     LoKr / LoHa / full module: picked from the rebuilt kinds). A Diag-OFT module whose blocks span q, k
-    and v is refused (DBS403), one whose rebuilt split differs from the file's is DBS402."""
+    and v converts too (its parts share its blocks, runtime/fused_oft.py; was DBS403), one whose rebuilt
+    split differs from the file's is DBS402."""
     from dbspec.plan.boft import power2_factorization
 
     size, count = power2_factorization(W, 8)
@@ -977,13 +978,19 @@ def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
     block = next(b for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_k"))
     assert (block.kind, block.rank, block.alpha, block.rescaled) == ("diag-oft", 4, 2.0, "on")
 
-    for bad, code, words in (
-        ({"oft_blocks": (3 * W // 9, 9, 9)}, "DBS403", "span the bounds"),  # 3072 rows a part: 9 ∤ 3072
-        ({"oft_blocks": (4, 3 * W // 4, 3 * W // 4)}, "DBS402", "copy_ raises"),  # s > n
-    ):
-        odd = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": bad}
-        _factor_file(tmp_path / "prev.safetensors", odd, alpha=0.5)
-        assert words in messages(_flux(tmp_path, allow=True), code), words
+    spanning = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": {"oft_blocks": (3 * W // 9, 9, 9)}}
+    _factor_file(tmp_path / "prev.safetensors", spanning, alpha=0.5)  # 3072 rows a part: 9 ∤ 3072
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    block = next(
+        b
+        for b in plan_of(outcome, tmp_path).adapter.blocks
+        if re.search(b.pattern, "transformer_blocks.0.attn.to_k")
+    )
+    assert (block.kind, block.rank) == ("diag-oft", 9)
+    odd = {**modules, "lora_unet_double_blocks_0_img_attn_qkv": {"oft_blocks": (4, 3 * W // 4, 3 * W // 4)}}
+    _factor_file(tmp_path / "prev.safetensors", odd, alpha=0.5)  # s > n
+    assert "copy_ raises" in messages(_flux(tmp_path, allow=True), "DBS402")
 
 
 def test_flux_file_of_several_kinds_with_clip_and_final_layer_modules(tmp_path):

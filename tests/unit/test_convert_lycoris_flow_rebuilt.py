@@ -123,10 +123,12 @@ def test_flux_diag_oft_file_constraints(tmp_path):
 
 def test_flux_diag_oft_file_refusals(tmp_path):
     file = tmp_path / "prev.safetensors"
-    # blocks of 7 rows split linear1's 21504 rows across its 3072-row parts
+    # blocks of 7 rows split linear1's 21504 rows across its 3072-row parts: the parts share them
+    # (runtime/fused_oft.py; was DBS403), a block of their own at 7
     _file(file, {LINEAR1: _oft(7 * W, 7)}, {})
     outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "span" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.oft_block_size == 7
     # no alpha: make_module_from_state_dict's float(None) raises
     _file(file, {QKV: _oft(3 * W, 16)}, {QKV: None})
     assert "DBS402" in codes(_flux(tmp_path, allow=True))
@@ -373,17 +375,17 @@ def test_flux_negative_oft_alpha_constrains_nothing(tmp_path):
         assert a.oft_constraint == 0.0 and not a.blocks
 
 
-def test_diag_oft_blocks_spanning_fused_parts_are_named(tmp_path):
+def test_diag_oft_blocks_spanning_fused_parts_convert(tmp_path):
     """A Diag-OFT module whose blocks cross the bounds of its fused Linear's parts (LyCORIS rotates them
-    together; dbspec's separate parts cannot): DBS403 naming it, on Flux and SD3 (where the runtime would
-    otherwise raise when building the layers); blocks within the parts convert."""
+    together; was DBS403): its parts share its blocks (runtime/fused_oft.py), on Flux and SD3; blocks
+    within the parts convert as before."""
     file = tmp_path / "prev.safetensors"
     w, qkv = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv"
     assert (3 * w) % 12 == 0 and w % 12  # 608 blocks of 12 rows: one spans to_q's and to_k's rows
     _file(file, {qkv: _oft(3 * w, 12)}, {})
     outcome = _sd3(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and "span" in messages(outcome, "DBS403")
-    assert qkv in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path).adapter.oft_block_size == 12
     _file(file, {qkv: _oft(3 * w, 16)}, {})
     assert not {"DBS402", "DBS403"} & codes(_sd3(tmp_path))
     # FLUX.1's qkv at blocks of 24 (3072 = 128 x 24): within the parts, whatever linear1 would do

@@ -219,11 +219,20 @@ def test_network_weights_of_a_diag_oft_or_glora_start_the_fused_network(tmp_path
     assert a.scalar if algo == "glora" else a.oft_rescaled
 
 
-def test_diag_oft_whose_blocks_span_flux1_parts_is_refused(tmp_path):
-    # network_dim 128: LyCORIS's factorization splits the 9216-row qkv as 72 x 128 (128 > 9216 / 128), so
-    # blocks of 72 rows, and 3072 / 72 is no integer: a block spans q and k
+def test_diag_oft_whose_blocks_span_flux1_parts_converts(tmp_path):
+    """network_dim 128: LyCORIS's factorization splits the 9216-row qkv as 72 x 128 (128 > 9216 / 128), so
+    blocks of 72 rows, and 3072 / 72 is no integer: a block spans q and k. Was DBS403; the parts share the
+    fused module's blocks (runtime/fused_oft.py; tests/runtime/test_lycoris_flux_oft.py)."""
+    from dbspec.convert.kohya.lycoris_flow_oft import flux1_spans
+    from dbspec.plan.lokr import factorization
+
+    assert factorization(9216, 128)[0] == 72 and 3072 % 72
+    assert flux1_spans(128) == [72] and flux1_spans(16) == []
     outcome = _flux(tmp_path, "--network_dim 128 --network_args algo=diag-oft")
-    assert "span its 3072-row parts" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size) == ("diag-oft", 128)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
 
 
 def test_lokr_is_one_kronecker_update_per_fused_layer(tmp_path):

@@ -51,7 +51,7 @@ from dbspec.convert.kohya.lycoris_flow_factor_file import (
     t5_left_block,
     t5_path,
 )
-from dbspec.convert.kohya.lycoris_flow_rebuilt import _spans, _text_pattern
+from dbspec.convert.kohya.lycoris_flow_rebuilt import _text_pattern
 from dbspec.convert.kohya.lycoris_flow_weights import (
     LycorisModule,
     check_loha,
@@ -123,9 +123,6 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
         found = _oft(m.name, m, kind)
         if isinstance(found, str):
             return found
-        spans = _spans(m.name, m, found["block_size"]) if kind == "diag-oft" else ""
-        if spans:
-            return spans
         # a block's rank is its block-size hint, its alpha the constraint; a `rescale` its own row rescale
         rescaled = {"rescaled": "on"} if found["rescaled"] else {}
         return {"kind": kind, "rank": found["block_size"], "alpha": found["constraint"], **rescaled}

@@ -10,12 +10,14 @@ module over the stacked rows: its block size comes from the fused width (9216 or
 a part's. A block touches the rows of one part alone when the block size divides every part's width (FLUX.1:
 3072 and 12288), and then each part of diffusers' split layer rotating its own rows in those blocks is the
 same update: `fused_projections = true` gives each part the fused module's block size (runtime/lycoris_oft.py
-fit_fused_oft, which refuses a block spanning two parts; on FLUX.1 the converter refuses it already), and the
-kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora loads back. `constraint`
-(DiagOFTModule scales all its blocks by one norm, bounded by constraint x the fused width): the parts share
-that norm (runtime/lycoris_oft.py link_fused_oft). The dropouts span the parts too: module_dropout's one
-draw per fused module (runtime/fused.py FusedSkip) and rank_dropout's one mask over its blocks
-(runtime/lycoris_oft.py FusedRankDraw; never read in bypass_mode, DBS405) are shared by the parts.
+fit_fused_oft), and the kohya_lora export stacks the parts' blocks under kohya's name, the file lycoris-lora
+loads back. Otherwise a block spans two parts (FLUX.1's 9216-row qkv at network_dim 9, 128 or 256: blocks of
+9, 72, 36 rows; flux1_spans): the parts share the fused module's blocks, each computing its rows of the
+rotated stacked weight (runtime/fused_oft.py), and the export writes them once under kohya's name.
+`constraint` (DiagOFTModule scales all its blocks by one norm, bounded by constraint x the fused width): the
+parts share that norm (runtime/lycoris_oft.py link_fused_oft). The dropouts span the parts too:
+module_dropout's one draw per fused module (runtime/fused.py FusedSkip) and rank_dropout's one mask over its
+blocks (runtime/lycoris_oft.py FusedRankDraw; never read in bypass_mode, DBS405) are shared by the parts.
 `dropout` (--network_dropout) acts only in bypass_mode, where lycoris-lora 4.1.3 raises on it (DBS402, as
 network.py's U-Net rule); bypass_mode alone rotates the output, its bias too (adapter.bypass), per block of
 rows as well. DiagOFTModule takes and never reads network_alpha, use_scalar, dora_wd, rs_lora and Tucker's
@@ -47,17 +49,11 @@ _UNREAD += ("disable_conv_cp", "rank_dropout_scale", "factor", "decompose_both",
 _UNREAD += ("unbalanced_factorization", "block_size", "verbose", "conv_alpha")
 
 
-def flux1_misfit(lora_dim: int) -> str:
-    """Why LyCORIS's blocks on FLUX.1's fused Linears would span two parts at this lora_dim, "" if not."""
-    for fused in FLUX1_FUSED:
-        size = factorization(fused, lora_dim)[0]
-        if FLUX1_PART % size:
-            return (
-                f"DiagOFTModule on FLUX.1's fused {fused}-row Linear splits it into blocks of {size} rows "
-                f"(LyCORIS's factorization by {lora_dim}), which span its {FLUX1_PART}-row parts (q, k, v): "
-                "dbspec trains the parts as separate layers"
-            )
-    return ""
+def flux1_spans(lora_dim: int) -> list[int]:
+    """The block sizes of LyCORIS's blocks on FLUX.1's fused Linears that span two of their parts at this
+    lora_dim (the parts then share the fused module's blocks: runtime/fused_oft.py)."""
+    sizes = [factorization(fused, lora_dim)[0] for fused in FLUX1_FUSED]
+    return [size for size in sizes if FLUX1_PART % size]
 
 
 def map_flow_diag_oft(
@@ -70,16 +66,6 @@ def map_flow_diag_oft(
     layers, text = layout.presets[preset]
     lora_dim = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     legacy = lambda key: popped(args, kwargs, key)  # noqa: E731
-    misfit = flux1_misfit(lora_dim) if layout.title == "Flux" else ""  # FLUX.1's widths (Chroma's too)
-    if misfit:
-        conv.unsupported(dim, misfit, help="choose a network_dim whose block divides 3072 (4, 8, 16, 32)")
-        return False
-    blocks = layout.targets(layers, True)[1] if layers != "none" else []
-    for block in [*blocks, *text_blocks] if layout.title == "Flux" else ():
-        misfit = flux1_misfit(int(block["block_size"]))
-        if misfit:
-            conv.unsupported(args, f"{block['_why']} ({block['block_size']}): {misfit}")
-            return False
     refused = []
     conv_targets: list[str] = []
     if layers in layout.convs:
@@ -122,7 +108,14 @@ def map_flow_diag_oft(
     if refuse_rest(kwargs, args, conv, "diag-oft", layout.title):
         return False
     put_kind(conv, module, "diag-oft", preset, "DiagOFTModule", layout.title)
-    conv.mapped(dim, ("adapter", "block_size"), lora_dim)
+    spanning = flux1_spans(lora_dim) if layout.title == "Flux" else []  # FLUX.1's widths (Chroma's too)
+    note = (
+        f"on FLUX.1's fused qkv / linear1 its blocks of {spanning[0]} rows span the 3072-row parts, which "
+        "share the fused module's blocks"
+        if spanning
+        else ""
+    )
+    conv.mapped(dim, ("adapter", "block_size"), lora_dim, note)
     if (
         constraint is not None
     ):  # one norm over each fused Linear's blocks (runtime/lycoris_oft.py link_fused_oft)

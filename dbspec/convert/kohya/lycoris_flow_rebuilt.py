@@ -11,10 +11,10 @@ lycoris_flow_weights.diffusers_targets), started from the file (`init_weights`, 
 runtime/lycoris_whole_init.py cuts a fused module's blocks / rows into its parts). Diag-OFT: the block size,
 constraint (the file's alpha, a negative one 0: LyCORIS constrains only `if constraint > 0`; one norm over a
 fused layer's parts, runtime/lycoris_oft.py link_fused_oft) and rescale most modules share, a module at its
-own an [[adapter.blocks]] entry over all its diffusers parts; no block spanning two parts of a fused Linear
-(_spans; a module otherwise: DBS403 naming it). Flux's final layer (target `proj_out`, which takes every
-single block's linear2 along) without some linear2: those layers `exclude`d (rank-0 blocks at runtime,
-no rotation, as LyCORIS builds none), Diag-OFT and BOFT alike. GLoRA: the rank and
+own an [[adapter.blocks]] entry over all its diffusers parts; a module whose blocks span two parts of a fused
+Linear (was DBS403) too: its parts share its blocks (runtime/fused_oft.py). Flux's final layer (target
+`proj_out`, which takes every single block's linear2 along) without some linear2: those layers `exclude`d
+(rank-0 blocks at runtime, no rotation, as LyCORIS builds none), Diag-OFT and BOFT alike. GLoRA: the rank and
 alpha most modules share, a module at its own an [[adapter.blocks]] entry over its diffusers parts, Flux's
 final layer beside a rank-0 block for the single blocks' linear2 the file lacks. BOFT (4-D `oft_blocks`): a
 fused BOFT (runtime/lycoris_boft.py tie_fused_boft) at the block-size hint giving most modules their file
@@ -125,10 +125,6 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     else:
         keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
         (size, constraint, rescaled), _ = Counter(keys.values()).most_common(1)[0]
-        for name, v in values.items():
-            spans = _spans(name, denoiser[name], v["block_size"]) if name in denoiser else ""
-            if spans:
-                return spans
         top = (size, constraint, rescaled)
         out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
         out |= _final_layer_exclude(targets, family)
@@ -259,20 +255,3 @@ def _oft_blocks(own: dict[str, tuple[int, float, bool]], top: tuple[float, bool]
         for blocks, indices in lists.items():
             out.extend({"pattern": pattern, **values} for pattern in _patterns(blocks, indices))
     return out
-
-
-def _spans(name: str, module: LycorisModule, size: int) -> str:
-    """Why a Diag-OFT module's blocks of `size` rows on kohya's fused Linear (Flux's img_attn.qkv /
-    txt_attn.qkv: q, k, v of width w each; linear1: q, k, v and the MLP input, 4 w; SD3's attn.qkv) would
-    rotate rows of two of diffusers' parts together (w not a multiple of the size), which dbspec's parts,
-    separate layers, cannot; "" if not (or not a fused module)."""
-    rows = module.shapes["oft_blocks"][0] * size
-    parts = 3 if name.endswith("_qkv") else 7 if name.endswith("_linear1") else 0
-    width = rows // parts if parts and not rows % parts else 0
-    if not width or width % size == 0:
-        return ""
-    return (
-        f"module `{name}`: DiagOFTModule's blocks of {size} rows on kohya's fused {rows}-row Linear span "
-        f"the bounds of its parts (q, k, v{', the MLP input' if parts == 7 else ''}; every {width} rows): "
-        "dbspec trains diffusers' parts as separate layers, whose rotations cannot mix the rows of two"
-    )

@@ -882,10 +882,10 @@ def _bypass_blocks(legacy: Legacy, file, conv: Conversion) -> None:
     """A LoCon / LoHa / LoKr network's bypass_mode beside a preset file's Diag-OFT / BOFT / IA^3 / DyLoRA
     entries (without dropouts: lycoris_maps._mixed_kinds; DyLoRA's of one block, else DBS402): their modules'
     bypass forward on each fused Linear, the stacked output rotated or scaled, bias included (DyLoRA: its
-    block unscaled), which each part computes for its own rows (a Diag-OFT block never spans two parts; a
-    BOFT's parts rotate every part's output by the butterfly they share; a DyLoRA's share the down): the
-    adapter's `bypass` (tests/runtime/test_lycoris_mixed_flow_bypass.py against lycoris-lora 4.1.3's network
-    on kohya's fused layers)."""
+    block unscaled), which each part computes for its own rows (a Diag-OFT's parts share its blocks where one
+    spans two parts; a BOFT's parts rotate every part's output by the butterfly they share; a DyLoRA's share
+    the down): the adapter's `bypass` (tests/runtime/test_lycoris_mixed_flow_bypass.py against lycoris-lora
+    4.1.3's network on kohya's fused layers)."""
     # (a block whose entry's own bypass_mode is off keeps its layers from it)
     blocks = (*file.blocks, *file.text_blocks)
     if any(b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off" for b in blocks):
