@@ -1364,7 +1364,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
-    if idle_text_modules(a, paths, conv):  # the file's text-encoder modules at text_encoder_lr 0
+    if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
         return _map_lycoris_flow(a, script, paths, conv, family)
