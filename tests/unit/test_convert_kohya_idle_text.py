@@ -383,10 +383,11 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
     assert plan_of(outcome, tmp_path).idle_text_encoders == ()
 
 
-def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_path):
+def test_sdxl_file_idle_with_dim_from_weights_keeps_the_file_encoders_alone(tmp_path):
     """sdxl_train_network.py --dim_from_weights builds only the file's modules: with both CLIP encoders'
-    at rate 0 they stay idle; a file with CLIP-L's alone leaves CLIP-G without modules, which the one
-    train.text_encoder_idle cannot say (DBS403). Without --dim_from_weights create_network builds both."""
+    at rate 0 both stay idle; a file with one encoder's modules alone leaves the other without any (kohya's
+    network has none there): its targets are written empty and only the file's encoder is idle, loaded with
+    its modules. Without --dim_from_weights create_network builds both."""
     sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
     unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
@@ -397,12 +398,24 @@ def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_pa
     outcome = kohya_lora(tmp_path, command, base=sdxl)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert plan_of(outcome, tmp_path).idle_text_encoders == ("text_encoder", "text_encoder_2")
-    _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), te1: _lora(768, 768)})
-    outcome = kohya_lora(tmp_path, command, base=sdxl)
-    assert IDLE in messages(outcome, "DBS403") and te1 in messages(outcome, "DBS403")
-    outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
-    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+    for held, idle in ((te1, "text_encoder"), (te2, "text_encoder_2")):
+        _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), held: both[held]})
+        outcome = kohya_lora(tmp_path, command, base=sdxl)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == (idle,) and not plan.train_text_encoder
+        modes = {c.name: c.trainable for c in plan.precision.components}
+        other = "text_encoder_2" if idle == "text_encoder" else "text_encoder"
+        assert (modes[idle], modes[other]) == ("lora", "frozen")  # no module there: plain
+        a = plan.adapter
+        targets = {"text_encoder": a.text_encoder_targets, "text_encoder_2": a.text_encoder_2_targets}
+        assert targets[idle] and not targets[other] and a.init_weights.endswith("prev.safetensors")
+        outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        # create_network's modules on both (the file's loaded into one): no empty targets
+        assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+        assert ("adapter", "text_encoder_2_targets") not in outcome.conversion.values
+        assert outcome.conversion.values[("adapter", "text_encoder_targets")][0]
 
 
 IDLE_SPEC = """spec_version = 2

@@ -181,7 +181,7 @@ def convert_kohya(
     )
     map_learning_rates(a, script, text_encoder, conv, idle_file)
     if lora:
-        map_file_text_encoders(a, script, paths, conv, text_encoder)
+        map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)

@@ -13,10 +13,11 @@ lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encode
 train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
 modules always (adapter.init_weights loads them into the idle encoder). Elsewhere: a file's idle modules
-are DBS403 (idle_text_modules: --dim_from_weights on SDXL / SD3 with one CLIP encoder's modules, T5-XXL's
-modules at rate 0 beside them), fresh modules under a clip a DBS404 warning (clipped_idle_text:
-networks.lora_fa, which keeps the group in the optimizer at rate 0; T5-XXL's modules at rate 0, which
-train.text_encoder_idle does not hold, and the CLIP encoders' beside them)."""
+are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP encoder's modules, T5-XXL's
+modules at rate 0 beside them; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh
+modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
+optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
+encoders' beside them)."""
 
 from __future__ import annotations
 
@@ -157,9 +158,10 @@ def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None 
     idle = _idle_modules(a, paths)
     if not idle or not idle_kohya(a, script, file=True, conv=conv, paths=paths):
         return False
-    if a["dim_from_weights"].value and script in ("sdxl_train_network", "sd3_train_network"):
-        # create_network_from_weights builds only the file's modules: an encoder without any has none, which
-        # train.text_encoder_idle cannot say beside the other's (one option for both CLIP encoders)
+    if a["dim_from_weights"].value and script == "sd3_train_network":
+        # create_network_from_weights builds only the file's modules: SD3's CLIP encoders train at rates of
+        # their own, and one without modules beside the other's is left to DBS403 (SDXL's: the encoder
+        # without modules gets empty targets, map_file_text_encoders, so nothing is idle there)
         return all(_file_holds(a, paths, prefix) for prefix in ("lora_te1_", "lora_te2_"))
     return True
 
