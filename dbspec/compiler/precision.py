@@ -115,13 +115,14 @@ def idle_text_encoders(spec, family: str | None) -> tuple[str, ...]:
 
 
 def _adapts(adapter, name: str) -> bool:
-    """Whether the adapter has layers on the CLIP encoder `name`: targets, LyCORIS train_norm's norms or
-    text-encoder blocks (a LyCORIS preset may leave one of SDXL's encoders without any: kohya's network then
-    has no module there, and nothing is left idle)."""
+    """Whether the adapter has layers on the CLIP encoder `name`: targets or LyCORIS train_norm's norms
+    (text-encoder blocks set the ranks of targeted layers only; a LyCORIS preset or a --dim_from_weights
+    file may leave one of SDXL's encoders without any: kohya's network then has no module there, and
+    nothing is left idle)."""
     second = name == "text_encoder_2"
     targets = getattr(adapter, "text_encoder_2_targets" if second else "text_encoder_targets", ())
     norms = getattr(adapter, "text_encoder_2_norms" if second else "text_encoder_norms", ())
-    return bool(targets or norms or getattr(adapter, "text_encoder_blocks", ()))
+    return bool(targets or norms)
 
 
 def text_encoder_runs_trained(spec) -> bool:

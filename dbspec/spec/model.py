@@ -1935,7 +1935,8 @@ class Train:
         doc="What a CLIP text encoder that does not train (train.text_encoder / text_encoder_2 false) holds. "
         '"none": nothing, it runs as loaded. "kohya": the adapter anyway, as kohya\'s LoRA scripts build '
         "it at text_encoder_lr 0 (train_network.py's apply_to reads no rate), on each such encoder it has "
-        "layers for (targets, norms or blocks): fresh (the encoder's output "
+        "layers for (targets, norms or blocks; SD 1.x/2.x's and SDXL's CLIP, Flux's CLIP-L, SD3's CLIP-L and "
+        "CLIP-G, never T5-XXL): fresh (the encoder's output "
         "the base's) or `adapter.init_weights`' modules for it. The encoder then runs as a trained one "
         "(under grad, in training mode, its outputs not cached), but its adapter weights stay out of the "
         "optimizer and never move; their gradients, never cleared, add up step after step and count in "

@@ -206,3 +206,69 @@ def test_text_encoder_idle_steps_as_kohyas_network_and_resumes_bit_exact(tmp_pat
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     kept = [k for k in ours if k.split("/")[1].startswith("text_encoder.")]
     assert kept and not any(ours[k].any() for k in kept if "lora_B" in k)  # exported, never stepped
+
+
+FLUX_IDLE = """
+[adapter]
+kind = "lora"
+rank = 2
+
+[train]
+text_encoder_idle = "kohya"
+"""
+
+
+# SDXL --dim_from_weights with a file holding CLIP-G's modules alone (convert/kohya/model.py _idle_targets):
+# CLIP-L without targets, plain; CLIP-G idle
+ONLY_SECOND = 'text_encoder_targets = []\ntext_encoder_2_targets = ["q_proj", "v_proj"]\n'
+
+
+@pytest.mark.parametrize(
+    ("base", "idle", "targets"),
+    [
+        ("builtin:tiny-flux", ("text_encoder",), ""),
+        ("builtin:tiny-sd3", ("text_encoder", "text_encoder_2"), ""),
+        ("builtin:tiny-sdxl", ("text_encoder_2",), ONLY_SECOND),
+    ],
+    ids=["flux", "sd3", "sdxl-second-alone"],
+)
+def test_flow_idle_clip_counts_in_the_clip_and_resumes_bit_exact(tmp_path, base, idle, targets):
+    """flux_train_network.py with CLIP-L's modules at text_encoder_lr 0 (lora_flux / LyCORIS): kohya encodes
+    with CLIP-L under grad (train_clip_l: not --network_train_unet_only; its pooled output is the
+    transformer's `y`), leaves their group out and clips every module's gradients. dbspec's idle CLIP-L on
+    the tiny Flux: its adapter weights take gradients through the pooled projection, kept in the checkpoint
+    (a resumed run ends bit for bit as the whole one) and counted in the clip (the transformer's modules end
+    elsewhere than with CLIP-L plain); CLIP-L's lora_B never moves. sd3_train_network.py likewise with
+    CLIP-L and CLIP-G (train_clip), both idle here; and SDXL with CLIP-G's modules alone (a --dim_from_weights
+    file without CLIP-L's): CLIP-L carries nothing."""
+    from dbspec.runtime.checkpoints import load_state
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec, final_weights, write_spec
+
+    spec = write_spec(
+        tmp_path, base=base, steps=2, extra=FLUX_IDLE.replace("rank = 2\n", "rank = 2\n" + targets)
+    )
+    clip = "optimizer.max_grad_norm=1e-6"  # engages on the tiny model's gradients
+    plan = compile_spec(spec, [clip, "output.dir=whole"])
+    assert plan.idle_text_encoders == idle and not plan.train_text_encoder
+    assert not plan.cache.text_embeddings  # CLIP runs under grad
+    whole = execute(plan)
+    parts = compile_spec(spec, [clip, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    grads = load_state(tmp_path / "parts" / "checkpoints" / "step-000001")["idle_grads"]
+    assert {k.split(".")[0] for k in grads} == set(idle)
+    for name in idle:  # through the pooled projection (SD3: the prompt embeddings too)
+        assert any(g.any() for k, g in grads.items() if "lora_B" in k and k.startswith(f"{name}."))
+    ups = ("lora_B", ".up.")  # peft's and diffusers' SDXL text-encoder names
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 2
+    ours, theirs = final_weights(whole.final), final_weights(resumed.final)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    kept = [k for k in ours if k.split("/")[1].startswith("text_encoder") and any(u in k for u in ups)]
+    assert kept and not any(ours[k].any() for k in kept)  # exported, never stepped
+    assert {k.split("/")[1].split(".")[0] for k in kept} == set(idle)  # the others carry nothing
+    plain = final_weights(
+        execute(compile_spec(spec, [clip, "train.text_encoder_idle=none", "output.dir=plain"])).final
+    )
+    moved = [k for k in plain if not k.split("/")[1].startswith("text_encoder")]
+    assert moved and any(not torch.equal(plain[k], ours[k]) for k in moved)  # CLIP-L's gradients in the clip

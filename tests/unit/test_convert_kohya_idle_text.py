@@ -137,21 +137,32 @@ def _flux(tmp_path, extra: str):
 @pytest.mark.parametrize("kind", ["lycoris locon", "lycoris loha", "lycoris full", "networks.lora_flux"])
 def test_flux_file_clip_modules_at_rate_0(tmp_path, kind):
     """Flux: LyCORIS's CLIP-L modules (lora_te1_) at its one text rate; lora_flux's at text_encoder_lr's
-    first value (prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, T5-XXL])."""
+    first value (prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, T5-XXL]). flux_train_network.py
+    runs CLIP-L under grad whenever --network_train_unet_only is off: the idle encoder holds the file's
+    modules. T5-XXL's modules at rate 0 beside them (kohya runs T5 under grad too, and clips their
+    gradients) are more than train.text_encoder_idle holds: DBS403."""
     make = {"lycoris loha": _loha, "lycoris full": lambda o, i: {"diff": (o, i)}}.get(kind, _lora)
     module = "networks.lora_flux" if kind == "networks.lora_flux" else "lycoris.kohya"
-    _file(
-        tmp_path / "prev.safetensors",
-        {"lora_unet_single_blocks_0_linear1": make(7 * W, W), CLIP_L: make(768, 768)},
-    )
+    held = {"lora_unet_single_blocks_0_linear1": make(7 * W, W), CLIP_L: make(768, 768)}
+    _file(tmp_path / "prev.safetensors", held)
     trains = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 5e-5")
     assert IDLE not in messages(trains, "DBS403"), errors(trains)
     outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 0")
-    assert IDLE in messages(outcome, "DBS403") and CLIP_L in messages(outcome, "DBS403")
-    assert fate(outcome, "dim_from_weights") == "unsupported"
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+    assert plan.adapter.init_weights.endswith("prev.safetensors")
     if module == "networks.lora_flux":  # T5-XXL's rate 0 leaves CLIP-L's modules training
         outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 5e-5 0")
         assert IDLE not in messages(outcome, "DBS403"), errors(outcome)
+        assert plan_of(outcome, tmp_path).idle_text_encoders == ()
+    # T5-XXL's modules at rate 0 too (lora_flux: lora_te3_; LyCORIS on Flux: lora_te2_, its second encoder)
+    t5 = "lora_te3_" if module == "networks.lora_flux" else "lora_te2_"
+    held[f"{t5}encoder_block_0_layer_0_SelfAttention_q"] = make(4096, 4096)
+    _file(tmp_path / "prev.safetensors", held)
+    outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 0")
+    assert IDLE in messages(outcome, "DBS403") and CLIP_L in messages(outcome, "DBS403")
+    assert fate(outcome, "dim_from_weights") == "unsupported"
 
 
 def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
@@ -181,10 +192,24 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     plan = plan_of(trains, tmp_path)
     trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
     assert trained == {"unet", "text_encoder_2"} and plan.optimizer.text_encoder_lr == 5e-5
-    outcome = run("5e-5 0")
-    assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
-    outcome = run("0")  # one value: every encoder's
-    assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
+    # CLIP-G's modules at 0 (one value: every encoder's), CLIP-L without any: --dim_from_weights builds none
+    # there, which train.text_encoder_idle (one option for both CLIP encoders) cannot say beside CLIP-G's
+    for rates in ("5e-5 0", "0"):
+        outcome = run(rates)
+        assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
+    # both CLIP encoders' modules in the file: the one at rate 0 kept idle with its file modules
+    clip_l = "lora_te1_text_model_encoder_layers_0_mlp_fc2"
+    held = {unet: _lora(3 * 2432, 2432), clip_l: _lora(768, 3072), clip_g: _lora(1280, 5120)}
+    _file(tmp_path / "prev.safetensors", held)
+    for rates, idle in (("5e-5 0", ("text_encoder_2",)), ("0 5e-5", ("text_encoder",))):
+        outcome = run(rates)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == idle and plan.adapter.init_weights.endswith("prev.safetensors")
+        trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+        assert trained == {"unet", "text_encoder", "text_encoder_2"}  # the idle one carries the adapter
+    plan = plan_of(run("0"), tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2") and not plan.train_text_encoder
 
 
 # --- fresh text-encoder modules at rate 0 under max_grad_norm ---------------------------------------------
@@ -267,18 +292,27 @@ FLUX_FRESH = FLUX.replace("--network_weights prev.safetensors --dim_from_weights
     ],
 )
 def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
-    """lora_flux [CLIP-L, T5-XXL] (train_t5xxl=True): the encoder at rate 0 keeps its modules, clipped."""
+    """lora_flux [CLIP-L, T5-XXL] (train_t5xxl=True): the encoder at rate 0 keeps its modules, clipped.
+    flux_train_network.py runs CLIP-L under grad whenever --network_train_unet_only is off, so CLIP-L's
+    modules at 0 are the idle encoder (exact); T5-XXL's stay a DBS404 (train.text_encoder_idle holds CLIP
+    encoders alone)."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
     command = f'{FLUX_FRESH} --network_module networks.lora_flux --network_args "train_t5xxl=True" '
     outcome = kohya(tmp_path, command=f"{command} --text_encoder_lr {rates}")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
+    if encoder == "CLIP-L's":
+        assert CLIPPED not in messages(outcome, "DBS404"), messages(outcome, "DBS404")
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
+    else:
+        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
+        assert plan_of(outcome, tmp_path).idle_text_encoders == ()
     plan = plan_of(
         kohya(tmp_path, command=f"{command} --text_encoder_lr {rates} --max_grad_norm 0"), tmp_path
     )
-    assert plan.optimizer.max_grad_norm == 0
+    assert plan.optimizer.max_grad_norm == 0 and plan.idle_text_encoders == ()
     # the other encoder trains at its own value ([CLIP-L, T5-XXL]; Flux's T5 is text_encoder_2)
     clip_l, t5 = (float(v) for v in rates.split())
     o = plan.optimizer
@@ -289,7 +323,32 @@ def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
     assert trained == ({"text_encoder_2": t5} if clip_l == 0 else {"text_encoder": clip_l})
 
 
+@pytest.mark.parametrize(
+    "network",
+    ["--network_module networks.lora_flux", "--network_module lycoris.kohya --network_args algo=locon"],
+)
+def test_flux_clip_at_rate_0_idle_unless_t5_is_held_too(tmp_path, network):
+    """Both of lora_flux's rates 0 (or LyCORIS's one text rate): CLIP-L idle; with train_t5xxl=True T5-XXL's
+    modules sit at rate 0 as well (their gradients in kohya's clip too): DBS404 for both, nothing idle."""
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(tmp_path, command=f"{FLUX_FRESH} {network} --text_encoder_lr 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert CLIPPED not in messages(outcome, "DBS404")
+    assert plan_of(outcome, tmp_path).idle_text_encoders == ("text_encoder",)
+    if "lora_flux" in network:
+        held = kohya(
+            tmp_path, command=f'{FLUX_FRESH} {network} --network_args "train_t5xxl=True" --text_encoder_lr 0'
+        )
+        said = messages(held, "DBS404")
+        assert "builds CLIP-L's LoRA modules" in said and "builds T5-XXL's LoRA modules" in said
+        assert plan_of(held, tmp_path).idle_text_encoders == ()
+
+
 def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
+    """lora_sd3 [CLIP-L, CLIP-G, T5-XXL]: sd3_train_network.py runs both CLIP encoders under grad, so the one
+    at rate 0 is idle (exact); T5-XXL's modules at 0 stay a DBS404."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
         component_file(tmp_path / "sd3" / name)
@@ -300,21 +359,35 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
         "--network_module networks.lora_sd3 --network_dim 16 --network_alpha 8 --learning_rate 1e-4 "
         '--max_train_steps 10 --network_args "train_t5xxl=True" --text_encoder_lr '
     )
-    for rates, key, encoder in (
-        ("5e-5 0 1e-5", "text_encoder_lr", "CLIP-G's"),
-        ("5e-5 2e-5 0", "network_args train_t5xxl", "T5-XXL's"),
-    ):
+    for rates, idle in (("5e-5 0 1e-5", ("text_encoder_2",)), ("0 5e-5 1e-5", ("text_encoder",))):
         outcome = kohya(tmp_path, command=command + rates)
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
-        assert fate(outcome, key) == "differs", fate(outcome, key)
-        assert kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0").written
+        assert CLIPPED not in messages(outcome, "DBS404"), messages(outcome, "DBS404")
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == idle and plan.optimizer.max_grad_norm == 1.0
+        assert (
+            plan_of(
+                kohya(tmp_path, command=f"{command}{rates} --max_grad_norm 0"), tmp_path
+            ).idle_text_encoders
+            == ()
+        )
+    outcome = kohya(tmp_path, command=command + "5e-5 2e-5 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert "builds T5-XXL's LoRA modules" in messages(outcome, "DBS404")
+    assert fate(outcome, "network_args train_t5xxl") == "differs"
+    assert kohya(tmp_path, command=f"{command}5e-5 2e-5 0 --max_grad_norm 0").written
+    # CLIP-G and T5-XXL both at 0: T5's modules in the clip too, nothing idle
+    outcome = kohya(tmp_path, command=command + "5e-5 0 0")
+    said = messages(outcome, "DBS404")
+    assert "builds CLIP-G's LoRA modules" in said and "builds T5-XXL's LoRA modules" in said
+    assert plan_of(outcome, tmp_path).idle_text_encoders == ()
 
 
-def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_path):
+def test_sdxl_file_idle_with_dim_from_weights_keeps_the_file_encoders_alone(tmp_path):
     """sdxl_train_network.py --dim_from_weights builds only the file's modules: with both CLIP encoders'
-    at rate 0 they stay idle; a file with CLIP-L's alone leaves CLIP-G without modules, which the one
-    train.text_encoder_idle cannot say (DBS403). Without --dim_from_weights create_network builds both."""
+    at rate 0 both stay idle; a file with one encoder's modules alone leaves the other without any (kohya's
+    network has none there): its targets are written empty and only the file's encoder is idle, loaded with
+    its modules. Without --dim_from_weights create_network builds both."""
     sdxl = KOHYA_LORA.replace("train_network.py", "sdxl_train_network.py").replace(SD15, SDXL)
     unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
     te1 = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
@@ -325,12 +398,24 @@ def test_sdxl_file_idle_needs_both_encoders_modules_with_dim_from_weights(tmp_pa
     outcome = kohya_lora(tmp_path, command, base=sdxl)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     assert plan_of(outcome, tmp_path).idle_text_encoders == ("text_encoder", "text_encoder_2")
-    _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), te1: _lora(768, 768)})
-    outcome = kohya_lora(tmp_path, command, base=sdxl)
-    assert IDLE in messages(outcome, "DBS403") and te1 in messages(outcome, "DBS403")
-    outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
-    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+    for held, idle in ((te1, "text_encoder"), (te2, "text_encoder_2")):
+        _file(tmp_path / "prev.safetensors", {unet: _lora(640, 640), held: both[held]})
+        outcome = kohya_lora(tmp_path, command, base=sdxl)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == (idle,) and not plan.train_text_encoder
+        modes = {c.name: c.trainable for c in plan.precision.components}
+        other = "text_encoder_2" if idle == "text_encoder" else "text_encoder"
+        assert (modes[idle], modes[other]) == ("lora", "frozen")  # no module there: plain
+        a = plan.adapter
+        targets = {"text_encoder": a.text_encoder_targets, "text_encoder_2": a.text_encoder_2_targets}
+        assert targets[idle] and not targets[other] and a.init_weights.endswith("prev.safetensors")
+        outcome = kohya_lora(tmp_path, command.replace(" --dim_from_weights", ""), base=sdxl)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        # create_network's modules on both (the file's loaded into one): no empty targets
+        assert outcome.conversion.values[("train", "text_encoder_idle")][0] == "kohya"
+        assert ("adapter", "text_encoder_2_targets") not in outcome.conversion.values
+        assert outcome.conversion.values[("adapter", "text_encoder_targets")][0]
 
 
 IDLE_SPEC = """spec_version = 2

@@ -6,7 +6,7 @@ pads it (one value: all three; two: [a, b, b]), refused with cached text-encoder
 from __future__ import annotations
 
 import pytest
-from convert_kit import codes, component_file, fate, images, kohya, plan_of
+from convert_kit import codes, component_file, errors, fate, images, kohya, plan_of
 
 SD35 = "stabilityai/stable-diffusion-3.5-large"
 # sd-scripts' SD3 LoRA command line (docs/sd3_train_network.md) training the text encoders
@@ -54,7 +54,8 @@ def _plan_rates(plan) -> dict[str, float]:
     o = plan.optimizer
     second = o.text_encoder_2_lr if o.text_encoder_2_lr is not None else o.text_encoder_lr
     third = o.text_encoder_3_lr if o.text_encoder_3_lr is not None else second
-    trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    adapted = {c.name for c in plan.precision.components if c.trainable != "frozen"}
+    trained = adapted - set(plan.idle_text_encoders)  # the idle ones carry the adapter, never stepped
     rates = {"text_encoder": o.text_encoder_lr, "text_encoder_2": second, "text_encoder_3": third}
     return {name: rate for name, rate in rates.items() if name in trained}
 
@@ -109,12 +110,12 @@ def test_clip_l_at_zero_trains_clip_g_alone(tmp_path, values, t5):
     expected = dict(zip(("text_encoder", "text_encoder_2", "text_encoder_3"), _kohya_rates(values, 1e-4)))
     expected = {k: v for k, v in expected.items() if v != 0 and (t5 or k != "text_encoder_3")}
     assert _plan_rates(plan) == expected and plan.optimizer.lr == 1e-4
-    # kohya's default max_grad_norm 1.0 clips CLIP-L's idle modules' gradients too: converted with DBS404
+    # kohya's default max_grad_norm 1.0 clips CLIP-L's idle modules' gradients too: the idle CLIP-L
+    # (train.text_encoder_idle = "kohya"; test_convert_kohya_idle_text.py)
     clipped = _sd3(tmp_path, extra)
-    assert "builds CLIP-L's LoRA modules" in " ".join(
-        d.message for d in clipped.diagnostics if d.code == "DBS404"
-    )
-    assert _plan_rates(plan_of(clipped, tmp_path)) == expected
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(clipped), errors(clipped)
+    plan = plan_of(clipped, tmp_path)
+    assert _plan_rates(plan) == expected and plan.idle_text_encoders == ("text_encoder",)
 
 
 def test_lycoris_clip_l_at_zero_trains_no_text_encoder(tmp_path):

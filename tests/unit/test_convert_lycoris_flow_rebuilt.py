@@ -282,9 +282,12 @@ def test_flux_rebuilt_files_with_clip_modules(tmp_path):
             assert own.alpha == a.oft_constraint == np.float32(1e-3), kind
         unet_only = plan_of(_flux(tmp_path, "--network_train_unet_only"), tmp_path)
         assert not unet_only.train_text_encoder and not unet_only.adapter.text_encoder_blocks, kind
-    # text_encoder_lr 0: LyCORIS applies the CLIP modules (the file's weights) and trains none of them
+    # text_encoder_lr 0: LyCORIS applies the CLIP modules (the file's weights) and trains none of them,
+    # while flux_train_network.py runs CLIP-L under grad: the idle encoder (train.text_encoder_idle)
     outcome = _flux(tmp_path, "--text_encoder_lr 0", allow=True)
-    assert "DBS403" in codes(outcome) and "text_encoder_lr is 0" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
     # T5-XXL's modules (Flux's lora_te2_): dbspec's T5 adapter is LoRA, LoKr, LoHa or full
     t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
     _file(file, {QKV: _oft(3 * W, 16), t5: _oft(4096, 16)}, {})

@@ -175,13 +175,13 @@ def convert_kohya(
     map_lr_schedule(a, length.total_steps, conv, script)
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     has_text, has_first = (file_has_text(a, paths), file_has_first_text(a, paths)) if lora else (True, True)
-    idle_file = lora and file_idle(a, paths, script)  # a file's text-encoder modules kept at rate 0
+    idle_file = lora and file_idle(a, paths, script, conv)  # a file's text-encoder modules kept at rate 0
     text_encoder = map_text_encoder(
         a, script, length.total_steps, conv, has_text, has_first, idle_file=idle_file
     )
-    map_learning_rates(a, script, text_encoder, conv)
+    map_learning_rates(a, script, text_encoder, conv, idle_file)
     if lora:
-        map_file_text_encoders(a, script, paths, conv, text_encoder)
+        map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)

@@ -8,17 +8,22 @@ max_grad_norm's clip (get_trainable_params: every parameter of the network), whi
 
 `train.text_encoder_idle = "kohya"` is that run (runtime/idle_text.py; checked bit for bit against
 lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora, networks.dylora
-and lycoris.kohya on train_network.py / sdxl_train_network.py map to it, fresh modules under a clip (without
-one, train.text_encoder = false is the same run) and a file's modules always (adapter.init_weights loads
-them into the idle encoder). Elsewhere: a file's idle modules are DBS403 (idle_text_modules: Flux, SD3,
---dim_from_weights on SDXL with one encoder's modules), fresh modules under a clip a DBS404 warning
-(clipped_idle_text: networks.lora_fa, which keeps the group in the optimizer at rate 0, lora_flux /
-lora_sd3)."""
+and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora_flux / lora_sd3 and
+lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l /
+train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
+it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
+modules always (adapter.init_weights loads them into the idle encoder). Elsewhere: a file's idle modules
+are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP encoder's modules, T5-XXL's
+modules at rate 0 beside them; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh
+modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
+optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
+encoders' beside them)."""
 
 from __future__ import annotations
 
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network import parse_network_args
 
 # kohya's per-encoder rates (prepare_optimizer_params_with_multiple_te_lrs): the file's prefix -> the
 # text_encoder_lr value it trains at (lora_flux: [CLIP-L, T5-XXL]; lora_sd3: [CLIP-L, CLIP-G, T5-XXL]);
@@ -30,23 +35,79 @@ _MULTIPLE = {
 
 
 # the scripts and networks whose text-encoder modules at rate 0 train.text_encoder_idle = "kohya" keeps
-# exactly (SD 1.x/2.x, SDXL; networks.lora_fa keeps their group in the optimizer at rate 0, cleared each step)
-_IDLE_SCRIPTS = ("train_network", "sdxl_train_network")
-_IDLE_MODULES = ("networks.lora", "networks.dylora", "lycoris.kohya")
+# exactly (SD 1.x/2.x, SDXL, and Flux / SD3's CLIP encoders, which flux_train_network.py /
+# sd3_train_network.py run under grad whenever --network_train_unet_only is off, cached text-encoder
+# outputs or not: their get_models_for_text_encoding hands CLIP anew each step; networks.lora_fa keeps its
+# group in the optimizer at rate 0, cleared each step)
+_IDLE_SCRIPTS = ("train_network", "sdxl_train_network", "flux_train_network", "sd3_train_network")
+_IDLE_MODULES = (
+    "networks.lora",
+    "networks.dylora",
+    "lycoris.kohya",
+    "networks.lora_flux",
+    "networks.lora_sd3",
+)
+_FLOW = ("flux_train_network", "sd3_train_network")
+# T5-XXL's modules in a --network_weights file (lora_flux / lora_sd3: lora_te3_; LyCORIS: the index of T5
+# in the encoder list kohya hands it) and its place in prepare_optimizer_params_with_multiple_te_lrs' padded
+# rates
+_T5_PREFIX = {
+    ("flux_train_network", "lycoris.kohya"): "lora_te2_",
+    ("sd3_train_network", "lycoris.kohya"): "lora_te3_",
+}
+_T5_RATE = {"networks.lora_flux": 1, "networks.lora_sd3": 2}
 IDLE_NOTE = (
     "text_encoder_lr 0: kohya's apply_to still builds the text-encoder modules, which never train while "
     "their gradients add up and count in max_grad_norm's clip"
 )
 
 
-def idle_kohya(a: dict[str, Legacy], script: str, file: bool = False) -> bool:
+def idle_kohya(
+    a: dict[str, Legacy], script: str, file: bool = False, conv: Conversion | None = None, paths=None
+) -> bool:
     """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
     "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
     clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
-    under a clip, or (`file`) with a --network_weights file's modules on them (without either, fresh modules
-    leave the output the base's and train.text_encoder = false is the same run, cheaper)."""
+    networks.lora_flux / lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their
+    CLIP encoders; not where T5-XXL's modules sit at rate 0 too, t5_held), under a clip, or (`file`) with a
+    --network_weights file's modules on them (without either, fresh modules leave the output the base's
+    and train.text_encoder = false is the same run, cheaper)."""
     module = a["network_module"].value if "network_module" in a else "networks.lora"
-    return (file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+    if not ((file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES):
+        return False
+    return script not in _FLOW or not t5_held(a, script, conv, paths)
+
+
+def t5_held(a: dict[str, Legacy], script: str, conv: Conversion | None, paths=None) -> bool:
+    """Whether kohya's Flux / SD3 network holds T5-XXL modules at rate 0 (train.text_encoder_idle keeps CLIP
+    encoders alone; kohya runs T5 under grad too, so their gradients would count in the clip): lora_flux /
+    lora_sd3 with train_t5xxl=True or a --dim_from_weights file's lora_te3_ modules, at T5's value of the
+    padded text_encoder_lr; LyCORIS's T5 modules (train.t5 as the adapter mapping wrote it, or the file's) in
+    its one text group, at the first value."""
+    module = a["network_module"].value if "network_module" in a else None
+    rates = _rates(a)
+    if module == "lycoris.kohya":
+        rate = rates[0]
+        modules = bool(conv and conv.values.get(("train", "t5"), (False, ""))[0])
+        modules = modules or _file_holds(a, paths, _T5_PREFIX[(script, module)])
+    elif module in _T5_RATE:
+        rate = (rates + rates[-1:] * 2)[_T5_RATE[module]]
+        kwargs, _ = parse_network_args(list(a["network_args"].value or []))
+        modules = kwargs.get("train_t5xxl") == "True"
+        modules = modules or bool(a["dim_from_weights"].value and _file_holds(a, paths, "lora_te3_"))
+    else:
+        return False
+    return modules and rate == 0
+
+
+def _file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
+    """Whether the --network_weights file holds modules under `prefix` (False unread)."""
+    weights = a["network_weights"]
+    local = paths.local(weights.value) if weights.value and paths is not None else None
+    try:
+        return bool(local) and any(k.startswith(prefix) for k in read_safetensors_header(local))
+    except (ModelFileError, OSError, ValueError):
+        return False
 
 
 def _rates(a: dict[str, Legacy]) -> list[float]:
@@ -88,16 +149,20 @@ def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
     return idle
 
 
-def file_idle(a: dict[str, Legacy], paths, script: str) -> bool:
+def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None = None) -> bool:
     """Whether the --network_weights file's text-encoder modules at rate 0 convert as
     train.text_encoder_idle = "kohya" (the idle encoders loaded with the file's modules by
     adapter.init_weights): the scripts and networks idle_kohya takes, where kohya's network holds modules on
-    every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL both)."""
+    every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL and SD3
+    both CLIP encoders')."""
     idle = _idle_modules(a, paths)
-    if not idle or not idle_kohya(a, script, file=True):
+    if not idle or not idle_kohya(a, script, file=True, conv=conv, paths=paths):
         return False
-    if a["dim_from_weights"].value and script == "sdxl_train_network":
-        return {"lora_te1_", "lora_te2_"} <= set(idle)
+    if a["dim_from_weights"].value and script == "sd3_train_network":
+        # create_network_from_weights builds only the file's modules: SD3's CLIP encoders train at rates of
+        # their own, and one without modules beside the other's is left to DBS403 (SDXL's: the encoder
+        # without modules gets empty targets, map_file_text_encoders, so nothing is idle there)
+        return all(_file_holds(a, paths, prefix) for prefix in ("lora_te1_", "lora_te2_"))
     return True
 
 
@@ -106,7 +171,7 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
     idle = _idle_modules(a, paths)
-    if not idle or file_idle(a, paths, script):
+    if not idle or file_idle(a, paths, script, conv):
         return False
     weights = a["network_weights"]
     from_file = a["dim_from_weights"]

@@ -437,11 +437,17 @@ def file_has_first_text(a: Args, paths: PathMapper) -> bool:
     return names is None or any(n.startswith(("lora_te_", "lora_te1_")) for n in names)
 
 
-def map_file_text_encoders(a: Args, script: str, paths: PathMapper, conv: Conversion, trains: bool) -> None:
+def map_file_text_encoders(
+    a: Args, script: str, paths: PathMapper, conv: Conversion, trains: bool, idle: bool = False
+) -> None:
     """--dim_from_weights with a file holding text-encoder modules of some CLIP encoders only: kohya's
     create_network_from_weights builds no LoRA on the others (SDXL's and SD3's second, or the first: Flux's
     and SD3's CLIP-L beside T5-XXL), so they do not train (train.text_encoder / train.text_encoder_2, the
-    second training alone as with kohya's first rate 0). T5-XXL trains from its lora_te3 names (train.t5)."""
+    second training alone as with kohya's first rate 0). T5-XXL trains from its lora_te3 names (train.t5).
+    `idle`: SDXL's encoders at rate 0 kept idle (train.text_encoder_idle; file_idle): the encoder without
+    modules gets no targets, so nothing is left idle there (_idle_targets)."""
+    if idle and not trains and script == "sdxl_train_network" and a["dim_from_weights"].value:
+        _idle_targets(a, paths, conv)
     names = _file_modules(a, paths) if trains else None
     if not names or not any(n.startswith("lora_te") for n in names):
         return
@@ -458,6 +464,30 @@ def map_file_text_encoders(a: Args, script: str, paths: PathMapper, conv: Conver
             conv.put(("train", "text_encoder_2"), True, "kohya --dim_from_weights: the file's second encoder")
     elif second and not second_has:
         conv.put(("train", "text_encoder_2"), False, note.format("the second text encoder"))
+
+
+def _idle_targets(a: Args, paths: PathMapper, conv: Conversion) -> None:
+    """SDXL --dim_from_weights at text_encoder_lr 0 with a file holding one CLIP encoder's modules: kohya's
+    network has modules on that encoder alone (create_network_from_weights), kept idle; the other's targets
+    are written empty (the second's apart from the first's), so train.text_encoder_idle leaves it plain."""
+    names = _file_modules(a, paths) or []
+    first = any(n.startswith("lora_te1_") for n in names)
+    second = any(n.startswith("lora_te2_") for n in names)
+    targets = conv.values.get(("adapter", "text_encoder_targets"), (None, ""))[0]
+    if first == second or targets is None:
+        return
+    note = (
+        "kohya --dim_from_weights: the file has no module of the {} text encoder, so "
+        "create_network_from_weights builds none there (nothing idle)"
+    )
+    if not second:
+        conv.put(("adapter", "text_encoder_2_targets"), [], note.format("second"))
+        return
+    if ("adapter", "text_encoder_2_targets") not in conv.values:
+        conv.put(
+            ("adapter", "text_encoder_2_targets"), targets, "kohya --dim_from_weights: the file's modules"
+        )
+    conv.put(("adapter", "text_encoder_targets"), [], note.format("first"))
 
 
 def map_base_weights(a: Args, paths: PathMapper, conv: Conversion) -> None:
@@ -1364,7 +1394,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
     module, wanted = a["network_module"], NETWORK_MODULES[script]
-    if idle_text_modules(a, paths, conv):  # the file's text-encoder modules at text_encoder_lr 0
+    if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
         return _map_lycoris_flow(a, script, paths, conv, family)

@@ -748,7 +748,7 @@ def map_text_encoder(
     te_lr = lora_text_encoder_lr(a)
     clip_g = _sd3_clip_g_rate(a, script)
     if not unet_only.value and te_lr.value == 0 and clip_g and text_modules:
-        return _sd3_clip_g_alone(a, te_lr, conv, first_modules)
+        return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
     if not unet_only.value and te_lr.value == 0:
         if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
             # the modules at rate 0 still count in max_grad_norm's clip (idle_text.py; exact at 0)
@@ -757,7 +757,7 @@ def map_text_encoder(
             )
             if clip_g == 0:  # lora_sd3's CLIP-G at 0 too (its second value, or the one value)
                 first = "CLIP-L's and CLIP-G's"
-            if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
+            if idle_kohya(a, script, file=idle_file, conv=conv):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
             else:
                 clipped_idle_text(a, te_lr, first, conv)
@@ -835,15 +835,21 @@ def _sd3_clip_g_rate(a: Args, script: str) -> float | None:
     return float(values[1] if len(values) > 1 else values[0]) if values else float(a["learning_rate"].value)
 
 
-def _sd3_clip_g_alone(a: Args, te_lr: Legacy, conv: Conversion, clip_l_modules: bool) -> bool:
+def _sd3_clip_g_alone(
+    a: Args, te_lr: Legacy, conv: Conversion, clip_l_modules: bool, idle_file: bool = False
+) -> bool:
     """lora_sd3 with text_encoder_lr's first value 0 and its second above: kohya leaves CLIP-L's group out
     ("NO LR skipping!") and trains CLIP-G at the second value, as sdxl_train.py's learning_rate_te1 0 trains
     the second encoder alone: train.text_encoder = false, train.text_encoder_2 = true, CLIP-G's rate
     optimizer.text_encoder_lr (_sd3_clip_g_lr). CLIP-L's modules (none from a --dim_from_weights file
-    without them) still count in max_grad_norm's clip."""
+    without them) still count in max_grad_norm's clip: train.text_encoder_idle = "kohya" keeps them
+    (idle_kohya)."""
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
     if clip_l_modules and not _file_refused(a, conv):
-        clipped_idle_text(a, te_lr, "CLIP-L's", conv)
+        if idle_kohya(a, "sd3_train_network", file=idle_file, conv=conv):
+            conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
+        else:
+            clipped_idle_text(a, te_lr, "CLIP-L's", conv)
     conv.record(unet_only, "mapped", "train.text_encoder")
     why = "lora_sd3 leaves CLIP-L's group out at its rate 0 (text_encoder_lr's first value)"
     conv.mapped(te_lr, ("train", "text_encoder"), False, comment=conv.comment(te_lr, why))
@@ -926,7 +932,9 @@ def lora_text_encoder_lr(a: Args) -> Legacy:
     return attrs.evolve(te, value=float(values[0])) if values else a["learning_rate"]
 
 
-def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversion) -> None:
+def map_learning_rates(
+    a: Args, script: str, text_encoder: bool, conv: Conversion, idle_file: bool = False
+) -> None:
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
     if not unet_lr.value and script != "train_db":
@@ -945,7 +953,7 @@ def map_learning_rates(a: Args, script: str, text_encoder: bool, conv: Conversio
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
-    te = _text_encoder_lr(a, script, lr, text_encoder, conv)
+    te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file)
     if te is not None and text_encoder:
         if not unet_lr.value:
             conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
@@ -1095,7 +1103,9 @@ def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Co
     return False
 
 
-def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion) -> Legacy | None:
+def _text_encoder_lr(
+    a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion, idle_file: bool = False
+) -> Legacy | None:
     if script == "train_db":
         te = a["learning_rate_te"]
         return te if te.value is not None else lr
@@ -1133,7 +1143,7 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
         return _t5_rate(a, lr)  # LyCORIS has one text group, at the first value (lora_text_encoder_lr)
     te = lora_text_encoder_lr(a)
     if script == "sd3_train_network" and trains and module != "lycoris.kohya":
-        return _sd3_clip_g_lr(a, te, conv)
+        return _sd3_clip_g_lr(a, te, conv, idle_file)
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
         # LyCORIS's network has no prepare_optimizer_params_with_multiple_te_lrs either
         conv.notes.append(
@@ -1143,7 +1153,7 @@ def _text_encoder_lr(a: Args, script: str, lr: Legacy, trains: bool, conv: Conve
     return te
 
 
-def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion) -> Legacy:
+def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion, idle_file: bool = False) -> Legacy:
     """lora_sd3's prepare_optimizer_params_with_multiple_te_lrs: CLIP-L at text_encoder_lr's first value,
     CLIP-G at its second (one value: both), T5-XXL at the third with train_t5xxl (lora_flux.train_t5); a rate
     of 0 leaves that encoder's LoRA out of the optimizer (train.text_encoder_2 = false for CLIP-G). Returns
@@ -1157,8 +1167,15 @@ def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion) -> Legacy:
         return te
     if first == 0:  # CLIP-G trains alone: its rate is text_encoder_lr (text_encoder_2_lr derives from it)
         return attrs.evolve(given, value=second)
+    if second == 0 and not _file_refused(a, conv):
+        # its modules still count in the clip: kept idle. create_network's fresh modules, or a file's loaded
+        # into them (idle_text_modules let them through); --dim_from_weights: the file's alone (file_idle)
+        weights = bool(a["network_weights"].value)
+        if idle_file if a["dim_from_weights"].value else idle_kohya(a, "sd3_train_network", weights, conv):
+            conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(given, IDLE_NOTE))
+        else:
+            clipped_idle_text(a, given, "CLIP-G's", conv)
     if second == 0:
-        clipped_idle_text(a, given, "CLIP-G's", conv)  # its modules still count in the clip (exact without)
         conv.put(
             ("train", "text_encoder_2"), False, conv.comment(given, "CLIP-G's rate 0: kohya skips its group")
         )
