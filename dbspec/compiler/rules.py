@@ -2992,7 +2992,9 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone), or its own
     axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
-    LoRA), on the adapter's own kind, without the options that need one setting on every layer (DBS583)."""
+    LoRA), on LoRA / LoHa / LoKr layers (beside blocks of other kinds on the U-Net families: each kind's
+    layers decomposed in their own pass, runtime/mixed_kinds.py), without the options that need one setting
+    on every layer (DBS583)."""
     a = spec.adapter
     own = [
         (table, i, "dora", block.dora)
@@ -3011,6 +3013,9 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
+    mixed = any(getattr(b, "kind", "adapter") not in ("adapter", a.kind) for b in blocks)
+    family = FAMILIES.get(spec.model.family)
+    unet = family is None or family.denoiser == "unet"  # "auto": the compiler runs it with the detected one
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3027,7 +3032,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, bool(getattr(a, key, 0.0)))
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
-            ("a block's own kind", any(b.kind not in ("adapter", a.kind) for b in blocks)),
+            # beside blocks of another kind: each LoRA / LoHa / LoKr layer its own decomposition
+            # (runtime/mixed_kinds.py kind_adapter, lycoris_dora.py per kind's pass) on the U-Net families;
+            # Flux / SD3 / Chroma's fused layers not (a transformer family's mixed run)
+            ("a block's own kind on a transformer family", mixed and not unet),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
             (
                 "a quantised base (precision.quantize_*)",
@@ -3044,6 +3052,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     axis_others = [text for text, on in (("fused_projections", fused),) if on]
     for table, i, key, value in own:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
+        kind = getattr(getattr(a, table)[i], "kind", "adapter")
+        kind = a.kind if kind == "adapter" else kind
+        if mixed and kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules never decompose
+            found.append(f'a block of kind "{kind}"')
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"
