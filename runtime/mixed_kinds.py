@@ -75,6 +75,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
         blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
+    if kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules take no weight_decompose (dora_wd)
+        extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
     if not own:  # the kind's layers built in its blocks' bypass_mode: when they differ, in the default

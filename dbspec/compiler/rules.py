@@ -2842,6 +2842,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
     # kinds the adapter, whose LoRA / LoHa layers never read it)
     kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
+    # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer of the U-Net families, the
+    # other kinds' modules never decomposing (runtime/mixed_kinds.py kind_adapter); Flux / SD3 / Chroma's
+    # fused layers not
+    family = FAMILIES.get(spec.model.family)
+    if family is None or family.denoiser == "unet":
+        kept += ("dora",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -3000,14 +3006,16 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         (table, i, "dora", block.dora)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
-        if getattr(block, "dora", "adapter") != "adapter" and (block.dora == "on") != a.dora
+        if getattr(block, "dora", "adapter") != "adapter"
+        and (block.dora == "on") != getattr(a, "dora", False)  # GLoRA / DyLoRA adapters: none
     ]
     axes = [
         (table, i, "dora_axis", block.dora_axis)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         if getattr(block, "dora_axis", "adapter") not in ("adapter", getattr(a, "dora_axis", "output"))
-        and (a.dora if block.dora == "adapter" else block.dora == "on")  # only where the layers decompose
+        # only where the layers decompose
+        and (getattr(a, "dora", False) if block.dora == "adapter" else block.dora == "on")
     ]
     own += axes
     if not own:

@@ -902,10 +902,15 @@ algo = "lora"
 algo = "loha"
 dim = 2
 """
-# on the LoKr network the LoCon ResNets' and LoHa MLPs' own weight_decompose (U-Net and CLIP), beside the
-# network's LoKr and conv_in's LoRA without (issue 12; was DBS583): each kind's layers decomposed in its pass
+# the LoCon ResNets' and LoHa MLPs' own weight_decompose (U-Net and CLIP), beside conv_in's LoRA without
+# (issue 12; was DBS583): each kind's layers decomposed in its own pass (runtime/mixed_kinds.py)
 MIXED_DORA = MIXED.replace("alpha = 2\n", "alpha = 2\nweight_decompose = true\n").replace(
     'algo = "loha"\ndim = 2\n', 'algo = "loha"\ndim = 2\nweight_decompose = "yes"\n'
+)
+# on the LoKr network with dora_wd (was DBS578 / DBS403) every LoKr, LoCon and LoHa layer decomposed, but the
+# transformers' LoHa MLPs (their entry's weight_decompose false)
+MIXED_WD = MIXED.replace('[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\n', "") + (
+    '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\nweight_decompose = false\n'
 )
 # on the GLoRA network DyLoRA on the transformers' other Linears too, in blocks of 2 (a GLoRA block of kind
 # "dylora" takes the entry's block_size as its `unit`; was DBS403 "unknown key unit")
@@ -930,10 +935,11 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    preset = MIXED_DORA if algo == "lokr" else MIXED_GLORA
+    preset = MIXED_WD if algo == "lokr" else MIXED_GLORA
     PRESETS["mixed"] = preset
+    args = '"dora_wd=True"' if algo == "lokr" else ""
     try:
-        path, plan = _converted_plan(tmp_path, "mixed", algo)
+        path, plan = _converted_plan(tmp_path, "mixed", algo, args)
     finally:
         del PRESETS["mixed"]
     a = plan.adapter
@@ -942,9 +948,10 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     assert [b.unit for b in a.blocks if b.kind == "dylora"] == ([2] if dylora else [])
     assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
     doras = {(b.kind, b.dora) for b in [*a.blocks, *a.text_encoder_blocks]}
-    assert doras == ({("lora", "on"), ("lora", "adapter"), ("loha", "on")} if algo == "lokr" else doras)
+    assert a.dora == (algo == "lokr")  # the network's dora_wd, the LoHa MLPs' own off
+    assert doras == ({("lora", "adapter"), ("loha", "off"), ("loha", "adapter")} if a.dora else doras)
     own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
-    made = _lycoris(pipe, path, monkeypatch, algo)
+    made = _lycoris(pipe, path, monkeypatch, algo, **({"dora_wd": "True"} if args else {}))
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
         own,
@@ -982,14 +989,16 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
     unet_doras = {k: v for k, v in decomposed.items() if k.startswith("lora_unet_")}
     assert _decomposed_by(trained, "lora_unet_") == unet_doras
-    kinds = {theirs[k][0] for k in unet_doras}
-    assert kinds == ({"LoConModule", "LohaModule"} if algo == "lokr" else set())
+    kinds = {theirs[k][0] for k in unet_doras}  # the decomposed layers' kinds, and the others'
+    rest = {v[0] for k, v in theirs.items() if k not in unet_doras}
+    if algo == "lokr":
+        assert kinds == {"LoConModule", "LokrModule"} and rest == {"LohaModule"}
+    # the export's dora_scale as LyCORIS saves it; each module of the preset's network with it loaded
+    # computes the trained layer's output (1e-5)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    if algo == "lokr":  # the export's dora_scale as LyCORIS saves it; each module of the preset's network
-        # with it loaded computes the trained layer's output (1e-5)
-        saved = load_file(str(export))
-        assert {k.rsplit(".", 1)[0] for k in saved if k.endswith(".dora_scale")} == set(unet_doras)
-        _layers_match_lycoris(made, saved, trained)
+    saved = load_file(str(export))
+    assert {k.rsplit(".", 1)[0] for k in saved if k.endswith(".dora_scale")} == set(unet_doras)
+    _layers_match_lycoris(made, saved, trained)
     fresh = copy.deepcopy(pipe.unet)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
@@ -1062,11 +1071,13 @@ def _decomposed_by(model, prefix: str) -> dict[str, list[int]]:
 def _layers_match_lycoris(made, saved: dict, trained) -> None:
     """lycoris-lora's U-Net modules `made` (from the preset, on the base U-Net) with `saved` (a run's U-Net
     export) loaded strictly each give the output of `trained`'s layer on the same random input (1e-5)."""
-    state = {f"{m.lora_name}.{k}" for m in made.unet_loras for k in m.state_dict()}
-    assert sorted(state) == sorted(saved)
+    # lycoris-lora's DyLoraModule keeps its own up_list / down_list and loads nothing (a no-op)
+    unet = [m for m in made.unet_loras if type(m).__name__ != "DyLoraModule"]
+    state = {f"{m.lora_name}.{k}" for m in unet for k in m.state_dict()}
+    assert sorted(state) == sorted(k for k in saved if k.split(".")[0] in {m.lora_name for m in unet})
     layers = {"lora_unet_" + n.replace(".", "_"): layer for n, layer in trained.named_modules()}
     gen = torch.Generator().manual_seed(0)
-    for module in made.unet_loras:
+    for module in unet:
         prefix = module.lora_name + "."
         module.load_state_dict({k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)})
         org = module.org_module[0]

@@ -9,7 +9,9 @@ decomposed weight the trained layer's merged one, and its adapter folders load b
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -450,3 +452,110 @@ def test_flux_locon_file_with_dora_scale_in_some_clip_modules(tmp_path):
     clip_scales = {k for k in saved if k.startswith("lora_te1_") and k.endswith(".dora_scale")}
     assert {k.split(".")[0] for k in clip_scales} == held
     assert any(not torch.equal(saved[k], tensors[k]) for k in clip_scales), "the CLIP magnitudes trained"
+
+
+# entries' own weight_decompose in a run of several algorithms (issue 12; was DBS583): on a LoCon network the
+# LoHa MLPs (U-Net and CLIP) and the LoKr down- / upsamplers decomposed beside LoCon layers that are not; the
+# reverse, the LoCon ResNets decomposed beside LoHa / LoKr layers that are not, on a LoKr network
+MIXED_ENTRIES = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 2
+weight_decompose = true
+[module_algo_map.Downsample2D]
+algo = "lokr"
+weight_decompose = "yes"
+[module_algo_map.Upsample2D]
+algo = "lokr"
+weight_decompose = true
+[module_algo_map.CLIPMLP]
+algo = "loha"
+dim = 2
+weight_decompose = true
+"""
+MIXED_REVERSE = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+algo = "locon"
+dim = 4
+weight_decompose = true
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 2
+[module_algo_map.CLIPMLP]
+algo = "locon"
+weight_decompose = true
+"""
+
+
+@pytest.mark.parametrize(
+    "algo, entries, decomposed, plain",
+    [
+        ("locon", "mixed", {"LohaModule", "LokrModule"}, {"LoConModule"}),
+        ("lokr", "reverse", {"LoConModule"}, {"LohaModule", "LokrModule"}),
+    ],
+)
+def test_mixed_entries_weight_decompose_build_as_lycoris(
+    algo, entries, decomposed, plain, tmp_path, monkeypatch
+):
+    """A preset's entries of other algorithms with their own weight_decompose, on the tiny SD 1.x: the
+    plan's adapter (each kind's layers through its own pass, runtime/mixed_kinds.py) decomposes exactly the
+    layers lycoris-lora 4.1.3's network from the same file does, each dora_scale in its shape; every adapter
+    tensor moved at random and exported as LyCORIS's keys, the network loads them strictly and each of its
+    modules (U-Net and CLIP) computes the adapted layer's output (1e-5)."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    PRESETS[entries] = MIXED_ENTRIES if entries == "mixed" else MIXED_REVERSE
+    try:
+        path, plan = _converted_plan(tmp_path, entries, algo)
+    finally:
+        del PRESETS[entries]
+    a = plan.adapter
+    assert not a.dora and {b.kind for b in a.blocks if b.dora == "on"} == (
+        {"loha", "lokr"} if algo == "locon" else {"lora"}
+    )
+    made = _lycoris(pipe, path, monkeypatch, algo)
+    mods = [*made.unet_loras, *made.text_encoder_loras]
+    assert {type(m).__name__ for m in mods if m.wd} == decomposed
+    assert {type(m).__name__ for m in mods if not m.wd} == plain
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    assert _ours(SimpleNamespace(unet=unet, text_encoders=[text])) == _decomposed(made)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every factor and magnitude moved (a magnitude by up to 10 %)
+        for model in (unet, text):
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    noise = torch.randn(param.shape, generator=gen)
+                    param.mul_(1 + 0.1 * noise) if "dora_scale" in name else param.add_(0.1 * noise)
+    state = lycoris_state(unet=unet, text_encoders=[text], family="sd1", dtype="fp32")
+    theirs = {f"{m.lora_name}.{k}" for m in mods for k in m.state_dict()}
+    assert sorted(state) == sorted(theirs)
+    layers = {
+        **{"lora_unet_" + n.replace(".", "_"): m for n, m in unet.named_modules()},
+        **{"lora_te_text_model_" + n.replace(".", "_"): m for n, m in text.named_modules()},
+    }
+    for module in mods:
+        prefix = module.lora_name + "."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        org = module.org_module[0]
+        shape = (2, org.in_features) if isinstance(org, nn.Linear) else (1, org.in_channels, 8, 8)
+        x = torch.randn(shape, generator=gen)
+        with torch.no_grad():
+            got, want = module.eval()(x), layers[module.lora_name].eval()(x)
+        assert not torch.allclose(got, org(x), atol=1e-3), module.lora_name  # the update counts
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=module.lora_name)

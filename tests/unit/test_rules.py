@@ -1851,7 +1851,10 @@ CASES = [
     # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
     (
         rules.mixed_block_kinds,
-        DOG
+        # the adapter's dora beside other kinds: on the U-Net families each LoRA / LoHa / LoKr layer's
+        # (runtime/mixed_kinds.py; issue 12), not on Flux's fused layers
+        'family = "flux"\n'
+        + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\ndora = true\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
@@ -1865,7 +1868,7 @@ CASES = [
         # a lokr adapter's full_matrix (its LoKr layers' alone), a starting file (runtime/mixed_init.py) and
         # module_dropout (each kind's module draws its own)
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\nfull_matrix = true\nmodule_dropout = 0.1\n'
-        + 'init_weights = "prev.safetensors"\n'
+        + 'init_weights = "prev.safetensors"\ndora = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # LyCORIS's decomposition per input column on a fused LoKr: no dropouts' draws or file's start
