@@ -185,6 +185,14 @@ weight_decompose = true
 """
 # the entry's own wd_on_out too: the ResNets' dora_scale per input column (issue 12; was DBS583 / DBS403)
 WEIGHTS_PRESET_AXIS = WEIGHTS_PRESET + "wd_on_out = false\n"
+# on a LoCon network the ResNets LoHa and the transformers' MLPs LoKr, both decomposed, and CLIP's attention
+# LoCon decomposed beside the U-Net's attention LoCon not: a run of several kinds (issue 12; was DBS403)
+WEIGHTS_PRESET_MIXED = WEIGHTS_PRESET.replace(
+    "[module_algo_map.ResnetBlock2D]\n", '[module_algo_map.ResnetBlock2D]\nalgo = "loha"\n'
+) + (
+    '[module_algo_map.FeedForward]\nalgo = "lokr"\nweight_decompose = true\n'
+    "[module_algo_map.CLIPAttention]\nweight_decompose = true\n"
+)
 
 
 def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
@@ -212,14 +220,16 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
 @pytest.mark.parametrize(
     "algo, axis",
     [("lokr", "output"), ("loha", "output"), ("locon", "output"), ("lokr", "input"), ("loha", "input")]
-    + [("locon", "input")],
+    + [("locon", "input"), ("locon", "mixed")],
 )
 def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tmp_path, monkeypatch):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
     1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact. LoCon too
     (runtime/init_weights.py; was DBS583 with init_weights). With the entry's own `wd_on_out = false`
-    (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583)."""
+    (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583).
+    `mixed`: entries of other algorithms decomposed beside LoCon layers that are and are not (was DBS403):
+    each kind's layers start from the file (runtime/mixed_init.py), LoCon's dora_scale too."""
     from safetensors.torch import save_file
 
     from tests.runtime.test_flow_init import _loaded
@@ -229,7 +239,7 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
     from tests.unit.convert_kit import out_path, plan_of
 
     pipe = build_pipeline("builtin:tiny-sd1")
-    preset = WEIGHTS_PRESET_AXIS if axis == "input" else WEIGHTS_PRESET
+    preset = {"input": WEIGHTS_PRESET_AXIS, "mixed": WEIGHTS_PRESET_MIXED}.get(axis, WEIGHTS_PRESET)
     (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
     made = _weights_network(pipe, tmp_path, monkeypatch, algo)
     torch.manual_seed(9)
@@ -248,13 +258,21 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
         f'"conv_alpha=2"{factor}'
     )
     plan = plan_of(_convert(tmp_path, args), tmp_path, ["model.base=builtin:tiny-sd1"])
-    assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
-    assert [b.dora_axis for b in plan.adapter.blocks] == ["input" if axis == "input" else "adapter"]
+    a = plan.adapter
+    if axis == "mixed":
+        kinds = {(b.kind, b.dora) for b in [*a.blocks, *a.text_encoder_blocks]}
+        assert a.init_weights and kinds == {("loha", "on"), ("lokr", "on"), ("adapter", "on")}, kinds
+    else:
+        assert a.init_weights and [b.dora for b in a.blocks] == ["on"]
+        assert [b.dora_axis for b in a.blocks] == ["input" if axis == "input" else "adapter"]
     shapes = {list(v.shape)[0] == 1 for k, v in state.items() if k.endswith(".dora_scale")}
     assert shapes == {axis == "input"}  # LyCORIS's per-column (1, in, ...) or per-row (out, 1, ...) shape
     comps, count = _loaded(plan)
     assert count == len(theirs)
-    ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
+    if axis == "mixed":  # every kind's layers
+        ours = {**_locon_layers(comps), **_factor_layers(comps)}
+    else:
+        ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
     assert sorted(ours) == sorted(theirs)
     decomposed = 0
     for name, lyco in theirs.items():
