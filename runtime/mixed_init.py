@@ -91,7 +91,7 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.locon_tucker import TuckerConv2d
     from dbspec.runtime.lycoris_export import _swapped, _table
-    from dbspec.runtime.lycoris_init import _halves_swapped, _rows
+    from dbspec.runtime.lycoris_init import _dora_slot, _halves_swapped, _rows
     from dbspec.runtime.lycoris_whole_init import _fused_rows, _whole
 
     family = plan.model.family
@@ -122,6 +122,8 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
                 }
                 if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:  # LoCon's Tucker form
                     slots["lora_mid.weight"] = _into(layer.lora_mid[adapter].weight)
+                # LoConModule's weight_decompose: its `dora_scale` as it is (runtime/lycoris_dora.py)
+                slots |= _dora_slot(layer, adapter)
                 out[key] = (slots, alpha)
                 continue
             original, part = _table(family).original_name(name)

@@ -60,17 +60,23 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     (what the compiler plans for kind lokr)."""
     own = kind == adapter.kind
     table = "text_encoder_blocks" if component else "blocks"
+    # the other kinds' blocks at rank 0 and never decomposed here: each kind's pass gives LyCORIS's weight
+    # decomposition (runtime/lycoris_dora.py add_lycoris_dora, over every adapted layer so far) to its own
+    # layers alone, each as its block's `dora` / `dora_axis` say (a map entry's weight_decompose / wd_on_out)
+    off = {"rank": 0, "conv_rank": 0, "dora": "off", "dora_axis": "adapter"}
     blocks = tuple(
         attrs.evolve(b, kind="adapter")
         if (b.kind == "adapter" and own) or b.kind == kind
-        else attrs.evolve(b, kind="adapter", rank=0, conv_rank=0)
+        else attrs.evolve(b, kind="adapter", **off)
         for b in getattr(adapter, table)
     )
     if not own:  # the modules no block matches are the adapter's kind's
-        blocks += (attrs.evolve(blocks[0], pattern="", rank=0, conv_rank=0, factor=0),)
+        blocks += (attrs.evolve(blocks[0], pattern="", factor=0, **off),)
     if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
         blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}
+    if kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules take no weight_decompose (dora_wd)
+        extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
     if not own:  # the kind's layers built in its blocks' bypass_mode: when they differ, in the default

@@ -38,6 +38,13 @@ def _locon_tuckers(adapter) -> bool:
     return False
 
 
+def _decomposes(adapter) -> bool:
+    """Some layer of the run trains LyCORIS's weight decomposition (the adapter's `dora`, a block's own
+    `dora = "on"`: a module with weight_decompose, whose `dora_scale` the file may hold)."""
+    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
+    return bool(getattr(adapter, "dora", False)) or any(getattr(b, "dora", "") == "on" for b in blocks)
+
+
 def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str, int]:
     """(the file's absolute path, its modules that load), or ("", 0) when it does not fit (reported)."""
     from dbspec.compiler.init_file import (
@@ -64,6 +71,8 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
     if _locon_tuckers(adapter):  # a LoCon block's Tucker form: its convolutions' middle factor
         tensors += ("lora_mid.weight",)
     tensors += ("w_norm", "b_norm") if has_norms(adapter) else ()  # train_norm's NormModules
+    if _decomposes(adapter):  # LyCORIS's weight decomposition on some LoRA / LoHa / LoKr layers
+        tensors += ("dora_scale",)
     # the longest name first: IA^3's `weight` also ends LoCon's `lora_down.weight` and GLoRA's `a1.weight`
     tensors = tuple(sorted(tensors, key=len, reverse=True))
     modules = {module_name(key, tensors) for key in header} - {None}

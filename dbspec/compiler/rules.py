@@ -2841,6 +2841,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
     # kinds the adapter, whose LoRA / LoHa layers never read it)
     kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
+    # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer of the U-Net families, the
+    # other kinds' modules never decomposing (runtime/mixed_kinds.py kind_adapter); Flux / SD3 / Chroma's
+    # fused layers not
+    family = FAMILIES.get(spec.model.family)
+    if family is None or family.denoiser == "unet":
+        kept += ("dora",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -2991,25 +2997,32 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone), or its own
     axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
-    LoRA), on the adapter's own kind, without the options that need one setting on every layer (DBS583)."""
+    LoRA), on LoRA / LoHa / LoKr layers (beside blocks of other kinds on the U-Net families: each kind's
+    layers decomposed in their own pass, runtime/mixed_kinds.py), without the options that need one setting
+    on every layer (DBS583)."""
     a = spec.adapter
     own = [
         (table, i, "dora", block.dora)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
-        if getattr(block, "dora", "adapter") != "adapter" and (block.dora == "on") != a.dora
+        if getattr(block, "dora", "adapter") != "adapter"
+        and (block.dora == "on") != getattr(a, "dora", False)  # GLoRA / DyLoRA adapters: none
     ]
     axes = [
         (table, i, "dora_axis", block.dora_axis)
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         if getattr(block, "dora_axis", "adapter") not in ("adapter", getattr(a, "dora_axis", "output"))
-        and (a.dora if block.dora == "adapter" else block.dora == "on")  # only where the layers decompose
+        # only where the layers decompose
+        and (getattr(a, "dora", False) if block.dora == "adapter" else block.dora == "on")
     ]
     own += axes
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
+    mixed = any(getattr(b, "kind", "adapter") not in ("adapter", a.kind) for b in blocks)
+    family = FAMILIES.get(spec.model.family)
+    unet = family is None or family.denoiser == "unet"  # "auto": the compiler runs it with the detected one
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3026,7 +3039,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, bool(getattr(a, key, 0.0)))
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
-            ("a block's own kind", any(b.kind not in ("adapter", a.kind) for b in blocks)),
+            # beside blocks of another kind: each LoRA / LoHa / LoKr layer its own decomposition
+            # (runtime/mixed_kinds.py kind_adapter, lycoris_dora.py per kind's pass) on the U-Net families;
+            # Flux / SD3 / Chroma's fused layers not (a transformer family's mixed run)
+            ("a block's own kind on a transformer family", mixed and not unet),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
             (
                 "a quantised base (precision.quantize_*)",
@@ -3043,6 +3059,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     axis_others = [text for text, on in (("fused_projections", fused),) if on]
     for table, i, key, value in own:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
+        kind = getattr(getattr(a, table)[i], "kind", "adapter")
+        kind = a.kind if kind == "adapter" else kind
+        if mixed and kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules never decompose
+            found.append(f'a block of kind "{kind}"')
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"

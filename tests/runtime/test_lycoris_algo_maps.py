@@ -902,6 +902,16 @@ algo = "lora"
 algo = "loha"
 dim = 2
 """
+# the LoCon ResNets' and LoHa MLPs' own weight_decompose (U-Net and CLIP), beside conv_in's LoRA without
+# (issue 12; was DBS583): each kind's layers decomposed in its own pass (runtime/mixed_kinds.py)
+MIXED_DORA = MIXED.replace("alpha = 2\n", "alpha = 2\nweight_decompose = true\n").replace(
+    'algo = "loha"\ndim = 2\n', 'algo = "loha"\ndim = 2\nweight_decompose = "yes"\n'
+)
+# on the LoKr network with dora_wd (was DBS578 / DBS403) every LoKr, LoCon and LoHa layer decomposed, but the
+# transformers' LoHa MLPs (their entry's weight_decompose false)
+MIXED_WD = MIXED.replace('[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\n', "") + (
+    '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\nweight_decompose = false\n'
+)
 # on the GLoRA network DyLoRA on the transformers' other Linears too, in blocks of 2 (a GLoRA block of kind
 # "dylora" takes the entry's block_size as its `unit`; was DBS403 "unknown key unit")
 MIXED_GLORA = MIXED + '[module_algo_map.Transformer2DModel]\nalgo = "dylora"\ndim = 4\nblock_size = 2\n'
@@ -925,10 +935,11 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    preset = MIXED if algo == "lokr" else MIXED_GLORA
+    preset = MIXED_WD if algo == "lokr" else MIXED_GLORA
     PRESETS["mixed"] = preset
+    args = '"dora_wd=True"' if algo == "lokr" else ""
     try:
-        path, plan = _converted_plan(tmp_path, "mixed", algo)
+        path, plan = _converted_plan(tmp_path, "mixed", algo, args)
     finally:
         del PRESETS["mixed"]
     a = plan.adapter
@@ -936,8 +947,11 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     assert a.kind == algo and {b.kind for b in a.blocks} == {"lora", "loha", *dylora}
     assert [b.unit for b in a.blocks if b.kind == "dylora"] == ([2] if dylora else [])
     assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
+    doras = {(b.kind, b.dora) for b in [*a.blocks, *a.text_encoder_blocks]}
+    assert a.dora == (algo == "lokr")  # the network's dora_wd, the LoHa MLPs' own off
+    assert doras == ({("lora", "adapter"), ("loha", "off"), ("loha", "adapter")} if a.dora else doras)
     own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
-    made = _lycoris(pipe, path, monkeypatch, algo)
+    made = _lycoris(pipe, path, monkeypatch, algo, **({"dora_wd": "True"} if args else {}))
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
         own,
@@ -952,6 +966,11 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     theirs_text = {k: v for k, v in _theirs(made).items() if k.startswith("lora_te_")}
     assert {v[0] for v in theirs_text.values()} == {own, "LohaModule"}
     assert _built(text, "lora_te_text_model_") == theirs_text
+    decomposed = _decomposed_of(made)  # weight_decompose: the same layers, each dora_scale in LyCORIS's shape
+    assert bool(decomposed) == (algo == "lokr")
+    assert _decomposed_by(text, "lora_te_text_model_") == {
+        k: v for k, v in decomposed.items() if k.startswith("lora_te_")
+    }
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
@@ -968,6 +987,18 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     trained = whole.components.unet.eval()
     ours = _built(trained, "lora_unet_")
     assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
+    unet_doras = {k: v for k, v in decomposed.items() if k.startswith("lora_unet_")}
+    assert _decomposed_by(trained, "lora_unet_") == unet_doras
+    kinds = {theirs[k][0] for k in unet_doras}  # the decomposed layers' kinds, and the others'
+    rest = {v[0] for k, v in theirs.items() if k not in unet_doras}
+    if algo == "lokr":
+        assert kinds == {"LoConModule", "LokrModule"} and rest == {"LohaModule"}
+    # the export's dora_scale as LyCORIS saves it; each module of the preset's network with it loaded
+    # computes the trained layer's output (1e-5)
+    (export,) = Path(whole.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    assert {k.rsplit(".", 1)[0] for k in saved if k.endswith(".dora_scale")} == set(unet_doras)
+    _layers_match_lycoris(made, saved, trained)
     fresh = copy.deepcopy(pipe.unet)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
@@ -978,7 +1009,6 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
         "TEXT_ENCODER_TARGET_REPLACE_MODULE",
     ):
         monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
-    (export,) = Path(whole.final).glob("*.kohya.safetensors")
     loaded, weights = lycoris_kohya.create_network_from_weights(
         1.0, str(export), None, named, fresh, for_inference=True
     )
@@ -1018,6 +1048,44 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
                 up.data.zero_()
         reference = _unet_output(expected)
         torch.testing.assert_close(_unet_output(run.components.unet.eval()), reference, rtol=1e-6, atol=1e-6)
+
+
+def _decomposed_of(made) -> dict[str, list[int]]:
+    """{LyCORIS module name: its dora_scale's shape} of lycoris-lora's modules with weight_decompose."""
+    mods = [*made.unet_loras, *made.text_encoder_loras]
+    return {m.lora_name: list(m.dora_scale.shape) for m in mods if getattr(m, "wd", False)}
+
+
+def _decomposed_by(model, prefix: str) -> dict[str, list[int]]:
+    """{kohya name: dora_scale's shape} of `model`'s layers with LyCORIS's weight decomposition."""
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    out = {}
+    for name, layer in model.named_modules():
+        scale = dora_scale_of(layer, "default")
+        if scale is not None:
+            out[prefix + name.replace(".", "_")] = list(scale.shape)
+    return out
+
+
+def _layers_match_lycoris(made, saved: dict, trained) -> None:
+    """lycoris-lora's U-Net modules `made` (from the preset, on the base U-Net) with `saved` (a run's U-Net
+    export) loaded strictly each give the output of `trained`'s layer on the same random input (1e-5)."""
+    # lycoris-lora's DyLoraModule keeps its own up_list / down_list and loads nothing (a no-op)
+    unet = [m for m in made.unet_loras if type(m).__name__ != "DyLoraModule"]
+    state = {f"{m.lora_name}.{k}" for m in unet for k in m.state_dict()}
+    assert sorted(state) == sorted(k for k in saved if k.split(".")[0] in {m.lora_name for m in unet})
+    layers = {"lora_unet_" + n.replace(".", "_"): layer for n, layer in trained.named_modules()}
+    gen = torch.Generator().manual_seed(0)
+    for module in unet:
+        prefix = module.lora_name + "."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)})
+        org = module.org_module[0]
+        shape = (2, org.in_features) if isinstance(org, nn.Linear) else (1, org.in_channels, 8, 8)
+        x = torch.randn(shape, generator=gen)
+        with torch.no_grad():
+            got, want = module.eval()(x), layers[module.lora_name](x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=module.lora_name)
 
 
 def _built(model, prefix: str) -> dict[str, tuple[str, int, float]]:

@@ -9,7 +9,9 @@ decomposed weight the trained layer's merged one, and its adapter folders load b
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,6 +185,14 @@ weight_decompose = true
 """
 # the entry's own wd_on_out too: the ResNets' dora_scale per input column (issue 12; was DBS583 / DBS403)
 WEIGHTS_PRESET_AXIS = WEIGHTS_PRESET + "wd_on_out = false\n"
+# on a LoCon network the ResNets LoHa and the transformers' MLPs LoKr, both decomposed, and CLIP's attention
+# LoCon decomposed beside the U-Net's attention LoCon not: a run of several kinds (issue 12; was DBS403)
+WEIGHTS_PRESET_MIXED = WEIGHTS_PRESET.replace(
+    "[module_algo_map.ResnetBlock2D]\n", '[module_algo_map.ResnetBlock2D]\nalgo = "loha"\n'
+) + (
+    '[module_algo_map.FeedForward]\nalgo = "lokr"\nweight_decompose = true\n'
+    "[module_algo_map.CLIPAttention]\nweight_decompose = true\n"
+)
 
 
 def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
@@ -210,14 +220,16 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
 @pytest.mark.parametrize(
     "algo, axis",
     [("lokr", "output"), ("loha", "output"), ("locon", "output"), ("lokr", "input"), ("loha", "input")]
-    + [("locon", "input")],
+    + [("locon", "input"), ("locon", "mixed")],
 )
 def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tmp_path, monkeypatch):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
     1e-5, the decomposed layers' magnitudes the file's), trains and resumes bit-exact. LoCon too
     (runtime/init_weights.py; was DBS583 with init_weights). With the entry's own `wd_on_out = false`
-    (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583)."""
+    (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583).
+    `mixed`: entries of other algorithms decomposed beside LoCon layers that are and are not (was DBS403):
+    each kind's layers start from the file (runtime/mixed_init.py), LoCon's dora_scale too."""
     from safetensors.torch import save_file
 
     from tests.runtime.test_flow_init import _loaded
@@ -227,7 +239,7 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
     from tests.unit.convert_kit import out_path, plan_of
 
     pipe = build_pipeline("builtin:tiny-sd1")
-    preset = WEIGHTS_PRESET_AXIS if axis == "input" else WEIGHTS_PRESET
+    preset = {"input": WEIGHTS_PRESET_AXIS, "mixed": WEIGHTS_PRESET_MIXED}.get(axis, WEIGHTS_PRESET)
     (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
     made = _weights_network(pipe, tmp_path, monkeypatch, algo)
     torch.manual_seed(9)
@@ -246,13 +258,21 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
         f'"conv_alpha=2"{factor}'
     )
     plan = plan_of(_convert(tmp_path, args), tmp_path, ["model.base=builtin:tiny-sd1"])
-    assert plan.adapter.init_weights and [b.dora for b in plan.adapter.blocks] == ["on"]
-    assert [b.dora_axis for b in plan.adapter.blocks] == ["input" if axis == "input" else "adapter"]
+    a = plan.adapter
+    if axis == "mixed":
+        kinds = {(b.kind, b.dora) for b in [*a.blocks, *a.text_encoder_blocks]}
+        assert a.init_weights and kinds == {("loha", "on"), ("lokr", "on"), ("adapter", "on")}, kinds
+    else:
+        assert a.init_weights and [b.dora for b in a.blocks] == ["on"]
+        assert [b.dora_axis for b in a.blocks] == ["input" if axis == "input" else "adapter"]
     shapes = {list(v.shape)[0] == 1 for k, v in state.items() if k.endswith(".dora_scale")}
     assert shapes == {axis == "input"}  # LyCORIS's per-column (1, in, ...) or per-row (out, 1, ...) shape
     comps, count = _loaded(plan)
     assert count == len(theirs)
-    ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
+    if axis == "mixed":  # every kind's layers
+        ours = {**_locon_layers(comps), **_factor_layers(comps)}
+    else:
+        ours = (_locon_layers if algo == "locon" else _factor_layers)(comps)
     assert sorted(ours) == sorted(theirs)
     decomposed = 0
     for name, lyco in theirs.items():
@@ -450,3 +470,110 @@ def test_flux_locon_file_with_dora_scale_in_some_clip_modules(tmp_path):
     clip_scales = {k for k in saved if k.startswith("lora_te1_") and k.endswith(".dora_scale")}
     assert {k.split(".")[0] for k in clip_scales} == held
     assert any(not torch.equal(saved[k], tensors[k]) for k in clip_scales), "the CLIP magnitudes trained"
+
+
+# entries' own weight_decompose in a run of several algorithms (issue 12; was DBS583): on a LoCon network the
+# LoHa MLPs (U-Net and CLIP) and the LoKr down- / upsamplers decomposed beside LoCon layers that are not; the
+# reverse, the LoCon ResNets decomposed beside LoHa / LoKr layers that are not, on a LoKr network
+MIXED_ENTRIES = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 2
+weight_decompose = true
+[module_algo_map.Downsample2D]
+algo = "lokr"
+weight_decompose = "yes"
+[module_algo_map.Upsample2D]
+algo = "lokr"
+weight_decompose = true
+[module_algo_map.CLIPMLP]
+algo = "loha"
+dim = 2
+weight_decompose = true
+"""
+MIXED_REVERSE = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+algo = "locon"
+dim = 4
+weight_decompose = true
+[module_algo_map.FeedForward]
+algo = "loha"
+dim = 2
+[module_algo_map.CLIPMLP]
+algo = "locon"
+weight_decompose = true
+"""
+
+
+@pytest.mark.parametrize(
+    "algo, entries, decomposed, plain",
+    [
+        ("locon", "mixed", {"LohaModule", "LokrModule"}, {"LoConModule"}),
+        ("lokr", "reverse", {"LoConModule"}, {"LohaModule", "LokrModule"}),
+    ],
+)
+def test_mixed_entries_weight_decompose_build_as_lycoris(
+    algo, entries, decomposed, plain, tmp_path, monkeypatch
+):
+    """A preset's entries of other algorithms with their own weight_decompose, on the tiny SD 1.x: the
+    plan's adapter (each kind's layers through its own pass, runtime/mixed_kinds.py) decomposes exactly the
+    layers lycoris-lora 4.1.3's network from the same file does, each dora_scale in its shape; every adapter
+    tensor moved at random and exported as LyCORIS's keys, the network loads them strictly and each of its
+    modules (U-Net and CLIP) computes the adapted layer's output (1e-5)."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    pipe = build_pipeline("builtin:tiny-sd1")
+    PRESETS[entries] = MIXED_ENTRIES if entries == "mixed" else MIXED_REVERSE
+    try:
+        path, plan = _converted_plan(tmp_path, entries, algo)
+    finally:
+        del PRESETS[entries]
+    a = plan.adapter
+    assert not a.dora and {b.kind for b in a.blocks if b.dora == "on"} == (
+        {"loha", "lokr"} if algo == "locon" else {"lora"}
+    )
+    made = _lycoris(pipe, path, monkeypatch, algo)
+    mods = [*made.unet_loras, *made.text_encoder_loras]
+    assert {type(m).__name__ for m in mods if m.wd} == decomposed
+    assert {type(m).__name__ for m in mods if not m.wd} == plain
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    add_lora(unet, a, a.denoiser_targets, seed=0, conv=True)
+    add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
+    assert _ours(SimpleNamespace(unet=unet, text_encoders=[text])) == _decomposed(made)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every factor and magnitude moved (a magnitude by up to 10 %)
+        for model in (unet, text):
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    noise = torch.randn(param.shape, generator=gen)
+                    param.mul_(1 + 0.1 * noise) if "dora_scale" in name else param.add_(0.1 * noise)
+    state = lycoris_state(unet=unet, text_encoders=[text], family="sd1", dtype="fp32")
+    theirs = {f"{m.lora_name}.{k}" for m in mods for k in m.state_dict()}
+    assert sorted(state) == sorted(theirs)
+    layers = {
+        **{"lora_unet_" + n.replace(".", "_"): m for n, m in unet.named_modules()},
+        **{"lora_te_text_model_" + n.replace(".", "_"): m for n, m in text.named_modules()},
+    }
+    for module in mods:
+        prefix = module.lora_name + "."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        org = module.org_module[0]
+        shape = (2, org.in_features) if isinstance(org, nn.Linear) else (1, org.in_channels, 8, 8)
+        x = torch.randn(shape, generator=gen)
+        with torch.no_grad():
+            got, want = module.eval()(x), layers[module.lora_name].eval()(x)
+        assert not torch.allclose(got, org(x), atol=1e-3), module.lora_name  # the update counts
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=module.lora_name)

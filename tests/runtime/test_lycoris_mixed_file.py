@@ -48,9 +48,9 @@ def pipe():
     return build_pipeline("builtin:tiny-sd1")
 
 
-def _network(pipe, preset_path, monkeypatch, algo: str):
-    """kohya's create_network (dim 4, alpha 1, conv_dim 4) over the preset, applied to copies of the tiny
-    CLIP and U-Net."""
+def _network(pipe, preset_path, monkeypatch, algo: str, **args):
+    """kohya's create_network (dim 4, alpha 1, conv_dim 4; `args` its other network_args) over the preset,
+    applied to copies of the tiny CLIP and U-Net."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
@@ -58,7 +58,7 @@ def _network(pipe, preset_path, monkeypatch, algo: str):
     named.text_model = copy.deepcopy(pipe.text_encoder)
     unet = copy.deepcopy(pipe.unet)
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(preset_path)
+        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(preset_path), **args
     )
     made.apply_to(named, unet, True, True)
     return made
@@ -191,6 +191,13 @@ LORA_FULL = MIXED_FULL.replace(
     '[module_algo_map.CLIPMLP]\nalgo = "loha"', '[module_algo_map.CLIPMLP]\nalgo = "lora"'
 )
 
+# the file of a dora_wd LoKr network (issue 12; was DBS403): every LoKr, LoCon and CLIP LoHa module holds a
+# dora_scale, the transformers' LoHa MLPs (their entry's weight_decompose false) none; the adapter's `dora`,
+# their blocks' "off"
+MIXED_WD = MIXED.replace('[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\n', "") + (
+    '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\nweight_decompose = false\n'
+)
+
 # a LoCon network with LoKr on CLIP's attention alone (was DBS403: "it holds no module of the U-Net")
 CLIP_LOKR = """\
 enable_conv = true
@@ -211,6 +218,7 @@ algo = "lokr"
         ("locon", LORA_FULL, "lora", {"full"}),
         ("lokr", MIXED_FULL, "lokr", {"lora", "loha", "full"}),
         ("locon", CLIP_LOKR, "lokr", {"lora"}),
+        ("lokr", MIXED_WD, "lokr", {"lora", "loha"}),
     ],
     ids=[
         "lokr-tucker-lora-loha",
@@ -219,6 +227,7 @@ algo = "lokr"
         "locon-full",
         "lokr-lora-loha-full",
         "locon-clip-lokr",
+        "lokr-dora-lora-loha",
     ],
 )
 def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
@@ -236,7 +245,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
 
     preset_path = tmp_path / "mixed.toml"
     preset_path.write_text(preset, encoding="utf-8")
-    made = _network(pipe, preset_path, monkeypatch, algo)
+    made = _network(
+        pipe, preset_path, monkeypatch, algo, **({"dora_wd": "True"} if preset is MIXED_WD else {})
+    )
     state = kit.moved_state(made, seed=2, scale=0.1)
     names = sorted({k.split(".")[0] for k in state})
     for name in names[1::4]:  # their own scale (a FullModule has no alpha)
@@ -258,6 +269,10 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
         assert _tuckers(a) == {"lora", "loha", "adapter"}, [
             (b.kind, b.pattern, b.tucker, b.conv_rank) for b in a.blocks
         ]
+    if preset is MIXED_WD:  # the modules' dora_scale: the adapter's dora, the LoHa MLPs' blocks "off"
+        assert a.dora and a.dora_form == "lycoris" and a.dora_axis == "output"
+        assert {(b.kind, b.dora) for b in a.blocks} == {("lora", "adapter"), ("loha", "off")}
+        assert sum(k.endswith(".dora_scale") for k in load_file(str(path))) > 10
     if preset is OFT_RESCALED:  # the MLPs' modules' `rescale`: their blocks' own row rescale (was DBS403)
         assert {b.rescaled for b in a.blocks if b.kind == "diag-oft"} == {"on"}
         assert {b.rescaled for b in a.text_encoder_blocks if b.kind == "diag-oft"} <= {"adapter"}

@@ -677,6 +677,30 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
 
 
+def test_mixed_algorithms_weight_decompose(tmp_path):
+    """LyCORIS's weight decomposition in a run of several algorithms on SD 1.x/2.x (issue 12): the network's
+    dora_wd (was DBS403 / a spec's DBS578) is the adapter's `dora`, which LyCORIS hands every LoCon, LoHa
+    and LoKr module (an entry's own weight_decompose false its block's dora "off"), on its wd_on_output
+    axis; entries' own weight_decompose beside other algorithms (was DBS403 / DBS583) their blocks' dora
+    (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_block_dora.py check the layers against
+    lycoris-lora 4.1.3). On a GLoRA network, whose adapter takes no dora while LyCORIS hands dora_wd to its
+    LoCon / LoHa entries, and an entry's own on GLoRA blocks (GloraBlock has no dora) it stays DBS403."""
+    text = MIXED.replace("dim = 4\nalpha = 2\n", "dim = 4\nalpha = 2\nweight_decompose = false\n")
+    outcome = expressible(_convert(tmp_path, text, "lokr", '"dora_wd=True" "wd_on_output=False"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_axis, a.dora_form) == ("lokr", True, "input", "lycoris")
+    assert {(b.kind, b.dora) for b in a.blocks} == {("loha", "off"), ("lora", "adapter")}
+    assert [(b.kind, b.dora) for b in a.text_encoder_blocks] == [("loha", "adapter")]
+    (tmp_path / "own").mkdir()
+    text = MIXED.replace("dim = 8\nalpha = 4\n", "dim = 8\nalpha = 4\nweight_decompose = true\n")
+    a = plan_of(expressible(_convert(tmp_path / "own", text, "lokr")), tmp_path / "own").adapter
+    assert not a.dora and {(b.kind, b.dora) for b in a.blocks} == {("loha", "adapter"), ("lora", "on")}
+    for args, name, words in (('"dora_wd=True"', "wd", "weight_decompose"), ("", "entry", "dora")):
+        (tmp_path / name).mkdir()
+        outcome = _convert(tmp_path / name, text, "glora", args)
+        assert words in messages(outcome, "DBS403"), (name, errors(outcome))
+
+
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
     """Another algorithm beyond LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora (tlora),
     or with options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network), stays DBS403."""

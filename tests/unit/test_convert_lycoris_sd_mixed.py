@@ -63,11 +63,11 @@ def test_locon_and_loha_file_is_a_loha_run_with_lora_blocks(tmp_path):
 
 def test_what_a_run_of_several_kinds_cannot_build_or_lycoris_fails_on(tmp_path):
     for case, modules, code, said in (
-        (
-            "dora",
-            {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4) | {"dora_scale": (320, 1)}},
-            "DBS403",
-            "dora",
+        (  # make_module_from_state_dict's wd_on_out: a per-column magnitude does not load
+            "dora-columns",
+            {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4) | {"dora_scale": (1, 320)}},
+            "DBS402",
+            "dora_scale",
         ),
         ("no-alpha", {Q: _lokr(320, 320, 4, 4), K: _locon(320, 320, 4, alpha=None)}, "DBS402", "alpha"),
         ("full-dims", {Q: _lokr(320, 320, 4, 4), K: {"diff": (320, 320, 1, 1)}}, "DBS402", "dimensions"),
@@ -236,3 +236,54 @@ def test_unet_locon_with_clip_lokr_converts_like_the_reverse_pairing(tmp_path):
     only = {K: _locon(320, 320, 8, alpha=4.0), TE: _lokr(768, 768, 4, 4, alpha=2.0)}
     outcome = _convert(tmp_path / "only2", only, "--dim_from_weights --network_train_unet_only")
     assert "U-Net" in messages(outcome, "DBS403")
+
+
+def test_dora_scale_modules_beside_other_kinds_decompose_their_layers(tmp_path):
+    """Modules holding a `dora_scale` (make_module_from_state_dict builds them with weight_decompose) in a
+    file of several kinds (was DBS403 / DBS578): where some of the LoKr modules and a LoCon and LoHa hold one,
+    those blocks' `dora = "on"` (a LoKr module's in its own block); where every LoKr module does, the
+    adapter's `dora`, a LoCon module without one its block's "off"; on a LoCon-led file LyCORIS's form
+    (runtime tests: test_lycoris_mixed_file, test_lycoris_block_dora)."""
+    dora = {"dora_scale": (320, 1)}
+    some = {
+        Q: _lokr(320, 320, 4, 4) | dora,
+        f"{Q[:-2]}_v": _lokr(320, 320, 4, 4),
+        K: _locon(320, 320, 8) | dora,
+        FF: _loha(320, 1280, 2) | {"dora_scale": (320, 1)},
+        CONV: _locon(640, 320, 4, kernel=3),
+    }
+    outcome = _convert(tmp_path, some)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lokr" and not a.dora and a.dora_form == "lycoris"
+    for path, want in (
+        (f"{ATTN}.to_k", ("lora", "on")),
+        ("up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2", ("loha", "on")),
+        ("down_blocks.1.resnets.0.conv1", ("lora", "adapter")),
+        (f"{ATTN}.to_q", ("adapter", "on")),
+    ):
+        block = _block(a.blocks, path)
+        assert (block.kind, block.dora) == want, path
+    assert _block(a.blocks, f"{ATTN}.to_v") is None  # the adapter's own LoKr, not decomposed
+    every = {
+        Q: _lokr(320, 320, 4, 4) | dora,
+        K: _locon(320, 320, 8) | dora,
+        CONV: _locon(640, 320, 4, kernel=3),
+    }
+    outcome = _convert(tmp_path / "every", every)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "every").adapter
+    assert a.dora and a.dora_axis == "output"
+    assert (
+        _block(a.blocks, f"{ATTN}.to_k").dora,
+        _block(a.blocks, "down_blocks.1.resnets.0.conv1").dora,
+    ) == (
+        "adapter",
+        "off",
+    )
+    led = {K: _locon(320, 320, 8) | dora, Q: _locon(320, 320, 8), FF: _loha(320, 1280, 2)}
+    outcome = _convert(tmp_path / "led", led)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "led").adapter
+    assert (a.kind, a.dora, a.dora_form) == ("loha", False, "lycoris")
+    assert (_block(a.blocks, f"{ATTN}.to_k").dora, _block(a.blocks, f"{ATTN}.to_q").dora) == ("on", "adapter")

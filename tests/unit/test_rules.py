@@ -1773,6 +1773,38 @@ CASES = [
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
         + 'dora_axis = "input"\n',
     ),
+    # a block's own weight decomposition beside blocks of other kinds: LoRA / LoHa / LoKr layers on the
+    # U-Net families (each kind's pass decomposes its own, runtime/mixed_kinds.py; was DBS583), not on a
+    # full block, which LyCORIS's FullModule never decomposes (issue 12)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "conv"\nkind = "full"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "conv"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
+    # ... and not on Flux / SD3 / Chroma's runs of several kinds (their fused layers')
+    (
+        rules.block_dora_fits,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\n',
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,
@@ -1847,7 +1879,10 @@ CASES = [
     # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
     (
         rules.mixed_block_kinds,
-        DOG
+        # the adapter's dora beside other kinds: on the U-Net families each LoRA / LoHa / LoKr layer's
+        # (runtime/mixed_kinds.py; issue 12), not on Flux's fused layers
+        'family = "flux"\n'
+        + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\ndora = true\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
@@ -1861,7 +1896,7 @@ CASES = [
         # a lokr adapter's full_matrix (its LoKr layers' alone), a starting file (runtime/mixed_init.py) and
         # module_dropout (each kind's module draws its own)
         + '[adapter]\nkind = "lokr"\ndecompose_both = true\nfull_matrix = true\nmodule_dropout = 0.1\n'
-        + 'init_weights = "prev.safetensors"\n'
+        + 'init_weights = "prev.safetensors"\ndora = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
     (  # LyCORIS's decomposition per input column on a fused LoKr: no dropouts' draws or file's start

@@ -163,6 +163,7 @@ def check_layers(
     kind: str = "",
     bypass: bool = False,
     entry_bypass: bool = False,
+    unet: bool = False,
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
     them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
@@ -173,14 +174,14 @@ def check_layers(
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
     `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
-    Linears over every part); the
-    (`entry.key`, why) of entry keys the module class never reads (inert)."""
+    Linears over every part); `unet`: the network's weight_decompose beside other kinds (SD 1.x/2.x and SDXL:
+    _mixed_kinds); the (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
-        other = _mixed_kinds(found, algo, network, other, kinds, bypass)
+        other = _mixed_kinds(found, algo, network, other, kinds, bypass, unet)
     if other:
         first = other[0]
         raise PresetError(
@@ -360,18 +361,24 @@ def _mixed_kinds(
     other: list[Layer],
     kinds: tuple[str, ...],
     bypass: bool = False,
+    unet: bool = False,
 ) -> list[Layer]:
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
     (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
-    writes them."""
+    writes them. `unet` (SD 1.x/2.x, SDXL): the network's weight_decompose (dora_wd) is the adapter's
+    `dora`, which each LoRA / LoHa / LoKr layer takes as its LyCORIS module does and the other kinds'
+    modules never read (runtime/mixed_kinds.py kind_adapter)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
-    on = [key for key in _MIXED_OFF if network.get(key)]
+    # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network (a GLoRA / DyLoRA
+    # adapter takes none, while LyCORIS hands it to their LoCon / LoHa / LoKr entries)
+    wd = unet and _algo(algo) in _BLOCK_KINDS
+    on = [key for key in _MIXED_OFF if network.get(key) and not (wd and key == "weight_decompose")]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
     glora = _algo(algo) == "glora"  # a GLoRA adapter's blocks of other kinds take no bypass
     if "bypass_mode" in on and not drops and bypass and not glora:
@@ -547,6 +554,7 @@ def map_blocks(
     kinds: tuple[str, ...] = (),
     bypass: bool = False,
     entry_bypass: bool = False,
+    unet: bool = False,
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
@@ -555,7 +563,10 @@ def map_blocks(
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
     cannot be written; `entry_bypass`: check_layers'."""
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
-    inert = [*check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass), *_dropped(found, kept)]
+    inert = [
+        *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
+        *_dropped(found, kept),
+    ]
     found = kept
     if kind in _NO_DIMS:
         return [], [], inert

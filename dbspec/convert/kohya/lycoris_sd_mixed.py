@@ -16,7 +16,10 @@ modules', else LoRA; the other modules are
 layers) take their layers; the targets span every module's layer; the run starts from the file
 (runtime/mixed_init.py); with full modules at `init_scale` 2 (make_module_from_state_dict copies the diff
 into FullModule's weight, apply_to adds W, load_weights' prehook adds the diff again: W + 2 diff). A run of
-several kinds builds no weight decomposition (DBS578): a `dora_scale` in such a file is DBS403; a LoCon's
+several kinds decomposes each LoRA / LoHa / LoKr layer as its own kind does: a module's `dora_scale`
+(make_module_from_state_dict builds it with weight_decompose, per output row) is the adapter's `dora` where
+every module of the adapter's kind holds one, else its block's `dora = "on"` (another kind's block holding
+none beside a decomposed adapter: `dora = "off"`); a LoCon's
 `lora_mid`, a LoHa's `hada_t1` / `hada_t2` and a LoKr's `lokr_t2` (their module's Tucker form) are their
 blocks' `tucker = "on"`; an OFT module's `rescale` is its block's `rescaled = "on"`. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_file.py."""
@@ -48,11 +51,14 @@ def is_mixed(modules: dict[str, LycorisModule]) -> bool:
 
 def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
     """A LoCon module's (rank, alpha) as LoConModule.make_module_from_state_dict builds it; else why not."""
-    odd = sorted(k for k in m.shapes if k not in (*_LOCON, "lora_mid.weight"))
-    if "dora_scale" in odd:
+    odd = sorted(k for k in m.shapes if k not in (*_LOCON, "lora_mid.weight", "dora_scale"))
+    dora = m.shapes.get("dora_scale")
+    up = m.shapes.get("lora_up.weight", ())
+    want = (up[0], *[1] * (len(up) - 1)) if up else ()
+    if dora is not None and tuple(dora) != want:  # weight_decompose: wd_on_out, one magnitude per output row
         return (
-            f"`{name}` is a LoCon module with LyCORIS's weight decomposition (dora_scale) beside modules of "
-            "other kinds: dbspec trains several kinds in one run without it (DBS578)"
+            f"{INVALID}`{name}.dora_scale` has shape {list(dora)}, not LyCORIS's {list(want)} (one magnitude "
+            "per output row, make_module_from_state_dict's wd_on_out): load_state_dict raises"
         )
     mid = m.shapes.get("lora_mid.weight")
     if mid is not None and (len(mid) != 4 or len(m.shapes.get("lora_down.weight", ())) != 4):
@@ -70,7 +76,8 @@ def _locon(name: str, m: LycorisModule) -> dict[str, Any] | str:
     if m.alpha < 0:
         return f"`{name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
     # LoConModule: alpha 0 is the dim; a `lora_mid` its Tucker form (make_module_from_state_dict's use_tucker)
-    return {"rank": rank, "alpha": float(m.alpha or rank), **({"tucker": True} if mid is not None else {})}
+    tucker = {"tucker": True} if mid is not None else {}
+    return {"rank": rank, "alpha": float(m.alpha or rank), **tucker, "dora": dora is not None}
 
 
 def _full(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any] | str:
@@ -101,28 +108,26 @@ def _values(name: str, m: LycorisModule, layer: str, path: str) -> dict[str, Any
     else:
         found = _module(name, m, layer, path)
         if isinstance(found, dict):
-            if found["dora"]:
-                return (
-                    f"`{name}` is a LoHa module with LyCORIS's weight decomposition (dora_scale) beside "
-                    "modules of other kinds: dbspec trains several kinds in one run without it (DBS578)"
-                )
             # a `hada_t1` (k x k convolutions only: _module): LohaModule's Tucker form, its block's own
             tucker = {"tucker": True} if found["options"][4] else {}
-            found = {"rank": found["options"][0], "alpha": found["alpha"], **tucker}
+            found = {"rank": found["options"][0], "alpha": found["alpha"], **tucker, "dora": found["dora"]}
     if isinstance(found, str):
         return found
     return {"kind": kind, "spatial": layer == "conv", **found}
 
 
-def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]) -> list[dict[str, Any]]:
-    """Blocks of their own kind for the other kinds' modules (one per kind, layer shape, rank and alpha),
-    each pattern matching exactly its modules among `rows` (every module's layer of the file)."""
+def _kind_blocks(
+    found: dict[str, dict], rows: list[Row], top: tuple[int, float], dora: bool = False
+) -> list[dict[str, Any]]:
+    """Blocks of their own kind for the other kinds' modules (one per kind, layer shape, rank, alpha and
+    weight decomposition), each pattern matching exactly its modules among `rows` (every module's layer of
+    the file); `dora`: the adapter's (a LoRA / LoHa block holding no dora_scale then "off")."""
     groups: dict[tuple, set[str]] = {}
     for path, v in found.items():
         key = (v["kind"], v["spatial"], v["rank"], v["alpha"], bool(v.get("rescaled")), bool(v.get("tucker")))
-        groups.setdefault(key, set()).add(path)
+        groups.setdefault((*key, bool(v.get("dora"))), set()).add(path)
     out = []
-    for (kind, spatial, rank, alpha, rescaled, tucker), paths in groups.items():
+    for (kind, spatial, rank, alpha, rescaled, tucker, decomposed), paths in groups.items():
         block: dict[str, Any] = {"pattern": _pattern(paths, rows), "kind": kind}
         if spatial:
             block.update(rank=top[0], alpha=top[1], conv_rank=rank, conv_alpha=alpha)
@@ -132,6 +137,8 @@ def _kind_blocks(found: dict[str, dict], rows: list[Row], top: tuple[int, float]
             block["rescaled"] = "on"
         if tucker:  # a LoCon convolution's `lora_mid` (runtime/locon_tucker.py), a LoHa's `hada_t1`
             block["tucker"] = "on"
+        if decomposed != dora and kind in ("lora", "loha"):  # weight_decompose where the adapter's differs
+            block["dora"] = "on" if decomposed else "off"
         out.append(block)
     return out
 
@@ -153,13 +160,9 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
         found = sd_factor_file(mine, family, unet_only, beside=len(mine) < len(modules))
     if isinstance(found, str):
         return found
-    own_blocks = [*found["blocks"], *found["text_encoder_blocks"]]
-    # their Tucker form (lokr_t2 / hada_t1) is their blocks' own `tucker` (sd_factor_file's `beside`)
-    if found.get("dora") or any("dora" in b for b in own_blocks):
-        return (
-            f"its {own} modules hold LyCORIS's weight decomposition "
-            "beside modules of other kinds: dbspec trains several kinds in one run without it (DBS578)"
-        )
+    # their Tucker form (lokr_t2 / hada_t1) is their blocks' own `tucker` (sd_factor_file's `beside`), their
+    # dora_scale the adapter's `dora` (every one of them holds one) or their blocks' own
+    dora = bool(found.get("dora"))
     split = _split(modules, layers, own, unet_only)
     if isinstance(split, str):
         return split
@@ -186,8 +189,10 @@ def sd_mixed_file(modules: dict[str, LycorisModule], family: str, unet_only: boo
         out["init_scale"] = 2.0
     top = (int(out["rank"]), float(out["alpha"]))
     # the other kinds' blocks first: each module takes the first block whose pattern it matches
-    out["blocks"] = [*_kind_blocks(unet, rows, top), *found["blocks"]]
-    out["text_encoder_blocks"] = [*_kind_blocks(text, text_rows, top), *found["text_encoder_blocks"]]
+    out["blocks"] = [*_kind_blocks(unet, rows, top, dora), *found["blocks"]]
+    out["text_encoder_blocks"] = [*_kind_blocks(text, text_rows, top, dora), *found["text_encoder_blocks"]]
+    if own == "locon" and any(b.get("dora") == "on" for b in (*out["blocks"], *out["text_encoder_blocks"])):
+        out["dora_form"] = "lycoris"  # LoConModule's decomposition (the norm not detached)
     return out
 
 
