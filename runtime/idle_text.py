@@ -34,16 +34,3 @@ def named_idle(comps, plan) -> dict[str, torch.nn.Parameter]:
         for key, p in enc.named_parameters()
         if p.requires_grad
     }
-
-
-def idle_grads(named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor] | None:
-    """Their accumulated gradients for a checkpoint (None without idle encoders; none before the first)."""
-    if not named:
-        return None
-    return {k: p.grad.detach().to("cpu", copy=True) for k, p in named.items() if p.grad is not None}
-
-
-def restore_idle_grads(named: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor]) -> None:
-    for key, grad in saved.items():
-        param = named[key]
-        param.grad = grad.to(param.device, param.dtype)

@@ -40,14 +40,3 @@ def freeze_down(module: torch.nn.Module, seed: int, grads: bool) -> list[torch.n
             down.requires_grad_(grads)
             downs[id(down)] = down
     return list(downs.values())
-
-
-def frozen_down_grads(named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
-    """The accumulated gradients of the frozen downs, for a checkpoint (kohya mode; none before the first)."""
-    return {k: p.grad.detach().to("cpu", copy=True) for k, p in named.items() if p.grad is not None}
-
-
-def restore_frozen_down_grads(named: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor]) -> None:
-    for key, grad in saved.items():
-        param = named[key]
-        param.grad = grad.to(param.device, param.dtype)

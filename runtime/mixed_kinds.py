@@ -24,11 +24,9 @@ from contextlib import contextmanager
 import attrs
 import torch
 
-from dbspec.plan.model import AdapterPlan
+from dbspec.plan.model import BYPASS_KINDS, AdapterPlan
 
 KIND_CONFIGS = "dbspec_kind_configs"  # the module attribute: {kind: peft config} of the other kinds
-# the kinds whose LyCORIS bypass forward differs from their default one (compiler/adapters.py BYPASS_KINDS)
-BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def mixed(adapter: AdapterPlan) -> bool:

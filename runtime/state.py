@@ -15,8 +15,7 @@ from dbspec.plan.io import run_hash
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime.distributed import gathered, load_optimizer_state
 from dbspec.runtime.optimizer_blocks import held_gradients, restore_held_gradients
-from dbspec.runtime.idle_text import idle_grads, restore_idle_grads
-from dbspec.runtime.lora_fa import frozen_down_grads, restore_frozen_down_grads
+from dbspec.runtime.grad_state import restore_grads, saved_grads
 from dbspec.runtime.rounding import load_keeping_state_dtypes
 from dbspec.runtime.scaled_pos import added_sides, restore_sides
 from dbspec.runtime.tokens_ti import split_state
@@ -99,8 +98,8 @@ class TrainState:
             generators=generators,
             scaled_pos_sides=added_sides(run.comps.unet),
             held_grads=held_gradients(run),
-            frozen_down_grads=frozen_down_grads(run.frozen_down) if run.frozen_down else None,
-            idle_grads=idle_grads(run.idle),
+            frozen_down_grads=saved_grads(run.frozen_down),
+            idle_grads=saved_grads(run.idle),
             ggpo=_ggpo_state(run),
             eval_record=run.eval_record.state(),
         )
@@ -128,10 +127,8 @@ class TrainState:
             run.ema.load_state_dict(self.ema)
         if run.accelerator.is_main_process:  # the sides it saved are its own
             restore_sides(run.comps.unet, self.scaled_pos_sides)
-        if run.frozen_down and self.frozen_down_grads is not None:
-            restore_frozen_down_grads(run.frozen_down, self.frozen_down_grads)
-        if run.idle and self.idle_grads is not None:
-            restore_idle_grads(run.idle, self.idle_grads)
+        restore_grads(run.frozen_down, self.frozen_down_grads)
+        restore_grads(run.idle, self.idle_grads)
         ckpt.restore_rng_state(self.rng)
         if self.held_grads:
             restore_held_gradients(run, self.held_grads)

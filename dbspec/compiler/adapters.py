@@ -12,7 +12,7 @@ import attrs
 
 from dbspec.compiler.fused import block_dora, fused_plan, split_fused_plan, targeted
 from dbspec.families import T5_LORA_TARGETS, family_spec, t5_text_encoders
-from dbspec.plan.model import AdapterPlan, BlockPlan, FusedPlan
+from dbspec.plan.model import BYPASS_KINDS, AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
 # Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
@@ -174,11 +174,6 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
     params = adapter_params(adapter, family, components, plan.denoiser_targets, fused)
     split = split_fused_plan(adapter, family, plan)  # adapter.fused_dropout: split parts draw together
     return attrs.evolve(plan, fused=fused, split_fused=split, params=params)
-
-
-# the block kinds whose LyCORIS bypass forward differs from their default one (a lora / loha / lokr adapter's
-# `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled, IA^3 scales the bias too
-BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def bypass_blocks(adapter) -> list[tuple[str, int]]:

@@ -99,6 +99,11 @@ class ModelPlan:
     merge_adapters: tuple[MergePlan, ...] = ()
 
 
+# the block kinds whose LyCORIS bypass forward differs from their default one (a lora / loha / lokr adapter's
+# `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled, IA^3 scales the bias too
+BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
+
+
 @frozen
 class BlockPlan:
     """The denoiser modules whose path `pattern` matches (re.search; the first block wins): their ranks and

@@ -12,6 +12,7 @@ from dbspec.plan.scaled_pos import area_bounds, grid_of
 from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
+    BYPASS_KINDS,
     FP16_GRAD_SCALER,
     CaptionPlan,
     FlowPlan,
@@ -1498,13 +1499,9 @@ def _block_factor(block, a) -> str:
     ):
         if getattr(block, key) != "adapter":
             out += f", {key} {getattr(block, key)}"
-    if block.bypass is not None and block.bypass != a.bypass and block.kind in _BYPASS_KINDS:
+    if block.bypass is not None and block.bypass != a.bypass and block.kind in BYPASS_KINDS:
         out += ", bypass_mode on (LyCORIS's bypass forward)" if block.bypass else ", bypass_mode off"
     return out
-
-
-# the block kinds whose LyCORIS bypass forward differs from their default one (compiler/adapters.py)
-_BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def _ggpo_rows(a) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dbspec.families import FAMILIES
-from dbspec.plan.model import Plan
+from dbspec.plan.model import BYPASS_KINDS, Plan
 
 Check = tuple[str, Callable[[object], bool], str]  # dotted field, test, requirement
 
@@ -183,14 +183,13 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"{str(a.dora).lower()}, family {plan.model.family!r}"
         )
     blocks = (*a.blocks, *a.text_encoder_blocks)
-    others = [
-        b for b in blocks if b.kind in ("diag-oft", "boft", "dylora", "ia3") and (b.rank or b.conv_rank)
-    ]
+    others = [b for b in blocks if b.kind in BYPASS_KINDS and (b.rank or b.conv_rank)]
     own = [b for b in blocks if b.bypass is not None and b.bypass != a.bypass]
-    kinds = ("diag-oft", "boft", "dylora", "ia3")
     # DBS592 in specs: a block's own bypass_mode acts on those blocks of a LoRA / LoHa / LoKr, or of a
     # DyLoRA / GLoRA of another kind, only
-    fits = [b for b in own if b.kind in kinds and a.kind in ("lora", "loha", "lokr", "dylora", "glora")]
+    fits = [
+        b for b in own if b.kind in BYPASS_KINDS and a.kind in ("lora", "loha", "lokr", "dylora", "glora")
+    ]
     own = [b for b in own if b not in fits or b.kind == a.kind]
     if own:
         yield (

@@ -17,6 +17,7 @@ import math
 import re
 from typing import Any
 
+from dbspec.plan.model import BYPASS_KINDS
 from dbspec.convert.kohya.lycoris_entry_opts import (
     mixed_rank_stabilized,
     own_rank_dropout_scale,
@@ -256,7 +257,7 @@ _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
 # those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
 # BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled; IA^3
 # scales the output, bias included: lycoris-lora 4.1.3, tests/runtime/test_lycoris_ia3_bypass.py)
-BYPASS_BLOCKS = ("diag-oft", "boft", "dylora", "ia3")
+BYPASS_BLOCKS = BYPASS_KINDS
 
 
 def _own_bypass(algo: str, entry: str) -> bool:
