@@ -27,6 +27,7 @@ from dbspec.convert.kohya.idle_text import file_idle
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
     file_has_first_text,
+    file_has_second_text,
     file_has_text,
     map_adapter,
     map_file_text_encoders,
@@ -175,11 +176,19 @@ def convert_kohya(
     map_lr_schedule(a, length.total_steps, conv, script)
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     has_text, has_first = (file_has_text(a, paths), file_has_first_text(a, paths)) if lora else (True, True)
+    has_second = file_has_second_text(a, paths) if lora else True
     idle_file = lora and file_idle(a, paths, script, conv)  # a file's text-encoder modules kept at rate 0
     text_encoder = map_text_encoder(
-        a, script, length.total_steps, conv, has_text, has_first, idle_file=idle_file
+        a,
+        script,
+        length.total_steps,
+        conv,
+        has_text,
+        has_first,
+        idle_file=idle_file,
+        second_modules=has_second,
     )
-    map_learning_rates(a, script, text_encoder, conv, idle_file)
+    map_learning_rates(a, script, text_encoder, conv, idle_file, clip_g_modules=has_second)
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     map_block_lr(a, script, conv)

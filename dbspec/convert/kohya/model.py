@@ -437,6 +437,14 @@ def file_has_first_text(a: Args, paths: PathMapper) -> bool:
     return names is None or any(n.startswith(("lora_te_", "lora_te1_")) for n in names)
 
 
+def file_has_second_text(a: Args, paths: PathMapper) -> bool:
+    """False when --dim_from_weights builds the network from a file without a module of the second CLIP
+    encoder (SDXL's and SD3's CLIP-G: `lora_te2_`); True otherwise, or when it is unreadable. Read for SDXL
+    and SD3 alone (LyCORIS on Flux names T5-XXL's modules lora_te2_)."""
+    names = _file_modules(a, paths)
+    return names is None or any(n.startswith("lora_te2_") for n in names)
+
+
 def map_file_text_encoders(
     a: Args, script: str, paths: PathMapper, conv: Conversion, trains: bool, idle: bool = False
 ) -> None:

@@ -701,11 +701,13 @@ def map_text_encoder(
     text_modules: bool = True,
     first_modules: bool = True,
     idle_file: bool = False,
+    second_modules: bool = True,
 ) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
-    `first_modules`: whether kohya's network holds text-encoder modules at all / of the first encoder (False
-    for a --dim_from_weights file without them); `idle_file`: a --network_weights file's text-encoder modules
-    at rate 0 that train.text_encoder_idle keeps (file_idle)."""
+    `first_modules` / `second_modules`: whether kohya's network holds text-encoder modules at all / of the
+    first encoder / of the second CLIP encoder (False for a --dim_from_weights file without them);
+    `idle_file`: a --network_weights file's text-encoder modules at rate 0 that train.text_encoder_idle keeps
+    (file_idle)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -747,7 +749,11 @@ def map_text_encoder(
         return bool(conv.values.get(("train", "t5"), (False, ""))[0])
     te_lr = lora_text_encoder_lr(a)
     clip_g = _sd3_clip_g_rate(a, script)
-    if not unet_only.value and te_lr.value == 0 and clip_g and text_modules:
+    if clip_g is not None and text_modules and second_modules and not first_modules:
+        # lora_sd3 --dim_from_weights with CLIP-G's modules and not CLIP-L's: CLIP-G's rate alone decides
+        # (text_encoder_lr's second value; at 0 nothing trains and the file's CLIP-G modules stay idle)
+        te_lr = attrs.evolve(te_lr, value=clip_g)
+    if not unet_only.value and te_lr.value == 0 and clip_g and text_modules and second_modules:
         return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
     if not unet_only.value and te_lr.value == 0:
         if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
@@ -755,8 +761,8 @@ def map_text_encoder(
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
             )
-            if clip_g == 0:  # lora_sd3's CLIP-G at 0 too (its second value, or the one value)
-                first = "CLIP-L's and CLIP-G's"
+            if clip_g == 0 and second_modules:  # lora_sd3's CLIP-G at 0 too (its second value, or the one)
+                first = "CLIP-L's and CLIP-G's" if first_modules else "CLIP-G's"
             if idle_kohya(a, script, file=idle_file, conv=conv):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
             else:
@@ -933,8 +939,16 @@ def lora_text_encoder_lr(a: Args) -> Legacy:
 
 
 def map_learning_rates(
-    a: Args, script: str, text_encoder: bool, conv: Conversion, idle_file: bool = False
+    a: Args,
+    script: str,
+    text_encoder: bool,
+    conv: Conversion,
+    idle_file: bool = False,
+    clip_g_modules: bool = True,
 ) -> None:
+    """[optimizer] lr / text_encoder_lr (text_encoder: whether a text encoder trains, map_text_encoder;
+    `clip_g_modules`: False for a --dim_from_weights file without SD3 CLIP-G modules, whose rate then
+    reads nothing)."""
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
     if not unet_lr.value and script != "train_db":
@@ -953,7 +967,7 @@ def map_learning_rates(
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
-    te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file)
+    te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file, clip_g_modules)
     if te is not None and text_encoder:
         if not unet_lr.value:
             conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
@@ -1104,7 +1118,13 @@ def _train_db_frozen_unet(a: Args, unet_lr: Legacy, text_encoder: bool, conv: Co
 
 
 def _text_encoder_lr(
-    a: Args, script: str, lr: Legacy, trains: bool, conv: Conversion, idle_file: bool = False
+    a: Args,
+    script: str,
+    lr: Legacy,
+    trains: bool,
+    conv: Conversion,
+    idle_file: bool = False,
+    clip_g_modules: bool = True,
 ) -> Legacy | None:
     if script == "train_db":
         te = a["learning_rate_te"]
@@ -1142,8 +1162,10 @@ def _text_encoder_lr(
     if script == "flux_train_network" and _t5_only(a, script) and module != "lycoris.kohya":
         return _t5_rate(a, lr)  # LyCORIS has one text group, at the first value (lora_text_encoder_lr)
     te = lora_text_encoder_lr(a)
-    if script == "sd3_train_network" and trains and module != "lycoris.kohya":
+    if script == "sd3_train_network" and trains and module != "lycoris.kohya" and clip_g_modules:
         return _sd3_clip_g_lr(a, te, conv, idle_file)
+    if script == "sd3_train_network" and trains and module != "lycoris.kohya":
+        return te  # a --dim_from_weights file without CLIP-G modules: kohya reads CLIP-L's rate alone
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
         # LyCORIS's network has no prepare_optimizer_params_with_multiple_te_lrs either
         conv.notes.append(
