@@ -193,10 +193,12 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     trained = {c.name for c in plan.precision.components if c.trainable != "frozen"}
     assert trained == {"unet", "text_encoder_2"} and plan.optimizer.text_encoder_lr == 5e-5
     # CLIP-G's modules at 0 (one value: every encoder's), CLIP-L without any: --dim_from_weights builds none
-    # there, which train.text_encoder_idle (one option for both CLIP encoders) cannot say beside CLIP-G's
+    # there, so CLIP-G alone is idle and CLIP-L's targets are written empty (test_convert_kohya_sd3_file_clip)
     for rates in ("5e-5 0", "0"):
         outcome = run(rates)
-        assert IDLE in messages(outcome, "DBS403") and clip_g in messages(outcome, "DBS403")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder_2",) and not plan.adapter.text_encoder_targets
     # both CLIP encoders' modules in the file: the one at rate 0 kept idle with its file modules
     clip_l = "lora_te1_text_model_encoder_layers_0_mlp_fc2"
     held = {unet: _lora(3 * 2432, 2432), clip_l: _lora(768, 3072), clip_g: _lora(1280, 5120)}

@@ -9,7 +9,8 @@ skipping!"), LyCORIS one text group at the first value."""
 from __future__ import annotations
 
 import numpy as np
-from convert_kit import component_file, images, kohya
+import pytest
+from convert_kit import codes, component_file, images, kohya, plan_of
 from safetensors.numpy import save_file
 
 UNET = "lora_unet_joint_blocks_0_x_block_attn_qkv"
@@ -54,3 +55,53 @@ def test_clip_g_file_at_rate_0_does_not_train_clip_g(tmp_path):
         values = outcome.conversion.values
         assert values[("train", "text_encoder")][0] is False
         assert values.get(("train", "text_encoder_2"), (False, ""))[0] is False, values
+
+
+ENCODERS = {"text_encoder": CLIP_L, "text_encoder_2": CLIP_G}
+
+
+def _kohya(held: tuple[str, ...], rates: str, network: str) -> tuple[dict[str, float], tuple[str, ...]]:
+    """What kohya's network does with the file's CLIP modules: the encoders that train (at their rate) and
+    the ones whose modules sit at rate 0 (applied, never stepped). lora_sd3's
+    prepare_optimizer_params_with_multiple_te_lrs pads text_encoder_lr to [CLIP-L, CLIP-G, T5-XXL] ([a] ->
+    [a, a, a], [a, b] -> [a, b, b], none -> learning_rate); LyCORIS has one text group at the first value
+    (train_network.py hands a network without per-encoder rates the first)."""
+    values = [float(v) for v in rates.split()] or [1e-4]  # --learning_rate 1e-4
+    if network == "networks.lora_sd3":
+        rate = {"text_encoder": values[0], "text_encoder_2": values[min(1, len(values) - 1)]}
+    else:
+        rate = dict.fromkeys(ENCODERS, values[0])
+    trained = {e: rate[e] for e, module in ENCODERS.items() if module in held and rate[e] > 0}
+    idle = tuple(e for e, module in ENCODERS.items() if module in held and rate[e] == 0)
+    return trained, idle
+
+
+@pytest.mark.parametrize("network", sorted(NETWORKS))
+@pytest.mark.parametrize("held", [(CLIP_L,), (CLIP_G,), (CLIP_L, CLIP_G), ()], ids=["l", "g", "lg", "none"])
+def test_each_clip_encoder_as_kohya_builds_and_rates_it(tmp_path, network, held):
+    """Every file (CLIP-L's modules alone, CLIP-G's alone, both, neither) at every rate pattern: the encoder
+    with modules trains at its rate, or at 0 stays idle (train.text_encoder_idle = "kohya", loaded with the
+    file's modules, with max_grad_norm or without: the file's modules change the encoder's output); the
+    encoder without modules carries nothing (kohya's network has none there: its targets written empty
+    beside an idle one). Nothing is refused (DBS402 / DBS403) or warned about (DBS404)."""
+    for rates in ("0", "5e-5", "0 5e-5", "5e-5 0", "5e-5 2e-5"):
+        trained, idle = _kohya(held, rates, network)
+        clips = ("", " --max_grad_norm 0") if idle else ("",)
+        for clip in clips:
+            given = f"--text_encoder_lr {rates}" if rates else ""
+            outcome = _sd3(tmp_path, held, given + clip, network)
+            assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), (rates, clip, outcome.diagnostics)
+            plan = plan_of(outcome, tmp_path)
+            o = plan.optimizer
+            rate = {
+                "text_encoder": o.text_encoder_lr,
+                "text_encoder_2": o.text_encoder_2_lr or o.text_encoder_lr,
+            }
+            adapted = {
+                c.name for c in plan.precision.components if c.name in ENCODERS and c.trainable == "lora"
+            }
+            assert plan.idle_text_encoders == idle, rates
+            assert adapted == set(trained) | set(idle), rates  # the encoder without modules: plain
+            assert {e: rate[e] for e in adapted - set(idle)} == pytest.approx(trained), rates
+            assert plan.optimizer.max_grad_norm == (0.0 if clip else 1.0)
+            assert plan.adapter.init_weights.endswith("prev.safetensors")

@@ -12,10 +12,10 @@ and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora
 lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l /
 train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
-modules always (adapter.init_weights loads them into the idle encoder). Elsewhere: a file's idle modules
-are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP encoder's modules, T5-XXL's
-modules at rate 0 beside them; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh
-modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
+modules always (adapter.init_weights loads them into the idle encoder; with --dim_from_weights SDXL's and
+SD3's CLIP encoder without modules in the file gets empty targets, model.py _idle_targets). Elsewhere: a
+file's idle modules are DBS403 (idle_text_modules: T5-XXL's modules at rate 0 beside them), fresh modules
+under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
 optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
 encoders' beside them)."""
 
@@ -152,18 +152,11 @@ def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
 def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None = None) -> bool:
     """Whether the --network_weights file's text-encoder modules at rate 0 convert as
     train.text_encoder_idle = "kohya" (the idle encoders loaded with the file's modules by
-    adapter.init_weights): the scripts and networks idle_kohya takes, where kohya's network holds modules on
-    every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL and SD3
-    both CLIP encoders')."""
+    adapter.init_weights): the scripts and networks idle_kohya takes. create_network builds modules on every
+    CLIP encoder; --dim_from_weights only the file's (SDXL's and SD3's CLIP encoder without any gets empty
+    targets, map_file_text_encoders, so nothing is idle there)."""
     idle = _idle_modules(a, paths)
-    if not idle or not idle_kohya(a, script, file=True, conv=conv, paths=paths):
-        return False
-    if a["dim_from_weights"].value and script == "sd3_train_network":
-        # create_network_from_weights builds only the file's modules: SD3's CLIP encoders train at rates of
-        # their own, and one without modules beside the other's is left to DBS403 (SDXL's: the encoder
-        # without modules gets empty targets, map_file_text_encoders, so nothing is idle there)
-        return all(_file_holds(a, paths, prefix) for prefix in ("lora_te1_", "lora_te2_"))
-    return True
+    return bool(idle) and idle_kohya(a, script, file=True, conv=conv, paths=paths)
 
 
 def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:

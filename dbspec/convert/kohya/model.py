@@ -452,9 +452,12 @@ def map_file_text_encoders(
     create_network_from_weights builds no LoRA on the others (SDXL's and SD3's second, or the first: Flux's
     and SD3's CLIP-L beside T5-XXL), so they do not train (train.text_encoder / train.text_encoder_2, the
     second training alone as with kohya's first rate 0). T5-XXL trains from its lora_te3 names (train.t5).
-    `idle`: SDXL's encoders at rate 0 kept idle (train.text_encoder_idle; file_idle): the encoder without
-    modules gets no targets, so nothing is left idle there (_idle_targets)."""
-    if idle and not trains and script == "sdxl_train_network" and a["dim_from_weights"].value:
+    `trains`: whether the file's CLIP encoders train (map_text_encoder: on SD3 lora_sd3 reads the rate of
+    the encoder the file holds). `idle`: SDXL's and SD3's file modules at rate 0 kept idle
+    (train.text_encoder_idle; file_idle): the encoder without modules gets no targets, so nothing is left
+    idle there (_idle_targets)."""
+    two_clip = script in ("sdxl_train_network", "sd3_train_network")
+    if idle and not trains and two_clip and a["dim_from_weights"].value:
         _idle_targets(a, paths, conv)
     names = _file_modules(a, paths) if trains else None
     if not names or not any(n.startswith("lora_te") for n in names):
@@ -475,7 +478,7 @@ def map_file_text_encoders(
 
 
 def _idle_targets(a: Args, paths: PathMapper, conv: Conversion) -> None:
-    """SDXL --dim_from_weights at text_encoder_lr 0 with a file holding one CLIP encoder's modules: kohya's
+    """SDXL / SD3 --dim_from_weights with a file holding one CLIP encoder's modules, at its rate 0: kohya's
     network has modules on that encoder alone (create_network_from_weights), kept idle; the other's targets
     are written empty (the second's apart from the first's), so train.text_encoder_idle leaves it plain."""
     names = _file_modules(a, paths) or []
