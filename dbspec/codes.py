@@ -2706,8 +2706,9 @@ alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed a
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
-`multiplier`, `max_norm`, `freeze_down`, `dora` (but on SD 1.x/2.x and SDXL: LyCORIS's weight
-decomposition on every LoRA / LoHa / LoKr layer, which the other kinds' modules never read), `tucker`,
+`multiplier`, `max_norm`, `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa
+/ LoKr layer, on Flux, SD3 and Chroma each fused Linear whole, which the other kinds' modules never read),
+`tucker`,
 `scalar`, `full_matrix` (but on a lokr adapter:
 its LoKr layers alone read it), `rank_stabilized`, `ggpo`, `fused_projections` (but on Flux, SD3 and
 Chroma, where `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks LyCORIS's bypass forward of the one
@@ -2788,14 +2789,15 @@ holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_f
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
-renormalises their masked update), blocks of another `kind` on Flux, SD3 and Chroma (on SD 1.x/2.x and SDXL
-each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, a decomposed block of another kind
-refused), blocks with their own `tucker`, or a quantised base weight. With `fused_projections` a block covers
-whole fused layers (DBS507), each decomposed per output row (`dora_axis = "input"`: DBS509 / DBS575). A
-block's own `dora_axis` (a map entry's `wd_on_out`) on layers that decompose is held to the same options, and
-also not taken with `fused_projections`; an `init_weights` file starts those layers from its `dora_scale` in
-the block's axis shape (per input column `(1, in, ...)`), each
-tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict` checks it.""",
+renormalises their masked update), a decomposed block of another `kind` than LoRA, LoHa and LoKr (beside
+blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
+Chroma each fused Linear whole), blocks with their own `tucker`, or a quantised base weight. With
+`fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
+(`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
+that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`
+file starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`),
+each tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict`
+checks it.""",
         help="set the blocks' dora to \"adapter\" (the adapter's on every layer), or remove the other option",
     ),
     Code(

@@ -130,12 +130,12 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
             key = f"{prefix}_{original.replace('.', '_')}"
             if part is None:  # a Linear of its own in kohya's model
                 up = _into(layer.lora_B[adapter].weight)
-                if _swapped(module, name):
-                    up = _halves_swapped(plan.adapter.init_weights, key, "lora_up.weight", up)
-                out[key] = (
-                    {"lora_down.weight": _into(layer.lora_A[adapter].weight), "lora_up.weight": up},
-                    alpha,
-                )
+                slots = {"lora_down.weight": _into(layer.lora_A[adapter].weight), "lora_up.weight": up}
+                slots |= _dora_slot(layer, adapter)  # LoConModule's weight_decompose (lycoris_dora.py)
+                if _swapped(module, name):  # the rows kohya holds the other way round (a column's: whole)
+                    for row in ["lora_up.weight", *(["dora_scale"] if _row_dora(slots) else [])]:
+                        slots[row] = _halves_swapped(plan.adapter.init_weights, key, row, slots[row])
+                out[key] = (slots, alpha)
                 continue
             rows = _fused_rows(inner, layers, name, family)
             if rows is None:
@@ -150,6 +150,28 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
             slots = {
                 "lora_down.weight": _into(down),
                 "lora_up.weight": _rows([p.lora_B[adapter].weight for p in parts]),
+                **_fused_dora_slot(parts, adapter),
             }
             out[key] = (slots, alpha)
     return out
+
+
+def _row_dora(slots: dict[str, Slot]) -> bool:
+    """The slots hold a `dora_scale` per output row (LyCORIS's wd_on_out shape (out, 1))."""
+    return "dora_scale" in slots and slots["dora_scale"][0][0] != 1
+
+
+def _fused_dora_slot(parts: list, adapter: str) -> dict[str, Slot]:
+    """A fused LoConModule's `dora_scale` with weight_decompose (the layer decomposed in its kind's pass,
+    runtime/mixed_kinds.py): per output row its parts' magnitudes stacked in kohya's row order, per input
+    column the one (1, in) magnitude they share (runtime/lycoris_dora.py tie_fused_doras), as
+    runtime/flow_init.py loads a LoCon network's."""
+    from dbspec.runtime.lycoris_dora import axis_of, dora_scale_of
+    from dbspec.runtime.lycoris_init import _rows
+
+    scales = [dora_scale_of(p, adapter) for p in parts]
+    if scales[0] is None:
+        return {}
+    if axis_of(scales[0].shape) == "input":
+        return {"dora_scale": _into(scales[0])}
+    return {"dora_scale": _rows(scales)}

@@ -2841,12 +2841,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
     # kinds the adapter, whose LoRA / LoHa layers never read it)
     kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
-    # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer of the U-Net families, the
-    # other kinds' modules never decomposing (runtime/mixed_kinds.py kind_adapter); Flux / SD3 / Chroma's
-    # fused layers not
-    family = FAMILIES.get(spec.model.family)
-    if family is None or family.denoiser == "unet":
-        kept += ("dora",)
+    # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer, the other kinds' modules
+    # never decomposing (runtime/mixed_kinds.py kind_adapter): on Flux / SD3 / Chroma each kind's fused
+    # Linears whole, as that kind's one LyCORIS module on kohya's fused Linear (runtime/lycoris_dora.py)
+    kept += ("dora",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -2997,9 +2995,9 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS weight decomposition (runtime/lycoris_dora.py on its layers alone), or its own
     axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
-    LoRA), on LoRA / LoHa / LoKr layers (beside blocks of other kinds on the U-Net families: each kind's
-    layers decomposed in their own pass, runtime/mixed_kinds.py), without the options that need one setting
-    on every layer (DBS583)."""
+    LoRA), on LoRA / LoHa / LoKr layers (beside blocks of other kinds each kind's layers decomposed in their
+    own pass, runtime/mixed_kinds.py; Flux / SD3 / Chroma's fused Linears whole), without the options that
+    need one setting on every layer (DBS583)."""
     a = spec.adapter
     own = [
         (table, i, "dora", block.dora)
@@ -3021,8 +3019,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
     mixed = any(getattr(b, "kind", "adapter") not in ("adapter", a.kind) for b in blocks)
-    family = FAMILIES.get(spec.model.family)
-    unet = family is None or family.denoiser == "unet"  # "auto": the compiler runs it with the detected one
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3039,10 +3035,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, bool(getattr(a, key, 0.0)))
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
-            # beside blocks of another kind: each LoRA / LoHa / LoKr layer its own decomposition
-            # (runtime/mixed_kinds.py kind_adapter, lycoris_dora.py per kind's pass) on the U-Net families;
-            # Flux / SD3 / Chroma's fused layers not (a transformer family's mixed run)
-            ("a block's own kind on a transformer family", mixed and not unet),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
             (
                 "a quantised base (precision.quantize_*)",

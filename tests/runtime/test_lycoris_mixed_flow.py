@@ -60,6 +60,15 @@ alpha = 1
 _CLASS = {"lora": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule"}
 # the same file on a LoKr network: LoCon on the image q/k/v, LoKr on what no entry reaches
 MIXED_LOKR = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "locon"\ndim = 8')
+# with the network's dora_wd (issue 12; was DBS403 / a spec's DBS578 on the fused Linears): every LoKr, LoCon
+# and LoHa module decomposed but img_in's, whose entry's weight_decompose is false (was DBS583), and a full
+# entry on the image stream's out projection (FullModule never reads it)
+# the LoKr entry's own weight_decompose on a LoCon network with wd_on_output=False: the image q/k/v's one
+# LokrModule per input column of the fused Linear (was DBS403 / a spec's DBS583), nothing else decomposed
+MIXED_COLUMNS = MIXED.replace("dim = 8\n", "dim = 8\nweight_decompose = true\n")
+MIXED_LOKR_DORA = MIXED_LOKR.replace("dim = 3\n", "dim = 3\nweight_decompose = false\n") + (
+    '[name_algo_map."double_blocks.*.img_attn.proj"]\nalgo = "full"\n'
+)
 
 
 def _file(tmp_path: Path, text: str = MIXED) -> str:
@@ -163,22 +172,36 @@ def _tree(paths: dict[str, nn.Module]) -> nn.Module:
 
 
 @pytest.mark.parametrize("algo", ["locon", "lokr"])
-def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
-    """A tiny Flux run of the file (on a LoCon network, and on a LoKr one with LoCon on the image q/k/v)
-    trains, resumes bit-exact (losses and export), and its export's modules, loaded by lycoris-lora's
-    create_network_from_weights onto kohya's fused Linears (the trained parts' base weights stacked) and
-    CLIP-L, are LokrModule / LohaModule / LoConModule as the file gives them and compute the trained layers'
-    outputs; its adapter folders load back onto the plain transformer as `dbspec sample` loads them."""
+def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo, monkeypatch):
+    """A tiny Flux run of the file (on a LoCon network whose LoKr entry decomposes its own layers per input
+    column, MIXED_COLUMNS; and on a LoKr one with LoCon on the image q/k/v, dora_wd and a full entry,
+    MIXED_LOKR_DORA) trains, resumes bit-exact (losses and export), and its export's modules, loaded by
+    lycoris-lora's create_network_from_weights onto kohya's fused Linears (the trained parts' base weights
+    stacked) and CLIP-L, are LokrModule / LohaModule / LoConModule / FullModule as the file gives them and
+    compute the trained layers' outputs; the export holds `dora_scale` on exactly the modules lycoris-lora's
+    create_network decomposes from the same file and network_args, in their shapes (each kind's fused
+    Linears whole, in that kind's pass: runtime/mixed_kinds.py; issue 12, was DBS403 / a spec's DBS578 /
+    DBS583), a module per input column being create_network's own loaded with the export's tensors
+    (make_module_from_state_dict builds dora_scale per output row); its adapter folders load back onto the
+    plain transformer as `dbspec sample` loads them."""
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.lycoris_flow_kit import stacked_linear
+    from tests.unit.convert_kit import flux_lycoris, plan_of
 
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
-    text = MIXED if algo == "locon" else MIXED_LOKR
-    plan = _converted(tmp_path, _file(tmp_path, text), algo, overrides=base)
+    columns = (MIXED_COLUMNS, {"wd_on_output": "False"})
+    text, wd = columns if algo == "locon" else (MIXED_LOKR_DORA, {"dora_wd": "True"})
+    args = f'"algo={algo}" "preset={_file(tmp_path, text)}" ' + " ".join(f'"{k}={v}"' for k, v in wd.items())
+    plan = plan_of(flux_lycoris(tmp_path, args), tmp_path, base)
     own = {"locon": "lora"}.get(algo, algo)
-    assert plan.adapter.kind == own and plan.adapter.fused
-    assert {b.kind for b in plan.adapter.blocks} >= {"lora", "lokr", "loha"} - {own}
+    a = plan.adapter
+    assert a.kind == own and a.fused and a.dora_form == "lycoris" and a.dora == (algo == "lokr")
+    assert {b.kind for b in a.blocks} >= {"lora", "lokr", "loha"} - {own}
+    # the LoKr entry's own weight_decompose per input column; img_in's LoHa block undecomposed beside dora_wd
+    assert a.dora_axis == ("input" if algo == "locon" else "output")
+    held = [(b.kind, b.dora) for b in a.blocks if b.dora != "adapter"]
+    assert held == ([("lokr", "on")] if algo == "locon" else [("loha", "off")])
     planned = compile_spec(_spec(tmp_path), [*base, "output.dir=whole"])
     whole = execute(planned, keep_models=True)
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
@@ -200,13 +223,13 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
         "single_blocks.0.linear2": (single.proj_out,),
         "img_in": (unet.x_embedder,),
     }
-    rest = _CLASS[own]  # the layers no entry gives another algorithm
+    others = _CLASS[own]  # the layers no entry gives another algorithm
     kinds = {
         "double_blocks.0.img_attn.qkv": "LokrModule" if algo == "locon" else "LoConModule",
-        "double_blocks.0.txt_attn.qkv": rest,
-        "double_blocks.0.img_attn.proj": rest,
+        "double_blocks.0.txt_attn.qkv": others,
+        "double_blocks.0.img_attn.proj": others if algo == "locon" else "FullModule",
         "single_blocks.0.linear1": "LohaModule",
-        "single_blocks.0.linear2": rest,
+        "single_blocks.0.linear2": others,
         "img_in": "LohaModule",
     }
     names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
@@ -215,11 +238,35 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
     kohya = _tree({path: stacked_linear(found) for path, found in layers.items()})
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))  # kohya's text_model. level
     clip_layers = dict(whole.components.text_encoders[0].named_modules())
-    network, _ = lycoris_kohya.create_network_from_weights(
-        1.0, None, None, [clip, nn.Module()], kohya, tensors
+    # the modules lycoris-lora's create_network decomposes from the same file and network_args
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    preset = str(tmp_path / "mixed.toml")
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [clip, nn.Module()], kohya, algo=algo, preset=preset, **wd
     )
+    built = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert set(built) <= {k.split(".")[0] for k in tensors}
+    theirs = {n: tuple(m.dora_scale.shape) for n, m in built.items() if getattr(m, "wd", False)}
+    ours = {n: tuple(tensors[f"{n}.dora_scale"].shape) for n in built if f"{n}.dora_scale" in tensors}
+    assert ours == theirs and {type(built[n]).__name__ for n in theirs} == (
+        {"LokrModule"} if algo == "locon" else {"LokrModule", "LoConModule", "LohaModule"}
+    )
+    assert not {"lora_unet_img_in", "lora_unet_double_blocks_0_img_attn_proj"} & set(ours)
+    columns = [n for n, shape in ours.items() if shape[0] == 1]  # (1, in): create_network's module loads them
+    assert bool(columns) == (algo == "locon")
+    for name in columns:
+        built[name].load_state_dict(
+            {k.removeprefix(f"{name}."): v for k, v in tensors.items() if k.startswith(f"{name}.")}
+        )
+    rest = {k: v for k, v in tensors.items() if k.split(".")[0] not in columns}
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [clip, nn.Module()], kohya, rest)
     loaded = {m.lora_name: m for m in [*network.unet_loras, *network.text_encoder_loras]}
     network.apply_to([clip, nn.Module()], kohya, apply_text_encoder=True, apply_unet=True)
+    for name in columns:
+        built[name].apply_to()
+        loaded[name] = built[name]
     torch.manual_seed(0)
     with torch.no_grad():
         for path, found in layers.items():
@@ -256,6 +303,27 @@ def test_mixed_flux_run_resumes_and_loads_in_lycoris(tmp_path, algo):
             torch.testing.assert_close(
                 torch.cat([p(x) for p in reloaded], dim=-1), trained, rtol=0, atol=1e-5
             )
+    # the export starts a run of the file (runtime/mixed_init.py): every trained tensor the first run's, each
+    # decomposed layer's magnitude (a fused LoConModule's dora_scale rows split into its parts, a (1, in) one
+    # into the magnitude they share) included
+    from tests.runtime.test_flow_init import _loaded
+
+    export = next(Path(whole.final).glob("*.kohya.safetensors"))
+    started = compile_spec(
+        _spec(tmp_path),
+        [*base, "output.dir=again", f'adapter.init_weights="{export}"', "adapter.init_partial=true"],
+    )
+    comps, count = _loaded(started)
+    assert count == len({k.split(".")[0] for k in tensors})
+    for ours, theirs in ((comps.unet, unet), (comps.text_encoders[0], whole.components.text_encoders[0])):
+        trained = {n: p for n, p in theirs.named_parameters() if p.requires_grad}
+        loaded = {n: p for n, p in ours.named_parameters() if p.requires_grad}
+        assert loaded.keys() == trained.keys() and any("dora_scale" in n for n in loaded) == (
+            ours is comps.unet or algo == "lokr"
+        )
+        for name, param in loaded.items():  # a full layer's copy is W + (trained - W): float rounding
+            atol = 1e-6 if "lora_full" in name else 0.0
+            torch.testing.assert_close(param, trained[name], rtol=0, atol=atol, msg=name)
 
 
 def _path_in(model: nn.Module, layer: nn.Module) -> str:

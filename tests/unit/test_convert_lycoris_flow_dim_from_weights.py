@@ -841,7 +841,7 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
             "DBS402",
             "no Tucker core",
         ),
-        (  # a LoCon module's weight decomposition beside other kinds (DBS583 in a spec)
+        (  # a LoCon module's weight decomposition beside other kinds (this conversion maps no dora_scale)
             {
                 "lora_unet_double_blocks_0_txt_attn_qkv": {
                     "lora_down.weight": (2, W),

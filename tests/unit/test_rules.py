@@ -1790,20 +1790,23 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "conv"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
-    # ... and not on Flux / SD3 / Chroma's runs of several kinds (their fused layers')
+    # ... and on Flux / SD3 / Chroma's runs of several kinds, each kind's fused Linears whole (was DBS583;
+    # tests/runtime/test_lycoris_mixed_flow.py), a full block's not
     (
         rules.block_dora_fits,
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
-        [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\n',
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
@@ -1879,17 +1882,14 @@ CASES = [
     # blocks of another kind (LyCORIS preset maps' algo) with an option one kind lacks (issue 12)
     (
         rules.mixed_block_kinds,
-        # the adapter's dora beside other kinds: on the U-Net families each LoRA / LoHa / LoKr layer's
-        # (runtime/mixed_kinds.py; issue 12), not on Flux's fused layers
+        # the adapter's dora beside other kinds: each LoRA / LoHa / LoKr layer's (runtime/mixed_kinds.py;
+        # issue 12), on Flux's fused layers too (was DBS578)
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lokr"\ndora = true\nrank_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
-        [
-            ("DBS578", "error", ("adapter", "rank_dropout")),
-            ("DBS578", "error", ("adapter", "dora")),
-        ],
+        [("DBS578", "error", ("adapter", "rank_dropout"))],
         # module_dropout: each kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py)
         DOG
         + STEPS

@@ -31,9 +31,9 @@ denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run'
 Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
 DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
 model, DBS356), a Tucker form on
-SD3's patch convolution and weight-decomposition tensors (`dora_scale`) there (a run of several kinds
-builds neither, DBS578). Checked against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and
-test_lycoris_mixed_chroma.py."""
+SD3's patch convolution (a run of several kinds builds none there, DBS578) and weight-decomposition tensors
+(`dora_scale`: this conversion maps none to a `dora`, while a preset file's dora_wd converts). Checked
+against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ _OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "
 # make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose
 _DORA = (
     "LyCORIS's weight decomposition on a {kind} module (make_module_from_state_dict's weight_decompose) "
-    "beside modules of other kinds: a run of several kinds takes neither the adapter's `dora` (DBS578) nor a "
-    "block's own `dora` beside blocks of their own kind (DBS583)"
+    "beside modules of other kinds: dbspec's conversion of such a file does not map its `dora_scale` to the "
+    "adapter's or a block's `dora` (a preset file's dora_wd / weight_decompose beside other algorithms "
+    "converts)"
 )
 
 

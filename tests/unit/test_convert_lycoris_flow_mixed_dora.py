@@ -1,0 +1,125 @@
+"""LyCORIS preset files of several algorithms with weight decomposition on Flux / SD3 / Chroma's fused Linears
+(issue 12; was DBS403, a spec's DBS578 / DBS583): the network's dora_wd is the adapter's `dora` (LyCORIS
+hands weight_decompose to every module; LoConModule, LohaModule and LokrModule read it, each on its whole
+fused Linear), an entry's own weight_decompose its block's `dora`; the other kinds never decompose
+(runtime/mixed_kinds.py kind_adapter). tests/runtime/test_lycoris_mixed_flow.py checks the decomposed modules
+against lycoris-lora 4.1.3's create_network on a tiny Flux run."""
+
+from __future__ import annotations
+
+import re
+
+from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
+from test_convert_lycoris_flow_preset_file import MIXED, SD3_X_ATTENTION_MIXED, _flux, _sd3
+
+# MIXED (LoKr on the double blocks' image q/k/v, LoHa on the single blocks' linear1, the network's kind
+# elsewhere) with a full entry on the double blocks' image out projection
+MIXED_FULL = MIXED + '[name_algo_map."double_blocks.*.img_attn.proj"]\nalgo = "full"\n'
+
+
+def _first(a, path: str):
+    return next((b for b in a.blocks if re.search(b.pattern, path)), None)
+
+
+def test_flux_dora_wd_beside_other_algorithms_is_the_adapters_dora(tmp_path):
+    """A LoCon network's dora_wd with LoKr, LoHa and full entries: the adapter's `dora` in LyCORIS's form per
+    output row (every LoCon, LoKr and LoHa fused Linear decomposed whole), the blocks without a `dora` of
+    their own; with wd_on_output=False per input column (each fused layer's parts sharing one (1, in)
+    magnitude, runtime/lycoris_dora.py tie_fused_doras)."""
+    outcome = _flux(tmp_path / "rows", MIXED_FULL, '"algo=locon" "dora_wd=True"')
+    assert not {"DBS402", "DBS403", "DBS578", "DBS583"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args dora_wd") == "mapped"
+    a = plan_of(outcome, tmp_path / "rows").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lora", True, "lycoris", "output")
+    assert a.fused and sorted((b.kind, b.dora, b.dora_axis) for b in a.blocks) == [
+        ("full", "adapter", "adapter"),
+        ("loha", "adapter", "adapter"),
+        ("lokr", "adapter", "adapter"),
+    ]
+    assert _first(a, "transformer_blocks.3.attn.to_v").kind == "lokr"
+    assert _first(a, "single_transformer_blocks.5.proj_mlp").kind == "loha"
+    assert _first(a, "transformer_blocks.3.attn.to_out.0").kind == "full"
+    outcome = _flux(tmp_path / "columns", MIXED_FULL, '"algo=locon" "dora_wd=True" "wd_on_output=False"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args wd_on_output") == "mapped"
+    a = plan_of(outcome, tmp_path / "columns").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lora", True, "lycoris", "input")
+
+
+def test_flux_entries_own_weight_decompose_beside_other_algorithms(tmp_path):
+    """Entries' own weight_decompose beside other algorithms: a LoKr entry's true on a LoCon network is its
+    block's `dora = "on"` (the LoKr fused q/k/v alone decomposed); a LoHa entry's false on a dora_wd LoKr
+    network its block's `dora = "off"` (every other LoKr, LoHa and LoCon layer decomposed). An entry's own
+    wd_on_out on a fused Linear stays refused (DBS403, a spec's DBS583), as beside its own kind."""
+    own = MIXED.replace("dim = 8\n", "dim = 8\nweight_decompose = true\n")
+    outcome = _flux(tmp_path / "on", own, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "on").adapter
+    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    assert [(b.kind, b.rank, b.dora) for b in a.blocks] == [("lokr", 8, "on"), ("loha", 2, "adapter")]
+    off = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "locon"\ndim = 8').replace(
+        "alpha = 1\n", "alpha = 1\nweight_decompose = false\n"
+    )
+    outcome = _flux(tmp_path / "off", off, '"algo=lokr" "dora_wd=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "off").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lokr", True, "lycoris", "output")
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "adapter"), ("loha", "off")]
+    axis = own.replace("weight_decompose = true\n", "weight_decompose = true\nwd_on_out = false\n")
+    outcome = _flux(tmp_path / "axis", axis, '"algo=locon"', allow=True)
+    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
+
+
+def test_flux_dora_wd_refusals_beside_other_algorithms(tmp_path):
+    """What stays refused: dora_wd on a GLoRA network (its adapter has no `dora`, DBS578) and with module
+    dropout (dbspec's fused draws wrap no decomposed weight, as on a network of one algorithm)."""
+    outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True"', allow=True)
+    assert "weight_decompose" in messages(outcome, "DBS403") and "DBS578" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "drop", MIXED, '"algo=locon" "dora_wd=True" "module_dropout=0.1"', allow=True)
+    assert "module_dropout" in messages(outcome, "DBS403")
+
+
+def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
+    """SD3: a LoKr network's dora_wd with a LoHa entry on the x blocks' fused q/k/v: the adapter's `dora`,
+    the LoHa block decomposed with it (LohaModule reads weight_decompose); an entry's own false its block's
+    `dora = "off"`."""
+    outcome = _sd3(tmp_path / "net", SD3_X_ATTENTION_MIXED, '"algo=lokr" "dora_wd=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "net").adapter
+    assert a.fused and (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lokr", True, "lycoris", "output")
+    assert [(b.kind, b.rank, b.dora) for b in a.blocks] == [("loha", 2, "adapter")]
+    off = SD3_X_ATTENTION_MIXED + "weight_decompose = false\n"
+    outcome = _sd3(tmp_path / "off", off, '"algo=lokr" "dora_wd=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "off").adapter
+    assert a.dora and [(b.kind, b.dora) for b in a.blocks] == [("loha", "off")]
+
+
+def test_chroma_dora_wd_beside_a_lokr_entry(tmp_path):
+    """Chroma (Flux's fused Linears): a LoHa network's dora_wd with a LoKr entry on the double blocks' image
+    q/k/v: the adapter's `dora` per output row, the LoKr block covering every part of each fused q/k/v."""
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    (tmp_path / "preset.toml").write_text(MIXED, encoding="utf-8")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
+        "--apply_t5_attn_mask --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        '--network_dim=4 --network_alpha=1 --network_args "algo=loha" "preset=preset.toml" "dora_wd=True" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+        "--guidance_scale 0.0",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.dora, a.dora_form, a.dora_axis) == (
+        "loha",
+        True,
+        "lycoris",
+        "output",
+    )
+    lokr = a.blocks[0]
+    assert (lokr.kind, lokr.rank, lokr.dora) == ("lokr", 8, "adapter")
+    assert all(re.search(lokr.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
