@@ -63,7 +63,7 @@ def one_process(tmp_path_factory) -> Path:
     return once_per_session(tmp_path_factory, "fsdp-one-process", _one_process) / "out"
 
 
-def test_fsdp_shards_and_matches_one_process(fsdp_run, one_process, tmp_path):
+def test_fsdp_shards_and_matches_one_process(fsdp_run, one_process):
     """2 FSDP processes x batch 1 == 1 process x batch 1 x 2 accumulation (as DDP, test_processes).
 
     FSDP's reduce-scatter averages the two gradients as DDP's all-reduce does; gloo sums them in another order
@@ -77,18 +77,21 @@ def test_fsdp_shards_and_matches_one_process(fsdp_run, one_process, tmp_path):
     assert one.keys() == two.keys()
     for key, value in one.items():
         torch.testing.assert_close(two[key], value, rtol=1e-4, atol=1e-6, msg=key)
-    base = _weights_at_start(tmp_path)
+    base = _weights_at_start(one_process.parent / "spec.toml")
     moved = max((one[k] - base[k]).abs().max().item() for k in base)
     assert moved > 1e-3
 
 
-def _weights_at_start(tmp: Path) -> dict[str, torch.Tensor]:
-    """The final unet weights of a run at a learning rate of 1e-12: the weights training started from,
-    to float precision."""
-    spec = _fsdp_spec(tmp / "still", accumulation=2, fsdp=False)
-    spec.write_text(spec.read_text().replace("lr = 0.1", "lr = 1e-12"))
-    assert execute(compile_spec(spec)).status == "finished"
-    return {k: v for k, v in _weights(tmp / "still" / "out").items() if "unet" in k}
+def _weights_at_start(spec: Path) -> dict[str, torch.Tensor]:
+    """The unet weights the run of `spec` (a full fine-tune, already run) started from, keyed as `_weights`
+    keys its final ones: the built-in model's folder that run loaded (plan.model.path). Was a run of its own
+    at a learning rate of 1e-12 (the start to float precision); the folder is the start itself."""
+    from safetensors.torch import load_file
+
+    folder = Path(compile_spec(spec).model.path)
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    assert files, f"no unet weights under {folder}"
+    return {f"final/unet/{f.name}:{k}": v for f in files for k, v in load_file(f).items()}
 
 
 def test_fsdp_checkpoint_holds_whole_state_as_ddp(fsdp_run, one_process):

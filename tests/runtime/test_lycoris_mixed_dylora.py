@@ -134,12 +134,16 @@ def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo,
 def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
     """A tiny run of the file on a LoCon network (DyLoRA entries) and on a DyLoRA network (LoCon entries):
     one block per DyLoRA layer trains in a step, it resumes bit-exact, the export loads in lycoris-lora to
-    the trained output, and the adapter folders load back."""
+    the trained output, and the adapter folders load back. The run is LoRA+'s (loraplus_lr_ratio=4, the
+    network_args of test_loraplus_raises_the_locon_ups_not_the_dylora_blocks, whose own run and bit-exact
+    resume it was): LoRA+ changes the ups' learning rate, none of the above. The same files resume without
+    LoRA+ in test_lycoris_mixed_file.py (test_mixed_run_beside_dylora_entries_takes_only_their_alphas)."""
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    path, plan = _plan(tmp_path, algo)
+    path, plan = _plan(tmp_path, algo, '"loraplus_lr_ratio=4"')
+    assert plan.optimizer.loraplus_denoiser_ratio == 4.0
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
@@ -198,11 +202,11 @@ def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, mon
     """LoRA+ on a LoCon network with DyLoRA entries, and on a DyLoRA network with LoCon entries (was DBS403):
     dbspec's raised parameters are, module for module, those lycoris-lora 4.1.3's prepare_optimizer_params
     puts in its plus groups at lr x the ratio (the LoConModules' `lora_up`), none of the DyLoRA layers' ups
-    (its `up_list`); a tiny run resumes bit-exact."""
+    (its `up_list`). The tiny run of this plan, resumed bit-exact, is test_dylora_entries_train_resume_...'s
+    (it trains with these network_args)."""
     from types import SimpleNamespace
 
     from dbspec.runtime.prepare import lora_up_ids, raises_dylora_ups
-    from tests.unit.convert_kit import out_path
 
     path, plan = _plan(tmp_path, algo, '"loraplus_lr_ratio=4"')
     a = plan.adapter
@@ -240,14 +244,3 @@ def test_loraplus_raises_the_locon_ups_not_the_dylora_blocks(pipe, tmp_path, mon
     every = lora_up_ids(SimpleNamespace(unet=unet, text_encoders=[text]))  # the DyLoRA ups too: more
     dylora = {k for k, v in _classes(unet, "lora_unet_").items() if v[0] == "DyLoraModule"}
     assert dylora and dylora <= raised(unet, "lora_unet_", every) and not dylora & ours
-
-    spec = out_path(tmp_path)
-    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
-    whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    for name in sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors")):
-        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name

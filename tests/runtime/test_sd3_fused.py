@@ -1,9 +1,13 @@
 """SD3 with kohya's networks.lora_sd3 targets and shared down-projections (adapter.fused_projections): a tiny
 SD3 run adapts every Linear of its joint blocks and nothing else, and each block's q/k/v (image and context
-streams) keep one lora_A through training."""
+streams) keep one lora_A through training.
+
+Both tests read one tiny run (`kohya_run`, with the text encoders trained and kohya's export: the denoiser's
+targets and ties are the same with or without them); each test trained its own before."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
@@ -18,9 +22,19 @@ KOHYA = (
 )
 
 
-def test_tiny_sd3_trains_kohyas_targets_with_one_down_per_fused_qkv(tmp_path):
-    result = execute(make_plan(tmp_path, base="builtin:tiny-sd3", steps=2, extra=KOHYA), keep_models=True)
+@pytest.fixture(scope="module")
+def kohya_run(tmp_path_factory):
+    """A 2-step tiny SD3 run with KOHYA's targets, the text encoders trained and kohya's LoRA export: its
+    plan and result (models kept)."""
+    extra = KOHYA + '\n[train]\ntext_encoder = true\n\n[checkpoints]\nexports = ["kohya_lora"]\n'
+    plan = make_plan(tmp_path_factory.mktemp("sd3-kohya"), base="builtin:tiny-sd3", steps=2, extra=extra)
+    result = execute(plan, keep_models=True)
     assert result.status == "finished"
+    return plan, result
+
+
+def test_tiny_sd3_trains_kohyas_targets_with_one_down_per_fused_qkv(kohya_run):
+    _, result = kohya_run
     transformer = result.components.unet
     base = {n.removesuffix(".base_layer") for n, m in transformer.named_modules()
             if type(m) is torch.nn.Linear and ".lora_" not in n}  # fmt: skip
@@ -40,16 +54,14 @@ def _delta(layer) -> torch.Tensor:
     return layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
 
 
-def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(tmp_path):
+def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(kohya_run):
     """kohya's networks/lora_sd3.py names (joint_blocks_{i}_{x|context}_block_...), the fused q/k/v's shared
     down written once with the ups stacked, every layer's update alpha / rows(down) * up @ down equal to the
     trained update (the last block's context modulation and nothing else swapped: (scale, shift) ->
     (shift, scale)), and kohya's model type as ss_base_model_version."""
     from safetensors import safe_open
 
-    extra = KOHYA + '\n[train]\ntext_encoder = true\n\n[checkpoints]\nexports = ["kohya_lora"]\n'
-    plan = make_plan(tmp_path, base="builtin:tiny-sd3", steps=2, extra=extra)
-    result = execute(plan, keep_models=True)
+    plan, result = kohya_run
     transformer = result.components.unet
     path = f"{result.final}/{plan.checkpoints.name}.kohya.safetensors"
     with safe_open(path, "pt") as handle:
