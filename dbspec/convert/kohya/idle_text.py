@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.network import parse_network_args
 
 # kohya's per-encoder rates (prepare_optimizer_params_with_multiple_te_lrs): the file's prefix -> the
 # text_encoder_lr value it trains at (lora_flux: [CLIP-L, T5-XXL]; lora_sd3: [CLIP-L, CLIP-G, T5-XXL]);
@@ -47,57 +46,52 @@ _IDLE_MODULES = (
     "networks.lora_flux",
     "networks.lora_sd3",
 )
-_FLOW = ("flux_train_network", "sd3_train_network")
-# T5-XXL's modules in a --network_weights file (lora_flux / lora_sd3: lora_te3_; LyCORIS: the index of T5
-# in the encoder list kohya hands it) and its place in prepare_optimizer_params_with_multiple_te_lrs' padded
-# rates
-_T5_PREFIX = {
-    ("flux_train_network", "lycoris.kohya"): "lora_te2_",
-    ("sd3_train_network", "lycoris.kohya"): "lora_te3_",
-}
-_T5_RATE = {"networks.lora_flux": 1, "networks.lora_sd3": 2}
+T5_IDLE_NOTE = (
+    "T5-XXL's text_encoder_lr is 0: kohya still builds its LoRA modules and encodes with T5 under grad each "
+    "step; they never train while their gradients add up and count in max_grad_norm's clip"
+)
 IDLE_NOTE = (
     "text_encoder_lr 0: kohya's apply_to still builds the text-encoder modules, which never train while "
     "their gradients add up and count in max_grad_norm's clip"
 )
 
 
-def idle_kohya(
-    a: dict[str, Legacy], script: str, file: bool = False, conv: Conversion | None = None, paths=None
-) -> bool:
+def idle_kohya(a: dict[str, Legacy], script: str, file: bool = False) -> bool:
     """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
     "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
     clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
     networks.lora_flux / lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their
-    CLIP encoders; not where T5-XXL's modules sit at rate 0 too, t5_held), under a clip, or (`file`) with a
-    --network_weights file's modules on them (without either, fresh modules leave the output the base's
-    and train.text_encoder = false is the same run, cheaper)."""
+    CLIP encoders; T5-XXL's modules at rate 0 beside them are train.t5_idle's, map_t5_idle), under a clip,
+    or (`file`) with a --network_weights file's modules on them (without either, fresh modules leave the
+    output the base's and train.text_encoder = false is the same run, cheaper)."""
     module = a["network_module"].value if "network_module" in a else "networks.lora"
-    if not ((file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES):
+    return (file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+
+
+def map_t5_idle(legacy: Legacy, a: dict[str, Legacy], conv: Conversion, file: bool = False) -> bool:
+    """T5-XXL's modules kohya builds at T5's rate 0 (`legacy`: what builds them; `file`: a
+    --network_weights file's, loaded by adapter.init_weights) as train.t5_idle = "kohya": under a clip, or
+    with a file's modules whatever the clip; True when written. Without either, fresh modules leave T5's
+    output the base's and nothing reads their gradients: T5 frozen is the same run (False)."""
+    if not (file or a["max_grad_norm"].value):
         return False
-    return script not in _FLOW or not t5_held(a, script, conv, paths)
+    conv.put(("train", "t5_idle"), "kohya", conv.comment(legacy, T5_IDLE_NOTE))
+    conv.record(legacy, "mapped", "train.t5_idle")
+    return True
 
 
-def t5_held(a: dict[str, Legacy], script: str, conv: Conversion | None, paths=None) -> bool:
-    """Whether kohya's Flux / SD3 network holds T5-XXL modules at rate 0 (train.text_encoder_idle keeps CLIP
-    encoders alone; kohya runs T5 under grad too, so their gradients would count in the clip): lora_flux /
-    lora_sd3 with train_t5xxl=True or a --dim_from_weights file's lora_te3_ modules, at T5's value of the
-    padded text_encoder_lr; LyCORIS's T5 modules (train.t5 as the adapter mapping wrote it, or the file's) in
-    its one text group, at the first value."""
-    module = a["network_module"].value if "network_module" in a else None
-    rates = _rates(a)
-    if module == "lycoris.kohya":
-        rate = rates[0]
-        modules = bool(conv and conv.values.get(("train", "t5"), (False, ""))[0])
-        modules = modules or _file_holds(a, paths, _T5_PREFIX[(script, module)])
-    elif module in _T5_RATE:
-        rate = (rates + rates[-1:] * 2)[_T5_RATE[module]]
-        kwargs, _ = parse_network_args(list(a["network_args"].value or []))
-        modules = kwargs.get("train_t5xxl") == "True"
-        modules = modules or bool(a["dim_from_weights"].value and _file_holds(a, paths, "lora_te3_"))
+def put_lycoris_t5(a: dict[str, Legacy], conv: Conversion, why: str) -> None:
+    """LyCORIS's T5-XXL modules (a preset's or a --network_weights file's) in its one text group, at
+    text_encoder_lr's first value: train.t5, or at rate 0 train.t5_idle = "kohya" (flux_train_network.py /
+    sd3_train_network.py run T5 under grad whatever train_t5xxl says, its outputs not cached; the modules
+    never train, their gradients add up and count in the clip). Fresh ones at rate 0 without a clip never
+    reach here (lycoris_flow_file._t5_idle drops them: T5 frozen is the same run)."""
+    from dbspec.convert.kohya.train import lora_text_encoder_lr
+
+    if lora_text_encoder_lr(a).value == 0:
+        conv.put(("train", "t5_idle"), "kohya", f"{why}; {T5_IDLE_NOTE}")
     else:
-        return False
-    return modules and rate == 0
+        conv.put(("train", "t5"), True, why)
 
 
 def _file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
@@ -156,7 +150,7 @@ def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None 
     every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL and SD3
     both CLIP encoders')."""
     idle = _idle_modules(a, paths)
-    if not idle or not idle_kohya(a, script, file=True, conv=conv, paths=paths):
+    if not idle or not idle_kohya(a, script, file=True):
         return False
     if a["dim_from_weights"].value and script == "sd3_train_network":
         # create_network_from_weights builds only the file's modules: SD3's CLIP encoders train at rates of

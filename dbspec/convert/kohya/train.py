@@ -757,7 +757,7 @@ def map_text_encoder(
             )
             if clip_g == 0:  # lora_sd3's CLIP-G at 0 too (its second value, or the one value)
                 first = "CLIP-L's and CLIP-G's"
-            if idle_kohya(a, script, file=idle_file, conv=conv):  # exact: train.text_encoder_idle keeps them
+            if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
             else:
                 clipped_idle_text(a, te_lr, first, conv)
@@ -846,7 +846,7 @@ def _sd3_clip_g_alone(
     (idle_kohya)."""
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
     if clip_l_modules and not _file_refused(a, conv):
-        if idle_kohya(a, "sd3_train_network", file=idle_file, conv=conv):
+        if idle_kohya(a, "sd3_train_network", file=idle_file):
             conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
         else:
             clipped_idle_text(a, te_lr, "CLIP-L's", conv)
@@ -1171,7 +1171,7 @@ def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion, idle_file: bool = Fals
         # its modules still count in the clip: kept idle. create_network's fresh modules, or a file's loaded
         # into them (idle_text_modules let them through); --dim_from_weights: the file's alone (file_idle)
         weights = bool(a["network_weights"].value)
-        if idle_file if a["dim_from_weights"].value else idle_kohya(a, "sd3_train_network", weights, conv):
+        if idle_file if a["dim_from_weights"].value else idle_kohya(a, "sd3_train_network", weights):
             conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(given, IDLE_NOTE))
         else:
             clipped_idle_text(a, given, "CLIP-G's", conv)
