@@ -6,18 +6,45 @@ skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes under grad t
 change, whose gradients optimizer.zero_grad never clears: they add up step after step and count in
 max_grad_norm's clip (get_trainable_params: every parameter of the network), which scales the sum in place.
 
-`train.text_encoder_idle = "kohya"` is that run (runtime/idle_text.py; checked bit for bit against
-lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora, networks.dylora
-and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora_flux / lora_sd3 and
-lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l /
-train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
+`train.text_encoder_idle = "kohya"` is that run for the CLIP encoders (runtime/idle_text.py; checked bit for
+bit against lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora,
+networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora_flux /
+lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l
+/ train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
-modules always (adapter.init_weights loads them into the idle encoder). Elsewhere: a file's idle modules
-are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP encoder's modules, T5-XXL's
-modules at rate 0 beside them; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh
-modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
-optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
-encoders' beside them)."""
+modules always (adapter.init_weights loads them into the idle encoder).
+
+`train.t5_idle = "kohya"` is the same run for T5-XXL (map_t5_idle, put_lycoris_t5; was DBS404 / DBS403).
+What kohya does there (sd-scripts 48d368fa):
+- flux_train_network.py:72 starts train_t5xxl False; post_process_network (:192-199) takes the network's
+  train_t5xxl and raises ValueError with cache_text_encoder_outputs, so with T5's modules T5's outputs are
+  never cached; get_models_for_text_encoding (:201-208) then hands CLIP-L and T5 both, every step.
+  sd3_train_network.py:168-175 / :177-184 likewise (CLIP-L, CLIP-G, T5).
+- train_network.py:423 encodes under torch.set_grad_enabled(is_train and train_text_encoder), where
+  train_text_encoder = is_train_text_encoder (:221-222, not --network_train_unet_only): T5 runs under grad
+  whatever its rate, and :709 apply_to keeps its modules.
+- networks/lora_flux.py: train_t5xxl=True (:575-577; a --dim_from_weights file's lora_te3 names, :684-685)
+  builds T5's modules (:940 skips them otherwise); prepare_optimizer_params_with_multiple_te_lrs pads
+  text_encoder_lr to [CLIP-L, T5] (:1195-1203) and assembles T5's group at the second value (:1313-1315),
+  "NO LR skipping!" at 0 (:1293-1295). networks/lora_sd3.py: [CLIP-L, CLIP-G, T5] (:634-644), T5 at the
+  third (:705-706), skipped at 0 (:675), built only with train_t5xxl (:420).
+- train_network.py:1447-1450 clips accelerator.unwrap_model(network).get_trainable_params(), which is
+  self.parameters() (lora_flux.py:1340-1341, lora_sd3.py:731-732, lycoris kohya.py:875-876): every module's,
+  registered by apply_to as text_encoder_loras + unet_loras (lora_flux.py:1153, lora_sd3.py:588, lycoris
+  kohya.py:733-737) in the text encoders' order, so T5's come after the CLIP encoders' and before the
+  denoiser's; :1459 optimizer.zero_grad(set_to_none=True) clears only the optimizer's parameters, so T5's
+  gradients add up uncleared and count in every clip, exactly as CLIP's do.
+- lycoris.kohya has one text group at text_encoder_lr's first value (kohya.py:838-846; train_network.py
+  hands it the first value, no prepare_optimizer_params_with_multiple_te_lrs): a preset or file reaching
+  T5 puts T5's modules in it, idle with CLIP's at 0, train_t5xxl or not (T5 encodes every step unless the
+  outputs are cached, when it never runs: lycoris_flow_file._t5_idle).
+- T5's module mode: every text encoder in train mode with --gradient_checkpointing, eval without
+  (train_network.py:900-911), which t5_mode.py writes where dbspec's "trained" differs for an idle T5.
+
+Elsewhere: a file's idle modules are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP
+encoder's modules; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh modules under a
+clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the optimizer at rate
+0)."""
 
 from __future__ import annotations
 
