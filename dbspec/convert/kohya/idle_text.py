@@ -139,10 +139,16 @@ def _rates(a: dict[str, Legacy]) -> list[float]:
     return [float(v) for v in values]
 
 
-def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
-    """The --network_weights file's text-encoder modules kohya applies at rate 0: the first module of each
-    encoder prefix (lora_te_, lora_te1_, ...) by prefix; {} for none, or an unreadable file (left to the
-    mappings that read it)."""
+# LyCORIS's T5-XXL prefix on the flow scripts (the index of T5 in the encoder list kohya hands it; Chroma's
+# as Flux's): its modules at rate 0 are train.t5_idle's (put_lycoris_t5), not a CLIP encoder's
+_LYCORIS_T5 = {"flux_train_network": "lora_te2_", "sd3_train_network": "lora_te3_"}
+
+
+def _idle_modules(a: dict[str, Legacy], paths, script: str = "") -> dict[str, str]:
+    """The --network_weights file's CLIP-encoder modules kohya applies at rate 0: the first module of each
+    encoder prefix (lora_te_, lora_te1_, ...) by prefix (T5-XXL's are train.t5_idle's: lora_flux's /
+    lora_sd3's lora_te3_, LyCORIS's last prefix on `script`); {} for none, or an unreadable file (left to
+    the mappings that read it)."""
     weights = a["network_weights"]
     if not weights.value or ("network_train_unet_only" in a and a["network_train_unet_only"].value):
         return {}
@@ -155,8 +161,9 @@ def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
     module = a["network_module"].value if "network_module" in a else None
     per_encoder = _MULTIPLE.get(str(module))
     idle: dict[str, str] = {}  # the first idle module of each encoder prefix
+    t5 = _LYCORIS_T5.get(script) if module == "lycoris.kohya" else None
     for name in names:
-        if not name.startswith("lora_te"):
+        if not name.startswith("lora_te") or (t5 and name.startswith(t5)):
             continue
         prefix = name[: name.index("_", len("lora_te")) + 1]
         if per_encoder is None:
@@ -176,7 +183,7 @@ def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None 
     adapter.init_weights): the scripts and networks idle_kohya takes, where kohya's network holds modules on
     every CLIP encoder (create_network builds them all; --dim_from_weights only the file's: on SDXL and SD3
     both CLIP encoders')."""
-    idle = _idle_modules(a, paths)
+    idle = _idle_modules(a, paths, script)
     if not idle or not idle_kohya(a, script, file=True):
         return False
     if a["dim_from_weights"].value and script == "sd3_train_network":
@@ -191,7 +198,7 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
     """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
-    idle = _idle_modules(a, paths)
+    idle = _idle_modules(a, paths, script)
     if not idle or file_idle(a, paths, script, conv):
         return False
     weights = a["network_weights"]
@@ -207,6 +214,23 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
         "train with --network_train_unet_only (apply_to then drops them)",
     )
     return True
+
+
+def file_has_clip(a: dict[str, Legacy], paths, script: str) -> bool:
+    """Whether kohya's flow network holds CLIP modules for train.text_encoder_idle: False for a
+    --dim_from_weights file on flux_train_network.py / sd3_train_network.py holding none (its T5-XXL's
+    alone: create_network_from_weights builds the file's modules only); True otherwise, or unread."""
+    if script not in _LYCORIS_T5 or not a["dim_from_weights"].value or not a["network_weights"].value:
+        return True
+    local = paths.local(a["network_weights"].value)
+    try:
+        names = set(read_safetensors_header(local)) if local else None
+    except (ModelFileError, OSError, ValueError):
+        return True
+    if names is None:
+        return True
+    clips = ("lora_te1_", "lora_te2_") if script == "sd3_train_network" else ("lora_te1_",)
+    return any(n.startswith(clips) for n in names)
 
 
 def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:

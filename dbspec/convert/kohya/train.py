@@ -701,11 +701,13 @@ def map_text_encoder(
     text_modules: bool = True,
     first_modules: bool = True,
     idle_file: bool = False,
+    clip_modules: bool = True,
 ) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
     `first_modules`: whether kohya's network holds text-encoder modules at all / of the first encoder (False
     for a --dim_from_weights file without them); `idle_file`: a --network_weights file's text-encoder modules
-    at rate 0 that train.text_encoder_idle keeps (file_idle)."""
+    at rate 0 that train.text_encoder_idle keeps (file_idle); `clip_modules`: whether it holds CLIP modules
+    (False for a Flux / SD3 --dim_from_weights file with T5-XXL's alone: nothing of CLIP's is idle)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -750,7 +752,8 @@ def map_text_encoder(
     if not unet_only.value and te_lr.value == 0 and clip_g and text_modules:
         return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
     if not unet_only.value and te_lr.value == 0:
-        if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
+        clip = text_modules and clip_modules  # T5-XXL's modules alone: train.t5_idle's (idle_text.py)
+        if not te_only.value and _builds_text_modules(a, conv, clip) and not _file_refused(a, conv):
             # the modules at rate 0 still count in max_grad_norm's clip (idle_text.py; exact at 0)
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
