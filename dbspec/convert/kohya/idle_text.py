@@ -113,9 +113,7 @@ def put_lycoris_t5(a: dict[str, Legacy], conv: Conversion, why: str) -> None:
     sd3_train_network.py run T5 under grad whatever train_t5xxl says, its outputs not cached; the modules
     never train, their gradients add up and count in the clip). Fresh ones at rate 0 without a clip never
     reach here (lycoris_flow_file._t5_idle drops them: T5 frozen is the same run)."""
-    from dbspec.convert.kohya.train import lora_text_encoder_lr
-
-    if lora_text_encoder_lr(a).value == 0:
+    if _rates(a)[0] == 0:  # the first text_encoder_lr value, else learning_rate
         conv.put(("train", "t5_idle"), "kohya", f"{why}; {T5_IDLE_NOTE}")
     else:
         conv.put(("train", "t5"), True, why)
