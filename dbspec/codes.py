@@ -59,6 +59,12 @@ GROUPS: tuple[Group, ...] = (
         "DBS5xx: options that contradict each other (continued)",
         "The same kind of check as DBS2xx (whose numbers ran out): spec options that cannot work together.",
     ),
+    Group(
+        "6",
+        "DBS6xx: options that contradict each other (continued)",
+        "The same kind of check as DBS2xx and DBS5xx (whose numbers ran out): spec options that cannot work "
+        "together.",
+    ),
 )
 
 CODES: tuple[Code, ...] = (
@@ -2945,6 +2951,17 @@ to put there.""",
 `train.text_encoder_idle = "kohya"` acts on the CLIP text encoders that do not train. Here every CLIP text
 encoder trains (`train.text_encoder` and `train.text_encoder_2`), so the setting changes nothing.""",
         help="remove train.text_encoder_idle, or set train.text_encoder = false",
+    ),
+    Code(
+        "DBS600",
+        ERROR,
+        "train.t5_idle where T5-XXL cannot hold an idle adapter",
+        """\
+`train.t5_idle = "kohya"` puts train.t5's adapter (LoRA, LoKr, LoHa or full layers on T5-XXL's attention and
+gated-MLP Linears) on a T5-XXL that does not train, as kohya's lora_flux / lora_sd3 build it with
+`train_t5xxl=True` at T5's `text_encoder_lr` 0. It needs a Flux, SD3 or Chroma model, an adapter kind with
+T5 layers, and `train.t5 = false` (with `train.t5 = true` T5-XXL trains).""",
+        help="remove train.t5_idle, or train a Flux, SD3 or Chroma model with train.t5 = false",
     ),
 )
 

@@ -1,4 +1,5 @@
-"""The idle text encoders (`plan.idle_text_encoders`, train.text_encoder_idle = "kohya"): kohya's LoRA
+"""The idle text encoders (`plan.idle_text_encoders`: train.text_encoder_idle = "kohya"'s CLIP encoders,
+train.t5_idle = "kohya"'s T5-XXL, in the family's order, kohya's network order): kohya's LoRA
 scripts build the text encoders' modules whatever their rate (train_network.py's apply_to reads none) and
 leave a group at rate 0 out of the optimizer (networks.lora skips it; LyCORIS: "NO LR skipping!"). Those
 encoders run as trained ones (under grad, in training mode), their modules never move, and as

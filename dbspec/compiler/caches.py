@@ -176,7 +176,8 @@ def plan_cache(
     if c.text_embeddings and text_encoder_runs_trained(spec):
         trains = "T5-XXL trains (train.t5)" if spec.train.t5 else "the text encoder trains"
         if not any_text_encoder_trains(spec):
-            trains = 'the text encoder carries the adapter under grad (train.text_encoder_idle = "kohya")'
+            idle = "t5_idle" if spec.train.text_encoder_idle != "kohya" else "text_encoder_idle"
+            trains = f'the text encoder carries the adapter under grad (train.{idle} = "kohya")'
         notes.append(f"text embeddings are not cached: {trains}")
     elif c.text_embeddings and t5_dropout(spec, model):
         text_on = False

@@ -105,13 +105,20 @@ def text_encoder_trains(spec, name: str) -> bool:
 
 
 def idle_text_encoders(spec, family: str | None) -> tuple[str, ...]:
-    """train.text_encoder_idle = "kohya": the CLIP text encoders (components) of `family` that carry the
-    adapter without training, kohya's modules at text_encoder_lr 0 (every family text encoder that
-    train.text_encoder trains, where the spec does not train it); () otherwise or without an adapter."""
-    if spec.train.text_encoder_idle != "kohya" or not isinstance(spec.adapter, LowRankAdapter):
+    """The text encoders (components) of `family` that carry the adapter without training, kohya's modules
+    at text_encoder_lr 0, in the family's order (kohya's network order): train.text_encoder_idle = "kohya"'s
+    CLIP encoders (every family text encoder that train.text_encoder trains, where the spec does not train
+    it) and train.t5_idle = "kohya"'s T5-XXL (where train.t5 does not train it); () without an adapter."""
+    if not isinstance(spec.adapter, LowRankAdapter):
         return ()
-    names = trainable_text_encoders(family) if family else ("text_encoder",)
-    return tuple(n for n in names if not text_encoder_trains(spec, n) and _adapts(spec.adapter, n))
+    idle: set[str] = set()
+    if spec.train.text_encoder_idle == "kohya":
+        names = trainable_text_encoders(family) if family else ("text_encoder",)
+        idle |= {n for n in names if not text_encoder_trains(spec, n) and _adapts(spec.adapter, n)}
+    if spec.train.t5_idle == "kohya" and not spec.train.t5 and family and family_spec(family).t5_lora:
+        idle |= set(t5_text_encoders(family))
+    order = family_spec(family).text_encoder_names if family else ("text_encoder",)
+    return tuple(n for n in order if n in idle)
 
 
 def _adapts(adapter, name: str) -> bool:
@@ -128,9 +135,8 @@ def _adapts(adapter, name: str) -> bool:
 def text_encoder_runs_trained(spec) -> bool:
     """A text encoder runs as a trained one (under grad, its outputs not cached), before the family is
     known: one trains, or train.text_encoder_idle may give an untrained one the adapter."""
-    return any_text_encoder_trains(spec) or (
-        spec.train.text_encoder_idle == "kohya" and isinstance(spec.adapter, LowRankAdapter)
-    )
+    idle = spec.train.text_encoder_idle == "kohya" or spec.train.t5_idle == "kohya"
+    return any_text_encoder_trains(spec) or (idle and isinstance(spec.adapter, LowRankAdapter))
 
 
 def any_text_encoder_trains(spec) -> bool:
@@ -245,7 +251,7 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     trainable = trainable_text_encoders(model.family) if model else text_parts  # T5 only with train.t5
     t5 = _t5_trains(ctx, model)
     idle = idle_text_encoders(spec, model.family if model else None)  # they carry the adapter, run trained
-    _check_idle(ctx, idle)
+    _check_idle(ctx, idle, model)
     parts += [
         component(
             n,
@@ -273,10 +279,12 @@ def plan_precision(ctx: Context, model: ModelPlan | None) -> PrecisionPlan:
     )
 
 
-def _check_idle(ctx: Context, idle: tuple[str, ...]) -> None:
+def _check_idle(ctx: Context, idle: tuple[str, ...], model: ModelPlan | None) -> None:
     """DBS598: train.text_encoder_idle = "kohya" where every CLIP text encoder trains (or there is none)."""
     spec, path = ctx.spec, ("train", "text_encoder_idle")
-    if spec.train.text_encoder_idle != "kohya" or idle or not isinstance(spec.adapter, LowRankAdapter):
+    clip = [n for n in idle if n not in t5_text_encoders(model.family)] if model else list(idle)
+    _check_t5_idle(ctx, model)
+    if spec.train.text_encoder_idle != "kohya" or clip or not isinstance(spec.adapter, LowRankAdapter):
         return
     ctx.report(
         "DBS598",
@@ -285,6 +293,22 @@ def _check_idle(ctx: Context, idle: tuple[str, ...]) -> None:
         "trains, or the model has none)",
         path,
         help=codes.help("DBS598"),
+    )
+
+
+def _check_t5_idle(ctx: Context, model: ModelPlan | None) -> None:
+    """DBS600: train.t5_idle = "kohya" on a family without a T5-XXL that dbspec adapts (train.t5's: Flux,
+    SD3, Chroma); the spec rule t5_idle_needs_t5_layers checks the rest."""
+    if model is None or ctx.spec.train.t5_idle != "kohya" or family_spec(model.family).t5_lora:
+        return
+    f = family_spec(model.family)
+    ctx.report(
+        "DBS600",
+        "error",
+        f'train.t5_idle = "kohya" needs a Flux, SD3 or Chroma model: the base model is {f.title} (it has no '
+        "T5-XXL dbspec adapts)",
+        ("train", "t5_idle"),
+        help=codes.help("DBS600"),
     )
 
 

@@ -176,6 +176,29 @@ def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def t5_idle_needs_t5_layers(spec: Spec, given: Given) -> Iterator[Hit]:
+    """train.t5_idle = "kohya" puts train.t5's adapter on a T5-XXL that does not train: train.t5 trains it,
+    and an adapter kind without T5 layers has none to put there (DBS600; the family: precision.py)."""
+    if spec.train.t5_idle != "kohya":
+        return
+    if spec.train.t5:
+        yield _err(
+            "DBS600",
+            ("train", "t5_idle"),
+            'train.t5_idle = "kohya" holds T5-XXL\'s adapter untrained, but train.t5 = true trains it',
+            "remove train.t5_idle (T5-XXL trains), or set train.t5 = false",
+        )
+    elif spec.adapter.kind not in T5_ADAPTER_KINDS:
+        yield _err(
+            "DBS600",
+            ("train", "t5_idle"),
+            'train.t5_idle = "kohya" puts T5-XXL\'s LoRA, LoKr, LoHa or full layers on it, but adapter.kind '
+            f'is "{spec.adapter.kind}"',
+            'remove train.t5_idle, or set adapter.kind = "lora", "lokr", "loha" or "full"',
+        )
+
+
+@rule("spec")
 def third_text_encoder_lr_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     if not spec.train.t5 and given(("optimizer", "text_encoder_3_lr")):
         yield _warn(

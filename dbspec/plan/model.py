@@ -1201,9 +1201,10 @@ class Plan:
     # train.text_encoder_mode: the text encoders' module mode in training steps ("trained": train mode for
     # those that train, eval for the frozen; "train"/"eval": every one); only T5-XXL's dropout sees it
     text_encoder_mode: Literal["trained", "train", "eval"] = "trained"
-    # train.text_encoder_idle = "kohya": the CLIP text encoders (components) that carry the adapter without
-    # training (kohya's modules at text_encoder_lr 0): their components are "lora", their adapter weights stay
-    # out of the optimizer, their gradients add up uncleared and count in the clip
+    # train.text_encoder_idle = "kohya" (the CLIP text encoders) and train.t5_idle = "kohya" (T5-XXL): the
+    # components that carry the adapter without training (kohya's modules at text_encoder_lr 0), in the
+    # family's order: their components are "lora", their adapter weights stay out of the optimizer, their
+    # gradients add up uncleared and count in the clip
     idle_text_encoders: tuple[str, ...] = ()
     datasets: tuple[DatasetPlan, ...]
     buckets: tuple[BucketPlan, ...]

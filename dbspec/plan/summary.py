@@ -487,7 +487,7 @@ def _te(plan: Plan) -> str:
     else:
         stop = plan.schedule.text_encoder_stop_step
         state = f"trains until step {stop}" if stop else "trains the whole run"
-    if plan.idle_text_encoders:  # train.text_encoder_idle = "kohya"
+    if plan.idle_text_encoders:  # train.text_encoder_idle / t5_idle = "kohya"
         names = ", ".join(shown_component(plan, n) for n in plan.idle_text_encoders)
         state += (
             f"; the adapter on {names} held untrained (kohya's modules at text_encoder_lr 0): out of the "

@@ -1936,12 +1936,25 @@ class Train:
         '"none": nothing, it runs as loaded. "kohya": the adapter anyway, as kohya\'s LoRA scripts build '
         "it at text_encoder_lr 0 (train_network.py's apply_to reads no rate), on each such encoder it has "
         "layers for (targets, norms or blocks; SD 1.x/2.x's and SDXL's CLIP, Flux's CLIP-L, SD3's CLIP-L and "
-        "CLIP-G, never T5-XXL): fresh (the encoder's output "
+        "CLIP-G; T5-XXL: `train.t5_idle`): fresh (the encoder's output "
         "the base's) or `adapter.init_weights`' modules for it. The encoder then runs as a trained one "
         "(under grad, in training mode, its outputs not cached), but its adapter weights stay out of the "
         "optimizer and never move; their gradients, never cleared, add up step after step and count in "
         "`optimizer.max_grad_norm`'s clip (which scales that sum in place), as kohya's. Checkpoints keep "
         'them, and the exported file holds the encoder\'s modules. Needs an adapter (not `kind = "none"`).',
+    )
+    t5_idle: Literal["none", "kohya"] = option(
+        "none",
+        doc="What T5-XXL (Flux, SD3, Chroma) holds when it does not train (train.t5 false). "
+        '"none": nothing, it runs as loaded. "kohya": the adapter anyway, as kohya builds it at T5\'s '
+        "text_encoder_lr 0 (lora_flux / lora_sd3 with `train_t5xxl=True`; lycoris.kohya's modules a preset "
+        "or file puts on T5, in its one text group), on train.t5's layers (attention q/k/v/o, gated MLP "
+        "wi_0/wi_1/wo, at the adapter's rank or `text_encoder_blocks`'): fresh, or `adapter.init_weights`' "
+        "modules for it. T5 then runs as train.text_encoder_idle's encoders do: under grad, its outputs "
+        "not cached, its adapter weights out of the optimizer and never moving, their gradients added up "
+        "uncleared and counted in `optimizer.max_grad_norm`'s clip (after the CLIP encoders', kohya's "
+        "network order), kept in checkpoints, its modules in the exported file. Needs `adapter.kind` "
+        '"lora", "lokr", "loha" or "full", and train.t5 false.',
     )
     text_encoder_mode: Literal["trained", "train", "eval"] = option(
         "trained",

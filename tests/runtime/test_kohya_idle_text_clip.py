@@ -223,16 +223,21 @@ text_encoder_idle = "kohya"
 ONLY_SECOND = 'text_encoder_targets = []\ntext_encoder_2_targets = ["q_proj", "v_proj"]\n'
 
 
+# T5-XXL's modules at rate 0 too (lora_flux / lora_sd3 train_t5xxl=True, a LyCORIS preset reaching T5)
+T5_IDLE = 't5_idle = "kohya"\n'
+T5 = ("encoder.block.",)  # T5-XXL's modules in its peft file (transformers' paths)
+
+
 @pytest.mark.parametrize(
-    ("base", "idle", "targets"),
+    ("base", "idle", "targets", "t5"),
     [
-        ("builtin:tiny-flux", ("text_encoder",), ""),
-        ("builtin:tiny-sd3", ("text_encoder", "text_encoder_2"), ""),
-        ("builtin:tiny-sdxl", ("text_encoder_2",), ONLY_SECOND),
+        ("builtin:tiny-flux", ("text_encoder", "text_encoder_2"), "", T5_IDLE),
+        ("builtin:tiny-sd3", ("text_encoder", "text_encoder_2", "text_encoder_3"), "", T5_IDLE),
+        ("builtin:tiny-sdxl", ("text_encoder_2",), ONLY_SECOND, ""),
     ],
     ids=["flux", "sd3", "sdxl-second-alone"],
 )
-def test_flow_idle_clip_counts_in_the_clip_and_resumes_bit_exact(tmp_path, base, idle, targets):
+def test_flow_idle_clip_counts_in_the_clip_and_resumes_bit_exact(tmp_path, base, idle, targets, t5):
     """flux_train_network.py with CLIP-L's modules at text_encoder_lr 0 (lora_flux / LyCORIS): kohya encodes
     with CLIP-L under grad (train_clip_l: not --network_train_unet_only; its pooled output is the
     transformer's `y`), leaves their group out and clips every module's gradients. dbspec's idle CLIP-L on
@@ -240,14 +245,16 @@ def test_flow_idle_clip_counts_in_the_clip_and_resumes_bit_exact(tmp_path, base,
     (a resumed run ends bit for bit as the whole one) and counted in the clip (the transformer's modules end
     elsewhere than with CLIP-L plain); CLIP-L's lora_B never moves. sd3_train_network.py likewise with
     CLIP-L and CLIP-G (train_clip), both idle here; and SDXL with CLIP-G's modules alone (a --dim_from_weights
-    file without CLIP-L's): CLIP-L carries nothing."""
+    file without CLIP-L's): CLIP-L carries nothing. On Flux and SD3 T5-XXL's modules at rate 0 too
+    (train_t5xxl=True: the scripts then encode with T5 under grad each step, no output cache): train.t5_idle's
+    T5 takes gradients through the prompt embeddings, non-zero in the checkpoint, counted in the clip (the
+    transformer's modules end elsewhere than with T5 plain), its lora_B never moving."""
     from dbspec.runtime.checkpoints import load_state
     from dbspec.runtime.execute import execute
     from tests.runtime.runspec import compile_spec, final_weights, write_spec
 
-    spec = write_spec(
-        tmp_path, base=base, steps=2, extra=FLUX_IDLE.replace("rank = 2\n", "rank = 2\n" + targets)
-    )
+    extra = FLUX_IDLE.replace("rank = 2\n", "rank = 2\n" + targets) + t5
+    spec = write_spec(tmp_path, base=base, steps=2, extra=extra)
     clip = "optimizer.max_grad_norm=1e-6"  # engages on the tiny model's gradients
     plan = compile_spec(spec, [clip, "output.dir=whole"])
     assert plan.idle_text_encoders == idle and not plan.train_text_encoder
@@ -266,9 +273,21 @@ def test_flow_idle_clip_counts_in_the_clip_and_resumes_bit_exact(tmp_path, base,
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     kept = [k for k in ours if k.split("/")[1].startswith("text_encoder") and any(u in k for u in ups)]
     assert kept and not any(ours[k].any() for k in kept)  # exported, never stepped
-    assert {k.split("/")[1].split(".")[0] for k in kept} == set(idle)  # the others carry nothing
+    clips = {n for n in idle if not (t5 and n == idle[-1])}
+    assert {k.split("/")[1].split(".")[0] for k in kept} == clips  # the others carry nothing
+    t5_ups = [k for k in ours if k.split("/")[1].startswith(T5) and "lora_B" in k]
+    assert bool(t5_ups) == bool(t5) and not any(ours[k].any() for k in t5_ups)  # T5's: exported, never moved
     plain = final_weights(
-        execute(compile_spec(spec, [clip, "train.text_encoder_idle=none", "output.dir=plain"])).final
+        execute(
+            compile_spec(
+                spec, [clip, "train.text_encoder_idle=none", "train.t5_idle=none", "output.dir=plain"]
+            )
+        ).final
     )
-    moved = [k for k in plain if not k.split("/")[1].startswith("text_encoder")]
+    moved = [k for k in plain if not k.split("/")[1].startswith(("text_encoder", *T5))]
     assert moved and any(not torch.equal(plain[k], ours[k]) for k in moved)  # CLIP-L's gradients in the clip
+    if t5:  # T5's gradients count in the clip too: with T5 plain the transformer's modules end elsewhere
+        without = final_weights(
+            execute(compile_spec(spec, [clip, "train.t5_idle=none", "output.dir=t5"])).final
+        )
+        assert any(not torch.equal(without[k], ours[k]) for k in moved)

@@ -229,3 +229,15 @@ def test_kohya_chroma_lycoris_builtin_presets_target_chromas_layers(tmp_path, ar
     walked = _chroma(tmp_path, f'--network_module lycoris.kohya --network_args {preset} "preset=same.toml"')
     ours, theirs = _adapted(a), _adapted(plan_of(walked, tmp_path).adapter)
     assert ours and ours == theirs
+
+
+def test_kohya_chroma_t5_at_rate_0_is_idle(tmp_path):
+    """Chroma's T5-XXL (its only text encoder) with train_t5xxl=True at text_encoder_lr's second value 0:
+    flux_train_network.py encodes with it under grad (not --network_train_unet_only; no output cache with
+    T5's modules) and lora_flux leaves its group out, its gradients in the clip: train.t5_idle (issue 12;
+    was DBS404). --gradient_checkpointing puts it in train mode, as dbspec's "trained" does."""
+    outcome = _chroma(tmp_path, "--network_args train_t5xxl=True --text_encoder_lr 1e-5 0", cached="")
+    assert outcome.written and not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
+    assert plan.adapter.t5_targets and plan.text_encoder_mode == "trained"

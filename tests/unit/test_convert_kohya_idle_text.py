@@ -139,8 +139,8 @@ def test_flux_file_clip_modules_at_rate_0(tmp_path, kind):
     """Flux: LyCORIS's CLIP-L modules (lora_te1_) at its one text rate; lora_flux's at text_encoder_lr's
     first value (prepare_optimizer_params_with_multiple_te_lrs: [CLIP-L, T5-XXL]). flux_train_network.py
     runs CLIP-L under grad whenever --network_train_unet_only is off: the idle encoder holds the file's
-    modules. T5-XXL's modules at rate 0 beside them (kohya runs T5 under grad too, and clips their
-    gradients) are more than train.text_encoder_idle holds: DBS403."""
+    modules. T5-XXL's modules at rate 0 beside them (kohya runs T5 under grad too, its outputs not cached,
+    and clips their gradients; was DBS403) are train.t5_idle's: T5-XXL idle too, loaded from the file."""
     make = {"lycoris loha": _loha, "lycoris full": lambda o, i: {"diff": (o, i)}}.get(kind, _lora)
     module = "networks.lora_flux" if kind == "networks.lora_flux" else "lycoris.kohya"
     held = {"lora_unet_single_blocks_0_linear1": make(7 * W, W), CLIP_L: make(768, 768)}
@@ -161,8 +161,19 @@ def test_flux_file_clip_modules_at_rate_0(tmp_path, kind):
     held[f"{t5}encoder_block_0_layer_0_SelfAttention_q"] = make(4096, 4096)
     _file(tmp_path / "prev.safetensors", held)
     outcome = _flux(tmp_path, f"--network_module {module} --text_encoder_lr 0")
-    assert IDLE in messages(outcome, "DBS403") and CLIP_L in messages(outcome, "DBS403")
-    assert fate(outcome, "dim_from_weights") == "unsupported"
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "t5_idle")][0] == "kohya"
+    assert ("train", "t5") not in outcome.conversion.values
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2") and not plan.train_text_encoder
+    assert plan.adapter.t5_targets and plan.adapter.init_weights.endswith("prev.safetensors")
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder_2"] != "frozen"
+    assert not plan.cache.text_embeddings  # T5 encodes under grad every step
+    # with max_grad_norm 0 the file's T5 modules still shape T5's output: idle all the same
+    plan = plan_of(
+        _flux(tmp_path, f"--network_module {module} --text_encoder_lr 0 --max_grad_norm 0"), tmp_path
+    )
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2")
 
 
 def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
@@ -296,8 +307,8 @@ FLUX_FRESH = FLUX.replace("--network_weights prev.safetensors --dim_from_weights
 def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
     """lora_flux [CLIP-L, T5-XXL] (train_t5xxl=True): the encoder at rate 0 keeps its modules, clipped.
     flux_train_network.py runs CLIP-L under grad whenever --network_train_unet_only is off, so CLIP-L's
-    modules at 0 are the idle encoder (exact); T5-XXL's stay a DBS404 (train.text_encoder_idle holds CLIP
-    encoders alone)."""
+    modules at 0 are the idle encoder (exact); with train_t5xxl it encodes with T5 under grad too (no
+    output cache), so T5-XXL's modules at 0 are train.t5_idle's (exact; was DBS404)."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -309,8 +320,12 @@ def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
         plan = plan_of(outcome, tmp_path)
         assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
     else:
-        assert f"builds {encoder} LoRA modules" in messages(outcome, "DBS404")
-        assert plan_of(outcome, tmp_path).idle_text_encoders == ()
+        assert CLIPPED not in messages(outcome, "DBS404"), messages(outcome, "DBS404")
+        assert fate(outcome, key) == "mapped"
+        plan = plan_of(outcome, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder_2",) and plan.optimizer.max_grad_norm == 1.0
+        assert plan.adapter.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+        assert plan.text_encoder_mode == "eval"  # kohya without --gradient_checkpointing: T5 in eval mode
     plan = plan_of(
         kohya(tmp_path, command=f"{command} --text_encoder_lr {rates} --max_grad_norm 0"), tmp_path
     )
@@ -329,9 +344,10 @@ def test_flux_encoder_at_rate_0_under_a_clip(tmp_path, rates, key, encoder):
     "network",
     ["--network_module networks.lora_flux", "--network_module lycoris.kohya --network_args algo=locon"],
 )
-def test_flux_clip_at_rate_0_idle_unless_t5_is_held_too(tmp_path, network):
+def test_flux_clip_and_t5_at_rate_0_both_idle(tmp_path, network):
     """Both of lora_flux's rates 0 (or LyCORIS's one text rate): CLIP-L idle; with train_t5xxl=True T5-XXL's
-    modules sit at rate 0 as well (their gradients in kohya's clip too): DBS404 for both, nothing idle."""
+    modules sit at rate 0 as well (their gradients in kohya's clip too): both idle, T5 by train.t5_idle
+    (was DBS404 for both)."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -343,14 +359,20 @@ def test_flux_clip_at_rate_0_idle_unless_t5_is_held_too(tmp_path, network):
         held = kohya(
             tmp_path, command=f'{FLUX_FRESH} {network} --network_args "train_t5xxl=True" --text_encoder_lr 0'
         )
-        said = messages(held, "DBS404")
-        assert "builds CLIP-L's LoRA modules" in said and "builds T5-XXL's LoRA modules" in said
-        assert plan_of(held, tmp_path).idle_text_encoders == ()
+        assert CLIPPED not in messages(held, "DBS404") and not errors(held)
+        plan = plan_of(held, tmp_path)
+        assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2") and not plan.train_text_encoder
+        assert {c.name for c in plan.precision.components if c.trainable == "lora"} == {
+            "unet",
+            "text_encoder",
+            "text_encoder_2",
+        }
 
 
 def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
     """lora_sd3 [CLIP-L, CLIP-G, T5-XXL]: sd3_train_network.py runs both CLIP encoders under grad, so the one
-    at rate 0 is idle (exact); T5-XXL's modules at 0 stay a DBS404."""
+    at rate 0 is idle (exact); with train_t5xxl T5-XXL too, so its modules at 0 are train.t5_idle's (exact;
+    was DBS404)."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
         component_file(tmp_path / "sd3" / name)
@@ -375,14 +397,19 @@ def test_sd3_clip_g_and_t5_at_rate_0_under_a_clip(tmp_path):
         )
     outcome = kohya(tmp_path, command=command + "5e-5 2e-5 0")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    assert "builds T5-XXL's LoRA modules" in messages(outcome, "DBS404")
-    assert fate(outcome, "network_args train_t5xxl") == "differs"
-    assert kohya(tmp_path, command=f"{command}5e-5 2e-5 0 --max_grad_norm 0").written
-    # CLIP-G and T5-XXL both at 0: T5's modules in the clip too, nothing idle
+    assert CLIPPED not in messages(outcome, "DBS404")
+    assert fate(outcome, "network_args train_t5xxl") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder_3",) and plan.train_text_encoder
+    o = plan.optimizer
+    assert (o.text_encoder_lr, o.text_encoder_2_lr) == (5e-5, 2e-5) and o.text_encoder_3_lr is None
+    free = plan_of(kohya(tmp_path, command=f"{command}5e-5 2e-5 0 --max_grad_norm 0"), tmp_path)
+    assert free.idle_text_encoders == ()  # fresh, unclipped: T5 frozen is the same run
+    # CLIP-G and T5-XXL both at 0: both idle, CLIP-L trains
     outcome = kohya(tmp_path, command=command + "5e-5 0 0")
-    said = messages(outcome, "DBS404")
-    assert "builds CLIP-G's LoRA modules" in said and "builds T5-XXL's LoRA modules" in said
-    assert plan_of(outcome, tmp_path).idle_text_encoders == ()
+    assert CLIPPED not in messages(outcome, "DBS404") and not errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder_2", "text_encoder_3") and plan.train_text_encoder
 
 
 def test_sdxl_file_idle_with_dim_from_weights_keeps_the_file_encoders_alone(tmp_path):
@@ -481,3 +508,81 @@ def test_an_encoder_without_adapter_layers_is_not_left_idle(tmp_path):
     assert planned.plan.idle_text_encoders == ("text_encoder",)
     modes = {c.name: c.trainable for c in planned.plan.precision.components}
     assert (modes["text_encoder"], modes["text_encoder_2"]) == ("lora", "frozen")
+
+
+T5_IDLE_SPEC = """spec_version = 2
+
+[model]
+base = "builtin:{base}"
+
+[adapter]
+kind = "lora"
+
+[train]
+text_encoder = {clip}
+{idle}
+
+[[datasets]]
+name = "dog"
+path = "d"
+prompt = "a photo of ohwx dog"
+
+[schedule]
+steps = 10
+"""
+
+
+@pytest.mark.parametrize(
+    ("base", "clip", "idle", "expected"),
+    [
+        ("tiny-flux", "true", 't5_idle = "kohya"', ("text_encoder_2",)),
+        (
+            "tiny-flux",
+            "false",
+            't5_idle = "kohya"\ntext_encoder_idle = "kohya"',
+            ("text_encoder", "text_encoder_2"),
+        ),
+        ("tiny-sd3", "true", 't5_idle = "kohya"', ("text_encoder_3",)),
+        (
+            "tiny-sd3",
+            "false",
+            't5_idle = "kohya"\ntext_encoder_idle = "kohya"',
+            ("text_encoder", "text_encoder_2", "text_encoder_3"),
+        ),
+        (
+            "tiny-flux",
+            "true",
+            't5_idle = "kohya"\ntext_encoder_idle = "kohya"',
+            ("text_encoder_2",),
+        ),  # DBS598
+    ],
+)
+def test_t5_idle_holds_t5_untrained_in_the_family_order(tmp_path, base, clip, idle, expected):
+    """train.t5_idle = "kohya": T5-XXL carries train.t5's adapter (kohya's T5 targets) without training, in
+    the idle list after the CLIP encoders (kohya's network order: the text encoders as kohya hands them);
+    its outputs are not cached. train.text_encoder_idle still warns (DBS598) where every CLIP encoder
+    trains."""
+    images(tmp_path / "d", 2, (64, 64))
+    (tmp_path / "spec.toml").write_text(T5_IDLE_SPEC.format(base=base, clip=clip, idle=idle))
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    plan = planned.plan
+    assert plan.idle_text_encoders == expected
+    assert ("DBS598" in {d.code for d in planned.diagnostics}) == (
+        "text_encoder_idle" in idle and clip == "true"
+    )
+    assert plan.adapter.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    assert plan.train_text_encoder == (clip == "true") and not plan.cache.text_embeddings
+    console = Console(file=io.StringIO(), width=400)
+    render_summary(plan, console)
+    assert "held untrained (kohya's modules at text_encoder_lr 0)" in console.file.getvalue()
+
+
+def test_t5_idle_needs_a_t5_family(tmp_path):
+    images(tmp_path / "d", 2, (64, 64))
+    (tmp_path / "spec.toml").write_text(
+        T5_IDLE_SPEC.format(base="tiny-sd1", clip="true", idle='t5_idle = "kohya"')
+    )
+    planned = plan_spec(tmp_path / "spec.toml", GPU)
+    assert planned.plan is None
+    assert [d.path for d in planned.diagnostics if d.code == "DBS600"] == ["train.t5_idle"]

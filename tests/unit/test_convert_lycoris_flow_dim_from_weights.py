@@ -185,12 +185,15 @@ def test_flux_loha_file_at_one_rank_and_the_refusals(tmp_path):
     assert _te(t5_path.format(3, "1.DenseReluDense.wo")) == (2, 4.0)
     assert _te(t5_path.format(0, "0.SelfAttention.k")) == (0, 1.0)
     assert _te(t5_path.format(23, "1.DenseReluDense.wi_0")) == (0, 1.0)
-    for extra, code, words in (
-        ("--cache_text_encoder_outputs", "DBS403", "T5-XXL's"),  # T5 never encodes: the file's stay
-        ("--text_encoder_lr 0", "DBS403", "whose text_encoder_lr is 0"),  # convert/kohya/idle_text.py
-    ):
-        outcome = _flux(tmp_path, extra, allow=True)
-        assert words in messages(outcome, code), errors(outcome)
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs", allow=True)  # T5 never encodes: the file's stay
+    assert "T5-XXL's" in messages(outcome, "DBS403"), errors(outcome)
+    # text_encoder_lr 0: T5 encodes under grad through the file's modules, never trained, their gradients in
+    # the clip: train.t5_idle, loaded from the file (convert/kohya/idle_text.py; was DBS403)
+    outcome = _flux(tmp_path, "--text_encoder_lr 0")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    idle = plan_of(outcome, tmp_path)
+    assert idle.idle_text_encoders == ("text_encoder_2",) and idle.adapter.kind == "loha"
+    assert idle.adapter.init_weights.endswith("prev.safetensors") and idle.adapter.t5_targets
     bad = {"lora_te2_encoder_block_0_layer_0_SelfAttention_relative_attention_bias": loha(32, 64, 8)}
     _factor_file(tmp_path / "prev.safetensors", {**modules, **bad}, alpha=4.0)
     assert "no T5-XXL attention" in messages(_flux(tmp_path, allow=True), "DBS403")
@@ -291,7 +294,8 @@ def test_flux_file_with_text_encoder_modules(tmp_path):
     """LyCORIS numbers the encoder list kohya hands it (Flux: lora_te1 CLIP-L, lora_te2 T5-XXL): CLIP-L's
     LoCon modules are lora_flux's, at their ranks ([[adapter.text_encoder_blocks]]); T5-XXL's train while T5
     encodes every step (train.t5, LyCORIS's names: adapter.kohya_names), refused where they would stay the
-    file's (outputs cached, text_encoder_lr 0); with --network_train_unet_only apply_to drops them."""
+    file's with T5 never encoding (outputs cached), idle at text_encoder_lr 0 (train.t5_idle, was DBS403);
+    with --network_train_unet_only apply_to drops them."""
     clip = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
     layers = {**FLUX_LAYERS, clip: (3072, 768, 4, 4.0)}
     layers["lora_te1_text_model_encoder_layers_1_self_attn_q_proj"] = (768, 768, 2, 1.0)
@@ -322,9 +326,16 @@ def test_flux_file_with_text_encoder_modules(tmp_path):
     assert te_rank("text_encoder_2.encoder.block.0.layer.0.SelfAttention.q") == (2, 1.0)
     assert te_rank("text_encoder_2.encoder.block.0.layer.0.SelfAttention.k") == (0, 1.0)
     assert te_rank("text_encoder.text_model.encoder.layers.0.mlp.fc1") == (4, 4.0)
-    for extra in ("--cache_text_encoder_outputs", "--text_encoder_lr 0"):  # T5's would stay the file's
-        outcome = _flux(tmp_path, extra, allow=True)
-        assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs", allow=True)  # T5's would stay the file's
+    assert fate(outcome, "dim_from_weights") == "unsupported" and t5 in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path, "--text_encoder_lr 0")  # CLIP-L and T5-XXL idle with the file's modules
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    idle = plan_of(outcome, tmp_path)
+    assert (
+        idle.idle_text_encoders == ("text_encoder", "text_encoder_2")
+        and idle.adapter.kohya_names == "lycoris"
+    )
+    assert outcome.conversion.values[("train", "t5_idle")][0] == "kohya"
     _locon_file(tmp_path / "prev.safetensors", layers)
     outcome = _flux(tmp_path, "--network_train_unet_only")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)

@@ -1199,3 +1199,48 @@ def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):
     a = plan_of(outcome, tmp_path / "dylora").adapter
     assert (a.kind, a.bypass, a.rank, a.dylora_unit) == ("dylora", True, 8, 8)
     assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", False), ("ia3", True)]
+
+
+@pytest.mark.parametrize("algo", ["locon", "lokr", "loha"])
+def test_t5_layers_at_text_rate_0_are_idle(tmp_path, algo):
+    """A file reaching T5-XXL at text_encoder_lr 0 (issue 12; was a DBS405 dropping T5's modules):
+    LycorisNetworkKohya's prepare_optimizer_params leaves its one text group out ("NO LR skipping!"), while
+    flux_train_network.py encodes with CLIP-L and T5 under grad each step (no output cache, train_t5xxl or
+    not) and clips network.get_trainable_params(): CLIP-L idle (train.text_encoder_idle) and T5-XXL idle
+    (train.t5_idle) with the file's T5 layers at their entry's dim, the others at rank 0, never train.t5.
+    Under --max_grad_norm 0 nothing reads their gradients and the fresh modules leave both outputs the
+    base's: both frozen, the same run."""
+    preset = T5_FILE + ("factor = 8\n" if algo == "lokr" else "")
+    outcome = _flux(tmp_path, preset, f'"algo={algo}" --text_encoder_lr 0')
+    assert not {"DBS402", "DBS403", "DBS404", "DBS405"} & codes(outcome), errors(outcome)
+    values = outcome.conversion.values
+    assert values[("train", "t5_idle")][0] == "kohya" and ("train", "t5") not in values
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2") and not plan.train_text_encoder
+    a = plan.adapter
+    assert a.kind == ("lora" if algo == "locon" else algo)
+    assert a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    assert _te_block(a, t5.format(3, "0.SelfAttention.q")).rank == 4
+    assert _te_block(a, t5.format(12, "0.SelfAttention.o")).rank == 0
+    assert _te_block(a, t5.format(3, "1.DenseReluDense.wi_0")).rank == 0
+    assert not plan.cache.text_embeddings and plan.optimizer.max_grad_norm == 1.0
+    # no --gradient_checkpointing: kohya puts every encoder in eval mode, where dbspec's default ("trained")
+    # would put the idle T5 in train mode (its dropout on)
+    assert plan.text_encoder_mode == "eval"
+    free = _flux(tmp_path / "free", preset, f'"algo={algo}" --text_encoder_lr 0 --max_grad_norm 0')
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(free), errors(free)
+    assert plan_of(free, tmp_path / "free").idle_text_encoders == ()
+
+
+def test_sd3_t5_layers_at_text_rate_0_are_idle(tmp_path):
+    """SD3 (sd3_train_network.py, LyCORIS's one text group at text_encoder_lr's first value): a file reaching
+    CLIP-L's, CLIP-G's and T5-XXL's attention at rate 0 leaves all three idle; with --gradient_checkpointing
+    kohya puts every encoder in train mode (T5's dropout on), as dbspec's "trained" puts the idle T5."""
+    preset = 'text_encoder_target_module = ["CLIPAttention", "T5Attention"]\n'
+    outcome = _sd3(tmp_path, preset, '"algo=locon" --text_encoder_lr 0 --gradient_checkpointing')
+    assert not {"DBS402", "DBS403", "DBS404", "DBS405"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2", "text_encoder_3")
+    assert plan.adapter.t5_targets and not plan.train_text_encoder and plan.text_encoder_mode == "trained"
+    assert outcome.conversion.values[("train", "t5_idle")][0] == "kohya"

@@ -2165,6 +2165,18 @@ CASES = [
         [("DBS568", "error", ("train", "t5"))],
         DOG + STEPS + '[adapter]\nkind = "full"\n[train]\nt5 = true\n',
     ),
+    (
+        rules.t5_idle_needs_t5_layers,
+        DOG + STEPS + LORA + '[train]\nt5 = true\nt5_idle = "kohya"\n',
+        [("DBS600", "error", ("train", "t5_idle"))],
+        DOG + STEPS + LORA + '[train]\nt5_idle = "kohya"\n',
+    ),
+    (
+        rules.t5_idle_needs_t5_layers,
+        DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5_idle = "kohya"\n',
+        [("DBS600", "error", ("train", "t5_idle"))],
+        DOG + STEPS + '[adapter]\nkind = "loha"\n[train]\nt5_idle = "kohya"\n',
+    ),
     # a full adapter's exclude patterns (LyCORIS full files without some layers' modules)
     (
         rules.adapter_block_patterns,
@@ -2288,7 +2300,7 @@ def test_hits_carry_a_message_and_a_known_severity():
         spec, _ = structure_spec(data)
         for hit in run_one(rule, spec, given_in(data)):
             assert hit.message and hit.severity in ("error", "warning")
-            assert hit.code.startswith(("DBS2", "DBS5"))  # DBS5xx: DBS2xx continued
+            assert hit.code.startswith(("DBS2", "DBS5", "DBS6"))  # DBS5xx, DBS6xx: DBS2xx continued
 
 
 # --- DBS225: the output folder overlaps an input (a path rule: it needs the spec file's location) -----------

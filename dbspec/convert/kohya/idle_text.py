@@ -6,24 +6,50 @@ skipped; LyCORIS: "NO LR skipping!"). The text encoder then encodes under grad t
 change, whose gradients optimizer.zero_grad never clears: they add up step after step and count in
 max_grad_norm's clip (get_trainable_params: every parameter of the network), which scales the sum in place.
 
-`train.text_encoder_idle = "kohya"` is that run (runtime/idle_text.py; checked bit for bit against
-lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora, networks.dylora
-and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora_flux / lora_sd3 and
-lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l /
-train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
+`train.text_encoder_idle = "kohya"` is that run for the CLIP encoders (runtime/idle_text.py; checked bit for
+bit against lycoris-lora's kohya network in tests/runtime/test_kohya_idle_text_clip.py): networks.lora,
+networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora_flux /
+lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l
+/ train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
-modules always (adapter.init_weights loads them into the idle encoder; with --dim_from_weights SDXL's and
-SD3's CLIP encoder without modules in the file gets empty targets, model.py _idle_targets). Elsewhere: a
-file's idle modules are DBS403 (idle_text_modules: T5-XXL's modules at rate 0 beside them), fresh modules
-under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
-optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
-encoders' beside them)."""
+modules always (adapter.init_weights loads them into the idle encoder).
+
+`train.t5_idle = "kohya"` is the same run for T5-XXL (map_t5_idle, put_lycoris_t5; was DBS404 / DBS403).
+What kohya does there (sd-scripts 48d368fa):
+- flux_train_network.py:72 starts train_t5xxl False; post_process_network (:192-199) takes the network's
+  train_t5xxl and raises ValueError with cache_text_encoder_outputs, so with T5's modules T5's outputs are
+  never cached; get_models_for_text_encoding (:201-208) then hands CLIP-L and T5 both, every step.
+  sd3_train_network.py:168-175 / :177-184 likewise (CLIP-L, CLIP-G, T5).
+- train_network.py:423 encodes under torch.set_grad_enabled(is_train and train_text_encoder), where
+  train_text_encoder = is_train_text_encoder (:221-222, not --network_train_unet_only): T5 runs under grad
+  whatever its rate, and :709 apply_to keeps its modules.
+- networks/lora_flux.py: train_t5xxl=True (:575-577; a --dim_from_weights file's lora_te3 names, :684-685)
+  builds T5's modules (:940 skips them otherwise); prepare_optimizer_params_with_multiple_te_lrs pads
+  text_encoder_lr to [CLIP-L, T5] (:1195-1203) and assembles T5's group at the second value (:1313-1315),
+  "NO LR skipping!" at 0 (:1293-1295). networks/lora_sd3.py: [CLIP-L, CLIP-G, T5] (:634-644), T5 at the
+  third (:705-706), skipped at 0 (:675), built only with train_t5xxl (:420).
+- train_network.py:1447-1450 clips accelerator.unwrap_model(network).get_trainable_params(), which is
+  self.parameters() (lora_flux.py:1340-1341, lora_sd3.py:731-732, lycoris kohya.py:875-876): every module's,
+  registered by apply_to as text_encoder_loras + unet_loras (lora_flux.py:1153, lora_sd3.py:588, lycoris
+  kohya.py:733-737) in the text encoders' order, so T5's come after the CLIP encoders' and before the
+  denoiser's; :1459 optimizer.zero_grad(set_to_none=True) clears only the optimizer's parameters, so T5's
+  gradients add up uncleared and count in every clip, exactly as CLIP's do.
+- lycoris.kohya has one text group at text_encoder_lr's first value (kohya.py:838-846; train_network.py
+  hands it the first value, no prepare_optimizer_params_with_multiple_te_lrs): a preset or file reaching
+  T5 puts T5's modules in it, idle with CLIP's at 0, train_t5xxl or not (T5 encodes every step unless the
+  outputs are cached, when it never runs: lycoris_flow_file._t5_idle).
+- T5's module mode: every text encoder in train mode with --gradient_checkpointing, eval without
+  (train_network.py:900-911), which t5_mode.py writes where dbspec's "trained" differs for an idle T5.
+
+With --dim_from_weights SDXL's and SD3's CLIP encoder without modules in the file gets empty targets
+(model.py _idle_targets). Elsewhere: a file's idle modules dbspec cannot hold are DBS403
+(idle_text_modules), fresh modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa,
+which keeps the group in the optimizer at rate 0)."""
 
 from __future__ import annotations
 
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.network import parse_network_args
 
 # kohya's per-encoder rates (prepare_optimizer_params_with_multiple_te_lrs): the file's prefix -> the
 # text_encoder_lr value it trains at (lora_flux: [CLIP-L, T5-XXL]; lora_sd3: [CLIP-L, CLIP-G, T5-XXL]);
@@ -47,57 +73,50 @@ _IDLE_MODULES = (
     "networks.lora_flux",
     "networks.lora_sd3",
 )
-_FLOW = ("flux_train_network", "sd3_train_network")
-# T5-XXL's modules in a --network_weights file (lora_flux / lora_sd3: lora_te3_; LyCORIS: the index of T5
-# in the encoder list kohya hands it) and its place in prepare_optimizer_params_with_multiple_te_lrs' padded
-# rates
-_T5_PREFIX = {
-    ("flux_train_network", "lycoris.kohya"): "lora_te2_",
-    ("sd3_train_network", "lycoris.kohya"): "lora_te3_",
-}
-_T5_RATE = {"networks.lora_flux": 1, "networks.lora_sd3": 2}
+T5_IDLE_NOTE = (
+    "T5-XXL's text_encoder_lr is 0: kohya still builds its LoRA modules and encodes with T5 under grad each "
+    "step; they never train while their gradients add up and count in max_grad_norm's clip"
+)
 IDLE_NOTE = (
     "text_encoder_lr 0: kohya's apply_to still builds the text-encoder modules, which never train while "
     "their gradients add up and count in max_grad_norm's clip"
 )
 
 
-def idle_kohya(
-    a: dict[str, Legacy], script: str, file: bool = False, conv: Conversion | None = None, paths=None
-) -> bool:
+def idle_kohya(a: dict[str, Legacy], script: str, file: bool = False) -> bool:
     """Whether the text-encoder modules kohya builds at rate 0 convert exactly as train.text_encoder_idle =
     "kohya" (dbspec's idle encoders: adapted, out of the optimizer, their gradients added up uncleared and
     clipped): networks.lora, networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py,
     networks.lora_flux / lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their
-    CLIP encoders; not where T5-XXL's modules sit at rate 0 too, t5_held), under a clip, or (`file`) with a
-    --network_weights file's modules on them (without either, fresh modules leave the output the base's
-    and train.text_encoder = false is the same run, cheaper)."""
+    CLIP encoders; T5-XXL's modules at rate 0 beside them are train.t5_idle's, map_t5_idle), under a clip,
+    or (`file`) with a --network_weights file's modules on them (without either, fresh modules leave the
+    output the base's and train.text_encoder = false is the same run, cheaper)."""
     module = a["network_module"].value if "network_module" in a else "networks.lora"
-    if not ((file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES):
+    return (file or bool(a["max_grad_norm"].value)) and script in _IDLE_SCRIPTS and module in _IDLE_MODULES
+
+
+def map_t5_idle(legacy: Legacy, a: dict[str, Legacy], conv: Conversion, file: bool = False) -> bool:
+    """T5-XXL's modules kohya builds at T5's rate 0 (`legacy`: what builds them; `file`: a
+    --network_weights file's, loaded by adapter.init_weights) as train.t5_idle = "kohya": under a clip, or
+    with a file's modules whatever the clip; True when written. Without either, fresh modules leave T5's
+    output the base's and nothing reads their gradients: T5 frozen is the same run (False)."""
+    if not (file or a["max_grad_norm"].value):
         return False
-    return script not in _FLOW or not t5_held(a, script, conv, paths)
+    conv.put(("train", "t5_idle"), "kohya", conv.comment(legacy, T5_IDLE_NOTE))
+    conv.record(legacy, "mapped", "train.t5_idle")
+    return True
 
 
-def t5_held(a: dict[str, Legacy], script: str, conv: Conversion | None, paths=None) -> bool:
-    """Whether kohya's Flux / SD3 network holds T5-XXL modules at rate 0 (train.text_encoder_idle keeps CLIP
-    encoders alone; kohya runs T5 under grad too, so their gradients would count in the clip): lora_flux /
-    lora_sd3 with train_t5xxl=True or a --dim_from_weights file's lora_te3_ modules, at T5's value of the
-    padded text_encoder_lr; LyCORIS's T5 modules (train.t5 as the adapter mapping wrote it, or the file's) in
-    its one text group, at the first value."""
-    module = a["network_module"].value if "network_module" in a else None
-    rates = _rates(a)
-    if module == "lycoris.kohya":
-        rate = rates[0]
-        modules = bool(conv and conv.values.get(("train", "t5"), (False, ""))[0])
-        modules = modules or _file_holds(a, paths, _T5_PREFIX[(script, module)])
-    elif module in _T5_RATE:
-        rate = (rates + rates[-1:] * 2)[_T5_RATE[module]]
-        kwargs, _ = parse_network_args(list(a["network_args"].value or []))
-        modules = kwargs.get("train_t5xxl") == "True"
-        modules = modules or bool(a["dim_from_weights"].value and _file_holds(a, paths, "lora_te3_"))
+def put_lycoris_t5(a: dict[str, Legacy], conv: Conversion, why: str) -> None:
+    """LyCORIS's T5-XXL modules (a preset's or a --network_weights file's) in its one text group, at
+    text_encoder_lr's first value: train.t5, or at rate 0 train.t5_idle = "kohya" (flux_train_network.py /
+    sd3_train_network.py run T5 under grad whatever train_t5xxl says, its outputs not cached; the modules
+    never train, their gradients add up and count in the clip). Fresh ones at rate 0 without a clip never
+    reach here (lycoris_flow_file._t5_idle drops them: T5 frozen is the same run)."""
+    if _rates(a)[0] == 0:  # the first text_encoder_lr value, else learning_rate
+        conv.put(("train", "t5_idle"), "kohya", f"{why}; {T5_IDLE_NOTE}")
     else:
-        return False
-    return modules and rate == 0
+        conv.put(("train", "t5"), True, why)
 
 
 def _file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
@@ -118,10 +137,16 @@ def _rates(a: dict[str, Legacy]) -> list[float]:
     return [float(v) for v in values]
 
 
-def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
-    """The --network_weights file's text-encoder modules kohya applies at rate 0: the first module of each
-    encoder prefix (lora_te_, lora_te1_, ...) by prefix; {} for none, or an unreadable file (left to the
-    mappings that read it)."""
+# LyCORIS's T5-XXL prefix on the flow scripts (the index of T5 in the encoder list kohya hands it; Chroma's
+# as Flux's): its modules at rate 0 are train.t5_idle's (put_lycoris_t5), not a CLIP encoder's
+_LYCORIS_T5 = {"flux_train_network": "lora_te2_", "sd3_train_network": "lora_te3_"}
+
+
+def _idle_modules(a: dict[str, Legacy], paths, script: str = "") -> dict[str, str]:
+    """The --network_weights file's CLIP-encoder modules kohya applies at rate 0: the first module of each
+    encoder prefix (lora_te_, lora_te1_, ...) by prefix (T5-XXL's are train.t5_idle's: lora_flux's /
+    lora_sd3's lora_te3_, LyCORIS's last prefix on `script`); {} for none, or an unreadable file (left to
+    the mappings that read it)."""
     weights = a["network_weights"]
     if not weights.value or ("network_train_unet_only" in a and a["network_train_unet_only"].value):
         return {}
@@ -134,8 +159,9 @@ def _idle_modules(a: dict[str, Legacy], paths) -> dict[str, str]:
     module = a["network_module"].value if "network_module" in a else None
     per_encoder = _MULTIPLE.get(str(module))
     idle: dict[str, str] = {}  # the first idle module of each encoder prefix
+    t5 = _LYCORIS_T5.get(script) if module == "lycoris.kohya" else None
     for name in names:
-        if not name.startswith("lora_te"):
+        if not name.startswith("lora_te") or (t5 and name.startswith(t5)):
             continue
         prefix = name[: name.index("_", len("lora_te")) + 1]
         if per_encoder is None:
@@ -155,15 +181,15 @@ def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None 
     adapter.init_weights): the scripts and networks idle_kohya takes. create_network builds modules on every
     CLIP encoder; --dim_from_weights only the file's (SDXL's and SD3's CLIP encoder without any gets empty
     targets, map_file_text_encoders, so nothing is idle there)."""
-    idle = _idle_modules(a, paths)
-    return bool(idle) and idle_kohya(a, script, file=True, conv=conv, paths=paths)
+    idle = _idle_modules(a, paths, script)
+    return bool(idle) and idle_kohya(a, script, file=True)
 
 
 def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
     """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
-    idle = _idle_modules(a, paths)
+    idle = _idle_modules(a, paths, script)
     if not idle or file_idle(a, paths, script, conv):
         return False
     weights = a["network_weights"]
@@ -179,6 +205,23 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
         "train with --network_train_unet_only (apply_to then drops them)",
     )
     return True
+
+
+def file_has_clip(a: dict[str, Legacy], paths, script: str) -> bool:
+    """Whether kohya's flow network holds CLIP modules for train.text_encoder_idle: False for a
+    --dim_from_weights file on flux_train_network.py / sd3_train_network.py holding none (its T5-XXL's
+    alone: create_network_from_weights builds the file's modules only); True otherwise, or unread."""
+    if script not in _LYCORIS_T5 or not a["dim_from_weights"].value or not a["network_weights"].value:
+        return True
+    local = paths.local(a["network_weights"].value)
+    try:
+        names = set(read_safetensors_header(local)) if local else None
+    except (ModelFileError, OSError, ValueError):
+        return True
+    if names is None:
+        return True
+    clips = ("lora_te1_", "lora_te2_") if script == "sd3_train_network" else ("lora_te1_",)
+    return any(n.startswith(clips) for n in names)
 
 
 def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:

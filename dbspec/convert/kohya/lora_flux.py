@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.idle_text import clipped_idle_text
+from dbspec.convert.kohya.idle_text import map_t5_idle
 from dbspec.convert.kohya.network import KOHYA_TEXT_TARGETS, _loraplus, parse_network_args
 from dbspec.convert.kohya.reg_dims import flux_reg_blocks
 from dbspec.families import family_spec
@@ -246,9 +246,12 @@ def train_t5(
     return t5_trains(legacy, a, conv, script, family)
 
 
-def t5_trains(legacy: Legacy, a, conv: Conversion, script: str, family: str = "flux") -> bool:
-    """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or a --dim_from_weights file with
-    lora_te3 modules) mapped to `train.t5` and T5's rate; False when kohya raises (DBS402)."""
+def t5_trains(
+    legacy: Legacy, a, conv: Conversion, script: str, family: str = "flux", file: bool = False
+) -> bool:
+    """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or (`file`) a --dim_from_weights file
+    with lora_te3 modules) mapped to `train.t5` and T5's rate, or at T5's rate 0 to `train.t5_idle`
+    (map_t5_idle); False when kohya raises (DBS402)."""
     from dbspec.convert.kohya.train import text_outputs_cached
 
     if a["network_train_unet_only"].value:
@@ -271,12 +274,14 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str, family: str = "f
     rates = [float(v) for v in (te if isinstance(te, list) else [te] if te is not None else [])]
     default = float(a["learning_rate"].value)
     if script.startswith("sd3"):
-        return _sd3_t5_trains(legacy, rates or [default], a, conv)
+        return _sd3_t5_trains(legacy, rates or [default], a, conv, file)
     clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (default, default)
     if t5_lr == 0:
-        if not clipped_idle_text(a, legacy, "T5-XXL's", conv):  # exact only without a clip
+        if not map_t5_idle(legacy, a, conv, file):  # exact: train.t5_idle keeps them
             conv.inert(
-                legacy, "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer"
+                legacy,
+                "T5-XXL's text_encoder_lr is 0: kohya leaves its parameters out of the optimizer (fresh, "
+                "they leave T5's output the base's, and max_grad_norm 0 reads no gradient)",
             )
         return True
     conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
@@ -291,15 +296,19 @@ def t5_trains(legacy: Legacy, a, conv: Conversion, script: str, family: str = "f
     return True
 
 
-def _sd3_t5_trains(legacy: Legacy, rates: list[float], a, conv: Conversion) -> bool:
+def _sd3_t5_trains(legacy: Legacy, rates: list[float], a, conv: Conversion, file: bool = False) -> bool:
     """lora_sd3's T5-XXL (its third text encoder): prepare_optimizer_params_with_multiple_te_lrs pads
     text_encoder_lr to three values (one: all three; two: [a, b, b]) and trains T5 at the third, leaving its
     group out at 0. The spec's `optimizer.text_encoder_3_lr` derives from text_encoder_2_lr, which the
     converter writes for CLIP-G's own rate (train.py _sd3_clip_g_lr): written here only when T5's differs."""
     clip_l, clip_g, t5_lr = (rates + rates[-1:] * 2)[:3]
     if t5_lr == 0:
-        if not clipped_idle_text(a, legacy, "T5-XXL's", conv):  # exact only without a clip
-            conv.inert(legacy, "T5-XXL's text_encoder_lr (its third value) is 0: kohya leaves its group out")
+        if not map_t5_idle(legacy, a, conv, file):  # exact: train.t5_idle keeps them
+            conv.inert(
+                legacy,
+                "T5-XXL's text_encoder_lr (its third value) is 0: kohya leaves its group out (fresh, its "
+                "modules leave T5's output the base's, and max_grad_norm 0 reads no gradient)",
+            )
         return True
     conv.mapped(legacy, ("train", "t5"), True, note="LoRA on T5Attention and T5DenseGatedActDense Linears")
     derived = clip_g if clip_g != 0 else clip_l  # text_encoder_2_lr as written (CLIP-G at 0: not written)

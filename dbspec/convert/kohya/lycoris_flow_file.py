@@ -487,17 +487,23 @@ CHROMA_MODEL = FlowModel(
 )
 
 
-def _t5_idle(a: dict[str, Legacy]) -> str:
-    """Why T5-XXL's LyCORIS modules never train though apply_to keeps them, or "": with text-encoder outputs
-    cached (train_t5xxl off; on, the script raises: lycoris_flux._switches) flux_train_network.py /
+def _t5_idle(a: dict[str, Legacy], file: bool = False) -> str:
+    """Why T5-XXL's LyCORIS modules are left out though apply_to keeps them, or "": with text-encoder
+    outputs cached (train_t5xxl off; on, the script raises: lycoris_flux._switches) flux_train_network.py /
     sd3_train_network.py encode with CLIP alone over the cache, T5-XXL never runs and its modules get no
-    gradient; at text_encoder_lr 0 LyCORIS's prepare_optimizer_params leaves the text group out."""
+    gradient. At text_encoder_lr 0 LyCORIS's prepare_optimizer_params leaves the text group out while T5
+    still encodes under grad: train.t5_idle keeps them (idle_text.put_lycoris_t5) under a clip or
+    (`file`: a --network_weights file's, loaded into them) whatever the clip; fresh ones without a clip
+    leave T5's output the base's and nothing reads their gradients, so T5 frozen is the same run."""
     from dbspec.convert.kohya.train import lora_text_encoder_lr, text_outputs_cached
 
     if text_outputs_cached(a) is not None:
         return "text-encoder outputs are cached, so T5-XXL never encodes while training (no gradient)"
-    if lora_text_encoder_lr(a).value == 0:
-        return "text_encoder_lr is 0, so LyCORIS leaves the text encoders' group out of the optimizer"
+    if lora_text_encoder_lr(a).value == 0 and not file and not a["max_grad_norm"].value:
+        return (
+            "text_encoder_lr is 0, so LyCORIS leaves the text encoders' group out of the optimizer, and with "
+            "max_grad_norm 0 nothing reads their gradients (fresh, they leave T5's output the base's)"
+        )
     return ""
 
 
@@ -532,7 +538,7 @@ def flow_preset_file(
             rs_lora,
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
-            _t5_idle(a),
+            _t5_idle(a, file=bool(a["network_weights"].value)),
         )
     except PresetError as exc:
         if exc.crash:

@@ -55,6 +55,7 @@ from typing import Any
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.idle_text import put_lycoris_t5
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
@@ -281,7 +282,7 @@ def map_lycoris_flow(
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     conv.put(("adapter", "text_encoder_targets"), text, conv.comment(module, f"preset {preset} on CLIP"))
     if t5_file:  # a preset file's T5-XXL modules, trained: T5's adapter (its ranks in text_encoder_blocks)
-        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's {form} on T5-XXL"))
+        put_lycoris_t5(a, conv, conv.comment(module, f"preset {preset}: LyCORIS's {form} on T5-XXL"))
         if not lokr and layout.title != "SD3":  # LoKr / LoHa exports are LyCORIS's whatever
             why = "LyCORIS names T5-XXL lora_te2_ (the second encoder kohya hands it; lora_flux: lora_te3_)"
             conv.put(("adapter", "kohya_names"), "lycoris", conv.comment(module, why))
@@ -604,7 +605,7 @@ def _full(
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     if t5_file:  # a preset file's T5-XXL modules, trained: T5's full copies
-        conv.put(("train", "t5"), True, conv.comment(module, f"preset {preset}: LyCORIS's full on T5-XXL"))
+        put_lycoris_t5(a, conv, conv.comment(module, f"preset {preset}: LyCORIS's full on T5-XXL"))
     why = "the targets' layers the preset file builds no FullModule on (no trained copy)"
     put_rest(conv, module, args, preset, text, {"exclude": exclude} if exclude else {}, why)
     return True

@@ -25,7 +25,7 @@ from dbspec.convert.kohya.network import (
     put_text_blocks,
 )
 from dbspec.convert.kohya.train import text_outputs_cached
-from dbspec.convert.kohya.idle_text import idle_text_modules
+from dbspec.convert.kohya.idle_text import idle_text_modules, put_lycoris_t5
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
     flow_blocks,
@@ -867,7 +867,7 @@ def _flow_dim_from_weights(
         return
     text_components = components
     if lycoris and not a["network_train_unet_only"].value:
-        text_components = _lycoris_clip(file, family, components, conv, from_file, _t5_idle(a))
+        text_components = _lycoris_clip(file, family, components, conv, from_file, _t5_idle(a, file=True), a)
         if text_components is None:
             return
     pair = common_pair(file, prefixes=tuple(components)) or common_pair(file)
@@ -882,7 +882,7 @@ def _flow_dim_from_weights(
 
         modules = Legacy(key=f"{weights.key} lora_te3", value=f"{len(t5)} modules", source=weights.source)
         script = "flux_train_network.py" if wanted == "networks.lora_flux" else "sd3_train_network.py"
-        t5_trains(modules, a, conv, script, family)
+        t5_trains(modules, a, conv, script, family, file=True)
     for key in ("network_dim", "network_alpha"):
         conv.reports.pop(key, None)  # mapped just before, from kohya's create_network call this flag skips
         conv.inert(a[key], "--dim_from_weights takes the ranks and alphas from the file")
@@ -927,16 +927,17 @@ def _flow_dim_from_weights(
 
 
 def _lycoris_clip(
-    file, family: str, components: dict[str, str], conv: Conversion, from_file: Legacy, t5_idle: str
+    file, family: str, components: dict[str, str], conv: Conversion, from_file: Legacy, t5_idle: str, a=None
 ) -> dict | None:
     """The text-encoder prefixes LyCORIS's create_network_from_weights builds the file's modules under: it
     numbers the encoder list kohya hands it (lora_te1 CLIP-L; SD3's lora_te2 CLIP-G; T5-XXL last: Flux's and
     Chroma's lora_te2, SD3's lora_te3), so a LoCon on a CLIP Linear is lora_flux's / lora_sd3's module there
     (one group at text_encoder_lr's first value: train.py). T5-XXL's modules train there too while T5
-    encodes every step (train_t5xxl or not): train.t5 (its modules at their ranks in text-encoder blocks)
-    with adapter.kohya_names "lycoris" where LyCORIS's T5 prefix is not lora_flux's (runtime/flow_init.py
-    reads them under it). None (DBS403) for T5-XXL modules that would keep the file's weights untrained
-    (`t5_idle`: outputs cached, text_encoder_lr 0), for a T5 module outside kohya's T5 targets and for a
+    encodes every step (train_t5xxl or not): train.t5 (its modules at their ranks in text-encoder blocks;
+    at text_encoder_lr 0 train.t5_idle, put_lycoris_t5) with adapter.kohya_names "lycoris" where LyCORIS's
+    T5 prefix is not lora_flux's (runtime/flow_init.py reads them under it). None (DBS403) for T5-XXL
+    modules that would keep the file's weights where T5 never encodes (`t5_idle`: outputs cached), for a
+    T5 module outside kohya's T5 targets and for a
     CLIP module no text target names (text_projection...). Flux's lora_te3_* name no module of LyCORIS's
     two encoders: ignored, as LyCORIS ignores them."""
     clip = {p: c for p, c in components.items() if p != "lora_te3_"}
@@ -966,8 +967,8 @@ def _lycoris_clip(
         return None
     if not t5_names:
         return clip
-    why = conv.comment(from_file, f"LyCORIS's LoCon modules on T5-XXL ({len(t5_names)}, `{t5}*`) train")
-    conv.put(("train", "t5"), True, why)
+    why = conv.comment(from_file, f"LyCORIS's LoCon modules on T5-XXL ({len(t5_names)}, `{t5}*`)")
+    put_lycoris_t5(a, conv, why)  # train.t5, or at the text group's rate 0 train.t5_idle
     if t5 != flow_text_prefixes(family)[-1]:  # Flux / Chroma: LyCORIS's T5 prefix is not lora_flux's
         conv.put(("adapter", "kohya_names"), "lycoris", why)
     return {**clip, t5: family_spec(family).text_encoder_names[-1]}
@@ -1357,9 +1358,9 @@ def _lycoris_flow_factor_file(
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
     if is_flow_mixed(modules):  # LoKr / LoHa / LoCon / full / OFT / GLoRA: a run of several kinds
-        found = flow_mixed_file(modules, family, unet_only, _t5_idle(a))
+        found = flow_mixed_file(modules, family, unet_only, _t5_idle(a, file=True))
     else:
-        found = factor_file_adapter(modules, family, unet_only, _t5_idle(a))
+        found = factor_file_adapter(modules, family, unet_only, _t5_idle(a, file=True))
     if isinstance(found, str) and found.startswith("invalid:"):
         conv.invalid(
             from_file.key, True, from_file.source, f"LyCORIS's create_network_from_weights: {found[8:]}"
@@ -1378,8 +1379,8 @@ def _lycoris_flow_factor_file(
     for key, value in found.items():
         if key not in ("kind", "blocks", "text_encoder_blocks", "t5"):
             conv.put(("adapter", key), value, twice if key == "init_scale" else note)
-    if found.get("t5"):  # T5-XXL's modules train in LyCORIS's text group: dbspec's T5 adapter of that kind
-        conv.put(("train", "t5"), True, conv.comment(from_file, f"{note}: T5-XXL's"))
+    if found.get("t5"):  # T5-XXL's modules in LyCORIS's text group: dbspec's T5 adapter of that kind
+        put_lycoris_t5(a, conv, conv.comment(from_file, f"{note}: T5-XXL's"))  # trained, or idle at rate 0
     for table in ("blocks", "text_encoder_blocks"):  # modules at a rank / alpha / LoKr split of their own
         first = 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
         for index, block in enumerate(found.get(table, ()), start=first):

@@ -18,11 +18,13 @@ Args = dict[str, Legacy]
 
 def map_text_encoder_mode(a: Args, conv: Conversion) -> None:
     """train.text_encoder_mode = "train" (--gradient_checkpointing, T5 frozen) or "eval" (no
-    --gradient_checkpointing, T5 trains) where T5-XXL encodes at every step; nothing otherwise."""
+    --gradient_checkpointing, T5 trains or is idle) where T5-XXL encodes at every step; nothing otherwise."""
     if text_outputs_cached(a) is not None:
         return  # T5's outputs come from the cache, encoded in eval mode
     grad = a["gradient_checkpointing"]
     t5_trains = bool(conv.values.get(("train", "t5"), (False, ""))[0])
+    # an idle T5-XXL (train.t5_idle) runs as a trained one: dbspec's "trained" puts it in train mode too
+    t5_trains = t5_trains or conv.values.get(("train", "t5_idle"), ("none", ""))[0] == "kohya"
     if grad.value and not t5_trains:
         conv.put(
             ("train", "text_encoder_mode"),

@@ -702,12 +702,14 @@ def map_text_encoder(
     first_modules: bool = True,
     idle_file: bool = False,
     second_modules: bool = True,
+    clip_modules: bool = True,
 ) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
     `first_modules` / `second_modules`: whether kohya's network holds text-encoder modules at all / of the
     first encoder / of the second CLIP encoder (False for a --dim_from_weights file without them);
     `idle_file`: a --network_weights file's text-encoder modules at rate 0 that train.text_encoder_idle keeps
-    (file_idle)."""
+    (file_idle); `clip_modules`: whether it holds CLIP modules (False for a Flux / SD3 --dim_from_weights
+    file with T5-XXL's alone: nothing of CLIP's is idle)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -756,14 +758,15 @@ def map_text_encoder(
     if not unet_only.value and te_lr.value == 0 and clip_g and text_modules and second_modules:
         return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
     if not unet_only.value and te_lr.value == 0:
-        if not te_only.value and _builds_text_modules(a, conv, text_modules) and not _file_refused(a, conv):
+        clip = text_modules and clip_modules  # T5-XXL's modules alone: train.t5_idle's (idle_text.py)
+        if not te_only.value and _builds_text_modules(a, conv, clip) and not _file_refused(a, conv):
             # the modules at rate 0 still count in max_grad_norm's clip (idle_text.py; exact at 0)
             first = (
                 "CLIP-L's" if script in ("flux_train_network", "sd3_train_network") else "the text encoders'"
             )
             if clip_g == 0 and second_modules:  # lora_sd3's CLIP-G at 0 too (its second value, or the one)
                 first = "CLIP-L's and CLIP-G's" if first_modules else "CLIP-G's"
-            if idle_kohya(a, script, file=idle_file, conv=conv):  # exact: train.text_encoder_idle keeps them
+            if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
             else:
                 clipped_idle_text(a, te_lr, first, conv)
@@ -852,7 +855,7 @@ def _sd3_clip_g_alone(
     (idle_kohya)."""
     unet_only, te_only = a["network_train_unet_only"], a["network_train_text_encoder_only"]
     if clip_l_modules and not _file_refused(a, conv):
-        if idle_kohya(a, "sd3_train_network", file=idle_file, conv=conv):
+        if idle_kohya(a, "sd3_train_network", file=idle_file):
             conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
         else:
             clipped_idle_text(a, te_lr, "CLIP-L's", conv)
@@ -1193,7 +1196,7 @@ def _sd3_clip_g_lr(a: Args, te: Legacy, conv: Conversion, idle_file: bool = Fals
         # its modules still count in the clip: kept idle. create_network's fresh modules, or a file's loaded
         # into them (idle_text_modules let them through); --dim_from_weights: the file's alone (file_idle)
         weights = bool(a["network_weights"].value)
-        if idle_file if a["dim_from_weights"].value else idle_kohya(a, "sd3_train_network", weights, conv):
+        if idle_file if a["dim_from_weights"].value else idle_kohya(a, "sd3_train_network", weights):
             conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(given, IDLE_NOTE))
         else:
             clipped_idle_text(a, given, "CLIP-G's", conv)
