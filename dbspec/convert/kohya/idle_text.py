@@ -12,12 +12,15 @@ and lycoris.kohya on train_network.py / sdxl_train_network.py, and networks.lora
 lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l /
 train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
-modules always (adapter.init_weights loads them into the idle encoder). Elsewhere: a file's idle modules
-are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP encoder's modules, T5-XXL's
-modules at rate 0 beside them; SDXL's other encoder gets empty targets, model.py _idle_targets), fresh
-modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa, which keeps the group in the
-optimizer at rate 0; T5-XXL's modules at rate 0, which train.text_encoder_idle does not hold, and the CLIP
-encoders' beside them)."""
+modules always (adapter.init_weights loads them into the idle encoder). networks.lora_fa keeps the group in
+the optimizer at rate 0 (cleared every step, still clipped): under a clip that is a text encoder trained at
+optimizer.text_encoder_lr = 0 (train.py _lora_fa_text_held), where dbspec holds a group at rate 0 (not
+with D-Adaptation, Prodigy, Adafactor's relative step, OneCycleLR / CyclicLR or an eta_min: lora_fa_not_held).
+Elsewhere: a file's idle modules are DBS403 (idle_text_modules: --dim_from_weights on SD3 with one CLIP
+encoder's modules, T5-XXL's modules at rate 0 beside them, networks.lora_fa's; SDXL's other encoder gets
+empty targets, model.py _idle_targets), fresh modules under a clip a DBS404 warning (clipped_idle_text:
+networks.lora_fa where dbspec cannot hold its group at rate 0; T5-XXL's modules at rate 0, which
+train.text_encoder_idle does not hold, and the CLIP encoders' beside them)."""
 
 from __future__ import annotations
 
@@ -188,7 +191,9 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
     return True
 
 
-def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:
+def clipped_idle_text(
+    a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion, not_held: str = ""
+) -> bool:
     """Warn (DBS404) that a text encoder whose LoRA modules kohya builds and never trains (its rate 0) is
     converted untrained while max_grad_norm clips, where train.text_encoder_idle cannot hold them (not
     idle_kohya): True when warned (the caller still maps the encoder as
@@ -199,7 +204,8 @@ def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: 
     parameters, trained or not. networks.lora, networks.dylora, lycoris.kohya and lora_flux / lora_sd3 leave a
     group at rate 0 out of the optimizer ("NO LR skipping!"), whose zero_grad clears only its own parameters,
     so those gradients add up from step to step (each clip scaling the sum in place); networks.lora_fa keeps
-    the group in the optimizer at rate 0 (cleared every step, still clipped). Either way kohya's clip
+    the group in the optimizer at rate 0 (cleared every step, still clipped: optimizer.text_encoder_lr = 0,
+    warned here only where dbspec cannot hold it, `not_held`). Either way kohya's clip
     coefficient counts gradients of modules that never move, stale ones after the first step: dbspec's
     untrained encoder clips the trained modules alone, as kohya's own run with --max_grad_norm 0 or
     --network_train_unet_only leaves them. With max_grad_norm 0 the runs are the same (no warning)."""
@@ -207,10 +213,11 @@ def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: 
     if not clip.value:
         return False
     module = a["network_module"].value if "network_module" in a else None
-    if module == "networks.lora_fa":
-        held = (
-            "networks.lora_fa's prepare_optimizer_params keeps their group in the optimizer at rate 0 (the "
-            "step moves nothing)"
+    if module == "networks.lora_fa":  # dbspec's optimizer.text_encoder_lr = 0 is that run, not here
+        held = "networks.lora_fa's prepare_optimizer_params keeps their group in the optimizer at rate 0" + (
+            f" (dbspec's optimizer.text_encoder_lr = 0 is that run elsewhere, not here: {not_held})"
+            if not_held
+            else ""
         )
     else:
         held = (

@@ -759,8 +759,10 @@ def map_text_encoder(
                 first = "CLIP-L's and CLIP-G's"
             if idle_kohya(a, script, file=idle_file, conv=conv):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
+            elif _lora_fa_text_held(a, te_lr, conv):  # exact: optimizer.text_encoder_lr = 0
+                return True
             else:
-                clipped_idle_text(a, te_lr, first, conv)
+                clipped_idle_text(a, te_lr, first, conv, lora_fa_not_held(a))
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
             te_lr,
@@ -821,6 +823,46 @@ def map_text_encoder(
     if te_only.value:
         conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
+
+
+def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion) -> bool:
+    """networks.lora_fa at text_encoder_lr 0 under a clip: its prepare_optimizer_params keeps the text
+    encoders' group in the optimizer at rate 0 (networks/lora_fa.py: no rate-0 skip for it), so kohya's run
+    is a text encoder trained at rate 0, its gradients computed, cleared by zero_grad each step and counted
+    in max_grad_norm's clip: dbspec's train.text_encoder = true with optimizer.text_encoder_lr = 0 (DBS229;
+    map_learning_rates writes the 0), where the optimizer and schedule hold a group at 0 (lora_fa_not_held)
+    and the U-Net trains at a positive rate. True when mapped so. Without a clip nothing reads those
+    gradients: train.text_encoder = false is the same run, cheaper (the caller's mapping)."""
+    module = a["network_module"].value if "network_module" in a else None
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    if module != "networks.lora_fa" or not a["max_grad_norm"].value or not unet.value:
+        return False
+    if a["network_train_text_encoder_only"].value or lora_fa_not_held(a):
+        return False
+    conv.record(a["network_train_unet_only"], "mapped", "train.text_encoder")
+    why = (
+        "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
+        f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
+    )
+    conv.put(("train", "text_encoder"), True, conv.comment(te_lr, why))
+    return True
+
+
+def lora_fa_not_held(a: Args) -> str:
+    """Why kohya's networks.lora_fa text-encoder group at rate 0 is no group dbspec holds at rate 0 (the spec
+    rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy share
+    one step size over the groups (several step a group at rate 0 anyway), Adafactor's relative step ignores
+    the rates (kohya removes them), and torch's OneCycleLR / CyclicLR (a rate 0 they lift was replaced
+    before, group_lists.lift_kept_rates) or an eta_min above 0 set the group's rate themselves."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind in DADAPT_KINDS or kind == "prodigy":
+        return (
+            f"{kind} estimates one step size for every group, and dbspec holds a group at rate 0 only with "
+            "optimizers that scale its whole step by its own rate"
+        )
+    if adafactor_relative_step(a):
+        return "Adafactor's relative step ignores the groups' rates (kohya removes them), so the group moves"
+    return _torch_schedule_moves_a_zero_group(a)
 
 
 def _sd3_clip_g_rate(a: Args, script: str) -> float | None:
