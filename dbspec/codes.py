@@ -213,7 +213,7 @@ lr > 0 (the denoiser's; it scales each group's step by that group's rate, so it 
 So are the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min`
 (it lifts the held part's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an
 averaging weight of 0).""",
-        help="give the part a rate above 0, or stop training it (train.denoiser / train.text_encoder = false)",
+        help="give the part a rate above 0, or stop training it (train.denoiser / text_encoder = false)",
     ),
     Code(
         "DBS201",
