@@ -1432,6 +1432,12 @@ def _held_warning(spec: Spec, where: KeyPath, part: str, other: str, flag: str) 
         f"clipped together with {other} to max_grad_norm {o.max_grad_norm:g}"
         if o.max_grad_norm
         else f"not clipped (max_grad_norm = 0), so train.{flag} = false would give the same run, cheaper"
+        + (
+            " (unless adapter.init_weights gives it modules of its own, which only an adapted text encoder "
+            "loads)"
+            if flag != "denoiser" and getattr(spec.adapter, "init_weights", None)
+            else ""
+        )
     )
     averaged = (
         f" ({o.kind} gives the group at rate 0 an averaging weight of 0: it stays put in train and eval mode)"

@@ -148,3 +148,35 @@ def test_nothing_else_training_is_not_held(tmp_path):
     outcome = kohya_lora(tmp_path, FA.replace("--unet_lr 1e-4", "--unet_lr 0"))
     assert "DBS229" not in codes(outcome) and "DBS408" in codes(outcome)  # nothing trains: DBS217
     assert outcome.exit_code == 1 and "nothing trains" in messages(outcome, "DBS408")
+
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
+
+
+def _weights(path) -> None:
+    """A kohya LoRA file (lora_fa saves networks.lora's layout) with one U-Net and one CLIP module."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, width in ((Q, 320), (TE, 768)):
+        tensors[f"{name}.lora_down.weight"] = np.full((8, width), 0.01, np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.full((width, 8), 0.02, np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("extra", ["", " --max_grad_norm 0", " --dim_from_weights"])
+def test_a_files_text_modules_are_held_at_rate_0_whatever_the_clip(tmp_path, extra):
+    """--network_weights: lora_fa's load_weights puts the file's CLIP modules in the group kept at rate 0, so
+    the text encoder encodes through them, never moving: held at rate 0 from adapter.init_weights, with or
+    without a clip (was DBS403: an untrained text encoder would drop the file's modules)."""
+    _weights(tmp_path / "prev.safetensors")
+    outcome = kohya_lora(tmp_path, f"{FA} --network_weights prev.safetensors{extra}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 0 and plan.idle_text_encoders == ()
+    assert plan.adapter.init_weights.endswith("prev.safetensors")
+    said = [w for w in plan.warnings if "DBS229" in w]
+    assert said and ("init_weights gives it modules of its own" in said[0]) == (extra == " --max_grad_norm 0")

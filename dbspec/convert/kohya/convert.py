@@ -23,7 +23,7 @@ from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.group_lists import lift_kept_rates
-from dbspec.convert.kohya.idle_text import file_idle
+from dbspec.convert.kohya.idle_text import file_held, file_idle
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
     file_has_first_text,
@@ -176,8 +176,9 @@ def convert_kohya(
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     has_text, has_first = (file_has_text(a, paths), file_has_first_text(a, paths)) if lora else (True, True)
     idle_file = lora and file_idle(a, paths, script, conv)  # a file's text-encoder modules kept at rate 0
+    held_file = lora and file_held(a, paths)  # networks.lora_fa's, held in the optimizer at rate 0
     text_encoder = map_text_encoder(
-        a, script, length.total_steps, conv, has_text, has_first, idle_file=idle_file
+        a, script, length.total_steps, conv, has_text, has_first, idle_file=idle_file, held_file=held_file
     )
     map_learning_rates(a, script, text_encoder, conv, idle_file)
     if lora:
