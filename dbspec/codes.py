@@ -199,21 +199,27 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
     Code(
         "DBS200",
         ERROR,
-        "optimizer.lr = 0 where the denoiser cannot stay still at rate 0",
+        "A part held at learning rate 0 that cannot stay still",
         """\
 `optimizer.lr = 0` holds the denoiser at learning rate 0 while the text encoder(s) train at their own rate
-(kohya train_db.py's `learning_rate 0` with `learning_rate_te`). It needs `train.denoiser = true` (with the
-denoiser frozen, lr 0 has no meaning: give the text encoder its rate with `optimizer.text_encoder_lr`), a
-training text encoder with a positive `optimizer.text_encoder_lr` (and `text_encoder_2_lr`), and an optimizer
-that holds a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise ValueError for
-lr 0 as kohya builds them (`lr=learning_rate`), and Prodigy's step also applies the decoupled weight decay
-(and, with betas[0] = 0, the gradient) to every group at d x the largest rate; DAdaptLion accepts a group at
-rate 0 but steps every group at d x the largest rate (the denoiser would train: that run is `optimizer.lr` =
-`text_encoder_lr`); Adafactor with `relative_step` ignores the groups' rates; CAME asserts lr > 0. So are the
-`one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min` (it lifts the
-denoiser's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an averaging weight of
-0).""",
-        help="set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr",
+(kohya train_db.py's `learning_rate 0` with `learning_rate_te`); `optimizer.text_encoder_lr = 0` (or
+`text_encoder_2_lr = 0`) holds a training text encoder at rate 0 while the denoiser or another text encoder
+trains (kohya networks.lora_fa's text-encoder group at `text_encoder_lr 0`, which it keeps in the optimizer).
+It needs the part to train (`optimizer.lr = 0` with `train.denoiser = false` has no meaning: give the text
+encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate, and an
+optimizer that holds a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
+ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rate), and Prodigy's step also
+applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
+rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
+train: that run is the two parts at one rate); with the denoiser at a positive rate, a text encoder at 0
+is refused with every D-Adaptation class and Prodigy (they share one step size d, and DAdaptAdaGrad,
+DAdaptAdan and DAdaptAdanIP step every group at the first group's rate, DAdaptAdam's and Prodigy's decoupled
+weight decay at d x the largest); Adafactor with `relative_step` ignores the groups' rates; CAME asserts
+lr > 0 (the denoiser's; it scales each group's step by that group's rate, so it holds a text encoder at 0).
+So are the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min`
+(it lifts the held part's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an
+averaging weight of 0).""",
+        help="give the part a rate above 0, or stop training it (train.denoiser / text_encoder = false)",
     ),
     Code(
         "DBS201",
@@ -450,17 +456,20 @@ schedule by averaging the iterates: kohya gives them a dummy scheduler that neve
     Code(
         "DBS229",
         WARNING,
-        "The denoiser trains at learning rate 0",
+        "A trained part at learning rate 0",
         """\
-`optimizer.lr = 0` with `train.denoiser = true`: the denoiser's weights never move (every optimizer dbspec
-allows here scales its step and its decoupled weight decay by the rate: AdamW multiplies by
-1 - lr x weight_decay = 1; the schedule-free ones give the group an averaging weight of 0 and a step of 0),
-but its gradients are computed every step (the cost of training it: memory for its gradients and optimizer
-state, and the backward pass through it) and `optimizer.max_grad_norm` clips them together with the text
-encoder's, so a large denoiser gradient shrinks the text encoder's step. This is
-kohya train_db.py's `learning_rate 0` with `learning_rate_te`; `train.denoiser = false` with
-`optimizer.text_encoder_lr` is cheaper and the same when `max_grad_norm = 0`.""",
-        help="train.denoiser = false is cheaper unless you want the joint clip norm",
+`optimizer.lr = 0` with `train.denoiser = true`, or `optimizer.text_encoder_lr = 0` (`text_encoder_2_lr = 0`)
+with the text encoder(s) training: the part's weights never move (every optimizer dbspec allows here scales
+its step and its decoupled weight decay by the group's rate: AdamW multiplies by 1 - lr x weight_decay = 1;
+the schedule-free ones give the group an averaging weight of 0 and a step of 0), but its gradients are
+computed every step (the cost of training it: memory for its gradients and optimizer state, and the
+backward pass through it) and `optimizer.max_grad_norm` clips them together with the other parts', so a
+large gradient of the held part shrinks the others' steps. This is kohya train_db.py's `learning_rate 0`
+with `learning_rate_te`, and kohya networks.lora_fa's `text_encoder_lr 0` (its text-encoder group stays in
+the optimizer); `train.denoiser = false` (`train.text_encoder = false`) is cheaper and the same when
+`max_grad_norm = 0`.""",
+        help="stop training the held part (train.denoiser / train.text_encoder = false): cheaper, unless you "
+        "want kohya's joint clip norm",
     ),
     Code(
         "DBS230",

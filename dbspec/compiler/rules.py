@@ -1288,20 +1288,30 @@ def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-def _rate_zero_moves_or_stops(o: Optimizer) -> str:
+def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
     """Why the optimizer cannot hold a parameter group at rate 0, or "" where it can (its step and its
     decoupled weight decay are scaled by the group's own rate, or a group at rate 0 keeps its averaging
-    weight at 0, as the schedulefree classes do)."""
+    weight at 0, as the schedulefree classes do). `built_at_zero`: the class is built with that rate 0 too
+    (`lr=optimizer.lr`, the denoiser's, as kohya passes `lr=learning_rate`); a text encoder held at 0 beside
+    a denoiser at a positive rate is not."""
     if o.kind == "dadapt_lion":
         return (
             "dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest "
-            "group's rate: the denoiser would train at the text encoder's rate (that run is optimizer.lr = "
-            "text_encoder_lr)"
+            "group's rate: the part at rate 0 would train at the other's rate (that run is the two at one "
+            "rate)"
         )
-    if o.kind in DADAPT_KINDS:
+    if o.kind in DADAPT_KINDS and built_at_zero:
         return (
             "dadaptation's class raises ValueError for lr 0 when it is built (`lr=optimizer.lr`, as kohya "
             "passes `lr=learning_rate`): kohya's run stops there too"
+        )
+    if o.kind in DADAPT_KINDS or (o.kind == "prodigy" and not built_at_zero):
+        return (
+            f"{o.kind} estimates one step size d for every group, and several such classes step a group at "
+            "rate 0 anyway (DAdaptLion, DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP at d x the largest or "
+            "the first group's rate; DAdaptAdam's and Prodigy's decoupled weight decay at d x the largest "
+            "rate): dbspec holds a group at rate 0 only with optimizers that scale its whole step by its "
+            "own rate"
         )
     if o.kind == "prodigy":
         return (
@@ -1311,56 +1321,77 @@ def _rate_zero_moves_or_stops(o: Optimizer) -> str:
         )
     if o.kind == "adafactor" and o.relative_step:
         return (
-            "Adafactor with relative_step computes its own LR and ignores the groups' rates: the denoiser "
-            "would train (that run is any optimizer.lr > 0)"
+            "Adafactor with relative_step computes its own LR and ignores the groups' rates: the part at "
+            "rate 0 would train (that run is a positive rate for it)"
         )
-    if o.kind == "came":
+    if o.kind == "came" and built_at_zero:
         return "came_pytorch's CAME asserts lr > 0 when it is built (kohya's run would stop there too)"
     return ""
 
 
-@rule("spec")
-def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
-    """optimizer.lr = 0: the denoiser in the optimizer at rate 0 while a text encoder trains (kohya
-    train_db.py's learning_rate 0 with learning_rate_te); refused where that cannot hold."""
+# The text encoders' rates as the spec gives them (the family is not known yet): the first at
+# text_encoder_lr; SDXL's or SD3's second, or Flux's T5-XXL (train.t5), at text_encoder_2_lr (which defaults
+# to text_encoder_lr); SD3's T5-XXL at text_encoder_3_lr (> 0 when given; it defaults to text_encoder_2_lr)
+_TEXT_RATES = ("text_encoder_lr", "text_encoder_2_lr", "text_encoder_3_lr")
+
+
+def _text_rates(spec: Spec, given: Given) -> list[tuple[str, float]]:
+    """(optimizer key, rate) of each text-encoder group that may train: a key not given that takes its value
+    from the one before is that group's (the same rate, one group)."""
     o, t = spec.optimizer, spec.train
-    if o.lr != 0:
-        return
-    where = ("optimizer", "lr")
-    fix = "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
-    if not t.denoiser:
-        yield _err(
-            "DBS200",
-            where,
-            "optimizer.lr is 0 with train.denoiser = false: there is no denoiser to hold at rate 0",
-            "remove optimizer.lr and give the text encoder its rate with optimizer.text_encoder_lr",
-        )
-        return
-    if not any_text_encoder_trains(spec):
-        yield _err(
-            "DBS200",
-            where,
-            "optimizer.lr is 0 and no text encoder trains: a run that changes nothing",
-            "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr",
-        )
-        return
     rates = [("text_encoder_lr", o.text_encoder_lr)] if t.text_encoder else []
-    if t.text_encoder_2 or (t.text_encoder and given(("optimizer", "text_encoder_2_lr"))):
+    second = t.text_encoder_2 or t.t5 or (t.text_encoder and given(("optimizer", "text_encoder_2_lr")))
+    if second and (given(("optimizer", "text_encoder_2_lr")) or not rates):
         rates.append(("text_encoder_2_lr", o.text_encoder_2_lr))
-    for name, rate in rates:
-        if rate == 0:
-            yield _err(
-                "DBS200",
-                ("optimizer", name) if given(("optimizer", name)) else where,
-                f"optimizer.lr is 0 and optimizer.{name} is 0"
-                + ("" if given(("optimizer", name)) else " (it defaults to lr)")
-                + ": the text encoder would not train either",
-                f"set optimizer.{name} > 0",
-            )
+    if t.t5 and given(("optimizer", "text_encoder_3_lr")):
+        rates.append(("text_encoder_3_lr", o.text_encoder_3_lr))
+    return rates
+
+
+def _rate_path(given: Given, name: str) -> KeyPath:
+    """Where a text encoder's rate comes from: its key, else the first given key it derives from."""
+    for key in _TEXT_RATES[: _TEXT_RATES.index(name) + 1][::-1]:
+        if given(("optimizer", key)):
+            return ("optimizer", key)
+    return ("optimizer", "lr")
+
+
+@rule("spec")
+def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A trained part in the optimizer at rate 0 while another trains at a positive rate: the denoiser at
+    optimizer.lr = 0 (kohya train_db.py's learning_rate 0 with learning_rate_te) or a text encoder at
+    text_encoder_lr (text_encoder_2_lr) = 0 (kohya networks.lora_fa's text-encoder group at rate 0, which it
+    keeps in the optimizer). DBS229 warns of the cost; DBS200 refuses it where that cannot hold."""
+    o, t = spec.optimizer, spec.train
+    texts = _text_rates(spec, given)
+    held_texts = [name for name, rate in texts if rate == 0]
+    if o.lr != 0 and not held_texts:
+        return
+    if o.lr == 0:
+        for hit in _denoiser_at_zero_refused(spec, given, texts):
+            yield hit
             return
-    own = _rate_zero_moves_or_stops(o)
+    where = ("optimizer", "lr") if o.lr == 0 else _rate_path(given, held_texts[0])
+    moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts)
+    if not moving:
+        yield _err(
+            "DBS200",
+            where,
+            f"optimizer.{held_texts[0]} is 0 and nothing else trains at a positive rate (train.denoiser = "
+            f"{str(t.denoiser).lower()}): a run that changes nothing",
+            "give the text encoder a rate above 0, or train the denoiser",
+        )
+        return
+    text = "the text encoder" if o.lr else "the denoiser"
+    fix = (
+        "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
+        if o.lr == 0
+        else f"set optimizer.{held_texts[0]} > 0, or train.text_encoder = false"
+    )
+    key = "optimizer.lr" if o.lr == 0 else f"optimizer.{held_texts[0]}"
+    own = _rate_zero_moves_or_stops(o, built_at_zero=o.lr == 0)
     if own:
-        yield _err("DBS200", where, f"optimizer.lr is 0 with kind = {o.kind!r}: {own}", fix)
+        yield _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}", fix)
         return
     s = spec.schedule
     if s.lr_schedule in ("one_cycle", "cyclic") or s.eta_min > 0:
@@ -1370,27 +1401,81 @@ def denoiser_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS200",
             where,
-            f"optimizer.lr is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: the denoiser "
-            "would move",
+            f"{key} is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: {text} would move",
             fix,
         )
         return
+    if o.lr == 0:
+        yield _held_warning(spec, ("optimizer", "lr"), "the denoiser", "the text encoder's", "denoiser")
+    if held_texts:
+        part = "the text encoders" if len(held_texts) > 1 else _HELD_TEXT[held_texts[0]]
+        other = "the denoiser's" if t.denoiser and o.lr else "the other text encoder's"
+        flag = "text_encoder_2" if held_texts == ["text_encoder_2_lr"] else "text_encoder"
+        yield _held_warning(spec, _rate_path(given, held_texts[0]), part, other, flag)
+
+
+# what a text encoder's rate 0 holds (the first key: every text encoder that shares its group)
+_HELD_TEXT = {"text_encoder_lr": "the text encoder(s)", "text_encoder_2_lr": "the second text encoder"}
+
+
+def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, float]]) -> Iterator[Hit]:
+    """optimizer.lr = 0 with nothing of the denoiser to hold or nothing training at a positive rate."""
+    t, where = spec.train, ("optimizer", "lr")
+    if not t.denoiser:
+        yield _err(
+            "DBS200",
+            where,
+            "optimizer.lr is 0 with train.denoiser = false: there is no denoiser to hold at rate 0",
+            "remove optimizer.lr and give the text encoder its rate with optimizer.text_encoder_lr",
+        )
+    elif not any_text_encoder_trains(spec):
+        yield _err(
+            "DBS200",
+            where,
+            "optimizer.lr is 0 and no text encoder trains: a run that changes nothing",
+            "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr",
+        )
+    elif not any(rate > 0 for _, rate in texts):
+        name = texts[0][0] if texts else "text_encoder_lr"
+        yield _err(
+            "DBS200",
+            ("optimizer", name) if given(("optimizer", name)) else where,
+            f"optimizer.lr is 0 and optimizer.{name} is 0"
+            + ("" if given(("optimizer", name)) else " (it defaults to lr)")
+            + ": the text encoder would not train either",
+            f"set optimizer.{name} > 0",
+        )
+
+
+def _held_warning(spec: Spec, where: KeyPath, part: str, other: str, flag: str) -> Hit:
+    """DBS229: `part` in the optimizer at rate 0, its cost named."""
+    o = spec.optimizer
+    plural = part.endswith(("s", "(s)"))
     clip = (
-        f"clipped together with the text encoder's to max_grad_norm {o.max_grad_norm:g}"
+        f"clipped together with {other} to max_grad_norm {o.max_grad_norm:g}"
         if o.max_grad_norm
-        else "not clipped (max_grad_norm = 0), so train.denoiser = false would give the same run, cheaper"
+        else f"not clipped (max_grad_norm = 0), so train.{flag} = false would give the same run, cheaper"
+        + (
+            " (unless adapter.init_weights gives it modules of its own, which only an adapted text encoder "
+            "loads)"
+            if flag != "denoiser" and getattr(spec.adapter, "init_weights", None)
+            else ""
+        )
     )
     averaged = (
         f" ({o.kind} gives the group at rate 0 an averaging weight of 0: it stays put in train and eval mode)"
         if o.kind in SCHEDULEFREE_KINDS
         else ""
     )
-    yield _warn(
+    its = "their" if plural else "its"
+    source = "kohya train_db.py's" if flag == "denoiser" else "kohya networks.lora_fa's"
+    return _warn(
         "DBS229",
         where,
-        f"the denoiser trains at learning rate 0: its weights never move{averaged}, but its gradients are "
-        f"computed every step (the memory and backward pass of training it) and {clip}",
-        "train.denoiser = false is cheaper unless you want kohya train_db.py's joint clip norm",
+        f"{part} {'train' if plural else 'trains'} at learning rate 0: {its} weights never move{averaged}, "
+        f"but {its} gradients are computed every step (the memory and backward pass of training "
+        f"{'them' if plural else 'it'}) and {clip}",
+        f"train.{flag} = false is cheaper unless you want {source} joint clip norm",
     )
 
 

@@ -333,9 +333,14 @@ def schedule_table(plan: Plan) -> Table:
                 if plan.optimizer.lr == 0 and plan.train_denoiser
                 else ""
             )
-            + (f", text encoder lr {plan.optimizer.text_encoder_lr:g}" if plan.train_text_encoder else "")
             + (
-                f" ({_second_name(plan)}: {plan.optimizer.text_encoder_2_lr:g})"
+                f", text encoder lr {plan.optimizer.text_encoder_lr:g}{_held(plan.optimizer.text_encoder_lr)}"
+                if plan.train_text_encoder
+                else ""
+            )
+            + (
+                f" ({_second_name(plan)}: {plan.optimizer.text_encoder_2_lr:g}"
+                f"{_held(plan.optimizer.text_encoder_2_lr)})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
             )
@@ -1156,6 +1161,11 @@ def _loraplus(plan: Plan) -> str:
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
+
+
+def _held(rate: float) -> str:
+    """A text encoder's group at rate 0 (DBS229): in the optimizer, never moving."""
+    return " (held: gradients computed and clipped, weights still)" if rate == 0 else ""
 
 
 def _split_rows(plan: Plan) -> list[tuple[str, str]]:

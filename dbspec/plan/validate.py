@@ -79,7 +79,8 @@ _CHECKS: tuple[Check, ...] = (
         )
     ),
     ("optimizer.lr", _at_least(0), "a number of 0 or more"),  # 0: the denoiser held at rate 0 (DBS229)
-    ("optimizer.text_encoder_2_lr", lambda v: v is None or _above(0)(v), "null or a number above 0"),
+    # 0: a text encoder held at rate 0 (DBS229), as the first's text_encoder_lr
+    ("optimizer.text_encoder_2_lr", lambda v: v is None or _at_least(0)(v), "null or a number of 0 or more"),
     ("optimizer.text_encoder_3_lr", lambda v: v is None or _above(0)(v), "null or a number above 0"),
     ("optimizer.momentum", _fraction, "a number in [0, 1]"),
     ("optimizer.loraplus_denoiser_ratio", _at_least(0), "a number of 0 or more"),

@@ -2577,16 +2577,20 @@ class Optimizer:
     )
     text_encoder_lr: float = option(
         attrs.Factory(lambda self: self.lr, takes_self=True),
-        doc="Learning rate of the text encoder(s).",
+        doc="Learning rate of the text encoder(s). 0 holds a training text encoder still while the denoiser "
+        "trains (kohya networks.lora_fa's text-encoder group at text_encoder_lr 0, which it keeps in the "
+        "optimizer): its gradients are still computed and clipped together with the denoiser's (DBS229; "
+        "DBS200 lists what it needs).",
         derived="same as `lr`",
-        exclusive_minimum=0,
+        minimum=0,
         example=1e-6,
     )
     text_encoder_2_lr: float = option(
         attrs.Factory(lambda self: self.text_encoder_lr, takes_self=True),
-        doc="Learning rate of the second text encoder (SDXL's OpenCLIP-bigG), as kohya's learning_rate_te2.",
+        doc="Learning rate of the second text encoder (SDXL's OpenCLIP-bigG), as kohya's learning_rate_te2; "
+        "0 holds it still as `text_encoder_lr` 0 does.",
         derived="same as `text_encoder_lr`",
-        exclusive_minimum=0,
+        minimum=0,
         example=5e-7,
     )
     text_encoder_3_lr: float = option(

@@ -307,3 +307,35 @@ def test_dadapt_lion_steps_a_group_at_rate_zero_as_one_at_the_largest_rate(tmp_p
     )
     step_alike([optimizer, kohya], [ours, theirs])
     assert same(ours, theirs) and not same(theirs[:2], params()[:2])  # kohya's U-Net group moved
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["adamw", "came", "adamw_schedulefree", "lion", "lion8bit", "adafactor", "radam", "adamw8bit", "sgd"],
+)
+def test_every_optimizer_allowed_holds_a_text_encoder_group_at_rate_zero(tmp_path, kind):
+    """optimizer.text_encoder_lr = 0 (kohya networks.lora_fa's text-encoder group kept at rate 0): the kinds
+    DBS200 lets through, built by runtime/optim.py on the plan's groups [denoiser at 1e-3, text encoder at 0]
+    (CAME at the denoiser's positive lr), step the denoiser and leave the text encoder bit-identical through
+    six steps with weight decay and momentum; D-Adaptation's classes and Prodigy, which share one step size
+    over the groups, are refused (tests/unit/test_rules.py)."""
+    from dbspec.runtime.optim import make_optimizer, param_groups
+    from tests.runtime.optim_kit import same, step_alike
+
+    settings = [f'optimizer.kind="{kind}"', "optimizer.lr=1e-3", "optimizer.text_encoder_lr=0"]
+    settings += ["optimizer.weight_decay=0.1", *(["optimizer.momentum=0.9"] if kind == "sgd" else [])]
+    o = compile_spec(write_spec(tmp_path, steps=1, extra=TE), settings).optimizer
+    assert o.lr == 1e-3 and o.text_encoder_lr == 0
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 80, generator=g)) for _ in range(4)]
+    start = [p.detach().clone() for p in params]
+    groups = param_groups(params[:2], [params[2:]], o)
+    assert [(group["name"], group["lr"]) for group in groups] == [("denoiser", 1e-3), ("text_encoder", 0.0)]
+    optimizer = make_optimizer(groups, o)
+    if hasattr(optimizer, "train"):
+        optimizer.train()
+    step_alike([optimizer], [params])
+    if hasattr(optimizer, "eval"):
+        optimizer.eval()  # the averaged weights a checkpoint holds
+    assert same([p.detach() for p in params[2:]], start[2:])  # the text encoder held
+    assert not same([p.detach() for p in params[:2]], start[:2])  # the denoiser trained

@@ -157,3 +157,37 @@ def test_a_lora_fa_run_keeps_the_downs_and_resumes_bit_exact(tmp_path):
         compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=plain", "adapter.frozen_down_grad=none"])
     )
     assert any(not torch.equal(ups[k], _downs_ups(Path(plain.final))[1][k]) for k in ups)
+
+
+def _lora_weights(result) -> dict:
+    return load_file(str(Path(result.final) / "pytorch_lora_weights.safetensors"))
+
+
+def test_a_text_encoder_held_at_rate_zero_counts_in_the_clip_and_resumes_bit_exact(tmp_path):
+    """kohya networks.lora_fa at text_encoder_lr 0 (issue 12): its text-encoder group stays in the optimizer
+    at rate 0 (cleared every step) and train_network.py clips every network parameter, so the text encoder's
+    gradients (its ups' and its frozen downs' accumulated ones) shrink the U-Net's clipped steps. dbspec's
+    `optimizer.text_encoder_lr = 0`: the text encoder's ups never leave their zero init, the U-Net's modules
+    end elsewhere than without the text encoder under an engaged clip (without a clip the two runs' U-Net
+    weights are equal: checked once, left out for the suite's time), and an interrupted run resumes to the
+    uninterrupted one's weights bit for bit."""
+    spec = write_spec(tmp_path, steps=2, extra=LORA_FA.format(grads="kohya"))
+    held = ["optimizer.lr=1e-2", "optimizer.text_encoder_lr=0", "optimizer.max_grad_norm=0.01"]
+    plan = compile_spec(spec, [*held, "output.dir=whole"])
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 0
+    assert "text encoder lr 0 (held: gradients computed and clipped, weights still)" in summary_text(plan)
+    assert any("DBS229" in w and "text encoder" in w for w in plan.warnings)
+    weights = _lora_weights(execute(plan))
+    text = [k for k in weights if k.startswith("text_encoder.") and k.endswith("up.weight")]
+    assert text and all(not weights[k].any() for k in text)  # the zero ups, held at rate 0
+    unet = [k for k in weights if k.startswith("unet.") and k.endswith("up.weight")]
+    assert unet and any(weights[k].any() for k in unet)  # the U-Net's ups train
+    alone = ["optimizer.lr=1e-2", "train.text_encoder=false"]
+    theirs = _lora_weights(execute(compile_spec(spec, [*alone, held[2], "output.dir=alone"])))
+    assert any(not torch.equal(weights[k], theirs[k]) for k in unet)  # the text encoder's norm counted
+    parts = compile_spec(spec, [*held, "output.dir=parts"])
+    assert execute(parts, stop_after=1).status == "interrupted"
+    resumed = execute(parts, resume=True)
+    assert resumed.status == "finished" and resumed.steps == 2
+    again = _lora_weights(resumed)
+    assert again.keys() == weights.keys() and all(torch.equal(weights[k], again[k]) for k in weights)

@@ -231,15 +231,14 @@ def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
 # a fresh module's lora_up is 0 but its gradient is not, never cleared (out of the optimizer), so the clip
 # coefficient of the trained modules' step counts it: train.text_encoder_idle = "kohya" (exact; checked
 # against lycoris-lora in tests/runtime/test_kohya_idle_text_clip.py). networks.lora_fa keeps the group in
-# the optimizer at rate 0 (cleared every step): converted untrained with a DBS404 warning. Without a clip
-# train.text_encoder = false is the same run.
+# the optimizer at rate 0 (cleared every step): optimizer.text_encoder_lr = 0, tested in
+# test_convert_kohya_lora_fa_text_zero.py. Without a clip train.text_encoder = false is the same run.
 
 SD_FRESH = {
     "networks.lora": "",
     "networks.dylora": "--network_module networks.dylora --network_args unit=4",
     "lycoris loha": "--network_module lycoris.kohya --network_args algo=loha",
     "lycoris locon": "--network_module lycoris.kohya --network_args algo=locon",
-    "networks.lora_fa": "--network_module networks.lora_fa",
 }
 
 
@@ -251,17 +250,11 @@ def test_fresh_text_modules_at_rate_0_under_a_clip_stay_idle(tmp_path, kind):
     plan = plan_of(outcome, tmp_path)
     assert not plan.train_text_encoder  # nothing of the encoder moves
     said = messages(outcome, "DBS404")
-    if kind == "networks.lora_fa":  # kept in the optimizer at rate 0, cleared every step: the warning
-        assert CLIPPED in said and "keeps their group in the optimizer at rate 0" in said
-        assert "max_grad_norm 1" in said and plan.idle_text_encoders == ()
-        assert "max_grad_norm 0.5" in messages(
-            kohya_lora(tmp_path, f"{command} --max_grad_norm 0.5"), "DBS404"
-        )
-    else:  # out of the optimizer, their gradients added up and clipped: the idle encoder, exact
-        assert CLIPPED not in said, said
-        assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
-        assert [c.trainable for c in plan.precision.components if c.name == "text_encoder"] == ["lora"]
-        assert not plan.cache.text_embeddings
+    # out of the optimizer, their gradients added up and clipped: the idle encoder, exact
+    assert CLIPPED not in said, said
+    assert plan.idle_text_encoders == ("text_encoder",) and plan.optimizer.max_grad_norm == 1.0
+    assert [c.trainable for c in plan.precision.components if c.name == "text_encoder"] == ["lora"]
+    assert not plan.cache.text_embeddings
     # without a clip nothing reads their gradients: train.text_encoder = false is the same run (no warning)
     for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
         same = kohya_lora(tmp_path, f"{command} {exact}")

@@ -594,7 +594,7 @@ CASES = [
         'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
     ),
     (
-        rules.denoiser_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
+        rules.held_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
         DOG + STEPS + TE + "[optimizer]\nlr = 0\n",
         [("DBS200", "error", ("optimizer", "lr"))],
         DOG + STEPS + TE + "[optimizer]\nlr = 1e-6\ntext_encoder_lr = 1e-6\n",
@@ -2512,7 +2512,7 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     """optimizer.lr = 0: a warning (DBS229) with a training text encoder at its own rate and an optimizer that
     steps by the group's rate; DBS200 without a denoiser, a training text encoder, or with an optimizer that
     estimates its own step (or averages iterates by the rate)."""
-    rule, opt = rules.denoiser_at_rate_zero, "[optimizer]\nlr = 0\ntext_encoder_lr = 1e-6\n"
+    rule, opt = rules.held_at_rate_zero, "[optimizer]\nlr = 0\ntext_encoder_lr = 1e-6\n"
     assert hits_of(rule, DOG + STEPS + TE + opt) == [("DBS229", "warning", ("optimizer", "lr"))]
     assert hits_of(rule, DOG + STEPS + TE + opt + "max_grad_norm = 0\n") == [
         ("DBS229", "warning", ("optimizer", "lr"))
@@ -2550,6 +2550,60 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
         assert hits_of(rule, body) == [("DBS229", "warning", ("optimizer", "lr"))], kind
     # a LoRA's denoiser adapters at rate 0: the same, and DBS215 (lr very low for LoRA) stays silent
     assert hits_of(rules.lora_learning_rate, DOG + STEPS + LORA + TE + opt) == []
+
+
+def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold_it():
+    """optimizer.text_encoder_lr = 0 with the denoiser training (kohya networks.lora_fa's text-encoder group
+    kept at rate 0): DBS229 names the cost; DBS200 where nothing else trains, or where the optimizer or the
+    schedule would move it. The optimizer is built at the denoiser's positive rate, so CAME (which scales its
+    update and decay by the group's rate) holds it; D-Adaptation's classes and Prodigy share one step size."""
+    rule, opt = rules.held_at_rate_zero, "[optimizer]\nlr = 1e-4\ntext_encoder_lr = 0\n"
+    path = ("optimizer", "text_encoder_lr")
+    assert hits_of(rule, DOG + STEPS + TE + opt) == [("DBS229", "warning", path)]
+    said = _messages_of(rule, DOG + STEPS + TE + opt)[0]
+    assert said.startswith("the text encoder(s) train at learning rate 0: their weights never move")
+    assert "clipped together with the denoiser's to max_grad_norm 1" in said
+    unclipped = _messages_of(rule, DOG + STEPS + TE + opt + "max_grad_norm = 0\n")[0]
+    assert "train.text_encoder = false would give the same run, cheaper" in unclipped
+    # nothing else trains at a positive rate: refused
+    frozen = "[train]\ntext_encoder = true\ndenoiser = false\n"
+    assert hits_of(rule, DOG + STEPS + frozen + opt) == [("DBS200", "error", path)]
+    assert "a run that changes nothing" in _messages_of(rule, DOG + STEPS + frozen + opt)[0]
+    # optimizers that step a group at rate 0 anyway (not: they refuse lr 0, which is the denoiser's here)
+    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "dadapt_sgd"):
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS200", "error", path)], kind
+        assert "ValueError" not in _messages_of(rule, body)[0], kind
+    relative = DOG + STEPS + TE + opt + 'kind = "adafactor"\nrelative_step = true\n'
+    assert hits_of(rule, relative) == [("DBS200", "error", path)]
+    for kind in ("adamw", "came", "lion", "sgd", "adafactor", "adamw8bit", "adamw_schedulefree"):
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS229", "warning", path)], kind
+    # schedules that set or lift every group's rate
+    for schedule in ('lr_schedule = "cosine_annealing"\neta_min = 1e-7\n', 'lr_schedule = "one_cycle"\n'):
+        body = DOG + TE + opt + "[schedule]\nsteps = 100\n" + schedule
+        assert hits_of(rule, body) == [("DBS200", "error", path)], schedule
+        assert "the text encoder would move" in _messages_of(rule, body)[0]
+    # SDXL's second encoder alone at 0 (its own key), the first training: the fix names it
+    second = "[optimizer]\nlr = 1e-4\ntext_encoder_lr = 1e-5\ntext_encoder_2_lr = 0\n"
+    assert hits_of(rule, DOG + STEPS + TE + second) == [
+        ("DBS229", "warning", ("optimizer", "text_encoder_2_lr"))
+    ]
+    hit = run_one(rule, *_structured(DOG + STEPS + TE + second))[0]
+    assert hit.message.startswith("the second text encoder trains at") and "train.text_encoder_2" in hit.help
+    # the denoiser and the first text encoder held, the second training: two warnings
+    both = "[optimizer]\nlr = 0\ntext_encoder_lr = 0\ntext_encoder_2_lr = 1e-5\n"
+    assert hits_of(rule, DOG + STEPS + TE + both) == [
+        ("DBS229", "warning", ("optimizer", "lr")),
+        ("DBS229", "warning", ("optimizer", "text_encoder_lr")),
+    ]
+
+
+def _structured(body: str):
+    data = tomli.loads(HEAD + body)
+    spec, problems = structure_spec(data)
+    assert problems == [], problems
+    return spec, given_in(data)
 
 
 def test_dylora_trains_in_one_process_only():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.blocks import SDXL_BLOCKS, block_pattern
-from dbspec.convert.kohya.train import adafactor_relative_step
+from dbspec.convert.kohya.rate_zero import adafactor_relative_step
 
 Args = dict[str, Legacy]
 

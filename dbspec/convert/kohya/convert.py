@@ -23,7 +23,7 @@ from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.group_lists import lift_kept_rates
-from dbspec.convert.kohya.idle_text import file_has_clip, file_idle
+from dbspec.convert.kohya.idle_text import file_has_clip, file_held, file_idle
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
     file_has_first_text,
@@ -179,6 +179,7 @@ def convert_kohya(
     has_second = file_has_second_text(a, paths) if lora else True
     idle_file = lora and file_idle(a, paths, script, conv)  # a file's text-encoder modules kept at rate 0
     clip = not lora or file_has_clip(a, paths, script)  # a Flux / SD3 file of T5-XXL's modules alone
+    held_file = lora and file_held(a, paths)  # networks.lora_fa's, held in the optimizer at rate 0
     text_encoder = map_text_encoder(
         a,
         script,
@@ -189,6 +190,7 @@ def convert_kohya(
         idle_file=idle_file,
         second_modules=has_second,
         clip_modules=clip,
+        held_file=held_file,
     )
     map_learning_rates(a, script, text_encoder, conv, idle_file, clip_g_modules=has_second)
     if lora:

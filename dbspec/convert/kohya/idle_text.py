@@ -12,7 +12,11 @@ networks.dylora and lycoris.kohya on train_network.py / sdxl_train_network.py, a
 lora_sd3 and lycoris.kohya on flux_train_network.py / sd3_train_network.py (their CLIP encoders: train_clip_l
 / train_clip run them under grad whenever --network_train_unet_only is off, cached outputs or not) map to
 it, fresh modules under a clip (without one, train.text_encoder = false is the same run) and a file's
-modules always (adapter.init_weights loads them into the idle encoder).
+modules always (adapter.init_weights loads them into the idle encoder). networks.lora_fa keeps the group in
+the optimizer at rate 0 (cleared every step, still clipped): under a clip that is a text encoder trained at
+optimizer.text_encoder_lr = 0 (train.py _lora_fa_text_held), where dbspec holds a group at rate 0 (not
+with D-Adaptation, Prodigy, Adafactor's relative step, OneCycleLR / CyclicLR or an eta_min: rate_zero.py), and
+so is a --network_weights file's lora_fa text-encoder modules at rate 0, whatever the clip (file_held).
 
 `train.t5_idle = "kohya"` is the same run for T5-XXL (map_t5_idle, put_lycoris_t5; was DBS404 / DBS403).
 What kohya does there (sd-scripts 48d368fa):
@@ -43,13 +47,14 @@ What kohya does there (sd-scripts 48d368fa):
 
 With --dim_from_weights SDXL's and SD3's CLIP encoder without modules in the file gets empty targets
 (model.py _idle_targets). Elsewhere: a file's idle modules dbspec cannot hold are DBS403
-(idle_text_modules), fresh modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa,
-which keeps the group in the optimizer at rate 0)."""
+(idle_text_modules), fresh modules under a clip a DBS404 warning (clipped_idle_text: networks.lora_fa
+where dbspec cannot hold its group at rate 0)."""
 
 from __future__ import annotations
 
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.rate_zero import lora_fa_holds
 
 # kohya's per-encoder rates (prepare_optimizer_params_with_multiple_te_lrs): the file's prefix -> the
 # text_encoder_lr value it trains at (lora_flux: [CLIP-L, T5-XXL]; lora_sd3: [CLIP-L, CLIP-G, T5-XXL]);
@@ -185,13 +190,21 @@ def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None 
     return bool(idle) and idle_kohya(a, script, file=True)
 
 
+def file_held(a: dict[str, Legacy], paths) -> bool:
+    """Whether a --network_weights file's text-encoder modules at rate 0 are networks.lora_fa's, which kohya
+    keeps in the optimizer at rate 0 with the file's weights: the text encoder trained at
+    optimizer.text_encoder_lr = 0 from adapter.init_weights, whatever the clip (the file's modules change its
+    output, so an untrained text encoder is no longer the same run)."""
+    return bool(_idle_modules(a, paths)) and lora_fa_holds(a)
+
+
 def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
     """Report (DBS403) a --network_weights file whose text-encoder modules kohya applies with the file's
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
     idle = _idle_modules(a, paths, script)
-    if not idle or file_idle(a, paths, script, conv):
-        return False
+    if not idle or file_idle(a, paths, script, conv) or lora_fa_holds(a):
+        return False  # lora_fa_holds: the text encoder held at optimizer.text_encoder_lr = 0 (file_held)
     weights = a["network_weights"]
     from_file = a["dim_from_weights"]
     key = from_file if from_file.value else weights
@@ -224,7 +237,9 @@ def file_has_clip(a: dict[str, Legacy], paths, script: str) -> bool:
     return any(n.startswith(clips) for n in names)
 
 
-def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion) -> bool:
+def clipped_idle_text(
+    a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: Conversion, not_held: str = ""
+) -> bool:
     """Warn (DBS404) that a text encoder whose LoRA modules kohya builds and never trains (its rate 0) is
     converted untrained while max_grad_norm clips, where train.text_encoder_idle cannot hold them (not
     idle_kohya): True when warned (the caller still maps the encoder as
@@ -235,7 +250,8 @@ def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: 
     parameters, trained or not. networks.lora, networks.dylora, lycoris.kohya and lora_flux / lora_sd3 leave a
     group at rate 0 out of the optimizer ("NO LR skipping!"), whose zero_grad clears only its own parameters,
     so those gradients add up from step to step (each clip scaling the sum in place); networks.lora_fa keeps
-    the group in the optimizer at rate 0 (cleared every step, still clipped). Either way kohya's clip
+    the group in the optimizer at rate 0 (cleared every step, still clipped: optimizer.text_encoder_lr = 0,
+    warned here only where dbspec cannot hold it, `not_held`). Either way kohya's clip
     coefficient counts gradients of modules that never move, stale ones after the first step: dbspec's
     untrained encoder clips the trained modules alone, as kohya's own run with --max_grad_norm 0 or
     --network_train_unet_only leaves them. With max_grad_norm 0 the runs are the same (no warning)."""
@@ -243,10 +259,11 @@ def clipped_idle_text(a: dict[str, Legacy], legacy: Legacy, encoder: str, conv: 
     if not clip.value:
         return False
     module = a["network_module"].value if "network_module" in a else None
-    if module == "networks.lora_fa":
-        held = (
-            "networks.lora_fa's prepare_optimizer_params keeps their group in the optimizer at rate 0 (the "
-            "step moves nothing)"
+    if module == "networks.lora_fa":  # dbspec's optimizer.text_encoder_lr = 0 is that run, not here
+        held = "networks.lora_fa's prepare_optimizer_params keeps their group in the optimizer at rate 0" + (
+            f" (dbspec's optimizer.text_encoder_lr = 0 is that run elsewhere, not here: {not_held})"
+            if not_held
+            else ""
         )
     else:
         held = (

@@ -10,9 +10,14 @@ import attrs
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
+from dbspec.convert.kohya.rate_zero import (
+    adafactor_relative_step,
+    lora_fa_holds,
+    lora_fa_not_held,
+    torch_schedule_moves_a_zero_group,
+)
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
-    adafactor_flags,
     ademamix_variant,
     kohya_constructor_problems,
     kohya_optimizer,
@@ -166,15 +171,6 @@ _FLOAT_KEYS = {
     "base_momentum",
     "max_momentum",
 }
-
-
-def adafactor_relative_step(a: Args) -> bool:
-    """kohya's Adafactor computes its own LR (relative_step, kohya's default for it) and get_optimizer then
-    replaces --lr_scheduler by `adafactor:<learning_rate>` (transformers' AdafactorSchedule)."""
-    if str(a["optimizer_type"].value or "").lower() != "adafactor":
-        return False
-    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
-    return not problems and adafactor_flags(kwargs)["relative_step"]
 
 
 def _optimizer_is_adafactor(a: Args) -> bool:
@@ -703,13 +699,15 @@ def map_text_encoder(
     idle_file: bool = False,
     second_modules: bool = True,
     clip_modules: bool = True,
+    held_file: bool = False,
 ) -> bool:
     """[train] text_encoder and its stop step; returns whether the text encoder trains. `text_modules` /
     `first_modules` / `second_modules`: whether kohya's network holds text-encoder modules at all / of the
     first encoder / of the second CLIP encoder (False for a --dim_from_weights file without them);
     `idle_file`: a --network_weights file's text-encoder modules at rate 0 that train.text_encoder_idle keeps
     (file_idle); `clip_modules`: whether it holds CLIP modules (False for a Flux / SD3 --dim_from_weights
-    file with T5-XXL's alone: nothing of CLIP's is idle)."""
+    file with T5-XXL's alone: nothing of CLIP's is idle); `held_file`: networks.lora_fa's, held in the
+    optimizer at rate 0 (file_held)."""
     if script == "train_db":
         return _train_db_text_encoder(a, total, conv)
     cached = text_outputs_cached(a)
@@ -768,8 +766,10 @@ def map_text_encoder(
                 first = "CLIP-L's and CLIP-G's" if first_modules else "CLIP-G's"
             if idle_kohya(a, script, file=idle_file):  # exact: train.text_encoder_idle keeps them
                 conv.put(("train", "text_encoder_idle"), "kohya", conv.comment(te_lr, IDLE_NOTE))
+            elif _lora_fa_text_held(a, te_lr, conv, held_file):  # exact: optimizer.text_encoder_lr = 0
+                return True
             else:
-                clipped_idle_text(a, te_lr, first, conv)
+                clipped_idle_text(a, te_lr, first, conv, lora_fa_not_held(a))
         conv.record(unet_only, "mapped", "train.text_encoder")
         conv.mapped(
             te_lr,
@@ -830,6 +830,30 @@ def map_text_encoder(
     if te_only.value:
         conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
+
+
+def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool = False) -> bool:
+    """networks.lora_fa at text_encoder_lr 0 under a clip: its prepare_optimizer_params keeps the text
+    encoders' group in the optimizer at rate 0 (networks/lora_fa.py: no rate-0 skip for it), so kohya's run
+    is a text encoder trained at rate 0, its gradients computed, cleared by zero_grad each step and counted
+    in max_grad_norm's clip: dbspec's train.text_encoder = true with optimizer.text_encoder_lr = 0 (DBS229;
+    map_learning_rates writes the 0), where the optimizer and schedule hold a group at 0 (lora_fa_not_held)
+    and the U-Net trains at a positive rate (rate_zero.lora_fa_holds); a --network_weights file's
+    text-encoder modules (`held_file`) so whatever the clip (adapter.init_weights loads them). True when
+    mapped so. Without a clip fresh modules leave nothing to read those gradients: train.text_encoder =
+    false is the same run, cheaper (the caller's mapping)."""
+    if not lora_fa_holds(a) or not (a["max_grad_norm"].value or held_file):
+        return False
+    conv.record(a["network_train_unet_only"], "mapped", "train.text_encoder")
+    why = (
+        "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
+        f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
+        if a["max_grad_norm"].value
+        else "networks.lora_fa keeps the text encoders' group, with the file's modules, in the optimizer at "
+        "rate 0: they train at rate 0"
+    )
+    conv.put(("train", "text_encoder"), True, conv.comment(te_lr, why))
+    return True
 
 
 def _sd3_clip_g_rate(a: Args, script: str) -> float | None:
@@ -1005,7 +1029,7 @@ def _train_db_unet_at_rate_zero(
         return _train_db_unet_trains_anyway(a, unet_lr, text_encoder, kind, conv)
     if not _polynomial_takes_lr_zero(a, conv):
         return None
-    moves = _torch_schedule_moves_a_zero_group(a)
+    moves = torch_schedule_moves_a_zero_group(a)
     if moves:
         conv.unsupported(
             unet_lr,
@@ -1053,22 +1077,6 @@ def _polynomial_takes_lr_zero(a: Args, conv: Conversion) -> bool:
         help="use another lr_scheduler (linear, cosine, constant, ...)",
     )
     return False
-
-
-def _torch_schedule_moves_a_zero_group(a: Args) -> str:
-    """Why kohya's torch scheduler (lr_scheduler_type) lifts a group whose base rate is 0, or "": the others
-    multiply each group's own rate (StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, PolynomialLR,
-    and the cosine ones with eta_min 0), so a group at 0 stays at 0."""
-    if "lr_scheduler_type" not in a or not a["lr_scheduler_type"].value:
-        return ""
-    cls = str(a["lr_scheduler_type"].value).removeprefix("torch.optim.lr_scheduler.")
-    if cls in ("OneCycleLR", "CyclicLR"):
-        return f"torch's {cls} sets every group's rate from its own max_lr / base_lr"
-    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
-    eta_min = kwargs.get("eta_min", 0) if not problems else 0
-    if isinstance(eta_min, int | float) and eta_min > 0:
-        return f"torch's {cls} lifts every group's rate toward eta_min {eta_min}"
-    return ""
 
 
 def _train_db_unet_trains_anyway(

@@ -1,0 +1,69 @@
+"""kohya groups at learning rate 0 that stay in the optimizer, and whether dbspec holds them there (issue 12).
+
+train_db.py's U-Net at `learning_rate 0` and networks.lora_fa's text-encoder group at `text_encoder_lr 0`
+are groups kohya keeps in the optimizer at rate 0: whether they stay put is the optimizer's and the
+scheduler's business. dbspec holds such a group (`optimizer.lr = 0`, `optimizer.text_encoder_lr = 0`) where
+both scale it by its own rate; the spec rule DBS200 (compiler/rules.py held_at_rate_zero) refuses the rest,
+which these answers mirror for the converter."""
+
+from __future__ import annotations
+
+from dbspec.convert.common.core import Legacy
+from dbspec.convert.common.optimizers import adafactor_flags, kohya_optimizer, parse_kohya_args
+from dbspec.spec.model import DADAPT_KINDS
+
+Args = dict[str, Legacy]
+
+
+def adafactor_relative_step(a: Args) -> bool:
+    """kohya's Adafactor computes its own LR (relative_step, kohya's default for it) and get_optimizer then
+    replaces --lr_scheduler by `adafactor:<learning_rate>` (transformers' AdafactorSchedule)."""
+    if str(a["optimizer_type"].value or "").lower() != "adafactor":
+        return False
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    return not problems and adafactor_flags(kwargs)["relative_step"]
+
+
+def torch_schedule_moves_a_zero_group(a: Args) -> str:
+    """Why kohya's torch scheduler (lr_scheduler_type) lifts a group whose base rate is 0, or "": the others
+    multiply each group's own rate (StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, PolynomialLR,
+    and the cosine ones with eta_min 0), so a group at 0 stays at 0."""
+    if "lr_scheduler_type" not in a or not a["lr_scheduler_type"].value:
+        return ""
+    cls = str(a["lr_scheduler_type"].value).removeprefix("torch.optim.lr_scheduler.")
+    if cls in ("OneCycleLR", "CyclicLR"):
+        return f"torch's {cls} sets every group's rate from its own max_lr / base_lr"
+    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
+    eta_min = kwargs.get("eta_min", 0) if not problems else 0
+    if isinstance(eta_min, int | float) and eta_min > 0:
+        return f"torch's {cls} lifts every group's rate toward eta_min {eta_min}"
+    return ""
+
+
+def lora_fa_not_held(a: Args) -> str:
+    """Why kohya's networks.lora_fa text-encoder group at rate 0 is no group dbspec holds at rate 0 (the spec
+    rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy share
+    one step size over the groups (several step a group at rate 0 anyway), Adafactor's relative step ignores
+    the rates (kohya removes them), and torch's OneCycleLR / CyclicLR (a rate 0 they lift was replaced
+    before, group_lists.lift_kept_rates) or an eta_min above 0 set the group's rate themselves."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind in DADAPT_KINDS or kind == "prodigy":
+        return (
+            f"{kind} estimates one step size for every group, and dbspec holds a group at rate 0 only with "
+            "optimizers that scale its whole step by its own rate"
+        )
+    if adafactor_relative_step(a):
+        return "Adafactor's relative step ignores the groups' rates (kohya removes them), so the group moves"
+    return torch_schedule_moves_a_zero_group(a)
+
+
+def lora_fa_holds(a: Args) -> bool:
+    """Whether kohya's networks.lora_fa text-encoder group at rate 0 is dbspec's text encoder held at
+    optimizer.text_encoder_lr = 0: its modules are there (not --network_train_text_encoder_only, which
+    leaves the U-Net out), the U-Net trains at a positive rate, and the optimizer and schedule hold the
+    group (lora_fa_not_held)."""
+    module = a["network_module"].value if "network_module" in a else None
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    if module != "networks.lora_fa" or not unet.value or a["network_train_text_encoder_only"].value:
+        return False
+    return not lora_fa_not_held(a)

@@ -1,0 +1,182 @@
+"""kohya networks.lora_fa at `text_encoder_lr 0` (issue 12; was a DBS404 warning): its
+prepare_optimizer_params (networks/lora_fa.py) keeps the text encoders' group in the optimizer at rate 0
+(networks.lora drops it), train_network.py runs the text encoders under grad, optimizer.zero_grad clears the
+group every step and max_grad_norm's clip counts its gradients. Under a clip that is dbspec's text encoder
+trained at `optimizer.text_encoder_lr = 0` (DBS229 names the cost), where the optimizer and schedule hold a
+group at rate 0 (the spec rule DBS200 refuses the others, which keep the warning); with max_grad_norm 0
+nothing reads those gradients and `train.text_encoder = false` is the same run, cheaper."""
+
+from __future__ import annotations
+
+import pytest
+from convert_kit import (
+    SDXL,
+    codes,
+    empty_hub_cache,  # noqa: F401 (a pytest fixture)
+    errors,
+    images,
+    kohya,
+    kohya_lora,
+    messages,
+    plan_of,
+    write,
+)
+
+FA = "--network_module networks.lora_fa --network_dim 8 --network_alpha 4 --unet_lr 1e-4 --text_encoder_lr 0"
+CLIPPED = "count in the total norm"  # clipped_idle_text's DBS404 warning
+
+
+def _held(plan, encoders: tuple[str, ...] = ("text_encoder",)) -> None:
+    """The plan trains the text encoder(s) at rate 0 beside the U-Net at 1e-4: LoRA-FA adapters on them, run
+    under grad (no text cache), in the optimizer, and DBS229 in the plan's warnings."""
+    o = plan.optimizer
+    assert plan.train_denoiser and plan.train_text_encoder and plan.idle_text_encoders == ()
+    assert o.lr == pytest.approx(1e-4) and o.text_encoder_lr == 0 and o.text_encoder_2_lr is None
+    assert (plan.adapter.freeze_down, plan.adapter.frozen_down_grad) == (True, "kohya")
+    trained = {c.name: c.trainable for c in plan.precision.components if c.name.startswith("text_encoder")}
+    assert trained == dict.fromkeys(encoders, "lora")
+    assert not plan.cache.text_embeddings
+    assert any("DBS229" in w and "text encoder(s) train at learning rate 0" in w for w in plan.warnings)
+
+
+def test_a_command_line_at_text_encoder_lr_0_trains_the_text_encoder_at_rate_0(tmp_path):
+    """train_network.py with kohya's default max_grad_norm 1.0 and with 0.5: exact, no warning."""
+    for clip, expected in (("", 1.0), (" --max_grad_norm 0.5", 0.5)):
+        outcome = kohya_lora(tmp_path, FA + clip)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        assert CLIPPED not in messages(outcome, "DBS404")
+        plan = plan_of(outcome, tmp_path)
+        _held(plan)
+        assert plan.optimizer.max_grad_norm == expected
+
+
+def test_without_a_clip_the_cheaper_run_is_kept(tmp_path):
+    """max_grad_norm 0: the group at rate 0 changes nothing kohya reads, so train.text_encoder = false (the
+    same run, cheaper); --network_train_unet_only drops the modules (the same)."""
+    for exact in ("--max_grad_norm 0", "--network_train_unet_only"):
+        outcome = kohya_lora(tmp_path, f"{FA} {exact}")
+        assert CLIPPED not in messages(outcome, "DBS404"), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        assert plan.train_denoiser and not plan.train_text_encoder
+        assert plan.optimizer.lr == pytest.approx(1e-4)
+        assert not any("DBS229" in w for w in plan.warnings)
+
+
+SDXL_CONFIG = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "1024,1024"
+output_dir = "out"
+output_name = "fa_xl"
+network_module = "networks.lora_fa"
+network_dim = 16
+network_alpha = 8
+unet_lr = 1e-4
+text_encoder_lr = [0, 1e-5]
+optimizer_type = "{optimizer}"
+lr_scheduler = "cosine"
+lr_warmup_steps = 20
+max_train_steps = 400
+train_batch_size = 1
+mixed_precision = "bf16"
+max_grad_norm = 0.5
+save_model_as = "safetensors"
+"""
+
+
+def _sdxl(tmp_path, optimizer: str = "AdamW8bit"):
+    images(tmp_path / "img" / "20_ohwx woman", 3, (1024, 1024))
+    write(tmp_path / "cfg.toml", SDXL_CONFIG.format(model=SDXL, optimizer=optimizer))
+    command = "accelerate launch sdxl_train_network.py"
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command=command)
+
+
+def test_an_sdxl_config_holds_both_encoders_at_the_first_value(tmp_path):
+    """sdxl_train_network.py: lora_fa has no per-encoder rates, train_network.py passes it the first
+    text_encoder_lr value, so both CLIP encoders are one group at rate 0 (dbspec's text_encoder_2_lr follows
+    text_encoder_lr: one group)."""
+    outcome = _sdxl(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert CLIPPED not in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    _held(plan, ("text_encoder", "text_encoder_2"))
+    assert plan.optimizer.kind == "adamw8bit" and plan.optimizer.max_grad_norm == 0.5
+    assert plan.schedule.lr_schedule == "cosine" and plan.schedule.warmup_steps == 20
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"),
+    [
+        ("--optimizer_type AdamWScheduleFree", "adamw_schedulefree"),  # an averaging weight of 0
+        ("--optimizer_type came_pytorch.CAME", "came"),  # built at learning_rate; update x the group's rate
+        ('--lr_scheduler_type StepLR --lr_scheduler_args "step_size=100" "gamma=0.5"', "adamw"),
+    ],
+)
+def test_optimizers_and_schedules_that_hold_a_group_at_rate_0(tmp_path, extra, kind):
+    outcome = kohya_lora(tmp_path, f"{FA} --optimizer_type AdamW {extra}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    _held(plan)
+    assert plan.optimizer.kind == kind
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        ("--optimizer_type DAdaptAdam --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
+        ("--optimizer_type Prodigy --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
+        ("--optimizer_type Adafactor", "relative step ignores the groups' rates"),
+        (
+            '--lr_scheduler_type CosineAnnealingLR --lr_scheduler_args "T_max=300" "eta_min=1e-7"',
+            "eta_min",
+        ),
+    ],
+)
+def test_where_dbspec_cannot_hold_the_group_the_warning_stays(tmp_path, extra, why):
+    """D-Adaptation and Prodigy (one step size for every group), Adafactor's relative step (kohya removes
+    the rates) and an eta_min above 0 (it lifts the group): the spec would be refused (DBS200), so the
+    conversion keeps the untrained text encoder with the DBS404 warning, naming why."""
+    outcome = kohya_lora(tmp_path, f"{FA} {extra}")
+    said = messages(outcome, "DBS404")
+    assert CLIPPED in said and why in said, said
+    assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+def test_nothing_else_training_is_not_held(tmp_path):
+    """The U-Net at rate 0 too (kohya's lora_fa keeps both groups, neither moves): no text encoder at rate 0
+    beside a trained part; the conversion keeps what it said before (nothing trains)."""
+    outcome = kohya_lora(tmp_path, FA.replace("--unet_lr 1e-4", "--unet_lr 0"))
+    assert "DBS229" not in codes(outcome) and "DBS408" in codes(outcome)  # nothing trains: DBS217
+    assert outcome.exit_code == 1 and "nothing trains" in messages(outcome, "DBS408")
+
+
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+TE = "lora_te_text_model_encoder_layers_3_self_attn_k_proj"
+
+
+def _weights(path) -> None:
+    """A kohya LoRA file (lora_fa saves networks.lora's layout) with one U-Net and one CLIP module."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for name, width in ((Q, 320), (TE, 768)):
+        tensors[f"{name}.lora_down.weight"] = np.full((8, width), 0.01, np.float16)
+        tensors[f"{name}.lora_up.weight"] = np.full((width, 8), 0.02, np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("extra", ["", " --max_grad_norm 0", " --dim_from_weights"])
+def test_a_files_text_modules_are_held_at_rate_0_whatever_the_clip(tmp_path, extra):
+    """--network_weights: lora_fa's load_weights puts the file's CLIP modules in the group kept at rate 0, so
+    the text encoder encodes through them, never moving: held at rate 0 from adapter.init_weights, with or
+    without a clip (was DBS403: an untrained text encoder would drop the file's modules)."""
+    _weights(tmp_path / "prev.safetensors")
+    outcome = kohya_lora(tmp_path, f"{FA} --network_weights prev.safetensors{extra}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 0 and plan.idle_text_encoders == ()
+    assert plan.adapter.init_weights.endswith("prev.safetensors")
+    said = [w for w in plan.warnings if "DBS229" in w]
+    assert said and ("init_weights gives it modules of its own" in said[0]) == (extra == " --max_grad_norm 0")
