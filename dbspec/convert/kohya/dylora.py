@@ -150,10 +150,13 @@ def lycoris_dylora(
     if module_dropout:
         put["module_dropout"] = module_dropout
     bypass = kwargs.pop("bypass_mode", "false")
-    if str(bypass).lower() == "false":  # LyCORIS's str_bool
-        return
-    ranks = [("network_dim", dim, block), ("conv_dim", conv_rank, block)]
+    network = str(bypass).lower() != "false"  # LyCORIS's str_bool
+    # the layers that run the bypass forward: the network's (its own entries' bypass_mode off excepted) and
+    # its own entries' with their own bypass_mode on (a block's `bypass`, lycoris_maps.own_bypass_switch)
+    ranks = [("network_dim", dim, block), ("conv_dim", conv_rank, block)] if network else []
     for entry in entries:  # a preset file's map entries: `<source>`'s dims, in its own block_size if given
+        if entry.get("bypass", "on" if network else "off") == "off":
+            continue
         size = entry.get("unit", block)
         ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("rank", 0), size)]
         ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("conv_rank", 0), size)]
@@ -168,7 +171,8 @@ def lycoris_dylora(
             "fails unless the last block is drawn",
         )
         return
-    put["bypass"] = True
+    if network:
+        put["bypass"] = True
 
 
 def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> LoraFile | None:
