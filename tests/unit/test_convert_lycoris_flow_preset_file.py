@@ -101,6 +101,32 @@ def test_own_algorithm_entries_bypass_mode_beside_the_excluded_single_blocks(tmp
     assert [(b.rank, b.bypass) for b in qkv] == [(18 if algo == "boft" else 8, not network)]
 
 
+def test_dylora_network_own_entries_bypass_mode_on_fused_layers(tmp_path):
+    """An algo=dylora network's own entries with their own bypass_mode on Flux's fused qkv (was DBS403): the
+    block's `bypass`; turned off it may hold several blocks (the default forward), turned on one only
+    (DBS402, naming the entry)."""
+    preset = "use_fnmatch = true\nunet_target_module = []\n"
+    preset += 'unet_target_name = ["double_blocks.*_attn.*", "img_in"]\ntext_encoder_target_module = []\n'
+    entry = '[name_algo_map."double_blocks.*.img_attn.qkv"]\nalgo = "dylora"\ndim = 16\nbypass_mode = OWN\n'
+    for network, own, where in ((True, "false", "off"), (False, "true", "on")):
+        text = preset + entry.replace("OWN", own).replace(
+            "dim = 16", "dim = 8" if own == "true" else "dim = 16"
+        )
+        extra = '"algo=dylora" "block_size=8"' + (' "bypass_mode=True"' if network else "")
+        outcome = _flux(tmp_path / where, text, extra)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / where).adapter
+        assert (a.kind, a.bypass, a.dylora_unit, a.fused != ()) == ("dylora", network, 8, True)
+        (block,) = a.blocks
+        assert (block.kind, block.rank, block.bypass) == ("adapter", 16 if network else 8, not network)
+        assert all(re.search(block.pattern, f"transformer_blocks.3.attn.to_{p}") for p in "qkv")
+    several = _flux(
+        tmp_path / "several", preset + entry.replace("OWN", "true"), '"algo=dylora" "block_size=8"'
+    )
+    assert "DBS402" in codes(several)
+    assert "img_attn.qkv.bypass_mode" in messages(several, "DBS402")
+
+
 def test_double_block_attention_by_name_with_a_dim(tmp_path):
     outcome = _flux(tmp_path, DOUBLE_ATTENTION, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
