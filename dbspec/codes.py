@@ -2379,7 +2379,8 @@ multiples of `unit` (both tools assert it); a block's ranks multiples of its own
 `adapter.bypass` on a DyLoRA is LyCORIS's `bypass_mode` forward (lycoris-lora 4.1.3's DyLoraModule): it views
 the drawn blocks as the whole rank, so any draw but the last block fails. It runs, and dbspec trains it, only
 with `dylora_form = "lycoris"` and one block per layer: `rank` (and `conv_rank` when above 0) equal to
-`unit`.""",
+`unit`. A block's own `bypass = "on"` (a LyCORIS map entry's own `bypass_mode`) asks the same of its layers;
+one whose own is `"off"` runs LyCORIS's default forward at any number of blocks.""",
         help='set adapter.rank (and conv_rank) equal to adapter.unit with dylora_form = "lycoris", or '
         "bypass = false",
     ),
@@ -2912,10 +2913,11 @@ per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other 
 file's map entry with its own `bypass_mode`) gives the matched layers LyCORIS's bypass forward, or its default
 one, where the two differ: on a lora, loha or lokr adapter's blocks of `kind = "diag-oft"` / `"boft"` (the
 output rotated, its bias included), `"ia3"` (the output scaled, its bias included) or `"dylora"` (its one
-block added unscaled), and on a dylora or glora adapter's blocks of those kinds other than its own (a DyLoRA
-network's Diag-OFT, BOFT and IA^3 entries; a GLoRA network's DyLoRA ones too). LoRA/LoCon, LoHa, LoKr and
-GLoRA layers compute the same update in either forward without dropouts (a run of several kinds has none);
-other adapter kinds' blocks, and a dylora adapter's own, take the adapter's `bypass`.""",
+block added unscaled), on a dylora or glora adapter's blocks of those kinds other than its own (a DyLoRA
+network's Diag-OFT, BOFT and IA^3 entries; a GLoRA network's DyLoRA ones too), and on a diag-oft, boft or
+dylora adapter's own blocks (an algo=diag-oft / boft / dylora network's entries of its own algorithm).
+LoRA/LoCon, LoHa, LoKr and GLoRA layers compute the same update in either forward without dropouts (a run of
+several kinds has none); their blocks take the adapter's `bypass`.""",
         help='set the block\'s bypass to "adapter", or its kind to "diag-oft", "boft", "dylora" or "ia3"',
     ),
     Code(

@@ -177,6 +177,28 @@ def add_lora(
 
         add_mixed(module, adapter, targets, seed, add_lora, "" if conv else component)
         return
+    from dbspec.runtime.mixed_kinds import own_bypass, set_block_bypass
+
+    if own_bypass(adapter):  # a Diag-OFT / BOFT / DyLoRA adapter's blocks' own bypass_mode (LyCORIS map
+        # entries of the network's algorithm): every layer built in the default forward (DyLoRA's several
+        # blocks per layer build only there), then each given its block's, else the adapter's
+        import attrs
+
+        _add_one_kind(module, attrs.evolve(adapter, bypass=False), targets, seed, conv, component)
+        set_block_bypass(module, adapter, "" if conv else component)
+        return
+    _add_one_kind(module, adapter, targets, seed, conv, component)
+
+
+def _add_one_kind(
+    module: torch.nn.Module,
+    adapter: AdapterPlan,
+    targets: tuple[str, ...],
+    seed: int,
+    conv: bool,
+    component: str,
+) -> None:
+    """add_lora for an adapter whose layers are all of its own kind."""
     config = lora_config(adapter, targets, conv)
     # per-block ranks and alphas: the denoiser's [[adapter.blocks]], a text encoder's text_encoder_blocks
     if adapter.blocks if conv else (component and adapter.text_encoder_blocks):

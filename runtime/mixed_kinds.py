@@ -77,10 +77,11 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
-    if not own:  # the kind's layers built in its blocks' bypass_mode: when they differ, in the default
-        # forward, set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer
-        # build only there)
-        extra["bypass"] = all(block_bypass(adapter, b) for b in getattr(adapter, table) if b.kind == kind)
+    # the kind's layers built in its blocks' bypass_mode: when they differ, in the default forward,
+    # set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer build only
+    # there); the adapter's own kind's, its own blocks' and the adapter's
+    mine = [b for b in getattr(adapter, table) if block_kind(adapter, b) == kind and (b.rank or b.conv_rank)]
+    extra["bypass"] = all(block_bypass(adapter, b) for b in mine) and (adapter.bypass or not own)
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 
 
@@ -89,22 +90,30 @@ def block_bypass(adapter: AdapterPlan, block) -> bool:
     return adapter.bypass if block.bypass is None else block.bypass
 
 
+def block_kind(adapter: AdapterPlan, block) -> str:
+    """The kind of the layers a block (None: no block matched) gives: its own, else the adapter's."""
+    return adapter.kind if block is None or block.kind == "adapter" else block.kind
+
+
 def own_bypass(adapter: AdapterPlan) -> bool:
-    """Some Diag-OFT / BOFT / DyLoRA / IA^3 block's settled bypass_mode (plan BlockPlan.bypass: a LyCORIS map
-    entry's own) differs from the adapter's."""
+    """Some block of Diag-OFT / BOFT / DyLoRA / IA^3 layers (a block of that kind, or a Diag-OFT / BOFT /
+    DyLoRA adapter's own) has a settled bypass_mode (plan BlockPlan.bypass: a LyCORIS map entry's own) other
+    than the adapter's."""
     return any(
-        b.kind in BYPASS_KINDS and block_bypass(adapter, b) != adapter.bypass
+        block_kind(adapter, b) in BYPASS_KINDS and block_bypass(adapter, b) != adapter.bypass
         for b in (*adapter.blocks, *adapter.text_encoder_blocks)
+        if b.rank or b.conv_rank
     )
 
 
 def set_block_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: str = "") -> int:
     """Each Diag-OFT, BOFT, IA^3 and DyLoRA layer of `module` (the denoiser; a text encoder, `component`
     named) in the bypass_mode of its block (the first whose pattern matches it, as it chose the layer's kind:
-    runtime/blocks.py), where some block's differs from the adapter's (own_bypass): LyCORIS's
-    create_single_module hands a map entry's own bypass_mode to its modules over the network's; a DyLoRA
-    adapter's own layers the adapter's (weights.load_peft_adapters builds every layer in the default
-    forward first). How many layers run the bypass forward."""
+    runtime/blocks.py; a Diag-OFT / BOFT / DyLoRA adapter's own blocks too), else the adapter's, where some
+    block's differs from the adapter's (own_bypass): LyCORIS's create_single_module hands a map entry's own
+    bypass_mode to its modules over the network's, whichever their algorithm (adapters.add_lora and
+    weights.load_peft_adapters build every layer in the default forward first). How many layers run the
+    bypass forward."""
     from dbspec.runtime.blocks import block_of
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.exports import clip_path
@@ -120,12 +129,9 @@ def set_block_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: s
         if not isinstance(layer, (DiagOftLayer, Ia3Layer, DyloraLayer)):
             continue
         block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
-        if block is None or block.kind not in BYPASS_KINDS:  # the adapter's own kind: its `bypass`
-            if adapter.kind == "dylora" and isinstance(layer, DyloraLayer):  # (a load builds all in one)
-                layer.dylora_bypass = adapter.bypass
-                count += adapter.bypass
+        if block_kind(adapter, block) not in BYPASS_KINDS:
             continue
-        bypass = block_bypass(adapter, block)
+        bypass = adapter.bypass if block is None else block_bypass(adapter, block)
         if isinstance(layer, DyloraLayer):
             if bypass and any(r != layer.unit for r in layer.r.values()):
                 raise ValueError(f"DyLoRA bypass at {path}: LyCORIS runs it with one block per layer")

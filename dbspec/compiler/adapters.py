@@ -48,26 +48,29 @@ def adapter_plan(
     if not isinstance(adapter, LowRankAdapter):
         return AdapterPlan(kind="none")
     plan = _kind_plan(adapter, family, components, targets_given, layers)
-    return _settle_bypass(plan, adapter)
+    return _settle_bypass(plan)
 
 
-def _settle_bypass(plan: AdapterPlan, adapter) -> AdapterPlan:
-    """Each block's LyCORIS bypass_mode settled: its own `bypass` ("on" / "off", a LyCORIS preset file's map
-    entry's own bypass_mode), else the plan's adapter's (runtime/blocks.py set_block_bypass gives a block's
-    Diag-OFT / BOFT / DyLoRA / IA^3 layers their own)."""
+def _settle_bypass(plan: AdapterPlan) -> AdapterPlan:
+    """Each block's LyCORIS bypass_mode settled: its own `bypass` (a LyCORIS preset file's map entry's own
+    bypass_mode), which the kind's plan set on the block it built from the spec's (own_bypass), else the
+    plan's adapter's (runtime/mixed_kinds.py set_block_bypass gives a block's Diag-OFT / BOFT / DyLoRA /
+    IA^3 layers their own). No pairing by position: a Diag-OFT / BOFT / IA^3 / full plan puts its rank-0
+    `exclude` blocks before the spec's."""
 
-    def settled(spec_blocks, plan_blocks) -> tuple[BlockPlan, ...]:
-        own = [getattr(b, "bypass", "adapter") for b in spec_blocks]
-        return tuple(
-            attrs.evolve(b, bypass=plan.bypass if i >= len(own) or own[i] == "adapter" else own[i] == "on")
-            for i, b in enumerate(plan_blocks)
-        )
+    def settled(blocks) -> tuple[BlockPlan, ...]:
+        return tuple(attrs.evolve(b, bypass=plan.bypass) if b.bypass is None else b for b in blocks)
 
     return attrs.evolve(
-        plan,
-        blocks=settled(getattr(adapter, "blocks", ()), plan.blocks),
-        text_encoder_blocks=settled(getattr(adapter, "text_encoder_blocks", ()), plan.text_encoder_blocks),
+        plan, blocks=settled(plan.blocks), text_encoder_blocks=settled(plan.text_encoder_blocks)
     )
+
+
+def own_bypass(block) -> bool | None:
+    """A spec block's own `bypass` as its plan block carries it before _settle_bypass: True / False, or None
+    for "adapter" (and blocks without the field)."""
+    own = getattr(block, "bypass", "adapter")
+    return None if own == "adapter" else own == "on"
 
 
 def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Mapping) -> AdapterPlan:
@@ -141,6 +144,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
+                bypass=own_bypass(b),
             )
             for b in adapter.blocks
         )
@@ -159,6 +163,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
+                bypass=own_bypass(b),
             )
             for b in adapter.text_encoder_blocks
         )
@@ -258,11 +263,19 @@ def _rank_blocks(adapter) -> dict:
                 conv_rank=b.conv_rank if conv else 0,
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 unit=unit(b),
+                bypass=own_bypass(b),
             )
             for b in adapter.blocks
         ),
         text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, kind=kind(b), rank=b.rank, alpha=b.alpha, unit=unit(b))
+            BlockPlan(
+                pattern=b.pattern,
+                kind=kind(b),
+                rank=b.rank,
+                alpha=b.alpha,
+                unit=unit(b),
+                bypass=own_bypass(b),
+            )
             for b in adapter.text_encoder_blocks
         ),
     )
@@ -371,11 +384,10 @@ def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Map
 
 
 def _oft_blocks(adapter) -> dict:
-    """Diag-OFT's and BOFT's per-module block sizes, constraints and rescales (a LyCORIS preset file's
-    entries) as blocks whose rank is the block-size hint, linear and convolution alike, whose alpha is the
-    constraint (the block's, else the adapter's) and whose `rescaled` differs from the adapter's or is
-    "adapter"
-    (runtime/blocks.py)."""
+    """Diag-OFT's and BOFT's per-module block sizes, constraints, rescales and bypass_mode (a LyCORIS preset
+    file's entries) as blocks whose rank is the block-size hint, linear and convolution alike, whose alpha is
+    the constraint (the block's, else the adapter's), whose `rescaled` differs from the adapter's or is
+    "adapter" (runtime/blocks.py) and whose `bypass` is the block's own (settled in _settle_bypass)."""
     if adapter.kind not in ("diag-oft", "boft") or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
 
@@ -384,7 +396,9 @@ def _oft_blocks(adapter) -> dict:
         own = adapter.rescaled if b.rescaled == "adapter" else b.rescaled == "on"
         rescaled = "adapter" if own == adapter.rescaled else "on" if own else "off"
         size = {"conv_rank": b.block_size, "conv_alpha": c} if conv else {}
-        return BlockPlan(pattern=b.pattern, rank=b.block_size, alpha=c, rescaled=rescaled, **size)
+        return BlockPlan(
+            pattern=b.pattern, rank=b.block_size, alpha=c, rescaled=rescaled, bypass=own_bypass(b), **size
+        )
 
     return dict(
         blocks=tuple(plan(b, True) for b in adapter.blocks),

@@ -2767,12 +2767,11 @@ def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
 
 
 def own_bypass_fits(adapter: str, block: str) -> bool:
-    """A block of kind `block` on an `adapter` adapter may take a bypass of its own: a Diag-OFT, BOFT,
-    DyLoRA or IA^3 block (their bypass forward differs) of a lora, loha or lokr adapter, or of a dylora or
-    glora adapter where it is not the adapter's own kind (runtime/mixed_kinds.py set_block_bypass)."""
-    if block not in BYPASS_KINDS:
-        return False
-    return adapter in ("lora", "loha", "lokr") or (adapter in ("dylora", "glora") and block != adapter)
+    """A block of kind `block` ("adapter": the adapter's own) on an `adapter` adapter may take a bypass of
+    its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
+    lora, loha, lokr, dylora or glora adapter's or a diag-oft, boft or dylora adapter's own
+    (runtime/mixed_kinds.py set_block_bypass)."""
+    return (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
 
 
 @rule("spec")
@@ -2784,15 +2783,15 @@ def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     own = getattr(a, "kind", "none")
     for table, i, block in _own_bypass(a):
-        if own_bypass_fits(own, block.kind):
+        kind = getattr(block, "kind", "adapter")  # a Diag-OFT / BOFT adapter's blocks: its own kind
+        if own_bypass_fits(own, kind):
             continue
-        kind = own if block.kind in ("adapter", own) else block.kind
+        kind = own if kind in ("adapter", own) else kind
         yield _err(
             "DBS592",
             ("adapter", table, i, "bypass"),
             f'adapter.{table}[{i}].bypass = "{block.bypass}" on layers of kind "{kind}" ({own} adapter): a '
-            'block\'s own bypass acts on kind "diag-oft", "boft", "dylora" or "ia3" blocks of a lora, loha '
-            "or lokr adapter, or of a dylora or glora adapter of another kind, only",
+            'block\'s own bypass acts on layers of kind "diag-oft", "boft", "dylora" or "ia3" only',
             codes.help("DBS592"),
         )
 
@@ -3860,31 +3859,47 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     if a.kind == "glora":  # its DyLoRA blocks' own bypass (a GLoRA adapter's reaches none beside them)
         yield from _several_blocks_bypass(a, [(t, i) for t, i, b in _own_bypass(a) if b.bypass == "on"])
-    if a.kind != "dylora" or not a.bypass:
+    if a.kind == "dylora":
+        yield from _dylora_adapter_bypass(a)
+
+
+def _dylora_adapter_bypass(a) -> Iterator[Hit]:
+    """DBS549 for a DyLoRA adapter's layers that run LyCORIS's bypass forward: with the adapter's `bypass`
+    those no block of its own kind turns off (a LyCORIS map entry's own bypass_mode = false builds its
+    modules in the default forward, any block count), and its own-kind blocks whose `bypass` is "on"."""
+    own = [
+        (table, i, block)
+        for table in ("blocks", "text_encoder_blocks")
+        for i, block in enumerate(getattr(a, table))
+        if getattr(block, "kind", "adapter") in ("adapter", "dylora")  # others: not cut into blocks
+    ]
+    on = [(t, i, b) for t, i, b in own if b.bypass == "on" and not a.bypass]  # the blocks' own alone
+    if not a.bypass and not on:
         return
     why = []
     if a.dylora_form != "lycoris":
         why.append(f'adapter.dylora_form = "{a.dylora_form}" (bypass is LyCORIS\'s forward)')
-    if a.rank != a.unit:
+    if a.bypass and a.rank != a.unit:
         why.append(
             f"adapter.rank = {a.rank} is {a.rank // max(a.unit, 1)} blocks of {a.unit} (LyCORIS's bypass "
             "forward reshapes the drawn blocks to the whole rank and fails unless the last block is drawn)"
         )
-    if a.conv_rank and a.conv_rank != a.unit:
+    if a.bypass and a.conv_rank and a.conv_rank != a.unit:
         why.append(f"adapter.conv_rank = {a.conv_rank} is {a.conv_rank // max(a.unit, 1)} blocks of {a.unit}")
-    for table in ("blocks", "text_encoder_blocks"):  # per-module ranks: one block each too (0: no layer)
-        for i, block in enumerate(getattr(a, table)):
-            if getattr(block, "kind", "adapter") not in ("adapter", "dylora"):
-                continue  # another kind's layers (LyCORIS map entries): not cut into blocks
-            ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
-            size = getattr(block, "unit", 0) or a.unit
-            if any(r and r != size for r in ranks):
-                why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // size} blocks")
+    for table, i, block in own:  # per-module ranks: one block each too (0: no layer)
+        if block.bypass == "off" or (block.bypass == "adapter" and not a.bypass):
+            continue
+        ranks = [block.rank, getattr(block, "conv_rank", 0) if a.conv_rank else 0]
+        size = getattr(block, "unit", 0) or a.unit
+        if any(r and r != size for r in ranks):
+            why.append(f"adapter.{table}[{i}] gives rank {max(ranks)}, {max(ranks) // size} blocks")
     if why:
+        path = ("adapter", "bypass") if a.bypass else ("adapter", on[0][0], on[0][1], "bypass")
+        key = "adapter.bypass" if a.bypass else f"adapter.{on[0][0]}[{on[0][1]}].bypass"
         yield _err(
             "DBS549",
-            ("adapter", "bypass"),
-            "adapter.bypass cannot run: " + "; ".join(why),
+            path,
+            f"{key} cannot run: " + "; ".join(why),
             codes.help("DBS549"),
         )
 

@@ -598,6 +598,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     if a.input_targets:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
     rows.extend(_bypass_rows(a))
+    rows.extend(_oft_block_rows(a))
     if a.max_norm:  # diag-oft, boft: LyCORIS's apply_max_norm on the blocks
         rows.append(("  max norm", _max_norm_row(a)))
     bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"
@@ -605,6 +606,23 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound})"))
     return rows
+
+
+def _oft_block_rows(a) -> list[tuple[str, str]]:
+    """A Diag-OFT / BOFT adapter's own blocks (LyCORIS preset files' entries): block-size hint, constraint,
+    rescale and bypass_mode (the `exclude` patterns' rank-0 blocks left out)."""
+    if a.kind not in ("diag-oft", "boft"):
+        return []
+    tables = (("  block", a.blocks), ("  text-encoder block", a.text_encoder_blocks))
+    return [
+        (
+            f"{name} /{block.pattern}/",
+            f"block size hint {block.rank}, constraint {block.alpha:g}" + _block_factor(block, a),
+        )
+        for name, blocks in tables
+        for block in blocks
+        if block.rank
+    ]
 
 
 def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
@@ -1509,7 +1527,8 @@ def _block_factor(block, a) -> str:
     ):
         if getattr(block, key) != "adapter":
             out += f", {key} {getattr(block, key)}"
-    if block.bypass is not None and block.bypass != a.bypass and block.kind in BYPASS_KINDS:
+    kind = a.kind if block.kind == "adapter" else block.kind  # a Diag-OFT / BOFT / DyLoRA adapter's own
+    if block.bypass is not None and block.bypass != a.bypass and kind in BYPASS_KINDS:
         out += ", bypass_mode on (LyCORIS's bypass forward)" if block.bypass else ", bypass_mode off"
     return out
 

@@ -186,17 +186,20 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     blocks = (*a.blocks, *a.text_encoder_blocks)
     others = [b for b in blocks if b.kind in BYPASS_KINDS and (b.rank or b.conv_rank)]
     own = [b for b in blocks if b.bypass is not None and b.bypass != a.bypass]
-    # DBS592 in specs: a block's own bypass_mode acts on those blocks of a LoRA / LoHa / LoKr, or of a
-    # DyLoRA / GLoRA of another kind, only
+    # DBS592 in specs: a block's own bypass_mode acts on Diag-OFT, BOFT, DyLoRA and IA^3 layers only (a
+    # LoRA / LoHa / LoKr / DyLoRA / GLoRA adapter's blocks of those kinds, a Diag-OFT / BOFT / DyLoRA
+    # adapter's own blocks)
     fits = [
-        b for b in own if b.kind in BYPASS_KINDS and a.kind in ("lora", "loha", "lokr", "dylora", "glora")
+        b
+        for b in own
+        if (a.kind if b.kind == "adapter" else b.kind) in BYPASS_KINDS
+        and a.kind in ("lora", "loha", "lokr", "dylora", "glora", "diag-oft", "boft")
     ]
-    own = [b for b in own if b not in fits or b.kind == a.kind]
+    own = [b for b in own if b not in fits]
     if own:
         yield (
-            f"a block's own bypass acts on the Diag-OFT, BOFT, DyLoRA or IA^3 blocks of a lora, loha or lokr "
-            f"adapter (a dylora or glora adapter's of another kind); found pattern {own[0].pattern!r} of "
-            f"kind {own[0].kind!r} on a {a.kind} adapter"
+            f"a block's own bypass acts on Diag-OFT, BOFT, DyLoRA or IA^3 layers; found pattern "
+            f"{own[0].pattern!r} of kind {own[0].kind!r} on a {a.kind} adapter"
         )
     several = [
         b

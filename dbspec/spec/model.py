@@ -536,8 +536,10 @@ def _block_bypass():
         'of `kind = "diag-oft"` / `"boft"` (the output rotated, its bias included), `"ia3"` (the output '
         'scaled, its bias included) or `"dylora"` (one block per layer, added unscaled) LyCORIS\'s bypass '
         "forward, `off` its default forward, `adapter` the adapter's `bypass`. A lora, loha or lokr "
-        "adapter's blocks of those kinds, and a dylora or glora adapter's blocks of those kinds other than "
-        "its own, only (DBS592; the other kinds compute the same update either way); "
+        "adapter's blocks of those kinds, a dylora or glora adapter's blocks of those kinds other than "
+        "its own, and a diag-oft, boft (LyCORIS's form) or dylora (LyCORIS's form) adapter's own blocks "
+        "(entries of the network's own algorithm), only (DBS592; the other kinds compute the same update "
+        "either way); "
         "on Flux, SD3 and Chroma's fused Linears each part computes its rows of the one LyCORIS module's "
         "forward in the block's mode. The exports are the same tensors.",
         example="on",
@@ -1354,9 +1356,9 @@ def _rotated_conv_targets():
 
 @frozen
 class OftBlock:
-    """LyCORIS Diag-OFT's or BOFT's block-size hint, constraint and rescale for the modules one pattern names
-    (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with their own dim, `constraint` or
-    `rescaled` on an algo=diag-oft or algo=boft network)."""
+    """LyCORIS Diag-OFT's or BOFT's block-size hint, constraint, rescale and bypass_mode for the modules one
+    pattern names (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries with their own dim,
+    `constraint`, `rescaled` or `bypass_mode` on an algo=diag-oft or algo=boft network)."""
 
     pattern: str = option(
         doc="Python regular expression searched in each adapted module's path (the denoiser's diffusers "
@@ -1388,6 +1390,7 @@ class OftBlock:
         "on, off, or `adapter` (the adapter's).",
         example="on",
     )
+    bypass: BlockSwitch = _block_bypass()
 
 
 @frozen
@@ -1505,10 +1508,10 @@ class DiagOftAdapter:
     )
     blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes, constraints and rescales of the denoiser's Diag-OFT layers "
-        "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries); "
-        "modules no block matches keep `block_size`, `constraint` and `rescaled`. LyCORIS's form; with "
-        "`fused_projections` a block covers every part of a fused layer or none.",
+        doc="Per-module block sizes, constraints, rescales and bypass_mode of the denoiser's Diag-OFT "
+        "layers ([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` "
+        "entries); modules no block matches keep `block_size`, `constraint`, `rescaled` and `bypass`. "
+        "LyCORIS's form; with `fused_projections` a block covers every part of a fused layer or none.",
     )
     text_encoder_blocks: list[OftBlock] = option(
         factory=list,
@@ -1580,10 +1583,10 @@ class BoftAdapter:
     )
     blocks: list[OftBlock] = option(
         factory=list,
-        doc="Per-module block sizes, constraints and rescales of the denoiser's BOFT layers "
+        doc="Per-module block sizes, constraints, rescales and bypass_mode of the denoiser's BOFT layers "
         "([[adapter.blocks]] tables: LyCORIS preset files' `module_algo_map` / `name_algo_map` entries' own "
-        "dim, `constraint`, `rescaled`); each matched layer split by its block's `block_size` as "
-        "`block_size` splits the others (a width it cannot split refused alike).",
+        "dim, `constraint`, `rescaled`, `bypass_mode`); each matched layer split by its block's `block_size` "
+        "as `block_size` splits the others (a width it cannot split refused alike).",
     )
     text_encoder_blocks: list[OftBlock] = option(
         factory=list,

@@ -572,7 +572,8 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
     """A Diag-OFT / IA^3 entry's own bypass_mode on a GLoRA or DyLoRA network (was DBS403): the block's
     `bypass` (tests/runtime/test_lycoris_bypass_blocks.py against lycoris-lora 4.1.3); on a GLoRA network a
     DyLoRA entry's too (one block: its bypass forward), several blocks DBS402; an entry of the network's own
-    algorithm stays DBS403, naming it (its layers take the network's `bypass`)."""
+    algorithm takes its own too on a DyLoRA network (a DyloraBlock's `bypass`; was DBS403), on a GLoRA one it
+    stays DBS403 (a block carries the bypass of Diag-OFT, BOFT, DyLoRA and IA^3 layers only)."""
     # a DyLoRA network of one block per layer (its conv_dim too)
     unit = '"block_size=16" "conv_dim=16"' if network == "dylora" else ""
     entry = '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nbypass_mode = true\n'
@@ -583,8 +584,15 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
     assert sorted((b.kind, b.bypass) for b in a.blocks) == [("diag-oft", True), ("ia3", True)]
     (tmp_path / "own").mkdir()
     entry = f'[module_algo_map.FeedForward]\nalgo = "{network}"\ndim = 4\nbypass_mode = true\n'
+    entry += "block_size = 4\n" if network == "dylora" else ""  # one block of 4 (its own block_size)
     outcome = _convert(tmp_path / "own", FULL + entry, network, unit)
-    assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
+    if network == "dylora":
+        a = plan_of(expressible(outcome), tmp_path / "own").adapter
+        assert not a.bypass and [(b.kind, b.rank, b.unit, b.bypass) for b in a.blocks] == [
+            ("adapter", 4, 4, True)
+        ]
+    else:
+        assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
     if network == "glora":
         (tmp_path / "one").mkdir()
         entry = (
@@ -602,21 +610,85 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
 
 def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
     """An entry's own bypass_mode on a DyLoRA entry of several blocks per layer: LyCORIS's bypass forward
-    raises (DBS402); on a LoCon entry without dropouts: inert (DBS405); on an entry of a Diag-OFT, BOFT or
-    IA^3 network's own algorithm (their blocks carry no bypass: the network's on every layer): DBS403,
-    saying so."""
+    raises (DBS402); on a LoCon entry without dropouts: inert (DBS405); on an entry of an IA^3 network's own
+    algorithm (dbspec's IA^3 adapter has no blocks: the network's on every layer): DBS403, saying so."""
     (tmp_path / "several").mkdir()
     entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\nbypass_mode = true\n'
     outcome = _convert(tmp_path / "several", FULL + entry, "locon")
     assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
-    for network in ("diag-oft", "boft", "ia3"):
-        (tmp_path / network).mkdir()
-        entry = f'[module_algo_map.FeedForward]\nalgo = "{network}"\nbypass_mode = true\n'
-        outcome = _convert(tmp_path / network, FULL + entry, network)
+    for on in (True, False):
+        (tmp_path / f"ia3-{on}").mkdir()
+        entry = f'[module_algo_map.FeedForward]\nalgo = "ia3"\nbypass_mode = {str(on).lower()}\n'
+        args = "" if on else '"bypass_mode=True"'
+        outcome = _convert(tmp_path / f"ia3-{on}", FULL + entry, "ia3", args)
         assert "DBS403" in codes(outcome)
-        assert f"not the algo={network} network's" in messages(outcome, "DBS403")
+        assert "not the algo=ia3 network's" in messages(outcome, "DBS403")
+        assert "IA^3 adapter has no [[adapter.blocks]]" in messages(outcome, "DBS403")
     (tmp_path / "locon").mkdir()
     entry = "[module_algo_map.FeedForward]\nbypass_mode = true\n"
     outcome = expressible(_convert(tmp_path / "locon", FULL + entry, "locon"))
     assert "module_algo_map.FeedForward.bypass_mode" in messages(outcome, "DBS405")
     assert not plan_of(outcome, tmp_path / "locon").adapter.blocks
+
+
+# kohya's command for an algo=diag-oft / boft network (conv_dim = network_dim: dbspec's one block size)
+def _convert_oft(tmp_path, text: str, algo: str, args: str = ""):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 3, (512, 512))
+    return kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=512 --network_module=lycoris.kohya --network_dim=8 "
+        f'--network_alpha=8 --network_args "algo={algo}" "conv_dim=8" "preset=p.toml" {args} '
+        "--learning_rate=1e-4 --max_train_steps=200 --save_model_as=safetensors",
+    )
+
+
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+@pytest.mark.parametrize("network", [True, False])
+def test_oft_network_own_entries_bypass_mode_is_their_blocks_bypass(tmp_path, algo, network):
+    """An algo=diag-oft / boft network's entries of its own algorithm with a bypass_mode other than the
+    network's (create_single_module hands it over the network's: their modules run the other forward; was
+    DBS403): their OftBlock's `bypass`, the block kept at the network's block size; the adapter's the
+    network's; an entry giving the network's own changes nothing (no block). lycoris-lora 4.1.3's network
+    from such a file: tests/runtime/test_lycoris_own_algo_bypass.py."""
+    entry = f'[module_algo_map.FeedForward]\nalgo = "{algo}"\nbypass_mode = {str(not network).lower()}\n'
+    entry += (
+        f'[module_algo_map.CLIPMLP]\nalgo = "{algo}"\ndim = 4\nbypass_mode = {str(not network).lower()}\n'
+    )
+    entry += f'[module_algo_map.CLIPAttention]\nalgo = "{algo}"\nbypass_mode = {str(network).lower()}\n'
+    args = '"bypass_mode=True"' if network else ""
+    outcome = expressible(_convert_oft(tmp_path / "one", FULL + entry, algo, args))
+    a = plan_of(outcome, tmp_path / "one").adapter
+    assert (a.kind, a.bypass, a.oft_block_size) == (algo, network, 8)
+    assert [(b.pattern, b.rank, b.bypass) for b in a.blocks] == [
+        (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 8, not network)
+    ]
+    assert [(b.pattern, b.rank, b.bypass) for b in a.text_encoder_blocks] == [
+        (r"(?:^|\.)(?:fc1|fc2)$", 4, not network)
+    ]
+    text = (tmp_path / "one" / "specs" / "converted.toml").read_text(encoding="utf-8")
+    assert text.count(f'bypass = "{"off" if network else "on"}"') == 2
+
+
+@pytest.mark.parametrize("network", [True, False])
+def test_dylora_network_own_entries_bypass_mode(tmp_path, network):
+    """An algo=dylora network's entries of its own algorithm with their own bypass_mode (was DBS403): a
+    DyloraBlock's `bypass`; LyCORIS runs the bypass forward with one block per layer only, so an entry
+    turning it off may hold several blocks (its modules in the default forward) and one turning it on may
+    not (DBS402, as for the network's own)."""
+    own = str(not network).lower()
+    args = '"block_size=8" "conv_dim=8"' + (' "bypass_mode=True"' if network else "")
+    entry = (
+        f'[module_algo_map.FeedForward]\nalgo = "dylora"\ndim = {16 if network else 8}\nbypass_mode = {own}\n'
+    )
+    outcome = expressible(_convert_oft(tmp_path / "one", FULL + entry, "dylora", args))
+    a = plan_of(outcome, tmp_path / "one").adapter
+    assert (a.kind, a.bypass, a.dylora_unit, a.rank) == ("dylora", network, 8, 8)
+    assert [(b.kind, b.rank, b.bypass) for b in a.blocks] == [("adapter", 16 if network else 8, not network)]
+    if not network:  # an entry's own bypass_mode on for several blocks: DyLoraModule crashes in training
+        several = _convert_oft(
+            tmp_path / "several", FULL + entry.replace("dim = 8", "dim = 16"), "dylora", args
+        )
+        assert "DBS402" in codes(several) and "bypass forward" in messages(several, "DBS402")

@@ -72,6 +72,61 @@ def test_a_final_layer_without_linear2_excludes_the_single_blocks(tmp_path, algo
     assert own is None if algo == "ia3" else own.rank == (6 if algo == "boft" else 2)
 
 
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+@pytest.mark.parametrize("network", [True, False])
+def test_own_algorithm_entries_bypass_mode_beside_the_excluded_single_blocks(tmp_path, algo, network):
+    """A Diag-OFT / BOFT network's entries of its own algorithm with their own bypass_mode (was DBS403) on
+    Flux's fused Linears: their blocks' `bypass` over every part (one module per fused qkv, its parts in its
+    forward), settled on the block each came from although the plan puts the final layer's `exclude`
+    (rank-0 blocks, the network's bypass) first: paired by position, the qkv block took the network's."""
+    own = str(not network).lower()
+    preset = "use_fnmatch = true\nunet_target_module = []\n"
+    preset += 'unet_target_name = ["final_layer.linear", "img_in", "double_blocks.*.img_attn.qkv"]\n'
+    preset += 'text_encoder_target_module = []\n\n[name_algo_map."img_in"]\n'
+    preset += f"dim = {6 if algo == 'boft' else 2}\nbypass_mode = {own}\n"  # BOFT: 3072 rows in blocks of 6
+    # BOFT's 9216 stacked rows split by 18 (512 blocks); Diag-OFT's at the network's dim
+    preset += f'[name_algo_map."double_blocks.*.img_attn.qkv"]\nbypass_mode = {own}\n'
+    preset += "dim = 18\n" if algo == "boft" else ""
+    extra = f'"algo={algo}"' + (' "bypass_mode=True"' if network else "")
+    outcome = _flux(tmp_path, preset, extra)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.bypass is network and a.fused
+    first = lambda path: next((b for b in a.blocks if re.search(b.pattern, path)), None)  # noqa: E731
+    excluded = first("single_transformer_blocks.7.proj_out")
+    assert (excluded.rank, excluded.bypass) == (0, network)
+    assert first("proj_out") is None
+    assert (first("x_embedder").rank, first("x_embedder").bypass) == (6 if algo == "boft" else 2, not network)
+    qkv = {first(f"transformer_blocks.3.attn.to_{p}") for p in "qkv"}
+    assert [(b.rank, b.bypass) for b in qkv] == [(18 if algo == "boft" else 8, not network)]
+
+
+def test_dylora_network_own_entries_bypass_mode_on_fused_layers(tmp_path):
+    """An algo=dylora network's own entries with their own bypass_mode on Flux's fused qkv (was DBS403): the
+    block's `bypass`; turned off it may hold several blocks (the default forward), turned on one only
+    (DBS402, naming the entry)."""
+    preset = "use_fnmatch = true\nunet_target_module = []\n"
+    preset += 'unet_target_name = ["double_blocks.*_attn.*", "img_in"]\ntext_encoder_target_module = []\n'
+    entry = '[name_algo_map."double_blocks.*.img_attn.qkv"]\nalgo = "dylora"\ndim = 16\nbypass_mode = OWN\n'
+    for network, own, where in ((True, "false", "off"), (False, "true", "on")):
+        text = preset + entry.replace("OWN", own).replace(
+            "dim = 16", "dim = 8" if own == "true" else "dim = 16"
+        )
+        extra = '"algo=dylora" "block_size=8"' + (' "bypass_mode=True"' if network else "")
+        outcome = _flux(tmp_path / where, text, extra)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / where).adapter
+        assert (a.kind, a.bypass, a.dylora_unit, a.fused != ()) == ("dylora", network, 8, True)
+        (block,) = a.blocks
+        assert (block.kind, block.rank, block.bypass) == ("adapter", 16 if network else 8, not network)
+        assert all(re.search(block.pattern, f"transformer_blocks.3.attn.to_{p}") for p in "qkv")
+    several = _flux(
+        tmp_path / "several", preset + entry.replace("OWN", "true"), '"algo=dylora" "block_size=8"'
+    )
+    assert "DBS402" in codes(several)
+    assert "img_attn.qkv.bypass_mode" in messages(several, "DBS402")
+
+
 def test_double_block_attention_by_name_with_a_dim(tmp_path):
     outcome = _flux(tmp_path, DOUBLE_ATTENTION, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)

@@ -111,7 +111,8 @@ def test_blocks_own_bypass_settles_per_block(tmp_path):
 def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
     """A DyLoRA adapter's Diag-OFT / IA^3 blocks and a GLoRA adapter's DyLoRA block with a bypass of their own
     (LyCORIS map entries' bypass_mode; was DBS403 converted) settle per block; a plan file giving a DyLoRA
-    adapter's own layers (kind "adapter") their own is refused (DBS592 in specs), and a GLoRA adapter's
+    adapter's own layers (kind "adapter") their own passes (an algo=dylora network's own entries' bypass_mode;
+    was DBS592 in specs), one giving a GLoRA adapter's own layers their own is refused, and a GLoRA adapter's
     DyLoRA block of several blocks in bypass (DBS549)."""
     table = 'kind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
     table += '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "off"\n'
@@ -122,8 +123,7 @@ def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
     assert [(b.kind, b.bypass) for b in a.blocks] == [("diag-oft", False), ("ia3", True), ("adapter", True)]
     assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
     own = attrs.evolve(a.blocks[2], bypass=False)
-    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(*a.blocks[:2], own)))
-    assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
+    assert not plan_problems(attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(*a.blocks[:2], own))))
     table = 'kind = "glora"\nrank = 4\n'
     table += '[[adapter.blocks]]\npattern = "ff"\nkind = "dylora"\nrank = 4\nalpha = 1.0\nunit = 4\n'
     table += 'bypass = "on"\n'
@@ -133,3 +133,38 @@ def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
     several = attrs.evolve(glora.adapter.blocks[0], rank=8)
     broken = attrs.evolve(glora, adapter=attrs.evolve(glora.adapter, blocks=(several,)))
     assert any("several blocks per layer" in p for p in plan_problems(broken))
+    own = attrs.evolve(glora.adapter.blocks[0], kind="adapter")
+    broken = attrs.evolve(glora, adapter=attrs.evolve(glora.adapter, blocks=(own,)))
+    assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "boft"])
+def test_oft_adapter_blocks_own_bypass_pair_by_block(tmp_path, kind):
+    """A Diag-OFT / BOFT adapter's own blocks with a bypass of their own (an algo=diag-oft / boft network's
+    entries of its own algorithm with their own bypass_mode; was DBS403 converted) settle on the block they
+    came from: the plan puts the `exclude` patterns' rank-0 blocks first, which pairing the spec's blocks with
+    the plan's by position gave the spec's first block's bypass; the summary names it, a plan file
+    round-trips."""
+    table = f'kind = "{kind}"\nblock_size = 4\nbypass = true\nexclude = ["attn2", "proj_out"]\n'
+    table += '[[adapter.blocks]]\npattern = "ff"\nblock_size = 8\nbypass = "off"\n'
+    table += '[[adapter.blocks]]\npattern = "attn1"\nblock_size = 2\n'
+    table += '[[adapter.text_encoder_blocks]]\npattern = "mlp"\nblock_size = 8\nbypass = "off"\n'
+    plan = _plan(tmp_path, table.replace("kind =", "[adapter]\nkind =", 0))
+    a = plan.adapter
+    assert [(b.pattern, b.rank, b.bypass) for b in a.blocks] == [
+        ("attn2", 0, True),
+        ("proj_out", 0, True),
+        ("ff", 8, False),
+        ("attn1", 2, True),
+    ]
+    assert [(b.pattern, b.bypass) for b in a.text_encoder_blocks] == [
+        ("attn2", True),
+        ("proj_out", True),
+        ("mlp", False),
+    ]
+    assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
+    rows = dict(adapter_rows(a))
+    assert "bypass_mode off" in rows["  block /ff/"] and "bypass_mode" not in rows["  block /attn1/"]
+    on = _plan(tmp_path, table.replace("bypass = true\n", "", 1).replace('"off"', '"on"'))
+    assert [b.bypass for b in on.adapter.blocks] == [False, False, True, False]
+    assert "bypass_mode on" in dict(adapter_rows(on.adapter))["  block /ff/"]

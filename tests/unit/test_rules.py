@@ -1580,19 +1580,49 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
-    (  # ... and a dylora / glora adapter's blocks of those kinds other than its own (was DBS403 converted)
+    (  # ... and a dylora / glora adapter's blocks of those kinds other than its own (was DBS403 converted),
+        # a dylora adapter's own (its network's own entries': was DBS403 converted), not a glora adapter's own
         rules.block_own_bypass,
         DOG
         + STEPS
-        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + '[adapter]\nkind = "glora"\nrank = 4\n'
         + "[[adapter.blocks]]\npattern = 'up'\nrank = 4\nalpha = 1.0\nbypass = \"on\"\n",
         [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n'
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\n'
         + '[[adapter.blocks]]\npattern = \'up\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n'
+        + "[[adapter.blocks]]\npattern = 'down'\nrank = 4\nalpha = 1.0\nbypass = \"on\"\n"
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
+    ),
+    (  # ... and a diag-oft / boft adapter's own blocks (an algo=diag-oft / boft network's entries of its own
+        # algorithm with their own bypass_mode; was DBS403 converted)
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 4\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 4\nalpha = 1.0\nbypass = \"off\"\n",
+        [("DBS592", "error", ("adapter", "text_encoder_blocks", 0, "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "boft"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nblock_size = 8\nbypass = \"off\"\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nblock_size = 2\nbypass = \"on\"\n",
+    ),
+    (  # a DyLoRA adapter's own block with a bypass of its own: one block per layer where it is on (DBS549),
+        # any where it is off (LyCORIS builds that entry's modules in the default forward)
+        rules.dylora_bypass_runs,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 8\nalpha = 1.0\nbypass = \"on\"\n",
+        [("DBS549", "error", ("adapter", "blocks", 0, "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\ndylora_form = "lycoris"\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nrank = 8\nalpha = 1.0\nbypass = \"off\"\n"
+        + "[[adapter.blocks]]\npattern = 'down'\nrank = 4\nalpha = 1.0\nbypass = \"on\"\n",
     ),
     (  # a GLoRA adapter's DyLoRA block with a bypass of its own: one block per layer (DBS549)
         rules.dylora_bypass_runs,

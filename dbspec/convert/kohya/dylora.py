@@ -150,25 +150,32 @@ def lycoris_dylora(
     if module_dropout:
         put["module_dropout"] = module_dropout
     bypass = kwargs.pop("bypass_mode", "false")
-    if str(bypass).lower() == "false":  # LyCORIS's str_bool
-        return
-    ranks = [("network_dim", dim, block), ("conv_dim", conv_rank, block)]
+    network = str(bypass).lower() != "false"  # LyCORIS's str_bool
+    # the layers that run the bypass forward: the network's (its own entries' bypass_mode off excepted) and
+    # its own entries' with their own bypass_mode on (a block's `bypass`, lycoris_maps.own_bypass_switch)
+    ranks = [("network_dim", dim, block, ""), ("conv_dim", conv_rank, block, "")] if network else []
     for entry in entries:  # a preset file's map entries: `<source>`'s dims, in its own block_size if given
-        size = entry.get("unit", block)
-        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("rank", 0), size)]
-        ranks += [(f"the preset's `{entry['_why'].split('`')[1]}` dim", entry.get("conv_rank", 0), size)]
-    several = [f"{key} {rank}" for key, rank, size in ranks if rank > size]
+        if entry.get("bypass", "on" if network else "off") == "off":
+            continue
+        size, source = entry.get("unit", block), entry["_why"].split("`")[1]
+        ranks += [(f"the preset's `{source}` dim", entry.get("rank", 0), size, source)]
+        ranks += [(f"the preset's `{source}` dim", entry.get("conv_rank", 0), size, source)]
+    several = [(f"{key} {rank}", source) for key, rank, size, source in ranks if rank > size]
     if several:
+        # the network's bypass_mode, else the entry whose own turns it on
+        key, value = ("bypass_mode", bypass) if network else (f"preset {several[0][1]}.bypass_mode", True)
+        several = [text for text, _ in several]
         conv.invalid(
-            f"{args.key} bypass_mode",
-            bypass,
+            f"{args.key} {key}",
+            value,
             args.source,
             f"LyCORIS's DyLoraModule crashes in training: with several blocks of block_size {block} "
             f"({', '.join(several)}) its bypass forward views the drawn blocks as the whole rank, which "
             "fails unless the last block is drawn",
         )
         return
-    put["bypass"] = True
+    if network:
+        put["bypass"] = True
 
 
 def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> LoraFile | None:

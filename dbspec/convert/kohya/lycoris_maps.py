@@ -222,9 +222,9 @@ def check_layers(
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
                 f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
-                "beside a LoCon, LoHa or LoKr network, or a DyLoRA or GLoRA network of another algorithm; "
-                "dbspec gives a network's layers of its own algorithm (Diag-OFT, BOFT, IA^3 or DyLoRA "
-                "networks' entries) the network's bypass_mode only",
+                "beside a LoCon, LoHa or LoKr network, a DyLoRA or GLoRA network of another algorithm, or "
+                "on a Diag-OFT, BOFT or DyLoRA network's own; dbspec's IA^3 adapter has no "
+                "[[adapter.blocks]] (an IA^3 network's entries take the network's bypass_mode only)",
                 False,
             )
         if read:
@@ -260,14 +260,22 @@ _BYPASS_INERT = ("lora", "loha", "lokr", "glora")
 BYPASS_BLOCKS = BYPASS_KINDS
 
 
+# the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
+# DyloraBlock); IA^3's adapter has no [[adapter.blocks]]
+_OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora")
+
+
 def _own_bypass(algo: str, entry: str) -> bool:
     """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
     BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
-    or LoKr network, or of a DyLoRA or GLoRA network where the entry's algorithm is another (the block's
-    `bypass`, runtime/mixed_kinds.py set_block_bypass)."""
+    or LoKr network, of a DyLoRA or GLoRA network where the entry's algorithm is another, or of a Diag-OFT,
+    BOFT or DyLoRA network's own algorithm (the block's `bypass`, runtime/mixed_kinds.py
+    set_block_bypass)."""
     if _algo(entry) not in BYPASS_BLOCKS:
         return False
-    return _algo(algo) in _BLOCK_KINDS or (_algo(algo) in ("dylora", "glora") and _algo(entry) != _algo(algo))
+    if _algo(entry) == _algo(algo):
+        return _algo(algo) in _OWN_BYPASS_NETWORKS
+    return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora")
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -497,7 +505,8 @@ def _blocks(
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
-        if kind:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through)
+        if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
+            # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
@@ -632,6 +641,8 @@ def _oft_blocks(
             own["constraint"] = float(entry["constraint"])
         if "rescaled" in entry and bool(entry["rescaled"]) != network["rescaled"]:
             own["rescaled"] = "on" if entry["rescaled"] else "off"
+        # its own bypass_mode (create_single_module hands it over the network's): the block's `bypass`
+        own.update(own_bypass_switch(group[0].algo, group[0], network))
         if not own and all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
             continue
         conv = next((layer for layer in group if layer.kind == "conv"), None)
