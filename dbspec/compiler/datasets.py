@@ -114,7 +114,7 @@ def _plan_dataset(
                 ctx.adopt(diag, ("datasets", i, "path"))
         report_unusable(ctx, i, folder, scan)
     key = manifest_key(model, d)
-    existing, stale = _split_generated(folder, as_trained(d, scan.images), key)
+    existing, made, stale = _split_generated(folder, as_trained(d, scan.images), key)
     if stale:
         ctx.report(
             "DBS324",
@@ -123,14 +123,17 @@ def _plan_dataset(
             "prompt, resolution or sampling settings; they will be regenerated",
             ("datasets", i, "generate"),
         )
+    generate = _generate_plan(ctx, d, folder, existing, made, key) if generating else None
+    if generate is not None:  # the images it already made are planned with those still to make (below)
+        planned = {f"class-{seed}.png" for seed in generate.seeds}
+        existing = tuple(info for info in existing if info.rel not in planned)
     masks = _masks(ctx, i, d, existing)
     if placer is None or masks is None:
         return None
     captions = caption_plan(d)
     images = [_image(ctx, i, d, info, masks, placer, keyer, captions) for info in existing]
-    generate = _generate_plan(ctx, d, folder, len(existing), key) if generating else None
-    if generate is not None:
-        images += _future_images(d, generate, placer, keyer, captions)
+    if generate is not None:  # planned alike before and after they exist: a resumed run is the same run
+        images += _generated_images(d, generate, placer, keyer, captions)
     skipped = tuple(f"{diag.message}" for diag in scan.diagnostics if diag.severity == "warning")
     kept = tuple(img for img in images if img is not None)
     return _dataset_plan(
@@ -546,28 +549,42 @@ def manifest_key(model: ModelPlan | None, d: Dataset) -> str:
 
 def _split_generated(
     folder: Path, images: tuple[ImageInfo, ...], key: str
-) -> tuple[tuple[ImageInfo, ...], int]:
-    """Leave out images generated for another base model, prompt, resolution or sampling:
-    they get regenerated."""
+) -> tuple[tuple[ImageInfo, ...], frozenset[str], int]:
+    """Leave out images generated for another base model, prompt, resolution or sampling (they get
+    regenerated); also returns the names the manifest lists as made for `key`."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        files, made_for = set(manifest["files"]), manifest["key"]
+        files, made_for = frozenset(str(name) for name in manifest["files"]), manifest["key"]
     except (OSError, ValueError, KeyError, TypeError):
-        return images, 0
+        return images, frozenset(), 0
     if made_for == key:
-        return images, 0
+        return images, files, 0
     kept = tuple(img for img in images if img.rel not in files)
-    return kept, len(images) - len(kept)
+    return kept, frozenset(), len(images) - len(kept)
 
 
-def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) -> GeneratePlan | None:
-    count = max(0, d.generate - have)
-    if count == 0:
+def _generated_seeds(ctx: Context, d: Dataset, existing: tuple[ImageInfo, ...], made: frozenset[str]):
+    """The seeds of every class image the dataset generates, made already or not: they follow the images
+    it did not generate, so they do not depend on how many were made before an interruption."""
+    own = sum(1 for info in existing if info.rel not in made)
+    return tuple(ctx.spec.schedule.seed * 1_000_003 + own + k for k in range(max(0, d.generate - own)))
+
+
+def _generate_plan(
+    ctx: Context,
+    d: Dataset,
+    folder: Path,
+    existing: tuple[ImageInfo, ...],
+    made: frozenset[str],
+    key: str,
+) -> GeneratePlan | None:
+    seeds = _generated_seeds(ctx, d, existing, made)
+    if not seeds:
         return None
-    seeds = tuple(ctx.spec.schedule.seed * 1_000_003 + have + k for k in range(count))
+    there = {info.rel for info in existing if info.rel in made}
     return GeneratePlan(
         folder=str(folder),
-        count=count,
+        count=sum(1 for seed in seeds if f"class-{seed}.png" not in there),
         prompt=d.prompt,
         resolution=bk.dataset_size(d.resolution, d.resolution_height),
         seeds=seeds,
@@ -579,7 +596,7 @@ def _generate_plan(ctx: Context, d: Dataset, folder: Path, have: int, key: str) 
     )
 
 
-def _future_images(
+def _generated_images(
     d: Dataset, gen: GeneratePlan, placer: Placer, keyer: Keyer, captions: CaptionPlan
 ) -> list[ImagePlan]:
     placed = placer.place(gen.resolution)

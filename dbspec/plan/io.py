@@ -406,7 +406,18 @@ def _run_data(data: dict) -> dict:
     for table, keys in _VOLATILE.items():
         if isinstance(data.get(table), dict):  # noqa: SIM401 - plan data, not config
             data[table] = {key: value for key, value in data[table].items() if key not in keys}
+    if isinstance(data.get("datasets"), list):  # noqa: SIM401 - plan data, not config
+        data["datasets"] = [_without_generate_count(d) for d in data["datasets"]]
     return data
+
+
+def _without_generate_count(dataset):
+    """How many class images are still to make says how far generation got, not what the run trains: the
+    images themselves (their seeds and manifest key) stay in the plan, made or not."""
+    gen = dataset.get("generate") if isinstance(dataset, dict) else None  # noqa: SIM401 - plan data
+    if not isinstance(gen, dict):
+        return dataset
+    return {**dataset, "generate": {key: value for key, value in gen.items() if key != "count"}}
 
 
 def run_differences(old_json: str, new_json: str, limit: int = 5) -> list[str]:

@@ -329,10 +329,10 @@ class GeneratePlan:
     """Class images to make before training."""
 
     folder: str
-    count: int  # images to generate now
+    count: int  # images to generate now (the others of `seeds` exist); not part of the run hash
     prompt: str
     resolution: Size
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # every generated class image's seed, made already or not
     manifest_key: (
         str  # hash of (base model identity, prompt, resolution, sampling settings): a change regenerates
     )

@@ -462,8 +462,10 @@ def _steps(steps: StepRange) -> str:
 
 
 def _generate(gen: GeneratePlan) -> str:
+    made = len(gen.seeds) - gen.count
     return (
-        f"{gen.count} new ({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
+        f"{gen.count} new{f', {made} made' if made else ''} "
+        f"({gen.scheduler}, {gen.steps} steps, cfg {gen.guidance:g}, batch {gen.batch_size})"
     )
 
 

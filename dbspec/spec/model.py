@@ -2098,7 +2098,8 @@ class Dataset:
         0,
         doc="Class datasets: make the folder hold at least this many images, generating the missing ones "
         "with the base model from `prompt`, encoded as training encodes it (`model.max_tokens`, "
-        "`t5_max_length` and the attention masks).",
+        "`t5_max_length` and the attention masks). The plan lists every generated image by its seed, made "
+        "already or not, so a run interrupted after making them resumes with the same spec (`--resume`).",
         minimum=0,
         maximum=100_000,  # the plan lists one seed per image to generate
     )

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from dbspec.runtime.execute import RunError, execute
@@ -80,11 +81,21 @@ def test_missing_class_images_are_generated_then_trained_on(tmp_path):
         'generate_scheduler = "euler"\ngenerate_steps = 3\ngenerate_batch = 1',
     )
     spec.write_text(text)
-    plan = compile_spec(spec)
+    plan = compile_spec(spec, ["output.dir=parts"])
     gen = next(d.generate for d in plan.datasets if d.role == "class")
     assert gen is not None and gen.count == 2
     assert (gen.scheduler, gen.steps, gen.guidance, gen.batch_size) == ("euler", 3, 7.5, 1)
-    assert execute(plan).status == "finished"
+    first = execute(plan, stop_after=1)  # interrupted after the class images were made
+    assert first.status == "interrupted"
+    # `dbspec run SPEC --resume` plans the spec again: the images now exist, the run is the same one
+    again = compile_spec(spec, ["output.dir=parts"])
+    assert next(d.generate for d in again.datasets if d.role == "class").count == 0
+    resumed = execute(again, resume=True)
+    assert resumed.status == "finished"
+    whole = execute(compile_spec(spec, ["output.dir=whole"]))  # uninterrupted, on the same class images
+    assert first.losses + resumed.losses == whole.losses
+    ours, theirs = (_final_weights(Path(result.final)) for result in (whole, resumed))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     folder = tmp_path / "generated"
     manifest = json.loads((folder / ".dbspec-generated.json").read_text())
     assert sorted(manifest["files"]) == sorted(f"class-{s}.png" for s in gen.seeds)
@@ -96,12 +107,22 @@ def test_missing_class_images_are_generated_then_trained_on(tmp_path):
     assert all(Image.open(folder / f).size == (64, 64) for f in manifest["files"])
     replanned = compile_spec(spec, ["output.dir=out2"])
     assert (
-        next(d.generate for d in replanned.datasets if d.role == "class") is None
+        next(d.generate for d in replanned.datasets if d.role == "class").count == 0
     )  # reused, not regenerated
     other = compile_spec(spec, ["output.dir=out3", 'datasets[1].prompt="a photo of a robot"'])
     assert next(d.generate for d in other.datasets if d.role == "class").count == 2  # prompt changed
     more_steps = compile_spec(spec, ["output.dir=out4", "datasets[1].generate_steps=4"])
     assert next(d.generate for d in more_steps.datasets if d.role == "class").count == 2  # sampler changed
+
+
+def _final_weights(final: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {
+        f"{file.name}:{key}": value
+        for file in sorted(final.rglob("*.safetensors"))
+        for key, value in load_file(str(file)).items()
+    }
 
 
 def test_masked_dataset_trains(tmp_path):

@@ -399,6 +399,50 @@ def test_generate_counts_the_images_already_there(toy):
     assert planned_ok(toy).datasets[1].generate is None  # enough images: nothing to make
 
 
+def _make_class_images(folder: Path, gen, seeds) -> None:
+    """What the runtime leaves after making `seeds`: the files and the manifest listing them."""
+    for seed in seeds:
+        image(folder / f"class-{seed}.png", gen.resolution)
+    listed = [f"class-{seed}.png" for seed in seeds]
+    (folder / MANIFEST).write_text(json.dumps({"key": gen.manifest_key, "files": listed}))
+
+
+def test_generated_class_images_keep_the_run_identity(toy):
+    """A run interrupted after making its class images resumes under the plan of the same spec: the images
+    made are planned as those to make (seeds, manifest key), only the count still to make changes."""
+    from dbspec.plan.io import run_hash
+
+    image(toy / "cls" / "mine.png", (64, 64))
+    write_spec(toy, {}, class_dataset(generate=4), schedule={"seed": 7})
+    before = planned_ok(toy)
+    gen = before.datasets[1].generate
+    assert gen.count == 3 and gen.seeds == tuple(7 * 1_000_003 + 1 + k for k in range(3))
+    _make_class_images(toy / "cls", gen, gen.seeds[:2])  # interrupted after two
+    partly = planned_ok(toy)
+    assert partly.datasets[1].generate.count == 1
+    _make_class_images(toy / "cls", gen, gen.seeds)
+    after = planned_ok(toy)
+    assert after.datasets[1].generate == attrs.evolve(gen, count=0)
+    assert after.datasets[1].images == before.datasets[1].images
+    assert run_hash(before) == run_hash(partly) == run_hash(after)
+    write_spec(toy, {}, class_dataset(generate=4, generate_steps=20), schedule={"seed": 7})
+    changed = planned_ok(toy)  # another sampler: other images, another run
+    assert changed.datasets[1].generate.count == 3 and run_hash(changed) != run_hash(after)
+
+
+def test_the_summary_says_how_many_class_images_exist(toy):
+    from rich.console import Console
+
+    from dbspec.plan.summary import render_summary
+
+    write_spec(toy, {}, class_dataset(generate=3))
+    gen = planned_ok(toy).datasets[1].generate
+    _make_class_images(toy / "cls", gen, gen.seeds[:1])
+    console = Console(file=io.StringIO(), width=200)
+    render_summary(planned_ok(toy), console)
+    assert "2 new, 1 made (ddpm" in console.file.getvalue()
+
+
 def test_manifest_key_follows_prompt_and_model(toy):
     def key(base_model: str = "builtin:tiny-sd1", **changes) -> str:
         write_spec(toy, {}, class_dataset(generate=2, **changes), model={"base": base_model})
