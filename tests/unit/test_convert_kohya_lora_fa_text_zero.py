@@ -125,7 +125,6 @@ def test_optimizers_and_schedules_that_hold_a_group_at_rate_0(tmp_path, extra, k
     [
         ("--optimizer_type DAdaptAdam --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
         ("--optimizer_type Prodigy --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
-        ("--optimizer_type Adafactor", "relative step ignores the groups' rates"),
         (
             '--lr_scheduler_type CosineAnnealingLR --lr_scheduler_args "T_max=300" "eta_min=1e-7"',
             "eta_min",
@@ -133,13 +132,106 @@ def test_optimizers_and_schedules_that_hold_a_group_at_rate_0(tmp_path, extra, k
     ],
 )
 def test_where_dbspec_cannot_hold_the_group_the_warning_stays(tmp_path, extra, why):
-    """D-Adaptation and Prodigy (one step size for every group), Adafactor's relative step (kohya removes
-    the rates) and an eta_min above 0 (it lifts the group): the spec would be refused (DBS200), so the
-    conversion keeps the untrained text encoder with the DBS404 warning, naming why."""
+    """D-Adaptation and Prodigy (one step size for every group) and an eta_min above 0 (it lifts the
+    group): the spec would be refused (DBS200), so the conversion keeps the untrained text encoder with the
+    DBS404 warning, naming why (Adafactor's relative step trains it: the tests below)."""
     outcome = kohya_lora(tmp_path, f"{FA} {extra}")
     said = messages(outcome, "DBS404")
     assert CLIPPED in said and why in said, said
     assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+LIFTED = "Adafactor's relative step pops that rate"  # lift_kept_rates' note
+
+
+def test_adafactors_relative_step_trains_the_text_encoder(tmp_path):
+    """kohya's Adafactor (relative_step, its default): train_util.get_optimizer pops every group's `lr`, the
+    text encoders' group at rate 0 included, and Adafactor steps each group at its own relative rate, so
+    kohya trains the text encoder as the U-Net, clip or not (was a DBS404 warning; without a clip plain
+    untrained): trained in dbspec at Adafactor's first step's rate (only the logged initial value)."""
+    for clip in ("", " --max_grad_norm 0"):
+        outcome = kohya_lora(tmp_path, f"{FA} --optimizer_type Adafactor{clip}")
+        assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+        assert any(LIFTED in n and "text encoder group" in n for n in outcome.conversion.notes)
+        plan = plan_of(outcome, tmp_path)
+        o = plan.optimizer
+        assert plan.train_denoiser and plan.train_text_encoder and plan.idle_text_encoders == ()
+        assert (o.kind, o.adafactor.relative_step, o.adafactor.warmup_init) == ("adafactor", True, False)
+        assert o.lr == pytest.approx(1e-4) and o.text_encoder_lr == pytest.approx(1e-2)
+        assert plan.schedule.lr_schedule == "adafactor" and not any("DBS229" in w for w in plan.warnings)
+        trained = {c.name: c.trainable for c in plan.precision.components if c.name == "text_encoder"}
+        assert trained == {"text_encoder": "lora"}
+
+
+ADAFACTOR_XL = (
+    SDXL_CONFIG.replace("max_grad_norm = 0.5", "max_grad_norm = 0.0").replace(
+        'lr_scheduler = "cosine"\nlr_warmup_steps = 20\n', ""
+    )
+    + 'optimizer_args = ["scale_parameter=False", "warmup_init=True"]\n'
+)
+
+
+def test_an_sdxl_config_with_warmup_init_trains_both_encoders(tmp_path):
+    """sdxl_train_network.py's config file with Adafactor's warmup_init (it turns relative_step on) and
+    text_encoder_lr [0, 1e-5]: lora_fa's one text-encoder group at the first value, 0, popped as the
+    U-Net's, so both CLIP encoders train, without a clip too: their rate Adafactor's first step's with
+    warmup_init, 1e-6."""
+    images(tmp_path / "img" / "20_ohwx woman", 3, (1024, 1024))
+    write(tmp_path / "cfg.toml", ADAFACTOR_XL.format(model=SDXL, optimizer="Adafactor"))
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch sdxl_train_network.py"
+    )
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert plan.train_denoiser and plan.train_text_encoder and plan.idle_text_encoders == ()
+    assert (o.adafactor.relative_step, o.adafactor.warmup_init, o.adafactor.scale_parameter) == (
+        True,
+        True,
+        False,
+    )
+    assert o.lr == pytest.approx(1e-4) and o.text_encoder_lr == pytest.approx(1e-6)
+    assert o.text_encoder_2_lr is None and o.max_grad_norm == 0
+    trained = {c.name: c.trainable for c in plan.precision.components if c.name.startswith("text_encoder")}
+    assert trained == {"text_encoder": "lora", "text_encoder_2": "lora"}
+
+
+def test_adafactor_without_relative_step_holds_the_group_at_rate_0(tmp_path):
+    """relative_step=False: Adafactor scales each group's whole step (and weight decay) by its own rate, so
+    the group at 0 never moves: held at optimizer.text_encoder_lr = 0 under the clip, as with AdamW."""
+    args = f'{FA} --optimizer_type Adafactor --optimizer_args "relative_step=False" "scale_parameter=False"'
+    outcome = kohya_lora(tmp_path, args)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert not any(LIFTED in n for n in outcome.conversion.notes)
+    plan = plan_of(outcome, tmp_path)
+    _held(plan)
+    assert (plan.optimizer.kind, plan.optimizer.adafactor.relative_step) == ("adafactor", False)
+
+
+def test_adafactors_relative_step_trains_lora_fas_unet_at_rate_0_too(tmp_path):
+    """The U-Net's group at --unet_lr 0 is kept and popped alike: both parts train."""
+    outcome = kohya_lora(
+        tmp_path,
+        FA.replace("--unet_lr 1e-4 --text_encoder_lr 0", "--unet_lr 0 --text_encoder_lr 1e-5")
+        + " --optimizer_type Adafactor",
+    )
+    assert not {"DBS402", "DBS403", "DBS404", "DBS408"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.lr == pytest.approx(1e-2) and plan.optimizer.text_encoder_lr == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("module", ["networks.lora", "networks.dylora", "lycoris.kohya"])
+def test_networks_that_drop_a_rate_0_group_stay_untrained_under_relative_step(tmp_path, module):
+    """networks.lora, dylora and lycoris.kohya leave a group at rate 0 out of the optimizer ("NO LR
+    skipping!") before get_optimizer pops the rates: Adafactor never sees it, the text encoder stays
+    untrained."""
+    args = FA.replace("networks.lora_fa", module) + " --optimizer_type Adafactor --max_grad_norm 0"
+    outcome = kohya_lora(tmp_path, args)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert not any(LIFTED in n for n in outcome.conversion.notes)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and not plan.train_text_encoder
 
 
 def test_nothing_else_training_is_not_held(tmp_path):

@@ -14,7 +14,8 @@ kohya's groups, in order (its code is the ground truth):
 - networks.lora_fa (networks/lora_fa.py `prepare_optimizer_params`): [text encoders, U-Net], no plus group,
   a group at rate 0 kept: CyclicLR and OneCycleLR replace its rate with their own, so kohya trains it
   (lift_kept_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
-  the schedule holds it at 0 too (then it never moves: untrained in dbspec).
+  the schedule holds it at 0 too (then it never moves: untrained in dbspec); Adafactor's relative step
+  pops it and computes its own (relative_step_lift, as networks.oft's).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
   network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's, or by
   Adafactor's relative step, which pops the rate and computes its own (relative_step_lift; else it never
@@ -192,8 +193,8 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
     each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
     that part (network_train_unet_only / text_encoder_only remove it), also at rate 0. A rate 0 that
-    CyclicLR / OneCycleLR lift was replaced before (lift_kept_rates); one left is a group the schedule
-    holds at 0 too, untrained in dbspec (no group)."""
+    CyclicLR / OneCycleLR or Adafactor's relative step lift was replaced before (lift_kept_rates); one left
+    is a group the schedule holds at 0 too, untrained in dbspec (no group)."""
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
@@ -229,15 +230,7 @@ def schedule_lifts(a: Args) -> dict[str, tuple[float, str, str]]:
     kwargs = _literal_kwargs(a["lr_scheduler_args"])
     if kwargs is None:
         return {}  # reported where the schedule maps
-    lr = a["learning_rate"]
-    te = a["text_encoder_lr"]
-    te_values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
-    te_rate = float(te_values[0]) if te_values else lr.value
-    unet = a["unet_lr"] if a["unet_lr"].value is not None else lr
-    groups = [("unet_lr", unet.value, "network_train_text_encoder_only", "U-Net")]
-    if module == "networks.lora_fa":  # networks.oft has the U-Net's group alone
-        groups.insert(0, ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"))
-    kept = [(key, rate, name) for key, rate, skip, name in groups if not a[skip].value]
+    kept = _kept_groups(a)
     out = {}
     for index, (key, rate, name) in enumerate(kept):
         if rate:
@@ -251,42 +244,53 @@ def schedule_lifts(a: Args) -> dict[str, tuple[float, str, str]]:
     return out
 
 
-def relative_step_lift(a: Args) -> float:
-    """networks.oft's (and oft_flux's) one group at rate 0 under kohya's Adafactor with relative_step (its
-    default for Adafactor): train_util.get_optimizer pops every group's `lr` and Adafactor computes its own,
-    min(1e-2, 1/sqrt(step)) (min(1e-6 x step, 1/sqrt(step)) with warmup_init), so kohya trains the blocks
-    whatever the rate. The rate dbspec writes, Adafactor's first step's (the plan's lr is then only the
-    logged initial value); 0 where this does not apply."""
+def _kept_groups(a: Args) -> list[tuple[str, float, str]]:
+    """(rate key, rate, group name) of each optimizer group networks.lora_fa / networks.oft / oft_flux's
+    prepare_optimizer_params keep whatever their rate, in kohya's order: lora_fa's text encoders (the first
+    text_encoder_lr value, as train_network.py passes it) unless network_train_unet_only, then the U-Net's
+    (OFT's one group) unless network_train_text_encoder_only."""
+    lr = a["learning_rate"]
+    te = a["text_encoder_lr"]
+    te_values = te.value if isinstance(te.value, list) else [te.value] if te.value is not None else []
+    te_rate = float(te_values[0]) if te_values else lr.value
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else lr
+    denoiser = "transformer" if a["network_module"].value == "networks.oft_flux" else "U-Net"
+    groups = [("unet_lr", unet.value, "network_train_text_encoder_only", denoiser)]
+    if a["network_module"].value == "networks.lora_fa":  # OFT has the U-Net's (transformer's) group alone
+        groups.insert(0, ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"))
+    return [(key, rate, name) for key, rate, skip, name in groups if not a[skip].value]
+
+
+def relative_step_lift(a: Args) -> dict[str, tuple[float, str]]:
+    """{rate key: (rate, group name)} for the groups at rate 0 that networks.lora_fa / networks.oft /
+    networks.oft_flux keep in the optimizer (_kept_groups) under kohya's Adafactor with relative_step (its
+    default for Adafactor; warmup_init turns it on): train_util.get_optimizer pops every group's `lr` and
+    Adafactor computes its own, min(1e-2, 1/sqrt(step)) (min(1e-6 x step, 1/sqrt(step)) with warmup_init),
+    the same for every group, so kohya trains them whatever the rate. The rate dbspec writes, Adafactor's
+    first step's (the plan's rate is then only the logged initial value). networks.lora, dylora and
+    lycoris.kohya drop a group at rate 0 from the optimizer before get_optimizer ("NO LR skipping!"), so
+    Adafactor never sees it: none of theirs is lifted (their rate-0 text encoder stays untrained)."""
     module = a["network_module"].value
-    if module not in ("networks.oft", "networks.oft_flux") or a["network_train_text_encoder_only"].value:
-        return 0.0
+    if module not in (*_KEEP_ZERO, "networks.oft_flux"):
+        return {}
     if str(a["optimizer_type"].value or "").lower() != "adafactor":
-        return 0.0
+        return {}
     kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
     flags = {} if problems else adafactor_flags(kwargs)
-    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if not flags.get("relative_step") or unet.value != 0:
-        return 0.0
-    return 1e-6 if flags["warmup_init"] else 1e-2
+    if not flags.get("relative_step"):
+        return {}
+    rate = 1e-6 if flags["warmup_init"] else 1e-2
+    return {key: (rate, name) for key, value, name in _kept_groups(a) if value == 0}
 
 
 def lift_kept_rates(a: Args, conv: Conversion) -> Args:
     """The rates of schedule_lifts' groups (networks.lora_fa, networks.oft): each the schedule's peak, which
     the schedule replaces alike, so dbspec trains the group on kohya's curve; a group the schedule holds at 0
-    too keeps rate 0. networks.oft's at rate 0 under Adafactor's relative step: relative_step_lift's."""
+    too keeps rate 0. Their groups at rate 0 under Adafactor's relative step (with networks.oft_flux's):
+    relative_step_lift's."""
     relative = relative_step_lift(a)
-    if relative:
-        out = dict(a)
-        source = a["unet_lr"].source if a["unet_lr"].given else a["learning_rate"].source
-        out["unet_lr"] = Legacy(key="unet_lr", value=relative, source=source)
-        conv.notes.append(
-            f"kohya {a['network_module'].value} keeps its one group at rate 0 and Adafactor's relative "
-            "step pops that rate (train_util.get_optimizer) and computes its own, so kohya trains it: its "
-            "rate here is "
-            f"Adafactor's first step's, {relative:g}, only the logged initial value"
-        )
-        return out
-    lifts = schedule_lifts(a)
+    lifts = {key: (rate, name, "Adafactor's relative step") for key, (rate, name) in relative.items()}
+    lifts = lifts or schedule_lifts(a)  # kohya's adafactor scheduler replaces a torch one (train.py)
     if not lifts:
         return a
     out = dict(a)
@@ -294,10 +298,15 @@ def lift_kept_rates(a: Args, conv: Conversion) -> Args:
         lr = a["learning_rate"]
         source = a[key].source if a[key].given else lr.source
         out[key] = Legacy(key=key, value=peak, source=source)
+        how = (
+            "pops that rate (train_util.get_optimizer) and computes its own, so kohya trains it: its rate "
+            f"here is Adafactor's first step's, {peak:g}, only the logged initial value"
+            if relative
+            else "replaces that rate with its own bounds, so kohya trains it: its rate here is the "
+            f"schedule's {peak:g}, which the schedule replaces alike"
+        )
         conv.notes.append(
-            f"kohya {a['network_module'].value} keeps its {name} group at rate 0 and {cls} replaces that "
-            f"rate with its own bounds, so kohya trains it: its rate here is the schedule's {peak:g}, which "
-            "the schedule replaces alike"
+            f"kohya {a['network_module'].value} keeps its {name} group at rate 0 and {cls} {how}"
         )
     return out
 

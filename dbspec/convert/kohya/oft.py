@@ -304,7 +304,7 @@ def the_rest(a, conv: Conversion, network: str = "networks.oft") -> bool:
         )
     rate = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
     # a rate CyclicLR / OneCycleLR or Adafactor's relative step lift trains (group_lists.py)
-    lifted = "unet_lr" in schedule_lifts(a) or relative_step_lift(a)
+    lifted = "unet_lr" in schedule_lifts(a) or "unet_lr" in relative_step_lift(a)
     if rate.value == 0 and not lifted:
         conv.unsupported(
             rate,

@@ -44,7 +44,8 @@ def lora_fa_not_held(a: Args) -> str:
     """Why kohya's networks.lora_fa text-encoder group at rate 0 is no group dbspec holds at rate 0 (the spec
     rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy share
     one step size over the groups (several step a group at rate 0 anyway), Adafactor's relative step ignores
-    the rates (kohya removes them), and torch's OneCycleLR / CyclicLR (a rate 0 they lift was replaced
+    the rates (kohya removes them; lora_fa's group at rate 0 it trains was lifted before,
+    group_lists.relative_step_lift), and torch's OneCycleLR / CyclicLR (a rate 0 they lift was replaced
     before, group_lists.lift_kept_rates) or an eta_min above 0 set the group's rate themselves."""
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
     if kind in DADAPT_KINDS or kind == "prodigy":
