@@ -176,6 +176,36 @@ def test_flux_file_clip_modules_at_rate_0(tmp_path, kind):
     assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2")
 
 
+@pytest.mark.parametrize("clip", ["", " --max_grad_norm 0"])
+def test_flux_train_t5xxl_file_without_dim_from_weights_at_rate_0(tmp_path, clip):
+    """Regression: lora_flux `train_t5xxl=True` at T5-XXL's rate 0 with a --network_weights file (no
+    --dim_from_weights) holding T5's modules: create_network builds T5's modules and load_weights puts the
+    file's in them, so T5 encodes through modules that never train, clip or not: train.t5_idle, loaded from
+    the file (was: T5 frozen without a clip, its modules' effect on T5's output lost). A file without T5's
+    modules leaves fresh ones (lora_up 0), which without a clip is T5 frozen."""
+    command = FLUX.replace("--dim_from_weights ", "").replace("--network_alpha 4", "--network_alpha 2")
+    command += (
+        f"--network_module networks.lora_flux --network_args train_t5xxl=True --text_encoder_lr 5e-5 0{clip}"
+    )
+    held = {"lora_unet_single_blocks_0_linear1": _lora(7 * W, W, 8), CLIP_L: _lora(768, 768, 8)}
+    _file(
+        tmp_path / "prev.safetensors",
+        {**held, "lora_te3_encoder_block_0_layer_0_SelfAttention_q": _lora(4096, 4096, 8)},
+    )
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(tmp_path, allow=True, command=command)
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+    assert outcome.conversion.values[("train", "t5_idle")][0] == "kohya"
+    plan = plan_of(outcome, tmp_path)
+    assert "text_encoder_2" in plan.idle_text_encoders and plan.adapter.t5_targets
+    assert plan.adapter.init_weights.endswith("prev.safetensors")
+    _file(tmp_path / "prev.safetensors", held)
+    outcome = kohya(tmp_path, allow=True, command=command)
+    assert (("train", "t5_idle") in outcome.conversion.values) == (not clip), errors(outcome)
+
+
 def test_sd3_lora_file_rates_per_clip_encoder(tmp_path):
     """lora_sd3: CLIP-L (lora_te1_) at text_encoder_lr's first value, CLIP-G (lora_te2_) at its second."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))

@@ -124,7 +124,7 @@ def put_lycoris_t5(a: dict[str, Legacy], conv: Conversion, why: str) -> None:
         conv.put(("train", "t5"), True, why)
 
 
-def _file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
+def file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
     """Whether the --network_weights file holds modules under `prefix` (False unread)."""
     weights = a["network_weights"]
     local = paths.local(weights.value) if weights.value and paths is not None else None

@@ -251,8 +251,11 @@ def t5_trains(
 ) -> bool:
     """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or (`file`) a --dim_from_weights file
     with lora_te3 modules) mapped to `train.t5` and T5's rate, or at T5's rate 0 to `train.t5_idle`
-    (map_t5_idle); False when kohya raises (DBS402)."""
+    (map_t5_idle); False when kohya raises (DBS402). A --network_weights file's T5 modules without
+    --dim_from_weights (conv.facts["t5_file_modules"]) are loaded into them as a --dim_from_weights file's."""
     from dbspec.convert.kohya.train import text_outputs_cached
+
+    file = file or bool(conv.facts.get("t5_file_modules"))
 
     if a["network_train_unet_only"].value:
         conv.inert(

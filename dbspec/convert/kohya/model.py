@@ -25,7 +25,7 @@ from dbspec.convert.kohya.network import (
     put_text_blocks,
 )
 from dbspec.convert.kohya.train import text_outputs_cached
-from dbspec.convert.kohya.idle_text import idle_text_modules, put_lycoris_t5
+from dbspec.convert.kohya.idle_text import file_holds, idle_text_modules, put_lycoris_t5
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
     flow_blocks,
@@ -1442,6 +1442,10 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         if a[key].given and a[key].value:
             conv.ignored(a[key], f"with --dim_from_weights {wanted}'s create_network_from_weights reads none")
             a = {**a, key: Legacy(key=a[key].key, value=None, source="default")}
+    if a["network_weights"].value and not from_file and file_holds(a, paths, "lora_te3_"):
+        # create_network builds T5-XXL's modules (train_t5xxl=True) and load_weights puts the file's in them:
+        # at T5's rate 0 they change its output without training (lora_flux.t5_trains: train.t5_idle)
+        conv.facts["t5_file_modules"] = True
     if not network(a, rank, float(alpha.value), conv):
         return False
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
