@@ -473,15 +473,13 @@ def test_sdxl_file_idle_with_dim_from_weights_keeps_the_file_encoders_alone(tmp_
 IDLE_SPEC = """spec_version = 2
 
 [model]
-base = "builtin:tiny-sdxl"
+base = "builtin:{base}"
 
 [adapter]
 kind = "lora"
 
 [train]
-text_encoder = {first}
-text_encoder_2 = {second}
-text_encoder_idle = "kohya"
+{train}
 
 [[datasets]]
 name = "dog"
@@ -491,6 +489,17 @@ prompt = "a photo of ohwx dog"
 [schedule]
 steps = 10
 """
+
+
+def sdxl_idle(first: str, second: str) -> str:
+    return IDLE_SPEC.format(
+        base="tiny-sdxl",
+        train=f'text_encoder = {first}\ntext_encoder_2 = {second}\ntext_encoder_idle = "kohya"',
+    )
+
+
+def t5_idle(base: str, clip: str, idle: str) -> str:
+    return IDLE_SPEC.format(base=base, train=f"text_encoder = {clip}\n{idle}")
 
 
 @pytest.mark.parametrize(
@@ -503,7 +512,7 @@ steps = 10
 )
 def test_idle_text_encoders_are_the_untrained_clip_encoders(tmp_path, first, second, idle):
     images(tmp_path / "d", 2, (64, 64))
-    (tmp_path / "spec.toml").write_text(IDLE_SPEC.format(first=first, second=second))
+    (tmp_path / "spec.toml").write_text(sdxl_idle(first, second))
     planned = plan_spec(tmp_path / "spec.toml", GPU)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     plan = planned.plan
@@ -522,7 +531,7 @@ def test_an_encoder_without_adapter_layers_is_not_left_idle(tmp_path):
     """No targets (nor norms or blocks) on SDXL's second encoder: nothing to carry there (a LyCORIS preset
     leaving one encoder without modules), so only the first is idle."""
     images(tmp_path / "d", 2, (64, 64))
-    text = IDLE_SPEC.format(first="false", second="false").replace(
+    text = sdxl_idle("false", "false").replace(
         '[adapter]\nkind = "lora"\n', '[adapter]\nkind = "lora"\ntext_encoder_2_targets = []\n'
     )
     (tmp_path / "spec.toml").write_text(text)
@@ -531,28 +540,6 @@ def test_an_encoder_without_adapter_layers_is_not_left_idle(tmp_path):
     assert planned.plan.idle_text_encoders == ("text_encoder",)
     modes = {c.name: c.trainable for c in planned.plan.precision.components}
     assert (modes["text_encoder"], modes["text_encoder_2"]) == ("lora", "frozen")
-
-
-T5_IDLE_SPEC = """spec_version = 2
-
-[model]
-base = "builtin:{base}"
-
-[adapter]
-kind = "lora"
-
-[train]
-text_encoder = {clip}
-{idle}
-
-[[datasets]]
-name = "dog"
-path = "d"
-prompt = "a photo of ohwx dog"
-
-[schedule]
-steps = 10
-"""
 
 
 @pytest.mark.parametrize(
@@ -586,7 +573,7 @@ def test_t5_idle_holds_t5_untrained_in_the_family_order(tmp_path, base, clip, id
     its outputs are not cached. train.text_encoder_idle still warns (DBS598) where every CLIP encoder
     trains."""
     images(tmp_path / "d", 2, (64, 64))
-    (tmp_path / "spec.toml").write_text(T5_IDLE_SPEC.format(base=base, clip=clip, idle=idle))
+    (tmp_path / "spec.toml").write_text(t5_idle(base, clip, idle))
     planned = plan_spec(tmp_path / "spec.toml", GPU)
     assert planned.plan is not None, [d.message for d in planned.diagnostics]
     plan = planned.plan
@@ -603,9 +590,7 @@ def test_t5_idle_holds_t5_untrained_in_the_family_order(tmp_path, base, clip, id
 
 def test_t5_idle_needs_a_t5_family(tmp_path):
     images(tmp_path / "d", 2, (64, 64))
-    (tmp_path / "spec.toml").write_text(
-        T5_IDLE_SPEC.format(base="tiny-sd1", clip="true", idle='t5_idle = "kohya"')
-    )
+    (tmp_path / "spec.toml").write_text(t5_idle("tiny-sd1", "true", 't5_idle = "kohya"'))
     planned = plan_spec(tmp_path / "spec.toml", GPU)
     assert planned.plan is None
     assert [d.path for d in planned.diagnostics if d.code == "DBS600"] == ["train.t5_idle"]

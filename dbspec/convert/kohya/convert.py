@@ -177,7 +177,7 @@ def convert_kohya(
     map_start(a, length.steps_per_epoch, conv, _processes(ka.launcher))
     has_text, has_first = (file_has_text(a, paths), file_has_first_text(a, paths)) if lora else (True, True)
     has_second = file_has_second_text(a, paths) if lora else True
-    idle_file = lora and file_idle(a, paths, script, conv)  # a file's text-encoder modules kept at rate 0
+    idle_file = lora and file_idle(a, paths, script)  # a file's text-encoder modules kept at rate 0
     clip = not lora or file_has_clip(a, paths, script)  # a Flux / SD3 file of T5-XXL's modules alone
     held_file = lora and file_held(a, paths)  # networks.lora_fa's, held in the optimizer at rate 0
     text_encoder = map_text_encoder(

@@ -180,7 +180,7 @@ def _idle_modules(a: dict[str, Legacy], paths, script: str = "") -> dict[str, st
     return idle
 
 
-def file_idle(a: dict[str, Legacy], paths, script: str, conv: Conversion | None = None) -> bool:
+def file_idle(a: dict[str, Legacy], paths, script: str) -> bool:
     """Whether the --network_weights file's text-encoder modules at rate 0 convert as
     train.text_encoder_idle = "kohya" (the idle encoders loaded with the file's modules by
     adapter.init_weights): the scripts and networks idle_kohya takes. create_network builds modules on every
@@ -203,7 +203,7 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
     idle = _idle_modules(a, paths, script)
-    if not idle or file_idle(a, paths, script, conv) or lora_fa_holds(a):
+    if not idle or file_idle(a, paths, script) or lora_fa_holds(a):
         return False  # lora_fa_holds: the text encoder held at optimizer.text_encoder_lr = 0 (file_held)
     weights = a["network_weights"]
     from_file = a["dim_from_weights"]
