@@ -213,7 +213,9 @@ def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
         doc="Denoiser module names (suffixes) that get adapters at `rank`; unset, the family's: the UNet's "
-        "attention projections, and for SD3 also the joint attention's context projections (add_q_proj...).",
+        "attention projections, and for SD3 also the joint attention's context projections (add_q_proj...). "
+        "A name adapts each module whose path is it or ends in `.` and it (peft's rule), so a longer path "
+        "names one block's: `transformer_blocks.12.attn.to_q`.",
     )
 
 

@@ -198,3 +198,31 @@ def flux_lycoris(tmp: Path, network_args: str, flags: str = "") -> Outcome:
     outcome = kohya(tmp, command=f"{FLUX_LYCORIS}--network_args {network_args} {flags}")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     return outcome
+
+
+# train_dreambooth_lora_sd3.py (diffusers 58eb52c) builds the transformer's LoraConfig target_modules so:
+SD3_SCRIPT_LAYERS = [
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+]
+
+
+def sd3_script_targets(lora_layers: str | None, lora_blocks: str | None) -> list[str]:
+    """The script's rule, line for line: --lora_layers (else its default list), each inside every block of
+    --lora_blocks."""
+    if lora_layers is not None:
+        target_modules = [layer.strip() for layer in lora_layers.split(",")]
+    else:
+        target_modules = list(SD3_SCRIPT_LAYERS)
+    if lora_blocks is not None:
+        target_blocks = [int(block.strip()) for block in lora_blocks.split(",")]
+        target_modules = [
+            f"transformer_blocks.{block}.{module}" for block in target_blocks for module in target_modules
+        ]
+    return target_modules

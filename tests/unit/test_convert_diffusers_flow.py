@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import diffusers, messages, empty_hub_cache, fate, images, plan_of  # noqa: F401
+from convert_kit import (  # noqa: F401
+    codes,
+    diffusers,
+    messages,
+    empty_hub_cache,
+    fate,
+    images,
+    plan_of,
+    sd3_script_targets,
+)
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 SD35M = "stabilityai/stable-diffusion-3.5-medium"
@@ -99,11 +108,74 @@ def test_sd3_without_preconditioning_is_the_scripts_loss(tmp_path):
     assert fate(outcome, "precondition_outputs") == "mapped"
 
 
-def test_sd3_lora_blocks_is_unsupported(tmp_path):
+SD35L = "stabilityai/stable-diffusion-3.5-large"
+README_BLOCKS = "12,13,14,15,16,17,18,19,20,21,22,23,24,30,31,32,33,34,35,36,37"  # README_sd3.md's example
+
+
+@pytest.mark.parametrize(
+    ("flags", "layers", "blocks"),
+    [
+        ('--lora_blocks "12,30"', None, "12,30"),
+        (f'--lora_blocks "{README_BLOCKS}"', None, README_BLOCKS),
+        (
+            '--lora_layers attn.to_k,attn.to_q,attn.to_v,attn.to_out.0 --lora_blocks "12, 30"',
+            "attn.to_k,attn.to_q,attn.to_v,attn.to_out.0",
+            "12, 30",
+        ),
+        ("--lora_blocks=7 --lora_layers=ff.net.2,attn.to_add_out", "ff.net.2,attn.to_add_out", "7"),
+    ],
+)
+def test_sd3_lora_blocks_are_the_scripts_target_modules(tmp_path, flags, layers, blocks):
+    """peft matches target_modules as module paths or `.`-suffixes of them, as dbspec matches
+    adapter.denoiser_targets (runtime/adapters.py hands them to peft): the same list adapts the same modules
+    (tests/runtime/test_sd3_lora_blocks.py checks it on SD3.5 large's layout and on a tiny run)."""
+    images(tmp_path / "dog", 3, (512, 512))
+    outcome = diffusers(
+        tmp_path,
+        f"accelerate launch train_dreambooth_lora_sd3.py --pretrained_model_name_or_path={SD35L} "
+        f"--mixed_precision=bf16 --rank 8 {flags} {README}",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome) and "lora_blocks" not in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    expected = sd3_script_targets(layers, blocks)
+    assert list(plan.adapter.denoiser_targets) == expected and len(set(expected)) == len(expected)
+    assert plan.model.family == "sd3" and (plan.adapter.rank, plan.adapter.alpha) == (8, 8.0)
+    assert fate(outcome, "lora_blocks") == "mapped" and fate(outcome, "lora_layers") in (
+        "mapped",
+        "defaulted",
+    )
+
+
+def test_sd3_lora_blocks_repeated_block_is_one_target(tmp_path):
+    """peft's LoraConfig keeps target_modules as a set: a block listed twice adapts its layers once."""
     images(tmp_path / "dog", 3, (512, 512))
     outcome = diffusers(
         tmp_path,
         f"accelerate launch train_dreambooth_lora_sd3.py --pretrained_model_name_or_path={SD35M} "
-        f"--mixed_precision=bf16 --lora_blocks 12,30 {README}",
+        f"--mixed_precision=bf16 --lora_blocks 3,3 --lora_layers attn.to_q {README}",
     )
-    assert not outcome.written and fate(outcome, "lora_blocks") == "unsupported"
+    plan = plan_of(outcome, tmp_path)
+    assert set(plan.adapter.denoiser_targets) == set(sd3_script_targets("attn.to_q", "3,3"))
+    assert plan.adapter.denoiser_targets == ("transformer_blocks.3.attn.to_q",)
+
+
+def test_sd3_lora_blocks_not_integers_stop_the_script(tmp_path):
+    images(tmp_path / "dog", 3, (512, 512))
+    outcome = diffusers(
+        tmp_path,
+        f"accelerate launch train_dreambooth_lora_sd3.py --pretrained_model_name_or_path={SD35M} "
+        f"--mixed_precision=bf16 --lora_blocks 12,last {README}",
+    )
+    assert not outcome.written and "DBS402" in codes(outcome)
+    assert "ValueError" in messages(outcome, "DBS402") and fate(outcome, "lora_blocks") == "invalid"
+
+
+def test_flux_script_has_no_lora_blocks(tmp_path):
+    """train_dreambooth_lora_flux.py has --lora_layers but no --lora_blocks: its argparse exits."""
+    images(tmp_path / "dog", 3, (512, 512))
+    outcome = diffusers(
+        tmp_path,
+        f"accelerate launch train_dreambooth_lora_flux.py --pretrained_model_name_or_path={FLUX} "
+        f"--mixed_precision=bf16 --lora_blocks 3 {README}",
+    )
+    assert not outcome.written and "unrecognized argument" in messages(outcome, "DBS402")

@@ -14,6 +14,7 @@ regresses noise - latents and gives the guidance embedding --guidance_scale.
 from __future__ import annotations
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.families import family_spec
 
 Args = dict[str, Legacy]
 FLUX_LORA = "train_dreambooth_lora_flux"
@@ -114,15 +115,43 @@ def map_flow_adapter(a: Args, script: str, conv: Conversion) -> None:
     if "lora_alpha" in a:
         conv.mapped(a["lora_alpha"], ("adapter", "alpha"), float(a["lora_alpha"].value))
     layers = a["lora_layers"]
-    if layers.value:
-        targets = [t.strip() for t in str(layers.value).split(",") if t.strip()]
-        conv.mapped(layers, ("adapter", "denoiser_targets"), targets)
+    given = [t.strip() for t in str(layers.value).split(",") if t.strip()] if layers.value else []
+    blocks = a["lora_blocks"] if "lora_blocks" in a and a["lora_blocks"].value else None
+    if blocks is not None:
+        _map_lora_blocks(blocks, given, conv)
+        inside = "these layers" if given else "the script's default layers (the family's)"
+        conv.record(layers, "mapped", "adapter.denoiser_targets", f"{inside} in each of lora_blocks")
+    elif given:
+        conv.mapped(layers, ("adapter", "denoiser_targets"), given)
     else:
         conv.record(layers, "mapped", "adapter.denoiser_targets", "the family's defaults are the script's")
-    if "lora_blocks" in a and a["lora_blocks"].value:
-        conv.unsupported(
-            a["lora_blocks"], "LoRA on chosen transformer blocks only (lora_blocks) has no dbspec option"
+
+
+def _map_lora_blocks(blocks: Legacy, layers: list[str], conv: Conversion) -> None:
+    """train_dreambooth_lora_sd3.py's --lora_blocks: its LoraConfig target_modules become
+    `transformer_blocks.<block>.<layer>` for every listed block and every layer (--lora_layers, else its
+    default list, the family's). peft matches a listed name as the module path or a `.`-suffix of it, as
+    dbspec's targets are matched: the LoRA lands on the same modules. A block number int() cannot read stops
+    the script (ValueError); a block or layer the model lacks matches nothing, in both."""
+    try:
+        numbers = [int(b.strip()) for b in str(blocks.value).split(",")]
+    except ValueError:
+        conv.invalid(
+            blocks.key,
+            blocks.value,
+            blocks.source,
+            "int() cannot read a block number (the script stops with ValueError)",
+            help="list transformer block numbers separated by commas, as --lora_blocks 12,30",
         )
+        return
+    layers = layers or list(family_spec("sd3").lora_targets)  # the script's default target_modules
+    targets = [f"transformer_blocks.{n}.{layer}" for n in numbers for layer in layers]
+    conv.mapped(
+        blocks,
+        ("adapter", "denoiser_targets"),
+        list(dict.fromkeys(targets)),  # peft keeps target_modules as a set: repeats change nothing
+        comment=conv.comment(blocks, "the script's target_modules: these layers in these blocks only"),
+    )
 
 
 def map_flow_loss(a: Args, script: str, conv: Conversion) -> None:
