@@ -104,3 +104,22 @@ def test_ignored_alphas_with_kohyas_max_norm_are_refused(tmp_path):
     assert not [d for d in planned.diagnostics if d.code == "DBS601"]
     outcome = _convert(tmp_path, NET + " --scale_weight_norms=1")
     assert fate(outcome, "scale_weight_norms") == "unsupported" and not outcome.written
+
+
+def test_a_lora_flux_file_of_other_alphas_trains_at_network_alpha(tmp_path):
+    """networks.lora_flux's LoRAModule alike: the README's network (dim 16, alpha 8) from a file saved at
+    alpha 2 plans at alpha 8 with the file's alphas unread (no scale unfolded from its lora_up)."""
+    from test_convert_lora_flux import _flux, _kohya_flux_file
+
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=2.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha, a.init_alpha, a.init_layers) == (16, 8.0, "ignore", 3)
+    assert "is 2, not the network's 8" in messages(outcome, "DBS404")
+    # alpha 1: the rank-0 blocks' (modules kohya does not build) is not the run's
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=1.0)
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors")
+    assert plan_of(outcome, tmp_path).adapter.init_alpha == "ignore"
+    _kohya_flux_file(tmp_path / "prev.safetensors", rank=16, alpha=8.0)  # the network's: nothing to say
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors")
+    assert plan_of(outcome, tmp_path).adapter.init_alpha == "match" and "DBS404" not in codes(outcome)

@@ -61,7 +61,8 @@ def map_file_alphas(a: dict[str, Legacy], paths, conv: Conversion) -> None:
             "network's: kohya's max-norm takes each update at the alpha buffer load_weights set from the "
             "file while the module trains at network_alpha's scale, which dbspec's max-norm does not mix",
         )
-    trained = sorted(convolution if other.conv else linear)[0]
+    key = ("adapter", "conv_alpha" if other.conv else "alpha")
+    trained = float(conv.values[key][0]) if key in conv.values else sorted(convolution or linear)[0]
     conv.put(
         ("adapter", "init_alpha"),
         "ignore",
@@ -89,10 +90,14 @@ def _run_alphas(conv: Conversion) -> tuple[set[float], set[float]]:
         {float(values[("adapter", "conv_alpha")][0])} if ("adapter", "conv_alpha") in values else set()
     )
     for path, (value, _) in values.items():
-        if path[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) and value is not None:
-            if path[-1] == "alpha":
-                linear.add(float(value))
-            elif path[-1] == "conv_alpha":
-                convolution.add(float(value))
+        if path[:2] not in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) or value is None:
+            continue
+        rank = values.get((*path[:3], "conv_rank" if path[-1] == "conv_alpha" else "rank"), (None, ""))[0]
+        if rank == 0:  # a block kohya builds no module for
+            continue
+        if path[-1] == "alpha":
+            linear.add(float(value))
+        elif path[-1] == "conv_alpha":
+            convolution.add(float(value))
     rank = values.get(("adapter", "conv_rank"), (0, ""))[0]
     return linear or {1.0}, (convolution or linear or {1.0}) if rank else set()
