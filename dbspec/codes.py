@@ -1578,8 +1578,9 @@ not the adapter's: a layer its targets do not name (`denoiser_targets`, `text_en
 `conv_targets`), a `lora_down` with another rank than `rank` (`conv_rank` for 3x3 convolutions), an `alpha`
 other than `alpha` (`conv_alpha`), a prefix of no model of the family, or a DoRA adapter (the file holds no
 magnitudes). The message names the file and the first tensor that differs. kohya fails on a shape mismatch
-too, and keeps its network's alpha for training while saving the file's; dbspec asks for one alpha. That every
-adapted layer has its tensors in the file is checked when the run loads it. Flux and SD3 files
+too, and keeps its network's alpha for training while saving the file's; dbspec asks for one alpha, unless
+`adapter.init_alpha = "ignore"` (kohya's training: the file's alphas unread, the export the trained one).
+That every adapted layer has its tensors in the file is checked when the run loads it. Flux and SD3 files
 (networks.lora_flux / lora_sd3) name the original model's fused layers: a fused layer's `lora_down` has the
 adapter's rank (one down shared by its parts) or the rank times its parts (`split_qkv`: the parts' downs
 stacked, which shared downs, `fused_projections = true`, cannot take), and its alpha is the adapter's (or, a
@@ -2973,6 +2974,21 @@ gated-MLP Linears) on a T5-XXL that does not train, as kohya's lora_flux / lora_
 `train_t5xxl=True` at T5's `text_encoder_lr` 0. It needs a Flux, SD3 or Chroma model, an adapter kind with
 T5 layers, and `train.t5 = false` (with `train.t5 = true` T5-XXL trains).""",
         help="remove train.t5_idle, or train a Flux, SD3 or Chroma model with train.t5 = false",
+    ),
+    Code(
+        "DBS601",
+        ERROR,
+        'adapter.init_alpha = "ignore" with kohya\'s max-norm regularisation',
+        """\
+`adapter.init_alpha = "ignore"` trains the starting file's weights at the adapter's alpha, as kohya's
+networks.lora does with a `--network_weights` file saved at another alpha (the module's scale is fixed from
+`network_alpha` when it is built). kohya's `apply_max_norm_regularization` (`--scale_weight_norms`,
+`adapter.max_norm` with `max_norm_form = "kohya"`) reads each module's `alpha` buffer instead, which
+`load_weights` set to the file's alpha: it measures the update at a scale the layer does not train at.
+dbspec's max-norm measures it at the trained scale, so the run would differ; LyCORIS's max-norm
+(`max_norm_form = "lycoris"`) uses the module's own scale and is allowed.""",
+        help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
+        "adapter.alpha",
     ),
 )
 

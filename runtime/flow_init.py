@@ -16,12 +16,13 @@ The tensors are copied, as kohya's load_state_dict copies them into a network th
 plan checked the file's alpha: the adapter's, or for a split layer the adapter's times the parts, which
 dbspec's export writes so loaders that read alpha / rows of lora_down keep each part's scale). Where dbspec's
 export folded a scale into lora_up (Flux's final layer, alpha = rank; split parts of different scales) it is
-unfolded, so an export loads back to the same adapter. The adaLN layers whose diffusers form holds
-(scale, shift) where the original holds (shift, scale) have their up rows swapped back. A file module no
-adapted layer matches, or an adapted layer missing from the file, is an error naming the file and tensor,
-unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then the layers the file lacks
-keep their init and its other modules are ignored. SD3's patch convolution in LoCon's Tucker form
-(lycoris.kohya with use_tucker) takes the file's `lora_mid` too."""
+unfolded, so an export loads back to the same adapter (with `plan.adapter.init_alpha` "ignore" the file's
+alphas are not read and nothing is unfolded: kohya's modules keep network_alpha's scale). The adaLN layers
+whose diffusers form holds (scale, shift) where the original holds (shift, scale) have their up rows swapped
+back. A file module no adapted layer matches, or an adapted layer missing from the file, is an error naming
+the file and tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then the
+layers the file lacks keep their init and its other modules are ignored. SD3's patch convolution in LoCon's
+Tucker form (lycoris.kohya with use_tucker) takes the file's `lora_mid` too."""
 
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
     state = load_file(path)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
+    if plan.adapter.init_alpha == "ignore":  # kohya's modules keep network_alpha's scale: no alpha read,
+        # no scale unfolded from lora_up; the tensors load as they are
+        state = {k: v for k, v in state.items() if not k.endswith(_ALPHA)}
     done: set[str] = set()
     skipped: list[str] = []
     with torch.no_grad():

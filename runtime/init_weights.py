@@ -1,13 +1,15 @@
 """Start a LoRA from a kohya-layout file (`plan.adapter.init_weights`, kohya `--network_weights`).
 
-The plan checked the file's layers, ranks and alphas against the adapter; here every peft LoRA layer is named
-as kohya names it (the `kohya_lora` exporter's names, so an export loads back exactly) and its `lora_A` /
-`lora_B` are set from the file's `lora_down` / `lora_up` before step 0. Layers of models that do not train are
-skipped; a trained layer missing from the file, or a file layer no trained layer matches, is an error naming
-the file and the tensor, unless `plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then
-the layers and tensors the file lacks keep their init and the file's other layers are ignored. A LyCORIS
-LoCon with use_tucker (plan.adapter.tucker) also takes each k x k convolution's `lora_mid` into its Tucker
-layer's middle convolution (runtime/locon_tucker.py), as LoConModule's load_state_dict does.
+The plan checked the file's layers, ranks and alphas against the adapter (the alphas unless
+`plan.adapter.init_alpha` is "ignore": then every layer keeps the adapter's alpha, as kohya's network keeps
+network_alpha's scale); here every peft LoRA layer is named as kohya names it (the `kohya_lora` exporter's
+names, so an export loads back exactly) and its `lora_A` / `lora_B` are set from the file's `lora_down` /
+`lora_up` before step 0. Layers of models that do not train are skipped; a trained layer missing from the
+file, or a file layer no trained layer matches, is an error naming the file and the tensor, unless
+`plan.adapter.init_partial` (kohya's `load_state_dict(strict=False)`): then the layers and tensors the file
+lacks keep their init and the file's other layers are ignored. A LyCORIS LoCon with use_tucker
+(plan.adapter.tucker) also takes each k x k convolution's `lora_mid` into its Tucker layer's middle
+convolution (runtime/locon_tucker.py), as LoConModule's load_state_dict does.
 
 A DyLoRA (plan.adapter.kind "dylora", kohya networks.dylora's `load_weights`) loads the same layout: each
 layer's `lora_down` rows and `lora_up` columns are cut into its blocks of `unit` ranks, as kohya's
@@ -154,7 +156,9 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
             if partial and key not in modules:
                 continue  # kohya's network keeps this layer's own init
             loaded += 1
-            stored = state.get(key + _ALPHA)
+            # adapter.init_alpha "ignore": the layer keeps its alpha, as kohya's LoRAModule keeps the scale it
+            # built from network_alpha when load_weights overwrites its alpha buffer
+            stored = state.get(key + _ALPHA) if plan.adapter.init_alpha == "match" else None
             if stored is not None and not math.isclose(float(stored), alpha, rel_tol=1e-3):
                 raise ValueError(
                     f"{path}: tensor `{key}{_ALPHA}` is {float(stored):g}; the run's layer has {alpha:g}"

@@ -477,8 +477,14 @@ def _assemble(
     if init[0]:
         partial = getattr(spec.adapter, "init_partial", False)
         scale = getattr(spec.adapter, "init_scale", 1.0)  # full: the file's diff times it
+        alphas = getattr(spec.adapter, "init_alpha", "match")  # lora: the file's alphas ignored, as kohya
         adapter = attrs.evolve(
-            adapter, init_weights=init[0], init_layers=init[1], init_partial=partial, init_scale=scale
+            adapter,
+            init_weights=init[0],
+            init_layers=init[1],
+            init_partial=partial,
+            init_scale=scale,
+            init_alpha=alphas,
         )
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)

@@ -4,7 +4,9 @@ adapter at plan time from its header (and its alpha bytes), without torch.
 kohya loads the file into its network with `load_state_dict(strict=False)`: a tensor whose shape differs
 fails, a layer the network lacks is ignored silently, and the network keeps its own alpha for the scale
 (networks/lora.py computes `alpha / dim` at construction) while saving the file's. dbspec asks for the file's
-layers, ranks and alphas to be the adapter's, so what trains and what is saved cannot diverge; only the layers
+layers, ranks and alphas to be the adapter's, so what trains and what is saved cannot diverge, unless
+`adapter.init_alpha = "ignore"` says the file's alphas are not the run's (kohya's training; the export then
+carries the trained alpha; not with kohya's max-norm, which reads the file's alpha: DBS601); only the layers
 of a model that does not train are ignored (a warning), as kohya drops those networks in `apply_to`. That
 every adapted layer has its tensors in the file is checked when the runtime loads it (the module list
 needs the model). `adapter.init_partial` loads as kohya does: layers the file lacks keep their init, file
@@ -77,6 +79,8 @@ def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tup
             help='set adapter.init_weights = ""',
         )
         return "", 0
+    if _ignored_alpha_max_norm(ctx, adapter):
+        return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
     # LyCORIS's LoCon with weight_decompose (dora_form "lycoris"): its file holds each module's dora_scale,
     # which runtime/init_weights.py (SD 1.x/2.x, SDXL) or runtime/flow_init.py (Flux / SD3) loads as it is
@@ -143,7 +147,7 @@ def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tup
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
                 help="make the adapter's rank, alpha and targets the file's (kohya --dim_from_weights "
-                "reads them from the file), or start from another file",
+                "reads them from the file), or start from another file" + _alpha_help(problem),
             )
             return "", 0
         used += 1
@@ -198,6 +202,40 @@ def _other_axis_dora(ctx: Context, path, adapter, header=None, family: str = "",
         )
         return True
     return False
+
+
+def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
+    """DBS601 (and True): adapter.init_alpha = "ignore" with kohya's max-norm regularisation. kohya's
+    apply_max_norm_regularization scales each update by its `alpha` buffer over the rank, and load_weights
+    put the file's alpha in that buffer: the norm is taken at the file's alpha while the layer trains at
+    network_alpha's, which dbspec's max-norm (the layer's own scale) does not reproduce. LyCORIS's max-norm
+    (max_norm_form "lycoris") uses the module's scale from construction, the run's."""
+    if getattr(adapter, "init_alpha", "match") != "ignore" or not adapter.max_norm:
+        return False
+    if adapter.max_norm_form != "kohya":
+        return False
+    ctx.report(
+        "DBS601",
+        "error",
+        f'adapter.init_alpha = "ignore" with adapter.max_norm = {adapter.max_norm:g} (max_norm_form = '
+        "\"kohya\"): kohya's max-norm measures each update at the starting file's alpha (the buffer "
+        "load_weights overwrote) while the layer trains at the adapter's; dbspec measures it at the trained "
+        "alpha",
+        ("adapter", "init_alpha"),
+        help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
+        "adapter.alpha",
+    )
+    return True
+
+
+def _alpha_help(problem: str) -> str:
+    """The DBS356 help's way out for a file of other alphas: kohya trains such a file at its own alpha."""
+    if ".alpha`" not in problem:
+        return ""
+    return (
+        "; or set adapter.init_alpha = \"ignore\" to train the file's weights at the adapter's alpha, as "
+        "kohya's networks.lora does with a --network_weights file saved at another alpha"
+    )
 
 
 def _targeted(module: LoraModule, adapter: LoraAdapter, denoiser: bool) -> bool:
@@ -276,10 +314,20 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool
             f"tensor {tensor} has shape {list(module.down)} and the module no `lora_mid`; adapter.tucker = "
             "true (LoCon's Tucker form) builds each k x k convolution's lora_down 1x1 with a lora_mid"
         )
-    if module.alpha is not None and not math.isclose(module.alpha, alpha, rel_tol=1e-3):
+    if (
+        _alphas_read(adapter)
+        and module.alpha is not None
+        and not math.isclose(module.alpha, alpha, rel_tol=1e-3)
+    ):
         name = "conv_alpha" if module.conv else "alpha"
         return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.{name} is {alpha:g}"
     return ""
+
+
+def _alphas_read(adapter) -> bool:
+    """Whether the file's alphas must be the adapter's (adapter.init_alpha "match"); "ignore": kohya's
+    networks.lora scales at network_alpha / rank whatever the file's alpha buffer holds."""
+    return getattr(adapter, "init_alpha", "match") == "match"
 
 
 def file_ranks(file: LoraFile) -> dict[str, tuple[int, float]]:
@@ -348,7 +396,8 @@ def _plan_flow_file(ctx: Context, path, file: LoraFile, family: str, adapter, tr
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
                 help="make the adapter's rank, alpha and fused_projections the file's (kohya's "
-                "split_qkv=True is fused_projections = false), or start from another file",
+                "split_qkv=True is fused_projections = false), or start from another file"
+                + _alpha_help(problem),
             )
             return "", 0
         used += 1
@@ -371,7 +420,11 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
             return f"module `{module.name}` {held}; adapter.tucker is {str(adapter.tucker).lower()}"
         if module.rank != adapter.conv_rank:
             return f"tensor {tensor} has rank {module.rank}; adapter.conv_rank is {adapter.conv_rank}"
-        if module.alpha is not None and not math.isclose(module.alpha, adapter.conv_alpha, rel_tol=1e-3):
+        if (
+            _alphas_read(adapter)
+            and module.alpha is not None
+            and not math.isclose(module.alpha, adapter.conv_alpha, rel_tol=1e-3)
+        ):
             conv_alpha = adapter.conv_alpha
             return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.conv_alpha is {conv_alpha:g}"
         return ""
@@ -389,7 +442,12 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
                 f"tensor {tensor} has rank {module.rank} (shape {list(module.down)}); adapter.rank is {rank}"
             )
         folded = module.name in FLOW_FOLDED and module.alpha == module.rank
-        if module.alpha is not None and not folded and not math.isclose(module.alpha, alpha, rel_tol=1e-3):
+        if (
+            _alphas_read(adapter)
+            and module.alpha is not None
+            and not folded
+            and not math.isclose(module.alpha, alpha, rel_tol=1e-3)
+        ):
             return f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.alpha is {alpha:g}"
         return ""
     parts = len(group.parts)
@@ -419,7 +477,9 @@ def _flow_mismatch(module: LoraModule, adapter: LoraAdapter, family: str) -> str
             f"tensor {tensor} of the fused {group.kohya_name} has {module.rank} rows; adapter.rank {rank} "
             f"needs {rank} (one shared down) or {rank * parts} ({parts} parts' downs, split_qkv)"
         )
-    if module.alpha is not None and not any(math.isclose(module.alpha, a, rel_tol=1e-3) for a in alphas):
+    if not _alphas_read(adapter) or module.alpha is None:
+        return ""
+    if not any(math.isclose(module.alpha, a, rel_tol=1e-3) for a in alphas):
         return (
             f"tensor `{module.name}.alpha` is {module.alpha:g}; adapter.alpha {alpha:g} needs "
             + " or ".join(f"{a:g}" for a in alphas)

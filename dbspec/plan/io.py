@@ -261,6 +261,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "blocks", "*", "bypass"): lambda run: run["adapter"].get("bypass", False),
         ("adapter", "text_encoder_blocks", "*", "bypass"): lambda run: run["adapter"].get("bypass", False),
         ("adapter", "init_partial"): False,  # kohya's strict=False start, added since (exact files then)
+        (
+            "adapter",
+            "init_alpha",
+        ): "match",  # the file's alphas ignored as kohya does, added since (checked then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then
         ("adapter", "ggpo_sigma"): None,

@@ -258,6 +258,9 @@ class AdapterPlan:
     # lora: init_weights loaded as kohya loads it (strict=False): layers the file lacks keep their init, file
     # layers the adapter lacks are ignored (adapter.init_partial); False: both refused when the run loads it
     init_partial: bool = False
+    # lora: init_weights' alpha tensors "match" the layers' (checked), or "ignore"d: the layers train at the
+    # adapter's alpha / rank on the file's weights, as kohya's networks.lora does (adapter.init_alpha)
+    init_alpha: Literal["match", "ignore"] = "match"
     # full: init_weights' diff / diff_b times this start the copies (kohya --dim_from_weights: 2)
     init_scale: float = 1.0
     multiplier: float = 1.0  # lora: the update's scale in this run (kohya's network multiplier); alpha kept

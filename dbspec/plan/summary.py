@@ -757,8 +757,12 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                     if a.init_partial
                     else ""
                 )
+                + (f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else "")
                 + (
-                    f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else ""
+                    "; its alphas ignored: the layers train at the adapter's alpha / rank, as kohya's "
+                    "networks.lora (exports carry that alpha)"
+                    if a.init_alpha == "ignore"
+                    else ""
                 ),
             )
         )

@@ -958,6 +958,20 @@ class LoraAdapter:
         "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
         "first layer.",
     )
+    # kohya's LoRAModule fixes its scale (network_alpha / rank) at construction; load_weights then overwrites
+    # only the `alpha` buffer, which save_weights writes back
+    init_alpha: Literal["match", "ignore"] = option(
+        "match",
+        doc="What `init_weights`' `alpha` tensors mean. match: they must be the adapter's `alpha` "
+        "(`conv_alpha`, a block's own; checked at plan time), so what trains and what is saved agree. "
+        "ignore: they are not read; every layer trains at the adapter's alpha / rank on the file's "
+        "`lora_down` / `lora_up`, as kohya's networks.lora (lora_flux, lora_sd3) trains from a "
+        "`--network_weights` file saved at another alpha (its modules' scale is fixed from "
+        "`network_alpha` when the network is built; the file's alpha only overwrites a buffer). dbspec's "
+        "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
+        "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
+        "measures each update at the file's alpha).",
+    )
     init_scale: float = _full_blocks_init_scale()
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(

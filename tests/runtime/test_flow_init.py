@@ -195,3 +195,26 @@ def test_flux_final_layer_folded_and_swapped_loads_back(tmp_path):
     assert a.keys() == b.keys() and any("norm_out" in n for n in a)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_kohya_flux_file_of_other_alphas_loads_as_it_is_with_init_alpha_ignore(tmp_path):
+    """adapter.init_alpha = "ignore" (kohya lora_flux's LoRAModule keeps network_alpha's scale; load_weights
+    only overwrites its alpha buffer): a split_qkv file whose alphas are all 5 is refused without it (DBS356,
+    its help naming the option) and with it loads every tensor as it is, no scale read or unfolded, so the
+    adapters equal the run that wrote the file (alpha 2)."""
+    export, first = _export(tmp_path, "flux", False)
+    other = tmp_path / "alpha5.safetensors"
+    save_file(
+        {k: torch.tensor(5.0) if k.endswith(".alpha") else v for k, v in load_file(str(export)).items()},
+        str(other),
+    )
+    assert "init_alpha" in _refusal(tmp_path, "flux", False, other)
+    spec = _second(tmp_path, "flux", False, other)
+    spec.write_text(spec.read_text().replace("init_weights =", 'init_alpha = "ignore"\ninit_weights ='))
+    comps, count = _loaded(compile_spec(spec, ["optimizer.lr=1e-2"]))
+    assert count
+    for ours, theirs in [(comps.unet, first.unet), *zip(comps.text_encoders, first.text_encoders)]:
+        a, b = _trained(ours), _trained(theirs)
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

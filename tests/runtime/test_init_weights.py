@@ -129,3 +129,43 @@ def test_idle_text_encoders_hold_the_files_modules_out_of_the_optimizer(tmp_path
     )
     kept = trainable_state(run.comps, plan)  # what a checkpoint holds: the idle encoder's modules too
     assert sum(k.startswith("text_encoder.") for k in kept) == len(held)
+
+
+def test_a_file_saved_at_another_alpha_trains_at_the_adapters_and_exports_it(tmp_path):
+    """adapter.init_alpha = "ignore" (kohya --network_weights saved at another alpha than --network_alpha):
+    kohya's LoRAModule keeps the scale it built from network_alpha (alpha / dim) and load_weights only puts
+    the file's alpha in its buffer. Step 0's layers compute base + up @ down x * alpha / rank with the file's
+    tensors at the adapter's alpha (1 / 2, not the file's 4 / 2), and the export carries that alpha (kohya's
+    save_weights would write the file's 4 from the buffer)."""
+    export = _first_export(tmp_path)
+    saved = {k: (torch.tensor(4.0) if k.endswith(".alpha") else v) for k, v in load_file(str(export)).items()}
+    other = tmp_path / "alpha4.safetensors"
+    save_file(saved, str(other))
+    extra = FIRST.replace("alpha = 1.0", f'alpha = 1.0\ninit_weights = "{other}"\ninit_alpha = "ignore"')
+    plan = compile_spec(write_spec(tmp_path / "second", steps=1, extra=extra), ["optimizer.lr=1e-2"])
+    assert (plan.adapter.alpha, plan.adapter.init_alpha) == (1.0, "ignore")
+
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    layers = {
+        "lora_unet_" + n.replace(".", "_"): m
+        for n, m in run.comps.unet.named_modules()
+        if hasattr(m, "lora_A")
+    }
+    checked = 0
+    for key, layer in sorted(layers.items()):
+        if "default" not in layer.lora_A or not isinstance(layer.base_layer, torch.nn.Linear):
+            continue
+        down, up = saved[f"{key}.lora_down.weight"].float(), saved[f"{key}.lora_up.weight"].float()
+        assert up.abs().sum() > 0  # a trained file: the scale shows in the output
+        x = torch.randn(2, 3, down.shape[1], generator=torch.Generator().manual_seed(checked))
+        base = torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), base + x @ down.T @ up.T * (1.0 / 2), rtol=1e-5, atol=1e-6)
+        checked += 1
+    assert checked >= 4
+    # what the kohya_lora export writes (checkpoints.exports): the alpha the layers train at, not the file's 4
+    state, _ = kohya_lora_state(
+        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
+    )
+    alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
+    assert alphas == {1.0} and state.keys() == saved.keys()

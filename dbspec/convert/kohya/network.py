@@ -23,6 +23,7 @@ from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
+from dbspec.convert.kohya.file_alpha import map_file_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.convert.kohya.lycoris_file import (
     BUILTIN_TABLES,
@@ -1291,6 +1292,7 @@ def map_network_weights(
     if not from_file.value:
         if lycoris:
             _other_axis_dora(weights, paths, conv)
+        map_file_alphas(a, paths, conv)  # kohya's networks.lora: a file of other alphas trains at its own
         return
     local = paths.local(weights.value)
     try:
