@@ -13,7 +13,6 @@ from typing import Literal, Union
 import attrs
 
 from dbspec.families import Family as ModelFamily
-from dbspec.plan.model import BNB_MIN_8BIT_SIZE
 from dbspec.spec.fields import option
 
 SPEC_VERSION = 2  # 2: the trained network is the denoiser (train.unet -> train.denoiser, ...)
@@ -2801,7 +2800,7 @@ class Optimizer:
         "decoupled_weight_decay; kohya's RAdam optimizer_args).",
     )
     min_8bit_size: int = option(
-        BNB_MIN_8BIT_SIZE,
+        4096,  # bitsandbytes' default, the plan's BNB_MIN_8BIT_SIZE (spec cannot import plan)
         doc="adamw8bit, paged_adamw8bit, lion8bit, paged_lion8bit, ademamix8bit, paged_ademamix8bit: "
         "tensors with fewer elements than this keep their optimizer state in 32 bits (bitsandbytes' "
         "min_8bit_size); 0 keeps every tensor's state in 8 bits.",

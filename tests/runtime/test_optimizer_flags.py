@@ -7,8 +7,12 @@ the classes."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
+
+from dbspec.plan.model import BNB_MIN_8BIT_SIZE
 
 from dbspec.runtime.optim import make_optimizer, param_groups
 from tests.runtime.optim_kit import same, step_alike
@@ -79,6 +83,8 @@ def test_min_8bit_size_reaches_the_bitsandbytes_class(spec, kind, cls):
     step_alike([optimizer, reference], [ours, theirs], n=3)
     assert same(ours, theirs) and not same(ours, _params())
     assert optimizer.state[ours[0]]["state1"].dtype == torch.float32
+    default = inspect.signature(getattr(bnb.optim, cls)).parameters["min_8bit_size"].default
+    assert default == BNB_MIN_8BIT_SIZE  # the plan's default is bitsandbytes' own
 
 
 def test_the_bitsandbytes_adamw_variants_the_converter_maps_step_alike():

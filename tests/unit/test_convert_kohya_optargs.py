@@ -22,6 +22,12 @@ from convert_kit import (
     plan_of,
     write,
 )
+from dbspec.plan.model import BNB_MIN_8BIT_SIZE
+from dbspec.spec.model import Optimizer
+
+
+def test_the_spec_default_is_the_plans_bitsandbytes_default():
+    assert Optimizer().min_8bit_size == BNB_MIN_8BIT_SIZE == 4096
 
 
 def strict(outcome):
