@@ -885,8 +885,9 @@ An FSDP setting (`fsdp_*`) with another strategy, or a ZeRO setting (`zero_*`) w
         "An optimizer option the chosen kind does not use",
         """\
 An optimizer option the chosen `optimizer.kind` does not use (warning): the D-Adaptation settings (`d0`,
-`growth_rate`, `decouple`, `use_bias_correction`, `no_prox`) outside the dadapt_* kinds that take them, or
-Adafactor's (`relative_step`, `scale_parameter`, `warmup_init`) with another kind.""",
+`growth_rate`, `decouple`, `use_bias_correction`, `no_prox`) outside the dadapt_* kinds that take them,
+Adafactor's (`relative_step`, `scale_parameter`, `warmup_init`) with another kind, `decoupled_weight_decay`
+outside radam, or `min_8bit_size` outside bitsandbytes' 8-bit kinds.""",
     ),
     Code(
         "DBS271",

@@ -79,7 +79,13 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
             **implementation(opt),
         )
     if kind == "radam":
-        return torch.optim.RAdam(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        return torch.optim.RAdam(
+            groups,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            decoupled_weight_decay=opt.decoupled_weight_decay,
+        )
     if kind == "adafactor":
         return _adafactor(groups, opt)
     if kind.startswith("dadapt_"):
@@ -87,7 +93,13 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     if kind in BITSANDBYTES_CLASSES:
         bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
         optimizer_class = getattr(bnb.optim, BITSANDBYTES_CLASSES[kind])
-        return optimizer_class(groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        return optimizer_class(
+            groups,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            min_8bit_size=opt.min_8bit_size,
+        )
     if kind == "prodigy":
         prodigy = _import("prodigyopt", "pip install prodigyopt")
         return prodigy.Prodigy(groups, betas=opt.betas, weight_decay=opt.weight_decay)
@@ -115,11 +127,14 @@ BITSANDBYTES_LION_CLASSES = {
 
 
 def _bnb_lion(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
-    """bitsandbytes' Lion classes as kohya builds them, `cls(params, lr=lr, **optimizer_args)` with betas and
-    weight_decay (bitsandbytes' Lion has no eps)."""
+    """bitsandbytes' Lion classes as kohya builds them, `cls(params, lr=lr, **optimizer_args)` with betas,
+    weight_decay (bitsandbytes' Lion has no eps) and min_8bit_size (the plan's 4096 for paged_lion, whose
+    32-bit state never reads it)."""
     bnb = _import("bitsandbytes", "pip install 'dbspec[quant]' (bitsandbytes)")
     optimizer_class = getattr(bnb.optim, BITSANDBYTES_LION_CLASSES[opt.kind])
-    return optimizer_class(groups, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+    return optimizer_class(
+        groups, betas=tuple(opt.betas), weight_decay=opt.weight_decay, min_8bit_size=opt.min_8bit_size
+    )
 
 
 def _ademamix(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
@@ -136,6 +151,7 @@ def _ademamix(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
         t_beta3=a.t_beta3,
         eps=opt.eps,
         weight_decay=opt.weight_decay,
+        min_8bit_size=opt.min_8bit_size,
     )
 
 

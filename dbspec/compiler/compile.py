@@ -38,6 +38,7 @@ from dbspec.compiler.optimizers import (
     ademamix_plan,
     came_plan,
     dadapt_plan,
+    min_8bit_size,
     relative_step,
     schedulefree_plan,
 )
@@ -592,6 +593,8 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         schedulefree=schedulefree_plan(o),
         came=came_plan(o),
         implementation=o.implementation,
+        decoupled_weight_decay=o.decoupled_weight_decay and o.kind == "radam",
+        min_8bit_size=min_8bit_size(o),
         split=o.split,
         split_order=_split_order(spec, model),
         split_train=o.split_train if o.split > 1 else "all",  # DBS554 refuses them without a split

@@ -3,8 +3,15 @@ schedule-free optimizers' and CAME's (kohya's optimizer_args)."""
 
 from __future__ import annotations
 
-from dbspec.plan.model import AdafactorPlan, AdEMAMixPlan, CAMEPlan, DAdaptPlan, ScheduleFreePlan
-from dbspec.spec.model import ADEMAMIX_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
+from dbspec.plan.model import (
+    BNB_MIN_8BIT_SIZE,
+    AdafactorPlan,
+    AdEMAMixPlan,
+    CAMEPlan,
+    DAdaptPlan,
+    ScheduleFreePlan,
+)
+from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
 
 # dadaptation's per-kind constructor arguments beyond lr, betas, eps, weight_decay, momentum.
 DADAPT_ARGS = {
@@ -47,6 +54,8 @@ _KIND_ARGS = (
     "weight_lr_power",
     "silent_sgd_phase",
     "came_eps",
+    "decoupled_weight_decay",
+    "min_8bit_size",
 )
 # kinds that use optimizer.momentum / three betas
 MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
@@ -109,17 +118,25 @@ def came_plan(o: Optimizer) -> CAMEPlan | None:
     return CAMEPlan(clip_threshold=o.clip_threshold, eps=(o.came_eps[0], o.came_eps[1]))
 
 
+def min_8bit_size(o: Optimizer) -> int:
+    """bitsandbytes' min_8bit_size for the 8-bit kinds; the other kinds keep no 8-bit state (the default)."""
+    return o.min_8bit_size if o.kind in BNB_8BIT_KINDS else BNB_MIN_8BIT_SIZE
+
+
 def relative_step(o: Optimizer) -> bool:
     return o.kind == "adafactor" and o.relative_step
 
 
 def unused_args(kind: str) -> list[str]:
-    """The D-Adaptation, Adafactor, AdEMAMix, schedule-free and CAME options `kind` does not use."""
+    """The D-Adaptation, Adafactor, AdEMAMix, schedule-free, CAME, RAdam and bitsandbytes 8-bit options
+    `kind` does not use."""
     used = (
         *DADAPT_ARGS.get(kind, ()),
         *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),
         *(CAME_ARGS if kind == "came" else ()),
+        *(("decoupled_weight_decay",) if kind == "radam" else ()),
+        *(("min_8bit_size",) if kind in BNB_8BIT_KINDS else ()),
     )
     return [name for name in _KIND_ARGS if name not in used]

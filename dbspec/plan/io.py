@@ -177,6 +177,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("precision", "quantize_backend"): "quanto",  # quantisation backends, added since (quanto only then)
         ("precision", "compile"): None,  # torch.compile (precision.compile), added since
         ("optimizer", "implementation"): "default",  # torch's own kernel choice then
+        ("optimizer", "decoupled_weight_decay"): False,  # RAdam's decoupled decay, added since
+        ("optimizer", "min_8bit_size"): 4096,  # bitsandbytes' default, the only one then
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
         ("pivotal",): None,  # pivotal tuning

@@ -917,6 +917,10 @@ class OptimizerBlockPlan:
     lr: float
 
 
+# bitsandbytes' min_8bit_size default: tensors with fewer elements keep 32-bit optimizer state
+BNB_MIN_8BIT_SIZE = 4096
+
+
 @frozen
 class OptimizerPlan:
     kind: str
@@ -946,6 +950,10 @@ class OptimizerPlan:
     # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
     # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)
     implementation: Literal["default", "foreach", "fused"] = "default"
+    # radam: torch RAdam's decoupled_weight_decay (weights decay by lr x weight_decay, not via the gradient)
+    decoupled_weight_decay: bool = False
+    # the bitsandbytes 8-bit kinds: tensors under this many elements keep 32-bit state (bitsandbytes' default)
+    min_8bit_size: int = BNB_MIN_8BIT_SIZE
     # optimizer.split: one optimizer (and LR schedule) per chunk of the trained tensors (dbspec/plan/split.py,
     # kohya's --fused_optimizer_groups); 1 = one optimizer
     split: int = 1

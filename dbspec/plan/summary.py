@@ -12,6 +12,7 @@ from dbspec.plan.scaled_pos import area_bounds, grid_of
 from dbspec.families import FAMILIES, family_spec
 from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
+    BNB_MIN_8BIT_SIZE,
     BYPASS_KINDS,
     FP16_GRAD_SCALER,
     CaptionPlan,
@@ -352,6 +353,7 @@ def schedule_table(plan: Plan) -> Table:
             + (f", Nesterov momentum {plan.optimizer.momentum:g}" if plan.optimizer.nesterov else "")
             + _loraplus(plan)
             + _optimizer_extras(plan)
+            + _optimizer_flags(plan.optimizer)
             + (
                 f", {plan.optimizer.implementation} kernel"
                 if plan.optimizer.implementation != "default"
@@ -1302,6 +1304,16 @@ def _optimizer_extras(plan: Plan) -> str:
     if o.kind in _BNB_LION_CLASSES:
         return _bnb_lion_extras(o)
     return _adafactor_extras(o)
+
+
+def _optimizer_flags(o) -> str:
+    """Constructor flags off their defaults: RAdam's decoupled decay, bitsandbytes' min_8bit_size."""
+    flags = (
+        "; weight decay decoupled (torch RAdam's decoupled_weight_decay)" if o.decoupled_weight_decay else ""
+    )
+    if o.min_8bit_size != BNB_MIN_8BIT_SIZE:
+        flags += f"; tensors under {o.min_8bit_size} elements keep 32-bit state (min_8bit_size)"
+    return flags
 
 
 # plan kind -> the bitsandbytes class it builds (the runtime's BITSANDBYTES_LION_CLASSES)

@@ -2517,6 +2517,15 @@ ADEMAMIX_BETAS = [0.9, 0.999, 0.9999]
 # bitsandbytes' Lion optimizers (kohya's Lion8bit, PagedLion8bit, `bitsandbytes.optim.PagedLion`): one moment.
 BNB_LION_KINDS = ("lion8bit", "paged_lion", "paged_lion8bit")
 BNB_LION_BETAS = [0.9, 0.99]  # bitsandbytes' Lion defaults
+# bitsandbytes' optimizers with 8-bit state: tensors under optimizer.min_8bit_size elements keep 32 bits.
+BNB_8BIT_KINDS = (
+    "adamw8bit",
+    "paged_adamw8bit",
+    "lion8bit",
+    "paged_lion8bit",
+    "ademamix8bit",
+    "paged_ademamix8bit",
+)
 # Meta's schedule-free optimizers (the `schedulefree` package, kohya's *ScheduleFree optimizer types).
 SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
 # CAME (the came_pytorch package, kohya's `came_pytorch.CAME`): three betas, an eps pair.
@@ -2799,6 +2808,20 @@ class Optimizer:
         True,
         doc="radam_schedulefree: no update while RAdam's variance is not yet tractable (schedulefree's "
         "silent_sgd_phase).",
+    )
+    decoupled_weight_decay: bool = option(
+        False,
+        doc="radam: AdamW-style weight decay, each weight multiplied by 1 - lr x weight_decay before the "
+        "update, instead of weight_decay x weight added to the gradient (torch RAdam's "
+        "decoupled_weight_decay; kohya's RAdam optimizer_args).",
+    )
+    min_8bit_size: int = option(
+        4096,  # bitsandbytes' default, the plan's BNB_MIN_8BIT_SIZE (spec cannot import plan)
+        doc="adamw8bit, paged_adamw8bit, lion8bit, paged_lion8bit, ademamix8bit, paged_ademamix8bit: "
+        "tensors with fewer elements than this keep their optimizer state in 32 bits (bitsandbytes' "
+        "min_8bit_size); 0 keeps every tensor's state in 8 bits.",
+        minimum=0,
+        example=16384,
     )
     implementation: Literal["default", "foreach", "fused"] = option(
         "default",

@@ -16,7 +16,6 @@ from convert_kit import (
     kohya_lora,
     SD15,
     SDXL,
-    codes,
     empty_hub_cache,  # noqa: F401 (an autouse fixture)
     fate,
     images,
@@ -183,9 +182,13 @@ def test_a_bare_paged_lion_name_is_invalid_as_kohya_looks_it_up_in_torch_optim(t
     assert "torch.optim" in found[0].message and "bitsandbytes.optim.PagedLion" in found[0].help
 
 
-def test_a_min_8bit_size_other_than_the_default_is_unsupported(tmp_path):
-    outcome = kohya_lora(tmp_path, '--optimizer_type Lion8bit --optimizer_args "min_8bit_size=16384"')
-    assert "DBS403" in codes(outcome) and "min_8bit_size=16384" in messages(outcome, "DBS403")
+def test_a_min_8bit_size_other_than_the_default_is_the_optimizer_option(tmp_path):
+    """Was DBS403: bitsandbytes keeps 32-bit state for tensors under min_8bit_size elements (issue 12)."""
+    outcome = expressible_strict(
+        kohya_lora(tmp_path, '--optimizer_type Lion8bit --optimizer_args "min_8bit_size=16384"')
+    )
+    o = plan_of(outcome, tmp_path).optimizer
+    assert (o.kind, o.min_8bit_size) == ("lion8bit", 16384)
 
 
 def test_use_lion_optimizer_stays_lion_pytorch(tmp_path):

@@ -480,10 +480,10 @@ def test_radam_is_torch_radam_with_its_defaults(tmp_path):
     assert (o.kind, o.weight_decay, o.betas) == ("radam", 0.1, (0.9, 0.99))
     lower = kohya_lora(tmp_path / "d3", "--optimizer_type radam")
     assert fate(lower, "optimizer_type") == "invalid" and "case-sensitive" in messages(lower, "DBS402")
-    decoupled = kohya_lora(
-        tmp_path / "d4", '--optimizer_type RAdam --optimizer_args "decoupled_weight_decay=True"'
+    decoupled = expressible(
+        kohya_lora(tmp_path / "d4", '--optimizer_type RAdam --optimizer_args "decoupled_weight_decay=True"')
     )
-    assert "decoupled_weight_decay" in messages(decoupled, "DBS403")
+    assert plan_of(decoupled, tmp_path / "d4").optimizer.decoupled_weight_decay  # was DBS403 (issue 12)
 
 
 @pytest.mark.parametrize(

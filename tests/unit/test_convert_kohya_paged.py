@@ -43,12 +43,13 @@ def test_paged_optimizer_arguments_are_kept(tmp_path):
     assert (o.kind, o.weight_decay, o.betas) == ("paged_adamw8bit", 0.1, (0.9, 0.99))
 
 
-def test_a_paged_adamw_made_8bit_by_its_arguments_is_refused(tmp_path):
-    """PagedAdamW(optim_bits=8) keeps 8-bit state, which paged_adamw (32-bit) is not: DBS403, not a silent
-    change; optim_bits=32 is PagedAdamW's default and converts."""
+def test_a_paged_adamw_made_8bit_by_its_arguments_is_paged_adamw8bit(tmp_path):
+    """bitsandbytes 0.50's PagedAdamW passes optim_bits on to the Optimizer2State PagedAdamW8bit builds with
+    8 (was DBS403, issue 12); optim_bits=32 is PagedAdamW's default and stays paged_adamw."""
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     eight = kohya(tmp_path, command=f'{LORA} --optimizer_type PagedAdamW --optimizer_args "optim_bits=8"')
-    assert "DBS403" in codes(eight) and "optim_bits=8" in messages(eight, "DBS403")
+    assert not {"DBS402", "DBS403", "DBS404"} & codes(eight), messages(eight, "DBS403")
+    assert plan_of(eight, tmp_path).optimizer.kind == "paged_adamw8bit"
     thirty_two = kohya(
         tmp_path, command=f'{LORA} --optimizer_type PagedAdamW --optimizer_args "optim_bits=32"'
     )

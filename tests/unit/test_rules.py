@@ -661,6 +661,23 @@ CASES = [
         ],
         DOG + STEPS + '[optimizer]\nkind = "dadapt_sgd"\nlr = 1.0\ngrowth_rate = 1.02\nd0 = 1e-5\n',
     ),
+    (  # RAdam's decoupled decay and bitsandbytes' min_8bit_size (8-bit kinds only) are inert elsewhere
+        rules.optimizer_args_unused,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "paged_lion"\ndecoupled_weight_decay = true\nmin_8bit_size = 16384\n',
+        [
+            ("DBS270", "warning", ("optimizer", "decoupled_weight_decay")),
+            ("DBS270", "warning", ("optimizer", "min_8bit_size")),
+        ],
+        DOG + STEPS + '[optimizer]\nkind = "paged_lion8bit"\nmin_8bit_size = 16384\n',
+    ),
+    (
+        rules.optimizer_args_unused,
+        DOG + STEPS + '[optimizer]\nkind = "adamw8bit"\ndecoupled_weight_decay = true\n',
+        [("DBS270", "warning", ("optimizer", "decoupled_weight_decay"))],
+        DOG + STEPS + '[optimizer]\nkind = "radam"\ndecoupled_weight_decay = true\n',
+    ),
     (
         rules.dadapt_learning_rate,
         DOG + STEPS + '[optimizer]\nkind = "dadapt_adam"\nlr = 0.1\n',

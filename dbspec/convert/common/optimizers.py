@@ -14,11 +14,13 @@ they were.
 from __future__ import annotations
 
 import ast
+import math
 from typing import Any
 
 import attrs
 
-from dbspec.spec.model import ADEMAMIX_KINDS, BNB_LION_KINDS
+from dbspec.plan.model import BNB_MIN_8BIT_SIZE
+from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, BNB_LION_KINDS
 
 # kind -> defaults of the constructor the legacy tool calls (weight_decay, betas, eps)
 _DEFAULTS = {
@@ -71,7 +73,10 @@ _OWN_KEYS = {
     "dadapt_lion": ("d0",),
     "dadapt_sgd": ("d0", "growth_rate"),
     "came": ("clip_threshold",),
+    "radam": ("decoupled_weight_decay",),  # torch.optim.RAdam's flag
 }
+for _kind in BNB_8BIT_KINDS:  # bitsandbytes' 8-bit classes: smaller tensors keep 32-bit state
+    _OWN_KEYS[_kind] = (*_OWN_KEYS.get(_kind, ()), "min_8bit_size")
 _DADAPT_HARMLESS = {"log_every": 0, "fsdp_in_use": False}
 # Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
 _HARMLESS = {
@@ -85,22 +90,20 @@ _HARMLESS = {
         "growth_rate": float("inf"),
     },
     "adamw": {"amsgrad": False},
-    "radam": {"decoupled_weight_decay": False, "foreach": None, "maximize": False},
+    "lion": {"decoupled_weight_decay": False, "use_triton": False},  # lion_pytorch.Lion
+    "radam": {"foreach": None, "maximize": False},
     "adamw8bit": {"amsgrad": False},
-    "paged_adamw": {"amsgrad": False, "optim_bits": 32},
+    "paged_adamw": {"amsgrad": False, "optim_bits": 32, "min_8bit_size": BNB_MIN_8BIT_SIZE},
     "paged_adamw8bit": {"amsgrad": False},
     **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
 }
 _SCHEDULEFREE_HARMLESS = {"foreach": True}  # the foreach implementation computes the same update
 _HARMLESS.update(
     {
-        "ademamix": {"optim_bits": 32, "min_8bit_size": 4096, "is_paged": False},
-        "ademamix8bit": {"min_8bit_size": 4096, "is_paged": False},
-        "paged_ademamix": {"optim_bits": 32, "min_8bit_size": 4096},
-        "paged_ademamix8bit": {"min_8bit_size": 4096},
-        "lion8bit": {"min_8bit_size": 4096},
-        "paged_lion": {"min_8bit_size": 4096},
-        "paged_lion8bit": {"min_8bit_size": 4096},
+        "ademamix": {"optim_bits": 32, "min_8bit_size": BNB_MIN_8BIT_SIZE, "is_paged": False},
+        "ademamix8bit": {"is_paged": False},
+        "paged_ademamix": {"optim_bits": 32, "min_8bit_size": BNB_MIN_8BIT_SIZE},
+        "paged_lion": {"min_8bit_size": BNB_MIN_8BIT_SIZE},
         **{
             k: _SCHEDULEFREE_HARMLESS
             for k in ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree")
@@ -309,7 +312,7 @@ _ADAMW = (
     "differentiable",
     "fused",
 )
-_BNB = ("optim_bits", "args", "min_8bit_size", "percentile_clipping", "block_wise", "is_paged")
+_BNB = ("optim_bits", "args", "min_8bit_size", "is_paged")  # bitsandbytes 0.50's AdamW8bit
 _SGD = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "fused")
 _KOHYA_ACCEPTS = {
     "": _ADAMW,  # torch.optim.AdamW
@@ -334,15 +337,8 @@ _KOHYA_ACCEPTS = {
     ),
     # kohya passes nesterov=True itself, so a second one is a TypeError
     "sgdnesterov": tuple(k for k in _SGD if k != "nesterov"),
-    "sgdnesterov8bit": (  # bitsandbytes.optim.SGD8bit
-        "momentum",
-        "dampening",
-        "weight_decay",
-        "args",
-        "min_8bit_size",
-        "percentile_clipping",
-        "block_wise",
-    ),
+    # bitsandbytes.optim.SGD8bit (0.50; kohya passes nesterov=True itself)
+    "sgdnesterov8bit": ("momentum", "dampening", "weight_decay", "args", "min_8bit_size"),
     "adafactor": (  # transformers.optimization.Adafactor
         "eps",
         "clip_threshold",
@@ -441,6 +437,7 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         )
     if lower == "came":
         problems += _came_problems(kwargs)
+    problems += _bnb_adamw_problems(lower, kwargs)
     if betas is not None and not (
         isinstance(betas, (tuple, list))
         and len(betas) == count
@@ -453,6 +450,30 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             else "a pair of numbers such as betas=0.9,0.999"
         )
         problems.append(f"`betas={betas!r}`: expected {expected}")
+    return problems
+
+
+def _bnb_adamw_problems(lower: str, kwargs: dict[str, Any]) -> list[str]:
+    """bitsandbytes 0.50's AdamW8bit and PagedAdamW8bit raise ValueError on amsgrad=True and on an optim_bits
+    other than 32 (their state is 8 bits whatever it says); PagedAdamW passes optim_bits on, and its state
+    (Optimizer2State.init_state) raises NotImplementedError at the first step for anything but 8 or 32."""
+    problems = []
+    if lower in ("adamw8bit", "pagedadamw8bit"):
+        cls = {"adamw8bit": "AdamW8bit", "pagedadamw8bit": "PagedAdamW8bit"}[lower]
+        if "amsgrad" in kwargs and kwargs["amsgrad"]:
+            problems.append(
+                f"`amsgrad={kwargs['amsgrad']!r}`: bitsandbytes' {cls} does not support it (ValueError)"
+            )
+        if "optim_bits" in kwargs and kwargs["optim_bits"] != 32:
+            problems.append(
+                f"`optim_bits={kwargs['optim_bits']!r}`: bitsandbytes' {cls} only takes optim_bits=32, its "
+                "default (ValueError); its state is 8-bit either way"
+            )
+    if lower == "pagedadamw" and "optim_bits" in kwargs and kwargs["optim_bits"] not in (8, 32):
+        problems.append(
+            f"`optim_bits={kwargs['optim_bits']!r}`: bitsandbytes keeps 8- or 32-bit state and raises "
+            "NotImplementedError at the first step"
+        )
     return problems
 
 
@@ -502,6 +523,38 @@ def lion_variant(kind: str, kwargs: dict[str, Any]) -> str:
     return ("paged_" if paged else "") + ("lion8bit" if eight else "lion")
 
 
+def adamw_variant(name: str, kind: str, kwargs: dict[str, Any]) -> str:
+    """bitsandbytes 0.50's AdamW classes are one Optimizer2State("adam", ...) with their bits and paging:
+    `PagedAdamW(optim_bits=8)` and `AdamW8bit(is_paged=True)` build PagedAdamW8bit's exact optimizer (the same
+    state, update and paging). PagedAdamW32bit hard-codes 32 bits (see bnb_ignored). The kind kohya's name
+    `name` (optimizer_type) and its arguments make."""
+    lower = DOTTED_OPTIMIZERS[name][1] if name in DOTTED_OPTIMIZERS else name.lower()
+    if lower == "pagedadamw" and "optim_bits" in kwargs and kwargs["optim_bits"] == 8:
+        return "paged_adamw8bit"
+    if lower == "adamw8bit" and "is_paged" in kwargs and kwargs["is_paged"] is True:
+        return "paged_adamw8bit"
+    return kind
+
+
+# bitsandbytes' classes with 32-bit state: min_8bit_size only ever sends a tensor to 32 bits
+_BNB_32BIT_KINDS = ("paged_adamw", "paged_lion", "ademamix", "paged_ademamix")
+
+
+def bnb_ignored(name: str, kind: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    """Arguments bitsandbytes 0.50 takes and never reads for kohya's `name` built as `kind` (after the
+    variants): key -> why. kohya passes them, and they change nothing."""
+    lower = name.lower()
+    ignored = {}
+    if lower in ("pagedadamw", "pagedadamw32bit") and "amsgrad" in kwargs and kwargs["amsgrad"]:
+        ignored["amsgrad"] = f"bitsandbytes' {name} never passes amsgrad on (plain AdamW)"
+    if lower == "pagedadamw32bit" and "optim_bits" in kwargs and kwargs["optim_bits"] != 32:
+        ignored["optim_bits"] = f"bitsandbytes' {name} hard-codes 32-bit state"
+    size = kwargs["min_8bit_size"] if "min_8bit_size" in kwargs else BNB_MIN_8BIT_SIZE
+    if kind in _BNB_32BIT_KINDS and size != BNB_MIN_8BIT_SIZE:
+        ignored["min_8bit_size"] = "its state is 32-bit, so no tensor has 8-bit state to keep from"
+    return ignored
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
@@ -532,9 +585,18 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         for k, v in kwargs.items()
         if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
     }
-    if kind in ADEMAMIX_KINDS or kind in BNB_LION_KINDS:  # the kind says them (ademamix_/lion_variant)
+    # the kind says them (ademamix_/lion_/adamw_variant); kohya_constructor_problems refused the others
+    if kind in (*ADEMAMIX_KINDS, *BNB_LION_KINDS, "adamw8bit", "paged_adamw", "paged_adamw8bit"):
         rest = {k: v for k, v in rest.items() if not (k == "is_paged" and isinstance(v, bool))}
         rest = {k: v for k, v in rest.items() if not (k == "optim_bits" and v in (8, 32))}
+    if "decoupled_weight_decay" in merged:  # torch tests it for truth
+        merged["decoupled_weight_decay"] = bool(merged["decoupled_weight_decay"])
+    if "min_8bit_size" in merged:
+        size = _min_8bit_size(merged.pop("min_8bit_size"))
+        if size is None:
+            rest["min_8bit_size"] = kwargs["min_8bit_size"]
+        else:
+            merged["min_8bit_size"] = size
     for key in ("d0", "growth_rate"):  # TOML floats stay floats (d0=1 is an int literal)
         if key in merged:
             merged[key] = float(merged[key])
@@ -553,6 +615,29 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
             merged[key] = int(merged[key] or 0)
     given = frozenset(renamed.get(k, k) for k in kwargs)
     return Settings(values=merged, unsupported=rest, given=given)
+
+
+def lion_decoupled_decay(kwargs: dict[str, Any], learning_rate: float) -> dict[str, Any] | None:
+    """lion_pytorch's Lion(decoupled_weight_decay=True) divides each group's weight_decay by the lr given to
+    its constructor (kohya's learning_rate) at every step: the same Python division done once, as the
+    plain weight_decay dbspec's Lion (not decoupled) applies. The arguments with that weight_decay and without
+    the flag; None when the flag is off or there is no positive rate to divide by."""
+    if "decoupled_weight_decay" not in kwargs or not kwargs["decoupled_weight_decay"] or learning_rate <= 0:
+        return None
+    rest = {k: v for k, v in kwargs.items() if k != "decoupled_weight_decay"}
+    decay = kwargs["weight_decay"] if "weight_decay" in kwargs else _DEFAULTS["lion"]["weight_decay"]
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        return None
+    return {**rest, "weight_decay": decay / learning_rate}
+
+
+def _min_8bit_size(value: Any) -> int | None:
+    """bitsandbytes keeps 32-bit state where `p.numel() < min_8bit_size`: for a whole number of elements
+    that is numel < ceil(value), and a value below 0 sends no tensor there, as 0 does. None: not a finite
+    number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return max(0, math.ceil(value))
 
 
 def adafactor_flags(kwargs: dict[str, Any]) -> dict[str, bool]:

@@ -18,9 +18,12 @@ from dbspec.convert.kohya.rate_zero import (
 )
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
+    adamw_variant,
     ademamix_variant,
+    bnb_ignored,
     kohya_constructor_problems,
     kohya_optimizer,
+    lion_decoupled_decay,
     lion_variant,
     optimizer_settings,
     parse_kohya_args,
@@ -1349,10 +1352,15 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             help='use optimizer_type = "Adafactor", or add relative_step=False to optimizer_args',
         )
         return
-    kind = lion_variant(ademamix_variant(name.kind, kwargs), kwargs)
+    kind = adamw_variant(kind_arg.value, lion_variant(ademamix_variant(name.kind, kwargs), kwargs), kwargs)
     if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
         conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
-    settings = optimizer_settings(kind, kwargs, nesterov=name.nesterov)
+    ignored = bnb_ignored(kind_arg.value, kind, kwargs)
+    if ignored:
+        conv.ignored(args, "; ".join(f"`{k}={kwargs[k]!r}`: {why}" for k, why in ignored.items()))
+        kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
+    decoupled = lion_decoupled_decay(kwargs, float(a["learning_rate"].value)) if kind == "lion" else None
+    settings = optimizer_settings(kind, decoupled or kwargs, nesterov=name.nesterov)
     defaults = Optimizer(kind=kind)
     for key, value in settings.values.items():
         if value == getattr(defaults, key):
@@ -1364,6 +1372,12 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             conv.comment(
                 args if given else kind_arg, "" if given else f"{kind_arg.value or 'AdamW'} default"
             ),
+        )
+    if decoupled and decoupled["weight_decay"]:
+        conv.put(
+            ("optimizer", "weight_decay"),
+            decoupled["weight_decay"],
+            conv.comment(args, "lion_pytorch's decoupled_weight_decay: weight_decay / learning_rate"),
         )
     if settings.unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())
