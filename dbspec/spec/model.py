@@ -2538,7 +2538,7 @@ def _default_betas(o) -> list[float]:
         return list(ADEMAMIX_BETAS)
     if o.kind == "came":
         return list(CAME_BETAS)
-    if o.kind in BNB_LION_KINDS:
+    if o.kind in BNB_LION_KINDS or o.kind == "lion":  # lion_pytorch's Lion has bitsandbytes' defaults
         return list(BNB_LION_BETAS)
     return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
 
@@ -2638,7 +2638,8 @@ class Optimizer:
         "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
         "gradient's and the instability's decays).",
         derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
-        "and came; [0.9, 0.99] for lion8bit, paged_lion, paged_lion8bit (bitsandbytes' Lion defaults)",
+        "and came; [0.9, 0.99] for lion, lion8bit, paged_lion, paged_lion8bit (the Lion defaults of lion_pytorch and "
+        "bitsandbytes)",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)

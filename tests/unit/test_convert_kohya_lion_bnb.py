@@ -195,3 +195,22 @@ def test_use_lion_optimizer_stays_lion_pytorch(tmp_path):
     """kohya's --use_lion_optimizer is optimizer_type Lion: lion_pytorch's, not bitsandbytes'."""
     plan = plan_of(expressible_strict(kohya_lora(tmp_path, "--use_lion_optimizer")), tmp_path)
     assert plan.optimizer.kind == "lion"
+
+
+@pytest.mark.parametrize(
+    ("kind", "module", "class_name"),
+    [
+        ("lion", "lion_pytorch", "Lion"),
+        ("lion8bit", "bitsandbytes.optim", "Lion8bit"),
+        ("paged_lion", "bitsandbytes.optim", "PagedLion"),
+        ("paged_lion8bit", "bitsandbytes.optim", "PagedLion8bit"),
+    ],
+)
+def test_a_specs_default_lion_betas_are_the_librarys(kind, module, class_name):
+    """A hand-written spec's `kind = "lion"` without betas runs lion_pytorch's Lion at its own defaults
+    (0.9, 0.99), as the bitsandbytes kinds run theirs (it defaulted to Adam's 0.999 before)."""
+    from dbspec.spec.model import Optimizer
+
+    cls = getattr(pytest.importorskip(module), class_name)
+    default = inspect.signature(cls.__init__).parameters["betas"].default
+    assert Optimizer(kind=kind).betas == list(default)
