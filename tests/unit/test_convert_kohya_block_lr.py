@@ -180,12 +180,32 @@ def test_one_fused_group_over_relative_step_adafactor_runs(tmp_path):
     assert [b.lr for b in plan.optimizer.blocks] == pytest.approx([4e-6 if r else 0.0 for r in RATES])
 
 
-def test_fused_groups_that_keep_their_chunks_are_unsupported_with_block_lr(tmp_path):
-    """Prodigy estimates d per kohya chunk (optimizer.split), which dbspec cannot cut into block groups."""
-    outcome = _sdxl_full(
-        tmp_path, "--optimizer_type Prodigy --learning_rate 1 --fused_optimizer_groups 4 " + _block_lr(RATES)
-    )
-    assert fate(outcome, "block_lr") == "unsupported" and "optimizer.split = 4" in messages(outcome, "DBS403")
+@pytest.mark.parametrize(
+    ("extra", "split"),
+    [
+        ("--optimizer_type Prodigy --learning_rate 1 --fused_optimizer_groups 4", {}),  # d per chunk
+        (
+            "--fused_optimizer_groups 4 --gradient_accumulation_steps 2",  # the first chunk per micro-batch
+            {"split_first_step": "micro_batch"},
+        ),
+        (
+            "--optimizer_type Adafactor --optimizer_args relative_step=False --fused_backward_pass "
+            "--fused_optimizer_groups 4",  # kohya hooks its first optimizer alone
+            {"split_train": "first"},
+        ),
+    ],
+)
+def test_fused_groups_that_keep_their_chunks_cut_the_block_groups(tmp_path, extra, split):
+    """Where the run keeps kohya's chunks (optimizer.split), the block groups are cut into them as kohya
+    cuts them (runtime/optim_split.py; tests/runtime/test_optimizer_split.py checks the chunks against
+    kohya's loop): the plan holds the blocks at their rates and the split; the run lists the chunks."""
+    outcome = _sdxl_full(tmp_path, f"{extra} " + _block_lr(RATES))
+    assert not errors(outcome) and fate(outcome, "block_lr") == "mapped"
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert [b.lr for b in o.blocks] == pytest.approx(RATES)
+    assert (o.split, o.split_order, o.split_chunks, o.clip_mode) == (4, "original", (), "norm_per_tensor")
+    assert {key: getattr(o, key) for key in split} == split
 
 
 def test_block_lr_is_inert_when_the_unet_does_not_train(tmp_path):

@@ -22,9 +22,10 @@ The block groups are made before train_util.get_optimizer, so what the optimizer
 - `fused_optimizer_groups N`: kohya cuts the groups' tensors into chunks of ceil(tensors / N), a new chunk
   where the rate changes (so at every block boundary between different rates), one optimizer and schedule
   each. Optimizers that update each tensor on their own step as one optimizer (train.py _optimizer_groups
-  leaves the split out): the blocks at their rates. Where dbspec keeps the chunks (`optimizer.split`:
+  leaves the split out): the blocks at their rates. Where the conversion keeps the chunks (`optimizer.split`:
   Prodigy / D-Adaptation, accumulation, fp16's scaled first chunk, `fused_backward_pass` with the groups)
-  it cannot cut the block groups (DBS563): DBS403. Under Adafactor's relative step kohya stops as soon as
+  dbspec cuts the block groups into them as kohya does (runtime/optim_split.py, the blocks' tensors in
+  kohya's UNet's order, blocks in index order). Under Adafactor's relative step kohya stops as soon as
   there are two optimizers: get_optimizer set `learning_rate` to None at the first and writes
   `lr_scheduler = "adafactor:None"` at the second, which get_scheduler_fix's float() rejects (DBS402).
 """
@@ -53,7 +54,7 @@ def full_block_pattern(index: int) -> str:
 
 
 def map_block_lr(a: Args, script: str, conv: Conversion) -> None:
-    """Runs after map_optimizer and map_precision: reads whether they kept the chunks (optimizer.split)."""
+    """Runs after map_optimizer and map_precision (its note says whether they kept the chunks)."""
     if script != "sdxl_train" or "block_lr" not in a or not a["block_lr"].value:
         return  # kohya: an empty block_lr is none
     legacy = a["block_lr"]
@@ -79,26 +80,20 @@ def map_block_lr(a: Args, script: str, conv: Conversion) -> None:
             help="pass relative_step=False in optimizer_args, or remove fused_optimizer_groups",
         )
         return
-    if ("optimizer", "split") in conv.values:
-        split = conv.values[("optimizer", "split")][0]
-        conv.unsupported(
-            legacy,
-            f"kohya cuts the block groups into fused_optimizer_groups' chunks, which this run keeps "
-            f"(optimizer.split = {split}), and dbspec cannot split [[optimizer.blocks]] (DBS563)",
-        )
-        return
     if relative:
         _map_relative(a, legacy, rates, conv)
         return
     _put_blocks(legacy, rates, conv)
-    groups = a["fused_optimizer_groups"] if "fused_optimizer_groups" in a else None
-    note = (
-        "kohya's fused_optimizer_groups chunks (a new one at each change of rate) update each tensor on "
-        "its own: one optimizer with the block groups steps alike"
-        if groups is not None and groups.value
-        else ""
-    )
-    conv.record(legacy, "mapped", "optimizer.blocks", note=note)
+    conv.record(legacy, "mapped", "optimizer.blocks", note=_fused_note(a, conv))
+
+
+def _fused_note(a: Args, conv: Conversion) -> str:
+    """What kohya's fused_optimizer_groups chunks (a new one at each change of rate) become."""
+    if "fused_optimizer_groups" not in a or not a["fused_optimizer_groups"].value:
+        return ""
+    if ("optimizer", "split") in conv.values:
+        return "optimizer.split cuts the block groups into kohya's chunks, a new one at each change of rate"
+    return "kohya's chunks update each tensor on their own: one optimizer with the block groups steps alike"
 
 
 def _rates(legacy: Legacy, conv: Conversion) -> list[float] | None:
