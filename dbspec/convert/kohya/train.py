@@ -12,6 +12,7 @@ from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
 from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
+    relative_step_first_rate,
     lora_fa_holds,
     lora_fa_not_held,
     torch_schedule_moves_a_zero_group,
@@ -990,7 +991,10 @@ def map_learning_rates(
             return
         if held:
             te = a["learning_rate_te"]
-            conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
+            if text_encoder and ("optimizer", "text_encoder_lr") not in conv.values:
+                conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
+            elif te.given and te.key not in conv.reports:
+                conv.inert(te, "Adafactor's relative step ignores the rates (kohya removes them)")
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
@@ -1085,18 +1089,34 @@ def _train_db_unet_trains_anyway(
     """train_db.py's learning_rate 0 where the optimizer does not take the U-Net group's rate: dadaptation's
     DAdaptLion steps every group by d x the largest group rate (the text encoder's), and Adafactor's relative
     step ignores the rates (kohya removes them). The U-Net trains as the text encoder does: dbspec's run with
-    optimizer.lr = learning_rate_te, the denoiser and text encoder training (True)."""
+    optimizer.lr = learning_rate_te, the denoiser and text encoder training (True).
+
+    Without a positive learning_rate_te Adafactor's relative step still trains every tensor in the optimizer
+    (the U-Net; the text encoder while it trains) at its own step: optimizer.lr (and text_encoder_lr) =
+    the relative step's first rate, only the logged initial one (True). DAdaptLion's largest rate is then
+    the text-encoder group's, which exists when the encoder is built into the optimizer
+    (stop_text_encoder_training None or >= 0) with learning_rate_te given: with stop_text_encoder_training 0
+    that group never gets a gradient, yet its rate steps the U-Net (optimizer.lr = learning_rate_te, the
+    text encoder untrained, True); else the largest rate is 0 and nothing moves (None, DBS403)."""
     te = a["learning_rate_te"]
-    if not text_encoder or not te.value:
-        anyway = (
-            "Adafactor's relative step ignores the rates"
-            if kind == "adafactor"
-            else "DAdaptLion steps every group by d x the largest rate"
+    if kind == "adafactor" and not (text_encoder and te.value):
+        rate = relative_step_first_rate(a)
+        why = (
+            "Adafactor's relative step ignores the groups' rates (kohya removes them): every tensor in "
+            f"the optimizer trains at its own step; {rate:g} is the relative step's first rate, only the "
+            "logged initial one"
         )
+        conv.mapped(unet_lr, ("optimizer", "lr"), rate, comment=conv.comment(unet_lr, why), note=why)
+        if text_encoder:
+            conv.put(("optimizer", "text_encoder_lr"), rate, conv.comment(unet_lr, why))
+        return True
+    stop = a["stop_text_encoder_training"].value
+    te_group = te.value is not None and (stop is None or int(stop) >= 0)
+    if not te_group or not te.value:
         conv.unsupported(
             unet_lr,
-            f"train_db.py trains the U-Net anyway ({anyway}), but without a text encoder training at "
-            "learning_rate_te there is no positive rate to give dbspec's optimizer.lr",
+            "train_db.py steps every group at learning rate 0 and DAdaptLion steps each by d x the largest "
+            "group rate, 0 here: nothing trains",
             help="give learning_rate the rate the U-Net should have",
         )
         return None
@@ -1105,9 +1125,12 @@ def _train_db_unet_trains_anyway(
         "text encoder does, at its own relative step"
         if kind == "adafactor"
         else "dadaptation's DAdaptLion steps every group by d x the largest group's rate, the text "
-        "encoder's: the U-Net trains as the text encoder does"
+        "encoder's: the U-Net trains at it"
+        + ("" if text_encoder else " (the text encoder's group, never given a gradient, trains nothing)")
     )
     conv.mapped(unet_lr, ("optimizer", "lr"), float(te.value), comment=conv.comment(unet_lr, why), note=why)
+    if not text_encoder:
+        conv.record(te, "mapped", "optimizer.lr")
     return True
 
 
