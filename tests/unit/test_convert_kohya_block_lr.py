@@ -168,6 +168,24 @@ def test_fused_groups_over_relative_step_adafactor_stop_kohya(tmp_path, extra, r
     assert outcome.exit_code == 1 and "adafactor:None" in messages(outcome, "DBS402")
 
 
+@pytest.mark.parametrize(
+    ("extra", "stops"),
+    [
+        ("--fused_optimizer_groups 4", True),
+        ("--fused_optimizer_groups 1", True),  # the text encoders' 1e-6 starts a second chunk
+        ("--fused_optimizer_groups 1 --learning_rate_te1 4e-6 --learning_rate_te2 4e-6", False),
+    ],
+)
+def test_fused_groups_over_relative_step_adafactor_without_block_lr(tmp_path, extra, stops):
+    """The same stop without block_lr: two optimizers or more (kohya's chunks) are DBS402; one runs."""
+    outcome = _sdxl_full(tmp_path, f"--optimizer_type Adafactor {extra}")
+    if stops:
+        assert outcome.exit_code == 1 and "adafactor:None" in messages(outcome, "DBS402")
+        assert fate(outcome, "fused_optimizer_groups") == "invalid"
+    else:
+        assert not errors(outcome) and plan_of(outcome, tmp_path).optimizer.adafactor.relative_step
+
+
 def test_one_fused_group_over_relative_step_adafactor_runs(tmp_path):
     """fused_optimizer_groups 1 with one rate along every group (the blocks' and the text encoders'): one
     optimizer, kohya runs; the blocks at 0 stay out of it."""

@@ -68,7 +68,7 @@ def map_block_lr(a: Args, script: str, conv: Conversion) -> None:
         conv.unsupported(legacy, "a negative block learning rate")
         return
     relative = adafactor_relative_step(a)
-    if relative and _fused_optimizers(a, rates) > 1 and not a["lr_scheduler_type"].value:
+    if relative and fused_optimizer_count(a, rates) > 1 and not a["lr_scheduler_type"].value:
         conv.invalid(
             legacy.key,
             legacy.value,
@@ -139,10 +139,10 @@ def _map_relative(a: Args, legacy: Legacy, rates: list[float], conv: Conversion)
     )
 
 
-def _fused_optimizers(a: Args, rates: list[float]) -> int:
-    """How many optimizers sdxl_train.py's fused_optimizer_groups builds over the block groups and the text
-    encoders' (0 without it): with N > 1, more than one (SDXL's U-Net has thousands of tensors); with N = 1,
-    one per run of equal rates along the groups in order."""
+def fused_optimizer_count(a: Args, rates: list[float]) -> int:
+    """How many optimizers sdxl_train.py's fused_optimizer_groups builds over the U-Net's groups at `rates`
+    (the block groups', or [learning_rate]) and the text encoders' (0 without it): with N > 1, more than one
+    (SDXL's U-Net has thousands of tensors); with N = 1, one per run of equal rates along the groups."""
     groups = a["fused_optimizer_groups"].value if "fused_optimizer_groups" in a else None
     if not groups:
         return 0

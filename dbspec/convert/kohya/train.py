@@ -10,6 +10,7 @@ import attrs
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
+from dbspec.convert.kohya.block_lr import fused_optimizer_count
 from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
     relative_step_first_rate,
@@ -1418,10 +1419,37 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
                     note="kohya clips each parameter's gradient by its own norm in the backward hook",
                 )
             if key == "fused_optimizer_groups":
+                if not _fused_schedules_run(a, conv):
+                    return
                 _optimizer_groups(a, conv)
             elif "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
                 _first_group_only(a, conv)
             return
+
+
+def _fused_schedules_run(a: Args, conv: Conversion) -> bool:
+    """--fused_optimizer_groups calls get_optimizer once per chunk. Under Adafactor's relative step the first
+    call sets learning_rate to None and lr_scheduler to `adafactor:<learning_rate>`, the second writes
+    `adafactor:None`, and get_scheduler_fix's float() rejects it: with two optimizers or more kohya stops
+    (unless lr_scheduler_type, which get_scheduler_fix reads first). With --block_lr, block_lr.py says so."""
+    if not adafactor_relative_step(a) or a["lr_scheduler_type"].value:
+        return True
+    if "block_lr" in a and a["block_lr"].value:
+        return True  # block_lr.py counts the chunks over the block groups' rates
+    lr = float(a["learning_rate"].value or 0)
+    if fused_optimizer_count(a, [lr]) < 2:
+        return True
+    groups = a["fused_optimizer_groups"]
+    conv.invalid(
+        groups.key,
+        groups.value,
+        groups.source,
+        "with Adafactor's relative step kohya builds one optimizer per chunk; get_optimizer sets "
+        'learning_rate to None at the first, so the second writes lr_scheduler "adafactor:None" and '
+        "get_scheduler_fix raises (ValueError: could not convert string to float: 'None')",
+        help="pass relative_step=False in optimizer_args, or remove fused_optimizer_groups",
+    )
+    return False
 
 
 def _fused_backward_pass_runs(a: Args, conv: Conversion) -> bool:
