@@ -2538,9 +2538,9 @@ nothing.""",
         """\
 `[[optimizer.blocks]]` give the denoiser's parameters per-block learning rates in a full fine-tune (kohya
 sdxl_train.py `--block_lr`). They need `adapter.kind = "none"` (an adapter's blocks take `[[adapter.blocks]]`
-`lr_scale`), a denoiser that trains, one optimizer (`optimizer.split` cuts the tensors its own way), and
-patterns that are Python regular expressions. Each block at a rate above 0 is an optimizer group of its own,
-`denoiser_block<i>` (its position), which per-group schedule tables (`schedule.base_lr`, ...) name.""",
+`lr_scale`), a denoiser that trains, and patterns that are Python regular expressions. Each block at a rate
+above 0 is an optimizer group of its own, `denoiser_block<i>` (its position), which per-group schedule tables
+(`schedule.base_lr`, ...) name.""",
         help="remove [[optimizer.blocks]], or the setting it cannot combine with",
     ),
     # An adapter block's own learning rate (adapter.blocks lr, kohya Flux network_reg_lrs): DBS564.

@@ -191,13 +191,15 @@ class SplitScheduler:
 
 def in_split_order(groups: list[dict], plan: Plan, unet: torch.nn.Module) -> list[dict]:
     """The groups with the denoiser's tensors in the original layout's order when the plan says so (kohya's
-    SDXL UNet registers them so); the groups as given otherwise."""
+    SDXL UNet registers them so), within each of optimizer.blocks' groups too (kohya's
+    get_block_params_to_optimize walks its UNet's parameters into the blocks, which follow in index order);
+    the groups as given otherwise."""
     if plan.optimizer.split_order != "original":
         return groups
     rank = {id(param): index for index, (_, param) in enumerate(original_order(unet))}
     return [
         {**group, "params": sorted(group["params"], key=lambda p: rank[id(p)])}
-        if group.get("name") == "denoiser"
+        if group.get("name") == "denoiser" or str(group.get("name")).startswith("denoiser_block")
         else group
         for group in groups
     ]

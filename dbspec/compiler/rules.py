@@ -4009,8 +4009,8 @@ def start_settings_inert(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
-    """[[optimizer.blocks]] need a full fine-tune of the denoiser with one optimizer and patterns that
-    compile (DBS563)."""
+    """[[optimizer.blocks]] need a full fine-tune of the denoiser and patterns that compile (DBS563); with
+    optimizer.split the block groups are cut into its chunks as kohya cuts them."""
     blocks = spec.optimizer.blocks
     if not blocks:
         return
@@ -4021,8 +4021,6 @@ def optimizer_blocks_apply(spec: Spec, given: Given) -> Iterator[Hit]:
         )
     elif not spec.train.denoiser:
         why = "train.denoiser is false: no denoiser parameter trains"
-    elif spec.optimizer.split > 1:
-        why = f"optimizer.split = {spec.optimizer.split} cuts the tensors by its own chunks"
     if why:
         yield Hit(
             code="DBS563",

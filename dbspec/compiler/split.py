@@ -4,9 +4,10 @@ The chunks are `dbspec.plan.split.split_chunks` of the trained tensors in sequen
 text encoders', each with its group's rate), so the plan can list them when it knows how many tensors every
 trained component holds and every trained component trains whole (no adapter, no pivotal tokens): from the
 headers of a diffusers folder (or a hub snapshot in the local cache), from a single-file UNet checkpoint's
-denoiser (its original keys map one to one), and for the built-in tiny models from `BUILTIN_TENSORS`. Else
-the plan lists none and the run notes the chunks it cut. The runtime cuts the loaded models' tensors and
-refuses to train when they do not come to the plan's chunks.
+denoiser (its original keys map one to one), and for the built-in tiny models from `BUILTIN_TENSORS`. Else,
+and with [[optimizer.blocks]] (each block's tensors at its rate), the plan lists none and the run notes the
+chunks it cut. The runtime cuts the loaded models' tensors and refuses to train when they do not come to
+the plan's chunks.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def with_split_chunks(
     o: OptimizerPlan, model: ModelPlan, precision: PrecisionPlan, pivotal: bool
 ) -> OptimizerPlan:
     """The optimizer plan with its chunks listed when optimizer.split > 1 and they can be known."""
-    if o.split <= 1 or pivotal:
-        return o
+    if o.split <= 1 or pivotal or o.blocks:
+        return o  # [[optimizer.blocks]]: the tensors per block are not counted here; the run notes the chunks
     if o.text_encoder_2_lr is not None and len(family_spec(model.family).text_encoders) > 2:
         return o  # runtime/optim.param_groups' groups for a third encoder beside the second's own rate
     trained = [c.name for c in precision.components if c.trainable != "frozen"]

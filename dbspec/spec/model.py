@@ -2668,7 +2668,8 @@ class Optimizer:
         1,
         doc="Several optimizers over consecutive chunks of the trained tensors, as kohya's sdxl_train.py "
         "--fused_optimizer_groups: the tensors in sequence (the denoiser's, in the original layout's order "
-        "for SDXL as kohya's own UNet registers them, then the text encoders'), cut into chunks of "
+        "for SDXL as kohya's own UNet registers them, by [[optimizer.blocks]] in the blocks' order when "
+        "given, then the text encoders'), cut into chunks of "
         "ceil(tensors / split), a new chunk also wherever the learning rate changes; one optimizer and one "
         "LR schedule per chunk, all stepped every optimizer step (unless split_train or split_first_step "
         "say otherwise). The same updates as one optimizer for optimizers that update each tensor on its "

@@ -381,3 +381,61 @@ def test_each_chunk_is_the_d_adaptation_optimizer_kohya_builds(tmp_path, kind):
     _step(copies, 5, [ours, _Together(kohya)])
     assert all(torch.equal(a, b) for a, b in zip(copies[0], copies[1], strict=True))
     assert [c.param_groups[0]["d"] for c in ours.optimizers] == [c.param_groups[0]["d"] for c in kohya]
+
+
+def test_block_groups_are_cut_into_kohyas_chunks(tmp_path):
+    """[[optimizer.blocks]] with optimizer.split (kohya's --block_lr with --fused_optimizer_groups): kohya's
+    get_block_params_to_optimize walks its UNet's parameters (original names) into the 23 blocks and leaves
+    the blocks at 0 out; its fused loop cuts the block groups in index order into chunks of
+    ceil(tensors / N), a new one wherever the rate changes. Each of dbspec's chunks holds kohya's tensors at
+    kohya's rate, and its Prodigy steps as kohya's (weights and d bit-equal)."""
+    from dbspec.convert.kohya.block_lr import full_block_pattern
+    from dbspec.runtime.optimizer_blocks import optimizer_block_groups
+    from tests.runtime.test_optimizer_blocks import kohya_block
+
+    rates = [1.0] * 23
+    rates[4] = rates[22] = 0.0  # out of kohya's optimizer
+    rates[10:13] = [0.5] * 3  # the middle block: two more rate changes
+    blocks = "".join(
+        f"[[optimizer.blocks]]\npattern = '{full_block_pattern(i)}'\nlr = {r}\n" for i, r in enumerate(rates)
+    )
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=4, extra=blocks)
+    plan = compile_spec(spec, ['optimizer.kind="prodigy"', "optimizer.lr=1.0", "optimizer.split=3"])
+    o = plan.optimizer
+    assert (o.split, o.split_order, o.split_chunks) == (3, "original", ())  # the run cuts them
+    assert [b.lr for b in o.blocks] == rates
+
+    unet, _ = _models()
+    groups = param_groups(list(unet.parameters()), [], o)
+    ours, _ = make_split(optimizer_block_groups(groups, unet, o.blocks), plan, unet, torch.device("cpu"))
+
+    ref = copy.deepcopy(unet)
+    by_block: list[list] = [[] for _ in rates]
+    for name, param in original_order(ref):
+        by_block[kohya_block(name)].append(param)
+    entries = [(len(by_block[i]), r) for i, r in enumerate(rates) if r and by_block[i]]
+    sequence = [p for i, r in enumerate(rates) if r for p in by_block[i]]
+    lrs = [lr for count, lr in entries for _ in range(count)]
+    kohya = [
+        prodigyopt.Prodigy(
+            [sequence[i] for i in chunk], lr=lrs[chunk[0]], betas=o.betas, weight_decay=o.weight_decay
+        )
+        for chunk in kohya_chunks(entries, 3)
+    ]
+    position = {id(p): i for i, p in enumerate(unet.parameters())}
+    ref_position = {id(p): i for i, p in enumerate(ref.parameters())}
+    assert [
+        ([position[id(p)] for g in c.param_groups for p in g["params"]], c.param_groups[0]["lr"])
+        for c in ours.optimizers
+    ] == [
+        ([ref_position[id(p)] for p in k.param_groups[0]["params"]], k.param_groups[0]["lr"]) for k in kohya
+    ]
+    assert len(kohya) > 3  # the rate changes cut chunks of their own
+
+    mine = [p for c in ours.optimizers for g in c.param_groups for p in g["params"]]  # kohya's order
+    theirs = [p for k in kohya for p in k.param_groups[0]["params"]]
+    held = {id(p) for i, r in enumerate(rates) if not r for p in by_block[i]}
+    assert held and not held & {id(p) for p in theirs}
+    _step([mine, theirs], 2, [ours, _Together(kohya)])
+    assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
+    assert [c.param_groups[0]["d"] for c in ours.optimizers] == [k.param_groups[0]["d"] for k in kohya]

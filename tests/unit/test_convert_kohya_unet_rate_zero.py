@@ -211,3 +211,64 @@ def test_an_absolute_min_lr_stops_kohya_at_learning_rate_zero(tmp_path):
     outcome = kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
     assert outcome.exit_code == 1 and fate(outcome, "lr_scheduler_args") == "invalid"
     assert "ZeroDivisionError" in messages(outcome, "DBS402")
+
+
+def _convert_no_te(tmp_path, extra: str, te: str = ""):
+    """CONFIG with learning_rate_te replaced by `te` (absent when empty)."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    text = CONFIG.format(model=SD15, extra=extra).replace("learning_rate_te = 5e-6\n", te)
+    write(tmp_path / "config.toml", text)
+    return kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
+
+
+@pytest.mark.parametrize(
+    ("extra", "te", "rate", "text"),
+    [
+        ('optimizer_type = "Adafactor"\n', "", 1e-2, True),  # one flat list: U-Net and text encoder
+        ('optimizer_type = "Adafactor"\n', "learning_rate_te = 0.0\n", 1e-2, True),  # both groups at 0
+        (  # the text encoder never trains: the U-Net alone, warmup_init's first rate
+            'optimizer_type = "Adafactor"\noptimizer_args = ["warmup_init=True"]\n'
+            "stop_text_encoder_training = -1\n",
+            "",
+            1e-6,
+            False,
+        ),
+    ],
+)
+def test_relative_step_adafactor_trains_without_a_positive_rate(tmp_path, extra, te, rate, text):
+    """learning_rate 0 without a positive learning_rate_te (was DBS403): Adafactor's relative step pops
+    every group's rate, so every tensor in kohya's optimizer trains at Adafactor's own step. dbspec writes
+    the relative step's first rate, only the logged initial one."""
+    outcome = _convert_no_te(tmp_path, extra, te)
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "adafactor" and plan.optimizer.adafactor.relative_step
+    assert plan.train_denoiser and plan.optimizer.lr == rate
+    trainable = {c.name: c.trainable for c in plan.precision.components}
+    assert trainable["unet"] == "full" and trainable["text_encoder"] == ("full" if text else "frozen")
+    if text:
+        assert plan.optimizer.text_encoder_lr == rate
+
+
+def test_dadapt_lion_steps_the_unet_by_a_text_encoder_group_that_never_trains(tmp_path):
+    """stop_text_encoder_training 0: train_db.py still builds the text encoder's group at learning_rate_te
+    (0 >= 0) but never gives it a gradient; DAdaptLion steps every group by d x the largest rate, so the
+    U-Net trains at learning_rate_te alone (was DBS403)."""
+    outcome = _convert(tmp_path, 'optimizer_type = "DAdaptLion"\nstop_text_encoder_training = 0\n')
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "dadapt_lion" and plan.train_denoiser and plan.optimizer.lr == 5e-6
+    assert {c.name: c.trainable for c in plan.precision.components}["text_encoder"] == "frozen"
+
+
+@pytest.mark.parametrize(
+    ("extra", "te"),
+    [
+        ("stop_text_encoder_training = -1\n", "learning_rate_te = 5e-6\n"),  # no text-encoder group
+        ("", ""),  # one flat list at learning_rate 0
+    ],
+)
+def test_dadapt_lion_with_every_rate_at_zero_trains_nothing(tmp_path, extra, te):
+    outcome = _convert_no_te(tmp_path, 'optimizer_type = "DAdaptLion"\n' + extra, te)
+    assert outcome.exit_code == 1 and "nothing trains" in messages(outcome, "DBS403")

@@ -195,7 +195,6 @@ def convert_kohya(
     map_learning_rates(a, script, text_encoder, conv, idle_file, clip_g_modules=has_second)
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
-    map_block_lr(a, script, conv)
     if layout is not None:
         preservation_needs_denoiser(layout.parts, conv)
     map_optimizer(a, conv)
@@ -205,6 +204,7 @@ def convert_kohya(
     if script in FLOW_SCRIPTS:
         map_flow_loss(a, script, conv)
     map_precision(a, script, lora, conv)
+    map_block_lr(a, script, conv)  # after the optimizer and precision: reads their optimizer.split
     if script in FLOW_SCRIPTS:
         map_text_encoder_mode(a, conv)
     map_outputs(a, script, lora, length.steps_per_epoch, paths, conv, length.total_steps)

@@ -24,6 +24,13 @@ def adafactor_relative_step(a: Args) -> bool:
     return not problems and adafactor_flags(kwargs)["relative_step"]
 
 
+def relative_step_first_rate(a: Args) -> float:
+    """Adafactor's relative step at its first step, min(1e-2, 1/sqrt(1)) (min(1e-6 x 1, 1) with
+    warmup_init): the rate dbspec writes where kohya pops a group's rate (only the logged initial one)."""
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    return 1e-6 if not problems and adafactor_flags(kwargs)["warmup_init"] else 1e-2
+
+
 def torch_schedule_moves_a_zero_group(a: Args) -> str:
     """Why kohya's torch scheduler (lr_scheduler_type) lifts a group whose base rate is 0, or "": the others
     multiply each group's own rate (StepLR, MultiStepLR, ExponentialLR, LinearLR, ConstantLR, PolynomialLR,

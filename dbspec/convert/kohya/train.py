@@ -10,8 +10,10 @@ import attrs
 from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
+from dbspec.convert.kohya.block_lr import fused_optimizer_count
 from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
+    relative_step_first_rate,
     lora_fa_holds,
     lora_fa_not_held,
     torch_schedule_moves_a_zero_group,
@@ -993,7 +995,10 @@ def map_learning_rates(
             return
         if held:
             te = a["learning_rate_te"]
-            conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
+            if text_encoder and ("optimizer", "text_encoder_lr") not in conv.values:
+                conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
+            elif te.given and te.key not in conv.reports:
+                conv.inert(te, "Adafactor's relative step ignores the rates (kohya removes them)")
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
@@ -1088,18 +1093,34 @@ def _train_db_unet_trains_anyway(
     """train_db.py's learning_rate 0 where the optimizer does not take the U-Net group's rate: dadaptation's
     DAdaptLion steps every group by d x the largest group rate (the text encoder's), and Adafactor's relative
     step ignores the rates (kohya removes them). The U-Net trains as the text encoder does: dbspec's run with
-    optimizer.lr = learning_rate_te, the denoiser and text encoder training (True)."""
+    optimizer.lr = learning_rate_te, the denoiser and text encoder training (True).
+
+    Without a positive learning_rate_te Adafactor's relative step still trains every tensor in the optimizer
+    (the U-Net; the text encoder while it trains) at its own step: optimizer.lr (and text_encoder_lr) =
+    the relative step's first rate, only the logged initial one (True). DAdaptLion's largest rate is then
+    the text-encoder group's, which exists when the encoder is built into the optimizer
+    (stop_text_encoder_training None or >= 0) with learning_rate_te given: with stop_text_encoder_training 0
+    that group never gets a gradient, yet its rate steps the U-Net (optimizer.lr = learning_rate_te, the
+    text encoder untrained, True); else the largest rate is 0 and nothing moves (None, DBS403)."""
     te = a["learning_rate_te"]
-    if not text_encoder or not te.value:
-        anyway = (
-            "Adafactor's relative step ignores the rates"
-            if kind == "adafactor"
-            else "DAdaptLion steps every group by d x the largest rate"
+    if kind == "adafactor" and not (text_encoder and te.value):
+        rate = relative_step_first_rate(a)
+        why = (
+            "Adafactor's relative step ignores the groups' rates (kohya removes them): every tensor in "
+            f"the optimizer trains at its own step; {rate:g} is the relative step's first rate, only the "
+            "logged initial one"
         )
+        conv.mapped(unet_lr, ("optimizer", "lr"), rate, comment=conv.comment(unet_lr, why), note=why)
+        if text_encoder:
+            conv.put(("optimizer", "text_encoder_lr"), rate, conv.comment(unet_lr, why))
+        return True
+    stop = a["stop_text_encoder_training"].value
+    te_group = te.value is not None and (stop is None or int(stop) >= 0)
+    if not te_group or not te.value:
         conv.unsupported(
             unet_lr,
-            f"train_db.py trains the U-Net anyway ({anyway}), but without a text encoder training at "
-            "learning_rate_te there is no positive rate to give dbspec's optimizer.lr",
+            "train_db.py steps every group at learning rate 0 and DAdaptLion steps each by d x the largest "
+            "group rate, 0 here: nothing trains",
             help="give learning_rate the rate the U-Net should have",
         )
         return None
@@ -1108,9 +1129,12 @@ def _train_db_unet_trains_anyway(
         "text encoder does, at its own relative step"
         if kind == "adafactor"
         else "dadaptation's DAdaptLion steps every group by d x the largest group's rate, the text "
-        "encoder's: the U-Net trains as the text encoder does"
+        "encoder's: the U-Net trains at it"
+        + ("" if text_encoder else " (the text encoder's group, never given a gradient, trains nothing)")
     )
     conv.mapped(unet_lr, ("optimizer", "lr"), float(te.value), comment=conv.comment(unet_lr, why), note=why)
+    if not text_encoder:
+        conv.record(te, "mapped", "optimizer.lr")
     return True
 
 
@@ -1409,10 +1433,37 @@ def _fused_clipping(a: Args, conv: Conversion) -> None:
                     note="kohya clips each parameter's gradient by its own norm in the backward hook",
                 )
             if key == "fused_optimizer_groups":
+                if not _fused_schedules_run(a, conv):
+                    return
                 _optimizer_groups(a, conv)
             elif "fused_optimizer_groups" in a and a["fused_optimizer_groups"].value:
                 _first_group_only(a, conv)
             return
+
+
+def _fused_schedules_run(a: Args, conv: Conversion) -> bool:
+    """--fused_optimizer_groups calls get_optimizer once per chunk. Under Adafactor's relative step the first
+    call sets learning_rate to None and lr_scheduler to `adafactor:<learning_rate>`, the second writes
+    `adafactor:None`, and get_scheduler_fix's float() rejects it: with two optimizers or more kohya stops
+    (unless lr_scheduler_type, which get_scheduler_fix reads first). With --block_lr, block_lr.py says so."""
+    if not adafactor_relative_step(a) or a["lr_scheduler_type"].value:
+        return True
+    if "block_lr" in a and a["block_lr"].value:
+        return True  # block_lr.py counts the chunks over the block groups' rates
+    lr = float(a["learning_rate"].value or 0)
+    if fused_optimizer_count(a, [lr]) < 2:
+        return True
+    groups = a["fused_optimizer_groups"]
+    conv.invalid(
+        groups.key,
+        groups.value,
+        groups.source,
+        "with Adafactor's relative step kohya builds one optimizer per chunk; get_optimizer sets "
+        'learning_rate to None at the first, so the second writes lr_scheduler "adafactor:None" and '
+        "get_scheduler_fix raises (ValueError: could not convert string to float: 'None')",
+        help="pass relative_step=False in optimizer_args, or remove fused_optimizer_groups",
+    )
+    return False
 
 
 def _fused_backward_pass_runs(a: Args, conv: Conversion) -> bool:
