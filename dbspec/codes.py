@@ -2923,6 +2923,17 @@ several kinds has none); their blocks take the adapter's `bypass`.""",
         help='set the block\'s bypass to "adapter", or its kind to "diag-oft", "boft", "dylora" or "ia3"',
     ),
     Code(
+        "DBS593",
+        ERROR,
+        "An adapter block held at lr_scale 0 that cannot be held",
+        """\
+`lr_scale = 0` on an `[[adapter.blocks]]` entry holds the matched LoRA, LoHa and LoKr layers at their initial
+weights: they are built, saved and exported, but stay out of the optimizer (kohya Flux `network_reg_lrs` at
+rate 0, whose group kohya leaves out). A held block has no optimizer group, so it names no `group`; and only
+the lora, loha and lokr kinds' weights are split by block rates: a block of another `kind` would train.""",
+        help="drop the held block's group; another kind's block: lr_scale above 0, or kind lora/loha/lokr",
+    ),
+    Code(
         "DBS594",
         ERROR,
         "IA^3's bypass on a transformer family",

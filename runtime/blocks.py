@@ -259,7 +259,9 @@ def block_param_groups(
     lr x the block's weight, LoRA+'s up group too) or the block's own rate (kohya's `network_reg_lrs` groups,
     the LoRA+ up group, `ratio`, at rate x ratio), and by the blocks' own `group` (`<name>_<group>`, at the
     rate it would have); groups at scale 1 keep their name, so runs without scales keep their optimizer
-    state layout."""
+    state layout. Blocks at lr_scale 0 (no own rate) get no group: kohya leaves a group at rate 0 out of the
+    optimizer, so their weights keep their init while their gradients are computed, counted by the clip norm
+    (run.params) and, never cleared, add up (runtime/optimizer_blocks.py held_gradients)."""
     if not any(b.lr_scale != 1.0 or b.lr or b.group for b in adapter.blocks):
         return groups
     key: dict[int, tuple[float, float, str]] = {}
@@ -279,6 +281,8 @@ def block_param_groups(
             split.setdefault(key.get(id(param), (1.0, 0.0, "")), []).append(param)
         up = group["name"].endswith("_lora_up")
         for (factor, own, unit), params in split.items():
+            if not own and not factor:  # lr_scale 0: held at their init, out of the optimizer (no group)
+                continue
             suffix = f"_{unit}" if unit else ""
             if own:
                 rate = own * ratio if up and ratio else own

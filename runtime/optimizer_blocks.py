@@ -47,10 +47,12 @@ def optimizer_block_groups(
 
 
 def held_gradients(run) -> dict[str, torch.Tensor] | None:
-    """The gradients the denoiser's blocks at rate 0 have added up so far, by parameter name, for the
+    """The gradients the denoiser's blocks at rate 0 (optimizer.blocks, or adapter blocks at lr_scale 0)
+    have added up so far, by parameter name, for the
     checkpoint (a resumed run goes on adding to them, so the clip norm stays the uninterrupted run's); None
     without such blocks."""
-    if not any(b.lr == 0 for b in run.plan.optimizer.blocks):
+    held_adapters = any(not b.lr and not b.lr_scale for b in run.plan.adapter.blocks)  # lr_scale 0
+    if not held_adapters and not any(b.lr == 0 for b in run.plan.optimizer.blocks):
         return None
     stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
     return {

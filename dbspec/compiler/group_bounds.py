@@ -124,7 +124,12 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    blocks = [b for b in getattr(ctx.spec.adapter, "blocks", []) if b.rank or getattr(b, "conv_rank", 0)]
+    # blocks at lr_scale 0 (held at their init) have no group
+    blocks = [
+        b
+        for b in getattr(ctx.spec.adapter, "blocks", [])
+        if (b.rank or getattr(b, "conv_rank", 0)) and (getattr(b, "lr", 0) or getattr(b, "lr_scale", 1.0))
+    ]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
     # per scale and per rate, as runtime/blocks.py names them
     # (a DyLoRA's blocks have no rates or groups: getattr)

@@ -4200,6 +4200,31 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def held_adapter_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py) with a group
+    of its own, or of a kind whose weights the block rates do not split (DBS593)."""
+    a = spec.adapter
+    for i, b in enumerate(getattr(a, "blocks", ()) or ()):
+        if getattr(b, "lr_scale", 1.0) or getattr(b, "lr", 0):  # DBS564 refuses lr with lr_scale 0
+            continue
+        kind = a.kind if b.kind == "adapter" else b.kind
+        why = ""
+        if b.group:
+            why = f"names group `{b.group}`, which a held block does not have"
+        elif kind not in ("lora", "loha", "lokr"):
+            why = f"its layers are of kind {kind!r}, whose weights block rates do not split: they would train"
+        if why:
+            yield Hit(
+                code="DBS593",
+                severity="error",
+                path=("adapter", "blocks", i, "lr_scale"),
+                message=f"adapter.blocks[{i}] (pattern `{b.pattern}`) holds its layers at lr_scale 0 but "
+                + why,
+                help=codes.help("DBS593"),
+            )
+
+
+@rule("spec")
 def init_scale_without_full_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
     """A lora / loha / lokr adapter's init_scale scales its full blocks' start from init_weights only
     (runtime/mixed_init.py): DBS588 where no layer reads it."""

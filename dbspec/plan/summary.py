@@ -717,7 +717,13 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"  block /{block.pattern}/",
                 ("" if block.kind == "adapter" else f"{block.kind} layers, ")
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
-                + (f"lr {block.lr:g}" if block.lr else f"lr x {block.lr_scale:g}")
+                + (
+                    f"lr {block.lr:g}"
+                    if block.lr
+                    else f"lr x {block.lr_scale:g}"
+                    if block.lr_scale
+                    else "held at init (lr 0: out of the optimizer, gradients kept for the clip norm)"
+                )
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
                 + _block_factor(block, a),
             )

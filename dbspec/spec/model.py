@@ -620,8 +620,11 @@ class AdapterBlock:
     lr_scale: float = option(
         1.0,
         doc="The matched adapters train at the learning rate times this (kohya `down_lr_weight`, "
-        "`mid_lr_weight`, `up_lr_weight`).",
-        exclusive_minimum=0,
+        "`mid_lr_weight`, `up_lr_weight`). 0 holds them at their initial values: they are built, saved and "
+        "exported and draw their dropouts, but stay out of the optimizer (no group), their gradients "
+        "computed, never cleared and counted by the clip norm (kohya Flux `network_reg_lrs` rate 0, and "
+        "the modules none of its regexes match at `unet_lr` 0).",
+        minimum=0,
     )
     lr: float = option(
         0.0,

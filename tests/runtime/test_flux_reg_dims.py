@@ -1,13 +1,18 @@
 """kohya's Flux `network_reg_dims` / `network_reg_lrs` (dbspec/convert/kohya/reg_dims.py) on tiny Flux: the
 converter's [[adapter.blocks]] build each layer's LoRA at the rank the first matching regex over its kohya
 name gives, put its parameters in an optimizer group at the regex's absolute rate (LoRA+'s up matrices at
-rate x ratio, as kohya's prepare_optimizer_params_with_multiple_te_lrs), and the run trains."""
+rate x ratio, as kohya's prepare_optimizer_params_with_multiple_te_lrs), and the run trains; a regex at rate
+0 holds its modules (lr_scale 0): built, out of the optimizer, in the clip list, at their init after the run
+and in the export."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import torch
 from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file
 
 from dbspec.convert.kohya.reg_dims import flux_reg_blocks
 from dbspec.families import family_spec
@@ -17,7 +22,9 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.setup import setup
 from tests.runtime.runspec import compile_spec, write_spec
 
-DIMS, LRS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0", r"double_blocks_0_img=3e-3,linear2=5e-4"
+DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0"
+# txt_attn at rate 0: kohya builds those modules and leaves their group out of the optimizer (issue 12)
+LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0"
 LR, RATIO = 1e-3, 4.0
 # diffusers child -> kohya's name for it inside a double / single block
 DOUBLE = {"attn.to_q": "img_attn_qkv", "attn.to_k": "img_attn_qkv", "attn.to_v": "img_attn_qkv"}
@@ -76,6 +83,7 @@ def _spec(tmp_path):
     for block in blocks:
         text += f"\n[[adapter.blocks]]\npattern = '{block['pattern']}'\nrank = {block['rank']}\n"
         text += f"alpha = {block['alpha']}\n" + (f"lr = {block['lr']!r}\n" if "lr" in block else "")
+        text += f"lr_scale = {block['lr_scale']!r}\n" if "lr_scale" in block else ""
     return write_spec(tmp_path, base="builtin:tiny-flux", steps=2, extra=text)
 
 
@@ -84,7 +92,9 @@ def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     plan = compile_spec(spec, [f"optimizer.lr={LR}"])
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
+    clipped = {id(p) for p in run.params}
     seen: set[tuple[int, float]] = set()
+    held: dict[str, torch.Tensor] = {}  # the held modules' weights at their init, by parameter name
     for path, layer in run.comps.unet.named_modules():
         name = _kohya_name(path)
         if name is None:
@@ -96,11 +106,27 @@ def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
             continue
         assert isinstance(layer, LoraLayer) and layer.r["default"] == rank, path
         assert layer.scaling["default"] == 2.0 / rank, path
-        own = _first(LRS, name, float) or LR
+        own = _first(LRS, name, float)
+        own = LR if own is None else own
+        seen.add((rank, own))
+        if own == 0:  # out of the optimizer, but taking gradients that the clip counts
+            for key in ("lora_A", "lora_B"):
+                weight = getattr(layer, key)["default"].weight
+                assert id(weight) not in rate and id(weight) in clipped and weight.requires_grad, path
+                held[f"{path}.{key}.default.weight"] = weight.detach().clone()
+            continue
         assert rate[id(layer.lora_A["default"].weight)] == own, path
         assert rate[id(layer.lora_B["default"].weight)] == own * RATIO, path
-        seen.add((rank, own))
     # tiny Flux has one double and one single block: every rule above was exercised
-    assert seen == {(6, 3e-3), (4, 3e-3), (4, LR), (2, LR), (2, 5e-4)}
+    assert seen == {(6, 3e-3), (4, 3e-3), (4, 0.0), (4, LR), (2, LR), (2, 5e-4)}
+    trained = {n: p.detach().clone() for n, p in run.comps.unet.named_parameters() if p.requires_grad}
     del run
-    assert execute(plan).status == "finished"
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    after = dict(result.components.unet.named_parameters(remove_duplicate=False))  # the parts' tied downs
+    assert all(torch.equal(after[n], w) for n, w in held.items())  # never stepped
+    assert sum(not torch.equal(after[n], w) for n, w in trained.items() if n not in held) > 0
+    exported = {}
+    for file in Path(result.final).rglob("*.safetensors"):
+        exported |= load_file(file)
+    assert any("txt_attn" in k or "add_q_proj" in k for k in exported), sorted(exported)[:8]

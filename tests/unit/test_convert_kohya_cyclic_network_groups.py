@@ -503,6 +503,42 @@ def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tm
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
 
 
+def test_flux_network_reg_lrs_group_at_rate_zero_is_left_out(tmp_path):
+    """assemble_params skips a `reg_lr_<i>` group (and its plus group) at rate 0: its modules (blocks at
+    lr_scale 0) have no group, so kohya's lists name the others alone (issue 12)."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "denoiser_lr5e-05",
+        "denoiser_lora_up_lr5e-05",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {"max_lr": [1e-5, 4e-5, 5e-5, 2e-4, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" "network_reg_lrs=double_blocks_[0-9]_=0,single_blocks=5e-5" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
+def test_flux_unet_lr_zero_keeps_the_regex_groups_alone(tmp_path):
+    """unet_lr 0: kohya's default U-Net groups and a regex's at rate 0 are left out, the other regexes'
+    groups train in `reg_lr_<i>` order after the text encoder's."""
+    order = ["text_encoder", "denoiser_lr0.0003", "denoiser_lr6e-05"]
+    lists = {"max_lr": [1e-4, 3e-4, 6e-5]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "network_reg_lrs=double_blocks=3e-4,single_blocks_1=0,single_blocks=6e-5" '
+        "--unet_lr 0 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    assert "DBS403" not in codes(outcome), errors(outcome)
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
 def test_lora_fa_text_encoder_and_unet_in_kohyas_order(tmp_path):
     """networks.lora_fa (networks/lora_fa.py prepare_optimizer_params): [text encoder, U-Net], no LoRA+."""
     lists = {"base_lr": [1e-6, 1e-5], "max_lr": [5e-5, 2e-4]}

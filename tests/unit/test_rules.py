@@ -2278,6 +2278,19 @@ CASES = [
         DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
         "lr = 1e-3\n",
     ),
+    # a block held at lr_scale 0 (kohya network_reg_lrs at rate 0) has no group; other kinds would train
+    (
+        rules.held_adapter_blocks,
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        'lr_scale = 0\ngroup = "mid"\n[[adapter.blocks]]\npattern = "^up"\nrank = 4\nalpha = 1.0\n'
+        'lr_scale = 0\nkind = "ia3"\n',
+        [
+            ("DBS593", "error", ("adapter", "blocks", 0, "lr_scale")),
+            ("DBS593", "error", ("adapter", "blocks", 1, "lr_scale")),
+        ],
+        DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
+        "lr_scale = 0\n",
+    ),
 ]
 
 

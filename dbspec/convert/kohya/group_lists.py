@@ -446,15 +446,18 @@ def _lora_flow(
                 groups.append((name, (target,)))
                 if text_ratio is not None:
                     groups.append((f"{name} plus", (f"{target}_lora_up",)))
-    if not a["network_train_text_encoder_only"].value and _rate(a, "unet_lr", lr):
+    if not a["network_train_text_encoder_only"].value:
         # network_reg_lrs: the groups of the regexes first, by their key `reg_lr_<i>` sorted as text, each
-        # at its own rate (runtime/blocks.py: `denoiser_lr<rate>`), then the modules none matches
+        # at its own rate (runtime/blocks.py: `denoiser_lr<rate>`), then the modules none matches; a group
+        # at rate 0 is left out (assemble_params' `continue`; dbspec's blocks at lr_scale 0 have none)
+        unet_rate = _rate(a, "unet_lr", lr)
         units: list[tuple[str, str]] = []
         if reg is not None and "network_reg_lrs" in kwargs:
             for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
-                units.append((f"unet reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
-            units += [("unet", "")] if reg["default"] else []
-        else:
+                if reg["reg"][index]:
+                    units.append((f"unet reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
+            units += [("unet", "")] if reg["default"] and unet_rate else []
+        elif unet_rate:
             units.append(("unet", ""))
         for name, suffix in units:
             groups.append((name, (f"denoiser{suffix}",)))

@@ -354,6 +354,8 @@ def _reg_blocks(
     if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
         found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
     conv.facts["kohya_flux_reg_groups"] = groups  # group_lists.py: the per-group scheduler lists
+    if not lr and any(b.get("lr") for b in found):  # unet_lr 0: the regexes' own rates train the denoiser
+        conv.facts["kohya_flux_reg_trains"] = True  # train.map_learning_rates
     first = len(family_spec(family).kohya_lora_excluded)
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]

@@ -183,51 +183,69 @@ def flux_reg_blocks(
                     + " or narrow the regex to lora_unet_ names)"
                 )
     modules = flux_names(train, in_dims, family)
-    decided: dict[tuple[int, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
+    decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
         lambda: defaultdict(dict)
     )
     extra: list[str] = []
     qkv = False  # kohya builds a double block's q/k/v LoRA (split_qkv then fails)
-    for name, (blocks, index, children) in modules.items():
-        by_dim = first_match(dims, name, False) if dims else None
-        by_lr = first_match(lrs, name, True) if lrs else None
-        rank = int(by_dim[1]) if by_dim else default_rank(name, dim, type_dims, in_dims, selected)
+    found = [
+        (
+            name,
+            where,
+            by_dim := first_match(dims, name, False) if dims else None,
+            first_match(lrs, name, True) if lrs else None,
+            int(by_dim[1]) if by_dim else default_rank(name, dim, type_dims, in_dims, selected),
+        )
+        for name, where in modules.items()
+    ]
+    # unet_lr 0: kohya leaves the default groups out of the optimizer; where a regex trains a built module
+    # at a positive rate the denoiser trains, every other built module held in a block at lr_scale 0 (else
+    # nothing of the denoiser trains: train.denoiser = false, map_learning_rates)
+    hold = bool(unet_lr) or any(rank > 0 and by_lr and by_lr[1] > 0 for *_, by_lr, rank in found)
+    for name, (blocks, index, children), by_dim, by_lr, rank in found:
+        by_lr = by_lr if hold else None
         qkv = qkv or bool(rank and "double" in name and "attn_qkv" in name)
         if groups is not None and rank > 0:
             if by_lr is not None:
                 groups.setdefault("reg", {})[list(lrs).index(by_lr[0])] = by_lr[1]
             else:
                 groups["default"] = True
-        if by_dim is None and by_lr is None:
+        if by_dim is None and by_lr is None and (unet_lr or not hold):
             continue
         if rank < 0:
             raise ValueError(
                 f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
             )
-        scale = 0.0  # the block's own rate; 0: the denoiser's
-        if by_lr is not None and rank:
-            rate = by_lr[1]
-            if not rate > 0:
-                raise NotImplementedError(
-                    f"network_reg_lrs gives `{name}` rate {rate:g} (kohya builds the LoRA and leaves a "
-                    "rate-0 group out of the optimizer; a block's lr 0 is the denoiser's rate)"
-                )
-            if not unet_lr:
-                raise NotImplementedError(
-                    f"network_reg_lrs trains `{name}` at {rate:g} while the denoiser's rate is 0 (dbspec "
-                    "then trains no denoiser module)"
-                )
-            scale = rate
-        key = (rank, alpha if rank else 1.0, scale if rank else 0.0)
+        own = _rate(name, by_lr, unet_lr if hold else 1.0) if rank else (0.0, 1.0)
+        key = (rank, alpha if rank else 1.0, *own)
+        if by_dim is None and key[2:] == (0.0, 1.0):
+            continue  # the denoiser's rank and rate: no block
         decided[key][blocks].setdefault(index, set()).update(children)
         if not blocks and rank:
             extra.append(children[0].removeprefix("time_text_embed."))
     out = []
-    for (rank, a, scale), lists in decided.items():
+    for (rank, a, rate, scale), lists in decided.items():
         for blocks, indices in lists.items():
             for pattern in _patterns(blocks, indices):
                 entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
-                if scale:
-                    entry["lr"] = scale
+                if rate:
+                    entry["lr"] = rate
+                if not scale:
+                    entry["lr_scale"] = 0.0
                 out.append(entry)
     return out, extra, warnings, qkv
+
+
+def _rate(name: str, by_lr: tuple[str, float] | None, unet_lr: float | None) -> tuple[float, float]:
+    """(own lr, lr_scale) of the built module `name`: a matched regex's rate as its own (rate 0: kohya's
+    assemble_params leaves the `reg_lr_<i>` group out of the optimizer, lr_scale 0 holds it), else the
+    denoiser's (unet_lr 0: its default group left out alike, held)."""
+    rate = by_lr[1] if by_lr is not None else unet_lr
+    if rate is not None and rate < 0:
+        raise NotImplementedError(
+            f"network_reg_lrs gives `{name}` rate {rate:g}, which dbspec's optimizer groups do not take "
+            "(a rate is at least 0)"
+        )
+    if not rate:
+        return 0.0, 0.0
+    return (rate, 1.0) if by_lr is not None else (0.0, 1.0)

@@ -983,7 +983,10 @@ def map_learning_rates(
     reads nothing)."""
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
-    if not unet_lr.value and script != "train_db":
+    if not unet_lr.value and conv.facts.get("kohya_flux_reg_trains"):
+        if not _reg_rates_train(a, unet_lr, lr, text_encoder, conv):
+            return
+    elif not unet_lr.value and script != "train_db":
         # sdxl_train.py trains the U-Net only when learning_rate != 0; networks.lora skips groups with lr 0
         why = "sdxl_train.py trains the U-Net only when learning_rate != 0"
         if script != "sdxl_train":
@@ -1015,6 +1018,25 @@ def map_learning_rates(
         conv.inert(te, "the text encoder does not train")
     if lr.given and lr.key not in conv.reports:
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
+
+
+def _reg_rates_train(a: Args, unet_lr: Legacy, lr: Legacy, text_encoder: bool, conv: Conversion) -> bool:
+    """lora_flux at unet_lr 0 with network_reg_lrs training some denoiser modules at their own rates
+    (lora_flux.py _reg_blocks): every module kohya builds is in a block, at its own rate or held at
+    lr_scale 0, so optimizer.lr reads no denoiser module; it is kohya's learning_rate (the optimizer's own
+    `lr`), or the text encoder's rate (map_learning_rates). False where it is 0 with no text encoder."""
+    conv.record(unet_lr, "mapped", "adapter.blocks", "the modules no regex trains are held at lr_scale 0")
+    if text_encoder or lr.value:
+        if not text_encoder:
+            why = "reads no denoiser module: network_reg_lrs' blocks cover every module kohya builds"
+            conv.put(("optimizer", "lr"), float(lr.value), conv.comment(lr, why))
+        return True
+    conv.unsupported(
+        lr,
+        "learning_rate 0 with unet_lr 0 and no text encoder: dbspec needs a positive optimizer.lr, and "
+        "network_reg_lrs' blocks leave it no module to read it",
+    )
+    return False
 
 
 def _train_db_unet_at_rate_zero(
