@@ -2641,8 +2641,8 @@ class Optimizer:
         "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
         "gradient's and the instability's decays).",
         derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
-        "and came; [0.9, 0.99] for lion, lion8bit, paged_lion, paged_lion8bit (the Lion defaults of lion_pytorch and "
-        "bitsandbytes)",
+        "and came; [0.9, 0.99] for lion, lion8bit, paged_lion, paged_lion8bit (the Lion defaults of "
+        "lion_pytorch and bitsandbytes)",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
