@@ -141,6 +141,11 @@ def expressible(outcome: Outcome, refused: tuple[str, ...] = ("DBS402", "DBS403"
     return outcome
 
 
+def exact(outcome: Outcome) -> Outcome:
+    """The outcome, converted with no refusal and no stated difference (no DBS402, DBS403 or DBS404)."""
+    return expressible(outcome, ("DBS402", "DBS403", "DBS404"))
+
+
 def component_file(path: Path) -> Path:
     """A small .safetensors with the tensor names (and widths) of the component kohya's file `path` names:
     clip_l / clip_g / t5xxl (transformers layout), ae (LDM layout), flux1 (BFL layout), chroma (lodestones'),

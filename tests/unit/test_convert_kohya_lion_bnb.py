@@ -12,7 +12,7 @@ import inspect
 import pytest
 
 from convert_kit import (
-    expressible,
+    exact,
     kohya_lora,
     SD15,
     SDXL,
@@ -34,11 +34,6 @@ def _bnb_defaults(class_name: str) -> dict:
         "betas": tuple(sig.parameters["betas"].default),
         "weight_decay": sig.parameters["weight_decay"].default,
     }
-
-
-def expressible_strict(outcome):
-    """Converted with no refusal and no stated difference."""
-    return expressible(outcome, ("DBS402", "DBS403", "DBS404"))
 
 
 def test_sdxl_lora_lion8bit_config_file_with_betas_and_weight_decay(tmp_path):
@@ -63,7 +58,7 @@ lr_scheduler = "cosine"
 max_grad_norm = 1.0
 """,
     )
-    outcome = expressible_strict(
+    outcome = exact(
         kohya(
             tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train_network.py"
         )
@@ -75,7 +70,7 @@ max_grad_norm = 1.0
 
 
 def test_paged_lion8bit_from_the_command_line_keeps_bitsandbytes_defaults(tmp_path):
-    outcome = expressible_strict(kohya_lora(tmp_path, "--optimizer_type PagedLion8bit"))
+    outcome = exact(kohya_lora(tmp_path, "--optimizer_type PagedLion8bit"))
     assert fate(outcome, "optimizer_type") == "mapped"
     o = plan_of(outcome, tmp_path).optimizer
     expected = _bnb_defaults("PagedLion8bit")
@@ -102,7 +97,7 @@ optimizer_type = "pagedlion8bit"
 optimizer_args = [ "weight_decay=0.05", "betas=0.9,0.98", "min_8bit_size=4096" ]
 """,
     )
-    outcome = expressible_strict(
+    outcome = exact(
         kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py")
     )
     o = plan_of(outcome, tmp_path).optimizer
@@ -119,7 +114,7 @@ optimizer_args = [ "weight_decay=0.05", "betas=0.9,0.98", "min_8bit_size=4096" ]
     ],
 )
 def test_each_lion_class_path_converts_to_its_kind_with_the_class_defaults(tmp_path, path, kind, class_name):
-    outcome = expressible_strict(kohya_lora(tmp_path, f"--optimizer_type {path}"))
+    outcome = exact(kohya_lora(tmp_path, f"--optimizer_type {path}"))
     o = plan_of(outcome, tmp_path).optimizer
     expected = _bnb_defaults(class_name)
     assert (o.kind, o.betas, o.weight_decay) == (kind, expected["betas"], expected["weight_decay"])
@@ -139,7 +134,7 @@ optimizer_type = "bitsandbytes.optim.PagedLion"
 optimizer_args = [ "betas=(0.9, 0.999)", "weight_decay=1e-2", "optim_bits=32" ]
 """,
     )
-    outcome = expressible_strict(
+    outcome = exact(
         kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_db.py")
     )
     o = plan_of(outcome, tmp_path).optimizer
@@ -156,7 +151,7 @@ optimizer_args = [ "betas=(0.9, 0.999)", "weight_decay=1e-2", "optim_bits=32" ]
 )
 def test_is_paged_and_optim_bits_pick_the_class(tmp_path, args, kind):
     """bitsandbytes' Lion8bit(is_paged=True) is PagedLion8bit; PagedLion(optim_bits=8) is PagedLion8bit."""
-    plan = plan_of(expressible_strict(kohya_lora(tmp_path, args)), tmp_path)
+    plan = plan_of(exact(kohya_lora(tmp_path, args)), tmp_path)
     assert plan.optimizer.kind == kind
 
 
@@ -184,16 +179,14 @@ def test_a_bare_paged_lion_name_is_invalid_as_kohya_looks_it_up_in_torch_optim(t
 
 def test_a_min_8bit_size_other_than_the_default_is_the_optimizer_option(tmp_path):
     """Was DBS403: bitsandbytes keeps 32-bit state for tensors under min_8bit_size elements (issue 12)."""
-    outcome = expressible_strict(
-        kohya_lora(tmp_path, '--optimizer_type Lion8bit --optimizer_args "min_8bit_size=16384"')
-    )
+    outcome = exact(kohya_lora(tmp_path, '--optimizer_type Lion8bit --optimizer_args "min_8bit_size=16384"'))
     o = plan_of(outcome, tmp_path).optimizer
     assert (o.kind, o.min_8bit_size) == ("lion8bit", 16384)
 
 
 def test_use_lion_optimizer_stays_lion_pytorch(tmp_path):
     """kohya's --use_lion_optimizer is optimizer_type Lion: lion_pytorch's, not bitsandbytes'."""
-    plan = plan_of(expressible_strict(kohya_lora(tmp_path, "--use_lion_optimizer")), tmp_path)
+    plan = plan_of(exact(kohya_lora(tmp_path, "--use_lion_optimizer")), tmp_path)
     assert plan.optimizer.kind == "lion"
 
 

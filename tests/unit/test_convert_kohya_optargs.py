@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from convert_kit import (
+    exact,
     SD15,
     SDXL,
     codes,
@@ -30,11 +31,6 @@ def test_the_spec_default_is_the_plans_bitsandbytes_default():
     assert Optimizer().min_8bit_size == BNB_MIN_8BIT_SIZE == 4096
 
 
-def strict(outcome):
-    """Converted with no refusal and no stated difference."""
-    return expressible(outcome, ("DBS402", "DBS403", "DBS404"))
-
-
 def test_sdxl_lora_config_with_radam_decoupled_weight_decay(tmp_path):
     images(tmp_path / "img" / "10_ohwx woman", 3, (1024, 1024))
     write(
@@ -52,7 +48,7 @@ optimizer_type = "RAdam"
 optimizer_args = [ "weight_decay=0.01", "decoupled_weight_decay=True", "betas=(0.9, 0.99)" ]
 """,
     )
-    outcome = strict(
+    outcome = exact(
         kohya(
             tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch sdxl_train_network.py"
         )
@@ -63,7 +59,7 @@ optimizer_args = [ "weight_decay=0.01", "decoupled_weight_decay=True", "betas=(0
 
 
 def test_radam_class_path_with_the_flag_off_keeps_torchs_coupled_decay(tmp_path):
-    outcome = strict(
+    outcome = exact(
         kohya_lora(
             tmp_path,
             '--optimizer_type torch.optim.RAdam --optimizer_args "decoupled_weight_decay=False" '
@@ -78,7 +74,7 @@ def test_full_fine_tune_paged_adamw_with_optim_bits_8_and_min_8bit_size(tmp_path
     """train_db.py with PagedAdamW made 8-bit by its arguments: PagedAdamW8bit's optimizer, whose small
     tensors (under min_8bit_size elements) keep 32-bit state."""
     images(tmp_path / "img" / "20_ohwx man", 3, (512, 512))
-    outcome = strict(
+    outcome = exact(
         kohya(
             tmp_path,
             command=f"accelerate launch train_db.py --pretrained_model_name_or_path {SD15} "
@@ -119,7 +115,7 @@ def test_full_fine_tune_paged_adamw_with_optim_bits_8_and_min_8bit_size(tmp_path
 def test_min_8bit_size_on_each_8bit_class(tmp_path, args, kind, size):
     """bitsandbytes keeps 32-bit state where `p.numel() < min_8bit_size`: a fractional bound is its ceiling
     and a negative one is 0 (no tensor is below either) for whole element counts."""
-    o = plan_of(strict(kohya_lora(tmp_path, args)), tmp_path).optimizer
+    o = plan_of(exact(kohya_lora(tmp_path, args)), tmp_path).optimizer
     assert (o.kind, o.min_8bit_size) == (kind, size)
 
 
@@ -176,12 +172,12 @@ optimizer_type = "Lion"
 optimizer_args = [ "weight_decay=1.0", "decoupled_weight_decay=True", "betas=0.95,0.98" ]
 """,
     )
-    outcome = strict(
+    outcome = exact(
         kohya(tmp_path, config_file=tmp_path / "config.toml", command="accelerate launch train_network.py")
     )
     o = plan_of(outcome, tmp_path).optimizer
     assert (o.kind, o.betas, o.weight_decay) == ("lion", (0.95, 0.98), 1.0 / 3e-5)
-    off = strict(
+    off = exact(
         kohya_lora(tmp_path / "off", '--optimizer_type Lion --optimizer_args "decoupled_weight_decay=False"')
     )
     assert plan_of(off, tmp_path / "off").optimizer.weight_decay == 0.0
