@@ -326,7 +326,8 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool
 
 def _alphas_read(adapter) -> bool:
     """Whether the file's alphas must be the adapter's (adapter.init_alpha "match"); "ignore": kohya's
-    networks.lora scales at network_alpha / rank whatever the file's alpha buffer holds."""
+    networks.lora scales at network_alpha / rank (networks.oft constrains at network_alpha x width) whatever
+    the file's alpha buffer holds."""
     return getattr(adapter, "init_alpha", "match") == "match"
 
 
@@ -539,8 +540,11 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
                 "error",
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
-                help="make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
-                "them from the file), or start from another file",
+                help=_oft_help(
+                    problem,
+                    "make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
+                    "them from the file), or start from another file",
+                ),
             )
             return "", 0
         used += 1
@@ -655,17 +659,32 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
 
 
 def _oft_misfit(name: str, module, adapter: DiagOftAdapter) -> str:
-    """Why a kohya OFT file's module does not fit the adapter (its block count, its alpha), or ""."""
+    """Why a kohya OFT file's module does not fit the adapter (its block count, its alpha unless
+    adapter.init_alpha is "ignore": OFTModule keeps the constraint it was built with), or ""."""
     if module.blocks is not None and module.blocks != adapter.block_count:
         return (
             f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is {adapter.block_count}"
         )
-    if module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+    if (
+        _alphas_read(adapter)
+        and module.alpha is not None
+        and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3)
+    ):
         return (
             f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya trains "
             "the network's constraint and saves the file's alpha)"
         )
     return ""
+
+
+def _oft_help(problem: str, first: str) -> str:
+    """The DBS356 help for a kohya OFT file that does not fit: `first`, and for an alpha init_alpha's way."""
+    if ".alpha`" not in problem:
+        return first
+    return (
+        f'{first}; or set adapter.init_alpha = "ignore" to train the file\'s blocks at adapter.constraint, '
+        "as kohya's networks.oft does with a --network_weights file saved at another alpha"
+    )
 
 
 def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[str, int]:
@@ -680,7 +699,9 @@ def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[s
                 "error",
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
-                help="make adapter.block_count and constraint the file's, or start from another file",
+                help=_oft_help(
+                    problem, "make adapter.block_count and constraint the file's, or start from another file"
+                ),
             )
             return "", 0
     return tally(ctx, path, {}, sum(m.blocks is not None for m in file.modules.values()))

@@ -101,3 +101,37 @@ def _run_alphas(conv: Conversion) -> tuple[set[float], set[float]]:
             convolution.add(float(value))
     rank = values.get(("adapter", "conv_rank"), (0, ""))[0]
     return linear or {1.0}, (convolution or linear or {1.0}) if rank else set()
+
+
+def map_oft_file_alphas(modules, constraint: float, weights: Legacy, conv: Conversion) -> None:
+    """kohya's networks.oft / oft_flux: `adapter.init_alpha = "ignore"` and a DBS404 warning when a module
+    OFTNetwork.load_weights takes holds an alpha that is not the network's `constraint` (network_alpha, or
+    with --dim_from_weights the file's first). OFTModule computes its constraint (alpha x width, a Python
+    float; oft_flux's per part) when it is built and only `alpha` is a buffer, which load_state_dict
+    overwrites and nothing but save_weights (and create_network_from_weights) reads again."""
+    other = next(
+        (
+            m
+            for m in sorted(modules, key=lambda m: m.name)
+            if m.alpha is not None and not math.isclose(m.alpha, constraint, rel_tol=1e-3)
+        ),
+        None,
+    )
+    if other is None:
+        return
+    conv.put(
+        ("adapter", "init_alpha"),
+        "ignore",
+        conv.comment(
+            weights, "kohya's OFTModule keeps network_alpha's constraint; load_weights sets its buffer"
+        ),
+    )
+    conv.differs(
+        weights,
+        f"`{other.name}.alpha` is {other.alpha:g}, not the network's {constraint:g}: kohya trains the file's "
+        "blocks at the network's constraint (OFTModule's alpha x width, fixed when it is built) and "
+        "load_weights puts the file's alpha in the module's buffer, which save_weights writes, so kohya's "
+        "saved file would carry the file's alphas beside blocks trained at the network's constraint (and "
+        'load at another); dbspec trains the same (adapter.init_alpha = "ignore") and its exports carry '
+        "the constraint it trained at",
+    )
