@@ -79,7 +79,7 @@ def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tup
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    if _ignored_alpha_max_norm(ctx, adapter):
+    if _ignored_alpha_max_norm(ctx, adapter) or _ignored_alpha_read_by_lycoris(ctx, adapter):
         return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
     # LyCORIS's LoCon with weight_decompose (dora_form "lycoris"): its file holds each module's dora_scale,
@@ -210,7 +210,7 @@ def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
     put the file's alpha in that buffer: the norm is taken at the file's alpha while the layer trains at
     network_alpha's, which dbspec's max-norm (the layer's own scale) does not reproduce. LyCORIS's max-norm
     (max_norm_form "lycoris") uses the module's scale from construction, the run's."""
-    if getattr(adapter, "init_alpha", "match") != "ignore" or not adapter.max_norm:
+    if getattr(adapter, "init_alpha", "match") != "ignore" or not getattr(adapter, "max_norm", 0):
         return False
     if adapter.max_norm_form != "kohya":
         return False
@@ -224,6 +224,28 @@ def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
         ("adapter", "init_alpha"),
         help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
         "adapter.alpha",
+    )
+    return True
+
+
+def _ignored_alpha_read_by_lycoris(ctx: Context, adapter) -> bool:
+    """DBS595 (and True): adapter.init_alpha = "ignore" on LyCORIS's DyLoRA. Its DyLoraModule scales each
+    forward by its `alpha` buffer (get_weight's alpha / (b + 1)), which load_weights sets from the file: the
+    file's alphas are the run's, so they cannot be ignored (kohya's networks.dylora fixes its scale)."""
+    if (
+        getattr(adapter, "init_alpha", "match") != "ignore"
+        or getattr(adapter, "dylora_form", "") != "lycoris"
+    ):
+        return False
+    ctx.report(
+        "DBS595",
+        "error",
+        'adapter.init_alpha = "ignore" with adapter.dylora_form = "lycoris": LyCORIS\'s DyLoraModule scales '
+        "each forward by its alpha buffer, which loading the file sets to the file's alphas, so the run "
+        "trains at the file's alphas",
+        ("adapter", "init_alpha"),
+        help='set adapter.init_alpha = "match" with the file\'s alpha as adapter.alpha (or per block), or '
+        'dylora_form = "kohya" (kohya networks.dylora, whose scale is fixed when it is built)',
     )
     return True
 

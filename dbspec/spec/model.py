@@ -814,7 +814,9 @@ def _init_alpha():
         "`network_alpha` when the network is built; the file's alpha only overwrites a buffer); kohya's "
         'OFT (`kind = "diag-oft"`, `form = "kohya"`: networks.oft, oft_flux) likewise trains the '
         "file's `oft_blocks` at the adapter's `constraint` (LyCORIS's form never reads the file's alpha: "
-        "either value). dbspec's "
+        "either value), and kohya's networks.dylora (`dylora_form = \"kohya\"`: DyLoRAModule's scale) its "
+        "blocks at the adapter's alpha / rank (LyCORIS's DyLoRA reads the alpha buffer: not with "
+        '`dylora_form = "lycoris"`). dbspec\'s '
         "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
         "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
         "measures each update at the file's alpha).",
@@ -1893,6 +1895,7 @@ class DyloraAdapter:
         "layer the adapter does not adapt is ignored. false: the run refuses a file that does not cover the "
         "adapter exactly.",
     )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 Adapter = Union[
