@@ -2945,6 +2945,19 @@ Linear).""",
         reserved=True,
     ),
     Code(
+        "DBS595",
+        ERROR,
+        'adapter.init_alpha = "ignore" on LyCORIS\'s DyLoRA',
+        """\
+`adapter.init_alpha = "ignore"` trains the starting file's weights at the adapter's alpha, as kohya's
+networks.lora and networks.dylora do with a `--network_weights` file saved at another alpha (the module's
+scale is fixed from `network_alpha` when it is built; the file's alpha only fills a buffer). LyCORIS's
+DyLoraModule (`dylora_form = "lycoris"`) instead scales every forward by its `alpha` buffer, which loading
+the file overwrites: such a run trains at the file's alphas, which the adapter must then state.""",
+        help='set adapter.init_alpha = "match" with the file\'s alpha as adapter.alpha, or dylora_form = '
+        '"kohya"',
+    ),
+    Code(
         "DBS596",
         ERROR,
         "A LoHa / LoKr block's own Tucker form beside other kinds on a transformer family",

@@ -261,8 +261,8 @@ def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
     `oft_unet_<Flux name>.oft_blocks.<part>`, a fused layer's part its own entry, runtime/flux_oft.py), a
     shape that differs refused as torch refuses it; with init_partial a layer the file lacks keeps its zero
     blocks and a file module no layer matches is ignored (else both are errors naming the file and the
-    tensor). The alphas were checked at plan time
-    (they equal the constraint)."""
+    tensor). No alpha is read: the layers keep the adapter's constraint, as OFTModule keeps the one it was
+    built with (the plan checked that the file's equal it, unless plan.adapter.init_alpha is "ignore")."""
     path = plan.adapter.init_weights
     state = load_file(path)
     layers = _kohya_oft_layers(plan, unet)  # tensor key -> the layer's blocks

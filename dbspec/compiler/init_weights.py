@@ -79,7 +79,7 @@ def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tup
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    if _ignored_alpha_max_norm(ctx, adapter):
+    if _ignored_alpha_max_norm(ctx, adapter) or _ignored_alpha_read_by_lycoris(ctx, adapter):
         return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
     # LyCORIS's LoCon with weight_decompose (dora_form "lycoris"): its file holds each module's dora_scale,
@@ -210,7 +210,7 @@ def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
     put the file's alpha in that buffer: the norm is taken at the file's alpha while the layer trains at
     network_alpha's, which dbspec's max-norm (the layer's own scale) does not reproduce. LyCORIS's max-norm
     (max_norm_form "lycoris") uses the module's scale from construction, the run's."""
-    if getattr(adapter, "init_alpha", "match") != "ignore" or not adapter.max_norm:
+    if getattr(adapter, "init_alpha", "match") != "ignore" or not getattr(adapter, "max_norm", 0):
         return False
     if adapter.max_norm_form != "kohya":
         return False
@@ -224,6 +224,28 @@ def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
         ("adapter", "init_alpha"),
         help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
         "adapter.alpha",
+    )
+    return True
+
+
+def _ignored_alpha_read_by_lycoris(ctx: Context, adapter) -> bool:
+    """DBS595 (and True): adapter.init_alpha = "ignore" on LyCORIS's DyLoRA. Its DyLoraModule scales each
+    forward by its `alpha` buffer (get_weight's alpha / (b + 1)), which load_weights sets from the file: the
+    file's alphas are the run's, so they cannot be ignored (kohya's networks.dylora fixes its scale)."""
+    if (
+        getattr(adapter, "init_alpha", "match") != "ignore"
+        or getattr(adapter, "dylora_form", "") != "lycoris"
+    ):
+        return False
+    ctx.report(
+        "DBS595",
+        "error",
+        'adapter.init_alpha = "ignore" with adapter.dylora_form = "lycoris": LyCORIS\'s DyLoraModule scales '
+        "each forward by its alpha buffer, which loading the file sets to the file's alphas, so the run "
+        "trains at the file's alphas",
+        ("adapter", "init_alpha"),
+        help='set adapter.init_alpha = "match" with the file\'s alpha as adapter.alpha (or per block), or '
+        'dylora_form = "kohya" (kohya networks.dylora, whose scale is fixed when it is built)',
     )
     return True
 
@@ -326,7 +348,8 @@ def _mismatch(module: LoraModule, adapter: LoraAdapter, denoiser: bool, t5: bool
 
 def _alphas_read(adapter) -> bool:
     """Whether the file's alphas must be the adapter's (adapter.init_alpha "match"); "ignore": kohya's
-    networks.lora scales at network_alpha / rank whatever the file's alpha buffer holds."""
+    networks.lora scales at network_alpha / rank (networks.oft constrains at network_alpha x width) whatever
+    the file's alpha buffer holds."""
     return getattr(adapter, "init_alpha", "match") == "match"
 
 
@@ -539,8 +562,11 @@ def _plan_kohya_oft(ctx: Context, family: str, adapter: DiagOftAdapter, componen
                 "error",
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
-                help="make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
-                "them from the file), or start from another file",
+                help=_oft_help(
+                    problem,
+                    "make adapter.block_count and constraint the file's (kohya --dim_from_weights reads "
+                    "them from the file), or start from another file",
+                ),
             )
             return "", 0
         used += 1
@@ -655,17 +681,32 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
 
 
 def _oft_misfit(name: str, module, adapter: DiagOftAdapter) -> str:
-    """Why a kohya OFT file's module does not fit the adapter (its block count, its alpha), or ""."""
+    """Why a kohya OFT file's module does not fit the adapter (its block count, its alpha unless
+    adapter.init_alpha is "ignore": OFTModule keeps the constraint it was built with), or ""."""
     if module.blocks is not None and module.blocks != adapter.block_count:
         return (
             f"`{name}.oft_blocks` holds {module.blocks} blocks; adapter.block_count is {adapter.block_count}"
         )
-    if module.alpha is not None and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3):
+    if (
+        _alphas_read(adapter)
+        and module.alpha is not None
+        and not math.isclose(module.alpha, adapter.constraint, rel_tol=1e-3)
+    ):
         return (
             f"`{name}.alpha` is {module.alpha:g}; adapter.constraint is {adapter.constraint:g} (kohya trains "
             "the network's constraint and saves the file's alpha)"
         )
     return ""
+
+
+def _oft_help(problem: str, first: str) -> str:
+    """The DBS356 help for a kohya OFT file that does not fit: `first`, and for an alpha init_alpha's way."""
+    if ".alpha`" not in problem:
+        return first
+    return (
+        f'{first}; or set adapter.init_alpha = "ignore" to train the file\'s blocks at adapter.constraint, '
+        "as kohya's networks.oft does with a --network_weights file saved at another alpha"
+    )
 
 
 def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[str, int]:
@@ -680,7 +721,9 @@ def _plan_flux_oft(ctx: Context, path, file, adapter: DiagOftAdapter) -> tuple[s
                 "error",
                 f"`{path}` does not fit the adapter: {problem}",
                 KEY,
-                help="make adapter.block_count and constraint the file's, or start from another file",
+                help=_oft_help(
+                    problem, "make adapter.block_count and constraint the file's, or start from another file"
+                ),
             )
             return "", 0
     return tally(ctx, path, {}, sum(m.blocks is not None for m in file.modules.values()))

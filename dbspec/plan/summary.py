@@ -609,7 +609,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound})"))
-    return rows
+    return rows + _start_rows(a)
 
 
 def _oft_block_rows(a) -> list[tuple[str, str]]:
@@ -627,6 +627,19 @@ def _oft_block_rows(a) -> list[tuple[str, str]]:
         for block in blocks
         if block.rank
     ]
+
+
+def _ignored_alphas(a) -> str:
+    """The starting file's alphas left unread (adapter.init_alpha "ignore"), as kohya's network does."""
+    if a.kind == "diag-oft":
+        return (
+            "; its alphas ignored: the blocks train at the adapter's constraint, as kohya's networks.oft "
+            "(exports carry that alpha)"
+        )
+    return (
+        "; its alphas ignored: the layers train at the adapter's alpha / rank, as kohya's networks.lora "
+        "(exports carry that alpha)"
+    )
 
 
 def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
@@ -755,26 +768,23 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
     for name, count in a.params.items():
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound if name == 'unet' else 'estimate'})"))
-    if a.init_weights:
-        rows.append(
-            (
-                "  starts from",
-                f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)"
-                + (
-                    "; layers it lacks keep their init, as kohya's strict=False load"
-                    if a.init_partial
-                    else ""
-                )
-                + (f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else "")
-                + (
-                    "; its alphas ignored: the layers train at the adapter's alpha / rank, as kohya's "
-                    "networks.lora (exports carry that alpha)"
-                    if a.init_alpha == "ignore"
-                    else ""
-                ),
-            )
-        )
+    rows.extend(_start_rows(a))
     return rows
+
+
+def _start_rows(a) -> list[tuple[str, str]]:
+    """The file the adapter starts from (adapter.init_weights), as it loads."""
+    if not a.init_weights:
+        return []
+    return [
+        (
+            "  starts from",
+            f"{a.init_weights} ({a.init_layers} layers; a resume takes the checkpoint's)"
+            + ("; layers it lacks keep their init, as kohya's strict=False load" if a.init_partial else "")
+            + (f"; the copies at the layer plus {a.init_scale:g} x its diff" if a.init_scale != 1 else "")
+            + (_ignored_alphas(a) if a.init_alpha == "ignore" else ""),
+        )
+    ]
 
 
 def noise_summary(n: NoisePlan, flow: FlowPlan | None = None) -> str:

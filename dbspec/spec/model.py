@@ -800,6 +800,29 @@ def _full_blocks_init_scale():
     )
 
 
+# kohya's LoRAModule fixes its scale (network_alpha / rank) and its OFTModule its constraint (network_alpha x
+# width, a Python float) at construction; load_weights then overwrites only the `alpha` buffer, which
+# save_weights writes back
+def _init_alpha():
+    return option(
+        "match",
+        doc="What `init_weights`' `alpha` tensors mean. match: they must be the adapter's `alpha` "
+        "(`conv_alpha`, a block's own; kohya's OFT: `constraint`; checked at plan time), so what trains and "
+        "what is saved agree. ignore: they are not read; every layer trains at the adapter's alpha / rank "
+        "on the file's `lora_down` / `lora_up`, as kohya's networks.lora (lora_flux, lora_sd3) trains from a "
+        "`--network_weights` file saved at another alpha (its modules' scale is fixed from "
+        "`network_alpha` when the network is built; the file's alpha only overwrites a buffer); kohya's "
+        'OFT (`kind = "diag-oft"`, `form = "kohya"`: networks.oft, oft_flux) likewise trains the '
+        "file's `oft_blocks` at the adapter's `constraint` (LyCORIS's form never reads the file's alpha: "
+        "either value), and kohya's networks.dylora (`dylora_form = \"kohya\"`: DyLoRAModule's scale) its "
+        "blocks at the adapter's alpha / rank (LyCORIS's DyLoRA reads the alpha buffer: not with "
+        '`dylora_form = "lycoris"`). dbspec\'s '
+        "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
+        "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
+        "measures each update at the file's alpha).",
+    )
+
+
 @frozen
 class LoraAdapter:
     kind: Literal["lora"] = option(
@@ -961,20 +984,7 @@ class LoraAdapter:
         "false: the run refuses a file that does not cover the adapter exactly, naming the file and the "
         "first layer.",
     )
-    # kohya's LoRAModule fixes its scale (network_alpha / rank) at construction; load_weights then overwrites
-    # only the `alpha` buffer, which save_weights writes back
-    init_alpha: Literal["match", "ignore"] = option(
-        "match",
-        doc="What `init_weights`' `alpha` tensors mean. match: they must be the adapter's `alpha` "
-        "(`conv_alpha`, a block's own; checked at plan time), so what trains and what is saved agree. "
-        "ignore: they are not read; every layer trains at the adapter's alpha / rank on the file's "
-        "`lora_down` / `lora_up`, as kohya's networks.lora (lora_flux, lora_sd3) trains from a "
-        "`--network_weights` file saved at another alpha (its modules' scale is fixed from "
-        "`network_alpha` when the network is built; the file's alpha only overwrites a buffer). dbspec's "
-        "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
-        "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
-        "measures each update at the file's alpha).",
-    )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
     init_scale: float = _full_blocks_init_scale()
     # kohya networks.lora_flux without split_qkv: one LoRA on each fused Linear of the original model.
     fused_projections: bool = option(
@@ -1509,7 +1519,8 @@ class DiagOftAdapter:
         "modules' `oft_blocks` and `alpha`; on FLUX.1 and Chroma networks.oft_flux's, "
         "`oft_blocks.<part>`), as kohya's OFTNetwork and dbspec's kohya export save it; its "
         "block counts and alphas must be the adapter's `block_count` and `constraint` (checked at plan "
-        "time). `form = \"lycoris\"` (lycoris.kohya `--network_weights`): LyCORIS's layout under kohya's "
+        'time; the alphas unread with `init_alpha = "ignore"`). `form = "lycoris"` (lycoris.kohya '
+        "`--network_weights`): LyCORIS's layout under kohya's "
         "module names (SDXL's U-Net in the original layout; on Flux / SD3 with `fused_projections`, one "
         "module per fused Linear, whose blocks and rescale rows each part takes its own of), each module's "
         "`oft_blocks` and `rescale` loaded as they are (their shapes the layer's, checked when the run loads "
@@ -1525,6 +1536,7 @@ class DiagOftAdapter:
         "its rescale of ones), and a file module or `rescale` the adapter does not have is ignored. "
         "false: the run refuses a file that does not cover the adapter exactly.",
     )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
     blocks: list[OftBlock] = option(
         factory=list,
         doc="Per-module block sizes, constraints, rescales and bypass_mode of the denoiser's Diag-OFT "
@@ -1883,6 +1895,7 @@ class DyloraAdapter:
         "layer the adapter does not adapt is ignored. false: the run refuses a file that does not cover the "
         "adapter exactly.",
     )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 Adapter = Union[

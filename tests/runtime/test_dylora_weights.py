@@ -71,7 +71,11 @@ def _from_weights_spec(tmp_path: Path, path: Path, steps: int) -> Path:
 
 
 def test_dim_from_weights_builds_each_dylora_layer_at_its_file_rank(tmp_path):
-    path, cut, dropped = _per_module_file(_first_export(tmp_path))
+    """Also networks.dylora without --dim_from_weights from a file saved at another alpha (4): with
+    adapter.init_alpha = "ignore" every layer keeps the adapter's alpha (DyLoRAModule's scale is fixed from
+    network_alpha when it is built; load_weights only fills its alpha buffer) and holds the file's rows."""
+    export = _first_export(tmp_path)
+    path, cut, dropped = _per_module_file(export)
     plan = compile_spec(_from_weights_spec(tmp_path, path, 2), ["optimizer.lr=1e-2"])
     comps = family_runtime(plan.model.family).load(plan)
     configure_models(plan, comps, torch.device("cpu"))
@@ -86,6 +90,22 @@ def test_dim_from_weights_builds_each_dylora_layer_at_its_file_rank(tmp_path):
     assert torch.equal(up.detach(), saved[f"{cut}.lora_up.weight"].float())
     other = next(n for n in layers if n != cut)
     assert (layers[other].r["default"], layers[other].blocks("default")) == (2, 2)  # unit 1: one per rank
+
+    state = {k: torch.tensor(4.0) if k.endswith(".alpha") else v for k, v in load_file(str(export)).items()}
+    save_file(state, str(tmp_path / "alpha4.safetensors"))
+    text = '[adapter]\nkind = "dylora"\nunit = 1\nrank = 2\nalpha = 1.0\ninit_alpha = "ignore"\n'
+    text += f'init_weights = "{tmp_path / "alpha4.safetensors"}"\n\n[train]\ntext_encoder = true\n'
+    plan = compile_spec(write_spec(tmp_path / "third", steps=1, extra=text), [])
+    assert (plan.adapter.alpha, plan.adapter.init_alpha) == (1.0, "ignore")
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    assert load_init_weights(plan, comps.unet, comps.text_encoders) == len({k.split(".")[0] for k in state})
+    layers = {"lora_unet_" + n.replace(".", "_"): m for n, m in _dylora_layers(comps.unet).items()}
+    assert layers and {m.lora_alpha["default"] for m in layers.values()} == {1.0}
+    for key, layer in layers.items():
+        down, up = layer.full("default")
+        assert torch.equal(down.detach(), state[f"{key}.lora_down.weight"].float()), key
+        assert torch.equal(up.detach(), state[f"{key}.lora_up.weight"].float()), key
 
 
 def test_a_dim_from_weights_dylora_resumes_bit_exact(tmp_path):

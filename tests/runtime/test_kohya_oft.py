@@ -229,7 +229,10 @@ def test_starts_from_kohyas_oft_file_and_resumes_bit_exact(tmp_path):
     """adapter.init_weights (kohya networks.oft --network_weights, OFTNetwork.load_weights): a run's export
     starts a second run, whose layers hold the file's blocks before step 0 (as load_state_dict copies
     them); with init_partial a layer the file lacks keeps its zero blocks; the second run resumes
-    bit-exact (a resume takes the checkpoint's blocks, not the file's)."""
+    bit-exact (a resume takes the checkpoint's blocks, not the file's). The file is saved at another alpha
+    (0.5, its blocks x 50) and the spec says adapter.init_alpha = "ignore": kohya's OFTModule keeps
+    network_alpha's constraint (a float fixed when it is built; load_weights only fills the alpha buffer),
+    so each layer rotates by the file's blocks clamped at 0.01 x width, and the export carries 0.01."""
     from safetensors.torch import save_file
 
     from dbspec.runtime.adapters import add_lora
@@ -239,37 +242,53 @@ def test_starts_from_kohyas_oft_file_and_resumes_bit_exact(tmp_path):
     (export,) = Path(first.final).glob("*.kohya.safetensors")
     weights = load_file(str(export))
     dropped = "oft_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    partial = {k: v for k, v in weights.items() if not k.startswith(dropped + ".")}
+    partial = {  # kohya's saved file of a run at alpha 0.5, whose blocks grew past 0.01's constraint
+        k: torch.full_like(v, 0.5) if k.endswith(".alpha") else v * 50
+        for k, v in weights.items()
+        if not k.startswith(dropped + ".")
+    }
     save_file(partial, str(tmp_path / "start.safetensors"))
     extra = SPEC.replace(
         "[checkpoints]",
-        f'init_weights = "{tmp_path / "start.safetensors"}"\ninit_partial = true\n\n[checkpoints]',
+        f'init_weights = "{tmp_path / "start.safetensors"}"\ninit_partial = true\ninit_alpha = "ignore"\n\n'
+        "[checkpoints]",
     )
     spec = write_spec(tmp_path / "b", steps=4, extra=extra)
     lr = ["optimizer.lr=1e-2"]
     plan = compile_spec(spec, [*lr, "output.dir=parts"])
     modules = {k.split(".")[0] for k in partial}
     assert plan.adapter.init_partial and plan.adapter.init_layers == len(modules)
+    assert (plan.adapter.oft_constraint, plan.adapter.init_alpha) == (0.01, "ignore")
 
     unet = build_pipeline(plan.model.base).unet
     targets = plan.adapter.denoiser_targets
     add_lora(unet, plan.adapter, targets, seed=0, conv=True, component="unet")
     assert load_init_weights(plan, unet, []) == len(modules)
-    blocks = {
-        "oft_unet_" + n.replace(".", "_"): m.lora_oft_blocks
-        for n, m in unet.named_modules()
-        if hasattr(m, "lora_oft_blocks")
+    layers = {
+        "oft_unet_" + n.replace(".", "_"): m for n, m in unet.named_modules() if hasattr(m, "lora_oft_blocks")
     }
-    assert set(blocks) == modules | {dropped}
-    for key, held in blocks.items():
-        (value,) = held.values()
+    assert set(layers) == modules | {dropped}
+    bound = 0
+    for key, layer in layers.items():
+        ((name, value),) = layer.lora_oft_blocks.items()
         expected = partial.get(f"{key}.oft_blocks")
         if expected is None:
             assert not value.any(), key  # the file lacks it: kohya's zero init
-        else:
-            assert torch.equal(value, expected.to(value.dtype)), key
+            continue
+        assert torch.equal(value, expected.to(value.dtype)), key
+        base = layer.get_base_layer().weight.detach()
+        with torch.no_grad():  # OFTModule's weight at network_alpha's constraint, not the file's alpha's
+            ours = layer.rotated_weight(name)
+            torch.testing.assert_close(ours, kohya_weight(expected, base, 0.01).float(), rtol=1e-5, atol=1e-6)
+            bound += not torch.allclose(ours, kohya_weight(expected, base, 0.5).float(), atol=1e-4)
+    assert bound > len(modules) // 2  # the constraint binds: the file's alpha would rotate them otherwise
 
     whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]))
+    (trained,) = Path(whole.final).glob("*.kohya.safetensors")
+    with safe_open(str(trained), "pt") as handle:
+        assert handle.metadata()["ss_network_alpha"] == "0.01"
+        alphas = [float(handle.get_tensor(k)) for k in handle.keys() if k.endswith(".alpha")]
+    assert alphas and alphas == pytest.approx([0.01] * len(alphas))  # what it trained at, not the file's 0.5
     fresh = execute(compile_spec(write_spec(tmp_path / "c", steps=4, extra=SPEC), [*lr, "output.dir=fresh"]))
     assert whole.losses[0] != fresh.losses[0]  # the file's rotations, not the identity, at step 0
     assert execute(plan, stop_after=2).status == "interrupted"

@@ -530,3 +530,47 @@ def test_lycoris_dylora_file_with_flat_convolution_ups_is_lycoris_crash(tmp_path
     outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
     assert outcome.exit_code == 1 and fate(outcome, "dim_from_weights") == "invalid"
     assert "RuntimeError" in outcome.conversion.reports["dim_from_weights"].note
+
+
+def test_networks_dylora_network_weights_of_other_alphas_train_at_network_alpha(tmp_path):
+    """networks/dylora.py DyLoRAModule: `self.scale = alpha / lora_dim` from network_alpha when it is built,
+    which forward reads; load_weights' load_state_dict only overwrites the `alpha` buffer (save_weights
+    writes it back): adapter.init_alpha = "ignore" at alpha 8 and a DBS404 warning naming DyLoRAModule;
+    the file's lora_down / lora_up still must be the network's rank (16)."""
+    modules = {Q: (16, 4.0, 320, 0), TE: (16, 4.0, 768, 0)}
+    outcome = _from_file(tmp_path, modules, "networks.dylora", "")
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_form, a.rank, a.alpha, a.init_alpha, a.init_layers) == (
+        "dylora",
+        "kohya",
+        16,
+        8.0,
+        "ignore",
+        2,
+    )
+    said = messages(outcome, "DBS404")
+    assert f"`{TE}.alpha` is 4, not the network's 8" in said and "DyLoRAModule's scale" in said
+    assert fate(outcome, "network_weights") == "differs"
+
+
+def test_networks_dylora_network_weights_at_network_alpha_keep_the_check(tmp_path):
+    outcome = _from_file(tmp_path, {Q: (16, 8.0, 320, 0)}, "networks.dylora", "")
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.init_alpha == "match" and "DBS404" not in codes(outcome)
+
+
+def test_init_alpha_ignore_on_lycoris_dylora_is_refused(tmp_path):
+    """LyCORIS's DyLoraModule scales by its alpha buffer (get_weight's alpha / (b + 1)), which the file
+    sets: DBS595; kohya's form plans."""
+    from tests.unit.test_init_weights import _plan, write_lora
+
+    write_lora(tmp_path / "prev.safetensors", {Q: (16, 4.0, 320, 0)})
+    adapter = 'rank = 16\nalpha = 8.0\ninit_weights = "prev.safetensors"\ninit_alpha = "ignore"\n'
+    adapter += "init_partial = true\n"
+    planned = _plan(tmp_path, adapter + 'dylora_form = "lycoris"', kind="dylora")
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS595"]
+    assert hit.path == "adapter.init_alpha" and "alpha buffer" in hit.message
+    planned = _plan(tmp_path, adapter + 'dylora_form = "kohya"', kind="dylora")
+    assert planned.plan is not None, planned.diagnostics
+    assert (planned.plan.adapter.alpha, planned.plan.adapter.init_alpha) == (8.0, "ignore")

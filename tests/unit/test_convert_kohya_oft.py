@@ -179,10 +179,41 @@ def test_network_weights_start_the_blocks_from_kohyas_file(tmp_path):
     assert fate(outcome, "network_weights") == "mapped"
 
 
-def test_network_weights_with_another_alpha_is_not_expressed(tmp_path):
-    """kohya trains network_alpha's constraint (a Python float) and saves the file's alpha buffers."""
-    outcome = _weights_toml(tmp_path, {SD15_ATTN: (8, 40, 0.01)}, "")
-    assert outcome.exit_code == 1 and "saves the file's alpha" in messages(outcome, "DBS403")
+def test_network_weights_with_another_alpha_train_at_network_alphas_constraint(tmp_path):
+    """OFTModule's constraint is network_alpha x width, a Python float fixed when it is built; load_weights
+    only overwrites the `alpha` buffer (save_weights writes it back): adapter.init_alpha = "ignore" at
+    constraint 0.001 and a DBS404 warning naming the module whose alpha differs. The feed-forward module,
+    which the attention-only network never loads, is not the one named."""
+    modules = {SD15_ATTN: (8, 40, 0.25), SD15_FF: (8, 40, 0.5)}  # exact in fp16
+    outcome = expressible(_weights_toml(tmp_path, modules, ""))
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert (a.oft_blocks, a.oft_constraint, a.init_alpha, a.init_layers) == (8, 0.001, "ignore", 1)
+    said = messages(outcome, "DBS404")
+    assert f"`{SD15_ATTN}.alpha` is 0.25, not the network's 0.001" in said and "save_weights" in said
+    assert SD15_FF not in said
+    assert fate(outcome, "network_weights") == "differs"
+    from dbspec.plan.summary import adapter_rows
+
+    assert "blocks train at the adapter's constraint" in dict(adapter_rows(a))["  starts from"]
+
+
+def test_network_weights_of_the_network_alpha_keep_the_check(tmp_path):
+    """An fp16 alpha of network_alpha (kohya saves every tensor in the save precision) is the network's."""
+    outcome = expressible(_weights_toml(tmp_path, {SD15_ATTN: (8, 40, 0.001)}, ""))
+    assert plan_of(outcome, tmp_path).adapter.init_alpha == "match" and "DBS404" not in codes(outcome)
+
+
+def test_dim_from_weights_with_modules_of_other_alphas_trains_all_at_the_first(tmp_path):
+    """create_network_from_weights builds every OFTModule at the first `.alpha` of load_file's sorted keys
+    (here the convolution's, input_blocks_1 before input_blocks_4, 0.5); the attention module's 0.25 only
+    fills its buffer."""
+    attention = "oft_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    modules = {attention: (4, 160, 0.25), SDXL_CONV: (4, 80, 0.5)}
+    outcome = expressible(_weights_toml(tmp_path, modules, "dim_from_weights = true", model=SDXL))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.oft_blocks, a.oft_constraint, a.init_alpha, a.init_layers) == (4, 0.5, "ignore", 2)
+    assert f"`{attention}.alpha` is 0.25, not the network's 0.5" in messages(outcome, "DBS404")
 
 
 def test_network_weights_with_another_block_count_crash(tmp_path):
@@ -238,3 +269,25 @@ def test_dim_from_weights_crashes(tmp_path, modules, extra, words):
     else:
         outcome = _weights_toml(tmp_path, modules, extra)
     assert outcome.exit_code == 1 and words in messages(outcome, "DBS402"), errors(outcome)
+
+
+def test_a_spec_of_other_alphas_is_refused_unless_init_alpha_ignore(tmp_path):
+    """Spec side: kohya's OFT file whose alpha is not adapter.constraint is DBS356 naming init_alpha as the
+    way out; with init_alpha = "ignore" it plans at the adapter's constraint; the block count still has to
+    fit (only the alphas are unread)."""
+    from test_init_weights import _plan
+
+    _oft_file(tmp_path / "prev.safetensors", {SD15_ATTN: (8, 40, 0.25)})
+    base = 'form = "kohya"\nblock_count = {}\nconstraint = 0.001\ninit_weights = "prev.safetensors"\n'
+    base += 'denoiser_targets = ["to_q", "to_k", "to_v", "to_out.0"]\ntext_encoder_targets = []\n'
+    planned = _plan(tmp_path, base.format(8), kind="diag-oft")
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    assert f"`{SD15_ATTN}.alpha` is 0.25; adapter.constraint is 0.001" in hit.message
+    assert 'init_alpha = "ignore"' in hit.help
+    planned = _plan(tmp_path, base.format(8) + 'init_alpha = "ignore"', kind="diag-oft")
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.oft_constraint, a.init_alpha, a.init_layers) == (0.001, "ignore", 1)
+    planned = _plan(tmp_path, base.format(4) + 'init_alpha = "ignore"', kind="diag-oft")
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    assert "holds 8 blocks; adapter.block_count is 4" in hit.message and "init_alpha" not in hit.help

@@ -188,15 +188,24 @@ def test_network_weights_start_the_blocks(tmp_path):
     assert fate(outcome, "network_weights") == "mapped"
 
 
-@pytest.mark.parametrize(("blocks", "alpha", "code"), [(4, 0.001, "DBS402"), (8, 0.01, "DBS403")])
-def test_network_weights_that_do_not_fit(tmp_path, blocks, alpha, code):
-    """Another block count: load_state_dict raises on the shape; another alpha: kohya trains network_alpha's
-    constraint and saves the file's alpha."""
-    _oft_flux_file(tmp_path / "prev.safetensors", blocks, alpha)
+def test_network_weights_of_another_block_count_crash(tmp_path):
+    """load_state_dict raises on the shape."""
+    _oft_flux_file(tmp_path / "prev.safetensors", 4, 0.001)
     outcome = _flux(
         tmp_path, "--network_dim 8 --network_alpha 0.001 --network_weights prev.safetensors", allow=True
     )
-    assert code in codes(outcome), errors(outcome)
+    assert "DBS402" in codes(outcome), errors(outcome)
+
+
+def test_network_weights_of_another_alpha_train_at_network_alphas_constraint(tmp_path):
+    """oft_flux's OFTModule fixes each part's constraint (alpha x part width) when it is built; the file's
+    alpha only fills the buffer save_weights writes: init_alpha "ignore", DBS404."""
+    _oft_flux_file(tmp_path / "prev.safetensors", 8, 0.01)
+    outcome = _flux(tmp_path, "--network_dim 8 --network_alpha 0.001 --network_weights prev.safetensors")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.oft_blocks, a.oft_constraint, a.init_alpha, a.init_layers) == (8, 0.001, "ignore", 2)
+    said = messages(outcome, "DBS404")
+    assert "`oft_unet_double_blocks_0_img_attn_proj.alpha` is 0.01, not the network's 0.001" in said
 
 
 @pytest.mark.parametrize("mlp", [False, True])

@@ -23,7 +23,14 @@ from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 
 # kohya networks whose LoRAModule scales at the network's alpha and loads the file's into a buffer
-KOHYA_LORA_NETWORKS = ("networks.lora", "networks.lora_fa", "networks.lora_flux", "networks.lora_sd3")
+# (networks.dylora's DyLoRAModule alike: `self.scale = alpha / lora_dim` at construction, which forward reads)
+KOHYA_LORA_NETWORKS = (
+    "networks.lora",
+    "networks.lora_fa",
+    "networks.lora_flux",
+    "networks.lora_sd3",
+    "networks.dylora",
+)
 
 
 def map_file_alphas(a: dict[str, Legacy], paths, conv: Conversion) -> None:
@@ -54,7 +61,9 @@ def map_file_alphas(a: dict[str, Legacy], paths, conv: Conversion) -> None:
     if other is None:
         return
     norms = a["scale_weight_norms"] if "scale_weight_norms" in a else None
-    if norms is not None and norms.value:  # apply_max_norm_regularization reads the alpha buffer (DBS601)
+    module = "DyLoRAModule" if a["network_module"].value == "networks.dylora" else "LoRAModule"
+    # apply_max_norm_regularization reads the alpha buffer (DBS601); DyLoRANetwork has none (DBS405 there)
+    if norms is not None and norms.value and module == "LoRAModule":
         conv.unsupported(
             norms,
             f"`{paths.name_of(weights.value)}` holds `{other.name}.alpha` = {other.alpha:g}, not the "
@@ -67,13 +76,13 @@ def map_file_alphas(a: dict[str, Legacy], paths, conv: Conversion) -> None:
         ("adapter", "init_alpha"),
         "ignore",
         conv.comment(
-            weights, "kohya's LoRAModule keeps network_alpha's scale; load_weights sets only its buffer"
+            weights, f"kohya's {module} keeps network_alpha's scale; load_weights sets only its buffer"
         ),
     )
     conv.differs(
         weights,
         f"`{other.name}.alpha` is {other.alpha:g}, not the network's {trained:g}: kohya trains the file's "
-        "weights at the network's alpha / dim (LoRAModule's scale, fixed when it is built) and load_weights "
+        f"weights at the network's alpha / dim ({module}'s scale, fixed when it is built) and load_weights "
         "puts the file's alpha in the module's buffer, which save_weights writes, so kohya's saved file "
         "would carry the file's alphas beside weights trained at the network's scale and load at another "
         'strength; dbspec trains the same (adapter.init_alpha = "ignore") and its exports carry the alpha it '
@@ -101,3 +110,37 @@ def _run_alphas(conv: Conversion) -> tuple[set[float], set[float]]:
             convolution.add(float(value))
     rank = values.get(("adapter", "conv_rank"), (0, ""))[0]
     return linear or {1.0}, (convolution or linear or {1.0}) if rank else set()
+
+
+def map_oft_file_alphas(modules, constraint: float, weights: Legacy, conv: Conversion) -> None:
+    """kohya's networks.oft / oft_flux: `adapter.init_alpha = "ignore"` and a DBS404 warning when a module
+    OFTNetwork.load_weights takes holds an alpha that is not the network's `constraint` (network_alpha, or
+    with --dim_from_weights the file's first). OFTModule computes its constraint (alpha x width, a Python
+    float; oft_flux's per part) when it is built and only `alpha` is a buffer, which load_state_dict
+    overwrites and nothing but save_weights (and create_network_from_weights) reads again."""
+    other = next(
+        (
+            m
+            for m in sorted(modules, key=lambda m: m.name)
+            if m.alpha is not None and not math.isclose(m.alpha, constraint, rel_tol=1e-3)
+        ),
+        None,
+    )
+    if other is None:
+        return
+    conv.put(
+        ("adapter", "init_alpha"),
+        "ignore",
+        conv.comment(
+            weights, "kohya's OFTModule keeps network_alpha's constraint; load_weights sets its buffer"
+        ),
+    )
+    conv.differs(
+        weights,
+        f"`{other.name}.alpha` is {other.alpha:g}, not the network's {constraint:g}: kohya trains the file's "
+        "blocks at the network's constraint (OFTModule's alpha x width, fixed when it is built) and "
+        "load_weights puts the file's alpha in the module's buffer, which save_weights writes, so kohya's "
+        "saved file would carry the file's alphas beside blocks trained at the network's constraint (and "
+        'load at another); dbspec trains the same (adapter.init_alpha = "ignore") and its exports carry '
+        "the constraint it trained at",
+    )

@@ -26,6 +26,7 @@ from dbspec.convert.kohya.network import (
 )
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.convert.kohya.idle_text import file_holds, idle_text_modules, put_lycoris_t5
+from dbspec.convert.kohya.file_alpha import map_file_alphas
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
     flow_blocks,
@@ -340,6 +341,7 @@ def _kohya_dylora_network(a: Args, paths: PathMapper, conv: Conversion, rank: in
         )
     elif weights.value:  # DyLoRANetwork.load_weights: load_state_dict(strict=False), the file's rows per rank
         map_init_weights(weights, paths, conv)
+        map_file_alphas(a, paths, conv)  # DyLoRAModule keeps network_alpha's scale: init_alpha "ignore"
     return True
 
 

@@ -20,20 +20,21 @@ What kohya does (networks/oft.py at sd-scripts 48d368f):
 - load_weights (l. 324-333; train_network.py l. 711-714, after apply_to): load_state_dict(strict=False) of
   --network_weights: adapter.init_weights with init_partial (a module the file lacks keeps its zero blocks,
   a file module the network lacks is ignored, a block count that differs fails). The `alpha` buffers load
-  too: kohya then trains the network's constraint (a Python float from network_alpha) and saves the file's
-  alpha, so a file whose alpha is not network_alpha is DBS403.
+  too: kohya then trains the network's constraint (a Python float from network_alpha, fixed when OFTModule
+  is built; nothing reads the buffer again) and saves the file's alpha, so a file whose alpha is not
+  network_alpha trains with adapter.init_alpha = "ignore" (DBS404: kohya's saved file carries the file's).
 - create_network_from_weights (l. 198-242; train_network.py l. 671-672, --dim_from_weights): the network
   from the file, network_dim / network_alpha / network_args unread: the block count is the first
   non-alpha tensor's first dimension and the constraint the first `.alpha` (load_file's sorted keys),
   enable_all_linear when a key holds `_ff_`, enable_conv when one holds `in_layers_2` (the SDXL original
   layout's ResNet name: on SD 1.x / 2.x kohya's diffusers-style names never match, so a file's
   convolution modules are left out and ignored by the load). A file without an alpha or without blocks
-  crashes OFTModule (None arithmetic): DBS402. Then load_weights as above.
+  crashes OFTModule (None arithmetic): DBS402. Then load_weights as above: modules whose alpha is not the
+  first train at the first's constraint (init_alpha "ignore", DBS404).
 """
 
 from __future__ import annotations
 
-import math
 
 from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -120,7 +121,6 @@ def _from_weights(a, file: OftFile, conv: Conversion) -> bool:
     blocks = file.modules[first.rsplit(".", 1)[0]].blocks
     constraint = file.alphas[alpha_key]
     counts = sorted({m.blocks for m in file.modules.values() if m.blocks is not None})
-    alphas = sorted(set(file.alphas.values()))
     if len(counts) > 1:
         conv.invalid(
             weights.key,
@@ -128,13 +128,6 @@ def _from_weights(a, file: OftFile, conv: Conversion) -> bool:
             weights.source,
             f"its modules hold {' and '.join(map(str, counts))} blocks; create_network_from_weights builds "
             f"every module with {blocks} and load_state_dict fails on the others' shapes",
-        )
-        return False
-    if len(alphas) > 1:
-        conv.unsupported(
-            from_file,
-            f"the file's modules have alphas {', '.join(f'{v:g}' for v in alphas)}: kohya trains every "
-            f"module at the first ({constraint:g}) and saves each module's own; not expressed",
         )
         return False
     for key in ("network_dim", "network_alpha"):
@@ -247,8 +240,9 @@ def _put_network(
 def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_names: bool) -> bool:
     """OFTNetwork.load_weights: load_state_dict(strict=False) -> adapter.init_weights, init_partial. The
     file's modules of layers the network adapts must hold its block count (torch raises on a shape that
-    differs: DBS402) and alpha (kohya trains the constraint and saves the file's alpha: DBS403); read when
-    the file is here (else the plan checks it)."""
+    differs: DBS402); an alpha that is not the network's sets adapter.init_alpha = "ignore" (kohya trains the
+    constraint and saves the file's alpha: DBS404); read when the file is here (else the plan checks it)."""
+    from dbspec.convert.kohya.file_alpha import map_oft_file_alphas
     from dbspec.convert.kohya.network import map_init_weights
 
     weights = a["network_weights"]
@@ -258,19 +252,18 @@ def _load_weights(a, file: OftFile | None, paths, conv: Conversion, original_nam
             *conv.values[("adapter", "denoiser_targets")][0],
             *conv.values.get(("adapter", "conv_targets"), ([], ""))[0],
         ]
-        for module in file.modules.values():
-            if not adapts(module.name, targets, original_names):
-                continue  # strict=False: ignored
-            if not file_module_fits(module, blocks, constraint, weights, conv):
-                return False
+        loaded = [m for m in file.modules.values() if adapts(m.name, targets, original_names)]
+        if not all(file_module_fits(m, blocks, constraint, weights, conv) for m in loaded):
+            return False
+        map_oft_file_alphas(loaded, constraint, weights, conv)
     map_init_weights(weights, paths, conv)
     return True
 
 
 def file_module_fits(module, blocks: int, constraint: float, weights: Legacy, conv: Conversion) -> bool:
     """A --network_weights module OFTNetwork.load_weights takes: `blocks` blocks (torch raises on another
-    shape: DBS402) and the network's alpha (kohya trains network_alpha's constraint and saves the file's:
-    DBS403). False when reported."""
+    shape: DBS402; its alpha, whatever it is, only fills a buffer: map_oft_file_alphas). False when
+    reported."""
     if module.blocks is not None and module.blocks != blocks:
         conv.invalid(
             weights.key,
@@ -278,13 +271,6 @@ def file_module_fits(module, blocks: int, constraint: float, weights: Legacy, co
             weights.source,
             f"`{module.name}.oft_blocks` holds {module.blocks} blocks, the network's layer {blocks}: "
             "load_state_dict raises on the shape",
-        )
-        return False
-    if module.alpha is not None and not math.isclose(module.alpha, constraint, rel_tol=1e-3):
-        conv.unsupported(
-            weights,
-            f"`{module.name}.alpha` is {module.alpha:g}, network_alpha {constraint:g}: kohya trains "
-            "network_alpha's constraint and saves the file's alpha; not expressed",
         )
         return False
     return True

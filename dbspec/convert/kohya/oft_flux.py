@@ -25,7 +25,7 @@ What kohya does (networks/oft_flux.py):
 - save_weights: its state dict, `oft_unet_<kohya Flux name>.oft_blocks.<part>` and `.alpha`; dbspec's
   kohya_lora export writes it (runtime/flux_oft.py).
 - load_weights (--network_weights, after apply_to): load_state_dict(strict=False): adapter.init_weights with
-  init_partial, as networks.oft's (a file alpha that is not network_alpha: DBS403).
+  init_partial, as networks.oft's (a file alpha that is not network_alpha: init_alpha "ignore", DBS404).
 - create_network_from_weights (--dim_from_weights): the block count from the first tensor outside a qkv
   module, the constraint from the first alpha, enable_all_linear when a tensor's name holds `_mlp`.
 --model_type chroma (library/chroma_models.py): OFTNetwork picks the same classes there (SelfAttention,
@@ -158,18 +158,21 @@ def _from_weights(a: dict[str, Legacy], conv: Conversion, paths) -> tuple[int, f
 def _load_weights(a: dict[str, Legacy], paths, conv: Conversion, blocks: int, constraint: float) -> bool:
     """OFTNetwork.load_weights (train_network.py, after apply_to): load_state_dict(strict=False) of the file
     -> adapter.init_weights with init_partial. Read when it is here (else the plan checks it): its modules
-    must hold network_dim blocks (torch raises on another shape: DBS402) and network_alpha (kohya trains the
-    network's constraint and saves the file's alpha: DBS403)."""
+    must hold network_dim blocks (torch raises on another shape: DBS402); an alpha that is not the network's
+    sets adapter.init_alpha = "ignore" (kohya trains the network's constraint, a float fixed when
+    OFTModule is built, and saves the file's alpha: DBS404)."""
     from dbspec.convert.kohya.network import map_init_weights
+    from dbspec.convert.kohya.file_alpha import map_oft_file_alphas
     from dbspec.convert.kohya.oft import _weights_file, file_module_fits
 
     weights = a["network_weights"]
     file = _weights_file(weights, paths, conv, required=False)
     if file is False:
         return False
-    for module in file.modules.values() if file is not None else ():
-        if not file_module_fits(module, blocks, constraint, weights, conv):
-            return False
+    modules = list(file.modules.values()) if file is not None else []
+    if not all(file_module_fits(m, blocks, constraint, weights, conv) for m in modules):
+        return False
+    map_oft_file_alphas(modules, constraint, weights, conv)
     map_init_weights(weights, paths, conv)
     return True
 
