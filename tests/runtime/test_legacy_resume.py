@@ -92,6 +92,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["fused"]  # shared down-projections of fused layers, added since (none then)
     del data["adapter"]["text_encoder_blocks"]  # the text encoders' per-module ranks, added since
     del data["adapter"]["init_partial"]  # kohya's strict=False start, added since (exact files then)
+    del data["adapter"]["init_alpha"]  # a file's alphas ignored as kohya does, added since (checked then)
     del data["adapter"]["split_fused"]  # split fused layers' shared dropout draws, added since (none then)
     del data["adapter"]["ggpo_sigma"], data["adapter"]["ggpo_beta"]  # LoRA-GGPO, added since (off then)
     del data["adapter"]["rank_dropout_scale"]  # LyCORIS's rank-dropout rescale flag, added since
@@ -122,6 +123,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["precision"]["compile"]  # torch.compile, added since (eager then)
     del data["precision"]["fp16_gradients"]  # fp16 weights stepped from still-scaled gradients, added since
     del data["optimizer"]["implementation"]  # torch AdamW's fused kernel, added since (torch's default then)
+    del data["optimizer"]["decoupled_weight_decay"]  # RAdam's decoupled decay, added since (off then)
+    del data["optimizer"]["min_8bit_size"]  # bitsandbytes' 8-bit threshold, added since (its default then)
     for key in (
         "huber",
         "noise",
