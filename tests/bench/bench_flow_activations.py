@@ -39,50 +39,14 @@ import os
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.real_models import FLUX, SD35L, SD35M  # noqa: E402
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 
-FLUX = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
-SD35M = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    out_channels=16,
-    pos_embed_max_size=384,
-    dual_attention_layers=tuple(range(13)),
-    qk_norm="rms_norm",
-)
-SD35L = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    num_layers=38,
-    attention_head_dim=64,
-    num_attention_heads=38,
-    joint_attention_dim=4096,
-    caption_projection_dim=2432,
-    pooled_projection_dim=2048,
-    out_channels=16,
-    pos_embed_max_size=192,
-    qk_norm="rms_norm",
-)
 # model -> (family, public config, reduced config, block kind of each built block, full count of each kind)
 MODELS = {
     "flux": ("flux", FLUX, dict(num_layers=1, num_single_layers=1), {"double": 19, "single": 38}),

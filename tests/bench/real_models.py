@@ -128,6 +128,51 @@ PARAMS = {
 }
 MARKER = "bench_real_model.json"
 
+# diffusers transformer configs of black-forest-labs/FLUX.1-dev, stabilityai/stable-diffusion-3.5-medium and
+# stabilityai/stable-diffusion-3.5-large (8,056,627,520 parameters, the sd3 family's count): built reduced by
+# tests/bench/bench_flow_activations.py, matched whole by tests/runtime/test_sd3_lora_blocks.py
+FLUX = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)
+SD35M = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=384,
+    dual_attention_layers=tuple(range(13)),
+    qk_norm="rms_norm",
+)
+SD35L = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    num_layers=38,
+    attention_head_dim=64,
+    num_attention_heads=38,
+    joint_attention_dim=4096,
+    caption_projection_dim=2432,
+    pooled_projection_dim=2048,
+    out_channels=16,
+    pos_embed_max_size=192,
+    qk_norm="rms_norm",
+)
+
 
 def build_real_model(name: str, folder: Path, seed: int = 0) -> Path:
     """Write model `name` ("sd15" or "sdxl") as a diffusers folder at `folder`; reuse one already there."""

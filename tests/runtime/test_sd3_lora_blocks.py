@@ -15,6 +15,7 @@ from dbspec.runtime.adapters import lora_config
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.prepare import configure_models
 from dbspec.runtime.tiny import build_pipeline
+from tests.bench.real_models import SD35L
 from tests.runtime.runspec import compile_spec
 from tests.unit.convert_kit import (  # noqa: F401
     diffusers,
@@ -29,19 +30,6 @@ from tests.unit.convert_kit import (  # noqa: F401
 README = (
     '--instance_data_dir=dog --output_dir=out --instance_prompt="a photo of sks dog" --train_batch_size=1 '
     "--max_train_steps=2 --mixed_precision=bf16"
-)
-# stabilityai/stable-diffusion-3.5-large's transformer config (8,056,627,520 parameters, the family's count)
-SD35_LARGE = dict(
-    sample_size=128,
-    num_layers=38,
-    attention_head_dim=64,
-    num_attention_heads=38,
-    joint_attention_dim=4096,
-    caption_projection_dim=2432,
-    pooled_projection_dim=2048,
-    out_channels=16,
-    pos_embed_max_size=192,
-    qk_norm="rms_norm",
 )
 
 
@@ -73,7 +61,7 @@ CASES = [
 
 def test_sd35_large_layout_adapts_the_scripts_modules(tmp_path):
     with torch.device("meta"):
-        model = SD3Transformer2DModel(**SD35_LARGE)
+        model = SD3Transformer2DModel(**SD35L)
     for i, (layers, blocks) in enumerate(CASES):
         given = (f"--lora_layers={layers} " if layers else "") + f'--lora_blocks "{blocks}"'
         outcome = _convert(tmp_path / str(i), "stabilityai/stable-diffusion-3.5-large", given, 512)
