@@ -11,6 +11,7 @@ the meta device from the same public configs and compares the paths and the para
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import attrs
@@ -34,6 +35,7 @@ class TransformerShape:
     (`num_layers`) and single (`num_single_layers`) blocks."""
 
     num_layers: int
+    width: int  # the blocks' hidden width (num_attention_heads x attention_head_dim 64 / 128)
     num_single_layers: int = 0  # Flux, Chroma
     dual_attention_layers: int = 0  # SD3.5 medium: blocks 0 .. n-1 have attn2
     qk_norm: bool = False  # SD3.5: RMS norms on q and k (Flux and Chroma always have them)
@@ -63,14 +65,16 @@ SDXL_REFINER_UNET = UNetShape(
     (_PLAIN, _CROSS, _CROSS, _PLAIN), (384, 768, 1536, 1536), (0, 4, 4, 0), add_embedding=True
 )
 # --- MM-DiTs (transformer/config.json) ------------------------------------------------------------------
-SD3_MEDIUM = TransformerShape(24)  # stabilityai/stable-diffusion-3-medium-diffusers: 24 joint blocks
+# stabilityai/stable-diffusion-3-medium-diffusers: 24 joint blocks, 24 heads of 64
+SD3_MEDIUM = TransformerShape(24, 1536)
 # stabilityai/stable-diffusion-3.5-medium: 24 joint blocks, dual_attention_layers 0-12, qk_norm rms_norm
-SD35_MEDIUM = TransformerShape(24, dual_attention_layers=13, qk_norm=True)
-SD35_LARGE = TransformerShape(38, qk_norm=True)  # stabilityai/stable-diffusion-3.5-large (and -turbo)
-FLUX_DEV = TransformerShape(
-    19, 38, guidance_embeds=True
-)  # black-forest-labs/FLUX.1-dev: 19 double, 38 single
-CHROMA = TransformerShape(19, 38, approximator_layers=5)  # lodestones/Chroma1-HD (and -Base): Flux's blocks
+SD35_MEDIUM = TransformerShape(24, 1536, dual_attention_layers=13, qk_norm=True)
+# stabilityai/stable-diffusion-3.5-large (and -turbo): 38 joint blocks, 38 heads of 64
+SD35_LARGE = TransformerShape(38, 2432, qk_norm=True)
+# black-forest-labs/FLUX.1-dev: 19 double and 38 single blocks, 24 heads of 128
+FLUX_DEV = TransformerShape(19, 3072, 38, guidance_embeds=True)
+# lodestones/Chroma1-HD (and -Base): Flux's blocks
+CHROMA = TransformerShape(19, 3072, 38, approximator_layers=5)
 
 
 def denoiser_paths(shape: UNetShape | TransformerShape) -> frozenset[str]:
@@ -172,6 +176,33 @@ def _flux_paths(shape: TransformerShape) -> frozenset[str]:
         out += [f"{b}.attn.{p}" for p in ("to_q", "to_k", "to_v", "norm_q", "norm_k")]
         out += [f"{b}.proj_mlp", f"{b}.proj_out", *((f"{b}.norm.linear",) if not chroma else ())]
     return frozenset(out)
+
+
+_BLOCK_PATH = re.compile(r"(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)")
+
+
+def block_linear_in_out(shape: UNetShape | TransformerShape, path: str) -> int | None:
+    """in + out features of the Linear at `path` inside an MM-DiT's blocks (LoRA's parameters per unit of
+    rank there), None for other paths and for UNets. Widths of w-wide blocks: the attention projections
+    w -> w, the MLPs w -> 4w -> w, the modulations w -> 6w (SD3.5 medium's dual-attention blocks 9w, the last
+    joint block's context stream 2w, a single block's 3w); a single block's proj_out reads 5w (attention and
+    MLP joined)."""
+    found = _BLOCK_PATH.fullmatch(path)
+    if not isinstance(shape, TransformerShape) or found is None or path not in denoiser_paths(shape):
+        return None
+    w, single, index, layer = shape.width, found[1] != "transformer_blocks", int(found[2]), found[3]
+    if layer.rpartition(".")[2] in _QK_NORMS:  # the RMS norms on q and k: no Linear
+        return None
+    if single:
+        return {"proj_mlp": 5 * w, "proj_out": 6 * w, "norm.linear": 4 * w}.get(layer, 2 * w)
+    if layer.endswith(("net.0.proj", "net.2")):
+        return 5 * w
+    if layer == "norm1.linear":
+        return (10 if index < shape.dual_attention_layers else 7) * w
+    if layer == "norm1_context.linear":
+        pre_only = not shape.num_single_layers and index == shape.num_layers - 1  # SD3's last context stream
+        return (3 if pre_only else 7) * w
+    return 2 * w
 
 
 def block_ranges(shape: UNetShape | TransformerShape) -> str:

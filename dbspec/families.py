@@ -211,6 +211,7 @@ class FamilySpec:
 
     # The public models' denoiser layouts (dbspec/denoiser_layout.py): a hub model's own (`hub_ids`), else
     # every one of them; adapter targets and block patterns naming no layer of them match nothing (DBS607).
+    # The first is the model `lora_params_per_target` counts (its block-indexed targets are counted on it).
     denoiser_layouts: tuple[PublicLayout, ...] = ()
 
     def layouts_of(self, base: str) -> tuple[PublicLayout, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dbspec.denoiser_layout import denoiser_paths, text_encoder_paths
+from dbspec.denoiser_layout import block_linear_in_out, denoiser_paths, text_encoder_paths
 from dbspec.families import FAMILIES, family_spec
 
 _CROSS, _PLAIN = "CrossAttnDownBlock2D", "DownBlock2D"
@@ -110,6 +110,12 @@ def test_each_public_denoiser_has_the_layout_paths_and_the_registry_count(hub_id
     assert sum(p.numel() for p in model.parameters()) == family.params_of(hub_id)["unet"]
     layout = _layout_of(hub_id)
     assert denoiser_paths(layout.shape) == _layer_paths(model), layout.title
+    # each block Linear's in + out (the per-block LoRA count of compiler/adapters.py); None elsewhere and
+    # on the UNets
+    for path, m in model.named_modules() if hub_id in TRANSFORMERS else ():
+        widths = (m.in_features + m.out_features) if isinstance(m, torch.nn.Linear) else None
+        if path.startswith(("transformer_blocks.", "single_transformer_blocks.")) or widths is None:
+            assert block_linear_in_out(layout.shape, path) == widths, path
 
 
 _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
