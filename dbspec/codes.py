@@ -3015,6 +3015,22 @@ dbspec's max-norm measures it at the trained scale, so the run would differ; LyC
         help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
         "adapter.alpha",
     ),
+    Code(
+        "DBS607",
+        WARNING,
+        "an adapter target or block pattern names no layer of the public model",
+        """\
+`adapter.denoiser_targets` and `adapter.conv_targets` are matched as peft matches them (a layer whose path is
+the target or ends with `.<target>`); `[[adapter.blocks]]`, `[[adapter.text_encoder_blocks]]` patterns and
+`adapter.exclude` are searched (Python `re.search`) in the layers' paths, the denoiser's diffusers names and a
+text encoder's `<component>.<path>`. One that names no layer of the family's public model matches nothing,
+silently: a block index past the model's depth (`transformer_blocks.40.attn.to_q` on SD3 medium's 24 joint
+blocks, converted from diffusers' `--lora_blocks`), a typo, another family's names. The check reads the public
+model's layout (its own for a well-known hub id, else every public model of the family; dbspec's
+`denoiser_layout.py`), not the loaded model's, and the message lists the valid block ranges. A run still
+starts: the entry just adapts nothing.""",
+        help="name layers the model has, or remove the entry",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

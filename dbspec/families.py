@@ -13,6 +13,9 @@ from typing import Literal, get_args
 
 import attrs
 
+from dbspec import denoiser_layout as layouts
+from dbspec.denoiser_layout import PublicLayout
+
 Family = Literal["sd1", "sd2", "sdxl", "sdxl_refiner", "sd3", "flux", "chroma"]
 Prediction = Literal["epsilon", "v_prediction", "flow_matching"]
 Objective = Literal["ddpm", "flow"]
@@ -33,6 +36,9 @@ class TextEncoderSpec:
     # Its key in an A1111/ComfyUI textual-inversion file (pivotal tuning's exports): SD1/SD2 "emb_params",
     # SDXL "clip_l" / "clip_g" (the refiner's only encoder is OpenCLIP bigG: "clip_g").
     embedding_key: str = "emb_params"
+    # Its layers (num_hidden_layers; T5's num_layers) in the public model: CLIP-L 12, SD2's OpenCLIP ViT-H
+    # 23 (without its last), OpenCLIP bigG 32, T5-XXL 24 (denoiser_layout.text_encoder_paths)
+    layers: int = 12
 
 
 @attrs.frozen
@@ -203,6 +209,16 @@ class FamilySpec:
     eager_attention_processor: str = "AttnProcessor"
     eager_attention_backend: str = ""
 
+    # The public models' denoiser layouts (dbspec/denoiser_layout.py): a hub model's own (`hub_ids`), else
+    # every one of them; adapter targets and block patterns naming no layer of them match nothing (DBS607).
+    # The first is the model `lora_params_per_target` counts (its block-indexed targets are counted on it).
+    denoiser_layouts: tuple[PublicLayout, ...] = ()
+
+    def layouts_of(self, base: str) -> tuple[PublicLayout, ...]:
+        """The layouts the spec's base can have: its own for a public hub model, else all the family's."""
+        own = tuple(layout for layout in self.denoiser_layouts if base in layout.hub_ids)
+        return own or self.denoiser_layouts
+
     def params_of(self, base: str) -> dict[str, int]:
         """The parameter counts of hub model `base` (the family's public counts unless it has its own)."""
         return {**self.public_params, **self.hub_params.get(base, {})}
@@ -297,6 +313,7 @@ FAMILIES: dict[str, FamilySpec] = {
         kohya=KohyaFacts(base_version="sd_v1", v2=False, v_suffix=True, original_unet_names=False),
         conv_params_per_rank=544_000,
         conv_tucker_facts=(55_360, 50),
+        denoiser_layouts=(PublicLayout("SD1.5", layouts.SD_UNET),),
     ),
     "sd2": FamilySpec(
         name="sd2",
@@ -311,7 +328,9 @@ FAMILIES: dict[str, FamilySpec] = {
         context_dim=1024,
         # OpenCLIP ViT-H, in transformers' CLIP form
         text_encoders=(
-            TextEncoderSpec("text_encoder", "tokenizer", "CLIPTextModel", "cond_stage_model.model."),
+            TextEncoderSpec(
+                "text_encoder", "tokenizer", "CLIPTextModel", "cond_stage_model.model.", layers=23
+            ),
         ),
         latent_channels=4,
         vae_scaling_factor=0.18215,
@@ -335,6 +354,7 @@ FAMILIES: dict[str, FamilySpec] = {
         kohya=KohyaFacts(base_version="sd_v2", v2=True, v_suffix=True, original_unet_names=False),
         conv_params_per_rank=544_000,
         conv_tucker_facts=(55_360, 50),
+        denoiser_layouts=(PublicLayout("SD2", layouts.SD_UNET),),  # SD1's block layout
     ),
     "sdxl": FamilySpec(
         name="sdxl",
@@ -360,6 +380,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.1.model.",
+                layers=32,
                 embedding_key="clip_g",
             ),
         ),
@@ -386,6 +407,7 @@ FAMILIES: dict[str, FamilySpec] = {
         conv_tucker_facts=(36_160, 38),
         preview_vae="madebyollin/taesdxl",
         watermarker=True,
+        denoiser_layouts=(PublicLayout("SDXL base", layouts.SDXL_UNET),),
     ),
     # The SDXL refiner: an img2img UNet (384 base channels, context 1280) conditioned on OpenCLIP bigG only
     # (its text_encoder_2; no CLIP-L), with 5 time ids: original size, crop, aesthetic score. Same VAE as
@@ -407,6 +429,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "conditioner.embedders.0.model.",
+                layers=32,
                 embedding_key="clip_g",
             ),
         ),
@@ -436,6 +459,7 @@ FAMILIES: dict[str, FamilySpec] = {
         aesthetic_score=True,
         refines_images=True,
         absent_components=("text_encoder", "tokenizer"),
+        denoiser_layouts=(PublicLayout("the SDXL refiner", layouts.SDXL_REFINER_UNET),),
     ),
     # Stable Diffusion 3.5 (medium, large): an MM-DiT over 16-channel latents, trained by flow matching;
     # conditioned on CLIP-L and CLIP-G hidden states (concatenated, padded to T5's width) joined with
@@ -464,6 +488,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "tokenizer_2",
                 "CLIPTextModelWithProjection",
                 "text_encoders.clip_g.transformer.",
+                layers=32,
             ),
             TextEncoderSpec(
                 "text_encoder_3",
@@ -471,6 +496,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "T5EncoderModel",
                 "text_encoders.t5xxl.transformer.",
                 tokenizer_class="T5TokenizerFast",
+                layers=24,
                 max_length=256,  # StableDiffusion3Pipeline's max_sequence_length default
                 trainable=False,
             ),
@@ -588,6 +614,17 @@ FAMILIES: dict[str, FamilySpec] = {
             *("norm1.linear", "norm1_context.linear"),
         ),
         kohya_conv_targets=("pos_embed.proj",),
+        denoiser_layouts=(
+            PublicLayout(
+                "SD3.5 large",
+                layouts.SD35_LARGE,
+                ("stabilityai/stable-diffusion-3.5-large", "stabilityai/stable-diffusion-3.5-large-turbo"),
+            ),
+            PublicLayout("SD3.5 medium", layouts.SD35_MEDIUM, ("stabilityai/stable-diffusion-3.5-medium",)),
+            PublicLayout(
+                "SD3 medium", layouts.SD3_MEDIUM, ("stabilityai/stable-diffusion-3-medium-diffusers",)
+            ),
+        ),
         extra_exports=("kohya_lora",),  # kohya's networks/lora_sd3.py layout (runtime/sd3_kohya.py)
         long_prompts=False,
         lora_peft_keys=True,
@@ -621,6 +658,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "T5EncoderModel",
                 "text_encoders.t5xxl.transformer.",
                 tokenizer_class="T5TokenizerFast",
+                layers=24,
                 max_length=512,  # FluxPipeline's max_sequence_length default
                 trainable=False,
             ),
@@ -707,6 +745,7 @@ FAMILIES: dict[str, FamilySpec] = {
             *("norm1.linear", "norm1_context.linear", "proj_mlp", "proj_out", "norm.linear"),
         ),
         kohya_lora_excluded=("^proj_out$",),
+        denoiser_layouts=(PublicLayout("FLUX.1 dev", layouts.FLUX_DEV),),
     ),
     # Chroma (lodestones' Chroma1-HD / Chroma1-Base): Flux.1 schnell's MM-DiT without CLIP-L and without the
     # guidance and time embeddings; one approximator MLP computes every block's modulation from the timestep
@@ -737,6 +776,7 @@ FAMILIES: dict[str, FamilySpec] = {
                 "T5EncoderModel",
                 "text_encoders.t5xxl.transformer.",
                 tokenizer_class="T5TokenizerFast",
+                layers=24,
                 max_length=512,  # ChromaPipeline's max_sequence_length default (kohya: 512, not schnell)
                 trainable=False,
             ),
@@ -821,6 +861,7 @@ FAMILIES: dict[str, FamilySpec] = {
             *("proj_mlp", "proj_out"),
         ),
         kohya_lora_excluded=("^proj_out$",),
+        denoiser_layouts=(PublicLayout("Chroma1-HD", layouts.CHROMA),),
     ),
 }
 

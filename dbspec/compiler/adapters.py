@@ -11,6 +11,7 @@ from types import MappingProxyType
 import attrs
 
 from dbspec.compiler.fused import block_dora, fused_plan, split_fused_plan, targeted
+from dbspec.denoiser_layout import block_linear_in_out, denoiser_paths
 from dbspec.families import T5_LORA_TARGETS, family_spec, t5_text_encoders
 from dbspec.plan.model import BYPASS_KINDS, AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
@@ -558,7 +559,8 @@ def adapter_params(
             rank = max([rank, *(b.rank for b in getattr(adapter, "text_encoder_blocks", ()))])
         if denoiser:
             rank, conv_rank = _largest_ranks(adapter)
-            per_rank = _denoiser_per_rank(public, targets, fused) or per_rank
+            counted = _denoiser_per_rank(public, targets, fused)
+            per_rank = per_rank if counted is None else counted
         # blocks of other kinds (LoHa's two pairs per rank bound them all)
         blocks = getattr(adapter, "blocks" if denoiser else "text_encoder_blocks", ())
         kinds = {adapter.kind, *(getattr(b, "kind", "adapter") for b in blocks)} - {"adapter"}
@@ -577,18 +579,38 @@ def adapter_params(
     return out
 
 
-def _denoiser_per_rank(public, targets: tuple[str, ...], fused: tuple[FusedPlan, ...]) -> int:
+def _denoiser_per_rank(public, targets: tuple[str, ...], fused: tuple[FusedPlan, ...]) -> int | None:
     """LoRA parameters per unit of rank of the public model's denoiser with `targets`, from the family's
-    per-target counts; each fused layer's shared down counted once. 0 when a target has no count."""
+    per-target counts; block-indexed targets (`transformer_blocks.12.attn.to_q`, diffusers' SD3
+    `--lora_blocks`) per layer they name (_block_targets; one naming no layer adapts nothing: 0, DBS607);
+    each fused layer's shared down counted once. None when a target has no count."""
     table = public.lora_params_per_target
-    if not table or not targets or any(t not in table for t in targets):
-        return 0
-    total = sum(table[t] for t in set(targets))
+    if not table or not targets:
+        return None
+    plain = tuple(t for t in set(targets) if t in table)
+    indexed = _block_targets(public, tuple(t for t in set(targets) if t not in table), plain)
+    if indexed is None:
+        return None
+    total = sum(table[t] for t in plain) + indexed
     facts = {f.kohya_name: f for f in public.fused_projections}
     for group in fused:
         parts = sum(1 for p in group.parts if targeted(p, targets))
         total -= max(parts - 1, 0) * facts[group.name].down_per_rank
     return total
+
+
+def _block_targets(public, targets: tuple[str, ...], plain: tuple[str, ...]) -> int | None:
+    """in + out of each block Linear of the counted public model (the family's first layout: the model
+    `lora_params_per_target` counts) that `targets` name and the `plain` (per-suffix counted) targets do not,
+    by peft's rule; None when one of the layers is not a block Linear (no count: the caller falls back)."""
+    if not targets:
+        return 0
+    if not public.denoiser_layouts:
+        return None
+    shape = public.denoiser_layouts[0].shape
+    layers = [p for p in denoiser_paths(shape) if targeted(p, targets) and not targeted(p, plain)]
+    widths = [block_linear_in_out(shape, p) for p in layers]
+    return None if None in widths else sum(widths)
 
 
 def _conv_params(adapter, public, rank: int) -> int:

@@ -27,6 +27,7 @@ from dbspec.compiler.modelinfo import layer_params
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
 from dbspec.compiler.ggpo import check_ggpo
+from dbspec.compiler.layout_names import check_layout_names
 from dbspec.compiler.models import check_exports, check_weighted_captions, plan_model, sampler
 from dbspec.compiler.scaled_pos import plan_scaled_pos_embed
 from dbspec.compiler.text_masks import check_text_masks
@@ -489,6 +490,7 @@ def _assemble(
         )
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)
+    check_layout_names(ctx, model)  # targets and block patterns naming no layer of the public model (DBS607)
     v, c, e = spec.validation, spec.checkpoints, spec.ema
     idle = idle_text_encoders(spec, model.family)  # train.text_encoder_idle: adapted, never stepped
     first = next(d for d in spec.datasets if d.role == "instance")

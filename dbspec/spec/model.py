@@ -215,7 +215,8 @@ def _denoiser_targets():
         doc="Denoiser module names (suffixes) that get adapters at `rank`; unset, the family's: the UNet's "
         "attention projections, and for SD3 also the joint attention's context projections (add_q_proj...). "
         "A name adapts each module whose path is it or ends in `.` and it (peft's rule), so a longer path "
-        "names one block's: `transformer_blocks.12.attn.to_q`.",
+        "names one block's: `transformer_blocks.12.attn.to_q`. A name no layer of the family's public model "
+        "has warns (DBS607).",
     )
 
 
@@ -556,7 +557,8 @@ class AdapterBlock:
     pattern: str = option(
         doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
         "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
-        "matches a module sets its rank, alpha and learning-rate scale.",
+        "matches a module sets its rank, alpha and learning-rate scale; one that matches no layer of the "
+        "family's public model warns (DBS607).",
         example="^down_blocks\\.0\\.",
     )
     kind: BlockKind = option(
