@@ -328,7 +328,8 @@ def _reg_blocks(
     kwargs, args: Legacy, a, blocks: list, targets: list, conv: Conversion, **known
 ) -> bool | None:
     """network_reg_dims / network_reg_lrs (reg_dims.py): their blocks first (after the final layer's), so they
-    win over the other rank rules as kohya's regexes do. (False where dbspec cannot express them, whether
+    win over the other rank rules as kohya's regexes do; the text encoders' modules they decide as
+    [[adapter.text_encoder_blocks]]. (False where dbspec cannot express them, whether
     kohya builds a double block's q/k/v LoRA: None without them.)"""
     if "network_reg_dims" not in kwargs and "network_reg_lrs" not in kwargs:
         return True, None

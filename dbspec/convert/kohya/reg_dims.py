@@ -13,6 +13,11 @@ matching regex its own optimizer group at that absolute rate (LoRA+'s up matrice
 regex that does not compile is skipped. A rate is the block's own `lr` (the runtime's group rate, LoRA+'s up
 group at lr x ratio as kohya computes it), so it is kohya's to the bit.
 
+The text encoders' modules (CLIP-L's `lora_te1_`, T5-XXL's `lora_te3_` with train_t5xxl=True) take the regexes
+alike: create_modules ranks them (network_dim unless a rank regex matches) and assemble_params gives each
+encoder's modules the first matching regex's group, else the encoder's text_encoder_lr value; they become
+[[adapter.text_encoder_blocks]] (text_reg_blocks) over `<component>.<transformers path>`.
+
 Here every module kohya scans is enumerated by its kohya name, the user's regexes applied with Python's `re`
 as kohya applies them, and the modules they decide become blocks placed before the others (the first block
 matching a module wins), their anchored patterns naming the diffusers paths (a fused Linear's parts
