@@ -2990,6 +2990,21 @@ encoder trains (`train.text_encoder` and `train.text_encoder_2`), so the setting
         help="remove train.text_encoder_idle, or set train.text_encoder = false",
     ),
     Code(
+        "DBS599",
+        ERROR,
+        "A text-encoder block's learning rate that cannot apply",
+        """\
+An `[[adapter.text_encoder_blocks]]` entry gives its adapters either their own learning rate (`lr`, kohya
+Flux `network_reg_lrs` on CLIP-L's `lora_te1_` and T5-XXL's `lora_te3_` modules) or their text encoder's rate
+times `lr_scale` (0 holds them at their initial weights, out of the optimizer, as kohya leaves a group at
+rate 0 out), not both. Either splits the text encoders' optimizer groups by block (`text_encoder_lr<lr>`,
+`text_encoder_x<lr_scale>`), which needs a text encoder that trains (`train.text_encoder`,
+`train.text_encoder_2`, `train.t5`) and layers whose weights the block rates split: a lora, loha or lokr
+adapter, and a block of one of those kinds (another kind's layers would train at the encoder's rate).""",
+        help="remove the block's lr_scale or its lr, train the text encoder, or give the block kind lora, "
+        "loha or lokr",
+    ),
+    Code(
         "DBS600",
         ERROR,
         "train.t5_idle where T5-XXL cannot hold an idle adapter",

@@ -98,10 +98,7 @@ def with_blocks(
 def _blocks_of(module: torch.nn.Module, targets, blocks: tuple[BlockPlan, ...], component: str):
     """(path, layer, its block or None) of each layer of `module` peft adapts (`targets`); a text encoder's
     (`component` named) blocks are searched in `<component>.<path>`."""
-    from dbspec.runtime.exports import clip_path  # exports imports the family registry
-
-    # CLIP's paths with `text_model.`; T5-XXL's (Flux's, SD3's) as transformers names them
-    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
+    text_path = clip_path_of(module)
     for path, layer in module.named_modules():
         if path and _targeted(path, targets):
             yield path, layer, block_of(blocks, f"{component}.{text_path(path)}" if component else path)
@@ -253,27 +250,50 @@ def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths:
 
 
 def block_param_groups(
-    groups: list[dict], denoiser: torch.nn.Module, adapter: AdapterPlan, ratio: float = 0.0
+    groups: list[dict],
+    denoiser: torch.nn.Module,
+    adapter: AdapterPlan,
+    ratio: float = 0.0,
+    text_encoders: tuple[tuple[str, torch.nn.Module], ...] = (),
+    text_ratio: float = 0.0,
 ) -> list[dict]:
-    """The denoiser's optimizer groups split by block learning-rate scale (kohya's `unet_block<N>` groups at
-    lr x the block's weight, LoRA+'s up group too) or the block's own rate (kohya's `network_reg_lrs` groups,
-    the LoRA+ up group, `ratio`, at rate x ratio), and by the blocks' own `group` (`<name>_<group>`, at the
-    rate it would have); groups at scale 1 keep their name, so runs without scales keep their optimizer
-    state layout. Blocks at lr_scale 0 (no own rate) get no group: kohya leaves a group at rate 0 out of the
-    optimizer, so their weights keep their init while their gradients are computed, counted by the clip norm
-    (run.params) and, never cleared, add up (runtime/optimizer_blocks.py held_gradients)."""
-    if not any(b.lr_scale != 1.0 or b.lr or b.group for b in adapter.blocks):
-        return groups
+    """The optimizer groups split by block learning-rate scale (kohya's `unet_block<N>` groups at lr x the
+    block's weight, LoRA+'s up group too) or the block's own rate (kohya's `network_reg_lrs` groups, the
+    LoRA+ up group, `ratio`, at rate x ratio), and by the blocks' own `group` (`<name>_<group>`, at the
+    rate it would have): the denoiser's groups by `adapter.blocks`, each text encoder's (`text_encoders`:
+    (component, module)) by `adapter.text_encoder_blocks` (kohya Flux's network_reg_lrs on CLIP-L and T5-XXL,
+    LoRA+ at `text_ratio`), a group of either split alike; groups at scale 1 keep their name, so runs without
+    scales keep their optimizer state layout. Blocks at lr_scale 0 (no own rate) get no group: kohya leaves
+    a group at rate 0 out of the optimizer, so their weights keep their init while their gradients are
+    computed, counted by the clip norm (run.params) and, never cleared, add up
+    (runtime/optimizer_blocks.py held_gradients)."""
+    tables = [("denoiser", "", denoiser, adapter.blocks, ratio)]
+    tables += [
+        ("text_encoder", name, module, adapter.text_encoder_blocks, text_ratio)
+        for name, module in text_encoders
+    ]
     key: dict[int, tuple[float, float, str]] = {}
-    for name, param in denoiser.named_parameters():
-        # peft's LoRA, LoHa and LoKr parameters (and dbspec's scalars, DoRA scales) by their prefix
-        found = re.search(r"\.(?:lora|hada|lokr)_", name)
-        if param.requires_grad and found:
-            block = block_of(adapter.blocks, name[: found.start()])
-            key[id(param)] = (block.lr_scale, block.lr, block.group) if block is not None else (1.0, 0.0, "")
+    ratios: dict[str, float] = {}
+    for prefix, component, module, blocks, up_ratio in tables:
+        if not any(b.lr_scale != 1.0 or b.lr or b.group for b in blocks):
+            continue
+        ratios[prefix] = up_ratio
+        text_path = clip_path_of(module) if component else (lambda p: p)
+        for name, param in module.named_parameters():
+            # peft's LoRA, LoHa and LoKr parameters (and dbspec's scalars, DoRA scales) by their prefix
+            found = re.search(r"\.(?:lora|hada|lokr)_", name)
+            if param.requires_grad and found:
+                path = text_path(name[: found.start()])
+                block = block_of(blocks, f"{component}.{path}" if component else path)
+                key[id(param)] = (
+                    (block.lr_scale, block.lr, block.group) if block is not None else (1.0, 0.0, "")
+                )
+    if not ratios:
+        return groups
     out: list[dict] = []
     for group in groups:
-        if not group["name"].startswith("denoiser"):
+        prefix = next((p for p in ratios if group["name"].startswith(p)), None)
+        if prefix is None:
             out.append(group)
             continue
         split: dict[tuple[float, float, str], list] = {}
@@ -285,10 +305,18 @@ def block_param_groups(
                 continue
             suffix = f"_{unit}" if unit else ""
             if own:
-                rate = own * ratio if up and ratio else own
+                rate = own * ratios[prefix] if up and ratios[prefix] else own
                 name = f"{group['name']}_lr{own:g}{suffix}"
                 out.append({**group, "params": params, "lr": rate, "name": name})
                 continue
             name = (group["name"] if factor == 1.0 else f"{group['name']}_x{factor:g}") + suffix
             out.append({**group, "params": params, "lr": group["lr"] * factor, "name": name})
     return out
+
+
+def clip_path_of(module: torch.nn.Module):
+    """How a text encoder's module paths read in its blocks' patterns: CLIP's with `text_model.`, T5-XXL's
+    (Flux's, SD3's) as transformers names them."""
+    from dbspec.runtime.exports import clip_path  # exports imports the family registry
+
+    return (lambda p: p) if type(module).__name__.startswith("T5") else clip_path

@@ -446,21 +446,44 @@ def _group_bounds(optimizer: torch.optim.Optimizer, a) -> list:
     by_name = {b.name: b for b in a.groups}
     names = [group.get("name", "") for group in optimizer.param_groups]
     missing = [n for n in names if n not in by_name]
-    # block groups (denoiser_block<i>, denoiser_x<scale>, denoiser_lr<rate>, a block's own `_<group>`)
-    blocks = any(n.startswith("denoiser") and n not in ("denoiser", "denoiser_lora_up") for n in names)
-    if blocks and missing and all(n.startswith("denoiser") for n in missing):
+    # block groups (denoiser_block<i>, denoiser_x<scale>, denoiser_lr<rate>, a block's own `_<group>`;
+    # text_encoder_lr<rate>, text_encoder_2_x<scale>: [[adapter.text_encoder_blocks]])
+    split = {_component(n) for n in [*names, *by_name] if _block_group(n)}
+    if missing and all(_component(n) in split for n in missing):
+        whose = "the denoiser's" if _component(missing[0]) == "denoiser" else "the text encoders'"
         raise OptimizerError(
-            f"the denoiser's blocks leave parameters in the `{missing[0]}` group, which the schedule's "
+            f"{whose} blocks leave parameters in the `{missing[0]}` group, which the schedule's "
             "per-group tables do not name: give it a table entry"
         )
-    # a denoiser group the plan names may be empty in the loaded model (a block that matches no parameter)
-    extra = [n for n in by_name if n not in names and not n.startswith("denoiser")]
+    # a group of a split component the plan names may be empty in the loaded model (a block that matches no
+    # parameter; a text-encoder block's rate beside each encoder's group); the denoiser's always may
+    extra = [
+        n for n in by_name if n not in names and not n.startswith("denoiser") and _component(n) not in split
+    ]
     if missing or extra or len(set(names)) != len(names):
         raise OptimizerError(
             f"the plan's per-group schedule bounds name the groups {', '.join(sorted(by_name))}, "
             f"the optimizer has {', '.join(names)} (a dbspec bug: please report it)"
         )
     return [by_name[name] for name in names]
+
+
+# the groups param_groups builds before any block splits them (each with its LoRA+ `_lora_up`)
+_BASE_GROUPS = ("denoiser", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _component(name: str) -> str:
+    return (
+        "denoiser"
+        if name.startswith("denoiser")
+        else "text_encoder"
+        if name.startswith("text_encoder")
+        else ""
+    )
+
+
+def _block_group(name: str) -> bool:
+    return bool(_component(name)) and name.removesuffix("_lora_up") not in _BASE_GROUPS
 
 
 class SimpleTunerCosine(torch.optim.lr_scheduler.LRScheduler):

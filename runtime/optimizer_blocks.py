@@ -14,6 +14,7 @@ import re
 
 import torch
 
+from dbspec.families import family_spec
 from dbspec.plan.model import OptimizerBlockPlan
 
 
@@ -47,22 +48,35 @@ def optimizer_block_groups(
 
 
 def held_gradients(run) -> dict[str, torch.Tensor] | None:
-    """The gradients the denoiser's blocks at rate 0 (optimizer.blocks, or adapter blocks at lr_scale 0)
-    have added up so far, by parameter name, for the
+    """The gradients the blocks at rate 0 (optimizer.blocks, or adapter blocks and text-encoder blocks at
+    lr_scale 0) have added up so far, by parameter name (a text encoder's `<component>.<name>`), for the
     checkpoint (a resumed run goes on adding to them, so the clip norm stays the uninterrupted run's); None
     without such blocks."""
-    held_adapters = any(not b.lr and not b.lr_scale for b in run.plan.adapter.blocks)  # lr_scale 0
+    a = run.plan.adapter
+    held_adapters = any(not b.lr and not b.lr_scale for b in (*a.blocks, *a.text_encoder_blocks))
     if not held_adapters and not any(b.lr == 0 for b in run.plan.optimizer.blocks):
         return None
     stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    stepped |= {id(p) for p in (run.idle or {}).values()}  # the idle encoders' own (TrainState.idle_grads)
     return {
         name: param.grad.detach().clone()
-        for name, param in run.comps.unet.named_parameters()
+        for name, param in _named_trainable(run)
         if param.requires_grad and id(param) not in stepped and param.grad is not None
     }
 
 
 def restore_held_gradients(run, grads: dict[str, torch.Tensor]) -> None:
-    params = dict(run.comps.unet.named_parameters())
+    params = dict(_named_trainable(run))
     for name, grad in grads.items():
         params[name].grad = grad.to(params[name].device).clone()
+
+
+def _named_trainable(run):
+    """(name, parameter) of the denoiser (its own names: older checkpoints' keys) and the text encoders
+    (`<component>.<name>`)."""
+    yield from run.comps.unet.named_parameters()
+    names = family_spec(run.plan.model.family).text_encoder_names
+    for component, module in zip(names, run.comps.text_encoders):
+        if module is not None:
+            for name, param in module.named_parameters():
+                yield f"{component}.{name}", param

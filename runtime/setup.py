@@ -14,6 +14,7 @@ import torch
 from rich.console import Console
 
 from dbspec.plan.io import legacy_run_hashes, run_hash
+from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import text_masks
@@ -165,8 +166,16 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         else frozenset()
     )
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
-    if plan.adapter.blocks:  # per-block learning rates (kohya down/mid/up_lr_weight)
-        groups = block_param_groups(groups, comps.unet, plan.adapter, plan.optimizer.loraplus_denoiser_ratio)
+    if plan.adapter.blocks or plan.adapter.text_encoder_blocks:  # per-block learning rates (kohya
+        # down/mid/up_lr_weight, Flux network_reg_lrs on the denoiser and the text encoders)
+        groups = block_param_groups(
+            groups,
+            comps.unet,
+            plan.adapter,
+            o.loraplus_denoiser_ratio,
+            tuple(zip(family_spec(plan.model.family).text_encoder_names, comps.text_encoders)),
+            o.loraplus_text_encoder_ratio,
+        )
     if plan.optimizer.blocks:  # per-block denoiser rates (kohya sdxl_train.py block_lr)
         groups = optimizer_block_groups(groups, comps.unet, plan.optimizer.blocks)
     if tokens is not None:  # pivotal tuning: the new token rows, at their own rate

@@ -156,6 +156,8 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 kind="adapter" if b.kind == adapter.kind else b.kind,
                 rank=b.rank,
                 alpha=b.alpha,
+                lr_scale=b.lr_scale,
+                lr=b.lr,
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),

@@ -10,7 +10,9 @@ the first's (or second's) group at one rate gets a group of its own when a table
 Blocks that scale the rate (`lr_scale`, kohya's block lr weights) make one group per scale,
 `denoiser_x<scale>` (`denoiser_lora_up_x<scale>` with LoRA+), blocks at a rate of their own (`lr`, kohya
 Flux's network_reg_lrs) one per rate, `denoiser_lr<rate>`; a full fine-tune's `[[optimizer.blocks]]` one per
-block at a rate above 0, `denoiser_block<i>`. The `denoiser` group then holds only the parameters no block
+block at a rate above 0, `denoiser_block<i>`. `[[adapter.text_encoder_blocks]]`' scales and rates split each
+text encoder's group alike (`text_encoder_lr<rate>`, `text_encoder_2_x<scale>`, kohya Flux's network_reg_lrs
+on CLIP-L and T5-XXL). The `denoiser` group (a text encoder's) then holds only the parameters no block
 matches, and a block group may match none: the tables may leave those out (kohya's lists have no value for
 them), and the runtime refuses a run where a group they leave out holds parameters.
 """
@@ -48,47 +50,78 @@ def table_names(s) -> frozenset[str]:
     return frozenset(name for key in keys if isinstance(getattr(s, key), dict) for name in getattr(s, key))
 
 
+@attrs.frozen
+class BlockRates:
+    """The learning-rate groups one table of adapter blocks adds to each group of its component: `scales`
+    (lr_scale other than 1: `<name>_x<scale>`), `rates` (own lr: `<name>_lr<rate>`), `units` ((scale, own
+    rate, group) of the blocks with a group of their own: `<name>[_x<scale> | _lr<rate>]_<group>`)."""
+
+    scales: tuple[float, ...] = ()
+    rates: tuple[float, ...] = ()
+    units: tuple[tuple[float, float, str], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.scales or self.rates or self.units)
+
+
+def block_rates(blocks) -> BlockRates:
+    """The groups of a table of adapter blocks (spec's), as runtime/blocks.py names them; blocks at lr_scale 0
+    (held at their init) have none (a DyLoRA's, GLoRA's blocks have no rates: getattr)."""
+    blocks = [
+        b
+        for b in blocks
+        if (b.rank or getattr(b, "conv_rank", 0)) and (getattr(b, "lr", 0) or getattr(b, "lr_scale", 1.0))
+    ]
+    plain = [b for b in blocks if not getattr(b, "group", "")]
+    scales = tuple(
+        dict.fromkeys(
+            s for b in plain if (s := getattr(b, "lr_scale", 1.0)) != 1.0 and not getattr(b, "lr", 0)
+        )
+    )
+    rates = tuple(dict.fromkeys(b.lr for b in plain if getattr(b, "lr", 0)))
+    # blocks with a group of their own (kohya networks.lora's per-block groups)
+    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if getattr(b, "group", "")))
+    return BlockRates(scales, rates, units)
+
+
 def optimizer_groups(
     model: ModelPlan,
     precision: PrecisionPlan,
     o: OptimizerPlan,
     pivotal: PivotalPlan | None,
-    scales: tuple[float, ...] = (),
-    rates: tuple[float, ...] = (),
-    units: tuple[tuple[float, float, str], ...] = (),
+    blocks: BlockRates = BlockRates(),
     idle: tuple[str, ...] = (),
+    text_blocks: BlockRates = BlockRates(),
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
-    encoders' (the second its own only with its own rate), each followed by its LoRA+ up group, then the
-    pivotal tokens'. `scales`: the adapter blocks' learning-rate scales other than 1, each a group of the
-    denoiser's (and of its LoRA+ up group) at rate x scale, `<name>_x<scale>`; `rates`: the blocks' own
-    rates, each a group `<name>_lr<rate>` (runtime/blocks.py); `units`: (scale, own rate, group) of the
-    blocks with a group of their own, `<name>[_x<scale> | _lr<rate>]_<group>`."""
+    encoders' (the second its own only with its own rate), each followed by its LoRA+ up group and its
+    blocks' groups (`blocks`: [[adapter.blocks]]', `text_blocks`: [[adapter.text_encoder_blocks]]', each
+    group of a text encoder split by them alike: runtime/blocks.py), then the pivotal tokens'."""
     # the idle text encoders (train.text_encoder_idle) carry the adapter out of the optimizer
     trains = {c.name: c.trainable != "frozen" and c.name not in idle for c in precision.components}
     groups: list[tuple[str, float]] = []
 
-    def add(name: str, rate: float, ratio: float) -> None:
+    def add(name: str, rate: float, ratio: float, split: BlockRates) -> None:
         groups.append((name, rate))
         if ratio:  # LoRA+ (LoRA adapters only): every LoRA module has an up matrix
             groups.append((f"{name}_lora_up", rate * ratio))
+        for scale in split.scales:
+            groups.append((f"{name}_x{scale:g}", rate * scale))
+            if ratio:
+                groups.append((f"{name}_lora_up_x{scale:g}", rate * ratio * scale))
+        for own in split.rates:
+            groups.append((f"{name}_lr{own:g}", own))
+            if ratio:
+                groups.append((f"{name}_lora_up_lr{own:g}", own * ratio))
+        for scale, own, unit in split.units:
+            tag = f"_lr{own:g}" if own else "" if scale == 1.0 else f"_x{scale:g}"
+            lr = own or rate * scale
+            groups.append((f"{name}{tag}_{unit}", lr))
+            if ratio:
+                groups.append((f"{name}_lora_up{tag}_{unit}", lr * ratio))
 
     if trains.get("unet"):
-        add("denoiser", o.lr, o.loraplus_denoiser_ratio)
-        for scale in scales:
-            groups.append((f"denoiser_x{scale:g}", o.lr * scale))
-            if o.loraplus_denoiser_ratio:
-                groups.append((f"denoiser_lora_up_x{scale:g}", o.lr * o.loraplus_denoiser_ratio * scale))
-        for rate in rates:
-            groups.append((f"denoiser_lr{rate:g}", rate))
-            if o.loraplus_denoiser_ratio:
-                groups.append((f"denoiser_lora_up_lr{rate:g}", rate * o.loraplus_denoiser_ratio))
-        for scale, rate, unit in units:
-            tag = f"_lr{rate:g}" if rate else "" if scale == 1.0 else f"_x{scale:g}"
-            lr = rate or o.lr * scale
-            groups.append((f"denoiser{tag}_{unit}", lr))
-            if o.loraplus_denoiser_ratio:
-                groups.append((f"denoiser_lora_up{tag}_{unit}", lr * o.loraplus_denoiser_ratio))
+        add("denoiser", o.lr, o.loraplus_denoiser_ratio, blocks)
         # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
         groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
     names = family_spec(model.family).text_encoder_names
@@ -96,12 +129,13 @@ def optimizer_groups(
     third_own = o.text_encoder_3_lr is not None and len(names) > 2 and trains.get(names[2], False)
     third = () if third_own else names[2:3]
     shared = names[:1] if own else (*names[:2], *third)
+    ratio = o.loraplus_text_encoder_ratio
     if any(trains.get(n, False) for n in shared):
-        add("text_encoder", o.text_encoder_lr, o.loraplus_text_encoder_ratio)
+        add("text_encoder", o.text_encoder_lr, ratio, text_blocks)
     if own:
-        add("text_encoder_2", o.text_encoder_2_lr, o.loraplus_text_encoder_ratio)
+        add("text_encoder_2", o.text_encoder_2_lr, ratio, text_blocks)
     if third_own:
-        add("text_encoder_3", o.text_encoder_3_lr, o.loraplus_text_encoder_ratio)
+        add("text_encoder_3", o.text_encoder_3_lr, ratio, text_blocks)
     if pivotal is not None:
         groups.append(("pivotal", pivotal.lr))
     return tuple(groups)
@@ -124,32 +158,19 @@ def plan_group_bounds(
     tables = {key: getattr(s, key) for key in keys if isinstance(getattr(s, key), dict)}
     if not tables:
         return schedule
-    # blocks at lr_scale 0 (held at their init) have no group
-    blocks = [
-        b
-        for b in getattr(ctx.spec.adapter, "blocks", [])
-        if (b.rank or getattr(b, "conv_rank", 0)) and (getattr(b, "lr", 0) or getattr(b, "lr_scale", 1.0))
-    ]
     # lr_scale blocks (kohya's block lr weights) and blocks at their own rate (network_reg_lrs): a group
-    # per scale and per rate, as runtime/blocks.py names them
-    # (a DyLoRA's blocks have no rates or groups: getattr)
-    plain = [b for b in blocks if not getattr(b, "group", "")]
-    scales = tuple(
-        dict.fromkeys(
-            s for b in plain if (s := getattr(b, "lr_scale", 1.0)) != 1.0 and not getattr(b, "lr", 0)
-        )
-    )
-    rates = tuple(dict.fromkeys(b.lr for b in plain if getattr(b, "lr", 0)))
-    # blocks with a group of their own (kohya networks.lora's per-block groups)
-    units = tuple(dict.fromkeys((b.lr_scale, b.lr, b.group) for b in blocks if getattr(b, "group", "")))
+    # per scale and per rate of each group of their component, as runtime/blocks.py names them
+    blocks = block_rates(getattr(ctx.spec.adapter, "blocks", []))
+    text_blocks = block_rates(getattr(ctx.spec.adapter, "text_encoder_blocks", []))
     idle = idle_text_encoders(ctx.spec, model.family)
-    groups = optimizer_groups(model, precision, optimizer, pivotal, scales, rates, units, idle)
-    if optimizer.blocks or scales or rates or units:
-        # which of the denoiser's groups hold parameters depends on the modules the patterns match: the
+    groups = optimizer_groups(model, precision, optimizer, pivotal, blocks, idle, text_blocks)
+    if optimizer.blocks or blocks or text_blocks:
+        # which of a component's groups hold parameters depends on the modules the patterns match: the
         # tables may leave out its own group and the scale groups (the runtime refuses a run where one the
         # tables leave out holds parameters)
         named = {name for table in tables.values() for name in table}
-        groups = tuple(g for g in groups if not _optional(g[0]) or g[0] in named)
+        optional = ("denoiser",) * bool(optimizer.blocks or blocks) + ("text_encoder",) * bool(text_blocks)
+        groups = tuple(g for g in groups if not _optional(g[0], optional) or g[0] in named)
     names = [name for name, _ in groups]
     bad = False
     for key, table in tables.items():
@@ -237,8 +258,8 @@ def group_momentum_points(
     return tuple((step, momentum_at(schedule.lr_schedule, step, bounds.rate, period, g)) for step in steps)
 
 
-def _optional(name: str) -> bool:
-    return name.startswith("denoiser") and not name.startswith("denoiser_block")
+def _optional(name: str, components: tuple[str, ...]) -> bool:
+    return name.startswith(components) and not name.startswith("denoiser_block")
 
 
 def _listed(names: list[str]) -> str:

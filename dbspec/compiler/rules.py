@@ -4200,6 +4200,37 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An [[adapter.text_encoder_blocks]] entry's rate (`lr`, `lr_scale`): its own `lr` excludes its
+    `lr_scale`, a rate needs a text encoder that trains and layers whose weights the block rates split
+    (runtime/blocks.py: LoRA, LoHa, LoKr) (DBS599)."""
+    a = spec.adapter
+    t = spec.train
+    trains = t.text_encoder or getattr(t, "text_encoder_2", False) or getattr(t, "t5", False)
+    for i, b in enumerate(getattr(a, "text_encoder_blocks", ()) or ()):
+        lr, scale = getattr(b, "lr", 0.0), getattr(b, "lr_scale", 1.0)
+        if not lr and scale == 1.0:
+            continue
+        kind = a.kind if b.kind == "adapter" else b.kind
+        key, what = ("lr", f"lr {lr:g}") if lr else ("lr_scale", f"lr_scale {scale:g}")
+        why = ""
+        if lr and scale != 1.0:
+            why = f"it also gives lr_scale {scale:g}"
+        elif kind not in ("lora", "loha", "lokr") or a.kind not in ("lora", "loha", "lokr"):
+            why = f"its layers are of kind {kind!r}, whose weights block rates do not split"
+        elif not trains:
+            why = "no text encoder trains (train.text_encoder, train.text_encoder_2, train.t5)"
+        if why:
+            yield Hit(
+                code="DBS599",
+                severity="error",
+                path=("adapter", "text_encoder_blocks", i, key),
+                message=f"adapter.text_encoder_blocks[{i}] (pattern `{b.pattern}`) gives {what}, but {why}",
+                help=codes.help("DBS599"),
+            )
+
+
+@rule("spec")
 def held_adapter_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py) with a group
     of its own, or of a kind whose weights the block rates do not split (DBS593)."""

@@ -263,6 +263,15 @@ def kohya_folders_table(plan: Plan) -> Table | None:
     return t
 
 
+def _block_rate(block) -> str:
+    """An adapter block's learning rate: its own, its scale of its component's, or held at its init."""
+    if block.lr:
+        return f"lr {block.lr:g}"
+    if block.lr_scale:
+        return f"lr x {block.lr_scale:g}"
+    return "held at init (lr 0: out of the optimizer, gradients kept for the clip norm)"
+
+
 def groups_table(plan: Plan) -> Table | None:
     """Dataset groups (kohya's [[datasets]]): shown only when the spec has [[groups]]."""
     if not plan.groups:
@@ -730,13 +739,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"  block /{block.pattern}/",
                 ("" if block.kind == "adapter" else f"{block.kind} layers, ")
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
-                + (
-                    f"lr {block.lr:g}"
-                    if block.lr
-                    else f"lr x {block.lr_scale:g}"
-                    if block.lr_scale
-                    else "held at init (lr 0: out of the optimizer, gradients kept for the clip norm)"
-                )
+                + _block_rate(block)
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
                 + _block_factor(block, a),
             )
@@ -745,7 +748,9 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             (
                 f"  text-encoder block /{block.pattern}/",
-                f"rank {block.rank} alpha {block.alpha:g}{_block_factor(block, a)}",
+                f"rank {block.rank} alpha {block.alpha:g}"
+                + (f", {_block_rate(block)}" if block.lr or block.lr_scale != 1.0 else "")
+                + _block_factor(block, a),
             )
         )
     for fused in a.fused:

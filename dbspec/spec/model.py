@@ -648,8 +648,8 @@ class AdapterBlock:
 
 @frozen
 class TextEncoderBlock:
-    """Rank and alpha of the text-encoder modules one pattern names (kohya `--dim_from_weights` files whose
-    text-encoder modules differ in rank)."""
+    """Rank, alpha and learning rate of the text-encoder modules one pattern names (kohya `--dim_from_weights`
+    files whose text-encoder modules differ in rank, Flux `network_reg_dims` / `network_reg_lrs`)."""
 
     pattern: str = option(
         doc="Python regular expression searched in `<component>.<module path>` of each adapted text-encoder "
@@ -689,6 +689,24 @@ class TextEncoderBlock:
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
     bypass: BlockSwitch = _block_bypass()
+    lr_scale: float = option(
+        1.0,
+        doc="The matched adapters train at their text encoder's learning rate times this. 0 holds them at "
+        "their initial values: they are built, saved and exported and draw their dropouts, but stay out of "
+        "the optimizer (no group), their gradients computed, never cleared and counted by the clip norm "
+        "(kohya Flux `network_reg_lrs` rate 0 on a CLIP-L or T5-XXL module).",
+        minimum=0,
+    )
+    lr: float = option(
+        0.0,
+        doc="The matched adapters' own learning rate, in place of their text encoder's rate times `lr_scale` "
+        "(kohya Flux `network_reg_lrs` on CLIP-L's `lora_te1_` and T5-XXL's `lora_te3_` modules); LoRA+'s "
+        "up matrices train at it times the text encoder's ratio. Each rate is an optimizer group of its "
+        "encoder's group, `<group>_lr<lr>` (`text_encoder_lr0.0001`), as a scale is `<group>_x<lr_scale>`. "
+        "0 = not set.",
+        minimum=0,
+        example=1e-4,
+    )
 
 
 def _adapter_blocks():
@@ -708,7 +726,9 @@ def _text_encoder_blocks():
         factory=list,
         doc="Per-module ranks and alphas of the text encoders' adapters ([[adapter.text_encoder_blocks]] "
         "tables, kohya `--dim_from_weights` files whose text-encoder modules differ in rank, LyCORIS preset "
-        "files' `module_algo_map` / `name_algo_map` dims): modules no block matches keep `rank` and `alpha`.",
+        "files' `module_algo_map` / `name_algo_map` dims, Flux `network_reg_dims` / `network_reg_lrs` on "
+        "CLIP-L's and T5-XXL's modules, with their learning rates): modules no block matches keep `rank`, "
+        "`alpha` and their text encoder's learning rate.",
     )
 
 

@@ -3,10 +3,12 @@ converter's [[adapter.blocks]] build each layer's LoRA at the rank the first mat
 name gives, put its parameters in an optimizer group at the regex's absolute rate (LoRA+'s up matrices at
 rate x ratio, as kohya's prepare_optimizer_params_with_multiple_te_lrs), and the run trains; a regex at rate
 0 holds its modules (lr_scale 0): built, out of the optimizer, in the clip list, at their init after the run
-and in the export."""
+and in the export. The regexes reach CLIP-L's modules alike ([[adapter.text_encoder_blocks]]: the text
+encoder's group split by block, `text_encoder_lr<rate>`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,17 +17,20 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
 from dbspec.convert.kohya.reg_dims import flux_reg_blocks
+from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS
 from dbspec.families import family_spec
 from dbspec.plan.io import plan_to_json
 from dbspec.runtime.device import make_accelerator
 from dbspec.runtime.execute import execute
+from dbspec.runtime.exports import clip_path
 from dbspec.runtime.setup import setup
 from tests.runtime.runspec import compile_spec, write_spec
 
-DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0"
-# txt_attn at rate 0: kohya builds those modules and leaves their group out of the optimizer (issue 12)
-LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0"
-LR, RATIO = 1e-3, 4.0
+DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0,layers_1_self_attn=3"
+# txt_attn at rate 0: kohya builds those modules and leaves their group out of the optimizer (issue 12); the
+# regexes reach CLIP-L's modules (lora_te1_...) too: layer 0's attention at its own rate, layer 1's MLP held
+LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0,layers_0_self_attn=2e-4,layers_1_mlp=0"
+LR, TE_LR, RATIO = 1e-3, 5e-4, 4.0
 # diffusers child -> kohya's name for it inside a double / single block
 DOUBLE = {"attn.to_q": "img_attn_qkv", "attn.to_k": "img_attn_qkv", "attn.to_v": "img_attn_qkv"}
 DOUBLE |= {
@@ -62,6 +67,7 @@ def _first(text: str, name: str, kind):
 
 
 def _spec(tmp_path):
+    text_blocks: list[dict] = []
     blocks, extra, _, _ = flux_reg_blocks(
         {"network_reg_dims": DIMS, "network_reg_lrs": LRS},
         dim=4,
@@ -71,25 +77,29 @@ def _spec(tmp_path):
         in_dims=None,
         selected={},
         unet_lr=LR,
-        text_trains=False,
+        text_trains=True,
         family="flux",
+        text_rates=(TE_LR, TE_LR),
+        text_blocks=text_blocks,
     )
-    assert not extra
+    assert not extra and text_blocks
     targets = ", ".join(f'"{t}"' for t in family_spec("flux").kohya_lora_targets)
     text = (
         f'[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\nloraplus_ratio = {RATIO}\n'
-        f'denoiser_targets = [{targets}]\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n'
+        f"denoiser_targets = [{targets}]\ntext_encoder_targets = {json.dumps(KOHYA_TEXT_TARGETS)}\n\n"
+        '[train]\ntext_encoder = true\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n'
     )
-    for block in blocks:
-        text += f"\n[[adapter.blocks]]\npattern = '{block['pattern']}'\nrank = {block['rank']}\n"
-        text += f"alpha = {block['alpha']}\n" + (f"lr = {block['lr']!r}\n" if "lr" in block else "")
-        text += f"lr_scale = {block['lr_scale']!r}\n" if "lr_scale" in block else ""
+    for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_blocks)):
+        for block in entries:
+            text += f"\n[[adapter.{table}]]\npattern = '{block['pattern']}'\nrank = {block['rank']}\n"
+            text += f"alpha = {block['alpha']}\n" + (f"lr = {block['lr']!r}\n" if "lr" in block else "")
+            text += f"lr_scale = {block['lr_scale']!r}\n" if "lr_scale" in block else ""
     return write_spec(tmp_path, base="builtin:tiny-flux", steps=2, extra=text)
 
 
 def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     spec = _spec(tmp_path)
-    plan = compile_spec(spec, [f"optimizer.lr={LR}"])
+    plan = compile_spec(spec, [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}"])
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
     clipped = {id(p) for p in run.params}
@@ -119,14 +129,56 @@ def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
         assert rate[id(layer.lora_B["default"].weight)] == own * RATIO, path
     # tiny Flux has one double and one single block: every rule above was exercised
     assert seen == {(6, 3e-3), (4, 3e-3), (4, 0.0), (4, LR), (2, LR), (2, 5e-4)}
-    trained = {n: p.detach().clone() for n, p in run.comps.unet.named_parameters() if p.requires_grad}
+    held |= _check_clip_l(run, rate, clipped)
+    names = {g["name"] for g in run.optimizer.param_groups}
+    assert {"text_encoder_lr0.0002", "text_encoder_lora_up_lr0.0002", "text_encoder"} <= names, names
+    trained = {n: p.detach().clone() for n, p in _trainable(run.comps)}
     del run
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
-    after = dict(result.components.unet.named_parameters(remove_duplicate=False))  # the parts' tied downs
+    after = dict(_trainable(result.components, remove_duplicate=False))  # the parts' tied downs
     assert all(torch.equal(after[n], w) for n, w in held.items())  # never stepped
-    assert sum(not torch.equal(after[n], w) for n, w in trained.items() if n not in held) > 0
+    moved = {n for n, w in trained.items() if n not in held and not torch.equal(after[n], w)}
+    assert any(n.startswith("te1.") for n in moved) and any(not n.startswith("te1.") for n in moved)
     exported = {}
     for file in Path(result.final).rglob("*.safetensors"):
         exported |= load_file(file)
     assert any("txt_attn" in k or "add_q_proj" in k for k in exported), sorted(exported)[:8]
+
+
+def _trainable(comps, remove_duplicate: bool = True):
+    """(name, parameter) of the denoiser's and CLIP-L's trainable parameters (CLIP-L's as `te1.<name>`)."""
+    yield from (
+        (n, p) for n, p in comps.unet.named_parameters(remove_duplicate=remove_duplicate) if p.requires_grad
+    )
+    yield from ((f"te1.{n}", p) for n, p in comps.text_encoders[0].named_parameters() if p.requires_grad)
+
+
+def _check_clip_l(run, rate: dict, clipped: set) -> dict[str, torch.Tensor]:
+    """CLIP-L's layers at kohya's rank and rate: assemble_params gives a module the first matching regex's
+    `reg_lr_<i>` group at that rate (LoRA+'s up matrices at rate x ratio), leaves a group at rate 0 out of the
+    optimizer, and the others train at text_encoder_lr (x ratio). Run in-process against kohya's
+    LoRANetwork.prepare_optimizer_params_with_multiple_te_lrs (sd-scripts HEAD) on these names, it gave
+    layer 0's q_proj 2e-4 / plus 8e-4, layer 0's fc1 and layer 1's q_proj 5e-4 / plus 2e-3, and layer 1's
+    fc1 no group. The held modules' weights, by `te1.<name>`."""
+    held = {}
+    seen: set[tuple[int, float]] = set()
+    for path, layer in run.comps.text_encoders[0].named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        name = "lora_te1_" + clip_path(path).replace(".", "_")
+        rank = _first(DIMS, name, int) or 4
+        assert layer.r["default"] == rank and layer.scaling["default"] == 2.0 / rank, path
+        own = _first(LRS, name, float)
+        own = TE_LR if own is None else own
+        seen.add((rank, own))
+        for key, factor in (("lora_A", 1.0), ("lora_B", RATIO)):
+            weight = getattr(layer, key)["default"].weight
+            assert id(weight) in clipped and weight.requires_grad, path
+            if own == 0:  # out of the optimizer
+                assert id(weight) not in rate, path
+                held[f"te1.{path}.{key}.default.weight"] = weight.detach().clone()
+            else:
+                assert rate[id(weight)] == own * factor, path
+    assert seen == {(4, 2e-4), (4, TE_LR), (3, TE_LR), (4, 0.0)}
+    return held

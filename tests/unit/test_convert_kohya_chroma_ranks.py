@@ -122,13 +122,20 @@ def test_reg_dims_and_lrs_give_every_chroma_module_kohyas_rank_and_rate(tmp_path
         assert _planned(plan, path)[0] == 0, path
 
 
-def test_regexes_reaching_t5_when_it_trains_are_refused(tmp_path):
-    """train_t5xxl=True: kohya's regexes apply to T5-XXL's modules (lora_te3_encoder_block_N_...) too, which
-    dbspec's blocks do not rank; a regex limited to the denoiser converts, T5 at the network's rank."""
+def test_regexes_reaching_t5_when_it_trains(tmp_path):
+    """train_t5xxl=True: kohya's regexes apply to T5-XXL's modules (lora_te3_encoder_block_N_...) too:
+    [[adapter.text_encoder_blocks]] over Chroma's T5 (its only text encoder, `text_encoder`; was DBS403); a
+    regex limited to the denoiser converts, T5 at the network's rank."""
     t5 = "--network_args train_t5xxl=True network_reg_dims=SelfAttention_q=8 --text_encoder_lr 1e-5 5e-5"
-    refused = _chroma(tmp_path, t5, cached="")
-    assert fate(refused, "network_args") == "unsupported"
-    assert "lora_te3_encoder_block_0_layer_0_SelfAttention_q" in messages(refused, "DBS403")
+    ranked = _chroma(tmp_path, t5, cached="")
+    assert fate(ranked, "network_args") == "mapped", errors(ranked)
+    blocks = plan_of(ranked, tmp_path).adapter.text_encoder_blocks
+    for path, rank in (
+        ("encoder.block.23.layer.0.SelfAttention.q", 8),
+        ("encoder.block.0.layer.0.SelfAttention.k", 16),
+    ):
+        block = next((b for b in blocks if re.search(b.pattern, f"text_encoder.{path}")), None)
+        assert (block.rank if block else 16) == rank, path
     narrowed = _chroma(tmp_path, t5.replace("SelfAttention_q", "lora_unet_.*_qkv"), cached="")
     plan = plan_of(narrowed, tmp_path)
     assert plan.adapter.t5_targets and plan.optimizer.text_encoder_lr == 5e-5

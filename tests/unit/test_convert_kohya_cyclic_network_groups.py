@@ -491,6 +491,31 @@ def test_flux_network_reg_lrs_groups_come_first_in_the_transformers_place(tmp_pa
     _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 30}, 400))
 
 
+def test_flux_network_reg_lrs_on_clip_l_split_its_group_in_kohyas_order(tmp_path):
+    """assemble_params on CLIP-L's modules as on the transformer's: each regex's `reg_lr_<i>` group (and plus)
+    ahead of the encoder's default ones (a regex at rate 0 none); dbspec's `text_encoder_lr<rate>` groups
+    (runtime/blocks.py)."""
+    order = [
+        "text_encoder_lr0.0002",
+        "text_encoder_lora_up_lr0.0002",
+        "text_encoder",
+        "text_encoder_lora_up",
+        "denoiser_lr0.0003",
+        "denoiser_lora_up_lr0.0003",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {"max_lr": [2e-4, 8e-4, 1e-5, 4e-5, 3e-4, 1.2e-3, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" '
+        '"network_reg_lrs=layers_[0-5]_=2e-4,layers_6_=0,double_blocks_[0-9]_=3e-4" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
 def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tmp_path):
     lists = {"max_lr": [3e-4, 6e-5]}
     outcome = _flux(

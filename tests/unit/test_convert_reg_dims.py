@@ -152,9 +152,11 @@ def test_what_kohya_cannot_or_dbspec_does_not(tmp_path):
     bad = _flux(tmp_path, '"network_reg_dims=img_attn(=8"')
     assert not bad.written and "re.error" in "".join(errors(bad))
     base = BASE.replace("--network_train_unet_only", "").replace("--cache_text_encoder_outputs", "")
+    # a regex on CLIP-L's modules while it trains ranks them (was DBS403; test_convert_reg_lrs_text.py)
     text = _flux(tmp_path, '"network_reg_dims=layers_1_=8"', "", base)
-    assert fate(text, "network_args") == "unsupported"
-    assert "lora_te1_text_model_encoder_layers_1_self_attn_k_proj" in messages(text, "DBS403")
+    assert fate(text, "network_args") == "mapped"
+    block = plan_of(text, tmp_path).adapter.text_encoder_blocks[0]
+    assert block.rank == 8 and re.search(block.pattern, "text_encoder.text_model.encoder.layers.1.mlp.fc2")
 
 
 def test_lora_sd3_does_not_read_them(tmp_path):

@@ -131,12 +131,8 @@ def test_unet_lr_zero_where_no_regex_trains_freezes_the_denoiser(tmp_path):
 
 def test_what_stays_refused(tmp_path):
     """learning_rate 0 too, with no text encoder: dbspec's optimizer.lr must be positive and no module reads
-    it; a negative rate; a regex on CLIP-L's modules while it trains."""
+    it; a negative rate. (A regex on CLIP-L's modules while it trains converts: test_convert_reg_lrs_text.)"""
     both = _flux(tmp_path, '"network_reg_lrs=img_attn=1e-4"', "--unet_lr 0", BASE.replace("3e-4", "0"))
     assert not both.written and "learning_rate 0 with unet_lr 0" in messages(both, "DBS403")
     negative = _flux(tmp_path, '"network_reg_lrs=img_attn=-1e-4"')
     assert not negative.written and "rate -0.0001" in messages(negative, "DBS403")
-    base = BASE.replace("--network_train_unet_only", "").replace("--cache_text_encoder_outputs", "")
-    text = _flux(tmp_path, '"network_reg_lrs=layers_1_=0"', "", base)
-    assert fate(text, "network_args") == "unsupported"
-    assert "lora_te1_text_model_encoder_layers_1_self_attn_k_proj" in messages(text, "DBS403")

@@ -155,6 +155,41 @@ def test_block_lr_scales_name_their_groups(tmp_path):
     assert "DBS416" in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={wrong}"], extra=extra))
 
 
+def test_text_encoder_block_rates_split_the_text_encoders_group(tmp_path):
+    """[[adapter.text_encoder_blocks]] at their own rate (kohya Flux's network_reg_lrs on CLIP-L) train in
+    `text_encoder_lr<rate>`, scales in `text_encoder_x<scale>` (each LoRA+ up group's too), held blocks in
+    none; the tables may leave `text_encoder` out (the blocks may cover the encoder)."""
+    extra = (
+        TEXT_ENCODER_LORA.replace('kind = "lora"', 'kind = "lora"\nloraplus_text_encoder_ratio = 4')
+        + "\n[[adapter.text_encoder_blocks]]\npattern = 'layers\\.0\\.'\nrank = 2\nalpha = 2.0\nlr = 2e-4\n"
+        + "\n[[adapter.text_encoder_blocks]]\npattern = 'layers\\.1\\.'\nrank = 2\nalpha = 2.0\n"
+        + "lr_scale = 0.5\n"
+        + "\n[[adapter.text_encoder_blocks]]\npattern = 'fc2'\nrank = 2\nalpha = 2.0\nlr_scale = 0\n"
+    )
+    names = (
+        "denoiser",
+        "text_encoder_lora_up",
+        "text_encoder_x0.5",
+        "text_encoder_lora_up_x0.5",
+        "text_encoder_lr0.0002",
+        "text_encoder_lora_up_lr0.0002",
+    )
+    table = "{" + ", ".join(f'"{n}" = 1e-5' for n in names) + "}"
+    planned = _planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=extra)
+    te = planned.plan.optimizer.text_encoder_lr
+    assert [(name, r) for name, r, *_ in _groups(planned)] == [
+        ("denoiser", planned.plan.optimizer.lr),
+        ("text_encoder_lora_up", pytest.approx(te * 4)),
+        ("text_encoder_x0.5", pytest.approx(te * 0.5)),
+        ("text_encoder_lora_up_x0.5", pytest.approx(te * 4 * 0.5)),
+        ("text_encoder_lr0.0002", 2e-4),
+        ("text_encoder_lora_up_lr0.0002", pytest.approx(8e-4)),
+    ]
+    # a held block has no group to name (which groups hold parameters the runtime checks, as the denoiser's)
+    held = table.replace("}", ', "text_encoder_x0" = 1e-5}')
+    assert "DBS416" in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={held}"], extra=extra))
+
+
 def test_groups_round_trip_through_the_plan_file(tmp_path):
     plan = _planned(tmp_path, [*CYCLIC, "schedule.base_lr={denoiser = 1e-4, text_encoder = 1e-5}"]).plan
     assert plan_from_json(plan_to_json(plan)) == plan

@@ -2278,6 +2278,28 @@ CASES = [
         DOG + STEPS + LORA + "[[adapter.blocks]]\npattern = '^mid_block\\.'\nrank = 4\nalpha = 1.0\n"
         "lr = 1e-3\n",
     ),
+    # a text-encoder block's rate (kohya Flux network_reg_lrs on CLIP-L / T5-XXL): lr or lr_scale, on
+    # LoRA / LoHa / LoKr layers of a text encoder that trains
+    (
+        rules.text_encoder_block_rates,
+        DOG + STEPS + LORA + "[[adapter.text_encoder_blocks]]\npattern = '^text_encoder\\.'\nrank = 4\n"
+        "alpha = 1.0\nlr = 1e-4\nlr_scale = 0.5\n[[adapter.text_encoder_blocks]]\npattern = 'fc1'\n"
+        'rank = 4\nalpha = 1.0\nlr_scale = 0\nkind = "full"\n[train]\ntext_encoder = true\n',
+        [
+            ("DBS599", "error", ("adapter", "text_encoder_blocks", 0, "lr")),
+            ("DBS599", "error", ("adapter", "text_encoder_blocks", 1, "lr_scale")),
+        ],
+        DOG + STEPS + LORA + "[[adapter.text_encoder_blocks]]\npattern = '^text_encoder\\.'\nrank = 4\n"
+        "alpha = 1.0\nlr = 1e-4\n[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 4\n"
+        "alpha = 1.0\nlr_scale = 0\n[train]\ntext_encoder = true\n",
+    ),
+    (
+        rules.text_encoder_block_rates,
+        DOG + STEPS + LORA + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 4\nalpha = 1.0\n"
+        "lr_scale = 0.5\n",
+        [("DBS599", "error", ("adapter", "text_encoder_blocks", 0, "lr_scale"))],
+        DOG + STEPS + LORA + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 4\nalpha = 1.0\n",
+    ),
     # a block held at lr_scale 0 (kohya network_reg_lrs at rate 0) has no group; other kinds would train
     (
         rules.held_adapter_blocks,

@@ -31,7 +31,8 @@ kohya's groups, in order (its code is the ground truth):
   text_encoder_lr value (Flux: [CLIP-L, T5-XXL]; SD3: [CLIP-L, CLIP-G, T5-XXL]; T5 only with train_t5xxl),
   each followed by its plus group, then the transformer's and its plus group. lora_flux's network_reg_lrs
   puts the transformer's modules each regex matches first in a group of their own (`reg_lr_<i>`, sorted as
-  text, each followed by its plus group) before the rest.
+  text, each followed by its plus group) before the rest; so does each text encoder's (CLIP-L's `lora_te1_`,
+  T5-XXL's `lora_te3_` modules: `text_encoder_lr<rate>`, `text_encoder_2_lr<rate>`).
 - train_db.py: the U-Net and the text encoder as one group without learning_rate_te, else [U-Net, text
   encoder]; the U-Net alone when the text encoder does not train (stop_text_encoder_training -1).
 - sdxl_train.py: the U-Net (learning_rate != 0; block_lr: one group per block at a rate not 0, in block
@@ -429,41 +430,51 @@ def _lora_flow(
     count = 3 if script == "sd3_train_network" else 2
     # kohya's padding: none -> learning_rate for each; one value -> each; SD3's two -> [a, b, b]
     rates = (given + given[-1:] * count)[:count] if given else [lr] * count
-    encoders: list[tuple[str, float, str]] = [("textencoder 1", rates[0], "text_encoder")]
+    encoders: list[tuple[str, float, str]] = [("textencoder 1", rates[0], "text_encoder", "lora_te1_")]
     if script == "sd3_train_network":
         g_own = (split or len(given) > 1) and rates[1] not in ((0,) if split else (rates[0], 0))
         second = "text_encoder_2" if g_own else "text_encoder"
-        encoders.append(("textencoder 2 (CLIP-G)", rates[1], second))
+        encoders.append(("textencoder 2 (CLIP-G)", rates[1], second, "lora_te2_"))
         t5 = "text_encoder_3" if split or ("optimizer", "text_encoder_3_lr") in written else second
     else:
         t5 = "text_encoder_2" if split or ("optimizer", "text_encoder_2_lr") in written else "text_encoder"
     if _value(written, ("train", "t5"), False):
-        encoders.append(("textencoder (T5-XXL)", rates[-1], t5))
+        encoders.append(("textencoder (T5-XXL)", rates[-1], t5, "lora_te3_"))
     groups: list[tuple[str, tuple[str, ...]]] = []
     if not a["network_train_unet_only"].value:
-        for name, rate, target in encoders:
-            if rate:
-                groups.append((name, (target,)))
+        for name, rate, target, prefix in encoders:
+            # network_reg_lrs on the encoder's modules: its regexes' groups first, as the denoiser's below
+            # (runtime/blocks.py: `<group>_lr<rate>`), then the modules none matches
+            text = (reg or {}).get("text", {}).get(prefix) if rate else None
+            for unit, suffix in _reg_units(name, text, rate):
+                groups.append((unit, (f"{target}{suffix}",)))
                 if text_ratio is not None:
-                    groups.append((f"{name} plus", (f"{target}_lora_up",)))
+                    groups.append((f"{unit} plus", (f"{target}_lora_up{suffix}",)))
     if not a["network_train_text_encoder_only"].value:
         # network_reg_lrs: the groups of the regexes first, by their key `reg_lr_<i>` sorted as text, each
         # at its own rate (runtime/blocks.py: `denoiser_lr<rate>`), then the modules none matches; a group
         # at rate 0 is left out (assemble_params' `continue`; dbspec's blocks at lr_scale 0 have none)
         unet_rate = _rate(a, "unet_lr", lr)
-        units: list[tuple[str, str]] = []
-        if reg is not None and "network_reg_lrs" in kwargs:
-            for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
-                if reg["reg"][index]:
-                    units.append((f"unet reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
-            units += [("unet", "")] if reg["default"] and unet_rate else []
-        elif unet_rate:
-            units.append(("unet", ""))
-        for name, suffix in units:
+        unet = reg if reg is not None and "network_reg_lrs" in kwargs else None
+        for name, suffix in _reg_units("unet", unet, unet_rate):
             groups.append((name, (f"denoiser{suffix}",)))
             if unet_ratio is not None:
                 groups.append((f"{name} plus", (f"denoiser_lora_up{suffix}",)))
     return groups, ""
+
+
+def _reg_units(name: str, reg: dict | None, rate: float) -> list[tuple[str, str]]:
+    """assemble_params' groups of one component (kohya's description, dbspec's group suffix): with
+    network_reg_lrs (`reg`: the regexes' rates by position, whether a built module matches none) each
+    regex's `reg_lr_<i>` group, sorted as text, at its rate (`_lr<rate>`; none at rate 0), then the modules
+    none matches at the component's `rate` (none at 0)."""
+    units: list[tuple[str, str]] = []
+    if reg is not None:
+        for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
+            if reg["reg"][index]:
+                units.append((f"{name} reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
+        return units + ([(name, "")] if reg["default"] and rate else [])
+    return [(name, "")] if rate else []
 
 
 def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:

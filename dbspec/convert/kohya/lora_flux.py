@@ -328,7 +328,8 @@ def _reg_blocks(
     kwargs, args: Legacy, a, blocks: list, targets: list, conv: Conversion, **known
 ) -> bool | None:
     """network_reg_dims / network_reg_lrs (reg_dims.py): their blocks first (after the final layer's), so they
-    win over the other rank rules as kohya's regexes do. (False where dbspec cannot express them, whether
+    win over the other rank rules as kohya's regexes do; the text encoders' modules they decide as
+    [[adapter.text_encoder_blocks]]. (False where dbspec cannot express them, whether
     kohya builds a double block's q/k/v LoRA: None without them.)"""
     if "network_reg_dims" not in kwargs and "network_reg_lrs" not in kwargs:
         return True, None
@@ -340,10 +341,16 @@ def _reg_blocks(
     family = known["family"]
     clip = not unet_only and bool(family_spec(family).clip_text_encoders)  # Chroma: kohya's dummy CLIP-L
     t5 = not unet_only and true(kwargs.get("train_t5xxl", "False"))  # the regexes reach T5's modules too
+    te = a["text_encoder_lr"].value
+    rates = [float(v) for v in (te if isinstance(te, list) else [te] if te is not None else [])]
+    # prepare_optimizer_params_with_multiple_te_lrs: none -> learning_rate for both; one value -> both
+    clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (float(a["learning_rate"].value),) * 2
+    text: list[dict] = []
     try:
         found, extra, warnings, qkv = flux_reg_blocks(
-            kwargs, **known, selected=selected, unet_lr=lr, text_trains=clip, t5_trains=t5, groups=groups
-        )
+            kwargs, **known, selected=selected, unet_lr=lr, text_trains=clip, t5_trains=t5, groups=groups,
+            text_rates=(clip_lr, t5_lr), text_blocks=text,
+        )  # fmt: skip
     except NotImplementedError as exc:
         conv.unsupported(args, f"network_reg_dims / network_reg_lrs: {exc}")
         return False, None
@@ -360,6 +367,10 @@ def _reg_blocks(
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]
     targets.extend(t for t in extra if t not in targets)
+    note = conv.comment(args, why.replace("modules", "text encoders' modules"))
+    for index, block in enumerate(text):  # CLIP-L's (lora_te1_) and T5-XXL's (lora_te3_) modules
+        for key, value in block.items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), value, note)
     return True, qkv
 
 

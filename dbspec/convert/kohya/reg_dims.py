@@ -13,6 +13,11 @@ matching regex its own optimizer group at that absolute rate (LoRA+'s up matrice
 regex that does not compile is skipped. A rate is the block's own `lr` (the runtime's group rate, LoRA+'s up
 group at lr x ratio as kohya computes it), so it is kohya's to the bit.
 
+The text encoders' modules (CLIP-L's `lora_te1_`, T5-XXL's `lora_te3_` with train_t5xxl=True) take the regexes
+alike: create_modules ranks them (network_dim unless a rank regex matches) and assemble_params gives each
+encoder's modules the first matching regex's group, else the encoder's text_encoder_lr value; they become
+[[adapter.text_encoder_blocks]] (text_reg_blocks) over `<component>.<transformers path>`.
+
 Here every module kohya scans is enumerated by its kohya name, the user's regexes applied with Python's `re`
 as kohya applies them, and the modules they decide become blocks placed before the others (the first block
 matching a module wins), their anchored patterns naming the diffusers paths (a fused Linear's parts
@@ -24,7 +29,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns
+from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns, flow_components
 
 NUM_DOUBLE, NUM_SINGLE = 19, 38
 # create_network's in_dims filters [img, time, vector, guidance, txt] over the embedders' kohya names
@@ -40,22 +45,34 @@ _TYPE_WORDS = (
     ("single_dim", ("single_blocks", "linear")),
     ("single_mod_dim", ("modulation",)),
 )
-# CLIP-L's kohya names (lora_te1_): CLIPAttention's and CLIPMLP's Linears in its 12 layers
-TEXT_NAMES = tuple(
-    f"lora_te1_text_model_encoder_layers_{i}_{child}"
-    for i in range(12)
-    for child in (*(f"self_attn_{p}_proj" for p in ("k", "v", "q", "out")), "mlp_fc1", "mlp_fc2")
-)
-# T5-XXL's kohya names (lora_te3_, with train_t5xxl=True): T5Attention's and T5DenseGatedActDense's Linears
-# in its 24 blocks
-T5_NAMES = tuple(
-    f"lora_te3_encoder_block_{i}_{child}"
-    for i in range(24)
-    for child in (
-        *(f"layer_0_SelfAttention_{p}" for p in ("q", "k", "v", "o")),
-        *(f"layer_1_DenseReluDense_{p}" for p in ("wi_0", "wi_1", "wo")),
-    )
-)
+# the Linears create_modules builds in each layer of CLIP-L (lora_te1_, CLIPAttention and CLIPMLP: kohya's
+# child name -> transformers') and each block of T5-XXL (lora_te3_, with train_t5xxl=True: T5Attention and
+# T5DenseGatedActDense)
+_CLIP_CHILDREN = {f"self_attn_{p}_proj": f"self_attn.{p}_proj" for p in ("k", "v", "q", "out")}
+_CLIP_CHILDREN |= {"mlp_fc1": "mlp.fc1", "mlp_fc2": "mlp.fc2"}
+_T5_CHILDREN = {f"layer_0_SelfAttention_{p}": f"layer.0.SelfAttention.{p}" for p in ("q", "k", "v", "o")}
+_T5_CHILDREN |= {f"layer_1_DenseReluDense_{p}": f"layer.1.DenseReluDense.{p}" for p in ("wi_0", "wi_1", "wo")}
+# kohya's prefix -> (its layer list's path after the component, layers, children)
+_TEXT_LAYOUT = {
+    "lora_te1_": ("text_model.encoder.layers", 12, _CLIP_CHILDREN),
+    "lora_te3_": ("encoder.block", 24, _T5_CHILDREN),
+}
+
+
+def text_modules(prefixes: tuple[str, ...], family: str) -> dict[str, tuple[str, int, str]]:
+    """kohya name -> (the escaped path of its layer list in `<component>.<transformers path>`, the layer's
+    index, its child's path) of each text-encoder Linear create_modules builds under `prefixes` (lora_te1_
+    CLIP-L, lora_te3_ T5-XXL), as [[adapter.text_encoder_blocks]] patterns name it."""
+    components = flow_components(family)
+    out = {}
+    for prefix in prefixes:
+        layers, count, children = _TEXT_LAYOUT[prefix]
+        head = re.escape(f"{components[prefix]}.{layers}")
+        kohya_layers = layers.replace(".", "_")
+        for i in range(count):
+            for child, path in children.items():
+                out[f"{prefix}{kohya_layers}_{i}_{child}"] = (head, i, path)
+    return out
 
 
 def parse_pairs(text: str, is_int: bool) -> tuple[dict[str, float], list[str]]:
@@ -153,6 +170,8 @@ def flux_reg_blocks(
     groups: dict[str, Any] | None = None,
     family: str,
     t5_trains: bool = False,
+    text_rates: tuple[float, float] = (0.0, 0.0),
+    text_blocks: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], bool]:
     """(blocks, extra denoiser targets, warnings, whether a double block's q/k/v LoRA is built) for
     network_reg_dims / network_reg_lrs (popped from kwargs);
@@ -162,7 +181,9 @@ def flux_reg_blocks(
     module (assemble_params' `reg_lr_<i>` groups), `default`: whether a built module matches none.
     `text_trains`: CLIP-L's LoRA trains (never on Chroma: kohya's dummy CLIP-L has no Linear); `t5_trains`:
     T5-XXL's (train_t5xxl=True), whose modules the regexes reach too; `family`: whose denoiser modules kohya
-    scans (flux, chroma)."""
+    scans (flux, chroma); `text_rates`: CLIP-L's and T5-XXL's rates (text_encoder_lr's two values);
+    `text_blocks` (filled): the text encoders' [[adapter.text_encoder_blocks]] (text_reg_blocks), and
+    `groups["text"]` their groups as `groups` has the denoiser's, by kohya prefix."""
     dims, dropped = (
         parse_pairs(kwargs.pop("network_reg_dims"), True) if "network_reg_dims" in kwargs else (None, [])
     )
@@ -171,17 +192,13 @@ def flux_reg_blocks(
     )
     warnings = [f"network_reg_dims: kohya drops {d}" for d in dropped]
     warnings += [f"network_reg_lrs: kohya drops {d}" for d in dropped_lr]
-    text_names = (TEXT_NAMES if text_trains else ()) + (T5_NAMES if t5_trains else ())
-    if text_names:
-        for what, pairs, skip in (("network_reg_dims", dims, False), ("network_reg_lrs", lrs, True)):
-            hit = next((n for n in text_names if pairs and first_match(pairs, n, skip)), None)
-            if hit is not None:
-                raise NotImplementedError(
-                    f"{what} matches the text encoder's module `{hit}` (blocks are the denoiser's; "
-                    "set network_train_unet_only"
-                    + (", drop train_t5xxl" if hit.startswith("lora_te3_") else "")
-                    + " or narrow the regex to lora_unet_ names)"
-                )
+    prefixes = ("lora_te1_",) * text_trains + ("lora_te3_",) * t5_trains
+    if prefixes:
+        text = text_reg_blocks(
+            dims, lrs, prefixes, family, alpha=alpha, dim=dim, rates=text_rates, groups=groups
+        )
+        if text_blocks is not None:
+            text_blocks.extend(text)
     modules = flux_names(train, in_dims, family)
     decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
         lambda: defaultdict(dict)
@@ -249,3 +266,71 @@ def _rate(name: str, by_lr: tuple[str, float] | None, unet_lr: float | None) -> 
     if not rate:
         return 0.0, 0.0
     return (rate, 1.0) if by_lr is not None else (0.0, 1.0)
+
+
+def text_reg_blocks(
+    dims: dict[str, float] | None,
+    lrs: dict[str, float] | None,
+    prefixes: tuple[str, ...],
+    family: str,
+    *,
+    alpha: float,
+    dim: int,
+    rates: tuple[float, float],
+    groups: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """[[adapter.text_encoder_blocks]] for the text encoders' modules (kohya prefixes `prefixes`) the regexes
+    decide, as create_modules and assemble_params decide them: a matched rank (0 builds none) at
+    network_alpha, else network_dim; a built module's first matching rate its own `lr` (rate 0: kohya leaves
+    its `reg_lr_<i>` group out of the optimizer, `lr_scale = 0` holds it); the others at their encoder's
+    rate (`rates`: CLIP-L's, T5-XXL's). An encoder at rate 0 (its modules idle or untrained) takes the ranks
+    alone; a regex training one of its modules is not expressed (NotImplementedError). `groups["text"]`
+    (filled when `groups` is given): per prefix, `reg` {regex position: rate} of the regexes that are the
+    first to match a built module, `default` whether a built module matches none."""
+    decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    encoder_rate = {"lora_te1_": rates[0], "lora_te3_": rates[1]}
+    for name, (head, index, child) in text_modules(prefixes, family).items():
+        by_dim = first_match(dims, name, False) if dims else None
+        by_lr = first_match(lrs, name, True) if lrs else None
+        rank = int(by_dim[1]) if by_dim else dim
+        prefix = name[: len("lora_te1_")]
+        if rank < 0:
+            raise ValueError(
+                f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
+            )
+        if not encoder_rate[prefix]:
+            if by_lr and by_lr[1] and rank:
+                raise NotImplementedError(
+                    f"network_reg_lrs trains the text encoder's module `{name}` at {by_lr[1]:g} while its "
+                    "encoder's text_encoder_lr is 0 (kohya leaves the others out of the optimizer; dbspec "
+                    "does not hold an encoder's other modules)"
+                )
+            by_lr = None
+        if groups is not None and rank > 0:
+            mine = groups.setdefault("text", {}).setdefault(prefix, {"reg": {}, "default": False})
+            if by_lr is not None:
+                mine["reg"][list(lrs or {}).index(by_lr[0])] = by_lr[1]
+            else:
+                mine["default"] = True
+        if by_dim is None and by_lr is None:
+            continue
+        if by_lr is not None and by_lr[1] < 0:
+            raise NotImplementedError(
+                f"network_reg_lrs gives `{name}` rate {by_lr[1]:g}, which dbspec's optimizer groups do not "
+                "take (a rate is at least 0)"
+            )
+        own, scale = (by_lr[1], 1.0 if by_lr[1] else 0.0) if by_lr is not None and rank else (0.0, 1.0)
+        decided[(rank, alpha if rank else 1.0, own, scale)][head].setdefault(index, set()).add(child)
+    out = []
+    for (rank, a, rate, scale), lists in decided.items():
+        for head, indices in lists.items():
+            for pattern in _patterns(head, indices):
+                entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
+                if rate:
+                    entry["lr"] = rate
+                if not scale:
+                    entry["lr_scale"] = 0.0
+                out.append(entry)
+    return out
