@@ -2692,9 +2692,9 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
 stacked rows, and each diffusers part rotates its own rows in them (where a block spans two parts, the
 parts share the fused module's blocks and each computes its rows of the rotated stacked weight). That holds
-for LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
-share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescaled` on every part of a fused
-layer or on none.
+for LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, and `max_norm`
+scales them all by one ratio of their norm, which the parts share) and a block's own `block_size`,
+`constraint` and `rescaled` on every part of a fused layer or on none.
 With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
 together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
 the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); a block's own
