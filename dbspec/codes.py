@@ -2692,9 +2692,9 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
 stacked rows, and each diffusers part rotates its own rows in them (where a block spans two parts, the
 parts share the fused module's blocks and each computes its rows of the rotated stacked weight). That holds
-for LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, which the parts
-share), no `max_norm`, and a block's own `block_size`, `constraint` and `rescaled` on every part of a fused
-layer or on none.
+for LyCORIS's form (its `constraint` bounds one norm over all the fused layer's blocks, and `max_norm`
+scales them all by one ratio of their norm, which the parts share) and a block's own `block_size`,
+`constraint` and `rescaled` on every part of a fused layer or on none.
 With `kind = "boft"` one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows
 together, so the parts share its blocks (constraint and `max_norm` over them) and each computes its rows of
 the rotated stacked weight (with `bypass`, its rows of the rotated stacked outputs); a block's own
@@ -2734,8 +2734,8 @@ module on each fused Linear, each part its own rows) and
 `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts such a run, its DyLoRA layers
 taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
 Chroma); nor a block's own `scalar`, `tucker` (but a LoRA, LoHa or LoKr block's on the denoiser's
-convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form; LoHa / LoKr on SD 1.x/2.x and SDXL,
-DBS596) or `rank_stabilized`, nor its own LoKr `factor` and switches
+convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form, on SD3 its patch convolution) or
+`rank_stabilized`, nor its own LoKr `factor` and switches
 except on a lokr adapter's own LoKr layers.""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
@@ -2754,7 +2754,8 @@ a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` 
 several kinds the file places each layer's own, runtime/mixed_init.py), DoRA, the
 dropouts or `fused_projections` (a block's own scalar over whole fused layers is allowed: their parts share
 one, DBS507; with `init_weights` every scalar starts at 1 after the file loads, as LyCORIS's load hook sets
-it, the file's factors holding the trained scalars folded in).""",
+it, the file's factors holding the trained scalars folded in; a LoHa / LoKr block's Tucker form in a run of
+several kinds is its layers' alone, SD3's patch convolution's beside fused Linears too).""",
         help="set the blocks' scalar / tucker to \"adapter\" (the adapter's on every layer), or remove the "
         "other option",
     ),
@@ -2962,13 +2963,13 @@ the file overwrites: such a run trains at the file's alphas, which the adapter m
         ERROR,
         "A LoHa / LoKr block's own Tucker form beside other kinds on a transformer family",
         """\
-`tucker = "on"` / `"off"` on a `[[adapter.blocks]]` entry whose layers are LoHa or LoKr (the block's `kind`,
-or the adapter's) in a run of several kinds (a LyCORIS preset file's LoHa / LoKr map entry with its own
-`use_tucker`, a `--dim_from_weights` file's `hada_t1` / `lokr_t2` beside modules of other kinds) gives those
-layers' k x k convolutions LyCORIS LohaModule's / LokrModule's Tucker form, checked against lycoris-lora 4.1.3
-on SD 1.x/2.x and SDXL. On Flux, SD3 and Chroma (fused layers tied per kind, SD3's patch convolution) dbspec
-does not build it beside other kinds.""",
-        help='set the block\'s tucker to "adapter", or train the run on SD 1.x/2.x or SDXL',
+No longer raised: `tucker = "on"` / `"off"` on a `[[adapter.blocks]]` entry whose layers are LoHa or LoKr (the
+block's `kind`, or the adapter's) in a run of several kinds (a LyCORIS preset file's LoHa / LoKr map entry
+with its own `use_tucker`, a `--dim_from_weights` file's `hada_t1` / `lokr_t2` beside modules of other kinds)
+gives those layers' k x k convolutions LyCORIS LohaModule's / LokrModule's Tucker form on Flux, SD3 and Chroma
+too: SD3's patch convolution is the only k x k convolution there, never a fused Linear's part, and its layer
+is built in its kind's pass alone (checked against lycoris-lora 4.1.3's modules rebuilt from such a file).""",
+        reserved=True,
     ),
     Code(
         "DBS597",

@@ -143,6 +143,10 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # Diag-OFT and BOFT (DiagOFTModule, ButterflyOFTModule): the norm of the trained blocks themselves
 # (`oft_blocks`, not the rotation they make), the same clamps, the ratio taken on the blocks' device, and
 # the blocks multiplied by it in place: parameters, so checkpoints resume them with nothing else to keep.
+# A fused Diag-OFT (one DiagOFTModule per fused Linear, runtime/lycoris_oft.py fit_fused_oft) is one module:
+# the norm of its parts' blocks concatenated in row order (the fused module's `oft_blocks` itself, so the
+# norm is the module's to the bit), each part's blocks times the one ratio; parts whose blocks span parts
+# share one Parameter (runtime/fused_oft.py), scaled once. A fused BOFT's parts share their first's blocks.
 
 LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft")
 
@@ -164,7 +168,7 @@ def add_norm_scalars(module: torch.nn.Module) -> int:
 @attrs.frozen(eq=False)
 class LycorisNormModule:
     """One LyCORIS module: a peft LoRA (LoCon), LoHa or LoKr layer; a fused layer's LoCon, LoKr or LoHa parts
-    (their shared factors, plan.adapter.fused) in row order, `layer` the first."""
+    (their shared factors, plan.adapter.fused) or Diag-OFT parts in row order, `layer` the first."""
 
     name: str
     layer: torch.nn.Module
@@ -194,7 +198,10 @@ def lycoris_norm_modules(
             if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
                 if getattr(layer, "boft_index", 0):  # a fused BOFT's later part: its first's blocks
                     continue
-                modules.append(LycorisNormModule(name, layer, "oft"))
+                parts = tuple(layer.__dict__.get("oft_fused_parts") or ())  # a fused Diag-OFT's, row order
+                if parts and parts[0] is not layer:  # a later part: one module, at its first part's place
+                    continue
+                modules.append(LycorisNormModule(name, layer, "oft", parts if len(parts) > 1 else ()))
             elif isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
                 down = layer.lora_A[ADAPTER_NAME].weight
                 if id(down) not in locon:
@@ -235,7 +242,8 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
 
     layer = module.layer
     if module.kind == "oft":  # DiagOFTModule's and ButterflyOFTModule's norm: of the blocks themselves
-        return layer.lora_oft_blocks[ADAPTER_NAME]
+        blocks = _oft_blocks(module)
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
     # LoHa's and LoKr's get_weight in training mode: the rank-dropout mask drawn inside the norm
     drop = {"apply_rank_dropout": _draws_rank_dropout(module)} if module.kind in ("loha", "lokr") else {}
     if module.kind in ("lokr", "loha") and module.parts:  # lycoris.kohya on kohya's fused Flux / SD3 Linear
@@ -245,6 +253,14 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
         return torch.cat([_own_update(part, **drop) for part in module.parts])
     return _own_update(layer, **drop)
+
+
+def _oft_blocks(module: LycorisNormModule) -> list[torch.Tensor]:
+    """The trained blocks of an OFT module: a layer's, or a fused Diag-OFT's parts' in row order (their
+    concatenation is the fused DiagOFTModule's `oft_blocks`), a Parameter the parts share (their blocks span
+    parts: runtime/fused_oft.py) once."""
+    found = [layer.lora_oft_blocks[ADAPTER_NAME] for layer in module.parts or (module.layer,)]
+    return list({id(blocks): blocks for blocks in found}.values())
 
 
 def _fused_update(module: LycorisNormModule) -> torch.Tensor:
@@ -299,8 +315,9 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
         ratio = desired / norm if oft else desired.cpu() / norm.cpu()  # the OFT modules' stays on device
         scaled = norm != desired
         if scaled:
-            if oft:
-                module.layer.lora_oft_blocks[ADAPTER_NAME].mul_(ratio)
+            if oft:  # a fused Diag-OFT's parts: each its rows of the fused module's blocks, or the shared
+                for blocks in _oft_blocks(module):  # Parameter once
+                    blocks.mul_(ratio)
             elif module.kind == "lokr":
                 factors = [
                     getattr(module.layer, key)[ADAPTER_NAME]

@@ -131,6 +131,8 @@ def _lora_slots(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Sl
             if part is None:  # a Linear of its own in kohya's model
                 up = _into(layer.lora_B[adapter].weight)
                 slots = {"lora_down.weight": _into(layer.lora_A[adapter].weight), "lora_up.weight": up}
+                if isinstance(layer, TuckerConv2d) and adapter in layer.lora_mid:  # SD3's patch convolution
+                    slots["lora_mid.weight"] = _into(layer.lora_mid[adapter].weight)
                 slots |= _dora_slot(layer, adapter)  # LoConModule's weight_decompose (lycoris_dora.py)
                 if _swapped(module, name):  # the rows kohya holds the other way round (a column's: whole)
                     for row in ["lora_up.weight", *(["dora_scale"] if _row_dora(slots) else [])]:

@@ -379,9 +379,10 @@ def _check_fused_module(
     plan: AdapterPlan,
 ) -> None:
     """DBS505: a family without fused layers. DBS577: what LyCORIS's Diag-OFT, BOFT, GLoRA or DyLoRA on a
-    fused Linear has that the separate parts cannot share (Diag-OFT: max_norm's norm spans every part's
-    blocks, kohya's form is networks.oft_flux's, per part already; its constraint's norm over every part's
-    blocks is runtime/lycoris_oft.py link_fused_oft's, one constraint per fused layer; BOFT: its blocks are
+    fused Linear has that the separate parts cannot share (Diag-OFT: kohya's form is networks.oft_flux's,
+    per part already; its constraint's norm over every part's blocks is runtime/lycoris_oft.py
+    link_fused_oft's, one constraint per fused layer, and max_norm's runtime/max_norm.py's, one module per
+    fused layer; BOFT: its blocks are
     one module's, at one size per fused layer; GLoRA's and Diag-OFT's dropouts and DyLoRA's module_dropout
     are draws its parts share), a family without kohya's Flux / SD3 layout, and fused layers with parts left
     out or at other ranks (LyCORIS's module spans every row at one rank)."""
@@ -391,7 +392,6 @@ def _check_fused_module(
     if isinstance(adapter, DiagOftAdapter):
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
-            ("max_norm (its norm spans every part's blocks)", bool(adapter.max_norm)),
         )
     else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's,
         switches = ()  # IA^3's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)

@@ -2884,32 +2884,6 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
-def mixed_block_tucker_family(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A LoHa / LoKr block's own Tucker form in a run of several kinds (runtime/mixed_kinds.py builds it per
-    kind, checked against LyCORIS on the U-Net families) on Flux, SD3 or Chroma: DBS596; silent for
-    family = "auto" (the compiler runs it again with the detected family)."""
-    a = spec.adapter
-    own = getattr(a, "kind", "none")
-    family = FAMILIES.get(spec.model.family)
-    blocks = getattr(a, "blocks", ())
-    if family is None or family.denoiser == "unet" or own not in _TUCKER_KINDS:
-        return
-    if not any(getattr(b, "kind", "adapter") not in ("adapter", own) for b in blocks):
-        return  # one kind: the adapter's own per-block Tucker form (DBS579)
-    for i, block in enumerate(blocks):
-        kind = own if block.kind == "adapter" else block.kind
-        if block.tucker != "adapter" and kind in ("loha", "lokr"):
-            yield _err(
-                "DBS596",
-                ("adapter", "blocks", i, "tucker"),
-                f'adapter.blocks[{i}].tucker = "{block.tucker}" on {kind} layers in a run of several kinds '
-                f"on {family.title}: dbspec builds a LoHa / LoKr block's own Tucker form beside other kinds "
-                "on SD 1.x/2.x and SDXL",
-                codes.help("DBS596"),
-            )
-
-
-@rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
     the adapter's (runtime/adapters.py, one peft config per kind under one adapter name): only with the
@@ -3043,6 +3017,13 @@ def denoiser_norms_need_a_unet(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+def _mixed_factor_block(adapter, block) -> bool:
+    """A block of LoHa or LoKr layers (its kind's, or the adapter's) in a run of several kinds: its kind's
+    layers built in a pass of their own (runtime/mixed_kinds.py kind_adapter)."""
+    kind = adapter.kind if block.kind == "adapter" else block.kind
+    return kind in ("loha", "lokr") and len(run_kinds(adapter)) > 1
+
+
 @rule("spec")
 def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LyCORIS scalar (runtime/lycoris_switches.py, per layer) or LoCon Tucker form
@@ -3064,6 +3045,11 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     tucker = any(key == "tucker" for _, _, key, _ in own)
+    # a LoHa / LoKr block's own Tucker form beside other kinds (SD3's patch convolution, its one k x k
+    # convolution): its kind's layers built alone (mixed_kinds.kind_adapter), never a fused Linear's part
+    fused_tucker = any(
+        key == "tucker" and not _mixed_factor_block(a, a.blocks[i]) for table, i, key, _ in own
+    )
     others = [
         f"adapter.{key}"
         for key, on in (
@@ -3076,7 +3062,7 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("max_norm", getattr(a, "max_norm", 0.0)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
-            ("fused_projections", tucker and getattr(a, "fused_projections", False)),
+            ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),
             # LoCon's Tucker layers: no DoRA of either form, no dropouts beside the module's
             *(
                 (key, tucker and bool(getattr(a, key, False)))

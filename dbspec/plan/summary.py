@@ -1505,10 +1505,11 @@ def select_rule(c) -> str:
 def _max_norm_row(a) -> str:
     """kohya's --scale_weight_norms as the plan runs it (runtime/max_norm.py)."""
     if a.max_norm_form == "lycoris" and a.kind in ("diag-oft", "boft"):
+        fused = " (a fused layer's parts one layer: their blocks' one norm)" if a.fused else ""
         return (
             f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose trained blocks' norm "
-            "exceeds it gets them times limit / norm (lycoris.kohya's apply_max_norm_regularization; 0, 0 "
-            "logged when none is)"
+            f"exceeds it gets them times limit / norm{fused} (lycoris.kohya's apply_max_norm_regularization; "
+            "0, 0 logged when none is)"
         )
     if a.max_norm_form == "lycoris":
         what = (

@@ -1527,11 +1527,12 @@ class DiagOftAdapter:
         doc="One Diag-OFT per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block "
         "stream, and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): "
         "LyCORIS's DiagOFTModule on kohya's fused Linear, whose blocks split the stacked rows (block size "
-        "from the fused width and `block_size`); each part rotates its own rows in those blocks, which "
-        "must not span two parts (checked when the adapter is built). lycoris.kohya `algo=diag-oft` with "
-        "flux_train_network.py / sd3_train_network.py; exported under kohya's module names, the parts' "
-        "blocks stacked. LyCORIS form only, no `constraint` or `max_norm` with it (their norms span every "
-        "part). false: each part splits its own width. Families without fused layers refuse it.",
+        "from the fused width and `block_size`); each part rotates its own rows in those blocks (where "
+        "a block spans two parts, the parts share the fused module's blocks). lycoris.kohya "
+        "`algo=diag-oft` with flux_train_network.py / sd3_train_network.py; exported under kohya's module "
+        "names, the parts' blocks stacked. LyCORIS form only; `constraint` x the fused width bounds one "
+        "norm over all the fused module's blocks and `max_norm` scales them all by one ratio of their "
+        "norm. false: each part splits its own width. Families without fused layers refuse it.",
     )
     # kohya networks.oft / lycoris.kohya --network_weights: the run starts from a saved OFT's blocks
     init_weights: str = option(

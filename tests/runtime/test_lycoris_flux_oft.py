@@ -269,15 +269,21 @@ OFT = unet_only_spec('kind = "diag-oft"\nblock_size = 4\nfused_projections = tru
 def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the_export(tmp_path, constraint):
     """With a constraint (lycoris.kohya's `constraint=...`: one norm over each fused layer's blocks) too, at
     block_size 6: the q/k/v's 48 stacked rows split into blocks of 6, which span tiny-flux's 16-row parts
-    (their parts share the blocks, runtime/fused_oft.py; was DBS403), linear1's 112 into blocks of 4."""
+    (their parts share the blocks, runtime/fused_oft.py; was DBS403), linear1's 112 into blocks of 4.
+    Without it, LyCORIS's max norm (was DBS577): one module per fused Linear, its parts' blocks held to the
+    limit together."""
     size = 6 if constraint else 4
     extra = OFT.replace("block_size = 4\n", f"block_size = {size}\nconstraint = {constraint}\n")
     if not constraint:  # with the dropouts: one draw each per fused module, its parts sharing it
         extra = extra.replace(
-            "block_size = 4\n", "block_size = 4\nmodule_dropout = 0.3\nrank_dropout = 0.2\n"
+            "block_size = 4\n",
+            "block_size = 4\nmodule_dropout = 0.3\nrank_dropout = 0.2\nmax_norm = 0.01\n",
         )
+        extra += "\n[logging]\nevery = 1\n"
     plan, whole = whole_and_resumed(tmp_path, base=BASE, steps=4, extra=extra)
     assert plan.adapter.oft_constraint == constraint
+    if not constraint:
+        _held_to_the_limit(plan, whole, tmp_path / "whole" / "out")
     assert (plan.adapter.module_dropout, plan.adapter.rank_dropout) == (
         (0.0, 0.0) if constraint else (0.3, 0.2)
     )
@@ -318,6 +324,25 @@ def test_diag_oft_on_fused_layers_trains_resumes_bit_exact_and_lycoris_loads_the
         _sample_load(plan, whole, transformer)
 
 
+def _held_to_the_limit(plan, whole, out: Path) -> None:
+    """The run's max norm: scaled modules logged, one norm module per kohya module of the export (a fused
+    Linear's parts one), every module's blocks (a fused one's stacked) within the limit after the run."""
+    import json
+
+    from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
+
+    assert (plan.adapter.max_norm, plan.adapter.max_norm_form) == (0.01, "lycoris")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scaled = [r["max_norm/keys_scaled"] for r in rows if "loss" in r]
+    assert len(scaled) == 4 and scaled[-1] > 0
+    modules = lycoris_norm_modules(whole.components.unet, [], plan.adapter.fused)
+    assert len(modules) == len(kohya_export(plan, whole)[1])
+    assert sum(len(m.parts) for m in modules) == 3 + 3 + 4  # q/k/v twice and linear1's four parts
+    with torch.no_grad():
+        norms = [float(lycoris_update(m).float().norm()) for m in modules]
+    assert max(norms) <= 0.01 * (1 + 1e-5) and rows[-1]["max_norm/max_key_norm"] <= 0.01 * (1 + 1e-5)
+
+
 def _sample_load(plan, whole, transformer) -> None:
     from dbspec.runtime.lycoris_oft import link_fused_oft
     from dbspec.runtime.tiny import build_pipeline
@@ -334,3 +359,45 @@ def _sample_load(plan, whole, transformer) -> None:
             loaded = torch.cat([getattr(attn, n)(x) for n in names], -1)
             ours = torch.cat([getattr(trained, n)(x) for n in names], -1)
             torch.testing.assert_close(loaded, ours, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("spanning", [False, True])
+def test_max_norm_scales_the_fused_module_s_blocks_as_lycoris_module(spanning):
+    """lycoris.kohya's apply_max_norm_regularization with one DiagOFTModule per fused Linear (was DBS577 /
+    DBS403): one module, the norm of every part's blocks stacked in row order (or of the Parameter the
+    parts share where blocks span them), each part's blocks times the one ratio; equal to the bit to
+    lycoris-lora's DiagOFTModule.apply_max_norm on the stacked blocks, the forward after it too."""
+    from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules
+
+    torch.manual_seed(2)
+    if spanning:  # blocks of 6 over 16-row parts: one Parameter shared
+        model, parts = _spanning(rescaled=True, constraint=1e-3)
+    else:  # blocks of 8 over 48-row parts: each part its own
+        model = nn.Module()
+        model.transformer_blocks = nn.ModuleList([_Block(48)])
+        inject_adapter_in_model(oft_config(list(_PARTS), 8, 1e-3, True), model, adapter_name="default")
+        parts = [model.transformer_blocks[0].get_submodule(p) for p in _PARTS]
+        group = FusedPlan(name="img_attn_qkv", blocks="transformer_blocks", parts=_PARTS)
+        fit_fused_oft(model, (group,), "default")
+    with torch.no_grad():
+        for part in parts:
+            part.lora_oft_blocks["default"].normal_(0, 0.5)
+            part.lora_oft_rescale["default"].uniform_(0.5, 1.5)
+    blocks = list({id(p.lora_oft_blocks["default"]): p.lora_oft_blocks["default"] for p in parts}.values())
+    assert len(blocks) == (1 if spanning else 3)
+    stacked = torch.cat([b.detach() for b in blocks])
+    rescale = torch.cat([p.lora_oft_rescale["default"].detach() for p in parts])
+    theirs = _theirs(parts, stacked.clone(), rescale=rescale, constraint=1e-3)
+    modules = lycoris_norm_modules(model, [])
+    assert [m.name for m in modules] == ["transformer_blocks.0.attn.to_q"]  # one module, at its first part
+    limit = float(stacked.norm()) / 3
+    ours = apply_lycoris_max_norm(modules, limit)
+    with torch.no_grad():
+        scaled, norm = theirs.apply_max_norm(limit)
+    assert bool(scaled) and ours[0] == 1 and ours[1] == ours[2] == float(norm)
+    assert torch.equal(torch.cat([b.detach() for b in blocks]), theirs.oft_blocks.detach())
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        mine = torch.cat([p(x) for p in parts], dim=-1)
+        torch.testing.assert_close(mine, theirs(x), rtol=0, atol=1e-5)
+    assert apply_lycoris_max_norm(modules, limit * 2) == (0, 0.0, 0.0)  # within the limit: nothing scaled

@@ -936,6 +936,55 @@ def test_sd3_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
     assert "FullModule's copy_ raises" in messages(_sd3(tmp_path, allow=True), "DBS402")
 
 
+def test_sd3_file_of_several_kinds_with_a_tucker_patch_convolution(tmp_path):
+    """SD3's patch convolution in LyCORIS's Tucker form beside modules of other kinds (was DBS403; a spec's
+    DBS596): its block's own `tucker = "on"`, the adapter's off; a LoHa (`hada_t1` / `hada_t2`) or LoCon
+    (`lora_mid`) patch module beside LoKr ones a block of its kind, the adapter's own kind's (LoHa beside
+    LoCon) a block of the adapter's kind there; tensors LyCORIS's copy_ rejects DBS402. Runtime test:
+    test_lycoris_sd3_mixed_tucker_file (each started at lycoris-lora's rebuilt outputs)."""
+    w, patch, proj = 2432, "lora_unet_x_embedder_proj", "lora_unet_joint_blocks_0_x_block_attn_proj"
+    qkv = {"lokr_w1_a": (8, 2), "lokr_w1_b": (2, 8), "lokr_w2_a": (3 * w // 8, 2), "lokr_w2_b": (2, w // 8)}
+    lokr = {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv}
+    loha = {"hada_t1": (2, 2, 2, 2), "hada_t2": (2, 2, 2, 2)}
+    loha |= {f"hada_w{i}_{x}": (2, w if x == "a" else 16) for i in (1, 2) for x in "ab"}
+    locon = {
+        "lora_down.weight": (2, 16, 1, 1),
+        "lora_mid.weight": (2, 2, 2, 2),
+        "lora_up.weight": (w, 2, 1, 1),
+    }
+    for held, kind in ((loha, "loha"), (locon, "lora")):
+        _factor_file(tmp_path / "prev.safetensors", {**lokr, patch: held}, 2.0)
+        outcome = _sd3(tmp_path)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.kind, a.tucker, a.conv_targets) == ("lokr", False, ("pos_embed.proj",))
+        (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+        assert (block.kind, block.tucker, block.conv_rank, block.conv_alpha) == (kind, "on", 2, 2.0)
+    # the adapter's own kind's: a LoHa patch module and projection beside a LoCon q/k/v
+    own = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {
+            "lora_down.weight": (4, w),
+            "lora_up.weight": (3 * w, 4),
+        },
+        proj: _loha(w, w, 2),
+        patch: loha,
+    }
+    _factor_file(tmp_path / "prev.safetensors", own, 2.0)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_rank) == ("loha", False, 2)
+    (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+    assert (block.kind, block.tucker) == ("adapter", "on")
+    assert [b.kind for b in a.blocks if re.search(b.pattern, "transformer_blocks.0.attn.to_q")] == ["lora"]
+    # what LyCORIS's make_module_from_state_dict / copy_ fails on
+    half = {k: v for k, v in loha.items() if k != "hada_t2"}
+    bad = {**locon, "lora_down.weight": (2, 16, 2, 2)}
+    for held, why in ((half, "lacks `hada_t2`"), (bad, "not LoConModule's Tucker form")):
+        _factor_file(tmp_path / "prev.safetensors", {**lokr, patch: held}, 2.0)
+        assert why in messages(_sd3(tmp_path, allow=True), "DBS402")
+
+
 def test_flux_file_of_several_kinds_with_oft_and_glora_modules(tmp_path):
     """Diag-OFT (a fused q/k/v, its `rescale` held), BOFT and GLoRA modules beside LoKr ones (was DBS403):
     each an [[adapter.blocks]] entry of its kind over its diffusers parts, at the values

@@ -395,6 +395,29 @@ def test_sd3_tucker_form_on_a_files_patch_convolution(tmp_path, algo, where):
         assert "use_tucker off" in messages(outcome, "DBS405")
 
 
+@pytest.mark.parametrize(
+    ("network", "entry", "dim"),
+    [("lokr", "loha", 2), ("locon", "lokr", 1), ("locon", "loha", 2), ("lokr", "locon", 2)],
+)
+def test_sd3_tucker_form_of_a_patch_entry_of_another_algo(tmp_path, network, entry, dim):
+    """A PatchEmbed entry of another algo with its own use_tucker (was DBS403; a spec's DBS596): LyCORIS
+    builds that one module (LohaModule, LokrModule, LoConModule) with use_tucker, so its block carries
+    `tucker = "on"` and the adapter's stays off (runtime: tests/runtime/test_lycoris_sd3_mixed_tucker_file.py
+    builds each such pairing as lycoris-lora does)."""
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n\n[module_algo_map.PatchEmbed]\n"
+    preset += f"algo = '{entry}'\ndim = {dim}\nalpha = 1\nuse_tucker = true\n"
+    outcome = _sd3(tmp_path, preset, f'"algo={network}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.conv_targets) == (
+        {"locon": "lora"}.get(network, network),
+        False,
+        ("pos_embed.proj",),
+    )
+    (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+    assert (block.kind, block.tucker, block.conv_rank) == ({"locon": "lora"}.get(entry, entry), "on", dim)
+
+
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
     """--network_train_unet_only: LycorisNetworkKohya.apply_to drops CLIP-L's modules, so an entry reaching
     only them (another algorithm, a dim) changes nothing (DBS405); trained, CLIP-L's MLPs are LoHa blocks

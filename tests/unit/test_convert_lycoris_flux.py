@@ -146,8 +146,22 @@ def test_diag_oft_constraint_maps(tmp_path):
     assert fate(outcome, "network_args constraint") == "mapped"
 
 
-def test_diag_oft_max_norm_is_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=diag-oft"))
+@pytest.mark.parametrize(
+    "args", ["", " constraint=1e-3 rescaled=True", " bypass_mode=True", " network_dim=9"]
+)
+def test_diag_oft_max_norm_maps_to_lycoris_form(tmp_path, args):
+    """--scale_weight_norms of algo=diag-oft (was DBS403): DiagOFTModule.apply_max_norm on each fused
+    Linear's module, the norm over every part's blocks stacked (runtime/max_norm.py;
+    tests/runtime/test_lycoris_flux_oft.py); at network_dim 9 the blocks span FLUX.1's parts (shared)."""
+    dim = " --network_dim 9" if "network_dim" in args else ""
+    extra = args.replace(" network_dim=9", "")
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1.5{dim} --network_args algo=diag-oft{extra}")
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, len(a.fused)) == ("diag-oft", 1.5, "lycoris", 3)
+    assert a.oft_block_size == (9 if dim else 8) and a.bypass == ("bypass" in args)
+    assert "max_norm = 1.5" in out_path(tmp_path).read_text()
 
 
 @pytest.mark.parametrize("algo", ["full", "ia3", "glora"])
@@ -164,7 +178,7 @@ def test_max_norm_of_modules_that_scale_nothing_is_inert(tmp_path, algo):
 
 def test_max_norm_of_a_glora_file_is_inert(tmp_path):
     """--dim_from_weights with a GLoRA file: GLoRAModules rebuilt from it scale nothing either (was DBS403);
-    a Diag-OFT file's modules would scale their blocks: still DBS403."""
+    a Diag-OFT file's modules scale their blocks: LyCORIS's form (was DBS403)."""
     _whole_flux_file(tmp_path / "prev.safetensors", "glora")
     extra = "--network_weights prev.safetensors --dim_from_weights --scale_weight_norms 1"
     extra += " --network_train_unet_only"
@@ -174,7 +188,11 @@ def test_max_norm_of_a_glora_file_is_inert(tmp_path):
     assert plan_of(outcome, tmp_path).adapter.kind == "glora"
     (tmp_path / "oft").mkdir()
     _whole_flux_file(tmp_path / "oft" / "prev.safetensors", "diag-oft")
-    assert "max norm of a fused diag-oft" in messages(_flux(tmp_path / "oft", extra), "DBS403")
+    outcome = _flux(tmp_path / "oft", extra)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path / "oft").adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.oft_block_size) == ("diag-oft", 1.0, "lycoris", 96)
 
 
 def _whole_flux_file(path, algo: str) -> None:

@@ -169,6 +169,13 @@ def test_diag_oft_full_is_one_block_split_per_fused_qkv_and_the_patch_convolutio
     assert list(a.conv_targets) == ["pos_embed.proj"]
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=diag-oft preset=full conv_dim=8"))
+    # --scale_weight_norms (was DBS403): DiagOFTModule.apply_max_norm, one norm per fused qkv over its parts'
+    # blocks, the patch convolution's module its own (runtime/max_norm.py)
+    args = "--network_train_unet_only --scale_weight_norms 2 --network_args algo=diag-oft preset=full"
+    outcome = _sd3(tmp_path, args)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form, [f.name for f in a.fused]) == (2.0, "lycoris", FUSED)
 
 
 def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_path):

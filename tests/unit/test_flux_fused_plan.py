@@ -11,6 +11,7 @@ from test_compile import codes, compile_in, image, planned_ok, write_spec
 
 from dbspec.families import family_spec
 from dbspec.plan.io import plan_from_json, plan_to_json
+from dbspec.plan.summary import adapter_rows
 
 FLUX = {"base": "builtin:tiny-flux"}
 KOHYA = list(family_spec("flux").kohya_lora_targets)
@@ -459,10 +460,27 @@ def test_diag_oft_plans_the_fused_layers(toy: Path):
     ]
 
 
+def test_diag_oft_max_norm_plans_lycoris_form_on_fused_layers(toy: Path):
+    """LyCORIS's max norm on a fused Diag-OFT (was DBS577): one DiagOFTModule per fused Linear, its norm over
+    every part's blocks (runtime/max_norm.py), planned in LyCORIS's form, with a constraint and bypass too."""
+    adapter = {"kind": "diag-oft", "block_size": 4, "fused_projections": True, "denoiser_targets": KOHYA}
+    for extra in ({}, {"constraint": 1e-3, "bypass": True, "rescaled": True}):
+        write_spec(toy, model=FLUX, adapter={**adapter, **extra, "max_norm": 0.5})
+        plan = planned_ok(toy)
+        assert (plan.adapter.max_norm, plan.adapter.max_norm_form, len(plan.adapter.fused)) == (
+            0.5,
+            "lycoris",
+            3,
+        )
+        assert "fused layer's parts one layer" in dict(adapter_rows(plan.adapter))["  max norm"]
+    write_spec(toy, model=FLUX, adapter={**adapter, "max_norm": 0.5, "form": "kohya", "block_count": 4})
+    planned = compile_in(toy)  # kohya's OFT has no max-norm regularisation (DBS574)
+    assert "max_norm" in next(d.message for d in planned.diagnostics if d.code == "DBS574")
+
+
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"max_norm": 1.0}, "max_norm"),
         ({"form": "kohya", "block_count": 4}, 'form = "kohya"'),
         ({"denoiser_targets": [t for t in KOHYA if t != "proj_mlp"]}, "linear1 without proj_mlp"),
     ],

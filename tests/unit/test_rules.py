@@ -1976,23 +1976,24 @@ CASES = [
         + 'conv_rank = 4\ntucker = "on"\n'
         + '[[adapter.blocks]]\npattern = "upsamplers"\nrank = 4\nalpha = 4.0\nconv_rank = 2\ntucker = "on"\n',
     ),
-    (  # a LoHa / LoKr block's own Tucker form beside other kinds: SD 1.x/2.x and SDXL only (issue 12)
-        rules.mixed_block_tucker_family,
+    (  # a LoCon block's own Tucker form with fused_projections; a LoHa / LoKr block's beside other kinds on
+        # SD3's patch convolution builds as LyCORIS does (was DBS596, issue 12)
+        rules.block_scalar_fits,
         'family = "sd3"\n'
         + DOG
         + STEPS
-        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nfused_projections = true\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'pos_embed'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
+        + "tucker = 'on'\n",
+        [("DBS579", "error", ("adapter", "blocks", 1, "tucker"))],
+        'family = "sd3"\n'
+        + DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nfused_projections = true\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
         + "[[adapter.blocks]]\npattern = 'pos_embed'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
         + "tucker = 'on'\n",
-        [("DBS596", "error", ("adapter", "blocks", 1, "tucker"))],
-        'family = "sdxl"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lora"\nconv_rank = 4\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
-        + "[[adapter.blocks]]\npattern = 'downsamplers'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\n"
-        + "conv_rank = 2\ntucker = 'on'\n",
     ),
     (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
         rules.mixed_block_kinds,

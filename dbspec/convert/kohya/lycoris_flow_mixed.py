@@ -30,9 +30,11 @@ Not expressed (why not returned): with --network_train_unet_only text-encoder mo
 denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run's kinds, DBS356), on
 Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
 DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
-model, DBS356), a Tucker form on
-SD3's patch convolution (a run of several kinds builds none there, DBS578) and weight-decomposition tensors
-(`dora_scale`: this conversion maps none to a `dora`, while a preset file's dora_wd converts). Checked
+model, DBS356), and weight-decomposition tensors
+(`dora_scale`: this conversion maps none to a `dora`, while a preset file's dora_wd converts). A Tucker form
+on SD3's patch convolution (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`; was DBS403) is its block's own
+`tucker = "on"` (the block of the patch module's kind, the adapter's kind's a block of its own there), as
+LyCORIS rebuilds that one module with use_tucker. Checked
 against lycoris-lora in tests/runtime/test_lycoris_mixed_flow_file.py and test_lycoris_mixed_chroma.py."""
 
 from __future__ import annotations
@@ -147,16 +149,17 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
             f"invalid:`{m.name}.{tucker}` is LyCORIS's Tucker form on a Linear, where {cls} builds no Tucker "
             f"core (its make_module_from_state_dict raises AttributeError)"
         )
+    tucker_form = {}  # LyCORIS's Tucker form on SD3's patch convolution: its block's own (was DBS403)
     if m.algo == "locon":
-        odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight"))
+        odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight", "lora_mid.weight"))
         if odd:
-            why = {
-                "lora_mid.weight": "LyCORIS's Tucker form (lora_mid) on SD3's patch convolution as a LoCon "
-                "module beside modules of other kinds: dbspec's run of several kinds builds a LoCon block's "
-                "Tucker form on the U-Net families' convolutions alone (DBS578)",
-                "dora_scale": _DORA.format(kind="LoCon"),
-            }
+            why = {"dora_scale": _DORA.format(kind="LoCon")}
             return f"`{m.name}.{odd[0]}`: " + why.get(odd[0], f"tensor {odd[0]} LoConModule does not read")
+        if "lora_mid.weight" in s:  # LoConModule with use_tucker: 1x1 down, k x k mid, 1x1 up
+            found = _locon_tucker(m)
+            if found is not None:
+                return found
+            tucker_form = {"tucker": "on"}
         if "lora_down.weight" not in s:
             why = "LoConModule's make_module_from_state_dict fails"
             return f"invalid:`{m.name}` has no `lora_down.weight`: {why}"
@@ -167,24 +170,49 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
             )
         rank = s["lora_down.weight"][0]
     else:  # LoHa beside a LoKr adapter
-        odd = sorted(k for k in s if k.startswith("hada_t") or k == "dora_scale")
-        if odd and odd[0] == "dora_scale":
+        if "dora_scale" in s:
             return f"`{m.name}.dora_scale`: " + _DORA.format(kind="LoHa")
-        if odd:  # on SD3's patch convolution (a Linear's: DBS402 above)
-            return (
-                f"`{m.name}.{odd[0]}`: LyCORIS's Tucker form on SD3's patch convolution as a LoHa module "
-                "beside modules of other kinds: a run of several kinds builds no block's own Tucker form "
-                "but a LoCon one's (DBS578)"
-            )
-        checked = check_loha([m])
-        if isinstance(checked, str):
-            return checked
-        rank = checked[0]
+        if "hada_t1" in s or "hada_t2" in s:  # on SD3's patch convolution (a Linear's: DBS402 above)
+            from dbspec.convert.kohya.lycoris_flow_factor_file import _loha_patch
+
+            if "hada_t1" not in s or "hada_t2" not in s:
+                missing = "hada_t2" if "hada_t1" in s else "hada_t1"
+                return f"invalid:module `{m.name}` lacks `{missing}`: LohaModule's copy_ of it fails"
+            found = _loha_patch(m)
+            if isinstance(found, str):
+                return found
+            rank, tucker_form = found["conv_rank"], {"tucker": "on"}
+        else:
+            checked = check_loha([m])
+            if isinstance(checked, str):
+                return checked
+            rank = checked[0]
     if m.alpha is None:
         return f"invalid:module `{m.name}` has no alpha: make_module_from_state_dict's float(None) raises"
     if m.alpha < 0:
         return f"`{m.name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
-    return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": float(m.alpha or rank)}  # 0: the dim
+    alpha = float(m.alpha or rank)  # 0: the dim
+    return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": alpha, **tucker_form}
+
+
+def _locon_tucker(m: LycorisModule) -> str | None:
+    """Why LoConModule's make_module_from_state_dict (use_tucker: `lora_mid` present) cannot take the patch
+    convolution's tensors (its copy_ raises on other shapes): None when they chain."""
+    s = m.shapes
+    down, mid, up = s["lora_down.weight"], s["lora_mid.weight"], s.get("lora_up.weight")
+    rank = down[0]
+    if (
+        up is None
+        or len(down) != 4
+        or down[2:] != (1, 1)
+        or up[1:] != (rank, 1, 1)
+        or mid[:2] != (rank, rank)
+    ):
+        return (
+            f"invalid:`{m.name}`'s lora_down {down}, lora_mid {mid} and lora_up {up} are not LoConModule's "
+            "Tucker form (1x1 down, k x k mid, 1x1 up at one rank): its copy_ raises"
+        )
+    return None
 
 
 def _t5_pattern(names: list[str], family: str) -> str:
@@ -295,11 +323,12 @@ def flow_mixed_file(
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
     if found.get("dora") or any("dora" in b for b in own_blocks):
         return f"its {own} modules hold `dora_scale`: " + _DORA.format(kind=own)
-    if found.get("tucker") or any("tucker" in b for b in own_blocks):  # SD3's patch convolution's
+    if any("tucker" in b for b in own_blocks):
         return (
-            f"its {own} modules hold LyCORIS's Tucker form (SD3's patch convolution) beside modules of "
-            "other kinds: a run of several kinds builds no Tucker form but a LoCon block's (DBS578)"
+            f"its {own} modules hold LyCORIS's Tucker form on several layers beside modules of other kinds: "
+            "dbspec gives it to SD3's patch convolution's block alone"
         )
+    tucker_patch = bool(found.get("tucker"))  # the adapter's kind's module on SD3's patch convolution
     blocks_out = [
         {"pattern": pattern, **dict(key)}
         for key, lists in groups.items()
@@ -337,6 +366,11 @@ def flow_mixed_file(
         pair = {"conv_rank": patch["rank"], "conv_alpha": patch["alpha"]}
         out = {**out, "conv_targets": ["pos_embed.proj"], **({} if "conv_rank" in out else pair)}
         block = {**patch, "rank": out["rank"], "alpha": out["alpha"], **pair}
+        out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
+    if tucker_patch:  # beside other kinds a Tucker form is a block's own (a run's `tucker`: DBS578)
+        del out["tucker"]
+        pair = {"conv_rank": out["conv_rank"], "conv_alpha": out["conv_alpha"]}
+        block = {"rank": out["rank"], "alpha": out["alpha"], **pair, "tucker": "on"}
         out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
     if any(
         v["kind"] == "full"

@@ -723,8 +723,10 @@ def _patch_tucker(blocks: list[dict[str, Any]], convs) -> bool | None:
     that sets `tucker`), or None. The patch convolution is the only k x k convolution LyCORIS adapts on
     kohya's MMDiT, and use_tucker changes only those (LoConModule, LohaModule, LokrModule), so the entry's
     setting is the adapter's `tucker`: the blocks' own are dropped (a block's own Tucker form beside
-    fused_projections is DBS579)."""
-    if tuple(convs) != ("pos_embed.proj",):
+    fused_projections is DBS579). Beside entries of other algorithms (blocks with their own `kind`) the
+    entry's stays its block's `tucker` (an adapter's `tucker` is one of one kind's layers, DBS578; was
+    DBS596): the patch module's kind, LoCon's, LoHa's or LoKr's, built with use_tucker there alone."""
+    if tuple(convs) != ("pos_embed.proj",) or any(b.get("kind") for b in blocks):
         return None
     own = [b["tucker"] for b in blocks if "tucker" in b and re.search(b["pattern"], "pos_embed.proj")]
     for block in blocks:

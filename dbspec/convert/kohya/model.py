@@ -986,7 +986,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     last context modulation's rows swapped back); --scale_weight_norms of a LoCon: LyCORIS's form, one norm
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
-    or its one scalar (LoHa) scaled once; of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm). A
+    or its one scalar (LoHa) scaled once; of a Diag-OFT / BOFT the fused module's blocks, one norm over its
+    parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm). A
     DyLoRA network's --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
     --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
@@ -999,17 +1000,18 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         return False
     kind = conv.values[("adapter", "kind")][0]
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
-    # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once)
+    # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once); Diag-OFT: DiagOFTModule's, the norm of
+    # every part's blocks stacked, each part's scaled by the one ratio (runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft")
+        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(
             a["scale_weight_norms"],
             f"LyCORIS's per-module max norm on kohya's fused {layout.title} Linears: dbspec expresses it for "
-            f"a LoCon, LoKr, LoHa or BOFT there (a full / IA^3 / GLoRA / DyLoRA network of its kind alone "
-            f"is inert), not a {kind} network with these entries",
+            f"a LoCon, LoKr, LoHa, Diag-OFT or BOFT there (a full / IA^3 / GLoRA / DyLoRA network of its "
+            f"kind alone is inert), not a {kind} network with these entries",
         )
         return False
     # use_scalar: the file's factors hold each module's trained scalar folded in and the modules' load hook
@@ -1201,8 +1203,9 @@ def _lycoris_flow_rebuilt_file(
     if found is None:
         return False
     kind = _put_rebuilt(found, a, paths, conv)
-    # GLoRAModule's: inert; ButterflyOFTModule's scales the fused module's blocks (runtime/max_norm.py)
-    if a["scale_weight_norms"].value and kind not in (*_LYCORIS_NO_MAX_NORM, "boft"):
+    # GLoRAModule's: inert; ButterflyOFTModule's and DiagOFTModule's scale the fused module's blocks
+    # (runtime/max_norm.py: a fused Diag-OFT's parts' blocks stacked, one norm)
+    if a["scale_weight_norms"].value and kind not in (*_LYCORIS_NO_MAX_NORM, "boft", "diag-oft"):
         conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {kind}: no dbspec form yet")
         return False
     map_scale_weight_norms(a, conv, lycoris=True, kind=kind)  # none given: records its fate
