@@ -334,7 +334,9 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         params=adapter_params(adapter, family, components),
         # LyCORIS's FullModule / IA3Module / DiagOFTModule / ButterflyOFTModule on T5-XXL's Linears (train.t5;
         # rules.t5_adapter_fits); kohya's networks.oft (form "kohya") has none there
-        t5_targets=_t5_targets(family, components) if getattr(adapter, "form", "lycoris") == "lycoris" else (),
+        t5_targets=_t5_targets(family, components)
+        if getattr(adapter, "form", "lycoris") == "lycoris"
+        else (),
         **_excluded_first(_full_excluded(adapter), _oft_blocks(adapter)),
     )
     if adapter.kind == "full" and layers:

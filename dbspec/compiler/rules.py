@@ -203,7 +203,7 @@ def t5_idle_needs_t5_layers(spec: Spec, given: Given) -> Iterator[Hit]:
         yield _err(
             "DBS600",
             ("train", "t5_idle"),
-            'train.t5_idle = "kohya" puts T5-XXL\'s adapter layers on it (kohya\'s LoRA or a LyCORIS kind), '
+            "train.t5_idle = \"kohya\" puts T5-XXL's adapter layers on it (kohya's LoRA or a LyCORIS kind), "
             f"but adapter.kind is {_t5_kind(spec.adapter)}",
             'remove train.t5_idle, or set adapter.kind to "lora" or a LyCORIS kind (form / dylora_form '
             '"lycoris")',
