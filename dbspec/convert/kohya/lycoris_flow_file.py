@@ -412,19 +412,13 @@ def _unseen_parts(rows: list[Row], model: FlowModel) -> list[Row]:
 
 
 def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
-    """PresetError where T5-XXL's LyCORIS modules train (`t5`: its layers the file reaches) and dbspec's T5
-    adapter (train.t5: LoRA, LoKr, LoHa or full) is not that module."""
+    """PresetError where T5-XXL's LyCORIS modules train (`t5`: its layers the file reaches) and dbspec trains
+    no T5 adapter beside LyCORIS (train.t5 takes every algo lycoris.kohya builds: rules.t5_adapter_fits)."""
     if not t5:
         return
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
-    if algo not in ("lora", "locon", "lokr", "loha", "full"):
-        raise PresetError(
-            f"{where} with algo={algo}: dbspec's T5-XXL adapter (train.t5) is LoRA (LoConModule's form), "
-            "LoKr, LoHa or full only",
-            False,
-        )
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:
