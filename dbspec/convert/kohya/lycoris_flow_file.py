@@ -28,8 +28,9 @@ classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
 T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoCon / LoKr / LoHa modules there train with
 CLIP's while T5 encodes every step (train_t5xxl or not), dbspec's T5 adapter of that kind (train.t5) with the
 layers left out at rank 0 and the entries' dims as text-encoder blocks (Chroma's T5 is its text_encoder);
-cached text-encoder outputs or network_train_unet_only leave them untrained (ignored); other algos' T5
-modules are refused.
+cached text-encoder outputs or network_train_unet_only leave them untrained (ignored); the other algos' T5
+modules (GLoRA, DyLoRA, Diag-OFT, BOFT, IA^3) are dbspec's T5 adapter of that kind too (lycoris_flux.py
+_t5_of_kind; Diag-OFT's, BOFT's and IA^3's left-out T5 Linears `exclude`d).
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
