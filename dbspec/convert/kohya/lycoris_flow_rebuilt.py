@@ -25,8 +25,8 @@ CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / t
 entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
 train.t5 takes these kinds but starts none of them from a file). SD3's patch convolution
 (`lora_unet_x_embedder_proj`): conv_targets `pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha,
-Diag-OFT's / BOFT's at its own values a block naming it. Chroma: DBS403. Checked against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py
-and test_lycoris_sd3_patch_file.py."""
+Diag-OFT's / BOFT's at its own values a block naming it. Chroma: DBS403. Checked against lycoris-lora in
+tests/runtime/test_lycoris_flow_rebuilt_file.py and test_lycoris_sd3_patch_file.py."""
 
 from __future__ import annotations
 
