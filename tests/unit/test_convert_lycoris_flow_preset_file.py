@@ -357,6 +357,25 @@ def _sd3(tmp_path, preset: str, extra: str, *, allow: bool = False):
     )
 
 
+@pytest.mark.parametrize("algo", ["glora", "diag-oft"])
+def test_sd3_other_algos_t5_layers_train_as_t5_adapter(tmp_path, algo):
+    """On SD3 (T5-XXL LyCORIS's `lora_te3_`, dbspec's text_encoder_3) a GLoRA / Diag-OFT file reaching T5's
+    gated MLP alone: train.t5 of that kind, T5's attention Linears left out (rank 0 / excluded)."""
+    preset = (
+        'unet_target_module = []\ntext_encoder_target_module = ["CLIPAttention", "T5DenseGatedActDense"]\n'
+    )
+    outcome = _sd3(tmp_path, preset, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == algo and a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    assert "text_encoder_3" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    t5 = "text_encoder_3.encoder.block.5.layer.{}"
+    assert _te_block(a, t5.format("0.SelfAttention.v")).rank == 0
+    assert _te_block(a, t5.format("1.DenseReluDense.wi_1")) is None
+    assert _te_block(a, "text_encoder.text_model.encoder.layers.0.self_attn.v_proj") is None
+
+
 def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     outcome = _sd3(tmp_path, SD3_X_ATTENTION, '"algo=locon" "conv_dim=4"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
