@@ -176,7 +176,8 @@ def _t5_kind(adapter) -> str:
 
 @rule("spec")
 def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.t5 and not t5_adapter_fits(spec.adapter):
+    """DBS568; kohya's networks.oft with train.t5 is DBS574's (kohya's OFT adapts the U-Net alone)."""
+    if spec.train.t5 and not t5_adapter_fits(spec.adapter) and spec.adapter.kind != "diag-oft":
         yield _err(
             "DBS568",
             ("train", "t5"),

@@ -2208,12 +2208,6 @@ CASES = [
     ),
     (
         rules.t5_needs_lora,
-        DOG + STEPS + '[adapter]\nkind = "diag-oft"\nform = "kohya"\n[train]\nt5 = true\n',
-        [("DBS568", "error", ("train", "t5"))],
-        DOG + STEPS + '[adapter]\nkind = "diag-oft"\n[train]\nt5 = true\n',
-    ),
-    (
-        rules.t5_needs_lora,
         DOG + STEPS + '[adapter]\nkind = "none"\n[train]\nt5 = true\n',
         [("DBS568", "error", ("train", "t5"))],
         DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5 = true\n',
