@@ -2574,17 +2574,19 @@ its norm update reads every LoRA's whole weights and gradients, which FSDP and D
 (kohya runs GGPO only when both `ggpo_sigma` and `ggpo_beta` are given.)""",
         help="set adapter.ggpo = true, or remove the share",
     ),
-    # an adapter on T5-XXL (train.t5) of a kind other than LoRA / LoKr / LoHa / full: DBS568.
+    # train.t5 with an adapter kind that has no T5 layers (none; kohya's networks.oft / dylora): DBS568.
     Code(
         "DBS568",
         ERROR,
-        "train.t5 without a LoRA, LoKr, LoHa or full adapter",
+        "train.t5 without an adapter that has T5-XXL layers",
         """\
 `train.t5 = true` adds the adapter to T5-XXL's attention and gated-MLP Linears at the adapter's rank and
-alpha: LoRA as kohya's lora_flux does with `train_t5xxl=True`, LoKr, LoHa or full (trained copies of the
-Linears) as LyCORIS's lycoris.kohya network builds them there. It needs `adapter.kind` "lora", "lokr", "loha"
-or "full": another adapter kind on it is not offered.""",
-        help='set adapter.kind = "lora", "lokr", "loha" or "full", or remove train.t5',
+alpha: LoRA as kohya's lora_flux does with `train_t5xxl=True`, and LoKr, LoHa, full (trained copies of the
+Linears), GLoRA, DyLoRA, Diag-OFT, BOFT or IA^3 as LyCORIS's lycoris.kohya network builds them there. A full
+fine-tune (`adapter.kind = "none"`) has no adapter, and kohya's networks.oft (`kind = "diag-oft"` with
+`form = "kohya"`) and networks.dylora (`dylora_form = "kohya"`) put none on T5-XXL.""",
+        help='set adapter.kind to "lora" or a LyCORIS kind (form / dylora_form "lycoris"), or remove '
+        "train.t5",
     ),
     # kohya's per-dataset validation_split and a split that is never scored (evaluation): DBS570, DBS571.
     Code(
@@ -3010,10 +3012,10 @@ adapter, and a block of one of those kinds (another kind's layers would train at
         ERROR,
         "train.t5_idle where T5-XXL cannot hold an idle adapter",
         """\
-`train.t5_idle = "kohya"` puts train.t5's adapter (LoRA, LoKr, LoHa or full layers on T5-XXL's attention and
-gated-MLP Linears) on a T5-XXL that does not train, as kohya's lora_flux / lora_sd3 build it with
-`train_t5xxl=True` at T5's `text_encoder_lr` 0. It needs a Flux, SD3 or Chroma model, an adapter kind with
-T5 layers, and `train.t5 = false` (with `train.t5 = true` T5-XXL trains).""",
+`train.t5_idle = "kohya"` puts train.t5's adapter (its layers on T5-XXL's attention and gated-MLP Linears)
+on a T5-XXL that does not train, as kohya's lora_flux / lora_sd3 build it with `train_t5xxl=True` at T5's
+`text_encoder_lr` 0. It needs a Flux, SD3 or Chroma model, an adapter kind with T5 layers, and
+`train.t5 = false` (with `train.t5 = true` T5-XXL trains).""",
         help="remove train.t5_idle, or train a Flux, SD3 or Chroma model with train.t5 = false",
     ),
     Code(

@@ -219,6 +219,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         rank_dropout=adapter.rank_dropout if adapter.bypass else 0.0,
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         params=adapter_params(adapter, family, components),
+        t5_targets=_t5_targets(family, components),  # LyCORIS's GLoRAModule on T5-XXL's Linears (train.t5)
         **_rank_blocks(adapter),  # a LyCORIS preset file's per-layer dims
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
@@ -235,6 +236,7 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         dylora_form=adapter.dylora_form,
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
+        t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)
         # per-module ranks and alphas (kohya --dim_from_weights, LyCORIS's alphas from --network_weights)
         **_rank_blocks(adapter),
     )
@@ -333,8 +335,11 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         denoiser_norms=tuple(getattr(adapter, "denoiser_norms", ())),
         conv_targets=tuple(adapter.conv_targets),
         params=adapter_params(adapter, family, components),
-        # full: LyCORIS's FullModules on T5-XXL's Linears (train.t5; rules.T5_ADAPTER_KINDS)
-        t5_targets=_t5_targets(family, components) if adapter.kind == "full" else (),
+        # LyCORIS's FullModule / IA3Module / DiagOFTModule / ButterflyOFTModule on T5-XXL's Linears (train.t5;
+        # rules.t5_adapter_fits); kohya's networks.oft (form "kohya") has none there
+        t5_targets=_t5_targets(family, components)
+        if getattr(adapter, "form", "lycoris") == "lycoris"
+        else (),
         **_excluded_first(_full_excluded(adapter), _oft_blocks(adapter)),
     )
     if adapter.kind == "full" and layers:

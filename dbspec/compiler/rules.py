@@ -158,20 +158,32 @@ def text_encoder_idle_needs_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-# the adapter kinds train.t5 puts on T5-XXL's Linears (kohya lora_flux's LoRA; LyCORIS's LoKr / LoHa / full
-# there)
-T5_ADAPTER_KINDS = ("lora", "lokr", "loha", "full")
+def t5_adapter_fits(adapter) -> bool:
+    """Whether train.t5 can put `adapter` (the spec's) on T5-XXL's Linears: kohya lora_flux's LoRA, and every
+    LyCORIS kind lycoris.kohya builds there (LoKr, LoHa, full, GLoRA, DyLoRA, Diag-OFT, BOFT, IA^3); kohya's
+    networks.oft and networks.dylora (form / dylora_form "kohya") have no T5 layer, a full fine-tune no
+    adapter."""
+    kohya = getattr(adapter, "form", "lycoris") == "kohya" or getattr(adapter, "dylora_form", "") == "kohya"
+    return adapter.kind != "none" and not kohya
+
+
+def _t5_kind(adapter) -> str:
+    """The adapter's kind as DBS568 / DBS600 quote it (kohya's Diag-OFT / DyLoRA form named)."""
+    form = {"diag-oft": ' (form "kohya": kohya\'s networks.oft)'}
+    form["dylora"] = ' (dylora_form "kohya": kohya\'s networks.dylora)'
+    return f'"{adapter.kind}"{form.get(adapter.kind, "")}'
 
 
 @rule("spec")
 def t5_needs_lora(spec: Spec, given: Given) -> Iterator[Hit]:
-    if spec.train.t5 and spec.adapter.kind not in T5_ADAPTER_KINDS:
+    """DBS568; kohya's networks.oft with train.t5 is DBS574's (kohya's OFT adapts the U-Net alone)."""
+    if spec.train.t5 and not t5_adapter_fits(spec.adapter) and spec.adapter.kind != "diag-oft":
         yield _err(
             "DBS568",
             ("train", "t5"),
-            "train.t5 trains T5-XXL with LoRA, LoKr, LoHa or full, but adapter.kind is "
-            f'"{spec.adapter.kind}"',
-            'set adapter.kind = "lora", "lokr", "loha" or "full", or remove train.t5',
+            "train.t5 trains an adapter on T5-XXL (kohya's LoRA or a LyCORIS kind), but adapter.kind is "
+            f"{_t5_kind(spec.adapter)}",
+            codes.help("DBS568"),
         )
 
 
@@ -188,13 +200,14 @@ def t5_idle_needs_t5_layers(spec: Spec, given: Given) -> Iterator[Hit]:
             'train.t5_idle = "kohya" holds T5-XXL\'s adapter untrained, but train.t5 = true trains it',
             "remove train.t5_idle (T5-XXL trains), or set train.t5 = false",
         )
-    elif spec.adapter.kind not in T5_ADAPTER_KINDS:
+    elif not t5_adapter_fits(spec.adapter):
         yield _err(
             "DBS600",
             ("train", "t5_idle"),
-            'train.t5_idle = "kohya" puts T5-XXL\'s LoRA, LoKr, LoHa or full layers on it, but adapter.kind '
-            f'is "{spec.adapter.kind}"',
-            'remove train.t5_idle, or set adapter.kind = "lora", "lokr", "loha" or "full"',
+            "train.t5_idle = \"kohya\" puts T5-XXL's adapter layers on it (kohya's LoRA or a LyCORIS kind), "
+            f"but adapter.kind is {_t5_kind(spec.adapter)}",
+            'remove train.t5_idle, or set adapter.kind to "lora" or a LyCORIS kind (form / dylora_form '
+            '"lycoris")',
         )
 
 

@@ -1979,9 +1979,9 @@ class Train:
         False,
         doc="Also train the T5-XXL text encoder (Flux, SD3, Chroma) with the adapter on its attention "
         "q/k/v/o and gated MLP wi_0/wi_1/wo projections (LoRA: kohya's lora_flux / lora_sd3 "
-        "`train_t5xxl=True`; LoKr, LoHa or full: LyCORIS's modules there), at the adapter's rank and alpha "
-        "(full: trained copies of those Linears); its outputs are then not cached. "
-        'Needs `adapter.kind` "lora", "lokr", "loha" or "full".',
+        "`train_t5xxl=True`; LyCORIS's kinds: the modules lycoris.kohya builds there), at the adapter's rank "
+        "and alpha (full: trained copies of those Linears); its outputs are then not cached. "
+        "Needs an adapter (kohya's networks.oft and networks.dylora forms have no T5 layers).",
     )
     text_encoder_stop_step: int = option(
         0,

@@ -289,6 +289,41 @@ def test_lokr_and_loha_t5_layers_train_as_t5_lokr_and_loha(tmp_path):
         assert a.factor == (16 if algo == "lokr" else -1)
 
 
+# CLIP-L's and T5-XXL's attention (no denoiser layer), T5's blocks 12-23 excluded
+T5_ONLY = """\
+unet_target_module = []
+text_encoder_target_module = ["CLIPAttention", "T5Attention"]
+exclude_name = ['encoder\\.block\\.(1[2-9]|2\\d)\\..*']
+"""
+
+
+@pytest.mark.parametrize("algo", ["glora", "dylora", "diag-oft", "boft", "ia3"])
+def test_other_algos_t5_layers_train_as_t5_adapter_of_that_kind(tmp_path, algo):
+    """GLoRA / DyLoRA / Diag-OFT / BOFT / IA^3 files reaching T5-XXL (was DBS403): LyCORIS's modules of the
+    algo there train with CLIP-L's while T5 encodes, dbspec's T5 adapter of that kind (`train.t5`); the T5
+    Linears the file leaves out: rank-0 text-encoder blocks for the rank-based kinds, `exclude` kept to the
+    text encoders for the others (their blocks are block sizes or none)."""
+    outcome = _flux(tmp_path, T5_ONLY, f'"algo={algo}" --text_encoder_lr 5e-5')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == algo and a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    assert "text_encoder_2" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    # LyCORIS's one text group, CLIP-L's and T5's modules at text_encoder_lr's first value
+    assert plan.optimizer.text_encoder_lr == 5e-5 and plan.optimizer.text_encoder_2_lr in (None, 5e-5)
+    if algo == "dylora":
+        assert a.dylora_form == "lycoris"
+    t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    kept = [t5.format(3, "0.SelfAttention.q"), t5.format(11, "0.SelfAttention.o")]
+    left = [t5.format(12, "0.SelfAttention.o"), t5.format(3, "1.DenseReluDense.wi_0")]
+    # the plan holds an `exclude` as leading rank-0 blocks (compiler/adapters.py _full_excluded)
+    assert all(_te_block(a, p).rank == 0 for p in left)
+    assert all(_te_block(a, p) is None or _te_block(a, p).rank for p in kept)
+    # kept to the text encoders: no denoiser layer named like T5's (`o`, `wo`) loses its adapter
+    assert not any(b.rank == 0 and re.search(b.pattern, "transformer_blocks.0.ff.net.2") for b in a.blocks)
+    assert not any(b.rank == 0 and re.search(b.pattern, "proj_out") for b in a.blocks)
+
+
 def test_a_file_matching_nothing_stops_kohya(tmp_path):
     preset = "unet_target_module = []\ntext_encoder_target_module = []\n"
     outcome = _flux(tmp_path, preset, '"algo=locon"', allow=True)
@@ -320,6 +355,25 @@ def _sd3(tmp_path, preset: str, extra: str, *, allow: bool = False):
         "--network_module lycoris.kohya --network_dim 8 --network_alpha 4 --learning_rate 1e-4 "
         f'--max_train_steps 100 --network_args "preset=preset.toml" {extra}',
     )
+
+
+@pytest.mark.parametrize("algo", ["glora", "diag-oft"])
+def test_sd3_other_algos_t5_layers_train_as_t5_adapter(tmp_path, algo):
+    """On SD3 (T5-XXL LyCORIS's `lora_te3_`, dbspec's text_encoder_3) a GLoRA / Diag-OFT file reaching T5's
+    gated MLP alone: train.t5 of that kind, T5's attention Linears left out (rank 0 / excluded)."""
+    preset = (
+        'unet_target_module = []\ntext_encoder_target_module = ["CLIPAttention", "T5DenseGatedActDense"]\n'
+    )
+    outcome = _sd3(tmp_path, preset, f'"algo={algo}"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert a.kind == algo and a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo")
+    assert "text_encoder_3" in {c.name for c in plan.precision.components if c.trainable == "lora"}
+    t5 = "text_encoder_3.encoder.block.5.layer.{}"
+    assert _te_block(a, t5.format("0.SelfAttention.v")).rank == 0
+    assert _te_block(a, t5.format("1.DenseReluDense.wi_1")) is None
+    assert _te_block(a, "text_encoder.text_model.encoder.layers.0.self_attn.v_proj") is None
 
 
 def test_sd3_x_attention_and_the_patch_convolution(tmp_path):

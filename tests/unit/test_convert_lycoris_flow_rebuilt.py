@@ -288,7 +288,7 @@ def test_flux_rebuilt_files_with_clip_modules(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
     assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
-    # T5-XXL's modules (Flux's lora_te2_): dbspec's T5 adapter is LoRA, LoKr, LoHa or full
+    # T5-XXL's modules (Flux's lora_te2_): dbspec's T5 adapter of the file's kind does not start from a file
     t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
     _file(file, {QKV: _oft(3 * W, 16), t5: _oft(4096, 16)}, {})
     outcome = _flux(tmp_path, allow=True)

@@ -2209,9 +2209,15 @@ CASES = [
     ),
     (
         rules.t5_needs_lora,
-        DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5 = true\n',
+        DOG + STEPS + '[adapter]\nkind = "none"\n[train]\nt5 = true\n',
         [("DBS568", "error", ("train", "t5"))],
-        DOG + STEPS + '[adapter]\nkind = "full"\n[train]\nt5 = true\n',
+        DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5 = true\n',
+    ),
+    (
+        rules.t5_needs_lora,
+        DOG + STEPS + '[adapter]\nkind = "dylora"\ndylora_form = "kohya"\n[train]\nt5 = true\n',
+        [("DBS568", "error", ("train", "t5"))],
+        DOG + STEPS + '[adapter]\nkind = "dylora"\ndylora_form = "lycoris"\n[train]\nt5 = true\n',
     ),
     (
         rules.t5_idle_needs_t5_layers,
@@ -2221,9 +2227,9 @@ CASES = [
     ),
     (
         rules.t5_idle_needs_t5_layers,
-        DOG + STEPS + '[adapter]\nkind = "ia3"\n[train]\nt5_idle = "kohya"\n',
+        DOG + STEPS + '[adapter]\nkind = "diag-oft"\nform = "kohya"\n[train]\nt5_idle = "kohya"\n',
         [("DBS600", "error", ("train", "t5_idle"))],
-        DOG + STEPS + '[adapter]\nkind = "loha"\n[train]\nt5_idle = "kohya"\n',
+        DOG + STEPS + '[adapter]\nkind = "glora"\n[train]\nt5_idle = "kohya"\n',
     ),
     # a full adapter's exclude patterns (LyCORIS full files without some layers' modules)
     (

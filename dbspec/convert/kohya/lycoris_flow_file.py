@@ -28,8 +28,9 @@ classes: a file reaching CLIP-G's later layers alone is text_encoder_2_targets.
 T5-XXL layers (a file naming T5's classes or paths): LyCORIS's LoCon / LoKr / LoHa modules there train with
 CLIP's while T5 encodes every step (train_t5xxl or not), dbspec's T5 adapter of that kind (train.t5) with the
 layers left out at rank 0 and the entries' dims as text-encoder blocks (Chroma's T5 is its text_encoder);
-cached text-encoder outputs or network_train_unet_only leave them untrained (ignored); other algos' T5
-modules are refused.
+cached text-encoder outputs or network_train_unet_only leave them untrained (ignored); the other algos' T5
+modules (GLoRA, DyLoRA, Diag-OFT, BOFT, IA^3) are dbspec's T5 adapter of that kind too (lycoris_flux.py
+_t5_of_kind; Diag-OFT's, BOFT's and IA^3's left-out T5 Linears `exclude`d).
 
 With --model_type chroma the inventory is kohya's Chroma (chroma_rows.py: Flux's block classes without
 modulation Linears, the approximator's MLPEmbedder layers, the final layer's linear) with the dummy CLIP-L
@@ -412,19 +413,13 @@ def _unseen_parts(rows: list[Row], model: FlowModel) -> list[Row]:
 
 
 def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
-    """PresetError where T5-XXL's LyCORIS modules train (`t5`: its layers the file reaches) and dbspec's T5
-    adapter (train.t5: LoRA, LoKr, LoHa or full) is not that module."""
+    """PresetError where T5-XXL's LyCORIS modules train (`t5`: its layers the file reaches) and dbspec trains
+    no T5 adapter beside LyCORIS (train.t5 takes every algo lycoris.kohya builds: rules.t5_adapter_fits)."""
     if not t5:
         return
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
-    if algo not in ("lora", "locon", "lokr", "loha", "full"):
-        raise PresetError(
-            f"{where} with algo={algo}: dbspec's T5-XXL adapter (train.t5) is LoRA (LoConModule's form), "
-            "LoKr, LoHa or full only",
-            False,
-        )
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:

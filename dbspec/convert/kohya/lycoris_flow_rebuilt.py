@@ -23,10 +23,10 @@ constraint and rescale over whole fused layers (_boft).
 CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / text_encoder_2_targets
 (lycoris_flow_factor_file.clip_targets), a module at its own values an [[adapter.text_encoder_blocks]]
 entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
-train.t5 is LoRA, LoKr, LoHa or full). SD3's patch convolution (`lora_unet_x_embedder_proj`): conv_targets
-`pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha, Diag-OFT's / BOFT's at its own values a block
-naming it. Chroma: DBS403. Checked against lycoris-lora in tests/runtime/test_lycoris_flow_rebuilt_file.py
-and test_lycoris_sd3_patch_file.py."""
+train.t5 takes these kinds but starts none of them from a file). SD3's patch convolution
+(`lora_unet_x_embedder_proj`): conv_targets `pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha,
+Diag-OFT's / BOFT's at its own values a block naming it. Chroma: DBS403. Checked against lycoris-lora in
+tests/runtime/test_lycoris_flow_rebuilt_file.py and test_lycoris_sd3_patch_file.py."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         if t5 is not None:  # LyCORIS trains them with CLIP's, train_t5xxl or not
             return (
                 f"module `{t5}` is T5-XXL's {kind} module, which LyCORIS trains with CLIP's; dbspec's T5-XXL "
-                "adapter (train.t5) is LoRA, LoKr, LoHa or full"
+                f"adapter (train.t5) of kind {kind} does not start from a file"
             )
         clip = clip_targets(text, family)
         if isinstance(clip, str):

@@ -162,6 +162,17 @@ def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_f
     )
 
 
+def _t5_of_kind(a: dict[str, Legacy], conv: Conversion, preset: str, algo: str, t5_file: bool) -> bool:
+    """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora or dylora, trained: dbspec's T5
+    adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
+    text-encoder blocks). True (the mapping stands)."""
+    if t5_file:
+        module = {**_WHOLE_ONLY, "dylora": "DyLoraModule"}[algo]
+        why = conv.comment(a["network_module"], f"preset {preset}: LyCORIS's {module} on T5-XXL")
+        put_lycoris_t5(a, conv, why)
+    return True
+
+
 def _off(value: str) -> bool:
     """LyCORIS's str_bool: only "false" (any case) is off; "" too is on."""
     return str(value).lower() == "false"
@@ -224,6 +235,10 @@ def map_lycoris_flow(
                 file._replace(blocks=file.blocks[lead:]),
             )
             why = f"the targets' layers the preset file {preset} builds no {_WHOLE_ONLY[algo]} on"
+            if t5_file:  # T5-XXL's Linears the file leaves out (lycoris_flow_file._t5_left): `exclude`d too
+                lead = next((i for i, b in enumerate(text_blocks) if b.get("rank", 1)), len(text_blocks))
+                exclude += _full_excluded([], text_blocks[:lead])
+                text_blocks = text_blocks[lead:]
         layers = "blocks+patch" if file.convs else "all" if file.denoiser else "none"
         title = "Chroma" if family == "chroma" else layout.title
         note = f"the layers LyCORIS builds for the preset file on kohya's {title}"
@@ -237,15 +252,17 @@ def map_lycoris_flow(
         done = _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_file, text_blocks)
         if done and exclude:  # lycoris_flow_file.py's rank-0 blocks: the final layer's proj_out target
             conv.put(("adapter", "exclude"), exclude, conv.comment(args, why))
-        return done
+        return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     dim, alpha = a["network_dim"], a["network_alpha"]
     rank = dim.value if dim.value is not None else 4
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
     if algo == "glora":
-        return map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
+        done = map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
+        return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if algo == "dylora":
-        return map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
+        done = map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
+        return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
