@@ -168,8 +168,8 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
 
 
 def _other_alphas(state: dict[str, torch.Tensor]) -> set[str]:
-    """Every third module's nonzero `alpha` (by sorted name) times 3 in `state`, in LoCon, LoHa, LoKr (a low-rank
-    factor) and Diag-OFT modules alike; returns their names."""
+    """Every third module's nonzero `alpha` (by sorted name) times 3 in `state`, in LoCon, LoHa, LoKr and
+    Diag-OFT modules alike; returns their names."""
     names = sorted({k.split(".")[0] for k, v in state.items() if k.endswith(".alpha") and float(v)})
     for name in names[::3]:
         state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
