@@ -113,3 +113,19 @@ def test_a_locon_network_of_one_kind_saved_at_another_alpha(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.alpha, a.init_alpha) == ("lora", 8.0, "ignore")
     assert f"`{TE}.alpha` is 16, none of the run's alphas (8)" in messages(outcome, "DBS404")
+
+
+def test_a_dylora_network_with_loha_entries(tmp_path):
+    """algo=dylora with a LoHa entry on CLIP: the LoHa module at another alpha trains at the network's
+    (DyLoRA layers keep the check); a LoRA-layout module at another alpha is a DyLoraModule's, which LyCORIS
+    trains at the file's alpha: DBS403 (was refused when the run loaded the file)."""
+    preset = PRESET.replace('algo = "locon"', 'algo = "loha"')
+    _write(tmp_path / "prev.safetensors", {Q: (_locon(320, 16), 8.0), TE: (_loha(768, 16), 2.0)})
+    outcome = _convert(tmp_path, "dylora", preset)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_alpha) == ("dylora", "ignore")
+    assert f"`{TE}.alpha` is 2" in messages(outcome, "DBS404")
+    _write(tmp_path / "prev.safetensors", {Q: (_locon(320, 16), 2.0), TE: (_loha(768, 16), 8.0)})
+    outcome = _convert(tmp_path, "dylora", preset)
+    said = messages(outcome, "DBS403")
+    assert f"`{Q}.alpha` is 2" in said and "DyLoraModule scales by the alpha buffer" in said

@@ -11,7 +11,8 @@ file of kohya's run carries the starting file's: DBS404. Full, IA^3, GLoRA, Diag
 read the alpha either (no check), and a LoKr module whose two factors are full trains at scale 1 whatever it
 is. DyLoraModule is the exception: its `get_weight` scales by the buffer, so a DyLoRA layer trains at the
 file's alpha; the run checks that it is its block's when it loads the file (runtime/mixed_init.py), as the
-file's LoRA-layout tensors do not say which module is LyCORIS's DyLoRA and which its LoCon."""
+file's LoRA-layout tensors do not say which module is LyCORIS's DyLoRA and which its LoCon; where the run
+has no LoCon layer they are DyLoRA's, and one at another alpha is DBS403."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def map_lycoris_file_alphas(weights: Legacy, paths, conv: Conversion) -> None:
     )
     if other is None:
         return
+    if other.algo == "locon" and _dylora_layout(conv):
+        conv.unsupported(
+            weights,
+            f"`{other.name}.alpha` is {other.alpha:g}, none of the run's alphas ({_listed(run)}), on a "
+            "module in kohya's LoRA layout, which in this run only DyLoRA layers save: LyCORIS's "
+            "DyLoraModule scales by the alpha buffer load_weights fills, so kohya trains that layer at the "
+            "file's alpha, where dbspec takes a DyLoRA layer's alpha from its preset entry alone",
+        )
+        return
     conv.put(
         ("adapter", "init_alpha"),
         "ignore",
@@ -63,6 +73,15 @@ def map_lycoris_file_alphas(weights: Legacy, paths, conv: Conversion) -> None:
         'trained at the network\'s scale; dbspec trains the same (adapter.init_alpha = "ignore") and its '
         "exports carry the alpha it trained at",
     )
+
+
+def _dylora_layout(conv: Conversion) -> bool:
+    """The run's only kind in kohya's LoRA layout is DyLoRA (a file's `lora_down` / `lora_up` module is a
+    DyLoraModule's: no LoCon layer)."""
+    from dbspec.convert.kohya.network import other_block_kinds
+
+    kinds = {conv.values[("adapter", "kind")][0], *other_block_kinds(conv)}
+    return "dylora" in kinds and "lora" not in kinds
 
 
 def _scaled(m: LycorisModule) -> bool:
