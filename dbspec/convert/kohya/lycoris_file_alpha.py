@@ -78,9 +78,12 @@ def map_lycoris_file_alphas(weights: Legacy, paths, conv: Conversion) -> None:
 def _dylora_layout(conv: Conversion) -> bool:
     """The run's only kind in kohya's LoRA layout is DyLoRA (a file's `lora_down` / `lora_up` module is a
     DyLoraModule's: no LoCon layer)."""
-    from dbspec.convert.kohya.network import other_block_kinds
-
-    kinds = {conv.values[("adapter", "kind")][0], *other_block_kinds(conv)}
+    kinds = {
+        value
+        for key, (value, _) in conv.values.items()
+        if key == ("adapter", "kind")
+        or (key[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) and key[-1] == "kind")
+    }
     return "dylora" in kinds and "lora" not in kinds
 
 
