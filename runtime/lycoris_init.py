@@ -8,15 +8,16 @@ train_network.py builds LyCORIS's network, applies it, then calls its `load_weig
 SD3) names them (`lora_unet_double_blocks_0_img_attn_qkv.lokr_w1` ..., `lora_te1_*` for CLIP-L). The modules
 keep the scale their network_dim / network_alpha gave them (the file's `alpha` fills a buffer the training
 forward does not read), so the file's alpha must be the adapter's (a LoKr whose two factors are full trains at
-scale 1 whatever it is). Here each module's tensors go where dbspec's export takes them from
-(runtime/lycoris_export.py): a fused LoKr's factors into the Parameters its parts share
-(runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b` into the shared ones and its `hada_w1_a` /
-`hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused layer's row order (with LyCORIS's
-weight decomposition its `dora_scale` rows to each part's magnitudes, runtime/lycoris_dora.py); a
-LoKr's full `lokr_w1` beside a full `lokr_w2` loads as it is (LyCORIS's module keeps its scale 1,
-sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds (scale, shift) where kohya's
-Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`, `hada_w1_a` / `hada_w2_a`,
-`dora_scale`) have their halves swapped back, as the export swapped them
+scale 1 whatever it is), unless `plan.adapter.init_alpha` is "ignore": then the layers train at their own, as
+LyCORIS's do (a DyLoRA layer of a run of several kinds still checked: its module scales by the buffer). Here
+each module's tensors go where dbspec's export takes them from (runtime/lycoris_export.py): a fused LoKr's
+factors into the Parameters its parts share (runtime/fused_lokr.py), a fused LoHa's `hada_w1_b` / `hada_w2_b`
+into the shared ones and its `hada_w1_a` / `hada_w2_a` rows to each part (runtime/fused_loha.py), in the fused
+layer's row order (with LyCORIS's weight decomposition its `dora_scale` rows to each part's magnitudes,
+runtime/lycoris_dora.py); a LoKr's full `lokr_w1` beside a full `lokr_w2` loads as it is (LyCORIS's module
+keeps its scale 1, sqrt(rank) with rs_lora). On SD3 the last block's context modulation holds (scale, shift)
+where kohya's Linear holds (shift, scale): the file's row factors (`lokr_w1` / `lokr_w1_a`, `hada_w1_a` /
+`hada_w2_a`, `dora_scale`) have their halves swapped back, as the export swapped them
 (runtime/lycoris_export.py; a LoKr's first factor of odd rows has no such form: an error). A tensor of another
 shape (a file of another rank, factor or decomposition) is an error naming the file and the tensor; a module
 or tensor the file lacks, or a file module no layer matches, too, unless `plan.adapter.init_partial`
@@ -82,6 +83,7 @@ def load_fused_lycoris_init(
             if (
                 alpha is not None
                 and stored is not None
+                and _alpha_read(plan, slots)
                 and not math.isclose(float(stored), alpha, rel_tol=1e-3)
             ):
                 raise ValueError(
@@ -121,6 +123,14 @@ def load_fused_lycoris_init(
                     raise ValueError(f"{path}: tensor `{key}.{name}`: {exc}") from exc
             loaded += 1
     return loaded
+
+
+def _alpha_read(plan: Plan, slots: dict[str, Slot]) -> bool:
+    """Whether the layer's file alpha must be the one it trains at: with `plan.adapter.init_alpha` "ignore"
+    only a DyLoRA layer's (no slots: LyCORIS's DyLoraModule scales each forward by the alpha buffer the file
+    fills); LoConModule, LohaModule and LokrModule fix their scale when built and the file's alpha only
+    fills a buffer their forward never reads (lycoris-lora 4.1.3), so the layer keeps its own."""
+    return plan.adapter.init_alpha == "match" or not slots
 
 
 def _kind(plan: Plan, slots: dict[str, Slot]) -> str:

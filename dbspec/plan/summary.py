@@ -640,6 +640,12 @@ def _oft_block_rows(a) -> list[tuple[str, str]]:
 
 def _ignored_alphas(a) -> str:
     """The starting file's alphas left unread (adapter.init_alpha "ignore"), as kohya's network does."""
+    blocks = (*a.blocks, *a.text_encoder_blocks)
+    if any(b.kind not in ("adapter", a.kind) for b in blocks) or a.kind in ("loha", "lokr"):
+        return (  # runtime/lycoris_init.py: a run of several kinds, LyCORIS's LoHa / LoKr
+            "; its alphas ignored: each LoCon / LoHa / LoKr layer trains at its own alpha / rank, as "
+            "LyCORIS's modules (DyLoRA layers' checked; exports carry the trained alpha)"
+        )
     if a.kind == "diag-oft":
         return (
             "; its alphas ignored: the blocks train at the adapter's constraint, as kohya's networks.oft "

@@ -838,7 +838,11 @@ def _init_alpha():
         "file's `oft_blocks` at the adapter's `constraint` (LyCORIS's form never reads the file's alpha: "
         "either value), and kohya's networks.dylora (`dylora_form = \"kohya\"`: DyLoRAModule's scale) its "
         "blocks at the adapter's alpha / rank (LyCORIS's DyLoRA reads the alpha buffer: not with "
-        '`dylora_form = "lycoris"`). dbspec\'s '
+        '`dylora_form = "lycoris"`). LyCORIS\'s LoCon, LoHa and LoKr modules (lycoris.kohya) also fix '
+        "their scale when built: a LoHa / LoKr start, and a run of several kinds (blocks of their own "
+        "`kind`), trains each such layer at its block's alpha; a run of several kinds still checks its "
+        "DyLoRA layers' alphas (LyCORIS's DyLoraModule scales by the loaded buffer: the file's alpha is the "
+        "one it trains at). Full, IA^3, GLoRA and BOFT layers never read the file's alpha. dbspec's "
         "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
         "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
         "measures each update at the file's alpha).",
@@ -1172,6 +1176,7 @@ class LohaAdapter:
     init_weights: str = _fused_init_weights("LoHa")
     init_partial: bool = _fused_init_partial()
     init_scale: float = _full_blocks_init_scale()
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 @frozen
@@ -1255,6 +1260,7 @@ class LokrAdapter:
     init_weights: str = _fused_init_weights("LoKr")
     init_partial: bool = _fused_init_partial()
     init_scale: float = _full_blocks_init_scale()
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 def _exclude(what: str, tail: str):
@@ -1309,6 +1315,7 @@ class FullAdapter:
         "create_network_from_weights builds each FullModule at W + diff, and train_network.py's "
         "load_weights adds the file's diff again. Unused without init_weights.",
     )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 @frozen
@@ -1377,6 +1384,7 @@ class Ia3Adapter:
     )
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 def _oft_rescaled():
@@ -1668,6 +1676,7 @@ class BoftAdapter:
         "module or `rescale` the adapter does not have is ignored. false: the run refuses a file that does "
         "not cover the adapter exactly.",
     )
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 def _glora_alpha(what: str, rank: str, default=attrs.NOTHING, derived: str = ""):
@@ -1820,6 +1829,7 @@ class GloraAdapter:
         example="previous-run/final/glora.kohya.safetensors",
     )
     init_partial: bool = _fused_init_partial()
+    init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
 @frozen

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import attrs
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -93,8 +94,14 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     kinds = {type(m).__name__ for m in [*made.unet_loras, *made.text_encoder_loras]}
     assert len(kinds) >= 3, kinds
     full = "FullModule" in kinds  # its load hook pops every module's diff: none left out
-    path = kit.saved_file(made, tmp_path, seed=1, scale=0.1, drop=0 if full else 5)
+    start = kit.moved_state(made, seed=1, scale=0.1)
+    built_at = {k: v.clone() for k, v in start.items() if k.endswith(".alpha")}  # the network's alphas
+    # the LoKr network's file saved at other alphas (was refused when the run loaded it): LyCORIS's
+    # modules keep the scale they were built with, the converted run trains at init_alpha "ignore"
+    changed = _other_alphas(start) if preset is OFT_RESCALED else set()
+    path = kit.save_state(start, tmp_path, drop=0 if full else 5)
     state = load_file(str(path))
+    changed &= {k.split(".")[0] for k in state}
     in_file = {k.split(".")[0] for k in state}
     made = _network(pipe, preset_path, monkeypatch, algo)  # a fresh network, as kohya builds it
     made.load_weights(str(path))  # train_network.py's load after apply_to
@@ -106,6 +113,7 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         del PRESETS["mixed"]
     assert plan.adapter.init_weights and plan.adapter.init_partial
     assert {b.kind for b in plan.adapter.blocks} - {"adapter", plan.adapter.kind}, "several kinds"
+    assert plan.adapter.init_alpha == ("ignore" if changed else "match")
     if preset is TUCKER:  # the ResNets' LoCon, the downsampler's LoHa and conv_out's LoKr (the
         # network's own algo) in their Tucker form: the file's lora_mid, hada_t1 / hada_t2, lokr_t2 start them
         # on a LoCon network the ResNets' are its own layers ("adapter"), conv_out's LoKr another kind's
@@ -142,6 +150,12 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained from the file"
+    for name in changed:  # the export carries the alpha each layer trained at, not the file's (a LoKr
+        # whose factors are both full trains at scale 1: LyCORIS's buffer holds its dim, dbspec writes 1)
+        key = f"{name}.alpha"
+        assert not torch.equal(saved[key].float(), state[key].float()), key
+        if f"{name}.lora_up.weight" in state or f"{name}.hada_w1_a" in state:
+            assert torch.equal(saved[key].float(), built_at[key].float()), key
     # the export holds the rescales / Tucker cores in LyCORIS's
     for tail in (".rescale", ".lora_mid.weight", ".hada_t1", ".hada_t2", ".lokr_t2"):
         theirs_state = made.state_dict()  # shapes: lycoris-lora's network's every such tensor
@@ -151,6 +165,17 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
     if preset is TUCKER:
         _export_rebuilds_in_lycoris(pipe, whole, made, saved)
     kit.resumes_bit_exact(tmp_path, whole, saved)
+
+
+def _other_alphas(state: dict[str, torch.Tensor]) -> set[str]:
+    """Every third module's nonzero `alpha` (by sorted name) times 3 in `state`, in LoCon, LoHa, LoKr and
+    Diag-OFT modules alike; returns their names."""
+    names = sorted({k.split(".")[0] for k, v in state.items() if k.endswith(".alpha") and float(v)})
+    for name in names[::3]:
+        state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
+    tails = {k.split(".", 1)[1] for k in state if k.split(".")[0] in names[::3]}
+    assert {"lora_up.weight", "hada_w1_a", "lokr_w1", "oft_blocks"} <= tails, tails
+    return set(names[::3])
 
 
 def _export_rebuilds_in_lycoris(pipe, whole, made, saved) -> None:
@@ -369,3 +394,21 @@ def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path,
     kit.save_state(state, tmp_path)
     with pytest.raises(ValueError, match=f"{name}.alpha"):
         _loaded(plan)
+    if algo == "dylora":
+        return  # the LoCon network's run alone: the same loader
+    # init_alpha "ignore" leaves the LoCon / LoHa layers' file alphas unread (LyCORIS's modules keep the
+    # scale they were built with) but not a DyLoRA layer's: DyLoraModule scales by the buffer the file fills
+    ignoring = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, init_alpha="ignore"))
+    with pytest.raises(ValueError, match=f"{name}.alpha"):
+        _loaded(ignoring)
+    state[f"{name}.alpha"] = state[f"{name}.alpha"] / 3
+    loha = next(n for n in sorted(theirs) if type(theirs[n]).__name__ == "LohaModule")
+    state[f"{loha}.alpha"] = state[f"{loha}.alpha"] * 3
+    kit.save_state(state, tmp_path)
+    with pytest.raises(ValueError, match=f"{loha}.alpha"):
+        _loaded(plan)
+    comps, _ = _loaded(ignoring)
+    x = kit.sample_input(ours[loha].get_base_layer())
+    with torch.no_grad():  # at the scale LyCORIS's module was built with, whatever the file's alpha
+        made.load_weights(str(tmp_path / "prev.safetensors"))
+        torch.testing.assert_close(_ours(comps)[loha](x), theirs[loha](x), rtol=0, atol=1e-5)

@@ -27,6 +27,7 @@ from dbspec.convert.kohya.network import (
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.convert.kohya.idle_text import file_holds, idle_text_modules, put_lycoris_t5
 from dbspec.convert.kohya.file_alpha import map_file_alphas
+from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
     flow_blocks,
@@ -1026,6 +1027,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
             )
             return False
         map_init_weights(weights, paths, conv)
+        map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
     elif kind == "dylora" and weights.value and not other_block_kinds(conv):
         # only the file's alphas load, under kohya's fused names (with entries of other algos: a run of
         # several kinds, map_network_weights)

@@ -24,6 +24,7 @@ from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.file_alpha import map_file_alphas
+from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
 from dbspec.convert.kohya.lycoris_file import (
     BUILTIN_TABLES,
@@ -1264,6 +1265,7 @@ def map_network_weights(
         # GLoRAModule takes a1 / a2 / b1 / b2 as they are; its load hook sets every module's scalar to 1
         # (use_scalar: runtime/init_weights.py does too)
         map_init_weights(weights, paths, conv)
+        map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
         return
     if kind in _WHOLE_LAYER_KINDS and lycoris:
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`
@@ -1272,6 +1274,7 @@ def map_network_weights(
         # IA3Modules take `weight` / `on_input` as they are (no hook: a module the file lacks keeps its 0),
         # DiagOFTModules / ButterflyOFTModules `oft_blocks` / `rescale` (their `alpha` buffer loads unread)
         map_init_weights(weights, paths, conv)
+        map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
         return
     if kind in _WHOLE_LAYER_KINDS:
         conv.unsupported(weights, f"dbspec starts LoRA alone from a file, not LyCORIS's {kind} algo")
@@ -1281,6 +1284,7 @@ def map_network_weights(
         # LyCORIS module loading its tensors (load_state_dict(strict=False)), the DyLoraModules their alpha
         # alone, which must be their blocks' (runtime/mixed_init.py checks it when the run loads the file)
         map_init_weights(weights, paths, conv)
+        map_lycoris_file_alphas(weights, paths, conv)  # the LoCon / LoHa / LoKr blocks' alone
         return
     if kind == "dylora":  # lycoris.kohya algo=dylora (networks.dylora maps it in model.py; with
         # --dim_from_weights model.py maps it as the LoCon LyCORIS builds from the file)
@@ -1292,6 +1296,7 @@ def map_network_weights(
     if not from_file.value:
         if lycoris:
             _other_axis_dora(weights, paths, conv)
+            map_lycoris_file_alphas(weights, paths, conv)  # LyCORIS's modules keep their scale too
         map_file_alphas(a, paths, conv)  # kohya's networks.lora: a file of other alphas trains at its own
         return
     local = paths.local(weights.value)
