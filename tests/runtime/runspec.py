@@ -164,6 +164,28 @@ def whole_and_resumed(tmp: Path, **kw):
     return plan, whole
 
 
+def spec_whole_and_resumed(spec: Path, overrides: list[str], tmp: Path, stop: int = 1):
+    """`spec` with `overrides` run uninterrupted (its models kept) and stopped after `stop` steps and resumed:
+    the resumed run's losses and trained denoiser parameters equal the uninterrupted run's bit for bit.
+    Returns the uninterrupted run's plan and result."""
+    import torch
+
+    from dbspec.runtime.execute import execute
+
+    plan = compile_spec(spec, [*overrides, f"output.dir={tmp / 'whole'}"])
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    parts = compile_spec(spec, [*overrides, f"output.dir={tmp / 'parts'}"])
+    first = execute(parts, stop_after=stop)
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(whole.components.unet.named_parameters())
+    for key, p in second.components.unet.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, ours[key]), key
+    return plan, whole
+
+
 def assert_lora_resumes_bit_exact(spec: Path, stop: int = 2):
     """A LoRA run stopped after `stop` steps and resumed gives the uninterrupted run's losses and its
     exported weights bit for bit. Returns the uninterrupted run's result."""

@@ -17,8 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dbspec.runtime.execute import execute
-from tests.runtime.runspec import compile_spec
+from tests.runtime.runspec import compile_spec, spec_whole_and_resumed
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_sd3_patch_file import RUN, _converted, _copy
 
@@ -129,18 +128,7 @@ def test_mixed_file_with_a_tucker_patch_convolution_starts_where_lycoris_rebuild
             torch.testing.assert_close(ours, layers[name](x), rtol=0, atol=1e-5, msg=name)
     if case != "loha beside lokr":  # one run: each kind's layers are built alike (mixed_kinds.kind_adapter)
         return
-    more = [*RUN, "checkpoints.every=1"]
-    plan = compile_spec(spec, [*more, f"output.dir={tmp_path / 'whole'}"])
-    whole = execute(plan, keep_models=True)
-    assert whole.status == "finished"
-    parts = compile_spec(spec, [*more, f"output.dir={tmp_path / 'parts'}"])
-    first = execute(parts, stop_after=1)
-    second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
-    ours = dict(whole.components.unet.named_parameters())
-    for key, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[key]), key
+    plan, whole = spec_whole_and_resumed(spec, [*RUN, "checkpoints.every=1"], tmp_path)
     tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     own = {k.removeprefix(PATCH + "."): v for k, v in tensors.items() if k.startswith(PATCH + ".")}
     cls, rank, _, options = CASES[case][PATCH]

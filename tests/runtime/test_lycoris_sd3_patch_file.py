@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dbspec.runtime.execute import execute
-from tests.runtime.runspec import compile_spec
+from tests.runtime.runspec import compile_spec, spec_whole_and_resumed
 from tests.runtime.test_flow_init import _loaded
 from tests.runtime.test_lycoris_flux import _fused_linear
 
@@ -209,18 +208,7 @@ def test_patch_convolution_from_the_file_trains_resumes_and_exports(tmp_path, ca
     cls, ranks, options, linear = case
     _file(tmp_path, cls, ranks, options, linear)
     spec = _converted(tmp_path)
-    more = [*RUN, "checkpoints.every=1"]
-    plan = compile_spec(spec, [*more, f"output.dir={tmp_path / 'whole'}"])
-    whole = execute(plan, keep_models=True)
-    assert whole.status == "finished"
-    parts = compile_spec(spec, [*more, f"output.dir={tmp_path / 'parts'}"])
-    first = execute(parts, stop_after=1)
-    second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
-    ours = dict(whole.components.unet.named_parameters())
-    for key, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[key]), key
+    plan, whole = spec_whole_and_resumed(spec, [*RUN, "checkpoints.every=1"], tmp_path)
     tensors = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     name = "lora_unet_x_embedder_proj"
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}

@@ -240,17 +240,7 @@ def flux_reg_blocks(
         decided[key][blocks].setdefault(index, set()).update(children)
         if not blocks and rank:
             extra.append(children[0].removeprefix("time_text_embed."))
-    out = []
-    for (rank, a, rate, scale), lists in decided.items():
-        for blocks, indices in lists.items():
-            for pattern in _patterns(blocks, indices):
-                entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
-                if rate:
-                    entry["lr"] = rate
-                if not scale:
-                    entry["lr_scale"] = 0.0
-                out.append(entry)
-    return out, extra, warnings, qkv
+    return _entries(decided), extra, warnings, qkv
 
 
 def _rate(name: str, by_lr: tuple[str, float] | None, unet_lr: float | None) -> tuple[float, float]:
@@ -323,6 +313,13 @@ def text_reg_blocks(
             )
         own, scale = (by_lr[1], 1.0 if by_lr[1] else 0.0) if by_lr is not None and rank else (0.0, 1.0)
         decided[(rank, alpha if rank else 1.0, own, scale)][head].setdefault(index, set()).add(child)
+    return _entries(decided)
+
+
+def _entries(decided) -> list[dict[str, Any]]:
+    """The block tables of the decided modules: {(rank, alpha, own lr, lr_scale): {block head: {index:
+    children}}} -> one entry per pattern, with `lr` where a regex gave its own rate and `lr_scale = 0` where
+    kohya leaves the module out of the optimizer."""
     out = []
     for (rank, a, rate, scale), lists in decided.items():
         for head, indices in lists.items():
