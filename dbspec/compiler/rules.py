@@ -1534,37 +1534,67 @@ def dadapt_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 _DADAPT_ONE_RATE = ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd")
 
 
-def _group_rates(spec: Spec) -> list[float]:
-    """The learning rates of the optimizer's parameter groups (ignoring SDXL's second text encoder, whose
-    group exists only on two-encoder families)."""
-    o, t = spec.optimizer, spec.train
+def _group_rates(spec: Spec) -> list[tuple[float, tuple]]:
+    """The learning rates of the optimizer's parameter groups, each with the key path that sets it (ignoring
+    SDXL's second text encoder, whose group exists only on two-encoder families): the denoiser's and the
+    text encoder's, LoRA+'s up matrices at the rate x the ratio, and each adapter block's own `lr` or
+    `lr_scale` (a block at lr_scale 0 is held, in no group)."""
+    o, t, a = spec.optimizer, spec.train, spec.adapter
     ratios = (0.0, 0.0)
-    if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)):
-        ratios = (spec.adapter.loraplus_denoiser_ratio, spec.adapter.loraplus_text_encoder_ratio)
-    rates = []
-    for trains, lr, ratio in ((t.denoiser, o.lr, ratios[0]), (t.text_encoder, o.text_encoder_lr, ratios[1])):
-        if trains:
-            rates += [lr, lr * ratio] if ratio else [lr]
+    if isinstance(a, (LoraAdapter, DyloraAdapter)):
+        ratios = (a.loraplus_denoiser_ratio, a.loraplus_text_encoder_ratio)
+    parts = (
+        (t.denoiser, o.lr, ratios[0], ("optimizer", "lr"), "blocks", "loraplus_denoiser_ratio"),
+        (
+            t.text_encoder,
+            o.text_encoder_lr,
+            ratios[1],
+            ("optimizer", "text_encoder_lr"),
+            "text_encoder_blocks",
+            "loraplus_text_encoder_ratio",
+        ),
+    )
+    rates: list[tuple[float, tuple]] = []
+    for trains, lr, ratio, where, blocks, ratio_key in parts:
+        if not trains:
+            continue
+        own = [(lr, where)]
+        for i, b in enumerate(getattr(a, blocks, ())):
+            block_lr, scale = getattr(b, "lr", 0.0), getattr(b, "lr_scale", 1.0)
+            if block_lr:
+                own.append((block_lr, ("adapter", blocks, i, "lr")))
+            elif scale not in (0.0, 1.0):
+                own.append((lr * scale, ("adapter", blocks, i, "lr_scale")))
+        rates += own
+        if ratio:  # LoRA+'s up matrices of each group
+            rates += [(r * ratio, ("adapter", ratio_key)) for r, _ in own]
     return rates
+
+
+def _odd_rate(rates: list[tuple[float, tuple]]) -> tuple:
+    """The key path of the first group whose positive rate differs from the first positive one."""
+    positive = [(r, w) for r, w in rates if r]
+    return next((w for r, w in positive if r != positive[0][0]), ("optimizer", "text_encoder_lr"))
 
 
 @rule("spec")
 def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     kind = spec.optimizer.kind
-    rates = _group_rates(spec)
+    pairs = _group_rates(spec)
+    rates = [r for r, _ in pairs]
     if kind not in (*DADAPT_KINDS, "prodigy") or len(set(rates)) < 2 or spec.optimizer.split > 1:
         return  # optimizer.split: a new optimizer where the rate changes, each holds one rate (kohya alike)
     shown = ", ".join(f"{r:g}" for r in rates)
+    why = "text encoder rate, LoRA+ ratio or a block's lr / lr_scale"
     if kind == "prodigy":
         if len({r for r in rates if r}) > 1:  # prodigyopt allows groups at rate 0 beside one common rate
             yield _err(
                 "DBS274",
-                ("optimizer", "text_encoder_lr"),
+                _odd_rate(pairs),
                 "prodigyopt's Prodigy refuses parameter groups with different learning rates (it raises "
-                f"RuntimeError at the first step); the groups here have {shown} (text encoder rate or LoRA+ "
-                "ratio)",
-                "give the text encoder the same lr, or set optimizer.split = 2 or more (one optimizer per "
-                "rate, as kohya's fused_optimizer_groups)",
+                f"RuntimeError at the first step); the groups here have {shown} ({why})",
+                "give the text encoder and the blocks the same lr, or set optimizer.split = 2 or more (one "
+                "optimizer per rate, as kohya's fused_optimizer_groups)",
             )
         return
     if kind in _DADAPT_ONE_RATE and len({r for r in rates if r}) < 2:
@@ -1572,18 +1602,19 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     if kind in _DADAPT_ONE_RATE:
         yield _err(
             "DBS274",
-            ("optimizer", "text_encoder_lr"),
+            _odd_rate(pairs),
             f"{kind} refuses parameter groups with different learning rates (dadaptation raises at the first "
-            f"step); the groups here have {shown} (text encoder rate or LoRA+ ratio)",
-            "give the text encoder the same lr and turn LoRA+ off, or use dadapt_adan / dadapt_adagrad",
+            f"step); the groups here have {shown} ({why})",
+            "give the text encoder and the blocks the same lr and turn LoRA+ off, or use dadapt_adan / "
+            "dadapt_adagrad",
         )
     else:
         yield _warn(
             "DBS274",
-            ("optimizer", "text_encoder_lr"),
+            _odd_rate(pairs),
             f"{kind} steps every parameter group at d x the first group's rate ({rates[0]:g}); the other "
             f"rates ({shown}) have no effect (kohya warns the same)",
-            "give the text encoder the same lr",
+            "give the text encoder and the blocks the same lr",
         )
 
 

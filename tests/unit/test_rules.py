@@ -709,6 +709,44 @@ CASES = [
         LORA + DOG + STEPS + '[optimizer]\nkind = "dadapt_adan"\nlr = 1.0\ntext_encoder_lr = 0.5\n',
     ),
     (
+        rules.dadapt_group_rates,  # a block's own rate is a group of its own: prodigyopt raises at step 1
+        LORA
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "^down_blocks"\nrank = 4\nalpha = 4.0\nlr = 0.5\n',
+        [("DBS274", "error", ("adapter", "blocks", 0, "lr"))],
+        LORA
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\nlr = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "^down_blocks"\nrank = 4\nalpha = 4.0\nlr = 1.0\n',
+    ),
+    (
+        rules.dadapt_group_rates,  # lr_scale 0.5 is a group at half the rate; 0 holds the block, in no group
+        LORA
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "dadapt_adam"\nlr = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "^up_blocks"\nrank = 4\nalpha = 4.0\nlr_scale = 0.5\n',
+        [("DBS274", "error", ("adapter", "blocks", 0, "lr_scale"))],
+        LORA
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "dadapt_adam"\nlr = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "^up_blocks"\nrank = 4\nalpha = 4.0\nlr_scale = 0.0\n',
+    ),
+    (
+        rules.dadapt_group_rates,  # LoRA+'s up matrices: the ratio's key
+        LORA
+        + "loraplus_denoiser_ratio = 4.0\n"
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "dadapt_sgd"\nlr = 1.0\n',
+        [("DBS274", "error", ("adapter", "loraplus_denoiser_ratio"))],
+        LORA + DOG + STEPS + '[optimizer]\nkind = "dadapt_sgd"\nlr = 1.0\n',
+    ),
+    (
         rules.adafactor_relative_step_schedule,
         DOG + '[optimizer]\nkind = "adafactor"\nrelative_step = true\n' + STEPS + 'lr_schedule = "linear"\n',
         [("DBS272", "error", ("schedule", "lr_schedule"))],
