@@ -1376,3 +1376,23 @@ def test_sd3_t5_layers_at_text_rate_0_are_idle(tmp_path):
     assert plan.idle_text_encoders == ("text_encoder", "text_encoder_2", "text_encoder_3")
     assert plan.adapter.t5_targets and not plan.train_text_encoder and plan.text_encoder_mode == "trained"
     assert outcome.conversion.values[("train", "t5_idle")][0] == "kohya"
+
+
+# T5-XXL's attention alone: no CLIP module, so train.text_encoder is false while train.t5 trains
+T5_ALONE = """\
+text_encoder_target_module = ["T5Attention"]
+exclude_name = ['single_blocks\\\\..*', 'encoder\\\\.block\\\\.(1[2-9]|2\\\\d)\\\\..*']
+"""
+
+
+def test_t5_layers_alone_train_at_text_encoder_lr(tmp_path):
+    """A file reaching T5-XXL and no CLIP layer: LyCORIS's text group holds T5's modules alone, at
+    text_encoder_lr (prepare_optimizer_params), not the U-Net's learning_rate (the converter wrote no
+    text-encoder rate when CLIP did not train)."""
+    outcome = _flux(tmp_path, T5_ALONE, '"algo=locon" --text_encoder_lr 5e-5')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    trained = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert trained == {"unet", "text_encoder_2"}
+    assert plan.optimizer.lr == 1e-4 and plan.optimizer.text_encoder_lr == 5e-5
+    assert plan.optimizer.text_encoder_2_lr in (None, 5e-5)

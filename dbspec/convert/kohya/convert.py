@@ -192,7 +192,9 @@ def convert_kohya(
         clip_modules=clip,
         held_file=held_file,
     )
-    map_learning_rates(a, script, text_encoder, conv, idle_file, clip_g_modules=has_second)
+    # T5-XXL's modules read the text encoders' rate too (LyCORIS's one text group), with CLIP's or alone
+    t5 = bool(conv.values.get(("train", "t5"), (False, ""))[0])
+    map_learning_rates(a, script, text_encoder or t5, conv, idle_file, clip_g_modules=has_second)
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     if layout is not None:
