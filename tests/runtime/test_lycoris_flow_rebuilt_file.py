@@ -6,7 +6,10 @@ names; the converted spec, run on tiny-flux, starts every layer where LyCORIS's 
 outputs to 1e-5; the single block's linear1 at a rank and alpha (GLoRA) or a block size and rescale
 (Diag-OFT) of its own: a block; the final layer without the single blocks' linear2, which stay plain
 (GLoRA: a rank-0 block; Diag-OFT, BOFT: `exclude`); BOFT's modules at their own block sizes, one fused
-BOFT at the hint that splits each as the file), and the run trains and resumes bit-exact."""
+BOFT at the hint that splits each as the file), and the run trains and resumes bit-exact. The file's CLIP-L
+and T5-XXL modules (LyCORIS's lora_te1_ / lora_te2_; T5's was DBS403) start CLIP-L's and T5's layers where
+LyCORIS rebuilds them (train.t5, T5's other Linears plain), train, resume bit-exact, and the export's T5
+modules are LyCORIS's keys and shapes, which LyCORIS's rebuilt network loads to the trained T5 outputs."""
 
 from __future__ import annotations
 
@@ -56,6 +59,9 @@ KINDS = {
 # CLIP-L's Linears the file also holds (lora_te1_*, LyCORIS's first encoder of kohya's [CLIP-L, T5-XXL]);
 # layer 0's q_proj at the kind's own values (a text-encoder block), the others at the common ones
 CLIP = ("encoder.layers.0.self_attn.q_proj", "encoder.layers.0.self_attn.k_proj", "encoder.layers.1.mlp.fc1")
+# T5-XXL's Linears the file also holds (lora_te2_*, LyCORIS's second encoder): block 1's wo at the kind's own
+# values (a text-encoder block), block 0's q at the common ones; T5's other Linears the file lacks
+T5 = ("encoder.block.0.layer.0.SelfAttention.q", "encoder.block.1.layer.1.DenseReluDense.wo")
 
 
 def _module(cls, name: str, layer, values):
@@ -83,14 +89,18 @@ def _file(tmp_path, kind: str):
         name = "lora_te1_text_model_" + path.replace(".", "_")
         values = own if own and path.endswith("q_proj") else common
         tensors |= _module(cls, name, copy.deepcopy(layers[path]), values)
+    t5 = dict(pipe.text_encoder_2.float().named_modules())
+    for path in T5:
+        values = own if own and path.endswith("wo") else common
+        tensors |= _module(cls, "lora_te2_" + path.replace(".", "_"), copy.deepcopy(t5[path]), values)
     file = tmp_path / "prev.safetensors"
     save_file(tensors, str(file))
     return file, linears
 
 
 def _rebuilt(tmp_path, kind: str):
-    """The file, lycoris-lora's network rebuilt from it on kohya's Flux names and [CLIP-L, T5-XXL] (applied:
-    the layers compute its modules), the layers and CLIP-L."""
+    """lycoris-lora's network rebuilt from the file on kohya's Flux names and [CLIP-L, T5-XXL] (applied: the
+    layers compute its modules), the layers, CLIP-L and T5-XXL."""
     from dbspec.runtime.tiny import build_pipeline
 
     cls = KINDS[kind][0]
@@ -99,27 +109,33 @@ def _rebuilt(tmp_path, kind: str):
     clip = pipe.text_encoder.float()
     kohya_clip = nn.Module()  # kohya's transformers (4.54.1) CLIPTextModel: its layers under text_model
     kohya_clip.add_module("text_model", clip)
-    encoders = [kohya_clip, pipe.text_encoder_2.float()]
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, str(file), None, encoders, _tree(linears))
+    t5 = pipe.text_encoder_2.float()
+    network, _ = lycoris_kohya.create_network_from_weights(
+        1.0, str(file), None, [kohya_clip, t5], _tree(linears)
+    )
     assert {type(m) for m in network.unet_loras} == {cls} and len(network.unet_loras) == len(linears)
     assert {type(m) for m in network.text_encoder_loras} == {cls}
-    assert len(network.text_encoder_loras) == len(CLIP)
+    assert len(network.text_encoder_loras) == len(CLIP) + len(T5)
     for module in [*network.unet_loras, *network.text_encoder_loras]:
         module.apply_to()
-    return network, linears, clip
+    return network, linears, clip, t5
 
 
-def _starts_where_rebuilt(plan, linears, clip, final: bool) -> None:
-    """The converted run's CLIP-L and denoiser layers compute lycoris-lora's rebuilt modules (to 1e-5)."""
+def _starts_where_rebuilt(plan, linears, clip, t5, final: bool) -> None:
+    """The converted run's CLIP-L, T5-XXL and denoiser layers compute lycoris-lora's rebuilt modules (to
+    1e-5); T5's Linears the file lacks stay plain."""
     comps, count = _loaded(plan)
-    assert count == len(linears) + len(CLIP)
-    ours_clip = dict(comps.text_encoders[0].float().eval().named_modules())
-    theirs_clip = dict(clip.named_modules())
-    for path in CLIP:  # CLIP-L's layers where LyCORIS rebuilt them
-        x = torch.randn(3, theirs_clip[path].in_features)
-        with torch.no_grad():
-            assert not torch.allclose(ours_clip[path](x), ours_clip[path].base_layer(x), atol=1e-4), path
-            torch.testing.assert_close(ours_clip[path](x), theirs_clip[path](x), rtol=0, atol=1e-5, msg=path)
+    assert count == len(linears) + len(CLIP) + len(T5)
+    for ours, theirs, paths in ((comps.text_encoders[0], clip, CLIP), (comps.text_encoders[1], t5, T5)):
+        ours, theirs = dict(ours.float().eval().named_modules()), dict(theirs.named_modules())
+        for path in paths:  # CLIP-L's and T5's layers where LyCORIS rebuilt them
+            x = torch.randn(3, theirs[path].in_features)
+            with torch.no_grad():
+                assert not torch.allclose(ours[path](x), ours[path].base_layer(x), atol=1e-4), path
+                torch.testing.assert_close(ours[path](x), theirs[path](x), rtol=0, atol=1e-5, msg=path)
+    left = {p for p, m in comps.text_encoders[1].named_modules() if type(m) is nn.Linear and "layer." in p}
+    adapted = {p for p, m in comps.text_encoders[1].named_modules() if hasattr(m, "base_layer")}
+    assert adapted == set(T5) and len(left) > 10  # T5's other Linears plain, as LyCORIS builds none there
     torch.manual_seed(0)
     for name, parts in _layers(comps.unet.float().eval(), final).items():
         x = torch.randn(3, parts[0].base_layer.in_features)
@@ -138,19 +154,21 @@ def test_negative_constraint_file_starts_where_lycoris_rebuilds_it(tmp_path, mon
     positive constraint of that size would bind."""
     cls, (dim, alpha, kwargs), _, _ = KINDS[kind]
     monkeypatch.setitem(KINDS, kind, (cls, (dim, alpha, {**kwargs, "constraint": -0.01}), None, False))
-    network, linears, clip = _rebuilt(tmp_path, kind)
+    network, linears, clip, t5 = _rebuilt(tmp_path, kind)
     for module in network.unet_loras:
         q = module.oft_blocks - module.oft_blocks.transpose(-1, -2)
         assert module.alpha.item() == pytest.approx(-0.01) and torch.norm(q) > -module.constraint
     plan = compile_spec(_converted(tmp_path), RUN)
-    assert (plan.adapter.kind, plan.adapter.oft_constraint, plan.adapter.blocks) == (kind, 0.0, ())
-    _starts_where_rebuilt(plan, linears, clip, False)
+    assert (plan.adapter.kind, plan.adapter.oft_constraint) == (kind, 0.0)
+    # no block but `exclude`'s rank-0 ones (T5's Linears the file lacks, kept to T5's component)
+    assert all(b.rank == 0 and b.pattern.startswith("^text_encoder_2") for b in plan.adapter.blocks)
+    _starts_where_rebuilt(plan, linears, clip, t5, False)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_path, kind):
     cls, (dim, alpha, kwargs), own, final = KINDS[kind]
-    network, linears, clip = _rebuilt(tmp_path, kind)
+    network, linears, clip, t5 = _rebuilt(tmp_path, kind)
     spec = _converted(tmp_path)
     plan = compile_spec(spec, RUN)
     assert plan.adapter.kind == kind and plan.adapter.init_partial and plan.adapter.fused
@@ -159,6 +177,10 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     zero, *blocks = plan.adapter.blocks
     assert zero.rank == 0 and re.search(zero.pattern, "single_transformer_blocks.0.proj_out")
     assert not re.search(zero.pattern, "proj_out")
+    # Diag-OFT's / BOFT's `exclude` of T5's Linears the file lacks, kept to T5 (GLoRA's: a rank-0 text block)
+    t5_left = [b for b in blocks if b.pattern.startswith("^text_encoder_2")]
+    assert all(b.rank == 0 for b in t5_left) and bool(t5_left) == (kind != "glora")
+    blocks = [b for b in blocks if b not in t5_left]
     if kind == "diag-oft":
         assert (plan.adapter.oft_block_size, plan.adapter.oft_rescaled) == (dim, True)
         assert plan.adapter.oft_constraint == pytest.approx(kwargs["constraint"])  # the file's alpha
@@ -186,11 +208,15 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
         assert all(re.search(block.pattern, f"single_transformer_blocks.0.{p}") for p in LINEAR1)
         assert not re.search(block.pattern, "transformer_blocks.0.attn.to_q")
     assert plan.train_text_encoder and set(plan.adapter.text_encoder_targets) == set(CLIP)
-    # q_proj at its own values (`exclude`'s rank-0 blocks are searched in the text encoders' paths too)
-    (text,) = [b for b in plan.adapter.text_encoder_blocks if b.rank]
+    trained = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert {"text_encoder", "text_encoder_2"} <= trained and plan.adapter.t5_targets  # train.t5 (was DBS403)
+    # q_proj and T5's wo at their own values (`exclude`'s rank-0 blocks are searched in the text encoders'
+    # paths too; GLoRA's rank-0 block for T5's Linears the file lacks)
+    (text,) = [b for b in plan.adapter.text_encoder_blocks if b.rank]  # one block: the same own values
     assert re.search(text.pattern, f"text_encoder.text_model.{CLIP[0]}")
     assert not any(re.search(text.pattern, f"text_encoder.text_model.{p}") for p in CLIP[1:])
-    _starts_where_rebuilt(plan, linears, clip, final)
+    assert re.search(text.pattern, f"text_encoder_2.{T5[1]}") and not re.search(text.pattern, T5[0])
+    _starts_where_rebuilt(plan, linears, clip, t5, final)
     theirs_clip = dict(clip.named_modules())
     whole = execute(compile_spec(spec, [*RUN, "output.dir=whole"]), keep_models=True)
     assert whole.status == "finished" and whole.steps == 3
@@ -201,6 +227,7 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     for a, b in [
         (whole.components.unet, second.components.unet),
         (whole.components.text_encoders[0], second.components.text_encoders[0]),
+        (whole.components.text_encoders[1], second.components.text_encoders[1]),
     ]:
         ours = dict(a.named_parameters())
         for name, p in b.named_parameters():
@@ -218,6 +245,28 @@ def test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes(tmp_pa
     exported = load_file(str(Path(whole.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
     names = {key.split(".")[0] for key in exported}  # the final layer's module, no single block's linear2
     assert "lora_unet_final_layer_linear" in names and not any("linear2" in n for n in names), names
+    # T5's modules as LyCORIS saves them (its keys and shapes), trained: LyCORIS's rebuilt network loads
+    # them and computes the run's T5 outputs
+    # (the network's state_dict once its apply_to registers each module under its lora_name)
+    modules = {m.lora_name: m for m in network.text_encoder_loras if m.lora_name.startswith("lora_te2_")}
+    state = {f"{n}.{k}": v for n, m in modules.items() for k, v in m.state_dict().items()}
+    saved_t5 = {k: v for k, v in exported.items() if k.startswith("lora_te2_")}
+    assert saved_t5.keys() == state.keys()
+    assert all(saved_t5[k].shape == state[k].shape for k in saved_t5)
+    ours_t5, theirs_t5 = (
+        dict(whole.components.text_encoders[1].float().eval().named_modules()),
+        dict(t5.named_modules()),
+    )
+    xs = {path: torch.randn(3, ours_t5[path].in_features) for path in T5}
+    with torch.no_grad():
+        start = {path: theirs_t5[path](x) for path, x in xs.items()}
+        for name, module in modules.items():
+            module.load_state_dict(
+                {k.split(".", 1)[1]: v for k, v in saved_t5.items() if k.startswith(name + ".")}
+            )
+        for path, x in xs.items():  # T5's modules trained away from the file's, LyCORIS loads them back
+            assert not torch.allclose(ours_t5[path](x), start[path], atol=1e-7), path
+            torch.testing.assert_close(theirs_t5[path](x), ours_t5[path](x), rtol=0, atol=1e-5, msg=path)
     trained = _layers(unet.float().eval(), final)
     attn = trained["lora_unet_double_blocks_0_img_attn_qkv"]
     x = torch.randn(3, attn[0].base_layer.in_features)

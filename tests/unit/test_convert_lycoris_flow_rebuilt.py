@@ -288,12 +288,83 @@ def test_flux_rebuilt_files_with_clip_modules(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
     assert plan.idle_text_encoders == ("text_encoder",) and not plan.train_text_encoder
-    # T5-XXL's modules (Flux's lora_te2_): dbspec's T5 adapter of the file's kind does not start from a file
-    t5 = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
-    _file(file, {QKV: _oft(3 * W, 16), t5: _oft(4096, 16)}, {})
-    outcome = _flux(tmp_path, allow=True)
-    assert "DBS403" in codes(outcome) and t5 in messages(outcome, "DBS403")
-    assert "DBS403" not in codes(_flux(tmp_path, "--network_train_unet_only"))
+
+
+T5_Q = "lora_te{}_encoder_block_0_layer_0_SelfAttention_q"
+T5_WO = "lora_te{}_encoder_block_3_layer_1_DenseReluDense_wo"
+
+
+def _t5_block(a, path: str):
+    """The first text-encoder block (`exclude`'s rank-0 ones among the adapter's blocks first) naming path."""
+    return next((b for b in (*a.blocks, *a.text_encoder_blocks) if re.search(b.pattern, path)), None)
+
+
+@pytest.mark.parametrize("kind", list(KIND_FILES))
+def test_flux_rebuilt_file_with_t5_modules(tmp_path, kind):
+    """T5-XXL's modules (Flux's lora_te2_, LyCORIS's second encoder; was DBS403) train in LyCORIS's text group
+    while T5 encodes every step: train.t5 with the file's kind, started from the file; a module at its own
+    values a text-encoder block over its text_encoder_2 path; T5's Linears the file lacks at rank 0 (GLoRA)
+    or `exclude`d within T5 (Diag-OFT, BOFT); no CLIP module: CLIP-L frozen. Cached text-encoder outputs
+    (T5 never encodes: the file's weights stay) DBS403; text_encoder_lr 0 train.t5_idle; a T5 module off its
+    attention / MLP Linears DBS403; --network_train_unet_only drops them."""
+    tensors, file = KIND_FILES[kind], tmp_path / "prev.safetensors"
+    q, wo = T5_Q.format(2), T5_WO.format(2)
+    modules = {QKV: tensors(3 * W, W, False), q: tensors(4096, 4096, False), wo: tensors(4096, 10240, True)}
+    _file(file, modules, dict.fromkeys(modules, 2.0 if kind == "glora" else 1e-3))
+    outcome = _flux(tmp_path, "--text_encoder_lr 3e-5")
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    trained = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert a.kind == kind and trained == {"unet", "text_encoder_2"}
+    assert a.t5_targets == ("q", "k", "v", "o", "wi_0", "wi_1", "wo") and a.init_weights == str(file)
+    assert plan.optimizer.text_encoder_lr == 3e-5
+    t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    assert _t5_block(a, t5.format(0, "0.SelfAttention.q")) is None  # the adapter's own values
+    own = _t5_block(a, t5.format(3, "1.DenseReluDense.wo"))
+    for left in (t5.format(0, "0.SelfAttention.k"), t5.format(3, "1.DenseReluDense.wi_0")):
+        assert _t5_block(a, left).rank == 0, left
+    if kind == "glora":
+        assert (a.rank, a.alpha, own.rank, own.alpha) == (4, 2.0, 8, 2.0)
+    else:  # the block size, and `exclude` kept to T5: no denoiser layer named like T5's loses its adapter
+        assert own.rank == modules[wo]["oft_blocks"][-1] != a.oft_block_size
+        assert not any(re.search(b.pattern, "transformer_blocks.0.ff.net.2") for b in a.blocks if not b.rank)
+    assert not re.search(own.pattern, t5.format(0, "0.SelfAttention.q"))
+    outcome = _flux(tmp_path, "--cache_text_encoder_outputs", allow=True)
+    assert "T5-XXL's" in messages(outcome, "DBS403") and q in messages(outcome, "DBS403")
+    idle = plan_of(_flux(tmp_path, "--text_encoder_lr 0"), tmp_path)
+    assert idle.idle_text_encoders == ("text_encoder_2",) and idle.adapter.init_weights == str(file)
+    unet_only = plan_of(_flux(tmp_path, "--network_train_unet_only"), tmp_path)
+    assert not unet_only.train_text_encoder and not unet_only.adapter.text_encoder_blocks
+    bias = "lora_te2_encoder_block_0_layer_0_SelfAttention_relative_attention_bias"
+    _file(file, {**modules, bias: tensors(32, 64, False)}, {})
+    assert "no T5-XXL attention" in messages(_flux(tmp_path, allow=True), "DBS403")
+
+
+@pytest.mark.parametrize("kind", ["diag-oft", "glora"])
+def test_sd3_rebuilt_file_with_t5_modules(tmp_path, kind):
+    """SD3's T5-XXL modules (lora_te3_, LyCORIS's third encoder after CLIP-L and CLIP-G; was DBS403): train.t5
+    on text_encoder_3, started from the file, CLIP-L's module beside them training CLIP-L alone."""
+    w, qkv = 2432, "lora_unet_joint_blocks_0_x_block_attn_qkv"
+    tensors = KIND_FILES[kind]
+    modules = {
+        qkv: tensors(3 * w, w, False),
+        CLIP_Q: tensors(768, 768, False),
+        T5_Q.format(3): tensors(4096, 4096, False),
+        T5_WO.format(3): tensors(4096, 10240, True),
+    }
+    _file(tmp_path / "prev.safetensors", modules, dict.fromkeys(modules, 1.0))
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome), errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    trained = {c.name for c in plan.precision.components if c.trainable == "lora"}
+    assert a.kind == kind and trained == {"unet", "text_encoder", "text_encoder_3"}
+    assert a.text_encoder_targets == ("encoder.layers.0.self_attn.q_proj",) and a.t5_targets
+    t5 = "text_encoder_3.encoder.block.{}.layer.{}"
+    assert _t5_block(a, t5.format(3, "1.DenseReluDense.wo")).rank == 8  # its own
+    assert _t5_block(a, t5.format(0, "0.SelfAttention.q")) is None
+    assert _t5_block(a, t5.format(0, "0.SelfAttention.v")).rank == 0
 
 
 def test_sd3_rebuilt_file_with_clip_g_modules(tmp_path):

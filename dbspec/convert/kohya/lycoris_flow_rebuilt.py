@@ -22,8 +22,12 @@ split, the constraint and rescale most share, the other modules [[adapter.blocks
 constraint and rescale over whole fused layers (_boft).
 CLIP modules (`lora_te1_*`, SD3's `lora_te2_*` CLIP-G): text_encoder_targets / text_encoder_2_targets
 (lycoris_flow_factor_file.clip_targets), a module at its own values an [[adapter.text_encoder_blocks]]
-entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's: DBS403 (dbspec's
-train.t5 takes these kinds but starts none of them from a file). SD3's patch convolution
+entry; T5-XXL's (Flux's lora_te2_, SD3's lora_te3_), which LyCORIS trains with CLIP's while T5 encodes
+(was DBS403): `train.t5` (dbspec's T5 adapter of the file's kind, started from the file as CLIP's are,
+runtime/lycoris_whole_init.py), a module at its own values a text-encoder block over its
+`text_encoder_2.` / `text_encoder_3.` path, T5's Linears the file lacks at rank 0 (GLoRA) or `exclude`d
+within T5 (Diag-OFT, BOFT); with text-encoder outputs cached they would keep the file's weights untrained
+where T5 encodes (DBS403). SD3's patch convolution
 (`lora_unet_x_embedder_proj`): conv_targets `pos_embed.proj`, GLoRA's at its conv_rank / conv_alpha,
 Diag-OFT's / BOFT's at its own values a block naming it. Chroma: DBS403. Checked against lycoris-lora in
 tests/runtime/test_lycoris_flow_rebuilt_file.py and test_lycoris_sd3_patch_file.py."""
@@ -37,10 +41,13 @@ from dbspec.convert.kohya.lycoris_flow_factor_file import (
     _CLIPS,
     _COMPONENTS,
     _T5,
+    _T5_COMPONENT,
     PATCH,
     _clip_path,
     clip_targets,
     final_layer_block,
+    t5_left_block,
+    t5_path,
 )
 from dbspec.convert.kohya.file_ranks import _patterns, flow_paths
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, diffusers_targets, own_blocks
@@ -50,10 +57,13 @@ from dbspec.plan.boft import power2_factorization
 REBUILT_FLOW = ("oft", "glora")  # the file algos (lycoris_flow_weights._DETECT) mapped here
 
 
-def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only: bool) -> dict | str:
-    """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables) for the network
+def flow_rebuilt_file(
+    modules: dict[str, LycorisModule], family: str, unet_only: bool, t5_idle: str = ""
+) -> dict | str:
+    """[adapter] values (`blocks` / `text_encoder_blocks` lists of tables; "t5": train.t5) for the network
     create_network_from_weights builds from a Diag-OFT, BOFT or GLoRA file on `family` (flux or sd3); else
-    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403)."""
+    why not ("invalid:..." where kohya fails, DBS402; otherwise DBS403). `t5_idle`: why T5-XXL's modules
+    would never train (model._t5_idle), or ""."""
     norm = next((n for n, m in sorted(modules.items()) if m.algo == "norm"), None)
     if norm is not None:
         return (
@@ -71,21 +81,11 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     if family == "chroma":
         return f"dbspec's {kind} on the fused layers is written in kohya's Flux / SD3 layouts, not Chroma's"
     text = sorted(n for n in modules if n.startswith("lora_te"))
-    clip_names: list[str] = []
-    text_targets: list[str] = []
-    text_2: list[str] | None = None
-    if text and not unet_only:  # apply_to drops them with --network_train_unet_only
-        t5 = next((n for n in text if n.startswith(_T5[family])), None)
-        if t5 is not None:  # LyCORIS trains them with CLIP's, train_t5xxl or not
-            return (
-                f"module `{t5}` is T5-XXL's {kind} module, which LyCORIS trains with CLIP's; dbspec's T5-XXL "
-                f"adapter (train.t5) of kind {kind} does not start from a file"
-            )
-        clip = clip_targets(text, family)
-        if isinstance(clip, str):
-            return clip
-        text_targets, text_2 = clip
-        clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
+    # apply_to drops them with --network_train_unet_only
+    found_text = _text_modules(text, family, t5_idle) if text and not unet_only else ([], [], [], None)
+    if isinstance(found_text, str):
+        return found_text
+    clip_names, t5, text_targets, text_2 = found_text
     denoiser = {n: m for n, m in sorted(modules.items()) if n.startswith("lora_unet")}
     patch = denoiser.pop(PATCH, None) if family == "sd3" else None
     if not denoiser:
@@ -94,7 +94,11 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     if isinstance(targets, str):
         return targets
     values: dict[str, dict] = {}
-    built = {**denoiser, **{n: modules[n] for n in clip_names}, **({PATCH: patch} if patch else {})}
+    built = {
+        **denoiser,
+        **{n: modules[n] for n in (*clip_names, *t5)},
+        **({PATCH: patch} if patch else {}),
+    }
     for name, module in built.items():
         layer = "conv" if name == PATCH else "linear"
         found = _glora(name, module, layer) if kind == "glora" else _oft(name, module, kind)
@@ -105,10 +109,11 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         **({"text_encoder_targets": text_targets} if text_targets else {}),
         **({"text_encoder_2_targets": text_2} if text_2 is not None else {}),
         **({"conv_targets": ["pos_embed.proj"]} if patch else {}),
+        **({"t5": True} if t5 else {}),
     }
     if kind == "boft":
         found = _boft(values, built, targets, family)
-        return found if isinstance(found, str) else {**found, **texts}
+        return found if isinstance(found, str) else _t5_excluded({**found, **texts}, t5, family)
     if kind == "glora":
         linear = {n: (v["rank"], v["alpha"]) for n, v in values.items() if n != PATCH}
         (rank, alpha), _ = Counter(linear.values()).most_common(1)[0]
@@ -119,8 +124,11 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         if patch:  # GLoRAModule on the 2x2 convolution at its own rank and alpha (the only convolution)
             out |= {"conv_rank": values[PATCH]["rank"], "conv_alpha": values[PATCH]["alpha"]}
         text_blocks = [
-            {"pattern": _text_pattern(names, family), "rank": r, "alpha": a}
-            for (r, a), names in _grouped(own_text).items()
+            *(t5_left_block(t5, family) if t5 else []),  # T5's Linears the file lacks: rank 0
+            *(
+                {"pattern": _text_pattern(names, family), "rank": r, "alpha": a}
+                for (r, a), names in _grouped(own_text).items()
+            ),
         ]
     else:
         keys = {n: (v["block_size"], v["constraint"], v["rescaled"]) for n, v in values.items()}
@@ -129,6 +137,7 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
         out = {"kind": kind, "block_size": size, "constraint": constraint, "rescaled": rescaled}
         out |= _final_layer_exclude(targets, family)
         blocks, text_blocks = _split_oft_blocks(keys, top, family)
+        out = _t5_excluded(out, t5, family)
     return {
         **out,
         "denoiser_targets": targets,
@@ -139,6 +148,23 @@ def flow_rebuilt_file(modules: dict[str, LycorisModule], family: str, unet_only:
     }
 
 
+def _text_modules(text: list[str], family: str, t5_idle: str) -> tuple | str:
+    """(CLIP's module names, T5-XXL's, CLIP's targets, CLIP-G's own or None) of the file's text-encoder
+    modules; else why not: a module off the encoders' attention / MLP Linears, or T5-XXL's modules, which
+    LyCORIS trains with CLIP's (train_t5xxl or not), where they would never train (`t5_idle`)."""
+    clip = clip_targets(text, family)
+    if isinstance(clip, str):
+        return clip
+    t5 = [n for n in text if n.startswith(_T5[family])]
+    if t5 and t5_idle:
+        return (
+            f"module `{t5[0]}` is T5-XXL's, whose LyCORIS modules keep the file's weights untrained where T5 "
+            f"encodes: {t5_idle} (dbspec's T5 adapter trains)"
+        )
+    clip_names = [n for n in text if n.startswith(tuple(_CLIPS[family]))]  # Flux's lora_te3_: none
+    return clip_names, t5, *clip
+
+
 def _grouped(own: dict[str, tuple]) -> dict[tuple, list[str]]:
     groups: dict[tuple, list[str]] = {}
     for name, key in own.items():
@@ -146,11 +172,26 @@ def _grouped(own: dict[str, tuple]) -> dict[tuple, list[str]]:
     return groups
 
 
+def _t5_excluded(out: dict, t5: list[str], family: str) -> dict:
+    """`out` with T5-XXL's Linears the file lacks `exclude`d (train.t5 adapts every one; a Diag-OFT / BOFT
+    block cannot leave a layer out, its block size is at least 1), anchored to T5's component as the full
+    file's (lycoris_flow_factor_file._full_file)."""
+    component = _T5_COMPONENT[family] if t5 else ""
+    left = (
+        [rf"^{re.escape(component)}(?:\..*)?" + b["pattern"] for b in t5_left_block(t5, family)] if t5 else []
+    )
+    return {**out, "exclude": [*out.get("exclude", ()), *left]} if left else out
+
+
 def _text_pattern(names: list[str], family: str) -> str:
-    """A text-encoder block's pattern naming exactly these CLIP modules' `<component>.text_model.<path>`s
-    (lycoris_flow_factor_file.own_text_blocks' form)."""
+    """A text-encoder block's pattern naming exactly these CLIP (and T5-XXL) modules'
+    `<component>.text_model.<path>`s (T5's `<component>.<path>`; lycoris_flow_factor_file.own_text_blocks'
+    form)."""
     paths = []
     for name in names:
+        if name.startswith(_T5[family]):  # T5-XXL's (train.t5)
+            paths.append(re.escape(f"{_T5_COMPONENT[family]}.{t5_path(name, family)}"))
+            continue
         found = _clip_path(name, family)
         assert isinstance(found, tuple)  # clip_targets placed every module
         paths.append(re.escape(f"{_COMPONENTS[found[0]]}.text_model.{found[1]}"))

@@ -1175,8 +1175,10 @@ def _put_rebuilt(found: dict, a: Args, paths: PathMapper, conv: Conversion) -> s
         "load_weights adds the file's diff again: W + 2 diff"
     )
     for key, value in found.items():
-        if key != "kind" and key not in tables:
+        if key not in ("kind", "t5") and key not in tables:
             conv.put(("adapter", key), value, twice if key == "init_scale" else note)
+    if found.get("t5"):  # T5-XXL's modules in LyCORIS's text group: dbspec's T5 adapter of that kind
+        put_lycoris_t5(a, conv, conv.comment(from_file, f"{note}: T5-XXL's"))  # trained, or idle at rate 0
     for table in tables:
         for index, block in enumerate(found.get(table, ())):
             for key, value in block.items():
@@ -1195,12 +1197,14 @@ def _lycoris_flow_rebuilt_file(
 ) -> bool:
     """lycoris.kohya --dim_from_weights with a Diag-OFT, BOFT or GLoRA file on Flux / SD3
     (lycoris_flow_rebuilt.py): that kind with fused_projections over the file modules' diffusers parts at the
-    values LyCORIS rebuilds them with, started from the file; what it cannot express is DBS403, what LyCORIS
-    fails on DBS402."""
+    values LyCORIS rebuilds them with (T5-XXL's modules: train.t5 of that kind), started from the file; what
+    it cannot express is DBS403, what LyCORIS fails on DBS402."""
     from dbspec.convert.kohya.lycoris_flow_rebuilt import flow_rebuilt_file
 
     weights, from_file = a["network_weights"], a["dim_from_weights"]
-    found = flow_rebuilt_file(modules, family, bool(a["network_train_unet_only"].value))
+    found = flow_rebuilt_file(
+        modules, family, bool(a["network_train_unet_only"].value), _t5_idle(a, file=True)
+    )
     found = _rebuilt(found, weights, from_file, conv)
     if found is None:
         return False
