@@ -609,7 +609,12 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
     lycoris_whole_init.py)."""
     path = ctx.resolve(adapter.init_weights)
     spec = family_spec(family)
-    if isinstance(adapter, _PER_LAYER_ONLY) and spec.fused_projections and not adapter.fused_projections:
+    # a run whose denoiser does not train (a lycoris.kohya preset reaching the text encoders alone: CLIP's
+    # and T5-XXL's Linears, one module each) adapts no fused layer, whatever fused_projections says
+    fused_layers = bool(spec.fused_projections) and any(
+        c.name == "unet" and c.trainable == "lora" for c in components
+    )
+    if isinstance(adapter, _PER_LAYER_ONLY) and fused_layers and not adapter.fused_projections:
         ctx.report(
             "DBS356",
             "error",
@@ -624,7 +629,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
     sd_full = isinstance(adapter, _PER_LAYER) and not spec.fused_projections
     # IA^3's parts hold their rows of the fused module's scales either way (its fused_projections: one draw)
     fused = isinstance(adapter, Ia3Adapter) or getattr(adapter, "fused_projections", True)
-    if not sd_full and not (fused and spec.fused_projections):
+    if not sd_full and not ((fused or not fused_layers) and spec.fused_projections):
         ctx.report(
             "DBS356",
             "error",

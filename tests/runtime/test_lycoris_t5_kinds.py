@@ -5,7 +5,9 @@ with a preset naming T5's classes (as lycoris.kohya builds T5 modules from a pre
 `lora_te2_` / `lora_te3_` names) builds its module on exactly the layers dbspec adapts; dbspec's layers start
 at the base output, as LyCORIS's do; after a random step of every trained parameter the export's T5 keys are
 LyCORIS's state_dict keys with its shapes, and LyCORIS's modules loaded from them compute dbspec's T5
-output."""
+output. A file of LyCORIS's own T5 modules (lycoris.kohya --network_weights into a preset's network; was
+DBS403) starts dbspec's T5 layers at LyCORIS's outputs (GLoRA, Diag-OFT, BOFT, IA^3: DyLoRA loads only the
+file's alphas)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ import copy
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from dbspec.families import lycoris_text_prefixes, t5_text_encoders
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.prepare import configure_models
 from dbspec.runtime.tiny import build_pipeline
@@ -111,3 +115,28 @@ def test_t5_adapter_of_each_lycoris_kind_is_lycoris_module(tmp_path, family, kin
         trained = ours(ids).last_hidden_state
         assert (trained - plain).abs().max() > 1e-3
         torch.testing.assert_close(theirs(ids).last_hidden_state, trained, rtol=0, atol=1e-5)
+    if kind != "dylora":  # LyCORIS's own T5 modules as a --network_weights file start dbspec's T5 layers
+        _starts_from_lycoris_file(tmp_path, spec, network, theirs, index, ids, plain)
+
+
+def _starts_from_lycoris_file(tmp_path, spec, network, theirs, index: int, ids, plain) -> None:
+    """LyCORIS's T5 modules moved and saved as kohya's save_weights does (its state_dict) start the run's T5
+    layers (init_weights with init_partial, load_weights' strict=False) at LyCORIS's outputs, to 1e-5."""
+    with torch.no_grad():
+        torch.manual_seed(2)
+        for p in network.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        expected = theirs(ids).last_hidden_state
+    file = tmp_path / "lycoris_t5.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in network.state_dict().items()}, str(file))
+    # the preset's network: T5's modules alone, the denoiser untrained (so no fused layer: any
+    # fused_projections fits, the plan's file check asks none)
+    starts = [f"adapter.init_weights={file}", "adapter.init_partial=true", "train.denoiser=false"]
+    plan = compile_spec(spec, ["model.t5_max_length=8", *starts])
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    assert load_init_weights(plan, comps.unet, comps.text_encoders) == 14
+    with torch.no_grad():
+        started = comps.text_encoders[index].float().eval()(ids).last_hidden_state
+    assert (started - plain).abs().max() > 1e-3  # the file's modules, not a fresh start
+    torch.testing.assert_close(started, expected, rtol=0, atol=1e-5)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
 
@@ -322,6 +324,31 @@ def test_other_algos_t5_layers_train_as_t5_adapter_of_that_kind(tmp_path, algo):
     # kept to the text encoders: no denoiser layer named like T5's (`o`, `wo`) loses its adapter
     assert not any(b.rank == 0 and re.search(b.pattern, "transformer_blocks.0.ff.net.2") for b in a.blocks)
     assert not any(b.rank == 0 and re.search(b.pattern, "proj_out") for b in a.blocks)
+    if algo == "dylora":  # DyLoraModule's weights (up_list / down_list) take none of a file's tensors
+        return
+    # --network_weights with LyCORIS's T5 modules of the algo (load_weights into the preset's network; was
+    # DBS403 in the docs): started from the file (runtime check: tests/runtime/test_lycoris_t5_kinds.py)
+    tensors = {
+        "glora": {
+            "a1.weight": (4096, 8),
+            "a2.weight": (8, 4096),
+            "b1.weight": (4096, 8),
+            "b2.weight": (8, 4096),
+        },
+        "diag-oft": {"oft_blocks": (512, 8, 8)},
+        "boft": {"oft_blocks": (10, 512, 8, 8)},  # power2factorization(4096, 8): 512 blocks of 8
+        "ia3": {"weight": (4096,), "on_input": ()},
+    }[algo]
+    name = "lora_te2_encoder_block_3_layer_0_SelfAttention_q"
+    file = {f"{name}.{k}": np.zeros(s, np.float32) for k, s in tensors.items()}
+    save_file({**file, f"{name}.alpha": np.array(4.0, np.float32)}, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(
+        tmp_path, T5_ONLY, f'"algo={algo}" --text_encoder_lr 5e-5 --network_weights prev.safetensors'
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    started = plan_of(outcome, tmp_path)
+    assert started.adapter.init_weights == str(tmp_path / "prev.safetensors") and started.adapter.init_partial
+    assert started.adapter.t5_targets and started.adapter.kind == algo
 
 
 def test_a_file_matching_nothing_stops_kohya(tmp_path):

@@ -684,6 +684,31 @@ def test_boft_starts_from_a_flux_file_with_fused_projections_only(toy: Path):
     assert "fused_projections" in next(d.message for d in planned.diagnostics if d.code == "DBS356")
 
 
+@pytest.mark.parametrize("kind", ["boft", "diag-oft", "glora"])
+def test_t5_only_file_needs_no_fused_projections(toy: Path, kind):
+    """A lycoris.kohya file of T5-XXL's modules alone (a preset reaching the text encoders, the denoiser
+    untrained: train.denoiser = false) adapts no fused layer: it plans without fused_projections (was
+    DBS356), and with the denoiser training such a BOFT stays DBS356."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    name = "lora_te2_encoder_block_0_layer_0_SelfAttention_q"
+    save_file({f"{name}.oft_blocks": np.zeros((1, 2, 4, 4), np.float16)}, str(toy / "a.st"))
+    adapter = {"kind": kind, "init_weights": "a.st", "init_partial": True}
+    adapter |= {"rank": 4, "alpha": 1.0} if kind == "glora" else {"block_size": 4}
+    if kind == "glora":
+        save_file({f"{name}.a1.weight": np.zeros((64, 4), np.float16)}, str(toy / "a.st"))
+    elif kind == "diag-oft":
+        save_file({f"{name}.oft_blocks": np.zeros((8, 4, 4), np.float16)}, str(toy / "a.st"))
+    write_spec(toy, model=FLUX, adapter=adapter, train={"denoiser": False, "t5": True})
+    planned = compile_in(toy)
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    assert planned.plan.adapter.init_layers == 1
+    if kind == "boft":
+        write_spec(toy, model=FLUX, adapter={**adapter, "denoiser_targets": KOHYA}, train={"t5": True})
+        assert "DBS356" in codes(compile_in(toy), "error")
+
+
 def test_ia3_fused_projections_plans_one_module_per_fused_layer(toy: Path):
     """IA^3 with fused_projections: one IA3Module per fused Linear, whose module_dropout draw its parts
     share (runtime/fused.py FusedSkip; issue 12). Every part adapted, none on the input side (the fused
