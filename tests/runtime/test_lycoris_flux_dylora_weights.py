@@ -5,14 +5,14 @@ Linear. The converter (convert/kohya/lycoris_flow_dylora.py flow_dylora_alphas) 
 every diffusers part of that Linear at the network's rank. Checked against lycoris-lora 4.1.3: its
 create_network from the same preset file on kohya's layers, the file loaded as load_weights loads it, holds
 for every DyLoRA module exactly the alpha (and scale alpha / rank) the trained parts have, which the run's
-kohya export saves; the run trains from a fresh init and resumes bit-exact."""
+kohya export saves (T5-XXL's modules too, a preset reaching T5Attention; was DBS403); the run trains from a
+fresh init and resumes bit-exact."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
 from dbspec.runtime.dylora import DyloraLayer
@@ -28,7 +28,7 @@ PRESET = """\
 use_fnmatch = true
 unet_target_module = []
 unet_target_name = ["double_blocks.*_attn.qkv", "double_blocks.*_attn.proj", "single_blocks.*.linear*"]
-text_encoder_target_module = ["CLIPAttention"]
+text_encoder_target_module = ["CLIPAttention", "T5Attention"]
 """
 # kohya's names on tiny-flux (network_alpha 1): the alphas LyCORIS's DyLoraModules take from the file
 ALPHAS = {
@@ -37,6 +37,8 @@ ALPHAS = {
     "lora_unet_single_blocks_0_linear1": 3.0,
     "lora_unet_final_layer_linear": 2.0,  # no module of the network: loads nowhere
     "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": 0.25,
+    # T5-XXL's (LyCORIS's lora_te2_; train.t5, its gated MLP left out at rank 0 first; was DBS403)
+    "lora_te2_encoder_block_0_layer_0_SelfAttention_q": 0.75,
 }
 
 
@@ -63,19 +65,24 @@ def test_dylora_network_weights_alphas_equal_lycoris_load_weights(tmp_path, monk
     assert planned.adapter.kind == "dylora" and planned.adapter.init_weights == ""
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
-    clip_trained = whole.components.text_encoders[0]
+    clip_trained, t5_trained = whole.components.text_encoders
     clip = _kohya_clip(_unwrapped(clip_trained))
     theirs, made = _their_network(
-        monkeypatch, "dylora", tmp_path / "p.toml", [clip, nn.Module()], _kohya_tree(layers)
+        monkeypatch, "dylora", tmp_path / "p.toml", [clip, _unwrapped(t5_trained)], _kohya_tree(layers)
     )
     made.load_state_dict(file, strict=False)  # LycorisNetworkKohya.load_weights
     clip_layers = dict(clip_trained.named_modules())
+    t5_layers = dict(t5_trained.named_modules())
+    t5_paths = {"lora_te2_" + p.replace(".", "_"): p for p in t5_layers}
+    assert not any(isinstance(m, DyloraLayer) for p, m in t5_layers.items() if "DenseReluDense" in p)
     kohya_paths = {"lora_unet_" + p.replace(".", "_"): p for p in layers}
     seen = set()
     for name, module in theirs.items():
         assert type(module).__name__ == "DyLoraModule", name
         if name.startswith("lora_unet_"):
             parts = layers[kohya_paths[name]][0]
+        elif name.startswith("lora_te2_"):  # T5-XXL's attention
+            parts = [t5_layers[t5_paths[name]]]
         else:
             path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
             parts = [clip_layers[path.replace("self.attn", "self_attn").replace(".proj", "_proj")]]
@@ -88,4 +95,5 @@ def test_dylora_network_weights_alphas_equal_lycoris_load_weights(tmp_path, monk
         seen.add(alpha)
         for block in (*parts[0].lora_dylora_down["default"], *parts[0].lora_dylora_up["default"]):
             assert not torch.equal(block, torch.ones_like(block))  # the file's tensors loaded nowhere
-    assert seen == {0.5, 1.0, 3.0, 0.25}  # the file's alphas, the network's where the file has the network's
+    assert seen == {0.5, 1.0, 3.0, 0.25, 0.75}  # the file's alphas, the network's where the file has it
+    assert sum(name.startswith("lora_te2_") for name in theirs) == 8  # tiny T5: 2 blocks x q, k, v, o

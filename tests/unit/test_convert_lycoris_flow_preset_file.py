@@ -324,7 +324,8 @@ def test_other_algos_t5_layers_train_as_t5_adapter_of_that_kind(tmp_path, algo):
     # kept to the text encoders: no denoiser layer named like T5's (`o`, `wo`) loses its adapter
     assert not any(b.rank == 0 and re.search(b.pattern, "transformer_blocks.0.ff.net.2") for b in a.blocks)
     assert not any(b.rank == 0 and re.search(b.pattern, "proj_out") for b in a.blocks)
-    if algo == "dylora":  # DyLoraModule's weights (up_list / down_list) take none of a file's tensors
+    if algo == "dylora":
+        _dylora_t5_alphas(tmp_path)
         return
     # --network_weights with LyCORIS's T5 modules of the algo (load_weights into the preset's network; was
     # DBS403 in the docs): started from the file (runtime check: tests/runtime/test_lycoris_t5_kinds.py)
@@ -349,6 +350,36 @@ def test_other_algos_t5_layers_train_as_t5_adapter_of_that_kind(tmp_path, algo):
     started = plan_of(outcome, tmp_path)
     assert started.adapter.init_weights == str(tmp_path / "prev.safetensors") and started.adapter.init_partial
     assert started.adapter.t5_targets and started.adapter.kind == algo
+
+
+def _dylora_t5_alphas(tmp_path):
+    """--network_weights into a DyLoRA preset network reaching T5-XXL (was DBS403: the preset's rank-0 blocks
+    for T5's left-out Linears read as map entries): DyLoraModule's weights (up_list / down_list) take none of
+    the file's tensors, only each module's alpha, so a T5 module at another alpha than network_alpha (4) is
+    a text-encoder block at the network's rank and the file's alpha, after the rank-0 block (no
+    init_weights)."""
+    name = "lora_te2_encoder_block_3_layer_0_SelfAttention_q"
+    file = {f"{name}.lora_down.weight": np.zeros((8, 4096), np.float32)}
+    file |= {f"{name}.lora_up.weight": np.zeros((4096, 8), np.float32), f"{name}.alpha": np.array(2.0)}
+    save_file(file, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(
+        tmp_path, T5_ONLY, '"algo=dylora" --text_encoder_lr 5e-5 --network_weights prev.safetensors'
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert not a.init_weights and (a.rank, a.alpha) == (8, 4.0)
+    t5 = "text_encoder_2.encoder.block.{}.layer.{}"
+    assert (
+        _te_block(a, t5.format(3, "0.SelfAttention.q")).rank,
+        _te_block(a, t5.format(3, "0.SelfAttention.q")).alpha,
+    ) == (8, 2.0)
+    assert _te_block(a, t5.format(3, "0.SelfAttention.k")) is None  # the network's alpha
+    assert _te_block(a, t5.format(12, "0.SelfAttention.q")).rank == 0  # left out, first
+    # a map entry's own dim stays refused (LyCORIS loads the file's alpha into a module of its own dim)
+    outcome = _flux(
+        tmp_path, DOUBLE_ATTENTION, '"algo=dylora" --network_weights prev.safetensors', allow=True
+    )
+    assert "map entries" in messages(outcome, "DBS403")
 
 
 def test_a_file_matching_nothing_stops_kohya(tmp_path):

@@ -271,8 +271,11 @@ def _f32(value: float) -> float:
 
 def alpha_file(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
     """The --network_weights file whose alphas alone start a LyCORIS DyLoRA network, or None: unreadable, or
-    refused where the preset file's map entries give layers their own dim / alpha (blocks already)."""
-    if any(k[:2] in (("adapter", "blocks"), ("adapter", "text_encoder_blocks")) for k in conv.values):
+    refused where the preset file's map entries give layers their own dim / alpha (blocks of a rank already;
+    rank-0 blocks, the layers a preset file's walk leaves out, such as T5-XXL's, stay first: the file's
+    alpha blocks follow them, next_block)."""
+    tables = (("adapter", "blocks"), ("adapter", "text_encoder_blocks"))
+    if any(k[:2] in tables and k[-1] == "rank" and v != 0 for k, (v, _) in conv.values.items()):
         conv.unsupported(
             weights,
             "the preset file's map entries give layers their own dim / alpha, and LyCORIS then loads the "
@@ -280,6 +283,11 @@ def alpha_file(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
         )
         return None
     return _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+
+
+def next_block(conv: Conversion, table: str) -> int:
+    """The index after the converted [[adapter.<table>]] entries (a preset file's rank-0 blocks)."""
+    return 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
 
 
 def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_names: bool) -> None:
@@ -331,7 +339,7 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
         f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
         "DyLoraModule)"
     )
-    for index, block in enumerate(denoiser):
+    for index, block in enumerate(denoiser, start=next_block(conv, "blocks")):
         out = {"pattern": block["pattern"], "rank": rank, "alpha": alpha}
         if "conv_rank" in block:  # a 3x3 convolution's block
             out.update(conv_rank=conv_rank, conv_alpha=block["conv_alpha"])
@@ -339,7 +347,7 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
             out.update(alpha=block["alpha"], conv_rank=conv_rank, conv_alpha=conv_alpha)
         for key, item in out.items():
             conv.put(("adapter", "blocks", index, key), item, note)
-    for index, block in enumerate(text):
+    for index, block in enumerate(text, start=next_block(conv, "text_encoder_blocks")):
         for key, item in {**block, "rank": rank}.items():
             conv.put(("adapter", "text_encoder_blocks", index, key), item, note)
     conv.record(

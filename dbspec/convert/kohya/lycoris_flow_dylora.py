@@ -32,7 +32,7 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.dylora import _f32, alpha_file, lycoris_dylora
+from dbspec.convert.kohya.dylora import _f32, alpha_file, lycoris_dylora, next_block
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.families import family_spec, lycoris_text_prefixes
@@ -108,7 +108,8 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
     unet, convs = _differing_unet(file, family, value, alpha, conv_alpha)
-    text = _differing_text(file, family, value, alpha)
+    t5 = any(k in conv.values for k in (("train", "t5"), ("train", "t5_idle")))  # a preset's T5 modules
+    text = _differing_text(file, family, value, alpha, t5)
     zero = next((m.name for m in (*unet.values(), *convs.values(), *text.values()) if m.alpha == 0), None)
     if zero is not None:
         conv.unsupported(
@@ -140,7 +141,7 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
         "DyLoraModule; a fused Linear's alpha on all its parts)"
     )
     for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_tables)):
-        for index, block in enumerate(entries):
+        for index, block in enumerate(entries, start=next_block(conv, table)):  # after the rank-0 ones
             for key, item in {**block, "rank": rank}.items():
                 conv.put(("adapter", table, index, key), item, note)
     conv.record(
@@ -178,15 +179,20 @@ def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha
     return linears, convs
 
 
-def _differing_text(file: LoraFile, family: str, value, alpha: float):
+def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool = False):
     """The file's text-encoder modules (LyCORIS's lora_te<N>_ prefixes) of the encoders the network adapts
-    whose float32 alpha is not the network's, at rank 1 and the file's alpha."""
+    (T5-XXL's where `t5`: a preset file's T5 modules, train.t5) whose float32 alpha is not the network's, at
+    rank 1 and the file's alpha."""
     clip_keys = iter(("text_encoder_targets", "text_encoder_2_targets"))
     prefixes = []
     for prefix, encoder in zip(lycoris_text_prefixes(family), family_spec(family).text_encoders):
         key = "t5_targets" if encoder.tokenizer_class.startswith("T5") else next(clip_keys)
-        # the second CLIP's targets default to the first's (spec/model.py)
-        if value(key, ()) or (key == "text_encoder_2_targets" and value("text_encoder_targets", ())):
+        # the second CLIP's targets default to the first's (spec/model.py); T5's are train.t5's default
+        if (
+            value(key, ())
+            or (key == "text_encoder_2_targets" and value("text_encoder_targets", ()))
+            or (key == "t5_targets" and t5)
+        ):
             prefixes.append(prefix)
     prefixes = tuple(prefixes)
     if not prefixes:
