@@ -393,7 +393,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     oft = "GLoRAModule" in classes  # the variant with CLIP modules and the final layer
     assert bool(text_names) == oft == ("lora_unet_final_layer_linear" in names)
     if text_names:  # CLIP-L's attention LoKr (the adapter's), its MLP full; T5's LoCon, full, LoHa
-        want = {"LokrModule", "FullModule", "LoConModule", "LohaModule"}
+        want = {"LokrModule", "FullModule", "LoConModule", "LohaModule", "DiagOFTModule", "GLoRAModule"}
         assert set(text_names.values()) == want and plan.train_text_encoder and a.t5_targets
         assert {n: text_names[n] for n in t5_names} == t5_names
     network.eval()
@@ -440,8 +440,11 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
 
 def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
-    """LyCORIS's LoCon (block 0's q), full (its o) and LoHa (block 1's wo) modules on the tiny T5-XXL, their
-    tensors drawn at random into `tensors` (kohya's lora_te2_ names); name -> LyCORIS class."""
+    """LyCORIS's LoCon (block 0's q), full (its o), LoHa (block 1's wo), Diag-OFT (its q) and GLoRA (its o)
+    modules on the tiny T5-XXL, their tensors drawn at random into `tensors` (kohya's lora_te2_ names); name
+    -> LyCORIS class."""
+    from lycoris.modules.diag_oft import DiagOFTModule
+    from lycoris.modules.glora import GLoRAModule
     from lycoris.modules.loha import LohaModule
     from lycoris.modules.locon import LoConModule
 
@@ -451,6 +454,8 @@ def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
         ("encoder.block.0.layer.0.SelfAttention.q", LoConModule),
         ("encoder.block.0.layer.0.SelfAttention.o", None),
         ("encoder.block.1.layer.1.DenseReluDense.wo", LohaModule),
+        ("encoder.block.1.layer.0.SelfAttention.q", DiagOFTModule),  # blocks of 2 (was DBS403)
+        ("encoder.block.1.layer.0.SelfAttention.o", GLoRAModule),
     ):
         name, layer = "lora_te2_" + path.replace(".", "_"), t5.get_submodule(path)
         if cls is None:  # FullModule's file tensors: its diff (T5's Linears have no bias)
