@@ -165,7 +165,8 @@ def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_f
 def _t5_of_kind(a: dict[str, Legacy], conv: Conversion, preset: str, algo: str, t5_file: bool) -> bool:
     """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora or dylora, trained: dbspec's T5
     adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
-    text-encoder blocks). True (the mapping stands)."""
+    text-encoder blocks); a --network_weights file's T5 modules load into them (init_weights, was DBS403;
+    DyLoRA: only its alphas, lycoris_flow_dylora.flow_dylora_alphas). True (the mapping stands)."""
     if t5_file:
         module = {**_WHOLE_ONLY, "dylora": "DyLoraModule"}[algo]
         why = conv.comment(a["network_module"], f"preset {preset}: LyCORIS's {module} on T5-XXL")
