@@ -302,10 +302,15 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     """lycoris.kohya --dim_from_weights on Flux with a file mixing LoKr, full (a fused q/k/v and txt_in),
     LoCon and LoHa modules (was DBS403): a LoKr adapter with blocks of kind full / lora / loha over the
     modules' diffusers parts, init_scale 2, started from the file; a LoCon network's file with full modules
-    likewise, a LoRA adapter (LoCon at two ranks) with full blocks. lycoris-lora 4.1.3's
-    create_network_from_weights on kohya's Flux layers, applied, the file loaded (train_network.py's
-    load_weights: the FullModules at W + 2 diff), gives every layer the converted run's started output
-    (1e-5); the run trains and resumes bit-exact."""
+    likewise, a LoRA adapter (LoCon at two ranks) with full blocks. Modules holding `dora_scale` (was
+    DBS403; make_module_from_state_dict builds them with weight_decompose): the LoKr file's from a dora_wd
+    network whose LoHa entry's weight_decompose is false (the adapter's dora, the fused LoCon q/k/v
+    decomposed, the fused LoHa linear1 `dora = "off"`), the LoCon file's from a LoCon entry's own
+    weight_decompose (its fused q/k/v's block `dora = "on"`, LoConModule's form), each fused Linear's (out, 1)
+    `dora_scale` split over its parts' rows. lycoris-lora 4.1.3's create_network_from_weights on kohya's
+    Flux layers, applied, the file loaded (train_network.py's load_weights: the FullModules at W + 2 diff),
+    decomposes the same modules and gives every layer the converted run's started output (1e-5); the run
+    trains and resumes bit-exact, its export's `dora_scale` on the same modules."""
     from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.execute import execute
@@ -315,10 +320,17 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
     base = ["model.base=builtin:tiny-flux", *_BASE]
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    preset = FROM_WEIGHTS_FILE
-    if algo == "locon":  # no LoHa entry: the LoCon modules lead
+    preset, wd = FROM_WEIGHTS_FILE, ""
+    if algo == "locon":  # no LoHa entry: the LoCon modules lead; the LoCon entry's own weight_decompose
         preset = preset.replace('[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n', "")
-        assert preset != FROM_WEIGHTS_FILE
+        preset = preset.replace("dim = 2\nalpha = 1\n", "dim = 2\nalpha = 1\nweight_decompose = true\n")
+        assert preset.count("weight_decompose") == 1 and "loha" not in preset
+    if algo == "lokr":  # a dora_wd network: every LoKr and LoCon module decomposed, the LoHa entry not
+        wd = ' "dora_wd=True"'
+        preset = preset.replace(
+            'linear1"]\nalgo = "loha"\n', 'linear1"]\nalgo = "loha"\nweight_decompose = false\n'
+        )
+        assert "weight_decompose = false" in preset
     if (
         algo == "lokr-oft"
     ):  # Diag-OFT (its own constraint and rescale), BOFT and GLoRA beside LoKr (was DBS403)
@@ -346,10 +358,19 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(preset, encoding="utf-8")
-    plan_of(flux_lycoris(first_dir, f'"algo={algo}" "preset=mixed.toml"'), first_dir, base)
+    plan_of(flux_lycoris(first_dir, f'"algo={algo}" "preset=mixed.toml"{wd}'), first_dir, base)
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
     tensors = load_file(str(second_dir / "prev.safetensors"))
+    decomposed = {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")}
+    qkv, linear1 = "lora_unet_double_blocks_0_txt_attn_qkv", "lora_unet_single_blocks_0_linear1"
+    if wd:  # the LoKr and LoCon modules, the LoHa not; else the LoCon entry's alone
+        assert qkv in decomposed and "lora_unet_double_blocks_0_img_attn_proj" in decomposed
+        assert linear1 not in decomposed and "lora_unet_double_blocks_0_img_attn_qkv" not in decomposed
+    else:
+        assert decomposed == ({qkv} if algo == "locon" else set())
+    if decomposed:  # a fused q/k/v's magnitude per output row of kohya's stacked Linear
+        assert tensors[f"{qkv}.dora_scale"].shape == (tensors[f"{qkv}.lora_up.weight"].shape[0], 1)
     t5 = build_pipeline("builtin:tiny-flux").text_encoder_2.float().eval()  # the run's base T5-XXL
     t5_names = {}
     if "GLoRAModule" in classes:  # T5-XXL modules of other kinds than the LoKr adapter's (was DBS403)
@@ -366,6 +387,14 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     own = {"locon": "lora"}.get(algo, algo)
     assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    # each LoRA / LoHa block's dora, the LoCon-led run's own LoRA blocks under the adapter's kind
+    doras = {{"adapter": a.kind}.get(b.kind, b.kind): b.dora for b in a.blocks if b.rank}
+    doras = {k: v for k, v in doras.items() if k in ("lora", "loha")}
+    if wd:  # the adapter's dora; the LoCon block's the adapter's, the LoHa block's off
+        assert (a.dora, doras) == (True, {"lora": "adapter", "loha": "off"})
+    else:  # the LoCon entry's block's own (LoCon modules at its rank lead otherwise), else none
+        assert (a.dora, doras) == (False, {"lora": "on"} if decomposed else {})
+    assert a.dora_form == ("lycoris" if decomposed else "peft")
     oft = {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind in ("diag-oft", "boft")}
     constraint = float(torch.tensor(0.001, dtype=torch.float32))  # the file's float32 alpha, float()ed
     assert oft == ({("diag-oft", constraint, "on"), ("boft", 0.0, "adapter")} if "boft" in kinds else set())
@@ -384,6 +413,8 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, texts, tree, tensors)
     network.apply_to(texts, tree, apply_text_encoder=True, apply_unet=True)
     assert {type(m).__name__ for m in network.unet_loras} == classes
+    theirs = {m.lora_name for m in network.unet_loras if getattr(m, "wd", False)}
+    assert theirs == {n for n in decomposed if n.startswith("lora_unet_")}
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
     assert not result.unexpected_keys, result
     unet_names = {n for n in names if n.startswith("lora_unet_")}
@@ -419,6 +450,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
     _, second, exported = _run(second_dir, kinds, base)
     assert second.status == "finished"
+    assert {k.split(".")[0] for k in exported if k.endswith(".dora_scale")} == decomposed
     if "DiagOFTModule" in classes:  # `dbspec sample` loads the Diag-OFT kind back, its q, k, v tied again
         from dbspec.runtime.sample import SampleRequest, load_pipeline
 
