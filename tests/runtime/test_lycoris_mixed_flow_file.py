@@ -497,14 +497,16 @@ def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
     return made
 
 
-@pytest.mark.parametrize("kind", ["full", "glora"])
+@pytest.mark.parametrize("kind", ["full", "glora", "lokr"])
 def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, kind):
     """SD3's patch convolution (kohya's `x_embedder.proj`, diffusers' `pos_embed.proj`) as a full / GLoRA
     module beside LoKr, LoCon and full modules (was DBS403): the first run's export converted with
     --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
     there; lycoris-lora 4.1.3's create_network_from_weights on kohya's SD3 layers (the convolution among
     them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
-    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact."""
+    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact.
+    `lokr`: the network's LoKr on the convolution alone, full entries on the projections (was DBS403: no
+    LoKr module of the denoiser's Linears): the adapter's own conv_targets, LyCORIS's split."""
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
@@ -517,7 +519,10 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         '"joint_blocks.*.context_block.adaLN_modulation.1"\n]',
         '"joint_blocks.*.context_block.adaLN_modulation.1", "x_embedder.proj"\n]',
     )
-    text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
+    if kind == "lokr":  # the network's LoKr on the patch convolution alone
+        text += '[name_algo_map."joint_blocks.*.attn.proj"]\nalgo = "full"\n'
+    else:
+        text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
     assert 'algo = "locon"' in text and "x_embedder.proj" in text
     base = ["model.base=builtin:tiny-sd3", *_BASE]
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
@@ -548,8 +553,12 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.conv_targets == (
         "pos_embed.proj",
     )
-    patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
-    assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
+    if kind == "lokr":  # the adapter's own convolution: no block there, its LoKr module the only one
+        assert not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks)
+        assert {k.split(".")[0] for k in tensors if ".lokr_" in k} == {"lora_unet_x_embedder_proj"}
+    else:
+        patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+        assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
     comps, count = _loaded(plan)
     assert count == len(names) == a.init_layers
 
@@ -576,5 +585,5 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         assert not torch.allclose(conv(x), conv.get_base_layer()(x), atol=1e-6)
         torch.testing.assert_close(tree.x_embedder.proj(x), conv(x), rtol=0, atol=1e-5)
 
-    _, second, _ = _run(second_dir, {kind}, base)
+    _, second, _ = _run(second_dir, {"full"} if kind == "lokr" else {kind}, base)
     assert second.status == "finished"

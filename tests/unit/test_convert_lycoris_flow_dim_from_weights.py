@@ -1249,3 +1249,43 @@ def test_sd3_file_of_several_kinds_with_dora_scale_on_the_patch_convolution(tmp_
     }
     _factor_file(tmp_path / "prev.safetensors", own, 2.0)
     assert "weight decomposition" in messages(_sd3(tmp_path, allow=True), "DBS403")
+
+
+def test_sd3_file_of_several_kinds_whose_lokr_module_is_the_patch_convolution(tmp_path):
+    """A file whose only LoKr (LoHa) module is SD3's patch convolution, beside LoCon and full modules (was
+    DBS403, "no module of the denoiser"): create_network_from_weights builds that one LokrModule /
+    LohaModule, so the adapter is of its kind with `conv_targets = ["pos_embed.proj"]` at the conv_rank,
+    conv_alpha and LoKr split LyCORIS rebuilds it with, the Linears all the other kinds' blocks. Runtime
+    test: test_lycoris_mixed_flow_file (started at lycoris-lora's rebuilt outputs)."""
+    w, patch = 2432, "lora_unet_x_embedder_proj"
+    others = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {
+            "lora_down.weight": (4, w),
+            "lora_up.weight": (3 * w, 4),
+        },
+        "lora_unet_joint_blocks_0_x_block_attn_proj": {"diff": (w, w)},
+    }
+    lokr = {"lokr_w1": (8, 2), "lokr_w2_a": (w // 8, 2), "lokr_w2_b": (2, 8 * 4)}  # factor 8, rank 2
+    loha = {f"hada_w{i}_{x}": (w, 2) if x == "a" else (2, 16 * 4) for i in (1, 2) for x in "ab"}
+    for held, kind, split in ((lokr, "lokr", 8), (loha, "loha", None)):
+        _factor_file(tmp_path / "prev.safetensors", {**others, patch: held}, 1.0)
+        outcome = _sd3(tmp_path)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.kind, a.conv_targets, a.conv_rank, a.conv_alpha, a.init_scale) == (
+            kind,
+            ("pos_embed.proj",),
+            2,
+            1.0,
+            2.0,
+        )
+        assert split is None or a.factor == split
+        assert not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks)  # the adapter's own
+        for path, want in (
+            ("transformer_blocks.0.attn.to_v", "lora"),
+            ("transformer_blocks.0.attn.to_out.0", "full"),
+        ):
+            assert _block(a.blocks, path).kind == want, path
+    # with no module of other kinds on the Linears it stays a file of one kind (lycoris_flow_factor_file)
+    _factor_file(tmp_path / "prev.safetensors", {patch: lokr}, 1.0)
+    assert "no module of the denoiser" in messages(_sd3(tmp_path, allow=True), "DBS403")
