@@ -30,8 +30,12 @@ Not expressed (why not returned): with --network_train_unet_only text-encoder mo
 denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run's kinds, DBS356), on
 Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
 DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
-model, DBS356), and weight-decomposition tensors
-(`dora_scale`: this conversion maps none to a `dora`, while a preset file's dora_wd converts). A Tucker form
+model, DBS356). A `dora_scale` (was DBS403; make_module_from_state_dict builds its module with
+weight_decompose, one magnitude per output row) is the adapter's `dora` where every module of its kind holds
+one (else those modules' blocks' own), another kind's LoRA / LoHa module's its block's `dora = "on"` (`"off"`
+without one beside a decomposed adapter: _dora_blocks), a fused Linear's split over its parts' rows when the
+run starts (runtime/mixed_init.py). A file whose only LoKr / LoHa module is SD3's patch convolution (was
+DBS403) is an adapter of that kind on it alone (lycoris_flow_factor_file._patch_options). A Tucker form
 on SD3's patch convolution (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`; was DBS403) is its block's own
 `tucker = "on"` (the block of the patch module's kind, the adapter's kind's a block of its own there), as
 LyCORIS rebuilds that one module with use_tucker. Checked
