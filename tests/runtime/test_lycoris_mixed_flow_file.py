@@ -100,7 +100,7 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     assert second.status == "finished"
 
 
-def _sd3_converted(tmp_path: Path, flags: str = ""):
+def _sd3_converted(tmp_path: Path, flags: str = "", args: str = ""):
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -111,7 +111,7 @@ def _sd3_converted(tmp_path: Path, flags: str = ""):
         command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
         "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
         "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        '--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" '
+        f'--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" {args} '
         f"--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out {flags}",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -498,7 +498,7 @@ def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("kind", ["full", "glora", "lokr"])
-def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, kind):
+def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, monkeypatch, kind):
     """SD3's patch convolution (kohya's `x_embedder.proj`, diffusers' `pos_embed.proj`) as a full / GLoRA
     module beside LoKr, LoCon and full modules (was DBS403): the first run's export converted with
     --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
@@ -506,7 +506,10 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
     and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact.
     `lokr`: the network's LoKr on the convolution alone, full entries on the projections (was DBS403: no
-    LoKr module of the denoiser's Linears): the adapter's own conv_targets, LyCORIS's split."""
+    LoKr module of the denoiser's Linears): the adapter's own conv_targets, LyCORIS's split; its first run
+    from the preset with the network's use_tucker (was DBS403, a spec's DBS578: the patch block's own
+    `tucker`) exports the tensors of lycoris-lora's create_network from that preset with use_tucker (its
+    `lokr_t2`), which the converted run rebuilds in Tucker form."""
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
@@ -529,7 +532,9 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(text, encoding="utf-8")
-    _sd3_converted(first_dir)
+    # the network's use_tucker: the patch LokrModule's (conv_dim 1: w2 below half tiny-sd3's 4 x 4 factor)
+    tucker = '"use_tucker=True" "conv_dim=1" "decompose_both=True"' if kind == "lokr" else ""
+    _sd3_converted(first_dir, args=tucker)
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
     tensors = load_file(str(second_dir / "prev.safetensors"))
@@ -553,8 +558,10 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.conv_targets == (
         "pos_embed.proj",
     )
-    if kind == "lokr":  # the adapter's own convolution: no block there, its LoKr module the only one
-        assert not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks)
+    if kind == "lokr":  # the adapter's own convolution, its LoKr module the only one, in Tucker form: its
+        # block's own `tucker` (beside other kinds)
+        (patch,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+        assert (patch.kind, patch.tucker, a.tucker, patch.conv_rank) == ("adapter", "on", False, 1)
         assert {k.split(".")[0] for k in tensors if ".lokr_" in k} == {"lora_unet_x_embedder_proj"}
     else:
         patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
@@ -572,6 +579,31 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         fused[path] = _kohya_tree({path: (parts, order)}).get_submodule(path)
     fused["x_embedder.proj"] = copy.deepcopy(conv.get_base_layer())
     tree = _tree(fused)
+    if tucker:  # the first run's export holds what LyCORIS's network from the preset with use_tucker holds
+        assert tensors["lora_unet_x_embedder_proj.lokr_t2"].dim() == 4
+        network = lycoris_kohya.LycorisNetworkKohya
+        for attr in NETWORK_ATTRS:
+            monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+        theirs = copy.deepcopy(tree)
+        made = lycoris_kohya.create_network(
+            1.0,
+            4,
+            1.0,
+            None,
+            [nn.Module()] * 3,
+            theirs,
+            algo="lokr",
+            preset=str(second_dir / "mixed.toml"),
+            use_tucker="True",
+            conv_dim="1",
+            decompose_both="True",
+        )
+        made.apply_to([], theirs, apply_text_encoder=False, apply_unet=True)
+        result = made.load_state_dict(tensors, strict=False)
+        assert not result.unexpected_keys and not result.missing_keys, result
+        assert {m.lora_name for m in made.unet_loras if getattr(m, "tucker", False)} == {
+            "lora_unet_x_embedder_proj"
+        }
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
     network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
