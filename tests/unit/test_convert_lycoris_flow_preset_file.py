@@ -660,8 +660,12 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
         ]
         assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
-    tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
-    assert "DBS578" in messages(tucker, "DBS403")
+    # the network's use_tucker shapes no Linear (was DBS403: test_sd3_network_tucker_form_beside_entries...);
+    # use_scalar, which every kind would build differently, stays DBS403 (a spec's DBS578)
+    tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"')
+    assert not {"DBS402", "DBS403"} & codes(tucker) and fate(tucker, "network_args use_tucker") == "inert"
+    scalar = _flux(tmp_path / "scalar", MIXED, '"algo=locon" "use_scalar=True"', allow=True)
+    assert "DBS578" in messages(scalar, "DBS403")
     # a boft entry: one ButterflyOFTModule per fused Linear (tests/runtime/test_lycoris_flux_boft.py), its
     # dim LyCORIS's lora_dim (the block size: power2factorization of the stacked rows)
     boft = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "boft"\ndim = 32')
