@@ -100,7 +100,7 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     assert second.status == "finished"
 
 
-def _sd3_converted(tmp_path: Path, flags: str = ""):
+def _sd3_converted(tmp_path: Path, flags: str = "", args: str = ""):
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -111,7 +111,7 @@ def _sd3_converted(tmp_path: Path, flags: str = ""):
         command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
         "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
         "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        '--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" '
+        f'--network_dim=4 --network_alpha=1 --network_args "algo=lokr" "preset=mixed.toml" {args} '
         f"--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out {flags}",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -302,10 +302,15 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     """lycoris.kohya --dim_from_weights on Flux with a file mixing LoKr, full (a fused q/k/v and txt_in),
     LoCon and LoHa modules (was DBS403): a LoKr adapter with blocks of kind full / lora / loha over the
     modules' diffusers parts, init_scale 2, started from the file; a LoCon network's file with full modules
-    likewise, a LoRA adapter (LoCon at two ranks) with full blocks. lycoris-lora 4.1.3's
-    create_network_from_weights on kohya's Flux layers, applied, the file loaded (train_network.py's
-    load_weights: the FullModules at W + 2 diff), gives every layer the converted run's started output
-    (1e-5); the run trains and resumes bit-exact."""
+    likewise, a LoRA adapter (LoCon at two ranks) with full blocks. Modules holding `dora_scale` (was
+    DBS403; make_module_from_state_dict builds them with weight_decompose): the LoKr file's from a dora_wd
+    network whose LoHa entry's weight_decompose is false (the adapter's dora, the fused LoCon q/k/v
+    decomposed, the fused LoHa linear1 `dora = "off"`), the LoCon file's from a LoCon entry's own
+    weight_decompose (its fused q/k/v's block `dora = "on"`, LoConModule's form), each fused Linear's (out, 1)
+    `dora_scale` split over its parts' rows. lycoris-lora 4.1.3's create_network_from_weights on kohya's
+    Flux layers, applied, the file loaded (train_network.py's load_weights: the FullModules at W + 2 diff),
+    decomposes the same modules and gives every layer the converted run's started output (1e-5); the run
+    trains and resumes bit-exact, its export's `dora_scale` on the same modules."""
     from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.execute import execute
@@ -315,10 +320,17 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
     base = ["model.base=builtin:tiny-flux", *_BASE]
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
-    preset = FROM_WEIGHTS_FILE
-    if algo == "locon":  # no LoHa entry: the LoCon modules lead
+    preset, wd = FROM_WEIGHTS_FILE, ""
+    if algo == "locon":  # no LoHa entry: the LoCon modules lead; the LoCon entry's own weight_decompose
         preset = preset.replace('[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n', "")
-        assert preset != FROM_WEIGHTS_FILE
+        preset = preset.replace("dim = 2\nalpha = 1\n", "dim = 2\nalpha = 1\nweight_decompose = true\n")
+        assert preset.count("weight_decompose") == 1 and "loha" not in preset
+    if algo == "lokr":  # a dora_wd network: every LoKr and LoCon module decomposed, the LoHa entry not
+        wd = ' "dora_wd=True"'
+        preset = preset.replace(
+            'linear1"]\nalgo = "loha"\n', 'linear1"]\nalgo = "loha"\nweight_decompose = false\n'
+        )
+        assert "weight_decompose = false" in preset
     if (
         algo == "lokr-oft"
     ):  # Diag-OFT (its own constraint and rescale), BOFT and GLoRA beside LoKr (was DBS403)
@@ -346,10 +358,19 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(preset, encoding="utf-8")
-    plan_of(flux_lycoris(first_dir, f'"algo={algo}" "preset=mixed.toml"'), first_dir, base)
+    plan_of(flux_lycoris(first_dir, f'"algo={algo}" "preset=mixed.toml"{wd}'), first_dir, base)
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))  # the file: its export
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
     tensors = load_file(str(second_dir / "prev.safetensors"))
+    decomposed = {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")}
+    qkv, linear1 = "lora_unet_double_blocks_0_txt_attn_qkv", "lora_unet_single_blocks_0_linear1"
+    if wd:  # the LoKr and LoCon modules, the LoHa not; else the LoCon entry's alone
+        assert qkv in decomposed and "lora_unet_double_blocks_0_img_attn_proj" in decomposed
+        assert linear1 not in decomposed and "lora_unet_double_blocks_0_img_attn_qkv" not in decomposed
+    else:
+        assert decomposed == ({qkv} if algo == "locon" else set())
+    if decomposed:  # a fused q/k/v's magnitude per output row of kohya's stacked Linear
+        assert tensors[f"{qkv}.dora_scale"].shape == (tensors[f"{qkv}.lora_up.weight"].shape[0], 1)
     t5 = build_pipeline("builtin:tiny-flux").text_encoder_2.float().eval()  # the run's base T5-XXL
     t5_names = {}
     if "GLoRAModule" in classes:  # T5-XXL modules of other kinds than the LoKr adapter's (was DBS403)
@@ -366,6 +387,14 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     own = {"locon": "lora"}.get(algo, algo)
     assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    # each LoRA / LoHa block's dora, the LoCon-led run's own LoRA blocks under the adapter's kind
+    doras = {{"adapter": a.kind}.get(b.kind, b.kind): b.dora for b in a.blocks if b.rank}
+    doras = {k: v for k, v in doras.items() if k in ("lora", "loha")}
+    if wd:  # the adapter's dora; the LoCon block's the adapter's, the LoHa block's off
+        assert (a.dora, doras) == (True, {"lora": "adapter", "loha": "off"})
+    else:  # the LoCon entry's block's own (LoCon modules at its rank lead otherwise), else none
+        assert (a.dora, doras) == (False, {"lora": "on"} if decomposed else {})
+    assert a.dora_form == ("lycoris" if decomposed else "peft")
     oft = {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind in ("diag-oft", "boft")}
     constraint = float(torch.tensor(0.001, dtype=torch.float32))  # the file's float32 alpha, float()ed
     assert oft == ({("diag-oft", constraint, "on"), ("boft", 0.0, "adapter")} if "boft" in kinds else set())
@@ -384,6 +413,8 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, texts, tree, tensors)
     network.apply_to(texts, tree, apply_text_encoder=True, apply_unet=True)
     assert {type(m).__name__ for m in network.unet_loras} == classes
+    theirs = {m.lora_name for m in network.unet_loras if getattr(m, "wd", False)}
+    assert theirs == {n for n in decomposed if n.startswith("lora_unet_")}
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
     assert not result.unexpected_keys, result
     unet_names = {n for n in names if n.startswith("lora_unet_")}
@@ -419,6 +450,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
 
     _, second, exported = _run(second_dir, kinds, base)
     assert second.status == "finished"
+    assert {k.split(".")[0] for k in exported if k.endswith(".dora_scale")} == decomposed
     if "DiagOFTModule" in classes:  # `dbspec sample` loads the Diag-OFT kind back, its q, k, v tied again
         from dbspec.runtime.sample import SampleRequest, load_pipeline
 
@@ -470,14 +502,19 @@ def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:
     return made
 
 
-@pytest.mark.parametrize("kind", ["full", "glora"])
-def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["full", "glora", "lokr"])
+def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tmp_path, monkeypatch, kind):
     """SD3's patch convolution (kohya's `x_embedder.proj`, diffusers' `pos_embed.proj`) as a full / GLoRA
     module beside LoKr, LoCon and full modules (was DBS403): the first run's export converted with
     --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
     there; lycoris-lora 4.1.3's create_network_from_weights on kohya's SD3 layers (the convolution among
     them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
-    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact."""
+    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact.
+    `lokr`: the network's LoKr on the convolution alone, full entries on the projections (was DBS403: no
+    LoKr module of the denoiser's Linears): the adapter's own conv_targets, LyCORIS's split; its first run
+    from the preset with the network's use_tucker (was DBS403, a spec's DBS578: the patch block's own
+    `tucker`) exports the tensors of lycoris-lora's create_network from that preset with use_tucker (its
+    `lokr_t2`), which the converted run rebuilds in Tucker form."""
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
@@ -490,14 +527,19 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         '"joint_blocks.*.context_block.adaLN_modulation.1"\n]',
         '"joint_blocks.*.context_block.adaLN_modulation.1", "x_embedder.proj"\n]',
     )
-    text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
+    if kind == "lokr":  # the network's LoKr on the patch convolution alone
+        text += '[name_algo_map."joint_blocks.*.attn.proj"]\nalgo = "full"\n'
+    else:
+        text += f'[name_algo_map."x_embedder.proj"]\nalgo = "{kind}"\n'
     assert 'algo = "locon"' in text and "x_embedder.proj" in text
     base = ["model.base=builtin:tiny-sd3", *_BASE]
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     for folder in (first_dir, second_dir):
         folder.mkdir()
         (folder / "mixed.toml").write_text(text, encoding="utf-8")
-    _sd3_converted(first_dir)
+    # the network's use_tucker: the patch LokrModule's (conv_dim 1: w2 below half tiny-sd3's 4 x 4 factor)
+    tucker = '"use_tucker=True" "conv_dim=1" "decompose_both=True"' if kind == "lokr" else ""
+    _sd3_converted(first_dir, args=tucker)
     first = execute(compile_spec(_spec(first_dir), [*base, "output.dir=whole"]))
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
     tensors = load_file(str(second_dir / "prev.safetensors"))
@@ -521,8 +563,14 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     assert (a.kind, a.init_scale, a.init_partial) == ("lokr", 2.0, True) and a.conv_targets == (
         "pos_embed.proj",
     )
-    patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
-    assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
+    if kind == "lokr":  # the adapter's own convolution, its LoKr module the only one, in Tucker form: its
+        # block's own `tucker` (beside other kinds)
+        (patch,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+        assert (patch.kind, patch.tucker, a.tucker, patch.conv_rank) == ("adapter", "on", False, 1)
+        assert {k.split(".")[0] for k in tensors if ".lokr_" in k} == {"lora_unet_x_embedder_proj"}
+    else:
+        patch = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+        assert patch.kind == kind and not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks[1:])
     comps, count = _loaded(plan)
     assert count == len(names) == a.init_layers
 
@@ -536,6 +584,31 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         fused[path] = _kohya_tree({path: (parts, order)}).get_submodule(path)
     fused["x_embedder.proj"] = copy.deepcopy(conv.get_base_layer())
     tree = _tree(fused)
+    if tucker:  # the first run's export holds what LyCORIS's network from the preset with use_tucker holds
+        assert tensors["lora_unet_x_embedder_proj.lokr_t2"].dim() == 4
+        network = lycoris_kohya.LycorisNetworkKohya
+        for attr in NETWORK_ATTRS:
+            monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+        theirs = copy.deepcopy(tree)
+        made = lycoris_kohya.create_network(
+            1.0,
+            4,
+            1.0,
+            None,
+            [nn.Module()] * 3,
+            theirs,
+            algo="lokr",
+            preset=str(second_dir / "mixed.toml"),
+            use_tucker="True",
+            conv_dim="1",
+            decompose_both="True",
+        )
+        made.apply_to([], theirs, apply_text_encoder=False, apply_unet=True)
+        result = made.load_state_dict(tensors, strict=False)
+        assert not result.unexpected_keys and not result.missing_keys, result
+        assert {m.lora_name for m in made.unet_loras if getattr(m, "tucker", False)} == {
+            "lora_unet_x_embedder_proj"
+        }
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
     network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
     result = network.load_state_dict(tensors, strict=False)  # train_network.py's load_weights
@@ -549,5 +622,5 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         assert not torch.allclose(conv(x), conv.get_base_layer()(x), atol=1e-6)
         torch.testing.assert_close(tree.x_embedder.proj(x), conv(x), rtol=0, atol=1e-5)
 
-    _, second, _ = _run(second_dir, {kind}, base)
+    _, second, _ = _run(second_dir, {"full"} if kind == "lokr" else {kind}, base)
     assert second.status == "finished"

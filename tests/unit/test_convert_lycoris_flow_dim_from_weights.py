@@ -852,16 +852,16 @@ def test_flux_file_of_several_kinds_is_a_run_of_several_kinds(tmp_path):
             "DBS402",
             "no Tucker core",
         ),
-        (  # a LoCon module's weight decomposition beside other kinds (this conversion maps no dora_scale)
+        (  # a LoCon module's dora_scale per input column: LoConModule's (out, 1) copy_ raises
             {
                 "lora_unet_double_blocks_0_txt_attn_qkv": {
                     "lora_down.weight": (2, W),
                     "lora_up.weight": (3 * W, 2),
-                    "dora_scale": (3 * W, 1),
+                    "dora_scale": (1, W),
                 }
             },
-            "DBS403",
-            "weight decomposition on a LoCon module",
+            "DBS402",
+            "not LyCORIS's [9216, 1]",
         ),
         (  # a LoHa module's Tucker cores beside a LoKr adapter, on a Linear alike
             {"lora_unet_double_blocks_0_txt_attn_proj": {**loha, "hada_t1": (2, 2), "hada_t2": (2, 2)}},
@@ -1147,3 +1147,145 @@ def test_chroma_file_of_several_kinds_with_t5_modules_and_the_final_layer(tmp_pa
     clip = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": lokr}
     _factor_file(tmp_path / "prev.safetensors", {**modules, **clip})
     assert "DummyCLIPL" in messages(_chroma(tmp_path, extra, cached="", allow=True), "DBS403")
+
+
+def _block(blocks, path: str):
+    return next((b for b in blocks if re.search(b.pattern, path)), None)
+
+
+def test_flux_file_of_several_kinds_with_dora_scale(tmp_path):
+    """Modules holding `dora_scale` beside other kinds (was DBS403: make_module_from_state_dict builds them
+    with weight_decompose, one magnitude per output row): every LoKr module's the adapter's `dora`, a LoCon
+    module's (a fused q/k/v's (3 x out, 1), split over its parts' rows at the start) its block's, a LoHa
+    module without one `dora = "off"`; a LoCon-led file's decomposed LoCon modules blocks of their own with
+    `dora = "on"` in LoConModule's form (dora_form "lycoris"), a CLIP LoCon module's its text-encoder block's.
+    A `dora_scale` of another shape: DBS402 (its copy_ raises). Runtime test: test_lycoris_mixed_flow_file
+    (each module started at lycoris-lora's rebuilt outputs)."""
+    lokr = {"lokr_w1": (4, 4), "lokr_w2": (768, 768), "dora_scale": (W, 1)}
+    loha = {"hada_w1_a": (W, 2), "hada_w1_b": (2, W), "hada_w2_a": (W, 2), "hada_w2_b": (2, W)}
+    locon = {"lora_down.weight": (2, W), "lora_up.weight": (3 * W, 2), "dora_scale": (3 * W, 1)}
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_proj": lokr,
+        "lora_unet_double_blocks_0_img_attn_qkv": {"diff": (3 * W, W)},
+        "lora_unet_double_blocks_0_txt_attn_qkv": locon,
+        "lora_unet_double_blocks_0_txt_attn_proj": loha,
+    }
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lokr", True, "lycoris", "output")
+    want = {
+        "transformer_blocks.0.attn.to_k": ("full", "adapter"),  # FullModule reads no weight_decompose
+        "transformer_blocks.0.attn.add_v_proj": ("lora", "adapter"),  # decomposed as the adapter
+        "transformer_blocks.0.attn.to_add_out": ("loha", "off"),
+    }
+    assert {p: (_block(a.blocks, p).kind, _block(a.blocks, p).dora) for p in want} == want
+    assert _block(a.blocks, "transformer_blocks.0.attn.to_out.0") is None  # the adapter's, decomposed
+    # the LoKr module without its dora_scale: the LoCon block "on", the LoHa's left as the adapter's (off)
+    modules["lora_unet_double_blocks_0_img_attn_proj"] = {k: v for k, v in lokr.items() if k != "dora_scale"}
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form) == ("lokr", False, "lycoris")
+    assert [_block(a.blocks, p).dora for p in want] == ["adapter", "on", "adapter"]
+    # a LoHa module's magnitudes beside a LoKr adapter: its block's; of another shape DBS402
+    modules["lora_unet_double_blocks_0_txt_attn_proj"] = {**loha, "dora_scale": (W, 1)}
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    a = plan_of(_flux(tmp_path), tmp_path).adapter
+    assert _block(a.blocks, "transformer_blocks.0.attn.to_add_out").dora == "on"
+    modules["lora_unet_double_blocks_0_txt_attn_proj"] = {**loha, "dora_scale": (1, W)}
+    _factor_file(tmp_path / "prev.safetensors", modules)
+    assert "not LyCORIS's [3072, 1]" in messages(_flux(tmp_path, allow=True), "DBS402")
+
+    fc1 = "lora_te1_text_model_encoder_layers_0_mlp_fc1"
+    led = {  # LoCon-led: two LoCon modules at one rank, one decomposed; a decomposed CLIP LoCon; full
+        "lora_unet_double_blocks_0_img_attn_proj": {"lora_down.weight": (2, W), "lora_up.weight": (W, 2)},
+        "lora_unet_double_blocks_0_txt_attn_qkv": locon,
+        "lora_unet_double_blocks_0_img_attn_qkv": {"diff": (3 * W, W)},
+        fc1: {"lora_down.weight": (2, 768), "lora_up.weight": (3072, 2), "dora_scale": (3072, 1)},
+    }
+    _factor_file(tmp_path / "prev.safetensors", led)
+    outcome = _flux(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form, a.rank, a.init_scale) == ("lora", False, "lycoris", 2, 2.0)
+    qkv = [_block(a.blocks, f"transformer_blocks.0.attn.add_{p}_proj") for p in "qkv"]
+    assert {(b.kind, b.rank, b.dora) for b in qkv} == {("adapter", 2, "on")}  # one block, the fused whole
+    assert _block(a.blocks, "transformer_blocks.0.attn.to_out.0") is None
+    text = _block(a.text_encoder_blocks, "text_encoder.text_model.encoder.layers.0.mlp.fc1")
+    assert (text.kind, text.dora) == ("adapter", "on")  # the plan names the adapter's kind so
+
+
+def test_sd3_file_of_several_kinds_with_dora_scale_on_the_patch_convolution(tmp_path):
+    """SD3's patch convolution's `dora_scale` ((out, 1, 1, 1): LoConModule / LohaModule with weight_decompose
+    on the 2x2 convolution) beside LoKr modules (was DBS403): its block's `dora = "on"`. In its Tucker form
+    (a block's own `tucker` and `dora`) it stays DBS403."""
+    w, patch = 2432, "lora_unet_x_embedder_proj"
+    qkv = {"lokr_w1_a": (8, 2), "lokr_w1_b": (2, 8), "lokr_w2_a": (3 * w // 8, 2), "lokr_w2_b": (2, w // 8)}
+    lokr = {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv}
+    locon = {"lora_down.weight": (2, 16, 2, 2), "lora_up.weight": (w, 2, 1, 1), "dora_scale": (w, 1, 1, 1)}
+    _factor_file(tmp_path / "prev.safetensors", {**lokr, patch: locon}, 2.0)
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.conv_targets) == ("lokr", False, ("pos_embed.proj",))
+    (block,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+    assert (block.kind, block.dora, block.conv_rank) == ("lora", "on", 2)
+    _factor_file(tmp_path / "prev.safetensors", {**lokr, patch: {**locon, "dora_scale": (w, 1)}}, 2.0)
+    assert "not LyCORIS's [2432, 1, 1, 1]" in messages(_sd3(tmp_path, allow=True), "DBS402")
+    # the adapter's kind's (LoHa) Tucker patch module decomposed beside a LoCon q/k/v and a LoHa projection:
+    # its block's `tucker` and `dora` both, which a block's own tucker does not take (DBS403, a spec's DBS583)
+    loha = {"hada_t1": (2, 2, 2, 2), "hada_t2": (2, 2, 2, 2), "dora_scale": (w, 1, 1, 1)}
+    loha |= {f"hada_w{i}_{x}": (2, w if x == "a" else 16) for i in (1, 2) for x in "ab"}
+    own = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {
+            "lora_down.weight": (4, w),
+            "lora_up.weight": (3 * w, 4),
+        },
+        "lora_unet_joint_blocks_0_x_block_attn_proj": _loha(w, w, 2),
+        patch: loha,
+    }
+    _factor_file(tmp_path / "prev.safetensors", own, 2.0)
+    assert "weight decomposition" in messages(_sd3(tmp_path, allow=True), "DBS403")
+
+
+def test_sd3_file_of_several_kinds_whose_lokr_module_is_the_patch_convolution(tmp_path):
+    """A file whose only LoKr (LoHa) module is SD3's patch convolution, beside LoCon and full modules (was
+    DBS403, "no module of the denoiser"): create_network_from_weights builds that one LokrModule /
+    LohaModule, so the adapter is of its kind with `conv_targets = ["pos_embed.proj"]` at the conv_rank,
+    conv_alpha and LoKr split LyCORIS rebuilds it with, the Linears all the other kinds' blocks. Runtime
+    test: test_lycoris_mixed_flow_file (started at lycoris-lora's rebuilt outputs)."""
+    w, patch = 2432, "lora_unet_x_embedder_proj"
+    others = {
+        "lora_unet_joint_blocks_0_x_block_attn_qkv": {
+            "lora_down.weight": (4, w),
+            "lora_up.weight": (3 * w, 4),
+        },
+        "lora_unet_joint_blocks_0_x_block_attn_proj": {"diff": (w, w)},
+    }
+    lokr = {"lokr_w1": (8, 2), "lokr_w2_a": (w // 8, 2), "lokr_w2_b": (2, 8 * 4)}  # factor 8, rank 2
+    loha = {f"hada_w{i}_{x}": (w, 2) if x == "a" else (2, 16 * 4) for i in (1, 2) for x in "ab"}
+    for held, kind, split in ((lokr, "lokr", 8), (loha, "loha", None)):
+        _factor_file(tmp_path / "prev.safetensors", {**others, patch: held}, 1.0)
+        outcome = _sd3(tmp_path)
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.kind, a.conv_targets, a.conv_rank, a.conv_alpha, a.init_scale) == (
+            kind,
+            ("pos_embed.proj",),
+            2,
+            1.0,
+            2.0,
+        )
+        assert split is None or a.factor == split
+        assert not any(re.search(b.pattern, "pos_embed.proj") for b in a.blocks)  # the adapter's own
+        for path, want in (
+            ("transformer_blocks.0.attn.to_v", "lora"),
+            ("transformer_blocks.0.attn.to_out.0", "full"),
+        ):
+            assert _block(a.blocks, path).kind == want, path
+    # with no module of other kinds on the Linears it stays a file of one kind (lycoris_flow_factor_file)
+    _factor_file(tmp_path / "prev.safetensors", {patch: lokr}, 1.0)
+    assert "no module of the denoiser" in messages(_sd3(tmp_path, allow=True), "DBS403")

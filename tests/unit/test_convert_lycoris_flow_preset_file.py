@@ -530,6 +530,45 @@ def test_sd3_tucker_form_of_a_patch_entry_of_another_algo(tmp_path, network, ent
     assert (block.kind, block.tucker, block.conv_rank) == ({"locon": "lora"}.get(entry, entry), "on", dim)
 
 
+@pytest.mark.parametrize(
+    ("network", "entry", "want"),
+    [
+        ("lokr", "loha", ("loha", "on", 2)),  # the patch entry's LohaModule with the network's use_tucker
+        ("locon", "lokr", ("lokr", "on", 2)),
+        ("lokr", None, ("adapter", "on", 8)),  # the network's own LokrModule there: a block of its own
+        ("locon", "full", ("full", "adapter", 1)),  # FullModule never reads it: DBS405
+    ],
+)
+def test_sd3_network_tucker_form_beside_entries_of_other_algos(tmp_path, network, entry, want):
+    """The network's use_tucker beside map entries of other algorithms (was DBS403, a spec's DBS578):
+    LyCORIS hands it to every module and only LoConModule / LohaModule / LokrModule on a k x k convolution
+    read it, on kohya's MMDiT the patch convolution alone, so the patch module's block carries `tucker =
+    "on"` (a block of the adapter's kind at its conv values where the patch is the network's algo) and the
+    adapter's stays off; a kind that never reads it leaves it shaping nothing (DBS405). The blocks are
+    those of a patch entry's own use_tucker (tests/runtime/test_lycoris_sd3_mixed_tucker_file.py builds
+    them as lycoris-lora does)."""
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n\n"
+    if entry is None:  # the patch at the network's algo, the blocks' Linears full
+        preset += "[module_algo_map.SingleDiTBlock]\nalgo = 'full'\n"
+    else:
+        preset += f"[module_algo_map.PatchEmbed]\nalgo = '{entry}'\ndim = 2\nalpha = 1\n"
+    outcome = _sd3(tmp_path, preset, f'"algo={network}" "use_tucker=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    told = fate(outcome, "network_args use_tucker")
+    assert told in ("ignored", "inert") if entry == "full" else told == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.tucker, a.conv_targets, a.conv_rank) == (False, ("pos_embed.proj",), 8)
+    block = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert (block.kind, block.tucker, block.conv_rank) == want
+    assert all(b.tucker == "adapter" for b in a.blocks if b is not block)
+    if entry == "full":
+        assert "never reads it" in messages(outcome, "DBS405")
+    # Flux has no k x k convolution: the network's use_tucker shapes nothing there
+    flux = _flux(tmp_path / "flux", MIXED, f'"algo={network}" "use_tucker=True"')
+    assert not {"DBS402", "DBS403"} & codes(flux), errors(flux)
+    assert fate(flux, "network_args use_tucker") == "inert"
+
+
 def test_text_encoder_entries_with_unet_only_are_ignored(tmp_path):
     """--network_train_unet_only: LycorisNetworkKohya.apply_to drops CLIP-L's modules, so an entry reaching
     only them (another algorithm, a dim) changes nothing (DBS405); trained, CLIP-L's MLPs are LoHa blocks
@@ -679,8 +718,12 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
         ]
         assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
-    tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"', allow=True)
-    assert "DBS578" in messages(tucker, "DBS403")
+    # the network's use_tucker shapes no Linear (was DBS403: test_sd3_network_tucker_form_beside_entries...);
+    # use_scalar, which every kind would build differently, stays DBS403 (a spec's DBS578)
+    tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"')
+    assert not {"DBS402", "DBS403"} & codes(tucker) and fate(tucker, "network_args use_tucker") == "inert"
+    scalar = _flux(tmp_path / "scalar", MIXED, '"algo=locon" "use_scalar=True"', allow=True)
+    assert "DBS578" in messages(scalar, "DBS403")
     # a boft entry: one ButterflyOFTModule per fused Linear (tests/runtime/test_lycoris_flux_boft.py), its
     # dim LyCORIS's lora_dim (the block size: power2factorization of the stacked rows)
     boft = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "boft"\ndim = 32')

@@ -127,6 +127,17 @@ def _loha_patch(m: LycorisModule) -> dict | str:
     return {"conv_rank": int(r), "conv_alpha": float(m.alpha or r), "tucker": tucker}
 
 
+def _patch_options(m: LycorisModule) -> tuple[LokrOptions | int, float, Own]:
+    """check_lokr's / check_loha's answer where SD3's patch convolution is the only module of its kind
+    (beside other kinds' modules): the LoKr split (lokr_rebuilt) or LoHa rank LyCORIS rebuilds it with, at
+    its alpha (0: the rank), no module of its own; its conv_rank / conv_alpha _lokr_patch / _loha_patch's."""
+    if "hada_w1_b" in m.shapes:
+        rank = int(m.shapes["hada_w1_b"][0])
+        return rank, float(m.alpha or rank), {}
+    options = lokr_rebuilt(m)[0]
+    return options, float(m.alpha or options.rank), {}
+
+
 def final_layer_block(targets: list[str], family: str) -> list[dict]:
     """Flux's (Chroma's) final layer (kohya's `final_layer.linear`, diffusers' top-level `proj_out`) among
     the targets: the target `proj_out` is a suffix of every single block's `proj_out` (kohya's linear2) too,
@@ -392,7 +403,7 @@ def factor_file_adapter(
         built = [m for m in built if m is not patch]
     extra = next((f"{m.name}.{k}" for m in built for k in m.shapes if k.endswith(("_t1", "_t2"))), None)
     bare = next((m.name for m in built if m.alpha is None), None)
-    if not denoiser and not (beside and built):
+    if not denoiser and not (beside and (built or patch is not None)):
         return "it holds no module of the denoiser"
     dora = _dora(built, patch)
     if isinstance(dora, str):
@@ -412,7 +423,10 @@ def factor_file_adapter(
             "invalid:LyCORIS's IA3Module.make_module_from_state_dict takes a module's `weight` alone, but "
             "get_module hands it `weight` and `on_input` (lycoris-lora 4.1.3): TypeError"
         )
-    checked = (check_lokr if algo == "lokr" else check_loha)(built)
+    if built:
+        checked = (check_lokr if algo == "lokr" else check_loha)(built)
+    else:  # beside other kinds, SD3's patch convolution its kind's only module: the adapter's values its own
+        checked = _patch_options(patch)
     if isinstance(checked, str):
         return checked
     options, alpha, own = checked

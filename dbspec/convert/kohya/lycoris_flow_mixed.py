@@ -30,8 +30,12 @@ Not expressed (why not returned): with --network_train_unet_only text-encoder mo
 denoiser lacks (kohya leaves them unused; dbspec starts from tensors of its run's kinds, DBS356), on
 Chroma a CLIP-L module (`lora_te1_`: LyCORIS builds nothing on
 DummyCLIPL, which has no Linear, and kohya's load skips it, while dbspec's start needs each file module's
-model, DBS356), and weight-decomposition tensors
-(`dora_scale`: this conversion maps none to a `dora`, while a preset file's dora_wd converts). A Tucker form
+model, DBS356). A `dora_scale` (was DBS403; make_module_from_state_dict builds its module with
+weight_decompose, one magnitude per output row) is the adapter's `dora` where every module of its kind holds
+one (else those modules' blocks' own), another kind's LoRA / LoHa module's its block's `dora = "on"` (`"off"`
+without one beside a decomposed adapter: _dora_blocks), a fused Linear's split over its parts' rows when the
+run starts (runtime/mixed_init.py). A file whose only LoKr / LoHa module is SD3's patch convolution (was
+DBS403) is an adapter of that kind on it alone (lycoris_flow_factor_file._patch_options). A Tucker form
 on SD3's patch convolution (`lora_mid`, `hada_t1` / `hada_t2`, `lokr_t2`; was DBS403) is its block's own
 `tucker = "on"` (the block of the patch module's kind, the adapter's kind's a block of its own there), as
 LyCORIS rebuilds that one module with use_tucker. Checked
@@ -67,13 +71,18 @@ from dbspec.convert.kohya.lycoris_sd_rebuilt import _glora, _kind, _oft
 _OTHERS = {"locon": "lora", "loha": "loha", "full": "full", "oft": "diag-oft", "glora": "glora"}
 
 
-# make_module_from_state_dict builds a module holding `dora_scale` with weight_decompose
-_DORA = (
-    "LyCORIS's weight decomposition on a {kind} module (make_module_from_state_dict's weight_decompose) "
-    "beside modules of other kinds: dbspec's conversion of such a file does not map its `dora_scale` to the "
-    "adapter's or a block's `dora` (a preset file's dora_wd / weight_decompose beside other algorithms "
-    "converts)"
-)
+def _dora_error(m: LycorisModule, rows: int, dims: int) -> str | None:
+    """Why a module's `dora_scale` does not load into the module make_module_from_state_dict builds with
+    weight_decompose (wd_on_out's default: one magnitude per output row, `(rows, 1)` on a Linear, `(rows, 1,
+    1, 1)` on SD3's patch convolution): "invalid:..." (its copy_ raises); None when it fits or is absent."""
+    got = m.shapes.get("dora_scale")
+    want = (rows, *[1] * (dims - 1))
+    if got is None or tuple(got) == want:
+        return None
+    return (
+        f"invalid:`{m.name}.dora_scale` has shape {list(got)}, not LyCORIS's {list(want)} (one magnitude per "
+        "output row, make_module_from_state_dict's wd_on_out): its copy_ raises"
+    )
 
 
 def is_flow_mixed(modules: dict[str, LycorisModule]) -> bool:
@@ -91,7 +100,7 @@ def _locon_adapter(
     [[adapter.blocks]] entry over its diffusers parts; on the denoiser only."""
     from collections import Counter
 
-    pairs = {}
+    pairs, decomposed = {}, set()
     for name, m in sorted(modules.items()):
         if not name.startswith("lora_unet_"):
             continue
@@ -99,16 +108,22 @@ def _locon_adapter(
         if isinstance(values, str):
             return values
         pairs[name] = (values["rank"], values["alpha"])
+        if "dora" in values:
+            decomposed.add(name)
     targets = diffusers_targets(sorted(pairs), family)
     if isinstance(targets, str):
         return targets
     (rank, alpha), _ = Counter(pairs.values()).most_common(1)[0]
-    own = {name: pair for name, pair in pairs.items() if pair != (rank, alpha)}
-    blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family)]
+    # `dora_scale` in every LoCon module: the adapter's dora; in some: their blocks' own (as a LoCon file's)
+    every = decomposed == set(pairs)
+    some = frozenset() if every else frozenset(decomposed)
+    own = {name: pair for name, pair in pairs.items() if pair != (rank, alpha) or name in some}
+    blocks = [*final_layer_block(targets, family), *own_blocks(own, rank, family, some)]
     return {
         "kind": "lora",
         "rank": rank,
         "alpha": alpha,
+        **({"dora": True} if every else {}),
         "denoiser_targets": targets,
         "fused_projections": True,
         **({"blocks": blocks} if blocks else {}),
@@ -151,10 +166,10 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
         )
     tucker_form = {}  # LyCORIS's Tucker form on SD3's patch convolution: its block's own (was DBS403)
     if m.algo == "locon":
-        odd = sorted(k for k in s if k not in ("lora_down.weight", "lora_up.weight", "lora_mid.weight"))
+        read = ("lora_down.weight", "lora_up.weight", "lora_mid.weight", "dora_scale")
+        odd = sorted(k for k in s if k not in read)
         if odd:
-            why = {"dora_scale": _DORA.format(kind="LoCon")}
-            return f"`{m.name}.{odd[0]}`: " + why.get(odd[0], f"tensor {odd[0]} LoConModule does not read")
+            return f"`{m.name}.{odd[0]}`: tensor {odd[0]} LoConModule does not read"
         if "lora_mid.weight" in s:  # LoConModule with use_tucker: 1x1 down, k x k mid, 1x1 up
             found = _locon_tucker(m)
             if found is not None:
@@ -168,10 +183,10 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
                 f"invalid:`{m.name}.lora_down.weight` has {len(s['lora_down.weight'])} dimensions, kohya's "
                 f"{what} {dims}: LoConModule's copy_ raises"
             )
-        rank = s["lora_down.weight"][0]
+        rank, rows = s["lora_down.weight"][0], s.get("lora_up.weight", (0,))[0]
     else:  # LoHa beside a LoKr adapter
-        if "dora_scale" in s:
-            return f"`{m.name}.dora_scale`: " + _DORA.format(kind="LoHa")
+        # the rows its factors span (LohaModule's Tucker form: `hada_w1_a`'s columns)
+        rows = s["hada_w1_a"][1 if "hada_t1" in s else 0] if "hada_w1_a" in s else 0
         if "hada_t1" in s or "hada_t2" in s:  # on SD3's patch convolution (a Linear's: DBS402 above)
             from dbspec.convert.kohya.lycoris_flow_factor_file import _loha_patch
 
@@ -192,7 +207,12 @@ def _values(m: LycorisModule, layer: str = "linear") -> dict[str, Any] | str:
     if m.alpha < 0:
         return f"`{m.name}.alpha` is {m.alpha:g}: dbspec's alpha is at least 0"
     alpha = float(m.alpha or rank)  # 0: the dim
-    return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": alpha, **tucker_form}
+    # a `dora_scale`: make_module_from_state_dict's weight_decompose, its block's own `dora` (was DBS403)
+    bad = _dora_error(m, rows, dims)
+    if bad:
+        return bad
+    dora = {"dora": "on"} if "dora_scale" in s else {}
+    return {"kind": _OTHERS[m.algo], "rank": int(rank), "alpha": alpha, **tucker_form, **dora}
 
 
 def _locon_tucker(m: LycorisModule) -> str | None:
@@ -321,14 +341,14 @@ def flow_mixed_file(
     if isinstance(found, str):
         return found
     own_blocks = [*found.get("blocks", ()), *found.get("text_encoder_blocks", ())]
-    if found.get("dora") or any("dora" in b for b in own_blocks):
-        return f"its {own} modules hold `dora_scale`: " + _DORA.format(kind=own)
     if any("tucker" in b for b in own_blocks):
         return (
             f"its {own} modules hold LyCORIS's Tucker form on several layers beside modules of other kinds: "
             "dbspec gives it to SD3's patch convolution's block alone"
         )
     tucker_patch = bool(found.get("tucker"))  # the adapter's kind's module on SD3's patch convolution
+    # its `dora_scale` where other modules of its kind have none (factor_file_adapter's _patch_block)
+    patch_dora = any(b["pattern"] == r"^(pos_embed\.proj)$" and b.get("dora") == "on" for b in own_blocks)
     blocks_out = [
         {"pattern": pattern, **dict(key)}
         for key, lists in groups.items()
@@ -371,6 +391,7 @@ def flow_mixed_file(
         del out["tucker"]
         pair = {"conv_rank": out["conv_rank"], "conv_alpha": out["conv_alpha"]}
         block = {"rank": out["rank"], "alpha": out["alpha"], **pair, "tucker": "on"}
+        block |= {"dora": "on"} if patch_dora else {}
         out["blocks"] = [{"pattern": r"^(pos_embed\.proj)$", **block}, *out["blocks"]]
     if any(
         v["kind"] == "full"
@@ -379,4 +400,20 @@ def flow_mixed_file(
         # make_module_from_state_dict copies the diff into FullModule's weight, apply_to adds W, and
         # load_weights' prehook adds the file's diff again: W + 2 diff (lycoris-lora 4.1.3)
         out["init_scale"] = 2.0
+    return _dora_blocks(out)
+
+
+def _dora_blocks(out: dict[str, Any]) -> dict[str, Any]:
+    """A run's weight decomposition as LyCORIS builds it from the file: each LoRA / LoHa / LoKr layer
+    decomposes in its own kind's pass (runtime/mixed_kinds.py) where its module holds a `dora_scale`
+    (make_module_from_state_dict's weight_decompose), so another kind's block holding none beside a
+    decomposed adapter is `dora = "off"`; a LoRA adapter decomposing anywhere trains LoConModule's form
+    (`dora_form = "lycoris"`, as lycoris_sd_mixed.py)."""
+    blocks = [*out.get("blocks", ()), *out.get("text_encoder_blocks", ())]
+    if out.get("dora"):
+        for block in blocks:
+            if block.get("kind") in ("lora", "loha", "lokr") and block.get("rank") and "dora" not in block:
+                block["dora"] = "off"
+    if out["kind"] == "lora" and (out.get("dora") or any(b.get("dora") == "on" for b in blocks)):
+        out["dora_form"] = "lycoris"  # LoConModule's decomposition (the norm not detached)
     return out

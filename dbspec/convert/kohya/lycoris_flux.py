@@ -277,8 +277,13 @@ def map_lycoris_flow(
         )
     layers, text = layout.presets[preset]
     patch_tucker = _patch_tucker(layout.targets(layers, lokr)[1], layout.convs.get(layers, ()))
+    kind = algo if lokr else "lora"
+    new = _mixed_patch_tucker(kwargs, args, conv, layout.targets(layers, lokr)[1], layout.convs, layers, kind)
     if layers in layout.convs and not _convs(kwargs, a, args, conv, layout, layers, algo, patch_tucker):
         return False
+    if new is not None:  # the adapter's kind's patch module: its block at the adapter's conv values
+        new.update({k: conv.values[("adapter", k)][0] for k in ("conv_rank", "conv_alpha")})
+        new.update(rank=rank, alpha=float(alpha.value))
     if layers == "none" and a["network_train_unet_only"].value:
         conv.invalid(
             f"{args.key} preset",
@@ -750,6 +755,44 @@ def _patch_tucker(blocks: list[dict[str, Any]], convs) -> bool | None:
     for block in blocks:
         block.pop("tucker", None)
     return own[0] == "on" if own else None
+
+
+def _mixed_patch_tucker(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, blocks: list[dict], convs, layers: str, kind: str
+) -> dict[str, Any] | None:
+    """The network's use_tucker beside map entries of other algorithms (blocks with their own `kind`; was
+    DBS403, a spec's DBS578): LyCORIS hands it to every module, and only LoConModule, LohaModule and
+    LokrModule on a k x k convolution read it, which on kohya's MMDiT is SD3's patch convolution alone: its
+    block (the first matching it) gets `tucker = "on"`, the adapter's stays off; a block of the adapter's
+    kind there, first, where none matches (returned: _convs settles its conv_rank / conv_alpha). An entry's
+    own use_tucker there, or a kind that never reads it, leaves the network's shaping nothing (DBS405).
+    Pops the use_tucker keys it decides."""
+    if (
+        tuple(convs.get(layers, ())) != ("pos_embed.proj",)
+        or not any(b.get("kind") for b in blocks)
+        or not lycoris_tucker(kwargs)
+    ):
+        return None
+    block = next((b for b in blocks if re.search(b["pattern"], "pos_embed.proj")), None)
+    theirs = kind if block is None or block.get("kind", "adapter") == "adapter" else block["kind"]
+    own = block is not None and "tucker" in block
+    reads = theirs in ("lora", "loha", "lokr") and not own
+    note = f"LyCORIS's Tucker form on the patch convolution alone ({theirs}'s module there, use_tucker)"
+    for key in [k for k in kwargs if k in TUCKER_NAMES]:
+        item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        if reads:
+            conv.record(item, "mapped", "adapter.blocks tucker (pos_embed.proj)", note)
+        else:
+            why = "its map entry's own use_tucker" if own else f"its {theirs} module, which never reads it"
+            conv.ignored(item, f"the patch convolution, the one k x k convolution, takes {why}")
+    if not reads:
+        return None
+    if block is not None:
+        block["tucker"] = "on"
+        return None
+    new: dict[str, Any] = {"pattern": r"^(pos_embed\.proj)$", "tucker": "on", "_why": note}
+    blocks.insert(0, new)
+    return new
 
 
 def _convs(

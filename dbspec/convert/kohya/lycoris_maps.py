@@ -380,6 +380,7 @@ def _mixed_kinds(
     modules never read (runtime/mixed_kinds.py kind_adapter)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
+    flow = not unet  # Flux / SD3 / Chroma (lycoris_flow_file.py)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
@@ -388,6 +389,11 @@ def _mixed_kinds(
     # adapter takes none, while LyCORIS hands it to their LoCon / LoHa / LoKr entries)
     wd = unet and _algo(algo) in _BLOCK_KINDS
     on = [key for key in _MIXED_OFF if network.get(key) and not (wd and key == "weight_decompose")]
+    if (
+        flow and _algo(algo) in _BLOCK_KINDS
+    ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
+        # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
+        on = [key for key in on if key != "use_tucker"]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
     glora = _algo(algo) == "glora"  # a GLoRA adapter's blocks of other kinds take no bypass
     if "bypass_mode" in on and not drops and bypass and not glora:
