@@ -4,7 +4,10 @@ name gives, put its parameters in an optimizer group at the regex's absolute rat
 rate x ratio, as kohya's prepare_optimizer_params_with_multiple_te_lrs), and the run trains; a regex at rate
 0 holds its modules (lr_scale 0): built, out of the optimizer, in the clip list, at their init after the run
 and in the export. The regexes reach CLIP-L's modules alike ([[adapter.text_encoder_blocks]]: the text
-encoder's group split by block, `text_encoder_lr<rate>`)."""
+encoder's group split by block, `text_encoder_lr<rate>`). Under a clip tight enough to scale every step, a run
+stopped after its first step and resumed ends with the uninterrupted run's losses and weights bit for bit, its
+held modules (CLIP-L's and the denoiser's) still at their init: the held gradients that add up uncleared come
+back with the checkpoint."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0,layers_1_self_attn=3"
 # regexes reach CLIP-L's modules (lora_te1_...) too: layer 0's attention at its own rate, layer 1's MLP held
 LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0,layers_0_self_attn=2e-4,layers_1_mlp=0"
 LR, TE_LR, RATIO = 1e-3, 5e-4, 4.0
+# a clip that scales every step, so the held modules' uncleared gradients weigh on every update
+RUN = [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}", "optimizer.max_grad_norm=0.01"]
 # diffusers child -> kohya's name for it inside a double / single block
 DOUBLE = {"attn.to_q": "img_attn_qkv", "attn.to_k": "img_attn_qkv", "attn.to_v": "img_attn_qkv"}
 DOUBLE |= {
@@ -99,7 +104,7 @@ def _spec(tmp_path):
 
 def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     spec = _spec(tmp_path)
-    plan = compile_spec(spec, [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}"])
+    plan = compile_spec(spec, [*RUN, f"output.dir={tmp_path / 'whole'}"])
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
     clipped = {id(p) for p in run.params}
@@ -144,6 +149,21 @@ def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     for file in Path(result.final).rglob("*.safetensors"):
         exported |= load_file(file)
     assert any("txt_attn" in k or "add_q_proj" in k for k in exported), sorted(exported)[:8]
+    _check_resumed(spec, tmp_path, result, held)
+
+
+def _check_resumed(spec, tmp_path, whole, held: dict[str, torch.Tensor]) -> None:
+    """The run stopped after step 1 (a checkpoint there) and resumed: kohya's losses and weights bit for bit,
+    the held modules never stepped, their gradients (added up over step 1) restored from the checkpoint."""
+    parts = compile_spec(spec, [*RUN, "checkpoints.every=1", f"output.dir={tmp_path / 'parts'}"])
+    first = execute(parts, stop_after=1)
+    assert first.status == "interrupted" and first.steps == 1
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(_trainable(whole.components, remove_duplicate=False))
+    theirs = dict(_trainable(second.components, remove_duplicate=False))
+    assert ours.keys() == theirs.keys() and all(torch.equal(theirs[n], p) for n, p in ours.items())
+    assert all(torch.equal(theirs[n], w) for n, w in held.items())
 
 
 def _trainable(comps, remove_duplicate: bool = True):
