@@ -212,9 +212,13 @@ ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rat
 applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
 rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
 train: that run is the two parts at one rate); with the denoiser at a positive rate, a text encoder at 0
-is refused with every D-Adaptation class and Prodigy (they share one step size d, and DAdaptAdaGrad,
-DAdaptAdan and DAdaptAdanIP step every group at the first group's rate, DAdaptAdam's and Prodigy's decoupled
-weight decay at d x the largest); Adafactor with `relative_step` ignores the groups' rates; CAME asserts
+is held where the class leaves a group at rate 0 out of its estimate of d and never moves it (dadapt_adam
+without decoupled weight decay, dadapt_adam_preprint, dadapt_sgd without momentum, prodigy with
+`weight_decay = 0` and betas[0] > 0) and refused with the others (DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP
+step every group at the first group's rate, which kohya's networks.lora_fa order makes the text encoder's;
+DAdaptLion steps it at the largest; DAdaptAdam's (decouple) and Prodigy's decoupled weight decay shrink it at
+d x the largest rate; DAdaptSGD's momentum averaging rounds it off its weights); Adafactor with
+`relative_step` ignores the groups' rates; CAME asserts
 lr > 0 (the denoiser's; it scales each group's step by that group's rate, so it holds a text encoder at 0).
 So are the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min`
 (it lifts the held part's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an

@@ -33,6 +33,7 @@ from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
+from dbspec.compiler.zero_group import zero_group_moves
 from dbspec.diagnostics import Diagnostic
 from dbspec.plan.model import BNB_OPTIMIZER_KINDS
 from dbspec.spec.check import anchor
@@ -1304,10 +1305,10 @@ def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
 def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
     """Why the optimizer cannot hold a parameter group at rate 0, or "" where it can (its step and its
     decoupled weight decay are scaled by the group's own rate, or a group at rate 0 keeps its averaging
-    weight at 0, as the schedulefree classes do). `built_at_zero`: the class is built with that rate 0 too
-    (`lr=optimizer.lr`, the denoiser's, as kohya passes `lr=learning_rate`); a text encoder held at 0 beside
-    a denoiser at a positive rate is not."""
-    if o.kind == "dadapt_lion":
+    weight at 0, as the schedulefree classes do; D-Adaptation's and Prodigy's as zero_group_moves says).
+    `built_at_zero`: the class is built with that rate 0 too (`lr=optimizer.lr`, the denoiser's, as kohya
+    passes `lr=learning_rate`); a text encoder held at 0 beside a denoiser at a positive rate is not."""
+    if o.kind == "dadapt_lion" and built_at_zero:
         return (
             "dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest "
             "group's rate: the part at rate 0 would train at the other's rate (that run is the two at one "
@@ -1318,20 +1319,14 @@ def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
             "dadaptation's class raises ValueError for lr 0 when it is built (`lr=optimizer.lr`, as kohya "
             "passes `lr=learning_rate`): kohya's run stops there too"
         )
-    if o.kind in DADAPT_KINDS or (o.kind == "prodigy" and not built_at_zero):
+    if o.kind == "prodigy" and built_at_zero:
         return (
-            f"{o.kind} estimates one step size d for every group, and several such classes step a group at "
-            "rate 0 anyway (DAdaptLion, DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP at d x the largest or "
-            "the first group's rate; DAdaptAdam's and Prodigy's decoupled weight decay at d x the largest "
-            "rate): dbspec holds a group at rate 0 only with optimizers that scale its whole step by its "
-            "own rate"
+            "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`): "
+            "kohya's run stops there too"
         )
-    if o.kind == "prodigy":
-        return (
-            "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`), and "
-            "its step applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every "
-            "group at d x the largest group's rate: a group at rate 0 would move"
-        )
+    if o.kind in DADAPT_KINDS or o.kind == "prodigy":
+        decouple = o.decouple if o.kind.startswith("dadapt_adam") else True  # Prodigy's own default
+        return zero_group_moves(o.kind, o.weight_decay, o.betas, decouple, o.momentum)
     if o.kind == "adafactor" and o.relative_step:
         return (
             "Adafactor with relative_step computes its own LR and ignores the groups' rates: the part at "

@@ -15,7 +15,8 @@ it, fresh modules under a clip (without one, train.text_encoder = false is the s
 modules always (adapter.init_weights loads them into the idle encoder). networks.lora_fa keeps the group in
 the optimizer at rate 0 (cleared every step, still clipped): under a clip that is a text encoder trained at
 optimizer.text_encoder_lr = 0 (train.py _lora_fa_text_held), where dbspec holds a group at rate 0 (not
-with D-Adaptation, Prodigy, Adafactor's relative step, OneCycleLR / CyclicLR or an eta_min: rate_zero.py), and
+with D-Adaptation or Prodigy where they move it, Adafactor's relative step, OneCycleLR / CyclicLR or an
+eta_min: rate_zero.py), and
 so is a --network_weights file's lora_fa text-encoder modules at rate 0, whatever the clip (file_held).
 
 `train.t5_idle = "kohya"` is the same run for T5-XXL (map_t5_idle, put_lycoris_t5; was DBS404 / DBS403).

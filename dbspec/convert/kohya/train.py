@@ -1280,8 +1280,9 @@ def _rates(conv: Conversion) -> set[float]:
 
 
 def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
-    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates."""
-    rates = _rates(conv)
+    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates, a group
+    at rate 0 aside (`group_lr not in [lr, 0.0]`: networks.lora_fa's text encoder kept at 0)."""
+    rates = {rate for rate in _rates(conv) if rate}
     if kind not in ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd") or len(rates) < 2:
         return True
     conv.invalid(
