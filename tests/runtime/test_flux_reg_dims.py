@@ -71,7 +71,7 @@ def _first(text: str, name: str, kind):
     return None
 
 
-def _spec(tmp_path):
+def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR)):
     text_blocks: list[dict] = []
     blocks, extra, _, _ = flux_reg_blocks(
         {"network_reg_dims": DIMS, "network_reg_lrs": LRS},
@@ -84,7 +84,7 @@ def _spec(tmp_path):
         unet_lr=LR,
         text_trains=True,
         family="flux",
-        text_rates=(TE_LR, TE_LR),
+        text_rates=text_rates,
         text_blocks=text_blocks,
     )
     assert not extra and text_blocks
@@ -202,3 +202,32 @@ def _check_clip_l(run, rate: dict, clipped: set) -> dict[str, torch.Tensor]:
                 assert rate[id(weight)] == own * factor, path
     assert seen == {(4, 2e-4), (4, TE_LR), (3, TE_LR), (4, 0.0)}
     return held
+
+
+def test_clip_l_at_rate_0_trains_the_regexes_modules_alone(tmp_path):
+    """CLIP-L at text_encoder_lr 0 with network_reg_lrs training layer 0's attention (reg_dims.py
+    lifted_encoders): only those modules are in the optimizer, at their own rate (LoRA+'s ups x ratio), as
+    kohya's assemble_params keeps their `reg_lr_<i>` group and leaves CLIP-L's default group at 0 out; every
+    other CLIP-L module is built, requires its gradient and is in the clip list, out of the optimizer (held,
+    its gradients uncleared as kohya's). Run in-process against kohya's
+    LoRANetwork.prepare_optimizer_params_with_multiple_te_lrs (sd-scripts HEAD) on stub modules with
+    text_encoder_lr 0 and `layers_1_=1e-4,layers_2_=0`, it gave CLIP-L's `reg_lr_0` (1e-4) and its plus
+    group (4e-4) alone, layers 0's and 2's modules in no group."""
+    spec = _spec(tmp_path, text_rates=(0.0, 0.0))
+    plan = compile_spec(spec, [f"optimizer.lr={LR}"])
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
+    clipped = {id(p) for p in run.params}
+    seen = set()
+    for path, layer in run.comps.text_encoders[0].named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        own = _first(LRS, "lora_te1_" + clip_path(path).replace(".", "_"), float)
+        seen.add(own)
+        for key, factor in (("lora_A", 1.0), ("lora_B", RATIO)):
+            weight = getattr(layer, key)["default"].weight
+            assert id(weight) in clipped and weight.requires_grad, path
+            assert rate.get(id(weight)) == (own * factor if own else None), path
+    assert seen == {2e-4, None, 0.0}
+    names = {g["name"] for g in run.optimizer.param_groups if g["name"].startswith("text_encoder")}
+    assert names == {"text_encoder_lr0.0002", "text_encoder_lora_up_lr0.0002"}, names

@@ -760,6 +760,18 @@ def map_text_encoder(
         te_lr = attrs.evolve(te_lr, value=clip_g)
     if not unet_only.value and te_lr.value == 0 and clip_g and text_modules and second_modules:
         return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
+    if not unet_only.value and te_lr.value == 0 and "lora_te1_" in conv.facts.get(REG_LIFTED, ()):
+        # lora_flux's network_reg_lrs trains some of CLIP-L's modules at their own rates (reg_dims.py
+        # lifted_encoders): CLIP-L trains, its other modules held in blocks at lr_scale 0
+        why = (
+            "network_reg_lrs gives some of CLIP-L's modules their own rates at CLIP-L's text_encoder_lr 0: "
+            "they train, the others are held (lr_scale 0, out of the optimizer, their gradients clipped)"
+        )
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.put(("train", "text_encoder"), True, conv.comment(te_lr, why))
+        if te_only.value:
+            conv.mapped(te_only, ("train", "denoiser"), False)
+        return True
     if not unet_only.value and te_lr.value == 0:
         clip = text_modules and clip_modules  # T5-XXL's modules alone: train.t5_idle's (idle_text.py)
         if not te_only.value and _builds_text_modules(a, conv, clip) and not _file_refused(a, conv):
@@ -835,6 +847,10 @@ def map_text_encoder(
     if te_only.value:
         conv.mapped(te_only, ("train", "denoiser"), False)
     return trains
+
+
+# the kohya prefixes of the text encoders at rate 0 that network_reg_lrs still trains (lora_flux._reg_blocks)
+REG_LIFTED = "kohya_flux_reg_text_lifted"
 
 
 def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool = False) -> bool:
@@ -1006,6 +1022,10 @@ def map_learning_rates(
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file, clip_g_modules)
+    if te is not None and text_encoder and not te.value and "lora_te1_" in conv.facts.get(REG_LIFTED, ()):
+        why = "CLIP-L's modules no regex trains are held at lr_scale 0: its rate reads no module"
+        conv.record(te, "mapped", "adapter.text_encoder_blocks", why)
+        te = None  # optimizer.text_encoder_lr follows lr (it reads no module)
     if te is not None and text_encoder:
         if not unet_lr.value:
             conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
