@@ -3039,6 +3039,24 @@ dbspec's max-norm measures it at the trained scale, so the run would differ; LyC
         "adapter.alpha",
     ),
     Code(
+        "DBS606",
+        WARNING,
+        "A text encoder kept at learning rate 0 that the optimizer or schedule moves",
+        """\
+`optimizer.text_encoder_at_zero = "keep"` keeps a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
+in the optimizer as one group at rate 0, as kohya networks.lora_fa keeps its text-encoder group, and lets
+the optimizer and schedule do with it what they do: here they move it. D-Adaptation's DAdaptAdam
+(`decouple`) and Prodigy shrink every group by their decoupled weight decay at d x the largest rate; Prodigy
+with betas[0] = 0 steps every group by its raw gradient; DAdaptSGD with momentum averages every group toward
+its start, which rounding moves; Adafactor's relative step ignores the groups' rates; a positive
+`schedule.eta_min` lifts the group's rate from 0 toward it; OneCycleLR and CyclicLR set every group's rate
+from their bounds. The group adds nothing to D-Adaptation's or Prodigy's estimate of d, so the run is the
+same whatever the groups' order (kohya's text encoder first, dbspec's denoiser first). The text encoder
+trains, if oddly: give it a rate of its own unless you are reproducing such a run.""",
+        help='set optimizer.text_encoder_lr above 0, or text_encoder_at_zero = "hold" with an optimizer and '
+        "schedule that hold it",
+    ),
+    Code(
         "DBS607",
         WARNING,
         "an adapter target or block pattern names no layer of the public model",
@@ -3053,6 +3071,16 @@ model's layout (its own for a well-known hub id, else every public model of the 
 `denoiser_layout.py`), not the loaded model's, and the message lists the valid block ranges. A run still
 starts: the entry just adapts nothing.""",
         help="name layers the model has, or remove the entry",
+    ),
+    Code(
+        "DBS608",
+        WARNING,
+        "optimizer.text_encoder_at_zero with no text encoder at rate 0",
+        """\
+`optimizer.text_encoder_at_zero` says what a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
+beside a training denoiser is. Here no training text encoder is at rate 0 (or the denoiser is at 0 too), so
+the setting changes nothing.""",
+        help="remove optimizer.text_encoder_at_zero",
     ),
 )
 

@@ -19,6 +19,10 @@ _FIRST_GROUP_RATE = {
     "dadapt_adan_ip": "DAdaptAdanIP",
 }
 
+# where the groups' order changes the run (the first group's rate read as everyone's; DAdaptLion's group at
+# rate 0 feeding the estimate of d, summed in the groups' order): a group kept at rate 0 is not kohya's
+ORDER_DEPENDENT = (*_FIRST_GROUP_RATE, "dadapt_lion")
+
 
 def zero_group_moves(
     kind: str, weight_decay: float, betas: Sequence[float], decouple: bool, momentum: float

@@ -9,7 +9,7 @@ these answers mirror for the converter."""
 
 from __future__ import annotations
 
-from dbspec.compiler.zero_group import zero_group_moves
+from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
 from dbspec.convert.common.core import Legacy
 from dbspec.convert.common.optimizers import (
     adafactor_flags,
@@ -86,13 +86,54 @@ def _zero_group_moves(a: Args, kind: str) -> str:
     )
 
 
+def lora_fa_kept(a: Args) -> str:
+    """Why kohya's networks.lora_fa text-encoder group at rate 0 moves where dbspec's
+    `optimizer.text_encoder_at_zero = "keep"` is that run (the same class and schedule on the same groups, the
+    group adding nothing to an estimate of d, so their order does not matter), or "": lora_fa_not_held's
+    reasons but DAdaptAdaGrad / DAdaptAdan / DAdaptAdanIP / DAdaptLion (ORDER_DEPENDENT: kohya's order
+    changes the run) and Adafactor's relative step (its rate lifted before: group_lists.relative_step_lift),
+    with lora_fa_holds' other conditions."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind in ORDER_DEPENDENT or adafactor_relative_step(a) or not _lora_fa_text_group(a):
+        return ""
+    return lora_fa_not_held(a)
+
+
+def kept_group_moves(a: Args) -> bool:
+    """Whether lora_fa_kept's group moves: not where its reason is torch's OneCycleLR / CyclicLR, which by
+    now hold it at 0 (a rate they lift was replaced before, group_lists.lift_kept_rates)."""
+    cls = str(a["lr_scheduler_type"].value or "") if "lr_scheduler_type" in a else ""
+    schedule_set = cls.removeprefix("torch.optim.lr_scheduler.") in ("OneCycleLR", "CyclicLR")
+    return bool(lora_fa_kept(a)) and not (schedule_set and lora_fa_kept(a).startswith("torch's"))
+
+
+def lora_fa_trains_nothing(a: Args) -> str:
+    """Why kohya's networks.lora_fa run with its text-encoder group at rate 0 trains nothing at all, or "":
+    that group comes first in its optimizer, and dadaptation's DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP
+    step every group by d x the first group's rate (0), estimating no d (checked by stepping the real classes
+    in kohya's order, tests/runtime/test_optim_zero_group.py)."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind not in ORDER_DEPENDENT or kind == "dadapt_lion" or not _lora_fa_text_group(a):
+        return ""
+    return (
+        "networks.lora_fa puts its text-encoder group, at rate 0, first in the optimizer, and dadaptation's "
+        f"{kind} steps every group by d x the first group's rate: kohya's run trains nothing, the U-Net "
+        "included"
+    )
+
+
+def _lora_fa_text_group(a: Args) -> bool:
+    """networks.lora_fa with its text encoders' group beside a U-Net group at a positive rate."""
+    module = a["network_module"].value if "network_module" in a else None
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    return (
+        module == "networks.lora_fa" and bool(unet.value) and not a["network_train_text_encoder_only"].value
+    )
+
+
 def lora_fa_holds(a: Args) -> bool:
     """Whether kohya's networks.lora_fa text-encoder group at rate 0 is dbspec's text encoder held at
     optimizer.text_encoder_lr = 0: its modules are there (not --network_train_text_encoder_only, which
     leaves the U-Net out), the U-Net trains at a positive rate, and the optimizer and schedule hold the
     group (lora_fa_not_held)."""
-    module = a["network_module"].value if "network_module" in a else None
-    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if module != "networks.lora_fa" or not unet.value or a["network_train_text_encoder_only"].value:
-        return False
-    return not lora_fa_not_held(a)
+    return _lora_fa_text_group(a) and not lora_fa_not_held(a)

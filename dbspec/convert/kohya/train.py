@@ -15,7 +15,10 @@ from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
     relative_step_first_rate,
     lora_fa_holds,
+    lora_fa_kept,
     lora_fa_not_held,
+    lora_fa_trains_nothing,
+    kept_group_moves,
     torch_schedule_moves_a_zero_group,
 )
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
@@ -860,12 +863,24 @@ def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool
     in max_grad_norm's clip: dbspec's train.text_encoder = true with optimizer.text_encoder_lr = 0 (DBS229;
     map_learning_rates writes the 0), where the optimizer and schedule hold a group at 0 (lora_fa_not_held)
     and the U-Net trains at a positive rate (rate_zero.lora_fa_holds); a --network_weights file's
-    text-encoder modules (`held_file`) so whatever the clip (adapter.init_weights loads them). True when
-    mapped so. Without a clip fresh modules leave nothing to read those gradients: train.text_encoder =
-    false is the same run, cheaper (the caller's mapping)."""
-    if not lora_fa_holds(a) or not (a["max_grad_norm"].value or held_file):
+    text-encoder modules (`held_file`) so whatever the clip (adapter.init_weights loads them). Where the
+    optimizer or schedule moves the group (rate_zero.lora_fa_kept), the same with
+    optimizer.text_encoder_at_zero = "keep", clip or not; where kohya's group order makes the run train
+    nothing (rate_zero.lora_fa_trains_nothing), DBS403. True when mapped so. Without a clip fresh modules
+    leave nothing to read those gradients: train.text_encoder = false is the same run, cheaper (the
+    caller's mapping)."""
+    nothing = lora_fa_trains_nothing(a)
+    if nothing:
+        conv.unsupported(te_lr, nothing, help="give text_encoder_lr a rate above 0, or another optimizer")
+        return False
+    kept = lora_fa_kept(a)  # optimizer.text_encoder_at_zero = "keep"; a group that moves, clip or not
+    if not (lora_fa_holds(a) or kept) or not (a["max_grad_norm"].value or held_file or kept_group_moves(a)):
         return False
     conv.record(a["network_train_unet_only"], "mapped", "train.text_encoder")
+    if kept:
+        why = f"networks.lora_fa keeps the text encoders' group in the optimizer at rate 0, where {kept}"
+        conv.put(("optimizer", "text_encoder_at_zero"), "keep", conv.comment(te_lr, why))
+        conv.notes.append(f'kohya {why}: the text encoder trains (optimizer.text_encoder_at_zero = "keep")')
     why = (
         "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
         f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
