@@ -212,9 +212,13 @@ ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rat
 applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
 rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
 train: that run is the two parts at one rate); with the denoiser at a positive rate, a text encoder at 0
-is refused with every D-Adaptation class and Prodigy (they share one step size d, and DAdaptAdaGrad,
-DAdaptAdan and DAdaptAdanIP step every group at the first group's rate, DAdaptAdam's and Prodigy's decoupled
-weight decay at d x the largest); Adafactor with `relative_step` ignores the groups' rates; CAME asserts
+is held where the class leaves a group at rate 0 out of its estimate of d and never moves it (dadapt_adam
+without decoupled weight decay, dadapt_adam_preprint, dadapt_sgd without momentum, prodigy with
+`weight_decay = 0` and betas[0] > 0) and refused with the others (DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP
+step every group at the first group's rate, which kohya's networks.lora_fa order makes the text encoder's;
+DAdaptLion steps it at the largest; DAdaptAdam's (decouple) and Prodigy's decoupled weight decay shrink it at
+d x the largest rate; DAdaptSGD's momentum averaging rounds it off its weights); Adafactor with
+`relative_step` ignores the groups' rates; CAME asserts
 lr > 0 (the denoiser's; it scales each group's step by that group's rate, so it holds a text encoder at 0).
 So are the `one_cycle` and `cyclic` schedules (they set every group's LR) and a positive `schedule.eta_min`
 (it lifts the held part's LR above 0). The schedule-free optimizers hold it (a group at rate 0 keeps an
@@ -3035,6 +3039,24 @@ dbspec's max-norm measures it at the trained scale, so the run would differ; LyC
         "adapter.alpha",
     ),
     Code(
+        "DBS606",
+        WARNING,
+        "A text encoder kept at learning rate 0 that the optimizer or schedule moves",
+        """\
+`optimizer.text_encoder_at_zero = "keep"` keeps a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
+in the optimizer as one group at rate 0, as kohya networks.lora_fa keeps its text-encoder group, and lets
+the optimizer and schedule do with it what they do: here they move it. D-Adaptation's DAdaptAdam
+(`decouple`) and Prodigy shrink every group by their decoupled weight decay at d x the largest rate; Prodigy
+with betas[0] = 0 steps every group by its raw gradient; DAdaptSGD with momentum averages every group toward
+its start, which rounding moves; Adafactor's relative step ignores the groups' rates; a positive
+`schedule.eta_min` lifts the group's rate from 0 toward it; OneCycleLR and CyclicLR set every group's rate
+from their bounds. The group adds nothing to D-Adaptation's or Prodigy's estimate of d, so the run is the
+same whatever the groups' order (kohya's text encoder first, dbspec's denoiser first). The text encoder
+trains, if oddly: give it a rate of its own unless you are reproducing such a run.""",
+        help='set optimizer.text_encoder_lr above 0, or text_encoder_at_zero = "hold" with an optimizer and '
+        "schedule that hold it",
+    ),
+    Code(
         "DBS607",
         WARNING,
         "an adapter target or block pattern names no layer of the public model",
@@ -3049,6 +3071,16 @@ model's layout (its own for a well-known hub id, else every public model of the 
 `denoiser_layout.py`), not the loaded model's, and the message lists the valid block ranges. A run still
 starts: the entry just adapts nothing.""",
         help="name layers the model has, or remove the entry",
+    ),
+    Code(
+        "DBS608",
+        WARNING,
+        "optimizer.text_encoder_at_zero with no text encoder at rate 0",
+        """\
+`optimizer.text_encoder_at_zero` says what a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
+beside a training denoiser is. Here no training text encoder is at rate 0 (or the denoiser is at 0 too), so
+the setting changes nothing.""",
+        help="remove optimizer.text_encoder_at_zero",
     ),
 )
 

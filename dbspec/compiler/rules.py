@@ -33,6 +33,7 @@ from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
+from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
 from dbspec.diagnostics import Diagnostic
 from dbspec.plan.model import BNB_OPTIMIZER_KINDS
 from dbspec.spec.check import anchor
@@ -1304,10 +1305,10 @@ def zero_snr_needs_v(spec: Spec, given: Given) -> Iterator[Hit]:
 def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
     """Why the optimizer cannot hold a parameter group at rate 0, or "" where it can (its step and its
     decoupled weight decay are scaled by the group's own rate, or a group at rate 0 keeps its averaging
-    weight at 0, as the schedulefree classes do). `built_at_zero`: the class is built with that rate 0 too
-    (`lr=optimizer.lr`, the denoiser's, as kohya passes `lr=learning_rate`); a text encoder held at 0 beside
-    a denoiser at a positive rate is not."""
-    if o.kind == "dadapt_lion":
+    weight at 0, as the schedulefree classes do; D-Adaptation's and Prodigy's as zero_group_moves says).
+    `built_at_zero`: the class is built with that rate 0 too (`lr=optimizer.lr`, the denoiser's, as kohya
+    passes `lr=learning_rate`); a text encoder held at 0 beside a denoiser at a positive rate is not."""
+    if o.kind == "dadapt_lion" and built_at_zero:
         return (
             "dadaptation's DAdaptLion accepts a group at rate 0 but steps every group by d x the largest "
             "group's rate: the part at rate 0 would train at the other's rate (that run is the two at one "
@@ -1318,20 +1319,14 @@ def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
             "dadaptation's class raises ValueError for lr 0 when it is built (`lr=optimizer.lr`, as kohya "
             "passes `lr=learning_rate`): kohya's run stops there too"
         )
-    if o.kind in DADAPT_KINDS or (o.kind == "prodigy" and not built_at_zero):
+    if o.kind == "prodigy" and built_at_zero:
         return (
-            f"{o.kind} estimates one step size d for every group, and several such classes step a group at "
-            "rate 0 anyway (DAdaptLion, DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP at d x the largest or "
-            "the first group's rate; DAdaptAdam's and Prodigy's decoupled weight decay at d x the largest "
-            "rate): dbspec holds a group at rate 0 only with optimizers that scale its whole step by its "
-            "own rate"
+            "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`): "
+            "kohya's run stops there too"
         )
-    if o.kind == "prodigy":
-        return (
-            "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`), and "
-            "its step applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every "
-            "group at d x the largest group's rate: a group at rate 0 would move"
-        )
+    if o.kind in DADAPT_KINDS or o.kind == "prodigy":
+        decouple = o.decouple if o.kind.startswith("dadapt_adam") else True  # Prodigy's own default
+        return zero_group_moves(o.kind, o.weight_decay, o.betas, decouple, o.momentum)
     if o.kind == "adafactor" and o.relative_step:
         return (
             "Adafactor with relative_step computes its own LR and ignores the groups' rates: the part at "
@@ -1402,29 +1397,70 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
         else f"set optimizer.{held_texts[0]} > 0, or train.text_encoder = false"
     )
     key = "optimizer.lr" if o.lr == 0 else f"optimizer.{held_texts[0]}"
+    keep = o.lr != 0 and o.text_encoder_at_zero == "keep"  # kept in the optimizer, moved as it moves it
+    moved = []
     own = _rate_zero_moves_or_stops(o, built_at_zero=o.lr == 0)
-    if own:
-        yield _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}", fix)
+    if own and keep and o.kind not in ORDER_DEPENDENT:
+        moved.append(own)
+    elif own:
+        order = (
+            ' (text_encoder_at_zero = "keep" cannot reproduce it: the groups\' order changes that run, '
+            "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's)"
+            if keep
+            else ""
+        )
+        yield _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}{order}", fix)
         return
     s = spec.schedule
     if s.lr_schedule in ("one_cycle", "cyclic") or s.eta_min > 0:
         raised = (
             "sets every group's LR itself" if s.eta_min <= 0 else f"lifts the LR to eta_min {s.eta_min:g}"
         )
-        yield _err(
-            "DBS200",
-            where,
-            f"{key} is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: {text} would move",
-            fix,
-        )
-        return
+        if keep:
+            moved.append(f"schedule.lr_schedule = {s.lr_schedule!r} {raised}")
+        else:
+            yield _err(
+                "DBS200",
+                where,
+                f"{key} is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: {text} would "
+                "move",
+                fix + ("" if o.lr == 0 else ', or optimizer.text_encoder_at_zero = "keep" to let it move'),
+            )
+            return
     if o.lr == 0:
         yield _held_warning(spec, ("optimizer", "lr"), "the denoiser", "the text encoder's", "denoiser")
     if held_texts:
         part = "the text encoders" if len(held_texts) > 1 else _HELD_TEXT[held_texts[0]]
         other = "the denoiser's" if t.denoiser and o.lr else "the other text encoder's"
         flag = "text_encoder_2" if held_texts == ["text_encoder_2_lr"] else "text_encoder"
-        yield _held_warning(spec, _rate_path(given, held_texts[0]), part, other, flag)
+        if moved:
+            yield _warn(
+                "DBS606",
+                _rate_path(given, held_texts[0]),
+                f'{key} is 0 with text_encoder_at_zero = "keep": {part} stay in the optimizer as a group at '
+                f"rate 0 and move: {'; '.join(moved)}",
+                codes.help("DBS606"),
+            )
+        else:
+            yield _held_warning(spec, _rate_path(given, held_texts[0]), part, other, flag)
+
+
+@rule("spec")
+def text_encoder_at_zero_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.text_encoder_at_zero given with no training text encoder at rate 0 beside a denoiser at a
+    positive rate: it changes nothing (DBS608)."""
+    o = spec.optimizer
+    if not given(("optimizer", "text_encoder_at_zero")):
+        return
+    if o.lr != 0 and any(rate == 0 for _, rate in _text_rates(spec, given)):
+        return
+    why = "optimizer.lr is 0 too" if o.lr == 0 else "no training text encoder is at rate 0"
+    yield _warn(
+        "DBS608",
+        ("optimizer", "text_encoder_at_zero"),
+        f"optimizer.text_encoder_at_zero = {o.text_encoder_at_zero!r} changes nothing: {why}",
+        codes.help("DBS608"),
+    )
 
 
 # what a text encoder's rate 0 holds (the first key: every text encoder that shares its group)

@@ -943,6 +943,9 @@ class OptimizerPlan:
     loraplus_text_encoder_ratio: float = 0.0
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
     adafactor: AdafactorPlan | None = None  # kind adafactor only
+    # a text encoder at rate 0: "hold" (it stays still) or "keep" (its group at rate 0 moves as the optimizer
+    # and schedule move it, kohya networks.lora_fa's; the spec rule DBS606 says how); runtime groups alike
+    text_encoder_at_zero: str = "hold"
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
     came: CAMEPlan | None = None  # kind came only

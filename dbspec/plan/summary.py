@@ -344,13 +344,14 @@ def schedule_table(plan: Plan) -> Table:
                 else ""
             )
             + (
-                f", text encoder lr {plan.optimizer.text_encoder_lr:g}{_held(plan.optimizer.text_encoder_lr)}"
+                f", text encoder lr {plan.optimizer.text_encoder_lr:g}"
+                f"{_held(plan.optimizer.text_encoder_lr, plan)}"
                 if plan.train_text_encoder
                 else ""
             )
             + (
                 f" ({_second_name(plan)}: {plan.optimizer.text_encoder_2_lr:g}"
-                f"{_held(plan.optimizer.text_encoder_2_lr)})"
+                f"{_held(plan.optimizer.text_encoder_2_lr, plan)})"
                 if plan.train_text_encoder and plan.optimizer.text_encoder_2_lr is not None
                 else ""
             )
@@ -1216,9 +1217,14 @@ def _loraplus(plan: Plan) -> str:
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
 
 
-def _held(rate: float) -> str:
-    """A text encoder's group at rate 0 (DBS229): in the optimizer, never moving."""
-    return " (held: gradients computed and clipped, weights still)" if rate == 0 else ""
+def _held(rate: float, plan: Plan) -> str:
+    """A text encoder's group at rate 0: in the optimizer, never moving (DBS229), or kept there and moved as
+    the optimizer and schedule move it (optimizer.text_encoder_at_zero = "keep", DBS606)."""
+    if rate != 0:
+        return ""
+    if plan.optimizer.text_encoder_at_zero == "keep":
+        return " (kept in the optimizer at rate 0: it moves as the optimizer and schedule move it)"
+    return " (held: gradients computed and clipped, weights still)"
 
 
 def _split_rows(plan: Plan) -> list[tuple[str, str]]:

@@ -2680,6 +2680,17 @@ class Optimizer:
         exclusive_minimum=0,
         example=5e-5,
     )
+    text_encoder_at_zero: Literal["hold", "keep"] = option(
+        "hold",
+        doc="What a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0 beside a training denoiser "
+        "is. hold: it stays still, so DBS200 refuses an optimizer or schedule that would move it. keep: its "
+        "group stays in the optimizer at rate 0 and moves as they move it, as kohya networks.lora_fa's "
+        "text-encoder group at text_encoder_lr 0 does: D-Adaptation's and Prodigy's decoupled weight decay, "
+        "Prodigy with betas[0] = 0, DAdaptSGD's momentum averaging, Adafactor's relative step, a positive "
+        "`schedule.eta_min`, OneCycleLR / CyclicLR (DBS606 says how). Still refused (DBS200) where dbspec's "
+        "group order (the denoiser's first; lora_fa's text encoder first) would change the run: "
+        "dadapt_adagrad, dadapt_adan, dadapt_adan_ip, dadapt_lion.",
+    )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
         attrs.Factory(_default_betas, takes_self=True),

@@ -311,19 +311,37 @@ def test_dadapt_lion_steps_a_group_at_rate_zero_as_one_at_the_largest_rate(tmp_p
 
 @pytest.mark.parametrize(
     "kind",
-    ["adamw", "came", "adamw_schedulefree", "lion", "lion8bit", "adafactor", "radam", "adamw8bit", "sgd"],
+    [
+        "adamw",
+        "came",
+        "adamw_schedulefree",
+        "lion",
+        "lion8bit",
+        "adafactor",
+        "radam",
+        "adamw8bit",
+        "sgd",
+        "dadapt_adam",
+        "dadapt_adam_preprint",
+        "dadapt_sgd",
+        "prodigy",
+    ],
 )
 def test_every_optimizer_allowed_holds_a_text_encoder_group_at_rate_zero(tmp_path, kind):
     """optimizer.text_encoder_lr = 0 (kohya networks.lora_fa's text-encoder group kept at rate 0): the kinds
     DBS200 lets through, built by runtime/optim.py on the plan's groups [denoiser at 1e-3, text encoder at 0]
     (CAME at the denoiser's positive lr), step the denoiser and leave the text encoder bit-identical through
-    six steps with weight decay and momentum; D-Adaptation's classes and Prodigy, which share one step size
-    over the groups, are refused (tests/unit/test_rules.py)."""
+    six steps with weight decay and momentum; D-Adaptation's classes and Prodigy where they leave a group at
+    rate 0 out of d (dadapt_adam's decay coupled, dadapt_adam_preprint's decoupled, dadapt_sgd without
+    momentum, prodigy without weight decay: compiler/zero_group.py); the others are refused
+    (tests/unit/test_rules.py, tests/runtime/test_optim_zero_group.py)."""
     from dbspec.runtime.optim import make_optimizer, param_groups
     from tests.runtime.optim_kit import same, step_alike
 
     settings = [f'optimizer.kind="{kind}"', "optimizer.lr=1e-3", "optimizer.text_encoder_lr=0"]
-    settings += ["optimizer.weight_decay=0.1", *(["optimizer.momentum=0.9"] if kind == "sgd" else [])]
+    settings += [f"optimizer.weight_decay={0 if kind == 'prodigy' else 0.1}"]
+    settings += ["optimizer.momentum=0.9"] if kind == "sgd" else []
+    settings += ["optimizer.decouple=true"] if kind == "dadapt_adam_preprint" else []
     o = compile_spec(write_spec(tmp_path, steps=1, extra=TE), settings).optimizer
     assert o.lr == 1e-3 and o.text_encoder_lr == 0
     g = torch.Generator().manual_seed(0)
@@ -339,3 +357,48 @@ def test_every_optimizer_allowed_holds_a_text_encoder_group_at_rate_zero(tmp_pat
         optimizer.eval()  # the averaged weights a checkpoint holds
     assert same([p.detach() for p in params[2:]], start[2:])  # the text encoder held
     assert not same([p.detach() for p in params[:2]], start[:2])  # the denoiser trained
+
+
+@pytest.mark.parametrize(
+    ("settings", "kohya"),
+    [
+        (
+            ['optimizer.kind="prodigy"', "optimizer.lr=1.0", "optimizer.weight_decay=0.1"],
+            ("prodigyopt", "Prodigy", {"weight_decay": 0.1}),
+        ),
+        (
+            ['optimizer.kind="dadapt_adam"', "optimizer.lr=1.0", "optimizer.weight_decay=0.1"]
+            + ["optimizer.decouple=true"],
+            ("dadaptation", "DAdaptAdam", {"weight_decay": 0.1, "decouple": True}),
+        ),
+        (
+            ['optimizer.kind="dadapt_sgd"', "optimizer.lr=1.0", "optimizer.momentum=0.9"]
+            + ["optimizer.weight_decay=0"],
+            ("dadaptation", "DAdaptSGD", {"momentum": 0.9}),
+        ),
+    ],
+)
+def test_a_text_encoder_kept_at_rate_zero_moves_as_kohyas_group(tmp_path, settings, kohya):
+    """optimizer.text_encoder_at_zero = "keep": the plan's optimizer (runtime/optim.py on the plan's groups,
+    the denoiser's first) steps as the class kohya's networks.lora_fa builds (`lr=learning_rate`, its
+    text-encoder group at rate 0 first) on the same gradients, the group at rate 0 moved alike, bit for bit
+    (the group adds nothing to the estimate of d, so the order does not matter)."""
+    import importlib
+
+    from dbspec.runtime.optim import make_optimizer, param_groups
+    from tests.runtime.optim_kit import same, step_alike
+
+    keep = ["optimizer.text_encoder_lr=0", 'optimizer.text_encoder_at_zero="keep"']
+    o = compile_spec(write_spec(tmp_path, steps=1, extra=TE), [*settings, *keep]).optimizer
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(64, 80, generator=g) + 1.0 for _ in range(4)]
+    ours, theirs = ([torch.nn.Parameter(p.clone()) for p in start] for _ in range(2))
+    module, name, kwargs = kohya
+    kohya_groups = [{"params": theirs[2:], "lr": 0.0}, {"params": theirs[:2], "lr": 1.0}]
+    optimizers = [
+        make_optimizer(param_groups(ours[:2], [ours[2:]], o), o),
+        getattr(importlib.import_module(module), name)(kohya_groups, lr=1.0, **kwargs),
+    ]
+    step_alike(optimizers, [ours, theirs], n=8)
+    assert same(ours, theirs)
+    assert not same([p.detach() for p in ours[2:]], start[2:])  # the text encoder moved

@@ -4,7 +4,10 @@ name gives, put its parameters in an optimizer group at the regex's absolute rat
 rate x ratio, as kohya's prepare_optimizer_params_with_multiple_te_lrs), and the run trains; a regex at rate
 0 holds its modules (lr_scale 0): built, out of the optimizer, in the clip list, at their init after the run
 and in the export. The regexes reach CLIP-L's modules alike ([[adapter.text_encoder_blocks]]: the text
-encoder's group split by block, `text_encoder_lr<rate>`)."""
+encoder's group split by block, `text_encoder_lr<rate>`). Under a clip tight enough to scale every step, a run
+stopped after its first step and resumed ends with the uninterrupted run's losses and weights bit for bit, its
+held modules (CLIP-L's and the denoiser's) still at their init: the held gradients that add up uncleared come
+back with the checkpoint."""
 
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0,layers_1_self_attn=3"
 # regexes reach CLIP-L's modules (lora_te1_...) too: layer 0's attention at its own rate, layer 1's MLP held
 LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0,layers_0_self_attn=2e-4,layers_1_mlp=0"
 LR, TE_LR, RATIO = 1e-3, 5e-4, 4.0
+# a clip that scales every step, so the held modules' uncleared gradients weigh on every update
+RUN = [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}", "optimizer.max_grad_norm=0.01"]
 # diffusers child -> kohya's name for it inside a double / single block
 DOUBLE = {"attn.to_q": "img_attn_qkv", "attn.to_k": "img_attn_qkv", "attn.to_v": "img_attn_qkv"}
 DOUBLE |= {
@@ -66,7 +71,7 @@ def _first(text: str, name: str, kind):
     return None
 
 
-def _spec(tmp_path):
+def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR)):
     text_blocks: list[dict] = []
     blocks, extra, _, _ = flux_reg_blocks(
         {"network_reg_dims": DIMS, "network_reg_lrs": LRS},
@@ -79,7 +84,7 @@ def _spec(tmp_path):
         unet_lr=LR,
         text_trains=True,
         family="flux",
-        text_rates=(TE_LR, TE_LR),
+        text_rates=text_rates,
         text_blocks=text_blocks,
     )
     assert not extra and text_blocks
@@ -99,7 +104,7 @@ def _spec(tmp_path):
 
 def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     spec = _spec(tmp_path)
-    plan = compile_spec(spec, [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}"])
+    plan = compile_spec(spec, [*RUN, f"output.dir={tmp_path / 'whole'}"])
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
     clipped = {id(p) for p in run.params}
@@ -144,6 +149,21 @@ def test_reg_dims_and_lrs_build_kohyas_ranks_and_rates_and_train(tmp_path):
     for file in Path(result.final).rglob("*.safetensors"):
         exported |= load_file(file)
     assert any("txt_attn" in k or "add_q_proj" in k for k in exported), sorted(exported)[:8]
+    _check_resumed(spec, tmp_path, result, held)
+
+
+def _check_resumed(spec, tmp_path, whole, held: dict[str, torch.Tensor]) -> None:
+    """The run stopped after step 1 (a checkpoint there) and resumed: kohya's losses and weights bit for bit,
+    the held modules never stepped, their gradients (added up over step 1) restored from the checkpoint."""
+    parts = compile_spec(spec, [*RUN, "checkpoints.every=1", f"output.dir={tmp_path / 'parts'}"])
+    first = execute(parts, stop_after=1)
+    assert first.status == "interrupted" and first.steps == 1
+    second = execute(parts, resume=True, keep_models=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    ours = dict(_trainable(whole.components, remove_duplicate=False))
+    theirs = dict(_trainable(second.components, remove_duplicate=False))
+    assert ours.keys() == theirs.keys() and all(torch.equal(theirs[n], p) for n, p in ours.items())
+    assert all(torch.equal(theirs[n], w) for n, w in held.items())
 
 
 def _trainable(comps, remove_duplicate: bool = True):
@@ -182,3 +202,32 @@ def _check_clip_l(run, rate: dict, clipped: set) -> dict[str, torch.Tensor]:
                 assert rate[id(weight)] == own * factor, path
     assert seen == {(4, 2e-4), (4, TE_LR), (3, TE_LR), (4, 0.0)}
     return held
+
+
+def test_clip_l_at_rate_0_trains_the_regexes_modules_alone(tmp_path):
+    """CLIP-L at text_encoder_lr 0 with network_reg_lrs training layer 0's attention (reg_dims.py
+    lifted_encoders): only those modules are in the optimizer, at their own rate (LoRA+'s ups x ratio), as
+    kohya's assemble_params keeps their `reg_lr_<i>` group and leaves CLIP-L's default group at 0 out; every
+    other CLIP-L module is built, requires its gradient and is in the clip list, out of the optimizer (held,
+    its gradients uncleared as kohya's). Run in-process against kohya's
+    LoRANetwork.prepare_optimizer_params_with_multiple_te_lrs (sd-scripts HEAD) on stub modules with
+    text_encoder_lr 0 and `layers_1_=1e-4,layers_2_=0`, it gave CLIP-L's `reg_lr_0` (1e-4) and its plus
+    group (4e-4) alone, layers 0's and 2's modules in no group."""
+    spec = _spec(tmp_path, text_rates=(0.0, 0.0))
+    plan = compile_spec(spec, [f"optimizer.lr={LR}"])
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
+    clipped = {id(p) for p in run.params}
+    seen = set()
+    for path, layer in run.comps.text_encoders[0].named_modules():
+        if not isinstance(layer, LoraLayer):
+            continue
+        own = _first(LRS, "lora_te1_" + clip_path(path).replace(".", "_"), float)
+        seen.add(own)
+        for key, factor in (("lora_A", 1.0), ("lora_B", RATIO)):
+            weight = getattr(layer, key)["default"].weight
+            assert id(weight) in clipped and weight.requires_grad, path
+            assert rate.get(id(weight)) == (own * factor if own else None), path
+    assert seen == {2e-4, None, 0.0}
+    names = {g["name"] for g in run.optimizer.param_groups if g["name"].startswith("text_encoder")}
+    assert names == {"text_encoder_lr0.0002", "text_encoder_lora_up_lr0.0002"}, names

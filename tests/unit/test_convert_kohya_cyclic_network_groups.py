@@ -516,6 +516,26 @@ def test_flux_network_reg_lrs_on_clip_l_split_its_group_in_kohyas_order(tmp_path
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
 
 
+def test_flux_network_reg_lrs_on_clip_l_at_rate_0_keep_the_regexes_groups_alone(tmp_path):
+    """CLIP-L at text_encoder_lr 0 with a regex training some of its modules: assemble_params keeps that
+    regex's `reg_lr_<i>` group (and plus) and leaves CLIP-L's default groups at 0 out; dbspec's held blocks
+    (lr_scale 0) have none either."""
+    order = [
+        "text_encoder_lr0.0002",
+        "text_encoder_lora_up_lr0.0002",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {"max_lr": [2e-4, 8e-4, 1e-4, 4e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" "network_reg_lrs=layers_[0-5]_=2e-4,layers_6_=0" '
+        "--text_encoder_lr 0 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
 def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tmp_path):
     lists = {"max_lr": [3e-4, 6e-5]}
     outcome = _flux(

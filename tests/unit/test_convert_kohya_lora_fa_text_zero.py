@@ -120,25 +120,82 @@ def test_optimizers_and_schedules_that_hold_a_group_at_rate_0(tmp_path, extra, k
     assert plan.optimizer.kind == kind
 
 
+D_LR = "--learning_rate 1.0 --unet_lr 1.0"
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"),
+    [
+        ("--optimizer_type DAdaptAdam", "dadapt_adam"),  # weight decay coupled (decouple False): grad only
+        ('--optimizer_type DAdaptAdam --optimizer_args "weight_decay=0.1"', "dadapt_adam"),
+        (
+            '--optimizer_type DAdaptation --optimizer_args "decouple=True" "weight_decay=0.1"',
+            "dadapt_adam_preprint",
+        ),
+        ("--optimizer_type DAdaptSGD", "dadapt_sgd"),
+        ("--optimizer_type Prodigy", "prodigy"),  # weight_decay 0, betas[0] 0.9
+    ],
+)
+def test_d_adaptation_and_prodigy_that_leave_a_group_at_rate_0_out_of_d_hold_it(tmp_path, extra, kind):
+    """Was the DBS404 warning: these classes neither move a group at rate 0 nor let it feed d, in kohya's
+    group order or dbspec's (compiler/zero_group.py; tests/runtime/test_optim_zero_group.py runs them)."""
+    outcome = kohya_lora(tmp_path, f"{FA} {D_LR} {extra}".replace("--unet_lr 1e-4 ", ""))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert CLIPPED not in messages(outcome, "DBS404")
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == kind and plan.optimizer.lr == 1.0 and plan.optimizer.text_encoder_lr == 0
+    assert plan.train_text_encoder and any("DBS229" in w for w in plan.warnings)
+
+
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ("--optimizer_type DAdaptAdam --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
-        ("--optimizer_type Prodigy --learning_rate 1.0 --unet_lr 1.0", "estimates one step size"),
+        (
+            '--optimizer_type DAdaptAdam --optimizer_args "decouple=True" "weight_decay=0.1"',
+            "decouple = true",
+        ),
+        ('--optimizer_type Prodigy --optimizer_args "weight_decay=0.01"', "weight decay (0.01)"),
+        ('--optimizer_type Prodigy --optimizer_args "betas=(0,0.999)"', "raw gradient"),
+        ('--optimizer_type DAdaptSGD --optimizer_args "momentum=0.9"', "momentum"),
         (
             '--lr_scheduler_type CosineAnnealingLR --lr_scheduler_args "T_max=300" "eta_min=1e-7"',
             "eta_min",
         ),
     ],
 )
-def test_where_dbspec_cannot_hold_the_group_the_warning_stays(tmp_path, extra, why):
-    """D-Adaptation and Prodigy (one step size for every group) and an eta_min above 0 (it lifts the
-    group): the spec would be refused (DBS200), so the conversion keeps the untrained text encoder with the
-    DBS404 warning, naming why (Adafactor's relative step trains it: the tests below)."""
-    outcome = kohya_lora(tmp_path, f"{FA} {extra}")
+def test_where_the_group_moves_it_is_kept_at_rate_0(tmp_path, extra, why):
+    """D-Adaptation and Prodigy where they move a group at rate 0 (it adds nothing to their estimate of d,
+    so the groups' order does not matter), and an eta_min above 0 (it lifts the group): was the DBS404
+    warning; now the text encoder trains at optimizer.text_encoder_lr = 0 with text_encoder_at_zero =
+    "keep", the same class and schedule moving it as kohya's (DBS606 in the plan), clip or not."""
+    rates = D_LR if "optimizer_type" in extra else ""
+    for clip in ("", " --max_grad_norm 0"):
+        fa = FA.replace("--unet_lr 1e-4 ", "") if rates else FA
+        outcome = kohya_lora(tmp_path, f"{fa} {rates} {extra}{clip}")
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        assert CLIPPED not in messages(outcome, "DBS404")
+        plan = plan_of(outcome, tmp_path)
+        assert plan.train_text_encoder and plan.optimizer.text_encoder_lr == 0
+        said = [w for w in plan.warnings if "DBS606" in w]
+        assert said and why in said[0], plan.warnings
+
+
+def test_where_the_groups_order_changes_the_run_the_warning_stays(tmp_path):
+    """DAdaptLion (the group at rate 0 trains and feeds d, summed in the groups' order): the spec would be
+    refused (DBS200), so the conversion keeps the untrained text encoder with the DBS404 warning, naming
+    why (Adafactor's relative step trains it: the tests below)."""
+    outcome = kohya_lora(tmp_path, f"{FA.replace('--unet_lr 1e-4 ', '')} {D_LR} --optimizer_type DAdaptLion")
     said = messages(outcome, "DBS404")
-    assert CLIPPED in said and why in said, said
+    assert CLIPPED in said and "whatever its own" in said, said
     assert not plan_of(outcome, tmp_path).train_text_encoder
+
+
+@pytest.mark.parametrize("optimizer", ["DAdaptAdan", "DAdaptAdaGrad", "DAdaptAdanIP"])
+def test_first_group_rate_classes_train_nothing_in_kohyas_order(tmp_path, optimizer):
+    """DAdaptAdaGrad, DAdaptAdan, DAdaptAdanIP step every group by d x the first group's rate, lora_fa's
+    text encoder's 0: kohya's run trains nothing (was the DBS404 warning over a trained U-Net): DBS403."""
+    outcome = kohya_lora(tmp_path, f"{FA.replace('--unet_lr 1e-4 ', '')} {D_LR} --optimizer_type {optimizer}")
+    assert "kohya's run trains nothing" in messages(outcome, "DBS403"), errors(outcome)
 
 
 LIFTED = "Adafactor's relative step pops that rate"  # lift_kept_rates' note

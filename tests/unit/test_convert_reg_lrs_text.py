@@ -107,11 +107,35 @@ def test_the_plan_shows_the_text_encoder_blocks_rates(tmp_path):
     assert "text-encoder block" in shown and "lr 0.0002" in shown and "held at init" in shown
 
 
+def test_a_regex_training_clip_l_modules_at_its_rate_0_holds_the_others(tmp_path):
+    """CLIP-L at text_encoder_lr 0 (was DBS403): kohya builds every CLIP-L module, assemble_params gives
+    those a regex matches at a positive rate their `reg_lr_<i>` group and leaves the default group at 0 out
+    ("NO LR skipping!"), so CLIP-L trains with its other modules out of the optimizer (their gradients
+    uncleared, clipped): train.text_encoder with those modules held in blocks at lr_scale 0, the regexes'
+    modules at their rates, a regex at rate 0 held alike; optimizer.text_encoder_lr reads no module."""
+    dims = r"layers_2_self_attn=0"
+    lrs = r"layers_1_=1e-4,layers_3_mlp=0"
+    outcome = _flux(
+        tmp_path, f'"network_reg_dims={dims}" "network_reg_lrs={lrs}"', "--text_encoder_lr 0", TEXT
+    )
+    assert fate(outcome, "network_args") == "mapped" and "DBS403" not in codes(outcome), errors(outcome)
+    assert "count in the total norm" not in messages(outcome, "DBS404")  # no idle-encoder warning
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_text_encoder and plan.idle_text_encoders == ()
+    assert _expect(plan, dims, lrs, (0.0, 0.0), t5=False) == 12 * 6 - 4
+    trained = [b for b in plan.adapter.text_encoder_blocks if b.lr]
+    assert trained and all(b.lr == 1e-4 and r"layers\.(1)\." in b.pattern for b in trained), trained
+    # nothing trains at the encoder's own rate, so no group of it at 0 to hold (no DBS229 warning)
+    assert not any("DBS229" in w for w in plan.warnings), plan.warnings
+    assert plan.optimizer.text_encoder_lr == plan.optimizer.lr
+
+
 def test_what_stays_refused(tmp_path):
-    """A regex training a module of an encoder whose own rate is 0 (kohya leaves that encoder's other modules
-    out of the optimizer; dbspec does not hold them); a negative rate on a text-encoder module."""
-    zero = _flux(tmp_path, '"network_reg_lrs=layers_1_=1e-4"', "--text_encoder_lr 0", TEXT)
+    """A regex training a T5-XXL module at T5's rate 0 (dbspec's T5 at 0 is train.t5_idle, which trains
+    none); a negative rate on a text-encoder module."""
+    args = '"train_t5xxl=True" "network_reg_lrs=block_1_=1e-4"'
+    zero = _flux(tmp_path, args, "--text_encoder_lr 1e-5 0", TEXT)
     assert fate(zero, "network_args") == "unsupported"
-    assert "lora_te1_text_model_encoder_layers_1_self_attn_k_proj" in messages(zero, "DBS403")
+    assert "T5-XXL module" in messages(zero, "DBS403")
     negative = _flux(tmp_path, '"network_reg_lrs=layers_1_=-1e-4"', "--text_encoder_lr 1e-5", TEXT)
     assert not negative.written and "rate -0.0001" in messages(negative, "DBS403")

@@ -594,6 +594,12 @@ CASES = [
         'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
     ),
     (
+        rules.text_encoder_at_zero_inert,  # no text encoder at rate 0 to keep
+        DOG + STEPS + TE + '[optimizer]\ntext_encoder_at_zero = "keep"\n',
+        [("DBS608", "warning", ("optimizer", "text_encoder_at_zero"))],
+        DOG + STEPS + TE + '[optimizer]\ntext_encoder_lr = 0\ntext_encoder_at_zero = "keep"\n',
+    ),
+    (
         rules.held_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
         DOG + STEPS + TE + "[optimizer]\nlr = 0\n",
         [("DBS200", "error", ("optimizer", "lr"))],
@@ -2665,7 +2671,7 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     # dadaptation allows a group at rate 0 beside the others' common rate: no DBS274 on top of DBS200
     assert hits_of(rules.dadapt_group_rates, DOG + STEPS + TE + opt + 'kind = "dadapt_lion"\n') == []
     prodigy = _messages_of(rule, DOG + STEPS + TE + opt + 'kind = "prodigy"\n')[0]
-    assert "ValueError" in prodigy and "decoupled weight decay" in prodigy
+    assert "ValueError" in prodigy and "kohya's run stops there too" in prodigy
     # the schedulefree classes hold a group at rate 0 (averaging weight 0, a step of 0 x its gradient)
     for kind in ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulefree"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\nschedulefree_warmup_steps = 5\n'
@@ -2697,11 +2703,31 @@ def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_canno
     frozen = "[train]\ntext_encoder = true\ndenoiser = false\n"
     assert hits_of(rule, DOG + STEPS + frozen + opt) == [("DBS200", "error", path)]
     assert "a run that changes nothing" in _messages_of(rule, DOG + STEPS + frozen + opt)[0]
-    # optimizers that step a group at rate 0 anyway (not: they refuse lr 0, which is the denoiser's here)
-    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "dadapt_sgd"):
-        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
+    # optimizers that step a group at rate 0 anyway (not: they refuse lr 0, which is the denoiser's here):
+    # D-Adaptation's and Prodigy's as dbspec/compiler/zero_group.py says (tests/runtime/test_optim_zero_group)
+    moving = {
+        "prodigy": "weight decay (0.01)",  # the spec's default weight_decay, decoupled in Prodigy
+        "dadapt_adam": "decouple = true",
+        "dadapt_adan": "the first group's rate",
+        "dadapt_lion": "whatever its own",
+        "dadapt_sgd": "momentum",
+    }
+    settings = {"dadapt_adam": "decouple = true\n", "dadapt_sgd": "momentum = 0.9\n"}
+    for kind, why in moving.items():
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n' + settings.get(kind, "")
         assert hits_of(rule, body) == [("DBS200", "error", path)], kind
-        assert "ValueError" not in _messages_of(rule, body)[0], kind
+        said = _messages_of(rule, body)[0]
+        assert "ValueError" not in said and why in said, (kind, said)
+    # ... and the ones that hold it to the bit with d estimated from the denoiser's group alone
+    holding = {
+        "prodigy": "weight_decay = 0\n",
+        "dadapt_adam": "weight_decay = 0.1\n",  # coupled: it only adds to the gradient
+        "dadapt_adam_preprint": "decouple = true\n",  # its decoupled decay skips a group at rate 0
+        "dadapt_sgd": "",
+    }
+    for kind, more in holding.items():
+        body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n' + more
+        assert hits_of(rule, body) == [("DBS229", "warning", path)], kind
     relative = DOG + STEPS + TE + opt + 'kind = "adafactor"\nrelative_step = true\n'
     assert hits_of(rule, relative) == [("DBS200", "error", path)]
     for kind in ("adamw", "came", "lion", "sgd", "adafactor", "adamw8bit", "adamw_schedulefree"):
@@ -2712,6 +2738,38 @@ def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_canno
         body = DOG + TE + opt + "[schedule]\nsteps = 100\n" + schedule
         assert hits_of(rule, body) == [("DBS200", "error", path)], schedule
         assert "the text encoder would move" in _messages_of(rule, body)[0]
+    # text_encoder_at_zero = "keep": the group stays at rate 0 and moves as kohya networks.lora_fa's does
+    # (DBS606 says how), except where the groups' order changes the run (compiler/zero_group.py)
+    keep = 'text_encoder_at_zero = "keep"\n'
+    for kind, more, why in (
+        ("prodigy", "", "weight decay (0.01)"),
+        ("dadapt_adam", "decouple = true\n", "decouple = true"),
+        ("dadapt_sgd", "momentum = 0.9\n", "momentum"),
+        ("adafactor", "relative_step = true\n", "relative_step"),
+    ):
+        body = DOG + STEPS + TE + opt + keep + f'kind = "{kind}"\n' + more
+        assert hits_of(rule, body) == [("DBS606", "warning", path)], kind
+        assert why in _messages_of(rule, body)[0], kind
+    for kind in ("dadapt_lion", "dadapt_adan", "dadapt_adagrad", "dadapt_adan_ip"):
+        body = DOG + STEPS + TE + opt + keep + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS200", "error", path)], kind
+        assert "the groups' order changes that run" in _messages_of(rule, body)[0], kind
+    body = (
+        DOG + TE + opt + keep + '[schedule]\nsteps = 100\nlr_schedule = "cosine_annealing"\neta_min = 1e-7\n'
+    )
+    assert hits_of(rule, body) == [("DBS606", "warning", path)]
+    assert "lifts the LR to eta_min 1e-07" in _messages_of(rule, body)[0]
+    # where nothing moves it, "keep" is the held text encoder: DBS229
+    assert hits_of(rule, DOG + STEPS + TE + opt + keep) == [("DBS229", "warning", path)]
+    inert = rules.text_encoder_at_zero_inert
+    assert hits_of(inert, DOG + STEPS + TE + opt + keep) == []
+    moving = "[optimizer]\nlr = 1e-4\ntext_encoder_lr = 1e-5\n" + keep
+    assert hits_of(inert, DOG + STEPS + TE + moving) == [
+        ("DBS608", "warning", ("optimizer", "text_encoder_at_zero"))
+    ]
+    assert hits_of(inert, DOG + STEPS + moving) == [
+        ("DBS608", "warning", ("optimizer", "text_encoder_at_zero"))
+    ]
     # SDXL's second encoder alone at 0 (its own key), the first training: the fix names it
     second = "[optimizer]\nlr = 1e-4\ntext_encoder_lr = 1e-5\ntext_encoder_2_lr = 0\n"
     assert hits_of(rule, DOG + STEPS + TE + second) == [

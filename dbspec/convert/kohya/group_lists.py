@@ -445,7 +445,8 @@ def _lora_flow(
         for name, rate, target, prefix in encoders:
             # network_reg_lrs on the encoder's modules: its regexes' groups first, as the denoiser's below
             # (runtime/blocks.py: `<group>_lr<rate>`), then the modules none matches
-            text = (reg or {}).get("text", {}).get(prefix) if rate else None
+            # (at rate 0 only the regexes' groups: a lifted encoder, reg_dims.lifted_encoders)
+            text = (reg or {}).get("text", {}).get(prefix)
             for unit, suffix in _reg_units(name, text, rate):
                 groups.append((unit, (f"{target}{suffix}",)))
                 if text_ratio is not None:

@@ -15,7 +15,8 @@ it, fresh modules under a clip (without one, train.text_encoder = false is the s
 modules always (adapter.init_weights loads them into the idle encoder). networks.lora_fa keeps the group in
 the optimizer at rate 0 (cleared every step, still clipped): under a clip that is a text encoder trained at
 optimizer.text_encoder_lr = 0 (train.py _lora_fa_text_held), where dbspec holds a group at rate 0 (not
-with D-Adaptation, Prodigy, Adafactor's relative step, OneCycleLR / CyclicLR or an eta_min: rate_zero.py), and
+with D-Adaptation or Prodigy where they move it, Adafactor's relative step, OneCycleLR / CyclicLR or an
+eta_min: rate_zero.py), and
 so is a --network_weights file's lora_fa text-encoder modules at rate 0, whatever the clip (file_held).
 
 `train.t5_idle = "kohya"` is the same run for T5-XXL (map_t5_idle, put_lycoris_t5; was DBS404 / DBS403).
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.rate_zero import lora_fa_holds
+from dbspec.convert.kohya.rate_zero import lora_fa_holds, lora_fa_kept
 
 # kohya's per-encoder rates (prepare_optimizer_params_with_multiple_te_lrs): the file's prefix -> the
 # text_encoder_lr value it trains at (lora_flux: [CLIP-L, T5-XXL]; lora_sd3: [CLIP-L, CLIP-G, T5-XXL]);
@@ -195,7 +196,7 @@ def file_held(a: dict[str, Legacy], paths) -> bool:
     keeps in the optimizer at rate 0 with the file's weights: the text encoder trained at
     optimizer.text_encoder_lr = 0 from adapter.init_weights, whatever the clip (the file's modules change its
     output, so an untrained text encoder is no longer the same run)."""
-    return bool(_idle_modules(a, paths)) and lora_fa_holds(a)
+    return bool(_idle_modules(a, paths)) and (lora_fa_holds(a) or bool(lora_fa_kept(a)))
 
 
 def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str = "") -> bool:
@@ -203,8 +204,8 @@ def idle_text_modules(a: dict[str, Legacy], paths, conv: Conversion, script: str
     weights and never trains (their rate 0), where train.text_encoder_idle cannot hold them (not file_idle);
     True when reported. An unreadable file is left to the mappings that read it."""
     idle = _idle_modules(a, paths, script)
-    if not idle or file_idle(a, paths, script) or lora_fa_holds(a):
-        return False  # lora_fa_holds: the text encoder held at optimizer.text_encoder_lr = 0 (file_held)
+    if not idle or file_idle(a, paths, script) or lora_fa_holds(a) or lora_fa_kept(a):
+        return False  # the text encoder held (or kept) at optimizer.text_encoder_lr = 0 (file_held)
     weights = a["network_weights"]
     from_file = a["dim_from_weights"]
     key = from_file if from_file.value else weights

@@ -361,6 +361,7 @@ def _reg_blocks(
     if "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value:
         found, extra = [], []  # train_network.py applies no denoiser LoRA: the regexes act on CLIP-L only
     conv.facts["kohya_flux_reg_groups"] = groups  # group_lists.py: the per-group scheduler lists
+    conv.facts["kohya_flux_reg_text_lifted"] = groups.get("text_lifted", frozenset())  # train.REG_LIFTED
     if not lr and any(b.get("lr") for b in found):  # unet_lr 0: the regexes' own rates train the denoiser
         conv.facts["kohya_flux_reg_trains"] = True  # train.map_learning_rates
     first = len(family_spec(family).kohya_lora_excluded)

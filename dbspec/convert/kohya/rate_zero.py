@@ -3,13 +3,20 @@
 train_db.py's U-Net at `learning_rate 0` and networks.lora_fa's text-encoder group at `text_encoder_lr 0`
 are groups kohya keeps in the optimizer at rate 0: whether they stay put is the optimizer's and the
 scheduler's business. dbspec holds such a group (`optimizer.lr = 0`, `optimizer.text_encoder_lr = 0`) where
-both scale it by its own rate; the spec rule DBS200 (compiler/rules.py held_at_rate_zero) refuses the rest,
-which these answers mirror for the converter."""
+both scale it by its own rate (D-Adaptation and Prodigy: where they leave it out of d and never move it,
+compiler/zero_group.py); the spec rule DBS200 (compiler/rules.py held_at_rate_zero) refuses the rest, which
+these answers mirror for the converter."""
 
 from __future__ import annotations
 
+from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
 from dbspec.convert.common.core import Legacy
-from dbspec.convert.common.optimizers import adafactor_flags, kohya_optimizer, parse_kohya_args
+from dbspec.convert.common.optimizers import (
+    adafactor_flags,
+    kohya_optimizer,
+    optimizer_settings,
+    parse_kohya_args,
+)
 from dbspec.spec.model import DADAPT_KINDS
 
 Args = dict[str, Legacy]
@@ -49,20 +56,79 @@ def torch_schedule_moves_a_zero_group(a: Args) -> str:
 
 def lora_fa_not_held(a: Args) -> str:
     """Why kohya's networks.lora_fa text-encoder group at rate 0 is no group dbspec holds at rate 0 (the spec
-    rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy share
-    one step size over the groups (several step a group at rate 0 anyway), Adafactor's relative step ignores
+    rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy where
+    they step such a group or let the groups' order change the run (compiler/zero_group.py, on kohya's
+    optimizer_args over the class's defaults), Adafactor's relative step ignores
     the rates (kohya removes them; lora_fa's group at rate 0 it trains was lifted before,
     group_lists.relative_step_lift), and torch's OneCycleLR / CyclicLR (a rate 0 they lift was replaced
     before, group_lists.lift_kept_rates) or an eta_min above 0 set the group's rate themselves."""
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
     if kind in DADAPT_KINDS or kind == "prodigy":
-        return (
-            f"{kind} estimates one step size for every group, and dbspec holds a group at rate 0 only with "
-            "optimizers that scale its whole step by its own rate"
-        )
+        moves = _zero_group_moves(a, kind)
+        if moves:
+            return moves
     if adafactor_relative_step(a):
         return "Adafactor's relative step ignores the groups' rates (kohya removes them), so the group moves"
     return torch_schedule_moves_a_zero_group(a)
+
+
+def _zero_group_moves(a: Args, kind: str) -> str:
+    """zero_group_moves on kohya's D-Adaptation / Prodigy class as optimizer_args build it (the class's own
+    defaults beneath: DAdaptAdam's decouple False, Prodigy's True); arguments that do not parse are
+    reported where the optimizer maps."""
+    kwargs, problems = parse_kohya_args(a["optimizer_args"].value or [])
+    if problems:
+        return ""
+    values = optimizer_settings(kind, kwargs).values
+    decouple = bool(values.get("decouple", kind == "prodigy"))
+    return zero_group_moves(
+        kind, float(values["weight_decay"]), values.get("betas", [0.9]), decouple, values.get("momentum", 0)
+    )
+
+
+def lora_fa_kept(a: Args) -> str:
+    """Why kohya's networks.lora_fa text-encoder group at rate 0 moves where dbspec's
+    `optimizer.text_encoder_at_zero = "keep"` is that run (the same class and schedule on the same groups, the
+    group adding nothing to an estimate of d, so their order does not matter), or "": lora_fa_not_held's
+    reasons but DAdaptAdaGrad / DAdaptAdan / DAdaptAdanIP / DAdaptLion (ORDER_DEPENDENT: kohya's order
+    changes the run) and Adafactor's relative step (its rate lifted before: group_lists.relative_step_lift),
+    with lora_fa_holds' other conditions."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind in ORDER_DEPENDENT or adafactor_relative_step(a) or not _lora_fa_text_group(a):
+        return ""
+    return lora_fa_not_held(a)
+
+
+def kept_group_moves(a: Args) -> bool:
+    """Whether lora_fa_kept's group moves: not where its reason is torch's OneCycleLR / CyclicLR, which by
+    now hold it at 0 (a rate they lift was replaced before, group_lists.lift_kept_rates)."""
+    cls = str(a["lr_scheduler_type"].value or "") if "lr_scheduler_type" in a else ""
+    schedule_set = cls.removeprefix("torch.optim.lr_scheduler.") in ("OneCycleLR", "CyclicLR")
+    return bool(lora_fa_kept(a)) and not (schedule_set and lora_fa_kept(a).startswith("torch's"))
+
+
+def lora_fa_trains_nothing(a: Args) -> str:
+    """Why kohya's networks.lora_fa run with its text-encoder group at rate 0 trains nothing at all, or "":
+    that group comes first in its optimizer, and dadaptation's DAdaptAdaGrad, DAdaptAdan and DAdaptAdanIP
+    step every group by d x the first group's rate (0), estimating no d (checked by stepping the real classes
+    in kohya's order, tests/runtime/test_optim_zero_group.py)."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    if kind not in ORDER_DEPENDENT or kind == "dadapt_lion" or not _lora_fa_text_group(a):
+        return ""
+    return (
+        "networks.lora_fa puts its text-encoder group, at rate 0, first in the optimizer, and dadaptation's "
+        f"{kind} steps every group by d x the first group's rate: kohya's run trains nothing, the U-Net "
+        "included"
+    )
+
+
+def _lora_fa_text_group(a: Args) -> bool:
+    """networks.lora_fa with its text encoders' group beside a U-Net group at a positive rate."""
+    module = a["network_module"].value if "network_module" in a else None
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    return (
+        module == "networks.lora_fa" and bool(unet.value) and not a["network_train_text_encoder_only"].value
+    )
 
 
 def lora_fa_holds(a: Args) -> bool:
@@ -70,8 +136,4 @@ def lora_fa_holds(a: Args) -> bool:
     optimizer.text_encoder_lr = 0: its modules are there (not --network_train_text_encoder_only, which
     leaves the U-Net out), the U-Net trains at a positive rate, and the optimizer and schedule hold the
     group (lora_fa_not_held)."""
-    module = a["network_module"].value if "network_module" in a else None
-    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
-    if module != "networks.lora_fa" or not unet.value or a["network_train_text_encoder_only"].value:
-        return False
-    return not lora_fa_not_held(a)
+    return _lora_fa_text_group(a) and not lora_fa_not_held(a)

@@ -274,14 +274,26 @@ def text_reg_blocks(
     network_alpha, else network_dim; a built module's first matching rate its own `lr` (rate 0: kohya leaves
     its `reg_lr_<i>` group out of the optimizer, `lr_scale = 0` holds it); the others at their encoder's
     rate (`rates`: CLIP-L's, T5-XXL's). An encoder at rate 0 (its modules idle or untrained) takes the ranks
-    alone; a regex training one of its modules is not expressed (NotImplementedError). `groups["text"]`
+    alone, unless a regex trains one of its modules (lifted_encoders): then its other built modules are held
+    (lr_scale 0), as kohya leaves its default group at 0 out; on T5-XXL that is not expressed
+    (NotImplementedError). `groups["text_lifted"]`: those encoders' prefixes. `groups["text"]`
     (filled when `groups` is given): per prefix, `reg` {regex position: rate} of the regexes that are the
     first to match a built module, `default` whether a built module matches none."""
     decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
         lambda: defaultdict(dict)
     )
     encoder_rate = {"lora_te1_": rates[0], "lora_te3_": rates[1]}
-    for name, (head, index, child) in text_modules(prefixes, family).items():
+    modules = text_modules(prefixes, family)
+    lifted = lifted_encoders(dims, lrs, modules, dim, encoder_rate)
+    if "lora_te3_" in lifted:
+        raise NotImplementedError(
+            "network_reg_lrs trains a T5-XXL module at its own rate while T5's text_encoder_lr is 0 (kohya "
+            "leaves T5's other modules out of the optimizer; dbspec's T5 at rate 0 is train.t5_idle, which "
+            "trains none)"
+        )
+    if groups is not None:
+        groups["text_lifted"] = lifted
+    for name, (head, index, child) in modules.items():
         by_dim = first_match(dims, name, False) if dims else None
         by_lr = first_match(lrs, name, True) if lrs else None
         rank = int(by_dim[1]) if by_dim else dim
@@ -290,17 +302,13 @@ def text_reg_blocks(
             raise ValueError(
                 f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
             )
-        if not encoder_rate[prefix]:
-            if by_lr and by_lr[1] and rank:
-                raise NotImplementedError(
-                    f"network_reg_lrs trains the text encoder's module `{name}` at {by_lr[1]:g} while its "
-                    "encoder's text_encoder_lr is 0 (kohya leaves the others out of the optimizer; dbspec "
-                    "does not hold an encoder's other modules)"
-                )
-            by_lr = None
+        if not encoder_rate[prefix] and prefix not in lifted:
+            by_lr = None  # nothing of it trains: its modules idle or untrained (the ranks alone)
+        elif not encoder_rate[prefix] and by_lr is None and rank:
+            by_lr = ("", 0.0)  # kohya's default group at rate 0, left out: held (lr_scale 0)
         if groups is not None and rank > 0:
             mine = groups.setdefault("text", {}).setdefault(prefix, {"reg": {}, "default": False})
-            if by_lr is not None:
+            if by_lr is not None and by_lr[0]:
                 mine["reg"][list(lrs or {}).index(by_lr[0])] = by_lr[1]
             else:
                 mine["default"] = True
@@ -314,6 +322,30 @@ def text_reg_blocks(
         own, scale = (by_lr[1], 1.0 if by_lr[1] else 0.0) if by_lr is not None and rank else (0.0, 1.0)
         decided[(rank, alpha if rank else 1.0, own, scale)][head].setdefault(index, set()).add(child)
     return _entries(decided)
+
+
+def lifted_encoders(
+    dims: dict[str, float] | None,
+    lrs: dict[str, float] | None,
+    modules: dict[str, Any],
+    dim: int,
+    encoder_rate: dict[str, float],
+) -> frozenset[str]:
+    """The kohya prefixes of the text encoders at rate 0 that still train: a network_reg_lrs regex gives one
+    of their built modules (rank above 0) a positive rate, so assemble_params puts it in its `reg_lr_<i>`
+    group while the encoder's default group at rate 0 is left out ("NO LR skipping!"). dbspec trains that
+    encoder with every other built module held in a block at lr_scale 0: out of the optimizer, its gradients
+    adding up uncleared and counted by the clip, as kohya's."""
+    lifted = set()
+    for name in modules:
+        prefix = name[: len("lora_te1_")]
+        if encoder_rate[prefix] or prefix in lifted or not lrs:
+            continue
+        by_dim = first_match(dims, name, False) if dims else None
+        by_lr = first_match(lrs, name, True)
+        if by_lr and by_lr[1] > 0 and (int(by_dim[1]) if by_dim else dim) > 0:
+            lifted.add(prefix)
+    return frozenset(lifted)
 
 
 def _entries(decided) -> list[dict[str, Any]]:

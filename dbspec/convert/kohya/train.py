@@ -15,7 +15,10 @@ from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
     relative_step_first_rate,
     lora_fa_holds,
+    lora_fa_kept,
     lora_fa_not_held,
+    lora_fa_trains_nothing,
+    kept_group_moves,
     torch_schedule_moves_a_zero_group,
 )
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
@@ -760,6 +763,18 @@ def map_text_encoder(
         te_lr = attrs.evolve(te_lr, value=clip_g)
     if not unet_only.value and te_lr.value == 0 and clip_g and text_modules and second_modules:
         return _sd3_clip_g_alone(a, te_lr, conv, first_modules, idle_file)
+    if not unet_only.value and te_lr.value == 0 and "lora_te1_" in conv.facts.get(REG_LIFTED, ()):
+        # lora_flux's network_reg_lrs trains some of CLIP-L's modules at their own rates (reg_dims.py
+        # lifted_encoders): CLIP-L trains, its other modules held in blocks at lr_scale 0
+        why = (
+            "network_reg_lrs gives some of CLIP-L's modules their own rates at CLIP-L's text_encoder_lr 0: "
+            "they train, the others are held (lr_scale 0, out of the optimizer, their gradients clipped)"
+        )
+        conv.record(unet_only, "mapped", "train.text_encoder")
+        conv.put(("train", "text_encoder"), True, conv.comment(te_lr, why))
+        if te_only.value:
+            conv.mapped(te_only, ("train", "denoiser"), False)
+        return True
     if not unet_only.value and te_lr.value == 0:
         clip = text_modules and clip_modules  # T5-XXL's modules alone: train.t5_idle's (idle_text.py)
         if not te_only.value and _builds_text_modules(a, conv, clip) and not _file_refused(a, conv):
@@ -837,6 +852,10 @@ def map_text_encoder(
     return trains
 
 
+# the kohya prefixes of the text encoders at rate 0 that network_reg_lrs still trains (lora_flux._reg_blocks)
+REG_LIFTED = "kohya_flux_reg_text_lifted"
+
+
 def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool = False) -> bool:
     """networks.lora_fa at text_encoder_lr 0 under a clip: its prepare_optimizer_params keeps the text
     encoders' group in the optimizer at rate 0 (networks/lora_fa.py: no rate-0 skip for it), so kohya's run
@@ -844,12 +863,24 @@ def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool
     in max_grad_norm's clip: dbspec's train.text_encoder = true with optimizer.text_encoder_lr = 0 (DBS229;
     map_learning_rates writes the 0), where the optimizer and schedule hold a group at 0 (lora_fa_not_held)
     and the U-Net trains at a positive rate (rate_zero.lora_fa_holds); a --network_weights file's
-    text-encoder modules (`held_file`) so whatever the clip (adapter.init_weights loads them). True when
-    mapped so. Without a clip fresh modules leave nothing to read those gradients: train.text_encoder =
-    false is the same run, cheaper (the caller's mapping)."""
-    if not lora_fa_holds(a) or not (a["max_grad_norm"].value or held_file):
+    text-encoder modules (`held_file`) so whatever the clip (adapter.init_weights loads them). Where the
+    optimizer or schedule moves the group (rate_zero.lora_fa_kept), the same with
+    optimizer.text_encoder_at_zero = "keep", clip or not; where kohya's group order makes the run train
+    nothing (rate_zero.lora_fa_trains_nothing), DBS403. True when mapped so. Without a clip fresh modules
+    leave nothing to read those gradients: train.text_encoder = false is the same run, cheaper (the
+    caller's mapping)."""
+    nothing = lora_fa_trains_nothing(a)
+    if nothing:
+        conv.unsupported(te_lr, nothing, help="give text_encoder_lr a rate above 0, or another optimizer")
+        return False
+    kept = lora_fa_kept(a)  # optimizer.text_encoder_at_zero = "keep"; a group that moves, clip or not
+    if not (lora_fa_holds(a) or kept) or not (a["max_grad_norm"].value or held_file or kept_group_moves(a)):
         return False
     conv.record(a["network_train_unet_only"], "mapped", "train.text_encoder")
+    if kept:
+        why = f"networks.lora_fa keeps the text encoders' group in the optimizer at rate 0, where {kept}"
+        conv.put(("optimizer", "text_encoder_at_zero"), "keep", conv.comment(te_lr, why))
+        conv.notes.append(f'kohya {why}: the text encoder trains (optimizer.text_encoder_at_zero = "keep")')
     why = (
         "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
         f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
@@ -1006,6 +1037,10 @@ def map_learning_rates(
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file, clip_g_modules)
+    if te is not None and text_encoder and not te.value and "lora_te1_" in conv.facts.get(REG_LIFTED, ()):
+        why = "CLIP-L's modules no regex trains are held at lr_scale 0: its rate reads no module"
+        conv.record(te, "mapped", "adapter.text_encoder_blocks", why)
+        te = None  # optimizer.text_encoder_lr follows lr (it reads no module)
     if te is not None and text_encoder:
         if not unet_lr.value:
             conv.mapped(te, ("optimizer", "lr"), float(te.value), note="dbspec needs a positive lr")
@@ -1280,8 +1315,9 @@ def _rates(conv: Conversion) -> set[float]:
 
 
 def _one_rate_fits(kind: str, kind_arg: Legacy, conv: Conversion) -> bool:
-    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates."""
-    rates = _rates(conv)
+    """dadaptation's Adam, AdamPreprint, Lion and SGD raise on parameter groups with different rates, a group
+    at rate 0 aside (`group_lr not in [lr, 0.0]`: networks.lora_fa's text encoder kept at 0)."""
+    rates = {rate for rate in _rates(conv) if rate}
     if kind not in ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd") or len(rates) < 2:
         return True
     conv.invalid(
