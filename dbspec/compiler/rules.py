@@ -3155,7 +3155,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
-    mixed = any(getattr(b, "kind", "adapter") not in ("adapter", a.kind) for b in blocks)
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3173,6 +3172,9 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
+            # a GLoRA / DyLoRA adapter's decomposed blocks are checked against LyCORIS on the U-Net
+            # families only (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_mixed_dylora.py)
+            (f"a {a.kind} adapter's fused_projections", fused and a.kind in ("glora", "dylora")),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
@@ -3190,7 +3192,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
         kind = getattr(getattr(a, table)[i], "kind", "adapter")
         kind = a.kind if kind == "adapter" else kind
-        if mixed and kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules never decompose
+        # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)
+        if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
         if not found:
             continue
