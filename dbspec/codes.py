@@ -1152,10 +1152,10 @@ from 0 and never reaches `probability` before the run ends.""",
         """\
 A dataset with `preserve_output = true` trains towards the base model's own prediction: the
 denoiser's adapter is switched off for one extra no-grad forward over that dataset's samples, and its
-output becomes their loss target (kohya's `diff_output_preservation`). That needs an `[adapter]` on the
-denoiser (a full fine-tune, or an adapter only on the text encoder, has none to switch off), and a dataset
-that trains (not `role = "eval"`). For a full fine-tune, `loss.prior = "base_model"` with a class dataset
-keeps a frozen copy instead.""",
+output becomes their loss target (kohya's `diff_output_preservation`). That needs an `[adapter]` (a full
+fine-tune has none to switch off; with the adapter on the text encoder only the target is the prediction
+itself, DBS609), and a dataset that trains (not `role = "eval"`). For a full fine-tune, `loss.prior =
+"base_model"` with a class dataset keeps a frozen copy instead.""",
         help='add an [adapter] (e.g. kind = "lora") that trains the denoiser, or remove preserve_output',
     ),
     Code(
@@ -3050,6 +3050,20 @@ model's layout (its own for a well-known hub id, else every public model of the 
 `denoiser_layout.py`), not the loaded model's, and the message lists the valid block ranges. A run still
 starts: the entry just adapts nothing.""",
         help="name layers the model has, or remove the entry",
+    ),
+    Code(
+        "DBS609",
+        WARNING,
+        "Output preservation with the adapter on the text encoder only",
+        """\
+A dataset with `preserve_output = true` in a run whose adapter trains only the text encoder (`train.denoiser
+= false`): the base prediction is the denoiser's own (it has no adapter to switch off) on the captions the
+adapted text encoder encoded, so it equals the prediction: those samples add zero loss and zero gradient, yet
+count in the batch mean, shrinking the other samples' share. This is what kohya's `diff_output_preservation`
+does with `--network_train_text_encoder_only` (set_multiplier(0) turns the network off after the captions
+are encoded, and the U-Net has no module of it), so converted configs keep it; a spec of its own rarely wants
+it.""",
+        help="remove preserve_output (or train the denoiser with the adapter) unless reproducing kohya's run",
     ),
 )
 

@@ -1667,21 +1667,27 @@ def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def preserve_output_needs_denoiser_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     """A dataset's output preservation targets the base model's prediction with the adapter switched off: it
-    needs an adapter on the denoiser to switch off, and a dataset that trains."""
+    needs an adapter to switch off, and a dataset that trains; with the adapter on the text encoder only the
+    target is the prediction itself (DBS609: zero loss counted in the batch mean, kohya's with
+    --network_train_text_encoder_only)."""
     if not any(d.preserve_output for d in spec.datasets):
         return
     adapter = isinstance(spec.adapter, LowRankAdapter)
-    lacks = (
-        "no [adapter] (a full fine-tune has no adapter to switch off)"
-        if not adapter
-        else "train.denoiser = false (the adapter is only on the text encoder)"
-        if not spec.train.denoiser
-        else ""
-    )
+    lacks = "" if adapter else "no [adapter] (a full fine-tune has no adapter to switch off)"
     for i, d in enumerate(spec.datasets):
         if not d.preserve_output:
             continue
         path = ("datasets", i, "preserve_output")
+        if adapter and not spec.train.denoiser and d.role != "eval":
+            # kohya's diff_output_preservation with --network_train_text_encoder_only (runtime/step.py)
+            yield _warn(
+                "DBS609",
+                path,
+                f"dataset `{d.name}`: preserve_output = true with train.denoiser = false (the adapter is on "
+                "the text encoder only): its target is the denoiser's own prediction on the same captions, "
+                "so its samples add zero loss and gradient but count in the batch mean",
+                codes.help("DBS609"),
+            )
         if lacks:
             yield _err(
                 "DBS299",

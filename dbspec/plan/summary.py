@@ -483,10 +483,15 @@ def _generate(gen: GeneratePlan) -> str:
 def preserved_summary(plan: Plan) -> list[str]:
     """One line per dataset with preserve_output: its target and what it costs."""
     total = sum(d.samples_per_epoch for d in plan.datasets) or 1
+    target = (
+        "the base model's prediction (adapter off) on the same noisy input, timestep and caption"
+        if plan.train_denoiser
+        else "the denoiser's own prediction (no adapter on it; the caption encoded with the text encoder's "
+        "adapter on): zero loss and gradient, counted in the batch mean (DBS609)"
+    )
     return [
-        f"output preservation: dataset `{d.name}`: target = the base model's prediction (adapter off) on "
-        f"the same noisy input, timestep and caption; one extra no-grad denoiser forward over its samples "
-        f"({d.samples_per_epoch} of {total} per epoch, ~{d.samples_per_epoch / total:.0%})"
+        f"output preservation: dataset `{d.name}`: target = {target}; one extra no-grad denoiser forward "
+        f"over its samples ({d.samples_per_epoch} of {total} per epoch, ~{d.samples_per_epoch / total:.0%})"
         for d in plan.datasets
         if d.preserve_output
     ]
