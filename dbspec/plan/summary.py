@@ -1237,6 +1237,14 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         else ""
     )
     rates = [f"denoiser {o.lr:g}"] if plan.train_denoiser else []
+    if plan.train_denoiser and o.blocks:  # kohya's block_lr: the denoiser's groups in their order
+        held = [b.name for b in o.blocks if b.lr == 0]
+        rates = [
+            "denoiser (the tensors no block matches) "
+            + f"{o.lr:g}, then each optimizer.blocks group above 0 in order: "
+            + ", ".join(f"{b.name} {b.lr:g}" for b in o.blocks if b.lr > 0)
+            + (f" ({', '.join(held)} at 0: in no chunk)" if held else "")
+        ]
     if plan.train_text_encoder:
         rates.append(f"text encoder {o.text_encoder_lr:g}")
         if o.text_encoder_2_lr is not None:
@@ -1280,7 +1288,8 @@ def _split_stepping(o) -> str:
 def _chunks(o) -> str:
     """The plan's chunks, one optimizer each: tensors, components, rate; or where they are settled."""
     if not o.split_chunks:
-        return "the run cuts the chunks and notes them (the plan cannot count the tensors)"
+        what = "read the denoiser's parameter paths" if o.blocks else "count the tensors"
+        return f"the run cuts the chunks and notes them (the plan cannot {what})"
     shown = " | ".join(f"{c.tensors} {' + '.join(c.spans)} at {c.lr:g}" for c in o.split_chunks)
     return f"{len(o.split_chunks)} chunks (tensors, components, lr): {shown}"
 
