@@ -6,9 +6,9 @@ trained component holds and every trained component trains whole (no adapter, no
 headers of a diffusers folder (or a hub snapshot in the local cache), from a single-file UNet checkpoint's
 denoiser (its original keys map one to one), and for the built-in tiny models from `BUILTIN_TENSORS`; with
 [[optimizer.blocks]] (each block's tensors at its rate, kohya sdxl_train.py's block_lr) from the parameter
-paths of a diffusers folder, each chunk naming the block groups it holds. Else the plan lists none and the
-run notes the chunks it cut. The runtime cuts the loaded models' tensors and refuses to train when they do
-not come to the plan's chunks.
+paths of a diffusers folder or an SDXL single file, each chunk naming the block groups it holds. Else the plan
+lists none and the run notes the chunks it cut. The runtime cuts the loaded models' tensors and refuses to
+train when they do not come to the plan's chunks.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dbspec.compiler.safetensors_header import read_safetensors
 from dbspec.families import family_spec
 from dbspec.plan.model import ModelPlan, OptimizerPlan, PrecisionPlan, SplitChunk
 from dbspec.plan.split import split_chunks
+from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
 # The built-in tiny models' parameter tensors per component (tests/runtime/test_optimizer_split.py builds
 # each and counts them).
@@ -94,10 +95,14 @@ def block_groups(o: OptimizerPlan, names: list[str] | None) -> list[tuple[str, f
 
 def tensor_names(model: ModelPlan, component: str) -> list[str] | None:
     """The parameter paths of `component` in a diffusers folder (or a hub snapshot in the local cache), as
-    the loaded model names them; None where the plan cannot read them (a single file, the built-in models)."""
-    if model.source == "builtin" or model.source == "single_file" or not model.path:
+    the loaded model names them, or of an SDXL single file's U-Net (its original keys read onto diffusers'
+    paths, dbspec/unet_layout.py: SDXL base's layout, kohya sdxl_train.py's usual checkpoint); None where the
+    plan cannot read them (other single files, the built-in models)."""
+    if model.source == "builtin" or not model.path:
         return None
     path = Path(model.path)
+    if model.source == "single_file":
+        return _single_file_unet_names(model, path) if component == "unet" else None
     if not (path / "model_index.json").is_file():
         return None
     folder = family_spec(model.family).denoiser if component == "unet" else component
@@ -105,6 +110,21 @@ def tensor_names(model: ModelPlan, component: str) -> list[str] | None:
     if weights is None or weights.tensors is None:
         return None
     return [name for name, _ in weights.tensors if not name.endswith(_BUFFERS)]
+
+
+_ORIGINAL_UNET = "model.diffusion_model."
+
+
+def _single_file_unet_names(model: ModelPlan, path: Path) -> list[str] | None:
+    """An SDXL base single file's U-Net parameter paths under diffusers' names; None for another layout or a
+    key outside SDXL base's U-Net layout."""
+    if family_spec(model.family).kohya.base_version != "sdxl_base_v1-0":  # SDXL_UNET: SDXL base's layout
+        return None
+    keys = [k[len(_ORIGINAL_UNET) :] for k in read_safetensors(path).tensors if k.startswith(_ORIGINAL_UNET)]
+    try:
+        return [diffusers_name(key, SDXL_UNET, ".") for key in keys]
+    except ValueError:
+        return None
 
 
 def _rate(o: OptimizerPlan, model: ModelPlan, name: str) -> float:

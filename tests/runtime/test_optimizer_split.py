@@ -453,6 +453,16 @@ def test_block_groups_are_cut_into_kohyas_chunks(tmp_path):
     make_split(
         optimizer_block_groups(groups, unet, listed.optimizer.blocks), listed, unet, torch.device("cpu")
     )
+    # and from an SDXL single file's U-Net keys (kohya's usual checkpoint), read onto diffusers' paths
+    state = single_file_state(
+        unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2], family="sdxl"
+    )
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
+    one = write_spec(tmp_path / "one", base=str(tmp_path / "m.safetensors"), steps=4, extra=blocks)
+    single = compile_spec(
+        one, ['model.family="sdxl"', 'optimizer.kind="prodigy"', "optimizer.lr=1.0", "optimizer.split=3"]
+    )
+    assert single.optimizer.split_chunks == listed.optimizer.split_chunks
 
     _step([mine, theirs], 2, [ours, _Together(kohya)])
     assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
