@@ -1156,10 +1156,10 @@ from 0 and never reaches `probability` before the run ends.""",
         """\
 A dataset with `preserve_output = true` trains towards the base model's own prediction: the
 denoiser's adapter is switched off for one extra no-grad forward over that dataset's samples, and its
-output becomes their loss target (kohya's `diff_output_preservation`). That needs an `[adapter]` on the
-denoiser (a full fine-tune, or an adapter only on the text encoder, has none to switch off), and a dataset
-that trains (not `role = "eval"`). For a full fine-tune, `loss.prior = "base_model"` with a class dataset
-keeps a frozen copy instead.""",
+output becomes their loss target (kohya's `diff_output_preservation`). That needs an `[adapter]` (a full
+fine-tune has none to switch off; with the adapter on the text encoder only the target is the prediction
+itself, DBS609), and a dataset that trains (not `role = "eval"`). For a full fine-tune, `loss.prior =
+"base_model"` with a class dataset keeps a frozen copy instead.""",
         help='add an [adapter] (e.g. kind = "lora") that trains the denoiser, or remove preserve_output',
     ),
     Code(
@@ -2817,7 +2817,8 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update), a decomposed block of another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
-Chroma each fused Linear whole), blocks with their own `tucker`, or a quantised base weight. With
+Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
+LoHa or LoKr, not with `fused_projections`), blocks with their own `tucker`, or a quantised base weight. With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
 that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`
@@ -3081,6 +3082,20 @@ starts: the entry just adapts nothing.""",
 beside a training denoiser is. Here no training text encoder is at rate 0 (or the denoiser is at 0 too), so
 the setting changes nothing.""",
         help="remove optimizer.text_encoder_at_zero",
+    ),
+    Code(
+        "DBS609",
+        WARNING,
+        "Output preservation with the adapter on the text encoder only",
+        """\
+A dataset with `preserve_output = true` in a run whose adapter trains only the text encoder (`train.denoiser
+= false`): the base prediction is the denoiser's own (it has no adapter to switch off) on the captions the
+adapted text encoder encoded, so it equals the prediction: those samples add zero loss and zero gradient, yet
+count in the batch mean, shrinking the other samples' share. This is what kohya's `diff_output_preservation`
+does with `--network_train_text_encoder_only` (set_multiplier(0) turns the network off after the captions
+are encoded, and the U-Net has no module of it), so converted configs keep it; a spec of its own rarely wants
+it.""",
+        help="remove preserve_output (or train the denoiser with the adapter) unless reproducing kohya's run",
     ),
 )
 

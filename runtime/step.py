@@ -233,7 +233,13 @@ def preserved_target(parts: Parts, batch: Sequence[Sample], target, noisy, times
     plan, index = parts.plan, torch.tensor(rows, device=target.device)
     noisy, timesteps = noisy[index], timesteps[index]
     text = {k: v[index] for k, v in text.items()}
-    base = base_prediction(parts, noisy, timesteps, text, [batch[i] for i in rows])
+    kept = [batch[i] for i in rows]
+    if plan.train_denoiser or parts.teacher is not None:
+        base = base_prediction(parts, noisy, timesteps, text, kept)
+    else:  # the adapter on the text encoder only (DBS609): the denoiser has none to switch off, and the text
+        # was encoded with the adapter on, as kohya's set_multiplier(0) leaves the encoded captions
+        with torch.no_grad():
+            base = denoise(parts, noisy, timesteps, {k: v.detach() for k, v in text.items()}, kept).float()
     base = family_runtime(plan.model.family).objective.output(
         plan.loss, parts.noise_scheduler, base, noisy, timesteps
     )

@@ -221,6 +221,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         params=adapter_params(adapter, family, components),
         t5_targets=_t5_targets(family, components),  # LyCORIS's GLoRAModule on T5-XXL's Linears (train.t5)
         **_rank_blocks(adapter),  # a LyCORIS preset file's per-layer dims
+        dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
@@ -239,6 +240,7 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)
         # per-module ranks and alphas (kohya --dim_from_weights, LyCORIS's alphas from --network_weights)
         **_rank_blocks(adapter),
+        dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
     )
     fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
     params = adapter_params(adapter, family, components, plan.denoiser_targets)
@@ -246,8 +248,9 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
 
 
 def _rank_blocks(adapter) -> dict:
-    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no kind, factor or rate), and a
-    DyLoRA block's own unit where it differs from the adapter's."""
+    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no factor or rate), a DyLoRA
+    block's own unit where it differs from the adapter's, and the LyCORIS weight decomposition of its blocks
+    of kind lora / loha / lokr."""
     conv = adapter.conv_rank > 0
 
     def unit(b) -> int:
@@ -269,6 +272,10 @@ def _rank_blocks(adapter) -> dict:
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                # blocks of kind lora / loha / lokr: LyCORIS's weight decomposition (a network's dora_wd
+                # or an entry's weight_decompose; rules DBS583 keep it off GLoRA / DyLoRA layers)
+                dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
             )
             for b in adapter.blocks
         ),
@@ -280,6 +287,8 @@ def _rank_blocks(adapter) -> dict:
                 alpha=b.alpha,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                dora=_block_dora(b, adapter),
+                dora_axis=_block_dora_axis(b, adapter),
             )
             for b in adapter.text_encoder_blocks
         ),
@@ -493,7 +502,8 @@ def _block_dora_axis(block, adapter) -> str:
     given = getattr(block, "dora_axis", "adapter")
     dora = getattr(adapter, "dora", False)
     decomposed = dora if getattr(block, "dora", "adapter") == "adapter" else block.dora == "on"
-    if given == "adapter" or not decomposed or given == adapter.dora_axis:
+    # GLoRA / DyLoRA adapters have no dora_axis: their blocks' layers decompose per output row by default
+    if given == "adapter" or not decomposed or given == getattr(adapter, "dora_axis", "output"):
         return "adapter"
     return given
 

@@ -59,7 +59,8 @@ def plan_loss(ctx: Context, model: ModelPlan | None, datasets: tuple[DatasetPlan
         text_encoder_dropout=text_encoder_dropout(ctx, model),
         pos_embed_random_crop_rate=pos_embed_crop(ctx, model),
     )
-    return attrs.evolve(plan, formula=formula(plan) + preserved_target(plan, datasets))
+    own = not ctx.spec.train.denoiser  # the adapter on the text encoder only (DBS609)
+    return attrs.evolve(plan, formula=formula(plan) + preserved_target(plan, datasets, own))
 
 
 def text_encoder_dropout(ctx: Context, model: ModelPlan | None) -> tuple[float, ...]:
@@ -201,9 +202,10 @@ def _weighted_with(p: LossPlan, y: str, pred: str, target: str = "") -> str:
     return f"L = {inst} + {p.prior_weight:g}·mean_class[ {elem}({pred}, {prior_target}){mask} ]"
 
 
-def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...]) -> str:
+def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...], own: bool = False) -> str:
     """The target of datasets with preserve_output: the prediction the loss compares, made by the base model
-    (adapter off) on the same input; "" when none has it."""
+    (adapter off) on the same input, or with the adapter on the text encoder only (`own`) by the denoiser
+    itself, no gradient; "" when none has it."""
     names = ", ".join(d.name for d in datasets if d.preserve_output)
     if not names:
         return ""
@@ -211,6 +213,8 @@ def preserved_target(p: LossPlan, datasets: tuple[DatasetPlan, ...]) -> str:
     pred = f"{y}̂"
     if p.flow is not None and p.flow.prediction != "raw":
         pred = _FLOW_PREDICTIONS[p.flow.prediction].format(y=y)
+    if own:
+        return f"; target of {names}: {pred} itself, no gradient (no adapter on the denoiser: zero loss)"
     return f"; target of {names}: {pred} of the base model (adapter off)"
 
 

@@ -1703,21 +1703,27 @@ def base_prior_needs_denoiser(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def preserve_output_needs_denoiser_adapter(spec: Spec, given: Given) -> Iterator[Hit]:
     """A dataset's output preservation targets the base model's prediction with the adapter switched off: it
-    needs an adapter on the denoiser to switch off, and a dataset that trains."""
+    needs an adapter to switch off, and a dataset that trains; with the adapter on the text encoder only the
+    target is the prediction itself (DBS609: zero loss counted in the batch mean, kohya's with
+    --network_train_text_encoder_only)."""
     if not any(d.preserve_output for d in spec.datasets):
         return
     adapter = isinstance(spec.adapter, LowRankAdapter)
-    lacks = (
-        "no [adapter] (a full fine-tune has no adapter to switch off)"
-        if not adapter
-        else "train.denoiser = false (the adapter is only on the text encoder)"
-        if not spec.train.denoiser
-        else ""
-    )
+    lacks = "" if adapter else "no [adapter] (a full fine-tune has no adapter to switch off)"
     for i, d in enumerate(spec.datasets):
         if not d.preserve_output:
             continue
         path = ("datasets", i, "preserve_output")
+        if adapter and not spec.train.denoiser and d.role != "eval":
+            # kohya's diff_output_preservation with --network_train_text_encoder_only (runtime/step.py)
+            yield _warn(
+                "DBS609",
+                path,
+                f"dataset `{d.name}`: preserve_output = true with train.denoiser = false (the adapter is on "
+                "the text encoder only): its target is the denoiser's own prediction on the same captions, "
+                "so its samples add zero loss and gradient but count in the batch mean",
+                codes.help("DBS609"),
+            )
         if lacks:
             yield _err(
                 "DBS299",
@@ -3191,7 +3197,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
-    mixed = any(getattr(b, "kind", "adapter") not in ("adapter", a.kind) for b in blocks)
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3209,6 +3214,9 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
+            # a GLoRA / DyLoRA adapter's decomposed blocks are checked against LyCORIS on the U-Net
+            # families only (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_mixed_dylora.py)
+            (f"a {a.kind} adapter's fused_projections", fused and a.kind in ("glora", "dylora")),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
@@ -3226,7 +3234,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         found = [*others, *(axis_others if key == "dora_axis" else ())]
         kind = getattr(getattr(a, table)[i], "kind", "adapter")
         kind = a.kind if kind == "adapter" else kind
-        if mixed and kind not in ("lora", "loha", "lokr"):  # LyCORIS's other modules never decompose
+        # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)
+        if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
         if not found:
             continue

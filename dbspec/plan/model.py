@@ -899,7 +899,8 @@ class CAMEPlan:
 @frozen
 class SplitChunk:
     """One optimizer of optimizer.split: how many trained tensors it holds, their rate, the components they
-    belong to ("unet" the denoiser)."""
+    belong to ("unet" the denoiser; with optimizer.blocks the denoiser's block groups, `denoiser_block<i>`,
+    "unet" then the tensors no block matches)."""
 
     tensors: int
     lr: float

@@ -484,10 +484,15 @@ def _generate(gen: GeneratePlan) -> str:
 def preserved_summary(plan: Plan) -> list[str]:
     """One line per dataset with preserve_output: its target and what it costs."""
     total = sum(d.samples_per_epoch for d in plan.datasets) or 1
+    target = (
+        "the base model's prediction (adapter off) on the same noisy input, timestep and caption"
+        if plan.train_denoiser
+        else "the denoiser's own prediction (no adapter on it; the caption encoded with the text encoder's "
+        "adapter on): zero loss and gradient, counted in the batch mean (DBS609)"
+    )
     return [
-        f"output preservation: dataset `{d.name}`: target = the base model's prediction (adapter off) on "
-        f"the same noisy input, timestep and caption; one extra no-grad denoiser forward over its samples "
-        f"({d.samples_per_epoch} of {total} per epoch, ~{d.samples_per_epoch / total:.0%})"
+        f"output preservation: dataset `{d.name}`: target = {target}; one extra no-grad denoiser forward "
+        f"over its samples ({d.samples_per_epoch} of {total} per epoch, ~{d.samples_per_epoch / total:.0%})"
         for d in plan.datasets
         if d.preserve_output
     ]
@@ -1238,6 +1243,14 @@ def _split_rows(plan: Plan) -> list[tuple[str, str]]:
         else ""
     )
     rates = [f"denoiser {o.lr:g}"] if plan.train_denoiser else []
+    if plan.train_denoiser and o.blocks:  # kohya's block_lr: the denoiser's groups in their order
+        held = [b.name for b in o.blocks if b.lr == 0]
+        rates = [
+            "denoiser (the tensors no block matches) "
+            + f"{o.lr:g}, then each optimizer.blocks group above 0 in order: "
+            + ", ".join(f"{b.name} {b.lr:g}" for b in o.blocks if b.lr > 0)
+            + (f" ({', '.join(held)} at 0: in no chunk)" if held else "")
+        ]
     if plan.train_text_encoder:
         rates.append(f"text encoder {o.text_encoder_lr:g}")
         if o.text_encoder_2_lr is not None:
@@ -1281,7 +1294,8 @@ def _split_stepping(o) -> str:
 def _chunks(o) -> str:
     """The plan's chunks, one optimizer each: tensors, components, rate; or where they are settled."""
     if not o.split_chunks:
-        return "the run cuts the chunks and notes them (the plan cannot count the tensors)"
+        what = "read the denoiser's parameter paths" if o.blocks else "count the tensors"
+        return f"the run cuts the chunks and notes them (the plan cannot {what})"
     shown = " | ".join(f"{c.tensors} {' + '.join(c.spans)} at {c.lr:g}" for c in o.split_chunks)
     return f"{len(o.split_chunks)} chunks (tensors, components, lr): {shown}"
 

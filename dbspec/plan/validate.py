@@ -257,12 +257,10 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         plan.loss.prior == "base_model" and not plan.train_denoiser
     ):  # DBS226 in specs: nothing to compare with
         yield 'loss.prior "base_model" needs train_denoiser = true; found false'
-    if any(d.preserve_output for d in plan.datasets) and (a.kind == "none" or not plan.train_denoiser):
-        # DBS299 in specs: the base prediction is the denoiser with its adapter off
-        yield (
-            f"datasets[].preserve_output needs an adapter on the denoiser; found adapter {a.kind!r}, "
-            f"train_denoiser {str(plan.train_denoiser).lower()}"
-        )
+    if any(d.preserve_output for d in plan.datasets) and a.kind == "none":
+        # DBS299 in specs: the base prediction is the denoiser with its adapter off (a text-encoder-only
+        # adapter's: the denoiser's own, DBS609)
+        yield f"datasets[].preserve_output needs an adapter; found adapter {a.kind!r}"
     if not any(d.role == "instance" and d.images for d in plan.datasets):
         yield "datasets must hold an instance dataset with images; found none"
     for i, d in enumerate(plan.datasets):

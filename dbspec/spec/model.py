@@ -481,7 +481,9 @@ def _block_dora():
         doc="LoRA/LoCon, LoHa, LoKr: whether the matched layers train LyCORIS's weight decomposition (`dora` "
         'of the adapter, in place of it, `dora_form = "lycoris"` on LoRA, the adapter\'s `dora_axis`; a '
         "LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's `weight_decompose`): on, off, or "
-        "`adapter` (the adapter's).",
+        "`adapter` (the adapter's). On a GLoRA or DyLoRA adapter (no `dora` of its own: off) the blocks of "
+        "kind `lora`, `loha` or `lokr` (a LyCORIS network's `dora_wd` reaches their modules, never GLoRA's "
+        "or DyLoRA's).",
         example="on",
     )
 
@@ -777,6 +779,8 @@ class DyloraBlock:
         example=2,
     )
     bypass: BlockSwitch = _block_bypass()
+    dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
 
 
 def _lycoris_output_dropout(what: str):
@@ -1732,6 +1736,8 @@ class GloraBlock:
     )
     unit: int = _block_unit()
     bypass: BlockSwitch = _block_bypass()
+    dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
 
 
 @frozen

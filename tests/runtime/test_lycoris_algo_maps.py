@@ -913,14 +913,16 @@ MIXED_WD = MIXED.replace('[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\
     '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\nweight_decompose = false\n'
 )
 # on the GLoRA network DyLoRA on the transformers' other Linears too, in blocks of 2 (a GLoRA block of kind
-# "dylora" takes the entry's block_size as its `unit`; was DBS403 "unknown key unit")
+# "dylora" takes the entry's block_size as its `unit`; was DBS403 "unknown key unit"); with dora_wd (was
+# DBS403: the GLoRA adapter has no dora) the LoCon and LoHa layers decomposed, the GLoRA and DyLoRA ones not
 MIXED_GLORA = MIXED + '[module_algo_map.Transformer2DModel]\nalgo = "dylora"\ndim = 4\nblock_size = 2\n'
 
 
 @pytest.mark.parametrize("algo", ["lokr", "glora"])
 def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeypatch, algo):
     """A preset giving U-Net and CLIP layers other algorithms, on a LoKr network and on a GLoRA one (was
-    DBS403: GLoRA blocks of other kinds): the text encoder's adapter and the trained U-Net have every layer
+    DBS403: GLoRA blocks of other kinds), both with dora_wd (on the GLoRA network its LoCon / LoHa blocks'
+    `dora`; was DBS403): the text encoder's adapter and the trained U-Net have every layer
     LyCORIS builds in its class, dim and scale (the run trains the U-Net only, to keep it cheap); a 2-step run
     stopped after one step and resumed gives the same losses and files bit for bit; its one kohya export, each
     layer in its kind's keys, loads in lycoris-lora's create_network_from_weights and computes the trained
@@ -937,7 +939,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
 
     preset = MIXED_WD if algo == "lokr" else MIXED_GLORA
     PRESETS["mixed"] = preset
-    args = '"dora_wd=True"' if algo == "lokr" else ""
+    args = '"dora_wd=True"'
     try:
         path, plan = _converted_plan(tmp_path, "mixed", algo, args)
     finally:
@@ -950,8 +952,10 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     doras = {(b.kind, b.dora) for b in [*a.blocks, *a.text_encoder_blocks]}
     assert a.dora == (algo == "lokr")  # the network's dora_wd, the LoHa MLPs' own off
     assert doras == ({("lora", "adapter"), ("loha", "off"), ("loha", "adapter")} if a.dora else doras)
+    if algo == "glora":  # no dora of the adapter's: its LoCon / LoHa blocks' own, never GLoRA's or DyLoRA's
+        assert doras == {("lora", "on"), ("loha", "on"), ("dylora", "adapter")} and a.dora_form == "lycoris"
     own = {"lokr": "LokrModule", "glora": "GLoRAModule"}[algo]
-    made = _lycoris(pipe, path, monkeypatch, algo, **({"dora_wd": "True"} if args else {}))
+    made = _lycoris(pipe, path, monkeypatch, algo, dora_wd="True")
     theirs = {k: v for k, v in _theirs(made).items() if k.startswith("lora_unet_")}
     assert {v[0] for v in theirs.values()} == {
         own,
@@ -967,7 +971,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     assert {v[0] for v in theirs_text.values()} == {own, "LohaModule"}
     assert _built(text, "lora_te_text_model_") == theirs_text
     decomposed = _decomposed_of(made)  # weight_decompose: the same layers, each dora_scale in LyCORIS's shape
-    assert bool(decomposed) == (algo == "lokr")
+    assert decomposed
     assert _decomposed_by(text, "lora_te_text_model_") == {
         k: v for k, v in decomposed.items() if k.startswith("lora_te_")
     }
@@ -993,6 +997,8 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
     rest = {v[0] for k, v in theirs.items() if k not in unet_doras}
     if algo == "lokr":
         assert kinds == {"LoConModule", "LokrModule"} and rest == {"LohaModule"}
+    else:  # GLoRAModule and DyLoraModule take weight_decompose and never read it
+        assert kinds == {"LoConModule", "LohaModule"} and rest == {"GLoRAModule", "DyLoraModule"}
     # the export's dora_scale as LyCORIS saves it; each module of the preset's network with it loaded
     # computes the trained layer's output (1e-5)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
@@ -1031,7 +1037,7 @@ def test_mixed_algorithms_train_resume_and_load_in_lycoris(pipe, tmp_path, monke
         PRESETS["mixed"] = preset
         try:
             _, started = _converted_plan(
-                tmp_path / "again", "mixed", algo, "--network_weights=../prev.safetensors"
+                tmp_path / "again", "mixed", algo, f"{args} --network_weights=../prev.safetensors"
             )
         finally:
             del PRESETS["mixed"]

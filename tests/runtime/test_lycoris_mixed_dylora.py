@@ -23,6 +23,8 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     MIXED,
     PRESETS,
     _converted_plan,
+    _decomposed_by,
+    _decomposed_of,
     _lycoris,
     pipe,
 )
@@ -83,11 +85,15 @@ def _plan(tmp_path: Path, algo: str, args: str = ""):
         del PRESETS["mixed_dylora"]
 
 
-@pytest.mark.parametrize(("algo", "network"), [("locon", ""), ("lokr", "block_size=4"), ("dylora", "")])
+@pytest.mark.parametrize(
+    ("algo", "network"), [("locon", ""), ("lokr", "block_size=4"), ("dylora", "dora_wd=True")]
+)
 def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo, network):  # noqa: F811
     """Every layer of tiny SD 1.x and its CLIP the file adapts has, in the converted plan, the module class,
     dim, scale and (DyLoRA) block size of lycoris-lora's create_network's; a DyLoRA layer's training forward
-    with block b drawn is DyLoraModule's get_weight(b x block_size) (blocks 0..b at alpha / (b + 1))."""
+    with block b drawn is DyLoraModule's get_weight(b x block_size) (blocks 0..b at alpha / (b + 1)). The
+    DyLoRA network's dora_wd (was DBS403: its adapter has no dora) decomposes the layers lycoris-lora's
+    does, in the same shapes: its LoCon / LoHa entries' (their blocks' `dora`), never DyLoraModule's."""
     path, plan = _plan(tmp_path, algo, f'"{network}"' if network else "")  # more network_args
     a = plan.adapter
     if algo == "dylora":  # a DyLoRA network (block_size 4) with LoCon / LoHa entries; its MLPs' own unit
@@ -99,7 +105,7 @@ def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo,
     else:
         dylora = [b for b in (*a.blocks, *a.text_encoder_blocks) if b.kind == "dylora"]
         assert sorted((b.rank, b.unit) for b in dylora) == [(4, 2), (4, 4)]
-    made = _lycoris(pipe, path, monkeypatch, algo, **({"block_size": "4"} if network else {}))
+    made = _lycoris(pipe, path, monkeypatch, algo, **dict([network.split("=")] if network else []))
     theirs = _lycoris_classes(made)
     assert {v[0] for v in theirs.values()} >= {"DyLoraModule", "LoConModule", "LohaModule"}
     unet = copy.deepcopy(pipe.unet)
@@ -109,6 +115,15 @@ def test_dylora_entries_build_lycoris_modules(pipe, tmp_path, monkeypatch, algo,
     add_lora(text, a, a.text_encoder_targets, seed=0, component="text_encoder")
     theirs_text = {k: v for k, v in theirs.items() if k.startswith("lora_te_")}
     assert _classes(text, "lora_te_text_model_") == theirs_text
+    decomposed = _decomposed_of(made)
+    assert bool(decomposed) == (algo == "dylora")
+    assert {theirs[k][0] for k in decomposed} <= {"LoConModule", "LohaModule"}
+    assert _decomposed_by(unet, "lora_unet_") == {
+        k: v for k, v in decomposed.items() if k.startswith("lora_unet_")
+    }
+    assert _decomposed_by(text, "lora_te_text_model_") == {
+        k: v for k, v in decomposed.items() if k.startswith("lora_te_")
+    }
 
     # the training forward of a drawn block, on LyCORIS's module holding the same blocks
     name = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2"

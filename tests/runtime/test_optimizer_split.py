@@ -436,6 +436,34 @@ def test_block_groups_are_cut_into_kohyas_chunks(tmp_path):
     theirs = [p for k in kohya for p in k.param_groups[0]["params"]]
     held = {id(p) for i, r in enumerate(rates) if not r for p in by_block[i]}
     assert held and not held & {id(p) for p in theirs}
+
+    # from a diffusers folder's parameter paths the plan lists those chunks, each naming its block groups
+    # (was: the run alone cut them, issue 12); the run checks its cut against them
+    pipe = build_pipeline("builtin:tiny-sdxl")
+    pipe.save_pretrained(tmp_path / "model")
+    folder = write_spec(tmp_path / "folder", base=str(tmp_path / "model"), steps=4, extra=blocks)
+    listed = compile_spec(
+        folder, ['model.family="sdxl"', 'optimizer.kind="prodigy"', "optimizer.lr=1.0", "optimizer.split=3"]
+    )
+    assert [(c.tensors, c.lr) for c in listed.optimizer.split_chunks] == [
+        (len(k.param_groups[0]["params"]), k.param_groups[0]["lr"]) for k in kohya
+    ]
+    assert listed.optimizer.split_chunks[0].spans[0] == "denoiser_block0"
+    assert "chunks (tensors, components, lr)" in summary_text(listed)
+    make_split(
+        optimizer_block_groups(groups, unet, listed.optimizer.blocks), listed, unet, torch.device("cpu")
+    )
+    # and from an SDXL single file's U-Net keys (kohya's usual checkpoint), read onto diffusers' paths
+    state = single_file_state(
+        unet=pipe.unet, vae=pipe.vae, text_encoders=[pipe.text_encoder, pipe.text_encoder_2], family="sdxl"
+    )
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "m.safetensors"))
+    one = write_spec(tmp_path / "one", base=str(tmp_path / "m.safetensors"), steps=4, extra=blocks)
+    single = compile_spec(
+        one, ['model.family="sdxl"', 'optimizer.kind="prodigy"', "optimizer.lr=1.0", "optimizer.split=3"]
+    )
+    assert single.optimizer.split_chunks == listed.optimizer.split_chunks
+
     _step([mine, theirs], 2, [ours, _Together(kohya)])
     assert all(torch.equal(a, b) for a, b in zip(mine, theirs, strict=True))
     assert [c.param_groups[0]["d"] for c in ours.optimizers] == [k.param_groups[0]["d"] for k in kohya]

@@ -5,6 +5,7 @@ kind is switched off and back on (dropout draws nothing); a run with a flagged d
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 
@@ -171,3 +172,31 @@ def test_a_run_with_a_preserved_dataset_resumes_bit_exact(tmp_path, base):
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     plain = execute(compile_spec(spec, ["output.dir=plain", "datasets.1.preserve_output=false"]))
     assert plain.losses != whole.losses
+
+
+def test_a_text_encoder_only_adapter_targets_the_denoisers_own_prediction(tmp_path):
+    """With the adapter on the text encoder only (DBS609; kohya's diff_output_preservation with
+    --network_train_text_encoder_only) the kept rows' target is the denoiser's own prediction on the captions
+    the adapted text encoder encoded, made by a second no-grad forward over those rows as kohya's: their loss
+    is 0 with the text encoder's adapter moved, their gradient none; the instance rows train as usual."""
+    te_only = KEEP + "[adapter]\n" + ADAPTERS["lora"] + "[train]\ndenoiser = false\ntext_encoder = true\n"
+    plan = make_plan(tmp_path, steps=2, extra=te_only)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    parts = attrs.evolve(_parts(plan, moved=False), text_trains=True)  # the captions encoded with grad
+    encoder = parts.text_encoders[0]
+    with torch.no_grad():  # the text encoder's adapter moved: the captions' encoding differs from the base's
+        for name, param in encoder.named_parameters():
+            if is_adapter_weight(name):
+                param.add_(0.2 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    batch = _mixed_batch(plan)
+    kept = run_batch(parts, batch[1::2])
+    assert float(kept.loss.detach()) == 0.0
+    kept.loss.backward()
+    grads = [p.grad for n, p in encoder.named_parameters() if is_adapter_weight(n) and p.requires_grad]
+    assert grads and all(g is None or not g.any() for g in grads)
+    trained = run_batch(parts, batch[0::2])
+    assert float(trained.loss.detach()) > 0.0
+    trained.loss.backward()
+    assert any(
+        p.grad is not None and p.grad.any() for n, p in encoder.named_parameters() if is_adapter_weight(n)
+    )

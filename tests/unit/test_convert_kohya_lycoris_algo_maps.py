@@ -683,8 +683,8 @@ def test_mixed_algorithms_weight_decompose(tmp_path):
     and LoKr module (an entry's own weight_decompose false its block's dora "off"), on its wd_on_output
     axis; entries' own weight_decompose beside other algorithms (was DBS403 / DBS583) their blocks' dora
     (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_block_dora.py check the layers against
-    lycoris-lora 4.1.3). On a GLoRA network, whose adapter takes no dora while LyCORIS hands dora_wd to its
-    LoCon / LoHa entries, and an entry's own on GLoRA blocks (GloraBlock has no dora) it stays DBS403."""
+    lycoris-lora 4.1.3). On a GLoRA or DyLoRA network, whose adapter takes no dora while LyCORIS hands
+    dora_wd to its LoCon / LoHa entries (was DBS403), tested separately below."""
     text = MIXED.replace("dim = 4\nalpha = 2\n", "dim = 4\nalpha = 2\nweight_decompose = false\n")
     outcome = expressible(_convert(tmp_path, text, "lokr", '"dora_wd=True" "wd_on_output=False"'))
     a = plan_of(outcome, tmp_path).adapter
@@ -695,10 +695,40 @@ def test_mixed_algorithms_weight_decompose(tmp_path):
     text = MIXED.replace("dim = 8\nalpha = 4\n", "dim = 8\nalpha = 4\nweight_decompose = true\n")
     a = plan_of(expressible(_convert(tmp_path / "own", text, "lokr")), tmp_path / "own").adapter
     assert not a.dora and {(b.kind, b.dora) for b in a.blocks} == {("loha", "adapter"), ("lora", "on")}
-    for args, name, words in (('"dora_wd=True"', "wd", "weight_decompose"), ("", "entry", "dora")):
-        (tmp_path / name).mkdir()
-        outcome = _convert(tmp_path / name, text, "glora", args)
-        assert words in messages(outcome, "DBS403"), (name, errors(outcome))
+
+
+@pytest.mark.parametrize("algo", ["glora", "dylora"])
+def test_glora_and_dylora_networks_dora_wd_is_their_entries_blocks_dora(tmp_path, algo):
+    """A GLoRA or DyLoRA network's dora_wd beside LoCon / LoHa entries (was DBS403: the adapter has no
+    dora): create_single_module hands it to every module, GLoRAModule and DyLoraModule take it and never read
+    it, LoConModule and LohaModule decompose; so each LoCon / LoHa block's own `dora` (an entry's
+    weight_decompose false keeps its block off), on wd_on_output's axis (the blocks' `dora_axis`: the
+    adapter has none), the adapter's own layers undecomposed. An entry's own weight_decompose / wd_on_out
+    on such a network is its block's too (was DBS403 "unknown key dora"). tests/runtime/
+    test_lycoris_algo_maps.py (GLoRA) and test_lycoris_mixed_dylora.py (DyLoRA) check the decomposed layers
+    against lycoris-lora 4.1.3's."""
+    off = MIXED.replace("dim = 8\nalpha = 4\n", "dim = 8\nalpha = 4\nweight_decompose = false\n")
+    outcome = expressible(_convert(tmp_path, off, algo, '"dora_wd=True" "wd_on_output=False"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form) == (algo, False, "lycoris")
+    assert {(b.kind, b.dora, b.dora_axis) for b in a.blocks} == {
+        ("loha", "on", "input"),
+        ("lora", "adapter", "adapter"),  # the entry's weight_decompose false: the adapter's, none
+    }
+    assert [(b.kind, b.dora, b.dora_axis) for b in a.text_encoder_blocks] == [("loha", "on", "input")]
+    assert "network_args dora_wd" not in outcome.conversion.reports  # read: no inert record
+    (tmp_path / "own").mkdir()  # an entry's own weight_decompose, no dora_wd
+    own = MIXED.replace("dim = 8\nalpha = 4\n", "dim = 8\nalpha = 4\nweight_decompose = true\n")
+    a = plan_of(expressible(_convert(tmp_path / "own", own, algo)), tmp_path / "own").adapter
+    assert {(b.kind, b.dora) for b in a.blocks} == {("loha", "adapter"), ("lora", "on")}
+    (tmp_path / "none").mkdir()  # no LoCon / LoHa / LoKr layer: dora_wd reaches none (inert)
+    alone = FULL + "[module_algo_map.FeedForward]\ndim = 4\n"
+    outcome = expressible(_convert(tmp_path / "none", alone, algo, '"dora_wd=True"'))
+    assert plan_of(outcome, tmp_path / "none").adapter.dora_form == "peft"
+    assert fate(outcome, "network_args dora_wd") == "inert"
+    (tmp_path / "drop").mkdir()  # decomposed blocks with module_dropout: not taken (a spec's DBS583)
+    outcome = _convert(tmp_path / "drop", MIXED, algo, '"dora_wd=True" "module_dropout=0.1"')
+    assert "module_dropout" in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):

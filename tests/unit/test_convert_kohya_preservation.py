@@ -137,14 +137,23 @@ def test_other_attributes_and_full_fine_tunes_are_inert(tmp_path):
     assert not any(_preserved(plan_of(full, tmp_path / "full")).values())
 
 
-def test_a_text_encoder_only_lora_cannot_express_it(tmp_path):
-    """With no LoRA on the U-Net kohya's preserved target is the prediction itself (zero loss, counted in the
-    mean); dbspec refuses preserve_output without a denoiser adapter."""
+def test_a_text_encoder_only_lora_keeps_kohyas_zero_loss_rows(tmp_path):
+    """With no LoRA on the U-Net (network_train_text_encoder_only) kohya's set_multiplier(0) turns off the
+    text-encoder modules only, after the captions were encoded: the preserved target is the prediction itself
+    (zero loss, counted in the batch mean), what preserve_output computes with the adapter on the text
+    encoder only (was DBS403; DBS609 warns; tests/runtime/test_preserve_output.py runs it). At unet_lr 0 the
+    U-Net's modules exist, held at their start, and kohya switches them off for the target: still DBS403."""
     outcome = _convert(tmp_path, LORA + " --network_train_text_encoder_only")
-    assert outcome.exit_code == 1 and fate(outcome, KEY) == "unsupported"
-    allowed = _convert(tmp_path / "allowed", LORA + " --network_train_text_encoder_only", allow=True)
-    assert allowed.exit_code == 0, errors(allowed)
-    assert not any(_preserved(plan_of(allowed, tmp_path / "allowed")).values())
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, KEY) == "mapped" and "zero loss" in outcome.conversion.reports[KEY].note
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and _preserved(plan) == {"subject": False, "dogs": True}
+    from dbspec.plan.summary import preserved_summary
+
+    assert "the denoiser's own prediction" in preserved_summary(plan)[0]
+    held = _convert(tmp_path / "held", LORA + " --unet_lr 0 --text_encoder_lr 1e-5")
+    assert held.exit_code == 1 and fate(held, KEY) == "unsupported", errors(held)
+    assert "unet_lr 0" in held.conversion.reports[KEY].note
 
 
 def test_general_custom_attributes_reach_every_subset(tmp_path):

@@ -71,10 +71,15 @@ def test_flux_entries_own_weight_decompose_beside_other_algorithms(tmp_path):
 
 
 def test_flux_dora_wd_refusals_beside_other_algorithms(tmp_path):
-    """What stays refused: dora_wd on a GLoRA network (its adapter has no `dora`, DBS578) and with module
-    dropout (dbspec's fused draws wrap no decomposed weight, as on a network of one algorithm)."""
+    """What stays refused: dora_wd on a GLoRA network (its adapter has no `dora`, DBS578; on SD 1.x/2.x and
+    SDXL its LoCon / LoHa / LoKr blocks' own, issue 12) and an entry's own weight_decompose there, and
+    dora_wd with module dropout (dbspec's fused draws wrap no decomposed weight, as on a network of one
+    algorithm)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True"', allow=True)
     assert "weight_decompose" in messages(outcome, "DBS403") and "DBS578" in messages(outcome, "DBS403")
+    own = MIXED.replace("dim = 8\n", "dim = 8\nweight_decompose = true\n")
+    outcome = _flux(tmp_path / "entry", own, '"algo=glora"', allow=True)
+    assert "SD 1.x/2.x and SDXL only" in messages(outcome, "DBS403"), errors(outcome)
     outcome = _flux(tmp_path / "drop", MIXED, '"algo=locon" "dora_wd=True" "module_dropout=0.1"', allow=True)
     assert "module_dropout" in messages(outcome, "DBS403")
 

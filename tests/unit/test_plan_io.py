@@ -246,7 +246,7 @@ def _set(table: str, key: str, value):
         ),
         (
             lambda data: data["datasets"][0].__setitem__("preserve_output", True),
-            r"datasets\[\]\.preserve_output needs an adapter on the denoiser; found adapter 'none'",
+            r"datasets\[\]\.preserve_output needs an adapter; found adapter 'none'",
         ),
         (
             lambda data: data["loss"]["noise"].__setitem__("min_timestep", 1200),

@@ -832,8 +832,10 @@ CASES = [
     ),
     (
         rules.preserve_output_needs_denoiser_adapter,
+        # the adapter on the text encoder only: the target is the prediction itself (kohya's with
+        # --network_train_text_encoder_only; issue 12, was DBS299)
         LORA + "[train]\ndenoiser = false\ntext_encoder = true\n" + DOG + "preserve_output = true\n" + STEPS,
-        [("DBS299", "error", ("datasets", 0, "preserve_output"))],
+        [("DBS609", "warning", ("datasets", 0, "preserve_output"))],
         LORA + TE + DOG + "preserve_output = true\n" + STEPS,
     ),
     (
@@ -1880,6 +1882,32 @@ CASES = [
         + '[adapter]\nkind = "lokr"\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "conv"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
+    # on a GLoRA / DyLoRA adapter (no dora of its own: a LyCORIS network's dora_wd reaches its LoCon / LoHa /
+    # LoKr entries' modules, issue 12) the blocks of those kinds decompose, its own GLoRA / DyLoRA layers not
+    # (GLoRAModule and DyLoraModule never read weight_decompose), a lone block of its kind neither
+    *(
+        (
+            rules.block_dora_fits,
+            DOG
+            + STEPS
+            + f'[adapter]\nkind = "{kind}"\n'
+            + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+            [
+                ("DBS583", "error", ("adapter", "blocks", 1, "dora")),
+                ("DBS583", "error", ("adapter", "text_encoder_blocks", 0, "dora")),
+            ],
+            DOG
+            + STEPS
+            + f'[adapter]\nkind = "{kind}"\n'
+            + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n'
+            + 'dora = "on"\ndora_axis = "input"\n',
+        )
+        for kind in ("glora", "dylora")
     ),
     # ... and on Flux / SD3 / Chroma's runs of several kinds, each kind's fused Linears whole (was DBS583;
     # tests/runtime/test_lycoris_mixed_flow.py), a full block's not

@@ -89,9 +89,10 @@ _HARMLESS = {
         "beta3": None,
         "growth_rate": float("inf"),
     },
-    "adamw": {"amsgrad": False},
-    "lion": {"decoupled_weight_decay": False, "use_triton": False},  # lion_pytorch.Lion
-    "radam": {"foreach": None, "maximize": False},
+    "adamw": {"amsgrad": False, "differentiable": False},
+    "sgd": {"differentiable": False},
+    "lion": {"decoupled_weight_decay": False},  # lion_pytorch.Lion (use_triton: _SAME_UPDATE)
+    "radam": {"foreach": None, "maximize": False, "differentiable": False},
     "adamw8bit": {"amsgrad": False},
     "paged_adamw": {"amsgrad": False, "optim_bits": 32, "min_8bit_size": BNB_MIN_8BIT_SIZE},
     "paged_adamw8bit": {"amsgrad": False},
@@ -110,6 +111,22 @@ _HARMLESS.update(
         },
     }
 )
+# Keyword arguments whose every value computes the same update (how, not what: the kernel, autograd through
+# it, where the step counter lives), so dbspec keeps the run exactly whatever they hold:
+_SAME_UPDATE = {
+    # torch.optim.RAdam (torch 2.13 radam.py): `capturable` keeps the step count and the bias corrections as
+    # device tensors and picks the rectified update with torch.where instead of a Python `if` (the same
+    # formula, to float rounding: tests/unit/test_optimizer_same_update.py; CUDA only: on the CPU torch
+    # raises AssertionError, so kohya's run with it needs a GPU, where it computes that update).
+    # (`differentiable=True` is no such option: kohya's run stops, _differentiable_problem)
+    "radam": ("capturable",),
+    # lion_pytorch.Lion(use_triton=True): one Triton kernel computing Lion's update_fn (decay, the sign of
+    # beta1-interpolated momentum, the beta2 momentum), its terms rearranged as (exp_avg - grad) x beta + grad
+    # (to float rounding; CUDA only: it asserts CUDA tensors, so kohya's run with it needs a GPU)
+    "lion": ("use_triton",),
+}
+# maximize=True (torch's RAdam, AdamW, SGD) stays refused: it steps up the gradient, training to raise the
+# loss, which no dbspec option does (nor should: a run of it learns nothing worth reproducing)
 _SETTABLE = {"weight_decay", "betas", "eps", "momentum"}
 # legacy keyword -> dbspec [optimizer] key where the names differ (schedulefree's, Adafactor's eps pair)
 _RENAMED = {
@@ -438,6 +455,7 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
     if lower == "came":
         problems += _came_problems(kwargs)
     problems += _bnb_adamw_problems(lower, kwargs)
+    problems += _differentiable_problem(lower, name or "AdamW", kwargs)
     if betas is not None and not (
         isinstance(betas, (tuple, list))
         and len(betas) == count
@@ -451,6 +469,20 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         )
         problems.append(f"`betas={betas!r}`: expected {expected}")
     return problems
+
+
+def _differentiable_problem(lower: str, cls: str, kwargs: dict[str, Any]) -> list[str]:
+    """torch's RAdam, AdamW and SGD with `differentiable` true run step() with autograd on, and their
+    in-place update of a trained parameter (a leaf that requires grad) raises RuntimeError at the first step
+    (torch 2.13; tests/unit/test_optimizer_same_update.py runs it): kohya's run stops."""
+    torch_classes = ("", "adamw", "radam", "sgd", "sgdnesterov")
+    if lower not in torch_classes or "differentiable" not in kwargs or not kwargs["differentiable"]:
+        return []
+    return [
+        f"`differentiable={kwargs['differentiable']!r}`: torch's {cls} then steps with autograd on and its "
+        "in-place update of a trained parameter raises RuntimeError (a leaf Variable that requires grad is "
+        "being used in an in-place operation) at the first step"
+    ]
 
 
 def _bnb_adamw_problems(lower: str, kwargs: dict[str, Any]) -> list[str]:
@@ -580,10 +612,11 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
     if kind not in ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree"):
         merged.pop("momentum", None)
     harmless = _HARMLESS[kind] if kind in _HARMLESS else {}
+    same = _SAME_UPDATE[kind] if kind in _SAME_UPDATE else ()
     rest = {
         k: v
         for k, v in kwargs.items()
-        if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v)
+        if k not in _SETTABLE and k not in own and not (k in harmless and harmless[k] == v) and k not in same
     }
     # the kind says them (ademamix_/lion_/adamw_variant); kohya_constructor_problems refused the others
     if kind in (*ADEMAMIX_KINDS, *BNB_LION_KINDS, "adamw8bit", "paged_adamw", "paged_adamw8bit"):

@@ -25,9 +25,11 @@ The block groups are made before train_util.get_optimizer, so what the optimizer
   leaves the split out): the blocks at their rates. Where the conversion keeps the chunks (`optimizer.split`:
   Prodigy / D-Adaptation, accumulation, fp16's scaled first chunk, `fused_backward_pass` with the groups)
   dbspec cuts the block groups into them as kohya does (runtime/optim_split.py, the blocks' tensors in
-  kohya's UNet's order, blocks in index order). Under Adafactor's relative step kohya stops as soon as
-  there are two optimizers: get_optimizer set `learning_rate` to None at the first and writes
-  `lr_scheduler = "adafactor:None"` at the second, which get_scheduler_fix's float() rejects (DBS402).
+  kohya's UNet's order, blocks in index order); the plan lists the chunks where it reads the U-Net's
+  parameter paths (compiler/split.py), and the block groups in the order they are cut. Under Adafactor's
+  relative step kohya stops as soon as there are two optimizers: get_optimizer set `learning_rate` to None
+  at the first and writes `lr_scheduler = "adafactor:None"` at the second, which get_scheduler_fix's float()
+  rejects (DBS402).
 """
 
 from __future__ import annotations
@@ -92,7 +94,10 @@ def _fused_note(a: Args, conv: Conversion) -> str:
     if "fused_optimizer_groups" not in a or not a["fused_optimizer_groups"].value:
         return ""
     if ("optimizer", "split") in conv.values:
-        return "optimizer.split cuts the block groups into kohya's chunks, a new one at each change of rate"
+        return (
+            "optimizer.split cuts the block groups into kohya's chunks, a new one at each change of rate "
+            "(dbspec plan lists them)"
+        )
     return "kohya's chunks update each tensor on their own: one optimizer with the block groups steps alike"
 
 

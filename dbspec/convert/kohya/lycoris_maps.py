@@ -381,13 +381,16 @@ def _mixed_kinds(
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
     flow = not unet  # Flux / SD3 / Chroma (lycoris_flow_file.py)
+    sd = unet  # the flag: SD 1.x/2.x and SDXL (below `unet` holds the layers of the kinds)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
-    # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network (a GLoRA / DyLoRA
-    # adapter takes none, while LyCORIS hands it to their LoCon / LoHa / LoKr entries)
-    wd = unet and _algo(algo) in _BLOCK_KINDS
+    # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
+    # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
+    # it to those modules alone (_network_dora; on SD 1.x/2.x and SDXL, where tests/runtime/
+    # test_lycoris_algo_maps.py and test_lycoris_mixed_dylora.py compare them with lycoris-lora)
+    wd = bool(unet) and (_algo(algo) in _BLOCK_KINDS or sd)
     on = [key for key in _MIXED_OFF if network.get(key) and not (wd and key == "weight_decompose")]
     if (
         flow and _algo(algo) in _BLOCK_KINDS
@@ -427,6 +430,19 @@ def _mixed_kinds(
             False,
         )
     return [layer for layer in other if layer not in unet]
+
+
+def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """(entry options, network options) as own_dora / own_dora_axis read them for `layer`'s block. On a
+    GLoRA or DyLoRA network (its adapter has no `dora`: off, per output row) the network's dora_wd and
+    wd_on_output are the entry's unless it gives its own, as create_single_module hands the root kwargs to
+    every module where the entry has none (GLoRAModule and DyLoraModule take weight_decompose and never read
+    it; LoConModule, LohaModule and LokrModule decompose): its LoCon / LoHa / LoKr blocks' `dora` /
+    `dora_axis` against an adapter that decomposes nothing."""
+    if _algo(algo) not in ("glora", "dylora"):
+        return layer.options, network
+    given = (("weight_decompose", network["weight_decompose"]), ("wd_on_out", network["wd_on_out"]))
+    return (*given, *layer.options), {**network, "weight_decompose": False, "wd_on_out": True}
 
 
 def _dylora_fits(source: str, group: list[Layer], unit: int, bypass: bool = False) -> None:
@@ -499,14 +515,15 @@ def _blocks(
         groups.setdefault(layer.source, []).append(layer)
     out = []
     for source, group in groups.items():
+        entry = _network_dora(algo, group[0], network)  # a GLoRA / DyLoRA network's dora_wd on it
         factor = _own_factor(group[0], network)  # one entry: one factor and set of switches
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
         switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
-        switches.update(own_dora(_algo(group[0].algo), group[0].options, network))
-        switches.update(own_dora_axis(_algo(group[0].algo), group[0].options, network))
+        switches.update(own_dora(_algo(group[0].algo), *entry))
+        switches.update(own_dora_axis(_algo(group[0].algo), *entry))
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
         switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
@@ -578,6 +595,7 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
     cannot be written; `entry_bypass`: check_layers'."""
+    sd = unet  # the flag (below `unet` holds the U-Net's blocks)
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
     inert = [
         *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
@@ -611,6 +629,14 @@ def map_blocks(
             f"`{_source([tucker])}` gives its layers their own use_tucker on an algo={algo} network: "
             f"dbspec's {kind} adapter's [[adapter.blocks]] (its layers' and other kinds') carry no Tucker "
             "form (on LoRA/LoCon, LoHa and LoKr networks they do)",
+            False,
+        )
+    decomposed = next((b for b in [*unet, *text] if "dora" in b or "dora_axis" in b), None)
+    if decomposed is not None and _algo(algo) in ("dylora", "glora") and not sd:
+        raise PresetError(  # Flux / SD3 / Chroma: their fused layers' runs of these kinds are unchecked
+            f"`{_source([decomposed])}` gives LoCon / LoHa / LoKr layers weight_decompose (their entry's or "
+            f"the network's dora_wd) on an algo={algo} network: dbspec gives a GLoRA / DyLoRA adapter's "
+            "blocks of those kinds their own `dora` on SD 1.x/2.x and SDXL only",
             False,
         )
     for block in [*unet, *text]:

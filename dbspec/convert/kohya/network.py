@@ -409,6 +409,9 @@ def _map_network(
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
+    if kind in ("glora", "dylora") and _decomposing_blocks(put):  # LyCORIS hands them to its LoCon / LoHa /
+        # LoKr entries' modules: those blocks' own `dora` / `dora_axis` (lycoris_maps._network_dora)
+        kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)
     if kind == "glora":
         _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
@@ -419,11 +422,12 @@ def _map_network(
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
             put["dora_form"] = "lycoris"
     # a preset map entry's own weight_decompose (a block's `dora`): LyCORIS's form, on the network's axis
-    entry_dora = any(b.get("dora") == "on" for b in (*put.get("_blocks", []), *put.get("_text_blocks", [])))
+    entry_dora = _decomposing_blocks(put)
     if entry_dora and not dora and kind == "lora":
         put["dora_form"] = "lycoris"
     wd_on_output = kwargs.pop("wd_on_output", "true")
-    if (dora or entry_dora) and not _str_bool(wd_on_output):  # LyCORIS's str_bool: one per input column
+    # LyCORIS's str_bool: one per input column (a GLoRA / DyLoRA adapter has no axis: its blocks carry it)
+    if (dora or entry_dora) and not _str_bool(wd_on_output) and kind not in ("glora", "dylora"):
         put["dora_axis"] = "input"
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":
@@ -607,6 +611,11 @@ def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None
     for key in _BLOCK_KEYS:
         if key in kwargs:
             unsupported[key] = kwargs.pop(key)
+
+
+def _decomposing_blocks(put: dict[str, Any]) -> bool:
+    """Some block (a preset file's LoCon / LoHa / LoKr entry) trains LyCORIS's weight decomposition."""
+    return any(b.get("dora") == "on" for b in (*put.get("_blocks", ()), *put.get("_text_blocks", ())))
 
 
 def _locon_blocks(put: dict[str, Any]) -> bool:

@@ -281,18 +281,31 @@ def _preserves(subset: KSubset) -> bool:
 
 
 def preservation_needs_denoiser(parts: tuple, conv: Conversion) -> None:
-    """With the denoiser's LoRA off (network_train_text_encoder_only, unet_lr 0) kohya's preserved target is
-    the prediction itself: those samples add zero loss yet count in the batch mean. dbspec has no such
-    mode."""
+    """With no network module on the denoiser (network_train_text_encoder_only, a preset matching no U-Net
+    layer) kohya's set_multiplier(0) turns off only the text-encoder modules, after the captions were encoded:
+    the preserved target is the prediction itself (zero loss that counts in the batch mean), what dbspec's
+    preserve_output computes with the adapter on the text encoder only (DBS609, runtime/step.py). At
+    unet_lr 0 the U-Net's modules are there, held at their start, and switched off for that target: dbspec's
+    run has no denoiser adapter to switch off (DBS403)."""
     if ("train", "denoiser") not in conv.values or conv.values[("train", "denoiser")][0] is not False:
         return
+    held = conv.facts.get("denoiser_held_at_rate_zero", False)
     for i, (_, subset, _) in enumerate(parts):
-        if ("datasets", i, "preserve_output") in conv.values:
+        if ("datasets", i, "preserve_output") not in conv.values:
+            continue
+        if held:
             del conv.values[("datasets", i, "preserve_output")]
             conv.unsupported(
                 subset.values["custom_attributes"],
-                "with no LoRA on the denoiser kohya's preserved target equals the prediction (zero loss "
-                "that still counts in the batch mean); dbspec's preserve_output needs a denoiser adapter",
+                "at unet_lr 0 kohya's U-Net modules are built and held at their start, and its preserved "
+                "target switches them off; dbspec's run trains no denoiser adapter to switch off",
+            )
+        else:
+            conv.record(
+                subset.values["custom_attributes"],
+                "mapped",
+                note="no network module on the U-Net: kohya's target is the prediction itself (zero loss "
+                "counted in the batch mean), as dbspec's with the adapter on the text encoder only (DBS609)",
             )
 
 

@@ -1023,6 +1023,9 @@ def map_learning_rates(
         if script != "sdxl_train":
             why = "networks.lora skips parameters whose learning rate is 0"
         conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+        te_only = "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value
+        if not te_only:  # its modules built and held untrained (subsets.py); te_only builds none
+            conv.facts["denoiser_held_at_rate_zero"] = True
     elif not unet_lr.value:
         held = _train_db_unet_at_rate_zero(a, unet_lr, text_encoder, conv)
         if held is None:
