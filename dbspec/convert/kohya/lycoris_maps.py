@@ -380,8 +380,8 @@ def _mixed_kinds(
     modules never read (runtime/mixed_kinds.py kind_adapter)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
-    flow = not unet  # Flux / SD3 / Chroma (lycoris_flow_file.py)
     sd = unet  # the flag: SD 1.x/2.x and SDXL (below `unet` holds the layers of the kinds)
+    flow = not sd  # Flux / SD3 / Chroma (lycoris_flow_file.py)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
