@@ -14,17 +14,9 @@ import pytest
 import torch
 
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
+from dbspec.runtime.optim import DADAPT_CLASSES
 
-CLASSES = {
-    "dadapt_adam": ("dadaptation", "DAdaptAdam"),
-    "dadapt_adam_preprint": ("dadaptation.experimental", "DAdaptAdamPreprint"),
-    "dadapt_adagrad": ("dadaptation", "DAdaptAdaGrad"),
-    "dadapt_adan": ("dadaptation", "DAdaptAdan"),
-    "dadapt_adan_ip": ("dadaptation.experimental", "DAdaptAdanIP"),
-    "dadapt_lion": ("dadaptation", "DAdaptLion"),
-    "dadapt_sgd": ("dadaptation", "DAdaptSGD"),
-    "prodigy": ("prodigyopt", "Prodigy"),
-}
+CLASSES = {**DADAPT_CLASSES, "prodigy": ("prodigyopt", "Prodigy")}  # plan kind -> (module, class)
 # (kind, weight_decay, betas, decouple, momentum)
 CASES = [
     ("dadapt_adam", 0.0, (0.9, 0.999), True, 0.0),
