@@ -3042,20 +3042,23 @@ dbspec's max-norm measures it at the trained scale, so the run would differ; LyC
     Code(
         "DBS606",
         WARNING,
-        "A text encoder kept at learning rate 0 that the optimizer or schedule moves",
+        "A group kept at learning rate 0 that the optimizer or schedule moves",
         """\
 `optimizer.text_encoder_at_zero = "keep"` keeps a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
-in the optimizer as one group at rate 0, as kohya networks.lora_fa keeps its text-encoder group, and lets
-the optimizer and schedule do with it what they do: here they move it. D-Adaptation's DAdaptAdam
-(`decouple`) and Prodigy shrink every group by their decoupled weight decay at d x the largest rate; Prodigy
-with betas[0] = 0 steps every group by its raw gradient; DAdaptSGD with momentum averages every group toward
-its start, which rounding moves; Adafactor's relative step ignores the groups' rates; a positive
-`schedule.eta_min` lifts the group's rate from 0 toward it; OneCycleLR and CyclicLR set every group's rate
-from their bounds. The group adds nothing to D-Adaptation's or Prodigy's estimate of d, so the run is the
-same whatever the groups' order (kohya's text encoder first, dbspec's denoiser first). The text encoder
-trains, if oddly: give it a rate of its own unless you are reproducing such a run.""",
-        help='set optimizer.text_encoder_lr above 0, or text_encoder_at_zero = "hold" with an optimizer and '
-        "schedule that hold it",
+in the optimizer as one group at rate 0, as kohya networks.lora_fa keeps its text-encoder group;
+`optimizer.denoiser_at_zero = "keep"` keeps the denoiser at `lr` 0 so, as kohya train_db.py keeps its U-Net
+at learning_rate 0. Either lets the optimizer and schedule do with the group what they do: here they move it.
+D-Adaptation's DAdaptAdam (`decouple`) and Prodigy shrink every group by their decoupled weight decay at d x
+the largest rate; Prodigy with betas[0] = 0 steps every group by its raw gradient; DAdaptSGD with momentum
+averages every group toward its start, which rounding moves; DAdaptLion steps every group by d x the largest
+rate; Adafactor's relative step ignores the groups' rates; a positive `schedule.eta_min` lifts the group's
+rate from 0 toward it; OneCycleLR and CyclicLR set the group's rate from its bounds, where one above 0 is its
+(at bounds of 0 they hold it at 0: then nothing moves it, the group is held, DBS229, and the plan records
+"hold"). The group adds nothing to D-Adaptation's or Prodigy's estimate of d, so the run is the same whatever
+the groups' order (kohya's text encoder first, dbspec's denoiser first). The group trains, if oddly: give it
+a rate of its own unless you are reproducing such a run.""",
+        help='give the group a rate above 0, or optimizer.text_encoder_at_zero (denoiser_at_zero) = "hold" with '
+        "an optimizer and schedule that hold it",
     ),
     Code(
         "DBS607",
@@ -3076,12 +3079,13 @@ starts: the entry just adapts nothing.""",
     Code(
         "DBS608",
         WARNING,
-        "optimizer.text_encoder_at_zero with no text encoder at rate 0",
+        "optimizer.text_encoder_at_zero or denoiser_at_zero with no group at rate 0 to keep",
         """\
 `optimizer.text_encoder_at_zero` says what a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
-beside a training denoiser is. Here no training text encoder is at rate 0 (or the denoiser is at 0 too), so
-the setting changes nothing.""",
-        help="remove optimizer.text_encoder_at_zero",
+beside a training denoiser is, `optimizer.denoiser_at_zero` what the denoiser at `lr` 0 beside a training
+text encoder is. Here no such part is at rate 0 (no training text encoder at rate 0, or the denoiser at 0
+too; `lr` above 0, or `train.denoiser = false`), so the setting changes nothing.""",
+        help="remove the setting",
     ),
     Code(
         "DBS609",

@@ -54,6 +54,7 @@ from dbspec.compiler.rules import (
     denoiser_norms_need_a_unet,
     mixed_kinds_family,
     hit_to_diagnostic,
+    kept_part_moves,
     run_environment_rules,
     run_plan_rules,
     steps_known,
@@ -152,7 +153,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     preview = plan_preview(ctx, model)
     pivotal = plan_pivotal(ctx, model)
     if schedule is not None and model is not None:  # schedule.base_lr / max_lr tables: one value per group
-        optimizer = optimizer_plan(ctx.spec, model)
+        optimizer = optimizer_plan(ctx.spec, model, ctx.raw.given)
         schedule = plan_group_bounds(ctx, schedule, model, precision, optimizer, pivotal)
     if (
         model is not None and precision is not None and has_boft(ctx.spec.adapter)
@@ -517,7 +518,9 @@ def _assemble(
         schedule=schedule,
         loss=loss,
         precision=precision,
-        optimizer=with_split_chunks(optimizer_plan(spec, model), model, precision, bool(spec.pivotal.tokens)),
+        optimizer=with_split_chunks(
+            optimizer_plan(spec, model, ctx.raw.given), model, precision, bool(spec.pivotal.tokens)
+        ),
         cache=cache,
         validation=ValidationPlan(
             prompts=tuple(v.prompts),
@@ -569,9 +572,10 @@ def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
     )
 
 
-def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
-    """The optimizer's settings as the plan records them."""
+def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
+    """The optimizer's settings as the plan records them (`given`: whether the spec gives a key)."""
     o = spec.optimizer
+    moves = kept_part_moves(spec, given)  # a part kept at rate 0 that nothing moves is held
     named = table_names(spec.schedule)
     second = _second_text_encoder_lr(o, model, _second_trains(spec, model), "text_encoder_2" in named)
     return OptimizerPlan(
@@ -588,7 +592,8 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
         loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
         max_grad_norm=o.max_grad_norm,
-        text_encoder_at_zero=o.text_encoder_at_zero,
+        text_encoder_at_zero=o.text_encoder_at_zero if moves and o.lr else "hold",
+        denoiser_at_zero=o.denoiser_at_zero if moves and not o.lr else "hold",
         clip_mode=o.clip_mode,
         dadapt=dadapt_plan(o),
         adafactor=adafactor_plan(o),

@@ -33,7 +33,7 @@ from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
-from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
+from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
 from dbspec.plan.model import BNB_OPTIMIZER_KINDS
 from dbspec.spec.check import anchor
@@ -1369,7 +1369,9 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
     """A trained part in the optimizer at rate 0 while another trains at a positive rate: the denoiser at
     optimizer.lr = 0 (kohya train_db.py's learning_rate 0 with learning_rate_te) or a text encoder at
     text_encoder_lr (text_encoder_2_lr) = 0 (kohya networks.lora_fa's text-encoder group at rate 0, which it
-    keeps in the optimizer). DBS229 warns of the cost; DBS200 refuses it where that cannot hold."""
+    keeps in the optimizer). DBS229 warns of the cost; DBS200 refuses it where that cannot hold, unless
+    optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" lets the optimizer and schedule move it as
+    kohya's do (DBS606 says how)."""
     o, t = spec.optimizer, spec.train
     texts = _text_rates(spec, given)
     held_texts = [name for name, rate in texts if rate == 0]
@@ -1390,77 +1392,145 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             "give the text encoder a rate above 0, or train the denoiser",
         )
         return
-    text = "the text encoder" if o.lr else "the denoiser"
+    moved = _kept_moves(spec, given, where)
+    if isinstance(moved, Hit):
+        yield moved
+        return
+    if o.lr == 0:
+        yield (
+            _kept_warning(("optimizer", "lr"), "optimizer.lr", "the denoiser", "denoiser_at_zero", moved)
+            if moved
+            else _held_warning(spec, ("optimizer", "lr"), "the denoiser", "the text encoder's", "denoiser")
+        )
+    if held_texts:
+        part = "the text encoders" if len(held_texts) > 1 else _HELD_TEXT[held_texts[0]]
+        other = "the denoiser's" if t.denoiser and o.lr else "the other text encoder's"
+        flag = "text_encoder_2" if held_texts == ["text_encoder_2_lr"] else "text_encoder"
+        path = _rate_path(given, held_texts[0])
+        key = f"optimizer.{held_texts[0]}"
+        yield (
+            _kept_warning(path, key, part, "text_encoder_at_zero", moved)
+            if moved and o.lr
+            else _held_warning(spec, path, part, other, flag)
+        )
+
+
+def _kept_moves(spec: Spec, given: Given, where: KeyPath) -> list[str] | Hit:
+    """Why the optimizer and schedule move the part held at rate 0 (the denoiser at optimizer.lr = 0, else
+    the text encoders at theirs) that optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" keeps, []
+    where they hold it still, or the DBS200 refusal: they move a part not kept, the class stops at rate 0
+    (kohya's run stops too), or, for a text encoder, dbspec's group order would change the run (kohya's
+    networks.lora_fa puts the text encoder's group first; train_db.py, like dbspec, the U-Net's)."""
+    o, denoiser = spec.optimizer, spec.optimizer.lr == 0
+    option = "denoiser_at_zero" if denoiser else "text_encoder_at_zero"
+    keep = getattr(o, option) == "keep"
+    held = [name for name, rate in _text_rates(spec, given) if rate == 0]
+    key = "optimizer.lr" if denoiser else f"optimizer.{held[0]}"
+    text = "the denoiser" if denoiser else "the text encoder"
     fix = (
         "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
-        if o.lr == 0
-        else f"set optimizer.{held_texts[0]} > 0, or train.text_encoder = false"
+        if denoiser
+        else f"set optimizer.{held[0]} > 0, or train.text_encoder = false"
     )
-    key = "optimizer.lr" if o.lr == 0 else f"optimizer.{held_texts[0]}"
-    keep = o.lr != 0 and o.text_encoder_at_zero == "keep"  # kept in the optimizer, moved as it moves it
     moved = []
-    own = _rate_zero_moves_or_stops(o, built_at_zero=o.lr == 0)
-    if own and keep and o.kind not in ORDER_DEPENDENT:
+    own = _rate_zero_moves_or_stops(o, built_at_zero=denoiser)
+    reordered = not denoiser and o.kind in ORDER_DEPENDENT
+    if own and keep and not reordered and not _stops_at_zero(o, built_at_zero=denoiser):
         moved.append(own)
     elif own:
         order = (
             ' (text_encoder_at_zero = "keep" cannot reproduce it: the groups\' order changes that run, '
             "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's)"
-            if keep
+            if keep and reordered
             else ""
         )
-        yield _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}{order}", fix)
-        return
-    s = spec.schedule
-    if s.lr_schedule in ("one_cycle", "cyclic") or s.eta_min > 0:
-        raised = (
-            "sets every group's LR itself" if s.eta_min <= 0 else f"lifts the LR to eta_min {s.eta_min:g}"
+        return _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}{order}", fix)
+    texts = _held_groups(spec, given)
+    lifted = schedule_lifts_zero(spec.schedule, ["denoiser"] if denoiser else texts)
+    if lifted and keep:
+        moved.append(lifted)
+    elif lifted:
+        return _err(
+            "DBS200",
+            where,
+            f"{key} is 0 with {lifted}: {text} would move",
+            f'{fix}, or optimizer.{option} = "keep" to let it move',
         )
-        if keep:
-            moved.append(f"schedule.lr_schedule = {s.lr_schedule!r} {raised}")
-        else:
-            yield _err(
-                "DBS200",
-                where,
-                f"{key} is 0 with schedule.lr_schedule = {s.lr_schedule!r}, which {raised}: {text} would "
-                "move",
-                fix + ("" if o.lr == 0 else ', or optimizer.text_encoder_at_zero = "keep" to let it move'),
-            )
-            return
-    if o.lr == 0:
-        yield _held_warning(spec, ("optimizer", "lr"), "the denoiser", "the text encoder's", "denoiser")
-    if held_texts:
-        part = "the text encoders" if len(held_texts) > 1 else _HELD_TEXT[held_texts[0]]
-        other = "the denoiser's" if t.denoiser and o.lr else "the other text encoder's"
-        flag = "text_encoder_2" if held_texts == ["text_encoder_2_lr"] else "text_encoder"
-        if moved:
-            yield _warn(
-                "DBS606",
-                _rate_path(given, held_texts[0]),
-                f'{key} is 0 with text_encoder_at_zero = "keep": {part} stay in the optimizer as a group at '
-                f"rate 0 and move: {'; '.join(moved)}",
-                codes.help("DBS606"),
-            )
-        else:
-            yield _held_warning(spec, _rate_path(given, held_texts[0]), part, other, flag)
+    lifted = schedule_lifts_zero(spec.schedule, texts) if denoiser else ""
+    if lifted:  # a text encoder held beside the denoiser at 0: text_encoder_at_zero keeps none
+        where = _rate_path(given, held[0])
+        return _err("DBS200", where, f"optimizer.{held[0]} is 0 with {lifted}: it would move", fix)
+    return moved
+
+
+def kept_part_moves(spec: Spec, given: Given) -> bool:
+    """Whether the part at rate 0 that optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" keeps is
+    moved by the optimizer or schedule (DBS606): the plan records "keep" only then, a kept group nothing
+    moves being a held one (DBS229)."""
+    o = spec.optimizer
+    if o.lr == 0 and not spec.train.denoiser:
+        return False
+    if o.lr != 0 and not any(rate == 0 for _, rate in _text_rates(spec, given)):
+        return False
+    moved = _kept_moves(spec, given, ("optimizer", "lr"))
+    return isinstance(moved, list) and bool(moved)
+
+
+def _stops_at_zero(o: Optimizer, built_at_zero: bool) -> bool:
+    """The class refuses the rate 0 it is built with (`lr=optimizer.lr`, as kohya passes `lr=learning_rate`):
+    _rate_zero_moves_or_stops' reasons that no "keep" can run."""
+    stops = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came")
+    return built_at_zero and o.kind in stops
+
+
+# each text encoder's rate key and its optimizer group (runtime/optim.py param_groups)
+_TEXT_GROUPS = {"text_encoder_lr": "text_encoder", "text_encoder_2_lr": "text_encoder_2"}
+_TEXT_GROUPS["text_encoder_3_lr"] = "text_encoder_3"
+
+
+def _held_groups(spec: Spec, given: Given) -> list[str]:
+    """The optimizer groups of the text encoders at rate 0: each held key's, and those of the keys after it
+    that take their value from it (the same rate 0; a group of their own where a schedule table names it)."""
+    rates = dict(_text_rates(spec, given))
+    groups, held = [], False
+    for key, group in _TEXT_GROUPS.items():
+        held = rates[key] == 0 if key in rates else held
+        if held:
+            groups.append(group)
+    return groups
+
+
+def _kept_warning(where: KeyPath, key: str, part: str, option: str, moved: list[str]) -> Hit:
+    """DBS606: `part` kept in the optimizer at rate 0 (optimizer.`option` = "keep"), and what moves it."""
+    return _warn(
+        "DBS606",
+        where,
+        f'{key} is 0 with {option} = "keep": {part} stay in the optimizer as a group at rate 0 and move: '
+        f"{'; '.join(moved)}",
+        codes.help("DBS606"),
+    )
 
 
 @rule("spec")
-def text_encoder_at_zero_inert(spec: Spec, given: Given) -> Iterator[Hit]:
-    """optimizer.text_encoder_at_zero given with no training text encoder at rate 0 beside a denoiser at a
-    positive rate: it changes nothing (DBS608)."""
+def at_zero_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.denoiser_at_zero given with the denoiser not held at optimizer.lr = 0 beside a text encoder
+    at a positive rate, or optimizer.text_encoder_at_zero with no training text encoder at rate 0 beside a
+    denoiser at a positive rate: it changes nothing (DBS608)."""
     o = spec.optimizer
-    if not given(("optimizer", "text_encoder_at_zero")):
-        return
-    if o.lr != 0 and any(rate == 0 for _, rate in _text_rates(spec, given)):
-        return
-    why = "optimizer.lr is 0 too" if o.lr == 0 else "no training text encoder is at rate 0"
-    yield _warn(
-        "DBS608",
-        ("optimizer", "text_encoder_at_zero"),
-        f"optimizer.text_encoder_at_zero = {o.text_encoder_at_zero!r} changes nothing: {why}",
-        codes.help("DBS608"),
-    )
+    held_text = o.lr != 0 and any(rate == 0 for _, rate in _text_rates(spec, given))
+    held_denoiser = o.lr == 0 and spec.train.denoiser
+    for option, held, why in (
+        ("text_encoder_at_zero", held_text, "optimizer.lr is 0 too" if o.lr == 0 else ""),
+        ("denoiser_at_zero", held_denoiser, "optimizer.lr is not 0" if o.lr else "train.denoiser is false"),
+    ):
+        if given(("optimizer", option)) and not held:
+            yield _warn(
+                "DBS608",
+                ("optimizer", option),
+                f"optimizer.{option} = {getattr(o, option)!r} changes nothing: "
+                f"{why or 'no training text encoder is at rate 0'}",
+                codes.help("DBS608"),
+            )
 
 
 # what a text encoder's rate 0 holds (the first key: every text encoder that shares its group)

@@ -63,3 +63,43 @@ def zero_group_moves(
             "momentum), which rounding moves off a group at rate 0's weights"
         )
     return ""
+
+
+# the LR schedules that replace every group's rate with their own bounds (torch's OneCycleLR, CyclicLR), and
+# the bounds each reads (spec [schedule] keys; a table gives each optimizer group its own)
+_BOUND_SCHEDULES = {"one_cycle": ("max_lr",), "cyclic": ("base_lr", "max_lr")}
+
+
+def schedule_lifts_zero(s, groups: Sequence[str]) -> str:
+    """Why the LR schedule (spec [schedule] `s`) moves the optimizer groups `groups` (their runtime names:
+    denoiser, text_encoder, ...) off rate 0, or "": OneCycleLR and CyclicLR set each group's rate from its
+    bounds, so they lift it only where a bound above 0 is its (a max_lr of 0 is the group's own rate, 0, or
+    a peak of 0: either way they hold it at 0); a positive eta_min lifts every group toward it. A group's
+    LoRA+ up and lr_scale groups (`<name>_lora_up`, `<name>_x<s>`) are at rate 0 with it."""
+    if not groups:
+        return ""
+    if s.lr_schedule in _BOUND_SCHEDULES:
+        bounds = [
+            f"{key} {value:g}"
+            for key in _BOUND_SCHEDULES[s.lr_schedule]
+            if (value := _largest_bound(getattr(s, key), groups))
+        ]
+        if not bounds:
+            return ""
+        return f"schedule.lr_schedule = {s.lr_schedule!r} sets its rate from its bounds ({', '.join(bounds)})"
+    if s.eta_min > 0:
+        return f"schedule.lr_schedule = {s.lr_schedule!r} lifts the LR to eta_min {s.eta_min:g}"
+    return ""
+
+
+def _largest_bound(value: float | dict[str, float], groups: Sequence[str]) -> float:
+    """The largest of a bound's values for `groups` (the number every group takes, or a table's)."""
+    if not isinstance(value, dict):
+        return value
+    mine = (
+        rate
+        for name, rate in value.items()
+        for group in groups
+        if name == group or name.startswith((f"{group}_lora_up", f"{group}_x"))
+    )
+    return max(mine, default=0.0)

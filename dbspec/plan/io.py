@@ -86,6 +86,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
     3: {
         ("model", "max_tokens"): 75,
         ("optimizer", "text_encoder_at_zero"): "hold",  # a text encoder kept at rate 0, added since
+        ("optimizer", "denoiser_at_zero"): "hold",  # the denoiser kept at rate 0, added since
         ("adapter", "dylora_unit"): 0,  # DyLoRA (adapter kind dylora), added since
         ("adapter", "dylora_form"): "",
         ("adapter", "dora_axis"): "output",  # DoRA's magnitude per input column (LyCORIS), added since

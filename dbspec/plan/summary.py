@@ -339,7 +339,11 @@ def schedule_table(plan: Plan) -> Table:
             "optimizer",
             f"{plan.optimizer.kind}, lr {plan.optimizer.lr:g}"
             + (
-                " (the denoiser held: gradients computed and clipped, weights still)"
+                " (the denoiser kept in the optimizer at rate 0: the optimizer and schedule move it, DBS606)"
+                if plan.optimizer.lr == 0
+                and plan.train_denoiser
+                and plan.optimizer.denoiser_at_zero == "keep"
+                else " (the denoiser held: gradients computed and clipped, weights still)"
                 if plan.optimizer.lr == 0 and plan.train_denoiser
                 else ""
             )
@@ -1223,12 +1227,13 @@ def _loraplus(plan: Plan) -> str:
 
 
 def _held(rate: float, plan: Plan) -> str:
-    """A text encoder's group at rate 0: in the optimizer, never moving (DBS229), or kept there and moved as
-    the optimizer and schedule move it (optimizer.text_encoder_at_zero = "keep", DBS606)."""
+    """A text encoder's group at rate 0: in the optimizer, never moving (DBS229), or kept there and moved by
+    the optimizer or schedule (optimizer.text_encoder_at_zero = "keep" where they move it, DBS606: the plan
+    records "hold" where nothing does, OneCycleLR / CyclicLR at bounds of 0 for it included)."""
     if rate != 0:
         return ""
     if plan.optimizer.text_encoder_at_zero == "keep":
-        return " (kept in the optimizer at rate 0: it moves as the optimizer and schedule move it)"
+        return " (kept in the optimizer at rate 0: the optimizer and schedule move it, DBS606)"
     return " (held: gradients computed and clipped, weights still)"
 
 

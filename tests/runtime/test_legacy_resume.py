@@ -34,6 +34,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     data["adapter"]["unet_targets"] = data["adapter"].pop("denoiser_targets")
     del data["model"]["max_tokens"]  # added since (one CLIP window then)
     del data["optimizer"]["text_encoder_at_zero"]  # a text encoder kept at rate 0, added since (held then)
+    del data["optimizer"]["denoiser_at_zero"]  # the denoiser kept at rate 0, added since (held then)
     del data["model"]["merge_adapters"]  # LoRA files merged into the base, added since (none then)
     del data["validation"]["text_encoder_mode"]  # kohya's validation text-encoder mode, added since
     del data["adapter"]["init_scale"]  # full: init_weights' diff times it, added since (1 then)

@@ -594,7 +594,7 @@ CASES = [
         'prediction = "v_prediction"\n' + DOG + STEPS + "[loss]\nzero_terminal_snr = true\n",
     ),
     (
-        rules.text_encoder_at_zero_inert,  # no text encoder at rate 0 to keep
+        rules.at_zero_inert,  # no text encoder at rate 0 to keep
         DOG + STEPS + TE + '[optimizer]\ntext_encoder_at_zero = "keep"\n',
         [("DBS608", "warning", ("optimizer", "text_encoder_at_zero"))],
         DOG + STEPS + TE + '[optimizer]\ntext_encoder_lr = 0\ntext_encoder_at_zero = "keep"\n',
@@ -2714,6 +2714,54 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     assert hits_of(rules.lora_learning_rate, DOG + STEPS + LORA + TE + opt) == []
 
 
+def test_a_denoiser_kept_at_rate_zero_moves_as_the_schedule_moves_it():
+    """optimizer.denoiser_at_zero = "keep" (kohya train_db.py's U-Net at learning_rate 0 under a schedule
+    that lifts it): DBS606 where the schedule (or DAdaptLion, Adafactor's relative step) moves the denoiser,
+    naming why; DBS229 where nothing does (OneCycleLR at a max_lr of 0 for it); still DBS200 where the class
+    refuses lr 0 when built (kohya's run stops there too); DBS608 where nothing is at rate 0 to keep."""
+    rule, where = rules.held_at_rate_zero, ("optimizer", "lr")
+    opt = "[optimizer]\nlr = 0\ntext_encoder_lr = 1e-6\n"
+    keep = 'denoiser_at_zero = "keep"\n'
+    for schedule, why in (
+        ('lr_schedule = "cosine_annealing"\neta_min = 1e-7\n', "lifts the LR to eta_min 1e-07"),
+        ('lr_schedule = "one_cycle"\nmax_lr = 1e-4\n', "(max_lr 0.0001)"),
+        ('lr_schedule = "cyclic"\nbase_lr = 1e-7\nmax_lr = 1e-5\n', "(base_lr 1e-07, max_lr 1e-05)"),
+        ('lr_schedule = "one_cycle"\nmax_lr = { denoiser = 2e-5, text_encoder = 1e-6 }\n', "(max_lr 2e-05)"),
+    ):
+        body = DOG + TE + opt + "[schedule]\nsteps = 100\n" + schedule
+        assert hits_of(rule, body) == [("DBS200", "error", where)], schedule
+        said = _messages_of(rule, body)[0]
+        assert "the denoiser would move" in said and why in said, said
+        assert 'denoiser_at_zero = "keep"' in run_one(rule, *_structured(body))[0].help
+        assert hits_of(rule, DOG + TE + opt + keep + "[schedule]\nsteps = 100\n" + schedule) == [
+            ("DBS606", "warning", where)
+        ], schedule
+        said = _messages_of(rule, DOG + TE + opt + keep + "[schedule]\nsteps = 100\n" + schedule)[0]
+        assert 'optimizer.lr is 0 with denoiser_at_zero = "keep": the denoiser' in said and why in said
+    # OneCycleLR at max_lr 0 for the denoiser (its own rate, 0) holds it: nothing moves it
+    for bounds in ("", "max_lr = { denoiser = 0, text_encoder = 1e-6 }\n"):
+        body = DOG + TE + opt + keep + '[schedule]\nsteps = 100\nlr_schedule = "one_cycle"\n' + bounds
+        assert hits_of(rule, body) == [("DBS229", "warning", where)], bounds
+    assert hits_of(rule, DOG + STEPS + TE + opt + keep) == [("DBS229", "warning", where)]
+    # the classes that move a group at rate 0 whatever its rate: kept, DBS606
+    for kind, more, why in (
+        ("adafactor", "relative_step = true\n", "relative_step"),
+        ("dadapt_lion", "", "d x the largest group's rate"),
+    ):
+        body = DOG + STEPS + TE + opt + keep + f'kind = "{kind}"\n' + more
+        assert hits_of(rule, body) == [("DBS606", "warning", where)], kind
+        assert why in _messages_of(rule, body)[0], kind
+    # the classes that refuse lr 0 when built stay refused: keep cannot run them
+    for kind in ("prodigy", "dadapt_adam", "dadapt_sgd", "came"):
+        body = DOG + STEPS + TE + opt + keep + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS200", "error", where)], kind
+    inert, path = rules.at_zero_inert, ("optimizer", "denoiser_at_zero")
+    assert hits_of(inert, DOG + STEPS + TE + opt + keep) == []
+    moving = "[optimizer]\nlr = 1e-4\n" + keep
+    assert hits_of(inert, DOG + STEPS + TE + moving) == [("DBS608", "warning", path)]
+    assert "optimizer.lr is not 0" in _messages_of(inert, DOG + STEPS + TE + moving)[0]
+
+
 def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold_it():
     """optimizer.text_encoder_lr = 0 with the denoiser training (kohya networks.lora_fa's text-encoder group
     kept at rate 0): DBS229 names the cost; DBS200 where nothing else trains, or where the optimizer or the
@@ -2762,10 +2810,26 @@ def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_canno
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS229", "warning", path)], kind
     # schedules that set or lift every group's rate
-    for schedule in ('lr_schedule = "cosine_annealing"\neta_min = 1e-7\n', 'lr_schedule = "one_cycle"\n'):
+    lifting = (
+        'lr_schedule = "cosine_annealing"\neta_min = 1e-7\n',
+        'lr_schedule = "one_cycle"\nmax_lr = 1e-4\n',
+        'lr_schedule = "cyclic"\nbase_lr = 1e-6\n',
+        'lr_schedule = "one_cycle"\nmax_lr = { denoiser = 1e-4, text_encoder = 1e-5 }\n',
+    )
+    for schedule in lifting:
         body = DOG + TE + opt + "[schedule]\nsteps = 100\n" + schedule
         assert hits_of(rule, body) == [("DBS200", "error", path)], schedule
         assert "the text encoder would move" in _messages_of(rule, body)[0]
+    # OneCycleLR / CyclicLR at bounds of 0 for the group (max_lr 0: its own rate, 0; or a peak of 0) hold it
+    holding_schedules = (
+        'lr_schedule = "one_cycle"\n',
+        'lr_schedule = "one_cycle"\nmax_lr_zero = "literal"\n',
+        'lr_schedule = "cyclic"\n',
+        'lr_schedule = "one_cycle"\nmax_lr = { denoiser = 1e-4, text_encoder = 0 }\n',
+    )
+    for schedule in holding_schedules:
+        body = DOG + TE + opt + "[schedule]\nsteps = 100\n" + schedule
+        assert hits_of(rule, body) == [("DBS229", "warning", path)], schedule
     # text_encoder_at_zero = "keep": the group stays at rate 0 and moves as kohya networks.lora_fa's does
     # (DBS606 says how), except where the groups' order changes the run (compiler/zero_group.py)
     keep = 'text_encoder_at_zero = "keep"\n'
@@ -2787,9 +2851,15 @@ def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_canno
     )
     assert hits_of(rule, body) == [("DBS606", "warning", path)]
     assert "lifts the LR to eta_min 1e-07" in _messages_of(rule, body)[0]
+    # OneCycleLR moves the kept group where its max_lr is above 0 (DBS606 names the bound), not at 0: held
+    cycle = DOG + TE + opt + keep + '[schedule]\nsteps = 100\nlr_schedule = "one_cycle"\n'
+    assert hits_of(rule, cycle + "max_lr = 1e-4\n") == [("DBS606", "warning", path)]
+    assert "(max_lr 0.0001)" in _messages_of(rule, cycle + "max_lr = 1e-4\n")[0]
+    for bounds in ("", "max_lr = { denoiser = 1e-4, text_encoder = 0 }\n"):
+        assert hits_of(rule, cycle + bounds) == [("DBS229", "warning", path)], bounds
     # where nothing moves it, "keep" is the held text encoder: DBS229
     assert hits_of(rule, DOG + STEPS + TE + opt + keep) == [("DBS229", "warning", path)]
-    inert = rules.text_encoder_at_zero_inert
+    inert = rules.at_zero_inert
     assert hits_of(inert, DOG + STEPS + TE + opt + keep) == []
     moving = "[optimizer]\nlr = 1e-4\ntext_encoder_lr = 1e-5\n" + keep
     assert hits_of(inert, DOG + STEPS + TE + moving) == [
