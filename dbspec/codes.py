@@ -3057,8 +3057,8 @@ rate from 0 toward it; OneCycleLR and CyclicLR set the group's rate from its bou
 "hold"). The group adds nothing to D-Adaptation's or Prodigy's estimate of d, so the run is the same whatever
 the groups' order (kohya's text encoder first, dbspec's denoiser first). The group trains, if oddly: give it
 a rate of its own unless you are reproducing such a run.""",
-        help='give the group a rate above 0, or optimizer.text_encoder_at_zero (denoiser_at_zero) = "hold" with '
-        "an optimizer and schedule that hold it",
+        help='give the group a rate above 0, or optimizer.text_encoder_at_zero (denoiser_at_zero) = "hold" '
+        "with an optimizer and schedule that hold it",
     ),
     Code(
         "DBS607",

@@ -2699,13 +2699,13 @@ class Optimizer:
     )
     denoiser_at_zero: Literal["hold", "keep"] = option(
         "hold",
-        doc="What the denoiser at `lr` 0 beside a training text encoder is. hold: it stays still, so DBS200 "
-        "refuses a schedule that would move it. keep: its group stays in the optimizer at rate 0 and moves as "
-        "the schedule moves it, as kohya train_db.py's U-Net at learning_rate 0 does: a positive "
+        doc="What the denoiser at `lr` 0 beside a training text encoder is. hold: it stays still, so "
+        "DBS200 refuses a schedule that would move it. keep: its group stays in the optimizer at rate 0 and "
+        "moves as the schedule moves it, as kohya train_db.py's U-Net at learning_rate 0 does: a positive "
         "`schedule.eta_min` lifts it, OneCycleLR / CyclicLR set its rate from their bounds where one above 0 "
         "is its (DBS606 says how); DAdaptLion and Adafactor's relative step move it too. The classes that "
-        "refuse a rate of 0 when built (D-Adaptation's but DAdaptLion, Prodigy, CAME) stay refused, as kohya's "
-        "run stops there.",
+        "refuse a rate of 0 when built (D-Adaptation's but DAdaptLion, Prodigy, CAME) stay refused, as "
+        "kohya's run stops there.",
     )
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
