@@ -99,24 +99,121 @@ def test_a_torch_scheduler_that_multiplies_the_rates_holds_the_unet(tmp_path, sc
 
 
 @pytest.mark.parametrize(
-    ("scheduler", "why"),
+    ("scheduler", "schedule", "why"),
     [
         (
             'lr_scheduler_type = "CosineAnnealingLR"\nlr_scheduler_args = ["T_max=400", "eta_min=1e-7"]\n',
-            "eta_min",
+            "cosine_annealing",
+            "eta_min 1e-07",
         ),
         (
             'lr_scheduler_type = "OneCycleLR"\nlr_scheduler_args = ["max_lr=1e-5", "total_steps=400"]\n',
-            "max_lr",
+            "one_cycle",
+            "max_lr 1e-05",
         ),
     ],
 )
-def test_a_torch_scheduler_that_lifts_a_zero_rate_is_not_a_held_unet(tmp_path, scheduler, why):
+def test_a_torch_scheduler_that_lifts_a_zero_rate_keeps_the_unet_moving(tmp_path, scheduler, schedule, why):
     """eta_min > 0 or a scheduler that sets every group's rate itself: kohya's U-Net moves on that schedule
-    (not a frozen U-Net, which the conversion said before): DBS403."""
+    (was DBS403): optimizer.lr = 0 with optimizer.denoiser_at_zero = "keep", the same groups in the same
+    order (U-Net first) under the same schedule, DBS606 in the plan naming what moves it."""
     outcome = _convert(tmp_path, 'optimizer_type = "AdamW"\n' + scheduler)
+    _no_difference(outcome)
+    assert "train_db.py keeps the U-Net in the optimizer" in outcome.conversion.reports["learning_rate"].note
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert plan.schedule.lr_schedule == schedule and plan.train_denoiser and plan.train_text_encoder
+    assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero, o.text_encoder_at_zero) == (0, 5e-6, "keep", "hold")
+    said = [w for w in plan.warnings if "DBS606" in w]
+    assert said and "the denoiser" in said[0] and why in said[0], plan.warnings
+    assert not any("DBS229" in w for w in plan.warnings)
+    if schedule == "one_cycle":
+        assert plan.schedule.torch.max_lr == 1e-5 and plan.schedule.t_max == 400
+    else:
+        assert plan.schedule.eta_min == 1e-7 and plan.schedule.t_max == 400
+
+
+def _command(tmp_path, extra: str):
+    """A realistic train_db.py command line at learning_rate 0 with learning_rate_te, kohya's default clip."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
+    images(tmp_path / "reg" / "1_man", 8, (512, 512))
+    command = (
+        f'accelerate launch train_db.py --pretrained_model_name_or_path="{SD15}" --train_data_dir=train '
+        "--reg_data_dir=reg --prior_loss_weight=1.0 --resolution=512 --output_dir=out "
+        "--train_batch_size=1 --learning_rate=0 --learning_rate_te=2e-6 --max_train_steps=300 "
+        f'--mixed_precision="bf16" --optimizer_type="AdamW8bit" {extra}'
+    )
+    return kohya(tmp_path, command=command)
+
+
+def test_command_lines_whose_schedule_moves_the_unet_keep_it_at_rate_zero(tmp_path):
+    """Command lines that were DBS403: CyclicLR with per-group bounds (the U-Net's first), OneCycleLR with one
+    max_lr for both groups, CosineAnnealingWarmRestarts with eta_min: denoiser_at_zero = "keep", exact."""
+    cases = [
+        (
+            '--lr_scheduler_type CyclicLR --lr_scheduler_args "base_lr=[1e-7,1e-7]" "max_lr=[1e-5,2e-6]" '
+            '"step_size_up=50" "cycle_momentum=False"',
+            "cyclic",
+        ),
+        (
+            '--lr_scheduler_type torch.optim.lr_scheduler.OneCycleLR --lr_scheduler_args "max_lr=4e-6" '
+            '"total_steps=300" "pct_start=0.1"',
+            "one_cycle",
+        ),
+        (
+            '--lr_scheduler_type CosineAnnealingWarmRestarts --lr_scheduler_args "T_0=100" "eta_min=1e-8"',
+            "cosine_annealing_warm_restarts",
+        ),
+    ]
+    for index, (extra, schedule) in enumerate(cases):
+        outcome = _command(tmp_path / str(index), extra)
+        _no_difference(outcome)
+        plan = plan_of(outcome, tmp_path / str(index))
+        o, s = plan.optimizer, plan.schedule
+        assert (o.kind, o.lr, o.text_encoder_lr, o.denoiser_at_zero) == ("adamw8bit", 0, 2e-6, "keep")
+        assert s.lr_schedule == schedule and plan.train_denoiser and o.max_grad_norm == 1.0
+        assert any("DBS606" in w for w in plan.warnings), plan.warnings
+        if schedule == "cyclic":
+            bounds = {g.name: (g.base_lr, g.max_lr) for g in s.torch.groups}
+            assert bounds == {"denoiser": (1e-7, 1e-5), "text_encoder": (1e-7, 2e-6)}
+            assert s.torch.step_size_up == 50 and not s.torch.cycle_momentum
+        elif schedule == "one_cycle":
+            assert (s.torch.max_lr, s.torch.pct_start, s.t_max) == (4e-6, 0.1, 300)
+        else:
+            assert (s.t_max, s.eta_min) == (100, 1e-8)
+
+
+def test_a_schedule_whose_bounds_are_zero_for_the_unet_holds_it(tmp_path):
+    """OneCycleLR with max_lr 0 for the U-Net's group (the first of a per-group list) holds it at 0 from the
+    first step: the held U-Net (optimizer.lr = 0, DBS229), no "keep"."""
+    outcome = _command(
+        tmp_path,
+        '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=[0,3e-6]" "total_steps=300"',
+    )
+    _no_difference(outcome)
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero) == (0, 2e-6, "hold")
+    assert {g.name: g.max_lr for g in plan.schedule.torch.groups} == {"denoiser": 0, "text_encoder": 3e-6}
+    assert any("DBS229" in w for w in plan.warnings) and not any("DBS606" in w for w in plan.warnings)
+
+
+def test_without_a_text_encoder_rate_a_lifting_schedule_stays_refused(tmp_path):
+    """learning_rate 0 without learning_rate_te: the U-Net and text encoder are one group at rate 0 that the
+    schedule lifts, with no text encoder at a rate above 0 beside the U-Net: DBS403 still."""
+    outcome = _command(
+        tmp_path, '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
+    )
+    assert outcome.exit_code == 0, errors(outcome)  # the command line above has learning_rate_te
+    images(tmp_path / "alone" / "train" / "40_ohwx man", 4, (512, 512))
+    command = (
+        f'accelerate launch train_db.py --pretrained_model_name_or_path="{SD15}" --train_data_dir=train '
+        "--resolution=512 --output_dir=out --learning_rate=0 --max_train_steps=300 "
+        '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
+    )
+    outcome = kohya(tmp_path / "alone", command=command)
     assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
-    assert why in outcome.conversion.reports["learning_rate"].note
+    assert "beside no text encoder at a rate above 0" in outcome.conversion.reports["learning_rate"].note
 
 
 def test_adafactor_relative_step_trains_the_unet_anyway(tmp_path):

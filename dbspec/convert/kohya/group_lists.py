@@ -52,6 +52,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
 from dbspec.convert.kohya.blocks import SDXL_BLOCKS
 from dbspec.convert.kohya.network import parse_network_args
+from dbspec.convert.kohya.rate_zero import train_db_unet_trains
 
 Args = dict[str, Legacy]
 _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
@@ -92,7 +93,7 @@ def _rate(a: Args, key: str, fallback: Any) -> Any:
 
 def _train_db(a: Args) -> list[tuple[str, tuple[str, ...]]]:
     stop = a["stop_text_encoder_training"].value
-    unet = ("denoiser",) if a["learning_rate"].value else ()  # rate 0: train.denoiser = false
+    unet = ("denoiser",) if train_db_unet_trains(a) else ()  # else train.denoiser = false
     if stop is not None and stop < 0:
         return [("unet", unet)]
     text = ("text_encoder",) if stop is None or stop > 0 else ()  # 0: it never changes (dbspec: frozen)

@@ -54,6 +54,38 @@ def torch_schedule_moves_a_zero_group(a: Args) -> str:
     return ""
 
 
+def train_db_unet_lifted(a: Args) -> str:
+    """torch_schedule_moves_a_zero_group for train_db.py's U-Net group, the first of its [U-Net at
+    learning_rate, text encoder at learning_rate_te] (the order of dbspec's groups too): OneCycleLR and
+    CyclicLR set its rate from its own bounds (a list's first value, or the one number), so they hold it at 0
+    where those are 0 ("")."""
+    moves = torch_schedule_moves_a_zero_group(a)
+    cls = str(a["lr_scheduler_type"].value or "").removeprefix("torch.optim.lr_scheduler.") if moves else ""
+    if cls not in ("OneCycleLR", "CyclicLR"):
+        return moves
+    kwargs, problems = parse_kohya_args(a["lr_scheduler_args"].value or [])
+    if problems:
+        return moves  # reported where the schedule maps
+    keys = ("max_lr", "base_lr") if cls == "CyclicLR" else ("max_lr",)
+    firsts = [
+        value[0] if isinstance(value, list | tuple) and value else value for value in map(kwargs.get, keys)
+    ]
+    if not all(isinstance(value, int | float) for value in firsts):
+        return moves  # a bound missing or not a number: the schedule's mapping reports it
+    return moves if any(firsts) else ""
+
+
+def train_db_unet_trains(a: Args) -> bool:
+    """Whether train_db.py's U-Net is a dbspec denoiser group: at a learning_rate above 0, or at 0 beside a
+    text encoder at learning_rate_te above 0 where its gradients count in the clip (held, optimizer.lr = 0)
+    or the schedule moves it (optimizer.denoiser_at_zero = "keep"); else train.denoiser = false (or nothing
+    trains: the rates' mapping reports it)."""
+    if a["learning_rate"].value:
+        return True
+    rate_te = a["learning_rate_te"].value if "learning_rate_te" in a else None
+    return bool(rate_te) and bool(a["max_grad_norm"].value or train_db_unet_lifted(a))
+
+
 def lora_fa_not_held(a: Args) -> str:
     """Why kohya's networks.lora_fa text-encoder group at rate 0 is no group dbspec holds at rate 0 (the spec
     rule DBS200 refuses optimizer.text_encoder_lr = 0 alike), or "": D-Adaptation's classes and Prodigy where

@@ -19,7 +19,7 @@ from dbspec.convert.kohya.rate_zero import (
     lora_fa_not_held,
     lora_fa_trains_nothing,
     kept_group_moves,
-    torch_schedule_moves_a_zero_group,
+    train_db_unet_lifted,
 )
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
 from dbspec.convert.common.optimizers import (
@@ -1087,7 +1087,10 @@ def _train_db_unet_at_rate_zero(
     dbspec's `optimizer.lr = 0` with the denoiser training (True: its gradients are computed and clipped with
     the text encoder's, DBS229); with max_grad_norm = 0 the U-Net's gradients change nothing, so
     `train.denoiser = false` is the same run, cheaper (False). DAdaptLion and Adafactor's relative step move
-    the U-Net anyway: both train (True). None: not expressible, or kohya stops (map_optimizer says so)."""
+    the U-Net anyway: both train (True). A torch scheduler that lifts the U-Net's group off 0 (an eta_min
+    above 0; OneCycleLR / CyclicLR with a bound above 0 for it: rate_zero.train_db_unet_lifted) moves it on
+    that schedule: `optimizer.lr = 0` with `optimizer.denoiser_at_zero = "keep"` (True; dbspec's groups are
+    train_db.py's, U-Net first). None: not expressible, or kohya stops (map_optimizer says so)."""
     clip = a["max_grad_norm"]
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
     te = a["learning_rate_te"]
@@ -1097,15 +1100,22 @@ def _train_db_unet_at_rate_zero(
         return _train_db_unet_trains_anyway(a, unet_lr, text_encoder, kind, conv)
     if not _polynomial_takes_lr_zero(a, conv):
         return None
-    moves = torch_schedule_moves_a_zero_group(a)
-    if moves:
+    moves = train_db_unet_lifted(a)
+    if moves and not (text_encoder and te.value):
         conv.unsupported(
             unet_lr,
             f"train_db.py steps the U-Net at learning rate 0, but {moves}: kohya's U-Net trains on its own "
-            "schedule (dbspec refuses optimizer.lr = 0 with it, DBS200)",
+            "schedule beside no text encoder at a rate above 0 (dbspec refuses optimizer.lr = 0 with it, "
+            "DBS200)",
             help="use another lr_scheduler_type, or drop eta_min",
         )
         return None
+    if moves:  # the U-Net's group kept at rate 0 and moved by the schedule: optimizer.denoiser_at_zero
+        why = f"train_db.py keeps the U-Net in the optimizer at learning rate 0, where {moves}"
+        conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, note=why, comment=conv.comment(unet_lr, why))
+        conv.put(("optimizer", "denoiser_at_zero"), "keep", conv.comment(unet_lr, why))
+        conv.notes.append(f'kohya {why}: the U-Net trains (optimizer.denoiser_at_zero = "keep")')
+        return True
     if clip.value and text_encoder and te.value:
         why = (
             "train_db.py steps the U-Net at learning rate 0: its weights never change, but its gradients "
