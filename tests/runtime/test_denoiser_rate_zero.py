@@ -232,27 +232,51 @@ def test_a_schedulefree_run_holds_the_denoiser_at_rate_zero_as_the_class_on_two_
         assert torch.equal(x.detach(), y.detach())
 
 
-def test_a_torch_step_schedule_keeps_the_denoiser_at_rate_zero(tmp_path, monkeypatch):
-    """torch's StepLR multiplies each group's own rate by gamma: a group at 0 stays at 0. The run equals
-    torch's AdamW on [denoiser at 0, text encoder at 1e-3] with StepLR(step_size=1, gamma=0.5) stepped after
-    each optimizer step, as kohya's lr_scheduler_type StepLR builds it."""
-    settings = ["optimizer.lr=0", "optimizer.text_encoder_lr=1e-3", "optimizer.weight_decay=0.1"]
-    settings += ['schedule.lr_schedule="step"', "schedule.step_size=1", "schedule.gamma=0.5"]
+# (dbspec [schedule] settings, torch's scheduler as kohya's lr_scheduler_type builds it with its args)
+TORCH_SCHEDULES = {
+    "step": (
+        ['schedule.lr_schedule="step"', "schedule.step_size=1", "schedule.gamma=0.5"],
+        lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+    ),
+    # optimizer.denoiser_at_zero = "keep": OneCycleLR lifts the U-Net's group off rate 0 to max_lr
+    "one_cycle": (
+        ['schedule.lr_schedule="one_cycle"', "schedule.t_max=3", "schedule.max_lr=2e-3"],
+        lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=2e-3, total_steps=3),
+    ),
+}
+
+
+@pytest.mark.parametrize("schedule", list(TORCH_SCHEDULES))
+def test_a_torch_schedule_moves_the_denoiser_at_rate_zero_as_kohyas(tmp_path, monkeypatch, schedule):
+    """torch's StepLR multiplies each group's own rate by gamma: a group at 0 stays at 0 (held). OneCycleLR's
+    max_lr lifts it: with optimizer.denoiser_at_zero = "keep" the denoiser trains on that schedule from rate
+    0 (was refused; kohya train_db.py's U-Net at learning_rate 0 under lr_scheduler_type OneCycleLR). Either
+    way the run equals torch's AdamW on [denoiser at 0, text encoder at 1e-3] with the scheduler stepped
+    after each optimizer step, as kohya builds them, bit for bit."""
+    settings, build = TORCH_SCHEDULES[schedule]
+    kept = schedule != "step"
+    settings = [*settings, "optimizer.lr=0", "optimizer.text_encoder_lr=1e-3", "optimizer.weight_decay=0.1"]
+    settings += ['optimizer.denoiser_at_zero="keep"'] if kept else []
     plan = compile_spec(write_spec(tmp_path, steps=3, extra=TE), settings)
-    assert plan.optimizer.kind == "adamw" and plan.schedule.lr_schedule == "step"
+    assert plan.optimizer.kind == "adamw" and plan.optimizer.denoiser_at_zero == ("keep" if kept else "hold")
+    said = "kept in the optimizer at rate 0" if kept else "the denoiser held"
+    assert said in summary_text(plan) and any("DBS606" in w for w in plan.warnings) == kept
     seen = _recording(monkeypatch)
     assert execute(plan).status == "finished" and len(seen["grads"]) == 3
     o = plan.optimizer
     kwargs = {"betas": tuple(o.betas), "eps": o.eps, "weight_decay": 0.1}
-
-    def step_lr(optimizer):
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-
     adamw = torch.optim.AdamW
     params = _replay(
-        seen, lambda ps: adamw(_kohya_groups(ps, [0.0, 1e-3]), lr=0.0, **kwargs), scheduler=step_lr
+        seen, lambda ps: adamw(_kohya_groups(ps, [0.0, 1e-3]), lr=0.0, **kwargs), scheduler=build
     )
-    _held_and_equal(seen, params)
+    if not kept:
+        _held_and_equal(seen, params)
+        return
+    (_, d_rate, denoiser), (_, _, text) = seen["groups"]
+    assert d_rate == 0.0
+    for run_group, ref_group, start in zip((denoiser, text), params, seen["start"], strict=True):
+        assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(run_group, ref_group, strict=True))
+        assert not all(torch.equal(p.detach(), x) for p, x in zip(run_group, start, strict=True))  # moved
 
 
 def test_a_relative_step_adafactor_run_trains_both_as_kohyas_rateless_groups(tmp_path, monkeypatch):
