@@ -329,3 +329,17 @@ def test_a_files_text_modules_are_held_at_rate_0_whatever_the_clip(tmp_path, ext
     assert plan.adapter.init_weights.endswith("prev.safetensors")
     said = [w for w in plan.warnings if "DBS229" in w]
     assert said and ("init_weights gives it modules of its own" in said[0]) == (extra == " --max_grad_norm 0")
+
+
+def test_a_schedule_that_holds_the_group_at_0_is_the_held_text_encoder(tmp_path):
+    """OneCycleLR with max_lr 0 for lora_fa's text-encoder group (the first of [text encoder, U-Net]) holds
+    it at 0: the held text encoder under the clip, no text_encoder_at_zero = "keep" and no DBS606 saying it
+    moves (DBS229 names the cost)."""
+    schedule = '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=[0,1e-4]" "total_steps=400"'
+    outcome = kohya_lora(tmp_path, f"{FA} {schedule}")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert "text_encoder_at_zero" not in outcome.text
+    plan = plan_of(outcome, tmp_path)
+    _held(plan)
+    assert plan.optimizer.text_encoder_at_zero == "hold" and not any("DBS606" in w for w in plan.warnings)
+    assert {g.name: g.max_lr for g in plan.schedule.torch.groups} == {"denoiser": 1e-4, "text_encoder": 0}

@@ -52,7 +52,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
 from dbspec.convert.kohya.blocks import SDXL_BLOCKS
 from dbspec.convert.kohya.network import parse_network_args
-from dbspec.convert.kohya.rate_zero import train_db_unet_trains
+from dbspec.convert.kohya.rate_zero import lora_fa_holds, lora_fa_kept, train_db_unet_trains
 
 Args = dict[str, Legacy]
 _BLOCK_WEIGHTS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
@@ -196,7 +196,8 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
     that part (network_train_unet_only / text_encoder_only remove it), also at rate 0. A rate 0 that
     CyclicLR / OneCycleLR or Adafactor's relative step lift was replaced before (lift_kept_rates); one left
-    is a group the schedule holds at 0 too, untrained in dbspec (no group)."""
+    is a group the schedule holds at 0 too: the text encoders' trains at rate 0 in dbspec under a clip
+    (train.py _lora_fa_text_held: its group, held), the U-Net's is untrained (no group)."""
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
@@ -208,8 +209,15 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     ):
         if a[skip].value:
             continue
-        groups.append((name, (target,) if rate else ()))
+        held = target == "text_encoder" and _lora_fa_text_held(a)
+        groups.append((name, (target,) if rate or held else ()))
     return groups, ""
+
+
+def _lora_fa_text_held(a: Args) -> bool:
+    """lora_fa's text encoders at rate 0 trained (held, or kept) at optimizer.text_encoder_lr = 0 under the
+    clip (train.py _lora_fa_text_held), their group in dbspec's optimizer."""
+    return bool(a["max_grad_norm"].value) and (lora_fa_holds(a) or bool(lora_fa_kept(a)))
 
 
 # the networks whose prepare_optimizer_params keep a group at rate 0 in the optimizer

@@ -877,7 +877,7 @@ def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool
     if not (lora_fa_holds(a) or kept) or not (a["max_grad_norm"].value or held_file or kept_group_moves(a)):
         return False
     conv.record(a["network_train_unet_only"], "mapped", "train.text_encoder")
-    if kept:
+    if kept_group_moves(a):  # not OneCycleLR / CyclicLR holding it at 0: the held text encoder (DBS229)
         why = f"networks.lora_fa keeps the text encoders' group in the optimizer at rate 0, where {kept}"
         conv.put(("optimizer", "text_encoder_at_zero"), "keep", conv.comment(te_lr, why))
         conv.notes.append(f'kohya {why}: the text encoder trains (optimizer.text_encoder_at_zero = "keep")')
