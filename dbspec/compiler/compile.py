@@ -589,6 +589,7 @@ def optimizer_plan(spec: Spec, model) -> OptimizerPlan:
         loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
         max_grad_norm=o.max_grad_norm,
         text_encoder_at_zero=o.text_encoder_at_zero,
+        group_order=o.group_order,
         clip_mode=o.clip_mode,
         dadapt=dadapt_plan(o),
         adafactor=adafactor_plan(o),

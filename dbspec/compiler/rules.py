@@ -1400,12 +1400,17 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
     keep = o.lr != 0 and o.text_encoder_at_zero == "keep"  # kept in the optimizer, moved as it moves it
     moved = []
     own = _rate_zero_moves_or_stops(o, built_at_zero=o.lr == 0)
-    if own and keep and o.kind not in ORDER_DEPENDENT:
+    if own and keep and (o.kind not in ORDER_DEPENDENT or _kept_in_kohya_order(o)):
         moved.append(own)
     elif own:
         order = (
             ' (text_encoder_at_zero = "keep" cannot reproduce it: the groups\' order changes that run, '
-            "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's)"
+            "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's"
+            + (
+                ': optimizer.group_order = "text_encoders_first" is kohya\'s order)'
+                if o.kind == "dadapt_lion"
+                else ")"
+            )
             if keep
             else ""
         )
@@ -1443,6 +1448,29 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             )
         else:
             yield _held_warning(spec, _rate_path(given, held_texts[0]), part, other, flag)
+
+
+def _kept_in_kohya_order(o: Optimizer) -> bool:
+    """A text encoder kept at rate 0 under DAdaptLion with its groups ahead of the denoiser's (group_order),
+    as kohya networks.lora_fa orders them: DAdaptLion steps every group by d x the largest rate and sums
+    them into d in the groups' order, so that order makes it kohya's run (tests/runtime/
+    test_optim_zero_group.py). The first-group-rate classes train nothing in that order: still refused."""
+    return o.kind == "dadapt_lion" and o.group_order == "text_encoders_first"
+
+
+@rule("spec")
+def group_order_with_split(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.group_order = "text_encoders_first" with optimizer.split above 1: the split cuts the
+    groups into chunks in dbspec's planned order (DBS602)."""
+    o = spec.optimizer
+    if o.group_order == "text_encoders_first" and o.split > 1:
+        yield _err(
+            "DBS602",
+            ("optimizer", "group_order"),
+            f'optimizer.group_order = "text_encoders_first" with optimizer.split = {o.split}: the split cuts '
+            "the groups into its chunks in dbspec's own order (the denoiser's first), one optimizer each",
+            codes.help("DBS602"),
+        )
 
 
 @rule("spec")

@@ -947,6 +947,9 @@ class OptimizerPlan:
     # a text encoder at rate 0: "hold" (it stays still) or "keep" (its group at rate 0 moves as the optimizer
     # and schedule move it, kohya networks.lora_fa's; the spec rule DBS606 says how); runtime groups alike
     text_encoder_at_zero: str = "hold"
+    # optimizer.group_order: "denoiser_first" (dbspec's) or "text_encoders_first" (kohya's networks'); the
+    # runtime's param_groups builds them so
+    group_order: str = "denoiser_first"
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
     came: CAMEPlan | None = None  # kind came only
