@@ -17,6 +17,7 @@ from dbspec.convert.kohya.rate_zero import (
     lora_fa_holds,
     lora_fa_kept,
     lora_fa_not_held,
+    lora_fa_order,
     lora_fa_trains_nothing,
     kept_group_moves,
     torch_schedule_moves_a_zero_group,
@@ -881,6 +882,9 @@ def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool
         why = f"networks.lora_fa keeps the text encoders' group in the optimizer at rate 0, where {kept}"
         conv.put(("optimizer", "text_encoder_at_zero"), "keep", conv.comment(te_lr, why))
         conv.notes.append(f'kohya {why}: the text encoder trains (optimizer.text_encoder_at_zero = "keep")')
+    if kept and lora_fa_order(a):
+        why = "networks.lora_fa's order: the text encoders' group first, which DAdaptLion sums into d first"
+        conv.put(("optimizer", "group_order"), "text_encoders_first", conv.comment(te_lr, why))
     why = (
         "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
         f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
