@@ -200,7 +200,8 @@ def test_dadapt_lion_keeps_the_group_in_kohyas_group_order(tmp_path):
         said = [w for w in plan.warnings if "DBS606" in w]
         assert said and "whatever its own" in said[0], plan.warnings
     # another optimizer keeps dbspec's own order (the order changes nothing there)
-    outcome = kohya_lora(tmp_path, f"{FA} --optimizer_type Prodigy --optimizer_args weight_decay=0.01 {D_LR}")
+    fa = FA.replace("--unet_lr 1e-4 ", "")
+    outcome = kohya_lora(tmp_path, f"{fa} {D_LR} --optimizer_type Prodigy --optimizer_args weight_decay=0.01")
     assert plan_of(outcome, tmp_path).optimizer.group_order == "denoiser_first"
 
 

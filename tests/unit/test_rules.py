@@ -600,6 +600,12 @@ CASES = [
         DOG + STEPS + TE + '[optimizer]\ntext_encoder_lr = 0\ntext_encoder_at_zero = "keep"\n',
     ),
     (
+        rules.group_order_with_split,  # kohya's group order, but the split cuts in dbspec's own order
+        DOG + STEPS + '[optimizer]\ngroup_order = "text_encoders_first"\nsplit = 2\n',
+        [("DBS602", "error", ("optimizer", "group_order"))],
+        DOG + STEPS + '[optimizer]\ngroup_order = "text_encoders_first"\n',
+    ),
+    (
         rules.held_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
         DOG + STEPS + TE + "[optimizer]\nlr = 0\n",
         [("DBS200", "error", ("optimizer", "lr"))],
