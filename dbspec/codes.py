@@ -3040,6 +3040,17 @@ dbspec's max-norm measures it at the trained scale, so the run would differ; LyC
         "adapter.alpha",
     ),
     Code(
+        "DBS602",
+        ERROR,
+        "optimizer.group_order with optimizer.split",
+        """\
+`optimizer.group_order = "text_encoders_first"` puts the text encoders' optimizer groups ahead of the
+denoiser's, kohya's networks' order. `optimizer.split` above 1 (kohya's fused_optimizer_groups) cuts the
+groups into chunks, one optimizer each, in dbspec's own order (the denoiser's first), so the two do not
+combine.""",
+        help="remove optimizer.group_order, or set optimizer.split = 1",
+    ),
+    Code(
         "DBS606",
         WARNING,
         "A group kept at learning rate 0 that the optimizer or schedule moves",

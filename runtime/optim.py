@@ -22,10 +22,13 @@ def param_groups(
     only when the plan gives it another rate (so runs without one keep their optimizer state layout); the
     third (SD3's T5-XXL with train.t5) likewise, else it joins the second's group (kohya's [a, b, b]).
     LoRA+: with a ratio in the plan, the parameters whose id is in `lora_up` (peft lora_B) move to a
-    "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group)."""
-    groups = []
+    "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group). The denoiser's
+    groups come first, or last with optimizer.group_order = "text_encoders_first" (kohya's networks'
+    order, which DAdaptLion's estimate of d sums the groups in)."""
+    denoiser = []
     if denoiser_params:
-        groups += _with_lora_up("denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up)
+        denoiser = _with_lora_up("denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up)
+    groups: list[dict] = []
     own = opt.text_encoder_2_lr is not None and len(text_params) > 1 and text_params[1]
     # the third (SD3's T5-XXL, train.t5) has its own group with its own rate, else joins the second's
     third_own = opt.text_encoder_3_lr is not None and len(text_params) > 2 and text_params[2]
@@ -41,7 +44,7 @@ def param_groups(
         )
     if third_own:
         groups += _with_lora_up("text_encoder_3", text_params[2], opt.text_encoder_3_lr, ratio, lora_up)
-    return groups
+    return groups + denoiser if opt.group_order == "text_encoders_first" else denoiser + groups
 
 
 def _with_lora_up(name: str, params: list, lr: float, ratio: float, lora_up: frozenset[int]) -> list[dict]:

@@ -594,6 +594,7 @@ def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
         max_grad_norm=o.max_grad_norm,
         text_encoder_at_zero=o.text_encoder_at_zero if moves and o.lr else "hold",
         denoiser_at_zero=o.denoiser_at_zero if moves and not o.lr else "hold",
+        group_order=o.group_order,
         clip_mode=o.clip_mode,
         dadapt=dadapt_plan(o),
         adafactor=adafactor_plan(o),

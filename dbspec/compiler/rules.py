@@ -1434,13 +1434,18 @@ def _kept_moves(spec: Spec, given: Given, where: KeyPath) -> list[str] | Hit:
     )
     moved = []
     own = _rate_zero_moves_or_stops(o, built_at_zero=denoiser)
-    reordered = not denoiser and o.kind in ORDER_DEPENDENT
+    reordered = not denoiser and o.kind in ORDER_DEPENDENT and not _kept_in_kohya_order(o)
     if own and keep and not reordered and not _stops_at_zero(o, built_at_zero=denoiser):
         moved.append(own)
     elif own:
         order = (
             ' (text_encoder_at_zero = "keep" cannot reproduce it: the groups\' order changes that run, '
-            "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's)"
+            "kohya's networks.lora_fa putting the text encoder's first, dbspec the denoiser's"
+            + (
+                ': optimizer.group_order = "text_encoders_first" is kohya\'s order)'
+                if o.kind == "dadapt_lion"
+                else ")"
+            )
             if keep and reordered
             else ""
         )
@@ -1509,6 +1514,29 @@ def _kept_warning(where: KeyPath, key: str, part: str, option: str, moved: list[
         f"{'; '.join(moved)}",
         codes.help("DBS606"),
     )
+
+
+def _kept_in_kohya_order(o: Optimizer) -> bool:
+    """A text encoder kept at rate 0 under DAdaptLion with its groups ahead of the denoiser's (group_order),
+    as kohya networks.lora_fa orders them: DAdaptLion steps every group by d x the largest rate and sums
+    them into d in the groups' order, so that order makes it kohya's run (tests/runtime/
+    test_optim_zero_group.py). The first-group-rate classes train nothing in that order: still refused."""
+    return o.kind == "dadapt_lion" and o.group_order == "text_encoders_first"
+
+
+@rule("spec")
+def group_order_with_split(spec: Spec, given: Given) -> Iterator[Hit]:
+    """optimizer.group_order = "text_encoders_first" with optimizer.split above 1: the split cuts the
+    groups into chunks in dbspec's planned order (DBS602)."""
+    o = spec.optimizer
+    if o.group_order == "text_encoders_first" and o.split > 1:
+        yield _err(
+            "DBS602",
+            ("optimizer", "group_order"),
+            f'optimizer.group_order = "text_encoders_first" with optimizer.split = {o.split}: the split cuts '
+            "the groups into its chunks in dbspec's own order (the denoiser's first), one optimizer each",
+            codes.help("DBS602"),
+        )
 
 
 @rule("spec")

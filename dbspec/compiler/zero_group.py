@@ -20,7 +20,8 @@ _FIRST_GROUP_RATE = {
 }
 
 # where the groups' order changes the run (the first group's rate read as everyone's; DAdaptLion's group at
-# rate 0 feeding the estimate of d, summed in the groups' order): a group kept at rate 0 is not kohya's
+# rate 0 feeding the estimate of d, summed in the groups' order): a group kept at rate 0 is not kohya's in
+# dbspec's own order (DAdaptLion's is in kohya's, optimizer.group_order = "text_encoders_first")
 ORDER_DEPENDENT = (*_FIRST_GROUP_RATE, "dadapt_lion")
 
 

@@ -181,6 +181,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "implementation"): "default",  # torch's own kernel choice then
         ("optimizer", "decoupled_weight_decay"): False,  # RAdam's decoupled decay, added since
         ("optimizer", "min_8bit_size"): 4096,  # bitsandbytes' default, the only one then
+        ("optimizer", "group_order"): "denoiser_first",  # kohya's group order, added since (dbspec's then)
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
         ("pivotal",): None,  # pivotal tuning

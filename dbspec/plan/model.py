@@ -950,6 +950,9 @@ class OptimizerPlan:
     # the denoiser at rate 0: "hold" (it stays still) or "keep" (its group at rate 0 moves as the optimizer
     # and schedule move it, kohya train_db.py's U-Net at learning_rate 0; DBS606 says how); runtime alike
     denoiser_at_zero: str = "hold"
+    # optimizer.group_order: "denoiser_first" (dbspec's) or "text_encoders_first" (kohya's networks'); the
+    # runtime's param_groups builds them so
+    group_order: str = "denoiser_first"
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
     came: CAMEPlan | None = None  # kind came only

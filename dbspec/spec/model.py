@@ -2695,7 +2695,18 @@ class Optimizer:
         "Prodigy with betas[0] = 0, DAdaptSGD's momentum averaging, Adafactor's relative step, a positive "
         "`schedule.eta_min`, OneCycleLR / CyclicLR (DBS606 says how). Still refused (DBS200) where dbspec's "
         "group order (the denoiser's first; lora_fa's text encoder first) would change the run: "
-        "dadapt_adagrad, dadapt_adan, dadapt_adan_ip, dadapt_lion.",
+        "dadapt_adagrad, dadapt_adan, dadapt_adan_ip, dadapt_lion (with `group_order = "
+        '"text_encoders_first"`, kohya\'s order, dadapt_lion is allowed).',
+    )
+    group_order: Literal["denoiser_first", "text_encoders_first"] = option(
+        "denoiser_first",
+        doc="The order of the optimizer's parameter groups. denoiser_first: the denoiser's groups, then the "
+        "text encoders'. text_encoders_first: the text encoders' ahead of the denoiser's, as kohya's "
+        "networks order them (networks.lora_fa's text-encoder group before the U-Net's). Most optimizers "
+        "step each group on its own, so the order changes nothing but the optimizer state's layout; "
+        "DAdaptLion sums every group into its estimate of d in the groups' order, so with a text encoder "
+        "kept at rate 0 (`text_encoder_at_zero = \"keep\"`) only kohya's order is kohya's run. Not with "
+        "`split` above 1 (DBS602).",
     )
     denoiser_at_zero: Literal["hold", "keep"] = option(
         "hold",

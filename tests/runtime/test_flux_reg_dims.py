@@ -34,6 +34,9 @@ DIMS = r"single_blocks_0_=2,img_attn=6, txt_mlp=0,layers_1_self_attn=3"
 # regexes reach CLIP-L's modules (lora_te1_...) too: layer 0's attention at its own rate, layer 1's MLP held
 LRS = r"double_blocks_0_img=3e-3,linear2=5e-4,txt_attn=0,layers_0_self_attn=2e-4,layers_1_mlp=0"
 LR, TE_LR, RATIO = 1e-3, 5e-4, 4.0
+# with train_t5xxl=True the regexes reach T5-XXL's modules (lora_te3_...): block 0's attention at its own
+# rate, block 1's MLP held, the rest of T5 held where T5's text_encoder_lr is 0
+LRS_T5 = LRS + r",block_0_layer_0=3e-4,block_1_layer_1=0"
 # a clip that scales every step, so the held modules' uncleared gradients weigh on every update
 RUN = [f"optimizer.lr={LR}", f"optimizer.text_encoder_lr={TE_LR}", "optimizer.max_grad_norm=0.01"]
 # diffusers child -> kohya's name for it inside a double / single block
@@ -71,10 +74,10 @@ def _first(text: str, name: str, kind):
     return None
 
 
-def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR)):
+def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR), lrs: str = LRS, t5: bool = False):
     text_blocks: list[dict] = []
     blocks, extra, _, _ = flux_reg_blocks(
-        {"network_reg_dims": DIMS, "network_reg_lrs": LRS},
+        {"network_reg_dims": DIMS, "network_reg_lrs": lrs},
         dim=4,
         alpha=2.0,
         train=None,
@@ -83,6 +86,7 @@ def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR)):
         selected={},
         unet_lr=LR,
         text_trains=True,
+        t5_trains=t5,
         family="flux",
         text_rates=text_rates,
         text_blocks=text_blocks,
@@ -92,7 +96,8 @@ def _spec(tmp_path, text_rates: tuple[float, float] = (TE_LR, TE_LR)):
     text = (
         f'[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\nloraplus_ratio = {RATIO}\n'
         f"denoiser_targets = [{targets}]\ntext_encoder_targets = {json.dumps(KOHYA_TEXT_TARGETS)}\n\n"
-        '[train]\ntext_encoder = true\n\n[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n'
+        f"[train]\ntext_encoder = true\nt5 = {str(t5).lower()}\n\n"
+        '[[adapter.blocks]]\npattern = "^proj_out$"\nrank = 0\nalpha = 1\n'
     )
     for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_blocks)):
         for block in entries:
@@ -204,30 +209,35 @@ def _check_clip_l(run, rate: dict, clipped: set) -> dict[str, torch.Tensor]:
     return held
 
 
-def test_clip_l_at_rate_0_trains_the_regexes_modules_alone(tmp_path):
-    """CLIP-L at text_encoder_lr 0 with network_reg_lrs training layer 0's attention (reg_dims.py
-    lifted_encoders): only those modules are in the optimizer, at their own rate (LoRA+'s ups x ratio), as
-    kohya's assemble_params keeps their `reg_lr_<i>` group and leaves CLIP-L's default group at 0 out; every
-    other CLIP-L module is built, requires its gradient and is in the clip list, out of the optimizer (held,
-    its gradients uncleared as kohya's). Run in-process against kohya's
-    LoRANetwork.prepare_optimizer_params_with_multiple_te_lrs (sd-scripts HEAD) on stub modules with
-    text_encoder_lr 0 and `layers_1_=1e-4,layers_2_=0`, it gave CLIP-L's `reg_lr_0` (1e-4) and its plus
-    group (4e-4) alone, layers 0's and 2's modules in no group."""
-    spec = _spec(tmp_path, text_rates=(0.0, 0.0))
+def test_clip_l_and_t5_at_rate_0_train_the_regexes_modules_alone(tmp_path):
+    """CLIP-L and T5-XXL (train_t5xxl=True) at text_encoder_lr 0 with network_reg_lrs training CLIP-L's layer
+    0's attention and T5's block 0's (reg_dims.py lifted_encoders): only those modules are in the optimizer,
+    at their own rates (LoRA+'s ups x ratio), as kohya's assemble_params keeps their `reg_lr_<i>` groups and
+    leaves each encoder's default group at 0 out; every other module of either is built, requires its
+    gradient and is in the clip list, out of the optimizer (held, its gradients uncleared as kohya's). Run
+    in-process against kohya's LoRANetwork.prepare_optimizer_params_with_multiple_te_lrs (sd-scripts HEAD) on
+    stub modules with text_encoder_lr 0 and `layers_1_=1e-4,layers_2_=0`, it gave CLIP-L's `reg_lr_0` (1e-4)
+    and its plus group (4e-4) alone, layers 0's and 2's modules in no group; with text_encoder_lr [1e-5, 0]
+    and `block_1_=1e-4,block_2_=0` T5's `reg_lr_0` (1e-4, plus 4e-4) alone, blocks 0's and 2's modules in no
+    group, all sixteen parameters in get_trainable_params (the clip list)."""
+    spec = _spec(tmp_path, text_rates=(0.0, 0.0), lrs=LRS_T5, t5=True)
     plan = compile_spec(spec, [f"optimizer.lr={LR}"])
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     rate = {id(p): g["lr"] for g in run.optimizer.param_groups for p in g["params"]}
     clipped = {id(p) for p in run.params}
-    seen = set()
-    for path, layer in run.comps.text_encoders[0].named_modules():
-        if not isinstance(layer, LoraLayer):
-            continue
-        own = _first(LRS, "lora_te1_" + clip_path(path).replace(".", "_"), float)
-        seen.add(own)
-        for key, factor in (("lora_A", 1.0), ("lora_B", RATIO)):
-            weight = getattr(layer, key)["default"].weight
-            assert id(weight) in clipped and weight.requires_grad, path
-            assert rate.get(id(weight)) == (own * factor if own else None), path
-    assert seen == {2e-4, None, 0.0}
+    for index, prefix, path_of in ((0, "lora_te1_", clip_path), (1, "lora_te3_", lambda p: p)):
+        seen = set()
+        for path, layer in run.comps.text_encoders[index].named_modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            own = _first(LRS_T5, prefix + path_of(path).replace(".", "_"), float)
+            seen.add(own)
+            for key, factor in (("lora_A", 1.0), ("lora_B", RATIO)):
+                weight = getattr(layer, key)["default"].weight
+                assert id(weight) in clipped and weight.requires_grad, path
+                assert rate.get(id(weight)) == (own * factor if own else None), path
+        assert seen == ({2e-4, None, 0.0} if index == 0 else {3e-4, None, 0.0}), (prefix, seen)
     names = {g["name"] for g in run.optimizer.param_groups if g["name"].startswith("text_encoder")}
-    assert names == {"text_encoder_lr0.0002", "text_encoder_lora_up_lr0.0002"}, names
+    assert names == {f"text_encoder{up}_lr{r}" for up in ("", "_lora_up") for r in ("0.0002", "0.0003")}, (
+        names
+    )

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, zero_group_moves
-from dbspec.runtime.optim import DADAPT_CLASSES
+from dbspec.plan.model import OptimizerPlan
+from dbspec.runtime.optim import DADAPT_CLASSES, param_groups
 
 CLASSES = {**DADAPT_CLASSES, "prodigy": ("prodigyopt", "Prodigy")}  # plan kind -> (module, class)
 # (kind, weight_decay, betas, decouple, momentum)
@@ -48,15 +49,25 @@ def _kwargs(kind: str, weight_decay: float, betas, decouple: bool, momentum: flo
     return kwargs
 
 
-def _run(kind: str, kwargs: dict, text_first: bool) -> tuple[list, list, float]:
-    """(denoiser, text encoder) weights after STEPS steps on seeded gradients, from _start's, and d."""
+def _run(kind: str, kwargs: dict, text_first: bool, order: str = "") -> tuple[list, list, float]:
+    """(denoiser, text encoder) weights after STEPS steps on seeded gradients, from _start's, and d; with
+    `order` (optimizer.group_order) the groups as dbspec's runtime/optim.py param_groups builds them."""
     module, name = CLASSES[kind]
     cls = getattr(importlib.import_module(module), name)
     gen, (denoiser, text) = _start()
     denoiser, text = [torch.nn.Parameter(p) for p in denoiser], [torch.nn.Parameter(p) for p in text]
     grads = [[torch.randn(p.shape, generator=gen) for p in (*denoiser, *text)] for _ in range(STEPS)]
     groups = [{"params": denoiser, "lr": LR}, {"params": text, "lr": 0.0}]
-    optimizer = cls(groups[::-1] if text_first else groups, lr=LR, **kwargs)
+    groups = groups[::-1] if text_first else groups
+    if order:
+        plan = OptimizerPlan(
+            kind=kind, lr=LR, text_encoder_lr=0.0, weight_decay=0.0, betas=(0.9, 0.99), eps=1e-8,
+            momentum=0.0, max_grad_norm=0.0, text_encoder_at_zero="keep", group_order=order,
+        )  # fmt: skip
+        groups = param_groups(denoiser, [text], plan)
+        kohyas = order == "text_encoders_first"
+        assert [g["name"] for g in groups] == ["text_encoder", "denoiser"][:: 1 if kohyas else -1]
+    optimizer = cls(groups, lr=LR, **kwargs)
     for step in grads:
         for p, g in zip((*denoiser, *text), step):
             # a pull toward 3 (d grows) plus noise; fresh each step: some classes add the coupled weight
@@ -96,3 +107,17 @@ def test_zero_group_moves_says_what_the_real_classes_do(case):
     # (Prodigy with betas[0] = 0 steps the group at rate 0 by gradient / (d x eps): inf and nan, alike)
     alike = same and all(map(_equal, kohya_text, ours_text)) and kohya_d == ours_d
     assert alike == (kind not in ORDER_DEPENDENT), kind
+
+
+def test_dadapt_lion_in_kohyas_group_order_is_kohyas_run():
+    """optimizer.group_order = "text_encoders_first": param_groups puts the text encoder's group, kept at
+    rate 0, ahead of the denoiser's, networks.lora_fa's order, and DAdaptLion (which steps it at d x the
+    largest rate and sums both groups into d in their order) ends with kohya's weights and d bit for bit; in
+    dbspec's own order it does not (the test above: DAdaptLion is ORDER_DEPENDENT)."""
+    kwargs = _kwargs("dadapt_lion", 0.0, (0.9, 0.99), False, 0.0)
+    kohya_denoiser, kohya_text, kohya_d = _run("dadapt_lion", kwargs, text_first=True)
+    for order, alike in (("text_encoders_first", True), ("denoiser_first", False)):
+        denoiser, text, d = _run("dadapt_lion", kwargs, text_first=False, order=order)
+        same = all(map(torch.equal, kohya_denoiser, denoiser)) and all(map(torch.equal, kohya_text, text))
+        assert (same and kohya_d == d) == alike, order
+    assert not all(map(torch.equal, _start()[1][1], kohya_text))  # the group at rate 0 moved (kohya's too)

@@ -536,6 +536,29 @@ def test_flux_network_reg_lrs_on_clip_l_at_rate_0_keep_the_regexes_groups_alone(
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
 
 
+def test_flux_network_reg_lrs_on_t5_at_rate_0_keep_the_regexes_groups_alone(tmp_path):
+    """T5-XXL (train_t5xxl=True) at text_encoder_lr's second value 0 with a regex training some of its
+    modules: assemble_params gives CLIP-L its default groups, T5 that regex's `reg_lr_<i>` group (and plus)
+    alone (its default groups at 0 left out), then the transformer's; dbspec's T5 joins CLIP-L's group,
+    split by its blocks (`text_encoder_lr<rate>`), its held blocks in none."""
+    order = [
+        "text_encoder",
+        "text_encoder_lora_up",
+        "text_encoder_lr0.0001",
+        "text_encoder_lora_up_lr0.0001",
+        "denoiser",
+        "denoiser_lora_up",
+    ]
+    lists = {"max_lr": [1e-5, 4e-5, 1e-4, 4e-4, 2e-4, 8e-4]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" "train_t5xxl=True" "network_reg_lrs=block_[0-3]_=1e-4" '
+        "--text_encoder_lr 1e-5 0 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+
+
 def test_flux_network_reg_lrs_covering_the_transformer_leave_no_default_group(tmp_path):
     lists = {"max_lr": [3e-4, 6e-5]}
     outcome = _flux(

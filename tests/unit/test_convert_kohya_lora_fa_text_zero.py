@@ -180,14 +180,29 @@ def test_where_the_group_moves_it_is_kept_at_rate_0(tmp_path, extra, why):
         assert said and why in said[0], plan.warnings
 
 
-def test_where_the_groups_order_changes_the_run_the_warning_stays(tmp_path):
-    """DAdaptLion (the group at rate 0 trains and feeds d, summed in the groups' order): the spec would be
-    refused (DBS200), so the conversion keeps the untrained text encoder with the DBS404 warning, naming
-    why (Adafactor's relative step trains it: the tests below)."""
-    outcome = kohya_lora(tmp_path, f"{FA.replace('--unet_lr 1e-4 ', '')} {D_LR} --optimizer_type DAdaptLion")
-    said = messages(outcome, "DBS404")
-    assert CLIPPED in said and "whatever its own" in said, said
-    assert not plan_of(outcome, tmp_path).train_text_encoder
+def test_dadapt_lion_keeps_the_group_in_kohyas_group_order(tmp_path):
+    """DAdaptLion (the group at rate 0 trains at d x the U-Net's rate and feeds d, summed in the groups'
+    order): kept at optimizer.text_encoder_lr = 0 with text_encoder_at_zero = "keep" in kohya's group order,
+    the text encoder's first (optimizer.group_order = "text_encoders_first"; was the DBS404 warning over an
+    untrained text encoder), clip or not; the plan says how it moves (DBS606)."""
+    for clip in ("", " --max_grad_norm 0"):
+        fa = FA.replace("--unet_lr 1e-4 ", "")
+        outcome = kohya_lora(tmp_path, f"{fa} {D_LR} --optimizer_type DAdaptLion{clip}")
+        assert not {"DBS402", "DBS403", "DBS404"} & codes(outcome), errors(outcome)
+        plan = plan_of(outcome, tmp_path)
+        o = plan.optimizer
+        assert plan.train_text_encoder and o.text_encoder_lr == 0 and o.lr == 1.0
+        assert (o.kind, o.text_encoder_at_zero, o.group_order) == (
+            "dadapt_lion",
+            "keep",
+            "text_encoders_first",
+        )
+        said = [w for w in plan.warnings if "DBS606" in w]
+        assert said and "whatever its own" in said[0], plan.warnings
+    # another optimizer keeps dbspec's own order (the order changes nothing there)
+    fa = FA.replace("--unet_lr 1e-4 ", "")
+    outcome = kohya_lora(tmp_path, f"{fa} {D_LR} --optimizer_type Prodigy --optimizer_args weight_decay=0.01")
+    assert plan_of(outcome, tmp_path).optimizer.group_order == "denoiser_first"
 
 
 @pytest.mark.parametrize("optimizer", ["DAdaptAdan", "DAdaptAdaGrad", "DAdaptAdanIP"])

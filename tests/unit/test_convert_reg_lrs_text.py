@@ -131,11 +131,7 @@ def test_a_regex_training_clip_l_modules_at_its_rate_0_holds_the_others(tmp_path
 
 
 def test_what_stays_refused(tmp_path):
-    """A regex training a T5-XXL module at T5's rate 0 (dbspec's T5 at 0 is train.t5_idle, which trains
-    none); a negative rate on a text-encoder module."""
-    args = '"train_t5xxl=True" "network_reg_lrs=block_1_=1e-4"'
-    zero = _flux(tmp_path, args, "--text_encoder_lr 1e-5 0", TEXT)
-    assert fate(zero, "network_args") == "unsupported"
-    assert "T5-XXL module" in messages(zero, "DBS403")
+    """A negative rate on a text-encoder module. (A regex training T5-XXL modules at T5's rate 0 converts:
+    test_convert_reg_lrs_t5.py.)"""
     negative = _flux(tmp_path, '"network_reg_lrs=layers_1_=-1e-4"', "--text_encoder_lr 1e-5", TEXT)
     assert not negative.written and "rate -0.0001" in messages(negative, "DBS403")

@@ -600,6 +600,12 @@ CASES = [
         DOG + STEPS + TE + '[optimizer]\ntext_encoder_lr = 0\ntext_encoder_at_zero = "keep"\n',
     ),
     (
+        rules.group_order_with_split,  # kohya's group order, but the split cuts in dbspec's own order
+        DOG + STEPS + '[optimizer]\ngroup_order = "text_encoders_first"\nsplit = 2\n',
+        [("DBS602", "error", ("optimizer", "group_order"))],
+        DOG + STEPS + '[optimizer]\ngroup_order = "text_encoders_first"\n',
+    ),
+    (
         rules.held_at_rate_zero,  # lr 0 with the text encoder at rate 0 too: nothing trains
         DOG + STEPS + TE + "[optimizer]\nlr = 0\n",
         [("DBS200", "error", ("optimizer", "lr"))],
@@ -2846,6 +2852,22 @@ def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_canno
         body = DOG + STEPS + TE + opt + keep + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS200", "error", path)], kind
         assert "the groups' order changes that run" in _messages_of(rule, body)[0], kind
+        said = 'group_order = "text_encoders_first" is kohya' in _messages_of(rule, body)[0]
+        assert said == (kind == "dadapt_lion"), kind
+    # in kohya's group order (the text encoders' first) DAdaptLion's kept group is kohya's run (DBS606 says
+    # how it moves); the first-group-rate classes train nothing there: still refused
+    first = keep + 'group_order = "text_encoders_first"\n'
+    body = DOG + STEPS + TE + opt + first + 'kind = "dadapt_lion"\n'
+    assert hits_of(rule, body) == [("DBS606", "warning", path)]
+    assert "whatever its own" in _messages_of(rule, body)[0]
+    for kind in ("dadapt_adan", "dadapt_adagrad", "dadapt_adan_ip"):
+        body = DOG + STEPS + TE + opt + first + f'kind = "{kind}"\n'
+        assert hits_of(rule, body) == [("DBS200", "error", path)], kind
+    # the split cuts the groups in dbspec's own order
+    split = rules.group_order_with_split
+    for chunks, hits in ((2, [("DBS602", "error", ("optimizer", "group_order"))]), (1, [])):
+        body = DOG + STEPS + f'[optimizer]\ngroup_order = "text_encoders_first"\nsplit = {chunks}\n'
+        assert hits_of(split, body) == hits, chunks
     body = (
         DOG + TE + opt + keep + '[schedule]\nsteps = 100\nlr_schedule = "cosine_annealing"\neta_min = 1e-7\n'
     )

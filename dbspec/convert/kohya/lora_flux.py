@@ -251,7 +251,8 @@ def t5_trains(
 ) -> bool:
     """What turns kohya's T5-XXL LoRA on (`legacy`: train_t5xxl=True, or (`file`) a --dim_from_weights file
     with lora_te3 modules) mapped to `train.t5` and T5's rate, or at T5's rate 0 to `train.t5_idle`
-    (map_t5_idle); False when kohya raises (DBS402). A --network_weights file's T5 modules without
+    (map_t5_idle), or to `train.t5` where a network_reg_lrs regex trains some of its modules (_t5_lifted);
+    False when kohya raises (DBS402). A --network_weights file's T5 modules without
     --dim_from_weights (conv.facts["t5_file_modules"]) are loaded into them as a --dim_from_weights file's."""
     from dbspec.convert.kohya.train import text_outputs_cached
 
@@ -279,6 +280,8 @@ def t5_trains(
     if script.startswith("sd3"):
         return _sd3_t5_trains(legacy, rates or [default], a, conv, file)
     clip_lr, t5_lr = (rates + rates[-1:])[:2] if rates else (default, default)
+    if t5_lr == 0 and _t5_lifted(legacy, conv):
+        return True
     if t5_lr == 0:
         if not map_t5_idle(legacy, a, conv, file):  # exact: train.t5_idle keeps them
             conv.inert(
@@ -296,6 +299,26 @@ def t5_trains(
             t5_lr,
             conv.comment(a["text_encoder_lr"], "T5-XXL's rate: text_encoder_lr's second value"),
         )
+    return True
+
+
+def _t5_lifted(legacy: Legacy, conv: Conversion) -> bool:
+    """T5-XXL at its rate 0 with a network_reg_lrs regex giving some of its built modules a positive rate
+    (reg_dims.lifted_encoders; was DBS403): assemble_params puts those in their `reg_lr_<i>` groups and
+    leaves T5's default group out ("NO LR skipping!"), so T5 trains: `train.t5`, every other built T5 module
+    held in an [[adapter.text_encoder_blocks]] entry at lr_scale 0 (out of the optimizer, its gradients
+    adding up uncleared and counted by the clip, as kohya's), as CLIP-L's at its rate 0
+    (train.map_text_encoder). T5's own rate then reads no module: none is written (text_encoder_2_lr, or
+    Chroma's text_encoder_lr: train.map_learning_rates). True when mapped so."""
+    from dbspec.convert.kohya.train import REG_LIFTED
+
+    if "lora_te3_" not in conv.facts.get(REG_LIFTED, ()):
+        return False
+    note = (
+        "network_reg_lrs gives some of T5-XXL's modules their own rates at T5's text_encoder_lr 0: they "
+        "train, the others are held (lr_scale 0, out of the optimizer, their gradients clipped)"
+    )
+    conv.mapped(legacy, ("train", "t5"), True, note=note)
     return True
 
 

@@ -121,14 +121,25 @@ def _zero_group_moves(a: Args, kind: str) -> str:
 def lora_fa_kept(a: Args) -> str:
     """Why kohya's networks.lora_fa text-encoder group at rate 0 moves where dbspec's
     `optimizer.text_encoder_at_zero = "keep"` is that run (the same class and schedule on the same groups, the
-    group adding nothing to an estimate of d, so their order does not matter), or "": lora_fa_not_held's
-    reasons but DAdaptAdaGrad / DAdaptAdan / DAdaptAdanIP / DAdaptLion (ORDER_DEPENDENT: kohya's order
-    changes the run) and Adafactor's relative step (its rate lifted before: group_lists.relative_step_lift),
-    with lora_fa_holds' other conditions."""
+    group adding nothing to an estimate of d, so their order does not matter; DAdaptLion's in kohya's group
+    order, lora_fa_order), or "": lora_fa_not_held's reasons but DAdaptAdaGrad / DAdaptAdan / DAdaptAdanIP
+    (ORDER_DEPENDENT: kohya's order trains nothing, lora_fa_trains_nothing) and Adafactor's relative step
+    (its rate lifted before: group_lists.relative_step_lift), with lora_fa_holds' other conditions."""
     kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
-    if kind in ORDER_DEPENDENT or adafactor_relative_step(a) or not _lora_fa_text_group(a):
+    if kind in ORDER_DEPENDENT and not lora_fa_order(a):
+        return ""
+    if adafactor_relative_step(a) or not _lora_fa_text_group(a):
         return ""
     return lora_fa_not_held(a)
+
+
+def lora_fa_order(a: Args) -> bool:
+    """Whether kohya's networks.lora_fa text-encoder group at rate 0 is dbspec's kept group only in kohya's
+    group order, the text encoders' first (optimizer.group_order = "text_encoders_first"): DAdaptLion steps
+    it by d x the U-Net's rate and sums both groups into its estimate of d in their order (the spec rule
+    DBS200 allows it only so; tests/runtime/test_optim_zero_group.py steps the real class in both)."""
+    kind = kohya_optimizer(str(a["optimizer_type"].value or "")).kind
+    return kind == "dadapt_lion" and _lora_fa_text_group(a)
 
 
 def kept_group_moves(a: Args) -> bool:

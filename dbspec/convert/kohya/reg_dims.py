@@ -275,8 +275,8 @@ def text_reg_blocks(
     its `reg_lr_<i>` group out of the optimizer, `lr_scale = 0` holds it); the others at their encoder's
     rate (`rates`: CLIP-L's, T5-XXL's). An encoder at rate 0 (its modules idle or untrained) takes the ranks
     alone, unless a regex trains one of its modules (lifted_encoders): then its other built modules are held
-    (lr_scale 0), as kohya leaves its default group at 0 out; on T5-XXL that is not expressed
-    (NotImplementedError). `groups["text_lifted"]`: those encoders' prefixes. `groups["text"]`
+    (lr_scale 0), as kohya leaves its default group at 0 out (CLIP-L: train.text_encoder, T5-XXL:
+    train.t5, lora_flux._t5_lifted). `groups["text_lifted"]`: those encoders' prefixes. `groups["text"]`
     (filled when `groups` is given): per prefix, `reg` {regex position: rate} of the regexes that are the
     first to match a built module, `default` whether a built module matches none."""
     decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
@@ -285,12 +285,6 @@ def text_reg_blocks(
     encoder_rate = {"lora_te1_": rates[0], "lora_te3_": rates[1]}
     modules = text_modules(prefixes, family)
     lifted = lifted_encoders(dims, lrs, modules, dim, encoder_rate)
-    if "lora_te3_" in lifted:
-        raise NotImplementedError(
-            "network_reg_lrs trains a T5-XXL module at its own rate while T5's text_encoder_lr is 0 (kohya "
-            "leaves T5's other modules out of the optimizer; dbspec's T5 at rate 0 is train.t5_idle, which "
-            "trains none)"
-        )
     if groups is not None:
         groups["text_lifted"] = lifted
     for name, (head, index, child) in modules.items():

@@ -17,6 +17,7 @@ from dbspec.convert.kohya.rate_zero import (
     lora_fa_holds,
     lora_fa_kept,
     lora_fa_not_held,
+    lora_fa_order,
     lora_fa_trains_nothing,
     kept_group_moves,
     train_db_unet_lifted,
@@ -881,6 +882,9 @@ def _lora_fa_text_held(a: Args, te_lr: Legacy, conv: Conversion, held_file: bool
         why = f"networks.lora_fa keeps the text encoders' group in the optimizer at rate 0, where {kept}"
         conv.put(("optimizer", "text_encoder_at_zero"), "keep", conv.comment(te_lr, why))
         conv.notes.append(f'kohya {why}: the text encoder trains (optimizer.text_encoder_at_zero = "keep")')
+    if kept and lora_fa_order(a):
+        why = "networks.lora_fa's order: the text encoders' group first, which DAdaptLion sums into d first"
+        conv.put(("optimizer", "group_order"), "text_encoders_first", conv.comment(te_lr, why))
     why = (
         "networks.lora_fa keeps the text encoders' group in the optimizer at rate 0: they train at rate 0, "
         f"their gradients counted in max_grad_norm {a['max_grad_norm'].value:g}'s clip"
@@ -1040,9 +1044,8 @@ def map_learning_rates(
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
     te = _text_encoder_lr(a, script, lr, text_encoder, conv, idle_file, clip_g_modules)
-    if te is not None and text_encoder and not te.value and "lora_te1_" in conv.facts.get(REG_LIFTED, ()):
-        why = "CLIP-L's modules no regex trains are held at lr_scale 0: its rate reads no module"
-        conv.record(te, "mapped", "adapter.text_encoder_blocks", why)
+    if te is not None and text_encoder and not te.value and conv.facts.get(REG_LIFTED):
+        _lifted_text_rate(te, unet_lr, lr, conv)
         te = None  # optimizer.text_encoder_lr follows lr (it reads no module)
     if te is not None and text_encoder:
         if not unet_lr.value:
@@ -1056,6 +1059,19 @@ def map_learning_rates(
         conv.inert(te, "the text encoder does not train")
     if lr.given and lr.key not in conv.reports:
         conv.inert(lr, "unet_lr and text_encoder_lr take its place")
+
+
+def _lifted_text_rate(te: Legacy, unet_lr: Legacy, lr: Legacy, conv: Conversion) -> None:
+    """The text encoders' rate 0 where network_reg_lrs lifts an encoder at it (reg_dims.lifted_encoders:
+    CLIP-L's, or T5-XXL's, which joins that group, or Chroma's): its modules no regex trains are held at
+    lr_scale 0 and the other encoder at 0 is idle, so the rate reads no module (optimizer.text_encoder_lr
+    is not written). At unet_lr 0 (_reg_rates_train) optimizer.lr reads no module either:
+    kohya's learning_rate, the optimizer's own `lr`, where it is positive."""
+    why = "the text encoders' modules no regex trains are held at lr_scale 0: its rate reads no module"
+    conv.record(te, "mapped", "adapter.text_encoder_blocks", why)
+    if not unet_lr.value and lr.value and ("optimizer", "lr") not in conv.values:
+        why = "reads no module: network_reg_lrs' blocks cover every module kohya trains"
+        conv.mapped(lr, ("optimizer", "lr"), float(lr.value), comment=conv.comment(lr, why))
 
 
 def _reg_rates_train(a: Args, unet_lr: Legacy, lr: Legacy, text_encoder: bool, conv: Conversion) -> bool:
@@ -1274,6 +1290,8 @@ def _text_encoder_lr(
         return _sd3_clip_g_lr(a, te, conv, idle_file)
     if script == "sd3_train_network" and trains and module != "lycoris.kohya":
         return te  # a --dim_from_weights file without CLIP-G modules: kohya reads CLIP-L's rate alone
+    elif module == "networks.lora_flux" and conv.values.get(("train", "t5"), (False, ""))[0]:
+        return te  # T5-XXL trains at the second value (lora_flux.t5_trains; CLIP-L's rate is `te`)
     elif isinstance(a["text_encoder_lr"].value, list) and len(a["text_encoder_lr"].value) > 1 and trains:
         # LyCORIS's network has no prepare_optimizer_params_with_multiple_te_lrs either
         conv.notes.append(
