@@ -3112,6 +3112,16 @@ are encoded, and the U-Net has no module of it), so converted configs keep it; a
 it.""",
         help="remove preserve_output (or train the denoiser with the adapter) unless reproducing kohya's run",
     ),
+    Code(
+        "DBS612",
+        ERROR,
+        "Nesterov momentum with dampening",
+        """\
+`optimizer.nesterov = true` with `dampening` above 0: torch's SGD raises ValueError ("Nesterov momentum
+requires a momentum and zero dampening"), so the run would fail before its first step (kohya's SGDNesterov
+with a dampening in optimizer_args fails alike).""",
+        help="set dampening = 0, or nesterov = false",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -71,12 +71,18 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
     kind = opt.kind
     if kind == "adamw":
         return torch.optim.AdamW(
-            groups, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay, **implementation(opt)
+            groups,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            amsgrad=opt.amsgrad,
+            **implementation(opt),
         )
     if kind == "sgd":
         return torch.optim.SGD(
             groups,
             momentum=opt.momentum,
+            dampening=opt.dampening,
             weight_decay=opt.weight_decay,
             nesterov=opt.nesterov,
             **implementation(opt),
@@ -105,7 +111,7 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         )
     if kind == "prodigy":
         prodigy = _import("prodigyopt", "pip install prodigyopt")
-        return prodigy.Prodigy(groups, betas=opt.betas, weight_decay=opt.weight_decay)
+        return prodigy.Prodigy(groups, **prodigy_kwargs(opt))
     if kind == "lion":
         lion = _import("lion_pytorch", "pip install lion-pytorch")
         return lion.Lion(groups, betas=opt.betas, weight_decay=opt.weight_decay)
@@ -291,6 +297,28 @@ def dadapt_kwargs(opt: OptimizerPlan) -> dict:
     if opt.kind in ("dadapt_adan", "dadapt_adan_ip"):
         kwargs["no_prox"] = d.no_prox
     return kwargs
+
+
+def prodigy_kwargs(opt: OptimizerPlan) -> dict:
+    """The keyword arguments the plan gives prodigyopt's Prodigy (besides the groups and their rates), as
+    kohya builds it from optimizer_args. A plan written before the options existed (prodigy None) ran
+    Prodigy's defaults, eps included."""
+    p = opt.prodigy
+    kwargs: dict = {"betas": tuple(opt.betas), "weight_decay": opt.weight_decay}
+    if p is None:
+        return kwargs
+    return {
+        **kwargs,
+        "eps": opt.eps,
+        "beta3": p.beta3,
+        "d0": p.d0,
+        "d_coef": p.d_coef,
+        "growth_rate": float("inf") if p.growth_rate is None else p.growth_rate,
+        "decouple": p.decouple,
+        "use_bias_correction": p.use_bias_correction,
+        "safeguard_warmup": p.safeguard_warmup,
+        "slice_p": p.slice_p,
+    }
 
 
 def _dadapt(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""The optimizer settings beyond the common ones: D-Adaptation's, Adafactor's, AdEMAMix's, the
+"""The optimizer settings beyond the common ones: D-Adaptation's, Prodigy's, Adafactor's, AdEMAMix's, the
 schedule-free optimizers' and CAME's (kohya's optimizer_args)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dbspec.plan.model import (
     AdEMAMixPlan,
     CAMEPlan,
     DAdaptPlan,
+    ProdigyPlan,
     ScheduleFreePlan,
 )
 from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
@@ -23,6 +24,18 @@ DADAPT_ARGS = {
     "dadapt_lion": ("d0",),
     "dadapt_sgd": ("d0", "growth_rate"),
 }
+# prodigyopt's Prodigy arguments beyond lr, betas, eps, weight_decay (fsdp_in_use: detected from the
+# parameters, never set; dbspec's FSDP runs flatten them as torch's FSDP does)
+PRODIGY_ARGS = (
+    "d0",
+    "d_coef",
+    "growth_rate",
+    "decouple",
+    "use_bias_correction",
+    "safeguard_warmup",
+    "beta3",
+    "slice_p",
+)
 ADAFACTOR_ARGS = (
     "relative_step",
     "scale_parameter",
@@ -47,6 +60,10 @@ _KIND_ARGS = (
     "decouple",
     "use_bias_correction",
     "no_prox",
+    "d_coef",
+    "safeguard_warmup",
+    "beta3",
+    "slice_p",
     *ADAFACTOR_ARGS,
     *ADEMAMIX_ARGS,
     "schedulefree_warmup_steps",
@@ -56,6 +73,8 @@ _KIND_ARGS = (
     "came_eps",
     "decoupled_weight_decay",
     "min_8bit_size",
+    "amsgrad",
+    "dampening",
 )
 # kinds that use optimizer.momentum / three betas
 MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
@@ -72,6 +91,23 @@ def dadapt_plan(o: Optimizer) -> DAdaptPlan | None:
         decouple=o.decouple,
         use_bias_correction=o.use_bias_correction,
         no_prox=o.no_prox,
+    )
+
+
+def prodigy_plan(o: Optimizer) -> ProdigyPlan | None:
+    """Prodigy's settings as the run passes them, each its effective value (decouple's and beta3's
+    defaults are prodigyopt's: true, the square root of betas[1])."""
+    if o.kind != "prodigy":
+        return None
+    return ProdigyPlan(
+        d0=o.d0,
+        d_coef=o.d_coef,
+        growth_rate=o.growth_rate or None,
+        decouple=o.decouple,
+        use_bias_correction=o.use_bias_correction,
+        safeguard_warmup=o.safeguard_warmup,
+        beta3=o.beta3,
+        slice_p=o.slice_p,
     )
 
 
@@ -128,10 +164,13 @@ def relative_step(o: Optimizer) -> bool:
 
 
 def unused_args(kind: str) -> list[str]:
-    """The D-Adaptation, Adafactor, AdEMAMix, schedule-free, CAME, RAdam and bitsandbytes 8-bit options
-    `kind` does not use."""
+    """The D-Adaptation, Prodigy, Adafactor, AdEMAMix, schedule-free, CAME, RAdam, AdamW, SGD and
+    bitsandbytes 8-bit options `kind` does not use."""
     used = (
         *DADAPT_ARGS.get(kind, ()),
+        *(PRODIGY_ARGS if kind == "prodigy" else ()),
+        *(("amsgrad",) if kind == "adamw" else ()),
+        *(("dampening",) if kind == "sgd" else ()),
         *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),

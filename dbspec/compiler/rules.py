@@ -677,6 +677,19 @@ def nesterov_needs_momentum(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def nesterov_without_dampening(spec: Spec, given: Given) -> Iterator[Hit]:
+    o = spec.optimizer
+    if o.kind == "sgd" and o.nesterov and o.dampening > 0:
+        yield _err(
+            "DBS612",
+            ("optimizer", "dampening"),
+            f"optimizer.nesterov = true needs dampening 0, but optimizer.dampening is {o.dampening:g} "
+            "(torch's SGD refuses Nesterov momentum with dampening)",
+            "set dampening = 0 in [optimizer], or nesterov = false",
+        )
+
+
+@rule("spec")
 def something_trains(spec: Spec, given: Given) -> Iterator[Hit]:
     if not spec.train.denoiser and not any_text_encoder_trains(spec):
         yield _err(
@@ -1325,8 +1338,7 @@ def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
             "kohya's run stops there too"
         )
     if o.kind in DADAPT_KINDS or o.kind == "prodigy":
-        decouple = o.decouple if o.kind.startswith("dadapt_adam") else True  # Prodigy's own default
-        return zero_group_moves(o.kind, o.weight_decay, o.betas, decouple, o.momentum)
+        return zero_group_moves(o.kind, o.weight_decay, o.betas, o.decouple, o.momentum)
     if o.kind == "adafactor" and o.relative_step:
         return (
             "Adafactor with relative_step computes its own LR and ignores the groups' rates: the part at "

@@ -30,8 +30,8 @@ def zero_group_moves(
 ) -> str:
     """Why optimizer `kind` (a dadapt_* kind or prodigy) moves a group kept at rate 0 beside a group at a
     positive rate, or lets the group order change the run; "" where it holds that group still. `decouple`:
-    the class's decoupled weight decay (dadapt_adam's and dadapt_adam_preprint's option; prodigyopt's
-    Prodigy always, as dbspec builds it); `momentum`: dadapt_sgd's."""
+    the class's decoupled weight decay (optimizer.decouple: dadapt_adam's, dadapt_adam_preprint's and
+    prodigy's, whose default is true); `momentum`: dadapt_sgd's."""
     if kind in _FIRST_GROUP_RATE:
         return (
             f"dadaptation's {_FIRST_GROUP_RATE[kind]} steps every group by d x the first group's rate "
@@ -48,7 +48,8 @@ def zero_group_moves(
             "dadaptation's DAdaptAdam with decouple = true shrinks every group by its decoupled weight decay "
             f"({weight_decay:g}) at d x the largest group's rate, a group at rate 0 too"
         )
-    if kind == "prodigy" and weight_decay:
+    # (Prodigy's coupled decay is added to the gradient, which a group at rate 0 never folds into exp_avg)
+    if kind == "prodigy" and decouple and weight_decay:
         return (
             "prodigyopt's Prodigy (decoupled weight decay) shrinks every group by its weight decay "
             f"({weight_decay:g}) at d x the largest group's rate, a group at rate 0 too"

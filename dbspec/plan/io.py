@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import cattrs
@@ -182,6 +183,10 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "decoupled_weight_decay"): False,  # RAdam's decoupled decay, added since
         ("optimizer", "min_8bit_size"): 4096,  # bitsandbytes' default, the only one then
         ("optimizer", "group_order"): "denoiser_first",  # kohya's group order, added since (dbspec's then)
+        # Prodigy's options, added since: its defaults then (eps too: the runtime never passed the plan's)
+        ("optimizer", "prodigy"): lambda run: _legacy_prodigy(run["optimizer"]),
+        ("optimizer", "amsgrad"): False,  # torch AdamW's amsgrad, added since (off then)
+        ("optimizer", "dampening"): 0.0,  # torch SGD's dampening, added since (none then)
         ("loss", "huber"): None,
         ("loss", "rollout"): None,  # scheduled sampling
         ("pivotal",): None,  # pivotal tuning
@@ -371,6 +376,26 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("schedule", "torch", "max_lr_zero"): "own_lr",  # a max_lr of 0 always each group's rate then
     },
 }
+
+
+def _legacy_prodigy(optimizer: dict) -> dict | str | None:
+    """The plan's Prodigy settings a run before them trained with: None for other kinds; for prodigy the
+    class's defaults, while its eps is prodigyopt's 1e-8 (the runtime passed none); a plan with another eps
+    ran that default, so no value matches it (its hash differs and an old checkpoint is refused)."""
+    if optimizer["kind"] != "prodigy":
+        return None
+    if optimizer["eps"] != 1e-8:
+        return "eps other than 1e-8 was never passed"
+    return {
+        "d0": 1e-6,
+        "d_coef": 1.0,
+        "growth_rate": None,
+        "decouple": True,
+        "use_bias_correction": False,
+        "safeguard_warmup": False,
+        "beta3": math.sqrt(optimizer["betas"][1]),
+        "slice_p": 1,
+    }
 
 
 def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:

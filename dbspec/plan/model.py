@@ -846,6 +846,22 @@ class DAdaptPlan:
 
 
 @frozen
+class ProdigyPlan:
+    """prodigyopt's Prodigy settings beside the plan's betas, eps and weight_decay: each step moves by d x lr,
+    d estimated from the gradients (times d_coef), starting at d0 and growing by at most growth_rate per step
+    (None: unbounded); beta3 decays the sums behind that estimate, which reads every slice_p-th element."""
+
+    d0: float
+    d_coef: float
+    growth_rate: float | None
+    decouple: bool  # decoupled weight decay (AdamW-style); false: added to the gradient
+    use_bias_correction: bool
+    safeguard_warmup: bool
+    beta3: float
+    slice_p: int
+
+
+@frozen
 class AdafactorPlan:
     """transformers' Adafactor options. relative_step: the optimizer computes the LR, min(1e-2, 1/sqrt(t))
     (warmup_init: min(1e-6 t, 1/sqrt(t))) at its step t, and the LR schedule is transformers'
@@ -943,6 +959,7 @@ class OptimizerPlan:
     loraplus_denoiser_ratio: float = 0.0
     loraplus_text_encoder_ratio: float = 0.0
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
+    prodigy: ProdigyPlan | None = None  # kind prodigy only
     adafactor: AdafactorPlan | None = None  # kind adafactor only
     # a text encoder at rate 0: "hold" (it stays still) or "keep" (its group at rate 0 moves as the optimizer
     # and schedule move it, kohya networks.lora_fa's; the spec rule DBS606 says how); runtime groups alike
@@ -962,6 +979,8 @@ class OptimizerPlan:
     implementation: Literal["default", "foreach", "fused"] = "default"
     # radam: torch RAdam's decoupled_weight_decay (weights decay by lr x weight_decay, not via the gradient)
     decoupled_weight_decay: bool = False
+    amsgrad: bool = False  # adamw: torch AdamW's amsgrad
+    dampening: float = 0.0  # sgd: torch SGD's dampening
     # the bitsandbytes 8-bit kinds: tensors under this many elements keep 32-bit state (bitsandbytes' default)
     min_8bit_size: int = BNB_MIN_8BIT_SIZE
     # optimizer.split: one optimizer (and LR schedule) per chunk of the trained tensors (dbspec/plan/split.py,

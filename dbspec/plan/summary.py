@@ -1331,6 +1331,8 @@ def _optimizer_extras(plan: Plan) -> str:
             f"; D-Adaptation: step = d x lr (logged as d*lr), d estimated from d0 {d.d0:g} ({growth}), "
             "lr ~1.0 expected" + extra + (f", {', '.join(flags)}" if flags else "")
         )
+    if o.prodigy is not None:
+        return _prodigy_extras(o)
     if o.ademamix is not None:
         m = o.ademamix
         warm = [f"{name} over {n} steps" for name, n in (("alpha", m.t_alpha), ("beta3", m.t_beta3)) if n]
@@ -1358,11 +1360,30 @@ def _optimizer_extras(plan: Plan) -> str:
     return _adafactor_extras(o)
 
 
+def _prodigy_extras(o) -> str:
+    """prodigyopt's Prodigy: how its step size d comes about, each setting as the run passes it."""
+    p = o.prodigy
+    growth = f"at most x{p.growth_rate:g} per step" if p.growth_rate is not None else "unbounded growth"
+    decay = "decoupled" if p.decouple else "added to the gradient"
+    return (
+        f"; Prodigy: step = d x lr (logged as d*lr), d estimated x d_coef {p.d_coef:g} from d0 {p.d0:g} "
+        f"({growth}), lr ~1.0 expected, betas {', '.join(f'{b:g}' for b in o.betas)}, beta3 {p.beta3:g}, "
+        f"eps {o.eps:g}, weight decay {o.weight_decay:g} ({decay})"
+        + (", bias correction" if p.use_bias_correction else "")
+        + (", safeguard warm-up (lr out of d's denominator)" if p.safeguard_warmup else "")
+        + (f", d from every {p.slice_p}th element" if p.slice_p > 1 else "")
+    )
+
+
 def _optimizer_flags(o) -> str:
     """Constructor flags off their defaults: RAdam's decoupled decay, bitsandbytes' min_8bit_size."""
     flags = (
         "; weight decay decoupled (torch RAdam's decoupled_weight_decay)" if o.decoupled_weight_decay else ""
     )
+    if o.amsgrad:
+        flags += "; AMSGrad (torch AdamW's amsgrad: the largest second moment so far)"
+    if o.dampening:
+        flags += f"; momentum dampening {o.dampening:g} (torch SGD's dampening)"
     if o.min_8bit_size != BNB_MIN_8BIT_SIZE:
         flags += f"; tensors under {o.min_8bit_size} elements keep 32-bit state (min_8bit_size)"
     return flags

@@ -8,6 +8,7 @@ attribute names. Classes hold what the user wrote (after defaults), never derive
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Union
 
 import attrs
@@ -2588,6 +2589,11 @@ CAME_BETAS = [0.9, 0.999, 0.9999]
 CAME_EPS = [1e-30, 1e-16]
 
 
+def _sqrt_second_beta(betas: list[float]) -> float:
+    """prodigyopt's beta3 default, math.sqrt(betas[1]) (0 for betas DBS1xx/DBS2xx refuse)."""
+    return math.sqrt(betas[1]) if len(betas) > 1 and betas[1] >= 0 else 0.0
+
+
 def _default_betas(o) -> list[float]:
     if o.kind in ADEMAMIX_KINDS:
         return list(ADEMAMIX_BETAS)
@@ -2791,26 +2797,74 @@ class Optimizer:
         "a block at rate 0 has none); parameters no block matches keep `lr`. For LoRA use "
         "`[[adapter.blocks]]` `lr_scale`.",
     )
-    # D-Adaptation settings (kohya passes them in optimizer_args); each is inert for other kinds (DBS270).
+    # D-Adaptation and Prodigy settings (kohya passes them in optimizer_args); each is inert for the kinds its
+    # doc does not name (DBS270).
     d0: float = option(
-        1e-6, doc="dadapt_*: the initial estimate of the step size d (dadaptation's d0).", exclusive_minimum=0
+        1e-6,
+        doc="dadapt_*, prodigy: the initial estimate of the step size d (dadaptation's and prodigyopt's d0).",
+        exclusive_minimum=0,
     )
     growth_rate: float = option(
         0.0,
-        doc="dadapt_* (not dadapt_lion): d grows at most by this factor per step; 0 = unbounded "
-        "(dadaptation's default, inf).",
+        doc="dadapt_* (not dadapt_lion), prodigy: d grows at most by this factor per step; 0 = unbounded "
+        "(dadaptation's and prodigyopt's default, inf).",
         minimum=0,
         example=1.02,
     )
     decouple: bool = option(
-        False,
-        doc="dadapt_adam, dadapt_adam_preprint: AdamW-style decoupled weight decay (dadaptation's decouple).",
+        attrs.Factory(lambda self: self.kind == "prodigy", takes_self=True),
+        doc="dadapt_adam, dadapt_adam_preprint, prodigy: AdamW-style decoupled weight decay, each weight "
+        "shrunk by weight_decay x the step (d x lr), instead of weight_decay x weight added to the gradient "
+        "(dadaptation's and prodigyopt's decouple).",
+        derived="false; true for prodigy (prodigyopt's default; dadaptation's is false)",
     )
     use_bias_correction: bool = option(
-        False, doc="dadapt_adam: Adam's bias correction of the step (dadaptation's use_bias_correction)."
+        False,
+        doc="dadapt_adam, prodigy: Adam's bias correction of the step (dadaptation's and prodigyopt's "
+        "use_bias_correction).",
     )
     no_prox: bool = option(
         False, doc="dadapt_adan(_ip): weight decay as a plain multiplier, not the proximal update (no_prox)."
+    )
+    d_coef: float = option(
+        1.0,
+        doc="prodigy: the estimate of d is multiplied by this (prodigyopt's d_coef; its authors' preferred "
+        "knob, 0.5 to 2 typical).",
+        exclusive_minimum=0,
+        example=2.0,
+    )
+    safeguard_warmup: bool = option(
+        False,
+        doc="prodigy: leave lr out of the denominator of the estimate of d, so a warm-up's small rates do "
+        "not inflate d (prodigyopt's safeguard_warmup).",
+    )
+    beta3: float = option(
+        attrs.Factory(lambda self: _sqrt_second_beta(self.betas), takes_self=True),
+        doc="prodigy: the decay of the running sums behind the estimate of d (prodigyopt's beta3).",
+        derived="the square root of betas[1] (prodigyopt's beta3 None)",
+        minimum=0,
+        example=0.999,
+    )
+    slice_p: int = option(
+        1,
+        doc="prodigy: the estimate of d reads every slice_p-th element of each tensor (prodigyopt's slice_p; "
+        "above 1 it approximates Prodigy with less memory, about 11 suggested); 1 = every element.",
+        minimum=1,
+        example=11,
+    )
+    # torch AdamW's and SGD's own options; inert for other kinds (DBS270).
+    amsgrad: bool = option(
+        False,
+        doc="adamw: AMSGrad, the step divided by the largest second moment seen so far (torch AdamW's "
+        "amsgrad).",
+    )
+    dampening: float = option(
+        0.0,
+        doc="sgd: the share of each gradient held back from the momentum buffer (torch SGD's dampening); "
+        "Nesterov momentum needs 0.",
+        minimum=0,
+        maximum=1,
+        example=0.1,
     )
     # Adafactor's own LR (kohya's default for Adafactor); inert for other kinds (DBS270).
     relative_step: bool = option(

@@ -128,6 +128,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["optimizer"]["decoupled_weight_decay"]  # RAdam's decoupled decay, added since (off then)
     del data["optimizer"]["min_8bit_size"]  # bitsandbytes' 8-bit threshold, added since (its default then)
     del data["optimizer"]["group_order"]  # kohya's group order (text encoders first), added since
+    for key in ("prodigy", "amsgrad", "dampening"):
+        del data["optimizer"][key]  # Prodigy's options, AdamW's amsgrad, SGD's dampening, added since
     for key in (
         "huber",
         "noise",

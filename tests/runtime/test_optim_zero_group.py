@@ -33,6 +33,7 @@ CASES = [
     ("prodigy", 0.0, (0.9, 0.999), True, 0.0),
     ("prodigy", 0.01, (0.9, 0.999), True, 0.0),
     ("prodigy", 0.0, (0.0, 0.999), True, 0.0),
+    ("prodigy", 0.01, (0.9, 0.999), False, 0.0),  # coupled decay: in the gradient, never in exp_avg at 0
 ]
 LR, STEPS = 1.0, 8
 
@@ -44,7 +45,7 @@ def _kwargs(kind: str, weight_decay: float, betas, decouple: bool, momentum: flo
         kwargs["betas"] = betas
     if kind in ("dadapt_sgd", "dadapt_adagrad"):
         kwargs["momentum"] = momentum
-    if kind in ("dadapt_adam", "dadapt_adam_preprint"):
+    if kind in ("dadapt_adam", "dadapt_adam_preprint", "prodigy"):
         kwargs["decouple"] = decouple
     return kwargs
 

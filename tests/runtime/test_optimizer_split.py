@@ -213,12 +213,19 @@ def test_adamw_split_steps_as_one_adamw(tmp_path, clip):
 
 
 def test_a_prodigy_split_run_logs_each_d_and_resumes_bit_exact(tmp_path):
+    """With Prodigy's own options off their defaults (kohya's common optimizer_args, plus slice_p): the
+    state they shape (sliced sums, the bias-corrected step) resumes bit-exact too."""
     spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=4, extra="[train]\ntext_encoder = true\n")
     kind = [
         'optimizer.kind="prodigy"',
         "optimizer.lr=1.0",
         "optimizer.text_encoder_lr=0.5",
         "optimizer.split=3",
+        "optimizer.d_coef=2.0",
+        "optimizer.use_bias_correction=true",
+        "optimizer.safeguard_warmup=true",
+        "optimizer.betas=[0.9, 0.99]",
+        "optimizer.slice_p=2",
     ]
     whole = execute(compile_spec(spec, [*kind, 'output.dir="whole"']))
     assert whole.status == "finished" and len(whole.losses) == 4

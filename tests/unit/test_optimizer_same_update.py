@@ -1,8 +1,9 @@
-"""kohya `optimizer_args` that change how torch's RAdam or lion_pytorch's Lion compute their update, not what
-(issue 12): RAdam's `capturable` (CUDA only) and Lion's `use_triton` (CUDA only) convert exactly; torch's
-`differentiable=True` stops kohya's run at its first step (DBS402); `maximize=True` stays DBS403. torch's
-RAdam runs here in-process: `capturable`'s tensor path against the default one on the CPU (torch's CUDA check
-skipped as torch.compile skips it), `differentiable` raising on trained parameters."""
+"""kohya `optimizer_args` that change how torch's RAdam, AdamW or lion_pytorch's Lion compute their update,
+not what (issue 12): RAdam's and AdamW's `capturable` (CUDA only) and Lion's `use_triton` (CUDA only)
+convert exactly; torch's `differentiable=True` stops kohya's run at its first step (DBS402); `maximize=True`
+stays DBS403. torch's RAdam and AdamW run here in-process: `capturable`'s tensor path against the default
+one on the CPU (torch's CUDA check skipped as torch.compile skips it), `differentiable` raising on trained
+parameters."""
 
 from __future__ import annotations
 
@@ -31,22 +32,25 @@ def _steps(cls, steps: int = 8, dtype=None, **kwargs) -> list:
     return [p.detach().clone() for p in params]
 
 
+@pytest.mark.parametrize("name", ["RAdam", "AdamW"])
 @pytest.mark.parametrize("foreach", [False, True])
-def test_radam_capturable_computes_the_default_update(foreach):
+def test_capturable_computes_the_default_update(foreach, name):
     """RAdam(capturable=True) keeps the step and bias corrections as tensors (float32 where the default
-    dtype is) and selects the rectified update with torch.where: the default update to float rounding, in
-    float64 to 1e-12, in float32 to 1e-5 after 8 steps that move the weights by about 0.07. On the CPU torch
-    refuses it (kohya's run with it needs CUDA, where this same code runs)."""
+    dtype is) and selects the rectified update with torch.where, AdamW(capturable=True) keeps them as tensors
+    too: the default update to float rounding, in float64 to 1e-12, in float32 to 1e-5 after 8 steps that
+    move the weights by about 0.07. On the CPU torch refuses it (kohya's run with it needs CUDA, where this
+    same code runs)."""
+    cls = getattr(torch.optim, name)
     with pytest.raises(AssertionError, match="capturable=True"):
-        _steps(torch.optim.RAdam, capturable=True, foreach=foreach)
-    before = _steps(torch.optim.RAdam, steps=0)
+        _steps(cls, capturable=True, foreach=foreach)
+    before = _steps(cls, steps=0)
     for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)  # the step counters' dtype (torch's _get_scalar_dtype)
         try:
-            plain = _steps(torch.optim.RAdam, dtype=dtype, foreach=foreach)
+            plain = _steps(cls, dtype=dtype, foreach=foreach)
             with mock.patch("torch.compiler.is_compiling", return_value=True):  # no CUDA-device check
-                captured = _steps(torch.optim.RAdam, dtype=dtype, capturable=True, foreach=foreach)
+                captured = _steps(cls, dtype=dtype, capturable=True, foreach=foreach)
         finally:
             torch.set_default_dtype(previous)
         for a, b, start in zip(plain, captured, before):

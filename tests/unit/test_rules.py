@@ -1108,6 +1108,12 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "sgd"\nnesterov = true\nmomentum = 0.9\n',
     ),
     (
+        rules.nesterov_without_dampening,
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nnesterov = true\nmomentum = 0.9\ndampening = 0.1\n',
+        [("DBS612", "error", ("optimizer", "dampening"))],
+        DOG + STEPS + '[optimizer]\nkind = "sgd"\nmomentum = 0.9\ndampening = 0.1\n',
+    ),
+    (
         rules.inert_loss_options,
         DOG + STEPS + "[optimizer]\nnesterov = true\n",
         [("DBS216", "warning", ("optimizer", "nesterov"))],

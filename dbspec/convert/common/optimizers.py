@@ -4,7 +4,8 @@ dbspec builds: adamw (torch AdamW), adamw8bit (bitsandbytes AdamW8bit), paged_ad
 (bitsandbytes PagedAdamW, PagedAdamW8bit), lion (lion_pytorch Lion), lion8bit, paged_lion and paged_lion8bit
 (bitsandbytes Lion8bit, PagedLion, PagedLion8bit), sgd (torch
 SGD, Nesterov when `nesterov`), adafactor (transformers Adafactor; relative_step, scale_parameter and
-warmup_init as given), prodigy (prodigyopt Prodigy with its default d0/d_coef/...), dadapt_* (the dadaptation
+warmup_init as given), prodigy (prodigyopt Prodigy with d0, d_coef, growth_rate, decouple,
+use_bias_correction, safeguard_warmup, beta3, slice_p, eps), dadapt_* (the dadaptation
 package's D-Adaptation optimizers with d0, growth_rate, decouple, use_bias_correction, no_prox), came
 (came_pytorch CAME with its eps pair, clip_threshold and three betas). Each legacy
 optimizer is mapped with the defaults its legacy constructor would use, so weight decay and betas stay what
@@ -74,22 +75,27 @@ _OWN_KEYS = {
     "dadapt_sgd": ("d0", "growth_rate"),
     "came": ("clip_threshold",),
     "radam": ("decoupled_weight_decay",),  # torch.optim.RAdam's flag
+    "prodigy": (
+        "d0",
+        "d_coef",
+        "growth_rate",
+        "decouple",
+        "use_bias_correction",
+        "safeguard_warmup",
+        "beta3",
+    ),
+    "adamw": ("amsgrad",),  # torch.optim.AdamW's
+    "sgd": ("dampening",),  # torch.optim.SGD's
 }
+_OWN_KEYS["prodigy"] += ("slice_p",)
 for _kind in BNB_8BIT_KINDS:  # bitsandbytes' 8-bit classes: smaller tensors keep 32-bit state
     _OWN_KEYS[_kind] = (*_OWN_KEYS.get(_kind, ()), "min_8bit_size")
 _DADAPT_HARMLESS = {"log_every": 0, "fsdp_in_use": False}
 # Keyword arguments of the legacy constructors that dbspec keeps exactly when they hold these values.
 _HARMLESS = {
-    "prodigy": {
-        "d0": 1e-6,
-        "d_coef": 1.0,
-        "decouple": True,
-        "use_bias_correction": False,
-        "safeguard_warmup": False,
-        "beta3": None,
-        "growth_rate": float("inf"),
-    },
-    "adamw": {"amsgrad": False, "differentiable": False},
+    # fsdp_in_use=False: prodigyopt still turns it on for FSDP's flattened parameters, as under dbspec's FSDP
+    "prodigy": {"fsdp_in_use": False},
+    "adamw": {"differentiable": False},
     "sgd": {"differentiable": False},
     "lion": {"decoupled_weight_decay": False},  # lion_pytorch.Lion (use_triton: _SAME_UPDATE)
     "radam": {"foreach": None, "maximize": False, "differentiable": False},
@@ -124,6 +130,19 @@ _SAME_UPDATE = {
     # beta1-interpolated momentum, the beta2 momentum), its terms rearranged as (exp_avg - grad) x beta + grad
     # (to float rounding; CUDA only: it asserts CUDA tensors, so kohya's run with it needs a GPU)
     "lion": ("use_triton",),
+    # torch.optim.AdamW (torch 2.13 adam.py): `capturable` as RAdam's (the step count and bias corrections as
+    # device tensors, the same formula to float rounding: tests/unit/test_optimizer_same_update.py; CUDA
+    # only, torch raises AssertionError on the CPU). `foreach=False` (and None) is torch's per-tensor loop,
+    # the same update as its foreach kernel; `foreach=True` and `fused=True` map to optimizer.implementation.
+    "adamw": ("capturable",),
+}
+# torch's AdamW and SGD: their kernel keywords, read by optimizer_settings into optimizer.implementation
+_KERNEL_KINDS = ("adamw", "sgd")
+# Arguments refused with a reason of their own (the rest: dbspec has no such option)
+_REFUSED_WHY = {
+    ("prodigy", "fsdp_in_use"): "prodigyopt then all-reduces its estimate of d over torch.distributed "
+    "(a single-process run raises: no process group), which dbspec's runs do only under FSDP, where Prodigy "
+    "detects the flattened parameters itself",
 }
 # maximize=True (torch's RAdam, AdamW, SGD) stays refused: it steps up the gradient, training to raise the
 # loss, which no dbspec option does (nor should: a run of it learns nothing worth reproducing)
@@ -456,6 +475,9 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         problems += _came_problems(kwargs)
     problems += _bnb_adamw_problems(lower, kwargs)
     problems += _differentiable_problem(lower, name or "AdamW", kwargs)
+    problems += _kernel_problem(lower, name or "AdamW", kwargs)
+    if lower == "prodigy":
+        problems += _prodigy_problems(kwargs)
     if betas is not None and not (
         isinstance(betas, (tuple, list))
         and len(betas) == count
@@ -483,6 +505,31 @@ def _differentiable_problem(lower: str, cls: str, kwargs: dict[str, Any]) -> lis
         "in-place update of a trained parameter raises RuntimeError (a leaf Variable that requires grad is "
         "being used in an in-place operation) at the first step"
     ]
+
+
+def _kernel_problem(lower: str, cls: str, kwargs: dict[str, Any]) -> list[str]:
+    """torch's AdamW and SGD raise RuntimeError when `fused` and `foreach` are both true."""
+    both = all(key in kwargs and kwargs[key] for key in ("fused", "foreach"))
+    if lower not in ("", "adamw", "sgd", "sgdnesterov") or not both:
+        return []
+    return [f"`fused` and `foreach` both true: torch's {cls} raises RuntimeError (one kernel or the other)"]
+
+
+def _prodigy_problems(kwargs: dict[str, Any]) -> list[str]:
+    """prodigyopt's Prodigy raises ValueError on d0 or eps not above 0 when built, and slices each tensor
+    with `[::slice_p]`, which takes a whole number of at least 1 (TypeError, ValueError at the first step)."""
+    problems = []
+    for key in ("d0", "eps"):
+        value = kwargs[key] if key in kwargs else 1.0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            problems.append(f"`{key}={value!r}`: prodigyopt's Prodigy raises ValueError unless it is above 0")
+    slice_p = kwargs["slice_p"] if "slice_p" in kwargs else 1
+    if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
+        problems.append(
+            f"`slice_p={slice_p!r}`: prodigyopt slices each tensor with [::slice_p], which takes a whole "
+            "number of at least 1 (it fails at the first step)"
+        )
+    return problems
 
 
 def _bnb_adamw_problems(lower: str, kwargs: dict[str, Any]) -> list[str]:
@@ -587,10 +634,21 @@ def bnb_ignored(name: str, kind: str, kwargs: dict[str, Any]) -> dict[str, str]:
     return ignored
 
 
+def print_only(kind: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    """Arguments that only print (no update reads them): dadaptation's `log_every`. key -> why."""
+    if kind.startswith("dadapt_") and "log_every" in kwargs and kwargs["log_every"]:
+        return {
+            "log_every": "dadaptation only prints its estimate of d every that many steps (dbspec logs d*lr "
+            "at logging.every)"
+        }
+    return {}
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     values: dict[str, Any]  # dbspec [optimizer] keys to write (weight_decay, betas, eps, momentum, ...)
     unsupported: dict[str, Any]  # legacy keyword arguments dbspec cannot express
+    why: dict[str, str] = attrs.Factory(dict)  # for some of `unsupported`: why not
     given: frozenset[str] = frozenset()  # the dbspec keys the legacy arguments gave (the rest are defaults)
 
 
@@ -637,6 +695,11 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         merged["growth_rate"] = 0.0  # dbspec's "unbounded"
     if kind == "adafactor":
         merged.update(adafactor_flags(kwargs))
+    if kind in _KERNEL_KINDS:
+        rest = {k: v for k, v in rest.items() if k not in ("fused", "foreach")}
+        merged.update(_kernel(kwargs))
+    if kind == "prodigy":
+        _prodigy_values(merged, rest)
     for key in ("adafactor_eps", "came_eps"):  # TOML floats stay floats
         if key in merged:
             merged[key] = [float(e) for e in merged[key]]
@@ -646,8 +709,36 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
     for key in ("t_alpha", "t_beta3"):  # bitsandbytes' None: dbspec's 0 (no warm-up)
         if key in merged:
             merged[key] = int(merged[key] or 0)
-    given = frozenset(renamed.get(k, k) for k in kwargs)
-    return Settings(values=merged, unsupported=rest, given=given)
+    given = frozenset(renamed.get(k, k) for k in kwargs) | {"implementation"}
+    why = {k: _REFUSED_WHY[(kind, k)] for k in rest if (kind, k) in _REFUSED_WHY}
+    return Settings(values=merged, unsupported=rest, given=given, why=why)
+
+
+def _kernel(kwargs: dict[str, Any]) -> dict[str, str]:
+    """torch AdamW's / SGD's `fused=True` or `foreach=True` as optimizer.implementation (the same kernel);
+    False or None is torch's default choice, which computes the same update (kohya_constructor_problems
+    refuses both true)."""
+    for key in ("fused", "foreach"):
+        if key in kwargs and kwargs[key]:
+            return {"implementation": key}
+    return {}
+
+
+def _prodigy_values(merged: dict[str, Any], rest: dict[str, Any]) -> None:
+    """prodigyopt's values as dbspec's: beta3 None is dbspec's derived default (the square root of betas[1]);
+    a d_coef or beta3 dbspec's schema refuses (d_coef <= 0: d never grows; beta3 < 0) stays unsupported."""
+    if "beta3" in merged and merged["beta3"] is None:
+        del merged["beta3"]
+    for key in ("d_coef", "beta3"):
+        if key in merged:
+            merged[key] = float(merged[key])
+    if "d_coef" in merged and merged["d_coef"] <= 0:
+        rest["d_coef"] = merged.pop("d_coef")
+    if "beta3" in merged and merged["beta3"] < 0:
+        rest["beta3"] = merged.pop("beta3")
+    for key in ("decouple", "use_bias_correction", "safeguard_warmup"):  # prodigyopt tests them for truth
+        if key in merged:
+            merged[key] = bool(merged[key])
 
 
 def lion_decoupled_decay(kwargs: dict[str, Any], learning_rate: float) -> dict[str, Any] | None:

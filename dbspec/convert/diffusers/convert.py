@@ -341,8 +341,9 @@ def _optimizer(a: Args, script: str, conv: Conversion) -> None:
         conv.unsupported(
             choice,
             "diffusers runs Prodigy with bias correction and safeguard warm-up on (its "
-            "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's Prodigy has "
-            "them off",
+            "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's "
+            "optimizer.use_bias_correction and safeguard_warmup can say so, but this converter does not "
+            "map the diffusers scripts' Prodigy (their per-group rates and weight decay) yet",
         )
         return
     eight = a["use_8bit_adam"]

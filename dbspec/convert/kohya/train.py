@@ -33,6 +33,7 @@ from dbspec.convert.common.optimizers import (
     lion_variant,
     optimizer_settings,
     parse_kohya_args,
+    print_only,
 )
 from dbspec.spec.model import DADAPT_KINDS, Optimizer
 
@@ -1439,6 +1440,15 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             "refuses momentum 0 (ValueError)",
         )
         return
+    if name.nesterov and "dampening" in kwargs and kwargs["dampening"]:
+        conv.invalid(
+            args.key,
+            args.value,
+            args.source,
+            f"`dampening={kwargs['dampening']}`: {kind_arg.value} is torch SGD with nesterov=True, which "
+            "refuses dampening (ValueError: Nesterov momentum requires a momentum and zero dampening)",
+        )
+        return
     if not _one_rate_fits(name.kind, kind_arg, conv):
         return
     if not _positive_lr_fits(a, name.kind, kind_arg, conv):
@@ -1468,7 +1478,7 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
     kind = adamw_variant(kind_arg.value, lion_variant(ademamix_variant(name.kind, kwargs), kwargs), kwargs)
     if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
         conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
-    ignored = bnb_ignored(kind_arg.value, kind, kwargs)
+    ignored = {**bnb_ignored(kind_arg.value, kind, kwargs), **print_only(kind, kwargs)}
     if ignored:
         conv.ignored(args, "; ".join(f"`{k}={kwargs[k]!r}`: {why}" for k, why in ignored.items()))
         kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
@@ -1493,7 +1503,10 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
             conv.comment(args, "lion_pytorch's decoupled_weight_decay: weight_decay / learning_rate"),
         )
     if settings.unsupported:
-        rest = ", ".join(f"{k}={v}" for k, v in settings.unsupported.items())
+        rest = ", ".join(
+            f"{k}={v}" + (f" ({settings.why[k]})" if k in settings.why else "")
+            for k, v in settings.unsupported.items()
+        )
         conv.unsupported(args, f"optimizer arguments dbspec does not set: {rest}")
     elif args.given:
         conv.record(args, "mapped", "optimizer")
