@@ -36,6 +36,7 @@ from dbspec.convert.kohya.lycoris_file import (
     read_preset,
 )
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
+from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
@@ -479,16 +480,11 @@ def _map_network(
     for key, value in kwargs.items():
         if _switched_off(key, value, lycoris):
             continue
-        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if lycoris and key in _KIND_ONLY and kind not in _KIND_ONLY[key][1]:
-            conv.ignored(legacy, f"LyCORIS reads it for {_KIND_ONLY[key][0]} only, not algo={algo}")
-        elif key in (_LYCORIS_READS if lycoris else _LORA_READS):
-            unsupported[key] = value
+        unread = unread_network_arg(key, kind, algo, module.value)
+        if unread:
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=value, source=args.source), unread)
         else:
-            conv.ignored(
-                legacy,
-                f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
-            )
+            unsupported[key] = value
     for index, block in enumerate(put.pop("_blocks", [])):
         why = block.pop("_why", None)  # a LyCORIS preset file's map entry, else a kohya block
         if why is None:
@@ -667,59 +663,6 @@ _LYCORIS_SWITCHES = {
     "rs_lora",
     "unbalanced_factorization",
     "train_t5xxl",
-}
-
-
-# The network arguments each create_network reads (networks/lora.py; LyCORIS kohya.py) that dbspec maps only
-# in some values: a remaining one is unsupported; any other key is ignored, as kohya's networks ignore it.
-_LORA_READS = {
-    "conv_dim",
-    "conv_alpha",
-    "block_dims",
-    "block_alphas",
-    "conv_block_dims",
-    "conv_block_alphas",
-    "down_lr_weight",
-    "mid_lr_weight",
-    "up_lr_weight",
-    "block_lr_zero_threshold",
-    "rank_dropout",
-    "module_dropout",
-    "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio",
-}
-_LYCORIS_READS = {
-    "conv_dim",
-    "conv_alpha",
-    "dropout",
-    "rank_dropout",
-    "module_dropout",
-    "use_scalar",
-    "train_norm",
-    "dora_wd",
-    "wd_on_output",
-    "bypass_mode",
-    "rs_lora",
-    "preset",
-    "decompose_both",
-    "factor",
-    "full_matrix",
-    "unbalanced_factorization",
-    "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio",
-}
-# LyCORIS arguments that act only for some algos (block_size: DyLoRA; constraint, rescaled: OFT; LoKr's
-# factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
-_KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ("dylora",)),
-    "constraint": ("OFT", ()),
-    "constrain": ("OFT", ()),
-    "rescaled": ("OFT", ()),
-    "train_t5xxl": ("Flux's T5 text encoder", ()),
-    "full_matrix": ("LoKr", ("lokr",)),
-    "unbalanced_factorization": ("LoKr", ("lokr",)),
 }
 
 
