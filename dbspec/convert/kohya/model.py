@@ -650,18 +650,20 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
             _map_full_half(a, script, key, lora, conv)
-    _map_fp8_base(a, lora, conv)
+    _map_fp8_base(a, script, lora, conv)
 
 
-def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
+def _map_fp8_base(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     """kohya's --fp8_base / --fp8_base_unet: the frozen U-Net (with --fp8_base alone, the text encoders too,
-    their embeddings left alone) cast to float8_e4m3fn, upcast at each use under autocast: backend cast."""
+    their embeddings left alone) cast to float8_e4m3fn, upcast at each use under autocast: backend cast.
+    Only train_network.py and its family scripts read them; train_db.py and sdxl_train.py take --fp8_base
+    (train_util's common arguments) and never read it: ignored (was DBS403)."""
     given = [a[k] for k in ("fp8_base", "fp8_base_unet") if k in a and a[k].value]
     if not given:
         return
     if not lora:
         for legacy in given:
-            conv.unsupported(legacy, "an fp8 base is only for LoRA runs in dbspec")
+            conv.ignored(legacy, f"{script}.py never reads it (kohya's LoRA scripts alone cast the base)")
         return
     if a["mixed_precision"].value == "no":
         conv.invalid(
