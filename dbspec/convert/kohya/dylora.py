@@ -27,6 +27,7 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
+from dbspec.convert.kohya.weights_file import report_weights
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
 # CLIPAttention / CLIPMLP (text encoders); with conv_dim also every Linear and Conv2d inside ResnetBlock2D,
@@ -189,7 +190,8 @@ def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> L
             raise ValueError("a Windows path, not on this machine")
         return read_lora_file(local)
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(key, f"{what} come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, f"{what} come from this file", conv):
+            conv.unsupported(key, f"{what} come from `{weights.value}`, which cannot be used: {exc}")
         return None
 
 

@@ -38,6 +38,7 @@ from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
+from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
@@ -831,7 +832,8 @@ def _flow_dim_from_weights(
         file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris, norms=lycoris)
         dora = locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, "--dim_from_weights reads the ranks from this file", conv):
+            conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
     if isinstance(dora, str):
         conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {dora}")

@@ -38,6 +38,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
+from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -1266,7 +1267,8 @@ def map_network_weights(
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names, some)
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, "--dim_from_weights reads the ranks from this file", conv):
+            conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
     flat = next((m.name for m in file.modules.values() if len(m.down) == 4 and len(m.up) == 2), None)
     if flat is not None and a["network_module"].value == "lycoris.kohya":
