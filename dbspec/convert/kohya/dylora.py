@@ -81,9 +81,7 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
     # LoRA+ (DyLoRANetwork.prepare_optimizer_params): each lora_B block at lr x the ratio, networks.lora's
     # rule (the UNet's `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders' likewise)
     unsupported: dict[str, str] = {}
-    loraplus(kwargs, put, unsupported)
-    for key in [k for k in kwargs if k.startswith("loraplus_")]:
-        unsupported[key] = kwargs.pop(key)
+    loraplus(kwargs, put, unsupported)  # its three keys; another loraplus_* is unread (was DBS403)
     for key, value in kwargs.items():
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
