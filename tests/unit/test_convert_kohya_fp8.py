@@ -76,7 +76,8 @@ def test_fp8_base_without_mixed_precision_is_refused_as_kohya_asserts(tmp_path):
 @pytest.mark.parametrize(("script", "base"), [("train_db.py", SD15), ("sdxl_train.py", SDXL)])
 def test_fp8_base_on_a_full_fine_tune_is_ignored_as_kohya_never_reads_it(tmp_path, script, base):
     """train_db.py and sdxl_train.py take --fp8_base (train_util's common arguments) and never read it (the
-    mirror's sd-scripts: no `fp8_base` in either script): ignored (DBS405; was DBS403), the base unquantised."""
+    mirror's sd-scripts: no `fp8_base` in either script): ignored (DBS405; was DBS403), the base
+    unquantised."""
     images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
     outcome = expressible(
         kohya(
