@@ -558,14 +558,21 @@ _LYCORIS_NO_MAX_NORM = ("full", "ia3", "glora", "dylora")
 
 
 def map_scale_weight_norms(
-    a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False, kind: str = "lora"
+    a: Args,
+    conv: Conversion,
+    *,
+    lycoris: bool = False,
+    split: bool = False,
+    kind: str = "lora",
+    from_file: bool = False,
 ) -> None:
     """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
     each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
     (train_network.py tests `if args.scale_weight_norms`). lycoris.kohya's network calls each module's own
     apply_max_norm: LoCon (algo lora / locon), LoHa, LoKr, Diag-OFT and BOFT map to LyCORIS's form
     (max_norm_form "lycoris"; the OFT modules scale their blocks); full, IA3, GLoRA and DyLoRA modules keep
-    its base class's, which scales nothing."""
+    its base class's, which scales nothing. `from_file`: LyCORIS's create_network_from_weights built the
+    modules, which never reads network_args (no LoKr rank dropout)."""
     norms = a["scale_weight_norms"]
     if not norms.value:
         if norms.given and norms.value is not None:
@@ -606,7 +613,7 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or rank_dropout",
         )
         return
-    if lycoris and kind == "lokr" and lokr_rank_dropout(a["network_args"].value):
+    if lycoris and kind == "lokr" and not from_file and lokr_rank_dropout(a["network_args"].value):
         conv.invalid(
             norms.key,
             norms.value,
@@ -1407,10 +1414,19 @@ def _lycoris_flow_factor_file(
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
-    if a["scale_weight_norms"].value and algo != "full":
-        conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {algo}: no dbspec form yet")
+    # a LoKr / LoHa file of that kind alone is the network create_network builds for the algo (LokrModule /
+    # LohaModule per fused Linear, their own apply_max_norm): the same max norm (was DBS403); a file of
+    # several kinds mixes the modules' norms, which dbspec has no form for yet
+    kinds = {b.get("kind", algo) for table in ("blocks", "text_encoder_blocks") for b in found.get(table, ())}
+    alone = algo in ("lokr", "loha") and kinds <= {algo}
+    if a["scale_weight_norms"].value and algo != "full" and not alone:
+        conv.unsupported(
+            a["scale_weight_norms"],
+            f"LyCORIS's max norm of a fused {algo} file of several kinds: no dbspec form",
+        )
         return False
-    map_scale_weight_norms(a, conv, lycoris=True, kind=algo)  # none given: records its fate; full: inert
+    # none given: records its fate; full: inert (the network_args are unread: no rank dropout)
+    map_scale_weight_norms(a, conv, lycoris=True, kind=algo, from_file=True)
     return True
 
 
