@@ -1943,8 +1943,9 @@ second text encoder and trains at `optimizer.text_encoder_2_lr`.""",
 A legacy input cannot be read: the command file, `--config_file`, dataset config, `config.json` or
 `multidatabackend.json` is missing, not UTF-8, or not valid TOML/JSON; or the command runs a \
 script the converter
-does not know; or a file the conversion reads (kohya's `--dataset_config`, a LyCORIS preset file) is not
-on this machine, which is no rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the
+does not know; or a file the conversion reads (kohya's `--dataset_config`, a LyCORIS preset file, the
+`--network_weights` file `--dim_from_weights` reads the ranks from) is not on this machine, which is no
+rule of the legacy tool's. Relative paths resolve against `--cwd` (default: the
 current folder). A kohya `train_data_dir` that is not here converts to a `layout = "kohya_folders"` dataset
 instead (DBS406).""",
     ),

@@ -131,6 +131,7 @@ def _plan_dataset(
     if placer is None or masks is None:
         return None
     captions = caption_plan(d)
+    _report_uncaptioned(ctx, i, d, existing)
     images = [_image(ctx, i, d, info, masks, placer, keyer, captions) for info in existing]
     if generate is not None:  # planned alike before and after they exist: a resumed run is the same run
         images += _generated_images(d, generate, placer, keyer, captions)
@@ -291,14 +292,30 @@ def _plan_metadata(ctx: Context, i: int, d: Dataset, keyer: Keyer) -> DatasetPla
     )
 
 
-def _caption_source(d: Dataset, info: ImageInfo) -> bool:
+def _report_uncaptioned(ctx: Context, i: int, d: Dataset, infos: tuple[ImageInfo, ...]) -> None:
+    """missing_captions = "empty": one warning for the images without a caption file (the empty caption)."""
+    if d.missing_captions != "empty" or d.captions != "textfile" or d.prompt:
+        return
+    bare = [info for info in infos if not _caption_source(d, info, face_crop=False)]
+    if bare:
+        ctx.report(
+            "DBS320",
+            "warning",
+            f"dataset `{d.name}`: {len(bare)} image(s) have no {d.caption_extension} caption file (e.g. "
+            f'`{bare[0].rel}`): they train with an empty caption (missing_captions = "empty"), as in kohya',
+            ("datasets", i, "missing_captions"),
+            help="add caption files, or set prompt",
+        )
+
+
+def _caption_source(d: Dataset, info: ImageInfo, face_crop: bool = True) -> bool:
     """Whether a kohya-folder image has a caption: a prompt (its class tokens), its file
     name, or a sidecar."""
     if d.prompt or d.captions == "filename":
         return True
     if d.captions == "prompt":
         return False
-    image = Path(kf.face_crop_caption_image(info, d.caption_extension).path)
+    image = Path((kf.face_crop_caption_image(info, d.caption_extension) if face_crop else info).path)
     return image.with_name(image.stem + d.caption_extension).is_file()
 
 
@@ -329,6 +346,8 @@ def _read_caption(ctx: Context, i: int, d: Dataset, info: ImageInfo) -> str | No
     except FileNotFoundError:
         if d.prompt:
             return d.prompt
+        if d.missing_captions == "empty":  # said once for the dataset (_report_uncaptioned)
+            return ""
         ext = d.caption_extension
         hint = (
             f'; caption_extension is "{ext}": did you mean ".{ext}"?'

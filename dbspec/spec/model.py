@@ -2096,6 +2096,12 @@ class Dataset:
         example="a photo of ohwx dog",
     )
     caption_extension: str = option(".txt", doc='Sidecar caption extension for captions = "textfile".')
+    missing_captions: Literal["error", "empty"] = option(
+        "error",
+        doc='captions = "textfile" without a `prompt`: an image with no caption file stops the plan (error), '
+        "or trains with an empty caption (`caption_prefix` / `caption_suffix` still added), with one warning "
+        "for the dataset (empty: kohya's DreamBooth subsets without class tokens).",
+    )
     caption_prefix: str = option("", doc="Text put before every caption (joined with a space).")
     caption_suffix: str = option("", doc="Text put after every caption (joined with a space).")
     repeats: int = option(1, doc="How many times each image is seen per epoch.", minimum=1, maximum=10_000)

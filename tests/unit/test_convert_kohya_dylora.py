@@ -182,6 +182,23 @@ def test_networks_dylora_loraplus(tmp_path):
     assert outcome.exit_code == 1 and "DBS403" in codes(outcome)
 
 
+def test_networks_dylora_unknown_loraplus_key_is_ignored(tmp_path):
+    """networks/dylora.py's create_network reads its three loraplus_* keys by name and no other: a misspelt
+    one changes nothing (DBS405; was DBS403), the ratio it does read still maps (issue 12)."""
+    outcome = _convert(
+        tmp_path, "networks.dylora", '"unit=2", "loraplus_lr_ratio=16", "loraplus_unet_ratio=4"'
+    )
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args loraplus_unet_ratio") == "inert"
+    assert "networks.dylora's create_network does not read it" in messages(outcome, "DBS405")
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.optimizer.loraplus_denoiser_ratio, plan.optimizer.loraplus_text_encoder_ratio) == (
+        16.0,
+        16.0,
+    )
+    assert plan.adapter.kind == "dylora" and plan.adapter.dylora_unit == 2
+
+
 def test_the_plan_summary_shows_the_dylora_draw(tmp_path):
     from dbspec.plan.summary import adapter_rows
 

@@ -73,14 +73,22 @@ def test_fp8_base_without_mixed_precision_is_refused_as_kohya_asserts(tmp_path):
     assert any("fp8_base" in e and "mixed_precision" in e for e in errors(outcome)), errors(outcome)
 
 
-def test_fp8_base_on_a_full_fine_tune_is_still_refused(tmp_path):
+@pytest.mark.parametrize(("script", "base"), [("train_db.py", SD15), ("sdxl_train.py", SDXL)])
+def test_fp8_base_on_a_full_fine_tune_is_ignored_as_kohya_never_reads_it(tmp_path, script, base):
+    """train_db.py and sdxl_train.py take --fp8_base (train_util's common arguments) and never read it (the
+    mirror's sd-scripts: no `fp8_base` in either script): ignored (DBS405; was DBS403), the base
+    unquantised."""
     images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
-    outcome = kohya(
-        tmp_path,
-        command=f"train_db.py --pretrained_model_name_or_path {SD15} --train_data_dir d "
-        "--resolution 512 --max_train_steps 10 --learning_rate 1e-6 --mixed_precision bf16 --fp8_base",
+    outcome = expressible(
+        kohya(
+            tmp_path,
+            command=f"{script} --pretrained_model_name_or_path {base} --train_data_dir d "
+            "--resolution 512 --max_train_steps 10 --learning_rate 1e-6 --mixed_precision bf16 --fp8_base",
+        )
     )
-    assert "DBS403" in codes(outcome) and fate(outcome, "fp8_base") == "unsupported"
+    assert "DBS405" in codes(outcome) and fate(outcome, "fp8_base") == "inert"
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.kind == "none" and set(_quantized(plan).values()) == {"none"}
 
 
 def test_fp8_base_with_kohya_locon_converts_and_plans(tmp_path):

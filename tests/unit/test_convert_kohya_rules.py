@@ -5,6 +5,7 @@ without the inexpressible settings and still compiles."""
 from __future__ import annotations
 
 from convert_kit import (
+    GPU,
     SD15,
     codes,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
@@ -18,6 +19,8 @@ from convert_kit import (
     repeats,
     write,
 )
+
+from dbspec.frontend import plan_spec
 
 BASE = f"train_db.py --pretrained_model_name_or_path {SD15}"
 
@@ -111,11 +114,26 @@ def test_non_square_resolution_converts_when_the_area_is_square(tmp_path):
     assert (plan.datasets[0].resolution, plan.datasets[0].resolution_height) == (768, 512)
 
 
-def test_missing_captions_without_class_tokens_cannot_train(tmp_path):
-    images(tmp_path / "plain", 2, (512, 512))
-    write(tmp_path / "d.toml", '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "plain"\n')
+def test_missing_captions_without_class_tokens_train_with_an_empty_caption(tmp_path):
+    """kohya's DreamBoothDataset: "neither caption file nor class tokens are found. use empty caption" (a
+    warning per image): missing_captions = "empty" (issue 12; was DBS403), one DBS320 warning at plan time;
+    the captioned images keep their own."""
+    images(tmp_path / "plain", 3, (512, 512))
+    (tmp_path / "plain" / "img000.caption").write_text("a photo of ohwx dog on grass\n", encoding="utf-8")
+    write(
+        tmp_path / "d.toml",
+        '[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "plain"\n'
+        'caption_extension = ".caption"\n',
+    )
     outcome = kohya(tmp_path, dataset_config=tmp_path / "d.toml", command=BASE)
-    assert outcome.exit_code == 1 and "empty caption" in messages(outcome, "DBS403")
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), outcome.text
+    assert 'missing_captions = "empty"' in out_path(tmp_path).read_text(encoding="utf-8")
+    planned = plan_spec(out_path(tmp_path), GPU)
+    assert planned.plan is not None
+    captions = {img.rel: img.caption for img in planned.plan.datasets[0].images}
+    assert captions == {"img000.png": "a photo of ohwx dog on grass", "img001.png": "", "img002.png": ""}
+    said = [d for d in planned.diagnostics if d.code == "DBS320"]
+    assert [d.severity for d in said] == ["warning"] and "2 image(s)" in said[0].message
 
 
 def test_exif_rotation_and_text_encoder_stop_are_converted(tmp_path):

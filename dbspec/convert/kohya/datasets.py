@@ -99,7 +99,7 @@ def map_datasets(
     for out_index, (dataset, subset, images) in enumerate(parts):
         setting = settings[dataset.index]
         map_subset(out_index, dataset, subset, images, setting.spec_resolution, paths, conv)
-        subset_problems(dataset, subset, images, setting, cache_latents, conv, script)
+        subset_problems(out_index, dataset, subset, images, setting, cache_latents, conv, script)
         map_custom_attributes(out_index, dataset, subset, script, conv)
         map_face_crop(out_index, subset, setting, cache_latents, conv)
         map_image_prep(out_index, setting, cache_latents, conv)

@@ -27,6 +27,7 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
+from dbspec.convert.kohya.weights_file import report_weights
 
 # networks/dylora.py DyLoRANetwork: every Linear and 1x1 Conv inside Transformer2DModel (U-Net) and
 # CLIPAttention / CLIPMLP (text encoders); with conv_dim also every Linear and Conv2d inside ResnetBlock2D,
@@ -80,9 +81,7 @@ def kohya_dylora(args: Legacy, kwargs: dict[str, str], dim: int, alpha: float, c
     # LoRA+ (DyLoRANetwork.prepare_optimizer_params): each lora_B block at lr x the ratio, networks.lora's
     # rule (the UNet's `loraplus_unet_lr_ratio or loraplus_lr_ratio`, the text encoders' likewise)
     unsupported: dict[str, str] = {}
-    loraplus(kwargs, put, unsupported)
-    for key in [k for k in kwargs if k.startswith("loraplus_")]:
-        unsupported[key] = kwargs.pop(key)
+    loraplus(kwargs, put, unsupported)  # its three keys; another loraplus_* is unread (was DBS403)
     for key, value in kwargs.items():
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=value, source=args.source),
@@ -189,7 +188,8 @@ def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> L
             raise ValueError("a Windows path, not on this machine")
         return read_lora_file(local)
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(key, f"{what} come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, f"{what} come from this file", conv):
+            conv.unsupported(key, f"{what} come from `{weights.value}`, which cannot be used: {exc}")
         return None
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network_reads import unread_network_arg
 
 
 def popped(args: Legacy, kwargs: dict[str, str], key: str) -> Legacy:
@@ -24,7 +25,11 @@ def ignore_args(
 
 
 def refuse_rest(rest: dict[str, str], args: Legacy, conv: Conversion, algo: str, title: str) -> bool:
-    """Reports the network_args left over (DBS403); True when there were any."""
+    """Reports the network_args left over: those create_network never reads for `algo` ignored (DBS405,
+    network_reads.py, as on SD; was DBS403), the others refused (DBS403); True when any was refused."""
+    for key in list(rest):
+        if unread := unread_network_arg(key, algo, algo, "lycoris.kohya"):
+            conv.ignored(popped(args, rest, key), unread)
     if not rest:
         return False
     listed = ", ".join(f"{k}={v}" for k, v in rest.items())

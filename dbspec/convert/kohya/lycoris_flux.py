@@ -65,6 +65,7 @@ from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
+from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.network import (
     BYPASS_DORA,
     KOHYA_TEXT_TARGETS,
@@ -364,7 +365,7 @@ def map_lycoris_flow(
     _lycoris_rs_lora(kwargs, algo if lokr else "lora", rank, float(alpha.value or 0), put, unsupported)
     for key, value in put.items():
         conv.put(("adapter", key), value, conv.comment(args))
-    _inert_or_unsupported(kwargs, args, conv, unsupported)
+    _inert_or_unsupported(kwargs, args, conv, unsupported, kind, algo)
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(
@@ -545,16 +546,22 @@ def _block_size(
         kwargs.pop("block_size")  # mapped with network_args (record_mapped)
         return
     legacy = Legacy(key=f"{args.key} block_size", value=kwargs.pop("block_size"), source=args.source)
-    conv.ignored(legacy, f"LyCORIS reads it for DyLoRA (lycoris/modules/dylora.py) only, not algo={algo}")
+    conv.ignored(legacy, unread_network_arg("block_size", algo, algo, "lycoris.kohya"))
 
 
-def _inert_or_unsupported(kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict) -> None:
-    """The network arguments left: those that change nothing on the blocks' Linears inert (_INERT), the
-    others into `unsupported`."""
+def _inert_or_unsupported(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, unsupported: dict, kind: str, algo: str
+) -> None:
+    """The network arguments left: those that change nothing on the blocks' Linears inert (_INERT), those
+    create_network never reads for `kind` ignored (network_reads.py, as on SD: a typo, a network-level
+    weight_decompose, constraint outside OFT; was DBS403), the others into `unsupported`."""
     for key, value in kwargs.items():
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
+        unread = unread_network_arg(key, kind, algo, "lycoris.kohya")
         if key in _INERT:
             conv.inert(legacy, _INERT[key])
+        elif unread:
+            conv.ignored(legacy, unread)
         else:
             unsupported[key] = value
 
@@ -606,7 +613,7 @@ def _full(
     dropout = a["network_dropout"]
     if dropout.value and float(dropout.value):
         conv.ignored(dropout, "LyCORIS's FullModule never applies its dropout")
-    _inert_or_unsupported(kwargs, args, conv, unsupported)
+    _inert_or_unsupported(kwargs, args, conv, unsupported, "full", "full")
     if unsupported:
         rest = ", ".join(f"{k}={v}" for k, v in unsupported.items())
         conv.unsupported(
@@ -716,6 +723,8 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
             conv.inert(legacy, "IA3Module takes it and never reads it")
+        elif unread := unread_network_arg(key, "ia3", "ia3", "lycoris.kohya"):  # as on SD (was DBS403)
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), unread)
     if kwargs:
         rest = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         conv.unsupported(

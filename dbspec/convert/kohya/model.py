@@ -38,6 +38,7 @@ from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
+from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
@@ -557,14 +558,21 @@ _LYCORIS_NO_MAX_NORM = ("full", "ia3", "glora", "dylora")
 
 
 def map_scale_weight_norms(
-    a: Args, conv: Conversion, *, lycoris: bool = False, split: bool = False, kind: str = "lora"
+    a: Args,
+    conv: Conversion,
+    *,
+    lycoris: bool = False,
+    split: bool = False,
+    kind: str = "lora",
+    from_file: bool = False,
 ) -> None:
     """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
     each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
     (train_network.py tests `if args.scale_weight_norms`). lycoris.kohya's network calls each module's own
     apply_max_norm: LoCon (algo lora / locon), LoHa, LoKr, Diag-OFT and BOFT map to LyCORIS's form
     (max_norm_form "lycoris"; the OFT modules scale their blocks); full, IA3, GLoRA and DyLoRA modules keep
-    its base class's, which scales nothing."""
+    its base class's, which scales nothing. `from_file`: LyCORIS's create_network_from_weights built the
+    modules, which never reads network_args (no LoKr rank dropout)."""
     norms = a["scale_weight_norms"]
     if not norms.value:
         if norms.given and norms.value is not None:
@@ -605,7 +613,7 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or rank_dropout",
         )
         return
-    if lycoris and kind == "lokr" and lokr_rank_dropout(a["network_args"].value):
+    if lycoris and kind == "lokr" and not from_file and lokr_rank_dropout(a["network_args"].value):
         conv.invalid(
             norms.key,
             norms.value,
@@ -650,18 +658,20 @@ def map_precision(a: Args, script: str, lora: bool, conv: Conversion) -> None:
             conv.inert(a[key], "train_db.py ignores --full_bf16")
         elif a[key].value:
             _map_full_half(a, script, key, lora, conv)
-    _map_fp8_base(a, lora, conv)
+    _map_fp8_base(a, script, lora, conv)
 
 
-def _map_fp8_base(a: Args, lora: bool, conv: Conversion) -> None:
+def _map_fp8_base(a: Args, script: str, lora: bool, conv: Conversion) -> None:
     """kohya's --fp8_base / --fp8_base_unet: the frozen U-Net (with --fp8_base alone, the text encoders too,
-    their embeddings left alone) cast to float8_e4m3fn, upcast at each use under autocast: backend cast."""
+    their embeddings left alone) cast to float8_e4m3fn, upcast at each use under autocast: backend cast.
+    Only train_network.py and its family scripts read them; train_db.py and sdxl_train.py take --fp8_base
+    (train_util's common arguments) and never read it: ignored (was DBS403)."""
     given = [a[k] for k in ("fp8_base", "fp8_base_unet") if k in a and a[k].value]
     if not given:
         return
     if not lora:
         for legacy in given:
-            conv.unsupported(legacy, "an fp8 base is only for LoRA runs in dbspec")
+            conv.ignored(legacy, f"{script}.py never reads it (kohya's LoRA scripts alone cast the base)")
         return
     if a["mixed_precision"].value == "no":
         conv.invalid(
@@ -829,7 +839,8 @@ def _flow_dim_from_weights(
         file = read_lora_file(local, dora_scale=lycoris, lora_mid=lycoris, norms=lycoris)
         dora = locon_dora(local) if lycoris else False
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, "--dim_from_weights reads the ranks from this file", conv):
+            conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
     if isinstance(dora, str):
         conv.unsupported(from_file, f"LyCORIS's create_network_from_weights with `{weights.value}`: {dora}")
@@ -1403,10 +1414,19 @@ def _lycoris_flow_factor_file(
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
-    if a["scale_weight_norms"].value and algo != "full":
-        conv.unsupported(a["scale_weight_norms"], f"LyCORIS's max norm of a fused {algo}: no dbspec form yet")
+    # a LoKr / LoHa file of that kind alone is the network create_network builds for the algo (LokrModule /
+    # LohaModule per fused Linear, their own apply_max_norm): the same max norm (was DBS403); a file of
+    # several kinds mixes the modules' norms, which dbspec has no form for yet
+    kinds = {b.get("kind", algo) for table in ("blocks", "text_encoder_blocks") for b in found.get(table, ())}
+    alone = algo in ("lokr", "loha") and kinds <= {algo}
+    if a["scale_weight_norms"].value and algo != "full" and not alone:
+        conv.unsupported(
+            a["scale_weight_norms"],
+            f"LyCORIS's max norm of a fused {algo} file of several kinds: no dbspec form",
+        )
         return False
-    map_scale_weight_norms(a, conv, lycoris=True, kind=algo)  # none given: records its fate; full: inert
+    # none given: records its fate; full: inert (the network_args are unread: no rank dropout)
+    map_scale_weight_norms(a, conv, lycoris=True, kind=algo, from_file=True)
     return True
 
 

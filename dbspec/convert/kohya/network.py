@@ -36,7 +36,9 @@ from dbspec.convert.kohya.lycoris_file import (
     read_preset,
 )
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
+from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
+from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -479,16 +481,11 @@ def _map_network(
     for key, value in kwargs.items():
         if _switched_off(key, value, lycoris):
             continue
-        legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
-        if lycoris and key in _KIND_ONLY and kind not in _KIND_ONLY[key][1]:
-            conv.ignored(legacy, f"LyCORIS reads it for {_KIND_ONLY[key][0]} only, not algo={algo}")
-        elif key in (_LYCORIS_READS if lycoris else _LORA_READS):
-            unsupported[key] = value
+        unread = unread_network_arg(key, kind, algo, module.value)
+        if unread:
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=value, source=args.source), unread)
         else:
-            conv.ignored(
-                legacy,
-                f"{module.value}'s create_network does not read it (it ignores arguments it does not know)",
-            )
+            unsupported[key] = value
     for index, block in enumerate(put.pop("_blocks", [])):
         why = block.pop("_why", None)  # a LyCORIS preset file's map entry, else a kohya block
         if why is None:
@@ -667,59 +664,6 @@ _LYCORIS_SWITCHES = {
     "rs_lora",
     "unbalanced_factorization",
     "train_t5xxl",
-}
-
-
-# The network arguments each create_network reads (networks/lora.py; LyCORIS kohya.py) that dbspec maps only
-# in some values: a remaining one is unsupported; any other key is ignored, as kohya's networks ignore it.
-_LORA_READS = {
-    "conv_dim",
-    "conv_alpha",
-    "block_dims",
-    "block_alphas",
-    "conv_block_dims",
-    "conv_block_alphas",
-    "down_lr_weight",
-    "mid_lr_weight",
-    "up_lr_weight",
-    "block_lr_zero_threshold",
-    "rank_dropout",
-    "module_dropout",
-    "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio",
-}
-_LYCORIS_READS = {
-    "conv_dim",
-    "conv_alpha",
-    "dropout",
-    "rank_dropout",
-    "module_dropout",
-    "use_scalar",
-    "train_norm",
-    "dora_wd",
-    "wd_on_output",
-    "bypass_mode",
-    "rs_lora",
-    "preset",
-    "decompose_both",
-    "factor",
-    "full_matrix",
-    "unbalanced_factorization",
-    "loraplus_lr_ratio",
-    "loraplus_unet_lr_ratio",
-    "loraplus_text_encoder_lr_ratio",
-}
-# LyCORIS arguments that act only for some algos (block_size: DyLoRA; constraint, rescaled: OFT; LoKr's
-# factorisation switches) or models (train_t5xxl: Flux's T5): what reads them, and the algos among dbspec's.
-_KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "block_size": ("DyLoRA (lycoris/modules/dylora.py)", ("dylora",)),
-    "constraint": ("OFT", ()),
-    "constrain": ("OFT", ()),
-    "rescaled": ("OFT", ()),
-    "train_t5xxl": ("Flux's T5 text encoder", ()),
-    "full_matrix": ("LoKr", ("lokr",)),
-    "unbalanced_factorization": ("LoKr", ("lokr",)),
 }
 
 
@@ -1323,7 +1267,8 @@ def map_network_weights(
         ranks = _from_weights_ranks(file)
         blocks = sd_blocks(file, original_names, some)
     except (ModelFileError, ValueError, OSError) as exc:
-        conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
+        if not report_weights(weights, local, exc, "--dim_from_weights reads the ranks from this file", conv):
+            conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
         return
     flat = next((m.name for m in file.modules.values() if len(m.down) == 4 and len(m.up) == 2), None)
     if flat is not None and a["network_module"].value == "lycoris.kohya":

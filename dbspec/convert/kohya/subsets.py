@@ -212,6 +212,7 @@ def _unique_name(conv: Conversion, v: dict[str, Legacy], paths: PathMapper) -> s
 
 
 def subset_problems(
+    index: int,
     dataset: KDataset,
     subset: KSubset,
     images: tuple[Img, ...] | None,
@@ -230,7 +231,7 @@ def subset_problems(
     _dataset_level(dataset, conv)
     if images is not None:
         if dataset.kind != "finetune":  # fine-tuning captions come from the metadata file
-            _caption_coverage(subset, images, conv)
+            _caption_coverage(index, subset, images, conv)
         _image_checks(subset, images, setting, cache_latents, conv)
     if dataset.kind == "controlnet" or ("alpha_mask" in v and v["alpha_mask"].value):
         # apply_masked_loss: the loss times the mask, then the mean over the whole (latent) image
@@ -341,12 +342,14 @@ def _face_crop_captions(subset: KSubset, images: tuple[Img, ...], ext: str, conv
             subset.values["image_dir"],
             f"{len(found)} image(s) (e.g. {sorted(found)[0]}) have no caption file of their own and kohya "
             f"reads the face-crop one (`name{ext}` for `name_x_y_w_h` images); dbspec captions them with "
-            + (f'the prompt "{tokens}"' if tokens else "nothing (an error when planning)"),
+            + (f'the prompt "{tokens}"' if tokens else "an empty caption"),
         )
     return found
 
 
-def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
+def _caption_coverage(index: int, subset: KSubset, images: tuple[Img, ...], conv: Conversion) -> None:
+    """Images without a caption file in a subset without class_tokens: kohya's empty caption
+    (missing_captions = "empty"; was DBS403)."""
     v = subset.values
     tokens = v["class_tokens"].value if "class_tokens" in v else None
     ext = v["caption_extension"].value
@@ -359,13 +362,15 @@ def _caption_coverage(subset: KSubset, images: tuple[Img, ...], conv: Conversion
         for img in images
         if not img.path.with_suffix(ext).is_file() and img.path.name not in face
     ]
-    if bare:
-        conv.unsupported(
-            v["image_dir"],
-            f"{len(bare)} image(s) (e.g. {bare[0]}) have no {ext} caption file and the "
-            "subset has no class_tokens: kohya trains them with an empty caption, dbspec needs a caption",
-            help="add caption files or class_tokens (or a `N_class tokens` folder name)",
+    if bare:  # DreamBoothDataset: "neither caption file nor class tokens are found. use empty caption"
+        why = (
+            f"{len(bare)} image(s) (e.g. {bare[0]}) have no {ext} caption file and the subset has no "
+            "class_tokens: kohya trains them with an empty caption, with a warning"
         )
+    elif face:  # kohya reads their face-crop caption (the DBS404 above); dbspec's own is the empty one
+        why = "the face-crop images without a caption file of their own: an empty caption"
+    if bare or face:
+        conv.put(("datasets", index, "missing_captions"), "empty", conv.comment(v["image_dir"], why))
 
 
 def map_face_crop(i: int, subset: KSubset, setting, cache_latents: bool, conv: Conversion) -> None:
