@@ -2818,7 +2818,7 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 renormalises their masked update), a decomposed block of another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
-LoHa or LoKr, not with `fused_projections`), blocks with their own `tucker`, or a quantised base weight. With
+LoHa or LoKr, with `fused_projections` too), blocks with their own `tucker`, or a quantised base weight. With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
 that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`

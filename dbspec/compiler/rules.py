@@ -3214,9 +3214,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
-            # a GLoRA / DyLoRA adapter's decomposed blocks are checked against LyCORIS on the U-Net
-            # families only (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_mixed_dylora.py)
-            (f"a {a.kind} adapter's fused_projections", fused and a.kind in ("glora", "dylora")),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
