@@ -2815,7 +2815,9 @@ holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_f
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
-renormalises their masked update), a decomposed block of another `kind` than LoRA, LoHa and LoKr (beside
+renormalises their masked update; `module_dropout` is taken on decomposed LoHa and LoKr layers, whose one
+draw skips the whole update as LohaModule's and LokrModule's, not on LoRA ones), a decomposed block of
+another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
 LoHa or LoKr, with `fused_projections` too), blocks with their own `tucker`, or a quantised base weight. With

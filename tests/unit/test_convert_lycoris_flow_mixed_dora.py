@@ -119,17 +119,28 @@ def test_flux_glora_network_entries_own_weight_decompose(tmp_path):
     assert a.dora_form == "peft" and all(b.dora == "adapter" for b in a.blocks)
 
 
-def test_flux_dora_wd_refusals_beside_other_algorithms(tmp_path):
-    """What stays refused: a GLoRA network's dora_wd with wd_on_output=False (its blocks' own `dora_axis`
-    "input" with fused_projections, a spec's DBS583, as an entry's own wd_on_out there), and dora_wd with
-    module dropout on a LoCon or GLoRA network (dbspec's fused draws wrap no decomposed weight, as on a
-    network of one algorithm)."""
+def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
+    """A GLoRA network's dora_wd with module_dropout (was DBS403 / a spec's DBS583): its decomposed LoKr /
+    LoHa blocks' one draw per fused module skips the whole decomposed update, as LokrModule / LohaModule do
+    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). What stays refused: a
+    LoCon entry decomposed with it (LoRA's dropout wrappers reach no decomposed weight; a LoCon network's
+    dora_wd with module_dropout, as on the U-Net), and a GLoRA network's wd_on_output=False (its blocks' own
+    `dora_axis` "input" with fused_projections, a spec's DBS583, as an entry's own wd_on_out there)."""
+    outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "glora").adapter
+    assert a.module_dropout == 0.1 and [(b.kind, b.dora) for b in a.blocks] == [
+        ("lokr", "on"),
+        ("loha", "on"),
+    ]
+    locon = MIXED.replace('algo = "lokr"', 'algo = "locon"')
+    for name, algo, text in (("locon", "locon", MIXED), ("entry", "glora", locon)):
+        outcome = _flux(
+            tmp_path / name, text, f'"algo={algo}" "dora_wd=True" "module_dropout=0.1"', allow=True
+        )
+        assert "module_dropout" in messages(outcome, "DBS403"), (name, errors(outcome))
     outcome = _flux(tmp_path / "cols", MIXED, '"algo=glora" "dora_wd=True" "wd_on_output=False"', allow=True)
     assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403"), errors(outcome)
-    for algo in ("locon", "glora"):
-        args = f'"algo={algo}" "dora_wd=True" "module_dropout=0.1"'
-        outcome = _flux(tmp_path / algo, MIXED, args, allow=True)
-        assert "module_dropout" in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):

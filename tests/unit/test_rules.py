@@ -1927,6 +1927,22 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
+    # module_dropout skips a decomposed LoHa / LoKr layer's whole update (LohaModule / LokrModule), not a
+    # decomposed LoRA one (LoRA's dropout wrappers reach no decomposed weight)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
     # ... a GLoRA / DyLoRA adapter's LoRA / LoHa / LoKr blocks on Flux too (was DBS583 "fused_projections";
     # tests/runtime/test_lycoris_mixed_flow_glora.py, test_lycoris_mixed_flow_dylora.py), not its own kind's
     # layers nor, on fused layers, a block's own axis
