@@ -2816,10 +2816,12 @@ holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_f
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
-renormalises their masked update), a decomposed block of another `kind` than LoRA, LoHa and LoKr (beside
+renormalises their masked update; `module_dropout` is taken on decomposed LoHa and LoKr layers, whose one
+draw skips the whole update as LohaModule's and LokrModule's, not on LoRA ones), a decomposed block of
+another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
-LoHa or LoKr, not with `fused_projections`), blocks with their own `tucker`, or a quantised base weight. With
+LoHa or LoKr, with `fused_projections` too), blocks with their own `tucker`, or a quantised base weight. With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
 that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`

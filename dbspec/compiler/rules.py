@@ -3286,7 +3286,7 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     axis on layers that decompose (a LyCORIS map entry's wd_on_out): LyCORIS's form (dora_form "lycoris" on
     LoRA), on LoRA / LoHa / LoKr layers (beside blocks of other kinds each kind's layers decomposed in their
     own pass, runtime/mixed_kinds.py; Flux / SD3 / Chroma's fused Linears whole), without the options that
-    need one setting on every layer (DBS583)."""
+    need one setting on every layer (DBS583; module_dropout only beside decomposed LoRA layers)."""
     a = spec.adapter
     own = [
         (table, i, "dora", block.dora)
@@ -3321,12 +3321,9 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
             *(
                 (key, bool(getattr(a, key, 0.0)))
-                for key in ("dropout", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
+                for key in ("dropout", "rank_dropout", "down_dropout", "output_dropout")
             ),
             ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
-            # a GLoRA / DyLoRA adapter's decomposed blocks are checked against LyCORIS on the U-Net
-            # families only (tests/runtime/test_lycoris_algo_maps.py, test_lycoris_mixed_dylora.py)
-            (f"a {a.kind} adapter's fused_projections", fused and a.kind in ("glora", "dylora")),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
@@ -3347,6 +3344,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)
         if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
+        # module dropout skips a decomposed LoHa / LoKr layer's whole update as LohaModule / LokrModule do
+        # (lycoris_dora.py's forward; on fused Linears one draw per module, fused_lycoris_dropout.py); LoRA's
+        # dropout wrappers reach no decomposed weight
+        if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr"):
+            found.append("module_dropout")
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"

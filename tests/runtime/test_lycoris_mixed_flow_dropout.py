@@ -7,7 +7,9 @@ drawing (runtime/mixed_kinds.py add_module_dropout: runtime/dylora.py FusedSkip 
 parts, fused_dropout.py for LoRA parts, fused_lycoris_dropout.py for LoKr / LoHa parts). A tiny run trains
 and resumes bit-exact, and each kohya layer's module in lycoris-lora's network built from the same preset
 file (the run's export loaded into it) gives, in training, from the same generator state, the trained
-parts' outputs stacked in kohya's rows and leaves the generator where the parts leave it."""
+parts' outputs stacked in kohya's rows and leaves the generator where the parts leave it. The GLoRA
+network's with dora_wd too (was DBS403 / a spec's DBS583): its LoHa entry's fused q/k/v decomposed whole,
+its one draw skipping the decomposed update as LohaModule's does."""
 
 from __future__ import annotations
 
@@ -63,19 +65,25 @@ def test_module_dropout_draws_once_per_lycoris_module_on_fused_layers(
     text = FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1)
     file.write_text(text, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]  # every module trained in some step
-    plan = _converted(tmp_path, file.name, algo, base)
+    wd = {"dora_wd": "True"} if algo == "glora" else {}  # the LoHa block's own dora (the adapter has none)
+    plan = _converted(tmp_path, file.name, algo, base, " ".join(f'"{k}={v}"' for k, v in wd.items()))
     kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
     assert plan.adapter.module_dropout == RATE and plan.adapter.fused
-    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base)
+    doras = [(b.kind, b.dora) for b in plan.adapter.blocks if b.dora != "adapter"]
+    assert doras == ([("loha", "on")] if wd else [])
+    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base, wd)
+    decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+    assert decomposed == ({"lora_unet_double_blocks_0_txt_attn_qkv"} if wd else set())
     assert {type(m).__name__ for m in theirs.values()} >= {"FullModule", "IA3Module"}
     assert len(theirs) == 8
     assert fused == 3  # img qkv, txt qkv, linear1
 
 
-def _draws_as_lycoris(tmp_path, monkeypatch, file, algo: str, kinds: set[str], base: list[str]):
+def _draws_as_lycoris(tmp_path, monkeypatch, file, algo: str, kinds: set[str], base: list[str], wd=None):
     """The converted preset file's tiny run (trained, resumed bit-exact), then every kohya layer's module in
-    lycoris-lora's network from the same file (the export loaded) against the trained parts in training from
-    the same generator state: outputs, generator state, both kinds of forward seen. (modules, fused layers)"""
+    lycoris-lora's network from the same file (`wd`: more network_args; the export loaded) against the
+    trained parts in training from the same generator state: outputs, generator state, both kinds of forward
+    seen. (modules, fused layers)"""
     planned, whole, tensors = _run(tmp_path, kinds, base)  # trains, resumes bit-exact
 
     unet = whole.components.unet
@@ -86,7 +94,16 @@ def _draws_as_lycoris(tmp_path, monkeypatch, file, algo: str, kinds: set[str], b
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, [clip, nn.Module()], tree, algo=algo, preset=str(file), module_dropout=RATE
+        1.0,
+        4,
+        1.0,
+        None,
+        [clip, nn.Module()],
+        tree,
+        algo=algo,
+        preset=str(file),
+        module_dropout=RATE,
+        **(wd or {}),
     )
     made.apply_to([clip, nn.Module()], tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)

@@ -62,8 +62,9 @@ _CLASS = {"lora": "LoConModule", "locon": "LoConModule", "loha": "LohaModule", "
 _CLASS["dylora"] = "DyLoraModule"
 
 
-def _converted(tmp_path: Path, file: str, algo: str, overrides, script: str = "flux"):
-    """The kohya command's conversion (network_dim 4, alpha 1, block_size 2) and its plan."""
+def _converted(tmp_path: Path, file: str, algo: str, overrides, script: str = "flux", args: str = ""):
+    """The kohya command's conversion (network_dim 4, alpha 1, block_size 2; `args`: more network_args) and
+    its plan."""
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -87,22 +88,22 @@ def _converted(tmp_path: Path, file: str, algo: str, overrides, script: str = "f
     outcome = kohya(
         tmp_path,
         command=command + "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
-        f'--network_alpha=1 --network_args "algo={algo}" "block_size=2" "preset={file}" '
+        f'--network_alpha=1 --network_args "algo={algo}" "block_size=2" "preset={file}" {args} '
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return plan_of(outcome, tmp_path, overrides)
 
 
-def _their_network(monkeypatch, algo: str, file: Path, text_encoders, tree):
+def _their_network(monkeypatch, algo: str, file: Path, text_encoders, tree, **kwargs):
     """lycoris-lora's create_network from the preset file on kohya's layers (as converted: network_dim 4,
-    alpha 1, block_size 2), applied: its modules by name, and the network (its state dict as
-    `dbspec_state`)."""
+    alpha 1, block_size 2; `kwargs`: more network_args), applied: its modules by name, and the network (its
+    state dict as `dbspec_state`)."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), block_size="2"
+        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), block_size="2", **kwargs
     )
     made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
     made.dbspec_state = made.state_dict()
@@ -447,11 +448,16 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
     dim = 24 if qkv == "boft" else 4
     file.write_text(DYLORA_NETWORK.replace("QKV", qkv).replace("DIM", str(dim)), encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE]
-    plan = _converted(tmp_path, file.name, "dylora", base)
+    wd = {"dora_wd": "True"} if qkv == "diag-oft" else {}  # was DBS403: the DyLoRA adapter has no dora
+    args = " ".join(f'"{k}={v}"' for k, v in wd.items())
+    plan = _converted(tmp_path, file.name, "dylora", base, args=args)
     a = plan.adapter
     assert (a.kind, a.dylora_unit, a.dylora_form) == ("dylora", 2, "lycoris") and a.fused
     kinds = {"lora", "lokr", qkv, "full", "ia3"}
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    # dora_wd: the LoCon and LoKr blocks' own `dora` (each fused Linear whole), DyLoRA's and the others' none
+    doras = {(b.kind, b.dora) for b in (*a.blocks, *a.text_encoder_blocks) if b.dora != "adapter"}
+    assert doras == ({("lora", "on"), ("lokr", "on")} if wd else set())
     planned, whole, tensors = _run(tmp_path, kinds, base)
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
@@ -460,7 +466,7 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
 
     clip_trained = whole.components.text_encoders[0]
     clip = _kohya_clip(_unwrapped(clip_trained))
-    theirs, made = _their_network(monkeypatch, "dylora", file, [clip, nn.Module()], _kohya_tree(layers))
+    theirs, made = _their_network(monkeypatch, "dylora", file, [clip, nn.Module()], _kohya_tree(layers), **wd)
     expected = {
         "double_blocks.0.img_attn.qkv": {
             "diag-oft": "DiagOFTModule",
@@ -493,7 +499,12 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
         path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
         path = path.replace("self.attn", "self_attn").replace(".proj", "_proj")
         assert _ours(clip_layers[path]) == _described(module), name
-    _export_matches_their_state(made, tensors)
+    _export_matches_their_state(made, tensors)  # with dora_wd: dora_scale on the modules it decomposes
+    decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+    assert decomposed == {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")}
+    assert decomposed == (
+        {"lora_unet_double_blocks_0_txt_attn_qkv", "lora_unet_single_blocks_0_linear1"} if wd else set()
+    )
     assert _check_dylora_draws(theirs, layers) == 3  # the projections and linear2 (plain Linears)
 
     others = {

@@ -5,11 +5,17 @@ full and IA^3, and LoHa on CLIP-L's MLPs. Checked against lycoris-lora 4.1.3: cr
 preset file on kohya's layers builds every layer in the class the run gives it (GLoRA's and LoCon's dims
 and scales equal), a tiny run resumes bit-exact, and its one kohya export holds exactly create_network's
 state-dict keys and shapes, which create_network_from_weights loads to the trained outputs (IA^3 aside:
-lycoris-lora's loader cannot build it); the adapter folders load back as `dbspec sample` loads them."""
+lycoris-lora's loader cannot build it); the adapter folders load back as `dbspec sample` loads them. With the
+network's dora_wd (was DBS403 / a spec's DBS583: the GLoRA adapter has no `dora`) its LoCon, LoKr and LoHa
+entries' blocks decompose, each fused Linear whole, as LyCORIS hands weight_decompose to every module and
+only LoConModule, LokrModule and LohaModule read it: the export's `dora_scale` on exactly the modules
+create_network decomposes, in their shapes, each of its modules with the export loaded computing the
+trained layer's output."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
@@ -24,7 +30,14 @@ from tests.runtime.test_lycoris_mixed_flow_dylora import (
     _ours,
     _their_network,
 )
-from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _kohya_layers, _kohya_tree, _run, _without_ia3
+from tests.runtime.test_lycoris_mixed_flow_full import (
+    _BASE,
+    _check_kohya_outputs,
+    _kohya_layers,
+    _kohya_tree,
+    _run,
+    _without_ia3,
+)
 from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
 
@@ -47,11 +60,17 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
     file = tmp_path / "mixed.toml"
     file.write_text(GLORA_NETWORK, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE]
-    plan = _converted(tmp_path, file.name, "glora", base)
+    plan = _converted(tmp_path, file.name, "glora", base, args='"dora_wd=True"')
     a = plan.adapter
     assert a.kind == "glora" and a.fused
     kinds = {"lora", "lokr", "diag-oft", "full", "ia3", "dylora"}
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
+    # dora_wd: the LoCon / LoKr / LoHa blocks' own `dora` (the adapter has none), the others' none
+    assert (a.dora, a.dora_form) == (False, "lycoris")
+    doras = {
+        (b.kind, b.dora, b.dora_axis) for b in (*a.blocks, *a.text_encoder_blocks) if b.dora != "adapter"
+    }
+    assert doras == {("lora", "on", "adapter"), ("lokr", "on", "adapter"), ("loha", "on", "adapter")}
     planned, whole, tensors = _run(tmp_path, kinds, base)
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
@@ -60,7 +79,8 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
 
     clip_trained = whole.components.text_encoders[0]
     clip = _kohya_clip(_unwrapped(clip_trained))
-    theirs, made = _their_network(monkeypatch, "glora", file, [clip, nn.Module()], _kohya_tree(layers))
+    tree = _kohya_tree(layers)
+    theirs, made = _their_network(monkeypatch, "glora", file, [clip, nn.Module()], tree, dora_wd="True")
     expected = {
         "double_blocks.0.img_attn.qkv": "DiagOFTModule",
         "double_blocks.0.txt_attn.qkv": "LoConModule",
@@ -98,7 +118,26 @@ def test_glora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_ly
         path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
         path = path.replace("self.attn", "self_attn").replace(".proj", "_proj")
         assert _kind_of(clip_layers[path]) == type(module).__name__, name
-    _export_matches_their_state(made, tensors)
+    _export_matches_their_state(made, tensors)  # dora_scale on the modules it decomposes, in their shapes
+    decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+    assert decomposed == {k.split(".")[0] for k in tensors if k.endswith(".dora_scale")}
+    assert {type(theirs[n]).__name__ for n in decomposed} == {"LoConModule", "LokrModule", "LohaModule"}
+    assert "lora_unet_double_blocks_0_txt_attn_qkv" in decomposed  # a fused LoConModule, whole
+    # create_network's decomposed modules with the export's tensors (strictly) compute the trained layers
+    for name in decomposed:
+        theirs[name].load_state_dict(
+            {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".")[0] == name}
+        )
+    on = {p: v for p, v in layers.items() if "lora_unet_" + p.replace(".", "_") in decomposed}
+    assert set(on) == {"double_blocks.0.txt_attn.qkv", "single_blocks.0.linear1"}
+    _check_kohya_outputs(tree, on, decomposed)
+    te_decomposed = [n for n in decomposed if n.startswith("lora_te1_")]  # the LoHa MLPs'
+    assert te_decomposed and {type(theirs[n]).__name__ for n in te_decomposed} == {"LohaModule"}
+    with torch.no_grad():
+        for name in te_decomposed:
+            path = name.removeprefix("lora_te1_text_model_").replace("_", ".")
+            x = torch.randn(3, clip_layers[path].base_layer.in_features)
+            torch.testing.assert_close(clip.get_submodule(f"text_model.{path}")(x), clip_layers[path](x))
 
     others = {p: v for p, v in layers.items() if p != "txt_in"}  # IA^3's: lycoris-lora's loader cannot
     assert _loaded_back(monkeypatch, _without_ia3(tensors), others) == unet_names - {"lora_unet_txt_in"}

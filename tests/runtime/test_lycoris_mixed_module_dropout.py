@@ -67,20 +67,30 @@ def _ours(pipe, adapter, rate: float):  # noqa: F811
         ("locon", "boft"),
         ("lokr", "glora"),
         ("glora", "full"),  # a GLoRA network's module_dropout beside other kinds (was DBS403 / DBS578)
+        ("glora", "loha"),  # ... with dora_wd: its LoHa blocks decomposed (was DBS403 / a spec's DBS583)
     ],
 )
 def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, algo, other):  # noqa: F811
     """LoCon, LoHa, LoKr and the entry's algo on one U-Net, module_dropout 0.5: with lycoris-lora's
     network holding the same weights (our export loaded into it), four training forwards from the same
     generator state give the same outputs and leave the same generator state; they differ from the
-    no-dropout output (some layers skipped) and from each other (the draws move on)."""
-    PRESETS["mixed_drop"] = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
+    no-dropout output (some layers skipped) and from each other (the draws move on). A GLoRA network's
+    dora_wd with LoHa entries (the LoCon ones' weight_decompose false): the decomposed LoHa layers skipped
+    whole as LohaModule skips them."""
+    preset = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
+    wd = {"dora_wd": "True"} if other == "loha" else {}
+    if wd:  # the LoCon entries undecomposed (their dropout wrappers reach no decomposed weight: DBS583)
+        preset = preset.replace("alpha = 2\n", "alpha = 2\nweight_decompose = false\n")
+        preset = preset.replace('algo = "lora"\n', 'algo = "lora"\nweight_decompose = false\n')
+    PRESETS["mixed_drop"] = preset
     try:
-        path, plan = _converted_plan(tmp_path, "mixed_drop", algo, f'"module_dropout={RATE}"')
+        args = " ".join(f'"{k}={v}"' for k, v in {"module_dropout": RATE, **wd}.items())
+        path, plan = _converted_plan(tmp_path, "mixed_drop", algo, args)
     finally:
         del PRESETS["mixed_drop"]
     a = plan.adapter
     assert a.module_dropout == RATE and other in {b.kind for b in a.blocks}
+    assert {b.kind for b in a.blocks if b.dora == "on"} == ({"loha"} if wd else set())
     ours, wrapped = _ours(pipe, a, RATE)
     lora_layers = sum(1 for b in a.blocks if b.kind in ("lora", "adapter"))
     assert wrapped > lora_layers  # the LoRA blocks' and the entry kind's layers (GLoRA: its own)
@@ -91,8 +101,20 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
     named.text_model = copy.deepcopy(pipe.text_encoder)
     theirs = copy.deepcopy(pipe.unet)
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, theirs, algo=algo, conv_dim="4", preset=str(path), module_dropout=str(RATE)
+        1.0,
+        4,
+        1.0,
+        None,
+        named,
+        theirs,
+        algo=algo,
+        conv_dim="4",
+        preset=str(path),
+        module_dropout=str(RATE),
+        **wd,
     )
+    decomposed = {type(m).__name__ for m in made.unet_loras if getattr(m, "wd", False)}
+    assert decomposed == ({"LohaModule"} if wd else set())
     made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
     state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(state, strict=False)

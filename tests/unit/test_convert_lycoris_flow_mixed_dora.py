@@ -2,13 +2,16 @@
 (issue 12; was DBS403, a spec's DBS578 / DBS583): the network's dora_wd is the adapter's `dora` (LyCORIS
 hands weight_decompose to every module; LoConModule, LohaModule and LokrModule read it, each on its whole
 fused Linear), an entry's own weight_decompose its block's `dora`; the other kinds never decompose
-(runtime/mixed_kinds.py kind_adapter). tests/runtime/test_lycoris_mixed_flow.py checks the decomposed modules
-against lycoris-lora 4.1.3's create_network on a tiny Flux run."""
+(runtime/mixed_kinds.py kind_adapter); on a GLoRA or DyLoRA network (no `dora` of the adapter's) the LoCon /
+LoHa / LoKr blocks' own. tests/runtime/test_lycoris_mixed_flow.py, test_lycoris_mixed_flow_glora.py and
+test_lycoris_mixed_flow_dylora.py check the decomposed modules against lycoris-lora 4.1.3's create_network on
+tiny Flux runs."""
 
 from __future__ import annotations
 
 import re
 
+import pytest
 from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
 from test_convert_lycoris_flow_preset_file import MIXED, SD3_X_ATTENTION_MIXED, _flux, _sd3
 
@@ -70,24 +73,80 @@ def test_flux_entries_own_weight_decompose_beside_other_algorithms(tmp_path):
     assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
 
 
-def test_flux_dora_wd_refusals_beside_other_algorithms(tmp_path):
-    """What stays refused: dora_wd on a GLoRA network (its adapter has no `dora`, DBS578; on SD 1.x/2.x and
-    SDXL its LoCon / LoHa / LoKr blocks' own, issue 12) and an entry's own weight_decompose there, and
-    dora_wd with module dropout (dbspec's fused draws wrap no decomposed weight, as on a network of one
-    algorithm)."""
-    outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True"', allow=True)
-    assert "weight_decompose" in messages(outcome, "DBS403") and "DBS578" in messages(outcome, "DBS403")
+@pytest.mark.parametrize("algo", ["glora", "dylora"])
+def test_flux_glora_and_dylora_networks_dora_wd_is_their_entries_blocks_dora(tmp_path, algo):
+    """A GLoRA or DyLoRA network's dora_wd beside LoKr / LoHa entries on Flux's fused Linears (was DBS403
+    "DBS578": the adapter has no `dora`): create_single_module hands weight_decompose to every module,
+    LokrModule and LohaModule decompose each fused Linear whole, GLoRAModule and DyLoraModule never read it;
+    so the LoKr / LoHa blocks' own `dora` per output row, the adapter's own layers undecomposed (dora_wd read:
+    no DBS405); an entry's weight_decompose false keeps its block off. tests/runtime/
+    test_lycoris_mixed_flow_glora.py and test_lycoris_mixed_flow_dylora.py check the decomposed modules
+    against lycoris-lora 4.1.3's create_network on a tiny Flux run."""
+    extra = ' "block_size=2"' if algo == "dylora" else ""
+    outcome = _flux(tmp_path / "wd", MIXED, f'"algo={algo}" "dora_wd=True"{extra}')
+    assert not {"DBS402", "DBS403", "DBS405"} & codes(outcome), errors(outcome)
+    assert "network_args dora_wd" not in outcome.conversion.reports
+    a = plan_of(outcome, tmp_path / "wd").adapter
+    assert (a.kind, a.dora, a.dora_form) == (algo, False, "lycoris") and a.fused
+    assert [(b.kind, b.dora, b.dora_axis) for b in a.blocks] == [
+        ("lokr", "on", "adapter"),
+        ("loha", "on", "adapter"),
+    ]
+    assert all(re.search(a.blocks[0].pattern, f"transformer_blocks.3.attn.to_{p}") for p in "qkv")
+    assert _first(a, "transformer_blocks.3.attn.to_out.0") is None  # the adapter's kind: never decomposed
+    off = MIXED.replace("alpha = 1\n", "alpha = 1\nweight_decompose = false\n")
+    outcome = _flux(tmp_path / "off", off, f'"algo={algo}" "dora_wd=True"{extra}')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "off").adapter
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lokr", "on"), ("loha", "adapter")]
+
+
+def test_flux_glora_network_entries_own_weight_decompose(tmp_path):
+    """An entry's own weight_decompose on a GLoRA network (was DBS403 "SD 1.x/2.x and SDXL only"): its LoKr
+    block's `dora = "on"`, the LoHa one's none; without any LoCon / LoHa / LoKr entry dora_wd reaches no
+    module that reads it (inert: GLoRAModule never reads it)."""
     own = MIXED.replace("dim = 8\n", "dim = 8\nweight_decompose = true\n")
-    outcome = _flux(tmp_path / "entry", own, '"algo=glora"', allow=True)
-    assert "SD 1.x/2.x and SDXL only" in messages(outcome, "DBS403"), errors(outcome)
-    outcome = _flux(tmp_path / "drop", MIXED, '"algo=locon" "dora_wd=True" "module_dropout=0.1"', allow=True)
-    assert "module_dropout" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "own", own, '"algo=glora"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "own").adapter
+    assert (a.kind, a.dora, a.dora_form) == ("glora", False, "lycoris")
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lokr", "on"), ("loha", "adapter")]
+    alone = MIXED.replace('algo = "lokr"\n', "").replace('algo = "loha"\n', "")
+    outcome = _flux(tmp_path / "alone", alone, '"algo=glora" "dora_wd=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_args dora_wd") == "inert"
+    a = plan_of(outcome, tmp_path / "alone").adapter
+    assert a.dora_form == "peft" and all(b.dora == "adapter" for b in a.blocks)
+
+
+def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
+    """A GLoRA network's dora_wd with module_dropout (was DBS403 / a spec's DBS583): its decomposed LoKr /
+    LoHa blocks' one draw per fused module skips the whole decomposed update, as LokrModule / LohaModule do
+    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). What stays refused: a
+    LoCon entry decomposed with it (LoRA's dropout wrappers reach no decomposed weight; a LoCon network's
+    dora_wd with module_dropout, as on the U-Net), and a GLoRA network's wd_on_output=False (its blocks' own
+    `dora_axis` "input" with fused_projections, a spec's DBS583, as an entry's own wd_on_out there)."""
+    outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "glora").adapter
+    assert a.module_dropout == 0.1 and [(b.kind, b.dora) for b in a.blocks] == [
+        ("lokr", "on"),
+        ("loha", "on"),
+    ]
+    locon = MIXED.replace('algo = "lokr"', 'algo = "locon"')
+    for name, algo, text in (("locon", "locon", MIXED), ("entry", "glora", locon)):
+        outcome = _flux(
+            tmp_path / name, text, f'"algo={algo}" "dora_wd=True" "module_dropout=0.1"', allow=True
+        )
+        assert "module_dropout" in messages(outcome, "DBS403"), (name, errors(outcome))
+    outcome = _flux(tmp_path / "cols", MIXED, '"algo=glora" "dora_wd=True" "wd_on_output=False"', allow=True)
+    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403"), errors(outcome)
 
 
 def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
     """SD3: a LoKr network's dora_wd with a LoHa entry on the x blocks' fused q/k/v: the adapter's `dora`,
     the LoHa block decomposed with it (LohaModule reads weight_decompose); an entry's own false its block's
-    `dora = "off"`."""
+    `dora = "off"`; on a DyLoRA network the LoHa block's own `dora`."""
     outcome = _sd3(tmp_path / "net", SD3_X_ATTENTION_MIXED, '"algo=lokr" "dora_wd=True"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "net").adapter
@@ -98,11 +157,19 @@ def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "off").adapter
     assert a.dora and [(b.kind, b.dora) for b in a.blocks] == [("loha", "off")]
+    # a DyLoRA network's (was DBS403): the LoHa block's own `dora`, the DyLoRA layers' none
+    outcome = _sd3(tmp_path / "dylora", SD3_X_ATTENTION_MIXED, '"algo=dylora" "block_size=2" "dora_wd=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "dylora").adapter
+    assert a.fused and (a.kind, a.dora, a.dora_form) == ("dylora", False, "lycoris")
+    assert [(b.kind, b.rank, b.dora) for b in a.blocks] == [("loha", 2, "on")]
 
 
-def test_chroma_dora_wd_beside_a_lokr_entry(tmp_path):
+@pytest.mark.parametrize("algo", ["loha", "glora"])
+def test_chroma_dora_wd_beside_a_lokr_entry(tmp_path, algo):
     """Chroma (Flux's fused Linears): a LoHa network's dora_wd with a LoKr entry on the double blocks' image
-    q/k/v: the adapter's `dora` per output row, the LoKr block covering every part of each fused q/k/v."""
+    q/k/v: the adapter's `dora` per output row, the LoKr block covering every part of each fused q/k/v; on a
+    GLoRA network (was DBS403) the LoKr and LoHa blocks' own `dora`, GLoRA's layers none."""
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -112,19 +179,21 @@ def test_chroma_dora_wd_beside_a_lokr_entry(tmp_path):
         command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
         "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
         "--apply_t5_attn_mask --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
-        '--network_dim=4 --network_alpha=1 --network_args "algo=loha" "preset=preset.toml" "dora_wd=True" '
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={algo}" "preset=preset.toml" "dora_wd=True" '
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
         "--guidance_scale 0.0",
     )
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     plan = plan_of(outcome, tmp_path)
     a = plan.adapter
-    assert plan.model.family == "chroma" and (a.kind, a.dora, a.dora_form, a.dora_axis) == (
-        "loha",
-        True,
-        "lycoris",
-        "output",
-    )
     lokr = a.blocks[0]
-    assert (lokr.kind, lokr.rank, lokr.dora) == ("lokr", 8, "adapter")
     assert all(re.search(lokr.pattern, f"transformer_blocks.0.attn.to_{p}") for p in "qkv")
+    assert plan.model.family == "chroma" and a.fused and a.dora_form == "lycoris"
+    if algo == "glora":
+        assert not a.dora and [(b.kind, b.rank, b.dora) for b in a.blocks] == [
+            ("lokr", 8, "on"),
+            ("loha", 2, "on"),
+        ]
+        return
+    assert (a.kind, a.dora, a.dora_axis) == ("loha", True, "output")
+    assert (lokr.kind, lokr.rank, lokr.dora) == ("lokr", 8, "adapter")

@@ -1939,6 +1939,50 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
+    # module_dropout skips a decomposed LoHa / LoKr layer's whole update (LohaModule / LokrModule), not a
+    # decomposed LoRA one (LoRA's dropout wrappers reach no decomposed weight)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
+    # ... a GLoRA / DyLoRA adapter's LoRA / LoHa / LoKr blocks on Flux too (was DBS583 "fused_projections";
+    # tests/runtime/test_lycoris_mixed_flow_glora.py, test_lycoris_mixed_flow_dylora.py), not its own kind's
+    # layers nor, on fused layers, a block's own axis
+    *(
+        (
+            rules.block_dora_fits,
+            'family = "flux"\n'
+            + DOG
+            + STEPS
+            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\n'
+            + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + 'dora_axis = "input"\n'
+            + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+            [
+                ("DBS583", "error", ("adapter", "blocks", 1, "dora")),
+                ("DBS583", "error", ("adapter", "blocks", 0, "dora_axis")),
+            ],
+            'family = "flux"\n'
+            + DOG
+            + STEPS
+            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\n'
+            + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lora"\nrank = 4\nalpha = 4.0\n'
+            + 'dora = "on"\n',
+        )
+        for kind in ("glora", "dylora")
+    ),
     # a block's own LoKr factor (LyCORIS preset files' map entries) on another kind
     (
         rules.block_factor_lokr,

@@ -24,6 +24,16 @@ def ignore_args(
         conv.ignored(popped(args, kwargs, key), why)
 
 
+def take_blocks_dora(kwargs: dict[str, str], blocks, text_blocks=()) -> None:
+    """A GLoRA / DyLoRA network's dora_wd and wd_on_output, read (taken out of `kwargs`, no record, as
+    network.py does on the U-Net) where a preset file's LoCon / LoHa / LoKr entries' blocks decompose:
+    create_single_module hands them to every module, LoConModule, LohaModule and LokrModule decompose each
+    fused Linear whole, GLoRAModule and DyLoraModule never read them (lycoris_maps._network_dora: the
+    blocks' own `dora` / `dora_axis`). Elsewhere they stay for the caller's DBS405."""
+    if any(b.get("dora") == "on" for b in (*blocks, *text_blocks)):
+        kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)
+
+
 def refuse_rest(rest: dict[str, str], args: Legacy, conv: Conversion, algo: str, title: str) -> bool:
     """Reports the network_args left over: those create_network never reads for `algo` ignored (DBS405,
     network_reads.py, as on SD; was DBS403), the others refused (DBS403); True when any was refused."""

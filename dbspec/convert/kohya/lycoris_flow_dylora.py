@@ -43,6 +43,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     put_rest,
     put_targets,
     refuse_rest,
+    take_blocks_dora,
 )
 
 
@@ -68,6 +69,7 @@ def map_flow_dylora(
     blocks = [] if layers == "none" else layout.targets(layers, True)[1]
     put["_blocks"], put["_text_blocks"] = list(blocks), list(text_blocks)  # lycoris_dylora checks their dims
     unsupported: dict[str, str] = {}
+    take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up only:

@@ -13,8 +13,9 @@ and b1 stacked under kohya's name, the file lycoris-lora loads back. Its draws, 
 its parts share (runtime/lycoris_glora.py FusedDraws): `module_dropout`, and in bypass_mode `rank_dropout`
 and `dropout` (--network_dropout); outside bypass_mode those two are never applied (DBS405). bypass_mode:
 adapter.bypass (the pairs on activations, each part its rows). GLoRAModule never reads dora_wd or
-Tucker's switches (DBS405); LoRA+ raises `lora_up` parameters, which it has not (DBS405). Convolutions
-(SD3's patch convolution with presets full / unet-only): at conv_dim / conv_alpha."""
+Tucker's switches (DBS405; a preset file's LoCon / LoHa / LoKr entries decompose with dora_wd, each fused
+Linear whole: their blocks' own `dora`); LoRA+ raises `lora_up` parameters, which it has not (DBS405).
+Convolutions (SD3's patch convolution with presets full / unet-only): at conv_dim / conv_alpha."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     put_rest,
     put_targets,
     refuse_rest,
+    take_blocks_dora,
 )
 from dbspec.convert.kohya.network import _lycoris_rs_lora
 
@@ -75,6 +77,8 @@ def map_flow_glora(
         put["scalar"] = True
     put["alpha"] = scale_alpha
     _lycoris_rs_lora(kwargs, "glora", rank, scale_alpha, put, unsupported)
+    blocks = [] if layers == "none" else layout.targets(layers, True)[1]
+    take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "GLoRAModule takes it and never reads it")
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)

@@ -175,8 +175,8 @@ def check_layers(
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
     `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
-    Linears over every part); `unet`: the network's weight_decompose beside other kinds (SD 1.x/2.x and SDXL:
-    _mixed_kinds); the (`entry.key`, why) of entry keys the module class never reads (inert)."""
+    Linears over every part); `unet`: SD 1.x/2.x and SDXL (_mixed_kinds); the (`entry.key`, why) of entry
+    keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
@@ -375,23 +375,24 @@ def _mixed_kinds(
     """The layers of `other` (another algorithm than the network's) that a block's `kind` cannot express
     (algorithms beyond `kinds`); PresetError for a network
     whose options the kinds do not build alike, or LoKr layers split otherwise than the adapter's kind
-    writes them. `unet` (SD 1.x/2.x, SDXL): the network's weight_decompose (dora_wd) is the adapter's
-    `dora`, which each LoRA / LoHa / LoKr layer takes as its LyCORIS module does and the other kinds'
-    modules never read (runtime/mixed_kinds.py kind_adapter)."""
+    writes them. The network's weight_decompose (dora_wd) is the adapter's `dora` (on a GLoRA / DyLoRA
+    network its LoRA / LoHa / LoKr blocks'), which each LoRA / LoHa / LoKr layer takes as its LyCORIS
+    module does and the other kinds' modules never read (runtime/mixed_kinds.py kind_adapter; on Flux / SD3
+    / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
+    other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
         return other
-    sd = unet  # the flag: SD 1.x/2.x and SDXL (below `unet` holds the layers of the kinds)
-    flow = not sd  # Flux / SD3 / Chroma (lycoris_flow_file.py)
+    flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
-    # it to those modules alone (_network_dora; on SD 1.x/2.x and SDXL, where tests/runtime/
-    # test_lycoris_algo_maps.py and test_lycoris_mixed_dylora.py compare them with lycoris-lora)
-    wd = bool(unet) and (_algo(algo) in _BLOCK_KINDS or sd)
-    on = [key for key in _MIXED_OFF if network.get(key) and not (wd and key == "weight_decompose")]
+    # it to those modules alone (_network_dora; tests/runtime/test_lycoris_algo_maps.py and
+    # test_lycoris_mixed_dylora.py compare them with lycoris-lora on SD 1.x, test_lycoris_mixed_flow_glora.py
+    # and test_lycoris_mixed_flow_dylora.py on Flux's fused Linears, each decomposed whole)
+    on = [key for key in _MIXED_OFF if network.get(key) and key != "weight_decompose"]
     if (
         flow and _algo(algo) in _BLOCK_KINDS
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
@@ -595,7 +596,6 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
     cannot be written; `entry_bypass`: check_layers'."""
-    sd = unet  # the flag (below `unet` holds the U-Net's blocks)
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
     inert = [
         *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
@@ -629,14 +629,6 @@ def map_blocks(
             f"`{_source([tucker])}` gives its layers their own use_tucker on an algo={algo} network: "
             f"dbspec's {kind} adapter's [[adapter.blocks]] (its layers' and other kinds') carry no Tucker "
             "form (on LoRA/LoCon, LoHa and LoKr networks they do)",
-            False,
-        )
-    decomposed = next((b for b in [*unet, *text] if "dora" in b or "dora_axis" in b), None)
-    if decomposed is not None and _algo(algo) in ("dylora", "glora") and not sd:
-        raise PresetError(  # Flux / SD3 / Chroma: their fused layers' runs of these kinds are unchecked
-            f"`{_source([decomposed])}` gives LoCon / LoHa / LoKr layers weight_decompose (their entry's or "
-            f"the network's dora_wd) on an algo={algo} network: dbspec gives a GLoRA / DyLoRA adapter's "
-            "blocks of those kinds their own `dora` on SD 1.x/2.x and SDXL only",
             False,
         )
     for block in [*unet, *text]:

@@ -346,7 +346,7 @@ def _map_network(
                     kinds=MIXED_SD,
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                     entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
-                    unet=True,  # the network's weight_decompose beside other kinds (the adapter's dora)
+                    unet=True,  # SD 1.x/2.x, SDXL (_mixed_kinds: the network's use_tucker beside other kinds)
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
