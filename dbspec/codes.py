@@ -2759,7 +2759,8 @@ form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That hol
 alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), LyCORIS's `max_norm` (it puts a
 fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections);
 a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` is not read; in a run of
-several kinds the file places each layer's own, runtime/mixed_init.py), DoRA, the
+several kinds the file places each layer's own, runtime/mixed_init.py), peft's DoRA (LyCORIS's weight
+decomposition, `dora_form = "lycoris"`, decomposes each Tucker layer as LyCORIS's modules do), the
 dropouts or `fused_projections` (a block's own scalar over whole fused layers is allowed: their parts share
 one, DBS507; with `init_weights` every scalar starts at 1 after the file loads, as LyCORIS's load hook sets
 it, the file's factors holding the trained scalars folded in; a LoHa / LoKr block's Tucker form in a run of
@@ -2821,7 +2822,9 @@ draw skips the whole update as LohaModule's and LokrModule's, not on LoRA ones),
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
-LoHa or LoKr, with `fused_projections` too), blocks with their own `tucker`, or a quantised base weight. With
+LoHa or LoKr, with `fused_projections` too), or a quantised base weight. Blocks with their own `tucker`
+decompose their Tucker layers too (an entry's `use_tucker` with `weight_decompose`, as LoConModule /
+LohaModule / LokrModule do; was refused). With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
 that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`

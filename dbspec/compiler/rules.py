@@ -3259,10 +3259,11 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
             ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),
-            # LoCon's Tucker layers: no DoRA of either form, no dropouts beside the module's
+            # LoCon's Tucker layers: no dropouts beside the module's; LyCORIS's weight decomposition they
+            # take (runtime/lycoris_dora.py on TuckerConv2d / a LoHa's Tucker form), peft's DoRA not (above)
             *(
                 (key, tucker and bool(getattr(a, key, False)))
-                for key in ("dora", "rank_dropout", "module_dropout", "down_dropout", "output_dropout")
+                for key in ("rank_dropout", "module_dropout", "down_dropout", "output_dropout")
             ),
         )
         if on
@@ -3306,7 +3307,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     own += axes
     if not own:
         return
-    blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
     others = [
@@ -3323,7 +3323,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, bool(getattr(a, key, 0.0)))
                 for key in ("dropout", "rank_dropout", "down_dropout", "output_dropout")
             ),
-            ("a block's own tucker", any(getattr(b, "tucker", "adapter") != "adapter" for b in blocks)),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
@@ -3419,7 +3418,12 @@ def lycoris_dora_options(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def dora_axis_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.dora_axis / dora_form given where no layer decomposes: neither the adapter's `dora` nor a
+    block's own (`dora = "on"`, which takes the adapter's form and axis)."""
     a = spec.adapter
+    blocks = [*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ())]
+    if any(getattr(b, "dora", "adapter") == "on" for b in blocks):
+        return
     for key in ("dora_axis", "dora_form"):
         if given(("adapter", key)) and hasattr(a, key) and not getattr(a, "dora", False):
             yield _warn(

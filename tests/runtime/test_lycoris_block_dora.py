@@ -577,3 +577,67 @@ def test_mixed_entries_weight_decompose_build_as_lycoris(
             got, want = module.eval()(x), layers[module.lora_name].eval()(x)
         assert not torch.allclose(got, org(x), atol=1e-3), module.lora_name  # the update counts
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=module.lora_name)
+
+
+# a block's own Tucker form decomposed (a map entry's use_tucker with weight_decompose, or on a dora_wd
+# network): (adapter kind, the adapter's dora, block kind, the block's dora)
+TUCKER_DORA = [
+    ("lora", False, "lora", "on"),
+    ("lokr", False, "loha", "on"),
+    ("lora", True, "lora", "adapter"),
+]
+
+
+@pytest.mark.parametrize("adapter_kind, adapter_dora, block_kind, block_dora", TUCKER_DORA)
+def test_a_blocks_own_tucker_decomposes_as_lycoris_modules(
+    adapter_kind, adapter_dora, block_kind, block_dora
+):
+    """The block's k x k convolution in its Tucker form with LyCORIS's weight decomposition (was DBS583 /
+    DBS579): the same output as lycoris-lora 4.1.3's LoConModule / LohaModule built with use_tucker and
+    weight_decompose once its factors and magnitude are copied over, per output row and per input column,
+    and the same gradients for every factor and dora_scale."""
+    from dbspec.plan.model import AdapterPlan, BlockPlan
+    from dbspec.runtime.adapters import add_lora
+    from tests.runtime import test_lycoris_switches as switches
+
+    rank, alpha = switches.RANK, switches.ALPHA
+    for axis in ("output", "input"):
+        torch.manual_seed(0)
+        net = switches.Net()
+        base = copy.deepcopy(net)
+        kind = "adapter" if block_kind == adapter_kind else block_kind
+        block = BlockPlan(
+            pattern="conv", kind=kind, rank=rank, alpha=alpha, conv_rank=rank, conv_alpha=alpha,
+            tucker="on", dora=block_dora,
+        )  # fmt: skip
+        adapter = AdapterPlan(
+            kind=adapter_kind, rank=rank, alpha=alpha, conv_rank=rank, conv_alpha=alpha,
+            conv_targets=("conv",), lokr_unit_scale=adapter_kind == "lokr", dora=adapter_dora,
+            dora_form="lycoris", dora_axis=axis, blocks=(block,),
+        )  # fmt: skip
+        add_lora(net, adapter, ("proj",), seed=3, conv=True)
+        layer, generator = net.conv, torch.Generator().manual_seed(11)
+        switches._randomise(net, generator)
+        with torch.no_grad():  # the magnitudes away from the base norms too
+            scale = dora_scale_of(layer, "default")
+            scale.mul_(1 + 0.2 * torch.rand(scale.shape, generator=generator))
+        reference = copy.deepcopy(base.conv)
+        theirs = switches._lycoris(
+            block_kind, "conv", reference, use_tucker=True, weight_decompose=True, wd_on_out=axis == "output"
+        )
+        assert set(theirs.state_dict()) & {"lora_mid.weight", "hada_t1"}  # LyCORIS built its Tucker form
+        switches._copy_into(theirs, layer, scalar=False)
+        with torch.no_grad():
+            theirs.dora_scale.copy_(scale)
+        theirs.apply_to()
+        x = switches._inputs(generator)["conv"]
+        out, ref = layer(x), reference(x)
+        assert not torch.allclose(out, layer.base_layer(x), atol=1e-3)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        weights = torch.randn(out.shape, generator=generator)
+        (out * weights).sum().backward()
+        (ref * weights).sum().backward()
+        keys = [k for k in theirs.state_dict() if k != "alpha" and not k.startswith("org_")]
+        for key in keys:
+            ours = scale.grad if key == "dora_scale" else switches._ours(layer, key).grad
+            torch.testing.assert_close(ours, theirs.get_parameter(key).grad, rtol=1e-4, atol=1e-5)

@@ -200,3 +200,47 @@ def test_a_text_encoder_only_adapter_targets_the_denoisers_own_prediction(tmp_pa
     assert any(
         p.grad is not None and p.grad.any() for n, p in encoder.named_parameters() if is_adapter_weight(n)
     )
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv"])
+def test_lycoris_modules_at_their_start_add_nothing_at_either_multiplier(layer):
+    """The converter's premise for kohya's diff_output_preservation at unet_lr 0
+    (convert/kohya/subsets.py held_start_refusal): lycoris-lora 4.1.3's modules, built as lycoris.kohya
+    builds them and never stepped, leave the layer's output bit for bit at multiplier 1 (the prediction) and
+    0 (kohya's switched-off target), so that target is the prediction itself; DoRA (weight_decompose) at 1
+    only to rounding (DBS404)."""
+    from lycoris.wrapper import network_module_dict
+
+    torch.manual_seed(0)
+    make = (
+        (lambda: torch.nn.Linear(32, 32))
+        if layer == "linear"
+        else (lambda: torch.nn.Conv2d(32, 32, 3, padding=1))
+    )
+    x = torch.randn(2, 32) if layer == "linear" else torch.randn(2, 32, 6, 6)
+    cases = [
+        (algo, {}) for algo in ("locon", "loha", "lokr", "dylora", "glora", "full", "diag-oft", "boft", "ia3")
+    ]
+    cases += [
+        ("locon", {"use_scalar": True}),
+        ("loha", {"use_tucker": True}),
+        ("lokr", {"bypass_mode": True}),
+    ]
+    cases += [(algo, {"weight_decompose": True}) for algo in ("locon", "loha", "lokr")]
+    for algo, options in cases:
+        org = make()
+        with torch.no_grad():
+            base = org(x)
+        alpha = 0 if algo in ("diag-oft", "boft") else 1
+        module = network_module_dict[algo]("m", org, 1.0, lora_dim=4, alpha=alpha, **options)
+        module.apply_to()
+        outputs = []
+        for multiplier in (1.0, 0.0):
+            module.multiplier = multiplier
+            with torch.no_grad():
+                outputs.append(org(x))
+        assert torch.equal(outputs[1], base), (algo, options)
+        if options.get("weight_decompose"):
+            torch.testing.assert_close(outputs[0], base, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(outputs[0], base), (algo, options)

@@ -936,3 +936,41 @@ def test_entries_of_other_algorithms_on_a_dylora_network(tmp_path):
     (tmp_path / "drop").mkdir()
     outcome = expressible(_convert(tmp_path / "drop", text, "dylora", '"module_dropout=0.1"'))
     assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1
+
+
+# the ResNets' entry with its own use_tucker and weight_decompose beside LoKr MLPs, on a LoCon network
+TUCKER_DORA = (
+    FULL
+    + """
+[module_algo_map.ResnetBlock2D]
+algo = "{algo}"
+dim = 8
+use_tucker = true
+weight_decompose = {wd}
+[module_algo_map.FeedForward]
+algo = "lokr"
+dim = 4
+"""
+)
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha"])
+def test_an_entrys_own_tucker_with_its_own_weight_decompose_is_its_block(tmp_path, algo):
+    """A map entry's own use_tucker with its own weight_decompose on the ResNets' 3x3 convolutions beside
+    other kinds (was DBS403, a spec's DBS583): LoConModule / LohaModule build the Tucker form there and
+    decompose it, its block `tucker = "on"` and `dora = "on"` (tests/runtime/test_lycoris_block_dora.py
+    checks such layers' outputs and gradients against lycoris-lora 4.1.3's modules); on a dora_wd network the
+    entry's weight_decompose false is its block's dora "off" beside its tucker."""
+    outcome = expressible(_convert(tmp_path, TUCKER_DORA.format(algo=algo, wd="true")))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.tucker, a.dora, a.dora_form) == ("lora", False, False, "lycoris")
+    own = {(b.kind, b.rank, b.conv_rank, b.tucker, b.dora) for b in a.blocks}
+    kind = "adapter" if algo == "locon" else "loha"
+    assert own == {(kind, 8, 8, "on", "on"), ("lokr", 4, 0, "adapter", "adapter")}, own
+    resnets = next(b for b in a.blocks if b.tucker == "on")
+    assert re.search(resnets.pattern, "down_blocks.0.resnets.0.conv1")
+    assert "DBS517" not in codes(outcome)  # the blocks' decomposition takes the adapter's dora_form
+    (tmp_path / "off").mkdir()
+    off = _convert(tmp_path / "off", TUCKER_DORA.format(algo=algo, wd="false"), "locon", '"dora_wd=True"')
+    a = plan_of(expressible(off), tmp_path / "off").adapter
+    assert a.dora and {(b.tucker, b.dora) for b in a.blocks} == {("on", "off"), ("adapter", "adapter")}

@@ -141,8 +141,7 @@ def test_a_text_encoder_only_lora_keeps_kohyas_zero_loss_rows(tmp_path):
     """With no LoRA on the U-Net (network_train_text_encoder_only) kohya's set_multiplier(0) turns off the
     text-encoder modules only, after the captions were encoded: the preserved target is the prediction itself
     (zero loss, counted in the batch mean), what preserve_output computes with the adapter on the text
-    encoder only (was DBS403; DBS609 warns; tests/runtime/test_preserve_output.py runs it). At unet_lr 0 the
-    U-Net's modules exist, held at their start, and kohya switches them off for the target: still DBS403."""
+    encoder only (was DBS403; DBS609 warns; tests/runtime/test_preserve_output.py runs it)."""
     outcome = _convert(tmp_path, LORA + " --network_train_text_encoder_only")
     assert outcome.exit_code == 0, errors(outcome)
     assert fate(outcome, KEY) == "mapped" and "zero loss" in outcome.conversion.reports[KEY].note
@@ -151,9 +150,6 @@ def test_a_text_encoder_only_lora_keeps_kohyas_zero_loss_rows(tmp_path):
     from dbspec.plan.summary import preserved_summary
 
     assert "the denoiser's own prediction" in preserved_summary(plan)[0]
-    held = _convert(tmp_path / "held", LORA + " --unet_lr 0 --text_encoder_lr 1e-5")
-    assert held.exit_code == 1 and fate(held, KEY) == "unsupported", errors(held)
-    assert "unet_lr 0" in held.conversion.reports[KEY].note
 
 
 def test_general_custom_attributes_reach_every_subset(tmp_path):
@@ -166,3 +162,100 @@ def test_general_custom_attributes_reach_every_subset(tmp_path):
     assert outcome.exit_code == 0, errors(outcome)
     assert _preserved(plan_of(outcome, tmp_path)) == {"subject": True, "dogs": True}
     assert [r.fate for k, r in outcome.conversion.reports.items() if "custom_attributes" in k] == ["mapped"]
+
+
+HELD = " --unet_lr 0 --text_encoder_lr 1e-5"
+SDXL_LYCORIS = (
+    f"sdxl_train_network.py --pretrained_model_name_or_path {SDXL} --network_module lycoris.kohya "
+    "--network_dim 8 --network_alpha 4"
+)
+
+
+def _held_target(outcome, tmp_path, text_lr: float = 1e-5):
+    """The conversion maps the preserved subset exactly (mapped, not differs; no DBS403) to the adapter on
+    the text encoder only, whose preserved target is the denoiser's own prediction (DBS609); its plan."""
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+    assert KEY not in {d.path for d in outcome.diagnostics if d.code == "DBS404"}
+    assert fate(outcome, KEY) == "mapped" and "unet_lr 0" in outcome.conversion.reports[KEY].note
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and plan.train_text_encoder
+    assert plan.optimizer.lr == text_lr and _preserved(plan) == {"subject": False, "dogs": True}
+    assert "target of dogs: ε̂ itself, no gradient" in plan.loss.formula
+    return plan
+
+
+def test_a_fresh_lora_held_at_unet_lr_0_targets_the_prediction_itself(tmp_path):
+    """At unet_lr 0 networks.lora builds the U-Net's modules and leaves their group out of the optimizer:
+    they stay at their start, lora_up = 0, where they add exactly 0 to each layer's output at multiplier 1
+    and 0 alike, so kohya's target with them switched off is its prediction itself (was DBS403)."""
+    plan = _held_target(_convert(tmp_path, LORA + HELD), tmp_path)
+    assert plan.adapter.kind == "lora" and plan.adapter.rank == 4
+
+
+def test_a_fresh_sdxl_lycoris_loha_held_at_unet_lr_0_converts(tmp_path):
+    """LyCORIS's LoHa starts with hada_w2_a = 0 (every algo's start adds 0 at both multipliers:
+    tests/runtime/test_preserve_output.py checks them on lycoris-lora 4.1.3's modules); SDXL's two CLIP
+    encoders train at the first text_encoder_lr value."""
+    command = SDXL_LYCORIS + " --network_args algo=loha" + HELD + " --max_grad_norm 0"
+    plan = _held_target(_convert(tmp_path, command, resolution=1024), tmp_path)
+    assert plan.adapter.kind == "loha" and plan.adapter.rank == 8 and plan.adapter.alpha == 4
+
+
+def test_a_held_dylora_and_lokr_convert_alike(tmp_path):
+    dylora = _convert(tmp_path / "dylora", LORA.replace("networks.lora", "networks.dylora") + HELD)
+    assert _held_target(dylora, tmp_path / "dylora").adapter.kind == "dylora"
+    lokr = LORA.replace("networks.lora", "lycoris.kohya --network_args algo=lokr factor=4") + HELD
+    assert _held_target(_convert(tmp_path / "lokr", lokr), tmp_path / "lokr").adapter.kind == "lokr"
+
+
+def test_held_dora_modules_differ_by_rounding(tmp_path):
+    """LyCORIS's DoRA start scales W by dora_scale / ||W||, which rounds: kohya's preserved rows carry a
+    rounding-sized loss, dbspec's none. It converts with the difference said (DBS404)."""
+    command = LORA.replace("networks.lora", "lycoris.kohya --network_args algo=locon dora_wd=True") + HELD
+    outcome = _convert(tmp_path, command)
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, KEY) == "differs" and "rounding" in messages(outcome, "DBS404")
+    assert KEY in {d.path for d in outcome.diagnostics if d.code == "DBS404"}
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.dora and not plan.train_denoiser and _preserved(plan)["dogs"]
+
+
+def test_a_network_weights_start_held_at_unet_lr_0_stays_refused(tmp_path):
+    """A --network_weights file's U-Net modules held at unet_lr 0 change kohya's prediction and are switched
+    off for its target: dbspec's run has no denoiser adapter holding them (DBS403)."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file(
+        {
+            f"{q}.lora_down.weight": np.ones((4, 320), np.float16),
+            f"{q}.lora_up.weight": np.ones((320, 4), np.float16),
+            f"{q}.alpha": np.array(1.0, np.float32),
+        },
+        str(tmp_path / "prev.safetensors"),
+    )
+    outcome = _convert(tmp_path, LORA + HELD + " --network_weights prev.safetensors")
+    assert outcome.exit_code == 1 and fate(outcome, KEY) == "unsupported", errors(outcome)
+    assert "--network_weights file" in outcome.conversion.reports[KEY].note
+    without = _convert(tmp_path / "fresh", LORA + HELD)
+    assert fate(without, KEY) == "mapped"
+
+
+def test_flux_clip_l_with_held_transformer_modules(tmp_path, empty_hub_cache):  # noqa: F811
+    """flux_train_network.py at unet_lr 0 with CLIP-L training: the transformer's lora_flux modules held at
+    their start (lora_up 0) make the preserved target the prediction itself, in the loss's form; with
+    LoRA-GGPO they add a perturbation drawn anew in each forward, the switched-off one too: DBS403."""
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    command = FLUX_LORA.replace(" --network_train_unet_only", "") + HELD
+    outcome = _convert(tmp_path, command, batch=2)
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, KEY) == "mapped" and "unet_lr 0" in outcome.conversion.reports[KEY].note
+    plan = plan_of(outcome, tmp_path)
+    assert plan.model.family == "flux" and not plan.train_denoiser and plan.train_text_encoder
+    assert _preserved(plan) == {"subject": False, "dogs": True}
+    assert "target of dogs: x_t − σ·u\u0302 itself, no gradient" in plan.loss.formula
+    ggpo = _convert(tmp_path, command + " --network_args ggpo_sigma=0.03 ggpo_beta=0.01", batch=2)
+    assert ggpo.exit_code == 1 and fate(ggpo, KEY) == "unsupported", errors(ggpo)
+    assert "LoRA-GGPO" in ggpo.conversion.reports[KEY].note

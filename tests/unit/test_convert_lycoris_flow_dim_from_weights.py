@@ -1221,7 +1221,7 @@ def test_flux_file_of_several_kinds_with_dora_scale(tmp_path):
 def test_sd3_file_of_several_kinds_with_dora_scale_on_the_patch_convolution(tmp_path):
     """SD3's patch convolution's `dora_scale` ((out, 1, 1, 1): LoConModule / LohaModule with weight_decompose
     on the 2x2 convolution) beside LoKr modules (was DBS403): its block's `dora = "on"`. In its Tucker form
-    (a block's own `tucker` and `dora`) it stays DBS403."""
+    (a block's own `tucker` and `dora`, was DBS403 / a spec's DBS583) it converts too."""
     w, patch = 2432, "lora_unet_x_embedder_proj"
     qkv = {"lokr_w1_a": (8, 2), "lokr_w1_b": (2, 8), "lokr_w2_a": (3 * w // 8, 2), "lokr_w2_b": (2, w // 8)}
     lokr = {"lora_unet_joint_blocks_0_x_block_attn_qkv": qkv}
@@ -1236,7 +1236,7 @@ def test_sd3_file_of_several_kinds_with_dora_scale_on_the_patch_convolution(tmp_
     _factor_file(tmp_path / "prev.safetensors", {**lokr, patch: {**locon, "dora_scale": (w, 1)}}, 2.0)
     assert "not LyCORIS's [2432, 1, 1, 1]" in messages(_sd3(tmp_path, allow=True), "DBS402")
     # the adapter's kind's (LoHa) Tucker patch module decomposed beside a LoCon q/k/v and a LoHa projection:
-    # its block's `tucker` and `dora` both, which a block's own tucker does not take (DBS403, a spec's DBS583)
+    # its block's `tucker` and `dora` both (was DBS403, a spec's DBS583)
     loha = {"hada_t1": (2, 2, 2, 2), "hada_t2": (2, 2, 2, 2), "dora_scale": (w, 1, 1, 1)}
     loha |= {f"hada_w{i}_{x}": (2, w if x == "a" else 16) for i in (1, 2) for x in "ab"}
     own = {
@@ -1248,7 +1248,12 @@ def test_sd3_file_of_several_kinds_with_dora_scale_on_the_patch_convolution(tmp_
         patch: loha,
     }
     _factor_file(tmp_path / "prev.safetensors", own, 2.0)
-    assert "weight decomposition" in messages(_sd3(tmp_path, allow=True), "DBS403")
+    outcome = _sd3(tmp_path)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    block = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))  # the first block decides
+    assert (a.kind, a.dora, a.tucker, a.conv_targets) == ("loha", False, False, ("pos_embed.proj",))
+    assert (block.kind, block.tucker, block.dora, block.conv_rank) == ("adapter", "on", "on", 2)
 
 
 def test_sd3_file_of_several_kinds_whose_lokr_module_is_the_patch_convolution(tmp_path):

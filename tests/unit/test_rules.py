@@ -495,6 +495,14 @@ CASES = [
         [("DBS517", "warning", ("adapter", "dora_form"))],
         '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n' + DOG + STEPS,
     ),
+    (  # a block's own weight decomposition takes the adapter's form (a LyCORIS map entry's weight_decompose)
+        rules.dora_axis_without_dora,
+        '[adapter]\nkind = "lora"\ndora_form = "lycoris"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "off"\n' + DOG + STEPS,
+        [("DBS517", "warning", ("adapter", "dora_form"))],
+        '[adapter]\nkind = "lora"\ndora_form = "lycoris"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n' + DOG + STEPS,
+    ),
     (
         rules.dora_axis_without_dora,
         '[adapter]\nkind = "lokr"\ndora_axis = "input"\n' + DOG + STEPS,
@@ -1826,6 +1834,20 @@ CASES = [
         [("DBS573", "error", ("adapter", "rank_dropout_form"))],
         DOG + STEPS + LORA + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n',
     ),
+    # a block's own Tucker form on a DoRA adapter: peft's DoRA refused, LyCORIS's weight decomposition taken
+    # (each Tucker layer decomposed as LoConModule does: a dora_wd network's own use_tucker; was DBS579)
+    (
+        rules.block_scalar_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\ndora = true\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+        [("DBS579", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\ndora = true\ndora_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+    ),
     # a block's own LyCORIS scalar / LoCon Tucker form (map entries' use_scalar / use_tucker) with LoRA-FA
     (
         rules.block_scalar_fits,
@@ -1894,6 +1916,25 @@ CASES = [
         + '[adapter]\nkind = "lokr"\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "conv"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+    ),
+    # a block's own tucker beside a block's own weight decomposition (a LyCORIS map entry with use_tucker and
+    # weight_decompose on k x k convolutions; was DBS583): each layer's Tucker factors decomposed alone, as
+    # LoConModule / LohaModule / LokrModule (tests/runtime/test_lycoris_block_dora.py); max_norm still not
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nconv_rank = 4\nmax_norm = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        + 'tucker = "on"\ndora = "on"\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lokr"\nconv_rank = 4\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        + 'tucker = "on"\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "down"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        + 'tucker = "on"\ndora = "on"\n',
     ),
     # on a GLoRA / DyLoRA adapter (no dora of its own: a LyCORIS network's dora_wd reaches its LoCon / LoHa /
     # LoKr entries' modules, issue 12) the blocks of those kinds decompose, its own GLoRA / DyLoRA layers not

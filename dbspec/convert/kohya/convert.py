@@ -198,7 +198,7 @@ def convert_kohya(
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     if layout is not None:
-        preservation_needs_denoiser(layout.parts, conv)
+        preservation_needs_denoiser(layout.parts, a, conv)
     map_optimizer(a, conv)
     if layout is not None:
         loss_args = flow_loss_args(a, script, arg_table(script), conv) if script in FLOW_SCRIPTS else a

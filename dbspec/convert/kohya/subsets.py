@@ -281,33 +281,68 @@ def _preserves(subset: KSubset) -> bool:
     return bool(_PRESERVATION in attributes and attributes[_PRESERVATION])
 
 
-def preservation_needs_denoiser(parts: tuple, conv: Conversion) -> None:
+def preservation_needs_denoiser(parts: tuple, a: dict[str, Legacy], conv: Conversion) -> None:
     """With no network module on the denoiser (network_train_text_encoder_only, a preset matching no U-Net
     layer) kohya's set_multiplier(0) turns off only the text-encoder modules, after the captions were encoded:
     the preserved target is the prediction itself (zero loss that counts in the batch mean), what dbspec's
     preserve_output computes with the adapter on the text encoder only (DBS609, runtime/step.py). At
-    unet_lr 0 the U-Net's modules are there, held at their start, and switched off for that target: dbspec's
-    run has no denoiser adapter to switch off (DBS403)."""
+    unet_lr 0 (`a`: kohya's arguments) the U-Net's modules are there, held at their start, and switched off
+    for that target; held_start_refusal says when that target is still the prediction itself."""
     if ("train", "denoiser") not in conv.values or conv.values[("train", "denoiser")][0] is not False:
         return
     held = conv.facts.get("denoiser_held_at_rate_zero", False)
+    refused = held_start_refusal(a, conv) if held else ""
     for i, (_, subset, _) in enumerate(parts):
         if ("datasets", i, "preserve_output") not in conv.values:
             continue
-        if held:
+        legacy = subset.values["custom_attributes"]
+        if refused:
             del conv.values[("datasets", i, "preserve_output")]
-            conv.unsupported(
-                subset.values["custom_attributes"],
-                "at unet_lr 0 kohya's U-Net modules are built and held at their start, and its preserved "
-                "target switches them off; dbspec's run trains no denoiser adapter to switch off",
-            )
-        else:
-            conv.record(
-                subset.values["custom_attributes"],
-                "mapped",
-                note="no network module on the U-Net: kohya's target is the prediction itself (zero loss "
-                "counted in the batch mean), as dbspec's with the adapter on the text encoder only (DBS609)",
-            )
+            conv.unsupported(legacy, refused)
+            continue
+        if held and ("adapter", "dora") in conv.values and conv.values[("adapter", "dora")][0]:
+            conv.differs(legacy, _HELD_DORA)
+        elif conv.reports[legacy.key].fate == "mapped":  # a difference said before (SD1 batches) stays
+            conv.record(legacy, "mapped", note=_HELD_ZERO if held else _NO_MODULE)
+
+
+_NO_MODULE = (
+    "no network module on the U-Net: kohya's target is the prediction itself (zero loss counted in the batch "
+    "mean), as dbspec's with the adapter on the text encoder only (DBS609)"
+)
+_HELD_ZERO = (
+    "at unet_lr 0 kohya's U-Net modules are built and held at their start, where they add nothing to a "
+    "layer's output (lora_up, or LyCORIS's zero factor, is 0: x + 0 at multiplier 1 and 0 alike), so its "
+    "target with them switched off is the prediction itself: zero loss counted in the batch mean, as "
+    "dbspec's with the adapter on the text encoder only (DBS609)"
+)
+_HELD_DORA = (
+    "at unet_lr 0 kohya's held U-Net DoRA modules (dora_wd) scale each weight by dora_scale / ||W||, which "
+    "rounds away from W: its prediction differs from the switched-off target by rounding, so the preserved "
+    "rows carry a rounding-sized loss; dbspec's target is its prediction itself (exactly zero loss, DBS609)"
+)
+
+
+def held_start_refusal(a: dict[str, Legacy], conv: Conversion) -> str:
+    """Why kohya's U-Net modules held at unet_lr 0 change its preserved target away from its prediction, or
+    "": a --network_weights file's modules start where they add to the layer's output at multiplier 1 but
+    not at 0 (its prediction is not its switched-off target), and LoRA-GGPO's perturbation is drawn anew in
+    each forward, the switched-off one too. Every other start of kohya's and LyCORIS's modules adds exactly 0
+    at both multipliers (lycoris-lora 4.1.3's checked in tests/runtime/test_preserve_output.py)."""
+    weights = a["network_weights"] if "network_weights" in a else None
+    if weights is not None and weights.value:
+        return (
+            "at unet_lr 0 kohya's U-Net modules, loaded from the --network_weights file and held there, "
+            "change its prediction but are switched off for the preserved target; dbspec's run has no "
+            "denoiser adapter to hold them"
+        )
+    if ("adapter", "ggpo") in conv.values and conv.values[("adapter", "ggpo")][0]:
+        return (
+            "at unet_lr 0 kohya's held U-Net modules still add LoRA-GGPO's perturbation, drawn anew in "
+            "each forward (the switched-off one for the preserved target too); dbspec's run has no "
+            "denoiser adapter to perturb"
+        )
+    return ""
 
 
 def _dataset_level(dataset: KDataset, conv: Conversion) -> None:
