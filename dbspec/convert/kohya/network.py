@@ -22,6 +22,7 @@ from dbspec.compiler.init_file import other_axis_doras
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
+from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.file_alpha import map_file_alphas
 from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
@@ -376,12 +377,15 @@ def _map_network(
                 norm_table = preset_norms(BUILTIN_TABLES[preset], v2, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
-        if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
-            _lora_fa_blocks(kwargs, unsupported)
         conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
         # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
         conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
-        found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+        if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
+            found = _lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim, conv_alpha, args, conv)
+            if found is False:
+                return None
+        else:
+            found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
         resnets = bool(conv_dim)
         if found is not None:
             blocks, block_conv_dim, block_conv_alpha = found
@@ -592,25 +596,26 @@ def _train_norm(
     )
 
 
-_BLOCK_KEYS = (
-    "block_dims",
-    "block_alphas",
-    "conv_block_dims",
-    "conv_block_alphas",
-    "down_lr_weight",
-    "mid_lr_weight",
-    "up_lr_weight",
-    "block_lr_zero_threshold",
-)
-
-
-def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None:
-    """networks.lora_fa keeps an older copy of networks.lora's block code (no SDXL block numbering, its own
-    lr-weight parsing) that dbspec has not checked against its [[adapter.blocks]]: its block arguments are
-    refused rather than converted by networks.lora's rules."""
-    for key in _BLOCK_KEYS:
-        if key in kwargs:
-            unsupported[key] = kwargs.pop(key)
+def _lora_fa_blocks(
+    kwargs: dict[str, str],
+    original_names: bool,
+    dim: int,
+    alpha: float,
+    conv_dim: int,
+    conv_alpha: float,
+    args: Legacy,
+    conv: Conversion,
+):
+    """networks.lora_fa's older copy of networks.lora's block code (lora_fa_blocks.py): networks.lora's
+    blocks on SD 1.x/2.x, every U-Net module at the lists' last value on SDXL; False where refused."""
+    try:
+        found, ignored = lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+    except NoUnetModules as exc:
+        conv.unsupported(args, str(exc))
+        return False
+    for key, value, why in ignored:
+        conv.ignored(Legacy(key=f"{args.key} {key}", value=value, source=args.source), why)
+    return found
 
 
 def _decomposing_blocks(put: dict[str, Any]) -> bool:
