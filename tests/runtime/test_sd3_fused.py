@@ -110,9 +110,10 @@ def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(kohya_run):
 
 
 def _check_patch(tensors: dict, layer) -> None:
-    """kohya's lora_sd3 module on the x embedder (emb_dims' x value): `lora_unet_x_embedder_proj`, a lora_down
-    Conv2d of the patch kernel and stride, a 1x1 lora_up, its alpha; LoRAModule.forward (networks/lora_flux.py:
-    org_forward(x) + lora_up(lora_down(x)) x alpha / rank) on the exported tensors is the trained layer."""
+    """kohya's lora_sd3 module on the x embedder (emb_dims' x value): `lora_unet_x_embedder_proj`, a
+    lora_down Conv2d of the patch kernel and stride, a 1x1 lora_up, its alpha; LoRAModule.forward
+    (networks/lora_flux.py: org_forward(x) + lora_up(lora_down(x)) x alpha / rank) on the exported tensors
+    is the trained layer."""
     name = "lora_unet_x_embedder_proj"
     down, up = tensors[f"{name}.lora_down.weight"].float(), tensors[f"{name}.lora_up.weight"].float()
     base = layer.base_layer

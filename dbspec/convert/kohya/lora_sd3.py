@@ -8,8 +8,9 @@ by the parts (`adapter.fused_projections = true`); `split_qkv=True` gives each p
 false), which kohya builds for SD3.
 
 Mapped network_args: split_qkv, train_block_indices, the per-type ranks (context_attn_dim ... x_mod_dim),
-emb_dims (the x_embedder's on its patch convolution: conv_targets), rank_dropout, module_dropout, the LoRA+ ratios and train_t5xxl
-(`train.t5`, T5-XXL at text_encoder_lr's third value: `optimizer.text_encoder_3_lr`)."""
+emb_dims (the x_embedder's on its patch convolution: conv_targets), rank_dropout, module_dropout, the LoRA+
+ratios and train_t5xxl (`train.t5`, T5-XXL at text_encoder_lr's third value:
+`optimizer.text_encoder_3_lr`)."""
 
 from __future__ import annotations
 
