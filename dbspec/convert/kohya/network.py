@@ -66,6 +66,9 @@ _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 # create_network asserts, so kohya stops (tests/runtime/test_lycoris_presets_kohya_sd.py); these are
 # converted as older LyCORIS builds them.
 _TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
+# the U-Nets' convolutions wider than 1x1 (diffusers names; conv_shortcut and SD 1.x/2.x's proj_in / proj_out
+# are 1x1): LyCORIS gives them conv_dim where a 1x1 takes network_dim
+KXK_CONVS = r"(?:^|\.)(?:conv_in|conv_out|conv1|conv2|(?:down|up)samplers\.\d+\.conv)$"
 _TWICE_ON_SD = ("full", "full-lin", "unet-only")  # the known gap above: a DBS404 warning names it
 _PRESETS = {
     "full": (
@@ -1143,12 +1146,20 @@ def _diag_oft(
     kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
     """algo=diag-oft (lycoris/modules/diag_oft.py) and algo=boft (lycoris/modules/boft.py, the same
-    arguments): network_dim is its lora_dim, the block-size hint
-    (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
-    (str_bool) as LyCORIS's create_network reads them."""
+    arguments): network_dim is its lora_dim, the block-size hint; conv_dim the k x k convolutions' (LyCORIS's
+    create_single_module: a Conv2d of kernel 1 at lora_dim, a wider one at conv_lora_dim), a block over their
+    names at that size (was DBS403; beside a preset file's own blocks, whose entries would take those layers
+    first, still DBS403); `constraint` (float, "or 0") and `rescaled` (str_bool) as LyCORIS's create_network
+    reads them."""
     put["block_size"] = dim
     if conv_dim != dim and put.get("conv_targets"):
-        unsupported["conv_dim"] = f"{conv_dim} (OFT: dbspec uses one block size, network_dim's {dim})"
+        if put.get("_blocks"):
+            unsupported["conv_dim"] = (
+                f"{conv_dim} (OFT: beside the preset file's blocks, network_dim's {dim})"
+            )
+        else:
+            why = "kohya network_args conv_dim: LyCORIS's block-size hint of the k x k convolutions"
+            put["_blocks"] = [{"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why}]
     constraint = _float(kwargs.pop("constraint", "") or 0)
     if constraint:
         put["constraint"] = constraint
