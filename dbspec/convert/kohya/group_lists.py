@@ -15,7 +15,9 @@ kohya's groups, in order (its code is the ground truth):
   a group at rate 0 kept: CyclicLR and OneCycleLR replace its rate with their own, so kohya trains it
   (lift_kept_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
   the schedule holds it at 0 too (then it never moves: untrained in dbspec); Adafactor's relative step
-  pops it and computes its own (relative_step_lift, as networks.oft's).
+  pops it and computes its own (relative_step_lift, as networks.oft's). With block lr weights on SD 1.x/2.x
+  the U-Net's place holds networks.lora's block groups (no plus groups), which skip a rate of 0
+  (lora_fa_blocks.py).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
   network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's, or by
   Adafactor's relative step, which pops the rate and computes its own (relative_step_lift; else it never
