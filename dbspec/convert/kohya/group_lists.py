@@ -589,8 +589,10 @@ def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> Non
     disjoint from the others', so no module changes block."""
     from dbspec.convert.kohya.blocks import block_pattern
 
+    if script not in ("train_network", "sdxl_train_network"):
+        return
     module = a["network_module"].value
-    if script not in ("train_network", "sdxl_train_network") or module not in (
+    if module not in (
         "networks.lora",
         "networks.lora_fa",
     ):
