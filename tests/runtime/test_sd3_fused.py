@@ -1,6 +1,7 @@
 """SD3 with kohya's networks.lora_sd3 targets and shared down-projections (adapter.fused_projections): a tiny
-SD3 run adapts every Linear of its joint blocks and nothing else, and each block's q/k/v (image and context
-streams) keep one lora_A through training.
+SD3 run adapts every Linear of its joint blocks and, as lora_sd3's emb_dims x value does, the patch
+convolution (exported as kohya's `lora_unet_x_embedder_proj`), and nothing else, and each block's q/k/v (image
+and context streams) keep one lora_A through training.
 
 Both tests read one tiny run (`kohya_run`, with the text encoders trained and kohya's export: the denoiser's
 targets and ties are the same with or without them); each test trained its own before."""
@@ -19,6 +20,8 @@ _TARGETS = ", ".join(f'"{t}"' for t in family_spec("sd3").kohya_lora_targets)
 KOHYA = (
     '[adapter]\nkind = "lora"\nrank = 4\nalpha = 2\nfused_projections = true\n'
     f"denoiser_targets = [{_TARGETS}]\n"
+    # lora_sd3's emb_dims x rank 3 at network_alpha 2: its LoRAModule on the patch convolution (converted so)
+    'conv_targets = ["pos_embed.proj"]\nconv_rank = 3\nconv_alpha = 2\n'
 )
 
 
@@ -39,7 +42,13 @@ def test_tiny_sd3_trains_kohyas_targets_with_one_down_per_fused_qkv(kohya_run):
     base = {n.removesuffix(".base_layer") for n, m in transformer.named_modules()
             if type(m) is torch.nn.Linear and ".lora_" not in n}  # fmt: skip
     adapted = {n for n, m in transformer.named_modules() if isinstance(m, LoraLayer)}
-    assert adapted == {n for n in base if n.startswith("transformer_blocks.")}
+    assert adapted == {n for n in base if n.startswith("transformer_blocks.")} | {"pos_embed.proj"}
+    patch = transformer.pos_embed.proj
+    assert patch.lora_A["default"].weight.shape[1:] == (
+        patch.base_layer.in_channels,
+        *patch.base_layer.kernel_size,
+    )
+    assert patch.lora_B["default"].weight.any()  # the patch convolution's LoRA trains
     for block in transformer.transformer_blocks:
         a = block.attn
         assert a.to_k.lora_A["default"].weight is a.to_q.lora_A["default"].weight
@@ -95,5 +104,24 @@ def test_tiny_sd3_kohya_export_is_lora_sd3s_layout(kohya_run):
                 mod = torch.cat(mod.chunk(2)[::-1])
             torch.testing.assert_close(update(f"joint_blocks_{i}_context_block_adaLN_modulation_1"), mod,
                                        rtol=0, atol=1e-6)  # fmt: skip
+    _check_patch(tensors, transformer.float().eval().pos_embed.proj)
     assert any(k.startswith("lora_te1_text_model_encoder_layers_0_") for k in tensors)
     assert any(k.startswith("lora_te2_text_model_encoder_layers_0_") for k in tensors)
+
+
+def _check_patch(tensors: dict, layer) -> None:
+    """kohya's lora_sd3 module on the x embedder (emb_dims' x value): `lora_unet_x_embedder_proj`, a
+    lora_down Conv2d of the patch kernel and stride, a 1x1 lora_up, its alpha; LoRAModule.forward
+    (networks/lora_flux.py: org_forward(x) + lora_up(lora_down(x)) x alpha / rank) on the exported tensors
+    is the trained layer."""
+    name = "lora_unet_x_embedder_proj"
+    down, up = tensors[f"{name}.lora_down.weight"].float(), tensors[f"{name}.lora_up.weight"].float()
+    base = layer.base_layer
+    assert tuple(down.shape) == (3, base.in_channels, *base.kernel_size)
+    assert tuple(up.shape) == (base.out_channels, 3, 1, 1) and float(tensors[f"{name}.alpha"]) == 2.0
+    x = torch.randn(2, base.in_channels, 8, 8)
+    with torch.no_grad():
+        lx = torch.nn.functional.conv2d(x, down, stride=base.stride, padding=base.padding)
+        theirs = base(x) + torch.nn.functional.conv2d(lx, up) * 2.0 / 3
+        assert not torch.allclose(layer(x), base(x), atol=1e-6)  # it trained
+        torch.testing.assert_close(theirs, layer(x), rtol=0, atol=1e-5)

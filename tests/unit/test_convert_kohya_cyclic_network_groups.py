@@ -384,12 +384,13 @@ def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, lorap
     _check(schedule, expected)
 
 
-@pytest.mark.parametrize("loraplus", [False, True], ids=["plain", "loraplus"])
+@pytest.mark.parametrize("loraplus", [False, True, "fa"], ids=["plain", "loraplus", "lora_fa"])
 def test_networks_lora_blocks_of_one_weight_with_different_values_split(tmp_path, loraplus):
     """Blocks 1 and 2 both train at x0.5 (dbspec's one `denoiser_x0.5` group), blocks 4, 5 at 1: kohya's
     list gives each block its own value, so every kohya block gets its own dbspec group,
     `denoiser[_x<weight>]_unet_block<N>` ([[adapter.blocks]] `group`; the blocks at the adapter's
     settings get an entry), at the same rate; each group's curve is torch's for its kohya group."""
+    fa, loraplus = loraplus == "fa", loraplus is True  # lora_fa: networks.lora's blocks, no LoRA+
     order = ["text_encoder"] + (["text_encoder_lora_up"] if loraplus else [])
     for index in KOHYA_BLOCKS:
         order.append(f"{_dbspec_group(index)}_unet_block{index}")
@@ -405,8 +406,8 @@ def test_networks_lora_blocks_of_one_weight_with_different_values_split(tmp_path
     )
     outcome = _lycoris(
         tmp_path,
-        f"--network_module=networks.lora --network_args {weights} --lr_scheduler_type CyclicLR "
-        + _args(lists, "step_size_up=40"),
+        f"--network_module=networks.lora{'_fa' if fa else ''} --network_args {weights} "
+        "--lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=40"),
     )
     assert 'group = "unet_block4"' in outcome.text and 'group = "unet_block12"' in outcome.text
     schedule = _converted(outcome, tmp_path)
@@ -616,6 +617,35 @@ def test_lora_fa_text_encoder_and_unet_in_kohyas_order(tmp_path):
     )
     expected = _torch_curves("CyclicLR", ["text_encoder", "denoiser"], lists, {"step_size_up": 40}, 400)
     _check(_converted(outcome, tmp_path), expected)
+
+
+def test_lora_fa_block_lr_weights_give_kohyas_block_groups(tmp_path):
+    """networks.lora_fa with block lr weights (SD 1.5): [text encoder, unet_block1, ...] as networks.lora's
+    block groups without plus groups (lora_fa_blocks.py), each onto dbspec's group of its weight."""
+    order = ["text_encoder"] + [_dbspec_group(index) for index in KOHYA_BLOCKS]
+    values = {"denoiser": 1e-5, "denoiser_x0.5": 2e-5, "denoiser_x0.25": 3e-5, "denoiser_x2": 4e-5}
+    values |= {"denoiser_x3": 5e-5, "text_encoder": 1e-6}
+    lists = {"base_lr": [values[n] for n in order], "max_lr": [values[n] * 20 for n in order]}
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}"
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora_fa --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    names = [f"{n}#{i}" for i, n in enumerate(order)]
+    expected = _torch_curves("CyclicLR", names, lists, {"step_size_up": 40}, 400)
+    expected["lr"] = {name.split("#")[0]: curve for name, curve in expected["lr"].items()}
+    _check(schedule, expected)
+    short = _lycoris(
+        tmp_path / "short",
+        f"--network_module=networks.lora_fa --network_args {weights} --lr_scheduler_type CyclicLR "
+        + _args({"base_lr": [1e-6, 1e-5], "max_lr": [1e-4, 1e-4]}, "step_size_up=40"),
+    )
+    assert "DBS402" in codes(short)  # two values for kohya's 17 groups: torch raises
 
 
 def test_lora_fa_unet_only_one_cycle(tmp_path):

@@ -3,7 +3,7 @@ with `freeze_down = true`; with clipping on (kohya's default max_grad_norm 1.0) 
 as its frozen downs keep a gradient that counts in the clip (sd-scripts networks/lora_fa.py: the network's
 requires_grad_(True) reaches lora_down; train_network.py clips over every network parameter). Its network_args
 as its create_network reads them: conv_dim / conv_alpha and the dropouts as networks.lora, no LoRA+ (ignored),
-its older block code refused."""
+its older block code as test_convert_kohya_lora_fa_blocks.py checks (was refused)."""
 
 from __future__ import annotations
 
@@ -60,11 +60,12 @@ def test_without_clipping_the_downs_need_no_gradient(tmp_path):
     assert (a.freeze_down, a.frozen_down_grad) == (True, "none")
 
 
-def test_loraplus_is_ignored_and_block_args_refused(tmp_path):
+def test_loraplus_is_ignored_and_block_args_mapped(tmp_path):
     plus = _convert(tmp_path, 'network_args = ["loraplus_lr_ratio=16"]')
     assert "no LoRA+" in messages(plus, "DBS405")
     assert plan_of(plus, tmp_path).optimizer.loraplus_denoiser_ratio == 0.0
     blocks = _convert(
         tmp_path, 'network_args = ["block_dims=2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2"]'
     )
-    assert fate(blocks, "network_args") == "unsupported" and "block_dims" in messages(blocks, "DBS403")
+    assert fate(blocks, "network_args") == "mapped" and not {"DBS402", "DBS403"} & codes(blocks)
+    assert {b.rank for b in plan_of(blocks, tmp_path).adapter.blocks} == {2}

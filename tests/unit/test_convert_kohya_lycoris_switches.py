@@ -6,6 +6,8 @@ arguments, not read back from the converter."""
 
 from __future__ import annotations
 
+import re
+
 import tomllib
 
 import pytest
@@ -200,9 +202,29 @@ def test_diag_oft_takes_network_dim_as_its_block_size(tmp_path, args, constraint
     )
 
 
-def test_diag_oft_refuses_another_block_size_for_convolutions(tmp_path):
+def test_diag_oft_gives_the_kxk_convolutions_conv_dims_block_size(tmp_path):
+    """LyCORIS's create_single_module: a Conv2d wider than 1x1 at conv_dim, a 1x1 one and the Linears at
+    network_dim (was DBS403): one block over SD 1.5's k x k convolutions (checked against lycoris-lora's
+    network in tests/runtime/test_lycoris_oft_conv_dim.py)."""
     outcome = _lycoris(tmp_path, '"algo=diag-oft", "conv_dim=4"')
-    assert outcome.exit_code == 1 and "one block size" in outcome.conversion.reports["network_args"].note
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_block_size == 8 and [b.rank for b in a.blocks] == [4]
+    pattern = a.blocks[0].pattern
+    kxk = [
+        "conv_in",
+        "down_blocks.0.resnets.0.conv1",
+        "up_blocks.1.resnets.2.conv2",
+        "up_blocks.0.upsamplers.0.conv",
+    ]
+    kxk.append("down_blocks.2.downsamplers.0.conv")
+    assert all(re.search(pattern, p) for p in kxk)
+    one = [
+        "down_blocks.1.resnets.0.conv_shortcut",
+        "down_blocks.0.attentions.0.proj_in",
+        "mid_block.resnets.0.time_emb_proj",
+    ]
+    assert not any(re.search(pattern, p) for p in one)
 
 
 @pytest.mark.parametrize(

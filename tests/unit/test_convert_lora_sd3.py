@@ -65,11 +65,30 @@ def test_split_qkv_block_indices_type_ranks_and_emb_dims(tmp_path):
     assert fate(outcome, "network_args") == "mapped"
 
 
-def test_the_x_embedder_cannot_be_expressed(tmp_path):
+def test_the_x_embedder_is_a_lora_on_the_patch_convolution(tmp_path):
+    """emb_dims' x value (was DBS403): kohya's LoRAModule on x_embedder.proj (diffusers' pos_embed.proj) at
+    that rank and network_alpha, dbspec's conv_targets; its other convolutions none (SD3 has no other)."""
     outcome = _sd3(tmp_path, '--network_args "emb_dims=[0,0,4,0,0,0]"')
-    assert fate(outcome, "network_args") == "unsupported"
-    said = messages(outcome, "DBS403") + "".join(errors(outcome))
-    assert "x_embedder" in said
+    assert fate(outcome, "network_args") == "mapped" and not {"DBS402", "DBS403"} & codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.conv_targets, a.conv_rank, a.conv_alpha) == (("pos_embed.proj",), 4, 8.0)
+    assert (a.rank, a.alpha, a.blocks) == (16, 8.0, ())  # the joint blocks' Linears unchanged
+
+
+def test_conv_dim_sets_the_patch_convolution_before_emb_dims(tmp_path):
+    """create_modules reads conv_dim / conv_alpha (default 1.0) for a Conv2d before emb_dims' value: with
+    emb_dims given the patch convolution takes conv_dim, even where the x value is 0 (conv_dim 0: none);
+    without emb_dims kohya builds nothing there and conv_dim is inert."""
+    conv = _sd3(tmp_path / "conv", '--network_args "emb_dims=[0,0,0,0,0,0]" conv_dim=6 conv_alpha=3')
+    a = plan_of(conv, tmp_path / "conv").adapter
+    assert (a.conv_targets, a.conv_rank, a.conv_alpha) == (("pos_embed.proj",), 6, 3.0)
+    default = _sd3(tmp_path / "default", '--network_args "emb_dims=[0,0,4,0,0,0]" conv_dim=2')
+    a = plan_of(default, tmp_path / "default").adapter
+    assert (a.conv_rank, a.conv_alpha) == (2, 1.0)
+    off = _sd3(tmp_path / "off", '--network_args "emb_dims=[0,0,4,0,0,0]" conv_dim=0')
+    assert plan_of(off, tmp_path / "off").adapter.conv_targets == ()
+    alone = _sd3(tmp_path / "alone", "--network_args conv_dim=6")
+    assert plan_of(alone, tmp_path / "alone").adapter.conv_targets == ()
 
 
 def test_starting_from_a_kohya_sd3_file_maps_to_init_weights(tmp_path):

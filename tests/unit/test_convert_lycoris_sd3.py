@@ -168,7 +168,7 @@ def test_diag_oft_full_is_one_block_split_per_fused_qkv_and_the_patch_convolutio
     assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
     assert list(a.conv_targets) == ["pos_embed.proj"]
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=diag-oft preset=full conv_dim=8"))
+    _patch_at_conv_dim(tmp_path / "conv", "diag-oft")
     # --scale_weight_norms (was DBS403): DiagOFTModule.apply_max_norm, one norm per fused qkv over its parts'
     # blocks, the patch convolution's module its own (runtime/max_norm.py)
     args = "--network_train_unet_only --scale_weight_norms 2 --network_args algo=diag-oft preset=full"
@@ -176,6 +176,21 @@ def test_diag_oft_full_is_one_block_split_per_fused_qkv_and_the_patch_convolutio
     assert not {"DBS402", "DBS403", "DBS577"} & codes(outcome) and not errors(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
     assert (a.max_norm, a.max_norm_form, [f.name for f in a.fused]) == (2.0, "lycoris", FUSED)
+
+
+def _patch_at_conv_dim(tmp_path, algo: str) -> None:
+    """conv_dim other than network_dim (was DBS403): LyCORIS's create_single_module gives the 2x2 patch
+    convolution conv_dim as its block-size hint, the Linears network_dim: a block over pos_embed.proj at 8;
+    conv_dim 0 builds no module there (no conv target)."""
+    outcome = _sd3(tmp_path, f"--network_train_unet_only --network_args algo={algo} preset=full conv_dim=8")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.oft_block_size == 16 and list(a.conv_targets) == ["pos_embed.proj"]
+    assert [(b.pattern, b.rank) for b in a.blocks] == [(r"^(?:pos_embed\.proj)$", 8)]
+    none = _sd3(tmp_path, f"--network_train_unet_only --network_args algo={algo} preset=full conv_dim=0")
+    assert not {"DBS402", "DBS403"} & codes(none), errors(none)
+    a = plan_of(none, tmp_path).adapter
+    assert list(a.conv_targets) == [] and a.blocks == ()
 
 
 def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_path):
@@ -195,7 +210,7 @@ def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
 def test_boft_full_is_one_butterfly_module_per_fused_qkv_and_the_patch_convolution(tmp_path):
     """algo=boft: ButterflyOFTModule on the preset's Linears and the patch convolution, one per fused qkv
     (its blocks shared by q, k, v: runtime/lycoris_boft.py); network_dim its block-size hint, conv_dim
-    another one refused (one block size)."""
+    the patch convolution's (_patch_at_conv_dim)."""
     outcome = _sd3(
         tmp_path,
         "--network_train_unet_only --network_args algo=boft preset=full rescaled=True constraint=1e-4",
@@ -205,7 +220,7 @@ def test_boft_full_is_one_butterfly_module_per_fused_qkv_and_the_patch_convoluti
     assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
     assert list(a.conv_targets) == ["pos_embed.proj"]
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args algo=boft preset=full conv_dim=8"))
+    _patch_at_conv_dim(tmp_path / "conv", "boft")
 
 
 def test_switches_as_lycoris_builds_them_on_the_mmdit(tmp_path):

@@ -15,7 +15,9 @@ kohya's groups, in order (its code is the ground truth):
   a group at rate 0 kept: CyclicLR and OneCycleLR replace its rate with their own, so kohya trains it
   (lift_kept_rates gives it the schedule's peak as its rate, which the schedule replaces alike), unless
   the schedule holds it at 0 too (then it never moves: untrained in dbspec); Adafactor's relative step
-  pops it and computes its own (relative_step_lift, as networks.oft's).
+  pops it and computes its own (relative_step_lift, as networks.oft's). With block lr weights on SD 1.x/2.x
+  the U-Net's place holds networks.lora's block groups (no plus groups), which skip a rate of 0
+  (lora_fa_blocks.py).
 - networks.oft (networks/oft.py `prepare_optimizer_params`, l. 361-382): one group, the U-Net's blocks (the
   network adapts nothing else); kept at rate 0 too, lifted by CyclicLR / OneCycleLR as lora_fa's, or by
   Adafactor's relative step, which pops the rate and computes its own (relative_step_lift; else it never
@@ -51,6 +53,7 @@ from typing import Any
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.common.optimizers import adafactor_flags, parse_kohya_args
 from dbspec.convert.kohya.blocks import SDXL_BLOCKS
+from dbspec.convert.kohya.lora_fa_blocks import lora_fa_block_lr
 from dbspec.convert.kohya.network import parse_network_args
 from dbspec.convert.kohya.rate_zero import lora_fa_holds, lora_fa_kept, train_db_unet_trains
 
@@ -151,7 +154,7 @@ def _networks_lora(
     if module == "networks.oft":  # OFTNetwork: the U-Net's one group (a rate 0 lifted, or refused by oft.py)
         return [("unet", ("denoiser",))], ""
     if module == "networks.lora_fa":
-        return _lora_fa(a)
+        return _lora_fa(a, sdxl, split)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
     unet_ratio, text_ratio = _ratios(kwargs)
     text_layers = True
@@ -191,13 +194,15 @@ def _networks_lora(
     return groups, ""
 
 
-def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
+def _lora_fa(a: Args, sdxl: bool, split: bool = False) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     """networks.lora_fa's prepare_optimizer_params (networks/lora_fa.py): [text encoder(s), U-Net], one group
-    each (no LoRA+; its block arguments are refused, network.py), each present whenever the network adapts
-    that part (network_train_unet_only / text_encoder_only remove it), also at rate 0. A rate 0 that
-    CyclicLR / OneCycleLR or Adafactor's relative step lift was replaced before (lift_kept_rates); one left
-    is a group the schedule holds at 0 too: the text encoders' trains at rate 0 in dbspec under a clip
-    (train.py _lora_fa_text_held: its group, held), the U-Net's is untrained (no group)."""
+    each (no LoRA+), each present whenever the network adapts that part (network_train_unet_only /
+    text_encoder_only remove it), also at rate 0. A rate 0 that CyclicLR / OneCycleLR or Adafactor's
+    relative step lift was replaced before (lift_kept_rates); one left is a group the schedule holds at 0
+    too: the text encoders' trains at rate 0 in dbspec under a clip (train.py _lora_fa_text_held: its group,
+    held), the U-Net's is untrained (no group). With block lr weights the U-Net's place holds one group per
+    block as networks.lora's (its SD 1.x numbering; on SDXL every module is block -1, one group at weight 1),
+    no plus groups, a U-Net at rate 0 refused (lora_fa_blocks.py)."""
     lr = a["learning_rate"].value
     te = a["text_encoder_lr"].value
     te_rate = (te[0] if te else None) if isinstance(te, list) else te
@@ -208,6 +213,15 @@ def _lora_fa(a: Args) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
         ("unet", _rate(a, "unet_lr", lr), "network_train_text_encoder_only", "denoiser"),
     ):
         if a[skip].value:
+            continue
+        if name == "unet" and rate and lora_fa_block_lr(a) and not sdxl:
+            kwargs, _ = parse_network_args(a["network_args"].value or [])
+            blocks, why = _weighted_blocks(a, kwargs, False)
+            if not blocks:
+                return [], why
+            for index, scale in blocks:
+                suffix = ("" if scale == 1.0 else f"_x{scale:g}") + (f"_unet_block{index}" if split else "")
+                groups.append((f"unet_block{index}", (f"denoiser{suffix}",)))
             continue
         held = target == "text_encoder" and _lora_fa_text_held(a)
         groups.append((name, (target,) if rate or held else ()))
@@ -266,6 +280,8 @@ def _kept_groups(a: Args) -> list[tuple[str, float, str]]:
     unet = a["unet_lr"] if a["unet_lr"].value is not None else lr
     denoiser = "transformer" if a["network_module"].value == "networks.oft_flux" else "U-Net"
     groups = [("unet_lr", unet.value, "network_train_text_encoder_only", denoiser)]
+    if lora_fa_block_lr(a):  # its block groups skip a rate of 0 (lora_fa_blocks.py), as networks.lora's
+        groups = []
     if a["network_module"].value == "networks.lora_fa":  # OFT has the U-Net's (transformer's) group alone
         groups.insert(0, ("text_encoder_lr", te_rate, "network_train_unet_only", "text encoder"))
     return [(key, rate, name) for key, rate, skip, name in groups if not a[skip].value]
@@ -582,8 +598,16 @@ def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> Non
     disjoint from the others', so no module changes block."""
     from dbspec.convert.kohya.blocks import block_pattern
 
-    if script not in ("train_network", "sdxl_train_network") or a["network_module"].value != "networks.lora":
+    if script not in ("train_network", "sdxl_train_network"):
         return
+    module = a["network_module"].value
+    if module not in (
+        "networks.lora",
+        "networks.lora_fa",
+    ):
+        return
+    if module == "networks.lora_fa" and script == "sdxl_train_network":
+        return  # lora_fa's SDXL U-Net is one block (-1): one group (lora_fa_blocks.py)
     kwargs, _ = parse_network_args(a["network_args"].value or [])
     if not any(k in kwargs for k in _BLOCK_WEIGHTS):
         return

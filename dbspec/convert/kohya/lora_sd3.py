@@ -8,8 +8,9 @@ by the parts (`adapter.fused_projections = true`); `split_qkv=True` gives each p
 false), which kohya builds for SD3.
 
 Mapped network_args: split_qkv, train_block_indices, the per-type ranks (context_attn_dim ... x_mod_dim),
-emb_dims but the x_embedder's (a convolution), rank_dropout, module_dropout, the LoRA+ ratios and train_t5xxl
-(`train.t5`, T5-XXL at text_encoder_lr's third value: `optimizer.text_encoder_3_lr`)."""
+emb_dims (the x_embedder's on its patch convolution: conv_targets), rank_dropout, module_dropout, the LoRA+
+ratios and train_t5xxl (`train.t5`, T5-XXL at text_encoder_lr's third value:
+`optimizer.text_encoder_3_lr`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,27 @@ _EMB_DIMS = (
     (("proj_out",), r"^proj_out$"),
 )
 _BLOCK_LIMIT = 999  # create_network parses train_block_indices against 999 blocks
+
+
+def _patch(kwargs: dict[str, str], rank: int, alpha: float, args: Legacy, conv: Conversion) -> None:
+    """emb_dims' x embedder: create_modules(filter="x_embedder", include_conv2d_if_filter) builds kohya's
+    LoRAModule on the patch convolution x_embedder.proj (diffusers' pos_embed.proj, a p x p stride-p
+    Conv2d): lora_down a Conv2d of its kernel, stride and padding, lora_up 1x1, scale alpha / rank (alpha 0:
+    the rank), as peft's LoRA on a Conv2d, dbspec's conv_targets at conv_rank / conv_alpha. Its rank and
+    alpha: `conv_dim` / `conv_alpha` (1.0 by default) where network_args give conv_dim (0: no module),
+    which create_modules reads before the emb_dims value; else the x value at network_alpha. Without
+    emb_dims kohya builds no module there, and conv_dim is inert (lora_flux.rest)."""
+    if "conv_dim" in kwargs:
+        legacy = Legacy(key=f"{args.key} conv_dim", value=kwargs["conv_dim"], source=args.source)
+        rank = int(kwargs.pop("conv_dim"))
+        alpha = float(kwargs.pop("conv_alpha", "1.0") or "1.0")
+        conv.record(legacy, "mapped", "adapter.conv_rank", "the patch convolution's rank (before emb_dims')")
+    if not rank:
+        return
+    why = conv.comment(args, "emb_dims: kohya's LoRA on the x embedder's patch convolution")
+    conv.put(("adapter", "conv_targets"), ["pos_embed.proj"], why)
+    conv.put(("adapter", "conv_rank"), rank, why)
+    conv.put(("adapter", "conv_alpha"), alpha if alpha else float(rank), why)  # LoRAModule: alpha 0 -> rank
 
 
 def map_lora_sd3(a: dict[str, Legacy], dim: int, alpha: float, conv: Conversion) -> bool:
@@ -77,10 +99,10 @@ def _map(kwargs: dict[str, str], args: Legacy, dim: int, alpha: float, a, conv: 
                 f"emb_dims has {len(emb_dims)} numbers, not 6 (context, t, x, y, final_mod, final_linear)"
             )
         for entry, rank in zip(_EMB_DIMS, emb_dims):
-            if not rank:
+            if entry is None:  # the x embedder's patch convolution
+                _patch(kwargs, rank, alpha, args, conv)
                 continue
-            if entry is None:
-                unsupported["emb_dims"] = f"x_embedder rank {rank} (a LoRA on the patch convolution)"
+            if not rank:
                 continue
             names, pattern = entry
             targets.extend(names)

@@ -4,6 +4,8 @@ targets and fused_projections."""
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +96,27 @@ def put_blocks(conv: Conversion, module: Legacy, layout, layers: str, text_block
             note = conv.comment(module, block.pop("_why"))
             for key, value in block.items():
                 conv.put(("adapter", table, index, key), value, note)
+
+
+def conv_dim_shadowed(layout, layers: str, conv_targets: list[str]) -> bool:
+    """Whether a block put_blocks writes (a preset file's map entry) reaches a convolution first: its own
+    block size, not conv_dim's (a conv_dim block would come after it, and the first match wins)."""
+    blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    return any(re.search(b["pattern"], t) for b in blocks for t in conv_targets)
+
+
+def put_conv_dim(
+    conv: Conversion, args: Legacy, size: Legacy, layout, layers: str, conv_targets: list[str]
+) -> None:
+    """conv_dim other than network_dim on the convolutions (SD3's 2x2 patch convolution): LyCORIS's
+    create_single_module gives a Conv2d wider than 1x1 conv_lora_dim as its lora_dim, a block over them at
+    that block size after put_blocks' (conv_dim_shadowed checked none reaches them)."""
+    index = len(layout.targets(layers, True)[1]) if layers != "none" else 0
+    note = conv.comment(args, "conv_dim: LyCORIS's block-size hint of the k x k convolutions")
+    pattern = "^(?:" + "|".join(re.escape(t) for t in conv_targets) + ")$"
+    conv.put(("adapter", "blocks", index, "pattern"), pattern, note)
+    conv.put(("adapter", "blocks", index, "block_size"), int(float(size.value)), note)
+    conv.record(size, "mapped", "adapter.blocks block_size")
 
 
 def put_rest(

@@ -27,7 +27,9 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     popped,
     put_kind,
     put_rest,
+    conv_dim_shadowed,
     put_blocks,
+    put_conv_dim,
     put_targets,
     refuse_rest,
 )
@@ -90,11 +92,17 @@ def map_flow_boft(
     refused = []
     bypass = "bypass_mode" in kwargs and str(kwargs["bypass_mode"]).lower() != "false"  # LyCORIS's str_bool
     conv_targets: list[str] = []
+    own_conv = False
     if layers in layout.convs:
         conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
-        if conv_dim != lora_dim:
-            refused.append(f"conv_dim={conv_dim} (dbspec's BOFT has one block size, network_dim's)")
-        conv_targets = list(layout.convs[layers])
+        if (
+            conv_dim > 0
+            and conv_dim != lora_dim
+            and conv_dim_shadowed(layout, layers, list(layout.convs[layers]))
+        ):
+            refused.append(f"conv_dim={conv_dim} (a preset file's block reaches the convolution first)")
+        own_conv = conv_dim != lora_dim and conv_dim > 0  # a block at conv_dim's size (put_conv_dim)
+        conv_targets = list(layout.convs[layers]) if conv_dim > 0 else []  # 0: LyCORIS builds none there
     if refused:
         conv.unsupported(args, f"algo=boft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
@@ -105,6 +113,7 @@ def map_flow_boft(
         conv.mapped(dropped, ("adapter", "module_dropout"), float(dropped.value))
     for key in [k for k in ("module_dropout", "bypass_mode") if k in kwargs]:
         conv.inert(popped(args, kwargs, key), "off")
+    own_size = popped(args, kwargs, "conv_dim") if own_conv else None  # put_conv_dim maps it
     if "conv_dim" in kwargs:
         conv.inert(
             popped(args, kwargs, "conv_dim"),
@@ -137,6 +146,8 @@ def map_flow_boft(
     why = "one ButterflyOFTModule per fused Linear: its butterfly stages rotate the stacked rows together"
     put_targets(conv, module, layout, layers, why)
     put_blocks(conv, module, layout, layers, text_blocks)  # a preset file's entries' own block sizes
+    if own_conv:  # the convolutions at conv_dim's block size, after the file's blocks
+        put_conv_dim(conv, args, own_size, layout, layers, conv_targets)
     if conv_targets:
         note = conv.comment(
             args, f"ButterflyOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"

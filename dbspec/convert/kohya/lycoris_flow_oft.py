@@ -33,7 +33,9 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
     put_kind,
+    conv_dim_shadowed,
     put_blocks,
+    put_conv_dim,
     put_rest,
     put_targets,
     refuse_rest,
@@ -68,11 +70,17 @@ def map_flow_diag_oft(
     legacy = lambda key: popped(args, kwargs, key)  # noqa: E731
     refused = []
     conv_targets: list[str] = []
+    own_conv = False
     if layers in layout.convs:
         conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
-        if conv_dim != lora_dim:
-            refused.append(f"conv_dim={conv_dim} (dbspec's Diag-OFT has one block size, network_dim's)")
-        conv_targets = list(layout.convs[layers])
+        if (
+            conv_dim > 0
+            and conv_dim != lora_dim
+            and conv_dim_shadowed(layout, layers, list(layout.convs[layers]))
+        ):
+            refused.append(f"conv_dim={conv_dim} (a preset file's block reaches the convolution first)")
+        own_conv = conv_dim != lora_dim and conv_dim > 0  # a block at conv_dim's size (put_conv_dim)
+        conv_targets = list(layout.convs[layers]) if conv_dim > 0 else []  # 0: LyCORIS builds none there
     if refused:
         conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
@@ -86,6 +94,7 @@ def map_flow_diag_oft(
         conv.ignored(drops.pop("rank_dropout"), "DiagOFTModule draws it in its default forward only")
     for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
         conv.inert(legacy(key), "0 is off")
+    own_size = popped(args, kwargs, "conv_dim") if own_conv else None  # put_conv_dim maps it
     if "conv_dim" in kwargs:
         conv.inert(legacy("conv_dim"), "network_dim's block size" if conv_targets else "no convolution here")
     dropout = legacy("dropout") if "dropout" in kwargs else a["network_dropout"]
@@ -131,6 +140,8 @@ def map_flow_diag_oft(
     why = "one DiagOFTModule per fused Linear: its blocks split the stacked rows"
     put_targets(conv, module, layout, layers, why)
     put_blocks(conv, module, layout, layers, text_blocks)  # a preset file's entries' own block sizes
+    if own_conv:  # the convolutions at conv_dim's block size, after the file's blocks
+        put_conv_dim(conv, args, own_size, layout, layers, conv_targets)
     if conv_targets:
         note = conv.comment(
             args, f"DiagOFTModule on {', '.join(conv_targets)} too (the preset's enable_conv)"

@@ -27,6 +27,7 @@ from dbspec.convert.kohya.network import (
 from dbspec.convert.kohya.train import text_outputs_cached
 from dbspec.convert.kohya.idle_text import file_holds, idle_text_modules, put_lycoris_t5
 from dbspec.convert.kohya.file_alpha import map_file_alphas
+from dbspec.convert.kohya.lora_fa_blocks import lora_fa_block_lr
 from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
 from dbspec.convert.kohya.file_ranks import (
     common_pair,
@@ -542,6 +543,14 @@ def _map_lora_fa(a: Args, conv: Conversion) -> None:
     (train_network.py clips over every network parameter; the optimizer never clears them)."""
     module = a["network_module"]
     conv.put(("adapter", "freeze_down"), True, conv.comment(module, "LoRA-FA: lora_down frozen at its init"))
+    unet = a["unet_lr"] if a["unet_lr"].value is not None else a["learning_rate"]
+    if lora_fa_block_lr(a) and unet.value == 0 and not a["network_train_text_encoder_only"].value:
+        conv.unsupported(
+            unet,
+            "networks.lora_fa with block lr weights (down/mid/up_lr_weight) gives each U-Net block a "
+            "group and skips a group at rate 0 (its plain U-Net group stays in the optimizer at rate 0): "
+            "the U-Net's modules are built, computed and clipped, but out of the optimizer; not expressed",
+        )
     clip = a["max_grad_norm"]
     if clip.value:
         conv.put(

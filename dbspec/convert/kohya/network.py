@@ -22,6 +22,7 @@ from dbspec.compiler.init_file import other_axis_doras
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import kohya_blocks
+from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.file_alpha import map_file_alphas
 from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
@@ -67,6 +68,9 @@ _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
 # create_network asserts, so kohya stops (tests/runtime/test_lycoris_presets_kohya_sd.py); these are
 # converted as older LyCORIS builds them.
 _TIME_EMBEDDING = ["time_embedding.linear_1", "time_embedding.linear_2"]
+# the U-Nets' convolutions wider than 1x1 (diffusers names; conv_shortcut and SD 1.x/2.x's proj_in / proj_out
+# are 1x1): LyCORIS gives them conv_dim where a 1x1 takes network_dim
+KXK_CONVS = r"(?:^|\.)(?:conv_in|conv_out|conv1|conv2|(?:down|up)samplers\.\d+\.conv)$"
 _TWICE_ON_SD = ("full", "full-lin", "unet-only")  # the known gap above: a DBS404 warning names it
 _PRESETS = {
     "full": (
@@ -378,12 +382,15 @@ def _map_network(
                 norm_table = preset_norms(BUILTIN_TABLES[preset], v2, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
-        if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
-            _lora_fa_blocks(kwargs, unsupported)
         conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
         # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
         conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
-        found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+        if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
+            found = _lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim, conv_alpha, args, conv)
+            if found is False:
+                return None
+        else:
+            found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
         resnets = bool(conv_dim)
         if found is not None:
             blocks, block_conv_dim, block_conv_alpha = found
@@ -589,25 +596,26 @@ def _train_norm(
     )
 
 
-_BLOCK_KEYS = (
-    "block_dims",
-    "block_alphas",
-    "conv_block_dims",
-    "conv_block_alphas",
-    "down_lr_weight",
-    "mid_lr_weight",
-    "up_lr_weight",
-    "block_lr_zero_threshold",
-)
-
-
-def _lora_fa_blocks(kwargs: dict[str, str], unsupported: dict[str, str]) -> None:
-    """networks.lora_fa keeps an older copy of networks.lora's block code (no SDXL block numbering, its own
-    lr-weight parsing) that dbspec has not checked against its [[adapter.blocks]]: its block arguments are
-    refused rather than converted by networks.lora's rules."""
-    for key in _BLOCK_KEYS:
-        if key in kwargs:
-            unsupported[key] = kwargs.pop(key)
+def _lora_fa_blocks(
+    kwargs: dict[str, str],
+    original_names: bool,
+    dim: int,
+    alpha: float,
+    conv_dim: int,
+    conv_alpha: float,
+    args: Legacy,
+    conv: Conversion,
+):
+    """networks.lora_fa's older copy of networks.lora's block code (lora_fa_blocks.py): networks.lora's
+    blocks on SD 1.x/2.x, every U-Net module at the lists' last value on SDXL; False where refused."""
+    try:
+        found, ignored = lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+    except NoUnetModules as exc:
+        conv.unsupported(args, str(exc))
+        return False
+    for key, value, why in ignored:
+        conv.ignored(Legacy(key=f"{args.key} {key}", value=value, source=args.source), why)
+    return found
 
 
 def _decomposing_blocks(put: dict[str, Any]) -> bool:
@@ -1082,12 +1090,20 @@ def _diag_oft(
     kwargs: dict[str, str], dim: int, conv_dim: int, put: dict[str, Any], unsupported: dict[str, str]
 ) -> None:
     """algo=diag-oft (lycoris/modules/diag_oft.py) and algo=boft (lycoris/modules/boft.py, the same
-    arguments): network_dim is its lora_dim, the block-size hint
-    (conv_dim for convolutions: one hint for both here); `constraint` (float, "or 0") and `rescaled`
-    (str_bool) as LyCORIS's create_network reads them."""
+    arguments): network_dim is its lora_dim, the block-size hint; conv_dim the k x k convolutions' (LyCORIS's
+    create_single_module: a Conv2d of kernel 1 at lora_dim, a wider one at conv_lora_dim), a block over their
+    names at that size (was DBS403; beside a preset file's own blocks, whose entries would take those layers
+    first, still DBS403); `constraint` (float, "or 0") and `rescaled` (str_bool) as LyCORIS's create_network
+    reads them."""
     put["block_size"] = dim
     if conv_dim != dim and put.get("conv_targets"):
-        unsupported["conv_dim"] = f"{conv_dim} (OFT: dbspec uses one block size, network_dim's {dim})"
+        if put.get("_blocks"):
+            unsupported["conv_dim"] = (
+                f"{conv_dim} (OFT: beside the preset file's blocks, network_dim's {dim})"
+            )
+        else:
+            why = "kohya network_args conv_dim: LyCORIS's block-size hint of the k x k convolutions"
+            put["_blocks"] = [{"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why}]
     constraint = _float(kwargs.pop("constraint", "") or 0)
     if constraint:
         put["constraint"] = constraint
