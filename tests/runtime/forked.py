@@ -24,8 +24,22 @@ import tempfile
 import time
 from pathlib import Path
 
-# Imported by the fork server before it forks anything: what `dbspec run` imports.
-PRELOAD = ["dbspec.cli", "dbspec.runtime.execute"]
+# Imported by the fork server before it forks anything: what `dbspec run` of a tiny SD run imports, the
+# modules it imports lazily too (the compiler, which the CLI runs on the spec; the SD family's loader and
+# pipeline; the metrics log's tensorboard writer; PIL's image plugins). Each was imported again in every
+# forked process: about a second of each launch's CPU (each of two ranks', each kill test's).
+PRELOAD = [
+    "dbspec.cli",
+    "dbspec.runtime.execute",
+    "dbspec.compiler.compile",
+    "dbspec.plan.summary",
+    "dbspec.runtime.families.sd",
+    "dbspec.runtime.imports",
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "torch.utils.tensorboard",
+    "PIL.PngImagePlugin",
+    "PIL.JpegImagePlugin",
+]
 
 
 def _cli_main(argv: list[str], env: dict[str, str], cwd: str, log: str) -> None:
