@@ -15,8 +15,14 @@ that uses peft (an adapter), as the kill tests' does, the fresh CLI imports them
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import multiprocessing
 import os
+import select
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +30,22 @@ import tempfile
 import time
 from pathlib import Path
 
-# Imported by the fork server before it forks anything: what `dbspec run` imports.
-PRELOAD = ["dbspec.cli", "dbspec.runtime.execute"]
+# Imported by the fork server before it forks anything: what `dbspec run` of a tiny SD run imports, the
+# modules it imports lazily too (the compiler, which the CLI runs on the spec; the SD family's loader and
+# pipeline; the metrics log's tensorboard writer; PIL's image plugins). Each was imported again in every
+# forked process: about a second of each launch's CPU (each of two ranks', each kill test's).
+PRELOAD = [
+    "dbspec.cli",
+    "dbspec.runtime.execute",
+    "dbspec.compiler.compile",
+    "dbspec.plan.summary",
+    "dbspec.runtime.families.sd",
+    "dbspec.runtime.imports",
+    "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "torch.utils.tensorboard",
+    "PIL.PngImagePlugin",
+    "PIL.JpegImagePlugin",
+]
 
 
 def _cli_main(argv: list[str], env: dict[str, str], cwd: str, log: str) -> None:
@@ -127,3 +147,106 @@ def _wait_together(processes: list, timeout: float, grace: float = 30.0) -> None
                 if p.is_alive():
                     p.kill()
         time.sleep(0.05)
+
+
+# --- torchrun's workers, forked -----------------------------------------------------------------------------
+# The fault tests check what torchrun itself reports (its summary, the root-cause process), so they launch
+# through torchrun; its workers were fresh interpreters, each importing torch, diffusers and the runtime
+# (most of a launch). Here each worker torchrun starts is a copy of tests/runtime/forked_client.py, a few
+# lines of the standard library: it hands its argv, environment (torchrun's RANK, LOCAL_RANK, MASTER_PORT,
+# ...), working folder and stdin/stdout/stderr to a server forked from this worker's fork server, which
+# forks `dbspec <argv>` with them (the CLI's own entry point, as `python -m dbspec.cli` runs it). The client
+# relays the signals torchrun sends it to that process and ends as it ends: its exit code, or killed by the
+# same signal (torchrun's report of a SIGKILLed process is unchanged).
+SOCKET_ENV = "DBSPEC_TEST_FORK_SOCKET"
+_SERVER: dict[str, str] = {}
+
+
+def torchrun_worker() -> tuple[str, str]:
+    """The script torchrun starts as each worker and the socket it reaches this test worker's server on
+    (`SOCKET_ENV`); the server is started on first use (a daemon process: it ends with the test worker). The
+    script is a copy of tests/runtime/forked_client.py beside the socket: torchrun names it in its report,
+    where the fault tests check that no path of dbspec's runtime appears."""
+    if "path" not in _SERVER:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(PRELOAD)
+        folder = tempfile.mkdtemp(prefix="dbspec-fork-")
+        atexit.register(shutil.rmtree, folder, True)
+        path = os.path.join(folder, "server.sock")
+        _SERVER["client"] = shutil.copy(Path(__file__).with_name("forked_client.py"), folder)
+        ready = context.Event()
+        context.Process(target=_serve, args=(path, ready), daemon=True).start()
+        if not ready.wait(120):
+            raise TimeoutError("the torchrun-worker fork server did not start")
+        _SERVER["path"] = path
+    return _SERVER["client"], _SERVER["path"]
+
+
+def _serve(path: str, ready) -> None:
+    """Accept clients; for each, a handler process that forks the CLI and reports how it ended."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # handlers are reaped by the kernel
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(16)
+    ready.set()
+    while True:
+        conn, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this handler waits for its CLI process
+            try:
+                _handle(conn)
+            finally:
+                os._exit(0)
+        conn.close()
+
+
+def _handle(conn: socket.socket) -> None:
+    message, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+    size = int.from_bytes(message[:4], "big")
+    while len(message) < 4 + size:
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            return
+        message += chunk
+    request = json.loads(message[4 : 4 + size])
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        code = 1
+        try:
+            _cli_in_place(request["argv"], request["env"], request["cwd"])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    while True:  # relay the client's signals until the CLI process ends
+        readable, _, _ = select.select([conn], [], [], 0.05)
+        if readable:
+            data = conn.recv(64)
+            signum = int(data.split()[0]) if data.strip() else signal.SIGKILL  # EOF: the client was killed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    with contextlib.suppress(OSError):
+        conn.sendall(b"%d\n" % status)
+
+
+def _cli_in_place(argv: list[str], env: dict[str, str], cwd: str) -> None:
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["dbspec", *argv]
+    from dbspec.cli import main
+
+    main()

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from tests.runtime.forked import run_ranks
+from tests.runtime.forked import SOCKET_ENV, run_ranks, torchrun_worker
 from tests.runtime.runspec import CLASS_DATASET, NO_REPORT, compile_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -41,13 +41,17 @@ def _launch(
 ) -> subprocess.CompletedProcess:
     """`dbspec run spec` as two processes on this CPU (gloo): forked with torchrun's environment
     (tests/runtime/forked.py run_ranks: no fresh interpreter's imports per process), or under torchrun itself
-    (`torchrun`: the fault tests, which check what torchrun reports)."""
+    (`torchrun`: the fault tests, which check what torchrun reports; the workers it starts are forked too,
+    forked.py torchrun_worker)."""
     full_env = {k: v for k, v in os.environ.items() if k != "DBSPEC_KILL_AT"}
     full_env.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})
     # rank 0 would import matplotlib for report.html: about a second per launch
     argv = ["run", str(spec), *(("--set", NO_REPORT) if spec.suffix == ".toml" else ()), *args]
     if not torchrun:
         return run_ranks(argv, env=full_env, cwd=Path.cwd(), timeout=LAUNCH_TIMEOUT_S)
+    # each worker torchrun starts: a forked `dbspec` (tests/runtime/forked.py torchrun_worker), not a fresh
+    # interpreter's imports
+    client, full_env[SOCKET_ENV] = torchrun_worker()
     command = [
         sys.executable,
         "-m",
@@ -55,8 +59,7 @@ def _launch(
         "--standalone",  # a rendezvous on a free port: parallel test workers never collide
         "--nproc_per_node",
         "2",
-        "-m",
-        "dbspec.cli",
+        client,
         *argv,
     ]
     return subprocess.run(
