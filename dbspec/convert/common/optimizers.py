@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from dbspec.compiler.optimizers import PRODIGY_ARGS
 from dbspec.plan.model import BNB_MIN_8BIT_SIZE
 from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, BNB_LION_KINDS
 
@@ -75,19 +76,10 @@ _OWN_KEYS = {
     "dadapt_sgd": ("d0", "growth_rate"),
     "came": ("clip_threshold",),
     "radam": ("decoupled_weight_decay",),  # torch.optim.RAdam's flag
-    "prodigy": (
-        "d0",
-        "d_coef",
-        "growth_rate",
-        "decouple",
-        "use_bias_correction",
-        "safeguard_warmup",
-        "beta3",
-    ),
+    "prodigy": PRODIGY_ARGS,  # prodigyopt.Prodigy's, as the compiler passes them
     "adamw": ("amsgrad",),  # torch.optim.AdamW's
     "sgd": ("dampening",),  # torch.optim.SGD's
 }
-_OWN_KEYS["prodigy"] += ("slice_p",)
 for _kind in BNB_8BIT_KINDS:  # bitsandbytes' 8-bit classes: smaller tensors keep 32-bit state
     _OWN_KEYS[_kind] = (*_OWN_KEYS.get(_kind, ()), "min_8bit_size")
 _DADAPT_HARMLESS = {"log_every": 0, "fsdp_in_use": False}

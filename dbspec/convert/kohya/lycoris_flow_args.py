@@ -105,6 +105,19 @@ def conv_dim_shadowed(layout, layers: str, conv_targets: list[str]) -> bool:
     return any(re.search(b["pattern"], t) for b in blocks for t in conv_targets)
 
 
+def oft_conv_dim(
+    kwargs: dict[str, str], layout, layers: str, lora_dim: int, refused: list[str]
+) -> tuple[bool, list[str]]:
+    """Diag-OFT / BOFT's conv_dim on the preset's convolutions: (a block at conv_dim's size is needed,
+    put_conv_dim; the convolutions adapted: none at conv_dim 0, where LyCORIS builds none). A preset file's
+    block reaching them first is refused (appended to `refused`)."""
+    conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
+    convs = list(layout.convs[layers])
+    if conv_dim > 0 and conv_dim != lora_dim and conv_dim_shadowed(layout, layers, convs):
+        refused.append(f"conv_dim={conv_dim} (a preset file's block reaches the convolution first)")
+    return conv_dim != lora_dim and conv_dim > 0, convs if conv_dim > 0 else []
+
+
 def put_conv_dim(
     conv: Conversion, args: Legacy, size: Legacy, layout, layers: str, conv_targets: list[str]
 ) -> None:

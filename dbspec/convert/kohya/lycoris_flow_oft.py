@@ -33,7 +33,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
     put_kind,
-    conv_dim_shadowed,
+    oft_conv_dim,
     put_blocks,
     put_conv_dim,
     put_rest,
@@ -72,15 +72,7 @@ def map_flow_diag_oft(
     conv_targets: list[str] = []
     own_conv = False
     if layers in layout.convs:
-        conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
-        if (
-            conv_dim > 0
-            and conv_dim != lora_dim
-            and conv_dim_shadowed(layout, layers, list(layout.convs[layers]))
-        ):
-            refused.append(f"conv_dim={conv_dim} (a preset file's block reaches the convolution first)")
-        own_conv = conv_dim != lora_dim and conv_dim > 0  # a block at conv_dim's size (put_conv_dim)
-        conv_targets = list(layout.convs[layers]) if conv_dim > 0 else []  # 0: LyCORIS builds none there
+        own_conv, conv_targets = oft_conv_dim(kwargs, layout, layers, lora_dim, refused)
     if refused:
         conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
