@@ -373,6 +373,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         t5_tokens=model.t5_max_length,
         stochastic_rounding=precision.stochastic_rounding,
         adapter_dtype=precision.weights,
+        slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
     )
 
 
