@@ -926,9 +926,10 @@ an optimizer without momentum or betas (Adafactor).""",
         "D-Adaptation or Prodigy with different learning rates per parameter group",
         """\
 The D-Adaptation optimizers and Prodigy take one learning rate: prodigy, dadapt_adam, dadapt_adam_preprint,
-dadapt_lion and dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices,
-`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `lr` or `lr_scale`) have different
-rates (error; a group at rate 0 beside one common rate is allowed); dadapt_adan, dadapt_adan_ip
+dadapt_lion and dadapt_sgd raise when parameter groups (the denoiser, the text encoders' groups: T5-XXL's
+too, at the family's rate, checked again by `dbspec plan` with the detected family, LoRA+'s up matrices,
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `lr` or `lr_scale`, a full
+fine-tune's `[[optimizer.blocks]]`, the pivotal tokens) have different rates (error; a group at rate 0 beside one common rate is allowed); dadapt_adan, dadapt_adan_ip
 and dadapt_adagrad step every group at d x the first group's rate, so the other rates have no effect
 (warning, as kohya warns). With `optimizer.split` (kohya's `--fused_optimizer_groups`) each optimizer holds
 one rate: nothing to report.""",
