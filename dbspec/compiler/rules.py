@@ -2189,6 +2189,32 @@ def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+@rule("spec")
+def missing_captions_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """datasets.missing_captions where no caption file can be missing: the captions come from `prompt` or
+    the file names, from the metadata file, or `prompt` stands in for every missing caption file
+    (compiler/datasets.py _read_caption; kohya_folders: a sub-folder's class tokens may be empty, so it
+    can apply there)."""
+    for i, d in enumerate(spec.datasets):
+        if not given(("datasets", i, "missing_captions")):
+            continue
+        why = ""
+        if d.metadata:
+            why = f"its captions come from the metadata file `{d.metadata}`"
+        elif d.captions != "textfile":
+            why = f'captions = "{d.captions}" reads no caption file'
+        elif d.prompt and d.layout == "folder":
+            why = f'`prompt` ("{d.prompt}") is the caption of every image without a caption file'
+        if why:
+            yield _warn(
+                "DBS614",
+                ("datasets", i, "missing_captions"),
+                f'datasets[{i}].missing_captions = "{d.missing_captions}" has no effect in dataset '
+                f"`{d.name}`: {why}",
+                codes.help("DBS614"),
+            )
+
+
 @rule("paths")
 def output_overlaps_inputs(spec: Spec, spec_file: Path) -> Iterator[Hit]:
     """output.dir is a folder of its own: it neither holds nor sits inside a dataset, mask or cache folder,

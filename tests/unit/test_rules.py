@@ -62,6 +62,12 @@ FP16_WEIGHTS = (
 )
 CASES = [
     (
+        rules.missing_captions_inert,  # DOG's prompt is the caption of every image without a caption file
+        DOG + 'captions = "textfile"\nmissing_captions = "empty"\n' + STEPS,
+        [("DBS614", "warning", ("datasets", 0, "missing_captions"))],
+        DOG + 'captions = "textfile"\n' + STEPS,
+    ),
+    (
         rules.prior_without_class_data,
         DOG + STEPS + "[loss]\nprior_weight = 0.5\n",
         [("DBS201", "warning", ("loss", "prior_weight"))],
@@ -3098,3 +3104,24 @@ def test_the_plan_checks_group_rates_with_the_detected_family(tmp_path):
     spec.write_text(spec.read_text().replace("text_encoder_2_lr = 0.5", "text_encoder_2_lr = 1.0"))
     planned = plan_spec(spec, TargetEnv(device="cpu", memory_bytes=0, bf16=False))
     assert planned.plan is not None and planned.plan.optimizer.text_encoder_2_lr is None
+
+
+@pytest.mark.parametrize(
+    ("dataset", "inert"),
+    [
+        ('captions = "textfile"\nprompt = ""\n', False),  # read for every image without a caption file
+        ('layout = "kohya_folders"\ncaptions = "textfile"\n', False),  # a folder's tokens may be empty
+        ('captions = "textfile"\n', True),  # DOG's prompt stands in for every missing caption file
+        ('captions = "filename"\n', True),
+        ("", True),  # captions = "prompt"
+        ('metadata = "meta.json"\n', True),
+    ],
+)
+def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, inert):
+    body = DOG.replace('prompt = "a photo of ohwx dog"\n', 'prompt = "a photo of ohwx dog"\n' + dataset)
+    if 'prompt = ""' in dataset:
+        body = body.replace('prompt = "a photo of ohwx dog"\n', "", 1)
+    rule = rules.missing_captions_inert
+    expected = [("DBS614", "warning", ("datasets", 0, "missing_captions"))] if inert else []
+    assert hits_of(rule, body + 'missing_captions = "empty"\n' + STEPS) == expected
+    assert hits_of(rule, body + STEPS) == []  # not given: nothing to say
