@@ -926,11 +926,13 @@ an optimizer without momentum or betas (Adafactor).""",
         "D-Adaptation or Prodigy with different learning rates per parameter group",
         """\
 The D-Adaptation optimizers and Prodigy take one learning rate: prodigy, dadapt_adam, dadapt_adam_preprint,
-dadapt_lion and dadapt_sgd raise when parameter groups (the denoiser, the text encoders, LoRA+'s up matrices,
-`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `lr` or `lr_scale`) have different
-rates (error; a group at rate 0 beside one common rate is allowed); dadapt_adan, dadapt_adan_ip
-and dadapt_adagrad step every group at d x the first group's rate, so the other rates have no effect
-(warning, as kohya warns). With `optimizer.split` (kohya's `--fused_optimizer_groups`) each optimizer holds
+dadapt_lion and dadapt_sgd raise when parameter groups (the denoiser, the text encoders' groups: T5-XXL's
+too, at the family's rate, checked again by `dbspec plan` with the detected family, LoRA+'s up matrices,
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `lr` or `lr_scale`, a full
+fine-tune's `[[optimizer.blocks]]`, the pivotal tokens) have different rates (error; a group at rate 0
+beside one common rate is allowed); dadapt_adan, dadapt_adan_ip and dadapt_adagrad step every group at d x
+the first group's rate, so the other rates have no effect (warning, as kohya warns). With `optimizer.split`
+(kohya's `--fused_optimizer_groups`) each optimizer holds
 one rate: nothing to report.""",
     ),
     Code(
@@ -3127,6 +3129,17 @@ it.""",
 requires a momentum and zero dampening"), so the run would fail before its first step (kohya's SGDNesterov
 with a dampening in optimizer_args fails alike).""",
         help="set dampening = 0, or nesterov = false",
+    ),
+    Code(
+        "DBS614",
+        WARNING,
+        "datasets.missing_captions where no caption file can be missing",
+        """\
+`missing_captions` says what an image without a caption file trains with under `captions = "textfile"`. It
+has no effect where no caption file is read (`captions = "prompt"` or `"filename"`, or a `metadata` file
+that holds the captions) or where the dataset's `prompt` stands in for every missing caption file
+(`layout = "folder"`; with `"kohya_folders"` a sub-folder's class tokens may be empty, so it can apply).""",
+        help='remove missing_captions, or use captions = "textfile" without a prompt',
     ),
 )
 

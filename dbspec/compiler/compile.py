@@ -54,6 +54,7 @@ from dbspec.compiler.rules import (
     eager_attention_fits,
     denoiser_norms_need_a_unet,
     mixed_kinds_family,
+    dadapt_group_rates,
     hit_to_diagnostic,
     kept_part_moves,
     run_environment_rules,
@@ -125,6 +126,7 @@ def _compile(ctx: Context) -> tuple[Plan, tuple[Diagnostic, ...]]:
     precision = plan_precision(ctx, model)
     _check_eager_attention(ctx, model)
     _check_mixed_kinds_family(ctx, model)
+    _check_group_rates(ctx, model)
     keyer = make_keyer(ctx, model, precision)
     held = hold_out(ctx, plan_datasets(ctx, model, keyer))
     datasets = balance_groups(ctx, held.datasets)
@@ -373,6 +375,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         t5_tokens=model.t5_max_length,
         stochastic_rounding=precision.stochastic_rounding,
         adapter_dtype=precision.weights,
+        slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
     )
 
 
@@ -680,6 +683,21 @@ def _check_mixed_kinds_family(ctx: Context, model) -> None:
     detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
     for check in (mixed_kinds_family, denoiser_norms_need_a_unet):
         ctx.diagnostics += [hit_to_diagnostic(ctx.raw, hit) for hit in check(detected, ctx.raw.given)]
+
+
+def _check_group_rates(ctx: Context, model) -> None:
+    """D-Adaptation's and Prodigy's group rates (DBS274) over the detected family's text-encoder groups
+    (`dbspec check` saw only what every family agrees on): its diagnostics replace the check's."""
+    if model is None or ctx.spec.model.family != "auto":
+        return
+    detected = attrs.evolve(ctx.spec, model=attrs.evolve(ctx.spec.model, family=model.family))
+    before = [
+        user_spelling(hit_to_diagnostic(ctx.raw, hit), ctx.raw.renamed)
+        for hit in dadapt_group_rates(ctx.spec, ctx.raw.given)
+    ]
+    after = [hit_to_diagnostic(ctx.raw, hit) for hit in dadapt_group_rates(detected, ctx.raw.given)]
+    if before != after:
+        ctx.diagnostics[:] = [d for d in ctx.diagnostics if d not in before] + after
 
 
 def _check_eager_attention(ctx: Context, model) -> None:

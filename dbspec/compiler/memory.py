@@ -61,7 +61,9 @@ OPTIMIZER_STATE_BYTES = {
     "paged_adamw": 8,
     "paged_adamw8bit": 2,
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
-    "prodigy": 16,  # exp_avg, exp_avg_sq, s, p0
+    # prodigyopt 1.1: exp_avg, exp_avg_sq like the parameter; s and p0 hold every slice_p-th element
+    # (flatten()[::slice_p]), so 16 bytes at slice_p 1 and 8 + 8 / slice_p above (PRODIGY_SLICED_BYTES)
+    "prodigy": 16,
     "lion": 4,  # exp_avg only
     # bitsandbytes' Lion: its one moment, 8-bit block-wise (1 byte, plus one fp32 absmax per block of 256:
     # 4/256) or fp32 (paged_lion); tensors under 4096 elements keep 4 bytes
@@ -91,6 +93,7 @@ OPTIMIZER_STATE_BYTES = {
     "came": 8,
 }
 SGD_MOMENTUM_BYTES = 4
+PRODIGY_SLICED_BYTES = 8  # Prodigy's s and p0 per element they keep (fp32)
 # Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
 # directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
 # Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
@@ -155,6 +158,7 @@ def estimate_memory(
     t5_tokens: int = 0,
     stochastic_rounding: bool = True,
     adapter_dtype: str = "fp32",
+    slice_p: int = 1,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -167,6 +171,7 @@ def estimate_memory(
     by the optimizer, whose state then takes their dtype where it creates it like the parameter (False; fp16
     weights always).
     `adapter_dtype`: the dtype adapters are held in (precision.weights; peft's default fp32).
+    `slice_p`: Prodigy's slice_p (its s and p0 keep every slice_p-th element of each tensor).
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
@@ -174,7 +179,7 @@ def estimate_memory(
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
-    state_bytes = _optimizer_state_bytes(optimizer, momentum, notes)
+    state_bytes = _optimizer_state_bytes(optimizer, momentum, notes, slice_p)
     optimizer_bytes = int(trainable * state_bytes)
     bf16_trained = sum(g.count for g in groups if g.param_bytes == 2)
     bf16_state = bool(bf16_trained) and not stochastic_rounding and optimizer in PARAM_DTYPE_STATE_OPTIMIZERS
@@ -395,10 +400,17 @@ _CAME_NOTE = (
 )
 
 
-def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str]) -> float:
+def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], slice_p: int = 1) -> float:
     """Optimizer state bytes per trainable (fp32) parameter."""
     if optimizer == "sgd":
         return SGD_MOMENTUM_BYTES if momentum > 0 else 0
+    if optimizer == "prodigy" and slice_p > 1:
+        moments = OPTIMIZER_STATE_BYTES["prodigy"] - PRODIGY_SLICED_BYTES
+        notes.append(
+            f"prodigy state counted as {moments} + {PRODIGY_SLICED_BYTES}/{slice_p} bytes per parameter: "
+            f"exp_avg and exp_avg_sq, and s and p0 over every {slice_p}th element (slice_p)"
+        )
+        return moments + PRODIGY_SLICED_BYTES / slice_p
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
     if optimizer == "adafactor" and momentum > 0:  # `momentum` is Adafactor's beta1 here

@@ -31,7 +31,7 @@ from dbspec.families import FAMILIES, family_spec
 from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
 from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
-from dbspec.compiler.precision import any_text_encoder_trains
+from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trains
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
@@ -1680,30 +1680,19 @@ def dadapt_learning_rate(spec: Spec, given: Given) -> Iterator[Hit]:
 _DADAPT_ONE_RATE = ("dadapt_adam", "dadapt_adam_preprint", "dadapt_lion", "dadapt_sgd")
 
 
-def _group_rates(spec: Spec) -> list[tuple[float, tuple]]:
-    """The learning rates of the optimizer's parameter groups, each with the key path that sets it (ignoring
-    SDXL's second text encoder, whose group exists only on two-encoder families): the denoiser's and the
-    text encoder's, LoRA+'s up matrices at the rate x the ratio, and each adapter block's own `lr` or
-    `lr_scale` (a block at lr_scale 0 is held, in no group)."""
+def _group_rates(spec: Spec, given: Given) -> list[tuple[float, tuple]]:
+    """The learning rates of the optimizer's parameter groups in the runtime's order (runtime/optim.py
+    param_groups, then the blocks' and the pivotal tokens' groups; compiler/group_bounds.py
+    optimizer_groups), each with the key path that sets it: the denoiser's with a full fine-tune's
+    [[optimizer.blocks]], the text encoders' (_text_groups), each with its LoRA+ up matrices at the rate x
+    the ratio and each adapter block's own `lr` or `lr_scale` (a block at lr_scale 0 is held, in no group),
+    then the pivotal tokens'."""
     o, t, a = spec.optimizer, spec.train, spec.adapter
     ratios = (0.0, 0.0)
     if isinstance(a, (LoraAdapter, DyloraAdapter)):
         ratios = (a.loraplus_denoiser_ratio, a.loraplus_text_encoder_ratio)
-    parts = (
-        (t.denoiser, o.lr, ratios[0], ("optimizer", "lr"), "blocks", "loraplus_denoiser_ratio"),
-        (
-            t.text_encoder,
-            o.text_encoder_lr,
-            ratios[1],
-            ("optimizer", "text_encoder_lr"),
-            "text_encoder_blocks",
-            "loraplus_text_encoder_ratio",
-        ),
-    )
-    rates: list[tuple[float, tuple]] = []
-    for trains, lr, ratio, where, blocks, ratio_key in parts:
-        if not trains:
-            continue
+
+    def with_blocks(lr: float, where: tuple, blocks: str, ratio: float, ratio_key: str) -> list:
         own = [(lr, where)]
         for i, b in enumerate(getattr(a, blocks, ())):
             block_lr, scale = getattr(b, "lr", 0.0), getattr(b, "lr_scale", 1.0)
@@ -1711,10 +1700,64 @@ def _group_rates(spec: Spec) -> list[tuple[float, tuple]]:
                 own.append((block_lr, ("adapter", blocks, i, "lr")))
             elif scale not in (0.0, 1.0):
                 own.append((lr * scale, ("adapter", blocks, i, "lr_scale")))
-        rates += own
         if ratio:  # LoRA+'s up matrices of each group
-            rates += [(r * ratio, ("adapter", ratio_key)) for r, _ in own]
+            own += [(r * ratio, ("adapter", ratio_key)) for r, _ in own]
+        return own
+
+    denoiser: list[tuple[float, tuple]] = []
+    if t.denoiser:
+        denoiser = with_blocks(o.lr, ("optimizer", "lr"), "blocks", ratios[0], "loraplus_denoiser_ratio")
+        denoiser += [(b.lr, ("optimizer", "blocks", i, "lr")) for i, b in enumerate(o.blocks) if b.lr > 0]
+    text = [
+        group
+        for lr, key in _text_groups(spec, given)
+        for group in with_blocks(
+            lr, ("optimizer", key), "text_encoder_blocks", ratios[1], "loraplus_text_encoder_ratio"
+        )
+    ]
+    rates = text + denoiser if o.group_order == "text_encoders_first" else denoiser + text
+    if spec.pivotal.tokens:
+        rates.append((spec.pivotal.lr, ("pivotal", "lr")))
     return rates
+
+
+def _text_groups(spec: Spec, given: Given) -> list[tuple[float, str]]:
+    """(rate, optimizer key) of each text-encoder group, as runtime/optim.py param_groups builds them: the
+    first encoder's group at text_encoder_lr, the second's own at text_encoder_2_lr where that differs
+    (else it joins the first's), the third's (SD3's T5-XXL) own at text_encoder_3_lr where that differs from
+    the second's group (else it joins it). The family decides which encoders there are and which trains
+    (CLIP by train.text_encoder / text_encoder_2, T5-XXL by train.t5; an idle one, train.text_encoder_idle /
+    t5_idle, is in no group). With family = "auto" (`dbspec check`; the compiler runs the rule again with
+    the detected family) only what every family agrees on: CLIP's group at text_encoder_lr, and T5-XXL's
+    (Chroma's first, Flux's second, SD3's third encoder) where neither text_encoder_2_lr nor
+    text_encoder_3_lr is given, at text_encoder_lr too."""
+    o, t = spec.optimizer, spec.train
+    family = FAMILIES.get(spec.model.family)
+    if family is None:
+        other = given(("optimizer", "text_encoder_2_lr")) or given(("optimizer", "text_encoder_3_lr"))
+        return [(o.text_encoder_lr, "text_encoder_lr")] if t.text_encoder or (t.t5 and not other) else []
+    t5 = {e.component for e in family.text_encoders if e.tokenizer_class.startswith("T5")}
+    trains = [
+        (t.t5 and family.t5_lora)
+        if e.component in t5
+        else e.trainable and text_encoder_trains(spec, e.component)
+        for e in family.text_encoders
+    ]
+    own = len(trains) > 1 and trains[1] and o.text_encoder_2_lr != o.text_encoder_lr
+    shared = o.text_encoder_2_lr if own else o.text_encoder_lr
+    third_own = len(trains) > 2 and trains[2] and o.text_encoder_3_lr != shared
+    groups = []
+    if (
+        trains[0]
+        or (len(trains) > 1 and trains[1] and not own)
+        or (len(trains) > 2 and trains[2] and not (own or third_own))
+    ):
+        groups.append((o.text_encoder_lr, "text_encoder_lr"))
+    if own:
+        groups.append((o.text_encoder_2_lr, "text_encoder_2_lr"))
+    if third_own:
+        groups.append((o.text_encoder_3_lr, "text_encoder_3_lr"))
+    return groups
 
 
 def _odd_rate(rates: list[tuple[float, tuple]]) -> tuple:
@@ -1726,12 +1769,12 @@ def _odd_rate(rates: list[tuple[float, tuple]]) -> tuple:
 @rule("spec")
 def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     kind = spec.optimizer.kind
-    pairs = _group_rates(spec)
+    pairs = _group_rates(spec, given)
     rates = [r for r, _ in pairs]
     if kind not in (*DADAPT_KINDS, "prodigy") or len(set(rates)) < 2 or spec.optimizer.split > 1:
         return  # optimizer.split: a new optimizer where the rate changes, each holds one rate (kohya alike)
     shown = ", ".join(f"{r:g}" for r in rates)
-    why = "text encoder rate, LoRA+ ratio or a block's lr / lr_scale"
+    why = "text encoder rates, LoRA+ ratio, a block's lr / lr_scale or pivotal.lr"
     if kind == "prodigy":
         if len({r for r in rates if r}) > 1:  # prodigyopt allows groups at rate 0 beside one common rate
             yield _err(
@@ -2144,6 +2187,32 @@ def caption_options_inert(spec: Spec, given: Given) -> Iterator[Hit]:
                     f"dataset `{d.name}`: {key} = 1 trains every sample with an empty caption",
                     "lower it (0.05-0.1 is common for caption_dropout_rate)",
                 )
+
+
+@rule("spec")
+def missing_captions_inert(spec: Spec, given: Given) -> Iterator[Hit]:
+    """datasets.missing_captions where no caption file can be missing: the captions come from `prompt` or
+    the file names, from the metadata file, or `prompt` stands in for every missing caption file
+    (compiler/datasets.py _read_caption; kohya_folders: a sub-folder's class tokens may be empty, so it
+    can apply there)."""
+    for i, d in enumerate(spec.datasets):
+        if not given(("datasets", i, "missing_captions")):
+            continue
+        why = ""
+        if d.metadata:
+            why = f"its captions come from the metadata file `{d.metadata}`"
+        elif d.captions != "textfile":
+            why = f'captions = "{d.captions}" reads no caption file'
+        elif d.prompt and d.layout == "folder":
+            why = f'`prompt` ("{d.prompt}") is the caption of every image without a caption file'
+        if why:
+            yield _warn(
+                "DBS614",
+                ("datasets", i, "missing_captions"),
+                f'datasets[{i}].missing_captions = "{d.missing_captions}" has no effect in dataset '
+                f"`{d.name}`: {why}",
+                codes.help("DBS614"),
+            )
 
 
 @rule("paths")

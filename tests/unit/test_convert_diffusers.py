@@ -94,6 +94,49 @@ def test_lora_sdxl_text_encoder_rate_and_flip(tmp_path):
     assert plan.schedule.warmup_steps == 0  # constant: the script's 500-step default warm-up does nothing
 
 
+def test_lora_sdxl_prodigy_as_the_script_builds_it(tmp_path):
+    """prodigyopt.Prodigy(groups, betas=(adam_beta1, adam_beta2), beta3=prodigy_beta3,
+    weight_decay=adam_weight_decay, eps=adam_epsilon, decouple=..., use_bias_correction=...,
+    safeguard_warmup=...), the text encoders' groups moved to learning_rate."""
+    images(tmp_path / "cat", 2, (1024, 1024))
+    outcome = diffusers(
+        tmp_path,
+        f"""python train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path={SDXL} \
+      --instance_data_dir=cat --instance_prompt="a photo of sks cat" --train_text_encoder \
+      --text_encoder_lr 5e-6 --optimizer Prodigy --learning_rate 1.0 --adam_beta1 0.9 --adam_beta2 0.99 \
+      --prodigy_beta3 0.98 --prodigy_decouple False --adam_weight_decay 0.01 --adam_epsilon 1e-7 \
+      --use_8bit_adam --max_train_steps 10 --lr_scheduler constant""",
+    )
+    plan = plan_of(outcome, tmp_path)
+    opt, p = plan.optimizer, plan.optimizer.prodigy
+    assert opt.kind == "prodigy" and tuple(opt.betas) == (0.9, 0.99) and p.beta3 == pytest.approx(0.98)
+    assert (opt.weight_decay, opt.eps) == (pytest.approx(0.01), pytest.approx(1e-7))
+    # type=bool: bool("False") is True, and the two the command leaves out default to True
+    assert (p.decouple, p.use_bias_correction, p.safeguard_warmup) == (True, True, True)
+    # prodigyopt's defaults, which the script leaves alone
+    assert (p.d0, p.d_coef, p.growth_rate, p.slice_p) == (1e-6, 1.0, None, 1)
+    # "When using prodigy only learning_rate is used as the initial learning rate"
+    assert opt.lr == opt.text_encoder_lr == pytest.approx(1.0)
+    assert fate(outcome, "text_encoder_lr") == "inert" and "DBS405" in codes(outcome)
+    assert fate(outcome, "use_8bit_adam") == "inert"
+    assert "text encoders" in " ".join(d.message for d in outcome.diagnostics if d.path == "text_encoder_lr")
+
+
+def test_prodigy_options_without_prodigy_and_text_encoder_lr_zero(tmp_path):
+    images(tmp_path / "cat", 2, (1024, 1024))
+    outcome = diffusers(
+        tmp_path,
+        f"""python train_dreambooth_lora_sdxl.py --pretrained_model_name_or_path={SDXL} \
+      --instance_data_dir=cat --instance_prompt="a photo of sks cat" --train_text_encoder \
+      --text_encoder_lr 0 --learning_rate 1e-4 --prodigy_beta3 0.98 --max_train_steps 10""",
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.optimizer.kind == "adamw" and plan.optimizer.prodigy is None
+    assert fate(outcome, "prodigy_beta3") == "inert"
+    # `args.text_encoder_lr if args.text_encoder_lr else args.learning_rate`: 0 trains at learning_rate
+    assert plan.optimizer.text_encoder_lr == pytest.approx(1e-4)
+
+
 def test_prior_preservation_needs_class_data(tmp_path):
     images(tmp_path / "dog", 2)
     outcome = diffusers(

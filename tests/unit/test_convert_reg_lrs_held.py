@@ -129,10 +129,30 @@ def test_unet_lr_zero_where_no_regex_trains_freezes_the_denoiser(tmp_path):
     assert not any(b.lr or not b.lr_scale for b in plan.adapter.blocks)
 
 
+def test_learning_rate_zero_too_reads_no_group(tmp_path):
+    """learning_rate 0 as well, with no text encoder (was DBS403): kohya's optimizer default rate, which no
+    group reads (assemble_params gives every group its own rate and leaves those at 0 out). dbspec's
+    optimizer.lr must be positive: the first regex block's rate, and every module kohya builds is in a block
+    (its own rate, or held at lr_scale 0), so no group trains at optimizer.lr."""
+    lrs = r"single_blocks_3[0-7]_=5e-5,double_blocks_(0|1)_img=1e-4"
+    both = _flux(tmp_path, f'"network_reg_lrs={lrs}"', "--unet_lr 0", BASE.replace("3e-4", "0"))
+    assert "DBS403" not in codes(both) and fate(both, "learning_rate") == "mapped", errors(both)
+    plan = plan_of(both, tmp_path)
+    assert plan.train_denoiser and not plan.train_text_encoder
+    assert plan.optimizer.lr == next(b.lr for b in plan.adapter.blocks if b.lr)  # the first regex block's
+    assert _expect(plan, lrs, 0.0) == 19 * 14 + 38 * 6  # no module left to the denoiser's own group
+    # the only positive rates in the plan are the regexes' own
+    assert {b.lr for b in plan.adapter.blocks if b.lr_scale} - {0.0} == {5e-5, 1e-4}
+
+
+def test_learning_rate_zero_under_polynomial_stays_refused(tmp_path):
+    """transformers' polynomial schedule reads kohya's default rate, 0: it raises (DBS402)."""
+    extra = "--unet_lr 0 --lr_scheduler polynomial"
+    stops = _flux(tmp_path, '"network_reg_lrs=img_attn=1e-4"', extra, BASE.replace("3e-4", "0"))
+    assert not stops.written and "lr_end" in messages(stops, "DBS402")
+
+
 def test_what_stays_refused(tmp_path):
-    """learning_rate 0 too, with no text encoder: dbspec's optimizer.lr must be positive and no module reads
-    it; a negative rate. (A regex on CLIP-L's modules while it trains converts: test_convert_reg_lrs_text.)"""
-    both = _flux(tmp_path, '"network_reg_lrs=img_attn=1e-4"', "--unet_lr 0", BASE.replace("3e-4", "0"))
-    assert not both.written and "learning_rate 0 with unet_lr 0" in messages(both, "DBS403")
+    """A negative rate. (A regex on CLIP-L's modules while it trains converts: test_convert_reg_lrs_text.)"""
     negative = _flux(tmp_path, '"network_reg_lrs=img_attn=-1e-4"')
     assert not negative.written and "rate -0.0001" in messages(negative, "DBS403")

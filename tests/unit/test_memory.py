@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from convert_kit import plan_at
 
 from dbspec.families import family_spec
 from dbspec.compiler.memory import (
@@ -536,3 +539,28 @@ def test_bf16_weights_stepped_directly_count_the_state_in_the_dtype_the_optimize
         ).optimizer
         == fp32.optimizer
     )  # fp32 weights: nothing changes
+
+
+@pytest.mark.parametrize("slice_p", [1, 11])
+def test_prodigy_slice_p_shrinks_s_and_p0(slice_p):
+    """prodigyopt 1.1 keeps exp_avg and exp_avg_sq like the parameter, s and p0 as flatten()[::slice_p]."""
+    n = 1_100_000
+    plan = estimate(
+        components=(comp("unet", "fp32", "full", n),),
+        trainable_params={"unet": n},
+        optimizer="prodigy",
+        slice_p=slice_p,
+    )
+    assert plan.optimizer == int(n * 4 * 2 + n / slice_p * 4 * 2)
+    assert any("slice_p" in note for note in plan.notes) == (slice_p > 1)
+    # slice_p means nothing to other optimizers
+    adamw = estimate(components=(comp("unet", "fp32", "full", n),), trainable_params={"unet": n}, slice_p=11)
+    assert adamw.optimizer == n * 8
+
+
+def test_prodigy_slice_p_reaches_the_plan_estimate():
+    spec = Path(__file__).parents[2] / "specs" / "quickstart.toml"
+    base = ["optimizer.kind=prodigy", "optimizer.lr=1.0"]
+    whole, sliced = (plan_at(spec, [*base, f"optimizer.slice_p={p}"]).memory for p in (1, 11))
+    assert 0 < sliced.optimizer < whole.optimizer
+    assert whole.optimizer - sliced.optimizer == pytest.approx(whole.optimizer * (8 - 8 / 11) / 16, rel=1e-3)

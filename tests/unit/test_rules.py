@@ -62,6 +62,12 @@ FP16_WEIGHTS = (
 )
 CASES = [
     (
+        rules.missing_captions_inert,  # DOG's prompt is the caption of every image without a caption file
+        DOG + 'captions = "textfile"\nmissing_captions = "empty"\n' + STEPS,
+        [("DBS614", "warning", ("datasets", 0, "missing_captions"))],
+        DOG + 'captions = "textfile"\n' + STEPS,
+    ),
+    (
         rules.prior_without_class_data,
         DOG + STEPS + "[loss]\nprior_weight = 0.5\n",
         [("DBS201", "warning", ("loss", "prior_weight"))],
@@ -3020,3 +3026,102 @@ def test_an_adapter_blocks_own_rate_needs_a_training_denoiser():
     assert hits_of(rules.adapter_block_rates, DOG + STEPS + LORA + block + frozen) == [
         ("DBS564", "error", ("adapter", "blocks", 0, "lr"))
     ]
+
+
+def _group_rate_hits(body: str, family: str = "auto") -> list[tuple[str, str, tuple]]:
+    """DBS274 on a T5 family's spec (`family` spelled out, or "auto" as `dbspec check` sees it)."""
+    head = f'spec_version = 2\n[model]\nbase = "builtin:tiny-flux"\nfamily = "{family}"\n'
+    data = tomli.loads(head + LORA + DOG + STEPS + body)
+    spec, problems = structure_spec(data)
+    assert problems == [], problems
+    return [(h.code, h.severity, h.path) for h in rules.dadapt_group_rates(spec, given_in(data))]
+
+
+T5_ONLY = '[train]\nt5 = true\ntext_encoder_idle = "kohya"\n[optimizer]\nkind = "prodigy"\nlr = 1.0\n'
+T5_BLOCK = '[[adapter.text_encoder_blocks]]\npattern = "encoder.block.0"\nrank = 4\nalpha = 4.0\nlr = {}\n'
+
+
+@pytest.mark.parametrize("family", ["auto", "flux", "sd3", "chroma"])
+def test_group_rates_see_t5_groups_while_clip_is_idle(family):
+    """train.t5 with CLIP idle: T5-XXL's group is the only text-encoder group (runtime param_groups), at
+    text_encoder_lr on every family while text_encoder_2_lr / 3_lr are not given, and its
+    text_encoder_blocks' own rates split it; Prodigy refuses the second rate."""
+    block = ("adapter", "text_encoder_blocks", 0, "lr")
+    assert _group_rate_hits(T5_ONLY + T5_BLOCK.format(0.5), family) == [("DBS274", "error", block)]
+    assert _group_rate_hits(T5_ONLY + T5_BLOCK.format(1.0), family) == []
+    te_lr = ("optimizer", "text_encoder_lr")
+    assert _group_rate_hits(T5_ONLY + "text_encoder_lr = 0.5\n", family) == [("DBS274", "error", te_lr)]
+    assert _group_rate_hits(T5_ONLY.replace("t5 = true", "t5 = false") + "text_encoder_lr = 0.5\n") == []
+
+
+def test_group_rates_of_the_t5_encoder_follow_the_family():
+    """T5-XXL trains at Flux's text_encoder_2_lr, SD3's text_encoder_3_lr, Chroma's text_encoder_lr: each
+    family sees its own key; "auto" (`dbspec check`) leaves them to the compiler."""
+    second, third = T5_ONLY + "text_encoder_2_lr = 0.5\n", T5_ONLY + "text_encoder_3_lr = 0.5\n"
+    assert _group_rate_hits(second, "flux") == [("DBS274", "error", ("optimizer", "text_encoder_2_lr"))]
+    assert _group_rate_hits(third, "sd3") == [("DBS274", "error", ("optimizer", "text_encoder_3_lr"))]
+    # Chroma's only encoder is T5-XXL, at text_encoder_lr; SD3's CLIP-G is idle here, but its T5-XXL's
+    # text_encoder_3_lr defaults to text_encoder_2_lr: 0.5, a group of its own (_third_text_encoder_lr)
+    assert _group_rate_hits(second, "chroma") == []
+    assert _group_rate_hits(second, "sd3") == [("DBS274", "error", ("optimizer", "text_encoder_3_lr"))]
+    assert _group_rate_hits(second) == _group_rate_hits(third) == []
+
+
+def test_group_rates_count_full_blocks_and_pivotal_tokens():
+    """A full fine-tune's [[optimizer.blocks]] and the pivotal tokens' group are groups of the same
+    optimizer (runtime/setup.py): their rates count."""
+    body = '[optimizer]\nkind = "dadapt_adam"\nlr = 1.0\n'
+    blocks = '[[optimizer.blocks]]\npattern = "^down_blocks"\nlr = 0.5\n'
+    full = DOG + STEPS + body + blocks
+    assert hits_of(rules.dadapt_group_rates, full) == [("DBS274", "error", ("optimizer", "blocks", 0, "lr"))]
+    assert hits_of(rules.dadapt_group_rates, full.replace("lr = 0.5", "lr = 1.0")) == []
+    pivotal = '[pivotal]\ntokens = ["<s0>"]\nlr = 0.5\n'
+    hits = hits_of(rules.dadapt_group_rates, LORA + DOG + STEPS + body + pivotal)
+    assert hits == [("DBS274", "error", ("pivotal", "lr"))]
+
+
+def test_the_plan_checks_group_rates_with_the_detected_family(tmp_path):
+    """family = "auto": `dbspec check` cannot tell whose rate text_encoder_2_lr is; the compiler runs DBS274
+    again with the detected family (Flux: T5-XXL's group at text_encoder_2_lr)."""
+    from PIL import Image
+
+    from dbspec.frontend import check_spec, plan_spec
+
+    (tmp_path / "dog").mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 20, 30)).save(tmp_path / "dog" / f"{i}.png")
+    body = T5_ONLY.replace("[optimizer]", "[optimizer]\ntext_encoder_2_lr = 0.5")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'spec_version = 2\n[model]\nbase = "builtin:tiny-flux"\n' + LORA + STEPS + body
+        + '[[datasets]]\nname = "dog"\npath = "dog"\nprompt = "a photo of ohwx dog"\n'
+    )  # fmt: skip
+    assert not [d for d in check_spec(spec).diagnostics if d.code == "DBS274"]
+    planned = plan_spec(spec, TargetEnv(device="cpu", memory_bytes=0, bf16=False))
+    assert planned.plan is None
+    found = [(d.code, d.path) for d in planned.diagnostics if d.code == "DBS274"]
+    assert found == [("DBS274", "optimizer.text_encoder_2_lr")]
+    spec.write_text(spec.read_text().replace("text_encoder_2_lr = 0.5", "text_encoder_2_lr = 1.0"))
+    planned = plan_spec(spec, TargetEnv(device="cpu", memory_bytes=0, bf16=False))
+    assert planned.plan is not None and planned.plan.optimizer.text_encoder_2_lr is None
+
+
+@pytest.mark.parametrize(
+    ("dataset", "inert"),
+    [
+        ('captions = "textfile"\nprompt = ""\n', False),  # read for every image without a caption file
+        ('layout = "kohya_folders"\ncaptions = "textfile"\n', False),  # a folder's tokens may be empty
+        ('captions = "textfile"\n', True),  # DOG's prompt stands in for every missing caption file
+        ('captions = "filename"\n', True),
+        ("", True),  # captions = "prompt"
+        ('metadata = "meta.json"\n', True),
+    ],
+)
+def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, inert):
+    body = DOG.replace('prompt = "a photo of ohwx dog"\n', 'prompt = "a photo of ohwx dog"\n' + dataset)
+    if 'prompt = ""' in dataset:
+        body = body.replace('prompt = "a photo of ohwx dog"\n', "", 1)
+    rule = rules.missing_captions_inert
+    expected = [("DBS614", "warning", ("datasets", 0, "missing_captions"))] if inert else []
+    assert hits_of(rule, body + 'missing_captions = "empty"\n' + STEPS) == expected
+    assert hits_of(rule, body + STEPS) == []  # not given: nothing to say

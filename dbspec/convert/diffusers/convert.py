@@ -337,25 +337,26 @@ def _lr(a: Args, script: str, total: int | None, conv: Conversion) -> None:
 
 def _optimizer(a: Args, script: str, conv: Conversion) -> None:
     choice = a["optimizer"] if "optimizer" in a else None
-    if choice is not None and choice.value.lower() == "prodigy":
-        conv.unsupported(
-            choice,
-            "diffusers runs Prodigy with bias correction and safeguard warm-up on (its "
-            "--prodigy_* options are parsed with type=bool, so they stay on); dbspec's "
-            "optimizer.use_bias_correction and safeguard_warmup can say so, but this converter does not "
-            "map the diffusers scripts' Prodigy (their per-group rates and weight decay) yet",
-        )
-        return
     eight = a["use_8bit_adam"]
-    kind = "adamw8bit" if eight.value else "adamw"
-    conv.mapped(eight, ("optimizer", "kind"), kind, comment=conv.comment(eight))
-    if choice is not None:
-        conv.record(
-            choice,
-            "mapped",
-            "optimizer.kind",
-            "" if choice.value.lower() == "adamw" else "diffusers falls back to AdamW for other names",
-        )
+    if choice is not None and choice.value.lower() == "prodigy":
+        _prodigy(a, conv)
+        if eight.value:
+            conv.ignored(eight, "the script warns that use_8bit_adam is ignored when optimizer is not AdamW")
+        else:
+            conv.record(eight, "inert", "", "8-bit AdamW only; the optimizer is Prodigy")
+    else:
+        kind = "adamw8bit" if eight.value else "adamw"
+        conv.mapped(eight, ("optimizer", "kind"), kind, comment=conv.comment(eight))
+        if choice is not None:
+            conv.record(
+                choice,
+                "mapped",
+                "optimizer.kind",
+                "" if choice.value.lower() == "adamw" else "diffusers falls back to AdamW for other names",
+            )
+        for key in PRODIGY_OPTIONS:
+            if key in a and a[key].given:
+                conv.inert(a[key], "the script reads it only with --optimizer prodigy")
     betas = [float(a["adam_beta1"].value), float(a["adam_beta2"].value)]
     if betas != [0.9, 0.999]:
         conv.put(("optimizer", "betas"), betas, f"{conv.tool} adam_beta1, adam_beta2")
@@ -483,10 +484,58 @@ def _precision(a: Args, script: str, launcher: dict[str, Legacy], conv: Conversi
     if text.value:
         conv.mapped(text, ("train", "text_encoder"), True)
         te_lr = a["text_encoder_lr"] if "text_encoder_lr" in a else None
-        if te_lr is not None and float(te_lr.value) != float(conv.values[("optimizer", "lr")][0]):
-            conv.mapped(te_lr, ("optimizer", "text_encoder_lr"), float(te_lr.value))
+        if te_lr is not None:
+            _text_encoder_lr(a, te_lr, conv)
     elif "text_encoder_lr" in a and a["text_encoder_lr"].given:
         conv.inert(a["text_encoder_lr"], "the text encoder does not train")
+
+
+# prodigyopt.Prodigy(params, betas=(adam_beta1, adam_beta2), beta3=prodigy_beta3,
+# weight_decay=adam_weight_decay, eps=adam_epsilon, decouple=..., use_bias_correction=...,
+# safeguard_warmup=...) in every script that offers it; d0, d_coef, growth_rate and slice_p stay
+# prodigyopt's defaults, which are dbspec's.
+PRODIGY_OPTIONS = (
+    "prodigy_beta3",
+    "prodigy_decouple",
+    "prodigy_use_bias_correction",
+    "prodigy_safeguard_warmup",
+)
+PRODIGY_FLAGS = {
+    "prodigy_decouple": "decouple",
+    "prodigy_use_bias_correction": "use_bias_correction",
+    "prodigy_safeguard_warmup": "safeguard_warmup",
+}
+
+
+def _prodigy(a: Args, conv: Conversion) -> None:
+    conv.mapped(a["optimizer"], ("optimizer", "kind"), "prodigy")
+    beta3 = a["prodigy_beta3"]
+    if beta3.value is not None:
+        conv.mapped(beta3, ("optimizer", "beta3"), float(beta3.value))
+    else:
+        conv.record(beta3, "mapped", "optimizer.beta3", "None: the square root of adam_beta2, as dbspec's")
+    for key, target in PRODIGY_FLAGS.items():
+        # argparse type=bool: bool(text), so any non-empty text (even "False") is True
+        on = bool(a[key].value)
+        note = f"type=bool: {a[key].value!r} reads as {on}" if a[key].given else ""
+        conv.mapped(a[key], ("optimizer", target), on, note=note, comment=conv.comment(a[key]))
+
+
+def _text_encoder_lr(a: Args, te_lr: Legacy, conv: Conversion) -> None:
+    """The text encoders' groups: `"lr": args.text_encoder_lr if args.text_encoder_lr else
+    args.learning_rate`, and under Prodigy the script sets them to learning_rate (and warns)."""
+    if a["optimizer"].value.lower() == "prodigy":
+        why = "with --optimizer prodigy the script trains the text encoders at learning_rate"
+        if te_lr.value and te_lr.given:
+            conv.ignored(te_lr, why + " (it warns: only learning_rate is used as the initial learning rate)")
+        else:
+            conv.inert(te_lr, why)
+    elif not te_lr.value:
+        conv.inert(te_lr, "0 or unset: the script trains the text encoders at learning_rate")
+    elif float(te_lr.value) != float(conv.values[("optimizer", "lr")][0]):
+        conv.mapped(te_lr, ("optimizer", "text_encoder_lr"), float(te_lr.value))
+    else:
+        conv.record(te_lr, "mapped", "optimizer.text_encoder_lr", "equal to learning_rate, dbspec's default")
 
 
 def _sweep(a: Args, conv: Conversion) -> None:

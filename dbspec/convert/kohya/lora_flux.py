@@ -386,7 +386,8 @@ def _reg_blocks(
     conv.facts["kohya_flux_reg_groups"] = groups  # group_lists.py: the per-group scheduler lists
     conv.facts["kohya_flux_reg_text_lifted"] = groups.get("text_lifted", frozenset())  # train.REG_LIFTED
     if not lr and any(b.get("lr") for b in found):  # unet_lr 0: the regexes' own rates train the denoiser
-        conv.facts["kohya_flux_reg_trains"] = True  # train.map_learning_rates
+        # train.map_learning_rates: the first regex block's rate (optimizer.lr at learning_rate 0)
+        conv.facts["kohya_flux_reg_trains"] = next(float(b["lr"]) for b in found if b.get("lr"))
     first = len(family_spec(family).kohya_lora_excluded)
     why = "network_reg_dims / network_reg_lrs: the modules kohya's regexes match (first regex wins)"
     blocks[first:first] = [{**b, "_why": why} for b in found]

@@ -1079,19 +1079,25 @@ def _reg_rates_train(a: Args, unet_lr: Legacy, lr: Legacy, text_encoder: bool, c
     """lora_flux at unet_lr 0 with network_reg_lrs training some denoiser modules at their own rates
     (lora_flux.py _reg_blocks): every module kohya builds is in a block, at its own rate or held at
     lr_scale 0, so optimizer.lr reads no denoiser module; it is kohya's learning_rate (the optimizer's own
-    `lr`), or the text encoder's rate (map_learning_rates). False where it is 0 with no text encoder."""
+    `lr`), or the text encoder's rate (map_learning_rates). learning_rate 0 with no text encoder: kohya's
+    optimizer default, which no group reads; dbspec's positive optimizer.lr reads no group either, so it is
+    the first regex block's rate (was DBS403). False where kohya stops: transformers' polynomial schedule
+    reads that default 0 and raises."""
     conv.record(unet_lr, "mapped", "adapter.blocks", "the modules no regex trains are held at lr_scale 0")
     if text_encoder or lr.value:
         if not text_encoder:
             why = "reads no denoiser module: network_reg_lrs' blocks cover every module kohya builds"
             conv.put(("optimizer", "lr"), float(lr.value), conv.comment(lr, why))
         return True
-    conv.unsupported(
-        lr,
-        "learning_rate 0 with unet_lr 0 and no text encoder: dbspec needs a positive optimizer.lr, and "
-        "network_reg_lrs' blocks leave it no module to read it",
+    if not _polynomial_takes_lr_zero(a, conv):
+        return False
+    rate = float(conv.facts["kohya_flux_reg_trains"])
+    why = (
+        "no group reads it: network_reg_lrs' blocks carry their own rates and hold every other module kohya "
+        f"builds; dbspec needs a positive optimizer.lr, so the first regex block's rate ({rate:g})"
     )
-    return False
+    conv.mapped(lr, ("optimizer", "lr"), rate, note=why, comment=conv.comment(lr, why))
+    return True
 
 
 def _train_db_unet_at_rate_zero(
