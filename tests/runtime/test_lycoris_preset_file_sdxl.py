@@ -240,12 +240,12 @@ def models():
     return {"kohya_unet": _rebuilt(_recorded()), "te": [_pinned_clip(te1), _pinned_clip(te2)], "unet": unet}
 
 
-def _lycoris_names(models, preset: str, monkeypatch) -> set[str]:
+def _lycoris_names(models, preset: str, monkeypatch, conv_dim: str = "4") -> set[str]:
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", conv_dim="4", preset=preset
+        1.0, 4, 1.0, None, models["te"], models["kohya_unet"], algo="locon", conv_dim=conv_dim, preset=preset
     )
     # a text_encoder_target_module naming an encoder's own (root) class: LyCORIS's create_modules_ prefixes
     # its layers with `lora_te1_` + "_" (an empty path), lora_te1__text_model_...; dbspec's export names
@@ -278,7 +278,7 @@ def _planned_names(models, adapter) -> set[str]:
     return names
 
 
-def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None):
+def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None, conv_dim: str = "4"):
     from tests.unit.convert_kit import SDXL, errors, images, kohya, plan_of
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -286,7 +286,7 @@ def _converted(tmp_path: Path, preset: str, overrides: list[str] | None = None):
         tmp_path,
         command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args "algo=locon" "conv_dim=4" "preset={preset}" --learning_rate=1e-2 '
+        f'--network_args "algo=locon" "conv_dim={conv_dim}" "preset={preset}" --learning_rate=1e-2 '
         "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
@@ -329,6 +329,17 @@ def test_sdxl_builtin_preset_adapts_the_layers_lycoris_builds(models, preset, tm
     plan = _converted(tmp_path, preset)
     theirs = _lycoris_names(models, preset, monkeypatch)
     ours = _planned_names(models, plan.adapter)
+    assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+def test_sdxl_conv_dim_zero_keeps_the_linear_and_1x1_layers_lycoris_builds(models, tmp_path, monkeypatch):
+    """conv_dim=0 (create_single_module): the ResNets' Linears and 1x1 skip connections still build at
+    network_dim, the k x k convolutions do not; the converted targets pick the same layers."""
+    plan = _converted(tmp_path, "full", conv_dim="0")
+    theirs = _lycoris_names(models, "full", monkeypatch, conv_dim="0")
+    ours = _planned_names(models, plan.adapter)
+    assert any(n.endswith("skip_connection") for n in theirs) and any("emb_layers" in n for n in theirs)
+    assert not any(n.endswith(("in_layers_2", "out_layers_3", "op")) for n in theirs)
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
 
 

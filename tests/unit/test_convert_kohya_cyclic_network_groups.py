@@ -384,6 +384,33 @@ def test_networks_lora_block_lr_weights_give_kohyas_block_groups(tmp_path, lorap
     _check(schedule, expected)
 
 
+def test_networks_lora_conv_dim_zero_block_groups_hold_the_resnet_only_blocks(tmp_path):
+    """conv_dim=0 scans the ResNets (their Linear / 1x1 layers at network_dim): blocks holding only ResNets
+    (10, 11: down_blocks.3; 13-15: up_blocks.0) have modules and groups too, the downsampler-only blocks
+    (3, 6, 9) none; create_modules meets them in the same order (sd-scripts' prepare_optimizer_params names
+    unet_block1 ... 8, 10, 11, 13 ... 24, 12 for these weights). A value per block: a group per block."""
+    blocks = [1, 2, 4, 5, 7, 8, 10, 11, *range(13, 25), 12]
+    order = ["text_encoder"] + [f"{_dbspec_group(index)}_unet_block{index}" for index in blocks]
+    lists = {
+        "base_lr": [1e-6 * (1 + k) for k in range(len(order))],
+        "max_lr": [1e-4 * (1 + k % 5) for k in range(len(order))],
+    }
+    weights = (
+        f"down_lr_weight={','.join(f'{w:g}' for w in DOWN)} mid_lr_weight=3 "
+        f"up_lr_weight={','.join(f'{w:g}' for w in UP)}"
+    )
+    outcome = _lycoris(
+        tmp_path,
+        f"--network_module=networks.lora --network_args conv_dim=0 {weights} --lr_scheduler_type CyclicLR "
+        + _args(lists, "step_size_up=40"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 40}, 400))
+    adapter = plan_of(outcome, tmp_path, ["checkpoints.every=20"]).adapter
+    assert sorted(b.group for b in adapter.blocks if b.group) == sorted(f"unet_block{i}" for i in blocks)
+    assert "time_emb_proj" in adapter.denoiser_targets and adapter.conv_rank == 0
+
+
 @pytest.mark.parametrize("loraplus", [False, True, "fa"], ids=["plain", "loraplus", "lora_fa"])
 def test_networks_lora_blocks_of_one_weight_with_different_values_split(tmp_path, loraplus):
     """Blocks 1 and 2 both train at x0.5 (dbspec's one `denoiser_x0.5` group), blocks 4, 5 at 1: kohya's

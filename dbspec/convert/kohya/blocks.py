@@ -92,17 +92,49 @@ def _weights(text: str, n: int) -> list[float]:
     return presets[name]
 
 
+def kohya_conv(kwargs: dict[str, str]) -> tuple[int | None, float | str | None]:
+    """networks/lora.py (and lora_fa.py) create_network's `conv_dim` / `conv_alpha`, popped from `kwargs`.
+    kohya reads conv_dim with kwargs.get(..., None): any value given, 0 too, turns its ResNet / Down- /
+    Upsample scan on (their Linear and 1x1 layers train at network_dim; conv_dim 0 only skips the 3x3
+    convolutions). It parses a given conv_dim with int() and then conv_alpha with float(), 1.0 without one;
+    ValueError where those stop kohya (an empty value, `4.0`). Without conv_dim, conv_alpha stays the string
+    given (None without one): get_block_dims_and_alphas may hand it on unparsed (kohya_blocks)."""
+    conv_dim, conv_alpha = kwargs.pop("conv_dim", None), kwargs.pop("conv_alpha", None)
+    if conv_dim is None:
+        return None, conv_alpha
+    try:
+        return int(conv_dim), 1.0 if conv_alpha is None else float(conv_alpha)
+    except ValueError as exc:
+        raise ValueError(
+            f"kohya parses conv_dim with int() and conv_alpha with float(), which stop it ({exc}); give an "
+            "integer conv_dim (0 adapts the ResNets' Linear and 1x1 layers only) and a number conv_alpha"
+        ) from None
+
+
+def string_conv_alpha(conv_alpha: float | str | None, conv_dims: list[int]) -> None:
+    """conv_block_dims without conv_dim and conv_block_alphas: get_block_dims_and_alphas gives each block
+    conv_alpha unparsed, and LoRAModule's `alpha / lora_dim` on that string stops kohya (TypeError) as soon as
+    a block's convolutions build (a conv rank above 0)."""
+    if isinstance(conv_alpha, str) and any(conv_dims):
+        raise ValueError(
+            f"conv_alpha `{conv_alpha}` with conv_block_dims but no conv_dim: kohya hands the string on "
+            "unparsed and its LoRAModule's alpha / dim stops on it (TypeError); give conv_dim, or "
+            "conv_block_alphas"
+        )
+
+
 def kohya_blocks(
     kwargs: dict[str, str],
     original_names: bool,
     dim: int,
     alpha: float,
     conv_dim: int | None,
-    conv_alpha: float | None,
+    conv_alpha: float | str | None,
 ) -> tuple[list[dict], int | None, float | None] | None:
     """networks/lora.py create_network's block settings: ([[adapter.blocks]] entries, the adapter's conv rank
-    and alpha when conv_block_dims turns convolutions on), or None without block settings. ValueError (kohya
-    asserts) for a list of the wrong length."""
+    and alpha when conv_block_dims turns convolutions on), or None without block settings. `conv_dim` /
+    `conv_alpha` as kohya_conv reads them. ValueError (kohya asserts or stops) for a list of the wrong
+    length, a string conv_alpha a built convolution takes (string_conv_alpha)."""
     lr = block_lr_weights(kwargs, original_names)
     dims_text = kwargs.pop("block_dims", None)
     alphas_text = kwargs.pop("block_alphas", None)
@@ -115,7 +147,7 @@ def kohya_blocks(
     alphas = block_list(alphas_text, float, n, "block_alphas") if alphas_text else [alpha] * n
     if conv_dims_text:
         conv_dims = block_list(conv_dims_text, int, n, "conv_block_dims")
-        fallback = conv_alpha if conv_alpha is not None else 1.0
+        fallback = conv_alpha if isinstance(conv_alpha, float) else 1.0  # a string: string_conv_alpha
         conv_alphas = (
             block_list(conv_alphas_text, float, n, "conv_block_alphas")
             if conv_alphas_text
@@ -130,6 +162,10 @@ def kohya_blocks(
         if w == 0:
             dims[i] = 0
             conv_dims[i] = 0
+    if conv_dims_text and not conv_alphas_text:
+        string_conv_alpha(
+            conv_alpha, [d for i, d in enumerate(conv_dims) if block_pattern(i, original_names)]
+        )
     convs = conv_dim is not None or conv_dims_text is not None
     base_conv = conv_dim if conv_dim is not None else (max(conv_dims) if convs else 0)
     base_conv_alpha = (conv_alpha or 1.0) if conv_dim is not None else 1.0

@@ -24,7 +24,13 @@ group stays in the optimizer at rate 0 (network.py refuses that U-Net rate with 
 
 from __future__ import annotations
 
-from dbspec.convert.kohya.blocks import SD_BLOCKS, block_list, block_lr_weights, kohya_blocks
+from dbspec.convert.kohya.blocks import (
+    SD_BLOCKS,
+    block_list,
+    block_lr_weights,
+    kohya_blocks,
+    string_conv_alpha,
+)
 
 # every module kohya's lora_fa adapts on SDXL's U-Net, as dbspec's diffusers paths name them
 SDXL_UNET = r"^(down_blocks|mid_block|up_blocks)\."
@@ -37,7 +43,7 @@ def lora_fa_blocks(
     dim: int,
     alpha: float,
     conv_dim: int | None,
-    conv_alpha: float | None,
+    conv_alpha: float | str | None,
 ) -> tuple[tuple[list[dict], int | None, float | None] | None, list[tuple[str, str, str]]]:
     """networks/lora_fa.py create_network's block settings as kohya_blocks returns them (None without block
     settings), and the (key, value, why) of arguments it reads without effect. ValueError where kohya stops
@@ -57,7 +63,7 @@ def lora_fa_blocks(
 
 
 def _sdxl(
-    kwargs: dict[str, str], dim: int, alpha: float, conv_dim: int | None, conv_alpha: float | None
+    kwargs: dict[str, str], dim: int, alpha: float, conv_dim: int | None, conv_alpha: float | str | None
 ) -> tuple[tuple[list[dict], int | None, float | None] | None, list[tuple[str, str, str]]]:
     """lora_fa on SDXL: every U-Net module at block index -1, the lists' last values (module docstring)."""
     given = {k: kwargs[k] for k in LR_WEIGHTS if k in kwargs}
@@ -75,7 +81,7 @@ def _sdxl(
     entry: dict = {"pattern": SDXL_UNET, "rank": rank, "alpha": scale}
     if conv_dims_text:
         entry["conv_rank"] = block_list(conv_dims_text, int, n, "conv_block_dims")[-1]
-        fallback = conv_alpha if conv_alpha is not None else 1.0
+        fallback = conv_alpha if isinstance(conv_alpha, float) else 1.0  # a string: string_conv_alpha
         entry["conv_alpha"] = (
             block_list(conv_alphas_text, float, n, "conv_block_alphas")[-1] if conv_alphas_text else fallback
         )
@@ -84,6 +90,8 @@ def _sdxl(
     if weights is not None and weights[-1] == 0:  # remove_block_dims_and_alphas: index 24 is every module
         entry["rank"] = 0
         entry["conv_rank"] = 0
+    if conv_dims_text and not conv_alphas_text:
+        string_conv_alpha(conv_alpha, [entry["conv_rank"]])
     if not entry["rank"] and not entry.get("conv_rank"):
         raise NoUnetModules(
             "networks.lora_fa on SDXL builds no U-Net module (every one takes the lists' last value: "

@@ -21,7 +21,7 @@ from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.init_file import other_axis_doras
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
-from dbspec.convert.kohya.blocks import kohya_blocks
+from dbspec.convert.kohya.blocks import kohya_blocks, kohya_conv
 from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.file_alpha import map_file_alphas
@@ -382,16 +382,22 @@ def _map_network(
                 norm_table = preset_norms(BUILTIN_TABLES[preset], v2, original_names)
     else:
         unet, text = KOHYA_UNET_TARGETS, KOHYA_TEXT_TARGETS
-        conv_dim = _int(kwargs.pop("conv_dim", "0") or "0")
-        # networks.lora: conv_alpha defaults to 1.0; a conv_dim network also adapts the ResNet linears.
-        conv_alpha = _float(kwargs.pop("conv_alpha", "1.0") or "1.0")
+        # networks.lora: conv_alpha defaults to 1.0; any conv_dim, 0 too (was converted without the ResNet
+        # linears), also adapts the ResNet linears and 1x1 shortcuts at network_dim
+        alpha_text = kwargs.get("conv_alpha")
+        given_conv_dim, given_conv_alpha = kohya_conv(kwargs)
+        block_conv_alphas = "conv_block_alphas" in kwargs  # the blocks' own, in conv_alpha's place
         if module.value == "networks.lora_fa":  # its older block code (SD 1.x block numbers only)
-            found = _lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim, conv_alpha, args, conv)
+            found = _lora_fa_blocks(
+                kwargs, original_names, dim, alpha, given_conv_dim, given_conv_alpha, args, conv
+            )
             if found is False:
                 return None
         else:
-            found = kohya_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
-        resnets = bool(conv_dim)
+            found = kohya_blocks(kwargs, original_names, dim, alpha, given_conv_dim, given_conv_alpha)
+        resnets = given_conv_dim is not None
+        conv_dim = given_conv_dim or 0
+        conv_alpha = given_conv_alpha if resnets else 1.0
         if found is not None:
             blocks, block_conv_dim, block_conv_alpha = found
             if block_conv_dim is not None:  # conv_block_dims without conv_dim: kohya scans the ResNets too
@@ -400,6 +406,9 @@ def _map_network(
         conv_targets = KOHYA_CONV_TARGETS if resnets else []
         if conv_targets:
             unet = [*unet, *RESNET_LINEAR]
+        built = conv_dim > 0 or any(b.get("conv_rank") for b in put.get("_blocks", ()))
+        if alpha_text is not None and not (built and (found is None or not block_conv_alphas)):
+            _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if train_norm is not None and norm_table is not None:
         drops = _norm_drops(kwargs, kind)
@@ -601,21 +610,29 @@ def _lora_fa_blocks(
     original_names: bool,
     dim: int,
     alpha: float,
-    conv_dim: int,
-    conv_alpha: float,
+    conv_dim: int | None,
+    conv_alpha: float | str | None,
     args: Legacy,
     conv: Conversion,
 ):
     """networks.lora_fa's older copy of networks.lora's block code (lora_fa_blocks.py): networks.lora's
     blocks on SD 1.x/2.x, every U-Net module at the lists' last value on SDXL; False where refused."""
     try:
-        found, ignored = lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim or None, conv_alpha)
+        found, ignored = lora_fa_blocks(kwargs, original_names, dim, alpha, conv_dim, conv_alpha)
     except NoUnetModules as exc:
         conv.unsupported(args, str(exc))
         return False
     for key, value, why in ignored:
         conv.ignored(Legacy(key=f"{args.key} {key}", value=value, source=args.source), why)
     return found
+
+
+def _inert_conv_alpha(value: str, args: Legacy, conv: Conversion) -> None:
+    """networks.lora / lora_fa: a conv_alpha no 3x3 convolution takes (no conv_dim, conv_dim 0, or the
+    blocks' conv_block_alphas in its place); one a built convolution takes unparsed stops kohya
+    (blocks.py)."""
+    why = "no 3x3 convolution takes it (conv_dim absent or 0, or conv_block_alphas set each block's)"
+    conv.ignored(Legacy(key=f"{args.key} conv_alpha", value=value, source=args.source), why)
 
 
 def _decomposing_blocks(put: dict[str, Any]) -> bool:
