@@ -1304,6 +1304,25 @@ class FullAdapter:
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
     )
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's trained copy with this probability while training, the base layer alone "
+        "answering (LyCORIS `module_dropout`: FullModule.forward's one `torch.rand(1)` from torch's global "
+        "generator per layer and training forward). Each adapted layer draws its own (on Flux / SD3 / "
+        "Chroma each diffusers part of a fused Linear too, where kohya's one module on the fused layer "
+        "draws once). The norm offsets draw it too.",
+        minimum=0,
+        maximum=1,
+    )
+    rank_dropout: float = option(
+        0.0,
+        doc="Drop each output row of a layer's update (W' - W and b' - b) with this probability while "
+        "training, the kept rows unscaled (LyCORIS `rank_dropout`: FullModule.make_weight's "
+        "`torch.rand(out, device=x.device) > rank_dropout` per layer and training forward, after "
+        "`module_dropout`'s draw). The norm offsets draw it too.",
+        minimum=0,
+        maximum=1,
+    )
     exclude: list[str] = _exclude(
         "trained copy",
         "as a LyCORIS full file without that layer's module builds none (Flux's top-level `proj_out` "
