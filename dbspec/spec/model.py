@@ -878,7 +878,9 @@ class LoraAdapter:
         "the update's output rows (channels) drawn at or under the rate dropped, the kept ones not "
         "rescaled. `lycoris_bypass` (its `bypass_mode` forward): one `torch.rand(rank)` per layer and "
         "forward, the ranks drawn at or under the rate dropped for the whole batch, not rescaled. All "
-        "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact.",
+        "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact. With "
+        'LyCORIS\'s weight decomposition (`dora`, `dora_form = "lycoris"`) only `lycoris`: the masked '
+        "update renormalised with the weight, as LoConModule with `dora_wd`.",
         example="lycoris",
     )
     kohya_names: Literal["kohya", "lycoris"] = option(
@@ -893,7 +895,8 @@ class LoraAdapter:
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
-        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward).",
+        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward; with "
+        'LyCORIS\'s weight decomposition, `dora_form = "lycoris"`, the whole decomposed update).',
         minimum=0,
         maximum=1,
     )

@@ -440,7 +440,7 @@ def _map_network(
         put["dora_axis"] = "input"
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":
-        _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
+        _locon_dropouts(kwargs, bypass_mode, put)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
@@ -753,22 +753,18 @@ def _lycoris_bypass_and_dropout(
         )
 
 
-def _locon_dropouts(
-    kwargs: dict[str, str], bypass: bool, dora: bool, put: dict[str, Any], unsupported: dict[str, str]
-) -> None:
+def _locon_dropouts(kwargs: dict[str, str], bypass: bool, put: dict[str, Any]) -> None:
     """algo=lora / locon (lycoris/modules/locon.py, LoConModule.forward): module_dropout is one torch.rand(1)
     per training forward, the layer's base output alone below the rate (kohya networks.lora's rule);
     rank_dropout masks the rebuilt ΔW's output rows, `torch.rand(out)` kept above the rate (in bypass_mode the
     down projection's ranks, `torch.rand(rank)`), unscaled (rank_dropout_form "lycoris" / "lycoris_bypass").
-    With dora_wd LyCORIS renormalises the masked weight, which dbspec's dropouts do not reach."""
+    With dora_wd (never with bypass_mode: DBS402) the same draws, the masked ΔW renormalised with W
+    (runtime/lycoris_dora.py; was DBS403)."""
     for key in ("module_dropout", "rank_dropout"):
         if key not in kwargs:
             continue
         rate = _float(kwargs.pop(key) or 0.0)
         if not rate:
-            continue
-        if dora:
-            unsupported[key] = f"{rate:g} with dora_wd (LyCORIS renormalises the masked update)"
             continue
         put[key] = rate
         if key == "rank_dropout":
