@@ -12,6 +12,8 @@ import tomllib
 
 import pytest
 
+from dbspec.plan.summary import adapter_rows
+
 from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
 
 # kohya_ss's LyCORIS LoKr preset as its GUI writes it: a modest rank with the full-matrix switch on.
@@ -155,6 +157,11 @@ def test_full_algo_dropouts_are_the_adapter_s(tmp_path, args, module, rank):
     assert outcome.exit_code == 0, errors(outcome)
     adapter = plan_of(outcome, tmp_path).adapter
     assert (adapter.kind, adapter.module_dropout, adapter.rank_dropout) == ("full", module, rank)
+    rows = dict(adapter_rows(adapter))  # the plan summary shows the draws
+    assert ("  dropout" in rows) == bool(module or rank)
+    if module or rank:
+        assert rows["  dropout"].startswith(f"rank {rank:g} (the update's output rows")
+        assert rows["  dropout"].endswith(f"module {module:g} (while training)")
 
 
 # --- algo=ia3: LyCORIS's IA3Module on the preset's layers -------------------------------------------------
