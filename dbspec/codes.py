@@ -859,7 +859,10 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
         """\
 `adapter.down_dropout`, `adapter.rank_dropout`, `adapter.module_dropout` or `adapter.multiplier` on a LoRA
 adapter with `dora = true`: these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which
-DoRA's layers do not have.""",
+DoRA's layers do not have. LyCORIS's weight decomposition (`dora_form = "lycoris"`) takes `module_dropout`
+and `rank_dropout` with `rank_dropout_form = "lycoris"` as LoConModule with `dora_wd` draws them (the skip
+draw, then the mask over the rebuilt update's output rows, renormalised with the rest), except with
+`fused_projections`.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(
@@ -2819,8 +2822,9 @@ holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_f
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
-renormalises their masked update; `module_dropout` is taken on decomposed LoHa and LoKr layers, whose one
-draw skips the whole update as LohaModule's and LokrModule's, not on LoRA ones), a decomposed block of
+renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
+whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, LoRA ones not with
+`fused_projections`), a decomposed block of
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,

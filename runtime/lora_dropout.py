@@ -45,7 +45,11 @@ def add_lora_dropout(
     the exports keep it. `form`: whose rank-dropout rule (above)."""
     count = 0
     for layer in module.modules():
-        if (
+        if _decomposed(layer):  # LyCORIS's weight decomposition: its forward draws (lycoris_dora.py)
+            layer.dbspec_dora_module_dropout = module_dropout
+            layer.dbspec_dora_rank_dropout = rank_dropout if form == "lycoris" else 0.0
+            count += 1
+        elif (
             isinstance(layer, LoraLayer)
             and ADAPTER_NAME in layer.lora_A
             and not layer.use_dora.get(ADAPTER_NAME)
@@ -116,6 +120,20 @@ def _forward(
         return (result + _dropped(lora_b(lx) * scale, training, output_dropout)).to(result.dtype)
 
     return forward
+
+
+def _decomposed(layer) -> bool:
+    """A LoRA / LoCon layer with LyCORIS's weight decomposition (runtime/lycoris_dora.py): LoConModule's
+    module dropout and row mask act in its own forward, around the renormalisation; the compiler keeps the
+    other dropouts, the multiplier and the other rank-dropout forms off it (DBS267)."""
+    from dbspec.runtime.lycoris_dora import LycorisDora
+
+    return (
+        isinstance(layer, LycorisDora)
+        and isinstance(layer, LoraLayer)
+        and ADAPTER_NAME in layer.dora_scales()
+        and not hasattr(layer, "dbspec_fused_draw")
+    )
 
 
 def rescaled(layer) -> bool:

@@ -12,9 +12,11 @@ frozen base weight, eps float32's machine epsilon and the norm taken per output 
 default: over each row's input x kernel elements; `dora_scale` shaped (out, 1, ...)) or per input column
 (`wd_on_output = False`: over each column's output x kernel elements; shaped (1, in, 1, ...)). The norm is
 not detached (peft's DoRA detaches it), and `dora_scale` starts at the base weight's norms on the same axis,
-computed in float32 on the CPU as LyCORIS does. Module dropout (LoHa/LoKr) skips the whole update, as
-LyCORIS's forward; peft's input dropout has no place (LyCORIS ignores it with dora_wd; the compiler refuses
-it, DBS515).
+computed in float32 on the CPU as LyCORIS does. Module dropout skips the whole update, as LyCORIS's forward
+(LoHa / LoKr: peft's rate; LoRA / LoCon: `dbspec_dora_module_dropout`, set by runtime/lora_dropout.py), and
+a LoRA / LoCon layer's rank dropout (`dbspec_dora_rank_dropout`, LoConModule.make_weight's row mask) masks ΔW
+before the decomposition renormalises it; peft's input dropout has no place (LyCORIS ignores it with dora_wd;
+the compiler refuses it, DBS515).
 
 The layers are peft's own (LoHa/LoKr Linear and Conv2d, LoRA Linear and Conv2d, LoCon's TuckerConv2d), their
 class switched after injection to a subclass with this module's mixin and a `<prefix>dora_scale`
@@ -113,7 +115,18 @@ class LycorisDora:
                 scalar = layer_scalar(self, adapter)  # use_scalar: LyCORIS scales ΔW before decomposing
                 return delta if scalar is None else delta * scalar
             return parent.get_delta_weight(adapter, apply_rank_dropout=apply)
-        return parent.get_delta_weight(adapter)
+        delta = parent.get_delta_weight(adapter)
+        rate = self.__dict__.get("dbspec_dora_rank_dropout", 0.0)  # LoRA / LoCon: lora_dropout.py sets it
+        if own_rank_dropout and self.training and rate:
+            from dbspec.runtime.lora_dropout import rescaled
+
+            # LoConModule.make_weight: ΔW's output rows kept above the rate (a 0 / 1 mask, so masking after
+            # peft's alpha / rank and the scalar is bit-equal to LyCORIS's masking before them), unscaled
+            # unless the layer's block rescales (`drop / drop.mean()`)
+            keep = (torch.rand(delta.shape[0], device=delta.device) > rate).to(delta.dtype)
+            keep = keep / keep.mean() if rescaled(self) else keep
+            delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
+        return delta
 
     def dora_delta(self, adapter: str, row_mask: torch.Tensor | None = None) -> torch.Tensor:
         """W' - W: the decomposed weight minus the base weight (LyCORIS's `delta_weight`). `row_mask`: a
@@ -197,11 +210,16 @@ class LycorisDora:
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
-        module_dropout = getattr(self, "module_dropout", {})
+        module_dropout = getattr(self, "module_dropout", None)
         for adapter in self.active_adapters:
             if adapter not in self.dora_scales():
                 continue
-            p = module_dropout.get(adapter, 0.0) if isinstance(module_dropout, dict) else 0.0
+            # peft's LoHa / LoKr table; a LoRA / LoCon layer's rate set by lora_dropout.py
+            p = (
+                module_dropout.get(adapter, 0.0)
+                if isinstance(module_dropout, dict)
+                else self.__dict__.get("dbspec_dora_module_dropout", 0.0)
+            )
             if self.training and p and torch.rand(1) < p:  # LyCORIS: the whole update skipped
                 continue
             delta = self.dora_delta(adapter).to(x.dtype)

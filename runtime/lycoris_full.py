@@ -9,7 +9,12 @@ fine-tune of those layers.
 `FullLayer` is that layer on peft's LoRA machinery (its custom-module mechanism, as locon_tucker.py): the
 copies are `lora_full` / `lora_full_bias` ParameterDicts (peft's `lora_` prefix: its adapter state dicts,
 dbspec's trainable-weight filter and checkpoints hold them), the base layer stays frozen, so disabling the
-adapter (a base-model prior) runs the original layer. Linear and ungrouped Conv2d layers."""
+adapter (a base-model prior) runs the original layer. Linear and ungrouped Conv2d layers.
+
+While training, `full_rank_dropout` (plan.adapter.rank_dropout, add_full_rank_dropout) masks the update's
+output rows as FullModule.make_weight does: `torch.rand(out, device=x.device) > rank_dropout` from torch's
+generator on the input's device, the kept rows of W' - W and b' - b unscaled (kohya's network never passes
+`rank_dropout_scale`), drawn after module_dropout's draw (runtime/mixed_kinds.py add_own_module_dropout)."""
 
 from __future__ import annotations
 
@@ -95,11 +100,29 @@ class FullLayer(AddedOutput, nn.Module, LoraLayer):
                     base.bias.data -= delta_bias.to(base.bias.dtype)
 
     def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        delta = self.get_delta_weight(adapter)
-        return self._op(self._cast_input_dtype(x, delta.dtype), delta, self.get_delta_bias(adapter))
+        delta, delta_bias = self.get_delta_weight(adapter), self.get_delta_bias(adapter)
+        rate = self.__dict__.get("full_rank_dropout", 0.0)
+        if self.training and rate:  # FullModule.make_weight's mask over the output rows, weight and bias
+            keep = (torch.rand(delta.shape[0], device=x.device) > rate).to(delta.dtype)
+            delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
+            delta_bias = None if delta_bias is None else delta_bias * keep
+        return self._op(self._cast_input_dtype(x, delta.dtype), delta, delta_bias)
 
     def __repr__(self) -> str:
         return "lycoris_full." + super().__repr__()
+
+
+def add_full_rank_dropout(module: nn.Module, rate: float) -> int:
+    """LyCORIS FullModule's rank dropout on every FullLayer of `module` (the adapter's own layers): how
+    many."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+
+    count = 0
+    for layer in module.modules():
+        if isinstance(layer, FullLayer) and ADAPTER_NAME in layer.lora_full:
+            layer.full_rank_dropout = rate
+            count += 1
+    return count
 
 
 def dispatch_full(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:

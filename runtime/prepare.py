@@ -126,11 +126,16 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
-        # DiagOFTModule's / IA3Module's draws per layer, a fused Linear's parts (tied above) sharing theirs
-        if a.kind in ("diag-oft", "ia3") and a.module_dropout and not mixed(a):
+        # DiagOFTModule's / IA3Module's / FullModule's draws per layer, a fused Linear's parts (tied above)
+        # sharing theirs
+        if a.kind in ("diag-oft", "ia3", "full") and a.module_dropout and not mixed(a):
             from dbspec.runtime.mixed_kinds import add_own_module_dropout
 
             add_own_module_dropout(module, a.module_dropout, a.fused if denoiser else ())
+        if a.kind == "full" and a.rank_dropout and not mixed(a):  # FullModule's mask over the output rows
+            from dbspec.runtime.lycoris_full import add_full_rank_dropout
+
+            add_full_rank_dropout(module, a.rank_dropout)
         if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # its rotations' dropout
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 

@@ -3412,10 +3412,12 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)
         if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
-        # module dropout skips a decomposed LoHa / LoKr layer's whole update as LohaModule / LokrModule do
-        # (lycoris_dora.py's forward; on fused Linears one draw per module, fused_lycoris_dropout.py); LoRA's
-        # dropout wrappers reach no decomposed weight
-        if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr"):
+        # module dropout skips a decomposed layer's whole update as LohaModule / LokrModule / LoConModule do
+        # (lycoris_dora.py's forward; on fused Linears one draw per module for LoHa / LoKr,
+        # fused_lycoris_dropout.py; a decomposed LoRA part's draw is not shared: not with fused_projections)
+        if getattr(a, "module_dropout", 0.0) and (
+            kind not in ("loha", "lokr", "lora") or kind == "lora" and fused
+        ):
             found.append("module_dropout")
         if not found:
             continue
@@ -3432,10 +3434,13 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
-    wrapped."""
+    wrapped. LyCORIS's weight decomposition (dora_form "lycoris") takes LoConModule's module dropout and its
+    row mask (rank_dropout_form "lycoris") in its own forward (runtime/lycoris_dora.py), not on fused
+    layers (their parts would draw apart)."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
+    locon = lycoris_dora(adapter) and not adapter.fused_projections
     for key, off in (
         ("down_dropout", 0.0),
         ("output_dropout", 0.0),
@@ -3443,13 +3448,32 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
         ("module_dropout", 0.0),
         ("multiplier", 1.0),
     ):
-        if getattr(adapter, key) != off:
-            yield _err(
-                "DBS267",
-                ("adapter", key),
-                f"adapter.{key} works on plain LoRA layers; adapter.dora is true",
-                f"set adapter.dora = false, or remove adapter.{key}",
-            )
+        if getattr(adapter, key) == off:
+            continue
+        if locon and key == "module_dropout":
+            continue
+        if locon and key == "rank_dropout" and adapter.rank_dropout_form == "lycoris":
+            continue
+        yield _err(
+            "DBS267",
+            ("adapter", key),
+            f"adapter.{key} works on plain LoRA layers; adapter.dora is true" + _locon_dora_why(adapter, key),
+            f"set adapter.dora = false, or remove adapter.{key}",
+        )
+
+
+def _locon_dora_why(adapter, key: str) -> str:
+    """What LyCORIS's weight decomposition would need for `key` (DBS267), "" where it never takes it."""
+    if key not in ("module_dropout", "rank_dropout"):
+        return ""
+    if not lycoris_dora(adapter):
+        return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
+    if adapter.fused_projections:
+        return " with fused_projections (LyCORIS's one module per fused layer draws once for its parts)"
+    return (
+        f' and adapter.rank_dropout_form = "{adapter.rank_dropout_form}" (LyCORIS\'s weight decomposition '
+        'masks the rebuilt update\'s output rows: rank_dropout_form = "lycoris")'
+    )
 
 
 # --- LyCORIS's weight decomposition (DoRA on LoHa/LoKr, per input column, with LoCon's Tucker form) ---------

@@ -622,6 +622,14 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
     rows.extend(_bypass_rows(a))
     rows.extend(_oft_block_rows(a))
+    if a.rank_dropout or a.module_dropout:  # each layer's LyCORIS draws while training
+        rank = {
+            "full": "the update's output rows, weight and bias, unscaled",
+            "diag-oft": "the rotations' entries, kept ones x 1 / (1 - rate)",
+        }.get(a.kind, "the norm offsets'")
+        rows.append(
+            ("  dropout", f"rank {a.rank_dropout:g} ({rank}), module {a.module_dropout:g} (while training)")
+        )
     if a.max_norm:  # diag-oft, boft: LyCORIS's apply_max_norm on the blocks
         rows.append(("  max norm", _max_norm_row(a)))
     bound = "upper bound: the whole component" if a.kind == "full" else "upper bound"

@@ -878,7 +878,9 @@ class LoraAdapter:
         "the update's output rows (channels) drawn at or under the rate dropped, the kept ones not "
         "rescaled. `lycoris_bypass` (its `bypass_mode` forward): one `torch.rand(rank)` per layer and "
         "forward, the ranks drawn at or under the rate dropped for the whole batch, not rescaled. All "
-        "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact.",
+        "draw from torch's global generator after `module_dropout`'s, so a resume is bit-exact. With "
+        'LyCORIS\'s weight decomposition (`dora`, `dora_form = "lycoris"`) only `lycoris`: the masked '
+        "update renormalised with the weight, as LoConModule with `dora_wd`.",
         example="lycoris",
     )
     kohya_names: Literal["kohya", "lycoris"] = option(
@@ -893,7 +895,8 @@ class LoraAdapter:
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole LoRA update with this probability while training (kohya networks.lora "
-        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward).",
+        "and LyCORIS LoCon `module_dropout`: one `torch.rand(1)` per layer and training forward; with "
+        'LyCORIS\'s weight decomposition, `dora_form = "lycoris"`, the whole decomposed update).',
         minimum=0,
         maximum=1,
     )
@@ -1303,6 +1306,25 @@ class FullAdapter:
         doc="Denoiser convolution names (suffixes) trained in full too (LyCORIS adds the 3x3 convolutions "
         "with `conv_dim` above 0, kohya's LoCon set); empty trains no convolution.",
         example=list(KOHYA_CONV_TARGETS),
+    )
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's trained copy with this probability while training, the base layer alone "
+        "answering (LyCORIS `module_dropout`: FullModule.forward's one `torch.rand(1)` from torch's global "
+        "generator per layer and training forward). Each adapted layer draws its own (on Flux / SD3 / "
+        "Chroma each diffusers part of a fused Linear too, where kohya's one module on the fused layer "
+        "draws once). The norm offsets draw it too.",
+        minimum=0,
+        maximum=1,
+    )
+    rank_dropout: float = option(
+        0.0,
+        doc="Drop each output row of a layer's update (W' - W and b' - b) with this probability while "
+        "training, the kept rows unscaled (LyCORIS `rank_dropout`: FullModule.make_weight's "
+        "`torch.rand(out, device=x.device) > rank_dropout` per layer and training forward, after "
+        "`module_dropout`'s draw). The norm offsets draw it too.",
+        minimum=0,
+        maximum=1,
     )
     exclude: list[str] = _exclude(
         "trained copy",

@@ -67,7 +67,9 @@ def _ours(pipe, adapter, rate: float):  # noqa: F811
         ("locon", "boft"),
         ("lokr", "glora"),
         ("glora", "full"),  # a GLoRA network's module_dropout beside other kinds (was DBS403 / DBS578)
-        ("glora", "loha"),  # ... with dora_wd: its LoHa blocks decomposed (was DBS403 / a spec's DBS583)
+        # ... with dora_wd: its LoHa and LoCon blocks decomposed (was DBS403 / a spec's DBS583), LoHaModule's
+        # and LoConModule's draw skipping the renormalised update
+        ("glora", "loha+locon"),
     ],
 )
 def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, algo, other):  # noqa: F811
@@ -75,11 +77,12 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
     network holding the same weights (our export loaded into it), four training forwards from the same
     generator state give the same outputs and leave the same generator state; they differ from the
     no-dropout output (some layers skipped) and from each other (the draws move on). A GLoRA network's
-    dora_wd with LoHa entries (the LoCon ones' weight_decompose false): the decomposed LoHa layers skipped
-    whole as LohaModule skips them."""
+    dora_wd with LoHa entries (the LoCon ones' weight_decompose false, or true): the decomposed LoHa and
+    LoCon layers skipped whole as LohaModule and LoConModule skip them."""
+    other, locon_wd = other.split("+")[0], other.endswith("+locon")
     preset = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
     wd = {"dora_wd": "True"} if other == "loha" else {}
-    if wd:  # the LoCon entries undecomposed (their dropout wrappers reach no decomposed weight: DBS583)
+    if wd and not locon_wd:  # the LoCon entries undecomposed
         preset = preset.replace("alpha = 2\n", "alpha = 2\nweight_decompose = false\n")
         preset = preset.replace('algo = "lora"\n', 'algo = "lora"\nweight_decompose = false\n')
     PRESETS["mixed_drop"] = preset
@@ -90,7 +93,8 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
         del PRESETS["mixed_drop"]
     a = plan.adapter
     assert a.module_dropout == RATE and other in {b.kind for b in a.blocks}
-    assert {b.kind for b in a.blocks if b.dora == "on"} == ({"loha"} if wd else set())
+    decomposing = {"loha", "lora"} if locon_wd else {"loha"} if wd else set()
+    assert {b.kind for b in a.blocks if b.dora == "on"} == decomposing
     ours, wrapped = _ours(pipe, a, RATE)
     lora_layers = sum(1 for b in a.blocks if b.kind in ("lora", "adapter"))
     assert wrapped > lora_layers  # the LoRA blocks' and the entry kind's layers (GLoRA: its own)
@@ -114,7 +118,7 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
         **wd,
     )
     decomposed = {type(m).__name__ for m in made.unet_loras if getattr(m, "wd", False)}
-    assert decomposed == ({"LohaModule"} if wd else set())
+    assert decomposed == {"LohaModule", *(("LoConModule",) if locon_wd else ())} if wd else not decomposed
     made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
     state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(state, strict=False)

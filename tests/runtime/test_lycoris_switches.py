@@ -279,9 +279,10 @@ def test_final_weights_reload_onto_the_base_model_for_sampling(tmp_path, kind):
     )
 
 
-# LyCORIS's algo=full (runtime/lycoris_full.py): trained copies of the targeted layers' weights and biases.
+# LyCORIS's algo=full (runtime/lycoris_full.py): trained copies of the targeted layers' weights and biases,
+# with FullModule's module and rank dropout drawn while training (resumed bit-exact: the draws are restored)
 FULL = (
-    'kind = "full"\nconv_targets = ["conv1", "conv2"]\n',
+    'kind = "full"\nconv_targets = ["conv1", "conv2"]\nmodule_dropout = 0.3\nrank_dropout = 0.2\n',
     {"algo": "full", "conv_dim": "1"},
     {"diff", "diff_b"},
 )

@@ -2,7 +2,8 @@
 command lines convert without --allow-unsupported, pass `dbspec check` and plan LyCORIS's rules
 (adapter.rank_dropout_form "lycoris", in bypass_mode "lycoris_bypass"; runtime/lora_dropout.py, checked
 against lycoris-lora's LoConModule in tests/runtime/test_locon_rank_dropout.py). With dora_wd LyCORIS
-renormalises the masked update: not expressed (DBS403)."""
+renormalises the masked update: the same draws inside LyCORIS's weight decomposition (was DBS403;
+tests/runtime/test_lycoris_locon_dora_dropout.py)."""
 
 from __future__ import annotations
 
@@ -60,11 +61,26 @@ def test_zero_rates_change_nothing(tmp_path):
     assert (a.adapter.rank_dropout, a.adapter.module_dropout, a.adapter.rank_dropout_form) == (0, 0, "kohya")
 
 
-def test_locon_dropouts_with_dora_are_not_expressed(tmp_path):
-    outcome = _convert(tmp_path, '"algo=locon" "dora_wd=True" "rank_dropout=0.1" "module_dropout=0.1"')
-    assert "DBS403" in codes(outcome)
-    text = messages(outcome, "DBS403")
-    assert "rank_dropout=0.1 with dora_wd" in text and "module_dropout=0.1 with dora_wd" in text
+@pytest.mark.parametrize(
+    ("args", "model", "script"),
+    [
+        ('"algo=locon" "dora_wd=True" "rank_dropout=0.1" "module_dropout=0.2"', SD15, "train_network.py"),
+        (
+            '"algo=lora" "conv_dim=4" "use_tucker=True" "dora_wd=True" "wd_on_output=False" '
+            '"rank_dropout=0.1" "module_dropout=0.2"',
+            SDXL,
+            "sdxl_train_network.py",
+        ),
+    ],
+)
+def test_locon_dropouts_with_dora_are_lycoris_decomposition_s(tmp_path, args, model, script):
+    """LoConModule with weight_decompose draws module_dropout, then masks ΔW's output rows before
+    renormalising W + ΔW (was DBS403): LyCORIS's form of DoRA with the LyCORIS row mask."""
+    outcome = expressible(_convert(tmp_path, args, model, script))
+    assert "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.rank_dropout, a.module_dropout) == (True, "lycoris", 0.1, 0.2)
+    assert a.rank_dropout_form == "lycoris"
 
 
 @pytest.mark.parametrize("given", ["--network_dropout=0.15", '"dropout=0.15"'])

@@ -12,6 +12,8 @@ import tomllib
 
 import pytest
 
+from dbspec.plan.summary import adapter_rows
+
 from convert_kit import SD15, empty_hub_cache, errors, fate, images, kohya, out_path, plan_of, write  # noqa: F401
 
 # kohya_ss's LyCORIS LoKr preset as its GUI writes it: a modest rank with the full-matrix switch on.
@@ -132,17 +134,34 @@ def test_full_algo_without_convolutions_and_the_switches_it_never_reads(tmp_path
     assert {"network_args use_scalar", "network_args dora_wd", "network_args use_tucker"} <= ignored
 
 
+def test_full_algo_refuses_bypass_mode(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=full", "bypass_mode=True"')  # LyCORIS's FullModule raises
+    assert outcome.exit_code == 1
+    assert "invalid" in {r.fate for r in outcome.conversion.reports.values()}
+
+
 @pytest.mark.parametrize(
-    ("args", "fate_"),
+    ("args", "module", "rank"),
     [
-        ('"algo=full", "module_dropout=0.1"', "unsupported"),
-        ('"algo=full", "bypass_mode=True"', "invalid"),  # LyCORIS's FullModule raises
+        ('"algo=full", "module_dropout=0.1"', 0.1, 0.0),
+        ('"algo=full", "rank_dropout=0.25"', 0.0, 0.25),
+        ('"algo=full", "preset=attn-mlp", "module_dropout=0.2", "rank_dropout=0.3"', 0.2, 0.3),
+        ('"algo=full", "module_dropout=0", "rank_dropout=0.0"', 0.0, 0.0),
     ],
 )
-def test_full_algo_refuses_what_it_cannot_train(tmp_path, args, fate_):
+def test_full_algo_dropouts_are_the_adapter_s(tmp_path, args, module, rank):
+    """FullModule's module_dropout (its forward's one torch.rand(1)) and rank_dropout (make_weight's mask
+    over the update's output rows, read from the network: was DBS403) map to the full adapter's rates
+    (tests/runtime/test_lycoris_full_dropout.py checks the layers against FullModule)."""
     outcome = _lycoris(tmp_path, args)
-    assert outcome.exit_code == 1
-    assert fate_ in {r.fate for r in outcome.conversion.reports.values()}
+    assert outcome.exit_code == 0, errors(outcome)
+    adapter = plan_of(outcome, tmp_path).adapter
+    assert (adapter.kind, adapter.module_dropout, adapter.rank_dropout) == ("full", module, rank)
+    rows = dict(adapter_rows(adapter))  # the plan summary shows the draws
+    assert ("  dropout" in rows) == bool(module or rank)
+    if module or rank:
+        assert rows["  dropout"].startswith(f"rank {rank:g} (the update's output rows")
+        assert rows["  dropout"].endswith(f"module {module:g} (while training)")
 
 
 # --- algo=ia3: LyCORIS's IA3Module on the preset's layers -------------------------------------------------

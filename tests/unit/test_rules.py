@@ -1217,6 +1217,30 @@ CASES = [
         [("DBS267", "error", ("adapter", "down_dropout"))],
         LORA + "down_dropout = 0.1\n" + DOG + STEPS,
     ),
+    (  # LyCORIS's weight decomposition takes LoConModule's draws: module dropout, the row mask
+        rules.lora_dropouts_without_dora,
+        LORA + 'dora = true\ndora_form = "lycoris"\nrank_dropout = 0.1\nmodule_dropout = 0.2\n' + DOG + STEPS,
+        [("DBS267", "error", ("adapter", "rank_dropout"))],  # kohya's form: masks ranks, not rows
+        LORA
+        + 'dora = true\ndora_form = "lycoris"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + "module_dropout = 0.2\n"
+        + DOG
+        + STEPS,
+    ),
+    (  # ... not with fused_projections (one module's draws over a fused layer's parts)
+        rules.lora_dropouts_without_dora,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + LORA
+        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n',
+        [("DBS267", "error", ("adapter", "module_dropout"))],
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + LORA
+        + 'dora = true\ndora_form = "lycoris"\nmodule_dropout = 0.2\n',
+    ),
     (
         rules.best_checkpoint_metric_runs,
         DOG + STEPS + '[checkpoints]\nselect = "eval_loss"\n',
@@ -1986,13 +2010,15 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
-    # module_dropout skips a decomposed LoHa / LoKr layer's whole update (LohaModule / LokrModule), not a
-    # decomposed LoRA one (LoRA's dropout wrappers reach no decomposed weight)
+    # module_dropout skips a decomposed LoHa / LoKr / LoRA layer's whole update (LohaModule / LokrModule /
+    # LoConModule; a decomposed LoRA one was DBS583), a decomposed LoRA part of a fused layer's not (its
+    # parts would draw apart)
     (
         rules.block_dora_fits,
-        DOG
+        'family = "flux"\n'
+        + DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
         [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
@@ -2000,7 +2026,7 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
     # ... a GLoRA / DyLoRA adapter's LoRA / LoHa / LoKr blocks on Flux too (was DBS583 "fused_projections";
     # tests/runtime/test_lycoris_mixed_flow_glora.py, test_lycoris_mixed_flow_dylora.py), not its own kind's

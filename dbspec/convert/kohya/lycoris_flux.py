@@ -599,7 +599,8 @@ def _full(
             conv.inert(legacy, f"FullModule has no rank or alpha (conv_dim 0 only leaves out {where})")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
-    _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"])
+    # kohya's fused Linears: one FullModule's draws over all the parts, which dbspec's parts draw apart
+    _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
             Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),

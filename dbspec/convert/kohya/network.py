@@ -449,7 +449,7 @@ def _map_network(
         put["dora_axis"] = "input"
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":
-        _locon_dropouts(kwargs, bypass_mode, dora, put, unsupported)
+        _locon_dropouts(kwargs, bypass_mode, put)
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
         _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
@@ -770,22 +770,18 @@ def _lycoris_bypass_and_dropout(
         )
 
 
-def _locon_dropouts(
-    kwargs: dict[str, str], bypass: bool, dora: bool, put: dict[str, Any], unsupported: dict[str, str]
-) -> None:
+def _locon_dropouts(kwargs: dict[str, str], bypass: bool, put: dict[str, Any]) -> None:
     """algo=lora / locon (lycoris/modules/locon.py, LoConModule.forward): module_dropout is one torch.rand(1)
     per training forward, the layer's base output alone below the rate (kohya networks.lora's rule);
     rank_dropout masks the rebuilt ΔW's output rows, `torch.rand(out)` kept above the rate (in bypass_mode the
     down projection's ranks, `torch.rand(rank)`), unscaled (rank_dropout_form "lycoris" / "lycoris_bypass").
-    With dora_wd LyCORIS renormalises the masked weight, which dbspec's dropouts do not reach."""
+    With dora_wd (never with bypass_mode: DBS402) the same draws, the masked ΔW renormalised with W
+    (runtime/lycoris_dora.py; was DBS403)."""
     for key in ("module_dropout", "rank_dropout"):
         if key not in kwargs:
             continue
         rate = _float(kwargs.pop(key) or 0.0)
         if not rate:
-            continue
-        if dora:
-            unsupported[key] = f"{rate:g} with dora_wd (LyCORIS renormalises the masked update)"
             continue
         put[key] = rate
         if key == "rank_dropout":
@@ -970,16 +966,19 @@ def _lycoris_full(
     args: Legacy,
     conv: Conversion,
     network_dropout: Legacy | None = None,
+    full_dropouts: bool = True,
 ) -> None:
     """algo=full (lycoris/modules/full.py: each targeted layer's weight and bias train as a copy) and ia3
     (lycoris/modules/ia3.py: a scale per output channel). LyCORIS builds their convolution modules when
-    conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. Their dropouts
-    are not expressed (module_dropout skips the layer; FullModule's rank_dropout reads an attribute it
-    lacks), but BOFT's, Diag-OFT's and IA3's module_dropout (ButterflyOFTModule.forward's,
-    DiagOFTModule.forward's and IA3Module.forward's one draw per layer and training forward; BOFT never
-    reads rank_dropout) and Diag-OFT's rank_dropout (_diag_oft_dropouts; IA3Module never reads it).
-    bypass_mode: Diag-OFT's, BOFT's and IA3's bypass forward (adapter.bypass: the output rotated or scaled,
-    its bias too); full raises on it (DBS402)."""
+    conv_dim is above 0 (the value is otherwise unused); rank and alpha mean nothing to them. FullModule's
+    module_dropout (one torch.rand(1) per layer and training forward, the base layer alone below it) and
+    rank_dropout (make_weight's mask over the update's output rows, weight and bias, unscaled) are the
+    adapter's (runtime/lycoris_full.py; was DBS403), where `full_dropouts` (SD 1.x / 2.x / SDXL: no fused
+    layer whose parts would draw apart); BOFT's, Diag-OFT's and IA3's module_dropout
+    (ButterflyOFTModule.forward's, DiagOFTModule.forward's and IA3Module.forward's one draw per layer and
+    training forward; BOFT never reads rank_dropout) and Diag-OFT's rank_dropout (_diag_oft_dropouts;
+    IA3Module never reads it). bypass_mode: Diag-OFT's, BOFT's and IA3's bypass forward (adapter.bypass: the
+    output rotated or scaled, its bias too); full raises on it (DBS402)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
     for key in _FULL_IGNORES:
@@ -1018,6 +1017,9 @@ def _lycoris_full(
         )
     if kind in ("boft", "diag-oft", "ia3") and "module_dropout" in kwargs:  # their forward's torch.rand(1)
         put["module_dropout"] = _float(kwargs.pop("module_dropout") or 0)
+    if kind == "full" and full_dropouts:  # FullModule's skip draw and its mask over the output rows
+        for key in [k for k in ("module_dropout", "rank_dropout") if _float(kwargs.get(k, "0") or 0)]:
+            put[key] = _float(kwargs.pop(key))
     if kind in ("diag-oft", "ia3"):
         _diag_oft_dropouts(kwargs, put, args, conv, network_dropout, kind)
     if kind == "boft" and "rank_dropout" in kwargs:
