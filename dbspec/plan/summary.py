@@ -1528,7 +1528,7 @@ def _cyclic(a) -> str:
         gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
         return (
             f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
-            f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}" + _group_momentum(a)
+            f"{a.cyclic_mode}{gamma}, up {a.step_size_up:g} / down {down:g}" + _group_momentum(a)
         )
     peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
@@ -1538,7 +1538,7 @@ def _cyclic(a) -> str:
     )
     return (
         f" (torch CyclicLR), base_lr {a.base_lr:g} (every group's), {peak}, {a.cyclic_mode}{gamma}, "
-        f"up {a.step_size_up} / down {down}{momentum}"
+        f"up {a.step_size_up:g} / down {down:g}{momentum}"
     )
 
 

@@ -3206,12 +3206,17 @@ class Schedule:
         minimum=0,
         example=1e-5,
     )
-    step_size_up: int = option(
-        2000, doc="cyclic: CyclicLR's step_size_up, optimizer steps from base_lr up to max_lr.", minimum=1
+    # floats, as torch's CyclicLR takes them (total_size = up + down, step_ratio = up / total_size)
+    step_size_up: float = option(
+        2000.0,
+        doc="cyclic: CyclicLR's step_size_up, optimizer steps from base_lr up to max_lr; a fraction as torch "
+        "takes it (kohya's `step_size_up=2.5`).",
+        exclusive_minimum=0,
     )
-    step_size_down: int = option(
-        0,
-        doc="cyclic: CyclicLR's step_size_down, optimizer steps back down; 0 = step_size_up (torch's None).",
+    step_size_down: float = option(
+        0.0,
+        doc="cyclic: CyclicLR's step_size_down, optimizer steps back down (a fraction as torch takes it); "
+        "0 = step_size_up (torch's None).",
         minimum=0,
     )
     cyclic_mode: Literal["triangular", "triangular2", "exp_range"] = option(

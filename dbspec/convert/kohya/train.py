@@ -563,10 +563,11 @@ def _torch_values(
         if key in ("step_size_up", "step_size_down"):
             if value is None:  # CyclicLR: step_size_down None = step_size_up
                 continue
-            if value != int(value):
-                conv.unsupported(args, f"a fractional {key} ({value!r}): dbspec counts whole steps")
+            refused = _cyclic_step_refused(key, value)
+            if refused:
+                conv.unsupported(args, refused)
                 return None
-            value = int(value)  # noqa: PLW2901
+            value = float(value)  # noqa: PLW2901 - torch's float(step_size_*): a fraction is exact
         if key == "mode" and value not in ("triangular", "triangular2", "exp_range"):
             conv.invalid(
                 args.key,
@@ -610,6 +611,29 @@ def _torch_values(
             )
             return None
     return values
+
+
+def _cyclic_step_refused(key: str, value) -> str:
+    """Why dbspec cannot take CyclicLR's `step_size_up` / `step_size_down` as kohya passes it, or "". torch
+    takes any number (float(value)): a fraction is dbspec's fraction. step_size_down=0 is torch's saw-tooth
+    (total_size = step_size_up, step_ratio 1: up over step_size_up steps, then straight back to base_lr),
+    where dbspec's 0 is torch's None (down as long as up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key}={value!r} is not a number"
+    if key == "step_size_up" and value <= 0:
+        return (
+            f"step_size_up={value!r}: dbspec needs a rise above 0 (torch divides by it, step_ratio = up / "
+            "(up + down))"
+        )
+    if key == "step_size_down" and value < 0:
+        return f"step_size_down={value!r}: dbspec needs a fall of at least 0"
+    if key == "step_size_down" and value == 0:
+        return (
+            "step_size_down=0: torch's CyclicLR then rises over step_size_up steps and drops straight back to "
+            "base_lr (a saw-tooth), while dbspec's schedule.step_size_down = 0 is torch's None (falling as long "
+            "as it rose); give step_size_down a positive value, or drop it for the symmetric cycle"
+        )
+    return ""
 
 
 def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
