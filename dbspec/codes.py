@@ -513,9 +513,9 @@ guidance-distilled models (Flux.1 dev) are given a guidance value in training, s
         ERROR,
         "A face-crop range that is not two positive numbers, low first",
         """\
-`datasets[].face_crop` must be empty (off) or two numbers [lo, hi] with 0 < lo <= hi: the face of an image
-named `name_cx_cy_w_h.ext` is scaled to span between 1/hi and 1/lo of the resolution. kohya asserts the order
-(`face_crop_aug_range must be two floats`), and a 0 divides by zero in its crop.""",
+`datasets[].face_crop` must be empty (off) or two positive numbers [lo, hi]: the face of an image named
+`name_cx_cy_w_h.ext` is scaled to span between 1/hi and 1/lo of the resolution; a 0 divides by zero in
+kohya's crop. A reversed pair runs as kohya's dataset config runs it (DBS616).""",
         help="write face_crop = [2.0, 4.0] (the face spans a quarter to a half of the image), or remove it",
     ),
     Code(
@@ -3127,6 +3127,19 @@ it.""",
 requires a momentum and zero dampening"), so the run would fail before its first step (kohya's SGDNesterov
 with a dampening in optimizer_args fails alike).""",
         help="set dampening = 0, or nesterov = false",
+    ),
+    Code(
+        "DBS616",
+        WARNING,
+        "A reversed face-crop range",
+        """\
+`datasets[].face_crop = [lo, hi]` with lo above hi. kohya's `--face_crop_aug_range` asserts the order, but a
+dataset config's `face_crop_aug_range` takes any pair, and its crop_target then runs with crossed bounds: the
+smallest scale is computed from hi and the largest, capped below by it, from lo, so both are the scale of
+[hi, hi] and no scale is drawn; the window is still shifted by the small draw (up to a twentieth of a face of
+at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec runs it the same way
+(`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
+        help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
     ),
 )
 

@@ -1034,19 +1034,22 @@ def unscored_evaluation(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
-    """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
+    """kohya's face crop: two positive numbers (DBS233; reversed, kohya's fixed scale with its shift: DBS616),
+    and only where buckets are off (DBS234)."""
     for i, d in enumerate(spec.datasets):
         if not d.face_crop:
             continue
         path = ("datasets", i, "face_crop")
-        if len(d.face_crop) != 2 or not 0 < d.face_crop[0] <= d.face_crop[1]:
+        if len(d.face_crop) != 2 or not (d.face_crop[0] > 0 and d.face_crop[1] > 0):
             yield _err(
                 "DBS233",
                 path,
-                f"dataset `{d.name}`: face_crop must be [lo, hi] with 0 < lo <= hi; found {d.face_crop}",
+                f"dataset `{d.name}`: face_crop must be two positive numbers [lo, hi]; found {d.face_crop}",
                 codes.help("DBS233"),
             )
             continue
+        if d.face_crop[0] > d.face_crop[1]:
+            yield _face_crop_reversed(i, d)
         index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
         mode = spec.buckets.mode if index is None else group_buckets(spec, given, index)[0]
         if mode != "square":
@@ -1058,6 +1061,19 @@ def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
                 f'buckets off); {where} is "{mode}"',
                 codes.help("DBS234"),
             )
+
+
+def _face_crop_reversed(i: int, d) -> Hit:
+    """DBS616: face_crop [lo, hi] with lo > hi, run as kohya's crop_target runs it (dbspec.plan.face_crop)."""
+    lo, hi = d.face_crop
+    return _warn(
+        "DBS616",
+        ("datasets", i, "face_crop"),
+        f"dataset `{d.name}`: face_crop [{lo:g}, {hi:g}] is reversed: every face image is scaled by the one "
+        f'scale of [{hi:g}, {hi:g}] (no scale draw), and, without crop = "random", its window shifted by '
+        "kohya's small draw for a range whose ends differ",
+        codes.help("DBS616"),
+    )
 
 
 @rule("spec")

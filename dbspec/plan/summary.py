@@ -163,8 +163,7 @@ def datasets_table(plan: Plan) -> Table:
         )
     faces = [
         f"face crop: dataset `{d.name}`: {len(d.face_crop.faces)} of {len(d.images)} images cut around their "
-        f"face box, scale drawn per step so the face spans 1/{d.face_crop.range[1]:g} to "
-        f"1/{d.face_crop.range[0]:g} of the resolution (kohya's crop_target); latents not cached"
+        f"face box, {_face_scale(d.face_crop.range)} (kohya's crop_target); latents not cached"
         for d in plan.datasets
         if d.face_crop is not None
     ]
@@ -1519,6 +1518,14 @@ def _group_momentum(a) -> str:
         return ""
     top, low = next(iter(cycles))
     return f", momentum/beta1 cycled {top:g} -> {low:g}"
+
+
+def _face_scale(face_range: tuple[float, float]) -> str:
+    """How a face-crop range scales the images (a reversed one: kohya's one scale of [hi, hi], DBS616)."""
+    lo, hi = face_range
+    if lo > hi:
+        return f"reversed range: the one scale of [{hi:g}, {hi:g}], no draw, and kohya's shift"
+    return f"scale drawn per step so the face spans 1/{hi:g} to 1/{lo:g} of the resolution"
 
 
 def _cyclic(a) -> str:

@@ -2147,7 +2147,8 @@ class Dataset:
         "of the resolution (a scale drawn per sample and step), then cut around the face (with crop = "
         '"random", shifted as kohya shifts it). Needs buckets.mode = "square" (kohya applies it only with '
         "buckets off); images without a face box keep the square crop; the dataset's latents are not cached. "
-        "Empty = off.",
+        "A reversed pair runs as kohya's dataset config runs it: the one scale of [hi, hi], no draw, the "
+        "shift of a range kept (DBS616). Empty = off.",
         example=[2.0, 4.0],
     )
     masks: str = option(

@@ -15,15 +15,18 @@ import pytest
 from PIL import Image
 
 from dbspec.compiler import buckets as bk
+from dbspec.frontend import check_spec
 
 from convert_kit import (
     SD15,
     SDXL,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
     errors,
+    expressible,
     fate,
     images,
     kohya,
+    out_path,
     plan_of,
     write,
 )
@@ -111,12 +114,20 @@ def test_face_crop_is_inert_where_kohya_never_runs_its_crop(tmp_path):
     assert plan_of(mapped, tmp_path).datasets[0].face_crop.range == (2.0, 4.0)
 
 
-def test_a_reversed_face_crop_range_in_a_dataset_config_is_unsupported(tmp_path):
-    """kohya's dataset schema takes any pair (only the command line asserts the order)."""
+def test_a_reversed_face_crop_range_in_a_dataset_config_converts_as_kohya_runs_it(tmp_path):
+    """kohya's dataset schema takes any pair (only the command line asserts the order); crop_target then takes
+    the one scale of [2, 2] and keeps its shift (was DBS403): the spec keeps the pair, which dbspec's
+    face_window runs as kohya's crop_target (tests/runtime/test_face_crop.py, reversed recorded cases), and
+    its check says so (DBS616)."""
     _faces(tmp_path / "faces", [(384, 300, 180, 200)])
     write(tmp_path / "dataset.toml", FACE_TOML.replace("[2.0, 4.0]", "[4.0, 2.0]").format(extra=""))
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
-    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "unsupported"
+    outcome = expressible(
+        kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    )
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "mapped"
+    assert plan_of(outcome, tmp_path).datasets[0].face_crop.range == (4.0, 2.0)
+    checked = check_spec(out_path(tmp_path))
+    assert [d.code for d in checked.diagnostics if d.code == "DBS616"] == ["DBS616"]
 
 
 def test_face_crop_range_kohya_asserts_on_is_invalid(tmp_path):

@@ -367,9 +367,15 @@ CASES = [
     ),
     (
         rules.face_crop_range,
-        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        DOG + "face_crop = [0.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
         [("DBS233", "error", ("datasets", 0, "face_crop"))],
         DOG + "face_crop = [2.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (  # kohya's dataset config runs a reversed range: the one scale of [2, 2], its shift kept
+        rules.face_crop_range,
+        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        [("DBS616", "warning", ("datasets", 0, "face_crop"))],
+        DOG + "face_crop = [2.0, 4.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
     ),
     (
         rules.face_crop_range,
