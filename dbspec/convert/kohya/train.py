@@ -629,9 +629,10 @@ def _cyclic_step_refused(key: str, value) -> str:
         return f"step_size_down={value!r}: dbspec needs a fall of at least 0"
     if key == "step_size_down" and value == 0:
         return (
-            "step_size_down=0: torch's CyclicLR then rises over step_size_up steps and drops straight back to "
-            "base_lr (a saw-tooth), while dbspec's schedule.step_size_down = 0 is torch's None (falling as long "
-            "as it rose); give step_size_down a positive value, or drop it for the symmetric cycle"
+            "step_size_down=0: torch's CyclicLR then rises over step_size_up steps and drops straight "
+            "back to base_lr (a saw-tooth), while dbspec's schedule.step_size_down = 0 is torch's None "
+            "(falling as long as it rose); give step_size_down a positive value, or drop it for the "
+            "symmetric cycle"
         )
     return ""
 
