@@ -2021,8 +2021,9 @@ def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def flow_floored_weight_finite(spec: Spec, given: Given) -> Iterator[Hit]:
-    """loss.flow_draw = "floored" can draw timestep 0 (σ = 0) unless loss.min_timestep > 0; the sigma_sqrt
-    weight σ⁻² is infinite there (DBS236; kohya's sd3_train_network.py gets a NaN loss then)."""
+    """loss.flow_draw = "floored" can draw timestep 0 (σ = 0) unless loss.min_timestep > 0 (reversed bounds
+    stop above max_timestep, at least 1); the sigma_sqrt weight σ⁻² is infinite there (DBS236; kohya's
+    sd3_train_network.py gets a NaN loss then)."""
     loss = spec.loss
     if loss.flow_draw == "floored" and loss.flow_weighting == "sigma_sqrt" and loss.min_timestep == 0:
         yield _err(
@@ -2052,12 +2053,14 @@ def noise_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             "loss.noise_offset is 0",
             "set loss.noise_offset (0.05-0.1 typical), or remove adaptive_noise_scale",
         )
-    if loss.min_timestep > loss.max_timestep:
+    # the floored draw takes reversed bounds as kohya's SD3 draw does: t = floor(shift(u) (max - min) + min)
+    if loss.min_timestep > loss.max_timestep and loss.flow_draw != "floored":
         yield _err(
             "DBS237",
             ("loss", "min_timestep"),
             f"loss.min_timestep ({loss.min_timestep}) is above loss.max_timestep ({loss.max_timestep})",
-            "min_timestep must be at most max_timestep (equal trains one timestep)",
+            "min_timestep must be at most max_timestep (equal trains one timestep; a flow model's "
+            'flow_draw = "floored" takes them reversed)',
         )
 
 

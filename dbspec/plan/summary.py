@@ -866,7 +866,7 @@ def flow_draw(f: FlowPlan, bounds: tuple[int, int] = (0, 1000)) -> str:
         "table": "",
         "continuous": ", continuous σ = shift(1 − u)",
         "floored": f", t = floor(shift(u)·({bounds[1]} − {bounds[0]}) + {bounds[0]}), σ = t/1000 "
-        "rising with u",
+        + ("falling with u (reversed bounds)" if bounds[0] > bounds[1] else "rising with u"),
     }[f.draw]
     return f"σ ~ {density}, {shift}{draw}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 

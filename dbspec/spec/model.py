@@ -2445,7 +2445,14 @@ class Loss:
     ip_noise_gamma_random_strength: bool = option(
         False, doc="Draw each step's input-perturbation strength uniformly in [0, ip_noise_gamma) (kohya)."
     )
-    min_timestep: int = option(0, doc="Smallest training timestep (inclusive).", minimum=0, maximum=999)
+    min_timestep: int = option(
+        0,
+        doc='Smallest training timestep (inclusive). Above max_timestep only with flow_draw = "floored", '
+        "which then draws t = floor(shift(u) (max_timestep − min_timestep) + min_timestep) from min_timestep "
+        "down toward max_timestep (kohya's sd3_train_network.py with reversed bounds).",
+        minimum=0,
+        maximum=999,
+    )
     max_timestep: int = option(
         1000,
         doc="Training timesteps are drawn below this (exclusive; 1000 = the whole schedule); equal to "

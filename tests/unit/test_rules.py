@@ -967,6 +967,15 @@ CASES = [
         + STEPS
         + "[loss]\nadaptive_noise_scale = 0.5\nnoise_offset = 0.05\nmin_timestep = 500\nmax_timestep = 500\n",
     ),
+    (  # the floored flow draw takes reversed bounds as kohya's SD3 draw does (from min down toward max)
+        rules.noise_options_fit,
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[loss]\nmin_timestep = 600\nmax_timestep = 500\n",
+        [("DBS237", "error", ("loss", "min_timestep"))],
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "floored"\nmin_timestep = 600\nmax_timestep = 500\n',
+    ),
     (
         rules.inert_noise_options,
         DOG
