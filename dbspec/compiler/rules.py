@@ -1410,7 +1410,7 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             yield hit
             return
     where = ("optimizer", "lr") if o.lr == 0 else _rate_path(given, held_texts[0])
-    moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts)
+    moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts) or _kept_alone(spec)
     if not moving:
         yield _err(
             "DBS200",
@@ -1603,12 +1603,26 @@ def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, f
             "optimizer.lr is 0 with train.denoiser = false: there is no denoiser to hold at rate 0",
             "remove optimizer.lr and give the text encoder its rate with optimizer.text_encoder_lr",
         )
+    elif _kept_alone(spec):
+        return
     elif not any_text_encoder_trains(spec):
+        lifted = schedule_lifts_zero(spec.schedule, ["denoiser"])
         yield _err(
             "DBS200",
             where,
-            "optimizer.lr is 0 and no text encoder trains: a run that changes nothing",
-            "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr",
+            "optimizer.lr is 0 and no text encoder trains: "
+            + (
+                f"{lifted}, so the denoiser would move on the schedule alone, which "
+                'optimizer.denoiser_at_zero = "keep" allows'
+                if lifted
+                else "a run that changes nothing"
+            ),
+            (
+                'set optimizer.denoiser_at_zero = "keep" (kohya train_db.py\'s U-Net at learning_rate 0 on '
+                "such a schedule), or optimizer.lr > 0"
+                if lifted
+                else "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr"
+            ),
         )
     elif not any(rate > 0 for _, rate in texts):
         name = texts[0][0] if texts else "text_encoder_lr"
@@ -1620,6 +1634,21 @@ def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, f
             + ": the text encoder would not train either",
             f"set optimizer.{name} > 0",
         )
+
+
+def _kept_alone(spec: Spec) -> bool:
+    """The denoiser at optimizer.lr = 0 with no text encoder training, kept (denoiser_at_zero = "keep") and
+    lifted off 0 by the schedule: it trains on the schedule alone (kohya train_db.py's U-Net at learning_rate
+    0 without the text encoder, under an eta_min above 0 or CyclicLR / OneCycleLR bounds above 0). The
+    optimizer's own moves (_kept_moves) still refuse a class that stops at rate 0."""
+    o = spec.optimizer
+    return (
+        o.lr == 0
+        and spec.train.denoiser
+        and o.denoiser_at_zero == "keep"
+        and not any_text_encoder_trains(spec)
+        and bool(schedule_lifts_zero(spec.schedule, ["denoiser"]))
+    )
 
 
 def _held_warning(spec: Spec, where: KeyPath, part: str, other: str, flag: str) -> Hit:

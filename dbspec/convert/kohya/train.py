@@ -1065,7 +1065,12 @@ def map_learning_rates(
             if text_encoder and ("optimizer", "text_encoder_lr") not in conv.values:
                 conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
             elif te.given and te.key not in conv.reports:
-                conv.inert(te, "Adafactor's relative step ignores the rates (kohya removes them)")
+                conv.inert(
+                    te,
+                    "the text encoder does not train"
+                    if not text_encoder
+                    else "Adafactor's relative step ignores the rates (kohya removes them)",
+                )
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
@@ -1143,16 +1148,18 @@ def _train_db_unet_at_rate_zero(
     if not _polynomial_takes_lr_zero(a, conv):
         return None
     moves = train_db_unet_lifted(a)
-    if moves and not (text_encoder and te.value):
+    if moves and text_encoder and not te.value:
+        group = "in the U-Net's group (no learning_rate_te)" if te.value is None else "at learning_rate_te 0"
         conv.unsupported(
             unet_lr,
-            f"train_db.py steps the U-Net at learning rate 0, but {moves}: kohya's U-Net trains on its own "
-            "schedule beside no text encoder at a rate above 0 (dbspec refuses optimizer.lr = 0 with it, "
-            "DBS200)",
-            help="use another lr_scheduler_type, or drop eta_min",
+            f"train_db.py steps the U-Net at learning rate 0 and the text encoder {group}, and {moves}: "
+            "both train on the schedule, while dbspec keeps no text encoder at rate 0 beside the denoiser "
+            "at 0 (optimizer.text_encoder_at_zero keeps one beside a denoiser at a rate above 0; DBS200)",
+            help="give --learning_rate_te a rate above 0, or --stop_text_encoder_training -1 to train the "
+            "U-Net alone on the schedule",
         )
         return None
-    if moves:  # the U-Net's group kept at rate 0 and moved by the schedule: optimizer.denoiser_at_zero
+    if moves:  # the U-Net's group kept at rate 0 and moved by the schedule (alone without a text encoder)
         why = f"train_db.py keeps the U-Net in the optimizer at learning rate 0, where {moves}"
         conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, note=why, comment=conv.comment(unet_lr, why))
         conv.put(("optimizer", "denoiser_at_zero"), "keep", conv.comment(unet_lr, why))
