@@ -2735,8 +2735,8 @@ class Optimizer:
         "moves as the schedule moves it, as kohya train_db.py's U-Net at learning_rate 0 does: a positive "
         "`schedule.eta_min` lifts it, OneCycleLR / CyclicLR set its rate from their bounds where one above 0 "
         "is its (DBS606 says how); DAdaptLion and Adafactor's relative step move it too. With no text "
-        "encoder training, a schedule that lifts it trains the denoiser on that schedule alone (train_db.py's "
-        "U-Net at learning_rate 0 without the text encoder). The classes that "
+        "encoder training, a schedule that lifts it trains the denoiser on that schedule alone "
+        "(train_db.py's U-Net at learning_rate 0 without the text encoder). The classes that "
         "refuse a rate of 0 when built (D-Adaptation's but DAdaptLion, Prodigy, CAME) stay refused, as "
         "kohya's run stops there.",
     )
