@@ -245,10 +245,10 @@ def _spec_resolution(
     if same is None:
         conv.unsupported(
             reso,
-            f"resolution {width}x{height} with buckets: kohya uses only its area {width * height} (its buckets "
-            f"are multiples of bucket_reso_steps), but no W x H of that area has both sides multiples of 8 "
-            f"between 64 and 4096 and within the bucket range {bounds[0]}..{bounds[1]}, as dbspec's "
-            "resolution needs (the area must be a multiple of 64)",
+            f"resolution {width}x{height} with buckets: kohya uses only its area {width * height} (its "
+            "buckets are multiples of bucket_reso_steps), but no W x H of that area has both sides "
+            f"multiples of 8 between 64 and 4096 and within the bucket range {bounds[0]}..{bounds[1]}, as "
+            "dbspec's resolution needs (the area must be a multiple of 64)",
             help="give a resolution whose sides are multiples of 8 (the buckets change with its area)",
         )
     return same
