@@ -127,6 +127,8 @@ def test_lora_cyclic_lr_triangular2_with_its_momentum_cycle(tmp_path):
         "triangular2",
     )
     assert (a.base_momentum, a.max_momentum, a.cycle_momentum, a.gamma) == (0.8, 0.9, True, 1.0)  # torch's
+    # whole step sizes stay ints in the plan: its JSON, and a run's hash, as before fractions were taken
+    assert type(a.step_size_up) is int and type(a.step_size_down) is int
     points = dict(s.lr_points)
     for step in (0, 25, 50, 100, 150, 175, 200, 300):
         assert points[step] == pytest.approx(_cyclic(step, 1e-5, 1e-4, 50, 100, "triangular2"), rel=1e-12)

@@ -174,7 +174,8 @@ def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | 
     low, high = v["min_bucket_reso"].value, v["max_bucket_reso"].value
     if enabled and not _bucket_rules_ok(d, size, script, conv):
         return None
-    spec_size = _spec_resolution(reso, size, mode, bk.adjust_min_max(low, high, step), conv)
+    bounds = bk.adjust_min_max(low, high, step) if enabled else (0, 0)  # step >= 1 checked when enabled
+    spec_size = _spec_resolution(reso, size, mode, bounds, conv)
     if spec_size is None:
         return None
     spec_reso, spec_height = spec_size
