@@ -206,8 +206,10 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
 `text_encoder_2_lr = 0`) holds a training text encoder at rate 0 while the denoiser or another text encoder
 trains (kohya networks.lora_fa's text-encoder group at `text_encoder_lr 0`, which it keeps in the optimizer).
 It needs the part to train (`optimizer.lr = 0` with `train.denoiser = false` has no meaning: give the text
-encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate, and an
-optimizer that holds a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
+encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate (or, for the
+denoiser with no text encoder training, `optimizer.denoiser_at_zero = "keep"` and a schedule that lifts it:
+it trains on that schedule alone, as kohya train_db.py's U-Net does), and an optimizer that holds a group
+at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
 ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rate), and Prodigy's step also
 applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
 rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
