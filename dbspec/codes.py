@@ -206,8 +206,10 @@ version's names throughout: keep version 1's names and let dbspec upgrade the fi
 `text_encoder_2_lr = 0`) holds a training text encoder at rate 0 while the denoiser or another text encoder
 trains (kohya networks.lora_fa's text-encoder group at `text_encoder_lr 0`, which it keeps in the optimizer).
 It needs the part to train (`optimizer.lr = 0` with `train.denoiser = false` has no meaning: give the text
-encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate, and an
-optimizer that holds a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
+encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate (or, for the
+denoiser with no text encoder training, `optimizer.denoiser_at_zero = "keep"` and a schedule that lifts it:
+it trains on that schedule alone, as kohya train_db.py's U-Net does), and an optimizer that holds a group
+at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
 ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rate), and Prodigy's step also
 applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
 rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
@@ -513,9 +515,9 @@ guidance-distilled models (Flux.1 dev) are given a guidance value in training, s
         ERROR,
         "A face-crop range that is not two positive numbers, low first",
         """\
-`datasets[].face_crop` must be empty (off) or two numbers [lo, hi] with 0 < lo <= hi: the face of an image
-named `name_cx_cy_w_h.ext` is scaled to span between 1/hi and 1/lo of the resolution. kohya asserts the order
-(`face_crop_aug_range must be two floats`), and a 0 divides by zero in its crop.""",
+`datasets[].face_crop` must be empty (off) or two positive numbers [lo, hi]: the face of an image named
+`name_cx_cy_w_h.ext` is scaled to span between 1/hi and 1/lo of the resolution; a 0 divides by zero in
+kohya's crop. A reversed pair runs as kohya's dataset config runs it (DBS616).""",
         help="write face_crop = [2.0, 4.0] (the face spans a quarter to a half of the image), or remove it",
     ),
     Code(
@@ -3144,6 +3146,19 @@ has no effect where no caption file is read (`captions = "prompt"` or `"filename
 that holds the captions) or where the dataset's `prompt` stands in for every missing caption file
 (`layout = "folder"`; with `"kohya_folders"` a sub-folder's class tokens may be empty, so it can apply).""",
         help='remove missing_captions, or use captions = "textfile" without a prompt',
+    ),
+    Code(
+        "DBS616",
+        WARNING,
+        "A reversed face-crop range",
+        """\
+`datasets[].face_crop = [lo, hi]` with lo above hi. kohya's `--face_crop_aug_range` asserts the order, but a
+dataset config's `face_crop_aug_range` takes any pair, and its crop_target then runs with crossed bounds: the
+smallest scale is computed from hi and the largest, capped below by it, from lo, so both are the scale of
+[hi, hi] and no scale is drawn; the window is still shifted by the small draw (up to a twentieth of a face of
+at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec runs it the same way
+(`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
+        help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
     ),
 )
 

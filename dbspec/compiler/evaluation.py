@@ -213,7 +213,8 @@ def fixed_timesteps(count: int, noise: NoisePlan, spacing: str = "midpoints") ->
     spacing "linspace", kohya's interior points of an integer linspace over the window."""
     if spacing == "linspace":
         return linspace_timesteps(count, noise.min_timestep, noise.max_timestep)
-    low, high = noise.min_timestep, max(noise.max_timestep, noise.min_timestep + 1)
+    low, high = sorted((noise.min_timestep, noise.max_timestep))  # the floored flow draw's reversed bounds
+    high = max(high, low + 1)
     return tuple(sorted({low + int((2 * i + 1) * (high - low) // (2 * count)) for i in range(count)}))
 
 

@@ -1034,19 +1034,22 @@ def unscored_evaluation(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
-    """kohya's face crop: two numbers 0 < lo <= hi (DBS233), and only where buckets are off (DBS234)."""
+    """kohya's face crop: two positive numbers (DBS233; reversed, kohya's fixed scale with its shift: DBS616),
+    and only where buckets are off (DBS234)."""
     for i, d in enumerate(spec.datasets):
         if not d.face_crop:
             continue
         path = ("datasets", i, "face_crop")
-        if len(d.face_crop) != 2 or not 0 < d.face_crop[0] <= d.face_crop[1]:
+        if len(d.face_crop) != 2 or not (d.face_crop[0] > 0 and d.face_crop[1] > 0):
             yield _err(
                 "DBS233",
                 path,
-                f"dataset `{d.name}`: face_crop must be [lo, hi] with 0 < lo <= hi; found {d.face_crop}",
+                f"dataset `{d.name}`: face_crop must be two positive numbers [lo, hi]; found {d.face_crop}",
                 codes.help("DBS233"),
             )
             continue
+        if d.face_crop[0] > d.face_crop[1]:
+            yield _face_crop_reversed(i, d)
         index = next((k for k, g in enumerate(spec.groups) if d.group and g.name == d.group), None)
         mode = spec.buckets.mode if index is None else group_buckets(spec, given, index)[0]
         if mode != "square":
@@ -1058,6 +1061,19 @@ def face_crop_range(spec: Spec, given: Given) -> Iterator[Hit]:
                 f'buckets off); {where} is "{mode}"',
                 codes.help("DBS234"),
             )
+
+
+def _face_crop_reversed(i: int, d) -> Hit:
+    """DBS616: face_crop [lo, hi] with lo > hi, run as kohya's crop_target runs it (dbspec.plan.face_crop)."""
+    lo, hi = d.face_crop
+    return _warn(
+        "DBS616",
+        ("datasets", i, "face_crop"),
+        f"dataset `{d.name}`: face_crop [{lo:g}, {hi:g}] is reversed: every face image is scaled by the one "
+        f'scale of [{hi:g}, {hi:g}] (no scale draw), and, without crop = "random", its window shifted by '
+        "kohya's small draw for a range whose ends differ",
+        codes.help("DBS616"),
+    )
 
 
 @rule("spec")
@@ -1394,7 +1410,7 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             yield hit
             return
     where = ("optimizer", "lr") if o.lr == 0 else _rate_path(given, held_texts[0])
-    moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts)
+    moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts) or _kept_alone(spec)
     if not moving:
         yield _err(
             "DBS200",
@@ -1587,12 +1603,26 @@ def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, f
             "optimizer.lr is 0 with train.denoiser = false: there is no denoiser to hold at rate 0",
             "remove optimizer.lr and give the text encoder its rate with optimizer.text_encoder_lr",
         )
+    elif _kept_alone(spec):
+        return
     elif not any_text_encoder_trains(spec):
+        lifted = schedule_lifts_zero(spec.schedule, ["denoiser"])
         yield _err(
             "DBS200",
             where,
-            "optimizer.lr is 0 and no text encoder trains: a run that changes nothing",
-            "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr",
+            "optimizer.lr is 0 and no text encoder trains: "
+            + (
+                f"{lifted}, so the denoiser would move on the schedule alone, which "
+                'optimizer.denoiser_at_zero = "keep" allows'
+                if lifted
+                else "a run that changes nothing"
+            ),
+            (
+                'set optimizer.denoiser_at_zero = "keep" (kohya train_db.py\'s U-Net at learning_rate 0 on '
+                "such a schedule), or optimizer.lr > 0"
+                if lifted
+                else "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr"
+            ),
         )
     elif not any(rate > 0 for _, rate in texts):
         name = texts[0][0] if texts else "text_encoder_lr"
@@ -1604,6 +1634,21 @@ def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, f
             + ": the text encoder would not train either",
             f"set optimizer.{name} > 0",
         )
+
+
+def _kept_alone(spec: Spec) -> bool:
+    """The denoiser at optimizer.lr = 0 with no text encoder training, kept (denoiser_at_zero = "keep") and
+    lifted off 0 by the schedule: it trains on the schedule alone (kohya train_db.py's U-Net at learning_rate
+    0 without the text encoder, under an eta_min above 0 or CyclicLR / OneCycleLR bounds above 0). The
+    optimizer's own moves (_kept_moves) still refuse a class that stops at rate 0."""
+    o = spec.optimizer
+    return (
+        o.lr == 0
+        and spec.train.denoiser
+        and o.denoiser_at_zero == "keep"
+        and not any_text_encoder_trains(spec)
+        and bool(schedule_lifts_zero(spec.schedule, ["denoiser"]))
+    )
 
 
 def _held_warning(spec: Spec, where: KeyPath, part: str, other: str, flag: str) -> Hit:
@@ -2048,8 +2093,9 @@ def flow_shift_once(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def flow_floored_weight_finite(spec: Spec, given: Given) -> Iterator[Hit]:
-    """loss.flow_draw = "floored" can draw timestep 0 (σ = 0) unless loss.min_timestep > 0; the sigma_sqrt
-    weight σ⁻² is infinite there (DBS236; kohya's sd3_train_network.py gets a NaN loss then)."""
+    """loss.flow_draw = "floored" can draw timestep 0 (σ = 0) unless loss.min_timestep > 0 (reversed bounds
+    stop above max_timestep, at least 1); the sigma_sqrt weight σ⁻² is infinite there (DBS236; kohya's
+    sd3_train_network.py gets a NaN loss then)."""
     loss = spec.loss
     if loss.flow_draw == "floored" and loss.flow_weighting == "sigma_sqrt" and loss.min_timestep == 0:
         yield _err(
@@ -2079,12 +2125,14 @@ def noise_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             "loss.noise_offset is 0",
             "set loss.noise_offset (0.05-0.1 typical), or remove adaptive_noise_scale",
         )
-    if loss.min_timestep > loss.max_timestep:
+    # the floored draw takes reversed bounds as kohya's SD3 draw does: t = floor(shift(u) (max - min) + min)
+    if loss.min_timestep > loss.max_timestep and loss.flow_draw != "floored":
         yield _err(
             "DBS237",
             ("loss", "min_timestep"),
             f"loss.min_timestep ({loss.min_timestep}) is above loss.max_timestep ({loss.max_timestep})",
-            "min_timestep must be at most max_timestep (equal trains one timestep)",
+            "min_timestep must be at most max_timestep (equal trains one timestep; a flow model's "
+            'flow_draw = "floored" takes them reversed)',
         )
 
 

@@ -175,11 +175,18 @@ def torch_schedule_plan(s: Schedule) -> TorchSchedulePlan | None:
         base_momentum=_number(s.base_momentum),
         max_momentum=_number(s.max_momentum),
         base_lr=_number(s.base_lr),
-        step_size_up=s.step_size_up,
-        step_size_down=s.step_size_down,
+        step_size_up=_steps(s.step_size_up),
+        step_size_down=_steps(s.step_size_down),
         cyclic_mode=s.cyclic_mode,
         max_lr_zero=s.max_lr_zero,
     )
+
+
+def _steps(value: float) -> float:
+    """CyclicLR's step size as the plan holds it: a whole number as the int it was before fractions were
+    taken (the plan's JSON and so a run's hash unchanged: such a run resumes across the upgrade), a fraction
+    as it is; torch takes float() of either."""
+    return int(value) if value == int(value) else value
 
 
 def _number(value: float | dict) -> float:

@@ -586,8 +586,8 @@ class TorchSchedulePlan:
     # torch's CyclicLR (cyclic): the cycle from base_lr (it replaces every group's rate) to max_lr (0 = each
     # group's own rate), step_size_down 0 = step_size_up; cyclic's gamma, momenta and cycle_momentum above
     base_lr: float = 0.0
-    step_size_up: int = 2000
-    step_size_down: int = 0
+    step_size_up: float = 2000  # a whole number as an int (compiler/torch_schedules.py _steps)
+    step_size_down: float = 0
     cyclic_mode: str = "triangular"
     # per-group bounds (a table in schedule.base_lr or max_lr), every optimizer group in the runtime's order;
     # () = base_lr and max_lr above hold for every group (the number form)

@@ -163,8 +163,7 @@ def datasets_table(plan: Plan) -> Table:
         )
     faces = [
         f"face crop: dataset `{d.name}`: {len(d.face_crop.faces)} of {len(d.images)} images cut around their "
-        f"face box, scale drawn per step so the face spans 1/{d.face_crop.range[1]:g} to "
-        f"1/{d.face_crop.range[0]:g} of the resolution (kohya's crop_target); latents not cached"
+        f"face box, {_face_scale(d.face_crop.range)} (kohya's crop_target); latents not cached"
         for d in plan.datasets
         if d.face_crop is not None
     ]
@@ -875,7 +874,7 @@ def flow_draw(f: FlowPlan, bounds: tuple[int, int] = (0, 1000)) -> str:
         "table": "",
         "continuous": ", continuous σ = shift(1 − u)",
         "floored": f", t = floor(shift(u)·({bounds[1]} − {bounds[0]}) + {bounds[0]}), σ = t/1000 "
-        "rising with u",
+        + ("falling with u (reversed bounds)" if bounds[0] > bounds[1] else "rising with u"),
     }[f.draw]
     return f"σ ~ {density}, {shift}{draw}" + (f", guidance {f.guidance:g}" if f.guidance else "")
 
@@ -1529,6 +1528,14 @@ def _group_momentum(a) -> str:
     return f", momentum/beta1 cycled {top:g} -> {low:g}"
 
 
+def _face_scale(face_range: tuple[float, float]) -> str:
+    """How a face-crop range scales the images (a reversed one: kohya's one scale of [hi, hi], DBS616)."""
+    lo, hi = face_range
+    if lo > hi:
+        return f"reversed range: the one scale of [{hi:g}, {hi:g}], no draw, and kohya's shift"
+    return f"scale drawn per step so the face spans 1/{hi:g} to 1/{lo:g} of the resolution"
+
+
 def _cyclic(a) -> str:
     """torch CyclicLR's arguments in the lr schedule row."""
     if a.groups:
@@ -1536,7 +1543,7 @@ def _cyclic(a) -> str:
         gamma = f", gamma {a.gamma:g}" if a.cyclic_mode == "exp_range" else ""
         return (
             f" (torch CyclicLR), per group base_lr -> max_lr: {_group_bounds(a, ('base_lr', 'max_lr'))}; "
-            f"{a.cyclic_mode}{gamma}, up {a.step_size_up} / down {down}" + _group_momentum(a)
+            f"{a.cyclic_mode}{gamma}, up {a.step_size_up:g} / down {down:g}" + _group_momentum(a)
         )
     peak = f"max_lr {a.max_lr:g}" if a.peak(a.max_lr, 1.0) == a.max_lr else "max_lr = each group's lr"
     down = a.step_size_down or a.step_size_up
@@ -1546,7 +1553,7 @@ def _cyclic(a) -> str:
     )
     return (
         f" (torch CyclicLR), base_lr {a.base_lr:g} (every group's), {peak}, {a.cyclic_mode}{gamma}, "
-        f"up {a.step_size_up} / down {down}{momentum}"
+        f"up {a.step_size_up:g} / down {down:g}{momentum}"
     )
 
 

@@ -304,10 +304,11 @@ def _group_problems(plan: Plan) -> Iterator[str]:
 def _noise_problems(plan: Plan) -> Iterator[str]:
     noise, huber = plan.loss.noise, plan.loss.huber
     low, high = noise.min_timestep, noise.max_timestep
-    if not (_at_least(0)(low) and _at_least(1)(high) and high <= 1000 and low <= min(high, 999)):
+    floored = plan.loss.flow is not None and plan.loss.flow.draw == "floored"  # takes them reversed too
+    if not (_at_least(0)(low) and _at_least(1)(high) and high <= 1000 and low <= (999 if floored else high)):
         yield (
-            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000 (min_timestep <= 999); found "
-            f"min_timestep {low}, max_timestep {high}"
+            "loss.noise needs 0 <= min_timestep <= max_timestep <= 1000 (min_timestep <= 999; above "
+            f"max_timestep with the floored flow draw); found min_timestep {low}, max_timestep {high}"
         )
     if (huber is None) != (plan.loss.kind not in ("pseudo_huber", "smooth_l1")):
         yield (

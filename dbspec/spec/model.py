@@ -2169,7 +2169,8 @@ class Dataset:
         "of the resolution (a scale drawn per sample and step), then cut around the face (with crop = "
         '"random", shifted as kohya shifts it). Needs buckets.mode = "square" (kohya applies it only with '
         "buckets off); images without a face box keep the square crop; the dataset's latents are not cached. "
-        "Empty = off.",
+        "A reversed pair runs as kohya's dataset config runs it: the one scale of [hi, hi], no draw, the "
+        "shift of a range kept (DBS616). Empty = off.",
         example=[2.0, 4.0],
     )
     masks: str = option(
@@ -2466,7 +2467,14 @@ class Loss:
     ip_noise_gamma_random_strength: bool = option(
         False, doc="Draw each step's input-perturbation strength uniformly in [0, ip_noise_gamma) (kohya)."
     )
-    min_timestep: int = option(0, doc="Smallest training timestep (inclusive).", minimum=0, maximum=999)
+    min_timestep: int = option(
+        0,
+        doc='Smallest training timestep (inclusive). Above max_timestep only with flow_draw = "floored", '
+        "which then draws t = floor(shift(u) (max_timestep − min_timestep) + min_timestep) from min_timestep "
+        "down toward max_timestep (kohya's sd3_train_network.py with reversed bounds).",
+        minimum=0,
+        maximum=999,
+    )
     max_timestep: int = option(
         1000,
         doc="Training timesteps are drawn below this (exclusive; 1000 = the whole schedule); equal to "
@@ -2748,7 +2756,9 @@ class Optimizer:
         "DBS200 refuses a schedule that would move it. keep: its group stays in the optimizer at rate 0 and "
         "moves as the schedule moves it, as kohya train_db.py's U-Net at learning_rate 0 does: a positive "
         "`schedule.eta_min` lifts it, OneCycleLR / CyclicLR set its rate from their bounds where one above 0 "
-        "is its (DBS606 says how); DAdaptLion and Adafactor's relative step move it too. The classes that "
+        "is its (DBS606 says how); DAdaptLion and Adafactor's relative step move it too. With no text "
+        "encoder training, a schedule that lifts it trains the denoiser on that schedule alone "
+        "(train_db.py's U-Net at learning_rate 0 without the text encoder). The classes that "
         "refuse a rate of 0 when built (D-Adaptation's but DAdaptLion, Prodigy, CAME) stay refused, as "
         "kohya's run stops there.",
     )
@@ -3228,12 +3238,17 @@ class Schedule:
         minimum=0,
         example=1e-5,
     )
-    step_size_up: int = option(
-        2000, doc="cyclic: CyclicLR's step_size_up, optimizer steps from base_lr up to max_lr.", minimum=1
+    # floats, as torch's CyclicLR takes them (total_size = up + down, step_ratio = up / total_size)
+    step_size_up: float = option(
+        2000.0,
+        doc="cyclic: CyclicLR's step_size_up, optimizer steps from base_lr up to max_lr; a fraction as torch "
+        "takes it (kohya's `step_size_up=2.5`).",
+        exclusive_minimum=0,
     )
-    step_size_down: int = option(
-        0,
-        doc="cyclic: CyclicLR's step_size_down, optimizer steps back down; 0 = step_size_up (torch's None).",
+    step_size_down: float = option(
+        0.0,
+        doc="cyclic: CyclicLR's step_size_down, optimizer steps back down (a fraction as torch takes it); "
+        "0 = step_size_up (torch's None).",
         minimum=0,
     )
     cyclic_mode: Literal["triangular", "triangular2", "exp_range"] = option(

@@ -279,6 +279,29 @@ def test_a_torch_schedule_moves_the_denoiser_at_rate_zero_as_kohyas(tmp_path, mo
         assert not all(torch.equal(p.detach(), x) for p, x in zip(run_group, start, strict=True))  # moved
 
 
+def test_the_denoiser_at_rate_zero_trains_on_the_schedule_alone_without_a_text_encoder(tmp_path, monkeypatch):
+    """kohya train_db.py with learning_rate 0 and no text encoder under OneCycleLR: one optimizer group, the
+    U-Net at rate 0, which the scheduler lifts to its own rate. optimizer.denoiser_at_zero = "keep" with no
+    text encoder trains it so (was refused, DBS200): torch's AdamW on [{U-Net, lr 0}] with OneCycleLR
+    stepped after each step, as kohya builds them, gives the run's weights bit for bit."""
+    settings, build = TORCH_SCHEDULES["one_cycle"]
+    settings = [*settings, "optimizer.lr=0", "optimizer.weight_decay=0.1"]
+    settings += ['optimizer.denoiser_at_zero="keep"']
+    plan = compile_spec(write_spec(tmp_path, steps=2), settings)
+    assert plan.optimizer.denoiser_at_zero == "keep" and any("DBS606" in w for w in plan.warnings)
+    seen = _recording(monkeypatch)
+    assert execute(plan).status == "finished" and len(seen["grads"]) == 2
+    [(name, rate, denoiser)] = seen["groups"]
+    assert (name, rate) == ("denoiser", 0.0)
+    o = plan.optimizer
+    kwargs = {"betas": tuple(o.betas), "eps": o.eps, "weight_decay": 0.1}
+    [reference] = _replay(
+        seen, lambda ps: torch.optim.AdamW(_kohya_groups(ps, [0.0]), lr=0.0, **kwargs), scheduler=build
+    )
+    assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(denoiser, reference, strict=True))
+    assert not all(torch.equal(p.detach(), x) for p, x in zip(denoiser, seen["start"][0], strict=True))
+
+
 def test_a_relative_step_adafactor_run_trains_both_as_kohyas_rateless_groups(tmp_path, monkeypatch):
     """kohya's train_db.py learning_rate 0 with Adafactor's relative step: get_optimizer removes the groups'
     rates and Adafactor computes its own step, so the U-Net trains. dbspec's run with the denoiser and text

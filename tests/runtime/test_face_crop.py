@@ -21,7 +21,8 @@ from tests.runtime.runspec import CPU, compile_spec, write_spec
 
 # Recorded by running kohya's BaseDataset.crop_target (sd-scripts HEAD, extracted unchanged into a scratch
 # folder) on index images with the global `random` seeded: the resize it asked for, the top-left of the
-# window it cut, and the next random() after it (so the number of draws is equal too).
+# window it cut, and the next random() after it (so the number of draws is equal too). The last 24 have a
+# reversed range, as a dataset config's face_crop_aug_range may (DBS616), recorded the same way.
 KOHYA = json.loads((Path(__file__).parent / "data" / "kohya_face_crop.json").read_text())
 
 
@@ -45,6 +46,9 @@ def test_the_recorded_cases_cover_every_branch():
     assert {c["random_crop"] for c in KOHYA} == {True, False}
     assert any(c["size"] == c["target"] for c in KOHYA)
     assert any(c["range"][0] == c["range"][1] for c in KOHYA)
+    assert any(
+        c["range"][0] > c["range"][1] and not c["random_crop"] and c["resized"] != c["size"] for c in KOHYA
+    )
     assert any(c["resized"] != c["size"] for c in KOHYA)
 
 
@@ -108,7 +112,7 @@ def test_load_example_cuts_the_face_window(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "buckets", "code"),
     [
-        ("face_crop = [3.0, 1.5]", SQUARE, "DBS233"),
+        ("face_crop = [1.5, -3.0]", SQUARE, "DBS233"),
         ("face_crop = [0.0, 1.5]", SQUARE, "DBS233"),
         ("face_crop = [2.0]", SQUARE, "DBS233"),
         (FACE_SPEC, "[buckets]\nstep = 16", "DBS234"),
@@ -119,6 +123,16 @@ def test_bad_face_crop_settings_are_refused(tmp_path, extra, buckets, code):
     path.write_text(path.read_text().replace(SQUARE, buckets))
     planned = plan_spec(path, CPU, str(path), [])
     assert planned.plan is None and code in {d.code for d in planned.diagnostics}
+
+
+def test_a_reversed_range_plans_with_its_warning(tmp_path):
+    """[3.0, 1.5]: kohya's dataset config runs it (the one scale of [1.5, 1.5], its shift kept; the recorded
+    reversed cases above), so the spec plans it and says what it does (DBS616)."""
+    path = _spec(tmp_path, dataset_extra="face_crop = [3.0, 1.5]\n")
+    planned = plan_spec(path, CPU, str(path), [])
+    assert planned.plan is not None and planned.plan.datasets[0].face_crop.range == (3.0, 1.5)
+    [warning] = [d for d in planned.diagnostics if d.code == "DBS616"]
+    assert warning.severity == "warning" and "[1.5, 1.5]" in warning.message
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,8 @@ def kohya_sd3_loss(model_pred, noisy, sigmas, latents, weighting_scheme: str) ->
         ("logit_normal", {"logit_mean": 0.4, "logit_std": 1.3}, 3.0, (None, None)),
         ("mode", {"mode_scale": 1.29}, 3.0, (100, 900)),
         ("uniform", {}, 0.5, (250, 250)),
+        # min above max: kohya's expression draws from 800 down toward 200 (the bounds as given)
+        ("logit_normal", {"logit_mean": 0.4, "logit_std": 1.3}, 3.0, (800, 200)),
     ],
 )
 def test_floored_draw_is_kohyas_sd3_draw(scheme, params, shift, bounds):
@@ -113,6 +115,8 @@ def test_floored_draw_is_kohyas_sd3_draw(scheme, params, shift, bounds):
     assert torch.equal(OBJECTIVE.add_noise(scheduler, latents, noise, timesteps), k_noisy)
     if bounds[0] == bounds[1] == 250:
         assert bool((timesteps == 250).all())
+    elif low > high:  # (200, 800]: falling with u
+        assert timesteps.min() > high and timesteps.max() <= low and len(timesteps.unique()) > 50
     else:
         assert timesteps.min() >= low and timesteps.max() < high and len(timesteps.unique()) > 50
 

@@ -118,6 +118,9 @@ CASES = [
         {**CYCLIC, "step_size_up": 4, "cyclic_mode": "exp_range", "gamma": 0.97, "cycle_momentum": False},
     ),
     ("cyclic", {**CYCLIC, "base_lr": 0.0, "step_size_up": 3, "step_size_down": 1, "max_momentum": 0.95}),
+    # fractions, as torch takes them (kohya's step_size_up=2.5): total_size and step_ratio in floats
+    ("cyclic", {**CYCLIC, "step_size_up": 2.5, "step_size_down": 3.75}),
+    ("cyclic", {**CYCLIC, "step_size_up": 1.25, "cyclic_mode": "triangular2", "cycle_momentum": False}),
     ("polynomial_lr", {"total_iters": 25}),
     ("polynomial_lr", {"total_iters": 40}),
 ]

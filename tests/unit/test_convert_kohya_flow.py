@@ -9,6 +9,7 @@ from convert_kit import (  # noqa: F401
     component_file,
     empty_hub_cache,
     errors,
+    expressible,
     fate,
     images,
     kohya,
@@ -225,9 +226,30 @@ def test_kohya_sd3_sigma_sqrt_with_a_lower_bound_keeps_kohyas_weighting(tmp_path
     assert plan.loss.noise.min_timestep == 100 and fate(outcome, "min_timestep") == "mapped"
 
 
-def test_kohya_sd3_reversed_bounds_and_infinite_weights_are_refused(tmp_path):
-    reversed_bounds = _sd3(tmp_path, "--weighting_scheme logit_normal --min_timestep 900 --max_timestep 100")
-    assert not reversed_bounds.written and fate(reversed_bounds, "min_timestep") == "unsupported"
+def test_kohya_sd3_reversed_bounds_are_kohyas_draw_from_min_down_to_max(tmp_path):
+    """sd3_train_utils: t = (shift(u) (t_max - t_min) + t_min).long() with min 900, max 100 draws from 900
+    down toward 100 (was DBS403): the floored draw with the bounds as given computes the same expression
+    (tests/runtime/test_flow_kohya_draws.py compares it bit for bit)."""
+    outcome = expressible(
+        _sd3(tmp_path, "--weighting_scheme logit_normal --min_timestep 900 --max_timestep 100")
+    )
+    plan = plan_of(outcome, tmp_path)
+    assert plan.loss.flow.draw == "floored"
+    assert (plan.loss.noise.min_timestep, plan.loss.noise.max_timestep) == (900, 100)
+    assert {fate(outcome, k) for k in ("min_timestep", "max_timestep")} == {"mapped"}
+    summary = noise_summary(plan.loss.noise, plan.loss.flow)
+    assert "t = floor(shift(u)·(100 − 900) + 900)" in summary and "falling with u" in summary
+    # sigma_sqrt: with reversed bounds t reaches 0 only where max_timestep is 0; 100 keeps kohya's weight
+    weighted = expressible(
+        _sd3(tmp_path / "w", "--weighting_scheme sigma_sqrt --min_timestep 900 --max_timestep 100")
+    )
+    flow = plan_of(weighted, tmp_path / "w").loss.flow
+    assert (flow.prediction, flow.weighting) == ("preconditioned", "sigma_sqrt")
+
+
+def test_kohya_sd3_reversed_bounds_down_to_0_and_infinite_weights_are_refused(tmp_path):
+    to_zero = _sd3(tmp_path, "--weighting_scheme logit_normal --min_timestep 900 --max_timestep 0")
+    assert not to_zero.written and fate(to_zero, "max_timestep") == "unsupported"
     l1 = _sd3(tmp_path / "l1", "--weighting_scheme sigma_sqrt --loss_type l1")
     assert not l1.written and fate(l1, "weighting_scheme") == "unsupported"  # sigma^-2 at t = 0: NaN in kohya
 

@@ -15,15 +15,18 @@ import pytest
 from PIL import Image
 
 from dbspec.compiler import buckets as bk
+from dbspec.frontend import check_spec
 
 from convert_kit import (
     SD15,
     SDXL,
     empty_hub_cache,  # noqa: F401 (a pytest fixture)
     errors,
+    expressible,
     fate,
     images,
     kohya,
+    out_path,
     plan_of,
     write,
 )
@@ -111,12 +114,20 @@ def test_face_crop_is_inert_where_kohya_never_runs_its_crop(tmp_path):
     assert plan_of(mapped, tmp_path).datasets[0].face_crop.range == (2.0, 4.0)
 
 
-def test_a_reversed_face_crop_range_in_a_dataset_config_is_unsupported(tmp_path):
-    """kohya's dataset schema takes any pair (only the command line asserts the order)."""
+def test_a_reversed_face_crop_range_in_a_dataset_config_converts_as_kohya_runs_it(tmp_path):
+    """kohya's dataset schema takes any pair (only the command line asserts the order); crop_target then takes
+    the one scale of [2, 2] and keeps its shift (was DBS403): the spec keeps the pair, which dbspec's
+    face_window runs as kohya's crop_target (tests/runtime/test_face_crop.py, reversed recorded cases), and
+    its check says so (DBS616)."""
     _faces(tmp_path / "faces", [(384, 300, 180, 200)])
     write(tmp_path / "dataset.toml", FACE_TOML.replace("[2.0, 4.0]", "[4.0, 2.0]").format(extra=""))
-    outcome = kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
-    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "unsupported"
+    outcome = expressible(
+        kohya(tmp_path, dataset_config=tmp_path / "dataset.toml", command=f"{LORA} --output_dir out")
+    )
+    assert fate(outcome, "datasets[0].subsets[0].face_crop_aug_range") == "mapped"
+    assert plan_of(outcome, tmp_path).datasets[0].face_crop.range == (4.0, 2.0)
+    checked = check_spec(out_path(tmp_path))
+    assert [d.code for d in checked.diagnostics if d.code == "DBS616"] == ["DBS616"]
 
 
 def test_face_crop_range_kohya_asserts_on_is_invalid(tmp_path):
@@ -330,6 +341,71 @@ def test_non_square_resolution_converts_and_plans_kohyas_buckets(tmp_path, key):
     assert got == {f"img{k:03d}.png": (bucket, resized) for k, (_, bucket, resized) in enumerate(placed)}
     if no_upscale == "0":  # every bucket the plan uses is one of kohya's
         assert {tuple(b.size) for b in plan.buckets} <= {tuple(b) for b in KOHYA_BUCKETS[key]["buckets"]}
+
+
+# A resolution with a side that is not a multiple of 8, with buckets: kohya reads only its area (make_bucket_
+# resolutions' max_area, the no-upscale max_area), so a W x H of the same area whose sides are multiples of 8
+# has the same buckets. Recorded the same way (sd-scripts' BucketManager, HEAD, extracted unchanged).
+KOHYA_ODD = json.loads((Path(__file__).parent / "kohya_odd_resolution_buckets.json").read_text())
+SAME_AREA = {(1020, 512): (960, 544), (1020, 640): (960, 680), (1020, 1024): (960, 1088)}
+
+
+@pytest.mark.parametrize("key", sorted(KOHYA_ODD))
+def test_a_resolution_off_the_8_grid_converts_to_one_of_the_same_area_with_kohyas_buckets(tmp_path, key):
+    """Was DBS403 ("dbspec needs a multiple of 8"): the spec's resolution is the pair of the same area nearest
+    in aspect; every image lands in kohya's bucket at kohya's resize, and the bucket list is kohya's."""
+    reso, low, high, step, no_upscale = key.split("|")
+    size = tuple(int(x) for x in reso.split(","))
+    placed = KOHYA_ODD[key]["placed"]
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for k, ((w, h), _, _) in enumerate(placed):
+        Image.new("RGB", (w, h), (k % 250, 90, 160)).save(folder / f"img{k:03d}.png", compress_level=1)
+        (folder / f"img{k:03d}.txt").write_text("ohwx dog\n", encoding="utf-8")
+    write(
+        tmp_path / "dataset.toml",
+        f'[general]\ncaption_extension = ".txt"\nenable_bucket = true\nmin_bucket_reso = {low}\n'
+        f"max_bucket_reso = {high}\nbucket_reso_steps = {step}\n"
+        f"bucket_no_upscale = {'true' if no_upscale == '1' else 'false'}\n"
+        f'[[datasets]]\nresolution = [{reso}]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "img"\n',
+    )
+    script = "sdxl_train_network.py" if step == "32" else "train_network.py"
+    model = SDXL if step == "32" else SD15
+    outcome = kohya(
+        tmp_path,
+        dataset_config=tmp_path / "dataset.toml",
+        command=f"{script} --pretrained_model_name_or_path {model} --network_module networks.lora "
+        "--output_dir out --max_train_epochs 1",
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+    plan = plan_of(outcome, tmp_path)
+    d = plan.datasets[0]
+    spec_size = (d.resolution, d.resolution_height)
+    assert spec_size == SAME_AREA[size] and spec_size[0] * spec_size[1] == size[0] * size[1]
+    got = {img.rel: (list(img.bucket), list(img.resized)) for img in d.images}
+    assert got == {f"img{k:03d}.png": (bucket, resized) for k, (_, bucket, resized) in enumerate(placed)}
+    if no_upscale == "0":  # the same bucket list, and every bucket the plan uses is one of kohya's
+        kohya_list = [list(b) for b in bk.bucket_list(spec_size, int(low), int(high), int(step))]
+        assert kohya_list == KOHYA_ODD[key]["buckets"]
+        assert {tuple(b.size) for b in plan.buckets} <= {tuple(b) for b in KOHYA_ODD[key]["buckets"]}
+
+
+@pytest.mark.parametrize(
+    ("resolution", "buckets", "says"),
+    [
+        ("516", "--enable_bucket", "no W x H of that area"),  # 516 * 516 is not a multiple of 64
+        ("1020,700", "--enable_bucket", "no W x H of that area"),  # both sides 4 mod 8
+        ("1020,512", "", "multiple of 8 between 64 and 4096"),  # buckets off: the one bucket is W x H
+    ],
+)
+def test_a_resolution_off_the_8_grid_without_a_same_area_pair_says_why(tmp_path, resolution, buckets, says):
+    images(tmp_path / "img" / "10_ohwx dog", 2, (1100, 800))
+    outcome = kohya(
+        tmp_path, command=f"{LORA} --train_data_dir img --resolution {resolution} --output_dir out {buckets}"
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "resolution") == "unsupported"
+    assert says in outcome.conversion.reports["resolution"].note
 
 
 def test_non_square_resolution_with_buckets_off_trains_w_by_h(tmp_path):

@@ -127,6 +127,8 @@ def test_lora_cyclic_lr_triangular2_with_its_momentum_cycle(tmp_path):
         "triangular2",
     )
     assert (a.base_momentum, a.max_momentum, a.cycle_momentum, a.gamma) == (0.8, 0.9, True, 1.0)  # torch's
+    # whole step sizes stay ints in the plan: its JSON, and a run's hash, as before fractions were taken
+    assert type(a.step_size_up) is int and type(a.step_size_down) is int
     points = dict(s.lr_points)
     for step in (0, 25, 50, 100, 150, 175, 200, 300):
         assert points[step] == pytest.approx(_cyclic(step, 1e-5, 1e-4, 50, 100, "triangular2"), rel=1e-12)
@@ -148,6 +150,41 @@ def test_cyclic_exp_range_and_default_down_steps(tmp_path):
     assert s.torch.step_size_down == 0 and s.momentum_points == ()  # None: as long as the rise
     for step, lr in s.lr_points:
         assert lr == pytest.approx(_cyclic(step, 2e-5, 2e-4, 30, 30, "exp_range", 0.99), rel=1e-12)
+
+
+def test_cyclic_fractional_step_sizes_are_torchs_floats(tmp_path):
+    """torch's CyclicLR takes float(step_size_up) / float(step_size_down): a fraction is a fraction (was
+    DBS403, "dbspec counts whole steps")."""
+    outcome = expressible(
+        kohya_lora(
+            tmp_path,
+            "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=1e-5 max_lr=1e-4 step_size_up=12.5 "
+            "step_size_down=37.5 cycle_momentum=False --save_every_n_steps 10",
+        )
+    )
+    assert fate(outcome, "lr_scheduler_args") == "mapped"
+    s = plan_of(outcome, tmp_path).schedule
+    assert (s.torch.step_size_up, s.torch.step_size_down) == (12.5, 37.5)
+    points = dict(s.lr_points)
+    assert len(points) > 5
+    for step, lr in points.items():  # a triangle of period 50 whose peak falls between two steps
+        assert lr == pytest.approx(_cyclic(step, 1e-5, 1e-4, 12.5, 37.5, "triangular"), rel=1e-12)
+    assert points[10] == pytest.approx(1e-5 + 9e-5 * 10 / 12.5, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ("step_size_up=20 step_size_down=0", "saw-tooth"),  # torch: total_size = up, step_ratio 1
+        ("step_size_up=0", "rise above 0"),  # torch divides 0 by 0 at its first get_lr
+    ],
+)
+def test_cyclic_step_sizes_dbspec_cannot_take_say_why(tmp_path, args, why):
+    outcome = kohya_lora(
+        tmp_path, f"--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=1e-5 max_lr=1e-4 {args}"
+    )
+    assert "DBS403" in codes(outcome)
+    assert why in messages(outcome, "DBS403")
 
 
 def test_polynomial_lr_falls_to_zero_after_total_iters(tmp_path):

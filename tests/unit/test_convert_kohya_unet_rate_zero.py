@@ -198,22 +198,76 @@ def test_a_schedule_whose_bounds_are_zero_for_the_unet_holds_it(tmp_path):
     assert any("DBS229" in w for w in plan.warnings) and not any("DBS606" in w for w in plan.warnings)
 
 
-def test_without_a_text_encoder_rate_a_lifting_schedule_stays_refused(tmp_path):
-    """learning_rate 0 without learning_rate_te: the U-Net and text encoder are one group at rate 0 that the
-    schedule lifts, with no text encoder at a rate above 0 beside the U-Net: DBS403 still."""
-    outcome = _command(
-        tmp_path, '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
-    )
-    assert outcome.exit_code == 0, errors(outcome)  # the command line above has learning_rate_te
-    images(tmp_path / "alone" / "train" / "40_ohwx man", 4, (512, 512))
+def _alone(tmp_path, extra: str):
+    """train_db.py at learning_rate 0 with no learning_rate_te and `extra`."""
+    images(tmp_path / "train" / "40_ohwx man", 4, (512, 512))
     command = (
         f'accelerate launch train_db.py --pretrained_model_name_or_path="{SD15}" --train_data_dir=train '
-        "--resolution=512 --output_dir=out --learning_rate=0 --max_train_steps=300 "
-        '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
+        f"--resolution=512 --output_dir=out --learning_rate=0 --max_train_steps=300 {extra}"
     )
-    outcome = kohya(tmp_path / "alone", command=command)
-    assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
-    assert "beside no text encoder at a rate above 0" in outcome.conversion.reports["learning_rate"].note
+    return kohya(tmp_path, command=command)
+
+
+def test_with_the_text_encoder_in_the_unets_group_a_lifting_schedule_stays_refused(tmp_path):
+    """learning_rate 0 without learning_rate_te while the text encoder trains: the U-Net and text encoder are
+    one group at rate 0 that the schedule lifts, both training on it; dbspec keeps no text encoder at rate 0
+    beside the denoiser at 0 (DBS200): DBS403, naming both ways out. learning_rate_te 0 alike."""
+    one_cycle = '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
+    for name, extra, group in (
+        ("one", one_cycle, "in the U-Net's group (no learning_rate_te)"),
+        ("zero", one_cycle + " --learning_rate_te=0", "at learning_rate_te 0"),
+    ):
+        outcome = _alone(tmp_path / name, extra)
+        assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
+        note = outcome.conversion.reports["learning_rate"].note
+        assert group in note and "OneCycleLR" in note and "both train on the schedule" in note, note
+        [refusal] = [d for d in outcome.diagnostics if d.code == "DBS403"]
+        assert "--stop_text_encoder_training -1" in refusal.help
+
+
+@pytest.mark.parametrize(
+    ("extra", "schedule", "why"),
+    [
+        (
+            '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"',
+            "one_cycle",
+            "max_lr 1e-05",
+        ),
+        (
+            '--lr_scheduler_type CyclicLR --lr_scheduler_args "base_lr=1e-7" "max_lr=1e-5" "step_size_up=50" '
+            '"cycle_momentum=False"',
+            "cyclic",
+            "base_lr 1e-07, max_lr 1e-05",
+        ),
+        (
+            '--lr_scheduler_type CosineAnnealingLR --lr_scheduler_args "T_max=300" "eta_min=1e-7"',
+            "cosine_annealing",
+            "eta_min 1e-07",
+        ),
+    ],
+)
+@pytest.mark.parametrize("stop", ["-1", "0"])
+def test_without_a_text_encoder_a_lifting_schedule_trains_the_unet_alone(
+    tmp_path, extra, schedule, why, stop
+):
+    """learning_rate 0 with the text encoder out of training (stop_text_encoder_training -1: not in the
+    optimizer; 0: in it, but never given a gradient): the U-Net's group at rate 0, which the schedule lifts,
+    trains alone on it (was DBS403): optimizer.lr = 0 with denoiser_at_zero = "keep" and no text encoder,
+    DBS606 naming what moves it (tests/runtime/test_denoiser_rate_zero.py replays such a run on torch's
+    AdamW and OneCycleLR bit for bit)."""
+    outcome = _alone(tmp_path, f"{extra} --stop_text_encoder_training={stop} --learning_rate_te=3e-6")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert fate(outcome, "learning_rate") == "mapped" and fate(outcome, "learning_rate_te") == "inert"
+    assert "train_db.py keeps the U-Net in the optimizer" in outcome.conversion.reports["learning_rate"].note
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert plan.train_denoiser and not plan.train_text_encoder and plan.schedule.lr_schedule == schedule
+    assert (o.lr, o.denoiser_at_zero) == (0, "keep")
+    said = [w for w in plan.warnings if "DBS606" in w]
+    assert said and why in said[0], plan.warnings
+    points = [lr for _, lr in plan.schedule.lr_points]
+    assert points[0] >= 0 and max(points) > 0  # lifted off rate 0
 
 
 def test_adafactor_relative_step_trains_the_unet_anyway(tmp_path):

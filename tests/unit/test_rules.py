@@ -373,9 +373,15 @@ CASES = [
     ),
     (
         rules.face_crop_range,
-        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        DOG + "face_crop = [0.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
         [("DBS233", "error", ("datasets", 0, "face_crop"))],
         DOG + "face_crop = [2.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+    ),
+    (  # kohya's dataset config runs a reversed range: the one scale of [2, 2], its shift kept
+        rules.face_crop_range,
+        DOG + "face_crop = [4.0, 2.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
+        [("DBS616", "warning", ("datasets", 0, "face_crop"))],
+        DOG + "face_crop = [2.0, 4.0]\n" + STEPS + '[buckets]\nmode = "square"\n',
     ),
     (
         rules.face_crop_range,
@@ -966,6 +972,15 @@ CASES = [
         DOG
         + STEPS
         + "[loss]\nadaptive_noise_scale = 0.5\nnoise_offset = 0.05\nmin_timestep = 500\nmax_timestep = 500\n",
+    ),
+    (  # the floored flow draw takes reversed bounds as kohya's SD3 draw does (from min down toward max)
+        rules.noise_options_fit,
+        'prediction = "flow_matching"\n' + DOG + STEPS + "[loss]\nmin_timestep = 600\nmax_timestep = 500\n",
+        [("DBS237", "error", ("loss", "min_timestep"))],
+        'prediction = "flow_matching"\n'
+        + DOG
+        + STEPS
+        + '[loss]\nflow_draw = "floored"\nmin_timestep = 600\nmax_timestep = 500\n',
     ),
     (
         rules.inert_noise_options,
@@ -2889,6 +2904,43 @@ def test_a_denoiser_kept_at_rate_zero_moves_as_the_schedule_moves_it():
     moving = "[optimizer]\nlr = 1e-4\n" + keep
     assert hits_of(inert, DOG + STEPS + TE + moving) == [("DBS608", "warning", path)]
     assert "optimizer.lr is not 0" in _messages_of(inert, DOG + STEPS + TE + moving)[0]
+
+
+def test_the_denoiser_kept_at_rate_zero_trains_alone_where_the_schedule_lifts_it():
+    """kohya train_db.py's U-Net at learning_rate 0 with no text encoder, under an eta_min above 0 or
+    OneCycleLR / CyclicLR bounds above 0: one group the schedule lifts, so the U-Net trains on it alone.
+    With optimizer.denoiser_at_zero = "keep" that is DBS606 (was DBS200); without it DBS200 says to keep it;
+    where nothing lifts it, or the class refuses lr 0, it stays DBS200."""
+    rule, where = rules.held_at_rate_zero, ("optimizer", "lr")
+    opt, keep = "[optimizer]\nlr = 0\n", 'denoiser_at_zero = "keep"\n'
+    for schedule, why in (
+        ('lr_schedule = "cosine_annealing"\neta_min = 1e-7\n', "lifts the LR to eta_min 1e-07"),
+        ('lr_schedule = "one_cycle"\nmax_lr = 1e-4\n', "(max_lr 0.0001)"),
+        ('lr_schedule = "cyclic"\nbase_lr = 1e-7\nmax_lr = 1e-5\n', "(base_lr 1e-07, max_lr 1e-05)"),
+    ):
+        steps = "[schedule]\nsteps = 100\n" + schedule
+        assert hits_of(rule, DOG + opt + steps) == [("DBS200", "error", where)], schedule
+        said = _messages_of(rule, DOG + opt + steps)[0]
+        assert "no text encoder trains" in said and "on the schedule alone" in said and why in said, said
+        assert 'denoiser_at_zero = "keep"' in run_one(rule, *_structured(DOG + opt + steps))[0].help
+        assert hits_of(rule, DOG + opt + keep + steps) == [("DBS606", "warning", where)], schedule
+        assert why in _messages_of(rule, DOG + opt + keep + steps)[0]
+        assert hits_of(rules.at_zero_inert, DOG + opt + keep + steps) == []
+    # nothing lifts it: a run that changes nothing, keep or not
+    for body in (
+        DOG + STEPS + opt + keep,
+        DOG + opt + keep + '[schedule]\nsteps = 100\nlr_schedule = "one_cycle"\n',
+    ):
+        assert hits_of(rule, body) == [("DBS200", "error", where)]
+        assert "a run that changes nothing" in _messages_of(rule, body)[0]
+    # a class that refuses lr 0 when built (kohya's run stops too)
+    body = (
+        DOG
+        + opt
+        + keep
+        + 'kind = "prodigy"\n[schedule]\nsteps = 100\nlr_schedule = "one_cycle"\nmax_lr = 1e-4\n'
+    )
+    assert hits_of(rule, body) == [("DBS200", "error", where)]
 
 
 def test_a_text_encoder_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold_it():

@@ -174,7 +174,8 @@ def _dataset_settings(d: KDataset, script: str, conv: Conversion) -> Settings | 
     low, high = v["min_bucket_reso"].value, v["max_bucket_reso"].value
     if enabled and not _bucket_rules_ok(d, size, script, conv):
         return None
-    spec_size = _spec_resolution(reso, size, mode, conv)
+    bounds = bk.adjust_min_max(low, high, step) if enabled else (0, 0)  # step >= 1 checked when enabled
+    spec_size = _spec_resolution(reso, size, mode, bounds, conv)
     if spec_size is None:
         return None
     spec_reso, spec_height = spec_size
@@ -221,10 +222,12 @@ def _resolution(reso: Legacy, conv: Conversion) -> tuple[int, int] | None:
 
 
 def _spec_resolution(
-    reso: Legacy, size: tuple[int, int], mode: str, conv: Conversion
+    reso: Legacy, size: tuple[int, int], mode: str, bounds: tuple[int, int], conv: Conversion
 ) -> tuple[int, int] | None:
     """The spec's (resolution, resolution_height): a square N x N, the side N of a non-square W x H whose area
-    is N*N with aspect buckets (kohya's buckets use only the area: the same bucket list), else W x H."""
+    is N*N with aspect buckets (kohya's buckets use only the area: the same bucket list), else W x H. With
+    buckets, a W x H dbspec cannot take (a side not a multiple of 8, or outside 64..4096) becomes another
+    pair of the same area that it can (_same_area: the same buckets); else DBS403 saying why."""
     width, height = size
     side = math.isqrt(width * height)
     if width == height or (mode != "square" and side * side == width * height):
@@ -234,10 +237,47 @@ def _spec_resolution(
         sides = (width, height)
         spec = (width, height)
     bad = [n for n in sides if n % 8 or not 64 <= n <= 4096]
-    if bad:
+    if not bad:
+        return spec
+    if mode == "square":
         conv.unsupported(reso, f"resolution {bad[0]}: dbspec needs a multiple of 8 between 64 and 4096")
         return None
-    return spec
+    same = _same_area(size, bounds)
+    if same is None:
+        conv.unsupported(
+            reso,
+            f"resolution {width}x{height} with buckets: kohya uses only its area {width * height} (its "
+            "buckets are multiples of bucket_reso_steps), but no W x H of that area has both sides "
+            f"multiples of 8 between 64 and 4096 and within the bucket range {bounds[0]}..{bounds[1]}, as "
+            "dbspec's resolution needs (the area must be a multiple of 64)",
+            help="give a resolution whose sides are multiples of 8 (the buckets change with its area)",
+        )
+    return same
+
+
+def _same_area(size: tuple[int, int], bounds: tuple[int, int]) -> tuple[int, int] | None:
+    """A (resolution, resolution_height) of the area W x H with both sides multiples of 8 in 64..4096 and in
+    the bucket range (kohya asserts it on the resolution; dbspec alike): the square where there is one, else
+    the pair nearest W x H in aspect. kohya's bucket list (make_bucket_resolutions) and no-upscale area read
+    only the area, so the buckets are the same. None where no such pair exists."""
+    width, height = size
+    area = width * height
+    if area % 64:
+        return None
+    low, high = max(64, bounds[0]), min(4096, bounds[1])
+    pairs = [
+        (8 * a, area // (8 * a))
+        for a in range(8, 513)
+        if (area // 64) % a == 0 and low <= 8 * a <= high and low <= area // (8 * a) <= high
+    ]
+    if not pairs:
+        return None
+    square = [(w, h) for w, h in pairs if w == h]
+    if square:
+        return (square[0][0], 0)
+    aspect = math.log(width / height)
+    w, h = min(pairs, key=lambda p: abs(math.log(p[0] / p[1]) - aspect))
+    return (w, h)
 
 
 def _bucket_rules_ok(d: KDataset, size: tuple[int, int], script: str, conv: Conversion) -> bool:

@@ -20,7 +20,9 @@ How kohya draws sigma (read from its code, get_noisy_model_input_and_timesteps):
 - SD3: u from the density, shifted by training_shift (not the model's shift 3.0), t = floor(shift(u)
   (max_timestep - min_timestep) + min_timestep), sigma = t / 1000 rising with u: loss.flow_draw "floored"
   (its u is kohya's, so the logit-normal mean and the mode density are kohya's as given) with
-  loss.min_timestep / max_timestep. The preconditioned prediction x_t - sigma v is compared with the latents
+  loss.min_timestep / max_timestep (reversed ones as given: kohya's expression then draws from min_timestep
+  down toward max_timestep, and so does the floored draw). The preconditioned prediction x_t - sigma v is
+  compared with the latents
   (sigma^2 |v - (noise - x)|^2) times the weighting_scheme's weight: loss.flow_prediction "preconditioned"
   with flow_weighting. With sigma_sqrt and t = 0 (min_timestep 0) kohya's loss is 0 * inf = NaN; the mse
   loss then maps to raw / none, the same loss wherever kohya's is a number.
@@ -559,7 +561,10 @@ def _sd3_loss(a: Args, conv: Conversion) -> None:
             "1000, sigma 1); dbspec keeps them float32"
         )
     weighting = scheme.value if scheme.value in ("sigma_sqrt", "cosmap") else "none"
-    low = a["min_timestep"].value or 0
+    # the smaller bound: reversed ones (min above max) draw down to max_timestep
+    low = min(
+        a["min_timestep"].value or 0, 1000 if a["max_timestep"].value is None else a["max_timestep"].value
+    )
     if weighting == "sigma_sqrt" and low == 0 and a["loss_type"].value == "l2":
         conv.put(
             ("loss", "flow_prediction"),
@@ -621,11 +626,13 @@ def flow_loss_args(a: Args, script: str, defaults: dict, conv: Conversion) -> Ar
         reasons["ip_noise_gamma"] = "sd3_train_network.py does not perturb the noisy input"
         reasons["ip_noise_gamma_random_strength"] = reasons["ip_noise_gamma"]
         low, high = a["min_timestep"], a["max_timestep"]
-        if low.value is not None and int(low.value) > (1000 if high.value is None else int(high.value)):
+        if low.value is not None and high.value is not None and int(low.value) > int(high.value) == 0:
+            # reversed bounds convert as given (loss.py _timesteps), but dbspec's max_timestep is at least 1
             conv.unsupported(
-                low,
-                "sd3_train_network.py then draws timesteps from max_timestep up to min_timestep; dbspec's "
-                "bounds are low, high",
+                high,
+                "max_timestep 0 below min_timestep: sd3_train_network.py then draws t from min_timestep down "
+                "to 0, and dbspec's loss.max_timestep is at least 1",
+                help="give --max_timestep 1 or more",
             )
             out["min_timestep"] = attrs.evolve(low, value=defaults["min_timestep"].default, source="default")
     for key, why in reasons.items():

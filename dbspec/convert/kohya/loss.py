@@ -34,7 +34,7 @@ def map_loss(a: Args, script: str, has_class: bool, conv: Conversion) -> None:
         conv.mapped(weighted, ("model", "weighted_captions"), True)
     elif weighted.given:
         conv.inert(weighted, "the value that turns it off")
-    _timesteps(a, conv)
+    _timesteps(a, script, conv)
 
 
 def _loss_kind(a: Args, conv: Conversion) -> None:
@@ -153,11 +153,18 @@ def _timestep_weights(a: Args, script: str, conv: Conversion) -> None:
     _flag(debiased, ("loss", "debiased_estimation"), conv)
 
 
-def _timesteps(a: Args, conv: Conversion) -> None:
+def _timesteps(a: Args, script: str, conv: Conversion) -> None:
     low, high = a["min_timestep"], a["max_timestep"]
     # kohya: min None -> 0, max None -> num_train_timesteps (1000 for every SD family)
     low_value = 0 if low.value is None else int(low.value)
     high_value = 1000 if high.value is None else int(high.value)
+    if low_value > high_value and script == "sd3_train_network":
+        # t = (shift(u) (t_max - t_min) + t_min).long(): from min_timestep down toward max_timestep, which
+        # loss.flow_draw "floored" computes with the bounds as given
+        why = "sd3_train_network.py draws t from min_timestep down toward max_timestep (reversed bounds)"
+        conv.mapped(low, ("loss", "min_timestep"), low_value, note=why)
+        conv.mapped(high, ("loss", "max_timestep"), high_value, note=why)
+        return
     if low_value > high_value:  # kohya's get_timesteps then trains max_timestep only
         conv.mapped(
             low,

@@ -78,9 +78,13 @@ def train_db_unet_lifted(a: Args) -> str:
 def train_db_unet_trains(a: Args) -> bool:
     """Whether train_db.py's U-Net is a dbspec denoiser group: at a learning_rate above 0, or at 0 beside a
     text encoder at learning_rate_te above 0 where its gradients count in the clip (held, optimizer.lr = 0)
-    or the schedule moves it (optimizer.denoiser_at_zero = "keep"); else train.denoiser = false (or nothing
-    trains: the rates' mapping reports it)."""
+    or the schedule moves it (optimizer.denoiser_at_zero = "keep"), or at 0 with no text encoder training
+    (stop_text_encoder_training 0 or below) where the schedule moves it alone; else train.denoiser = false
+    (or nothing trains: the rates' mapping reports it)."""
     if a["learning_rate"].value:
+        return True
+    stop = a["stop_text_encoder_training"].value
+    if stop is not None and int(stop) <= 0 and train_db_unet_lifted(a):
         return True
     rate_te = a["learning_rate_te"].value if "learning_rate_te" in a else None
     return bool(rate_te) and bool(a["max_grad_norm"].value or train_db_unet_lifted(a))

@@ -416,13 +416,10 @@ def map_face_crop(i: int, subset: KSubset, setting, cache_latents: bool, conv: C
         return
     value = face.value
     pair = isinstance(value, (list, tuple)) and len(value) == 2
-    if pair and value[0] > value[1] and "." in face.key:  # a dataset config: kohya's schema takes any pair
-        conv.unsupported(
-            face,
-            "a reversed range: kohya's dataset config accepts it (only --face_crop_aug_range asserts the "
-            "order) and its scale bounds then cross; dbspec's face_crop needs the lower bound first",
-        )
-    elif not (pair and value[0] <= value[1]):
+    # a dataset config takes any pair (only --face_crop_aug_range asserts the order): reversed, kohya's
+    # crop_target scales by the one scale of [hi, hi] and shifts the window as for a range (DBS616, a warning)
+    reversed_ok = pair and value[0] > value[1] and "." in face.key
+    if not (pair and (value[0] <= value[1] or reversed_ok)):
         conv.invalid(
             face.key, value, face.source, "kohya asserts two numbers, the lower first (`lower,upper`)"
         )

@@ -563,10 +563,11 @@ def _torch_values(
         if key in ("step_size_up", "step_size_down"):
             if value is None:  # CyclicLR: step_size_down None = step_size_up
                 continue
-            if value != int(value):
-                conv.unsupported(args, f"a fractional {key} ({value!r}): dbspec counts whole steps")
+            refused = _cyclic_step_refused(key, value)
+            if refused:
+                conv.unsupported(args, refused)
                 return None
-            value = int(value)  # noqa: PLW2901
+            value = float(value)  # noqa: PLW2901 - torch's float(step_size_*): a fraction is exact
         if key == "mode" and value not in ("triangular", "triangular2", "exp_range"):
             conv.invalid(
                 args.key,
@@ -610,6 +611,30 @@ def _torch_values(
             )
             return None
     return values
+
+
+def _cyclic_step_refused(key: str, value) -> str:
+    """Why dbspec cannot take CyclicLR's `step_size_up` / `step_size_down` as kohya passes it, or "". torch
+    takes any number (float(value)): a fraction is dbspec's fraction. step_size_down=0 is torch's saw-tooth
+    (total_size = step_size_up, step_ratio 1: up over step_size_up steps, then straight back to base_lr),
+    where dbspec's 0 is torch's None (down as long as up)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key}={value!r} is not a number"
+    if key == "step_size_up" and value <= 0:
+        return (
+            f"step_size_up={value!r}: dbspec needs a rise above 0 (torch divides by it, step_ratio = up / "
+            "(up + down))"
+        )
+    if key == "step_size_down" and value < 0:
+        return f"step_size_down={value!r}: dbspec needs a fall of at least 0"
+    if key == "step_size_down" and value == 0:
+        return (
+            "step_size_down=0: torch's CyclicLR then rises over step_size_up steps and drops straight "
+            "back to base_lr (a saw-tooth), while dbspec's schedule.step_size_down = 0 is torch's None "
+            "(falling as long as it rose); give step_size_down a positive value, or drop it for the "
+            "symmetric cycle"
+        )
+    return ""
 
 
 def _scheduler_kwargs(args: Legacy, conv: Conversion) -> dict | None:
@@ -1040,7 +1065,12 @@ def map_learning_rates(
             if text_encoder and ("optimizer", "text_encoder_lr") not in conv.values:
                 conv.mapped(te, ("optimizer", "text_encoder_lr"), float(te.value))
             elif te.given and te.key not in conv.reports:
-                conv.inert(te, "Adafactor's relative step ignores the rates (kohya removes them)")
+                conv.inert(
+                    te,
+                    "the text encoder does not train"
+                    if not text_encoder
+                    else "Adafactor's relative step ignores the rates (kohya removes them)",
+                )
             return
     else:
         conv.mapped(unet_lr, ("optimizer", "lr"), float(unet_lr.value))
@@ -1124,16 +1154,18 @@ def _train_db_unet_at_rate_zero(
     if not _polynomial_takes_lr_zero(a, conv):
         return None
     moves = train_db_unet_lifted(a)
-    if moves and not (text_encoder and te.value):
+    if moves and text_encoder and not te.value:
+        group = "in the U-Net's group (no learning_rate_te)" if te.value is None else "at learning_rate_te 0"
         conv.unsupported(
             unet_lr,
-            f"train_db.py steps the U-Net at learning rate 0, but {moves}: kohya's U-Net trains on its own "
-            "schedule beside no text encoder at a rate above 0 (dbspec refuses optimizer.lr = 0 with it, "
-            "DBS200)",
-            help="use another lr_scheduler_type, or drop eta_min",
+            f"train_db.py steps the U-Net at learning rate 0 and the text encoder {group}, and {moves}: "
+            "both train on the schedule, while dbspec keeps no text encoder at rate 0 beside the denoiser "
+            "at 0 (optimizer.text_encoder_at_zero keeps one beside a denoiser at a rate above 0; DBS200)",
+            help="give --learning_rate_te a rate above 0, or --stop_text_encoder_training -1 to train the "
+            "U-Net alone on the schedule",
         )
         return None
-    if moves:  # the U-Net's group kept at rate 0 and moved by the schedule: optimizer.denoiser_at_zero
+    if moves:  # the U-Net's group kept at rate 0 and moved by the schedule (alone without a text encoder)
         why = f"train_db.py keeps the U-Net in the optimizer at learning rate 0, where {moves}"
         conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, note=why, comment=conv.comment(unet_lr, why))
         conv.put(("optimizer", "denoiser_at_zero"), "keep", conv.comment(unet_lr, why))
