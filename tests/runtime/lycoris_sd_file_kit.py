@@ -2,7 +2,9 @@
 _tucker / _scalar) share: lycoris-lora's network as kohya builds it over test_lycoris_sd_full_file's PRESET
 on the tiny U-Net and CLIP, a file saved from it with every parameter moved at random (some modules left
 out), dbspec's layers of the converted run under kohya's names, the converted run's plan, and the run from
-the file that trains and resumes bit for bit."""
+the file that trains. A run from a file resumes bit for bit in test_lycoris_sd_tucker_file and
+test_lycoris_mixed_file (resumes_bit_exact): the other kinds' runs from files train only, their kinds'
+state resuming in their own runs (test_lycoris, test_lycoris_switches, test_lycoris_algo_maps, ...)."""
 
 from __future__ import annotations
 

@@ -296,6 +296,12 @@ def lycoris_loader(monkeypatch):
     return load
 
 
+# the runs that also resume bit-exact: DoRA's magnitudes per output row (LoHa's, with its dropouts' draws)
+# and per input column (LoRA's); the others' magnitudes and factors are state of the same kinds and train
+# and load back only (test_lycoris resumes the plain dora / lokr / locon runs)
+RESUMED = ("loha_dora", "lora_dora_input")
+
+
 @pytest.mark.parametrize("kind", list(RUNS))
 def test_lycoris_dora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, kind, lycoris_loader):
     from safetensors import safe_open
@@ -311,15 +317,17 @@ def test_lycoris_dora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_pat
     lr = ["optimizer.lr=1e-2"]  # large enough that two steps move every factor and magnitude visibly
     whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
     plan = compile_spec(spec, [*lr, "output.dir=parts"])
-    assert execute(plan, stop_after=1).status == "interrupted"
-    second = execute(plan, resume=True)
-    assert second.status == "finished" and second.steps == 2
-    assert second.losses and whole.losses[-len(second.losses) :] == second.losses
-    ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
-    assert ours.keys() == resumed.keys() and "dbspec.kohya.safetensors" in ours
-    for name, tensors in ours.items():
-        assert tensors.keys() == resumed[name].keys()
-        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    assert whole.status == "finished" and "dbspec.kohya.safetensors" in _files(Path(whole.final))
+    if kind in RESUMED:
+        assert execute(plan, stop_after=1).status == "interrupted"
+        second = execute(plan, resume=True)
+        assert second.status == "finished" and second.steps == 2
+        assert second.losses and whole.losses[-len(second.losses) :] == second.losses
+        ours, resumed = _files(Path(whole.final)), _files(Path(second.final))
+        assert ours.keys() == resumed.keys()
+        for name, tensors in ours.items():
+            assert tensors.keys() == resumed[name].keys()
+            assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
 
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     with safe_open(str(export), "pt") as handle:

@@ -5,8 +5,8 @@ parts as that kind's single-kind start splits them (LoCon's one down shared and 
 LoKr's factors, full's diff rows, IA^3's scale rows, Diag-OFT's blocks). The file is a first tiny run's kohya
 export; lycoris-lora 4.1.3's network built from the same preset file on kohya's Flux layers, that file
 loaded into it (create_network, apply_to, load_state_dict as kohya's load_weights), gives every layer the
-output of the second run's started parts stacked in kohya's rows; the second run trains and resumes
-bit-exact."""
+output of the second run's started parts stacked in kohya's rows; the second run trains (a LoKr
+network's resumes bit-exact)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
         folder.mkdir()
         (folder / "mixed.toml").write_text(text, encoding="utf-8")
     _converted(first_dir, "mixed.toml", algo, base)
-    _, first, _ = _run(first_dir, kinds, base)
+    _, first, _ = _run(first_dir, kinds, base, resume=False)  # the file alone
     export = next(Path(first.final).glob("*.kohya.safetensors"))
     shutil.copy(export, second_dir / "prev.safetensors")
 
@@ -96,7 +96,9 @@ def test_mixed_flux_run_starts_from_its_lycoris_file(tmp_path, monkeypatch, algo
     made.eval()
     _check_kohya_outputs(tree, layers, unet_names)  # every trained layer started where the file puts it
 
-    _, second, _ = _run(second_dir, kinds, base)  # trains from the file and resumes bit-exact
+    # trains from the file; the LoKr network's run (Diag-OFT's rescale beside full, LoCon and IA^3 parts) also
+    # resumes bit-exact: the other networks' kinds resume in test_lycoris_mixed_flow_full alike
+    _, second, _ = _run(second_dir, kinds, base, resume=qkv == "diag-oft")
     assert second.status == "finished"
 
 
@@ -137,7 +139,7 @@ def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
         folder.mkdir()
         (folder / "mixed.toml").write_text(text, encoding="utf-8")
     _sd3_converted(first_dir)
-    _, first, _ = _run(first_dir, kinds, base)
+    _, first, _ = _run(first_dir, kinds, base, resume=False)
     shutil.copy(next(Path(first.final).glob("*.kohya.safetensors")), second_dir / "prev.safetensors")
 
     plan = _sd3_converted(second_dir, "--network_weights=prev.safetensors")
@@ -167,7 +169,8 @@ def test_mixed_sd3_run_starts_from_its_lycoris_file(tmp_path, monkeypatch):
     made.eval()
     _check_kohya_outputs(tree, layers, names)
 
-    _, second, _ = _run(second_dir, kinds, base)
+    # trains from the file (its resume: test_mixed_flux_run_starts_from_its_lycoris_file's LoKr network)
+    _, second, _ = _run(second_dir, kinds, base, resume=False)
     assert second.status == "finished"
 
 
@@ -190,8 +193,7 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
     `alpha` alone (its weights are `up_list` / `down_list`, the file's `lora_down` / `lora_up` unexpected),
     one alpha per fused Linear, the other modules whole. The second run starts every layer alike: the others
     moved to the file's outputs (1e-5), the DyLoRA parts at their fresh init and the file's alphas; a file
-    DyLoRA alpha other than its block's is refused when the run starts; the run trains and resumes
-    bit-exact."""
+    DyLoRA alpha other than its block's is refused when the run starts; the run trains."""
     from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.dylora import DyloraLayer
@@ -253,7 +255,9 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
     moved = {n for n in names if n.startswith("lora_unet_")} - dylora
     _check_kohya_outputs(tree, layers, moved)  # DyLoRA layers the base (fresh ups), the others the file's
 
-    _, second, _ = _run(second_dir, kinds, base)
+    # trains (DyLoRA entries beside other kinds on Flux resume in test_lycoris_mixed_flow_dylora; a run from
+    # a file in test_mixed_flux_run_starts_from_its_lycoris_file)
+    _, second, _ = _run(second_dir, kinds, base, resume=False)
     assert second.status == "finished"
 
     name = sorted(unet_dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
@@ -310,7 +314,7 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     `dora_scale` split over its parts' rows. lycoris-lora 4.1.3's create_network_from_weights on kohya's
     Flux layers, applied, the file loaded (train_network.py's load_weights: the FullModules at W + 2 diff),
     decomposes the same modules and gives every layer the converted run's started output (1e-5); the run
-    trains and resumes bit-exact, its export's `dora_scale` on the same modules."""
+    trains, its export's `dora_scale` on the same modules."""
     from safetensors.torch import load_file, save_file
 
     from dbspec.runtime.execute import execute
@@ -448,7 +452,8 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
             checked.add("lora_te2_" + path.replace(".", "_"))
     assert checked == set(t5_names)
 
-    _, second, exported = _run(second_dir, kinds, base)
+    # trains (a mixed run from a file resumes in test_mixed_flux_run_starts_from_its_lycoris_file)
+    _, second, exported = _run(second_dir, kinds, base, resume=False)
     assert second.status == "finished"
     assert {k.split(".")[0] for k in exported if k.endswith(".dora_scale")} == decomposed
     if "DiagOFTModule" in classes:  # `dbspec sample` loads the Diag-OFT kind back, its q, k, v tied again
@@ -509,7 +514,7 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
     --dim_from_weights is a lokr run with `conv_targets = ["pos_embed.proj"]` and a block of that kind
     there; lycoris-lora 4.1.3's create_network_from_weights on kohya's SD3 layers (the convolution among
     them), the file loaded (train_network.py's load_weights: FullModules at W + 2 diff), gives every layer
-    and the convolution the converted run's started output (1e-5); the run trains and resumes bit-exact.
+    and the convolution the converted run's started output (1e-5); the run trains.
     `lokr`: the network's LoKr on the convolution alone, full entries on the projections (was DBS403: no
     LoKr module of the denoiser's Linears): the adapter's own conv_targets, LyCORIS's split; its first run
     from the preset with the network's use_tucker (was DBS403, a spec's DBS578: the patch block's own
@@ -622,5 +627,6 @@ def test_mixed_sd3_dim_from_weights_file_with_another_kinds_patch_convolution(tm
         assert not torch.allclose(conv(x), conv.get_base_layer()(x), atol=1e-6)
         torch.testing.assert_close(tree.x_embedder.proj(x), conv(x), rtol=0, atol=1e-5)
 
-    _, second, _ = _run(second_dir, {"full"} if kind == "lokr" else {kind}, base)
+    # trains (a mixed run from a file resumes in test_mixed_flux_run_starts_from_its_lycoris_file)
+    _, second, _ = _run(second_dir, {"full"} if kind == "lokr" else {kind}, base, resume=False)
     assert second.status == "finished"

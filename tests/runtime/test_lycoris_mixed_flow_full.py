@@ -127,12 +127,16 @@ def _check_kohya_outputs(tree: nn.Module, layers, names: set[str]) -> None:
             torch.testing.assert_close(tree.get_submodule(path)(x), ours, rtol=0, atol=1e-5)
 
 
-def _run(tmp_path: Path, planned_kinds: set[str], base: list[str]):
+def _run(tmp_path: Path, planned_kinds: set[str], base: list[str], resume: bool = True):
     """The converted spec's tiny run (models kept) and a run stopped after 1 of 2 steps and resumed: equal
-    losses and exports bit for bit. (plan, run, export tensors)."""
+    losses and exports bit for bit (`resume` False: the run alone, where another test resumes the same
+    kinds of state). (plan, run, export tensors)."""
     planned = compile_spec(_spec(tmp_path), [*base, "output.dir=whole"])
     assert planned.adapter.fused and {b.kind for b in planned.adapter.blocks} >= planned_kinds
     whole = execute(planned, keep_models=True)
+    if not resume:
+        assert whole.status == "finished"
+        return planned, whole, load_file(str(next(Path(whole.final).glob("*.kohya.safetensors"))))
     parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
     first = execute(parts, stop_after=1)
     second = execute(parts, resume=True)

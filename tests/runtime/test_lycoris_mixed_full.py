@@ -1,9 +1,9 @@
 """LyCORIS preset files giving some SD layers LyCORIS's full algo beside a LoCon / LoKr network's layers
 (issue 12): the converted plan's `kind = "full"` blocks against lycoris-lora 4.1.3's create_network on tiny
-SD 1.x (each layer's module class, and the low-rank layers' dims and scales), and a tiny run: it resumes
-bit-exact, its one kohya export (FullModule's `diff` / `diff_b` beside the others' keys) loads in
-lycoris-lora's create_network_from_weights to the trained U-Net's output, and its adapter folders load
-back as `dbspec sample` loads them (runtime/mixed_kinds.py, lycoris_full.py)."""
+SD 1.x (each layer's module class, and the low-rank layers' dims and scales), and a tiny run (the LoCon
+network's with full entries resumes bit-exact): its one kohya export (FullModule's `diff` / `diff_b` beside
+the others' keys) loads in lycoris-lora's create_network_from_weights to the trained U-Net's output, and its
+adapter folders load back as `dbspec sample` loads them (runtime/mixed_kinds.py, lycoris_full.py)."""
 
 from __future__ import annotations
 
@@ -148,15 +148,19 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    assert whole.status == "finished"
     files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
     assert f"unet/{other}/adapter_model.safetensors" in files
-    for name in files:
-        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    if (algo, other) == ("locon", "full"):  # the full blocks' diffs beside LoCon's resume; the other kinds
+        # resume in their own runs (test_lycoris_switches' IA^3, test_lycoris_algo_maps' Diag-OFT / BOFT,
+        # test_lycoris_mixed_flow_full's GLoRA, test_lycoris' LoKr)
+        split = compile_spec(spec, [*base, "output.dir=parts"])
+        first = execute(split, stop_after=1)
+        resumed = execute(split, resume=True)
+        assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+        for name in files:
+            x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
     trained = whole.components.unet.eval()
     assert _classes(trained, "lora_unet_") == theirs

@@ -2,8 +2,8 @@
 and LoKr, `dora_form = "lycoris"` on LoRA/LoCon) against lycoris-lora's LoConModule, LohaModule and LokrModule
 built with both: the trained scalar multiplies the update before the weight is renormalised to `dora_scale`.
 The same forward once the factors, scalar and magnitude are copied over, peft's merge equal to LyCORIS's
-weight, the export (scalar folded in) loaded by LyCORIS giving it too; then tiny SD models train, resume
-bit-exact and load back in LyCORIS's kohya loader (tests/runtime/test_lycoris.py's check)."""
+weight, the export (scalar folded in) loaded by LyCORIS giving it too; then tiny SD models train
+and load back in LyCORIS's kohya loader (tests/runtime/test_lycoris.py's check)."""
 
 from __future__ import annotations
 
@@ -148,6 +148,8 @@ def test_scalar_with_dora_trains_resumes_bit_exact_and_loads_back_in_lycoris(
     monkeypatch,
 ):
     """The loaded LyCORIS modules' weights: their own forward's (the scalar 1, folded into the file). The
-    magnitude per output row: lycoris-lora 4.1.3's loader cannot build a per-input-column one."""
+    magnitude per output row: lycoris-lora 4.1.3's loader cannot build a per-input-column one. The runs
+    train and load back; their state (a scalar, DoRA's magnitudes, each kind's weights) resumes bit-exact in
+    test_lycoris_switches' locon_scalar and test_lycoris' dora / loha / lokr runs."""
     monkeypatch.setitem(lycoris_runs.KINDS, kind, SCALAR_DORA[kind])
-    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2)
+    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2, resume=False)

@@ -4,7 +4,7 @@ CLIP (3x3 convolutions at conv_dim, with and without use_tucker), every factor m
 taken from a network of another dim (another rank, so another Kronecker decomposition for LoKr), some alphas
 changed and some modules left out, saved. kohya's steps with --dim_from_weights (create_network_from_weights
 on the file, apply_to, load_weights) and dbspec's converted run build the same layers and start them alike
-(factors equal, outputs to 1e-5); a tiny run from the file trains and resumes bit for bit."""
+(factors equal, outputs to 1e-5); a tiny run from the file trains."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _mixed_file(pipe, folder, monkeypatch, args: dict[str, str]):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch, case):
+def test_factor_file_builds_as_lycoris_trains(pipe, tmp_path, monkeypatch, case):
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
@@ -98,7 +98,6 @@ def test_factor_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkey
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 def test_lokr_tucker_file_whose_rank_lycoris_misreads_is_invalid(pipe, tmp_path, monkeypatch):

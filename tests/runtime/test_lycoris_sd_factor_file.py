@@ -4,7 +4,7 @@ LohaModules over a preset file on the tiny U-Net and CLIP (3x3 convolutions at c
 at random, saved as its network saves them (some modules left out). kohya's steps, create_network (the same
 algo, dims, alphas, preset and factor), apply_to, load_weights (`load_state_dict(strict=False)`: a module the
 file lacks keeps its init; the load hooks only set the scalar to 1) and dbspec's converted run start every
-layer alike (outputs to 1e-5); a tiny run from the file trains and resumes bit for bit; a factor of another
+layer alike (outputs to 1e-5); a tiny run from the file trains; a factor of another
 shape fails naming the tensor, as lycoris-lora fails."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _plan(tmp_path, algo: str):
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_factor_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch, algo):
+def test_factor_file_starts_as_lycoris_loads_it_trains(pipe, tmp_path, monkeypatch, algo):
     path = _file(pipe, tmp_path, monkeypatch, algo, drop=6)
     state = load_file(str(path))
     in_file = {k.split(".")[0] for k in state}
@@ -92,7 +92,6 @@ def test_factor_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))

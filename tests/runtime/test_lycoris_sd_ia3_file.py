@@ -3,7 +3,7 @@ runtime/lycoris_whole_init.py): lycoris-lora 4.1.3's IA3Modules on the tiny U-Ne
 file, every scale moved at random, saved as its network saves them (some modules left out). kohya's steps,
 create_network (algo=ia3, the same preset), apply_to, load_weights (`load_state_dict(strict=False)`: IA3Module
 has no load hook, so a module the file lacks keeps its 0 scales), and dbspec's converted run start every
-layer alike; a tiny run from the file trains and resumes bit for bit; a scale of another shape fails."""
+layer alike; a tiny run from the file trains; a scale of another shape fails."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _plan(tmp_path):
     return plan
 
 
-def test_ia3_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch):
+def test_ia3_file_starts_as_lycoris_loads_it_trains(pipe, tmp_path, monkeypatch):
     path = _ia3_file(pipe, tmp_path, monkeypatch, drop=6)
     in_file = {k.split(".")[0] for k in load_file(str(path))}
     made = _network(pipe, tmp_path, monkeypatch)
@@ -74,7 +74,6 @@ def test_ia3_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, 
     assert whole.status == "finished"
     start = load_file(str(path))
     assert kit.trained(saved, start, lambda k: k.endswith(".weight")), "the run trained the scales"
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 def test_ia3_scale_of_another_shape_fails_naming_the_tensor(pipe, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ its network saves them (some modules left out). kohya's steps, create_network (t
 arguments), apply_to, load_weights (`load_state_dict(strict=False)`: no load hook; a module the file lacks
 keeps its zero blocks and its rescale of ones; the file's `alpha` loads into a buffer the forward never
 reads), and dbspec's converted run start every layer alike (blocks, rescale, outputs); a tiny run from the
-file trains and resumes bit for bit; blocks of another shape fail naming the tensor, as lycoris-lora fails."""
+file trains; blocks of another shape fail naming the tensor, as lycoris-lora fails."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def _plan(tmp_path, algo: str):
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-def test_oft_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch, algo):
+def test_oft_file_starts_as_lycoris_loads_it_trains(pipe, tmp_path, monkeypatch, algo):
     path = _oft_file(pipe, tmp_path, monkeypatch, algo, drop=6)
     in_file = {k.split(".")[0] for k in load_file(str(path))}
     made = _network(pipe, tmp_path, monkeypatch, algo)
@@ -82,7 +82,6 @@ def test_oft_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, 
     assert whole.status == "finished"
     start = load_file(str(path))
     assert kit.trained(saved, start, lambda k: k.endswith(".oft_blocks")), "the run trained the blocks"
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 @pytest.mark.parametrize("algo", ALGOS)

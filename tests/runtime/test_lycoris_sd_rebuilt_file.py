@@ -4,7 +4,7 @@ CLIP, every parameter moved at random, some modules taken from a network of anot
 / rank), some alphas changed (another constraint / scale), some rescales left out and some modules left out,
 saved. kohya's steps with --dim_from_weights, create_network_from_weights on the file, apply_to, load_weights,
 and dbspec's converted run build the same layers (each module's class, block shape or rank, rescale) and
-start them alike (tensors equal, outputs to 1e-5); a tiny run from the file trains and resumes bit for bit.
+start them alike (tensors equal, outputs to 1e-5); a tiny run from the file trains.
 An IA3 file stops lycoris-lora's create_network_from_weights (TypeError), as the conversion says (DBS402)."""
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _same_start(pipe, tmp_path, path, kind: str, classes, check) -> None:
 
 
 @pytest.mark.parametrize("algo", ["diag-oft", "boft"])
-def test_oft_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch, algo):
+def test_oft_file_builds_as_lycoris_trains(pipe, tmp_path, monkeypatch, algo):
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
     path = _mixed_file(pipe, tmp_path, monkeypatch, algo, rescaled="True")
@@ -107,10 +107,9 @@ def test_oft_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypat
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, load_file(str(path)), lambda k: k.endswith(".oft_blocks"))
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
-def test_glora_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeypatch):
+def test_glora_file_builds_as_lycoris_trains(pipe, tmp_path, monkeypatch):
     from dbspec.runtime.lycoris_glora import GloraLayer
 
     path = _mixed_file(pipe, tmp_path, monkeypatch, "glora")
@@ -124,7 +123,6 @@ def test_glora_file_builds_as_lycoris_trains_and_resumes(pipe, tmp_path, monkeyp
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, load_file(str(path)), lambda k: k.endswith(".b2.weight"))
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 def test_ia3_file_stops_create_network_from_weights(pipe, tmp_path, monkeypatch):

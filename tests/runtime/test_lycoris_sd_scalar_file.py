@@ -4,7 +4,7 @@ modules' load hook sets every module's scalar to 1 (those the file lacks too, wh
 then act). lycoris-lora 4.1.3's network over a preset file on the tiny U-Net and CLIP, every factor and scalar
 moved at random, saved as its network saves them (some modules left out); kohya's steps (create_network,
 apply_to, load_weights) and dbspec's converted run: every scalar 1 in both, every module the file holds
-giving the same outputs (to 1e-5); a tiny run from the file trains and resumes bit for bit."""
+giving the same outputs (to 1e-5); a tiny run from the file trains."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _scalar(layer) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("algo", sorted(ALGOS))
-def test_scalar_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_path, monkeypatch, algo):
+def test_scalar_file_starts_as_lycoris_loads_it_trains(pipe, tmp_path, monkeypatch, algo):
     path = _file(pipe, tmp_path, monkeypatch, algo)
     state = load_file(str(path))
     in_file = {k.split(".")[0] for k in state}
@@ -86,7 +86,6 @@ def test_scalar_file_starts_as_lycoris_loads_it_trains_and_resumes(pipe, tmp_pat
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: not k.endswith(".alpha")), "the run trained the factors"
-    kit.resumes_bit_exact(tmp_path, whole, saved)
 
 
 def test_an_entry_use_scalar_file_starts_as_lycoris_loads_it(pipe, tmp_path, monkeypatch):
@@ -123,4 +122,3 @@ def test_an_entry_use_scalar_file_starts_as_lycoris_loads_it(pipe, tmp_path, mon
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
-    kit.resumes_bit_exact(tmp_path, whole, saved)

@@ -255,8 +255,12 @@ SWITCH_KINDS = {
 
 @pytest.mark.parametrize("kind", list(SWITCH_KINDS))
 def test_switches_train_resume_bit_exact_and_load_back_in_lycoris(tmp_path, kind, loader, monkeypatch):  # noqa: F811
+    """Each switch trains and loads back in LyCORIS; locon_scalar's run (a trained scalar beside kohya's
+    dropouts) also resumes bit-exact: the others' scalars and LoKr factors are state of the same kinds
+    (LoHa / LoKr weights resume in test_lycoris)."""
     monkeypatch.setitem(lycoris_runs.KINDS, kind, SWITCH_KINDS[kind])
-    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2)
+    resume = kind == "locon_scalar"
+    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2, resume=resume)
 
 
 @pytest.mark.parametrize("kind", ["locon_scalar", "lokr_full_matrix"])
