@@ -7,7 +7,8 @@ them). They never move, yet their gradients add up uncleared and count in the cl
 elsewhere than with the U-Net's modules dropped (network_train_text_encoder_only). dbspec's run of it, the
 denoiser's adapter held at lr_scale 0 by a block matching every module, stepped on the same inputs from the
 same modules, ends with kohya's CLIP modules bit for bit, its U-Net modules at the file's weights with
-kohya's accumulated gradients; a tiny run of the plan resumes bit-exact."""
+kohya's accumulated gradients (the checkpoint keeps them, runtime/optimizer_blocks.py held_gradients: a
+resume with held blocks is checked bit-exact in test_flux_reg_dims.py)."""
 
 from __future__ import annotations
 
@@ -82,12 +83,11 @@ def _kohya(pipe, with_unet: bool, start: dict | None, steps: int = 2, record: di
     return {k: v.detach().clone() for k, v in state.items() if k.startswith("lora_te")}, norms
 
 
-def test_unet_held_at_rate_0_steps_as_kohyas_network_and_resumes_bit_exact(tmp_path, monkeypatch):
+def test_unet_held_at_rate_0_steps_as_kohyas_network(tmp_path, monkeypatch):
     from dbspec.plan.io import plan_to_json
     from dbspec.runtime.device import make_accelerator
-    from dbspec.runtime.execute import execute
     from dbspec.runtime.setup import setup
-    from tests.runtime.runspec import compile_spec, final_weights, summary_text, write_spec
+    from tests.runtime.runspec import compile_spec, summary_text, write_spec
 
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
@@ -96,6 +96,7 @@ def test_unet_held_at_rate_0_steps_as_kohyas_network_and_resumes_bit_exact(tmp_p
     (tmp_path / "preset.toml").write_text(PRESET)
     pipe.preset = str(tmp_path / "preset.toml")
     # a file's U-Net modules: non-zero lora_up (random, as a trained file's)
+    torch.manual_seed(0)  # LyCORIS's own init of lora_down
     generator = torch.Generator().manual_seed(1)
     probe = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, nn.Module(), pipe.unet, algo="locon", preset=pipe.preset
@@ -121,7 +122,8 @@ def test_unet_held_at_rate_0_steps_as_kohyas_network_and_resumes_bit_exact(tmp_p
     stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
     held = [p for p in unet.parameters() if p.requires_grad]
     assert held and not stepped & {id(p) for p in held}  # out of the optimizer
-    assert {id(p) for p in held} <= {id(p) for p in run.params}  # in the clip list
+    texts = [p for p in text.parameters() if p.requires_grad]
+    assert [id(p) for p in run.params] == [id(p) for p in texts + held]  # kohya's order: text first
     layers = _layers(text, "lora_te_text_model_") | _layers(unet, "lora_unet_")
     assert {f"{k}.lora_down.weight" for k in layers} == {k for k in kohya["start"] if "lora_down" in k}
     with torch.no_grad():
@@ -137,15 +139,3 @@ def test_unet_held_at_rate_0_steps_as_kohyas_network_and_resumes_bit_exact(tmp_p
             else:  # never stepped; kohya's accumulated gradient
                 assert torch.equal(weight.detach(), kohya["start"][f"{name}.{theirs}.weight"]), name
                 assert torch.equal(weight.grad, kohya["grads"][f"{name}.{theirs}.weight"]), name
-
-    # a tiny run of the plan resumes bit-exact: the held gradients are in the checkpoint
-    run_args = [f"optimizer.max_grad_norm={LIMIT}"]
-    whole = execute(compile_spec(spec, [*run_args, "output.dir=whole"]))
-    parts = compile_spec(spec, [*run_args, "output.dir=parts"])
-    assert execute(parts, stop_after=1).status == "interrupted"
-    resumed = execute(parts, resume=True)
-    assert resumed.status == "finished" and resumed.steps == 2
-    ours, theirs = final_weights(whole.final), final_weights(resumed.final)
-    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    unet_ups = [k for k in ours if k.split("/")[1].startswith("unet.") and ".up." in k]
-    assert unet_ups and not any(ours[k].any() for k in unet_ups)  # exported at their init (0), never moved
