@@ -213,3 +213,20 @@ def test_flux_and_sd3_hold_their_transformer_modules(tmp_path):
     )
     plan = _held(kohya(sd3, command=command), sd3)
     assert plan.model.family == "sd3" and plan.adapter.blocks[-1].rank == 16
+
+
+def test_preset_blocks_are_held_and_other_kinds_in_a_map_say_so(tmp_path):
+    """A LyCORIS preset's map entries of the adapter's kinds (LoCon / LoRA blocks) are held with the rest;
+    an entry of another kind (full) is not split by block at run time: plain, with a DBS404."""
+    from test_convert_kohya_lycoris_algo_maps import FULL, RESNETS_LOW, _convert
+
+    (tmp_path / "held").mkdir()
+    (tmp_path / "mixed").mkdir()
+    held = _convert(tmp_path / "held", RESNETS_LOW, args=ZERO)
+    plan = _held(held, tmp_path / "held")
+    assert len(plan.adapter.blocks) > 1 and plan.adapter.blocks[-1].conv_rank == 8
+    mixed = FULL + '[module_algo_map]\n  [module_algo_map.FeedForward]\n    algo = "full"\n'
+    outcome = _convert(tmp_path / "mixed", mixed, args=ZERO)
+    assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
+    assert "full blocks take no lr_scale" in messages(outcome, "DBS404")
+    assert not plan_of(outcome, tmp_path / "mixed").train_denoiser

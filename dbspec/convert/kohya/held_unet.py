@@ -39,6 +39,8 @@ HELD_NOTE = (
     "kohya builds the U-Net's modules and leaves their group out of the optimizer: held at lr_scale 0, "
     "their gradients counted by the clip and never cleared"
 )
+# the kinds whose parameters runtime/blocks.py splits by block (peft's lora_ / hada_ / lokr_ names)
+_HELD_KINDS = ("lora", "loha", "lokr")
 _BLOCK_KEYS = ("pattern", "rank", "alpha", "conv_rank", "conv_alpha")
 
 
@@ -62,24 +64,25 @@ def holds_unet(a: Args, script: str, text_encoder: bool, unet_file: bool, conv: 
     return held_matters(a, script, text_encoder, unet_file) and _blocks_hold(conv)
 
 
-def unheld_difference(a: Args, unet_lr: Legacy, unet_file: bool, conv: Conversion) -> None:
+def unheld_difference(unet_lr: Legacy, unet_file: bool, conv: Conversion) -> None:
     """`train.denoiser = false` where kohya's held U-Net modules matter but the adapter's blocks take no
-    lr_scale (DyLoRA, LyCORIS full / IA3 / OFT / GLoRA): a --network_weights file's U-Net modules, which
-    kohya predicts through, are dropped (DBS403); fresh ones' gradients count in kohya's clip norm,
-    dbspec's not (DBS404)."""
-    kind = _kind(conv)
+    lr_scale (DyLoRA, LyCORIS full / IA3 / OFT / GLoRA, or blocks of those kinds in a preset's map): a
+    --network_weights file's U-Net modules, which kohya predicts through, are dropped (DBS403); fresh
+    ones' gradients count in kohya's clip norm, dbspec's not (DBS404)."""
+    kinds = {_kind(conv)} | _block_kinds(conv)
+    kind = " / ".join(sorted(k for k in kinds if k not in _HELD_KINDS))
     if unet_file:
         why = (
             f"at unet_lr 0 kohya holds the --network_weights file's U-Net modules and predicts through "
-            f"them; dbspec holds a denoiser adapter only by [[adapter.blocks]] lr_scale 0, which a {kind} "
-            "adapter's blocks do not take, so the file's U-Net modules would be dropped"
+            f"them; dbspec holds a denoiser adapter only by [[adapter.blocks]] lr_scale 0, which {kind} "
+            "blocks do not take, so the file's U-Net modules would be dropped"
         )
         conv.unsupported(unet_lr, why)
         return
     why = (
         "at unet_lr 0 kohya builds the U-Net's modules out of the optimizer and clips their gradients, "
         "added up uncleared, with the text encoder's (max_grad_norm): its clip norm counts them; dbspec's "
-        f"denoiser is plain (a {kind} adapter's blocks take no lr_scale to hold them)"
+        f"denoiser is plain ({kind} blocks take no lr_scale to hold them)"
     )
     conv.differs(unet_lr, why, ("train", "denoiser"), False)
 
@@ -93,11 +96,20 @@ def _kind(conv: Conversion) -> str:
     return conv.values[("adapter", "kind")][0] if ("adapter", "kind") in conv.values else "lora"
 
 
+def _block_kinds(conv: Conversion) -> set[str]:
+    """The kinds the converted [[adapter.blocks]] give in the adapter's place (a LyCORIS preset's map)."""
+    return {v[0] for p, v in conv.values.items() if p[:2] == ("adapter", "blocks") and p[3:] == ("kind",)} - {
+        "adapter"
+    }
+
+
 def _blocks_hold(conv: Conversion) -> bool:
-    """Whether the adapter kind's [[adapter.blocks]] take an lr_scale (AdapterBlock's)."""
+    """Whether the adapter kind's [[adapter.blocks]] take an lr_scale (AdapterBlock's) and every block's
+    layers are of a kind runtime/blocks.py holds (peft's LoRA, LoHa, LoKr parameters)."""
     kind = _kind(conv)
     fields = {f.name: f for f in attrs.fields(ADAPTER_VARIANTS[kind])}
-    return "blocks" in fields and fields["blocks"].type == list[AdapterBlock]
+    takes = "blocks" in fields and fields["blocks"].type == list[AdapterBlock]
+    return takes and _block_kinds(conv) <= set(_HELD_KINDS)
 
 
 def hold_unet(unet_lr: Legacy, conv: Conversion) -> None:

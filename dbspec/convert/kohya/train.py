@@ -1032,7 +1032,7 @@ def map_learning_rates(
         if script != "sdxl_train":
             why = "networks.lora skips parameters whose learning rate is 0"
         if held_matters(a, script, text_encoder, unet_file):
-            unheld_difference(a, unet_lr, unet_file, conv)
+            unheld_difference(unet_lr, unet_file, conv)
         else:
             conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
         te_only = "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value
