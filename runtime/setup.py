@@ -15,7 +15,7 @@ from rich.console import Console
 
 from dbspec.plan.io import legacy_run_hashes, run_hash
 from dbspec.families import family_spec
-from dbspec.plan.model import Plan
+from dbspec.plan.model import Plan, denoiser_held
 from dbspec.runtime import checkpoints as ckpt
 from dbspec.runtime import text_masks
 from dbspec.runtime.compiling import compile_models
@@ -243,7 +243,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         params=(
             [p for group in optimizer.param_groups for p in group["params"]]  # the sharded ones
             if sharded
-            else (_kohya_network_order(comps, tokens) if frozen_down or idle else unet_params + text_params)
+            else (
+                _kohya_network_order(comps, tokens)
+                if frozen_down or idle or _held_whole(plan)
+                else unet_params + text_params
+            )
             + (tokens.params if tokens is not None else [])
         ),
         optimizer=optimizer,
@@ -299,9 +303,16 @@ def named_frozen_downs(comps: Components) -> dict[str, torch.nn.Parameter]:
     }
 
 
+def _held_whole(plan: Plan) -> bool:
+    """The denoiser's adapter held whole at lr_scale 0 (kohya's U-Net modules at unet_lr 0): kohya's clip
+    adds the text encoders' modules' norms first."""
+    return plan.train_denoiser and plan.adapter.kind != "none" and denoiser_held(plan.adapter.blocks)
+
+
 def _kohya_network_order(comps: Components, tokens) -> list:
-    """LoRA-FA with kohya's gradients, or idle text encoders: every adapter weight that takes a gradient
-    (the frozen downs, the idle encoders' too) in kohya's network order, the text encoders' modules then the
+    """LoRA-FA with kohya's gradients, idle text encoders, or a denoiser held whole: every adapter weight
+    that takes a gradient (the frozen downs, the idle encoders' and held modules' too) in kohya's network
+    order, the text encoders' modules then the
     denoiser's, each down before its up: the parameters train_network.py clips, in the order its total norm
     adds them."""
     own = {id(p) for p in tokens.params} if tokens is not None else set()

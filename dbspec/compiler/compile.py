@@ -65,6 +65,7 @@ from dbspec.diagnostics import Diagnostic, DiagnosticError, raise_if_errors, ren
 from dbspec.spec.migrate import user_spelling
 from dbspec.plan.model import (
     PLAN_VERSION,
+    denoiser_held,
     BucketPlan,
     CheckpointPlan,
     EmaPlan,
@@ -344,6 +345,7 @@ def model_layers(model, precision) -> dict[str, dict[str, int]]:
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
+    held = 0
     if isinstance(spec.adapter, LowRankAdapter):
         # the adapter's own count: its targets (the family's when unset) and shared down-projections
         planned = adapter_plan(
@@ -354,6 +356,10 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
             layers=_excluded_layers(spec.adapter, model, precision),
         )
         trainable["lora"] = sum(planned.params.values())
+        if denoiser_held(
+            getattr(spec.adapter, "blocks", ())
+        ):  # full / IA3 adapters have no blocks  # kohya's U-Net modules at unet_lr 0: no optimizer state
+            held = planned.params["unet"] if "unet" in planned.params else 0
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -376,6 +382,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         stochastic_rounding=precision.stochastic_rounding,
         adapter_dtype=precision.weights,
         slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
+        held_params=held,
     )
 
 

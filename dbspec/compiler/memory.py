@@ -159,6 +159,7 @@ def estimate_memory(
     stochastic_rounding: bool = True,
     adapter_dtype: str = "fp32",
     slice_p: int = 1,
+    held_params: int = 0,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -172,6 +173,8 @@ def estimate_memory(
     weights always).
     `adapter_dtype`: the dtype adapters are held in (precision.weights; peft's default fp32).
     `slice_p`: Prodigy's slice_p (its s and p0 keep every slice_p-th element of each tensor).
+    `held_params`: adapter parameters among `trainable_params` held out of the optimizer (a denoiser held
+    whole at lr_scale 0): their weights and gradients count, no optimizer state.
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
@@ -180,11 +183,12 @@ def estimate_memory(
     weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     state_bytes = _optimizer_state_bytes(optimizer, momentum, notes, slice_p)
-    optimizer_bytes = int(trainable * state_bytes)
+    optimizer_bytes = int((trainable - held_params) * state_bytes)
     bf16_trained = sum(g.count for g in groups if g.param_bytes == 2)
     bf16_state = bool(bf16_trained) and not stochastic_rounding and optimizer in PARAM_DTYPE_STATE_OPTIMIZERS
-    if bf16_state:  # that state is bf16 for the bf16 weights: half of it
-        optimizer_bytes -= int(bf16_trained * state_bytes / 2)
+    if bf16_state:  # that state is bf16 for the bf16 weights: half of it (the held ones have none)
+        stepped = bf16_trained - (held_params if DTYPE_BYTES[adapter_dtype] == 2 else 0)
+        optimizer_bytes -= int(stepped * state_bytes / 2)
     if sharding is not None and sharding.sharded:
         # the models that go through accelerate's prepare (every trained one, its frozen base included)
         wrapped = sum(

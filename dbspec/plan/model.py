@@ -160,6 +160,20 @@ class BlockPlan:
     bypass: bool | None = None
 
 
+def denoiser_held(blocks) -> bool:
+    """Whether `blocks` (the spec's or the plan's [[adapter.blocks]]) hold every denoiser adapter at
+    lr_scale 0: each block that adapts layers ahead of one whose empty pattern matches every path (that
+    one included) is held, no own rate (kohya's U-Net modules at unet_lr 0, convert/kohya/held_unet.py):
+    the adapter is built, loaded from init_weights and run under grad, but nothing of it trains."""
+    for block in blocks:  # OFT / DyLoRA / GLoRA blocks take no rate: never held
+        adapts = getattr(block, "rank", 1) or getattr(block, "conv_rank", 0)
+        if adapts and (getattr(block, "lr", 0.0) or getattr(block, "lr_scale", 1.0)):
+            return False
+        if block.pattern == "":
+            return True
+    return False
+
+
 @frozen
 class FusedPlan:
     """One fused Linear of the original model whose diffusers parts share a LoRA down-projection

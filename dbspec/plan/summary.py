@@ -14,6 +14,7 @@ from dbspec.plan.compiled import compile_summary
 from dbspec.plan.model import (
     BNB_MIN_8BIT_SIZE,
     BYPASS_KINDS,
+    denoiser_held,
     FP16_GRAD_SCALER,
     CaptionPlan,
     FlowPlan,
@@ -260,6 +261,11 @@ def kohya_folders_table(plan: Plan) -> Table | None:
     for name, f in rows:
         t.add_row(name, f.name, str(f.images), str(f.repeats), _short(f.prompt) or "(empty)")
     return t
+
+
+def _denoiser_held(plan: Plan) -> bool:
+    """The denoiser's adapter held whole at lr_scale 0 (kohya's U-Net modules at unet_lr 0)."""
+    return plan.train_denoiser and plan.adapter.kind != "none" and denoiser_held(plan.adapter.blocks)
 
 
 def _block_rate(block) -> str:
@@ -759,7 +765,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         conv = f", conv rank {block.conv_rank} alpha {block.conv_alpha:g}" if a.conv_rank else ""
         rows.append(
             (
-                f"  block /{block.pattern}/",
+                f"  block /{block.pattern}/" if block.pattern else "  block (every module)",
                 ("" if block.kind == "adapter" else f"{block.kind} layers, ")
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + _block_rate(block)
@@ -967,7 +973,8 @@ def training_table(plan: Plan) -> Table:
     for c in plan.precision.components:
         quant = f", {c.quantized} ({plan.precision.quantize_backend})" if c.quantized != "none" else ""
         ckpt = ", checkpointing" if c.gradient_checkpointing else ""
-        t.add_row(f"  {shown_component(plan, c.name)}", f"{c.dtype}, {c.trainable}{quant}{ckpt}")
+        held = ", held: nothing of it trains" if c.name == "unet" and _denoiser_held(plan) else ""
+        t.add_row(f"  {shown_component(plan, c.name)}", f"{c.dtype}, {c.trainable}{held}{quant}{ckpt}")
     if plan.precision.compile is not None:
         t.add_row("torch.compile", compile_summary(plan))
     cache = plan.cache

@@ -543,15 +543,16 @@ def test_sdxl_first_text_encoder_at_rate_0_trains_the_second_alone(tmp_path, te2
     assert plan.optimizer.text_encoder_2_lr is None
 
 
-def test_lora_unet_lr_0_trains_only_the_text_encoder(tmp_path):
-    """networks.lora skips parameter groups whose learning rate is 0."""
+def test_lora_unet_lr_0_without_a_clip_trains_only_the_text_encoder(tmp_path):
+    """networks.lora skips parameter groups whose learning rate is 0: without a clip its held U-Net
+    modules change nothing, so the denoiser is left plain (held_unet.py)."""
     images(tmp_path / "t" / "10_ohwx toy", 2, (512, 512))
     outcome = kohya(
         tmp_path,
         command=f"train_network.py --pretrained_model_name_or_path={SD15} --train_data_dir=t "
         "--resolution 512 --network_module networks.lora --unet_lr 0 --text_encoder_lr 5e-5 "
-        "--max_train_steps 10",
+        "--max_train_steps 10 --max_grad_norm 0",
     )
     plan = plan_of(outcome, tmp_path)
-    assert not plan.train_denoiser and plan.train_text_encoder
+    assert not plan.train_denoiser and plan.train_text_encoder and not plan.adapter.blocks
     assert plan.optimizer.text_encoder_lr == pytest.approx(5e-5)

@@ -164,7 +164,8 @@ def test_general_custom_attributes_reach_every_subset(tmp_path):
     assert [r.fate for k, r in outcome.conversion.reports.items() if "custom_attributes" in k] == ["mapped"]
 
 
-HELD = " --unet_lr 0 --text_encoder_lr 1e-5"
+# without a clip kohya's held U-Net modules change nothing: the denoiser is left plain (held_unet.py)
+HELD = " --unet_lr 0 --text_encoder_lr 1e-5 --max_grad_norm 0"
 SDXL_LYCORIS = (
     f"sdxl_train_network.py --pretrained_model_name_or_path {SDXL} --network_module lycoris.kohya "
     "--network_dim 8 --network_alpha 4"
@@ -196,7 +197,7 @@ def test_a_fresh_sdxl_lycoris_loha_held_at_unet_lr_0_converts(tmp_path):
     """LyCORIS's LoHa starts with hada_w2_a = 0 (every algo's start adds 0 at both multipliers:
     tests/runtime/test_preserve_output.py checks them on lycoris-lora 4.1.3's modules); SDXL's two CLIP
     encoders train at the first text_encoder_lr value."""
-    command = SDXL_LYCORIS + " --network_args algo=loha" + HELD + " --max_grad_norm 0"
+    command = SDXL_LYCORIS + " --network_args algo=loha" + HELD
     plan = _held_target(_convert(tmp_path, command, resolution=1024), tmp_path)
     assert plan.adapter.kind == "loha" and plan.adapter.rank == 8 and plan.adapter.alpha == 4
 
@@ -220,9 +221,11 @@ def test_held_dora_modules_differ_by_rounding(tmp_path):
     assert plan.adapter.dora and not plan.train_denoiser and _preserved(plan)["dogs"]
 
 
-def test_a_network_weights_start_held_at_unet_lr_0_stays_refused(tmp_path):
+def test_a_network_weights_start_held_at_unet_lr_0_converts_held(tmp_path):
     """A --network_weights file's U-Net modules held at unet_lr 0 change kohya's prediction and are switched
-    off for its target: dbspec's run has no denoiser adapter holding them (DBS403)."""
+    off for its target: the denoiser carries the adapter held at lr_scale 0, the file loaded into it, and
+    the target is the base model's (adapter off), clip or not (was DBS403); fresh modules under the clip
+    alike."""
     from safetensors.numpy import save_file
     import numpy as np
 
@@ -235,11 +238,18 @@ def test_a_network_weights_start_held_at_unet_lr_0_stays_refused(tmp_path):
         },
         str(tmp_path / "prev.safetensors"),
     )
-    outcome = _convert(tmp_path, LORA + HELD + " --network_weights prev.safetensors")
-    assert outcome.exit_code == 1 and fate(outcome, KEY) == "unsupported", errors(outcome)
-    assert "--network_weights file" in outcome.conversion.reports[KEY].note
-    without = _convert(tmp_path / "fresh", LORA + HELD)
-    assert fate(without, KEY) == "mapped"
+    clipped = HELD.replace(" --max_grad_norm 0", "")
+    for name, command in (("file", HELD), ("clipped", clipped)):
+        outcome = _convert(tmp_path, f"{LORA}{command} --network_weights prev.safetensors")
+        assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+        assert fate(outcome, KEY) == "mapped", name
+        plan = plan_of(outcome, tmp_path)
+        assert plan.train_denoiser and plan.adapter.init_weights.endswith("prev.safetensors"), name
+        assert [(b.pattern, b.lr_scale) for b in plan.adapter.blocks] == [("", 0.0)], name
+        assert _preserved(plan) == {"subject": False, "dogs": True}
+        assert "target of dogs: ε̂ of the base model (adapter off)" in plan.loss.formula
+    fresh = plan_of(_convert(tmp_path / "fresh", LORA + clipped), tmp_path / "fresh")
+    assert fresh.train_denoiser and fresh.adapter.blocks[-1].lr_scale == 0.0
 
 
 def test_flux_clip_l_with_held_transformer_modules(tmp_path, empty_hub_cache):  # noqa: F811

@@ -119,12 +119,19 @@ guidance_scale = 1.0
                 assert (block.lr, block.lr_scale) == ((rate, 1.0) if rate else (0.0, 0.0)), (name, block)
 
 
-def test_unet_lr_zero_where_no_regex_trains_freezes_the_denoiser(tmp_path):
-    """No built module at a positive rate: nothing of the denoiser trains (train.denoiser = false, as
-    before), and no held blocks are written."""
+def test_unet_lr_zero_where_no_regex_trains_holds_or_freezes_the_denoiser(tmp_path):
+    """No built module at a positive rate: nothing of the denoiser trains. Under kohya's clip (default 1.0)
+    the built modules' gradients count in it: the denoiser carries the adapter held whole (every block at
+    lr_scale 0, the last over every module: convert/kohya/held_unet.py); without a clip train.denoiser =
+    false, as before, and no held blocks are written."""
     base = BASE.replace("--network_train_unet_only", "").replace("--cache_text_encoder_outputs", "")
-    outcome = _flux(tmp_path, '"network_reg_lrs=img_attn=0"', "--unet_lr 0 --text_encoder_lr 1e-5", base)
+    args = "--unet_lr 0 --text_encoder_lr 1e-5"
+    outcome = _flux(tmp_path, '"network_reg_lrs=img_attn=0"', args, base)
     plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.train_text_encoder and plan.adapter.blocks[-1].pattern == ""
+    assert all((b.lr, b.lr_scale) == (0.0, 0.0) for b in plan.adapter.blocks)
+    outcome = _flux(tmp_path / "plain", '"network_reg_lrs=img_attn=0"', args + " --max_grad_norm 0", base)
+    plan = plan_of(outcome, tmp_path / "plain")
     assert not plan.train_denoiser and plan.train_text_encoder
     assert not any(b.lr or not b.lr_scale for b in plan.adapter.blocks)
 

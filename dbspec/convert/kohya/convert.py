@@ -23,7 +23,8 @@ from dbspec.convert.kohya.args import MINIMUM, arg_table
 from dbspec.convert.kohya.inputs import KohyaArgs, KohyaRequest, kohya_args
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, flow_loss_args, map_flow_loss
 from dbspec.convert.kohya.group_lists import lift_kept_rates
-from dbspec.convert.kohya.idle_text import file_has_clip, file_held, file_idle
+from dbspec.convert.kohya.held_unet import UNET_PREFIX
+from dbspec.convert.kohya.idle_text import file_has_clip, file_held, file_holds, file_idle
 from dbspec.convert.kohya.loss import map_loss
 from dbspec.convert.kohya.model import (
     file_has_first_text,
@@ -194,7 +195,10 @@ def convert_kohya(
     )
     # T5-XXL's modules read the text encoders' rate too (LyCORIS's one text group), with CLIP's or alone
     t5 = bool(conv.values.get(("train", "t5"), (False, ""))[0])
-    map_learning_rates(a, script, text_encoder or t5, conv, idle_file, clip_g_modules=has_second)
+    unet_file = lora and file_holds(a, paths, UNET_PREFIX)  # U-Net modules held at unet_lr 0
+    map_learning_rates(
+        a, script, text_encoder or t5, conv, idle_file, clip_g_modules=has_second, unet_file=unet_file
+    )
     if lora:
         map_file_text_encoders(a, script, paths, conv, text_encoder, idle_file)
     if layout is not None:

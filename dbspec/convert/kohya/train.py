@@ -11,6 +11,7 @@ from dbspec.compiler.schedule import KOHYA_SCHEDULES
 from dbspec.convert.common.core import Conversion, Legacy, map_schedule_name
 from dbspec.convert.kohya.idle_text import IDLE_NOTE, clipped_idle_text, idle_kohya
 from dbspec.convert.kohya.block_lr import fused_optimizer_count
+from dbspec.convert.kohya.held_unet import held_matters, hold_unet, holds_unet, unheld_difference
 from dbspec.convert.kohya.rate_zero import (
     adafactor_relative_step,
     relative_step_first_rate,
@@ -1038,21 +1039,27 @@ def map_learning_rates(
     conv: Conversion,
     idle_file: bool = False,
     clip_g_modules: bool = True,
+    unet_file: bool = False,
 ) -> None:
     """[optimizer] lr / text_encoder_lr (text_encoder: whether a text encoder trains, map_text_encoder;
     `clip_g_modules`: False for a --dim_from_weights file without SD3 CLIP-G modules, whose rate then
-    reads nothing)."""
+    reads nothing; `unet_file`: the --network_weights file holds U-Net modules, held_unet.py)."""
     lr = a["learning_rate"]
     unet_lr = a["unet_lr"] if "unet_lr" in a and a["unet_lr"].value is not None else lr
     if not unet_lr.value and conv.facts.get("kohya_flux_reg_trains"):
         if not _reg_rates_train(a, unet_lr, lr, text_encoder, conv):
             return
+    elif not unet_lr.value and holds_unet(a, script, text_encoder, unet_file, conv):
+        hold_unet(unet_lr, conv)  # optimizer.lr reads no denoiser module: the text encoder's rate below
     elif not unet_lr.value and script != "train_db":
         # sdxl_train.py trains the U-Net only when learning_rate != 0; networks.lora skips groups with lr 0
         why = "sdxl_train.py trains the U-Net only when learning_rate != 0"
         if script != "sdxl_train":
             why = "networks.lora skips parameters whose learning rate is 0"
-        conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
+        if held_matters(a, script, text_encoder, unet_file):
+            unheld_difference(unet_lr, unet_file, conv)
+        else:
+            conv.mapped(unet_lr, ("train", "denoiser"), False, comment=conv.comment(unet_lr, why))
         te_only = "network_train_text_encoder_only" in a and a["network_train_text_encoder_only"].value
         if not te_only:  # its modules built and held untrained (subsets.py); te_only builds none
             conv.facts["denoiser_held_at_rate_zero"] = True

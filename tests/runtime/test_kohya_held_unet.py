@@ -1,0 +1,141 @@
+"""kohya's LoRA at unet_lr 0 under a clip (issue 12; dbspec/convert/kohya/held_unet.py): lycoris-lora
+4.1.3's kohya network on the tiny SD 1.x U-Net and CLIP, stepped as train_network.py steps it (apply_to
+with the U-Net, which reads no rate; its group at rate 0 left out by prepare_optimizer_params, "NO LR
+skipping!"; `clip_grad_norm_(network.get_trainable_params(), max_grad_norm)`; `optimizer.zero_grad(
+set_to_none=True)`), its U-Net modules started from a file's (non-zero lora_up, as --network_weights loads
+them). They never move, yet their gradients add up uncleared and count in the clip: CLIP's modules end
+elsewhere than with the U-Net's modules dropped (network_train_text_encoder_only). dbspec's run of it, the
+denoiser's adapter held at lr_scale 0 by a block matching every module, stepped on the same inputs from the
+same modules, ends with kohya's CLIP modules bit for bit, its U-Net modules at the file's weights with
+kohya's accumulated gradients (the checkpoint keeps them, runtime/optimizer_blocks.py held_gradients: a
+resume with held blocks is checked bit-exact in test_flux_reg_dims.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.test_kohya_idle_text_clip import PRESET, _dbspec_steps, _layers
+from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+LIMIT = 1e-6  # engages on every step of the tiny model
+HELD = """
+[adapter]
+kind = "lora"
+rank = 4
+alpha = 1.0
+denoiser_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+text_encoder_targets = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+[[adapter.blocks]]
+pattern = ""
+rank = 4
+alpha = 1.0
+lr_scale = 0.0
+
+[train]
+text_encoder = true
+"""
+
+
+def _kohya(pipe, with_unet: bool, start: dict | None, steps: int = 2, record: dict | None = None):
+    """kohya's network (LoCon in bypass mode: up(down(x)) x scale, peft's order) stepped at unet_lr 0 and
+    text_encoder_lr 1e-3; `start`: the network's weights to load (the U-Net's from a file). Its CLIP
+    modules' weights after `steps`, and the clip norms."""
+    text, unet = copy.deepcopy(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    named = nn.Module()
+    named.text_model = text  # kohya's CLIP names its modules text_model.*
+    network = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo="locon", preset=pipe.preset, bypass_mode=True
+    )
+    network.apply_to(named, unet, True, with_unet)
+    if start is not None:
+        network.load_state_dict(start, strict=False)
+    if record is not None:
+        record["start"] = {k: v.detach().clone() for k, v in network.state_dict().items()}
+    params, _ = network.prepare_optimizer_params(1e-3, 0.0, 1e-3)  # unet_lr 0: "NO LR skipping!"
+    network.prepare_grad_etc()
+    text.requires_grad_(False)
+    unet.requires_grad_(False)
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    norms = []
+    for _ in range(steps):
+        ids = torch.randint(0, pipe.text_encoder.config.vocab_size, (2, 8), generator=generator)
+        latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=generator)
+        target = torch.randn(latents.shape, generator=generator)
+        out = unet(latents, torch.tensor([500, 500]), encoder_hidden_states=text(ids)[0]).sample
+        (torch.nn.functional.mse_loss(out, target) * 100).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(network.get_trainable_params(), LIMIT)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if record is not None:
+        record["grads"] = {
+            f"{m.lora_name}.{n}": p.grad.clone() for m in network.unet_loras for n, p in m.named_parameters()
+        }
+    state = network.state_dict()
+    return {k: v.detach().clone() for k, v in state.items() if k.startswith("lora_te")}, norms
+
+
+def test_unet_held_at_rate_0_steps_as_kohyas_network(tmp_path, monkeypatch):
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.setup import setup
+    from tests.runtime.runspec import compile_spec, summary_text, write_spec
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    pipe = build_pipeline("builtin:tiny-sd1")
+    (tmp_path / "preset.toml").write_text(PRESET)
+    pipe.preset = str(tmp_path / "preset.toml")
+    # a file's U-Net modules: non-zero lora_up (random, as a trained file's)
+    torch.manual_seed(0)  # LyCORIS's own init of lora_down
+    generator = torch.Generator().manual_seed(1)
+    probe = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, nn.Module(), pipe.unet, algo="locon", preset=pipe.preset
+    )
+    start = {
+        k: torch.randn(v.shape, generator=generator) * 0.1 if "lora_up" in k else v.clone()
+        for k, v in probe.state_dict().items()
+        if k.startswith("lora_unet")
+    }
+    kohya: dict = {}
+    ends, norms = _kohya(pipe, True, start, record=kohya)
+    dropped, norms_dropped = _kohya(pipe, False, start)
+    assert all(n > LIMIT for n in norms + norms_dropped)  # the clip engages
+    assert norms != norms_dropped  # the held U-Net modules' gradients are in kohya's norm
+    assert any(not torch.equal(ends[k], dropped[k]) for k in ends)  # and change CLIP's updates
+
+    spec = write_spec(tmp_path, steps=2, extra=HELD)
+    plan = compile_spec(spec, [f"optimizer.max_grad_norm={LIMIT}"])
+    assert plan.train_denoiser and plan.train_text_encoder
+    assert "fp32, lora, held: nothing of it trains" in summary_text(plan)
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    text, unet = run.comps.text_encoders[0], run.comps.unet
+    stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    held = [p for p in unet.parameters() if p.requires_grad]
+    assert held and not stepped & {id(p) for p in held}  # out of the optimizer
+    texts = [p for p in text.parameters() if p.requires_grad]
+    assert [id(p) for p in run.params] == [id(p) for p in texts + held]  # kohya's order: text first
+    layers = _layers(text, "lora_te_text_model_") | _layers(unet, "lora_unet_")
+    assert {f"{k}.lora_down.weight" for k in layers} == {k for k in kohya["start"] if "lora_down" in k}
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A["default"].weight.copy_(kohya["start"][f"{name}.lora_down.weight"])
+            layer.lora_B["default"].weight.copy_(kohya["start"][f"{name}.lora_up.weight"])
+    _dbspec_steps(run, pipe, LIMIT)
+    for name, layer in layers.items():
+        for ours, theirs in (("lora_A", "lora_down"), ("lora_B", "lora_up")):
+            weight = getattr(layer, ours)["default"].weight
+            if name.startswith("lora_te_"):
+                assert torch.equal(weight.detach(), ends[f"{name}.{theirs}.weight"]), name
+            else:  # never stepped; kohya's accumulated gradient
+                assert torch.equal(weight.detach(), kohya["start"][f"{name}.{theirs}.weight"]), name
+                assert torch.equal(weight.grad, kohya["grads"][f"{name}.{theirs}.weight"]), name

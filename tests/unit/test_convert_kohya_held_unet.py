@@ -1,0 +1,232 @@
+"""kohya's LoRA scripts at unet_lr 0 (convert/kohya/held_unet.py; issue 12): apply_to builds the U-Net's
+modules whatever the rate, prepare_optimizer_params leaves their group out ("NO LR skipping!") and the clip
+counts their gradients, added up uncleared; a --network_weights file's U-Net modules load into them and the
+U-Net predicts through them. Under a clip, or with such a file, a LoRA / LoHa / LoKr adapter converts to the
+denoiser carrying the adapter held whole at lr_scale 0; without either, plain train.denoiser = false (the
+same run); the adapter kinds whose blocks take no lr_scale convert plain and say so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from convert_kit import (
+    SD15,
+    codes,
+    component_file,
+    errors,
+    fate,
+    images,
+    kohya,
+    kohya_lora,
+    messages,
+    plan_at,
+    plan_of,
+)
+from rich.console import Console
+from safetensors.numpy import save_file
+
+from dbspec.plan.model import denoiser_held
+from dbspec.plan.summary import render_summary
+
+ZERO = "--unet_lr 0 --text_encoder_lr 5e-5"
+Q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+NETWORK = f"train_network.py --pretrained_model_name_or_path {SD15} --train_data_dir d --resolution 512 "
+NETWORK += "--max_train_steps 300 --learning_rate 1e-4"
+
+
+def _held(outcome, tmp_path):
+    """The plan of a conversion held whole: the denoiser carries the adapter, every block held, one over
+    every module; optimizer.lr is the text encoder's rate."""
+    assert outcome.exit_code == 0 and not codes(outcome) & {"DBS403", "DBS404"}, errors(outcome)
+    assert fate(outcome, "unet_lr") == "mapped"
+    assert "held at lr_scale 0" in outcome.conversion.reports["unet_lr"].note
+    plan = plan_of(outcome, tmp_path)
+    assert plan.train_denoiser and plan.train_text_encoder and denoiser_held(plan.adapter.blocks)
+    assert all(b.lr_scale == 0 and not b.lr and not b.group for b in plan.adapter.blocks)
+    assert plan.adapter.blocks[-1].pattern == ""
+    assert plan.optimizer.lr == pytest.approx(5e-5) and plan.optimizer.text_encoder_lr == pytest.approx(5e-5)
+    return plan
+
+
+def _lora_file(path, up: float = 1.0) -> None:
+    save_file(
+        {
+            f"{Q}.lora_down.weight": np.ones((4, 320), np.float16),
+            f"{Q}.lora_up.weight": np.full((320, 4), up, np.float16),
+            f"{Q}.alpha": np.array(1.0, np.float32),
+        },
+        str(path),
+    )
+
+
+def test_fresh_modules_under_the_default_clip_are_held(tmp_path):
+    """kohya's default max_grad_norm 1.0 clips the held modules' gradients with the text encoder's."""
+    plan = _held(kohya_lora(tmp_path, ZERO), tmp_path)
+    block = plan.adapter.blocks[-1]
+    assert (plan.adapter.rank, block.rank, block.alpha, block.conv_rank) == (4, 4, 1.0, 0)
+    assert not plan.adapter.init_weights
+
+
+def test_without_a_clip_fresh_modules_leave_the_denoiser_plain(tmp_path):
+    outcome = kohya_lora(tmp_path, ZERO + " --max_grad_norm 0")
+    assert outcome.exit_code == 0 and not codes(outcome) & {"DBS403", "DBS404"}, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert not plan.train_denoiser and not plan.adapter.blocks
+
+
+def test_a_files_unet_modules_are_held_clip_or_not(tmp_path):
+    """A --network_weights file's U-Net modules change kohya's prediction: held and loaded (init_weights)
+    without a clip too (was plain train.denoiser = false, dropping them)."""
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    _lora_file(tmp_path / "prev.safetensors")
+    for clip in ("", " --max_grad_norm 0"):
+        command = f"{NETWORK} --network_module networks.lora {ZERO}{clip} --network_weights prev.safetensors"
+        outcome = kohya(tmp_path, command=command)
+        plan = _held(outcome, tmp_path)
+        assert plan.adapter.init_weights.endswith("prev.safetensors")
+
+
+def test_a_file_of_text_modules_alone_without_a_clip_stays_plain(tmp_path):
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    save_file(
+        {
+            f"{te}.lora_down.weight": np.zeros((4, 768), np.float16),
+            f"{te}.lora_up.weight": np.zeros((768, 4), np.float16),
+            f"{te}.alpha": np.array(1.0, np.float32),
+        },
+        str(tmp_path / "text.safetensors"),
+    )
+    command = f"{NETWORK} --network_module networks.lora {ZERO} --max_grad_norm 0"
+    command += " --network_weights text.safetensors"
+    plan = plan_of(kohya(tmp_path, command=command), tmp_path)
+    assert not plan.train_denoiser
+
+
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [
+        ("--network_module lycoris.kohya --network_args algo=loha", "loha"),
+        ("--network_module lycoris.kohya --network_args algo=lokr factor=4", "lokr"),
+        ("--network_module lycoris.kohya --network_args algo=locon conv_dim=4 conv_alpha=2", "lora"),
+        ("--network_args conv_dim=4 conv_alpha=2", "lora"),
+    ],
+)
+def test_lycoris_kinds_and_convolutions_are_held_alike(tmp_path, args, kind):
+    """The block over every module carries the adapter's conv_rank / conv_alpha: the 3x3 convolutions'
+    modules are held too."""
+    base = NETWORK if "network_module" in args else NETWORK + " --network_module networks.lora"
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(tmp_path, command=f"{base} {args} {ZERO}")
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), errors(outcome)
+    assert "unet_lr" not in {d.path for d in outcome.diagnostics}
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.kind == kind and plan.train_denoiser and denoiser_held(plan.adapter.blocks)
+    block = plan.adapter.blocks[-1]
+    assert (block.conv_rank, block.conv_alpha) == (plan.adapter.conv_rank, plan.adapter.conv_alpha)
+    if "conv_dim" in args:
+        assert block.conv_rank == 4 and block.conv_alpha == 2
+
+
+def test_block_dims_blocks_are_held_too(tmp_path):
+    """networks.lora's block_dims blocks (and up_lr_weight's scales, which read no rate at unet_lr 0)
+    all at lr_scale 0, the last block at network_dim."""
+    dims = ",".join(["2"] * 4 + ["4"] * 21)
+    args = f"--network_dim 8 --network_args block_dims={dims} up_lr_weight=cosine"
+    plan = _held(kohya_lora(tmp_path, f"{args} {ZERO}"), tmp_path)
+    assert len(plan.adapter.blocks) > 1 and plan.adapter.blocks[-1].rank == 8
+    assert {b.rank for b in plan.adapter.blocks[:-1]} >= {2, 4}
+
+
+def test_text_encoder_only_and_lora_fa_are_not_held(tmp_path):
+    """network_train_text_encoder_only builds no U-Net module; networks.lora_fa keeps the U-Net's group
+    in the optimizer (rate_zero.py)."""
+    only = kohya_lora(tmp_path / "only", ZERO + " --network_train_text_encoder_only")
+    assert not plan_of(only, tmp_path / "only").train_denoiser
+    fa = kohya_lora(tmp_path / "fa", ZERO + " --network_module networks.lora_fa")
+    assert not denoiser_held(plan_of(fa, tmp_path / "fa").adapter.blocks)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "--network_module networks.dylora --network_args unit=2",
+        "--network_module lycoris.kohya --network_args algo=full",
+        "--network_module lycoris.kohya --network_args algo=ia3",
+        "--network_module lycoris.kohya --network_args algo=diag-oft",
+    ],
+)
+def test_kinds_without_block_rates_stay_plain_and_say_so(tmp_path, args):
+    """Their blocks take no lr_scale: plain train.denoiser = false with a DBS404 under a clip, DBS403 for a
+    file's U-Net modules (dropped)."""
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    outcome = kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}")
+    assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
+    assert "its clip norm counts them" in messages(outcome, "DBS404")
+    assert not plan_of(outcome, tmp_path).train_denoiser
+    plain = kohya(tmp_path / "plain", command=f"{NETWORK} {args} {ZERO} --max_grad_norm 0")
+    assert fate(plain, "unet_lr") == "mapped"
+    if "dylora" in args:
+        _lora_file(tmp_path / "prev.safetensors")
+        command = f"{NETWORK} {args} {ZERO} --max_grad_norm 0 --network_weights prev.safetensors"
+        refused = kohya(tmp_path, command=command)
+        assert refused.exit_code == 1 and fate(refused, "unet_lr") == "unsupported", errors(refused)
+        assert "file's U-Net modules would be dropped" in refused.conversion.reports["unet_lr"].note
+
+
+def test_the_plan_says_the_denoiser_is_held_and_counts_no_optimizer_state(tmp_path):
+    outcome = kohya_lora(tmp_path, ZERO)
+    plan = _held(outcome, tmp_path)
+    console = Console(record=True, width=200)
+    render_summary(plan, console)
+    text = console.export_text()
+    assert "block (every module)" in text and "lora, held: nothing of it trains" in text
+    plain = plan_at(tmp_path / "specs" / "converted.toml", ["adapter.blocks=[]"])
+    # the same adapter trained: the held denoiser's parameters carry gradients but no optimizer state
+    assert plan.memory.gradients == plain.memory.gradients
+    assert plan.memory.optimizer < plain.memory.optimizer
+
+
+def test_flux_and_sd3_hold_their_transformer_modules(tmp_path):
+    """lora_flux / lora_sd3 at unet_lr 0 with CLIP training: the transformer's modules held alike."""
+    flux = tmp_path / "flux"
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(flux / name)
+    images(flux / "x" / "10_ohwx dog", 2, (512, 512))
+    command = (
+        "flux_train_network.py --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev --clip_l "
+        "clip_l.safetensors --t5xxl t5xxl.safetensors --ae ae.safetensors --train_data_dir x --resolution "
+        "512 --network_module networks.lora_flux --network_dim 4 --mixed_precision bf16 "
+        f"--max_train_steps 10 --learning_rate 1e-4 {ZERO}"
+    )
+    plan = _held(kohya(flux, command=command), flux)
+    assert plan.model.family == "flux"
+    sd3 = tmp_path / "sd3"
+    for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl.safetensors"):
+        component_file(sd3 / name)
+    images(sd3 / "x" / "10_ohwx dog", 2, (512, 512))
+    command = (
+        "sd3_train_network.py --pretrained_model_name_or_path stabilityai/stable-diffusion-3.5-large "
+        "--clip_l clip_l.safetensors --clip_g clip_g.safetensors --t5xxl t5xxl.safetensors --train_data_dir "
+        "x --resolution 512 --network_module networks.lora_sd3 --network_dim 16 --max_train_steps 10 "
+        f"--learning_rate 1e-4 {ZERO}"
+    )
+    plan = _held(kohya(sd3, command=command), sd3)
+    assert plan.model.family == "sd3" and plan.adapter.blocks[-1].rank == 16
+
+
+def test_preset_blocks_are_held_and_other_kinds_in_a_map_say_so(tmp_path):
+    """A LyCORIS preset's map entries of the adapter's kinds (LoCon / LoRA blocks) are held with the rest;
+    an entry of another kind (full) is not split by block at run time: plain, with a DBS404."""
+    from test_convert_kohya_lycoris_algo_maps import FULL, RESNETS_LOW, _convert
+
+    (tmp_path / "held").mkdir()
+    (tmp_path / "mixed").mkdir()
+    held = _convert(tmp_path / "held", RESNETS_LOW, args=ZERO)
+    plan = _held(held, tmp_path / "held")
+    assert len(plan.adapter.blocks) > 1 and plan.adapter.blocks[-1].conv_rank == 8
+    mixed = FULL + '[module_algo_map]\n  [module_algo_map.FeedForward]\n    algo = "full"\n'
+    outcome = _convert(tmp_path / "mixed", mixed, args=ZERO)
+    assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
+    assert "full blocks take no lr_scale" in messages(outcome, "DBS404")
+    assert not plan_of(outcome, tmp_path / "mixed").train_denoiser
