@@ -4,6 +4,7 @@ every row is used (or marked reserved), and every call site whose severity can b
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -28,13 +29,11 @@ class Site:
     where: str
 
 
+@functools.cache
 def _sources() -> dict[Path, ast.Module]:
     files = [*sorted((ROOT / "dbspec").rglob("*.py")), *sorted((ROOT / "runtime").rglob("*.py"))]
     files.remove(ROOT / "dbspec" / "codes.py")  # the table itself names every code
     return {path: ast.parse(path.read_text(encoding="utf-8"), str(path)) for path in files}
-
-
-SOURCES = _sources()
 
 
 def _is_code(node: ast.AST | None) -> bool:
@@ -45,16 +44,14 @@ def _is_code(node: ast.AST | None) -> bool:
     )
 
 
+@functools.cache
 def _constants() -> dict[str, str]:
     found = {}
-    for tree in SOURCES.values():
+    for tree in _sources().values():
         for node in tree.body:
             if isinstance(node, ast.Assign) and _is_code(node.value):
                 found.update({t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)})
     return found
-
-
-CONSTANTS = _constants()
 
 
 def _site(node: ast.Call, where: str) -> Site | None:
@@ -62,7 +59,7 @@ def _site(node: ast.Call, where: str) -> Site | None:
     name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
     keywords = {k.arg: k.value for k in node.keywords}
     arg = node.args[0] if node.args else keywords.get("code")
-    code = arg.value if _is_code(arg) else CONSTANTS.get(arg.id) if isinstance(arg, ast.Name) else None
+    code = arg.value if _is_code(arg) else _constants().get(arg.id) if isinstance(arg, ast.Name) else None
     if code is None:
         return None
     severity = "error" if name in ERROR_CALLS else "warning" if name in WARNING_CALLS else None
@@ -72,9 +69,10 @@ def _site(node: ast.Call, where: str) -> Site | None:
     return Site(code=code, severity=severity, where=where)
 
 
+@functools.cache
 def _scan() -> tuple[set[str], list[Site]]:
     used, sites = set(), []
-    for path, tree in SOURCES.items():
+    for path, tree in _sources().items():
         rel = path.relative_to(ROOT)
         for node in ast.walk(tree):
             if _is_code(node):
@@ -84,29 +82,34 @@ def _scan() -> tuple[set[str], list[Site]]:
     return used, sites
 
 
-USED, SITES = _scan()
+# the sources are parsed once, by the first test that reads them (not at import: every xdist worker
+# collects this module)
 
 
 def test_the_scan_finds_the_call_sites():
-    assert len(USED) >= 70
-    assert sum(s.severity is not None for s in SITES) >= 80
-    assert {"INVALID", "UNSUPPORTED", "CHECK_FAILED"} <= CONSTANTS.keys()
+    used, sites = _scan()
+    assert len(used) >= 70
+    assert sum(s.severity is not None for s in sites) >= 80
+    assert {"INVALID", "UNSUPPORTED", "CHECK_FAILED"} <= _constants().keys()
 
 
 def test_every_code_used_is_in_the_table():
-    missing = sorted(USED - codes.BY_CODE.keys())
+    used, _ = _scan()
+    missing = sorted(used - codes.BY_CODE.keys())
     assert not missing, f"codes used in dbspec/ or runtime/ without a row in dbspec/codes.py: {missing}"
 
 
 def test_every_code_in_the_table_is_used_or_reserved():
-    unused = sorted(c.code for c in codes.CODES if c.code not in USED and not c.reserved)
+    used, _ = _scan()
+    unused = sorted(c.code for c in codes.CODES if c.code not in used and not c.reserved)
     assert not unused, f"rows of dbspec/codes.py no code uses (remove them or mark them reserved): {unused}"
 
 
 def test_call_sites_use_the_tables_severity():
+    _, sites = _scan()
     wrong = [
         f"{s.where}: {s.code} as {s.severity}, the table says {codes.get(s.code).severity}"
-        for s in SITES
+        for s in sites
         if s.code in codes.BY_CODE
         and s.severity is not None
         and codes.get(s.code).severity not in (s.severity, "either")
@@ -118,8 +121,9 @@ def test_call_sites_use_the_tables_severity():
 
 def test_either_is_only_for_codes_used_both_ways():
     """A row says "either" only when some call can make each: a fixed-severity code must say which."""
+    _, sites = _scan()
     fixed = {}
-    for s in SITES:
+    for s in sites:
         fixed.setdefault(s.code, set()).add(s.severity)
     # The image-problem codes are made by one call with a variable severity (on_bad_image), hence None.
     too_loose = sorted(
