@@ -308,10 +308,8 @@ def test_bucket_list_of_a_non_square_resolution_equals_kohya(key):
     ]
 
 
-@pytest.mark.parametrize("key", sorted(KOHYA_BUCKETS))
-def test_non_square_resolution_converts_and_plans_kohyas_buckets(tmp_path, key):
-    reso, low, high, step, no_upscale = key.split("|")
-    placed = KOHYA_BUCKETS[key]["placed"]
+def _bucket_run(tmp_path, placed, reso, low, high, step, no_upscale):
+    """kohya's conversion of a bucketed dataset config holding an image of each recorded size (`placed`)."""
     folder = tmp_path / "img"
     folder.mkdir()
     for k, ((w, h), _, _) in enumerate(placed):
@@ -332,6 +330,14 @@ def test_non_square_resolution_converts_and_plans_kohyas_buckets(tmp_path, key):
         command=f"{script} --pretrained_model_name_or_path {model} --network_module networks.lora "
         "--output_dir out --max_train_epochs 1",
     )
+    return outcome
+
+
+@pytest.mark.parametrize("key", sorted(KOHYA_BUCKETS))
+def test_non_square_resolution_converts_and_plans_kohyas_buckets(tmp_path, key):
+    reso, low, high, step, no_upscale = key.split("|")
+    placed = KOHYA_BUCKETS[key]["placed"]
+    outcome = _bucket_run(tmp_path, placed, reso, low, high, step, no_upscale)
     assert outcome.exit_code == 0, errors(outcome)
     plan = plan_of(outcome, tmp_path)
     d = plan.datasets[0]
@@ -357,26 +363,7 @@ def test_a_resolution_off_the_8_grid_converts_to_one_of_the_same_area_with_kohya
     reso, low, high, step, no_upscale = key.split("|")
     size = tuple(int(x) for x in reso.split(","))
     placed = KOHYA_ODD[key]["placed"]
-    folder = tmp_path / "img"
-    folder.mkdir()
-    for k, ((w, h), _, _) in enumerate(placed):
-        Image.new("RGB", (w, h), (k % 250, 90, 160)).save(folder / f"img{k:03d}.png", compress_level=1)
-        (folder / f"img{k:03d}.txt").write_text("ohwx dog\n", encoding="utf-8")
-    write(
-        tmp_path / "dataset.toml",
-        f'[general]\ncaption_extension = ".txt"\nenable_bucket = true\nmin_bucket_reso = {low}\n'
-        f"max_bucket_reso = {high}\nbucket_reso_steps = {step}\n"
-        f"bucket_no_upscale = {'true' if no_upscale == '1' else 'false'}\n"
-        f'[[datasets]]\nresolution = [{reso}]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "img"\n',
-    )
-    script = "sdxl_train_network.py" if step == "32" else "train_network.py"
-    model = SDXL if step == "32" else SD15
-    outcome = kohya(
-        tmp_path,
-        dataset_config=tmp_path / "dataset.toml",
-        command=f"{script} --pretrained_model_name_or_path {model} --network_module networks.lora "
-        "--output_dir out --max_train_epochs 1",
-    )
+    outcome = _bucket_run(tmp_path, placed, reso, low, high, step, no_upscale)
     assert outcome.exit_code == 0, errors(outcome)
     assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
     plan = plan_of(outcome, tmp_path)
