@@ -96,6 +96,11 @@ def _kind(conv: Conversion) -> str:
     return conv.values[("adapter", "kind")][0] if ("adapter", "kind") in conv.values else "lora"
 
 
+def _fields(conv: Conversion) -> dict[str, attrs.Attribute]:
+    """The converted adapter kind's spec fields by name."""
+    return {f.name: f for f in attrs.fields(ADAPTER_VARIANTS[_kind(conv)])}
+
+
 def _block_kinds(conv: Conversion) -> set[str]:
     """The kinds the converted [[adapter.blocks]] give in the adapter's place (a LyCORIS preset's map)."""
     return {v[0] for p, v in conv.values.items() if p[:2] == ("adapter", "blocks") and p[3:] == ("kind",)} - {
@@ -106,8 +111,7 @@ def _block_kinds(conv: Conversion) -> set[str]:
 def _blocks_hold(conv: Conversion) -> bool:
     """Whether the adapter kind's [[adapter.blocks]] take an lr_scale (AdapterBlock's) and every block's
     layers are of a kind runtime/blocks.py holds (peft's LoRA, LoHa, LoKr parameters)."""
-    kind = _kind(conv)
-    fields = {f.name: f for f in attrs.fields(ADAPTER_VARIANTS[kind])}
+    fields = _fields(conv)
     takes = "blocks" in fields and fields["blocks"].type == list[AdapterBlock]
     return takes and _block_kinds(conv) <= set(_HELD_KINDS)
 
@@ -123,8 +127,9 @@ def hold_unet(unet_lr: Legacy, conv: Conversion) -> None:
             conv.values.pop(("adapter", "blocks", index, key), None)
         conv.put(("adapter", "blocks", index, "lr_scale"), 0.0, short)
     last = indices[-1] + 1 if indices else 0
-    for key, value in zip(_BLOCK_KEYS, ("", *_adapter_sizes(conv)), strict=True):
-        if key.startswith("conv_") and not _adapter_sizes(conv)[2]:
+    sizes = _adapter_sizes(conv)
+    for key, value in zip(_BLOCK_KEYS, ("", *sizes), strict=True):
+        if key.startswith("conv_") and not sizes[2]:
             continue  # no convolution adapted: the block's conv_rank 0 is the adapter's
         conv.put(("adapter", "blocks", last, key), value, why if key == "pattern" else short)
     conv.put(("adapter", "blocks", last, "lr_scale"), 0.0, short)
@@ -134,7 +139,7 @@ def hold_unet(unet_lr: Legacy, conv: Conversion) -> None:
 def _adapter_sizes(conv: Conversion) -> tuple:
     """The adapter's rank, alpha, conv_rank and conv_alpha as the converted spec gives them (its kind's
     defaults where it leaves them out)."""
-    fields = {f.name: f for f in attrs.fields(ADAPTER_VARIANTS[_kind(conv)])}
+    fields = _fields(conv)
     out = []
     for key in _BLOCK_KEYS[1:]:
         if ("adapter", key) in conv.values:
