@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import cattrs
@@ -70,7 +71,23 @@ _VOLATILE_TOP = ("memory", "warnings", "origins", "dbspec_version")
 
 def run_hash(plan: Plan) -> str:
     """Identity of what a plan trains (for resume and output-folder checks); see _VOLATILE."""
+    return _per_plan("run_hash", plan, _run_hash)
+
+
+def _run_hash(plan: Plan) -> str:
     return "sha256:" + hashlib.sha256(_canonical(_run_data(plan_to_data(plan))).encode()).hexdigest()
+
+
+# The last plan's hash and JSON, by identity: a Plan is frozen, so the same object always gives the same text,
+# and a run asks for both at every checkpoint (the JSON is written beside its weights).
+_LAST: dict[str, tuple[Plan, str]] = {}
+
+
+def _per_plan(what: str, plan: Plan, make: Callable[[Plan], str]) -> str:
+    last = _LAST.get(what)
+    if last is None or last[0] is not plan:
+        last = _LAST[what] = (plan, make(plan))
+    return last[1]
 
 
 # Plan versions whose only change to what a run trains was renaming fields: the version before -> {field path
@@ -486,6 +503,10 @@ def _short(values: dict, key: str) -> str:
 
 
 def plan_to_json(plan: Plan) -> str:
+    return _per_plan("json", plan, _plan_json)
+
+
+def _plan_json(plan: Plan) -> str:
     data = plan_to_data(plan)
     digest = "sha256:" + hashlib.sha256(_canonical(data).encode()).hexdigest()
     return json.dumps({**data, "plan_hash": digest}, indent=1, ensure_ascii=False) + "\n"
