@@ -365,8 +365,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         components=precision.components,
         trainable_params=trainable,
         optimizer=spec.optimizer.kind,
-        # SGD's momentum buffer; Adafactor's beta1 (a first moment)
-        momentum=spec.optimizer.beta1 if spec.optimizer.kind == "adafactor" else spec.optimizer.momentum,
+        momentum=_first_moment(spec.optimizer),
         batch_size=max(batch_size_of(ctx, b.group) for b in buckets),  # the largest batch of any group
         max_bucket=largest,
         family=model.family,
@@ -384,6 +383,16 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
         held_params=held,
     )
+
+
+def _first_moment(o) -> float:
+    """What decides whether the optimizer keeps a first moment (estimate_memory's `momentum`): SGD's
+    momentum, Adafactor's beta1, Prodigy's betas[0] (prodigyopt keeps no exp_avg at 0)."""
+    if o.kind == "adafactor":
+        return o.beta1
+    if o.kind == "prodigy":
+        return o.betas[0]
+    return o.momentum
 
 
 def _check_disk(ctx: Context, precision, memory, schedule, datasets, cache) -> TargetEnv:

@@ -61,8 +61,9 @@ OPTIMIZER_STATE_BYTES = {
     "paged_adamw": 8,
     "paged_adamw8bit": 2,
     "adafactor": 4,  # upper bound: a first moment when beta1 is set; the factored second moment is small
-    # prodigyopt 1.1: exp_avg, exp_avg_sq like the parameter; s and p0 hold every slice_p-th element
-    # (flatten()[::slice_p]), so 16 bytes at slice_p 1 and 8 + 8 / slice_p above (PRODIGY_SLICED_BYTES)
+    # prodigyopt 1.1: exp_avg (only with betas[0] > 0), exp_avg_sq like the parameter; s and p0 hold every
+    # slice_p-th element (flatten()[::slice_p]), so 16 bytes at slice_p 1 and 8 + 8 / slice_p above
+    # (PRODIGY_SLICED_BYTES), 4 fewer at betas[0] = 0 (_prodigy_state_bytes)
     "prodigy": 16,
     "lion": 4,  # exp_avg only
     # bitsandbytes' Lion: its one moment, 8-bit block-wise (1 byte, plus one fp32 absmax per block of 256:
@@ -404,17 +405,28 @@ _CAME_NOTE = (
 )
 
 
+def _prodigy_state_bytes(beta1: float, slice_p: int, notes: list[str]) -> float:
+    """prodigyopt 1.1's state per parameter: exp_avg_sq, exp_avg only where betas[0] > 0 (Prodigy.step
+    creates and reads it under `if beta1 > 0`), and s and p0 over every slice_p-th element."""
+    moments = OPTIMIZER_STATE_BYTES["prodigy"] - PRODIGY_SLICED_BYTES
+    kept = "exp_avg and exp_avg_sq"
+    if beta1 <= 0:
+        moments, kept = moments // 2, "exp_avg_sq (no exp_avg at betas[0] = 0)"
+    elif slice_p == 1:
+        return OPTIMIZER_STATE_BYTES["prodigy"]
+    notes.append(
+        f"prodigy state counted as {moments} + {PRODIGY_SLICED_BYTES}/{slice_p} bytes per parameter: "
+        f"{kept}, and s and p0 over every {slice_p}th element (slice_p)"
+    )
+    return moments + PRODIGY_SLICED_BYTES / slice_p
+
+
 def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], slice_p: int = 1) -> float:
     """Optimizer state bytes per trainable (fp32) parameter."""
     if optimizer == "sgd":
         return SGD_MOMENTUM_BYTES if momentum > 0 else 0
-    if optimizer == "prodigy" and slice_p > 1:
-        moments = OPTIMIZER_STATE_BYTES["prodigy"] - PRODIGY_SLICED_BYTES
-        notes.append(
-            f"prodigy state counted as {moments} + {PRODIGY_SLICED_BYTES}/{slice_p} bytes per parameter: "
-            f"exp_avg and exp_avg_sq, and s and p0 over every {slice_p}th element (slice_p)"
-        )
-        return moments + PRODIGY_SLICED_BYTES / slice_p
+    if optimizer == "prodigy":  # `momentum` is Prodigy's betas[0] here
+        return _prodigy_state_bytes(momentum, slice_p, notes)
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"unknown optimizer {optimizer!r}; known: {sorted([*OPTIMIZER_STATE_BYTES, 'sgd'])}")
     if optimizer == "adafactor" and momentum > 0:  # `momentum` is Adafactor's beta1 here

@@ -1805,10 +1805,31 @@ def _text_groups(spec: Spec, given: Given) -> list[tuple[float, str]]:
     return groups
 
 
-def _odd_rate(rates: list[tuple[float, tuple]]) -> tuple:
-    """The key path of the first group whose positive rate differs from the first positive one."""
+def _odd_rate(rates: list[tuple[float, tuple]], given: Given) -> tuple[tuple, str]:
+    """The key path of the first group whose positive rate differs from the first positive one, as the user
+    wrote it (_written_rate), and a note naming the derived key it stands for ("" when it is the same)."""
     positive = [(r, w) for r, w in rates if r]
-    return next((w for r, w in positive if r != positive[0][0]), ("optimizer", "text_encoder_lr"))
+    odd = next((w for r, w in positive if r != positive[0][0]), ("optimizer", "text_encoder_lr"))
+    written = _written_rate(odd, given)
+    if written == odd:
+        return odd, ""
+    return written, f"; the odd rate is `{dotted(odd)}`, not set, which takes `{dotted(written)}`'s value"
+
+
+_DERIVED_FROM = re.compile(r"same as `(\w+)`")
+
+
+def _written_rate(path: tuple, given: Given) -> tuple:
+    """The optimizer rate the user wrote for `path`: a rate not given takes the one its field's `derived`
+    names (SD3's text_encoder_3_lr: text_encoder_2_lr, that one text_encoder_lr, that one lr), followed to
+    the first given one (else the last of the chain)."""
+    fields = attrs.fields_dict(Optimizer)
+    while len(path) == 2 and path[0] == "optimizer" and path[1] in fields and not given(path):
+        found = _DERIVED_FROM.match(fields[path[1]].metadata["derived"])
+        if found is None:
+            break
+        path = ("optimizer", found.group(1))
+    return path
 
 
 @rule("spec")
@@ -1819,12 +1840,13 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     if kind not in (*DADAPT_KINDS, "prodigy") or len(set(rates)) < 2 or spec.optimizer.split > 1:
         return  # optimizer.split: a new optimizer where the rate changes, each holds one rate (kohya alike)
     shown = ", ".join(f"{r:g}" for r in rates)
-    why = "text encoder rates, LoRA+ ratio, a block's lr / lr_scale or pivotal.lr"
+    odd, derived = _odd_rate(pairs, given)
+    why = f"text encoder rates, LoRA+ ratio, a block's lr / lr_scale or pivotal.lr{derived}"
     if kind == "prodigy":
         if len({r for r in rates if r}) > 1:  # prodigyopt allows groups at rate 0 beside one common rate
             yield _err(
                 "DBS274",
-                _odd_rate(pairs),
+                odd,
                 "prodigyopt's Prodigy refuses parameter groups with different learning rates (it raises "
                 f"RuntimeError at the first step); the groups here have {shown} ({why})",
                 "give the text encoder and the blocks the same lr, or set optimizer.split = 2 or more (one "
@@ -1836,7 +1858,7 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     if kind in _DADAPT_ONE_RATE:
         yield _err(
             "DBS274",
-            _odd_rate(pairs),
+            odd,
             f"{kind} refuses parameter groups with different learning rates (dadaptation raises at the first "
             f"step); the groups here have {shown} ({why})",
             "give the text encoder and the blocks the same lr and turn LoRA+ off, or use dadapt_adan / "
@@ -1845,7 +1867,7 @@ def dadapt_group_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     else:
         yield _warn(
             "DBS274",
-            _odd_rate(pairs),
+            odd,
             f"{kind} steps every parameter group at d x the first group's rate ({rates[0]:g}); the other "
             f"rates ({shown}) have no effect (kohya warns the same)",
             "give the text encoder and the blocks the same lr",

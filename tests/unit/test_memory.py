@@ -208,7 +208,8 @@ def test_bytes_per_weight_of_each_backend_and_format(backend, kind, family, per_
         ("adafactor", 0.0, 4),
         ("sgd", 0.0, 0),
         ("sgd", 0.9, 4),
-        ("prodigy", 0.0, 16),
+        ("prodigy", 0.9, 16),  # `momentum`: Prodigy's betas[0]
+        ("prodigy", 0.0, 12),  # prodigyopt keeps no exp_avg at betas[0] = 0
         ("lion", 0.0, 4),
         ("came", 0.0, 8),
     ],
@@ -526,7 +527,7 @@ def test_bf16_weights_stepped_directly_count_the_state_in_the_dtype_the_optimize
     assert nearest.optimizer == n * 2 * 2  # the same two moments in bf16
     assert nearest.gradients == stochastic.gradients == n * 2
     assert any("round-to-nearest" in note and "bf16, half" in note for note in nearest.notes)
-    prodigy = estimate(**kw, optimizer="prodigy", stochastic_rounding=False)
+    prodigy = estimate(**kw, optimizer="prodigy", momentum=0.9, stochastic_rounding=False)
     assert prodigy.optimizer == n * 4 * 2  # exp_avg, exp_avg_sq, s, p0: bf16
     adafactor = estimate(**kw, optimizer="adafactor", stochastic_rounding=False)
     assert adafactor.optimizer == estimate(**kw, optimizer="adafactor").optimizer  # fp32 whatever the weights
@@ -542,17 +543,22 @@ def test_bf16_weights_stepped_directly_count_the_state_in_the_dtype_the_optimize
 
 
 @pytest.mark.parametrize("slice_p", [1, 11])
-def test_prodigy_slice_p_shrinks_s_and_p0(slice_p):
-    """prodigyopt 1.1 keeps exp_avg and exp_avg_sq like the parameter, s and p0 as flatten()[::slice_p]."""
+@pytest.mark.parametrize("beta1", [0.9, 0.0])
+def test_prodigy_slice_p_shrinks_s_and_p0(slice_p, beta1):
+    """prodigyopt 1.1 keeps exp_avg (only with betas[0] > 0) and exp_avg_sq like the parameter, s and p0 as
+    flatten()[::slice_p]."""
     n = 1_100_000
     plan = estimate(
         components=(comp("unet", "fp32", "full", n),),
         trainable_params={"unet": n},
         optimizer="prodigy",
+        momentum=beta1,
         slice_p=slice_p,
     )
-    assert plan.optimizer == int(n * 4 * 2 + n / slice_p * 4 * 2)
-    assert any("slice_p" in note for note in plan.notes) == (slice_p > 1)
+    moments = 2 if beta1 else 1
+    assert plan.optimizer == int(n * 4 * moments + n / slice_p * 4 * 2)
+    assert any("slice_p" in note for note in plan.notes) == (slice_p > 1 or not beta1)
+    assert any("no exp_avg at betas[0] = 0" in note for note in plan.notes) == (not beta1)
     # slice_p means nothing to other optimizers
     adamw = estimate(components=(comp("unet", "fp32", "full", n),), trainable_params={"unet": n}, slice_p=11)
     assert adamw.optimizer == n * 8
@@ -564,3 +570,13 @@ def test_prodigy_slice_p_reaches_the_plan_estimate():
     whole, sliced = (plan_at(spec, [*base, f"optimizer.slice_p={p}"]).memory for p in (1, 11))
     assert 0 < sliced.optimizer < whole.optimizer
     assert whole.optimizer - sliced.optimizer == pytest.approx(whole.optimizer * (8 - 8 / 11) / 16, rel=1e-3)
+
+
+def test_prodigy_betas_zero_reaches_the_plan_estimate():
+    """optimizer.betas = [0, ...]: prodigyopt 1.1 keeps no exp_avg (Prodigy.step's `if beta1 > 0`), so the
+    plan's optimizer state is 12 of the 16 bytes per parameter (issue 12: it counted exp_avg)."""
+    spec = Path(__file__).parents[2] / "specs" / "quickstart.toml"
+    base = ["optimizer.kind=prodigy", "optimizer.lr=1.0"]
+    first, none = (plan_at(spec, [*base, f"optimizer.betas=[{b}, 0.999]"]).memory for b in (0.9, 0.0))
+    assert none.optimizer == pytest.approx(first.optimizer * 12 / 16, rel=1e-6)
+    assert any("no exp_avg" in note for note in none.notes)

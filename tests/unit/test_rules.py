@@ -3108,11 +3108,15 @@ def test_an_adapter_blocks_own_rate_needs_a_training_denoiser():
 
 def _group_rate_hits(body: str, family: str = "auto") -> list[tuple[str, str, tuple]]:
     """DBS274 on a T5 family's spec (`family` spelled out, or "auto" as `dbspec check` sees it)."""
+    return [(h.code, h.severity, h.path) for h in _group_rate_hit_objects(body, family)]
+
+
+def _group_rate_hit_objects(body: str, family: str = "auto") -> list:
     head = f'spec_version = 2\n[model]\nbase = "builtin:tiny-flux"\nfamily = "{family}"\n'
     data = tomli.loads(head + LORA + DOG + STEPS + body)
     spec, problems = structure_spec(data)
     assert problems == [], problems
-    return [(h.code, h.severity, h.path) for h in rules.dadapt_group_rates(spec, given_in(data))]
+    return list(rules.dadapt_group_rates(spec, given_in(data)))
 
 
 T5_ONLY = '[train]\nt5 = true\ntext_encoder_idle = "kohya"\n[optimizer]\nkind = "prodigy"\nlr = 1.0\n'
@@ -3139,10 +3143,37 @@ def test_group_rates_of_the_t5_encoder_follow_the_family():
     assert _group_rate_hits(second, "flux") == [("DBS274", "error", ("optimizer", "text_encoder_2_lr"))]
     assert _group_rate_hits(third, "sd3") == [("DBS274", "error", ("optimizer", "text_encoder_3_lr"))]
     # Chroma's only encoder is T5-XXL, at text_encoder_lr; SD3's CLIP-G is idle here, but its T5-XXL's
-    # text_encoder_3_lr defaults to text_encoder_2_lr: 0.5, a group of its own (_third_text_encoder_lr)
+    # text_encoder_3_lr defaults to text_encoder_2_lr: 0.5, a group of its own (_third_text_encoder_lr),
+    # named by the key the user wrote (issue 12: it named the unset text_encoder_3_lr)
     assert _group_rate_hits(second, "chroma") == []
-    assert _group_rate_hits(second, "sd3") == [("DBS274", "error", ("optimizer", "text_encoder_3_lr"))]
+    assert _group_rate_hits(second, "sd3") == [("DBS274", "error", ("optimizer", "text_encoder_2_lr"))]
     assert _group_rate_hits(second) == _group_rate_hits(third) == []
+
+
+def test_group_rates_name_the_key_a_derived_rate_takes():
+    """SD3's T5-XXL group at text_encoder_3_lr, not set: DBS274 points at text_encoder_2_lr, which the user
+    wrote, and says the odd rate is text_encoder_3_lr's, derived from it; with nothing written along the
+    chain (text_encoder_3_lr -> text_encoder_2_lr -> text_encoder_lr -> lr) it names lr."""
+    second = T5_ONLY + "text_encoder_2_lr = 0.5\n"
+    [hit] = _group_rate_hit_objects(second, "sd3")
+    assert hit.path == ("optimizer", "text_encoder_2_lr")
+    assert "`optimizer.text_encoder_3_lr`, not set, which takes `optimizer.text_encoder_2_lr`'s value" in (
+        hit.message
+    )
+    [hit] = _group_rate_hit_objects(T5_ONLY + "text_encoder_3_lr = 0.5\n", "sd3")
+    assert hit.path == ("optimizer", "text_encoder_3_lr") and "not set" not in hit.message
+    given = {("optimizer", "text_encoder_2_lr")}
+    assert rules._written_rate(("optimizer", "text_encoder_3_lr"), given.__contains__) == (
+        "optimizer",
+        "text_encoder_2_lr",
+    )
+    assert rules._written_rate(("optimizer", "text_encoder_3_lr"), set().__contains__) == ("optimizer", "lr")
+    assert rules._written_rate(("adapter", "blocks", 0, "lr"), set().__contains__) == (
+        "adapter",
+        "blocks",
+        0,
+        "lr",
+    )
 
 
 def test_group_rates_count_full_blocks_and_pivotal_tokens():
@@ -3182,6 +3213,14 @@ def test_the_plan_checks_group_rates_with_the_detected_family(tmp_path):
     spec.write_text(spec.read_text().replace("text_encoder_2_lr = 0.5", "text_encoder_2_lr = 1.0"))
     planned = plan_spec(spec, TargetEnv(device="cpu", memory_bytes=0, bf16=False))
     assert planned.plan is not None and planned.plan.optimizer.text_encoder_2_lr is None
+    # SD3 detected: T5-XXL trains at text_encoder_3_lr, unset, so text_encoder_2_lr's 0.5: the plan names
+    # the key written, saying which rate derives from it (issue 12)
+    text = spec.read_text().replace("tiny-flux", "tiny-sd3")
+    spec.write_text(text.replace("text_encoder_2_lr = 1.0", "text_encoder_2_lr = 0.5"))
+    planned = plan_spec(spec, TargetEnv(device="cpu", memory_bytes=0, bf16=False))
+    found = [(d.code, d.path, d.message) for d in planned.diagnostics if d.code == "DBS274"]
+    assert [f[:2] for f in found] == [("DBS274", "optimizer.text_encoder_2_lr")]
+    assert "`optimizer.text_encoder_3_lr`, not set" in found[0][2]
 
 
 @pytest.mark.parametrize(

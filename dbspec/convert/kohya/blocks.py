@@ -154,7 +154,7 @@ def kohya_blocks(
             else [fallback] * n
         )
     elif conv_dim is not None:
-        conv_dims, conv_alphas = [conv_dim] * n, [conv_alpha or 1.0] * n
+        conv_dims, conv_alphas = [conv_dim] * n, [conv_alpha] * n  # a float (kohya_conv), 0 too
     else:
         conv_dims, conv_alphas = [0] * n, [1.0] * n
     weights = lr or [1.0] * n
@@ -168,7 +168,7 @@ def kohya_blocks(
         )
     convs = conv_dim is not None or conv_dims_text is not None
     base_conv = conv_dim if conv_dim is not None else (max(conv_dims) if convs else 0)
-    base_conv_alpha = (conv_alpha or 1.0) if conv_dim is not None else 1.0
+    base_conv_alpha = conv_alpha if conv_dim is not None else 1.0
     blocks = []
     for i in range(n):
         pattern = block_pattern(i, original_names)

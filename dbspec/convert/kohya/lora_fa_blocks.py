@@ -86,7 +86,7 @@ def _sdxl(
             block_list(conv_alphas_text, float, n, "conv_block_alphas")[-1] if conv_alphas_text else fallback
         )
     elif conv_dim is not None:
-        entry.update(conv_rank=conv_dim, conv_alpha=conv_alpha or 1.0)
+        entry.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
     if weights is not None and weights[-1] == 0:  # remove_block_dims_and_alphas: index 24 is every module
         entry["rank"] = 0
         entry["conv_rank"] = 0
@@ -105,7 +105,7 @@ def _sdxl(
     base_conv = base_conv_alpha = None
     if conv_dims_text and conv_dim is None:  # conv_block_dims alone turns the convolutions on
         base_conv, base_conv_alpha = entry["conv_rank"], entry["conv_alpha"]
-    own = {"conv_rank": conv_dim, "conv_alpha": conv_alpha or 1.0} if conv_dim is not None else {}
+    own = {"conv_rank": conv_dim, "conv_alpha": conv_alpha} if conv_dim is not None else {}
     if base_conv is not None:
         own = {"conv_rank": base_conv, "conv_alpha": base_conv_alpha}
     if {k: v for k, v in entry.items() if k != "pattern"} == {"rank": dim, "alpha": alpha, **own}:

@@ -14,6 +14,7 @@ import attrs
 from dbspec.convert.common.core import INVALID, Conversion, Legacy
 from dbspec.diagnostics import error
 from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - model_path re-exported
+from dbspec.convert.kohya.alpha_zero import zero_alphas_to_ranks
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import (
     lokr_rank_dropout,
@@ -253,6 +254,7 @@ def map_adapter(
     )
     if kind is None:
         return False
+    zero_alphas_to_ranks(conv, module.value)
     if kind == "dylora" and dropout.value:
         conv.ignored(
             dropout, "LyCORIS's DyLoraModule takes the dropout train_network.py hands it and never reads it"
@@ -335,6 +337,7 @@ def _kohya_dylora_network(a: Args, paths: PathMapper, conv: Conversion, rank: in
         conv.invalid(args.key, args.value, args.source, problem)
     if not kohya_dylora(args, kwargs, rank, float(alpha.value), conv):
         return False
+    zero_alphas_to_ranks(conv, "networks.dylora")
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
     weights = a["network_weights"]
@@ -1019,6 +1022,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
         return _lycoris_flow_from_weights(a, script, paths, conv, family)
     if not map_lycoris_flow(a, conv, layout, paths, family):
         return False
+    zero_alphas_to_ranks(conv, "lycoris.kohya")
     kind = conv.values[("adapter", "kind")][0]
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
     # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once); Diag-OFT: DiagOFTModule's, the norm of
@@ -1488,6 +1492,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
         conv.facts["t5_file_modules"] = True
     if not network(a, rank, float(alpha.value), conv):
         return False
+    zero_alphas_to_ranks(conv, wanted)
     # --network_weights: adapter.init_weights reads kohya's Flux / SD3 layout (runtime/flow_init.py), the
     # fused layers split onto diffusers' parts as the networks' load_state_dict splits them
     weights = a["network_weights"]
