@@ -4534,8 +4534,8 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.text_encoder_blocks]] entry's rate (`lr`, `lr_scale`): its own `lr` excludes its
-    `lr_scale`, a rate needs a text encoder that trains and layers whose weights the block rates split
-    (runtime/blocks.py: LoRA, LoHa, LoKr) (DBS599)."""
+    `lr_scale`, a rate needs a text encoder that trains and a lora, loha or lokr adapter and block (the
+    other kinds' text-encoder blocks carry no rate into the plan) (DBS599)."""
     a = spec.adapter
     t = spec.train
     trains = t.text_encoder or getattr(t, "text_encoder_2", False) or getattr(t, "t5", False)
@@ -4549,7 +4549,9 @@ def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
         if lr and scale != 1.0:
             why = f"it also gives lr_scale {scale:g}"
         elif kind not in ("lora", "loha", "lokr") or a.kind not in ("lora", "loha", "lokr"):
-            why = f"its layers are of kind {kind!r}, whose weights block rates do not split"
+            why = (
+                f"its layers are of kind {kind!r}, whose text-encoder blocks take no rate (the denoiser's do)"
+            )
         elif not trains:
             why = "no text encoder trains (train.text_encoder, train.text_encoder_2, train.t5)"
         if why:
@@ -4564,18 +4566,15 @@ def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def held_adapter_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
-    """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py) with a group
-    of its own, or of a kind whose weights the block rates do not split (DBS593)."""
+    """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py, which holds
+    every kind's layers alike) with a group of its own (DBS593)."""
     a = spec.adapter
     for i, b in enumerate(getattr(a, "blocks", ()) or ()):
         if getattr(b, "lr_scale", 1.0) or getattr(b, "lr", 0):  # DBS564 refuses lr with lr_scale 0
             continue
-        kind = a.kind if b.kind == "adapter" else b.kind
         why = ""
-        if b.group:
+        if getattr(b, "group", ""):
             why = f"names group `{b.group}`, which a held block does not have"
-        elif kind not in ("lora", "loha", "lokr"):
-            why = f"its layers are of kind {kind!r}, whose weights block rates do not split: they would train"
         if why:
             yield Hit(
                 code="DBS593",
