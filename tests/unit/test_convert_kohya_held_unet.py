@@ -167,6 +167,11 @@ def test_dylora_glora_and_oft_are_held_by_their_own_blocks(tmp_path, args, kind)
     plan = _held(kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}"), tmp_path)
     a, block = plan.adapter, plan.adapter.blocks[-1]
     assert a.kind == kind and block.kind == "adapter"
+    console = Console(record=True, width=200)
+    render_summary(plan, console)
+    assert "lora, held: nothing of it trains" in console.export_text()  # the component trains an adapter
+    plain = plan_at(tmp_path / "specs" / "converted.toml", ["adapter.blocks=[]"])
+    assert plan.memory.optimizer < plain.memory.optimizer  # no optimizer state for the held denoiser
     if kind in ("diag-oft", "boft"):
         assert (block.rank, block.alpha) == (a.oft_block_size, a.oft_constraint) == (4, 0.0)
     else:
