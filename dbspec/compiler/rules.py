@@ -35,7 +35,7 @@ from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trai
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
-from dbspec.plan.model import BNB_OPTIMIZER_KINDS
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS, denoiser_held
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
@@ -1730,8 +1730,8 @@ def _group_rates(spec: Spec, given: Given) -> list[tuple[float, tuple]]:
     param_groups, then the blocks' and the pivotal tokens' groups; compiler/group_bounds.py
     optimizer_groups), each with the key path that sets it: the denoiser's with a full fine-tune's
     [[optimizer.blocks]], the text encoders' (_text_groups), each with its LoRA+ up matrices at the rate x
-    the ratio and each adapter block's own `lr` or `lr_scale` (a block at lr_scale 0 is held, in no group),
-    then the pivotal tokens'."""
+    the ratio and each adapter block's own `lr` or `lr_scale` (a block at lr_scale 0 is held, in no group; a
+    denoiser held whole has none), then the pivotal tokens'."""
     o, t, a = spec.optimizer, spec.train, spec.adapter
     ratios = (0.0, 0.0)
     if isinstance(a, (LoraAdapter, DyloraAdapter)):
@@ -1750,7 +1750,7 @@ def _group_rates(spec: Spec, given: Given) -> list[tuple[float, tuple]]:
         return own
 
     denoiser: list[tuple[float, tuple]] = []
-    if t.denoiser:
+    if t.denoiser and not (a.kind != "none" and denoiser_held(getattr(a, "blocks", ()))):  # held: no group
         denoiser = with_blocks(o.lr, ("optimizer", "lr"), "blocks", ratios[0], "loraplus_denoiser_ratio")
         denoiser += [(b.lr, ("optimizer", "blocks", i, "lr")) for i, b in enumerate(o.blocks) if b.lr > 0]
     text = [

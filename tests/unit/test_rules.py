@@ -769,6 +769,22 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "^up_blocks"\nrank = 4\nalpha = 4.0\nlr_scale = 0.0\n',
     ),
     (
+        rules.dadapt_group_rates,  # a denoiser held whole (kohya's U-Net at unet_lr 0) has no group: one rate
+        LORA
+        + TE
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\n'
+        + '[[adapter.blocks]]\npattern = "^up_blocks"\nrank = 4\nalpha = 4.0\nlr_scale = 0.0\n',
+        [("DBS274", "error", ("optimizer", "text_encoder_lr"))],
+        LORA
+        + TE
+        + DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy"\nlr = 1.0\ntext_encoder_lr = 0.5\n'
+        + '[[adapter.blocks]]\npattern = ""\nrank = 4\nalpha = 4.0\nlr_scale = 0.0\n',
+    ),
+    (
         rules.dadapt_group_rates,  # LoRA+'s up matrices: the ratio's key
         LORA
         + "loraplus_denoiser_ratio = 4.0\n"
