@@ -275,3 +275,50 @@ def _drawing(zero_grad, modules):
         assert draw_blocks(modules, generator) > 0
 
     return zero_and_draw
+
+
+MIXED = """
+[adapter]
+kind = "lora"
+rank = 4
+denoiser_targets = ["to_q", "to_k", "to_v", "to_out.0"]
+""" + "".join(
+    f'\n[[adapter.blocks]]\npattern = "{pattern}"\nkind = "{kind}"\nrank = 4\nalpha = 4.0\nlr_scale = 0\n'
+    + ("unit = 4\n" if kind == "dylora" else "")
+    for pattern, kind in (
+        ("attn1.to_q", "ia3"),
+        ("attn1.to_k", "full"),
+        ("attn1.to_v", "glora"),
+        ("attn2.to_q", "diag-oft"),
+        ("attn2.to_k", "dylora"),
+        ("attn2.to_v", "loha"),
+    )
+)
+
+
+def test_held_blocks_of_other_kinds_are_out_of_the_optimizer(tmp_path):
+    """A LoRA adapter's blocks of other kinds (a LyCORIS preset map's entries) at lr_scale 0 are held as its
+    LoRA blocks are: their layers' weights (peft `lora_` names, runtime/blocks.py) in no optimizer group,
+    in the clip's list; the rest trains."""
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.setup import setup
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    plan = compile_spec(write_spec(tmp_path, steps=1, extra=MIXED), [])
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
+    params = [(n, p) for n, p in run.comps.unet.named_parameters() if p.requires_grad]
+    held = {_part(n) for n, p in params if id(p) not in stepped}
+    trained = {n for n, p in params if id(p) in stepped}
+    glora = {f"glora_{x}" for x in ("a1", "a2", "b1", "b2")}
+    loha = {f"hada_w{i}_{x}" for i in (1, 2) for x in ("a", "b")}
+    assert held == {"ia3", "full", "oft_blocks", "dylora_down", "dylora_up"} | glora | loha
+    assert trained and all(".to_out.0." in n for n in trained)  # to_out.0: the adapter's own LoRA
+    assert {id(p) for p in run.params} >= {id(p) for p in run.comps.unet.parameters() if p.requires_grad}
+
+
+def _part(name: str) -> str:
+    """The adapter tensor a parameter name holds (`lora_ia3`: ia3, `hada_w1_a`), its kind's prefix off."""
+    part = next(p for p in name.split(".") if p.startswith(("lora_", "hada_", "lokr_")))
+    return part.removeprefix("lora_")
