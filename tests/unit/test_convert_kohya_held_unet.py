@@ -299,3 +299,20 @@ def test_cyclic_lists_of_a_held_unet_bound_the_text_encoders_groups(tmp_path, mo
     plan = _held(kohya(tmp_path, command=command), tmp_path)
     bounds = {g.name: (g.base_lr, g.max_lr) for g in plan.schedule.torch.groups}
     assert bounds == {"text_encoder": (1e-6, 5e-5), "text_encoder_lora_up": (4e-6, 2e-4)}
+
+
+def test_the_catch_all_block_reads_the_kinds_defaults():
+    """The block over every module takes the converted adapter's sizes, its kind's defaults where the spec
+    leaves them out: GLoRA's alpha and conv_alpha default to the rank and conv_rank (attrs factories), an
+    OFT's block size its default (its constraint the block's -1: the adapter's)."""
+    from dbspec.convert.common.core import Conversion
+    from dbspec.convert.kohya.held_unet import _catch_all
+
+    conv = Conversion(tool="kohya")
+    conv.values[("adapter", "kind")] = ("glora", None)
+    conv.values[("adapter", "rank")] = (8, None)
+    assert _catch_all(conv) == {"pattern": "", "rank": 8, "alpha": 8.0}
+    conv.values[("adapter", "conv_rank")] = (4, None)
+    assert _catch_all(conv) == {"pattern": "", "rank": 8, "alpha": 8.0, "conv_rank": 4, "conv_alpha": 4.0}
+    conv.values[("adapter", "kind")] = ("boft", None)
+    assert _catch_all(conv) == {"pattern": "", "block_size": 4}
