@@ -2950,11 +2950,12 @@ several kinds has none); their blocks take the adapter's `bypass`.""",
         ERROR,
         "An adapter block held at lr_scale 0 that cannot be held",
         """\
-`lr_scale = 0` on an `[[adapter.blocks]]` entry holds the matched LoRA, LoHa and LoKr layers at their initial
-weights: they are built, saved and exported, but stay out of the optimizer (kohya Flux `network_reg_lrs` at
-rate 0, whose group kohya leaves out). A held block has no optimizer group, so it names no `group`; and only
-the lora, loha and lokr kinds' weights are split by block rates: a block of another `kind` would train.""",
-        help="drop the held block's group; another kind's block: lr_scale above 0, or kind lora/loha/lokr",
+`lr_scale = 0` on an `[[adapter.blocks]]` entry holds the matched layers at their initial weights: they are
+built, saved and exported, but stay out of the optimizer (kohya Flux `network_reg_lrs` at rate 0, whose group
+kohya leaves out). A held block has no optimizer group, so it names no `group`.
+A DyLoRA's, GLoRA's, Diag-OFT's or BOFT's `[[adapter.blocks]]` (and a block of another `kind`) hold their
+layers alike (kohya's lycoris.kohya and networks.dylora U-Net modules at `unet_lr` 0).""",
+        help="drop the held block's group",
     ),
     Code(
         "DBS594",

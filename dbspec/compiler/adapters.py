@@ -248,9 +248,9 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
 
 
 def _rank_blocks(adapter) -> dict:
-    """The per-module ranks and alphas of a DyLoRA or GLoRA (blocks with no factor or rate), a DyLoRA
-    block's own unit where it differs from the adapter's, and the LyCORIS weight decomposition of its blocks
-    of kind lora / loha / lokr."""
+    """The per-module ranks, alphas and learning-rate scales of a DyLoRA or GLoRA (blocks with no factor; the
+    text encoders' blocks no rate: DBS599), a DyLoRA block's own unit where it differs from the adapter's, and
+    the LyCORIS weight decomposition of its blocks of kind lora / loha / lokr."""
     conv = adapter.conv_rank > 0
 
     def unit(b) -> int:
@@ -276,6 +276,7 @@ def _rank_blocks(adapter) -> dict:
                 # or an entry's weight_decompose; rules DBS583 keep it off GLoRA / DyLoRA layers)
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
+                lr_scale=b.lr_scale,  # 0: held (kohya's U-Net modules at unet_lr 0, held_unet.py)
             )
             for b in adapter.blocks
         ),
@@ -401,10 +402,11 @@ def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Map
 
 
 def _oft_blocks(adapter) -> dict:
-    """Diag-OFT's and BOFT's per-module block sizes, constraints, rescales and bypass_mode (a LyCORIS preset
-    file's entries) as blocks whose rank is the block-size hint, linear and convolution alike, whose alpha is
-    the constraint (the block's, else the adapter's), whose `rescaled` differs from the adapter's or is
-    "adapter" (runtime/blocks.py) and whose `bypass` is the block's own (settled in _settle_bypass)."""
+    """Diag-OFT's and BOFT's per-module block sizes, constraints, rescales, bypass_mode (a LyCORIS preset
+    file's entries) and learning-rate scales as blocks whose rank is the block-size hint, linear and
+    convolution alike, whose alpha is the constraint (the block's, else the adapter's), whose `rescaled`
+    differs from the adapter's or is "adapter" (runtime/blocks.py) and whose `bypass` is the block's own
+    (settled in _settle_bypass)."""
     if adapter.kind not in ("diag-oft", "boft") or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
 
@@ -414,7 +416,13 @@ def _oft_blocks(adapter) -> dict:
         rescaled = "adapter" if own == adapter.rescaled else "on" if own else "off"
         size = {"conv_rank": b.block_size, "conv_alpha": c} if conv else {}
         return BlockPlan(
-            pattern=b.pattern, rank=b.block_size, alpha=c, rescaled=rescaled, bypass=own_bypass(b), **size
+            pattern=b.pattern,
+            rank=b.block_size,
+            alpha=c,
+            rescaled=rescaled,
+            bypass=own_bypass(b),
+            lr_scale=b.lr_scale if conv else 1.0,  # the denoiser's: 0 holds (held_unet.py); DBS599
+            **size,
         )
 
     return dict(

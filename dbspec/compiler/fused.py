@@ -68,7 +68,7 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
         return (
             block.rank,
             block.alpha,
-            1.0,
+            block.lr_scale,
             "" if block.rescaled == "adapter" else f"rescaled {block.rescaled}",
         )
     if block is None:

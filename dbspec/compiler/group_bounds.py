@@ -33,6 +33,7 @@ from dbspec.plan.model import (
     PivotalPlan,
     PrecisionPlan,
     SchedulePlan,
+    denoiser_held,
 )
 
 # the schedules that take per-group bounds, and the bounds each uses (the momenta with cycle_momentum)
@@ -92,11 +93,14 @@ def optimizer_groups(
     blocks: BlockRates = BlockRates(),
     idle: tuple[str, ...] = (),
     text_blocks: BlockRates = BlockRates(),
+    held: bool = False,
 ) -> tuple[tuple[str, float], ...]:
     """(name, rate) of every optimizer parameter group, in the runtime's order: the denoiser's, the text
     encoders' (the second its own only with its own rate), each followed by its LoRA+ up group and its
     blocks' groups (`blocks`: [[adapter.blocks]]', `text_blocks`: [[adapter.text_encoder_blocks]]', each
-    group of a text encoder split by them alike: runtime/blocks.py), then the pivotal tokens'."""
+    group of a text encoder split by them alike: runtime/blocks.py), then the pivotal tokens'. A denoiser
+    `held` whole at lr_scale 0 (kohya's U-Net modules at unet_lr 0) has none: runtime/blocks.py leaves
+    every group of its out, as kohya's lists have no value for the U-Net."""
     # the idle text encoders (train.text_encoder_idle) carry the adapter out of the optimizer
     trains = {c.name: c.trainable != "frozen" and c.name not in idle for c in precision.components}
     groups: list[tuple[str, float]] = []
@@ -120,7 +124,7 @@ def optimizer_groups(
             if ratio:
                 groups.append((f"{name}_lora_up{tag}_{unit}", lr * ratio))
 
-    if trains.get("unet"):
+    if trains.get("unet") and not held:
         add("denoiser", o.lr, o.loraplus_denoiser_ratio, blocks)
         # [[optimizer.blocks]] (full fine-tune): each block at a rate above 0 in its own group after it
         groups += [(b.name, b.lr) for b in o.blocks if b.lr > 0]
@@ -163,7 +167,8 @@ def plan_group_bounds(
     blocks = block_rates(getattr(ctx.spec.adapter, "blocks", []))
     text_blocks = block_rates(getattr(ctx.spec.adapter, "text_encoder_blocks", []))
     idle = idle_text_encoders(ctx.spec, model.family)
-    groups = optimizer_groups(model, precision, optimizer, pivotal, blocks, idle, text_blocks)
+    held = ctx.spec.adapter.kind != "none" and denoiser_held(getattr(ctx.spec.adapter, "blocks", ()))
+    groups = optimizer_groups(model, precision, optimizer, pivotal, blocks, idle, text_blocks, held)
     if optimizer.blocks or blocks or text_blocks:
         # which of a component's groups hold parameters depends on the modules the patterns match: the
         # tables may leave out its own group and the scale groups (the runtime refuses a run where one the

@@ -35,7 +35,7 @@ from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trai
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
-from dbspec.plan.model import BNB_OPTIMIZER_KINDS
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS, denoiser_held
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
@@ -1730,8 +1730,8 @@ def _group_rates(spec: Spec, given: Given) -> list[tuple[float, tuple]]:
     param_groups, then the blocks' and the pivotal tokens' groups; compiler/group_bounds.py
     optimizer_groups), each with the key path that sets it: the denoiser's with a full fine-tune's
     [[optimizer.blocks]], the text encoders' (_text_groups), each with its LoRA+ up matrices at the rate x
-    the ratio and each adapter block's own `lr` or `lr_scale` (a block at lr_scale 0 is held, in no group),
-    then the pivotal tokens'."""
+    the ratio and each adapter block's own `lr` or `lr_scale` (a block at lr_scale 0 is held, in no group; a
+    denoiser held whole has none), then the pivotal tokens'."""
     o, t, a = spec.optimizer, spec.train, spec.adapter
     ratios = (0.0, 0.0)
     if isinstance(a, (LoraAdapter, DyloraAdapter)):
@@ -1750,7 +1750,7 @@ def _group_rates(spec: Spec, given: Given) -> list[tuple[float, tuple]]:
         return own
 
     denoiser: list[tuple[float, tuple]] = []
-    if t.denoiser:
+    if t.denoiser and not (a.kind != "none" and denoiser_held(getattr(a, "blocks", ()))):  # held: no group
         denoiser = with_blocks(o.lr, ("optimizer", "lr"), "blocks", ratios[0], "loraplus_denoiser_ratio")
         denoiser += [(b.lr, ("optimizer", "blocks", i, "lr")) for i, b in enumerate(o.blocks) if b.lr > 0]
     text = [
@@ -4556,8 +4556,8 @@ def adapter_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.text_encoder_blocks]] entry's rate (`lr`, `lr_scale`): its own `lr` excludes its
-    `lr_scale`, a rate needs a text encoder that trains and layers whose weights the block rates split
-    (runtime/blocks.py: LoRA, LoHa, LoKr) (DBS599)."""
+    `lr_scale`, a rate needs a text encoder that trains and a lora, loha or lokr adapter and block (the
+    other kinds' text-encoder blocks carry no rate into the plan) (DBS599)."""
     a = spec.adapter
     t = spec.train
     trains = t.text_encoder or getattr(t, "text_encoder_2", False) or getattr(t, "t5", False)
@@ -4571,7 +4571,9 @@ def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
         if lr and scale != 1.0:
             why = f"it also gives lr_scale {scale:g}"
         elif kind not in ("lora", "loha", "lokr") or a.kind not in ("lora", "loha", "lokr"):
-            why = f"its layers are of kind {kind!r}, whose weights block rates do not split"
+            why = (
+                f"its layers are of kind {kind!r}, whose text-encoder blocks take no rate (the denoiser's do)"
+            )
         elif not trains:
             why = "no text encoder trains (train.text_encoder, train.text_encoder_2, train.t5)"
         if why:
@@ -4586,18 +4588,15 @@ def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def held_adapter_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
-    """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py) with a group
-    of its own, or of a kind whose weights the block rates do not split (DBS593)."""
+    """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py, which holds
+    every kind's layers alike) with a group of its own (DBS593)."""
     a = spec.adapter
     for i, b in enumerate(getattr(a, "blocks", ()) or ()):
         if getattr(b, "lr_scale", 1.0) or getattr(b, "lr", 0):  # DBS564 refuses lr with lr_scale 0
             continue
-        kind = a.kind if b.kind == "adapter" else b.kind
         why = ""
-        if b.group:
+        if getattr(b, "group", ""):
             why = f"names group `{b.group}`, which a held block does not have"
-        elif kind not in ("lora", "loha", "lokr"):
-            why = f"its layers are of kind {kind!r}, whose weights block rates do not split: they would train"
         if why:
             yield Hit(
                 code="DBS593",

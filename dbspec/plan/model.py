@@ -165,7 +165,7 @@ def denoiser_held(blocks) -> bool:
     lr_scale 0: each block that adapts layers ahead of one whose empty pattern matches every path (that
     one included) is held, no own rate (kohya's U-Net modules at unet_lr 0, convert/kohya/held_unet.py):
     the adapter is built, loaded from init_weights and run under grad, but nothing of it trains."""
-    for block in blocks:  # OFT / DyLoRA / GLoRA blocks take no rate: never held
+    for block in blocks:  # OFT blocks have no rank (their block size): they adapt
         adapts = getattr(block, "rank", 1) or getattr(block, "conv_rank", 0)
         if adapts and (getattr(block, "lr", 0.0) or getattr(block, "lr_scale", 1.0)):
             return False

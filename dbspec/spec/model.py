@@ -552,6 +552,21 @@ def _block_bypass():
     )
 
 
+def _block_lr_scale(kinds: str):
+    """`lr_scale` of the blocks of an adapter kind without kohya's block rates (DyloraBlock, GloraBlock,
+    OftBlock): AdapterBlock's scale and hold, one field."""
+    return option(
+        1.0,
+        doc=f"The matched {kinds} layers train at their learning rate (the denoiser's, a text encoder's) "
+        "times this. 0 holds them at their "
+        "initial values, as `[[adapter.blocks]]` lr_scale 0 holds a LoRA's: they are built, saved and "
+        "exported and draw their dropouts, but stay out of the optimizer (no group), their gradients "
+        "computed, never cleared and counted by the clip norm (kohya's lycoris.kohya and networks.dylora "
+        "at `unet_lr` 0, whose U-Net modules its optimizer leaves out).",
+        minimum=0,
+    )
+
+
 @frozen
 class AdapterBlock:
     """Ranks, alphas and a learning-rate scale for the denoiser modules one pattern names (kohya networks.lora
@@ -782,6 +797,7 @@ class DyloraBlock:
     bypass: BlockSwitch = _block_bypass()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
 
 
 def _lycoris_output_dropout(what: str):
@@ -1477,6 +1493,7 @@ class OftBlock:
         example="on",
     )
     bypass: BlockSwitch = _block_bypass()
+    lr_scale: float = _block_lr_scale("Diag-OFT or BOFT")
 
 
 @frozen
@@ -1761,6 +1778,7 @@ class GloraBlock:
     bypass: BlockSwitch = _block_bypass()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    lr_scale: float = _block_lr_scale("GLoRA (or the block's `kind`)")
 
 
 @frozen

@@ -1,9 +1,10 @@
 """kohya's LoRA scripts at unet_lr 0 (convert/kohya/held_unet.py; issue 12): apply_to builds the U-Net's
 modules whatever the rate, prepare_optimizer_params leaves their group out ("NO LR skipping!") and the clip
 counts their gradients, added up uncleared; a --network_weights file's U-Net modules load into them and the
-U-Net predicts through them. Under a clip, or with such a file, a LoRA / LoHa / LoKr adapter converts to the
-denoiser carrying the adapter held whole at lr_scale 0; without either, plain train.denoiser = false (the
-same run); the adapter kinds whose blocks take no lr_scale convert plain and say so."""
+U-Net predicts through them. Under a clip, or with such a file, a LoRA / LoHa / LoKr / DyLoRA / GLoRA /
+Diag-OFT / BOFT adapter converts to the denoiser carrying the adapter held whole at lr_scale 0; without
+either, plain train.denoiser = false (the same run); full and IA^3 adapters, which have no blocks, convert
+plain and say so."""
 
 from __future__ import annotations
 
@@ -148,30 +149,67 @@ def test_text_encoder_only_and_lora_fa_are_not_held(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "kind"),
     [
-        "--network_module networks.dylora --network_args unit=2",
-        "--network_module lycoris.kohya --network_args algo=full",
-        "--network_module lycoris.kohya --network_args algo=ia3",
-        "--network_module lycoris.kohya --network_args algo=diag-oft",
+        ("--network_module networks.dylora --network_args unit=2", "dylora"),
+        ("--network_module networks.dylora --network_args unit=2 conv_dim=4", "dylora"),
+        ("--network_module lycoris.kohya --network_args algo=dylora block_size=2 preset=attn-mlp", "dylora"),
+        ("--network_module lycoris.kohya --network_args algo=glora preset=attn-mlp", "glora"),
+        ("--network_module lycoris.kohya --network_args algo=diag-oft preset=attn-mlp", "diag-oft"),
+        ("--network_module lycoris.kohya --network_args algo=boft preset=attn-mlp", "boft"),
     ],
 )
-def test_kinds_without_block_rates_stay_plain_and_say_so(tmp_path, args):
-    """Their blocks take no lr_scale: plain train.denoiser = false with a DBS404 under a clip, DBS403 for a
-    file's U-Net modules (dropped)."""
+def test_dylora_glora_and_oft_are_held_by_their_own_blocks(tmp_path, args, kind):
+    """DyLoRA, GLoRA, Diag-OFT and BOFT blocks take an lr_scale (DyloraBlock, GloraBlock, OftBlock): held
+    whole as LoRA is (were plain with a DBS404), the block over every module at the adapter's sizes (an
+    OFT's: its block size, the constraint the adapter's)."""
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    plan = _held(kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}"), tmp_path)
+    a, block = plan.adapter, plan.adapter.blocks[-1]
+    assert a.kind == kind and block.kind == "adapter"
+    console = Console(record=True, width=200)
+    render_summary(plan, console)
+    assert "lora, held: nothing of it trains" in console.export_text()  # the component trains an adapter
+    plain = plan_at(tmp_path / "specs" / "converted.toml", ["adapter.blocks=[]"])
+    assert plan.memory.optimizer < plain.memory.optimizer  # no optimizer state for the held denoiser
+    if kind in ("diag-oft", "boft"):
+        assert (block.rank, block.alpha) == (a.oft_block_size, a.oft_constraint) == (4, 0.0)
+    else:
+        assert (block.rank, block.alpha, block.conv_rank) == (a.rank, a.alpha, a.conv_rank)
+        assert block.conv_rank == (4 if "conv_dim" in args else 0)
+        assert not block.conv_rank or block.conv_alpha == a.conv_alpha
+    assert fate(
+        kohya(tmp_path / "plain", command=f"{NETWORK} {args} {ZERO} --max_grad_norm 0"), "unet_lr"
+    ) == ("mapped")
+
+
+def test_a_dylora_files_unet_modules_are_held(tmp_path):
+    """networks.dylora's --network_weights U-Net modules load into the held DyLoRA (were dropped: DBS403)."""
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    _lora_file(tmp_path / "prev.safetensors")
+    command = f"{NETWORK} --network_module networks.dylora --network_args unit=2 {ZERO} --max_grad_norm 0"
+    plan = _held(kohya(tmp_path, command=command + " --network_weights prev.safetensors"), tmp_path)
+    assert plan.adapter.kind == "dylora" and plan.adapter.init_weights.endswith("prev.safetensors")
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_full_and_ia3_have_no_blocks_stay_plain_and_say_so(tmp_path, algo):
+    """LyCORIS full and IA^3 adapters have no [[adapter.blocks]] to hold: plain train.denoiser = false with
+    a DBS404 under a clip, DBS403 for a file's U-Net modules (dropped)."""
+    args = f"--network_module lycoris.kohya --network_args algo={algo}"
     images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
     outcome = kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}")
     assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
-    assert "its clip norm counts them" in messages(outcome, "DBS404")
+    assert f"a {algo} adapter has no [[adapter.blocks]] lr_scale" in messages(outcome, "DBS404")
     assert not plan_of(outcome, tmp_path).train_denoiser
     plain = kohya(tmp_path / "plain", command=f"{NETWORK} {args} {ZERO} --max_grad_norm 0")
     assert fate(plain, "unet_lr") == "mapped"
-    if "dylora" in args:
-        _lora_file(tmp_path / "prev.safetensors")
-        command = f"{NETWORK} {args} {ZERO} --max_grad_norm 0 --network_weights prev.safetensors"
-        refused = kohya(tmp_path, command=command)
-        assert refused.exit_code == 1 and fate(refused, "unet_lr") == "unsupported", errors(refused)
-        assert "file's U-Net modules would be dropped" in refused.conversion.reports["unet_lr"].note
+    key = f"{Q}.diff" if algo == "full" else f"{Q}.weight"
+    save_file({key: np.zeros((320, 320) if algo == "full" else (320,), np.float16)}, str(tmp_path / "f.st"))
+    command = f"{NETWORK} {args} {ZERO} --max_grad_norm 0 --network_weights f.st"
+    refused = kohya(tmp_path, command=command)
+    assert refused.exit_code == 1 and fate(refused, "unet_lr") == "unsupported", errors(refused)
+    assert "file's U-Net modules would be dropped" in refused.conversion.reports["unet_lr"].note
 
 
 def test_the_plan_says_the_denoiser_is_held_and_counts_no_optimizer_state(tmp_path):
@@ -215,9 +253,9 @@ def test_flux_and_sd3_hold_their_transformer_modules(tmp_path):
     assert plan.model.family == "sd3" and plan.adapter.blocks[-1].rank == 16
 
 
-def test_preset_blocks_are_held_and_other_kinds_in_a_map_say_so(tmp_path):
-    """A LyCORIS preset's map entries of the adapter's kinds (LoCon / LoRA blocks) are held with the rest;
-    an entry of another kind (full) is not split by block at run time: plain, with a DBS404."""
+def test_preset_blocks_are_held_other_kinds_in_a_map_too(tmp_path):
+    """A LyCORIS preset's map entries (LoCon / LoRA blocks, and a block of another kind: full, whose
+    `lora_full` weights runtime/blocks.py holds alike; was plain with a DBS404) are held with the rest."""
     from test_convert_kohya_lycoris_algo_maps import FULL, RESNETS_LOW, _convert
 
     (tmp_path / "held").mkdir()
@@ -226,7 +264,55 @@ def test_preset_blocks_are_held_and_other_kinds_in_a_map_say_so(tmp_path):
     plan = _held(held, tmp_path / "held")
     assert len(plan.adapter.blocks) > 1 and plan.adapter.blocks[-1].conv_rank == 8
     mixed = FULL + '[module_algo_map]\n  [module_algo_map.FeedForward]\n    algo = "full"\n'
-    outcome = _convert(tmp_path / "mixed", mixed, args=ZERO)
-    assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
-    assert "full blocks take no lr_scale" in messages(outcome, "DBS404")
-    assert not plan_of(outcome, tmp_path / "mixed").train_denoiser
+    plan = _held(_convert(tmp_path / "mixed", mixed, args=ZERO), tmp_path / "mixed")
+    assert "full" in {b.kind for b in plan.adapter.blocks} and plan.adapter.blocks[-1].kind == "adapter"
+
+
+def test_lora_flux_ggpo_perturbs_the_held_modules_too(tmp_path):
+    """lora_flux's LoRA-GGPO at unet_lr 0: kohya's update_grad_norms / update_norms walk every module, the
+    held transformer's too (their gradients the uncleared, clipped sums), and each training forward perturbs
+    them; dbspec's GGPO (runtime/ggpo.py) wraps every plain LoRA Linear, held or not, and reads the same
+    gradients after the clip: the held conversion keeps ggpo_sigma / ggpo_beta."""
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
+    command = (
+        "flux_train_network.py --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev --clip_l "
+        "clip_l.safetensors --t5xxl t5xxl.safetensors --ae ae.safetensors --train_data_dir x --resolution "
+        "512 --network_module networks.lora_flux --network_dim 4 --mixed_precision bf16 "
+        f"--max_train_steps 10 --learning_rate 1e-4 {ZERO} --network_args ggpo_sigma=0.03 ggpo_beta=0.01"
+    )
+    plan = _held(kohya(tmp_path, command=command), tmp_path)
+    assert (plan.adapter.ggpo_sigma, plan.adapter.ggpo_beta) == (0.03, 0.01)
+
+
+@pytest.mark.parametrize("module", ["networks.lora", "networks.dylora"])
+def test_cyclic_lists_of_a_held_unet_bound_the_text_encoders_groups(tmp_path, module):
+    """At unet_lr 0 kohya's optimizer keeps the text encoder's group and its LoRA+ plus group: CyclicLR's
+    two-value lists bound those, and the held denoiser has no group of its own (it was required: DBS416)."""
+    images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
+    command = (
+        f"{NETWORK} --network_module {module} --network_args loraplus_lr_ratio=4 {ZERO} "
+        "--lr_scheduler_type CyclicLR --lr_scheduler_args base_lr=[1e-6,4e-6] max_lr=[5e-5,2e-4] "
+        "step_size_up=50"
+    )
+    plan = _held(kohya(tmp_path, command=command), tmp_path)
+    bounds = {g.name: (g.base_lr, g.max_lr) for g in plan.schedule.torch.groups}
+    assert bounds == {"text_encoder": (1e-6, 5e-5), "text_encoder_lora_up": (4e-6, 2e-4)}
+
+
+def test_the_catch_all_block_reads_the_kinds_defaults():
+    """The block over every module takes the converted adapter's sizes, its kind's defaults where the spec
+    leaves them out: GLoRA's alpha and conv_alpha default to the rank and conv_rank (attrs factories), an
+    OFT's block size its default (its constraint the block's -1: the adapter's)."""
+    from dbspec.convert.common.core import Conversion
+    from dbspec.convert.kohya.held_unet import _catch_all
+
+    conv = Conversion(tool="kohya")
+    conv.values[("adapter", "kind")] = ("glora", None)
+    conv.values[("adapter", "rank")] = (8, None)
+    assert _catch_all(conv) == {"pattern": "", "rank": 8, "alpha": 8.0}
+    conv.values[("adapter", "conv_rank")] = (4, None)
+    assert _catch_all(conv) == {"pattern": "", "rank": 8, "alpha": 8.0, "conv_rank": 4, "conv_alpha": 4.0}
+    conv.values[("adapter", "kind")] = ("boft", None)
+    assert _catch_all(conv) == {"pattern": "", "block_size": 4}

@@ -212,3 +212,49 @@ def test_momentum_tables_give_each_group_its_momentum_points(tmp_path):
         tmp_path, [*CYCLIC, "schedule.cycle_momentum=false", "schedule.base_momentum={denoiser = 0.8}"]
     )
     assert off.plan is not None and off.plan.schedule.torch.groups == ()  # the momenta are not read
+
+
+# the denoiser held whole at lr_scale 0 (kohya's U-Net modules at unet_lr 0: convert/kohya/held_unet.py)
+HELD = '\n[[adapter.blocks]]\npattern = ""\nrank = {rank}\nalpha = 1.0\nlr_scale = 0\n'
+
+
+@pytest.mark.parametrize(
+    ("adapter", "rank"),
+    [
+        ('kind = "lora"\nrank = 2\nloraplus_ratio = 4', 2),
+        ('kind = "dylora"\nrank = 4\nunit = 2\nloraplus_ratio = 4', 4),
+        ('kind = "glora"\nrank = 2', 2),
+    ],
+)
+def test_a_denoiser_held_whole_has_no_group_to_name(tmp_path, adapter, rank):
+    """Held whole, the denoiser's adapter is in no optimizer group (its LoRA+ up group neither): the tables
+    name the text encoder's groups alone, as kohya's lists (one value per group it keeps) do; naming
+    `denoiser` is DBS416 (it was required: a held denoiser's tables could not be written)."""
+    extra = TEXT_ENCODER_LORA.replace('kind = "lora"\nrank = 2', adapter) + HELD.format(rank=rank)
+    ups = "loraplus" in adapter
+    names = ("text_encoder", "text_encoder_lora_up") if ups else ("text_encoder",)
+    table = "{" + ", ".join(f'"{n}" = 1e-5' for n in names) + "}"
+    planned = _planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=extra)
+    assert [name for name, *_ in _groups(planned)] == list(names)
+    wrong = table.replace("}", ", denoiser = 1e-5}")
+    assert (
+        "names `denoiser`"
+        in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={wrong}"], extra=extra))["DBS416"]
+    )
+
+
+def test_a_held_block_beside_trained_ones_keeps_the_denoisers_groups(tmp_path):
+    """A held block over part of the denoiser (no group of its own: DBS593) leaves the rest training in
+    `denoiser` and a scaled block in `denoiser_x<s>`: the tables name those, not a `denoiser_x0`."""
+    extra = (
+        TEXT_ENCODER_LORA
+        + '\n[[adapter.blocks]]\npattern = "down_blocks"\nrank = 2\nalpha = 2.0\nlr_scale = 0\n'
+        + '\n[[adapter.blocks]]\npattern = "up_blocks"\nrank = 2\nalpha = 2.0\nlr_scale = 0.5\n'
+    )
+    table = '{denoiser = 1e-4, "denoiser_x0.5" = 3e-5, text_encoder = 1e-5}'
+    planned = _planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=extra)
+    assert [name for name, *_ in _groups(planned)] == ["denoiser", "denoiser_x0.5", "text_encoder"]
+    held = table.replace("}", ', "denoiser_x0" = 1e-5}')
+    assert "DBS416" in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={held}"], extra=extra))
+    grouped = extra.replace("lr_scale = 0\n", 'lr_scale = 0\ngroup = "down"\n', 1)
+    assert "DBS593" in _codes(_planned(tmp_path, [*CYCLIC, f"schedule.base_lr={table}"], extra=grouped))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.spec.model import ADAPTER_VARIANTS, AdapterBlock
+from dbspec.spec.model import ADAPTER_VARIANTS
 
 Args = dict[str, Legacy]
 
@@ -39,9 +39,10 @@ HELD_NOTE = (
     "kohya builds the U-Net's modules and leaves their group out of the optimizer: held at lr_scale 0, "
     "their gradients counted by the clip and never cleared"
 )
-# the kinds whose parameters runtime/blocks.py splits by block (peft's lora_ / hada_ / lokr_ names)
-_HELD_KINDS = ("lora", "loha", "lokr")
+# the catch-all block's fields: a rank-based kind's sizes (LoRA, LoHa, LoKr, DyLoRA, GLoRA) or an OFT's
+# block size (Diag-OFT, BOFT: OftBlock's constraint -1 is the adapter's)
 _BLOCK_KEYS = ("pattern", "rank", "alpha", "conv_rank", "conv_alpha")
+_OFT_KEYS = ("pattern", "block_size")
 
 
 def held_matters(a: Args, script: str, text_encoder: bool, unet_file: bool) -> bool:
@@ -59,30 +60,29 @@ def held_matters(a: Args, script: str, text_encoder: bool, unet_file: bool) -> b
 
 def holds_unet(a: Args, script: str, text_encoder: bool, unet_file: bool, conv: Conversion) -> bool:
     """Whether map_learning_rates converts kohya's U-Net modules at unet_lr 0 held (hold_unet): where they
-    matter and the adapter's blocks take an lr_scale (LoRA, LoHa, LoKr; unheld_difference says what the
-    others lose)."""
+    matter and the adapter's blocks take an lr_scale (every kind with [[adapter.blocks]]; unheld_difference
+    says what full and IA^3, which have none, lose)."""
     return held_matters(a, script, text_encoder, unet_file) and _blocks_hold(conv)
 
 
 def unheld_difference(unet_lr: Legacy, unet_file: bool, conv: Conversion) -> None:
-    """`train.denoiser = false` where kohya's held U-Net modules matter but the adapter's blocks take no
-    lr_scale (DyLoRA, LyCORIS full / IA3 / OFT / GLoRA, or blocks of those kinds in a preset's map): a
-    --network_weights file's U-Net modules, which kohya predicts through, are dropped (DBS403); fresh
-    ones' gradients count in kohya's clip norm, dbspec's not (DBS404)."""
-    kinds = {_kind(conv)} | _block_kinds(conv)
-    kind = " / ".join(sorted(k for k in kinds if k not in _HELD_KINDS))
+    """`train.denoiser = false` where kohya's held U-Net modules matter but the adapter has no
+    [[adapter.blocks]] to hold them (LyCORIS full, IA3): a --network_weights file's U-Net modules, which kohya
+    predicts through, are dropped (DBS403); fresh ones' gradients count in kohya's clip norm, dbspec's not
+    (DBS404)."""
+    kind = _kind(conv)
     if unet_file:
         why = (
             f"at unet_lr 0 kohya holds the --network_weights file's U-Net modules and predicts through "
-            f"them; dbspec holds a denoiser adapter only by [[adapter.blocks]] lr_scale 0, which {kind} "
-            "blocks do not take, so the file's U-Net modules would be dropped"
+            f"them; dbspec holds a denoiser adapter only by [[adapter.blocks]] lr_scale 0, which a {kind} "
+            "adapter does not have, so the file's U-Net modules would be dropped"
         )
         conv.unsupported(unet_lr, why)
         return
     why = (
         "at unet_lr 0 kohya builds the U-Net's modules out of the optimizer and clips their gradients, "
         "added up uncleared, with the text encoder's (max_grad_norm): its clip norm counts them; dbspec's "
-        f"denoiser is plain ({kind} blocks take no lr_scale to hold them)"
+        f"denoiser is plain (a {kind} adapter has no [[adapter.blocks]] lr_scale to hold them)"
     )
     conv.differs(unet_lr, why, ("train", "denoiser"), False)
 
@@ -101,19 +101,18 @@ def _fields(conv: Conversion) -> dict[str, attrs.Attribute]:
     return {f.name: f for f in attrs.fields(ADAPTER_VARIANTS[_kind(conv)])}
 
 
-def _block_kinds(conv: Conversion) -> set[str]:
-    """The kinds the converted [[adapter.blocks]] give in the adapter's place (a LyCORIS preset's map)."""
-    return {v[0] for p, v in conv.values.items() if p[:2] == ("adapter", "blocks") and p[3:] == ("kind",)} - {
-        "adapter"
-    }
+def _block_type(conv: Conversion) -> type | None:
+    """The attrs class of the converted adapter kind's [[adapter.blocks]] entries, None without them."""
+    field = _fields(conv).get("blocks")
+    return field.type.__args__[0] if field is not None else None
 
 
 def _blocks_hold(conv: Conversion) -> bool:
-    """Whether the adapter kind's [[adapter.blocks]] take an lr_scale (AdapterBlock's) and every block's
-    layers are of a kind runtime/blocks.py holds (peft's LoRA, LoHa, LoKr parameters)."""
-    fields = _fields(conv)
-    takes = "blocks" in fields and fields["blocks"].type == list[AdapterBlock]
-    return takes and _block_kinds(conv) <= set(_HELD_KINDS)
+    """Whether the adapter kind's [[adapter.blocks]] take an lr_scale (AdapterBlock's, DyloraBlock's,
+    GloraBlock's, OftBlock's); runtime/blocks.py holds every kind's layers, a preset map's blocks of other
+    kinds too."""
+    block = _block_type(conv)
+    return block is not None and "lr_scale" in attrs.fields_dict(block)
 
 
 def hold_unet(unet_lr: Legacy, conv: Conversion) -> None:
@@ -127,25 +126,36 @@ def hold_unet(unet_lr: Legacy, conv: Conversion) -> None:
             conv.values.pop(("adapter", "blocks", index, key), None)
         conv.put(("adapter", "blocks", index, "lr_scale"), 0.0, short)
     last = indices[-1] + 1 if indices else 0
-    sizes = _adapter_sizes(conv)
-    for key, value in zip(_BLOCK_KEYS, ("", *sizes), strict=True):
-        if key.startswith("conv_") and not sizes[2]:
-            continue  # no convolution adapted: the block's conv_rank 0 is the adapter's
+    for key, value in _catch_all(conv).items():
         conv.put(("adapter", "blocks", last, key), value, why if key == "pattern" else short)
     conv.put(("adapter", "blocks", last, "lr_scale"), 0.0, short)
     conv.record(unet_lr, "mapped", "adapter.blocks", HELD_NOTE)
 
 
-def _adapter_sizes(conv: Conversion) -> tuple:
-    """The adapter's rank, alpha, conv_rank and conv_alpha as the converted spec gives them (its kind's
-    defaults where it leaves them out)."""
+def _catch_all(conv: Conversion) -> dict:
+    """The block over every module path at the adapter's sizes as the converted spec gives them (its kind's
+    defaults where it leaves them out): rank, alpha and, with convolutions adapted, conv_rank and conv_alpha;
+    an OFT's block size (its constraint and rescale the block's defaults, the adapter's)."""
     fields = _fields(conv)
-    out = []
-    for key in _BLOCK_KEYS[1:]:
+    keys = _OFT_KEYS if "block_size" in attrs.fields_dict(_block_type(conv)) else _BLOCK_KEYS
+    out: dict = {"pattern": ""}
+    for key in keys[1:]:
         if ("adapter", key) in conv.values:
-            out.append(conv.values[("adapter", key)][0])
-        elif key in fields and fields[key].default is not attrs.NOTHING:
-            out.append(fields[key].default)
-        else:
-            out.append(0 if key == "conv_rank" else 1.0)
-    return tuple(out)
+            out[key] = conv.values[("adapter", key)][0]
+            continue
+        default = fields[key].default if key in fields else attrs.NOTHING
+        if default is attrs.NOTHING:
+            default = 0 if key == "conv_rank" else 1.0
+        elif isinstance(default, attrs.Factory):  # GLoRA's alpha: its rank (conv_alpha: conv_rank)
+            default = default.factory(_Sizes(out)) if default.takes_self else default.factory()
+        out[key] = default
+    if not out.get("conv_rank", 1):  # no convolution adapted: the block's conv_rank 0 is the adapter's
+        del out["conv_rank"], out["conv_alpha"]
+    return out
+
+
+class _Sizes:
+    """The catch-all block's sizes so far as an attrs Factory's `self` reads them."""
+
+    def __init__(self, sizes: dict):
+        self.__dict__.update(sizes)
