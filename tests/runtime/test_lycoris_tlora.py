@@ -79,9 +79,18 @@ def test_tlora_layer_equals_lycoris_tlora_module(alpha):
             )
 
 
-def test_tlora_refuses_a_kxk_convolution():
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tlora_refuses_a_kxk_convolution_which_stops_lycoris(stride):
+    """TLoraModule on a 3x3 convolution (kohya's ResNets, downsamplers: conv_dim defaults to network_dim)
+    adds its 1x1 factors' output, of another size, to the layer's: kohya stops at the first forward (the
+    converter's DBS402); dbspec refuses such a target when it builds the layer."""
     from dbspec.runtime.lycoris_tlora import tlora_config
 
+    conv = nn.Conv2d(4, 8, 3, padding=1, stride=stride)
+    lyco = tlora.TLoraModule("conv", conv, 1.0, 2, 1.0)
+    lyco.apply_to()
+    with pytest.raises(RuntimeError, match="must match the size"):
+        conv(torch.randn(1, 4, 8, 8))
     net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
     with pytest.raises(ValueError, match="1x1 Conv2d"):
         inject_adapter_in_model(tlora_config(["0"], 2, 1.0), net, "default")
