@@ -39,6 +39,9 @@ def test_tlora_attn_mlp_takes_rank_alpha_and_the_preset_targets(tmp_path):
     assert (a.kind, a.rank, a.alpha, a.conv_rank) == ("tlora", 8, 4.0, 0)
     assert "proj_in" in a.denoiser_targets and "ff.net.2" in a.denoiser_targets
     assert "conv1" not in a.denoiser_targets and "fc1" in a.text_encoder_targets
+    from dbspec.plan.summary import adapter_rows
+
+    assert "no timestep rank mask" in dict(adapter_rows(a))["  T-LoRA"]
     assert fate(outcome, "network_args") == "mapped"
 
 
@@ -133,3 +136,15 @@ def test_tlora_on_sdxl(tmp_path):
     assert outcome.exit_code == 0, errors(outcome)
     plan = plan_of(outcome, tmp_path)
     assert (plan.adapter.kind, plan.model.family) == ("tlora", "sdxl")
+
+
+def test_tlora_on_flux_stays_refused(tmp_path):
+    from convert_kit import FLUX_LYCORIS, component_file
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(tmp_path, command=f'{FLUX_LYCORIS}--network_args "algo=tlora"')
+    assert "DBS403" in codes(outcome) and "one SVD of the parts' stacked weight" in messages(
+        outcome, "DBS403"
+    )
