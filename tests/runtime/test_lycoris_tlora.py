@@ -7,6 +7,7 @@ own kohya loader."""
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -35,10 +36,17 @@ def _inputs(generator):
     }
 
 
+def _no_gc(monkeypatch) -> None:
+    """TLoraModule's init runs a full gc.collect() per module, a cleanup with no effect on its weights that
+    under a test process's heap took most of the run test's time (69 s of 82 s on a loaded 2-core box)."""
+    monkeypatch.setattr(tlora, "gc", types.SimpleNamespace(collect=lambda: 0))
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.5])
-def test_tlora_layer_equals_lycoris_tlora_module(alpha):
+def test_tlora_layer_equals_lycoris_tlora_module(alpha, monkeypatch):
     from dbspec.runtime.lycoris_tlora import tlora_config
 
+    _no_gc(monkeypatch)
     rank = 4
     torch.manual_seed(0)
     net = Net()
@@ -80,12 +88,13 @@ def test_tlora_layer_equals_lycoris_tlora_module(alpha):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_tlora_refuses_a_kxk_convolution_which_stops_lycoris(stride):
+def test_tlora_refuses_a_kxk_convolution_which_stops_lycoris(stride, monkeypatch):
     """TLoraModule on a 3x3 convolution (kohya's ResNets, downsamplers: conv_dim defaults to network_dim)
     adds its 1x1 factors' output, of another size, to the layer's: kohya stops at the first forward (the
     converter's DBS402); dbspec refuses such a target when it builds the layer."""
     from dbspec.runtime.lycoris_tlora import tlora_config
 
+    _no_gc(monkeypatch)
     conv = nn.Conv2d(4, 8, 3, padding=1, stride=stride)
     lyco = tlora.TLoraModule("conv", conv, 1.0, 2, 1.0)
     lyco.apply_to()
@@ -113,6 +122,7 @@ def _tlora_weight(lyco) -> torch.Tensor:
 def test_tlora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
     """test_lycoris's check: LyCORIS's kohya loader builds TLoraModules from the file (their frozen start
     recomputed from the base model's SVD) with the trained weights and outputs, to 1e-4."""
+    _no_gc(monkeypatch)
     monkeypatch.setitem(lycoris_runs.KINDS, "tlora", TLORA)
     monkeypatch.setattr(lycoris_runs, "_lycoris_weight", _tlora_weight)
     lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, "tlora", loader, steps=2)
