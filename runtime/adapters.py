@@ -88,6 +88,10 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
             ),
             **glora_options(adapter),
         )
+    if adapter.kind == "tlora":  # LyCORIS's T-LoRA: dbspec's own peft layer (lycoris_tlora.py)
+        from dbspec.runtime.lycoris_tlora import tlora_config
+
+        return tlora_config(list(targets), adapter.rank, adapter.alpha)
     if adapter.kind == "dylora":  # DyLoRA, kohya's or LyCORIS's forward: dbspec's own peft layer (dylora.py)
         from dbspec.runtime.dylora import dylora_config
 

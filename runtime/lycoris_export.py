@@ -49,7 +49,7 @@ def needs_lycoris_layout(adapter: AdapterPlan, family: Family | None = None) -> 
     names too, SD3's patch convolution); everything else is written here."""
     named = family_spec(family).kohya_conv_targets if family else ()
     return (
-        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+        adapter.kind in ("loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
         or (
             (adapter.dora or lycoris_dora(adapter)) and not adapter.fused
         )  # a fused LoCon's: the family's kohya writer adds dora_scale
@@ -405,6 +405,7 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
     found = lora_adapter(module)
     if found is None:
@@ -417,6 +418,9 @@ def _layers(module: nn.Module | None) -> Iterator[tuple[str, dict[str, torch.Ten
         if isinstance(layer, DyloraLayer) and adapter in layer.lora_dylora_down:  # kohya's networks.dylora
             down, up = layer.full(adapter)
             yield name, {"lora_down.weight": down, "lora_up.weight": up}, float(layer.lora_alpha[adapter])
+            continue
+        if isinstance(layer, TloraLayer) and adapter in layer.lora_tlora_q:  # TLoraModule's state
+            yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])
             continue
         if isinstance(layer, GloraLayer) and adapter in layer.lora_glora_a1:  # GLoRAModule's state
             yield name, layer.lycoris_weights(adapter), float(layer.lora_alpha[adapter])

@@ -395,7 +395,8 @@ def _is_lycoris(path: Path) -> bool:
             ".hada_" in key
             or ".lokr_" in key
             or ".lora_mid." in key
-            or key.endswith((".diff", ".diff_b", ".on_input", ".oft_blocks", ".a1.weight"))  # .a1: GLoRA
+            # .a1: GLoRA, .lambda_layer: T-LoRA
+            or key.endswith((".diff", ".diff_b", ".on_input", ".oft_blocks", ".a1.weight", ".lambda_layer"))
             for key in f.keys()
         )
 

@@ -441,6 +441,10 @@ def load_peft_adapters(
 
         if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config; its use_scalar's scalars)
             config = with_glora(config, scalar=has_glora_scalar(state))
+        from dbspec.runtime.lycoris_tlora import has_tlora, with_tlora
+
+        if has_tlora(state):  # LyCORIS's T-LoRA (rank and alpha in peft's config; its frozen start saved)
+            config = with_tlora(config)
         from dbspec.runtime.dylora import has_dylora, with_state_units
 
         if has_dylora(state):  # DyLoRA beside other kinds (mixed_kinds.py): each layer's blocks as saved

@@ -29,6 +29,7 @@ _PER_RANK_FACTOR = {
     "diag-oft": 1.0,
     "boft": 16.0,  # log2(width / block) + 1 stages of diag-oft's blocks: 16 bounds the stages
     "glora": 3.0,  # a1, a2 (in x rank each), b1, b2: three LoRAs bound it
+    "tlora": 1.0,  # q (rank x in), p (out x rank) and rank singular values: LoRA's count bounds it
 }  # ia3: a bound
 
 
@@ -82,6 +83,8 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         return _glora_plan(adapter, family, components, targets_given)
     if adapter.kind == "dylora":
         return _dylora_plan(adapter, family, components, targets_given)
+    if adapter.kind == "tlora":
+        return _tlora_plan(adapter, family, components, targets_given)
     conv = adapter.conv_rank > 0
     extra = (
         {
@@ -224,6 +227,22 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
+
+
+def _tlora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
+    """LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py): a rank, alpha and its Linear / 1x1
+    targets, no convolution rank and no switch."""
+    return AdapterPlan(
+        kind="tlora",
+        rank=adapter.rank,
+        alpha=adapter.alpha,
+        denoiser_targets=tuple(adapter.denoiser_targets)
+        if targets_given
+        else family_spec(family).lora_targets,
+        text_encoder_targets=tuple(adapter.text_encoder_targets),
+        text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
+        params=adapter_params(adapter, family, components),
+    )
 
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
@@ -570,6 +589,8 @@ def adapter_params(
     if adapter.kind == "diag-oft":  # a block_size x block_size block per block_size rows (+ a rescale)
         blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
         return _at_rank(public, components, max([adapter.block_size, *(b.block_size for b in blocks)]) + 1)
+    if adapter.kind == "tlora":  # q, p and the rank singular values: LoRA's count at rank + 1 bounds it
+        return _at_rank(public, components, adapter.rank + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
     out: dict[str, int] = {}

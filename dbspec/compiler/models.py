@@ -27,6 +27,7 @@ from dbspec.spec.model import (
     LohaAdapter,
     LokrAdapter,
     LoraAdapter,
+    TloraAdapter,
 )
 
 BASE = ("model", "base")
@@ -386,7 +387,8 @@ def _lycoris_kind(adapter: Adapter) -> str:
         | DiagOftAdapter
         | BoftAdapter
         | GloraAdapter
-        | DyloraAdapter,
+        | DyloraAdapter
+        | TloraAdapter,
     ):
         names = {
             "loha": "LoHa",
@@ -397,6 +399,7 @@ def _lycoris_kind(adapter: Adapter) -> str:
             "boft": "BOFT",
             "glora": "GLoRA",
             "dylora": "DyLoRA",
+            "tlora": "T-LoRA",
         }
         return names[adapter.kind]
     if not isinstance(adapter, LoraAdapter):

@@ -1136,6 +1136,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         "ia3",
         "diag-oft",
         "boft",
+        "tlora",  # no convolution rank, no option to combine
     ):  # lycoris_switches_fit
         return
     if a.conv_rank and not a.conv_alpha:
@@ -1153,7 +1154,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
             f"conv_rank is {a.conv_rank} but conv_targets is empty",
             "name the convolutions, or remove conv_targets for kohya's LoCon set",
         )
-    both = sorted(set(a.denoiser_targets) & set(a.conv_targets)) if a.conv_rank else []
+    both = sorted(set(a.denoiser_targets) & set(getattr(a, "conv_targets", ()))) if a.conv_rank else []
     if both:
         yield _err(
             "DBS260",
@@ -1196,7 +1197,8 @@ def lycoris_switches_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if not isinstance(a, LowRankAdapter):
         return
-    if a.kind in ("full", "ia3", "diag-oft", "boft", "glora"):  # GLoRA: W a1 a2 needs the float weight too
+    # GLoRA: W a1 a2 needs the float weight too; T-LoRA its SVD
+    if a.kind in ("full", "ia3", "diag-oft", "boft", "glora", "tlora"):
         yield from _lycoris_full_fits(spec, given)
         return
     if getattr(a, "scalar", False):
@@ -1289,6 +1291,7 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         "diag-oft": "rotates",
         "boft": "rotates",
         "glora": "multiplies",
+        "tlora": "starts from the SVD of",
     }[a.kind]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
         if getattr(p, key) != "none":
@@ -1300,7 +1303,12 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "layer has not",
                 f'set precision.{key} = "none", or train another adapter kind',
             )
-    targets = {*a.denoiser_targets, *a.text_encoder_targets, *a.text_encoder_2_targets, *a.conv_targets}
+    targets = {
+        *a.denoiser_targets,
+        *a.text_encoder_targets,
+        *a.text_encoder_2_targets,
+        *getattr(a, "conv_targets", ()),
+    }
     for name in getattr(a, "input_targets", ()):
         if name not in targets:
             yield _warn(
@@ -1310,7 +1318,7 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
                 "conv_targets: no layer of that name is scaled",
                 codes.help("DBS523"),
             )
-    both = sorted(set(a.denoiser_targets) & set(a.conv_targets))
+    both = sorted(set(a.denoiser_targets) & set(getattr(a, "conv_targets", ())))
     if both:
         yield _err(
             "DBS522",

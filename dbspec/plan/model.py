@@ -187,7 +187,9 @@ class FusedPlan:
 
 @frozen
 class AdapterPlan:
-    kind: Literal["none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"]
+    kind: Literal[
+        "none", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
+    ]
     rank: int = 0
     alpha: float = 0.0
     dropout: float = 0.0  # lora: dropout on the adapter's input

@@ -703,6 +703,14 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         )
     rows = [("adapter", f"{kind} rank {a.rank}, alpha {a.alpha:g}")]
     rows.append(("  targets", ", ".join(a.denoiser_targets)))
+    if a.kind == "tlora":  # LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py)
+        rows.append(
+            (
+                "  T-LoRA",
+                "starts from each layer's SVD (first singular vectors and values), its frozen copy "
+                "subtracted; no timestep rank mask (kohya sets none): every rank at every timestep",
+            )
+        )
     if a.conv_rank:
         rows.append(
             ("  conv targets", f"{', '.join(a.conv_targets)} (rank {a.conv_rank}, alpha {a.conv_alpha:g})")

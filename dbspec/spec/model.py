@@ -1978,6 +1978,25 @@ class DyloraAdapter:
     init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
+@frozen
+class TloraAdapter:
+    kind: Literal["tlora"] = option(
+        doc="Adapter kind: tlora trains LyCORIS's T-LoRA (`algo = tlora`) as kohya's scripts run it: "
+        "each targeted layer starts from the SVD of its frozen weight, Q (rank x in) and P (out x rank) "
+        "its first singular vectors and the trained singular values λ its first singular values, with a "
+        "frozen copy Q0, P0, λ0 of that start; the update is (P diag(λ) Q - P0 diag(λ0) Q0) x alpha / "
+        "rank, so the run starts at the base model. No timestep rank mask (kohya never sets LyCORIS's: "
+        "every rank trains at every timestep). Linear and 1x1 convolution layers only (LyCORIS's T-LoRA "
+        "cannot run a k x k convolution). Exported as LyCORIS's `q_layer.weight` / `p_layer.weight` / "
+        "`lambda_layer` / `alpha`; a loader recomputes the frozen copy from the base model."
+    )
+    rank: int = _rank(8, "T-LoRA")
+    alpha: float = _alpha()
+    denoiser_targets: list[str] = _denoiser_targets()
+    text_encoder_targets: list[str] = _text_encoder_targets()
+    text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+
+
 Adapter = Union[
     NoAdapter,
     LoraAdapter,
@@ -1989,6 +2008,7 @@ Adapter = Union[
     BoftAdapter,
     GloraAdapter,
     DyloraAdapter,
+    TloraAdapter,
 ]
 ADAPTER_VARIANTS: dict[str, type] = {
     "none": NoAdapter,
@@ -2001,6 +2021,7 @@ ADAPTER_VARIANTS: dict[str, type] = {
     "boft": BoftAdapter,
     "glora": GloraAdapter,
     "dylora": DyloraAdapter,
+    "tlora": TloraAdapter,
 }
 # The adapter kinds that train added weights on a frozen base (everything but a full fine-tune); LyCORIS's
 # full algo trains a copy of its layers' weights beside the frozen ones.
@@ -2014,6 +2035,7 @@ LowRankAdapter = (
     BoftAdapter,
     GloraAdapter,
     DyloraAdapter,
+    TloraAdapter,
 )
 
 
@@ -3835,7 +3857,7 @@ class Spec:
         factory=NoAdapter,
         doc='Adapter: kind = "none" (full fine-tune), "lora", "loha", "lokr", "full", "ia3", '
         '"diag-oft", "boft", "glora" (LyCORIS\'s full-weight, IA^3, Diag-OFT, BOFT and GLoRA algos on '
-        "the targeted layers) or \"dylora\" (DyLoRA, kohya's or LyCORIS's).",
+        'the targeted layers), "dylora" (DyLoRA, kohya\'s or LyCORIS\'s) or "tlora" (LyCORIS\'s T-LoRA).',
     )
     train: Train = option(factory=Train, doc="What trains.")
     buckets: Buckets = option(factory=Buckets, doc="Aspect-ratio bucketing.")
@@ -3888,6 +3910,7 @@ TABLE_CLASSES = (
     GloraBlock,
     GloraAdapter,
     DyloraAdapter,
+    TloraAdapter,
     Train,
     Dataset,
     Buckets,

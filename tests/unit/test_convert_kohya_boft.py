@@ -76,11 +76,6 @@ def test_boft_gives_the_kxk_convolutions_conv_dims_block_size(tmp_path):
     assert not any(re.search(pattern, p) for p in one)
 
 
-def test_tlora_is_still_refused(tmp_path):
-    outcome = _lycoris(tmp_path, '"algo=tlora"')
-    assert outcome.exit_code == 1 and "algo=tlora" in outcome.conversion.reports["network_args"].note
-
-
 def test_the_plan_summary_shows_the_boft_options(tmp_path):
     from dbspec.plan.summary import adapter_rows
 

@@ -27,6 +27,7 @@ def test_flux_lora_runs_plan_the_kohya_export(toy: Path):
         ({"kind": "lora", "dora": True}, "DoRA"),
         ({"kind": "loha"}, "LoHa"),
         ({"kind": "lokr"}, "LoKr"),
+        ({"kind": "tlora"}, "T-LoRA"),  # kohya's TLoraModule on a fused Linear: one SVD of the parts
     ],
 )
 def test_flux_kohya_export_is_plain_lora_only(toy: Path, adapter, kind):

@@ -599,6 +599,12 @@ CASES = [
         [("DBS522", "error", ("precision", "quantize_denoiser"))],
         '[adapter]\nkind = "glora"\nconv_rank = 2\n' + DOG + STEPS,
     ),
+    (  # LyCORIS's T-LoRA starts from the float weight's SVD: a quantised layer has none
+        rules.lycoris_switches_fit,
+        '[adapter]\nkind = "tlora"\n[precision]\nquantize_denoiser = "int8"\n' + DOG + STEPS,
+        [("DBS522", "error", ("precision", "quantize_denoiser"))],
+        '[adapter]\nkind = "tlora"\nrank = 4\n' + DOG + STEPS,
+    ),
     (  # an IA^3 input-side name scales nothing unless it is a target
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "ia3"\ndenoiser_targets = ["to_k"]\ninput_targets = ["ff.net.2"]\n' + DOG + STEPS,

@@ -121,7 +121,12 @@ class LycorisLayout:
 
 
 # algos refused on Flux / SD3: why
-_REFUSED_ALGOS: dict[str, str] = {}
+_REFUSED_ALGOS: dict[str, str] = {
+    # dbspec's kind "tlora" adapts each diffusers part; kohya's TLoraModule on a fused Linear (qkv, linear1)
+    # starts from one SVD of the stacked weight, which couples the parts
+    "tlora": " (T-LoRA converts on SD 1.x/2.x and SDXL: on a fused Linear kohya's TLoraModule starts from "
+    "one SVD of the parts' stacked weight, which dbspec's per-part layers do not form)",
+}
 # network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
     "conv_dim": "the blocks have no convolutions for it to adapt",

@@ -596,6 +596,14 @@ def map_scale_weight_norms(
             f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
         )
         return
+    if lycoris and kind == "tlora":
+        conv.unsupported(
+            norms,
+            "LyCORIS's T-LoRA apply_max_norm rescales each module's singular values (lambda_layer) by the "
+            "norm of its whole update, which dbspec does not reproduce",
+            help="drop --scale_weight_norms",
+        )
+        return
     if norms.value < 0:
         conv.invalid(
             norms.key,

@@ -54,6 +54,7 @@ _ALGOS = {
     "boft": "boft",
     "glora": "glora",
     "dylora": "dylora",
+    "tlora": "tlora",
 }
 # LyCORIS algos acting on each layer's weight as a whole (no low-rank factors, rank or alpha)
 _WHOLE_LAYER_KINDS = ("full", "ia3", "diag-oft", "boft")
@@ -304,7 +305,7 @@ def _map_network(
         conv.unsupported(
             args,
             f"LyCORIS algo={algo} has no dbspec equivalent "
-            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora, dylora do)",
+            "(lora, locon, loha, lokr, full, ia3, diag-oft, boft, glora, dylora, tlora do)",
         )
         return None
     kind = _ALGOS[algo]
@@ -325,6 +326,13 @@ def _map_network(
         conv_alpha = _float(kwargs.pop("conv_alpha", "") or alpha)
         if preset == "ia3":
             conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
+            return None
+        if kind == "tlora" and preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
+            conv.unsupported(
+                Legacy(key=f"{args.key} preset", value=preset, source=args.source),
+                "dbspec converts algo=tlora with LyCORIS's built-in presets; a preset file's per-layer "
+                "algorithms and dims beside T-LoRA are not expressed",
+            )
             return None
         if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
             dims = (dim, alpha, conv_dim, conv_alpha)
@@ -413,7 +421,12 @@ def _map_network(
     if train_norm is not None and norm_table is not None:
         drops = _norm_drops(kwargs, kind)
         _train_norm(train_norm, norm_table, kind, algo, applied, put, conv, drops)
-    if kind in _WHOLE_LAYER_KINDS:
+    if kind == "tlora":
+        if not _tlora(
+            kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, unsupported, args, conv
+        ):
+            return None
+    elif kind in _WHOLE_LAYER_KINDS:
         _lycoris_full(
             kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv, dropout
         )
@@ -434,7 +447,12 @@ def _map_network(
         _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
         lycoris_dylora(kwargs, put, unsupported, args, conv, dim)
-    dora = _dora(kwargs, lycoris, args, conv) and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora")
+    dora = _dora(kwargs, lycoris, args, conv) and kind not in (
+        *_WHOLE_LAYER_KINDS,
+        "glora",
+        "dylora",
+        "tlora",
+    )
     if dora:  # LoRA/LoCon, LoHa and LoKr alike (LyCORIS's weight decomposition: runtime/lycoris_dora.py)
         put["dora"] = True
         if kind == "lora":  # the norm differentiated as LyCORIS's LoConModule does, not peft's detached one
@@ -450,7 +468,7 @@ def _map_network(
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":
         _locon_dropouts(kwargs, bypass_mode, put)
-    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora"):
+    if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora", "tlora"):
         _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
             _lokr_rank_dropout_on_gpu(kwargs, args, conv)
@@ -957,6 +975,75 @@ def _glora(
     _lycoris_rs_lora(kwargs, "glora", dim, alpha, put, unsupported)
 
 
+# LyCORIS arguments TLoraModule never reads (lycoris-lora 4.1.3 lycoris/modules/tlora.py): create_network
+# hands them to every module and T-LoRA's **kwargs swallow them (use_tucker lands in rank_dropout_scale,
+# which it never reads either)
+_TLORA_UNREAD = {
+    "rank_dropout": "TLoraModule takes rank_dropout and never reads it",
+    "use_scalar": "TLoraModule takes use_scalar and never reads it",
+    "dora_wd": "TLoraModule takes weight_decompose and never reads it",
+    "wd_on_output": "TLoraModule never reads it",
+    "rs_lora": "TLoraModule scales by alpha / rank whatever rs_lora says",
+    "factor": "LyCORIS reads it for LoKr only, not algo=tlora",
+    "decompose_both": "LyCORIS reads it for LoKr only, not algo=tlora",
+}
+
+
+def _tlora(
+    kwargs: dict[str, str],
+    reach: tuple[str, list[str]],
+    dims: tuple[int, float],
+    network_dropout: Legacy | None,
+    applied: tuple[bool, bool],
+    put: dict[str, Any],
+    unsupported: dict[str, str],
+    args: Legacy,
+    conv: Conversion,
+) -> bool:
+    """algo=tlora (lycoris/modules/tlora.py; create_network passes no sig_type / use_data_init /
+    mask_group_id, and kohya never sets a timestep mask): network_dim / network_alpha are its rank and alpha
+    (the generic mapping; alpha 0 is the rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
+    convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
+    first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
+    bypass forward; bypass_mode and module_dropout are not expressed; the rest is never read. `reach`: the
+    preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
+    (preset, conv_targets), (dim, alpha) = reach, dims
+    if conv_targets and applied[1]:
+        conv.invalid(
+            f"{args.key} preset",
+            preset,
+            args.source,
+            f"preset {preset} gives the U-Net's k x k convolutions ({', '.join(conv_targets)}) a T-LoRA "
+            "module at conv_dim (LyCORIS's default: network_dim; 0 is that default too): lycoris-lora "
+            "4.1.3's TLoraModule projects them with 1x1 factors at the convolution's stride and padding "
+            "and adds an output of another size, so kohya stops at the first step (RuntimeError: the "
+            "size of tensor a must match the size of tensor b)",
+            help="use preset=attn-mlp, attn-only, full-lin or unet-transformer-only (no k x k convolution)",
+        )
+        return False
+    put.pop("conv_targets", None)
+    for key, why in _TLORA_UNREAD.items():
+        if key in kwargs:
+            conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
+    bypass = _str_bool(kwargs.pop("bypass_mode", "false"))
+    if bypass:
+        unsupported["bypass_mode"] = "True"
+    module_dropout = _float(kwargs.pop("module_dropout", "") or 0)
+    if module_dropout:
+        unsupported["module_dropout"] = str(module_dropout)
+    given = kwargs.pop("dropout", None)
+    legacy = Legacy(key=f"{args.key} dropout", value=given, source=args.source)
+    if given is None and network_dropout is not None and network_dropout.value:
+        given, legacy = str(network_dropout.value), network_dropout  # train_network.py hands it on
+    if given is not None and _float(given or 0) and not bypass:
+        conv.ignored(legacy, "TLoraModule applies its dropout only in bypass_mode (off here)")
+    if alpha == 0:  # TLoraModule: alpha None or 0 is the rank (scale 1)
+        put["alpha"] = float(dim)
+    elif alpha < 0:  # a negative scale, which the spec's alpha (above 0) does not take
+        unsupported["network_alpha"] = f"{alpha:g} (T-LoRA would train with its update's sign flipped)"
+    return True
+
+
 def _lycoris_full(
     kwargs: dict[str, str],
     kind: str,
@@ -1254,6 +1341,13 @@ def map_network_weights(
         # (use_scalar: runtime/init_weights.py does too)
         map_init_weights(weights, paths, conv)
         map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
+        return
+    if kind == "tlora":
+        conv.unsupported(
+            weights,
+            "dbspec starts LyCORIS's T-LoRA from the base model's SVD, not from a file: kohya's load_weights "
+            "would put the file's q / p / lambda beside the SVD start it subtracts",
+        )
         return
     if kind in _WHOLE_LAYER_KINDS and lycoris:
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`

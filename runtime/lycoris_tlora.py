@@ -1,0 +1,160 @@
+"""LyCORIS's `algo = tlora` (plan.adapter.kind "tlora", lycoris-lora 4.1.3 lycoris/modules/tlora.py) as a peft
+LoRA custom layer, in the form kohya's train_network.py runs it.
+
+TLoraModule starts each layer from the SVD of its frozen weight W = U S Vh (LyCORIS's sig_type "principal" and
+use_data_init, the defaults; kohya's create_network never passes either): Q = Vh[:r] (r x in), P = U[:, :r]
+(out x r) and learnable singular values λ = S[:r] (1 x r), with a frozen copy Q0, P0, λ0 of that start. Its
+update is ΔW = (P diag(λ m) Q - P0 diag(λ0 m) Q0) x alpha / r (alpha 0: r), so a run starts at the base model.
+m is a timestep-dependent rank mask that a training loop sets through lycoris's `set_timestep_mask`; kohya's
+scripts never call it, so every module runs with LyCORIS's default mask of ones (the product unchanged), as
+this layer does. With rank above min(out, in) the missing singular vectors are zero and their λ 1e-6.
+
+The forward is LyCORIS's default (not bypass_mode): the base layer's output plus op(x, (W + ΔW) - W), no
+bias, the weight delta rounded through the base weight as TLoraModule.forward computes it. Linear layers and
+ungrouped 1x1 Conv2d (q and p as 1x1 kernels, the layer's stride and padding); TLoraModule's k x k
+convolution takes 1x1 factors whose output does not fit the layer's (its bypass forward adds tensors of
+other sizes: kohya stops), so such a target is refused. The frozen copies ride in the layer as peft's other
+parameters (buffers: saved and resumed with the adapter, never trained); LyCORIS's file holds
+`q_layer.weight`, `p_layer.weight`, `lambda_layer` and `alpha` and its loader recomputes the copies from the
+base model's SVD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from dbspec.runtime.peft_layer import WeightDelta
+
+_TRAINED = ("lora_tlora_q", "lora_tlora_p", "lora_tlora_lambda")
+_BASE = ("lora_tlora_base_q", "lora_tlora_base_p", "lora_tlora_base_lambda")
+# TLoraModule's state-dict names of the trained tensors
+_LYCORIS_NAMES = {
+    "lora_tlora_q": "q_layer.weight",
+    "lora_tlora_p": "p_layer.weight",
+    "lora_tlora_lambda": "lambda_layer",
+}
+
+
+def svd_start(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TLoraModule._initialize_from_svd (principal, use_data_init): (Q, P, λ) of the weight's first `rank`
+    singular triplets, as 2-D (rank, in), (out, rank) and (1, rank) float32 tensors."""
+    flat = weight.detach().float().reshape(weight.shape[0], -1)
+    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    q, p, lam = vh[:rank], u[:, :rank], s[:rank]
+    if q.shape[0] < rank:  # LyCORIS pads the missing ranks: zero vectors, singular values 1e-6
+        pad = rank - q.shape[0]
+        q, p, lam = F.pad(q, (0, 0, 0, pad)), F.pad(p, (0, pad)), F.pad(lam, (0, pad), value=1e-6)
+    return q.contiguous(), p.contiguous(), lam.unsqueeze(0).contiguous()
+
+
+class TloraLayer(WeightDelta, nn.Module, LoraLayer):
+    """LyCORIS's TLoraModule with no timestep mask: (P diag(λ) Q - P0 diag(λ0) Q0) x alpha / rank."""
+
+    _holds = "lora_tlora_q"
+    _title = "LyCORIS's tlora"
+
+    adapter_layer_names = _TRAINED
+    other_param_names = (*LoraLayer.other_param_names, *_BASE)
+
+    def __init__(
+        self, base_layer: nn.Module, adapter_name: str, config=None, r: int = 4, lora_alpha: float = 1.0, **kw
+    ):
+        super().__init__()
+        LoraLayer.__init__(self, base_layer)
+        for part in _TRAINED:
+            setattr(self, part, nn.ParameterDict())
+        for part in _BASE:
+            setattr(self, part, BufferDict(persistent=True))
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config, r, lora_alpha)
+
+    def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, *a: Any, **k: Any):
+        base = self.get_base_layer()
+        if isinstance(base, nn.Conv2d) and (
+            base.groups != 1 or tuple(base.kernel_size) != (1, 1) or base.padding_mode != "zeros"
+        ):
+            raise ValueError(
+                "LyCORIS's tlora adapts Linear and ungrouped 1x1 Conv2d layers: TLoraModule's factors on a "
+                f"{base.kernel_size[0]}x{base.kernel_size[1]} (or grouped) convolution give an output of "
+                "another size and kohya stops; leave such layers out of the adapter's targets"
+            )
+        alpha = lora_alpha or r  # TLoraModule: alpha None or 0 is the rank
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = alpha
+        self.scaling[adapter_name] = alpha / r
+        q, p, lam = svd_start(base.weight, r)
+        if isinstance(base, nn.Conv2d):
+            q, p = q.reshape(*q.shape, 1, 1), p.reshape(*p.shape, 1, 1)
+        for part, value in zip(_TRAINED, (q, p, lam)):
+            getattr(self, part)[adapter_name] = nn.Parameter(value.clone())
+        for part, value in zip(_BASE, (q, p, lam)):
+            getattr(self, part)[adapter_name] = value.clone()
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
+
+    def _product(self, q: torch.Tensor, p: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """P diag(λ) Q as LyCORIS's get_diff_weight forms it: (λᵀ x Q) then up @ down (lora diff_weight,
+        its gamma 1)."""
+        rank = lam.shape[1]
+        return (p.reshape(-1, rank) * 1.0) @ (lam.T * q.reshape(rank, -1))
+
+    def tlora_diff(self, adapter: str) -> torch.Tensor:
+        """TLoraModule.get_diff_weight (multiplier 1): (P diag(λ) Q - P0 diag(λ0) Q0) x scale, in the weight's
+        shape (1x1 kernels for a convolution)."""
+        q, p, lam = (getattr(self, part)[adapter] for part in _TRAINED)
+        q0, p0, lam0 = (getattr(self, part)[adapter].to(q.device) for part in _BASE)
+        diff = self._product(q, p, lam) - self._product(q0, p0, lam0)
+        return (diff * self.scaling[adapter] * 1.0).reshape(self.get_base_layer().weight.shape)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """TLoraModule.forward's delta: (W + ΔW) - W in the base weight's dtype."""
+        weight = self.get_base_layer().weight
+        diff = self.tlora_diff(adapter).to(weight.device, weight.dtype)
+        return (weight + diff) - weight
+
+    def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
+        """TLoraModule's state-dict names for this layer's trained tensors (its alpha: self.lora_alpha)."""
+        return {name: getattr(self, part)[adapter] for part, name in _LYCORIS_NAMES.items()}
+
+    def __repr__(self) -> str:
+        return "lycoris_tlora." + super().__repr__()
+
+
+def dispatch_tlora(target: nn.Module, adapter_name: str, config, **kwargs: Any):
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, nn.Conv2d)):
+        return TloraLayer(
+            target,
+            adapter_name,
+            config=config,
+            r=kwargs.get("r", config.r),
+            lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
+        )
+    return None
+
+
+def with_tlora(config):
+    config._register_custom_module({nn.Linear: dispatch_tlora, nn.Conv2d: dispatch_tlora})
+    return config
+
+
+def tlora_config(targets: list[str], rank: int, alpha: float):
+    """A LoraConfig building TloraLayer on every target (peft's rank and alpha are T-LoRA's)."""
+    from peft import LoraConfig
+
+    return with_tlora(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
+
+
+def is_tlora(config) -> bool:
+    customs = (getattr(config, "_custom_modules", None) or {}).values()
+    return any(d is dispatch_tlora for d in customs)
+
+
+def has_tlora(state: dict[str, torch.Tensor]) -> bool:
+    return any(".lora_tlora_q" in key for key in state)

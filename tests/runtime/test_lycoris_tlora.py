@@ -1,0 +1,128 @@
+"""LyCORIS's algo=tlora layer (runtime/lycoris_tlora.py) against lycoris-lora 4.1.3's TLoraModule as kohya
+builds it (create_network passes no sig_type, use_data_init or mask; no timestep mask is ever set): the same
+SVD start (the base model's output), the same forward and gradients after the factors move, peft's merge
+equal to LyCORIS's merged weight, and a tiny run that trains, resumes bit-exact and loads back in LyCORIS's
+own kohya loader."""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+from peft import inject_adapter_in_model
+from torch import nn
+
+from tests.runtime import test_lycoris as lycoris_runs
+from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
+
+tlora = pytest.importorskip("lycoris.modules.tlora")
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(40, 24)
+        self.point = nn.Conv2d(16, 12, 1)
+        self.narrow = nn.Linear(3, 5)  # rank 4 above min(out, in): LyCORIS pads the missing ranks
+
+
+def _inputs(generator):
+    return {
+        "proj": torch.randn(3, 40, generator=generator),
+        "point": torch.randn(2, 16, 7, 6, generator=generator),
+        "narrow": torch.randn(3, 3, generator=generator),
+    }
+
+
+def _no_gc(monkeypatch) -> None:
+    """TLoraModule's init runs a full gc.collect() per module, a cleanup with no effect on its weights that
+    under a test process's heap took most of the run test's time (69 s of 82 s on a loaded 2-core box)."""
+    monkeypatch.setattr(tlora, "gc", types.SimpleNamespace(collect=lambda: 0))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_tlora_layer_equals_lycoris_tlora_module(alpha, monkeypatch):
+    from dbspec.runtime.lycoris_tlora import tlora_config
+
+    _no_gc(monkeypatch)
+    rank = 4
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    inject_adapter_in_model(tlora_config(list(_inputs(torch.Generator())), rank, alpha), net, "default")
+    x = _inputs(torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+    for name in x:
+        layer, reference = getattr(net, name), copy.deepcopy(getattr(base, name))
+        with torch.no_grad():  # the residual subtraction: the base model at the start
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=0, atol=0)
+        lyco = tlora.TLoraModule(name, reference, 1.0, rank, alpha)
+        assert tlora.get_timestep_mask() is None  # kohya never sets one
+        ours = layer.lycoris_weights("default")
+        theirs = {k: lyco.state_dict()[k] for k in ours}
+        for key in ours:  # the same SVD start, bit for bit
+            assert torch.equal(ours[key].detach(), theirs[key]), key
+        with torch.no_grad():
+            for key in ours:
+                ours[key].add_(torch.randn(ours[key].shape, generator=generator) * 0.3)
+        lyco.load_state_dict({k: v.detach().clone() for k, v in ours.items()}, strict=False)
+        lyco.apply_to()
+        params = dict(lyco.named_parameters())
+        out, ref = layer(x[name]), reference(x[name])
+        assert not torch.allclose(out, layer.base_layer(x[name]), atol=1e-3)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        weights = torch.randn(out.shape, generator=generator)
+        (out * weights).sum().backward()
+        (ref * weights).sum().backward()
+        for key in ours:
+            torch.testing.assert_close(ours[key].grad, params[key].grad, rtol=1e-4, atol=1e-5)
+        assert float(layer.lora_alpha["default"]) == pytest.approx(float(lyco.alpha))
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                merged.base_layer.weight, lyco.get_merged_weight()[0], rtol=1e-5, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tlora_refuses_a_kxk_convolution_which_stops_lycoris(stride, monkeypatch):
+    """TLoraModule on a 3x3 convolution (kohya's ResNets, downsamplers: conv_dim defaults to network_dim)
+    adds its 1x1 factors' output, of another size, to the layer's: kohya stops at the first forward (the
+    converter's DBS402); dbspec refuses such a target when it builds the layer."""
+    from dbspec.runtime.lycoris_tlora import tlora_config
+
+    _no_gc(monkeypatch)
+    conv = nn.Conv2d(4, 8, 3, padding=1, stride=stride)
+    lyco = tlora.TLoraModule("conv", conv, 1.0, 2, 1.0)
+    lyco.apply_to()
+    with pytest.raises(RuntimeError, match="must match the size"):
+        conv(torch.randn(1, 4, 8, 8))
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
+    with pytest.raises(ValueError, match="1x1 Conv2d"):
+        inject_adapter_in_model(tlora_config(["0"], 2, 1.0), net, "default")
+
+
+# kohya's lycoris.kohya network with algo=tlora on Linear layers (and SD 1.x's 1x1 proj_in / proj_out): no
+# conv_dim (its k x k convolutions stop kohya), hence no convolution suffixes
+TLORA = (
+    'kind = "tlora"\nrank = 2\nalpha = 1.0\n',
+    {"algo": "tlora"},
+    set(),
+)
+
+
+def _tlora_weight(lyco) -> torch.Tensor:
+    with torch.no_grad():
+        return lyco.get_merged_weight()[0]
+
+
+def test_tlora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """test_lycoris's check: LyCORIS's kohya loader builds TLoraModules from the file (their frozen start
+    recomputed from the base model's SVD) with the trained weights and outputs, to 1e-4."""
+    _no_gc(monkeypatch)
+    monkeypatch.setitem(lycoris_runs.KINDS, "tlora", TLORA)
+    monkeypatch.setattr(lycoris_runs, "_lycoris_weight", _tlora_weight)
+    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, "tlora", loader, steps=2)

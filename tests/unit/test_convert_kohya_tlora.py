@@ -1,0 +1,150 @@
+"""kohya configs training LyCORIS's T-LoRA (`network_module = "lycoris.kohya"`, `algo=tlora`): once refused
+(DBS403), now [adapter] kind "tlora". The expectation is lycoris-lora 4.1.3 as kohya runs it: create_network
+hands TLoraModule network_dim / network_alpha (never sig_type, use_data_init or mask_group_id: the principal
+SVD start), kohya's train_network.py never sets a timestep mask, and TLoraModule cannot run a k x k
+convolution (its 1x1 factors' output has another size: kohya stops at the first forward), which conv_dim,
+defaulting to network_dim (0 too), reaches through every preset that scans the ResNets."""
+
+from __future__ import annotations
+
+from convert_kit import SD15, SDXL, codes, errors, fate, images, kohya, messages, plan_of, write
+
+CONFIG = """\
+pretrained_model_name_or_path = "{model}"
+train_data_dir = "img"
+resolution = "512,512"
+output_dir = "out"
+network_module = "lycoris.kohya"
+network_dim = 8
+network_alpha = 4
+network_args = [{args}]
+learning_rate = 1e-4
+optimizer_type = "AdamW"
+max_train_steps = 800
+mixed_precision = "fp16"
+save_precision = "fp16"
+"""
+
+
+def _lycoris(tmp_path, args: str, model: str = SD15):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    write(tmp_path / "cfg.toml", CONFIG.format(model=model, args=args))
+    return kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+
+
+def test_tlora_attn_mlp_takes_rank_alpha_and_the_preset_targets(tmp_path):
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=attn-mlp"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank) == ("tlora", 8, 4.0, 0)
+    assert "proj_in" in a.denoiser_targets and "ff.net.2" in a.denoiser_targets
+    assert "conv1" not in a.denoiser_targets and "fc1" in a.text_encoder_targets
+    from dbspec.plan.summary import adapter_rows
+
+    assert "no timestep rank mask" in dict(adapter_rows(a))["  T-LoRA"]
+    assert fate(outcome, "network_args") == "mapped"
+
+
+def test_tlora_with_a_preset_reaching_kxk_convolutions_stops_kohya(tmp_path):
+    """LyCORIS's default preset (full) scans the ResNets, Downsample2D and Upsample2D: their 3x3
+    convolutions get TLoraModules at conv_dim (network_dim by default, `conv_dim=0` too), whose forward
+    fails (tests/runtime/test_lycoris_tlora.py checks TLoraModule does)."""
+    for args in ('"algo=tlora"', '"algo=tlora", "conv_dim=0"', '"algo=tlora", "preset=unet-convblock-only"'):
+        folder = tmp_path / str(len(args))
+        outcome = _lycoris(folder, args)
+        assert outcome.exit_code != 0 and "DBS402" in codes(outcome), args
+        assert "k x k convolutions" in messages(outcome, "DBS402")
+
+
+def test_tlora_full_preset_converts_when_apply_to_drops_the_unet(tmp_path):
+    """network_train_text_encoder_only: apply_to keeps only the text encoder's (Linear) modules."""
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    write(
+        tmp_path / "cfg.toml",
+        CONFIG.format(model=SD15, args='"algo=tlora"') + "network_train_text_encoder_only = true\n",
+    )
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert plan.adapter.kind == "tlora" and plan.adapter.text_encoder_targets
+
+
+def test_tlora_arguments_it_never_reads_are_ignored(tmp_path):
+    args = (
+        '"algo=tlora", "preset=attn-only", "rank_dropout=0.3", "use_scalar=True", "dora_wd=True", '
+        '"rs_lora=True", "use_tucker=True", "dropout=0.1", "loraplus_lr_ratio=4"'
+    )
+    outcome = _lycoris(tmp_path, args)
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.alpha / a.rank, a.dora, a.scalar, a.rank_dropout) == ("tlora", 0.5, False, False, 0.0)
+    for key in (
+        "rank_dropout",
+        "use_scalar",
+        "dora_wd",
+        "rs_lora",
+        "use_tucker",
+        "dropout",
+        "loraplus_lr_ratio",
+    ):
+        assert fate(outcome, f"network_args {key}") == "inert", key
+    assert "bypass_mode" in outcome.conversion.reports["network_args dropout"].note
+
+
+def test_tlora_alpha_zero_is_the_rank(tmp_path):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    config = CONFIG.format(model=SD15, args='"algo=tlora", "preset=attn-mlp"')
+    write(tmp_path / "cfg.toml", config.replace("network_alpha = 4", "network_alpha = 0"))
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 8.0)
+
+
+def test_tlora_switches_dbspec_does_not_express_are_refused(tmp_path):
+    for args in ('"bypass_mode=True"', '"module_dropout=0.2"', '"preset=p.toml"'):
+        folder = tmp_path / args.split("=")[0].strip('"')
+        write(folder / "p.toml", 'unet_target_module = ["Transformer2DModel"]\n')
+        outcome = _lycoris(
+            folder,
+            f'"algo=tlora", "preset=attn-mlp", {args}'.replace(
+                '"preset=attn-mlp", "preset=p.toml"', '"preset=p.toml"'
+            ),
+        )
+        assert outcome.exit_code != 0 and "DBS403" in codes(outcome), (args, errors(outcome))
+
+
+def test_tlora_max_norm_and_start_file_are_refused(tmp_path):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    base = CONFIG.format(model=SD15, args='"algo=tlora", "preset=attn-mlp"')
+    for extra in ("scale_weight_norms = 1.0\n", 'network_weights = "w.safetensors"\n'):
+        write(tmp_path / "cfg.toml", base + extra)
+        outcome = kohya(
+            tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py"
+        )
+        assert "DBS403" in codes(outcome), extra
+        key = extra.split(" ")[0]
+        assert fate(outcome, key) == "unsupported", key
+
+
+def test_tlora_on_sdxl(tmp_path):
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    write(tmp_path / "cfg.toml", CONFIG.format(model=SDXL, args='"algo=tlora", "preset=attn-mlp"'))
+    outcome = kohya(
+        tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch sdxl_train_network.py"
+    )
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path)
+    assert (plan.adapter.kind, plan.model.family) == ("tlora", "sdxl")
+
+
+def test_tlora_on_flux_stays_refused(tmp_path):
+    from convert_kit import FLUX_LYCORIS, component_file
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(tmp_path, command=f'{FLUX_LYCORIS}--network_args "algo=tlora"')
+    assert "DBS403" in codes(outcome) and "one SVD of the parts' stacked weight" in messages(
+        outcome, "DBS403"
+    )
