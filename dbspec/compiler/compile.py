@@ -10,7 +10,7 @@ from dbspec import __version__, codes
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.boft_widths import check_boft_widths, has_boft
-from dbspec.compiler.init_weights import plan_init_weights
+from dbspec.compiler.init_weights import max_norm_file_alphas, plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds, table_names
 from dbspec.compiler.pivotal import plan_pivotal
@@ -499,6 +499,8 @@ def _assemble(
             init_partial=partial,
             init_scale=scale,
             init_alpha=alphas,
+            # kohya's max-norm reads each module's alpha buffer, the file's under init_alpha "ignore"
+            max_norm_alphas=max_norm_file_alphas(spec.adapter, init[0]),
         )
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)

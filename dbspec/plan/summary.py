@@ -1603,9 +1603,13 @@ def _max_norm_row(a) -> str:
             "when none is)"
         )
     fused = ", a fused layer's parts as one" if a.fused else ""
+    # kohya's alpha buffers: the starting file's (plan.adapter.max_norm_alphas)
+    alphas = (
+        f", the norm at the starting file's alphas ({len(a.max_norm_alphas)})" if a.max_norm_alphas else ""
+    )
     return (
         f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm exceeds it "
-        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused})"
+        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused}{alphas})"
     )
 
 

@@ -849,8 +849,9 @@ def _init_alpha():
         "DyLoRA layers' alphas (LyCORIS's DyLoraModule scales by the loaded buffer: the file's alpha is the "
         "one it trains at). Full, IA^3, GLoRA and BOFT layers never read the file's alpha. dbspec's "
         "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
-        "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
-        "measures each update at the file's alpha).",
+        "file's beside weights trained at network_alpha's scale. With `max_norm` in kohya's form each "
+        "layer's norm is taken at the file's alpha, as kohya's max-norm reads the alpha buffer load_weights "
+        "set (the layer still trains at the adapter's).",
     )
 
 
