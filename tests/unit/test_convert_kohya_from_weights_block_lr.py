@@ -98,8 +98,9 @@ def test_sdxl_original_names_take_their_blocks_weight(tmp_path):
         tmp_path,
         command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
         "--train_data_dir=x --resolution=1024 --network_module=networks.lora "
-        "--network_weights=prev.safetensors --dim_from_weights --network_args down_lr_weight=1,1,1,1,0.5,1,1,1,1 "
-        "up_lr_weight=1,1,3,1,1,1,1,1,1 --learning_rate=1e-4 --max_train_steps=200",
+        "--network_weights=prev.safetensors --dim_from_weights --network_args "
+        "down_lr_weight=1,1,1,1,0.5,1,1,1,1 up_lr_weight=1,1,3,1,1,1,1,1,1 "
+        "--learning_rate=1e-4 --max_train_steps=200",
     )
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path).adapter
