@@ -163,7 +163,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     o = plan.optimizer
     lora_up = (
         lora_up_ids(comps, dylora=raises_dylora_ups(plan.adapter))
-        if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio
+        if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio or o.loraplus_held
         else frozenset()
     )
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)

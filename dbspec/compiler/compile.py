@@ -604,6 +604,7 @@ def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
         nesterov=o.nesterov,
         loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
         loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
+        loraplus_held=_loraplus_held(spec),
         max_grad_norm=o.max_grad_norm,
         text_encoder_at_zero=o.text_encoder_at_zero if moves and o.lr else "hold",
         denoiser_at_zero=o.denoiser_at_zero if moves and not o.lr else "hold",
@@ -682,6 +683,15 @@ def _loraplus(spec, name: str) -> float:
     return (
         float(getattr(spec.adapter, name)) if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)) else 0.0
     )
+
+
+def _loraplus_held(spec) -> tuple[str, ...]:
+    """The groups whose LoRA+ ratio is 0 with adapter.loraplus_zero "held" (kohya skips the up group at rate
+    lr x 0): their up matrices stay out of the optimizer (runtime/optim.py)."""
+    if getattr(spec.adapter, "loraplus_zero", "off") != "held":
+        return ()
+    names = (("denoiser", "loraplus_denoiser_ratio"), ("text_encoder", "loraplus_text_encoder_ratio"))
+    return tuple(group for group, name in names if not _loraplus(spec, name))
 
 
 def _check_mixed_kinds_family(ctx: Context, model) -> None:

@@ -977,6 +977,9 @@ class OptimizerPlan:
     # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
     loraplus_denoiser_ratio: float = 0.0
     loraplus_text_encoder_ratio: float = 0.0
+    # LoRA+ at ratio 0 as kohya runs it (adapter.loraplus_zero "held"): the groups ("denoiser",
+    # "text_encoder") whose up matrices stay out of the optimizer, their gradients kept; () for none
+    loraplus_held: tuple[str, ...] = ()
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
     prodigy: ProdigyPlan | None = None  # kind prodigy only
     adafactor: AdafactorPlan | None = None  # kind adafactor only

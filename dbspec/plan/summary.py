@@ -1237,6 +1237,8 @@ def _loraplus(plan: Plan) -> str:
         parts.append(f"denoiser x{o.loraplus_denoiser_ratio:g}")
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
+    # kohya's plus group at rate 0, skipped (adapter.loraplus_zero "held")
+    parts += [f"{g.replace('_', ' ')} x0 (held, out of the optimizer)" for g in o.loraplus_held]
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
 
 

@@ -524,10 +524,11 @@ def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
 
 
 def _ratios(kwargs: dict[str, str]) -> tuple[float | None, float | None]:
-    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`)."""
+    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`), None where
+    there is no plus group: a ratio 0 makes its rate 0, which assemble_params skips."""
     general = _ratio(kwargs, "loraplus_lr_ratio")
     unet = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
-    return unet, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
+    return unet or None, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general or None
 
 
 def _ratio(kwargs: dict[str, str], key: str) -> float | None:
