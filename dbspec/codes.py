@@ -3044,15 +3044,11 @@ on a T5-XXL that does not train, as kohya's lora_flux / lora_sd3 build it with `
         ERROR,
         'adapter.init_alpha = "ignore" with kohya\'s max-norm regularisation',
         """\
-`adapter.init_alpha = "ignore"` trains the starting file's weights at the adapter's alpha, as kohya's
-networks.lora does with a `--network_weights` file saved at another alpha (the module's scale is fixed from
-`network_alpha` when it is built). kohya's `apply_max_norm_regularization` (`--scale_weight_norms`,
-`adapter.max_norm` with `max_norm_form = "kohya"`) reads each module's `alpha` buffer instead, which
-`load_weights` set to the file's alpha: it measures the update at a scale the layer does not train at.
-dbspec's max-norm measures it at the trained scale, so the run would differ; LyCORIS's max-norm
-(`max_norm_form = "lycoris"`) uses the module's own scale and is allowed.""",
-        help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
-        "adapter.alpha",
+No longer raised: `adapter.init_alpha = "ignore"` with `adapter.max_norm` in kohya's form measures each
+update at the starting file's alpha, as kohya's `apply_max_norm_regularization` reads the module's `alpha`
+buffer that `load_weights` set from the file, while the layer trains at the adapter's alpha
+(`plan.adapter.max_norm_alphas`).""",
+        reserved=True,
     ),
     Code(
         "DBS602",

@@ -22,12 +22,15 @@ def param_groups(
     only when the plan gives it another rate (so runs without one keep their optimizer state layout); the
     third (SD3's T5-XXL with train.t5) likewise, else it joins the second's group (kohya's [a, b, b]).
     LoRA+: with a ratio in the plan, the parameters whose id is in `lora_up` (peft lora_B) move to a
-    "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group). The denoiser's
+    "<name>_lora_up" group right after their own, at lr x ratio (kohya's "plus" group); a ratio 0 in
+    `opt.loraplus_held` leaves them out (kohya skips the plus group at rate 0). The denoiser's
     groups come first, or last with optimizer.group_order = "text_encoders_first" (kohya's networks'
     order, which DAdaptLion's estimate of d sums the groups in)."""
     denoiser = []
     if denoiser_params:
-        denoiser = _with_lora_up("denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up)
+        denoiser = _with_lora_up(
+            "denoiser", denoiser_params, opt.lr, opt.loraplus_denoiser_ratio, lora_up, opt.loraplus_held
+        )
     groups: list[dict] = []
     own = opt.text_encoder_2_lr is not None and len(text_params) > 1 and text_params[1]
     # the third (SD3's T5-XXL, train.t5) has its own group with its own rate, else joins the second's
@@ -37,17 +40,32 @@ def param_groups(
     shared += [] if own else third
     ratio = opt.loraplus_text_encoder_ratio
     if shared:
-        groups += _with_lora_up("text_encoder", shared, opt.text_encoder_lr, ratio, lora_up)
+        groups += _with_lora_up(
+            "text_encoder", shared, opt.text_encoder_lr, ratio, lora_up, opt.loraplus_held
+        )
     if own:
         groups += _with_lora_up(
-            "text_encoder_2", [*text_params[1], *third], opt.text_encoder_2_lr, ratio, lora_up
+            "text_encoder_2",
+            [*text_params[1], *third],
+            opt.text_encoder_2_lr,
+            ratio,
+            lora_up,
+            opt.loraplus_held,
         )
     if third_own:
-        groups += _with_lora_up("text_encoder_3", text_params[2], opt.text_encoder_3_lr, ratio, lora_up)
+        groups += _with_lora_up(
+            "text_encoder_3", text_params[2], opt.text_encoder_3_lr, ratio, lora_up, opt.loraplus_held
+        )
     return groups + denoiser if opt.group_order == "text_encoders_first" else denoiser + groups
 
 
-def _with_lora_up(name: str, params: list, lr: float, ratio: float, lora_up: frozenset[int]) -> list[dict]:
+def _with_lora_up(
+    name: str, params: list, lr: float, ratio: float, lora_up: frozenset[int], held: tuple[str, ...] = ()
+) -> list[dict]:
+    if not ratio and name.startswith(held or ("\0",)):  # kohya's plus group at rate 0, skipped: the ups
+        # stay out of the optimizer (their gradients kept: runtime/optimizer_blocks.py held_gradients)
+        rest = [p for p in params if id(p) not in lora_up]
+        return [{"params": rest, "lr": lr, "name": name}] if rest else []
     if not ratio:
         return [{"params": params, "lr": lr, "name": name}]
     up = [p for p in params if id(p) in lora_up]

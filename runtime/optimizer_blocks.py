@@ -54,7 +54,8 @@ def held_gradients(run) -> dict[str, torch.Tensor] | None:
     without such blocks."""
     a = run.plan.adapter
     held_adapters = any(not b.lr and not b.lr_scale for b in (*a.blocks, *a.text_encoder_blocks))
-    if not held_adapters and not any(b.lr == 0 for b in run.plan.optimizer.blocks):
+    held_ups = bool(run.plan.optimizer.loraplus_held)  # LoRA+ up matrices at ratio 0 (runtime/optim.py)
+    if not held_adapters and not held_ups and not any(b.lr == 0 for b in run.plan.optimizer.blocks):
         return None
     stepped = {id(p) for group in run.optimizer.param_groups for p in group["params"]}
     stepped |= {id(p) for p in (run.idle or {}).values()}  # the idle encoders' own (TrainState.idle_grads)

@@ -26,6 +26,7 @@ from dbspec.runtime.ema import Ema
 from dbspec.runtime.evaluate import RunningMean
 from dbspec.runtime.logs import cache_progress
 from dbspec.runtime.max_norm import lycoris_norm_modules, norm_modules
+from dbspec.runtime.max_norm_alphas import with_file_alphas
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
 from dbspec.runtime.optim import make_lr_scheduler, make_optimizer, param_groups, resume_training_mode
@@ -162,7 +163,7 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
     o = plan.optimizer
     lora_up = (
         lora_up_ids(comps, dylora=raises_dylora_ups(plan.adapter))
-        if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio
+        if o.loraplus_denoiser_ratio or o.loraplus_text_encoder_ratio or o.loraplus_held
         else frozenset()
     )
     groups = param_groups(unet_params, per_encoder, plan.optimizer, lora_up)
@@ -265,6 +266,8 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
     elif plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
         run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
+        # init_alpha "ignore": kohya's max-norm reads the alphas the starting file put in its modules' buffers
+        run.norm_modules = with_file_alphas(run.norm_modules, plan, comps.unet, comps.text_encoders)
     if resumed is not None:
         if plan.distributed.deepspeed is not None:
             raise StrategyError(

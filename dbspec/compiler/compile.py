@@ -10,7 +10,7 @@ from dbspec import __version__, codes
 from dbspec.compiler import schedule as sched
 from dbspec.compiler.adapters import adapter_plan
 from dbspec.compiler.boft_widths import check_boft_widths, has_boft
-from dbspec.compiler.init_weights import plan_init_weights
+from dbspec.compiler.init_weights import max_norm_file_alphas, plan_init_weights
 from dbspec.compiler.caches import make_keyer, plan_cache
 from dbspec.compiler.group_bounds import plan_group_bounds, table_names
 from dbspec.compiler.pivotal import plan_pivotal
@@ -508,6 +508,8 @@ def _assemble(
             init_partial=partial,
             init_scale=scale,
             init_alpha=alphas,
+            # kohya's max-norm reads each module's alpha buffer, the file's under init_alpha "ignore"
+            max_norm_alphas=max_norm_file_alphas(spec.adapter, init[0]),
         )
     adapter = fused_for(ctx, model, adapter)  # adapter.fused_projections: the shared down-projections
     check_ggpo(ctx, model, adapter)  # adapter.ggpo: Flux only (DBS396)
@@ -611,6 +613,7 @@ def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
         nesterov=o.nesterov,
         loraplus_denoiser_ratio=_loraplus(spec, "loraplus_denoiser_ratio"),
         loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
+        loraplus_held=_loraplus_held(spec),
         max_grad_norm=o.max_grad_norm,
         text_encoder_at_zero=o.text_encoder_at_zero if moves and o.lr else "hold",
         denoiser_at_zero=o.denoiser_at_zero if moves and not o.lr else "hold",
@@ -689,6 +692,15 @@ def _loraplus(spec, name: str) -> float:
     return (
         float(getattr(spec.adapter, name)) if isinstance(spec.adapter, (LoraAdapter, DyloraAdapter)) else 0.0
     )
+
+
+def _loraplus_held(spec) -> tuple[str, ...]:
+    """The groups whose LoRA+ ratio is 0 with adapter.loraplus_zero "held" (kohya skips the up group at rate
+    lr x 0): their up matrices stay out of the optimizer (runtime/optim.py)."""
+    if getattr(spec.adapter, "loraplus_zero", "off") != "held":
+        return ()
+    names = (("denoiser", "loraplus_denoiser_ratio"), ("text_encoder", "loraplus_text_encoder_ratio"))
+    return tuple(group for group, name in names if not _loraplus(spec, name))
 
 
 def _check_mixed_kinds_family(ctx: Context, model) -> None:

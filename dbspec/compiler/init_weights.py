@@ -6,7 +6,7 @@ fails, a layer the network lacks is ignored silently, and the network keeps its 
 (networks/lora.py computes `alpha / dim` at construction) while saving the file's. dbspec asks for the file's
 layers, ranks and alphas to be the adapter's, so what trains and what is saved cannot diverge, unless
 `adapter.init_alpha = "ignore"` says the file's alphas are not the run's (kohya's training; the export then
-carries the trained alpha; not with kohya's max-norm, which reads the file's alpha: DBS601); only the layers
+carries the trained alpha; kohya's max-norm reads the file's: max_norm_file_alphas); only the layers
 of a model that does not train are ignored (a warning), as kohya drops those networks in `apply_to`. That
 every adapted layer has its tensors in the file is checked when the runtime loads it (the module list
 needs the model). `adapter.init_partial` loads as kohya does: layers the file lacks keep their init, file
@@ -79,7 +79,7 @@ def plan_init_weights(ctx: Context, family: str, components, layers=None) -> tup
             help='set adapter.init_weights = ""',
         )
         return "", 0
-    if _ignored_alpha_max_norm(ctx, adapter) or _ignored_alpha_read_by_lycoris(ctx, adapter):
+    if _ignored_alpha_read_by_lycoris(ctx, adapter):
         return "", 0
     tucker = isinstance(adapter, LoraAdapter) and adapter.tucker and adapter.conv_rank > 0
     # LyCORIS's LoCon with weight_decompose (dora_form "lycoris"): its file holds each module's dora_scale,
@@ -204,28 +204,22 @@ def _other_axis_dora(ctx: Context, path, adapter, header=None, family: str = "",
     return False
 
 
-def _ignored_alpha_max_norm(ctx: Context, adapter) -> bool:
-    """DBS601 (and True): adapter.init_alpha = "ignore" with kohya's max-norm regularisation. kohya's
-    apply_max_norm_regularization scales each update by its `alpha` buffer over the rank, and load_weights
-    put the file's alpha in that buffer: the norm is taken at the file's alpha while the layer trains at
-    network_alpha's, which dbspec's max-norm (the layer's own scale) does not reproduce. LyCORIS's max-norm
-    (max_norm_form "lycoris") uses the module's scale from construction, the run's."""
-    if getattr(adapter, "init_alpha", "match") != "ignore" or not getattr(adapter, "max_norm", 0):
-        return False
-    if adapter.max_norm_form != "kohya":
-        return False
-    ctx.report(
-        "DBS601",
-        "error",
-        f'adapter.init_alpha = "ignore" with adapter.max_norm = {adapter.max_norm:g} (max_norm_form = '
-        "\"kohya\"): kohya's max-norm measures each update at the starting file's alpha (the buffer "
-        "load_weights overwrote) while the layer trains at the adapter's; dbspec measures it at the trained "
-        "alpha",
-        ("adapter", "init_alpha"),
-        help='set adapter.max_norm = 0, or adapter.init_alpha = "match" with the file\'s alpha as '
-        "adapter.alpha",
-    )
-    return True
+def max_norm_file_alphas(adapter, path: str) -> dict[str, float]:
+    """The alphas kohya's max-norm reads in a run from a file: each module's of the starting file, by its
+    name (plan.adapter.max_norm_alphas; {} where the max-norm is off or LyCORIS's). kohya's LoRAModule keeps
+    network_alpha's scale, but load_weights copies the file's `alpha` into the module's buffer, and
+    apply_max_norm_regularization scales each update by that buffer over the rank (networks/lora.py,
+    lora_flux.py: one implementation): with `init_alpha = "ignore"` another alpha than the trained one, with
+    "match" the file's exact value (the check allows 1e-3). A module without an alpha keeps the network's."""
+    if not getattr(adapter, "max_norm", 0.0) or getattr(adapter, "max_norm_form", "lycoris") != "kohya":
+        return {}
+    try:
+        file = read_lora_file(path, norms=True)
+    except (ModelFileError, OSError):
+        return {}  # plan_init_weights said why
+    return {
+        m.name: m.alpha for m in sorted(file.modules.values(), key=lambda m: m.name) if m.alpha is not None
+    }
 
 
 def _ignored_alpha_read_by_lycoris(ctx: Context, adapter) -> bool:

@@ -292,6 +292,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
             "adapter",
             "init_alpha",
         ): "match",  # the file's alphas ignored as kohya does, added since (checked then)
+        # kohya's max-norm at the starting file's alphas (init_alpha "ignore"), added since (refused then)
+        ("adapter", "max_norm_alphas"): {},
+        ("optimizer", "loraplus_held"): [],  # LoRA+ up matrices held at ratio 0, added since (refused then)
         ("adapter", "split_fused"): [],  # split fused layers' shared dropout draws, added since (none then)
         # kohya lora_flux's LoRA-GGPO perturbation: off then
         ("adapter", "ggpo_sigma"): None,

@@ -287,6 +287,11 @@ class AdapterPlan:
     # "lycoris" (lycoris.kohya's per-module apply_max_norm: LoCon's and LoHa's scalar times the ratio, LoKr's
     # factors each times its n-th root; runtime/max_norm.py)
     max_norm_form: Literal["kohya", "lycoris"] = "kohya"
+    # max_norm_form "kohya" with init_weights: the alpha the file holds for each of its modules, by the file's
+    # (kohya's) module name, which kohya's max-norm scales that module's update by (load_weights put it in the
+    # module's alpha buffer, which apply_max_norm_regularization reads; under init_alpha "ignore" the layer
+    # trains at its own alpha); layers the file lacks use their own. {} otherwise
+    max_norm_alphas: dict[str, float] = attrs.field(factory=dict)
     # lora: LoRA-FA (kohya networks.lora_fa), the downs frozen at their init; their gradient "none", or
     # "kohya" (computed, accumulated, counted in the clip norm; runtime/lora_fa.py)
     freeze_down: bool = False
@@ -974,6 +979,9 @@ class OptimizerPlan:
     # LoRA+: the LoRA up matrices (peft lora_B) train at lr x ratio in their own groups; 0 = off (one group)
     loraplus_denoiser_ratio: float = 0.0
     loraplus_text_encoder_ratio: float = 0.0
+    # LoRA+ at ratio 0 as kohya runs it (adapter.loraplus_zero "held"): the groups ("denoiser",
+    # "text_encoder") whose up matrices stay out of the optimizer, their gradients kept; () for none
+    loraplus_held: tuple[str, ...] = ()
     dadapt: DAdaptPlan | None = None  # dadapt_* kinds only
     prodigy: ProdigyPlan | None = None  # kind prodigy only
     adafactor: AdafactorPlan | None = None  # kind adafactor only

@@ -1245,6 +1245,8 @@ def _loraplus(plan: Plan) -> str:
         parts.append(f"denoiser x{o.loraplus_denoiser_ratio:g}")
     if plan.train_text_encoder and o.loraplus_text_encoder_ratio:
         parts.append(f"text encoder x{o.loraplus_text_encoder_ratio:g}")
+    # kohya's plus group at rate 0, skipped (adapter.loraplus_zero "held")
+    parts += [f"{g.replace('_', ' ')} x0 (held, out of the optimizer)" for g in o.loraplus_held]
     return f"; LoRA+ lora_B lr: {', '.join(parts)}" if parts else ""
 
 
@@ -1611,9 +1613,13 @@ def _max_norm_row(a) -> str:
             "when none is)"
         )
     fused = ", a fused layer's parts as one" if a.fused else ""
+    # kohya's alpha buffers: the starting file's (plan.adapter.max_norm_alphas)
+    alphas = (
+        f", the norm at the starting file's alphas ({len(a.max_norm_alphas)})" if a.max_norm_alphas else ""
+    )
     return (
         f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm exceeds it "
-        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused})"
+        f"is scaled down to it, up and down by the square root (kohya's scale_weight_norms{fused}{alphas})"
     )
 
 

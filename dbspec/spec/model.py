@@ -349,6 +349,19 @@ def _loraplus_ratio(kohya: str):
     )
 
 
+def _loraplus_zero():
+    return option(
+        "off",
+        doc="What a LoRA+ ratio of 0 (`loraplus_ratio`, or the denoiser's / text encoders' own) means. off: "
+        "no LoRA+, the up matrices train at the learning rate. held: kohya's LoRA+ group at rate 0 "
+        "(`loraplus_lr_ratio = 0` in kohya's networks and LyCORIS's: the up group's rate is lr x 0, and "
+        "prepare_optimizer_params skips a group at rate 0), so the up matrices stay out of the optimizer: "
+        "they keep their initial values while their gradients are computed, never cleared and counted by "
+        "the clip norm.",
+        example="held",
+    )
+
+
 def _loraplus_denoiser_ratio():
     return option(
         attrs.Factory(lambda self: self.loraplus_ratio, takes_self=True),
@@ -865,8 +878,9 @@ def _init_alpha():
         "DyLoRA layers' alphas (LyCORIS's DyLoraModule scales by the loaded buffer: the file's alpha is the "
         "one it trains at). Full, IA^3, GLoRA and BOFT layers never read the file's alpha. dbspec's "
         "exports then carry the alpha the run trained at, where kohya's saved file carries the starting "
-        "file's beside weights trained at network_alpha's scale. Not with `max_norm` (kohya's max-norm "
-        "measures each update at the file's alpha).",
+        "file's beside weights trained at network_alpha's scale. With `max_norm` in kohya's form each "
+        "layer's norm is taken at the file's alpha, as kohya's max-norm reads the alpha buffer load_weights "
+        "set (the layer still trains at the adapter's).",
     )
 
 
@@ -1008,6 +1022,7 @@ class LoraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
+    loraplus_zero: Literal["off", "held"] = _loraplus_zero()
     blocks: list[AdapterBlock] = _adapter_blocks()
     text_encoder_blocks: list[TextEncoderBlock] = _text_encoder_blocks()
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
@@ -1945,6 +1960,7 @@ class DyloraAdapter:
     loraplus_ratio: float = _loraplus_ratio("kohya networks.dylora `loraplus_lr_ratio`")
     loraplus_denoiser_ratio: float = _loraplus_denoiser_ratio()
     loraplus_text_encoder_ratio: float = _loraplus_text_encoder_ratio()
+    loraplus_zero: Literal["off", "held"] = _loraplus_zero()
     blocks: list[DyloraBlock] = option(
         factory=list,
         doc="Per-module ranks and alphas of the denoiser's DyLoRA layers ([[adapter.blocks]] tables: kohya "

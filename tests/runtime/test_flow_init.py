@@ -218,3 +218,32 @@ def test_a_kohya_flux_file_of_other_alphas_loads_as_it_is_with_init_alpha_ignore
         assert a.keys() == b.keys()
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_kohyas_max_norm_of_a_flux_file_of_other_alphas_takes_each_modules_own(tmp_path):
+    """kohya lora_flux's apply_max_norm_regularization reads each module's alpha buffer, which load_weights
+    set from the file (was DBS403 / DBS601): a fused file whose modules hold alphas 5 and 3 (the double
+    blocks' fused q/k/v 3) gives each norm module, a fused layer's parts as one and CLIP's layers too, the
+    file's alpha of its kohya module; the layers still train at the adapter's 2."""
+    from dbspec.runtime.max_norm import norm_modules
+    from dbspec.runtime.max_norm_alphas import with_file_alphas
+
+    export, _first = _export(tmp_path, "flux", True)
+    state = load_file(str(export))
+    own = {k: torch.tensor(3.0 if "_img_attn_qkv" in k else 5.0) for k in state if k.endswith(".alpha")}
+    other = tmp_path / "alphas.safetensors"
+    save_file({**state, **own}, str(other))
+    spec = _second(tmp_path, "flux", True, other)
+    text = spec.read_text().replace("init_weights =", 'init_alpha = "ignore"\nmax_norm = 0.5\ninit_weights =')
+    spec.write_text(text)
+    plan = compile_spec(spec, ["optimizer.lr=1e-2"])
+    assert plan.adapter.max_norm_alphas == {k[: -len(".alpha")]: float(v) for k, v in own.items()}
+    comps, _count = _loaded(plan)
+    plain = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
+    modules = with_file_alphas(plain, plan, comps.unet, comps.text_encoders)
+    assert {m.alpha for m in plain} == {2.0}
+    got = {m.name: (m.alpha, len(m.ups)) for m in modules}
+    assert len(modules) == len(own) and got["transformer_blocks.0.attn.to_q"] == (3.0, 3)
+    assert got["transformer_blocks.0.attn.add_q_proj"] == (5.0, 3)  # txt_attn_qkv
+    assert got["single_transformer_blocks.0.attn.to_q"] == (5.0, 4)  # linear1
+    assert {m.alpha for m in modules} == {3.0, 5.0}

@@ -136,14 +136,18 @@ def test_a_file_saved_at_another_alpha_trains_at_the_adapters_and_exports_it(tmp
     kohya's LoRAModule keeps the scale it built from network_alpha (alpha / dim) and load_weights only puts
     the file's alpha in its buffer. Step 0's layers compute base + up @ down x * alpha / rank with the file's
     tensors at the adapter's alpha (1 / 2, not the file's 4 / 2), and the export carries that alpha (kohya's
-    save_weights would write the file's 4 from the buffer)."""
+    save_weights would write the file's 4 from the buffer). kohya's max-norm reads that buffer: each module's
+    norm is taken at the file's 4 / 2 (plan.adapter.max_norm_alphas; was DBS601)."""
     export = _first_export(tmp_path)
     saved = {k: (torch.tensor(4.0) if k.endswith(".alpha") else v) for k, v in load_file(str(export)).items()}
     other = tmp_path / "alpha4.safetensors"
     save_file(saved, str(other))
-    extra = FIRST.replace("alpha = 1.0", f'alpha = 1.0\ninit_weights = "{other}"\ninit_alpha = "ignore"')
+    extra = FIRST.replace(
+        "alpha = 1.0", f'alpha = 1.0\ninit_weights = "{other}"\ninit_alpha = "ignore"\nmax_norm = 0.05'
+    )
     plan = compile_spec(write_spec(tmp_path / "second", steps=1, extra=extra), ["optimizer.lr=1e-2"])
     assert (plan.adapter.alpha, plan.adapter.init_alpha) == (1.0, "ignore")
+    assert plan.adapter.max_norm_alphas == {k[: -len(".alpha")]: 4.0 for k in saved if k.endswith(".alpha")}
 
     run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
     layers = {
@@ -169,3 +173,23 @@ def test_a_file_saved_at_another_alpha_trains_at_the_adapters_and_exports_it(tmp
     )
     alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
     assert alphas == {1.0} and state.keys() == saved.keys()
+    _max_norm_at_the_files_alphas(run, saved, limit=0.05)
+
+
+def _max_norm_at_the_files_alphas(run, saved: dict, limit: float) -> None:
+    """kohya's apply_max_norm_regularization on the loaded network: every module's update taken at its alpha
+    buffer (the file's 4) over the rank, those above `limit` scaled to it, up and down by the square root."""
+    from dbspec.runtime.max_norm import apply_max_norm, update_of
+
+    modules = run.norm_modules
+    assert len(modules) == sum(k.endswith(".alpha") for k in saved)
+    assert {(m.alpha, m.rank) for m in modules} == {(4.0, 2)}  # the layers train at 1.0
+    with torch.no_grad():
+        before = [float((4.0 / 2 * (m.ups[0].flatten(1) @ m.down.flatten(1))).norm()) for m in modules]
+    scaled, _mean, largest = apply_max_norm(modules, limit)
+    assert scaled == sum(n > limit for n in before) > 0
+    after = [float(update_of(m).norm()) for m in modules]
+    assert largest <= limit * (1 + 1e-5) and max(after) <= limit * (1 + 1e-5)
+    # at the trained alpha (1 / 2) the scaled modules sit at a quarter of the limit: kohya's buffer decided
+    for b, a in zip(before, after):
+        assert a == pytest.approx(min(b, limit), rel=1e-4)

@@ -40,6 +40,8 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["init_scale"]  # full: init_weights' diff times it, added since (1 then)
     del data["adapter"]["max_norm"]  # kohya's max-norm regularisation, added since (off then)
     del data["adapter"]["max_norm_form"]  # LyCORIS's max-norm form, added since (kohya's then)
+    del data["optimizer"]["loraplus_held"]  # LoRA+ up matrices held at ratio 0, added since (refused then)
+    del data["adapter"]["max_norm_alphas"]  # kohya's max-norm at a file's alphas, added since (refused then)
     del data["adapter"]["rank_dropout_form"]  # LyCORIS LoCon's rank dropout, added since
     del data["adapter"]["kohya_names"]  # LyCORIS's T5-XXL names in the export, added since
     del data["adapter"]["output_dropout"]  # LyCORIS LoCon's bypass dropout, added since (off then)

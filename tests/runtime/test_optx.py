@@ -87,6 +87,31 @@ def test_loraplus_puts_exactly_the_lora_b_matrices_in_their_own_groups(tmp_path)
         assert by_name[f"{side}_lora_up"]["lr"] == lr * ratio and by_name[side]["lr"] == lr
     # conv (LoCon) up matrices go with the rest of the denoiser's lora_B
     assert any("conv" in n for _, n in (named[id(p)] for p in by_name["denoiser_lora_up"]["params"]))
+    # kohya's ratio 0 (adapter.loraplus_zero "held"): the denoiser's plus group is skipped, its lora_B in
+    # no group (held_gradients keeps their gradients), the text encoder's LoRA+ as before
+    held = attrs.evolve(o, loraplus_denoiser_ratio=0.0, loraplus_held=("denoiser",))
+    groups = param_groups(unet_params, text_params, held, lora_up_ids(comps))
+    assert [g["name"] for g in groups] == ["denoiser", "text_encoder", "text_encoder_lora_up"]
+    grouped = {named[id(p)] for g in groups for p in g["params"]}
+    assert not any(s == "denoiser" and ".lora_B." in n for s, n in grouped)
+    assert {n for s, n in named.values() if s == "denoiser" and ".lora_B." not in n} == {
+        n for s, n in grouped if s == "denoiser"
+    }
+    # their gradients, which optimizer.zero_grad never clears, go into checkpoints (a resume keeps adding)
+    from types import SimpleNamespace
+
+    from dbspec.runtime.optimizer_blocks import held_gradients
+
+    for p in unet_params:
+        p.grad = torch.ones_like(p)
+    run = SimpleNamespace(
+        plan=attrs.evolve(plan, optimizer=held),
+        optimizer=SimpleNamespace(param_groups=groups),
+        idle=None,
+        comps=comps,
+    )
+    kept = held_gradients(run)
+    assert kept and set(kept) == {n for s, n in named.values() if s == "denoiser" and ".lora_B." in n}
     # without a ratio the layout is the usual one group per side
     plain = attrs.evolve(o, loraplus_denoiser_ratio=0.0, loraplus_text_encoder_ratio=0.0)
     assert [g["name"] for g in param_groups(unet_params, text_params, plain, lora_up_ids(comps))] == [
@@ -98,12 +123,16 @@ def test_loraplus_puts_exactly_the_lora_b_matrices_in_their_own_groups(tmp_path)
 def test_a_loraplus_run_trains_and_resumes_bit_exact(tmp_path):
     spec = write_spec(tmp_path, steps=4, extra=LORAPLUS)
     whole = execute(compile_spec(spec, ["output.dir=whole"]))
-    plain = execute(
-        compile_spec(
-            spec, ["output.dir=plain", "adapter.loraplus_ratio=0", "adapter.loraplus_text_encoder_ratio=0"]
-        )
+    # kohya's ratio 0 on the denoiser (loraplus_zero "held"): its up matrices stay at their init (zeros)
+    held = compile_spec(
+        spec, ["output.dir=plain", "adapter.loraplus_ratio=0", 'adapter.loraplus_zero="held"']
     )
+    assert (held.optimizer.loraplus_held, held.optimizer.loraplus_text_encoder_ratio) == (("denoiser",), 4.0)
+    plain = execute(held)
     assert whole.status == "finished" and whole.losses[1:] != plain.losses[1:]  # the up matrices moved faster
+    ups = {k: v for k, v in final_weights(plain.final).items() if k.endswith(("lora_B.weight", "up.weight"))}
+    assert ups and all(not v.any() for k, v in ups.items() if "/unet." in k)
+    assert any(v.any() for k, v in ups.items() if "/text_encoder." in k)
     plan = compile_spec(spec, ["output.dir=parts"])
     first = execute(plan, stop_after=2)
     assert first.status == "interrupted" and first.steps == 2

@@ -2,8 +2,8 @@
 LoRAModule fixes its scale from network_alpha when it is built and load_weights only overwrites the `alpha`
 buffer, so kohya trains the file's weights at network_alpha / dim. The converted spec says so
 (`adapter.init_alpha = "ignore"`), plans at the network's alpha, and warns (DBS404) that kohya's saved file
-would carry the file's alpha; a spec that does not say so is still refused (DBS356), and kohya's max-norm,
-which reads the alpha buffer, is refused with it (DBS601 / DBS403)."""
+would carry the file's alpha; a spec that does not say so is still refused (DBS356). kohya's max-norm,
+which reads the alpha buffer, takes the file's alphas (plan.adapter.max_norm_alphas; was DBS601 / DBS403)."""
 
 from __future__ import annotations
 
@@ -91,19 +91,49 @@ def test_a_spec_that_does_not_say_so_is_refused_and_one_that_does_plans(tmp_path
     assert "has rank 8" in hit.message
 
 
-def test_ignored_alphas_with_kohyas_max_norm_are_refused(tmp_path):
-    write_lora(tmp_path / "prev.safetensors", OTHER)
+def test_kohyas_max_norm_takes_the_files_alphas(tmp_path):
+    """kohya's apply_max_norm_regularization scales each update by the module's alpha buffer, which
+    load_weights set from the file (was DBS601 / DBS403): the plan carries the file's alphas by module name
+    for dbspec's max-norm while the layers train at network_alpha."""
+    write_lora(tmp_path / "prev.safetensors", {**OTHER, Q: (8, 2.0, 320, 0)})
     adapter = (
         'rank = 8\nalpha = 4.0\ninit_weights = "prev.safetensors"\ninit_alpha = "ignore"\nmax_norm = 1.0'
     )
     planned = _plan(tmp_path, adapter, "[train]\ntext_encoder = true")
-    (hit,) = [d for d in planned.diagnostics if d.code == "DBS601"]
-    assert hit.path == "adapter.init_alpha" and "max_norm = 1" in hit.message
-    # LyCORIS's max-norm takes the module's own scale: allowed
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.alpha, a.init_alpha, a.max_norm, a.max_norm_form) == (4.0, "ignore", 1.0, "kohya")
+    assert a.max_norm_alphas == {Q: 2.0, OUT: 8.0, TE: 8.0}
+    # LyCORIS's max-norm takes the module's own scale: no file alphas
     planned = _plan(tmp_path, adapter + '\nmax_norm_form = "lycoris"', "[train]\ntext_encoder = true")
-    assert not [d for d in planned.diagnostics if d.code == "DBS601"]
+    assert planned.plan is not None and planned.plan.adapter.max_norm_alphas == {}
+    # without max-norm nothing is carried
+    planned = _plan(tmp_path, adapter.replace("max_norm = 1.0", ""), "[train]\ntext_encoder = true")
+    assert planned.plan.adapter.max_norm_alphas == {}
     outcome = _convert(tmp_path, NET + " --scale_weight_norms=1")
-    assert fate(outcome, "scale_weight_norms") == "unsupported" and not outcome.written
+    assert outcome.written, outcome.diagnostics
+    assert fate(outcome, "scale_weight_norms") == "mapped" and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.alpha, a.init_alpha, a.max_norm) == (4.0, "ignore", 1.0)
+    assert a.max_norm_alphas == {Q: 2.0, OUT: 8.0, TE: 8.0}
+    assert "the starting file's alphas (3)" in dict(adapter_rows(a))["  max norm"]
+    assert "is 8, not the network's 4" in messages(outcome, "DBS404")
+
+
+def test_a_file_at_the_networks_alpha_carries_its_exact_values(tmp_path):
+    """With the file's alphas the network's ("match", checked to 1e-3) kohya's max-norm still reads the
+    buffer: the file's exact value (0.3 stored in fp16 is 0.2998...), not network_alpha's."""
+    import numpy as np
+
+    write_lora(tmp_path / "prev.safetensors", {Q: (8, 0.3, 320, 0)})
+    outcome = _convert(
+        tmp_path,
+        "--network_dim=8 --network_alpha=0.3 --network_weights=prev.safetensors --scale_weight_norms=1",
+    )
+    assert fate(outcome, "scale_weight_norms") == "mapped", outcome.diagnostics
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.alpha, a.init_alpha) == (0.3, "match")
+    assert a.max_norm_alphas == {Q: float(np.float16(0.3))} and a.max_norm_alphas[Q] != 0.3
 
 
 def test_a_lora_flux_file_of_other_alphas_trains_at_network_alpha(tmp_path):

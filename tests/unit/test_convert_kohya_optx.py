@@ -78,10 +78,11 @@ def test_loraplus_network_args_convert_to_the_plans_ratios(tmp_path, args):
         assert fate(outcome, "network_args") == "mapped"
 
 
-def test_a_zero_loraplus_ratio_is_unsupported(tmp_path):
-    """kohya gives the "plus" group lr 0 x ratio and skips it, so its lora_up never trains."""
+def test_a_zero_loraplus_ratio_holds_the_up_matrices(tmp_path):
+    """kohya gives the "plus" group lr x 0 and skips it, so its lora_up stays out of the optimizer (was
+    DBS403): `loraplus_zero = "held"` (tests/unit/test_convert_kohya_loraplus_zero.py)."""
     images(tmp_path / "d" / "1_a", 1, (512, 512))
     outcome = kohya(
         tmp_path, command=f'{LORA} --train_data_dir d --resolution 512 --network_args "loraplus_lr_ratio=0"'
     )
-    assert fate(outcome, "network_args") == "unsupported" and "untrained" in messages(outcome, "DBS403")
+    assert fate(outcome, "network_args") == "mapped" and 'loraplus_zero = "held"' in outcome.text

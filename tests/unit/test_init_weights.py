@@ -140,14 +140,6 @@ def test_dim_from_weights_with_per_layer_ranks_builds_each_at_its_rank(tmp_path)
     assert a.init_layers == 3 and a.init_partial
 
 
-def test_dim_from_weights_with_block_lr_weights_is_unsupported(tmp_path):
-    write_lora(tmp_path / "prev.safetensors", MODULES)
-    outcome = _convert(
-        tmp_path, '--network_weights=prev.safetensors --dim_from_weights --network_args "down_lr_weight=sine"'
-    )
-    assert not outcome.written and fate(outcome, "network_args") == "unsupported"
-
-
 def _plan(tmp_path: Path, adapter: str, train: str = "", base: str = SD15, kind: str = "lora"):
     (tmp_path / "img").mkdir(exist_ok=True)
     images(tmp_path / "img", 1, (512, 512))

@@ -12,7 +12,9 @@ reads alpha / dim from it and applies the update at another strength than the ru
 dbspec trains as kohya does (the file's alphas unread, every layer at the adapter's alpha) and its exports
 carry the alpha it trained at, so they load at the trained strength; the difference in the saved file is said
 here (DBS404). Where every alpha of the file is the run's, the two agree and nothing is set. A file not
-readable here is left to the plan (DBS356 names the first alpha that differs and this setting)."""
+readable here is left to the plan (DBS356 names the first alpha that differs and this setting). kohya's
+max-norm (`--scale_weight_norms`) takes each update at the alpha buffer, the file's: the plan gives dbspec's
+max-norm the file's alphas (plan.adapter.max_norm_alphas; was DBS403)."""
 
 from __future__ import annotations
 
@@ -60,16 +62,9 @@ def map_file_alphas(a: dict[str, Legacy], paths, conv: Conversion) -> None:
     )
     if other is None:
         return
-    norms = a["scale_weight_norms"] if "scale_weight_norms" in a else None
     module = "DyLoRAModule" if a["network_module"].value == "networks.dylora" else "LoRAModule"
-    # apply_max_norm_regularization reads the alpha buffer (DBS601); DyLoRANetwork has none (DBS405 there)
-    if norms is not None and norms.value and module == "LoRAModule":
-        conv.unsupported(
-            norms,
-            f"`{paths.name_of(weights.value)}` holds `{other.name}.alpha` = {other.alpha:g}, not the "
-            "network's: kohya's max-norm takes each update at the alpha buffer load_weights set from the "
-            "file while the module trains at network_alpha's scale, which dbspec's max-norm does not mix",
-        )
+    # --scale_weight_norms: apply_max_norm_regularization reads each module's alpha buffer, the file's; the
+    # plan carries those (plan.adapter.max_norm_alphas, compiler/init_weights.py); DyLoRANetwork has none
     key = ("adapter", "conv_alpha" if other.conv else "alpha")
     trained = float(conv.values[key][0]) if key in conv.values else sorted(convolution or linear)[0]
     conv.put(

@@ -161,26 +161,40 @@ def denoiser_names(file: LoraFile, original_names: bool = False) -> list[tuple[L
     return out
 
 
-def sd_blocks(file: LoraFile, original_names: bool = False, dora: frozenset[str] = frozenset()) -> list[dict]:
+def sd_blocks(
+    file: LoraFile,
+    original_names: bool = False,
+    dora: frozenset[str] = frozenset(),
+    lr_weights: list[float] | None = None,
+) -> list[dict]:
     """networks.lora: blocks naming the file's denoiser modules at their (rank, alpha), linears at `rank` /
     `alpha`, 3x3 convolutions at `conv_rank` / `conv_alpha` (rank 0), each `_` matching `.` or `_` (the
     modules that share a tail after their last index together), then a rank-0 block for the modules the file
     lacks. kohya's names are diffusers' paths with `.` written `_` (SD 1.x / 2.x) or, `original_names` (SDXL),
     the original U-Net layout's, read back onto diffusers' (dbspec.unet_layout); ValueError for a name
     outside it. `dora`: the modules holding a `dora_scale` where others do not (LyCORIS's
-    make_module_from_state_dict builds those with weight_decompose): their blocks' dora "on"."""
-    groups: dict[tuple[bool, Pair, bool], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    make_module_from_state_dict builds those with weight_decompose): their blocks' dora "on". `lr_weights`:
+    networks.lora's block learning-rate weights by kohya block index (blocks.block_lr_weights), which
+    create_network_from_weights sets on the network: each module's block trains at the rate times its
+    weight (`lr_scale`; at 0 kohya skips the group, dbspec holds the modules: lr_scale 0), one entry per
+    block at least (its `index`, kohya's group of the block: the caller pops it)."""
+    groups: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for module, name in denoiser_names(file, original_names):
         head, tail = _split(name)
         pair, on = pair_of(module), module.name in dora
+        index = kohya_block_index(module.name, original_names) if lr_weights else None
         key = next(
-            (k for k in groups if k[0] == module.conv and _same(k[1], pair) and k[2] == on),
-            (module.conv, pair, on),
+            (k for k in groups if k[0] == module.conv and _same(k[1], pair) and k[2] == on and k[3] == index),
+            (module.conv, pair, on, index),
         )
         groups[key][_loose(head)].append(tail)
     out = []
-    for (conv, (rank, alpha), on), heads in groups.items():
-        own = {"dora": "on"} if on else {}
+    for (conv, (rank, alpha), on, index), heads in groups.items():
+        own: dict = {"dora": "on"} if on else {}
+        if index is not None:  # kohya's block (its optimizer group) and its weight
+            own["index"] = index
+            if lr_weights[index] != 1.0:
+                own["lr_scale"] = lr_weights[index]
         for pattern in _named(heads):
             if conv:
                 out.append(
@@ -197,6 +211,30 @@ def sd_blocks(file: LoraFile, original_names: bool = False, dora: frozenset[str]
                 out.append({"pattern": pattern, "rank": rank, "alpha": alpha, **own})
     out.append({"pattern": "^", "rank": 0, "alpha": 1.0})
     return out
+
+
+_UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
+
+
+def kohya_block_index(lora_name: str, sdxl: bool) -> int:
+    """networks/lora.py get_block_index: the block of a kohya U-Net module name, -1 for none (whose weight
+    get_lr_weight then reads from the list's end, as Python indexes it)."""
+    if not sdxl:
+        m = _UPDOWN.search(lora_name)
+        if m:
+            side, i, kind, j = m.groups()
+            idx = 3 * int(i) + (2 if kind in ("upsamplers", "downsamplers") else int(j))
+            return 1 + idx if side == "down" else 12 + 1 + idx
+        return 12 if "mid_block_" in lora_name else -1
+    name = lora_name.removeprefix("lora_unet_") if lora_name.startswith("lora_unet_") else None
+    if name is None:
+        return -1
+    for start, base in (("input_blocks_", 1), ("middle_block_", 10), ("output_blocks_", 13)):
+        if name.startswith(start):
+            return base + int(name.split("_")[2])
+    if name.startswith(("time_embed_", "label_emb_")):
+        return 0
+    return 22 if name.startswith("out_") else -1
 
 
 # networks.lora's text-encoder prefixes (one encoder; SDXL's two) -> the plan's component

@@ -83,7 +83,7 @@ def kohya_groups(
     if script == "flux_train_network" and a["network_module"].value == "networks.oft_flux":
         return [("unet", ("denoiser",))], ""  # OFTNetwork: the transformer's one group (oft_flux.py)
     if script in ("train_network", "sdxl_train_network") or lycoris_flow:  # LyCORIS's order on Flux, SD3 too
-        return _networks_lora(a, written, script == "sdxl_train_network", split)
+        return _networks_lora(a, written, script == "sdxl_train_network", split, facts or {})
     if script in ("flux_train_network", "sd3_train_network"):
         return _lora_flow(a, script, written, facts or {}, split)
     return [], f"kohya's optimizer groups for {script}.py are not derived here"
@@ -140,7 +140,7 @@ def _block_lr(value: str) -> list[tuple[str, tuple[str, ...]]] | None:
 
 
 def _networks_lora(
-    a: Args, written: dict, sdxl: bool, split: bool = False
+    a: Args, written: dict, sdxl: bool, split: bool = False, facts: dict | None = None
 ) -> tuple[list[tuple[str, tuple[str, ...]]], str]:
     module = a["network_module"].value
     if module not in (
@@ -160,6 +160,12 @@ def _networks_lora(
     text_layers = True
     if module == "networks.dylora":  # its create_network reads no block lr weights
         kwargs = {k: v for k, v in kwargs.items() if k not in _BLOCK_WEIGHTS}
+    present = None  # the kohya blocks holding a module: create_network's (dims), or the file's
+    if module == "networks.lora" and _from_weights(a):
+        # create_network_from_weights reads only the block lr weights (no LoRA+), its modules the file's
+        kwargs = dict((facts or {}).get("from_weights_block_lr", {}))
+        unet_ratio = text_ratio = None
+        present = set((facts or {}).get("kohya_file_block_entries", {}))
     if module == "lycoris.kohya":
         if kwargs.get("algo", "lora").lower() not in ("lora", "locon"):
             unet_ratio = text_ratio = None  # no `lora_up` parameter: the plus groups stay empty (skipped)
@@ -177,7 +183,7 @@ def _networks_lora(
             groups.append(("textencoder plus", ("text_encoder_lora_up",)))
     if not a["network_train_text_encoder_only"].value and unet_rate:
         if any(k in kwargs for k in _BLOCK_WEIGHTS):
-            blocks, why = _weighted_blocks(a, kwargs, sdxl)
+            blocks, why = _weighted_blocks(a, kwargs, sdxl, present)
             if not blocks:
                 return [], why
             for index, scale in blocks:
@@ -393,13 +399,16 @@ _SDXL_LAYOUT = {
 }
 
 
-def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[tuple[int, float]], str]:
+def _weighted_blocks(
+    a: Args, kwargs: dict[str, str], sdxl: bool, present: set[int] | None = None
+) -> tuple[list[tuple[int, float]], str]:
     """networks.lora with down/mid/up_lr_weight: (block index, lr weight) of each kohya group, in kohya's
     order: `block_idx_to_lora` fills in the order create_modules meets the modules, named_modules of kohya's
     U-Net: SD 1.x/2.x (library/original_unet.py registers mid_block after up_blocks) the down blocks, the up
     blocks, then the mid block; SDXL (sdxl_original_unet.py) input, middle, output blocks. A block has a
-    group where it holds a LoRA module: its weight not 0 (kohya removes the block's dims) and a target with
-    a rank above 0."""
+    group where it holds a LoRA module: its weight not 0 (kohya removes the block's dims; built from a file,
+    assemble_params skips the group at rate 0) and a target with a rank above 0, or (`present`, kohya
+    --dim_from_weights) a module of the file."""
     from dbspec.convert.kohya.blocks import SD_BLOCKS, block_list, block_lr_weights
 
     rest = dict(kwargs)
@@ -431,6 +440,8 @@ def _weighted_blocks(a: Args, kwargs: dict[str, str], sdxl: bool) -> tuple[list[
         has = ("attn" in held and dim > 0) or (
             convs and (("res" in held and (dim > 0 or conv_dim > 0)) or ("sampler" in held and conv_dim > 0))
         )
+        if present is not None:
+            has = index in present
         if has:
             blocks.append((index, weights[index]))
     return blocks, ""
@@ -503,15 +514,21 @@ def _reg_units(name: str, reg: dict | None, rate: float) -> list[tuple[str, str]
     return [(name, "")] if rate else []
 
 
+def _from_weights(a: Args) -> bool:
+    """kohya --dim_from_weights: the network built from --network_weights (create_network_from_weights)."""
+    return bool("dim_from_weights" in a and a["dim_from_weights"].value and a["network_weights"].value)
+
+
 def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
     return written[path][0] if path in written else default
 
 
 def _ratios(kwargs: dict[str, str]) -> tuple[float | None, float | None]:
-    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`)."""
+    """LoRA+'s (U-Net, text encoder) ratios as kohya's networks take them (`specific or general`), None where
+    there is no plus group: a ratio 0 makes its rate 0, which assemble_params skips."""
     general = _ratio(kwargs, "loraplus_lr_ratio")
     unet = _ratio(kwargs, "loraplus_unet_lr_ratio") or general
-    return unet, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general
+    return unet or None, _ratio(kwargs, "loraplus_text_encoder_lr_ratio") or general or None
 
 
 def _ratio(kwargs: dict[str, str], key: str) -> float | None:
@@ -612,6 +629,13 @@ def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> Non
     if not any(k in kwargs for k in _BLOCK_WEIGHTS):
         return
     sdxl = script == "sdxl_train_network"
+    if module == "networks.lora" and _from_weights(a):  # the file's blocks, each entry in its kohya block
+        files = conv.facts.get("kohya_file_block_entries", {})
+        for index, entries in sorted(files.items()):
+            for entry in entries:  # a block at weight 0 is in no group (held, lr_scale 0)
+                if conv.values.get(("adapter", "blocks", entry, "lr_scale"), (1.0, ""))[0]:
+                    conv.put(("adapter", "blocks", entry, "group"), f"unet_block{index}", note)
+        return
     blocks, _ = _weighted_blocks(a, kwargs, sdxl)
     entries = conv.facts.get("kohya_block_entries", {})
     count = sum(1 for path in conv.values if path[:2] == ("adapter", "blocks") and path[3:] == ("pattern",))

@@ -379,8 +379,9 @@ def _lycoris_from_weights_args(a: Args, conv: Conversion) -> Args:
 
 def _from_weights_args(a: Args, conv: Conversion) -> Args:
     """networks.lora with --dim_from_weights: train_network.py hands network_args to
-    create_network_from_weights, which reads only the block learning-rate weights (parse_block_lr_kwargs),
-    and passes --network_dropout only to create_network: the rest is ignored (DBS405)."""
+    create_network_from_weights, which reads only the block learning-rate weights (parse_block_lr_kwargs;
+    kept in conv.facts for network.py, was DBS403), and passes --network_dropout only to create_network: the
+    rest is ignored (DBS405)."""
     args, dropout = a["network_args"], a["network_dropout"]
     kwargs, _problems = parse_network_args(args.value or [])
     kept = [item for item in (args.value or []) if item.split("=", 1)[0].strip() in _FROM_WEIGHTS_READS]
@@ -398,15 +399,11 @@ def _from_weights_args(a: Args, conv: Conversion) -> Args:
                 "learning-rate weights (down/mid/up_lr_weight)",
             )
     if kept:
-        conv.unsupported(
-            args,
-            "block learning-rate weights with --dim_from_weights (the network built from the file's "
-            "modules) are not expressed",
-        )
-    out = {
-        **a,
-        "network_args": Legacy(key=args.key, value=kept or None, source=args.source if kept else "default"),
-    }
+        # set_block_lr_weight on the network built from the file: each file module's block trains at the rate
+        # times its weight (network.py _from_weights_block_lr: [[adapter.blocks]] lr_scale per block)
+        conv.facts["from_weights_block_lr"] = {k: v for k, v in kwargs.items() if k in _FROM_WEIGHTS_READS}
+        conv.record(args, "mapped", "adapter.blocks lr_scale")
+    out = {**a, "network_args": Legacy(key=args.key, value=None, source="default")}
     if dropout.value:
         conv.ignored(dropout, "with --dim_from_weights train_network.py passes it to no network")
         out["network_dropout"] = Legacy(key=dropout.key, value=None, source="default")

@@ -21,7 +21,7 @@ from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.init_file import other_axis_doras
 from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
-from dbspec.convert.kohya.blocks import kohya_blocks, kohya_conv
+from dbspec.convert.kohya.blocks import block_lr_weights, kohya_blocks, kohya_conv
 from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
 from dbspec.convert.kohya.file_alpha import map_file_alphas
@@ -1308,6 +1308,22 @@ def _from_weights_ranks(file) -> dict[str, tuple[int, float]]:
     return out
 
 
+def _from_weights_block_lr(a: dict[str, Legacy], conv: Conversion, original_names: bool):
+    """networks.lora's block learning-rate weights with --dim_from_weights (model.py _from_weights_args keeps
+    them in conv.facts): create_network_from_weights reads them (parse_block_lr_kwargs) and sets them on the
+    network built from the file, so each file module trains at the rate times its block's weight. [] without
+    them; False after reporting a preset kohya does not know (it crashes)."""
+    kwargs = conv.facts.get("from_weights_block_lr")
+    if not kwargs or a["network_module"].value != "networks.lora":
+        return []
+    try:
+        return block_lr_weights(dict(kwargs), original_names) or []
+    except ValueError as exc:
+        args = a["network_args"]
+        conv.invalid(args.key, args.value, args.source, str(exc))
+        return False
+
+
 def map_network_weights(
     a: dict[str, Legacy], paths, conv: Conversion, original_names: bool = False, flow: bool = False
 ) -> None:
@@ -1394,7 +1410,10 @@ def map_network_weights(
             raise ValueError(dora)
         some = dora if isinstance(dora, frozenset) else frozenset()  # the blocks' own dora
         ranks = _from_weights_ranks(file)
-        blocks = sd_blocks(file, original_names, some)
+        weights_by_block = _from_weights_block_lr(a, conv, original_names)
+        if weights_by_block is False:
+            return
+        blocks = sd_blocks(file, original_names, some, weights_by_block or None)
     except (ModelFileError, ValueError, OSError) as exc:
         if not report_weights(weights, local, exc, "--dim_from_weights reads the ranks from this file", conv):
             conv.unsupported(from_file, f"the ranks come from `{weights.value}`, which cannot be used: {exc}")
@@ -1462,9 +1481,14 @@ def map_network_weights(
         if convs:
             conv.put(("adapter", "conv_targets"), [*KOHYA_CONV_TARGETS, *convs], note)
     conv.put(("adapter", "denoiser_targets"), targets, note)
-    # the file's modules at their ranks, none elsewhere (create_network_from_weights)
+    # the file's modules at their ranks, none elsewhere (create_network_from_weights); with block lr
+    # weights each kohya block's own entries (group_lists: kohya's group per block, in its order)
     for index, block in enumerate(blocks):
         why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
+        kohya_index = block.pop("index", None)
+        if kohya_index is not None:
+            conv.facts.setdefault("kohya_file_block_entries", {}).setdefault(kohya_index, []).append(index)
+            why += f" and kohya block {kohya_index}'s lr weight"
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, why)
     # text-encoder modules at several ranks, or not every layer's: kohya builds none where the file has none
