@@ -710,6 +710,15 @@ class TextEncoderBlock:
         minimum=0,
         example=1e-4,
     )
+    group: str = option(
+        "",
+        doc="An optimizer group of their own for the matched adapters, at the same rate, as "
+        "`[[adapter.blocks]]` `group`: the name of the group they would train in (`text_encoder_lr<lr>`, "
+        "`text_encoder_2_x<lr_scale>`, ...) followed by `_<group>`, e.g. `text_encoder_lr0.0002_reg_lr_0`, "
+        "which schedule.base_lr / max_lr tables name to give it bounds of its own (kohya Flux "
+        "`network_reg_lrs` regexes at one rate, each its own group). Empty: no group of their own.",
+        example="reg_lr_0",
+    )
 
 
 def _adapter_blocks():
