@@ -208,8 +208,10 @@ trains (kohya networks.lora_fa's text-encoder group at `text_encoder_lr 0`, whic
 It needs the part to train (`optimizer.lr = 0` with `train.denoiser = false` has no meaning: give the text
 encoder its rate with `optimizer.text_encoder_lr`), another part training at a positive rate (or, for the
 denoiser with no text encoder training, `optimizer.denoiser_at_zero = "keep"` and a schedule that lifts it:
-it trains on that schedule alone, as kohya train_db.py's U-Net does), and an optimizer that holds a group
-at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
+it trains on that schedule alone, as kohya train_db.py's U-Net does; with the text encoders at rate 0 too, a
+schedule that lifts one of them, each lifted part kept by `denoiser_at_zero` / `text_encoder_at_zero`, as
+train_db.py's groups at `learning_rate 0` with `learning_rate_te 0` or none), and an optimizer that holds
+a group at rate 0. Refused: D-Adaptation's classes but DAdaptLion and Prodigy raise
 ValueError for lr 0 as kohya builds them (`lr=learning_rate`, the denoiser's rate), and Prodigy's step also
 applies the decoupled weight decay (and, with betas[0] = 0, the gradient) to every group at d x the largest
 rate; DAdaptLion accepts a group at rate 0 but steps every group at d x the largest rate (the part would
@@ -3105,8 +3107,8 @@ starts: the entry just adapts nothing.""",
         """\
 `optimizer.text_encoder_at_zero` says what a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0
 beside a training denoiser is, `optimizer.denoiser_at_zero` what the denoiser at `lr` 0 beside a training
-text encoder is. Here no such part is at rate 0 (no training text encoder at rate 0, or the denoiser at 0
-too; `lr` above 0, or `train.denoiser = false`), so the setting changes nothing.""",
+text encoder is. Here no such part is at rate 0 (no training text encoder at rate 0; `lr` above 0, or
+`train.denoiser = false`), so the setting changes nothing.""",
         help="remove the setting",
     ),
     Code(

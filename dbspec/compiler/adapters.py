@@ -161,6 +161,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 alpha=b.alpha,
                 lr_scale=b.lr_scale,
                 lr=b.lr,
+                group=b.group,
                 factor=b.factor,
                 **_block_switches(b, adapter),
                 scalar=_block_scalar(b, adapter),

@@ -56,7 +56,7 @@ from dbspec.compiler.rules import (
     mixed_kinds_family,
     dadapt_group_rates,
     hit_to_diagnostic,
-    kept_part_moves,
+    kept_parts_move,
     run_environment_rules,
     run_plan_rules,
     steps_known,
@@ -597,7 +597,7 @@ def logging_plan(spec: Spec, out: Path) -> LoggingPlan:
 def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
     """The optimizer's settings as the plan records them (`given`: whether the spec gives a key)."""
     o = spec.optimizer
-    moves = kept_part_moves(spec, given)  # a part kept at rate 0 that nothing moves is held
+    denoiser_moves, text_moves = kept_parts_move(spec, given)  # a kept part nothing moves is held
     named = table_names(spec.schedule)
     second = _second_text_encoder_lr(o, model, _second_trains(spec, model), "text_encoder_2" in named)
     return OptimizerPlan(
@@ -615,8 +615,8 @@ def optimizer_plan(spec: Spec, model, given) -> OptimizerPlan:
         loraplus_text_encoder_ratio=_loraplus(spec, "loraplus_text_encoder_ratio"),
         loraplus_held=_loraplus_held(spec),
         max_grad_norm=o.max_grad_norm,
-        text_encoder_at_zero=o.text_encoder_at_zero if moves and o.lr else "hold",
-        denoiser_at_zero=o.denoiser_at_zero if moves and not o.lr else "hold",
+        text_encoder_at_zero=o.text_encoder_at_zero if text_moves else "hold",
+        denoiser_at_zero=o.denoiser_at_zero if denoiser_moves else "hold",
         group_order=o.group_order,
         clip_mode=o.clip_mode,
         dadapt=dadapt_plan(o),

@@ -1407,7 +1407,8 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
     text_encoder_lr (text_encoder_2_lr) = 0 (kohya networks.lora_fa's text-encoder group at rate 0, which it
     keeps in the optimizer). DBS229 warns of the cost; DBS200 refuses it where that cannot hold, unless
     optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" lets the optimizer and schedule move it as
-    kohya's do (DBS606 says how)."""
+    kohya's do (DBS606 says how): both at rate 0 too (train_db.py's learning_rate 0 with learning_rate_te 0,
+    or none: its groups at 0 under a schedule that lifts them), each part kept or held on its own."""
     o, t = spec.optimizer, spec.train
     texts = _text_rates(spec, given)
     held_texts = [name for name, rate in texts if rate == 0]
@@ -1419,7 +1420,7 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             return
     where = ("optimizer", "lr") if o.lr == 0 else _rate_path(given, held_texts[0])
     moving = (t.denoiser and o.lr > 0) or any(rate > 0 for _, rate in texts) or _kept_alone(spec)
-    if not moving:
+    if not moving and not _lifted_at_zero(spec, given):
         yield _err(
             "DBS200",
             where,
@@ -1428,50 +1429,74 @@ def held_at_rate_zero(spec: Spec, given: Given) -> Iterator[Hit]:
             "give the text encoder a rate above 0, or train the denoiser",
         )
         return
-    moved = _kept_moves(spec, given, where)
+    moved = _kept_moves(spec, given)
     if isinstance(moved, Hit):
         yield moved
         return
+    denoiser_moved, text_moved = moved
     if o.lr == 0:
         yield (
-            _kept_warning(("optimizer", "lr"), "optimizer.lr", "the denoiser", "denoiser_at_zero", moved)
-            if moved
+            _kept_warning(
+                ("optimizer", "lr"), "optimizer.lr", "the denoiser", "denoiser_at_zero", denoiser_moved
+            )
+            if denoiser_moved
             else _held_warning(spec, ("optimizer", "lr"), "the denoiser", "the text encoder's", "denoiser")
         )
     if held_texts:
         part = "the text encoders" if len(held_texts) > 1 else _HELD_TEXT[held_texts[0]]
-        other = "the denoiser's" if t.denoiser and o.lr else "the other text encoder's"
+        other = "the denoiser's" if t.denoiser else "the other text encoder's"
         flag = "text_encoder_2" if held_texts == ["text_encoder_2_lr"] else "text_encoder"
         path = _rate_path(given, held_texts[0])
         key = f"optimizer.{held_texts[0]}"
         yield (
-            _kept_warning(path, key, part, "text_encoder_at_zero", moved)
-            if moved and o.lr
+            _kept_warning(path, key, part, "text_encoder_at_zero", text_moved)
+            if text_moved
             else _held_warning(spec, path, part, other, flag)
         )
 
 
-def _kept_moves(spec: Spec, given: Given, where: KeyPath) -> list[str] | Hit:
-    """Why the optimizer and schedule move the part held at rate 0 (the denoiser at optimizer.lr = 0, else
-    the text encoders at theirs) that optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" keeps, []
-    where they hold it still, or the DBS200 refusal: they move a part not kept, the class stops at rate 0
-    (kohya's run stops too), or, for a text encoder, dbspec's group order would change the run (kohya's
-    networks.lora_fa puts the text encoder's group first; train_db.py, like dbspec, the U-Net's)."""
-    o, denoiser = spec.optimizer, spec.optimizer.lr == 0
-    option = "denoiser_at_zero" if denoiser else "text_encoder_at_zero"
-    keep = getattr(o, option) == "keep"
+def _kept_moves(spec: Spec, given: Given) -> tuple[list[str], list[str]] | Hit:
+    """Why the optimizer and schedule move each part held at rate 0 that optimizer.denoiser_at_zero
+    (text_encoder_at_zero) = "keep" keeps: (the denoiser's at optimizer.lr = 0, the text encoders' at
+    theirs), [] where they hold it still, or the first part's DBS200 refusal (_part_moves)."""
+    o = spec.optimizer
     held = [name for name, rate in _text_rates(spec, given) if rate == 0]
-    key = "optimizer.lr" if denoiser else f"optimizer.{held[0]}"
+    denoiser: list[str] | Hit = []
+    if o.lr == 0:
+        fix = "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
+        denoiser = _part_moves(
+            spec, "denoiser_at_zero", "optimizer.lr", ["denoiser"], ("optimizer", "lr"), fix
+        )
+    if isinstance(denoiser, Hit):
+        return denoiser
+    text: list[str] | Hit = []
+    if held:
+        fix = f"set optimizer.{held[0]} > 0, or train.text_encoder = false"
+        where = _rate_path(given, held[0])
+        key, groups = f"optimizer.{held[0]}", _held_groups(spec, given)
+        text = _part_moves(spec, "text_encoder_at_zero", key, groups, where, fix)
+    if isinstance(text, Hit):
+        return text
+    return denoiser, text
+
+
+def _part_moves(
+    spec: Spec, option: str, key: str, groups: list[str], where: KeyPath, fix: str
+) -> list[str] | Hit:
+    """Why the optimizer and schedule move a part at rate 0 (`key`, its optimizer `groups`; `option`: the
+    denoiser_at_zero or text_encoder_at_zero that keeps it), [] where they hold it still, or the DBS200
+    refusal: they move it and it is not kept, the class stops at rate 0 (kohya's run stops too), or, for a
+    text encoder beside a denoiser at a positive rate, dbspec's group order would change the run (kohya's
+    networks.lora_fa puts the text encoder's group first; train_db.py, like dbspec, the U-Net's)."""
+    o = spec.optimizer
+    built_at_zero = o.lr == 0  # the class is built with lr=optimizer.lr (kohya's lr=learning_rate)
+    denoiser = option == "denoiser_at_zero"
+    keep = getattr(o, option) == "keep"
     text = "the denoiser" if denoiser else "the text encoder"
-    fix = (
-        "set optimizer.lr > 0, or train.denoiser = false with optimizer.text_encoder_lr"
-        if denoiser
-        else f"set optimizer.{held[0]} > 0, or train.text_encoder = false"
-    )
     moved = []
-    own = _rate_zero_moves_or_stops(o, built_at_zero=denoiser)
-    reordered = not denoiser and o.kind in ORDER_DEPENDENT and not _kept_in_kohya_order(o)
-    if own and keep and not reordered and not _stops_at_zero(o, built_at_zero=denoiser):
+    own = _rate_zero_moves_or_stops(o, built_at_zero=built_at_zero)
+    reordered = not built_at_zero and o.kind in ORDER_DEPENDENT and not _kept_in_kohya_order(o)
+    if own and keep and not reordered and not _stops_at_zero(o, built_at_zero=built_at_zero):
         moved.append(own)
     elif own:
         order = (
@@ -1486,8 +1511,7 @@ def _kept_moves(spec: Spec, given: Given, where: KeyPath) -> list[str] | Hit:
             else ""
         )
         return _err("DBS200", where, f"{key} is 0 with kind = {o.kind!r}: {own}{order}", fix)
-    texts = _held_groups(spec, given)
-    lifted = schedule_lifts_zero(spec.schedule, ["denoiser"] if denoiser else texts)
+    lifted = schedule_lifts_zero(spec.schedule, groups)
     if lifted and keep:
         moved.append(lifted)
     elif lifted:
@@ -1497,24 +1521,32 @@ def _kept_moves(spec: Spec, given: Given, where: KeyPath) -> list[str] | Hit:
             f"{key} is 0 with {lifted}: {text} would move",
             f'{fix}, or optimizer.{option} = "keep" to let it move',
         )
-    lifted = schedule_lifts_zero(spec.schedule, texts) if denoiser else ""
-    if lifted:  # a text encoder held beside the denoiser at 0: text_encoder_at_zero keeps none
-        where = _rate_path(given, held[0])
-        return _err("DBS200", where, f"optimizer.{held[0]} is 0 with {lifted}: it would move", fix)
     return moved
 
 
-def kept_part_moves(spec: Spec, given: Given) -> bool:
-    """Whether the part at rate 0 that optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" keeps is
-    moved by the optimizer or schedule (DBS606): the plan records "keep" only then, a kept group nothing
-    moves being a held one (DBS229)."""
+def _lifted_at_zero(spec: Spec, given: Given) -> bool:
+    """The denoiser at optimizer.lr = 0 beside text encoders all at rate 0 (kohya train_db.py's groups at
+    learning_rate 0, learning_rate_te 0 or none), and a schedule that lifts one of them off 0: something
+    trains (on the schedule, where denoiser_at_zero / text_encoder_at_zero = "keep" let it, _kept_moves)."""
+    return spec.optimizer.lr == 0 and bool(
+        schedule_lifts_zero(spec.schedule, ["denoiser"])
+        or schedule_lifts_zero(spec.schedule, _held_groups(spec, given))
+    )
+
+
+def kept_parts_move(spec: Spec, given: Given) -> tuple[bool, bool]:
+    """Whether the optimizer or schedule moves the denoiser at rate 0, and the text encoders at theirs, that
+    optimizer.denoiser_at_zero (text_encoder_at_zero) = "keep" keeps (DBS606): the plan records "keep" only
+    then, a kept group nothing moves being a held one (DBS229)."""
     o = spec.optimizer
     if o.lr == 0 and not spec.train.denoiser:
-        return False
+        return False, False
     if o.lr != 0 and not any(rate == 0 for _, rate in _text_rates(spec, given)):
-        return False
-    moved = _kept_moves(spec, given, ("optimizer", "lr"))
-    return isinstance(moved, list) and bool(moved)
+        return False, False
+    moved = _kept_moves(spec, given)
+    if isinstance(moved, Hit):
+        return False, False
+    return bool(moved[0]), bool(moved[1])
 
 
 def _stops_at_zero(o: Optimizer, built_at_zero: bool) -> bool:
@@ -1578,21 +1610,20 @@ def group_order_with_split(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def at_zero_inert(spec: Spec, given: Given) -> Iterator[Hit]:
     """optimizer.denoiser_at_zero given with the denoiser not held at optimizer.lr = 0 beside a text encoder
-    at a positive rate, or optimizer.text_encoder_at_zero with no training text encoder at rate 0 beside a
-    denoiser at a positive rate: it changes nothing (DBS608)."""
+    at a positive rate, or optimizer.text_encoder_at_zero with no training text encoder at rate 0: it changes
+    nothing (DBS608)."""
     o = spec.optimizer
-    held_text = o.lr != 0 and any(rate == 0 for _, rate in _text_rates(spec, given))
+    held_text = any(rate == 0 for _, rate in _text_rates(spec, given))
     held_denoiser = o.lr == 0 and spec.train.denoiser
     for option, held, why in (
-        ("text_encoder_at_zero", held_text, "optimizer.lr is 0 too" if o.lr == 0 else ""),
+        ("text_encoder_at_zero", held_text, "no training text encoder is at rate 0"),
         ("denoiser_at_zero", held_denoiser, "optimizer.lr is not 0" if o.lr else "train.denoiser is false"),
     ):
         if given(("optimizer", option)) and not held:
             yield _warn(
                 "DBS608",
                 ("optimizer", option),
-                f"optimizer.{option} = {getattr(o, option)!r} changes nothing: "
-                f"{why or 'no training text encoder is at rate 0'}",
+                f"optimizer.{option} = {getattr(o, option)!r} changes nothing: {why}",
                 codes.help("DBS608"),
             )
 
@@ -1632,15 +1663,16 @@ def _denoiser_at_zero_refused(spec: Spec, given: Given, texts: list[tuple[str, f
                 else "set optimizer.lr > 0, or train a text encoder at optimizer.text_encoder_lr"
             ),
         )
-    elif not any(rate > 0 for _, rate in texts):
+    elif not any(rate > 0 for _, rate in texts) and not _lifted_at_zero(spec, given):
         name = texts[0][0] if texts else "text_encoder_lr"
         yield _err(
             "DBS200",
             ("optimizer", name) if given(("optimizer", name)) else where,
             f"optimizer.lr is 0 and optimizer.{name} is 0"
             + ("" if given(("optimizer", name)) else " (it defaults to lr)")
-            + ": the text encoder would not train either",
-            f"set optimizer.{name} > 0",
+            + ": the text encoder would not train either, and no schedule lifts either off rate 0",
+            f"set optimizer.{name} > 0 (or, as kohya train_db.py's groups at learning_rate 0, a schedule "
+            'that lifts them with optimizer.denoiser_at_zero and text_encoder_at_zero = "keep")',
         )
 
 

@@ -738,6 +738,15 @@ class TextEncoderBlock:
         minimum=0,
         example=1e-4,
     )
+    group: str = option(
+        "",
+        doc="An optimizer group of their own for the matched adapters, at the same rate, as "
+        "`[[adapter.blocks]]` `group`: the name of the group they would train in (`text_encoder_lr<lr>`, "
+        "`text_encoder_2_x<lr_scale>`, ...) followed by `_<group>`, e.g. `text_encoder_lr0.0002_reg_lr_0`, "
+        "which schedule.base_lr / max_lr tables name to give it bounds of its own (kohya Flux "
+        "`network_reg_lrs` regexes at one rate, each its own group). Empty: no group of their own.",
+        example="reg_lr_0",
+    )
 
 
 def _adapter_blocks():
@@ -2787,14 +2796,15 @@ class Optimizer:
     text_encoder_at_zero: Literal["hold", "keep"] = option(
         "hold",
         doc="What a text encoder at `text_encoder_lr` (`text_encoder_2_lr`) 0 beside a training denoiser "
-        "is. hold: it stays still, so DBS200 refuses an optimizer or schedule that would move it. keep: its "
-        "group stays in the optimizer at rate 0 and moves as they move it, as kohya networks.lora_fa's "
-        "text-encoder group at text_encoder_lr 0 does: D-Adaptation's and Prodigy's decoupled weight decay, "
-        "Prodigy with betas[0] = 0, DAdaptSGD's momentum averaging, Adafactor's relative step, a positive "
-        "`schedule.eta_min`, OneCycleLR / CyclicLR (DBS606 says how). Still refused (DBS200) where dbspec's "
-        "group order (the denoiser's first; lora_fa's text encoder first) would change the run: "
-        "dadapt_adagrad, dadapt_adan, dadapt_adan_ip, dadapt_lion (with `group_order = "
-        '"text_encoders_first"`, kohya\'s order, dadapt_lion is allowed).',
+        "(at a rate above 0, or at `lr` 0 too, as kohya train_db.py's groups at learning_rate 0 with "
+        "learning_rate_te 0 or none) is. hold: it stays still, so DBS200 refuses an optimizer or schedule "
+        "that would move it. keep: its group stays in the optimizer at rate 0 and moves as they move it, as "
+        "kohya networks.lora_fa's text-encoder group at text_encoder_lr 0 does: D-Adaptation's and "
+        "Prodigy's decoupled weight decay, Prodigy with betas[0] = 0, DAdaptSGD's momentum averaging, "
+        "Adafactor's relative step, a positive `schedule.eta_min`, OneCycleLR / CyclicLR (DBS606 says how). "
+        "Still refused (DBS200) where dbspec's group order (the denoiser's first; lora_fa's text encoder "
+        "first) would change the run: dadapt_adagrad, dadapt_adan, dadapt_adan_ip, dadapt_lion (with "
+        '`group_order = "text_encoders_first"`, kohya\'s order, dadapt_lion is allowed).',
     )
     group_order: Literal["denoiser_first", "text_encoders_first"] = option(
         "denoiser_first",
@@ -2814,7 +2824,9 @@ class Optimizer:
         "`schedule.eta_min` lifts it, OneCycleLR / CyclicLR set its rate from their bounds where one above 0 "
         "is its (DBS606 says how); DAdaptLion and Adafactor's relative step move it too. With no text "
         "encoder training, a schedule that lifts it trains the denoiser on that schedule alone "
-        "(train_db.py's U-Net at learning_rate 0 without the text encoder). The classes that "
+        "(train_db.py's U-Net at learning_rate 0 without the text encoder); with the text encoder at rate 0 "
+        "too, each part the schedule lifts needs its own keep (`text_encoder_at_zero` for the text encoder). "
+        "The classes that "
         "refuse a rate of 0 when built (D-Adaptation's but DAdaptLion, Prodigy, CAME) stay refused, as "
         "kohya's run stops there.",
     )

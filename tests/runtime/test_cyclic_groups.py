@@ -359,3 +359,61 @@ def test_blocks_with_groups_of_their_own_take_their_bounds_and_resume_bit_exact(
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+TEXT_GROUPED = (
+    TEXT_ENCODER_LORA
+    + """
+[[adapter.text_encoder_blocks]]
+pattern = '^text_encoder\\.text_model\\.encoder\\.layers\\.0\\.'
+rank = 2
+alpha = 2.0
+lr = 2e-4
+group = "reg_lr_0"
+
+[[adapter.text_encoder_blocks]]
+pattern = '^text_encoder\\.text_model\\.encoder\\.layers\\.1\\.'
+rank = 2
+alpha = 2.0
+lr = 2e-4
+group = "reg_lr_1"
+"""
+)
+# kohya Flux network_reg_lrs: two regexes at one rate on the text encoder, each its own group (issue 12)
+TEXT_PEAK = {"denoiser": 1e-3, "text_encoder": 3e-4, "text_encoder_lr0.0002_reg_lr_0": 5e-4}
+TEXT_PEAK["text_encoder_lr0.0002_reg_lr_1"] = 7e-4
+
+
+def test_text_encoder_blocks_with_groups_of_their_own_are_the_runtimes_groups(tmp_path):
+    """[[adapter.text_encoder_blocks]] `group` (kohya Flux network_reg_lrs regexes at one rate): each block
+    in a group of its own at its rate, named `text_encoder_lr<lr>_<group>` by the plan and the runtime alike,
+    each following its own OneCycleLR peak."""
+    from dbspec.plan.io import plan_to_json
+    from dbspec.runtime.device import make_accelerator
+    from dbspec.runtime.setup import setup
+
+    overrides = [
+        'schedule.lr_schedule="one_cycle"',
+        "schedule.t_max=4",
+        f"schedule.max_lr={_table(TEXT_PEAK)}",
+    ]
+    overrides += ["optimizer.text_encoder_lr=5e-4"]
+    plan = compile_spec(write_spec(tmp_path, steps=4, extra=TEXT_GROUPED), overrides)
+    assert {g.name: g.rate for g in plan.schedule.torch.groups} == {
+        "denoiser": 1e-3,
+        "text_encoder": 5e-4,
+        "text_encoder_lr0.0002_reg_lr_0": 2e-4,
+        "text_encoder_lr0.0002_reg_lr_1": 2e-4,
+    }
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    built = {g["name"]: g for g in run.optimizer.param_groups}
+    assert set(built) == set(TEXT_PEAK) and all(built[n]["params"] for n in built)
+    seen: dict[str, list[float]] = {n: [] for n in TEXT_PEAK}
+    for _ in range(4):
+        for group in run.optimizer.param_groups:
+            seen[group["name"]].append(group["lr"])
+        run.optimizer.step()
+        run.lr_scheduler.step()
+    for name, points in plan.schedule.group_lr_points:
+        assert points and all(seen[name][step] == lr for step, lr in points if step < 4), name
+    assert max(seen["text_encoder_lr0.0002_reg_lr_1"]) > max(seen["text_encoder_lr0.0002_reg_lr_0"])

@@ -449,3 +449,35 @@ def test_a_text_encoder_kept_at_rate_zero_moves_as_kohyas_group(tmp_path, settin
     step_alike(optimizers, [ours, theirs], n=8)
     assert same(ours, theirs)
     assert not same([p.detach() for p in ours[2:]], start[2:])  # the text encoder moved
+
+
+def test_both_groups_at_rate_zero_train_on_the_schedule_as_kohyas_one_group_and_two(tmp_path, monkeypatch):
+    """kohya train_db.py at learning_rate 0 with the text encoder at rate 0 too, under OneCycleLR: without
+    learning_rate_te the U-Net and text encoder are one group at 0 (`itertools.chain`), with
+    learning_rate_te 0 two, the U-Net's first; the scheduler lifts them to max_lr. optimizer.lr =
+    text_encoder_lr = 0 with denoiser_at_zero and text_encoder_at_zero = "keep" (was refused, DBS200):
+    torch's AdamW with OneCycleLR stepped after each step, on kohya's two groups and on its one, gives the
+    run's weights bit for bit, both parts moved."""
+    settings, build = TORCH_SCHEDULES["one_cycle"]
+    settings = [*settings, "optimizer.lr=0", "optimizer.text_encoder_lr=0", "optimizer.weight_decay=0.1"]
+    settings += ['optimizer.denoiser_at_zero="keep"', 'optimizer.text_encoder_at_zero="keep"']
+    plan = compile_spec(write_spec(tmp_path, steps=3, extra=TE), settings)
+    o = plan.optimizer
+    assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero, o.text_encoder_at_zero) == (0, 0, "keep", "keep")
+    seen = _recording(monkeypatch)
+    assert execute(plan).status == "finished" and len(seen["grads"]) == 3
+    (d_name, d_rate, denoiser), (t_name, t_rate, text) = seen["groups"]
+    assert (d_name, d_rate, t_name, t_rate) == ("denoiser", 0.0, "text_encoder", 0.0)
+    kwargs = {"betas": tuple(o.betas), "eps": o.eps, "weight_decay": 0.1}
+    two = _replay(
+        seen, lambda ps: torch.optim.AdamW(_kohya_groups(ps, [0.0, 0.0]), lr=0.0, **kwargs), scheduler=build
+    )
+    one = _replay(  # one group over both parts' tensors, the U-Net's first: its parameters, split back
+        seen,
+        lambda ps: torch.optim.AdamW([{"params": [*ps[0], *ps[1]], "lr": 0.0}], lr=0.0, **kwargs),
+        scheduler=build,
+    )
+    for run_group, start, *references in zip((denoiser, text), seen["start"], two, one, strict=True):
+        for reference in references:
+            assert all(torch.equal(p.detach(), q.detach()) for p, q in zip(run_group, reference, strict=True))
+        assert not all(torch.equal(p.detach(), x) for p, x in zip(run_group, start, strict=True))  # moved

@@ -164,3 +164,45 @@ def test_lycoris_dylora_takes_the_files_alphas_and_a_fresh_init(tmp_path):
 def test_a_lycoris_dylora_with_the_files_alphas_resumes_bit_exact(tmp_path):
     path, _, _ = _per_module_file(_first_export(tmp_path))
     assert_lora_resumes_bit_exact(_alphas_spec(tmp_path, path, 4))
+
+
+def test_lycorises_dylora_layer_at_a_loaded_alpha_of_zero_changes_nothing_and_gets_no_gradient():
+    """lycoris-lora 4.1.3's DyLoraModule built at alpha 4, its alpha buffer then loaded as 0 from a file
+    (load_state_dict(strict=False), as LycorisNetworkKohya.load_weights): the training forward is the base
+    layer's and every up / down block's gradient is exactly 0, so lora_up keeps its zero init and the layer
+    adds nothing to the clip norm, whatever the drawn block: the converter builds no layer there (rank 0,
+    dbspec/convert/kohya/dylora.py zero_alphas_expressible). Its bypass forward never reads the alpha."""
+    from lycoris.modules.dylora import DyLoraModule
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 10)
+    module = DyLoraModule("lora_unet_x", base, lora_dim=8, alpha=4, block_size=2)
+    module.apply_to()
+    for up in module.up_list:  # a trained-looking layer: the zero-init ups moved
+        torch.nn.init.normal_(up)
+    torch.nn.Module.load_state_dict(module, {"alpha": torch.tensor(0.0)}, strict=False)
+    assert float(module.alpha) == 0.0
+    x = torch.randn(3, 12)
+    plain = torch.nn.functional.linear(x, base.weight, base.bias)  # apply_to routes base's forward to it
+    module.train()
+    for _ in range(6):  # several random block draws
+        out = module(x)
+        assert torch.equal(out, plain)
+        out.square().sum().backward()
+        grads = [p.grad for p in (*module.up_list, *module.down_list) if p.grad is not None]
+        assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+        module.zero_grad()
+    # bypass_mode (one block per layer): the update up(down(x)) whatever the loaded alpha, 0 or the rank
+    outputs = []
+    for alpha in (0.0, 8.0):
+        torch.manual_seed(1)
+        layer = torch.nn.Linear(12, 10)
+        bypass = DyLoraModule("lora_unet_y", layer, lora_dim=8, alpha=4, block_size=8, bypass_mode=True)
+        bypass.apply_to()
+        torch.nn.init.normal_(bypass.up_list[0])
+        torch.nn.Module.load_state_dict(bypass, {"alpha": torch.tensor(alpha)}, strict=False)
+        bypass.train()
+        outputs.append(bypass(x))
+        own = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert not torch.allclose(outputs[-1], own)  # the update applies
+    assert torch.equal(outputs[0], outputs[1])

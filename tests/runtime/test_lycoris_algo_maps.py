@@ -345,14 +345,37 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
             assert shapes == (theirs[key].lokr_w1.shape, theirs[key].lokr_w2.shape), key
 
 
-def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch):
+# Diag-OFT with conv_dim beside entries (issue 12): the ResNets' entry without a dim (its linears and 1x1
+# shortcut at network_dim, its 3x3 convolutions at conv_dim), the MLP's with one, conv_in named with one; the
+# samplers' convolutions and conv_out at conv_dim through no entry
+PRESETS["oft-conv"] = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = ["conv_in", "conv_out"]
+text_encoder_target_module = ["CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+constraint = 0.001
+[module_algo_map.FeedForward]
+dim = 8
+[name_algo_map.conv_in]
+dim = 8
+"""
+
+
+@pytest.mark.parametrize(("preset", "conv_dim"), [("names", 4), ("oft-conv", 2)])
+def test_diag_oft_maps_give_lycoris_block_shapes(pipe, tmp_path, monkeypatch, preset, conv_dim):
     """algo=diag-oft: an entry's dim is its layers' block-size hint (blocks of the plan): every layer's
     `oft_blocks` in the shape lycoris-lora's DiagOFTModule gives it (LyCORIS's factorization of its width by
-    its own hint), at the network's constraint."""
+    its own hint), at the network's constraint (an entry's own). With a conv_dim other than network_dim
+    (was DBS403 beside entries) an entry without a dim gives its k x k convolutions conv_dim, and the k x k
+    convolutions no entry reaches take it too."""
     from dbspec.runtime.lycoris_oft import DiagOftLayer
 
-    path, plan = _converted_plan(tmp_path, "names", "diag-oft", '"constraint=0.01"')
-    made = _lycoris(pipe, path, monkeypatch, "diag-oft", constraint="0.01")
+    args = '"constraint=0.01"'
+    path, plan = _converted_plan(tmp_path, preset, "diag-oft", args, conv_dim=conv_dim)
+    made = _lycoris(pipe, path, monkeypatch, "diag-oft", conv_dim=str(conv_dim), constraint="0.01")
     theirs = {
         m.lora_name: (tuple(m.oft_blocks.shape), round(float(m.alpha), 6))
         for m in [*made.unet_loras, *made.text_encoder_loras]

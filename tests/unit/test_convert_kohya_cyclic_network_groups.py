@@ -620,6 +620,61 @@ def test_flux_network_reg_lrs_group_at_rate_zero_is_left_out(tmp_path):
     _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
 
 
+def test_flux_network_reg_lrs_at_one_rate_take_their_own_bounds(tmp_path):
+    """Two network_reg_lrs regexes at one rate are two kohya groups (`reg_lr_0`, `reg_lr_1`, each with its
+    plus group) that dbspec trained as one (`denoiser_lr0.0001`), so per-group lists giving them different
+    bounds were refused (DBS403): each regex's blocks now name a group of their own, `group = "reg_lr_<i>"`
+    (`denoiser_lr0.0001_reg_lr_<i>`), and each follows torch's curve for its kohya group (issue 12). A
+    regex alone at its rate in its component (CLIP-L's) keeps its shared name."""
+    order = [
+        "text_encoder_lr0.0001",
+        "text_encoder_lora_up_lr0.0001",
+        "text_encoder",
+        "text_encoder_lora_up",
+        "denoiser_lr0.0001_reg_lr_0",
+        "denoiser_lora_up_lr0.0001_reg_lr_0",
+        "denoiser_lr0.0001_reg_lr_1",
+        "denoiser_lora_up_lr0.0001_reg_lr_1",
+    ]
+    lists = {
+        "base_lr": [1e-7, 4e-7, 2e-7, 8e-7, 1e-6, 4e-6, 3e-6, 1.2e-5],
+        "max_lr": [1e-5, 2e-5, 3e-5, 4e-5, 2e-4, 3e-4, 4e-4, 5e-4],
+    }
+    outcome = _flux(
+        tmp_path,
+        '--network_args "loraplus_lr_ratio=4" '
+        '"network_reg_lrs=double_blocks=1e-4,single_blocks=1e-4,layers_[0-5]_=1e-4" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type CyclicLR " + _args(lists, "step_size_up=30"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("CyclicLR", order, lists, {"step_size_up": 30}, 400))
+    blocks = plan_of(outcome, tmp_path).adapter.blocks
+    assert {b.group for b in blocks if b.lr} == {"reg_lr_0", "reg_lr_1"}
+    assert all(not b.group for b in blocks if not b.lr)
+
+
+def test_flux_network_reg_lrs_at_one_rate_on_clip_l_take_their_own_bounds(tmp_path):
+    """Two regexes at one rate on CLIP-L's modules: two kohya groups ahead of CLIP-L's default one, each
+    its own dbspec group (`text_encoder_lr0.0002_reg_lr_<i>`, [[adapter.text_encoder_blocks]] `group`)
+    with its own bounds (was DBS403, issue 12)."""
+    order = [
+        "text_encoder_lr0.0002_reg_lr_0",
+        "text_encoder_lr0.0002_reg_lr_1",
+        "text_encoder",
+        "denoiser",
+    ]
+    lists = {"max_lr": [1e-5, 2e-4, 3e-4, 5e-5]}
+    outcome = _flux(
+        tmp_path,
+        '--network_args "network_reg_lrs=layers_[0-5]_=2e-4,layers_[6-9]_=2e-4" '
+        "--text_encoder_lr 1e-5 --lr_scheduler_type OneCycleLR " + _args(lists, "total_steps=400"),
+    )
+    schedule = _converted(outcome, tmp_path)
+    _check(schedule, _torch_curves("OneCycleLR", order, lists, {"total_steps": 400}, 400))
+    blocks = plan_of(outcome, tmp_path).adapter.text_encoder_blocks
+    assert {b.group for b in blocks if b.lr} == {"reg_lr_0", "reg_lr_1"}
+
+
 def test_flux_unet_lr_zero_keeps_the_regex_groups_alone(tmp_path):
     """unet_lr 0: kohya's default U-Net groups and a regex's at rate 0 are left out, the other regexes'
     groups train in `reg_lr_<i>` order after the text encoder's."""

@@ -389,12 +389,51 @@ def test_lycoris_dylora_network_weights_at_the_networks_alphas_changes_nothing(t
     assert (a.blocks, a.text_encoder_blocks, a.init_weights, a.alpha) == ((), (), "", 8.0)
 
 
-def test_lycoris_dylora_network_weights_that_stay_refused(tmp_path):
-    """A file alpha of 0 zeroes LyCORIS's layer (its buffer is copied after the build that reads 0 as the
-    rank)."""
-    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", '"algo=dylora"')
+def test_lycoris_dylora_network_weights_at_alpha_zero_build_no_layer_there(tmp_path):
+    """A file alpha of 0: LyCORIS copies it into DyLoraModule's buffer after the build that reads 0 as the
+    rank, so get_weight scales the layer's update by 0 / (b + 1): output the base layer's, gradients exactly
+    0 (tests/runtime/test_dylora_weights.py runs lycoris-lora 4.1.3's module so), lora_up never leaving its
+    zero init. Was DBS403; now the layer is not built (rank 0 / conv_rank 0 blocks), the file's other alphas
+    as before."""
+    modules = {
+        Q: (4, 0.0, 320, 0),
+        OUT: (8, 2.0, 320, 0),
+        CONV: (8, 0.0, 320, 3),
+        TE: (8, 0.0, 768, 0),
+    }
+    outcome = _from_file(tmp_path, modules, "lycoris.kohya", '"algo=dylora", "conv_dim=8", "conv_alpha=4"')
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == ("dylora", 16, 8.0, 8, 4.0)
+    assert _matches(a.blocks, Q).rank == 0  # not built
+    assert (_matches(a.blocks, OUT).rank, _matches(a.blocks, OUT).alpha) == (16, 2.0)
+    assert _matches(a.blocks, CONV).conv_rank == 0
+    (text,) = a.text_encoder_blocks
+    assert text.rank == 0 and text.pattern.startswith("^(text_encoder")
+
+
+def test_lycoris_dylora_network_weights_at_alpha_zero_in_bypass_mode_train_at_the_rank(tmp_path):
+    """bypass_mode: DyLoraModule's bypass forward never reads the alpha (up(down(x)), unscaled), so a file
+    alpha of 0 trains as any other; its saved alpha 0 loads as the rank (scale 1): the block's alpha is the
+    rank, the update unscaled as trained."""
+    args = '"algo=dylora", "block_size=16", "bypass_mode=True"'
+    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0), TE: (8, 0.0, 768, 0)}, "lycoris.kohya", args)
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.bypass and (_matches(a.blocks, Q).rank, _matches(a.blocks, Q).alpha) == (16, 16.0)
+    (text,) = a.text_encoder_blocks
+    assert (text.rank, text.alpha) == (16, 16.0)
+
+
+def test_lycoris_dylora_network_weights_at_alpha_zero_with_module_dropout_stays_refused(tmp_path):
+    """With module_dropout the zeroed layer still draws torch.rand(1) in every training forward, which a
+    layer dbspec does not build cannot: DBS403, saying so."""
+    args = '"algo=dylora", "module_dropout=0.1"'
+    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", args)
     assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
-    assert "scales its update by 0" in outcome.conversion.reports["network_weights"].note
+    note = outcome.conversion.reports["network_weights"].note
+    assert "scales its update by 0" in note and "torch.rand(1)" in note
 
 
 def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_file(tmp_path):

@@ -364,6 +364,29 @@ def test_diag_oft_entry_dims_are_block_sizes(tmp_path):
     assert [(b.pattern, b.rank) for b in a.text_encoder_blocks] == [(r"(?:^|\.)(?:fc1|fc2)$", 4)]
 
 
+def test_diag_oft_conv_dim_beside_entries_sizes_each_layer_as_lycoris(tmp_path):
+    """algo=diag-oft with conv_dim (8) other than network_dim (16) and a preset file's entries (was DBS403):
+    create_single_module gives a layer its entry's dim, else network_dim (a Linear, a 1x1 convolution) or
+    conv_dim (a k x k convolution). The ResNets' entry without a dim (its own constraint) is two blocks, its
+    3x3 convolutions at 8 and its time_emb_proj / 1x1 shortcut at 16; the MLP's entry at its dim; the k x k
+    convolutions no entry reaches at conv_dim after them (tests/runtime/test_lycoris_algo_maps.py compares
+    every layer's blocks with lycoris-lora 4.1.3's network)."""
+    text = (
+        FULL + "[module_algo_map.FeedForward]\ndim = 4\n[module_algo_map.ResnetBlock2D]\nconstraint = 0.001\n"
+    )
+    for algo in ("diag-oft", "boft"):
+        (tmp_path / algo).mkdir()
+        a = plan_of(expressible(_convert(tmp_path / algo, text, algo)), tmp_path / algo).adapter
+        assert (a.kind, a.oft_block_size) == (algo, 16)
+        shown = [(b.pattern, b.rank, b.alpha) for b in a.blocks]
+        assert shown == [
+            (r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", 4, 0.0),
+            (r"(?:^|\.)(?:conv1|conv2)$", 8, 0.001),
+            (r"(?:^|\.)(?:time_emb_proj|conv_shortcut)$", 16, 0.001),
+            (r"(?:^|\.)(?:conv_in|conv_out|conv1|conv2|(?:down|up)samplers\.\d+\.conv)$", 8, 0.0),
+        ]
+
+
 # LoKr at lycoris-lora's full-matrix idiom on the attention and MLP, the ResNets at the network's dim
 FULL_LOKR = (
     FULL

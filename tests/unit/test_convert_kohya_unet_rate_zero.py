@@ -208,21 +208,73 @@ def _alone(tmp_path, extra: str):
     return kohya(tmp_path, command=command)
 
 
-def test_with_the_text_encoder_in_the_unets_group_a_lifting_schedule_stays_refused(tmp_path):
-    """learning_rate 0 without learning_rate_te while the text encoder trains: the U-Net and text encoder are
-    one group at rate 0 that the schedule lifts, both training on it; dbspec keeps no text encoder at rate 0
-    beside the denoiser at 0 (DBS200): DBS403, naming both ways out. learning_rate_te 0 alike."""
+def test_with_the_text_encoder_at_rate_zero_too_a_lifting_schedule_trains_both(tmp_path):
+    """learning_rate 0 without learning_rate_te (the U-Net and text encoder one group at rate 0) or with
+    learning_rate_te 0 (two groups at 0, the U-Net's first), under OneCycleLR with one max_lr: the schedule
+    lifts every group, both train on it (was DBS403): optimizer.lr = text_encoder_lr = 0 with
+    denoiser_at_zero and text_encoder_at_zero = "keep", dbspec's [denoiser, text encoder] groups at 0 with
+    the same bound, DBS606 naming what moves each (tests/runtime/test_denoiser_rate_zero.py replays such a
+    run on torch's AdamW and OneCycleLR over kohya's one group and over its two, bit for bit)."""
     one_cycle = '--lr_scheduler_type OneCycleLR --lr_scheduler_args "max_lr=1e-5" "total_steps=300"'
     for name, extra, group in (
         ("one", one_cycle, "in the U-Net's group (no learning_rate_te)"),
         ("zero", one_cycle + " --learning_rate_te=0", "at learning_rate_te 0"),
     ):
         outcome = _alone(tmp_path / name, extra)
-        assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
-        note = outcome.conversion.reports["learning_rate"].note
-        assert group in note and "OneCycleLR" in note and "both train on the schedule" in note, note
-        [refusal] = [d for d in outcome.diagnostics if d.code == "DBS403"]
-        assert "--stop_text_encoder_training -1" in refusal.help
+        assert outcome.exit_code == 0, errors(outcome)
+        assert fate(outcome, "learning_rate") == "mapped"
+        assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+        assert group in outcome.conversion.reports["learning_rate"].note
+        plan = plan_of(outcome, tmp_path / name)
+        o, s = plan.optimizer, plan.schedule
+        assert plan.train_denoiser and plan.train_text_encoder and s.lr_schedule == "one_cycle"
+        assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero, o.text_encoder_at_zero) == (0, 0, "keep", "keep")
+        assert (s.torch.max_lr, s.t_max, s.torch.groups) == (1e-5, 300, ())
+        said = [w for w in plan.warnings if "DBS606" in w]
+        assert len(said) == 2 and all("max_lr 1e-05" in w for w in said), plan.warnings
+        assert "the denoiser" in said[0] and "the text encoder" in said[1]
+        assert not any("DBS229" in w for w in plan.warnings)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "unet", "text", "kept"),
+    [
+        ('"base_lr=[1e-7,1e-8]" "max_lr=[1e-5,2e-6]"', (1e-7, 1e-5), (1e-8, 2e-6), ("keep", "keep")),
+        # the text encoder's bounds 0: held at rate 0, its gradients in the clip
+        ('"base_lr=[1e-7,0]" "max_lr=[1e-5,0]"', (1e-7, 1e-5), (0, 0), ("keep", "hold")),
+        ('"base_lr=[0,1e-8]" "max_lr=[0,2e-6]"', (0, 0), (1e-8, 2e-6), ("hold", "keep")),  # the U-Net's
+    ],
+)
+def test_per_group_bounds_at_learning_rate_te_zero_keep_each_lifted_group(tmp_path, bounds, unet, text, kept):
+    """learning_rate 0 and learning_rate_te 0 under CyclicLR with a bound list per group (U-Net first): each
+    group the schedule lifts trains on its own bounds, a group whose bounds are 0 stays put with its
+    gradients in kohya's clip (was DBS403): denoiser_at_zero / text_encoder_at_zero = "keep" for the lifted
+    ones, the per-group bounds in the plan's schedule groups, DBS606 for a kept part and DBS229 for a held
+    one."""
+    extra = (
+        f'--lr_scheduler_type CyclicLR --lr_scheduler_args {bounds} "step_size_up=50" "cycle_momentum=False"'
+    )
+    outcome = _alone(tmp_path, f"{extra} --learning_rate_te=0")
+    assert outcome.exit_code == 0, errors(outcome)
+    assert not [r for r in outcome.conversion.reports.values() if r.fate == "differs"]
+    plan = plan_of(outcome, tmp_path)
+    o = plan.optimizer
+    assert plan.train_denoiser and plan.train_text_encoder and plan.schedule.lr_schedule == "cyclic"
+    assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero, o.text_encoder_at_zero) == (0, 0, *kept)
+    groups = {g.name: (g.base_lr, g.max_lr) for g in plan.schedule.torch.groups}
+    assert groups == {"denoiser": unet, "text_encoder": text}
+    warned = {"DBS606": kept.count("keep"), "DBS229": kept.count("hold")}
+    assert {code: sum(code in w for w in plan.warnings) for code in warned} == warned, plan.warnings
+
+
+def test_a_schedule_that_lifts_neither_group_at_rate_zero_trains_nothing(tmp_path):
+    """learning_rate 0 and learning_rate_te 0 under a schedule that multiplies each group's rate: nothing
+    trains, kohya's run changes nothing (DBS403 as before)."""
+    outcome = _alone(
+        tmp_path, '--lr_scheduler_type StepLR --lr_scheduler_args "step_size=10" --learning_rate_te=0'
+    )
+    assert outcome.exit_code == 1 and fate(outcome, "learning_rate") == "unsupported"
+    assert "a run that changes nothing" in outcome.conversion.reports["learning_rate"].note
 
 
 @pytest.mark.parametrize(

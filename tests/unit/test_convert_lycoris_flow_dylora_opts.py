@@ -142,12 +142,35 @@ def test_network_weights_with_dylora_at_the_networks_alphas_is_inert(tmp_path):
     assert plan_of(outcome, tmp_path).adapter.blocks == ()
 
 
+def test_network_weights_with_dylora_at_alpha_zero_build_no_layer_there(tmp_path):
+    """An alpha of 0: LyCORIS copies it into DyLoraModule's buffer, which scales the update by 0 (output the
+    base's, gradients 0): the fused Linear's parts not built (rank 0), was DBS403; with module_dropout, whose
+    draw such a layer still takes, DBS403."""
+    modules = {
+        "lora_unet_single_blocks_0_linear1": (7 * W, W, 0.0),
+        "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 0.0),
+    }
+    _file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {DYLORA}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"single_transformer_blocks.0.attn.{part}")[0] == 0
+        assert _matched(a.blocks, f"transformer_blocks.0.attn.{part}") == (8, 2.0)
+    assert _matched(a.blocks, "single_transformer_blocks.0.proj_mlp")[0] == 0
+    assert _matched(a.blocks, "single_transformer_blocks.1.proj_mlp") is None  # the network's
+    text = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    assert _matched(a.text_encoder_blocks, text)[0] == 0
+    dropout = DYLORA + " module_dropout=0.1"
+    outcome = _flux(tmp_path / "drop", f"--network_weights ../prev.safetensors {dropout}", allow=True)
+    assert fate(outcome, "network_weights") == "unsupported"
+    assert "torch.rand(1)" in outcome.conversion.reports["network_weights"].note
+
+
 def test_network_weights_with_dylora_that_stay_refused(tmp_path):
-    """An alpha of 0 (LyCORIS copies it into the buffer: the update scaled by 0) and a preset file's entries
-    with their own dims (two sources of per-layer values): DBS403."""
-    _file(tmp_path / "prev.safetensors", {"lora_unet_single_blocks_0_linear1": (7 * W, W, 0.0)})
-    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {DYLORA}", allow=True)
-    assert "scales its update by 0" in outcome.conversion.reports["network_weights"].note
+    """A preset file's entries with their own dims (two sources of per-layer values): DBS403."""
     (tmp_path / "p.toml").write_text(
         'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
         '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "dylora"\ndim = 4\n',

@@ -456,6 +456,27 @@ def test_sd3_x_attention_and_the_patch_convolution(tmp_path):
     assert not any(re.search(block.pattern, p) for p in x)  # the attention keeps the network's rank
 
 
+@pytest.mark.parametrize(
+    ("entry", "size", "constraint"),
+    [
+        ("constraint = 0.001", 4, 0.001),  # no dim of its own: conv_dim on the 2x2 patch convolution
+        ("dim = 2", 2, 0.0),
+    ],
+)
+def test_sd3_diag_oft_conv_dim_with_an_entry_on_the_patch_convolution(tmp_path, entry, size, constraint):
+    """algo=diag-oft, conv_dim 4 beside network_dim 8, a PatchEmbed entry reaching the patch convolution
+    first (was DBS403): its block sizes it as create_single_module does (the entry's dim, else conv_dim),
+    the conv_dim block after it, the attention at network_dim."""
+    preset = SD3_X_ATTENTION + f"\n[module_algo_map.PatchEmbed]\n{entry}\n"
+    outcome = _sd3(tmp_path, preset, '"algo=diag-oft" "conv_dim=4"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.oft_block_size, a.conv_targets) == ("diag-oft", 8, ("pos_embed.proj",))
+    first = next(b for b in a.blocks if re.search(b.pattern, "pos_embed.proj"))
+    assert (first.rank, first.alpha) == (size, constraint)
+    assert not any(re.search(b.pattern, "transformer_blocks.0.attn.to_q") for b in a.blocks)
+
+
 def test_sd3_t5_layers_train_as_t5_lora(tmp_path):
     """On SD3 LyCORIS names T5-XXL `lora_te3_` (the third encoder kohya hands it): its file layers are
     `train.t5` (text_encoder_3), at text_encoder_lr like both CLIP encoders."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runtime.runspec import compile_spec, summary_text, write_spec
+from dbspec.frontend import plan_spec
+from tests.runtime.runspec import CPU, NO_REPORT, compile_spec, summary_text, write_spec
 
 TE = "[train]\ntext_encoder = true\n"
 CYCLE = ['schedule.lr_schedule="one_cycle"', "schedule.t_max=4"]
@@ -59,3 +60,52 @@ def test_a_denoiser_kept_under_one_cycle_moves_only_where_its_max_lr_is_above_ze
     summary = summary_text(plan)
     assert ("the denoiser kept in the optimizer at rate 0" in summary) == moves
     assert ("the denoiser held: gradients computed and clipped" in summary) == (not moves)
+
+
+BOTH = ["optimizer.lr=0", "optimizer.text_encoder_lr=0"]
+KEEP_BOTH = ['optimizer.denoiser_at_zero="keep"', 'optimizer.text_encoder_at_zero="keep"']
+
+
+@pytest.mark.parametrize(
+    ("max_lr", "kept"),
+    [
+        ("schedule.max_lr=2e-4", ("keep", "keep")),
+        ("schedule.max_lr={ denoiser = 0, text_encoder = 1e-4 }", ("hold", "keep")),
+        ("schedule.max_lr={ denoiser = 1e-4, text_encoder = 0 }", ("keep", "hold")),
+    ],
+)
+def test_the_denoiser_and_text_encoder_both_at_rate_zero_each_kept_where_the_schedule_lifts_it(
+    tmp_path, max_lr, kept
+):
+    """kohya train_db.py's groups at learning_rate 0 with learning_rate_te 0 (or none) under OneCycleLR:
+    both keeps together (was DBS200): each part the schedule lifts is "keep" (DBS606, the summary says it
+    moves), a part whose max_lr is 0 is held (DBS229, the summary says it stays still)."""
+    plan = _plan(tmp_path, [*BOTH, *KEEP_BOTH, max_lr])
+    o = plan.optimizer
+    assert (o.lr, o.text_encoder_lr, o.denoiser_at_zero, o.text_encoder_at_zero) == (0, 0, *kept)
+    assert plan.train_denoiser and plan.train_text_encoder
+    warned = {"DBS606": kept.count("keep"), "DBS229": kept.count("hold")}
+    assert {code: sum(code in w for w in plan.warnings) for code in warned} == warned, plan.warnings
+    summary = summary_text(plan)
+    denoiser = "the denoiser kept in the optimizer at rate 0" if kept[0] == "keep" else "the denoiser held"
+    text = "text encoder lr 0 (kept in" if kept[1] == "keep" else "text encoder lr 0 (held:"
+    assert denoiser in summary and text in summary
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        # the schedule lifts the text encoder, which nothing keeps
+        (['optimizer.denoiser_at_zero="keep"'], 'optimizer.text_encoder_at_zero = "keep" to let it move'),
+        (['optimizer.text_encoder_at_zero="keep"'], 'optimizer.denoiser_at_zero = "keep" to let it move'),
+        ([*KEEP_BOTH, "schedule.max_lr=0"], "no schedule lifts either off rate 0"),  # nothing trains
+    ],
+)
+def test_both_at_rate_zero_without_a_keep_for_each_lifted_part_is_refused(tmp_path, settings, says):
+    """A part the schedule moves off rate 0 that its option does not keep, or a schedule that lifts neither
+    (a run that changes nothing): DBS200, saying what to set."""
+    spec = write_spec(tmp_path, steps=4, extra=TE)
+    planned = plan_spec(spec, CPU, str(spec), [NO_REPORT, *CYCLE, *BOTH, "schedule.max_lr=2e-4", *settings])
+    assert planned.plan is None
+    [refused] = [d for d in planned.diagnostics if d.code == "DBS200"]
+    assert says in f"{refused.message} {refused.help}", refused

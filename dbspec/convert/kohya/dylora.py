@@ -285,6 +285,57 @@ def alpha_file(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
     return _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
 
 
+def zero_alphas_expressible(file: LoraFile, weights: Legacy, conv: Conversion, adapted) -> bool:
+    """Whether the file's alphas of 0 (on modules `adapted` says the network builds) convert: LyCORIS copies
+    such an alpha into DyLoraModule's buffer after the build (which alone reads 0 as the rank), so
+    get_weight scales the layer's update by 0 / (b + 1): its output is the base layer's, its gradients are
+    exactly 0 (lora_up stays at its zero init; it adds 0 to the clip norm) and its saved ΔW is 0, which is
+    dbspec's layer not built (rank 0: file_alpha, unbuilt_at_zero). In bypass_mode its forward never reads
+    the alpha: alpha 0 trains as its rank (the scale loaders give alpha 0). With the network's
+    `module_dropout` such a layer still draws torch.rand(1) in every training forward, which a layer dbspec
+    does not build cannot: DBS403."""
+    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
+    zero = next((m.name for m in file.modules.values() if m.alpha == 0 and adapted(m)), None)
+    if zero is None or value("bypass", False) or not value("module_dropout", 0.0):
+        return True
+    conv.unsupported(
+        weights,
+        f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which scales its "
+        "update by 0, so the layer changes nothing (dbspec does not build it), yet with module_dropout "
+        f"{value('module_dropout', 0.0):g} it still draws torch.rand(1) in every training forward, which "
+        "the other layers' draws follow",
+        help="drop module_dropout, or give the file's alpha a value above 0",
+    )
+    return False
+
+
+def file_alpha(alpha: float, rank: int, bypass: bool) -> float:
+    """The float32 alpha a DyLoraModule trains at once LyCORIS loads the file's `alpha` (zero_alphas_
+    expressible): 0 stays 0 (the layer not built, unbuilt_at_zero) unless `bypass`, where its forward never
+    reads it and it is the layer's `rank` (loaders read alpha 0 as the rank)."""
+    own = _f32(alpha)
+    return float(rank) if own == 0 and bypass else own
+
+
+def unbuilt_at_zero(block: dict[str, Any]) -> dict[str, Any]:
+    """A file-alpha block whose (conv_)alpha is 0 as one that builds no layer: rank (conv_rank) 0."""
+    out = dict(block)
+    if out.get("alpha") == 0:
+        out.update(rank=0, alpha=1.0)
+    if out.get("conv_alpha") == 0:
+        out.update(conv_rank=0, conv_alpha=1.0)
+    return out
+
+
+def zero_note(block: dict[str, Any], note: str) -> str:
+    if block.get("alpha") != 0 and block.get("conv_alpha") != 0:
+        return note
+    return (
+        f"{note}; alpha 0 there: LyCORIS scales the layer's update by 0 (output the base's, gradients 0), "
+        "so dbspec builds none (kohya's saved file holds it with lora_up 0)"
+    )
+
+
 def next_block(conv: Conversion, table: str) -> int:
     """The index after the converted [[adapter.<table>]] entries (a preset file's rank-0 blocks)."""
     return 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
@@ -304,22 +355,17 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
-    zero = next((m.name for m in file.modules.values() if m.alpha == 0), None)
-    if zero is not None:
-        conv.unsupported(
-            weights,
-            f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which then "
-            "scales its update by 0 (DyLoraModule reads alpha 0 as the rank only when it builds the layer); "
-            "dbspec reads alpha 0 as the rank",
-        )
+    if not zero_alphas_expressible(file, weights, conv, lambda m: not (m.conv and not conv_rank)):
         return
+    bypass = bool(value("bypass", False))
     differ = {}
     for m in file.modules.values():
         if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
             continue
-        own = _f32(m.alpha)
+        own = file_alpha(m.alpha, conv_rank if m.conv else rank, bypass)
         if own != (conv_alpha if m.conv else alpha):
-            differ[m.name] = attrs.evolve(m, rank=1, alpha=own)  # grouped by alpha alone
+            # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
+            differ[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     if not differ:
         conv.inert(
             weights,
@@ -345,11 +391,12 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
             out.update(conv_rank=conv_rank, conv_alpha=block["conv_alpha"])
         else:
             out.update(alpha=block["alpha"], conv_rank=conv_rank, conv_alpha=conv_alpha)
-        for key, item in out.items():
-            conv.put(("adapter", "blocks", index, key), item, note)
+        for key, item in unbuilt_at_zero(out).items():
+            conv.put(("adapter", "blocks", index, key), item, zero_note(out, note))
     for index, block in enumerate(text, start=next_block(conv, "text_encoder_blocks")):
-        for key, item in {**block, "rank": rank}.items():
-            conv.put(("adapter", "text_encoder_blocks", index, key), item, note)
+        out = {**block, "rank": rank}
+        for key, item in unbuilt_at_zero(out).items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), item, zero_note(out, note))
     conv.record(
         weights,
         "mapped",

@@ -483,7 +483,7 @@ def _lora_flow(
             # (runtime/blocks.py: `<group>_lr<rate>`), then the modules none matches
             # (at rate 0 only the regexes' groups: a lifted encoder, reg_dims.lifted_encoders)
             text = (reg or {}).get("text", {}).get(prefix)
-            for unit, suffix in _reg_units(name, text, rate):
+            for unit, suffix in _reg_units(name, text, rate, split):
                 groups.append((unit, (f"{target}{suffix}",)))
                 if text_ratio is not None:
                     groups.append((f"{unit} plus", (f"{target}_lora_up{suffix}",)))
@@ -493,23 +493,26 @@ def _lora_flow(
         # at rate 0 is left out (assemble_params' `continue`; dbspec's blocks at lr_scale 0 have none)
         unet_rate = _rate(a, "unet_lr", lr)
         unet = reg if reg is not None and "network_reg_lrs" in kwargs else None
-        for name, suffix in _reg_units("unet", unet, unet_rate):
+        for name, suffix in _reg_units("unet", unet, unet_rate, split):
             groups.append((name, (f"denoiser{suffix}",)))
             if unet_ratio is not None:
                 groups.append((f"{name} plus", (f"denoiser_lora_up{suffix}",)))
     return groups, ""
 
 
-def _reg_units(name: str, reg: dict | None, rate: float) -> list[tuple[str, str]]:
+def _reg_units(name: str, reg: dict | None, rate: float, split: bool = False) -> list[tuple[str, str]]:
     """assemble_params' groups of one component (kohya's description, dbspec's group suffix): with
     network_reg_lrs (`reg`: the regexes' rates by position, whether a built module matches none) each
     regex's `reg_lr_<i>` group, sorted as text, at its rate (`_lr<rate>`; none at rate 0), then the modules
-    none matches at the component's `rate` (none at 0)."""
+    none matches at the component's `rate` (none at 0). `split`: a regex whose rate another of the
+    component's shares trains in a group of its own, `_lr<rate>_reg_lr_<i>` (its blocks' `group`,
+    write_block_groups), where dbspec would share one at that rate."""
     units: list[tuple[str, str]] = []
     if reg is not None:
         for index in sorted(reg["reg"], key=lambda i: f"reg_lr_{i}"):
             if reg["reg"][index]:
-                units.append((f"{name} reg_lr_{index}", f"_lr{reg['reg'][index]:g}"))
+                own = f"_reg_lr_{index}" if split and _shared_rate(reg["reg"], index) else ""
+                units.append((f"{name} reg_lr_{index}", f"_lr{reg['reg'][index]:g}{own}"))
         return units + ([(name, "")] if reg["default"] and rate else [])
     return [(name, "")] if rate else []
 
@@ -517,6 +520,12 @@ def _reg_units(name: str, reg: dict | None, rate: float) -> list[tuple[str, str]
 def _from_weights(a: Args) -> bool:
     """kohya --dim_from_weights: the network built from --network_weights (create_network_from_weights)."""
     return bool("dim_from_weights" in a and a["dim_from_weights"].value and a["network_weights"].value)
+
+
+def _shared_rate(rates: dict[int, float], index: int) -> bool:
+    """Whether another network_reg_lrs regex of the component trains at regex `index`'s rate (one dbspec
+    group, `<name>_lr<rate>`, unless the blocks name their own)."""
+    return any(i != index and rate == rates[index] for i, rate in rates.items())
 
 
 def _value(written: dict, path: tuple[str, ...], default: Any) -> Any:
@@ -615,6 +624,9 @@ def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> Non
     disjoint from the others', so no module changes block."""
     from dbspec.convert.kohya.blocks import block_pattern
 
+    if script == "flux_train_network":
+        _write_reg_groups(conv, note)
+        return
     if script not in ("train_network", "sdxl_train_network"):
         return
     module = a["network_module"].value
@@ -649,3 +661,14 @@ def write_block_groups(a: Args, script: str, conv: Conversion, note: str) -> Non
             for key, value in adapter.items():
                 conv.put(("adapter", "blocks", entry, key), value, note)
         conv.put(("adapter", "blocks", entry, "group"), f"unet_block{index}", note)
+
+
+def _write_reg_groups(conv: Conversion, note: str) -> None:
+    """After lists mapped with `split` on lora_flux: each network_reg_lrs block whose regex shares its rate
+    with another of its component's gets `group = "reg_lr_<i>"`, its kohya group's own (_reg_units)."""
+    groups = conv.facts.get("kohya_flux_reg_groups") or {}
+    for (table, index), (component, position) in conv.facts.get("kohya_flux_reg_entries", {}).items():
+        reg = groups.get("reg", {}) if component == "unet" else groups.get("text", {}).get(component, {})
+        rates = reg.get("reg", {}) if component != "unet" else reg
+        if position in rates and _shared_rate(rates, position):
+            conv.put(("adapter", table, index, "group"), f"reg_lr_{position}", note)

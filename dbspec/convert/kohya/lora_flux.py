@@ -210,6 +210,7 @@ def _map(
     for index, block in enumerate(blocks):
         source = a["network_module"] if block["_why"] == _FINAL else args
         note = conv.comment(source, block.pop("_why"))
+        _reg_entry(conv, "blocks", index, block)
         for key, value in block.items():
             conv.put(("adapter", "blocks", index, key), value, note)
     if not dropouts(kwargs, args, split, conv):
@@ -394,9 +395,17 @@ def _reg_blocks(
     targets.extend(t for t in extra if t not in targets)
     note = conv.comment(args, why.replace("modules", "text encoders' modules"))
     for index, block in enumerate(text):  # CLIP-L's (lora_te1_) and T5-XXL's (lora_te3_) modules
+        _reg_entry(conv, "text_encoder_blocks", index, block)
         for key, value in block.items():
             conv.put(("adapter", "text_encoder_blocks", index, key), value, note)
     return True, qkv
+
+
+def _reg_entry(conv: Conversion, table: str, index: int, block: dict[str, Any]) -> None:
+    """A network_reg_lrs block's regex position (reg_dims `_reg`, popped) by its [adapter] table and entry:
+    group_lists.write_block_groups names its kohya group `reg_lr_<i>` where a per-group list needs it."""
+    if "_reg" in block:
+        conv.facts.setdefault("kohya_flux_reg_entries", {})[(table, index)] = block.pop("_reg")
 
 
 def network_dropout(dropout: Legacy, split: bool, conv: Conversion) -> None:

@@ -98,23 +98,16 @@ def put_blocks(conv: Conversion, module: Legacy, layout, layers: str, text_block
                 conv.put(("adapter", table, index, key), value, note)
 
 
-def conv_dim_shadowed(layout, layers: str, conv_targets: list[str]) -> bool:
-    """Whether a block put_blocks writes (a preset file's map entry) reaches a convolution first: its own
-    block size, not conv_dim's (a conv_dim block would come after it, and the first match wins)."""
-    blocks = layout.targets(layers, True)[1] if layers != "none" else []
-    return any(re.search(b["pattern"], t) for b in blocks for t in conv_targets)
-
-
 def oft_conv_dim(
     kwargs: dict[str, str], layout, layers: str, lora_dim: int, refused: list[str]
 ) -> tuple[bool, list[str]]:
     """Diag-OFT / BOFT's conv_dim on the preset's convolutions: (a block at conv_dim's size is needed,
     put_conv_dim; the convolutions adapted: none at conv_dim 0, where LyCORIS builds none). A preset file's
-    block reaching them first is refused (appended to `refused`)."""
+    block reaching them first (was refused) is sized as create_single_module sizes the layer, its entry's
+    dim or conv_dim (lycoris_maps._oft_blocks), so the conv_dim block after it changes nothing there;
+    `refused` is kept for the callers' other reasons."""
     conv_dim = int(float(kwargs.get("conv_dim") or lora_dim))
     convs = list(layout.convs[layers])
-    if conv_dim > 0 and conv_dim != lora_dim and conv_dim_shadowed(layout, layers, convs):
-        refused.append(f"conv_dim={conv_dim} (a preset file's block reaches the convolution first)")
     return conv_dim != lora_dim and conv_dim > 0, convs if conv_dim > 0 else []
 
 
@@ -123,7 +116,7 @@ def put_conv_dim(
 ) -> None:
     """conv_dim other than network_dim on the convolutions (SD3's 2x2 patch convolution): LyCORIS's
     create_single_module gives a Conv2d wider than 1x1 conv_lora_dim as its lora_dim, a block over them at
-    that block size after put_blocks' (conv_dim_shadowed checked none reaches them)."""
+    that block size after put_blocks' (a preset file's block reaching them first sizes them alike)."""
     index = len(layout.targets(layers, True)[1]) if layers != "none" else 0
     note = conv.comment(args, "conv_dim: LyCORIS's block-size hint of the k x k convolutions")
     pattern = "^(?:" + "|".join(re.escape(t) for t in conv_targets) + ")$"

@@ -32,7 +32,15 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.dylora import _f32, alpha_file, lycoris_dylora, next_block
+from dbspec.convert.kohya.dylora import (
+    alpha_file,
+    file_alpha,
+    lycoris_dylora,
+    next_block,
+    unbuilt_at_zero,
+    zero_alphas_expressible,
+    zero_note,
+)
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
 from dbspec.convert.kohya.loraplus import loraplus
 from dbspec.families import family_spec, lycoris_text_prefixes
@@ -109,17 +117,12 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
-    unet, convs = _differing_unet(file, family, value, alpha, conv_alpha)
+    bypass = bool(value("bypass", False))
+    unet, convs = _differing_unet(file, family, value, alpha, conv_alpha, bypass)
     t5 = any(k in conv.values for k in (("train", "t5"), ("train", "t5_idle")))  # a preset's T5 modules
-    text = _differing_text(file, family, value, alpha, t5)
-    zero = next((m.name for m in (*unet.values(), *convs.values(), *text.values()) if m.alpha == 0), None)
-    if zero is not None:
-        conv.unsupported(
-            weights,
-            f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which then "
-            "scales its update by 0 (DyLoraModule reads alpha 0 as the rank only when it builds the layer); "
-            "dbspec reads alpha 0 as the rank",
-        )
+    text = _differing_text(file, family, value, alpha, t5, bypass)
+    differing = {**unet, **convs, **text}
+    if not zero_alphas_expressible(file, weights, conv, lambda m: m.name in differing):
         return
     if not (unet or convs or text):
         conv.inert(
@@ -144,8 +147,9 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     )
     for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_tables)):
         for index, block in enumerate(entries, start=next_block(conv, table)):  # after the rank-0 ones
-            for key, item in {**block, "rank": rank}.items():
-                conv.put(("adapter", table, index, key), item, note)
+            out = {**block, "rank": rank}
+            for key, item in unbuilt_at_zero(out).items():
+                conv.put(("adapter", table, index, key), item, zero_note(out, note))
     conv.record(
         weights,
         "mapped",
@@ -160,9 +164,10 @@ def _adapted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets or ())
 
 
-def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha: float):
-    """The file's denoiser modules on layers the network adapts whose float32 alpha is not the network's:
-    ({name: Linear module at rank 1 and the file's alpha}, {name: the patch convolution's})."""
+def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha: float, bypass: bool):
+    """The file's denoiser modules on layers the network adapts whose float32 alpha (dylora.file_alpha: 0,
+    or in `bypass` the rank) is not the network's: ({name: Linear module at rank 1 and that alpha}, {name:
+    the patch convolution's})."""
     linears, convs = {}, {}
     targets, conv_targets = value("denoiser_targets", ()), value("conv_targets", ())
     for m in file.modules.values():
@@ -175,16 +180,17 @@ def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha
         full = [f"{blocks}.{index}.{c}" if blocks else c for c in children]
         if not all(_adapted(p, conv_targets if m.conv else targets) for p in full):
             continue  # a layer the network does not adapt: load_state_dict(strict=False) ignores it
-        own = _f32(m.alpha)
+        own = file_alpha(m.alpha, value("conv_rank", 0) if m.conv else value("rank", 4), bypass)
         if own != (conv_alpha if m.conv else alpha):
-            (convs if m.conv else linears)[m.name] = attrs.evolve(m, rank=1, alpha=own)  # by alpha alone
+            # by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
+            (convs if m.conv else linears)[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     return linears, convs
 
 
-def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool = False):
+def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool = False, bypass: bool = False):
     """The file's text-encoder modules (LyCORIS's lora_te<N>_ prefixes) of the encoders the network adapts
-    (T5-XXL's where `t5`: a preset file's T5 modules, train.t5) whose float32 alpha is not the network's, at
-    rank 1 and the file's alpha."""
+    (T5-XXL's where `t5`: a preset file's T5 modules, train.t5) whose float32 alpha (dylora.file_alpha) is
+    not the network's, at rank 1 and that alpha."""
     clip_keys = iter(("text_encoder_targets", "text_encoder_2_targets"))
     prefixes = []
     for prefix, encoder in zip(lycoris_text_prefixes(family), family_spec(family).text_encoders):
@@ -203,7 +209,7 @@ def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool =
     for m in file.modules.values():
         if m.alpha is None or not m.name.startswith(prefixes):
             continue
-        own = _f32(m.alpha)
+        own = file_alpha(m.alpha, value("rank", 4), bypass)
         if own != alpha:
-            out[m.name] = attrs.evolve(m, rank=1, alpha=own)
+            out[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     return out

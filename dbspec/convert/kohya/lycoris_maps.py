@@ -651,14 +651,16 @@ def _oft_blocks(
     reads alpha; an entry's own `constraint` (a number: _oft_own) and `rescaled` (its truth) replace the
     network's, which create_single_module hands every module only where the entry does not give its own;
     PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT and BOFT adapt convolutions
-    only with conv_dim)."""
+    only with conv_dim). One block per entry and block size: an entry without its own dim gives its linears
+    and 1x1 convolutions `lora_dim`, its k x k ones `conv_lora_dim` (network._diag_oft's block over the k x k
+    convolutions follows these)."""
     dim, conv_dim = dims[0], dims[2]
     built = [row for row in rows if row[0] in layers]
-    groups: dict[str, list[Layer]] = {}
+    groups: dict[tuple[str, int], list[Layer]] = {}
     for layer in layers.values():
-        groups.setdefault(layer.source, []).append(layer)
+        groups.setdefault((layer.source, layer.dim), []).append(layer)
     out = []
-    for source, group in groups.items():
+    for (source, _), group in groups.items():
         entry = dict(group[0].options)  # one entry: one constraint and rescaled
         own: dict[str, Any] = {}
         if "constraint" in entry and not _same("constraint", entry["constraint"], network):

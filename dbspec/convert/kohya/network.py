@@ -1198,18 +1198,18 @@ def _diag_oft(
     """algo=diag-oft (lycoris/modules/diag_oft.py) and algo=boft (lycoris/modules/boft.py, the same
     arguments): network_dim is its lora_dim, the block-size hint; conv_dim the k x k convolutions' (LyCORIS's
     create_single_module: a Conv2d of kernel 1 at lora_dim, a wider one at conv_lora_dim), a block over their
-    names at that size (was DBS403; beside a preset file's own blocks, whose entries would take those layers
-    first, still DBS403); `constraint` (float, "or 0") and `rescaled` (str_bool) as LyCORIS's create_network
-    reads them."""
+    names at that size (was DBS403), after a preset file's own blocks (was DBS403 too): those name their
+    entries' layers at the size create_single_module gives each (an entry's dim, else `lora_dim` or on a
+    k x k convolution `conv_lora_dim`: lycoris_maps._oft_blocks), so the k x k convolutions no entry
+    sizes otherwise fall to this block; `constraint` (float, "or 0") and `rescaled` (str_bool) as LyCORIS's
+    create_network reads them."""
     put["block_size"] = dim
     if conv_dim != dim and put.get("conv_targets"):
-        if put.get("_blocks"):
-            unsupported["conv_dim"] = (
-                f"{conv_dim} (OFT: beside the preset file's blocks, network_dim's {dim})"
-            )
-        else:
-            why = "kohya network_args conv_dim: LyCORIS's block-size hint of the k x k convolutions"
-            put["_blocks"] = [{"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why}]
+        why = "kohya network_args conv_dim: LyCORIS's block-size hint of the k x k convolutions"
+        put["_blocks"] = [
+            *put.get("_blocks", ()),
+            {"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why},
+        ]
     constraint = _float(kwargs.pop("constraint", "") or 0)
     if constraint:
         put["constraint"] = constraint

@@ -59,6 +59,16 @@ def train_db_unet_lifted(a: Args) -> str:
     learning_rate, text encoder at learning_rate_te] (the order of dbspec's groups too): OneCycleLR and
     CyclicLR set its rate from its own bounds (a list's first value, or the one number), so they hold it at 0
     where those are 0 ("")."""
+    return _train_db_group_lifted(a, 0)
+
+
+def train_db_text_lifted(a: Args) -> str:
+    """train_db_unet_lifted for its text encoder's group: the U-Net's own group without learning_rate_te,
+    else the second (a bound list's second value, or the one number)."""
+    return _train_db_group_lifted(a, 0 if a["learning_rate_te"].value is None else 1)
+
+
+def _train_db_group_lifted(a: Args, index: int) -> str:
     moves = torch_schedule_moves_a_zero_group(a)
     cls = str(a["lr_scheduler_type"].value or "").removeprefix("torch.optim.lr_scheduler.") if moves else ""
     if cls not in ("OneCycleLR", "CyclicLR"):
@@ -67,26 +77,34 @@ def train_db_unet_lifted(a: Args) -> str:
     if problems:
         return moves  # reported where the schedule maps
     keys = ("max_lr", "base_lr") if cls == "CyclicLR" else ("max_lr",)
-    firsts = [
-        value[0] if isinstance(value, list | tuple) and value else value for value in map(kwargs.get, keys)
-    ]
-    if not all(isinstance(value, int | float) for value in firsts):
-        return moves  # a bound missing or not a number: the schedule's mapping reports it
-    return moves if any(firsts) else ""
+    mine = [_group_value(value, index) for value in map(kwargs.get, keys)]
+    if not all(isinstance(value, int | float) for value in mine):
+        return moves  # a bound missing, not a number or not the group's: the schedule's mapping reports it
+    return moves if any(mine) else ""
+
+
+def _group_value(value, index: int):
+    """A torch scheduler bound's value for the group at `index`: a list's (None past its end), or the one."""
+    if isinstance(value, list | tuple):
+        return value[index] if index < len(value) else None
+    return value
 
 
 def train_db_unet_trains(a: Args) -> bool:
     """Whether train_db.py's U-Net is a dbspec denoiser group: at a learning_rate above 0, or at 0 beside a
     text encoder at learning_rate_te above 0 where its gradients count in the clip (held, optimizer.lr = 0)
     or the schedule moves it (optimizer.denoiser_at_zero = "keep"), or at 0 with no text encoder training
-    (stop_text_encoder_training 0 or below) where the schedule moves it alone; else train.denoiser = false
-    (or nothing trains: the rates' mapping reports it)."""
+    (stop_text_encoder_training 0 or below) where the schedule moves it alone, or at 0 beside a training text
+    encoder at rate 0 too (learning_rate_te 0 or none) where the schedule moves either (kept or held); else
+    train.denoiser = false (or nothing trains: the rates' mapping reports it)."""
     if a["learning_rate"].value:
         return True
     stop = a["stop_text_encoder_training"].value
     if stop is not None and int(stop) <= 0 and train_db_unet_lifted(a):
         return True
     rate_te = a["learning_rate_te"].value if "learning_rate_te" in a else None
+    if not rate_te and (stop is None or int(stop) > 0):
+        return bool(train_db_unet_lifted(a) or train_db_text_lifted(a))
     return bool(rate_te) and bool(a["max_grad_norm"].value or train_db_unet_lifted(a))
 
 

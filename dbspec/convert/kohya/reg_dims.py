@@ -200,9 +200,9 @@ def flux_reg_blocks(
         if text_blocks is not None:
             text_blocks.extend(text)
     modules = flux_names(train, in_dims, family)
-    decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    decided: dict[
+        tuple[int, float, float, float, tuple[str, int] | None], dict[str, dict[int | None, set[str]]]
+    ] = defaultdict(lambda: defaultdict(dict))
     extra: list[str] = []
     qkv = False  # kohya builds a double block's q/k/v LoRA (split_qkv then fails)
     found = [
@@ -234,8 +234,8 @@ def flux_reg_blocks(
                 f"network_reg_dims gives `{name}` rank {rank}: torch cannot build a negative rank"
             )
         own = _rate(name, by_lr, unet_lr if hold else 1.0) if rank else (0.0, 1.0)
-        key = (rank, alpha if rank else 1.0, *own)
-        if by_dim is None and key[2:] == (0.0, 1.0):
+        key = (rank, alpha if rank else 1.0, *own, _position(lrs, by_lr, own[0], "unet"))
+        if by_dim is None and key[2:4] == (0.0, 1.0):
             continue  # the denoiser's rank and rate: no block
         decided[key][blocks].setdefault(index, set()).update(children)
         if not blocks and rank:
@@ -279,9 +279,9 @@ def text_reg_blocks(
     train.t5, lora_flux._t5_lifted). `groups["text_lifted"]`: those encoders' prefixes. `groups["text"]`
     (filled when `groups` is given): per prefix, `reg` {regex position: rate} of the regexes that are the
     first to match a built module, `default` whether a built module matches none."""
-    decided: dict[tuple[int, float, float, float], dict[str, dict[int | None, set[str]]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    decided: dict[
+        tuple[int, float, float, float, tuple[str, int] | None], dict[str, dict[int | None, set[str]]]
+    ] = defaultdict(lambda: defaultdict(dict))
     encoder_rate = {"lora_te1_": rates[0], "lora_te3_": rates[1]}
     modules = text_modules(prefixes, family)
     lifted = lifted_encoders(dims, lrs, modules, dim, encoder_rate)
@@ -314,7 +314,8 @@ def text_reg_blocks(
                 "take (a rate is at least 0)"
             )
         own, scale = (by_lr[1], 1.0 if by_lr[1] else 0.0) if by_lr is not None and rank else (0.0, 1.0)
-        decided[(rank, alpha if rank else 1.0, own, scale)][head].setdefault(index, set()).add(child)
+        key = (rank, alpha if rank else 1.0, own, scale, _position(lrs, by_lr, own, prefix))
+        decided[key][head].setdefault(index, set()).add(child)
     return _entries(decided)
 
 
@@ -342,12 +343,25 @@ def lifted_encoders(
     return frozenset(lifted)
 
 
+def _position(
+    lrs: dict[str, float] | None, by_lr: tuple[str, float] | None, own: float, component: str
+) -> tuple[str, int] | None:
+    """(`component`: "unet" or the text encoder's kohya prefix, the position in network_reg_lrs of the regex
+    that gives a built module its own positive rate: its assemble_params group `reg_lr_<i>`), else None: two
+    regexes at one rate are two kohya groups, which a per-group scheduler list may give different bounds
+    (group_lists.write_block_groups)."""
+    if by_lr is None or not by_lr[0] or not own:
+        return None
+    return component, list(lrs or {}).index(by_lr[0])
+
+
 def _entries(decided) -> list[dict[str, Any]]:
-    """The block tables of the decided modules: {(rank, alpha, own lr, lr_scale): {block head: {index:
-    children}}} -> one entry per pattern, with `lr` where a regex gave its own rate and `lr_scale = 0` where
-    kohya leaves the module out of the optimizer."""
+    """The block tables of the decided modules: {(rank, alpha, own lr, lr_scale, (component, regex position)):
+    {block head: {index: children}}} -> one entry per pattern, with `lr` where a regex gave its own rate (its
+    component and position as `_reg`, for the converter alone) and `lr_scale = 0` where kohya leaves the
+    module out of the optimizer."""
     out = []
-    for (rank, a, rate, scale), lists in decided.items():
+    for (rank, a, rate, scale, position), lists in decided.items():
         for head, indices in lists.items():
             for pattern in _patterns(head, indices):
                 entry: dict[str, Any] = {"pattern": pattern, "rank": rank, "alpha": a}
@@ -355,5 +369,7 @@ def _entries(decided) -> list[dict[str, Any]]:
                     entry["lr"] = rate
                 if not scale:
                     entry["lr_scale"] = 0.0
+                if position is not None:
+                    entry["_reg"] = position
                 out.append(entry)
     return out

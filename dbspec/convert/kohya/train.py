@@ -21,6 +21,7 @@ from dbspec.convert.kohya.rate_zero import (
     lora_fa_order,
     lora_fa_trains_nothing,
     kept_group_moves,
+    train_db_text_lifted,
     train_db_unet_lifted,
 )
 from dbspec.convert.kohya.group_lists import group_table, split_needed, write_block_groups
@@ -1161,17 +1162,8 @@ def _train_db_unet_at_rate_zero(
     if not _polynomial_takes_lr_zero(a, conv):
         return None
     moves = train_db_unet_lifted(a)
-    if moves and text_encoder and not te.value:
-        group = "in the U-Net's group (no learning_rate_te)" if te.value is None else "at learning_rate_te 0"
-        conv.unsupported(
-            unet_lr,
-            f"train_db.py steps the U-Net at learning rate 0 and the text encoder {group}, and {moves}: "
-            "both train on the schedule, while dbspec keeps no text encoder at rate 0 beside the denoiser "
-            "at 0 (optimizer.text_encoder_at_zero keeps one beside a denoiser at a rate above 0; DBS200)",
-            help="give --learning_rate_te a rate above 0, or --stop_text_encoder_training -1 to train the "
-            "U-Net alone on the schedule",
-        )
-        return None
+    if text_encoder and not te.value and (moves or train_db_text_lifted(a)):
+        return _train_db_groups_at_rate_zero(a, unet_lr, moves, conv)
     if moves:  # the U-Net's group kept at rate 0 and moved by the schedule (alone without a text encoder)
         why = f"train_db.py keeps the U-Net in the optimizer at learning rate 0, where {moves}"
         conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, note=why, comment=conv.comment(unet_lr, why))
@@ -1186,6 +1178,30 @@ def _train_db_unet_at_rate_zero(
         conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, comment=conv.comment(unet_lr, why))
         return True
     return _train_db_frozen_unet(a, unet_lr, text_encoder, conv)
+
+
+def _train_db_groups_at_rate_zero(a: Args, unet_lr: Legacy, moves: str, conv: Conversion) -> bool:
+    """train_db.py at learning_rate 0 with the text encoder at rate 0 too (learning_rate_te 0: a group of its
+    own after the U-Net's; none: in the U-Net's group), under a torch schedule that lifts a group off 0
+    (`moves`: the U-Net's; rate_zero.train_db_text_lifted the text encoder's): each lifted group trains on
+    the schedule, a group the schedule holds at 0 stays put with its gradients in the clip norm. dbspec's
+    `optimizer.lr = 0` and `text_encoder_lr = 0`, its groups [denoiser, text encoder] at rate 0 in kohya's
+    order, with `denoiser_at_zero` / `text_encoder_at_zero = "keep"` for each lifted part (True). One kohya
+    group is two of dbspec's at the same rate and bounds: the optimizer steps each tensor alike."""
+    te, text_moves = a["learning_rate_te"], train_db_text_lifted(a)
+    group = "in the U-Net's group (no learning_rate_te)" if te.value is None else "at learning_rate_te 0"
+    why = f"train_db.py keeps the U-Net at learning rate 0 and the text encoder {group} in the optimizer"
+    conv.mapped(unet_lr, ("optimizer", "lr"), 0.0, note=why, comment=conv.comment(unet_lr, why))
+    if te.value is None:  # dbspec's text_encoder_lr would default to lr (0) too; said for the reader
+        conv.put(("optimizer", "text_encoder_lr"), 0.0, conv.comment(unet_lr, "the U-Net's group's rate"))
+    for part, option, lifted in (
+        ("the U-Net", "denoiser_at_zero", moves),
+        ("the text encoder", "text_encoder_at_zero", text_moves),
+    ):
+        if lifted:
+            conv.put(("optimizer", option), "keep", conv.comment(unet_lr, f"{why}, where {lifted}"))
+            conv.notes.append(f'kohya {why}, where {lifted}: {part} trains (optimizer.{option} = "keep")')
+    return True
 
 
 # kohya optimizer kinds whose constructor refuses the lr=learning_rate get_optimizer passes when it is 0:
