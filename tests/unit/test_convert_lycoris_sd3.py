@@ -372,6 +372,13 @@ def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
     # conv_dim=0: create_network's int("0") builds no convolution module (lycoris-lora 4.1.3, scratch run)
     outcome = _sd3(tmp_path / "no_conv", "--network_args algo=full conv_dim=0")
     assert plan_of(outcome, tmp_path / "no_conv").adapter.conv_targets == ()
+    # module_dropout / rank_dropout (was DBS403): FullModule's draws, one per fused q/k/v for its parts
+    outcome = _sd3(
+        tmp_path / "drop", "--network_args algo=full preset=full-lin module_dropout=0.2 rank_dropout=0.3"
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.module_dropout, a.rank_dropout) == (0.2, 0.3) and [f.name for f in a.fused] == FUSED
 
 
 def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_convolution(tmp_path):
