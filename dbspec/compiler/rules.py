@@ -3483,12 +3483,13 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped. LyCORIS's weight decomposition (dora_form "lycoris") takes LoConModule's module dropout and its
-    row mask (rank_dropout_form "lycoris") in its own forward (runtime/lycoris_dora.py), not on fused
-    layers (their parts would draw apart)."""
+    row mask (rank_dropout_form "lycoris") in its own forward (runtime/lycoris_dora.py); on fused layers
+    per output row, the parts sharing one draw (runtime/fused_lycoris_dropout.py), not per input column (one
+    norm over every part's rows of the masked update)."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    locon = lycoris_dora(adapter) and not adapter.fused_projections
+    locon = lycoris_dora(adapter) and not (adapter.fused_projections and adapter.dora_axis == "input")
     for key, off in (
         ("down_dropout", 0.0),
         ("output_dropout", 0.0),
@@ -3516,8 +3517,11 @@ def _locon_dora_why(adapter, key: str) -> str:
         return ""
     if not lycoris_dora(adapter):
         return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
-    if adapter.fused_projections:
-        return " with fused_projections (LyCORIS's one module per fused layer draws once for its parts)"
+    if adapter.fused_projections and adapter.dora_axis == "input":
+        return (
+            ' with fused_projections and dora_axis = "input" (LyCORIS\'s one norm per input column spans '
+            'every part\'s rows of the masked update; per output row, dora_axis = "output", it takes them)'
+        )
     return (
         f' and adapter.rank_dropout_form = "{adapter.rank_dropout_form}" (LyCORIS\'s weight decomposition '
         'masks the rebuilt update\'s output rows: rank_dropout_form = "lycoris")'

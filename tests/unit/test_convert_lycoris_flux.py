@@ -791,14 +791,23 @@ def test_locon_dora_wd_per_input_column_on_fused_layers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arg",
+    ("arg", "rates"),
     [
-        "dora_wd=True rank_dropout=0.1",
-        "dora_wd=True module_dropout=0.1",
+        ("dora_wd=True rank_dropout=0.1", (0.0, 0.1)),
+        ("dora_wd=True module_dropout=0.1", (0.1, 0.0)),
+        ("dora_wd=True module_dropout=0.2 rank_dropout=0.1", (0.2, 0.1)),
     ],
 )
-def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+def test_dora_wd_with_dropouts_draws_once_per_fused_layer(tmp_path, arg, rates):
+    """LoConModule with weight_decompose and its dropouts on each fused Linear, per output row (was DBS403):
+    one skip draw and one row mask over the fused update, which the parts share, each decomposing its rows
+    (runtime/fused_lycoris_dropout.py add_fused_locon_dora_dropout; issue 12)."""
+    outcome = _flux(tmp_path, f"--network_args {arg}")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (True, "lycoris", "output")
+    assert (a.module_dropout, a.rank_dropout) == rates and len(a.fused) == 3
+    assert a.rank_dropout_form == "lycoris" or not a.rank_dropout
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])

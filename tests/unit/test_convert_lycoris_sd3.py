@@ -351,6 +351,12 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     lokr = _sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True")
     assert plan_of(lokr, tmp_path).adapter.dora and "DBS403" not in codes(lokr) and not errors(lokr)
+    # with LoConModule's dropouts (was DBS403): one draw per fused q/k/v, the masked update decomposed
+    drop = "--network_args algo=locon preset=full-lin dora_wd=True module_dropout=0.1 rank_dropout=0.2"
+    outcome = _sd3(tmp_path / "drop", drop)
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.dora, a.module_dropout, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, 0.2, "lycoris")
 
 
 def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
