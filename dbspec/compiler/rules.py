@@ -3489,7 +3489,11 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    locon = lycoris_dora(adapter) and not (adapter.fused_projections and adapter.dora_axis == "input")
+    # on fused layers beside blocks of other kinds (a LyCORIS preset file's entries) not checked against
+    # lycoris-lora's network yet: refused there
+    others = any(getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks)
+    fused_off = adapter.fused_projections and (adapter.dora_axis == "input" or others)
+    locon = lycoris_dora(adapter) and not fused_off
     for key, off in (
         ("down_dropout", 0.0),
         ("output_dropout", 0.0),
@@ -3517,7 +3521,12 @@ def _locon_dora_why(adapter, key: str) -> str:
         return ""
     if not lycoris_dora(adapter):
         return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
-    if adapter.fused_projections and adapter.dora_axis == "input":
+    if adapter.fused_projections and adapter.dora_axis == "output":
+        return (
+            " with fused_projections beside [[adapter.blocks]] of other kinds (LoConModule's shared draw on "
+            "the decomposed fused layers is checked on a LoRA / LoCon network alone)"
+        )
+    if adapter.fused_projections:
         return (
             ' with fused_projections and dora_axis = "input" (LyCORIS\'s one norm per input column spans '
             'every part\'s rows of the masked update; per output row, dora_axis = "output", it takes them)'
