@@ -2703,7 +2703,7 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
     Code(
         "DBS577",
         ERROR,
-        "A fused Diag-OFT, BOFT, GLoRA, DyLoRA or IA^3 it cannot train",
+        "A fused Diag-OFT, BOFT, GLoRA, DyLoRA, IA^3 or full it cannot train",
         """\
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
@@ -2721,8 +2721,10 @@ of `b1` and the module's dropout draws (one per forward). With `kind = "dylora"`
 fused Linear: the parts share the down blocks, the drawn block and the `module_dropout` draw, each its
 rows of the up blocks; one `unit` for all its parts. With `kind = "ia3"` one IA3Module per fused Linear:
 each part keeps its rows' scales and the parts share the `module_dropout` draw; no part in `input_targets`
-(the fused module would scale its input columns once for every part). All need every part of a fused layer
-adapted, at one rank and alpha, and a family with kohya's Flux / SD3 layout.""",
+(the fused module would scale its input columns once for every part). With `kind = "full"` one FullModule
+per fused Linear: each part keeps its rows' copy and the parts share the `module_dropout` draw and the
+`rank_dropout` row mask. All need every part of a fused layer adapted, at one rank and alpha, and a family
+with kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",
     ),

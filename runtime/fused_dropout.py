@@ -87,9 +87,20 @@ def add_fused_dropout(
     `torch.rand(rank)` over the shared down's output, unscaled. `output_dropout` (the bypass forward's
     `dropout`): torch's dropout over the whole fused output (every row, as LoConModule's output), drawn
     last, each part multiplying its update (x scale) by its rows of the mask."""
-    wrapped = 0
+    from dbspec.runtime.fused_lycoris_dropout import add_fused_locon_dora_dropout
+    from dbspec.runtime.lycoris_dora import dora_scale_of
+
+    # LyCORIS's weight decomposition on the parts: LoConModule's draws around it
+    # (add_fused_locon_dora_dropout; the compiler keeps the other dropouts, the multiplier and other
+    # rank-dropout forms off it, DBS267)
+    rank = rank_dropout if form == "lycoris" else 0.0
+    wrapped = add_fused_locon_dora_dropout(module, fused, module_dropout, rank)
     for group, found in fused_layers(module, fused):
-        layers = [layer for _, layer in found if not layer.use_dora.get(ADAPTER_NAME)]  # DoRA: peft's own
+        layers = [  # DoRA: peft's own; LyCORIS's: wrapped above
+            layer
+            for _, layer in found
+            if not layer.use_dora.get(ADAPTER_NAME) and dora_scale_of(layer, ADAPTER_NAME) is None
+        ]
         first = layers[0].lora_A[ADAPTER_NAME].weight if layers else None
         shared = [layer for layer in layers if layer.lora_A[ADAPTER_NAME].weight is first]
         if len(shared) < 2:

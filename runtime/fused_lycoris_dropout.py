@@ -49,6 +49,7 @@ class LycorisDraw:
         self.module_dropout, self.rank_dropout, self.scale = module_dropout, rank_dropout, scale
         self.output_dropout = output_dropout
         self.conv = False  # a convolution of its own (add_lycoris_layer_dropout): its output's channels
+        self.on_device = False  # the row mask on the input's device (LoConModule's), else the CPU's
         self.left = 0  # parts still to apply the current draw
         self.skip = False
         self.mask: torch.Tensor | None = None
@@ -64,7 +65,8 @@ class LycorisDraw:
             self.skip = bool(self.module_dropout) and bool(torch.rand(1) < self.module_dropout)
             self.mask = self.output = None
             if not self.skip and self.rank_dropout:
-                mask = (torch.rand(self.rows) > self.rank_dropout).float()
+                device = out.device if self.on_device else None
+                mask = (torch.rand(self.rows, device=device) > self.rank_dropout).float()
                 self.mask = mask / mask.mean() if self.scale else mask
             if not self.skip and self.output_dropout:  # bypass_forward_diff's self.drop(update x scalar)
                 shape = out.shape if self.conv else (*out.shape[:-1], self.rows)
@@ -134,6 +136,39 @@ def add_lycoris_layer_dropout(
         draw.conv = conv
         layer.forward = _forward(layer, layer.forward, draw, (0, rows))
         layer.dbspec_lycoris_draw = draw
+        wrapped += 1
+    return wrapped
+
+
+def add_fused_locon_dora_dropout(
+    module: torch.nn.Module, fused: tuple[FusedPlan, ...], module_dropout: float, rank_dropout: float
+) -> int:
+    """LoConModule with weight_decompose (dora_wd, per output row) on a fused Linear: its forward's one
+    `torch.rand(1) < module_dropout`, then make_weight's one mask `torch.rand(rows, device=x.device) >
+    rank_dropout` over every row of the fused update (divided by its mean where the parts' block rescales,
+    a LyCORIS map entry's rank_dropout_scale), the masked update decomposed. The adapted parts of each fused
+    layer (a LoRA adapter's, LyCORIS's decomposition on them: runtime/lycoris_dora.py) share that draw, each
+    decomposing its rows of the masked update with its rows' magnitudes (the norm per output row stays within
+    a part); how many fused layers. Per input column (one norm over every part's rows) they are not wrapped:
+    the compiler refuses the dropouts there (DBS267)."""
+    from dbspec.runtime.lora_dropout import rescaled
+
+    def part(layer) -> bool:  # a LoRA part decomposed per output row
+        decomposed = dora_scale_of(layer, ADAPTER_NAME) is not None and hasattr(layer, "lora_A")
+        return decomposed and layer.dora_axis(ADAPTER_NAME) == "output"
+
+    wrapped = 0
+    for group, index, found in fused_parts(module, fused, part):
+        if len(found) < 2:
+            continue
+        block = module.get_submodule(group.blocks)[index]
+        widths = [int(block.get_submodule(p).get_base_layer().weight.shape[0]) for p in group.parts]
+        draw = LycorisDraw(len(found), sum(widths), module_dropout, rank_dropout, rescaled(found[0][2]))
+        draw.on_device = True
+        for position, _, layer in found:
+            start = sum(widths[:position])
+            layer.forward = _forward(layer, layer.forward, draw, (start, start + widths[position]))
+            layer.dbspec_lycoris_draw = layer.dbspec_fused_draw = draw
         wrapped += 1
     return wrapped
 

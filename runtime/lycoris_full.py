@@ -14,7 +14,12 @@ adapter (a base-model prior) runs the original layer. Linear and ungrouped Conv2
 While training, `full_rank_dropout` (plan.adapter.rank_dropout, add_full_rank_dropout) masks the update's
 output rows as FullModule.make_weight does: `torch.rand(out, device=x.device) > rank_dropout` from torch's
 generator on the input's device, the kept rows of W' - W and b' - b unscaled (kohya's network never passes
-`rank_dropout_scale`), drawn after module_dropout's draw (runtime/mixed_kinds.py add_own_module_dropout)."""
+`rank_dropout_scale`), drawn after module_dropout's draw (runtime/mixed_kinds.py add_own_module_dropout).
+On Flux / SD3 / Chroma's fused Linears (`plan.adapter.fused`, adapter.fused_projections) kohya's one
+FullModule draws one mask over the fused layer's rows: the parts share it (FusedRows, each part its rows);
+a Linear kohya holds with its halves of rows the other way round (SD3's last context modulation, feeding
+diffusers' AdaLayerNormContinuous: (scale, shift) where kohya reads (shift, scale)) takes its mask's halves
+swapped, so each row is dropped by kohya's draw for that row."""
 
 from __future__ import annotations
 
@@ -103,26 +108,75 @@ class FullLayer(AddedOutput, nn.Module, LoraLayer):
         delta, delta_bias = self.get_delta_weight(adapter), self.get_delta_bias(adapter)
         rate = self.__dict__.get("full_rank_dropout", 0.0)
         if self.training and rate:  # FullModule.make_weight's mask over the output rows, weight and bias
-            keep = (torch.rand(delta.shape[0], device=x.device) > rate).to(delta.dtype)
+            keep = self._kept_rows(delta.shape[0], x.device, rate).to(delta.dtype)
             delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
             delta_bias = None if delta_bias is None else delta_bias * keep
         return self._op(self._cast_input_dtype(x, delta.dtype), delta, delta_bias)
+
+    def _kept_rows(self, rows: int, device: torch.device, rate: float) -> torch.Tensor:
+        """FullModule's `torch.rand(out, device) > rank_dropout`: the layer's own draw (its halves swapped
+        where kohya holds them the other way round), or its rows of its fused layer's one draw."""
+        fused = self.__dict__.get("full_fused_rows")
+        if fused is not None:
+            draw, start = fused
+            return draw.take(device)[start : start + rows]
+        keep = torch.rand(rows, device=device) > rate
+        return keep.roll(rows // 2) if self.__dict__.get("full_swapped") else keep
 
     def __repr__(self) -> str:
         return "lycoris_full." + super().__repr__()
 
 
-def add_full_rank_dropout(module: nn.Module, rate: float) -> int:
-    """LyCORIS FullModule's rank dropout on every FullLayer of `module` (the adapter's own layers): how
-    many."""
+class FusedRows:
+    """One FullModule's rank-dropout mask on a fused Linear, for its `parts` adapted parts: the first part
+    whose update runs in a training forward draws `torch.rand(rows, device) > rate` over the fused layer's
+    `rows` (every part's, in kohya's row order), the others take the same mask, each its own rows. A skipped
+    forward (module_dropout's shared draw, runtime/fused.py FusedSkip, first) reaches no part's update, so
+    none draws, as FullModule draws no mask when it skips. Kept until every part has taken it, so gradient
+    checkpointing's recomputation (the generators restored) draws it again alike."""
+
+    def __init__(self, parts: int, rows: int, rate: float):
+        self.parts, self.rows, self.rate = parts, rows, rate
+        self.left, self.mask = 0, torch.ones(0, dtype=torch.bool)
+
+    def take(self, device: torch.device) -> torch.Tensor:
+        if self.left == 0:
+            self.mask, self.left = torch.rand(self.rows, device=device) > self.rate, self.parts
+        self.left -= 1
+        return self.mask
+
+
+def add_full_rank_dropout(module: nn.Module, rate: float, fused: tuple = (), swapped=None) -> int:
+    """LyCORIS FullModule's rank dropout on every FullLayer of `module` (the adapter's own layers): each
+    layer its own mask, the adapted parts of a fused Linear (`fused`, plan.adapter.fused) one they share
+    (FusedRows over every part's rows), the layers `swapped(path)` names (kohya's halves of rows the other
+    way round) their mask's halves swapped. How many layers."""
     from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.fused import fused_parts
+
+    def own(layer) -> bool:
+        return isinstance(layer, FullLayer) and ADAPTER_NAME in layer.lora_full
 
     count = 0
-    for layer in module.modules():
-        if isinstance(layer, FullLayer) and ADAPTER_NAME in layer.lora_full:
+    for path, layer in module.named_modules():
+        if own(layer):
             layer.full_rank_dropout = rate
+            layer.full_swapped = bool(swapped is not None and swapped(path))
             count += 1
+    for group, index, found in fused_parts(module, fused, own):
+        if len(found) < 2:
+            continue
+        block = module.get_submodule(group.blocks)[index]
+        widths = [_rows(block.get_submodule(part)) for part in group.parts]  # adapted or not
+        draw = FusedRows(len(found), sum(widths), rate)
+        for position, _, layer in found:
+            layer.full_fused_rows = (draw, sum(widths[:position]))
     return count
+
+
+def _rows(layer: nn.Module) -> int:
+    base = layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+    return int(base.weight.shape[0])
 
 
 def dispatch_full(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:

@@ -100,8 +100,8 @@ def _prepare(
             )
             add_norm_offsets(module, norms, a.module_dropout, a.rank_dropout, required=not (clip and several))
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
-        # (IA^3's parts keep their own rows' scales: its fused layers share the module_dropout draw alone)
-        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha", "ia3"):
+        # (IA^3's and full's parts keep their own rows: their fused layers share the dropout draws alone)
+        if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha", "ia3", "full"):
             _tie_fused(module, plan.adapter)
         elif plan.adapter.fused and denoiser and mixed(plan.adapter):  # a LoKr / LoHa adapter's LoRA blocks
             from dbspec.runtime.fused import tie_fused_projections
@@ -133,9 +133,10 @@ def _prepare(
 
             add_own_module_dropout(module, a.module_dropout, a.fused if denoiser else ())
         if a.kind == "full" and a.rank_dropout and not mixed(a):  # FullModule's mask over the output rows
-            from dbspec.runtime.lycoris_full import add_full_rank_dropout
+            from dbspec.runtime.lycoris_full import add_full_rank_dropout  # a fused Linear's parts: one
 
-            add_full_rank_dropout(module, a.rank_dropout)
+            fused, swapped = (a.fused, swapped_rows(module)) if denoiser else ((), None)
+            add_full_rank_dropout(module, a.rank_dropout, fused, swapped)
         if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # its rotations' dropout
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 

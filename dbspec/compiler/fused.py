@@ -9,7 +9,8 @@ with some parts adapted and others not: those rows get no update), DBS507 (parts
 different ranks, alphas or learning-rate scales: one down-projection has one of each; LoKr / LoHa, one
 LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's, BOFT's and
 GLoRA's fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_boft.py,
-lycoris_glora.py) and IA^3's (one module_dropout draw per fused layer, runtime/fused.py FusedSkip): DBS577."""
+lycoris_glora.py), IA^3's (one module_dropout draw per fused layer, runtime/fused.py FusedSkip) and full's
+(that draw and one rank-dropout row mask, runtime/lycoris_full.py FusedRows): DBS577."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from dbspec.spec.model import (
     BoftAdapter,
     DiagOftAdapter,
     DyloraAdapter,
+    FullAdapter,
     GloraAdapter,
     Ia3Adapter,
     LohaAdapter,
@@ -41,9 +43,10 @@ _FUSED_KINDS = (
     GloraAdapter,
     DyloraAdapter,
     Ia3Adapter,
+    FullAdapter,
 )
 # LyCORIS's module per fused Linear: DBS577
-_MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter, Ia3Adapter)
+_MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter, Ia3Adapter, FullAdapter)
 
 
 def targeted(path: str, targets) -> bool:
@@ -58,6 +61,8 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
         return 0, 0.0, 1.0, ""
     if adapter.kind == "ia3":  # no rank: the side it scales (2: the input columns, input_targets)
         return (2 if targeted(path, adapter.input_targets) else 1), 0.0, 1.0, ""
+    if adapter.kind == "full":  # no rank: a copy of the layer
+        return 1, 0.0, 1.0, ""
     block = next((b for b in adapter.blocks if re.search(b.pattern, path)), None)
     if adapter.kind in (
         "diag-oft",
@@ -374,7 +379,7 @@ def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict)
 
 def _check_fused_module(
     ctx: Context,
-    adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter | Ia3Adapter,
+    adapter: DiagOftAdapter | GloraAdapter | DyloraAdapter | Ia3Adapter | FullAdapter,
     family: str,
     plan: AdapterPlan,
 ) -> None:
@@ -393,8 +398,8 @@ def _check_fused_module(
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
         )
-    else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's,
-        switches = ()  # IA^3's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)
+    else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's, IA^3's,
+        switches = ()  # full's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)
     found = [why for why, on in (*switches, *layout) if on]
     for group in spec.fused_projections:

@@ -621,8 +621,9 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
         return "", 0
     # full / IA^3 / Diag-OFT / BOFT on SD 1.x/2.x and SDXL: one module per layer
     sd_full = isinstance(adapter, _PER_LAYER) and not spec.fused_projections
-    # IA^3's parts hold their rows of the fused module's scales either way (its fused_projections: one draw)
-    fused = isinstance(adapter, Ia3Adapter) or getattr(adapter, "fused_projections", True)
+    # IA^3's and full's parts hold their rows of the fused module's scales / copy either way (their
+    # fused_projections: the dropout draws shared)
+    fused = isinstance(adapter, (Ia3Adapter, FullAdapter)) or getattr(adapter, "fused_projections", True)
     if not sd_full and not ((fused or not fused_layers) and spec.fused_projections):
         ctx.report(
             "DBS356",

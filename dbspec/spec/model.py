@@ -1351,9 +1351,10 @@ class FullAdapter:
         0.0,
         doc="Skip a layer's trained copy with this probability while training, the base layer alone "
         "answering (LyCORIS `module_dropout`: FullModule.forward's one `torch.rand(1)` from torch's global "
-        "generator per layer and training forward). Each adapted layer draws its own (on Flux / SD3 / "
-        "Chroma each diffusers part of a fused Linear too, where kohya's one module on the fused layer "
-        "draws once). The norm offsets draw it too.",
+        "generator per layer and training forward). Each adapted layer draws its own; with "
+        "`fused_projections` one draw per fused layer, its parts skipping together (kohya's one module on "
+        "the fused Linear); without it diffusers' split parts of Flux / SD3's fused Linears each draw. The "
+        "norm offsets draw it too.",
         minimum=0,
         maximum=1,
     )
@@ -1362,9 +1363,21 @@ class FullAdapter:
         doc="Drop each output row of a layer's update (W' - W and b' - b) with this probability while "
         "training, the kept rows unscaled (LyCORIS `rank_dropout`: FullModule.make_weight's "
         "`torch.rand(out, device=x.device) > rank_dropout` per layer and training forward, after "
-        "`module_dropout`'s draw). The norm offsets draw it too.",
+        "`module_dropout`'s draw); with `fused_projections` one mask over a fused layer's rows, each part "
+        "taking its own rows (kohya's one module on the fused Linear). The norm offsets draw it too.",
         minimum=0,
         maximum=1,
+    )
+    # kohya lycoris.kohya algo=full on kohya's Flux / SD3: one FullModule per fused Linear (its one draw)
+    fused_projections: bool = option(
+        False,
+        doc="One full copy per original fused layer (Flux: attn.to_q, to_k, to_v of each double-block "
+        "stream, and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): "
+        "LyCORIS's FullModule on kohya's fused Linear, whose copy's rows are the parts' rows, so the parts "
+        "keep their own copies and share the module's `module_dropout` draw and `rank_dropout` row mask "
+        "(lycoris.kohya `algo=full` with flux_train_network.py / sd3_train_network.py; the export writes "
+        "kohya's fused names either way). Every part of a fused layer must be adapted. false: each part "
+        "draws its own. Families without fused layers refuse it.",
     )
     exclude: list[str] = _exclude(
         "trained copy",

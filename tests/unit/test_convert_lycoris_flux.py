@@ -460,6 +460,7 @@ def test_train_norm_on_clip_beside_full(tmp_path):
         ("lora", "rank_dropout=0.2 module_dropout=0.1"),
         ("loha", "rank_dropout=0.2 module_dropout=0.1"),
         ("lokr", "module_dropout=0.1"),
+        ("full", "rank_dropout=0.2 module_dropout=0.1"),  # was DBS403: the full adapter carries both
     ],
 )
 def test_train_norm_on_clip_with_lycoris_dropouts(tmp_path, algo, drops):
@@ -790,14 +791,23 @@ def test_locon_dora_wd_per_input_column_on_fused_layers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arg",
+    ("arg", "rates"),
     [
-        "dora_wd=True rank_dropout=0.1",
-        "dora_wd=True module_dropout=0.1",
+        ("dora_wd=True rank_dropout=0.1", (0.0, 0.1)),
+        ("dora_wd=True module_dropout=0.1", (0.1, 0.0)),
+        ("dora_wd=True module_dropout=0.2 rank_dropout=0.1", (0.2, 0.1)),
     ],
 )
-def test_dora_wd_forms_without_a_fused_form_are_refused(tmp_path, arg):
-    assert "DBS403" in codes(_flux(tmp_path, f"--network_args {arg}"))
+def test_dora_wd_with_dropouts_draws_once_per_fused_layer(tmp_path, arg, rates):
+    """LoConModule with weight_decompose and its dropouts on each fused Linear, per output row (was DBS403):
+    one skip draw and one row mask over the fused update, which the parts share, each decomposing its rows
+    (runtime/fused_lycoris_dropout.py add_fused_locon_dora_dropout; issue 12)."""
+    outcome = _flux(tmp_path, f"--network_args {arg}")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (True, "lycoris", "output")
+    assert (a.module_dropout, a.rank_dropout) == rates and len(a.fused) == 3
+    assert a.rank_dropout_form == "lycoris" or not a.rank_dropout
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])
@@ -874,10 +884,38 @@ def test_full_is_a_trained_copy_of_each_fused_layers_parts(tmp_path):
     assert "never applies its dropout" in messages(outcome, "DBS405")
 
 
-@pytest.mark.parametrize("arg", ["module_dropout=0.1", "bypass_mode=True"])
-def test_full_dropouts_and_bypass_are_refused(tmp_path, arg):
-    outcome = _flux(tmp_path, f"--network_args algo=full {arg}", allow=True)
+def test_full_bypass_is_refused(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=full bypass_mode=True", allow=True)
     assert "DBS403" in codes(outcome) or errors(outcome)
+
+
+@pytest.mark.parametrize(
+    ("args", "rates"),
+    [
+        ("module_dropout=0.1", (0.1, 0.0)),
+        ("rank_dropout=0.25", (0.0, 0.25)),
+        ("module_dropout=0.1 rank_dropout=0.25", (0.1, 0.25)),
+    ],
+)
+def test_full_dropouts_share_one_draw_per_fused_layer(tmp_path, args, rates):
+    """FullModule's module_dropout and rank_dropout (was DBS403): the adapter's, with fused_projections (the
+    parts of a fused Linear are one FullModule: one skip draw and one row mask, runtime/lycoris_full.py;
+    issue 12); every part of each fused layer adapted, so the plan takes it."""
+    outcome = _flux(tmp_path, f"--network_args algo=full {args}")
+    assert not {"DBS402", "DBS403"} & codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout) == ("full", *rates)
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+    for key in args.split():
+        assert fate(outcome, f"network_args {key.split('=')[0]}") == "mapped"
+
+
+def test_full_zero_dropouts_change_nothing(tmp_path):
+    outcome = _flux(tmp_path, "--network_args algo=full module_dropout=0 rank_dropout=0.0")
+    assert not errors(outcome) and "DBS403" not in codes(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.module_dropout, a.rank_dropout, a.fused) == (0.0, 0.0, ())
+    assert fate(outcome, "network_args module_dropout") == "inert"
 
 
 def test_ia3_full_preset_scales_every_block_linear_per_output_row(tmp_path):

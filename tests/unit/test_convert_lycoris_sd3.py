@@ -351,6 +351,12 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert "DBS403" not in codes(outcome) and not errors(outcome)
     lokr = _sd3(tmp_path, "--network_args algo=lokr preset=full-lin dora_wd=True")
     assert plan_of(lokr, tmp_path).adapter.dora and "DBS403" not in codes(lokr) and not errors(lokr)
+    # with LoConModule's dropouts (was DBS403): one draw per fused q/k/v, the masked update decomposed
+    drop = "--network_args algo=locon preset=full-lin dora_wd=True module_dropout=0.1 rank_dropout=0.2"
+    outcome = _sd3(tmp_path / "drop", drop)
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.dora, a.module_dropout, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, 0.2, "lycoris")
 
 
 def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
@@ -372,6 +378,13 @@ def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):
     # conv_dim=0: create_network's int("0") builds no convolution module (lycoris-lora 4.1.3, scratch run)
     outcome = _sd3(tmp_path / "no_conv", "--network_args algo=full conv_dim=0")
     assert plan_of(outcome, tmp_path / "no_conv").adapter.conv_targets == ()
+    # module_dropout / rank_dropout (was DBS403): FullModule's draws, one per fused q/k/v for its parts
+    outcome = _sd3(
+        tmp_path / "drop", "--network_args algo=full preset=full-lin module_dropout=0.2 rank_dropout=0.3"
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.module_dropout, a.rank_dropout) == (0.2, 0.3) and [f.name for f in a.fused] == FUSED
 
 
 def test_ia3_full_scales_the_joint_blocks_the_timestep_embedder_and_the_patch_convolution(tmp_path):

@@ -731,3 +731,24 @@ def test_ia3_fused_projections_plans_one_module_per_fused_layer(toy: Path):
             assert refused in next(d.message for d in planned.diagnostics if d.code == "DBS577")
     write_spec(toy, adapter={"kind": "ia3", "fused_projections": True})
     assert "DBS505" in codes(compile_in(toy), "error")
+
+
+def test_full_fused_projections_plans_one_module_per_fused_layer(toy: Path):
+    """A full adapter with fused_projections: one FullModule per fused Linear, whose module_dropout draw and
+    rank_dropout row mask its parts share (runtime/lycoris_full.py FusedRows; issue 12). Every part
+    adapted, else DBS577; a family without fused layers DBS505; without it no fused layer is planned."""
+    full = {"kind": "full", "fused_projections": True, "denoiser_targets": KOHYA, "rank_dropout": 0.3}
+    write_spec(toy, model=FLUX, adapter=full)
+    planned = compile_in(toy)
+    assert planned.plan is not None, planned.diagnostics
+    a = planned.plan.adapter
+    assert (a.rank_dropout, [f.name for f in a.fused]) == (0.3, ["img_attn_qkv", "txt_attn_qkv", "linear1"])
+    write_spec(toy, model=FLUX, adapter={**full, "denoiser_targets": [t for t in KOHYA if t != "attn.to_v"]})
+    planned = compile_in(toy)
+    assert "img_attn_qkv without attn.to_v" in next(
+        d.message for d in planned.diagnostics if d.code == "DBS577"
+    )
+    write_spec(toy, model=FLUX, adapter={**full, "fused_projections": False})
+    assert compile_in(toy).plan.adapter.fused == ()
+    write_spec(toy, adapter={"kind": "full", "fused_projections": True})
+    assert "DBS505" in codes(compile_in(toy), "error")

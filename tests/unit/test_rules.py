@@ -1264,19 +1264,21 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # ... not with fused_projections (one module's draws over a fused layer's parts)
+    (  # ... with fused_projections per output row (one draw its parts share), not per input column (one
+        # norm over every part's rows of the masked update)
         rules.lora_dropouts_without_dora,
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n',
+        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
+        + 'dora_axis = "input"\n',
         [("DBS267", "error", ("adapter", "module_dropout"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nmodule_dropout = 0.2\n',
+        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n',
     ),
     (
         rules.best_checkpoint_metric_runs,

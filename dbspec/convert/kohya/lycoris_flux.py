@@ -482,10 +482,10 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
     full, dylora, ia3, diag-oft, boft, glora; beside BOFT, GLoRA and DyLoRA a rank_dropout, or GLoRA's
-    module_dropout: DBS403, the adapter carries no rate for the offsets; Diag-OFT's and IA^3's carry both),
-    SD3's CLIP-G its own list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP
-    Linears adapted or not: the offsets alone train CLIP), the network's dropouts drawn as NormModule draws
-    them. False when refused."""
+    module_dropout: DBS403, the adapter carries no rate for the offsets; Diag-OFT's, IA^3's and full's carry
+    both), SD3's CLIP-G its own list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`;
+    CLIP Linears adapted or not: the offsets alone train CLIP), the network's dropouts drawn as NormModule
+    draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -521,7 +521,7 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
     # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
     carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
-    if algo in ("diag-oft", "ia3"):  # their adapters carry both
+    if algo in ("diag-oft", "ia3", "full"):  # their adapters carry both
         carried = ("module_dropout", "rank_dropout")
     drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
     if algo in ("dylora", *_WHOLE_ONLY) and drops:
@@ -585,10 +585,11 @@ def _full(
     its diff's rows are the parts' own, so a copy per diffusers part (`kind = "full"`, no sharing) trains the
     same and the kohya_lora export stacks the parts' diffs under kohya's name (runtime/lycoris_export.py).
     The LoCon targets by full paths (no [[adapter.blocks]]); network_dim / network_alpha and the switches
-    FullModule never reads are inert; its dropouts, bypass_mode and the convolutions are refused (network.py's
-    _lycoris_full). A preset file's layers the targets take but LyCORIS builds no module on (rank-0 blocks:
-    the single blocks' linear2 beside Flux's final layer, T5-XXL's Linears it leaves out) are `exclude`d; its
-    T5-XXL modules (`t5_file`) train.t5's full copies. False when refused."""
+    FullModule never reads are inert; its module_dropout and rank_dropout are the adapter's, one draw and one
+    row mask per fused Linear with `fused_projections` (_full_dropouts; was DBS403); bypass_mode is invalid
+    (network.py's _lycoris_full). A preset file's layers the targets take but LyCORIS builds no module on
+    (rank-0 blocks: the single blocks' linear2 beside Flux's final layer, T5-XXL's Linears it leaves out)
+    are `exclude`d; its T5-XXL modules (`t5_file`) train.t5's full copies. False when refused."""
     layers, text = layout.presets[preset]
     module = a["network_module"]
     if layers in layout.convs:  # the preset's convolutions (enable_conv): FullModule's copy of each
@@ -604,7 +605,7 @@ def _full(
             conv.inert(legacy, f"FullModule has no rank or alpha (conv_dim 0 only leaves out {where})")
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
-    # kohya's fused Linears: one FullModule's draws over all the parts, which dbspec's parts draw apart
+    drawn = _full_dropouts(kwargs, args, conv)
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
@@ -640,11 +641,31 @@ def _full(
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
+    if drawn and layers != "none":  # the parts of a fused Linear are one FullModule: one draw, one mask
+        why = "one FullModule per fused Linear: its parts share the module_dropout draw and rank_dropout mask"
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
     if t5_file:  # a preset file's T5-XXL modules, trained: T5's full copies
         put_lycoris_t5(a, conv, conv.comment(module, f"preset {preset}: LyCORIS's full on T5-XXL"))
     why = "the targets' layers the preset file builds no FullModule on (no trained copy)"
     put_rest(conv, module, args, preset, text, {"exclude": exclude} if exclude else {}, why)
     return True
+
+
+def _full_dropouts(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> bool:
+    """FullModule's module_dropout (forward's one `torch.rand(1)` per module and training forward, first)
+    and rank_dropout (make_weight's `torch.rand(out, device) > rank_dropout` over the module's output rows,
+    weight and bias, unscaled): the adapter's (runtime/mixed_kinds.py add_own_module_dropout,
+    runtime/lycoris_full.py add_full_rank_dropout). Whether either draws."""
+    drawn = False
+    for key in [k for k in ("module_dropout", "rank_dropout") if k in kwargs]:
+        legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        rate = float(legacy.value or 0)
+        if rate:
+            conv.mapped(legacy, ("adapter", key), rate)
+            drawn = True
+        else:
+            conv.inert(legacy, "0 is off")
+    return drawn
 
 
 def _full_excluded(blocks: list[dict[str, Any]], text_blocks: list[dict[str, Any]]) -> list[str] | str:
@@ -911,8 +932,9 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
     the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
     tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
-    dropouts DBS575). Refused: LoCon's dropouts,
-    which dbspec's fused LoRA draws around peft's forward, not inside the decomposed weight.
+    dropouts DBS575). LoCon's module_dropout and rank mask with it per output row (was DBS403): its rebuild
+    forward's one draw per fused layer, the masked update decomposed (runtime/fused_lycoris_dropout.py
+    add_fused_locon_dora_dropout); per input column refused (the one column norm spans every part's rows).
     With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
     if "dora_wd" not in kwargs:
         return True
@@ -926,10 +948,15 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
         return False
     why = ""
     columns = _off(kwargs.get("wd_on_output", "true"))
-    if algo not in ("lokr", "loha") and any(
-        float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout")
+    if (
+        algo not in ("lokr", "loha")
+        and columns
+        and any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout"))
     ):
-        why = "with rank_dropout / module_dropout: dbspec's fused LoRA draws wrap no decomposed weight"
+        why = (
+            "with wd_on_output=False and rank_dropout / module_dropout: LoConModule's one norm per input "
+            "column spans every part's rows of the masked fused update, which dbspec's parts do not share"
+        )
     if why:
         conv.unsupported(legacy, why)
         return False
