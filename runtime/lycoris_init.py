@@ -64,7 +64,7 @@ def load_fused_lycoris_init(
     layers = _layers(plan, unet, text_encoders) if layers is None else layers
     a = plan.adapter  # train_norm's NormModules' tensors: runtime/init_weights.py loads them
     norms = any(getattr(a, k, ()) for k in ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms"))
-    modules = {key.rsplit(".", 1)[0] for key in state if not (norms and key.endswith((".w_norm", ".b_norm")))}
+    modules = {_module(key) for key in state if not (norms and key.endswith((".w_norm", ".b_norm")))}
     partial = plan.adapter.init_partial  # LyCORIS's load_state_dict(strict=False)
     extra = sorted(modules - layers.keys())
     if extra and not partial:
@@ -89,7 +89,7 @@ def load_fused_lycoris_init(
                 raise ValueError(
                     f"{path}: tensor `{key}.alpha` is {float(stored):g}; the run's layer has {alpha:g}"
                 )
-            for name in sorted(k.rsplit(".", 1)[-1] for k in state if k.rsplit(".", 1)[0] == key):
+            for name in sorted(k.partition(".")[2] for k in state if _module(k) == key):
                 if not slots:  # alpha alone loads (DyLoRA: its weights are up_list / down_list)
                     break
                 if name == "dora_scale" and partial and name not in slots:
@@ -123,6 +123,13 @@ def load_fused_lycoris_init(
                     raise ValueError(f"{path}: tensor `{key}.{name}`: {exc}") from exc
             loaded += 1
     return loaded
+
+
+def _module(key: str) -> str:
+    """The module a file's tensor belongs to: its name up to the first dot (kohya's and LyCORIS's module
+    names hold none: `lora_unet_..._to_q`), the rest the tensor's name within it, one level (`lokr_w1`,
+    `alpha`) or two (GLoRA's `a1.weight`, LoCon's `lora_down.weight`)."""
+    return key.split(".", 1)[0]
 
 
 def _alpha_read(plan: Plan, slots: dict[str, Slot]) -> bool:

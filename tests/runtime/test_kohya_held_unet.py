@@ -149,9 +149,8 @@ KINDS = {
         {"algo": "dylora", "block_size": "4"},
         'kind = "dylora"\nrank = 4\nalpha = 1.0\nunit = 4\ndylora_form = "lycoris"',
     ),
-    # init_partial: kohya's load_state_dict(strict=False) (dbspec's strict GLoRA load reads `<module>.a1` of
-    # `<module>.a1.weight` as a module of the file: runtime/lycoris_init.py)
-    "glora": ({"algo": "glora"}, 'kind = "glora"\nrank = 4\nalpha = 1.0\ninit_partial = true'),
+    # a strict load (the file holds every module: kohya's strict=False loads it alike)
+    "glora": ({"algo": "glora"}, 'kind = "glora"\nrank = 4\nalpha = 1.0'),
     "diag-oft": ({"algo": "diag-oft"}, 'kind = "diag-oft"\nblock_size = 4'),
     "boft": ({"algo": "boft"}, 'kind = "boft"\nblock_size = 4'),
 }
@@ -322,3 +321,70 @@ def _part(name: str) -> str:
     """The adapter tensor a parameter name holds (`lora_ia3`: ia3, `hada_w1_a`), its kind's prefix off."""
     part = next(p for p in name.split(".") if p.startswith(("lora_", "hada_", "lokr_")))
     return part.removeprefix("lora_")
+
+
+def _glora_file(tmp_path, monkeypatch):
+    """lycoris.kohya algo=glora's network on the tiny SD 1.x (every parameter moved), saved; its state."""
+    from safetensors.torch import save_file
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    pipe = build_pipeline("builtin:tiny-sd1")
+    (tmp_path / "preset.toml").write_text(PRESET)
+    pipe.preset = str(tmp_path / "preset.toml")
+    made, _, _ = _kind_network(pipe, KINDS["glora"][0], True, {})
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in made.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return {k: v.detach().clone().contiguous() for k, v in made.state_dict().items()}, save_file
+
+
+def _glora_plan(tmp_path, name: str):
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    adapter = f'kind = "glora"\nrank = 4\nalpha = 1.0\ninit_weights = "{name}"'
+    spec = write_spec(tmp_path, steps=1, extra=HELD.replace('kind = "lora"\nrank = 4\nalpha = 1.0', adapter))
+    return compile_spec(spec, [])
+
+
+def test_strict_glora_file_loads_into_the_held_layers(tmp_path, monkeypatch):
+    """A strict (`init_partial = false`) start from LyCORIS's GLoRA file of every module into the run's held
+    GLoRA layers: each module's two-level tensors (`<module>.a1.weight` ...) go to `<module>`, every layer
+    set to the file's (runtime/lycoris_init.py; kohya names have no dots). A tensor the layer has no place
+    for, or one the file lacks, still fails naming it."""
+    from dbspec.runtime.lycoris_export import lycoris_state
+    from tests.runtime.test_flow_init import _loaded
+
+    state, save_file = _glora_file(tmp_path, monkeypatch)
+    save_file(state, str(tmp_path / "prev.safetensors"))
+    plan = _glora_plan(tmp_path, "prev.safetensors")
+    assert plan.adapter.kind == "glora" and not plan.adapter.init_partial
+    comps, count = _loaded(plan)
+    modules = {k.split(".")[0] for k in state}
+    assert count == len(modules) and any(k.endswith(".a1.weight") for k in state)
+    ours = lycoris_state(unet=comps.unet, text_encoders=comps.text_encoders, family="sd1", dtype="fp32")
+    assert {k for k in ours if not k.endswith(".alpha")} == {k for k in state if not k.endswith(".alpha")}
+    for key, value in ours.items():
+        if not key.endswith(".alpha"):
+            assert torch.equal(value, state[key]), key
+
+    some = sorted(modules)[0]  # the same run's layers from files of a tensor more / less
+    odd = {**state, f"{some}.a3.weight": state[f"{some}.a1.weight"].clone()}
+    save_file(odd, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(ValueError, match=rf"tensor `{some}\.a3\.weight` has no place in the run's layer"):
+        _load_from(plan, comps, tmp_path / "odd.safetensors")
+    short = {k: v for k, v in state.items() if k != f"{some}.b2.weight"}
+    save_file(short, str(tmp_path / "short.safetensors"))
+    with pytest.raises(ValueError, match=rf"the run's layer `{some}` has no tensor `{some}\.b2\.weight`"):
+        _load_from(plan, comps, tmp_path / "short.safetensors")
+
+
+def _load_from(plan, comps, path) -> int:
+    import attrs
+
+    from dbspec.runtime.init_weights import load_init_weights
+
+    other = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, init_weights=str(path)))
+    return load_init_weights(other, comps.unet, comps.text_encoders)

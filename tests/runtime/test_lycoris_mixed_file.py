@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from dbspec.runtime.init_weights import load_init_weights
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime import lycoris_sd_file_kit as kit
 from tests.runtime.test_flow_init import _loaded
@@ -128,6 +129,10 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         assert "rescale" in {k.rsplit(".", 1)[-1] for k in state}
     comps, count = _loaded(plan)
     assert count == len(in_file)
+    if full:  # a file of every module loads strictly too (init_partial false): LoCon's `lora_down.weight`
+        # under its module, not `<module>.lora_down` (runtime/lycoris_init.py), the same values again
+        strict = attrs.evolve(plan, adapter=attrs.evolve(plan.adapter, init_partial=False))
+        assert load_init_weights(strict, comps.unet, comps.text_encoders) == count
     ours = _ours(comps)
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
     assert set(theirs) <= set(ours)
