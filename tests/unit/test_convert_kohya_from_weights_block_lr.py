@@ -14,7 +14,7 @@ from convert_kit import SDXL, codes, errors, fate, images, kohya, plan_of
 from test_convert_kohya_cyclic_network_groups import _args, _converted, _torch_curves
 from test_init_weights import OUT, Q, TE, _convert, write_lora
 
-from dbspec.convert.kohya.file_ranks import kohya_block_index
+from dbspec.convert.kohya.blocks import kohya_block_index
 
 MID = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
 DOWN_1 = "lora_unet_down_blocks_1_attentions_1_transformer_blocks_0_attn2_to_k"

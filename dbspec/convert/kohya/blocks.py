@@ -12,6 +12,7 @@ index no LoRA module has (SD 0; SDXL 0, 1, 22: embeddings, conv_in, out) becomes
 from __future__ import annotations
 
 import math
+import re
 
 SD_BLOCKS, SD_SIDE = 25, 12
 SDXL_BLOCKS, SDXL_SIDE, SDXL_MID = 23, 9, 3
@@ -193,3 +194,27 @@ def block_list(text: str, kind, n: int, key: str) -> list:
     if len(values) != n:
         raise ValueError(f"{key} must have {n} values (kohya asserts), got {len(values)}")
     return values
+
+
+_UPDOWN = re.compile(r"(up|down)_blocks_(\d+)_(resnets|upsamplers|downsamplers|attentions)_(\d+)_")
+
+
+def kohya_block_index(lora_name: str, sdxl: bool) -> int:
+    """networks/lora.py get_block_index: the block of a kohya U-Net module name, -1 for none (whose weight
+    get_lr_weight then reads from the list's end, as Python indexes it)."""
+    if not sdxl:
+        m = _UPDOWN.search(lora_name)
+        if m:
+            side, i, kind, j = m.groups()
+            idx = 3 * int(i) + (2 if kind in ("upsamplers", "downsamplers") else int(j))
+            return 1 + idx if side == "down" else 12 + 1 + idx
+        return 12 if "mid_block_" in lora_name else -1
+    name = lora_name.removeprefix("lora_unet_") if lora_name.startswith("lora_unet_") else None
+    if name is None:
+        return -1
+    for start, base in (("input_blocks_", 1), ("middle_block_", 10), ("output_blocks_", 13)):
+        if name.startswith(start):
+            return base + int(name.split("_")[2])
+    if name.startswith(("time_embed_", "label_emb_")):
+        return 0
+    return 22 if name.startswith("out_") else -1
