@@ -231,19 +231,21 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
 
 
 def add_own_module_dropout(module: torch.nn.Module, rate: float, fused: tuple = ()) -> int:
-    """LyCORIS's module dropout on `module`'s full / IA^3 / Diag-OFT / BOFT layers, which have none of their
-    own (FullModule, IA3Module, DiagOFTModule, ButterflyOFTModule.forward: one `torch.rand(1)` from torch's
-    global CPU generator per training forward, first, the base output alone below the rate): each layer its
-    own draw, a fused Linear's parts (`fused`) one they share (runtime/fused.py FusedSkip). Also a Diag-OFT
-    adapter's own `module_dropout` (runtime/prepare.py). How many layers (fused layers) draw."""
+    """LyCORIS's module dropout on `module`'s full / IA^3 / Diag-OFT / BOFT / T-LoRA layers, which have none
+    of their own (FullModule, IA3Module, DiagOFTModule, ButterflyOFTModule, TLoraModule.forward: one
+    `torch.rand(1)` from torch's global CPU generator per training forward, first, the base output alone below
+    the rate): each layer its own draw, a fused Linear's parts (`fused`) one they share (runtime/fused.py
+    FusedSkip). Also a Diag-OFT adapter's own `module_dropout` (runtime/prepare.py). How many layers (fused
+    layers) draw."""
     from dbspec.runtime.adapters import ADAPTER_NAME
     from dbspec.runtime.fused import FusedSkip, fused_parts
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
     def own(layer) -> bool:
-        return isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer)) and ADAPTER_NAME in getattr(
+        return isinstance(layer, (FullLayer, Ia3Layer, DiagOftLayer, TloraLayer)) and ADAPTER_NAME in getattr(
             layer, layer._holds
         )
 

@@ -126,9 +126,9 @@ def _prepare(
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
             add_boft_module_dropout(module, a.module_dropout)
-        # DiagOFTModule's / IA3Module's / FullModule's draws per layer, a fused Linear's parts (tied above)
-        # sharing theirs
-        if a.kind in ("diag-oft", "ia3", "full") and a.module_dropout and not mixed(a):
+        # DiagOFTModule's / IA3Module's / FullModule's / TLoraModule's draws per layer, a fused Linear's parts
+        # (tied above) sharing theirs
+        if a.kind in ("diag-oft", "ia3", "full", "tlora") and a.module_dropout and not mixed(a):
             from dbspec.runtime.mixed_kinds import add_own_module_dropout
 
             add_own_module_dropout(module, a.module_dropout, a.fused if denoiser else ())

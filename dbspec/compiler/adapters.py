@@ -232,7 +232,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 
 def _tlora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py): a rank, alpha and its Linear / 1x1
-    targets, no convolution rank and no switch."""
+    targets, no convolution rank; its module dropout."""
     return AdapterPlan(
         kind="tlora",
         rank=adapter.rank,
@@ -243,6 +243,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         params=adapter_params(adapter, family, components),
+        module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
     )
 
 

@@ -2033,6 +2033,14 @@ class TloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    module_dropout: float = option(
+        0.0,
+        doc="Skip a layer's whole update with this probability while training (LyCORIS `module_dropout`: "
+        "TLoraModule.forward's one `torch.rand(1)` from torch's global generator per layer and training "
+        "forward, first, the base output alone below the rate).",
+        minimum=0,
+        maximum=1,
+    )
 
 
 Adapter = Union[

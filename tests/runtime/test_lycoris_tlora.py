@@ -126,3 +126,76 @@ def test_tlora_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, load
     monkeypatch.setitem(lycoris_runs.KINDS, "tlora", TLORA)
     monkeypatch.setattr(lycoris_runs, "_lycoris_weight", _tlora_weight)
     lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, "tlora", loader, steps=2)
+
+
+def test_tlora_module_dropout_draws_as_lycoris_module(monkeypatch):
+    """TLoraModule.forward's module dropout: one `torch.rand(1)` from torch's global generator per training
+    forward, first, the base output alone below the rate (runtime/mixed_kinds.py add_own_module_dropout).
+    From the same generator state: the same outputs, the generator left alike, the same gradients; no draw
+    outside training."""
+    from dbspec.runtime.lycoris_tlora import tlora_config
+    from dbspec.runtime.mixed_kinds import add_own_module_dropout
+
+    _no_gc(monkeypatch)
+    rate, rank = 0.5, 4
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    inject_adapter_in_model(tlora_config(["proj", "point"], rank, 2.0), net, "default")
+    assert add_own_module_dropout(net, rate) == 2
+    x = _inputs(torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(2)
+    for name in ("proj", "point"):
+        layer, reference = getattr(net, name), copy.deepcopy(getattr(base, name))
+        ours = layer.lycoris_weights("default")
+        with torch.no_grad():
+            for key in ours:
+                ours[key].add_(torch.randn(ours[key].shape, generator=generator) * 0.3)
+        lyco = tlora.TLoraModule(name, reference, 1.0, rank, 2.0, module_dropout=rate)
+        lyco.load_state_dict({k: v.detach().clone() for k, v in ours.items()}, strict=False)
+        lyco.apply_to()
+        reference.requires_grad_(False)  # frozen, as peft leaves the base layer
+        net.train(), lyco.train()
+        plain = layer.base_layer(x[name])
+        skipped = 0
+        for seed in range(8):
+            torch.manual_seed(seed)
+            want = reference(x[name])
+            after = torch.get_rng_state()
+            torch.manual_seed(seed)
+            got = layer(x[name])
+            assert torch.equal(after, torch.get_rng_state())  # one draw per forward
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert torch.equal(got, plain) == torch.equal(want, plain) == (not want.requires_grad)
+            skipped += not want.requires_grad
+            if want.requires_grad:
+                weights = torch.randn(want.shape, generator=generator)
+                (want * weights).sum().backward()
+                (got * weights).sum().backward()
+        assert 0 < skipped < 8, name  # both kinds of forward compared
+        params = dict(lyco.named_parameters())
+        for key in ours:
+            torch.testing.assert_close(ours[key].grad, params[key].grad, rtol=1e-4, atol=1e-5)
+        net.eval()
+        state = torch.get_rng_state()
+        with torch.no_grad():
+            layer(x[name])  # outside training: no draw
+        assert torch.equal(state, torch.get_rng_state())
+
+
+def test_tlora_module_dropout_trains_a_tiny_sd(tmp_path, monkeypatch):
+    """A tiny SD 1.x run with T-LoRA's module dropout: every T-LoRA layer draws (its stream is torch's global
+    generator, which test_lycoris_oft_module_dropout.py resumes bit-exact), the run trains."""
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import make_plan
+
+    plan = make_plan(tmp_path, steps=2, extra='[adapter]\nkind = "tlora"\nrank = 2\nmodule_dropout = 0.5\n')
+    assert (plan.adapter.kind, plan.adapter.module_dropout) == ("tlora", 0.5)
+    run = execute(plan, keep_models=True)
+    assert run.status == "finished" and run.steps == 2
+    layers = [m for m in run.components.unet.modules() if type(m).__name__ == "TloraLayer"]
+    assert layers and all("dbspec_skip" in m.__dict__ for m in layers)
+    moved = [
+        not torch.equal(m.lora_tlora_lambda["default"], m.lora_tlora_base_lambda["default"]) for m in layers
+    ]
+    assert any(moved)

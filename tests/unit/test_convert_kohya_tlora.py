@@ -101,8 +101,21 @@ def test_tlora_alpha_zero_is_the_rank(tmp_path):
     assert (a.rank, a.alpha) == (8, 8.0)
 
 
+def test_tlora_module_dropout_is_the_adapter_s(tmp_path):
+    """TLoraModule.forward: one torch.rand(1) per layer and training forward, first, the base output alone
+    below the rate (runtime/mixed_kinds.py add_own_module_dropout; tests/runtime/test_lycoris_tlora.py)."""
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=attn-mlp", "module_dropout=0.25"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.module_dropout, a.rank_dropout) == ("tlora", 0.25, 0.0)
+    assert fate(outcome, "network_args") == "mapped"
+    from dbspec.plan.summary import adapter_rows
+
+    assert "module 0.25 (while training)" in dict(adapter_rows(a))["  dropout"]
+
+
 def test_tlora_switches_dbspec_does_not_express_are_refused(tmp_path):
-    for args in ('"bypass_mode=True"', '"module_dropout=0.2"', '"preset=p.toml"'):
+    for args in ('"bypass_mode=True"', '"preset=p.toml"'):
         folder = tmp_path / args.split("=")[0].strip('"')
         write(folder / "p.toml", 'unet_target_module = ["Transformer2DModel"]\n')
         outcome = _lycoris(

@@ -1005,8 +1005,8 @@ def _tlora(
     (the generic mapping; alpha 0 is the rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
     convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
     first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
-    bypass forward; bypass_mode and module_dropout are not expressed; the rest is never read. `reach`: the
-    preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
+    bypass forward; module_dropout is the adapter's; bypass_mode is not expressed; the rest is never read.
+    `reach`: the preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
     (preset, conv_targets), (dim, alpha) = reach, dims
     if conv_targets and applied[1]:
         conv.invalid(
@@ -1029,8 +1029,8 @@ def _tlora(
     if bypass:
         unsupported["bypass_mode"] = "True"
     module_dropout = _float(kwargs.pop("module_dropout", "") or 0)
-    if module_dropout:
-        unsupported["module_dropout"] = str(module_dropout)
+    if module_dropout:  # TLoraModule.forward's one torch.rand(1) per training forward, first
+        put["module_dropout"] = module_dropout
     given = kwargs.pop("dropout", None)
     legacy = Legacy(key=f"{args.key} dropout", value=given, source=args.source)
     if given is None and network_dropout is not None and network_dropout.value:
