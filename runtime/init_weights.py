@@ -118,8 +118,9 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
         from dbspec.runtime.mixed_init import load_mixed_init
 
         return load_mixed_init(plan, unet, text_encoders)
-    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA on SD 1.x/2.x / SDXL)
-    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora"):
+    # lycoris.kohya's file on kohya's Flux / SD3 (full, IA3, Diag-OFT, BOFT, GLoRA, T-LoRA on SD 1.x/2.x /
+    # SDXL)
+    if plan.adapter.kind in ("lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora", "tlora"):
         from dbspec.runtime.lycoris_init import load_fused_lycoris_init
 
         return load_fused_lycoris_init(plan, unet, text_encoders)

@@ -148,9 +148,9 @@ def _kind(plan: Plan, slots: dict[str, Slot]) -> str:
 def _layers(plan: Plan, unet, text_encoders) -> dict[str, tuple[dict[str, Slot], float | None]]:
     """kohya module name -> (its tensors' slots, the alpha it trains at or None when unused), for every
     adapted layer (a fused layer once, under its first part's, the fused, name); LyCORIS's full algo and
-    IA^3, Diag-OFT, BOFT and GLoRA: runtime/lycoris_whole_init.py."""
+    IA^3, Diag-OFT, BOFT, GLoRA and T-LoRA: runtime/lycoris_whole_init.py."""
 
-    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft", "glora"):
+    if plan.adapter.kind in ("full", "ia3", "diag-oft", "boft", "glora", "tlora"):
         from dbspec.runtime.lycoris_whole_init import whole_layer_slots
 
         return whole_layer_slots(plan, unet, text_encoders)

@@ -1,14 +1,16 @@
-"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT / GLoRA from its file (`plan.adapter.init_weights` with
-kind full / ia3 / diag-oft / boft / glora: lycoris.kohya `--network_weights` with flux_train_network.py /
-sd3_train_network.py (full, IA^3, Diag-OFT, BOFT, GLoRA); all five also with train_network.py /
-sdxl_train_network.py, one module per layer under kohya's names: SDXL's U-Net in the original layout,
-exports.kohya_parts). DiagOFTModule / ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load
-hook), GLoRAModule its `a1.weight`, `a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's
-scalar to 1: runtime/init_weights.py does after loading). On kohya's Flux / MMDiT one DiagOFTModule or
-GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks / rescale rows (the fused block
-size, runtime/lycoris_oft.py fit_fused_oft), BOFT's blocks into the Parameter the parts share and its rescale
-rows to each part (runtime/lycoris_boft.py tie_fused_boft), GLoRA's `a1`, `a2`, `b2` go into the Parameters
-the parts share (runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows to each part.
+"""Start LyCORIS's full algo / IA^3 / Diag-OFT / BOFT / GLoRA / T-LoRA from its file
+(`plan.adapter.init_weights` with kind full / ia3 / diag-oft / boft / glora / tlora: lycoris.kohya
+`--network_weights` with flux_train_network.py / sd3_train_network.py (full, IA^3, Diag-OFT, BOFT, GLoRA);
+all six also with train_network.py / sdxl_train_network.py, one module per layer under kohya's names: SDXL's
+U-Net in the original layout, exports.kohya_parts; T-LoRA on those only). DiagOFTModule /
+ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
+`a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's scalar to 1: runtime/init_weights.py
+does after loading), TLoraModule its `q_layer.weight`, `p_layer.weight`, `lambda_layer`. On kohya's Flux /
+MMDiT one DiagOFTModule or GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks /
+rescale rows (the fused block size, runtime/lycoris_oft.py fit_fused_oft), BOFT's blocks into the Parameter
+the parts share and its rescale rows to each part (runtime/lycoris_boft.py tie_fused_boft), GLoRA's `a1`,
+`a2`, `b2` go into the Parameters the parts share (runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows
+to each part.
 
 train_network.py loads the file after `apply_to` through LyCORIS's `load_weights`, `load_state_dict(strict=
 False)`, into one module per Linear of kohya's Flux / MMDiT (a fused q/k/v one module) and of the CLIP
@@ -40,6 +42,7 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
     from dbspec.runtime.lycoris_export import _swapped, _table
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
     out: dict[str, tuple[dict[str, Slot], None]] = {}
     family, scale = plan.model.family, plan.adapter.init_scale
@@ -60,6 +63,9 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
                     continue
                 if isinstance(layer, GloraLayer):  # GLoRA: one module per layer
                     out[key] = (_glora_slots(layer, adapter), None)
+                    continue
+                if isinstance(layer, TloraLayer):  # T-LoRA: SD 1.x/2.x and SDXL (the plan's check)
+                    out[key] = (_tlora_slots(layer, adapter), None)
                     continue
                 out[key] = (_slots([(layer, layer.get_base_layer())], adapter, False, scale), None)
                 continue
@@ -89,9 +95,11 @@ def _whole(layer: nn.Module, adapter: str) -> bool:
     from dbspec.runtime.lycoris_ia3 import Ia3Layer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer, KohyaOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
     return (
         (isinstance(layer, FullLayer) and adapter in layer.lora_full)
+        or (isinstance(layer, TloraLayer) and adapter in layer.lora_tlora_q)
         or (isinstance(layer, Ia3Layer) and adapter in layer.lora_ia3)
         or (  # LyCORIS's Diag-OFT and BOFT (BoftLayer is a DiagOftLayer); kohya's own OFT loads elsewhere
             isinstance(layer, DiagOftLayer)
@@ -276,6 +284,16 @@ def _halves(value: torch.Tensor, swapped: bool) -> torch.Tensor:
         raise ValueError(f"{value.shape[0]} rows (odd) have no (scale, shift) halves to swap back")
     first, second = value.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
+
+
+def _tlora_slots(layer: nn.Module, adapter: str) -> dict[str, Slot]:
+    """TLoraModule's state: `q_layer.weight`, `p_layer.weight`, `lambda_layer` into the layer's trained
+    tensors, as they are. Its frozen start (base_q / base_p / base_lambda, never in LyCORIS's file) stays the
+    base model's SVD, as load_state_dict(strict=False) leaves those buffers; its `alpha` loads into a buffer
+    the forward never reads (the run's alpha / rank stays, no alpha checked: None)."""
+    return {
+        name: (tuple(value.shape), _into(value)) for name, value in layer.lycoris_weights(adapter).items()
+    }
 
 
 def _into(target: torch.Tensor):

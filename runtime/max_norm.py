@@ -147,8 +147,12 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # the norm of its parts' blocks concatenated in row order (the fused module's `oft_blocks` itself, so the
 # norm is the module's to the bit), each part's blocks times the one ratio; parts whose blocks span parts
 # share one Parameter (runtime/fused_oft.py), scaled once. A fused BOFT's parts share their first's blocks.
+# T-LoRA (TLoraModule): the norm of its update (P diag(λ) Q - P0 diag(λ0) Q0) x alpha / rank times alpha /
+# rank once more (lycoris-lora 4.1.3 applies the scale twice), the same clamps and CPU ratio, and the trained
+# singular values λ multiplied by it: the frozen start's are not, so the update's norm does not become the
+# limit; the logged norm is that scaled norm times the ratio, as LyCORIS returns it.
 
-LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft")
+LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft", "tlora")
 
 
 def add_norm_scalars(module: torch.nn.Module) -> int:
@@ -172,7 +176,7 @@ class LycorisNormModule:
 
     name: str
     layer: torch.nn.Module
-    kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft)
+    kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft), "tlora"
     parts: tuple[torch.nn.Module, ...] = ()
 
 
@@ -188,6 +192,7 @@ def lycoris_norm_modules(
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
     modules = []
     for model in [denoiser, *text_encoders]:
@@ -195,7 +200,10 @@ def lycoris_norm_modules(
             continue
         locon: dict[int, list[tuple[str, torch.nn.Module]]] = {}  # by the shared lora_A
         for name, layer in model.named_modules():
-            if isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
+            if isinstance(layer, TloraLayer):  # a peft LoraLayer too, with no lora_A of its own
+                if ADAPTER_NAME in layer.lora_tlora_q:
+                    modules.append(LycorisNormModule(name, layer, "tlora"))
+            elif isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
                 if getattr(layer, "boft_index", 0):  # a fused BOFT's later part: its first's blocks
                     continue
                 parts = tuple(layer.__dict__.get("oft_fused_parts") or ())  # a fused Diag-OFT's, row order
@@ -241,6 +249,8 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
     from dbspec.runtime.lycoris_switches import _ScalarLayer
 
     layer = module.layer
+    if module.kind == "tlora":  # TLoraModule.get_diff_weight: the update with its frozen start subtracted
+        return layer.tlora_diff(ADAPTER_NAME)
     if module.kind == "oft":  # DiagOFTModule's and ButterflyOFTModule's norm: of the blocks themselves
         blocks = _oft_blocks(module)
         return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
@@ -309,6 +319,8 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
     scaled_count, norms = 0, []
     for module in modules:
         orig_norm = lycoris_update(module).norm()
+        if module.kind == "tlora":  # TLoraModule.apply_max_norm scales the (scaled) update's norm again
+            orig_norm = orig_norm * module.layer.scaling[ADAPTER_NAME]
         norm = torch.clamp(orig_norm, limit / 2)
         desired = torch.clamp(norm, max=limit)
         oft = module.kind == "oft"
@@ -318,6 +330,8 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
             if oft:  # a fused Diag-OFT's parts: each its rows of the fused module's blocks, or the shared
                 for blocks in _oft_blocks(module):  # Parameter once
                     blocks.mul_(ratio)
+            elif module.kind == "tlora":  # the trained singular values alone (not the frozen start's)
+                module.layer.lora_tlora_lambda[ADAPTER_NAME].mul_(ratio)
             elif module.kind == "lokr":
                 factors = [
                     getattr(module.layer, key)[ADAPTER_NAME]

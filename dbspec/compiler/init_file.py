@@ -53,6 +53,7 @@ FACTORS = {
     "diag-oft": ("oft_blocks", "rescale"),  # DiagOFTModule's (and its alpha, the constraint)
     "boft": ("oft_blocks", "rescale"),  # ButterflyOFTModule's
     "glora": ("a1.weight", "a2.weight", "b1.weight", "b2.weight"),  # GLoRAModule's
+    "tlora": ("q_layer.weight", "p_layer.weight", "lambda_layer"),  # TLoraModule's custom_state_dict
 }
 
 

@@ -50,6 +50,7 @@ from dbspec.spec.model import (
     LohaAdapter,
     LokrAdapter,
     LoraAdapter,
+    TloraAdapter,
 )
 
 
@@ -585,9 +586,19 @@ _LYCORIS_FILES = (
     DiagOftAdapter,
     BoftAdapter,
     GloraAdapter,
+    TloraAdapter,
 )
 # ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
-_PER_LAYER = (LohaAdapter, LokrAdapter, FullAdapter, Ia3Adapter, DiagOftAdapter, BoftAdapter, GloraAdapter)
+_PER_LAYER = (
+    LohaAdapter,
+    LokrAdapter,
+    FullAdapter,
+    Ia3Adapter,
+    DiagOftAdapter,
+    BoftAdapter,
+    GloraAdapter,
+    TloraAdapter,
+)
 # OFT's 3-D / 4-D blocks (Diag-OFT, BOFT and GLoRA also on Flux / SD3's fused layers, BOFT there with
 # fused_projections only: its butterfly stages span the parts' rows)
 _OFT_BLOCKS = (DiagOftAdapter, BoftAdapter)
@@ -608,6 +619,16 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
     fused_layers = bool(spec.fused_projections) and any(
         c.name == "unet" and c.trainable == "lora" for c in components
     )
+    if isinstance(adapter, TloraAdapter) and spec.fused_projections:
+        ctx.report(  # kohya's TLoraModule on a fused Linear starts from one SVD of the stacked weight
+            "DBS356",
+            "error",
+            f"`{path}`: a tlora starts from LyCORIS's file on SD 1.x/2.x and SDXL (train_network.py / "
+            f"sdxl_train_network.py), not on {spec.title}",
+            KEY,
+            help='set adapter.init_weights = ""',
+        )
+        return "", 0
     if isinstance(adapter, _PER_LAYER_ONLY) and fused_layers and not adapter.fused_projections:
         ctx.report(
             "DBS356",

@@ -1595,6 +1595,12 @@ def _max_norm_row(a) -> str:
             f"exceeds it gets them times limit / norm{fused} (lycoris.kohya's apply_max_norm_regularization; "
             "0, 0 logged when none is)"
         )
+    if a.max_norm_form == "lycoris" and a.kind == "tlora":
+        return (
+            f"{a.max_norm:g}: after each optimizer step (and micro-batch) a layer whose update norm times "
+            "alpha / rank exceeds it gets its trained singular values times limit / norm, the frozen start's "
+            "not (TLoraModule.apply_max_norm; 0, 0 logged when none is)"
+        )
     if a.max_norm_form == "lycoris":
         what = (
             "each of its factors times the n-th root of limit / norm"

@@ -1170,6 +1170,10 @@ def _lycoris_max_norm(what: str):
             else "update has a Frobenius norm above this gets each of its factors multiplied by the n-th "
             "root of max_norm / norm (n factors)"
             if what == "LoKr"
+            else "update, its norm times alpha / rank once more (TLoraModule.apply_max_norm scales it "
+            "twice), is above this gets its trained singular values λ multiplied by max_norm / norm (the "
+            "frozen start's are not, so the norm does not fall to max_norm)"
+            if what == "T-LoRA"
             else "trained blocks (`oft_blocks` themselves, not the rotation they make) have a Frobenius norm "
             "above this gets those blocks multiplied by max_norm / norm"
         )
@@ -2041,6 +2045,20 @@ class TloraAdapter:
         minimum=0,
         maximum=1,
     )
+    max_norm: float = _lycoris_max_norm("T-LoRA")
+    # lycoris.kohya --network_weights with algo=tlora (train_network.py / sdxl_train_network.py)
+    init_weights: str = option(
+        "",
+        doc="Start the T-LoRA layers from this `.safetensors` file (lycoris.kohya `--network_weights`), "
+        "relative to the spec file: LyCORIS's layout under kohya's module names (SDXL's U-Net in the "
+        "original layout), each module's `q_layer.weight`, `p_layer.weight` and `lambda_layer` loaded as "
+        "they are (their shapes the layer's, checked when the run loads it); the frozen start Q0, P0, λ0 "
+        "stays the base model's SVD, as TLoraModule keeps it, and the file's `alpha` is not read "
+        "(TLoraModule keeps the scale it was built with, alpha / rank). A resumed run takes the "
+        "checkpoint's weights instead. Empty: the SVD start.",
+        example="previous-run/final/tlora.kohya.safetensors",
+    )
+    init_partial: bool = _fused_init_partial()
 
 
 Adapter = Union[

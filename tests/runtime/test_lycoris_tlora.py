@@ -199,3 +199,49 @@ def test_tlora_module_dropout_trains_a_tiny_sd(tmp_path, monkeypatch):
         not torch.equal(m.lora_tlora_lambda["default"], m.lora_tlora_base_lambda["default"]) for m in layers
     ]
     assert any(moved)
+
+
+def test_tlora_max_norm_equals_lycoris_apply_max_norm(monkeypatch):
+    """TLoraModule.apply_max_norm (lycoris.kohya's apply_max_norm_regularization, kohya's
+    --scale_weight_norms): the update's norm times alpha / rank once more, the trained singular values alone
+    times the ratio, the logged norm that norm times the ratio; runtime/max_norm.py's LyCORIS form gives the
+    same scaled count, mean and largest norm and the same lambdas, q and p untouched."""
+    from dbspec.runtime.lycoris_tlora import tlora_config
+    from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules
+
+    _no_gc(monkeypatch)
+    rank, alpha = 4, 6.0  # alpha / rank 1.5: the doubled scale shows
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    inject_adapter_in_model(tlora_config(list(_inputs(torch.Generator())), rank, alpha), net, "default")
+    generator = torch.Generator().manual_seed(3)
+    theirs = []
+    for index, name in enumerate(("proj", "point", "narrow")):
+        ours = getattr(net, name).lycoris_weights("default")
+        with torch.no_grad():
+            for key in ours:
+                ours[key].add_(torch.randn(ours[key].shape, generator=generator) * 0.1 * (index + 1))
+        lyco = tlora.TLoraModule(name, copy.deepcopy(getattr(base, name)), 1.0, rank, alpha)
+        lyco.load_state_dict({k: v.detach().clone() for k, v in ours.items()}, strict=False)
+        theirs.append(lyco)
+    with torch.no_grad():
+        norms = [float(lyco.get_diff_weight()[0].norm() * lyco.scale) for lyco in theirs]
+    limit = sorted(norms)[1]  # the largest scaled, the middle one exactly at the limit, the smallest not
+    modules = lycoris_norm_modules(net, [])
+    assert [m.kind for m in modules] == ["tlora"] * 3
+    got = apply_max_norm(modules, limit)
+    results = [lyco.apply_max_norm(limit) for lyco in theirs]
+    scaled = sum(int(s) for s, _ in results)
+    want = (scaled, float(sum(n for _, n in results) / 3), float(max(n for _, n in results)))
+    assert scaled == 1 and got[0] == want[0]
+    assert got[1:] == pytest.approx(want[1:], rel=1e-6)
+    for name, lyco in zip(("proj", "point", "narrow"), theirs):
+        ours = getattr(net, name).lycoris_weights("default")
+        for key, value in lyco.state_dict().items():
+            if key in ours:
+                torch.testing.assert_close(ours[key].detach(), value, rtol=1e-6, atol=0)
+    largest = norms.index(max(norms))
+    with torch.no_grad():
+        after = float(theirs[largest].get_diff_weight()[0].norm() * theirs[largest].scale)
+    assert after < norms[largest] and after != pytest.approx(limit)  # the frozen start's λ0 is not scaled

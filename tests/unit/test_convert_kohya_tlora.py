@@ -7,7 +7,19 @@ defaulting to network_dim (0 too), reaches through every preset that scans the R
 
 from __future__ import annotations
 
-from convert_kit import SD15, SDXL, codes, errors, fate, images, kohya, messages, plan_of, write
+from convert_kit import (
+    SD15,
+    SDXL,
+    codes,
+    errors,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+    write,
+)
 
 CONFIG = """\
 pretrained_model_name_or_path = "{model}"
@@ -127,17 +139,27 @@ def test_tlora_switches_dbspec_does_not_express_are_refused(tmp_path):
         assert outcome.exit_code != 0 and "DBS403" in codes(outcome), (args, errors(outcome))
 
 
-def test_tlora_max_norm_and_start_file_are_refused(tmp_path):
+def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):
+    """--scale_weight_norms: TLoraModule.apply_max_norm (LyCORIS's form: its singular values times the
+    ratio); --network_weights: load_weights' load_state_dict(strict=False) of q / p / lambda (the frozen start
+    stays the base model's SVD; tests/runtime/test_lycoris_sd_tlora_file.py)."""
     images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
     base = CONFIG.format(model=SD15, args='"algo=tlora", "preset=attn-mlp"')
-    for extra in ("scale_weight_norms = 1.0\n", 'network_weights = "w.safetensors"\n'):
-        write(tmp_path / "cfg.toml", base + extra)
-        outcome = kohya(
-            tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py"
-        )
-        assert "DBS403" in codes(outcome), extra
-        key = extra.split(" ")[0]
-        assert fate(outcome, key) == "unsupported", key
+    write(tmp_path / "cfg.toml", base + "scale_weight_norms = 1.5\n")
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == ("tlora", 1.5, "lycoris")
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    from dbspec.plan.summary import adapter_rows
+
+    assert "singular values" in dict(adapter_rows(a))["  max norm"]
+    write(tmp_path / "cfg.toml", base + 'network_weights = "w.safetensors"\n')
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    text = out_path(tmp_path).read_text()
+    assert 'init_weights = "../w.safetensors"' in text and "init_partial = true" in text, text
 
 
 def test_tlora_on_sdxl(tmp_path):
@@ -161,3 +183,34 @@ def test_tlora_on_flux_stays_refused(tmp_path):
     assert "DBS403" in codes(outcome) and "one SVD of the parts' stacked weight" in messages(
         outcome, "DBS403"
     )
+
+
+def test_tlora_start_file_is_checked_at_plan_time(tmp_path):
+    """A T-LoRA spec's init_weights: LyCORIS's q_layer.weight / p_layer.weight / lambda_layer / alpha per
+    module (a LoRA's lora_down is not T-LoRA's: DBS356); on Flux kohya's TLoraModule spans a fused Linear
+    (one SVD of the stacked weight): DBS356."""
+    from safetensors.torch import save_file
+    from test_init_weights import _plan
+
+    import torch
+
+    name = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    state = {
+        f"{name}.q_layer.weight": torch.zeros(4, 768),
+        f"{name}.p_layer.weight": torch.zeros(768, 4),
+        f"{name}.lambda_layer": torch.ones(1, 4),
+        f"{name}.alpha": torch.tensor(4.0),
+    }
+    save_file(state, str(tmp_path / "t.safetensors"))
+    save_file({f"{name}.lora_down.weight": torch.zeros(4, 768)}, str(tmp_path / "l.safetensors"))
+    adapter = 'rank = 4\ntext_encoder_targets = ["q_proj"]\ninit_partial = true\ninit_weights = '
+    train = "[train]\ntext_encoder = true"
+    planned = _plan(tmp_path, adapter + '"t.safetensors"', train, kind="tlora")
+    assert planned.plan is not None, planned.diagnostics
+    assert planned.plan.adapter.init_layers == 1
+    planned = _plan(tmp_path, adapter + '"l.safetensors"', train, kind="tlora")
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    assert "is not LyCORIS tlora's" in hit.message
+    planned = _plan(tmp_path, adapter + '"t.safetensors"', train, base="builtin:tiny-flux", kind="tlora")
+    (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
+    assert "not on Flux" in hit.message

@@ -578,10 +578,10 @@ def map_scale_weight_norms(
     """--scale_weight_norms -> adapter.max_norm: kohya's networks (lora, lora_fa, lora_flux, lora_sd3) rescale
     each module's lora_up and lora_down after every micro-batch (runtime/max_norm.py). None or 0 is off
     (train_network.py tests `if args.scale_weight_norms`). lycoris.kohya's network calls each module's own
-    apply_max_norm: LoCon (algo lora / locon), LoHa, LoKr, Diag-OFT and BOFT map to LyCORIS's form
-    (max_norm_form "lycoris"; the OFT modules scale their blocks); full, IA3, GLoRA and DyLoRA modules keep
-    its base class's, which scales nothing. `from_file`: LyCORIS's create_network_from_weights built the
-    modules, which never reads network_args (no LoKr rank dropout)."""
+    apply_max_norm: LoCon (algo lora / locon), LoHa, LoKr, Diag-OFT, BOFT and T-LoRA map to LyCORIS's form
+    (max_norm_form "lycoris"; the OFT modules scale their blocks, T-LoRA its singular values); full, IA3,
+    GLoRA and DyLoRA modules keep its base class's, which scales nothing. `from_file`: LyCORIS's
+    create_network_from_weights built the modules, which never reads network_args (no LoKr rank dropout)."""
     norms = a["scale_weight_norms"]
     if not norms.value:
         if norms.given and norms.value is not None:
@@ -591,14 +591,6 @@ def map_scale_weight_norms(
         conv.inert(
             norms,
             f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
-        )
-        return
-    if lycoris and kind == "tlora":
-        conv.unsupported(
-            norms,
-            "LyCORIS's T-LoRA apply_max_norm rescales each module's singular values (lambda_layer) by the "
-            "norm of its whole update, which dbspec does not reproduce",
-            help="drop --scale_weight_norms",
         )
         return
     if norms.value < 0:

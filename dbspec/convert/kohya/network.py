@@ -1359,11 +1359,10 @@ def map_network_weights(
         map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
         return
     if kind == "tlora":
-        conv.unsupported(
-            weights,
-            "dbspec starts LyCORIS's T-LoRA from the base model's SVD, not from a file: kohya's load_weights "
-            "would put the file's q / p / lambda beside the SVD start it subtracts",
-        )
+        # TLoraModule takes q_layer.weight / p_layer.weight / lambda_layer as they are; its frozen start (the
+        # base model's SVD: base_q / base_p / base_lambda, never in a file) stays, and the file's alpha loads
+        # into a buffer it never reads (runtime/lycoris_whole_init.py)
+        map_init_weights(weights, paths, conv)
         return
     if kind in _WHOLE_LAYER_KINDS and lycoris:
         # the preset's FullModules (W after apply_to); the load hook adds each one's `diff` / `diff_b`
