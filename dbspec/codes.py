@@ -3065,6 +3065,17 @@ groups into chunks, one optimizer each, in dbspec's own order (the denoiser's fi
 combine.""",
         help="remove optimizer.group_order, or set optimizer.split = 1",
     ),
+    # LyCORIS's T-LoRA dropout outside its bypass forward: DBS603.
+    Code(
+        "DBS603",
+        WARNING,
+        "A T-LoRA dropout without its bypass forward",
+        """\
+`adapter.dropout` with `kind = "tlora"` and `bypass = false`: LyCORIS's TLoraModule reads it only in its
+bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with no dropout, so it
+changes nothing (the plan says 0). `module_dropout` acts in both.""",
+        help="set adapter.bypass = true, or remove the dropout",
+    ),
     Code(
         "DBS606",
         WARNING,

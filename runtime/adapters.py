@@ -91,7 +91,8 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
     if adapter.kind == "tlora":  # LyCORIS's T-LoRA: dbspec's own peft layer (lycoris_tlora.py)
         from dbspec.runtime.lycoris_tlora import tlora_config
 
-        return tlora_config(list(targets), adapter.rank, adapter.alpha)
+        options = {"bypass": adapter.bypass, "dropout": adapter.bypass_dropout}  # LyCORIS bypass_mode
+        return tlora_config(list(targets), adapter.rank, adapter.alpha, **options)
     if adapter.kind == "dylora":  # DyLoRA, kohya's or LyCORIS's forward: dbspec's own peft layer (dylora.py)
         from dbspec.runtime.dylora import dylora_config
 

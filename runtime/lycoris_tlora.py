@@ -20,6 +20,7 @@ base model's SVD."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -63,10 +64,20 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
     other_param_names = (*LoraLayer.other_param_names, *_BASE)
 
     def __init__(
-        self, base_layer: nn.Module, adapter_name: str, config=None, r: int = 4, lora_alpha: float = 1.0, **kw
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config=None,
+        r: int = 4,
+        lora_alpha: float = 1.0,
+        bypass: bool = False,
+        dropout: float = 0.0,
+        **kw,
     ):
         super().__init__()
         LoraLayer.__init__(self, base_layer)
+        # LyCORIS bypass_mode (plan.adapter.bypass) and its dropout (plan.adapter.bypass_dropout)
+        self.tlora_bypass, self.tlora_dropout = bypass, dropout
         for part in _TRAINED:
             setattr(self, part, nn.ParameterDict())
         for part in _BASE:
@@ -118,6 +129,35 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         diff = self.tlora_diff(adapter).to(weight.device, weight.dtype)
         return (weight + diff) - weight
 
+    def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        if not self.tlora_bypass:
+            return super()._added(x, adapter)
+        return self._bypass_diff(x, adapter)
+
+    def _bypass_diff(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
+        """TLoraModule.bypass_forward_diff: P (λ ⊙ Q x) - P0 (λ0 ⊙ Q0 x) on activations (the factors in the
+        input's dtype, λ as it is), x scale, then torch's dropout while training; a 1x1 convolution's Q at
+        the layer's stride, padding and dilation, its P at 1."""
+        base = self.get_base_layer()
+        dtype = x.dtype
+        q, p, lam = (getattr(self, part)[adapter] for part in _TRAINED)
+        q0, p0, lam0 = (getattr(self, part)[adapter].to(x.device) for part in _BASE)
+        if isinstance(base, nn.Conv2d):
+
+            def down(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return F.conv2d(h, w, None, base.stride, base.padding, base.dilation, base.groups)
+
+            def up(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+                return F.conv2d(h, w, None)
+
+            lam, lam0 = lam.view(1, -1, 1, 1), lam0.view(1, -1, 1, 1)
+        else:
+            down = up = F.linear
+        current = up(down(x, q.to(dtype)) * lam, p.to(dtype))
+        start = up(down(x, q0.to(dtype)) * lam0, p0.to(dtype))
+        diff = (current - start) * self.scaling[adapter] * 1.0
+        return F.dropout(diff, self.tlora_dropout, self.training) if self.tlora_dropout else diff
+
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """TLoraModule's state-dict names for this layer's trained tensors (its alpha: self.lora_alpha)."""
         return {name: getattr(self, part)[adapter] for part, name in _LYCORIS_NAMES.items()}
@@ -126,7 +166,7 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         return "lycoris_tlora." + super().__repr__()
 
 
-def dispatch_tlora(target: nn.Module, adapter_name: str, config, **kwargs: Any):
+def dispatch_tlora(target: nn.Module, adapter_name: str, config, options=None, **kwargs: Any):
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):
         return TloraLayer(
@@ -135,25 +175,29 @@ def dispatch_tlora(target: nn.Module, adapter_name: str, config, **kwargs: Any):
             config=config,
             r=kwargs.get("r", config.r),
             lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
+            **(options or {}),
         )
     return None
 
 
-def with_tlora(config):
-    config._register_custom_module({nn.Linear: dispatch_tlora, nn.Conv2d: dispatch_tlora})
+def with_tlora(config, **options: Any):
+    """`config` building TloraLayer; `options`: its switches (bypass, dropout)."""
+    dispatch = partial(dispatch_tlora, options=options)
+    config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
 
 
-def tlora_config(targets: list[str], rank: int, alpha: float):
-    """A LoraConfig building TloraLayer on every target (peft's rank and alpha are T-LoRA's)."""
+def tlora_config(targets: list[str], rank: int, alpha: float, **options: Any):
+    """A LoraConfig building TloraLayer on every target (peft's rank and alpha are T-LoRA's); `options`:
+    TloraLayer's switches (bypass: LyCORIS bypass_mode; dropout: its bypass forward's dropout)."""
     from peft import LoraConfig
 
-    return with_tlora(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
+    return with_tlora(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets), **options)
 
 
 def is_tlora(config) -> bool:
     customs = (getattr(config, "_custom_modules", None) or {}).values()
-    return any(d is dispatch_tlora for d in customs)
+    return any(getattr(d, "func", None) is dispatch_tlora for d in customs)
 
 
 def has_tlora(state: dict[str, torch.Tensor]) -> bool:

@@ -232,7 +232,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 
 def _tlora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py): a rank, alpha and its Linear / 1x1
-    targets, no convolution rank; its module dropout and LyCORIS's max norm."""
+    targets, no convolution rank; its module dropout, LyCORIS's max norm and bypass forward."""
     return AdapterPlan(
         kind="tlora",
         rank=adapter.rank,
@@ -246,6 +246,8 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
+        bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
+        bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
     )
 
 

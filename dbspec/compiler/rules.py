@@ -1280,6 +1280,20 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+@rule("spec")
+def tlora_dropout_needs_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) == "tlora" and a.dropout and not a.bypass:
+        yield _warn(
+            "DBS603",
+            ("adapter", "dropout"),
+            f'adapter.dropout = {a.dropout:g} changes nothing with kind = "tlora" and bypass = false '
+            "(LyCORIS's T-LoRA applies it only in its bypass forward)",
+            codes.help("DBS603"),
+        )
+
+
 def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's full algo copies each targeted layer's float weight, IA^3 scales it: a quantised base has
     none (LyCORIS refuses it for full too), and a module named as a linear and a convolution target would

@@ -578,6 +578,11 @@ def _bypass_rows(a) -> list[tuple[str, str]]:
         if a.bypass_dropout:
             text += f"; dropout {a.bypass_dropout:g} on each pair's output"
         return [("  bypass", text + " (while training)" if a.rank_dropout or a.bypass_dropout else text)]
+    if a.kind == "tlora":
+        text = "the update on activations, P (λ Q x) - P0 (λ0 Q0 x) scaled (LyCORIS bypass_mode)"
+        if a.bypass_dropout:
+            text += f"; dropout {a.bypass_dropout:g} on its output (while training)"
+        return [("  bypass", text)]
     if a.kind == "dylora":
         return [
             ("  bypass", "W x + up (down x), unscaled, in every forward (LyCORIS bypass_mode, one block)")

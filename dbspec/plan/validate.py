@@ -232,10 +232,11 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
         "boft",
         "dylora",
         "ia3",
+        "tlora",
     ):  # LyCORIS bypass_mode: these kinds' own forward
         yield (
-            f"adapter.bypass is a GLoRA, Diag-OFT, BOFT, DyLoRA or IA^3 option (or of a LoRA / LoHa / LoKr "
-            f"with blocks of those kinds); found adapter kind {a.kind!r}"
+            "adapter.bypass is a GLoRA, Diag-OFT, BOFT, DyLoRA, IA^3 or T-LoRA option (or of a LoRA / LoHa / "
+            f"LoKr with blocks of those kinds); found adapter kind {a.kind!r}"
         )
     elif (
         a.bypass
@@ -247,11 +248,12 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"dylora_unit; found {a.dylora_form!r}, rank {a.rank}, unit {a.dylora_unit}, conv_rank "
             f"{a.conv_rank}"
         )
-    if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (a.kind == "glora" and a.bypass):
-        # DBS556 in specs: GLoRA applies them only in its bypass forward
+    if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (
+        a.kind in ("glora", "tlora") and a.bypass
+    ):  # DBS556 / DBS603 in specs: GLoRA and T-LoRA apply them only in their bypass forward
         yield (
-            f"adapter.bypass_dropout and GLoRA's rank_dropout act in GLoRA's bypass forward only; found kind "
-            f"{a.kind!r}, bypass {str(a.bypass).lower()}"
+            "adapter.bypass_dropout and GLoRA's rank_dropout act in GLoRA's or T-LoRA's bypass forward "
+            f"only; found kind {a.kind!r}, bypass {str(a.bypass).lower()}"
         )
     if (
         plan.loss.prior == "base_model" and not plan.train_denoiser

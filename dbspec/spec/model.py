@@ -2046,6 +2046,19 @@ class TloraAdapter:
         maximum=1,
     )
     max_norm: float = _lycoris_max_norm("T-LoRA")
+    bypass: bool = option(
+        False,
+        doc="LyCORIS `bypass_mode` for T-LoRA: the update runs on activations, the base output plus "
+        "(P (λ ⊙ Q x) - P0 (λ0 ⊙ Q0 x)) x alpha / rank, where it otherwise adds op(x, ΔW) to the base "
+        "output: the same update (up to rounding), and the only forward in which LyCORIS applies `dropout`.",
+    )
+    dropout: float = option(
+        0.0,
+        doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on the update's output while "
+        "training, after `module_dropout`'s draw (LyCORIS `dropout`, kohya's `network_dropout`).",
+        minimum=0,
+        maximum=1,
+    )
     # lycoris.kohya --network_weights with algo=tlora (train_network.py / sdxl_train_network.py)
     init_weights: str = option(
         "",

@@ -5,8 +5,9 @@ and the alphas tripled, saved as its network saves them (some modules left out).
 (the same dims and preset), apply_to, load_weights (`load_state_dict(strict=False)`: a module the file lacks
 keeps its SVD start; every module's frozen start, never in the file, stays the base model's SVD; the file's
 `alpha` fills a buffer the forward never reads) and dbspec's converted run start every layer alike (tensors
-equal, outputs to 1e-5). One tiny run from the file, with `--scale_weight_norms` and `module_dropout` (the
-runtime checks of both against TLoraModule: test_lycoris_tlora.py), trains; a file of another rank fails
+equal, outputs to 1e-5). One tiny run from the file, with `--scale_weight_norms`, `module_dropout` and
+`bypass_mode` with its `dropout` (the runtime checks of each against TLoraModule: test_lycoris_tlora.py),
+trains; a file of another rank fails
 naming the tensor, as lycoris-lora fails."""
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ def test_tlora_file_starts_as_lycoris_loads_it(pipe, tmp_path, monkeypatch):
             assert moved == (name in in_file), name
 
 
-def test_tlora_file_trains_with_max_norm_and_module_dropout(pipe, tmp_path, monkeypatch):
+def test_tlora_file_trains_with_max_norm_module_dropout_and_bypass(pipe, tmp_path, monkeypatch):
     path = _file(pipe, tmp_path, monkeypatch)
     state = load_file(str(path))
-    plan = _plan(tmp_path, ' "module_dropout=0.5" --scale_weight_norms=0.5')
-    a = plan.adapter
+    extra = ' "module_dropout=0.5" "bypass_mode=True" "dropout=0.1" --scale_weight_norms=0.5'
+    a = _plan(tmp_path, extra).adapter
     assert (a.module_dropout, a.max_norm, a.max_norm_form) == (0.5, 0.5, "lycoris")
+    assert (a.bypass, a.bypass_dropout) == (True, 0.1)
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: k.endswith(".lambda_layer")), "the run trained T-LoRA"

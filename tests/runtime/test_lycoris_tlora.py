@@ -245,3 +245,65 @@ def test_tlora_max_norm_equals_lycoris_apply_max_norm(monkeypatch):
     with torch.no_grad():
         after = float(theirs[largest].get_diff_weight()[0].norm() * theirs[largest].scale)
     assert after < norms[largest] and after != pytest.approx(limit)  # the frozen start's λ0 is not scaled
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_tlora_bypass_equals_lycoris_bypass_forward(dropout, monkeypatch):
+    """TLoraModule in bypass_mode (lycoris.kohya `bypass_mode=True`): the base output plus
+    P (λ ⊙ Q x) - P0 (λ0 ⊙ Q0 x) on activations, x alpha / rank, then torch's dropout (network_args'
+    `dropout`, kohya's --network_dropout), after module_dropout's draw; a 1x1 convolution's Q at the layer's
+    stride and padding. From the same generator state: the same outputs, generator state and gradients."""
+    from dbspec.runtime.lycoris_tlora import tlora_config
+    from dbspec.runtime.mixed_kinds import add_own_module_dropout
+
+    _no_gc(monkeypatch)
+    rate, rank, alpha = 0.3, 4, 2.0
+    torch.manual_seed(0)
+    net = Net()
+    net.point = nn.Conv2d(16, 12, 1, stride=2, padding=1)
+    base = copy.deepcopy(net)
+    targets = ["proj", "point", "narrow"]
+    config = tlora_config(targets, rank, alpha, bypass=True, dropout=dropout)
+    inject_adapter_in_model(config, net, "default")
+    assert add_own_module_dropout(net, rate) == 3
+    x = _inputs(torch.Generator().manual_seed(1))
+    x["point"] = torch.randn(2, 16, 7, 6, generator=torch.Generator().manual_seed(4))
+    generator = torch.Generator().manual_seed(2)
+    for name in targets:
+        layer, reference = getattr(net, name), copy.deepcopy(getattr(base, name))
+        ours = layer.lycoris_weights("default")
+        with torch.no_grad():
+            for key in ours:
+                ours[key].add_(torch.randn(ours[key].shape, generator=generator) * 0.3)
+        lyco = tlora.TLoraModule(
+            name, reference, 1.0, rank, alpha, dropout=dropout, module_dropout=rate, bypass_mode=True
+        )
+        lyco.load_state_dict({k: v.detach().clone() for k, v in ours.items()}, strict=False)
+        lyco.apply_to()
+        reference.requires_grad_(False)
+        net.train(), lyco.train()
+        plain = layer.base_layer(x[name])
+        skipped = 0
+        for seed in range(8):
+            torch.manual_seed(seed)
+            want = reference(x[name])
+            after = torch.get_rng_state()
+            torch.manual_seed(seed)
+            got = layer(x[name])
+            assert torch.equal(after, torch.get_rng_state())  # the same draws
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            skipped += not want.requires_grad
+            if want.requires_grad:
+                assert not torch.equal(got, plain)
+                weights = torch.randn(want.shape, generator=generator)
+                (want * weights).sum().backward()
+                (got * weights).sum().backward()
+        assert 0 < skipped < 8, name
+        params = dict(lyco.named_parameters())
+        for key in ours:
+            torch.testing.assert_close(ours[key].grad, params[key].grad, rtol=1e-4, atol=1e-5)
+        net.eval(), lyco.eval()
+        with torch.no_grad():  # outside training: no draw, the bypass forward alone
+            state = torch.get_rng_state()
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=1e-5, atol=1e-5)
+            assert torch.equal(state, torch.get_rng_state())

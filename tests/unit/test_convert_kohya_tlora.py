@@ -7,6 +7,8 @@ defaulting to network_dim (0 too), reaches through every preset that scans the R
 
 from __future__ import annotations
 
+import attrs
+
 from convert_kit import (
     SD15,
     SDXL,
@@ -126,17 +128,39 @@ def test_tlora_module_dropout_is_the_adapter_s(tmp_path):
     assert "module 0.25 (while training)" in dict(adapter_rows(a))["  dropout"]
 
 
-def test_tlora_switches_dbspec_does_not_express_are_refused(tmp_path):
-    for args in ('"bypass_mode=True"', '"preset=p.toml"'):
-        folder = tmp_path / args.split("=")[0].strip('"')
-        write(folder / "p.toml", 'unet_target_module = ["Transformer2DModel"]\n')
-        outcome = _lycoris(
-            folder,
-            f'"algo=tlora", "preset=attn-mlp", {args}'.replace(
-                '"preset=attn-mlp", "preset=p.toml"', '"preset=p.toml"'
-            ),
-        )
-        assert outcome.exit_code != 0 and "DBS403" in codes(outcome), (args, errors(outcome))
+def test_tlora_bypass_mode_and_its_dropout(tmp_path):
+    """bypass_mode (LyCORIS's str_bool) -> `bypass`: TLoraModule.bypass_forward, the update on activations;
+    only there its `dropout` (network_args', else kohya's --network_dropout) acts -> `dropout`
+    (tests/runtime/test_lycoris_tlora.py); a rate torch's Dropout refuses stops kohya (DBS402)."""
+    from dbspec.plan.summary import adapter_rows
+
+    outcome = _lycoris(tmp_path / "a", '"algo=tlora", "preset=attn-mlp", "bypass_mode=True", "dropout=0.2"')
+    assert outcome.exit_code == 0, errors(outcome)
+    plan = plan_of(outcome, tmp_path / "a")
+    a = plan.adapter
+    assert (a.kind, a.bypass, a.bypass_dropout) == ("tlora", True, 0.2)
+    from dbspec.plan.validate import plan_problems
+
+    assert not list(plan_problems(plan))
+    assert list(plan_problems(attrs.evolve(plan, adapter=attrs.evolve(a, bypass=False))))
+    assert "dropout 0.2 on its output" in dict(adapter_rows(a))["  bypass"]
+    folder = tmp_path / "b"
+    images(folder / "img" / "10_ohwx cat", 2, (512, 512))
+    config = CONFIG.format(model=SD15, args='"algo=tlora", "preset=attn-mlp", "bypass_mode=1"')
+    write(folder / "cfg.toml", config + "network_dropout = 0.1\n")
+    outcome = kohya(folder, config_file=folder / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, folder).adapter
+    assert (a.bypass, a.bypass_dropout) == (True, 0.1)
+    assert fate(outcome, "network_dropout") == "mapped"
+    outcome = _lycoris(tmp_path / "c", '"algo=tlora", "preset=attn-mlp", "bypass_mode=True", "dropout=1.5"')
+    assert "DBS402" in codes(outcome)
+
+
+def test_tlora_preset_file_is_refused(tmp_path):
+    write(tmp_path / "p.toml", 'unet_target_module = ["Transformer2DModel"]\n')
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
+    assert outcome.exit_code != 0 and "DBS403" in codes(outcome), errors(outcome)
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):

@@ -569,6 +569,12 @@ CASES = [
         [("DBS556", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "glora"\nrank_dropout = 0.1\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
+    (  # T-LoRA's dropout acts only in its bypass forward
+        rules.tlora_dropout_needs_bypass,
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\n' + DOG + STEPS,
+        [("DBS603", "warning", ("adapter", "dropout"))],
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
+    ),
     (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
         rules.oft_rank_dropout_not_in_bypass,
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,

@@ -1005,8 +1005,8 @@ def _tlora(
     (the generic mapping; alpha 0 is the rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
     convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
     first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
-    bypass forward; module_dropout is the adapter's; bypass_mode is not expressed; the rest is never read.
-    `reach`: the preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
+    bypass forward (bypass_mode: the adapter's `bypass`); module_dropout is the adapter's; the rest is never
+    read. `reach`: the preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
     (preset, conv_targets), (dim, alpha) = reach, dims
     if conv_targets and applied[1]:
         conv.invalid(
@@ -1025,9 +1025,9 @@ def _tlora(
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
-    bypass = _str_bool(kwargs.pop("bypass_mode", "false"))
-    if bypass:
-        unsupported["bypass_mode"] = "True"
+    bypass = _str_bool(kwargs.pop("bypass_mode", "false"))  # LyCORIS's str_bool
+    if bypass:  # TLoraModule.bypass_forward: the update on activations (runtime/lycoris_tlora.py)
+        put["bypass"] = True
     module_dropout = _float(kwargs.pop("module_dropout", "") or 0)
     if module_dropout:  # TLoraModule.forward's one torch.rand(1) per training forward, first
         put["module_dropout"] = module_dropout
@@ -1035,8 +1035,16 @@ def _tlora(
     legacy = Legacy(key=f"{args.key} dropout", value=given, source=args.source)
     if given is None and network_dropout is not None and network_dropout.value:
         given, legacy = str(network_dropout.value), network_dropout  # train_network.py hands it on
-    if given is not None and _float(given or 0) and not bypass:
+    rate = _float(given or 0) if given is not None else 0.0
+    if rate and not bypass:
         conv.ignored(legacy, "TLoraModule applies its dropout only in bypass_mode (off here)")
+    elif rate and not 0 <= rate <= 1:  # TLoraModule builds nn.Dropout(dropout), which raises
+        conv.invalid(legacy.key, legacy.value, legacy.source, f"torch's Dropout raises for p = {rate:g}")
+        return False
+    elif rate:  # bypass_forward_diff's torch dropout on the scaled update, after module_dropout's draw
+        put["dropout"] = rate
+        if legacy is network_dropout:
+            conv.record(legacy, "mapped", "adapter.dropout")
     if alpha == 0:  # TLoraModule: alpha None or 0 is the rank (scale 1)
         put["alpha"] = float(dim)
     elif alpha < 0:  # a negative scale, which the spec's alpha (above 0) does not take
