@@ -307,3 +307,71 @@ def test_tlora_bypass_equals_lycoris_bypass_forward(dropout, monkeypatch):
             state = torch.get_rng_state()
             torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=1e-5, atol=1e-5)
             assert torch.equal(state, torch.get_rng_state())
+
+
+# a LyCORIS preset file for algo=tlora: the transformers and CLIP's attention by class, no name (LyCORIS's
+# default names reach conv_in / conv_out, 3x3 convolutions TLoraModule cannot run), a map entry at the
+# network's dim and alpha and one whose mask_group_id picks a mask kohya never sets
+TLORA_PRESET = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.Transformer2DModel]
+algo = "tlora"
+dim = 4
+alpha = 1
+
+[module_algo_map.CLIPAttention]
+mask_group_id = 3
+"""
+
+
+def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
+    """lycoris.kohya algo=tlora with a preset file: the converted plan adapts exactly the layers
+    lycoris-lora 4.1.3's create_network builds TLoraModules on (the tiny SD 1.x U-Net's transformers, 1x1
+    proj_in / proj_out too, and CLIP's attention), each at its rank and scale."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(TLORA_PRESET, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=tlora" "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 '
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert adapter.kind == "tlora"
+    pipe = build_pipeline("builtin:tiny-sd1")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo="tlora", preset=str(tmp_path / "p.toml")
+    )
+    theirs = {
+        m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+    }
+    add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {}
+    for prefix, model in (("lora_unet_", pipe.unet), ("lora_te_text_model_", pipe.text_encoder)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, TloraLayer):
+                key = prefix + name.replace(".", "_")
+                ours[key] = ("TLoraModule", layer.r["default"], float(layer.scaling["default"]))
+    assert theirs and any("proj_in" in k for k in theirs) and any("_te_" in k for k in theirs)
+    assert ours == theirs

@@ -8,6 +8,7 @@ defaulting to network_dim (0 too), reaches through every preset that scans the R
 from __future__ import annotations
 
 import attrs
+import pytest
 
 from convert_kit import (
     SD15,
@@ -157,10 +158,52 @@ def test_tlora_bypass_mode_and_its_dropout(tmp_path):
     assert "DBS402" in codes(outcome)
 
 
-def test_tlora_preset_file_is_refused(tmp_path):
-    write(tmp_path / "p.toml", 'unet_target_module = ["Transformer2DModel"]\n')
+_FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "code", "words"),
+    [
+        ("targets", _FILE, "", ""),
+        (
+            "same dims",
+            _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\ndim = 8\nalpha = 4\n',
+            "",
+            "",
+        ),
+        ("default names", 'unet_target_module = ["Transformer2DModel"]\n', "DBS402", "conv_in, conv_out"),
+        ("resnets", _FILE.replace('"]', '", "ResnetBlock2D"]', 1), "DBS402", "conv1, conv2"),
+        ("own dim", _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\n", "DBS403", "own dim / alpha"),
+        ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "DBS403", "'lokr'"),
+        (
+            "sig_type",
+            _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n',
+            "DBS403",
+            "sig_type",
+        ),
+    ],
+)
+def test_tlora_preset_files(tmp_path, name, text, code, words):
+    """A preset file on an algo=tlora network: its targets (LyCORIS's default names, conv_in / conv_out, and
+    classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
+    change nothing; an entry's own dim, another algorithm (a run of several kinds) or an option TLoraModule
+    reads (sig_type, use_data_init: its SVD start) are not expressed (DBS403)
+    (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
+    write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
-    assert outcome.exit_code != 0 and "DBS403" in codes(outcome), errors(outcome)
+    if not code:
+        assert outcome.exit_code == 0, errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.kind == "tlora" and a.rank == 8 and "proj_in" in a.denoiser_targets, name
+        return
+    assert code in codes(outcome), (name, errors(outcome))
+    assert words in messages(outcome, code), name
+
+
+def test_a_tlora_entry_beside_another_algo_stays_refused(tmp_path):
+    write(tmp_path / "p.toml", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\n')
+    outcome = _lycoris(tmp_path, '"algo=locon", "preset=p.toml"')
+    assert "DBS403" in codes(outcome) and "'tlora'" in messages(outcome, "DBS403")
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):

@@ -83,6 +83,10 @@ _READS = {
     "boft": (*_COMMON, "constraint", "rescaled"),
     "glora": (*_COMMON, "weight_decompose", "rs_lora"),
     "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size", "train_on_input"),
+    # TLoraModule: its SVD start's choice (create_network never passes them; an entry can) and bypass_mode
+    # (use_tucker lands in its rank_dropout_scale, never read; its mask_group_id picks a mask kohya never
+    # sets)
+    "tlora": ("bypass_mode", "sig_type", "use_data_init"),
 }
 
 

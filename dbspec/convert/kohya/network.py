@@ -327,13 +327,6 @@ def _map_network(
         if preset == "ia3":
             conv.invalid(f"{args.key} preset", preset, args.source, IA3_PRESET_BUILDS_NOTHING)
             return None
-        if kind == "tlora" and preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
-            conv.unsupported(
-                Legacy(key=f"{args.key} preset", value=preset, source=args.source),
-                "dbspec converts algo=tlora with LyCORIS's built-in presets; a preset file's per-layer "
-                "algorithms and dims beside T-LoRA are not expressed",
-            )
-            return None
         if preset not in _PRESETS and preset not in LYCORIS_BUILTIN_PRESETS:
             dims = (dim, alpha, conv_dim, conv_alpha)
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
@@ -355,7 +348,7 @@ def _map_network(
                     rs_lora,
                     _module_options(kwargs, dropout),
                     applied,
-                    kinds=MIXED_SD,
+                    kinds=() if kind == "tlora" else MIXED_SD,  # T-LoRA: no blocks, no other kind beside it
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                     entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
                     unet=True,  # SD 1.x/2.x, SDXL (_mixed_kinds: the network's use_tucker beside other kinds)
