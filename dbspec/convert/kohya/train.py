@@ -117,12 +117,25 @@ _ONE_CYCLE = {
 _NEEDS_CALLABLE = (
     "it needs lr_lambda, a Python function, which lr_scheduler_args (ast.literal_eval) cannot give"
 )
-_NEEDS_SCHEDULERS = "it takes scheduler objects, which lr_scheduler_args (ast.literal_eval) cannot give"
+# kohya builds `cls(optimizer, **lr_scheduler_args)`: no literal has the `optimizer` attribute torch checks on
+# each of SequentialLR's schedulers, and ChainedScheduler's first parameter is the scheduler list, so it gets
+# the optimizer itself (torch 2.13, tests/runtime/test_torch_schedules.py builds both as kohya does)
+_SEQUENTIAL = (
+    "kohya cannot build it: SequentialLR(optimizer, schedulers, milestones) takes scheduler objects, which "
+    "lr_scheduler_args (ast.literal_eval) cannot give: torch raises TypeError (`schedulers` or `milestones` "
+    "missing, or a literal at index 0 without an `optimizer` attribute) or ValueError (an empty list)"
+)
+_CHAINED = (
+    "kohya cannot build it: ChainedScheduler(schedulers, optimizer=None) takes the scheduler list first, so "
+    "kohya's ChainedScheduler(optimizer, **lr_scheduler_args) passes the optimizer as the list (TypeError "
+    "`object of type '...' has no len()`), and schedulers=... from lr_scheduler_args is a second value for "
+    "it (TypeError)"
+)
 _CRASHING_SCHEDULERS = {
     "LambdaLR": _NEEDS_CALLABLE,
     "MultiplicativeLR": _NEEDS_CALLABLE,
-    "SequentialLR": _NEEDS_SCHEDULERS,
-    "ChainedScheduler": _NEEDS_SCHEDULERS,
+    "SequentialLR": _SEQUENTIAL,
+    "ChainedScheduler": _CHAINED,
     "ReduceLROnPlateau": "kohya calls lr_scheduler.step() without the metric ReduceLROnPlateau.step needs "
     "(TypeError at the first step)",
 }
@@ -472,7 +485,17 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion, script: s
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
     cls = kind.value.removeprefix("torch.optim.lr_scheduler.")
     if cls in _CRASHING_SCHEDULERS:
-        conv.invalid(kind.key, kind.value, kind.source, _CRASHING_SCHEDULERS[cls])
+        combined = cls in ("SequentialLR", "ChainedScheduler")
+        conv.invalid(
+            kind.key,
+            kind.value,
+            kind.source,
+            _CRASHING_SCHEDULERS[cls],
+            help="a warm-up then a decay is a named lr_scheduler with lr_warmup_steps (e.g. cosine), or "
+            "OneCycleLR"
+            if combined
+            else "",
+        )
         return
     if cls not in TORCH_SCHEDULERS:
         conv.unsupported(
