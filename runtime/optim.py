@@ -141,6 +141,8 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         return _schedulefree(groups, opt)
     if kind == "came":
         return _came(groups, opt)
+    if kind == "pytorch_optimizer_came":
+        return _pytorch_optimizer_came(groups, opt)
     raise OptimizerError(f"unknown optimizer {kind!r}")
 
 
@@ -195,6 +197,25 @@ def _came(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
         clip_threshold=c.clip_threshold,
         betas=tuple(opt.betas),
         weight_decay=opt.weight_decay,
+    )
+
+
+def _pytorch_optimizer_came(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """pytorch_optimizer's CAME, as kohya builds `pytorch_optimizer.CAME(params, lr=lr, **optimizer_args)`
+    (its other arguments at their defaults: decoupled weight decay scaled by the lr, no AMS bound; foreach
+    as its default, which computes the loop's update). Its state: the group's int `step`, per parameter
+    exp_avg, the factored (>= 2-D) or full (1-D) statistics and a 0-d tensor `RMS`; all of it loads with
+    torch.load(weights_only=True)."""
+    module = _import("pytorch_optimizer", "pip install pytorch_optimizer")
+    c = opt.came
+    return module.CAME(
+        groups,
+        lr=opt.lr,
+        betas=tuple(opt.betas),
+        weight_decay=opt.weight_decay,
+        clip_threshold=c.clip_threshold,
+        eps1=c.eps[0],
+        eps2=c.eps[1],
     )
 
 

@@ -92,15 +92,19 @@ OPTIMIZER_STATE_BYTES = {
     # came_pytorch CAME: exp_avg (4) plus, per >=2-D tensor, row and column vectors of the squared gradient
     # and of the instability (twice Adafactor's factored state), per 1-D tensor a full exp_avg_sq
     "came": 8,
+    # pytorch_optimizer's CAME: the same tensors (and a 0-d RMS per parameter)
+    "pytorch_optimizer_came": 8,
 }
 SGD_MOMENTUM_BYTES = 4
 PRODIGY_SLICED_BYTES = 8  # Prodigy's s and p0 per element they keep (fp32)
 # Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
 # directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
 # Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
-# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype.
+# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype; pytorch_optimizer's CAME follows the
+# parameter (its 1-D and factored statistics take the gradient's dtype).
 PARAM_DTYPE_STATE_OPTIMIZERS = (
     "adamw",
+    "pytorch_optimizer_came",
     "sgd",
     "radam",
     "prodigy",
@@ -404,6 +408,16 @@ _CAME_NOTE = (
     "a text encoder and about 8/rank of LoRA matrices (rank 1: above this count)"
 )
 
+# pytorch_optimizer 4.1's CAME steps each group's tensors of one shape class at once (foreach): the squared
+# gradients and the residuals are two temporaries as large as those gradients while optimizer.step runs
+# (after backward has freed the activations, which are usually larger)
+_PYTORCH_OPTIMIZER_CAME_NOTE = (
+    "pytorch_optimizer_came: "
+    + _CAME_NOTE.removeprefix("came ")
+    + "; its foreach step also holds two gradient-sized temporaries per parameter group (8 bytes per "
+    "parameter) during optimizer.step, after the activations are freed: not counted"
+)
+
 
 def _prodigy_state_bytes(beta1: float, slice_p: int, notes: list[str]) -> float:
     """prodigyopt 1.1's state per parameter: exp_avg_sq, exp_avg only where betas[0] > 0 (Prodigy.step
@@ -446,6 +460,8 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], sl
         )
     if optimizer == "came":
         notes.append(_CAME_NOTE)
+    if optimizer == "pytorch_optimizer_came":
+        notes.append(_PYTORCH_OPTIMIZER_CAME_NOTE)
     if optimizer in ("adamw8bit", "paged_adamw8bit"):
         notes.append(
             f"{optimizer}: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"

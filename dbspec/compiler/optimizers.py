@@ -12,7 +12,14 @@ from dbspec.plan.model import (
     ProdigyPlan,
     ScheduleFreePlan,
 )
-from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
+from dbspec.spec.model import (
+    ADEMAMIX_KINDS,
+    BNB_8BIT_KINDS,
+    CAME_KINDS,
+    DADAPT_KINDS,
+    SCHEDULEFREE_KINDS,
+    Optimizer,
+)
 
 # dadaptation's per-kind constructor arguments beyond lr, betas, eps, weight_decay, momentum.
 DADAPT_ARGS = {
@@ -79,7 +86,7 @@ _KIND_ARGS = (
 # kinds that use optimizer.momentum / three betas
 MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
 NO_BETAS_KINDS = ("sgd", "adafactor", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
-THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS, "came")
+THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS, *CAME_KINDS)
 
 
 def dadapt_plan(o: Optimizer) -> DAdaptPlan | None:
@@ -149,7 +156,7 @@ def schedulefree_plan(o: Optimizer) -> ScheduleFreePlan | None:
 
 
 def came_plan(o: Optimizer) -> CAMEPlan | None:
-    if o.kind != "came":
+    if o.kind not in CAME_KINDS:
         return None
     return CAMEPlan(clip_threshold=o.clip_threshold, eps=(o.came_eps[0], o.came_eps[1]))
 
@@ -174,7 +181,7 @@ def unused_args(kind: str) -> list[str]:
         *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),
-        *(CAME_ARGS if kind == "came" else ()),
+        *(CAME_ARGS if kind in CAME_KINDS else ()),
         *(("decoupled_weight_decay",) if kind == "radam" else ()),
         *(("min_8bit_size",) if kind in BNB_8BIT_KINDS else ()),
     )

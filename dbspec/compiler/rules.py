@@ -40,6 +40,7 @@ from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
     BNB_LION_KINDS,
+    CAME_KINDS,
     DADAPT_KINDS,
     Dataset,
     SCHEDULEFREE_KINDS,
@@ -847,11 +848,11 @@ def came_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def came_adam_eps(spec: Spec, given: Given) -> Iterator[Hit]:
-    if given(("optimizer", "eps")) and spec.optimizer.kind == "came":
+    if given(("optimizer", "eps")) and spec.optimizer.kind in CAME_KINDS:
         yield _warn(
             "DBS216",
             ("optimizer", "eps"),
-            'optimizer.eps (Adam\'s epsilon) has no effect with kind = "came"',
+            f'optimizer.eps (Adam\'s epsilon) has no effect with kind = "{spec.optimizer.kind}"',
             "CAME's regularisers are the pair came_eps, e.g. came_eps = [1e-30, 1e-16] (its default)",
         )
 
@@ -2654,9 +2655,10 @@ def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-# torch's AdamW and schedule-free AdamW create fp16 moments for fp16 parameters: a second moment under fp16's
-# smallest value (6e-8, a gradient under ~8e-3) is 0 and eps 1e-8 rounds to 0, so the update divides by 0.
-FP16_STATE_BREAKS = ("adamw", "adamw_schedulefree")
+# torch's AdamW, schedule-free AdamW and pytorch_optimizer's CAME create fp16 moments for fp16 parameters: a
+# second moment under fp16's smallest value (6e-8, a gradient under ~8e-3) is 0 and eps (1e-8; CAME's eps1
+# 1e-30) rounds to 0, so the update divides by 0 (CAME: inf/NaN weights within 5 steps of gradients ~1e-3).
+FP16_STATE_BREAKS = ("adamw", "adamw_schedulefree", "pytorch_optimizer_came")
 
 
 @rule("spec")
@@ -2668,7 +2670,7 @@ def fp16_weights_optimizer(spec: Spec, given: Given) -> Iterator[Hit]:
             ("optimizer", "kind"),
             f'precision.weights = "fp16" with optimizer.kind "{kind}": it keeps its moments in fp16, where '
             "the second moment of a gradient under ~8e-3 and eps (1e-8) are 0, so the weights turn inf/NaN "
-            "in a step",
+            "in a step" + (" (CAME's eps1, 1e-30, likewise)" if kind == "pytorch_optimizer_came" else ""),
             'use kind = "adamw8bit" (kohya\'s usual choice with full_fp16), "paged_adamw", "adafactor" or '
             '"came" (fp32 or 8-bit state), or weights = "bf16"',
         )

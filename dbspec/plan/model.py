@@ -926,8 +926,9 @@ class ScheduleFreePlan:
 
 @frozen
 class CAMEPlan:
-    """came_pytorch's CAME options beyond the plan's betas (its three: the first moment's, the squared
-    gradient's and the instability's decays) and weight_decay (decoupled: p -= lr x weight_decay x p)."""
+    """CAME's options (came_pytorch's; pytorch_optimizer's, whose eps1, eps2 are `eps`) beyond the plan's
+    betas (its three: the first moment's, the squared gradient's and the instability's decays) and
+    weight_decay (decoupled: p -= lr x weight_decay x p)."""
 
     clip_threshold: float  # the update's RMS is clipped to this
     eps: tuple[float, float]  # regularisers of the squared gradient and of the instability

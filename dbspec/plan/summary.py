@@ -1429,8 +1429,10 @@ def _bnb_lion_extras(o) -> str:
 
 def _came_extras(o) -> str:
     c = o.came
+    package = "pytorch_optimizer's " if o.kind == "pytorch_optimizer_came" else ""
     return (
-        f"; CAME: betas {', '.join(f'{b:g}' for b in o.betas)}, clip_threshold {c.clip_threshold:g}, "
+        f"; {package}CAME: betas {', '.join(f'{b:g}' for b in o.betas)}, "
+        f"clip_threshold {c.clip_threshold:g}, "
         f"eps ({c.eps[0]:g}, {c.eps[1]:g}), weight decay {o.weight_decay:g} (decoupled)"
     )
 

@@ -661,6 +661,18 @@ CASES = [
         [("DBS219", "error", ("optimizer", "betas"))],
         DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\nbetas = [0.9, 0.99, 0.999]\n',
     ),
+    (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\nbetas = [0.9, 0.999]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\nbetas = [0.9, 0.99, 0.999]\n',
+    ),
+    (
+        rules.came_adam_eps,
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\neps = 1e-16\n',
+        [("DBS216", "warning", ("optimizer", "eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\ncame_eps = [1e-29, 1e-15]\n',
+    ),
     (  # CAME takes Adafactor's clip_threshold and its own eps pair; Adafactor's other options are inert
         rules.optimizer_args_unused,
         DOG
@@ -1125,6 +1137,18 @@ CASES = [
         DOG
         + STEPS
         + '[optimizer]\nkind = "adafactor"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n',
+    ),
+    (  # pytorch_optimizer's CAME keeps fp16 statistics (came_pytorch's fp32 ones step fp16 weights)
+        rules.fp16_weights_optimizer,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\n[precision]\nweights = "fp16"\n'
+        + 'weights_rounding = "nearest"\n',
+        [("DBS249", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "came"\nlr = 1e-4\n[precision]\nweights = "fp16"\n'
+        + 'weights_rounding = "nearest"\n',
     ),
     (
         rules.low_precision_weights_settings,

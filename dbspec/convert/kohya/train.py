@@ -36,6 +36,7 @@ from dbspec.convert.common.optimizers import (
     optimizer_settings,
     parse_kohya_args,
     print_only,
+    unread_arguments,
 )
 from dbspec.spec.model import DADAPT_KINDS, Optimizer
 
@@ -1562,7 +1563,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
     kind = adamw_variant(kind_arg.value, lion_variant(ademamix_variant(name.kind, kwargs), kwargs), kwargs)
     if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
         conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
-    ignored = {**bnb_ignored(kind_arg.value, kind, kwargs), **print_only(kind, kwargs)}
+    ignored = {
+        **bnb_ignored(kind_arg.value, kind, kwargs),
+        **print_only(kind, kwargs),
+        **unread_arguments(kind_arg.value, kwargs),
+    }
     if ignored:
         conv.ignored(args, "; ".join(f"`{k}={kwargs[k]!r}`: {why}" for k, why in ignored.items()))
         kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
