@@ -3162,6 +3162,19 @@ at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec
 (`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
         help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
     ),
+    Code(
+        "DBS620",
+        ERROR,
+        "ProdigyPlusScheduleFree over bf16 or fp16 weights",
+        """\
+`optimizer.kind = "prodigy_plus_schedulefree"` with `precision.weights = "bf16"` or `"fp16"`. The
+prodigy-plus-schedule-free package rounds bf16 weights stochastically itself (its `stochastic_rounding`
+default, drawing from torch's global generator, which dbspec's stochastic rounding does not share) and is made
+for bf16 and fp32 weights only; dbspec runs it over fp32 weights (kohya's `full_bf16` / `full_fp16` with it
+are refused by the converter).""",
+        help='use precision.weights = "fp32" (mixed precision still computes in bf16 or fp16), or another '
+        "optimizer.kind",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -94,6 +94,9 @@ OPTIMIZER_STATE_BYTES = {
     "came": 8,
     # pytorch_optimizer's CAME: the same tensors (and a 0-d RMS per parameter)
     "pytorch_optimizer_came": 8,
+    # prodigy-plus-schedule-free's ProdigyPlusScheduleFree: z like the parameter (4), p0 and s over every 11th
+    # element in bf16 (4/11), the second moment factored (small) where a side reaches 32, else full (4)
+    "prodigy_plus_schedulefree": 5,
 }
 SGD_MOMENTUM_BYTES = 4
 PRODIGY_SLICED_BYTES = 8  # Prodigy's s and p0 per element they keep (fp32)
@@ -418,6 +421,12 @@ _PYTORCH_OPTIMIZER_CAME_NOTE = (
     "parameter) during optimizer.step, after the activations are freed: not counted"
 )
 
+_PRODIGY_PLUS_NOTE = (
+    "prodigy_plus_schedulefree state counted as 5 bytes per parameter: z (4), Prodigy's p0 and s over every "
+    "11th element in bf16 (0.36) and the second moment, factored where a side reaches 32 elements (about "
+    "4/rank of LoRA matrices, so above this count at rank 4 or less) and full for smaller tensors (4)"
+)
+
 
 def _prodigy_state_bytes(beta1: float, slice_p: int, notes: list[str]) -> float:
     """prodigyopt 1.1's state per parameter: exp_avg_sq, exp_avg only where betas[0] > 0 (Prodigy.step
@@ -462,6 +471,8 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], sl
         notes.append(_CAME_NOTE)
     if optimizer == "pytorch_optimizer_came":
         notes.append(_PYTORCH_OPTIMIZER_CAME_NOTE)
+    if optimizer == "prodigy_plus_schedulefree":
+        notes.append(_PRODIGY_PLUS_NOTE)
     if optimizer in ("adamw8bit", "paged_adamw8bit"):
         notes.append(
             f"{optimizer}: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"

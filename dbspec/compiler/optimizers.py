@@ -10,6 +10,7 @@ from dbspec.plan.model import (
     CAMEPlan,
     DAdaptPlan,
     ProdigyPlan,
+    ProdigyPlusPlan,
     ScheduleFreePlan,
 )
 from dbspec.spec.model import (
@@ -17,6 +18,7 @@ from dbspec.spec.model import (
     BNB_8BIT_KINDS,
     CAME_KINDS,
     DADAPT_KINDS,
+    PRODIGY_PLUS_KIND,
     SCHEDULEFREE_KINDS,
     Optimizer,
 )
@@ -43,6 +45,8 @@ PRODIGY_ARGS = (
     "beta3",
     "slice_p",
 )
+# ProdigyPlusScheduleFree's arguments beyond lr, betas, eps, weight_decay
+PRODIGY_PLUS_ARGS = ("d0", "d_coef", "beta3", "use_bias_correction")
 ADAFACTOR_ARGS = (
     "relative_step",
     "scale_parameter",
@@ -118,6 +122,12 @@ def prodigy_plan(o: Optimizer) -> ProdigyPlan | None:
     )
 
 
+def prodigy_plus_plan(o: Optimizer) -> ProdigyPlusPlan | None:
+    if o.kind != PRODIGY_PLUS_KIND:
+        return None
+    return ProdigyPlusPlan(d0=o.d0, d_coef=o.d_coef, beta3=o.beta3, use_bias_correction=o.use_bias_correction)
+
+
 def adafactor_plan(o: Optimizer) -> AdafactorPlan | None:
     if o.kind != "adafactor":
         return None
@@ -182,6 +192,7 @@ def unused_args(kind: str) -> list[str]:
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),
         *(CAME_ARGS if kind in CAME_KINDS else ()),
+        *(PRODIGY_PLUS_ARGS if kind == PRODIGY_PLUS_KIND else ()),
         *(("decoupled_weight_decay",) if kind == "radam" else ()),
         *(("min_8bit_size",) if kind in BNB_8BIT_KINDS else ()),
     )

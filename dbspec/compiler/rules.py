@@ -858,9 +858,24 @@ def came_adam_eps(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def prodigy_plus_low_precision_weights(spec: Spec, given: Given) -> Iterator[Hit]:
+    """ProdigyPlusScheduleFree rounds bf16 weights stochastically itself (torch's global generator, its
+    stochastic_rounding default) and is not made for fp16 ones: dbspec runs it over fp32 weights only."""
+    weights = spec.precision.weights
+    if spec.optimizer.kind == "prodigy_plus_schedulefree" and weights != "fp32":
+        yield _err(
+            "DBS620",
+            ("precision", "weights"),
+            f'optimizer.kind = "prodigy_plus_schedulefree" steps fp32 weights only; precision.weights is '
+            f'"{weights}"',
+            codes.help("DBS620"),
+        )
+
+
+@rule("spec")
 def schedulefree_without_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
     kind, s = spec.optimizer.kind, spec.schedule
-    if kind not in SCHEDULEFREE_KINDS:
+    if kind not in (*SCHEDULEFREE_KINDS, "prodigy_plus_schedulefree"):
         return
     if s.lr_schedule != "constant":
         yield _err(
@@ -1362,6 +1377,11 @@ def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
             "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`): "
             "kohya's run stops there too"
         )
+    if o.kind == "prodigy_plus_schedulefree" and built_at_zero:
+        return (
+            "prodigy-plus-schedule-free's ProdigyPlusScheduleFree raises ValueError for lr 0 as kohya builds "
+            "it (`lr=learning_rate`): kohya's run stops there too"
+        )
     if o.kind in DADAPT_KINDS or o.kind == "prodigy":
         return zero_group_moves(o.kind, o.weight_decay, o.betas, o.decouple, o.momentum)
     if o.kind == "adafactor" and o.relative_step:
@@ -1553,7 +1573,7 @@ def kept_parts_move(spec: Spec, given: Given) -> tuple[bool, bool]:
 def _stops_at_zero(o: Optimizer, built_at_zero: bool) -> bool:
     """The class refuses the rate 0 it is built with (`lr=optimizer.lr`, as kohya passes `lr=learning_rate`):
     _rate_zero_moves_or_stops' reasons that no "keep" can run."""
-    stops = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came")
+    stops = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "prodigy_plus_schedulefree")
     return built_at_zero and o.kind in stops
 
 

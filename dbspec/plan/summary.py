@@ -1379,6 +1379,14 @@ def _optimizer_extras(plan: Plan) -> str:
         )
     if o.came is not None:
         return _came_extras(o)
+    if o.prodigy_plus is not None:
+        p = o.prodigy_plus
+        return (
+            f"; ProdigyPlusScheduleFree: d0 {p.d0:g}, d_coef {p.d_coef:g}, beta3 {p.beta3:g}"
+            + (", bias correction" if p.use_bias_correction else "")
+            + ", each group its own d; no LR schedule, the iterates averaged; checkpoints, exports, "
+            "validation and evaluation use the averaged weights (eval mode)"
+        )
     if o.kind in _BNB_LION_CLASSES:
         return _bnb_lion_extras(o)
     return _adafactor_extras(o)

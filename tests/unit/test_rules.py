@@ -846,6 +846,26 @@ CASES = [
         DOG + STEPS + '[optimizer]\nkind = "adamw_schedulefree"\nschedulefree_warmup_steps = 5\n',
     ),
     (
+        rules.schedulefree_without_schedule,
+        DOG
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n'
+        + STEPS
+        + 'lr_schedule = "cosine"\n',
+        [("DBS228", "error", ("schedule", "lr_schedule"))],
+        DOG + STEPS + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n',
+    ),
+    (
+        rules.prodigy_plus_low_precision_weights,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n[precision]\nmixed = "bf16"\n'
+        + 'weights = "bf16"\n',
+        [("DBS620", "error", ("precision", "weights"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n[precision]\nmixed = "bf16"\n',
+    ),
+    (
         rules.one_cycle_lengths,
         DOG + STEPS + 'lr_schedule = "one_cycle"\nt_max = 99\n',
         [("DBS273", "error", ("schedule", "t_max"))],
@@ -2877,7 +2897,7 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     assert hits_of(rule, DOG + STEPS + TE + zero_te) == [
         ("DBS200", "error", ("optimizer", "text_encoder_lr"))
     ]
-    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "came"):
+    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "came", "prodigy_plus_schedulefree"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))], kind
     # why: the constructor refuses lr 0 as kohya builds it, or the step moves a group at rate 0 anyway

@@ -58,6 +58,8 @@ _DEFAULTS = {
     "came": {"weight_decay": 0.0, "betas": [0.9, 0.999, 0.9999]},
     # pytorch_optimizer.CAME (4.1): the same defaults; its eps1, eps2 are came_eps (_pytorch_optimizer_eps)
     "pytorch_optimizer_came": {"weight_decay": 0.0, "betas": [0.9, 0.999, 0.9999]},
+    # prodigyplus.ProdigyPlusScheduleFree (2.0.1; d0 1e-6 and d_coef 1 are dbspec's defaults too)
+    "prodigy_plus_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.99], "eps": 1e-8},
 }
 # Legacy keyword arguments that are dbspec [optimizer] keys of the same name, by kind (beyond _SETTABLE).
 _OWN_KEYS = {
@@ -78,6 +80,7 @@ _OWN_KEYS = {
     "dadapt_sgd": ("d0", "growth_rate"),
     "came": ("clip_threshold",),
     "pytorch_optimizer_came": ("clip_threshold",),
+    "prodigy_plus_schedulefree": ("d0", "d_coef", "beta3", "use_bias_correction"),
     "radam": ("decoupled_weight_decay",),  # torch.optim.RAdam's flag
     "prodigy": PRODIGY_ARGS,  # prodigyopt.Prodigy's, as the compiler passes them
     "adamw": ("amsgrad",),  # torch.optim.AdamW's
@@ -106,6 +109,26 @@ _HARMLESS = {
         "maximize": False,
     },
     **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
+    # ProdigyPlusScheduleFree's other options at its defaults (each group its own d, the factored second
+    # moment, StableAdamW's RMS clipping, the schedule-free iterate; its experimental variants off)
+    "prodigy_plus_schedulefree": {
+        "weight_decay_by_lr": True,
+        "d_limiter": True,
+        "prodigy_steps": 0,
+        "schedulefree_c": 0,
+        "split_groups": True,
+        "split_groups_mean": False,
+        "factored": True,
+        "use_stableadamw": True,
+        "use_schedulefree": True,
+        "use_speed": False,
+        "fused_back_pass": False,
+        "use_cautious": False,
+        "use_grams": False,
+        "use_adopt": False,
+        "use_orthograd": False,
+        "use_focus": False,
+    },
 }
 _SCHEDULEFREE_HARMLESS = {"foreach": True}  # the foreach implementation computes the same update
 _HARMLESS.update(
@@ -142,6 +165,9 @@ _SAME_UPDATE = {
     # kernel over the tensors of one shape class; the same operations in the same order, bit-equal on the CPU
     # (tests/runtime/test_pytorch_optimizer_came.py)
     "pytorch_optimizer_came": ("foreach",),
+    # ProdigyPlusScheduleFree: `stochastic_rounding` and `factored_fp32` act on bf16 weights and gradients
+    # only; dbspec runs it over fp32 weights (DBS620), where every value computes the same update
+    "prodigy_plus_schedulefree": ("stochastic_rounding", "factored_fp32"),
 }
 # torch's AdamW and SGD: their kernel keywords, read by optimizer_settings into optimizer.implementation
 _KERNEL_KINDS = ("adamw", "sgd")
@@ -150,6 +176,8 @@ _REFUSED_WHY = {
     ("prodigy", "fsdp_in_use"): "prodigyopt then all-reduces its estimate of d over torch.distributed "
     "(a single-process run raises: no process group), which dbspec's runs do only under FSDP, where Prodigy "
     "detects the flattened parameters itself",
+    ("prodigy_plus_schedulefree", "eps"): "None is ProdigyPlusScheduleFree's Adam-atan2 update, which dbspec "
+    "does not run",
     **{
         ("pytorch_optimizer_came", key): "0 leaves that regulariser out, which pytorch_optimizer allows and "
         "dbspec's came_eps (two positive numbers) does not express"
@@ -289,6 +317,7 @@ DOTTED_OPTIMIZERS = {
     "schedulefree.RAdamScheduleFree": ("radam_schedulefree", "radamschedulefree"),
     "came_pytorch.CAME": ("came", "came"),
     "pytorch_optimizer.CAME": ("pytorch_optimizer_came", "pytorch_optimizer.came"),
+    "prodigyplus.ProdigyPlusScheduleFree": ("prodigy_plus_schedulefree", "prodigyplus"),
     "dadaptation.DAdaptAdam": ("dadapt_adam", "dadaptadam"),
     "dadaptation.DAdaptAdaGrad": ("dadapt_adagrad", "dadaptadagrad"),
     "dadaptation.DAdaptAdan": ("dadapt_adan", "dadaptadan"),
@@ -361,6 +390,34 @@ _ADAMW = (
     "differentiable",
     "fused",
 )
+# prodigyplus.ProdigyPlusScheduleFree 2.0.1's constructor keywords beyond params and lr
+PRODIGY_PLUS_CONSTRUCTOR = (
+    "betas",
+    "beta3",
+    "weight_decay",
+    "weight_decay_by_lr",
+    "d0",
+    "d_coef",
+    "d_limiter",
+    "prodigy_steps",
+    "schedulefree_c",
+    "eps",
+    "split_groups",
+    "split_groups_mean",
+    "factored",
+    "factored_fp32",
+    "use_bias_correction",
+    "use_stableadamw",
+    "use_schedulefree",
+    "use_speed",
+    "stochastic_rounding",
+    "fused_back_pass",
+    "use_cautious",
+    "use_grams",
+    "use_adopt",
+    "use_orthograd",
+    "use_focus",
+)
 _BNB = ("optim_bits", "args", "min_8bit_size", "is_paged")  # bitsandbytes 0.50's AdamW8bit
 _SGD = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "fused")
 _KOHYA_ACCEPTS = {
@@ -428,6 +485,7 @@ _KOHYA_ACCEPTS.update(
         "sgdschedulefree": (*_SCHEDULEFREE, "momentum", "warmup_steps"),
         "radamschedulefree": (*_SCHEDULEFREE, "betas", "eps", "silent_sgd_phase"),
         "came": ("eps", "clip_threshold", "betas", "weight_decay"),  # came_pytorch.CAME
+        "prodigyplus": PRODIGY_PLUS_CONSTRUCTOR,
     }
 )
 # bitsandbytes' Lion classes (0.50): kohya's Lion8bit and PagedLion8bit names, and their class paths
@@ -487,6 +545,8 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         )
     if lower == "came":
         problems += _came_problems(kwargs)
+    if lower == "prodigyplus":
+        problems += _prodigy_plus_problems(kwargs)
     if lower == "pytorch_optimizer.came":
         problems += _pytorch_optimizer_came_problems(kwargs)
     problems += _bnb_adamw_problems(lower, kwargs)
@@ -587,6 +647,35 @@ def _came_problems(kwargs: dict[str, Any]) -> list[str]:
         and not all(0 <= b <= 1 for b in betas)
     ):
         problems.append(f"`betas={betas!r}`: CAME asserts every beta is in [0, 1] (AssertionError)")
+    return problems
+
+
+def _prodigy_plus_problems(kwargs: dict[str, Any]) -> list[str]:
+    """ProdigyPlusScheduleFree raises ValueError for d0 not above 0, a negative weight_decay, an eps not above
+    0 (None is its Adam-atan2), betas or beta3 outside [0, 1)."""
+    problems = []
+    checks = {
+        "d0": lambda v: v > 0,
+        "weight_decay": lambda v: v >= 0,
+        "eps": lambda v: v > 0,
+        "beta3": lambda v: 0 <= v < 1,
+    }
+    for key, fine in checks.items():
+        if key not in kwargs or kwargs[key] is None and key in ("eps", "beta3"):
+            continue
+        value = kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not fine(value):
+            problems.append(f"`{key}={value!r}`: ProdigyPlusScheduleFree raises ValueError for it")
+    betas = kwargs.get("betas")
+    if (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        and not all(0 <= b < 1 for b in betas)
+    ):
+        problems.append(
+            f"`betas={betas!r}`: ProdigyPlusScheduleFree raises ValueError unless both are in [0, 1)"
+        )
     return problems
 
 
@@ -770,8 +859,10 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
     if kind in _KERNEL_KINDS:
         rest = {k: v for k, v in rest.items() if k not in ("fused", "foreach")}
         merged.update(_kernel(kwargs))
-    if kind == "prodigy":
+    if kind in ("prodigy", "prodigy_plus_schedulefree"):
         _prodigy_values(merged, rest)
+    if kind == "prodigy_plus_schedulefree" and "eps" in merged and merged["eps"] is None:
+        rest["eps"] = merged.pop("eps")  # its Adam-atan2 update
     if kind == "pytorch_optimizer_came":
         _pytorch_optimizer_eps(kwargs, merged, rest)
     for key in ("adafactor_eps", "came_eps"):  # TOML floats stay floats

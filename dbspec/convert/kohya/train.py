@@ -295,6 +295,11 @@ def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
     """kohya's get_scheduler_fix returns a dummy scheduler for schedule-free optimizers: no schedule, no
     warm-up, whatever the scheduler options say (the optimizer's own warmup_steps is an optimizer_args)."""
     why = "kohya gives schedule-free optimizers a dummy scheduler that never changes the LR"
+    warm_up = (
+        " (use_bias_correction=True in optimizer_args gives ProdigyPlusScheduleFree RAdam's warm-up)"
+        if kohya_optimizer(str(a["optimizer_type"].value or "")).kind == "prodigy_plus_schedulefree"
+        else " (use warmup_steps in optimizer_args for a warm-up)"
+    )
     for key in (
         "lr_scheduler",
         "lr_warmup_steps",
@@ -312,7 +317,7 @@ def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
             and legacy.given
             and legacy.value not in ("constant", 0)
         ):
-            conv.ignored(legacy, why + " (use warmup_steps in optimizer_args for a warm-up)")
+            conv.ignored(legacy, why + warm_up)
         elif legacy.given:
             conv.inert(legacy, why)
         else:
@@ -1231,7 +1236,13 @@ def _train_db_groups_at_rate_zero(a: Args, unet_lr: Legacy, moves: str, conv: Co
 # kohya optimizer kinds whose constructor refuses the lr=learning_rate get_optimizer passes when it is 0:
 # dadaptation's classes but DAdaptLion and prodigyopt's Prodigy raise ValueError, came_pytorch's CAME and
 # lion_pytorch's Lion assert lr > 0
-LR_ZERO_STOPS = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "lion")
+LR_ZERO_STOPS = (
+    *(k for k in DADAPT_KINDS if k != "dadapt_lion"),
+    "prodigy",
+    "came",
+    "lion",
+    "prodigy_plus_schedulefree",
+)
 
 
 def _polynomial_takes_lr_zero(a: Args, conv: Conversion) -> bool:
