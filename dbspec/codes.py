@@ -684,11 +684,12 @@ and bitsandbytes (nf4, int8) replace it: set `precision.quantize_backend`. A spe
         ERROR,
         "An optimizer whose fp16 state breaks fp16 weights",
         """\
-`precision.weights = "fp16"` with `optimizer.kind = "adamw"` or `"adamw_schedulefree"`: stepping fp16
-parameters, these create their moments in fp16, where the second moment of any gradient under about 8e-3
-underflows to 0 and the epsilon (1e-8) rounds to 0, so the update divides by zero and the weights turn inf or
-NaN within a step (kohya's full_fp16 with torch's AdamW does the same). bitsandbytes' optimizers (kohya's
-usual `AdamW8bit`), Adafactor and CAME keep fp32 or 8-bit state and step fp16 weights.""",
+`precision.weights = "fp16"` with `optimizer.kind = "adamw"`, `"adamw_schedulefree"` or
+`"pytorch_optimizer_came"`: stepping fp16 parameters, these create their moments in fp16, where the second
+moment of any gradient under about 8e-3 underflows to 0 and the epsilon (1e-8; CAME's eps1 1e-30) rounds to 0,
+so the update divides by zero and the weights turn inf or NaN within a step (kohya's full_fp16 with torch's
+AdamW does the same). bitsandbytes' optimizers (kohya's usual `AdamW8bit`), Adafactor and came_pytorch's CAME
+(`"came"`) keep fp32 or 8-bit state and step fp16 weights.""",
         help='use optimizer.kind = "adamw8bit" (or "paged_adamw", "adafactor", "came"), or weights = "bf16"',
     ),
     # Dataset groups ([[groups]], kohya's [[datasets]]): DBS250-DBS253; a dataset's mask channel: DBS254.
@@ -3171,6 +3172,19 @@ smallest scale is computed from hi and the largest, capped below by it, from lo,
 at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec runs it the same way
 (`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
         help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
+    ),
+    Code(
+        "DBS620",
+        ERROR,
+        "ProdigyPlusScheduleFree over bf16 or fp16 weights",
+        """\
+`optimizer.kind = "prodigy_plus_schedulefree"` with `precision.weights = "bf16"` or `"fp16"`. The
+prodigy-plus-schedule-free package rounds bf16 weights stochastically itself (its `stochastic_rounding`
+default, drawing from torch's global generator, which dbspec's stochastic rounding does not share) and is made
+for bf16 and fp32 weights only; dbspec runs it over fp32 weights (kohya's `full_bf16` / `full_fp16` with it
+are refused by the converter).""",
+        help='use precision.weights = "fp32" (mixed precision still computes in bf16 or fp16), or another '
+        "optimizer.kind",
     ),
 )
 

@@ -141,6 +141,10 @@ def make_optimizer(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimi
         return _schedulefree(groups, opt)
     if kind == "came":
         return _came(groups, opt)
+    if kind == "pytorch_optimizer_came":
+        return _pytorch_optimizer_came(groups, opt)
+    if opt.prodigy_plus is not None:
+        return _prodigy_plus(groups, opt)
     raise OptimizerError(f"unknown optimizer {kind!r}")
 
 
@@ -198,6 +202,47 @@ def _came(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
     )
 
 
+def _pytorch_optimizer_came(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """pytorch_optimizer's CAME, as kohya builds `pytorch_optimizer.CAME(params, lr=lr, **optimizer_args)`
+    (its other arguments at their defaults: decoupled weight decay scaled by the lr, no AMS bound; foreach
+    as its default, which computes the loop's update). Its state: the group's int `step`, per parameter
+    exp_avg, the factored (>= 2-D) or full (1-D) statistics and a 0-d tensor `RMS`; all of it loads with
+    torch.load(weights_only=True)."""
+    module = _import("pytorch_optimizer", "pip install pytorch_optimizer")
+    c = opt.came
+    return module.CAME(
+        groups,
+        lr=opt.lr,
+        betas=tuple(opt.betas),
+        weight_decay=opt.weight_decay,
+        clip_threshold=c.clip_threshold,
+        eps1=c.eps[0],
+        eps2=c.eps[1],
+    )
+
+
+def _prodigy_plus(groups: list[dict], opt: OptimizerPlan) -> torch.optim.Optimizer:
+    """prodigy-plus-schedule-free's ProdigyPlusScheduleFree, as kohya builds
+    `prodigyplus.ProdigyPlusScheduleFree(params, lr=lr, **optimizer_args)`: each group its own d (its
+    split_groups default), its other options at their defaults; it starts in train mode. Its state: per
+    group d and its sums (floats, two 0-d tensors), the step count k and the mode; per parameter z, the
+    second moment (factored, or full where no side reaches 32) and p0, s over every 11th element (bf16); all
+    of it loads with torch.load(weights_only=True)."""
+    module = _import("prodigyplus", "pip install prodigy-plus-schedule-free")
+    p = opt.prodigy_plus
+    return module.ProdigyPlusScheduleFree(
+        groups,
+        lr=opt.lr,
+        betas=tuple(opt.betas),
+        beta3=p.beta3,
+        weight_decay=opt.weight_decay,
+        eps=opt.eps,
+        d0=p.d0,
+        d_coef=p.d_coef,
+        use_bias_correction=p.use_bias_correction,
+    )
+
+
 SCHEDULEFREE_CLASSES = {
     "adamw_schedulefree": "AdamWScheduleFree",
     "sgd_schedulefree": "SGDScheduleFree",
@@ -231,11 +276,17 @@ def _innermost(optimizer):
     return optimizer
 
 
+def _schedule_free(opt: OptimizerPlan) -> bool:
+    """An optimizer with train/eval modes (the parameters hold the averaged weights in eval mode): the
+    schedulefree package's and ProdigyPlusScheduleFree."""
+    return opt.schedulefree is not None or opt.prodigy_plus is not None
+
+
 def resume_training_mode(optimizer, opt: OptimizerPlan) -> None:
     """Schedule-free: after a resume the weights are the averaged ones a checkpoint holds (saved in eval
     mode); train mode moves them back to the training point from the restored state (as kohya's first
     optimizer_train_fn does)."""
-    if opt.schedulefree is not None:
+    if _schedule_free(opt):
         _innermost(optimizer).train()
 
 
@@ -244,7 +295,7 @@ def averaged_weights(optimizer, opt: OptimizerPlan):
     """Schedule-free: the optimizer in eval mode (the parameters hold the averaged weights) for what runs
     inside, then back in train mode, as kohya's optimizer_eval_fn / optimizer_train_fn around sampling, saving
     and validation. A no-op for other optimizers."""
-    if opt.schedulefree is None:
+    if not _schedule_free(opt):
         yield
         return
     inner = _innermost(optimizer)

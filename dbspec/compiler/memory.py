@@ -92,15 +92,22 @@ OPTIMIZER_STATE_BYTES = {
     # came_pytorch CAME: exp_avg (4) plus, per >=2-D tensor, row and column vectors of the squared gradient
     # and of the instability (twice Adafactor's factored state), per 1-D tensor a full exp_avg_sq
     "came": 8,
+    # pytorch_optimizer's CAME: the same tensors (and a 0-d RMS per parameter)
+    "pytorch_optimizer_came": 8,
+    # prodigy-plus-schedule-free's ProdigyPlusScheduleFree: z like the parameter (4), p0 and s over every 11th
+    # element in bf16 (4/11), the second moment factored (small) where a side reaches 32, else full (4)
+    "prodigy_plus_schedulefree": 5,
 }
 SGD_MOMENTUM_BYTES = 4
 PRODIGY_SLICED_BYTES = 8  # Prodigy's s and p0 per element they keep (fp32)
 # Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
 # directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
 # Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
-# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype.
+# optimizer keep fp32 (or 8-bit) state whatever the parameter's dtype; pytorch_optimizer's CAME follows the
+# parameter (its 1-D and factored statistics take the gradient's dtype).
 PARAM_DTYPE_STATE_OPTIMIZERS = (
     "adamw",
+    "pytorch_optimizer_came",
     "sgd",
     "radam",
     "prodigy",
@@ -404,6 +411,22 @@ _CAME_NOTE = (
     "a text encoder and about 8/rank of LoRA matrices (rank 1: above this count)"
 )
 
+# pytorch_optimizer 4.1's CAME steps each group's tensors of one shape class at once (foreach): the squared
+# gradients and the residuals are two temporaries as large as those gradients while optimizer.step runs
+# (after backward has freed the activations, which are usually larger)
+_PYTORCH_OPTIMIZER_CAME_NOTE = (
+    "pytorch_optimizer_came: "
+    + _CAME_NOTE.removeprefix("came ")
+    + "; its foreach step also holds two gradient-sized temporaries per parameter group (8 bytes per "
+    "parameter) during optimizer.step, after the activations are freed: not counted"
+)
+
+_PRODIGY_PLUS_NOTE = (
+    "prodigy_plus_schedulefree state counted as 5 bytes per parameter: z (4), Prodigy's p0 and s over every "
+    "11th element in bf16 (0.36) and the second moment, factored where a side reaches 32 elements (about "
+    "4/rank of LoRA matrices, so above this count at rank 4 or less) and full for smaller tensors (4)"
+)
+
 
 def _prodigy_state_bytes(beta1: float, slice_p: int, notes: list[str]) -> float:
     """prodigyopt 1.1's state per parameter: exp_avg_sq, exp_avg only where betas[0] > 0 (Prodigy.step
@@ -446,6 +469,10 @@ def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], sl
         )
     if optimizer == "came":
         notes.append(_CAME_NOTE)
+    if optimizer == "pytorch_optimizer_came":
+        notes.append(_PYTORCH_OPTIMIZER_CAME_NOTE)
+    if optimizer == "prodigy_plus_schedulefree":
+        notes.append(_PRODIGY_PLUS_NOTE)
     if optimizer in ("adamw8bit", "paged_adamw8bit"):
         notes.append(
             f"{optimizer}: 2 bytes per parameter; bitsandbytes keeps tensors under 4096 elements at 8 bytes"

@@ -10,9 +10,18 @@ from dbspec.plan.model import (
     CAMEPlan,
     DAdaptPlan,
     ProdigyPlan,
+    ProdigyPlusPlan,
     ScheduleFreePlan,
 )
-from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, DADAPT_KINDS, SCHEDULEFREE_KINDS, Optimizer
+from dbspec.spec.model import (
+    ADEMAMIX_KINDS,
+    BNB_8BIT_KINDS,
+    CAME_KINDS,
+    DADAPT_KINDS,
+    PRODIGY_PLUS_KIND,
+    SCHEDULEFREE_KINDS,
+    Optimizer,
+)
 
 # dadaptation's per-kind constructor arguments beyond lr, betas, eps, weight_decay, momentum.
 DADAPT_ARGS = {
@@ -36,6 +45,8 @@ PRODIGY_ARGS = (
     "beta3",
     "slice_p",
 )
+# ProdigyPlusScheduleFree's arguments beyond lr, betas, eps, weight_decay
+PRODIGY_PLUS_ARGS = ("d0", "d_coef", "beta3", "use_bias_correction")
 ADAFACTOR_ARGS = (
     "relative_step",
     "scale_parameter",
@@ -79,7 +90,7 @@ _KIND_ARGS = (
 # kinds that use optimizer.momentum / three betas
 MOMENTUM_KINDS = ("sgd", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
 NO_BETAS_KINDS = ("sgd", "adafactor", "dadapt_sgd", "dadapt_adagrad", "sgd_schedulefree")
-THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS, "came")
+THREE_BETAS_KINDS = ("dadapt_adan", "dadapt_adan_ip", *ADEMAMIX_KINDS, *CAME_KINDS)
 
 
 def dadapt_plan(o: Optimizer) -> DAdaptPlan | None:
@@ -109,6 +120,12 @@ def prodigy_plan(o: Optimizer) -> ProdigyPlan | None:
         beta3=o.beta3,
         slice_p=o.slice_p,
     )
+
+
+def prodigy_plus_plan(o: Optimizer) -> ProdigyPlusPlan | None:
+    if o.kind != PRODIGY_PLUS_KIND:
+        return None
+    return ProdigyPlusPlan(d0=o.d0, d_coef=o.d_coef, beta3=o.beta3, use_bias_correction=o.use_bias_correction)
 
 
 def adafactor_plan(o: Optimizer) -> AdafactorPlan | None:
@@ -149,7 +166,7 @@ def schedulefree_plan(o: Optimizer) -> ScheduleFreePlan | None:
 
 
 def came_plan(o: Optimizer) -> CAMEPlan | None:
-    if o.kind != "came":
+    if o.kind not in CAME_KINDS:
         return None
     return CAMEPlan(clip_threshold=o.clip_threshold, eps=(o.came_eps[0], o.came_eps[1]))
 
@@ -174,7 +191,8 @@ def unused_args(kind: str) -> list[str]:
         *(ADAFACTOR_ARGS if kind == "adafactor" else ()),
         *(ADEMAMIX_ARGS if kind in ADEMAMIX_KINDS else ()),
         *SCHEDULEFREE_ARGS.get(kind, ()),
-        *(CAME_ARGS if kind == "came" else ()),
+        *(CAME_ARGS if kind in CAME_KINDS else ()),
+        *(PRODIGY_PLUS_ARGS if kind == PRODIGY_PLUS_KIND else ()),
         *(("decoupled_weight_decay",) if kind == "radam" else ()),
         *(("min_8bit_size",) if kind in BNB_8BIT_KINDS else ()),
     )

@@ -40,6 +40,7 @@ from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
     BNB_LION_KINDS,
+    CAME_KINDS,
     DADAPT_KINDS,
     Dataset,
     SCHEDULEFREE_KINDS,
@@ -847,19 +848,34 @@ def came_eps_pair(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def came_adam_eps(spec: Spec, given: Given) -> Iterator[Hit]:
-    if given(("optimizer", "eps")) and spec.optimizer.kind == "came":
+    if given(("optimizer", "eps")) and spec.optimizer.kind in CAME_KINDS:
         yield _warn(
             "DBS216",
             ("optimizer", "eps"),
-            'optimizer.eps (Adam\'s epsilon) has no effect with kind = "came"',
+            f'optimizer.eps (Adam\'s epsilon) has no effect with kind = "{spec.optimizer.kind}"',
             "CAME's regularisers are the pair came_eps, e.g. came_eps = [1e-30, 1e-16] (its default)",
+        )
+
+
+@rule("spec")
+def prodigy_plus_low_precision_weights(spec: Spec, given: Given) -> Iterator[Hit]:
+    """ProdigyPlusScheduleFree rounds bf16 weights stochastically itself (torch's global generator, its
+    stochastic_rounding default) and is not made for fp16 ones: dbspec runs it over fp32 weights only."""
+    weights = spec.precision.weights
+    if spec.optimizer.kind == "prodigy_plus_schedulefree" and weights != "fp32":
+        yield _err(
+            "DBS620",
+            ("precision", "weights"),
+            f'optimizer.kind = "prodigy_plus_schedulefree" steps fp32 weights only; precision.weights is '
+            f'"{weights}"',
+            codes.help("DBS620"),
         )
 
 
 @rule("spec")
 def schedulefree_without_schedule(spec: Spec, given: Given) -> Iterator[Hit]:
     kind, s = spec.optimizer.kind, spec.schedule
-    if kind not in SCHEDULEFREE_KINDS:
+    if kind not in (*SCHEDULEFREE_KINDS, "prodigy_plus_schedulefree"):
         return
     if s.lr_schedule != "constant":
         yield _err(
@@ -1375,6 +1391,11 @@ def _rate_zero_moves_or_stops(o: Optimizer, built_at_zero: bool) -> str:
             "prodigyopt's Prodigy raises ValueError for lr 0 as kohya builds it (`lr=learning_rate`): "
             "kohya's run stops there too"
         )
+    if o.kind == "prodigy_plus_schedulefree" and built_at_zero:
+        return (
+            "prodigy-plus-schedule-free's ProdigyPlusScheduleFree raises ValueError for lr 0 as kohya builds "
+            "it (`lr=learning_rate`): kohya's run stops there too"
+        )
     if o.kind in DADAPT_KINDS or o.kind == "prodigy":
         return zero_group_moves(o.kind, o.weight_decay, o.betas, o.decouple, o.momentum)
     if o.kind == "adafactor" and o.relative_step:
@@ -1566,7 +1587,7 @@ def kept_parts_move(spec: Spec, given: Given) -> tuple[bool, bool]:
 def _stops_at_zero(o: Optimizer, built_at_zero: bool) -> bool:
     """The class refuses the rate 0 it is built with (`lr=optimizer.lr`, as kohya passes `lr=learning_rate`):
     _rate_zero_moves_or_stops' reasons that no "keep" can run."""
-    stops = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came")
+    stops = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "prodigy_plus_schedulefree")
     return built_at_zero and o.kind in stops
 
 
@@ -2668,9 +2689,10 @@ def low_precision_weights_settings(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-# torch's AdamW and schedule-free AdamW create fp16 moments for fp16 parameters: a second moment under fp16's
-# smallest value (6e-8, a gradient under ~8e-3) is 0 and eps 1e-8 rounds to 0, so the update divides by 0.
-FP16_STATE_BREAKS = ("adamw", "adamw_schedulefree")
+# torch's AdamW, schedule-free AdamW and pytorch_optimizer's CAME create fp16 moments for fp16 parameters: a
+# second moment under fp16's smallest value (6e-8, a gradient under ~8e-3) is 0 and eps (1e-8; CAME's eps1
+# 1e-30) rounds to 0, so the update divides by 0 (CAME: inf/NaN weights within 5 steps of gradients ~1e-3).
+FP16_STATE_BREAKS = ("adamw", "adamw_schedulefree", "pytorch_optimizer_came")
 
 
 @rule("spec")
@@ -2682,7 +2704,7 @@ def fp16_weights_optimizer(spec: Spec, given: Given) -> Iterator[Hit]:
             ("optimizer", "kind"),
             f'precision.weights = "fp16" with optimizer.kind "{kind}": it keeps its moments in fp16, where '
             "the second moment of a gradient under ~8e-3 and eps (1e-8) are 0, so the weights turn inf/NaN "
-            "in a step",
+            "in a step" + (" (CAME's eps1, 1e-30, likewise)" if kind == "pytorch_optimizer_came" else ""),
             'use kind = "adamw8bit" (kohya\'s usual choice with full_fp16), "paged_adamw", "adafactor" or '
             '"came" (fp32 or 8-bit state), or weights = "bf16"',
         )

@@ -171,6 +171,7 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("optimizer", "ademamix"): None,
         ("optimizer", "schedulefree"): None,
         ("optimizer", "came"): None,  # came_pytorch's CAME, added since
+        ("optimizer", "prodigy_plus"): None,  # ProdigyPlusScheduleFree, added since
         ("optimizer", "split"): 1,  # one optimizer, the only kind then
         ("optimizer", "split_order"): "registration",
         ("optimizer", "split_chunks"): [],

@@ -883,6 +883,19 @@ class ProdigyPlan:
 
 
 @frozen
+class ProdigyPlusPlan:
+    """prodigy-plus-schedule-free's ProdigyPlusScheduleFree settings beside the plan's betas, eps and
+    weight_decay (decoupled, times d x lr): each group's step is its own d x lr, d estimated from the
+    gradients (times d_coef) from d0, its running sums decayed by beta3 over every 11th element; the
+    iterates averaged schedule-free (train/eval modes). Its other options stay at the package's defaults."""
+
+    d0: float
+    d_coef: float
+    beta3: float
+    use_bias_correction: bool  # RAdam's rectification and warm-up
+
+
+@frozen
 class AdafactorPlan:
     """transformers' Adafactor options. relative_step: the optimizer computes the LR, min(1e-2, 1/sqrt(t))
     (warmup_init: min(1e-6 t, 1/sqrt(t))) at its step t, and the LR schedule is transformers'
@@ -926,8 +939,9 @@ class ScheduleFreePlan:
 
 @frozen
 class CAMEPlan:
-    """came_pytorch's CAME options beyond the plan's betas (its three: the first moment's, the squared
-    gradient's and the instability's decays) and weight_decay (decoupled: p -= lr x weight_decay x p)."""
+    """CAME's options (came_pytorch's; pytorch_optimizer's, whose eps1, eps2 are `eps`) beyond the plan's
+    betas (its three: the first moment's, the squared gradient's and the instability's decays) and
+    weight_decay (decoupled: p -= lr x weight_decay x p)."""
 
     clip_threshold: float  # the update's RMS is clipped to this
     eps: tuple[float, float]  # regularisers of the squared gradient and of the instability
@@ -997,6 +1011,7 @@ class OptimizerPlan:
     ademamix: AdEMAMixPlan | None = None  # the ademamix kinds only
     schedulefree: ScheduleFreePlan | None = None  # the *_schedulefree kinds only
     came: CAMEPlan | None = None  # kind came only
+    prodigy_plus: ProdigyPlusPlan | None = None  # kind prodigy_plus_schedulefree only
     clip_mode: Literal["norm", "value"] = "norm"  # max_grad_norm bounds the total norm or each element
     # torch's kernel for the update (adamw, sgd; optimizer.implementation): "fused" is one kernel over all
     # tensors, "default" torch's own choice (foreach on CUDA, a per-tensor loop on the CPU)

@@ -1384,6 +1384,14 @@ def _optimizer_extras(plan: Plan) -> str:
         )
     if o.came is not None:
         return _came_extras(o)
+    if o.prodigy_plus is not None:
+        p = o.prodigy_plus
+        return (
+            f"; ProdigyPlusScheduleFree: d0 {p.d0:g}, d_coef {p.d_coef:g}, beta3 {p.beta3:g}"
+            + (", bias correction" if p.use_bias_correction else "")
+            + ", each group its own d; no LR schedule, the iterates averaged; checkpoints, exports, "
+            "validation and evaluation use the averaged weights (eval mode)"
+        )
     if o.kind in _BNB_LION_CLASSES:
         return _bnb_lion_extras(o)
     return _adafactor_extras(o)
@@ -1434,8 +1442,10 @@ def _bnb_lion_extras(o) -> str:
 
 def _came_extras(o) -> str:
     c = o.came
+    package = "pytorch_optimizer's " if o.kind == "pytorch_optimizer_came" else ""
     return (
-        f"; CAME: betas {', '.join(f'{b:g}' for b in o.betas)}, clip_threshold {c.clip_threshold:g}, "
+        f"; {package}CAME: betas {', '.join(f'{b:g}' for b in o.betas)}, "
+        f"clip_threshold {c.clip_threshold:g}, "
         f"eps ({c.eps[0]:g}, {c.eps[1]:g}), weight decay {o.weight_decay:g} (decoupled)"
     )
 

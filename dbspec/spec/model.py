@@ -2740,6 +2740,13 @@ SCHEDULEFREE_KINDS = ("adamw_schedulefree", "sgd_schedulefree", "radam_schedulef
 # CAME (the came_pytorch package, kohya's `came_pytorch.CAME`): three betas, an eps pair.
 CAME_BETAS = [0.9, 0.999, 0.9999]
 CAME_EPS = [1e-30, 1e-16]
+# CAME's two implementations: came_pytorch's, and the pytorch_optimizer package's (kohya's
+# `pytorch_optimizer.CAME`), the same algorithm with their own float arithmetic
+CAME_KINDS = ("came", "pytorch_optimizer_came")
+# prodigy-plus-schedule-free's ProdigyPlusScheduleFree (kohya's `prodigyplus.ProdigyPlusScheduleFree`):
+# Prodigy's estimate of d with schedule-free averaging (train/eval modes, as the schedulefree package's)
+PRODIGY_PLUS_KIND = "prodigy_plus_schedulefree"
+PRODIGY_PLUS_BETAS = [0.9, 0.99]
 
 
 def _sqrt_second_beta(betas: list[float]) -> float:
@@ -2750,8 +2757,10 @@ def _sqrt_second_beta(betas: list[float]) -> float:
 def _default_betas(o) -> list[float]:
     if o.kind in ADEMAMIX_KINDS:
         return list(ADEMAMIX_BETAS)
-    if o.kind == "came":
+    if o.kind in CAME_KINDS:
         return list(CAME_BETAS)
+    if o.kind == PRODIGY_PLUS_KIND:
+        return list(PRODIGY_PLUS_BETAS)
     if o.kind in BNB_LION_KINDS or o.kind == "lion":  # lion_pytorch's Lion has bitsandbytes' defaults
         return list(BNB_LION_BETAS)
     return list(ADAN_BETAS) if "adan" in o.kind else [0.9, 0.999]
@@ -2787,6 +2796,8 @@ class Optimizer:
         "sgd_schedulefree",
         "radam_schedulefree",
         "came",
+        "pytorch_optimizer_came",
+        "prodigy_plus_schedulefree",
     ] = option(
         "adamw",
         doc="Optimizer. adamw8bit is bitsandbytes' AdamW8bit (CUDA or the CPU); paged_adamw and "
@@ -2805,7 +2816,16 @@ class Optimizer:
         "RAdam). came is the `came_pytorch` package's CAME (kohya's optimizer_type came_pytorch.CAME): "
         "Adafactor-like factored second moments plus a factored confidence (instability) estimate that "
         "scales the first moment; three betas, the eps pair came_eps, clip_threshold, decoupled "
-        "weight_decay. lion8bit, paged_lion, paged_lion8bit are bitsandbytes' Lion8bit, PagedLion (32-bit "
+        "weight_decay. pytorch_optimizer_came is the `pytorch_optimizer` package's CAME (kohya's "
+        "optimizer_type pytorch_optimizer.CAME): the same algorithm and settings (its eps1, eps2 are "
+        "came_eps) with its own arithmetic (floats differ from came_pytorch's in the last bits), its state "
+        "in the parameters' dtype (so not with fp16 weights, DBS249). prodigy_plus_schedulefree is the "
+        "`prodigy-plus-schedule-free` package's ProdigyPlusScheduleFree (kohya's optimizer_type "
+        "prodigyplus.ProdigyPlusScheduleFree): Prodigy's estimate of the step size d (each optimizer group "
+        "its own; lr a multiplier around 1.0; d0, d_coef, beta3, use_bias_correction) with schedule-free "
+        "averaging, so no LR schedule and the averaged weights in checkpoints, exports and validation, as "
+        "for the schedulefree kinds; fp32 weights only (DBS620). lion8bit, paged_lion, paged_lion8bit "
+        "are bitsandbytes' Lion8bit, PagedLion (32-bit "
         "state) and PagedLion8bit (kohya's Lion8bit, PagedLion8bit): Lion's sign update with its one moment "
         "kept block-wise in 8 bits (tensors under 4096 elements keep 32 bits) or paged by CUDA to host "
         "memory under pressure (the CPU runs them unpaged, DBS314); betas and weight_decay as lion's.",
@@ -2885,12 +2905,12 @@ class Optimizer:
     weight_decay: float = option(1e-2, doc="Decoupled weight decay.", minimum=0)
     betas: list[float] = option(
         attrs.Factory(_default_betas, takes_self=True),
-        doc="Adam/Lion betas (two numbers); dadapt_adan, dadapt_adan_ip, the ademamix kinds and came take "
-        "three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the squared "
-        "gradient's and the instability's decays).",
+        doc="Adam/Lion betas (two numbers); dadapt_adan, dadapt_adan_ip, the ademamix kinds and the came "
+        "kinds take three (AdEMAMix's third is the slow EMA's beta3; CAME's are the first moment's, the "
+        "squared gradient's and the instability's decays).",
         derived="[0.9, 0.999]; [0.98, 0.92, 0.99] for dadapt_adan(_ip); [0.9, 0.999, 0.9999] for ademamix* "
-        "and came; [0.9, 0.99] for lion, lion8bit, paged_lion, paged_lion8bit (the Lion defaults of "
-        "lion_pytorch and bitsandbytes)",
+        "and the came kinds; [0.9, 0.99] for lion, lion8bit, paged_lion, paged_lion8bit (the Lion defaults "
+        "of lion_pytorch and bitsandbytes)",
         example=[0.9, 0.999],
     )
     eps: float = option(1e-8, doc="Adam epsilon.", exclusive_minimum=0)
@@ -2959,7 +2979,8 @@ class Optimizer:
     # doc does not name (DBS270).
     d0: float = option(
         1e-6,
-        doc="dadapt_*, prodigy: the initial estimate of the step size d (dadaptation's and prodigyopt's d0).",
+        doc="dadapt_*, prodigy, prodigy_plus_schedulefree: the initial estimate of the step size d "
+        "(dadaptation's, prodigyopt's and prodigy-plus-schedule-free's d0).",
         exclusive_minimum=0,
     )
     growth_rate: float = option(
@@ -2978,16 +2999,17 @@ class Optimizer:
     )
     use_bias_correction: bool = option(
         False,
-        doc="dadapt_adam, prodigy: Adam's bias correction of the step (dadaptation's and prodigyopt's "
-        "use_bias_correction).",
+        doc="dadapt_adam, prodigy, prodigy_plus_schedulefree: Adam's bias correction of the step "
+        "(dadaptation's, prodigyopt's and prodigy-plus-schedule-free's use_bias_correction; the last: "
+        "RAdam's, with its automatic warm-up).",
     )
     no_prox: bool = option(
         False, doc="dadapt_adan(_ip): weight decay as a plain multiplier, not the proximal update (no_prox)."
     )
     d_coef: float = option(
         1.0,
-        doc="prodigy: the estimate of d is multiplied by this (prodigyopt's d_coef; its authors' preferred "
-        "knob, 0.5 to 2 typical).",
+        doc="prodigy, prodigy_plus_schedulefree: the estimate of d is multiplied by this (prodigyopt's "
+        "d_coef; its authors' preferred knob, 0.5 to 2 typical).",
         exclusive_minimum=0,
         example=2.0,
     )
@@ -2998,7 +3020,8 @@ class Optimizer:
     )
     beta3: float = option(
         attrs.Factory(lambda self: _sqrt_second_beta(self.betas), takes_self=True),
-        doc="prodigy: the decay of the running sums behind the estimate of d (prodigyopt's beta3).",
+        doc="prodigy, prodigy_plus_schedulefree: the decay of the running sums behind the estimate of d "
+        "(their beta3).",
         derived="the square root of betas[1] (prodigyopt's beta3 None)",
         minimum=0,
         example=0.999,
@@ -3050,8 +3073,8 @@ class Optimizer:
     )
     clip_threshold: float = option(
         1.0,
-        doc="adafactor, came: the update's RMS is clipped to this (transformers' and came_pytorch's "
-        "clip_threshold).",
+        doc="adafactor, came, pytorch_optimizer_came: the update's RMS is clipped to this (transformers', "
+        "came_pytorch's and pytorch_optimizer's clip_threshold).",
         exclusive_minimum=0,
     )
     decay_rate: float = option(
@@ -3068,7 +3091,8 @@ class Optimizer:
     came_eps: list[float] = option(
         factory=lambda: list(CAME_EPS),
         doc="came: came_pytorch's eps pair: the regulariser of the squared gradient, then the regulariser "
-        "of the instability (the squared difference of the update and its average).",
+        "of the instability (the squared difference of the update and its average); "
+        "pytorch_optimizer_came: its eps1 and eps2.",
         example=[1e-30, 1e-16],
     )
     # AdEMAMix settings (bitsandbytes; kohya passes them in optimizer_args); inert for other kinds (DBS270).

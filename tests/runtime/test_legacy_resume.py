@@ -85,6 +85,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     for key in ("dadapt", "adafactor", "ademamix", "schedulefree"):
         del data["optimizer"][key]  # D-Adaptation, Adafactor, AdEMAMix and schedule-free options, added since
     del data["optimizer"]["came"]  # CAME's options, added since
+    del data["optimizer"]["prodigy_plus"]  # ProdigyPlusScheduleFree's options, added since
     for key in ("split", "split_order", "split_chunks", "split_train", "split_first_step"):
         del data["optimizer"][
             key

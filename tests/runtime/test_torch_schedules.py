@@ -270,3 +270,26 @@ def test_scheduler_args_to_named_schedules_follow_transformers(name: str, kwargs
         seed=0,
     )  # fmt: skip
     assert default.lr_points != plan.lr_points  # the arguments change the curve
+
+
+# lr_scheduler_args as kohya's get_scheduler_fix parses them: `key=<Python literal>` each (ast.literal_eval)
+_LITERAL_ARGS = [
+    {},
+    {"milestones": [10]},
+    {"schedulers": [], "milestones": []},
+    {"schedulers": ["LinearLR", "CosineAnnealingLR"], "milestones": [10]},
+    {"schedulers": [{"optimizer": 0}], "milestones": []},
+    {"schedulers": None, "milestones": []},
+    {"optimizer": None},
+]
+
+
+@pytest.mark.parametrize("cls", ["SequentialLR", "ChainedScheduler"])
+@pytest.mark.parametrize("kwargs", _LITERAL_ARGS)
+def test_kohya_cannot_build_sequential_or_chained_schedulers(cls: str, kwargs: dict) -> None:
+    """kohya builds `cls(optimizer, **lr_scheduler_args)`: SequentialLR needs scheduler objects (no literal
+    has their `optimizer` attribute), ChainedScheduler takes the scheduler list first and so gets the
+    optimizer as the list. Every such build fails, which is why the conversion refuses both (DBS402)."""
+    optimizer = _adamw(1e-3)
+    with pytest.raises((TypeError, ValueError)):
+        getattr(torch.optim.lr_scheduler, cls)(optimizer, **kwargs)

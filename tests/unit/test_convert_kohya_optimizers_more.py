@@ -531,3 +531,16 @@ def test_torch_schedulers_kohya_cannot_run_are_invalid(tmp_path, cls):
     steps the scheduler without ReduceLROnPlateau's metric: kohya fails before training."""
     outcome = kohya_lora(tmp_path, f"--lr_scheduler_type {cls}")
     assert fate(outcome, "lr_scheduler_type") == "invalid" and cls in messages(outcome, "DBS402")
+    if cls in ("SequentialLR", "ChainedScheduler"):  # torch's failures: tests/runtime/test_torch_schedules.py
+        assert "kohya cannot build it" in messages(outcome, "DBS402")
+
+
+def test_sequential_lr_with_literal_schedulers_is_invalid(tmp_path):
+    """A kohya user can only write literals: scheduler names as strings reach torch as strings."""
+    outcome = kohya_lora(
+        tmp_path,
+        "--lr_scheduler_type torch.optim.lr_scheduler.SequentialLR --lr_scheduler_args "
+        "\"schedulers=['LinearLR','CosineAnnealingLR']\" milestones=[10]",
+    )
+    assert fate(outcome, "lr_scheduler_type") == "invalid"
+    assert "scheduler objects" in messages(outcome, "DBS402")

@@ -212,6 +212,8 @@ def test_bytes_per_weight_of_each_backend_and_format(backend, kind, family, per_
         ("prodigy", 0.0, 12),  # prodigyopt keeps no exp_avg at betas[0] = 0
         ("lion", 0.0, 4),
         ("came", 0.0, 8),
+        ("pytorch_optimizer_came", 0.0, 8),
+        ("prodigy_plus_schedulefree", 0.0, 5),
     ],
 )
 def test_optimizer_state(optimizer, momentum, per_param):
@@ -224,6 +226,11 @@ def test_optimizer_state(optimizer, momentum, per_param):
     assert plan.optimizer == 1000 * per_param
     if optimizer == "came":  # the count is an estimate: the note says what it stands for
         assert any(note.startswith("came state counted as 8 bytes") for note in plan.notes)
+    if optimizer == "pytorch_optimizer_came":  # the same state, and the step's temporaries it leaves out
+        note = next(n for n in plan.notes if n.startswith("pytorch_optimizer_came: state counted as 8 bytes"))
+        assert "two gradient-sized temporaries" in note
+    if optimizer == "prodigy_plus_schedulefree":
+        assert any(n.startswith("prodigy_plus_schedulefree state counted as 5 bytes") for n in plan.notes)
 
 
 def test_ema_offload_costs_no_device_memory():

@@ -667,6 +667,18 @@ CASES = [
         [("DBS219", "error", ("optimizer", "betas"))],
         DOG + STEPS + '[optimizer]\nkind = "came"\nlr = 1e-4\nbetas = [0.9, 0.99, 0.999]\n',
     ),
+    (
+        rules.two_betas,
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\nbetas = [0.9, 0.999]\n',
+        [("DBS219", "error", ("optimizer", "betas"))],
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\nbetas = [0.9, 0.99, 0.999]\n',
+    ),
+    (
+        rules.came_adam_eps,
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\neps = 1e-16\n',
+        [("DBS216", "warning", ("optimizer", "eps"))],
+        DOG + STEPS + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\ncame_eps = [1e-29, 1e-15]\n',
+    ),
     (  # CAME takes Adafactor's clip_threshold and its own eps pair; Adafactor's other options are inert
         rules.optimizer_args_unused,
         DOG
@@ -838,6 +850,26 @@ CASES = [
         + 'lr_schedule = "cosine"\nwarmup_steps = 5\n',
         [("DBS228", "error", ("schedule", "lr_schedule")), ("DBS228", "error", ("schedule", "warmup_steps"))],
         DOG + STEPS + '[optimizer]\nkind = "adamw_schedulefree"\nschedulefree_warmup_steps = 5\n',
+    ),
+    (
+        rules.schedulefree_without_schedule,
+        DOG
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n'
+        + STEPS
+        + 'lr_schedule = "cosine"\n',
+        [("DBS228", "error", ("schedule", "lr_schedule"))],
+        DOG + STEPS + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n',
+    ),
+    (
+        rules.prodigy_plus_low_precision_weights,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n[precision]\nmixed = "bf16"\n'
+        + 'weights = "bf16"\n',
+        [("DBS620", "error", ("precision", "weights"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "prodigy_plus_schedulefree"\nlr = 1.0\n[precision]\nmixed = "bf16"\n',
     ),
     (
         rules.one_cycle_lengths,
@@ -1131,6 +1163,18 @@ CASES = [
         DOG
         + STEPS
         + '[optimizer]\nkind = "adafactor"\n[precision]\nweights = "fp16"\nweights_rounding = "nearest"\n',
+    ),
+    (  # pytorch_optimizer's CAME keeps fp16 statistics (came_pytorch's fp32 ones step fp16 weights)
+        rules.fp16_weights_optimizer,
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "pytorch_optimizer_came"\nlr = 1e-4\n[precision]\nweights = "fp16"\n'
+        + 'weights_rounding = "nearest"\n',
+        [("DBS249", "error", ("optimizer", "kind"))],
+        DOG
+        + STEPS
+        + '[optimizer]\nkind = "came"\nlr = 1e-4\n[precision]\nweights = "fp16"\n'
+        + 'weights_rounding = "nearest"\n',
     ),
     (
         rules.low_precision_weights_settings,
@@ -2859,7 +2903,7 @@ def test_denoiser_at_rate_zero_warns_where_it_holds_and_refuses_what_cannot_hold
     assert hits_of(rule, DOG + STEPS + TE + zero_te) == [
         ("DBS200", "error", ("optimizer", "text_encoder_lr"))
     ]
-    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "came"):
+    for kind in ("prodigy", "dadapt_adam", "dadapt_adan", "dadapt_lion", "came", "prodigy_plus_schedulefree"):
         body = DOG + STEPS + TE + opt + f'kind = "{kind}"\n'
         assert hits_of(rule, body) == [("DBS200", "error", ("optimizer", "lr"))], kind
     # why: the constructor refuses lr 0 as kohya builds it, or the step moves a group at rate 0 anyway

@@ -22,7 +22,7 @@ import attrs
 
 from dbspec.compiler.optimizers import PRODIGY_ARGS
 from dbspec.plan.model import BNB_MIN_8BIT_SIZE
-from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, BNB_LION_KINDS
+from dbspec.spec.model import ADEMAMIX_KINDS, BNB_8BIT_KINDS, BNB_LION_KINDS, CAME_EPS
 
 # kind -> defaults of the constructor the legacy tool calls (weight_decay, betas, eps)
 _DEFAULTS = {
@@ -56,6 +56,10 @@ _DEFAULTS = {
     "sgd_schedulefree": {"weight_decay": 0.0, "momentum": 0.9},
     # came_pytorch.CAME (its eps pair and clip_threshold defaults are dbspec's came_eps and clip_threshold's)
     "came": {"weight_decay": 0.0, "betas": [0.9, 0.999, 0.9999]},
+    # pytorch_optimizer.CAME (4.1): the same defaults; its eps1, eps2 are came_eps (_pytorch_optimizer_eps)
+    "pytorch_optimizer_came": {"weight_decay": 0.0, "betas": [0.9, 0.999, 0.9999]},
+    # prodigyplus.ProdigyPlusScheduleFree (2.0.1; d0 1e-6 and d_coef 1 are dbspec's defaults too)
+    "prodigy_plus_schedulefree": {"weight_decay": 0.0, "betas": [0.9, 0.99], "eps": 1e-8},
 }
 # Legacy keyword arguments that are dbspec [optimizer] keys of the same name, by kind (beyond _SETTABLE).
 _OWN_KEYS = {
@@ -75,6 +79,8 @@ _OWN_KEYS = {
     "dadapt_lion": ("d0",),
     "dadapt_sgd": ("d0", "growth_rate"),
     "came": ("clip_threshold",),
+    "pytorch_optimizer_came": ("clip_threshold",),
+    "prodigy_plus_schedulefree": ("d0", "d_coef", "beta3", "use_bias_correction"),
     "radam": ("decoupled_weight_decay",),  # torch.optim.RAdam's flag
     "prodigy": PRODIGY_ARGS,  # prodigyopt.Prodigy's, as the compiler passes them
     "adamw": ("amsgrad",),  # torch.optim.AdamW's
@@ -94,7 +100,35 @@ _HARMLESS = {
     "adamw8bit": {"amsgrad": False},
     "paged_adamw": {"amsgrad": False, "optim_bits": 32, "min_8bit_size": BNB_MIN_8BIT_SIZE},
     "paged_adamw8bit": {"amsgrad": False},
+    # pytorch_optimizer's CAME at its defaults: decoupled decay scaled by the lr, no AMS bound; maximize=True
+    # stays refused (below)
+    "pytorch_optimizer_came": {
+        "weight_decouple": True,
+        "fixed_decay": False,
+        "ams_bound": False,
+        "maximize": False,
+    },
     **{kind: _DADAPT_HARMLESS for kind in _OWN_KEYS if kind.startswith("dadapt_")},
+    # ProdigyPlusScheduleFree's other options at its defaults (each group its own d, the factored second
+    # moment, StableAdamW's RMS clipping, the schedule-free iterate; its experimental variants off)
+    "prodigy_plus_schedulefree": {
+        "weight_decay_by_lr": True,
+        "d_limiter": True,
+        "prodigy_steps": 0,
+        "schedulefree_c": 0,
+        "split_groups": True,
+        "split_groups_mean": False,
+        "factored": True,
+        "use_stableadamw": True,
+        "use_schedulefree": True,
+        "use_speed": False,
+        "fused_back_pass": False,
+        "use_cautious": False,
+        "use_grams": False,
+        "use_adopt": False,
+        "use_orthograd": False,
+        "use_focus": False,
+    },
 }
 _SCHEDULEFREE_HARMLESS = {"foreach": True}  # the foreach implementation computes the same update
 _HARMLESS.update(
@@ -127,6 +161,13 @@ _SAME_UPDATE = {
     # only, torch raises AssertionError on the CPU). `foreach=False` (and None) is torch's per-tensor loop,
     # the same update as its foreach kernel; `foreach=True` and `fused=True` map to optimizer.implementation.
     "adamw": ("capturable",),
+    # pytorch_optimizer's CAME (4.1): `foreach` False is its per-tensor loop, True and None its batched
+    # kernel over the tensors of one shape class; the same operations in the same order, bit-equal on the CPU
+    # (tests/runtime/test_pytorch_optimizer_came.py)
+    "pytorch_optimizer_came": ("foreach",),
+    # ProdigyPlusScheduleFree: `stochastic_rounding` and `factored_fp32` act on bf16 weights and gradients
+    # only; dbspec runs it over fp32 weights (DBS620), where every value computes the same update
+    "prodigy_plus_schedulefree": ("stochastic_rounding", "factored_fp32"),
 }
 # torch's AdamW and SGD: their kernel keywords, read by optimizer_settings into optimizer.implementation
 _KERNEL_KINDS = ("adamw", "sgd")
@@ -135,6 +176,13 @@ _REFUSED_WHY = {
     ("prodigy", "fsdp_in_use"): "prodigyopt then all-reduces its estimate of d over torch.distributed "
     "(a single-process run raises: no process group), which dbspec's runs do only under FSDP, where Prodigy "
     "detects the flattened parameters itself",
+    ("prodigy_plus_schedulefree", "eps"): "None is ProdigyPlusScheduleFree's Adam-atan2 update, which dbspec "
+    "does not run",
+    **{
+        ("pytorch_optimizer_came", key): "0 leaves that regulariser out, which pytorch_optimizer allows and "
+        "dbspec's came_eps (two positive numbers) does not express"
+        for key in ("eps1", "eps2")
+    },
 }
 # maximize=True (torch's RAdam, AdamW, SGD) stays refused: it steps up the gradient, training to raise the
 # loss, which no dbspec option does (nor should: a run of it learns nothing worth reproducing)
@@ -268,6 +316,8 @@ DOTTED_OPTIMIZERS = {
     "schedulefree.SGDScheduleFree": ("sgd_schedulefree", "sgdschedulefree"),
     "schedulefree.RAdamScheduleFree": ("radam_schedulefree", "radamschedulefree"),
     "came_pytorch.CAME": ("came", "came"),
+    "pytorch_optimizer.CAME": ("pytorch_optimizer_came", "pytorch_optimizer.came"),
+    "prodigyplus.ProdigyPlusScheduleFree": ("prodigy_plus_schedulefree", "prodigyplus"),
     "dadaptation.DAdaptAdam": ("dadapt_adam", "dadaptadam"),
     "dadaptation.DAdaptAdaGrad": ("dadapt_adagrad", "dadaptadagrad"),
     "dadaptation.DAdaptAdan": ("dadapt_adan", "dadaptadan"),
@@ -340,6 +390,34 @@ _ADAMW = (
     "differentiable",
     "fused",
 )
+# prodigyplus.ProdigyPlusScheduleFree 2.0.1's constructor keywords beyond params and lr
+PRODIGY_PLUS_CONSTRUCTOR = (
+    "betas",
+    "beta3",
+    "weight_decay",
+    "weight_decay_by_lr",
+    "d0",
+    "d_coef",
+    "d_limiter",
+    "prodigy_steps",
+    "schedulefree_c",
+    "eps",
+    "split_groups",
+    "split_groups_mean",
+    "factored",
+    "factored_fp32",
+    "use_bias_correction",
+    "use_stableadamw",
+    "use_schedulefree",
+    "use_speed",
+    "stochastic_rounding",
+    "fused_back_pass",
+    "use_cautious",
+    "use_grams",
+    "use_adopt",
+    "use_orthograd",
+    "use_focus",
+)
 _BNB = ("optim_bits", "args", "min_8bit_size", "is_paged")  # bitsandbytes 0.50's AdamW8bit
 _SGD = ("momentum", "dampening", "weight_decay", "nesterov", "maximize", "foreach", "differentiable", "fused")
 _KOHYA_ACCEPTS = {
@@ -407,6 +485,7 @@ _KOHYA_ACCEPTS.update(
         "sgdschedulefree": (*_SCHEDULEFREE, "momentum", "warmup_steps"),
         "radamschedulefree": (*_SCHEDULEFREE, "betas", "eps", "silent_sgd_phase"),
         "came": ("eps", "clip_threshold", "betas", "weight_decay"),  # came_pytorch.CAME
+        "prodigyplus": PRODIGY_PLUS_CONSTRUCTOR,
     }
 )
 # bitsandbytes' Lion classes (0.50): kohya's Lion8bit and PagedLion8bit names, and their class paths
@@ -457,7 +536,8 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
             elif key not in accepted:
                 problems.append(f"`{key}`: {cls}'s constructor has no such argument (TypeError)")
     betas = kwargs["betas"] if "betas" in kwargs else None
-    count = 3 if lower in ("dadaptadan", "dadaptadanip", "came") or "ademamix" in lower else 2
+    three = ("dadaptadan", "dadaptadanip", "came", "pytorch_optimizer.came")
+    count = 3 if lower in three or "ademamix" in lower else 2
     if lower == "adafactor" and "eps" in kwargs and not _number_pair(kwargs["eps"]):
         problems.append(
             f"`eps={kwargs['eps']!r}`: transformers' Adafactor takes a pair such as eps=(1e-30,1e-3) and "
@@ -465,6 +545,10 @@ def kohya_constructor_problems(name: str, kwargs: dict[str, Any]) -> list[str]:
         )
     if lower == "came":
         problems += _came_problems(kwargs)
+    if lower == "prodigyplus":
+        problems += _prodigy_plus_problems(kwargs)
+    if lower == "pytorch_optimizer.came":
+        problems += _pytorch_optimizer_came_problems(kwargs)
     problems += _bnb_adamw_problems(lower, kwargs)
     problems += _differentiable_problem(lower, name or "AdamW", kwargs)
     problems += _kernel_problem(lower, name or "AdamW", kwargs)
@@ -564,6 +648,91 @@ def _came_problems(kwargs: dict[str, Any]) -> list[str]:
     ):
         problems.append(f"`betas={betas!r}`: CAME asserts every beta is in [0, 1] (AssertionError)")
     return problems
+
+
+def _prodigy_plus_problems(kwargs: dict[str, Any]) -> list[str]:
+    """ProdigyPlusScheduleFree raises ValueError for d0 not above 0, a negative weight_decay, an eps not above
+    0 (None is its Adam-atan2), betas or beta3 outside [0, 1)."""
+    problems = []
+    checks = {
+        "d0": lambda v: v > 0,
+        "weight_decay": lambda v: v >= 0,
+        "eps": lambda v: v > 0,
+        "beta3": lambda v: 0 <= v < 1,
+    }
+    for key, fine in checks.items():
+        if key not in kwargs or kwargs[key] is None and key in ("eps", "beta3"):
+            continue
+        value = kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not fine(value):
+            problems.append(f"`{key}={value!r}`: ProdigyPlusScheduleFree raises ValueError for it")
+    betas = kwargs.get("betas")
+    if (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        and not all(0 <= b < 1 for b in betas)
+    ):
+        problems.append(
+            f"`betas={betas!r}`: ProdigyPlusScheduleFree raises ValueError unless both are in [0, 1)"
+        )
+    return problems
+
+
+# pytorch_optimizer 4.1's CAME constructor; it also takes **kwargs and never reads them (unread_arguments)
+PYTORCH_OPTIMIZER_CAME_ARGS = (
+    "betas",
+    "weight_decay",
+    "weight_decouple",
+    "fixed_decay",
+    "clip_threshold",
+    "ams_bound",
+    "eps1",
+    "eps2",
+    "maximize",
+    "foreach",
+)
+
+
+def _pytorch_optimizer_came_problems(kwargs: dict[str, Any]) -> list[str]:
+    """pytorch_optimizer's CAME raises ValueError for beta1 or beta2 outside [0, 1), beta3 outside [0, 1] and
+    a negative weight_decay, eps1 or eps2; a second `lr` (kohya passes its own) is a TypeError. Other
+    keywords it swallows (**kwargs): unread_arguments."""
+    problems = []
+    if "lr" in kwargs:
+        problems.append(
+            "`lr`: kohya passes lr=learning_rate itself, so pytorch_optimizer.CAME gets it twice (TypeError)"
+        )
+    betas = kwargs.get("betas")
+    if (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 3
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)
+        and not (0 <= betas[0] < 1 and 0 <= betas[1] < 1 and 0 <= betas[2] <= 1)
+    ):
+        problems.append(
+            f"`betas={betas!r}`: pytorch_optimizer's CAME raises ValueError unless beta1 and beta2 are in "
+            "[0, 1) and beta3 in [0, 1]"
+        )
+    for key in ("weight_decay", "eps1", "eps2"):
+        value = kwargs.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"`{key}={value!r}`: pytorch_optimizer's CAME compares it with 0 (TypeError)")
+        elif value < 0:
+            problems.append(f"`{key}={value!r}`: pytorch_optimizer's CAME raises ValueError (must be >= 0)")
+    return problems
+
+
+def unread_arguments(name: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    """Arguments a constructor that takes **kwargs swallows and never reads (pytorch_optimizer's CAME):
+    key -> why. kohya passes them, and they change nothing."""
+    if DOTTED_OPTIMIZERS.get(name, ("", ""))[1] != "pytorch_optimizer.came":
+        return {}
+    return {
+        key: "pytorch_optimizer's CAME takes **kwargs and never reads this one"
+        for key in kwargs
+        if key not in PYTORCH_OPTIMIZER_CAME_ARGS and key != "lr"
+    }
 
 
 def _number_pair(value: Any) -> bool:
@@ -690,8 +859,12 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
     if kind in _KERNEL_KINDS:
         rest = {k: v for k, v in rest.items() if k not in ("fused", "foreach")}
         merged.update(_kernel(kwargs))
-    if kind == "prodigy":
+    if kind in ("prodigy", "prodigy_plus_schedulefree"):
         _prodigy_values(merged, rest)
+    if kind == "prodigy_plus_schedulefree" and "eps" in merged and merged["eps"] is None:
+        rest["eps"] = merged.pop("eps")  # its Adam-atan2 update
+    if kind == "pytorch_optimizer_came":
+        _pytorch_optimizer_eps(kwargs, merged, rest)
     for key in ("adafactor_eps", "came_eps"):  # TOML floats stay floats
         if key in merged:
             merged[key] = [float(e) for e in merged[key]]
@@ -702,8 +875,25 @@ def optimizer_settings(kind: str, kwargs: dict[str, Any], nesterov: bool = False
         if key in merged:
             merged[key] = int(merged[key] or 0)
     given = frozenset(renamed.get(k, k) for k in kwargs) | {"implementation"}
+    if kind == "pytorch_optimizer_came" and ("eps1" in kwargs or "eps2" in kwargs):
+        given |= {"came_eps"}
     why = {k: _REFUSED_WHY[(kind, k)] for k in rest if (kind, k) in _REFUSED_WHY}
     return Settings(values=merged, unsupported=rest, given=given, why=why)
+
+
+def _pytorch_optimizer_eps(kwargs: dict[str, Any], merged: dict[str, Any], rest: dict[str, Any]) -> None:
+    """pytorch_optimizer's CAME eps1 and eps2 (the regularisers of the squared gradient and of the
+    instability) are dbspec's came_eps pair; 0, which it allows, stays unsupported (came_eps is positive)."""
+    pair = [kwargs.get("eps1", CAME_EPS[0]), kwargs.get("eps2", CAME_EPS[1])]
+    for key in ("eps1", "eps2"):
+        rest.pop(key, None)
+    if pair == CAME_EPS:
+        return
+    zero = [key for key, value in zip(("eps1", "eps2"), pair) if key in kwargs and not value > 0]
+    if zero:
+        rest.update({key: kwargs[key] for key in zero})
+        return
+    merged["came_eps"] = [float(e) for e in pair]
 
 
 def _kernel(kwargs: dict[str, Any]) -> dict[str, str]:

@@ -36,6 +36,7 @@ from dbspec.convert.common.optimizers import (
     optimizer_settings,
     parse_kohya_args,
     print_only,
+    unread_arguments,
 )
 from dbspec.spec.model import DADAPT_KINDS, Optimizer
 
@@ -117,12 +118,25 @@ _ONE_CYCLE = {
 _NEEDS_CALLABLE = (
     "it needs lr_lambda, a Python function, which lr_scheduler_args (ast.literal_eval) cannot give"
 )
-_NEEDS_SCHEDULERS = "it takes scheduler objects, which lr_scheduler_args (ast.literal_eval) cannot give"
+# kohya builds `cls(optimizer, **lr_scheduler_args)`: no literal has the `optimizer` attribute torch checks on
+# each of SequentialLR's schedulers, and ChainedScheduler's first parameter is the scheduler list, so it gets
+# the optimizer itself (torch 2.13, tests/runtime/test_torch_schedules.py builds both as kohya does)
+_SEQUENTIAL = (
+    "kohya cannot build it: SequentialLR(optimizer, schedulers, milestones) takes scheduler objects, which "
+    "lr_scheduler_args (ast.literal_eval) cannot give: torch raises TypeError (`schedulers` or `milestones` "
+    "missing, or a literal at index 0 without an `optimizer` attribute) or ValueError (an empty list)"
+)
+_CHAINED = (
+    "kohya cannot build it: ChainedScheduler(schedulers, optimizer=None) takes the scheduler list first, so "
+    "kohya's ChainedScheduler(optimizer, **lr_scheduler_args) passes the optimizer as the list (TypeError "
+    "`object of type '...' has no len()`), and schedulers=... from lr_scheduler_args is a second value for "
+    "it (TypeError)"
+)
 _CRASHING_SCHEDULERS = {
     "LambdaLR": _NEEDS_CALLABLE,
     "MultiplicativeLR": _NEEDS_CALLABLE,
-    "SequentialLR": _NEEDS_SCHEDULERS,
-    "ChainedScheduler": _NEEDS_SCHEDULERS,
+    "SequentialLR": _SEQUENTIAL,
+    "ChainedScheduler": _CHAINED,
     "ReduceLROnPlateau": "kohya calls lr_scheduler.step() without the metric ReduceLROnPlateau.step needs "
     "(TypeError at the first step)",
 }
@@ -281,6 +295,11 @@ def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
     """kohya's get_scheduler_fix returns a dummy scheduler for schedule-free optimizers: no schedule, no
     warm-up, whatever the scheduler options say (the optimizer's own warmup_steps is an optimizer_args)."""
     why = "kohya gives schedule-free optimizers a dummy scheduler that never changes the LR"
+    warm_up = (
+        " (use_bias_correction=True in optimizer_args gives ProdigyPlusScheduleFree RAdam's warm-up)"
+        if kohya_optimizer(str(a["optimizer_type"].value or "")).kind == "prodigy_plus_schedulefree"
+        else " (use warmup_steps in optimizer_args for a warm-up)"
+    )
     for key in (
         "lr_scheduler",
         "lr_warmup_steps",
@@ -298,7 +317,7 @@ def _map_schedulefree_schedule(a: Args, conv: Conversion) -> None:
             and legacy.given
             and legacy.value not in ("constant", 0)
         ):
-            conv.ignored(legacy, why + " (use warmup_steps in optimizer_args for a warm-up)")
+            conv.ignored(legacy, why + warm_up)
         elif legacy.given:
             conv.inert(legacy, why)
         else:
@@ -472,7 +491,17 @@ def _map_torch_scheduler(a: Args, total: int | None, conv: Conversion, script: s
     kind, args, warm = a["lr_scheduler_type"], a["lr_scheduler_args"], a["lr_warmup_steps"]
     cls = kind.value.removeprefix("torch.optim.lr_scheduler.")
     if cls in _CRASHING_SCHEDULERS:
-        conv.invalid(kind.key, kind.value, kind.source, _CRASHING_SCHEDULERS[cls])
+        combined = cls in ("SequentialLR", "ChainedScheduler")
+        conv.invalid(
+            kind.key,
+            kind.value,
+            kind.source,
+            _CRASHING_SCHEDULERS[cls],
+            help="a warm-up then a decay is a named lr_scheduler with lr_warmup_steps (e.g. cosine), or "
+            "OneCycleLR"
+            if combined
+            else "",
+        )
         return
     if cls not in TORCH_SCHEDULERS:
         conv.unsupported(
@@ -1207,7 +1236,13 @@ def _train_db_groups_at_rate_zero(a: Args, unet_lr: Legacy, moves: str, conv: Co
 # kohya optimizer kinds whose constructor refuses the lr=learning_rate get_optimizer passes when it is 0:
 # dadaptation's classes but DAdaptLion and prodigyopt's Prodigy raise ValueError, came_pytorch's CAME and
 # lion_pytorch's Lion assert lr > 0
-LR_ZERO_STOPS = (*(k for k in DADAPT_KINDS if k != "dadapt_lion"), "prodigy", "came", "lion")
+LR_ZERO_STOPS = (
+    *(k for k in DADAPT_KINDS if k != "dadapt_lion"),
+    "prodigy",
+    "came",
+    "lion",
+    "prodigy_plus_schedulefree",
+)
 
 
 def _polynomial_takes_lr_zero(a: Args, conv: Conversion) -> bool:
@@ -1539,7 +1574,11 @@ def map_optimizer(a: Args, conv: Conversion) -> None:
     kind = adamw_variant(kind_arg.value, lion_variant(ademamix_variant(name.kind, kwargs), kwargs), kwargs)
     if kind != name.kind:  # bitsandbytes' is_paged / optim_bits pick the paged or 8-bit class's update
         conv.put(("optimizer", "kind"), kind, conv.comment(args, f"{kind_arg.value} with {args.value}"))
-    ignored = {**bnb_ignored(kind_arg.value, kind, kwargs), **print_only(kind, kwargs)}
+    ignored = {
+        **bnb_ignored(kind_arg.value, kind, kwargs),
+        **print_only(kind, kwargs),
+        **unread_arguments(kind_arg.value, kwargs),
+    }
     if ignored:
         conv.ignored(args, "; ".join(f"`{k}={kwargs[k]!r}`: {why}" for k, why in ignored.items()))
         kwargs = {k: v for k, v in kwargs.items() if k not in ignored}
