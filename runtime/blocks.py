@@ -54,6 +54,8 @@ def with_blocks(
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+        if block is not None and block.rank and adapter.kind in ("full", "ia3") and block.kind == "adapter":
+            block = None  # a full / IA^3 block's lr_scale (compiler/adapters.py _scale_blocks): no size
         if block is None and adapter.kind in (
             "diag-oft",
             "boft",

@@ -627,6 +627,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
     rows.extend(_bypass_rows(a))
     rows.extend(_oft_block_rows(a))
+    rows.extend(_scale_block_rows(a))
     if a.rank_dropout or a.module_dropout:  # each layer's LyCORIS draws while training
         rank = {
             "full": "the update's output rows, weight and bias, unscaled",
@@ -642,6 +643,18 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound})"))
     return rows + _start_rows(a)
+
+
+def _scale_block_rows(a) -> list[tuple[str, str]]:
+    """A full / IA^3 adapter's learning-rate blocks (ScaleBlock; the `exclude` patterns' rank-0 blocks left
+    out)."""
+    if a.kind not in ("full", "ia3"):
+        return []
+    return [
+        (f"  block /{b.pattern}/" if b.pattern else "  block (every module)", _block_rate(b))
+        for b in a.blocks
+        if b.rank
+    ]
 
 
 def _oft_block_rows(a) -> list[tuple[str, str]]:

@@ -1329,6 +1329,32 @@ _EXCLUDED_LAYER = (
 
 
 @frozen
+class ScaleBlock:
+    """The learning-rate scale of the denoiser's full or IA^3 layers one pattern names (LyCORIS's full and
+    IA^3 modules have no rank: a block holds or scales them; kohya lycoris.kohya algo=full / ia3 at
+    `unet_lr` 0, whose U-Net modules its optimizer leaves out)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its learning-rate scale (`exclude` is searched first: an excluded layer has "
+        "no module to scale); empty matches every module.",
+        example="^down_blocks\\.0\\.",
+    )
+    lr_scale: float = _block_lr_scale("full or IA^3")
+
+
+def _scale_blocks(what: str):
+    return option(
+        factory=list,
+        doc=f"Learning-rate scales of the denoiser's {what} ([[adapter.blocks]] tables with a `pattern` and "
+        "an `lr_scale`); modules no block matches train at the denoiser's rate. One block over every module "
+        '(`pattern = ""`) at `lr_scale = 0` holds the denoiser\'s adapter whole: built, saved and run '
+        "under grad, nothing of it trains (kohya's lycoris.kohya at `unet_lr` 0).",
+    )
+
+
+@frozen
 class FullAdapter:
     kind: Literal["full"] = option(
         doc="Adapter kind: full trains LyCORIS's full-weight algo (`algo = full`): a trained copy of each "
@@ -1396,6 +1422,7 @@ class FullAdapter:
         "load_weights adds the file's diff again. Unused without init_weights.",
     )
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    blocks: list[ScaleBlock] = _scale_blocks("trained copies")
 
 
 @frozen
@@ -1465,6 +1492,7 @@ class Ia3Adapter:
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    blocks: list[ScaleBlock] = _scale_blocks("IA^3 scales")
 
 
 def _oft_rescaled():
@@ -3943,6 +3971,7 @@ TABLE_CLASSES = (
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,
+    ScaleBlock,
     FullAdapter,
     Ia3Adapter,
     OftBlock,
