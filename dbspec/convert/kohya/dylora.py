@@ -18,6 +18,12 @@ import attrs
 from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.dylora_preset_alphas import (
+    PRESET_LAYERS,
+    built,
+    has_preset_ranks,
+    preset_dylora_alphas,
+)
 from dbspec.convert.kohya.file_ranks import (
     TEXT_COMPONENTS,
     common_pair,
@@ -341,6 +347,13 @@ def next_block(conv: Conversion, table: str) -> int:
     return 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
 
 
+_SAME_ALPHAS = (
+    "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
+    "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
+    "network's: the run starts from a fresh init"
+)
+
+
 def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_names: bool) -> None:
     """LyCORIS algo=dylora with --network_weights: LycorisNetworkKohya.load_weights is
     load_state_dict(strict=False), and DyLoraModule keeps its weights in up_list / down_list, so the file's
@@ -349,6 +362,16 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     (or without its alpha) keep network_alpha / conv_alpha; the file's modules of layers the network does not
     adapt are ignored. The run starts from a fresh init; the layers whose alpha differs are named in
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
+    found = conv.facts.get(PRESET_LAYERS)
+    if found is not None and has_preset_ranks(conv):  # the entries' dims, the file's alphas
+        file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+        if file is None or not zero_alphas_expressible(
+            file, weights, conv, built(file, found, original_names)
+        ):
+            return
+        if not preset_dylora_alphas(file, weights, conv, found, original_names, file_alpha):
+            conv.inert(weights, _SAME_ALPHAS)
+        return
     file = alpha_file(weights, paths, conv)
     if file is None:
         return
@@ -367,12 +390,7 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
             # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
             differ[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     if not differ:
-        conv.inert(
-            weights,
-            "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
-            "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
-            "network's: the run starts from a fresh init",
-        )
+        conv.inert(weights, _SAME_ALPHAS)
         return
     only = LoraFile(path=file.path, modules=differ)
     try:
