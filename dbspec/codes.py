@@ -3161,6 +3161,17 @@ at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec
 (`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
         help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
     ),
+    Code(
+        "DBS617",
+        ERROR,
+        "An adapter block scaled by 0 whose layers are not DyLoRA's",
+        """\
+`zero_scale = true` on an `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` entry builds the matched
+DyLoRA layers with their update scaled by 0, as LyCORIS's DyLoraModule runs once a `--network_weights` file
+sets its alpha buffer to 0: built, drawing `module_dropout`, adding nothing. Only a `kind = "dylora"`
+adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer.""",
+        help="remove zero_scale, or give the block a rank of 0 (no layer)",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

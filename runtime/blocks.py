@@ -158,6 +158,19 @@ def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, componen
     }
 
 
+def block_zero_scales(
+    module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = ""
+) -> frozenset:
+    """The ids of the DyLoRA layers whose block scales their update by 0 (`zero_scale`: LyCORIS's alpha
+    buffer a file set to 0)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return frozenset(
+        id(layer)
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.zero_scale
+    )
+
+
 def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
     """{path: use_scalar} of the layers whose block sets LyCORIS's scalar itself (a map entry's)."""
     blocks = adapter.text_encoder_blocks if component else adapter.blocks

@@ -297,6 +297,7 @@ def _rank_blocks(adapter) -> dict:
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
                 lr_scale=b.lr_scale,  # 0: held (kohya's U-Net modules at unet_lr 0, held_unet.py)
+                zero_scale=getattr(b, "zero_scale", False),  # DyLoRA: its alpha buffer loaded as 0 (DBS617)
             )
             for b in adapter.blocks
         ),
@@ -310,6 +311,7 @@ def _rank_blocks(adapter) -> dict:
                 bypass=own_bypass(b),
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
+                zero_scale=getattr(b, "zero_scale", False),
             )
             for b in adapter.text_encoder_blocks
         ),

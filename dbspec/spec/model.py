@@ -565,6 +565,17 @@ def _block_bypass():
     )
 
 
+def _block_zero_scale():
+    return option(
+        False,
+        doc="Scale the matched DyLoRA layers' update by 0: LyCORIS's DyLoraModule whose alpha buffer a "
+        "`--network_weights` file set to 0 after the build (kohya lycoris.kohya algo=dylora). The layers are "
+        "built and saved (alpha 0, their ups at zero) and draw the adapter's `module_dropout` in every "
+        "training forward, but add nothing to the output and get zero gradients. Without `module_dropout` "
+        "rank 0 (no layer) is the same run, cheaper. DyLoRA layers only (DBS617).",
+    )
+
+
 def _block_lr_scale(kinds: str):
     """`lr_scale` of the blocks of an adapter kind without kohya's block rates (DyloraBlock, GloraBlock,
     OftBlock): AdapterBlock's scale and hold, one field."""
@@ -747,6 +758,7 @@ class TextEncoderBlock:
         "`network_reg_lrs` regexes at one rate, each its own group). Empty: no group of their own.",
         example="reg_lr_0",
     )
+    zero_scale: bool = _block_zero_scale()
 
 
 def _adapter_blocks():
@@ -820,6 +832,7 @@ class DyloraBlock:
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
+    zero_scale: bool = _block_zero_scale()
 
 
 def _lycoris_output_dropout(what: str):

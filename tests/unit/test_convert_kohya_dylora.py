@@ -426,14 +426,27 @@ def test_lycoris_dylora_network_weights_at_alpha_zero_in_bypass_mode_train_at_th
     assert (text.rank, text.alpha) == (16, 16.0)
 
 
-def test_lycoris_dylora_network_weights_at_alpha_zero_with_module_dropout_stays_refused(tmp_path):
-    """With module_dropout the zeroed layer still draws torch.rand(1) in every training forward, which a
-    layer dbspec does not build cannot: DBS403, saying so."""
-    args = '"algo=dylora", "module_dropout=0.1"'
-    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", args)
-    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
-    note = outcome.conversion.reports["network_weights"].note
-    assert "scales its update by 0" in note and "torch.rand(1)" in note
+def test_lycoris_dylora_network_weights_at_alpha_zero_with_module_dropout_builds_it_scaled_by_zero(tmp_path):
+    """With module_dropout the zeroed layer still draws torch.rand(1) in every training forward: the layer is
+    built at the network's rank with its update scaled by 0 (a block's zero_scale; was DBS403), a 3x3
+    convolution's and a text layer's alike; the file's other alphas as before."""
+    modules = {Q: (4, 0.0, 320, 0), OUT: (8, 2.0, 320, 0), CONV: (8, 0.0, 320, 3), TE: (8, 0.0, 768, 0)}
+    args = '"algo=dylora", "conv_dim=8", "conv_alpha=4", "module_dropout=0.1"'
+    outcome = _from_file(tmp_path, modules, "lycoris.kohya", args)
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.module_dropout == 0.1
+    q = _matches(a.blocks, Q)
+    assert (q.rank, q.alpha, q.zero_scale) == (16, 0.0, True)
+    out = _matches(a.blocks, OUT)
+    assert (out.rank, out.alpha, out.zero_scale) == (16, 2.0, False)
+    c = _matches(a.blocks, CONV)
+    assert (c.conv_rank, c.conv_alpha, c.zero_scale) == (8, 0.0, True)
+    (text,) = a.text_encoder_blocks
+    assert (text.rank, text.zero_scale) == (16, True)
+    said = outcome.conversion.reports["network_weights"]
+    assert said.fate == "mapped"
 
 
 def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_file(tmp_path):

@@ -20,7 +20,6 @@ from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.dylora_preset_alphas import (
     PRESET_LAYERS,
-    built,
     has_preset_ranks,
     preset_dylora_alphas,
 )
@@ -298,8 +297,9 @@ def zero_alphas_expressible(file: LoraFile, weights: Legacy, conv: Conversion, a
     exactly 0 (lora_up stays at its zero init; it adds 0 to the clip norm) and its saved ΔW is 0, which is
     dbspec's layer not built (rank 0: file_alpha, unbuilt_at_zero). In bypass_mode its forward never reads
     the alpha: alpha 0 trains as its rank (the scale loaders give alpha 0). With the network's
-    `module_dropout` such a layer still draws torch.rand(1) in every training forward, which a layer dbspec
-    does not build cannot: DBS403."""
+    `module_dropout` such a layer still draws torch.rand(1) in every training forward: on SD 1.x / 2.x and
+    SDXL the layer is built scaled by 0 (zero_scale, unbuilt_at_zero); on Flux / SD3 / Chroma, whose fused
+    DyLoRA parts have no such scale, DBS403."""
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     zero = next((m.name for m in file.modules.values() if m.alpha == 0 and adapted(m)), None)
     if zero is None or value("bypass", False) or not value("module_dropout", 0.0):
@@ -323,9 +323,15 @@ def file_alpha(alpha: float, rank: int, bypass: bool) -> float:
     return float(rank) if own == 0 and bypass else own
 
 
-def unbuilt_at_zero(block: dict[str, Any]) -> dict[str, Any]:
-    """A file-alpha block whose (conv_)alpha is 0 as one that builds no layer: rank (conv_rank) 0."""
+def unbuilt_at_zero(block: dict[str, Any], drawn: bool = False) -> dict[str, Any]:
+    """A file-alpha block whose (conv_)alpha is 0 as one that builds no layer: rank (conv_rank) 0; with
+    `drawn` (module_dropout outside bypass_mode: the zeroed layer still draws its torch.rand(1)) the layer
+    built with its update scaled by 0 (`zero_scale`), at its rank."""
     out = dict(block)
+    zero = out.get("alpha") == 0 or out.get("conv_alpha") == 0
+    if zero and drawn:
+        out["zero_scale"] = True
+        return out
     if out.get("alpha") == 0:
         out.update(rank=0, alpha=1.0)
     if out.get("conv_alpha") == 0:
@@ -333,9 +339,21 @@ def unbuilt_at_zero(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def zero_note(block: dict[str, Any], note: str) -> str:
+def zero_drawn(conv: Conversion) -> bool:
+    """Whether a layer LyCORIS scales by 0 still draws: the network's module_dropout outside bypass_mode
+    (DyLoraModule.forward's torch.rand(1) before the update; its bypass forward never reads the alpha)."""
+    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
+    return bool(value("module_dropout", 0.0)) and not value("bypass", False)
+
+
+def zero_note(block: dict[str, Any], note: str, drawn: bool = False) -> str:
     if block.get("alpha") != 0 and block.get("conv_alpha") != 0:
         return note
+    if drawn:
+        return (
+            f"{note}; alpha 0 there: LyCORIS scales the layer's update by 0 (output the base's, gradients 0) "
+            "but its module_dropout still draws: built, scaled by 0"
+        )
     return (
         f"{note}; alpha 0 there: LyCORIS scales the layer's update by 0 (output the base's, gradients 0), "
         "so dbspec builds none (kohya's saved file holds it with lora_up 0)"
@@ -365,11 +383,9 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     found = conv.facts.get(PRESET_LAYERS)
     if found is not None and has_preset_ranks(conv):  # the entries' dims, the file's alphas
         file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
-        if file is None or not zero_alphas_expressible(
-            file, weights, conv, built(file, found, original_names)
-        ):
+        if file is None:  # an alpha of 0: scaled by 0 (zero_drawn) or not built
             return
-        if not preset_dylora_alphas(file, weights, conv, found, original_names, file_alpha):
+        if not preset_dylora_alphas(file, weights, conv, found, original_names, file_alpha, zero_drawn(conv)):
             conv.inert(weights, _SAME_ALPHAS)
         return
     file = alpha_file(weights, paths, conv)
@@ -378,8 +394,6 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
-    if not zero_alphas_expressible(file, weights, conv, lambda m: not (m.conv and not conv_rank)):
-        return
     bypass = bool(value("bypass", False))
     differ = {}
     for m in file.modules.values():
@@ -403,18 +417,19 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
         f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
         "DyLoraModule)"
     )
+    drawn = zero_drawn(conv)
     for index, block in enumerate(denoiser, start=next_block(conv, "blocks")):
         out = {"pattern": block["pattern"], "rank": rank, "alpha": alpha}
         if "conv_rank" in block:  # a 3x3 convolution's block
             out.update(conv_rank=conv_rank, conv_alpha=block["conv_alpha"])
         else:
             out.update(alpha=block["alpha"], conv_rank=conv_rank, conv_alpha=conv_alpha)
-        for key, item in unbuilt_at_zero(out).items():
-            conv.put(("adapter", "blocks", index, key), item, zero_note(out, note))
+        for key, item in unbuilt_at_zero(out, drawn).items():
+            conv.put(("adapter", "blocks", index, key), item, zero_note(out, note, drawn))
     for index, block in enumerate(text, start=next_block(conv, "text_encoder_blocks")):
         out = {**block, "rank": rank}
-        for key, item in unbuilt_at_zero(out).items():
-            conv.put(("adapter", "text_encoder_blocks", index, key), item, zero_note(out, note))
+        for key, item in unbuilt_at_zero(out, drawn).items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), item, zero_note(out, note, drawn))
     conv.record(
         weights,
         "mapped",

@@ -36,11 +36,6 @@ def preset_blocks(conv: Conversion, table: str) -> list[dict]:
     return [rows[i] for i in sorted(rows)]
 
 
-def built(file: LoraFile, found: Targets, original_names: bool):
-    """Whether the preset builds a layer for a file module (dylora.zero_alphas_expressible's `adapted`)."""
-    return lambda module: _layer_of(module.name, found, original_names) is not None
-
-
 def has_preset_ranks(conv: Conversion) -> bool:
     """The preset file's map entries gave some layers a dim of their own (blocks that adapt)."""
     return any(b.get("rank") or b.get("conv_rank") for t in _TABLES.values() for b in preset_blocks(conv, t))
@@ -78,12 +73,19 @@ def _first(blocks: list[dict], path: str) -> int | None:
 
 
 def preset_dylora_alphas(
-    file: LoraFile, weights: Legacy, conv: Conversion, found: Targets, original_names: bool, own_alpha
+    file: LoraFile,
+    weights: Legacy,
+    conv: Conversion,
+    found: Targets,
+    original_names: bool,
+    own_alpha,
+    drawn: bool = False,
 ) -> int:
     """Write the file's alphas of the preset's DyLoRA layers as blocks ahead of the preset's (their entry's
     block copied, its alpha or conv_alpha the file's: `own_alpha(alpha, rank, bypass)`, dylora.file_alpha);
-    how many layers take another alpha. `own_alpha` returning 0 leaves the layer unbuilt (rank 0), as
-    lycoris_dylora_alphas does."""
+    how many layers take another alpha. `own_alpha` returning 0 leaves the layer unbuilt (rank 0), or with
+    `drawn` (module_dropout: dylora.zero_drawn) built scaled by 0 (zero_scale), as lycoris_dylora_alphas
+    does."""
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     adapter = {
         "rank": value("rank", 4),
@@ -128,7 +130,9 @@ def preset_dylora_alphas(
             block["pattern"] = "^(" + "|".join(re.escape(p) for p in sorted(layers)) + ")$"
             key = "conv_alpha" if conv_layer else "alpha"
             block[key] = alpha
-            if alpha == 0:  # the update scaled by 0: not built (dylora.unbuilt_at_zero)
+            if alpha == 0 and drawn:  # the update scaled by 0, its module_dropout still drawn: built
+                block["zero_scale"] = True
+            elif alpha == 0:  # the update scaled by 0: not built (dylora.unbuilt_at_zero)
                 block.update({"conv_rank": 0, "conv_alpha": 1.0} if conv_layer else {"rank": 0, "alpha": 1.0})
             new.append(block)
         if new:
