@@ -791,6 +791,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + _block_rate(block)
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
+                + (", update scaled by 0 (its module_dropout drawn)" if block.zero_scale else "")
                 + _block_factor(block, a),
             )
         )

@@ -70,12 +70,20 @@ def test_the_files_alphas_equal_to_the_entries_change_nothing(tmp_path):
     assert fate(outcome, "network_weights") == "inert"
 
 
-def test_a_zero_alpha_builds_no_layer_and_module_dropout_still_refuses(tmp_path):
+def test_a_zero_alpha_builds_no_layer_or_with_module_dropout_one_scaled_by_zero(tmp_path):
+    """A file alpha of 0 scales the layer by 0: not built, or with module_dropout (whose torch.rand(1) it
+    still draws) built at its entry's dim with zero_scale."""
     _write(tmp_path / "prev.safetensors", {Q: (_locon(320, 8), 0.0)})
+    q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
     outcome = _convert(tmp_path, "dylora", PRESET)
     assert outcome.exit_code == 0, errors(outcome)
-    a = plan_of(outcome, tmp_path).adapter
-    assert _block(a.blocks, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q").rank == 0
+    assert _block(plan_of(outcome, tmp_path).adapter.blocks, q).rank == 0
+    (tmp_path / "md").mkdir()
+    _write(tmp_path / "md" / "prev.safetensors", {Q: (_locon(320, 8), 0.0)})
+    outcome = _convert(tmp_path / "md", 'dylora" "module_dropout=0.1', PRESET)
+    assert outcome.exit_code == 0, errors(outcome)
+    block = _block(plan_of(outcome, tmp_path / "md").adapter.blocks, q)
+    assert (block.rank, block.alpha, block.zero_scale) == (8, 0.0, True)
 
 
 def test_an_integer_entry_alpha_truncates_the_files(tmp_path):
