@@ -206,6 +206,12 @@ def test_lycorises_dylora_layer_at_a_loaded_alpha_of_zero_changes_nothing_and_ge
         own = torch.nn.functional.linear(x, layer.weight, layer.bias)
         assert not torch.allclose(outputs[-1], own)  # the update applies
     assert torch.equal(outputs[0], outputs[1])
+    # built at alpha 0 (or an integer alpha) the buffer is int64: a file's alpha loads truncated toward zero
+    # (dbspec/convert/kohya/dylora.py, dylora_preset_alphas.py int_buffer)
+    for built, loaded, held in ((0, 2.5, 2), (3, 0.5, 0), (3.0, 0.5, 0.5)):
+        made = DyLoraModule("lora_unet_z", torch.nn.Linear(12, 10), lora_dim=8, alpha=built, block_size=2)
+        torch.nn.Module.load_state_dict(made, {"alpha": torch.tensor(loaded)}, strict=False)
+        assert float(made.alpha) == held
 
 
 def test_a_layer_scaled_by_zero_draws_module_dropout_as_lycoris(tmp_path):

@@ -645,3 +645,22 @@ def test_init_alpha_ignore_on_lycoris_dylora_is_refused(tmp_path):
     planned = _plan(tmp_path, adapter + 'dylora_form = "kohya"', kind="dylora")
     assert planned.plan is not None, planned.diagnostics
     assert (planned.plan.adapter.alpha, planned.plan.adapter.init_alpha) == (8.0, "ignore")
+
+
+def test_lycoris_dylora_network_alpha_zero_truncates_the_files_alphas(tmp_path):
+    """network_alpha 0: DyLoraModule builds its alpha buffer as `torch.tensor(lora_dim)`, an int64, so
+    load_weights' copy truncates the file's alpha toward zero (2.5 loads as 2, 0.5 as 0: scaled by 0, no
+    layer); tests/runtime/test_dylora_weights.py checks lycoris-lora 4.1.3's module so."""
+    from tests.unit.test_init_weights import write_lora
+
+    write_lora(tmp_path / "prev.safetensors", {Q: (4, 2.5, 320, 0), TE: (8, 0.5, 768, 0)})
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    text = FROM_WEIGHTS.format(model=SD15, module="lycoris.kohya", args='"algo=dylora"', extra="")
+    write(tmp_path / "cfg.toml", text.replace("network_alpha = 8", "network_alpha = 0"))
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (16, 16.0)  # alpha 0: the rank
+    assert (_matches(a.blocks, Q).rank, _matches(a.blocks, Q).alpha) == (16, 2.0)
+    (text_block,) = a.text_encoder_blocks
+    assert text_block.rank == 0

@@ -10,6 +10,7 @@ names its weights up_list / down_list, so only each layer's `alpha` loads (`lyco
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -18,6 +19,7 @@ import attrs
 from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora_preset_alphas import (
     PRESET_LAYERS,
     has_preset_ranks,
@@ -395,11 +397,18 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
     bypass = bool(value("bypass", False))
+    # a network alpha of 0 builds DyLoraModule's buffer as the int lora_dim: the file's alpha truncated
+    ints = {
+        key: key in conv.facts.get(ZEROED, set()) for key in (("adapter", "alpha"), ("adapter", "conv_alpha"))
+    }
     differ = {}
     for m in file.modules.values():
         if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
             continue
-        own = file_alpha(m.alpha, conv_rank if m.conv else rank, bypass)
+        raw = (
+            float(math.trunc(m.alpha)) if ints[("adapter", "conv_alpha" if m.conv else "alpha")] else m.alpha
+        )
+        own = file_alpha(raw, conv_rank if m.conv else rank, bypass)
         if own != (conv_alpha if m.conv else alpha):
             # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
             differ[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
