@@ -3186,6 +3186,17 @@ are refused by the converter).""",
         help='use precision.weights = "fp32" (mixed precision still computes in bf16 or fp16), or another '
         "optimizer.kind",
     ),
+    Code(
+        "DBS617",
+        ERROR,
+        "An adapter block scaled by 0 whose layers are not DyLoRA's",
+        """\
+`zero_scale = true` on an `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` entry builds the matched
+DyLoRA layers with their update scaled by 0, as LyCORIS's DyLoraModule runs once a `--network_weights` file
+sets its alpha buffer to 0: built, drawing `module_dropout`, adding nothing. Only a `kind = "dylora"`
+adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer.""",
+        help="remove zero_scale, or give the block a rank of 0 (no layer)",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

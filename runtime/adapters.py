@@ -211,12 +211,13 @@ def _add_one_kind(
 
         config = with_blocks(config, module, adapter, "" if conv else component)
         if adapter.kind == "dylora":  # blocks' own units (LyCORIS map entries' block_size)
-            from dbspec.runtime.blocks import block_units
+            from dbspec.runtime.blocks import block_units, block_zero_scales
             from dbspec.runtime.dylora import with_units
 
             units = block_units(module, config.target_modules, adapter, "" if conv else component)
-            if units:
-                config = with_units(config, adapter, units)
+            zeros = block_zero_scales(module, config.target_modules, adapter, "" if conv else component)
+            if units or zeros:
+                config = with_units(config, adapter, units, zeros)
         if adapter.kind in ("diag-oft", "boft") and adapter.oft_form == "lycoris":  # blocks' own rescales
             from dbspec.runtime.blocks import block_rescaled
             from dbspec.runtime.lycoris_oft import with_oft

@@ -54,6 +54,8 @@ def with_blocks(
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
         conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+        if block is not None and block.rank and adapter.kind in ("full", "ia3") and block.kind == "adapter":
+            block = None  # a full / IA^3 block's lr_scale (compiler/adapters.py _scale_blocks): no size
         if block is None and adapter.kind in (
             "diag-oft",
             "boft",
@@ -154,6 +156,19 @@ def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, componen
         for _, layer, block in _blocks_of(module, targets, blocks, component)
         if block is not None and block.unit
     }
+
+
+def block_zero_scales(
+    module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = ""
+) -> frozenset:
+    """The ids of the DyLoRA layers whose block scales their update by 0 (`zero_scale`: LyCORIS's alpha
+    buffer a file set to 0)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return frozenset(
+        id(layer)
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.zero_scale
+    )
 
 
 def block_scalars(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:

@@ -61,6 +61,7 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
         form: str = "kohya",
         module_dropout: float = 0.0,
         bypass: bool = False,
+        zero_scale: bool = False,
         **kw,
     ):
         super().__init__()
@@ -68,6 +69,8 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
         setattr(self, _DOWN, nn.ModuleDict())
         setattr(self, _UP, nn.ModuleDict())
         self.unit, self.form = unit, form
+        # LyCORIS's alpha buffer loaded as 0 (plan block zero_scale): the update scaled by 0, still built
+        self.dylora_zero_scale = zero_scale
         self.dylora_module_dropout, self.dylora_bypass = module_dropout, bypass
         self.drawn: dict[str, int | None] = {}
         self._active_adapter = adapter_name
@@ -89,7 +92,7 @@ class DyloraLayer(WeightDelta, nn.Module, LoraLayer):
             out_dim, in_dim, kernel = base.out_features, base.in_features, []
         self.weight_shape = (out_dim, in_dim, *kernel)
         point = [1] * len(kernel)
-        alpha = lora_alpha or r  # both tools: alpha 0 is the rank
+        alpha = 0.0 if self.dylora_zero_scale else lora_alpha or r  # both tools build alpha 0 as the rank
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.scaling[adapter_name] = alpha / r
@@ -226,10 +229,11 @@ def dispatch_dylora(
     module_dropout: float = 0.0,
     bypass: bool = False,
     units: dict[int, int] | None = None,
+    zeros: frozenset[int] = frozenset(),
 ):
     """peft's custom dispatcher building DyloraLayer on Linear and Conv2d layers in blocks of `unit` ranks,
     or of `units` ({id(base layer): unit}: the layers whose block sets its own, LyCORIS map entries'
-    `block_size`)."""
+    `block_size`); the layers of `zeros` (ids of base layers) with their update scaled by 0 (zero_scale)."""
     units = units or {}
 
     def dispatch(target: nn.Module, adapter_name: str, config, **kwargs: Any):
@@ -245,6 +249,7 @@ def dispatch_dylora(
                 form=form,
                 module_dropout=module_dropout,
                 bypass=bypass,
+                zero_scale=id(base) in zeros,
             )
         return None
 
@@ -275,11 +280,11 @@ def with_state_units(config, module: nn.Module, state: dict[str, torch.Tensor], 
     return config
 
 
-def with_units(config, adapter, units: dict[int, int]):
+def with_units(config, adapter, units: dict[int, int], zeros: frozenset[int] = frozenset()):
     """`config` (dylora_config's, after runtime/blocks.py's with_blocks) building the layers of `units`
-    ({id(base layer): unit}) in blocks of their own unit."""
+    ({id(base layer): unit}) in blocks of their own unit, those of `zeros` (ids) scaled by 0."""
     dispatch = dispatch_dylora(
-        adapter.dylora_unit, adapter.dylora_form, adapter.module_dropout, adapter.bypass, units
+        adapter.dylora_unit, adapter.dylora_form, adapter.module_dropout, adapter.bypass, units, zeros
     )
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config

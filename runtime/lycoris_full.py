@@ -16,7 +16,8 @@ output rows as FullModule.make_weight does: `torch.rand(out, device=x.device) > 
 generator on the input's device, the kept rows of W' - W and b' - b unscaled (kohya's network never passes
 `rank_dropout_scale`), drawn after module_dropout's draw (runtime/mixed_kinds.py add_own_module_dropout).
 On Flux / SD3 / Chroma's fused Linears (`plan.adapter.fused`, adapter.fused_projections) kohya's one
-FullModule draws one mask over the fused layer's rows: the parts share it (FusedRows, each part its rows);
+FullModule draws one mask over the fused layer's rows: the parts share it (runtime/fused_lycoris_dropout.py
+LycorisDraw, the fused LoKr's / LoHa's draw, each part its rows);
 a Linear kohya holds with its halves of rows the other way round (SD3's last context modulation, feeding
 diffusers' AdaLayerNormContinuous: (scale, shift) where kohya reads (shift, scale)) takes its mask's halves
 swapped, so each row is dropped by kohya's draw for that row."""
@@ -108,51 +109,36 @@ class FullLayer(AddedOutput, nn.Module, LoraLayer):
         delta, delta_bias = self.get_delta_weight(adapter), self.get_delta_bias(adapter)
         rate = self.__dict__.get("full_rank_dropout", 0.0)
         if self.training and rate:  # FullModule.make_weight's mask over the output rows, weight and bias
-            keep = self._kept_rows(delta.shape[0], x.device, rate).to(delta.dtype)
+            keep = self._kept_rows(delta.shape[0], x, rate).to(delta.dtype)
             delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
             delta_bias = None if delta_bias is None else delta_bias * keep
         return self._op(self._cast_input_dtype(x, delta.dtype), delta, delta_bias)
 
-    def _kept_rows(self, rows: int, device: torch.device, rate: float) -> torch.Tensor:
+    def _kept_rows(self, rows: int, x: torch.Tensor, rate: float) -> torch.Tensor:
         """FullModule's `torch.rand(out, device) > rank_dropout`: the layer's own draw (its halves swapped
         where kohya holds them the other way round), or its rows of its fused layer's one draw."""
         fused = self.__dict__.get("full_fused_rows")
         if fused is not None:
             draw, start = fused
-            return draw.take(device)[start : start + rows]
-        keep = torch.rand(rows, device=device) > rate
+            _, mask, _ = draw.take(x, x.dtype)  # its row mask on x's device
+            return mask[start : start + rows]
+        keep = torch.rand(rows, device=x.device) > rate
         return keep.roll(rows // 2) if self.__dict__.get("full_swapped") else keep
 
     def __repr__(self) -> str:
         return "lycoris_full." + super().__repr__()
 
 
-class FusedRows:
-    """One FullModule's rank-dropout mask on a fused Linear, for its `parts` adapted parts: the first part
-    whose update runs in a training forward draws `torch.rand(rows, device) > rate` over the fused layer's
-    `rows` (every part's, in kohya's row order), the others take the same mask, each its own rows. A skipped
-    forward (module_dropout's shared draw, runtime/fused.py FusedSkip, first) reaches no part's update, so
-    none draws, as FullModule draws no mask when it skips. Kept until every part has taken it, so gradient
-    checkpointing's recomputation (the generators restored) draws it again alike."""
-
-    def __init__(self, parts: int, rows: int, rate: float):
-        self.parts, self.rows, self.rate = parts, rows, rate
-        self.left, self.mask = 0, torch.ones(0, dtype=torch.bool)
-
-    def take(self, device: torch.device) -> torch.Tensor:
-        if self.left == 0:
-            self.mask, self.left = torch.rand(self.rows, device=device) > self.rate, self.parts
-        self.left -= 1
-        return self.mask
-
-
 def add_full_rank_dropout(module: nn.Module, rate: float, fused: tuple = (), swapped=None) -> int:
     """LyCORIS FullModule's rank dropout on every FullLayer of `module` (the adapter's own layers): each
     layer its own mask, the adapted parts of a fused Linear (`fused`, plan.adapter.fused) one they share
-    (FusedRows over every part's rows), the layers `swapped(path)` names (kohya's halves of rows the other
-    way round) their mask's halves swapped. How many layers."""
+    (LycorisDraw over every part's rows: no module_dropout, FusedSkip draws that first; a skipped forward
+    reaches no part's update, so none draws, as FullModule draws no mask when it skips), the layers
+    `swapped(path)` names (kohya's halves of rows the other way round) their mask's halves swapped. How many
+    layers."""
     from dbspec.runtime.adapters import ADAPTER_NAME
     from dbspec.runtime.fused import fused_parts
+    from dbspec.runtime.fused_lycoris_dropout import LycorisDraw
 
     def own(layer) -> bool:
         return isinstance(layer, FullLayer) and ADAPTER_NAME in layer.lora_full
@@ -168,7 +154,8 @@ def add_full_rank_dropout(module: nn.Module, rate: float, fused: tuple = (), swa
             continue
         block = module.get_submodule(group.blocks)[index]
         widths = [_rows(block.get_submodule(part)) for part in group.parts]  # adapted or not
-        draw = FusedRows(len(found), sum(widths), rate)
+        draw = LycorisDraw(len(found), sum(widths), 0.0, rate, scale=False)
+        draw.on_device = True  # FullModule.make_weight's mask on the input's device
         for position, _, layer in found:
             layer.full_fused_rows = (draw, sum(widths[:position]))
     return count

@@ -302,6 +302,7 @@ def _rank_blocks(adapter) -> dict:
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
                 lr_scale=b.lr_scale,  # 0: held (kohya's U-Net modules at unet_lr 0, held_unet.py)
+                zero_scale=getattr(b, "zero_scale", False),  # DyLoRA: its alpha buffer loaded as 0 (DBS617)
             )
             for b in adapter.blocks
         ),
@@ -315,6 +316,7 @@ def _rank_blocks(adapter) -> dict:
                 bypass=own_bypass(b),
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
+                zero_scale=getattr(b, "zero_scale", False),
             )
             for b in adapter.text_encoder_blocks
         ),
@@ -375,7 +377,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         t5_targets=_t5_targets(family, components)
         if getattr(adapter, "form", "lycoris") == "lycoris"
         else (),
-        **_excluded_first(_full_excluded(adapter), _oft_blocks(adapter)),
+        **_excluded_first(_full_excluded(adapter), _oft_blocks(adapter) or _scale_blocks(adapter)),
     )
     if adapter.kind == "full" and layers:
         copies = {
@@ -423,6 +425,20 @@ def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Map
         count
         for path, count in layers.items()
         if targeted(path, targets) and any(re.search(p, prefix + path) for p in patterns)
+    )
+
+
+def _scale_blocks(adapter) -> dict:
+    """Full's and IA^3's learning-rate scales (ScaleBlock) as blocks that adapt their layers (rank and conv
+    rank 1: no size, runtime/blocks.py builds each layer as the adapter builds it) at the block's lr_scale
+    (0: held, kohya's U-Net modules at unet_lr 0, held_unet.py)."""
+    if adapter.kind not in ("full", "ia3") or not adapter.blocks:
+        return {}
+    return dict(
+        blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=1, alpha=1.0, conv_rank=1, lr_scale=b.lr_scale)
+            for b in adapter.blocks
+        )
     )
 
 

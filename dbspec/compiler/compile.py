@@ -22,7 +22,7 @@ from dbspec.compiler.groups import balance_groups, batch_size_of, group_bucket_t
 from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.distributed import plan_distributed, sharding
-from dbspec.compiler.memory import estimate_memory
+from dbspec.compiler.memory import estimate_memory, prodigy_zero_start
 from dbspec.compiler.modelinfo import layer_params
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
@@ -346,7 +346,7 @@ def model_layers(model, precision) -> dict[str, dict[str, int]]:
 def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
-    held = 0
+    held = zero = 0
     if isinstance(spec.adapter, LowRankAdapter):
         # the adapter's own count: its targets (the family's when unset) and shared down-projections
         planned = adapter_plan(
@@ -359,8 +359,9 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         trainable["lora"] = sum(planned.params.values())
         if denoiser_held(
             getattr(spec.adapter, "blocks", ())
-        ):  # full / IA3 adapters have no blocks  # kohya's U-Net modules at unet_lr 0: no optimizer state
+        ):  # kohya's U-Net modules at unet_lr 0: no optimizer state
             held = planned.params["unet"] if "unet" in planned.params else 0
+        zero = prodigy_zero_start(spec.adapter, trainable["lora"] - held)
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -383,6 +384,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         adapter_dtype=precision.weights,
         slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
         held_params=held,
+        zero_start=zero,
     )
 
 

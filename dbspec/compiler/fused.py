@@ -10,7 +10,7 @@ different ranks, alphas or learning-rate scales: one down-projection has one of 
 LyCORIS module per fused layer: parts matched by different [[adapter.blocks]] entries). Diag-OFT's, BOFT's and
 GLoRA's fused layers (LyCORIS's module on the stacked rows, runtime/lycoris_oft.py, lycoris_boft.py,
 lycoris_glora.py), IA^3's (one module_dropout draw per fused layer, runtime/fused.py FusedSkip) and full's
-(that draw and one rank-dropout row mask, runtime/lycoris_full.py FusedRows): DBS577."""
+(that draw and one rank-dropout row mask, runtime/fused_lycoris_dropout.py LycorisDraw): DBS577."""
 
 from __future__ import annotations
 

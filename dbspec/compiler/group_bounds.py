@@ -71,7 +71,8 @@ def block_rates(blocks) -> BlockRates:
     blocks = [
         b
         for b in blocks
-        if (b.rank or getattr(b, "conv_rank", 0)) and (getattr(b, "lr", 0) or getattr(b, "lr_scale", 1.0))
+        if (getattr(b, "rank", 1) or getattr(b, "conv_rank", 0))
+        and (getattr(b, "lr", 0) or getattr(b, "lr_scale", 1.0))
     ]
     plain = [b for b in blocks if not getattr(b, "group", "")]
     scales = tuple(

@@ -100,6 +100,13 @@ OPTIMIZER_STATE_BYTES = {
 }
 SGD_MOMENTUM_BYTES = 4
 PRODIGY_SLICED_BYTES = 8  # Prodigy's s and p0 per element they keep (fp32)
+PRODIGY_P0_BYTES = 4  # p0's share of them: a scalar instead where the tensor is all zero at its first step
+# The share of an adapter's parameters in tensors that start all zero (a fresh adapter, no init_weights):
+# LoRA's / DyLoRA's up matrices (out x rank of rank x (in + out): half on square layers, and on an MLP's two
+# layers together; an estimate elsewhere, e.g. cross-attention's k / v), IA^3's scales, Diag-OFT's and BOFT's
+# blocks (their rescales of ones aside). Other kinds (LoHa, LoKr, GLoRA, T-LoRA, full) and LoRA's
+# convolutions (their down is in x k x k) claim none: their p0 counted in full, an upper bound.
+ZERO_START_SHARE = {"lora": 0.5, "dylora": 0.5, "ia3": 1.0, "diag-oft": 1.0, "boft": 1.0}
 # Optimizers that create their state like the parameter (zeros_like / clone): over bf16 weights stepped
 # directly (precision.weights_rounding = "nearest", kohya's full_bf16) the state is bf16 too, half the bytes.
 # Measured by stepping each on bf16 parameters; transformers' Adafactor, came_pytorch and every bitsandbytes
@@ -168,6 +175,7 @@ def estimate_memory(
     adapter_dtype: str = "fp32",
     slice_p: int = 1,
     held_params: int = 0,
+    zero_start: int = 0,
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -183,6 +191,8 @@ def estimate_memory(
     `slice_p`: Prodigy's slice_p (its s and p0 keep every slice_p-th element of each tensor).
     `held_params`: adapter parameters among `trainable_params` held out of the optimizer (a denoiser held
     whole at lr_scale 0): their weights and gradients count, no optimizer state.
+    `zero_start`: stepped adapter parameters in tensors that are all zero at the optimizer's first step
+    (prodigy_zero_start): Prodigy keeps a scalar p0 for each such tensor, not a copy.
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
@@ -197,6 +207,13 @@ def estimate_memory(
     if bf16_state:  # that state is bf16 for the bf16 weights: half of it (the held ones have none)
         stepped = bf16_trained - (held_params if DTYPE_BYTES[adapter_dtype] == 2 else 0)
         optimizer_bytes -= int(stepped * state_bytes / 2)
+    if optimizer == "prodigy" and zero_start:  # p0 a scalar for an all-zero tensor (prodigyopt 1.1)
+        halved = bf16_state and DTYPE_BYTES[adapter_dtype] == 2
+        optimizer_bytes -= int(zero_start * PRODIGY_P0_BYTES / slice_p / (2 if halved else 1))
+        notes.append(
+            f"prodigy keeps no p0 copy of the {zero_start:,} adapter parameters that start at zero (LoRA's "
+            "up matrices, IA^3's scales, OFT's blocks): prodigyopt stores a scalar for an all-zero tensor"
+        )
     if sharding is not None and sharding.sharded:
         # the models that go through accelerate's prepare (every trained one, its frozen base included)
         wrapped = sum(
@@ -442,6 +459,19 @@ def _prodigy_state_bytes(beta1: float, slice_p: int, notes: list[str]) -> float:
         f"{kept}, and s and p0 over every {slice_p}th element (slice_p)"
     )
     return moments + PRODIGY_SLICED_BYTES / slice_p
+
+
+def prodigy_zero_start(adapter, params: int) -> int:
+    """How many of an adapter's `params` (its stepped parameters) sit in tensors that are all zero at
+    Prodigy's first step (ZERO_START_SHARE), where prodigyopt 1.1 keeps a scalar p0 (`if p.any()` ... else
+    `torch.tensor(0)`): none with a starting file (init_weights), blocks of another kind or LoRA's
+    convolutions."""
+    blocks = (*getattr(adapter, "blocks", ()), *getattr(adapter, "text_encoder_blocks", ()))
+    if getattr(adapter, "init_weights", "") or getattr(adapter, "conv_rank", 0):
+        return 0
+    if any(getattr(b, "kind", "adapter") not in ("adapter", adapter.kind) for b in blocks):
+        return 0
+    return int(params * ZERO_START_SHARE.get(adapter.kind, 0.0))
 
 
 def _optimizer_state_bytes(optimizer: str, momentum: float, notes: list[str], slice_p: int = 1) -> float:

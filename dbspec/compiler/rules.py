@@ -4676,6 +4676,32 @@ def text_encoder_block_rates(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def zero_scale_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block's `zero_scale` (the update scaled by 0) acts on a DyLoRA adapter's own layers only, in a run
+    of that one kind (DBS617)."""
+    a = spec.adapter
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, b in enumerate(getattr(a, table, ()) or ()):
+            if not getattr(b, "zero_scale", False):
+                continue
+            kind = a.kind if b.kind in ("adapter", a.kind) else b.kind
+            mixed = any(
+                o.kind not in ("adapter", a.kind)
+                for t in ("blocks", "text_encoder_blocks")
+                for o in getattr(a, t)
+            )
+            if a.kind == "dylora" and kind == "dylora" and not mixed:  # a run of one kind (runtime/dylora.py)
+                continue
+            yield _err(
+                "DBS617",
+                ("adapter", table, i, "zero_scale"),
+                f'adapter.{table}[{i}].zero_scale = true on {kind} layers (adapter.kind = "{a.kind}"): only '
+                "a DyLoRA adapter's own layers scale their update by 0",
+                codes.help("DBS617"),
+            )
+
+
+@rule("spec")
 def held_adapter_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
     """An [[adapter.blocks]] entry at lr_scale 0 (held, no optimizer group: runtime/blocks.py, which holds
     every kind's layers alike) with a group of its own (DBS593)."""

@@ -395,6 +395,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
         ("adapter", "bypass_dropout"): 0.0,
         ("schedule", "torch", "max_lr_zero"): "own_lr",  # a max_lr of 0 always each group's rate then
+        # a DyLoRA block scaled by 0 (a file's alpha 0 with module_dropout), added since (refused then)
+        ("adapter", "blocks", "*", "zero_scale"): False,
+        ("adapter", "text_encoder_blocks", "*", "zero_scale"): False,
     },
 }
 

@@ -158,6 +158,9 @@ class BlockPlan:
     # set_block_bypass), whose bypass forward differs from their default one; None (plan files written
     # before it): the adapter's
     bypass: bool | None = None
+    # DyLoRA: the layers' update scaled by 0 (LyCORIS's alpha buffer a file set to 0): built, drawing their
+    # module_dropout, adding nothing, zero gradients
+    zero_scale: bool = False
 
 
 def denoiser_held(blocks) -> bool:

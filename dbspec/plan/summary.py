@@ -632,6 +632,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         rows.append(("  input side", f"{', '.join(a.input_targets)} (scale per input channel)"))
     rows.extend(_bypass_rows(a))
     rows.extend(_oft_block_rows(a))
+    rows.extend(_scale_block_rows(a))
     if a.rank_dropout or a.module_dropout:  # each layer's LyCORIS draws while training
         rank = {
             "full": "the update's output rows, weight and bias, unscaled",
@@ -647,6 +648,18 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
         shown = denoiser if name == "unet" else name
         rows.append((f"  {shown} params", f"{count:,} ({bound})"))
     return rows + _start_rows(a)
+
+
+def _scale_block_rows(a) -> list[tuple[str, str]]:
+    """A full / IA^3 adapter's learning-rate blocks (ScaleBlock; the `exclude` patterns' rank-0 blocks left
+    out)."""
+    if a.kind not in ("full", "ia3"):
+        return []
+    return [
+        (f"  block /{b.pattern}/" if b.pattern else "  block (every module)", _block_rate(b))
+        for b in a.blocks
+        if b.rank
+    ]
 
 
 def _oft_block_rows(a) -> list[tuple[str, str]]:
@@ -783,6 +796,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + f"rank {block.rank} alpha {block.alpha:g}{conv}, "
                 + _block_rate(block)
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
+                + (", update scaled by 0 (its module_dropout drawn)" if block.zero_scale else "")
                 + _block_factor(block, a),
             )
         )

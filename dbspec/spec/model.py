@@ -565,6 +565,17 @@ def _block_bypass():
     )
 
 
+def _block_zero_scale():
+    return option(
+        False,
+        doc="Scale the matched DyLoRA layers' update by 0: LyCORIS's DyLoraModule whose alpha buffer a "
+        "`--network_weights` file set to 0 after the build (kohya lycoris.kohya algo=dylora). The layers are "
+        "built and saved (alpha 0, their ups at zero) and draw the adapter's `module_dropout` in every "
+        "training forward, but add nothing to the output and get zero gradients. Without `module_dropout` "
+        "rank 0 (no layer) is the same run, cheaper. DyLoRA layers only (DBS617).",
+    )
+
+
 def _block_lr_scale(kinds: str):
     """`lr_scale` of the blocks of an adapter kind without kohya's block rates (DyloraBlock, GloraBlock,
     OftBlock): AdapterBlock's scale and hold, one field."""
@@ -747,6 +758,7 @@ class TextEncoderBlock:
         "`network_reg_lrs` regexes at one rate, each its own group). Empty: no group of their own.",
         example="reg_lr_0",
     )
+    zero_scale: bool = _block_zero_scale()
 
 
 def _adapter_blocks():
@@ -820,6 +832,7 @@ class DyloraBlock:
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
+    zero_scale: bool = _block_zero_scale()
 
 
 def _lycoris_output_dropout(what: str):
@@ -1333,6 +1346,32 @@ _EXCLUDED_LAYER = (
 
 
 @frozen
+class ScaleBlock:
+    """The learning-rate scale of the denoiser's full or IA^3 layers one pattern names (LyCORIS's full and
+    IA^3 modules have no rank: a block holds or scales them; kohya lycoris.kohya algo=full / ia3 at
+    `unet_lr` 0, whose U-Net modules its optimizer leaves out)."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
+        "e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); the first block whose pattern "
+        "matches a module sets its learning-rate scale (`exclude` is searched first: an excluded layer has "
+        "no module to scale); empty matches every module.",
+        example="^down_blocks\\.0\\.",
+    )
+    lr_scale: float = _block_lr_scale("full or IA^3")
+
+
+def _scale_blocks(what: str):
+    return option(
+        factory=list,
+        doc=f"Learning-rate scales of the denoiser's {what} ([[adapter.blocks]] tables with a `pattern` and "
+        "an `lr_scale`); modules no block matches train at the denoiser's rate. One block over every module "
+        '(`pattern = ""`) at `lr_scale = 0` holds the denoiser\'s adapter whole: built, saved and run '
+        "under grad, nothing of it trains (kohya's lycoris.kohya at `unet_lr` 0).",
+    )
+
+
+@frozen
 class FullAdapter:
     kind: Literal["full"] = option(
         doc="Adapter kind: full trains LyCORIS's full-weight algo (`algo = full`): a trained copy of each "
@@ -1400,6 +1439,7 @@ class FullAdapter:
         "load_weights adds the file's diff again. Unused without init_weights.",
     )
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    blocks: list[ScaleBlock] = _scale_blocks("trained copies")
 
 
 @frozen
@@ -1469,6 +1509,7 @@ class Ia3Adapter:
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    blocks: list[ScaleBlock] = _scale_blocks("IA^3 scales")
 
 
 def _oft_rescaled():
@@ -4006,6 +4047,7 @@ TABLE_CLASSES = (
     LoraAdapter,
     LohaAdapter,
     LokrAdapter,
+    ScaleBlock,
     FullAdapter,
     Ia3Adapter,
     OftBlock,

@@ -206,3 +206,69 @@ def test_lycorises_dylora_layer_at_a_loaded_alpha_of_zero_changes_nothing_and_ge
         own = torch.nn.functional.linear(x, layer.weight, layer.bias)
         assert not torch.allclose(outputs[-1], own)  # the update applies
     assert torch.equal(outputs[0], outputs[1])
+    # built at alpha 0 (or an integer alpha) the buffer is int64: a file's alpha loads truncated toward zero
+    # (dbspec/convert/kohya/dylora.py, dylora_preset_alphas.py int_buffer)
+    for built, loaded, held in ((0, 2.5, 2), (3, 0.5, 0), (3.0, 0.5, 0.5)):
+        made = DyLoraModule("lora_unet_z", torch.nn.Linear(12, 10), lora_dim=8, alpha=built, block_size=2)
+        torch.nn.Module.load_state_dict(made, {"alpha": torch.tensor(loaded)}, strict=False)
+        assert float(made.alpha) == held
+
+
+def test_a_layer_scaled_by_zero_draws_module_dropout_as_lycoris(tmp_path):
+    """A file's alpha 0 with module_dropout (was DBS403): lycoris-lora 4.1.3's DyLoraModule, its alpha buffer
+    loaded as 0, still draws torch.rand(1) in every training forward and then adds nothing; dbspec's layer
+    of a `zero_scale` block (built at its rank, alpha 0) draws the same, its output the base's and its
+    gradients 0, so torch's generator stays where LyCORIS leaves it. A plan's zero_scale block builds such
+    layers there and only there, and the export saves their alpha 0."""
+    from lycoris.modules.dylora import DyLoraModule
+
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec, write_spec
+
+    torch.manual_seed(0)
+    base, ours_base = torch.nn.Linear(12, 10), torch.nn.Linear(12, 10)
+    ours_base.load_state_dict(base.state_dict())
+    module = DyLoraModule("lora_unet_x", base, lora_dim=4, alpha=4, block_size=4, module_dropout=0.5)
+    module.apply_to()
+    torch.nn.init.normal_(module.up_list[0])
+    torch.nn.Module.load_state_dict(module, {"alpha": torch.tensor(0.0)}, strict=False)
+    ours = DyloraLayer(
+        ours_base, "default", r=4, lora_alpha=4.0, unit=4, form="lycoris", module_dropout=0.5, zero_scale=True
+    )
+    torch.nn.init.normal_(ours.lora_dylora_up["default"][0])
+    assert ours.lora_alpha["default"] == 0.0 and ours.scaling["default"] == 0.0
+    x = torch.randn(3, 12)
+    plain = torch.nn.functional.linear(x, ours_base.weight, ours_base.bias)
+    module.train(), ours.train()
+    ours.drawn["default"] = 0  # the one block (runtime/loop.py draws it before each micro-batch)
+    states = []
+    for layer in (module, ours):
+        torch.manual_seed(7)
+        for _ in range(5):
+            out = layer(x)
+            assert torch.equal(out, plain)
+            out.square().sum().backward()
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[1])  # five draws each
+    torch.manual_seed(7)
+    assert not torch.equal(torch.get_rng_state(), states[1])  # the draws moved it
+    grads = [p.grad for n, p in ours.named_parameters() if "dylora" in n]
+    assert grads and all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
+
+    block = '[[adapter.blocks]]\npattern = "attn1\\\\.to_q$"\nrank = 4\nalpha = 0.0\nzero_scale = true\n'
+    text = '[adapter]\nkind = "dylora"\ndylora_form = "lycoris"\nunit = 4\nrank = 4\nalpha = 2.0\n'
+    plan = compile_spec(write_spec(tmp_path, steps=1, extra=text + "module_dropout = 0.5\n" + block))
+    assert plan.adapter.blocks[0].zero_scale
+    unet = build_pipeline("builtin:tiny-sd1").unet
+    add_lora(unet, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True)
+    layers = {n: m for n, m in unet.named_modules() if isinstance(m, DyloraLayer)}
+    zeroed = {n for n, m in layers.items() if m.lora_alpha["default"] == 0.0}
+    assert zeroed and zeroed == {n for n in layers if n.endswith("attn1.to_q")}
+    assert all(m.lora_alpha["default"] == 2.0 for n, m in layers.items() if n not in zeroed)
+    from dbspec.runtime.lycoris_export import lycoris_state
+
+    saved = lycoris_state(unet=unet, text_encoders=[], family="sd1", dtype="fp32")
+    alphas = {k: float(v) for k, v in saved.items() if k.endswith(".alpha")}
+    assert alphas and all((v == 0.0) == k.endswith("attn1_to_q.alpha") for k, v in alphas.items())

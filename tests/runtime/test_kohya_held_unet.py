@@ -8,9 +8,10 @@ elsewhere than with the U-Net's modules dropped (network_train_text_encoder_only
 denoiser's adapter held at lr_scale 0 by a block matching every module, stepped on the same inputs from the
 same modules, ends with kohya's CLIP modules bit for bit, its U-Net modules at the file's weights with
 kohya's accumulated gradients (the checkpoint keeps them, runtime/optimizer_blocks.py held_gradients: a
-resume with held blocks is checked bit-exact in test_flux_reg_dims.py). DyLoRA, GLoRA, Diag-OFT and BOFT
-(lycoris.kohya algo=dylora / glora / diag-oft / boft) held by their own blocks at lr_scale 0 alike, from a
-file of every module (dbspec's init_weights)."""
+resume with held blocks is checked bit-exact in test_flux_reg_dims.py). DyLoRA, GLoRA, Diag-OFT, BOFT, full
+and IA^3 (lycoris.kohya algo=dylora / glora / diag-oft / boft / full / ia3) held by their own blocks at
+lr_scale 0 alike (full's and IA^3's a ScaleBlock, no size), from a file of every module (dbspec's
+init_weights)."""
 
 from __future__ import annotations
 
@@ -153,6 +154,9 @@ KINDS = {
     "glora": ({"algo": "glora"}, 'kind = "glora"\nrank = 4\nalpha = 1.0'),
     "diag-oft": ({"algo": "diag-oft"}, 'kind = "diag-oft"\nblock_size = 4'),
     "boft": ({"algo": "boft"}, 'kind = "boft"\nblock_size = 4'),
+    # no size: a ScaleBlock (pattern, lr_scale) holds them
+    "full": ({"algo": "full"}, 'kind = "full"'),
+    "ia3": ({"algo": "ia3"}, 'kind = "ia3"'),
 }
 
 
@@ -162,7 +166,8 @@ def _kind_network(pipe, args: dict, with_unet: bool, start: dict):
     named.text_model = text
     network = lycoris_kohya.create_network(1.0, 4, 1.0, None, named, unet, preset=pipe.preset, **args)
     network.apply_to(named, unet, True, with_unet)
-    network.load_state_dict(start, strict=False)
+    if start:  # FullModule's load hook needs its `diff`
+        network.load_state_dict(start, strict=False)
     with torch.no_grad():  # DyLoraModule loads only its alpha: its blocks set to the file's, as dbspec's
         for module in (*network.text_encoder_loras, *network.unet_loras):
             if start and hasattr(module, "up_list"):
@@ -199,11 +204,11 @@ def _kind_kohya(pipe, args: dict, with_unet: bool, start: dict, steps: int = 2):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_other_kinds_held_at_rate_0_step_as_kohyas_network(tmp_path, monkeypatch, kind):
-    """DyLoRA, GLoRA, Diag-OFT and BOFT (their blocks' lr_scale 0): lycoris-lora's network of the kind at
-    unet_lr 0, its U-Net modules from a file (every parameter moved), against dbspec's run from that file
-    (init_weights) with the denoiser held by a block over every module. Its CLIP modules end as kohya's
-    (float tolerance: the kinds' forwards are dbspec's own code), its U-Net modules at the file's values,
-    where dropping the U-Net modules ends CLIP's elsewhere."""
+    """DyLoRA, GLoRA, Diag-OFT, BOFT, full and IA^3 (their blocks' lr_scale 0): lycoris-lora's network of
+    the kind at unet_lr 0, its U-Net modules from a file (every parameter moved), against dbspec's run from
+    that file (init_weights) with the denoiser held by a block over every module. Its CLIP modules end as
+    kohya's (float tolerance: the kinds' forwards are dbspec's own code), its U-Net modules at the file's
+    values, where dropping the U-Net modules ends CLIP's elsewhere."""
     from safetensors.torch import save_file
 
     from dbspec.plan.io import plan_to_json
@@ -236,7 +241,11 @@ def test_other_kinds_held_at_rate_0_step_as_kohyas_network(tmp_path, monkeypatch
         'kind = "lora"\nrank = 4\nalpha = 1.0', f'{adapter}\ninit_weights = "prev.safetensors"'
     ).replace(
         "rank = 4\nalpha = 1.0\nlr_scale",
-        "block_size = 4\nlr_scale" if "oft" in kind else "rank = 4\nalpha = 1.0\nlr_scale",
+        "block_size = 4\nlr_scale"
+        if "oft" in kind
+        else "lr_scale"
+        if kind in ("full", "ia3")
+        else "rank = 4\nalpha = 1.0\nlr_scale",
     )
     spec = write_spec(tmp_path, steps=2, extra=extra)
     plan = compile_spec(spec, [f"optimizer.max_grad_norm={LIMIT}"])
@@ -257,7 +266,9 @@ def test_other_kinds_held_at_rate_0_step_as_kohyas_network(tmp_path, monkeypatch
     ours = lycoris_state(unet=unet, text_encoders=[text], family="sd1", dtype="fp32")
     assert {k for k in ours if k.startswith("lora_unet")} <= set(start)
     for key, value in ours.items():
-        if key.startswith("lora_te"):
+        if key.endswith(".on_input"):  # IA3Module's flag (LyCORIS's int buffer, dbspec's cast to the dtype)
+            assert int(value) == int({**start, **ends}[key]), key
+        elif key.startswith("lora_te"):
             torch.testing.assert_close(value, ends[key], rtol=0, atol=gap / 100)
         elif not key.endswith(".alpha"):  # never stepped
             assert torch.equal(value, start[key]), key

@@ -39,3 +39,53 @@ def test_prodigy_state_bytes_match_the_estimate(beta1, slice_p):
         slice_p=slice_p,
     )
     assert plan.optimizer == held
+
+
+@pytest.mark.parametrize("slice_p", [1, 11])
+def test_prodigy_keeps_a_scalar_p0_for_fresh_lora_ups(slice_p):
+    """A fresh LoRA's up matrices are all zero at Prodigy's first step: prodigyopt 1.1 stores a scalar p0 for
+    each (`if p.any()` ... else `torch.tensor(0)`), not a copy. The plan counts no p0 bytes for them
+    (memory.prodigy_zero_start: half of a LoRA's parameters on square layers), so its state count is the
+    bytes the real optimizer holds after one step on peft's LoRA layers."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from dbspec.compiler.memory import prodigy_zero_start
+    from dbspec.spec.model import LoraAdapter
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(44, 44), torch.nn.Linear(44, 44))  # square: ups are half
+    model = inject_adapter_in_model(LoraConfig(r=4, target_modules=["0", "1"]), model)
+    params = [p for name, p in model.named_parameters() if "lora_" in name]
+    ups = [p for name, p in model.named_parameters() if "lora_B" in name]
+    n = sum(p.numel() for p in params)  # each 176 elements: slice_p 11 keeps 16 of each
+    optimizer = prodigyopt.Prodigy(params, lr=1.0, slice_p=slice_p)
+    model(torch.randn(3, 44)).square().sum().backward()
+    assert all(not p.any() for p in ups)
+    optimizer.step()
+    assert all(optimizer.state[p]["p0"].dim() == 0 for p in ups)
+    held = sum(
+        t.numel() * t.element_size()
+        for p in params
+        for t in optimizer.state[p].values()
+        if torch.is_tensor(t) and t.dim()
+    )
+    zero = prodigy_zero_start(LoraAdapter(kind="lora", rank=4), n)
+    assert zero == sum(p.numel() for p in ups)
+    plan = estimate_memory(
+        components=(ComponentPlan(name="unet", dtype="fp32", trainable="lora", quantized="none", params=n),),
+        trainable_params={"lora": n},
+        optimizer="prodigy",
+        momentum=0.9,
+        batch_size=1,
+        max_bucket=(64, 64),
+        family="sd1",
+        gradient_checkpointing=False,
+        mixed="no",
+        ema=False,
+        ema_offload=False,
+        teacher=(),
+        available=0,
+        slice_p=slice_p,
+        zero_start=zero,
+    )
+    assert plan.optimizer == held

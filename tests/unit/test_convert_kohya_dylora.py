@@ -426,14 +426,27 @@ def test_lycoris_dylora_network_weights_at_alpha_zero_in_bypass_mode_train_at_th
     assert (text.rank, text.alpha) == (16, 16.0)
 
 
-def test_lycoris_dylora_network_weights_at_alpha_zero_with_module_dropout_stays_refused(tmp_path):
-    """With module_dropout the zeroed layer still draws torch.rand(1) in every training forward, which a
-    layer dbspec does not build cannot: DBS403, saying so."""
-    args = '"algo=dylora", "module_dropout=0.1"'
-    outcome = _from_file(tmp_path, {Q: (4, 0.0, 320, 0)}, "lycoris.kohya", args)
-    assert outcome.exit_code == 1 and fate(outcome, "network_weights") == "unsupported"
-    note = outcome.conversion.reports["network_weights"].note
-    assert "scales its update by 0" in note and "torch.rand(1)" in note
+def test_lycoris_dylora_network_weights_at_alpha_zero_with_module_dropout_builds_it_scaled_by_zero(tmp_path):
+    """With module_dropout the zeroed layer still draws torch.rand(1) in every training forward: the layer is
+    built at the network's rank with its update scaled by 0 (a block's zero_scale; was DBS403), a 3x3
+    convolution's and a text layer's alike; the file's other alphas as before."""
+    modules = {Q: (4, 0.0, 320, 0), OUT: (8, 2.0, 320, 0), CONV: (8, 0.0, 320, 3), TE: (8, 0.0, 768, 0)}
+    args = '"algo=dylora", "conv_dim=8", "conv_alpha=4", "module_dropout=0.1"'
+    outcome = _from_file(tmp_path, modules, "lycoris.kohya", args)
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "network_weights") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.module_dropout == 0.1
+    q = _matches(a.blocks, Q)
+    assert (q.rank, q.alpha, q.zero_scale) == (16, 0.0, True)
+    out = _matches(a.blocks, OUT)
+    assert (out.rank, out.alpha, out.zero_scale) == (16, 2.0, False)
+    c = _matches(a.blocks, CONV)
+    assert (c.conv_rank, c.conv_alpha, c.zero_scale) == (8, 0.0, True)
+    (text,) = a.text_encoder_blocks
+    assert (text.rank, text.zero_scale) == (16, True)
+    said = outcome.conversion.reports["network_weights"]
+    assert said.fate == "mapped"
 
 
 def test_lycoris_dylora_dim_from_weights_is_the_locon_lycoris_builds_from_the_file(tmp_path):
@@ -632,3 +645,22 @@ def test_init_alpha_ignore_on_lycoris_dylora_is_refused(tmp_path):
     planned = _plan(tmp_path, adapter + 'dylora_form = "kohya"', kind="dylora")
     assert planned.plan is not None, planned.diagnostics
     assert (planned.plan.adapter.alpha, planned.plan.adapter.init_alpha) == (8.0, "ignore")
+
+
+def test_lycoris_dylora_network_alpha_zero_truncates_the_files_alphas(tmp_path):
+    """network_alpha 0: DyLoraModule builds its alpha buffer as `torch.tensor(lora_dim)`, an int64, so
+    load_weights' copy truncates the file's alpha toward zero (2.5 loads as 2, 0.5 as 0: scaled by 0, no
+    layer); tests/runtime/test_dylora_weights.py checks lycoris-lora 4.1.3's module so."""
+    from tests.unit.test_init_weights import write_lora
+
+    write_lora(tmp_path / "prev.safetensors", {Q: (4, 2.5, 320, 0), TE: (8, 0.5, 768, 0)})
+    images(tmp_path / "img" / "10_ohwx cat", 2, (512, 512))
+    text = FROM_WEIGHTS.format(model=SD15, module="lycoris.kohya", args='"algo=dylora"', extra="")
+    write(tmp_path / "cfg.toml", text.replace("network_alpha = 8", "network_alpha = 0"))
+    outcome = kohya(tmp_path, config_file=tmp_path / "cfg.toml", command="accelerate launch train_network.py")
+    assert outcome.exit_code == 0 and not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (16, 16.0)  # alpha 0: the rank
+    assert (_matches(a.blocks, Q).rank, _matches(a.blocks, Q).alpha) == (16, 2.0)
+    (text_block,) = a.text_encoder_blocks
+    assert text_block.rank == 0

@@ -3,8 +3,8 @@ modules whatever the rate, prepare_optimizer_params leaves their group out ("NO 
 counts their gradients, added up uncleared; a --network_weights file's U-Net modules load into them and the
 U-Net predicts through them. Under a clip, or with such a file, a LoRA / LoHa / LoKr / DyLoRA / GLoRA /
 Diag-OFT / BOFT adapter converts to the denoiser carrying the adapter held whole at lr_scale 0; without
-either, plain train.denoiser = false (the same run); full and IA^3 adapters, which have no blocks, convert
-plain and say so."""
+either, plain train.denoiser = false (the same run); full and IA^3 adapters alike, by a ScaleBlock (a
+pattern and an lr_scale)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from convert_kit import (
     images,
     kohya,
     kohya_lora,
-    messages,
     plan_at,
     plan_of,
 )
@@ -193,23 +192,65 @@ def test_a_dylora_files_unet_modules_are_held(tmp_path):
 
 
 @pytest.mark.parametrize("algo", ["full", "ia3"])
-def test_full_and_ia3_have_no_blocks_stay_plain_and_say_so(tmp_path, algo):
-    """LyCORIS full and IA^3 adapters have no [[adapter.blocks]] to hold: plain train.denoiser = false with
-    a DBS404 under a clip, DBS403 for a file's U-Net modules (dropped)."""
-    args = f"--network_module lycoris.kohya --network_args algo={algo}"
+def test_full_and_ia3_are_held_by_their_scale_blocks(tmp_path, algo):
+    """LyCORIS full and IA^3 adapters are held by a ScaleBlock over every module at lr_scale 0 (were plain
+    with a DBS404, a file's U-Net modules DBS403): their layers built as the adapter's (no size in the
+    block), out of the optimizer; without a clip fresh modules stay plain, a file's U-Net modules are held
+    and loaded."""
+    args = f"--network_module lycoris.kohya --network_args algo={algo} preset=attn-mlp"
     images(tmp_path / "d" / "10_sks dog", 3, (512, 512))
-    outcome = kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}")
-    assert outcome.exit_code == 0 and fate(outcome, "unet_lr") == "differs", errors(outcome)
-    assert f"a {algo} adapter has no [[adapter.blocks]] lr_scale" in messages(outcome, "DBS404")
-    assert not plan_of(outcome, tmp_path).train_denoiser
+    plan = _held(kohya(tmp_path, command=f"{NETWORK} {args} {ZERO}"), tmp_path)
+    assert plan.adapter.kind == algo and len(plan.adapter.blocks) == 1
+    block = plan.adapter.blocks[0]
+    assert (block.pattern, block.kind, block.rank, block.conv_rank, block.lr_scale) == (
+        "",
+        "adapter",
+        1,
+        1,
+        0,
+    )
+    spec = (tmp_path / "specs" / "converted.toml").read_text()
+    assert '[[adapter.blocks]]\npattern = ""' in spec and "rank" not in spec.split("[[adapter.blocks]]")[1]
+    console = Console(record=True, width=200)
+    render_summary(plan, console)
+    text = console.export_text()
+    assert "lora, held: nothing of it trains" in text and "block (every module)" in text
+    plain_plan = plan_at(tmp_path / "specs" / "converted.toml", ["adapter.blocks=[]"])
+    assert plan.memory.optimizer < plain_plan.memory.optimizer  # no optimizer state for the held denoiser
+    images(tmp_path / "plain" / "d" / "10_sks dog", 3, (512, 512))
     plain = kohya(tmp_path / "plain", command=f"{NETWORK} {args} {ZERO} --max_grad_norm 0")
-    assert fate(plain, "unet_lr") == "mapped"
+    assert fate(plain, "unet_lr") == "mapped" and not plan_of(plain, tmp_path / "plain").train_denoiser
     key = f"{Q}.diff" if algo == "full" else f"{Q}.weight"
-    save_file({key: np.zeros((320, 320) if algo == "full" else (320,), np.float16)}, str(tmp_path / "f.st"))
-    command = f"{NETWORK} {args} {ZERO} --max_grad_norm 0 --network_weights f.st"
-    refused = kohya(tmp_path, command=command)
-    assert refused.exit_code == 1 and fate(refused, "unet_lr") == "unsupported", errors(refused)
-    assert "file's U-Net modules would be dropped" in refused.conversion.reports["unet_lr"].note
+    save_file(
+        {key: np.zeros((320, 320) if algo == "full" else (320,), np.float16)}, str(tmp_path / "f.safetensors")
+    )
+    command = f"{NETWORK} {args} {ZERO} --max_grad_norm 0 --network_weights f.safetensors"
+    plan = _held(kohya(tmp_path, command=command), tmp_path)
+    assert plan.adapter.init_weights.endswith("f.safetensors")
+
+
+def test_excluded_layers_stay_ahead_of_the_held_block(tmp_path):
+    """A full adapter's `exclude` (a preset file leaving layers out) stays rank-0 blocks ahead of the held
+    ScaleBlock: the excluded layers get no copy, the rest are held."""
+    from dbspec.compiler.adapters import adapter_plan
+    from dbspec.spec.model import FullAdapter, ScaleBlock
+
+    adapter = FullAdapter(
+        kind="full",
+        exclude=["attn2"],
+        blocks=[ScaleBlock(pattern="up_", lr_scale=0.5), ScaleBlock(pattern="")],
+    )
+    plan = adapter_plan(adapter, "sd1", ())
+    assert [(b.pattern, b.rank, b.lr_scale) for b in plan.blocks] == [
+        ("attn2", 0, 1.0),
+        ("up_", 1, 0.5),
+        ("", 1, 1.0),
+    ]
+    assert not denoiser_held(plan.blocks)
+    held = adapter_plan(
+        FullAdapter(kind="full", exclude=["attn2"], blocks=[ScaleBlock(pattern="", lr_scale=0)]), "sd1", ()
+    )
+    assert denoiser_held(held.blocks)
 
 
 def test_the_plan_says_the_denoiser_is_held_and_counts_no_optimizer_state(tmp_path):

@@ -735,7 +735,7 @@ def test_ia3_fused_projections_plans_one_module_per_fused_layer(toy: Path):
 
 def test_full_fused_projections_plans_one_module_per_fused_layer(toy: Path):
     """A full adapter with fused_projections: one FullModule per fused Linear, whose module_dropout draw and
-    rank_dropout row mask its parts share (runtime/lycoris_full.py FusedRows; issue 12). Every part
+    rank_dropout row mask its parts share (runtime/fused_lycoris_dropout.py LycorisDraw; issue 12). Every part
     adapted, else DBS577; a family without fused layers DBS505; without it no fused layer is planned."""
     full = {"kind": "full", "fused_projections": True, "denoiser_targets": KOHYA, "rank_dropout": 0.3}
     write_spec(toy, model=FLUX, adapter=full)

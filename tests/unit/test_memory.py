@@ -587,3 +587,34 @@ def test_prodigy_betas_zero_reaches_the_plan_estimate():
     first, none = (plan_at(spec, [*base, f"optimizer.betas=[{b}, 0.999]"]).memory for b in (0.9, 0.0))
     assert none.optimizer == pytest.approx(first.optimizer * 12 / 16, rel=1e-6)
     assert any("no exp_avg" in note for note in none.notes)
+
+
+@pytest.mark.parametrize(("kind", "share"), [("lora", 0.5), ("ia3", 1.0), ("loha", 0.0)])
+def test_prodigy_counts_a_scalar_p0_for_zero_start_adapters(kind, share):
+    """prodigyopt 1.1 keeps a scalar p0 for a tensor that is all zero at its first step: a fresh LoRA's ups
+    (half its parameters on square layers), IA^3's scales; LoHa claims none (tests/runtime/
+    test_prodigy_state.py steps the real optimizer on peft's LoRA). Other optimizers keep their count."""
+    spec = Path(__file__).parents[2] / "specs" / "quickstart.toml"
+    base = [f"adapter.kind={kind}", "optimizer.kind=prodigy", "optimizer.lr=1.0"]
+    plan = plan_at(spec, base)
+    n = sum(plan.adapter.params.values())
+    zero = int(n * share)
+    assert plan.memory.optimizer == n * 16 - zero * 4
+    assert any("scalar for an all-zero tensor" in note for note in plan.memory.notes) == bool(share)
+    sliced = plan_at(spec, [*base, "optimizer.slice_p=4"]).memory.optimizer
+    assert sliced == int(n * (8 + 8 / 4)) - int(zero * 4 / 4)
+    adamw = plan_at(spec, [f"adapter.kind={kind}"]).memory.optimizer
+    assert adamw == n * 8
+
+
+def test_prodigy_zero_start_claims_nothing_it_cannot_know():
+    """A starting file, LoRA's convolutions (their down is in x k x k) and blocks of another kind start no
+    tensor known to be all zero: their p0 stays counted in full (an upper bound)."""
+    from dbspec.compiler.memory import prodigy_zero_start
+    from dbspec.spec.model import AdapterBlock, LoraAdapter
+
+    assert prodigy_zero_start(LoraAdapter(kind="lora"), 100) == 50
+    assert prodigy_zero_start(LoraAdapter(kind="lora", init_weights="prev.safetensors"), 100) == 0
+    assert prodigy_zero_start(LoraAdapter(kind="lora", conv_rank=4), 100) == 0
+    block = AdapterBlock(pattern="attn1", kind="full", rank=1, alpha=1.0)
+    assert prodigy_zero_start(LoraAdapter(kind="lora", blocks=[block]), 100) == 0

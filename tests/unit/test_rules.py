@@ -2609,6 +2609,15 @@ CASES = [
         'lr_scale = 0\n[[adapter.blocks]]\npattern = "^up"\nrank = 4\nalpha = 1.0\nlr_scale = 0\n'
         'kind = "ia3"\n',
     ),
+    # an update scaled by 0 (LyCORIS's DyLoRA alpha buffer a file set to 0): a DyLoRA adapter's own layers
+    (
+        rules.zero_scale_blocks,
+        DOG + STEPS + '[adapter]\nkind = "glora"\nrank = 4\n[[adapter.text_encoder_blocks]]\n'
+        "pattern = 'fc1'\nrank = 4\nalpha = 1.0\nzero_scale = true\n[train]\ntext_encoder = true\n",
+        [("DBS617", "error", ("adapter", "text_encoder_blocks", 0, "zero_scale"))],
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\nmodule_dropout = 0.1\n[[adapter.blocks]]\n'
+        "pattern = 'attn1'\nrank = 4\nalpha = 0.0\nzero_scale = true\n",
+    ),
 ]
 
 

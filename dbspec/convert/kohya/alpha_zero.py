@@ -21,6 +21,9 @@ from dbspec.spec.paths import KeyPath
 RANK_KINDS = frozenset({"lora", "loha", "lokr", "glora", "dylora"})
 _TABLES = (("adapter", "blocks"), ("adapter", "text_encoder_blocks"))
 _RANK_OF = {"alpha": "rank", "conv_alpha": "conv_rank"}
+# conv.facts key: the alpha paths converted from 0 to their rank (LyCORIS's DyLoraModule then holds the int
+# lora_dim in its alpha buffer, so a --network_weights file's alpha loads truncated: dylora.py)
+ZEROED = "alphas_zeroed"
 
 
 def zero_alphas_to_ranks(conv: Conversion, network: str) -> None:
@@ -38,6 +41,7 @@ def zero_alphas_to_ranks(conv: Conversion, network: str) -> None:
         rank = values.get(rank_path, (0, ""))[0]
         if (kind if own == "adapter" else own) in RANK_KINDS and rank:
             values[path] = (float(rank), f"{comment}; {why}")
+            conv.facts.setdefault(ZEROED, set()).add(path)  # an int buffer in LyCORIS's DyLoraModule
 
 
 def _rank_path(path: KeyPath) -> KeyPath | None:

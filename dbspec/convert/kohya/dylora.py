@@ -10,6 +10,7 @@ names its weights up_list / down_list, so only each layer's `alpha` loads (`lyco
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -18,6 +19,12 @@ import attrs
 from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.alpha_zero import ZEROED
+from dbspec.convert.kohya.dylora_preset_alphas import (
+    PRESET_LAYERS,
+    has_preset_ranks,
+    preset_dylora_alphas,
+)
 from dbspec.convert.kohya.file_ranks import (
     TEXT_COMPONENTS,
     common_pair,
@@ -292,8 +299,9 @@ def zero_alphas_expressible(file: LoraFile, weights: Legacy, conv: Conversion, a
     exactly 0 (lora_up stays at its zero init; it adds 0 to the clip norm) and its saved ΔW is 0, which is
     dbspec's layer not built (rank 0: file_alpha, unbuilt_at_zero). In bypass_mode its forward never reads
     the alpha: alpha 0 trains as its rank (the scale loaders give alpha 0). With the network's
-    `module_dropout` such a layer still draws torch.rand(1) in every training forward, which a layer dbspec
-    does not build cannot: DBS403."""
+    `module_dropout` such a layer still draws torch.rand(1) in every training forward: on SD 1.x / 2.x and
+    SDXL the layer is built scaled by 0 (zero_scale, unbuilt_at_zero); on Flux / SD3 / Chroma, whose fused
+    DyLoRA parts have no such scale, DBS403."""
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     zero = next((m.name for m in file.modules.values() if m.alpha == 0 and adapted(m)), None)
     if zero is None or value("bypass", False) or not value("module_dropout", 0.0):
@@ -317,9 +325,15 @@ def file_alpha(alpha: float, rank: int, bypass: bool) -> float:
     return float(rank) if own == 0 and bypass else own
 
 
-def unbuilt_at_zero(block: dict[str, Any]) -> dict[str, Any]:
-    """A file-alpha block whose (conv_)alpha is 0 as one that builds no layer: rank (conv_rank) 0."""
+def unbuilt_at_zero(block: dict[str, Any], drawn: bool = False) -> dict[str, Any]:
+    """A file-alpha block whose (conv_)alpha is 0 as one that builds no layer: rank (conv_rank) 0; with
+    `drawn` (module_dropout outside bypass_mode: the zeroed layer still draws its torch.rand(1)) the layer
+    built with its update scaled by 0 (`zero_scale`), at its rank."""
     out = dict(block)
+    zero = out.get("alpha") == 0 or out.get("conv_alpha") == 0
+    if zero and drawn:
+        out["zero_scale"] = True
+        return out
     if out.get("alpha") == 0:
         out.update(rank=0, alpha=1.0)
     if out.get("conv_alpha") == 0:
@@ -327,9 +341,21 @@ def unbuilt_at_zero(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def zero_note(block: dict[str, Any], note: str) -> str:
+def zero_drawn(conv: Conversion) -> bool:
+    """Whether a layer LyCORIS scales by 0 still draws: the network's module_dropout outside bypass_mode
+    (DyLoraModule.forward's torch.rand(1) before the update; its bypass forward never reads the alpha)."""
+    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
+    return bool(value("module_dropout", 0.0)) and not value("bypass", False)
+
+
+def zero_note(block: dict[str, Any], note: str, drawn: bool = False) -> str:
     if block.get("alpha") != 0 and block.get("conv_alpha") != 0:
         return note
+    if drawn:
+        return (
+            f"{note}; alpha 0 there: LyCORIS scales the layer's update by 0 (output the base's, gradients 0) "
+            "but its module_dropout still draws: built, scaled by 0"
+        )
     return (
         f"{note}; alpha 0 there: LyCORIS scales the layer's update by 0 (output the base's, gradients 0), "
         "so dbspec builds none (kohya's saved file holds it with lora_up 0)"
@@ -341,6 +367,13 @@ def next_block(conv: Conversion, table: str) -> int:
     return 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
 
 
+_SAME_ALPHAS = (
+    "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
+    "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
+    "network's: the run starts from a fresh init"
+)
+
+
 def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_names: bool) -> None:
     """LyCORIS algo=dylora with --network_weights: LycorisNetworkKohya.load_weights is
     load_state_dict(strict=False), and DyLoraModule keeps its weights in up_list / down_list, so the file's
@@ -349,30 +382,38 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     (or without its alpha) keep network_alpha / conv_alpha; the file's modules of layers the network does not
     adapt are ignored. The run starts from a fresh init; the layers whose alpha differs are named in
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
+    found = conv.facts.get(PRESET_LAYERS)
+    if found is not None and has_preset_ranks(conv):  # the entries' dims, the file's alphas
+        file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+        if file is None:  # an alpha of 0: scaled by 0 (zero_drawn) or not built
+            return
+        if not preset_dylora_alphas(file, weights, conv, found, original_names, file_alpha, zero_drawn(conv)):
+            conv.inert(weights, _SAME_ALPHAS)
+        return
     file = alpha_file(weights, paths, conv)
     if file is None:
         return
     value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
-    if not zero_alphas_expressible(file, weights, conv, lambda m: not (m.conv and not conv_rank)):
-        return
     bypass = bool(value("bypass", False))
+    # a network alpha of 0 builds DyLoraModule's buffer as the int lora_dim: the file's alpha truncated
+    ints = {
+        key: key in conv.facts.get(ZEROED, set()) for key in (("adapter", "alpha"), ("adapter", "conv_alpha"))
+    }
     differ = {}
     for m in file.modules.values():
         if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
             continue
-        own = file_alpha(m.alpha, conv_rank if m.conv else rank, bypass)
+        raw = (
+            float(math.trunc(m.alpha)) if ints[("adapter", "conv_alpha" if m.conv else "alpha")] else m.alpha
+        )
+        own = file_alpha(raw, conv_rank if m.conv else rank, bypass)
         if own != (conv_alpha if m.conv else alpha):
             # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
             differ[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     if not differ:
-        conv.inert(
-            weights,
-            "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
-            "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
-            "network's: the run starts from a fresh init",
-        )
+        conv.inert(weights, _SAME_ALPHAS)
         return
     only = LoraFile(path=file.path, modules=differ)
     try:
@@ -385,18 +426,19 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
         f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
         "DyLoraModule)"
     )
+    drawn = zero_drawn(conv)
     for index, block in enumerate(denoiser, start=next_block(conv, "blocks")):
         out = {"pattern": block["pattern"], "rank": rank, "alpha": alpha}
         if "conv_rank" in block:  # a 3x3 convolution's block
             out.update(conv_rank=conv_rank, conv_alpha=block["conv_alpha"])
         else:
             out.update(alpha=block["alpha"], conv_rank=conv_rank, conv_alpha=conv_alpha)
-        for key, item in unbuilt_at_zero(out).items():
-            conv.put(("adapter", "blocks", index, key), item, zero_note(out, note))
+        for key, item in unbuilt_at_zero(out, drawn).items():
+            conv.put(("adapter", "blocks", index, key), item, zero_note(out, note, drawn))
     for index, block in enumerate(text, start=next_block(conv, "text_encoder_blocks")):
         out = {**block, "rank": rank}
-        for key, item in unbuilt_at_zero(out).items():
-            conv.put(("adapter", "text_encoder_blocks", index, key), item, zero_note(out, note))
+        for key, item in unbuilt_at_zero(out, drawn).items():
+            conv.put(("adapter", "text_encoder_blocks", index, key), item, zero_note(out, note, drawn))
     conv.record(
         weights,
         "mapped",

@@ -40,7 +40,8 @@ HELD_NOTE = (
     "their gradients counted by the clip and never cleared"
 )
 # the catch-all block's fields: a rank-based kind's sizes (LoRA, LoHa, LoKr, DyLoRA, GLoRA) or an OFT's
-# block size (Diag-OFT, BOFT: OftBlock's constraint -1 is the adapter's)
+# block size (Diag-OFT, BOFT: OftBlock's constraint -1 is the adapter's); full's and IA^3's ScaleBlock has
+# its pattern alone
 _BLOCK_KEYS = ("pattern", "rank", "alpha", "conv_rank", "conv_alpha")
 _OFT_KEYS = ("pattern", "block_size")
 
@@ -60,14 +61,14 @@ def held_matters(a: Args, script: str, text_encoder: bool, unet_file: bool) -> b
 
 def holds_unet(a: Args, script: str, text_encoder: bool, unet_file: bool, conv: Conversion) -> bool:
     """Whether map_learning_rates converts kohya's U-Net modules at unet_lr 0 held (hold_unet): where they
-    matter and the adapter's blocks take an lr_scale (every kind with [[adapter.blocks]]; unheld_difference
-    says what full and IA^3, which have none, lose)."""
+    matter and the adapter's blocks take an lr_scale (every kind with [[adapter.blocks]], full's and IA^3's
+    ScaleBlock too; unheld_difference says what a kind without them, T-LoRA, loses)."""
     return held_matters(a, script, text_encoder, unet_file) and _blocks_hold(conv)
 
 
 def unheld_difference(unet_lr: Legacy, unet_file: bool, conv: Conversion) -> None:
     """`train.denoiser = false` where kohya's held U-Net modules matter but the adapter has no
-    [[adapter.blocks]] to hold them (LyCORIS full, IA3): a --network_weights file's U-Net modules, which kohya
+    [[adapter.blocks]] to hold them (LyCORIS T-LoRA): a --network_weights file's U-Net modules, which kohya
     predicts through, are dropped (DBS403); fresh ones' gradients count in kohya's clip norm, dbspec's not
     (DBS404)."""
     kind = _kind(conv)
@@ -136,8 +137,9 @@ def _catch_all(conv: Conversion) -> dict:
     """The block over every module path at the adapter's sizes as the converted spec gives them (its kind's
     defaults where it leaves them out): rank, alpha and, with convolutions adapted, conv_rank and conv_alpha;
     an OFT's block size (its constraint and rescale the block's defaults, the adapter's)."""
-    fields = _fields(conv)
-    keys = _OFT_KEYS if "block_size" in attrs.fields_dict(_block_type(conv)) else _BLOCK_KEYS
+    fields, own = _fields(conv), attrs.fields_dict(_block_type(conv))
+    keys = _OFT_KEYS if "block_size" in own else _BLOCK_KEYS
+    keys = tuple(k for k in keys if k in own)  # a full / IA^3 ScaleBlock: its pattern alone
     out: dict = {"pattern": ""}
     for key in keys[1:]:
         if ("adapter", key) in conv.values:

@@ -153,10 +153,10 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 # why a network of these algorithms holds no block of another kind
 _NO_KIND_BLOCKS = {
-    "ia3": " (an IA^3 adapter has no [[adapter.blocks]])",
+    "ia3": " (an IA^3 adapter's [[adapter.blocks]] hold a learning-rate scale, not another kind's rank)",
     "diag-oft": " (a Diag-OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
     "boft": " (a BOFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
-    "full": " (a full adapter has no [[adapter.blocks]])",
+    "full": " (a full adapter's [[adapter.blocks]] hold a learning-rate scale, not another kind's rank)",
 }
 
 
@@ -227,8 +227,8 @@ def check_layers(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
                 f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
                 "beside a LoCon, LoHa or LoKr network, a DyLoRA or GLoRA network of another algorithm, or "
-                "on a Diag-OFT, BOFT or DyLoRA network's own; dbspec's IA^3 adapter has no "
-                "[[adapter.blocks]] (an IA^3 network's entries take the network's bypass_mode only)",
+                "on a Diag-OFT, BOFT or DyLoRA network's own; dbspec's IA^3 adapter's [[adapter.blocks]] "
+                "hold no bypass (an IA^3 network's entries take the network's bypass_mode only)",
                 False,
             )
         if read:
@@ -265,7 +265,7 @@ BYPASS_BLOCKS = BYPASS_KINDS
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
-# DyloraBlock); IA^3's adapter has no [[adapter.blocks]]
+# DyloraBlock); IA^3's [[adapter.blocks]] (ScaleBlock) hold no bypass
 _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora")
 
 

@@ -24,6 +24,7 @@ from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import block_lr_weights, kohya_blocks, kohya_conv
 from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
 from dbspec.convert.kohya.dylora import lycoris_dylora, lycoris_dylora_alphas
+from dbspec.convert.kohya.dylora_preset_alphas import PRESET_LAYERS
 from dbspec.convert.kohya.file_alpha import map_file_alphas
 from dbspec.convert.kohya.lycoris_file_alpha import map_lycoris_file_alphas
 from dbspec.convert.kohya.loraplus import loraplus as _loraplus
@@ -332,6 +333,7 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
+            conv.facts[PRESET_LAYERS] = found  # which layers it builds (a DyLoRA alpha file: dylora.py)
             norm_table = found.norms
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
             file_convs = bool(conv_targets)
