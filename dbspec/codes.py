@@ -2479,7 +2479,9 @@ after the first (`optimizer.split` 2 or more, `split_train = "all"`).""",
         """\
 `adapter.rank_dropout` or `adapter.dropout` with `kind = "glora"` and `bypass = false`: LyCORIS's GLoRAModule
 reads them only in its bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with
-no dropout, so they change nothing (the plan says 0). `module_dropout` acts in both.""",
+no dropout, so the GLoRA layers draw none (the plan's `rank_dropout` says 0). `module_dropout` acts in both.
+The norm offsets (`denoiser_norms`, `text_encoder_norms`) draw `norm_rank_dropout`, which defaults to
+`rank_dropout` as LyCORIS's NormModules take the network's; without them the value changes nothing.""",
         help="set adapter.bypass = true, or remove the dropout",
     ),
     # kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558-DBS559.
@@ -3160,6 +3162,18 @@ smallest scale is computed from hi and the largest, capped below by it, from lo,
 at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec runs it the same way
 (`dbspec/plan/face_crop.py`); the converted kohya configs keep it.""",
         help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
+    ),
+    Code(
+        "DBS623",
+        WARNING,
+        "adapter.norm_rank_dropout without norm offsets",
+        """\
+`adapter.norm_rank_dropout` is the rank dropout of the norm offsets alone (`denoiser_norms`,
+`text_encoder_norms`, `text_encoder_2_norms`; LyCORIS's NormModule draws the network's `rank_dropout`, and
+kohya's `lycoris.kohya` with `train_norm` beside BOFT, DyLoRA or GLoRA outside `bypass_mode` converts it
+there, as those modules never read it). The adapter's own layers never draw it: with no norm offsets the
+value changes nothing.""",
+        help="remove adapter.norm_rank_dropout, or add the norm offsets it is meant for",
     ),
 )
 

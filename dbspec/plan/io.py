@@ -394,6 +394,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         ("adapter", "bypass"): False,  # LyCORIS bypass_mode for GLoRA / OFT, added since
         ("adapter", "bypass_dropout"): 0.0,
         ("schedule", "torch", "max_lr_zero"): "own_lr",  # a max_lr of 0 always each group's rate then
+        # the norm offsets' own rank dropout, added since: they drew the adapter's rank_dropout then
+        ("adapter", "norm_rank_dropout"): lambda run: _legacy_norm_rank_dropout(run["adapter"]),
     },
 }
 
@@ -416,6 +418,13 @@ def _legacy_prodigy(optimizer: dict) -> dict | str | None:
         "beta3": math.sqrt(optimizer["betas"][1]),
         "slice_p": 1,
     }
+
+
+def _legacy_norm_rank_dropout(adapter: dict) -> float:
+    """The rate a run's norm offsets drew before adapter.norm_rank_dropout: the plan's rank_dropout where
+    it has norm offsets, and 0.0 (the plan's value) without them."""
+    norms = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    return adapter.get("rank_dropout", 0.0) if any(adapter.get(key) for key in norms) else 0.0
 
 
 def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:
