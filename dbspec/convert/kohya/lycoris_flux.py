@@ -77,6 +77,7 @@ from dbspec.convert.kohya.network import (
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
+    rank_dropout_readers,
 )
 from dbspec.families import family_spec
 
@@ -481,11 +482,11 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
-    full, dylora, ia3, diag-oft, boft, glora; beside BOFT, GLoRA and DyLoRA a rank_dropout, or GLoRA's
-    module_dropout: DBS403, the adapter carries no rate for the offsets; Diag-OFT's, IA^3's and full's carry
-    both), SD3's CLIP-G its own list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`;
-    CLIP Linears adapted or not: the offsets alone train CLIP), the network's dropouts drawn as NormModule
-    draws them. False when refused."""
+    full, dylora, ia3, diag-oft, boft, glora; the adapter's module_dropout theirs too; a rank_dropout BOFT,
+    DyLoRA and GLoRA outside bypass_mode never read the offsets' alone, `norm_rank_dropout`, was DBS403;
+    Diag-OFT's, IA^3's and full's adapters carry it), SD3's CLIP-G its own list where it reaches other
+    LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
+    CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -518,24 +519,29 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             else "the preset file reaches no norm",
         )
         return True
-    # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
-    # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
-    carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
-    if algo in ("diag-oft", "ia3", "full"):  # their adapters carry both
-        carried = ("module_dropout", "rank_dropout")
-    drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
-    if algo in ("dylora", *_WHOLE_ONLY) and drops:
+    # beside these kinds the offsets draw the adapter's module_dropout (the kind's modules' own draw); a
+    # rank_dropout BOFT's, DyLoRA's or GLoRA's default forward never reads is the offsets' alone
+    # (adapter.norm_rank_dropout; was DBS403), unless the file's entries of other kinds draw it too
+    rate = float(kwargs.get("rank_dropout") or 0)
+    alone = algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
+    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo) if rate and alone else []
+    if readers:
         conv.unsupported(
             legacy,
-            f"with algo={algo}, a preset file on {layout.title} and the network's {' / '.join(drops)}: "
-            "LyCORIS's NormModules draw it, and dbspec's adapter of this kind carries no such rate for the "
-            "norm offsets to draw",
+            f"with algo={algo}, a preset file on {layout.title} and the network's rank_dropout: LyCORIS's "
+            f"NormModules and the file's {' / '.join(readers)} entries draw it, and dbspec draws no rank "
+            "dropout on blocks of another kind than the adapter's",
         )
         return False
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
+    if rate and alone:
+        dropped = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+        unread = "only in bypass_mode (off here)" if algo == "glora" else "never"
+        why = f"LyCORIS's NormModules draw it; its {algo} modules read it {unread}"
+        conv.mapped(dropped, ("adapter", "norm_rank_dropout"), rate, why)
     return True
 
 

@@ -559,11 +559,7 @@ def _block_rank_dropout(
         return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return False  # the adapter carries it (GLoRA's bypass forward)
-    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
-    readers = sorted(
-        {b["kind"] for b in blocks if b.get("kind", kind) not in (kind, "boft", "dylora", "ia3")}
-        | {b.get("kind", kind) for b in blocks if b.get("bypass") == "on"}
-    )
+    readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
     if not readers:
         return False
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
@@ -574,6 +570,15 @@ def _block_rank_dropout(
         "another kind than the adapter's, or a block's own bypass",
     )
     return True
+
+
+def rank_dropout_readers(blocks, kind: str) -> list[str]:
+    """The kinds of a preset file's [[adapter.blocks]] on a `kind` network (BOFT, DyLoRA, GLoRA outside
+    bypass_mode) whose LyCORIS modules read the network's rank_dropout: another kind's than the adapter's
+    but BOFT, DyLoRA and IA3 (which never read it), and a block with its own bypass_mode."""
+    never = (kind, "boft", "dylora", "ia3")
+    own = {b["kind"] for b in blocks if b.get("kind", kind) not in never}
+    return sorted(own | {b.get("kind", kind) for b in blocks if b.get("bypass") == "on"})
 
 
 def _norms_alone_draw(kwargs: dict[str, str], kind: str) -> bool:
