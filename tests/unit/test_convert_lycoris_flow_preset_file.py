@@ -774,6 +774,15 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and
 # img_in, LoCon elsewhere (tests/runtime/test_lycoris_mixed_flow_full.py checks the modules against
 # lycoris-lora and trains it)
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo):
+    """A DyLoRA / GLoRA network's rank_dropout (outside bypass_mode its own modules never read it) with
+    LoKr / LoHa entries, whose modules LyCORIS hands it too and which draw it: DBS403 (was DBS405)."""
+    outcome = _flux(tmp_path, MIXED, f'"algo={algo}" "rank_dropout=0.25"', allow=True)
+    assert f"loha / lokr entries on an algo={algo} network draw it" in messages(outcome, "DBS403")
+    assert "DBS405" not in codes(outcome)
+
+
 MIXED_FULL = """\
 use_fnmatch = true
 unet_target_module = []

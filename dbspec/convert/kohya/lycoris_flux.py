@@ -233,7 +233,9 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
+        if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
+            return False
+        if not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
         if algo in ("ia3", "diag-oft", "boft"):  # their blocks have no rank 0: the leading ones `exclude`
@@ -521,18 +523,10 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         return True
     # beside these kinds the offsets draw the adapter's module_dropout (the kind's modules' own draw); a
     # rank_dropout BOFT's, DyLoRA's or GLoRA's default forward never reads is the offsets' alone
-    # (adapter.norm_rank_dropout; was DBS403), unless the file's entries of other kinds draw it too
+    # (adapter.norm_rank_dropout; was DBS403; the file's entries of other kinds drawing it too:
+    # _entries_rank_dropout refused it)
     rate = float(kwargs.get("rank_dropout") or 0)
-    alone = algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
-    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo) if rate and alone else []
-    if readers:
-        conv.unsupported(
-            legacy,
-            f"with algo={algo}, a preset file on {layout.title} and the network's rank_dropout: LyCORIS's "
-            f"NormModules and the file's {' / '.join(readers)} entries draw it, and dbspec draws no rank "
-            "dropout on blocks of another kind than the adapter's",
-        )
-        return False
+    alone = _unread_rank_dropout(kwargs, algo)
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
@@ -542,6 +536,31 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
         unread = "only in bypass_mode (off here)" if algo == "glora" else "never"
         why = f"LyCORIS's NormModules draw it; its {algo} modules read it {unread}"
         conv.mapped(dropped, ("adapter", "norm_rank_dropout"), rate, why)
+    return True
+
+
+def _unread_rank_dropout(kwargs: dict[str, str], algo: str) -> bool:
+    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, GLoRA outside
+    bypass_mode (LyCORIS's str_bool)."""
+    return algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
+
+
+def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, algo: str) -> bool:
+    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA network (outside bypass_mode: their own modules
+    never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT modules (or an
+    entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no rank dropout on
+    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). True when refused."""
+    if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
+        return False
+    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo)
+    if not readers:
+        return False
+    conv.unsupported(
+        Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
+        f"the preset file's {' / '.join(readers)} entries on an algo={algo} network draw it (LyCORIS hands "
+        "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
+        "another kind than the adapter's, or a block's own bypass",
+    )
     return True
 
 
