@@ -2480,7 +2480,9 @@ after the first (`optimizer.split` 2 or more, `split_train = "all"`).""",
         """\
 `adapter.rank_dropout` or `adapter.dropout` with `kind = "glora"` and `bypass = false`: LyCORIS's GLoRAModule
 reads them only in its bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with
-no dropout, so they change nothing (the plan says 0). `module_dropout` acts in both.""",
+no dropout, so the GLoRA layers draw none (the plan's `rank_dropout` says 0). `module_dropout` acts in both.
+The norm offsets (`denoiser_norms`, `text_encoder_norms`) draw `norm_rank_dropout`, which defaults to
+`rank_dropout` as LyCORIS's NormModules take the network's; without them the value changes nothing.""",
         help="set adapter.bypass = true, or remove the dropout",
     ),
     # kohya's max-norm regularisation (adapter.max_norm, --scale_weight_norms): DBS558-DBS559.
@@ -3196,6 +3198,18 @@ DyLoRA layers with their update scaled by 0, as LyCORIS's DyLoraModule runs once
 sets its alpha buffer to 0: built, drawing `module_dropout`, adding nothing. Only a `kind = "dylora"`
 adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer.""",
         help="remove zero_scale, or give the block a rank of 0 (no layer)",
+    ),
+    Code(
+        "DBS623",
+        WARNING,
+        "adapter.norm_rank_dropout without norm offsets",
+        """\
+`adapter.norm_rank_dropout` is the rank dropout of the norm offsets alone (`denoiser_norms`,
+`text_encoder_norms`, `text_encoder_2_norms`; LyCORIS's NormModule draws the network's `rank_dropout`, and
+kohya's `lycoris.kohya` with `train_norm` beside BOFT, DyLoRA or GLoRA outside `bypass_mode` converts it
+there, as those modules never read it). The adapter's own layers never draw it: with no norm offsets the
+value changes nothing.""",
+        help="remove adapter.norm_rank_dropout, or add the norm offsets it is meant for",
     ),
 )
 

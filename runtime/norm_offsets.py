@@ -61,7 +61,8 @@ def add_norm_offsets(
     layers. One without weight (elementwise_affine / affine off) is refused, as LyCORIS's NormModule fails
     on it. `required`: none named is a ValueError (SDXL's CLIP-L may have none of the names that pick
     OpenCLIP bigG's later layers: not required there).
-    `module_dropout` / `rank_dropout`: the network's, which LyCORIS hands every NormModule too."""
+    `module_dropout` / `rank_dropout`: the network's, which LyCORIS hands every NormModule too (the rank
+    dropout plan.adapter.norm_rank_dropout, which the adapter's own layers may not read)."""
     count = 0
     for path, layer in module.named_modules():
         if not (isinstance(layer, _NORMS) and _named(path, suffixes)):

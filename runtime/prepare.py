@@ -98,7 +98,9 @@ def _prepare(
             several = (
                 len([e for e in family_spec(plan.model.family).text_encoders if e.component not in t5]) > 1
             )
-            add_norm_offsets(module, norms, a.module_dropout, a.rank_dropout, required=not (clip and several))
+            # the offsets' own rank dropout (None: a plan before it, the adapter's)
+            rank = a.rank_dropout if a.norm_rank_dropout is None else a.norm_rank_dropout
+            add_norm_offsets(module, norms, a.module_dropout, rank, required=not (clip and several))
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         # (IA^3's and full's parts keep their own rows: their fused layers share the dropout draws alone)
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha", "ia3", "full"):

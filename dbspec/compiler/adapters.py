@@ -48,9 +48,16 @@ def adapter_plan(
     module path where the model's files tell them (modelinfo.layer_params): a full adapter's count leaves
     out the targeted layers its `exclude` leaves without a copy."""
     if not isinstance(adapter, LowRankAdapter):
-        return AdapterPlan(kind="none")
+        return AdapterPlan(kind="none", norm_rank_dropout=0.0)
     plan = _kind_plan(adapter, family, components, targets_given, layers)
-    return _settle_bypass(plan)
+    return attrs.evolve(_settle_bypass(plan), norm_rank_dropout=_norm_rank_dropout(adapter, plan))
+
+
+def _norm_rank_dropout(adapter, plan: AdapterPlan) -> float:
+    """The norm offsets' rank dropout (adapter.norm_rank_dropout, LyCORIS's NormModule draws it); 0.0
+    where the plan has no norm offsets (T-LoRA has no field: none)."""
+    norms = plan.denoiser_norms or plan.text_encoder_norms or plan.text_encoder_2_norms
+    return getattr(adapter, "norm_rank_dropout", 0.0) if norms else 0.0
 
 
 def _settle_bypass(plan: AdapterPlan) -> AdapterPlan:

@@ -1285,15 +1285,39 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if getattr(a, "kind", None) != "glora" or a.bypass:
         return
+    norms = a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms
     for key in ("rank_dropout", "dropout"):
-        if getattr(a, key):
-            yield _warn(
-                "DBS556",
-                ("adapter", key),
-                f'adapter.{key} = {getattr(a, key):g} changes nothing with kind = "glora" and bypass = false '
-                "(LyCORIS's GLoRA applies it only in its bypass forward)",
-                codes.help("DBS556"),
-            )
+        if not getattr(a, key):
+            continue
+        if key == "rank_dropout" and norms and a.norm_rank_dropout == a.rank_dropout:
+            effect = "the GLoRA layers draw no rank dropout (only the norm offsets draw it)"
+        else:
+            effect = "changes nothing"
+        yield _warn(
+            "DBS556",
+            ("adapter", key),
+            f'adapter.{key} = {getattr(a, key):g} with kind = "glora" and bypass = false: {effect} '
+            "(LyCORIS's GLoRA applies it only in its bypass forward)",
+            codes.help("DBS556"),
+        )
+
+
+@rule("spec")
+def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
+    """adapter.norm_rank_dropout is drawn by the norm offsets alone: without them it changes nothing."""
+    a = spec.adapter
+    rate = getattr(a, "norm_rank_dropout", 0.0)
+    if not rate or not given(("adapter", "norm_rank_dropout")):
+        return
+    if a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms:
+        return
+    yield _warn(
+        "DBS623",
+        ("adapter", "norm_rank_dropout"),
+        f"adapter.norm_rank_dropout = {rate:g} changes nothing: the adapter has no norm offsets "
+        "(denoiser_norms, text_encoder_norms and text_encoder_2_norms are empty)",
+        codes.help("DBS623"),
+    )
 
 
 @rule("spec")

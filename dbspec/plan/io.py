@@ -398,6 +398,8 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a DyLoRA block scaled by 0 (a file's alpha 0 with module_dropout), added since (refused then)
         ("adapter", "blocks", "*", "zero_scale"): False,
         ("adapter", "text_encoder_blocks", "*", "zero_scale"): False,
+        # the norm offsets' own rank dropout, added since: they drew the adapter's rank_dropout then
+        ("adapter", "norm_rank_dropout"): lambda run: _legacy_norm_rank_dropout(run["adapter"]),
     },
 }
 
@@ -420,6 +422,13 @@ def _legacy_prodigy(optimizer: dict) -> dict | str | None:
         "beta3": math.sqrt(optimizer["betas"][1]),
         "slice_p": 1,
     }
+
+
+def _legacy_norm_rank_dropout(adapter: dict) -> float:
+    """The rate a run's norm offsets drew before adapter.norm_rank_dropout: the plan's rank_dropout where
+    it has norm offsets, and 0.0 (the plan's value) without them."""
+    norms = ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms")
+    return adapter.get("rank_dropout", 0.0) if any(adapter.get(key) for key in norms) else 0.0
 
 
 def legacy_run_hashes(plan: Plan) -> tuple[str, ...]:

@@ -212,6 +212,10 @@ class AdapterPlan:
     # LyCORIS train_norm: the U-Net's GroupNorms and LayerNorms (suffixes) whose weight and bias train added
     # offsets (runtime/norm_offsets.py); () when none
     denoiser_norms: tuple[str, ...] = ()
+    # the norm offsets' rank dropout (NormModule's `torch.rand(width) < rate`, kept offsets unscaled), the
+    # adapter's layers never reading it (adapter.norm_rank_dropout); 0.0 without norm offsets; None (plans
+    # before it): rank_dropout
+    norm_rank_dropout: float | None = None
     # Convolutions (LoCon): denoiser module suffixes adapted at conv_rank / conv_alpha; () when conv_rank is
     # 0.
     conv_rank: int = 0

@@ -633,6 +633,7 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
     rows.extend(_bypass_rows(a))
     rows.extend(_oft_block_rows(a))
     rows.extend(_scale_block_rows(a))
+    rows.extend(_norm_dropout_rows(a))
     if a.rank_dropout or a.module_dropout:  # each layer's LyCORIS draws while training
         rank = {
             "full": "the update's output rows, weight and bias, unscaled",
@@ -659,6 +660,21 @@ def _scale_block_rows(a) -> list[tuple[str, str]]:
         (f"  block /{b.pattern}/" if b.pattern else "  block (every module)", _block_rate(b))
         for b in a.blocks
         if b.rank
+    ]
+
+
+def _norm_dropout_rows(a) -> list[tuple[str, str]]:
+    """The norm offsets' own rank dropout (adapter.norm_rank_dropout: LyCORIS's NormModule draws it)."""
+    rate = a.norm_rank_dropout
+    if not rate:
+        return []
+    own = " alone (the adapter's layers draw none)" if rate != a.rank_dropout else ""
+    return [
+        (
+            "  norm rank dropout",
+            f"{rate:g} on the norm offsets{own}: NormModule's mask, the offsets drawn below it kept, "
+            "unscaled (while training)",
+        )
     ]
 
 
@@ -748,6 +764,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rows.append(
             ("  U-Net norm offsets", f"{norms} (LyCORIS train_norm: weight and bias offsets, from 0)")
         )
+    rows.extend(_norm_dropout_rows(a))
     if a.kind == "lokr" and a.lokr_unit_scale:
         scale = "sqrt(rank) (LyCORIS rs_lora)" if a.lokr_rank_stabilized else "1 (LyCORIS)"
         rows.append(("  full factors", f"a layer whose two factors are both full trains at scale {scale}"))

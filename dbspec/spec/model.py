@@ -275,6 +275,28 @@ def _denoiser_norms():
     )
 
 
+def _norm_rank_dropout(own: bool = True):
+    """The norm offsets' rank dropout; `own`: the kind has a `rank_dropout` of its own to default to."""
+    doc = (
+        "The norm offsets' rank dropout (`denoiser_norms`, `text_encoder_norms`, `text_encoder_2_norms`): "
+        "LyCORIS's NormModule draws the network's `rank_dropout` in every training forward, one "
+        "`torch.rand(width) < rate` per norm layer after its `module_dropout` draw, from torch's global "
+        "generator in forward order with the adapter's own draws, and keeps (not drops) the offsets it "
+        "marks, unscaled. It is the norm offsets' alone: the adapter's layers never read it (kohya "
+        "`lycoris.kohya` with `train_norm` beside an algo whose modules ignore the network's "
+        "`rank_dropout`: BOFT, DyLoRA, GLoRA outside `bypass_mode`). Without norm offsets it changes nothing."
+    )
+    if not own:
+        return option(0.0, doc=doc, minimum=0, maximum=1)
+    return option(
+        attrs.Factory(lambda self: self.rank_dropout, takes_self=True),
+        doc=doc,
+        derived="same as `rank_dropout` (LyCORIS hands its modules and NormModules one rate)",
+        minimum=0,
+        maximum=1,
+    )
+
+
 def _conv_rank(maximum: int = 1024):
     return option(
         0,
@@ -1035,6 +1057,7 @@ class LoraAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1216,6 +1239,7 @@ class LohaAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1288,6 +1312,7 @@ class LokrAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank(100_000)
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()
@@ -1411,6 +1436,7 @@ class FullAdapter:
         minimum=0,
         maximum=1,
     )
+    norm_rank_dropout: float = _norm_rank_dropout()
     # kohya lycoris.kohya algo=full on kohya's Flux / SD3: one FullModule per fused Linear (its one draw)
     fused_projections: bool = option(
         False,
@@ -1485,6 +1511,7 @@ class Ia3Adapter:
         minimum=0,
         maximum=1,
     )
+    norm_rank_dropout: float = _norm_rank_dropout()
     bypass: bool = option(
         False,
         doc="LyCORIS `bypass_mode` (IA3Module's bypass forward): scale the layer's output channels, its "
@@ -1654,6 +1681,7 @@ class DiagOftAdapter:
         minimum=0,
         maximum=1,
     )
+    norm_rank_dropout: float = _norm_rank_dropout()
     max_norm: float = _lycoris_max_norm("Diag-OFT")
     # kohya lycoris.kohya algo=diag-oft on kohya's Flux / SD3: one module per fused Linear (lycoris_oft.py)
     fused_projections: bool = option(
@@ -1741,6 +1769,7 @@ class BoftAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_targets: list[str] = _rotated_conv_targets()
     exclude: list[str] = _exclude("rotation", _EXCLUDED_LAYER)
     max_norm: float = _lycoris_max_norm("BOFT")
@@ -1913,6 +1942,7 @@ class GloraAdapter:
         minimum=0,
         maximum=1,
     )
+    norm_rank_dropout: float = _norm_rank_dropout()
     dropout: float = option(
         0.0,
         doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on each pair's output, "
@@ -1994,6 +2024,7 @@ class DyloraAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()
     conv_targets: list[str] = _conv_targets()

@@ -55,6 +55,7 @@ def _as_plan_version_3(plan_json: str) -> str:
     del data["adapter"]["text_encoder_norms"]  # LyCORIS train_norm's CLIP LayerNorms, added since
     del data["adapter"]["text_encoder_2_norms"]  # the second CLIP encoder's own norms, added since
     del data["adapter"]["denoiser_norms"]  # LyCORIS train_norm's U-Net norms, added since
+    del data["adapter"]["norm_rank_dropout"]  # the norm offsets' own rank dropout, added since
     del data["adapter"]["t5_targets"]  # LoRA on T5-XXL (train.t5), added since
     del data["text_encoder_mode"]  # train.text_encoder_mode (kohya's T5 dropout), added since
     del data["idle_text_encoders"]  # train.text_encoder_idle (kohya's modules at rate 0), added since

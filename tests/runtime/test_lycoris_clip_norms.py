@@ -73,18 +73,24 @@ def _converted(tmp_path: Path, algo: str, preset: str, drops: str) -> Path:
         ("full", PRESET, "", {"FullModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
         ("ia3", PRESET, "", {"NormModule"}, ("layer_norm1", "layer_norm2")),
         ("diag-oft", PRESET, "", {"DiagOFTModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
-        (
+        (  # rank_dropout: ButterflyOFTModule never reads it, the offsets' alone (norm_rank_dropout)
             "boft",
             PRESET,
-            '"module_dropout=0.2"',
+            '"module_dropout=0.2" "rank_dropout=0.5"',
             {"ButterflyOFTModule", "NormModule"},
             ("layer_norm1", "layer_norm2"),
         ),
-        ("glora", PRESET, "", {"GLoRAModule", "NormModule"}, ("layer_norm1", "layer_norm2")),
-        (
+        (  # outside bypass_mode GLoRAModule never reads rank_dropout: the offsets' alone
+            "glora",
+            PRESET,
+            '"module_dropout=0.2" "rank_dropout=0.5"',
+            {"GLoRAModule", "NormModule"},
+            ("layer_norm1", "layer_norm2"),
+        ),
+        (  # DyloraModule never reads rank_dropout: the offsets' alone
             "dylora",
             PRESET,
-            '"module_dropout=0.2"',
+            '"module_dropout=0.2" "rank_dropout=0.5"',
             {"LoConModule", "NormModule"},
             ("layer_norm1", "layer_norm2"),
         ),
@@ -99,6 +105,7 @@ def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, pres
     spec = _converted(tmp_path, algo, preset, drops)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
     assert plan.adapter.text_encoder_norms == norms and plan.train_text_encoder
+    assert plan.adapter.norm_rank_dropout == (0.5 if "rank_dropout" in drops else 0.0)
     whole = execute(plan, keep_models=True)
     assert whole.status == "finished"
     parts = compile_spec(spec, [*BASE, "output.dir=parts"])

@@ -1,6 +1,7 @@
 """LyCORIS `train_norm` with algo=dylora on SD 1.x (issue 12; was DBS403): create_single_module gives each
 norm the preset's walk reaches a NormModule beside the DyloraModules, and the network's `module_dropout`
-skips both kinds from torch's global generator in forward order. lycoris-lora 4.1.3's network
+skips both kinds from torch's global generator in forward order; its `rank_dropout`, which DyloraModule never
+reads, the NormModules alone draw (`norm_rank_dropout`; was DBS403). lycoris-lora 4.1.3's network
 (create_network over the file test's PRESET, one block per layer so its Python-random block draw is fixed,
 every parameter moved at random) and dbspec's converted run (`kind = "dylora"` with `denoiser_norms`, the
 same tensors copied in) build the same modules and give the same U-Net outputs over several training
@@ -39,7 +40,7 @@ def _network(pipe, folder, monkeypatch):
     named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, named, unet, algo="dylora", block_size="4", conv_dim="4", train_norm="True",
-        module_dropout="0.3", preset=str(preset),
+        module_dropout="0.3", rank_dropout="0.4", preset=str(preset),
     )  # fmt: skip
     made.apply_to(named, unet, True, True)
     return made, unet
@@ -54,6 +55,7 @@ def _convert(tmp_path):
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
         '--network_args "algo=dylora" "block_size=4" "conv_dim=4" "train_norm=True" "module_dropout=0.3" '
+        '"rank_dropout=0.4" '
         '"preset=preset.toml" --learning_rate=1e-3 --max_train_steps=3 --save_model_as=safetensors '
         "--output_dir=out --seed=1",
     )
@@ -71,6 +73,7 @@ def test_dylora_norm_offsets_draw_as_lycoris_train_and_resume(pipe, tmp_path, mo
     plan = _convert(tmp_path)
     a = plan.adapter
     assert a.kind == "dylora" and a.dylora_form == "lycoris" and a.module_dropout == 0.3
+    assert a.norm_rank_dropout == 0.4  # the NormModules' alone: DyloraModule never reads it (was DBS403)
     from dbspec.runtime.families import family_runtime
     from dbspec.runtime.prepare import configure_models
 
@@ -99,7 +102,7 @@ def test_dylora_norm_offsets_draw_as_lycoris_train_and_resume(pipe, tmp_path, mo
         plain = theirs(x, 10, hidden).sample  # no dropout (DyloraModule draws its one block in eval too)
         made.train(), theirs.train(), ours.train()
         differ = draws_as_lycoris(theirs, ours, x, hidden, plain)
-    assert differ, "module_dropout changed no training forward"
+    assert differ, "the dropouts changed no training forward"
 
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"

@@ -1,11 +1,13 @@
-"""LyCORIS `train_norm` beside algo=boft / glora / diag-oft / ia3 with the network's `module_dropout` (and
-GLoRA's bypass_mode `rank_dropout`, Diag-OFT's and IA3's `rank_dropout`) on SD 1.x (issue 12; was DBS403):
-LyCORIS hands every NormModule the network's dropouts, and each module draws from torch's global generator in
-its own forward, the NormModules' draws between the ButterflyOFT / GLoRA / DiagOFT / IA3 modules' (DiagOFT's
-rotation mask; IA3Module never reads rank_dropout, the NormModules alone draw it). lycoris-lora 4.1.3's
-network (create_network over the file test's PRESET, every parameter moved at random, apply_to) and dbspec's
-converted run started from its file give the same U-Net outputs over several training forwards from the same
-generator state, leaving the generator in the same state; the run trains (IA^3's resumes bit for bit)."""
+"""LyCORIS `train_norm` beside algo=boft / glora / diag-oft / ia3 with the network's `module_dropout` and
+`rank_dropout` on SD 1.x (issue 12; was DBS403): LyCORIS hands every NormModule the network's dropouts, and
+each module draws from torch's global generator in its own forward, the NormModules' draws between the
+ButterflyOFT / GLoRA / DiagOFT / IA3 modules' (DiagOFT's rotation mask, GLoRA's bypass_mode rank mask).
+ButterflyOFTModule, IA3Module and GLoRAModule outside bypass_mode never read rank_dropout: the NormModules
+alone draw it (IA3's adapter.rank_dropout, BOFT's and GLoRA's adapter.norm_rank_dropout). lycoris-lora
+4.1.3's network (create_network over the file test's PRESET, every parameter moved at random, apply_to) and
+dbspec's converted run started from its file give the same U-Net outputs over several training forwards from
+the same generator state, leaving the generator in the same state; the run trains (IA^3's resumes bit for
+bit)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ from tests.runtime.test_flow_init import _loaded
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 CASES = {
-    "boft": ('"algo=boft" "conv_dim=4" "module_dropout=0.3"', {"module_dropout": "0.3"}),
+    # ButterflyOFTModule's skip draw; it never reads rank_dropout: the NormModules alone draw it
+    # (adapter.norm_rank_dropout; was DBS403)
+    "boft": (
+        '"algo=boft" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4"',
+        {"module_dropout": "0.3", "rank_dropout": "0.4"},
+    ),
     # DiagOFTModule's skip draw and its rotations' nn.Dropout mask; IA3Module's skip draw (it never reads
     # rank_dropout: the NormModules alone draw it)
     "diag-oft": (
@@ -36,7 +43,15 @@ CASES = {
         '"algo=glora" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4" "bypass_mode=True"',
         {"module_dropout": "0.3", "rank_dropout": "0.4", "bypass_mode": "True"},
     ),
+    # outside bypass_mode GLoRAModule never reads rank_dropout: the NormModules alone (was DBS403); the
+    # forwards only, the run's path is the bypass case's
+    "glora-default": (
+        '"algo=glora" "conv_dim=4" "module_dropout=0.3" "rank_dropout=0.4"',
+        {"module_dropout": "0.3", "rank_dropout": "0.4"},
+    ),
 }
+# the cases whose rank_dropout the NormModules alone draw (adapter.norm_rank_dropout)
+NORMS_ALONE = ("boft", "glora-default")
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +88,10 @@ def _network(pipe, folder, monkeypatch, algo: str, extra: dict[str, str]):
     return made, unet
 
 
-@pytest.mark.parametrize("algo", sorted(CASES))
-def test_norm_dropouts_draw_as_lycoris_beside(pipe, tmp_path, monkeypatch, algo):
-    args, extra = CASES[algo]
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_norm_dropouts_draw_as_lycoris_beside(pipe, tmp_path, monkeypatch, case):
+    args, extra = CASES[case]
+    algo = case.split("-default")[0]
     made, theirs = _network(pipe, tmp_path, monkeypatch, algo, extra)
     kinds = {type(m).__name__ for m in made.unet_loras}
     assert "NormModule" in kinds and len(kinds) == 2, kinds
@@ -88,7 +104,8 @@ def test_norm_dropouts_draw_as_lycoris_beside(pipe, tmp_path, monkeypatch, algo)
     )
     a = plan.adapter
     assert a.kind == algo and a.denoiser_norms and a.module_dropout == 0.3
-    assert a.rank_dropout == float(extra.get("rank_dropout", 0))
+    rate = float(extra.get("rank_dropout", 0))
+    assert (a.rank_dropout, a.norm_rank_dropout) == ((0.0, rate) if case in NORMS_ALONE else (rate, rate))
     comps, _ = _loaded(plan)
     ours = comps.unet.float()
     made.train(), theirs.train(), ours.train()
@@ -102,6 +119,8 @@ def test_norm_dropouts_draw_as_lycoris_beside(pipe, tmp_path, monkeypatch, algo)
         made.train(), theirs.train()
         differ = draws_as_lycoris(theirs, ours, x, hidden, plain)
     assert differ, "the dropouts changed no training forward"
+    if case == "glora-default":
+        return
 
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"

@@ -821,6 +821,17 @@ def test_network_module_dropout_beside_other_algorithms(tmp_path, other):
     assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
 
 
+@pytest.mark.parametrize("train_norm", ["", '"train_norm=True"'])
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo, train_norm):
+    """A DyLoRA / GLoRA network (outside bypass_mode) never reads rank_dropout itself, but LyCORIS hands it
+    to its LoCon / LoHa entries' modules too, which draw it: DBS403 (was DBS405, "never read"), with or
+    without train_norm's NormModules (which would draw it too, adapter.norm_rank_dropout alone)."""
+    outcome = _convert(tmp_path, MIXED, algo, f'"rank_dropout=0.25" {train_norm}')
+    assert f"loha / lora entries on an algo={algo} network draw it" in messages(outcome, "DBS403")
+    assert "DBS405" not in codes(outcome)
+
+
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
     hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or

@@ -10,7 +10,19 @@ from __future__ import annotations
 
 import pytest
 
-from convert_kit import SD15, SD21, SDXL, codes, expressible, fate, images, kohya, messages, plan_of  # noqa: F401
+from convert_kit import (  # noqa: F401
+    SD15,
+    SD21,
+    SDXL,
+    codes,
+    expressible,
+    fate,
+    images,
+    kohya,
+    messages,
+    out_path,
+    plan_of,
+)
 
 # diffusers' SD 1.x U-Net: the norms of Transformer2DModel (its GroupNorm `norm`, its blocks' LayerNorms
 # norm1-3) and of ResnetBlock2D (GroupNorms norm1 / norm2); never conv_norm_out (no preset class holds it)
@@ -91,44 +103,56 @@ def test_train_norm_beside_other_algos(tmp_path, algo):
 
 
 @pytest.mark.parametrize(
-    "algo, drops, refused",
+    "algo, drops",
     [
-        ("ia3", '"module_dropout=0.2"', None),  # (was DBS403) IA3Module's own draw
-        ("ia3", '"rank_dropout=0.1" "module_dropout=0.2"', None),  # NormModule's alone (IA3Module's unread)
-        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2"', None),  # (was DBS403) DiagOFTModule's too
-        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"', None),  # NormModule's
-        ("boft", '"rank_dropout=0.1" "module_dropout=0.2"', "rank_dropout"),  # BOFT never reads it
-        ("glora", '"rank_dropout=0.1"', "rank_dropout"),  # GLoRA reads it in bypass_mode only
-        ("boft", '"module_dropout=0.2"', None),  # (was DBS403) ButterflyOFTModule's own draw
-        ("glora", '"module_dropout=0.2"', None),
-        ("glora", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"', None),
+        ("ia3", '"module_dropout=0.2"'),  # (was DBS403) IA3Module's own draw
+        ("ia3", '"rank_dropout=0.1" "module_dropout=0.2"'),  # NormModule's alone (IA3Module's unread)
+        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2"'),  # (was DBS403) DiagOFTModule's too
+        ("diag-oft", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"'),  # NormModule's
+        ("boft", '"rank_dropout=0.1" "module_dropout=0.2"'),  # (was DBS403) BOFT never reads rank_dropout
+        ("glora", '"rank_dropout=0.1"'),  # (was DBS403) GLoRA reads it in bypass_mode only
+        ("boft", '"module_dropout=0.2"'),  # (was DBS403) ButterflyOFTModule's own draw
+        ("glora", '"module_dropout=0.2"'),
+        ("glora", '"rank_dropout=0.1" "module_dropout=0.2" "bypass_mode=True"'),
+        ("dylora", '"rank_dropout=0.1" "module_dropout=0.2"'),  # (was DBS403) DyloraModule never reads it
     ],
 )
-def test_train_norm_with_the_networks_dropouts(tmp_path, algo, drops, refused):
+def test_train_norm_with_the_networks_dropouts(tmp_path, algo, drops):
     """NormModule draws the network's module_dropout / rank_dropout between the other modules' forwards: the
-    offsets draw the adapter's rates in forward order (tests/runtime/test_lycoris_norm_dropouts.py checks
-    the draws against lycoris-lora's network); a rate the adapter cannot carry (a module that ignores it,
-    or dropouts dbspec does not express on that kind) is DBS403."""
+    offsets draw them in forward order (tests/runtime/test_lycoris_norm_dropouts.py checks the draws against
+    lycoris-lora's network). A rank_dropout the kind's modules never read (BOFT, DyLoRA, GLoRA outside
+    bypass_mode; was DBS403) is the offsets' alone: `norm_rank_dropout`, the adapter's rank_dropout 0."""
     outcome = _convert(tmp_path, f'"algo={algo}" "train_norm=True" "conv_dim=0" {drops}')
-    if refused:
-        assert f"{refused} beside algo={algo}" in messages(outcome, "DBS403")
-        return
     a = plan_of(expressible(outcome), tmp_path).adapter
-    assert a.kind == algo and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
-    assert a.rank_dropout == (
-        0.1 if "rank_dropout" in drops and ("bypass" in drops or algo != "glora") else 0.0
-    )
+    assert a.kind == algo and set(a.denoiser_norms) == set(EVERY)
+    assert a.module_dropout == (0.2 if "module_dropout" in drops else 0.0)
+    rate = 0.1 if "rank_dropout" in drops else 0.0
+    alone = algo in ("boft", "dylora") or (algo == "glora" and "bypass" not in drops)
+    assert a.rank_dropout == (0.0 if alone else rate) and a.norm_rank_dropout == rate
+    if alone and rate:
+        report = outcome.conversion.reports["network_args rank_dropout"]
+        assert (report.fate, report.target) == ("mapped", "adapter.norm_rank_dropout")
+        assert "norm_rank_dropout = 0.1" in out_path(tmp_path).read_text()
+        assert not {"DBS405", "DBS556"} & codes(outcome)
 
 
 def test_train_norm_beside_dylora(tmp_path):
     """(was DBS403) the offsets beside LyCORIS's DyloraModules, its module_dropout drawn by both in forward
-    order (tests/runtime/test_lycoris_dylora_norms.py against lycoris-lora's network); DyloraModule never
-    reads rank_dropout, which NormModule alone would draw: DBS403."""
+    order (tests/runtime/test_lycoris_dylora_norms.py against lycoris-lora's network)."""
     outcome = expressible(_convert(tmp_path, '"algo=dylora" "train_norm=True" "module_dropout=0.2"'))
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == "dylora" and set(a.denoiser_norms) == set(EVERY) and a.module_dropout == 0.2
-    outcome = _convert(tmp_path, '"algo=dylora" "train_norm=True" "rank_dropout=0.2"')
-    assert "rank_dropout beside algo=dylora" in messages(outcome, "DBS403")
+    assert a.norm_rank_dropout == 0.0
+
+
+def test_rank_dropout_without_norms_stays_ignored(tmp_path):
+    """train_norm reaching no norm (attn-only): BOFT's rank_dropout is read by nothing (DBS405), no
+    norm_rank_dropout."""
+    outcome = expressible(
+        _convert(tmp_path, '"algo=boft" "train_norm=True" "preset=attn-only" "rank_dropout=0.1"')
+    )
+    assert plan_of(outcome, tmp_path).adapter.norm_rank_dropout == 0.0
+    assert fate(outcome, "network_args rank_dropout") == "inert" and "DBS405" in codes(outcome)
 
 
 PRESET = """\

@@ -774,6 +774,15 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
 # LyCORIS's full algo on the double blocks' image q/k/v and txt_in, IA^3 on the single blocks' linear1 and
 # img_in, LoCon elsewhere (tests/runtime/test_lycoris_mixed_flow_full.py checks the modules against
 # lycoris-lora and trains it)
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo):
+    """A DyLoRA / GLoRA network's rank_dropout (outside bypass_mode its own modules never read it) with
+    LoKr / LoHa entries, whose modules LyCORIS hands it too and which draw it: DBS403 (was DBS405)."""
+    outcome = _flux(tmp_path, MIXED, f'"algo={algo}" "rank_dropout=0.25"', allow=True)
+    assert f"loha / lokr entries on an algo={algo} network draw it" in messages(outcome, "DBS403")
+    assert "DBS405" not in codes(outcome)
+
+
 MIXED_FULL = """\
 use_fnmatch = true
 unet_target_module = []
@@ -1298,8 +1307,9 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     else:
         assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these
-    # (tests/runtime/test_lycoris_clip_norms.py); with a rank_dropout only NormModule would draw: DBS403,
-    # but beside Diag-OFT (its rotations' mask too) and IA^3 (for the offsets alone): rank_dropout (issue 12)
+    # (tests/runtime/test_lycoris_clip_norms.py); a rank_dropout beside Diag-OFT (its rotations' mask too)
+    # and IA^3 (for the offsets alone): rank_dropout; beside BOFT and GLoRA outside bypass_mode, which never
+    # read it, the offsets' alone: norm_rank_dropout (was DBS403; issue 12)
     norms = plain.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]')
     norm = _flux(tmp_path / "norm", norms, f'"algo={algo}" "train_norm=True" {dim}')
     assert not {"DBS402", "DBS403"} & codes(norm), errors(norm)
@@ -1308,12 +1318,11 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     drop = _flux(
         tmp_path / "drop", norms, f'"algo={algo}" "train_norm=True" "rank_dropout=0.1" {dim}', allow=True
     )
-    if algo in ("diag-oft", "ia3"):
-        assert not {"DBS402", "DBS403"} & codes(drop), errors(drop)
-        a = plan_of(drop, tmp_path / "drop").adapter
-        assert a.rank_dropout == 0.1 and sorted(a.text_encoder_norms) == ["layer_norm1", "layer_norm2"]
-        return
-    assert "network's rank_dropout" in messages(drop, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(drop), errors(drop)
+    a = plan_of(drop, tmp_path / "drop").adapter
+    carried = algo in ("diag-oft", "ia3")
+    assert (a.rank_dropout, a.norm_rank_dropout) == (0.1 if carried else 0.0, 0.1)
+    assert sorted(a.text_encoder_norms) == ["layer_norm1", "layer_norm2"]
 
 
 @pytest.mark.parametrize("algo", ["ia3", "diag-oft", "boft", "glora"])

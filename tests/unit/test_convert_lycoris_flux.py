@@ -461,6 +461,11 @@ def test_train_norm_on_clip_beside_full(tmp_path):
         ("loha", "rank_dropout=0.2 module_dropout=0.1"),
         ("lokr", "module_dropout=0.1"),
         ("full", "rank_dropout=0.2 module_dropout=0.1"),  # was DBS403: the full adapter carries both
+        # was DBS403: their modules never read rank_dropout, the offsets' alone (norm_rank_dropout)
+        ("boft", "rank_dropout=0.2 module_dropout=0.1 --network_dim 18"),  # a split of every width
+        ("dylora", "rank_dropout=0.2 module_dropout=0.1"),
+        ("glora", "rank_dropout=0.2 module_dropout=0.1"),
+        ("glora", "rank_dropout=0.2 module_dropout=0.1 bypass_mode=True"),  # GLoRA's bypass mask too
     ],
 )
 def test_train_norm_on_clip_with_lycoris_dropouts(tmp_path, algo, drops):
@@ -474,7 +479,10 @@ def test_train_norm_on_clip_with_lycoris_dropouts(tmp_path, algo, drops):
     outcome = _flux(tmp_path, args)
     a = plan_of(outcome, tmp_path).adapter
     assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and not errors(outcome)
-    assert (a.rank_dropout, a.module_dropout) == ((0.2 if "rank" in drops else 0.0), 0.1)
+    rate = 0.2 if "rank" in drops else 0.0
+    alone = algo in ("boft", "dylora") or (algo == "glora" and "bypass" not in drops)
+    assert (a.rank_dropout, a.module_dropout) == ((0.0 if alone else rate), 0.1)
+    assert a.norm_rank_dropout == rate
 
 
 def test_train_norm_on_clip_norms_alone_trains_clip(tmp_path):

@@ -47,6 +47,34 @@ def test_glora_dropouts_without_bypass_settle_at_zero_with_a_warning(tmp_path):
     assert (a.bypass, a.rank_dropout, a.bypass_dropout, a.module_dropout) == (False, 0.0, 0.0, 0.2)
     warned = {d.path for d in planned.diagnostics if d.code == "DBS556"}
     assert warned == {"adapter.rank_dropout", "adapter.dropout"}
+    assert a.norm_rank_dropout == 0.0  # no norm offsets to draw it
+
+
+@pytest.mark.parametrize(
+    "table, rates",
+    [  # LyCORIS hands the NormModules the network's rank_dropout, which GLoRA outside bypass never reads
+        ('kind = "glora"\nrank_dropout = 0.4', (0.0, 0.4)),
+        ('kind = "glora"\nnorm_rank_dropout = 0.3', (0.0, 0.3)),
+        ('kind = "glora"\nbypass = true\nrank_dropout = 0.4', (0.4, 0.4)),
+        ('kind = "boft"\nnorm_rank_dropout = 0.3', (0.0, 0.3)),
+        ('kind = "dylora"\nnorm_rank_dropout = 0.3', (0.0, 0.3)),
+        ('kind = "ia3"\nrank_dropout = 0.4', (0.4, 0.4)),
+        ('kind = "lora"\nrank_dropout = 0.4', (0.4, 0.4)),
+    ],
+)
+def test_norm_rank_dropout_settles_in_the_plan(tmp_path, table, rates):
+    """adapter.norm_rank_dropout (default: the adapter's rank_dropout) is the norm offsets' rank dropout
+    (plan.adapter.norm_rank_dropout), whether or not the adapter's layers draw one (plan rank_dropout)."""
+    planned = _planned(tmp_path, table + '\ndenoiser_norms = ["norm1"]')
+    assert planned.plan is not None, [d.message for d in planned.diagnostics]
+    a = planned.plan.adapter
+    assert (a.rank_dropout, a.norm_rank_dropout) == rates
+    assert plan_from_json(plan_to_json(planned.plan)).adapter == a
+    row = dict(adapter_rows(a))["  norm rank dropout"]
+    assert row.startswith(f"{rates[1]:g} on the norm offsets") and ("alone" in row) == (rates[0] == 0)
+    glora = [d.message for d in planned.diagnostics if d.code == "DBS556"]
+    assert all("only the norm offsets draw it" in m for m in glora)
+    assert "DBS623" not in {d.code for d in planned.diagnostics}
 
 
 @pytest.mark.parametrize("kind", ["diag-oft", "boft"])

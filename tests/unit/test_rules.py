@@ -587,6 +587,12 @@ CASES = [
         [("DBS590", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "ia3"\nrank_dropout = 0.1\ndenoiser_norms = ["norm1"]\n' + DOG + STEPS,
     ),
+    (  # the norm offsets' own rank dropout: nothing draws it without norm offsets
+        rules.norm_rank_dropout_needs_norms,
+        '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS623", "warning", ("adapter", "norm_rank_dropout"))],
+        '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\ndenoiser_norms = ["norm1"]\n' + DOG + STEPS,
+    ),
     (  # LoKr full_matrix: nothing is split low-rank
         rules.lycoris_switches_fit,
         '[adapter]\nkind = "lokr"\nfull_matrix = true\ndecompose_both = true\n' + DOG + STEPS,

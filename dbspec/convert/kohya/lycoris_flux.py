@@ -77,6 +77,7 @@ from dbspec.convert.kohya.network import (
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
+    rank_dropout_readers,
 )
 from dbspec.families import family_spec
 
@@ -232,7 +233,9 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None or not _file_train_norm(kwargs, file, args, conv, layout, algo):
+        if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
+            return False
+        if not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
         if algo in ("ia3", "diag-oft", "boft"):  # their blocks have no rank 0: the leading ones `exclude`
@@ -481,11 +484,11 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     kohya's first training step raises AttributeError (DBS402). CLIP's LayerNorms are affine: NormModule
     trains an offset of their weight and bias, at the network's multiplier, with the CLIP modules:
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
-    full, dylora, ia3, diag-oft, boft, glora; beside BOFT, GLoRA and DyLoRA a rank_dropout, or GLoRA's
-    module_dropout: DBS403, the adapter carries no rate for the offsets; Diag-OFT's, IA^3's and full's carry
-    both), SD3's CLIP-G its own list where it reaches other LayerNorms than CLIP-L (`text_encoder_2_norms`;
-    CLIP Linears adapted or not: the offsets alone train CLIP), the network's dropouts drawn as NormModule
-    draws them. False when refused."""
+    full, dylora, ia3, diag-oft, boft, glora; the adapter's module_dropout theirs too; a rank_dropout BOFT,
+    DyLoRA and GLoRA outside bypass_mode never read the offsets' alone, `norm_rank_dropout`, was DBS403;
+    Diag-OFT's, IA^3's and full's adapters carry it), SD3's CLIP-G its own list where it reaches other
+    LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
+    CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
         return True
     legacy = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -518,24 +521,46 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
             else "the preset file reaches no norm",
         )
         return True
-    # beside these kinds the offsets draw the adapter's rates: BOFT's and DyLoRA's module_dropout (their
-    # modules' own draw); a rank_dropout only NormModule would read, or dropouts dbspec refuses on the kind
-    carried = ("module_dropout",) if algo in ("boft", "dylora") else ()
-    if algo in ("diag-oft", "ia3", "full"):  # their adapters carry both
-        carried = ("module_dropout", "rank_dropout")
-    drops = [k for k in ("rank_dropout", "module_dropout") if float(kwargs.get(k) or 0) and k not in carried]
-    if algo in ("dylora", *_WHOLE_ONLY) and drops:
-        conv.unsupported(
-            legacy,
-            f"with algo={algo}, a preset file on {layout.title} and the network's {' / '.join(drops)}: "
-            "LyCORIS's NormModules draw it, and dbspec's adapter of this kind carries no such rate for the "
-            "norm offsets to draw",
-        )
-        return False
+    # beside these kinds the offsets draw the adapter's module_dropout (the kind's modules' own draw); a
+    # rank_dropout BOFT's, DyLoRA's or GLoRA's default forward never reads is the offsets' alone
+    # (adapter.norm_rank_dropout; was DBS403; the file's entries of other kinds drawing it too:
+    # _entries_rank_dropout refused it)
+    rate = float(kwargs.get("rank_dropout") or 0)
+    alone = _unread_rank_dropout(kwargs, algo)
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
+    if rate and alone:
+        dropped = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+        unread = "only in bypass_mode (off here)" if algo == "glora" else "never"
+        why = f"LyCORIS's NormModules draw it; its {algo} modules read it {unread}"
+        conv.mapped(dropped, ("adapter", "norm_rank_dropout"), rate, why)
+    return True
+
+
+def _unread_rank_dropout(kwargs: dict[str, str], algo: str) -> bool:
+    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, GLoRA outside
+    bypass_mode (LyCORIS's str_bool)."""
+    return algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
+
+
+def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, algo: str) -> bool:
+    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA network (outside bypass_mode: their own modules
+    never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT modules (or an
+    entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no rank dropout on
+    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). True when refused."""
+    if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
+        return False
+    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo)
+    if not readers:
+        return False
+    conv.unsupported(
+        Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
+        f"the preset file's {' / '.join(readers)} entries on an algo={algo} network draw it (LyCORIS hands "
+        "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
+        "another kind than the adapter's, or a block's own bypass",
+    )
     return True
 
 

@@ -413,9 +413,12 @@ def _map_network(
         if alpha_text is not None and not (built and (found is None or not block_conv_alphas)):
             _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
+    if _block_rank_dropout(kwargs, kind, put, args, conv):
+        return None
     if train_norm is not None and norm_table is not None:
-        drops = _norm_drops(kwargs, kind)
-        _train_norm(train_norm, norm_table, kind, algo, applied, put, conv, drops)
+        alone = _norms_alone_draw(kwargs, kind)
+        if _train_norm(train_norm, norm_table, kind, algo, applied, put, conv) and alone:
+            _norm_rank_dropout(kwargs, algo, put, args, conv)
     if kind == "tlora":
         if not _tlora(
             kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, unsupported, args, conv
@@ -539,21 +542,51 @@ def _map_network(
     return kind
 
 
-def _norm_drops(kwargs: dict[str, str], kind: str) -> str:
-    """What of the network's rank_dropout / module_dropout (which LyCORIS hands every NormModule) dbspec
-    cannot draw for the norm offsets beside `kind`'s modules ("" when none): the offsets take the adapter's
-    module_dropout / rank_dropout, so a rate the adapter does not carry (BOFT never reads rank_dropout,
-    GLoRA only in bypass_mode, DyLoRA never) cannot reach them. Diag-OFT's adapter carries both (its bypass
-    forward's unread rank_dropout too, for the offsets); IA3's both, its rank_dropout for the offsets alone
-    (IA3Module never reads it)."""
-    rates = [k for k in ("rank_dropout", "module_dropout") if _float(kwargs.get(k) or 0.0)]
-    if kind in ("lora", "loha", "lokr", "full", "diag-oft", "ia3"):
-        return ""
-    if kind in ("boft", "glora", "dylora"):  # their module_dropout: the adapter's, drawn by its modules
-        rates = [r for r in rates if r != "module_dropout"]
+def _block_rank_dropout(
+    kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion
+) -> bool:
+    """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode (whose own modules
+    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT, a
+    GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
+    dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
+    refused (it was DBS405, "never read", though those entries read it)."""
+    if kind not in ("boft", "dylora", "glora") or not _float(kwargs.get("rank_dropout") or 0.0):
+        return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
-        return ""  # GLoRAModule's bypass_mode rank_dropout: the adapter's too
-    return " / ".join(rates)
+        return False  # the adapter carries it (GLoRA's bypass forward)
+    readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
+    if not readers:
+        return False
+    legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+    conv.unsupported(
+        legacy,
+        f"the preset file's {' / '.join(readers)} entries on an algo={kind} network draw it (LyCORIS hands "
+        "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
+        "another kind than the adapter's, or a block's own bypass",
+    )
+    return True
+
+
+def rank_dropout_readers(blocks, kind: str) -> list[str]:
+    """The kinds of a preset file's [[adapter.blocks]] on a `kind` network (BOFT, DyLoRA, GLoRA outside
+    bypass_mode) whose LyCORIS modules read the network's rank_dropout: another kind's than the adapter's
+    but BOFT, DyLoRA and IA3 (which never read it), and a block with its own bypass_mode."""
+    never = (kind, "boft", "dylora", "ia3")
+    own = {b["kind"] for b in blocks if b.get("kind", kind) not in never}
+    return sorted(own | {b.get("kind", kind) for b in blocks if b.get("bypass") == "on"})
+
+
+def _norms_alone_draw(kwargs: dict[str, str], kind: str) -> bool:
+    """Whether the network's rank_dropout (which LyCORIS hands every NormModule) is drawn by the
+    NormModules alone beside `kind`'s modules: BOFT and DyLoRA never read it, GLoRA only in bypass_mode.
+    The offsets then take it as adapter.norm_rank_dropout, the adapter's layers leaving it; every other
+    kind's adapter carries it (Diag-OFT's bypass forward and IA3 leave it unread there too, for the
+    offsets: norm_rank_dropout's default is the adapter's rank_dropout), as do every kind's module_dropout."""
+    if not _float(kwargs.get("rank_dropout") or 0.0):
+        return False
+    if kind in ("boft", "dylora"):
+        return True
+    return kind == "glora" and not _str_bool(kwargs.get("bypass_mode", "false"))
 
 
 def _train_norm(
@@ -564,8 +597,7 @@ def _train_norm(
     applied: tuple[bool, bool],
     put: dict[str, Any],
     conv: Conversion,
-    drops: str = "",
-) -> None:
+) -> bool:
     """LyCORIS's `train_norm` on kohya's SD 1.x / 2.x / SDXL models: create_single_module gives each module
     whose class name holds "Norm" that the preset's walk reaches a NormModule (lycoris/modules/norms.py),
     whatever the algo: an offset of the norm's weight and bias, zeros at the start, trained with the model's
@@ -578,31 +610,22 @@ def _train_norm(
     ia3 and glora the NormModules are the same offsets, the other modules' mapping their own; the network's
     dropouts, which NormModule draws between those modules' forwards, drawn in forward order beside BOFT's,
     GLoRA's, Diag-OFT's and IA3's own draws (module_dropout; GLoRA's rank_dropout in bypass_mode, Diag-OFT's
-    outside it); a rate the adapter does not carry (`drops`: BOFT's / DyLoRA's rank_dropout, GLoRA's outside
-    bypass_mode): DBS403.
-    Beside dylora the same offsets, DyloraModule's module_dropout drawn in forward order with theirs."""
+    outside it); a rank_dropout the kind's modules never read (BOFT's / DyLoRA's, GLoRA's outside
+    bypass_mode) the offsets' alone (_norm_rank_dropout).
+    Beside dylora the same offsets, DyloraModule's module_dropout drawn in forward order with theirs. Whether
+    some norm offsets were put."""
     unet = found.unet_paths if applied[1] else []
     clip = [p for paths in found.text_paths for p in paths] if applied[0] else []
     if not (unet or clip):
         conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
-        return
+        return False
     if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora", "dylora"):
         conv.unsupported(
             legacy,
             f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, "
             "lokr, full, ia3, diag-oft, boft and glora",
         )
-        return
-    if drops:
-        conv.unsupported(
-            legacy,
-            f"LyCORIS's NormModules with the network's {drops} beside algo={algo}: the norm offsets draw "
-            "the adapter's rates, and dbspec's adapter of this kind carries no such rate (LyCORIS's "
-            f"{algo} module does not read it, or dbspec does not express it there); dbspec draws the "
-            "offsets' dropouts beside lora / locon, loha, lokr, full, diag-oft and ia3, BOFT's and GLoRA's "
-            "module_dropout and GLoRA's bypass_mode rank_dropout",
-        )
-        return
+        return False
     where = []
     if unet:
         put["denoiser_norms"] = list(found.denoiser)
@@ -615,6 +638,25 @@ def _train_norm(
     target = "adapter.denoiser_norms" if unet else "adapter.text_encoder_norms"
     conv.record(
         legacy, "mapped", target, f"LyCORIS's NormModule on the {' and '.join(where)} the preset reaches"
+    )
+    return True
+
+
+def _norm_rank_dropout(
+    kwargs: dict[str, str], algo: str, put: dict[str, Any], args: Legacy, conv: Conversion
+) -> None:
+    """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode, whose modules never
+    read it: LyCORIS's NormModules alone draw it (NormModule.make_weight's `torch.rand(dim) < rate`, the
+    offsets it marks kept, unscaled, in forward order with the kind's own module_dropout draws), so it is
+    `[adapter] norm_rank_dropout`, the adapter's layers leaving it (was DBS403)."""
+    legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+    put["norm_rank_dropout"] = _float(legacy.value)
+    unread = "only in bypass_mode (off here)" if algo == "glora" else "never"
+    conv.record(
+        legacy,
+        "mapped",
+        "adapter.norm_rank_dropout",
+        f"LyCORIS's NormModules draw it; its {algo} modules read it {unread}",
     )
 
 
