@@ -2839,7 +2839,9 @@ decompose their Tucker layers too (an entry's `use_tucker` with `weight_decompos
 LohaModule / LokrModule do; was refused). With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
-that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`
+that decompose is held to the same options; with `fused_projections` its fused layers per input column
+share one `(1, in)` magnitude over every part's merged rows, as LyCORIS's one module on the fused Linear
+(not taken with `module_dropout` there); an `init_weights`
 file starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`),
 each tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict`
 checks it.""",

@@ -328,8 +328,9 @@ def tie_fused_doras(module: nn.Module, fused) -> int:
     the stacked weight, the first part's Parameter shared by every part and starting at the stacked base
     weight's column norms; each part holds the others (`dbspec_dora_parts`, part order) so its forward takes
     the norms of the whole merged weight (_fused_column_delta; a LoCon part's update is its rows of the
-    shared down's, B_p A x alpha / rank). Per output row each part decomposes its own rows already. How many
-    fused layers."""
+    shared down's, B_p A x alpha / rank). Per output row each part decomposes its own rows already. A fused
+    layer tied already (each kind of a run of several ties its own, runtime/mixed_kinds.py; their folders
+    load one after another, runtime/weights.py) keeps its magnitude. How many fused layers."""
     from dbspec.runtime.fused import _lora_part, _lycoris_part, fused_parts
 
     def part(layer) -> bool:  # a fused LoKr / LoHa part, or a LoCon part (decomposed or not: checked below)
@@ -340,6 +341,9 @@ def tie_fused_doras(module: nn.Module, fused) -> int:
         layers = [layer for _, _, layer in found]
         names = [layer.dora_scale_name if isinstance(layer, LycorisDora) else None for layer in layers]
         if len(layers) < 2 or None in names:  # a fused layer not decomposed (a block's own dora elsewhere)
+            continue
+        if all("dbspec_dora_parts" in layer.__dict__ for layer in layers):
+            tied += 1  # tied by an earlier kind's pass or folder (a run of several kinds): its values kept
             continue
         adapters = [
             a for a in layers[0].dora_scales() if axis_of(layers[0].dora_scales()[a].shape) == "input"
