@@ -865,8 +865,9 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
 adapter with `dora = true`: these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which
 DoRA's layers do not have. LyCORIS's weight decomposition (`dora_form = "lycoris"`) takes `module_dropout`
 and `rank_dropout` with `rank_dropout_form = "lycoris"` as LoConModule with `dora_wd` draws them (the skip
-draw, then the mask over the rebuilt update's output rows, renormalised with the rest), except with
-`fused_projections`.""",
+draw, then the mask over the rebuilt update's output rows, renormalised with the rest); with
+`fused_projections` a fused layer's parts share one draw (per input column the one norm spans every part's
+masked rows), except beside `[[adapter.blocks]]` of other kinds.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(

@@ -128,11 +128,14 @@ class LycorisDora:
             delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
         return delta
 
-    def dora_delta(self, adapter: str, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def dora_delta(
+        self, adapter: str, row_mask: torch.Tensor | None = None, whole_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """W' - W: the decomposed weight minus the base weight (LyCORIS's `delta_weight`). `row_mask`: a
         rank-dropout mask drawn elsewhere (a fused layer's shared draw, runtime/fused_lycoris_dropout.py)
         over ΔW's output rows, in place of the layer's own, before the decomposition as LyCORIS's
-        get_weight applies it."""
+        get_weight applies it; `whole_mask`: that draw over every part's rows (part order), which a fused
+        layer's column norm spans."""
         base = self.get_base_layer().weight
         if row_mask is None:
             update = self._update(adapter)
@@ -142,22 +145,34 @@ class LycorisDora:
         merged = base + update.to(base.dtype)
         parts = self.__dict__.get("dbspec_dora_parts")
         if parts is not None and self.dora_axis(adapter) == "input":  # a fused layer's one column norm
-            return self._fused_column_delta(adapter, merged, parts) - base
+            return self._fused_column_delta(adapter, merged, parts, whole_mask) - base
         return weight_decompose(merged, self.dora_scales()[adapter], self.dora_axis(adapter)) - base
 
-    def _fused_column_delta(self, adapter: str, merged: torch.Tensor, parts: tuple) -> torch.Tensor:
+    def _fused_column_delta(
+        self, adapter: str, merged: torch.Tensor, parts: tuple, whole_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """This part's rows of LyCORIS's decomposition per input column of the fused Linear
         (tie_fused_doras): every part's merged weight stacked in part order, renormalised to the shared
-        `dora_scale` by the whole stacked column norms, as LokrModule / LohaModule with wd_on_out=False on
-        kohya's fused Linear."""
+        `dora_scale` by the whole stacked column norms, as LokrModule / LohaModule / LoConModule with
+        wd_on_out=False on kohya's fused Linear; with `whole_mask` (the fused layer's shared rank-dropout
+        draw, LoConModule.make_weight's one mask over every row) each other part's update masked by its
+        rows of it, as the fused module masks its whole update before decomposing it."""
         stacked, start = [], 0
         for part in parts:
+            first = sum(w.shape[0] for w in stacked)
             if part is self:
-                start = sum(w.shape[0] for w in stacked)
+                start = first
                 stacked.append(merged)
+                continue
+            other = part.get_base_layer().weight
+            if whole_mask is None:
+                update = part._update(adapter)
             else:
-                other = part.get_base_layer().weight
-                stacked.append(other + part._update(adapter).to(other.dtype))
+                rows = whole_mask[first : first + other.shape[0]].to(other.device)
+                update = part._update(adapter, own_rank_dropout=False) * rows.view(
+                    -1, *[1] * (other.dim() - 1)
+                )
+            stacked.append(other + update.to(other.dtype))
         whole = weight_decompose(torch.cat(stacked), self.dora_scales()[adapter], "input")
         return whole[start : start + merged.shape[0]]
 

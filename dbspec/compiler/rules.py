@@ -3553,15 +3553,15 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped. LyCORIS's weight decomposition (dora_form "lycoris") takes LoConModule's module dropout and its
     row mask (rank_dropout_form "lycoris") in its own forward (runtime/lycoris_dora.py); on fused layers
-    per output row, the parts sharing one draw (runtime/fused_lycoris_dropout.py), not per input column (one
-    norm over every part's rows of the masked update)."""
+    the parts share one draw (runtime/fused_lycoris_dropout.py), per input column their one norm spanning
+    every part's rows of the masked update."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
     # on fused layers beside blocks of other kinds (a LyCORIS preset file's entries) not checked against
     # lycoris-lora's network yet: refused there
     others = any(getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks)
-    fused_off = adapter.fused_projections and (adapter.dora_axis == "input" or others)
+    fused_off = adapter.fused_projections and others
     locon = lycoris_dora(adapter) and not fused_off
     for key, off in (
         ("down_dropout", 0.0),
@@ -3590,15 +3590,12 @@ def _locon_dora_why(adapter, key: str) -> str:
         return ""
     if not lycoris_dora(adapter):
         return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
-    if adapter.fused_projections and adapter.dora_axis == "output":
+    if adapter.fused_projections and any(
+        getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks
+    ):
         return (
             " with fused_projections beside [[adapter.blocks]] of other kinds (LoConModule's shared draw on "
             "the decomposed fused layers is checked on a LoRA / LoCon network alone)"
-        )
-    if adapter.fused_projections:
-        return (
-            ' with fused_projections and dora_axis = "input" (LyCORIS\'s one norm per input column spans '
-            'every part\'s rows of the masked update; per output row, dora_axis = "output", it takes them)'
         )
     return (
         f' and adapter.rank_dropout_form = "{adapter.rank_dropout_form}" (LyCORIS\'s weight decomposition '

@@ -1264,21 +1264,22 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # ... with fused_projections per output row (one draw its parts share), not per input column (one
-        # norm over every part's rows of the masked update)
+    (  # ... with fused_projections (one draw its parts share; per input column the norm spans every part's
+        # masked rows), not beside blocks of other kinds
         rules.lora_dropouts_without_dora,
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
         + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
-        + 'dora_axis = "input"\n',
+        + '[[adapter.blocks]]\npattern = "^proj_out$"\nkind = "lokr"\nrank = 2\nalpha = 1\n',
         [("DBS267", "error", ("adapter", "module_dropout"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n',
+        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
+        + 'dora_axis = "input"\n',
     ),
     (
         rules.best_checkpoint_metric_runs,
