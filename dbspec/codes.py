@@ -2831,7 +2831,9 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
 whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, LoRA ones not with
-`fused_projections`), a decomposed block of
+`fused_projections`; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
+all LoRA, without `fused_projections`: each layer's row mask as each LoConModule draws it), a decomposed \
+block of
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,

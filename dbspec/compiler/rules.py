@@ -3488,6 +3488,19 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
+    # LoConModule's row mask on every LoCon layer of a LoCon network, decomposed or not, in forward order
+    # (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form on the others; checked
+    # against lycoris-lora's network on SD 1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py); beside
+    # other kinds or on fused layers not checked
+    locon_rows = (
+        a.kind == "lora"
+        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
+        and not fused
+        and all(
+            getattr(b, "kind", "adapter") in ("adapter", "lora")
+            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+        )
+    )
     others = [
         text
         for text, on in (
@@ -3498,10 +3511,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
-            *(
-                (key, bool(getattr(a, key, 0.0)))
-                for key in ("dropout", "rank_dropout", "down_dropout", "output_dropout")
-            ),
+            *((key, bool(getattr(a, key, 0.0))) for key in ("dropout", "down_dropout", "output_dropout")),
+            ("rank_dropout", bool(getattr(a, "rank_dropout", 0.0)) and not locon_rows),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"

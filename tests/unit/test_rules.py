@@ -1952,6 +1952,23 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
+    # LoConModule's row mask (rank_dropout_form "lycoris") on a LoCon network's layers, decomposed by their
+    # block or not (was DBS583; tests/runtime/test_lycoris_block_dora_rank_dropout.py); kohya's form, or
+    # beside blocks of other kinds, not
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\nrank_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\nrank_dropout = 0.1\n'
+        + 'rank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\ndora_axis = "input"\n',
+    ),
     # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
     # module dropout on fused projections refused (fused projections alone were: its parts share one (1, in)
     # magnitude, tests/runtime/test_lycoris_flux_block_columns.py); on layers that do not decompose it is
