@@ -867,7 +867,7 @@ DoRA's layers do not have. LyCORIS's weight decomposition (`dora_form = "lycoris
 and `rank_dropout` with `rank_dropout_form = "lycoris"` as LoConModule with `dora_wd` draws them (the skip
 draw, then the mask over the rebuilt update's output rows, renormalised with the rest); with
 `fused_projections` a fused layer's parts share one draw (per input column the one norm spans every part's
-masked rows), except beside `[[adapter.blocks]]` of other kinds.""",
+masked rows), beside `[[adapter.blocks]]` of other kinds too.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(
@@ -2830,8 +2830,8 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
-whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, LoRA ones not with
-`fused_projections`; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
+whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts
+sharing it; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
 all LoRA, without `fused_projections`: each layer's row mask as each LoConModule draws it), a decomposed \
 block of
 another `kind` than LoRA, LoHa and LoKr (beside

@@ -3541,11 +3541,9 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
         # module dropout skips a decomposed layer's whole update as LohaModule / LokrModule / LoConModule do
-        # (lycoris_dora.py's forward; on fused Linears one draw per module for LoHa / LoKr,
-        # fused_lycoris_dropout.py; a decomposed LoRA part's draw is not shared: not with fused_projections)
-        if getattr(a, "module_dropout", 0.0) and (
-            kind not in ("loha", "lokr", "lora") or kind == "lora" and fused
-        ):
+        # (lycoris_dora.py's forward; on fused Linears one draw per module, fused_lycoris_dropout.py: LoHa /
+        # LoKr parts', and a decomposed LoRA's through add_fused_locon_dora_dropout)
+        if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr", "lora"):
             found.append("module_dropout")
         if not found:
             continue
@@ -3569,11 +3567,7 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    # on fused layers beside blocks of other kinds (a LyCORIS preset file's entries) not checked against
-    # lycoris-lora's network yet: refused there
-    others = any(getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks)
-    fused_off = adapter.fused_projections and others
-    locon = lycoris_dora(adapter) and not fused_off
+    locon = lycoris_dora(adapter)
     for key, off in (
         ("down_dropout", 0.0),
         ("output_dropout", 0.0),
@@ -3601,13 +3595,6 @@ def _locon_dora_why(adapter, key: str) -> str:
         return ""
     if not lycoris_dora(adapter):
         return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
-    if adapter.fused_projections and any(
-        getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks
-    ):
-        return (
-            " with fused_projections beside [[adapter.blocks]] of other kinds (LoConModule's shared draw on "
-            "the decomposed fused layers is checked on a LoRA / LoCon network alone)"
-        )
     return (
         f' and adapter.rank_dropout_form = "{adapter.rank_dropout_form}" (LyCORIS\'s weight decomposition '
         'masks the rebuilt update\'s output rows: rank_dropout_form = "lycoris")'

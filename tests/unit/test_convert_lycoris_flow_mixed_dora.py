@@ -141,10 +141,12 @@ def test_flux_glora_network_entries_own_weight_decompose(tmp_path):
 def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     """A GLoRA network's dora_wd with module_dropout (was DBS403 / a spec's DBS583): its decomposed LoKr /
     LoHa blocks' one draw per fused module skips the whole decomposed update, as LokrModule / LohaModule do
-    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). What stays refused: a
-    LoCon entry decomposed with it (LoRA's dropout wrappers reach no decomposed weight; a LoCon network's
-    dora_wd with module_dropout, as on the U-Net), and a GLoRA network's wd_on_output=False with it (its
-    blocks' own `dora_axis` "input" with module_dropout on fused_projections, a spec's DBS583)."""
+    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). A LoCon network's
+    dora_wd with it beside LoKr / LoHa entries, and a GLoRA network's decomposed LoCon entry (was DBS403, a
+    spec's DBS267 / DBS583): LoConModule's one draw per fused Linear shared by the decomposed parts
+    (fused_lycoris_dropout.py add_fused_locon_dora_dropout; same test file). What stays refused: a GLoRA
+    network's wd_on_output=False with it (its blocks' own `dora_axis` "input" with module_dropout on
+    fused_projections, a spec's DBS583), and the network's rank_dropout beside other kinds (DBS578)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "glora").adapter
@@ -153,11 +155,19 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
         ("loha", "on"),
     ]
     locon = MIXED.replace('algo = "lokr"', 'algo = "locon"')
-    for name, algo, text in (("locon", "locon", MIXED), ("entry", "glora", locon)):
-        outcome = _flux(
-            tmp_path / name, text, f'"algo={algo}" "dora_wd=True" "module_dropout=0.1"', allow=True
-        )
-        assert "module_dropout" in messages(outcome, "DBS403"), (name, errors(outcome))
+    outcome = _flux(tmp_path / "locon", MIXED, '"algo=locon" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "locon").adapter
+    assert (a.kind, a.dora, a.dora_form, a.module_dropout) == ("lora", True, "lycoris", 0.1) and a.fused
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lokr", "adapter"), ("loha", "adapter")]
+    outcome = _flux(tmp_path / "entry", locon, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "entry").adapter
+    assert (a.kind, a.dora, a.module_dropout) == ("glora", False, 0.1)
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "on"), ("loha", "on")]
+    drop = '"algo=locon" "dora_wd=True" "rank_dropout=0.1"'
+    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)
+    assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
     cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
     outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}', allow=True)
     assert 'dora_axis = "input" with module_dropout' in messages(outcome, "DBS403"), errors(outcome)

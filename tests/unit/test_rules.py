@@ -1264,22 +1264,22 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # ... with fused_projections (one draw its parts share; per input column the norm spans every part's
-        # masked rows), not beside blocks of other kinds
+    (  # ... with fused_projections too (one draw its parts share; per input column the norm spans every
+        # part's masked rows; beside blocks of other kinds alike), in peft's form not
         rules.lora_dropouts_without_dora,
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
-        + '[[adapter.blocks]]\npattern = "^proj_out$"\nkind = "lokr"\nrank = 2\nalpha = 1\n',
+        + "dora = true\nfused_projections = true\nmodule_dropout = 0.2\n",
         [("DBS267", "error", ("adapter", "module_dropout"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
         + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
-        + 'dora_axis = "input"\n',
+        + 'dora_axis = "input"\n'
+        + '[[adapter.blocks]]\npattern = "^proj_out$"\nkind = "lokr"\nrank = 2\nalpha = 1\n',
     ),
     (
         rules.best_checkpoint_metric_runs,
@@ -2070,8 +2070,8 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
     # module_dropout skips a decomposed LoHa / LoKr / LoRA layer's whole update (LohaModule / LokrModule /
-    # LoConModule; a decomposed LoRA one was DBS583), a decomposed LoRA part of a fused layer's not (its
-    # parts would draw apart)
+    # LoConModule; a decomposed LoRA one was DBS583, a decomposed LoRA part of a fused layer too: its parts
+    # share LoConModule's draw, tests/runtime/test_lycoris_mixed_flow_dropout.py), another kind's not
     (
         rules.block_dora_fits,
         'family = "flux"\n'
@@ -2079,11 +2079,12 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "ia3"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
         [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
-        DOG
+        'family = "flux"\n'
+        + DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
