@@ -2844,7 +2844,7 @@ LohaModule / LokrModule do; was refused). With
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
 that decompose is held to the same options; with `fused_projections` its fused layers per input column
 share one `(1, in)` magnitude over every part's merged rows, as LyCORIS's one module on the fused Linear
-(not taken with `module_dropout` there); an `init_weights`
+(`module_dropout`'s one draw per fused layer shared by its parts); an `init_weights`
 file starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`),
 each tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict`
 checks it.""",

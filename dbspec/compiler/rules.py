@@ -3522,19 +3522,12 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         if on
     ]
     # a block's own axis on fused layers: per input column its fused layers' parts share one (1, in)
-    # magnitude and the whole merged weight's column norms (runtime/lycoris_dora.py tie_fused_doras), not
-    # with module_dropout there (checked per output row only); a file's start loads each layer's dora_scale
-    # in its block's axis shape (runtime/init_weights.py, lycoris_init.py check each tensor's shape against
-    # its layer, as LyCORIS's load_state_dict does)
-    axis_others = [
-        text
-        for text, on in (
-            ("module_dropout with fused_projections", fused and getattr(a, "module_dropout", 0.0)),
-        )
-        if on
-    ]
+    # magnitude and the whole merged weight's column norms (runtime/lycoris_dora.py tie_fused_doras), and
+    # module_dropout's one draw per fused layer (fused_lycoris_dropout.py); a file's start loads each layer's
+    # dora_scale in its block's axis shape (runtime/init_weights.py, lycoris_init.py check each tensor's shape
+    # against its layer, as LyCORIS's load_state_dict does)
     for table, i, key, value in own:
-        found = [*others, *(axis_others if key == "dora_axis" else ())]
+        found = list(others)
         kind = getattr(getattr(a, table)[i], "kind", "adapter")
         kind = a.kind if kind == "adapter" else kind
         # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)

@@ -9,7 +9,8 @@ run (the (1, in) magnitude on fused parts is saved, resumed and loaded as the ad
 test_lycoris_flux_locon_columns.py): the adapted model, its factors and magnitudes moved at random, exports
 exactly create_network's state-dict keys and shapes from the same file; lycoris-lora 4.1.3's decomposed
 modules loaded with it compute their fused layers' outputs to 1e-5, and the decomposed modules' `dora_scale`
-gradients equal the parts' shared magnitude's."""
+gradients equal the parts' shared magnitude's; with the network's module_dropout each fused layer's parts
+share the module's one draw (in training the same outputs and generator state)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ algo = "lokr"
 algo = "loha"
 dim = 2
 """
+RATE = 0.25
 _DECOMPOSED = {"double_blocks.0.txt_attn.qkv", "double_blocks.0.img_attn.qkv", "single_blocks.0.linear1"}
 
 
@@ -68,11 +70,12 @@ def test_network_columns_on_fused_entries_are_lycoris(tmp_path, monkeypatch, alg
     file = tmp_path / "columns.toml"
     file.write_text(OWN_FILE if algo == "locon" else COLUMNS_FILE, encoding="utf-8")
     base = ["model.base=builtin:tiny-flux", *_BASE]
-    args = "" if algo == "locon" else '"dora_wd=True" "wd_on_output=False"'
+    args = f'"module_dropout={RATE}"' + ("" if algo == "locon" else ' "dora_wd=True" "wd_on_output=False"')
     plan = _converted(tmp_path, file.name, algo, base, args=args)
     a = plan.adapter
     kind = "lora" if algo == "locon" else algo
     assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "output") and a.fused
+    assert a.module_dropout == RATE
     assert {(b.kind, b.dora, b.dora_axis) for b in a.blocks if b.rank} == {
         ("lora" if algo != "locon" else "adapter", "on", "input"),
         ("lokr", "on", "input"),
@@ -100,7 +103,8 @@ def test_network_columns_on_fused_entries_are_lycoris(tmp_path, monkeypatch, alg
     assert decomposed == {"lora_unet_" + p.replace(".", "_") for p in _DECOMPOSED}
 
     tree = _kohya_tree(layers)
-    options = {} if algo == "locon" else {"dora_wd": "True", "wd_on_output": "False"}
+    options = {"module_dropout": str(RATE)}
+    options |= {} if algo == "locon" else {"dora_wd": "True", "wd_on_output": "False"}
     theirs, made = _their_network(monkeypatch, algo, file, [nn.Module()], tree, **options)
     assert {n for n, m in theirs.items() if getattr(m, "wd", False)} == decomposed
     _export_matches_their_state(made, tensors)  # dora_scale (1, in) on exactly those modules
@@ -124,6 +128,26 @@ def test_network_columns_on_fused_entries_are_lycoris(tmp_path, monkeypatch, alg
         nn.functional.mse_loss(tree.get_submodule(path)(x), target).backward()
         got = dora_scale_of(parts[0], "default").grad
         torch.testing.assert_close(got, module.dora_scale.grad, rtol=1e-4, atol=1e-7, msg=path)
+    # module_dropout in training: each decomposed fused layer's one LyCORIS draw shared by its parts, from the
+    # same generator state the same outputs (skipped and drawn forwards both met) and generator state
+    unet.train()
+    for path in sorted(_DECOMPOSED):
+        parts, _ = layers[path]
+        module = theirs["lora_unet_" + path.replace(".", "_")].train()
+        x = torch.randn(3, parts[0].get_base_layer().in_features)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            want = [module(x) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            ours = [torch.cat([p(x) for p in parts], dim=-1) for _ in range(8)]
+        assert torch.equal(after, torch.get_rng_state()), path
+        plain = torch.cat([p.get_base_layer()(x) for p in parts], dim=-1)
+        for got, expected in zip(ours, want):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-5, msg=path)
+        assert 0 < sum(torch.equal(got, plain) for got in ours) < 8, path
+    unet.eval()
     # the adapter folders (`unet/` and `unet/<kind>/`) load back as `dbspec sample` loads them, each fused
     # layer's parts sharing one (1, in) magnitude again
     from dbspec.runtime.weights import load_peft_adapters, save_peft_adapters

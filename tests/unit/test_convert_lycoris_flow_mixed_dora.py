@@ -144,9 +144,10 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). A LoCon network's
     dora_wd with it beside LoKr / LoHa entries, and a GLoRA network's decomposed LoCon entry (was DBS403, a
     spec's DBS267 / DBS583): LoConModule's one draw per fused Linear shared by the decomposed parts
-    (fused_lycoris_dropout.py add_fused_locon_dora_dropout; same test file). What stays refused: a GLoRA
-    network's wd_on_output=False with it (its blocks' own `dora_axis` "input" with module_dropout on
-    fused_projections, a spec's DBS583), and the network's rank_dropout beside other kinds (DBS578)."""
+    (fused_lycoris_dropout.py add_fused_locon_dora_dropout; same test file); a GLoRA network's
+    wd_on_output=False with it too (was DBS403, a spec's DBS583: its blocks' own `dora_axis` "input", one draw
+    per fused layer, tests/runtime/test_lycoris_flux_block_columns.py). What stays refused: the network's
+    rank_dropout beside other kinds (DBS578)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "glora").adapter
@@ -169,8 +170,13 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)
     assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
     cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
-    outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}', allow=True)
-    assert 'dora_axis = "input" with module_dropout' in messages(outcome, "DBS403"), errors(outcome)
+    outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "cols").adapter
+    assert a.module_dropout == 0.1 and [(b.kind, b.dora, b.dora_axis) for b in a.blocks] == [
+        ("lokr", "on", "input"),
+        ("loha", "on", "input"),
+    ]
 
 
 def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):

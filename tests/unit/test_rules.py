@@ -1970,18 +1970,21 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\ndora_axis = "input"\n',
     ),
     # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
-    # module dropout on fused projections refused (fused projections alone were: its parts share one (1, in)
-    # magnitude, tests/runtime/test_lycoris_flux_block_columns.py); on layers that do not decompose it is
-    # nothing (issue 12)
+    # the other dropouts refused (on fused projections, was refused: its parts share one (1, in) magnitude
+    # and module dropout's draw, tests/runtime/test_lycoris_flux_block_columns.py); on layers that do not
+    # decompose it is nothing (issue 12)
     (
         rules.block_dora_fits,
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\nmodule_dropout = 0.1\n'
+        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\noutput_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
         + 'dora_axis = "input"\n',
-        [("DBS583", "error", ("adapter", "blocks", 0, "dora_axis"))],
+        [
+            ("DBS583", "error", ("adapter", "text_encoder_blocks", 0, "dora")),
+            ("DBS583", "error", ("adapter", "blocks", 0, "dora_axis")),
+        ],
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n'
@@ -2090,26 +2093,23 @@ CASES = [
     ),
     # ... a GLoRA / DyLoRA adapter's LoRA / LoHa / LoKr blocks on Flux too (was DBS583 "fused_projections";
     # tests/runtime/test_lycoris_mixed_flow_glora.py, test_lycoris_mixed_flow_dylora.py), not its own kind's
-    # layers nor, on fused layers, a block's own axis with module_dropout (a block's own axis alone was
-    # DBS583: tests/runtime/test_lycoris_flux_block_columns.py)
+    # layers (on fused layers a block's own axis, with module_dropout too, was DBS583:
+    # tests/runtime/test_lycoris_flux_block_columns.py)
     *(
         (
             rules.block_dora_fits,
             'family = "flux"\n'
             + DOG
             + STEPS
-            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\nmodule_dropout = 0.1\n'
+            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\n'
             + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
             + 'dora_axis = "input"\n'
             + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
-            [
-                ("DBS583", "error", ("adapter", "blocks", 1, "dora")),
-                ("DBS583", "error", ("adapter", "blocks", 0, "dora_axis")),
-            ],
+            [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
             'family = "flux"\n'
             + DOG
             + STEPS
-            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\n'
+            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\nmodule_dropout = 0.1\n'
             + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
             + 'dora_axis = "input"\n'
             + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
