@@ -199,6 +199,13 @@ def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
     a = plan_of(outcome, tmp_path / "dylora").adapter
     assert a.fused and (a.kind, a.dora, a.dora_form) == ("dylora", False, "lycoris")
     assert [(b.kind, b.rank, b.dora) for b in a.blocks] == [("loha", 2, "on")]
+    # ... per input column (was DBS403, a spec's DBS583): the LoHa block's own axis, its fused q/k/v sharing
+    # one (1, in) magnitude
+    cols = '"algo=dylora" "block_size=2" "dora_wd=True" "wd_on_output=False"'
+    outcome = _sd3(tmp_path / "cols", SD3_X_ATTENTION_MIXED, cols)
+    assert not {"DBS402", "DBS403", "DBS405"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "cols").adapter
+    assert [(b.kind, b.rank, b.dora, b.dora_axis) for b in a.blocks] == [("loha", 2, "on", "input")]
 
 
 @pytest.mark.parametrize("algo", ["loha", "glora"])
