@@ -866,8 +866,9 @@ block's convolution rank is not used (kohya builds convolution LoRA only with `c
 adapter with `dora = true`: these are kohya networks.lora's LoRAModule.forward on plain LoRA layers, which
 DoRA's layers do not have. LyCORIS's weight decomposition (`dora_form = "lycoris"`) takes `module_dropout`
 and `rank_dropout` with `rank_dropout_form = "lycoris"` as LoConModule with `dora_wd` draws them (the skip
-draw, then the mask over the rebuilt update's output rows, renormalised with the rest), except with
-`fused_projections`.""",
+draw, then the mask over the rebuilt update's output rows, renormalised with the rest); with
+`fused_projections` a fused layer's parts share one draw (per input column the one norm spans every part's
+masked rows), beside `[[adapter.blocks]]` of other kinds too.""",
     ),
     # [distributed]: FSDP and DeepSpeed ZeRO (DBS268, DBS269; the target's DBS319, DBS328, DBS329).
     Code(
@@ -2832,8 +2833,10 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 `load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
-whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, LoRA ones not with
-`fused_projections`), a decomposed block of
+whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts
+sharing it; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
+all LoRA, without `fused_projections`: each layer's row mask as each LoConModule draws it), a decomposed \
+block of
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
 Chroma each fused Linear whole; on a GLoRA or DyLoRA adapter, which has no `dora`, its blocks of kind LoRA,
@@ -2842,7 +2845,9 @@ decompose their Tucker layers too (an entry's `use_tucker` with `weight_decompos
 LohaModule / LokrModule do; was refused). With
 `fused_projections` a block covers whole fused layers (DBS507), each decomposed per output row
 (`dora_axis = "input"`: DBS509 / DBS575). A block's own `dora_axis` (a map entry's `wd_on_out`) on layers
-that decompose is held to the same options, and also not taken with `fused_projections`; an `init_weights`
+that decompose is held to the same options; with `fused_projections` its fused layers per input column
+share one `(1, in)` magnitude over every part's merged rows, as LyCORIS's one module on the fused Linear
+(`module_dropout`'s one draw per fused layer shared by its parts); an `init_weights`
 file starts those layers from its `dora_scale` in the block's axis shape (per input column `(1, in, ...)`),
 each tensor's shape checked against its layer when the run loads it, as LyCORIS's `load_state_dict`
 checks it.""",

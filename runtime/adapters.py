@@ -32,6 +32,14 @@ def lycoris_dora(adapter: AdapterPlan) -> bool:
     return (adapter.dora or any(b.dora == "on" for b in blocks)) and adapter.dora_form == "lycoris"
 
 
+def columns(adapter: AdapterPlan) -> bool:
+    """Some layer may decompose per input column (runtime/lycoris_dora.py; on fused Linears its parts tied
+    by tie_fused_doras): the adapter's `dora_axis`, or a block's own (a LyCORIS map entry's wd_on_out, a
+    GLoRA / DyLoRA network's wd_on_output on its LoCon / LoHa / LoKr entries)."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    return adapter.dora_axis == "input" or any(b.dora_axis == "input" for b in blocks)
+
+
 def any_scalar(adapter: AdapterPlan) -> bool:
     """Some layer trains LyCORIS's use_scalar: the adapter's `scalar`, or a block's own (a LyCORIS map
     entry's)."""
@@ -303,12 +311,7 @@ def _add_one_kind(
         from dbspec.runtime.lycoris_dora import add_lycoris_dora
 
         add_lycoris_dora(module, ADAPTER_NAME, adapter.dora_axis, own_dora, adapter.dora, own_axes)
-        if (
-            conv
-            and adapter.fused
-            and adapter.kind in ("lokr", "loha", "lora")
-            and adapter.dora_axis == "input"
-        ):
+        if conv and adapter.fused and adapter.kind in ("lokr", "loha", "lora") and columns(adapter):
             from dbspec.runtime.lycoris_dora import tie_fused_doras  # one column norm per fused layer
 
             tie_fused_doras(module, adapter.fused)

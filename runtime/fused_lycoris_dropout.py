@@ -143,19 +143,18 @@ def add_lycoris_layer_dropout(
 def add_fused_locon_dora_dropout(
     module: torch.nn.Module, fused: tuple[FusedPlan, ...], module_dropout: float, rank_dropout: float
 ) -> int:
-    """LoConModule with weight_decompose (dora_wd, per output row) on a fused Linear: its forward's one
+    """LoConModule with weight_decompose (dora_wd) on a fused Linear: its forward's one
     `torch.rand(1) < module_dropout`, then make_weight's one mask `torch.rand(rows, device=x.device) >
     rank_dropout` over every row of the fused update (divided by its mean where the parts' block rescales,
     a LyCORIS map entry's rank_dropout_scale), the masked update decomposed. The adapted parts of each fused
     layer (a LoRA adapter's, LyCORIS's decomposition on them: runtime/lycoris_dora.py) share that draw, each
-    decomposing its rows of the masked update with its rows' magnitudes (the norm per output row stays within
-    a part); how many fused layers. Per input column (one norm over every part's rows) they are not wrapped:
-    the compiler refuses the dropouts there (DBS267)."""
+    decomposing its rows of the masked update: per output row with its rows' magnitudes (the norm stays
+    within a part), per input column (wd_on_out=False; the parts' one (1, in) magnitude, tie_fused_doras) by
+    the column norms of every part's masked merged rows; how many fused layers."""
     from dbspec.runtime.lora_dropout import rescaled
 
-    def part(layer) -> bool:  # a LoRA part decomposed per output row
-        decomposed = dora_scale_of(layer, ADAPTER_NAME) is not None and hasattr(layer, "lora_A")
-        return decomposed and layer.dora_axis(ADAPTER_NAME) == "output"
+    def part(layer) -> bool:  # a decomposed LoRA part
+        return dora_scale_of(layer, ADAPTER_NAME) is not None and hasattr(layer, "lora_A")
 
     wrapped = 0
     for group, index, found in fused_parts(module, fused, part):
@@ -200,7 +199,7 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
             return result.to(x.dtype)
         if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
             part_mask = None if mask is None else mask[rows[0] : rows[1]]
-            delta = layer.dora_delta(ADAPTER_NAME, part_mask)
+            delta = layer.dora_delta(ADAPTER_NAME, part_mask, mask)  # per input column: every part's rows
         else:
             delta = layer.get_delta_weight(ADAPTER_NAME)  # the part's rows (use_scalar's scalar in)
             if mask is not None:

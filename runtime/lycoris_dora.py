@@ -128,11 +128,14 @@ class LycorisDora:
             delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
         return delta
 
-    def dora_delta(self, adapter: str, row_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def dora_delta(
+        self, adapter: str, row_mask: torch.Tensor | None = None, whole_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """W' - W: the decomposed weight minus the base weight (LyCORIS's `delta_weight`). `row_mask`: a
         rank-dropout mask drawn elsewhere (a fused layer's shared draw, runtime/fused_lycoris_dropout.py)
         over ΔW's output rows, in place of the layer's own, before the decomposition as LyCORIS's
-        get_weight applies it."""
+        get_weight applies it; `whole_mask`: that draw over every part's rows (part order), which a fused
+        layer's column norm spans."""
         base = self.get_base_layer().weight
         if row_mask is None:
             update = self._update(adapter)
@@ -142,22 +145,34 @@ class LycorisDora:
         merged = base + update.to(base.dtype)
         parts = self.__dict__.get("dbspec_dora_parts")
         if parts is not None and self.dora_axis(adapter) == "input":  # a fused layer's one column norm
-            return self._fused_column_delta(adapter, merged, parts) - base
+            return self._fused_column_delta(adapter, merged, parts, whole_mask) - base
         return weight_decompose(merged, self.dora_scales()[adapter], self.dora_axis(adapter)) - base
 
-    def _fused_column_delta(self, adapter: str, merged: torch.Tensor, parts: tuple) -> torch.Tensor:
+    def _fused_column_delta(
+        self, adapter: str, merged: torch.Tensor, parts: tuple, whole_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """This part's rows of LyCORIS's decomposition per input column of the fused Linear
         (tie_fused_doras): every part's merged weight stacked in part order, renormalised to the shared
-        `dora_scale` by the whole stacked column norms, as LokrModule / LohaModule with wd_on_out=False on
-        kohya's fused Linear."""
+        `dora_scale` by the whole stacked column norms, as LokrModule / LohaModule / LoConModule with
+        wd_on_out=False on kohya's fused Linear; with `whole_mask` (the fused layer's shared rank-dropout
+        draw, LoConModule.make_weight's one mask over every row) each other part's update masked by its
+        rows of it, as the fused module masks its whole update before decomposing it."""
         stacked, start = [], 0
         for part in parts:
+            first = sum(w.shape[0] for w in stacked)
             if part is self:
-                start = sum(w.shape[0] for w in stacked)
+                start = first
                 stacked.append(merged)
+                continue
+            other = part.get_base_layer().weight
+            if whole_mask is None:
+                update = part._update(adapter)
             else:
-                other = part.get_base_layer().weight
-                stacked.append(other + part._update(adapter).to(other.dtype))
+                rows = whole_mask[first : first + other.shape[0]].to(other.device)
+                update = part._update(adapter, own_rank_dropout=False) * rows.view(
+                    -1, *[1] * (other.dim() - 1)
+                )
+            stacked.append(other + update.to(other.dtype))
         whole = weight_decompose(torch.cat(stacked), self.dora_scales()[adapter], "input")
         return whole[start : start + merged.shape[0]]
 
@@ -328,8 +343,9 @@ def tie_fused_doras(module: nn.Module, fused) -> int:
     the stacked weight, the first part's Parameter shared by every part and starting at the stacked base
     weight's column norms; each part holds the others (`dbspec_dora_parts`, part order) so its forward takes
     the norms of the whole merged weight (_fused_column_delta; a LoCon part's update is its rows of the
-    shared down's, B_p A x alpha / rank). Per output row each part decomposes its own rows already. How many
-    fused layers."""
+    shared down's, B_p A x alpha / rank). Per output row each part decomposes its own rows already. A fused
+    layer tied already (each kind of a run of several ties its own, runtime/mixed_kinds.py; their folders
+    load one after another, runtime/weights.py) keeps its magnitude. How many fused layers."""
     from dbspec.runtime.fused import _lora_part, _lycoris_part, fused_parts
 
     def part(layer) -> bool:  # a fused LoKr / LoHa part, or a LoCon part (decomposed or not: checked below)
@@ -340,6 +356,9 @@ def tie_fused_doras(module: nn.Module, fused) -> int:
         layers = [layer for _, _, layer in found]
         names = [layer.dora_scale_name if isinstance(layer, LycorisDora) else None for layer in layers]
         if len(layers) < 2 or None in names:  # a fused layer not decomposed (a block's own dora elsewhere)
+            continue
+        if all("dbspec_dora_parts" in layer.__dict__ for layer in layers):
+            tied += 1  # tied by an earlier kind's pass or folder (a run of several kinds): its values kept
             continue
         adapters = [
             a for a in layers[0].dora_scales() if axis_of(layers[0].dora_scales()[a].shape) == "input"

@@ -315,6 +315,11 @@ def _stacked_full(
                 stacked[key].append(own[key].to(weights[key].dtype))
         for key in [k for k in _SHARED_BY_PARTS if k in stacked]:  # GLoRA's: one tensor, the first part's
             stacked[key] = stacked[key][:1]
+        scales = [w.get("dora_scale") for _, w, _ in present.values()]
+        if scales[0] is not None and len(present) > 1 and all(s is scales[0] for s in scales):
+            # a LoCon's per input column: the one (1, in) magnitude its parts share (lycoris_dora.py
+            # tie_fused_doras), written once as LoConModule holds it
+            stacked["dora_scale"] = stacked["dora_scale"][:1]
         blocks = weights.get("oft_blocks")
         shared = blocks is not None and all(w["oft_blocks"] is blocks for _, w, _ in present.values())
         if blocks is not None and (blocks.dim() == 4 or (shared and len(present) > 1)):

@@ -14,6 +14,7 @@ import torch
 from dbspec.families import FAMILIES, family_spec
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.mixed_kinds import mixed, own_bypass
+from dbspec.runtime.adapters import columns
 from dbspec.plan.io import PlanFileError, read_plan
 from dbspec.plan.model import Plan, ValidationPlan
 from dbspec.runtime import tiny
@@ -323,7 +324,7 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         adapter
         if adapter
         and adapter.fused
-        and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or adapter.dora_axis == "input")
+        and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or columns(adapter))
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
         # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass)

@@ -530,8 +530,11 @@ def load_peft_adapters(
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
             # per input column: one magnitude per fused layer's column (tie_fused_doras), a LoCon's too
-            locon = (
-                fused_lokr is not None and fused_lokr.kind == "lora" and fused_lokr.fused and name == "unet"
+            locon = (  # the denoiser's, or in a run of several kinds its LoRA kind's folder
+                fused_lokr is not None
+                and fused_lokr.kind == "lora"
+                and fused_lokr.fused
+                and (name == "unet" or kind_only)
             )
             if fused or locon:
                 from dbspec.runtime.lycoris_dora import tie_fused_doras

@@ -3548,6 +3548,19 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
+    # LoConModule's row mask on every LoCon layer of a LoCon network, decomposed or not, in forward order
+    # (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form on the others; checked
+    # against lycoris-lora's network on SD 1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py); beside
+    # other kinds or on fused layers not checked
+    locon_rows = (
+        a.kind == "lora"
+        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
+        and not fused
+        and all(
+            getattr(b, "kind", "adapter") in ("adapter", "lora")
+            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+        )
+    )
     others = [
         text
         for text, on in (
@@ -3558,10 +3571,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
-            *(
-                (key, bool(getattr(a, key, 0.0)))
-                for key in ("dropout", "rank_dropout", "down_dropout", "output_dropout")
-            ),
+            *((key, bool(getattr(a, key, 0.0))) for key in ("dropout", "down_dropout", "output_dropout")),
+            ("rank_dropout", bool(getattr(a, "rank_dropout", 0.0)) and not locon_rows),
             (
                 "a quantised base (precision.quantize_*)",
                 p.quantize_backend != "cast"
@@ -3570,24 +3581,22 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
         if on
     ]
-    # a block's own axis also not on fused layers (their parts decompose their rows of the fused weight per
-    # output row, compiler/fused.py); a file's start loads each layer's dora_scale in its block's axis shape
-    # (runtime/init_weights.py, lycoris_init.py check each tensor's shape against its layer, as LyCORIS's
-    # load_state_dict does)
-    axis_others = [text for text, on in (("fused_projections", fused),) if on]
+    # a block's own axis on fused layers: per input column its fused layers' parts share one (1, in)
+    # magnitude and the whole merged weight's column norms (runtime/lycoris_dora.py tie_fused_doras), and
+    # module_dropout's one draw per fused layer (fused_lycoris_dropout.py); a file's start loads each layer's
+    # dora_scale in its block's axis shape (runtime/init_weights.py, lycoris_init.py check each tensor's shape
+    # against its layer, as LyCORIS's load_state_dict does)
     for table, i, key, value in own:
-        found = [*others, *(axis_others if key == "dora_axis" else ())]
+        found = list(others)
         kind = getattr(getattr(a, table)[i], "kind", "adapter")
         kind = a.kind if kind == "adapter" else kind
         # LyCORIS's other modules never decompose (a GLoRA / DyLoRA adapter's own layers either)
         if kind not in ("lora", "loha", "lokr"):
             found.append(f'a block of kind "{kind}"')
         # module dropout skips a decomposed layer's whole update as LohaModule / LokrModule / LoConModule do
-        # (lycoris_dora.py's forward; on fused Linears one draw per module for LoHa / LoKr,
-        # fused_lycoris_dropout.py; a decomposed LoRA part's draw is not shared: not with fused_projections)
-        if getattr(a, "module_dropout", 0.0) and (
-            kind not in ("loha", "lokr", "lora") or kind == "lora" and fused
-        ):
+        # (lycoris_dora.py's forward; on fused Linears one draw per module, fused_lycoris_dropout.py: LoHa /
+        # LoKr parts', and a decomposed LoRA's through add_fused_locon_dora_dropout)
+        if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr", "lora"):
             found.append("module_dropout")
         if not found:
             continue
@@ -3606,16 +3615,12 @@ def lora_dropouts_without_dora(spec: Spec, given: Given) -> Iterator[Hit]:
     """kohya networks.lora's down-projection, rank and module dropout act on plain LoRA layers; DoRA's are not
     wrapped. LyCORIS's weight decomposition (dora_form "lycoris") takes LoConModule's module dropout and its
     row mask (rank_dropout_form "lycoris") in its own forward (runtime/lycoris_dora.py); on fused layers
-    per output row, the parts sharing one draw (runtime/fused_lycoris_dropout.py), not per input column (one
-    norm over every part's rows of the masked update)."""
+    the parts share one draw (runtime/fused_lycoris_dropout.py), per input column their one norm spanning
+    every part's rows of the masked update."""
     adapter = spec.adapter
     if getattr(adapter, "kind", "") != "lora" or not adapter.dora:
         return
-    # on fused layers beside blocks of other kinds (a LyCORIS preset file's entries) not checked against
-    # lycoris-lora's network yet: refused there
-    others = any(getattr(b, "kind", "adapter") not in ("adapter", "lora") for b in adapter.blocks)
-    fused_off = adapter.fused_projections and (adapter.dora_axis == "input" or others)
-    locon = lycoris_dora(adapter) and not fused_off
+    locon = lycoris_dora(adapter)
     for key, off in (
         ("down_dropout", 0.0),
         ("output_dropout", 0.0),
@@ -3643,16 +3648,6 @@ def _locon_dora_why(adapter, key: str) -> str:
         return ""
     if not lycoris_dora(adapter):
         return " in peft's form (LyCORIS's, dora_form = \"lycoris\", takes module and rank dropout)"
-    if adapter.fused_projections and adapter.dora_axis == "output":
-        return (
-            " with fused_projections beside [[adapter.blocks]] of other kinds (LoConModule's shared draw on "
-            "the decomposed fused layers is checked on a LoRA / LoCon network alone)"
-        )
-    if adapter.fused_projections:
-        return (
-            ' with fused_projections and dora_axis = "input" (LyCORIS\'s one norm per input column spans '
-            'every part\'s rows of the masked update; per output row, dora_axis = "output", it takes them)'
-        )
     return (
         f' and adapter.rank_dropout_form = "{adapter.rank_dropout_form}" (LyCORIS\'s weight decomposition '
         'masks the rebuilt update\'s output rows: rank_dropout_form = "lycoris")'

@@ -85,3 +85,73 @@ def test_fused_locon_dora_dropouts_draw_once_as_lycoris_module(tmp_path):
     )
     for mine, want in grads:
         torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_locon_dora_dropouts_per_input_column_as_lycoris_module(tmp_path):
+    """wd_on_output=False (was DBS403 / DBS267): LoConModule(weight_decompose=True, wd_on_out=False) with both
+    dropouts on the fused Linear decomposes W + the masked ΔW by column norms spanning every part's masked
+    rows; dbspec's parts share the draw and their one (1, in) magnitude (lycoris_dora.py tie_fused_doras, each
+    part's column norm over every part's rows of the shared mask). Checked on the adapted model without a
+    run (the saved state is the adapter-level columns' of test_lycoris_flux_locon_columns.py), its values
+    moved at random: outputs, the generator left alike, the down's, ups' and magnitude's gradients."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+
+    spec = SPEC.replace('dora_form = "lycoris"\n', 'dora_form = "lycoris"\ndora_axis = "input"\n')
+    plan = make_plan(tmp_path, base=BASE, steps=2, extra=spec)
+    a = plan.adapter
+    assert (a.dora, a.dora_axis, a.module_dropout, a.rank_dropout) == (True, "input", MODULE, RANK)
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    attn = comps.unet.float().transformer_blocks[0].attn
+    qkv = (attn.to_q, attn.to_k, attn.to_v)
+    scale = dora_scale_of(qkv[0], "default")
+    assert scale.shape == (1, 16) and all(dora_scale_of(p, "default") is scale for p in qkv)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in qkv:
+            p.lora_B["default"].weight.normal_(std=0.3)
+        scale.mul_(1 + 0.2 * torch.rand_like(scale))
+    module = LoConModule(
+        "qkv",
+        _fused_linear([p.base_layer for p in qkv]),
+        1.0,
+        4,
+        2.0,
+        module_dropout=MODULE,
+        rank_dropout=RANK,
+        weight_decompose=True,
+        wd_on_out=False,
+    )
+    with torch.no_grad():
+        module.lora_down.weight.copy_(qkv[0].lora_A["default"].weight)
+        module.lora_up.weight.copy_(torch.cat([p.lora_B["default"].weight for p in qkv]))
+        module.dora_scale.copy_(scale)
+    module.apply_to()
+    theirs = module.train()
+    for p in qkv:
+        p.train()
+    x = torch.randn(3, 16)
+    plain = torch.cat([p.base_layer(x) for p in qkv], dim=-1).detach()
+    seen = set()
+    for seed in range(10):
+        torch.manual_seed(seed)
+        want = theirs(x)
+        after = torch.get_rng_state()
+        torch.manual_seed(seed)
+        mine = torch.cat([p(x) for p in qkv], dim=-1)
+        assert torch.equal(after, torch.get_rng_state())
+        torch.testing.assert_close(mine, want, rtol=0, atol=1e-5)
+        skipped = torch.equal(want, plain)
+        seen.add("skipped" if skipped else "drawn")
+        if not skipped:
+            want.square().sum().backward()
+            mine.square().sum().backward()
+    assert seen == {"skipped", "drawn"}
+    grads = (
+        (qkv[0].lora_A["default"].weight.grad, theirs.lora_down.weight.grad),
+        (torch.cat([p.lora_B["default"].weight.grad for p in qkv]), theirs.lora_up.weight.grad),
+        (scale.grad, theirs.dora_scale.grad),
+    )
+    for mine, want in grads:
+        torch.testing.assert_close(mine, want, rtol=1e-4, atol=1e-6)

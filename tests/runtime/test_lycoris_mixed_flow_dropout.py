@@ -195,3 +195,91 @@ def test_boft_and_glora_entries_draw_once_per_fused_layer(tmp_path, monkeypatch)
     theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, "locon", {"boft", "glora", "loha"}, base)
     assert {"ButterflyOFTModule", "GLoRAModule", "LohaModule"} <= {type(m).__name__ for m in theirs.values()}
     assert fused == 3
+
+
+@pytest.mark.parametrize("algo", ["locon", "dylora"])
+def test_locon_network_dora_wd_module_dropout_beside_other_kinds_is_lycoris(tmp_path, monkeypatch, algo):
+    """A LoCon network's dora_wd with module_dropout beside a preset file's full, LoHa and IA^3 entries on
+    Flux (was DBS403 / a spec's DBS267): its LoCon entry's fused txt q/k/v decomposed whole, the parts sharing
+    LoConModule's one skip draw (fused_lycoris_dropout.py add_fused_locon_dora_dropout, as on a LoCon network
+    alone), the LoHa linear1 LohaModule's, the full q/k/v FullModule's; a DyLoRA network's LoCon entry alike
+    (its blocks' own `dora`; GLoRA's takes the same path, runtime/mixed_kinds.py add_module_dropout). Checked
+    without a run (each kind's
+    saved state is the runs' above): the adapted model, its values moved at random, exported and loaded into
+    lycoris-lora 4.1.3's network from the same file; in training from the same generator state every
+    module's outputs and the generator left alike, skipped and drawn forwards both met."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.exports import exports_for_plan
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+
+    file = tmp_path / "mixed.toml"
+    text = FLUX_FILE.replace("OTHER", "locon").replace("QKV", "full").replace("LINEAR1", "loha")
+    file.write_text(text, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE]
+    plan = _converted(tmp_path, file.name, algo, base, '"dora_wd=True"')
+    a = plan.adapter
+    kind, dora = ("lora", True) if algo == "locon" else (algo, False)  # DyLoRA: its blocks' own
+    assert (a.kind, a.dora, a.dora_form, a.module_dropout) == (kind, dora, "lycoris", RATE) and a.fused
+    assert {b.kind for b in a.blocks} >= {"full", "loha", "ia3"}
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    unet = comps.unet.float()
+    torch.manual_seed(1)
+    with torch.no_grad():  # every update away from 0, the magnitudes off the base norms
+        for name, p in unet.named_parameters():
+            if p.requires_grad:
+                p.mul_(1 + 0.2 * torch.rand_like(p)) if "dora_scale" in name else p.add_(
+                    torch.randn_like(p) * 0.1
+                )
+    (folder := tmp_path / "export").mkdir()
+    tensors = load_file(str(exports_for_plan(plan, folder, comps)[0]))
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [nn.Module(), nn.Module()], tree, algo=algo, preset=str(file),
+        module_dropout=RATE, dora_wd="True",
+    )  # fmt: skip
+    made.apply_to([nn.Module(), nn.Module()], tree, apply_text_encoder=False, apply_unet=True)
+    # CLIP's modules not built here; a DyLoRA network's own modules (saved as plain LoRA, drawing Python's
+    # random block too: tests/runtime/test_dylora.py) left out
+    theirs = {m.lora_name: m for m in made.unet_loras if type(m).__name__ != "DyLoraModule"}
+    unet_tensors = {k: v for k, v in tensors.items() if k.split(".")[0] in theirs}
+    result = made.load_state_dict(unet_tensors, strict=False)
+    assert not result.unexpected_keys, result
+    assert not [k for k in result.missing_keys if k.split(".")[0] in theirs], result
+    decomposed = {type(m).__name__ for m in theirs.values() if getattr(m, "wd", False)}
+    assert decomposed == {"LoConModule", "LohaModule"}
+    assert getattr(theirs["lora_unet_double_blocks_0_txt_attn_qkv"], "wd", False)  # a fused LoConModule
+    unet.train()
+    compared = 0
+    for path, (parts, _) in layers.items():
+        name = "lora_unet_" + path.replace(".", "_")
+        if name not in theirs:
+            continue
+        module = theirs[name].train()
+        x = torch.randn(3, _base(parts[0]).in_features)
+        torch.manual_seed(7)
+        with torch.no_grad():
+            want = [module(x) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        calls = _call_order(parts, unet)
+        with torch.no_grad():
+            ours = []
+            for _ in range(8):
+                out = {id(p): p(x) for p in calls}
+                ours.append(torch.cat([out[id(p)] for p in parts], dim=-1))
+        assert torch.equal(after, torch.get_rng_state()), name  # one draw per forward of the module
+        plain = torch.cat([_base(p)(x) for p in parts], dim=-1)
+        skipped = 0
+        for got, expected in zip(ours, want):
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=name)
+            skipped += torch.equal(got, plain)
+        assert 0 < skipped < 8, name
+        compared += 1
+    assert compared == len(theirs) == (5 if algo == "dylora" else 8)  # DyLoRA's three left out

@@ -15,6 +15,7 @@ from convert_kit import (  # noqa: F401
     SD15,
     codes,
     empty_hub_cache,
+    errors,
     expressible,
     images,
     kohya,
@@ -403,11 +404,21 @@ def test_entry_wd_on_out_becomes_the_block_dora_axis(tmp_path):
 
 
 def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
-    """A block's own weight decomposition beside layers without one: not with the network's dropouts
-    (LyCORIS ignores network_dropout on decomposed layers, renormalises their masked update) nor LyCORIS's max
-    norm (DBS583 on the spec: DBS403)."""
+    """A block's own weight decomposition beside layers without one: on a LoCon network with the network's
+    rank_dropout (was DBS403, a spec's DBS583) every LoConModule draws its row mask in its forward, the
+    decomposed ones renormalising the masked update: rank_dropout in LyCORIS's form
+    (tests/runtime/test_lycoris_block_dora_rank_dropout.py against lycoris-lora 4.1.3's network); beside
+    entries of other algorithms, or with LyCORIS's max norm, still DBS583 on the spec: DBS403."""
     text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
-    outcome = _convert(tmp_path, text, "locon", '"rank_dropout=0.1"')
+    outcome = _convert(tmp_path, text, "locon", '"rank_dropout=0.1" "module_dropout=0.2"')
+    assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dora, a.dora_form) == ("lora", False, "lycoris")
+    assert (a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (0.1, "lycoris", 0.2)
+    assert [(b.dora, b.dora_axis) for b in a.blocks] == [("on", "adapter")]
+    (tmp_path / "mixed").mkdir()
+    mixed = text + '[module_algo_map.ResnetBlock2D]\nalgo = "loha"\n'
+    outcome = _convert(tmp_path / "mixed", mixed, "locon", '"rank_dropout=0.1"')
     assert "DBS403" in codes(outcome) and 'dora = "on" with rank_dropout' in messages(outcome, "DBS403")
     (tmp_path / "n").mkdir()
     outcome = _convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0")

@@ -53,7 +53,9 @@ def test_flux_entries_own_weight_decompose_beside_other_algorithms(tmp_path):
     """Entries' own weight_decompose beside other algorithms: a LoKr entry's true on a LoCon network is its
     block's `dora = "on"` (the LoKr fused q/k/v alone decomposed); a LoHa entry's false on a dora_wd LoKr
     network its block's `dora = "off"` (every other LoKr, LoHa and LoCon layer decomposed). An entry's own
-    wd_on_out on a fused Linear stays refused (DBS403, a spec's DBS583), as beside its own kind."""
+    wd_on_out false on a fused Linear (was DBS403, a spec's DBS583) is its block's `dora_axis = "input"`: the
+    fused layer's parts share one (1, in) magnitude (runtime/lycoris_dora.py tie_fused_doras;
+    tests/runtime/test_lycoris_flux_block_columns.py against lycoris-lora 4.1.3's LokrModule)."""
     own = MIXED.replace("dim = 8\n", "dim = 8\nweight_decompose = true\n")
     outcome = _flux(tmp_path / "on", own, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -69,8 +71,14 @@ def test_flux_entries_own_weight_decompose_beside_other_algorithms(tmp_path):
     assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lokr", True, "lycoris", "output")
     assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "adapter"), ("loha", "off")]
     axis = own.replace("weight_decompose = true\n", "weight_decompose = true\nwd_on_out = false\n")
-    outcome = _flux(tmp_path / "axis", axis, '"algo=locon"', allow=True)
-    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "axis", axis, '"algo=locon"')
+    assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "axis").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == ("lora", False, "lycoris", "output")
+    assert [(b.kind, b.dora, b.dora_axis) for b in a.blocks] == [
+        ("lokr", "on", "input"),
+        ("loha", "adapter", "adapter"),
+    ]
 
 
 @pytest.mark.parametrize("algo", ["glora", "dylora"])
@@ -99,6 +107,17 @@ def test_flux_glora_and_dylora_networks_dora_wd_is_their_entries_blocks_dora(tmp
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "off").adapter
     assert [(b.kind, b.dora) for b in a.blocks] == [("lokr", "on"), ("loha", "adapter")]
+    # wd_on_output=False (was DBS403, a spec's DBS583): LokrModule / LohaModule per input column of each
+    # fused Linear, the LoKr / LoHa blocks' own `dora_axis`, their parts sharing one (1, in) magnitude
+    outcome = _flux(tmp_path / "cols", MIXED, f'"algo={algo}" "dora_wd=True" "wd_on_output=False"{extra}')
+    assert not {"DBS402", "DBS403", "DBS405"} & codes(outcome), errors(outcome)
+    assert "network_args wd_on_output" not in outcome.conversion.reports
+    a = plan_of(outcome, tmp_path / "cols").adapter
+    assert (a.kind, a.dora, a.dora_form) == (algo, False, "lycoris") and a.fused
+    assert [(b.kind, b.dora, b.dora_axis) for b in a.blocks] == [
+        ("lokr", "on", "input"),
+        ("loha", "on", "input"),
+    ]
 
 
 def test_flux_glora_network_entries_own_weight_decompose(tmp_path):
@@ -122,10 +141,13 @@ def test_flux_glora_network_entries_own_weight_decompose(tmp_path):
 def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     """A GLoRA network's dora_wd with module_dropout (was DBS403 / a spec's DBS583): its decomposed LoKr /
     LoHa blocks' one draw per fused module skips the whole decomposed update, as LokrModule / LohaModule do
-    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). What stays refused: a
-    LoCon entry decomposed with it (LoRA's dropout wrappers reach no decomposed weight; a LoCon network's
-    dora_wd with module_dropout, as on the U-Net), and a GLoRA network's wd_on_output=False (its blocks' own
-    `dora_axis` "input" with fused_projections, a spec's DBS583, as an entry's own wd_on_out there)."""
+    (tests/runtime/test_lycoris_mixed_flow_dropout.py against lycoris-lora 4.1.3). A LoCon network's
+    dora_wd with it beside LoKr / LoHa entries, and a GLoRA network's decomposed LoCon entry (was DBS403, a
+    spec's DBS267 / DBS583): LoConModule's one draw per fused Linear shared by the decomposed parts
+    (fused_lycoris_dropout.py add_fused_locon_dora_dropout; same test file); a GLoRA network's
+    wd_on_output=False with it too (was DBS403, a spec's DBS583: its blocks' own `dora_axis` "input", one draw
+    per fused layer, tests/runtime/test_lycoris_flux_block_columns.py). What stays refused: the network's
+    rank_dropout beside other kinds (DBS578)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "glora").adapter
@@ -134,13 +156,27 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
         ("loha", "on"),
     ]
     locon = MIXED.replace('algo = "lokr"', 'algo = "locon"')
-    for name, algo, text in (("locon", "locon", MIXED), ("entry", "glora", locon)):
-        outcome = _flux(
-            tmp_path / name, text, f'"algo={algo}" "dora_wd=True" "module_dropout=0.1"', allow=True
-        )
-        assert "module_dropout" in messages(outcome, "DBS403"), (name, errors(outcome))
-    outcome = _flux(tmp_path / "cols", MIXED, '"algo=glora" "dora_wd=True" "wd_on_output=False"', allow=True)
-    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403"), errors(outcome)
+    outcome = _flux(tmp_path / "locon", MIXED, '"algo=locon" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "locon").adapter
+    assert (a.kind, a.dora, a.dora_form, a.module_dropout) == ("lora", True, "lycoris", 0.1) and a.fused
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lokr", "adapter"), ("loha", "adapter")]
+    outcome = _flux(tmp_path / "entry", locon, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "entry").adapter
+    assert (a.kind, a.dora, a.module_dropout) == ("glora", False, 0.1)
+    assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "on"), ("loha", "on")]
+    drop = '"algo=locon" "dora_wd=True" "rank_dropout=0.1"'
+    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)
+    assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
+    cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
+    outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "cols").adapter
+    assert a.module_dropout == 0.1 and [(b.kind, b.dora, b.dora_axis) for b in a.blocks] == [
+        ("lokr", "on", "input"),
+        ("loha", "on", "input"),
+    ]
 
 
 def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
@@ -163,6 +199,13 @@ def test_sd3_dora_wd_beside_a_loha_entry(tmp_path):
     a = plan_of(outcome, tmp_path / "dylora").adapter
     assert a.fused and (a.kind, a.dora, a.dora_form) == ("dylora", False, "lycoris")
     assert [(b.kind, b.rank, b.dora) for b in a.blocks] == [("loha", 2, "on")]
+    # ... per input column (was DBS403, a spec's DBS583): the LoHa block's own axis, its fused q/k/v sharing
+    # one (1, in) magnitude
+    cols = '"algo=dylora" "block_size=2" "dora_wd=True" "wd_on_output=False"'
+    outcome = _sd3(tmp_path / "cols", SD3_X_ATTENTION_MIXED, cols)
+    assert not {"DBS402", "DBS403", "DBS405"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "cols").adapter
+    assert [(b.kind, b.rank, b.dora, b.dora_axis) for b in a.blocks] == [("loha", 2, "on", "input")]
 
 
 @pytest.mark.parametrize("algo", ["loha", "glora"])

@@ -961,7 +961,7 @@ def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     """An entry's own weight_decompose on FLUX.1's fused qkv: the block's `dora` (LyCORIS's form, each fused
     layer decomposed whole, per output row: runtime/lycoris_dora.py on its parts, each its rows; a fused
     LoKr / LoHa's parts share one module, runtime/fused_lokr.py / fused_loha.py), per input column with the
-    network's wd_on_output=False (issue 12)."""
+    network's wd_on_output=False or the entry's own wd_on_out = false (issue 12)."""
     text = DOUBLE_ATTENTION + "weight_decompose = true\n"
     outcome = _flux(tmp_path, text, f'"algo={algo}"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -977,8 +977,13 @@ def test_flux_entry_weight_decompose_on_whole_fused_layers(tmp_path, algo):
     assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "input")
     assert [(b.rank, b.dora) for b in a.blocks] == [(16, "on")]
     assert fate(outcome, "network_args wd_on_output") == "mapped"
-    outcome = _flux(tmp_path / "own", text + "wd_on_out = false\n", f'"algo={algo}"', allow=True)
-    assert 'dora_axis = "input" with fused_projections' in messages(outcome, "DBS403")
+    # the entry's own wd_on_out (was DBS403, a spec's DBS583): its block's `dora_axis`, the same tied (1, in)
+    # magnitude per fused layer (tests/runtime/test_lycoris_flux_block_columns.py against lycoris-lora)
+    outcome = _flux(tmp_path / "own", text + "wd_on_out = false\n", f'"algo={algo}"')
+    assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "own").adapter
+    assert (a.kind, a.dora, a.dora_form, a.dora_axis) == (kind, False, "lycoris", "output")
+    assert [(b.rank, b.dora, b.dora_axis) for b in a.blocks] == [(16, "on", "input")]
 
 
 def test_sd3_train_norm_reaching_t5_norms_offsets_clip_only(tmp_path):

@@ -785,7 +785,9 @@ def test_locon_dora_wd_per_input_column_on_fused_layers(tmp_path):
     """LoConModule's weight_decompose with wd_on_output=False on each fused Linear: one magnitude per input
     column of the stacked weight, the parts sharing it and its norms: adapter.dora in LyCORIS's form with
     dora_axis "input" (issue 12; was DBS403; tests/runtime/test_lycoris_flux_locon_columns.py holds it to
-    lycoris-lora's LoConModule); with rank_dropout still DBS403."""
+    lycoris-lora's LoConModule); with rank_dropout / module_dropout (was DBS403) LoConModule's one draw per
+    fused Linear, the masked update decomposed by column norms over every part's masked rows
+    (test_lycoris_flux_locon_dora_dropout.py)."""
     command = "--network_args preset=attn-mlp algo=locon dora_wd=True wd_on_output=False use_scalar=1"
     outcome = _flux(tmp_path, "--network_train_unet_only " + command)
     assert not errors(outcome) and "DBS403" not in codes(outcome)
@@ -794,8 +796,13 @@ def test_locon_dora_wd_per_input_column_on_fused_layers(tmp_path):
     assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     assert fate(outcome, "network_args wd_on_output") == "mapped"
     (tmp_path / "drop").mkdir()
-    outcome = _flux(tmp_path / "drop", f"--network_train_unet_only {command} rank_dropout=0.1", allow=True)
-    assert "DBS403" in codes(outcome)
+    outcome = _flux(
+        tmp_path / "drop", f"--network_train_unet_only {command} rank_dropout=0.1 module_dropout=0.2"
+    )
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.dora, a.dora_form, a.dora_axis) == (True, "lycoris", "input")
+    assert (a.module_dropout, a.rank_dropout, a.rank_dropout_form) == (0.2, 0.1, "lycoris")
 
 
 @pytest.mark.parametrize(

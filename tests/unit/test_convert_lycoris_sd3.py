@@ -357,6 +357,12 @@ def test_dora_wd_is_lycoris_weight_decomposition_per_output_row_as_on_flux(tmp_p
     assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "drop").adapter
     assert (a.dora, a.module_dropout, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, 0.2, "lycoris")
+    # per input column too (was DBS403): the parts' one (1, in) magnitude, the norm over every part's
+    # masked rows
+    outcome = _sd3(tmp_path / "columns", drop + " wd_on_output=False")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "columns").adapter
+    assert (a.dora, a.dora_axis, a.module_dropout, a.rank_dropout) == (True, "input", 0.1, 0.2) and a.fused
 
 
 def test_full_is_a_trained_copy_per_part_and_of_the_patch_convolution(tmp_path):

@@ -1320,21 +1320,22 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # ... with fused_projections per output row (one draw its parts share), not per input column (one
-        # norm over every part's rows of the masked update)
+    (  # ... with fused_projections too (one draw its parts share; per input column the norm spans every
+        # part's masked rows; beside blocks of other kinds alike), in peft's form not
         rules.lora_dropouts_without_dora,
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
-        + 'dora_axis = "input"\n',
+        + "dora = true\nfused_projections = true\nmodule_dropout = 0.2\n",
         [("DBS267", "error", ("adapter", "module_dropout"))],
         'family = "flux"\n'
         + DOG
         + STEPS
         + LORA
-        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n',
+        + 'dora = true\ndora_form = "lycoris"\nfused_projections = true\nmodule_dropout = 0.2\n'
+        + 'dora_axis = "input"\n'
+        + '[[adapter.blocks]]\npattern = "^proj_out$"\nkind = "lokr"\nrank = 2\nalpha = 1\n',
     ),
     (
         rules.best_checkpoint_metric_runs,
@@ -2007,17 +2008,39 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
-    # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
-    # fused projections refused; on layers that do not decompose it is nothing (issue 12)
+    # LoConModule's row mask (rank_dropout_form "lycoris") on a LoCon network's layers, decomposed by their
+    # block or not (was DBS583; tests/runtime/test_lycoris_block_dora_rank_dropout.py); kohya's form, or
+    # beside blocks of other kinds, not
     (
         rules.block_dora_fits,
         DOG
         + STEPS
-        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\n'
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\nrank_dropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\n',
+        [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\nrank_dropout = 0.1\n'
+        + 'rank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora = "on"\ndora_axis = "input"\n',
+    ),
+    # a block's own weight-decomposition axis (map entries' wd_on_out) on decomposed layers: peft's form and
+    # the other dropouts refused (on fused projections, was refused: its parts share one (1, in) magnitude
+    # and module dropout's draw, tests/runtime/test_lycoris_flux_block_columns.py); on layers that do not
+    # decompose it is nothing (issue 12)
+    (
+        rules.block_dora_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "loha"\ndora = true\nfused_projections = true\noutput_dropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\ndora_axis = "input"\n'
         + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nrank = 4\nalpha = 4.0\ndora = "off"\n'
         + 'dora_axis = "input"\n',
-        [("DBS583", "error", ("adapter", "blocks", 0, "dora_axis"))],
+        [
+            ("DBS583", "error", ("adapter", "text_encoder_blocks", 0, "dora")),
+            ("DBS583", "error", ("adapter", "blocks", 0, "dora_axis")),
+        ],
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\ndora = true\ndora_form = "lycoris"\n'
@@ -2106,8 +2129,8 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n',
     ),
     # module_dropout skips a decomposed LoHa / LoKr / LoRA layer's whole update (LohaModule / LokrModule /
-    # LoConModule; a decomposed LoRA one was DBS583), a decomposed LoRA part of a fused layer's not (its
-    # parts would draw apart)
+    # LoConModule; a decomposed LoRA one was DBS583, a decomposed LoRA part of a fused layer too: its parts
+    # share LoConModule's draw, tests/runtime/test_lycoris_mixed_flow_dropout.py), another kind's not
     (
         rules.block_dora_fits,
         'family = "flux"\n'
@@ -2115,17 +2138,19 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "ia3"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
         [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
-        DOG
+        'family = "flux"\n'
+        + DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\n'
+        + '[adapter]\nkind = "glora"\nmodule_dropout = 0.1\nfused_projections = true\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
     ),
     # ... a GLoRA / DyLoRA adapter's LoRA / LoHa / LoKr blocks on Flux too (was DBS583 "fused_projections";
     # tests/runtime/test_lycoris_mixed_flow_glora.py, test_lycoris_mixed_flow_dylora.py), not its own kind's
-    # layers nor, on fused layers, a block's own axis
+    # layers (on fused layers a block's own axis, with module_dropout too, was DBS583:
+    # tests/runtime/test_lycoris_flux_block_columns.py)
     *(
         (
             rules.block_dora_fits,
@@ -2136,15 +2161,13 @@ CASES = [
             + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
             + 'dora_axis = "input"\n'
             + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\ndora = "on"\n',
-            [
-                ("DBS583", "error", ("adapter", "blocks", 1, "dora")),
-                ("DBS583", "error", ("adapter", "blocks", 0, "dora_axis")),
-            ],
+            [("DBS583", "error", ("adapter", "blocks", 1, "dora"))],
             'family = "flux"\n'
             + DOG
             + STEPS
-            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\n'
+            + f'[adapter]\nkind = "{kind}"\nfused_projections = true\nmodule_dropout = 0.1\n'
             + '[[adapter.blocks]]\npattern = "ff"\nkind = "loha"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
+            + 'dora_axis = "input"\n'
             + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\ndora = "on"\n'
             + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "lora"\nrank = 4\nalpha = 4.0\n'
             + 'dora = "on"\n',

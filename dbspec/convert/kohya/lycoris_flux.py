@@ -957,10 +957,10 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
     the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
     tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
-    dropouts DBS575). LoCon's module_dropout and rank mask with it per output row (was DBS403): its rebuild
-    forward's one draw per fused layer, the masked update decomposed (runtime/fused_lycoris_dropout.py
-    add_fused_locon_dora_dropout); per input column refused (the one column norm spans every part's rows).
-    With bypass_mode invalid (BYPASS_DORA). False when refused or invalid."""
+    dropouts DBS575). LoCon's module_dropout and rank mask with it (was DBS403): its rebuild forward's one
+    draw per fused layer, the masked update decomposed (runtime/fused_lycoris_dropout.py
+    add_fused_locon_dora_dropout), per input column by the column norms of every part's masked rows (was
+    DBS403). With bypass_mode invalid (BYPASS_DORA). False when invalid."""
     if "dora_wd" not in kwargs:
         return True
     text = kwargs.pop("dora_wd")
@@ -971,20 +971,7 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     if not _off(kwargs.get("bypass_mode", "false")):
         conv.invalid(legacy.key, legacy.value, legacy.source, BYPASS_DORA, help="drop dora_wd or bypass_mode")
         return False
-    why = ""
     columns = _off(kwargs.get("wd_on_output", "true"))
-    if (
-        algo not in ("lokr", "loha")
-        and columns
-        and any(float(kwargs.get(k) or 0) for k in ("rank_dropout", "module_dropout"))
-    ):
-        why = (
-            "with wd_on_output=False and rank_dropout / module_dropout: LoConModule's one norm per input "
-            "column spans every part's rows of the masked fused update, which dbspec's parts do not share"
-        )
-    if why:
-        conv.unsupported(legacy, why)
-        return False
     axis_text = kwargs.pop("wd_on_output", None)  # on: LyCORIS's default, one magnitude per output row
     if algo in ("lokr", "loha"):  # their dora is LyCORIS's form only
         form = "LokrModule" if algo == "lokr" else "LohaModule"
