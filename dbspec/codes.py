@@ -2497,7 +2497,7 @@ LyCORIS's own update (Tucker core included; the OFT kinds' trained blocks themse
 scalar multiplied by the ratio, LoKr's factors by its n-th root, the OFT blocks by the ratio, 0 and 0 logged
 when nothing was scaled. With DoRA (LyCORIS's weight decomposition, `dora_form = "lycoris"`) the norm is the
 update's before the decomposition. LyCORIS takes that norm in training mode, so with `rank_dropout` it draws
-a dropout mask inside it: dbspec draws LoHa's and LoKr's as LyCORIS does, and refuses LoCon's, peft's DoRA,
+a dropout mask inside it: dbspec draws LoCon's, LoHa's and LoKr's as LyCORIS does, and refuses peft's DoRA
 and kohya-only forms (fused projections, LoRA-FA) with it, instead of training a third behaviour.""",
         help="remove adapter.max_norm, or use the max_norm_form that matches the adapter's form",
     ),

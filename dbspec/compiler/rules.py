@@ -4501,12 +4501,7 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hit]:
     """LyCORIS's max norm (runtime/max_norm.py) on what lycoris.kohya's modules take it from (DBS558)."""
-    why = []
-    if getattr(a, "rank_dropout", 0.0) > 0 and a.kind == "lora":  # LoHa's and LoKr's mask is drawn in it
-        why.append(
-            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS's LoCon takes the norm in training mode, "
-            "drawing a rank-dropout mask inside it"
-        )
+    why = []  # rank_dropout: LoCon's, LoHa's and LoKr's mask is drawn inside the norm as LyCORIS draws it
     if getattr(a, "dora", False) and not lycoris_dora(
         a
     ):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"

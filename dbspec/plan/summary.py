@@ -1604,7 +1604,7 @@ def _max_norm_row(a) -> str:
         )
         masked = (
             ", its rank-dropout mask drawn inside the norm"
-            if a.rank_dropout and a.kind in ("loha", "lokr")
+            if a.rank_dropout and a.kind in ("lora", "loha", "lokr")
             else ""
         )
         return (

@@ -981,8 +981,10 @@ class LoraAdapter:
         doc="With `max_norm`: whose max-norm regularisation runs. kohya (networks.lora): the up and down "
         "weights each times the square root of max_norm / norm. lycoris (LyCORIS's lycoris.kohya network, "
         "`apply_max_norm_regularization`): the norm is taken of LyCORIS's own update (its Tucker form "
-        "included) and the layer's scalar (use_scalar's, or a fixed one at 1 without it) is multiplied by "
-        "max_norm / norm; 0 is logged for the mean and largest norm when no layer is scaled.",
+        "included; with `rank_dropout` its output rows masked by a draw on the weights' device, as "
+        "LoConModule takes it in training mode) and the layer's scalar (use_scalar's, or a fixed one at 1 "
+        "without it) is multiplied by max_norm / norm; 0 is logged for the mean and largest norm when no "
+        "layer is scaled.",
         example="lycoris",
     )
     # kohya networks.lora_fa (LoRA-FA): the down projections stay at their init, only the up ones train

@@ -2400,7 +2400,7 @@ CASES = [
     ),
     (
         rules.max_norm_fits,
-        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.1\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nfreeze_down = true\n',
         [("DBS558", "error", ("adapter", "max_norm"))],
         DOG
         + STEPS
@@ -2416,11 +2416,11 @@ CASES = [
         + LORA
         + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n',
     ),
-    (  # LoHa's and LoKr's rank-dropout mask is drawn inside the norm (runtime/max_norm.py); LoCon's is not
+    (  # LoCon's, LoHa's and LoKr's rank-dropout mask is drawn inside the norm (runtime/max_norm.py)
         rules.max_norm_fits,
-        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\ndora = true\n',
         [("DBS558", "error", ("adapter", "max_norm"))],
-        DOG + STEPS + '[adapter]\nkind = "lokr"\nmax_norm = 1.0\nrank_dropout = 0.2\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\n',
     ),
     (
         rules.max_norm_fits,

@@ -622,14 +622,6 @@ def map_scale_weight_norms(
             help="drop --scale_weight_norms or split_qkv=True",
         )
         return
-    if lycoris and kind == "lora" and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
-        conv.unsupported(
-            norms,
-            "LyCORIS's LoCon apply_max_norm takes each norm with the module's rank-dropout mask drawn anew "
-            "in training mode, which dbspec does not reproduce",
-            help="drop --scale_weight_norms or rank_dropout",
-        )
-        return
     if lycoris and kind == "lokr" and not from_file and lokr_rank_dropout(a["network_args"].value):
         conv.invalid(
             norms.key,
