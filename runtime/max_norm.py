@@ -155,10 +155,19 @@ LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft")
 
 
 def add_norm_scalars(module: torch.nn.Module) -> int:
-    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen)."""
+    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen);
+    LoKr layers (a run of several kinds: runtime/mixed_kinds.py) get none, LyCORIS's LoKr norm scaling its
+    factors."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lora import LoraLayer
+
     from dbspec.runtime.lycoris_switches import add_scalars, layer_scalar
 
-    count = add_scalars(module, init=False)
+    own = {
+        path: isinstance(layer, LoHaLayer) or (isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A)
+        for path, layer in module.named_modules()
+    }
+    count = add_scalars(module, init=False, own=own, default=False)
     with torch.no_grad():
         for layer in module.modules():
             scalar = layer_scalar(layer)

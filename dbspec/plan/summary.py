@@ -1595,6 +1595,14 @@ def _max_norm_row(a) -> str:
             f"exceeds it gets them times limit / norm{fused} (lycoris.kohya's apply_max_norm_regularization; "
             "0, 0 logged when none is)"
         )
+    others = {b.kind for b in (*a.blocks, *a.text_encoder_blocks) if b.kind not in ("adapter", a.kind)}
+    if a.max_norm_form == "lycoris" and (others or a.kind in ("glora", "dylora")):  # several kinds
+        return (
+            f"{a.max_norm:g}: after each optimizer step (and micro-batch) each LoRA, LoHa, LoKr, Diag-OFT or "
+            "BOFT layer whose LyCORIS norm exceeds it is scaled as its kind's LyCORIS module scales it; "
+            "full, IA^3, GLoRA and DyLoRA layers never are (LyCORIS's base apply_max_norm; lycoris.kohya's "
+            "apply_max_norm_regularization, 0, 0 logged when none is scaled)"
+        )
     if a.max_norm_form == "lycoris":
         what = (
             "each of its factors times the n-th root of limit / norm"

@@ -1160,6 +1160,23 @@ def _fused_init_partial(full: bool = False):
     )
 
 
+def _blocks_max_norm(what: str):
+    """`max_norm` of an adapter whose own LyCORIS module keeps the base apply_max_norm (GLoRA, DyLoRA)."""
+    return option(
+        0.0,
+        doc="Max-norm regularisation as LyCORIS's lycoris.kohya network runs it (kohya "
+        "`--scale_weight_norms`) on the layers of the `[[adapter.blocks]]` / "
+        "`[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, diag-oft or boft (a LyCORIS preset "
+        "file's entries of those algorithms): "
+        "after each optimizer step (and micro-batch) each such layer is scaled as that kind's `max_norm` in "
+        f"LyCORIS's form scales it. The {what} layers themselves, and full / IA^3 / GLoRA / DyLoRA blocks, "
+        f"are never scaled (LyCORIS's {what} module keeps the base `apply_max_norm`) and count in neither "
+        "the layers scaled nor the logged norms (0 and 0 when none is scaled). 0 turns it off.",
+        minimum=0,
+        example=1.0,
+    )
+
+
 def _lycoris_max_norm(what: str):
     return option(
         0.0,
@@ -1877,6 +1894,7 @@ class GloraAdapter:
         minimum=0,
         maximum=1,
     )
+    max_norm: float = _blocks_max_norm("GLoRA")
     # kohya lycoris.kohya algo=glora on kohya's Flux / SD3: one module per fused Linear (lycoris_glora.py)
     fused_projections: bool = option(
         False,
@@ -1969,6 +1987,7 @@ class DyloraAdapter:
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
     )
+    max_norm: float = _blocks_max_norm("DyLoRA")
     # kohya lycoris.kohya algo=dylora on kohya's Flux / SD3: one module per fused Linear (runtime/dylora.py)
     fused_projections: bool = option(
         False,

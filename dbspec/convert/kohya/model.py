@@ -564,6 +564,20 @@ def _map_lora_fa(a: Args, conv: Conversion) -> None:
 
 # LyCORIS algos whose modules keep the base class's apply_max_norm (returns None: never scaled, not counted)
 _LYCORIS_NO_MAX_NORM = ("full", "ia3", "glora", "dylora")
+# the block kinds whose LyCORIS modules have their own (LoConModule, LohaModule, LokrModule, DiagOFTModule,
+# ButterflyOFTModule): a GLoRA / DyLoRA network's preset entries of these algos are scaled
+# (runtime/max_norm.py)
+_MAX_NORM_KINDS = ("lora", "loha", "lokr", "diag-oft", "boft")
+
+
+def _block_kinds(conv: Conversion) -> set[str]:
+    """The kinds the conversion's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` give their layers
+    (a LyCORIS preset file's map entries of other algos)."""
+    return {
+        value
+        for key, (value, _) in conv.values.items()
+        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
+    }
 
 
 def map_scale_weight_norms(
@@ -587,7 +601,7 @@ def map_scale_weight_norms(
         if norms.given and norms.value is not None:
             conv.inert(norms, "0 turns kohya's max-norm regularisation off")
         return
-    if lycoris and kind in _LYCORIS_NO_MAX_NORM:
+    if lycoris and kind in _LYCORIS_NO_MAX_NORM and not _block_kinds(conv) & set(_MAX_NORM_KINDS):
         conv.inert(
             norms,
             f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
@@ -1071,13 +1085,8 @@ def _no_max_norm(conv: Conversion) -> bool:
     0, 0; FullModule, IA3Module, GLoRAModule, DyLoraModule and NormModule do not override it, lycoris-lora
     4.1.3): no preset-file entry of another algo (its LoCon / LoKr / LoHa / Diag-OFT / BOFT modules would
     scale)."""
-    kinds = {
-        value
-        for key, (value, _) in conv.values.items()
-        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
-    }
     kind = conv.values[("adapter", "kind")][0]
-    return kind in _LYCORIS_NO_MAX_NORM and kinds <= {kind, "adapter"}
+    return kind in _LYCORIS_NO_MAX_NORM and _block_kinds(conv) <= {kind, "adapter"}
 
 
 def _lycoris_flow_from_weights(
