@@ -146,3 +146,56 @@ def test_mixed_max_norm_run_resumes_bit_exact_and_exports_as_lycoris(pipe, tmp_p
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     made = _lycoris(pipe, path, monkeypatch, "glora")
     _layers_match_lycoris(made, load_file(str(export)), trained.eval())
+
+
+@pytest.mark.parametrize("algo", ["lokr", "glora"])
+def test_dim_from_weights_file_of_several_kinds_max_norm_equals_lycoris(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """--dim_from_weights with --scale_weight_norms, the file of a LoKr / GLoRA network whose preset gives
+    layers LoCon, LoHa, LoKr, Diag-OFT and full (every parameter moved, some modules left out): lycoris-lora's
+    create_network_from_weights builds each module by its keys, and its apply_max_norm_regularization after
+    load_weights scales the LoCon / LoHa / LoKr / Diag-OFT modules; dbspec's converted run started from the
+    file (the LoCon / LoHa layers' fixed scalars at 1) gives the same count and norms and, after the step,
+    every layer's output (1e-5). The run itself resumes with those scalars in
+    test_mixed_max_norm_run_resumes_bit_exact_and_exports_as_lycoris."""
+    import copy
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tests.runtime import lycoris_sd_file_kit as kit
+    from tests.runtime.test_flow_init import _loaded
+    from tests.runtime.test_lycoris_mixed_file import _network
+    from tests.runtime.test_lycoris_sd_full_file import _named
+    from tests.runtime.test_lycoris_sd_rebuilt_file import FROM
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    preset = tmp_path / "mixed.toml"
+    preset.write_text(MIXED_NORMS, encoding="utf-8")
+    state = kit.moved_state(_network(pipe, preset, monkeypatch, algo), seed=2, scale=0.1)
+    path = kit.save_state(state, tmp_path, drop=6)
+    named, unet = _named(pipe.text_encoder), copy.deepcopy(pipe.unet)
+    theirs, _ = lycoris_kohya.create_network_from_weights(1.0, str(path), None, named, unet)
+    theirs.apply_to(named, unet, True, True)
+    theirs.load_weights(str(path))
+    kinds = {type(m).__name__ for m in theirs.loras}
+    assert {"LoConModule", "LohaModule", "LokrModule", "DiagOFTModule"} <= kinds, kinds
+    plan = kit.converted_plan(tmp_path, f"{FROM} --scale_weight_norms=1.0")
+    a = plan.adapter
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris") and a.init_weights
+    comps, _ = _loaded(plan)
+    modules = lycoris_norm_modules(comps.unet, comps.text_encoders)
+    with torch.no_grad():
+        norms = sorted(float(lycoris_update(m).norm()) for m in modules)
+    limit = norms[len(norms) // 2]
+    ours = apply_max_norm(modules, limit)
+    expected = theirs.apply_max_norm_regularization(limit, "cpu")
+    assert ours[0] == int(expected[0]) and 0 < ours[0] < len(modules)
+    torch.testing.assert_close(
+        torch.tensor(ours[1:]), torch.tensor([float(expected[1]), float(expected[2])]), rtol=1e-6, atol=1e-7
+    )
+    layers = kit.kohya_layers(comps, BaseTunerLayer)
+    torch.manual_seed(0)
+    for lyco in theirs.loras:
+        layer = layers[lyco.lora_name]
+        x = kit.sample_input(layer.get_base_layer())
+        with torch.no_grad():
+            torch.testing.assert_close(layer.eval()(x), lyco.eval()(x), rtol=0, atol=1e-5, msg=lyco.lora_name)

@@ -1022,7 +1022,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
     or its one scalar (LoHa) scaled once; of a Diag-OFT / BOFT the fused module's blocks, one norm over its
-    parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm). A
+    parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm), unless a
+    preset gives a GLoRA / DyLoRA network LoCon / LoKr / LoHa entries: those modules' own, as above. A
     DyLoRA network's --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
     --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
@@ -1038,9 +1039,11 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
     # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once); Diag-OFT: DiagOFTModule's, the norm of
     # every part's blocks stacked, each part's scaled by the one ratio (runtime/max_norm.py)
+    # a GLoRA / DyLoRA network's preset entries of LoCon / LoKr / LoHa: their modules' own apply_max_norm,
+    # one per fused Linear of their kind (map_scale_weight_norms; runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft")
+        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(
@@ -1433,18 +1436,10 @@ def _lycoris_flow_factor_file(
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
-    # a LoKr / LoHa file of that kind alone is the network create_network builds for the algo (LokrModule /
-    # LohaModule per fused Linear, their own apply_max_norm): the same max norm (was DBS403); a file of
-    # several kinds mixes the modules' norms, which dbspec has no form for yet
-    kinds = {b.get("kind", algo) for table in ("blocks", "text_encoder_blocks") for b in found.get(table, ())}
-    alone = algo in ("lokr", "loha") and kinds <= {algo}
-    if a["scale_weight_norms"].value and algo != "full" and not alone:
-        conv.unsupported(
-            a["scale_weight_norms"],
-            f"LyCORIS's max norm of a fused {algo} file of several kinds: no dbspec form",
-        )
-        return False
-    # none given: records its fate; full: inert (the network_args are unread: no rank dropout)
+    # each module create_network_from_weights builds keeps its own apply_max_norm (LoConModule, LohaModule,
+    # LokrModule, DiagOFTModule per fused Linear scale; FullModule, GLoRAModule skipped): LyCORIS's max norm
+    # on the file's layers of those kinds, one module per fused Linear (runtime/max_norm.py; was DBS403 for
+    # a file of several kinds); none given: records its fate; full alone: inert (no network_args are read)
     map_scale_weight_norms(a, conv, lycoris=True, kind=algo, from_file=True)
     return True
 
