@@ -2501,7 +2501,7 @@ LyCORIS's own update (Tucker core included; the OFT kinds' trained blocks themse
 scalar multiplied by the ratio, LoKr's factors by its n-th root, the OFT blocks by the ratio, 0 and 0 logged
 when nothing was scaled. With DoRA (LyCORIS's weight decomposition, `dora_form = "lycoris"`) the norm is the
 update's before the decomposition. LyCORIS takes that norm in training mode, so with `rank_dropout` it draws
-a dropout mask inside it: dbspec draws LoHa's and LoKr's as LyCORIS does, and refuses LoCon's, peft's DoRA,
+a dropout mask inside it: dbspec draws LoCon's, LoHa's and LoKr's as LyCORIS does, and refuses peft's DoRA
 and kohya-only forms (fused projections, LoRA-FA) with it, instead of training a third behaviour.""",
         help="remove adapter.max_norm, or use the max_norm_form that matches the adapter's form",
     ),
@@ -2747,7 +2747,9 @@ alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed a
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
-`multiplier`, `max_norm`, `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa
+`multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
+LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
+`freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa
 / LoKr layer, on Flux, SD3 and Chroma each fused Linear whole, which the other kinds' modules never read),
 `tucker`,
 `scalar`, `full_matrix` (but on a lokr adapter:
@@ -3145,6 +3147,18 @@ does with `--network_train_text_encoder_only` (set_multiplier(0) turns the netwo
 are encoded, and the U-Net has no module of it), so converted configs keep it; a spec of its own rarely wants
 it.""",
         help="remove preserve_output (or train the denoiser with the adapter) unless reproducing kohya's run",
+    ),
+    Code(
+        "DBS610",
+        WARNING,
+        "`adapter.max_norm` on a GLoRA or DyLoRA adapter with no layer it scales",
+        """\
+A GLoRA or DyLoRA adapter's `max_norm` is LyCORIS's max-norm regularisation of its `[[adapter.blocks]]` /
+`[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, diag-oft or boft (a LyCORIS preset file's entries
+of those algorithms). LyCORIS's GLoRAModule and DyLoraModule keep the base `apply_max_norm`, which scales
+nothing, and so do its full and IA^3 modules: with no block of those kinds training some layer, the setting
+changes nothing and 0, 0, 0 is logged, as kohya's lycoris.kohya network does.""",
+        help="remove adapter.max_norm, or give some layers a kind that has LyCORIS's max norm",
     ),
     Code(
         "DBS612",

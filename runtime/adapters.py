@@ -56,11 +56,15 @@ def any_tucker(adapter: AdapterPlan) -> bool:
 def norm_scalars(adapter: AdapterPlan) -> bool:
     """The plan's LoCon / LoHa layers carry a fixed scalar (at 1, never trained) for LyCORIS's max norm to
     multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
-    its exports fold it into `lora_up` / `hada_w1_a` as LyCORIS's custom_state_dict does."""
+    its exports fold it into `lora_up` / `hada_w1_a` as LyCORIS's custom_state_dict does. In a run of
+    several kinds (runtime/mixed_kinds.py) the LoCon / LoHa layers of blocks of kind lora / loha too (each
+    kind's pass asks with its own kind's adapter)."""
+    blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
+    kinds = {adapter.kind, *(b.kind for b in blocks if b.rank or b.conv_rank)}
     return bool(
         adapter.max_norm
         and adapter.max_norm_form == "lycoris"
-        and adapter.kind in ("lora", "loha")
+        and kinds & {"lora", "loha"}
         and not adapter.scalar
     )
 

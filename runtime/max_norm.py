@@ -151,15 +151,27 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # rank once more (lycoris-lora 4.1.3 applies the scale twice), the same clamps and CPU ratio, and the trained
 # singular values λ multiplied by it: the frozen start's are not, so the update's norm does not become the
 # limit; the logged norm is that scaled norm times the ratio, as LyCORIS returns it.
+# The norm is taken in training mode: with rank_dropout LoConModule, LohaModule and LokrModule draw their
+# row mask inside it (LoCon's on the weights' device, kohya passing accelerator.device; LoHa's and LoKr's on
+# the CPU), one draw per module, so the generator streams match kohya's.
 
 LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft", "tlora")
 
 
 def add_norm_scalars(module: torch.nn.Module) -> int:
-    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen)."""
+    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen);
+    LoKr layers (a run of several kinds: runtime/mixed_kinds.py) get none, LyCORIS's LoKr norm scaling its
+    factors."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lora import LoraLayer
+
     from dbspec.runtime.lycoris_switches import add_scalars, layer_scalar
 
-    count = add_scalars(module, init=False)
+    own = {
+        path: isinstance(layer, LoHaLayer) or (isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A)
+        for path, layer in module.named_modules()
+    }
+    count = add_scalars(module, init=False, own=own, default=False)
     with torch.no_grad():
         for layer in module.modules():
             scalar = layer_scalar(layer)
@@ -178,15 +190,20 @@ class LycorisNormModule:
     layer: torch.nn.Module
     kind: str  # "lora", "loha", "lokr", "oft" (diag-oft and boft), "tlora"
     parts: tuple[torch.nn.Module, ...] = ()
+    # LoCon's rank-dropout rate (a lora adapter's plan.adapter.rank_dropout; peft's LoRA layer holds none):
+    # LoConModule.make_weight draws its row mask inside the norm in training mode
+    rank_dropout: float = 0.0
 
 
 def lycoris_norm_modules(
     denoiser: torch.nn.Module | None,
     text_encoders: Iterable[torch.nn.Module],
     fused: tuple[FusedPlan, ...] = (),
+    locon_rank_dropout: float = 0.0,
 ) -> list:
     """The LyCORIS modules in lycoris.kohya's order: the denoiser's, then the text encoders'; the LoCon parts
-    of a fused layer (lycoris.kohya on kohya's Flux: one LoConModule on the fused Linear) joined into one."""
+    of a fused layer (lycoris.kohya on kohya's Flux: one LoConModule on the fused Linear) joined into one.
+    `locon_rank_dropout`: the LoCon layers' rank-dropout rate (a lora adapter's)."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
@@ -221,17 +238,17 @@ def lycoris_norm_modules(
                 parts = getattr(layer, "fused_loha_parts", None) or getattr(layer, "fused_lokr_parts", ())
                 if parts or not _later_fused_part(layer):  # a fused layer's: one module, its first part's
                     modules.append(LycorisNormModule(name, layer, kind, tuple(parts)))
-    return [_locon_module(m, fused) if isinstance(m, list) else m for m in modules]
+    return [_locon_module(m, fused, locon_rank_dropout) if isinstance(m, list) else m for m in modules]
 
 
 def _locon_module(
-    parts: list[tuple[str, torch.nn.Module]], fused: tuple[FusedPlan, ...]
+    parts: list[tuple[str, torch.nn.Module]], fused: tuple[FusedPlan, ...], rank_dropout: float = 0.0
 ) -> LycorisNormModule:
     """One LoCon module of a layer's LoRA, or of a fused layer's parts in their row order."""
     parts = sorted(parts, key=lambda part: _row_order(part[0], fused))
     name, first = parts[0]
     layers = tuple(layer for _, layer in parts) if len(parts) > 1 else ()
-    return LycorisNormModule(name, first, "lora", layers)
+    return LycorisNormModule(name, first, "lora", layers, rank_dropout)
 
 
 def _later_fused_part(layer: torch.nn.Module) -> bool:
@@ -260,9 +277,26 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
         return _fused_update(module)
     if module.kind == "lokr" and isinstance(layer, _ScalarLayer):  # LoKr's norm leaves its scalar out
         return super(_ScalarLayer, layer).get_delta_weight(ADAPTER_NAME, **drop)
+    if module.kind == "lora" and module.rank_dropout and layer.training:
+        return _locon_dropped(module)
     if module.parts:  # the fused Linear's update: the parts' rows stacked (with dora_wd, before it)
         return torch.cat([_own_update(part, **drop) for part in module.parts])
     return _own_update(layer, **drop)
+
+
+def _locon_dropped(module: LycorisNormModule) -> torch.Tensor:
+    """LoConModule.make_weight in training mode, as apply_max_norm calls it: the update's output rows (a
+    fused Linear's rows stacked) times one mask `torch.rand(out, device=device) > rank_dropout`, drawn from
+    the generator of the weights' device (kohya passes accelerator.device) and divided by its mean where the
+    layer's block rescales (rank_dropout_scale). The mask is 0 / 1, so masking after alpha / rank and the
+    scalar equals LyCORIS's masking before them; with LyCORIS's weight decomposition the update before it."""
+    from dbspec.runtime.lora_dropout import rescaled
+
+    parts = module.parts or (module.layer,)
+    update = torch.cat([_own_update(part, own_rank_dropout=False) for part in parts])
+    keep = (torch.rand(update.size(0), device=update.device) > module.rank_dropout).to(update.dtype)
+    keep = keep / keep.mean() if rescaled(module.layer) else keep
+    return update * keep.view(-1, *[1] * (update.dim() - 1))
 
 
 def _oft_blocks(module: LycorisNormModule) -> list[torch.Tensor]:
@@ -292,14 +326,13 @@ def _fused_update(module: LycorisNormModule) -> torch.Tensor:
     return update
 
 
-def _own_update(layer: torch.nn.Module, **drop: bool) -> torch.Tensor:
-    """A layer's update, with LyCORIS's weight decomposition the update before it."""
+def _own_update(layer: torch.nn.Module, own_rank_dropout: bool = True, **drop: bool) -> torch.Tensor:
+    """A layer's update, with LyCORIS's weight decomposition the update before it (its rank dropout drawn
+    by the layer's mode too, unless `own_rank_dropout` is False: the caller draws it)."""
     from dbspec.runtime.lycoris_dora import LycorisDora
 
-    if isinstance(
-        layer, LycorisDora
-    ):  # the update before the weight decomposition (its rank dropout drawn by the layer's mode too)
-        return layer._update(ADAPTER_NAME)
+    if isinstance(layer, LycorisDora):
+        return layer._update(ADAPTER_NAME, own_rank_dropout=own_rank_dropout)
     return layer.get_delta_weight(ADAPTER_NAME, **drop)
 
 

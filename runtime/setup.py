@@ -263,7 +263,11 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         idle=idle,
     )
     if plan.adapter.max_norm and plan.adapter.max_norm_form == "lycoris":  # lycoris.kohya: denoiser first
-        run.norm_modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
+        # a lora adapter's LoCon layers draw their rank-dropout mask in the norm (LoConModule.make_weight)
+        locon_rate = plan.adapter.rank_dropout if plan.adapter.kind == "lora" else 0.0
+        run.norm_modules = lycoris_norm_modules(
+            comps.unet, comps.text_encoders, plan.adapter.fused, locon_rate
+        )
     elif plan.adapter.max_norm:  # kohya's order: the text encoders' modules, then the denoiser's
         run.norm_modules = norm_modules([*comps.text_encoders, comps.unet], plan.adapter.fused)
         # init_alpha "ignore": kohya's max-norm reads the alphas the starting file put in its modules' buffers

@@ -229,6 +229,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         # LyCORIS applies these in bypass mode only (DBS556 warns when they are set without it)
         rank_dropout=adapter.rank_dropout if adapter.bypass else 0.0,
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
+        **_blocks_max_norm(adapter),
         params=adapter_params(adapter, family, components),
         t5_targets=_t5_targets(family, components),  # LyCORIS's GLoRAModule on T5-XXL's Linears (train.t5)
         **_rank_blocks(adapter),  # a LyCORIS preset file's per-layer dims
@@ -269,6 +270,7 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         dylora_form=adapter.dylora_form,
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
+        **_blocks_max_norm(adapter),
         t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)
         # per-module ranks and alphas (kohya --dim_from_weights, LyCORIS's alphas from --network_weights)
         **_rank_blocks(adapter),
@@ -277,6 +279,13 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
     fused = fused_plan(adapter, family, plan)  # LyCORIS's DyLoRA on fused Linears (runtime/dylora.py)
     params = adapter_params(adapter, family, components, plan.denoiser_targets)
     return attrs.evolve(plan, params=params, fused=fused)
+
+
+def _blocks_max_norm(adapter) -> dict:
+    """A GLoRA / DyLoRA adapter's max_norm: LyCORIS's, on its blocks of other kinds (runtime/max_norm.py
+    finds their LoCon / LoHa / LoKr / Diag-OFT / BOFT layers; the adapter's own layers are never scaled)."""
+    norm = getattr(adapter, "max_norm", 0.0)
+    return {"max_norm": norm, "max_norm_form": "lycoris" if norm else "kohya"}
 
 
 def _rank_blocks(adapter) -> dict:

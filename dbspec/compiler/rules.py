@@ -3361,6 +3361,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # never decomposing (runtime/mixed_kinds.py kind_adapter): on Flux / SD3 / Chroma each kind's fused
     # Linears whole, as that kind's one LyCORIS module on kohya's fused Linear (runtime/lycoris_dora.py)
     kept += ("dora",)
+    # max_norm: LyCORIS's, each kind's layers scaled by their own module's apply_max_norm (runtime/max_norm.py
+    # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
+    if own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris":
+        kept += ("max_norm",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -4554,14 +4558,35 @@ def max_norm_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
+# the block kinds whose LyCORIS module has its own apply_max_norm (LoConModule, LohaModule, LokrModule,
+# DiagOFTModule, ButterflyOFTModule); FullModule, IA3Module, GLoRAModule and DyLoraModule keep the base one
+_MAX_NORM_KINDS = ("lora", "loha", "lokr", "diag-oft", "boft")
+
+
+@rule("spec")
+def blocks_max_norm_scales_something(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A GLoRA / DyLoRA adapter's max_norm scales only its blocks of kinds with LyCORIS's apply_max_norm
+    (runtime/max_norm.py): with none training a layer, DBS610."""
+    a = spec.adapter
+    norm = getattr(a, "max_norm", 0.0)
+    if a.kind not in ("glora", "dylora") or not norm:
+        return
+    blocks = (*a.blocks, *a.text_encoder_blocks)
+    if any(b.kind in _MAX_NORM_KINDS and (b.rank or getattr(b, "conv_rank", 0)) for b in blocks):
+        return
+    yield _warn(
+        "DBS610",
+        ("adapter", "max_norm"),
+        f"adapter.max_norm = {norm:g} on a {a.kind} adapter with no [[adapter.blocks]] of kind "
+        f"{', '.join(_MAX_NORM_KINDS)} training a layer: LyCORIS's {a.kind} layers keep the base "
+        "apply_max_norm, so nothing is scaled",
+        codes.help("DBS610"),
+    )
+
+
 def _lycoris_max_norm_fits(a, norm: float, path: tuple[str, ...]) -> Iterator[Hit]:
     """LyCORIS's max norm (runtime/max_norm.py) on what lycoris.kohya's modules take it from (DBS558)."""
-    why = []
-    if getattr(a, "rank_dropout", 0.0) > 0 and a.kind == "lora":  # LoHa's and LoKr's mask is drawn in it
-        why.append(
-            f"adapter.rank_dropout = {a.rank_dropout:g}: LyCORIS's LoCon takes the norm in training mode, "
-            "drawing a rank-dropout mask inside it"
-        )
+    why = []  # rank_dropout: LoCon's, LoHa's and LoKr's mask is drawn inside the norm as LyCORIS draws it
     if getattr(a, "dora", False) and not lycoris_dora(
         a
     ):  # peft's DoRA: LyCORIS's weight decomposition is dora_form "lycoris"

@@ -1647,6 +1647,14 @@ def _max_norm_row(a) -> str:
             "alpha / rank exceeds it gets its trained singular values times limit / norm, the frozen start's "
             "not (TLoraModule.apply_max_norm; 0, 0 logged when none is)"
         )
+    others = {b.kind for b in (*a.blocks, *a.text_encoder_blocks) if b.kind not in ("adapter", a.kind)}
+    if a.max_norm_form == "lycoris" and (others or a.kind in ("glora", "dylora")):  # several kinds
+        return (
+            f"{a.max_norm:g}: after each optimizer step (and micro-batch) each LoRA, LoHa, LoKr, Diag-OFT or "
+            "BOFT layer whose LyCORIS norm exceeds it is scaled as its kind's LyCORIS module scales it; "
+            "full, IA^3, GLoRA and DyLoRA layers never are (LyCORIS's base apply_max_norm; lycoris.kohya's "
+            "apply_max_norm_regularization, 0, 0 logged when none is scaled)"
+        )
     if a.max_norm_form == "lycoris":
         what = (
             "each of its factors times the n-th root of limit / norm"
@@ -1656,7 +1664,7 @@ def _max_norm_row(a) -> str:
         )
         masked = (
             ", its rank-dropout mask drawn inside the norm"
-            if a.rank_dropout and a.kind in ("loha", "lokr")
+            if a.rank_dropout and a.kind in ("lora", "loha", "lokr")
             else ""
         )
         return (

@@ -1016,8 +1016,10 @@ class LoraAdapter:
         doc="With `max_norm`: whose max-norm regularisation runs. kohya (networks.lora): the up and down "
         "weights each times the square root of max_norm / norm. lycoris (LyCORIS's lycoris.kohya network, "
         "`apply_max_norm_regularization`): the norm is taken of LyCORIS's own update (its Tucker form "
-        "included) and the layer's scalar (use_scalar's, or a fixed one at 1 without it) is multiplied by "
-        "max_norm / norm; 0 is logged for the mean and largest norm when no layer is scaled.",
+        "included; with `rank_dropout` its output rows masked by a draw on the weights' device, as "
+        "LoConModule takes it in training mode) and the layer's scalar (use_scalar's, or a fixed one at 1 "
+        "without it) is multiplied by max_norm / norm; 0 is logged for the mean and largest norm when no "
+        "layer is scaled.",
         example="lycoris",
     )
     # kohya networks.lora_fa (LoRA-FA): the down projections stay at their init, only the up ones train
@@ -1191,6 +1193,23 @@ def _fused_init_partial(full: bool = False):
         doc="Load `init_weights` as lycoris.kohya's load_weights does (`load_state_dict(strict=False)`): "
         f"{lacks}. A tensor of the wrong shape still fails. false: the run refuses a file that does not "
         "cover the adapter exactly, naming the file and the first module.",
+    )
+
+
+def _blocks_max_norm(what: str):
+    """`max_norm` of an adapter whose own LyCORIS module keeps the base apply_max_norm (GLoRA, DyLoRA)."""
+    return option(
+        0.0,
+        doc="Max-norm regularisation as LyCORIS's lycoris.kohya network runs it (kohya "
+        "`--scale_weight_norms`) on the layers of the `[[adapter.blocks]]` / "
+        "`[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, diag-oft or boft (a LyCORIS preset "
+        "file's entries of those algorithms): "
+        "after each optimizer step (and micro-batch) each such layer is scaled as that kind's `max_norm` in "
+        f"LyCORIS's form scales it. The {what} layers themselves, and full / IA^3 / GLoRA / DyLoRA blocks, "
+        f"are never scaled (LyCORIS's {what} module keeps the base `apply_max_norm`) and count in neither "
+        "the layers scaled nor the logged norms (0 and 0 when none is scaled). 0 turns it off.",
+        minimum=0,
+        example=1.0,
     )
 
 
@@ -1950,6 +1969,7 @@ class GloraAdapter:
         minimum=0,
         maximum=1,
     )
+    max_norm: float = _blocks_max_norm("GLoRA")
     # kohya lycoris.kohya algo=glora on kohya's Flux / SD3: one module per fused Linear (lycoris_glora.py)
     fused_projections: bool = option(
         False,
@@ -2043,6 +2063,7 @@ class DyloraAdapter:
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
     )
+    max_norm: float = _blocks_max_norm("DyLoRA")
     # kohya lycoris.kohya algo=dylora on kohya's Flux / SD3: one module per fused Linear (runtime/dylora.py)
     fused_projections: bool = option(
         False,

@@ -290,10 +290,11 @@ def _from_file(file: Path, more: str = "") -> str:
     return ATTN_ONLY.replace("alpha = 2\n", "", 1).replace("fused_projections = true\n", init)
 
 
-def _their_locon(tensors, name: str, parts) -> LoConModule:
+def _their_locon(tensors, name: str, parts, rank_dropout: float = 0.0) -> LoConModule:
     """lycoris-lora's LoConModule built at kohya's network_dim / network_alpha on the fused Linear of
     `parts`' base layers, applied, then loaded from the file as lycoris.kohya's load_weights loads it."""
-    theirs = LoConModule(name, _fused_linear([p.base_layer for p in parts]), 1.0, 4, 2.0, rs_lora=True)
+    base = _fused_linear([p.base_layer for p in parts])
+    theirs = LoConModule(name, base, 1.0, 4, 2.0, rank_dropout=rank_dropout, rs_lora=True)
     theirs.apply_to()
     own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
     theirs.load_state_dict(own, strict=False)
@@ -323,10 +324,13 @@ def test_network_weights_of_a_locon_load_as_lycoris_loads_them(tmp_path):
             torch.testing.assert_close(theirs.eval()(x), loaded, rtol=0, atol=1e-6)
 
 
-def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path, rate):
     """--scale_weight_norms with lycoris.kohya on Flux (max_norm_form "lycoris"): one norm per fused Linear,
     of its whole update (the parts' rows stacked), and the parts' scalars each times the module's ratio:
-    what lycoris.kohya's apply_max_norm_regularization does to LoConModules loaded from the same file."""
+    what lycoris.kohya's apply_max_norm_regularization does to LoConModules loaded from the same file. With
+    rank_dropout (training mode) each fused module's make_weight draws one row mask over its stacked rows:
+    the same draws from the same generator state."""
     from types import SimpleNamespace
 
     from lycoris.kohya import LycorisNetworkKohya
@@ -339,22 +343,40 @@ def test_max_norm_of_a_fused_locon_is_lycoris_modules(tmp_path):
         tmp_path / "run",
         base=BASE,
         steps=1,
-        extra=_from_file(file, 'max_norm = 1.0\nmax_norm_form = "lycoris"\n'),
+        extra=_from_file(
+            file,
+            'max_norm = 1.0\nmax_norm_form = "lycoris"\n'
+            + (f'rank_dropout = {rate}\nrank_dropout_form = "lycoris"\n' if rate else ""),
+        ),
     )
-    assert (plan.adapter.max_norm, plan.adapter.max_norm_form) == (1.0, "lycoris")
+    assert (plan.adapter.max_norm, plan.adapter.max_norm_form, plan.adapter.rank_dropout) == (
+        1.0,
+        "lycoris",
+        rate,
+    )
     comps, _ = _loaded(plan)
-    modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused)
+    modules = lycoris_norm_modules(comps.unet, comps.text_encoders, plan.adapter.fused, rate)
     assert [len(m.parts) for m in modules] == [3, 0, 3, 0]  # img qkv, img proj, txt qkv, txt proj
-    ours = _double_block_layers(comps.unet.float().transformer_blocks[0].attn)
-    theirs = {name: _their_locon(tensors, name, parts) for name, parts in ours.items()}
+    ours = _double_block_layers(comps.unet.float().eval().transformer_blocks[0].attn)
+    theirs = {name: _their_locon(tensors, name, parts, rate) for name, parts in ours.items()}
     with torch.no_grad():
         norms = sorted(float(lycoris_update(m).norm()) for m in modules)
-    limit = (norms[1] * norms[2]) ** 0.5  # two modules scaled, two not
-    network = SimpleNamespace(unet_loras=list(theirs.values()), text_encoder_loras=[])
+    limit = (norms[1] * norms[2]) ** 0.5  # two modules scaled, two not (without the masks)
+    # kohya's module order (its Flux's: img_attn.qkv, img_attn.proj, txt_attn.qkv, txt_attn.proj), dbspec's
+    order = [f"lora_unet_double_blocks_0_{s}_attn_{p}" for s in ("img", "txt") for p in ("qkv", "proj")]
+    assert [m.layer for m in modules] == [ours[name][0] for name in order]
+    network = SimpleNamespace(unet_loras=[theirs[name] for name in order], text_encoder_loras=[])
+    comps.unet.train()
+    assert all(m.training for m in theirs.values())
+    torch.manual_seed(7)
     expected = LycorisNetworkKohya.apply_max_norm_regularization(network, limit, "cpu")
+    after = torch.get_rng_state()
+    torch.manual_seed(7)
     result = apply_max_norm(modules, limit)
-    assert result[0] == int(expected[0]) == 2
+    assert torch.equal(torch.get_rng_state(), after)  # one draw per fused module, as LoConModule's
+    assert result[0] == int(expected[0]) and (rate or result[0] == 2)
     torch.testing.assert_close(torch.tensor(result[1:]), torch.tensor([float(v) for v in expected[1:]]))
+    comps.unet.eval()
     x = torch.randn(3, 16)
     for name, parts in ours.items():
         for part in parts:  # the module's one scalar, in each part

@@ -51,11 +51,18 @@ CASES = [
 
 
 def _pair(kind: str, extra: dict, limit: float, seed: int = 11, rank_dropout: float = 0.0):
-    """(dbspec's adapted Net, LyCORIS's modules holding the same values, in the Net's layer order)."""
+    """(dbspec's adapted Net, LyCORIS's modules holding the same values, in the Net's layer order).
+    `rank_dropout_scale` in `extra`: both layers' (a LyCORIS map entry's, runtime/blocks.py sets it)."""
+    rescale = extra.get("rank_dropout_scale", False)
+    extra = {k: v for k, v in extra.items() if k != "rank_dropout_scale"}
     more = {"rank_dropout": rank_dropout} if rank_dropout else {}
     net, base = switches._adapted(kind, max_norm=limit, max_norm_form="lycoris", **extra, **more)
     switches._randomise(net, torch.Generator().manual_seed(seed))
     theirs = {"use_scalar": extra.get("scalar", False), "use_tucker": extra.get("tucker", False), **more}
+    if rescale:
+        theirs["rank_dropout_scale"] = True
+        for name in ("proj", "conv"):
+            getattr(net, name).dbspec_rank_dropout_scale = True
     if extra.get("dora"):
         theirs.update(weight_decompose=True, wd_on_out=extra.get("dora_axis", "output") == "output")
     if kind == "lokr":
@@ -127,8 +134,14 @@ def test_nothing_scaled_logs_zeros_as_lycoris(kind, extra):
         assert torch.equal(value, before[key]), key
 
 
-# LoHa and LoKr with rank_dropout: LyCORIS's get_weight draws the mask inside the norm in training mode
+# LoCon, LoHa and LoKr with rank_dropout: LyCORIS's make_weight / get_weight draws the mask inside the norm
+# in training mode
 DROPOUT_CASES = [
+    ("lora", {}),
+    ("lora", {"tucker": True}),
+    ("lora", {"scalar": True}),
+    ("lora", {"rank_dropout_scale": True}),
+    ("lora", {"dora": True, "dora_form": "lycoris"}),
     ("loha", {}),
     ("loha", {"tucker": True}),
     ("loha", {"scalar": True}),
@@ -144,18 +157,23 @@ DROPOUT_CASES = [
 @pytest.mark.parametrize("kind, extra", DROPOUT_CASES)
 def test_max_norm_with_rank_dropout_draws_lycoris_mask(kind, extra):
     """In training mode both draw one torch.rand(out) per module from torch's global CPU generator inside
-    the norm: from the same generator state, the same masks, numbers, scalars / factors and forward (eval)."""
+    the norm (LoCon's on the weights' device, here the CPU): from the same generator state, the same masks,
+    numbers, scalars / factors and forward (eval). A lora adapter's rate reaches its LoCon modules from the
+    plan (peft's LoRA layer holds none)."""
+    locon = 0.5 if kind == "lora" else 0.0
     net, _ = _pair(kind, extra, 1.0, rank_dropout=0.5)
-    modules = lycoris_norm_modules(net, [])
+    modules = lycoris_norm_modules(net, [], locon_rank_dropout=locon)
     torch.manual_seed(7)
     norms = [float(lycoris_update(m).detach().norm()) for m in modules]
     whole = [float(lycoris_update(m).detach().norm()) for m in lycoris_norm_modules(net.eval(), [])]
-    assert all(a < b for a, b in zip(norms, whole, strict=True)), (norms, whole)  # rows were dropped
+    if not extra.get("rank_dropout_scale"):  # rescaled, the kept rows grow
+        assert all(a < b for a, b in zip(norms, whole, strict=True)), (norms, whole)  # rows were dropped
+    assert all(abs(a - b) > 1e-3 * b for a, b in zip(norms, whole, strict=True)), (norms, whole)
     limit = (norms[0] * norms[1]) ** 0.5
     net, lycos = _pair(kind, extra, limit, rank_dropout=0.5)
     assert net.training and all(lyco.training for _, lyco, _ in lycos)
     torch.manual_seed(7)
-    ours = apply_max_norm(lycoris_norm_modules(net, []), limit)
+    ours = apply_max_norm(lycoris_norm_modules(net, [], locon_rank_dropout=locon), limit)
     after_ours = torch.get_rng_state()
     torch.manual_seed(7)
     theirs = _theirs(lycos, limit)

@@ -383,11 +383,18 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
     names = {k.split(".")[0] for k in tensors}
     assert {k.rsplit(".", 1)[-1] for k in tensors} >= {"diff", "diff_b", "weight"}
 
+    # the OFT / GLoRA variant with --scale_weight_norms: each module's own apply_max_norm (was DBS403); a
+    # block's own dora beside max_norm stays refused (DBS583), so the others run without
+    norms = "GLoRAModule" in classes
     outcome = flux_lycoris(
-        second_dir, '"algo=lokr" "preset=mixed.toml"', "--dim_from_weights --network_weights=prev.safetensors"
+        second_dir,
+        '"algo=lokr" "preset=mixed.toml"',
+        "--dim_from_weights --network_weights=prev.safetensors"
+        + (" --scale_weight_norms 1" if norms else ""),
     )
     plan = plan_of(outcome, second_dir, base)
     a = plan.adapter
+    assert (a.max_norm, a.max_norm_form) == ((1.0, "lycoris") if norms else (0.0, "kohya"))
     own = {"locon": "lora"}.get(algo, algo)
     assert (a.kind, a.init_scale, a.init_partial) == (own, 2.0, True) and a.init_weights and a.fused
     assert {b.kind for b in a.blocks} - {"adapter"} == kinds
@@ -433,6 +440,9 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
         assert {n: text_names[n] for n in t5_names} == t5_names
     network.eval()
     _check_kohya_outputs(tree, layers, unet_names)  # every layer where LyCORIS's rebuilt network starts it
+    if norms:
+        _max_norm_as_lycoris(network, comps, a)
+        _check_kohya_outputs(tree, layers, unet_names)  # after the step too
     ours = dict(comps.text_encoders[0].float().eval().named_modules())
     torch.manual_seed(0)
     for path, layer in clip.named_modules():  # every CLIP layer the file holds, where LyCORIS starts it
@@ -474,6 +484,25 @@ def test_mixed_flux_dim_from_weights_file_with_full_modules_builds_as_lycoris(
         assert keys and not any(
             torch.equal(exported[f"{name}.{k}"], tensors[f"{name}.{k}"]) for k in keys - {"alpha"}
         )
+
+
+def _max_norm_as_lycoris(network, comps, adapter) -> None:
+    """--scale_weight_norms: lycoris.kohya's apply_max_norm_regularization over the network built from the
+    file (its LoCon / LoHa / LoKr / Diag-OFT / BOFT modules scaled, the full and GLoRA ones skipped) and
+    dbspec's over the started run's layers (a fused Linear one module) at a limit some exceed: the same
+    count and norms, and every layer's output after (1e-5; the CLIP / T5 modules too, by their norms)."""
+    from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
+
+    modules = lycoris_norm_modules(comps.unet, comps.text_encoders, adapter.fused)
+    with torch.no_grad():
+        norms = sorted(float(lycoris_update(m).norm()) for m in modules)
+    limit = norms[len(norms) // 2]
+    ours = apply_max_norm(modules, limit)
+    theirs = network.apply_max_norm_regularization(limit, "cpu")
+    assert ours[0] == int(theirs[0]) and 0 < ours[0] < len(modules)
+    torch.testing.assert_close(
+        torch.tensor(ours[1:]), torch.tensor([float(theirs[1]), float(theirs[2])]), rtol=1e-6, atol=1e-7
+    )
 
 
 def _t5_modules(t5: nn.Module, tensors: dict) -> dict[str, str]:

@@ -17,6 +17,7 @@ from convert_kit import (  # noqa: F401
     empty_hub_cache,
     errors,
     expressible,
+    fate,
     images,
     kohya,
     messages,
@@ -703,3 +704,41 @@ def test_dylora_network_own_entries_bypass_mode(tmp_path, network):
             tmp_path / "several", FULL + entry.replace("dim = 8", "dim = 16"), "dylora", args
         )
         assert "DBS402" in codes(several) and "bypass forward" in messages(several, "DBS402")
+
+
+MAX_NORM_ENTRIES = (
+    FULL + '[module_algo_map.FeedForward]\nalgo = "locon"\n[module_algo_map.CLIPMLP]\nalgo = "loha"\n'
+)
+
+
+@pytest.mark.parametrize(("algo", "kind"), [("glora", "glora"), ("dylora", "dylora"), ("locon", "lora")])
+def test_max_norm_scales_the_entries_of_other_algos(tmp_path, algo, kind):
+    """--scale_weight_norms on a GLoRA / DyLoRA network whose preset gives some layers LoCon / LoHa: lycoris.
+    kohya's apply_max_norm_regularization skips GLoRAModule / DyLoraModule (the base apply_max_norm) and
+    scales the LoConModule / LohaModule entries (was inert: the entries went unscaled); on a LoCon network
+    with LoHa entries every module (was DBS403 from DBS578). Runtime against lycoris-lora's network:
+    tests/runtime/test_lycoris_mixed_max_norm.py."""
+    from dbspec.plan.summary import adapter_rows
+
+    text = (
+        MAX_NORM_ENTRIES.replace('algo = "locon"\n', 'algo = "lokr"\n')
+        if algo == "locon"
+        else MAX_NORM_ENTRIES
+    )
+    outcome = expressible(_convert(tmp_path, text, algo, "--scale_weight_norms=1.5"))
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == (kind, 1.5, "lycoris")
+    assert {b.kind for b in a.blocks} == ({"lokr"} if algo == "locon" else {"lora"})
+    assert {b.kind for b in a.text_encoder_blocks} == {"loha"}
+    row = dict(adapter_rows(a))["  max norm"]
+    assert "as its kind's LyCORIS module scales it" in row and "GLoRA and DyLoRA layers never are" in row
+
+
+def test_max_norm_of_a_glora_network_with_full_entries_only_is_inert(tmp_path):
+    """FullModule keeps the base apply_max_norm too: nothing of the network is scaled."""
+    text = FULL + '[module_algo_map.FeedForward]\nalgo = "full"\n'
+    outcome = expressible(_convert(tmp_path, text, "glora", "--scale_weight_norms=1.5"))
+    assert fate(outcome, "scale_weight_norms") == "inert"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm) == ("glora", 0.0) and {b.kind for b in a.blocks} == {"full"}

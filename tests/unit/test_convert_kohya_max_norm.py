@@ -251,13 +251,21 @@ def test_lora_flux_split_qkv_is_invalid(tmp_path):
     assert "split_qkv" in "".join(errors(outcome))
 
 
-def test_lycoris_locon_rank_dropout_with_max_norm_stays_refused(tmp_path):
-    """LoCon's rank dropout converts (rank_dropout_form "lycoris"), but LyCORIS's apply_max_norm draws its
-    mask inside each norm, which dbspec does not reproduce: --scale_weight_norms is DBS403 there."""
-    args = 'network_args = ["algo=locon", "rank_dropout=0.1"]'
+@pytest.mark.parametrize("bypass", ["", ', "bypass_mode=True"'])
+def test_lycoris_locon_rank_dropout_with_max_norm_converts(tmp_path, bypass):
+    """LoConModule.apply_max_norm calls make_weight, which in training mode draws a row mask
+    `torch.rand(out, device=accelerator.device)` inside each norm, in bypass mode too: dbspec's LyCORIS max
+    norm draws it the same way (was DBS403; against LoConModule: tests/runtime/test_lycoris_max_norm.py)."""
+    args = f'network_args = ["algo=locon", "rank_dropout=0.1", "conv_dim=4"{bypass}]'
     outcome = _gui(tmp_path, 1, module="lycoris.kohya", network_args=args)
-    assert "DBS403" in codes(outcome) and "rank-dropout mask" in messages(outcome, "DBS403")
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form, a.rank_dropout) == ("lora", 1.0, "lycoris", 0.1)
+    assert a.rank_dropout_form == ("lycoris_bypass" if bypass else "lycoris")
+    from dbspec.plan.summary import adapter_rows
+
+    assert "rank-dropout mask drawn inside the norm" in dict(adapter_rows(a))["  max norm"]
 
 
 @pytest.mark.parametrize("bypass", ["", ', "bypass_mode=True"'])

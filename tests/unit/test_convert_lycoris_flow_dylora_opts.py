@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from convert_kit import codes, errors, fate, plan_of
 from test_convert_lycoris_flux import _flux
 from test_convert_lycoris_sd3 import _sd3
@@ -34,18 +35,21 @@ def test_scale_weight_norms_with_dylora_on_sd3_is_inert(tmp_path):
     assert plan_of(outcome, tmp_path).adapter.max_norm == 0.0
 
 
-def test_scale_weight_norms_with_a_locon_entry_in_a_dylora_network_stays_refused(tmp_path):
-    """A preset file's LoCon entry is a LoConModule, whose apply_max_norm scales: not inert, and dbspec has no
-    max norm for some layers of a DyLoRA network."""
+@pytest.mark.parametrize("algo", ["dylora block_size=2", "glora"])
+def test_scale_weight_norms_with_a_locon_entry_in_a_dylora_network_scales_it(tmp_path, algo):
+    """A preset file's LoCon entry is a LoConModule on the fused q/k/v, whose apply_max_norm scales, the
+    DyLoRA / GLoRA modules skipped: the adapter's max_norm in LyCORIS's form (was DBS403; against
+    lycoris-lora's modules: tests/runtime/test_lycoris_mixed_flow_max_norm.py)."""
     (tmp_path / "p.toml").write_text(
         'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
         '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "locon"\ndim = 4\n',
         encoding="utf-8",
     )
-    outcome = _flux(tmp_path, "--scale_weight_norms 1 --network_args algo=dylora block_size=2 preset=p.toml")
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    # the same file without --scale_weight_norms converts
-    assert "DBS403" not in codes(_flux(tmp_path, "--network_args algo=dylora block_size=2 preset=p.toml"))
+    outcome = _flux(tmp_path, f"--scale_weight_norms 1 --network_args algo={algo} preset=p.toml")
+    assert fate(outcome, "scale_weight_norms") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.max_norm, a.max_norm_form) == (algo.split()[0], 1.0, "lycoris") and a.fused
+    assert [b.kind for b in a.blocks if b.rank] == ["lora"]
 
 
 def test_module_dropout_with_dylora_on_flux_is_one_draw_per_fused_module(tmp_path):

@@ -6,7 +6,7 @@ several kinds stays DBS403."""
 
 from __future__ import annotations
 
-from convert_kit import codes, errors, fate, messages, plan_of
+from convert_kit import codes, errors, fate, plan_of
 
 from tests.unit.test_convert_lycoris_flow_dim_from_weights import W, _factor_file, _flux, _sd3
 
@@ -50,10 +50,15 @@ def test_sd3_loha_file_max_norm_with_modules_at_their_own_rank(tmp_path):
     assert {b.kind for b in a.blocks} <= {"", "loha", "adapter"}
 
 
-def test_a_file_of_several_kinds_stays_refused(tmp_path):
+def test_a_file_of_several_kinds_scales_each_kind_as_lycoris(tmp_path):
+    """A LoHa module on the fused q/k/v and a LoCon one on the projection: create_network_from_weights builds
+    LohaModule and LoConModule, each with its own apply_max_norm: LyCORIS's max norm on both (was DBS403;
+    against lycoris-lora's network from such a file: tests/runtime/test_lycoris_mixed_flow_file.py)."""
     modules = {QKV: _loha(3 * W, W, 8), PROJ: {"lora_down.weight": (4, W), "lora_up.weight": (W, 4)}}
     _factor_file(tmp_path / "prev.safetensors", modules, alpha=4.0)
-    outcome = _flux(tmp_path, "--scale_weight_norms 1", allow=True)
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
-    assert "file of several kinds" in messages(outcome, "DBS403")
-    assert fate(_flux(tmp_path), "dim_from_weights") == "mapped"  # the file alone converts
+    outcome = _flux(tmp_path, "--scale_weight_norms 1")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert fate(outcome, "scale_weight_norms") == "mapped"
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris") and a.init_weights and a.init_partial
+    assert {a.kind, *(b.kind for b in a.blocks if b.rank)} >= {"loha", "lora"}

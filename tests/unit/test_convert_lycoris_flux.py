@@ -739,9 +739,19 @@ def test_network_weights_with_dora_wd_start_the_magnitudes(tmp_path, algo):
     assert a.dora and a.init_weights.endswith("prev.safetensors") and a.init_layers == 1
 
 
-def test_scale_weight_norms_with_locon_rank_dropout_stays_refused(tmp_path):
+def test_scale_weight_norms_with_locon_rank_dropout_converts(tmp_path):
+    """LoConModule.apply_max_norm on the fused Linear draws one row mask over its stacked rows in training
+    mode; dbspec's does the same (was DBS403; tests/runtime/test_lycoris_flux.py against LoConModule)."""
     outcome = _flux(tmp_path, "--scale_weight_norms 1.5 --network_args rank_dropout=0.1")
-    assert fate(outcome, "scale_weight_norms") == "unsupported"
+    assert fate(outcome, "scale_weight_norms") == "mapped" and not errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form, a.rank_dropout, a.rank_dropout_form) == (
+        1.5,
+        "lycoris",
+        0.1,
+        "lycoris",
+    )
+    assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
 
 
 @pytest.mark.parametrize("value", ["True", ""])  # LyCORIS's str_bool: "" is on too

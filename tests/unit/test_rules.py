@@ -1706,6 +1706,30 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
     ),
+    (  # a GLoRA / DyLoRA adapter's max_norm scales its LoCon / LoHa / LoKr / Diag-OFT / BOFT blocks alone
+        rules.blocks_max_norm_scales_something,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "glora"\nrank = 8\nmax_norm = 1.0\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 1\nalpha = 1.0\n",
+        [("DBS610", "warning", ("adapter", "max_norm"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\nmax_norm = 1.0\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
+    ),
+    (  # LyCORIS's max norm beside other kinds (issue 12); kohya's form has no other kinds
+        rules.mixed_block_kinds,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\nmax_norm = 1.0\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
+        [("DBS578", "error", ("adapter", "max_norm"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\nmax_norm = 1.0\nmax_norm_form = "lycoris"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
+    ),
     (
         rules.dylora_blocks_fit,
         DOG
@@ -2479,7 +2503,7 @@ CASES = [
     ),
     (
         rules.max_norm_fits,
-        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.1\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nfreeze_down = true\n',
         [("DBS558", "error", ("adapter", "max_norm"))],
         DOG
         + STEPS
@@ -2495,11 +2519,11 @@ CASES = [
         + LORA
         + 'max_norm = 1.0\nmax_norm_form = "lycoris"\ndora = true\ndora_form = "lycoris"\n',
     ),
-    (  # LoHa's and LoKr's rank-dropout mask is drawn inside the norm (runtime/max_norm.py); LoCon's is not
+    (  # LoCon's, LoHa's and LoKr's rank-dropout mask is drawn inside the norm (runtime/max_norm.py)
         rules.max_norm_fits,
-        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\ndora = true\n',
         [("DBS558", "error", ("adapter", "max_norm"))],
-        DOG + STEPS + '[adapter]\nkind = "lokr"\nmax_norm = 1.0\nrank_dropout = 0.2\n',
+        DOG + STEPS + LORA + 'max_norm = 1.0\nmax_norm_form = "lycoris"\nrank_dropout = 0.2\n',
     ),
     (
         rules.max_norm_fits,

@@ -564,6 +564,20 @@ def _map_lora_fa(a: Args, conv: Conversion) -> None:
 
 # LyCORIS algos whose modules keep the base class's apply_max_norm (returns None: never scaled, not counted)
 _LYCORIS_NO_MAX_NORM = ("full", "ia3", "glora", "dylora")
+# the block kinds whose LyCORIS modules have their own (LoConModule, LohaModule, LokrModule, DiagOFTModule,
+# ButterflyOFTModule): a GLoRA / DyLoRA network's preset entries of these algos are scaled
+# (runtime/max_norm.py)
+_MAX_NORM_KINDS = ("lora", "loha", "lokr", "diag-oft", "boft")
+
+
+def _block_kinds(conv: Conversion) -> set[str]:
+    """The kinds the conversion's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` give their layers
+    (a LyCORIS preset file's map entries of other algos)."""
+    return {
+        value
+        for key, (value, _) in conv.values.items()
+        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
+    }
 
 
 def map_scale_weight_norms(
@@ -587,7 +601,7 @@ def map_scale_weight_norms(
         if norms.given and norms.value is not None:
             conv.inert(norms, "0 turns kohya's max-norm regularisation off")
         return
-    if lycoris and kind in _LYCORIS_NO_MAX_NORM:
+    if lycoris and kind in _LYCORIS_NO_MAX_NORM and not _block_kinds(conv) & set(_MAX_NORM_KINDS):
         conv.inert(
             norms,
             f"LyCORIS's {kind} modules keep the base apply_max_norm, which scales nothing (0, 0, 0 logged)",
@@ -612,14 +626,6 @@ def map_scale_weight_norms(
             "alpha: the update's shape mismatches it (RuntimeError), or at rank 1 it scales by the wrong "
             "numbers",
             help="drop --scale_weight_norms or split_qkv=True",
-        )
-        return
-    if lycoris and kind == "lora" and conv.values.get(("adapter", "rank_dropout"), (0.0,))[0]:
-        conv.unsupported(
-            norms,
-            "LyCORIS's LoCon apply_max_norm takes each norm with the module's rank-dropout mask drawn anew "
-            "in training mode, which dbspec does not reproduce",
-            help="drop --scale_weight_norms or rank_dropout",
         )
         return
     if lycoris and kind == "lokr" and not from_file and lokr_rank_dropout(a["network_args"].value):
@@ -1008,7 +1014,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     and scalar per fused Linear (runtime/max_norm.py joins its parts; the kohya writers fold the scalar); of
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
     or its one scalar (LoHa) scaled once; of a Diag-OFT / BOFT the fused module's blocks, one norm over its
-    parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm). A
+    parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm), unless a
+    preset gives a GLoRA / DyLoRA network LoCon / LoKr / LoHa entries: those modules' own, as above. A
     DyLoRA network's --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
     --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
@@ -1024,9 +1031,11 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
     # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once); Diag-OFT: DiagOFTModule's, the norm of
     # every part's blocks stacked, each part's scaled by the one ratio (runtime/max_norm.py)
+    # a GLoRA / DyLoRA network's preset entries of LoCon / LoKr / LoHa: their modules' own apply_max_norm,
+    # one per fused Linear of their kind (map_scale_weight_norms; runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft")
+        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(
@@ -1071,13 +1080,8 @@ def _no_max_norm(conv: Conversion) -> bool:
     0, 0; FullModule, IA3Module, GLoRAModule, DyLoraModule and NormModule do not override it, lycoris-lora
     4.1.3): no preset-file entry of another algo (its LoCon / LoKr / LoHa / Diag-OFT / BOFT modules would
     scale)."""
-    kinds = {
-        value
-        for key, (value, _) in conv.values.items()
-        if key[0] == "adapter" and key[1] in ("blocks", "text_encoder_blocks") and key[-1] == "kind"
-    }
     kind = conv.values[("adapter", "kind")][0]
-    return kind in _LYCORIS_NO_MAX_NORM and kinds <= {kind, "adapter"}
+    return kind in _LYCORIS_NO_MAX_NORM and _block_kinds(conv) <= {kind, "adapter"}
 
 
 def _lycoris_flow_from_weights(
@@ -1424,18 +1428,10 @@ def _lycoris_flow_factor_file(
     conv.record(module, "mapped", "adapter")
     conv.record(from_file, "mapped", "adapter")
     map_base_weights(a, paths, conv)
-    # a LoKr / LoHa file of that kind alone is the network create_network builds for the algo (LokrModule /
-    # LohaModule per fused Linear, their own apply_max_norm): the same max norm (was DBS403); a file of
-    # several kinds mixes the modules' norms, which dbspec has no form for yet
-    kinds = {b.get("kind", algo) for table in ("blocks", "text_encoder_blocks") for b in found.get(table, ())}
-    alone = algo in ("lokr", "loha") and kinds <= {algo}
-    if a["scale_weight_norms"].value and algo != "full" and not alone:
-        conv.unsupported(
-            a["scale_weight_norms"],
-            f"LyCORIS's max norm of a fused {algo} file of several kinds: no dbspec form",
-        )
-        return False
-    # none given: records its fate; full: inert (the network_args are unread: no rank dropout)
+    # each module create_network_from_weights builds keeps its own apply_max_norm (LoConModule, LohaModule,
+    # LokrModule, DiagOFTModule per fused Linear scale; FullModule, GLoRAModule skipped): LyCORIS's max norm
+    # on the file's layers of those kinds, one module per fused Linear (runtime/max_norm.py; was DBS403 for
+    # a file of several kinds); none given: records its fate; full alone: inert (no network_args are read)
     map_scale_weight_norms(a, conv, lycoris=True, kind=algo, from_file=True)
     return True
 
