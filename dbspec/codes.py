@@ -3195,6 +3195,17 @@ at least 40 px) kohya adds when the ends differ and crop is not "random". dbspec
         help="write [hi, hi] for a fixed scale without the shift, or [lo, hi] in order for a drawn scale",
     ),
     Code(
+        "DBS617",
+        ERROR,
+        "An adapter block scaled by 0 whose layers are not DyLoRA's",
+        """\
+`zero_scale = true` on an `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` entry builds the matched
+DyLoRA layers with their update scaled by 0, as LyCORIS's DyLoraModule runs once a `--network_weights` file
+sets its alpha buffer to 0: built, drawing `module_dropout`, adding nothing. Only a `kind = "dylora"`
+adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer.""",
+        help="remove zero_scale, or give the block a rank of 0 (no layer)",
+    ),
+    Code(
         "DBS620",
         ERROR,
         "ProdigyPlusScheduleFree over bf16 or fp16 weights",
@@ -3206,17 +3217,6 @@ for bf16 and fp32 weights only; dbspec runs it over fp32 weights (kohya's `full_
 are refused by the converter).""",
         help='use precision.weights = "fp32" (mixed precision still computes in bf16 or fp16), or another '
         "optimizer.kind",
-    ),
-    Code(
-        "DBS617",
-        ERROR,
-        "An adapter block scaled by 0 whose layers are not DyLoRA's",
-        """\
-`zero_scale = true` on an `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` entry builds the matched
-DyLoRA layers with their update scaled by 0, as LyCORIS's DyLoraModule runs once a `--network_weights` file
-sets its alpha buffer to 0: built, drawing `module_dropout`, adding nothing. Only a `kind = "dylora"`
-adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer.""",
-        help="remove zero_scale, or give the block a rank of 0 (no layer)",
     ),
     Code(
         "DBS623",
