@@ -588,17 +588,8 @@ _LYCORIS_FILES = (
     GloraAdapter,
     TloraAdapter,
 )
-# ... of which one module per layer on SD 1.x/2.x and SDXL (the others on Flux / SD3's fused layers only)
-_PER_LAYER = (
-    LohaAdapter,
-    LokrAdapter,
-    FullAdapter,
-    Ia3Adapter,
-    DiagOftAdapter,
-    BoftAdapter,
-    GloraAdapter,
-    TloraAdapter,
-)
+# ... each of which builds one module per layer on SD 1.x/2.x and SDXL
+_PER_LAYER = _LYCORIS_FILES
 # OFT's 3-D / 4-D blocks (Diag-OFT, BOFT and GLoRA also on Flux / SD3's fused layers, BOFT there with
 # fused_projections only: its butterfly stages span the parts' rows)
 _OFT_BLOCKS = (DiagOftAdapter, BoftAdapter)
