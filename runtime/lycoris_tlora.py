@@ -155,7 +155,7 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
             down = up = F.linear
         current = up(down(x, q.to(dtype)) * lam, p.to(dtype))
         start = up(down(x, q0.to(dtype)) * lam0, p0.to(dtype))
-        diff = (current - start) * self.scaling[adapter] * 1.0
+        diff = (current - start) * self.scaling[adapter]
         return F.dropout(diff, self.tlora_dropout, self.training) if self.tlora_dropout else diff
 
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
