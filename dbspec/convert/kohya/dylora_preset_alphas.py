@@ -16,15 +16,20 @@ import math
 import re
 from collections import defaultdict
 
+import attrs
+
 from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.file_ranks import TEXT_COMPONENTS
 from dbspec.convert.kohya.lycoris_file import Layer, Targets
+from dbspec.spec.model import DyloraAdapter, DyloraBlock
 from dbspec.unet_layout import diffusers_name
 
 # conv.facts key: the preset file's Targets (network.py), which layers it builds and their paths
 PRESET_LAYERS = "lycoris_preset_layers"
 _TABLES = {"unet": "blocks", "text": "text_encoder_blocks"}
+# what a converted block leaves out takes DyloraBlock's default
+_BLOCK_DEFAULTS = {k: attrs.fields_dict(DyloraBlock)[k].default for k in ("conv_rank", "conv_alpha")}
 
 
 def preset_blocks(conv: Conversion, table: str) -> list[dict]:
@@ -68,6 +73,15 @@ def int_buffer(layer: Layer) -> bool:
     return not alpha or (isinstance(alpha, int) and not isinstance(alpha, bool))
 
 
+def _adapter_sizes(conv: Conversion) -> dict:
+    """The converted DyLoRA adapter's rank, alpha, conv_rank and conv_alpha, the spec's defaults (alphas
+    derived from the ranks) where the conversion wrote none."""
+    keys = ("rank", "alpha", "conv_rank", "conv_alpha")
+    written = {k: conv.values[("adapter", k)][0] for k in keys if ("adapter", k) in conv.values}
+    spec = DyloraAdapter(kind="dylora", **written)
+    return {k: getattr(spec, k) for k in keys}
+
+
 def _first(blocks: list[dict], path: str) -> int | None:
     return next((i for i, b in enumerate(blocks) if re.search(b["pattern"], path)), None)
 
@@ -86,13 +100,8 @@ def preset_dylora_alphas(
     how many layers take another alpha. `own_alpha` returning 0 leaves the layer unbuilt (rank 0), or with
     `drawn` (module_dropout: dylora.zero_drawn) built scaled by 0 (zero_scale), as lycoris_dylora_alphas
     does."""
-    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
-    adapter = {
-        "rank": value("rank", 4),
-        "alpha": float(value("alpha", 1.0)),
-        "conv_rank": value("conv_rank", 0),
-        "conv_alpha": float(value("conv_alpha", 1.0)),
-    }
+    adapter = _adapter_sizes(conv)
+    bypass_on = conv.values.get(("adapter", "bypass"), (DyloraAdapter(kind="dylora").bypass, ""))[0]
     tables = {t: preset_blocks(conv, _TABLES[t]) for t in _TABLES}
     groups: dict[tuple[str, int | None, bool, float], list[str]] = defaultdict(list)
     for module in file.modules.values():
@@ -102,13 +111,13 @@ def preset_dylora_alphas(
         table, path, layer = where
         index = _first(tables[table], path)
         # the layer's sizes: its block's (DyloraBlock's defaults where it leaves them out), else the adapter's
-        block = adapter if index is None else {"conv_rank": 0, "conv_alpha": 1.0, **tables[table][index]}
+        block = adapter if index is None else {**_BLOCK_DEFAULTS, **tables[table][index]}
         conv_layer = layer.kind == "conv"
         rank = block["conv_rank" if conv_layer else "rank"]
         if not rank:  # a rank-0 block: the layer is not built
             continue
         own = block.get("bypass", "adapter")
-        bypass = own == "on" if own != "adapter" else bool(value("bypass", False))
+        bypass = own == "on" if own != "adapter" else bool(bypass_on)
         raw = float(math.trunc(module.alpha)) if int_buffer(layer) else module.alpha
         alpha = own_alpha(raw, rank, bypass)
         if alpha != float(block["conv_alpha" if conv_layer else "alpha"]):
