@@ -29,6 +29,7 @@ import attrs
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
 from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
+from dbspec.compiler.init_file import has_norms
 from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
 from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trains
@@ -1251,7 +1252,7 @@ def oft_rank_dropout_not_in_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if getattr(a, "kind", None) != "diag-oft" or not a.bypass or not a.rank_dropout:
         return
-    norms = a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms
+    norms = has_norms(a)
     yield _warn(
         "DBS589",
         ("adapter", "rank_dropout"),
@@ -1268,7 +1269,7 @@ def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if getattr(a, "kind", None) != "ia3" or not a.rank_dropout:
         return
-    if a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms:
+    if has_norms(a):
         return
     yield _warn(
         "DBS590",
@@ -1285,7 +1286,7 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if getattr(a, "kind", None) != "glora" or a.bypass:
         return
-    norms = a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms
+    norms = has_norms(a)
     for key in ("rank_dropout", "dropout"):
         if not getattr(a, key):
             continue
@@ -1309,7 +1310,7 @@ def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
     rate = getattr(a, "norm_rank_dropout", 0.0)
     if not rate or not given(("adapter", "norm_rank_dropout")):
         return
-    if a.denoiser_norms or a.text_encoder_norms or a.text_encoder_2_norms:
+    if has_norms(a):
         return
     yield _warn(
         "DBS623",
