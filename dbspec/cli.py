@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 
 import os
 import re
@@ -217,6 +218,12 @@ def run(
                 _leave_report_to_failed_peer(f"note: {who}{exc.message}")
             typer.echo(f"error: {who}{exc.message}{where}{hint}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # typer would exit 130 without a word; the loop's own stop prints its step
+            typer.echo(f"error: {_who(rank)}interrupted (SIGINT) outside a training step", err=True)
+            raise typer.Exit(130) from None
+        except BrokenPipeError as exc:  # typer would exit 1 without a word, as if stdout were a closed pipe
+            typer.echo(f"internal error: {_who(rank)}BrokenPipeError: {exc}", err=True)
+            raise typer.Exit(2) from None
     if rank > 0:
         return
     if result.status == "interrupted":
@@ -242,6 +249,10 @@ def _leave_report_to_failed_peer(note: str) -> None:
     typer.echo(note, err=True)
     time.sleep(PEER_GRACE_S)  # SIGTERM (the default action: exit) ends this sleep and the process
     raise typer.Exit(1)
+
+
+def _who(rank: int) -> str:
+    return f"process {rank}: " if rank > 0 else ""
 
 
 def _launcher_rank() -> int:
@@ -561,12 +572,17 @@ app.add_typer(convert_app, name="convert")
 
 
 def main() -> None:
-    """Console entry point: no traceback for bad input; internal errors exit 2 with a short report."""
+    """Console entry point: no traceback for bad input; internal errors exit 2 with a short report. A crash
+    in native code (a segfault or abort in torch, gloo, a kernel) prints every thread's Python stack
+    (faulthandler) instead of ending the process without a word."""
+    with contextlib.suppress(ValueError, OSError):  # a stderr without a file descriptor (captured)
+        faulthandler.enable(all_threads=True)
     try:
         app()
     except SystemExit:
         raise
     except KeyboardInterrupt:
+        typer.echo(f"error: {_who(_launcher_rank())}interrupted (SIGINT)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if os.environ.get("DBSPEC_DEBUG"):

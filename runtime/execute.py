@@ -91,8 +91,15 @@ def execute(
         raise RunError(str(exc), _origin(plan, key.get(type(exc), ""))) from exc
     except RuntimeError as exc:  # gloo's dead-peer errors (torch's DistError is a RuntimeError)
         if peer_failed(exc):  # the process that failed names the cause; this one only stops
-            raise RunError("stopped: another process failed", peer=True) from exc
+            raise RunError(f"stopped: another process failed ({_first_line(exc)})", peer=True) from exc
         raise
+
+
+def _first_line(exc: BaseException) -> str:
+    """What this process's collective reported (gloo: which connection closed), short: when no process
+    names another cause (one was killed, or crashed in native code), this is the failure's only trace."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _origin(plan: Plan, key: str) -> str:

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import json
 import multiprocessing
 import os
+import re
 import select
 import shutil
 import signal
@@ -49,11 +51,13 @@ PRELOAD = [
 
 
 def _cli_main(argv: list[str], env: dict[str, str], cwd: str, log: str) -> None:
-    """In the forked process: the `dbspec` console entry point, output to `log`."""
+    """In the forked process: the `dbspec` console entry point, output to `log`. SIGUSR1 writes every
+    thread's Python stack to the log (run_ranks sends it to a process it is about to stop: where it was)."""
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -89,10 +93,11 @@ def run_ranks(
     """`dbspec <argv>` as `world` processes of one distributed run on this machine (gloo), each forked from
     the fork server with the environment torchrun gives its workers (RANK, LOCAL_RANK, WORLD_SIZE,
     MASTER_ADDR / MASTER_PORT on a free port): the runtime's own env:// start, without two fresh interpreters'
-    imports per launch. As torchrun does, the first process to fail gets the others stopped (SIGTERM, then
-    SIGKILL after a grace period). Returns the launch's exit code (0 when every process exits 0, else 1) and
-    every process's output, rank by rank, as stderr. The fault tests keep torchrun itself (its root-cause
-    report is what they check)."""
+    imports per launch. As torchrun does, the first process to fail gets the others stopped (their Python
+    stacks written to their output first, SIGUSR1; then SIGTERM, then SIGKILL after a grace period). Returns
+    the launch's exit code (0 when every process exits 0, else 1) and every process's output, rank by rank,
+    each headed by how it ended (`[rank 1] exit 1 (first to fail)`, `[rank 0] killed by SIGTERM (stopped by
+    the launcher)`), as stderr; `launch_failure` makes an assertion's message of it."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     with socket.socket() as probe:  # a free port for the rendezvous (parallel test workers never collide)
@@ -116,9 +121,11 @@ def run_ranks(
             process = context.Process(target=_cli_main, args=(list(argv), rank_env, str(cwd), str(logs[-1])))
             process.start()
             processes.append(process)
-        _wait_together(processes, timeout)
+        ends = _wait_together(processes, timeout, logs)
         codes = [p.exitcode for p in processes]
-        output = "".join(f"[rank {r}]\n{log.read_text(errors='replace')}" for r, log in enumerate(logs))
+        output = "".join(
+            f"[rank {r}] {ends[r]}\n{log.read_text(errors='replace')}" for r, log in enumerate(logs)
+        )
         return subprocess.CompletedProcess(argv, 0 if codes == [0] * world else 1, "", output)
     finally:
         for process in processes:
@@ -129,16 +136,31 @@ def run_ranks(
             log.unlink(missing_ok=True)
 
 
-def _wait_together(processes: list, timeout: float, grace: float = 30.0) -> None:
-    """Wait for every process; once one exits non-zero, SIGTERM the rest and SIGKILL what is left after
-    `grace` seconds. A launch still running after `timeout` seconds raises TimeoutError."""
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
+def _wait_together(processes: list, timeout: float, logs: list[Path], grace: float = 30.0) -> list[str]:
+    """Wait for every process; once one exits non-zero, dump the others' Python stacks (SIGUSR1) and SIGTERM
+    them, then SIGKILL what is left after `grace` seconds. Returns how each process ended, in words. A launch
+    still running after `timeout` seconds raises TimeoutError with every process's output (its stacks
+    dumped first)."""
     deadline = time.monotonic() + timeout
-    stopping = None
+    stopping, first, stopped = None, None, set()
     while any(p.is_alive() for p in processes):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"a distributed launch still ran after {timeout} s")
-        if stopping is None and any(p.exitcode not in (None, 0) for p in processes):
-            stopping = time.monotonic()
+            _dump_stacks(processes)
+            output = "".join(f"[rank {r}]\n{log.read_text(errors='replace')}" for r, log in enumerate(logs))
+            raise TimeoutError(f"a distributed launch still ran after {timeout} s:\n{output}")
+        failed = [rank for rank, p in enumerate(processes) if p.exitcode not in (None, 0)]
+        if stopping is None and failed:
+            stopping, first = time.monotonic(), failed[0]
+            stopped = {rank for rank, p in enumerate(processes) if p.is_alive()}
+            _dump_stacks(processes)
             for p in processes:
                 if p.is_alive():
                     p.terminate()
@@ -147,6 +169,58 @@ def _wait_together(processes: list, timeout: float, grace: float = 30.0) -> None
                 if p.is_alive():
                     p.kill()
         time.sleep(0.05)
+    if first is None:  # failed in the last poll's interval
+        first = next((rank for rank, p in enumerate(processes) if p.exitcode != 0), None)
+    return [
+        _exit_words(p.exitcode)
+        + (" (first to fail)" if rank == first else " (stopped by the launcher)" if rank in stopped else "")
+        for rank, p in enumerate(processes)
+    ]
+
+
+def _dump_stacks(processes: list) -> None:
+    """Every live process writes its threads' Python stacks to its output (`_cli_main`'s SIGUSR1), so a
+    launch that failed shows where the others were waiting."""
+    alive = [p for p in processes if p.is_alive()]
+    for p in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signal.SIGUSR1)
+    if alive:
+        time.sleep(0.3)  # faulthandler writes from its signal handler; SIGTERM could overtake it
+
+
+# Lines of a process's output that say why it ended, and how much of each process's output a failure shows.
+_CAUSE = re.compile(r"Traceback|error|Error|note: |Fatal Python|Thread 0x|Current thread|killed|exit \d")
+_TAIL_LINES = 12
+
+
+def launch_failure(done: subprocess.CompletedProcess, *, context: int = 3, limit: int = 12000) -> str:
+    """An assertion's message for a failed launch: for each process (run_ranks' `[rank r]` sections; a
+    torchrun launch's whole output is one section) its header, the lines around each that says why it ended
+    (a traceback, an error, a note, a stack dump), and its last lines, each process within its share of
+    `limit` characters. The last 4000 characters of the whole output held only the last process's: the first
+    one's cause was cut off."""
+    text = done.stderr + (done.stdout or "")
+    sections = [s for s in re.split(r"(?m)^(?=\[rank \d+\])", text) if s.strip()]
+    share = limit // max(1, len(sections))
+    shown = [f"launch exit code {done.returncode}"]
+    for section in sections:
+        lines = section.splitlines()
+        keep = set(range(max(1, len(lines) - _TAIL_LINES), len(lines))) | {0}
+        for index, line in enumerate(lines):
+            if _CAUSE.search(line):
+                keep |= set(range(max(0, index - context), min(len(lines), index + context + 40)))
+        picked, previous = [], -1
+        for index in sorted(keep):
+            if index != previous + 1:
+                picked.append("    ...")
+            picked.append(lines[index])
+            previous = index
+        part = "\n".join(picked)
+        shown.append(
+            part if len(part) <= share else f"{part[: share // 3]}\n    ...\n{part[-2 * share // 3 :]}"
+        )
+    return "\n".join(shown)
 
 
 # --- torchrun's workers, forked -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 
 from dbspec.runtime.checkpoints import latest_checkpoint, load_state
 from dbspec.runtime.execute import execute
+from tests.runtime.forked import launch_failure
 from tests.runtime.shared import once_per_session
 from tests.runtime.runspec import compile_spec
 from tests.runtime.test_processes import STEPS, _launch, _spec, _weights
@@ -42,7 +43,7 @@ def fsdp_run(tmp_path_factory) -> tuple[Path, str]:
 
     def make(folder: Path) -> None:
         done = _launch(_fsdp_spec(folder))
-        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.returncode == 0, launch_failure(done)
         (folder / "launch-output.txt").write_text(done.stdout + done.stderr)
 
     folder = once_per_session(tmp_path_factory, "fsdp-run", make)
@@ -115,10 +116,10 @@ def test_fsdp_resume_bit_exact(fsdp_run, tmp_path):
     the whole state into each process's shards and ends with the uninterrupted run's weights, bit for bit."""
     spec = _fsdp_spec(tmp_path)
     stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
-    assert stopped.returncode != 0, stopped.stderr[-4000:]
-    assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    assert stopped.returncode != 0, launch_failure(stopped)
+    assert "interrupted at step 3" in stopped.stderr, launch_failure(stopped)
     resumed = _launch(spec, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.returncode == 0, launch_failure(resumed)
     uninterrupted, after_resume = _weights(fsdp_run[0]), _weights(tmp_path / "out")
     assert uninterrupted.keys() == after_resume.keys()
     for key, value in uninterrupted.items():
@@ -130,7 +131,7 @@ def test_fsdp_lora_matches_one_process(tmp_path):
     trains, writes the diffusers LoRA file, and equals one process with accumulation 2 (same tolerance)."""
     spec = _fsdp_spec(tmp_path / "two", lora=True)
     done = _launch(spec)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, launch_failure(done)
     two = _weights(tmp_path / "two" / "out")
     one = _weights(_one_process(tmp_path / "one", lora=True))
     assert one.keys() == two.keys() and any("lora" in k for k in one)

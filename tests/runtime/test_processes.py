@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dbspec.runtime.execute import execute
-from tests.runtime.forked import SOCKET_ENV, run_ranks, torchrun_worker
+from tests.runtime.forked import SOCKET_ENV, launch_failure, run_ranks, torchrun_worker
 from tests.runtime.runspec import CLASS_DATASET, NO_REPORT, compile_spec, write_spec
 
 pytestmark = pytest.mark.slow
@@ -100,6 +100,30 @@ def _cache_files(cache: Path) -> dict[str, tuple[dict, dict[str, bytes]]]:
     return files
 
 
+def test_a_failed_launch_shows_each_process_cause():
+    """The assertion message of a failed two-process launch holds each process's own cause, however long the
+    output after it: the first process's plan and stack dump, then the second's note (the last 4000
+    characters of the whole output once held only the second process's note and the first one's plan)."""
+    plan = "\n".join(f"plan line {i} " + "x" * 60 for i in range(200))
+    output = (
+        f"[rank 0] killed by SIGTERM (stopped by the launcher)\n{plan}\nstep 4/4 loss 0.9657\n"
+        'Thread 0x00007f (most recent call first):\n  File "/x/runtime/loop.py", line 189 in fit\n'
+        + "\n".join(f"  File frame {i}" for i in range(30))
+        + "\n[rank 1] exit 1 (first to fail)\n"
+        "note: process 1: stopped: another process failed (Connection closed by peer [127.0.0.1]:4)\n"
+    )
+    message = launch_failure(subprocess.CompletedProcess(["run"], 1, "", output))
+    assert "another process failed" not in output[:-4000]  # what the old message left out
+    for shown in (
+        "[rank 0] killed by SIGTERM",
+        'runtime/loop.py", line 189 in fit',
+        "step 4/4",
+        "[rank 1] exit 1",
+    ):
+        assert shown in message, message
+    assert "Connection closed by peer" in message and len(message) < len(output) // 2, message
+
+
 def test_two_processes_match_one_with_accumulation(two_processes, tmp_path):
     """2 processes x batch 1 == 1 process x batch 1 x 2 accumulation (effective batch 2 both ways).
 
@@ -140,10 +164,10 @@ def test_one_process_killed_stops_all_then_resumes_bit_exact(two_processes, tmp_
     # torchrun's own report of the killed process
     killed = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest"}, torchrun=True)  # process 0 saves
     assert killed.returncode != 0
-    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, killed.stderr[-4000:]
+    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr, launch_failure(killed)
     assert (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "final").exists()
     resumed = _launch(spec, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.returncode == 0, launch_failure(resumed)
     uninterrupted, after_resume = _weights(two_processes), _weights(tmp_path / "out")
     for key, value in uninterrupted.items():
         assert torch.equal(after_resume[key], value), key
@@ -160,14 +184,14 @@ def test_two_processes_resume_bit_exact_with_process_streams(tmp_path):
     and test_process_faults.py's (each resumes two processes to the `two_processes` run's weights)."""
     whole = _spec(tmp_path / "whole", batch=1, accumulation=1, streams="process")
     done = _launch(whole)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, launch_failure(done)
     spec = _spec(tmp_path / "cut", batch=1, accumulation=1, streams="process")
     stopped = _launch(spec, env={"DBSPEC_KILL_AT": "checkpoint.latest:INT"})
-    assert stopped.returncode != 0, stopped.stderr[-4000:]
-    assert "interrupted at step 3" in stopped.stderr, stopped.stderr[-4000:]
+    assert stopped.returncode != 0, launch_failure(stopped)
+    assert "interrupted at step 3" in stopped.stderr, launch_failure(stopped)
     assert not (tmp_path / "cut" / "out" / "final").exists()
     resumed = _launch(spec, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.returncode == 0, launch_failure(resumed)
     uninterrupted, after_resume = _weights(tmp_path / "whole" / "out"), _weights(tmp_path / "cut" / "out")
     assert uninterrupted.keys() == after_resume.keys()
     for key, value in uninterrupted.items():
@@ -187,7 +211,7 @@ def test_two_processes_split_class_images_as_one_makes_them(tmp_path):
         folders[name] = spec.parent / "generated"
         if name == "two":
             done = _launch(spec)
-            assert done.returncode == 0, done.stderr[-4000:]
+            assert done.returncode == 0, launch_failure(done)
         else:
             assert execute(compile_spec(spec)).status == "finished"
         manifest = json.loads((folders[name] / ".dbspec-generated.json").read_text())
