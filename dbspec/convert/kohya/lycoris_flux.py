@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SING
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
 from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
+from dbspec.convert.kohya.dylora_preset_alphas import FLOW_PRESET_MODULES
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
@@ -238,6 +239,7 @@ def map_lycoris_flow(
         if not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
+        conv.facts[FLOW_PRESET_MODULES] = file.modules  # a DyLoRA alpha file: lycoris_flow_dylora.py
         if algo in ("ia3", "diag-oft", "boft"):  # their blocks have no rank 0: the leading ones `exclude`
             lead = next((i for i, b in enumerate(file.blocks) if b.get("rank", 1)), len(file.blocks))
             exclude, file = (
