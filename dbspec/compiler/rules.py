@@ -3319,6 +3319,23 @@ def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+def lycoris_row_masks(a) -> bool:
+    """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris") on layers that are all
+    LoRA/LoCon or LoHa, without fused_projections: each layer draws its own row mask in its forward as
+    LoConModule / LohaModule do (runtime/lora_dropout.py's lycoris form, runtime/loha_weight.py), decomposed
+    (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
+    1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py)."""
+    return (
+        a.kind == "lora"
+        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
+        and not getattr(a, "fused_projections", False)
+        and all(
+            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha")
+            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+        )
+    )
+
+
 @rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
@@ -3366,6 +3383,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
     if own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris":
         kept += ("max_norm",)
+    if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
+        kept += ("rank_dropout",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -3552,20 +3571,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     p = spec.precision
-    fused = getattr(a, "fused_projections", False)
-    # LoConModule's row mask on every LoCon layer of a LoCon network, decomposed or not, in forward order
-    # (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form on the others; checked
-    # against lycoris-lora's network on SD 1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py); beside
-    # other kinds or on fused layers not checked
-    locon_rows = (
-        a.kind == "lora"
-        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
-        and not fused
-        and all(
-            getattr(b, "kind", "adapter") in ("adapter", "lora")
-            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
-        )
-    )
+    # LoConModule's / LohaModule's row mask on every LoCon / LoHa layer of a LoCon network, decomposed or not,
+    # in forward order (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form and
+    # peft's LoHa on the others; checked against lycoris-lora's network on SD 1.x); beside other kinds or on
+    # fused layers not checked
+    locon_rows = lycoris_row_masks(a)
     others = [
         text
         for text, on in (
