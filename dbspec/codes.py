@@ -2680,9 +2680,9 @@ must be adapted (the product spans all its rows). `dora` per output row, `scalar
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
 bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`) shares one
-magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows,
-and takes none of the dropouts (the adapter's `dora` or a block's own over whole fused layers; an
-`init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
+magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows
+(masked by the fused layer's one rank-dropout draw; the adapter's `dora` or a block's own over whole fused
+layers; an `init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
 nor (with or without `fused_projections`)
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /

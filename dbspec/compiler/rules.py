@@ -3293,32 +3293,6 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-@rule("spec")
-def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
-    magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
-    the dropouts' shared draws (a file's (1, in) magnitude loads into the shared one, runtime/
-    lycoris_init.py)."""
-    a = spec.adapter
-    if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
-        return
-    own = next(
-        (i for i, b in enumerate(getattr(a, "blocks", ())) if getattr(b, "dora", "adapter") == "on"), None
-    )
-    if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own is not None):
-        return
-    for key in ("rank_dropout", "module_dropout", "output_dropout"):
-        if getattr(a, key, None):
-            yield _err(
-                "DBS575",
-                ("adapter", key),
-                f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
-                "decomposition takes the column norms of every part's merged weight, which adapter."
-                f"{key} would draw per part",
-                f'remove adapter.{key}, or set adapter.dora_axis = "output"',
-            )
-
-
 def lycoris_row_masks(a) -> bool:
     """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris") on layers that are all
     LoRA/LoCon or LoHa, without fused_projections: each layer draws its own row mask in its forward as

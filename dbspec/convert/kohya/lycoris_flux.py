@@ -958,8 +958,9 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     are their rebuild forward's (one draw per fused layer, the masked update decomposed:
     runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
     the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
-    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
-    dropouts DBS575). LoCon's module_dropout and rank mask with it (was DBS403): its rebuild forward's one
+    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr's / LoHa's dropouts
+    the fused module's one draw, each part decomposing its rows by every part's masked rows' column norms).
+    LoCon's module_dropout and rank mask with it (was DBS403): its rebuild forward's one
     draw per fused layer, the masked update decomposed (runtime/fused_lycoris_dropout.py
     add_fused_locon_dora_dropout), per input column by the column norms of every part's masked rows (was
     DBS403). With bypass_mode invalid (BYPASS_DORA). False when invalid."""
