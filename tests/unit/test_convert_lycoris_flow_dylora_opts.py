@@ -317,3 +317,35 @@ def test_network_weights_with_dylora_on_chroma(tmp_path):
     for part in ("to_q", "to_k", "to_v"):
         assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") == (a.rank, 2.0)
     assert all(not re.search(b.pattern, "transformer_blocks.0.norm1.linear") for b in a.blocks)
+
+
+def test_network_weights_with_dylora_onto_a_preset_files_own_dims_on_sd3(tmp_path):
+    """SD3's kohya names (joint_blocks_N_x_block_attn_qkv) and LyCORIS's CLIP-G prefix (lora_te2_) onto the
+    entries' dims: each part of the fused qkv at its entry's dim and the file's alpha (an integer entry
+    alpha's int64 buffer: 4.5 loads as 4), CLIP-G's layer at the network's rank."""
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["joint_blocks.*.attn.qkv"]\n'
+        'text_encoder_target_module = ["CLIPAttention"]\n\n'
+        '[name_algo_map."joint_blocks.*.x_block.attn.qkv"]\nalgo = "dylora"\ndim = 8\nalpha = 2\n',
+        encoding="utf-8",
+    )
+    width = 2432  # SD3.5-large
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_joint_blocks_2_x_block_attn_qkv": (3 * width, width, 4.5),
+            "lora_unet_joint_blocks_2_context_block_attn_qkv": (3 * width, width, 3.0),
+            "lora_te2_text_model_encoder_layers_3_self_attn_k_proj": (1280, 1280, 2.0),
+        },
+    )
+    args = "--network_args algo=dylora block_size=8 preset=p.toml"
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors {args}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (8, 4.0)
+        assert _matched(a.blocks, f"transformer_blocks.3.attn.{part}") == (8, 2.0)  # the entry's
+    for part in ("add_q_proj", "add_k_proj", "add_v_proj"):
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (16, 3.0)
+    path = "text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj"
+    assert _matched(a.text_encoder_blocks, path) == (16, 2.0)
