@@ -10,7 +10,6 @@ names its weights up_list / down_list, so only each layer's `alpha` loads (`lyco
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -23,6 +22,7 @@ from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora_preset_alphas import (
     PRESET_LAYERS,
     has_preset_ranks,
+    loaded_alpha,
     preset_dylora_alphas,
     sd_layers,
 )
@@ -390,9 +390,7 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     for m in file.modules.values():
         if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
             continue
-        raw = (
-            float(math.trunc(m.alpha)) if ints[("adapter", "conv_alpha" if m.conv else "alpha")] else m.alpha
-        )
+        raw = loaded_alpha(m.alpha, ints[("adapter", "conv_alpha" if m.conv else "alpha")])
         own = file_alpha(raw, conv_rank if m.conv else rank, bypass)
         if own != (conv_alpha if m.conv else alpha):
             # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)

@@ -79,6 +79,12 @@ def _layer_of(name: str, found: Targets, original_names: bool) -> tuple[str, str
     return None if path is None else ("text", path, found.text[path])
 
 
+def loaded_alpha(alpha: float, truncated: bool) -> float:
+    """A file's alpha as DyLoraModule's buffer takes it: toward zero where the buffer is int64 (`truncated`:
+    int_buffer, or a network alpha of 0, alpha_zero.ZEROED), else as it is."""
+    return float(math.trunc(alpha)) if truncated else alpha
+
+
 def int_buffer(layer: Layer) -> bool:
     """Whether the layer's DyLoraModule holds its alpha in an int64 buffer: `torch.tensor(alpha)` of a
     Python int (a preset entry's `alpha = 2`, or an alpha of 0 or none, which becomes the int lora_dim), so
@@ -168,7 +174,7 @@ def _group(groups, tables, adapter, bypass_on, table, path, layer, file_alpha, o
         return
     own = block.get("bypass", "adapter")
     bypass = own == "on" if own != "adapter" else bool(bypass_on)
-    raw = float(math.trunc(file_alpha)) if int_buffer(layer) else file_alpha
+    raw = loaded_alpha(file_alpha, int_buffer(layer))
     alpha = own_alpha(raw, rank, bypass)
     if alpha != float(block["conv_alpha" if conv_layer else "alpha"]):
         groups[(table, index, conv_layer, alpha)].append(path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import math
 import re
 
 import attrs
@@ -48,6 +47,7 @@ from dbspec.convert.kohya.dylora import (
 from dbspec.convert.kohya.dylora_preset_alphas import (
     FLOW_PRESET_MODULES,
     has_preset_ranks,
+    loaded_alpha,
     preset_dylora_alphas,
 )
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
@@ -182,11 +182,6 @@ def _adapted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets or ())
 
 
-def _loaded(alpha: float, truncated: bool) -> float:
-    """The file's alpha as DyLoraModule's buffer takes it: toward zero where it is int64 (`truncated`)."""
-    return float(math.trunc(alpha)) if truncated else alpha
-
-
 def _differing_unet(
     file: LoraFile,
     family: str,
@@ -211,7 +206,7 @@ def _differing_unet(
         full = [f"{blocks}.{index}.{c}" if blocks else c for c in children]
         if not all(_adapted(p, conv_targets if m.conv else targets) for p in full):
             continue  # a layer the network does not adapt: load_state_dict(strict=False) ignores it
-        raw = _loaded(m.alpha, ints[1] if m.conv else ints[0])
+        raw = loaded_alpha(m.alpha, ints[1] if m.conv else ints[0])
         own = file_alpha(raw, value("conv_rank", 0) if m.conv else value("rank", 4), bypass)
         if own != (conv_alpha if m.conv else alpha):
             # by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
@@ -249,7 +244,7 @@ def _differing_text(
     for m in file.modules.values():
         if m.alpha is None or not m.name.startswith(prefixes):
             continue
-        own = file_alpha(_loaded(m.alpha, truncated), value("rank", 4), bypass)
+        own = file_alpha(loaded_alpha(m.alpha, truncated), value("rank", 4), bypass)
         if own != alpha:
             out[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     return out
