@@ -2680,9 +2680,9 @@ must be adapted (the product spans all its rows). `dora` per output row, `scalar
 `rank_dropout` and `module_dropout` are LyCORIS's on the fused layer (one scalar, one norm of the whole
 update, one draw per forward, the masked update decomposed with `dora`; `output_dropout`, LyCORIS's
 bypass dropout, over the fused layer's output); `dora` per input column (`dora_axis = "input"`) shares one
-magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows,
-and takes none of the dropouts (the adapter's `dora` or a block's own over whole fused layers; an
-`init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
+magnitude per column of the fused weight, each part renormalised by the norms of every part's merged rows
+(masked by the fused layer's one rank-dropout draw; the adapter's `dora` or a block's own over whole fused
+layers; an `init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
 nor (with or without `fused_projections`)
 `output_dropout` with `dora`.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
@@ -2746,7 +2746,10 @@ algorithms) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
-act on one kind's layers only, or on all adapters at once, are not supported there: dropouts,
+act on one kind's layers only, or on all adapters at once, are not supported there: dropouts (but
+LyCORIS's `rank_dropout`, `rank_dropout_form = "lycoris"`, on a lora adapter whose blocks are all LoRA or
+LoHa, without `fused_projections`: each LoCon and LoHa layer draws its own row mask as its LyCORIS module
+does, decomposed or not),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa
@@ -2837,7 +2840,8 @@ is the adapter's; an `init_weights` file starts each layer with or without its `
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
 whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts
 sharing it; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
-all LoRA, without `fused_projections`: each layer's row mask as each LoConModule draws it), a decomposed \
+all LoRA or LoHa, without `fused_projections`: each layer's row mask as each LoConModule / LohaModule draws
+it), a decomposed \
 block of
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and

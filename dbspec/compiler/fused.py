@@ -338,10 +338,7 @@ def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapt
 
 
 def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: str) -> None:
-    """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: the weight decomposition per input
-    column with the dropouts or a file's start (per output row each part decomposes its own rows, as
-    LyCORIS's dora_wd on the fused Linear, the dropouts' one draw per fused layer masking the update it
-    decomposes, runtime/fused_lycoris_dropout.py); and a family without a kohya network
+    """DBS575: what a fused LoKr (runtime/fused_lokr.py) does not have: a family without a kohya network
     layout of its own (its file names the fused layers by runtime/flux_kohya.py's or sd3_kohya.py's original
     names; the registry's `kohya_lora_targets` marks those layouts)."""
     spec = family_spec(family)
@@ -364,7 +361,10 @@ def _check_fused_lokr(ctx: Context, adapter: LohaAdapter | LokrAdapter, family: 
             ("distributed", "strategy"),
             help='use distributed.strategy = "ddp", or set adapter.fused_projections = false',
         )
-    # the adapter's weight decomposition per input column: rules.fused_dora_columns (DBS575)
+    # the weight decomposition per input column takes module_dropout / rank_dropout as per output row: the
+    # fused module's one draw, its parts each decomposing its rows by the column norms of every part's
+    # masked merged rows (runtime/lycoris_dora.py _fused_column_delta; output_dropout with dora:
+    # _check_lycoris_output_dropout, a block's own dora: rules.block_dora_fits)
 
 
 def _units(group: FusedProjection, index: int, plan: AdapterPlan, adapted: dict) -> set[int]:

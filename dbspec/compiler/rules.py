@@ -3293,30 +3293,21 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         )
 
 
-@rule("spec")
-def fused_dora_columns(spec: Spec, given: Given) -> Iterator[Hit]:
-    """DBS575: LyCORIS's weight decomposition per input column on a fused LoKr / LoHa (the parts share one
-    magnitude and the whole fused weight's column norms, runtime/lycoris_dora.py tie_fused_doras) without
-    the dropouts' shared draws (a file's (1, in) magnitude loads into the shared one, runtime/
-    lycoris_init.py)."""
-    a = spec.adapter
-    if getattr(a, "kind", "") not in ("lokr", "loha") or not getattr(a, "fused_projections", False):
-        return
-    own = next(
-        (i for i, b in enumerate(getattr(a, "blocks", ())) if getattr(b, "dora", "adapter") == "on"), None
+def lycoris_row_masks(a) -> bool:
+    """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris") on layers that are all
+    LoRA/LoCon or LoHa, without fused_projections: each layer draws its own row mask in its forward as
+    LoConModule / LohaModule do (runtime/lora_dropout.py's lycoris form, runtime/loha_weight.py), decomposed
+    (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
+    1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py)."""
+    return (
+        a.kind == "lora"
+        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
+        and not getattr(a, "fused_projections", False)
+        and all(
+            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha")
+            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+        )
     )
-    if getattr(a, "dora_axis", "output") != "input" or not (a.dora or own is not None):
-        return
-    for key in ("rank_dropout", "module_dropout", "output_dropout"):
-        if getattr(a, key, None):
-            yield _err(
-                "DBS575",
-                ("adapter", key),
-                f'adapter.{key} with {a.kind}, fused_projections, dora and dora_axis = "input": each part\'s '
-                "decomposition takes the column norms of every part's merged weight, which adapter."
-                f"{key} would draw per part",
-                f'remove adapter.{key}, or set adapter.dora_axis = "output"',
-            )
 
 
 @rule("spec")
@@ -3366,6 +3357,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
     if own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris":
         kept += ("max_norm",)
+    if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
+        kept += ("rank_dropout",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -3552,20 +3545,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     p = spec.precision
-    fused = getattr(a, "fused_projections", False)
-    # LoConModule's row mask on every LoCon layer of a LoCon network, decomposed or not, in forward order
-    # (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form on the others; checked
-    # against lycoris-lora's network on SD 1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py); beside
-    # other kinds or on fused layers not checked
-    locon_rows = (
-        a.kind == "lora"
-        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
-        and not fused
-        and all(
-            getattr(b, "kind", "adapter") in ("adapter", "lora")
-            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
-        )
-    )
+    # LoConModule's / LohaModule's row mask on every LoCon / LoHa layer of a LoCon network, decomposed or not,
+    # in forward order (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form and
+    # peft's LoHa on the others; checked against lycoris-lora's network on SD 1.x); beside other kinds or on
+    # fused layers not checked
+    locon_rows = lycoris_row_masks(a)
     others = [
         text
         for text, on in (

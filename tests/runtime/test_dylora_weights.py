@@ -171,7 +171,7 @@ def test_lycorises_dylora_layer_at_a_loaded_alpha_of_zero_changes_nothing_and_ge
     (load_state_dict(strict=False), as LycorisNetworkKohya.load_weights): the training forward is the base
     layer's and every up / down block's gradient is exactly 0, so lora_up keeps its zero init and the layer
     adds nothing to the clip norm, whatever the drawn block: the converter builds no layer there (rank 0,
-    dbspec/convert/kohya/dylora.py zero_alphas_expressible). Its bypass forward never reads the alpha."""
+    dbspec/convert/kohya/dylora.py file_alpha). Its bypass forward never reads the alpha."""
     from lycoris.modules.dylora import DyLoraModule
 
     torch.manual_seed(0)

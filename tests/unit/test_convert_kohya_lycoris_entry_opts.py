@@ -409,7 +409,8 @@ def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     rank_dropout (was DBS403, a spec's DBS583) every LoConModule draws its row mask in its forward, the
     decomposed ones renormalising the masked update: rank_dropout in LyCORIS's form
     (tests/runtime/test_lycoris_block_dora_rank_dropout.py against lycoris-lora 4.1.3's network); beside
-    entries of other algorithms, or with LyCORIS's max norm, still DBS583 on the spec: DBS403."""
+    LoHa entries too (was DBS403; test_lycoris_mixed_rank_dropout.py); beside entries of other algorithms
+    (full), or with LyCORIS's max norm, still DBS583 on the spec: DBS403."""
     text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
     outcome = _convert(tmp_path, text, "locon", '"rank_dropout=0.1" "module_dropout=0.2"')
     assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
@@ -420,6 +421,10 @@ def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     (tmp_path / "mixed").mkdir()
     mixed = text + '[module_algo_map.ResnetBlock2D]\nalgo = "loha"\n'
     outcome = _convert(tmp_path / "mixed", mixed, "locon", '"rank_dropout=0.1"')
+    assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
+    (tmp_path / "full").mkdir()
+    full = mixed.replace('algo = "loha"', 'algo = "full"')
+    outcome = _convert(tmp_path / "full", full, "locon", '"rank_dropout=0.1"')
     assert "DBS403" in codes(outcome) and 'dora = "on" with rank_dropout' in messages(outcome, "DBS403")
     (tmp_path / "n").mkdir()
     outcome = _convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0")

@@ -149,7 +149,7 @@ def test_network_weights_with_dylora_at_the_networks_alphas_is_inert(tmp_path):
 def test_network_weights_with_dylora_at_alpha_zero_build_no_layer_there(tmp_path):
     """An alpha of 0: LyCORIS copies it into DyLoraModule's buffer, which scales the update by 0 (output the
     base's, gradients 0): the fused Linear's parts not built (rank 0), was DBS403; with module_dropout, whose
-    draw such a layer still takes, DBS403."""
+    draw such a layer still takes (was DBS403), every part built at the rank, scaled by 0 (zero_scale)."""
     modules = {
         "lora_unet_single_blocks_0_linear1": (7 * W, W, 0.0),
         "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0),
@@ -168,22 +168,87 @@ def test_network_weights_with_dylora_at_alpha_zero_build_no_layer_there(tmp_path
     text = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
     assert _matched(a.text_encoder_blocks, text)[0] == 0
     dropout = DYLORA + " module_dropout=0.1"
-    outcome = _flux(tmp_path / "drop", f"--network_weights ../prev.safetensors {dropout}", allow=True)
-    assert fate(outcome, "network_weights") == "unsupported"
-    assert "torch.rand(1)" in outcome.conversion.reports["network_weights"].note
+    outcome = _flux(tmp_path / "drop", f"--network_weights ../prev.safetensors {dropout}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    zeroed = "single_transformer_blocks.0.{}"
+    for path in (*(f"attn.{p}" for p in ("to_q", "to_k", "to_v")), "proj_mlp"):
+        block = _block(a.blocks, zeroed.format(path))
+        assert (block.rank, block.alpha, block.zero_scale) == (8, 0.0, True)
+    assert _block(a.blocks, "transformer_blocks.0.attn.to_q").zero_scale is False
+    block = _block(a.text_encoder_blocks, text)
+    assert (block.rank, block.alpha, block.zero_scale) == (8, 0.0, True)
 
 
-def test_network_weights_with_dylora_that_stay_refused(tmp_path):
-    """A preset file's entries with their own dims (two sources of per-layer values): DBS403."""
+def _block(blocks, path: str):
+    return next(b for b in blocks if re.search(b.pattern, path))
+
+
+def test_network_weights_with_dylora_onto_a_preset_files_own_dims(tmp_path):
+    """A preset file's entries with their own dims (was DBS403, "per-layer ranks from one source"):
+    LycorisNetworkKohya builds each fused Linear's DyLoraModule at its entry's dim and alpha, then
+    load_weights copies the file's alpha into its buffer: every part at the entry's dim and the file's
+    alpha, truncated toward zero where the entry's alpha is a TOML integer (`torch.tensor(2)`: int64, 3.5
+    loads as 3), a 0 leaving the layer unbuilt; layers the file lacks keep their entry's; a layer outside
+    the entries at the network's rank with the file's alpha (dylora_preset_alphas.py, as on SD)."""
     (tmp_path / "p.toml").write_text(
         'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n\n'
-        '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "dylora"\ndim = 4\n',
+        '[name_algo_map."double_blocks.*.txt_attn.qkv"]\nalgo = "dylora"\ndim = 4\nalpha = 2\n\n'
+        '[name_algo_map."double_blocks.*.img_attn.proj"]\nalgo = "dylora"\ndim = 4\nalpha = 1.5\n',
         encoding="utf-8",
     )
-    _file(tmp_path / "prev.safetensors", {"lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0)})
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.0),  # the network's rank 8
+        "lora_unet_double_blocks_0_txt_attn_qkv": (3 * W, W, 3.5),  # int64 buffer: 3
+        "lora_unet_double_blocks_0_img_attn_proj": (W, W, 0.5),  # float buffer: 0.5
+        "lora_unet_double_blocks_0_txt_attn_proj": (W, W, 0.0),  # scaled by 0: not built
+        "lora_unet_double_blocks_1_txt_attn_qkv": (3 * W, W, 2.5),  # int64 buffer: 2, the entry's
+    }
+    _file(tmp_path / "prev.safetensors", modules)
     args = "--network_args algo=dylora block_size=2 preset=p.toml"
-    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {args}", allow=True)
-    assert fate(outcome, "network_weights") == "unsupported"
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors {args}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.init_weights) == ("dylora", 8, 4.0, "")
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.0.attn.{part}") == (8, 2.0)
+        assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") is None  # the network's
+    for part in ("add_q_proj", "add_k_proj", "add_v_proj"):
+        assert _matched(a.blocks, f"transformer_blocks.0.attn.{part}") == (4, 3.0)
+        assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") == (4, 2.0)  # 2.5 loads as 2
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (4, 2.0)  # the entry's
+    assert _matched(a.blocks, "transformer_blocks.0.attn.to_out.0") == (4, 0.5)
+    assert _matched(a.blocks, "transformer_blocks.1.attn.to_out.0") == (4, 1.5)
+    assert _matched(a.blocks, "transformer_blocks.0.attn.to_add_out")[0] == 0
+    assert _matched(a.blocks, "transformer_blocks.1.attn.to_add_out") is None
+    assert all(b.unit == 2 for b in a.blocks if b.rank and b.unit)
+    # with module_dropout the zeroed layer is built at its rank, scaled by 0, as it still draws
+    args = args.replace("p.toml", "../p.toml") + " module_dropout=0.5"
+    outcome = _flux(tmp_path / "drop", f"--network_weights ../prev.safetensors {args}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    block = _block(a.blocks, "transformer_blocks.0.attn.to_add_out")
+    assert (block.rank, block.alpha, block.zero_scale) == (8, 0.0, True)
+
+
+def test_network_weights_with_dylora_at_network_alpha_zero_truncates_on_flux(tmp_path):
+    """network_alpha 0: DyLoraModule's buffer is `torch.tensor(lora_dim)`, an int64, so the file's 2.5
+    loads as 2 and 0.5 as 0 (scaled by 0: not built), on every part of the fused Linear."""
+    modules = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (3 * W, W, 2.5),
+        "lora_unet_double_blocks_0_txt_attn_qkv": (3 * W, W, 8.9),  # 8: the rank, the network's
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768, 0.5),
+    }
+    _file(tmp_path / "prev.safetensors", modules)
+    outcome = _flux(tmp_path, f"--network_weights prev.safetensors --network_alpha 0 {DYLORA}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 8.0)  # alpha 0: the rank
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.0.attn.{part}") == (8, 2.0)
+    assert _matched(a.blocks, "transformer_blocks.0.attn.add_q_proj") is None
+    text = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    assert _matched(a.text_encoder_blocks, text)[0] == 0
 
 
 def test_network_weights_with_dylora_on_sd3_names_the_mmdit_parts(tmp_path):
@@ -252,3 +317,35 @@ def test_network_weights_with_dylora_on_chroma(tmp_path):
     for part in ("to_q", "to_k", "to_v"):
         assert _matched(a.blocks, f"transformer_blocks.1.attn.{part}") == (a.rank, 2.0)
     assert all(not re.search(b.pattern, "transformer_blocks.0.norm1.linear") for b in a.blocks)
+
+
+def test_network_weights_with_dylora_onto_a_preset_files_own_dims_on_sd3(tmp_path):
+    """SD3's kohya names (joint_blocks_N_x_block_attn_qkv) and LyCORIS's CLIP-G prefix (lora_te2_) onto the
+    entries' dims: each part of the fused qkv at its entry's dim and the file's alpha (an integer entry
+    alpha's int64 buffer: 4.5 loads as 4), CLIP-G's layer at the network's rank."""
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["joint_blocks.*.attn.qkv"]\n'
+        'text_encoder_target_module = ["CLIPAttention"]\n\n'
+        '[name_algo_map."joint_blocks.*.x_block.attn.qkv"]\nalgo = "dylora"\ndim = 8\nalpha = 2\n',
+        encoding="utf-8",
+    )
+    width = 2432  # SD3.5-large
+    _file(
+        tmp_path / "prev.safetensors",
+        {
+            "lora_unet_joint_blocks_2_x_block_attn_qkv": (3 * width, width, 4.5),
+            "lora_unet_joint_blocks_2_context_block_attn_qkv": (3 * width, width, 3.0),
+            "lora_te2_text_model_encoder_layers_3_self_attn_k_proj": (1280, 1280, 2.0),
+        },
+    )
+    args = "--network_args algo=dylora block_size=8 preset=p.toml"
+    outcome = _sd3(tmp_path, f"--network_weights prev.safetensors {args}")
+    assert fate(outcome, "network_weights") == "mapped" and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    for part in ("to_q", "to_k", "to_v"):
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (8, 4.0)
+        assert _matched(a.blocks, f"transformer_blocks.3.attn.{part}") == (8, 2.0)  # the entry's
+    for part in ("add_q_proj", "add_k_proj", "add_v_proj"):
+        assert _matched(a.blocks, f"transformer_blocks.2.attn.{part}") == (16, 3.0)
+    path = "text_encoder_2.text_model.encoder.layers.3.self_attn.k_proj"
+    assert _matched(a.text_encoder_blocks, path) == (16, 2.0)

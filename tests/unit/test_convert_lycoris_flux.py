@@ -840,7 +840,8 @@ def test_lokr_and_loha_dora_wd_per_input_column_on_fused_layers(tmp_path, algo):
     """LokrModule's / LohaModule's weight_decompose with wd_on_output=False on each fused Linear: one
     magnitude per input column of the stacked weight, the parts sharing it and its norms: adapter.dora with
     dora_axis "input" (issue 12; was DBS403; test_lycoris_flux_fused_opts.py holds it to lycoris-lora's
-    modules); with module_dropout (the shared draw) still DBS403 (--network_weights: below)."""
+    modules); with module_dropout (and LoHa's rank_dropout) the fused module's one draw, was DBS403
+    (test_lycoris_flux_columns_dropout.py; --network_weights: below)."""
     command = f"--network_args preset=attn-mlp algo={algo} dora_wd=True wd_on_output=False use_scalar=1"
     outcome = _flux(tmp_path, "--network_train_unet_only " + command)
     assert not errors(outcome) and "DBS403" not in codes(outcome)
@@ -849,8 +850,11 @@ def test_lokr_and_loha_dora_wd_per_input_column_on_fused_layers(tmp_path, algo):
     assert [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
     assert fate(outcome, "network_args wd_on_output") == "mapped"
     (tmp_path / "drop").mkdir()
-    outcome = _flux(tmp_path / "drop", f"--network_train_unet_only {command} module_dropout=0.1", allow=True)
-    assert "DBS403" in codes(outcome) and "module_dropout" in messages(outcome, "DBS403")
+    drops = "module_dropout=0.1" + (" rank_dropout=0.2" if algo == "loha" else "")
+    outcome = _flux(tmp_path / "drop", f"--network_train_unet_only {command} {drops}")
+    assert not errors(outcome) and "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "drop").adapter
+    assert (a.dora_axis, a.module_dropout, a.rank_dropout) == ("input", 0.1, 0.2 if algo == "loha" else 0.0)
 
 
 @pytest.mark.parametrize("algo", ["lokr", "loha"])

@@ -282,16 +282,23 @@ def test_lokr_with_a_part_left_out_is_refused(toy: Path):
     assert "linear1 without proj_mlp" in next(d.message for d in planned.diagnostics if d.code == "DBS575")
 
 
-def test_lokr_dora_per_input_column_plans_without_the_dropouts(toy: Path):
+def test_lokr_dora_per_input_column_plans_with_the_dropouts(toy: Path):
     """The weight decomposition per input column on a fused LoKr (the parts sharing one magnitude and the
-    whole fused weight's column norms, runtime/lycoris_dora.py; was DBS575); with module_dropout DBS575."""
+    whole fused weight's column norms, runtime/lycoris_dora.py; was DBS575); with module_dropout and
+    rank_dropout too (was DBS575: the fused module's one draw, tests/runtime/
+    test_lycoris_flux_columns_dropout.py); output_dropout (LyCORIS's bypass dropout) DBS575 with dora."""
     adapter = {"kind": "lokr", "fused_projections": True, "denoiser_targets": _LOKR_TARGETS}
     write_spec(toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input"})
     planned = compile_in(toy)
     assert planned.plan is not None and not codes(planned, "error")
     assert (planned.plan.adapter.dora, planned.plan.adapter.dora_axis) == (True, "input")
+    drops = {"module_dropout": 0.1, "rank_dropout": 0.2}
+    write_spec(toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input", **drops})
+    planned = compile_in(toy)
+    assert planned.plan is not None and not codes(planned, "error")
+    assert (planned.plan.adapter.module_dropout, planned.plan.adapter.rank_dropout) == (0.1, 0.2)
     write_spec(
-        toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input", "module_dropout": 0.1}
+        toy, model=FLUX, adapter={**adapter, "dora": True, "dora_axis": "input", "output_dropout": 0.1}
     )
     assert "DBS575" in codes(compile_in(toy), "error")
 

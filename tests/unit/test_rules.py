@@ -2289,19 +2289,6 @@ CASES = [
         + 'init_weights = "prev.safetensors"\ndora = true\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
     ),
-    (  # LyCORIS's decomposition per input column on a fused LoKr: no dropouts' draws or file's start
-        rules.fused_dora_columns,
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n'
-        + "module_dropout = 0.1\n",
-        [("DBS575", "error", ("adapter", "module_dropout"))],
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lokr"\nfused_projections = true\ndora = true\ndora_axis = "input"\n',
-    ),
     (  # a block's own Tucker form in a run of several kinds: LoCon, LoHa and LoKr blocks' only (issue 12)
         rules.mixed_block_kinds,
         DOG

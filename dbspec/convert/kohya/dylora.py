@@ -10,7 +10,6 @@ names its weights up_list / down_list, so only each layer's `alpha` loads (`lyco
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -23,7 +22,9 @@ from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora_preset_alphas import (
     PRESET_LAYERS,
     has_preset_ranks,
+    loaded_alpha,
     preset_dylora_alphas,
+    sd_layers,
 )
 from dbspec.convert.kohya.file_ranks import (
     TEXT_COMPONENTS,
@@ -289,37 +290,20 @@ def alpha_file(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
             "file's alphas into them: dbspec takes per-layer ranks from one source",
         )
         return None
+    return read_alphas(weights, paths, conv)
+
+
+def read_alphas(weights: Legacy, paths, conv: Conversion) -> LoraFile | None:
+    """The --network_weights file whose alphas alone load into a LyCORIS DyLoRA network, or None (reported:
+    not a readable .safetensors file)."""
     return _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
 
 
-def zero_alphas_expressible(file: LoraFile, weights: Legacy, conv: Conversion, adapted) -> bool:
-    """Whether the file's alphas of 0 (on modules `adapted` says the network builds) convert: LyCORIS copies
-    such an alpha into DyLoraModule's buffer after the build (which alone reads 0 as the rank), so
-    get_weight scales the layer's update by 0 / (b + 1): its output is the base layer's, its gradients are
-    exactly 0 (lora_up stays at its zero init; it adds 0 to the clip norm) and its saved ΔW is 0, which is
-    dbspec's layer not built (rank 0: file_alpha, unbuilt_at_zero). In bypass_mode its forward never reads
-    the alpha: alpha 0 trains as its rank (the scale loaders give alpha 0). With the network's
-    `module_dropout` such a layer still draws torch.rand(1) in every training forward: on SD 1.x / 2.x and
-    SDXL the layer is built scaled by 0 (zero_scale, unbuilt_at_zero); on Flux / SD3 / Chroma, whose fused
-    DyLoRA parts have no such scale, DBS403."""
-    value = lambda key, default: conv.values.get(("adapter", key), (default, ""))[0]  # noqa: E731
-    zero = next((m.name for m in file.modules.values() if m.alpha == 0 and adapted(m)), None)
-    if zero is None or value("bypass", False) or not value("module_dropout", 0.0):
-        return True
-    conv.unsupported(
-        weights,
-        f"`{zero}.alpha` is 0 in the file: LyCORIS copies it into the layer's alpha buffer, which scales its "
-        "update by 0, so the layer changes nothing (dbspec does not build it), yet with module_dropout "
-        f"{value('module_dropout', 0.0):g} it still draws torch.rand(1) in every training forward, which "
-        "the other layers' draws follow",
-        help="drop module_dropout, or give the file's alpha a value above 0",
-    )
-    return False
-
-
 def file_alpha(alpha: float, rank: int, bypass: bool) -> float:
-    """The float32 alpha a DyLoraModule trains at once LyCORIS loads the file's `alpha` (zero_alphas_
-    expressible): 0 stays 0 (the layer not built, unbuilt_at_zero) unless `bypass`, where its forward never
+    """The float32 alpha a DyLoraModule trains at once LyCORIS loads the file's `alpha`: LyCORIS copies it
+    into the buffer after the build (which alone reads 0 as the rank), so a 0 scales the layer's update by 0
+    (output the base's, gradients exactly 0, saved ΔW 0): it stays 0 (the layer not built, or built scaled
+    by 0 where its module_dropout still draws: unbuilt_at_zero) unless `bypass`, where its forward never
     reads it and it is the layer's `rank` (loaders read alpha 0 as the rank)."""
     own = _f32(alpha)
     return float(rank) if own == 0 and bypass else own
@@ -367,7 +351,7 @@ def next_block(conv: Conversion, table: str) -> int:
     return 1 + max((k[2] for k in conv.values if k[:2] == ("adapter", table)), default=-1)
 
 
-_SAME_ALPHAS = (
+SAME_ALPHAS = (
     "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
     "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
     "network's: the run starts from a fresh init"
@@ -384,11 +368,12 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the adapter's rank and the file's alpha."""
     found = conv.facts.get(PRESET_LAYERS)
     if found is not None and has_preset_ranks(conv):  # the entries' dims, the file's alphas
-        file = _read(weights, paths, conv, weights, "LyCORIS's DyLoRA alphas")
+        file = read_alphas(weights, paths, conv)
         if file is None:  # an alpha of 0: scaled by 0 (zero_drawn) or not built
             return
-        if not preset_dylora_alphas(file, weights, conv, found, original_names, file_alpha, zero_drawn(conv)):
-            conv.inert(weights, _SAME_ALPHAS)
+        locate = sd_layers(found, original_names)
+        if not preset_dylora_alphas(file, weights, conv, locate, file_alpha, zero_drawn(conv)):
+            conv.inert(weights, SAME_ALPHAS)
         return
     file = alpha_file(weights, paths, conv)
     if file is None:
@@ -405,15 +390,13 @@ def lycoris_dylora_alphas(weights: Legacy, paths, conv: Conversion, original_nam
     for m in file.modules.values():
         if m.alpha is None or (m.conv and not conv_rank):  # no alpha; no 3x3 layer adapted there
             continue
-        raw = (
-            float(math.trunc(m.alpha)) if ints[("adapter", "conv_alpha" if m.conv else "alpha")] else m.alpha
-        )
+        raw = loaded_alpha(m.alpha, ints[("adapter", "conv_alpha" if m.conv else "alpha")])
         own = file_alpha(raw, conv_rank if m.conv else rank, bypass)
         if own != (conv_alpha if m.conv else alpha):
             # grouped by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
             differ[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     if not differ:
-        conv.inert(weights, _SAME_ALPHAS)
+        conv.inert(weights, SAME_ALPHAS)
         return
     only = LoraFile(path=file.path, modules=differ)
     try:

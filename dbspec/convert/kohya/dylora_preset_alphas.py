@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
+from typing import Callable
 
 import attrs
 
@@ -27,6 +28,9 @@ from dbspec.unet_layout import diffusers_name
 
 # conv.facts key: the preset file's Targets (network.py), which layers it builds and their paths
 PRESET_LAYERS = "lycoris_preset_layers"
+# conv.facts key: on Flux / SD3 / Chroma the preset file's LyCORIS module names -> their layers
+# (lycoris_flow_file.FlowFile.modules: a fused Linear's diffusers parts)
+FLOW_PRESET_MODULES = "lycoris_flow_preset_modules"
 _TABLES = {"unet": "blocks", "text": "text_encoder_blocks"}
 # what a converted block leaves out takes DyloraBlock's default
 _BLOCK_DEFAULTS = {k: attrs.fields_dict(DyloraBlock)[k].default for k in ("conv_rank", "conv_alpha")}
@@ -46,6 +50,16 @@ def has_preset_ranks(conv: Conversion) -> bool:
     return any(b.get("rank") or b.get("conv_rank") for t in _TABLES.values() for b in preset_blocks(conv, t))
 
 
+def sd_layers(found: Targets, original_names: bool) -> Callable[[str], list[tuple[str, str, Layer]]]:
+    """preset_dylora_alphas' `locate` on SD 1.x / 2.x / SDXL: the file's kohya module name to its layer."""
+
+    def locate(name: str) -> list[tuple[str, str, Layer]]:
+        where = _layer_of(name, found, original_names)
+        return [] if where is None else [where]
+
+    return locate
+
+
 def _layer_of(name: str, found: Targets, original_names: bool) -> tuple[str, str, Layer] | None:
     """(table, the path blocks search, its Layer) of the file's kohya module `name`, None where the preset
     builds no layer there."""
@@ -63,6 +77,12 @@ def _layer_of(name: str, found: Targets, original_names: bool) -> tuple[str, str
     by_name = {p.replace(".", "_"): p for p in found.text if p.startswith(component + ".")}
     path = by_name.get(wanted)
     return None if path is None else ("text", path, found.text[path])
+
+
+def loaded_alpha(alpha: float, truncated: bool) -> float:
+    """A file's alpha as DyLoraModule's buffer takes it: toward zero where the buffer is int64 (`truncated`:
+    int_buffer, or a network alpha of 0, alpha_zero.ZEROED), else as it is."""
+    return float(math.trunc(alpha)) if truncated else alpha
 
 
 def int_buffer(layer: Layer) -> bool:
@@ -90,14 +110,15 @@ def preset_dylora_alphas(
     file: LoraFile,
     weights: Legacy,
     conv: Conversion,
-    found: Targets,
-    original_names: bool,
+    locate: Callable[[str], list[tuple[str, str, Layer]]],
     own_alpha,
     drawn: bool = False,
 ) -> int:
     """Write the file's alphas of the preset's DyLoRA layers as blocks ahead of the preset's (their entry's
     block copied, its alpha or conv_alpha the file's: `own_alpha(alpha, rank, bypass)`, dylora.file_alpha);
-    how many layers take another alpha. `own_alpha` returning 0 leaves the layer unbuilt (rank 0), or with
+    how many layers take another alpha. `locate` gives a file module's layers as (table, path, Layer): one on
+    SD (sd_layers), each diffusers part of a fused Linear on Flux / SD3 (lycoris_flow_dylora.py flow_layers),
+    which all take the one module's alpha. `own_alpha` returning 0 leaves the layer unbuilt (rank 0), or with
     `drawn` (module_dropout: dylora.zero_drawn) built scaled by 0 (zero_scale), as lycoris_dylora_alphas
     does."""
     adapter = _adapter_sizes(conv)
@@ -105,23 +126,8 @@ def preset_dylora_alphas(
     tables = {t: preset_blocks(conv, _TABLES[t]) for t in _TABLES}
     groups: dict[tuple[str, int | None, bool, float], list[str]] = defaultdict(list)
     for module in file.modules.values():
-        where = None if module.alpha is None else _layer_of(module.name, found, original_names)
-        if where is None:
-            continue
-        table, path, layer = where
-        index = _first(tables[table], path)
-        # the layer's sizes: its block's (DyloraBlock's defaults where it leaves them out), else the adapter's
-        block = adapter if index is None else {**_BLOCK_DEFAULTS, **tables[table][index]}
-        conv_layer = layer.kind == "conv"
-        rank = block["conv_rank" if conv_layer else "rank"]
-        if not rank:  # a rank-0 block: the layer is not built
-            continue
-        own = block.get("bypass", "adapter")
-        bypass = own == "on" if own != "adapter" else bool(bypass_on)
-        raw = float(math.trunc(module.alpha)) if int_buffer(layer) else module.alpha
-        alpha = own_alpha(raw, rank, bypass)
-        if alpha != float(block["conv_alpha" if conv_layer else "alpha"]):
-            groups[(table, index, conv_layer, alpha)].append(path)
+        for table, path, layer in [] if module.alpha is None else locate(module.name):
+            _group(groups, tables, adapter, bypass_on, table, path, layer, module.alpha, own_alpha)
     if not groups:
         return 0
     note = f"LyCORIS --network_weights: {weights.value}'s alpha on the preset entry's dim (only alphas load)"
@@ -154,6 +160,24 @@ def preset_dylora_alphas(
         "from a fresh init, each file layer at its preset entry's dim and the file's alpha",
     )
     return sum(len(v) for v in groups.values())
+
+
+def _group(groups, tables, adapter, bypass_on, table, path, layer, file_alpha, own_alpha) -> None:
+    """Add the layer at `path` to its group in `groups` ((table, block index, conv, alpha): paths) when the
+    file's alpha, as the layer's buffer loads it, is not its block's."""
+    index = _first(tables[table], path)
+    # the layer's sizes: its block's (DyloraBlock's defaults where it leaves them out), else the adapter's
+    block = adapter if index is None else {**_BLOCK_DEFAULTS, **tables[table][index]}
+    conv_layer = layer.kind == "conv"
+    rank = block["conv_rank" if conv_layer else "rank"]
+    if not rank:  # a rank-0 block: the layer is not built
+        return
+    own = block.get("bypass", "adapter")
+    bypass = own == "on" if own != "adapter" else bool(bypass_on)
+    raw = loaded_alpha(file_alpha, int_buffer(layer))
+    alpha = own_alpha(raw, rank, bypass)
+    if alpha != float(block["conv_alpha" if conv_layer else "alpha"]):
+        groups[(table, index, conv_layer, alpha)].append(path)
 
 
 def _prepend(conv: Conversion, table: str, blocks: list[dict], note: str) -> None:

@@ -32,14 +32,23 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora import (
+    SAME_ALPHAS,
     alpha_file,
     file_alpha,
     lycoris_dylora,
     next_block,
+    read_alphas,
     unbuilt_at_zero,
-    zero_alphas_expressible,
+    zero_drawn,
     zero_note,
+)
+from dbspec.convert.kohya.dylora_preset_alphas import (
+    FLOW_PRESET_MODULES,
+    has_preset_ranks,
+    loaded_alpha,
+    preset_dylora_alphas,
 )
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
 from dbspec.convert.kohya.loraplus import loraplus
@@ -110,7 +119,21 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     parts stay one module at one alpha. The layers whose alpha differs from network_alpha (the patch
     convolution's from conv_alpha) are [[adapter.blocks]] / [[adapter.text_encoder_blocks]] at the network's
     rank and the file's alpha; the file's modules of layers the network does not adapt load nowhere (ignored);
-    the run starts from a fresh init."""
+    the run starts from a fresh init. As on the U-Net: a network_alpha / conv_alpha of 0 builds the buffer as
+    the int lora_dim, so the file's alpha loads truncated toward zero; a file alpha of 0 leaves the layer
+    unbuilt, or with module_dropout (its torch.rand(1) still drawn) built scaled by 0 (zero_scale: every
+    part of a fused Linear, which share the one draw); a preset file whose entries give layers their own
+    dim / alpha: each file layer at its entry's dim and the file's alpha (dylora_preset_alphas.py, the
+    parts of a fused Linear one group)."""
+    modules = conv.facts.get(FLOW_PRESET_MODULES)
+    if modules is not None and has_preset_ranks(conv):  # the entries' dims, the file's alphas
+        file = read_alphas(weights, paths, conv)
+        if file is None:
+            return
+        locate = lambda name: modules.get(name, [])  # noqa: E731
+        if not preset_dylora_alphas(file, weights, conv, locate, file_alpha, zero_drawn(conv)):
+            conv.inert(weights, SAME_ALPHAS)
+        return
     file = alpha_file(weights, paths, conv)
     if file is None:
         return
@@ -118,19 +141,13 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
     rank, alpha = value("rank", 4), float(value("alpha", 1.0))
     conv_rank, conv_alpha = value("conv_rank", 0), float(value("conv_alpha", 1.0))
     bypass = bool(value("bypass", False))
-    unet, convs = _differing_unet(file, family, value, alpha, conv_alpha, bypass)
+    zeroed = conv.facts.get(ZEROED, set())  # alpha 0 to the rank: DyLoraModule's int64 buffer truncates
+    ints = (("adapter", "alpha") in zeroed, ("adapter", "conv_alpha") in zeroed)
+    unet, convs = _differing_unet(file, family, value, alpha, conv_alpha, bypass, ints)
     t5 = any(k in conv.values for k in (("train", "t5"), ("train", "t5_idle")))  # a preset's T5 modules
-    text = _differing_text(file, family, value, alpha, t5, bypass)
-    differing = {**unet, **convs, **text}
-    if not zero_alphas_expressible(file, weights, conv, lambda m: m.name in differing):
-        return
+    text = _differing_text(file, family, value, alpha, t5, bypass, ints[0])
     if not (unet or convs or text):
-        conv.inert(
-            weights,
-            "LyCORIS's DyLoRA loads only the file's alphas (its weights are up_list / down_list, so "
-            "load_state_dict(strict=False) takes none of the file's lora_down / lora_up), and they are the "
-            "network's: the run starts from a fresh init",
-        )
+        conv.inert(weights, SAME_ALPHAS)
         return
     blocks = flow_blocks(LoraFile(path=file.path, modules=unet), family, lycoris=True)[0][:-1]
     blocks = [{**b, "rank": rank, "conv_rank": conv_rank, "conv_alpha": conv_alpha} for b in blocks]
@@ -145,11 +162,12 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
         f"LyCORIS --network_weights: {paths.name_of(weights.value)}'s alpha (only its alphas load into "
         "DyLoraModule; a fused Linear's alpha on all its parts)"
     )
+    drawn = zero_drawn(conv)  # an alpha of 0 with module_dropout: built scaled by 0, as it still draws
     for table, entries in (("blocks", blocks), ("text_encoder_blocks", text_tables)):
         for index, block in enumerate(entries, start=next_block(conv, table)):  # after the rank-0 ones
             out = {**block, "rank": rank}
-            for key, item in unbuilt_at_zero(out).items():
-                conv.put(("adapter", table, index, key), item, zero_note(out, note))
+            for key, item in unbuilt_at_zero(out, drawn).items():
+                conv.put(("adapter", table, index, key), item, zero_note(out, note, drawn))
     conv.record(
         weights,
         "mapped",
@@ -164,10 +182,18 @@ def _adapted(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets or ())
 
 
-def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha: float, bypass: bool):
+def _differing_unet(
+    file: LoraFile,
+    family: str,
+    value,
+    alpha: float,
+    conv_alpha: float,
+    bypass: bool,
+    ints: tuple[bool, bool] = (False, False),
+):
     """The file's denoiser modules on layers the network adapts whose float32 alpha (dylora.file_alpha: 0,
-    or in `bypass` the rank) is not the network's: ({name: Linear module at rank 1 and that alpha}, {name:
-    the patch convolution's})."""
+    or in `bypass` the rank; truncated where `ints` says the Linears' / convolutions' buffer is int64) is
+    not the network's: ({name: Linear module at rank 1 and that alpha}, {name: the patch convolution's})."""
     linears, convs = {}, {}
     targets, conv_targets = value("denoiser_targets", ()), value("conv_targets", ())
     for m in file.modules.values():
@@ -180,17 +206,26 @@ def _differing_unet(file: LoraFile, family: str, value, alpha: float, conv_alpha
         full = [f"{blocks}.{index}.{c}" if blocks else c for c in children]
         if not all(_adapted(p, conv_targets if m.conv else targets) for p in full):
             continue  # a layer the network does not adapt: load_state_dict(strict=False) ignores it
-        own = file_alpha(m.alpha, value("conv_rank", 0) if m.conv else value("rank", 4), bypass)
+        raw = loaded_alpha(m.alpha, ints[1] if m.conv else ints[0])
+        own = file_alpha(raw, value("conv_rank", 0) if m.conv else value("rank", 4), bypass)
         if own != (conv_alpha if m.conv else alpha):
             # by alpha alone; rank 0 keeps alpha 0 (pair_of reads it as the rank)
             (convs if m.conv else linears)[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     return linears, convs
 
 
-def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool = False, bypass: bool = False):
+def _differing_text(
+    file: LoraFile,
+    family: str,
+    value,
+    alpha: float,
+    t5: bool = False,
+    bypass: bool = False,
+    truncated: bool = False,
+):
     """The file's text-encoder modules (LyCORIS's lora_te<N>_ prefixes) of the encoders the network adapts
-    (T5-XXL's where `t5`: a preset file's T5 modules, train.t5) whose float32 alpha (dylora.file_alpha) is
-    not the network's, at rank 1 and that alpha."""
+    (T5-XXL's where `t5`: a preset file's T5 modules, train.t5) whose float32 alpha (dylora.file_alpha;
+    toward zero where `truncated`: an int64 buffer) is not the network's, at rank 1 and that alpha."""
     clip_keys = iter(("text_encoder_targets", "text_encoder_2_targets"))
     prefixes = []
     for prefix, encoder in zip(lycoris_text_prefixes(family), family_spec(family).text_encoders):
@@ -209,7 +244,7 @@ def _differing_text(file: LoraFile, family: str, value, alpha: float, t5: bool =
     for m in file.modules.values():
         if m.alpha is None or not m.name.startswith(prefixes):
             continue
-        own = file_alpha(m.alpha, value("rank", 4), bypass)
+        own = file_alpha(loaded_alpha(m.alpha, truncated), value("rank", 4), bypass)
         if own != alpha:
             out[m.name] = attrs.evolve(m, rank=int(own != 0), alpha=own)
     return out

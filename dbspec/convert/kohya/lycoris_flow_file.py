@@ -47,6 +47,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts, dummy_clip_l
 from dbspec.convert.kohya.flux_rows import block_parts, flux_blocks, mlp_embedder
 from dbspec.convert.kohya.lycoris_file import (
+    Layer,
     PresetError,
     Row,
     Targets,
@@ -213,6 +214,10 @@ class FlowFile(NamedTuple):
     clip_norms: tuple[tuple[str, ...], ...] = ()
     text_2: list[str] | None = None  # SD3's CLIP-G targets where they differ from CLIP-L's
     t5: bool = False  # T5-XXL's LyCORIS modules train (train.t5; text_blocks hold its ranks)
+    # LyCORIS's module names (lora_unet_<kohya path>, lora_te<N>_<path>) -> the layers each is, as
+    # ("unet" or "text", diffusers path (text: <component>.<path>), Layer): a fused Linear's parts all
+    # (a DyLoRA --network_weights file's alphas onto the entries' dims: lycoris_flow_dylora.py)
+    modules: dict[str, list[tuple[str, str, Layer]]] = {}
 
 
 class FlowModel(NamedTuple):
@@ -355,8 +360,17 @@ def flux_preset_file(
             ]
     norms = _norms(unet, [*clips, *([t5_encoder()] if t5 else [])], s, conv_dims, applied)
     clip_norms = tuple(_clip_norms(rows, s, applied) for rows in clips)
+    modules = {
+        "lora_unet_" + layer.path.replace(".", "_"): [("unet", p, layers[p]) for p in model.parts(layer.path)]
+        for layer in built
+    }
+    prefixes = [*(f"lora_te{i + 1}_" for i in range(len(clips))), model.t5_prefix]  # LyCORIS's, T5's last
+    for (component, _, encoder), prefix in zip(encoders, prefixes):
+        for layer in encoder:
+            path = f"{component}.{layer.path}"
+            modules[prefix + layer.path.replace(".", "_")] = [("text", path, found.text[path])]
     return FlowFile(
-        targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms, text_2, bool(t5)
+        targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms, text_2, bool(t5), modules
     )
 
 

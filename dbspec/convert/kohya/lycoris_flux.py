@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SING
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
 from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
+from dbspec.convert.kohya.dylora_preset_alphas import FLOW_PRESET_MODULES
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
 from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
@@ -238,6 +239,7 @@ def map_lycoris_flow(
         if not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
         text_blocks, text_2, t5_file = file.text_blocks, file.text_2, file.t5
+        conv.facts[FLOW_PRESET_MODULES] = file.modules  # a DyLoRA alpha file: lycoris_flow_dylora.py
         if algo in ("ia3", "diag-oft", "boft"):  # their blocks have no rank 0: the leading ones `exclude`
             lead = next((i for i, b in enumerate(file.blocks) if b.get("rank", 1)), len(file.blocks))
             exclude, file = (
@@ -956,8 +958,9 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     are their rebuild forward's (one draw per fused layer, the masked update decomposed:
     runtime/fused_lycoris_dropout.py); wd_on_output=False (LoKr, LoHa, LoCon): adapter.dora_axis "input",
     the parts sharing one magnitude per column of the fused weight and its norms (runtime/lycoris_dora.py
-    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr / LoHa with the
-    dropouts DBS575). LoCon's module_dropout and rank mask with it (was DBS403): its rebuild forward's one
+    tie_fused_doras; a --network_weights file's (1, in) dora_scale loads into it; LoKr's / LoHa's dropouts
+    the fused module's one draw, each part decomposing its rows by every part's masked rows' column norms).
+    LoCon's module_dropout and rank mask with it (was DBS403): its rebuild forward's one
     draw per fused layer, the masked update decomposed (runtime/fused_lycoris_dropout.py
     add_fused_locon_dora_dropout), per input column by the column norms of every part's masked rows (was
     DBS403). With bypass_mode invalid (BYPASS_DORA). False when invalid."""

@@ -413,6 +413,8 @@ def _map_network(
         if alpha_text is not None and not (built and (found is None or not block_conv_alphas)):
             _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
+    if lycoris and kind != "lokr" and _lokr_entries_rank_dropout(kwargs, put, args, conv):
+        return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv):
         return None
     if train_norm is not None and norm_table is not None:
@@ -862,6 +864,29 @@ def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conver
         "kohya stops at the first training step on a GPU (RuntimeError: tensors on two devices; "
         "LyCORIS issue #291). Remove rank_dropout (or use algo=loha, whose mask follows the weight)",
     )
+
+
+def _lokr_entries_rank_dropout(
+    kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion
+) -> bool:
+    """The network's rank_dropout beside a preset file's LoKr entries outside bypass_mode: LyCORIS hands it
+    to their LokrModules, which draw the mask on the CPU and multiply the GPU weight by it in place
+    (_lokr_rank_dropout_on_gpu): kohya stops at the first training step (DBS402). True when invalid."""
+    if not _float(kwargs.get("rank_dropout") or 0.0) or _str_bool(kwargs.get("bypass_mode", "false")):
+        return False
+    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if not any(b.get("kind") == "lokr" and b.get("bypass") != "on" for b in blocks):
+        return False
+    conv.invalid(
+        f"{args.key} rank_dropout",
+        kwargs["rank_dropout"],
+        args.source,
+        "the preset file's LoKr entries' LokrModules draw the network's rank-dropout mask on the CPU and "
+        "multiply the GPU weight by it: kohya stops at the first training step on a GPU (RuntimeError: "
+        "tensors on two devices; LyCORIS issue #291). Remove rank_dropout (or give those entries algo=loha, "
+        "whose mask follows the weight)",
+    )
+    return True
 
 
 def lokr_rank_dropout(network_args: list[str] | None) -> float:
