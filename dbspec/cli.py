@@ -221,9 +221,14 @@ def run(
         except KeyboardInterrupt:  # typer would exit 130 without a word; the loop's own stop prints its step
             typer.echo(f"error: {_who(rank)}interrupted (SIGINT) outside a training step", err=True)
             raise typer.Exit(130) from None
-        except BrokenPipeError as exc:  # typer would exit 1 without a word, as if stdout were a closed pipe
-            typer.echo(f"internal error: {_who(rank)}BrokenPipeError: {exc}", err=True)
-            raise typer.Exit(2) from None
+        except BrokenPipeError as exc:  # typer would exit 1 without a word
+            typer.echo(
+                f"error: {_who(rank)}the program reading dbspec's output closed it ({exc}); "
+                "the run stopped: run it again (with --resume if it saved a checkpoint) without piping its "
+                "output into a command that quits early",
+                err=True,
+            )
+            raise typer.Exit(1) from None
     if rank > 0:
         return
     if result.status == "interrupted":
