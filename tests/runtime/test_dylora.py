@@ -406,7 +406,7 @@ def test_dylora_switches_train(tmp_path, switch):
     blocks are the state test_dylora_trains_resumes_bit_exact_and_loads_as_lora resumes (the kohya form), and
     LoRA+'s own optimizer group test_optx.py's test_a_loraplus_run_trains_and_resumes_bit_exact resumes
     (which group a parameter joins is lora_up_ids', test_loraplus_puts_the_up_blocks_in_their_own_group)."""
-    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=SWITCHES[switch]))
+    spec = write_spec(tmp_path, steps=2, extra=lycoris_runs.SPEC.format(adapter=SWITCHES[switch]))
     plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
     whole = execute(plan)
     assert whole.status == "finished"
