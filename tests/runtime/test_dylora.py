@@ -177,22 +177,46 @@ FORMS = {
 }
 
 
+# The forms differ in the training forward only: the same blocks, optimizer state and draws from the run's
+# generator are saved, so the kohya form's run is the one stopped and resumed bit-exact.
+RESUMED_FORMS = ("kohya",)
+
+
+@pytest.fixture(scope="module")
+def dylora_runs(tmp_path_factory):
+    """Each form's 4-step run at lr 1e-2 (models kept), by form, made on first use: its spec, plan and result.
+    test_dylora_trains_resumes_bit_exact_and_loads_as_lora checks it; its kohya export starts
+    test_a_dylora_starts_from_its_kohya_export's run (no second run of the same spec)."""
+    made: dict[str, tuple] = {}
+
+    def run(form: str):
+        if form not in made:
+            extra = lycoris_runs.SPEC.format(adapter=FORMS[form][0])
+            spec = write_spec(tmp_path_factory.mktemp(f"dylora-{form}"), steps=4, extra=extra)
+            plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
+            made[form] = (spec, plan, execute(plan, keep_models=True))
+        return made[form]
+
+    return run
+
+
 @pytest.mark.parametrize("form", list(FORMS))
-def test_dylora_trains_resumes_bit_exact_and_loads_as_lora(tmp_path, form, loader):  # noqa: F811
-    table, args = FORMS[form]
-    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=table))
-    lr = ["optimizer.lr=1e-2"]
-    whole = execute(compile_spec(spec, [*lr, "output.dir=whole"]), keep_models=True)
-    plan = compile_spec(spec, [*lr, "output.dir=parts"])
-    assert execute(plan, stop_after=2).status == "interrupted"
-    second = execute(plan, resume=True)
-    assert second.status == "finished" and second.steps == 4
-    ours, resumed = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(second.final))
-    assert ours.keys() == resumed.keys() and "dbspec.kohya.safetensors" in ours
+def test_dylora_trains_resumes_bit_exact_and_loads_as_lora(dylora_runs, form, loader):  # noqa: F811
+    _, args = FORMS[form]
+    spec, plan, whole = dylora_runs(form)
+    ours = lycoris_runs._files(Path(whole.final))
+    assert "dbspec.kohya.safetensors" in ours
     assert "pytorch_lora_weights.safetensors" in ours  # every rank: a plain diffusers LoRA
-    for name, tensors in ours.items():
-        assert tensors.keys() == resumed[name].keys()
-        assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
+    if form in RESUMED_FORMS:
+        parts = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=parts"])
+        assert execute(parts, stop_after=2).status == "interrupted"
+        second = execute(parts, resume=True)
+        assert second.status == "finished" and second.steps == 4
+        resumed = lycoris_runs._files(Path(second.final))
+        assert ours.keys() == resumed.keys()
+        for name, tensors in ours.items():
+            assert tensors.keys() == resumed[name].keys()
+            assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
 
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     with safe_open(str(export), "pt") as handle:
@@ -376,24 +400,16 @@ SWITCHES = {
 
 
 @pytest.mark.parametrize("switch", list(SWITCHES))
-def test_dylora_switches_train_and_resume_bit_exact(tmp_path, switch):
+def test_dylora_switches_train(tmp_path, switch):
     """module_dropout (torch's global generator, checkpointed), bypass and LoRA+ (the up blocks in their own
-    group at lr x 4): a tiny run trains; LoRA+'s stopped and resumed run ends equal to the whole one."""
-    spec = write_spec(tmp_path, steps=4, extra=lycoris_runs.SPEC.format(adapter=SWITCHES[switch]))
-    lr = ["optimizer.lr=1e-2"]
-    plan = compile_spec(spec, [*lr, "output.dir=whole"])
-    whole = execute(plan, keep_models=True)
+    group at lr x 4): a tiny run trains. None is stopped and resumed: module_dropout's generator and bypass's
+    blocks are the state test_dylora_trains_resumes_bit_exact_and_loads_as_lora resumes (the kohya form), and
+    LoRA+'s own optimizer group test_optx.py's test_a_loraplus_run_trains_and_resumes_bit_exact resumes
+    (which group a parameter joins is lora_up_ids', test_loraplus_puts_the_up_blocks_in_their_own_group)."""
+    spec = write_spec(tmp_path, steps=2, extra=lycoris_runs.SPEC.format(adapter=SWITCHES[switch]))
+    plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
+    whole = execute(plan)
     assert whole.status == "finished"
-    if switch == "loraplus":  # the up blocks' own optimizer group resumes; module_dropout's generator and
-        # bypass's weights are the state test_dylora_trains_resumes_bit_exact_and_loads_as_lora resumes
-        parts = compile_spec(spec, [*lr, "output.dir=parts"])
-        assert execute(parts, stop_after=2).status == "interrupted"
-        second = execute(parts, resume=True)
-        assert second.status == "finished" and second.steps == 4
-        ours, resumed = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(second.final))
-        assert ours.keys() == resumed.keys()
-        for name, tensors in ours.items():
-            assert all(torch.equal(tensors[k], resumed[name][k]) for k in tensors), name
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
     ups = [v for k, v in tensors.items() if k.endswith("lora_up.weight")]
@@ -437,21 +453,22 @@ def test_loraplus_puts_the_up_blocks_in_their_own_group():
 
 
 @pytest.mark.parametrize("form", list(FORMS))
-def test_a_dylora_starts_from_its_kohya_export_and_resumes_bit_exact(tmp_path, form):
+def test_a_dylora_starts_from_its_kohya_export(tmp_path, dylora_runs, form):
     """adapter.init_weights on a DyLoRA (kohya networks.dylora --network_weights, issue 12): a run's kohya
     export starts a second run whose blocks are the first run's trained blocks (its lora_down rows and lora_up
-    columns cut into blocks), every tensor of it; the second run trains and (the kohya form's) a stopped and
-    resumed one ends equal to it."""
+    columns cut into blocks), every tensor of it; the second run trains. A DyLoRA started from a file resumes
+    bit-exact in test_dylora_weights.py (test_a_dim_from_weights_dylora_resumes_bit_exact, the kohya form's
+    blocks from a file), and the checkpoint winning over the file is test_init_weights.py's
+    test_a_second_run_starts_from_the_kohya_export_and_resumes_bit_exact."""
     from dbspec.runtime.families import family_runtime
     from dbspec.runtime.init_weights import load_init_weights
     from dbspec.runtime.prepare import configure_models
 
     table, _ = FORMS[form]
-    first_spec = write_spec(tmp_path / "first", steps=2, extra=lycoris_runs.SPEC.format(adapter=table))
-    first = execute(compile_spec(first_spec, ["optimizer.lr=1e-2"]), keep_models=True)
+    _, _, first = dylora_runs(form)
     (export,) = Path(first.final).glob("*.kohya.safetensors")
     second = table + f'init_weights = "{export}"\n'
-    spec = write_spec(tmp_path / "second", steps=4, extra=lycoris_runs.SPEC.format(adapter=second))
+    spec = write_spec(tmp_path / "second", steps=2, extra=lycoris_runs.SPEC.format(adapter=second))
     plan = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=whole"])
     assert plan.adapter.init_layers == len({k.split(".")[0] for k in load_file(str(export))})
     comps = family_runtime(plan.model.family).load(plan)
@@ -464,13 +481,4 @@ def test_a_dylora_starts_from_its_kohya_export_and_resumes_bit_exact(tmp_path, f
         for name, param in ours.items():
             torch.testing.assert_close(param, theirs[name].to(param.dtype), rtol=0, atol=1e-3, msg=name)
     whole = execute(plan)
-    assert whole.status == "finished"
-    if form == "lycoris":  # the kohya form's run from its export resumes: the same state and loader
-        return
-    parts = compile_spec(spec, ["optimizer.lr=1e-2", "output.dir=parts"])
-    assert execute(parts, stop_after=2).status == "interrupted"
-    resumed = execute(parts, resume=True)
-    assert resumed.status == "finished" and resumed.steps == 4
-    ours, theirs = lycoris_runs._files(Path(whole.final)), lycoris_runs._files(Path(resumed.final))
-    for name, tensors in ours.items():
-        assert all(torch.equal(tensors[k], theirs[name][k]) for k in tensors), name
+    assert whole.status == "finished" and whole.steps == 2

@@ -5,6 +5,7 @@ optimizer and loop on a tiny SD1 model. Each optimizer equals the class kohya's 
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import bitsandbytes as bnb
 import pytest
@@ -44,7 +45,10 @@ def untrained(tmp_path_factory):
     return weights
 
 
-def _resumes_bit_exact(tmp_path, untrained, overrides: list[str], extra: str = "") -> None:
+def _resumes_bit_exact(tmp_path, untrained, overrides: list[str], extra: str = "") -> dict:
+    """The run of `overrides` whole, and stopped after step 1 and resumed: the same losses and final weights
+    bit for bit, which differ from the untrained run's (`untrained`, a full fine-tune's; None: the caller
+    checks that the run trained). Returns the final weights."""
     spec = write_spec(tmp_path, steps=STEPS, extra=extra)
     whole = execute(compile_spec(spec, [*overrides, "output.dir=whole"]))
     assert whole.status == "finished" and len(whole.losses) == STEPS
@@ -55,8 +59,10 @@ def _resumes_bit_exact(tmp_path, untrained, overrides: list[str], extra: str = "
     assert second.status == "finished" and first.losses + second.losses == whole.losses
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    base = untrained(extra)
-    assert base.keys() == a.keys() and any(not torch.equal(a[k], base[k]) for k in a)  # it trained
+    if untrained is not None:
+        base = untrained(extra)
+        assert base.keys() == a.keys() and any(not torch.equal(a[k], base[k]) for k in a)  # it trained
+    return a
 
 
 # --- Adafactor's other arguments ----------------------------------------------------------------------------
@@ -182,24 +188,35 @@ def test_each_schedulefree_kind_steps_as_the_class_kohya_builds(tmp_path, kind):
     assert same(ours, theirs)
 
 
-@pytest.mark.parametrize("kind", list(SCHEDULEFREE))
-def test_a_schedulefree_run_saves_the_averaged_weights_and_resumes_bit_exact(tmp_path, untrained, kind):
-    _resumes_bit_exact(tmp_path, untrained, [f'optimizer.kind="{kind}"', "optimizer.lr=1e-3"])
-    # the checkpoint was written in eval mode: its optimizer state says so, and resuming switched back
-    state = torch.load(next((tmp_path / "parts").rglob("training_state.pt")), weights_only=False)
+def _saved_in_eval_mode(out: Path) -> None:
+    """The checkpoint was written in eval mode: its optimizer state says so (resuming switched back)."""
+    state = torch.load(next(out.rglob("training_state.pt")), weights_only=False)
     assert state["optimizer"]["param_groups"][0]["train_mode"] is False
 
 
-def test_a_schedulefree_lora_run_validates_on_the_averaged_weights_and_resumes_bit_exact(tmp_path, untrained):
+# adamw_schedulefree's state and eval-mode checkpoint resume in the LoRA run below (and in
+# test_denoiser_rate_zero.py and test_optimizer_split.py): the full fine-tunes here are the other two classes'
+@pytest.mark.parametrize("kind", [k for k in SCHEDULEFREE if k != "adamw_schedulefree"])
+def test_a_schedulefree_run_saves_the_averaged_weights_and_resumes_bit_exact(tmp_path, untrained, kind):
+    _resumes_bit_exact(tmp_path, untrained, [f'optimizer.kind="{kind}"', "optimizer.lr=1e-3"])
+    _saved_in_eval_mode(tmp_path / "parts")
+
+
+def test_a_schedulefree_lora_run_validates_on_the_averaged_weights_and_resumes_bit_exact(tmp_path):
     """Validation at steps 1 and 2 switches to eval mode and back on the way (kohya's optimizer_eval_fn /
     optimizer_train_fn around sampling); the interrupted and resumed run still ends bit-exact."""
     extra = (
-        '[adapter]\nkind = "lora"\nrank = 2\n\n[validation]\nevery = 1\nprompts = ["a photo of ohwx toy"]\n'
+        '[adapter]\nkind = "lora"\nrank = 2\n\n[validation]\nevery = 1\nsteps = 2\n'
+        'prompts = ["a photo of ohwx toy"]\n'
     )
-    _resumes_bit_exact(
-        tmp_path, untrained, ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=1e-2"], extra
+    final = _resumes_bit_exact(
+        tmp_path, None, ['optimizer.kind="adamw_schedulefree"', "optimizer.lr=1e-2"], extra
     )
     assert list((tmp_path / "whole" / "samples").glob("step-000001/*.png"))
+    _saved_in_eval_mode(tmp_path / "parts")
+    # it trained: the LoRA up matrices start at zero
+    ups = [v for k, v in final.items() if ".lora_B." in k or ".lora.up." in k]
+    assert ups and any(bool(v.abs().max() > 1e-4) for v in ups)
 
 
 # --- torch's RAdam (kohya's optimizer_type RAdam: getattr(torch.optim, "RAdam")) ----------------------------

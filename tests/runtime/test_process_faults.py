@@ -6,7 +6,13 @@ Each failure is real and on process 1 only: an exception no dbspec code expects 
 NaN before the finite check), and an image changed after planning that only process 1 checks (each process
 verifies its share of the images, data.own_share). Process 0 then finds its collective failing, says only that
 it stops, and is ended by the launcher; torchrun's summary names process 1 as the root cause.
-"""
+
+Each failure leaves an output folder a resume starts from: no final weights, no temporary file, the last
+checkpoint written before it (step 2, or none). The NaN test resumes its folder, two processes, to the
+uninterrupted run's weights bit for bit; the others' folders are checked alike but not resumed: the
+exception's is the NaN's (step 2 of the same spec; test_processes.py's kill -9 test resumes one more), and
+the changed file's has no checkpoint, from which --resume starts afresh (test_kohya_outputs.py
+checks that)."""
 
 from __future__ import annotations
 
@@ -45,12 +51,19 @@ def _assert_one_clear_failure(stderr: str, cause: str) -> None:
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", root), root
 
 
-def _assert_resumes(spec: Path, reference: dict[str, torch.Tensor], from_step: int) -> None:
+def _assert_resumable(spec: Path, from_step: int) -> None:
+    """The failed run's output folder: no final weights, no temporary, its latest checkpoint `from_step`'s."""
     out = spec.parent / "out"
     assert not (out / "final").exists()
     assert _leftovers(out) == []  # no half-written checkpoint (nor any other temporary)
     latest = latest_checkpoint(out)
     assert (latest.name if latest else None) == (f"step-{from_step:06d}" if from_step else None)
+
+
+def _assert_resumes(spec: Path, reference: dict[str, torch.Tensor], from_step: int) -> None:
+    """A resumable folder (`_assert_resumable`), and --resume then ends with the `reference` weights."""
+    _assert_resumable(spec, from_step)
+    out = spec.parent / "out"
     resumed = _launch(spec, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     after = _weights(out)
@@ -59,14 +72,14 @@ def _assert_resumes(spec: Path, reference: dict[str, torch.Tensor], from_step: i
         assert torch.equal(after[key], value), key
 
 
-def test_an_exception_on_one_process_stops_both(two_processes, tmp_path):
+def test_an_exception_on_one_process_stops_both(tmp_path):
     """Process 1 raises in its third micro-batch (step 3, after the step-2 checkpoint)."""
     spec = _spec(tmp_path, batch=1, accumulation=1)
     failed = _launch(spec, env={**ON_RANK_1, "DBSPEC_KILL_AT": "micro_batch@3:RAISE"}, torchrun=True)
     assert failed.returncode != 0
     _assert_one_clear_failure(failed.stderr, "InjectedFault: fault injected at `micro_batch`")
     assert "note: process 0: stopped: another process failed" in failed.stderr or "SIGTERM" in failed.stderr
-    _assert_resumes(spec, _weights(two_processes), from_step=2)
+    _assert_resumable(spec, from_step=2)  # resumed: test_a_nan_loss_on_one_process_stops_both's
 
 
 def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):
@@ -78,7 +91,7 @@ def test_a_nan_loss_on_one_process_stops_both(two_processes, tmp_path):
     _assert_resumes(spec, _weights(two_processes), from_step=2)
 
 
-def test_a_file_only_one_process_checks_stops_both(two_processes, tmp_path):
+def test_a_file_only_one_process_checks_stops_both(tmp_path):
     """A plan made for two processes (`dbspec plan --target cpu:x2 --json`), then an image changed on disk:
     process 1 checks images 1, 3, 5 (its share), process 0 the others and waits for it."""
     spec = _spec(tmp_path, batch=1, accumulation=1)
@@ -91,5 +104,4 @@ def test_a_file_only_one_process_checks_stops_both(two_processes, tmp_path):
     failed = _launch(plan_file, torchrun=True)
     assert failed.returncode != 0
     _assert_one_clear_failure(failed.stderr, f"cannot load `{image}`")
-    image.write_bytes(original)
-    _assert_resumes(plan_file, _weights(two_processes), from_step=0)
+    _assert_resumable(plan_file, from_step=0)  # no checkpoint: --resume starts afresh

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dbspec.cli import app
@@ -67,9 +65,13 @@ def _wait_for(path: Path, predicate, timeout: float) -> None:
 NEGATIVE = "validation.negative_prompt=\"blurry, 'low' quality\""  # --set values are TOML
 
 
-def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+def test_ctrl_c_checkpoints_and_the_printed_command_resumes_the_run(tmp_path):
     """The printed resume command, followed as a user would (shell-split), resumes the same run: it repeats
-    every --set the run was started with."""
+    every --set the run was started with (without them the plan is another, and refused), and finishes it. A
+    run stopped at a step boundary (Ctrl-C only asks the loop to stop at the next one, as `stop_after` does)
+    resumes to the uninterrupted run's weights bit for bit: test_run.py's
+    test_interrupted_then_resumed_run_is_bit_identical (a full fine-tune, as here). Without --resume, the
+    same plan's folder with a checkpoint is refused, so this run did resume."""
     spec = write_spec(tmp_path, steps=30, extra="[logging]\nevery = 1\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -98,10 +100,7 @@ def test_ctrl_c_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
         execute(compile_spec(spec), resume=True)
     resumed = CliRunner().invoke(app, argv[1:])
     assert resumed.exit_code == 0 and "finished 30 steps" in resumed.output, resumed.output
-    whole = execute(compile_spec(spec, ["output.dir=whole", NEGATIVE]))
-    a = load_file(str(Path(whole.final) / "unet" / "diffusion_pytorch_model.safetensors"))
-    b = load_file(str(tmp_path / "out" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "out" / "final" / "unet" / "diffusion_pytorch_model.safetensors").exists()
 
 
 def test_run_failure_prints_the_reason_the_spec_line_and_a_hint(tmp_path):

@@ -48,6 +48,34 @@ CASES = {
     "flux_lora": ("builtin:tiny-flux", FLOW_TARGETS),
     "sd3_lora": ("builtin:tiny-sd3", FLOW_TARGETS),
 }
+# the cases whose run also writes a kohya_lora export: the kohya-file tests below sample that export of the
+# same run (one tiny run per case, not one per test)
+KOHYA_CASES = {
+    "builtin:tiny-sd1": "sd1_locon_full",
+    "builtin:tiny-sdxl": "sdxl_locon_full",
+    "builtin:tiny-flux": "flux_lora",
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A one-step run of each case (text encoders trained, models kept), by case name: its plan and result,
+    made on first use, once per module. The runs are read only: a test writes into its own tmp_path."""
+    made: dict[str, tuple] = {}
+
+    def run(case: str):
+        if case not in made:
+            base, table = CASES[case]
+            flow = base.endswith(("flux", "sd3"))
+            extra = f"[adapter]\n{table}\n[train]\ntext_encoder = true\n"
+            if case in KOHYA_CASES.values():
+                extra += '[checkpoints]\nexports = ["kohya_lora"]\n'
+            spec = write_spec(tmp_path_factory.mktemp(case), base=base, steps=1, extra=extra)
+            plan = compile_spec(spec, ["optimizer.lr=1e-2", *(["model.t5_max_length=8"] if flow else [])])
+            made[case] = (plan, execute(plan, keep_models=True))
+        return made[case]
+
+    return run
 
 
 def _effective(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -64,13 +92,9 @@ def _adapted(module: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_sampled_lora_is_the_trained_model(tmp_path, monkeypatch, case):
-    base, table = CASES[case]
-    flow = base.endswith(("flux", "sd3"))
-    extra = f"[adapter]\n{table}\n[train]\ntext_encoder = true\n"
-    spec = write_spec(tmp_path, base=base, steps=1, extra=extra)
-    plan = compile_spec(spec, ["optimizer.lr=1e-2", *(["model.t5_max_length=8"] if flow else [])])
-    run = execute(plan, keep_models=True)
+def test_sampled_lora_is_the_trained_model(tmp_path, monkeypatch, runs, case):
+    base, _ = CASES[case]
+    plan, run = runs(case)
     trained = run.components
     for module in (trained.unet, *trained.text_encoders):
         module.eval()
@@ -130,24 +154,21 @@ def _mixed_copy(lora: Path, folder: Path) -> Path:
     return folder
 
 
-def _kohya_run(tmp_path: Path, base: str, table: str):
-    """A one-step run of `table` with a kohya_lora export: its plan, result and export."""
-    flow = base.endswith(("flux", "sd3"))
-    extra = f'[adapter]\n{table}\n[train]\ntext_encoder = true\n[checkpoints]\nexports = ["kohya_lora"]\n'
-    spec = write_spec(tmp_path, base=base, steps=1, extra=extra)
-    plan = compile_spec(spec, ["optimizer.lr=1e-2", *(["model.t5_max_length=8"] if flow else [])])
-    run = execute(plan, keep_models=True)
+def _kohya_run(runs, base: str):
+    """The one-step run of `base`'s kohya case (KOHYA_CASES) with its kohya_lora export: its plan, result and
+    export."""
+    plan, run = runs(KOHYA_CASES[base])
     (export,) = Path(run.final).glob("*.kohya.safetensors")
     return plan, run, export
 
 
 @pytest.mark.parametrize("base", ["builtin:tiny-sd1", "builtin:tiny-sdxl"])
-def test_sampled_kohya_file_is_the_trained_model_or_refused(tmp_path, base):
+def test_sampled_kohya_file_is_the_trained_model_or_refused(tmp_path, runs, base):
     """A kohya-layout file (`lora_unet_*` / `lora_te*_*`, here a LoCon run's kohya_lora export) passed to
     `dbspec sample` directly: diffusers' loaders convert it, and every module's layer must carry an adapter
     (the check covered diffusers-layout files only): all loaded, the sampled weights are the trained ones;
     a module no layer of the base model has is left out by diffusers, and refused, naming the counts."""
-    plan, run, export = _kohya_run(tmp_path, base, LOCON_FULL)
+    plan, run, export = _kohya_run(runs, base)
     pipe = load_pipeline(SampleRequest(source=export, base=base, settings=plan.validation))
     spec_ = family_spec(plan.model.family)
     pairs = [
@@ -175,9 +196,9 @@ def test_sampled_kohya_file_is_the_trained_model_or_refused(tmp_path, base):
         )
 
 
-def test_kohya_file_diffusers_cannot_convert_is_refused(tmp_path):
+def test_kohya_file_diffusers_cannot_convert_is_refused(runs):
     """diffusers' kohya Flux converter splits the fused Linears at FLUX.1's widths (3072) and asserts on
     others (tiny-flux's): a SampleError naming the file, not diffusers' bare AssertionError."""
-    plan, _run, export = _kohya_run(tmp_path, "builtin:tiny-flux", FLOW_TARGETS)
+    plan, _run, export = _kohya_run(runs, "builtin:tiny-flux")
     with pytest.raises(SampleError, match="diffusers cannot load it onto builtin:tiny-flux"):
         load_pipeline(SampleRequest(source=export, base="builtin:tiny-flux", settings=plan.validation))
