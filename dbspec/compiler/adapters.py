@@ -256,6 +256,11 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
+        # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank
+        blocks=tuple(BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.blocks),
+        text_encoder_blocks=tuple(
+            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
+        ),
     )
 
 
@@ -628,7 +633,8 @@ def adapter_params(
         blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
         return _at_rank(public, components, max([adapter.block_size, *(b.block_size for b in blocks)]) + 1)
     if adapter.kind == "tlora":  # q, p and the rank singular values: LoRA's count at rank + 1 bounds it
-        return _at_rank(public, components, adapter.rank + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module ranks: the largest bounds it
+        return _at_rank(public, components, max([adapter.rank, *(b.rank for b in blocks)]) + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
     out: dict[str, int] = {}

@@ -2114,6 +2114,32 @@ class DyloraAdapter:
 
 
 @frozen
+class TloraBlock:
+    """Rank and alpha of the T-LoRA layers one pattern names (a LyCORIS preset file's `module_algo_map` /
+    `name_algo_map` entries with algo tlora and their own dim / alpha on an algo=tlora network): each such
+    layer starts from its own weight's SVD at its own rank."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted module's path: the denoiser's diffusers "
+        "names in `[[adapter.blocks]]` (e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`), "
+        "`<component>.<module path>` in `[[adapter.text_encoder_blocks]]` (CLIP paths with their "
+        "`text_model.` level, e.g. `text_encoder.text_model.encoder.layers.0.self_attn.q_proj`); the first "
+        "block whose pattern matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    rank: int = option(
+        doc="Rank of the matched T-LoRA layers: the number of their weight's first singular triplets the "
+        "layer starts from and trains (LyCORIS pads ranks above min(out, in) with zero vectors); 0 adapts "
+        "none of them. Up to 100000.",
+        minimum=0,
+        maximum=100_000,
+    )
+    alpha: float = option(
+        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales).", exclusive_minimum=0
+    )
+
+
+@frozen
 class TloraAdapter:
     kind: Literal["tlora"] = option(
         doc="Adapter kind: tlora trains LyCORIS's T-LoRA (`algo = tlora`) as kohya's scripts run it: "
@@ -2165,6 +2191,17 @@ class TloraAdapter:
         example="previous-run/final/tlora.kohya.safetensors",
     )
     init_partial: bool = _fused_init_partial()
+    blocks: list[TloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's T-LoRA layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` entries' own dim / alpha): modules no block "
+        "matches keep `rank` and `alpha`.",
+    )
+    text_encoder_blocks: list[TloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' T-LoRA layers "
+        "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
+    )
 
 
 Adapter = Union[
@@ -4108,6 +4145,7 @@ TABLE_CLASSES = (
     GloraBlock,
     GloraAdapter,
     DyloraAdapter,
+    TloraBlock,
     TloraAdapter,
     Train,
     Dataset,

@@ -7,6 +7,7 @@ own kohya loader."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import types
 
 import pytest
@@ -375,3 +376,132 @@ def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
                 ours[key] = ("TLoraModule", layer.r["default"], float(layer.scaling["default"]))
     assert theirs and any("proj_in" in k for k in theirs) and any("_te_" in k for k in theirs)
     assert ours == theirs
+
+
+# map entries with algo tlora and their own dim / alpha: the transformers at 6 (alpha 2), the time embedding's
+# first Linear by name at 3 (the network's alpha), CLIP's attention at 5 with alpha 0 (create_single_module:
+# `alpha or self.alpha`, the network's)
+TLORA_DIMS = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ['time_embedding\\.linear_1']
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.Transformer2DModel]
+algo = "tlora"
+dim = 6
+alpha = 2
+
+[name_algo_map.'time_embedding\\.linear_1']
+dim = 3
+
+[module_algo_map.CLIPAttention]
+algo = "tlora"
+dim = 5
+alpha = 0
+"""
+
+
+def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """A preset file's entries with their own dim / alpha on an algo=tlora network: the converted plan's
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] build each TLoraModule lycoris-lora 4.1.3's
+    create_network builds from the file, at its rank and scale, started from the same SVD (trained and frozen
+    copies); a tiny run trains, its kohya export holds LyCORIS's tensors in its modules' shapes and alphas,
+    and lycoris-lora's kohya loader builds the trained layers from it (frozen start recomputed), to 1e-4."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris import _kohya_names, _merged
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(TLORA_DIMS, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=tlora" "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 '
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert adapter.kind == "tlora" and adapter.blocks and adapter.text_encoder_blocks
+    pipe = build_pipeline("builtin:tiny-sd1")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
+    )
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {}
+    for prefix, model in (("lora_unet_", pipe.unet), ("lora_te_text_model_", pipe.text_encoder)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, TloraLayer):
+                ours[prefix + name.replace(".", "_")] = layer
+    assert sorted(ours) == sorted(theirs)
+    sizes = {(m.lora_dim, float(m.scale)) for m in theirs.values()}
+    # the entries' own ranks and scales (alpha 0: the network's, `alpha or self.alpha`)
+    assert {(3, 1 / 3), (6, 2 / 6), (5, 1 / 5)} <= sizes
+    for key, lyco in theirs.items():
+        layer = ours[key]
+        assert (layer.r["default"], float(layer.scaling["default"])) == (lyco.lora_dim, float(lyco.scale)), (
+            key
+        )
+        pairs = (
+            (layer.lora_tlora_q, lyco.q_layer.weight),
+            (layer.lora_tlora_p, lyco.p_layer.weight),
+            (layer.lora_tlora_lambda, lyco.lambda_layer),
+            (layer.lora_tlora_base_q, lyco.base_q),
+            (layer.lora_tlora_base_p, lyco.base_p),
+            (layer.lora_tlora_base_lambda, lyco.base_lambda),
+        )
+        for ours_t, theirs_t in pairs:  # the SVD start, trained and frozen, at the layer's own rank
+            torch.testing.assert_close(ours_t["default"].detach(), theirs_t.detach(), rtol=1e-5, atol=1e-5)
+
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    assert done.status == "finished"
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    state = {f"{k}.{n}": v for k, m in theirs.items() for n, v in m.state_dict().items() if "base_" not in n}
+    assert {k: list(v.shape) for k, v in saved.items()} == {k: list(v.shape) for k, v in state.items()}
+    assert {k: float(v) for k, v in saved.items() if k.endswith(".alpha")} == {
+        k: float(v) for k, v in state.items() if k.endswith(".alpha")
+    }
+    assert any(not torch.equal(v, state[k]) for k, v in saved.items()), "the run trained the layers"
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])  # the loader's modules all from the file (as `loader` sets)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    named = nn.Module()
+    named.text_model = fresh.text_encoder  # kohya's CLIP names its modules text_model.*
+    loaded, _ = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    merged = {
+        "lora_unet": _merged(done.components.unet),
+        "lora_te": _merged(done.components.text_encoders[0]),
+    }
+    names = {
+        **_kohya_names(done.components.unet, "lora_unet"),
+        **_kohya_names(done.components.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    built = [*loaded.unet_loras, *loaded.text_encoder_loras]
+    assert sorted(m.lora_name for m in built) == sorted(theirs)
+    for lyco in built:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        assert lyco.lora_dim == theirs[lyco.lora_name].lora_dim
+        torch.testing.assert_close(
+            _tlora_weight(lyco), merged[prefix][f"{names[lyco.lora_name]}.weight"], rtol=1e-4, atol=1e-4
+        )

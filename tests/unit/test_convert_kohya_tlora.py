@@ -173,7 +173,12 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
         ),
         ("default names", 'unet_target_module = ["Transformer2DModel"]\n', "DBS402", "conv_in, conv_out"),
         ("resnets", _FILE.replace('"]', '", "ResnetBlock2D"]', 1), "DBS402", "conv1, conv2"),
-        ("own dim", _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\n", "DBS403", "own dim / alpha"),
+        (
+            "negative alpha",
+            _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\nalpha = -2\n",
+            "DBS403",
+            "sign flipped",
+        ),
         ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "DBS403", "'lokr'"),
         (
             "sig_type",
@@ -186,8 +191,8 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
 def test_tlora_preset_files(tmp_path, name, text, code, words):
     """A preset file on an algo=tlora network: its targets (LyCORIS's default names, conv_in / conv_out, and
     classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
-    change nothing; an entry's own dim, another algorithm (a run of several kinds) or an option TLoraModule
-    reads (sig_type, use_data_init: its SVD start) are not expressed (DBS403)
+    change nothing; another algorithm (a run of several kinds), an option TLoraModule reads (sig_type,
+    use_data_init: its SVD start) or a negative alpha (its update's sign flipped) are not expressed (DBS403)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
@@ -198,6 +203,25 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
         return
     assert code in codes(outcome), (name, errors(outcome))
     assert words in messages(outcome, code), name
+
+
+def test_tlora_entries_own_dims_are_blocks(tmp_path):
+    """Entries with algo tlora and their own dim / alpha (create_single_module: `dim or lora_dim`, `alpha or
+    self.alpha`; TLoraModule starts each layer from its SVD at that dim, scale alpha / dim, rs_lora never
+    read) become T-LoRA blocks: the U-Net's [[adapter.blocks]], CLIP's [[adapter.text_encoder_blocks]], an
+    entry alpha of 0 the network's (tests/runtime/test_lycoris_tlora.py checks them against lycoris-lora)."""
+    text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention"]\n', 1)
+    text += '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\ndim = 16\nalpha = 2\n'
+    text += "[module_algo_map.CLIPAttention]\ndim = 5\nalpha = 0\n"
+    write(tmp_path / "p.toml", text)
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rs_lora=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("tlora", 8, 4.0)
+    ((unet,), (clip,)) = a.blocks, a.text_encoder_blocks
+    assert (unet.kind, unet.rank, unet.alpha, clip.rank, clip.alpha) == ("adapter", 16, 2.0, 5, 4.0)
+    assert "proj_in" in unet.pattern and "q_proj" in clip.pattern
+    assert a.params["unet"] > 0
 
 
 def test_a_tlora_entry_beside_another_algo_stays_refused(tmp_path):

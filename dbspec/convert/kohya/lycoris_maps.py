@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr, DyLoRA, GLoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker`
-too), or PresetError (`crash` False) for what dbspec does not express:
+LoHa, LoKr, DyLoRA, GLoRA, T-LoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and
+`use_tucker` too), or PresetError (`crash` False) for what dbspec does not express:
 another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
 entry's other options, per-layer dims on the other algorithms."""
 
@@ -39,7 +39,7 @@ _NO_DIMS = ("full", "ia3")
 _BLOCK_KINDS = ("lora", "loha", "lokr")
 # the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
-_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
+_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft", "tlora")  # T-LoRA: spec TloraBlock
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 _OFT = ("diag-oft", "boft")  # their blocks: a block size, constraint and rescale (spec OftBlock)
 
@@ -614,7 +614,7 @@ def map_blocks(
             _oft_blocks(found.text, found.text_rows, dims, network),
             inert,
         )
-    rs_lora = rs_lora and kind != "dylora"
+    rs_lora = rs_lora and kind not in ("dylora", "tlora")  # DyLoraModule, TLoraModule never read it
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
     text = _blocks(
         found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo if kinds else ""
@@ -623,10 +623,12 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT and BOFT",
+            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT, BOFT and T-LoRA",
             False,
         )
     mixed_rank_stabilized([*unet, *text])
+    if kind == "tlora":
+        _tlora_alphas([*unet, *text])
     tucker = next((b for b in unet if "tucker" in b), None)
     if tucker is not None and kind in ("dylora", "glora"):  # spec DyloraBlock / GloraBlock: no `tucker`
         raise PresetError(
@@ -645,6 +647,19 @@ def map_blocks(
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
+
+
+def _tlora_alphas(blocks: list[dict[str, Any]]) -> None:
+    """PresetError for a T-LoRA entry's negative alpha: TLoraModule keeps the sign (its update would train
+    flipped), which the spec's block alpha (above 0) does not take, as for the network's own."""
+    negative = next((b for b in blocks if b["alpha"] < 0), None)
+    if negative is not None:
+        raise PresetError(
+            f"`{_source([negative])}` gives its T-LoRA layers alpha = {negative['alpha']:g}: TLoraModule "
+            "would train their update with its sign flipped, which dbspec's T-LoRA blocks (alpha above 0) do "
+            "not express",
+            False,
+        )
 
 
 def _oft_blocks(
