@@ -3086,6 +3086,19 @@ bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW
 changes nothing (the plan says 0). `module_dropout` acts in both.""",
         help="set adapter.bypass = true, or remove the dropout",
     ),
+    # [[adapter.blocks]] of kind tlora outside the SD 1.x/2.x / SDXL U-Nets: DBS604.
+    Code(
+        "DBS604",
+        ERROR,
+        "T-LoRA blocks beside another kind on a transformer family",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with `kind = "tlora"` (LyCORIS's T-LoRA beside the
+adapter's kind: a preset file's `algo = "tlora"` entries on another algo's network) train on SD 1.x/2.x and
+SDXL, whose LyCORIS export and reload dbspec checks against lycoris-lora. On Flux, SD3 and Chroma kohya's
+TLoraModule starts a fused Linear from one SVD of its stacked weight, which dbspec's T-LoRA (one SVD per
+diffusers layer) does not build.""",
+        help="give those layers another kind, or train on SD 1.x/2.x or SDXL",
+    ),
     Code(
         "DBS606",
         WARNING,

@@ -3384,6 +3384,28 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
 
 _FLOAT_KINDS = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates", "boft": "rotates"}
 _FLOAT_KINDS["glora"] = "multiplies"
+_FLOAT_KINDS["tlora"] = "starts from the SVD of"
+
+
+@rule("spec")
+def tlora_blocks_on_unets(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Blocks of kind tlora (runtime/lycoris_tlora.py beside another kind's layers) on SD 1.x/2.x and SDXL
+    only (DBS604; silent for family = "auto": the compiler runs it again with the detected family)."""
+    family = FAMILIES.get(spec.model.family)
+    if family is None or family.denoiser == "unet":
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(spec.adapter, table, ())):
+            if getattr(block, "kind", "adapter") == "tlora" and spec.adapter.kind != "tlora":
+                yield _err(
+                    "DBS604",
+                    ("adapter", table, i, "kind"),
+                    f'adapter.{table}[{i}].kind = "tlora" on a {spec.adapter.kind} adapter on '
+                    f"{family.title}: dbspec trains T-LoRA beside other kinds on SD 1.x/2.x and SDXL "
+                    "(kohya's TLoraModule on a fused Linear starts from one SVD of its stacked weight)",
+                    codes.help("DBS604"),
+                )
+                return
 
 
 @rule("spec")

@@ -113,10 +113,11 @@ class BlockPlan:
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
     # (the adapter's), "lora", "loha", "lokr", "full", "ia3" (LyCORIS's full algo, IA^3: the rank only
     # switches them on), "diag-oft", "boft" (the rank its block-size hint, the alpha its constraint), "glora",
-    # "dylora" (LyCORIS's DyLoraModule, the rank in blocks of `unit`)
-    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"] = (
-        "adapter"
-    )
+    # "dylora" (LyCORIS's DyLoraModule, the rank in blocks of `unit`), "tlora" (LyCORIS's TLoraModule: each
+    # layer's SVD start at the rank)
+    kind: Literal[
+        "adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
+    ] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0

@@ -486,7 +486,9 @@ def _block_factor():
 BlockSwitch = Literal["adapter", "on", "off"]
 # the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
 _RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
-BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"]
+BlockKind = Literal[
+    "adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
+]
 
 
 def _block_scalar():
@@ -634,7 +636,8 @@ class AdapterBlock:
         "output channel; their rank only switches them on; `diag-oft`: LyCORIS's Diag-OFT, the rank its "
         "block-size hint and the alpha its constraint, `boft` alike; `glora`: LyCORIS's GLoRA, both pairs at "
         "the rank; `dylora`: LyCORIS's DyLoRA, the rank in blocks of the block's `unit`, one block drawn per "
-        "layer and step); "
+        "layer and step; `tlora`: LyCORIS's T-LoRA, each matched Linear / 1x1 layer started from its "
+        "weight's SVD at the rank, on SD 1.x/2.x and SDXL); "
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "

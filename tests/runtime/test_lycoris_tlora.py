@@ -505,3 +505,156 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
         torch.testing.assert_close(
             _tlora_weight(lyco), merged[prefix][f"{names[lyco.lora_name]}.weight"], rtol=1e-4, atol=1e-4
         )
+
+
+# a LoCon network's preset file with T-LoRA entries: the ResNets LoCon (conv_dim 4), the transformers T-LoRA
+# at 6, CLIP's attention T-LoRA at the network's dim
+LOCON_WITH_TLORA = """\
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.Transformer2DModel]
+algo = "tlora"
+dim = 6
+
+[module_algo_map.CLIPAttention]
+algo = "tlora"
+"""
+
+
+def _classes(module, prefix: str) -> dict[str, tuple[str, int, float]]:
+    """Each adapted layer of `module` as LyCORIS's class, its rank and scale."""
+    from peft.tuners.lora import LoraLayer
+
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+
+    out = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, TloraLayer) and "default" in layer.r:
+            found = "TLoraModule"
+        elif isinstance(layer, LoraLayer) and "default" in layer.lora_A:
+            found = "LoConModule"
+        else:
+            continue
+        out[prefix + name.replace(".", "_")] = (found, layer.r["default"], float(layer.scaling["default"]))
+    return out
+
+
+def test_tlora_entries_on_a_locon_network_train_and_draw_as_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """algo=locon with a preset file giving the transformers and CLIP's attention algo tlora, and the
+    network's module_dropout and dropout (LoConModule's; TLoraModule reads it only in bypass_mode): the
+    converted plan builds LyCORIS's LoConModules and TLoraModules on exactly lycoris-lora 4.1.3's layers,
+    ranks and scales (T-LoRA's frozen SVD start equal); a tiny run trains; its export, loaded into
+    lycoris-lora's network from the same file (kohya's --network_weights), gives the U-Net's outputs and
+    torch's generator state of ours over four training forwards (each module's one module_dropout draw,
+    LoCon's dropout after it, in forward order), and lycoris-lora's kohya loader rebuilds the trained
+    layers."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
+    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(LOCON_WITH_TLORA, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=locon" "conv_dim=4" "module_dropout=0.3" "dropout=0.1" '
+        '"preset=p.toml" --learning_rate=1e-2 '
+        "--max_train_steps=2 --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert adapter.kind == "lora" and {b.kind for b in adapter.blocks} == {"tlora"}
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    from dbspec.runtime.tiny import build_pipeline
+
+    base = build_pipeline("builtin:tiny-sd1")
+    named, unet = nn.Module(), copy.deepcopy(base.unet)
+    named.text_model = copy.deepcopy(base.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo="locon", conv_dim="4", module_dropout="0.3",
+        dropout="0.1",
+        preset=str(tmp_path / "p.toml"),
+    )  # fmt: skip
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert {type(m).__name__ for m in theirs.values()} == {"LoConModule", "TLoraModule"}
+
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    assert done.status == "finished"
+    trained = done.components
+    ours = {
+        **_classes(trained.unet, "lora_unet_"),
+        **_classes(trained.text_encoders[0], "lora_te_text_model_"),
+    }
+    assert ours == {k: (type(m).__name__, m.lora_dim, float(m.scale)) for k, m in theirs.items()}
+    layers = {
+        **{"lora_unet_" + n.replace(".", "_"): m for n, m in trained.unet.named_modules()},
+        **{
+            "lora_te_text_model_" + n.replace(".", "_"): m
+            for n, m in trained.text_encoders[0].named_modules()
+        },
+    }
+    for key, lyco in theirs.items():
+        if type(lyco).__name__ == "TLoraModule":  # the frozen start: each layer's own SVD at its rank
+            for ours_t, theirs_t in (
+                (layers[key].lora_tlora_base_q, lyco.base_q),
+                (layers[key].lora_tlora_base_p, lyco.base_p),
+                (layers[key].lora_tlora_base_lambda, lyco.base_lambda),
+            ):
+                torch.testing.assert_close(ours_t["default"], theirs_t, rtol=1e-5, atol=1e-5)
+
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    made.apply_to(named, unet, True, True)
+    missing, unexpected = made.load_state_dict(saved, strict=False)  # kohya's load_weights
+    assert not unexpected and all(".base_" in k for k in missing)
+    cfg = base.unet.config
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=generator)
+    hidden = torch.randn(2, 5, cfg.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        unet.eval(), made.eval()
+        plain = unet(x, 10, hidden).sample
+        made.train(), unet.train(), trained.unet.train()
+        assert draws_as_lycoris(unet, trained.unet.float(), x, hidden, plain), (
+            "module_dropout changed nothing"
+        )
+
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])  # the loader's modules all from the file (as `loader` sets)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    named = nn.Module()
+    named.text_model = fresh.text_encoder
+    loaded, _ = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    built = [*loaded.unet_loras, *loaded.text_encoder_loras]
+    assert sorted(m.lora_name for m in built) == sorted(theirs)
+    for lyco in built:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        weight = _tlora_weight(lyco) if type(lyco).__name__ == "TLoraModule" else _lycoris_weight(lyco)
+        torch.testing.assert_close(
+            weight,
+            merged[prefix][f"{names[lyco.lora_name]}.weight"],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lyco.lora_name,
+        )

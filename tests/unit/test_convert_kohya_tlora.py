@@ -224,10 +224,27 @@ def test_tlora_entries_own_dims_are_blocks(tmp_path):
     assert a.params["unet"] > 0
 
 
-def test_a_tlora_entry_beside_another_algo_stays_refused(tmp_path):
-    write(tmp_path / "p.toml", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\n')
-    outcome = _lycoris(tmp_path, '"algo=locon", "preset=p.toml"')
-    assert "DBS403" in codes(outcome) and "'tlora'" in messages(outcome, "DBS403")
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+def test_tlora_entries_on_another_algo_s_network_are_tlora_blocks(tmp_path, algo):
+    """`algo = "tlora"` entries on a LoCon / LoHa / LoKr network (was DBS403): blocks of kind tlora at the
+    entry's dim and alpha, the network's other layers its own kind (tests/runtime/test_lycoris_tlora.py
+    trains such a LoCon network against lycoris-lora 4.1.3's)."""
+    text = _FILE.replace('"]\n', '", "ResnetBlock2D"]\n', 1)
+    write(tmp_path / "p.toml", text + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\ndim = 6\n')
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=4", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and a.conv_rank == 4
+    ((block,),) = (a.blocks,)
+    assert (block.kind, block.rank, block.alpha) == ("tlora", 6, 4.0) and "proj_in" in block.pattern
+
+
+def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):
+    """TLoraModule on a k x k convolution adds an output of another size: kohya stops (DBS402)."""
+    text = 'unet_target_module = ["ResnetBlock2D"]\nunet_target_name = []\n'
+    write(tmp_path / "p.toml", text + '[module_algo_map.ResnetBlock2D]\nalgo = "tlora"\n')
+    outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=4", "preset=p.toml"')
+    assert "DBS402" in codes(outcome) and "k x k convolution" in messages(outcome, "DBS402")
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):

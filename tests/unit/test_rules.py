@@ -575,6 +575,17 @@ CASES = [
         [("DBS603", "warning", ("adapter", "dropout"))],
         '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
+    (  # T-LoRA blocks beside another kind: SD 1.x/2.x and SDXL only
+        rules.tlora_blocks_on_unets,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + LORA
+        + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\n'
+        "alpha = 4.0\n",
+        [("DBS604", "error", ("adapter", "blocks", 0, "kind"))],
+        DOG + STEPS + LORA + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\nalpha = 4.0\n',
+    ),
     (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
         rules.oft_rank_dropout_not_in_bypass,
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,

@@ -184,6 +184,7 @@ def check_layers(
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
+        _tlora_kxk(layer, algo)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
         other = _mixed_kinds(found, algo, network, other, kinds, bypass, unet)
@@ -257,7 +258,7 @@ def check_layers(
 # one algorithm's layers only or which dbspec's other kinds do not build
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
-_BYPASS_INERT = ("lora", "loha", "lokr", "glora")
+_BYPASS_INERT = ("lora", "loha", "lokr", "glora", "tlora")
 # those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
 # BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled; IA^3
 # scales the output, bias included: lycoris-lora 4.1.3, tests/runtime/test_lycoris_ia3_bypass.py)
@@ -314,6 +315,20 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
         )
 
 
+def _tlora_kxk(layer: Layer, algo: str) -> None:
+    """PresetError (DBS402) for a tlora entry's layer on a k x k convolution on another algo's network:
+    lycoris-lora 4.1.3's TLoraModule projects it with 1x1 factors at the convolution's stride and padding and
+    adds an output of another size, so kohya stops at the first step (a tlora network's own convolutions:
+    network.py _tlora names the preset's)."""
+    if _algo(layer.algo) == "tlora" != _algo(algo) and layer.kind == "conv":
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} (a k x k convolution) algo = 'tlora': LyCORIS's "
+            "TLoraModule adds an output of another size there, so kohya stops at the first step "
+            "(RuntimeError: the size of tensor a must match the size of tensor b)",
+            True,
+        )
+
+
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     """The keys of a Diag-OFT / BOFT layer's entry its block carries (`constraint`, `rescaled`, as
     DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
@@ -363,8 +378,10 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # weight), GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per fused
 # module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own (a copy
 # of each part's rows, a scale per output row, blocks within a part)
-MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-MIXED_FLOW = MIXED_SD
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+# T-LoRA's layers (runtime/lycoris_tlora.py) beside the others on SD 1.x/2.x and SDXL (on Flux / SD3 one SVD
+# of a fused Linear's stacked weight, which dbspec's T-LoRA does not build)
+MIXED_SD = (*MIXED_FLOW, "tlora")
 
 
 def _mixed_kinds(
