@@ -2739,10 +2739,11 @@ with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
-`"boft"` / `"glora"` / `"dylora"`, a DyLoRA block with its own `unit`)
+(also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA, DyLoRA and T-LoRA, `kind = "full"` / `"ia3"` /
+`"diag-oft"` / `"boft"` / `"glora"` / `"dylora"` / `"tlora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha, lokr or dylora, LyCORIS's DyLoRA network with entries of other
-algorithms) in one run, each kind's layers with the adapter's rank,
+algorithms; a tlora adapter with blocks of kind lora, loha, lokr, full, ia3 or glora, without its `bypass`
+or `max_norm`) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that

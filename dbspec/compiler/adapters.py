@@ -256,12 +256,16 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
-        # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank
-        blocks=tuple(BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.blocks),
-        text_encoder_blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=b.rank, alpha=b.alpha) for b in adapter.text_encoder_blocks
-        ),
+        # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
+        # another kind's layers (runtime/mixed_kinds.py)
+        blocks=tuple(_tlora_block(b) for b in adapter.blocks),
+        text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
     )
+
+
+def _tlora_block(block) -> BlockPlan:
+    kind = "adapter" if block.kind == "tlora" else block.kind  # a LyCORIS map entry's other algorithm
+    return BlockPlan(pattern=block.pattern, kind=kind, rank=block.rank, alpha=block.alpha)
 
 
 def _dylora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:

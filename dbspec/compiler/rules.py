@@ -3335,12 +3335,16 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr", "dylora", "glora"):
+    beside_tlora = ("lora", "loha", "lokr", "full", "ia3", "glora")  # spec TloraBlock: a rank and alpha
+    if own not in ("lora", "loha", "lokr", "dylora", "glora", "tlora") or (
+        own == "tlora" and block.kind not in beside_tlora
+    ):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora or glora",
+            "one run on adapters of kind lora, loha, lokr, dylora or glora, and on tlora adapters with "
+            "blocks of kind lora, loha, lokr, full, ia3 or glora",
             codes.help("DBS578"),
         )
         return
@@ -3364,12 +3368,14 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     kept += ("dora",)
     # max_norm: LyCORIS's, each kind's layers scaled by their own module's apply_max_norm (runtime/max_norm.py
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
-    if own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris":
+    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora":
         kept += ("max_norm",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own == "glora" else {})}
+    # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
+    # from their kind's defaults): not expressed beside other kinds
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
@@ -3396,11 +3402,12 @@ def tlora_blocks_on_unets(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(spec.adapter, table, ())):
-            if getattr(block, "kind", "adapter") == "tlora" and spec.adapter.kind != "tlora":
+            kind = getattr(block, "kind", "adapter")
+            if kind not in ("adapter", spec.adapter.kind) and "tlora" in (kind, spec.adapter.kind):
                 yield _err(
                     "DBS604",
                     ("adapter", table, i, "kind"),
-                    f'adapter.{table}[{i}].kind = "tlora" on a {spec.adapter.kind} adapter on '
+                    f'adapter.{table}[{i}].kind = "{kind}" on a {spec.adapter.kind} adapter on '
                     f"{family.title}: dbspec trains T-LoRA beside other kinds on SD 1.x/2.x and SDXL "
                     "(kohya's TLoraModule on a fused Linear starts from one SVD of its stacked weight)",
                     codes.help("DBS604"),

@@ -2130,6 +2130,15 @@ class TloraBlock:
         "block whose pattern matches a module sets its rank and alpha.",
         example="^down_blocks\\.0\\.",
     )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (T-LoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `glora` in its place on their Linear and 1x1 layers (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's `algo` on an `algo=tlora` network, SD "
+        "1.x/2.x and SDXL), as `[[adapter.blocks]]` `kind`, built with that kind's defaults and the "
+        "adapter's `module_dropout`.",
+        example="lokr",
+    )
     rank: int = option(
         doc="Rank of the matched T-LoRA layers: the number of their weight's first singular triplets the "
         "layer starts from and trains (LyCORIS pads ranks above min(out, in) with zero vectors); 0 adapts "

@@ -524,35 +524,83 @@ algo = "tlora"
 
 
 def _classes(module, prefix: str) -> dict[str, tuple[str, int, float]]:
-    """Each adapted layer of `module` as LyCORIS's class, its rank and scale."""
+    """Each adapted layer of `module` as LyCORIS's class, and for LoCon and T-LoRA its rank and scale."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
 
     from dbspec.runtime.lycoris_tlora import TloraLayer
 
     out = {}
     for name, layer in module.named_modules():
+        key = prefix + name.replace(".", "_")
+        if isinstance(layer, (LoHaLayer, LoKrLayer)) and "default" in layer.r:
+            out[key] = ("LohaModule" if isinstance(layer, LoHaLayer) else "LokrModule", 0, 0.0)
+            continue
         if isinstance(layer, TloraLayer) and "default" in layer.r:
             found = "TLoraModule"
         elif isinstance(layer, LoraLayer) and "default" in layer.lora_A:
             found = "LoConModule"
         else:
             continue
-        out[prefix + name.replace(".", "_")] = (found, layer.r["default"], float(layer.scaling["default"]))
+        out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
     return out
 
 
-def test_tlora_entries_on_a_locon_network_train_and_draw_as_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
-    """algo=locon with a preset file giving the transformers and CLIP's attention algo tlora, and the
-    network's module_dropout and dropout (LoConModule's; TLoraModule reads it only in bypass_mode): the
-    converted plan builds LyCORIS's LoConModules and TLoraModules on exactly lycoris-lora 4.1.3's layers,
-    ranks and scales (T-LoRA's frozen SVD start equal); a tiny run trains; its export, loaded into
-    lycoris-lora's network from the same file (kohya's --network_weights), gives the U-Net's outputs and
-    torch's generator state of ours over four training forwards (each module's one module_dropout draw,
-    LoCon's dropout after it, in forward order), and lycoris-lora's kohya loader rebuilds the trained
-    layers."""
+def _lycoris_classes(modules) -> dict[str, tuple[str, int, float]]:
+    """_classes of lycoris-lora's modules."""
+    return {
+        m.lora_name: (type(m).__name__, 0, 0.0)
+        if type(m).__name__ in ("LohaModule", "LokrModule")
+        else (type(m).__name__, m.lora_dim, float(m.scale))
+        for m in modules
+    }
+
+
+# an algo=tlora network's preset file with entries of other algorithms: the transformers' feed-forwards LoKr
+# at 6, CLIP's MLP LoHa
+TLORA_WITH_OTHERS = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+
+[module_algo_map.FeedForward]
+algo = "lokr"
+dim = 6
+
+[module_algo_map.CLIPMLP]
+algo = "loha"
+"""
+MIXED_CASES = {  # network_args, the preset, the plan's kind and its blocks' kinds
+    "locon": (
+        '"algo=locon" "conv_dim=4" "module_dropout=0.3" "dropout=0.1"',
+        LOCON_WITH_TLORA,
+        "lora",
+        {"tlora"},
+    ),
+    "tlora": ('"algo=tlora" "module_dropout=0.3"', TLORA_WITH_OTHERS, "tlora", {"lokr"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIXED_CASES))
+def test_tlora_in_a_network_of_several_algorithms_trains_and_draws_as_lycoris(
+    tmp_path,
+    loader,  # noqa: F811
+    monkeypatch,
+    case,
+):
+    """A LoCon network with a preset file giving the transformers and CLIP's attention algo tlora, with the
+    network's module_dropout and dropout (LoConModule's; TLoraModule reads it only in bypass_mode), and a
+    T-LoRA network whose file gives the feed-forwards LoKr and CLIP's MLP LoHa, with module_dropout: the
+    converted plan builds lycoris-lora 4.1.3's modules on exactly its layers (LoCon's and T-LoRA's ranks and
+    scales, T-LoRA's frozen SVD start equal); a tiny run trains; its export, loaded into lycoris-lora's
+    network from the same file (kohya's --network_weights), gives the U-Net's outputs and torch's generator
+    state of ours over four training forwards (each module's one module_dropout draw, LoCon's dropout after
+    it, in forward order), and lycoris-lora's kohya loader rebuilds the trained layers."""
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
+    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
     from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
@@ -561,34 +609,31 @@ def test_tlora_entries_on_a_locon_network_train_and_draw_as_lycoris(tmp_path, lo
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
     _no_gc(monkeypatch)
-    (tmp_path / "p.toml").write_text(LOCON_WITH_TLORA, encoding="utf-8")
+    args, preset, kind, block_kinds = MIXED_CASES[case]
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     outcome = kohya(
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        '--network_args "algo=locon" "conv_dim=4" "module_dropout=0.3" "dropout=0.1" '
-        '"preset=p.toml" --learning_rate=1e-2 '
-        "--max_train_steps=2 --output_dir=out",
+        f'--network_args {args} "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 --output_dir=out',
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
-    assert adapter.kind == "lora" and {b.kind for b in adapter.blocks} == {"tlora"}
+    assert adapter.kind == kind and {b.kind for b in adapter.blocks} == block_kinds
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    from dbspec.runtime.tiny import build_pipeline
-
     base = build_pipeline("builtin:tiny-sd1")
     named, unet = nn.Module(), copy.deepcopy(base.unet)
     named.text_model = copy.deepcopy(base.text_encoder)
+    extra = dict(a.strip('"').split("=") for a in args.split())
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo="locon", conv_dim="4", module_dropout="0.3",
-        dropout="0.1",
-        preset=str(tmp_path / "p.toml"),
-    )  # fmt: skip
+        1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
+    )
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
-    assert {type(m).__name__ for m in theirs.values()} == {"LoConModule", "TLoraModule"}
+    assert "TLoraModule" in {type(m).__name__ for m in theirs.values()}
+    assert len({type(m).__name__ for m in theirs.values()}) >= 2
 
     done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
     assert done.status == "finished"
@@ -597,7 +642,7 @@ def test_tlora_entries_on_a_locon_network_train_and_draw_as_lycoris(tmp_path, lo
         **_classes(trained.unet, "lora_unet_"),
         **_classes(trained.text_encoders[0], "lora_te_text_model_"),
     }
-    assert ours == {k: (type(m).__name__, m.lora_dim, float(m.scale)) for k, m in theirs.items()}
+    assert ours == _lycoris_classes(theirs.values())
     layers = {
         **{"lora_unet_" + n.replace(".", "_"): m for n, m in trained.unet.named_modules()},
         **{

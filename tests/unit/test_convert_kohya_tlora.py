@@ -179,7 +179,26 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "DBS403",
             "sign flipped",
         ),
-        ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "DBS403", "'lokr'"),
+        ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "", ""),
+        (
+            "diag-oft entry",
+            _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n',
+            "DBS403",
+            "lora, loha, lokr, full, ia3 and glora",
+        ),
+        (
+            "entry option",
+            _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nfactor = 4\n',
+            "DBS403",
+            "kind, rank and alpha only",
+        ),
+        (
+            "entry convolution",
+            _FILE.replace('"]', '", "ResnetBlock2D"]', 1)
+            + '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+            "DBS403",
+            "Linear and 1x1 layers only",
+        ),
         (
             "sig_type",
             _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n',
@@ -191,8 +210,9 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
 def test_tlora_preset_files(tmp_path, name, text, code, words):
     """A preset file on an algo=tlora network: its targets (LyCORIS's default names, conv_in / conv_out, and
     classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
-    change nothing; another algorithm (a run of several kinds), an option TLoraModule reads (sig_type,
-    use_data_init: its SVD start) or a negative alpha (its update's sign flipped) are not expressed (DBS403)
+    change nothing; another algorithm converts (a block's kind: lora, loha, lokr, full, ia3, glora on Linear
+    and 1x1 layers, without options of their own); an option TLoraModule reads (sig_type, use_data_init: its
+    SVD start) or a negative alpha (its update's sign flipped) are not expressed (DBS403)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
@@ -237,6 +257,15 @@ def test_tlora_entries_on_another_algo_s_network_are_tlora_blocks(tmp_path, algo
     assert a.kind == {"locon": "lora"}.get(algo, algo) and a.conv_rank == 4
     ((block,),) = (a.blocks,)
     assert (block.kind, block.rank, block.alpha) == ("tlora", 6, 4.0) and "proj_in" in block.pattern
+
+
+def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):
+    """The network's options LoConModule / LokrModule read and TLoraModule does not (rank_dropout, dora_wd,
+    use_scalar, bypass_mode, ...) beside a tlora network's entries of other algorithms: DBS403 (those blocks
+    are built with their kind's defaults and the network's module_dropout only)."""
+    write(tmp_path / "p.toml", _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\n')
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rank_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
 
 
 def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):

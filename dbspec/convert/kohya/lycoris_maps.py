@@ -401,12 +401,14 @@ def _mixed_kinds(
     module does and the other kinds' modules never read (runtime/mixed_kinds.py kind_adapter; on Flux / SD3
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
-    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora"):  # DyLoRA's, GLoRA's, T-LoRA's too
         return other
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
+    if _algo(algo) == "tlora":
+        _beside_tlora(unet, network)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -452,6 +454,69 @@ def _mixed_kinds(
             False,
         )
     return [layer for layer in other if layer not in unet]
+
+
+# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank
+# and alpha; the adapter's module_dropout alone reaches them): those modules read them, TLoraModule does not
+_TLORA_NETWORK_OFF = (
+    "dropout",
+    "rank_dropout",
+    "bypass_mode",
+    "weight_decompose",
+    "use_scalar",
+    "use_tucker",
+    "rs_lora",
+    "full_matrix",
+    "unbalanced_factorization",
+    "decompose_both",
+    "constraint",
+    "rescaled",
+)
+
+
+def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
+    """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
+    T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
+    LyCORIS's create_single_module gives them conv_dim), with an option of their own, or beside a network
+    option those modules read (their defaults are built, the network's `module_dropout` alone handed on), or
+    of an algorithm whose block carries more than a rank and alpha (Diag-OFT's / BOFT's constraint, DyLoRA's
+    block size)."""
+    carried = next((layer for layer in layers if _algo(layer.algo) in (*_OFT, "dylora")), None)
+    if carried is not None:
+        raise PresetError(
+            f"`{carried.source}` gives {carried.path} algo = {carried.algo!r} on an algo=tlora network: "
+            "dbspec's T-LoRA adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora beside its "
+            "own",
+            False,
+        )
+    conv = next((layer for layer in layers if layer.kind == "conv"), None)
+    if conv is not None:
+        raise PresetError(
+            f"`{conv.source}` gives {conv.path} (a k x k convolution) algo = {conv.algo!r} on an algo=tlora "
+            "network: dbspec's T-LoRA adapter takes blocks of other kinds on Linear and 1x1 layers only",
+            False,
+        )
+    own = next((layer for layer in layers if layer.options), None)
+    if own is not None:
+        keys = ", ".join(k for k, _ in own.options)
+        raise PresetError(
+            f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {keys} on an algo=tlora network: "
+            "dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and alpha only",
+            False,
+        )
+    on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
+    if network.get("factor", -1) != -1:
+        on.append("factor")
+    if network.get("block_size", 4) != 4:
+        on.append("block_size")
+    if on:
+        first = layers[0]
+        raise PresetError(
+            f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo=tlora network with "
+            f"network_args {', '.join(on)}: dbspec's T-LoRA adapter builds its blocks of other kinds with "
+            "their defaults and the network's module_dropout only (DBS578)",
+            False,
+        )
 
 
 def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:

@@ -350,9 +350,7 @@ def _map_network(
                     rs_lora,
                     _module_options(kwargs, dropout),
                     applied,
-                    kinds=()
-                    if kind == "tlora"
-                    else MIXED_SD,  # T-LoRA: its own blocks, no other kind beside it
+                    kinds=MIXED_SD,
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                     entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
                     unet=True,  # SD 1.x/2.x, SDXL (_mixed_kinds: the network's use_tucker beside other kinds)
