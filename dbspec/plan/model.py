@@ -162,6 +162,9 @@ class BlockPlan:
     # DyLoRA: the layers' update scaled by 0 (LyCORIS's alpha buffer a file set to 0): built, drawing their
     # module_dropout, adding nothing, zero gradients
     zero_scale: bool = False
+    # T-LoRA: the weight's singular triplets the layers start from (LyCORIS's sig_type: "principal", "last",
+    # "middle"; a preset file's map entry's own)
+    sig_type: Literal["principal", "last", "middle"] = "principal"
 
 
 def denoiser_held(blocks) -> bool:

@@ -2149,6 +2149,16 @@ class TloraBlock:
     alpha: float = option(
         doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales).", exclusive_minimum=0
     )
+    sig_type: Literal["principal", "last", "middle"] = option(
+        "principal",
+        doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "
+        "`sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest singular "
+        "values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, sliced as "
+        "TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader rebuilds "
+        "the frozen start as `principal`: a file trained otherwise loads there at another update (kohya's "
+        "network from the same preset file loads it as trained).",
+        example="last",
+    )
 
 
 @frozen

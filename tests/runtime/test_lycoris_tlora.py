@@ -703,3 +703,107 @@ def test_tlora_in_a_network_of_several_algorithms_trains_and_draws_as_lycoris(
             atol=1e-4,
             msg=lyco.lora_name,
         )
+
+
+@pytest.mark.parametrize("sig_type", ["last", "middle"])
+def test_tlora_sig_type_starts_as_lycoris_tlora_module(sig_type, monkeypatch):
+    """A block's own SVD start (LyCORIS's sig_type, a preset file's map entry's): the layer's trained and
+    frozen Q, P, λ equal TLoraModule's with that sig_type bit for bit, on a Linear, a 1x1 convolution and a
+    Linear narrower than the rank (LyCORIS's slices and padding), and the start is the base model's output."""
+    from dbspec.runtime.lycoris_tlora import with_tlora
+
+    from peft import LoraConfig
+
+    _no_gc(monkeypatch)
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    own = {id(getattr(net, name)): sig_type for name in ("proj", "point", "narrow")}
+    config = with_tlora(
+        LoraConfig(r=4, lora_alpha=1.0, target_modules=["proj", "point", "narrow"]), sig_types=own
+    )
+    inject_adapter_in_model(config, net, "default")
+    x = _inputs(torch.Generator().manual_seed(1))
+    for name in x:
+        layer, reference = getattr(net, name), getattr(base, name)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=0, atol=0)
+        lyco = tlora.TLoraModule(name, reference, 1.0, 4, 1.0, sig_type=sig_type)
+        pairs = {
+            "q": (layer.lora_tlora_q, lyco.q_layer.weight),
+            "p": (layer.lora_tlora_p, lyco.p_layer.weight),
+            "lambda": (layer.lora_tlora_lambda, lyco.lambda_layer),
+            "base_q": (layer.lora_tlora_base_q, lyco.base_q),
+            "base_p": (layer.lora_tlora_base_p, lyco.base_p),
+            "base_lambda": (layer.lora_tlora_base_lambda, lyco.base_lambda),
+        }
+        for key, (ours, theirs) in pairs.items():
+            assert torch.equal(ours["default"].detach(), theirs.detach()), (name, key)
+
+
+# a preset file's entries with their own sig_type on an algo=tlora network: the feed-forwards `last` at dim 5,
+# CLIP's attention `middle`
+TLORA_SIG_TYPES = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.FeedForward]
+sig_type = "last"
+dim = 5
+
+[module_algo_map.CLIPAttention]
+sig_type = "middle"
+"""
+
+
+def test_tlora_entries_own_sig_type_start_as_lycoris(tmp_path, monkeypatch):
+    """lycoris-lora 4.1.3's create_network from a preset file whose entries give their own sig_type: the
+    converted plan's blocks start each layer from the same singular triplets (trained and frozen, to 1e-5)."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(TLORA_SIG_TYPES, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=tlora" "preset=p.toml" --max_train_steps=2 --output_dir=out',
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert {b.sig_type for b in (*adapter.blocks, *adapter.text_encoder_blocks)} == {"last", "middle"}
+    pipe = build_pipeline("builtin:tiny-sd1")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
+    )
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert {m.sig_type for m in theirs.values()} == {"principal", "last", "middle"}
+    add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {}
+    for prefix, model in (("lora_unet_", pipe.unet), ("lora_te_text_model_", pipe.text_encoder)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, TloraLayer):
+                ours[prefix + name.replace(".", "_")] = layer
+    assert sorted(ours) == sorted(theirs)
+    for key, lyco in theirs.items():
+        layer = ours[key]
+        assert (layer.tlora_sig_type, layer.r["default"]) == (lyco.sig_type, lyco.lora_dim), key
+        for ours_t, theirs_t in (
+            (layer.lora_tlora_q, lyco.q_layer.weight),
+            (layer.lora_tlora_lambda, lyco.lambda_layer),
+            (layer.lora_tlora_base_p, lyco.base_p),
+        ):
+            torch.testing.assert_close(ours_t["default"].detach(), theirs_t.detach(), rtol=1e-5, atol=1e-5)

@@ -199,11 +199,18 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "DBS403",
             "Linear and 1x1 layers only",
         ),
+        ("sig_type", _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n', "", ""),
         (
-            "sig_type",
-            _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n',
+            "unknown sig_type",
+            _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "first"\n',
+            "DBS402",
+            "unknown sig_type",
+        ),
+        (
+            "random start",
+            _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n",
             "DBS403",
-            "sig_type",
+            "use_data_init",
         ),
     ],
 )
@@ -211,8 +218,9 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
     """A preset file on an algo=tlora network: its targets (LyCORIS's default names, conv_in / conv_out, and
     classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
     change nothing; another algorithm converts (a block's kind: lora, loha, lokr, full, ia3, glora on Linear
-    and 1x1 layers, without options of their own); an option TLoraModule reads (sig_type, use_data_init: its
-    SVD start) or a negative alpha (its update's sign flipped) are not expressed (DBS403)
+    and 1x1 layers, without options of their own), an entry's own sig_type to its block's (one TLoraModule
+    does not know stops kohya, DBS402); use_data_init = false (a random start) or a negative alpha (its
+    update's sign flipped) are not expressed (DBS403)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')

@@ -143,6 +143,8 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
         return _number(value) and float(value) == network[key]
     if key == "block_size":  # DyLoraModule's range(lora_dim // block_size): an int (others: _dylora_own)
         return type(value) is int and value == network[key]
+    if key == "sig_type":  # TLoraModule compares it with its three names
+        return value == network[key]
     if key == "factor":
         try:
             return int(value) == network[key]
@@ -211,6 +213,8 @@ def check_layers(
             own = (*own, *_dylora_own(layer, network))
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
+        if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
+            own = (*own, *_tlora_own(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -313,6 +317,22 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
             "create_network builds it",
             True,
         )
+
+
+_SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
+
+
+def _tlora_own(layer: Layer) -> tuple[str, ...]:
+    """The keys of a T-LoRA network's entry its block carries (`sig_type`); PresetError (DBS402) for a value
+    TLoraModule cannot start from: _initialize_from_svd raises ValueError (unknown sig_type)."""
+    value = dict(layer.options).get("sig_type", "principal")
+    if not (isinstance(value, str) and value in _SIG_TYPES):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) sig_type = {value!r}: LyCORIS's "
+            f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
+            True,
+        )
+    return ("sig_type",)
 
 
 def _tlora_kxk(layer: Layer, algo: str) -> None:
@@ -618,6 +638,9 @@ def _blocks(
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
+        if _algo(group[0].algo) == "tlora" == _algo(algo):  # its own SVD start (_tlora_own)
+            sig_type = dict(group[0].options).get("sig_type", "principal")
+            switches.update({"sig_type": sig_type} if sig_type != "principal" else {})
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue

@@ -229,6 +229,8 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     # Diag-OFT / BOFT (create_network's `float(kwargs.get("constraint", None) or 0)` and str_bool)
     out["constraint"] = _rate(kwargs.get("constraint") or 0.0)
     out["rescaled"] = _str_bool(kwargs.get("rescaled", "false"))
+    # T-LoRA: create_network hands TLoraModule neither, which starts from its defaults (the principal SVD)
+    out["sig_type"], out["use_data_init"] = "principal", True
     try:  # DyLoRA (create_network's `int(kwargs.get("block_size", None) or 4)`)
         out["block_size"] = int(kwargs.get("block_size") or 4)
     except (TypeError, ValueError):
