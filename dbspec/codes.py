@@ -3100,6 +3100,19 @@ TLoraModule starts a fused Linear from one SVD of its stacked weight, which dbsp
 diffusers layer) does not build.""",
         help="give those layers another kind, or train on SD 1.x/2.x or SDXL",
     ),
+    # a T-LoRA block's own bypass beside the adapter's dropout: DBS605.
+    Code(
+        "DBS605",
+        ERROR,
+        "A T-LoRA block's own bypass beside the adapter's dropout",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` `bypass` on a `kind = "tlora"` adapter (a preset
+file's map entry's own `bypass_mode`) with `adapter.dropout`: LyCORIS's TLoraModule applies its dropout in
+its bypass forward only, so the block's layers would drop where the others do not (or the reverse); dbspec's
+T-LoRA drops on every layer in the adapter's mode. Without the dropout both forwards compute the same
+update.""",
+        help="remove adapter.dropout, or the block's bypass",
+    ),
     Code(
         "DBS606",
         WARNING,

@@ -193,6 +193,7 @@ def add_lora(
         from dbspec.runtime.mixed_kinds import add_mixed  # blocks of other kinds: one config per kind
 
         add_mixed(module, adapter, targets, seed, add_lora, "" if conv else component)
+        _tlora_bypass(module, adapter, "" if conv else component)
         return
     from dbspec.runtime.mixed_kinds import own_bypass, set_block_bypass
 
@@ -205,6 +206,15 @@ def add_lora(
         set_block_bypass(module, adapter, "" if conv else component)
         return
     _add_one_kind(module, adapter, targets, seed, conv, component)
+    _tlora_bypass(module, adapter, "" if conv else component)
+
+
+def _tlora_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: str) -> None:
+    """A tlora adapter's blocks' own bypass_mode (LyCORIS map entries'): runtime/lycoris_tlora.py."""
+    if adapter.kind == "tlora":
+        from dbspec.runtime.lycoris_tlora import set_tlora_bypass
+
+        set_tlora_bypass(module, adapter, component)
 
 
 def blocks_of_kind(adapter: AdapterPlan, denoiser: bool) -> tuple:

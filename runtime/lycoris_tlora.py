@@ -215,3 +215,26 @@ def is_tlora(config) -> bool:
 
 def has_tlora(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_tlora_q" in key for key in state)
+
+
+def set_tlora_bypass(module: nn.Module, adapter, component: str = "") -> int:
+    """Each T-LoRA layer of a tlora adapter's `module` (the denoiser; a text encoder, `component` named) in
+    the LyCORIS bypass_mode of its block (the first whose pattern matches it: its settled `bypass`, a preset
+    entry's own), else the adapter's, where some block's differs (TLoraModule reads its entry's bypass_mode
+    over the network's). How many layers run the bypass forward."""
+    from dbspec.runtime.blocks import block_of
+    from dbspec.runtime.exports import clip_path
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.bypass not in (None, adapter.bypass) for b in blocks if b.kind in ("adapter", "tlora")):
+        return 0
+    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
+    count = 0
+    for path, layer in module.named_modules():
+        if not isinstance(layer, TloraLayer):
+            continue
+        block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
+        own = block is not None and block.kind in ("adapter", "tlora") and block.bypass is not None
+        layer.tlora_bypass = block.bypass if own else adapter.bypass
+        count += layer.tlora_bypass
+    return count

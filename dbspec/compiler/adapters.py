@@ -266,7 +266,12 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 def _tlora_block(block) -> BlockPlan:
     kind = "adapter" if block.kind == "tlora" else block.kind  # a LyCORIS map entry's other algorithm
     return BlockPlan(
-        pattern=block.pattern, kind=kind, rank=block.rank, alpha=block.alpha, sig_type=block.sig_type
+        pattern=block.pattern,
+        kind=kind,
+        rank=block.rank,
+        alpha=block.alpha,
+        sig_type=block.sig_type,
+        bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 
 

@@ -3207,7 +3207,29 @@ def own_bypass_fits(adapter: str, block: str) -> bool:
     its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
     lora, loha, lokr, dylora or glora adapter's or a diag-oft, boft or dylora adapter's own
     (runtime/mixed_kinds.py set_block_bypass)."""
-    return (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
+    own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks (DBS605)
+    return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
+
+
+@rule("spec")
+def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's own `bypass` beside the adapter's `dropout`, which LyCORIS's TLoraModule applies in
+    its bypass forward only, on the blocks' layers and not the others': not expressed (DBS605)."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora" or not a.dropout:
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table)):
+            if block.bypass != "adapter" and block.kind in ("adapter", "tlora"):
+                yield _err(
+                    "DBS605",
+                    ("adapter", table, i, "bypass"),
+                    f'adapter.{table}[{i}].bypass = "{block.bypass}" with adapter.dropout = {a.dropout:g}: '
+                    "LyCORIS's T-LoRA drops in its bypass forward only, so the block's layers would drop "
+                    "where the adapter's do not (or the reverse), which dbspec does not build",
+                    codes.help("DBS605"),
+                )
+                return
 
 
 @rule("spec")

@@ -2159,6 +2159,14 @@ class TloraBlock:
         "network from the same preset file loads it as trained).",
         example="last",
     )
+    bypass: BlockSwitch = option(
+        "adapter",
+        doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "
+        "file's map entry's own): `on` TLoraModule's bypass forward (the update on activations), `off` its "
+        "default one, `adapter` the adapter's. The same update up to rounding; not with the adapter's "
+        "`dropout`, which LyCORIS applies in the bypass forward only (DBS605).",
+        example="on",
+    )
 
 
 @frozen

@@ -741,8 +741,8 @@ def test_tlora_sig_type_starts_as_lycoris_tlora_module(sig_type, monkeypatch):
             assert torch.equal(ours["default"].detach(), theirs.detach()), (name, key)
 
 
-# a preset file's entries with their own sig_type on an algo=tlora network: the feed-forwards `last` at dim 5,
-# CLIP's attention `middle`
+# a preset file's entries with their own sig_type on an algo=tlora network: the feed-forwards `last` at dim 5
+# in bypass_mode, CLIP's attention `middle`
 TLORA_SIG_TYPES = """\
 unet_target_module = ["Transformer2DModel"]
 unet_target_name = []
@@ -751,15 +751,17 @@ text_encoder_target_module = ["CLIPAttention"]
 [module_algo_map.FeedForward]
 sig_type = "last"
 dim = 5
+bypass_mode = true
 
 [module_algo_map.CLIPAttention]
 sig_type = "middle"
 """
 
 
-def test_tlora_entries_own_sig_type_start_as_lycoris(tmp_path, monkeypatch):
-    """lycoris-lora 4.1.3's create_network from a preset file whose entries give their own sig_type: the
-    converted plan's blocks start each layer from the same singular triplets (trained and frozen, to 1e-5)."""
+def test_tlora_entries_own_sig_type_and_bypass_as_lycoris(tmp_path, monkeypatch):
+    """lycoris-lora 4.1.3's create_network from a preset file whose entries give their own sig_type and
+    bypass_mode: the converted plan's blocks start each layer from the same singular triplets (trained and
+    frozen, to 1e-5), in the same forward (bypass or default) as its TLoraModule."""
     from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.lycoris_tlora import TloraLayer
     from dbspec.runtime.tiny import build_pipeline
@@ -790,6 +792,7 @@ def test_tlora_entries_own_sig_type_start_as_lycoris(tmp_path, monkeypatch):
     )
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
     assert {m.sig_type for m in theirs.values()} == {"principal", "last", "middle"}
+    assert {bool(m.bypass_mode) for m in theirs.values()} == {True, False}
     add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
     add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
     ours = {}
@@ -801,6 +804,7 @@ def test_tlora_entries_own_sig_type_start_as_lycoris(tmp_path, monkeypatch):
     for key, lyco in theirs.items():
         layer = ours[key]
         assert (layer.tlora_sig_type, layer.r["default"]) == (lyco.sig_type, lyco.lora_dim), key
+        assert layer.tlora_bypass == bool(lyco.bypass_mode), key
         for ours_t, theirs_t in (
             (layer.lora_tlora_q, lyco.q_layer.weight),
             (layer.lora_tlora_lambda, lyco.lambda_layer),

@@ -206,6 +206,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "DBS402",
             "unknown sig_type",
         ),
+        ("own bypass_mode", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n", "", ""),
         (
             "random start",
             _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n",
@@ -265,6 +266,21 @@ def test_tlora_entries_on_another_algo_s_network_are_tlora_blocks(tmp_path, algo
     assert a.kind == {"locon": "lora"}.get(algo, algo) and a.conv_rank == 4
     ((block,),) = (a.blocks,)
     assert (block.kind, block.rank, block.alpha) == ("tlora", 6, 4.0) and "proj_in" in block.pattern
+
+
+def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
+    """An entry's own bypass_mode on a tlora network: its block's `bypass` (TLoraModule's bypass forward on
+    those layers alone); beside the network's dropout, which TLoraModule applies in bypass_mode only, it is
+    not expressed (DBS403)."""
+    write(tmp_path / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.bypass is False and [b.bypass for b in a.blocks] == [True]
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
+    outcome = _lycoris(tmp_path / "d", '"algo=tlora", "preset=p.toml", "dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "DBS605" in messages(outcome, "DBS403")
 
 
 def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):

@@ -575,6 +575,18 @@ CASES = [
         [("DBS603", "warning", ("adapter", "dropout"))],
         '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
+    (  # a T-LoRA block's own bypass beside the adapter's dropout (LyCORIS drops in bypass_mode only)
+        rules.tlora_block_bypass_dropout,
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        + DOG
+        + STEPS,
+        [("DBS605", "error", ("adapter", "blocks", 0, "bypass"))],
+        '[adapter]\nkind = "tlora"\nbypass = true\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        + DOG
+        + STEPS,
+    ),
     (  # T-LoRA blocks beside another kind: SD 1.x/2.x and SDXL only
         rules.tlora_blocks_on_unets,
         'family = "flux"\n'

@@ -214,7 +214,7 @@ def check_layers(
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer))
+            own = (*own, *_tlora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -322,17 +322,31 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer) -> tuple[str, ...]:
-    """The keys of a T-LoRA network's entry its block carries (`sig_type`); PresetError (DBS402) for a value
-    TLoraModule cannot start from: _initialize_from_svd raises ValueError (unknown sig_type)."""
-    value = dict(layer.options).get("sig_type", "principal")
+def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a T-LoRA network's entry its block carries (`sig_type`, `bypass_mode`: its `bypass`);
+    PresetError (DBS402) for a sig_type TLoraModule cannot start from (_initialize_from_svd raises
+    ValueError), and for an own bypass_mode beside the network's dropout, which TLoraModule applies in its
+    bypass forward only (not expressed: spec DBS605)."""
+    options = dict(layer.options)
+    if (
+        "bypass_mode" in options
+        and bool(options["bypass_mode"]) != network["bypass_mode"]
+        and network["dropout"]
+    ):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
+            f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
+            "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
+            False,
+        )
+    value = options.get("sig_type", "principal")
     if not (isinstance(value, str) and value in _SIG_TYPES):
         raise PresetError(
             f"`{layer.source}` hands its layers (e.g. {layer.path}) sig_type = {value!r}: LyCORIS's "
             f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
             True,
         )
-    return ("sig_type",)
+    return ("sig_type", "bypass_mode")
 
 
 def _tlora_kxk(layer: Layer, algo: str) -> None:
@@ -639,8 +653,11 @@ def _blocks(
             # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
         if _algo(group[0].algo) == "tlora" == _algo(algo):  # its own SVD start (_tlora_own)
-            sig_type = dict(group[0].options).get("sig_type", "principal")
+            entry = dict(group[0].options)
+            sig_type = entry.get("sig_type", "principal")
             switches.update({"sig_type": sig_type} if sig_type != "principal" else {})
+            if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
+                switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
