@@ -211,7 +211,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "random start",
             _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n",
             "DBS403",
-            "use_data_init",
+            "torch.normal",
         ),
     ],
 )

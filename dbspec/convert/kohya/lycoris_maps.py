@@ -339,6 +339,14 @@ def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
             "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
             False,
         )
+    if not options.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) use_data_init = "
+            f"{options['use_data_init']!r}: TLoraModule then starts from the SVD of a torch.normal matrix "
+            "drawn from torch's global generator while kohya builds the network, a start no later load "
+            "rebuilds (LyCORIS's file loader recomputes a data start), which dbspec does not build",
+            False,
+        )
     value = options.get("sig_type", "principal")
     if not (isinstance(value, str) and value in _SIG_TYPES):
         raise PresetError(
@@ -346,7 +354,7 @@ def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
             f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
             True,
         )
-    return ("sig_type", "bypass_mode")
+    return ("sig_type", "bypass_mode", "use_data_init")
 
 
 def _tlora_kxk(layer: Layer, algo: str) -> None:
