@@ -2739,10 +2739,11 @@ with kohya's Flux / SD3 layout.""",
         """\
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with their own `kind` (a LyCORIS preset file's
 `module_algo_map` / `name_algo_map` entries with another `algo`) train LoRA/LoCon, LoHa or LoKr layers
-(also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA, `kind = "full"` / `"ia3"` / `"diag-oft"` /
-`"boft"` / `"glora"` / `"dylora"`, a DyLoRA block with its own `unit`)
+(also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA, DyLoRA and T-LoRA, `kind = "full"` / `"ia3"` /
+`"diag-oft"` / `"boft"` / `"glora"` / `"dylora"` / `"tlora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha, lokr or dylora, LyCORIS's DyLoRA network with entries of other
-algorithms) in one run, each kind's layers with the adapter's rank,
+algorithms; a tlora adapter with blocks of kind lora, loha, lokr, full, ia3 or glora, without its `bypass`
+or `max_norm`) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
@@ -3089,6 +3090,32 @@ combine.""",
 bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with no dropout, so it
 changes nothing (the plan says 0). `module_dropout` acts in both.""",
         help="set adapter.bypass = true, or remove the dropout",
+    ),
+    # [[adapter.blocks]] of kind tlora outside the SD 1.x/2.x / SDXL U-Nets: DBS604.
+    Code(
+        "DBS604",
+        ERROR,
+        "T-LoRA blocks beside another kind on a transformer family",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with `kind = "tlora"` (LyCORIS's T-LoRA beside the
+adapter's kind: a preset file's `algo = "tlora"` entries on another algo's network) train on SD 1.x/2.x and
+SDXL, whose LyCORIS export and reload dbspec checks against lycoris-lora. On Flux, SD3 and Chroma kohya's
+TLoraModule starts a fused Linear from one SVD of its stacked weight, which dbspec's T-LoRA (one SVD per
+diffusers layer) does not build.""",
+        help="give those layers another kind, or train on SD 1.x/2.x or SDXL",
+    ),
+    # a T-LoRA block's own bypass beside the adapter's dropout: DBS605.
+    Code(
+        "DBS605",
+        ERROR,
+        "A T-LoRA block's own bypass beside the adapter's dropout",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` `bypass` on a `kind = "tlora"` adapter (a preset
+file's map entry's own `bypass_mode`) with `adapter.dropout`: LyCORIS's TLoraModule applies its dropout in
+its bypass forward only, so the block's layers would drop where the others do not (or the reverse); dbspec's
+T-LoRA drops on every layer in the adapter's mode. Without the dropout both forwards compute the same
+update.""",
+        help="remove adapter.dropout, or the block's bypass",
     ),
     Code(
         "DBS606",

@@ -193,6 +193,7 @@ def add_lora(
         from dbspec.runtime.mixed_kinds import add_mixed  # blocks of other kinds: one config per kind
 
         add_mixed(module, adapter, targets, seed, add_lora, "" if conv else component)
+        _tlora_bypass(module, adapter, "" if conv else component)
         return
     from dbspec.runtime.mixed_kinds import own_bypass, set_block_bypass
 
@@ -205,6 +206,20 @@ def add_lora(
         set_block_bypass(module, adapter, "" if conv else component)
         return
     _add_one_kind(module, adapter, targets, seed, conv, component)
+    _tlora_bypass(module, adapter, "" if conv else component)
+
+
+def _tlora_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: str) -> None:
+    """A tlora adapter's blocks' own bypass_mode (LyCORIS map entries'): runtime/lycoris_tlora.py."""
+    if adapter.kind == "tlora":
+        from dbspec.runtime.lycoris_tlora import set_tlora_bypass
+
+        set_tlora_bypass(module, adapter, component)
+
+
+def blocks_of_kind(adapter: AdapterPlan, denoiser: bool) -> tuple:
+    """The denoiser's blocks, else the text encoders'."""
+    return adapter.blocks if denoiser else adapter.text_encoder_blocks
 
 
 def _add_one_kind(
@@ -230,6 +245,13 @@ def _add_one_kind(
             zeros = block_zero_scales(module, config.target_modules, adapter, "" if conv else component)
             if units or zeros:
                 config = with_units(config, adapter, units, zeros)
+        if adapter.kind == "tlora" and any(b.sig_type != "principal" for b in blocks_of_kind(adapter, conv)):
+            from dbspec.runtime.blocks import block_sig_types
+            from dbspec.runtime.lycoris_tlora import with_tlora
+
+            # blocks' own SVD starts (LyCORIS map entries' sig_type)
+            own = block_sig_types(module, config.target_modules, adapter, "" if conv else component)
+            config = with_tlora(config, bypass=adapter.bypass, dropout=adapter.bypass_dropout, sig_types=own)
         if adapter.kind in ("diag-oft", "boft") and adapter.oft_form == "lycoris":  # blocks' own rescales
             from dbspec.runtime.blocks import block_rescaled
             from dbspec.runtime.lycoris_oft import with_oft

@@ -147,6 +147,17 @@ def block_rescaled(module: torch.nn.Module, targets, adapter: AdapterPlan, compo
     }
 
 
+def block_sig_types(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
+    """{id(layer): sig_type} of the T-LoRA layers whose block sets its own SVD start (LyCORIS's map entries'
+    `sig_type`)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return {
+        id(layer): block.sig_type
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and block.sig_type != "principal"
+    }
+
+
 def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
     """{id(layer): unit} of the DyLoRA layers whose block sets its own ranks per block (LyCORIS's map
     entries' `block_size`)."""

@@ -42,12 +42,21 @@ _LYCORIS_NAMES = {
 }
 
 
-def svd_start(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TLoraModule._initialize_from_svd (principal, use_data_init): (Q, P, λ) of the weight's first `rank`
-    singular triplets, as 2-D (rank, in), (out, rank) and (1, rank) float32 tensors."""
+def svd_start(
+    weight: torch.Tensor, rank: int, sig_type: str = "principal"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TLoraModule._initialize_from_svd (use_data_init): (Q, P, λ) of the weight's first `rank` singular
+    triplets (`sig_type` "principal"), its last (`last`) or those from (min(out, in) - rank) // 2 on
+    (`middle`, sliced as LyCORIS slices), as 2-D (rank, in), (out, rank) and (1, rank) float32 tensors."""
     flat = weight.detach().float().reshape(weight.shape[0], -1)
     u, s, vh = torch.linalg.svd(flat, full_matrices=False)
-    q, p, lam = vh[:rank], u[:, :rank], s[:rank]
+    if sig_type == "last":
+        q, p, lam = vh[-rank:], u[:, -rank:], s[-rank:]
+    elif sig_type == "middle":
+        q_at, p_at, s_at = ((n - rank) // 2 for n in (vh.shape[0], u.shape[1], s.shape[0]))
+        q, p, lam = vh[q_at : q_at + rank], u[:, p_at : p_at + rank], s[s_at : s_at + rank]
+    else:
+        q, p, lam = vh[:rank], u[:, :rank], s[:rank]
     if q.shape[0] < rank:  # LyCORIS pads the missing ranks: zero vectors, singular values 1e-6
         pad = rank - q.shape[0]
         q, p, lam = F.pad(q, (0, 0, 0, pad)), F.pad(p, (0, pad)), F.pad(lam, (0, pad), value=1e-6)
@@ -72,12 +81,15 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         lora_alpha: float = 1.0,
         bypass: bool = False,
         dropout: float = 0.0,
+        sig_types: dict | None = None,
         **kw,
     ):
         super().__init__()
         LoraLayer.__init__(self, base_layer)
         # LyCORIS bypass_mode (plan.adapter.bypass) and its dropout (plan.adapter.bypass_dropout)
         self.tlora_bypass, self.tlora_dropout = bypass, dropout
+        # the SVD start (LyCORIS's sig_type) of a block that sets its own: {id(base layer): sig_type}
+        self.tlora_sig_type = (sig_types or {}).get(id(self.get_base_layer()), "principal")
         for part in _TRAINED:
             setattr(self, part, nn.ParameterDict())
         for part in _BASE:
@@ -99,7 +111,7 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.scaling[adapter_name] = alpha / r
-        q, p, lam = svd_start(base.weight, r)
+        q, p, lam = svd_start(base.weight, r, self.tlora_sig_type)
         if isinstance(base, nn.Conv2d):
             q, p = q.reshape(*q.shape, 1, 1), p.reshape(*p.shape, 1, 1)
         for part, value in zip(_TRAINED, (q, p, lam)):
@@ -181,7 +193,8 @@ def dispatch_tlora(target: nn.Module, adapter_name: str, config, options=None, *
 
 
 def with_tlora(config, **options: Any):
-    """`config` building TloraLayer; `options`: its switches (bypass, dropout)."""
+    """`config` building TloraLayer; `options`: its switches (bypass, dropout; sig_types: {id(base layer):
+    LyCORIS's sig_type} of the layers whose block sets its own)."""
     dispatch = partial(dispatch_tlora, options=options)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
@@ -202,3 +215,26 @@ def is_tlora(config) -> bool:
 
 def has_tlora(state: dict[str, torch.Tensor]) -> bool:
     return any(".lora_tlora_q" in key for key in state)
+
+
+def set_tlora_bypass(module: nn.Module, adapter, component: str = "") -> int:
+    """Each T-LoRA layer of a tlora adapter's `module` (the denoiser; a text encoder, `component` named) in
+    the LyCORIS bypass_mode of its block (the first whose pattern matches it: its settled `bypass`, a preset
+    entry's own), else the adapter's, where some block's differs (TLoraModule reads its entry's bypass_mode
+    over the network's). How many layers run the bypass forward."""
+    from dbspec.runtime.blocks import block_of
+    from dbspec.runtime.exports import clip_path
+
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    if not any(b.bypass not in (None, adapter.bypass) for b in blocks if b.kind in ("adapter", "tlora")):
+        return 0
+    text_path = (lambda p: p) if type(module).__name__.startswith("T5") else clip_path
+    count = 0
+    for path, layer in module.named_modules():
+        if not isinstance(layer, TloraLayer):
+            continue
+        block = block_of(blocks, f"{component}.{text_path(path)}" if component else path)
+        own = block is not None and block.kind in ("adapter", "tlora") and block.bypass is not None
+        layer.tlora_bypass = block.bypass if own else adapter.bypass
+        count += layer.tlora_bypass
+    return count

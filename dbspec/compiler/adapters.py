@@ -256,6 +256,22 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
+        # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
+        # another kind's layers (runtime/mixed_kinds.py)
+        blocks=tuple(_tlora_block(b) for b in adapter.blocks),
+        text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
+    )
+
+
+def _tlora_block(block) -> BlockPlan:
+    kind = "adapter" if block.kind == "tlora" else block.kind  # a LyCORIS map entry's other algorithm
+    return BlockPlan(
+        pattern=block.pattern,
+        kind=kind,
+        rank=block.rank,
+        alpha=block.alpha,
+        sig_type=block.sig_type,
+        bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 
 
@@ -628,7 +644,8 @@ def adapter_params(
         blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module sizes: the largest bounds it
         return _at_rank(public, components, max([adapter.block_size, *(b.block_size for b in blocks)]) + 1)
     if adapter.kind == "tlora":  # q, p and the rank singular values: LoRA's count at rank + 1 bounds it
-        return _at_rank(public, components, adapter.rank + 1)
+        blocks = [*adapter.blocks, *adapter.text_encoder_blocks]  # per-module ranks: the largest bounds it
+        return _at_rank(public, components, max([adapter.rank, *(b.rank for b in blocks)]) + 1)
     if adapter.kind == "ia3":  # one scale per channel: LoRA's count at rank 1 bounds it
         return _at_rank(public, components, 1)
     out: dict[str, int] = {}

@@ -3207,7 +3207,29 @@ def own_bypass_fits(adapter: str, block: str) -> bool:
     its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
     lora, loha, lokr, dylora or glora adapter's or a diag-oft, boft or dylora adapter's own
     (runtime/mixed_kinds.py set_block_bypass)."""
-    return (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
+    own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks (DBS605)
+    return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
+
+
+@rule("spec")
+def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's own `bypass` beside the adapter's `dropout`, which LyCORIS's TLoraModule applies in
+    its bypass forward only, on the blocks' layers and not the others': not expressed (DBS605)."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora" or not a.dropout:
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table)):
+            if block.bypass != "adapter" and block.kind in ("adapter", "tlora"):
+                yield _err(
+                    "DBS605",
+                    ("adapter", table, i, "bypass"),
+                    f'adapter.{table}[{i}].bypass = "{block.bypass}" with adapter.dropout = {a.dropout:g}: '
+                    "LyCORIS's T-LoRA drops in its bypass forward only, so the block's layers would drop "
+                    "where the adapter's do not (or the reverse), which dbspec does not build",
+                    codes.help("DBS605"),
+                )
+                return
 
 
 @rule("spec")
@@ -3326,12 +3348,16 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr", "dylora", "glora"):
+    beside_tlora = ("lora", "loha", "lokr", "full", "ia3", "glora")  # spec TloraBlock: a rank and alpha
+    if own not in ("lora", "loha", "lokr", "dylora", "glora", "tlora") or (
+        own == "tlora" and block.kind not in beside_tlora
+    ):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora or glora",
+            "one run on adapters of kind lora, loha, lokr, dylora or glora, and on tlora adapters with "
+            "blocks of kind lora, loha, lokr, full, ia3 or glora",
             codes.help("DBS578"),
         )
         return
@@ -3355,14 +3381,16 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     kept += ("dora",)
     # max_norm: LyCORIS's, each kind's layers scaled by their own module's apply_max_norm (runtime/max_norm.py
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
-    if own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris":
+    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora":
         kept += ("max_norm",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own == "glora" else {})}
+    # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
+    # from their kind's defaults): not expressed beside other kinds
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
@@ -3377,6 +3405,29 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
 
 _FLOAT_KINDS = {"full": "trains a copy of", "ia3": "scales", "diag-oft": "rotates", "boft": "rotates"}
 _FLOAT_KINDS["glora"] = "multiplies"
+_FLOAT_KINDS["tlora"] = "starts from the SVD of"
+
+
+@rule("spec")
+def tlora_blocks_on_unets(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Blocks of kind tlora (runtime/lycoris_tlora.py beside another kind's layers) on SD 1.x/2.x and SDXL
+    only (DBS604; silent for family = "auto": the compiler runs it again with the detected family)."""
+    family = FAMILIES.get(spec.model.family)
+    if family is None or family.denoiser == "unet":
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(spec.adapter, table, ())):
+            kind = getattr(block, "kind", "adapter")
+            if kind not in ("adapter", spec.adapter.kind) and "tlora" in (kind, spec.adapter.kind):
+                yield _err(
+                    "DBS604",
+                    ("adapter", table, i, "kind"),
+                    f'adapter.{table}[{i}].kind = "{kind}" on a {spec.adapter.kind} adapter on '
+                    f"{family.title}: dbspec trains T-LoRA beside other kinds on SD 1.x/2.x and SDXL "
+                    "(kohya's TLoraModule on a fused Linear starts from one SVD of its stacked weight)",
+                    codes.help("DBS604"),
+                )
+                return
 
 
 @rule("spec")

@@ -398,6 +398,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a DyLoRA block scaled by 0 (a file's alpha 0 with module_dropout), added since (refused then)
         ("adapter", "blocks", "*", "zero_scale"): False,
         ("adapter", "text_encoder_blocks", "*", "zero_scale"): False,
+        # a T-LoRA block's own SVD start (LyCORIS's sig_type), added since (the principal one then)
+        ("adapter", "blocks", "*", "sig_type"): "principal",
+        ("adapter", "text_encoder_blocks", "*", "sig_type"): "principal",
         # the norm offsets' own rank dropout, added since: they drew the adapter's rank_dropout then
         ("adapter", "norm_rank_dropout"): lambda run: _legacy_norm_rank_dropout(run["adapter"]),
     },

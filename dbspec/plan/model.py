@@ -113,10 +113,11 @@ class BlockPlan:
     # the matched layers' algorithm in place of the adapter's kind (LyCORIS preset maps' `algo`): "adapter"
     # (the adapter's), "lora", "loha", "lokr", "full", "ia3" (LyCORIS's full algo, IA^3: the rank only
     # switches them on), "diag-oft", "boft" (the rank its block-size hint, the alpha its constraint), "glora",
-    # "dylora" (LyCORIS's DyLoraModule, the rank in blocks of `unit`)
-    kind: Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"] = (
-        "adapter"
-    )
+    # "dylora" (LyCORIS's DyLoraModule, the rank in blocks of `unit`), "tlora" (LyCORIS's TLoraModule: each
+    # layer's SVD start at the rank)
+    kind: Literal[
+        "adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
+    ] = "adapter"
     rank: int
     alpha: float
     conv_rank: int = 0
@@ -161,6 +162,9 @@ class BlockPlan:
     # DyLoRA: the layers' update scaled by 0 (LyCORIS's alpha buffer a file set to 0): built, drawing their
     # module_dropout, adding nothing, zero gradients
     zero_scale: bool = False
+    # T-LoRA: the weight's singular triplets the layers start from (LyCORIS's sig_type: "principal", "last",
+    # "middle"; a preset file's map entry's own)
+    sig_type: Literal["principal", "last", "middle"] = "principal"
 
 
 def denoiser_held(blocks) -> bool:

@@ -814,6 +814,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + _block_rate(block)
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
                 + (", update scaled by 0 (its module_dropout drawn)" if block.zero_scale else "")
+                + (f", SVD start {block.sig_type}" if block.sig_type != "principal" else "")
                 + _block_factor(block, a),
             )
         )
@@ -823,6 +824,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"  text-encoder block /{block.pattern}/",
                 f"rank {block.rank} alpha {block.alpha:g}"
                 + (f", {_block_rate(block)}" if block.lr or block.lr_scale != 1.0 else "")
+                + (f", SVD start {block.sig_type}" if block.sig_type != "principal" else "")
                 + _block_factor(block, a),
             )
         )

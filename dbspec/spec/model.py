@@ -486,7 +486,9 @@ def _block_factor():
 BlockSwitch = Literal["adapter", "on", "off"]
 # the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
 _RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
-BlockKind = Literal["adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora"]
+BlockKind = Literal[
+    "adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
+]
 
 
 def _block_scalar():
@@ -634,7 +636,8 @@ class AdapterBlock:
         "output channel; their rank only switches them on; `diag-oft`: LyCORIS's Diag-OFT, the rank its "
         "block-size hint and the alpha its constraint, `boft` alike; `glora`: LyCORIS's GLoRA, both pairs at "
         "the rank; `dylora`: LyCORIS's DyLoRA, the rank in blocks of the block's `unit`, one block drawn per "
-        "layer and step); "
+        "layer and step; `tlora`: LyCORIS's T-LoRA, each matched Linear / 1x1 layer started from its "
+        "weight's SVD at the rank, on SD 1.x/2.x and SDXL); "
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
@@ -2114,6 +2117,59 @@ class DyloraAdapter:
 
 
 @frozen
+class TloraBlock:
+    """Rank and alpha of the T-LoRA layers one pattern names (a LyCORIS preset file's `module_algo_map` /
+    `name_algo_map` entries with algo tlora and their own dim / alpha on an algo=tlora network): each such
+    layer starts from its own weight's SVD at its own rank."""
+
+    pattern: str = option(
+        doc="Python regular expression searched in each adapted module's path: the denoiser's diffusers "
+        "names in `[[adapter.blocks]]` (e.g. `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`), "
+        "`<component>.<module path>` in `[[adapter.text_encoder_blocks]]` (CLIP paths with their "
+        "`text_model.` level, e.g. `text_encoder.text_model.encoder.layers.0.self_attn.q_proj`); the first "
+        "block whose pattern matches a module sets its rank and alpha.",
+        example="^down_blocks\\.0\\.",
+    )
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (T-LoRA), or `lora`, `loha`, `lokr`, `full`, "
+        "`ia3`, `glora` in its place on their Linear and 1x1 layers (a LyCORIS "
+        "preset file's `module_algo_map` / `name_algo_map` entry's `algo` on an `algo=tlora` network, SD "
+        "1.x/2.x and SDXL), as `[[adapter.blocks]]` `kind`, built with that kind's defaults and the "
+        "adapter's `module_dropout`.",
+        example="lokr",
+    )
+    rank: int = option(
+        doc="Rank of the matched T-LoRA layers: the number of their weight's first singular triplets the "
+        "layer starts from and trains (LyCORIS pads ranks above min(out, in) with zero vectors); 0 adapts "
+        "none of them. Up to 100000.",
+        minimum=0,
+        maximum=100_000,
+    )
+    alpha: float = option(
+        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales).", exclusive_minimum=0
+    )
+    sig_type: Literal["principal", "last", "middle"] = option(
+        "principal",
+        doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "
+        "`sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest singular "
+        "values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, sliced as "
+        "TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader rebuilds "
+        "the frozen start as `principal`: a file trained otherwise loads there at another update (kohya's "
+        "network from the same preset file loads it as trained).",
+        example="last",
+    )
+    bypass: BlockSwitch = option(
+        "adapter",
+        doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "
+        "file's map entry's own): `on` TLoraModule's bypass forward (the update on activations), `off` its "
+        "default one, `adapter` the adapter's. The same update up to rounding; not with the adapter's "
+        "`dropout`, which LyCORIS applies in the bypass forward only (DBS605).",
+        example="on",
+    )
+
+
+@frozen
 class TloraAdapter:
     kind: Literal["tlora"] = option(
         doc="Adapter kind: tlora trains LyCORIS's T-LoRA (`algo = tlora`) as kohya's scripts run it: "
@@ -2165,6 +2221,17 @@ class TloraAdapter:
         example="previous-run/final/tlora.kohya.safetensors",
     )
     init_partial: bool = _fused_init_partial()
+    blocks: list[TloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the denoiser's T-LoRA layers ([[adapter.blocks]] tables: LyCORIS "
+        "preset files' `module_algo_map` / `name_algo_map` entries' own dim / alpha): modules no block "
+        "matches keep `rank` and `alpha`.",
+    )
+    text_encoder_blocks: list[TloraBlock] = option(
+        factory=list,
+        doc="Per-module ranks and alphas of the text encoders' T-LoRA layers "
+        "([[adapter.text_encoder_blocks]] tables): modules no block matches keep `rank` and `alpha`.",
+    )
 
 
 Adapter = Union[
@@ -4108,6 +4175,7 @@ TABLE_CLASSES = (
     GloraBlock,
     GloraAdapter,
     DyloraAdapter,
+    TloraBlock,
     TloraAdapter,
     Train,
     Dataset,

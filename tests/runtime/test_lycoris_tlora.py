@@ -7,6 +7,7 @@ own kohya loader."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 import types
 
 import pytest
@@ -375,3 +376,438 @@ def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
                 ours[key] = ("TLoraModule", layer.r["default"], float(layer.scaling["default"]))
     assert theirs and any("proj_in" in k for k in theirs) and any("_te_" in k for k in theirs)
     assert ours == theirs
+
+
+# map entries with algo tlora and their own dim / alpha: the transformers at 6 (alpha 2), the time embedding's
+# first Linear by name at 3 (the network's alpha), CLIP's attention at 5 with alpha 0 (create_single_module:
+# `alpha or self.alpha`, the network's)
+TLORA_DIMS = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = ['time_embedding\\.linear_1']
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.Transformer2DModel]
+algo = "tlora"
+dim = 6
+alpha = 2
+
+[name_algo_map.'time_embedding\\.linear_1']
+dim = 3
+
+[module_algo_map.CLIPAttention]
+algo = "tlora"
+dim = 5
+alpha = 0
+"""
+
+
+def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, monkeypatch):  # noqa: F811
+    """A preset file's entries with their own dim / alpha on an algo=tlora network: the converted plan's
+    [[adapter.blocks]] / [[adapter.text_encoder_blocks]] build each TLoraModule lycoris-lora 4.1.3's
+    create_network builds from the file, at its rank and scale, started from the same SVD (trained and frozen
+    copies); a tiny run trains, its kohya export holds LyCORIS's tensors in its modules' shapes and alphas,
+    and lycoris-lora's kohya loader builds the trained layers from it (frozen start recomputed), to 1e-4."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris import _kohya_names, _merged
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(TLORA_DIMS, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=tlora" "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 '
+        "--output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert adapter.kind == "tlora" and adapter.blocks and adapter.text_encoder_blocks
+    pipe = build_pipeline("builtin:tiny-sd1")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
+    )
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {}
+    for prefix, model in (("lora_unet_", pipe.unet), ("lora_te_text_model_", pipe.text_encoder)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, TloraLayer):
+                ours[prefix + name.replace(".", "_")] = layer
+    assert sorted(ours) == sorted(theirs)
+    sizes = {(m.lora_dim, float(m.scale)) for m in theirs.values()}
+    # the entries' own ranks and scales (alpha 0: the network's, `alpha or self.alpha`)
+    assert {(3, 1 / 3), (6, 2 / 6), (5, 1 / 5)} <= sizes
+    for key, lyco in theirs.items():
+        layer = ours[key]
+        assert (layer.r["default"], float(layer.scaling["default"])) == (lyco.lora_dim, float(lyco.scale)), (
+            key
+        )
+        pairs = (
+            (layer.lora_tlora_q, lyco.q_layer.weight),
+            (layer.lora_tlora_p, lyco.p_layer.weight),
+            (layer.lora_tlora_lambda, lyco.lambda_layer),
+            (layer.lora_tlora_base_q, lyco.base_q),
+            (layer.lora_tlora_base_p, lyco.base_p),
+            (layer.lora_tlora_base_lambda, lyco.base_lambda),
+        )
+        for ours_t, theirs_t in pairs:  # the SVD start, trained and frozen, at the layer's own rank
+            torch.testing.assert_close(ours_t["default"].detach(), theirs_t.detach(), rtol=1e-5, atol=1e-5)
+
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    assert done.status == "finished"
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    state = {f"{k}.{n}": v for k, m in theirs.items() for n, v in m.state_dict().items() if "base_" not in n}
+    assert {k: list(v.shape) for k, v in saved.items()} == {k: list(v.shape) for k, v in state.items()}
+    assert {k: float(v) for k, v in saved.items() if k.endswith(".alpha")} == {
+        k: float(v) for k, v in state.items() if k.endswith(".alpha")
+    }
+    assert any(not torch.equal(v, state[k]) for k, v in saved.items()), "the run trained the layers"
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])  # the loader's modules all from the file (as `loader` sets)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    named = nn.Module()
+    named.text_model = fresh.text_encoder  # kohya's CLIP names its modules text_model.*
+    loaded, _ = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    merged = {
+        "lora_unet": _merged(done.components.unet),
+        "lora_te": _merged(done.components.text_encoders[0]),
+    }
+    names = {
+        **_kohya_names(done.components.unet, "lora_unet"),
+        **_kohya_names(done.components.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    built = [*loaded.unet_loras, *loaded.text_encoder_loras]
+    assert sorted(m.lora_name for m in built) == sorted(theirs)
+    for lyco in built:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        assert lyco.lora_dim == theirs[lyco.lora_name].lora_dim
+        torch.testing.assert_close(
+            _tlora_weight(lyco), merged[prefix][f"{names[lyco.lora_name]}.weight"], rtol=1e-4, atol=1e-4
+        )
+
+
+# a LoCon network's preset file with T-LoRA entries: the ResNets LoCon (conv_dim 4), the transformers T-LoRA
+# at 6, CLIP's attention T-LoRA at the network's dim
+LOCON_WITH_TLORA = """\
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.Transformer2DModel]
+algo = "tlora"
+dim = 6
+
+[module_algo_map.CLIPAttention]
+algo = "tlora"
+"""
+
+
+def _classes(module, prefix: str) -> dict[str, tuple[str, int, float]]:
+    """Each adapted layer of `module` as LyCORIS's class, and for LoCon and T-LoRA its rank and scale."""
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+
+    out = {}
+    for name, layer in module.named_modules():
+        key = prefix + name.replace(".", "_")
+        if isinstance(layer, (LoHaLayer, LoKrLayer)) and "default" in layer.r:
+            out[key] = ("LohaModule" if isinstance(layer, LoHaLayer) else "LokrModule", 0, 0.0)
+            continue
+        if isinstance(layer, TloraLayer) and "default" in layer.r:
+            found = "TLoraModule"
+        elif isinstance(layer, LoraLayer) and "default" in layer.lora_A:
+            found = "LoConModule"
+        else:
+            continue
+        out[key] = (found, layer.r["default"], float(layer.scaling["default"]))
+    return out
+
+
+def _lycoris_classes(modules) -> dict[str, tuple[str, int, float]]:
+    """_classes of lycoris-lora's modules."""
+    return {
+        m.lora_name: (type(m).__name__, 0, 0.0)
+        if type(m).__name__ in ("LohaModule", "LokrModule")
+        else (type(m).__name__, m.lora_dim, float(m.scale))
+        for m in modules
+    }
+
+
+# an algo=tlora network's preset file with entries of other algorithms: the transformers' feed-forwards LoKr
+# at 6, CLIP's MLP LoHa
+TLORA_WITH_OTHERS = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+
+[module_algo_map.FeedForward]
+algo = "lokr"
+dim = 6
+
+[module_algo_map.CLIPMLP]
+algo = "loha"
+"""
+MIXED_CASES = {  # network_args, the preset, the plan's kind and its blocks' kinds
+    "locon": (
+        '"algo=locon" "conv_dim=4" "module_dropout=0.3" "dropout=0.1"',
+        LOCON_WITH_TLORA,
+        "lora",
+        {"tlora"},
+    ),
+    "tlora": ('"algo=tlora" "module_dropout=0.3"', TLORA_WITH_OTHERS, "tlora", {"lokr"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MIXED_CASES))
+def test_tlora_in_a_network_of_several_algorithms_trains_and_draws_as_lycoris(
+    tmp_path,
+    loader,  # noqa: F811
+    monkeypatch,
+    case,
+):
+    """A LoCon network with a preset file giving the transformers and CLIP's attention algo tlora, with the
+    network's module_dropout and dropout (LoConModule's; TLoraModule reads it only in bypass_mode), and a
+    T-LoRA network whose file gives the feed-forwards LoKr and CLIP's MLP LoHa, with module_dropout: the
+    converted plan builds lycoris-lora 4.1.3's modules on exactly its layers (LoCon's and T-LoRA's ranks and
+    scales, T-LoRA's frozen SVD start equal); a tiny run trains; its export, loaded into lycoris-lora's
+    network from the same file (kohya's --network_weights), gives the U-Net's outputs and torch's generator
+    state of ours over four training forwards (each module's one module_dropout draw, LoCon's dropout after
+    it, in forward order), and lycoris-lora's kohya loader rebuilds the trained layers."""
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.runspec import compile_spec
+    from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
+    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    args, preset, kind, block_kinds = MIXED_CASES[case]
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args {args} "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 --output_dir=out',
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert adapter.kind == kind and {b.kind for b in adapter.blocks} == block_kinds
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    base = build_pipeline("builtin:tiny-sd1")
+    named, unet = nn.Module(), copy.deepcopy(base.unet)
+    named.text_model = copy.deepcopy(base.text_encoder)
+    extra = dict(a.strip('"').split("=") for a in args.split())
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
+    )
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert "TLoraModule" in {type(m).__name__ for m in theirs.values()}
+    assert len({type(m).__name__ for m in theirs.values()}) >= 2
+
+    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    assert done.status == "finished"
+    trained = done.components
+    ours = {
+        **_classes(trained.unet, "lora_unet_"),
+        **_classes(trained.text_encoders[0], "lora_te_text_model_"),
+    }
+    assert ours == _lycoris_classes(theirs.values())
+    layers = {
+        **{"lora_unet_" + n.replace(".", "_"): m for n, m in trained.unet.named_modules()},
+        **{
+            "lora_te_text_model_" + n.replace(".", "_"): m
+            for n, m in trained.text_encoders[0].named_modules()
+        },
+    }
+    for key, lyco in theirs.items():
+        if type(lyco).__name__ == "TLoraModule":  # the frozen start: each layer's own SVD at its rank
+            for ours_t, theirs_t in (
+                (layers[key].lora_tlora_base_q, lyco.base_q),
+                (layers[key].lora_tlora_base_p, lyco.base_p),
+                (layers[key].lora_tlora_base_lambda, lyco.base_lambda),
+            ):
+                torch.testing.assert_close(ours_t["default"], theirs_t, rtol=1e-5, atol=1e-5)
+
+    (export,) = Path(done.final).glob("*.kohya.safetensors")
+    saved = load_file(str(export))
+    made.apply_to(named, unet, True, True)
+    missing, unexpected = made.load_state_dict(saved, strict=False)  # kohya's load_weights
+    assert not unexpected and all(".base_" in k for k in missing)
+    cfg = base.unet.config
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cfg.in_channels, 8, 8, generator=generator)
+    hidden = torch.randn(2, 5, cfg.cross_attention_dim, generator=generator)
+    with torch.no_grad():
+        unet.eval(), made.eval()
+        plain = unet(x, 10, hidden).sample
+        made.train(), unet.train(), trained.unet.train()
+        assert draws_as_lycoris(unet, trained.unet.float(), x, hidden, plain), (
+            "module_dropout changed nothing"
+        )
+
+    for attr in (
+        "UNET_TARGET_REPLACE_MODULE",
+        "UNET_TARGET_REPLACE_NAME",
+        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
+    ):
+        monkeypatch.setattr(network, attr, [])  # the loader's modules all from the file (as `loader` sets)
+    fresh = build_pipeline("builtin:tiny-sd1")
+    named = nn.Module()
+    named.text_model = fresh.text_encoder
+    loaded, _ = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    merged = {"lora_unet": _merged(trained.unet), "lora_te": _merged(trained.text_encoders[0])}
+    names = {
+        **_kohya_names(trained.unet, "lora_unet"),
+        **_kohya_names(trained.text_encoders[0], "lora_te", lambda n: f"text_model.{n}"),
+    }
+    built = [*loaded.unet_loras, *loaded.text_encoder_loras]
+    assert sorted(m.lora_name for m in built) == sorted(theirs)
+    for lyco in built:
+        prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
+        weight = _tlora_weight(lyco) if type(lyco).__name__ == "TLoraModule" else _lycoris_weight(lyco)
+        torch.testing.assert_close(
+            weight,
+            merged[prefix][f"{names[lyco.lora_name]}.weight"],
+            rtol=1e-4,
+            atol=1e-4,
+            msg=lyco.lora_name,
+        )
+
+
+@pytest.mark.parametrize("sig_type", ["last", "middle"])
+def test_tlora_sig_type_starts_as_lycoris_tlora_module(sig_type, monkeypatch):
+    """A block's own SVD start (LyCORIS's sig_type, a preset file's map entry's): the layer's trained and
+    frozen Q, P, λ equal TLoraModule's with that sig_type bit for bit, on a Linear, a 1x1 convolution and a
+    Linear narrower than the rank (LyCORIS's slices and padding), and the start is the base model's output."""
+    from dbspec.runtime.lycoris_tlora import with_tlora
+
+    from peft import LoraConfig
+
+    _no_gc(monkeypatch)
+    torch.manual_seed(0)
+    net = Net()
+    base = copy.deepcopy(net)
+    own = {id(getattr(net, name)): sig_type for name in ("proj", "point", "narrow")}
+    config = with_tlora(
+        LoraConfig(r=4, lora_alpha=1.0, target_modules=["proj", "point", "narrow"]), sig_types=own
+    )
+    inject_adapter_in_model(config, net, "default")
+    x = _inputs(torch.Generator().manual_seed(1))
+    for name in x:
+        layer, reference = getattr(net, name), getattr(base, name)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x[name]), reference(x[name]), rtol=0, atol=0)
+        lyco = tlora.TLoraModule(name, reference, 1.0, 4, 1.0, sig_type=sig_type)
+        pairs = {
+            "q": (layer.lora_tlora_q, lyco.q_layer.weight),
+            "p": (layer.lora_tlora_p, lyco.p_layer.weight),
+            "lambda": (layer.lora_tlora_lambda, lyco.lambda_layer),
+            "base_q": (layer.lora_tlora_base_q, lyco.base_q),
+            "base_p": (layer.lora_tlora_base_p, lyco.base_p),
+            "base_lambda": (layer.lora_tlora_base_lambda, lyco.base_lambda),
+        }
+        for key, (ours, theirs) in pairs.items():
+            assert torch.equal(ours["default"].detach(), theirs.detach()), (name, key)
+
+
+# a preset file's entries with their own sig_type on an algo=tlora network: the feed-forwards `last` at dim 5
+# in bypass_mode, CLIP's attention `middle`
+TLORA_SIG_TYPES = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention"]
+
+[module_algo_map.FeedForward]
+sig_type = "last"
+dim = 5
+bypass_mode = true
+
+[module_algo_map.CLIPAttention]
+sig_type = "middle"
+"""
+
+
+def test_tlora_entries_own_sig_type_and_bypass_as_lycoris(tmp_path, monkeypatch):
+    """lycoris-lora 4.1.3's create_network from a preset file whose entries give their own sig_type and
+    bypass_mode: the converted plan's blocks start each layer from the same singular triplets (trained and
+    frozen, to 1e-5), in the same forward (bypass or default) as its TLoraModule."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
+    (tmp_path / "p.toml").write_text(TLORA_SIG_TYPES, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        '--network_args "algo=tlora" "preset=p.toml" --max_train_steps=2 --output_dir=out',
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert {b.sig_type for b in (*adapter.blocks, *adapter.text_encoder_blocks)} == {"last", "middle"}
+    pipe = build_pipeline("builtin:tiny-sd1")
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
+    )
+    theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+    assert {m.sig_type for m in theirs.values()} == {"principal", "last", "middle"}
+    assert {bool(m.bypass_mode) for m in theirs.values()} == {True, False}
+    add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    ours = {}
+    for prefix, model in (("lora_unet_", pipe.unet), ("lora_te_text_model_", pipe.text_encoder)):
+        for name, layer in model.named_modules():
+            if isinstance(layer, TloraLayer):
+                ours[prefix + name.replace(".", "_")] = layer
+    assert sorted(ours) == sorted(theirs)
+    for key, lyco in theirs.items():
+        layer = ours[key]
+        assert (layer.tlora_sig_type, layer.r["default"]) == (lyco.sig_type, lyco.lora_dim), key
+        assert layer.tlora_bypass == bool(lyco.bypass_mode), key
+        for ours_t, theirs_t in (
+            (layer.lora_tlora_q, lyco.q_layer.weight),
+            (layer.lora_tlora_lambda, lyco.lambda_layer),
+            (layer.lora_tlora_base_p, lyco.base_p),
+        ):
+            torch.testing.assert_close(ours_t["default"].detach(), theirs_t.detach(), rtol=1e-5, atol=1e-5)

@@ -125,12 +125,13 @@ def test_layer_reached_twice_stops_kohya(tmp_path):
     assert "DBS402" in codes(outcome) and "time_embedding.linear_1 twice" in messages(outcome, "DBS402")
 
 
-def test_per_module_algorithm_is_not_expressed(tmp_path):
-    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora and dylora mix on the U-Net (a block's kind);
-    another algorithm there (LyCORIS's T-LoRA) does not."""
+def test_per_module_algorithm_is_a_block_kind(tmp_path):
+    """LoRA/LoCon, LoHa, LoKr, full, ia3, diag-oft, boft, glora, dylora and (was DBS403) LyCORIS's T-LoRA mix
+    on the U-Net (a block's kind)."""
     text = ATTN_CONV + '[module_algo_map.CrossAttention]\nalgo = "tlora"\n'
     outcome = _convert(tmp_path, "mixed.toml", text)
-    assert "DBS403" in codes(outcome) and "one adapter kind" in messages(outcome, "DBS403")
+    assert outcome.exit_code == 0 and "DBS403" not in codes(outcome), messages(outcome, "DBS403")
+    assert "tlora" in {b.kind for b in plan_of(outcome, tmp_path).adapter.blocks}
 
 
 def _sdxl(tmp_path, preset: str, text: str):

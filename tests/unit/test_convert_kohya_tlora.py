@@ -173,21 +173,55 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
         ),
         ("default names", 'unet_target_module = ["Transformer2DModel"]\n', "DBS402", "conv_in, conv_out"),
         ("resnets", _FILE.replace('"]', '", "ResnetBlock2D"]', 1), "DBS402", "conv1, conv2"),
-        ("own dim", _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\n", "DBS403", "own dim / alpha"),
-        ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "DBS403", "'lokr'"),
         (
-            "sig_type",
-            _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n',
+            "negative alpha",
+            _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\nalpha = -2\n",
             "DBS403",
-            "sig_type",
+            "sign flipped",
+        ),
+        ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "", ""),
+        (
+            "diag-oft entry",
+            _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n',
+            "DBS403",
+            "lora, loha, lokr, full, ia3 and glora",
+        ),
+        (
+            "entry option",
+            _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nfactor = 4\n',
+            "DBS403",
+            "kind, rank and alpha only",
+        ),
+        (
+            "entry convolution",
+            _FILE.replace('"]', '", "ResnetBlock2D"]', 1)
+            + '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+            "DBS403",
+            "Linear and 1x1 layers only",
+        ),
+        ("sig_type", _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n', "", ""),
+        (
+            "unknown sig_type",
+            _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "first"\n',
+            "DBS402",
+            "unknown sig_type",
+        ),
+        ("own bypass_mode", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n", "", ""),
+        (
+            "random start",
+            _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n",
+            "DBS403",
+            "torch.normal",
         ),
     ],
 )
 def test_tlora_preset_files(tmp_path, name, text, code, words):
     """A preset file on an algo=tlora network: its targets (LyCORIS's default names, conv_in / conv_out, and
     classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
-    change nothing; an entry's own dim, another algorithm (a run of several kinds) or an option TLoraModule
-    reads (sig_type, use_data_init: its SVD start) are not expressed (DBS403)
+    change nothing; another algorithm converts (a block's kind: lora, loha, lokr, full, ia3, glora on Linear
+    and 1x1 layers, without options of their own), an entry's own sig_type to its block's (one TLoraModule
+    does not know stops kohya, DBS402); use_data_init = false (a random start) or a negative alpha (its
+    update's sign flipped) are not expressed (DBS403)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
@@ -200,10 +234,70 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
     assert words in messages(outcome, code), name
 
 
-def test_a_tlora_entry_beside_another_algo_stays_refused(tmp_path):
-    write(tmp_path / "p.toml", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\n')
-    outcome = _lycoris(tmp_path, '"algo=locon", "preset=p.toml"')
-    assert "DBS403" in codes(outcome) and "'tlora'" in messages(outcome, "DBS403")
+def test_tlora_entries_own_dims_are_blocks(tmp_path):
+    """Entries with algo tlora and their own dim / alpha (create_single_module: `dim or lora_dim`, `alpha or
+    self.alpha`; TLoraModule starts each layer from its SVD at that dim, scale alpha / dim, rs_lora never
+    read) become T-LoRA blocks: the U-Net's [[adapter.blocks]], CLIP's [[adapter.text_encoder_blocks]], an
+    entry alpha of 0 the network's (tests/runtime/test_lycoris_tlora.py checks them against lycoris-lora)."""
+    text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention"]\n', 1)
+    text += '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\ndim = 16\nalpha = 2\n'
+    text += "[module_algo_map.CLIPAttention]\ndim = 5\nalpha = 0\n"
+    write(tmp_path / "p.toml", text)
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rs_lora=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha) == ("tlora", 8, 4.0)
+    ((unet,), (clip,)) = a.blocks, a.text_encoder_blocks
+    assert (unet.kind, unet.rank, unet.alpha, clip.rank, clip.alpha) == ("adapter", 16, 2.0, 5, 4.0)
+    assert "proj_in" in unet.pattern and "q_proj" in clip.pattern
+    assert a.params["unet"] > 0
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "lokr"])
+def test_tlora_entries_on_another_algo_s_network_are_tlora_blocks(tmp_path, algo):
+    """`algo = "tlora"` entries on a LoCon / LoHa / LoKr network (was DBS403): blocks of kind tlora at the
+    entry's dim and alpha, the network's other layers its own kind (tests/runtime/test_lycoris_tlora.py
+    trains such a LoCon network against lycoris-lora 4.1.3's)."""
+    text = _FILE.replace('"]\n', '", "ResnetBlock2D"]\n', 1)
+    write(tmp_path / "p.toml", text + '[module_algo_map.Transformer2DModel]\nalgo = "tlora"\ndim = 6\n')
+    outcome = _lycoris(tmp_path, f'"algo={algo}", "conv_dim=4", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == {"locon": "lora"}.get(algo, algo) and a.conv_rank == 4
+    ((block,),) = (a.blocks,)
+    assert (block.kind, block.rank, block.alpha) == ("tlora", 6, 4.0) and "proj_in" in block.pattern
+
+
+def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
+    """An entry's own bypass_mode on a tlora network: its block's `bypass` (TLoraModule's bypass forward on
+    those layers alone); beside the network's dropout, which TLoraModule applies in bypass_mode only, it is
+    not expressed (DBS403)."""
+    write(tmp_path / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.bypass is False and [b.bypass for b in a.blocks] == [True]
+    (tmp_path / "d").mkdir()
+    write(tmp_path / "d" / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
+    outcome = _lycoris(tmp_path / "d", '"algo=tlora", "preset=p.toml", "dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "DBS605" in messages(outcome, "DBS403")
+
+
+def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):
+    """The network's options LoConModule / LokrModule read and TLoraModule does not (rank_dropout, dora_wd,
+    use_scalar, bypass_mode, ...) beside a tlora network's entries of other algorithms: DBS403 (those blocks
+    are built with their kind's defaults and the network's module_dropout only)."""
+    write(tmp_path / "p.toml", _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\n')
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rank_dropout=0.1"')
+    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
+
+
+def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):
+    """TLoraModule on a k x k convolution adds an output of another size: kohya stops (DBS402)."""
+    text = 'unet_target_module = ["ResnetBlock2D"]\nunet_target_name = []\n'
+    write(tmp_path / "p.toml", text + '[module_algo_map.ResnetBlock2D]\nalgo = "tlora"\n')
+    outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=4", "preset=p.toml"')
+    assert "DBS402" in codes(outcome) and "k x k convolution" in messages(outcome, "DBS402")
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):

@@ -575,6 +575,29 @@ CASES = [
         [("DBS603", "warning", ("adapter", "dropout"))],
         '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
+    (  # a T-LoRA block's own bypass beside the adapter's dropout (LyCORIS drops in bypass_mode only)
+        rules.tlora_block_bypass_dropout,
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        + DOG
+        + STEPS,
+        [("DBS605", "error", ("adapter", "blocks", 0, "bypass"))],
+        '[adapter]\nkind = "tlora"\nbypass = true\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        + DOG
+        + STEPS,
+    ),
+    (  # T-LoRA blocks beside another kind: SD 1.x/2.x and SDXL only
+        rules.tlora_blocks_on_unets,
+        'family = "flux"\n'
+        + DOG
+        + STEPS
+        + LORA
+        + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\n'
+        "alpha = 4.0\n",
+        [("DBS604", "error", ("adapter", "blocks", 0, "kind"))],
+        DOG + STEPS + LORA + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\nalpha = 4.0\n',
+    ),
     (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
         rules.oft_rank_dropout_not_in_bypass,
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,
@@ -3364,3 +3387,24 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
     expected = [("DBS614", "warning", ("datasets", 0, "missing_captions"))] if inert else []
     assert hits_of(rule, body + 'missing_captions = "empty"\n' + STEPS) == expected
     assert hits_of(rule, body + STEPS) == []  # not given: nothing to say
+
+
+def test_a_tlora_adapter_s_blocks_of_other_kinds():
+    """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora (their rank and alpha), not
+    of kinds whose blocks carry more, and not with its bypass or max_norm (DBS578); on Flux DBS604."""
+    tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
+    block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
+    assert hits_of(rules.mixed_block_kinds, tlora + block.format("lokr")) == []
+    for kind in ("diag-oft", "dylora"):
+        assert hits_of(rules.mixed_block_kinds, tlora + block.format(kind)) == [
+            ("DBS578", "error", ("adapter", "blocks", 0, "kind"))
+        ]
+    bypass = tlora.replace('"tlora"\n', '"tlora"\nbypass = true\nmax_norm = 1.0\n')
+    assert {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format("loha"))} == {
+        ("adapter", "bypass"),
+        ("adapter", "max_norm"),
+    }
+    flux = 'family = "flux"\n' + tlora + block.format("lokr")
+    assert hits_of(rules.tlora_blocks_on_unets, flux) == [
+        ("DBS604", "error", ("adapter", "blocks", 0, "kind"))
+    ]

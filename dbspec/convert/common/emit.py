@@ -16,6 +16,7 @@ from dbspec.spec.model import (
     SPEC_VERSION,
     AdapterBlock,
     DyloraBlock,
+    TloraBlock,
     OftBlock,
     TextEncoderBlock,
     OptimizerBlock,
@@ -65,6 +66,8 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
         block_cls = OftBlock if oft and table == "adapter" else block_cls
         if kind == "dylora" and table == "adapter":  # DyLoRA's blocks: their own unit too
             block_cls = DyloraBlock
+        if kind == "tlora" and table == "adapter":  # T-LoRA's blocks: their own SVD start too
+            block_cls = TloraBlock
         if block_cls is not None:  # [[adapter.blocks]] / [[optimizer.blocks]] after the table's own keys
             for index in sorted({p[2] for p in conv.values if p[:2] == (table, "blocks") and len(p) == 4}):
                 lines += ["", f"[[{table}.blocks]]", *_rows(conv, block_cls, (table, "blocks", index))]
@@ -74,7 +77,11 @@ def render_spec(conv: Conversion, header: list[str]) -> str:
                 lines += [
                     "",
                     "[[adapter.text_encoder_blocks]]",
-                    *_rows(conv, OftBlock if oft else TextEncoderBlock, (*key, index)),
+                    *_rows(
+                        conv,
+                        OftBlock if oft else TloraBlock if kind == "tlora" else TextEncoderBlock,
+                        (*key, index),
+                    ),
                 ]
     return "\n".join(lines) + "\n"
 

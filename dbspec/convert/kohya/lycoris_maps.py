@@ -6,8 +6,8 @@ network's (`dim or lora_dim`, `alpha or self.alpha` on Linear and 1x1 layers; `d
 or self.conv_alpha` on k x k convolutions, which an entry's `dim` adapts even with convolutions off), and its
 other keys go to the module class as keyword arguments. lycoris_file._walk resolves which entry reaches each
 layer; this module turns the result into `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (LoRA/LoCon,
-LoHa, LoKr, DyLoRA, GLoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and `use_tucker`
-too), or PresetError (`crash` False) for what dbspec does not express:
+LoHa, LoKr, DyLoRA, GLoRA, T-LoRA; a LoKr entry's own `factor`, `decompose_both`, `full_matrix` and
+`use_tucker` too), or PresetError (`crash` False) for what dbspec does not express:
 another algorithm on some layers (but LoRA/LoCon, LoHa and LoKr mixed on SD / SDXL, a block's `kind`), an
 entry's other options, per-layer dims on the other algorithms."""
 
@@ -39,7 +39,7 @@ _NO_DIMS = ("full", "ia3")
 _BLOCK_KINDS = ("lora", "loha", "lokr")
 # the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
-_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft")
+_RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft", "tlora")  # T-LoRA: spec TloraBlock
 _MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
 _OFT = ("diag-oft", "boft")  # their blocks: a block size, constraint and rescale (spec OftBlock)
 
@@ -143,6 +143,8 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
         return _number(value) and float(value) == network[key]
     if key == "block_size":  # DyLoraModule's range(lora_dim // block_size): an int (others: _dylora_own)
         return type(value) is int and value == network[key]
+    if key == "sig_type":  # TLoraModule compares it with its three names
+        return value == network[key]
     if key == "factor":
         try:
             return int(value) == network[key]
@@ -184,6 +186,7 @@ def check_layers(
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
+        _tlora_kxk(layer, algo)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
         other = _mixed_kinds(found, algo, network, other, kinds, bypass, unet)
@@ -210,6 +213,8 @@ def check_layers(
             own = (*own, *_dylora_own(layer, network))
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
+        if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
+            own = (*own, *_tlora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -257,7 +262,7 @@ def check_layers(
 # one algorithm's layers only or which dbspec's other kinds do not build
 _MIXED_OFF = ("use_tucker", "use_scalar", "weight_decompose", "full_matrix", "rs_lora", "bypass_mode")
 # the algorithms whose module's bypass forward (no dropout, no weight decomposition) computes its default one
-_BYPASS_INERT = ("lora", "loha", "lokr", "glora")
+_BYPASS_INERT = ("lora", "loha", "lokr", "glora", "tlora")
 # those whose bypass forward differs and which the adapter's `bypass` gives it (compiler/adapters.py
 # BYPASS_KINDS: Diag-OFT / BOFT rotate the output, bias included; DyLoRA adds its one block unscaled; IA^3
 # scales the output, bias included: lycoris-lora 4.1.3, tests/runtime/test_lycoris_ia3_bypass.py)
@@ -314,6 +319,58 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
         )
 
 
+_SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
+
+
+def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+    """The keys of a T-LoRA network's entry its block carries (`sig_type`, `bypass_mode`: its `bypass`);
+    PresetError (DBS402) for a sig_type TLoraModule cannot start from (_initialize_from_svd raises
+    ValueError), and for an own bypass_mode beside the network's dropout, which TLoraModule applies in its
+    bypass forward only (not expressed: spec DBS605)."""
+    options = dict(layer.options)
+    if (
+        "bypass_mode" in options
+        and bool(options["bypass_mode"]) != network["bypass_mode"]
+        and network["dropout"]
+    ):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
+            f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
+            "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
+            False,
+        )
+    if not options.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) use_data_init = "
+            f"{options['use_data_init']!r}: TLoraModule then starts from the SVD of a torch.normal matrix "
+            "drawn from torch's global generator while kohya builds the network, a start no later load "
+            "rebuilds (LyCORIS's file loader recomputes a data start), which dbspec does not build",
+            False,
+        )
+    value = options.get("sig_type", "principal")
+    if not (isinstance(value, str) and value in _SIG_TYPES):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) sig_type = {value!r}: LyCORIS's "
+            f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
+            True,
+        )
+    return ("sig_type", "bypass_mode", "use_data_init")
+
+
+def _tlora_kxk(layer: Layer, algo: str) -> None:
+    """PresetError (DBS402) for a tlora entry's layer on a k x k convolution on another algo's network:
+    lycoris-lora 4.1.3's TLoraModule projects it with 1x1 factors at the convolution's stride and padding and
+    adds an output of another size, so kohya stops at the first step (a tlora network's own convolutions:
+    network.py _tlora names the preset's)."""
+    if _algo(layer.algo) == "tlora" != _algo(algo) and layer.kind == "conv":
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} (a k x k convolution) algo = 'tlora': LyCORIS's "
+            "TLoraModule adds an output of another size there, so kohya stops at the first step "
+            "(RuntimeError: the size of tensor a must match the size of tensor b)",
+            True,
+        )
+
+
 def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     """The keys of a Diag-OFT / BOFT layer's entry its block carries (`constraint`, `rescaled`, as
     DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
@@ -363,8 +420,10 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # weight), GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per fused
 # module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own (a copy
 # of each part's rows, a scale per output row, blocks within a part)
-MIXED_SD = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-MIXED_FLOW = MIXED_SD
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+# T-LoRA's layers (runtime/lycoris_tlora.py) beside the others on SD 1.x/2.x and SDXL (on Flux / SD3 one SVD
+# of a fused Linear's stacked weight, which dbspec's T-LoRA does not build)
+MIXED_SD = (*MIXED_FLOW, "tlora")
 
 
 def _mixed_kinds(
@@ -384,12 +443,14 @@ def _mixed_kinds(
     module does and the other kinds' modules never read (runtime/mixed_kinds.py kind_adapter; on Flux / SD3
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
-    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora"):  # DyLoRA's, GLoRA's entries of other algos too
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora"):  # DyLoRA's, GLoRA's, T-LoRA's too
         return other
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
         return other
+    if _algo(algo) == "tlora":
+        _beside_tlora(unet, network)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -435,6 +496,69 @@ def _mixed_kinds(
             False,
         )
     return [layer for layer in other if layer not in unet]
+
+
+# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank
+# and alpha; the adapter's module_dropout alone reaches them): those modules read them, TLoraModule does not
+_TLORA_NETWORK_OFF = (
+    "dropout",
+    "rank_dropout",
+    "bypass_mode",
+    "weight_decompose",
+    "use_scalar",
+    "use_tucker",
+    "rs_lora",
+    "full_matrix",
+    "unbalanced_factorization",
+    "decompose_both",
+    "constraint",
+    "rescaled",
+)
+
+
+def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
+    """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
+    T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
+    LyCORIS's create_single_module gives them conv_dim), with an option of their own, or beside a network
+    option those modules read (their defaults are built, the network's `module_dropout` alone handed on), or
+    of an algorithm whose block carries more than a rank and alpha (Diag-OFT's / BOFT's constraint, DyLoRA's
+    block size)."""
+    carried = next((layer for layer in layers if _algo(layer.algo) in (*_OFT, "dylora")), None)
+    if carried is not None:
+        raise PresetError(
+            f"`{carried.source}` gives {carried.path} algo = {carried.algo!r} on an algo=tlora network: "
+            "dbspec's T-LoRA adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora beside its "
+            "own",
+            False,
+        )
+    conv = next((layer for layer in layers if layer.kind == "conv"), None)
+    if conv is not None:
+        raise PresetError(
+            f"`{conv.source}` gives {conv.path} (a k x k convolution) algo = {conv.algo!r} on an algo=tlora "
+            "network: dbspec's T-LoRA adapter takes blocks of other kinds on Linear and 1x1 layers only",
+            False,
+        )
+    own = next((layer for layer in layers if layer.options), None)
+    if own is not None:
+        keys = ", ".join(k for k, _ in own.options)
+        raise PresetError(
+            f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {keys} on an algo=tlora network: "
+            "dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and alpha only",
+            False,
+        )
+    on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
+    if network.get("factor", -1) != -1:
+        on.append("factor")
+    if network.get("block_size", 4) != 4:
+        on.append("block_size")
+    if on:
+        first = layers[0]
+        raise PresetError(
+            f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo=tlora network with "
+            f"network_args {', '.join(on)}: dbspec's T-LoRA adapter builds its blocks of other kinds with "
+            "their defaults and the network's module_dropout only (DBS578)",
+            False,
+        )
 
 
 def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
@@ -536,6 +660,12 @@ def _blocks(
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
+        if _algo(group[0].algo) == "tlora" == _algo(algo):  # its own SVD start (_tlora_own)
+            entry = dict(group[0].options)
+            sig_type = entry.get("sig_type", "principal")
+            switches.update({"sig_type": sig_type} if sig_type != "principal" else {})
+            if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
+                switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
@@ -614,7 +744,7 @@ def map_blocks(
             _oft_blocks(found.text, found.text_rows, dims, network),
             inert,
         )
-    rs_lora = rs_lora and kind != "dylora"
+    rs_lora = rs_lora and kind not in ("dylora", "tlora")  # DyLoraModule, TLoraModule never read it
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
     text = _blocks(
         found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo if kinds else ""
@@ -623,10 +753,12 @@ def map_blocks(
         raise PresetError(
             f"`{_source(unet or text)}` gives some layers their own dim / alpha on algo={algo}: dbspec's "
             "per-layer ranks ([[adapter.blocks]], [[adapter.text_encoder_blocks]]) apply to LoRA/LoCon, "
-            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT and BOFT",
+            "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT, BOFT and T-LoRA",
             False,
         )
     mixed_rank_stabilized([*unet, *text])
+    if kind == "tlora":
+        _tlora_alphas([*unet, *text])
     tucker = next((b for b in unet if "tucker" in b), None)
     if tucker is not None and kind in ("dylora", "glora"):  # spec DyloraBlock / GloraBlock: no `tucker`
         raise PresetError(
@@ -645,6 +777,19 @@ def map_blocks(
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
+
+
+def _tlora_alphas(blocks: list[dict[str, Any]]) -> None:
+    """PresetError for a T-LoRA entry's negative alpha: TLoraModule keeps the sign (its update would train
+    flipped), which the spec's block alpha (above 0) does not take, as for the network's own."""
+    negative = next((b for b in blocks if b["alpha"] < 0), None)
+    if negative is not None:
+        raise PresetError(
+            f"`{_source([negative])}` gives its T-LoRA layers alpha = {negative['alpha']:g}: TLoraModule "
+            "would train their update with its sign flipped, which dbspec's T-LoRA blocks (alpha above 0) do "
+            "not express",
+            False,
+        )
 
 
 def _oft_blocks(

@@ -229,6 +229,8 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     # Diag-OFT / BOFT (create_network's `float(kwargs.get("constraint", None) or 0)` and str_bool)
     out["constraint"] = _rate(kwargs.get("constraint") or 0.0)
     out["rescaled"] = _str_bool(kwargs.get("rescaled", "false"))
+    # T-LoRA: create_network hands TLoraModule neither, which starts from its defaults (the principal SVD)
+    out["sig_type"], out["use_data_init"] = "principal", True
     try:  # DyLoRA (create_network's `int(kwargs.get("block_size", None) or 4)`)
         out["block_size"] = int(kwargs.get("block_size") or 4)
     except (TypeError, ValueError):
@@ -350,7 +352,7 @@ def _map_network(
                     rs_lora,
                     _module_options(kwargs, dropout),
                     applied,
-                    kinds=() if kind == "tlora" else MIXED_SD,  # T-LoRA: no blocks, no other kind beside it
+                    kinds=MIXED_SD,
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                     entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
                     unet=True,  # SD 1.x/2.x, SDXL (_mixed_kinds: the network's use_tucker beside other kinds)
