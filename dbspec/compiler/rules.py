@@ -2956,7 +2956,8 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
                 "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
             )
-        if getattr(block, "conv_rank", 0) and not adapter.conv_rank:  # Diag-OFT's: block sizes only
+        # Diag-OFT's: block sizes only; a full / IA^3 adapter (no conv_rank) adapts its conv_targets
+        if getattr(block, "conv_rank", 0) and not getattr(adapter, "conv_rank", adapter.conv_targets):
             yield _warn(
                 "DBS266",
                 ("adapter", "blocks", i, "conv_rank"),
@@ -3119,6 +3120,9 @@ _MIXED_OFF = {
 }
 
 
+# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3:
+# the U-Net families, mixed_kinds_family)
+_MIXED_ADAPTERS = ("lora", "loha", "lokr", "dylora", "glora")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
@@ -3248,10 +3252,11 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         if getattr(b, "kind", "adapter") not in ("adapter", own)
     ]
     family = FAMILIES.get(spec.model.family)
-    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora", "glora"):
+    if not other or family is None or own not in (*_MIXED_ADAPTERS, "full", "ia3"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and not family.mixed_fused_kinds:
+    # a full / IA^3 adapter's blocks of other kinds (ScaleBlock's `kind`): on the U-Net families alone
+    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own in ("full", "ia3")):
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
@@ -3335,12 +3340,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in ("lora", "loha", "lokr", "dylora", "glora"):
+    if own not in (*_MIXED_ADAPTERS, "full", "ia3"):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora or glora",
+            "one run on adapters of kind lora, loha, lokr, dylora, glora, full or ia3",
             codes.help("DBS578"),
         )
         return
@@ -3369,7 +3374,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own == "glora" else {})}
+    # a full / IA^3 adapter's blocks of other kinds start fresh (no init_weights of several kinds yet); IA^3's
+    # bypass forward acts on its own layers alone, as GLoRA's
+    whole = {"init_weights": ""} if own in ("full", "ia3") else {}
+    defaults = {**_MIXED_OFF, **whole, **({"bypass": False} if own in ("glora", "ia3") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
