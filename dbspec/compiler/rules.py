@@ -3561,6 +3561,7 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     p = spec.precision
     fused = getattr(a, "fused_projections", False)
+    lycoris_norm = getattr(a, "max_norm_form", "lycoris") == "lycoris"  # LoHa / LoKr / GLoRA ...: theirs
     # LoConModule's row mask on every LoCon layer of a LoCon network, decomposed or not, in forward order
     # (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form on the others; checked
     # against lycoris-lora's network on SD 1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py); beside
@@ -3580,7 +3581,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
             # a file starts each layer with or without its dora_scale (runtime/init_weights.py: LoCon on
             # SD 1.x/2.x / SDXL; lycoris_init.py: LoHa / LoKr; flow_init.py: a fused LoCon)
-            ("max_norm", getattr(a, "max_norm", 0.0)),
+            # LyCORIS's max norm takes each layer's update before its decomposition, whether it decomposes or
+            # not (runtime/max_norm.py, as LoConModule / LohaModule / LokrModule.apply_max_norm); kohya's
+            # form and fused layers not checked
+            ("max_norm", getattr(a, "max_norm", 0.0) and (lycoris_norm is False or fused)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
@@ -3611,6 +3615,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # LoKr parts', and a decomposed LoRA's through add_fused_locon_dora_dropout)
         if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr", "lora"):
             found.append("module_dropout")
+        # LyCORIS's max norm on a decomposed layer's Tucker form: not checked (runtime/max_norm.py)
+        tucker = getattr(getattr(a, table)[i], "tucker", "adapter") == "on" or getattr(a, "tucker", False)
+        if getattr(a, "max_norm", 0.0) and tucker and "max_norm" not in found:
+            found.append("max_norm")
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"
