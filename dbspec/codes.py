@@ -3153,9 +3153,10 @@ it.""",
     Code(
         "DBS610",
         WARNING,
-        "`adapter.max_norm` on a GLoRA or DyLoRA adapter with no layer it scales",
+        "`adapter.max_norm` on a GLoRA, DyLoRA, full or IA^3 adapter with no layer it scales",
         """\
-A GLoRA or DyLoRA adapter's `max_norm` is LyCORIS's max-norm regularisation of its `[[adapter.blocks]]` /
+A GLoRA, DyLoRA, full or IA^3 adapter's `max_norm` is LyCORIS's max-norm regularisation of its \
+`[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, diag-oft or boft (a LyCORIS preset file's entries
 of those algorithms). LyCORIS's GLoRAModule and DyLoraModule keep the base `apply_max_norm`, which scales
 nothing, and so do its full and IA^3 modules: with no block of those kinds training some layer, the setting

@@ -4582,11 +4582,11 @@ _MAX_NORM_KINDS = ("lora", "loha", "lokr", "diag-oft", "boft")
 
 @rule("spec")
 def blocks_max_norm_scales_something(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA / DyLoRA adapter's max_norm scales only its blocks of kinds with LyCORIS's apply_max_norm
-    (runtime/max_norm.py): with none training a layer, DBS610."""
+    """A GLoRA / DyLoRA / full / IA^3 adapter's max_norm scales only its blocks of kinds with LyCORIS's
+    apply_max_norm (runtime/max_norm.py): with none training a layer, DBS610."""
     a = spec.adapter
     norm = getattr(a, "max_norm", 0.0)
-    if a.kind not in ("glora", "dylora") or not norm:
+    if a.kind not in ("glora", "dylora", "full", "ia3") or not norm:
         return
     blocks = (*a.blocks, *a.text_encoder_blocks)
     if any(b.kind in _MAX_NORM_KINDS and (b.rank or getattr(b, "conv_rank", 0)) for b in blocks):

@@ -36,3 +36,12 @@ def test_options_the_kinds_do_not_build_alike(kind, option):
     key = option.split(" ")[0]
     assert hits_of(rules.mixed_block_kinds, body) == [("DBS578", "error", ("adapter", key))]
     assert hits_of(rules.mixed_block_kinds, body.replace(LOCON, "")) == []
+
+
+@pytest.mark.parametrize("kind", ["full", "ia3"])
+def test_max_norm_without_blocks_it_scales_warns(kind):
+    body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\nmax_norm = 1.0\n'
+    assert hits_of(rules.blocks_max_norm_scales_something, body) == [
+        ("DBS610", "warning", ("adapter", "max_norm"))
+    ]
+    assert hits_of(rules.blocks_max_norm_scales_something, body + LOCON) == []
