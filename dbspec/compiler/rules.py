@@ -3374,10 +3374,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
-    # a full / IA^3 adapter's blocks of other kinds start fresh (no init_weights of several kinds yet); IA^3's
-    # bypass forward acts on its own layers alone, as GLoRA's
-    whole = {"init_weights": ""} if own in ("full", "ia3") else {}
-    defaults = {**_MIXED_OFF, **whole, **({"bypass": False} if own in ("glora", "ia3") else {})}
+    # IA^3's bypass forward acts on its own layers alone, as GLoRA's
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "ia3") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(

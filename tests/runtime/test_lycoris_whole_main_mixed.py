@@ -65,7 +65,8 @@ def test_full_network_with_entries_trains_and_loads_back_in_lycoris(pipe, tmp_pa
     entries' LoCon / LoHa layers scaled by LyCORIS's max norm, logged; FullModule's copies never counted):
     its kohya export (FullModule's `diff` / `diff_b` beside LoCon's and LoHa's keys) loads in lycoris-lora's
     create_network_from_weights to the trained U-Net's output, and its adapter folders (the full layers'
-    `unet/`, `unet/lora/`, `unet/loha/`) load back as `dbspec sample` and a resume load them. No resume
+    `unet/`, `unet/lora/`, `unet/loha/`) load back as `dbspec sample` and a resume load them; kohya's
+    `--network_weights` of the export starts a converted run at the trained outputs. No resume
     run: the saved kinds (full copies, LoCon, LoHa, their fixed max-norm scalars) are each resumed
     bit-exact elsewhere (test_lycoris_mixed_full.py, test_lycoris_mixed_max_norm.py)."""
     import json
@@ -124,3 +125,18 @@ def test_full_network_with_entries_trains_and_loads_back_in_lycoris(pipe, tmp_pa
     again = copy.deepcopy(pipe.unet)
     assert load_peft_adapters(Path(whole.final), {"unet": again}) == ["unet"]
     torch.testing.assert_close(_unet_output(again.eval()), output, rtol=1e-5, atol=1e-5)
+
+    # kohya's --network_weights of that export with the same preset (was DBS403, a spec's DBS578): each kind's
+    # layers start from the file (runtime/mixed_init.py; FullModule's diff added once), the trained outputs
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "prev.safetensors").write_bytes(export.read_bytes())
+    PRESETS["whole_main"] = MIXED
+    try:
+        _, started = _converted_plan(second, "whole_main", "full", "--network_weights=prev.safetensors")
+    finally:
+        del PRESETS["whole_main"]
+    assert started.adapter.init_weights.endswith("prev.safetensors")
+    rerun = [*base, "output.dir=again", "schedule.steps=1", "optimizer.lr=1e-12"]  # moves nothing visible
+    again = execute(compile_spec(out_path(second), rerun), keep_models=True)
+    torch.testing.assert_close(_unet_output(again.components.unet.eval()), output, rtol=1e-5, atol=1e-5)

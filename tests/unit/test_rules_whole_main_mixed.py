@@ -1,7 +1,6 @@
 """A full / IA^3 adapter's [[adapter.blocks]] of another `kind` (LyCORIS preset entries of another algorithm
 on an algo=full / ia3 network, issue 12): on SD 1.x/2.x and SDXL, with the options every kind builds alike;
-DBS578 on the transformer families, for IA^3's bypass, the full adapter's rank dropout and a start from
-init_weights."""
+DBS578 on the transformer families, for IA^3's bypass and the full adapter's rank dropout."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ def test_blocks_of_another_kind_on_the_unet_families(kind):
     [
         ("ia3", "bypass = true"),
         ("full", "rank_dropout = 0.1"),
-        ("full", 'init_weights = "start.safetensors"'),
     ],
 )
 def test_options_the_kinds_do_not_build_alike(kind, option):
