@@ -107,3 +107,13 @@ def test_what_the_blocks_do_not_carry_is_refused(tmp_path, algo, args, preset, s
     outcome = _convert(tmp_path, algo, args, preset)
     assert "DBS403" in codes(outcome)
     assert said in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_unet_at_rate_zero_holds_every_kind(tmp_path, algo):
+    """`unet_lr 0` (kohya leaves the U-Net's modules out of its optimizer, held_unet.py): every block at
+    lr_scale 0, its own kind's too, and a last one over every other module (the network's full / IA^3)."""
+    outcome = expressible(_convert(tmp_path, algo, "--unet_lr=0 --text_encoder_lr=1e-4"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert [b.kind for b in a.blocks] == ["lora", "loha", "lora", "adapter"] and a.blocks[-1].pattern == ""
+    assert {b.lr_scale for b in a.blocks} == {0.0}
