@@ -2836,7 +2836,9 @@ map entry with its own `weight_decompose`) gives the matched LoRA/LoCon, LoHa or
 decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others none, or the reverse. That
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
-`load_state_dict(strict=False)` does), and it is not taken with `max_norm`, `freeze_down`, `ggpo`, a
+`load_state_dict(strict=False)` does), and it is not taken with `max_norm` in kohya's form, on fused layers \
+or beside a Tucker form (LyCORIS's max norm takes each layer's update before its decomposition, decomposed \
+or not), `freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
 whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts
@@ -3182,9 +3184,10 @@ it.""",
     Code(
         "DBS610",
         WARNING,
-        "`adapter.max_norm` on a GLoRA or DyLoRA adapter with no layer it scales",
+        "`adapter.max_norm` on a GLoRA, DyLoRA, full or IA^3 adapter with no layer it scales",
         """\
-A GLoRA or DyLoRA adapter's `max_norm` is LyCORIS's max-norm regularisation of its `[[adapter.blocks]]` /
+A GLoRA, DyLoRA, full or IA^3 adapter's `max_norm` is LyCORIS's max-norm regularisation of its \
+`[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, diag-oft or boft (a LyCORIS preset file's entries
 of those algorithms). LyCORIS's GLoRAModule and DyLoraModule keep the base `apply_max_norm`, which scales
 nothing, and so do its full and IA^3 modules: with no block of those kinds training some layer, the setting

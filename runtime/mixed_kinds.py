@@ -77,6 +77,9 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
+    if not own and adapter.kind in ("full", "ia3"):  # no size of their own: every layer (its convolutions
+        # among conv_targets) at its block's, the catch-all block above at rank 0
+        extra.update(rank=1, alpha=1.0, conv_rank=1, conv_alpha=1.0)
     # the kind's layers built in its blocks' bypass_mode: when they differ, in the default forward,
     # set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer build only
     # there); the adapter's own kind's, its own blocks' and the adapter's

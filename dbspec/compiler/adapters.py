@@ -394,6 +394,7 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
         max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",
+        dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
         denoiser_targets=tuple(adapter.denoiser_targets)
         if targets_given
         else family_spec(family).lora_targets,
@@ -463,14 +464,33 @@ def _excluded_copies(plan: AdapterPlan, family: str, component: str, layers: Map
 def _scale_blocks(adapter) -> dict:
     """Full's and IA^3's learning-rate scales (ScaleBlock) as blocks that adapt their layers (rank and conv
     rank 1: no size, runtime/blocks.py builds each layer as the adapter builds it) at the block's lr_scale
-    (0: held, kohya's U-Net modules at unet_lr 0, held_unet.py)."""
-    if adapter.kind not in ("full", "ia3") or not adapter.blocks:
+    (0: held, kohya's U-Net modules at unet_lr 0, held_unet.py); blocks of another `kind` (a LyCORIS preset
+    file's entries of another algorithm, runtime/mixed_kinds.py) at their own rank and alpha, as
+    _rank_blocks plans a GLoRA adapter's, the text encoders' too."""
+    if adapter.kind not in ("full", "ia3") or not (adapter.blocks or adapter.text_encoder_blocks):
         return {}
-    return dict(
-        blocks=tuple(
-            BlockPlan(pattern=b.pattern, rank=1, alpha=1.0, conv_rank=1, lr_scale=b.lr_scale)
-            for b in adapter.blocks
+
+    def plan(b, text: bool) -> BlockPlan:
+        if b.kind in ("adapter", adapter.kind):  # the adapter's own layers: no size
+            return BlockPlan(
+                pattern=b.pattern, rank=1, alpha=1.0, conv_rank=0 if text else 1, lr_scale=b.lr_scale
+            )
+        return BlockPlan(
+            pattern=b.pattern,
+            kind=b.kind,
+            rank=b.rank,
+            alpha=b.alpha,
+            conv_rank=0 if text else b.conv_rank,
+            conv_alpha=1.0 if text else b.conv_alpha,
+            unit=b.unit,
+            dora=_block_dora(b, adapter),
+            dora_axis=_block_dora_axis(b, adapter),
+            lr_scale=b.lr_scale,
         )
+
+    return dict(
+        blocks=tuple(plan(b, False) for b in adapter.blocks),
+        text_encoder_blocks=tuple(plan(b, True) for b in adapter.text_encoder_blocks),
     )
 
 

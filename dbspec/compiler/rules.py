@@ -2956,7 +2956,8 @@ def adapter_block_patterns(spec: Spec, given: Given) -> Iterator[Hit]:
                 f"adapter.blocks[{i}].pattern `{block.pattern}` is not a regular expression: {exc}",
                 "write a Python regular expression, e.g. `^down_blocks\\.0\\.`",
             )
-        if getattr(block, "conv_rank", 0) and not adapter.conv_rank:  # Diag-OFT's: block sizes only
+        # Diag-OFT's: block sizes only; a full / IA^3 adapter (no conv_rank) adapts its conv_targets
+        if getattr(block, "conv_rank", 0) and not getattr(adapter, "conv_rank", adapter.conv_targets):
             yield _warn(
                 "DBS266",
                 ("adapter", "blocks", i, "conv_rank"),
@@ -3119,6 +3120,9 @@ _MIXED_OFF = {
 }
 
 
+# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3:
+# the U-Net families, mixed_kinds_family)
+_MIXED_ADAPTERS = ("lora", "loha", "lokr", "dylora", "glora")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
 _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
@@ -3270,10 +3274,11 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
         if getattr(b, "kind", "adapter") not in ("adapter", own)
     ]
     family = FAMILIES.get(spec.model.family)
-    if not other or family is None or own not in ("lora", "loha", "lokr", "dylora", "glora"):
+    if not other or family is None or own not in (*_MIXED_ADAPTERS, "full", "ia3"):
         return
     table, i, block = other[0]
-    if family.denoiser != "unet" and not family.mixed_fused_kinds:
+    # a full / IA^3 adapter's blocks of other kinds (ScaleBlock's `kind`): on the U-Net families alone
+    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own in ("full", "ia3")):
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
@@ -3349,15 +3354,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     i, block = other[0]
     beside_tlora = ("lora", "loha", "lokr", "full", "ia3", "glora")  # spec TloraBlock: a rank and alpha
-    if own not in ("lora", "loha", "lokr", "dylora", "glora", "tlora") or (
+    if own not in (*_MIXED_ADAPTERS, "tlora", "full", "ia3") or (
         own == "tlora" and block.kind not in beside_tlora
     ):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora or glora, and on tlora adapters with "
-            "blocks of kind lora, loha, lokr, full, ia3 or glora",
+            "one run on adapters of kind lora, loha, lokr, dylora, glora, full or ia3, and on tlora adapters "
+            "with blocks of kind lora, loha, lokr, full, ia3 or glora",
             codes.help("DBS578"),
         )
         return
@@ -3389,8 +3394,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
     # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
-    # from their kind's defaults): not expressed beside other kinds
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
+    # from their kind's defaults): not expressed beside other kinds; IA^3's bypass forward likewise, as GLoRA's
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora", "ia3") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(
@@ -3596,6 +3601,8 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     p = spec.precision
+    fused = getattr(a, "fused_projections", False)
+    lycoris_norm = getattr(a, "max_norm_form", "lycoris") == "lycoris"  # LoHa / LoKr / GLoRA ...: theirs
     # LoConModule's / LohaModule's row mask on every LoCon / LoHa layer of a LoCon network, decomposed or not,
     # in forward order (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form and
     # peft's LoHa on the others; checked against lycoris-lora's network on SD 1.x); beside other kinds or on
@@ -3607,7 +3614,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             ('dora_form = "peft"', a.kind == "lora" and getattr(a, "dora_form", "peft") != "lycoris"),
             # a file starts each layer with or without its dora_scale (runtime/init_weights.py: LoCon on
             # SD 1.x/2.x / SDXL; lycoris_init.py: LoHa / LoKr; flow_init.py: a fused LoCon)
-            ("max_norm", getattr(a, "max_norm", 0.0)),
+            # LyCORIS's max norm takes each layer's update before its decomposition, whether it decomposes or
+            # not (runtime/max_norm.py, as LoConModule / LohaModule / LokrModule.apply_max_norm); kohya's
+            # form and fused layers not checked
+            ("max_norm", getattr(a, "max_norm", 0.0) and (lycoris_norm is False or fused)),
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
@@ -3638,6 +3648,10 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # LoKr parts', and a decomposed LoRA's through add_fused_locon_dora_dropout)
         if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr", "lora"):
             found.append("module_dropout")
+        # LyCORIS's max norm on a decomposed layer's Tucker form: not checked (runtime/max_norm.py)
+        tucker = getattr(getattr(a, table)[i], "tucker", "adapter") == "on" or getattr(a, "tucker", False)
+        if getattr(a, "max_norm", 0.0) and tucker and "max_norm" not in found:
+            found.append("max_norm")
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"
@@ -4601,11 +4615,11 @@ _MAX_NORM_KINDS = ("lora", "loha", "lokr", "diag-oft", "boft")
 
 @rule("spec")
 def blocks_max_norm_scales_something(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA / DyLoRA adapter's max_norm scales only its blocks of kinds with LyCORIS's apply_max_norm
-    (runtime/max_norm.py): with none training a layer, DBS610."""
+    """A GLoRA / DyLoRA / full / IA^3 adapter's max_norm scales only its blocks of kinds with LyCORIS's
+    apply_max_norm (runtime/max_norm.py): with none training a layer, DBS610."""
     a = spec.adapter
     norm = getattr(a, "max_norm", 0.0)
-    if a.kind not in ("glora", "dylora") or not norm:
+    if a.kind not in ("glora", "dylora", "full", "ia3") or not norm:
         return
     blocks = (*a.blocks, *a.text_encoder_blocks)
     if any(b.kind in _MAX_NORM_KINDS and (b.rank or getattr(b, "conv_rank", 0)) for b in blocks):

@@ -653,14 +653,22 @@ def _full_rows(a, denoiser: str) -> list[tuple[str, str]]:
 
 def _scale_block_rows(a) -> list[tuple[str, str]]:
     """A full / IA^3 adapter's learning-rate blocks (ScaleBlock; the `exclude` patterns' rank-0 blocks left
-    out)."""
+    out) and its blocks of another kind with their sizes."""
     if a.kind not in ("full", "ia3"):
         return []
-    return [
-        (f"  block /{b.pattern}/" if b.pattern else "  block (every module)", _block_rate(b))
-        for b in a.blocks
-        if b.rank
-    ]
+    rows = []
+    for name, blocks in (("  block", a.blocks), ("  text-encoder block", a.text_encoder_blocks)):
+        for b in blocks:
+            if not (b.rank or b.conv_rank):
+                continue
+            size = ""
+            if b.kind != "adapter":  # a LyCORIS map entry of another algorithm, at its own sizes
+                conv = f", conv rank {b.conv_rank} alpha {b.conv_alpha:g}" if b.conv_rank else ""
+                size = f"{b.kind} layers, rank {b.rank} alpha {b.alpha:g}{conv}, "
+            rows.append(
+                (f"{name} /{b.pattern}/" if b.pattern else f"{name} (every module)", size + _block_rate(b))
+            )
+    return rows
 
 
 def _norm_dropout_rows(a) -> list[tuple[str, str]]:

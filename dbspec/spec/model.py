@@ -641,7 +641,8 @@ class AdapterBlock:
         "the adapter's options "
         "apply to every layer, as LyCORIS hands its network's to every module (`module_dropout`: each layer "
         "draws as its LyCORIS class does, on SD 1.x/2.x and SDXL). Another kind needs an adapter "
-        "of kind lora, loha, lokr, dylora or glora without options one kind lacks "
+        "of kind lora, loha, lokr, dylora or glora (full or ia3 on SD 1.x/2.x and SDXL, their blocks' "
+        "`kind`) without options one kind lacks "
         "(DBS578; on Flux, SD3 and Chroma "
         "`fused_projections`); on SD 1.x/2.x and SDXL such a run starts from `init_weights`, LyCORIS's file "
         "of its modules, each in its kind's keys (a DyLoRA layer's module in kohya's LoRA layout: only "
@@ -1396,7 +1397,8 @@ _EXCLUDED_LAYER = (
 class ScaleBlock:
     """The learning-rate scale of the denoiser's full or IA^3 layers one pattern names (LyCORIS's full and
     IA^3 modules have no rank: a block holds or scales them; kohya lycoris.kohya algo=full / ia3 at
-    `unet_lr` 0, whose U-Net modules its optimizer leaves out)."""
+    `unet_lr` 0, whose U-Net modules its optimizer leaves out), or another kind in their place with its rank
+    and alpha (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entries of another algorithm)."""
 
     pattern: str = option(
         doc="Python regular expression searched in each adapted denoiser module's path (diffusers names, "
@@ -1405,7 +1407,49 @@ class ScaleBlock:
         "no module to scale); empty matches every module.",
         example="^down_blocks\\.0\\.",
     )
-    lr_scale: float = _block_lr_scale("full or IA^3")
+    kind: BlockKind = option(
+        "adapter",
+        doc="The matched layers' adapter algorithm: `adapter` (the adapter's full or IA^3, at the block's "
+        "`lr_scale`; `rank` and the other sizes unused), or `lora`, `loha`, `lokr`, `diag-oft`, `boft`, "
+        "`glora`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's "
+        "`algo` on an `algo=full` / `algo=ia3` network, SD 1.x/2.x and SDXL), at the block's `rank`, "
+        "`alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
+        example="lora",
+    )
+    rank: int = option(
+        0,
+        doc="Rank of the matched linear (and 1x1) layers of a block of another `kind`; 0 adapts none of "
+        "them. Unused by the adapter's own full / IA^3 layers (no rank).",
+        minimum=0,
+        maximum=100_000,
+    )
+    alpha: float = option(
+        1.0,
+        doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank).",
+        minimum=0,
+    )
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched 3x3 convolutions of a block of another `kind` (among `conv_targets`); 0 "
+        "adapts none. Up to 100000.",
+        minimum=0,
+        maximum=100_000,
+    )
+    conv_alpha: float = _block_conv_alpha()
+    unit: int = _block_unit()
+    dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")
+
+
+def _scale_text_blocks():
+    return option(
+        factory=list,
+        doc="The text encoders' layers of another kind ([[adapter.text_encoder_blocks]] tables of a `kind` "
+        "other than `adapter`, with its rank and alpha: a LyCORIS preset file's `module_algo_map` / "
+        "`name_algo_map` entries of another algorithm on an `algo=full` / `algo=ia3` network); modules no "
+        "block matches keep the adapter's kind.",
+    )
 
 
 def _scale_blocks(what: str):
@@ -1487,7 +1531,9 @@ class FullAdapter:
         "load_weights adds the file's diff again. Unused without init_weights.",
     )
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    max_norm: float = _blocks_max_norm("full")
     blocks: list[ScaleBlock] = _scale_blocks("trained copies")
+    text_encoder_blocks: list[TextEncoderBlock] = _scale_text_blocks()
 
 
 @frozen
@@ -1558,7 +1604,9 @@ class Ia3Adapter:
     init_weights: str = _whole_init_weights("scales (`weight` / `on_input`)", sd=True)
     init_partial: bool = _fused_init_partial()
     init_alpha: Literal["match", "ignore"] = _init_alpha()
+    max_norm: float = _blocks_max_norm("IA^3")
     blocks: list[ScaleBlock] = _scale_blocks("IA^3 scales")
+    text_encoder_blocks: list[TextEncoderBlock] = _scale_text_blocks()
 
 
 def _oft_rescaled():

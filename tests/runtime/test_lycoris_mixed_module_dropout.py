@@ -67,6 +67,9 @@ def _ours(pipe, adapter, rate: float):  # noqa: F811
         ("locon", "boft"),
         ("lokr", "glora"),
         ("glora", "full"),  # a GLoRA network's module_dropout beside other kinds (was DBS403 / DBS578)
+        # a full / IA^3 network's beside LoCon / LoHa / LoKr entries (was DBS403: blocks held a rate alone)
+        ("full", "loha"),
+        ("ia3", "lokr"),
         # ... with dora_wd: its LoHa and LoCon blocks decomposed (was DBS403 / a spec's DBS583), LoHaModule's
         # and LoConModule's draw skipping the renormalised update
         ("glora", "loha+locon"),

@@ -410,7 +410,9 @@ def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     decomposed ones renormalising the masked update: rank_dropout in LyCORIS's form
     (tests/runtime/test_lycoris_block_dora_rank_dropout.py against lycoris-lora 4.1.3's network); beside
     LoHa entries too (was DBS403; test_lycoris_mixed_rank_dropout.py); beside entries of other algorithms
-    (full), or with LyCORIS's max norm, still DBS583 on the spec: DBS403."""
+    (full) still DBS583 on the spec: DBS403; with LyCORIS's max norm (was DBS403, a spec's DBS583) each
+    layer's update is taken before its decomposition, decomposed or not
+    (tests/runtime/test_lycoris_mixed_max_norm.py against lycoris-lora 4.1.3's network)."""
     text = FULL + "[module_algo_map.FeedForward]\nweight_decompose = true\n"
     outcome = _convert(tmp_path, text, "locon", '"rank_dropout=0.1" "module_dropout=0.2"')
     assert not {"DBS402", "DBS403", "DBS583"} & codes(outcome), errors(outcome)
@@ -427,8 +429,9 @@ def test_entry_weight_decompose_with_dropouts_or_max_norm_is_refused(tmp_path):
     outcome = _convert(tmp_path / "full", full, "locon", '"rank_dropout=0.1"')
     assert "DBS403" in codes(outcome) and 'dora = "on" with rank_dropout' in messages(outcome, "DBS403")
     (tmp_path / "n").mkdir()
-    outcome = _convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0")
-    assert "DBS403" in codes(outcome) and 'dora = "on" with max_norm' in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path / "n", text, "locon", "--scale_weight_norms=1.0"))
+    a = plan_of(outcome, tmp_path / "n").adapter
+    assert (a.max_norm, a.max_norm_form, [b.dora for b in a.blocks]) == (1.0, "lycoris", ["on"])
 
 
 def test_entry_weight_decompose_with_a_locon_network_weights_file(tmp_path):
@@ -457,6 +460,16 @@ def test_entry_weight_decompose_with_a_locon_network_weights_file(tmp_path):
     assert (a.kind, a.dora, a.dora_form, a.init_partial) == ("lora", False, "lycoris", True)
     assert a.init_weights.endswith("prev.safetensors")
     assert [(b.pattern, b.dora) for b in a.blocks] == [(r"(?:^|\.)(?:ff\.net\.0\.proj|ff\.net\.2)$", "on")]
+    # with --scale_weight_norms (was DBS403, a spec's DBS583): LyCORIS's max norm on every LoCon layer, the
+    # file's decomposed ones too (their update before the decomposition, the file's alpha)
+    args = "--network_weights=prev.safetensors --scale_weight_norms=1.0"
+    a = plan_of(expressible(_convert(tmp_path, text, "locon", args)), tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form, a.init_weights.endswith("prev.safetensors")) == (
+        1.0,
+        "lycoris",
+        True,
+    )
+    assert [b.dora for b in a.blocks] == ["on"]
 
 
 def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import attrs
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.spec.model import ADAPTER_VARIANTS
+from dbspec.spec.model import ADAPTER_VARIANTS, ScaleBlock
 
 Args = dict[str, Legacy]
 
@@ -139,7 +139,8 @@ def _catch_all(conv: Conversion) -> dict:
     an OFT's block size (its constraint and rescale the block's defaults, the adapter's)."""
     fields, own = _fields(conv), attrs.fields_dict(_block_type(conv))
     keys = _OFT_KEYS if "block_size" in own else _BLOCK_KEYS
-    keys = tuple(k for k in keys if k in own)  # a full / IA^3 ScaleBlock: its pattern alone
+    # a full / IA^3 ScaleBlock: its pattern alone (its sizes are those of its blocks of another `kind`)
+    keys = ("pattern",) if _block_type(conv) is ScaleBlock else tuple(k for k in keys if k in own)
     out: dict = {"pattern": ""}
     for key in keys[1:]:
         if ("adapter", key) in conv.values:

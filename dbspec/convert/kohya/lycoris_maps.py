@@ -155,10 +155,12 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 # why a network of these algorithms holds no block of another kind
 _NO_KIND_BLOCKS = {
-    "ia3": " (an IA^3 adapter's [[adapter.blocks]] hold a learning-rate scale, not another kind's rank)",
+    "ia3": " (an IA^3 adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
+    "options of their own beyond a rank, alpha, unit and dora)",
     "diag-oft": " (a Diag-OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
     "boft": " (a BOFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
-    "full": " (a full adapter's [[adapter.blocks]] hold a learning-rate scale, not another kind's rank)",
+    "full": " (a full adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
+    "options of their own beyond a rank, alpha, unit and dora)",
 }
 
 
@@ -195,7 +197,8 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
-            "LoKr, DyLoRA and GLoRA networks' layers and LoRA/LoCon, LoHa, LoKr, full, "
+            "LoKr, DyLoRA and GLoRA (SD 1.x/2.x and SDXL: full and IA^3 too) networks' layers and "
+            "LoRA/LoCon, LoHa, LoKr, full, "
             "ia3, diag-oft, boft, glora or dylora entries, on SD 1.x/2.x, "
             "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
             + _NO_KIND_BLOCKS.get(_algo(algo), ""),
@@ -443,7 +446,9 @@ def _mixed_kinds(
     module does and the other kinds' modules never read (runtime/mixed_kinds.py kind_adapter; on Flux / SD3
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
-    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora"):  # DyLoRA's, GLoRA's, T-LoRA's too
+    if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
+        return other  # T-LoRA's too; full's and IA^3's on SD 1.x/2.x and SDXL (their ScaleBlock's `kind`)
+    if _algo(algo) in _NO_DIMS and not unet:  # no fused-layer form of their blocks of other kinds
         return other
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
@@ -464,7 +469,7 @@ def _mixed_kinds(
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    glora = _algo(algo) == "glora"  # a GLoRA adapter's blocks of other kinds take no bypass
+    glora = _algo(algo) in ("glora", *_NO_DIMS)  # these adapters' blocks of other kinds take no bypass
     if "bypass_mode" in on and not drops and bypass and not glora:
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     elif (  # no adapter.bypass for the blocks: inert kinds only
@@ -568,7 +573,7 @@ def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tup
     every module where the entry has none (GLoRAModule and DyLoraModule take weight_decompose and never read
     it; LoConModule, LohaModule and LokrModule decompose): its LoCon / LoHa / LoKr blocks' `dora` /
     `dora_axis` against an adapter that decomposes nothing."""
-    if _algo(algo) not in ("glora", "dylora"):
+    if _algo(algo) not in ("glora", "dylora", *_NO_DIMS):
         return layer.options, network
     given = (("weight_decompose", network["weight_decompose"]), ("wd_on_out", network["wd_on_out"]))
     return (*given, *layer.options), {**network, "weight_decompose": False, "wd_on_out": True}
@@ -736,8 +741,10 @@ def map_blocks(
         *_dropped(found, kept),
     ]
     found = kept
-    if kind in _NO_DIMS:
-        return [], [], inert
+    if (
+        kind in _NO_DIMS
+    ):  # FullModule, IA3Module never read dim / alpha: blocks for other kinds' entries alone
+        return (*_other_kind_blocks(found, dims, rs_lora, network, algo if kinds else ""), inert)
     if kind in _OFT:  # an entry's dim: its layers' block-size hint
         return (
             _oft_blocks(found.unet, found.unet_rows, dims, network),
@@ -790,6 +797,51 @@ def _tlora_alphas(blocks: list[dict[str, Any]]) -> None:
             "not express",
             False,
         )
+
+
+# what a full / IA^3 adapter's blocks of another kind carry (spec ScaleBlock, TextEncoderBlock alike)
+_SCALE_BLOCK_KEYS = (
+    "pattern",
+    "kind",
+    "rank",
+    "alpha",
+    "conv_rank",
+    "conv_alpha",
+    "unit",
+    "dora",
+    "dora_axis",
+)
+
+
+def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
+    """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
+    another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock); PresetError for
+    an entry's own option such a block does not carry (a LoKr factor or switch, use_scalar, use_tucker,
+    rs_lora, a Diag-OFT / BOFT constraint or rescaled)."""
+    if not algo:
+        return [], []
+    unet = [b for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo) if "kind" in b]
+    text = [
+        b
+        for b in _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo)
+        if "kind" in b
+    ]
+    for block in [*unet, *text]:
+        extra = [k for k in block if k not in (*_SCALE_BLOCK_KEYS, "_why")]
+        own = [k for k in extra if not (k in ("conv_rank", "conv_alpha") and block in text)]
+        if own:
+            raise PresetError(
+                f"`{_source([block])}` gives its {block['kind']} layers their own {', '.join(own)} on an "
+                f"algo={algo} network: a full / IA^3 adapter's [[adapter.blocks]] of another kind carry a "
+                "rank, alpha, unit and dora, no other option of their own",
+                False,
+            )
+        high = max(block["rank"], block.get("conv_rank", 0))
+        if high > _MAX_BLOCK_RANK:
+            _huge_block(block, high, block["kind"], rs_lora)
+    for block in text:
+        block.pop("conv_rank", None), block.pop("conv_alpha", None)
+    return unet, text
 
 
 def _oft_blocks(

@@ -429,9 +429,11 @@ def _map_network(
         ):
             return None
     elif kind in _WHOLE_LAYER_KINDS:
-        _lycoris_full(
-            kwargs, kind, bool(conv_dim) and list(conv_targets), put, unsupported, args, conv, dropout
-        )
+        if kind in ("full", "ia3") and _decomposing_blocks(put):  # their LoCon / LoHa / LoKr entries' modules
+            kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)  # read them: the blocks' `dora`
+        # with conv_dim 0 the convolutions an entry of another algorithm gives a dim (its block's conv_rank)
+        built = bool(conv_dim) or (file_convs and any("kind" in b for b in put.get("_blocks", ())))
+        _lycoris_full(kwargs, kind, built and list(conv_targets), put, unsupported, args, conv, dropout)
         if kind in ("diag-oft", "boft"):
             _diag_oft(kwargs, dim, conv_dim if conv_targets else dim, put, unsupported)
     elif conv_targets and (conv_dim or file_convs):
@@ -442,7 +444,9 @@ def _map_network(
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
-    if kind in ("glora", "dylora") and _decomposing_blocks(put):  # LyCORIS hands them to its LoCon / LoHa /
+    if kind in ("glora", "dylora", "full", "ia3") and _decomposing_blocks(
+        put
+    ):  # LyCORIS hands them to its LoCon / LoHa /
         # LoKr entries' modules: those blocks' own `dora` / `dora_axis` (lycoris_maps._network_dora)
         kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)
     if kind == "glora":
@@ -465,7 +469,11 @@ def _map_network(
         put["dora_form"] = "lycoris"
     wd_on_output = kwargs.pop("wd_on_output", "true")
     # LyCORIS's str_bool: one per input column (a GLoRA / DyLoRA adapter has no axis: its blocks carry it)
-    if (dora or entry_dora) and not _str_bool(wd_on_output) and kind not in ("glora", "dylora"):
+    if (
+        (dora or entry_dora)
+        and not _str_bool(wd_on_output)
+        and kind not in ("glora", "dylora", "full", "ia3")
+    ):
         put["dora_axis"] = "input"
     bypass_mode = _str_bool(kwargs.get("bypass_mode", "false"))  # LyCORIS's str_bool
     if lycoris and kind == "lora":
@@ -554,7 +562,8 @@ def _block_rank_dropout(
     GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
     dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
     refused (it was DBS405, "never read", though those entries read it)."""
-    if kind not in ("boft", "dylora", "glora") or not _float(kwargs.get("rank_dropout") or 0.0):
+    # IA^3 too: IA3Module never reads it, its entries of other algorithms do
+    if kind not in ("boft", "dylora", "glora", "ia3") or not _float(kwargs.get("rank_dropout") or 0.0):
         return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return False  # the adapter carries it (GLoRA's bypass forward)

@@ -1,0 +1,45 @@
+"""A full / IA^3 adapter's [[adapter.blocks]] of another `kind` (LyCORIS preset entries of another algorithm
+on an algo=full / ia3 network, issue 12): on SD 1.x/2.x and SDXL, with the options every kind builds alike;
+DBS578 on the transformer families, for IA^3's bypass and the full adapter's rank dropout."""
+
+from __future__ import annotations
+
+import pytest
+from test_rules import DOG, STEPS, hits_of
+
+from dbspec.compiler import rules
+
+LOCON = "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+
+
+@pytest.mark.parametrize("kind", ["full", "ia3"])
+def test_blocks_of_another_kind_on_the_unet_families(kind):
+    body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\n' + LOCON
+    assert hits_of(rules.mixed_block_kinds, body) == []
+    assert hits_of(rules.mixed_kinds_family, 'family = "sdxl"\n' + body) == []
+    assert hits_of(rules.mixed_kinds_family, 'family = "flux"\n' + body) == [
+        ("DBS578", "error", ("adapter", "blocks", 0, "kind"))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "option"),
+    [
+        ("ia3", "bypass = true"),
+        ("full", "rank_dropout = 0.1"),
+    ],
+)
+def test_options_the_kinds_do_not_build_alike(kind, option):
+    body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\n{option}\n' + LOCON
+    key = option.split(" ")[0]
+    assert hits_of(rules.mixed_block_kinds, body) == [("DBS578", "error", ("adapter", key))]
+    assert hits_of(rules.mixed_block_kinds, body.replace(LOCON, "")) == []
+
+
+@pytest.mark.parametrize("kind", ["full", "ia3"])
+def test_max_norm_without_blocks_it_scales_warns(kind):
+    body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\nmax_norm = 1.0\n'
+    assert hits_of(rules.blocks_max_norm_scales_something, body) == [
+        ("DBS610", "warning", ("adapter", "max_norm"))
+    ]
+    assert hits_of(rules.blocks_max_norm_scales_something, body + LOCON) == []
