@@ -328,6 +328,9 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
             torch.testing.assert_close(mine, lyco(x), rtol=0, atol=1e-5, msg=name)
             assert not torch.allclose(mine, base(x), atol=1e-4), name
 
+    if algo == "lokr" and preset in (TUCKER, OFT_RESCALED):
+        return  # this network's run from its file trains in test_mixed_preset_run_starts_from_its_file_as_
+        # lycoris (the Tucker one resuming bit-exact), its layers here started alike
     # trains (a mixed run from a file resumes in test_mixed_preset_run_starts_from_its_file_as_lycoris)
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
@@ -392,10 +395,13 @@ def test_mixed_run_beside_dylora_entries_takes_only_their_alphas(pipe, tmp_path,
             moved = not torch.allclose(mine, base(x), atol=1e-4)
         assert moved == (name not in dylora), name
 
-    # trains (DyLoRA entries beside other kinds resume in test_lycoris_algo_maps, a mixed run from a file in
-    # test_mixed_preset_run_starts_from_its_file_as_lycoris)
-    whole, _ = kit.whole_run(tmp_path)
-    assert whole.status == "finished"
+    # the LoCon network's run trains from the file (DyLoRA entries beside other kinds resume in
+    # test_lycoris_algo_maps, a mixed run from a file in test_mixed_preset_run_starts_from_its_file_as_
+    # lycoris); the DyLoRA network's with these entries trains and resumes in test_lycoris_mixed_dylora's
+    # test_dylora_entries_train_resume_and_load_in_lycoris[dylora], its start from the file checked above
+    if algo == "locon":
+        whole, _ = kit.whole_run(tmp_path)
+        assert whole.status == "finished"
 
     name = sorted(dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
     state[f"{name}.alpha"] = state[f"{name}.alpha"] * 3
