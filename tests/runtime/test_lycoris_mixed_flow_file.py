@@ -200,6 +200,7 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
 
     from dbspec.runtime.dylora import DyloraLayer
     from dbspec.runtime.execute import execute
+    from dbspec.runtime.init_weights import load_init_weights
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris_mixed_flow_dylora import DYLORA_NETWORK, _their_network
     from tests.runtime.test_lycoris_mixed_flow_dylora import FLUX_FILE as DYLORA_FILE
@@ -267,8 +268,8 @@ def test_mixed_flux_run_beside_dylora_entries_takes_only_their_alphas(
     name = sorted(unet_dylora)[0]  # a DyLoRA alpha of its own: LyCORIS would train at it
     tensors[f"{name}.alpha"] = tensors[f"{name}.alpha"] * 3
     save_file(tensors, str(second_dir / "prev.safetensors"))
-    with pytest.raises(ValueError, match=f"{name}.alpha"):
-        _loaded(plan)
+    with pytest.raises(ValueError, match=f"{name}.alpha"):  # on the models started above
+        load_init_weights(plan, comps.unet, comps.text_encoders)
 
 
 # a LoKr network with full, LoCon and LoHa entries on the denoiser only (no CLIP module)
