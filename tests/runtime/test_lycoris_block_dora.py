@@ -397,7 +397,9 @@ def test_flux_locon_file_with_dora_scale_in_some_clip_modules(tmp_path):
     create_network_from_weights on kohya's encoder list builds the fc1 LoConModules alone with
     weight_decompose; dbspec's text-encoder blocks give exactly those layers LyCORIS's decomposition
     (`dora = "on"`; was DBS403), every layer starts where LyCORIS rebuilds it (magnitudes the file's,
-    outputs to 1e-5), and the run trains them and resumes bit-exact."""
+    outputs to 1e-5), and the run trains them. The same kind of state (some layers' `dora_scale` from a
+    file) resumes bit-exact in test_flux_locon_file_with_dora_scale_in_some_modules, DoRA on CLIP in
+    test_lycoris's `dora` run."""
     import copy
 
     from lycoris import kohya as lycoris_kohya
@@ -467,14 +469,9 @@ def test_flux_locon_file_with_dora_scale_in_some_clip_modules(tmp_path):
             torch.testing.assert_close(ours[path](x), layer(x), rtol=0, atol=1e-5)
     base = [*RUN, "schedule.steps=2"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    assert whole.status == "finished"
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
-    saved, again = load_file(str(export)), load_file(str(again))
-    assert saved.keys() == again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    saved = load_file(str(export))
     clip_scales = {k for k in saved if k.startswith("lora_te1_") and k.endswith(".dora_scale")}
     assert {k.split(".")[0] for k in clip_scales} == held
     assert any(not torch.equal(saved[k], tensors[k]) for k in clip_scales), "the CLIP magnitudes trained"

@@ -38,6 +38,22 @@ BASE = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.va
 BASE += ['checkpoints.exports=["kohya_lora"]', "model.t5_max_length=16"]
 
 
+# the algos whose runs also resume bit-exact (see test_clip_norm_offsets_train_resume_and_load_in_lycoris)
+RESUMED = ("lora",)
+
+
+def _resumes_bit_exact(spec: Path, whole, tensors: dict[str, torch.Tensor]) -> None:
+    """The spec stopped after its first step and resumed: the whole run's losses and export bit for bit."""
+    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
+    first = execute(parts, stop_after=1)
+    assert first.status == "interrupted"
+    second = execute(parts, resume=True)
+    assert second.status == "finished" and first.losses + second.losses == whole.losses
+    (again,) = Path(second.final).glob("*.kohya.safetensors")
+    resumed = load_file(str(again))
+    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+
+
 def _converted(tmp_path: Path, algo: str, preset: str, drops: str) -> Path:
     from tests.unit.convert_kit import component_file, errors, images, kohya, out_path
 
@@ -101,22 +117,21 @@ def _converted(tmp_path: Path, algo: str, preset: str, drops: str) -> Path:
 def test_clip_norm_offsets_train_resume_and_load_in_lycoris(tmp_path, algo, preset, drops, kinds, norms):
     """NormModules beside LoCon's, with LyCORIS's dropouts (NormModule's draws: test_norm_offsets_draw_as_
     lycoris), beside Full's (LyCORIS gives the norms theirs whatever the algo), and alone (CLIP trains its
-    norm offsets without an adapter)."""
+    norm offsets without an adapter). The LoCon runs resume bit-exact (RESUMED: the offsets and their
+    dropout draws beside an adapter, and the offsets alone); the other algos' runs save the same offsets
+    through the same path, their own kinds' state resuming in their own tests (test_lycoris,
+    test_lycoris_flux_boft, test_lycoris_flux_glora, test_lycoris_flux_oft, test_lycoris_flux_ia3,
+    test_lycoris_flux_dylora, test_lycoris_flow_full_t5): they train, export and load back."""
     spec = _converted(tmp_path, algo, preset, drops)
     plan = compile_spec(spec, [*BASE, "output.dir=whole"])
     assert plan.adapter.text_encoder_norms == norms and plan.train_text_encoder
     assert plan.adapter.norm_rank_dropout == (0.5 if "rank_dropout" in drops else 0.0)
     whole = execute(plan, keep_models=True)
     assert whole.status == "finished"
-    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
-    first = execute(parts, stop_after=1)
-    assert first.status == "interrupted"
-    second = execute(parts, resume=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    (again,) = Path(second.final).glob("*.kohya.safetensors")
-    tensors, resumed = load_file(str(export)), load_file(str(again))
-    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    tensors = load_file(str(export))
+    if algo in RESUMED:
+        _resumes_bit_exact(spec, whole, tensors)
     offsets = {k for k in tensors if k.endswith(("w_norm", "b_norm"))}
     assert "lora_te1_text_model_encoder_layers_1_layer_norm2.w_norm" in offsets
     assert all(tensors[k].abs().max() > 0 for k in offsets)  # trained away from LyCORIS's zeros
@@ -243,17 +258,11 @@ def test_t5_norms_stay_as_lycoris_leaves_them(tmp_path):
         torch.testing.assert_close(t5(ids).last_hidden_state, before, rtol=0, atol=0)  # LoCon ups start at 0
     assert not any(k.startswith("lora_te2_") and k.endswith("_norm") for k in network.state_dict())
 
-    whole = execute(plan)
+    whole = execute(plan)  # resumes: its CLIP offsets in the LoCon runs above, T5's LoRA in
+    # test_flux_t5_lora's test_t5_lora_trains_resumes_bit_exact_and_exports_kohya_names
     assert whole.status == "finished"
-    parts = compile_spec(spec, [*BASE, "output.dir=parts"])
-    first = execute(parts, stop_after=1)
-    assert first.status == "interrupted"
-    second = execute(parts, resume=True)
-    assert second.status == "finished" and first.losses + second.losses == whole.losses
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
-    (again,) = Path(second.final).glob("*.kohya.safetensors")
-    tensors, resumed = load_file(str(export)), load_file(str(again))
-    assert tensors.keys() == resumed.keys() and all(torch.equal(tensors[k], resumed[k]) for k in tensors)
+    tensors = load_file(str(export))
     assert any(k.startswith("lora_te2_") for k in tensors)  # T5's Linears trained
     assert not any(k.startswith("lora_te2_") and k.endswith("_norm") for k in tensors)
     assert any(k.startswith("lora_te1_") and k.endswith("w_norm") for k in tensors)

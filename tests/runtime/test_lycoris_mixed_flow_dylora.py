@@ -4,10 +4,14 @@ over the fused input and one block drawn per training forward, its up blocks' ro
 (runtime/dylora.py tie_fused_dylora, tied in a run of several kinds by runtime/prepare.py). Checked against
 lycoris-lora 4.1.3: create_network from the same preset file on kohya's layers (every layer's class, dim,
 scale and DyLoRA block size equal to the plan's), DyLoraModule's update for each drawn block on the stacked
-weight (the parts' training forward), a tiny run that resumes bit-exact, and its one kohya export: the keys
+weight (the parts' training forward), a tiny run, and its one kohya export: the keys
 and shapes of create_network's state dict (DyLoraModule's `lora_down` / `lora_up` / `alpha` under kohya's
 fused names beside the other modules'), loaded by create_network_from_weights to the trained outputs;
-the adapter folders load back as `dbspec sample` loads them (Flux)."""
+the adapter folders load back as `dbspec sample` loads them (Flux). One run per form resumes bit-exact
+(RESUMED): DyLoRA entries in a LoCon network on Flux's fused Linears, and a DyLoRA network (dora_wd) with
+Diag-OFT, LoCon, LoKr, full and IA^3 entries; the other runs save the same kinds of state (DyLoRA's blocks
+and draws on fused Linears, the other kinds' weights, resumed in test_lycoris_mixed_flow_full and
+test_lycoris_flux_boft) through the same path, on SD3 as on Flux: they train, export and load back."""
 
 from __future__ import annotations
 
@@ -57,6 +61,9 @@ alpha = 1
 [module_algo_map.CLIPAttention]
 algo = "dylora"
 """
+
+# the runs that also resume bit-exact: (test, parameter); see the module's docstring
+RESUMED = {("entries", "locon"), ("network", "diag-oft")}
 
 _CLASS = {"lora": "LoConModule", "locon": "LoConModule", "loha": "LohaModule", "lokr": "LokrModule"}
 _CLASS["dylora"] = "DyLoraModule"
@@ -255,7 +262,7 @@ def test_dylora_entries_on_flux_fused_layers_train_resume_and_load_in_lycoris(
     assert dylora == [(4, 1.0, 2), (4, 2.0, 2)]  # img_attn.qkv at the network's; linear1 the entry's own
     assert [(b.kind, b.unit) for b in a.text_encoder_blocks] == [("dylora", 2)]
 
-    planned, whole, tensors = _run(tmp_path, {"dylora"}, base)
+    planned, whole, tensors = _run(tmp_path, {"dylora"}, base, resume=("entries", algo) in RESUMED)
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors}
@@ -332,7 +339,7 @@ def test_dylora_entries_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp
         (2, 4.0, 2),
         (4, 1.0, 1),
     ]
-    _, whole, tensors = _run(tmp_path, {"dylora", "lora"}, base)
+    _, whole, tensors = _run(tmp_path, {"dylora", "lora"}, base, resume=False)  # resumes: RESUMED
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
     expected = {
@@ -363,6 +370,7 @@ def _starts_from_export(tmp_path: Path, base, whole, tensors, theirs) -> None:
     modules' tensors whole; another DyLoRA alpha in the file stops the load."""
     from safetensors.torch import save_file
 
+    from dbspec.runtime.init_weights import load_init_weights
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_flow_init import _loaded
     from tests.runtime.test_lycoris_preset_file_flow import _spec
@@ -382,8 +390,8 @@ def _starts_from_export(tmp_path: Path, base, whole, tensors, theirs) -> None:
     changed[f"{dylora[0]}.alpha"] = tensors[f"{dylora[0]}.alpha"] * 3
     save_file(changed, str(tmp_path / "changed.safetensors"))
     start[0] = "adapter.init_weights=" + str(tmp_path / "changed.safetensors")
-    with pytest.raises(ValueError, match=f"{dylora[0]}.alpha"):
-        _loaded(compile_spec(_spec(tmp_path), [*base, *start]))
+    with pytest.raises(ValueError, match=f"{dylora[0]}.alpha"):  # on the models started above
+        load_init_weights(compile_spec(_spec(tmp_path), [*base, *start]), comps.unet, comps.text_encoders)
 
 
 # a DyLoRA network (block_size 2) with entries of other algorithms: LoCon on the text stream's q/k/v, LoKr on
@@ -458,7 +466,7 @@ def test_dylora_network_with_other_entries_on_flux_trains_resumes_and_loads_in_l
     # dora_wd: the LoCon and LoKr blocks' own `dora` (each fused Linear whole), DyLoRA's and the others' none
     doras = {(b.kind, b.dora) for b in (*a.blocks, *a.text_encoder_blocks) if b.dora != "adapter"}
     assert doras == ({("lora", "on"), ("lokr", "on")} if wd else set())
-    planned, whole, tensors = _run(tmp_path, kinds, base)
+    planned, whole, tensors = _run(tmp_path, kinds, base, resume=("network", qkv) in RESUMED)
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     names = {k.split(".")[0] for k in tensors}
@@ -538,7 +546,7 @@ def test_dylora_network_with_other_entries_on_sd3_trains_resumes_and_loads_in_ly
     base = ["model.base=builtin:tiny-sd3", *_BASE]
     plan = _converted(tmp_path, file.name, "dylora", base, script="sd3")
     assert (plan.adapter.kind, plan.adapter.dylora_unit) == ("dylora", 2) and plan.adapter.fused
-    _, whole, tensors = _run(tmp_path, {"lokr", "lora"}, base)
+    _, whole, tensors = _run(tmp_path, {"lokr", "lora"}, base, resume=False)  # resumes: RESUMED
     unet = whole.components.unet.eval()
     layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
     expected = {
