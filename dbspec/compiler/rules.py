@@ -3394,7 +3394,7 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
     # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
-    # from their kind's defaults): not expressed beside other kinds; IA^3's bypass forward likewise, as GLoRA's
+    # from their kind's defaults): not expressed beside other kinds; IA^3's bypass likewise
     defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora", "ia3") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
