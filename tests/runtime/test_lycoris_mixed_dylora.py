@@ -151,8 +151,9 @@ def test_dylora_entries_train_resume_and_load_in_lycoris(pipe, tmp_path, monkeyp
     one block per DyLoRA layer trains in a step, it resumes bit-exact, the export loads in lycoris-lora to
     the trained output, and the adapter folders load back. The run is LoRA+'s (loraplus_lr_ratio=4, the
     network_args of test_loraplus_raises_the_locon_ups_not_the_dylora_blocks, whose own run and bit-exact
-    resume it was): LoRA+ changes the ups' learning rate, none of the above. The same files resume without
-    LoRA+ in test_lycoris_mixed_file.py (test_mixed_run_beside_dylora_entries_takes_only_their_alphas)."""
+    resume it was): LoRA+ changes the ups' learning rate, none of the above. This is the one resume of these
+    networks (test_lycoris_mixed_file.py's test_mixed_run_beside_dylora_entries_takes_only_their_alphas
+    checks their start from a file and trains the LoCon network's alone)."""
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
