@@ -26,7 +26,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs
+from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, same_draws
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -103,19 +103,7 @@ def test_rank_dropout_beside_entries_own_decomposition_is_lycoris(pipe, tmp_path
         calm = ours(latents, t, context).sample
         torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
     ours.train(), theirs.train(), made.train()
-    torch.manual_seed(11)
-    outputs = []
-    for _ in range(3):
-        before = torch.get_rng_state()
-        mine = ours(latents, t, context).sample
-        after = torch.get_rng_state()
-        torch.set_rng_state(before)
-        other = theirs(latents, t, context).sample
-        assert torch.equal(torch.get_rng_state(), after)
-        torch.testing.assert_close(other, mine, rtol=1e-4, atol=1e-4)
-        mine.square().mean().backward()
-        other.square().mean().backward()
-        outputs.append(mine.detach())
+    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
     assert not torch.allclose(outputs[0], calm, atol=1e-4)
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
     for path in decomposed_ours:  # the magnitudes' and ups' gradients over the three masked forwards

@@ -40,6 +40,28 @@ def _inputs(seed: int, unet) -> tuple[torch.Tensor, torch.Tensor]:
     return latents, torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
 
 
+def same_draws(ours, theirs, inputs, forwards: int, backward: bool = False) -> list[torch.Tensor]:
+    """`forwards` training forwards of our U-Net and LyCORIS's from torch's generator at seed 11, each pair
+    from the same generator state: equal outputs (1e-4) and the generator left where ours leaves it (the
+    same draws); with `backward` each output's squared mean back-propagated (gradients summed over them).
+    Our outputs."""
+    torch.manual_seed(11)
+    outputs = []
+    for _ in range(forwards):
+        before = torch.get_rng_state()
+        mine = ours(*inputs).sample
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        other = theirs(*inputs).sample
+        assert torch.equal(torch.get_rng_state(), after)
+        torch.testing.assert_close(other, mine, rtol=1e-4, atol=1e-4)
+        if backward:
+            mine.square().mean().backward()
+            other.square().mean().backward()
+        outputs.append(mine.detach())
+    return outputs
+
+
 def _ours(pipe, adapter, rate: float):  # noqa: F811
     """The converted plan's U-Net layers with every trainable tensor drawn at random (so no update is 0),
     and the mixed run's module dropout."""
@@ -134,17 +156,7 @@ def test_each_kind_draws_module_dropout_as_lycoris(pipe, tmp_path, monkeypatch, 
         calm = ours(latents, t, context).sample
         torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
         ours.train(), theirs.train(), made.train()
-        torch.manual_seed(11)
-        outputs = []
-        for _ in range(4):
-            state_before = torch.get_rng_state()
-            mine = ours(latents, t, context).sample
-            after = torch.get_rng_state()
-            torch.set_rng_state(state_before)
-            other_out = theirs(latents, t, context).sample
-            assert torch.equal(torch.get_rng_state(), after)
-            torch.testing.assert_close(other_out, mine, rtol=1e-4, atol=1e-4)
-            outputs.append(mine)
+        outputs = same_draws(ours, theirs, (latents, t, context), 4)
     assert not torch.allclose(outputs[0], calm, atol=1e-4)
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
 
