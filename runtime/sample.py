@@ -327,8 +327,8 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or columns(adapter))
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
-        # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass)
-        blocks=adapter if adapter and (adapter.kind == "lokr" or own_bypass(adapter)) else None,
+        # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass; a tlora adapter's blocks')
+        blocks=adapter if adapter and (adapter.kind in ("lokr", "tlora") or own_bypass(adapter)) else None,
     )
     oft = adapter and (adapter.kind == "diag-oft" or any(b.kind == "diag-oft" for b in adapter.blocks))
     if oft and adapter.fused:  # LyCORIS's one module per fused Linear (a run of several kinds' too)

@@ -404,7 +404,7 @@ def load_peft_adapters(
     on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
     `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
     the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora;
-    `bypass`, their bypass_mode)."""
+    `bypass`, their bypass_mode: a tlora adapter's too, as adapters._tlora_bypass gives it in training)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -443,8 +443,9 @@ def load_peft_adapters(
             config = with_glora(config, scalar=has_glora_scalar(state))
         from dbspec.runtime.lycoris_tlora import has_tlora, with_tlora
 
-        if has_tlora(state):  # LyCORIS's T-LoRA (rank and alpha in peft's config; its frozen start saved)
-            config = with_tlora(config)
+        if has_tlora(state):  # LyCORIS's T-LoRA (rank and alpha in peft's config; its frozen start saved,
+            # at each block's sig_type, and loaded over the layer's own SVD start), in the plan's bypass_mode
+            config = with_tlora(config, bypass=bypass)
         from dbspec.runtime.dylora import has_dylora, with_state_units
 
         if has_dylora(state):  # DyLoRA beside other kinds (mixed_kinds.py): each layer's blocks as saved
@@ -562,6 +563,10 @@ def load_peft_adapters(
         _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None, bypass)
         if per_block:
             set_block_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
+        if blocks is not None and not kind_only and blocks.kind == "tlora":  # T-LoRA blocks' own bypass_mode
+            from dbspec.runtime.lycoris_tlora import set_tlora_bypass
+
+            set_tlora_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
         loaded.append(name)
     return loaded
 

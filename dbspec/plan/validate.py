@@ -188,12 +188,15 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     own = [b for b in blocks if b.bypass is not None and b.bypass != a.bypass]
     # DBS592 in specs: a block's own bypass_mode acts on Diag-OFT, BOFT, DyLoRA and IA^3 layers only (a
     # LoRA / LoHa / LoKr / DyLoRA / GLoRA adapter's blocks of those kinds, a Diag-OFT / BOFT / DyLoRA
-    # adapter's own blocks)
+    # adapter's own blocks; a tlora adapter's own blocks: TLoraModule's bypass forward, set_tlora_bypass)
     fits = [
         b
         for b in own
-        if (a.kind if b.kind == "adapter" else b.kind) in BYPASS_KINDS
-        and a.kind in ("lora", "loha", "lokr", "dylora", "glora", "diag-oft", "boft")
+        if (
+            (a.kind if b.kind == "adapter" else b.kind) in BYPASS_KINDS
+            and a.kind in ("lora", "loha", "lokr", "dylora", "glora", "diag-oft", "boft")
+        )
+        or (a.kind == "tlora" and b.kind in ("adapter", "tlora"))
     ]
     own = [b for b in own if b not in fits]
     if own:

@@ -379,8 +379,9 @@ def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
 
 
 # map entries with algo tlora and their own dim / alpha: the transformers at 6 (alpha 2), the time embedding's
-# first Linear by name at 3 (the network's alpha), CLIP's attention at 5 with alpha 0 (create_single_module:
-# `alpha or self.alpha`, the network's)
+# first Linear by name at 3 (the network's alpha) from its middle singular triplets, CLIP's attention at 5
+# with alpha 0 (create_single_module: `alpha or self.alpha`, the network's); the feed-forwards at the
+# network's dim from their last singular triplets, in bypass_mode
 TLORA_DIMS = """\
 unet_target_module = ["Transformer2DModel"]
 unet_target_name = ['time_embedding\\.linear_1']
@@ -391,8 +392,13 @@ algo = "tlora"
 dim = 6
 alpha = 2
 
+[module_algo_map.FeedForward]
+sig_type = "last"
+bypass_mode = true
+
 [name_algo_map.'time_embedding\\.linear_1']
 dim = 3
+sig_type = "middle"
 
 [module_algo_map.CLIPAttention]
 algo = "tlora"
@@ -405,8 +411,10 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
     """A preset file's entries with their own dim / alpha on an algo=tlora network: the converted plan's
     [[adapter.blocks]] / [[adapter.text_encoder_blocks]] build each TLoraModule lycoris-lora 4.1.3's
     create_network builds from the file, at its rank and scale, started from the same SVD (trained and frozen
-    copies); a tiny run trains, its kohya export holds LyCORIS's tensors in its modules' shapes and alphas,
-    and lycoris-lora's kohya loader builds the trained layers from it (frozen start recomputed), to 1e-4."""
+    copies, at the entries' own sig_type and bypass_mode); a tiny run trains, `dbspec sample` reloads its
+    adapter folders as trained (_reloads_as_trained), its kohya export holds LyCORIS's tensors in its
+    modules' shapes and alphas, and lycoris-lora's kohya loader builds the trained layers from it (frozen
+    start recomputed at "principal"), to 1e-4 where the layer started there."""
     from safetensors.torch import load_file
 
     from dbspec.runtime.adapters import add_lora
@@ -453,11 +461,17 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
     sizes = {(m.lora_dim, float(m.scale)) for m in theirs.values()}
     # the entries' own ranks and scales (alpha 0: the network's, `alpha or self.alpha`)
     assert {(3, 1 / 3), (6, 2 / 6), (5, 1 / 5)} <= sizes
+    assert {(m.sig_type, bool(m.bypass_mode)) for m in theirs.values()} == {
+        ("principal", False),
+        ("last", True),
+        ("middle", False),
+    }
     for key, lyco in theirs.items():
         layer = ours[key]
         assert (layer.r["default"], float(layer.scaling["default"])) == (lyco.lora_dim, float(lyco.scale)), (
             key
         )
+        assert (layer.tlora_sig_type, layer.tlora_bypass) == (lyco.sig_type, bool(lyco.bypass_mode)), key
         pairs = (
             (layer.lora_tlora_q, lyco.q_layer.weight),
             (layer.lora_tlora_p, lyco.p_layer.weight),
@@ -469,8 +483,10 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
         for ours_t, theirs_t in pairs:  # the SVD start, trained and frozen, at the layer's own rank
             torch.testing.assert_close(ours_t["default"].detach(), theirs_t.detach(), rtol=1e-5, atol=1e-5)
 
-    done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
+    plan = compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"])
+    done = execute(plan, keep_models=True)
     assert done.status == "finished"
+    _reloads_as_trained(done, plan)
     (export,) = Path(done.final).glob("*.kohya.safetensors")
     saved = load_file(str(export))
     state = {f"{k}.{n}": v for k, m in theirs.items() for n, v in m.state_dict().items() if "base_" not in n}
@@ -500,11 +516,46 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
     built = [*loaded.unet_loras, *loaded.text_encoder_loras]
     assert sorted(m.lora_name for m in built) == sorted(theirs)
     for lyco in built:
+        if theirs[lyco.lora_name].sig_type != "principal":
+            # LyCORIS's loader builds every module at sig_type "principal" (the file does not record it):
+            # its frozen start, recomputed from the base model's first singular triplets, is not the one
+            # these layers trained from, so it computes another update (dbspec's folders keep the start)
+            assert lyco.sig_type == "principal"
+            continue
         prefix = "lora_unet" if lyco.lora_name.startswith("lora_unet") else "lora_te"
         assert lyco.lora_dim == theirs[lyco.lora_name].lora_dim
         torch.testing.assert_close(
             _tlora_weight(lyco), merged[prefix][f"{names[lyco.lora_name]}.weight"], rtol=1e-4, atol=1e-4
         )
+
+
+def _reloads_as_trained(done, plan) -> None:
+    """`dbspec sample`'s reload of the run's adapter folders (runtime/sample.py load_pipeline): each T-LoRA
+    layer's trained and frozen start (its block's sig_type) and bypass_mode as in training, and the U-Net's
+    output on fixed inputs the trained one's."""
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    pipe = load_pipeline(SampleRequest(source=Path(done.output), settings=plan.validation))
+    trained = done.components.unet
+    again = pipe.unet.to(trained.device, trained.dtype)
+    layers = {n: m for n, m in again.named_modules() if isinstance(m, TloraLayer)}
+    before = {n: m for n, m in trained.named_modules() if isinstance(m, TloraLayer)}
+    assert sorted(layers) == sorted(before)
+    assert {m.tlora_bypass for m in layers.values()} == {True, False}
+    for name, layer in layers.items():
+        assert layer.tlora_bypass == before[name].tlora_bypass, name
+        for part in ("q", "p", "lambda", "base_q", "base_p", "base_lambda"):
+            ours, theirs = (getattr(m, f"lora_tlora_{part}")["default"] for m in (layer, before[name]))
+            assert torch.equal(ours.detach(), theirs.detach()), (name, part)
+    generator = torch.Generator().manual_seed(0)
+    config = trained.config
+    sample = torch.randn(1, config.in_channels, 8, 8, generator=generator)
+    context = torch.randn(1, 7, config.cross_attention_dim, generator=generator)
+    inputs = (sample.to(trained.device, trained.dtype), 500, context.to(trained.device, trained.dtype))
+    trained.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(*inputs).sample, trained(*inputs).sample, rtol=1e-6, atol=1e-6)
 
 
 # a LoCon network's preset file with T-LoRA entries: the ResNets LoCon (conv_dim 4), the transformers T-LoRA

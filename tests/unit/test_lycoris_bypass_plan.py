@@ -166,6 +166,22 @@ def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
     assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
 
 
+def test_tlora_blocks_own_bypass_plan_file_reads_back(tmp_path):
+    """A tlora adapter's own blocks with a bypass of their own (an algo=tlora preset entry's bypass_mode) pass
+    plan_problems, so the run's plan.json reads back (`dbspec sample`, resume); a Diag-OFT block's own on a
+    tlora adapter is still refused."""
+    table = (
+        'kind = "tlora"\nrank = 4\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 1.0\nbypass = "on"\n'
+    )
+    plan = _plan(tmp_path, table)
+    a = plan.adapter
+    assert not a.bypass and [b.bypass for b in a.blocks] == [True]
+    assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
+    oft = attrs.evolve(a.blocks[0], kind="diag-oft")
+    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(oft,)))
+    assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
+
+
 @pytest.mark.parametrize("kind", ["diag-oft", "boft"])
 def test_oft_adapter_blocks_own_bypass_pair_by_block(tmp_path, kind):
     """A Diag-OFT / BOFT adapter's own blocks with a bypass of their own (an algo=diag-oft / boft network's
