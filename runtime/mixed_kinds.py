@@ -206,7 +206,8 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     lycoris-lora 4.1.3 alike), in the model's forward order. LoHa / LoKr (peft's own draw), GLoRA and DyLoRA
     layers draw in their own forward already (their kind's config carries the rate), a lora adapter's LoRA
     layers through lora_dropout.py (runtime/prepare.py); here a LoHa / LoKr / DyLoRA adapter's LoRA blocks
-    (lora_dropout.py) and the full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
+    (lora_dropout.py; a LoHa adapter's with LoConModule's row mask too, rank_dropout_form "lycoris") and the
+    full / IA^3 / Diag-OFT / BOFT layers, which have no module dropout of their
     own. On the denoiser's fused Linears (`fused`, plan.adapter.fused: Flux, SD3, Chroma) each kind's one
     LyCORIS module on the fused layer draws once per forward for all its parts: the first part called draws,
     the others take its outcome (runtime/dylora.py FusedSkip, as a fused DyLoRA's parts share theirs, a
@@ -228,9 +229,12 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
             from dbspec.runtime.fused_dropout import add_fused_dropout
 
             count += add_fused_dropout(module, fused, 0.0, rate)
-        count += add_lora_dropout(module, 0.0, rate)
+        # a LoHa adapter's LoCon blocks draw LoConModule's row mask after its module dropout draw (the plan's
+        # rank_dropout_form "lycoris"; decomposed ones in runtime/lycoris_dora.py); others none
+        rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
+        count += add_lora_dropout(module, rows, rate, form=adapter.rank_dropout_form)
 
-    return count + add_own_module_dropout(module, rate, fused)
+    return count + (add_own_module_dropout(module, rate, fused) if rate else 0)
 
 
 def add_own_module_dropout(module: torch.nn.Module, rate: float, fused: tuple = ()) -> int:

@@ -114,6 +114,9 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
     extra.update(rank_dropout=adapter.rank_dropout, module_dropout=adapter.module_dropout)
     if isinstance(adapter, LoraAdapter) and adapter.rank_dropout:  # LyCORIS LoCon's masks (lora_dropout.py)
         extra["rank_dropout_form"] = adapter.rank_dropout_form
+    elif adapter.kind == "loha" and adapter.rank_dropout and _lora_blocks(adapter):
+        # a LoHa network's LoCon entries draw LoConModule's row mask (rules.lycoris_row_masks admits them)
+        extra["rank_dropout_form"] = "lycoris"
     if not isinstance(adapter, LoraAdapter) and adapter.max_norm:  # LoHa / LoKr: LyCORIS's max norm only
         extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout
@@ -565,6 +568,14 @@ def _block_switches(block, adapter) -> dict[str, str]:
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _lora_blocks(adapter) -> bool:
+    """Some block (the denoiser's or a text encoder's) gives its layers LoRA / LoCon beside the adapter's
+    kind."""
+    return any(
+        getattr(b, "kind", "adapter") == "lora" for b in (*adapter.blocks, *adapter.text_encoder_blocks)
+    )
 
 
 def _block_rank_dropout_scale(block, adapter) -> str:

@@ -3321,14 +3321,25 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 def lycoris_row_masks(a) -> bool:
-    """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris") on layers that are all
+    """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris"), or a LoHa adapter (whose
+    rank_dropout is LohaModule's) outside bypass_mode and without rank_dropout_scale, on layers that are all
     LoRA/LoCon or LoHa, without fused_projections: each layer draws its own row mask in its forward as
-    LoConModule / LohaModule do (runtime/lora_dropout.py's lycoris form, runtime/loha_weight.py), decomposed
+    LoConModule / LohaModule do (runtime/lora_dropout.py's lycoris form, runtime/loha_weight.py; a LoHa
+    adapter's LoCon layers through the plan's rank_dropout_form "lycoris", compiler/adapters.py), decomposed
     (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
-    1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py)."""
+    1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py,
+    test_lycoris_loha_locon_rank_dropout.py)."""
+    loha = (
+        a.kind == "loha"
+        and not getattr(a, "bypass", False)
+        and not getattr(a, "rank_dropout_scale", False)
+        and all(
+            getattr(b, "bypass", "adapter") != "on"
+            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+        )
+    )
     return (
-        a.kind == "lora"
-        and getattr(a, "rank_dropout_form", "kohya") == "lycoris"
+        (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
         and not getattr(a, "fused_projections", False)
         and all(
             getattr(b, "kind", "adapter") in ("adapter", "lora", "loha")

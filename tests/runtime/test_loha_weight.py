@@ -62,8 +62,9 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = 
         **fields,
     )
     add_lora(net, plan, ("lin",), seed=3, conv=True)
-    # LyCORIS draws its module-dropout number only when module_dropout is set, peft's layers always while
-    # training: a vanishing module_dropout makes both draw it (and never skip), so the draws line up.
+    # LyCORIS draws its module-dropout number only when module_dropout is set, peft's LoKr layers always
+    # while training: a vanishing module_dropout makes both draw it (and never skip), so the draws line up.
+    # Our LoHa layers draw it only with module_dropout, as LyCORIS (runtime/loha_weight.py's forward).
     lyco = getattr(modules, cls)(
         f"lora_unet_{layer}",
         base,
@@ -71,7 +72,7 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = 
         RANK,
         ALPHA,
         rank_dropout=rank_dropout,
-        module_dropout=1e-300,
+        module_dropout=1e-300 if fields["kind"] == "lokr" else 0.0,
         rank_dropout_scale=bool(scale),
         **extra,
     ).double()

@@ -99,13 +99,8 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
     cases = [
         # bypass_mode drops the update's output with the network's dropout (LoConModule.bypass_forward_diff)
         ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
-        # a block's own weight decomposition beside the network's rank dropout (DBS583)
-        (
-            "loha",
-            '"rank_dropout=0.1"',
-            "[module_algo_map.ResnetBlock2D]\nweight_decompose = 1\n",
-            'dora = "on" with rank_dropout',
-        ),
+        # (a LoHa block's own weight decomposition beside the network's rank dropout converts now:
+        # test_convert_kohya_loha_locon_rank_dropout.py)
         # several algorithms build with the network's rs_lora (DBS578)
         (
             "lokr",

@@ -2,7 +2,8 @@
 LoCon network's LoHa entries, decomposed or not, draw their own row masks as LohaModule does (was DBS403, a
 spec's DBS578 / DBS583; tests/runtime/test_lycoris_mixed_rank_dropout.py holds it to lycoris-lora 4.1.3);
 LoKr entries' LokrModules multiply the GPU weight by a CPU mask, so kohya stops (DBS402); a LoHa network's
-LoCon entries stay DBS403 (the adapter's rank_dropout_form is a LoRA adapter's)."""
+LoCon entries draw LoConModule's (was DBS403: the plan's rank_dropout_form "lycoris" on the LoHa adapter;
+test_convert_kohya_loha_locon_rank_dropout.py, tests/runtime/test_lycoris_loha_locon_rank_dropout.py)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def test_lokr_entries_with_rank_dropout_stop_kohya(tmp_path):
     assert "DBS402" in codes(outcome) and "LyCORIS issue #291" in errors(outcome)[0]
 
 
-def test_a_loha_networks_locon_entries_with_rank_dropout_stay_refused(tmp_path):
+def test_a_loha_networks_decomposed_locon_entries_with_rank_dropout(tmp_path):
     outcome = _convert(tmp_path, "loha", "locon")
-    assert "DBS403" in codes(outcome) and "rank_dropout" in " ".join(errors(outcome))
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form) == ("loha", 0.25, "lycoris")
+    assert {(b.kind, b.dora) for b in a.blocks} == {("lora", "on")}
