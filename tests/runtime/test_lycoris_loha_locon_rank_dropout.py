@@ -15,7 +15,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
@@ -26,7 +25,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs
+from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet
 from tests.runtime.test_lycoris_mixed_rank_dropout import MODULE, RANK
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -75,16 +74,7 @@ def test_rank_dropout_on_a_loha_network_with_locon_entries_is_lycoris(
     assert not a.rank_dropout_scale and {b.kind for b in a.blocks} >= {"lora"}
     ours = _ours(pipe, plan)
     decomposed_ours = {n for n, m in ours.named_modules() if dora_scale_of(m, "default") is not None}
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
-    named.text_model = copy.deepcopy(pipe.text_encoder)
-    theirs = copy.deepcopy(pipe.unet)
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, theirs, algo="loha", conv_dim="4", preset=str(path), **drops
-    )
-    made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
+    made, theirs = lycoris_unet(pipe, monkeypatch, "loha", path, **drops)
     assert {type(m).__name__ for m in made.unet_loras} == {"LoConModule", "LohaModule"}
     wd = {m.lora_name: m for m in made.unet_loras if getattr(m, "wd", False)}
     assert {"lora_unet_" + n.replace(".", "_") for n in decomposed_ours} == set(wd)

@@ -40,6 +40,22 @@ def _inputs(seed: int, unet) -> tuple[torch.Tensor, torch.Tensor]:
     return latents, torch.randn(2, 77, unet.config.cross_attention_dim, generator=g)
 
 
+def lycoris_unet(pipe, monkeypatch, algo: str, preset, **network_args):  # noqa: F811
+    """lycoris-lora's kohya network (dim 4, alpha 1, conv_dim 4, `preset` a file) applied to a copy of the
+    tiny U-Net: (the network, that U-Net); the class attributes apply_preset sets restored after the test."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    theirs = copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, theirs, algo=algo, conv_dim="4", preset=str(preset), **network_args
+    )
+    made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
+    return made, theirs
+
+
 def same_draws(ours, theirs, inputs, forwards: int, backward: bool = False) -> list[torch.Tensor]:
     """`forwards` training forwards of our U-Net and LyCORIS's from torch's generator at seed 11, each pair
     from the same generator state: equal outputs (1e-4) and the generator left where ours leaves it (the

@@ -15,7 +15,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.lora_dropout import add_lora_dropout
@@ -30,7 +29,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, same_draws
+from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, same_draws, lycoris_unet
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -76,16 +75,7 @@ def test_rank_dropout_beside_loha_entries_is_lycoris(pipe, tmp_path, monkeypatch
     assert {b.kind for b in a.blocks} >= {"loha"}
     ours = _ours(pipe, a)
     decomposed_ours = {n for n, m in ours.named_modules() if dora_scale_of(m, "default") is not None}
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
-    named.text_model = copy.deepcopy(pipe.text_encoder)
-    theirs = copy.deepcopy(pipe.unet)
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, theirs, algo="locon", conv_dim="4", preset=str(path), **drops
-    )
-    made.apply_to(named, theirs, apply_text_encoder=False, apply_unet=True)
+    made, theirs = lycoris_unet(pipe, monkeypatch, "locon", path, **drops)
     assert {type(m).__name__ for m in made.unet_loras} == {"LoConModule", "LohaModule"}
     wd = {m.lora_name: m for m in made.unet_loras if getattr(m, "wd", False)}
     assert {"lora_unet_" + n.replace(".", "_") for n in decomposed_ours} == set(wd)
