@@ -2707,7 +2707,7 @@ with LyCORIS's split (with `fused_projections` each fused layer's one product, i
     Code(
         "DBS577",
         ERROR,
-        "A fused Diag-OFT, BOFT, GLoRA, DyLoRA, IA^3 or full it cannot train",
+        "A fused Diag-OFT, BOFT, GLoRA, DyLoRA, IA^3, full or T-LoRA it cannot train",
         """\
 `adapter.fused_projections` with `kind = "diag-oft"` trains one LyCORIS DiagOFTModule per fused Linear of
 the original model (Flux's q, k, v and the single blocks' linear1, SD3's q, k, v): its blocks split the
@@ -2727,7 +2727,11 @@ rows of the up blocks; one `unit` for all its parts. With `kind = "ia3"` one IA3
 each part keeps its rows' scales and the parts share the `module_dropout` draw; no part in `input_targets`
 (the fused module would scale its input columns once for every part). With `kind = "full"` one FullModule
 per fused Linear: each part keeps its rows' copy and the parts share the `module_dropout` draw and the
-`rank_dropout` row mask. All need every part of a fused layer adapted, at one rank and alpha, and a family
+`rank_dropout` row mask. With `kind = "tlora"` one TLoraModule per fused Linear, started from one SVD of
+the stacked weight: the parts share Q and the singular values (and their frozen copies), each its rows of
+P, and the `module_dropout` draw; its bypass `dropout` (one torch dropout over the stacked output) and
+`max_norm` (one norm of the stacked update) are not there, and every part takes one `sig_type`. All need
+every part of a fused layer adapted, at one rank and alpha, and a family
 with kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "
         "adapter.fused_projections = false",

@@ -201,8 +201,9 @@ def _has_stacked(unet: nn.Module) -> bool:
     from dbspec.runtime.lycoris_full import FullLayer
     from dbspec.runtime.lycoris_glora import GloraLayer
     from dbspec.runtime.lycoris_oft import DiagOftLayer
+    from dbspec.runtime.lycoris_tlora import TloraLayer
 
-    stacked = (FullLayer, GloraLayer, DyloraLayer)
+    stacked = (FullLayer, GloraLayer, DyloraLayer, TloraLayer)
     return any(
         isinstance(m, stacked) or type(m) is DiagOftLayer or getattr(m, "boft_parts", ())  # a fused BOFT's
         for m in unet.modules()
@@ -228,7 +229,7 @@ def _has_shared_down(unet: nn.Module) -> bool:
 
 # the tensor that tells a stacked kind's layer (_stacked_parts): FullModule's, DiagOFTModule's, GLoRAModule's,
 # LoConModule's (DyLoRA's alike)
-_STACKED_BY = ("diff", "oft_blocks", "a1.weight", "lora_down.weight")
+_STACKED_BY = ("diff", "oft_blocks", "a1.weight", "lora_down.weight", "q_layer.weight")
 
 
 def _stacked_parts(
@@ -252,8 +253,16 @@ def _stacked_parts(
 
 
 # the tensors a fused Linear's parts share, written once: GLoRA's (runtime/lycoris_glora.py
-# tie_fused_glora), DyLoRA's down (runtime/dylora.py tie_fused_dylora)
-_SHARED_BY_PARTS = ("a1.weight", "a2.weight", "b2.weight", "lora_down.weight")
+# tie_fused_glora), DyLoRA's down (runtime/dylora.py tie_fused_dylora), T-LoRA's Q and singular values
+# (runtime/lycoris_tlora.py fit_fused_tlora)
+_SHARED_BY_PARTS = (
+    "a1.weight",
+    "a2.weight",
+    "b2.weight",
+    "lora_down.weight",
+    "q_layer.weight",
+    "lambda_layer",
+)
 
 
 def _unadapted(weights: dict[str, torch.Tensor], base: nn.Module) -> dict[str, torch.Tensor]:
@@ -370,7 +379,7 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     w2's, so an even number of w1 rows swaps its halves (an odd one has no Kronecker form: refused)."""
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
     names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
-    names += ("dora_scale",)
+    names += ("dora_scale", "p_layer.weight")  # T-LoRA's P rows (Q and λ hold none)
     # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped); a magnitude
     # per input column (1, in, ...) holds no rows: the columns keep their order
     keys = [

@@ -238,3 +238,66 @@ def set_tlora_bypass(module: nn.Module, adapter, component: str = "") -> int:
         layer.tlora_bypass = block.bypass if own else adapter.bypass
         count += layer.tlora_bypass
     return count
+
+
+def _halves_swapped(rows: torch.Tensor) -> torch.Tensor:
+    first, second = rows.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _set_start(layer: TloraLayer, adapter: str, q, p, lam) -> None:
+    for part, value in zip(_TRAINED, (q, p, lam)):
+        old = getattr(layer, part)[adapter]
+        new = nn.Parameter(value.to(old.device, old.dtype).clone(), requires_grad=old.requires_grad)
+        getattr(layer, part)[adapter] = new
+    for part, value in zip(_BASE, (q, p, lam)):
+        old = getattr(layer, part)[adapter]
+        getattr(layer, part)[adapter] = value.to(old.device, old.dtype).clone()
+
+
+def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> int:
+    """LyCORIS's TLoraModule on kohya's layers of Flux / SD3 / Chroma (plan.adapter.fused): on a fused Linear
+    (Flux's qkv and linear1, SD3's qkv) it starts from ONE SVD of the stacked weight (the parts' rows in
+    kohya's order): Q (rank x in) and the singular values λ shared by every part, P (rows x rank) cut into
+    each part's rows, and the frozen copy alike. So the parts' Q and λ become one Parameter (the first
+    part's: the optimizer, resume state and EMA hold it once), their Q0 / λ0 one tensor, each part keeping
+    its rows of P and P0; part p's update is (P_p diag(λ) Q - P0_p diag(λ0) Q0) x scale, its rows of the
+    fused module's. `swapped(path)`: a Linear kohya holds with its halves of rows the other way round
+    (diffusers' AdaLayerNormContinuous input): its start is the SVD of kohya's rows, P's halves swapped
+    back. ValueError when a fused layer's parts are adapted in part or at other ranks, scales or SVD starts
+    (the compiler refuses those plans). How many fused layers were fitted."""
+    from dbspec.runtime.fused import fused_parts
+
+    fitted = 0
+    tied: set[int] = set()
+    for group, index, found in fused_parts(module, groups, lambda m: isinstance(m, TloraLayer)):
+        if not found:
+            continue
+        where = f"{group.blocks}.{index}: the fused {group.name}"
+        if len(found) != len(group.parts):
+            raise ValueError(f"{where}: T-LoRA on a fused layer needs every part adapted ({group.parts})")
+        layers = [layer for _, _, layer in found]
+        first = layers[0]
+        for _, part, layer in found[1:]:
+            own = (layer.r[adapter], layer.scaling[adapter], layer.tlora_sig_type)
+            if own != (first.r[adapter], first.scaling[adapter], first.tlora_sig_type):
+                raise ValueError(f"{where}: {part} has another rank, scale or sig_type than {found[0][1]}")
+        stacked = torch.cat([layer.get_base_layer().weight for layer in layers], dim=0)
+        q, p, lam = svd_start(stacked, first.r[adapter], first.tlora_sig_type)
+        at = 0
+        for layer in layers:
+            rows = layer.get_base_layer().weight.shape[0]
+            _set_start(layer, adapter, q, p[at : at + rows], lam)
+            at += rows
+            tied.add(id(layer))
+        for layer in layers[1:]:  # one Q, one λ (and one frozen Q0, λ0) for every part
+            for part in ("lora_tlora_q", "lora_tlora_lambda", "lora_tlora_base_q", "lora_tlora_base_lambda"):
+                getattr(layer, part)[adapter] = getattr(first, part)[adapter]
+        fitted += 1
+    if swapped is not None:
+        for path, layer in module.named_modules():
+            if isinstance(layer, TloraLayer) and id(layer) not in tied and swapped(path):
+                weight = _halves_swapped(layer.get_base_layer().weight)
+                q, p, lam = svd_start(weight, layer.r[adapter], layer.tlora_sig_type)
+                _set_start(layer, adapter, q, _halves_swapped(p), lam)
+    return fitted

@@ -196,7 +196,7 @@ def _prepare(
 
 def _tie_fused(module: torch.nn.Module, adapter) -> None:
     """The parts of each fused Linear of the original model (plan.adapter.fused) share what the one module
-    on the fused layer holds: kohya's LoRA, or LyCORIS's Diag-OFT, BOFT, DyLoRA, GLoRA."""
+    on the fused layer holds: kohya's LoRA, or LyCORIS's Diag-OFT, BOFT, DyLoRA, GLoRA, T-LoRA."""
     if adapter.kind == "boft":
         from dbspec.runtime.lycoris_boft import tie_fused_boft
 
@@ -213,6 +213,10 @@ def _tie_fused(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.lycoris_glora import tie_fused_glora
 
         tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
+    elif adapter.kind == "tlora":  # one SVD of the stacked weight: Q and λ shared, P the parts' rows
+        from dbspec.runtime.lycoris_tlora import fit_fused_tlora
+
+        fit_fused_tlora(module, adapter.fused, adapters.ADAPTER_NAME, swapped_rows(module))
     else:
         from dbspec.runtime.fused import tie_fused_projections
 

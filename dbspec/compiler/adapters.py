@@ -243,8 +243,9 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
 
 def _tlora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py): a rank, alpha and its Linear / 1x1
-    targets, no convolution rank; its module dropout, LyCORIS's max norm and bypass forward."""
-    return AdapterPlan(
+    targets, no convolution rank; its module dropout, LyCORIS's max norm and bypass forward; on Flux / SD3 /
+    Chroma one module per fused Linear (fused_projections: runtime/lycoris_tlora.py fit_fused_tlora)."""
+    plan = AdapterPlan(
         kind="tlora",
         rank=adapter.rank,
         alpha=adapter.alpha,
@@ -264,6 +265,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         blocks=tuple(_tlora_block(b) for b in adapter.blocks),
         text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
     )
+    return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # one SVD per fused Linear
 
 
 def _tlora_block(block) -> BlockPlan:

@@ -30,6 +30,7 @@ from dbspec.spec.model import (
     LohaAdapter,
     LokrAdapter,
     LoraAdapter,
+    TloraAdapter,
 )
 
 _INDICES = range(64)  # block indices checked (FLUX.1: 19 double and 38 single blocks)
@@ -44,9 +45,11 @@ _FUSED_KINDS = (
     DyloraAdapter,
     Ia3Adapter,
     FullAdapter,
+    TloraAdapter,
 )
 # LyCORIS's module per fused Linear: DBS577
 _MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter, Ia3Adapter, FullAdapter)
+_MODULE_KINDS += (TloraAdapter,)
 
 
 def targeted(path: str, targets) -> bool:
@@ -78,6 +81,8 @@ def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:
         )
     if block is None:
         return adapter.rank, adapter.alpha, 1.0, ""
+    if adapter.kind == "tlora" and block.kind in ("adapter", "tlora"):  # one SVD: one sig_type
+        return block.rank, block.alpha, block.lr_scale, f"sig_type {block.sig_type}"
     return block.rank, block.alpha, block.lr_scale, block.group
 
 
@@ -397,6 +402,11 @@ def _check_fused_module(
     if isinstance(adapter, DiagOftAdapter):
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
+        )
+    elif isinstance(adapter, TloraAdapter):  # TLoraModule's dropout over the stacked output, its max norm
+        switches = tuple(  # over the stacked update: not drawn / taken per fused layer here
+            (f"{key} (it spans every part of the fused layer)", bool(getattr(adapter, key)))
+            for key in ("dropout", "max_norm")
         )
     else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's, IA^3's,
         switches = ()  # full's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)

@@ -353,12 +353,12 @@ def _kohya_oft(adapter: Adapter, network: str) -> bool:
 
 
 def _fused_oft(adapter: Adapter, denoiser: bool) -> bool:
-    """lycoris.kohya algo=diag-oft, boft, glora or dylora on kohya's fused Flux / SD3 layers
+    """lycoris.kohya algo=diag-oft, boft, glora, dylora or tlora on kohya's fused Flux / SD3 layers
     (fused_projections; compiler/fused.py refuses it elsewhere), or on the text encoders alone (LyCORIS's
     attn-only on SD3: CLIP-L's and CLIP-G's attention Linears, each its own module): LyCORIS's file under
     kohya's module names (runtime/lycoris_export.py)."""
     oft = isinstance(adapter, DiagOftAdapter) and adapter.form == "lycoris"
-    kinds = (BoftAdapter, GloraAdapter, DyloraAdapter)
+    kinds = (BoftAdapter, GloraAdapter, DyloraAdapter, TloraAdapter)
     return (oft or isinstance(adapter, kinds)) and (adapter.fused_projections or not denoiser)
 
 

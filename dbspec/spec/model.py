@@ -2269,6 +2269,19 @@ class TloraAdapter:
         example="previous-run/final/tlora.kohya.safetensors",
     )
     init_partial: bool = _fused_init_partial()
+    # kohya lycoris.kohya algo=tlora on kohya's Flux / SD3 / Chroma: one module per fused Linear
+    fused_projections: bool = option(
+        False,
+        doc="One T-LoRA per original fused layer (Flux / Chroma: attn.to_q, to_k, to_v of each double-block "
+        "stream, and the single blocks' to_q, to_k, to_v and proj_mlp; SD3: each stream's q, k, v): "
+        "LyCORIS's TLoraModule on kohya's fused Linear starts from ONE SVD of the stacked weight (the parts' "
+        "rows in the original order), so the parts share Q and the trained singular values λ (and the "
+        "frozen Q0, λ0), each keeping its rows of P and P0; `module_dropout` one draw per fused layer "
+        "(lycoris.kohya `algo=tlora` with flux_train_network.py / sd3_train_network.py); exported under "
+        "kohya's module names, `p_layer.weight` stacked. Every part of a fused layer adapted at one rank, "
+        "alpha and `sig_type`; no `dropout` or `max_norm` with it (they span every part). false: each part "
+        "starts from its own SVD. Families without fused layers refuse it.",
+    )
     blocks: list[TloraBlock] = option(
         factory=list,
         doc="Per-module ranks and alphas of the denoiser's T-LoRA layers ([[adapter.blocks]] tables: LyCORIS "

@@ -334,16 +334,18 @@ def test_tlora_on_sdxl(tmp_path):
     assert (plan.adapter.kind, plan.model.family) == ("tlora", "sdxl")
 
 
-def test_tlora_on_flux_stays_refused(tmp_path):
+def test_tlora_on_flux_is_one_module_per_fused_layer(tmp_path):
+    """Was DBS403: one TLoraModule per fused Linear, one SVD of its stacked weight (fused_projections;
+    tests/unit/test_convert_lycoris_flow_tlora.py has the rest)."""
     from convert_kit import FLUX_LYCORIS, component_file
 
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
     outcome = kohya(tmp_path, command=f'{FLUX_LYCORIS}--network_args "algo=tlora"')
-    assert "DBS403" in codes(outcome) and "one SVD of the parts' stacked weight" in messages(
-        outcome, "DBS403"
-    )
+    assert "DBS403" not in codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "tlora" and [f.name for f in a.fused] == ["img_attn_qkv", "txt_attn_qkv", "linear1"]
 
 
 def test_tlora_start_file_is_checked_at_plan_time(tmp_path):

@@ -85,10 +85,6 @@ def test_loha_is_one_hadamard_update_per_fused_layer(tmp_path):
     assert "DBS403" not in codes(outcome) and "LoKr only" in messages(outcome, "DBS405")
 
 
-def test_other_algos_are_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=tlora"))
-
-
 def test_diag_oft_is_one_block_split_per_fused_layer(tmp_path):
     """algo=diag-oft: DiagOFTModule on every block Linear (LoKr's full paths: the final layer out), its
     lora_dim network_dim (block size 8 on FLUX.1's 9216 / 21504-row fused layers: each block one part's

@@ -204,7 +204,6 @@ def test_glora_full_is_one_module_per_fused_qkv_and_the_patch_convolution(tmp_pa
 
 def test_presets_without_modules_and_other_algos_and_t5(tmp_path):
     assert errors(_sd3(tmp_path, "--network_args preset=unet-convblock-only"))
-    assert "DBS403" in codes(_sd3(tmp_path, "--network_args preset=full-lin algo=tlora"))
 
 
 def test_boft_full_is_one_butterfly_module_per_fused_qkv_and_the_patch_convolution(tmp_path):

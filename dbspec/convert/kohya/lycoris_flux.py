@@ -1,7 +1,7 @@
 """LyCORIS's lycoris.kohya network with flux_train_network.py (lycoris-lora 4.1.3 lycoris/kohya.py, on kohya's
 library/flux_models.py Flux) into [adapter]: algo=lora / locon, lokr, loha, full (`_full`), ia3 (`_ia3`),
 diag-oft (lycoris_flow_oft.py), boft (lycoris_flow_boft.py), glora (lycoris_flow_glora.py), dylora
-(lycoris_flow_dylora.py); the other algos are refused (DBS403).
+(lycoris_flow_dylora.py), tlora (lycoris_flow_tlora.py); the other algos are refused (DBS403).
 
 What LyCORIS builds on kohya's Flux (checked in a scratch run of lycoris-lora 4.1.3's create_network on
 kohya's Flux with flux_train_network's text-encoder list [CLIP-L, T5-XXL]):
@@ -63,6 +63,7 @@ from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
 from dbspec.convert.kohya.dylora_preset_alphas import FLOW_PRESET_MODULES
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
+from dbspec.convert.kohya.lycoris_flow_tlora import map_flow_tlora
 from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
@@ -122,13 +123,8 @@ class LycorisLayout:
     bare_norms: dict[str, str] = attrs.field(factory=dict)
 
 
-# algos refused on Flux / SD3: why
-_REFUSED_ALGOS: dict[str, str] = {
-    # dbspec's kind "tlora" adapts each diffusers part; kohya's TLoraModule on a fused Linear (qkv, linear1)
-    # starts from one SVD of the stacked weight, which couples the parts
-    "tlora": " (T-LoRA converts on SD 1.x/2.x and SDXL: on a fused Linear kohya's TLoraModule starts from "
-    "one SVD of the parts' stacked weight, which dbspec's per-part layers do not form)",
-}
+# algos refused on Flux / SD3: why (none now: T-LoRA converts, one SVD per fused Linear)
+_REFUSED_ALGOS: dict[str, str] = {}
 # network_args LyCORIS reads that change nothing on the blocks' Linears
 _INERT = {
     "conv_dim": "the blocks have no convolutions for it to adapt",
@@ -197,12 +193,14 @@ def map_lycoris_flow(
     for problem in problems:
         conv.invalid(args.key, args.value, args.source, problem)
     algo = (kwargs.pop("algo", "lora") or "lora").lower()
-    if algo not in ("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora"):
+    if algo not in (
+        *("lora", "locon", "lokr", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"),
+    ):
         why = _REFUSED_ALGOS.get(algo, "")
         conv.unsupported(
             args,
             f"algo={algo}: with {layout.script} dbspec converts LyCORIS's algo=lora / locon, lokr, loha, "
-            f"full, ia3, diag-oft, boft, glora and dylora only{why}",
+            f"full, ia3, diag-oft, boft, glora, dylora and tlora only{why}",
         )
         return False
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
@@ -232,6 +230,13 @@ def map_lycoris_flow(
             targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
         )
     preset_file = preset not in layout.presets
+    if preset_file and algo == "tlora":
+        conv.unsupported(
+            args,
+            f"algo=tlora with a preset file on {layout.title}: dbspec converts T-LoRA there with LyCORIS's "
+            "built-in presets only",
+        )
+        return False
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
@@ -275,6 +280,8 @@ def map_lycoris_flow(
     if algo == "dylora":
         done = map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
         return done and _t5_of_kind(a, conv, preset, algo, t5_file)
+    if algo == "tlora":  # one SVD per fused Linear (lycoris_flow_tlora.py)
+        return map_flow_tlora(kwargs, a, conv, layout, preset)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")

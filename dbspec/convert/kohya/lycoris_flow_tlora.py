@@ -1,0 +1,103 @@
+"""LyCORIS's lycoris.kohya `algo=tlora` with flux_train_network.py / sd3_train_network.py (lycoris-lora 4.1.3
+lycoris/modules/tlora.py on kohya's Flux / SD3 / Chroma): [adapter] kind "tlora" with `fused_projections =
+true`. lycoris_flux.py's map_lycoris_flow hands it the preset's layers.
+
+TLoraModule starts each Linear from the SVD of its weight, W = U S Vh: Q = Vh[:r], P = U[:, :r], trained
+singular values λ = S[:r], a frozen copy of that start subtracted, ΔW = (P diag(λ) Q - P0 diag(λ0) Q0) x
+alpha / r (alpha 0: r). On kohya's fused Linears (Flux's img_attn.qkv / txt_attn.qkv and the single blocks'
+linear1, SD3's attn.qkv) one module spans the stacked rows: ONE SVD of the stacked weight, so diffusers'
+parts share Q and λ (and Q0, λ0) and each keeps its rows of P and P0 (runtime/lycoris_tlora.py
+fit_fused_tlora). The kohya_lora export writes Q and λ once and P stacked under kohya's name, the file
+lycoris-lora loads back. `module_dropout`: one draw per fused module its parts share (runtime/mixed_kinds.py
+add_own_module_dropout); `bypass_mode`: adapter.bypass (each part its rows of the bypass update); its
+`dropout` (bypass only) is one torch dropout over the fused output and --scale_weight_norms one norm of the
+stacked update, which dbspec does not draw / take per fused layer: DBS403. SD3's 2x2 stride-2 patch
+convolution (presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with
+1x1 factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
+flattened weight's SVD; dbspec's T-LoRA has no such layer (DBS403)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_flow_args import (
+    ignore_args,
+    popped,
+    put_kind,
+    put_rest,
+    put_targets,
+    refuse_rest,
+)
+from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
+
+_UNREAD = ("use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "rank_dropout_scale", "full_matrix")
+_UNREAD += ("unbalanced_factorization", "block_size", "constraint", "verbose", "conv_alpha")
+
+
+def map_flow_tlora(
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+) -> bool:
+    """[adapter] for algo=tlora on kohya's Flux / SD3 / Chroma (`layout`: lycoris_flux.py's LycorisLayout);
+    False when refused or invalid (reported)."""
+    module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
+    layers, text = layout.presets[preset]
+    rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
+    scale_alpha = float(alpha.value)
+    convs = list(layout.convs.get(layers, ()))
+    if convs:  # conv_dim defaults to network_dim (0 too): a TLoraModule on the 2x2 patch convolution
+        conv.unsupported(
+            args,
+            f"preset {preset} gives {layout.title}'s 2x2 stride-2 patch convolution ({', '.join(convs)}) a "
+            "T-LoRA module at conv_dim (LyCORIS's default: network_dim; 0 is that default too), which "
+            "kohya trains: lycoris-lora 4.1.3's TLoraModule runs it in its bypass forward, 1x1 factors at "
+            "stride 2 (each patch's first pixel, an output of the layer's size) started from the first "
+            "in-channel columns of its flattened weight's SVD; dbspec's T-LoRA adapts Linear and 1x1 "
+            "layers only (use preset=full-lin or attn-mlp: the same layers without the patch)",
+        )
+        return False
+    ignore_args(kwargs, args, conv, lambda k: k == "conv_dim", "the preset reaches no convolution")
+    for key, why in _TLORA_UNREAD.items():
+        if key in kwargs:
+            conv.ignored(popped(args, kwargs, key), why)
+    ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "TLoraModule takes it and never reads it")
+    why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which T-LoRA has not"
+    ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)
+    put: dict[str, Any] = {}
+    bypass = _str_bool(kwargs.pop("bypass_mode", "false"))  # LyCORIS's str_bool
+    if "module_dropout" in kwargs:  # one draw per fused Linear its parts share
+        given = popped(args, kwargs, "module_dropout")
+        if float(given.value or 0):
+            put["module_dropout"] = float(given.value)
+        else:
+            conv.inert(given, "0 is off")
+    given = popped(args, kwargs, "dropout") if "dropout" in kwargs else None
+    if given is None and a["network_dropout"].value:  # train_network.py hands it on as `dropout`
+        given = a["network_dropout"]
+    unsupported: dict[str, str] = {}
+    if given is not None and not float(given.value or 0):
+        conv.inert(given, "0 is off")
+    elif given is not None and not bypass:
+        conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
+    elif given is not None:
+        conv.unsupported(
+            given,
+            f"TLoraModule's bypass dropout on kohya's fused {layout.title} Linears is one torch dropout over "
+            "the stacked output, which dbspec does not draw once per fused layer",
+        )
+        return False
+    unsupported.update(kwargs)
+    if refuse_rest(unsupported, args, conv, "tlora", layout.title):
+        return False
+    if scale_alpha < 0:
+        conv.unsupported(alpha, f"{scale_alpha:g} (T-LoRA would train with its update's sign flipped)")
+        return False
+    put_kind(conv, module, "tlora", preset, "TLoraModule", layout.title)
+    conv.mapped(dim, ("adapter", "rank"), rank)
+    conv.mapped(alpha, ("adapter", "alpha"), scale_alpha or float(rank))  # TLoraModule: alpha 0 is the rank
+    why = "one TLoraModule per fused Linear: one SVD of the stacked weight, Q and λ shared, P the parts' rows"
+    put_targets(conv, module, layout, layers, why)
+    if bypass:
+        put["bypass"] = True
+    put_rest(conv, module, args, preset, text, put)
+    return True

@@ -1,0 +1,217 @@
+"""lycoris.kohya algo=tlora with flux_train_network.py / sd3_train_network.py
+(convert/kohya/lycoris_flow_tlora.py; issue 12): on kohya's fused Linears (Flux's img_attn.qkv /
+txt_attn.qkv and the single blocks' linear1, SD3's attn.qkv) lycoris-lora 4.1.3's TLoraModule starts from
+ONE SVD of the stacked weight, so diffusers' parts share Q and λ (and the frozen Q0, λ0) and each keeps its
+rows of P and P0 (runtime/lycoris_tlora.py fit_fused_tlora); SD3's last context modulation starts from the
+SVD of kohya's (shift, scale) rows. Checked against TLoraModule on kohya's layer (the parts' base weights
+stacked in kohya's row order): every module's start, its output on fixed inputs with moved parameters
+(default and bypass forward), module_dropout's one draw per fused module; a tiny Flux run (module_dropout,
+bypass) trains and resumes bit-exact and a tiny SD3 run trains, and their kohya_lora export, loaded into
+TLoraModule on kohya's layer (its frozen start recomputed from the base weight, as LyCORIS's loader does),
+computes the trained layers' output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lycoris.modules.tlora import TLoraModule
+from safetensors.torch import load_file
+from torch import nn
+
+from dbspec.runtime.adapters import ADAPTER_NAME, add_lora
+from dbspec.runtime.execute import execute
+from dbspec.runtime.mixed_kinds import add_own_module_dropout
+from dbspec.runtime.prepare import _tie_fused
+from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.lycoris_flow_kit import BASE as FLUX
+from tests.runtime.lycoris_flow_kit import unet_only_spec
+from tests.runtime.runspec import make_plan, whole_and_resumed
+from tests.runtime.test_lycoris_sd3 import BASE as SD3
+from tests.runtime.test_lycoris_sd3 import TARGETS as SD3_TARGETS
+from tests.runtime.test_lycoris_sd3 import _layers as sd3_layers
+
+RANK, ALPHA = 4, 2.0
+# what the converter writes for `--network_dim 4 --network_alpha 2 --network_args algo=tlora
+# preset=unet-only module_dropout=0.3 bypass_mode=True` (tiny-flux)
+_FIELDS = f'kind = "tlora"\nrank = {RANK}\nalpha = {ALPHA}\nfused_projections = true\n'
+FLUX_SPEC = unet_only_spec(_FIELDS + "module_dropout = 0.3\nbypass = true\n")
+# `--network_args algo=tlora preset=full-lin` on tiny-sd3 (its CLIP targets left out)
+SD3_SPEC = (
+    f"[adapter]\n{_FIELDS}denoiser_targets = ["
+    + ", ".join(f'"{t}"' for t in SD3_TARGETS)
+    + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
+)
+
+
+def _flux_layers(transformer):
+    block, single = transformer.transformer_blocks[0], transformer.single_transformer_blocks[0]
+    attn = block.attn
+    return [
+        ("lora_unet_double_blocks_0_img_attn_qkv", (attn.to_q, attn.to_k, attn.to_v), None),
+        ("lora_unet_double_blocks_0_txt_attn_qkv", (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj), None),
+        (
+            "lora_unet_single_blocks_0_linear1",
+            (single.attn.to_q, single.attn.to_k, single.attn.to_v, single.proj_mlp),
+            None,
+        ),
+        ("lora_unet_double_blocks_0_img_mod_lin", (block.norm1.linear,), None),
+    ]
+
+
+def _swap(rows: torch.Tensor, swap) -> torch.Tensor:
+    """kohya's (shift, scale) halves of rows where diffusers holds (scale, shift)."""
+    if not swap:
+        return rows
+    first, second = rows.chunk(2, dim=0)
+    return torch.cat([second, first], dim=0)
+
+
+def _kohya_linear(parts, swap) -> nn.Linear:
+    """kohya's Linear: the parts' base weights and biases stacked in its row order."""
+    base = [p.base_layer for p in parts]
+    fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    with torch.no_grad():
+        fused.weight.copy_(_swap(torch.cat([b.weight for b in base]), swap))
+        fused.bias.copy_(_swap(torch.cat([b.bias for b in base]), swap))
+    return fused
+
+
+def _theirs(parts, swap, **kw) -> TLoraModule:
+    module = TLoraModule("fused", _kohya_linear(parts, swap), 1.0, lora_dim=RANK, alpha=ALPHA, **kw)
+    module.apply_to()
+    return module
+
+
+def _ours(parts, swap) -> dict[str, torch.Tensor]:
+    """The parts' tensors as the one module on kohya's layer holds them (P's rows stacked)."""
+    first = parts[0]
+    return {
+        "q_layer.weight": first.lora_tlora_q[ADAPTER_NAME],
+        "lambda_layer": first.lora_tlora_lambda[ADAPTER_NAME],
+        "p_layer.weight": _swap(torch.cat([p.lora_tlora_p[ADAPTER_NAME] for p in parts]), swap),
+        "base_q": first.lora_tlora_base_q[ADAPTER_NAME],
+        "base_lambda": first.lora_tlora_base_lambda[ADAPTER_NAME],
+        "base_p": _swap(torch.cat([p.lora_tlora_base_p[ADAPTER_NAME] for p in parts]), swap),
+    }
+
+
+def _outputs(parts, swap, x) -> torch.Tensor:
+    return _swap(torch.cat([p(x) for p in parts], dim=-1).T, swap).T
+
+
+def _built(tmp_path, base: str, spec: str):
+    """The plan's denoiser with its T-LoRA layers built as the run builds them (add_lora, then the fused
+    layers fitted: runtime/prepare.py)."""
+    plan = make_plan(tmp_path, base=base, steps=2, extra=spec)
+    transformer = build_pipeline(base).transformer
+    add_lora(transformer, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True, component="unet")
+    _tie_fused(transformer, plan.adapter)
+    return plan, transformer
+
+
+@pytest.mark.parametrize(
+    ("base", "spec", "layers"), [(FLUX, FLUX_SPEC, _flux_layers), (SD3, SD3_SPEC, sd3_layers)]
+)
+def test_fused_tlora_starts_and_computes_as_lycoris_module_on_kohyas_layer(tmp_path, base, spec, layers):
+    plan, transformer = _built(tmp_path, base, spec)
+    assert plan.adapter.kind == "tlora" and len(plan.adapter.fused) == 3
+    generator = torch.Generator().manual_seed(0)
+    for name, parts, swap in layers(transformer):
+        theirs = _theirs(parts, swap)
+        ours = _ours(parts, swap)
+        for key, value in ours.items():  # one SVD of kohya's stacked (or swapped) weight
+            want = (
+                theirs.get_parameter(key) if "." in key or key == "lambda_layer" else theirs.get_buffer(key)
+            )
+            torch.testing.assert_close(value, want, rtol=0, atol=1e-6, msg=f"{name} {key}")
+        for part in parts[1:]:  # Q and λ one Parameter for every part
+            assert part.lora_tlora_q[ADAPTER_NAME] is parts[0].lora_tlora_q[ADAPTER_NAME]
+            assert part.lora_tlora_lambda[ADAPTER_NAME] is parts[0].lora_tlora_lambda[ADAPTER_NAME]
+        with torch.no_grad():  # moved parameters: the default and the bypass forward
+            for key, param in (
+                ("q_layer.weight", theirs.q_layer.weight),
+                ("lambda_layer", theirs.lambda_layer),
+            ):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+                ours[key].copy_(param)
+            theirs.p_layer.weight.add_(torch.randn(theirs.p_layer.weight.shape, generator=generator) * 0.1)
+            rows = _swap(theirs.p_layer.weight, swap).split([p.base_layer.out_features for p in parts])
+            for part, own in zip(parts, rows):
+                part.lora_tlora_p[ADAPTER_NAME].copy_(own)
+            x = torch.randn(2, 3, parts[0].base_layer.in_features, generator=generator)
+            for bypass in (False, True):
+                theirs.bypass_mode = bypass
+                for part in parts:
+                    part.tlora_bypass = bypass
+                want, got = theirs(x), _outputs(parts, swap, x)
+                assert not torch.allclose(want, theirs.org_forward(x), atol=1e-5)
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{name} bypass {bypass}")
+
+
+def test_fused_tlora_module_dropout_is_one_draw_per_fused_module(tmp_path):
+    plan, transformer = _built(tmp_path, FLUX, FLUX_SPEC)
+    add_own_module_dropout(transformer, plan.adapter.module_dropout, plan.adapter.fused)
+    transformer.train()
+    torch.manual_seed(0)
+    for name, parts, _swap_rows in _flux_layers(transformer)[:3]:
+        theirs = _theirs(parts, None, module_dropout=0.3, bypass_mode=True).train()
+        with torch.no_grad():
+            theirs.lambda_layer.mul_(1.5)
+            parts[0].lora_tlora_lambda[ADAPTER_NAME].mul_(1.5)
+        x = torch.randn(2, parts[0].base_layer.in_features)
+        order = sorted(parts, key=lambda p: p is parts[-1] and name.endswith("linear1"))
+        torch.manual_seed(7)
+        with torch.no_grad():
+            expected = [theirs(x) for _ in range(8)]
+        after = torch.get_rng_state()
+        torch.manual_seed(7)
+        with torch.no_grad():  # diffusers calls the single block's proj_mlp first: the draw is its
+            ours = [
+                {id(p): p(x) for p in (order[::-1] if name.endswith("linear1") else order)} for _ in range(8)
+            ]
+        assert torch.equal(after, torch.get_rng_state()), name  # one draw per fused module
+        plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+        skipped = 0
+        for outs, want in zip(ours, expected):
+            got = torch.cat([outs[id(p)] for p in parts], dim=-1)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            skipped += torch.equal(got, plain)
+        assert 0 < skipped < 8, name  # both kinds of forward compared
+
+
+def _check_export(plan, result, layers) -> None:
+    transformer = result.components.unet.float().eval()
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    names = {k.split(".")[0] for k in tensors}
+    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
+    torch.manual_seed(0)
+    for name, parts, swap in layers(transformer):
+        own = {k.removeprefix(name + "."): v.float() for k, v in tensors.items() if k.startswith(name + ".")}
+        assert sorted(own) == ["alpha", "lambda_layer", "p_layer.weight", "q_layer.weight"], name
+        theirs = _theirs(parts, swap)  # its frozen start from the base weight, as LyCORIS's loader
+        theirs.load_state_dict(own, strict=False)
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            trained = _outputs(parts, swap, x)
+            plain = theirs.org_forward(x)
+            got = theirs.eval()(x)
+        assert not torch.allclose(trained, plain, atol=1e-7), name  # the module trained
+        torch.testing.assert_close(got, trained, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("base", "spec", "layers"), [(FLUX, FLUX_SPEC, _flux_layers), (SD3, SD3_SPEC, sd3_layers)]
+)
+def test_fused_tlora_trains_and_its_export_loads_in_lycoris(tmp_path, base, spec, layers):
+    """Flux (module_dropout, bypass): resumed bit-exact too (the parts' shared Q, λ and frozen copies)."""
+    if base == FLUX:
+        plan, result = whole_and_resumed(tmp_path, base=base, steps=4, extra=spec)
+    else:
+        plan = make_plan(tmp_path, base=base, steps=2, extra=spec)
+        result = execute(plan, keep_models=True)
+        assert result.status == "finished"
+    shared = [p for n, p in result.components.unet.named_parameters() if "lora_tlora_q" in n]
+    assert shared and all(p.requires_grad for p in shared)
+    _check_export(plan, result, layers)

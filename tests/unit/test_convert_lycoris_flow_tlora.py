@@ -1,0 +1,97 @@
+"""lycoris.kohya algo=tlora with flux_train_network.py (Flux, Chroma) and sd3_train_network.py
+(dbspec/convert/kohya/lycoris_flow_tlora.py; was DBS403): kind "tlora" with fused_projections (one
+TLoraModule per fused Linear: one SVD of the stacked weight), network_dim / network_alpha its rank / alpha
+(alpha 0: the rank), module_dropout and bypass_mode the adapter's; the bypass dropout and
+--scale_weight_norms over a fused layer, a preset file and SD3's 2x2 patch convolution (which kohya trains
+with 1x1 factors at stride 2) are refused."""
+
+from __future__ import annotations
+
+from convert_kit import codes, errors, messages, plan_of
+from test_convert_kohya_chroma import _chroma
+from test_convert_lycoris_flux import _flux
+from test_convert_lycoris_sd3 import FUSED, TARGETS, _sd3
+
+from dbspec.families import family_spec
+
+FLUX_FUSED = ["img_attn_qkv", "txt_attn_qkv", "linear1"]
+
+
+def test_flux_tlora_is_one_module_per_fused_layer(tmp_path):
+    outcome = _flux(
+        tmp_path,
+        "--network_dropout 0.1 --network_args algo=tlora module_dropout=0.2 use_scalar=True rank_dropout=0.3",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.module_dropout, a.bypass, a.bypass_dropout) == (
+        "tlora",
+        8,
+        4.0,
+        0.2,
+        False,
+        0.0,
+    )
+    assert [f.name for f in a.fused] == FLUX_FUSED
+    assert (
+        "single_transformer_blocks.37.proj_out" in a.denoiser_targets and "proj_out" not in a.denoiser_targets
+    )
+    assert list(a.text_encoder_targets) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    unread = messages(outcome, "DBS405")
+    assert "only in bypass_mode" in unread and "use_scalar" in unread and "rank_dropout" in unread
+    bypass = plan_of(
+        _flux(tmp_path, "--network_alpha 0 --network_args algo=tlora bypass_mode=True"), tmp_path
+    )
+    assert (bypass.adapter.bypass, bypass.adapter.alpha) == (True, 8.0)
+
+
+def test_flux_tlora_fused_dropout_max_norm_and_preset_file_are_refused(tmp_path):
+    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=tlora bypass_mode=True dropout=0.1"))
+    assert "DBS403" in codes(
+        _flux(tmp_path, "--network_dropout 0.1 --network_args algo=tlora bypass_mode=True")
+    )
+    assert "DBS403" in codes(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=tlora"))
+    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=tlora preset=p.toml")
+    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+
+
+def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
+    outcome = _sd3(tmp_path, "--network_args algo=tlora preset=full-lin")
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank) == ("tlora", 16, 8.0, 0)
+    assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+    patch = _sd3(tmp_path, "--network_args algo=tlora preset=full")  # TLoraModule on the 2x2 patch: trains
+    assert "DBS403" in codes(patch) and "patch convolution" in messages(patch, "DBS403")
+
+
+def test_chroma_tlora_is_one_module_per_fused_layer(tmp_path):
+    outcome = _chroma(tmp_path, "--network_module lycoris.kohya --network_args algo=tlora preset=attn-mlp")
+    plan = plan_of(outcome, tmp_path)
+    a = plan.adapter
+    assert plan.model.family == "chroma" and (a.kind, a.rank, a.alpha) == ("tlora", 16, 8.0)
+    assert [f.name for f in a.fused] == FLUX_FUSED
+    assert set(a.denoiser_targets) <= set(family_spec("chroma").kohya_lora_targets) | {
+        f"single_transformer_blocks.{i}.proj_out" for i in range(64)
+    }
+    assert "DBS403" not in codes(outcome) and not errors(outcome)
+
+
+def test_fused_tlora_spec_refuses_what_spans_the_parts(tmp_path):
+    """A spec's fused T-LoRA with a bypass dropout, max_norm, or parts in blocks of other sig_types (one
+    SVD of the stacked weight): DBS577; without fused_projections each part is its own T-LoRA, which no
+    kohya file holds."""
+    from convert_kit import GPU, out_path, plan_spec
+
+    assert plan_of(_flux(tmp_path, "--network_args algo=tlora"), tmp_path).adapter.fused
+    for override in (
+        ["adapter.bypass=true", "adapter.dropout=0.1"],
+        ["adapter.max_norm=1.0"],
+        ['adapter.blocks=[{pattern = "attn\\\\.to_q$", rank = 8, alpha = 4.0, sig_type = "last"}]'],
+    ):
+        planned = plan_spec(out_path(tmp_path), GPU, overrides=override)
+        assert planned.plan is None and "DBS577" in {d.code for d in planned.diagnostics}, override
+    # each part its own SVD: a T-LoRA kohya's fused names have no place for (DBS381 on the kohya export)
+    planned = plan_spec(out_path(tmp_path), GPU, overrides=["adapter.fused_projections=false"])
+    assert {d.code for d in planned.diagnostics if d.severity == "error"} == {"DBS381"}
