@@ -2729,8 +2729,8 @@ each part keeps its rows' scales and the parts share the `module_dropout` draw; 
 per fused Linear: each part keeps its rows' copy and the parts share the `module_dropout` draw and the
 `rank_dropout` row mask. With `kind = "tlora"` one TLoraModule per fused Linear, started from one SVD of
 the stacked weight: the parts share Q and the singular values (and their frozen copies), each its rows of
-P, and the `module_dropout` draw; its bypass `dropout` (one torch dropout over the stacked output) and
-`max_norm` (one norm of the stacked update) are not there, and every part takes one `sig_type`. All need
+P, the `module_dropout` draw and the bypass `dropout` mask (`max_norm`: one norm of the stacked update);
+every part takes one `sig_type`. All need
 every part of a fused layer adapted, at one rank and alpha, and a family
 with kohya's Flux / SD3 layout.""",
         help="remove those options and adapt every part of each fused layer, or set "

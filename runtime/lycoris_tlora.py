@@ -168,7 +168,22 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         current = up(down(x, q.to(dtype)) * lam, p.to(dtype))
         start = up(down(x, q0.to(dtype)) * lam0, p0.to(dtype))
         diff = (current - start) * self.scaling[adapter]
-        return F.dropout(diff, self.tlora_dropout, self.training) if self.tlora_dropout else diff
+        if not (self.tlora_dropout and self.training):
+            return diff
+        shared = self.__dict__.get("tlora_draws")
+        if shared is None:
+            return F.dropout(diff, self.tlora_dropout, True)
+        # the one module on kohya's layer drops its whole output once (fit_fused_tlora): torch's dropout of
+        # ones over its rows, made by the first part called, each part its rows (kohya's order)
+        shared.begin()
+        start, stop, swap = self.__dict__["tlora_rows"]
+        mask = shared.get(
+            "out", lambda: F.dropout(diff.new_ones(*diff.shape[:-1], shared.rows), self.tlora_dropout)
+        )
+        mask = mask[..., start:stop]
+        if swap:  # kohya's (shift, scale) rows where diffusers holds (scale, shift)
+            mask = torch.cat(mask.chunk(2, dim=-1)[::-1], dim=-1)
+        return diff * mask
 
     def lycoris_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """TLoraModule's state-dict names for this layer's trained tensors (its alpha: self.lora_alpha)."""
@@ -262,11 +277,14 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
     each part's rows, and the frozen copy alike. So the parts' Q and λ become one Parameter (the first
     part's: the optimizer, resume state and EMA hold it once), their Q0 / λ0 one tensor, each part keeping
     its rows of P and P0; part p's update is (P_p diag(λ) Q - P0_p diag(λ0) Q0) x scale, its rows of the
-    fused module's. `swapped(path)`: a Linear kohya holds with its halves of rows the other way round
-    (diffusers' AdaLayerNormContinuous input): its start is the SVD of kohya's rows, P's halves swapped
-    back. ValueError when a fused layer's parts are adapted in part or at other ranks, scales or SVD starts
-    (the compiler refuses those plans). How many fused layers were fitted."""
+    fused module's, and bypass_mode's dropout one mask over the stacked rows (the first part called makes
+    it, runtime/lycoris_glora.py FusedDraws). `swapped(path)`: a Linear kohya holds with its halves of rows
+    the other way round (diffusers' AdaLayerNormContinuous input): its start is the SVD of kohya's rows, P's
+    halves swapped back, its dropout mask drawn over kohya's rows. ValueError when a fused layer's parts are
+    adapted in part or at other ranks, scales or SVD starts (the compiler refuses those plans). How many
+    fused layers were fitted."""
     from dbspec.runtime.fused import fused_parts
+    from dbspec.runtime.lycoris_glora import FusedDraws
 
     fitted = 0
     tied: set[int] = set()
@@ -290,6 +308,12 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
             _set_start(layer, adapter, q, p[at : at + rows], lam)
             at += rows
             tied.add(id(layer))
+        draws, at = FusedDraws(len(layers), stacked.shape[0]), 0
+        for layer in layers:  # one TLoraModule (runtime/max_norm.py): its parts in row order, one dropout
+            layer.__dict__["tlora_fused_parts"] = tuple(layers)
+            rows = layer.get_base_layer().weight.shape[0]
+            layer.__dict__["tlora_draws"], layer.__dict__["tlora_rows"] = draws, (at, at + rows, False)
+            at += rows
         for layer in layers[1:]:  # one Q, one λ (and one frozen Q0, λ0) for every part
             for part in ("lora_tlora_q", "lora_tlora_lambda", "lora_tlora_base_q", "lora_tlora_base_lambda"):
                 getattr(layer, part)[adapter] = getattr(first, part)[adapter]
@@ -300,4 +324,7 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
                 weight = _halves_swapped(layer.get_base_layer().weight)
                 q, p, lam = svd_start(weight, layer.r[adapter], layer.tlora_sig_type)
                 _set_start(layer, adapter, q, _halves_swapped(p), lam)
+                rows = weight.shape[0]  # its bypass dropout over kohya's rows
+                layer.__dict__["tlora_draws"] = FusedDraws(1, rows)
+                layer.__dict__["tlora_rows"] = (0, rows, True)
     return fitted

@@ -147,6 +147,8 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # the norm of its parts' blocks concatenated in row order (the fused module's `oft_blocks` itself, so the
 # norm is the module's to the bit), each part's blocks times the one ratio; parts whose blocks span parts
 # share one Parameter (runtime/fused_oft.py), scaled once. A fused BOFT's parts share their first's blocks.
+# A fused T-LoRA (runtime/lycoris_tlora.py fit_fused_tlora) is one module: the norm of its parts' updates
+# stacked, the singular values they share scaled once.
 # T-LoRA (TLoraModule): the norm of its update (P diag(λ) Q - P0 diag(λ0) Q0) x alpha / rank times alpha /
 # rank once more (lycoris-lora 4.1.3 applies the scale twice), the same clamps and CPU ratio, and the trained
 # singular values λ multiplied by it: the frozen start's are not, so the update's norm does not become the
@@ -218,8 +220,9 @@ def lycoris_norm_modules(
         locon: dict[int, list[tuple[str, torch.nn.Module]]] = {}  # by the shared lora_A
         for name, layer in model.named_modules():
             if isinstance(layer, TloraLayer):  # a peft LoraLayer too, with no lora_A of its own
-                if ADAPTER_NAME in layer.lora_tlora_q:
-                    modules.append(LycorisNormModule(name, layer, "tlora"))
+                parts = tuple(layer.__dict__.get("tlora_fused_parts") or ())  # a fused one's, row order
+                if ADAPTER_NAME in layer.lora_tlora_q and (not parts or parts[0] is layer):
+                    modules.append(LycorisNormModule(name, layer, "tlora", parts))
             elif isinstance(layer, DiagOftLayer) and ADAPTER_NAME in layer.lora_oft_blocks:  # BOFT's too
                 if getattr(layer, "boft_index", 0):  # a fused BOFT's later part: its first's blocks
                     continue
@@ -267,6 +270,8 @@ def lycoris_update(module: LycorisNormModule) -> torch.Tensor:
 
     layer = module.layer
     if module.kind == "tlora":  # TLoraModule.get_diff_weight: the update with its frozen start subtracted
+        if module.parts:  # one TLoraModule on the fused Linear: its parts' rows stacked
+            return torch.cat([part.tlora_diff(ADAPTER_NAME) for part in module.parts])
         return layer.tlora_diff(ADAPTER_NAME)
     if module.kind == "oft":  # DiagOFTModule's and ButterflyOFTModule's norm: of the blocks themselves
         blocks = _oft_blocks(module)
@@ -363,8 +368,8 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
             if oft:  # a fused Diag-OFT's parts: each its rows of the fused module's blocks, or the shared
                 for blocks in _oft_blocks(module):  # Parameter once
                     blocks.mul_(ratio)
-            elif module.kind == "tlora":  # the trained singular values alone (not the frozen start's)
-                module.layer.lora_tlora_lambda[ADAPTER_NAME].mul_(ratio)
+            elif module.kind == "tlora":  # the trained singular values alone (not the frozen start's; a
+                module.layer.lora_tlora_lambda[ADAPTER_NAME].mul_(ratio)  # fused one's parts share them)
             elif module.kind == "lokr":
                 factors = [
                     getattr(module.layer, key)[ADAPTER_NAME]

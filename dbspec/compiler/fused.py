@@ -403,11 +403,6 @@ def _check_fused_module(
         switches = (
             ('form = "kohya" (kohya\'s networks.oft_flux splits each part already)', adapter.form == "kohya"),
         )
-    elif isinstance(adapter, TloraAdapter):  # TLoraModule's dropout over the stacked output, its max norm
-        switches = tuple(  # over the stacked update: not drawn / taken per fused layer here
-            (f"{key} (it spans every part of the fused layer)", bool(getattr(adapter, key)))
-            for key in ("dropout", "max_norm")
-        )
     else:  # BOFT: one module's blocks over all its parts (a block's size too); GLoRA's, DyLoRA's, IA^3's,
         switches = ()  # full's dropouts: draws the parts share (glora FusedDraws, fused.py FusedSkip)
     layout = ((f"{spec.title}'s kohya layout (it has none)", not spec.kohya_lora_targets),)

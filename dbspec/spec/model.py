@@ -2279,8 +2279,9 @@ class TloraAdapter:
         "frozen Q0, λ0), each keeping its rows of P and P0; `module_dropout` one draw per fused layer "
         "(lycoris.kohya `algo=tlora` with flux_train_network.py / sd3_train_network.py); exported under "
         "kohya's module names, `p_layer.weight` stacked. Every part of a fused layer adapted at one rank, "
-        "alpha and `sig_type`; no `dropout` or `max_norm` with it (they span every part). false: each part "
-        "starts from its own SVD. Families without fused layers refuse it.",
+        "alpha and `sig_type`; `max_norm` one norm of the stacked update, the shared λ scaled once; "
+        "`bypass`'s `dropout` one mask over the stacked output, each part its rows. false: each part starts "
+        "from its own SVD. Families without fused layers refuse it.",
     )
     blocks: list[TloraBlock] = option(
         factory=list,

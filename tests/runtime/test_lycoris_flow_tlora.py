@@ -150,35 +150,55 @@ def test_fused_tlora_starts_and_computes_as_lycoris_module_on_kohyas_layer(tmp_p
                 torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"{name} bypass {bypass}")
 
 
-def test_fused_tlora_module_dropout_is_one_draw_per_fused_module(tmp_path):
-    plan, transformer = _built(tmp_path, FLUX, FLUX_SPEC)
+DROPS = "module_dropout = 0.3\nbypass = true\ndropout = 0.4\n"
+
+
+@pytest.mark.parametrize(
+    ("base", "spec", "layers"),
+    [
+        (FLUX, unet_only_spec(_FIELDS + DROPS), _flux_layers),
+        (
+            SD3,
+            SD3_SPEC.replace("fused_projections = true\n", "fused_projections = true\n" + DROPS),
+            sd3_layers,
+        ),
+    ],
+    ids=["flux", "sd3"],
+)
+def test_fused_tlora_draws_are_the_fused_modules(tmp_path, base, spec, layers):
+    """module_dropout: one draw per fused module, which its parts share; bypass_mode's dropout: one torch
+    dropout over the stacked output (kohya's rows: SD3's swapped modulation too), each part its rows."""
+    plan, transformer = _built(tmp_path, base, spec)
+    assert (plan.adapter.module_dropout, plan.adapter.bypass, plan.adapter.bypass_dropout) == (0.3, True, 0.4)
     add_own_module_dropout(transformer, plan.adapter.module_dropout, plan.adapter.fused)
     transformer.train()
     torch.manual_seed(0)
-    for name, parts, _swap_rows in _flux_layers(transformer)[:3]:
-        theirs = _theirs(parts, None, module_dropout=0.3, bypass_mode=True).train()
+    for name, parts, swap in layers(transformer):
+        theirs = _theirs(parts, swap, module_dropout=0.3, bypass_mode=True, dropout=0.4).train()
         with torch.no_grad():
             theirs.lambda_layer.mul_(1.5)
             parts[0].lora_tlora_lambda[ADAPTER_NAME].mul_(1.5)
         x = torch.randn(2, parts[0].base_layer.in_features)
-        order = sorted(parts, key=lambda p: p is parts[-1] and name.endswith("linear1"))
+        called = [parts[-1], *parts[:-1]] if name.endswith("linear1") else parts  # diffusers: proj_mlp first
         torch.manual_seed(7)
         with torch.no_grad():
             expected = [theirs(x) for _ in range(8)]
         after = torch.get_rng_state()
         torch.manual_seed(7)
-        with torch.no_grad():  # diffusers calls the single block's proj_mlp first: the draw is its
-            ours = [
-                {id(p): p(x) for p in (order[::-1] if name.endswith("linear1") else order)} for _ in range(8)
-            ]
-        assert torch.equal(after, torch.get_rng_state()), name  # one draw per fused module
-        plain = torch.cat([p.base_layer(x) for p in parts], dim=-1)
+        with torch.no_grad():
+            ours = [{id(p): p(x) for p in called} for _ in range(8)]
+        assert torch.equal(after, torch.get_rng_state()), name  # the fused module's draws, not the parts'
+        plain = theirs.org_forward(x)
         skipped = 0
         for outs, want in zip(ours, expected):
-            got = torch.cat([outs[id(p)] for p in parts], dim=-1)
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            got = _swap(torch.cat([outs[id(p)] for p in parts], dim=-1).T, swap).T
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
             skipped += torch.equal(got, plain)
         assert 0 < skipped < 8, name  # both kinds of forward compared
+        theirs.eval()
+        with torch.no_grad():
+            undropped = theirs(x)
+        assert not any(torch.allclose(undropped, want) for want in expected)  # the dropout masks
 
 
 def _check_export(plan, result, layers) -> None:
@@ -201,11 +221,17 @@ def _check_export(plan, result, layers) -> None:
         torch.testing.assert_close(got, trained, rtol=0, atol=1e-5, msg=name)
 
 
+# the tiny runs: Flux with module_dropout, bypass_mode's dropout and --scale_weight_norms (resumed), SD3 plain
 @pytest.mark.parametrize(
-    ("base", "spec", "layers"), [(FLUX, FLUX_SPEC, _flux_layers), (SD3, SD3_SPEC, sd3_layers)]
+    ("base", "spec", "layers"),
+    [
+        (FLUX, unet_only_spec(_FIELDS + DROPS + "max_norm = 0.5\n"), _flux_layers),
+        (SD3, SD3_SPEC, sd3_layers),
+    ],
+    ids=["flux", "sd3"],
 )
 def test_fused_tlora_trains_and_its_export_loads_in_lycoris(tmp_path, base, spec, layers):
-    """Flux (module_dropout, bypass): resumed bit-exact too (the parts' shared Q, λ and frozen copies)."""
+    """Flux: resumed bit-exact too (the parts' shared Q, λ and frozen copies, the shared draws)."""
     if base == FLUX:
         plan, result = whole_and_resumed(tmp_path, base=base, steps=4, extra=spec)
     else:
@@ -215,3 +241,39 @@ def test_fused_tlora_trains_and_its_export_loads_in_lycoris(tmp_path, base, spec
     shared = [p for n, p in result.components.unet.named_parameters() if "lora_tlora_q" in n]
     assert shared and all(p.requires_grad for p in shared)
     _check_export(plan, result, layers)
+
+
+def test_fused_tlora_max_norm_is_lycoris_apply_max_norm(tmp_path):
+    """--scale_weight_norms: TLoraModule.apply_max_norm on the fused Linear takes one norm of the stacked
+    update (times the scale once more) and scales the singular values the parts share once."""
+    from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules
+
+    plan, transformer = _built(tmp_path, FLUX, FLUX_SPEC.replace("bypass = true\n", "max_norm = 0.05\n"))
+    assert plan.adapter.max_norm == 0.05
+    generator = torch.Generator().manual_seed(1)
+    layers = _flux_layers(transformer)
+    theirs = []
+    with torch.no_grad():
+        for _name, parts, _swap_rows in layers:
+            for part in parts:
+                p = part.lora_tlora_p[ADAPTER_NAME]
+                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+            lam = parts[0].lora_tlora_lambda[ADAPTER_NAME]
+            lam.mul_(1 + torch.rand(lam.shape, generator=generator))
+            module = _theirs(parts, None)
+            for key, value in _ours(parts, None).items():
+                (module.get_buffer(key) if key.startswith("base") else module.get_parameter(key)).copy_(value)
+            theirs.append(module)
+    modules = lycoris_norm_modules(transformer, [], plan.adapter.fused)
+    assert len([m for m in modules if m.parts]) == 3  # one module per fused Linear
+    scaled, mean, largest = apply_lycoris_max_norm(modules, 0.05)
+    results = [module.apply_max_norm(0.05) for module in theirs]
+    ours = {id(m.layer): m for m in modules}
+    for (name, parts, _swap_rows), module in zip(layers, theirs):
+        assert id(parts[0]) in ours, name
+        torch.testing.assert_close(
+            parts[0].lora_tlora_lambda[ADAPTER_NAME], module.lambda_layer, rtol=1e-6, atol=0, msg=name
+        )
+    assert all(bool(done) for done, _ in results) and scaled >= len(results)
+    theirs_norms = [float(norm) for _, norm in results]
+    assert max(theirs_norms) <= largest + 1e-6 and mean > 0

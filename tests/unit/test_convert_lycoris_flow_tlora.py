@@ -1,8 +1,8 @@
 """lycoris.kohya algo=tlora with flux_train_network.py (Flux, Chroma) and sd3_train_network.py
 (dbspec/convert/kohya/lycoris_flow_tlora.py; was DBS403): kind "tlora" with fused_projections (one
 TLoraModule per fused Linear: one SVD of the stacked weight), network_dim / network_alpha its rank / alpha
-(alpha 0: the rank), module_dropout and bypass_mode the adapter's; the bypass dropout and
---scale_weight_norms over a fused layer, a preset file and SD3's 2x2 patch convolution (which kohya trains
+(alpha 0: the rank), module_dropout, bypass_mode with its dropout and --scale_weight_norms the adapter's;
+a preset file and SD3's 2x2 patch convolution (which kohya trains
 with 1x1 factors at stride 2) are refused."""
 
 from __future__ import annotations
@@ -45,12 +45,17 @@ def test_flux_tlora_is_one_module_per_fused_layer(tmp_path):
     assert (bypass.adapter.bypass, bypass.adapter.alpha) == (True, 8.0)
 
 
-def test_flux_tlora_fused_dropout_max_norm_and_preset_file_are_refused(tmp_path):
-    assert "DBS403" in codes(_flux(tmp_path, "--network_args algo=tlora bypass_mode=True dropout=0.1"))
-    assert "DBS403" in codes(
-        _flux(tmp_path, "--network_dropout 0.1 --network_args algo=tlora bypass_mode=True")
-    )
-    assert "DBS403" in codes(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=tlora"))
+def test_flux_tlora_bypass_dropout_max_norm_and_preset_file(tmp_path):
+    for extra in (
+        "--network_args algo=tlora bypass_mode=True dropout=0.1",
+        "--network_dropout 0.1 --network_args algo=tlora bypass_mode=True",
+    ):
+        a = plan_of(_flux(tmp_path, extra), tmp_path).adapter  # one dropout over the fused output
+        assert (a.bypass, a.bypass_dropout, len(a.fused)) == (True, 0.1, 3)
+    assert "DBS402" in codes(_flux(tmp_path, "--network_args algo=tlora bypass_mode=True dropout=1.5"))
+    # LyCORIS's max norm: one norm of each fused module's stacked update (runtime/max_norm.py)
+    norms = plan_of(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=tlora"), tmp_path).adapter
+    assert (norms.max_norm, norms.max_norm_form, len(norms.fused)) == (1.0, "lycoris", 3)
     (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
     outcome = _flux(tmp_path, "--network_args algo=tlora preset=p.toml")
     assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
@@ -79,15 +84,12 @@ def test_chroma_tlora_is_one_module_per_fused_layer(tmp_path):
 
 
 def test_fused_tlora_spec_refuses_what_spans_the_parts(tmp_path):
-    """A spec's fused T-LoRA with a bypass dropout, max_norm, or parts in blocks of other sig_types (one
-    SVD of the stacked weight): DBS577; without fused_projections each part is its own T-LoRA, which no
-    kohya file holds."""
+    """A spec's fused T-LoRA with parts in blocks of other sig_types (one SVD of the stacked weight): DBS577;
+    without fused_projections each part is its own T-LoRA, which no kohya file holds."""
     from convert_kit import GPU, out_path, plan_spec
 
     assert plan_of(_flux(tmp_path, "--network_args algo=tlora"), tmp_path).adapter.fused
     for override in (
-        ["adapter.bypass=true", "adapter.dropout=0.1"],
-        ["adapter.max_norm=1.0"],
         ['adapter.blocks=[{pattern = "attn\\\\.to_q$", rank = 8, alpha = 4.0, sig_type = "last"}]'],
     ):
         planned = plan_spec(out_path(tmp_path), GPU, overrides=override)

@@ -10,10 +10,11 @@ parts share Q and λ (and Q0, λ0) and each keeps its rows of P and P0 (runtime/
 fit_fused_tlora). The kohya_lora export writes Q and λ once and P stacked under kohya's name, the file
 lycoris-lora loads back. `module_dropout`: one draw per fused module its parts share (runtime/mixed_kinds.py
 add_own_module_dropout); `bypass_mode`: adapter.bypass (each part its rows of the bypass update); its
-`dropout` (bypass only) is one torch dropout over the fused output and --scale_weight_norms one norm of the
-stacked update, which dbspec does not draw / take per fused layer: DBS403. SD3's 2x2 stride-2 patch
-convolution (presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with
-1x1 factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
+`dropout` (bypass only, --network_dropout too): one torch dropout over the fused module's stacked output,
+each part its rows of the mask (runtime/lycoris_tlora.py). --scale_weight_norms (model.py): one norm of the
+stacked update, the shared λ scaled once (runtime/max_norm.py). SD3's 2x2 stride-2 patch convolution
+(presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with 1x1
+factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
 flattened weight's SVD; dbspec's T-LoRA has no such layer (DBS403)."""
 
 from __future__ import annotations
@@ -79,13 +80,11 @@ def map_flow_tlora(
         conv.inert(given, "0 is off")
     elif given is not None and not bypass:
         conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
-    elif given is not None:
-        conv.unsupported(
-            given,
-            f"TLoraModule's bypass dropout on kohya's fused {layout.title} Linears is one torch dropout over "
-            "the stacked output, which dbspec does not draw once per fused layer",
-        )
+    elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
+        conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False
+    elif given is not None:  # one torch dropout over the fused module's stacked output
+        conv.mapped(given, ("adapter", "dropout"), float(given.value))
     unsupported.update(kwargs)
     if refuse_rest(unsupported, args, conv, "tlora", layout.title):
         return False

@@ -1035,7 +1035,7 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # one per fused Linear of their kind (map_scale_weight_norms; runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora")
+        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora", "tlora")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(
