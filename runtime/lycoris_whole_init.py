@@ -6,7 +6,8 @@ U-Net in the original layout, exports.kohya_parts; T-LoRA on those only). DiagOF
 ButterflyOFTModule take `oft_blocks` and `rescale` as they are (no load hook), GLoRAModule its `a1.weight`,
 `a2.weight`, `b1.weight`, `b2.weight` (its load hook sets use_scalar's scalar to 1: runtime/init_weights.py
 does after loading), TLoraModule its `q_layer.weight`, `p_layer.weight`, `lambda_layer`. On kohya's Flux /
-MMDiT one DiagOFTModule or GLoRAModule spans a fused Linear's stacked rows: each part takes its blocks /
+MMDiT one DiagOFTModule, GLoRAModule or TLoraModule spans a fused Linear's stacked rows (T-LoRA's `q` and
+`lambda` into the Parameters its parts share, `p` cut into each part's rows): each part takes its blocks /
 rescale rows (the fused block size, runtime/lycoris_oft.py fit_fused_oft), BOFT's blocks into the Parameter
 the parts share and its rescale rows to each part (runtime/lycoris_boft.py tie_fused_boft), GLoRA's `a1`,
 `a2`, `b2` go into the Parameters the parts share (runtime/lycoris_glora.py tie_fused_glora) and `b1`'s rows
@@ -85,6 +86,8 @@ def whole_layer_slots(plan, unet: nn.Module, text_encoders: list) -> dict[str, t
                 out[key] = (_fused_oft_slots(rows, adapter, plan.adapter.init_partial, swapped), None)
             elif isinstance(layer, GloraLayer):  # one GLoRAModule: a1, a2, b2 shared, b1 the parts' rows
                 out[key] = (_fused_glora_slots(rows, adapter, swapped), None)
+            elif isinstance(layer, TloraLayer):  # one TLoraModule: Q, λ shared, P the parts' rows
+                out[key] = (_fused_tlora_slots(rows, adapter, swapped), None)
             else:
                 out[key] = (_slots(rows, adapter, swapped, scale), None)
     return out
@@ -273,6 +276,30 @@ def _fused_glora_slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[s
             _into(target)(block)
 
     slots["b1.weight"] = ((sum(widths), *targets[0].shape[1:]), b1)
+    return slots
+
+
+def _fused_tlora_slots(rows: list[tuple], adapter: str, swapped: bool) -> dict[str, Slot]:
+    """TLoraModule's trained tensors over a fused Linear (or one Linear): `q_layer.weight` and `lambda_layer`
+    into the Parameters its parts share (runtime/lycoris_tlora.py fit_fused_tlora), `p_layer.weight` cut
+    into each part's rows; `swapped`: P's halves back to diffusers' (scale, shift) rows. The frozen start
+    stays the one SVD of the stacked (kohya's) weight, as load_state_dict(strict=False) leaves TLoraModule's
+    buffers; `alpha` is not read (None), as for T-LoRA on SD (_tlora_slots)."""
+    if any(part is None for part, _ in rows):  # fit_fused_tlora refuses such a run
+        raise ValueError("the run adapts some of a fused layer's parts with T-LoRA, whose SVD spans all")
+    first = rows[0][0]
+    slots = {}
+    for name, attr in (("q_layer.weight", "lora_tlora_q"), ("lambda_layer", "lora_tlora_lambda")):
+        target = getattr(first, attr)[adapter]
+        slots[name] = (tuple(target.shape), _into(target))
+    targets = [part.lora_tlora_p[adapter] for part, _ in rows]
+    widths = [t.shape[0] for t in targets]
+
+    def p_rows(value: torch.Tensor) -> None:
+        for target, block in zip(targets, _halves(value, swapped).split(widths, dim=0)):
+            _into(target)(block)
+
+    slots["p_layer.weight"] = ((sum(widths), *targets[0].shape[1:]), p_rows)
     return slots
 
 

@@ -610,17 +610,12 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
     fused_layers = bool(spec.fused_projections) and any(
         c.name == "unet" and c.trainable == "lora" for c in components
     )
-    if isinstance(adapter, TloraAdapter) and spec.fused_projections:
-        ctx.report(  # kohya's TLoraModule on a fused Linear starts from one SVD of the stacked weight
-            "DBS356",
-            "error",
-            f"`{path}`: a tlora starts from LyCORIS's file on SD 1.x/2.x and SDXL (train_network.py / "
-            f"sdxl_train_network.py), not on {spec.title}",
-            KEY,
-            help='set adapter.init_weights = ""',
-        )
-        return "", 0
-    if isinstance(adapter, _PER_LAYER_ONLY) and fused_layers and not adapter.fused_projections:
+    # kohya's TLoraModule on a fused Linear starts from one SVD of the stacked weight: fused_projections
+    if (
+        isinstance(adapter, (*_PER_LAYER_ONLY, TloraAdapter))
+        and fused_layers
+        and not adapter.fused_projections
+    ):
         ctx.report(
             "DBS356",
             "error",

@@ -2261,7 +2261,9 @@ class TloraAdapter:
         "",
         doc="Start the T-LoRA layers from this `.safetensors` file (lycoris.kohya `--network_weights`), "
         "relative to the spec file: LyCORIS's layout under kohya's module names (SDXL's U-Net in the "
-        "original layout), each module's `q_layer.weight`, `p_layer.weight` and `lambda_layer` loaded as "
+        "original layout; Flux / SD3 / Chroma with `fused_projections`: one module per fused Linear, its "
+        "`p_layer.weight` cut into the parts' rows, `q_layer.weight` and `lambda_layer` into the Parameters "
+        "they share), each module's `q_layer.weight`, `p_layer.weight` and `lambda_layer` loaded as "
         "they are (their shapes the layer's, checked when the run loads it); the frozen start Q0, P0, λ0 "
         "stays the base model's SVD, as TLoraModule keeps it, and the file's `alpha` is not read "
         "(TLoraModule keeps the scale it was built with, alpha / rank). A resumed run takes the "

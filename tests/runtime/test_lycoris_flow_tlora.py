@@ -241,6 +241,32 @@ def test_fused_tlora_trains_and_its_export_loads_in_lycoris(tmp_path, base, spec
     shared = [p for n, p in result.components.unet.named_parameters() if "lora_tlora_q" in n]
     assert shared and all(p.requires_grad for p in shared)
     _check_export(plan, result, layers)
+    _check_start_file(tmp_path / "start", base, spec, plan, result, layers)
+
+
+def _check_start_file(tmp_path, base, spec, plan, result, layers) -> None:
+    """--network_weights of the export (was DBS356 on Flux / SD3): LyCORIS's load_weights puts each fused
+    module's Q and λ into the Parameters its parts share and P's rows into each part, the frozen start the
+    base's one SVD; the started layers compute what the trained ones did."""
+    from dbspec.runtime.init_weights import load_init_weights
+
+    file = Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"
+    started, transformer = _built(
+        tmp_path,
+        base,
+        spec.replace("fused_projections = true\n", f'fused_projections = true\ninit_weights = "{file}"\n'),
+    )
+    assert started.adapter.init_weights == str(file)
+    load_init_weights(started, transformer, [])
+    trained = result.components.unet.float().eval()
+    torch.manual_seed(0)
+    for (name, parts, swap), (_, ours, _) in zip(layers(trained), layers(transformer.eval())):
+        assert len(ours) == len(parts), name
+        x = torch.randn(3, parts[0].base_layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(_outputs(ours, swap, x), _outputs(parts, swap, x), rtol=0, atol=1e-5)
+        for part in ours[1:]:
+            assert part.lora_tlora_q[ADAPTER_NAME] is ours[0].lora_tlora_q[ADAPTER_NAME]
 
 
 def test_fused_tlora_max_norm_is_lycoris_apply_max_norm(tmp_path):

@@ -97,3 +97,33 @@ def test_fused_tlora_spec_refuses_what_spans_the_parts(tmp_path):
     # each part its own SVD: a T-LoRA kohya's fused names have no place for (DBS381 on the kohya export)
     planned = plan_spec(out_path(tmp_path), GPU, overrides=["adapter.fused_projections=false"])
     assert {d.code for d in planned.diagnostics if d.severity == "error"} == {"DBS381"}
+
+
+def test_flux_network_weights_of_a_tlora_start_the_fused_network(tmp_path):
+    """--network_weights (was DBS356): LyCORIS's load_weights into one TLoraModule per fused Linear,
+    adapter.init_weights with init_partial; Q and λ into the parts' shared Parameters, P's rows cut into
+    the parts when the run loads it (runtime/lycoris_whole_init.py)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    layers = {
+        "lora_unet_double_blocks_0_img_attn_qkv": (9216, 3072),
+        "lora_unet_single_blocks_0_linear1": (21504, 3072),
+    }
+    tensors = {}
+    for name, (out, inp) in layers.items():
+        tensors[f"{name}.q_layer.weight"] = np.zeros((8, inp), np.float16)
+        tensors[f"{name}.p_layer.weight"] = np.zeros((out, 8), np.float16)
+        tensors[f"{name}.lambda_layer"] = np.ones((1, 8), np.float16)
+        tensors[f"{name}.alpha"] = np.array(4.0, np.float32)
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = _flux(tmp_path, "--network_weights prev.safetensors --network_args algo=tlora")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_partial, a.init_layers) == (
+        "tlora",
+        str(tmp_path / "prev.safetensors"),
+        True,
+        2,
+    )
+    assert [f.name for f in a.fused] == FLUX_FUSED
