@@ -53,7 +53,12 @@ def with_blocks(
     alphas: dict[str, float] = {}
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
-        conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+        # T-LoRA has no convolution rank: a patch convolution's layer takes the linear one (lycoris_tlora.py)
+        conv = (
+            isinstance(layer, torch.nn.Conv2d)
+            and tuple(layer.kernel_size) != (1, 1)
+            and adapter.kind != "tlora"
+        )
         if block is not None and block.rank and adapter.kind in ("full", "ia3") and block.kind == "adapter":
             block = None  # a full / IA^3 block's lr_scale (compiler/adapters.py _scale_blocks): no size
         if block is None and adapter.kind in (

@@ -42,6 +42,20 @@ _LYCORIS_NAMES = {
 }
 
 
+def _patch(conv: nn.Conv2d) -> bool:
+    """A k x k patch convolution (stride = kernel, no padding, ungrouped): 1x1 factors at its stride give
+    an output of its size wherever the input divides by the stride."""
+    kernel = tuple(conv.kernel_size)
+    return (
+        kernel != (1, 1)
+        and tuple(conv.stride) == kernel
+        and tuple(conv.padding) == (0, 0)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
 def svd_start(
     weight: torch.Tensor, rank: int, sig_type: str = "principal"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,20 +113,27 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
 
     def update_layer(self, adapter_name: str, config, r: int, lora_alpha: float, *a: Any, **k: Any):
         base = self.get_base_layer()
-        if isinstance(base, nn.Conv2d) and (
-            base.groups != 1 or tuple(base.kernel_size) != (1, 1) or base.padding_mode != "zeros"
+        # a patch convolution (SD3's 2x2 at stride 2, no padding): TLoraModule's 1x1 factors at its stride
+        # give an output of its size, which kohya trains (TLoraModule.forward's bypass path)
+        self.tlora_patch = isinstance(base, nn.Conv2d) and _patch(base)
+        if (
+            isinstance(base, nn.Conv2d)
+            and not self.tlora_patch
+            and (base.groups != 1 or tuple(base.kernel_size) != (1, 1) or base.padding_mode != "zeros")
         ):
             raise ValueError(
-                "LyCORIS's tlora adapts Linear and ungrouped 1x1 Conv2d layers: TLoraModule's factors on a "
-                f"{base.kernel_size[0]}x{base.kernel_size[1]} (or grouped) convolution give an output of "
-                "another size and kohya stops; leave such layers out of the adapter's targets"
+                "LyCORIS's tlora adapts Linear, ungrouped 1x1 Conv2d and patch (stride = kernel, no padding) "
+                f"layers: TLoraModule's factors on a {base.kernel_size[0]}x{base.kernel_size[1]} (or "
+                "grouped) convolution give an output of another size and kohya stops; leave such layers out "
+                "of the adapter's targets"
             )
         alpha = lora_alpha or r  # TLoraModule: alpha None or 0 is the rank
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.scaling[adapter_name] = alpha / r
         q, p, lam = svd_start(base.weight, r, self.tlora_sig_type)
-        if isinstance(base, nn.Conv2d):
+        if isinstance(base, nn.Conv2d):  # a patch's Q: the first in-channel columns of its flattened
+            q = q[:, : base.in_channels]  # weight's singular vectors, as TLoraModule slices them
             q, p = q.reshape(*q.shape, 1, 1), p.reshape(*p.shape, 1, 1)
         for part, value in zip(_TRAINED, (q, p, lam)):
             getattr(self, part)[adapter_name] = nn.Parameter(value.clone())
@@ -133,16 +154,22 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         q, p, lam = (getattr(self, part)[adapter] for part in _TRAINED)
         q0, p0, lam0 = (getattr(self, part)[adapter].to(q.device) for part in _BASE)
         diff = self._product(q, p, lam) - self._product(q0, p0, lam0)
-        return (diff * self.scaling[adapter] * 1.0).reshape(self.get_base_layer().weight.shape)
+        base = self.get_base_layer()
+        if self.tlora_patch:  # TLoraModule's 1x1 update of a patch convolution
+            return (diff * self.scaling[adapter] * 1.0).reshape(base.out_channels, base.in_channels, 1, 1)
+        return (diff * self.scaling[adapter] * 1.0).reshape(base.weight.shape)
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
         """TLoraModule.forward's delta: (W + ΔW) - W in the base weight's dtype."""
         weight = self.get_base_layer().weight
         diff = self.tlora_diff(adapter).to(weight.device, weight.dtype)
+        if self.tlora_patch:  # get_merged_weight: the 1x1 update at the kernel's first tap
+            kh, kw = weight.shape[2:]
+            diff = F.pad(diff, (0, kw - 1, 0, kh - 1))
         return (weight + diff) - weight
 
     def _added(self, x: torch.Tensor, adapter: str) -> torch.Tensor:
-        if not self.tlora_bypass:
+        if not (self.tlora_bypass or self.tlora_patch):  # a patch: TLoraModule.forward's bypass path
             return super()._added(x, adapter)
         return self._bypass_diff(x, adapter)
 

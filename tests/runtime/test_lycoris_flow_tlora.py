@@ -43,6 +43,11 @@ SD3_SPEC = (
     + ", ".join(f'"{t}"' for t in SD3_TARGETS)
     + ']\n\n[checkpoints]\nevery = 2\nexports = ["kohya_lora"]\n'
 )
+# `--network_args algo=tlora preset=unet-only conv_dim=2`: the 2x2 patch convolution at rank 2 too
+SD3_PATCH = SD3_SPEC.replace('"]\n\n[checkpoints]', '", "pos_embed.proj"]\n\n[checkpoints]').replace(
+    "[checkpoints]",
+    '[[adapter.blocks]]\npattern = "^pos_embed\\\\.proj$"\nrank = 2\nalpha = 2.0\n\n[checkpoints]',
+)
 
 
 def _flux_layers(transformer):
@@ -226,7 +231,7 @@ def _check_export(plan, result, layers) -> None:
     ("base", "spec", "layers"),
     [
         (FLUX, unet_only_spec(_FIELDS + DROPS + "max_norm = 0.5\n"), _flux_layers),
-        (SD3, SD3_SPEC, sd3_layers),
+        (SD3, SD3_PATCH, sd3_layers),
     ],
     ids=["flux", "sd3"],
 )
@@ -241,7 +246,33 @@ def test_fused_tlora_trains_and_its_export_loads_in_lycoris(tmp_path, base, spec
     shared = [p for n, p in result.components.unet.named_parameters() if "lora_tlora_q" in n]
     assert shared and all(p.requires_grad for p in shared)
     _check_export(plan, result, layers)
+    if base == SD3:
+        _check_patch(plan, result)
     _check_start_file(tmp_path / "start", base, spec, plan, result, layers)
+
+
+def _check_patch(plan, result) -> None:
+    """The patch convolution's export (1x1 factors at rank 2) is what TLoraModule on it loads."""
+    conv = result.components.unet.float().eval().pos_embed.proj
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    own = {
+        k.split(".", 1)[1]: v.float()
+        for k, v in tensors.items()
+        if k.startswith("lora_unet_x_embedder_proj.")
+    }
+    assert (
+        own["q_layer.weight"].shape == (2, conv.base_layer.in_channels, 1, 1) and float(own["alpha"]) == 2.0
+    )
+    import copy
+
+    theirs = TLoraModule("patch", copy.deepcopy(conv.base_layer), 1.0, lora_dim=2, alpha=2.0)
+    theirs.load_state_dict(own, strict=False)
+    theirs.apply_to()
+    x = torch.randn(2, conv.base_layer.in_channels, 8, 8)
+    with torch.no_grad():
+        trained = conv(x)
+        assert not torch.allclose(trained, conv.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(theirs.eval()(x), trained, rtol=0, atol=1e-5)
 
 
 def _check_start_file(tmp_path, base, spec, plan, result, layers) -> None:
@@ -303,3 +334,59 @@ def test_fused_tlora_max_norm_is_lycoris_apply_max_norm(tmp_path):
     assert all(bool(done) for done, _ in results) and scaled >= len(results)
     theirs_norms = [float(norm) for _, norm in results]
     assert max(theirs_norms) <= largest + 1e-6 and mean > 0
+
+
+def test_tlora_on_a_patch_convolution_is_lycoris_module(tmp_path):
+    """SD3's 2x2 stride-2 patch convolution (presets full / unet-only): TLoraModule starts Q from the first
+    in-channel columns of its flattened weight's singular vectors (1x1 factors) and runs its bypass forward at
+    the layer's stride in either mode (an output of the layer's size), its merge the 1x1 update at the
+    kernel's first tap; equal in start, outputs (default and bypass_mode), merged weight and max norm."""
+    from peft import inject_adapter_in_model
+
+    from dbspec.runtime.lycoris_tlora import tlora_config
+    from dbspec.runtime.max_norm import LycorisNormModule, apply_lycoris_max_norm
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 2, stride=2)
+    theirs = TLoraModule("patch", copy_of(conv), 1.0, lora_dim=RANK, alpha=ALPHA)
+    theirs.apply_to()
+    holder = nn.Module()
+    holder.proj = copy_of(conv)
+    inject_adapter_in_model(tlora_config(["proj"], RANK, ALPHA), holder)
+    ours = holder.proj
+    names = {
+        "q_layer.weight": "lora_tlora_q",
+        "p_layer.weight": "lora_tlora_p",
+        "lambda_layer": "lora_tlora_lambda",
+    }
+    for key, attr in names.items():
+        torch.testing.assert_close(
+            getattr(ours, attr)[ADAPTER_NAME], theirs.get_parameter(key), rtol=0, atol=1e-6
+        )
+    with torch.no_grad():
+        for key, attr in names.items():
+            param = theirs.get_parameter(key)
+            param.add_(torch.randn(param.shape) * 0.1)
+            getattr(ours, attr)[ADAPTER_NAME].copy_(param)
+    x = torch.randn(2, 16, 8, 8)
+    for bypass in (False, True):
+        theirs.bypass_mode, ours.tlora_bypass = bypass, bypass
+        with torch.no_grad():
+            want, got = theirs(x), ours(x)
+        assert want.shape == theirs.org_forward(x).shape and not torch.allclose(want, theirs.org_forward(x))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        merged = theirs.get_merged_weight()[0]
+        torch.testing.assert_close(
+            conv.weight + ours.get_delta_weight(ADAPTER_NAME), merged, rtol=0, atol=1e-6
+        )
+        done = apply_lycoris_max_norm([LycorisNormModule("patch", ours, "tlora")], 0.01)
+        theirs.apply_max_norm(0.01)
+    assert done[0] == 1
+    torch.testing.assert_close(ours.lora_tlora_lambda[ADAPTER_NAME], theirs.lambda_layer, rtol=1e-6, atol=0)
+
+
+def copy_of(conv: nn.Conv2d) -> nn.Conv2d:
+    import copy
+
+    return copy.deepcopy(conv)

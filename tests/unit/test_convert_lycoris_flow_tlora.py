@@ -2,8 +2,8 @@
 (dbspec/convert/kohya/lycoris_flow_tlora.py; was DBS403): kind "tlora" with fused_projections (one
 TLoraModule per fused Linear: one SVD of the stacked weight), network_dim / network_alpha its rank / alpha
 (alpha 0: the rank), module_dropout, bypass_mode with its dropout and --scale_weight_norms the adapter's;
-a preset file and SD3's 2x2 patch convolution (which kohya trains
-with 1x1 factors at stride 2) are refused."""
+SD3's 2x2 patch convolution (presets full / unet-only) a T-LoRA
+layer at conv_dim / conv_alpha; a preset file is refused."""
 
 from __future__ import annotations
 
@@ -67,8 +67,18 @@ def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
     assert (a.kind, a.rank, a.alpha, a.conv_rank) == ("tlora", 16, 8.0, 0)
     assert list(a.denoiser_targets) == TARGETS and [f.name for f in a.fused] == FUSED
     assert "DBS403" not in codes(outcome) and not errors(outcome)
-    patch = _sd3(tmp_path, "--network_args algo=tlora preset=full")  # TLoraModule on the 2x2 patch: trains
-    assert "DBS403" in codes(patch) and "patch convolution" in messages(patch, "DBS403")
+    # presets full / unet-only: TLoraModule on the 2x2 stride-2 patch convolution too (kohya trains it),
+    # at conv_dim / conv_alpha: a block of its own where they differ from the network's
+    patch = _sd3(tmp_path, "--network_train_unet_only --network_args algo=tlora preset=full")
+    a = plan_of(patch, tmp_path).adapter
+    assert list(a.denoiser_targets) == [*TARGETS, "pos_embed.proj"] and not a.blocks
+    assert not errors(patch) and "DBS403" not in codes(patch)
+    own = _sd3(tmp_path, "--network_train_unet_only --network_args algo=tlora preset=unet-only conv_dim=4")
+    a = plan_of(own, tmp_path).adapter
+    assert [(b.pattern, b.rank, b.alpha) for b in a.blocks] == [("^pos_embed\\.proj$", 4, 8.0)]
+    # outside bypass_mode TLoraModule drops the patch's output alone
+    dropped = _sd3(tmp_path, "--network_dropout 0.1 --network_args algo=tlora preset=full")
+    assert "DBS403" in codes(dropped) and "patch convolution alone" in messages(dropped, "DBS403")
 
 
 def test_chroma_tlora_is_one_module_per_fused_layer(tmp_path):

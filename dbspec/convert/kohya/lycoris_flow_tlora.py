@@ -15,7 +15,8 @@ each part its rows of the mask (runtime/lycoris_tlora.py). --scale_weight_norms 
 stacked update, the shared λ scaled once (runtime/max_norm.py). SD3's 2x2 stride-2 patch convolution
 (presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with 1x1
 factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
-flattened weight's SVD; dbspec's T-LoRA has no such layer (DBS403)."""
+flattened weight's SVD (runtime/lycoris_tlora.py's patch layer): a denoiser target at conv_dim /
+conv_alpha (_put_patch); a dropout outside bypass_mode, which that path alone applies, DBS403."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
 
 _UNREAD = ("use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "rank_dropout_scale", "full_matrix")
-_UNREAD += ("unbalanced_factorization", "block_size", "constraint", "verbose", "conv_alpha")
+_UNREAD += ("unbalanced_factorization", "block_size", "constraint", "verbose")
 
 
 def map_flow_tlora(
@@ -46,18 +47,15 @@ def map_flow_tlora(
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     scale_alpha = float(alpha.value)
     convs = list(layout.convs.get(layers, ()))
-    if convs:  # conv_dim defaults to network_dim (0 too): a TLoraModule on the 2x2 patch convolution
-        conv.unsupported(
-            args,
-            f"preset {preset} gives {layout.title}'s 2x2 stride-2 patch convolution ({', '.join(convs)}) a "
-            "T-LoRA module at conv_dim (LyCORIS's default: network_dim; 0 is that default too), which "
-            "kohya trains: lycoris-lora 4.1.3's TLoraModule runs it in its bypass forward, 1x1 factors at "
-            "stride 2 (each patch's first pixel, an output of the layer's size) started from the first "
-            "in-channel columns of its flattened weight's SVD; dbspec's T-LoRA adapts Linear and 1x1 "
-            "layers only (use preset=full-lin or attn-mlp: the same layers without the patch)",
-        )
-        return False
-    ignore_args(kwargs, args, conv, lambda k: k == "conv_dim", "the preset reaches no convolution")
+    # conv_dim / conv_alpha (network_dim / network_alpha by default, 0 too): a TLoraModule on SD3's 2x2
+    # stride-2 patch convolution (runtime/lycoris_tlora.py: its bypass path, 1x1 factors at the stride)
+    patch = None
+    if convs:
+        conv_alpha = float(kwargs.pop("conv_alpha", "") or scale_alpha)
+        patch = (int(float(kwargs.pop("conv_dim", "") or rank)), conv_alpha)
+    ignore_args(
+        kwargs, args, conv, lambda k: k in ("conv_dim", "conv_alpha"), "the preset reaches no convolution"
+    )
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(popped(args, kwargs, key), why)
@@ -78,6 +76,13 @@ def map_flow_tlora(
     unsupported: dict[str, str] = {}
     if given is not None and not float(given.value or 0):
         conv.inert(given, "0 is off")
+    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
+        conv.unsupported(
+            given,
+            "TLoraModule outside bypass_mode applies its dropout on SD3's patch convolution alone (its "
+            "bypass path), which dbspec's T-LoRA does not single out",
+        )
+        return False
     elif given is not None and not bypass:
         conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
@@ -96,7 +101,24 @@ def map_flow_tlora(
     conv.mapped(alpha, ("adapter", "alpha"), scale_alpha or float(rank))  # TLoraModule: alpha 0 is the rank
     why = "one TLoraModule per fused Linear: one SVD of the stacked weight, Q and λ shared, P the parts' rows"
     put_targets(conv, module, layout, layers, why)
+    if patch:
+        _put_patch(conv, module, layout, layers, convs, patch, (rank, scale_alpha or float(rank)))
     if bypass:
         put["bypass"] = True
     put_rest(conv, module, args, preset, text, put)
     return True
+
+
+def _put_patch(conv: Conversion, module: Legacy, layout, layers: str, convs, patch, network) -> None:
+    """SD3's patch convolution among the denoiser targets, its TLoraModule at conv_dim / conv_alpha
+    (create_network: `conv_alpha or network_alpha`, then TLoraModule's alpha 0 the rank): a block of its own
+    where they differ from the network's rank and alpha (`network`: both, alpha 0 already the rank)."""
+    targets = [*layout.targets(layers, True)[0], *convs]
+    why = conv.comment(module, "TLoraModule on the 2x2 stride-2 patch convolution: 1x1 factors at its stride")
+    conv.put(("adapter", "denoiser_targets"), targets, why)
+    rank, alpha = patch
+    alpha = alpha or float(rank)
+    if (rank, alpha) != network:
+        pattern = "|".join("^" + c.replace(".", "\\.") + "$" for c in convs)
+        for key, value in (("pattern", pattern), ("rank", rank), ("alpha", alpha)):
+            conv.put(("adapter", "blocks", 0, key), value, why)
