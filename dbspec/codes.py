@@ -3099,18 +3099,19 @@ bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW
 changes nothing (the plan says 0). `module_dropout` acts in both.""",
         help="set adapter.bypass = true, or remove the dropout",
     ),
-    # [[adapter.blocks]] of kind tlora outside the SD 1.x/2.x / SDXL U-Nets: DBS604.
+    # [[adapter.blocks]] of kind tlora outside the SD 1.x/2.x / SDXL U-Nets: DBS604 (reserved: they train).
     Code(
         "DBS604",
         ERROR,
         "T-LoRA blocks beside another kind on a transformer family",
         """\
-`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with `kind = "tlora"` (LyCORIS's T-LoRA beside the
-adapter's kind: a preset file's `algo = "tlora"` entries on another algo's network) train on SD 1.x/2.x and
-SDXL, whose LyCORIS export and reload dbspec checks against lycoris-lora. On Flux, SD3 and Chroma kohya's
-TLoraModule starts a fused Linear from one SVD of its stacked weight, which dbspec's T-LoRA (one SVD per
-diffusers layer) does not build.""",
-        help="give those layers another kind, or train on SD 1.x/2.x or SDXL",
+No longer raised: `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` with `kind = "tlora"` (LyCORIS's
+T-LoRA beside the adapter's kind: a preset file's `algo = "tlora"` entries on another algo's network, or
+another kind's blocks on a T-LoRA adapter) train on Flux, SD3 and Chroma too, as on SD 1.x/2.x and SDXL:
+with `fused_projections` kohya's TLoraModule starts a fused Linear from one SVD of its stacked weight, the
+parts sharing Q and the singular values (checked against lycoris-lora 4.1.3's TLoraModule on kohya's
+stacked Linear beside a LoCon network on tiny Flux).""",
+        reserved=True,
     ),
     # a T-LoRA block's own bypass beside the adapter's dropout: DBS605.
     Code(

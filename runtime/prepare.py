@@ -257,6 +257,10 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.lycoris_glora import tie_fused_glora
 
         tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
+    if "tlora" in kinds:  # one SVD of the stacked weight per fused Linear: Q and λ shared, P the parts' rows
+        from dbspec.runtime.lycoris_tlora import fit_fused_tlora
+
+        fit_fused_tlora(module, adapter.fused, adapters.ADAPTER_NAME, swapped_rows(module))
 
 
 def raises_dylora_ups(adapter) -> bool:

@@ -3425,28 +3425,6 @@ _FLOAT_KINDS["tlora"] = "starts from the SVD of"
 
 
 @rule("spec")
-def tlora_blocks_on_unets(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Blocks of kind tlora (runtime/lycoris_tlora.py beside another kind's layers) on SD 1.x/2.x and SDXL
-    only (DBS604; silent for family = "auto": the compiler runs it again with the detected family)."""
-    family = FAMILIES.get(spec.model.family)
-    if family is None or family.denoiser == "unet":
-        return
-    for table in ("blocks", "text_encoder_blocks"):
-        for i, block in enumerate(getattr(spec.adapter, table, ())):
-            kind = getattr(block, "kind", "adapter")
-            if kind not in ("adapter", spec.adapter.kind) and "tlora" in (kind, spec.adapter.kind):
-                yield _err(
-                    "DBS604",
-                    ("adapter", table, i, "kind"),
-                    f'adapter.{table}[{i}].kind = "{kind}" on a {spec.adapter.kind} adapter on '
-                    f"{family.title}: dbspec trains T-LoRA beside other kinds on SD 1.x/2.x and SDXL "
-                    "(kohya's TLoraModule on a fused Linear starts from one SVD of its stacked weight)",
-                    codes.help("DBS604"),
-                )
-                return
-
-
-@rule("spec")
 def block_kinds_quantized(spec: Spec, given: Given) -> Iterator[Hit]:
     """Blocks of LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA kind (a preset file's entries beside a
     LoRA/LoHa/LoKr network) use each matched layer's float weight, as the adapter of that kind does

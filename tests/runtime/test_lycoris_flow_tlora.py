@@ -390,3 +390,51 @@ def copy_of(conv: nn.Conv2d) -> nn.Conv2d:
     import copy
 
     return copy.deepcopy(conv)
+
+
+# a LoCon network (lycoris.kohya algo=locon, module_dropout=0.2) whose preset file maps the first double
+# block's image q/k/v to algo=tlora at dim 4 / alpha 2 (was DBS604 / DBS403)
+MIXED = unet_only_spec(
+    'kind = "lora"\nrank = 4\nalpha = 2.0\nfused_projections = true\nmodule_dropout = 0.2\n'
+)
+MIXED = MIXED.replace(
+    "\n\n[checkpoints]",
+    '\n\n[[adapter.blocks]]\npattern = "^transformer_blocks\\\\.0\\\\.attn\\\\.to_[qkv]$"\nkind = "tlora"\n'
+    "rank = 4\nalpha = 2.0\n\n[checkpoints]",
+)
+
+
+def test_fused_tlora_block_beside_locon_trains_and_exports_as_lycoris(tmp_path):
+    """T-LoRA layers beside a LoCon network's on tiny Flux: the fused image q/k/v one TLoraModule (one SVD
+    of the stacked weight, its frozen start TLoraModule's on kohya's layer), one module_dropout draw per
+    fused module, exported under kohya's fused name and loaded by TLoraModule there to the trained output."""
+    plan = make_plan(tmp_path, base=FLUX, steps=2, extra=MIXED)
+    assert [(b.kind, b.rank) for b in plan.adapter.blocks] == [("tlora", 4)] and len(plan.adapter.fused) == 3
+    result = execute(plan, keep_models=True)
+    assert result.status == "finished"
+    transformer = result.components.unet.float().eval()
+    attn = transformer.transformer_blocks[0].attn
+    parts = (attn.to_q, attn.to_k, attn.to_v)
+    fresh = _theirs(parts, None)
+    for key, value in _ours(parts, None).items():
+        if key.startswith("base"):  # the frozen start: one SVD of kohya's stacked weight
+            torch.testing.assert_close(value, fresh.get_buffer(key), rtol=0, atol=1e-6)
+    assert attn.to_k.lora_tlora_q[ADAPTER_NAME] is attn.to_q.lora_tlora_q[ADAPTER_NAME]
+    assert type(attn.add_q_proj).__name__ != "TloraLayer"  # the text stream's q/k/v: LoCon
+    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    own = {k.removeprefix(name + "."): v.float() for k, v in tensors.items() if k.startswith(name + ".")}
+    assert sorted(own) == ["alpha", "lambda_layer", "p_layer.weight", "q_layer.weight"]
+    assert "lora_unet_double_blocks_0_txt_attn_qkv.lora_down.weight" in tensors
+    fresh.load_state_dict(own, strict=False)
+    x = torch.randn(3, attn.to_q.base_layer.in_features)
+    with torch.no_grad():
+        trained = _outputs(parts, None, x)
+        assert not torch.allclose(trained, fresh.org_forward(x), atol=1e-7)
+        torch.testing.assert_close(fresh.eval()(x), trained, rtol=0, atol=1e-5)
+    transformer.train()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        outs = [[p(x) for p in parts] for _ in range(8)]
+    skipped = [[torch.equal(o, p.base_layer(x)) for o, p in zip(out, parts)] for out in outs]
+    assert all(len(set(s)) == 1 for s in skipped) and 0 < sum(s[0] for s in skipped) < 8  # one draw

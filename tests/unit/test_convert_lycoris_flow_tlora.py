@@ -137,3 +137,19 @@ def test_flux_network_weights_of_a_tlora_start_the_fused_network(tmp_path):
         2,
     )
     assert [f.name for f in a.fused] == FLUX_FUSED
+
+
+def test_flux_tlora_entries_beside_a_locon_network(tmp_path):
+    """A LoCon network's preset-file entries of algo=tlora on Flux (was DBS403 / a spec's DBS604): blocks of
+    kind tlora at the entry's dim and alpha, one TLoraModule per fused Linear (fused_projections)."""
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n'
+        '[name_algo_map."double_blocks.*.img_attn.qkv"]\nalgo = "tlora"\ndim = 4\nalpha = 2\n'
+    )
+    outcome = _flux(
+        tmp_path, "--network_train_unet_only --network_args algo=locon preset=p.toml module_dropout=0.1"
+    )
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "lora" and a.module_dropout == 0.1 and [f.name for f in a.fused] == FLUX_FUSED[:2]
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks if b.kind == "tlora"] == [("tlora", 4, 2.0)]

@@ -587,17 +587,6 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # T-LoRA blocks beside another kind: SD 1.x/2.x and SDXL only
-        rules.tlora_blocks_on_unets,
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + LORA
-        + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\n'
-        "alpha = 4.0\n",
-        [("DBS604", "error", ("adapter", "blocks", 0, "kind"))],
-        DOG + STEPS + LORA + '[[adapter.blocks]]\npattern = "to_q"\nkind = "tlora"\nrank = 4\nalpha = 4.0\n',
-    ),
     (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
         rules.oft_rank_dropout_not_in_bypass,
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,
@@ -3391,7 +3380,8 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
     """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora (their rank and alpha), not
-    of kinds whose blocks carry more, and not with its bypass or max_norm (DBS578); on Flux DBS604."""
+    of kinds whose blocks carry more, and not with its bypass or max_norm (DBS578); on Flux too (DBS604
+    reserved)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     assert hits_of(rules.mixed_block_kinds, tlora + block.format("lokr")) == []
@@ -3404,7 +3394,3 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
         ("adapter", "bypass"),
         ("adapter", "max_norm"),
     }
-    flux = 'family = "flux"\n' + tlora + block.format("lokr")
-    assert hits_of(rules.tlora_blocks_on_unets, flux) == [
-        ("DBS604", "error", ("adapter", "blocks", 0, "kind"))
-    ]

@@ -423,10 +423,10 @@ def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
 # weight), GLoRA and DyLoRA tied over a fused layer's parts (DyLoRA's down blocks and its one draw per fused
 # module shared, runtime/dylora.py tie_fused_dylora), full / IA^3 / Diag-OFT exactly their parts' own (a copy
 # of each part's rows, a scale per output row, blocks within a part)
-MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
-# T-LoRA's layers (runtime/lycoris_tlora.py) beside the others on SD 1.x/2.x and SDXL (on Flux / SD3 one SVD
-# of a fused Linear's stacked weight, which dbspec's T-LoRA does not build)
-MIXED_SD = (*MIXED_FLOW, "tlora")
+# and T-LoRA's (runtime/lycoris_tlora.py; on a fused Linear one SVD of the stacked weight, Q and λ shared by
+# the parts, fit_fused_tlora)
+MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
+MIXED_SD = MIXED_FLOW
 
 
 def _mixed_kinds(
