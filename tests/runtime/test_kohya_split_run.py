@@ -82,10 +82,11 @@ LOADER = (
 )
 
 
-def test_kohyas_validation_loader_order_scores_its_first_batches_and_resumes_bit_exact(tmp_path):
+def test_kohyas_validation_loader_order_scores_its_first_batches(tmp_path):
     """evaluation.order = "kohya_loader" (kohya's max_validation_steps with max_data_loader_n_workers = 0):
-    each evaluation scores the images of kohya's first validation batches, an image once per repeat; a
-    stopped-and-resumed run is bit-exact with an uninterrupted one."""
+    each evaluation scores the images of kohya's first validation batches, an image once per repeat. The
+    order adds nothing to a checkpoint (the scored images are the plan's, the noise reseeded at every
+    evaluation): the split run's resume is test_a_kohya_split_run_trains_evaluates_and_resumes_bit_exact's."""
     spec = write_spec(tmp_path, steps=3, extra=LOADER)
     plan = compile_spec(spec, ["output.dir=whole"])
     e = plan.evaluation
@@ -97,12 +98,8 @@ def test_kohyas_validation_loader_order_scores_its_first_batches_and_resumes_bit
     assert "kohya's validation loader" in summary_text(plan)
 
     whole = execute(plan)
-    parts = compile_spec(spec, ["output.dir=parts"])
-    stopped = execute(parts, stop_after=1)
-    resumed = execute(parts, resume=True)
-    assert stopped.losses + resumed.losses == whole.losses
     rows = _rows(Path(whole.output))
-    assert [r["step"] for r in rows] == [1, 2, 3] and rows == _rows(Path(resumed.output))
+    assert [r["step"] for r in rows] == [1, 2, 3] and len(whole.losses) == 3
 
     # every batch: every held-out image, twice, another number at the same step
     every = compile_spec(spec, ["output.dir=every", "evaluation.max_batches=0"])
