@@ -3,10 +3,16 @@
 adapter's targets (kohya's fused Linears whole, fused_projections as the built-in presets set it), checked
 against lycoris-lora 4.1.3's create_network reading the same file on kohya's Flux rebuilt on the meta device
 (tests/runtime/test_lycoris_preset_file_flow.py): the same layers, each LyCORIS module of the plan's kind with
-the plan's rank / block size; a tiny Flux run of a converted file trains and resumes bit-exact."""
+the plan's rank / block size; a tiny Flux run of a converted file trains, and so does one of a file whose
+map entries give layers their own dims (CLIP's attention too). Their kinds of state (each whole-network
+algo's layers on Flux's fused Linears and CLIP-L) resume bit-exact elsewhere: Diag-OFT, BOFT and GLoRA in
+test_lycoris_flow_rebuilt_file.py's test_rebuilt_file_starts_where_lycoris_rebuilds_it_trains_and_resumes,
+IA^3 (with GLoRA and Diag-OFT) in test_lycoris_mixed_flow_full.py's
+test_lycoris_kinds_on_flux_fused_layers_train_resume_and_load_in_lycoris."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -151,7 +157,7 @@ def _lycoris_network(built, preset: str, monkeypatch, algo: str, dim: int) -> li
 
 
 @pytest.mark.parametrize("algo", sorted(FILES))
-def test_file_run_trains_and_resumes(algo, tmp_path):
+def test_file_run_trains(algo, tmp_path):
     path = _file(tmp_path, algo)
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ["model.t5_max_length=16"]
@@ -167,14 +173,6 @@ def test_file_run_trains_and_resumes(algo, tmp_path):
     }
     assert "proj_out" in adapted  # the final layer, not the single blocks' proj_out the file leaves out
     assert not any(re.fullmatch(r"single_transformer_blocks\.\d+\.proj_out", n) for n in adapted)
-    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
-    assert execute(parts, stop_after=1).status == "interrupted"
-    second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
-    ours = dict(second.components.unet.named_parameters())
-    for name, p in whole.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[name]), name
 
 
 # map entries with their own dims over whole fused layers ([[adapter.blocks]]): GLoRA's rank / alpha and
@@ -278,27 +276,16 @@ def test_file_entries_dims_are_blocks(models, algo, tmp_path, monkeypatch):  # n
 
 
 @pytest.mark.parametrize("algo", sorted(ENTRY_FILES))
-def test_file_entries_run_trains_and_resumes(algo, tmp_path):
+def test_file_entries_run_trains(algo, tmp_path):
     path = _entry_file(tmp_path, algo)
     dim = FILES[algo][1]
     base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""', "schedule.steps=2"]
     base += ["model.t5_max_length=16"]
     _converted(tmp_path, path.name, algo, dim, overrides=base)
-    whole = execute(compile_spec(_spec(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    plan = compile_spec(_spec(tmp_path), [*base, "output.dir=whole"])
+    assert plan.adapter.blocks and plan.adapter.text_encoder_blocks  # the entries' own dims
+    whole = execute(plan, keep_models=True)
     assert whole.status == "finished" and whole.steps == 2
-    parts = compile_spec(_spec(tmp_path), [*base, "output.dir=parts"])
-    assert execute(parts, stop_after=1).status == "interrupted"
-    second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and second.losses[-1:] == whole.losses[-1:]
+    assert all(math.isfinite(loss) for loss in whole.losses)
     for which in (whole.components.unet, whole.components.text_encoders[0]):  # the denoiser, CLIP-L
-        theirs = [(n, p) for n, p in which.named_parameters() if p.requires_grad]
-        assert theirs
-        mine = dict(
-            (
-                second.components.unet
-                if which is whole.components.unet
-                else second.components.text_encoders[0]
-            ).named_parameters()
-        )
-        for name, p in theirs:
-            assert torch.equal(p, mine[name]), name
+        assert [n for n, p in which.named_parameters() if p.requires_grad]

@@ -315,12 +315,20 @@ def test_recorded_kohya_unet_is_the_converters_inventory(models):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_sdxl_preset_file_adapts_the_layers_lycoris_builds(models, preset, tmp_path, monkeypatch):
+    """The converted plan's targets are the layers LyCORIS builds; for the files that set the encoders'
+    targets apart, the plan's own lists and which encoders train (TEXT_TARGETS)."""
     path = _file(tmp_path, preset)
     plan = _converted(tmp_path, path.name)
+    if preset in TEXT_TARGETS:
+        _text_encoder_targets_in_the_plan(tmp_path, plan, preset)
     theirs = _lycoris_names(models, str(path), monkeypatch)
     ours = _planned_names(models, plan.adapter)
     assert theirs, "the preset builds modules on kohya's SDXL model"
     assert sorted(ours - theirs) == [] and sorted(theirs - ours) == []
+
+
+def test_every_text_target_case_is_a_preset_file():
+    assert set(TEXT_TARGETS) <= set(PRESETS)
 
 
 @pytest.mark.parametrize("preset", BUILTINS)
@@ -375,31 +383,28 @@ def test_sdxl_preset_file_run_exports_lycoris_module_names(models, tmp_path, mon
 
 ATTENTION = ["k_proj", "v_proj", "q_proj", "out_proj"]
 CLIP_LINEARS = [*ATTENTION, "fc1", "fc2"]
+# preset -> (text_encoder_targets, text_encoder_2_targets (None: no list of its own), (CLIP-L trains,
+# bigG trains))
+TEXT_TARGETS = {
+    "first_encoder": (CLIP_LINEARS, [], (True, False)),
+    "second_encoder": ([], [*ATTENTION, "text_projection"], (False, True)),
+    "second_only": ([], [*CLIP_LINEARS, "text_projection"], (False, True)),
+    "first_and_projection": (CLIP_LINEARS, ["text_projection"], (True, True)),
+    "both_differ": (
+        CLIP_LINEARS,
+        [f"layers.{i}.self_attn.{n}" for i in range(12, 32) for n in ATTENTION],
+        (True, True),
+    ),
+    "attention": (ATTENTION, None, (True, True)),  # one list fits both: no second
+}
 
 
-@pytest.mark.parametrize(
-    ("preset", "first", "second", "flags"),
-    [
-        ("first_encoder", CLIP_LINEARS, [], (True, False)),
-        ("second_encoder", [], [*ATTENTION, "text_projection"], (False, True)),
-        ("second_only", [], [*CLIP_LINEARS, "text_projection"], (False, True)),
-        ("first_and_projection", CLIP_LINEARS, ["text_projection"], (True, True)),
-        (
-            "both_differ",
-            CLIP_LINEARS,
-            [f"layers.{i}.self_attn.{n}" for i in range(12, 32) for n in ATTENTION],
-            (True, True),
-        ),
-        ("attention", ATTENTION, None, (True, True)),  # one list fits both: no second
-    ],
-)
-def test_sdxl_preset_file_text_encoder_targets_in_the_plan(preset, first, second, flags, tmp_path):
+def _text_encoder_targets_in_the_plan(tmp_path, plan, preset) -> None:
     """The plan: each encoder's targets (text_encoder_2_targets its own where they differ) and which of the
     two trains (kohya builds no module in an encoder the file adapts nothing of)."""
     from tests.unit.convert_kit import out_path
 
-    path = _file(tmp_path, preset)
-    plan = _converted(tmp_path, path.name)
+    first, second, flags = TEXT_TARGETS[preset]
     text = out_path(tmp_path).read_text(encoding="utf-8")
     assert ("text_encoder_2_targets" in text) == (second is not None)
     assert list(plan.adapter.text_encoder_targets) == first
@@ -415,10 +420,12 @@ def _export_modules(final: str) -> set[str]:
         return {key.split(".")[0] for key in handle.keys()}
 
 
-def test_sdxl_preset_file_own_second_encoder_targets_train_and_resume(models, tmp_path, monkeypatch):
+def test_sdxl_preset_file_own_second_encoder_targets_train(models, tmp_path, monkeypatch):
     """A tiny SDXL run of a file adapting CLIP-L's every linear and bigG's projection alone: each encoder
     gets its own layers (the export holds LyCORIS's modules the tiny model has, lora_te1_* and
-    lora_te2_text_projection only), and a run stopped after 2 of 4 steps resumes to the same weights."""
+    lora_te2_text_projection only). The same kinds of state (a preset file's LoCon layers on both encoders,
+    the second's list its own) resume bit-exact in test_lycoris_unet_norms_sdxl.py's
+    test_sdxl_each_encoders_own_norms_train_resume_and_load_in_lycoris."""
     from dbspec.runtime.tiny import build_pipeline
     from tests.unit.convert_kit import out_path
 
@@ -433,21 +440,9 @@ def test_sdxl_preset_file_own_second_encoder_targets_train_and_resume(models, tm
     for prefix, model in zip(("lora_te1", "lora_te2"), (tiny.text_encoder, tiny.text_encoder_2)):
         model = _kohya_clip(model)
         present |= {f"{prefix}_{n.replace('.', '_')}" for n, m in model.named_modules() if _kind(m)}
-    base = ["model.base=builtin:tiny-sdxl", "schedule.steps=4"]
-    whole = execute(compile_spec(out_path(tmp_path), [*base, "output.dir=whole"]))
-    assert whole.status == "finished" and whole.steps == 4
+    whole = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sdxl", "output.dir=whole"]))
+    assert whole.status == "finished" and whole.steps == 2
     modules = _export_modules(whole.final)
     assert modules == theirs & present
     assert {m for m in modules if m.startswith("lora_te2")} == {"lora_te2_text_projection"}
     assert len([m for m in modules if m.startswith("lora_te1")]) == 3 * 6  # tiny CLIP-L: 3 layers
-
-    plan = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
-    assert execute(plan, stop_after=2).status == "interrupted"
-    second = execute(plan, resume=True)
-    assert second.status == "finished" and second.steps == 4
-    assert second.losses[-2:] == whole.losses[-2:]
-    for name in ("pytorch_lora_weights.safetensors",):
-        from safetensors.torch import load_file
-
-        a, b = load_file(str(Path(whole.final) / name)), load_file(str(Path(second.final) / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
