@@ -143,6 +143,10 @@ def _prepare(
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
             add_oft_rank_dropout(module, a.rank_dropout, adapters.ADAPTER_NAME)
+        if a.rank_dropout and mixed(a) and a.kind in ("lora", "loha"):  # full / Diag-OFT blocks' own draws
+            from dbspec.runtime.mixed_kinds import add_kinds_rank_dropout
+
+            add_kinds_rank_dropout(module, a.rank_dropout)
         # a LoHa adapter's LoCon blocks' row masks too (rank_dropout_form "lycoris": add_module_dropout)
         locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
         if (a.module_dropout or locon_rows) and mixed(a):  # each kind's layers draw as its LyCORIS class once

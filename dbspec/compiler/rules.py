@@ -3328,7 +3328,11 @@ def lycoris_row_masks(a) -> bool:
     adapter's LoCon layers through the plan's rank_dropout_form "lycoris", compiler/adapters.py), decomposed
     (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
     1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py,
-    test_lycoris_loha_locon_rank_dropout.py)."""
+    test_lycoris_loha_locon_rank_dropout.py). Blocks of LyCORIS's other kinds may sit beside them: FullModule
+    draws its own row mask over its copy's update (runtime/lycoris_full.py), DiagOFTModule its rotations'
+    dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
+    bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
+    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
     loha = (
         a.kind == "loha"
         and not getattr(a, "bypass", False)
@@ -3342,10 +3346,15 @@ def lycoris_row_masks(a) -> bool:
         (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
         and not getattr(a, "fused_projections", False)
         and all(
-            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha")
+            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )
+
+
+# the kinds whose layers take the network's rank_dropout as their LyCORIS module does beside LoCon / LoHa
+# layers drawing their row masks (lycoris_row_masks)
+_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
 
 
 @rule("spec")
