@@ -2940,7 +2940,8 @@ rank dropout as LyCORIS's NormModule does, still draw it; without them the value
 LyCORIS's IA3Module takes the network's `rank_dropout` and never reads it; only the NormModules a `train_norm`
 network gives the norms draw it. On a `kind = "ia3"` adapter `rank_dropout` is therefore the norm offsets'
 (`denoiser_norms`, `text_encoder_norms`, `text_encoder_2_norms`, runtime/norm_offsets.py) alone: with none of
-them the value changes nothing.""",
+them, and without blocks of kind lora, loha, full or diag-oft (whose layers draw it as their LyCORIS modules
+do beside the IA^3 ones), the value changes nothing.""",
         help="remove adapter.rank_dropout, or add the norm offsets it is meant for",
     ),
     Code(

@@ -143,7 +143,9 @@ def _prepare(
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
             add_oft_rank_dropout(module, a.rank_dropout, adapters.ADAPTER_NAME)
-        if a.rank_dropout and mixed(a) and a.kind in ("lora", "loha"):  # full / Diag-OFT blocks' own draws
+        if (
+            a.rank_dropout and mixed(a) and a.kind in ("lora", "loha", "full", "ia3")
+        ):  # full / Diag-OFT layers
             from dbspec.runtime.mixed_kinds import add_kinds_rank_dropout
 
             add_kinds_rank_dropout(module, a.rank_dropout)

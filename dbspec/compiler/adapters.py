@@ -394,6 +394,11 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft, ia3: LyCORIS bypass_mode
         module_dropout=getattr(adapter, "module_dropout", 0.0),  # boft: ButterflyOFTModule's
         rank_dropout=getattr(adapter, "rank_dropout", 0.0),  # diag-oft: DiagOFTModule's rotations' dropout
+        # full / ia3 with blocks of kind lora: those LoCon layers draw LoConModule's row mask
+        # (rules.lycoris_row_masks admits them, runtime/mixed_kinds.py add_module_dropout)
+        rank_dropout_form="lycoris"
+        if getattr(adapter, "rank_dropout", 0.0) and adapter.kind in ("full", "ia3") and _lora_blocks(adapter)
+        else "kohya",
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
         max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",

@@ -1265,11 +1265,15 @@ def oft_rank_dropout_not_in_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's IA3Module never reads rank_dropout; only the norm offsets (NormModule) draw it (DBS590)."""
+    """LyCORIS's IA3Module never reads rank_dropout; only the norm offsets (NormModule) and the layers of its
+    blocks of kinds whose modules read it (lycoris_row_masks) draw it (DBS590)."""
     a = spec.adapter
     if getattr(a, "kind", None) != "ia3" or not a.rank_dropout:
         return
-    if has_norms(a):
+    readers = ("lora", "loha", "lokr", "full", "diag-oft")
+    if has_norms(a) or any(
+        getattr(b, "kind", "adapter") in readers for b in (*a.blocks, *a.text_encoder_blocks)
+    ):
         return
     yield _warn(
         "DBS590",
@@ -3333,8 +3337,8 @@ def lycoris_row_masks(a) -> bool:
     dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
     bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
     lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
-    loha = (
-        a.kind == "loha"
+    loha = (  # a full / IA^3 adapter's blocks alike (the full layers FullModule's mask, IA^3's none)
+        a.kind in ("loha", "full", "ia3")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(

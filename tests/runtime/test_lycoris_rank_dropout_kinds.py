@@ -110,11 +110,12 @@ def _layer_of(model, lora_name: str):
     return next(m for n, m in model.named_modules() if "lora_unet_" + n.replace(".", "_") == lora_name)
 
 
-@pytest.mark.parametrize(("algo", "rate"), [("locon", MODULE), ("loha", 0.0)])
+@pytest.mark.parametrize(("algo", "rate"), [("locon", MODULE), ("loha", 0.0), ("full", 0.0), ("ia3", MODULE)])
 def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
-    """A LoCon network with module_dropout, a LoHa one without (no `torch.rand(1)` anywhere then) whose
-    LoCon ResNets decompose (their entry's weight_decompose: runtime/lycoris_dora.py draws their masks)."""
-    decompose = algo == "loha"
+    """LoCon and IA^3 networks with module_dropout, LoHa and full ones without (no `torch.rand(1)` anywhere
+    then) whose LoCon ResNets decompose (their entry's weight_decompose: runtime/lycoris_dora.py draws their
+    masks). A full network's own layers draw FullModule's masks, an IA^3 network's none."""
+    decompose = algo in ("loha", "full")
     PRESETS["rank_kinds"] = (
         KINDS.replace("alpha = 2\n", "alpha = 2\nweight_decompose = true\n") if decompose else KINDS
     )
@@ -132,7 +133,7 @@ def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch,
         "lycoris",
         rate,
     )
-    assert {b.kind for b in a.blocks} >= {"full", "ia3", "diag-oft", "boft", "glora", "dylora"}
+    assert {b.kind for b in a.blocks} >= {"full", "ia3", "diag-oft", "boft", "glora", "dylora"} - {a.kind}
     ours = _ours(pipe, plan)
     decomposed = {n for n, m in ours.named_modules() if dora_scale_of(m, "default") is not None}
     made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **drops)

@@ -34,11 +34,12 @@ algo = "glora"
 KINDS = {"lora", "full", "dylora", "diag-oft", "ia3"}
 
 
-def test_locon_and_loha_networks_rank_dropout_beside_other_kinds(tmp_path):
-    """Both networks keep the rate (and module_dropout) on their adapter: LoConModule's row masks on the
+def test_locon_loha_full_and_ia3_networks_rank_dropout_beside_other_kinds(tmp_path):
+    """Each network keeps the rate (and module_dropout) on its adapter: LoConModule's row masks on the
     LoCon layers (rank_dropout_form "lycoris"), decomposed ones too, every other kind's block built beside
-    them; kohya's create_network passes no rank_dropout_scale."""
-    for algo, kind in (("locon", "lora"), ("loha", "loha")):
+    them; kohya's create_network passes no rank_dropout_scale. A full / IA^3 network's too (was DBS403:
+    FullModule draws its own masks, IA3Module none, its entries theirs)."""
+    for algo, kind in (("locon", "lora"), ("loha", "loha"), ("full", "full"), ("ia3", "ia3")):
         (tmp_path / algo).mkdir()
         args = '"rank_dropout=0.25" "module_dropout=0.1"'
         outcome = expressible(_convert(tmp_path / algo, FULL + ENTRIES, algo, args))
@@ -49,6 +50,14 @@ def test_locon_and_loha_networks_rank_dropout_beside_other_kinds(tmp_path):
         assert {b.kind for b in a.text_encoder_blocks} >= {"boft", "glora"}
         decomposed = {b.kind for b in (*a.blocks, *a.text_encoder_blocks) if b.dora == "on"}
         assert decomposed == {"adapter" if algo == "locon" else "lora"}  # the LoCon ResNets
+    # a full / IA^3 network without LoCon entries: its rate, kohya's form (none of its layers LoCon)
+    (tmp_path / "plain").mkdir()
+    text = FULL + ENTRIES.replace('[module_algo_map.ResnetBlock2D]\nalgo = "locon"', "[module_algo_map.X]")
+    outcome = expressible(_convert(tmp_path / "plain", text, "full", '"rank_dropout=0.25"'))
+    a = plan_of(outcome, tmp_path / "plain").adapter
+    assert (a.rank_dropout, a.rank_dropout_form) == (0.25, "kohya") and "lora" not in {
+        b.kind for b in a.blocks
+    }
 
 
 def test_rank_dropout_beside_tlora_entries_and_on_lokr_networks_still_refused(tmp_path):
@@ -68,9 +77,9 @@ def test_rank_dropout_beside_tlora_entries_and_on_lokr_networks_still_refused(tm
 
 
 def test_spec_rank_dropout_beside_blocks_of_other_kinds():
-    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha adapter's beside blocks of kind full,
-    ia3, diag-oft, boft, glora and dylora pass mixed_block_kinds; beside a tlora block, or with kohya's
-    rank-dropout form, still DBS578."""
+    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha, full or ia3 adapter's beside blocks of
+    kind full, ia3, diag-oft, boft, glora and dylora pass mixed_block_kinds; beside a tlora block, or with
+    kohya's rank-dropout form, still DBS578."""
     from dbspec.compiler import rules
     from test_rules import DOG, STEPS, hits_of
 
@@ -80,12 +89,21 @@ def test_spec_rank_dropout_beside_blocks_of_other_kinds():
 
     lora = '[adapter]\nkind = "lora"\nrank = 8\nrank_dropout = 0.2\nrank_dropout_form = "lycoris"\n'
     loha = '[adapter]\nkind = "loha"\nrank = 8\nrank_dropout = 0.2\n'
-    for adapter in (lora, loha):
+    full, ia3 = (
+        '[adapter]\nkind = "full"\nrank_dropout = 0.2\n',
+        '[adapter]\nkind = "ia3"\nrank_dropout = 0.2\n',
+    )
+    for adapter in (lora, loha, full, ia3):
         for kind in ("full", "ia3", "diag-oft", "boft", "glora", "dylora"):
             assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block(kind)) == [], kind
         assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block("tlora")) == [
             ("DBS578", "error", ("adapter", "rank_dropout"))
         ]
+    # an IA^3 adapter's rank_dropout changes something beside blocks whose layers draw it (DBS590 without)
+    assert hits_of(rules.ia3_rank_dropout_needs_norms, DOG + STEPS + ia3 + block("lora")) == []
+    assert hits_of(rules.ia3_rank_dropout_needs_norms, DOG + STEPS + ia3 + block("boft")) == [
+        ("DBS590", "warning", ("adapter", "rank_dropout"))
+    ]
     kohya = lora.replace('rank_dropout_form = "lycoris"\n', "")
     assert hits_of(rules.mixed_block_kinds, DOG + STEPS + kohya + block("full")) == [
         ("DBS578", "error", ("adapter", "rank_dropout"))
