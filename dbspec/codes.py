@@ -2749,11 +2749,12 @@ file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 an
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts (but
 LyCORIS's `rank_dropout`, `rank_dropout_form = "lycoris"`, on a lora adapter whose blocks are LoRA, LoHa,
-full, IA^3, Diag-OFT, BOFT, GLoRA or DyLoRA, and a loha adapter's `rank_dropout` beside blocks of those kinds
-(without `bypass` or `rank_dropout_scale`), without `fused_projections`: each LoCon and LoHa layer draws its
-own row mask as its LyCORIS module does, decomposed or not, each full layer FullModule's row mask, each
-Diag-OFT layer its rotations' dropout, the IA^3, BOFT, GLoRA and DyLoRA layers none, as their modules
-never read it),
+full, IA^3, Diag-OFT, BOFT, GLoRA or DyLoRA, and a loha, full, ia3 or glora adapter's `rank_dropout` beside
+blocks of those kinds (without `bypass` or `rank_dropout_scale`), without `fused_projections`: each LoCon
+and LoHa layer draws its own row mask as its LyCORIS module does, decomposed or not, each full layer
+FullModule's row mask, each
+Diag-OFT layer its rotations' dropout, the IA^3, BOFT, GLoRA (outside bypass) and DyLoRA layers none, as
+their modules never read it),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa

@@ -28,7 +28,13 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
-from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
+from dbspec.compiler.adapters import (
+    BLOCK_SWITCHES,
+    BYPASS_KINDS,
+    bypass_blocks,
+    lycoris_dora,
+    rank_dropout_blocks,
+)
 from dbspec.compiler.init_file import has_norms
 from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
@@ -1270,10 +1276,7 @@ def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
     a = spec.adapter
     if getattr(a, "kind", None) != "ia3" or not a.rank_dropout:
         return
-    readers = ("lora", "loha", "lokr", "full", "diag-oft")
-    if has_norms(a) or any(
-        getattr(b, "kind", "adapter") in readers for b in (*a.blocks, *a.text_encoder_blocks)
-    ):
+    if has_norms(a) or rank_dropout_blocks(a):
         return
     yield _warn(
         "DBS590",
@@ -1292,7 +1295,7 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     norms = has_norms(a)
     for key in ("rank_dropout", "dropout"):
-        if not getattr(a, key):
+        if not getattr(a, key) or (key == "rank_dropout" and rank_dropout_blocks(a)):  # its blocks draw it
             continue
         if key == "rank_dropout" and norms and a.norm_rank_dropout == a.rank_dropout:
             effect = "the GLoRA layers draw no rank dropout (only the norm offsets draw it)"
@@ -3337,8 +3340,9 @@ def lycoris_row_masks(a) -> bool:
     dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
     bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
     lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
-    loha = (  # a full / IA^3 adapter's blocks alike (the full layers FullModule's mask, IA^3's none)
-        a.kind in ("loha", "full", "ia3")
+    loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
+        # GLoRA's none outside bypass)
+        a.kind in ("loha", "full", "ia3", "glora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(

@@ -1,14 +1,15 @@
-"""The network's `rank_dropout` on a LoCon or LoHa network whose preset file gives other layers LyCORIS's
-other algorithms (issue 12; was DBS403, a spec's DBS578): LyCORIS hands rank_dropout to every module and
-each class reads it, or not, in its own forward after its module_dropout `torch.rand(1)`: FullModule masks
-its copy's update rows (`torch.rand(out) > rank_dropout`, unscaled: runtime/lycoris_full.py), DiagOFTModule
-drops its rotations' entries (nn.Dropout: runtime/lycoris_oft.py), IA3Module, ButterflyOFTModule,
-DyLoraModule and GLoRAModule outside bypass_mode never read it; the LoCon and LoHa layers draw their own
-row masks (test_lycoris_mixed_rank_dropout.py, test_lycoris_loha_locon_rank_dropout.py). The plan's U-Net
-built by runtime/prepare.py (as a run builds it) and lycoris-lora 4.1.3's network built from the same file
-on tiny SD 1.x, holding the same weights (the DyLoRA blocks copied: DyLoraModule loads none), its DyLoRA
-draw fixed to the last block as ours: training-mode outputs, the generator state after each forward and the
-full, Diag-OFT and LoHa layers' and the decomposed LoCon layers' magnitudes' gradients equal."""
+"""The network's `rank_dropout` on a LoCon, LoHa, full, IA^3 or GLoRA network whose preset file gives other
+layers LyCORIS's other algorithms (issue 12; was DBS403, a spec's DBS578): LyCORIS hands rank_dropout to
+every module and each class reads it, or not, in its own forward after its module_dropout `torch.rand(1)`:
+FullModule masks its copy's update rows (`torch.rand(out) > rank_dropout`, unscaled:
+runtime/lycoris_full.py), DiagOFTModule drops its rotations' entries (nn.Dropout: runtime/lycoris_oft.py),
+IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside bypass_mode never read it; the LoCon and
+LoHa layers draw their own row masks (test_lycoris_mixed_rank_dropout.py,
+test_lycoris_loha_locon_rank_dropout.py). The plan's U-Net built by runtime/prepare.py (as a run builds it)
+and lycoris-lora 4.1.3's network built from the same file on tiny SD 1.x, holding the same weights (the
+DyLoRA blocks copied: DyLoraModule loads none), its DyLoRA draw fixed to the last block as ours:
+training-mode outputs, the generator state after each forward and the full, Diag-OFT and LoHa layers' and
+the decomposed LoCon layers' magnitudes' gradients equal."""
 
 from __future__ import annotations
 
@@ -110,7 +111,10 @@ def _layer_of(model, lora_name: str):
     return next(m for n, m in model.named_modules() if "lora_unet_" + n.replace(".", "_") == lora_name)
 
 
-@pytest.mark.parametrize(("algo", "rate"), [("locon", MODULE), ("loha", 0.0), ("full", 0.0), ("ia3", MODULE)])
+@pytest.mark.parametrize(
+    ("algo", "rate"),
+    [("locon", MODULE), ("loha", 0.0), ("full", 0.0), ("ia3", MODULE), ("glora", MODULE)],
+)
 def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
     """LoCon and IA^3 networks with module_dropout, LoHa and full ones without (no `torch.rand(1)` anywhere
     then) whose LoCon ResNets decompose (their entry's weight_decompose: runtime/lycoris_dora.py draws their

@@ -34,12 +34,19 @@ algo = "glora"
 KINDS = {"lora", "full", "dylora", "diag-oft", "ia3"}
 
 
-def test_locon_loha_full_and_ia3_networks_rank_dropout_beside_other_kinds(tmp_path):
+def test_networks_rank_dropout_beside_other_kinds(tmp_path):
     """Each network keeps the rate (and module_dropout) on its adapter: LoConModule's row masks on the
     LoCon layers (rank_dropout_form "lycoris"), decomposed ones too, every other kind's block built beside
     them; kohya's create_network passes no rank_dropout_scale. A full / IA^3 network's too (was DBS403:
-    FullModule draws its own masks, IA3Module none, its entries theirs)."""
-    for algo, kind in (("locon", "lora"), ("loha", "loha"), ("full", "full"), ("ia3", "ia3")):
+    FullModule draws its own masks, IA3Module none, its entries theirs), and a GLoRA network's outside
+    bypass_mode (was DBS403: GLoRAModule draws none there)."""
+    for algo, kind in (
+        ("locon", "lora"),
+        ("loha", "loha"),
+        ("full", "full"),
+        ("ia3", "ia3"),
+        ("glora", "glora"),
+    ):
         (tmp_path / algo).mkdir()
         args = '"rank_dropout=0.25" "module_dropout=0.1"'
         outcome = expressible(_convert(tmp_path / algo, FULL + ENTRIES, algo, args))
@@ -47,7 +54,7 @@ def test_locon_loha_full_and_ia3_networks_rank_dropout_beside_other_kinds(tmp_pa
         assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (kind, 0.25, "lycoris", 0.1)
         assert not a.rank_dropout_scale
         assert {b.kind for b in a.blocks} >= KINDS - {kind}
-        assert {b.kind for b in a.text_encoder_blocks} >= {"boft", "glora"}
+        assert {b.kind for b in a.text_encoder_blocks} >= {"boft", "glora"} - {kind}
         decomposed = {b.kind for b in (*a.blocks, *a.text_encoder_blocks) if b.dora == "on"}
         assert decomposed == {"adapter" if algo == "locon" else "lora"}  # the LoCon ResNets
     # a full / IA^3 network without LoCon entries: its rate, kohya's form (none of its layers LoCon)
@@ -77,9 +84,9 @@ def test_rank_dropout_beside_tlora_entries_and_on_lokr_networks_still_refused(tm
 
 
 def test_spec_rank_dropout_beside_blocks_of_other_kinds():
-    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha, full or ia3 adapter's beside blocks of
-    kind full, ia3, diag-oft, boft, glora and dylora pass mixed_block_kinds; beside a tlora block, or with
-    kohya's rank-dropout form, still DBS578."""
+    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha, full, ia3 or glora adapter's beside
+    blocks of kind full, ia3, diag-oft, boft, glora and dylora pass mixed_block_kinds; beside a tlora block,
+    or with kohya's rank-dropout form, still DBS578."""
     from dbspec.compiler import rules
     from test_rules import DOG, STEPS, hits_of
 
@@ -93,7 +100,8 @@ def test_spec_rank_dropout_beside_blocks_of_other_kinds():
         '[adapter]\nkind = "full"\nrank_dropout = 0.2\n',
         '[adapter]\nkind = "ia3"\nrank_dropout = 0.2\n',
     )
-    for adapter in (lora, loha, full, ia3):
+    glora = '[adapter]\nkind = "glora"\nrank = 4\nrank_dropout = 0.2\n'
+    for adapter in (lora, loha, full, ia3, glora):
         for kind in ("full", "ia3", "diag-oft", "boft", "glora", "dylora"):
             assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block(kind)) == [], kind
         assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block("tlora")) == [
@@ -103,6 +111,11 @@ def test_spec_rank_dropout_beside_blocks_of_other_kinds():
     assert hits_of(rules.ia3_rank_dropout_needs_norms, DOG + STEPS + ia3 + block("lora")) == []
     assert hits_of(rules.ia3_rank_dropout_needs_norms, DOG + STEPS + ia3 + block("boft")) == [
         ("DBS590", "warning", ("adapter", "rank_dropout"))
+    ]
+    # nor DBS556 a GLoRA adapter's (its own layers draw none outside bypass, its LoRA blocks do)
+    assert hits_of(rules.glora_dropouts_need_bypass, DOG + STEPS + glora + block("lora")) == []
+    assert hits_of(rules.glora_dropouts_need_bypass, DOG + STEPS + glora + block("boft")) == [
+        ("DBS556", "warning", ("adapter", "rank_dropout"))
     ]
     kohya = lora.replace('rank_dropout_form = "lycoris"\n', "")
     assert hits_of(rules.mixed_block_kinds, DOG + STEPS + kohya + block("full")) == [

@@ -571,6 +571,10 @@ def _block_rank_dropout(
     readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
     if not readers:
         return False
+    if kind == "glora":  # the adapter's (a GLoRA adapter has the key): its blocks' layers draw it as their
+        # modules do, the GLoRA ones none outside bypass (compiler rules.lycoris_row_masks decides)
+        put["rank_dropout"] = _float(kwargs.pop("rank_dropout"))
+        return False
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     conv.unsupported(
         legacy,
