@@ -3259,6 +3259,18 @@ are refused by the converter).""",
         "optimizer.kind",
     ),
     Code(
+        "DBS621",
+        WARNING,
+        "adapter.rank_dropout on a DyLoRA adapter without blocks that draw it",
+        """\
+LyCORIS's DyLoraModule takes the network's `rank_dropout` and never reads it; only the modules of a preset
+file's entries of other algorithms draw it (LoCon's and full's row masks, LoHa's, the Diag-OFT rotations'
+dropout). On a `kind = "dylora"` adapter `rank_dropout` is therefore those blocks' alone (`[[adapter.blocks]]`
+/ `[[adapter.text_encoder_blocks]]` of kind lora, loha, full or diag-oft): without them the value changes
+nothing.""",
+        help="remove adapter.rank_dropout, or add the blocks it is meant for",
+    ),
+    Code(
         "DBS623",
         WARNING,
         "adapter.norm_rank_dropout without norm offsets",

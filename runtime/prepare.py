@@ -200,7 +200,7 @@ def _prepare(
 
 # the adapters beside whose blocks of other kinds LyCORIS's rank_dropout is drawn by each kind's layers
 # (compiler rules.lycoris_row_masks)
-_ROW_MASKS = ("lora", "loha", "full", "ia3", "glora")
+_ROW_MASKS = ("lora", "loha", "full", "ia3", "glora", "dylora")
 
 
 def _tie_fused(module: torch.nn.Module, adapter) -> None:

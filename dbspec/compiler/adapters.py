@@ -291,6 +291,10 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         dylora_unit=adapter.unit,
         dylora_form=adapter.dylora_form,
         module_dropout=adapter.module_dropout,
+        # DyLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's
+        # in the "lycoris" form
+        rank_dropout=adapter.rank_dropout,
+        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
         bypass=adapter.bypass,
         **_blocks_max_norm(adapter),
         t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)

@@ -1288,6 +1288,22 @@ def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's DyLoraModule never reads rank_dropout; only a DyLoRA adapter's blocks of kinds whose modules
+    read it draw it (DBS621)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "dylora" or not a.rank_dropout or rank_dropout_blocks(a):
+        return
+    yield _warn(
+        "DBS621",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "{a.kind}" and no blocks of '
+        "kind lora, loha, full or diag-oft (LyCORIS's DyLoraModule never reads it)",
+        codes.help("DBS621"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3342,7 +3358,7 @@ def lycoris_row_masks(a) -> bool:
     lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
         # GLoRA's none outside bypass)
-        a.kind in ("loha", "full", "ia3", "glora")
+        a.kind in ("loha", "full", "ia3", "glora", "dylora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(

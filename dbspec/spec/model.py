@@ -2099,6 +2099,15 @@ class DyloraAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    rank_dropout: float = option(
+        0.0,
+        doc="LyCORIS's `rank_dropout`, which DyLoraModule never reads: drawn by the layers of this "
+        "adapter's blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, "
+        "LoHa's, Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and "
+        "DyLoRA layers drawing none). Without such blocks it changes nothing (DBS621).",
+        minimum=0,
+        maximum=1,
+    )
     norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()

@@ -1,7 +1,7 @@
-"""The network's `rank_dropout` on a LoCon, LoHa, full, IA^3 or GLoRA network whose preset file gives other
-layers LyCORIS's other algorithms (issue 12; was DBS403, a spec's DBS578): LyCORIS hands rank_dropout to
-every module and each class reads it, or not, in its own forward after its module_dropout `torch.rand(1)`:
-FullModule masks its copy's update rows (`torch.rand(out) > rank_dropout`, unscaled:
+"""The network's `rank_dropout` on a LoCon, LoHa, full, IA^3, GLoRA or DyLoRA network whose preset file
+gives other layers LyCORIS's other algorithms (issue 12; was DBS403, a spec's DBS578): LyCORIS hands
+rank_dropout to every module and each class reads it, or not, in its own forward after its module_dropout
+`torch.rand(1)`: FullModule masks its copy's update rows (`torch.rand(out) > rank_dropout`, unscaled:
 runtime/lycoris_full.py), DiagOFTModule drops its rotations' entries (nn.Dropout: runtime/lycoris_oft.py),
 IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside bypass_mode never read it; the LoCon and
 LoHa layers draw their own row masks (test_lycoris_mixed_rank_dropout.py,
@@ -113,7 +113,7 @@ def _layer_of(model, lora_name: str):
 
 @pytest.mark.parametrize(
     ("algo", "rate"),
-    [("locon", MODULE), ("loha", 0.0), ("full", 0.0), ("ia3", MODULE), ("glora", MODULE)],
+    [("locon", MODULE), ("loha", 0.0), ("full", 0.0), ("ia3", MODULE), ("glora", MODULE), ("dylora", 0.0)],
 )
 def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
     """LoCon and IA^3 networks with module_dropout, LoHa and full ones without (no `torch.rand(1)` anywhere

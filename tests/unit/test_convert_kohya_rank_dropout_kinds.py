@@ -39,13 +39,15 @@ def test_networks_rank_dropout_beside_other_kinds(tmp_path):
     LoCon layers (rank_dropout_form "lycoris"), decomposed ones too, every other kind's block built beside
     them; kohya's create_network passes no rank_dropout_scale. A full / IA^3 network's too (was DBS403:
     FullModule draws its own masks, IA3Module none, its entries theirs), and a GLoRA network's outside
-    bypass_mode (was DBS403: GLoRAModule draws none there)."""
+    bypass_mode (was DBS403: GLoRAModule draws none there), and a DyLoRA one's (DyLoraModule never reads
+    it)."""
     for algo, kind in (
         ("locon", "lora"),
         ("loha", "loha"),
         ("full", "full"),
         ("ia3", "ia3"),
         ("glora", "glora"),
+        ("dylora", "dylora"),
     ):
         (tmp_path / algo).mkdir()
         args = '"rank_dropout=0.25" "module_dropout=0.1"'
@@ -84,7 +86,8 @@ def test_rank_dropout_beside_tlora_entries_and_on_lokr_networks_still_refused(tm
 
 
 def test_spec_rank_dropout_beside_blocks_of_other_kinds():
-    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha, full, ia3 or glora adapter's beside
+    """On a spec: a lora adapter's LyCORIS rank_dropout and a loha, full, ia3, glora or dylora adapter's
+    beside
     blocks of kind full, ia3, diag-oft, boft, glora and dylora pass mixed_block_kinds; beside a tlora block,
     or with kohya's rank-dropout form, still DBS578."""
     from dbspec.compiler import rules
@@ -101,7 +104,8 @@ def test_spec_rank_dropout_beside_blocks_of_other_kinds():
         '[adapter]\nkind = "ia3"\nrank_dropout = 0.2\n',
     )
     glora = '[adapter]\nkind = "glora"\nrank = 4\nrank_dropout = 0.2\n'
-    for adapter in (lora, loha, full, ia3, glora):
+    dylora = '[adapter]\nkind = "dylora"\nrank = 4\nunit = 2\nrank_dropout = 0.2\n'
+    for adapter in (lora, loha, full, ia3, glora, dylora):
         for kind in ("full", "ia3", "diag-oft", "boft", "glora", "dylora"):
             assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block(kind)) == [], kind
         assert hits_of(rules.mixed_block_kinds, DOG + STEPS + adapter + block("tlora")) == [
@@ -116,6 +120,11 @@ def test_spec_rank_dropout_beside_blocks_of_other_kinds():
     assert hits_of(rules.glora_dropouts_need_bypass, DOG + STEPS + glora + block("lora")) == []
     assert hits_of(rules.glora_dropouts_need_bypass, DOG + STEPS + glora + block("boft")) == [
         ("DBS556", "warning", ("adapter", "rank_dropout"))
+    ]
+    # DBS621: a DyLoRA adapter's rank_dropout changes nothing without such blocks
+    assert hits_of(rules.rank_dropout_needs_blocks, DOG + STEPS + dylora + block("full")) == []
+    assert hits_of(rules.rank_dropout_needs_blocks, DOG + STEPS + dylora + block("ia3")) == [
+        ("DBS621", "warning", ("adapter", "rank_dropout"))
     ]
     kohya = lora.replace('rank_dropout_form = "lycoris"\n', "")
     assert hits_of(rules.mixed_block_kinds, DOG + STEPS + kohya + block("full")) == [
