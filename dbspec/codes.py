@@ -2752,10 +2752,13 @@ alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed a
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts (but
-LyCORIS's `rank_dropout`, `rank_dropout_form = "lycoris"`, on a lora adapter whose blocks are all LoRA or
-LoHa, and a loha adapter's `rank_dropout` beside blocks of kind lora (without `bypass` or
-`rank_dropout_scale`), without `fused_projections`: each LoCon and LoHa layer draws its own row mask as its
-LyCORIS module does, decomposed or not),
+LyCORIS's `rank_dropout`, `rank_dropout_form = "lycoris"`, on a lora adapter whose blocks are LoRA, LoHa,
+full, IA^3, Diag-OFT, BOFT, GLoRA or DyLoRA, and a loha, full, ia3 or glora adapter's `rank_dropout` beside
+blocks of those kinds (without `bypass` or `rank_dropout_scale`), without `fused_projections`: each LoCon
+and LoHa layer draws its own row mask as its LyCORIS module does, decomposed or not, each full layer
+FullModule's row mask, each
+Diag-OFT layer its rotations' dropout, the IA^3, BOFT, GLoRA (outside bypass) and DyLoRA layers none, as
+their modules never read it),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa
@@ -2848,9 +2851,9 @@ or not), `freeze_down`, `ggpo`, a
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
 whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts
 sharing it; `rank_dropout` with `rank_dropout_form = "lycoris"` on a LoRA adapter whose blocks are
-all LoRA or LoHa, or on a LoHa adapter whose blocks are all LoHa or LoRA (without `bypass` or
-`rank_dropout_scale`), without `fused_projections`: each layer's row mask as each LoConModule / LohaModule
-draws it), a decomposed \
+LoRA, LoHa or another kind than LoKr and T-LoRA, or on a LoHa adapter whose blocks are such (without `bypass`
+or `rank_dropout_scale`), without `fused_projections`: each layer's row mask as each LoConModule /
+LohaModule draws it), a decomposed \
 block of
 another `kind` than LoRA, LoHa and LoKr (beside
 blocks of other kinds each kind's LoRA / LoHa / LoKr layers decompose as their blocks say, on Flux, SD3 and
@@ -2942,7 +2945,8 @@ rank dropout as LyCORIS's NormModule does, still draw it; without them the value
 LyCORIS's IA3Module takes the network's `rank_dropout` and never reads it; only the NormModules a `train_norm`
 network gives the norms draw it. On a `kind = "ia3"` adapter `rank_dropout` is therefore the norm offsets'
 (`denoiser_norms`, `text_encoder_norms`, `text_encoder_2_norms`, runtime/norm_offsets.py) alone: with none of
-them the value changes nothing.""",
+them, and without blocks of kind lora, loha, full or diag-oft (whose layers draw it as their LyCORIS modules
+do beside the IA^3 ones), the value changes nothing.""",
         help="remove adapter.rank_dropout, or add the norm offsets it is meant for",
     ),
     Code(
@@ -3258,6 +3262,18 @@ for bf16 and fp32 weights only; dbspec runs it over fp32 weights (kohya's `full_
 are refused by the converter).""",
         help='use precision.weights = "fp32" (mixed precision still computes in bf16 or fp16), or another '
         "optimizer.kind",
+    ),
+    Code(
+        "DBS621",
+        WARNING,
+        "adapter.rank_dropout on a DyLoRA adapter without blocks that draw it",
+        """\
+LyCORIS's DyLoraModule takes the network's `rank_dropout` and never reads it; only the modules of a preset
+file's entries of other algorithms draw it (LoCon's and full's row masks, LoHa's, the Diag-OFT rotations'
+dropout). On a `kind = "dylora"` adapter `rank_dropout` is therefore those blocks' alone (`[[adapter.blocks]]`
+/ `[[adapter.text_encoder_blocks]]` of kind lora, loha, full or diag-oft): without them the value changes
+nothing.""",
+        help="remove adapter.rank_dropout, or add the blocks it is meant for",
     ),
     Code(
         "DBS623",

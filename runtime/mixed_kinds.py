@@ -237,6 +237,21 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     return count + (add_own_module_dropout(module, rate, fused) if rate else 0)
 
 
+def add_kinds_rank_dropout(module: torch.nn.Module, rate: float) -> int:
+    """The network's `rank_dropout` on the full and Diag-OFT blocks' layers of a LoRA / LoHa adapter
+    (LyCORIS hands it every module; compiler rules.lycoris_row_masks): FullModule's row mask over its copy's
+    update (runtime/lycoris_full.py), DiagOFTModule's dropout of its rotations in its default forward
+    (runtime/lycoris_oft.py), each layer its own draw in its forward, after its module dropout's. IA^3, BOFT,
+    DyLoRA and GLoRA layers outside bypass_mode draw none (their LyCORIS classes never read it), the LoRA /
+    LoHa layers their own row masks (runtime/lora_dropout.py, loha_weight.py). Without fused_projections.
+    How many layers draw."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.lycoris_full import add_full_rank_dropout
+    from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
+
+    return add_full_rank_dropout(module, rate) + add_oft_rank_dropout(module, rate, ADAPTER_NAME)
+
+
 def add_own_module_dropout(module: torch.nn.Module, rate: float, fused: tuple = ()) -> int:
     """LyCORIS's module dropout on `module`'s full / IA^3 / Diag-OFT / BOFT / T-LoRA layers, which have none
     of their own (FullModule, IA3Module, DiagOFTModule, ButterflyOFTModule, TLoraModule.forward: one

@@ -143,6 +143,10 @@ def _prepare(
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
             add_oft_rank_dropout(module, a.rank_dropout, adapters.ADAPTER_NAME)
+        if a.rank_dropout and mixed(a) and a.kind in _ROW_MASKS:  # full / Diag-OFT layers' own draws
+            from dbspec.runtime.mixed_kinds import add_kinds_rank_dropout
+
+            add_kinds_rank_dropout(module, a.rank_dropout)
         # a LoHa adapter's LoCon blocks' row masks too (rank_dropout_form "lycoris": add_module_dropout)
         locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
         if (a.module_dropout or locon_rows) and mixed(a):  # each kind's layers draw as its LyCORIS class once
@@ -192,6 +196,11 @@ def _prepare(
         else:  # transformers 5 renamed it; older releases only have the second name
             getattr(module, "activation_checkpointing_enable", module.gradient_checkpointing_enable)()
     return adapters.trainable_parameters(module) if comp.trainable != "frozen" else []
+
+
+# the adapters beside whose blocks of other kinds LyCORIS's rank_dropout is drawn by each kind's layers
+# (compiler rules.lycoris_row_masks)
+_ROW_MASKS = ("lora", "loha", "full", "ia3", "glora", "dylora")
 
 
 def _tie_fused(module: torch.nn.Module, adapter) -> None:

@@ -229,8 +229,11 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         scalar=adapter.scalar,
         module_dropout=adapter.module_dropout,
         bypass=adapter.bypass,
-        # LyCORIS applies these in bypass mode only (DBS556 warns when they are set without it)
-        rank_dropout=adapter.rank_dropout if adapter.bypass else 0.0,
+        # LyCORIS applies these in bypass mode only (DBS556 warns when they are set without it); its blocks
+        # of other kinds draw rank_dropout as their modules do (rules.lycoris_row_masks), LoCon's in the
+        # "lycoris" form
+        rank_dropout=adapter.rank_dropout if adapter.bypass or rank_dropout_blocks(adapter) else 0.0,
+        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         **_blocks_max_norm(adapter),
         params=adapter_params(adapter, family, components),
@@ -290,6 +293,10 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         dylora_unit=adapter.unit,
         dylora_form=adapter.dylora_form,
         module_dropout=adapter.module_dropout,
+        # DyLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's
+        # in the "lycoris" form
+        rank_dropout=adapter.rank_dropout,
+        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
         bypass=adapter.bypass,
         **_blocks_max_norm(adapter),
         t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)
@@ -396,6 +403,11 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         bypass=getattr(adapter, "bypass", False),  # diag-oft, boft, ia3: LyCORIS bypass_mode
         module_dropout=getattr(adapter, "module_dropout", 0.0),  # boft: ButterflyOFTModule's
         rank_dropout=getattr(adapter, "rank_dropout", 0.0),  # diag-oft: DiagOFTModule's rotations' dropout
+        # full / ia3 with blocks of kind lora: those LoCon layers draw LoConModule's row mask
+        # (rules.lycoris_row_masks admits them, runtime/mixed_kinds.py add_module_dropout)
+        rank_dropout_form="lycoris"
+        if getattr(adapter, "rank_dropout", 0.0) and adapter.kind in ("full", "ia3") and _lora_blocks(adapter)
+        else "kohya",
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
         max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",
@@ -570,6 +582,15 @@ def _block_switches(block, adapter) -> dict[str, str]:
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def rank_dropout_blocks(a) -> bool:
+    """Some block gives its layers a kind whose LyCORIS module draws the network's rank_dropout in its default
+    forward (LoCon, LoHa, LoKr, full, Diag-OFT), beside an adapter whose own layers never read it (IA^3,
+    GLoRA outside bypass)."""
+    readers = ("lora", "loha", "lokr", "full", "diag-oft")
+    blocks = (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+    return any(getattr(b, "kind", "adapter") in readers for b in blocks)
 
 
 def _lora_blocks(adapter) -> bool:

@@ -28,7 +28,13 @@ import attrs
 
 from dbspec import codes
 from dbspec.families import FAMILIES, family_spec
-from dbspec.compiler.adapters import BLOCK_SWITCHES, BYPASS_KINDS, bypass_blocks, lycoris_dora
+from dbspec.compiler.adapters import (
+    BLOCK_SWITCHES,
+    BYPASS_KINDS,
+    bypass_blocks,
+    lycoris_dora,
+    rank_dropout_blocks,
+)
 from dbspec.compiler.init_file import has_norms
 from dbspec.compiler.mixed_init_file import run_kinds
 from dbspec.compiler.optimizers import MOMENTUM_KINDS, THREE_BETAS_KINDS, unused_args
@@ -1265,11 +1271,12 @@ def oft_rank_dropout_not_in_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's IA3Module never reads rank_dropout; only the norm offsets (NormModule) draw it (DBS590)."""
+    """LyCORIS's IA3Module never reads rank_dropout; only the norm offsets (NormModule) and the layers of its
+    blocks of kinds whose modules read it (lycoris_row_masks) draw it (DBS590)."""
     a = spec.adapter
     if getattr(a, "kind", None) != "ia3" or not a.rank_dropout:
         return
-    if has_norms(a):
+    if has_norms(a) or rank_dropout_blocks(a):
         return
     yield _warn(
         "DBS590",
@@ -1281,6 +1288,22 @@ def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's DyLoraModule never reads rank_dropout; only a DyLoRA adapter's blocks of kinds whose modules
+    read it draw it (DBS621)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "dylora" or not a.rank_dropout or rank_dropout_blocks(a):
+        return
+    yield _warn(
+        "DBS621",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "{a.kind}" and no blocks of '
+        "kind lora, loha, full or diag-oft (LyCORIS's DyLoraModule never reads it)",
+        codes.help("DBS621"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -1288,7 +1311,7 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
         return
     norms = has_norms(a)
     for key in ("rank_dropout", "dropout"):
-        if not getattr(a, key):
+        if not getattr(a, key) or (key == "rank_dropout" and rank_dropout_blocks(a)):  # its blocks draw it
             continue
         if key == "rank_dropout" and norms and a.norm_rank_dropout == a.rank_dropout:
             effect = "the GLoRA layers draw no rank dropout (only the norm offsets draw it)"
@@ -3328,9 +3351,14 @@ def lycoris_row_masks(a) -> bool:
     adapter's LoCon layers through the plan's rank_dropout_form "lycoris", compiler/adapters.py), decomposed
     (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
     1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py,
-    test_lycoris_loha_locon_rank_dropout.py)."""
-    loha = (
-        a.kind == "loha"
+    test_lycoris_loha_locon_rank_dropout.py). Blocks of LyCORIS's other kinds may sit beside them: FullModule
+    draws its own row mask over its copy's update (runtime/lycoris_full.py), DiagOFTModule its rotations'
+    dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
+    bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
+    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
+    loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
+        # GLoRA's none outside bypass)
+        a.kind in ("loha", "full", "ia3", "glora", "dylora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(
@@ -3342,10 +3370,15 @@ def lycoris_row_masks(a) -> bool:
         (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
         and not getattr(a, "fused_projections", False)
         and all(
-            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha")
+            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )
+
+
+# the kinds whose layers take the network's rank_dropout as their LyCORIS module does beside LoCon / LoHa
+# layers drawing their row masks (lycoris_row_masks)
+_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
 
 
 @rule("spec")

@@ -267,7 +267,8 @@ class AdapterPlan:
     module_dropout: float = 0.0  # loha, lokr
     # lora with rank_dropout: whose mask (adapter.rank_dropout_form): "kohya" (networks.lora, per sample and
     # rank, rescaled), "lycoris" (LoCon: torch.rand(out), output rows), "lycoris_bypass" (torch.rand(rank));
-    # loha with rank_dropout and blocks of kind lora: "lycoris", those blocks' LoCon layers' (else "kohya")
+    # loha, full, ia3 with rank_dropout and blocks of kind lora: "lycoris", those blocks' LoCon layers' (else
+    # "kohya")
     rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = "kohya"
     # lora: the kohya_lora export's module names, kohya's network's or LyCORIS's (Flux / Chroma T5-XXL)
     kohya_names: Literal["kohya", "lycoris"] = "kohya"

@@ -1498,7 +1498,9 @@ class FullAdapter:
         "training, the kept rows unscaled (LyCORIS `rank_dropout`: FullModule.make_weight's "
         "`torch.rand(out, device=x.device) > rank_dropout` per layer and training forward, after "
         "`module_dropout`'s draw); with `fused_projections` one mask over a fused layer's rows, each part "
-        "taking its own rows (kohya's one module on the fused Linear). The norm offsets draw it too.",
+        "taking its own rows (kohya's one module on the fused Linear). The norm offsets draw it too, and "
+        "blocks of other kinds' layers as their LyCORIS modules do (LoCon's row masks, LoHa's, Diag-OFT's "
+        "rotations' dropout; IA^3, BOFT, GLoRA and DyLoRA layers none).",
         minimum=0,
         maximum=1,
     )
@@ -1575,7 +1577,9 @@ class Ia3Adapter:
         0.0,
         doc="The norm offsets' rank dropout (`denoiser_norms`, `text_encoder_norms`: LyCORIS's NormModule "
         "draws the network's `rank_dropout`, keeping the offsets it marks, unscaled). The IA^3 layers "
-        "never draw it, as LyCORIS's IA3Module never reads it; without norm offsets it changes nothing.",
+        "never draw it, as LyCORIS's IA3Module never reads it; blocks of other kinds' layers draw it as "
+        "their LyCORIS modules do (LoCon's and full's row masks, LoHa's, Diag-OFT's rotations' dropout); "
+        "without norm offsets or such blocks it changes nothing.",
         minimum=0,
         maximum=1,
     )
@@ -2095,6 +2099,15 @@ class DyloraAdapter:
     text_encoder_norms: list[str] = _text_encoder_norms()
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
+    rank_dropout: float = option(
+        0.0,
+        doc="LyCORIS's `rank_dropout`, which DyLoraModule never reads: drawn by the layers of this "
+        "adapter's blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, "
+        "LoHa's, Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and "
+        "DyLoRA layers drawing none). Without such blocks it changes nothing (DBS621).",
+        minimum=0,
+        maximum=1,
+    )
     norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_rank: int = _conv_rank()
     conv_alpha: float = _conv_alpha()

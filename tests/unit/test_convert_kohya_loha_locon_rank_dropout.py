@@ -38,11 +38,12 @@ def test_loha_network_rank_dropout_beside_locon_entries(tmp_path):
 
 
 def test_loha_network_rank_dropout_still_refused_elsewhere(tmp_path):
-    """Beside entries of another algorithm than LoCon / LoHa (here full) and in bypass_mode (LoConModule's
-    bypass mask over its ranks): still DBS403; on a LoKr network kohya stops (LokrModule's mask drawn on the
-    CPU, LyCORIS issue #291): DBS402."""
+    """Beside T-LoRA entries (beside full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA ones it converts:
+    test_convert_kohya_rank_dropout_kinds.py) and in bypass_mode (LoConModule's bypass mask over its ranks):
+    still DBS403; on a LoKr network kohya stops (LokrModule's mask drawn on the CPU, LyCORIS issue #291):
+    DBS402."""
     for name, text, algo, args, code in (
-        ("full", FULL + LOCON + '[module_algo_map.FeedForward]\nalgo = "full"\n', "loha", "", "DBS403"),
+        ("tlora", FULL + LOCON + '[module_algo_map.FeedForward]\nalgo = "tlora"\n', "loha", "", "DBS403"),
         ("bypass", FULL + LOCON, "loha", ' "bypass_mode=True"', "DBS403"),
         ("lokr", FULL + LOCON, "lokr", "", "DBS402"),
     ):

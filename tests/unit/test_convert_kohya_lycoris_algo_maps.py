@@ -806,7 +806,8 @@ def test_network_module_dropout_beside_other_algorithms(tmp_path, other):
     """A LoKr network's module_dropout with LoCon / LoHa / `other` entries: LyCORIS hands it every module and
     each class reads it (one torch.rand(1) per training forward, the base output below it): the adapter's
     module_dropout, each kind's layers drawing as their class does (tests/runtime/
-    test_lycoris_mixed_module_dropout.py against lycoris-lora's network); a LoCon network's alike."""
+    test_lycoris_mixed_module_dropout.py against lycoris-lora's network); a LoCon network's alike, and its
+    rank_dropout (was DBS403; tests/runtime/test_lycoris_rank_dropout_kinds.py)."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', f'[module_algo_map.FeedForward]\nalgo = "{other}"'
     )
@@ -817,18 +818,25 @@ def test_network_module_dropout_beside_other_algorithms(tmp_path, other):
     outcome = expressible(_convert(tmp_path / "locon", text, "locon", '"module_dropout=0.25"'))
     b = plan_of(outcome, tmp_path / "locon").adapter
     assert (b.kind, b.module_dropout, b.rank_dropout) == ("lora", 0.25, 0.0)
-    (tmp_path / "rank").mkdir()  # rank_dropout: each kind's own masks, not built in a run of several
-    outcome = _convert(tmp_path / "rank", text, "locon", '"rank_dropout=0.25"')
-    assert "DBS403" in codes(outcome) and "rank_dropout" in messages(outcome, "DBS403")
+    (tmp_path / "rank").mkdir()  # rank_dropout (was DBS403): each kind's layers draw as their class does
+    outcome = expressible(_convert(tmp_path / "rank", text, "locon", '"rank_dropout=0.25"'))
+    c = plan_of(outcome, tmp_path / "rank").adapter
+    assert (c.kind, c.rank_dropout, c.rank_dropout_form) == ("lora", 0.25, "lycoris")
 
 
 @pytest.mark.parametrize("train_norm", ["", '"train_norm=True"'])
 @pytest.mark.parametrize("algo", ["dylora", "glora"])
 def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo, train_norm):
     """A DyLoRA / GLoRA network (outside bypass_mode) never reads rank_dropout itself, but LyCORIS hands it
-    to its LoCon / LoHa entries' modules too, which draw it: DBS403 (was DBS405, "never read"), with or
-    without train_norm's NormModules (which would draw it too, adapter.norm_rank_dropout alone)."""
+    to its LoCon / LoHa entries' modules too, which draw it: a GLoRA network's converts (was DBS403) to the
+    adapter's rank_dropout, its entries' layers drawing it as their modules do
+    (tests/runtime/test_lycoris_rank_dropout_kinds.py), a DyLoRA network's too without train_norm; with
+    train_norm's NormModules (which would draw it too) DBS403 (was DBS405, "never read")."""
     outcome = _convert(tmp_path, MIXED, algo, f'"rank_dropout=0.25" {train_norm}')
+    if algo == "glora" or not train_norm:  # a DyLoRA network's beside norm offsets: still DBS403
+        a = plan_of(expressible(outcome), tmp_path).adapter
+        assert (a.kind, a.rank_dropout, a.rank_dropout_form) == (algo, 0.25, "lycoris")
+        return
     assert f"loha / lora entries on an algo={algo} network draw it" in messages(outcome, "DBS403")
     assert "DBS405" not in codes(outcome)
 

@@ -87,9 +87,7 @@ def test_dora_wd_decomposes_the_entries_layers(tmp_path):
 @pytest.mark.parametrize(
     ("algo", "args", "preset", "said"),
     [
-        # the network's rank_dropout: the LoCon / LoHa entries draw it (FullModule its rows, IA3Module never)
-        ("full", '"rank_dropout=0.1"', MIXED, "rank_dropout"),
-        ("ia3", '"rank_dropout=0.1"', MIXED, "rank_dropout"),
+        # (the network's rank_dropout converts, was DBS403: test_convert_kohya_rank_dropout_kinds.py)
         # IA3Module's bypass forward beside LoCon / LoHa layers: not expressed (their blocks take no bypass)
         ("ia3", '"bypass_mode=True"', MIXED, "bypass_mode"),
         # a LoKr entry's own factor: a full adapter's blocks carry no LoKr split

@@ -599,6 +599,15 @@ CASES = [
         [("DBS590", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "ia3"\nrank_dropout = 0.1\ndenoiser_norms = ["norm1"]\n' + DOG + STEPS,
     ),
+    (  # DyLoraModule never reads rank_dropout: the blocks of kinds whose modules read it alone draw it
+        rules.rank_dropout_needs_blocks,
+        '[adapter]\nkind = "dylora"\nrank = 4\nrank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS621", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "dylora"\nrank = 4\nrank_dropout = 0.1\n'
+        + DOG
+        + STEPS
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = 1.0\n",
+    ),
     (  # the norm offsets' own rank dropout: nothing draws it without norm offsets
         rules.norm_rank_dropout_needs_norms,
         '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\n' + DOG + STEPS,

@@ -26,7 +26,7 @@ def test_blocks_of_another_kind_on_the_unet_families(kind):
     ("kind", "option"),
     [
         ("ia3", "bypass = true"),
-        ("full", "rank_dropout = 0.1"),
+        # (rank_dropout beside LoRA blocks passes, was DBS578: test_convert_kohya_rank_dropout_kinds.py)
     ],
 )
 def test_options_the_kinds_do_not_build_alike(kind, option):

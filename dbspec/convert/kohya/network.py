@@ -417,7 +417,7 @@ def _map_network(
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     if lycoris and kind != "lokr" and _lokr_entries_rank_dropout(kwargs, put, args, conv):
         return None  # kohya stops first
-    if _block_rank_dropout(kwargs, kind, put, args, conv):
+    if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
         return None
     if train_norm is not None and norm_table is not None:
         alone = _norms_alone_draw(kwargs, kind)
@@ -555,20 +555,28 @@ def _map_network(
 
 
 def _block_rank_dropout(
-    kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion
+    kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion, norms: bool
 ) -> bool:
     """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode (whose own modules
     never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT, a
     GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
     dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
-    refused (it was DBS405, "never read", though those entries read it)."""
-    # IA^3 too: IA3Module never reads it, its entries of other algorithms do
-    if kind not in ("boft", "dylora", "glora", "ia3") or not _float(kwargs.get("rank_dropout") or 0.0):
+    refused (it was DBS405, "never read", though those entries read it). A GLoRA network's, and a DyLoRA
+    one's without train_norm (`norms`), are the adapter's rank_dropout, its blocks drawing it (was DBS403);
+    a BOFT network's stays refused (its adapter has no rank_dropout)."""
+    # (IA^3's too: IA3Module never reads it, its entries of other algorithms do, each as its module draws
+    # it: adapter.rank_dropout, _diag_oft_dropouts; compiler rules.lycoris_row_masks decides)
+    if kind not in ("boft", "dylora", "glora") or not _float(kwargs.get("rank_dropout") or 0.0):
         return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return False  # the adapter carries it (GLoRA's bypass forward)
     readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
     if not readers:
+        return False
+    if kind == "glora" or (kind == "dylora" and not norms):  # the adapter's: its blocks' layers draw it as
+        # their modules do, the GLoRA / DyLoRA ones none outside bypass (compiler rules.lycoris_row_masks
+        # decides); a DyLoRA network's NormModules would draw it too (norm_rank_dropout: not expressed here)
+        put["rank_dropout"] = _float(kwargs.pop("rank_dropout"))
         return False
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     conv.unsupported(
@@ -1213,7 +1221,8 @@ def _diag_oft_dropouts(
     --network_dropout). DiagOFTModule.make_weight draws rank_dropout (nn.Dropout on its rotations) in the
     default forward only, adapter.rank_dropout (runtime/lycoris_oft.py add_oft_rank_dropout); its bypass
     forward never reads it, but NormModules beside it (train_norm: `put`'s norms) draw it. IA3Module never
-    reads rank_dropout (DBS405), the NormModules beside it do (adapter.rank_dropout, for them). Neither's
+    reads rank_dropout (DBS405), the NormModules beside it do (adapter.rank_dropout, for them), and a preset
+    file's entries of algorithms that read it (their blocks draw it as their modules do). Neither's
     default forward reads `dropout` (DBS405; Diag-OFT's bypass_mode: _diag_oft_bypass_dropout's DBS402; IA3's
     bypass forward does not read it either)."""
     bypass = bool(put.get("bypass"))
@@ -1221,7 +1230,8 @@ def _diag_oft_dropouts(
     if "rank_dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         rate = _float(legacy.value or 0)
-        if rate and kind == "ia3" and not norms:
+        readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
+        if rate and kind == "ia3" and not norms and not readers:
             conv.ignored(legacy, "LyCORIS's IA3Module takes it and never reads it")
         elif rate and bypass and not norms:
             conv.ignored(
