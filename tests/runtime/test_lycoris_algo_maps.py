@@ -159,6 +159,25 @@ def _theirs(made) -> dict[str, tuple[str, int, float]]:
     }
 
 
+_ADAPTED: list = []  # the last (pipe, adapter, (unet, text)) _adapted built
+
+
+def _adapted(pipe, adapter):
+    """Copies of `pipe`'s U-Net and text encoder with `adapter`'s peft layers (each part adapted only where
+    the adapter has targets there), built once for the last pipe and adapter asked for: _ours, _scaled_of and
+    _lokr_shapes_of read the same layers, and peft's inject_adapter is most of a build's cost. Readers only:
+    no caller changes the models."""
+    if _ADAPTED and _ADAPTED[0][0] is pipe and _ADAPTED[0][1] is adapter:
+        return _ADAPTED[0][2]
+    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    if adapter.denoiser_targets or adapter.conv_targets:
+        add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    if adapter.text_encoder_targets:
+        add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    _ADAPTED[:] = [(pipe, adapter, (unet, text))]
+    return unet, text
+
+
 def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
     """Each peft layer the plan's adapter builds, as LyCORIS's class, its rank and its scale."""
     from peft.tuners.loha import LoHaLayer
@@ -175,12 +194,8 @@ def _ours(pipe, adapter) -> dict[str, tuple[str, int, float]]:
         (LoHaLayer, "LohaModule"),
         (LoKrLayer, "LokrModule"),
     )
-    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+    unet, text = _adapted(pipe, adapter)
     out = {}
-    if adapter.denoiser_targets or adapter.conv_targets:
-        add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
-    if adapter.text_encoder_targets:
-        add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
     for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
         for name, layer in model.named_modules():
             found = next((c for t, c in classes if isinstance(layer, t)), None)
@@ -237,7 +252,7 @@ def test_maps_give_lycoris_ranks_and_scales(pipe, preset, algo, tmp_path, monkey
         assert {m.block_size for m in made.unet_loras + made.text_encoder_loras} == {2}
     if algo == "lokr":  # the entries' own factors: every layer's Kronecker factors in LyCORIS's shapes
         assert any(b.factor for b in [*plan.adapter.blocks, *plan.adapter.text_encoder_blocks])
-        theirs, ours = _lokr_shapes(_lycoris(pipe, path, monkeypatch, algo)), _lokr_shapes_of(pipe, plan)
+        theirs, ours = _lokr_shapes(made), _lokr_shapes_of(pipe, plan)
         assert theirs and {k: v for k, v in ours.items() if theirs.get(k) != v} == {}
 
 
@@ -249,9 +264,7 @@ def _scaled_of(pipe, adapter) -> set[str]:
     """The kohya names of the plan's adapted layers with a trained scalar (runtime/lycoris_switches.py)."""
     from dbspec.runtime.lycoris_switches import layer_scalar
 
-    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
-    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
-    add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    unet, text = _adapted(pipe, adapter)
     return {
         prefix + name.replace(".", "_")
         for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
@@ -274,8 +287,7 @@ def test_conv_dim_zero_builds_the_entries_convolutions_in_tucker_form(pipe, tmp_
     theirs, ours = _theirs(made), _ours(pipe, plan.adapter)
     assert sorted(set(ours) ^ set(theirs)) == []
     assert {k: v for k, v in ours.items() if theirs[k] != v} == {}
-    unet = copy.deepcopy(pipe.unet)
-    add_lora(unet, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True)
+    unet, _ = _adapted(pipe, plan.adapter)  # the layers _ours read
     mids = {
         "lora_unet_" + name.replace(".", "_")
         for name, layer in unet.named_modules()
@@ -299,10 +311,7 @@ def _lokr_shapes_of(pipe, plan) -> dict[str, dict[str, tuple]]:
     """The same of each peft LoKr layer the plan's adapter builds."""
     from peft.tuners.lokr import LoKrLayer
 
-    unet, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
-    adapter = plan.adapter
-    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
-    add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+    unet, text = _adapted(pipe, plan.adapter)
     out = {}
     for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
         for name, layer in model.named_modules():
@@ -335,8 +344,7 @@ def test_huge_lokr_dims_build_lycoris_full_factors(pipe, tmp_path, monkeypatch):
     assert {k: v for k, v in ours.items() if k not in huge and rest[k] != v} == {}
     from peft.tuners.lokr import LoKrLayer
 
-    unet = copy.deepcopy(pipe.unet)
-    add_lora(unet, plan.adapter, plan.adapter.denoiser_targets, seed=0, conv=True)
+    unet, _ = _adapted(pipe, plan.adapter)  # the layers _ours read
     for name, layer in unet.named_modules():
         key = "lora_unet_" + name.replace(".", "_")
         if key in huge:
@@ -454,10 +462,11 @@ def test_oft_entry_dims_constraint_and_rescaled_train_and_resume_as_lycoris(
 ):
     """algo=diag-oft / boft with entries' own dim, `constraint` and `rescaled`: every layer's blocks (BOFT's
     butterfly stages at the entry's block size), alpha, constraint and row rescale as lycoris-lora's
-    DiagOFTModule / ButterflyOFTModule builds them from the same file; a tiny run stopped after a step and
-    resumed gives the uninterrupted run's losses and export bit for bit, the export holds LyCORIS's tensors in
-    its shapes with its alphas, and the adapter folders load back, each layer as its block built it (issue
-    12)."""
+    DiagOFTModule / ButterflyOFTModule builds them from the same file; a tiny run trains, the export holds
+    LyCORIS's tensors in its shapes with its alphas, and the adapter folders load back, each layer as its
+    block built it (issue 12). Not resumed: the entries change shapes and scalars, not the kinds of saved
+    state, and Diag-OFT's blocks with their rescale resume bit-exact in test_lycoris_switches
+    (test_diag_oft_trains_resumes_bit_exact_and_loads_back_in_lycoris), BOFT's in test_lycoris_boft."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -484,14 +493,9 @@ def test_oft_entry_dims_constraint_and_rescaled_train_and_resume_as_lycoris(
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    assert whole.status == "finished"
     (ours,) = Path(whole.final).glob("*.kohya.safetensors")
-    (again,) = Path(resumed.final).glob("*.kohya.safetensors")
-    ours, again = load_file(str(ours)), load_file(str(again))
-    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+    ours = load_file(str(ours))
     saved = {
         f"{m.lora_name}.{k}": v
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -604,8 +608,9 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     LyCORIS's module has (LoHa's and LoKr's factors at each layer's own dim) and each alpha LyCORIS's. With
     the `entry-opts` file (entries' own rs_lora, use_scalar and use_tucker: the ResNets' convolutions in
     Tucker form, the downsamplers' not) its adapter folders load back, lycoris-lora's network from the file
-    loads the export to the trained weights (issue 12), and the LoCon network's run resumes bit-exact (the
-    LoHa network's Tucker LoHa layers resume in test_lycoris's loha_tucker)."""
+    loads the export to the trained weights (issue 12). Neither resumes: their kinds of saved state resume
+    bit-exact in test_lycoris (LoCon / LoHa layers), test_lycoris_mixed_file (lokr-tucker-lora-loha: LoCon's
+    lora_mid, LoHa's Tucker cores) and test_lycoris_switches (locon_scalar: a layer's trained scalar)."""
     from tests.unit.convert_kit import out_path
 
     algo, *variant = algo.split("-")
@@ -646,7 +651,7 @@ def test_maps_run_exports_lycoris_shapes(pipe, algo, tmp_path, monkeypatch):
     moved = [k for k, v in ours.items() if not k.endswith(".alpha") and not torch.equal(v, theirs[k])]
     assert moved, "the run trained the adapters"
     if entry:  # lycoris-lora's network from the same file (kohya's for --network_weights) loads the export
-        _resumes_and_loads_back(tmp_path, done, ours, resume=algo == "locon")
+        _resumes_and_loads_back(tmp_path, done, ours, resume=False)
         fresh = build_pipeline("builtin:tiny-sd1")
         named = nn.Module()
         named.text_model = fresh.text_encoder
@@ -829,9 +834,11 @@ full_matrix = "yes"
 def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, monkeypatch):
     """Map entries' own decompose_both / full_matrix / use_tucker / unbalanced_factorization and factor: every
     LoKr layer in LyCORIS's class, dim, scale and factor shapes; a tiny run exports LyCORIS's tensors in its
-    shapes, stopped after a step and resumed gives the uninterrupted run's losses and export bit for bit, its
-    adapter folders load back (`dbspec sample`), each layer as its block built it, and lycoris-lora's network
-    built from the same file loads the export to the trained weights (issue 12)."""
+    shapes, its adapter folders load back (`dbspec sample`), each layer as its block built it, and
+    lycoris-lora's network built from the same file loads the export to the trained weights (issue 12). Not
+    resumed: its kinds of saved state resume bit-exact elsewhere, LoKr's factors in test_lycoris (lokr), their
+    Tucker cores in test_lycoris_mixed_file (lokr-tucker-lora-loha), a layer's trained scalar in
+    test_lycoris_switches (locon_scalar)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -867,14 +874,9 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]), keep_models=True)
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    assert whole.status == "finished"
     (a,) = Path(whole.final).glob("*.kohya.safetensors")
-    (b,) = Path(resumed.final).glob("*.kohya.safetensors")
-    a, b = load_file(str(a)), load_file(str(b))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = load_file(str(a))
     saved = {
         f"{m.lora_name}.{k}": v
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -896,8 +898,7 @@ def test_lokr_entry_switches_build_train_and_resume_as_lycoris(pipe, tmp_path, m
     # export: each module's weight is the trained layer's merged weight
     named = nn.Module()
     named.text_model = fresh.text_encoder
-    made = _lycoris(pipe, path, monkeypatch, "lokr", decompose_both="True")
-    made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)
+    made.apply_to(named, fresh.unet, apply_text_encoder=True, apply_unet=True)  # the network built above
     made.load_state_dict(a, strict=True)
     for m in made.unet_loras:  # the export holds a full layer's rs_lora sqrt(dim) in lokr_w1 (loaders: 1)
         if m.use_w1 and m.use_w2 and m.rs_lora:

@@ -28,6 +28,7 @@ from tests.runtime.test_lycoris_algo_maps import (
     _loaded_weights_are_trained,
     _lycoris,
     _resumes_and_loads_back,
+    pipe,  # noqa: F401 (a fixture: the tiny SD 1.x, once per module)
 )
 
 pytest.importorskip("lycoris.kohya")
@@ -112,9 +113,11 @@ def _ours(components) -> dict[str, list[int]]:
     return out
 
 
-# one resume per kind of saved dora_scale (LoCon, LoHa, LoKr): the per-column variants save the same tensor
-# through the same path (docs/development.md, "Checks outside the suite")
-RESUMED = ("on", "off")
+# one resume per kind of saved dora_scale (docs/development.md, "Checks outside the suite"): the LoHa
+# entries' here; LoCon's and LoKr's decomposed beside undecomposed LoHa entries on a dora_wd LoKr network
+# resume in test_lycoris_algo_maps' test_mixed_algorithms_train_resume_and_load_in_lycoris[lokr] (the `off`
+# case's state); the per-column variants save the same tensor through the same path
+RESUMED = (("loha", "on"),)
 
 
 @pytest.mark.parametrize(
@@ -128,11 +131,17 @@ RESUMED = ("on", "off")
     ],
 )
 def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
-    algo, entries, args, doras, axes, tmp_path, monkeypatch
+    pipe,  # noqa: F811
+    algo,
+    entries,
+    args,
+    doras,
+    axes,
+    tmp_path,
+    monkeypatch,
 ):
     from tests.unit.convert_kit import out_path
 
-    pipe = build_pipeline("builtin:tiny-sd1")
     PRESETS[entries] = ENTRIES[entries]
     try:
         path, plan = _converted_plan(tmp_path, entries, algo, f'"{args}"' if args else "")
@@ -167,7 +176,7 @@ def test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris(
     assert {k: list(v.shape) for k, v in ours.items()} == {k: list(v.shape) for k, v in saved.items()}
     trained = [k for k in ours if k.endswith("dora_scale") and not torch.equal(ours[k], saved[k])]
     assert trained, "the magnitudes trained"
-    _resumes_and_loads_back(tmp_path, done, ours, resume=entries in RESUMED)
+    _resumes_and_loads_back(tmp_path, done, ours, resume=(algo, entries) in RESUMED)
     fresh = build_pipeline("builtin:tiny-sd1")  # lycoris-lora's modules from the same file take the export
     named = nn.Module()
     named.text_model = fresh.text_encoder
@@ -200,7 +209,7 @@ WEIGHTS_PRESET_MIXED = WEIGHTS_PRESET.replace(
 )
 
 
-def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
+def _weights_network(pipe, folder: Path, monkeypatch, algo: str):  # noqa: F811 (the fixture's value)
     import copy
 
     from lycoris import kohya as lycoris_kohya
@@ -227,10 +236,19 @@ def _weights_network(pipe, folder: Path, monkeypatch, algo: str):
     [("lokr", "output"), ("loha", "output"), ("locon", "output"), ("lokr", "input"), ("loha", "input")]
     + [("locon", "input"), ("locon", "mixed")],
 )
-def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tmp_path, monkeypatch):
+def test_network_weights_start_entry_decomposed_layers_as_lycoris(
+    pipe,  # noqa: F811
+    algo,
+    axis,
+    tmp_path,
+    monkeypatch,
+):
     """kohya's --network_weights with a preset file whose entry gives the ResNets weight_decompose: LyCORIS
     loads the file's dora_scale into those modules only; dbspec's run starts each layer alike (outputs to
-    1e-5, the decomposed layers' magnitudes the file's) and trains; `mixed` resumes bit-exact. LoCon too
+    1e-5, the decomposed layers' magnitudes the file's); `input` and `mixed` train, `mixed` resumes
+    bit-exact (its run starts LoCon's, LoHa's and LoKr's layers decomposed per output row from the file: the
+    `output` cases' start, trained; their kinds' entries train from scratch in
+    test_entry_weight_decompose_trains_resumes_and_loads_as_lycoris). LoCon too
     (runtime/init_weights.py; was DBS583 with init_weights). With the entry's own `wd_on_out = false`
     (`axis` input) the file's dora_scale per input column starts those layers in that shape (was DBS583).
     `mixed`: entries of other algorithms decomposed beside LoCon layers that are and are not (was DBS403):
@@ -243,7 +261,6 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
     from tests.runtime.test_lycoris_sd_full_file import _convert, _lycoris_modules
     from tests.unit.convert_kit import out_path, plan_of
 
-    pipe = build_pipeline("builtin:tiny-sd1")
     preset = {"input": WEIGHTS_PRESET_AXIS, "mixed": WEIGHTS_PRESET_MIXED}.get(axis, WEIGHTS_PRESET)
     (tmp_path / "preset.toml").write_text(preset, encoding="utf-8")
     made = _weights_network(pipe, tmp_path, monkeypatch, algo)
@@ -296,6 +313,8 @@ def test_network_weights_start_entry_decomposed_layers_as_lycoris(algo, axis, tm
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
     assert decomposed
+    if axis == "output":  # the start above; `mixed` trains and resumes such layers from the file
+        return
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
@@ -530,7 +549,13 @@ weight_decompose = true
     ],
 )
 def test_mixed_entries_weight_decompose_build_as_lycoris(
-    algo, entries, decomposed, plain, tmp_path, monkeypatch
+    pipe,  # noqa: F811
+    algo,
+    entries,
+    decomposed,
+    plain,
+    tmp_path,
+    monkeypatch,
 ):
     """A preset's entries of other algorithms with their own weight_decompose, on the tiny SD 1.x: the
     plan's adapter (each kind's layers through its own pass, runtime/mixed_kinds.py) decomposes exactly the
@@ -540,7 +565,6 @@ def test_mixed_entries_weight_decompose_build_as_lycoris(
     from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.lycoris_export import lycoris_state
 
-    pipe = build_pipeline("builtin:tiny-sd1")
     PRESETS[entries] = MIXED_ENTRIES if entries == "mixed" else MIXED_REVERSE
     try:
         path, plan = _converted_plan(tmp_path, entries, algo)

@@ -6,7 +6,10 @@ kohya's steps, create_network (algo=locon, dora_wd=True, the same dims, alphas a
 load_weights (`load_state_dict(strict=False)`: dora_scale loads as it is, LoConModule's load hook only resets
 its scalar; a module the file lacks keeps its init, dora_scale the base weight's norms) and dbspec's converted
 run start every layer alike, plain and in LoCon's Tucker form (use_tucker; outputs to 1e-5); a tiny run
-from the file trains."""
+from the file trains (one run per kind of layer started from such a file: the Tucker file's run trains its
+plain linears beside its Tucker convolutions, the partial LoKr / LoHa files' theirs, and
+test_dim_from_weights_locon_file_with_dora_scale_in_some_modules LoCon layers with and without their file's
+dora_scale)."""
 
 from __future__ import annotations
 
@@ -85,7 +88,8 @@ def test_dora_file_starts_as_lycoris_loads_it_trains(pipe, tmp_path, monkeypatch
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
             if name in in_file:
                 assert not torch.allclose(layer(x), base(x), atol=1e-4), name
-
+    if tucker == "False":  # started as above; the Tucker file's run trains such layers (its linears)
+        return
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: k.endswith(".dora_scale")), "the run trained the magnitudes"
@@ -100,7 +104,8 @@ def test_dora_wd_file_with_dora_scale_in_some_modules(pipe, tmp_path, monkeypatc
     """A dora_wd network (LoCon, LoKr, LoHa) from a file whose modules hold their factors but only some their
     `dora_scale` (CLIP's and the U-Net's alike, e.g. a file trained with per-entry weight_decompose):
     LyCORIS's load_state_dict(strict=False) loads the magnitudes present and leaves the others at the base
-    weight's norms; dbspec's run starts every layer alike (magnitudes and outputs), and trains."""
+    weight's norms; dbspec's run starts every layer alike (magnitudes and outputs), and trains (LoKr, LoHa;
+    LoCon's run from such a file: test_dim_from_weights_locon_file_with_dora_scale_in_some_modules)."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
     from peft.tuners.lora import LoraLayer
@@ -141,6 +146,8 @@ def test_dora_wd_file_with_dora_scale_in_some_modules(pipe, tmp_path, monkeypatc
         x = kit.sample_input(base)
         with torch.no_grad():
             torch.testing.assert_close(layer(x), lyco(x), rtol=0, atol=1e-5, msg=name)
+    if algo == "locon":  # started as above; LoCon layers with and without the file's dora_scale train in
+        return  # test_dim_from_weights_locon_file_with_dora_scale_in_some_modules
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"
     assert kit.trained(saved, state, lambda k: k.endswith(".dora_scale")), "the run trained the magnitudes"

@@ -328,40 +328,50 @@ mask_group_id = 3
 """
 
 
-def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
-    """lycoris.kohya algo=tlora with a preset file: the converted plan adapts exactly the layers
-    lycoris-lora 4.1.3's create_network builds TLoraModules on (the tiny SD 1.x U-Net's transformers, 1x1
-    proj_in / proj_out too, and CLIP's attention), each at its rank and scale."""
-    from dbspec.runtime.adapters import add_lora
-    from dbspec.runtime.lycoris_tlora import TloraLayer
+def _converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"algo=tlora"'):
+    """`preset` (p.toml) under kohya's command line with `--network_args {args} "preset=p.toml"`, converted
+    (neither DBS402 nor DBS403) to its plan's adapter on the tiny SD 1.x, and lycoris-lora 4.1.3's
+    create_network from the same file and network_args on copies of a tiny pipeline's U-Net and CLIP (under
+    `text_model`, as kohya's), the network class's attributes restored after the test. Returns the adapter,
+    the network, the pipeline, and the copies it was built on: the CLIP's holder and the U-Net."""
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
     _no_gc(monkeypatch)
-    (tmp_path / "p.toml").write_text(TLORA_PRESET, encoding="utf-8")
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     outcome = kohya(
         tmp_path,
         command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
         "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        '--network_args "algo=tlora" "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 '
-        "--output_dir=out",
+        f'--network_args {args} "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 --output_dir=out',
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
-    assert adapter.kind == "tlora"
-    pipe = build_pipeline("builtin:tiny-sd1")
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
+    pipe = build_pipeline("builtin:tiny-sd1")
+    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)
-    unet = copy.deepcopy(pipe.unet)
+    extra = dict(a.strip('"').split("=") for a in args.split())
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo="tlora", preset=str(tmp_path / "p.toml")
+        1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
     )
+    return adapter, made, pipe, named, unet
+
+
+def test_tlora_preset_file_builds_lycoris_s_layers(tmp_path, monkeypatch):
+    """lycoris.kohya algo=tlora with a preset file: the converted plan adapts exactly the layers
+    lycoris-lora 4.1.3's create_network builds TLoraModules on (the tiny SD 1.x U-Net's transformers, 1x1
+    proj_in / proj_out too, and CLIP's attention), each at its rank and scale."""
+    from dbspec.runtime.adapters import add_lora
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+
+    adapter, made, pipe, _, _ = _converted_network(tmp_path, monkeypatch, TLORA_PRESET)
+    assert adapter.kind == "tlora"
     theirs = {
         m.lora_name: (type(m).__name__, m.lora_dim, float(m.scale))
         for m in [*made.unet_loras, *made.text_encoder_loras]
@@ -415,6 +425,7 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
     adapter folders as trained (_reloads_as_trained), its kohya export holds LyCORIS's tensors in its
     modules' shapes and alphas, and lycoris-lora's kohya loader builds the trained layers from it (frozen
     start recomputed at "principal"), to 1e-4 where the layer started there."""
+    from lycoris.kohya import LycorisNetworkKohya as network
     from safetensors.torch import load_file
 
     from dbspec.runtime.adapters import add_lora
@@ -423,32 +434,10 @@ def test_tlora_entry_dims_build_train_and_export_as_lycoris(tmp_path, loader, mo
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris import _kohya_names, _merged
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
-    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+    from tests.unit.convert_kit import out_path
 
-    lycoris_kohya = pytest.importorskip("lycoris.kohya")
-    _no_gc(monkeypatch)
-    (tmp_path / "p.toml").write_text(TLORA_DIMS, encoding="utf-8")
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    outcome = kohya(
-        tmp_path,
-        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        '--network_args "algo=tlora" "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 '
-        "--output_dir=out",
-    )
-    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    adapter, made, pipe, _, _ = _converted_network(tmp_path, monkeypatch, TLORA_DIMS)
     assert adapter.kind == "tlora" and adapter.blocks and adapter.text_encoder_blocks
-    pipe = build_pipeline("builtin:tiny-sd1")
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
-    named.text_model = copy.deepcopy(pipe.text_encoder)
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
-    )
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
     add_lora(pipe.unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
     add_lora(pipe.text_encoder, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
@@ -648,40 +637,19 @@ def test_tlora_in_a_network_of_several_algorithms_trains_and_draws_as_lycoris(
     network from the same file (kohya's --network_weights), gives the U-Net's outputs and torch's generator
     state of ours over four training forwards (each module's one module_dropout draw, LoCon's dropout after
     it, in forward order), and lycoris-lora's kohya loader rebuilds the trained layers."""
+    from lycoris.kohya import LycorisNetworkKohya as network
     from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris import _kohya_names, _lycoris_weight, _merged
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
-    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+    from tests.unit.convert_kit import out_path
 
-    lycoris_kohya = pytest.importorskip("lycoris.kohya")
-    _no_gc(monkeypatch)
     args, preset, kind, block_kinds = MIXED_CASES[case]
-    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    outcome = kohya(
-        tmp_path,
-        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args {args} "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 --output_dir=out',
-    )
-    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    adapter, made, base, named, unet = _converted_network(tmp_path, monkeypatch, preset, args)
     assert adapter.kind == kind and {b.kind for b in adapter.blocks} == block_kinds
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    base = build_pipeline("builtin:tiny-sd1")
-    named, unet = nn.Module(), copy.deepcopy(base.unet)
-    named.text_model = copy.deepcopy(base.text_encoder)
-    extra = dict(a.strip('"').split("=") for a in args.split())
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
-    )
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
     assert "TLoraModule" in {type(m).__name__ for m in theirs.values()}
     assert len({type(m).__name__ for m in theirs.values()}) >= 2
@@ -815,32 +783,9 @@ def test_tlora_entries_own_sig_type_and_bypass_as_lycoris(tmp_path, monkeypatch)
     frozen, to 1e-5), in the same forward (bypass or default) as its TLoraModule."""
     from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.lycoris_tlora import TloraLayer
-    from dbspec.runtime.tiny import build_pipeline
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
-    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
-    lycoris_kohya = pytest.importorskip("lycoris.kohya")
-    _no_gc(monkeypatch)
-    (tmp_path / "p.toml").write_text(TLORA_SIG_TYPES, encoding="utf-8")
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    outcome = kohya(
-        tmp_path,
-        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        '--network_args "algo=tlora" "preset=p.toml" --max_train_steps=2 --output_dir=out',
-    )
-    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    adapter, made, pipe, _, _ = _converted_network(tmp_path, monkeypatch, TLORA_SIG_TYPES)
     assert {b.sig_type for b in (*adapter.blocks, *adapter.text_encoder_blocks)} == {"last", "middle"}
-    pipe = build_pipeline("builtin:tiny-sd1")
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
-    named.text_model = copy.deepcopy(pipe.text_encoder)
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, copy.deepcopy(pipe.unet), algo="tlora", preset=str(tmp_path / "p.toml")
-    )
     theirs = {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
     assert {m.sig_type for m in theirs.values()} == {"principal", "last", "middle"}
     assert {bool(m.bypass_mode) for m in theirs.values()} == {True, False}
