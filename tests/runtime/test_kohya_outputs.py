@@ -39,17 +39,26 @@ def _same_tensors(a: dict, b: dict) -> None:
 
 
 def _two_runs(tmp_path: Path, extra: str, fmt: str) -> tuple:
-    """The same tiny run twice (CPU runs are bit-identical): safetensors exports, then `fmt` exports."""
+    """A tiny run with `fmt` exports (models kept), and the safetensors exports of its trained models written
+    by the same plan's writers with `export_format` "safetensors" (as the run's end writes them): (plan,
+    folder) of each."""
     spec = write_spec(tmp_path, steps=2, extra=extra)
-    runs = []
-    for name, export_format in (("st", "safetensors"), ("pk", fmt)):
-        plan = compile_spec(
-            spec, [f"output.dir={name}", "output.name=toy", f"checkpoints.export_format={export_format!r}"]
-        )
-        result = execute(plan)
-        assert result.status == "finished"
-        runs.append((plan, Path(result.final)))
-    return runs
+
+    def plan(export_format: str):
+        sets = [
+            f"output.dir={export_format}",
+            "output.name=toy",
+            f"checkpoints.export_format={export_format!r}",
+        ]
+        return compile_spec(spec, sets)
+
+    pk_plan, st_plan = plan(fmt), plan("safetensors")
+    result = execute(pk_plan, keep_models=True)
+    assert result.status == "finished"
+    st_final = tmp_path / "st"
+    st_final.mkdir()
+    assert exports_for_plan(st_plan, st_final, result.components)
+    return [(st_plan, st_final), (pk_plan, Path(result.final))]
 
 
 def test_single_file_ckpt_is_kohyas_checkpoint_dict_of_the_safetensors_tensors(tmp_path):

@@ -257,12 +257,13 @@ trains_resumes_and_loads_back_in_lycoris.__test__ = False
 test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris = trains_resumes_and_loads_back_in_lycoris
 
 
-# The kinds whose run also resumes: each kind's weights, DoRA's scales, and (LoHa's) the rank and module
-# dropout streams. The other forms save the same kinds of state through the same path: they train and load
-# back only (the Tucker forms' runs resume in test_lycoris_mixed_file's
-# test_mixed_preset_run_starts_from_its_file_as_lycoris[lokr-tucker-lora-loha]: LoCon's lora_mid, LoHa's
-# hada_t1 / hada_t2 and LoKr's lokr_t2 together; the dropouts' draws in loha's here and test_lora_dropout's).
-RESUMED_KINDS = ("locon", "dora", "loha", "lokr")
+# The kinds whose run also resumes: DoRA's (LoCon's lora_down / lora_up on linears and convolutions, with
+# its scales) and LoHa's (its factors, with the rank and module dropout streams). The other forms save the
+# same kinds of state through the same path: they train and load back only. LoKr's factors (lokr_w1,
+# lokr_w2_a / _b, lokr_t2) resume, beside LoCon's lora_mid and LoHa's hada_t1 / hada_t2, in
+# test_lycoris_mixed_file's test_mixed_preset_run_starts_from_its_file_as_lycoris[lokr-tucker-lora-loha];
+# the dropouts' draws in loha's here and test_lora_dropout's.
+RESUMED_KINDS = ("dora", "loha")
 
 
 @pytest.mark.parametrize("kind", FILE_LOADER_KINDS)
@@ -270,30 +271,42 @@ def test_each_kind_trains_resumes_bit_exact_and_loads_back_in_lycoris(tmp_path, 
     trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2, resume=kind in RESUMED_KINDS)
 
 
-@pytest.mark.parametrize("kind", ["loha", "lokr"])
-def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind):
-    """SDXL keys use the original UNet layout (kohya's SDXL UNet), as the kohya LoRA writer names them (that
-    writer's names load in diffusers, tests/runtime/test_exports.py): the same layers get the same names."""
+@pytest.fixture(scope="module")
+def sdxl_names():
+    """The module names an adapter of `kind` on tiny SDXL's U-Net (attention and ResNet convolutions) is
+    written under, by kind; each kind's names made once, on a copy of one tiny SDXL U-Net."""
     from dbspec.plan.model import AdapterPlan
     from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.exports import kohya_lora_state
     from dbspec.runtime.lycoris_export import lycoris_state
 
-    names = {}
-    for adapter_kind in ("lora", kind):
-        pipe = build_pipeline("builtin:tiny-sdxl")
-        adapter = AdapterPlan(
-            kind=adapter_kind, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, conv_targets=("conv1", "conv2")
-        )
-        add_lora(pipe.unet, adapter, ("to_q", "to_out.0"), seed=0, conv=True)
-        state = (kohya_lora_state if adapter_kind == "lora" else lycoris_state)(
-            unet=pipe.unet, text_encoders=[], family="sdxl", dtype="fp32"
-        )
-        if adapter_kind == "lora":
-            state = state[0]
-        names[adapter_kind] = {key.split(".")[0] for key in state}
-    assert names[kind] == names["lora"]
-    assert "lora_unet_input_blocks_1_0_in_layers_2" in names[kind]  # down_blocks.0.resnets.0.conv1
+    unet = build_pipeline("builtin:tiny-sdxl").unet
+    made: dict[str, set[str]] = {}
+
+    def names(kind: str) -> set[str]:
+        if kind not in made:
+            adapted = copy.deepcopy(unet)
+            adapter = AdapterPlan(
+                kind=kind, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, conv_targets=("conv1", "conv2")
+            )
+            add_lora(adapted, adapter, ("to_q", "to_out.0"), seed=0, conv=True)
+            state = (kohya_lora_state if kind == "lora" else lycoris_state)(
+                unet=adapted, text_encoders=[], family="sdxl", dtype="fp32"
+            )
+            if kind == "lora":
+                state = state[0]
+            made[kind] = {key.split(".")[0] for key in state}
+        return made[kind]
+
+    return names
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_sdxl_names_match_kohyas_lora_names_for_the_same_layers(kind, sdxl_names):
+    """SDXL keys use the original UNet layout (kohya's SDXL UNet), as the kohya LoRA writer names them (that
+    writer's names load in diffusers, tests/runtime/test_exports.py): the same layers get the same names."""
+    assert sdxl_names(kind) == sdxl_names("lora")
+    assert "lora_unet_input_blocks_1_0_in_layers_2" in sdxl_names(kind)  # down_blocks.0.resnets.0.conv1
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -328,9 +328,13 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
             torch.testing.assert_close(mine, lyco(x), rtol=0, atol=1e-5, msg=name)
             assert not torch.allclose(mine, base(x), atol=1e-4), name
 
-    if algo == "lokr" and preset in (TUCKER, OFT_RESCALED):
-        return  # this network's run from its file trains in test_mixed_preset_run_starts_from_its_file_as_
-        # lycoris (the Tucker one resuming bit-exact), its layers here started alike
+    if preset not in (CLIP_LOKR, MIXED_WD):
+        return  # TUCKER's and OFT_RESCALED's LoKr networks' runs from their file train in
+        # test_mixed_preset_run_starts_from_its_file_as_lycoris (the Tucker one resuming bit-exact), a run
+        # from a file of LoCon, LoHa and full modules there too (locon-loha-full); GLORA's, LORA_FULL's and
+        # MIXED_FULL's networks (full / GLoRA entries beside LoCon, LoHa and LoKr layers) train and resume in
+        # test_lycoris_mixed_full's test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris:
+        # their layers here started alike
     # trains (a mixed run from a file resumes in test_mixed_preset_run_starts_from_its_file_as_lycoris)
     whole, saved = kit.whole_run(tmp_path)
     assert whole.status == "finished"

@@ -94,7 +94,11 @@ def _check_export(plan, result, kind: str, rank: int) -> None:
 )
 def test_tucker_patch_convolution_is_lycoris_module(tmp_path, kind, conv_rank, block):
     """LoCon at conv_dim 2 (presets full / unet-only), and a preset file's PatchEmbed entry at its own dim
-    (LoCon 3, LoKr 1: LokrModule's low-rank second factor with `lokr_t2`, LoHa 2) beside conv_dim 4."""
+    (LoCon 3, LoKr 1: LokrModule's low-rank second factor with `lokr_t2`, LoHa 2) beside conv_dim 4. The
+    first case's run also resumes bit-exact (the patch convolution's `lora_mid`); the others' cores resume,
+    as they save through the same path, in test_lycoris_mixed_file's
+    test_mixed_preset_run_starts_from_its_file_as_lycoris[lokr-tucker-lora-loha] (LoCon's lora_mid,
+    LoHa's hada_t1 / hada_t2, LoKr's lokr_t2)."""
     extra = _extra(kind, conv_rank, block)
     rank = block or conv_rank
     start = make_plan(tmp_path / "start", base=BASE, steps=1, extra=extra)
@@ -105,14 +109,15 @@ def test_tucker_patch_convolution_is_lycoris_module(tmp_path, kind, conv_rank, b
     assert plan.adapter.tucker and plan.adapter.conv_targets == ("pos_embed.proj",)
     result = execute(plan, keep_models=True)
     assert result.status == "finished"
-    parts = make_plan(tmp_path / "parts", base=BASE, steps=2, extra=extra)
-    first = execute(parts, stop_after=1)
-    second = execute(parts, resume=True, keep_models=True)
-    assert second.status == "finished" and first.losses + second.losses == result.losses
-    ours = dict(result.components.unet.named_parameters())
-    for key, p in second.components.unet.named_parameters():
-        if p.requires_grad:
-            assert torch.equal(p, ours[key]), key
+    if (kind, conv_rank, block) == ("lora", 2, 0):
+        parts = make_plan(tmp_path / "parts", base=BASE, steps=2, extra=extra)
+        first = execute(parts, stop_after=1)
+        second = execute(parts, resume=True, keep_models=True)
+        assert second.status == "finished" and first.losses + second.losses == result.losses
+        ours = dict(result.components.unet.named_parameters())
+        for key, p in second.components.unet.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(p, ours[key]), key
     _check_export(plan, result, kind, rank)
 
 
