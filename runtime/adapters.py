@@ -341,6 +341,11 @@ def _add_one_kind(
             from dbspec.runtime.lycoris_dora import tie_fused_doras  # one column norm per fused layer
 
             tie_fused_doras(module, adapter.fused)
+    if adapter.kind == "lokr":  # no module-dropout draw without a rate, as LokrModule (last: over the
+        # classes above; a decomposed layer's forward already draws so)
+        from dbspec.runtime.peft_draw import use_lycoris_lokr
+
+        use_lycoris_lokr(module, ADAPTER_NAME)
 
 
 def _block_scalars(

@@ -541,6 +541,9 @@ def load_peft_adapters(
                 from dbspec.runtime.lycoris_dora import tie_fused_doras
 
                 tie_fused_doras(module, fused_lokr.fused)
+        from dbspec.runtime.peft_draw import use_lycoris_lokr
+
+        use_lycoris_lokr(module, "default")  # LoKr layers draw as in training (runtime/peft_draw.py)
         result = set_peft_model_state_dict(module, state)
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr
