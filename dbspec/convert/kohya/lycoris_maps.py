@@ -503,8 +503,9 @@ def _mixed_kinds(
     return [layer for layer in other if layer not in unet]
 
 
-# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank
-# and alpha; the adapter's module_dropout alone reaches them): those modules read them, TLoraModule does not
+# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank,
+# alpha and DyLoRA's unit; the adapter's module_dropout alone reaches them): those modules read them,
+# TLoraModule does not
 _TLORA_NETWORK_OFF = (
     "dropout",
     "rank_dropout",
@@ -525,17 +526,8 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own, or beside a network
-    option those modules read (their defaults are built, the network's `module_dropout` alone handed on), or
-    of an algorithm whose block carries more than a rank and alpha (Diag-OFT's / BOFT's constraint, DyLoRA's
-    block size)."""
-    carried = next((layer for layer in layers if _algo(layer.algo) in (*_OFT, "dylora")), None)
-    if carried is not None:
-        raise PresetError(
-            f"`{carried.source}` gives {carried.path} algo = {carried.algo!r} on an algo=tlora network: "
-            "dbspec's T-LoRA adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora beside its "
-            "own",
-            False,
-        )
+    option those modules read (their defaults are built, the network's `module_dropout` alone handed on:
+    Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block size 4, a block's `unit`)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
