@@ -1,8 +1,8 @@
 """An algo=tlora network's preset-file entries of Diag-OFT, BOFT and DyLoRA (was DBS403): the T-LoRA adapter's
 blocks of those kinds, against lycoris-lora 4.1.3's create_network from the same file on the tiny SD 1.x:
 each module's class, block size / rank, alpha, constraint and scale; a tiny run trains, draws as
-lycoris-lora's network (module_dropout: every module's one draw in forward order) and its export loads back
-in lycoris-lora's kohya loader."""
+lycoris-lora's network (module_dropout: every module's one draw in forward order), its export loads back
+in lycoris-lora's kohya loader and its adapter folders as `dbspec sample` loads them."""
 
 from __future__ import annotations
 
@@ -181,3 +181,15 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
         want = trained.text_encoders[0].eval()(ids).last_hidden_state
         assert not torch.allclose(want, base.text_encoder(ids).last_hidden_state, atol=1e-4)  # trained
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    # the run's adapter folders (`<component>/<kind>/` beside T-LoRA's) load back as `dbspec sample` does
+    from dbspec.runtime.weights import load_peft_adapters
+
+    again = {"unet": copy.deepcopy(base.unet), "text_encoder": copy.deepcopy(base.text_encoder)}
+    assert load_peft_adapters(Path(done.final), again, blocks=adapter) == ["unet", "text_encoder"]
+    torch.testing.assert_close(
+        _unet_output(again["unet"].eval()), _unet_output(trained.unet), rtol=1e-5, atol=1e-5
+    )
+    with torch.no_grad():
+        back = again["text_encoder"].eval()(ids).last_hidden_state
+    torch.testing.assert_close(back, want, rtol=1e-5, atol=1e-5)
