@@ -2946,10 +2946,11 @@ them the value changes nothing.""",
         ERROR,
         "A block's own OFT rescale on layers that are not Diag-OFT / BOFT",
         """\
-`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr
-or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry with
-its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
-per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
+`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr,
+dylora or tlora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry
+with its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained
+scale per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row
+rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
     ),
     Code(

@@ -3179,10 +3179,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
-    block of that kind beside a lora / loha / lokr / dylora adapter's (runtime/blocks.py block_rescaled):
-    DBS591 on a block of another kind."""
+    block of that kind beside a lora / loha / lokr / dylora / tlora adapter's (runtime/blocks.py
+    block_rescaled): DBS591 on a block of another kind."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora"):
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "tlora"):
         return  # OFT adapters' blocks (OftBlock) carry their own
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):

@@ -2185,7 +2185,7 @@ class TloraBlock:
         "preset file's `module_algo_map` / `name_algo_map` entry's `algo` on an `algo=tlora` network, SD "
         "1.x/2.x and SDXL), as `[[adapter.blocks]]` `kind`, built with that kind's defaults and the "
         "adapter's `module_dropout` (Diag-OFT / BOFT: the rank their block-size hint, the alpha their "
-        "constraint, unrescaled; DyLoRA: the rank in blocks of the block's `unit`).",
+        "constraint, their `rescaled`; DyLoRA: the rank in blocks of the block's `unit`).",
         example="lokr",
     )
     rank: int = option(
@@ -2201,6 +2201,7 @@ class TloraBlock:
         minimum=0,
     )
     unit: int = _block_unit()
+    rescaled: BlockSwitch = _block_oft_rescaled()
     sig_type: Literal["principal", "last", "middle"] = option(
         "principal",
         doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "

@@ -34,6 +34,11 @@ algo = "dylora"
 algo = "boft"
 dim = 8
 """
+# the entries' own options their blocks carry: Diag-OFT's constraint and rescaled (the block's alpha and
+# `rescaled`), DyLoRA's block size (its `unit`: two blocks of 2, drawn at random per step)
+TLORA_OWN = TLORA_OFT_DYLORA.replace(
+    'algo = "diag-oft"\n', 'algo = "diag-oft"\nconstraint = 0.0001\nrescaled = true\n'
+).replace('algo = "dylora"\n', 'algo = "dylora"\nblock_size = 2\n')
 ARGS = '"algo=tlora" "module_dropout=0.3"'
 
 
@@ -78,10 +83,12 @@ def _layers(model, prefix: str) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.parametrize("preset", ["defaults", "own"])
 def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     tmp_path,
     loader,  # noqa: F811
     monkeypatch,
+    preset,
 ):
     from safetensors.torch import load_file
 
@@ -94,7 +101,8 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
 
     _no_gc(monkeypatch)
-    (tmp_path / "p.toml").write_text(TLORA_OFT_DYLORA, encoding="utf-8")
+    text = TLORA_OFT_DYLORA if preset == "defaults" else TLORA_OWN
+    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     outcome = kohya(
         tmp_path,
@@ -120,6 +128,9 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     theirs = _modules(made)
     kinds = {v[0] for v in theirs.values()}
     assert kinds == {"TLoraModule", "DiagOFTModule", "DyLoraModule", "ButterflyOFTModule"}
+    own = preset == "own"  # the entries' own options reach lycoris-lora's modules
+    assert {v[2] for v in theirs.values() if v[0] == "DyLoraModule"} == ({2} if own else {4})
+    assert {v[4] for v in theirs.values() if v[0] == "DiagOFTModule"} == {own}
 
     done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
     assert done.status == "finished"

@@ -377,7 +377,8 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     create_single_module builds them, the entry's dim (else the network's) their block-size hint / rank,
     the network's constraint 0 (the OFT blocks' alpha) unrescaled, DyLoRA in blocks of the network's
     block_size 4 (the block's unit); a DyLoRA dim that is not a multiple stops kohya (DyLoraModule asserts,
-    DBS402), the network's block_size / constraint / rescaled beside them stay DBS403
+    DBS402), the network's block_size / constraint / rescaled beside them stay DBS403, the entries' own
+    constraint / rescaled (Diag-OFT, BOFT) and block_size (DyLoRA) are their blocks'
     (tests/runtime/test_lycoris_tlora_oft_dylora.py checks them against lycoris-lora 4.1.3)."""
     text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention", "CLIPMLP"]\n', 1)
     text += '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n'
@@ -408,3 +409,16 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     write(tmp_path / "odd" / "p.toml", text.replace('algo = "dylora"\n', 'algo = "dylora"\ndim = 6\n'))
     outcome = _lycoris(tmp_path / "odd", '"algo=tlora", "preset=p.toml"')
     assert "DBS402" in codes(outcome) and "lora_dim % block_size" in messages(outcome, "DBS402")
+    # the entries' own constraint, rescaled and block_size: their blocks' alpha, rescaled and unit; another
+    # option of theirs (the OFTs' block_size, DyLoRA's rescaled) stays DBS403
+    own = text.replace('algo = "diag-oft"\n', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = true\n')
+    own = own.replace('algo = "dylora"\n', 'algo = "dylora"\nblock_size = 2\n')
+    write(tmp_path / "own" / "p.toml", own)
+    outcome = _lycoris(tmp_path / "own", '"algo=tlora", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    blocks = {b.kind: b for b in plan_of(outcome, tmp_path / "own").adapter.blocks}
+    assert (blocks["diag-oft"].alpha, blocks["diag-oft"].rescaled, blocks["dylora"].unit) == (0.001, "on", 2)
+    other = own.replace("block_size = 2\n", "block_size = 2\nrescaled = true\n")
+    write(tmp_path / "other" / "p.toml", other)
+    outcome = _lycoris(tmp_path / "other", '"algo=tlora", "preset=p.toml"')
+    assert "DBS403" in codes(outcome) and "rescaled on an algo=tlora" in messages(outcome, "DBS403")
