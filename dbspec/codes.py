@@ -2746,8 +2746,8 @@ with kohya's Flux / SD3 layout.""",
 (also LyCORIS's full, IA^3, Diag-OFT, BOFT, GLoRA, DyLoRA and T-LoRA, `kind = "full"` / `"ia3"` /
 `"diag-oft"` / `"boft"` / `"glora"` / `"dylora"` / `"tlora"`, a DyLoRA block with its own `unit`)
 beside the adapter's kind (lora, loha, lokr or dylora, LyCORIS's DyLoRA network with entries of other
-algorithms; a tlora adapter with blocks of kind lora, loha, lokr, full, ia3 or glora, without its `bypass`
-or `max_norm`) in one run, each kind's layers with the adapter's rank,
+algorithms; a tlora adapter with blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft or
+dylora, without its `bypass` or `max_norm`) in one run, each kind's layers with the adapter's rank,
 alpha, targets (and LoKr's `factor`, `decompose_both`), and are saved, resumed and exported (one LyCORIS
 file, each layer in its kind's keys) together, on SD 1.x/2.x, SDXL, Flux, SD3 and Chroma (on Flux, SD3 and
 Chroma with `fused_projections`, each fused Linear one LyCORIS module of its block's kind). The options that
@@ -2954,10 +2954,11 @@ do beside the IA^3 ones), the value changes nothing.""",
         ERROR,
         "A block's own OFT rescale on layers that are not Diag-OFT / BOFT",
         """\
-`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr
-or dylora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry with
-its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained scale
-per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row rescale.""",
+`rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr,
+dylora or tlora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry
+with its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained
+scale per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row
+rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
     ),
     Code(
@@ -3204,6 +3205,18 @@ of those algorithms). LyCORIS's GLoRAModule and DyLoraModule keep the base `appl
 nothing, and so do its full and IA^3 modules: with no block of those kinds training some layer, the setting
 changes nothing and 0, 0, 0 is logged, as kohya's lycoris.kohya network does.""",
         help="remove adapter.max_norm, or give some layers a kind that has LyCORIS's max norm",
+    ),
+    Code(
+        "DBS611",
+        ERROR,
+        "A T-LoRA adapter's block at alpha 0 outside Diag-OFT / BOFT",
+        """\
+`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` `alpha` on a `kind = "tlora"` adapter is the
+matched layers' scale alpha / rank, above 0, except on a block of `kind = "diag-oft"` or `"boft"`, where it
+is their constraint (LyCORIS's `constraint`: 0 is none). LyCORIS's modules read an alpha of 0 as their rank
+(TLoraModule's, LoConModule's `alpha or lora_dim`), which a kohya preset file's entry reaches as the
+network's alpha (`alpha or self.alpha`), never as 0.""",
+        help="give the block an alpha above 0 (the rank for scale 1)",
     ),
     Code(
         "DBS612",

@@ -217,11 +217,6 @@ def _tlora_bypass(module: torch.nn.Module, adapter: AdapterPlan, component: str)
         set_tlora_bypass(module, adapter, component)
 
 
-def blocks_of_kind(adapter: AdapterPlan, denoiser: bool) -> tuple:
-    """The denoiser's blocks, else the text encoders'."""
-    return adapter.blocks if denoiser else adapter.text_encoder_blocks
-
-
 def _add_one_kind(
     module: torch.nn.Module,
     adapter: AdapterPlan,
@@ -245,7 +240,8 @@ def _add_one_kind(
             zeros = block_zero_scales(module, config.target_modules, adapter, "" if conv else component)
             if units or zeros:
                 config = with_units(config, adapter, units, zeros)
-        if adapter.kind == "tlora" and any(b.sig_type != "principal" for b in blocks_of_kind(adapter, conv)):
+        blocks = adapter.blocks if conv else adapter.text_encoder_blocks  # the component's
+        if adapter.kind == "tlora" and any(b.sig_type != "principal" for b in blocks):
             from dbspec.runtime.blocks import block_sig_types
             from dbspec.runtime.lycoris_tlora import with_tlora
 
@@ -341,6 +337,11 @@ def _add_one_kind(
             from dbspec.runtime.lycoris_dora import tie_fused_doras  # one column norm per fused layer
 
             tie_fused_doras(module, adapter.fused)
+    if adapter.kind == "lokr":  # no module-dropout draw without a rate, as LokrModule (last: over the
+        # classes above; a decomposed layer's forward already draws so)
+        from dbspec.runtime.peft_draw import use_lycoris_lokr
+
+        use_lycoris_lokr(module, ADAPTER_NAME)
 
 
 def _block_scalars(

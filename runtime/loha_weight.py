@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dbspec.runtime.peft_draw import NoIdleDraw
+
 _CLASSES: dict[type, type] = {}
 
 
@@ -49,31 +51,9 @@ def rank_dropout_mask(weight: torch.Tensor, p: float, rescale: bool) -> torch.Te
     return drop
 
 
-class LycorisLoha:
-    """Mixin put in front of a peft LoHa layer class: LyCORIS's ΔW and rank dropout (module docstring)."""
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """peft's forward, without its module-dropout draw where the rate is 0: peft draws `torch.rand(1)` in
-        every training forward, LyCORIS's LohaModule only with module_dropout (the rank dropout's masks
-        would come from another generator state than LyCORIS's). Run as in evaluation there, the rank
-        dropout still applied as in training (_get_delta_activations)."""
-        rates = [self.module_dropout.get(a, 0.0) for a in self.active_adapters if a in self.module_dropout]
-        if not self.training or any(rates):
-            return super().forward(x, *args, **kwargs)
-        self.training, self.dbspec_training = False, True
-        try:
-            return super().forward(x, *args, **kwargs)
-        finally:
-            self.training, self.dbspec_training = True, False
-
-    def _get_delta_activations(self, adapter_name: str, input: torch.Tensor, *args: Any, **kwargs: Any):
-        if not self.__dict__.get("dbspec_training", False):
-            return super()._get_delta_activations(adapter_name, input, *args, **kwargs)
-        self.training = True  # the rank dropout of a training forward (forward above)
-        try:
-            return super()._get_delta_activations(adapter_name, input, *args, **kwargs)
-        finally:
-            self.training = False
+class LycorisLoha(NoIdleDraw):
+    """Mixin put in front of a peft LoHa layer class: LyCORIS's ΔW and rank dropout (module docstring), and
+    no module-dropout draw without a rate (runtime/peft_draw.py: LohaModule draws none)."""
 
     def get_delta_weight(self, adapter_name: str, *, apply_rank_dropout: bool = False) -> torch.Tensor:
         scale = self.scaling[adapter_name]

@@ -355,3 +355,25 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
                 layer.__dict__["tlora_draws"] = FusedDraws(1, rows)
                 layer.__dict__["tlora_rows"] = (0, rows, True)
     return fitted
+def set_trained_tlora_bypass(module: nn.Module, adapter, component: str = "") -> int:
+    """Each T-LoRA layer of a reloaded `module` (the denoiser; a text encoder, `component` named) in the
+    bypass_mode training gave it (adapters.add_lora): built in its kind's pass's bypass (a tlora adapter's,
+    or mixed_kinds.kind_adapter's where blocks of other kinds share the component: a tlora adapter's with
+    Diag-OFT / BOFT / DyLoRA blocks, another kind's adapter's tlora blocks), then its block's
+    (set_tlora_bypass over that pass's adapter, then over a tlora adapter's own). `adapter`: the plan's. How
+    many layers run the bypass forward."""
+    from dbspec.runtime.mixed_kinds import kind_adapter, other_kinds
+
+    others = other_kinds(adapter, component)
+    if "tlora" not in (adapter.kind, *others):
+        return 0
+    built = kind_adapter(adapter, "tlora", component) if others else adapter
+    layers = [m for m in module.modules() if isinstance(m, TloraLayer)]
+    for layer in layers:
+        layer.tlora_bypass = built.bypass
+    set_tlora_bypass(module, built, component)
+    if (
+        others and adapter.kind == "tlora"
+    ):  # add_lora's own pass over the mixed one's (adapters._tlora_bypass)
+        set_tlora_bypass(module, adapter, component)
+    return sum(layer.tlora_bypass for layer in layers)

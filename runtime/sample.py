@@ -314,6 +314,7 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
     if plan is not None:  # the denoiser's folder is `unet` whatever the family (weights.py save_weights)
         modules["unet"] = getattr(pipe, family_spec(plan.model.family).denoiser)
     adapter = plan.adapter if plan else None
+    tlora = adapter and any(b.kind == "tlora" for b in (*adapter.blocks, *adapter.text_encoder_blocks))
     load_peft_adapters(
         source,
         modules,
@@ -327,8 +328,11 @@ def _with_peft_adapters(source: Path, plan: Plan | None, request: SampleRequest)
         and (adapter.kind in ("lokr", "loha", "boft") or mixed(adapter) or columns(adapter))
         else None,
         bool(adapter and adapter.lokr_rank_stabilized),
-        # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass; a tlora adapter's blocks')
-        blocks=adapter if adapter and (adapter.kind in ("lokr", "tlora") or own_bypass(adapter)) else None,
+        # blocks' own rs_lora (LoKr), bypass_mode (mixed_kinds.own_bypass), T-LoRA layers' (a tlora
+        # adapter's, another kind's tlora blocks': training's, weights.load_peft_adapters)
+        blocks=adapter
+        if adapter and (adapter.kind in ("lokr", "tlora") or own_bypass(adapter) or tlora)
+        else None,
     )
     oft = adapter and (adapter.kind == "diag-oft" or any(b.kind == "diag-oft" for b in adapter.blocks))
     if oft and adapter.fused:  # LyCORIS's one module per fused Linear (a run of several kinds' too)

@@ -404,7 +404,8 @@ def load_peft_adapters(
     on fused layers (runtime/lycoris_boft.py: the parts share the fused module's blocks).
     `lokr_rank_stabilized`: the plan's adapter.lokr_rank_stabilized (those factors at sqrt(rank)); `blocks`:
     the plan's adapter, whose blocks may set their own (`rank_stabilized`, LyCORIS map entries' rs_lora;
-    `bypass`, their bypass_mode: a tlora adapter's too, as adapters._tlora_bypass gives it in training)."""
+    `bypass`, their bypass_mode; each T-LoRA layer's as training gives it: lycoris_tlora.py
+    set_trained_tlora_bypass)."""
     from peft import PeftConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -541,6 +542,9 @@ def load_peft_adapters(
                 from dbspec.runtime.lycoris_dora import tie_fused_doras
 
                 tie_fused_doras(module, fused_lokr.fused)
+        from dbspec.runtime.peft_draw import use_lycoris_lokr
+
+        use_lycoris_lokr(module, "default")  # LoKr layers draw as in training (runtime/peft_draw.py)
         result = set_peft_model_state_dict(module, state)
         if lokr_unit_scale:
             from dbspec.runtime.adapters import unit_scale_full_lokr
@@ -563,10 +567,10 @@ def load_peft_adapters(
         _load_kinds(source, module, lokr_rank_stabilized, fused_lokr if name == "unet" else None, bypass)
         if per_block:
             set_block_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
-        if blocks is not None and not kind_only and blocks.kind == "tlora":  # T-LoRA blocks' own bypass_mode
-            from dbspec.runtime.lycoris_tlora import set_tlora_bypass
+        if blocks is not None and not kind_only:  # T-LoRA layers in training's bypass_mode (their blocks')
+            from dbspec.runtime.lycoris_tlora import set_trained_tlora_bypass
 
-            set_tlora_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
+            set_trained_tlora_bypass(module, blocks, name if name in ALL_TEXT_ENCODERS else "")
         loaded.append(name)
     return loaded
 

@@ -277,7 +277,9 @@ def _tlora_block(block) -> BlockPlan:
         pattern=block.pattern,
         kind=kind,
         rank=block.rank,
-        alpha=block.alpha,
+        alpha=block.alpha,  # a Diag-OFT / BOFT block's constraint
+        unit=block.unit,  # a DyLoRA block's (LyCORIS's block_size)
+        rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )

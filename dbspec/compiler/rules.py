@@ -3202,10 +3202,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
-    block of that kind beside a lora / loha / lokr / dylora adapter's (runtime/blocks.py block_rescaled):
-    DBS591 on a block of another kind."""
+    block of that kind beside a lora / loha / lokr / dylora / tlora adapter's (runtime/blocks.py
+    block_rescaled): DBS591 on a block of another kind."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora"):
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "tlora"):
         return  # OFT adapters' blocks (OftBlock) carry their own
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
@@ -3236,6 +3236,26 @@ def own_bypass_fits(adapter: str, block: str) -> bool:
     (runtime/mixed_kinds.py set_block_bypass)."""
     own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks (DBS605)
     return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
+
+
+@rule("spec")
+def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA adapter's block at alpha 0: the constraint 0 of a Diag-OFT / BOFT block's layers, scale 0 on
+    the others', which LyCORIS never builds (its modules read alpha 0 as the rank): DBS611."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora":
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table)):
+            if block.alpha == 0 and block.kind not in ("diag-oft", "boft"):
+                yield _err(
+                    "DBS611",
+                    ("adapter", table, i, "alpha"),
+                    f'adapter.{table}[{i}].alpha = 0 on a block of kind "{block.kind}" of a tlora adapter: '
+                    "its layers' scale alpha / rank must be above 0 (only a diag-oft or boft block's alpha, "
+                    "their constraint, may be 0)",
+                    codes.help("DBS611"),
+                )
 
 
 @rule("spec")
@@ -3397,16 +3417,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    beside_tlora = ("lora", "loha", "lokr", "full", "ia3", "glora")  # spec TloraBlock: a rank and alpha
-    if own not in (*_MIXED_ADAPTERS, "tlora", "full", "ia3") or (
-        own == "tlora" and block.kind not in beside_tlora
-    ):
+    if own not in (*_MIXED_ADAPTERS, "tlora", "full", "ia3"):
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora, glora, full or ia3, and on tlora adapters "
-            "with blocks of kind lora, loha, lokr, full, ia3 or glora",
+            "one run on adapters of kind lora, loha, lokr, dylora, glora, full, ia3 or tlora",
             codes.help("DBS578"),
         )
         return
@@ -4326,7 +4342,7 @@ def _dylora_kind_blocks_fit(a) -> Iterator[Hit]:
             ):  # GLoRA's: none
                 continue
             for key in ("rank", "conv_rank") if table == "blocks" else ("rank",):
-                if getattr(block, key) % block.unit:
+                if getattr(block, key, 0) % block.unit:  # a T-LoRA adapter's blocks: no conv_rank
                     yield _err(
                         "DBS548",
                         ("adapter", table, i, key),

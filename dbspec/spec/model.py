@@ -2194,10 +2194,11 @@ class TloraBlock:
     kind: BlockKind = option(
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (T-LoRA), or `lora`, `loha`, `lokr`, `full`, "
-        "`ia3`, `glora` in its place on their Linear and 1x1 layers (a LyCORIS "
+        "`ia3`, `glora`, `diag-oft`, `boft`, `dylora` in its place on their Linear and 1x1 layers (a LyCORIS "
         "preset file's `module_algo_map` / `name_algo_map` entry's `algo` on an `algo=tlora` network, SD "
         "1.x/2.x and SDXL), as `[[adapter.blocks]]` `kind`, built with that kind's defaults and the "
-        "adapter's `module_dropout`.",
+        "adapter's `module_dropout` (Diag-OFT / BOFT: the rank their block-size hint, the alpha their "
+        "constraint, their `rescaled`; DyLoRA: the rank in blocks of the block's `unit`).",
         example="lokr",
     )
     rank: int = option(
@@ -2208,8 +2209,12 @@ class TloraBlock:
         maximum=100_000,
     )
     alpha: float = option(
-        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales).", exclusive_minimum=0
+        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); above 0, except on a "
+        "block of `kind` diag-oft or boft, where it is their constraint (0: none; DBS611).",
+        minimum=0,
     )
+    unit: int = _block_unit()
+    rescaled: BlockSwitch = _block_oft_rescaled()
     sig_type: Literal["principal", "last", "middle"] = option(
         "principal",
         doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "

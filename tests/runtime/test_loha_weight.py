@@ -39,7 +39,9 @@ class Net(nn.Module):
         self.conv = nn.Conv2d(32, 24, 3, padding=1)
 
 
-def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = False):
+def _pair(
+    kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = False, module_dropout: float = 0.0
+):
     """(our adapted layer, LyCORIS's module on a copy of the same base layer, the factor names), float64,
     with the same random non-zero factors in both. `scale` "block": the rescale is the layer's block's own
     (a LyCORIS map entry's rank_dropout_scale), the adapter's off."""
@@ -58,13 +60,13 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = 
         conv_targets=("conv",),
         rank_dropout=rank_dropout,
         rank_dropout_scale=scale is True,
+        module_dropout=module_dropout,
         lokr_unit_scale=fields["kind"] == "lokr",
         **fields,
     )
     add_lora(net, plan, ("lin",), seed=3, conv=True)
-    # LyCORIS draws its module-dropout number only when module_dropout is set, peft's LoKr layers always
-    # while training: a vanishing module_dropout makes both draw it (and never skip), so the draws line up.
-    # Our LoHa layers draw it only with module_dropout, as LyCORIS (runtime/loha_weight.py's forward).
+    # our LoHa and LoKr layers draw the module-dropout number only with module_dropout, as LyCORIS
+    # (runtime/peft_draw.py; peft's own draw it in every training forward)
     lyco = getattr(modules, cls)(
         f"lora_unet_{layer}",
         base,
@@ -72,7 +74,7 @@ def _pair(kind: str, layer: str, rank_dropout: float = 0.0, scale: bool | str = 
         RANK,
         ALPHA,
         rank_dropout=rank_dropout,
-        module_dropout=1e-300 if fields["kind"] == "lokr" else 0.0,
+        module_dropout=module_dropout,
         rank_dropout_scale=bool(scale),
         **extra,
     ).double()
@@ -226,3 +228,117 @@ def test_converted_layers_pickle_by_reference(dora):
     x = torch.randn(2, 32, 6, 6)
     torch.testing.assert_close(back.conv(x), net.conv(x), rtol=0, atol=0)
     assert type(back.conv).__name__ == name and isinstance(back.conv, LycorisLoha)
+
+
+# --- the generator: LyCORIS draws the module-dropout number only with a rate (runtime/peft_draw.py) ---
+
+
+@pytest.mark.parametrize("module_dropout", [0.0, 0.5])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_training_forwards_draw_what_lycoris_draws(kind, module_dropout):
+    """From the same generator state, training forwards (rank dropout 0.3 too) give LyCORIS's outputs and
+    leave the generator where LyCORIS's module leaves it: no draw for the module dropout without a rate
+    (peft's layers draw one in every forward), one per forward with it."""
+    for layer in ("lin", "conv"):
+        ours, lyco, _ = _pair(kind, layer, rank_dropout=0.3, module_dropout=module_dropout)
+        x = _input(layer)
+        ours.train(), lyco.train()
+        skipped = 0
+        for seed in range(4):
+            torch.manual_seed(seed)
+            out = ours(x)
+            state = torch.get_rng_state()
+            torch.manual_seed(seed)
+            ref = lyco.org_module[0](x)
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+            assert torch.equal(state, torch.get_rng_state()), (layer, seed)
+            skipped += torch.equal(out, ours.base_layer(x))
+        assert (skipped > 0) == (module_dropout > 0) and skipped < 4  # the skip is drawn, when it is
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = (nn.Linear(16, 16) for _ in range(3))
+
+
+class _Fused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.transformer_blocks = nn.ModuleList([_Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.transformer_blocks[0]
+        return torch.cat([block.to_q(x), block.to_k(x), block.to_v(x)], dim=-1)
+
+
+def _nonzero(layer: nn.Module) -> None:
+    """LyCORIS starts a LoKr's second factor at zero: give the update a value."""
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if name.startswith("lokr_w2"):
+                param.normal_()
+
+
+def _no_draw(module: nn.Module, layers: list[nn.Module], x: torch.Tensor) -> None:
+    """Every layer draws as LokrModule; a training forward of `module` leaves the generator as it was and
+    gives the evaluation forward's output (no dropout set)."""
+    from dbspec.runtime.peft_draw import LycorisLokr
+
+    assert layers and all(isinstance(layer, LycorisLokr) for layer in layers)
+    module.eval()
+    expected = module(x)
+    module.train()
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    torch.testing.assert_close(module(x), expected, rtol=0, atol=0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_fused_mixed_and_loaded_lokr_layers_draw_nothing_without_module_dropout(tmp_path):
+    """The other paths building peft LoKr layers: a fused Linear's parts (Flux / SD3), a LoHa adapter's LoKr
+    block (mixed kinds), and a run's folder loaded back (dbspec sample) draw no module-dropout number."""
+    from peft.tuners.lokr import LoKrLayer
+
+    from dbspec.plan.model import FusedPlan
+    from dbspec.runtime.weights import load_peft_adapters, save_peft_adapters
+
+    fused = _Fused()
+    group = FusedPlan(name="qkv", blocks="transformer_blocks", parts=("to_q", "to_k", "to_v"))
+    plan = AdapterPlan(
+        kind="lokr", rank=RANK, alpha=ALPHA, denoiser_targets=("to_q", "to_k", "to_v"), fused=(group,)
+    )
+    plan = attrs.evolve(plan, lokr_factorization="lycoris", lokr_unit_scale=True)
+    add_lora(fused, plan, ("to_q", "to_k", "to_v"), seed=3, conv=True)
+    parts = [m for m in fused.modules() if isinstance(m, LoKrLayer)]
+    assert type(parts[0]).__name__ == "LycorisLokr_FusedLokr_Linear"
+    _nonzero(parts[0])
+    _no_draw(fused, parts, torch.randn(3, 16))
+
+    net = Net()
+    block = BlockPlan(pattern="conv", rank=RANK, alpha=ALPHA, conv_rank=RANK, conv_alpha=ALPHA, kind="lokr")
+    mixed = AdapterPlan(
+        kind="loha",
+        rank=RANK,
+        alpha=ALPHA,
+        denoiser_targets=("lin",),
+        conv_rank=RANK,
+        conv_alpha=ALPHA,
+        conv_targets=("conv",),
+        blocks=(block,),
+    )
+    add_lora(net, mixed, ("lin",), seed=3, conv=True)
+    assert isinstance(net.lin, LycorisLoha)
+    _nonzero(net.conv)
+    _no_draw(net.conv, [net.conv], torch.randn(2, 32, 6, 6))
+
+    lokr = Net()
+    add_lora(lokr, AdapterPlan(kind="lokr", rank=RANK, alpha=ALPHA, denoiser_targets=("lin",)), ("lin",), 3)
+    _nonzero(lokr.lin)
+    save_peft_adapters(tmp_path, {"unet": lokr}, torch.float32)
+    back = Net()
+    assert load_peft_adapters(tmp_path, {"unet": back}) == ["unet"]
+    x = torch.randn(3, 64)
+    _no_draw(back.lin, [back.lin], x)
+    torch.testing.assert_close(back.lin(x), lokr.lin(x), rtol=0, atol=0)

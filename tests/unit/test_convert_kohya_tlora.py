@@ -180,12 +180,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "sign flipped",
         ),
         ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "", ""),
-        (
-            "diag-oft entry",
-            _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n',
-            "DBS403",
-            "lora, loha, lokr, full, ia3 and glora",
-        ),
+        ("diag-oft entry", _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n', "", ""),
         (
             "entry option",
             _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nfactor = 4\n',
@@ -377,3 +372,55 @@ def test_tlora_start_file_is_checked_at_plan_time(tmp_path):
     planned = _plan(tmp_path, adapter + '"t.safetensors"', train, base="builtin:tiny-flux", kind="tlora")
     (hit,) = [d for d in planned.diagnostics if d.code == "DBS356"]
     assert "on Flux with adapter.fused_projections" in hit.message  # each part its own SVD: no kohya file
+
+
+def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
+    """Diag-OFT, BOFT and DyLoRA entries on an algo=tlora network (was DBS403): blocks of that kind as
+    create_single_module builds them, the entry's dim (else the network's) their block-size hint / rank,
+    the network's constraint 0 (the OFT blocks' alpha) unrescaled, DyLoRA in blocks of the network's
+    block_size 4 (the block's unit); a DyLoRA dim that is not a multiple stops kohya (DyLoraModule asserts,
+    DBS402), the network's block_size / constraint / rescaled beside them stay DBS403, the entries' own
+    constraint / rescaled (Diag-OFT, BOFT) and block_size (DyLoRA) are their blocks'
+    (tests/runtime/test_lycoris_tlora_oft_dylora.py checks them against lycoris-lora 4.1.3)."""
+    text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention", "CLIPMLP"]\n', 1)
+    text += '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n'
+    text += '[module_algo_map.BasicTransformerBlock]\nalgo = "dylora"\n'
+    text += '[module_algo_map.CLIPMLP]\nalgo = "boft"\ndim = 4\n'
+    write(tmp_path / "p.toml", text)
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "module_dropout=0.1"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, a.module_dropout) == ("tlora", 8, 4.0, 0.1)
+    blocks = {b.kind: b for b in a.blocks}
+    assert set(blocks) == {"diag-oft", "dylora"}
+    oft, dylora = blocks["diag-oft"], blocks["dylora"]
+    assert (oft.rank, oft.alpha, oft.rescaled) == (8, 0.0, "adapter") and "ff" in oft.pattern
+    assert (dylora.rank, dylora.alpha, dylora.unit) == (8, 4.0, 4) and "to_q" in dylora.pattern
+    ((boft,),) = (a.text_encoder_blocks,)
+    assert (boft.kind, boft.rank, boft.alpha) == ("boft", 4, 0.0) and "fc1" in boft.pattern
+    assert not a.oft_rescaled and a.oft_constraint == 0.0
+    for args, code, words in (
+        ('"block_size=8"', "DBS403", "block_size"),
+        ('"constraint=0.1"', "DBS403", "constraint"),
+        ('"rescaled=True"', "DBS403", "rescaled"),
+    ):
+        folder = tmp_path / words
+        write(folder / "p.toml", text)
+        outcome = _lycoris(folder, f'"algo=tlora", "preset=p.toml", {args}')
+        assert code in codes(outcome) and words in messages(outcome, code), args
+    write(tmp_path / "odd" / "p.toml", text.replace('algo = "dylora"\n', 'algo = "dylora"\ndim = 6\n'))
+    outcome = _lycoris(tmp_path / "odd", '"algo=tlora", "preset=p.toml"')
+    assert "DBS402" in codes(outcome) and "lora_dim % block_size" in messages(outcome, "DBS402")
+    # the entries' own constraint, rescaled and block_size: their blocks' alpha, rescaled and unit; another
+    # option of theirs (the OFTs' block_size, DyLoRA's rescaled) stays DBS403
+    own = text.replace('algo = "diag-oft"\n', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = true\n')
+    own = own.replace('algo = "dylora"\n', 'algo = "dylora"\nblock_size = 2\n')
+    write(tmp_path / "own" / "p.toml", own)
+    outcome = _lycoris(tmp_path / "own", '"algo=tlora", "preset=p.toml"')
+    assert outcome.exit_code == 0, errors(outcome)
+    blocks = {b.kind: b for b in plan_of(outcome, tmp_path / "own").adapter.blocks}
+    assert (blocks["diag-oft"].alpha, blocks["diag-oft"].rescaled, blocks["dylora"].unit) == (0.001, "on", 2)
+    other = own.replace("block_size = 2\n", "block_size = 2\nrescaled = true\n")
+    write(tmp_path / "other" / "p.toml", other)
+    outcome = _lycoris(tmp_path / "other", '"algo=tlora", "preset=p.toml"')
+    assert "DBS403" in codes(outcome) and "rescaled on an algo=tlora" in messages(outcome, "DBS403")

@@ -587,6 +587,18 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (  # a T-LoRA adapter's block at alpha 0: only a Diag-OFT / BOFT block's (their constraint)
+        rules.tlora_block_alpha,
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\n'
+        + "rank = 4\nalpha = 0.0\n"
+        + DOG
+        + STEPS,
+        [("DBS611", "error", ("adapter", "blocks", 0, "alpha"))],
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\n'
+        + "rank = 4\nalpha = 0.0\n"
+        + DOG
+        + STEPS,
+    ),
     (  # Diag-OFT's rank dropout acts only in its default forward (the norm offsets draw it in bypass too)
         rules.oft_rank_dropout_not_in_bypass,
         '[adapter]\nkind = "diag-oft"\nrank_dropout = 0.1\nbypass = true\n' + DOG + STEPS,
@@ -3388,16 +3400,17 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 
 
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
-    """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora (their rank and alpha), not
-    of kinds whose blocks carry more, and not with its bypass or max_norm (DBS578); on Flux too (DBS604
-    reserved)."""
+    """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft and dylora
+    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578); on Flux too (DBS604
+    reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
-    assert hits_of(rules.mixed_block_kinds, tlora + block.format("lokr")) == []
-    for kind in ("diag-oft", "dylora"):
-        assert hits_of(rules.mixed_block_kinds, tlora + block.format(kind)) == [
-            ("DBS578", "error", ("adapter", "blocks", 0, "kind"))
-        ]
+    for kind in ("lokr", "diag-oft", "boft", "dylora"):
+        assert hits_of(rules.mixed_block_kinds, tlora + block.format(kind) + "unit = 4\n") == []
+    for kind, code in (("diag-oft", []), ("boft", []), ("lokr", [("adapter", "blocks", 0, "alpha")])):
+        zero = tlora + block.format(kind).replace("alpha = 4.0", "alpha = 0.0")
+        assert [h[2] for h in hits_of(rules.tlora_block_alpha, zero) if h[0] == "DBS611"] == code, kind
+    assert hits_of(rules.tlora_block_alpha, tlora + block.format("boft")) == []
     bypass = tlora.replace('"tlora"\n', '"tlora"\nbypass = true\nmax_norm = 1.0\n')
     assert {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format("loha"))} == {
         ("adapter", "bypass"),

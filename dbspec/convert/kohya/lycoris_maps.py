@@ -503,8 +503,9 @@ def _mixed_kinds(
     return [layer for layer in other if layer not in unet]
 
 
-# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank
-# and alpha; the adapter's module_dropout alone reaches them): those modules read them, TLoraModule does not
+# the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank,
+# alpha and DyLoRA's unit; the adapter's module_dropout alone reaches them): those modules read them,
+# TLoraModule does not
 _TLORA_NETWORK_OFF = (
     "dropout",
     "rank_dropout",
@@ -521,21 +522,19 @@ _TLORA_NETWORK_OFF = (
 )
 
 
+# what a T-LoRA adapter's block of another kind carries of its entry's own options (spec TloraBlock: the OFTs'
+# constraint as its alpha, `rescaled`; DyLoRA's block size as its `unit`), checked by _oft_own / _dylora_own
+_TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint", "rescaled")}
+_TLORA_BLOCK_OWN["dylora"] = ("block_size",)
+
+
 def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
-    LyCORIS's create_single_module gives them conv_dim), with an option of their own, or beside a network
-    option those modules read (their defaults are built, the network's `module_dropout` alone handed on), or
-    of an algorithm whose block carries more than a rank and alpha (Diag-OFT's / BOFT's constraint, DyLoRA's
-    block size)."""
-    carried = next((layer for layer in layers if _algo(layer.algo) in (*_OFT, "dylora")), None)
-    if carried is not None:
-        raise PresetError(
-            f"`{carried.source}` gives {carried.path} algo = {carried.algo!r} on an algo=tlora network: "
-            "dbspec's T-LoRA adapter takes blocks of kind lora, loha, lokr, full, ia3 and glora beside its "
-            "own",
-            False,
-        )
+    LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
+    (_TLORA_BLOCK_OWN), or beside a network option those modules read (their defaults are built, the
+    network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
+    size 4, a block's `unit`)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -543,12 +542,16 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             "network: dbspec's T-LoRA adapter takes blocks of other kinds on Linear and 1x1 layers only",
             False,
         )
-    own = next((layer for layer in layers if layer.options), None)
+
+    def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry
+        return [k for k, _ in layer.options if k not in _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())]
+
+    own = next((layer for layer in layers if extra(layer)), None)
     if own is not None:
-        keys = ", ".join(k for k, _ in own.options)
         raise PresetError(
-            f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {keys} on an algo=tlora network: "
-            "dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and alpha only",
+            f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
+            "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
+            "alpha only (Diag-OFT / BOFT their constraint and rescaled, DyLoRA its block_size)",
             False,
         )
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
