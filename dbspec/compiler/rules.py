@@ -3277,8 +3277,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in (*_MIXED_ADAPTERS, "full", "ia3"):
         return
     table, i, block = other[0]
-    # a full / IA^3 adapter's blocks of other kinds (ScaleBlock's `kind`): on the U-Net families alone
-    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own in ("full", "ia3")):
+    if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
@@ -3298,6 +3297,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     ]
     if own in ("dylora", "glora") and not whole:  # a GLoRA adapter's own layers: one GLoRAModule per fused
         whole = [(table, i, block.kind)]
+    if own in ("full", "ia3") and not whole:  # a full / IA^3 adapter's denoiser blocks of other kinds: one
+        whole = [(t, j, b.kind) for t, j, b in other if t == "blocks"][:1]  # module of the kind per fused
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
         yield _err(

@@ -448,8 +448,6 @@ def _mixed_kinds(
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
         return other  # T-LoRA's too; full's and IA^3's on SD 1.x/2.x and SDXL (their ScaleBlock's `kind`)
-    if _algo(algo) in _NO_DIMS and not unet:  # no fused-layer form of their blocks of other kinds
-        return other
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
