@@ -94,15 +94,34 @@ def _block(blocks, path: str):
     return next((b for b in blocks if re.search(b.pattern, path)), None)
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3"])
-def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo):
+def _with_dora(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors) -> dict:
+    """_lycoris_network's, the network's dora_wd handed on (create_network's weight_decompose)."""
+    import copy
+
+    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
+
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), dora_wd="True"
+    )
+    made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    return {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
+
+
+@pytest.mark.parametrize(("algo", "dora"), [("full", False), ("ia3", False), ("ia3", True)])
+def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo, dora):
     """The converted plan's model (random adapter weights, no training) exported: lycoris-lora's
     create_network from the same file on kohya's Flux Linears builds every module of the export (loaded
     strictly) in the class the file gives it, the network's FullModule / IA3Module elsewhere, the low-rank
     modules at their block's scale, each computing what the plan's (fused) layers compute; with
     `--scale_weight_norms` dbspec's LyCORIS max norm over the same layers scales the entries' LoCon, LoHa,
     LoKr and Diag-OFT modules alone, as apply_max_norm_regularization does (count, mean and largest norm,
-    the outputs after)."""
+    the outputs after); with `dora_wd` instead (no max norm beside it) the LoCon / LoHa / LoKr modules
+    decomposed, each fused Linear whole, as lycoris-lora's network with weight_decompose builds them."""
     from dbspec.runtime.families import family_runtime
     from dbspec.runtime.lycoris_export import lycoris_state
     from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
@@ -110,14 +129,15 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = _file(tmp_path, FLUX_FILE)
-    args = f'"algo={algo}" "preset={file.name}"'
+    args = f'"algo={algo}" "preset={file.name}"' + (' "dora_wd=True"' if dora else "")
     plan = plan_of(
-        flux_lycoris(tmp_path, args, "--scale_weight_norms 1.0"),
+        flux_lycoris(tmp_path, args, "" if dora else "--scale_weight_norms 1.0"),
         tmp_path,
         ["model.base=builtin:tiny-flux", *_BASE],
     )
     a = plan.adapter
-    assert a.kind == algo and a.fused and (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert a.kind == algo and a.fused and a.max_norm == (0.0 if dora else 1.0)
+    assert {b.dora for b in a.blocks if b.kind in ("lokr", "loha", "lora")} == {"on" if dora else "adapter"}
     assert {b.kind for b in a.blocks} == {"lokr", "loha", "lora", "glora", "diag-oft"}
     assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [("loha", 2, 1.0)]
     comps = family_runtime(plan.model.family).load(plan)
@@ -133,7 +153,12 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+    if dora:
+        theirs = _with_dora(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+        decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+        assert decomposed == {n for n, m in theirs.items() if type(m).__name__ in _SCALED[:3]}
+    else:
+        theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
     expected = {
         **dict.fromkeys(("double_blocks.0.img_attn.proj", "double_blocks.0.txt_attn.proj"), _OWN[algo])
     }
@@ -150,6 +175,8 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
                 pytest.approx(block.alpha / block.rank),
             )
     _check_kohya_outputs(tree, layers, set(unet_names))
+    if dora:
+        return
 
     # LyCORIS's max norm: the entries' LoCon / LoHa / LoKr / Diag-OFT modules alone
     by_layer = {id(m.layer): m for m in lycoris_norm_modules(unet, [], a.fused)}
@@ -312,3 +339,30 @@ def test_sd3_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_path,
     loaded = {m.lora_name for m in network.unet_loras}
     assert loaded == {"lora_unet_" + p.replace(".", "_") for p, c in expected.items() if c != "IA3Module"}
     _check_kohya_outputs(tree, {p: v for p, v in layers.items() if expected.get(p) != "IA3Module"}, loaded)
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch, algo):
+    """The network's `module_dropout` on a full / IA^3 network with LoKr / LoHa / LoCon / IA^3 entries on
+    Flux: every LyCORIS module (a fused Linear one) draws once per training forward as its class does,
+    test_lycoris_mixed_flow_dropout.py's check (outputs and generator state against lycoris-lora's network
+    from the same file, its tiny run resumed bit-exact there)."""
+    from tests.runtime.test_lycoris_mixed_flow_dropout import RATE, _converted, _draws_as_lycoris
+    from tests.runtime.test_lycoris_mixed_flow_full import FLUX_FILE as PLACED
+
+    file = tmp_path / "mixed.toml"
+    text = PLACED.replace("OTHER", "locon").replace("QKV", "lokr").replace("LINEAR1", "loha")
+    file.write_text(text, encoding="utf-8")
+    base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]  # every module trained in some step
+    plan = _converted(tmp_path, file.name, algo, base)
+    assert (plan.adapter.kind, plan.adapter.module_dropout) == (algo, RATE) and plan.adapter.fused
+    kinds = {"lokr", "loha", "lora", "ia3", "full"} - {algo}
+    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base)
+    assert {type(m).__name__ for m in theirs.values()} == {
+        "FullModule",
+        "IA3Module",
+        "LokrModule",
+        "LohaModule",
+        "LoConModule",
+    }
+    assert fused == 3  # img qkv, txt qkv, linear1
