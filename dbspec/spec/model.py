@@ -1412,8 +1412,8 @@ class ScaleBlock:
         doc="The matched layers' adapter algorithm: `adapter` (the adapter's full or IA^3, at the block's "
         "`lr_scale`; `rank` and the other sizes unused), or `lora`, `loha`, `lokr`, `diag-oft`, `boft`, "
         "`glora`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's "
-        "`algo` on an `algo=full` / `algo=ia3` network, SD 1.x/2.x and SDXL), at the block's `rank`, "
-        "`alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
+        "`algo` on an `algo=full` / `algo=ia3` network; on Flux, SD3 and Chroma with `fused_projections`), "
+        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
         example="lora",
     )
     rank: int = option(

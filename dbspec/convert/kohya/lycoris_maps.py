@@ -155,12 +155,12 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 # why a network of these algorithms holds no block of another kind
 _NO_KIND_BLOCKS = {
-    "ia3": " (an IA^3 adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
-    "options of their own beyond a rank, alpha, unit and dora)",
+    "ia3": " (an IA^3 adapter's [[adapter.blocks]] of another kind: without options of their own beyond a "
+    "rank, alpha, unit and dora)",
     "diag-oft": " (a Diag-OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
     "boft": " (a BOFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
-    "full": " (a full adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
-    "options of their own beyond a rank, alpha, unit and dora)",
+    "full": " (a full adapter's [[adapter.blocks]] of another kind: without options of their own beyond a "
+    "rank, alpha, unit and dora)",
 }
 
 
@@ -197,7 +197,7 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
-            "LoKr, DyLoRA and GLoRA (SD 1.x/2.x and SDXL: full and IA^3 too) networks' layers and "
+            "LoKr, DyLoRA, GLoRA, full and IA^3 networks' layers and "
             "LoRA/LoCon, LoHa, LoKr, full, "
             "ia3, diag-oft, boft, glora or dylora entries, on SD 1.x/2.x, "
             "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
@@ -447,7 +447,7 @@ def _mixed_kinds(
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
-        return other  # T-LoRA's too; full's and IA^3's on SD 1.x/2.x and SDXL (their ScaleBlock's `kind`)
+        return other  # T-LoRA's, full's and IA^3's too (their ScaleBlock's `kind`)
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
