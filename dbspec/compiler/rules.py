@@ -3120,8 +3120,8 @@ _MIXED_OFF = {
 }
 
 
-# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3:
-# the U-Net families, mixed_kinds_family)
+# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3's
+# ScaleBlock `kind` too)
 _MIXED_ADAPTERS = ("lora", "loha", "lokr", "dylora", "glora")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
@@ -3406,8 +3406,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
     # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
-    # from their kind's defaults): not expressed beside other kinds; IA^3's bypass likewise
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora", "ia3") else {})}
+    # from their kind's defaults): not expressed beside other kinds. An IA^3 adapter's bypass is LyCORIS's
+    # network bypass_mode, which every module reads: its blocks' layers are built in it too (mixed_kinds.py
+    # kind_adapter; Diag-OFT / BOFT / DyLoRA in their bypass forward, the others' computing their default one)
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(

@@ -94,8 +94,8 @@ def _block(blocks, path: str):
     return next((b for b in blocks if re.search(b.pattern, path)), None)
 
 
-def _with_dora(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors) -> dict:
-    """_lycoris_network's, the network's dora_wd handed on (create_network's weight_decompose)."""
+def _with_args(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors, **network_args) -> dict:
+    """_lycoris_network's, `network_args` handed on (kohya's --network_args: dora_wd, bypass_mode)."""
     import copy
 
     from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
@@ -104,7 +104,7 @@ def _with_dora(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors)
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), dora_wd="True"
+        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **network_args
     )
     made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)
@@ -112,8 +112,11 @@ def _with_dora(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors)
     return {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
 
 
-@pytest.mark.parametrize(("algo", "dora"), [("full", False), ("ia3", False), ("ia3", True)])
-def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo, dora):
+@pytest.mark.parametrize(
+    ("algo", "args"),
+    [("full", {}), ("ia3", {}), ("ia3", {"dora_wd": "True"}), ("ia3", {"bypass_mode": "True"})],
+)
+def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo, args):
     """The converted plan's model (random adapter weights, no training) exported: lycoris-lora's
     create_network from the same file on kohya's Flux Linears builds every module of the export (loaded
     strictly) in the class the file gives it, the network's FullModule / IA3Module elsewhere, the low-rank
@@ -121,7 +124,9 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     `--scale_weight_norms` dbspec's LyCORIS max norm over the same layers scales the entries' LoCon, LoHa,
     LoKr and Diag-OFT modules alone, as apply_max_norm_regularization does (count, mean and largest norm,
     the outputs after); with `dora_wd` instead (no max norm beside it) the LoCon / LoHa / LoKr modules
-    decomposed, each fused Linear whole, as lycoris-lora's network with weight_decompose builds them."""
+    decomposed, each fused Linear whole, as lycoris-lora's network with weight_decompose builds them; with
+    IA^3's `bypass_mode` (was DBS403, a spec's DBS578) every module in LyCORIS's bypass forward (IA3Module's
+    and DiagOFTModule's scale and rotate the output, its bias too; the others compute their default one)."""
     from dbspec.runtime.families import family_runtime
     from dbspec.runtime.lycoris_export import lycoris_state
     from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
@@ -129,14 +134,16 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = _file(tmp_path, FLUX_FILE)
-    args = f'"algo={algo}" "preset={file.name}"' + (' "dora_wd=True"' if dora else "")
+    dora, bypass = "dora_wd" in args, "bypass_mode" in args
+    network_args, more = args, "".join(f' "{k}={v}"' for k, v in args.items())
+    command = f'"algo={algo}" "preset={file.name}"{more}'
     plan = plan_of(
-        flux_lycoris(tmp_path, args, "" if dora else "--scale_weight_norms 1.0"),
+        flux_lycoris(tmp_path, command, "" if args else "--scale_weight_norms 1.0"),
         tmp_path,
         ["model.base=builtin:tiny-flux", *_BASE],
     )
     a = plan.adapter
-    assert a.kind == algo and a.fused and a.max_norm == (0.0 if dora else 1.0)
+    assert a.kind == algo and a.fused and a.max_norm == (0.0 if args else 1.0) and a.bypass == bypass
     assert {b.dora for b in a.blocks if b.kind in ("lokr", "loha", "lora")} == {"on" if dora else "adapter"}
     assert {b.kind for b in a.blocks} == {"lokr", "loha", "lora", "glora", "diag-oft"}
     assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [("loha", 2, 1.0)]
@@ -153,10 +160,13 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    if dora:
-        theirs = _with_dora(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+    if dora or bypass:
+        theirs = _with_args(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors, **network_args)
         decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
-        assert decomposed == {n for n, m in theirs.items() if type(m).__name__ in _SCALED[:3]}
+        assert decomposed == (
+            {n for n, m in theirs.items() if type(m).__name__ in _SCALED[:3]} if dora else set()
+        )
+        assert {bool(m.bypass_mode) for m in theirs.values()} == {bypass}
     else:
         theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
     expected = {
@@ -175,7 +185,7 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
                 pytest.approx(block.alpha / block.rank),
             )
     _check_kohya_outputs(tree, layers, set(unet_names))
-    if dora:
+    if args:
         return
 
     # LyCORIS's max norm: the entries' LoCon / LoHa / LoKr / Diag-OFT modules alone

@@ -118,8 +118,6 @@ def test_flux_max_norm_and_dora_wd_reach_the_entries(tmp_path, algo):
         # the network's rank_dropout: the LoCon / LoHa / LoKr entries draw it (FullModule too, IA3Module not)
         ("full", '"rank_dropout=0.1"', FLUX, "rank_dropout"),
         ("ia3", '"rank_dropout=0.1"', FLUX, "rank_dropout"),
-        # IA3Module's bypass forward beside the entries' layers: not expressed (their blocks take no bypass)
-        ("ia3", '"bypass_mode=True"', FLUX, "bypass_mode"),
         # a LoKr entry's own factor: the blocks carry no LoKr split
         ("full", "", FLUX.replace("dim = 4\nalpha = 2\n", "dim = 4\nalpha = 2\nfactor = 4\n", 1), "factor"),
     ],

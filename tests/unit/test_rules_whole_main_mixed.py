@@ -1,6 +1,6 @@
 """A full / IA^3 adapter's [[adapter.blocks]] of another `kind` (LyCORIS preset entries of another algorithm
 on an algo=full / ia3 network, issue 12): on SD 1.x/2.x, SDXL, and Flux / SD3 / Chroma with
-fused_projections, with the options every kind builds alike; DBS578 for IA^3's bypass and the full adapter's
+fused_projections, with the options every kind builds alike; DBS578 for the full adapter's
 rank dropout."""
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ def test_blocks_of_another_kind_on_the_unet_families(kind):
 @pytest.mark.parametrize(
     ("kind", "option"),
     [
-        ("ia3", "bypass = true"),
         ("full", "rank_dropout = 0.1"),
     ],
 )
@@ -41,6 +40,12 @@ def test_options_the_kinds_do_not_build_alike(kind, option):
     key = option.split(" ")[0]
     assert hits_of(rules.mixed_block_kinds, body) == [("DBS578", "error", ("adapter", key))]
     assert hits_of(rules.mixed_block_kinds, body.replace(LOCON, "")) == []
+
+
+def test_ia3_bypass_beside_other_kinds():
+    """IA^3's bypass is LyCORIS's network bypass_mode, which its blocks' layers take too (issue 12)."""
+    body = DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n' + LOCON
+    assert hits_of(rules.mixed_block_kinds, body) == []
 
 
 @pytest.mark.parametrize("kind", ["full", "ia3"])

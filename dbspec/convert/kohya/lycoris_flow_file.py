@@ -323,7 +323,7 @@ def flux_preset_file(
     # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
     # output: lycoris_flux.py; a dropout stays DBS403), and an entry's own bypass_mode their block's
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
-    bypass = kind in ("lora", "loha", "lokr", "dylora")
+    bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
     blocks, text_blocks, inert = map_blocks(
         found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass, entry_bypass=True
     )

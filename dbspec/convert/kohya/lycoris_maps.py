@@ -467,7 +467,9 @@ def _mixed_kinds(
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    glora = _algo(algo) in ("glora", *_NO_DIMS)  # these adapters' blocks of other kinds take no bypass
+    # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
+    # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
+    glora = _algo(algo) in ("glora", "full")
     if "bypass_mode" in on and not drops and bypass and not glora:
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     elif (  # no adapter.bypass for the blocks: inert kinds only
@@ -477,6 +479,20 @@ def _mixed_kinds(
         and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
     ):
         on.remove("bypass_mode")
+    decomposing = [layer for layer in unet if _algo(layer.algo) in _BLOCK_KINDS]
+    if (
+        _algo(algo) == "ia3"
+        and network.get("bypass_mode")
+        and network.get("weight_decompose")
+        and decomposing
+    ):
+        raise PresetError(  # the network's pair (network.py's BYPASS_DORA), reaching its entries alone
+            f"`{decomposing[0].source}` gives {decomposing[0].path} algo = {decomposing[0].algo!r} on an "
+            "algo=ia3 network with bypass_mode and dora_wd: with bypass_mode LyCORIS's forward never applies "
+            "the weight decomposition, so dora_scale gets no gradient, yet the saved file carries it and its "
+            "loaders decompose with it: the file does not compute what kohya trained",
+            True,
+        )
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
