@@ -125,3 +125,13 @@ def test_flux_max_norm_and_dora_wd_reach_the_entries(tmp_path, algo):
 def test_what_the_blocks_do_not_carry_is_refused(tmp_path, algo, args, preset, said):
     outcome = _flux(tmp_path, preset, f'"algo={algo}" {args}', allow=True)
     assert said in _refused(outcome)
+
+
+def test_ia3_bypass_mode_with_dora_wd_is_invalid(tmp_path):
+    """IA^3's bypass_mode converts beside the entries (the adapter's `bypass`); with dora_wd reaching its
+    LoCon / LoHa / LoKr entries LyCORIS never applies their decomposition, yet saves dora_scale: DBS402."""
+    outcome = _flux(tmp_path / "plain", FLUX, '"algo=ia3" "bypass_mode=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path / "plain").adapter.bypass
+    outcome = _flux(tmp_path / "dora", FLUX, '"algo=ia3" "bypass_mode=True" "dora_wd=True"', allow=True)
+    assert "never applies the weight decomposition" in messages(outcome, "DBS402")
