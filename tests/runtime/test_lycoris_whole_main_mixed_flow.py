@@ -227,16 +227,18 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
     entries' LoCon / LoHa / LoKr / Diag-OFT modules within the limit after the run) and exports kohya's names
     alone: lycoris-lora's create_network from the file loads the export strictly, its classes the file's, and
     create_network_from_weights rebuilds every module from it, both computing the trained (fused) layers'
-    outputs, CLIP-L's LoHa modules too."""
+    outputs, CLIP-L's LoHa modules too, and T5-XXL's LoCon modules (a T5 entry of another algorithm:
+    train.t5 with text-encoder blocks of its kind)."""
     from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
     from tests.unit.convert_kit import flux_lycoris
 
     limit = 1e-3
-    file = _file(tmp_path, FLUX_FILE)
+    text = FLUX_FILE.replace('["CLIPAttention"]', '["CLIPAttention", "T5Attention"]')
+    file = _file(tmp_path, text + '[module_algo_map.T5Attention]\nalgo = "locon"\ndim = 2\nalpha = 1\n')
     flux_lycoris(tmp_path, f'"algo=full" "preset={file.name}"', f"--scale_weight_norms {limit}")
     base = ["model.base=builtin:tiny-flux", *_BASE]
     plan, whole, tensors = _run(tmp_path, {"lokr", "loha", "lora", "glora", "diag-oft"}, base, resume=False)
-    assert (plan.adapter.kind, plan.adapter.max_norm) == ("full", limit)
+    assert (plan.adapter.kind, plan.adapter.max_norm) == ("full", limit) and plan.adapter.t5_targets
     unet = whole.components.unet.eval()
     modules = lycoris_norm_modules(unet, [], plan.adapter.fused)
     assert {m.kind for m in modules} == {"lora", "loha", "lokr", "oft"}  # no full / GLoRA layer
@@ -252,7 +254,10 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
     clip_trained = whole.components.text_encoders[0]
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(clip_trained))
-    theirs = _lycoris_network(monkeypatch, "full", file, [clip, nn.Module()], tree, tensors)
+    t5_trained = whole.components.text_encoders[1]
+    t5 = _unwrapped(t5_trained)
+    theirs = _lycoris_network(monkeypatch, "full", file, [clip, t5], tree, tensors)
+    assert {type(m).__name__ for n, m in theirs.items() if n.startswith("lora_te2_")} == {"LoConModule"}
     expected = {p: "FullModule" for p in ("double_blocks.0.img_attn.proj", "double_blocks.0.txt_attn.proj")}
     expected |= {"single_blocks.0.linear2": "FullModule", **FLUX_KINDS}
     unet_names = {n for n in names if n.startswith("lora_unet_")}
@@ -266,6 +271,12 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
     with torch.no_grad():
         assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)
         torch.testing.assert_close(clip.get_submodule(f"text_model.{name}")(x), layer(x), rtol=0, atol=1e-5)
+    name = "encoder.block.0.layer.0.SelfAttention.o"
+    layer = dict(t5_trained.named_modules())[name]
+    x = torch.randn(3, layer.base_layer.in_features)
+    with torch.no_grad():
+        assert not torch.allclose(layer(x), layer.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(t5.get_submodule(name)(x), layer(x), rtol=0, atol=1e-5)
 
     tree = _kohya_tree(layers)  # create_network_from_weights: every module from the file's keys
     network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
