@@ -36,8 +36,9 @@ from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # LoKr on the double blocks' image q/k/v, LoHa on the single blocks' linear1, LoCon on the text q/k/v,
-# GLoRA on img_in, Diag-OFT on txt_in, LoHa on CLIP-L's attention; the network's FullModule / IA3Module on
-# the attention projections and linear2
+# GLoRA on img_in, Diag-OFT on txt_in, BOFT on the image stream's out projection (FLUX.1's 3072 rows in
+# blocks of 6), LoHa on CLIP-L's attention; the network's FullModule / IA3Module on the text stream's out
+# projection and linear2
 FLUX_FILE = """\
 use_fnmatch = true
 unet_target_module = []
@@ -64,6 +65,9 @@ alpha = 2
 [name_algo_map.txt_in]
 algo = "diag-oft"
 dim = 4
+[name_algo_map."double_blocks.*.img_attn.proj"]
+algo = "boft"
+dim = 6
 [module_algo_map.CLIPAttention]
 algo = "loha"
 dim = 2
@@ -75,13 +79,16 @@ FLUX_KINDS = {
     "double_blocks.0.txt_attn.qkv": "LoConModule",
     "img_in": "GLoRAModule",
     "txt_in": "DiagOFTModule",
+    "double_blocks.0.img_attn.proj": "ButterflyOFTModule",
 }
+# the network's FullModule / IA3Module
+OWN_PATHS = ("double_blocks.0.txt_attn.proj", "single_blocks.0.linear2")
 _OWN = {"full": "FullModule", "ia3": "IA3Module"}
 # the modules scaled by alpha / dim (LokrModule's full factors here, dim 4 on 48 rows: scale 1, which the
 # outputs check)
 _LOW_RANK = ("LoConModule", "LohaModule", "GLoRAModule")
 # the kinds LyCORIS's apply_max_norm scales (FullModule, IA3Module, GLoRAModule keep the base one)
-_SCALED = ("LoConModule", "LohaModule", "LokrModule", "DiagOFTModule")
+_SCALED = ("LoConModule", "LohaModule", "LokrModule", "DiagOFTModule", "ButterflyOFTModule")
 
 
 def _file(tmp_path: Path, text: str) -> Path:
@@ -122,8 +129,8 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     strictly) in the class the file gives it, the network's FullModule / IA3Module elsewhere, the low-rank
     modules at their block's scale, each computing what the plan's (fused) layers compute; with
     `--scale_weight_norms` dbspec's LyCORIS max norm over the same layers scales the entries' LoCon, LoHa,
-    LoKr and Diag-OFT modules alone, as apply_max_norm_regularization does (count, mean and largest norm,
-    the outputs after); with `dora_wd` instead (no max norm beside it) the LoCon / LoHa / LoKr modules
+    LoKr, Diag-OFT and BOFT modules alone, as apply_max_norm_regularization does (count, mean and largest
+    norm, the outputs after); with `dora_wd` instead (no max norm beside it) the LoCon / LoHa / LoKr modules
     decomposed, each fused Linear whole, as lycoris-lora's network with weight_decompose builds them; with
     IA^3's `bypass_mode` (was DBS403, a spec's DBS578) every module in LyCORIS's bypass forward (IA3Module's
     and DiagOFTModule's scale and rotate the output, its bias too; the others compute their default one)."""
@@ -145,7 +152,7 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     a = plan.adapter
     assert a.kind == algo and a.fused and a.max_norm == (0.0 if args else 1.0) and a.bypass == bypass
     assert {b.dora for b in a.blocks if b.kind in ("lokr", "loha", "lora")} == {"on" if dora else "adapter"}
-    assert {b.kind for b in a.blocks} == {"lokr", "loha", "lora", "glora", "diag-oft"}
+    assert {b.kind for b in a.blocks} == {"lokr", "loha", "lora", "glora", "diag-oft", "boft"}
     assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [("loha", 2, 1.0)]
     comps = family_runtime(plan.model.family).load(plan)
     configure_models(plan, comps, torch.device("cpu"))
@@ -169,10 +176,7 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
         assert {bool(m.bypass_mode) for m in theirs.values()} == {bypass}
     else:
         theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
-    expected = {
-        **dict.fromkeys(("double_blocks.0.img_attn.proj", "double_blocks.0.txt_attn.proj"), _OWN[algo])
-    }
-    expected |= {"single_blocks.0.linear2": _OWN[algo], **FLUX_KINDS}
+    expected = {**dict.fromkeys(OWN_PATHS, _OWN[algo]), **FLUX_KINDS}
     unet_names = {n: type(m).__name__ for n, m in theirs.items() if n.startswith("lora_unet_")}
     assert unet_names == {"lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()}
     assert {type(m).__name__ for n, m in theirs.items() if n.startswith("lora_te1_")} == {"LohaModule"}
@@ -237,7 +241,9 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
     file = _file(tmp_path, text + '[module_algo_map.T5Attention]\nalgo = "locon"\ndim = 2\nalpha = 1\n')
     flux_lycoris(tmp_path, f'"algo=full" "preset={file.name}"', f"--scale_weight_norms {limit}")
     base = ["model.base=builtin:tiny-flux", *_BASE]
-    plan, whole, tensors = _run(tmp_path, {"lokr", "loha", "lora", "glora", "diag-oft"}, base, resume=False)
+    plan, whole, tensors = _run(
+        tmp_path, {"lokr", "loha", "lora", "glora", "diag-oft", "boft"}, base, resume=False
+    )
     assert (plan.adapter.kind, plan.adapter.max_norm) == ("full", limit) and plan.adapter.t5_targets
     unet = whole.components.unet.eval()
     modules = lycoris_norm_modules(unet, [], plan.adapter.fused)
@@ -246,9 +252,9 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
         assert max(float(lycoris_update(m).norm()) for m in modules) <= limit * (1 + 1e-5)
     names = {k.split(".")[0] for k in tensors}
     assert not any("to_q" in n or "proj_mlp" in n or "x_embedder" in n for n in names)  # kohya's names only
-    assert {k for k in tensors if k.startswith("lora_unet_double_blocks_0_img_attn_proj.")} == {
-        "lora_unet_double_blocks_0_img_attn_proj.diff",
-        "lora_unet_double_blocks_0_img_attn_proj.diff_b",
+    assert {k for k in tensors if k.startswith("lora_unet_double_blocks_0_txt_attn_proj.")} == {
+        "lora_unet_double_blocks_0_txt_attn_proj.diff",
+        "lora_unet_double_blocks_0_txt_attn_proj.diff_b",
     }
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     clip_trained = whole.components.text_encoders[0]
@@ -258,8 +264,7 @@ def test_flux_full_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pat
     t5 = _unwrapped(t5_trained)
     theirs = _lycoris_network(monkeypatch, "full", file, [clip, t5], tree, tensors)
     assert {type(m).__name__ for n, m in theirs.items() if n.startswith("lora_te2_")} == {"LoConModule"}
-    expected = {p: "FullModule" for p in ("double_blocks.0.img_attn.proj", "double_blocks.0.txt_attn.proj")}
-    expected |= {"single_blocks.0.linear2": "FullModule", **FLUX_KINDS}
+    expected = {**dict.fromkeys(OWN_PATHS, "FullModule"), **FLUX_KINDS}
     unet_names = {n for n in names if n.startswith("lora_unet_")}
     assert {n: type(theirs[n]).__name__ for n in unet_names} == {
         "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
