@@ -12,6 +12,7 @@ test_lycoris_mixed_flow.py."""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,8 +104,6 @@ def _block(blocks, path: str):
 
 def _with_args(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors, **network_args) -> dict:
     """_lycoris_network's, `network_args` handed on (kohya's --network_args: dora_wd, bypass_mode)."""
-    import copy
-
     from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 
     network = lycoris_kohya.LycorisNetworkKohya
@@ -392,3 +391,50 @@ def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch, alg
         "LoConModule",
     }
     assert fused == 3  # img qkv, txt qkv, linear1
+
+
+def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
+    """A DyLoRA entry (txt_in) beside a full network's LoKr entry on Flux: lycoris-lora's create_network from
+    the file builds a DyLoraModule there at the entry's dim and scale (its weights are not its state's keys:
+    DyLoraModule saves and loads LoRA's lora_down / lora_up, which it never reads back), and
+    create_network_from_weights rebuilds the export's LoCon module computing the plan's DyLoRA layer (every
+    block, eval), the other modules theirs."""
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.lycoris_export import lycoris_state
+    from dbspec.runtime.prepare import configure_models
+    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    text = FLUX_FILE.split('[name_algo_map."single_blocks')[0].replace('["CLIPAttention"]', "[]")
+    file = _file(tmp_path, text + '[name_algo_map.txt_in]\nalgo = "dylora"\ndim = 4\nalpha = 2\n')
+    outcome = flux_lycoris(tmp_path, f'"algo=full" "preset={file.name}"')
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
+    a = plan.adapter
+    assert {(b.kind, b.rank, b.alpha) for b in a.blocks} == {("lokr", 4, 2.0), ("dylora", 4, 2.0)}
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in comps.unet.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    unet = comps.unet.eval()
+    tensors = lycoris_state(unet=unet, text_encoders=[], family="flux", dtype="fp32")
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, [], _kohya_tree(layers), algo="full", preset=str(file)
+    )
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    dylora = theirs["lora_unet_txt_in"]
+    assert (type(dylora).__name__, dylora.lora_dim, float(dylora.scale)) == ("DyLoraModule", 4, 0.5)
+    assert type(theirs["lora_unet_double_blocks_0_img_attn_qkv"]).__name__ == "LokrModule"
+    assert {type(m).__name__ for n, m in theirs.items() if "proj" in n} == {"FullModule"}
+    tree = _kohya_tree(layers)
+    loaded, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, tensors)
+    loaded.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    classes = {m.lora_name: type(m).__name__ for m in loaded.unet_loras}
+    assert classes["lora_unet_txt_in"] == "LoConModule" and set(classes) == set(theirs)
+    _check_kohya_outputs(tree, layers, set(classes))
