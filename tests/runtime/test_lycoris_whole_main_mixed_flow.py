@@ -438,3 +438,69 @@ def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
     classes = {m.lora_name: type(m).__name__ for m in loaded.unet_loras}
     assert classes["lora_unet_txt_in"] == "LoConModule" and set(classes) == set(theirs)
     _check_kohya_outputs(tree, layers, set(classes))
+
+
+def test_chroma_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_path, monkeypatch):
+    """A tiny Chroma run of an IA^3 network whose file gives LoKr (image q/k/v), LoHa (linear1 and the text
+    q/k/v) and full (txt_in) entries (test_lycoris_mixed_chroma_full.py's file): its export loads strictly
+    into lycoris-lora's create_network from the file on kohya's Chroma layers, each module of the file's
+    class computing the trained layers' outputs, and its adapter folders load back as `dbspec sample` loads
+    them."""
+    from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
+    from dbspec.runtime.weights import load_peft_adapters
+    from tests.runtime.test_lycoris_mixed_chroma_full import CHROMA_FILE
+    from tests.runtime.test_lycoris_mixed_flow import _path_in
+    from tests.runtime.test_lycoris_mixed_flow_full import _base, _trained
+    from tests.unit.convert_kit import component_file, errors, images, kohya
+
+    file = _file(tmp_path, CHROMA_FILE.replace("QKV", "lokr").replace("LINEAR1", "loha"))
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("Chroma1-HD.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch flux_train_network.py --pretrained_model_name_or_path "
+        "Chroma1-HD.safetensors --model_type chroma --t5xxl t5xxl.safetensors --ae ae.safetensors "
+        "--apply_t5_attn_mask --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim=4 --network_alpha=1 --network_args "algo=ia3" "preset={file.name}" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+        "--timestep_sampling sigmoid --model_prediction_type raw --guidance_scale 0.0",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    base = ["model.base=builtin:tiny-chroma", 'model.denoiser_file=""', *_BASE]
+    planned, whole, tensors = _run(tmp_path, {"lokr", "loha", "full"}, base, resume=False)
+    assert planned.model.family == "chroma" and planned.adapter.kind == "ia3"
+    unet = whole.components.unet.eval()
+    depth = len(unet.distilled_guidance_layer.layers)
+    layers = _kohya_layers(unet, chroma_model(1, 1, depth), chroma_parts)
+    expected = {
+        "double_blocks.0.img_attn.qkv": "LokrModule",
+        "txt_in": "FullModule",
+        "single_blocks.0.linear1": "LohaModule",
+        "distilled_guidance_layer.in_proj": "IA3Module",
+        "double_blocks.0.txt_attn.qkv": "LohaModule",
+        "double_blocks.0.img_attn.proj": "IA3Module",
+        "double_blocks.0.txt_attn.proj": "IA3Module",
+        "single_blocks.0.linear2": "IA3Module",
+    }
+    names = {k.split(".")[0] for k in tensors}
+    tree = _kohya_tree(layers)
+    theirs = _lycoris_network(monkeypatch, "ia3", file, [nn.Module(), nn.Module()], tree, tensors)
+    assert set(theirs) == names == {"lora_unet_" + p.replace(".", "_") for p in expected}
+    for path, cls in expected.items():
+        assert type(theirs["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
+    _check_kohya_outputs(tree, layers, names)
+
+    again = _unwrapped(unet)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(again, attr):
+            delattr(again, attr)
+    a = planned.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, _base(parts[0]).in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1), _trained(parts, None, x)[0], rtol=0, atol=1e-5
+            )
