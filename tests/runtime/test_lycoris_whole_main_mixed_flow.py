@@ -366,12 +366,13 @@ def test_sd3_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_path,
     _check_kohya_outputs(tree, {p: v for p, v in layers.items() if expected.get(p) != "IA3Module"}, loaded)
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3"])
-def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch, algo):
-    """The network's `module_dropout` on a full / IA^3 network with LoKr / LoHa / LoCon / IA^3 entries on
-    Flux: every LyCORIS module (a fused Linear one) draws once per training forward as its class does,
+def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch):
+    """The network's `module_dropout` on a full network with LoKr / LoHa / LoCon / IA^3 entries on Flux:
+    every LyCORIS module (a fused Linear one) draws once per training forward as its class does,
     test_lycoris_mixed_flow_dropout.py's check (outputs and generator state against lycoris-lora's network
-    from the same file, its tiny run resumed bit-exact there)."""
+    from the same file, its tiny run resumed bit-exact there; an IA^3 network's own layers draw through the
+    same add_own_module_dropout as its IA^3 entries here)."""
+    algo = "full"
     from tests.runtime.test_lycoris_mixed_flow_dropout import RATE, _converted, _draws_as_lycoris
     from tests.runtime.test_lycoris_mixed_flow_full import FLUX_FILE as PLACED
 
