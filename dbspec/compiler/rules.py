@@ -3018,6 +3018,15 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+def _own_tucker(adapter, table: str, block) -> bool:
+    """A block's Tucker form another rule than DBS576 weighs: a LoRA / LoHa adapter's (DBS579), or a full /
+    IA^3 adapter's denoiser block of kind lora, loha or lokr (its kind's layers built alone,
+    mixed_kinds.kind_adapter)."""
+    if adapter.kind in ("lora", "loha"):
+        return True
+    return adapter.kind in ("full", "ia3") and table == "blocks" and block.kind in _TUCKER_KINDS
+
+
 @rule("spec")
 def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LoKr `factor` (runtime/lokr_factor.py) and decompose_both / full_matrix / tucker shape
@@ -3034,7 +3043,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, value)
                 for key in BLOCK_SWITCHES
                 if (value := getattr(block, key, "adapter")) != "adapter"
-                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS579
+                and not (key == "tucker" and _own_tucker(a, table, block))  # DBS579
             ]
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
@@ -3317,6 +3326,17 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
             "dbspec trains several kinds on fused layers on Flux, SD3 and Chroma (one LyCORIS module of one "
             "kind per fused Linear)",
+            codes.help("DBS578"),
+        )
+    tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
+    if own in ("full", "ia3") and tucker and family.denoiser != "unet":
+        # a full / IA^3 adapter's blocks' own Tucker form: checked against LyCORIS on the U-Net families
+        j, b = tucker[0]
+        yield _err(
+            "DBS578",
+            ("adapter", "blocks", j, "tucker"),
+            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
+            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL",
             codes.help("DBS578"),
         )
 

@@ -822,6 +822,7 @@ _SCALE_BLOCK_KEYS = (
     "conv_rank",
     "conv_alpha",
     "unit",
+    "tucker",
     "dora",
     "dora_axis",
 )
