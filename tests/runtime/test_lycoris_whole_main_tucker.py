@@ -30,12 +30,18 @@ lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # the ResNets' LoCon entry in its Tucker form (its 3x3 convolutions; the 1x1 shortcuts stay plain)
 TUCKER = MIXED.replace("alpha = 2\n", "alpha = 2\nuse_tucker = true\n", 1)
+# LoHa on the ResNets, the network's use_tucker reaching them (hada_t1 / hada_t2 on their 3x3 convolutions)
+LOHA_RESNETS = MIXED.replace('algo = "locon"\ndim = 4', 'algo = "loha"\ndim = 4', 1)
+CASES = {
+    "entry": (TUCKER, {}, ("lora", "on")),
+    "network": (LOHA_RESNETS, {"use_tucker": "True"}, ("loha", "on")),
+}
 
 
-def _plan(tmp_path: Path, algo: str):
-    PRESETS["whole_tucker"] = TUCKER
+def _plan(tmp_path: Path, algo: str, preset: str, args: str = ""):
+    PRESETS["whole_tucker"] = preset
     try:
-        return _converted_plan(tmp_path, "whole_tucker", algo)
+        return _converted_plan(tmp_path, "whole_tucker", algo, args)
     finally:
         del PRESETS["whole_tucker"]
 
@@ -52,21 +58,26 @@ def _shapes(made) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_path, monkeypatch):  # noqa: F811
-    """The plan gives the ResNets' LoCon block `tucker = "on"` (the MLPs' LoHa block none); every U-Net layer
-    is LyCORIS's class at its dim and scale, the LoCon 3x3 convolutions with a `lora_mid` core; a tiny run's
-    export holds the LoCon / LoHa tensors in LyCORIS's keys and shapes and loads strictly into
-    create_network_from_weights at the trained U-Net's output."""
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    """The plan gives the ResNets' block `tucker = "on"` (an entry's own use_tucker on its LoCon, or the
+    network's reaching its LoHa; the MLPs' LoHa block on Linears none); every U-Net layer is LyCORIS's class
+    at its dim and scale, the ResNets' 3x3 convolutions with their Tucker core (`lora_mid`, `hada_t1` /
+    `hada_t2`); a tiny run's export holds the LoCon / LoHa tensors in LyCORIS's keys and shapes and loads
+    strictly into create_network_from_weights at the trained U-Net's output."""
     from tests.runtime.test_lycoris import _unet_output
     from tests.unit.convert_kit import out_path
 
-    path, plan = _plan(tmp_path, "full")
-    blocks = {b.kind: b for b in plan.adapter.blocks if b.kind != "adapter"}
-    assert (blocks["lora"].tucker, blocks["loha"].tucker) == ("on", "adapter")
-    made = _lycoris(pipe, path, monkeypatch, "full")
+    preset, network, (kind, tucker) = CASES[case]
+    args = " ".join(f'"{k}={v}"' for k, v in network.items())
+    path, plan = _plan(tmp_path, "full", preset, args)
+    resnets = [b for b in plan.adapter.blocks if b.kind == kind and b.alpha == 2.0]  # alpha 2: the ResNets
+    assert [b.tucker for b in resnets] == [tucker]
+    made = _lycoris(pipe, path, monkeypatch, "full", **network)
     theirs = {k: v for k, v in _lycoris_classes(made).items() if k.startswith("lora_unet_")}
     shapes = _shapes(made)
-    assert any(k.endswith(".lora_mid.weight") for k in shapes)  # the Tucker form in LyCORIS's own build
+    core = ".lora_mid.weight" if kind == "lora" else ".hada_t1"
+    assert any(k.endswith(core) for k in shapes)  # the Tucker form in LyCORIS's own build
 
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "train.text_encoder=false"]
@@ -76,7 +87,7 @@ def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_p
     assert _classes(trained, "lora_unet_") == theirs
     (export,) = Path(run.final).glob("*.kohya.safetensors")
     saved = load_file(str(export))
-    ours = {k: tuple(v.shape) for k, v in saved.items() if k in shapes or k.endswith(".lora_mid.weight")}
+    ours = {k: tuple(v.shape) for k, v in saved.items() if k in shapes or k.endswith((core, ".hada_t2"))}
     assert ours == shapes
 
     network = lycoris_kohya.LycorisNetworkKohya

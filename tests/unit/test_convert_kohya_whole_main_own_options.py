@@ -48,3 +48,17 @@ def test_block_tucker_of_a_full_adapter_stays_on_the_unet_families():
         )
         == []
     )
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_the_networks_use_tucker_reaches_the_entries_blocks(tmp_path, algo):
+    """LyCORIS hands the network's use_tucker to every module: FullModule / IA3Module never read it, the
+    LoCon / LoHa / LoKr entries' modules build their k x k convolutions' Tucker form (their blocks' `tucker`,
+    an entry's own use_tucker = false keeping it off); the key is mapped, not DBS405."""
+    preset = MIXED.replace('algo = "lora"\n', 'algo = "lora"\nuse_tucker = false\n', 1)
+    outcome = expressible(_convert(tmp_path, algo, '"use_tucker=True"', preset))
+    a = plan_of(outcome, tmp_path).adapter
+    tucker = {(b.kind, b.rank, b.tucker) for b in a.blocks if b.kind != "adapter"}
+    # the ResNets' LoCon (conv_rank 4) on; conv_in's own off (the adapter's: off); the MLPs' LoHa has no conv
+    assert tucker == {("lora", 4, "on"), ("lora", 8, "adapter"), ("loha", 2, "adapter")}
+    assert "DBS405" not in {d.code for d in outcome.diagnostics if "use_tucker" in d.message}

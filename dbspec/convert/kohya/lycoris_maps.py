@@ -466,6 +466,8 @@ def _mixed_kinds(
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
+    if not flow and _algo(algo) in _NO_DIMS:  # FullModule / IA3Module never read it: the LoCon / LoHa /
+        on = [key for key in on if key != "use_tucker"]  # LoKr entries' blocks' `tucker` (_other_kind_blocks)
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
@@ -828,6 +830,9 @@ _SCALE_BLOCK_KEYS = (
 )
 
 
+_TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
+
+
 def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
     another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock); PresetError for
@@ -856,6 +861,12 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             _huge_block(block, high, block["kind"], rs_lora)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
+    if network.get("use_tucker"):  # LyCORIS hands the network's to every module: the Tucker form of the
+        for (
+            block
+        ) in unet:  # LoCon / LoHa / LoKr entries' k x k convolutions where they give none of their own
+            if block["kind"] in _TUCKER_ENTRIES and block.get("conv_rank") and "tucker" not in block:
+                block["tucker"] = "on"
     return unet, text
 
 
