@@ -502,6 +502,8 @@ def _scale_blocks(adapter) -> dict:
             conv_rank=0 if text else b.conv_rank,
             conv_alpha=1.0 if text else b.conv_alpha,
             unit=b.unit,
+            # a LoCon / LoHa / LoKr block's own Tucker form (a map entry's use_tucker, the network's)
+            **_block_switches(b, adapter),
             dora=_block_dora(b, adapter),
             dora_axis=_block_dora_axis(b, adapter),
             lr_scale=b.lr_scale,

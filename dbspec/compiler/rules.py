@@ -3041,6 +3041,15 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
             )
 
 
+def _own_tucker(adapter, table: str, block) -> bool:
+    """A block's Tucker form another rule than DBS576 weighs: a LoRA / LoHa adapter's (DBS579), or a full /
+    IA^3 adapter's denoiser block of kind lora, loha or lokr (its kind's layers built alone,
+    mixed_kinds.kind_adapter)."""
+    if adapter.kind in ("lora", "loha"):
+        return True
+    return adapter.kind in ("full", "ia3") and table == "blocks" and block.kind in _TUCKER_KINDS
+
+
 @rule("spec")
 def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own LoKr `factor` (runtime/lokr_factor.py) and decompose_both / full_matrix / tucker shape
@@ -3057,7 +3066,7 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 (key, value)
                 for key in BLOCK_SWITCHES
                 if (value := getattr(block, key, "adapter")) != "adapter"
-                and not (key == "tucker" and a.kind in ("lora", "loha"))  # LoCon's, LoHa's Tucker: DBS579
+                and not (key == "tucker" and _own_tucker(a, table, block))  # DBS579
             ]
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
@@ -3143,8 +3152,8 @@ _MIXED_OFF = {
 }
 
 
-# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3:
-# the U-Net families, mixed_kinds_family)
+# the adapters whose blocks may give their layers another kind on every family that has them (full / IA^3's
+# ScaleBlock `kind` too)
 _MIXED_ADAPTERS = ("lora", "loha", "lokr", "dylora", "glora")
 _LOKR_OWN = ("factor", "decompose_both", "full_matrix", "tucker", "unbalanced_factorization")
 # a block's own options no run of several kinds builds (runtime/mixed_kinds.py: each kind the adapter's)
@@ -3320,8 +3329,7 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other or family is None or own not in (*_MIXED_ADAPTERS, "full", "ia3"):
         return
     table, i, block = other[0]
-    # a full / IA^3 adapter's blocks of other kinds (ScaleBlock's `kind`): on the U-Net families alone
-    if family.denoiser != "unet" and (not family.mixed_fused_kinds or own in ("full", "ia3")):
+    if family.denoiser != "unet" and not family.mixed_fused_kinds:
         yield _err(
             "DBS578",
             ("adapter", table, i, "kind"),
@@ -3341,6 +3349,8 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
     ]
     if own in ("dylora", "glora") and not whole:  # a GLoRA adapter's own layers: one GLoRAModule per fused
         whole = [(table, i, block.kind)]
+    if own in ("full", "ia3") and not whole:  # a full / IA^3 adapter's denoiser blocks of other kinds: one
+        whole = [(t, j, b.kind) for t, j, b in other if t == "blocks"][:1]  # module of the kind per fused
     if whole and family.mixed_fused_kinds and not getattr(a, "fused_projections", False):
         # their export writes kohya's fused Linears, where the other kinds' parts must be one module too
         yield _err(
@@ -3359,6 +3369,17 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
             "dbspec trains several kinds on fused layers on Flux, SD3 and Chroma (one LyCORIS module of one "
             "kind per fused Linear)",
+            codes.help("DBS578"),
+        )
+    tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
+    if own in ("full", "ia3") and tucker and family.denoiser != "unet":
+        # a full / IA^3 adapter's blocks' own Tucker form: checked against LyCORIS on the U-Net families
+        j, b = tucker[0]
+        yield _err(
+            "DBS578",
+            ("adapter", "blocks", j, "tucker"),
+            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
+            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL",
             codes.help("DBS578"),
         )
 
@@ -3454,8 +3475,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
     # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
-    # from their kind's defaults): not expressed beside other kinds; IA^3's bypass likewise
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora", "ia3") else {})}
+    # from their kind's defaults): not expressed beside other kinds. An IA^3 adapter's bypass is LyCORIS's
+    # network bypass_mode, which every module reads: its blocks' layers are built in it too (mixed_kinds.py
+    # kind_adapter; Diag-OFT / BOFT / DyLoRA in their bypass forward, the others' computing their default one)
+    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(

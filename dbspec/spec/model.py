@@ -558,6 +558,17 @@ def _block_switch(key: str, what: str, kinds: str = "LoKr"):
     )
 
 
+def _block_tucker():
+    """A block's own Tucker form: AdapterBlock's and ScaleBlock's (a full / IA^3 adapter's blocks of another
+    kind) one field."""
+    return _block_switch(
+        "tucker",
+        "use_tucker",
+        "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
+        "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there too)",
+    )
+
+
 def _block_unit():
     return option(
         0,
@@ -668,12 +679,7 @@ class AdapterBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
-    tucker: BlockSwitch = _block_switch(
-        "tucker",
-        "use_tucker",
-        "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
-        "LoHa / LoKr ones on SD 1.x/2.x and SDXL)",
-    )
+    tucker: BlockSwitch = _block_tucker()
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )
@@ -1412,8 +1418,8 @@ class ScaleBlock:
         doc="The matched layers' adapter algorithm: `adapter` (the adapter's full or IA^3, at the block's "
         "`lr_scale`; `rank` and the other sizes unused), or `lora`, `loha`, `lokr`, `diag-oft`, `boft`, "
         "`glora`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's "
-        "`algo` on an `algo=full` / `algo=ia3` network, SD 1.x/2.x and SDXL), at the block's `rank`, "
-        "`alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
+        "`algo` on an `algo=full` / `algo=ia3` network; on Flux, SD3 and Chroma with `fused_projections`), "
+        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
         example="lora",
     )
     rank: int = option(
@@ -1437,6 +1443,7 @@ class ScaleBlock:
     )
     conv_alpha: float = _block_conv_alpha()
     unit: int = _block_unit()
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (SD 1.x/2.x, SDXL)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")

@@ -74,6 +74,14 @@ def test_entries_of_the_network_algorithm_alone_leave_max_norm_inert(tmp_path):
     assert a.max_norm == 0.0 and not a.blocks and fate(outcome, "scale_weight_norms") == "inert"
 
 
+def test_ia3_bypass_mode_reaches_the_entries(tmp_path):
+    """IA^3's bypass_mode beside the entries (was DBS403): the adapter's `bypass`, which its blocks' layers
+    take as LyCORIS hands every module the network's (tests/runtime/test_lycoris_whole_main_bypass.py)."""
+    outcome = expressible(_convert(tmp_path, "ia3", '"bypass_mode=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.bypass) == ("ia3", True) and {b.kind for b in a.blocks} == {"lora", "loha"}
+
+
 def test_dora_wd_decomposes_the_entries_layers(tmp_path):
     """LyCORIS hands the network's dora_wd to every module: its LoCon / LoHa entries decompose (their blocks'
     `dora`), FullModule never reads it (not "ignored": the entries read it)."""
@@ -87,9 +95,8 @@ def test_dora_wd_decomposes_the_entries_layers(tmp_path):
 @pytest.mark.parametrize(
     ("algo", "args", "preset", "said"),
     [
-        # (the network's rank_dropout converts, was DBS403: test_convert_kohya_rank_dropout_kinds.py)
-        # IA3Module's bypass forward beside LoCon / LoHa layers: not expressed (their blocks take no bypass)
-        ("ia3", '"bypass_mode=True"', MIXED, "bypass_mode"),
+        # (the network's rank_dropout converts, was DBS403: test_convert_kohya_rank_dropout_kinds.py; IA^3's
+        # bypass_mode beside the entries too: test_convert_kohya_whole_main_mixed_flow.py)
         # a LoKr entry's own factor: a full adapter's blocks carry no LoKr split
         (
             "full",

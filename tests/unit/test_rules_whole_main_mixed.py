@@ -1,6 +1,7 @@
 """A full / IA^3 adapter's [[adapter.blocks]] of another `kind` (LyCORIS preset entries of another algorithm
-on an algo=full / ia3 network, issue 12): on SD 1.x/2.x and SDXL, with the options every kind builds alike;
-DBS578 on the transformer families, for IA^3's bypass and the full adapter's rank dropout."""
+on an algo=full / ia3 network, issue 12): on SD 1.x/2.x, SDXL, and Flux / SD3 / Chroma with
+fused_projections, with the options every kind builds alike; DBS578 for the full adapter's
+rank dropout."""
 
 from __future__ import annotations
 
@@ -17,16 +18,22 @@ def test_blocks_of_another_kind_on_the_unet_families(kind):
     body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\n' + LOCON
     assert hits_of(rules.mixed_block_kinds, body) == []
     assert hits_of(rules.mixed_kinds_family, 'family = "sdxl"\n' + body) == []
+    # Flux / SD3 / Chroma: one module of the block's kind per fused Linear, as kohya's network builds it
     assert hits_of(rules.mixed_kinds_family, 'family = "flux"\n' + body) == [
         ("DBS578", "error", ("adapter", "blocks", 0, "kind"))
     ]
+    fused = body.replace(f'kind = "{kind}"\n', f'kind = "{kind}"\nfused_projections = true\n')
+    for family in ("flux", "sd3", "chroma"):
+        assert hits_of(rules.mixed_kinds_family, f'family = "{family}"\n' + fused) == []
+    text = body.replace("[[adapter.blocks]]", "[[adapter.text_encoder_blocks]]")  # no fused layer there
+    assert hits_of(rules.mixed_kinds_family, 'family = "flux"\n' + text) == []
 
 
 @pytest.mark.parametrize(
     ("kind", "option"),
     [
-        ("ia3", "bypass = true"),
-        # (rank_dropout beside LoRA blocks passes, was DBS578: test_convert_kohya_rank_dropout_kinds.py)
+        # (rank_dropout beside LoRA blocks passes, was DBS578: test_convert_kohya_rank_dropout_kinds.py; IA^3's
+        # bypass too: test_lycoris_whole_main_bypass.py)
     ],
 )
 def test_options_the_kinds_do_not_build_alike(kind, option):
@@ -34,6 +41,12 @@ def test_options_the_kinds_do_not_build_alike(kind, option):
     key = option.split(" ")[0]
     assert hits_of(rules.mixed_block_kinds, body) == [("DBS578", "error", ("adapter", key))]
     assert hits_of(rules.mixed_block_kinds, body.replace(LOCON, "")) == []
+
+
+def test_ia3_bypass_beside_other_kinds():
+    """IA^3's bypass is LyCORIS's network bypass_mode, which its blocks' layers take too (issue 12)."""
+    body = DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n' + LOCON
+    assert hits_of(rules.mixed_block_kinds, body) == []
 
 
 @pytest.mark.parametrize("kind", ["full", "ia3"])

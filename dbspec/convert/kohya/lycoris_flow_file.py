@@ -317,13 +317,13 @@ def flux_preset_file(
         text_rows,
     )
     # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
-    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3") else "lora"
+    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3", "full") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT, BOFT, IA^3 and
     # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
     # output: lycoris_flux.py; a dropout stays DBS403), and an entry's own bypass_mode their block's
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
-    bypass = kind in ("lora", "loha", "lokr", "dylora")
+    bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
     blocks, text_blocks, inert = map_blocks(
         found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass, entry_bypass=True
     )
@@ -331,7 +331,7 @@ def flux_preset_file(
         own = {
             layer.source
             for layer in [*built, *(layer for built in built_texts for layer in built)]
-            if layer.source and (layer.dim, layer.alpha) != (dim, alpha)
+            if layer.source and layer.algo == "ia3" and (layer.dim, layer.alpha) != (dim, alpha)
         }
         why = "its dim / alpha: IA3Module takes them and never reads them (one scale per output row)"
         inert += [(source, why) for source in sorted(own)]

@@ -58,8 +58,9 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.idle_text import put_lycoris_t5
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
+from dbspec.convert.kohya.lycoris_flow_whole import FUSED_WHY, entries_rank_dropout, put_kind_blocks
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
-from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped
+from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped, take_blocks_dora
 from dbspec.convert.kohya.dylora_preset_alphas import FLOW_PRESET_MODULES
 from dbspec.convert.kohya.lycoris_flow_dylora import map_flow_dylora
 from dbspec.convert.kohya.lycoris_flow_glora import map_flow_glora
@@ -151,7 +152,7 @@ _WHOLE_ONLY = {
 def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_file, text_blocks) -> bool:
     """[adapter] for algo=ia3, diag-oft or boft; False when refused (reported)."""
     if algo == "ia3":
-        return _ia3(kwargs, a, conv, layout, preset)
+        return _ia3(kwargs, a, conv, layout, preset, text_blocks)
     if algo == "diag-oft":
         return map_flow_diag_oft(kwargs, a, conv, layout, preset, text_blocks)
     return map_flow_boft(
@@ -240,6 +241,8 @@ def map_lycoris_flow(
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
+            return False
+        if entries_rank_dropout(kwargs, file, args, conv, algo):  # a full / IA^3 network's entries'
             return False
         if not _file_train_norm(kwargs, file, args, conv, layout, algo):
             return False
@@ -640,6 +643,8 @@ def _full(
     put: dict[str, Any] = {}
     unsupported: dict[str, str] = {}
     drawn = _full_dropouts(kwargs, args, conv)
+    blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
@@ -675,9 +680,10 @@ def _full(
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    if drawn and layers != "none":  # the parts of a fused Linear are one FullModule: one draw, one mask
+    mixed = put_kind_blocks(conv, module, blocks, text_blocks)  # a preset file's entries of other algos
+    if (drawn or mixed) and layers != "none":  # a fused Linear is one FullModule: one draw, one mask
         why = "one FullModule per fused Linear: its parts share the module_dropout draw and rank_dropout mask"
-        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, FUSED_WHY if mixed else why))
     if t5_file:  # a preset file's T5-XXL modules, trained: T5's full copies
         put_lycoris_t5(a, conv, conv.comment(module, f"preset {preset}: LyCORIS's full on T5-XXL"))
     why = "the targets' layers the preset file builds no FullModule on (no trained copy)"
@@ -719,7 +725,9 @@ def _full_excluded(blocks: list[dict[str, Any]], text_blocks: list[dict[str, Any
     return out
 
 
-def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str) -> bool:
+def _ia3(
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, text_blocks=()
+) -> bool:
     """algo=ia3 (lycoris/modules/ia3.py): IA3Module on every Linear of the preset, one scale per output row
     of its weight, from 0 (W x (1 + s), the bias unscaled). On a fused Linear (qkv, the single blocks'
     linear1) its rows are the parts' rows, so each diffusers part scaling its own rows is the same update
@@ -780,6 +788,8 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
                 True,
                 note="IA3Module's bypass forward: each fused Linear's output, bias included, times (1 + s)",
             )
+    # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
+    take_blocks_dora(kwargs, layout.targets(layers, True)[1] if layers != "none" else [], text_blocks)
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
@@ -799,14 +809,15 @@ def _ia3(kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout,
     for legacy in (a["network_dim"], a["network_alpha"]):
         if legacy.given:
             conv.inert(legacy, "IA3Module has no rank or alpha")
-    targets, _blocks, note = layout.targets(layers, True)  # full paths: no [[adapter.blocks]] for IA^3
+    targets, blocks, note = layout.targets(layers, True)  # full paths; blocks: a file's entries' kinds
     if layers == "none":
         conv.put(("train", "denoiser"), False, conv.comment(module, note))
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
-    if skip:  # the parts of a fused Linear are one IA3Module: one module_dropout draw
+    mixed = put_kind_blocks(conv, module, blocks if layers != "none" else [], text_blocks)
+    if (skip or mixed) and layers != "none":  # the parts of a fused Linear are one IA3Module: one draw
         why = "one IA3Module per fused Linear: its parts share the module_dropout draw"
-        conv.put(("adapter", "fused_projections"), True, conv.comment(module, why))
+        conv.put(("adapter", "fused_projections"), True, conv.comment(module, FUSED_WHY if mixed else why))
     put_rest(conv, module, args, preset, text, {})
     return True
 

@@ -155,12 +155,12 @@ def _same(key: str, value: Any, network: dict[str, Any]) -> bool:
 
 # why a network of these algorithms holds no block of another kind
 _NO_KIND_BLOCKS = {
-    "ia3": " (an IA^3 adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
-    "options of their own beyond a rank, alpha, unit and dora)",
+    "ia3": " (an IA^3 adapter's [[adapter.blocks]] of another kind: without options of their own beyond a "
+    "rank, alpha, unit and dora)",
     "diag-oft": " (a Diag-OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
     "boft": " (a BOFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank)",
-    "full": " (a full adapter's [[adapter.blocks]] of another kind: on SD 1.x/2.x and SDXL only, without "
-    "options of their own beyond a rank, alpha, unit and dora)",
+    "full": " (a full adapter's [[adapter.blocks]] of another kind: without options of their own beyond a "
+    "rank, alpha, unit and dora)",
 }
 
 
@@ -197,7 +197,7 @@ def check_layers(
         raise PresetError(
             f"`{first.source}` gives {len(other)} layer(s) (e.g. {first.path}) algo = {first.algo!r} on an "
             f"algo={algo} network: dbspec trains several algorithms in one run only among LoRA/LoCon, LoHa, "
-            "LoKr, DyLoRA and GLoRA (SD 1.x/2.x and SDXL: full and IA^3 too) networks' layers and "
+            "LoKr, DyLoRA, GLoRA, full and IA^3 networks' layers and "
             "LoRA/LoCon, LoHa, LoKr, full, "
             "ia3, diag-oft, boft, glora or dylora entries, on SD 1.x/2.x, "
             "SDXL, Flux, SD3 and Chroma ([[adapter.blocks]] `kind`); elsewhere one adapter kind per run"
@@ -447,9 +447,7 @@ def _mixed_kinds(
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
-        return other  # T-LoRA's too; full's and IA^3's on SD 1.x/2.x and SDXL (their ScaleBlock's `kind`)
-    if _algo(algo) in _NO_DIMS and not unet:  # no fused-layer form of their blocks of other kinds
-        return other
+        return other  # T-LoRA's, full's and IA^3's too (their ScaleBlock's `kind`)
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
     unet = [layer for layer in other if _algo(layer.algo) in kinds]  # and the text encoders'
     if not unet:
@@ -468,8 +466,12 @@ def _mixed_kinds(
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
+    if not flow and _algo(algo) in _NO_DIMS:  # FullModule / IA3Module never read it: the LoCon / LoHa /
+        on = [key for key in on if key != "use_tucker"]  # LoKr entries' blocks' `tucker` (_other_kind_blocks)
     drops = any(_rate(network.get(key)) for key in ("dropout", "rank_dropout"))  # their bypass rules differ
-    glora = _algo(algo) in ("glora", *_NO_DIMS)  # these adapters' blocks of other kinds take no bypass
+    # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
+    # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
+    glora = _algo(algo) in ("glora", "full")
     if "bypass_mode" in on and not drops and bypass and not glora:
         on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
     elif (  # no adapter.bypass for the blocks: inert kinds only
@@ -479,6 +481,20 @@ def _mixed_kinds(
         and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
     ):
         on.remove("bypass_mode")
+    decomposing = [layer for layer in unet if _algo(layer.algo) in _BLOCK_KINDS]
+    if (
+        _algo(algo) == "ia3"
+        and network.get("bypass_mode")
+        and network.get("weight_decompose")
+        and decomposing
+    ):
+        raise PresetError(  # the network's pair (network.py's BYPASS_DORA), reaching its entries alone
+            f"`{decomposing[0].source}` gives {decomposing[0].path} algo = {decomposing[0].algo!r} on an "
+            "algo=ia3 network with bypass_mode and dora_wd: with bypass_mode LyCORIS's forward never applies "
+            "the weight decomposition, so dora_scale gets no gradient, yet the saved file carries it and its "
+            "loaders decompose with it: the file does not compute what kohya trained",
+            True,
+        )
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
@@ -811,9 +827,13 @@ _SCALE_BLOCK_KEYS = (
     "conv_rank",
     "conv_alpha",
     "unit",
+    "tucker",
     "dora",
     "dora_axis",
 )
+
+
+_TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
 
 
 def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
@@ -844,6 +864,12 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             _huge_block(block, high, block["kind"], rs_lora)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
+    if network.get("use_tucker"):  # LyCORIS hands the network's to every module: the Tucker form of the
+        for (
+            block
+        ) in unet:  # LoCon / LoHa / LoKr entries' k x k convolutions where they give none of their own
+            if block["kind"] in _TUCKER_ENTRIES and block.get("conv_rank") and "tucker" not in block:
+                block["tucker"] = "on"
     return unet, text
 
 

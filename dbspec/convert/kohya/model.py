@@ -1015,9 +1015,9 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     a LoKr / LoHa: LyCORIS's form too, one norm of the fused layer's whole update, its shared factors (LoKr)
     or its one scalar (LoHa) scaled once; of a Diag-OFT / BOFT the fused module's blocks, one norm over its
     parts' (runtime/max_norm.py); of a full, IA^3, GLoRA or DyLoRA network inert (_no_max_norm), unless a
-    preset gives a GLoRA / DyLoRA network LoCon / LoKr / LoHa entries: those modules' own, as above. A
-    DyLoRA network's --network_weights: only the file's alphas load (lycoris_flow_dylora.flow_dylora_alphas).
-    --dim_from_weights: _lycoris_flow_from_weights."""
+    preset gives a GLoRA / DyLoRA / full / IA^3 network LoCon / LoKr / LoHa entries: those modules' own, as
+    above. A DyLoRA network's --network_weights: only the file's alphas load
+    (lycoris_flow_dylora.flow_dylora_alphas). --dim_from_weights: _lycoris_flow_from_weights."""
     from dbspec.convert.kohya.lycoris_flux import FLUX, map_lycoris_flow
     from dbspec.convert.kohya.lycoris_sd3 import SD3
 
@@ -1031,11 +1031,12 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # BOFT: ButterflyOFTModule's apply_max_norm scales the fused module's blocks, which its parts share
     # (runtime/lycoris_boft.py; runtime/max_norm.py takes them once); Diag-OFT: DiagOFTModule's, the norm of
     # every part's blocks stacked, each part's scaled by the one ratio (runtime/max_norm.py)
-    # a GLoRA / DyLoRA network's preset entries of LoCon / LoKr / LoHa: their modules' own apply_max_norm,
-    # one per fused Linear of their kind (map_scale_weight_norms; runtime/max_norm.py)
+    # a GLoRA / DyLoRA / full / IA^3 network's preset entries of LoCon / LoKr / LoHa / Diag-OFT / BOFT: their
+    # modules' own apply_max_norm, one per fused Linear of their kind (map_scale_weight_norms;
+    # runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora", "tlora")
+        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora", "tlora", "full", "ia3")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(

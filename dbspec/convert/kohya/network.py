@@ -1133,6 +1133,11 @@ def _tlora(
     return True
 
 
+def _source_of(blocks: list[dict[str, Any]]) -> str:
+    """The blocks' own `tucker` named for a note."""
+    return ", ".join(f"{b['kind']} block `{b['pattern']}` tucker" for b in blocks[:3])
+
+
 def _lycoris_full(
     kwargs: dict[str, str],
     kind: str,
@@ -1157,8 +1162,19 @@ def _lycoris_full(
     output rotated or scaled, its bias too); full raises on it (DBS402)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
+    tucker = [b for b in put.get("_blocks", ()) if b.get("tucker") == "on"]  # the entries' blocks took it
     for key in _FULL_IGNORES:
-        if key in kwargs:
+        if key in kwargs and key in TUCKER_NAMES and tucker and lycoris_tucker(kwargs):
+            why = (
+                f"LyCORIS hands it to the preset file's LoCon / LoHa / LoKr entries too: {_source_of(tucker)}"
+            )
+            conv.record(
+                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
+                "mapped",
+                "adapter.blocks.tucker",
+                why,
+            )
+        elif key in kwargs:
             conv.ignored(
                 Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
                 f"LyCORIS's {kind} algo takes it and never reads it",

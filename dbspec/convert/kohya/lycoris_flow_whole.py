@@ -1,0 +1,62 @@
+"""lycoris.kohya `algo=full` / `algo=ia3` networks on Flux, SD3 and Chroma whose preset file's
+`module_algo_map` / `name_algo_map` entries give some layers another algorithm (LoCon, LoHa, LoKr, Diag-OFT,
+BOFT, GLoRA, DyLoRA; issue 12, was DBS403).
+
+lycoris-lora 4.1.3's create_network builds each map entry's module on kohya's Linear, one per fused Linear
+(q/k/v, linear1), as beside any other network; the network's FullModule / IA3Module take the rest. dbspec's
+form: the full / IA^3 adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of the entries'
+`kind` at their rank and alpha (spec ScaleBlock / TextEncoderBlock, lycoris_maps._other_kind_blocks), with
+`fused_projections` so that each kind's fused Linear is one module of that kind (runtime/mixed_kinds.py, as
+beside a LoCon, GLoRA or DyLoRA network on these families). The network's `dora_wd` reaches the entries' LoCon
+/ LoHa / LoKr modules alone (their blocks' `dora`); its `rank_dropout`, which those entries draw too, is
+refused (dbspec draws no rank dropout on blocks of another kind than the adapter's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network import rank_dropout_readers
+
+
+def kind_blocks(blocks, text_blocks) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The blocks of another kind (a map entry's algorithm) among a full / IA^3 network's (the leading rank-0
+    blocks are its `exclude` patterns, lycoris_flux._full_excluded)."""
+    return [b for b in blocks if "kind" in b], [b for b in text_blocks if "kind" in b]
+
+
+def put_kind_blocks(conv: Conversion, module: Legacy, blocks, text_blocks) -> bool:
+    """Writes the blocks of another kind into [[adapter.blocks]] / [[adapter.text_encoder_blocks]], each
+    commented with why; True when there were any (the adapter needs `fused_projections`)."""
+    unet, text = kind_blocks(blocks, text_blocks)
+    for table, found in (("blocks", unet), ("text_encoder_blocks", text)):
+        for index, block in enumerate(dict(b) for b in found):
+            note = conv.comment(module, block.pop("_why"))
+            for key, value in block.items():
+                conv.put(("adapter", table, index, key), value, note)
+    return bool(unet or text)
+
+
+FUSED_WHY = (
+    "one LyCORIS module per fused Linear: the preset file's entries of other algorithms on kohya's fused "
+    "q/k/v and linear1 (each kind's parts tied, runtime/mixed_kinds.py)"
+)
+
+
+def entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, algo: str) -> bool:
+    """The network's rank_dropout on a full / IA^3 network whose preset file gives some layers LoCon, LoHa,
+    LoKr, Diag-OFT or GLoRA (which draw it; FullModule draws it too, IA3Module never): dbspec draws no rank
+    dropout on blocks of another kind than the adapter's (DBS403, as on SD 1.x/2.x and SDXL). True when
+    refused."""
+    if algo not in ("full", "ia3") or not float(kwargs.get("rank_dropout") or 0):
+        return False
+    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo)
+    if not readers:
+        return False
+    conv.unsupported(
+        Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
+        f"the preset file's {' / '.join(readers)} entries on an algo={algo} network draw it (LyCORIS hands "
+        "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
+        "another kind than the adapter's",
+    )
+    return True
