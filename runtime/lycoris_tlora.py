@@ -355,6 +355,8 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
                 layer.__dict__["tlora_draws"] = FusedDraws(1, rows)
                 layer.__dict__["tlora_rows"] = (0, rows, True)
     return fitted
+
+
 def set_trained_tlora_bypass(module: nn.Module, adapter, component: str = "") -> int:
     """Each T-LoRA layer of a reloaded `module` (the denoiser; a text encoder, `component` named) in the
     bypass_mode training gave it (adapters.add_lora): built in its kind's pass's bypass (a tlora adapter's,

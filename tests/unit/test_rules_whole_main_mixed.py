@@ -29,22 +29,9 @@ def test_blocks_of_another_kind_on_the_unet_families(kind):
     assert hits_of(rules.mixed_kinds_family, 'family = "flux"\n' + text) == []
 
 
-@pytest.mark.parametrize(
-    ("kind", "option"),
-    [
-        # (rank_dropout beside LoRA blocks passes, was DBS578: test_convert_kohya_rank_dropout_kinds.py; IA^3's
-        # bypass too: test_lycoris_whole_main_bypass.py)
-    ],
-)
-def test_options_the_kinds_do_not_build_alike(kind, option):
-    body = DOG + STEPS + f'[adapter]\nkind = "{kind}"\n{option}\n' + LOCON
-    key = option.split(" ")[0]
-    assert hits_of(rules.mixed_block_kinds, body) == [("DBS578", "error", ("adapter", key))]
-    assert hits_of(rules.mixed_block_kinds, body.replace(LOCON, "")) == []
-
-
 def test_ia3_bypass_beside_other_kinds():
-    """IA^3's bypass is LyCORIS's network bypass_mode, which its blocks' layers take too (issue 12)."""
+    """IA^3's bypass is LyCORIS's network bypass_mode, which its blocks' layers take too (issue 12); a full /
+    IA^3 network's rank_dropout beside LoRA blocks passes too (test_convert_kohya_rank_dropout_kinds.py)."""
     body = DOG + STEPS + '[adapter]\nkind = "ia3"\nbypass = true\n' + LOCON
     assert hits_of(rules.mixed_block_kinds, body) == []
 

@@ -1036,7 +1036,8 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     # runtime/max_norm.py)
     if (
         a["scale_weight_norms"].value
-        and kind not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora", "tlora", "full", "ia3")
+        and kind
+        not in ("lora", "lokr", "loha", "boft", "diag-oft", "glora", "dylora", "tlora", "full", "ia3")
         and not _no_max_norm(conv)
     ):
         conv.unsupported(
