@@ -298,7 +298,8 @@ def lycoris_loader(monkeypatch):
 
 # the runs that also resume bit-exact: DoRA's magnitudes per output row (LoHa's, with its dropouts' draws)
 # and per input column (LoRA's); the others' magnitudes and factors are state of the same kinds and train
-# and load back only (test_lycoris resumes the plain dora / lokr / locon runs)
+# and load back only (test_lycoris resumes the plain dora run, LoCon's factors with DoRA's scales, and loha;
+# LoKr's factors resume in test_lycoris_mixed_file's [lokr-tucker-lora-loha] case)
 RESUMED = ("loha_dora", "lora_dora_input")
 
 
