@@ -50,6 +50,15 @@ def entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conve
     refused."""
     if algo not in ("full", "ia3") or not float(kwargs.get("rank_dropout") or 0):
         return False
+    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
+
+
+def refuse_entries_rank_dropout(
+    kwargs, file, args: Legacy, conv: Conversion, algo: str, also: str = ""
+) -> bool:
+    """DBS403 for the network's rank_dropout where the preset file's entries of other algorithms read it
+    (LyCORIS hands every module the network's rank_dropout); `also` names what else would draw it. True when
+    refused."""
     readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo)
     if not readers:
         return False
@@ -57,6 +66,6 @@ def entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conve
         Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
         f"the preset file's {' / '.join(readers)} entries on an algo={algo} network draw it (LyCORIS hands "
         "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
-        "another kind than the adapter's",
+        f"another kind than the adapter's{also}",
     )
     return True

@@ -58,7 +58,12 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.idle_text import put_lycoris_t5
 from dbspec.convert.kohya.lora_flux import _FINAL, _SINGLE, NUM_DOUBLE, NUM_SINGLE
 from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
-from dbspec.convert.kohya.lycoris_flow_whole import FUSED_WHY, entries_rank_dropout, put_kind_blocks
+from dbspec.convert.kohya.lycoris_flow_whole import (
+    FUSED_WHY,
+    entries_rank_dropout,
+    put_kind_blocks,
+    refuse_entries_rank_dropout,
+)
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS
 from dbspec.convert.kohya.lycoris_flow_args import put_rest, record_mapped, take_blocks_dora
 from dbspec.convert.kohya.dylora_preset_alphas import FLOW_PRESET_MODULES
@@ -80,7 +85,6 @@ from dbspec.convert.kohya.network import (
     TUCKER_NAMES,
     lycoris_tucker,
     parse_network_args,
-    rank_dropout_readers,
 )
 from dbspec.families import family_spec
 
@@ -564,16 +568,7 @@ def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conv
     blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). True when refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
-    readers = rank_dropout_readers((*file.blocks, *file.text_blocks), algo)
-    if not readers:
-        return False
-    conv.unsupported(
-        Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source),
-        f"the preset file's {' / '.join(readers)} entries on an algo={algo} network draw it (LyCORIS hands "
-        "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
-        "another kind than the adapter's, or a block's own bypass",
-    )
-    return True
+    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
 
 
 def _block_size(
