@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,9 +26,16 @@ def block_of(blocks: tuple[BlockPlan, ...], path: str) -> BlockPlan | None:
     return next((b for b in blocks if re.search(b.pattern, path)), None)
 
 
-def _targeted(path: str, targets) -> bool:
+def _targeted(path: str, targets: Collection[str]) -> bool:
     # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
-    return any(path == t or path.endswith("." + t) for t in targets)
+    if path in targets:
+        return True
+    dot = path.find(".")
+    while dot != -1:
+        if path[dot + 1 :] in targets:
+            return True
+        dot = path.find(".", dot + 1)
+    return False
 
 
 class BlocksError(Exception):
@@ -105,7 +112,7 @@ def with_blocks(
 def _blocks_of(module: torch.nn.Module, targets, blocks: tuple[BlockPlan, ...], component: str):
     """(path, layer, its block or None) of each layer of `module` peft adapts (`targets`); a text encoder's
     (`component` named) blocks are searched in `<component>.<path>`."""
-    text_path = clip_path_of(module)
+    text_path, targets = clip_path_of(module), frozenset(targets)
     for path, layer in module.named_modules():
         if path and _targeted(path, targets):
             yield path, layer, block_of(blocks, f"{component}.{text_path(path)}" if component else path)

@@ -492,6 +492,7 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
     part of a suffix (CLIP's `text_model`, which newer transformers releases drop)."""
     paths = [p for p, _, _ in rows if p]
     order = {p: i for i, p in enumerate(paths)}
+    picks = _picked_by(paths)
     out: list[str] = []
     for path in sorted(chosen, key=order.__getitem__):
         if any(path == t or path.endswith("." + t) for t in out):
@@ -503,11 +504,21 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
                 t != suffix and t.endswith("." + suffix) and path.endswith("." + t) for t in _USUAL
             ):  # from a named part on; kohya's usual names (ff.net.2, not net.2)
                 continue
-            hits = {p for p in paths if p == suffix or p.endswith("." + suffix)}
-            if hits <= chosen:
+            if picks[suffix] <= chosen:
                 out.append(suffix)
                 break
     return out
+
+
+def _picked_by(paths: list[str]) -> dict[str, set[str]]:
+    """{suffix: the paths it picks as peft matches a target} for every dotted suffix of `paths`: one pass
+    over the model's modules instead of one per candidate suffix (SDXL's U-Net has ~2500)."""
+    picks: dict[str, set[str]] = {}
+    for path in paths:
+        parts = path.split(".")
+        for n in range(1, len(parts) + 1):
+            picks.setdefault(".".join(parts[-n:]), set()).add(path)
+    return picks
 
 
 class Targets(NamedTuple):
