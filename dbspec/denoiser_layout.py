@@ -252,8 +252,3 @@ def text_encoder_paths(model_class: str, layers: int) -> frozenset[str]:
         out += [f"{b}.self_attn.{p}_proj" for p in ("q", "k", "v", "out")]
         out += [f"{b}.{p}" for p in ("layer_norm1", "layer_norm2", "mlp.fc1", "mlp.fc2")]
     return frozenset(out)
-
-
-def targeted(path: str, targets) -> bool:
-    # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
-    return any(path == t or path.endswith("." + t) for t in targets)

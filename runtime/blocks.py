@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import torch
 
+from dbspec.util.targets import targeted
 from dbspec.plan.model import AdapterPlan, BlockPlan
 
 if TYPE_CHECKING:
@@ -24,18 +24,6 @@ if TYPE_CHECKING:
 
 def block_of(blocks: tuple[BlockPlan, ...], path: str) -> BlockPlan | None:
     return next((b for b in blocks if re.search(b.pattern, path)), None)
-
-
-def _targeted(path: str, targets: Collection[str]) -> bool:
-    # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
-    if path in targets:
-        return True
-    dot = path.find(".")
-    while dot != -1:
-        if path[dot + 1 :] in targets:
-            return True
-        dot = path.find(".", dot + 1)
-    return False
 
 
 class BlocksError(Exception):
@@ -78,7 +66,7 @@ def with_blocks(
         elif block is None and adapter.kind == "ia3":  # peft's rank: the scale's side (rank-0: excluded)
             from dbspec.runtime.lycoris_ia3 import INPUT_SIDE_RANK
 
-            rank, alpha = (INPUT_SIDE_RANK if _targeted(path, adapter.input_targets) else 1), 1.0
+            rank, alpha = (INPUT_SIDE_RANK if targeted(path, adapter.input_targets) else 1), 1.0
         elif block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:
@@ -114,7 +102,7 @@ def _blocks_of(module: torch.nn.Module, targets, blocks: tuple[BlockPlan, ...], 
     (`component` named) blocks are searched in `<component>.<path>`."""
     text_path, targets = clip_path_of(module), frozenset(targets)
     for path, layer in module.named_modules():
-        if path and _targeted(path, targets):
+        if path and targeted(path, targets):
             yield path, layer, block_of(blocks, f"{component}.{text_path(path)}" if component else path)
 
 

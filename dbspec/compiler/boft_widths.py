@@ -14,15 +14,11 @@ from pathlib import Path
 
 from dbspec.compiler.modelinfo import _component_weights
 from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.util.targets import targeted
 from dbspec.families import family_spec
 from dbspec.plan.boft import power2_factorization
 
 KEY = ("adapter", "block_size")
-
-
-def _targeted(path: str, targets: tuple[str, ...]) -> bool:
-    """peft's suffix rule for a list of target names."""
-    return any(path == t or path.endswith("." + t) for t in targets)
 
 
 def unsplittable_layers(
@@ -50,7 +46,7 @@ def unsplittable_layers(
             continue
         path, shape = name.removesuffix(".weight"), tuple(info.shape)
         names = targets if len(shape) == 2 else conv_targets if len(shape) == 4 else ()
-        if not names or not _targeted(path, names):
+        if not names or not targeted(path, names):
             continue
         own = next((b for b in blocks if re.search(b.pattern, prefix + path)), None)
         if mixed and (own is None or own.kind != "boft"):

@@ -18,6 +18,7 @@ import re
 
 from dbspec import codes
 from dbspec.compiler.context import Context
+from dbspec.util.targets import targeted
 from dbspec.families import FamilySpec, FusedProjection, family_spec
 from dbspec.plan.model import AdapterPlan, FusedPlan, ModelPlan
 from dbspec.spec.model import (
@@ -50,11 +51,6 @@ _FUSED_KINDS = (
 # LyCORIS's module per fused Linear: DBS577
 _MODULE_KINDS = (DiagOftAdapter, BoftAdapter, GloraAdapter, DyloraAdapter, Ia3Adapter, FullAdapter)
 _MODULE_KINDS += (TloraAdapter,)
-
-
-def targeted(path: str, targets) -> bool:
-    # peft's rule for a list of target names: the module path is one of them or ends with ".<name>"
-    return any(path == t or path.endswith("." + t) for t in targets)
 
 
 def _rank(path: str, adapter: AdapterPlan) -> tuple[int, float, float, str]:

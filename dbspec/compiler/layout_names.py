@@ -12,7 +12,13 @@ import re
 from collections.abc import Iterable
 
 from dbspec.compiler.context import Context
-from dbspec.denoiser_layout import PublicLayout, block_ranges, denoiser_paths, targeted, text_encoder_paths
+from dbspec.util.targets import suffixes
+from dbspec.denoiser_layout import (
+    PublicLayout,
+    block_ranges,
+    denoiser_paths,
+    text_encoder_paths,
+)
 from dbspec.families import FamilySpec, family_spec
 from dbspec.plan.model import ModelPlan
 from dbspec.spec.model import LowRankAdapter
@@ -29,14 +35,14 @@ def check_layout_names(ctx: Context, model: ModelPlan | None) -> None:
     layouts = family.layouts_of(model.base)
     if not layouts:
         return
-    denoisers = [denoiser_paths(layout.shape) for layout in layouts]
+    denoisers = [suffixes(denoiser_paths(layout.shape)) for layout in layouts]
     texts = _text_paths(family)
     where = _where(family, layouts)
     for key in ("denoiser_targets", "conv_targets"):
         given = getattr(adapter, key, ())
         if not ctx.raw.given(("adapter", key)) or not given:
             continue
-        missing = [t for t in given if not any(any(targeted(p, (t,)) for p in paths) for paths in denoisers)]
+        missing = [t for t in given if not any(t in names for names in denoisers)]
         if missing:
             shown = ", ".join(f'"{t}"' for t in missing)
             ctx.report(

@@ -32,8 +32,10 @@ import fnmatch
 import re
 import tomli
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
+from dbspec.util.targets import targeted
 from dbspec.unet_layout import SDXL_UNET, diffusers_name
 
 # lycoris-lora 4.1.3 config_sdk.VALID_PRESET_KEYS
@@ -492,10 +494,10 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
     part of a suffix (CLIP's `text_model`, which newer transformers releases drop)."""
     paths = [p for p, _, _ in rows if p]
     order = {p: i for i, p in enumerate(paths)}
-    picks = _picked_by(paths)
+    picks = _picked_by(tuple(paths))
     out: list[str] = []
     for path in sorted(chosen, key=order.__getitem__):
-        if any(path == t or path.endswith("." + t) for t in out):
+        if targeted(path, out):
             continue
         parts = path.split(".")
         for n in range(1, len(parts) + 1 - skip):
@@ -510,9 +512,11 @@ def _suffixes(chosen: set[str], rows: list[Row], skip: int = 0) -> list[str]:
     return out
 
 
-def _picked_by(paths: list[str]) -> dict[str, set[str]]:
+@lru_cache(maxsize=8)
+def _picked_by(paths: tuple[str, ...]) -> dict[str, set[str]]:
     """{suffix: the paths it picks as peft matches a target} for every dotted suffix of `paths`: one pass
-    over the model's modules instead of one per candidate suffix (SDXL's U-Net has ~2500)."""
+    over the model's modules instead of one per candidate suffix (SDXL's U-Net has ~2500); a conversion
+    asks for the same model's several times. Read only."""
     picks: dict[str, set[str]] = {}
     for path in paths:
         parts = path.split(".")
@@ -611,7 +615,8 @@ def _encoder_targets(rows: list[Row], built: list[str]) -> list[str]:
 
 
 def _picked(rows: list[Row], targets: list[str]) -> set[str]:
-    return {p for p, _, k in rows if k and any(p == t or p.endswith("." + t) for t in targets)}
+    names = frozenset(targets)
+    return {p for p, _, k in rows if k and targeted(p, names)}
 
 
 # lycoris-lora 4.1.3 config.py BUILTIN_PRESET_CONFIGS: the keys each built-in preset sets that reach kohya's
@@ -716,4 +721,5 @@ def norm_targets(unet_paths: list[str], text_paths: list[list[str]], v2: bool, s
 
 
 def _norms_picked(rows: list[Row], targets: list[str]) -> set[str]:
-    return {p for p, cls, _ in rows if "Norm" in cls and any(p == t or p.endswith("." + t) for t in targets)}
+    names = frozenset(targets)
+    return {p for p, cls, _ in rows if "Norm" in cls and targeted(p, names)}

@@ -52,6 +52,7 @@ from dbspec.convert.kohya.dylora_preset_alphas import (
 )
 from dbspec.convert.kohya.file_ranks import flow_blocks, flow_paths, text_blocks
 from dbspec.convert.kohya.loraplus import loraplus
+from dbspec.util.targets import targeted
 from dbspec.families import family_spec, lycoris_text_prefixes
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
@@ -178,8 +179,7 @@ def flow_dylora_alphas(weights: Legacy, paths, conv: Conversion, family: str) ->
 
 
 def _adapted(path: str, targets) -> bool:
-    """peft's target match: the module path is a target or ends with `.<target>`."""
-    return any(path == t or path.endswith("." + t) for t in targets or ())
+    return targeted(path, targets or ())
 
 
 def _differing_unet(
