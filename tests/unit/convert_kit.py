@@ -3,6 +3,8 @@ spec file, and compiling that spec to a plan for an RTX-4090-like target."""
 
 from __future__ import annotations
 
+import functools
+import io
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,18 @@ def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-hub"))
 
 
+@functools.cache
+def _encoded(mode: str, size: tuple[int, int], color: tuple, ext: str, orientation: int | None) -> bytes:
+    """One image file's bytes, encoded once per test process (the conversion tests write ~1000 alike)."""
+    out, image = io.BytesIO(), Image.new(mode, size, color)
+    extra = {}
+    if orientation is not None:
+        extra["exif"] = Image.Exif()
+        extra["exif"][0x0112] = orientation
+    image.save(out, format=Image.registered_extensions()[ext.lower()], **extra)
+    return out.getvalue()
+
+
 def images(
     folder: Path,
     count: int,
@@ -47,13 +61,7 @@ def images(
     for i in range(count):
         path = folder / f"{prefix}{i:03d}{ext}"
         color = (40 + i % 200, 90, 160) if mode == "RGB" else (40 + i % 200, 90, 160, 128)
-        image = Image.new(mode, size, color)
-        if orientation is not None:
-            exif = Image.Exif()
-            exif[0x0112] = orientation
-            image.save(path, exif=exif)
-        else:
-            image.save(path)
+        path.write_bytes(_encoded(mode, size, color, ext, orientation))
         if caption is not None:
             path.with_suffix(caption_ext).write_text(f"{caption} {i}\n", encoding="utf-8")
         made.append(path)
