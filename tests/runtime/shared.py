@@ -1,4 +1,5 @@
-"""Reference runs made once per test session, however many pytest-xdist workers ask for them."""
+"""Reference runs made once per test session, however many pytest-xdist workers ask for them, and set-ups
+several test files build alike."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def copy_of_run(
     made, kept = _MADE[key]
     shutil.copytree(made, folder)
     return folder, copy.deepcopy(kept)
+
+
+def moved_components(plan, text_encoder: bool = False, seed: int = 4):
+    """The plan's components as its run builds them (runtime/prepare.py configure_models, on the CPU), every
+    trainable tensor of the denoiser (`text_encoder`: and of the first text encoder) drawn at random (x 0.05,
+    from `seed`), so that no update is 0: for checks of the built layers against a reference without a run."""
+    import torch
+
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for model in (comps.unet, *comps.text_encoders[: int(text_encoder)]):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return comps

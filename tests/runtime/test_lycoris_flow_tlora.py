@@ -26,7 +26,7 @@ from dbspec.runtime.mixed_kinds import add_own_module_dropout
 from dbspec.runtime.prepare import _tie_fused
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.lycoris_flow_kit import BASE as FLUX
-from tests.runtime.lycoris_flow_kit import unet_only_spec
+from tests.runtime.lycoris_flow_kit import kohya_export, stacked_linear, unet_only_spec
 from tests.runtime.runspec import make_plan, whole_and_resumed
 from tests.runtime.test_lycoris_sd3 import BASE as SD3
 from tests.runtime.test_lycoris_sd3 import TARGETS as SD3_TARGETS
@@ -75,11 +75,10 @@ def _swap(rows: torch.Tensor, swap) -> torch.Tensor:
 
 def _kohya_linear(parts, swap) -> nn.Linear:
     """kohya's Linear: the parts' base weights and biases stacked in its row order."""
-    base = [p.base_layer for p in parts]
-    fused = nn.Linear(base[0].in_features, sum(b.out_features for b in base))
+    fused = stacked_linear(parts)
     with torch.no_grad():
-        fused.weight.copy_(_swap(torch.cat([b.weight for b in base]), swap))
-        fused.bias.copy_(_swap(torch.cat([b.bias for b in base]), swap))
+        fused.weight.copy_(_swap(fused.weight, swap))
+        fused.bias.copy_(_swap(fused.bias, swap))
     return fused
 
 
@@ -208,9 +207,7 @@ def test_fused_tlora_draws_are_the_fused_modules(tmp_path, base, spec, layers):
 
 def _check_export(plan, result, layers) -> None:
     transformer = result.components.unet.float().eval()
-    tensors = load_file(str(Path(result.final) / f"{plan.checkpoints.name}.kohya.safetensors"))
-    names = {k.split(".")[0] for k in tensors}
-    assert not any("to_q" in n or "proj_mlp" in n or "final_layer" in n for n in names)
+    tensors, _ = kohya_export(plan, result)  # kohya's names only
     torch.manual_seed(0)
     for name, parts, swap in layers(transformer):
         own = {k.removeprefix(name + "."): v.float() for k, v in tensors.items() if k.startswith(name + ".")}

@@ -7,7 +7,11 @@ lycoris form), decomposed layers in runtime/lycoris_dora.py. The entries' own we
 LoCon ResNets and LoHa MLPs, the network's other LoHa layers and conv_in's LoRA stay plain: one run covers
 both forms of both kinds. The plan's U-Net built by runtime/prepare.py (as a run builds it) and lycoris-lora
 4.1.3's network built from the same file on tiny SD 1.x, holding the same weights: training-mode outputs, the
-generator state after each forward, the magnitudes' and LoHa / LoCon factors' gradients equal."""
+generator state after each forward, the magnitudes' and LoHa / LoCon factors' gradients equal. With the
+network's module_dropout only: without it (no `torch.rand(1)` drawn) a LoHa network's LoHa, LoCon and
+decomposed LoCon layers draw their row masks alike in test_lycoris_rank_dropout_kinds.py's [loha-0.0]
+case, and the decomposed layers' skip draw reads a rate of 0 there as it reads 0.2 here
+(runtime/lycoris_dora.py)."""
 
 from __future__ import annotations
 
@@ -20,12 +24,10 @@ from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     MIXED_DORA,
-    NETWORK_ATTRS,
-    PRESETS,
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet
+from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
 from tests.runtime.test_lycoris_mixed_rank_dropout import MODULE, RANK
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -46,23 +48,21 @@ def _ours(pipe, plan):  # noqa: F811
     return unet
 
 
-@pytest.mark.parametrize("rate", [MODULE, 0.0])
-def test_rank_dropout_on_a_loha_network_with_locon_entries_is_lycoris(
-    pipe,  # noqa: F811
-    tmp_path,
-    monkeypatch,
-    rate,
-):
-    """With module_dropout, and without it: LyCORIS's modules then draw no `torch.rand(1)`, nor do the LoCon
-    layers, nor peft's LoHa forward (runtime/loha_weight.py)."""
-    PRESETS["loha_rank"] = MIXED_DORA
-    drops = {"rank_dropout": str(RANK), **({"module_dropout": str(rate)} if rate else {})}
-    try:
-        path, plan = _converted_plan(
-            tmp_path, "loha_rank", "loha", " ".join(f'"{k}={v}"' for k, v in drops.items())
+def assert_magnitude_grads(ours, wd: dict, names) -> None:
+    """Our decomposed layers `names`' magnitudes' gradients equal those of LyCORIS's modules `wd` (by lora
+    name) with weight_decompose."""
+    for name in names:
+        layer, module = ours.get_submodule(name), wd["lora_unet_" + name.replace(".", "_")]
+        torch.testing.assert_close(
+            dora_scale_of(layer, "default").grad, module.dora_scale.grad, rtol=1e-3, atol=1e-6, msg=name
         )
-    finally:
-        del PRESETS["loha_rank"]
+
+
+def test_rank_dropout_on_a_loha_network_with_locon_entries_is_lycoris(pipe, tmp_path, monkeypatch):  # noqa: F811
+    rate = MODULE
+    drops = {"rank_dropout": str(RANK), "module_dropout": str(rate)}
+    args = " ".join(f'"{k}={v}"' for k, v in drops.items())
+    path, plan = _converted_plan(tmp_path, "loha_rank", "loha", args, text=MIXED_DORA)
     a = plan.adapter
     # the LoCon entries' masks: LoConModule's, the plan says so on the LoHa adapter
     assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (
@@ -92,26 +92,10 @@ def test_rank_dropout_on_a_loha_network_with_locon_entries_is_lycoris(
         calm = ours(latents, t, context).sample
         torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
     ours.train(), theirs.train(), made.train()
-    torch.manual_seed(11)
-    outputs = []
-    for _ in range(3):
-        before = torch.get_rng_state()
-        mine = ours(latents, t, context).sample
-        after = torch.get_rng_state()
-        torch.set_rng_state(before)
-        other = theirs(latents, t, context).sample
-        assert torch.equal(torch.get_rng_state(), after)
-        torch.testing.assert_close(other, mine, rtol=1e-4, atol=1e-4)
-        mine.square().mean().backward()
-        other.square().mean().backward()
-        outputs.append(mine.detach())
+    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
     assert not torch.allclose(outputs[0], calm, atol=1e-4)
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
-    for name in decomposed_ours:  # the magnitudes' gradients over the three masked forwards
-        layer, module = ours.get_submodule(name), wd["lora_unet_" + name.replace(".", "_")]
-        torch.testing.assert_close(
-            dora_scale_of(layer, "default").grad, module.dora_scale.grad, rtol=1e-3, atol=1e-6, msg=name
-        )
+    assert_magnitude_grads(ours, wd, decomposed_ours)  # over the three masked forwards
     # every LoHa and LoCon layer's factors' gradients, decomposed or not
     mods = {m.lora_name: m for m in made.unet_loras}
     checked = set()

@@ -149,13 +149,16 @@ def _run(tmp_path: Path, planned_kinds: set[str], base: list[str], resume: bool 
     return planned, whole, tensors
 
 
-def _lycoris_network(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors):
+def _lycoris_network(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors, **network_args):
     """lycoris-lora's create_network from the preset file on kohya's layers (network_dim 4, alpha 1, as
-    converted), applied, the export loaded strictly (every key a module's, every module's key in it)."""
+    converted; `network_args`: kohya's other --network_args), applied, the export loaded strictly (every key
+    a module's, every module's key in it)."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    made = lycoris_kohya.create_network(1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file))
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **network_args
+    )
     made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys and not result.missing_keys, result

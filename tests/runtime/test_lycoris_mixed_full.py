@@ -1,9 +1,13 @@
 """LyCORIS preset files giving some SD layers LyCORIS's full algo beside a LoCon / LoKr network's layers
 (issue 12): the converted plan's `kind = "full"` blocks against lycoris-lora 4.1.3's create_network on tiny
-SD 1.x (each layer's module class, and the low-rank layers' dims and scales), and a tiny run (the LoCon
-network's with full entries resumes bit-exact): its one kohya export (FullModule's `diff` / `diff_b` beside
-the others' keys) loads in lycoris-lora's create_network_from_weights to the trained U-Net's output, and its
-adapter folders load back as `dbspec sample` loads them (runtime/mixed_kinds.py, lycoris_full.py)."""
+SD 1.x (each layer's module class, and the low-rank layers' dims and scales), and a tiny run: its one kohya
+export (FullModule's `diff` / `diff_b` beside the others' keys) loads in lycoris-lora's
+create_network_from_weights to the trained U-Net's output, and its adapter folders load back as `dbspec
+sample` loads them (runtime/mixed_kinds.py, lycoris_full.py). No run resumes here: full entries' diffs
+beside LoCon / LoHa / LoKr layers resume bit-exact in test_lycoris_mixed_module_dropout.py's
+test_mixed_module_dropout_trains_and_resumes (this file's MIXED_FULL on a LoKr network), the other kinds in
+their own runs (test_lycoris_switches' IA^3 and Diag-OFT, test_lycoris_boft's BOFT,
+test_lycoris_mixed_flow_full's GLoRA, LoCon's and LoKr's where test_lycoris.py's RESUMED_KINDS says)."""
 
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ from torch import nn
 from dbspec.runtime.adapters import add_lora
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris import loader  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     MIXED,
-    PRESETS,
     _converted_plan,
     _lycoris,
     pipe,
@@ -111,22 +115,21 @@ def _lycoris_classes(made) -> dict[str, tuple]:
         ("locon", "glora"),
     ],
 )
-def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
+def test_full_entries_beside_other_kinds_train_and_load_in_lycoris(
     pipe,  # noqa: F811
     tmp_path,
     monkeypatch,
+    loader,  # noqa: F811
     algo,
     other,
 ):
     from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris import _unet_output
+    from tests.runtime.test_lycoris_mixed_module_dropout import lycoris_unet
     from tests.unit.convert_kit import out_path
 
-    PRESETS["mixed_full"] = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
-    try:
-        path, plan = _converted_plan(tmp_path, "mixed_full", algo)
-    finally:
-        del PRESETS["mixed_full"]
+    preset = MIXED_FULL.replace('algo = "full"', f'algo = "{other}"')
+    path, plan = _converted_plan(tmp_path, "mixed_full", algo, text=preset)
     a = plan.adapter
     assert other in {b.kind for b in a.blocks} and {b.kind for b in a.text_encoder_blocks} == {"loha", other}
     made = _lycoris(pipe, path, monkeypatch, algo)
@@ -149,22 +152,9 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     assert whole.status == "finished"
     files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
     assert f"unet/{other}/adapter_model.safetensors" in files
-    if (algo, other) == ("locon", "full"):  # the full blocks' diffs beside LoCon's resume; the other kinds
-        # resume in their own runs (test_lycoris_switches' IA^3 and Diag-OFT, test_lycoris_boft's BOFT,
-        # test_lycoris_mixed_flow_full's GLoRA, test_lycoris' LoKr)
-        split = compile_spec(spec, [*base, "output.dir=parts"])
-        first = execute(split, stop_after=1)
-        resumed = execute(split, resume=True)
-        assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-        for name in files:
-            x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
     trained = whole.components.unet.eval()
     assert _classes(trained, "lora_unet_") == theirs
-    fresh = copy.deepcopy(pipe.unet)
-    named = nn.Module()
-    named.text_model = copy.deepcopy(pipe.text_encoder)
     (export,) = Path(whole.final).glob("*.kohya.safetensors")
     tensors = load_file(str(export))
     key = {"full": ".diff", "ia3": ".on_input", "glora": ".a1.weight"}.get(other, ".oft_blocks")
@@ -172,23 +162,16 @@ def test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris(
     if other == "ia3":
         # lycoris-lora 4.1.3's create_network_from_weights cannot rebuild an IA3Module (its TypeError,
         # test_lycoris_flow_factor_file.py): the file loads into create_network's modules from the preset
-        loaded = lycoris_kohya.create_network(
-            1.0, 4, 1.0, None, named, fresh, algo=algo, conv_dim="4", preset=str(path)
-        )
-        loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
+        loaded, fresh = lycoris_unet(pipe, monkeypatch, algo, path)
         result = loaded.load_state_dict(tensors, strict=False)
         assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
     else:
-        network = lycoris_kohya.LycorisNetworkKohya
-        for attr in (
-            "UNET_TARGET_REPLACE_MODULE",
-            "UNET_TARGET_REPLACE_NAME",
-            "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-        ):
-            monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
-        loaded, _ = lycoris_kohya.create_network_from_weights(
+        fresh = copy.deepcopy(pipe.unet)
+        named = nn.Module()
+        named.text_model = copy.deepcopy(pipe.text_encoder)
+        loaded, _ = loader(
             1.0, str(export), None, named, fresh, for_inference=True
-        )
+        )  # every module: the file's
         loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
         # every module was built from the file's tensors already (make_module_from_state_dict); kohya's
         # extra load_state_dict would add FullModule's diff a second time (test_lycoris_clip_norms.py)

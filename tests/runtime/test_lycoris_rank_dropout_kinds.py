@@ -22,11 +22,10 @@ from dbspec.runtime.dylora import DyloraLayer
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
-    PRESETS,
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
+from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours, assert_magnitude_grads
 from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
 from tests.runtime.test_lycoris_mixed_rank_dropout import MODULE, RANK
 
@@ -120,16 +119,10 @@ def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch,
     then) whose LoCon ResNets decompose (their entry's weight_decompose: runtime/lycoris_dora.py draws their
     masks). A full network's own layers draw FullModule's masks, an IA^3 network's none."""
     decompose = algo in ("loha", "full")
-    PRESETS["rank_kinds"] = (
-        KINDS.replace("alpha = 2\n", "alpha = 2\nweight_decompose = true\n") if decompose else KINDS
-    )
+    preset = KINDS.replace("alpha = 2\n", "alpha = 2\nweight_decompose = true\n") if decompose else KINDS
     drops = {"rank_dropout": str(RANK), **({"module_dropout": str(rate)} if rate else {})}
-    try:
-        path, plan = _converted_plan(
-            tmp_path, "rank_kinds", algo, " ".join(f'"{k}={v}"' for k, v in drops.items())
-        )
-    finally:
-        del PRESETS["rank_kinds"]
+    args = " ".join(f'"{k}={v}"' for k, v in drops.items())
+    path, plan = _converted_plan(tmp_path, "rank_kinds", algo, args, text=preset)
     a = plan.adapter
     assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (
         {"locon": "lora"}.get(algo, algo),
@@ -171,8 +164,4 @@ def test_rank_dropout_beside_other_kinds_is_lycoris(pipe, tmp_path, monkeypatch,
         torch.testing.assert_close(grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6)
         checked.add(kind)
     assert checked == set(GRADS)
-    for name in decomposed:  # the magnitudes' gradients over the three masked forwards
-        layer, module = ours.get_submodule(name), wd["lora_unet_" + name.replace(".", "_")]
-        torch.testing.assert_close(
-            dora_scale_of(layer, "default").grad, module.dora_scale.grad, rtol=1e-3, atol=1e-6, msg=name
-        )
+    assert_magnitude_grads(ours, wd, decomposed)  # over the three masked forwards

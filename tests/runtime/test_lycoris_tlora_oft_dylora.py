@@ -1,8 +1,11 @@
 """An algo=tlora network's preset-file entries of Diag-OFT, BOFT and DyLoRA (was DBS403): the T-LoRA adapter's
 blocks of those kinds, against lycoris-lora 4.1.3's create_network from the same file on the tiny SD 1.x:
-each module's class, block size / rank, alpha, constraint and scale; a tiny run trains, draws as
-lycoris-lora's network (module_dropout: every module's one draw in forward order), its export loads back
-in lycoris-lora's kohya loader and its adapter folders as `dbspec sample` loads them."""
+each module's class, block size / rank, alpha, constraint and scale; a tiny run of the file with the entries'
+own options trains, draws as lycoris-lora's network (module_dropout: every module's one draw in forward
+order), its export loads back in lycoris-lora's kohya loader and its adapter folders as `dbspec sample` loads
+them. The file at the entries' defaults (one DyLoRA block per layer, no Diag-OFT rescale) is checked built
+only, as the run builds it (adapters.add_lora): its run would train, draw, export and reload the same kinds
+through the same paths."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
+from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_tlora import _no_gc
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -85,6 +89,7 @@ def _layers(model, prefix: str) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("preset", ["defaults", "own"])
 def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
+    pipe,  # noqa: F811
     tmp_path,
     loader,  # noqa: F811
     monkeypatch,
@@ -92,8 +97,8 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
 ):
     from safetensors.torch import load_file
 
+    from dbspec.runtime.adapters import add_lora
     from dbspec.runtime.execute import execute
-    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris import _unet_output
     from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
@@ -118,9 +123,8 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    base = build_pipeline("builtin:tiny-sd1")
-    named, unet = nn.Module(), copy.deepcopy(base.unet)
-    named.text_model = copy.deepcopy(base.text_encoder)
+    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
+    named.text_model = copy.deepcopy(pipe.text_encoder)
     extra = dict(a.strip('"').split("=") for a in ARGS.split())
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
@@ -131,6 +135,13 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     own = preset == "own"  # the entries' own options reach lycoris-lora's modules
     assert {v[2] for v in theirs.values() if v[0] == "DyLoraModule"} == ({2} if own else {4})
     assert {v[4] for v in theirs.values() if v[0] == "DiagOFTModule"} == {own}
+    if not own:  # the layers as the run builds them
+        built, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)
+        add_lora(built, adapter, adapter.denoiser_targets, seed=0, conv=True)
+        add_lora(text, adapter, adapter.text_encoder_targets, seed=0, component="text_encoder")
+        ours = {**_layers(built, "lora_unet_"), **_layers(text, "lora_te_text_model_")}
+        assert sorted(ours) == sorted(theirs) and {k: v for k, v in ours.items() if theirs[k] != v} == {}
+        return
 
     done = execute(compile_spec(out_path(tmp_path), ["model.base=builtin:tiny-sd1"]), keep_models=True)
     assert done.status == "finished"
@@ -158,7 +169,7 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
         if isinstance(layer, DyloraLayer):
             for up in layer.lora_dylora_up["default"]:
                 up.data.zero_()
-    cfg = base.unet.config
+    cfg = pipe.unet.config
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, cfg.in_channels, 8, 8, generator=generator)
     hidden = torch.randn(2, 5, cfg.cross_attention_dim, generator=generator)
@@ -176,27 +187,26 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
         "TEXT_ENCODER_TARGET_REPLACE_MODULE",
     ):
         monkeypatch.setattr(network, attr, [])
-    fresh = build_pipeline("builtin:tiny-sd1")
-    named = nn.Module()
-    named.text_model = fresh.text_encoder
-    loaded, weights = loader(1.0, str(export), None, named, fresh.unet, for_inference=True)
+    fresh_unet, named = copy.deepcopy(pipe.unet), nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    loaded, weights = loader(1.0, str(export), None, named, fresh_unet, for_inference=True)
     assert sorted(m.lora_name for m in [*loaded.unet_loras, *loaded.text_encoder_loras]) == sorted(theirs)
-    loaded.apply_to(named, fresh.unet, True, True)
+    loaded.apply_to(named, fresh_unet, True, True)
     loaded.load_state_dict(weights, strict=False)
     torch.testing.assert_close(
-        _unet_output(fresh.unet), _unet_output(trained.unet.eval()), rtol=1e-4, atol=1e-4
+        _unet_output(fresh_unet), _unet_output(trained.unet.eval()), rtol=1e-4, atol=1e-4
     )
-    ids = torch.randint(0, fresh.text_encoder.config.vocab_size, (2, 7), generator=generator)
+    ids = torch.randint(0, pipe.text_encoder.config.vocab_size, (2, 7), generator=generator)
     with torch.no_grad():
-        got = fresh.text_encoder(ids).last_hidden_state
+        got = named.text_model(ids).last_hidden_state
         want = trained.text_encoders[0].eval()(ids).last_hidden_state
-        assert not torch.allclose(want, base.text_encoder(ids).last_hidden_state, atol=1e-4)  # trained
+        assert not torch.allclose(want, pipe.text_encoder(ids).last_hidden_state, atol=1e-4)  # trained
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
     # the run's adapter folders (`<component>/<kind>/` beside T-LoRA's) load back as `dbspec sample` does
     from dbspec.runtime.weights import load_peft_adapters
 
-    again = {"unet": copy.deepcopy(base.unet), "text_encoder": copy.deepcopy(base.text_encoder)}
+    again = {"unet": copy.deepcopy(pipe.unet), "text_encoder": copy.deepcopy(pipe.text_encoder)}
     assert load_peft_adapters(Path(done.final), again, blocks=adapter) == ["unet", "text_encoder"]
     torch.testing.assert_close(
         _unet_output(again["unet"].eval()), _unet_output(trained.unet), rtol=1e-5, atol=1e-5

@@ -10,34 +10,26 @@ import torch
 
 import pytest
 
+from tests.runtime.shared import moved_components
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (pipe: a fixture)
+from tests.runtime.test_lycoris_mixed_module_dropout import lycoris_unet
 from tests.runtime.test_lycoris_whole_main_mixed import _plan
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 
 def test_ia3_bypass_with_entries_equals_lycoris_on_sd1(pipe, tmp_path, monkeypatch):  # noqa: F811
-    from dbspec.runtime.families import family_runtime
     from dbspec.runtime.lycoris_export import lycoris_state
-    from dbspec.runtime.prepare import configure_models
     from tests.runtime.test_lycoris import _unet_output
 
     path, plan = _plan(tmp_path, "ia3", '"bypass_mode=True"')
     a = plan.adapter
     assert (a.kind, a.bypass) == ("ia3", True) and {b.kind for b in a.blocks} == {"lora", "loha"}
-    comps = family_runtime(plan.model.family).load(plan)
-    configure_models(plan, comps, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in comps.unet.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    unet = comps.unet.eval()
+    unet = moved_components(plan).unet.eval()
     tensors = lycoris_state(unet=unet, text_encoders=[], family="sd1", dtype="fp32")
-    theirs_unet, made = _network(pipe, path, monkeypatch)
+    made, theirs_unet = lycoris_unet(pipe, monkeypatch, "ia3", path, bypass_mode="True")
     assert {type(m).__name__ for m in made.unet_loras} == {"IA3Module", "LoConModule", "LohaModule"}
     assert {bool(m.bypass_mode) for m in made.unet_loras} == {True}
-    made.apply_to(None, theirs_unet, apply_text_encoder=False, apply_unet=True)
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys, result
     assert not [k for k in result.missing_keys if k.startswith("lora_unet_")], result
@@ -49,24 +41,3 @@ def test_ia3_bypass_with_entries_equals_lycoris_on_sd1(pipe, tmp_path, monkeypat
     for m in made.unet_loras:
         m.bypass_mode = False
     assert not torch.allclose(_unet_output(theirs_unet), theirs, atol=1e-5)
-
-
-def _network(sd, path, monkeypatch):
-    """(the U-Net copy, lycoris-lora's network from the file on it with bypass_mode) as test_lycoris_algo_maps
-    builds it."""
-    import copy
-
-    from torch import nn
-
-    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named = nn.Module()
-    named.text_model = copy.deepcopy(sd.text_encoder)
-    unet = copy.deepcopy(sd.unet)
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo="ia3", conv_dim="4", preset=str(path), bypass_mode="True"
-    )
-    return unet, made

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+from tests.runtime.shared import moved_components
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _check_kohya_outputs,
@@ -102,22 +103,6 @@ def _block(blocks, path: str):
     return next((b for b in blocks if re.search(b.pattern, path)), None)
 
 
-def _with_args(monkeypatch, algo: str, file: Path, text_encoders, tree, tensors, **network_args) -> dict:
-    """_lycoris_network's, `network_args` handed on (kohya's --network_args: dora_wd, bypass_mode)."""
-    from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, text_encoders, tree, algo=algo, preset=str(file), **network_args
-    )
-    made.apply_to(text_encoders, tree, apply_text_encoder=True, apply_unet=True)
-    result = made.load_state_dict(tensors, strict=False)
-    assert not result.unexpected_keys and not result.missing_keys, result
-    return {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
-
-
 @pytest.mark.parametrize(
     ("algo", "args"),
     [("full", {}), ("ia3", {}), ("ia3", {"dora_wd": "True"}), ("ia3", {"bypass_mode": "True"})],
@@ -133,10 +118,8 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     decomposed, each fused Linear whole, as lycoris-lora's network with weight_decompose builds them; with
     IA^3's `bypass_mode` (was DBS403, a spec's DBS578) every module in LyCORIS's bypass forward (IA3Module's
     and DiagOFTModule's scale and rotate the output, its bias too; the others compute their default one)."""
-    from dbspec.runtime.families import family_runtime
     from dbspec.runtime.lycoris_export import lycoris_state
     from dbspec.runtime.max_norm import apply_max_norm, lycoris_norm_modules, lycoris_update
-    from dbspec.runtime.prepare import configure_models
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = _file(tmp_path, FLUX_FILE)
@@ -153,28 +136,18 @@ def test_flux_network_with_entries_builds_as_lycoris(tmp_path, monkeypatch, algo
     assert {b.dora for b in a.blocks if b.kind in ("lokr", "loha", "lora")} == {"on" if dora else "adapter"}
     assert {b.kind for b in a.blocks} == {"lokr", "loha", "lora", "glora", "diag-oft", "boft"}
     assert [(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks] == [("loha", 2, 1.0)]
-    comps = family_runtime(plan.model.family).load(plan)
-    configure_models(plan, comps, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for model in (comps.unet, comps.text_encoders[0]):
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    comps = moved_components(plan, text_encoder=True)
     unet = comps.unet.eval()
     tensors = lycoris_state(unet=unet, text_encoders=comps.text_encoders, family="flux", dtype="fp32")
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     tree = _kohya_tree(layers)
     clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
-    if dora or bypass:
-        theirs = _with_args(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors, **network_args)
-        decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
-        assert decomposed == (
-            {n for n, m in theirs.items() if type(m).__name__ in _SCALED[:3]} if dora else set()
-        )
-        assert {bool(m.bypass_mode) for m in theirs.values()} == {bypass}
-    else:
-        theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+    theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors, **network_args)
+    decomposed = {n for n, m in theirs.items() if getattr(m, "wd", False)}
+    assert decomposed == (
+        {n for n, m in theirs.items() if type(m).__name__ in _SCALED[:3]} if dora else set()
+    )
+    assert {bool(m.bypass_mode) for m in theirs.values()} == {bypass}
     expected = {**dict.fromkeys(OWN_PATHS, _OWN[algo]), **FLUX_KINDS}
     unet_names = {n: type(m).__name__ for n, m in theirs.items() if n.startswith("lora_unet_")}
     assert unet_names == {"lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()}
@@ -371,7 +344,9 @@ def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch):
     every LyCORIS module (a fused Linear one) draws once per training forward as its class does,
     test_lycoris_mixed_flow_dropout.py's check (outputs and generator state against lycoris-lora's network
     from the same file, its tiny run resumed bit-exact there; an IA^3 network's own layers draw through the
-    same add_own_module_dropout as its IA^3 entries here)."""
+    same add_own_module_dropout as its IA^3 entries here). Its run is not resumed: the kinds' weights and the
+    module dropout's draws on fused layers resume in test_lycoris_mixed_flow_dropout.py's first case (full,
+    IA^3, LoHa, LoCon), LoKr's in test_lycoris_mixed_flow_full.py."""
     algo = "full"
     from tests.runtime.test_lycoris_mixed_flow_dropout import RATE, _converted, _draws_as_lycoris
     from tests.runtime.test_lycoris_mixed_flow_full import FLUX_FILE as PLACED
@@ -383,7 +358,7 @@ def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch):
     plan = _converted(tmp_path, file.name, algo, base)
     assert (plan.adapter.kind, plan.adapter.module_dropout) == (algo, RATE) and plan.adapter.fused
     kinds = {"lokr", "loha", "lora", "ia3", "full"} - {algo}
-    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base)
+    theirs, fused = _draws_as_lycoris(tmp_path, monkeypatch, file, algo, kinds, base, resume=False)
     assert {type(m).__name__ for m in theirs.values()} == {
         "FullModule",
         "IA3Module",
@@ -400,9 +375,7 @@ def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
     DyLoraModule saves and loads LoRA's lora_down / lora_up, which it never reads back), and
     create_network_from_weights rebuilds the export's LoCon module computing the plan's DyLoRA layer (every
     block, eval), the other modules theirs."""
-    from dbspec.runtime.families import family_runtime
     from dbspec.runtime.lycoris_export import lycoris_state
-    from dbspec.runtime.prepare import configure_models
     from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
@@ -412,14 +385,7 @@ def test_flux_dylora_entry_beside_a_full_network(tmp_path, monkeypatch):
     plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
     a = plan.adapter
     assert {(b.kind, b.rank, b.alpha) for b in a.blocks} == {("lokr", 4, 2.0), ("dylora", 4, 2.0)}
-    comps = family_runtime(plan.model.family).load(plan)
-    configure_models(plan, comps, torch.device("cpu"))
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for p in comps.unet.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
-    unet = comps.unet.eval()
+    unet = moved_components(plan).unet.eval()
     tensors = lycoris_state(unet=unet, text_encoders=[], family="flux", dtype="fp32")
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     network = lycoris_kohya.LycorisNetworkKohya

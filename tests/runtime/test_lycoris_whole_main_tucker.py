@@ -17,9 +17,9 @@ from torch import nn
 
 from dbspec.runtime.execute import execute
 from tests.runtime.runspec import compile_spec
+from tests.runtime.test_lycoris import loader  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
     MIXED,
-    PRESETS,
     _converted_plan,
     _lycoris,
     pipe,
@@ -38,14 +38,6 @@ CASES = {
 }
 
 
-def _plan(tmp_path: Path, algo: str, preset: str, args: str = ""):
-    PRESETS["whole_tucker"] = preset
-    try:
-        return _converted_plan(tmp_path, "whole_tucker", algo, args)
-    finally:
-        del PRESETS["whole_tucker"]
-
-
 def _shapes(made) -> dict[str, tuple[int, ...]]:
     """The LoCon / LoHa modules' tensors in the file's keys, with their shapes (FullModule's and IA3Module's
     left out: no size of the entries')."""
@@ -59,7 +51,13 @@ def _shapes(made) -> dict[str, tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+def test_full_network_entries_tucker_build_train_and_load_in_lycoris(
+    pipe,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    loader,  # noqa: F811
+    case,
+):
     """The plan gives the ResNets' block `tucker = "on"` (an entry's own use_tucker on its LoCon, or the
     network's reaching its LoHa; the MLPs' LoHa block on Linears none); every U-Net layer is LyCORIS's class
     at its dim and scale, the ResNets' 3x3 convolutions with their Tucker core (`lora_mid`, `hada_t1` /
@@ -70,7 +68,7 @@ def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_p
 
     preset, network, (kind, tucker) = CASES[case]
     args = " ".join(f'"{k}={v}"' for k, v in network.items())
-    path, plan = _plan(tmp_path, "full", preset, args)
+    path, plan = _converted_plan(tmp_path, "whole_tucker", "full", args, text=preset)
     resnets = [b for b in plan.adapter.blocks if b.kind == kind and b.alpha == 2.0]  # alpha 2: the ResNets
     assert [b.tucker for b in resnets] == [tucker]
     made = _lycoris(pipe, path, monkeypatch, "full", **network)
@@ -90,19 +88,10 @@ def test_full_network_entries_tucker_build_train_and_load_in_lycoris(pipe, tmp_p
     ours = {k: tuple(v.shape) for k, v in saved.items() if k in shapes or k.endswith((core, ".hada_t2"))}
     assert ours == shapes
 
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in (
-        "UNET_TARGET_REPLACE_MODULE",
-        "UNET_TARGET_REPLACE_NAME",
-        "TEXT_ENCODER_TARGET_REPLACE_MODULE",
-    ):
-        monkeypatch.setattr(network, attr, [])  # every module from the file (test_lycoris.py's loader)
     fresh = copy.deepcopy(pipe.unet)
     named = nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
-    loaded, _ = lycoris_kohya.create_network_from_weights(
-        1.0, str(export), None, named, fresh, for_inference=True
-    )
+    loaded, _ = loader(1.0, str(export), None, named, fresh, for_inference=True)  # every module: the file's
     loaded.apply_to(named, fresh, apply_text_encoder=False, apply_unet=True)
     assert sum(bool(getattr(m, "tucker", False)) for m in loaded.unet_loras) > 0
     output = _unet_output(trained)
