@@ -3,7 +3,7 @@
 TLoraModule per fused Linear: one SVD of the stacked weight), network_dim / network_alpha its rank / alpha
 (alpha 0: the rank), module_dropout, bypass_mode with its dropout and --scale_weight_norms the adapter's;
 SD3's 2x2 patch convolution (presets full / unet-only) a T-LoRA
-layer at conv_dim / conv_alpha; a preset file is refused."""
+layer at conv_dim / conv_alpha; a preset file's targets and its entries' blocks (T5-XXL's T-LoRA refused)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,20 @@ def test_flux_tlora_bypass_dropout_max_norm_and_preset_file(tmp_path):
     # LyCORIS's max norm: one norm of each fused module's stacked update (runtime/max_norm.py)
     norms = plan_of(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=tlora"), tmp_path).adapter
     assert (norms.max_norm, norms.max_norm_form, len(norms.fused)) == (1.0, "lycoris", 3)
-    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    # a preset file (was DBS403): its targets, its T-LoRA entries' dims as blocks; T5-XXL's modules refused
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["DoubleStreamBlock"]\ntext_encoder_target_module = []\n'
+        "[module_algo_map.DoubleStreamBlock]\ndim = 2\nalpha = 2\n"
+    )
     outcome = _flux(tmp_path, "--network_args algo=tlora preset=p.toml")
-    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, [f.name for f in a.fused]) == ("tlora", 8, 4.0, FLUX_FUSED[:2])
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("adapter", 2, 2.0)]
+    assert not a.text_encoder_targets and "single_transformer_blocks.0.proj_out" not in a.denoiser_targets
+    (tmp_path / "t5.toml").write_text('unet_target_module = []\ntext_encoder_target_module = ["T5Block"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=tlora preset=t5.toml")
+    assert "DBS403" in codes(outcome) and "no T-LoRA on T5-XXL" in messages(outcome, "DBS403")
 
 
 def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
