@@ -75,8 +75,8 @@ _COMMANDS = {
 }
 
 
-def _converted(tmp_path: Path, text: str, script: str, overrides):
-    """The kohya command (network_dim 4, alpha 1, algo=tlora, the preset file `text`) converted: its plan."""
+def _converted(tmp_path: Path, text: str, script: str, overrides, algo: str = "tlora"):
+    """The kohya command (network_dim 4, alpha 1, `algo`, the preset file `text`) converted: its plan."""
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
     (tmp_path / "tl.toml").write_text(text, encoding="utf-8")
@@ -87,22 +87,20 @@ def _converted(tmp_path: Path, text: str, script: str, overrides):
     outcome = kohya(
         tmp_path,
         command=command + "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 "
-        '--network_alpha=1 --network_args "algo=tlora" "preset=tl.toml" --network_train_unet_only '
+        f'--network_alpha=1 --network_args "algo={algo}" "preset=tl.toml" --network_train_unet_only '
         "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return plan_of(outcome, tmp_path, overrides)
 
 
-def _their_network(monkeypatch, file: Path, tree):
-    """lycoris-lora's create_network (algo=tlora, dim 4, alpha 1) from the preset file on kohya's layers,
+def _their_network(monkeypatch, file: Path, tree, algo: str = "tlora"):
+    """lycoris-lora's create_network (`algo`, dim 4, alpha 1) from the preset file on kohya's layers,
     applied to the denoiser: its modules by name, and the network."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, [nn.Module()], tree, algo="tlora", preset=str(file)
-    )
+    made = lycoris_kohya.create_network(1.0, 4, 1.0, None, [nn.Module()], tree, algo=algo, preset=str(file))
     made.apply_to([nn.Module()], tree, apply_text_encoder=False, apply_unet=True)
     return {m.lora_name: m for m in made.unet_loras}, made
 
@@ -205,3 +203,49 @@ def test_tlora_network_file_on_sd3_builds_lycoris_network(tmp_path, monkeypatch)
     expected = {f"joint_blocks.{i}.x_block.attn.qkv": ("TLoraModule", 4, 0.25) for i in (0, 1)}
     expected["x_embedder.proj"] = ("TLoraModule", 2, 1.0)
     _check_modules(theirs, layers, expected)
+
+
+# a LoCon network's file (issue 12; was DBS402, though kohya trains it): T-LoRA on SD3's 2x2 stride-2 patch
+# convolution at its entry's dim 2 / alpha 2, LoCon on the x blocks' q/k/v
+SD3_PATCH_ENTRY = SD3_FILE.replace(
+    "[module_algo_map.PatchEmbed]\n", '[module_algo_map.PatchEmbed]\nalgo = "tlora"\n'
+)
+
+
+def test_tlora_entry_on_sd3_patch_beside_locon_trains_and_loads_in_lycoris(tmp_path, monkeypatch):
+    """A tlora entry on SD3's patch convolution in a LoCon network: TLoraModule's 1x1 factors at the
+    patch's stride give an output of the layer's size (its bypass path), so kohya trains it. A block of kind
+    tlora at the entry's conv dim (runtime/blocks.py with_blocks); create_network from the same file builds
+    TLoraModule there (dim 2, scale 1, its SVD start ours) and LoConModule on the q/k/v; a tiny run's export
+    loads strictly into those modules, which compute the trained layers' outputs."""
+    from dbspec.runtime.sd3_kohya import swapped
+
+    base = ["model.base=builtin:tiny-sd3", *_BASE]
+    plan = _converted(tmp_path, SD3_PATCH_ENTRY, "sd3", base, algo="locon")
+    a = plan.adapter
+    assert (a.kind, a.conv_targets) == ("lora", ("pos_embed.proj",))
+    assert [(b.kind, b.conv_rank, b.conv_alpha) for b in a.blocks] == [("tlora", 2, 2.0)]
+    _, whole, tensors = _run(tmp_path, {"tlora"}, base, resume=False)
+    unet = whole.components.unet.float().eval()
+    conv = unet.pos_embed.proj
+    assert type(conv).__name__ == "TloraLayer" and conv.r[ADAPTER_NAME] == 2
+    layers = _kohya_layers(unet, mmdit(2, ()), sd3_parts, swapped)
+    tree = _kohya_tree(layers)
+    tree.add_module("x_embedder", PatchEmbed(copy.deepcopy(conv.base_layer)))
+    theirs, _ = _their_network(monkeypatch, tmp_path / "tl.toml", tree, algo="locon")
+    expected = {f"joint_blocks.{i}.x_block.attn.qkv": ("LoConModule", 4, 0.25) for i in (0, 1)}
+    expected["x_embedder.proj"] = ("TLoraModule", 2, 1.0)
+    patch = theirs["lora_unet_x_embedder_proj"]
+    for key, value in _start([conv], None).items():  # its frozen start (the base weight's SVD), ours
+        torch.testing.assert_close(value, patch.get_buffer(key), rtol=0, atol=1e-6, msg=key)
+    result = nn.ModuleDict(theirs).load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if ".base_" not in k], result
+    assert {n: type(m).__name__ for n, m in theirs.items()} == {
+        "lora_unet_" + p.replace(".", "_"): c for p, (c, _, _) in expected.items()
+    }
+    _check_kohya_outputs(tree, {p: layers[p] for p in expected if p in layers}, set(theirs))
+    x = torch.randn(2, conv.base_layer.in_channels, 8, 8)
+    with torch.no_grad():
+        trained = conv(x)
+        assert not torch.allclose(trained, conv.base_layer(x), atol=1e-7)
+        torch.testing.assert_close(tree.x_embedder.proj(x), trained, rtol=0, atol=1e-5)

@@ -293,6 +293,7 @@ def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):
     write(tmp_path / "p.toml", text + '[module_algo_map.ResnetBlock2D]\nalgo = "tlora"\n')
     outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=4", "preset=p.toml"')
     assert "DBS402" in codes(outcome) and "k x k convolution" in messages(outcome, "DBS402")
+    assert "output of another size" in messages(outcome, "DBS402")  # its padding: SD3's patch converts
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):

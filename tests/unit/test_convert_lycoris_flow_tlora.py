@@ -164,3 +164,20 @@ def test_flux_tlora_entries_beside_a_locon_network(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == "lora" and a.module_dropout == 0.1 and [f.name for f in a.fused] == FLUX_FUSED[:2]
     assert [(b.kind, b.rank, b.alpha) for b in a.blocks if b.kind == "tlora"] == [("tlora", 4, 2.0)]
+
+
+def test_tlora_entry_on_sd3_patch_converts(tmp_path):
+    """lycoris_maps._tlora_kxk: a tlora entry on SD3's 2x2 stride-2 patch convolution in another algo's
+    network converts (was DBS402: TLoraModule's 1x1 factors at the stride give an output of the layer's size,
+    so kohya trains it): a block of kind tlora at the entry's conv dim (SD's padded k x k convolutions stop
+    kohya: test_convert_kohya_tlora.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["PatchEmbed"]\nunet_target_name = ["joint_blocks.0.x_block.attn.qkv"]\n'
+        '[module_algo_map.PatchEmbed]\nalgo = "tlora"\ndim = 4\nalpha = 2\n'
+    )
+    for algo in ("locon", "lokr", "glora"):
+        outcome = _sd3(tmp_path, f"--network_train_unet_only --network_args algo={algo} preset=p.toml")
+        assert not errors(outcome) and "DBS402" not in codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.conv_targets == ("pos_embed.proj",)
+        assert [(b.kind, b.conv_rank, b.conv_alpha) for b in a.blocks] == [("tlora", 4, 2.0)]
