@@ -1346,9 +1346,14 @@ def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def tlora_dropout_needs_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603)."""
+    """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603), which a patch
+    convolution (SD3's) takes in either mode (families.reaches_patch_conv)."""
+    from dbspec.families import reaches_patch_conv
+
     a = spec.adapter
-    if getattr(a, "kind", None) == "tlora" and a.dropout and not a.bypass:
+    if getattr(a, "kind", None) != "tlora" or reaches_patch_conv(spec.model.family, a.denoiser_targets):
+        return
+    if a.dropout and not a.bypass:
         yield _warn(
             "DBS603",
             ("adapter", "dropout"),

@@ -249,3 +249,53 @@ def test_tlora_entry_on_sd3_patch_beside_locon_trains_and_loads_in_lycoris(tmp_p
         trained = conv(x)
         assert not torch.allclose(trained, conv.base_layer(x), atol=1e-7)
         torch.testing.assert_close(tree.x_embedder.proj(x), trained, rtol=0, atol=1e-5)
+
+
+def test_tlora_dropout_outside_bypass_drops_the_patch_alone_as_lycoris():
+    """`dropout` outside bypass_mode (issue 12; was DBS403): TLoraModule's forward on SD3's 2x2 stride-2
+    patch convolution takes its bypass path (its 1x1 update's shape differs from the kernel's) and drops the
+    update there after the module_dropout draw, while a Linear's default forward never reads it. Our layers
+    built as the plan builds them (tlora_config with the adapter's dropout, add_own_module_dropout) equal
+    lycoris-lora 4.1.3's modules from the same generator state: outputs and generator state, training."""
+    from lycoris.modules.tlora import TLoraModule
+    from peft import inject_adapter_in_model
+
+    from dbspec.runtime.lycoris_tlora import tlora_config
+    from dbspec.runtime.mixed_kinds import add_own_module_dropout
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.proj, holder.linear = nn.Conv2d(16, 24, 2, stride=2), nn.Linear(16, 24)
+    base = {name: copy.deepcopy(getattr(holder, name)) for name in ("proj", "linear")}
+    rates = {"dropout": 0.4, "module_dropout": 0.3}
+    theirs = {n: TLoraModule(n, m, 1.0, lora_dim=4, alpha=2.0, **rates) for n, m in base.items()}
+    inject_adapter_in_model(tlora_config(["proj", "linear"], 4, 2.0, bypass=False, dropout=0.4), holder)
+    assert add_own_module_dropout(holder, 0.3) == 2
+    with torch.no_grad():  # moved singular values: an update to drop
+        for name, module in theirs.items():
+            module.apply_to()
+            module.lambda_layer.add_(0.5)
+            getattr(holder, name).lora_tlora_lambda[ADAPTER_NAME].copy_(module.lambda_layer)
+    inputs = {"proj": torch.randn(2, 16, 8, 8), "linear": torch.randn(3, 16)}
+    holder.train()
+    for module in theirs.values():
+        module.train()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        want = [[theirs[n](x) for n, x in inputs.items()] for _ in range(6)]
+    state = torch.get_rng_state()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        got = [[getattr(holder, n)(x) for n, x in inputs.items()] for _ in range(6)]
+    assert torch.equal(torch.get_rng_state(), state)
+    for ours, their in zip(got, want):
+        for a, b in zip(ours, their):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    x = inputs["proj"]
+    with torch.no_grad():
+        plain, full = theirs["proj"].org_forward(x), holder.eval().proj(x)  # eval: the whole update
+    kept = [g[0] for g in got if not torch.allclose(g[0], plain)]  # past module_dropout's draw
+    assert kept and all(not torch.allclose(k, full) for k in kept)  # the dropout's masks
+    with torch.no_grad():  # the Linear: its whole update or (module_dropout) none, never a dropout mask
+        ends = (holder.linear(inputs["linear"]), theirs["linear"].org_forward(inputs["linear"]))
+    assert all(any(torch.allclose(g[1], end, atol=1e-6) for end in ends) for g in got)

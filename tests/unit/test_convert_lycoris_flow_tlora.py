@@ -87,9 +87,15 @@ def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
     own = _sd3(tmp_path, "--network_train_unet_only --network_args algo=tlora preset=unet-only conv_dim=4")
     a = plan_of(own, tmp_path).adapter
     assert [(b.pattern, b.rank, b.alpha) for b in a.blocks] == [("^pos_embed\\.proj$", 4, 8.0)]
-    # outside bypass_mode TLoraModule drops the patch's output alone
+    # outside bypass_mode TLoraModule drops the patch's update alone (was DBS403): the adapter's dropout,
+    # which its Linears' default forward never reads
     dropped = _sd3(tmp_path, "--network_dropout 0.1 --network_args algo=tlora preset=full")
-    assert "DBS403" in codes(dropped) and "patch convolution alone" in messages(dropped, "DBS403")
+    assert not errors(dropped) and "DBS403" not in codes(dropped) and "DBS603" not in codes(dropped)
+    a = plan_of(dropped, tmp_path).adapter
+    assert (a.bypass, a.bypass_dropout, a.denoiser_targets[-1]) == (False, 0.1, "pos_embed.proj")
+    assert "DBS402" in codes(_sd3(tmp_path, "--network_args algo=tlora preset=full dropout=1.5"))
+    lin = plan_of(_sd3(tmp_path, "--network_dropout 0.1 --network_args algo=tlora preset=full-lin"), tmp_path)
+    assert (lin.adapter.bypass, lin.adapter.bypass_dropout) == (False, 0.0)  # no patch: never read
 
 
 def test_chroma_tlora_is_one_module_per_fused_layer(tmp_path):

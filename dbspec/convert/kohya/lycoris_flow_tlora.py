@@ -16,7 +16,8 @@ stacked update, the shared λ scaled once (runtime/max_norm.py). SD3's 2x2 strid
 (presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with 1x1
 factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
 flattened weight's SVD (runtime/lycoris_tlora.py's patch layer): a denoiser target at conv_dim /
-conv_alpha (_put_patch); a dropout outside bypass_mode, which that path alone applies, DBS403. A preset
+conv_alpha (_put_patch); a dropout outside bypass_mode that path alone applies (the adapter's `dropout`,
+runtime/lycoris_tlora.py: the Linears' default forward never reads it). A preset
 file (lycoris_flow_file.py, as for the other algos): its targets, its T-LoRA entries' own dims as blocks
 over whole fused Linears, the patch at its entry's conv dim (_file_blocks), its entries of other algorithms
 blocks of their kind (lycoris_maps._beside_tlora)."""
@@ -81,13 +82,12 @@ def map_flow_tlora(
     unsupported: dict[str, str] = {}
     if given is not None and not float(given.value or 0):
         conv.inert(given, "0 is off")
-    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
-        conv.unsupported(
-            given,
-            "TLoraModule outside bypass_mode applies its dropout on SD3's patch convolution alone (its "
-            "bypass path), which dbspec's T-LoRA does not single out",
-        )
+    elif given is not None and not bypass and patch and not 0 <= float(given.value) <= 1:
+        conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False
+    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
+        why = "TLoraModule drops SD3's patch convolution's update alone outside bypass_mode (its bypass path)"
+        conv.mapped(given, ("adapter", "dropout"), float(given.value), note=why)
     elif given is not None and not bypass:
         conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
