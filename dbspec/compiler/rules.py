@@ -3401,7 +3401,8 @@ def lycoris_row_masks(a) -> bool:
     draws its own row mask over its copy's update (runtime/lycoris_full.py), DiagOFTModule its rotations'
     dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
     bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
-    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
+    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py), TLoraModule in either mode
+    (test_lycoris_tlora_rank_dropout.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
         # GLoRA's none outside bypass)
         a.kind in ("loha", "full", "ia3", "glora", "dylora")
@@ -3423,8 +3424,8 @@ def lycoris_row_masks(a) -> bool:
 
 
 # the kinds whose layers take the network's rank_dropout as their LyCORIS module does beside LoCon / LoHa
-# layers drawing their row masks (lycoris_row_masks)
-_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
+# layers drawing their row masks (lycoris_row_masks; TLoraModule never reads it)
+_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
 
 
 @rule("spec")
