@@ -31,7 +31,8 @@ from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
 # T-LoRA on the double blocks' attention and the single blocks' Linears at the network's dim 4 / alpha 1;
-# the image q/k/v at its entry's dim 2 / alpha 2; LoCon on the text stream's out projection
+# the image q/k/v at its entry's dim 2 / alpha 2 from the last singular triplets (its sig_type); LoCon on the
+# text stream's out projection
 FLUX_FILE = """\
 use_fnmatch = true
 unet_target_module = []
@@ -42,6 +43,7 @@ text_encoder_target_module = []
 algo = "tlora"
 dim = 2
 alpha = 2
+sig_type = "last"
 [name_algo_map."double_blocks.*.txt_attn.proj"]
 algo = "locon"
 dim = 2
@@ -141,7 +143,10 @@ def test_tlora_network_file_on_flux_builds_lycoris_network_trains_and_loads_back
     plan = _converted(tmp_path, FLUX_FILE, "flux", base)
     a = plan.adapter
     assert (a.kind, a.rank, a.alpha) == ("tlora", 4, 1.0) and len(a.fused) == 3
-    assert sorted((b.kind, b.rank, b.alpha) for b in a.blocks) == [("adapter", 2, 2.0), ("lora", 2, 1.0)]
+    assert sorted((b.kind, b.rank, b.alpha, b.sig_type) for b in a.blocks) == [
+        ("adapter", 2, 2.0, "last"),
+        ("lora", 2, 1.0, "principal"),
+    ]
     planned, whole, tensors = _run(tmp_path, {"lora"}, base, resume=False)
     unet = whole.components.unet.float().eval()
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
