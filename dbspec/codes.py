@@ -3101,7 +3101,8 @@ combine.""",
         """\
 `adapter.dropout` with `kind = "tlora"` and `bypass = false`: LyCORIS's TLoraModule reads it only in its
 bypass forward (`bypass_mode`); its default forward rebuilds the weight, W + ΔW, with no dropout, so it
-changes nothing (the plan says 0). `module_dropout` acts in both.""",
+changes nothing (the plan says 0). `module_dropout` acts in both. Not raised where the denoiser targets reach
+SD3's patch convolution, whose TLoraModule takes its bypass path in either mode and drops its update.""",
         help="set adapter.bypass = true, or remove the dropout",
     ),
     # [[adapter.blocks]] of kind tlora outside the SD 1.x/2.x / SDXL U-Nets: DBS604 (reserved: they train).

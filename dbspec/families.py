@@ -877,6 +877,15 @@ def family_spec(name: str) -> FamilySpec:
         raise KeyError(f"unknown model family {name!r}; known: {', '.join(FAMILIES)}") from None
 
 
+def reaches_patch_conv(family: str, targets) -> bool:
+    """Whether denoiser `targets` (suffixes) reach the family's patch convolution (kohya_conv_targets: SD3's
+    2x2 stride-2 pos_embed.proj; family "auto" or unknown: any family's), where LyCORIS's TLoraModule takes
+    its bypass path in either mode and so applies its `dropout` (runtime/lycoris_tlora.py)."""
+    spec = FAMILIES.get(family)
+    convs = spec.kohya_conv_targets if spec else [c for f in FAMILIES.values() for c in f.kohya_conv_targets]
+    return any(t == c or c.endswith("." + t) for t in targets for c in convs)
+
+
 # Every text-encoder component name any family uses, in order (for tables keyed by component).
 ALL_TEXT_ENCODERS: tuple[str, ...] = tuple(
     dict.fromkeys(n for f in FAMILIES.values() for n in f.text_encoder_names)

@@ -104,7 +104,14 @@ def lora_config(adapter: AdapterPlan, targets: tuple[str, ...], conv: bool = Fal
         from dbspec.runtime.lycoris_tlora import tlora_config
 
         options = {"bypass": adapter.bypass, "dropout": adapter.bypass_dropout}  # LyCORIS bypass_mode
-        return tlora_config(list(targets), adapter.rank, adapter.alpha, **options)
+        # the convolution targets: another kind's adapter's (SD3's patch convolution), whose tlora block
+        # (runtime/mixed_kinds.py kind_adapter) gives the patch its conv_rank; a T-LoRA adapter has none
+        convs = adapter.conv_targets if conv and adapter.conv_rank else ()
+        config = tlora_config([*targets, *convs], adapter.rank, adapter.alpha, **options)
+        patterns = [re.escape(t) for t in convs]
+        config.rank_pattern = {p: adapter.conv_rank for p in patterns}
+        config.alpha_pattern = {p: adapter.conv_alpha for p in patterns}
+        return config
     if adapter.kind == "dylora":  # DyLoRA, kohya's or LyCORIS's forward: dbspec's own peft layer (dylora.py)
         from dbspec.runtime.dylora import dylora_config
 

@@ -48,11 +48,12 @@ def with_blocks(
     alphas: dict[str, float] = {}
     excluded: list[str] = []
     for path, layer, block in _blocks_of(module, config.target_modules, blocks, component):
-        # T-LoRA has no convolution rank: a patch convolution's layer takes the linear one (lycoris_tlora.py)
+        # T-LoRA has no convolution rank: a patch convolution's layer takes the linear one (lycoris_tlora.py),
+        # but a tlora block of another kind's adapter (runtime/mixed_kinds.py) its own conv_rank
         conv = (
             isinstance(layer, torch.nn.Conv2d)
             and tuple(layer.kernel_size) != (1, 1)
-            and adapter.kind != "tlora"
+            and (adapter.kind != "tlora" or getattr(block, "conv_rank", 0) > 0)
         )
         if block is not None and block.rank and adapter.kind in ("full", "ia3") and block.kind == "adapter":
             block = None  # a full / IA^3 block's lr_scale (compiler/adapters.py _scale_blocks): no size

@@ -244,17 +244,24 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
 
+def _tlora_patch(targets: tuple[str, ...], family: str) -> bool:
+    """Whether the T-LoRA adapter's denoiser `targets` reach the family's patch convolution
+    (families.reaches_patch_conv)."""
+    from dbspec.families import reaches_patch_conv
+
+    return reaches_patch_conv(family, targets)
+
+
 def _tlora_plan(adapter, family: str, components, targets_given: bool) -> AdapterPlan:
     """LyCORIS's T-LoRA as kohya runs it (runtime/lycoris_tlora.py): a rank, alpha and its Linear / 1x1
     targets, no convolution rank; its module dropout, LyCORIS's max norm and bypass forward; on Flux / SD3 /
     Chroma one module per fused Linear (fused_projections: runtime/lycoris_tlora.py fit_fused_tlora)."""
+    targets = tuple(adapter.denoiser_targets) if targets_given else family_spec(family).lora_targets
     plan = AdapterPlan(
         kind="tlora",
         rank=adapter.rank,
         alpha=adapter.alpha,
-        denoiser_targets=tuple(adapter.denoiser_targets)
-        if targets_given
-        else family_spec(family).lora_targets,
+        denoiser_targets=targets,
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         params=adapter_params(adapter, family, components),
@@ -262,7 +269,8 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
-        bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
+        # its dropout: in the bypass forward, which a patch convolution takes in either mode (SD3's)
+        bypass_dropout=adapter.dropout if adapter.bypass or _tlora_patch(targets, family) else 0.0,
         # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
         # another kind's layers (runtime/mixed_kinds.py)
         blocks=tuple(_tlora_block(b) for b in adapter.blocks),

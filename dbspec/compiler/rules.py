@@ -1346,9 +1346,14 @@ def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def tlora_dropout_needs_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603)."""
+    """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603), which a patch
+    convolution (SD3's) takes in either mode (families.reaches_patch_conv)."""
+    from dbspec.families import reaches_patch_conv
+
     a = spec.adapter
-    if getattr(a, "kind", None) == "tlora" and a.dropout and not a.bypass:
+    if getattr(a, "kind", None) != "tlora" or reaches_patch_conv(spec.model.family, a.denoiser_targets):
+        return
+    if a.dropout and not a.bypass:
         yield _warn(
             "DBS603",
             ("adapter", "dropout"),
@@ -3396,7 +3401,8 @@ def lycoris_row_masks(a) -> bool:
     draws its own row mask over its copy's update (runtime/lycoris_full.py), DiagOFTModule its rotations'
     dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
     bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
-    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py)."""
+    lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py), TLoraModule in either mode
+    (test_lycoris_tlora_rank_dropout.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
         # GLoRA's none outside bypass)
         a.kind in ("loha", "full", "ia3", "glora", "dylora")
@@ -3418,8 +3424,8 @@ def lycoris_row_masks(a) -> bool:
 
 
 # the kinds whose layers take the network's rank_dropout as their LyCORIS module does beside LoCon / LoHa
-# layers drawing their row masks (lycoris_row_masks)
-_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
+# layers drawing their row masks (lycoris_row_masks; TLoraModule never reads it)
+_ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
 
 
 @rule("spec")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dbspec.families import FAMILIES
+from dbspec.families import FAMILIES, reaches_patch_conv
 from dbspec.plan.model import BYPASS_KINDS, Plan
 
 Check = tuple[str, Callable[[object], bool], str]  # dotted field, test, requirement
@@ -252,8 +252,12 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"{a.conv_rank}"
         )
     if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (
-        a.kind in ("glora", "tlora") and a.bypass
-    ):  # DBS556 / DBS603 in specs: GLoRA and T-LoRA apply them only in their bypass forward
+        a.kind in ("glora", "tlora")
+        and a.bypass
+        or a.kind == "tlora"
+        and reaches_patch_conv(plan.model.family, a.denoiser_targets)
+    ):  # DBS556 / DBS603 in specs: GLoRA and T-LoRA apply them only in their bypass forward (T-LoRA's
+        # patch convolution takes it in either mode)
         yield (
             "adapter.bypass_dropout and GLoRA's rank_dropout act in GLoRA's or T-LoRA's bypass forward "
             f"only; found kind {a.kind!r}, bypass {str(a.bypass).lower()}"

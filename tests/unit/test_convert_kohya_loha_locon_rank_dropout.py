@@ -38,12 +38,11 @@ def test_loha_network_rank_dropout_beside_locon_entries(tmp_path):
 
 
 def test_loha_network_rank_dropout_still_refused_elsewhere(tmp_path):
-    """Beside T-LoRA entries (beside full, IA^3, Diag-OFT, BOFT, GLoRA and DyLoRA ones it converts:
-    test_convert_kohya_rank_dropout_kinds.py) and in bypass_mode (LoConModule's bypass mask over its ranks):
-    still DBS403; on a LoKr network kohya stops (LokrModule's mask drawn on the CPU, LyCORIS issue #291):
-    DBS402."""
+    """In bypass_mode (LoConModule's bypass mask over its ranks): still DBS403 (beside full, IA^3, Diag-OFT,
+    BOFT, GLoRA, DyLoRA and T-LoRA entries it converts: test_convert_kohya_rank_dropout_kinds.py,
+    test_convert_kohya_tlora.py); on a LoKr network kohya stops (LokrModule's mask drawn on the CPU, LyCORIS
+    issue #291): DBS402."""
     for name, text, algo, args, code in (
-        ("tlora", FULL + LOCON + '[module_algo_map.FeedForward]\nalgo = "tlora"\n', "loha", "", "DBS403"),
         ("bypass", FULL + LOCON, "loha", ' "bypass_mode=True"', "DBS403"),
         ("lokr", FULL + LOCON, "lokr", "", "DBS402"),
     ):

@@ -293,6 +293,7 @@ def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):
     write(tmp_path / "p.toml", text + '[module_algo_map.ResnetBlock2D]\nalgo = "tlora"\n')
     outcome = _lycoris(tmp_path, '"algo=locon", "conv_dim=4", "preset=p.toml"')
     assert "DBS402" in codes(outcome) and "k x k convolution" in messages(outcome, "DBS402")
+    assert "output of another size" in messages(outcome, "DBS402")  # its padding: SD3's patch converts
 
 
 def test_tlora_max_norm_is_lycoris_s_and_a_start_file_loads(tmp_path):
@@ -424,3 +425,16 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     write(tmp_path / "other" / "p.toml", other)
     outcome = _lycoris(tmp_path / "other", '"algo=tlora", "preset=p.toml"')
     assert "DBS403" in codes(outcome) and "rescaled on an algo=tlora" in messages(outcome, "DBS403")
+
+
+def test_tlora_entries_beside_a_networks_rank_dropout(tmp_path):
+    """A LoCon / LoHa network's rank_dropout beside its preset file's tlora entries (was DBS403, a spec's
+    DBS578): the LoCon / LoHa layers draw their row masks, TLoraModule never reads it
+    (tests/runtime/test_lycoris_tlora_rank_dropout.py)."""
+    write(tmp_path / "p.toml", _FILE + '[module_algo_map.FeedForward]\nalgo = "tlora"\n')
+    for algo, form in (("locon", "lycoris"), ("loha", "kohya")):
+        outcome = _lycoris(tmp_path, f'"algo={algo}", "preset=p.toml", "rank_dropout=0.1"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert (a.rank_dropout, a.rank_dropout_form) == (0.1, form)
+        assert [b.kind for b in a.blocks] == ["tlora"]

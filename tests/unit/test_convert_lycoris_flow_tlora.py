@@ -3,7 +3,7 @@
 TLoraModule per fused Linear: one SVD of the stacked weight), network_dim / network_alpha its rank / alpha
 (alpha 0: the rank), module_dropout, bypass_mode with its dropout and --scale_weight_norms the adapter's;
 SD3's 2x2 patch convolution (presets full / unet-only) a T-LoRA
-layer at conv_dim / conv_alpha; a preset file is refused."""
+layer at conv_dim / conv_alpha; a preset file's targets and its entries' blocks (T5-XXL's T-LoRA refused)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,20 @@ def test_flux_tlora_bypass_dropout_max_norm_and_preset_file(tmp_path):
     # LyCORIS's max norm: one norm of each fused module's stacked update (runtime/max_norm.py)
     norms = plan_of(_flux(tmp_path, "--scale_weight_norms 1 --network_args algo=tlora"), tmp_path).adapter
     assert (norms.max_norm, norms.max_norm_form, len(norms.fused)) == (1.0, "lycoris", 3)
-    (tmp_path / "p.toml").write_text('unet_target_module = ["DoubleStreamBlock"]\n')
+    # a preset file (was DBS403): its targets, its T-LoRA entries' dims as blocks; T5-XXL's modules refused
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["DoubleStreamBlock"]\ntext_encoder_target_module = []\n'
+        "[module_algo_map.DoubleStreamBlock]\ndim = 2\nalpha = 2\n"
+    )
     outcome = _flux(tmp_path, "--network_args algo=tlora preset=p.toml")
-    assert "DBS403" in codes(outcome) and "preset file" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(outcome) and not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank, a.alpha, [f.name for f in a.fused]) == ("tlora", 8, 4.0, FLUX_FUSED[:2])
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("adapter", 2, 2.0)]
+    assert not a.text_encoder_targets and "single_transformer_blocks.0.proj_out" not in a.denoiser_targets
+    (tmp_path / "t5.toml").write_text('unet_target_module = []\ntext_encoder_target_module = ["T5Block"]\n')
+    outcome = _flux(tmp_path, "--network_args algo=tlora preset=t5.toml")
+    assert "DBS403" in codes(outcome) and "no T-LoRA on T5-XXL" in messages(outcome, "DBS403")
 
 
 def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
@@ -76,9 +87,15 @@ def test_sd3_tlora_full_lin_and_the_patch_convolution(tmp_path):
     own = _sd3(tmp_path, "--network_train_unet_only --network_args algo=tlora preset=unet-only conv_dim=4")
     a = plan_of(own, tmp_path).adapter
     assert [(b.pattern, b.rank, b.alpha) for b in a.blocks] == [("^pos_embed\\.proj$", 4, 8.0)]
-    # outside bypass_mode TLoraModule drops the patch's output alone
+    # outside bypass_mode TLoraModule drops the patch's update alone (was DBS403): the adapter's dropout,
+    # which its Linears' default forward never reads
     dropped = _sd3(tmp_path, "--network_dropout 0.1 --network_args algo=tlora preset=full")
-    assert "DBS403" in codes(dropped) and "patch convolution alone" in messages(dropped, "DBS403")
+    assert not errors(dropped) and "DBS403" not in codes(dropped) and "DBS603" not in codes(dropped)
+    a = plan_of(dropped, tmp_path).adapter
+    assert (a.bypass, a.bypass_dropout, a.denoiser_targets[-1]) == (False, 0.1, "pos_embed.proj")
+    assert "DBS402" in codes(_sd3(tmp_path, "--network_args algo=tlora preset=full dropout=1.5"))
+    lin = plan_of(_sd3(tmp_path, "--network_dropout 0.1 --network_args algo=tlora preset=full-lin"), tmp_path)
+    assert (lin.adapter.bypass, lin.adapter.bypass_dropout) == (False, 0.0)  # no patch: never read
 
 
 def test_chroma_tlora_is_one_module_per_fused_layer(tmp_path):
@@ -153,3 +170,20 @@ def test_flux_tlora_entries_beside_a_locon_network(tmp_path):
     a = plan_of(outcome, tmp_path).adapter
     assert a.kind == "lora" and a.module_dropout == 0.1 and [f.name for f in a.fused] == FLUX_FUSED[:2]
     assert [(b.kind, b.rank, b.alpha) for b in a.blocks if b.kind == "tlora"] == [("tlora", 4, 2.0)]
+
+
+def test_tlora_entry_on_sd3_patch_converts(tmp_path):
+    """lycoris_maps._tlora_kxk: a tlora entry on SD3's 2x2 stride-2 patch convolution in another algo's
+    network converts (was DBS402: TLoraModule's 1x1 factors at the stride give an output of the layer's size,
+    so kohya trains it): a block of kind tlora at the entry's conv dim (SD's padded k x k convolutions stop
+    kohya: test_convert_kohya_tlora.py)."""
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["PatchEmbed"]\nunet_target_name = ["joint_blocks.0.x_block.attn.qkv"]\n'
+        '[module_algo_map.PatchEmbed]\nalgo = "tlora"\ndim = 4\nalpha = 2\n'
+    )
+    for algo in ("locon", "lokr", "glora"):
+        outcome = _sd3(tmp_path, f"--network_train_unet_only --network_args algo={algo} preset=p.toml")
+        assert not errors(outcome) and "DBS402" not in codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path).adapter
+        assert a.conv_targets == ("pos_embed.proj",)
+        assert [(b.kind, b.conv_rank, b.conv_alpha) for b in a.blocks] == [("tlora", 4, 2.0)]

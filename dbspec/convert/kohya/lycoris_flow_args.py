@@ -87,10 +87,12 @@ def put_targets(conv: Conversion, module: Legacy, layout, layers: str, fused_why
         conv.put(("adapter", "fused_projections"), True, conv.comment(module, fused_why))
 
 
-def put_blocks(conv: Conversion, module: Legacy, layout, layers: str, text_blocks=()) -> None:
-    """A preset file's [[adapter.blocks]] (its map entries' own dims and the rank-0 blocks, layout.targets)
-    and [[adapter.text_encoder_blocks]], each commented with why."""
-    blocks = [dict(b) for b in layout.targets(layers, True)[1]] if layers != "none" else []
+def put_blocks(conv: Conversion, module: Legacy, layout, layers: str, text_blocks=(), blocks=None) -> None:
+    """A preset file's [[adapter.blocks]] (its map entries' own dims and the rank-0 blocks, layout.targets;
+    `blocks`: the caller's form of them) and [[adapter.text_encoder_blocks]], each commented with why."""
+    if blocks is None:
+        blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    blocks = [dict(b) for b in blocks]
     for table, found in (("blocks", blocks), ("text_encoder_blocks", [dict(b) for b in text_blocks])):
         for index, block in enumerate(found):
             note = conv.comment(module, block.pop("_why"))

@@ -317,7 +317,7 @@ def flux_preset_file(
         text_rows,
     )
     # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
-    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3", "full") else "lora"
+    kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3", "full", "tlora") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT, BOFT, IA^3 and
     # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
@@ -434,6 +434,8 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
+    if algo == "tlora":  # a T-LoRA network's T5 modules: TLoraModule on T5-XXL, which train.t5 does not build
+        raise PresetError(f"{where}: dbspec trains no T-LoRA on T5-XXL", False)
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:

@@ -16,7 +16,11 @@ stacked update, the shared λ scaled once (runtime/max_norm.py). SD3's 2x2 strid
 (presets full / unet-only) kohya trains, unlike SD's 3x3 ones: TLoraModule's bypass forward with 1x1
 factors at stride 2 gives an output of the layer's size, started from the first in-channel columns of the
 flattened weight's SVD (runtime/lycoris_tlora.py's patch layer): a denoiser target at conv_dim /
-conv_alpha (_put_patch); a dropout outside bypass_mode, which that path alone applies, DBS403."""
+conv_alpha (_put_patch); a dropout outside bypass_mode that path alone applies (the adapter's `dropout`,
+runtime/lycoris_tlora.py: the Linears' default forward never reads it). A preset
+file (lycoris_flow_file.py, as for the other algos): its targets, its T-LoRA entries' own dims as blocks
+over whole fused Linears, the patch at its entry's conv dim (_file_blocks), its entries of other algorithms
+blocks of their kind (lycoris_maps._beside_tlora)."""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
+    put_blocks,
     put_kind,
     put_rest,
     put_targets,
@@ -38,10 +43,11 @@ _UNREAD += ("unbalanced_factorization", "block_size", "constraint", "verbose")
 
 
 def map_flow_tlora(
-    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str
+    kwargs: dict[str, str], a: dict[str, Legacy], conv: Conversion, layout, preset: str, text_blocks=()
 ) -> bool:
-    """[adapter] for algo=tlora on kohya's Flux / SD3 / Chroma (`layout`: lycoris_flux.py's LycorisLayout);
-    False when refused or invalid (reported)."""
+    """[adapter] for algo=tlora on kohya's Flux / SD3 / Chroma (`layout`: lycoris_flux.py's LycorisLayout; a
+    preset file's map entries' own dims and alphas and its entries of other algorithms: its [[adapter.blocks]]
+    over whole fused layers and `text_blocks`); False when refused or invalid (reported)."""
     module, args, dim, alpha = a["network_module"], a["network_args"], a["network_dim"], a["network_alpha"]
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
@@ -76,13 +82,12 @@ def map_flow_tlora(
     unsupported: dict[str, str] = {}
     if given is not None and not float(given.value or 0):
         conv.inert(given, "0 is off")
-    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
-        conv.unsupported(
-            given,
-            "TLoraModule outside bypass_mode applies its dropout on SD3's patch convolution alone (its "
-            "bypass path), which dbspec's T-LoRA does not single out",
-        )
+    elif given is not None and not bypass and patch and not 0 <= float(given.value) <= 1:
+        conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False
+    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
+        why = "TLoraModule drops SD3's patch convolution's update alone outside bypass_mode (its bypass path)"
+        conv.mapped(given, ("adapter", "dropout"), float(given.value), note=why)
     elif given is not None and not bypass:
         conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
@@ -101,18 +106,49 @@ def map_flow_tlora(
     conv.mapped(alpha, ("adapter", "alpha"), scale_alpha or float(rank))  # TLoraModule: alpha 0 is the rank
     why = "one TLoraModule per fused Linear: one SVD of the stacked weight, Q and λ shared, P the parts' rows"
     put_targets(conv, module, layout, layers, why)
+    blocks = _file_blocks(layout, layers, convs, (rank, scale_alpha or float(rank)))
+    put_blocks(conv, module, layout, layers, text_blocks, blocks)  # a preset file's entries' own blocks
     if patch:
-        _put_patch(conv, module, layout, layers, convs, patch, (rank, scale_alpha or float(rank)))
+        _put_patch(
+            conv, module, layout, layers, convs, patch, (rank, scale_alpha or float(rank)), len(blocks)
+        )
     if bypass:
         put["bypass"] = True
     put_rest(conv, module, args, preset, text, put)
     return True
 
 
-def _put_patch(conv: Conversion, module: Legacy, layout, layers: str, convs, patch, network) -> None:
+def _file_blocks(layout, layers: str, convs, network) -> list[dict[str, Any]]:
+    """A preset file's [[adapter.blocks]] for a T-LoRA adapter, whose blocks have no conv_rank: an entry's
+    block reaching SD3's patch convolution at another dim / alpha there than on its Linears (the walk's
+    conv_dim / conv_alpha) is preceded by a block of the patch alone at those (the first match decides); the
+    entry's block itself stays where it gives its Linears more than the network's rank and alpha
+    (`network`; each layer is one entry's, so a block at those changes nothing)."""
+    if layers == "none":
+        return []
+    out = []
+    for block in layout.targets(layers, True)[1]:
+        block = dict(block)
+        conv_rank, conv_alpha = block.pop("conv_rank", None), block.pop("conv_alpha", None)
+        if conv_rank is not None and (conv_rank, conv_alpha) != (block["rank"], block["alpha"]):
+            pattern = "|".join("^" + c.replace(".", "\\.") + "$" for c in convs)
+            out.append({**block, "pattern": pattern, "rank": conv_rank, "alpha": conv_alpha})
+            if (
+                set(block) <= {"pattern", "rank", "alpha", "_why"}
+                and (block["rank"], block["alpha"]) == network
+            ):
+                continue
+        out.append(block)
+    return out
+
+
+def _put_patch(
+    conv: Conversion, module: Legacy, layout, layers: str, convs, patch, network, index: int = 0
+) -> None:
     """SD3's patch convolution among the denoiser targets, its TLoraModule at conv_dim / conv_alpha
     (create_network: `conv_alpha or network_alpha`, then TLoraModule's alpha 0 the rank): a block of its own
-    where they differ from the network's rank and alpha (`network`: both, alpha 0 already the rank)."""
+    (at `index`, after a preset file's blocks, whose first match decides) where they differ from the
+    network's rank and alpha (`network`: both, alpha 0 already the rank)."""
     targets = [*layout.targets(layers, True)[0], *convs]
     why = conv.comment(module, "TLoraModule on the 2x2 stride-2 patch convolution: 1x1 factors at its stride")
     conv.put(("adapter", "denoiser_targets"), targets, why)
@@ -121,4 +157,4 @@ def _put_patch(conv: Conversion, module: Legacy, layout, layers: str, convs, pat
     if (rank, alpha) != network:
         pattern = "|".join("^" + c.replace(".", "\\.") + "$" for c in convs)
         for key, value in (("pattern", pattern), ("rank", rank), ("alpha", alpha)):
-            conv.put(("adapter", "blocks", 0, key), value, why)
+            conv.put(("adapter", "blocks", index, key), value, why)

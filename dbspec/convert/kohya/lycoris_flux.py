@@ -235,13 +235,6 @@ def map_lycoris_flow(
             targets=lambda layers, lokr: _flux_targets(layers, lokr, "chroma"),
         )
     preset_file = preset not in layout.presets
-    if preset_file and algo == "tlora":
-        conv.unsupported(
-            args,
-            f"algo=tlora with a preset file on {layout.title}: dbspec converts T-LoRA there with LyCORIS's "
-            "built-in presets only",
-        )
-        return False
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
         if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
@@ -288,7 +281,7 @@ def map_lycoris_flow(
         done = map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
         return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if algo == "tlora":  # one SVD per fused Linear (lycoris_flow_tlora.py)
-        return map_flow_tlora(kwargs, a, conv, layout, preset)
+        return map_flow_tlora(kwargs, a, conv, layout, preset, text_blocks)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")

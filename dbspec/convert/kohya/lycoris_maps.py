@@ -360,16 +360,24 @@ def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     return ("sig_type", "bypass_mode", "use_data_init")
 
 
+# convolutions whose kernel is their stride, without padding (SD3's 2x2 stride-2 patch embedding, diffusers'
+# name): TLoraModule's 1x1 factors at that stride give an output of the layer's size (its bypass path)
+PATCH_CONVS = ("pos_embed.proj",)
+
+
 def _tlora_kxk(layer: Layer, algo: str) -> None:
-    """PresetError (DBS402) for a tlora entry's layer on a k x k convolution on another algo's network:
-    lycoris-lora 4.1.3's TLoraModule projects it with 1x1 factors at the convolution's stride and padding and
-    adds an output of another size, so kohya stops at the first step (a tlora network's own convolutions:
-    network.py _tlora names the preset's)."""
-    if _algo(layer.algo) == "tlora" != _algo(algo) and layer.kind == "conv":
+    """PresetError (DBS402) for a tlora entry's layer on a k x k convolution with padding or a stride other
+    than its kernel (SD's) on another algo's network: lycoris-lora 4.1.3's TLoraModule projects it with 1x1
+    factors at the convolution's stride and padding, which give an output of another size, and its forward
+    takes the bypass path there and adds it, so kohya stops at the first step (a tlora network's own
+    convolutions: network.py _tlora names the preset's). SD3's patch convolution (PATCH_CONVS) gives an
+    output of the layer's size there: kohya trains it (its block's kind tlora, lycoris_flux.py)."""
+    if _algo(layer.algo) == "tlora" != _algo(algo) and layer.kind == "conv" and layer.path not in PATCH_CONVS:
         raise PresetError(
             f"`{layer.source}` gives {layer.path} (a k x k convolution) algo = 'tlora': LyCORIS's "
-            "TLoraModule adds an output of another size there, so kohya stops at the first step "
-            "(RuntimeError: the size of tensor a must match the size of tensor b)",
+            "TLoraModule's 1x1 factors at the convolution's stride and padding give an output of another "
+            "size, which its forward adds to the layer's, so kohya stops at the first step (RuntimeError: "
+            "the size of tensor a must match the size of tensor b)",
             True,
         )
 
