@@ -3068,6 +3068,8 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 if (value := getattr(block, key, "adapter")) != "adapter"
                 and not (key == "tucker" and _own_tucker(a, table, block))  # DBS579
             ]
+            if getattr(block, "kind", "adapter") == "lokr":  # a LoKr block beside another kind: its own
+                given_keys = []  # split and switches (mixed_kinds.kind_adapter; DBS578 on fused families)
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
                 yield _err(
@@ -3163,6 +3165,17 @@ _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
 _TUCKER_KINDS = ("lora", "loha", "lokr")
 
 
+def _built_alone(kind: str, key: str) -> bool:
+    """A block's own option that its kind's layers take in a run of several kinds, each kind built alone
+    (mixed_kinds.kind_adapter: the block's own over the adapter's, whose are off there), on SD 1.x/2.x and
+    SDXL (mixed_kinds_family refuses them on the fused families): a LoRA, LoHa or LoKr block's `scalar`
+    (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a LyCORIS map
+    entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
+    if key == "scalar":
+        return kind in _TUCKER_KINDS
+    return kind == "lokr" and key in ("rank_stabilized", *_LOKR_OWN)
+
+
 def _own_block_options(adapter, own: str):
     """(table, index, option) of the block options a run of several kinds does not build: a scalar, Tucker
     form or LoKr rs_lora of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and
@@ -3177,7 +3190,7 @@ def _own_block_options(adapter, own: str):
                 # (mixed_kinds.kind_adapter; adapters.add_lora's block_tuckers, loha_tucker_layers,
                 # block_switches), on the denoiser's k x k convolutions
                 own_tucker = key == "tucker" and kind in _TUCKER_KINDS and table == "blocks"
-                if own_tucker:
+                if own_tucker or _built_alone(kind, key):
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
@@ -3371,6 +3384,26 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             "kind per fused Linear)",
             codes.help("DBS578"),
         )
+    built = [  # blocks' own scalar, rs_lora, LoKr split and switches: checked on the U-Net families
+        (t, j, key)
+        for t in ("blocks", "text_encoder_blocks")
+        for j, b in enumerate(getattr(a, t, ()))
+        for key in ("scalar", "rank_stabilized", *_LOKR_OWN)
+        if key != "tucker"
+        and getattr(b, key, "adapter") not in ("adapter", 0)
+        and _built_alone(own if getattr(b, "kind", "adapter") == "adapter" else b.kind, key)
+        and not (own == "lokr" and key in _LOKR_OWN)  # a lokr adapter's LoKr layers: its own fused form
+    ]
+    if built and family.denoiser != "unet":
+        t, j, key = built[0]
+        yield _err(
+            "DBS578",
+            ("adapter", t, j, key),
+            f"adapter.{t}[{j}].{key} on a {own} adapter with blocks of another kind on {family.title}: a "
+            "block's own scalar, rank_stabilized and LoKr split or switches beside other kinds are built on "
+            "SD 1.x/2.x and SDXL",
+            codes.help("DBS578"),
+        )
     tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
     if own in ("full", "ia3") and tucker and family.denoiser != "unet":
         # a full / IA^3 adapter's blocks' own Tucker form: checked against LyCORIS on the U-Net families
@@ -3452,9 +3485,9 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
-            "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form (but a LoRA, LoHa or LoKr block's on the denoiser) or rank_stabilized "
-            "of its own",
+            "a block carries its own LoKr split, switches and rank_stabilized only on LoKr layers, a scalar "
+            "only on LoRA, LoHa or LoKr layers, a Tucker form only on a LoRA, LoHa or LoKr block's on the "
+            "denoiser, and no rank_dropout_scale of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
@@ -3584,7 +3617,8 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         # differing from the adapter's: "off" on an adapter without scalar changes nothing
-        if getattr(block, "scalar", "adapter") != "adapter" and (block.scalar == "on") != a.scalar
+        if getattr(block, "scalar", "adapter") != "adapter"
+        and (block.scalar == "on") != getattr(a, "scalar", False)  # a full / IA^3 adapter's: none
     ]
     if getattr(a, "kind", "") in ("lora", "loha"):
         own += [
