@@ -2773,9 +2773,9 @@ module on each fused Linear, each part its own rows) and
 taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
 Chroma); nor a block's own `tucker` (but a LoRA, LoHa or LoKr block's on the denoiser's
 convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form, on SD3 its patch convolution),
-`scalar` (but a LoRA, LoHa or LoKr block's on SD 1.x/2.x and SDXL, each kind's layers built alone) or
-`rank_stabilized`, nor its own LoKr `factor` and switches, except on LoKr layers (a lokr adapter's own; a
-block of kind lokr on SD 1.x/2.x and SDXL).""",
+`scalar` (but a LoRA, LoHa or LoKr block's, each kind's layers built alone) or `rank_stabilized`, nor
+its own LoKr `factor` and switches, except on LoKr layers (a lokr adapter's own, or a block of kind
+lokr).""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

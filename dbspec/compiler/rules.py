@@ -3167,10 +3167,10 @@ _TUCKER_KINDS = ("lora", "loha", "lokr")
 
 def _built_alone(kind: str, key: str) -> bool:
     """A block's own option that its kind's layers take in a run of several kinds, each kind built alone
-    (mixed_kinds.kind_adapter: the block's own over the adapter's, whose are off there), on SD 1.x/2.x and
-    SDXL (mixed_kinds_family refuses them on the fused families): a LoRA, LoHa or LoKr block's `scalar`
-    (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a LyCORIS map
-    entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
+    (mixed_kinds.kind_adapter: the block's own over the adapter's, whose are off there; on Flux / SD3 /
+    Chroma each fused Linear one module of the kind, runtime/fused_lokr.py): a LoRA, LoHa or LoKr block's
+    `scalar` (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a
+    LyCORIS map entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
     if key == "scalar":
         return kind in _TUCKER_KINDS
     return kind == "lokr" and key in ("rank_stabilized", *_LOKR_OWN)
@@ -3382,26 +3382,6 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             f'adapter.fused_projections with adapter.{table}[{i}].kind = "{block.kind}" on {family.title}: '
             "dbspec trains several kinds on fused layers on Flux, SD3 and Chroma (one LyCORIS module of one "
             "kind per fused Linear)",
-            codes.help("DBS578"),
-        )
-    built = [  # blocks' own scalar, rs_lora, LoKr split and switches: checked on the U-Net families
-        (t, j, key)
-        for t in ("blocks", "text_encoder_blocks")
-        for j, b in enumerate(getattr(a, t, ()))
-        for key in ("scalar", "rank_stabilized", *_LOKR_OWN)
-        if key != "tucker"
-        and getattr(b, key, "adapter") not in ("adapter", 0)
-        and _built_alone(own if getattr(b, "kind", "adapter") == "adapter" else b.kind, key)
-        and not (own == "lokr" and key in _LOKR_OWN)  # a lokr adapter's LoKr layers: its own fused form
-    ]
-    if built and family.denoiser != "unet":
-        t, j, key = built[0]
-        yield _err(
-            "DBS578",
-            ("adapter", t, j, key),
-            f"adapter.{t}[{j}].{key} on a {own} adapter with blocks of another kind on {family.title}: a "
-            "block's own scalar, rank_stabilized and LoKr split or switches beside other kinds are built on "
-            "SD 1.x/2.x and SDXL",
             codes.help("DBS578"),
         )
     tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]

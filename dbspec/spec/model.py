@@ -1419,9 +1419,9 @@ class ScaleBlock:
         "`lr_scale`; `rank` and the other sizes unused), or `lora`, `loha`, `lokr`, `diag-oft`, `boft`, "
         "`glora`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's "
         "`algo` on an `algo=full` / `algo=ia3` network; on Flux, SD3 and Chroma with `fused_projections`), "
-        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind` (on "
-        "SD 1.x/2.x and SDXL with a LoKr block's own `factor` and switches, a LoRA / LoHa / LoKr block's "
-        "own `scalar`, LoKr's `rank_stabilized`).",
+        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind` (with "
+        "a LoKr block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own "
+        "`scalar`).",
         example="lora",
     )
     rank: int = option(
@@ -1445,7 +1445,7 @@ class ScaleBlock:
     )
     conv_alpha: float = _block_conv_alpha()
     unit: int = _block_unit()
-    # a block of kind lokr (SD 1.x/2.x, SDXL): a LyCORIS map entry's own split and switches (DBS576)
+    # a block of kind lokr: a LyCORIS map entry's own split and switches (DBS576)
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")

@@ -220,3 +220,110 @@ def test_full_network_entries_own_options_train_and_load_in_lycoris(pipe, tmp_pa
     output = _unet_output(trained)
     torch.testing.assert_close(_unet_output(unet), output, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(_unet_output(pipe.unet), output, atol=1e-3)  # training moved it
+
+
+# Flux: LoKr on the double blocks' image q/k/v at its own factor 4 with use_scalar and decompose_both, LoKr
+# in full (full_matrix) with rs_lora on the single blocks' linear1, LoCon with use_scalar on the text q/k/v,
+# LoKr with an unbalanced split on img_in, LoKr at factor 2 with use_scalar on CLIP-L's attention; the
+# network's FullModule / IA3Module on the rest
+FLUX_OWN = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*", "img_in", "txt_in"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "lokr"
+dim = 2
+factor = 4
+use_scalar = true
+decompose_both = true
+[name_algo_map."single_blocks.*.linear1"]
+algo = "lokr"
+dim = 4
+full_matrix = true
+rs_lora = true
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "locon"
+dim = 2
+alpha = 4
+use_scalar = true
+[name_algo_map.img_in]
+algo = "lokr"
+dim = 2
+unbalanced_factorization = true
+[module_algo_map.CLIPAttention]
+algo = "lokr"
+dim = 2
+factor = 2
+use_scalar = true
+"""
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_flux_entries_own_options_build_as_lycoris(tmp_path, monkeypatch, algo):
+    """On kohya's tiny Flux Linears (the plan's model, adapter weights randomised, no training): the export
+    loads strictly into lycoris-lora 4.1.3's create_network from the same file (each fused Linear one module
+    of its entry's class, with its own LoKr split, scalar, full factors), the same modules train a scalar,
+    and each kohya layer computes what the plan's fused parts compute (the full LoKr linear1 at the file
+    loaders' scale 1, its rs_lora sqrt(dim) in the export's `lokr_w1`)."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.lycoris_export import lycoris_state
+    from dbspec.runtime.prepare import configure_models
+    from tests.runtime.test_lycoris_mixed_flow_full import (
+        _BASE,
+        _check_kohya_outputs,
+        _kohya_layers,
+        _kohya_tree,
+        _lycoris_network,
+    )
+    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+    from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    file = tmp_path / "own.toml"
+    file.write_text(FLUX_OWN, encoding="utf-8")
+    plan = plan_of(
+        flux_lycoris(tmp_path, f'"algo={algo}" "preset={file.name}"', ""),
+        tmp_path,
+        ["model.base=builtin:tiny-flux", *_BASE],
+    )
+    a = plan.adapter
+    assert a.kind == algo and a.fused
+    own = {
+        (b.kind, b.factor, b.scalar, b.full_matrix, b.rank_stabilized)
+        for b in a.blocks
+        if b.kind != "adapter"
+    }
+    assert {("lokr", 4, "on", "adapter", "adapter"), ("lokr", 0, "adapter", "on", "on")} <= own
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for model in (comps.unet, comps.text_encoders[0]):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    unet = comps.unet.eval()
+    tensors = lycoris_state(unet=unet, text_encoders=comps.text_encoders, family="flux", dtype="fp32")
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
+    theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+    classes = {n: type(m).__name__ for n, m in theirs.items()}
+    assert classes["lora_unet_double_blocks_0_img_attn_qkv"] == "LokrModule"
+    assert classes["lora_unet_double_blocks_0_txt_attn_qkv"] == "LoConModule"
+    assert {c for n, c in classes.items() if n.startswith("lora_te1_")} == {"LokrModule"}
+    scaled = {n for n, m in theirs.items() if isinstance(getattr(m, "scalar", None), nn.Parameter)}
+    assert {n.split("_blocks_0_")[-1] for n in scaled if n.startswith("lora_unet_")} == {
+        "img_attn_qkv",
+        "txt_attn_qkv",
+    }
+    assert any(n.startswith("lora_te1_") for n in scaled)
+    full = {n: m for n, m in theirs.items() if type(m).__name__ == "LokrModule" and m.use_w1 and m.use_w2}
+    assert {n: float(m.scale) for n, m in full.items()} == {"lora_unet_single_blocks_0_linear1": 2.0}
+    for m in full.values():
+        m.scale = 1.0  # the file loaders' (the export holds the sqrt(dim) in lokr_w1)
+    _check_kohya_outputs(tree, layers, {n for n in classes if n.startswith("lora_unet_")})

@@ -1,5 +1,5 @@
-"""Preset-file entries of another algorithm with module options of their own (issue 12; was DBS403): on SD
-1.x/2.x and SDXL a LoKr entry's own `factor`, `decompose_both`, `full_matrix`, `unbalanced_factorization`
+"""Preset-file entries of another algorithm with module options of their own (issue 12; was DBS403): a LoKr
+entry's own `factor`, `decompose_both`, `full_matrix`, `unbalanced_factorization`
 and `rs_lora`, and a LoCon / LoHa / LoKr entry's own `use_scalar` (lycoris-lora 4.1.3's create_single_module
 hands an entry's keys to its module over the network's) are its block's `factor`, switches,
 `rank_stabilized` and `scalar`, on a full / IA^3 network (spec ScaleBlock) as on a LoCon / LoHa one
@@ -9,7 +9,7 @@ lycoris-lora 4.1.3 and compares every layer."""
 from __future__ import annotations
 
 import pytest
-from convert_kit import expressible, messages, plan_of
+from convert_kit import expressible, plan_of
 from test_convert_kohya_whole_main_mixed import MIXED, _convert
 
 # the MLPs' LoKr at its own factor 4, decompose_both, unbalanced split, use_scalar; CLIP's LoKr MLPs in full
@@ -56,12 +56,16 @@ def test_entries_own_options_are_their_blocks(tmp_path, algo):
 
 
 @pytest.mark.parametrize("network", ["locon", "full"])
-def test_on_flux_they_stay_refused(tmp_path, network):
-    """On Flux / SD3 / Chroma's fused Linears a LoKr entry's own factor beside other kinds stays DBS403 (a
-    spec's DBS578): not checked against LyCORIS there."""
+def test_on_flux_they_are_the_fused_blocks(tmp_path, network):
+    """On Flux / SD3 / Chroma's fused Linears alike (was DBS403, a spec's DBS578): each fused Linear one
+    LokrModule at its entry's own factor (tests/runtime/test_lycoris_whole_main_own_opts.py checks Flux's
+    against lycoris-lora 4.1.3)."""
     from test_convert_lycoris_flow_preset_file import MIXED as FLUX_MIXED
     from test_convert_lycoris_flow_preset_file import _flux
 
-    preset = FLUX_MIXED.replace('algo = "lokr"\ndim = 8\n', 'algo = "lokr"\ndim = 8\nfactor = 4\n')
-    outcome = _flux(tmp_path, preset, f'"algo={network}"', allow=True)
-    assert "factor" in messages(outcome, "DBS403")
+    preset = FLUX_MIXED.replace(
+        'algo = "lokr"\ndim = 8\n', 'algo = "lokr"\ndim = 8\nfactor = 4\nuse_scalar = 1\n'
+    )
+    outcome = expressible(_flux(tmp_path, preset, f'"algo={network}"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.fused and [(b.factor, b.scalar) for b in a.blocks if b.kind == "lokr"] == [(4, "on")]

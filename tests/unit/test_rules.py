@@ -2378,20 +2378,6 @@ CASES = [
         + 'rank_stabilized = "on"\nfull_matrix = "on"\nscalar = "on"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
-    (  # those beside other kinds on the fused families: checked on SD 1.x/2.x and SDXL only
-        rules.mixed_kinds_family,
-        'family = "flux"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lora"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
-        [("DBS578", "error", ("adapter", "blocks", 0, "scalar"))],
-        'family = "sdxl"\n'
-        + DOG
-        + STEPS
-        + '[adapter]\nkind = "lora"\n'
-        + '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
-    ),
     (  # a lora / loha / lokr adapter's init_scale scales its full blocks' start from the file only
         rules.init_scale_without_full_blocks,
         DOG

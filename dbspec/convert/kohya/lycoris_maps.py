@@ -514,16 +514,17 @@ def _mixed_kinds(
             "every one builds alike (DBS578)",
             False,
         )
-    # on SD 1.x/2.x and SDXL a LoRA/LoCon, LoHa, full or IA^3 network's LoKr blocks carry them (spec
-    # AdapterBlock, ScaleBlock; runtime/mixed_kinds.py builds the LoKr layers alone, each block's own)
-    carried = not flow and _algo(algo) in _LOKR_OWN_NETWORKS
+    # a LoRA/LoCon, LoHa, full or IA^3 network's LoKr blocks carry them (spec AdapterBlock, ScaleBlock;
+    # runtime/mixed_kinds.py builds the LoKr layers alone, each block's own; on Flux / SD3 / Chroma each
+    # fused Linear one LokrModule, runtime/fused_lokr.py)
+    carried = _algo(algo) in _LOKR_OWN_NETWORKS
     own = next((layer for layer in unet if _own_factor_given(layer)), None) if lokr and not carried else None
     if own is not None:
         raise PresetError(
             f"`{own.source}` gives LoKr layers (e.g. {own.path}) their own factor or switches on an "
             f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter, "
-            "and beside other kinds on a LoRA/LoCon, LoHa, full or IA^3 network on SD 1.x/2.x and SDXL "
-            "(elsewhere a LoKr entry's own use_tucker alone, its block's `tucker`)",
+            "and beside other kinds on a LoRA/LoCon, LoHa, full or IA^3 network (elsewhere a LoKr entry's "
+            "own use_tucker alone, its block's `tucker`)",
             False,
         )
     return [layer for layer in other if layer not in unet]
@@ -773,14 +774,13 @@ def map_blocks(
     if (
         kind in _NO_DIMS
     ):  # FullModule, IA3Module never read dim / alpha: blocks for other kinds' entries alone
-        return (*_other_kind_blocks(found, dims, rs_lora, network, algo if kinds else "", unet), inert)
+        return (*_other_kind_blocks(found, dims, rs_lora, network, algo if kinds else ""), inert)
     if kind in _OFT:  # an entry's dim: its layers' block-size hint
         return (
             _oft_blocks(found.unet, found.unet_rows, dims, network),
             _oft_blocks(found.text, found.text_rows, dims, network),
             inert,
         )
-    unet_family = unet
     rs_lora = rs_lora and kind not in ("dylora", "tlora")  # DyLoraModule, TLoraModule never read it
     unet = _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo if kinds else "")
     text = _blocks(
@@ -793,7 +793,7 @@ def map_blocks(
             "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT, BOFT and T-LoRA",
             False,
         )
-    if not (unet_family and _algo(algo) in _LOKR_OWN_NETWORKS):  # there each kind's layers built alone
+    if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
         mixed_rank_stabilized([*unet, *text])
     if kind == "tlora":
         _tlora_alphas([*unet, *text])
@@ -845,8 +845,8 @@ _SCALE_BLOCK_KEYS = (
 )
 
 
-# and on SD 1.x/2.x and SDXL an entry's own LoKr split and switches, use_scalar and LoKr rs_lora (each kind's
-# layers built alone, runtime/mixed_kinds.py kind_adapter)
+# and an entry's own LoKr split and switches, use_scalar and LoKr rs_lora (each kind's layers built alone,
+# runtime/mixed_kinds.py kind_adapter)
 _SCALE_BLOCK_OWN = (
     "factor",
     "decompose_both",
@@ -860,14 +860,12 @@ _SCALE_BLOCK_OWN = (
 _TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
 
 
-def _other_kind_blocks(
-    found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str, unet: bool = False
-):
+def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
-    another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock; on SD 1.x/2.x and
-    SDXL, `unet`, with a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own
-    use_scalar, a LoKr entry's own rs_lora); PresetError for an entry's own option such a block does not
-    carry (those on Flux / SD3 / Chroma, a Diag-OFT / BOFT constraint or rescaled)."""
+    another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
+    entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own
+    rs_lora; PresetError for an entry's own option such a block does not carry (a Diag-OFT / BOFT
+    constraint or rescaled)."""
     if not algo:
         return [], []
     unet = [b for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo) if "kind" in b]
@@ -877,15 +875,15 @@ def _other_kind_blocks(
         if "kind" in b
     ]
     for block in [*unet, *text]:
-        keys = (*_SCALE_BLOCK_KEYS, *(_SCALE_BLOCK_OWN if unet else ()), "_why")
+        keys = (*_SCALE_BLOCK_KEYS, *_SCALE_BLOCK_OWN, "_why")
         extra = [k for k in block if k not in keys]
         own = [k for k in extra if not (k in ("conv_rank", "conv_alpha") and block in text)]
         if own:
             raise PresetError(
                 f"`{_source([block])}` gives its {block['kind']} layers their own {', '.join(own)} on an "
                 f"algo={algo} network: a full / IA^3 adapter's [[adapter.blocks]] of another kind carry a "
-                "rank, alpha, unit, dora and Tucker form, and on SD 1.x/2.x and SDXL LoKr's factor, "
-                "switches and rs_lora and a scalar, no other option of their own",
+                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora and a scalar, "
+                "no other option of their own",
                 False,
             )
         high = max(block["rank"], block.get("conv_rank", 0))
