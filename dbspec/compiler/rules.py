@@ -3385,14 +3385,16 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
-    if own in ("full", "ia3") and tucker and family.denoiser != "unet":
-        # a full / IA^3 adapter's blocks' own Tucker form: checked against LyCORIS on the U-Net families
+    if own in ("full", "ia3") and tucker and family.denoiser != "unet" and not family.kohya_conv_targets:
+        # a full / IA^3 adapter's blocks' own Tucker form: on the U-Net families' k x k convolutions and SD3's
+        # patch convolution (kohya_conv_targets), checked against LyCORIS; Flux / Chroma have none
         j, b = tucker[0]
         yield _err(
             "DBS578",
             ("adapter", "blocks", j, "tucker"),
             f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
-            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL",
+            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x, SDXL and SD3's "
+            "patch convolution",
             codes.help("DBS578"),
         )
 
@@ -3584,7 +3586,8 @@ def _mixed_factor_block(adapter, block) -> bool:
     """A block of LoHa or LoKr layers (its kind's, or the adapter's) in a run of several kinds: its kind's
     layers built in a pass of their own (runtime/mixed_kinds.py kind_adapter)."""
     kind = adapter.kind if block.kind == "adapter" else block.kind
-    return kind in ("loha", "lokr") and len(run_kinds(adapter)) > 1
+    # a LoCon block of another kind's adapter too (a full / IA^3 adapter's on SD3's patch convolution)
+    return (kind in ("loha", "lokr") or kind != adapter.kind) and len(run_kinds(adapter)) > 1
 
 
 @rule("spec")

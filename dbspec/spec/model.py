@@ -565,7 +565,8 @@ def _block_tucker():
         "tucker",
         "use_tucker",
         "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
-        "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there too)",
+        "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there and on SD3's patch "
+        "convolution too)",
     )
 
 
@@ -1449,7 +1450,7 @@ class ScaleBlock:
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
-    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (SD 1.x/2.x, SDXL)
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (k x k convolutions)
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )

@@ -11,6 +11,7 @@ U-Net the trained one's."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,86 @@ def test_flux_entries_own_options_build_as_lycoris(tmp_path, monkeypatch, algo):
     for m in full.values():
         m.scale = 1.0  # the file loaders' (the export holds the sqrt(dim) in lokr_w1)
     _check_kohya_outputs(tree, layers, {n for n in classes if n.startswith("lora_unet_")})
+
+
+# SD3: the patch convolution (PatchEmbed) an entry of another algorithm with its own use_tucker, the x blocks'
+# q/k/v a LoKr entry at its own factor with use_scalar; the network's full / IA^3 on the rest
+SD3_OWN = """\
+use_fnmatch = true
+unet_target_module = ["PatchEmbed"]
+unet_target_name = ["joint_blocks.*.x_block.attn.*"]
+text_encoder_target_module = []
+[module_algo_map.PatchEmbed]
+algo = "{algo}"
+dim = {dim}
+use_tucker = true
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "lokr"
+dim = 2
+factor = 2
+use_scalar = true
+"""
+
+
+# LoKr at dim 1: its second factor low-rank (LokrModule's Tucker form needs it; at dim 2 it is full)
+@pytest.mark.parametrize(
+    ("network", "entry", "dim"), [("full", "locon", 2), ("ia3", "loha", 2), ("full", "lokr", 1)]
+)
+def test_sd3_patch_entry_own_tucker_is_lycoris_module(tmp_path, network, entry, dim):
+    """A full / IA^3 network's PatchEmbed entry of another algorithm with its own use_tucker on SD3 (was
+    DBS403, a spec's DBS578): the patch convolution's block `tucker = "on"` of the entry's kind; the plan's
+    layer (adapter weights randomised) exports tensors that lycoris-lora 4.1.3's LoConModule / LohaModule /
+    LokrModule with use_tucker at the entry's dim loads strictly (the Tucker core included), at the same
+    scale, computing the layer's output."""
+    from lycoris.modules.locon import LoConModule
+    from lycoris.modules.loha import LohaModule
+    from lycoris.modules.lokr import LokrModule
+
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.lycoris_export import lycoris_state
+    from dbspec.runtime.prepare import configure_models
+    from tests.runtime.test_lycoris_mixed_flow_full import _BASE
+    from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
+
+    (tmp_path / "own.toml").write_text(SD3_OWN.format(algo=entry, dim=dim), encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for part in ("clip_l", "clip_g", "t5xxl"):
+        component_file(tmp_path / f"{part}.safetensors")
+    outcome = kohya(
+        tmp_path,
+        command="accelerate launch sd3_train_network.py --pretrained_model_name_or_path "
+        "stabilityai/stable-diffusion-3.5-large --clip_l clip_l.safetensors --clip_g clip_g.safetensors "
+        "--t5xxl t5xxl.safetensors --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        f'--network_dim=4 --network_alpha=1 --network_args "algo={network}" "conv_dim=4" "preset=own.toml" '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd3", *_BASE])
+    kind = {"locon": "lora"}.get(entry, entry)
+    patch = [b for b in plan.adapter.blocks if re.search(b.pattern, "pos_embed.proj") and b.kind != "adapter"]
+    assert [(b.kind, b.tucker) for b in patch][:1] == [(kind, "on")]
+    assert [(b.factor, b.scalar) for b in plan.adapter.blocks if b.kind == "lokr" and b.factor] == [(2, "on")]
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in comps.unet.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)  # LoHa's product of four
+    unet = comps.unet.float().eval()
+    tensors = lycoris_state(unet=unet, text_encoders=comps.text_encoders, family="sd3", dtype="fp32")
+    name = "lora_unet_x_embedder_proj"
+    own = {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+    core = {"lora": "lora_mid.weight", "loha": "hada_t1", "lokr": "lokr_t2"}[kind]
+    assert core in own
+    cls = {"lora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[kind]
+    layer = unet.pos_embed.proj
+    module = cls(name, copy.deepcopy(layer.get_base_layer()), 1.0, dim, own["alpha"].item(), use_tucker=True)
+    module.load_state_dict(own, strict=True)
+    module.apply_to()
+    assert float(module.scale) == pytest.approx(float(layer.scaling["default"]))
+    x = torch.randn(2, layer.get_base_layer().in_channels, 8, 8, generator=gen)
+    with torch.no_grad():
+        ours = layer(x)
+        assert not torch.allclose(ours, layer.get_base_layer()(x), atol=1e-4)
+        torch.testing.assert_close(module.eval()(x), ours, rtol=0, atol=1e-5)
