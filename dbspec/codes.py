@@ -2700,7 +2700,8 @@ every part of each fused layer it adapts, whatever the layer's kind.""",
 `factor`, `decompose_both`, `full_matrix`, `tucker` and `unbalanced_factorization` in `[[adapter.blocks]]` /
 `[[adapter.text_encoder_blocks]]` shape the matched layers' LoKr Kronecker factors, `rank_stabilized` scales
 their full ones (a LyCORIS preset file's map entry with its own `factor`, `decompose_both`, `full_matrix`,
-`use_tucker`, `unbalanced_factorization` or `rs_lora`): they need `kind = "lokr"`
+`use_tucker`, `unbalanced_factorization` or `rs_lora`): they need `kind = "lokr"`, the adapter's or the
+block's (a lokr block beside other kinds: DBS578 weighs it),
 with LyCORIS's split (with `fused_projections` each fused layer's one product, its parts in one block).""",
         help='remove the block\'s factor and switches (or set them to "adapter"), or use kind = "lokr"',
     ),
@@ -2770,10 +2771,11 @@ Chroma, where `bypass` gives Diag-OFT, BOFT, IA^3 and DyLoRA blocks LyCORIS's by
 module on each fused Linear, each part its own rows) and
 `fused_dropout` (`init_weights`, LyCORIS's file of the run's modules, starts such a run, its DyLoRA layers
 taking only their `alpha` from it, one per fused Linear on Flux, SD3 and
-Chroma); nor a block's own `scalar`, `tucker` (but a LoRA, LoHa or LoKr block's on the denoiser's
-convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form, on SD3 its patch convolution) or
-`rank_stabilized`, nor its own LoKr `factor` and switches
-except on a lokr adapter's own LoKr layers.""",
+Chroma); nor a block's own `tucker` (but a LoRA, LoHa or LoKr block's on the denoiser's
+convolutions: LyCORIS LoCon's, LohaModule's, LokrModule's Tucker form, on SD3 its patch convolution),
+`scalar` (but a LoRA, LoHa or LoKr block's, each kind's layers built alone) or `rank_stabilized`, nor
+its own LoKr `factor` and switches, except on LoKr layers (a lokr adapter's own, or a block of kind
+lokr).""",
         help='remove that option, or give every block the adapter\'s kind (kind = "adapter")',
     ),
     Code(

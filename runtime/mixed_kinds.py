@@ -62,6 +62,14 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     # decomposition (runtime/lycoris_dora.py add_lycoris_dora, over every adapted layer so far) to its own
     # layers alone, each as its block's `dora` / `dora_axis` say (a map entry's weight_decompose / wd_on_out)
     off = {"rank": 0, "conv_rank": 0, "dora": "off", "dora_axis": "adapter"}
+    # nor do they carry their own LoKr split, switches or scalar into this kind's pass (their layers are
+    # the other kinds', each pass reading its own blocks': adapters.add_lora's block_factors, block_scalars)
+    off.update(
+        factor=0,
+        scalar="adapter",
+        rank_stabilized="adapter",
+        **dict.fromkeys(("decompose_both", "full_matrix", "tucker", "unbalanced_factorization"), "adapter"),
+    )
     blocks = tuple(
         attrs.evolve(b, kind="adapter")
         if (b.kind == "adapter" and own) or b.kind == kind
@@ -69,7 +77,7 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         for b in getattr(adapter, table)
     )
     if not own:  # the modules no block matches are the adapter's kind's
-        blocks += (attrs.evolve(blocks[0], pattern="", factor=0, **off),)
+        blocks += (attrs.evolve(blocks[0], pattern="", **off),)
     if kind == "ia3":  # IA^3's peft rank marks its side (lycoris_ia3.INPUT_SIDE_RANK): 1, the output's
         blocks = tuple(attrs.evolve(b, rank=min(b.rank, 1), conv_rank=min(b.conv_rank, 1)) for b in blocks)
     extra = {"lokr_factorization": "lycoris", "lokr_unit_scale": True} if kind == "lokr" else {}

@@ -510,8 +510,11 @@ def _scale_blocks(adapter) -> dict:
             conv_rank=0 if text else b.conv_rank,
             conv_alpha=1.0 if text else b.conv_alpha,
             unit=b.unit,
-            # a LoCon / LoHa / LoKr block's own Tucker form (a map entry's use_tucker, the network's)
+            # a LoCon / LoHa / LoKr block's own Tucker form (a map entry's use_tucker, the network's), a
+            # LoKr block's own split and switches, a LoCon / LoHa / LoKr block's own scalar
+            factor=b.factor,
             **_block_switches(b, adapter),
+            scalar=_block_scalar(b, adapter),
             dora=_block_dora(b, adapter),
             dora_axis=_block_dora_axis(b, adapter),
             lr_scale=b.lr_scale,
@@ -576,6 +579,8 @@ def _block_switches(block, adapter) -> dict[str, str]:
     # the Tucker form alone on the block's k x k convolutions: a LoRA / LoHa adapter's (DBS579), or a block
     # of kind lora, loha or lokr beside another kind (runtime/mixed_kinds.py builds each kind's layers with
     # its blocks' own tucker; the adapter's is off there, DBS578)
+    if kind == "lokr" != adapter.kind:  # a LoKr block beside another kind (a map entry's own options)
+        return _other_lokr_switches(block, adapter)
     if adapter.kind in ("lora", "loha") or (kind != adapter.kind and kind in ("lora", "loha", "lokr")):
         tucker, network = getattr(block, "tucker", "adapter"), getattr(adapter, "tucker", False)
         own = network if tucker == "adapter" else tucker == "on"
@@ -591,6 +596,21 @@ def _block_switches(block, adapter) -> dict[str, str]:
         "rank_stabilized": adapter.rank_stabilized,
     }
     own = {key: getattr(adapter, key) if given[key] == "adapter" else given[key] == "on" for key in given}
+    if own["full_matrix"]:
+        own.update(decompose_both=False, tucker=False)
+    return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
+
+
+def _other_lokr_switches(block, adapter) -> dict[str, str]:
+    """A block of kind lokr on another kind's adapter: its own decompose_both / full_matrix / tucker /
+    unbalanced_factorization / rank_stabilized as its layers train them (runtime/mixed_kinds.py kind_adapter
+    builds them on the plan's adapter, whose LoKr switches are off: DBS578 keeps the network's off beside
+    other kinds; its Tucker form against the adapter's `tucker`), a full_matrix settling decompose_both and
+    tucker off as on a lokr adapter."""
+    network = getattr(adapter, "tucker", False)
+    given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}
+    planned = {key: network if key == "tucker" else False for key in BLOCK_SWITCHES}
+    own = {key: planned[key] if given[key] == "adapter" else given[key] == "on" for key in given}
     if own["full_matrix"]:
         own.update(decompose_both=False, tucker=False)
     return {key: "adapter" if own[key] == planned[key] else "on" if own[key] else "off" for key in own}
@@ -629,8 +649,9 @@ def _block_rank_dropout_scale(block, adapter) -> str:
 def _block_scalar(block, adapter) -> str:
     """A block's LyCORIS scalar as its layers train it: "on" / "off" where it differs from the adapter's
     `scalar`, else "adapter"."""
-    own = adapter.scalar if block.scalar == "adapter" else block.scalar == "on"
-    return "adapter" if own == adapter.scalar else "on" if own else "off"
+    network = getattr(adapter, "scalar", False)  # a full / IA^3 adapter's: none (its blocks' own alone)
+    own = network if block.scalar == "adapter" else block.scalar == "on"
+    return "adapter" if own == network else "on" if own else "off"
 
 
 def _block_dora(block, adapter) -> str:

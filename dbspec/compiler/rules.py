@@ -3073,6 +3073,8 @@ def block_factor_lokr(spec: Spec, given: Given) -> Iterator[Hit]:
                 if (value := getattr(block, key, "adapter")) != "adapter"
                 and not (key == "tucker" and _own_tucker(a, table, block))  # DBS579
             ]
+            if getattr(block, "kind", "adapter") == "lokr":  # a LoKr block beside another kind: its own
+                given_keys = []  # split and switches (mixed_kinds.kind_adapter; DBS578 on fused families)
             for key, value in given_keys:
                 shown = f'"{value}"' if isinstance(value, str) else value
                 yield _err(
@@ -3168,6 +3170,17 @@ _NEVER_MIXED = ("scalar", "tucker", "rank_stabilized", "rank_dropout_scale")
 _TUCKER_KINDS = ("lora", "loha", "lokr")
 
 
+def _built_alone(kind: str, key: str) -> bool:
+    """A block's own option that its kind's layers take in a run of several kinds, each kind built alone
+    (mixed_kinds.kind_adapter: the block's own over the adapter's, whose are off there; on Flux / SD3 /
+    Chroma each fused Linear one module of the kind, runtime/fused_lokr.py): a LoRA, LoHa or LoKr block's
+    `scalar` (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a
+    LyCORIS map entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
+    if key == "scalar":
+        return kind in _TUCKER_KINDS
+    return kind == "lokr" and key in ("rank_stabilized", *_LOKR_OWN)
+
+
 def _own_block_options(adapter, own: str):
     """(table, index, option) of the block options a run of several kinds does not build: a scalar, Tucker
     form or LoKr rs_lora of a block's own (runtime/mixed_kinds.py builds each kind with the adapter's), and
@@ -3182,7 +3195,7 @@ def _own_block_options(adapter, own: str):
                 # (mixed_kinds.kind_adapter; adapters.add_lora's block_tuckers, loha_tucker_layers,
                 # block_switches), on the denoiser's k x k convolutions
                 own_tucker = key == "tucker" and kind in _TUCKER_KINDS and table == "blocks"
-                if own_tucker:
+                if own_tucker or _built_alone(kind, key):
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
@@ -3377,14 +3390,16 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
-    if own in ("full", "ia3") and tucker and family.denoiser != "unet":
-        # a full / IA^3 adapter's blocks' own Tucker form: checked against LyCORIS on the U-Net families
+    if own in ("full", "ia3") and tucker and family.denoiser != "unet" and not family.kohya_conv_targets:
+        # a full / IA^3 adapter's blocks' own Tucker form: on the U-Net families' k x k convolutions and SD3's
+        # patch convolution (kohya_conv_targets), checked against LyCORIS; Flux / Chroma have none
         j, b = tucker[0]
         yield _err(
             "DBS578",
             ("adapter", "blocks", j, "tucker"),
             f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
-            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL",
+            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x, SDXL and SD3's "
+            "patch convolution",
             codes.help("DBS578"),
         )
 
@@ -3458,9 +3473,9 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS578",
             ("adapter", table, index, b),
             f'adapter.{table}[{index}].{b} with adapter.{i}.kind = "{block.kind}": in a run of several kinds '
-            "a block carries its own LoKr split and switches only on a lokr adapter's own LoKr layers, and "
-            "no scalar, Tucker form (but a LoRA, LoHa or LoKr block's on the denoiser) or rank_stabilized "
-            "of its own",
+            "a block carries its own LoKr split, switches and rank_stabilized only on LoKr layers, a scalar "
+            "only on LoRA, LoHa or LoKr layers, a Tucker form only on a LoRA, LoHa or LoKr block's on the "
+            "denoiser, and no rank_dropout_scale of its own",
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
@@ -3577,7 +3592,8 @@ def _mixed_factor_block(adapter, block) -> bool:
     """A block of LoHa or LoKr layers (its kind's, or the adapter's) in a run of several kinds: its kind's
     layers built in a pass of their own (runtime/mixed_kinds.py kind_adapter)."""
     kind = adapter.kind if block.kind == "adapter" else block.kind
-    return kind in ("loha", "lokr") and len(run_kinds(adapter)) > 1
+    # a LoCon block of another kind's adapter too (a full / IA^3 adapter's on SD3's patch convolution)
+    return (kind in ("loha", "lokr") or kind != adapter.kind) and len(run_kinds(adapter)) > 1
 
 
 @rule("spec")
@@ -3590,7 +3606,8 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         for table in ("blocks", "text_encoder_blocks")
         for i, block in enumerate(getattr(a, table, ()))
         # differing from the adapter's: "off" on an adapter without scalar changes nothing
-        if getattr(block, "scalar", "adapter") != "adapter" and (block.scalar == "on") != a.scalar
+        if getattr(block, "scalar", "adapter") != "adapter"
+        and (block.scalar == "on") != getattr(a, "scalar", False)  # a full / IA^3 adapter's: none
     ]
     if getattr(a, "kind", "") in ("lora", "loha"):
         own += [

@@ -565,7 +565,8 @@ def _block_tucker():
         "tucker",
         "use_tucker",
         "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
-        "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there too)",
+        "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there and on SD3's patch "
+        "convolution too)",
     )
 
 
@@ -1419,7 +1420,9 @@ class ScaleBlock:
         "`lr_scale`; `rank` and the other sizes unused), or `lora`, `loha`, `lokr`, `diag-oft`, `boft`, "
         "`glora`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / `name_algo_map` entry's "
         "`algo` on an `algo=full` / `algo=ia3` network; on Flux, SD3 and Chroma with `fused_projections`), "
-        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind`.",
+        "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind` (with "
+        "a LoKr block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own "
+        "`scalar`).",
         example="lora",
     )
     rank: int = option(
@@ -1443,7 +1446,16 @@ class ScaleBlock:
     )
     conv_alpha: float = _block_conv_alpha()
     unit: int = _block_unit()
-    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (SD 1.x/2.x, SDXL)
+    # a block of kind lokr: a LyCORIS map entry's own split and switches (DBS576)
+    factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (k x k convolutions)
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()  # a block of kind lokr (its entry's rs_lora)
+    scalar: BlockSwitch = _block_scalar()  # a block of kind lora / loha / lokr (its entry's use_scalar)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")

@@ -97,15 +97,15 @@ def test_dora_wd_decomposes_the_entries_layers(tmp_path):
     [
         # (the network's rank_dropout converts, was DBS403: test_convert_kohya_rank_dropout_kinds.py; IA^3's
         # bypass_mode beside the entries too: test_convert_kohya_whole_main_mixed_flow.py)
-        # a LoKr entry's own factor: a full adapter's blocks carry no LoKr split
+        # (a LoKr entry's own factor and switches, use_scalar, rs_lora convert, was DBS403:
+        # test_convert_kohya_mixed_own_opts.py)
+        # a Diag-OFT entry's own rescaled: a full adapter's blocks carry no row rescale
         (
             "full",
             "",
-            MIXED.replace('algo = "loha"\ndim = 2\n', 'algo = "lokr"\ndim = 2\nfactor = 4\n', 1),
-            "factor",
+            MIXED.replace('algo = "loha"\ndim = 2\n', 'algo = "diag-oft"\ndim = 2\nrescaled = true\n', 1),
+            "own rescaled",
         ),
-        # LoCon's own use_scalar: no scalar on these blocks
-        ("full", "", MIXED.replace("alpha = 2\n", "alpha = 2\nuse_scalar = true\n"), "own scalar"),
     ],
 )
 def test_what_the_blocks_do_not_carry_is_refused(tmp_path, algo, args, preset, said):

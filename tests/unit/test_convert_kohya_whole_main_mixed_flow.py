@@ -118,8 +118,7 @@ def test_flux_max_norm_and_dora_wd_reach_the_entries(tmp_path, algo):
         # the network's rank_dropout: the LoCon / LoHa / LoKr entries draw it (FullModule too, IA3Module not)
         ("full", '"rank_dropout=0.1"', FLUX, "rank_dropout"),
         ("ia3", '"rank_dropout=0.1"', FLUX, "rank_dropout"),
-        # a LoKr entry's own factor: the blocks carry no LoKr split
-        ("full", "", FLUX.replace("dim = 4\nalpha = 2\n", "dim = 4\nalpha = 2\nfactor = 4\n", 1), "factor"),
+        # (a LoKr entry's own factor converts, was DBS403: test_convert_kohya_mixed_own_opts.py)
     ],
 )
 def test_what_the_blocks_do_not_carry_is_refused(tmp_path, algo, args, preset, said):

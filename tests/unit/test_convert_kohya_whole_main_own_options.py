@@ -37,11 +37,14 @@ def test_block_tucker_fits_lora_loha_lokr_blocks_alone(kind):
 
 
 def test_block_tucker_of_a_full_adapter_stays_on_the_unet_families():
+    """On the U-Net families and SD3's patch convolution (was DBS578 there, issue 12); Flux has no k x k
+    convolution."""
     block = "[[adapter.blocks]]\npattern = 'proj'\nkind = 'lora'\nrank = 4\nalpha = 1.0\ntucker = 'on'\n"
     body = DOG + STEPS + '[adapter]\nkind = "full"\nfused_projections = true\n' + block
-    assert hits_of(rules.mixed_kinds_family, 'family = "sd3"\n' + body) == [
+    assert hits_of(rules.mixed_kinds_family, 'family = "flux"\n' + body) == [
         ("DBS578", "error", ("adapter", "blocks", 0, "tucker"))
     ]
+    assert hits_of(rules.mixed_kinds_family, 'family = "sd3"\n' + body) == []
     assert (
         hits_of(
             rules.mixed_kinds_family, 'family = "sdxl"\n' + body.replace("fused_projections = true\n", "")

@@ -2358,24 +2358,25 @@ CASES = [
         + "[[adapter.blocks]]\npattern = 'pos_embed'\nkind = 'lokr'\nrank = 4\nalpha = 1.0\nconv_rank = 2\n"
         + "tucker = 'on'\n",
     ),
-    (  # a block's own scalar / rs_lora / LoKr split in a run of several kinds: each kind the adapter's
+    (  # a block's own LoKr split or rs_lora on LoRA layers in a run of several kinds; a LoKr block's own
+        # split, rs_lora and scalar, a LoRA block's scalar: each kind built alone (issue 12, was DBS578)
         rules.mixed_block_kinds,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
-        + 'rank_stabilized = "on"\n'
-        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + 'rank_stabilized = "on"\n',
         [
-            ("DBS578", "error", ("adapter", "blocks", 0, "rank_stabilized")),
-            ("DBS578", "error", ("adapter", "blocks", 0, "factor")),
-            ("DBS578", "error", ("adapter", "blocks", 1, "scalar")),
+            ("DBS578", "error", ("adapter", "blocks", 1, "rank_stabilized")),
+            ("DBS578", "error", ("adapter", "blocks", 1, "factor")),
         ],
         DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
-        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+        + '[adapter]\nkind = "lora"\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nfactor = 4\n'
+        + 'rank_stabilized = "on"\nfull_matrix = "on"\nscalar = "on"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
     (  # a lora / loha / lokr adapter's init_scale scales its full blocks' start from the file only
         rules.init_scale_without_full_blocks,

@@ -272,6 +272,12 @@ _BYPASS_INERT = ("lora", "loha", "lokr", "glora", "tlora")
 BYPASS_BLOCKS = BYPASS_KINDS
 
 
+# the networks whose blocks of other kinds carry a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa /
+# LoKr entry's own use_scalar and a LoKr entry's own rs_lora on SD 1.x/2.x and SDXL (spec AdapterBlock,
+# ScaleBlock; DyloraBlock, GloraBlock and TloraBlock have none)
+_LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3")
+
+
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
 # DyloraBlock); IA^3's [[adapter.blocks]] (ScaleBlock) hold no bypass
 _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora")
@@ -516,12 +522,17 @@ def _mixed_kinds(
             "every one builds alike (DBS578)",
             False,
         )
-    own = next((layer for layer in unet if _own_factor_given(layer)), None) if lokr else None
+    # a LoRA/LoCon, LoHa, full or IA^3 network's LoKr blocks carry them (spec AdapterBlock, ScaleBlock;
+    # runtime/mixed_kinds.py builds the LoKr layers alone, each block's own; on Flux / SD3 / Chroma each
+    # fused Linear one LokrModule, runtime/fused_lokr.py)
+    carried = _algo(algo) in _LOKR_OWN_NETWORKS
+    own = next((layer for layer in unet if _own_factor_given(layer)), None) if lokr and not carried else None
     if own is not None:
         raise PresetError(
             f"`{own.source}` gives LoKr layers (e.g. {own.path}) their own factor or switches on an "
-            f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter "
-            "only (beside other kinds a LoKr entry's own use_tucker alone, its block's `tucker`)",
+            f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter, "
+            "and beside other kinds on a LoRA/LoCon, LoHa, full or IA^3 network (elsewhere a LoKr entry's "
+            "own use_tucker alone, its block's `tucker`)",
             False,
         )
     return [layer for layer in other if layer not in unet]
@@ -790,7 +801,8 @@ def map_blocks(
             "LoHa, LoKr, DyLoRA, GLoRA, Diag-OFT, BOFT and T-LoRA",
             False,
         )
-    mixed_rank_stabilized([*unet, *text])
+    if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
+        mixed_rank_stabilized([*unet, *text])
     if kind == "tlora":
         _tlora_alphas([*unet, *text])
     tucker = next((b for b in unet if "tucker" in b), None)
@@ -841,14 +853,27 @@ _SCALE_BLOCK_KEYS = (
 )
 
 
+# and an entry's own LoKr split and switches, use_scalar and LoKr rs_lora (each kind's layers built alone,
+# runtime/mixed_kinds.py kind_adapter)
+_SCALE_BLOCK_OWN = (
+    "factor",
+    "decompose_both",
+    "full_matrix",
+    "unbalanced_factorization",
+    "rank_stabilized",
+    "scalar",
+)
+
+
 _TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
 
 
 def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
-    another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock); PresetError for
-    an entry's own option such a block does not carry (a LoKr factor or switch, use_scalar, use_tucker,
-    rs_lora, a Diag-OFT / BOFT constraint or rescaled)."""
+    another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
+    entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own
+    rs_lora; PresetError for an entry's own option such a block does not carry (a Diag-OFT / BOFT
+    constraint or rescaled)."""
     if not algo:
         return [], []
     unet = [b for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo) if "kind" in b]
@@ -858,13 +883,15 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
         if "kind" in b
     ]
     for block in [*unet, *text]:
-        extra = [k for k in block if k not in (*_SCALE_BLOCK_KEYS, "_why")]
+        keys = (*_SCALE_BLOCK_KEYS, *_SCALE_BLOCK_OWN, "_why")
+        extra = [k for k in block if k not in keys]
         own = [k for k in extra if not (k in ("conv_rank", "conv_alpha") and block in text)]
         if own:
             raise PresetError(
                 f"`{_source([block])}` gives its {block['kind']} layers their own {', '.join(own)} on an "
                 f"algo={algo} network: a full / IA^3 adapter's [[adapter.blocks]] of another kind carry a "
-                "rank, alpha, unit and dora, no other option of their own",
+                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora and a scalar, "
+                "no other option of their own",
                 False,
             )
         high = max(block["rank"], block.get("conv_rank", 0))
