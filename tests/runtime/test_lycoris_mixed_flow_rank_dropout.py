@@ -38,14 +38,20 @@ DROP = 0.3  # module_dropout beside it: both kinds of forward compared
 
 
 @pytest.mark.parametrize(
-    ("algo", "other", "qkv", "linear1"),
+    ("algo", "other", "qkv", "linear1", "extra"),
     [
-        ("locon", "loha", "diag-oft", "full"),  # a LoCon network: fused LoHa, Diag-OFT and full entries
-        ("loha", "locon", "full", "glora"),  # a LoHa network: fused LoCon, full and GLoRA entries
+        ("locon", "loha", "diag-oft", "full", {}),  # a LoCon network: fused LoHa, Diag-OFT and full entries
+        ("loha", "locon", "full", "glora", {}),  # a LoHa network: fused LoCon, full and GLoRA entries
+        # networks whose own modules draw FullModule's mask or none (the converter's
+        # lycoris_flow_whole.map_entries_rank_dropout, was DBS403)
+        ("full", "loha", "diag-oft", "locon", {}),
+        ("ia3", "locon", "loha", "full", {}),
+        ("glora", "loha", "locon", "diag-oft", {}),
+        ("dylora", "locon", "loha", "full", {"block_size": "2"}),
     ],
 )
 def test_rank_dropout_draws_once_per_lycoris_module_on_fused_layers(
-    tmp_path, monkeypatch, algo, other, qkv, linear1
+    tmp_path, monkeypatch, algo, other, qkv, linear1, extra
 ):
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
@@ -53,10 +59,12 @@ def test_rank_dropout_draws_once_per_lycoris_module_on_fused_layers(
     file.write_text(FLUX_FILE.replace("OTHER", other).replace("QKV", qkv).replace("LINEAR1", linear1))
     base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]
     args = f'"algo={algo}" "preset={file.name}" "rank_dropout={RATE}" "module_dropout={DROP}"'
+    args += "".join(f' "{k}={v}"' for k, v in extra.items())
     plan = plan_of(flux_lycoris(tmp_path, args), tmp_path, base)
     assert plan.adapter.rank_dropout == RATE and plan.adapter.module_dropout == DROP and plan.adapter.fused
-    assert plan.adapter.rank_dropout_form == "lycoris"
-    kinds = {"full", "ia3", qkv, linear1, {"locon": "lora"}.get(other, other)}
+    locon = "lora" in {b.kind for b in plan.adapter.blocks} or algo in ("locon", "loha")
+    assert plan.adapter.rank_dropout_form == ("lycoris" if locon else "kohya")  # LoConModule's row masks
+    kinds = {{"locon": "lora"}.get(k, k) for k in ("full", "ia3", qkv, linear1, other)} - {algo}
     _, whole, tensors = _run(tmp_path, kinds, base, resume=False)
     unet = whole.components.unet
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
@@ -66,12 +74,19 @@ def test_rank_dropout_draws_once_per_lycoris_module_on_fused_layers(
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
         1.0, 4, 1.0, None, [clip, nn.Module()], _kohya_tree(layers), algo=algo, preset=str(file),
-        rank_dropout=RATE, module_dropout=DROP,
+        rank_dropout=RATE, module_dropout=DROP, **extra,
     )  # fmt: skip
     made.apply_to([clip, nn.Module()], _kohya_tree(layers), apply_text_encoder=True, apply_unet=True)
-    result = made.load_state_dict(tensors, strict=False)
-    assert not result.unexpected_keys and not result.missing_keys, result
-    theirs = {m.lora_name: m for m in made.unet_loras}
+    # a DyLoRA network's own layers export as LoRA (DyLoraModule's saved form): its modules are left out of
+    # the comparison (DyLoraModule never reads rank_dropout; its block draw is Python's random)
+    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    result = made.load_state_dict(
+        {k: v for k, v in tensors.items() if k.split(".")[0] not in dylora}, strict=False
+    )
+    assert not result.unexpected_keys, result
+    assert all(k.split(".")[0] in dylora for k in result.missing_keys), result
+    assert bool(dylora) == (algo == "dylora")
+    theirs = {m.lora_name: m for m in made.unet_loras if m.lora_name not in dylora}
     assert {type(theirs[n]).__name__ for n in theirs} >= {"FullModule", "IA3Module"}
     unet.train()
     fused = masked = 0

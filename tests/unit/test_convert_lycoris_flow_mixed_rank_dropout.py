@@ -2,8 +2,10 @@
 LyCORIS's other algorithms (issue 12; was DBS403, a spec's DBS578 with `fused_projections`): the adapter's
 rate with `rank_dropout_form = "lycoris"`, each kind's module on a fused Linear drawing one mask its parts
 share (tests/runtime/test_lycoris_mixed_flow_rank_dropout.py holds the training forwards to lycoris-lora
-4.1.3's modules on kohya's fused Linears). With `dora_wd` (decomposed fused layers beside other kinds) it
-stays refused."""
+4.1.3's modules on kohya's fused Linears). A full, IA^3, GLoRA (outside bypass_mode) or DyLoRA (without
+train_norm) network's too (was DBS403 from the converter): the adapter's rate, its entries drawing it. With
+`dora_wd` (decomposed fused layers beside other kinds), beside LoKr entries or on a DyLoRA network with
+train_norm (its NormModules would draw it too) it stays refused."""
 
 from __future__ import annotations
 
@@ -51,13 +53,43 @@ def test_rank_dropout_beside_other_kinds_on_fused_layers(tmp_path):
         assert a.fused and {b.kind for b in a.blocks} >= {"diag-oft", "full", "ia3"}
 
 
-def test_rank_dropout_with_dora_beside_other_kinds_on_fused_layers_still_refused(tmp_path):
-    """A decomposed fused layer's draws beside other kinds are not checked: DBS403 (the spec's DBS578)."""
-    (tmp_path / "mixed.toml").write_text(PRESET.replace("OTHER", "loha"), encoding="utf-8")
+def test_whole_and_other_networks_rank_dropout_beside_entries_on_fused_layers(tmp_path):
+    """The network's own modules draw FullModule's mask (full) or none (IA3Module; GLoRAModule outside
+    bypass_mode; DyLoraModule): the adapter's rank_dropout, LoConModule's row masks where LoCon entries are
+    (rank_dropout_form "lycoris"), was DBS403."""
+    for algo, other, extra in (
+        ("full", "loha", ""),
+        ("ia3", "locon", ""),
+        ("glora", "loha", ""),
+        ("dylora", "locon", ' "block_size=2"'),
+    ):
+        folder = tmp_path / algo
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(PRESET.replace("OTHER", other), encoding="utf-8")
+        outcome = flux_lycoris(folder, f'"algo={algo}" "preset=mixed.toml" "rank_dropout=0.25"{extra}')
+        a = plan_of(outcome, folder, BASE).adapter
+        assert (a.kind, a.rank_dropout) == (algo, 0.25) and a.fused
+        assert a.rank_dropout_form == ("lycoris" if other == "locon" else "kohya"), algo
+        assert {b.kind for b in a.blocks} >= {"diag-oft", {"locon": "lora"}.get(other, other)}
+
+
+def _refused(tmp_path, args: str, other: str = "loha") -> list[str]:
+    (tmp_path / "mixed.toml").write_text(PRESET.replace("OTHER", other), encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
-    args = '"algo=locon" "preset=mixed.toml" "rank_dropout=0.25" "dora_wd=True"'
-    outcome = kohya(tmp_path, command=f"{FLUX_LYCORIS}--network_args {args}")
+    outcome = kohya(tmp_path, command=f'{FLUX_LYCORIS}--network_args "preset=mixed.toml" {args}')
     assert "DBS403" in codes(outcome), errors(outcome)
-    assert any("rank_dropout" in e for e in errors(outcome)), errors(outcome)
+    return [e for e in errors(outcome) if "rank_dropout" in e]
+
+
+def test_rank_dropout_with_dora_beside_other_kinds_on_fused_layers_still_refused(tmp_path):
+    """A decomposed fused layer's draws beside other kinds are not checked: DBS403 (the spec's DBS578); so
+    are LoKr entries' (their CPU mask stops kohya) and a DyLoRA network's NormModules beside its entries."""
+    for name, args, other in (
+        ("dora", '"algo=locon" "rank_dropout=0.25" "dora_wd=True"', "loha"),
+        ("lokr", '"algo=full" "rank_dropout=0.25"', "lokr"),
+        ("norms", '"algo=dylora" "rank_dropout=0.25" "block_size=2" "train_norm=True"', "locon"),
+    ):
+        (tmp_path / name).mkdir()
+        assert _refused(tmp_path / name, args, other), name
