@@ -152,10 +152,8 @@ def _prepare(
         # on fused Linears the LoHa / LoCon blocks' one mask per fused layer
         locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
         fused_rows = bool(a.fused) and denoiser and bool(a.rank_dropout)
-        if (a.module_dropout or locon_rows or fused_rows) and mixed(
-            a
-        ):  # each kind's layers draw as its LyCORIS class once
-            # per fused layer
+        # each kind's layers draw as its LyCORIS class does, once per fused layer
+        if (a.module_dropout or locon_rows or fused_rows) and mixed(a):
             from dbspec.runtime.mixed_kinds import add_module_dropout
 
             add_module_dropout(module, a, a.fused if denoiser else ())
