@@ -2755,7 +2755,8 @@ Chroma with `fused_projections`, each fused Linear one LyCORIS module of its blo
 act on one kind's layers only, or on all adapters at once, are not supported there: dropouts (but
 LyCORIS's `rank_dropout`, `rank_dropout_form = "lycoris"`, on a lora adapter whose blocks are LoRA, LoHa,
 full, IA^3, Diag-OFT, BOFT, GLoRA or DyLoRA, and a loha, full, ia3 or glora adapter's `rank_dropout` beside
-blocks of those kinds (without `bypass` or `rank_dropout_scale`), without `fused_projections`: each LoCon
+blocks of those kinds (without `bypass` or `rank_dropout_scale`; with `fused_projections` undecomposed,
+each fused Linear one module's draw its parts share): each LoCon
 and LoHa layer draws its own row mask as its LyCORIS module does, decomposed or not, each full layer
 FullModule's row mask, each
 Diag-OFT layer its rotations' dropout, the IA^3, BOFT, GLoRA (outside bypass) and DyLoRA layers none, as

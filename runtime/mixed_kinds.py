@@ -226,38 +226,48 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     rate = adapter.module_dropout
     count = 0
     kinds = set(other_kinds(adapter))
+    # a LoCon / LoHa layer's rank dropout beside other kinds (compiler rules.lycoris_row_masks: LoHa blocks
+    # always LohaModule's row mask; the adapter's LoCon blocks with the plan's rank_dropout_form "lycoris")
+    rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
     if fused and adapter.kind not in ("lokr", "loha") and kinds & {"lokr", "loha"}:
         from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout
 
-        count += add_fused_lycoris_dropout(module, fused, rate, 0.0, adapter.rank_dropout_scale)
+        # the LoHa blocks' fused parts: LohaModule's one row mask over the fused update (LoKr blocks take
+        # none: the compiler refuses rank_dropout beside them, LokrModule's CPU mask stops kohya, DBS402)
+        loha = adapter.rank_dropout if "lokr" not in kinds else 0.0
+        count += add_fused_lycoris_dropout(module, fused, rate, loha, adapter.rank_dropout_scale)
     if adapter.kind != "lora":
         from dbspec.runtime.lora_dropout import add_lora_dropout
 
-        if fused and "lora" in kinds:  # the LoRA blocks' fused parts: one draw per fused layer
-            from dbspec.runtime.fused_dropout import add_fused_dropout
+        if fused and "lora" in kinds:  # the LoRA blocks' fused parts: one draw per fused layer, one
+            from dbspec.runtime.fused_dropout import add_fused_dropout  # LoConModule row mask over its rows
 
-            count += add_fused_dropout(module, fused, 0.0, rate)
+            count += add_fused_dropout(module, fused, rows, rate, form=adapter.rank_dropout_form)
         # a LoHa adapter's LoCon blocks draw LoConModule's row mask after its module dropout draw (the plan's
         # rank_dropout_form "lycoris"; decomposed ones in runtime/lycoris_dora.py); others none
-        rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
         count += add_lora_dropout(module, rows, rate, form=adapter.rank_dropout_form)
 
     return count + (add_own_module_dropout(module, rate, fused) if rate else 0)
 
 
-def add_kinds_rank_dropout(module: torch.nn.Module, rate: float) -> int:
+def add_kinds_rank_dropout(module: torch.nn.Module, rate: float, fused: tuple = (), swapped=None) -> int:
     """The network's `rank_dropout` on the full and Diag-OFT blocks' layers of a LoRA / LoHa adapter
     (LyCORIS hands it every module; compiler rules.lycoris_row_masks): FullModule's row mask over its copy's
     update (runtime/lycoris_full.py), DiagOFTModule's dropout of its rotations in its default forward
     (runtime/lycoris_oft.py), each layer its own draw in its forward, after its module dropout's. IA^3, BOFT,
     DyLoRA and GLoRA layers outside bypass_mode draw none (their LyCORIS classes never read it), the LoRA /
-    LoHa layers their own row masks (runtime/lora_dropout.py, loha_weight.py). Without fused_projections.
-    How many layers draw."""
+    LoHa layers their own row masks (runtime/lora_dropout.py, loha_weight.py). On the denoiser's fused
+    Linears (`fused`, plan.adapter.fused: Flux, SD3, Chroma) each kind's one LyCORIS module on the fused layer
+    draws one mask its parts share: FullModule's over every part's rows (`swapped`: kohya's halves of rows
+    the other way round, runtime/prepare.py swapped_rows), DiagOFTModule's over its blocks (fit_fused_oft
+    links the parts). How many layers draw."""
     from dbspec.runtime.adapters import ADAPTER_NAME
     from dbspec.runtime.lycoris_full import add_full_rank_dropout
     from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
-    return add_full_rank_dropout(module, rate) + add_oft_rank_dropout(module, rate, ADAPTER_NAME)
+    return add_full_rank_dropout(module, rate, fused, swapped) + add_oft_rank_dropout(
+        module, rate, ADAPTER_NAME
+    )
 
 
 def add_own_module_dropout(module: torch.nn.Module, rate: float, fused: tuple = ()) -> int:

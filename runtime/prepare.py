@@ -146,11 +146,14 @@ def _prepare(
         if a.rank_dropout and mixed(a) and a.kind in _ROW_MASKS:  # full / Diag-OFT layers' own draws
             from dbspec.runtime.mixed_kinds import add_kinds_rank_dropout
 
-            add_kinds_rank_dropout(module, a.rank_dropout)
-        # a LoHa adapter's LoCon blocks' row masks too (rank_dropout_form "lycoris": add_module_dropout)
+            fused, swapped = (a.fused, swapped_rows(module)) if denoiser else ((), None)
+            add_kinds_rank_dropout(module, a.rank_dropout, fused, swapped)
+        # a LoHa adapter's LoCon blocks' row masks too (rank_dropout_form "lycoris": add_module_dropout), and
+        # on fused Linears the LoHa / LoCon blocks' one mask per fused layer
         locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
-        if (a.module_dropout or locon_rows) and mixed(a):  # each kind's layers draw as its LyCORIS class once
-            # per fused layer
+        fused_rows = bool(a.fused) and denoiser and bool(a.rank_dropout)
+        # each kind's layers draw as its LyCORIS class does, once per fused layer
+        if (a.module_dropout or locon_rows or fused_rows) and mixed(a):
             from dbspec.runtime.mixed_kinds import add_module_dropout
 
             add_module_dropout(module, a, a.fused if denoiser else ())

@@ -3407,12 +3407,13 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
 def lycoris_row_masks(a) -> bool:
     """A LoRA adapter whose rank_dropout is LyCORIS's (rank_dropout_form "lycoris"), or a LoHa adapter (whose
     rank_dropout is LohaModule's) outside bypass_mode and without rank_dropout_scale, on layers that are all
-    LoRA/LoCon or LoHa, without fused_projections: each layer draws its own row mask in its forward as
+    LoRA/LoCon or LoHa (and the kinds below): each layer draws its own row mask in its forward as
     LoConModule / LohaModule do (runtime/lora_dropout.py's lycoris form, runtime/loha_weight.py; a LoHa
     adapter's LoCon layers through the plan's rank_dropout_form "lycoris", compiler/adapters.py), decomposed
     (runtime/lycoris_dora.py) or not, beside each other (checked against lycoris-lora 4.1.3's network on SD
     1.x, tests/runtime/test_lycoris_block_dora_rank_dropout.py, test_lycoris_mixed_rank_dropout.py,
-    test_lycoris_loha_locon_rank_dropout.py). Blocks of LyCORIS's other kinds may sit beside them: FullModule
+    test_lycoris_loha_locon_rank_dropout.py; with fused_projections undecomposed, each fused Linear one
+    module's draw). Blocks of LyCORIS's other kinds may sit beside them: FullModule
     draws its own row mask over its copy's update (runtime/lycoris_full.py), DiagOFTModule its rotations'
     dropout (runtime/lycoris_oft.py), and IA3Module, ButterflyOFTModule, DyLoraModule and GLoRAModule outside
     bypass_mode never read rank_dropout (built without it, as LyCORIS builds them; checked against
@@ -3428,9 +3429,15 @@ def lycoris_row_masks(a) -> bool:
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )
+    blocks = (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
+    # on Flux / SD3 / Chroma's fused Linears (fused_projections) each kind's one LyCORIS module draws one mask
+    # its parts share (runtime/mixed_kinds.py; checked against lycoris-lora 4.1.3's modules on kohya's fused
+    # Linears, test_lycoris_mixed_flow_rank_dropout.py), undecomposed only: a decomposed fused layer's draws
+    # beside other kinds are not checked
+    decomposed = getattr(a, "dora", False) or any(getattr(b, "dora", "adapter") == "on" for b in blocks)
     return (
         (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
-        and not getattr(a, "fused_projections", False)
+        and not (getattr(a, "fused_projections", False) and decomposed)
         and all(
             getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))

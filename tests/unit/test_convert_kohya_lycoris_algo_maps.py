@@ -834,15 +834,14 @@ def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo, train_norm):
     """A DyLoRA / GLoRA network (outside bypass_mode) never reads rank_dropout itself, but LyCORIS hands it
     to its LoCon / LoHa entries' modules too, which draw it: a GLoRA network's converts (was DBS403) to the
     adapter's rank_dropout, its entries' layers drawing it as their modules do
-    (tests/runtime/test_lycoris_rank_dropout_kinds.py), a DyLoRA network's too without train_norm; with
-    train_norm's NormModules (which would draw it too) DBS403 (was DBS405, "never read")."""
+    (tests/runtime/test_lycoris_rank_dropout_kinds.py), a DyLoRA network's too; with train_norm its
+    NormModules draw it as well: the DyLoRA adapter's norm_rank_dropout, the same rate (was DBS403;
+    tests/runtime/test_lycoris_dylora_norms_rank_dropout.py)."""
     outcome = _convert(tmp_path, MIXED, algo, f'"rank_dropout=0.25" {train_norm}')
-    if algo == "glora" or not train_norm:  # a DyLoRA network's beside norm offsets: still DBS403
-        a = plan_of(expressible(outcome), tmp_path).adapter
-        assert (a.kind, a.rank_dropout, a.rank_dropout_form) == (algo, 0.25, "lycoris")
-        return
-    assert f"loha / lora entries on an algo={algo} network draw it" in messages(outcome, "DBS403")
-    assert "DBS405" not in codes(outcome)
+    a = plan_of(expressible(outcome), tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form) == (algo, 0.25, "lycoris")
+    if train_norm:  # the offsets draw it too (GLoRA's norm_rank_dropout defaults to the adapter's)
+        assert a.norm_rank_dropout == 0.25
 
 
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):

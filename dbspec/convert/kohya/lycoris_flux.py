@@ -61,6 +61,7 @@ from dbspec.convert.kohya.lycoris_flow_file import flow_preset_file
 from dbspec.convert.kohya.lycoris_flow_whole import (
     FUSED_WHY,
     entries_rank_dropout,
+    map_entries_rank_dropout,
     put_kind_blocks,
     refuse_entries_rank_dropout,
 )
@@ -533,7 +534,7 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     # beside these kinds the offsets draw the adapter's module_dropout (the kind's modules' own draw); a
     # rank_dropout BOFT's, DyLoRA's or GLoRA's default forward never reads is the offsets' alone
     # (adapter.norm_rank_dropout; was DBS403; the file's entries of other kinds drawing it too:
-    # _entries_rank_dropout refused it)
+    # _entries_rank_dropout made it GLoRA's adapter rank_dropout, which the offsets default to, or refused it)
     rate = float(kwargs.get("rank_dropout") or 0)
     alone = _unread_rank_dropout(kwargs, algo)
     note = f"LyCORIS's NormModule on the {len(clip)} CLIP LayerNorm(s) the file reaches{t5_note}"
@@ -558,9 +559,15 @@ def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conv
     """The network's rank_dropout on a BOFT / DyLoRA / GLoRA network (outside bypass_mode: their own modules
     never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT modules (or an
     entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no rank dropout on
-    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). True when refused."""
+    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA network's, and a
+    DyLoRA one's without train_norm, are the adapter's rank_dropout (was DBS403), its entries drawing it as
+    their modules do, each fused Linear one module's mask (map_entries_rank_dropout, as on SD 1.x); a BOFT
+    network's stays refused (its adapter has no rank_dropout), as does a DyLoRA one's with train_norm (its
+    NormModules would draw it too). True when refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
+    if algo == "glora" or (algo == "dylora" and _off(kwargs.get("train_norm", "false"))):
+        return map_entries_rank_dropout(kwargs, file, args, conv, algo)
     return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
 
 

@@ -562,7 +562,8 @@ def _block_rank_dropout(
     GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
     dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
     refused (it was DBS405, "never read", though those entries read it). A GLoRA network's, and a DyLoRA
-    one's without train_norm (`norms`), are the adapter's rank_dropout, its blocks drawing it (was DBS403);
+    one's, are the adapter's rank_dropout, its blocks drawing it (was DBS403), with train_norm (`norms`) a
+    DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403);
     a BOFT network's stays refused (its adapter has no rank_dropout)."""
     # (IA^3's too: IA3Module never reads it, its entries of other algorithms do, each as its module draws
     # it: adapter.rank_dropout, _diag_oft_dropouts; compiler rules.lycoris_row_masks decides)
@@ -573,10 +574,13 @@ def _block_rank_dropout(
     readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
     if not readers:
         return False
-    if kind == "glora" or (kind == "dylora" and not norms):  # the adapter's: its blocks' layers draw it as
-        # their modules do, the GLoRA / DyLoRA ones none outside bypass (compiler rules.lycoris_row_masks
-        # decides); a DyLoRA network's NormModules would draw it too (norm_rank_dropout: not expressed here)
+    if kind in ("glora", "dylora"):  # the adapter's: its blocks' layers draw it as their modules do, the
+        # GLoRA / DyLoRA ones none outside bypass (compiler rules.lycoris_row_masks decides); a DyLoRA
+        # network's NormModules draw it too: its norm_rank_dropout (which defaults to 0 there; GLoRA's to the
+        # adapter's)
         put["rank_dropout"] = _float(kwargs.pop("rank_dropout"))
+        if kind == "dylora" and norms:
+            put["norm_rank_dropout"] = put["rank_dropout"]
         return False
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     conv.unsupported(
