@@ -232,7 +232,8 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
         # a LoHa adapter's LoCon blocks draw LoConModule's row mask after its module dropout draw (the plan's
         # rank_dropout_form "lycoris"; decomposed ones in runtime/lycoris_dora.py); others none
         rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
-        count += add_lora_dropout(module, rows, rate, form=adapter.rank_dropout_form)
+        form, output = adapter.rank_dropout_form, adapter.output_dropout  # output: LoConModule's bypass one
+        count += add_lora_dropout(module, rows, rate, form=form, output_dropout=output)
 
     return count + (add_own_module_dropout(module, rate, fused) if rate else 0)
 

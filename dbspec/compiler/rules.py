@@ -3422,6 +3422,23 @@ def lycoris_row_masks(a) -> bool:
 _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora")
 
 
+def mixed_output_dropout(a) -> bool:
+    """Whether a run of several kinds takes the adapter's `output_dropout` (LyCORIS's `dropout` in
+    bypass_mode) on every layer: a lora, loha or lokr adapter whose blocks are of those kinds, without
+    rank_dropout, fused_projections or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward
+    each drop their own update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA
+    layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    return (
+        getattr(a, "kind", "none") in ("lora", "loha", "lokr")
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        and not getattr(a, "rank_dropout", 0.0)
+        and not getattr(a, "fused_projections", False)
+        and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
+        and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
+    )
+
+
 @rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
@@ -3471,6 +3488,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("max_norm",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
+    if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update
+        kept += ("output_dropout",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
