@@ -10,6 +10,8 @@ forward and every trained tensor's gradient over a few forwards equal."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -84,3 +86,59 @@ def test_bypass_dropout_beside_other_algorithms_is_lycoris(pipe, tmp_path, monke
     assert len(kinds) >= 2 and all(any(held[k] in key for key in mine) for k in kinds), sorted(mine)
     for key, value in mine.items():
         torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-3, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("algo", ["lokr", "locon"])
+def test_clip_bypass_dropout_beside_other_algorithms_is_lycoris(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """The text encoder's layers alike (CLIP's attention of the network's algorithm, its MLPs LoHa): training
+    outputs and generator state over three forwards equal lycoris-lora's network's from the file."""
+    import lycoris.kohya as lycoris_kohya
+    from torch import nn
+
+    from dbspec.runtime.prepare import text_targets
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+    drops = {"bypass_mode": "True", "dropout": str(DROPOUT), "module_dropout": str(MODULE)}
+    PRESETS["mixed_bypass"] = MIXED
+    try:
+        path, plan = _converted_plan(
+            tmp_path, "mixed_bypass", algo, " ".join(f'"{k}={v}"' for k, v in drops.items())
+        )
+    finally:
+        del PRESETS["mixed_bypass"]
+    ours = pipe.text_encoder.__class__(pipe.text_encoder.config)
+    ours.load_state_dict(pipe.text_encoder.state_dict())
+    targets = text_targets(plan.adapter, "text_encoder")
+    params = _prepare(ours, "text_encoder", plan, torch.device("cpu"), targets, 1)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = ours.__class__(ours.config)
+    named.text_model.load_state_dict(pipe.text_encoder.state_dict())
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, pipe.unet, algo=algo, conv_dim="4", preset=str(path), **drops
+    )
+    made.apply_to(named, None, apply_text_encoder=True, apply_unet=False)
+    assert {type(m).__name__ for m in made.text_encoder_loras} == {CLASSES[algo], "LohaModule"}
+    state = lycoris_state(unet=None, text_encoders=[ours], family="sd1", dtype="fp32")
+    result = made.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and all(k.startswith("lora_unet_") for k in result.missing_keys)
+    ids = torch.randint(0, 100, (2, 77), generator=g)
+    ours.eval()
+    with torch.no_grad():
+        calm = ours(ids)[0]
+    ours.train(), named.train(), made.train()
+    torch.manual_seed(11)
+    for _ in range(3):
+        before = torch.get_rng_state()
+        mine = ours(ids)[0]
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        torch.testing.assert_close(named.text_model(ids)[0], mine, rtol=1e-4, atol=1e-4)
+        assert torch.equal(torch.get_rng_state(), after)
+        assert not torch.allclose(mine, calm, atol=1e-4)
