@@ -2684,7 +2684,9 @@ magnitude per column of the fused weight, each part renormalised by the norms of
 (masked by the fused layer's one rank-dropout draw; the adapter's `dora` or a block's own over whole fused
 layers; an `init_weights` file's (1, in) `dora_scale` loads into the shared magnitude);
 nor (with or without `fused_projections`)
-`output_dropout` with `dora`.
+`output_dropout` with `dora`, per output row or per input column: LokrModule / LohaModule apply their dropout
+in their bypass forward alone, which never decomposes the weight, and their decomposed forward never reads it
+(kohya's `dropout` there is ignored, DBS405), so no LyCORIS module computes that pair.
 `kind = "loha"` likewise (each part its rows of `hada_w1_a` / `hada_w2_a`, the parts sharing `hada_w1_b` /
 `hada_w2_b`). Both are written in kohya's Flux / SD3 layouts only, and train under
 `distributed.strategy = "ddp"` only. A run of several kinds (blocks with their own `kind`) likewise adapts
@@ -2790,7 +2792,9 @@ file's map entry with its own `use_scalar`) gives some layers LyCORIS's trained 
 form (LoCon's `lora_mid`, LoHa's `hada_t1` / `hada_t2`) and others not. That holds where each layer trains
 alone: not with peft's DoRA (its layer rebuilds the weight with no scalar), LyCORIS's `max_norm` (it puts a
 fixed scalar at 1 on the layers without one), `freeze_down` (LoRA-FA freezes plain LoRA's down projections);
-a block's Tucker form also not with `init_weights` (a Tucker layer's `lora_mid` is not read; in a run of
+a block's Tucker form also not with `max_norm` in kohya's form (it reads `lora_up` / `lora_down` alone;
+LyCORIS's takes each Tucker layer's whole update, as LoConModule / LohaModule / LokrModule do), \
+`init_weights` (a Tucker layer's `lora_mid` is not read; in a run of
 several kinds the file places each layer's own, runtime/mixed_init.py), peft's DoRA (LyCORIS's weight
 decomposition, `dora_form = "lycoris"`, decomposes each Tucker layer as LyCORIS's modules do), the
 dropouts or `fused_projections` (a block's own scalar over whole fused layers is allowed: their parts share
@@ -2847,9 +2851,10 @@ map entry with its own `weight_decompose`) gives the matched LoRA/LoCon, LoHa or
 decomposition (their own `dora_scale`, runtime/lycoris_dora.py) and the others none, or the reverse. That
 holds where each layer trains alone, in LyCORIS's form: on LoRA it needs `dora_form = "lycoris"` (peft's DoRA
 is the adapter's; an `init_weights` file starts each layer with or without its `dora_scale`, as LyCORIS's
-`load_state_dict(strict=False)` does), and it is not taken with `max_norm` in kohya's form, on fused layers \
-or beside a Tucker form (LyCORIS's max norm takes each layer's update before its decomposition, decomposed \
-or not), `freeze_down`, `ggpo`, a
+`load_state_dict(strict=False)` does), and it is not taken with `max_norm` in kohya's form (networks.lora \
+has no weight decomposition; LyCORIS's max norm takes each layer's update before its decomposition, \
+decomposed or not, a fused layer's parts as one module and a Tucker layer's whole update too), \
+`freeze_down`, `ggpo`, a
 `multiplier` other than 1, the dropouts (LyCORIS ignores the network's dropout on decomposed layers and
 renormalises their masked update; `module_dropout` is taken on decomposed LoHa, LoKr and LoRA/LoCon layers,
 whose one draw skips the whole update as LohaModule's, LokrModule's and LoConModule's, a fused layer's parts

@@ -245,7 +245,9 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
             count += add_fused_dropout(module, fused, rows, rate, form=adapter.rank_dropout_form)
         # a LoHa adapter's LoCon blocks draw LoConModule's row mask after its module dropout draw (the plan's
         # rank_dropout_form "lycoris"; decomposed ones in runtime/lycoris_dora.py); others none
-        count += add_lora_dropout(module, rows, rate, form=adapter.rank_dropout_form)
+        # output: LoConModule's bypass dropout of its update
+        form, output = adapter.rank_dropout_form, adapter.output_dropout
+        count += add_lora_dropout(module, rows, rate, form=form, output_dropout=output)
 
     return count + (add_own_module_dropout(module, rate, fused) if rate else 0)
 

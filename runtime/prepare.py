@@ -118,7 +118,9 @@ def _prepare(
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
             add_fused_lycoris_dropout(module, a.fused, *rates)
-        if a.kind in ("lokr", "loha") and a.output_dropout:  # LyCORIS's bypass dropout on the other layers
+        # LyCORIS's bypass dropout on the other layers (a lora adapter's LoHa / LoKr blocks' too, each its
+        # own draw as LohaModule / LokrModule in bypass_mode)
+        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
             from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
 
             add_lycoris_layer_dropout(
@@ -152,8 +154,9 @@ def _prepare(
         # on fused Linears the LoHa / LoCon blocks' one mask per fused layer
         locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
         fused_rows = bool(a.fused) and denoiser and bool(a.rank_dropout)
-        # each kind's layers draw as its LyCORIS class does, once per fused layer
-        if (a.module_dropout or locon_rows or fused_rows) and mixed(a):
+        # each kind's layers draw as its LyCORIS class does, once per fused layer (a LoHa / LoKr adapter's
+        # LoRA blocks their bypass dropout too)
+        if (a.module_dropout or locon_rows or fused_rows or a.output_dropout) and mixed(a):
             from dbspec.runtime.mixed_kinds import add_module_dropout
 
             add_module_dropout(module, a, a.fused if denoiser else ())

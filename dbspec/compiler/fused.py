@@ -326,13 +326,15 @@ def fused_for(ctx: Context, model: ModelPlan | None, plan: AdapterPlan) -> Adapt
 
 def _check_lycoris_output_dropout(ctx: Context, adapter: LohaAdapter | LokrAdapter) -> None:
     """DBS575: a LoKr's / LoHa's output_dropout is LyCORIS's bypass dropout
-    (runtime/fused_lycoris_dropout.py), and LyCORIS's bypass forward, where it acts, does not decompose."""
+    (runtime/fused_lycoris_dropout.py), and LyCORIS's bypass forward, where it acts, does not decompose;
+    LokrModule's / LohaModule's decomposed forward never reads it (per output row and per input column:
+    tests/runtime/test_lycoris_block_dora_max_norm.py), so no LyCORIS module has the pair."""
     if adapter.dora:
         ctx.report(
             "DBS575",
             "error",
             f"adapter.output_dropout with {adapter.kind} and adapter.dora: LyCORIS's bypass forward, where "
-            "its dropout acts, does not decompose the weight",
+            "its dropout acts, does not decompose the weight, and its decomposed forward never reads it",
             ("adapter", "output_dropout"),
             help="remove adapter.output_dropout or adapter.dora",
         )

@@ -3450,6 +3450,23 @@ def lycoris_row_masks(a) -> bool:
 _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
 
 
+def mixed_output_dropout(a) -> bool:
+    """Whether a run of several kinds takes the adapter's `output_dropout` (LyCORIS's `dropout` in
+    bypass_mode) on every layer: a lora, loha or lokr adapter whose blocks are of those kinds, without
+    rank_dropout, fused_projections or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward
+    each drop their own update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA
+    layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    return (
+        getattr(a, "kind", "none") in ("lora", "loha", "lokr")
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        and not getattr(a, "rank_dropout", 0.0)
+        and not getattr(a, "fused_projections", False)
+        and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
+        and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
+    )
+
+
 @rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
@@ -3499,6 +3516,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("max_norm",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
+    if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update
+        kept += ("output_dropout",)
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
@@ -3630,6 +3649,12 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     fused_tucker = any(
         key == "tucker" and not _mixed_factor_block(a, a.blocks[i]) for table, i, key, _ in own
     )
+    # LyCORIS's max norm (runtime/max_norm.py) puts a fixed scalar at 1 on the layers without one, so not
+    # beside a block's own scalar; a block's Tucker layers it takes as LoConModule / LohaModule /
+    # LokrModule.apply_max_norm do (the Tucker update, decomposed or not: tests/runtime/
+    # test_lycoris_block_dora_max_norm.py), in LyCORIS's form alone (kohya's reads lora_up / lora_down)
+    norm = getattr(a, "max_norm", 0.0)
+    tucker_norm = norm and getattr(a, "max_norm_form", "lycoris") != "lycoris"
     others = [
         f"adapter.{key}"
         for key, on in (
@@ -3639,7 +3664,7 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # places each layer's own tensors (runtime/mixed_init.py: a LoCon Tucker layer's lora_mid, a
             # LoHa's hada_t1 / hada_t2)
             ("init_weights", tucker and getattr(a, "init_weights", "") and len(run_kinds(a)) == 1),
-            ("max_norm", getattr(a, "max_norm", 0.0)),
+            ("max_norm", norm and (tucker_norm or any(key == "scalar" for _, _, key, _ in own))),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
             ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),
@@ -3692,7 +3717,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     if not own:
         return
     p = spec.precision
-    fused = getattr(a, "fused_projections", False)
     lycoris_norm = getattr(a, "max_norm_form", "lycoris") == "lycoris"  # LoHa / LoKr / GLoRA ...: theirs
     # LoConModule's / LohaModule's row mask on every LoCon / LoHa layer of a LoCon network, decomposed or not,
     # in forward order (runtime/lycoris_dora.py's on decomposed layers, lora_dropout.py's lycoris form and
@@ -3706,9 +3730,11 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # a file starts each layer with or without its dora_scale (runtime/init_weights.py: LoCon on
             # SD 1.x/2.x / SDXL; lycoris_init.py: LoHa / LoKr; flow_init.py: a fused LoCon)
             # LyCORIS's max norm takes each layer's update before its decomposition, whether it decomposes or
-            # not (runtime/max_norm.py, as LoConModule / LohaModule / LokrModule.apply_max_norm); kohya's
-            # form and fused layers not checked
-            ("max_norm", getattr(a, "max_norm", 0.0) and (lycoris_norm is False or fused)),
+            # not (runtime/max_norm.py, as LoConModule / LohaModule / LokrModule.apply_max_norm), on fused
+            # layers one module per fused Linear (its parts' rows, shared factors, one scalar) and Tucker
+            # layers' whole update too (tests/runtime/test_lycoris_block_dora_max_norm.py); kohya's form has
+            # no weight decomposition to take it from (networks.lora has none; adapter.dora with it: DBS558)
+            ("max_norm", getattr(a, "max_norm", 0.0) and lycoris_norm is False),
             ("freeze_down", getattr(a, "freeze_down", False)),
             ("ggpo", getattr(a, "ggpo", False)),
             ("multiplier", getattr(a, "multiplier", 1.0) != 1.0),
@@ -3739,10 +3765,6 @@ def block_dora_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         # LoKr parts', and a decomposed LoRA's through add_fused_locon_dora_dropout)
         if getattr(a, "module_dropout", 0.0) and kind not in ("loha", "lokr", "lora"):
             found.append("module_dropout")
-        # LyCORIS's max norm on a decomposed layer's Tucker form: not checked (runtime/max_norm.py)
-        tucker = getattr(getattr(a, table)[i], "tucker", "adapter") == "on" or getattr(a, "tucker", False)
-        if getattr(a, "max_norm", 0.0) and tucker and "max_norm" not in found:
-            found.append("max_norm")
         if not found:
             continue
         what = "and others not" if key == "dora" else "on another axis than others"

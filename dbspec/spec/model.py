@@ -875,7 +875,8 @@ def _lycoris_output_dropout(what: str):
         "of each layer's update (x scalar) while training, after `module_dropout`'s draw and the "
         "`rank_dropout` mask (drawn in that order, per layer and forward), the kept values scaled by "
         "1 / (1 - output_dropout); with `fused_projections` one draw over the whole fused layer's output, "
-        "each part taking its rows. "
+        "each part taking its rows. Beside `[[adapter.blocks]]` of kind lora / loha / lokr (without "
+        "`rank_dropout` or `fused_projections`) every block's layer drops its own update alike. "
         "Not with `dora` (LyCORIS's bypass forward has no weight decomposition). 0 turns it off.",
         minimum=0,
         maximum=1,
@@ -998,7 +999,9 @@ class LoraAdapter:
         doc="Dropout on the LoRA update's output while training (LyCORIS LoCon's `dropout` in "
         "`bypass_mode`, kohya's lycoris.kohya network): torch's dropout of up(down(x)) x scale, after rank "
         "dropout, the kept values scaled by 1 / (1 - output_dropout); with `fused_projections` one draw over "
-        "the whole fused layer's output, each part taking its rows. 0 turns it off.",
+        "the whole fused layer's output, each part taking its rows. Beside `[[adapter.blocks]]` of kind "
+        "loha / lokr (without `rank_dropout` or `fused_projections`) their layers drop their own update "
+        "alike. 0 turns it off.",
         minimum=0,
         maximum=1,
     )

@@ -2031,6 +2031,25 @@ CASES = [
         + '[adapter]\nkind = "lora"\nconv_rank = 4\ndora = true\ndora_form = "lycoris"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
     ),
+    # a block's own Tucker form with LyCORIS's max norm (was DBS579: LoConModule / LohaModule.apply_max_norm
+    # take the Tucker update, tests/runtime/test_lycoris_block_dora_max_norm.py); not in kohya's form (it
+    # reads lora_up / lora_down alone), nor a block's own scalar (max norm's fixed scalar on the others)
+    (
+        rules.block_scalar_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmax_norm = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        [
+            ("DBS579", "error", ("adapter", "blocks", 1, "scalar")),
+            ("DBS579", "error", ("adapter", "blocks", 0, "tucker")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmax_norm = 1.0\nmax_norm_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+    ),
     # a block's own LyCORIS scalar / LoCon Tucker form (map entries' use_scalar / use_tucker) with LoRA-FA
     (
         rules.block_scalar_fits,
@@ -2124,18 +2143,19 @@ CASES = [
     ),
     # a block's own tucker beside a block's own weight decomposition (a LyCORIS map entry with use_tucker and
     # weight_decompose on k x k convolutions; was DBS583): each layer's Tucker factors decomposed alone, as
-    # LoConModule / LohaModule / LokrModule (tests/runtime/test_lycoris_block_dora.py); max_norm still not
+    # LoConModule / LohaModule / LokrModule (tests/runtime/test_lycoris_block_dora.py); with LyCORIS's
+    # max_norm too (was DBS583; tests/runtime/test_lycoris_block_dora_max_norm.py), not kohya's form, whose
+    # networks.lora has no weight decomposition
     (
         rules.block_dora_fits,
         DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\nconv_rank = 4\nmax_norm = 1.0\n'
-        + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
-        + 'tucker = "on"\ndora = "on"\n',
+        + '[adapter]\nkind = "lora"\ndora_form = "lycoris"\nconv_rank = 4\nmax_norm = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ndora = "on"\n',
         [("DBS583", "error", ("adapter", "blocks", 0, "dora"))],
         DOG
         + STEPS
-        + '[adapter]\nkind = "lokr"\nconv_rank = 4\n'
+        + '[adapter]\nkind = "lokr"\nconv_rank = 4\nmax_norm = 1.0\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
         + 'tucker = "on"\ndora = "on"\n'
         + '[[adapter.blocks]]\npattern = "down"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'

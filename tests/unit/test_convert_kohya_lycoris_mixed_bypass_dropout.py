@@ -1,0 +1,92 @@
+"""lycoris.kohya's `dropout` (or --network_dropout) in bypass_mode on a LoRA/LoCon, LoHa or LoKr network whose
+preset file's entries give layers another of those algorithms, on SD 1.x (issue 12; was DBS403, a spec's
+DBS578): LoConModule's, LohaModule's and LokrModule's bypass_forward_diff each drop their own update after
+their module_dropout draw, so every layer takes the adapter's `output_dropout`
+(tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network).
+rank_dropout in bypass_mode still differs per class (LoCon masks ranks, LoHa rows, LoKr nothing) and other
+algorithms' entries drop otherwise: still refused."""
+
+from __future__ import annotations
+
+import pytest
+from convert_kit import SD15, codes, errors, fate, images, kohya, plan_of
+from test_rules import DOG, STEPS, hits_of
+
+from dbspec.compiler import rules
+
+PRESET = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+text_encoder_target_module = ["CLIPMLP"]
+[module_algo_map.ResnetBlock2D]
+algo = "{entry}"
+[module_algo_map.CLIPMLP]
+algo = "{entry}"
+"""
+
+
+def _convert(tmp_path, algo: str, entry: str, args: str):
+    (tmp_path / "p.toml").write_text(PRESET.format(entry=entry), encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    return kohya(
+        tmp_path,
+        allow=True,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset=p.toml" "bypass_mode=True" {args} '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+
+
+@pytest.mark.parametrize(
+    ("algo", "entry", "given"),
+    [
+        ("lokr", "loha", '"dropout=0.3"'),
+        ("locon", "lokr", "--network_dropout=0.3"),
+        ("locon", "loha", '"dropout=0.3" "module_dropout=0.2"'),
+        ("loha", "locon", '"dropout=0.3"'),
+        ("loha", "lokr", "--network_dropout=0.3"),
+    ],
+)
+def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(tmp_path, algo, entry, given):
+    outcome = _convert(tmp_path, algo, entry, given)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    if given.startswith("--"):
+        assert fate(outcome, "network_dropout") == "mapped"
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    kind = {"locon": "lora"}.get(algo, algo)
+    assert (a.kind, a.output_dropout, a.rank_dropout, a.dropout, a.bypass) == (kind, 0.3, 0.0, 0.0, False)
+    assert a.module_dropout == (0.2 if "module_dropout" in given else 0.0)
+    assert {b.kind for b in a.blocks} == {{"locon": "lora"}.get(entry, entry)}
+
+
+@pytest.mark.parametrize(
+    ("algo", "entry", "given"),
+    [
+        ("locon", "loha", '"dropout=0.3" "rank_dropout=0.2"'),  # each class's bypass rank dropout differs
+        ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
+    ],
+)
+def test_bypass_dropout_still_refused(tmp_path, algo, entry, given):
+    outcome = _convert(tmp_path, algo, entry, given)
+    assert {"DBS402", "DBS403"} & codes(outcome)
+
+
+LOHA = "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
+
+
+def test_spec_output_dropout_beside_low_rank_blocks():
+    """A spec's output_dropout beside blocks of kind lora / loha / lokr; DBS578 beside rank_dropout, another
+    kind's blocks or a block's own dora (LyCORIS's bypass forward never decomposes)."""
+    body = DOG + STEPS + '[adapter]\nkind = "lora"\noutput_dropout = 0.3\n'
+    assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
+    refused = [("DBS578", "error", ("adapter", "output_dropout"))]
+    ranked = body.replace(
+        "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
+    )
+    assert ("DBS578", "error", ("adapter", "output_dropout")) in hits_of(
+        rules.mixed_block_kinds, ranked + LOHA
+    )
+    assert hits_of(rules.mixed_block_kinds, body + LOHA + "dora = 'on'\n") == refused
+    full = LOHA.replace("'loha'", "'full'")
+    assert hits_of(rules.mixed_block_kinds, body + full) == refused
