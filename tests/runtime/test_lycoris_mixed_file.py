@@ -169,7 +169,7 @@ def test_mixed_preset_run_starts_from_its_file_as_lycoris(pipe, tmp_path, monkey
         }
     if preset is TUCKER:  # the one of these runs that also resumes: LoRA, LoHa and LoKr layers in their
         # Tucker forms from a file (the other presets' kinds resume in test_lycoris_algo_maps,
-        # test_lycoris_mixed_full and test_lycoris)
+        # test_lycoris_mixed_module_dropout and test_lycoris)
         _export_rebuilds_in_lycoris(pipe, whole, made, saved)
         kit.resumes_bit_exact(tmp_path, whole, saved)
 
@@ -333,7 +333,8 @@ def test_dim_from_weights_file_of_several_kinds_builds_as_lycoris(
         # test_mixed_preset_run_starts_from_its_file_as_lycoris (the Tucker one resuming bit-exact), a run
         # from a file of LoCon, LoHa and full modules there too (locon-loha-full); GLORA's, LORA_FULL's and
         # MIXED_FULL's networks (full / GLoRA entries beside LoCon, LoHa and LoKr layers) train and resume in
-        # test_lycoris_mixed_full's test_full_entries_beside_other_kinds_train_resume_and_load_in_lycoris:
+        # test_lycoris_mixed_full (trained) and test_lycoris_mixed_module_dropout's
+        # test_mixed_module_dropout_trains_and_resumes (MIXED_FULL resumed):
         # their layers here started alike
     # trains (a mixed run from a file resumes in test_mixed_preset_run_starts_from_its_file_as_lycoris)
     whole, saved = kit.whole_run(tmp_path)

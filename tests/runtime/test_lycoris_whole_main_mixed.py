@@ -68,7 +68,7 @@ def test_full_network_with_entries_trains_and_loads_back_in_lycoris(pipe, tmp_pa
     `unet/`, `unet/lora/`, `unet/loha/`) load back as `dbspec sample` and a resume load them; kohya's
     `--network_weights` of the export starts a converted run at the trained outputs. No resume
     run: the saved kinds (full copies, LoCon, LoHa, their fixed max-norm scalars) are each resumed
-    bit-exact elsewhere (test_lycoris_mixed_full.py, test_lycoris_mixed_max_norm.py)."""
+    bit-exact elsewhere (test_lycoris_mixed_module_dropout.py, test_lycoris_mixed_max_norm.py)."""
     import json
 
     from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
