@@ -25,7 +25,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, same_draws, lycoris_unet
+from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, lycoris_unet
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -86,16 +86,7 @@ def test_rank_dropout_beside_entries_own_decomposition_is_lycoris(pipe, tmp_path
     assert {(round(m.rank_dropout, 6), round(m.module_dropout, 6)) for m in made.unet_loras} == {
         (RANK, MODULE)
     }
-    latents, context = _inputs(1, pipe.unet)
-    t = torch.tensor([10, 700])
-    ours.eval(), theirs.eval(), made.eval()
-    with torch.no_grad():
-        calm = ours(latents, t, context).sample
-        torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
-    ours.train(), theirs.train(), made.train()
-    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
-    assert not torch.allclose(outputs[0], calm, atol=1e-4)
-    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    calm_then_dropped(ours, theirs, made, pipe.unet)
     for path in decomposed_ours:  # the magnitudes' and ups' gradients over the three masked forwards
         layer, module = ours.get_submodule(path), wd["lora_unet_" + path.replace(".", "_")]
         torch.testing.assert_close(

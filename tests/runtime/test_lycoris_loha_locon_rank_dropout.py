@@ -27,7 +27,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
+from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, lycoris_unet
 from tests.runtime.test_lycoris_mixed_rank_dropout import MODULE, RANK
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -85,16 +85,7 @@ def test_rank_dropout_on_a_loha_network_with_locon_entries_is_lycoris(pipe, tmp_
     result = made.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
     assert {(round(m.rank_dropout, 6), round(m.module_dropout, 6)) for m in made.unet_loras} == {(RANK, rate)}
-    latents, context = _inputs(1, pipe.unet)
-    t = torch.tensor([10, 700])
-    ours.eval(), theirs.eval(), made.eval()
-    with torch.no_grad():
-        calm = ours(latents, t, context).sample
-        torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
-    ours.train(), theirs.train(), made.train()
-    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
-    assert not torch.allclose(outputs[0], calm, atol=1e-4)
-    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    calm_then_dropped(ours, theirs, made, pipe.unet)
     assert_magnitude_grads(ours, wd, decomposed_ours)  # over the three masked forwards
     # every LoHa and LoCon layer's factors' gradients, decomposed or not
     mods = {m.lora_name: m for m in made.unet_loras}

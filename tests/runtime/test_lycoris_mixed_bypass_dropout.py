@@ -23,7 +23,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
+from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, lycoris_unet
 
 pytest.importorskip("lycoris.kohya")
 
@@ -60,16 +60,7 @@ def test_bypass_dropout_beside_other_algorithms_is_lycoris(pipe, tmp_path, monke
     state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(state, strict=False)
     assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
-    latents, context = _inputs(1, pipe.unet)
-    t = torch.tensor([10, 700])
-    ours.eval(), theirs.eval(), made.eval()
-    with torch.no_grad():
-        calm = ours(latents, t, context).sample
-        torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
-    ours.train(), theirs.train(), made.train()
-    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
-    assert not torch.allclose(outputs[0], calm, atol=1e-4)
-    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    calm_then_dropped(ours, theirs, made, pipe.unet)
     # every trained tensor's gradient over the three dropped forwards, by the name LyCORIS saves it under
     grads = {k: v.grad for k, v in made.named_parameters() if v.grad is not None}
     mine = {}

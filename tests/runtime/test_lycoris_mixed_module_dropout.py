@@ -78,6 +78,22 @@ def same_draws(ours, theirs, inputs, forwards: int, backward: bool = False) -> l
     return outputs
 
 
+def calm_then_dropped(ours, theirs, made, unet) -> None:
+    """Our U-Net and LyCORIS's (`theirs`, its network `made`) on the same inputs: equal in eval mode (no
+    draws), then three training forwards from the same generator states with gradients (same_draws), whose
+    outputs differ from the eval one and from each other (the dropouts drew)."""
+    latents, context = _inputs(1, unet)
+    t = torch.tensor([10, 700])
+    ours.eval(), theirs.eval(), made.eval()
+    with torch.no_grad():
+        calm = ours(latents, t, context).sample
+        torch.testing.assert_close(theirs(latents, t, context).sample, calm, rtol=1e-4, atol=1e-4)
+    ours.train(), theirs.train(), made.train()
+    outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
+    assert not torch.allclose(outputs[0], calm, atol=1e-4)
+    assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
+
+
 def _ours(pipe, adapter, rate: float):  # noqa: F811
     """The converted plan's U-Net layers with every trainable tensor drawn at random (so no update is 0),
     and the mixed run's module dropout."""
