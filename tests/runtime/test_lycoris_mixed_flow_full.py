@@ -165,6 +165,31 @@ def _lycoris_network(monkeypatch, algo: str, file: Path, text_encoders, tree, te
     return {m.lora_name: m for m in [*made.unet_loras, *made.text_encoder_loras]}
 
 
+def check_sd3_network(
+    monkeypatch, algo: str, file: Path, layers: dict, tensors: dict, expected: dict
+) -> None:
+    """An SD3 run's export (`tensors`) holds exactly the `expected` {kohya path: LyCORIS class} modules;
+    create_network (`algo`, the preset `file`) builds those classes on kohya's layers and, loaded with the
+    export, computes the trained layers' outputs; create_network_from_weights (which cannot rebuild IA3Module)
+    loads the rest alike."""
+    names = {k.split(".")[0] for k in tensors}
+    assert names == {"lora_unet_" + p.replace(".", "_") for p in expected}
+
+    tree = _kohya_tree(layers)
+    theirs = _lycoris_network(monkeypatch, algo, file, [nn.Module()] * 3, tree, tensors)
+    assert {n: type(m).__name__ for n, m in theirs.items()} == {
+        "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
+    }
+    _check_kohya_outputs(tree, layers, names)
+
+    tree = _kohya_tree(layers)
+    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, _without_ia3(tensors))
+    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
+    loaded = {m.lora_name for m in network.unet_loras}
+    assert loaded == {"lora_unet_" + p.replace(".", "_") for p, c in expected.items() if c != "IA3Module"}
+    _check_kohya_outputs(tree, {p: v for p, v in layers.items() if expected.get(p) != "IA3Module"}, loaded)
+
+
 def _without_ia3(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ia3 = {k.split(".")[0] for k in tensors if k.endswith(".on_input")}
     return {k: v for k, v in tensors.items() if k.split(".")[0] not in ia3}
@@ -316,19 +341,4 @@ def test_full_and_ia3_on_sd3_fused_layers_train_resume_and_load_in_lycoris(tmp_p
         **{f"joint_blocks.{i}.x_block.attn.proj": "LokrModule" for i in (0, 1)},
         "joint_blocks.0.context_block.attn.proj": "LokrModule",  # the last context block has none
     }
-    names = {k.split(".")[0] for k in tensors}
-    assert names == {"lora_unet_" + p.replace(".", "_") for p in expected}
-
-    tree = _kohya_tree(layers)
-    theirs = _lycoris_network(monkeypatch, "lokr", file, [nn.Module()] * 3, tree, tensors)
-    assert {n: type(m).__name__ for n, m in theirs.items()} == {
-        "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
-    }
-    _check_kohya_outputs(tree, layers, names)
-
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, _without_ia3(tensors))
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    loaded = {m.lora_name for m in network.unet_loras}
-    assert loaded == {"lora_unet_" + p.replace(".", "_") for p, c in expected.items() if c != "IA3Module"}
-    _check_kohya_outputs(tree, {p: v for p, v in layers.items() if expected.get(p) != "IA3Module"}, loaded)
+    check_sd3_network(monkeypatch, "lokr", file, layers, tensors, expected)

@@ -26,11 +26,11 @@ from tests.runtime.shared import moved_components
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _check_kohya_outputs,
+    check_sd3_network,
     _kohya_layers,
     _kohya_tree,
     _lycoris_network,
     _run,
-    _without_ia3,
 )
 from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
 from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
@@ -322,21 +322,7 @@ def test_sd3_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_path,
         **{f"joint_blocks.{i}.x_block.attn.proj": "IA3Module" for i in (0, 1)},
         "joint_blocks.0.context_block.attn.proj": "IA3Module",  # the last context block has none
     }
-    names = {k.split(".")[0] for k in tensors}
-    assert names == {"lora_unet_" + p.replace(".", "_") for p in expected}
-    tree = _kohya_tree(layers)
-    theirs = _lycoris_network(monkeypatch, "ia3", file, [nn.Module()] * 3, tree, tensors)
-    assert {n: type(m).__name__ for n, m in theirs.items()} == {
-        "lora_unet_" + p.replace(".", "_"): c for p, c in expected.items()
-    }
-    _check_kohya_outputs(tree, layers, names)
-
-    tree = _kohya_tree(layers)
-    network, _ = lycoris_kohya.create_network_from_weights(1.0, None, None, [], tree, _without_ia3(tensors))
-    network.apply_to([], tree, apply_text_encoder=False, apply_unet=True)
-    loaded = {m.lora_name for m in network.unet_loras}
-    assert loaded == {"lora_unet_" + p.replace(".", "_") for p, c in expected.items() if c != "IA3Module"}
-    _check_kohya_outputs(tree, {p: v for p, v in layers.items() if expected.get(p) != "IA3Module"}, loaded)
+    check_sd3_network(monkeypatch, "ia3", file, layers, tensors, expected)
 
 
 def test_flux_module_dropout_draws_as_lycoris_modules(tmp_path, monkeypatch):
