@@ -76,11 +76,44 @@ def _converted(tmp_path: Path, file: str, overrides):
     return plan_of(outcome, tmp_path, overrides)
 
 
+def check_chroma_export(
+    monkeypatch, algo: str, file: Path, planned, whole, layers, tensors, expected
+) -> None:
+    """A Chroma run's export (`tensors`) against lycoris-lora's network (`algo`, the preset `file`) on kohya's
+    layers: exactly the `expected` {kohya path: LyCORIS class} modules, the trained layers' outputs; and its
+    adapter folders reloaded as `dbspec sample` loads them, each fused layer's parts computing as trained."""
+    from dbspec.runtime.weights import load_peft_adapters
+
+    names = {k.split(".")[0] for k in tensors}
+    unet = whole.components.unet
+    # lycoris-lora's network from the same preset file on kohya's Chroma layers, the export loaded into it
+    tree = _kohya_tree(layers)
+    theirs = _lycoris_network(monkeypatch, algo, file, [nn.Module(), nn.Module()], tree, tensors)
+    assert set(theirs) == names == {"lora_unet_" + p.replace(".", "_") for p in expected}
+    for path, cls in expected.items():
+        assert type(theirs["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
+    _check_kohya_outputs(tree, layers, names)
+
+    # the adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads them
+    again = _unwrapped(unet)
+    for attr in ("peft_config", "dbspec_kind_configs"):
+        if hasattr(again, attr):
+            delattr(again, attr)
+    a = planned.adapter
+    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
+    with torch.no_grad():
+        for parts, _ in layers.values():
+            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
+            x = torch.randn(3, _base(parts[0]).in_features)
+            torch.testing.assert_close(
+                torch.cat([p(x) for p in reloaded], dim=-1), _trained(parts, None, x)[0], rtol=0, atol=1e-5
+            )
+
+
 @pytest.mark.parametrize(("qkv", "linear1"), [("full", "ia3"), ("diag-oft", "glora")])
 def test_lycoris_kinds_on_chroma_fused_layers_train_resume_and_load_in_lycoris(
     tmp_path, monkeypatch, qkv, linear1
 ):
-    from dbspec.runtime.weights import load_peft_adapters
 
     file = tmp_path / "mixed.toml"
     file.write_text(CHROMA_FILE.replace("QKV", qkv).replace("LINEAR1", linear1), encoding="utf-8")
@@ -107,25 +140,4 @@ def test_lycoris_kinds_on_chroma_fused_layers_train_resume_and_load_in_lycoris(
         "single_blocks.0.linear2": "LoConModule",
     }
 
-    # lycoris-lora's network from the same preset file on kohya's Chroma layers, the export loaded into it
-    tree = _kohya_tree(layers)
-    theirs = _lycoris_network(monkeypatch, "locon", file, [nn.Module(), nn.Module()], tree, tensors)
-    assert set(theirs) == names == {"lora_unet_" + p.replace(".", "_") for p in expected}
-    for path, cls in expected.items():
-        assert type(theirs["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
-    _check_kohya_outputs(tree, layers, names)
-
-    # the adapter folders (`unet/` and `unet/<kind>/`) on the plain transformer, as `dbspec sample` loads them
-    again = _unwrapped(unet)
-    for attr in ("peft_config", "dbspec_kind_configs"):
-        if hasattr(again, attr):
-            delattr(again, attr)
-    a = planned.adapter
-    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
-    with torch.no_grad():
-        for parts, _ in layers.values():
-            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
-            x = torch.randn(3, _base(parts[0]).in_features)
-            torch.testing.assert_close(
-                torch.cat([p(x) for p in reloaded], dim=-1), _trained(parts, None, x)[0], rtol=0, atol=1e-5
-            )
+    check_chroma_export(monkeypatch, "locon", file, planned, whole, layers, tensors, expected)

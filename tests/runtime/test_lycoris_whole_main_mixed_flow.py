@@ -23,6 +23,7 @@ from torch import nn
 
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from tests.runtime.shared import moved_components
+from tests.runtime.test_lycoris_mixed_chroma_full import check_chroma_export
 from tests.runtime.test_lycoris_mixed_flow_full import (
     _BASE,
     _check_kohya_outputs,
@@ -400,10 +401,7 @@ def test_chroma_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pa
     class computing the trained layers' outputs, and its adapter folders load back as `dbspec sample` loads
     them."""
     from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
-    from dbspec.runtime.weights import load_peft_adapters
     from tests.runtime.test_lycoris_mixed_chroma_full import CHROMA_FILE
-    from tests.runtime.test_lycoris_mixed_flow import _path_in
-    from tests.runtime.test_lycoris_mixed_flow_full import _base, _trained
     from tests.unit.convert_kit import component_file, errors, images, kohya
 
     file = _file(tmp_path, CHROMA_FILE.replace("QKV", "lokr").replace("LINEAR1", "loha"))
@@ -436,24 +434,4 @@ def test_chroma_ia3_network_with_entries_trains_and_loads_back_in_lycoris(tmp_pa
         "double_blocks.0.txt_attn.proj": "IA3Module",
         "single_blocks.0.linear2": "IA3Module",
     }
-    names = {k.split(".")[0] for k in tensors}
-    tree = _kohya_tree(layers)
-    theirs = _lycoris_network(monkeypatch, "ia3", file, [nn.Module(), nn.Module()], tree, tensors)
-    assert set(theirs) == names == {"lora_unet_" + p.replace(".", "_") for p in expected}
-    for path, cls in expected.items():
-        assert type(theirs["lora_unet_" + path.replace(".", "_")]).__name__ == cls, path
-    _check_kohya_outputs(tree, layers, names)
-
-    again = _unwrapped(unet)
-    for attr in ("peft_config", "dbspec_kind_configs"):
-        if hasattr(again, attr):
-            delattr(again, attr)
-    a = planned.adapter
-    assert load_peft_adapters(Path(whole.final), {"unet": again}, a.lokr_unit_scale, fused_lokr=a) == ["unet"]
-    with torch.no_grad():
-        for parts, _ in layers.values():
-            reloaded = [again.get_submodule(_path_in(unet, p)) for p in parts]
-            x = torch.randn(3, _base(parts[0]).in_features)
-            torch.testing.assert_close(
-                torch.cat([p(x) for p in reloaded], dim=-1), _trained(parts, None, x)[0], rtol=0, atol=1e-5
-            )
+    check_chroma_export(monkeypatch, "ia3", file, planned, whole, layers, tensors, expected)
