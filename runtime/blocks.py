@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dbspec.util.targets import targeted
 from dbspec.plan.model import AdapterPlan, BlockPlan
+from dbspec.util.targets import targeted
 
 if TYPE_CHECKING:
     from peft import PeftConfig

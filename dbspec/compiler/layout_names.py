@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 
 from dbspec.compiler.context import Context
-from dbspec.util.targets import suffixes
 from dbspec.denoiser_layout import (
     PublicLayout,
     block_ranges,
@@ -22,6 +21,7 @@ from dbspec.denoiser_layout import (
 from dbspec.families import FamilySpec, family_spec
 from dbspec.plan.model import ModelPlan
 from dbspec.spec.model import LowRankAdapter
+from dbspec.util.targets import suffixes
 
 _CODE = "DBS607"
 
