@@ -2963,10 +2963,10 @@ do beside the IA^3 ones), the value changes nothing.""",
         "A block's own OFT rescale on layers that are not Diag-OFT / BOFT",
         """\
 `rescaled = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a lora, loha, lokr,
-dylora or tlora adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's map entry
-with its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a trained
-scale per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no row
-rescale.""",
+dylora, tlora, full or IA^3 adapter gives the matched LyCORIS Diag-OFT / BOFT layers (a LyCORIS preset file's
+map entry with its own `rescaled`, or a `--dim_from_weights` file's `rescale` beside modules of other kinds) a
+trained scale per output row. It needs the block's `kind = "diag-oft"` or `"boft"`: the other kinds have no
+row rescale.""",
         help='set the block\'s rescaled to "adapter", or its kind to "diag-oft" / "boft"',
     ),
     Code(
@@ -3308,6 +3308,17 @@ kohya's `lycoris.kohya` with `train_norm` beside BOFT, DyLoRA or GLoRA outside `
 there, as those modules never read it). The adapter's own layers never draw it: with no norm offsets the
 value changes nothing.""",
         help="remove adapter.norm_rank_dropout, or add the norm offsets it is meant for",
+    ),
+    Code(
+        "DBS625",
+        ERROR,
+        "A block's own scalar on layers without a scalar per block",
+        """\
+`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a GLoRA, DyLoRA,
+full or IA^3 adapter gives the matched layers LyCORIS's trained scalar (a LyCORIS preset file's map entry's
+own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layers alone: the block needs
+`kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
+        help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
     ),
 )
 

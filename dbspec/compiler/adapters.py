@@ -351,6 +351,7 @@ def _rank_blocks(adapter) -> dict:
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                **_other_kind_options(b, adapter),
                 # blocks of kind lora / loha / lokr: LyCORIS's weight decomposition (a network's dora_wd
                 # or an entry's weight_decompose; rules DBS583 keep it off GLoRA / DyLoRA layers)
                 dora=_block_dora(b, adapter),
@@ -368,6 +369,7 @@ def _rank_blocks(adapter) -> dict:
                 alpha=b.alpha,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                **_other_kind_options(b, adapter),
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
                 zero_scale=getattr(b, "zero_scale", False),
@@ -375,6 +377,20 @@ def _rank_blocks(adapter) -> dict:
             for b in adapter.text_encoder_blocks
         ),
     )
+
+
+def _other_kind_options(block, adapter) -> dict:
+    """A DyLoRA / GLoRA adapter's block of kind lokr: its own split, switches and rank_stabilized (a LyCORIS
+    map entry's factor, decompose_both, full_matrix, unbalanced_factorization, rs_lora); of kind lora / loha
+    / lokr: its own scalar (use_scalar), each kind's layers built alone (runtime/mixed_kinds.py
+    kind_adapter); a text encoders' GloraBlock / DyloraBlock alike (spec TextEncoderBlock has them)."""
+    kind = getattr(block, "kind", "adapter")
+    if kind not in ("lora", "loha", "lokr"):
+        return {}
+    own = {"scalar": _block_scalar(block, adapter)}
+    if kind == "lokr":
+        own.update(factor=block.factor, **_other_lokr_switches(block, adapter))
+    return own
 
 
 def _low_rank(adapter, family: str, targets_given: bool) -> dict:
@@ -515,6 +531,7 @@ def _scale_blocks(adapter) -> dict:
             factor=b.factor,
             **_block_switches(b, adapter),
             scalar=_block_scalar(b, adapter),
+            rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
             dora=_block_dora(b, adapter),
             dora_axis=_block_dora_axis(b, adapter),
             lr_scale=b.lr_scale,

@@ -3229,10 +3229,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
-    block of that kind beside a lora / loha / lokr / dylora / tlora adapter's (runtime/blocks.py
+    block of that kind beside a lora / loha / lokr / dylora / tlora / full / IA^3 adapter's (runtime/blocks.py
     block_rescaled): DBS591 on a block of another kind."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "tlora"):
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "tlora", "full", "ia3"):
         return  # OFT adapters' blocks (OftBlock) carry their own
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
@@ -3245,6 +3245,30 @@ def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
                 f'adapter.{table}[{i}].rescaled = "{value}" on a block of kind "{block.kind}": a row rescale '
                 'of its own acts on kind "diag-oft" / "boft" blocks only',
                 codes.help("DBS591"),
+            )
+
+
+@rule("spec")
+def block_scalar_kind(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A GLoRA, DyLoRA, full or IA^3 adapter's block's own scalar (a LyCORIS map entry's use_scalar) acts on
+    the LoRA / LoHa / LoKr layers of a block of that kind (compiler/adapters.py _other_kind_options,
+    runtime/mixed_kinds.py kind_adapter): DBS625 on a block of the adapter's own layers or another kind
+    (in a run of several kinds DBS578 names it)."""
+    a = spec.adapter
+    if getattr(a, "kind", "none") not in ("glora", "dylora", "full", "ia3") or len(run_kinds(a)) > 1:
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            value = getattr(block, "scalar", "adapter")
+            # "off" on an adapter without a scalar (full, IA^3, DyLoRA: none) changes nothing
+            if value == "adapter" or (value == "on") == getattr(a, "scalar", False):
+                continue
+            yield _err(
+                "DBS625",
+                ("adapter", table, i, "scalar"),
+                f'adapter.{table}[{i}].scalar = "{value}" on a {a.kind} adapter\'s own layers: a scalar of '
+                'a block\'s own acts on blocks of kind "lora", "loha" or "lokr"',
+                codes.help("DBS625"),
             )
 
 

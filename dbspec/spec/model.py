@@ -504,9 +504,9 @@ def _block_scalar():
 def _block_oft_rescaled():
     return option(
         "adapter",
-        doc="Blocks of kind `diag-oft` / `boft` (LyCORIS's Diag-OFT / BOFT beside a lora, loha, lokr or "
-        "dylora adapter's layers): whether the matched layers also train a scale per output row, from 1 "
-        "(LyCORIS `rescaled`: a preset file's `module_algo_map` / `name_algo_map` entry's own, a "
+        doc="Blocks of kind `diag-oft` / `boft` (LyCORIS's Diag-OFT / BOFT beside a lora, loha, lokr, "
+        "dylora, full or IA^3 adapter's layers): whether the matched layers also train a scale per output "
+        "row, from 1 (LyCORIS `rescaled`: a preset file's `module_algo_map` / `name_algo_map` entry's own, a "
         "`--dim_from_weights` file's `rescale`; saved as `rescale`): on, off, or `adapter` (off: the "
         "adapter rescales nothing). Other kinds' blocks: `adapter` only (DBS591).",
         example="on",
@@ -833,8 +833,9 @@ class DyloraBlock:
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (DyLoRA), or `lora`, `loha`, `lokr`, `full`, "
         "`ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's `module_algo_map` / "
-        "`name_algo_map` entry's `algo` on an `algo=dylora` network, SD 1.x/2.x and SDXL), as "
-        "`[[adapter.blocks]]` `kind`; its rank is then not cut into blocks.",
+        "`name_algo_map` entry's `algo` on an `algo=dylora` network), as `[[adapter.blocks]]` `kind`; its "
+        "rank is then not cut into blocks (a LoKr block's own `factor`, switches and `rank_stabilized`, a "
+        "LoRA / LoHa / LoKr block's own `scalar`).",
         example="lora",
     )
     rank: int = option(
@@ -862,6 +863,16 @@ class DyloraBlock:
         example=2,
     )
     bypass: BlockSwitch = _block_bypass()
+    # a block of kind lokr: a LyCORIS map entry's own split, switches and rs_lora; of kind lora / loha /
+    # lokr: its own use_scalar (each kind's layers built alone, runtime/mixed_kinds.py kind_adapter)
+    factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
@@ -1425,7 +1436,7 @@ class ScaleBlock:
         "`algo` on an `algo=full` / `algo=ia3` network; on Flux, SD3 and Chroma with `fused_projections`), "
         "at the block's `rank`, `alpha`, `conv_rank` and `conv_alpha`, as `[[adapter.blocks]]` `kind` (with "
         "a LoKr block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own "
-        "`scalar`).",
+        "`scalar`, a Diag-OFT / BOFT block's own `rescaled`, its `alpha` the constraint).",
         example="lora",
     )
     rank: int = option(
@@ -1459,6 +1470,7 @@ class ScaleBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()  # a block of kind lokr (its entry's rs_lora)
     scalar: BlockSwitch = _block_scalar()  # a block of kind lora / loha / lokr (its entry's use_scalar)
+    rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")
@@ -1958,7 +1970,8 @@ class GloraBlock:
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (GLoRA), or `lora`, `loha`, `lokr`, `full`, "
         "`ia3`, `diag-oft`, `boft`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / "
-        "`name_algo_map` entry's `algo` on an `algo=glora` network), as `[[adapter.blocks]]` `kind`.",
+        "`name_algo_map` entry's `algo` on an `algo=glora` network), as `[[adapter.blocks]]` `kind` (a LoKr "
+        "block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own `scalar`).",
         example="lora",
     )
     rank: int = option(
@@ -1983,6 +1996,16 @@ class GloraBlock:
     )
     unit: int = _block_unit()
     bypass: BlockSwitch = _block_bypass()
+    # a block of kind lokr: a LyCORIS map entry's own split, switches and rs_lora; of kind lora / loha /
+    # lokr: its own use_scalar (each kind's layers built alone, runtime/mixed_kinds.py kind_adapter)
+    factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()
+    scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("GLoRA (or the block's `kind`)")

@@ -3,8 +3,10 @@ entry's own `factor`, `decompose_both`, `full_matrix`, `unbalanced_factorization
 and `rs_lora`, and a LoCon / LoHa / LoKr entry's own `use_scalar` (lycoris-lora 4.1.3's create_single_module
 hands an entry's keys to its module over the network's) are its block's `factor`, switches,
 `rank_stabilized` and `scalar`, on a full / IA^3 network (spec ScaleBlock) as on a LoCon / LoHa one
-(AdapterBlock). tests/runtime/test_lycoris_whole_main_own_opts.py builds the same kind of file with
-lycoris-lora 4.1.3 and compares every layer."""
+(AdapterBlock) and a DyLoRA / GLoRA one (DyloraBlock, GloraBlock); a Diag-OFT / BOFT entry's own `constraint`
+and `rescaled` on a full / IA^3 network are its block's alpha and `rescaled`.
+tests/runtime/test_lycoris_whole_main_own_opts.py and test_lycoris_own_opts_networks.py build the same kind
+of file with lycoris-lora 4.1.3 and compare every layer."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ def _fields(b) -> tuple:
     return (b.kind, b.rank, *(getattr(b, k) for k in keys))
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3", "locon", "loha"])
+@pytest.mark.parametrize("algo", ["full", "ia3", "locon", "loha", "dylora", "glora"])
 def test_entries_own_options_are_their_blocks(tmp_path, algo):
     outcome = expressible(_convert(tmp_path, algo, preset=OWN))
     a = plan_of(outcome, tmp_path).adapter
@@ -55,7 +57,7 @@ def test_entries_own_options_are_their_blocks(tmp_path, algo):
     ]
 
 
-@pytest.mark.parametrize("network", ["locon", "full"])
+@pytest.mark.parametrize("network", ["locon", "full", "dylora", "glora"])
 def test_on_flux_they_are_the_fused_blocks(tmp_path, network):
     """On Flux / SD3 / Chroma's fused Linears alike (was DBS403, a spec's DBS578): each fused Linear one
     LokrModule at its entry's own factor (tests/runtime/test_lycoris_whole_main_own_opts.py checks Flux's
@@ -69,3 +71,25 @@ def test_on_flux_they_are_the_fused_blocks(tmp_path, network):
     outcome = expressible(_flux(tmp_path, preset, f'"algo={network}"'))
     a = plan_of(outcome, tmp_path).adapter
     assert a.fused and [(b.factor, b.scalar) for b in a.blocks if b.kind == "lokr"] == [(4, "on")]
+
+
+# the feed-forwards a Diag-OFT with its own constraint and rescaled, CLIP's MLPs a BOFT rescaled
+OFT = MIXED.replace(
+    '[module_algo_map.FeedForward]\nalgo = "loha"\ndim = 2\n',
+    '[module_algo_map.FeedForward]\nalgo = "diag-oft"\ndim = 2\nconstraint = 0.001\nrescaled = true\n',
+).replace(
+    '[module_algo_map.CLIPMLP]\nalgo = "loha"\ndim = 2\n',
+    '[module_algo_map.CLIPMLP]\nalgo = "boft"\ndim = 2\nrescaled = true\n',
+)
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_oft_entries_own_rescaled_are_their_blocks(tmp_path, algo):
+    """A Diag-OFT / BOFT entry's own `rescaled` on a full / IA^3 network (was DBS403): its block's
+    `rescaled` (spec ScaleBlock), its own constraint the block's alpha (DiagOFTModule reads both raw)."""
+    outcome = expressible(_convert(tmp_path, algo, preset=OFT))
+    a = plan_of(outcome, tmp_path).adapter
+    assert [(b.kind, b.rank, b.alpha, b.rescaled) for b in a.blocks if b.kind == "diag-oft"] == [
+        ("diag-oft", 2, 0.001, "on")
+    ]
+    assert [(b.kind, b.rank, b.alpha, b.rescaled) for b in a.text_encoder_blocks] == [("boft", 2, 0.0, "on")]

@@ -99,12 +99,15 @@ def test_dora_wd_decomposes_the_entries_layers(tmp_path):
         # bypass_mode beside the entries too: test_convert_kohya_whole_main_mixed_flow.py)
         # (a LoKr entry's own factor and switches, use_scalar, rs_lora convert, was DBS403:
         # test_convert_kohya_mixed_own_opts.py)
-        # a Diag-OFT entry's own rescaled: a full adapter's blocks carry no row rescale
+        # (a Diag-OFT / BOFT entry's own rescaled converts, was DBS403: test_convert_kohya_mixed_own_opts.py)
+        # a LoHa entry's own rank_dropout_scale: a full adapter's blocks carry no rank-dropout rescale
         (
             "full",
-            "",
-            MIXED.replace('algo = "loha"\ndim = 2\n', 'algo = "diag-oft"\ndim = 2\nrescaled = true\n', 1),
-            "own rescaled",
+            '"rank_dropout=0.1"',
+            MIXED.replace(
+                'algo = "loha"\ndim = 2\n', 'algo = "loha"\ndim = 2\nrank_dropout_scale = true\n', 1
+            ),
+            "own rank_dropout_scale",
         ),
     ],
 )

@@ -2286,6 +2286,25 @@ CASES = [
         + '[adapter]\nkind = "lokr"\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nrescaled = "on"\n',
     ),
+    # a full adapter's [[adapter.blocks]] (ScaleBlock) too: a Diag-OFT / BOFT entry's own rescaled (issue 12)
+    (
+        rules.block_oft_rescaled,
+        DOG + STEPS + '[adapter]\nkind = "full"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\nrank = 4\nalpha = 4.0\nrescaled = "on"\n',
+        [("DBS591", "error", ("adapter", "blocks", 0, "rescaled"))],
+        DOG + STEPS + '[adapter]\nkind = "full"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "boft"\nrank = 4\nalpha = 0.0\nrescaled = "on"\n',
+    ),
+    # a GLoRA / DyLoRA / full / IA^3 adapter's block's own scalar: on its LoRA / LoHa / LoKr blocks alone
+    # (a LyCORIS map entry's use_scalar, issue 12)
+    (
+        rules.block_scalar_kind,
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
+        '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        [("DBS625", "error", ("adapter", "blocks", 0, "scalar"))],
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+    ),
     # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr and LyCORIS's LoRA masks
     # (LoHa's with the bypass dropouts: each layer's draw takes its block's rescale, issue 12)
     (

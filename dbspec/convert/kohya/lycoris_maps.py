@@ -273,9 +273,9 @@ BYPASS_BLOCKS = BYPASS_KINDS
 
 
 # the networks whose blocks of other kinds carry a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa /
-# LoKr entry's own use_scalar and a LoKr entry's own rs_lora on SD 1.x/2.x and SDXL (spec AdapterBlock,
-# ScaleBlock; DyloraBlock, GloraBlock and TloraBlock have none)
-_LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3")
+# LoKr entry's own use_scalar and a LoKr entry's own rs_lora (spec AdapterBlock, ScaleBlock, DyloraBlock,
+# GloraBlock; TloraBlock has none)
+_LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora")
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
@@ -548,8 +548,8 @@ def _mixed_kinds(
         raise PresetError(
             f"`{own.source}` gives LoKr layers (e.g. {own.path}) their own factor or switches on an "
             f"algo={algo} network: [[adapter.blocks]] carry LoKr's factor and switches on a lokr adapter, "
-            "and beside other kinds on a LoRA/LoCon, LoHa, full or IA^3 network (elsewhere a LoKr entry's "
-            "own use_tucker alone, its block's `tucker`)",
+            "and beside other kinds on a LoRA/LoCon, LoHa, full, IA^3, DyLoRA or GLoRA network (elsewhere "
+            "a LoKr entry's own use_tucker alone, its block's `tucker`)",
             False,
         )
     return [layer for layer in other if layer not in unet]
@@ -871,7 +871,8 @@ _SCALE_BLOCK_KEYS = (
 
 
 # and an entry's own LoKr split and switches, use_scalar and LoKr rs_lora (each kind's layers built alone,
-# runtime/mixed_kinds.py kind_adapter)
+# runtime/mixed_kinds.py kind_adapter), a Diag-OFT / BOFT entry's own rescaled (its constraint the block's
+# alpha)
 _SCALE_BLOCK_OWN = (
     "factor",
     "decompose_both",
@@ -879,6 +880,7 @@ _SCALE_BLOCK_OWN = (
     "unbalanced_factorization",
     "rank_stabilized",
     "scalar",
+    "rescaled",
 )
 
 
@@ -889,8 +891,8 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
     another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
     entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own
-    rs_lora; PresetError for an entry's own option such a block does not carry (a Diag-OFT / BOFT
-    constraint or rescaled)."""
+    rs_lora, a Diag-OFT / BOFT entry's own constraint (the block's alpha) and rescaled; PresetError for an
+    entry's own option such a block does not carry."""
     if not algo:
         return [], []
     unet = [b for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo) if "kind" in b]
@@ -907,8 +909,8 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             raise PresetError(
                 f"`{_source([block])}` gives its {block['kind']} layers their own {', '.join(own)} on an "
                 f"algo={algo} network: a full / IA^3 adapter's [[adapter.blocks]] of another kind carry a "
-                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora and a scalar, "
-                "no other option of their own",
+                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora, a scalar and "
+                "Diag-OFT / BOFT's constraint and rescaled, no other option of their own",
                 False,
             )
         high = max(block["rank"], block.get("conv_rank", 0))
