@@ -270,3 +270,82 @@ def test_glora_network_entries_own_options_train_and_load_in_lycoris(pipe, tmp_p
     output = _unet_output(trained)
     torch.testing.assert_close(_unet_output(their_unet), output, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(_unet_output(pipe.unet), output, atol=1e-3)  # training moved it
+
+
+# Flux: the double blocks' image q/k/v a Diag-OFT with its own constraint and rescaled, their text q/k/v a
+# BOFT rescaled (dim 18: 9216 rows split as 18 x 2^9 on FLUX.1), CLIP-L's MLPs a BOFT rescaled; the rest
+# the network's FullModule / IA3Module
+FLUX_OFT = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = ["CLIPMLP"]
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "diag-oft"
+dim = 4
+constraint = 0.001
+rescaled = true
+[name_algo_map."double_blocks.*.txt_attn.qkv"]
+algo = "boft"
+dim = 18
+rescaled = true
+[module_algo_map.CLIPMLP]
+algo = "boft"
+dim = 8
+rescaled = true
+"""
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_flux_oft_entries_own_rescaled_on_full_and_ia3(tmp_path, monkeypatch, algo):
+    """On kohya's tiny Flux Linears (the plan's model, adapter weights randomised, no training): the fused
+    q/k/v's Diag-OFT / BOFT entries' own rescaled (each fused Linear one module, its parts their rows of the
+    rescale) export what lycoris-lora 4.1.3's create_network from the same file loads strictly, every OFT
+    module holding a `rescale`, each kohya layer computing the plan's fused parts' output."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from dbspec.runtime.families import family_runtime
+    from dbspec.runtime.prepare import configure_models
+    from tests.runtime.test_lycoris_mixed_flow_full import (
+        _BASE,
+        _check_kohya_outputs,
+        _kohya_layers,
+        _kohya_tree,
+        _lycoris_network,
+    )
+    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+    from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    file = tmp_path / "oft.toml"
+    file.write_text(FLUX_OFT, encoding="utf-8")
+    plan = plan_of(
+        flux_lycoris(tmp_path, f'"algo={algo}" "preset={file.name}"', ""),
+        tmp_path,
+        ["model.base=builtin:tiny-flux", *_BASE],
+    )
+    a = plan.adapter
+    assert a.kind == algo and a.fused
+    assert {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind != "adapter"} == {
+        ("diag-oft", 0.001, "on"),
+        ("boft", 0.0, "on"),
+    }
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for model in (comps.unet, comps.text_encoders[0]):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    unet = comps.unet.eval()
+    tensors = lycoris_state(unet=unet, text_encoders=comps.text_encoders, family="flux", dtype="fp32")
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    tree = _kohya_tree(layers)
+    clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
+    theirs = _lycoris_network(monkeypatch, algo, file, [clip, nn.Module()], tree, tensors)
+    oft = {n: m for n, m in theirs.items() if type(m).__name__ in ("DiagOFTModule", "ButterflyOFTModule")}
+    assert {type(m).__name__ for n, m in oft.items() if n.startswith("lora_te1_")} == {"ButterflyOFTModule"}
+    assert type(oft["lora_unet_double_blocks_0_img_attn_qkv"]).__name__ == "DiagOFTModule"
+    assert type(oft["lora_unet_double_blocks_0_txt_attn_qkv"]).__name__ == "ButterflyOFTModule"
+    assert all(isinstance(getattr(m, "rescale", None), nn.Parameter) for m in oft.values())
+    _check_kohya_outputs(tree, layers, {n for n in theirs if n.startswith("lora_unet_")})
