@@ -382,14 +382,18 @@ def _rank_blocks(adapter) -> dict:
 def _other_kind_options(block, adapter) -> dict:
     """A DyLoRA / GLoRA adapter's block of kind lokr: its own split, switches and rank_stabilized (a LyCORIS
     map entry's factor, decompose_both, full_matrix, unbalanced_factorization, rs_lora); of kind lora / loha
-    / lokr: its own scalar (use_scalar), each kind's layers built alone (runtime/mixed_kinds.py
-    kind_adapter); a text encoders' GloraBlock / DyloraBlock alike (spec TextEncoderBlock has them)."""
+    / lokr: its own scalar (use_scalar) and Tucker form (use_tucker, on k x k convolutions), each kind's
+    layers built alone (runtime/mixed_kinds.py kind_adapter); of kind diag-oft / boft: its own row rescale
+    (rescaled; its constraint the block's alpha); a text encoders' GloraBlock / DyloraBlock alike (spec
+    TextEncoderBlock has them)."""
     kind = getattr(block, "kind", "adapter")
+    if kind in ("diag-oft", "boft"):
+        return {"rescaled": getattr(block, "rescaled", "adapter")}
     if kind not in ("lora", "loha", "lokr"):
         return {}
-    own = {"scalar": _block_scalar(block, adapter)}
+    own = {"scalar": _block_scalar(block, adapter), **_block_switches(block, adapter)}
     if kind == "lokr":
-        own.update(factor=block.factor, **_other_lokr_switches(block, adapter))
+        own["factor"] = block.factor
     return own
 
 

@@ -3048,11 +3048,12 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _own_tucker(adapter, table: str, block) -> bool:
     """A block's Tucker form another rule than DBS576 weighs: a LoRA / LoHa adapter's (DBS579), or a full /
-    IA^3 adapter's denoiser block of kind lora, loha or lokr (its kind's layers built alone,
+    IA^3 / DyLoRA / GLoRA adapter's denoiser block of kind lora, loha or lokr (its kind's layers built alone,
     mixed_kinds.kind_adapter)."""
     if adapter.kind in ("lora", "loha"):
         return True
-    return adapter.kind in ("full", "ia3") and table == "blocks" and block.kind in _TUCKER_KINDS
+    others = ("full", "ia3", "dylora", "glora")
+    return adapter.kind in others and table == "blocks" and block.kind in _TUCKER_KINDS
 
 
 @rule("spec")
@@ -3229,10 +3230,10 @@ def block_rank_dropout_scale(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own row rescale (`rescaled`, a LyCORIS map entry's) acts on the Diag-OFT / BOFT layers of a
-    block of that kind beside a lora / loha / lokr / dylora / tlora / full / IA^3 adapter's (runtime/blocks.py
-    block_rescaled): DBS591 on a block of another kind."""
+    block of that kind beside a lora / loha / lokr / dylora / glora / tlora / full / IA^3 adapter's
+    (runtime/blocks.py block_rescaled): DBS591 on a block of another kind."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "tlora", "full", "ia3"):
+    if getattr(a, "kind", "none") not in ("lora", "loha", "lokr", "dylora", "glora", "tlora", "full", "ia3"):
         return  # OFT adapters' blocks (OftBlock) carry their own
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
@@ -3424,6 +3425,18 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
             "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x, SDXL and SD3's "
             "patch convolution",
+            codes.help("DBS578"),
+        )
+    if own in ("dylora", "glora") and tucker and family.denoiser != "unet":
+        # a DyLoRA / GLoRA adapter's blocks' own Tucker form: on the U-Net families' k x k convolutions,
+        # checked against LyCORIS there (tests/runtime/test_lycoris_own_opts_networks.py)
+        j, b = tucker[0]
+        yield _err(
+            "DBS578",
+            ("adapter", "blocks", j, "tucker"),
+            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a DyLoRA / '
+            "GLoRA adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL's "
+            "k x k convolutions",
             codes.help("DBS578"),
         )
 

@@ -505,8 +505,9 @@ def _block_oft_rescaled():
     return option(
         "adapter",
         doc="Blocks of kind `diag-oft` / `boft` (LyCORIS's Diag-OFT / BOFT beside a lora, loha, lokr, "
-        "dylora, full or IA^3 adapter's layers): whether the matched layers also train a scale per output "
-        "row, from 1 (LyCORIS `rescaled`: a preset file's `module_algo_map` / `name_algo_map` entry's own, a "
+        "dylora, glora, full or IA^3 adapter's layers): whether the matched layers also train a scale per "
+        "output row, from 1 (LyCORIS `rescaled`: a preset file's `module_algo_map` / `name_algo_map` entry's "
+        "own, a "
         "`--dim_from_weights` file's `rescale`; saved as `rescale`): on, off, or `adapter` (off: the "
         "adapter rescales nothing). Other kinds' blocks: `adapter` only (DBS591).",
         example="on",
@@ -566,7 +567,7 @@ def _block_tucker():
         "use_tucker",
         "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
         "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there and on SD3's patch "
-        "convolution too)",
+        "convolution too, a DyLoRA / GLoRA adapter's on SD 1.x/2.x and SDXL)",
     )
 
 
@@ -835,7 +836,8 @@ class DyloraBlock:
         "`ia3`, `diag-oft`, `boft`, `glora` in its place (a LyCORIS preset file's `module_algo_map` / "
         "`name_algo_map` entry's `algo` on an `algo=dylora` network), as `[[adapter.blocks]]` `kind`; its "
         "rank is then not cut into blocks (a LoKr block's own `factor`, switches and `rank_stabilized`, a "
-        "LoRA / LoHa / LoKr block's own `scalar`).",
+        "LoRA / LoHa / LoKr block's own `scalar` and `tucker`, a Diag-OFT / BOFT block's own `rescaled`, its "
+        "`alpha` the constraint).",
         example="lora",
     )
     rank: int = option(
@@ -873,6 +875,8 @@ class DyloraBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     scalar: BlockSwitch = _block_scalar()
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (its entry's use_tucker)
+    rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
@@ -1971,7 +1975,8 @@ class GloraBlock:
         doc="The matched layers' adapter algorithm: `adapter` (GLoRA), or `lora`, `loha`, `lokr`, `full`, "
         "`ia3`, `diag-oft`, `boft`, `dylora` in its place (a LyCORIS preset file's `module_algo_map` / "
         "`name_algo_map` entry's `algo` on an `algo=glora` network), as `[[adapter.blocks]]` `kind` (a LoKr "
-        "block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own `scalar`).",
+        "block's own `factor`, switches and `rank_stabilized`, a LoRA / LoHa / LoKr block's own `scalar` and "
+        "`tucker`, a Diag-OFT / BOFT block's own `rescaled`, its `alpha` the constraint).",
         example="lora",
     )
     rank: int = option(
@@ -2006,6 +2011,8 @@ class GloraBlock:
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()
     scalar: BlockSwitch = _block_scalar()
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (its entry's use_tucker)
+    rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("GLoRA (or the block's `kind`)")

@@ -2,7 +2,9 @@
 DBS403): on a DyLoRA and a GLoRA network a LoKr entry's own `factor`, `decompose_both`, `full_matrix`,
 `unbalanced_factorization` and `rs_lora` and a LoCon / LoKr entry's own `use_scalar` (their blocks' fields,
 spec DyloraBlock / GloraBlock, each kind built alone: runtime/mixed_kinds.py kind_adapter), and on a full
-network a Diag-OFT / BOFT entry's own `constraint` and `rescaled` (spec ScaleBlock's alpha and `rescaled`).
+network a Diag-OFT / BOFT entry's own `constraint` and `rescaled` (spec ScaleBlock's alpha and `rescaled`);
+on a DyLoRA and a GLoRA network a LoCon / LoHa / LoKr entry's own `use_tucker` and a Diag-OFT / BOFT entry's
+own `rescaled` (their blocks' `tucker`, `rescaled`).
 Checked against lycoris-lora 4.1.3's create_network from the same preset: every layer's class, dim, scale,
 LoKr factor shapes, which layers train a scalar or a row rescale; the plan's layers (adapter weights
 randomised, no training) export a file that lycoris-lora's network loads (strictly but DyLoRA's keys, which
@@ -349,3 +351,117 @@ def test_flux_oft_entries_own_rescaled_on_full_and_ia3(tmp_path, monkeypatch, al
     assert type(oft["lora_unet_double_blocks_0_txt_attn_qkv"]).__name__ == "ButterflyOFTModule"
     assert all(isinstance(getattr(m, "rescale", None), nn.Parameter) for m in oft.values())
     _check_kohya_outputs(tree, layers, {n for n in theirs if n.startswith("lora_unet_")})
+
+
+# the ResNets a LoCon, the downsamplers a LoHa, the upsamplers a LoKr, each with its own use_tucker (their 3x3
+# convolutions in the Tucker form); the feed-forwards a Diag-OFT with its own constraint and rescaled, CLIP's
+# MLPs a BOFT rescaled; the rest the network's DyLoRA / GLoRA
+TUCKER_OFT = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+
+[module_algo_map.ResnetBlock2D]
+algo = "locon"
+dim = 4
+alpha = 2
+use_tucker = true
+[module_algo_map.Downsample2D]
+algo = "loha"
+dim = 2
+use_tucker = true
+[module_algo_map.Upsample2D]
+algo = "lokr"
+dim = 2
+use_tucker = true
+[module_algo_map.FeedForward]
+algo = "diag-oft"
+dim = 4
+constraint = 0.0001
+rescaled = true
+[module_algo_map.CLIPMLP]
+algo = "boft"
+dim = 8
+rescaled = true
+"""
+
+_TUCKER = {"LoConModule": "lora_mid", "LohaModule": "hada_t1", "LokrModule": "lokr_t2"}
+
+
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """A LoCon / LoHa / LoKr entry's own use_tucker and a Diag-OFT / BOFT entry's own rescaled on a DyLoRA and
+    a GLoRA network (was DBS403: spec DyloraBlock / GloraBlock `tucker`, `rescaled`): the same 3x3
+    convolutions in the Tucker form (LoCon's lora_mid, LoHa's hada_t1 / hada_t2, LoKr's lokr_t2), every
+    OFT layer's blocks, constraint and rescale as lycoris-lora 4.1.3's create_network from the same preset;
+    the export loads into its network (strictly but DyLoRA's keys, which DyLoraModule never loads) and each
+    module but DyLoRA's computes our layer's output on a fixed input."""
+    path, plan = _converted_plan(
+        tmp_path, "tucker", algo, " ".join(f'"{k}={v}"' for k, v in ARGS[algo].items()), text=TUCKER_OFT
+    )
+    a = plan.adapter
+    assert {(b.kind, b.tucker) for b in a.blocks if b.kind in ("lora", "loha", "lokr")} == {
+        ("lora", "on"),
+        ("loha", "on"),
+        ("lokr", "on"),
+    }
+    assert {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind == "diag-oft"} == {
+        ("diag-oft", 1e-4, "on")
+    }
+    assert [(b.kind, b.rescaled) for b in a.text_encoder_blocks] == [("boft", "on")]
+    made, named, their_unet = _network(pipe, path, monkeypatch, algo)
+    unet, text = _built(pipe, a)
+    loras = [*made.unet_loras, *made.text_encoder_loras]
+    tucker = {
+        m.lora_name
+        for m in loras
+        if any(k.split(".")[0] == _TUCKER.get(type(m).__name__) for k in m.state_dict())
+    }
+    assert {type(m).__name__ for m in loras if m.lora_name in tucker} == set(_TUCKER)
+    ours = {
+        prefix + name.replace(".", "_")
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if _has_tucker(layer)
+    }
+    assert ours == tucker
+    kept = [m for m in loras if type(m).__name__ in ("DiagOFTModule", "ButterflyOFTModule")]
+    oft = _oft_dylora_modules(SimpleNamespace(unet_loras=kept, text_encoder_loras=[]))
+    assert {v[0] for v in oft.values()} == {"DiagOFTModule", "ButterflyOFTModule"} and all(
+        v[4] for v in oft.values()
+    )
+    layers = {**_oft_dylora_layers(unet, "lora_unet_"), **_oft_dylora_layers(text, "lora_te_text_model_")}
+    assert {k: v for k, v in layers.items() if k in oft} == oft
+
+    tensors = lycoris_state(unet=unet, text_encoders=[text], family=plan.model.family, dtype="fp32")
+    skipped = _loaded(made, named, their_unet, tensors, strict=algo != "dylora")
+    assert skipped == {m.lora_name for m in loras if type(m).__name__ == "DyLoraModule"}
+    modules = {**dict(unet.named_modules()), **{f"te.{k}": v for k, v in text.named_modules()}}
+    paths = {id(m): p for p, m in their_unet.named_modules()}
+    paths.update({id(m): f"te.{p}" for p, m in named.text_model.named_modules()})
+    g = torch.Generator().manual_seed(3)
+    checked = set()
+    for m in loras:
+        if type(m).__name__ == "DyLoraModule":
+            continue
+        layer = modules[paths[id(m.org_module[0])]]
+        base = layer.get_base_layer()
+        if isinstance(base, nn.Conv2d):
+            x = torch.randn(1, base.in_channels, 8, 8, generator=g)
+        else:
+            x = torch.randn(2, base.in_features, generator=g)
+        with torch.no_grad():
+            assert not torch.allclose(layer(x), base(x), atol=1e-5), m.lora_name
+            torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        checked.add(m.lora_name)
+    assert tucker <= checked and set(oft) <= checked
+
+
+def _has_tucker(layer: nn.Module) -> bool:
+    """Our layer trains a Tucker core (LoCon's lora_mid, LoHa's hada_t1, LoKr's lokr_t2)."""
+    for key in ("lora_mid", "hada_t1", "lokr_t2"):
+        found = getattr(layer, key, None)
+        if isinstance(found, nn.ParameterDict | nn.ModuleDict) and "default" in found:
+            return True
+    return False

@@ -651,7 +651,7 @@ def test_mixed_loha_and_lokr_entries_own_tucker_are_their_blocks(tmp_path, model
     `tucker = "on"` (the adapter's Tucker form stays off: tests/runtime/test_lycoris_mixed_file.py checks
     the layers against lycoris-lora 4.1.3); on an entry reaching linears only it changes nothing (DBS405).
     SDXL names kohya's same classes. A LoKr entry's own factor beside other kinds is its block's `factor`;
-    entries' own use_tucker on a GLoRA / DyLoRA network too (their blocks have no `tucker`)."""
+    entries' own use_tucker on a GLoRA / DyLoRA network alike (their blocks' `tucker`, issue 12)."""
     if model == "sdxl":
         (tmp_path / "p.toml").write_text(OWN_TUCKERS, encoding="utf-8")
         images(tmp_path / "x" / "10_ohwx", 3, (1024, 1024))
@@ -678,10 +678,14 @@ def test_mixed_loha_and_lokr_entries_own_tucker_are_their_blocks(tmp_path, model
     text = OWN_TUCKERS.replace('algo = "lokr"\n', 'algo = "lokr"\nfactor = 4\n')
     outcome = expressible(_convert(tmp_path / "factor", text, "locon"))  # was DBS403 (issue 12)
     assert [b.factor for b in plan_of(outcome, tmp_path / "factor").adapter.blocks if b.kind == "lokr"] == [4]
-    for algo in ("glora", "dylora"):  # their blocks carry no Tucker form: DBS403 (was a converter crash)
+    for algo in ("glora", "dylora"):  # their blocks' `tucker` alike (was DBS403, before a converter crash)
         (tmp_path / algo).mkdir()
-        outcome = _convert(tmp_path / algo, OWN_TUCKERS, algo)
-        assert "use_tucker" in messages(outcome, "DBS403"), errors(outcome)
+        outcome = expressible(_convert(tmp_path / algo, OWN_TUCKERS, algo))
+        blocks = plan_of(outcome, tmp_path / algo).adapter.blocks
+        assert {(b.kind, b.tucker) for b in blocks if b.tucker != "adapter"} == {
+            ("loha", "on"),
+            ("lokr", "on"),
+        }
 
 
 def test_mixed_algorithms_on_a_glora_network(tmp_path):

@@ -93,3 +93,26 @@ def test_oft_entries_own_rescaled_are_their_blocks(tmp_path, algo):
         ("diag-oft", 2, 0.001, "on")
     ]
     assert [(b.kind, b.rank, b.alpha, b.rescaled) for b in a.text_encoder_blocks] == [("boft", 2, 0.0, "on")]
+
+
+# the ResNets' LoCon with its own use_tucker (their 3x3 convolutions in the Tucker form), the feed-forwards a
+# Diag-OFT with its own constraint and rescaled, CLIP's MLPs a BOFT rescaled
+TUCKER_OFT = OFT.replace("alpha = 2\n", "alpha = 2\nuse_tucker = true\n", 1)
+
+
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(tmp_path, algo):
+    """A LoCon entry's own use_tucker and a Diag-OFT / BOFT entry's own rescaled on a DyLoRA / GLoRA network
+    (was DBS403): its block's `tucker` (LoConModule's truth test, on the k x k convolutions) and `rescaled`
+    (spec DyloraBlock / GloraBlock), the Diag-OFT's own constraint its alpha; the network's other layers
+    keep the adapter's (tests/runtime/test_lycoris_own_opts_networks.py compares the layers with
+    lycoris-lora 4.1.3's)."""
+    a = plan_of(expressible(_convert(tmp_path, algo, preset=TUCKER_OFT)), tmp_path).adapter
+    assert a.kind == algo
+    assert [(b.kind, b.rank, b.alpha, b.conv_rank, b.tucker) for b in a.blocks if b.tucker != "adapter"] == [
+        ("lora", 4, 2.0, 4, "on")
+    ]
+    assert [(b.kind, b.rank, b.alpha, b.rescaled) for b in a.blocks if b.rescaled != "adapter"] == [
+        ("diag-oft", 2, 0.001, "on")
+    ]
+    assert [(b.kind, b.rank, b.alpha, b.rescaled) for b in a.text_encoder_blocks] == [("boft", 2, 0.0, "on")]

@@ -2305,6 +2305,35 @@ CASES = [
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
         '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
+    # a GLoRA adapter's [[adapter.blocks]] (GloraBlock) too: a Diag-OFT / BOFT entry's own rescaled (issue 12)
+    (
+        rules.block_oft_rescaled,
+        DOG + STEPS + '[adapter]\nkind = "glora"\nrank = 4\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\nrank = 4\nalpha = 4.0\nrescaled = "on"\n',
+        [("DBS591", "error", ("adapter", "blocks", 0, "rescaled"))],
+        DOG + STEPS + '[adapter]\nkind = "glora"\nrank = 4\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nrescaled = "on"\n',
+    ),
+    # a DyLoRA adapter's block's own Tucker form: on its LoCon / LoHa / LoKr blocks (a LyCORIS map entry's
+    # use_tucker, issue 12), not its own DyLoRA layers
+    (
+        rules.block_factor_lokr,
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\nconv_rank = 4\n'
+        '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+        [("DBS576", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\nconv_rank = 4\n'
+        '[[adapter.blocks]]\npattern = "resnets"\nkind = "loha"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n'
+        'tucker = "on"\n',
+    ),
+    # ... and on the U-Net families alone (checked against LyCORIS there; issue 12)
+    (
+        rules.mixed_kinds_family,
+        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "glora"\nfused_projections = true\n'
+        '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\ntucker = "on"\n',
+        [("DBS578", "error", ("adapter", "blocks", 0, "tucker"))],
+        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "glora"\nfused_projections = true\n'
+        '[[adapter.blocks]]\npattern = "attn"\nkind = "lora"\nrank = 4\nalpha = 4.0\n',
+    ),
     # a block's own rank-dropout rescale (a LyCORIS map entry's) off LoHa / LoKr and LyCORIS's LoRA masks
     # (LoHa's with the bypass dropouts: each layer's draw takes its block's rescale, issue 12)
     (

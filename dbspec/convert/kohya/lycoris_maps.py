@@ -822,14 +822,6 @@ def map_blocks(
         mixed_rank_stabilized([*unet, *text])
     if kind == "tlora":
         _tlora_alphas([*unet, *text])
-    tucker = next((b for b in unet if "tucker" in b), None)
-    if tucker is not None and kind in ("dylora", "glora"):  # spec DyloraBlock / GloraBlock: no `tucker`
-        raise PresetError(
-            f"`{_source([tucker])}` gives its layers their own use_tucker on an algo={algo} network: "
-            f"dbspec's {kind} adapter's [[adapter.blocks]] (its layers' and other kinds') carry no Tucker "
-            "form (on LoRA/LoCon, LoHa and LoKr networks they do)",
-            False,
-        )
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
