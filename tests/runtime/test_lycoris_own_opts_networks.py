@@ -298,9 +298,11 @@ rescaled = true
 """
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3"])
-def test_flux_oft_entries_own_rescaled_on_full_and_ia3(tmp_path, monkeypatch, algo):
-    """On kohya's tiny Flux Linears (the plan's model, adapter weights randomised, no training): the fused
+@pytest.mark.parametrize("algo", ["full", "ia3", "glora"])
+def test_flux_oft_entries_own_rescaled_build_as_lycoris(tmp_path, monkeypatch, algo):
+    """On kohya's tiny Flux Linears (the plan's model, adapter weights randomised, no training; a full, IA^3
+    or GLoRA network, whose blocks carry the entries' own rescaled, DyLoRA's checked on Chroma's same fused
+    Linears, test_lycoris_own_opts_sd3_chroma.py): the fused
     q/k/v's Diag-OFT / BOFT entries' own rescaled (each fused Linear one module, its parts their rows of the
     rescale) export what lycoris-lora 4.1.3's create_network from the same file loads strictly, every OFT
     module holding a `rescale`, each kohya layer computing the plan's fused parts' output."""
