@@ -3415,28 +3415,19 @@ def mixed_kinds_family(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     tucker = [(j, b) for t, j, b in other if t == "blocks" and getattr(b, "tucker", "adapter") != "adapter"]
-    if own in ("full", "ia3") and tucker and family.denoiser != "unet" and not family.kohya_conv_targets:
-        # a full / IA^3 adapter's blocks' own Tucker form: on the U-Net families' k x k convolutions and SD3's
-        # patch convolution (kohya_conv_targets), checked against LyCORIS; Flux / Chroma have none
+    others = ("full", "ia3", "dylora", "glora")
+    if own in others and tucker and family.denoiser != "unet" and not family.kohya_conv_targets:
+        # a full / IA^3 / DyLoRA / GLoRA adapter's blocks' own Tucker form: on the U-Net families' k x k
+        # convolutions and SD3's patch convolution (kohya_conv_targets), checked against LyCORIS
+        # (test_lycoris_whole_main_tucker.py, test_lycoris_own_opts_networks.py,
+        # test_lycoris_own_opts_sd3_chroma.py); Flux / Chroma have none
         j, b = tucker[0]
         yield _err(
             "DBS578",
             ("adapter", "blocks", j, "tucker"),
-            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / IA^3 '
-            "adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x, SDXL and SD3's "
-            "patch convolution",
-            codes.help("DBS578"),
-        )
-    if own in ("dylora", "glora") and tucker and family.denoiser != "unet":
-        # a DyLoRA / GLoRA adapter's blocks' own Tucker form: on the U-Net families' k x k convolutions,
-        # checked against LyCORIS there (tests/runtime/test_lycoris_own_opts_networks.py)
-        j, b = tucker[0]
-        yield _err(
-            "DBS578",
-            ("adapter", "blocks", j, "tucker"),
-            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a DyLoRA / '
-            "GLoRA adapter's blocks of another kind take a Tucker form of their own on SD 1.x/2.x and SDXL's "
-            "k x k convolutions",
+            f'adapter.blocks[{j}].tucker = "{b.tucker}" on a {own} adapter on {family.title}: a full / '
+            "IA^3 / DyLoRA / GLoRA adapter's blocks of another kind take a Tucker form of their own on SD "
+            "1.x/2.x, SDXL and SD3's patch convolution",
             codes.help("DBS578"),
         )
 

@@ -567,7 +567,7 @@ def _block_tucker():
         "use_tucker",
         "LoKr, LoRA/LoCon and LoHa (k x k convolutions; also on a block of that `kind` beside other kinds, "
         "LoHa / LoKr ones on SD 1.x/2.x and SDXL, a full / IA^3 adapter's there and on SD3's patch "
-        "convolution too, a DyLoRA / GLoRA adapter's on SD 1.x/2.x and SDXL)",
+        "convolution too, a DyLoRA / GLoRA adapter's alike)",
     )
 
 

@@ -6,7 +6,8 @@ entry's own `constraint` and `rescaled`, each fused Linear one module of its ent
 training: the plan's model (adapter weights randomised) exports what lycoris-lora 4.1.3's create_network from
 the same preset on kohya's tiny SD3 / Chroma layers loads (strictly, but DyLoRA's keys, which DyLoraModule
 never loads), every module of its entry's class with its own factor shapes, scalar and rescale, each kohya
-layer computing the plan's fused parts' output."""
+layer computing the plan's fused parts' output. And a DyLoRA / GLoRA network's PatchEmbed entry's own
+`use_tucker` on SD3's patch convolution, against lycoris-lora's module of the entry's class."""
 
 from __future__ import annotations
 
@@ -267,3 +268,20 @@ def test_chroma_entries_own_options_build_as_lycoris(tmp_path, monkeypatch, algo
     assert shapes["lora_unet_img_in"][0] == ("lokr_w1", (4, 8))
     assert float(tensors["lora_unet_double_blocks_0_img_attn_proj.alpha"]) == pytest.approx(0.001)
     _checked(theirs, tree, layers, ("LokrModule",))
+
+
+# LoKr at dim 1: its second factor low-rank (LokrModule's Tucker form needs it; at dim 2 it is full)
+@pytest.mark.parametrize(
+    ("network", "entry", "dim"), [("glora", "locon", 2), ("dylora", "loha", 2), ("glora", "lokr", 1)]
+)
+def test_sd3_patch_entry_own_tucker_on_dylora_and_glora(tmp_path, network, entry, dim):
+    """A DyLoRA / GLoRA network's PatchEmbed entry of another algorithm with its own use_tucker on SD3 (was
+    DBS403): as on a full / IA^3 network (test_lycoris_whole_main_own_opts.py's check, the same kohya command
+    line), the patch convolution's block `tucker = "on"` of the entry's kind, the plan's layer exporting what
+    lycoris-lora 4.1.3's LoConModule / LohaModule / LokrModule with use_tucker at the entry's dim loads
+    strictly (the Tucker core included), at the same scale, computing the layer's output."""
+    from tests.runtime.test_lycoris_whole_main_own_opts import (
+        test_sd3_patch_entry_own_tucker_is_lycoris_module as check,
+    )
+
+    check(tmp_path, network, entry, dim)
