@@ -106,7 +106,7 @@ def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(tmp_path, algo)
     (was DBS403): its block's `tucker` (LoConModule's truth test, on the k x k convolutions) and `rescaled`
     (spec DyloraBlock / GloraBlock), the Diag-OFT's own constraint its alpha; the network's other layers
     keep the adapter's (tests/runtime/test_lycoris_own_opts_networks.py compares the layers with
-    lycoris-lora 4.1.3's)."""
+    lycoris-lora 4.1.3's). CLIP's BOFT block's rescaled converted before too, and the plan dropped it."""
     a = plan_of(expressible(_convert(tmp_path, algo, preset=TUCKER_OFT)), tmp_path).adapter
     assert a.kind == algo
     assert [(b.kind, b.rank, b.alpha, b.conv_rank, b.tucker) for b in a.blocks if b.tucker != "adapter"] == [
