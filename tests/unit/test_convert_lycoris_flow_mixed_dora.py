@@ -167,7 +167,10 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     assert (a.kind, a.dora, a.module_dropout) == ("glora", False, 0.1)
     assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "on"), ("loha", "on")]
     drop = '"algo=locon" "dora_wd=True" "rank_dropout=0.1"'
-    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)
+    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)  # the LoKr entries: kohya stops (DBS402)
+    assert "LokrModules draw the network's rank-dropout mask" in messages(outcome, "DBS402"), errors(outcome)
+    loha = MIXED.replace('algo = "lokr"', 'algo = "loha"')
+    outcome = _flux(tmp_path / "rank_loha", loha, drop, allow=True)
     assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
     cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
     outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}')

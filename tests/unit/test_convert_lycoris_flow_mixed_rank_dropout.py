@@ -5,7 +5,8 @@ share (tests/runtime/test_lycoris_mixed_flow_rank_dropout.py holds the training 
 4.1.3's modules on kohya's fused Linears). A full, IA^3, GLoRA (outside bypass_mode) or DyLoRA (without
 train_norm) network's too (was DBS403 from the converter): the adapter's rate, its entries drawing it. With
 `dora_wd` (decomposed fused layers beside other kinds) or on a DyLoRA network with train_norm (its
-NormModules draw it too; not checked there) or beside LoKr entries it stays refused."""
+NormModules draw it too; not checked there) it stays refused; beside LoKr entries it is DBS402, as on SD
+(their LokrModules' CPU mask stops kohya on a GPU)."""
 
 from __future__ import annotations
 
@@ -85,14 +86,15 @@ def _refused(tmp_path, args: str, other: str = "loha", code: str = "DBS403") -> 
 
 def test_rank_dropout_with_dora_beside_other_kinds_on_fused_layers_still_refused(tmp_path):
     """A decomposed fused layer's draws beside other kinds are not checked: DBS403 (the spec's DBS578); so
-    is a DyLoRA network's beside NormModules, and beside LoKr entries (on SD DBS402: their LokrModules' CPU
-    mask stops kohya at the first step on a GPU; here still the refusal the converter gave before)."""
+    is a DyLoRA network's beside NormModules. Beside LoKr entries DBS402 with SD's message (was DBS403;
+    network.lokr_entries_rank_dropout: their LokrModules' CPU mask stops kohya at the first step on a GPU)."""
     for name, args, other, code in (
         ("dora", '"algo=locon" "rank_dropout=0.25" "dora_wd=True"', "loha", "DBS403"),
         ("norms", '"algo=dylora" "rank_dropout=0.25" "block_size=2" "train_norm=True"', "locon", "DBS403"),
-        ("lokr_full", '"algo=full" "rank_dropout=0.25"', "lokr", "DBS403"),
-        ("lokr_glora", '"algo=glora" "rank_dropout=0.25"', "lokr", "DBS403"),
-        ("lokr_locon", '"algo=locon" "rank_dropout=0.25"', "lokr", "DBS403"),
+        ("lokr_full", '"algo=full" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_glora", '"algo=glora" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_locon", '"algo=locon" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_loha", '"algo=loha" "rank_dropout=0.25"', "lokr", "DBS402"),
     ):
         (tmp_path / name).mkdir()
         assert _refused(tmp_path / name, args, other, code), name

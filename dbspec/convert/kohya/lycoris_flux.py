@@ -84,6 +84,7 @@ from dbspec.convert.kohya.network import (
     _rank_dropout_scale_unread,
     _str_bool,
     TUCKER_NAMES,
+    lokr_entries_rank_dropout,
     lycoris_tucker,
     parse_network_args,
 )
@@ -238,7 +239,12 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
+        if file is None or (
+            algo != "lokr"
+            and lokr_entries_rank_dropout(kwargs, (*file.blocks, *file.text_blocks), args, conv)
+        ):  # kohya stops first (DBS402, as on SD)
+            return False
+        if _entries_rank_dropout(kwargs, file, args, conv, algo):
             return False
         if entries_rank_dropout(kwargs, file, args, conv, algo):  # a full / IA^3 network's entries'
             return False

@@ -415,7 +415,8 @@ def _map_network(
         if alpha_text is not None and not (built and (found is None or not block_conv_alphas)):
             _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if lycoris and kind != "lokr" and _lokr_entries_rank_dropout(kwargs, put, args, conv):
+    entries = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
         return None
@@ -889,15 +890,14 @@ def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conver
     )
 
 
-def _lokr_entries_rank_dropout(
-    kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion
-) -> bool:
-    """The network's rank_dropout beside a preset file's LoKr entries outside bypass_mode: LyCORIS hands it
-    to their LokrModules, which draw the mask on the CPU and multiply the GPU weight by it in place
-    (_lokr_rank_dropout_on_gpu): kohya stops at the first training step (DBS402). True when invalid."""
+def lokr_entries_rank_dropout(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> bool:
+    """The network's rank_dropout beside a preset file's LoKr entries (`blocks`: the file's [[adapter.blocks]]
+    and [[adapter.text_encoder_blocks]] dicts) outside bypass_mode: LyCORIS hands it to their LokrModules,
+    which draw the mask on the CPU and multiply the GPU weight by it in place (_lokr_rank_dropout_on_gpu):
+    kohya stops at the first training step (DBS402), on SD 1.x/2.x / SDXL as on Flux / SD3 / Chroma
+    (lycoris_flux.py). True when invalid."""
     if not _float(kwargs.get("rank_dropout") or 0.0) or _str_bool(kwargs.get("bypass_mode", "false")):
         return False
-    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     if not any(b.get("kind") == "lokr" and b.get("bypass") != "on" for b in blocks):
         return False
     conv.invalid(
