@@ -3420,12 +3420,15 @@ def lycoris_row_masks(a) -> bool:
     lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py), TLoraModule in either mode
     (test_lycoris_tlora_rank_dropout.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
-        # GLoRA's none outside bypass)
+        # GLoRA's none outside bypass); a block in its own bypass_mode is of BYPASS_KINDS, whose bypass
+        # forwards draw none (runtime/lycoris_oft.py add_oft_rank_dropout skips a bypass Diag-OFT layer;
+        # test_lycoris_flow_rank_dropout_layers.py)
         a.kind in ("loha", "full", "ia3", "glora", "dylora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(
             getattr(b, "bypass", "adapter") != "on"
+            or (a.kind if getattr(b, "kind", "adapter") == "adapter" else b.kind) in BYPASS_KINDS
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )

@@ -198,7 +198,7 @@ def _same_training(module: nn.Module, ours, x: torch.Tensor, name: str) -> bool:
 
 def check_fused_layers(monkeypatch, plan, denoiser, file, algo, args, rows, parts_of, swapped=None) -> dict:
     """The prepared `denoiser`'s kohya layers against lycoris-lora's network from the preset `file` loaded
-    with its export: {kohya path: LyCORIS class} of the layers compared (DyLoraModule's, which never read
+    with its export: {kohya path: LyCORIS module} of the layers compared (DyLoraModule's, which never read
     rank_dropout and draw their block from Python's random, left out)."""
     ours = _prepared(denoiser, "unet", plan, plan.adapter.denoiser_targets)
     family = plan.model.family
@@ -231,10 +231,14 @@ def check_fused_layers(monkeypatch, plan, denoiser, file, algo, args, rows, part
 
         x = torch.randn(3, _base(parts[0]).in_features)
         masked += _same_training(module.train(), stacked, x, path)
-        compared[path] = type(module).__name__
+        compared[path] = module
     ours.zero_grad(set_to_none=True)
     assert masked >= 2  # the draws move on
     return compared
+
+
+def _classes(compared: dict) -> set[str]:
+    return {type(m).__name__ for m in compared.values()}
 
 
 def test_flux_dylora_network_with_norms_rank_dropout(tmp_path, monkeypatch):
@@ -254,8 +258,8 @@ def test_flux_dylora_network_with_norms_rank_dropout(tmp_path, monkeypatch):
         monkeypatch, plan, pipe.transformer.float(), tmp_path / "p.toml", "dylora", drops,
         flux_model(1, 1), diffusers_parts,
     )  # fmt: skip
-    assert set(compared.values()) == {"LohaModule", "FullModule", "LoConModule", "IA3Module"}
-    assert {p for p, c in compared.items() if c != "IA3Module"} >= {"double_blocks.0.img_attn.qkv"}
+    assert _classes(compared) == {"LohaModule", "FullModule", "LoConModule", "IA3Module"}
+    assert "double_blocks.0.img_attn.qkv" in compared
 
     # CLIP-L: each LayerNorm's offsets against its NormModule (lycoris-lora's network on the base CLIP-L)
     base = copy.deepcopy(pipe.text_encoder).float()
@@ -282,6 +286,24 @@ def test_flux_dylora_network_with_norms_rank_dropout(tmp_path, monkeypatch):
     assert moved >= 2
 
 
+def test_flux_glora_network_with_an_entrys_own_bypass_mode(tmp_path, monkeypatch):
+    """algo=glora with rank_dropout and a Diag-OFT entry's own bypass_mode on the image q/k/v."""
+    args = {"algo": "glora", "rank_dropout": str(RATE), "module_dropout": str(DROP)}
+    plan = _plan(tmp_path, "flux", FLUX, BYPASS_FILE, args)
+    a = plan.adapter
+    assert (a.kind, a.rank_dropout, a.module_dropout) == ("glora", RATE, DROP)
+    assert [(b.kind, b.bypass) for b in a.blocks if b.kind == "diag-oft"] == [("diag-oft", True)]
+    pipe = build_pipeline("builtin:tiny-flux")
+    drops = {k: args[k] for k in ("rank_dropout", "module_dropout")}
+    compared = check_fused_layers(
+        monkeypatch, plan, pipe.transformer.float(), tmp_path / "p.toml", "glora", drops,
+        flux_model(1, 1), diffusers_parts,
+    )  # fmt: skip
+    own = compared["double_blocks.0.img_attn.qkv"]  # LyCORIS's module in the entry's bypass_mode
+    assert type(own).__name__ == "DiagOFTModule" and own.bypass_mode and not own.dropout
+    assert {"LohaModule", "LoConModule", "GLoRAModule"} <= _classes(compared)
+
+
 @pytest.mark.parametrize("family", ["sd3", "chroma"])
 def test_sd3_and_chroma_fused_layers_draw_as_lycoris(tmp_path, monkeypatch, family):
     """A LoCon network's rank_dropout and module_dropout beside LoHa / Diag-OFT / full / IA^3 entries on
@@ -301,6 +323,6 @@ def test_sd3_and_chroma_fused_layers_draw_as_lycoris(tmp_path, monkeypatch, fami
         swapped if family == "sd3" else None,
     )  # fmt: skip
     fused = [p for p in compared if "qkv" in p or "linear1" in p]
-    assert len(fused) >= 2 and {"LohaModule", "DiagOFTModule", "FullModule"} <= set(compared.values())
+    assert len(fused) >= 2 and {"LohaModule", "DiagOFTModule", "FullModule"} <= _classes(compared)
     if family == "sd3":  # the last context modulation's rows in kohya's order (shift, scale)
-        assert compared["joint_blocks.1.context_block.adaLN_modulation.1"] == "FullModule"
+        assert type(compared["joint_blocks.1.context_block.adaLN_modulation.1"]).__name__ == "FullModule"

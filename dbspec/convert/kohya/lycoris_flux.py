@@ -581,7 +581,7 @@ def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conv
         return False
     if algo in ("glora", "dylora"):
         return map_entries_rank_dropout(kwargs, file, args, conv, algo)
-    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
+    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
 
 
 def _block_size(

@@ -559,9 +559,9 @@ def _block_rank_dropout(
     kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion, norms: bool
 ) -> bool:
     """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode (whose own modules
-    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT, a
-    GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
-    dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
+    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT
+    outside an entry's own bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws
+    no rank dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
     refused (it was DBS405, "never read", though those entries read it). A GLoRA network's, and a DyLoRA
     one's, are the adapter's rank_dropout, its blocks drawing it (was DBS403), with train_norm (`norms`) a
     DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403);
@@ -588,7 +588,7 @@ def _block_rank_dropout(
         legacy,
         f"the preset file's {' / '.join(readers)} entries on an algo={kind} network draw it (LyCORIS hands "
         "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
-        "another kind than the adapter's, or a block's own bypass",
+        "another kind than the adapter's",
     )
     return True
 
@@ -596,10 +596,11 @@ def _block_rank_dropout(
 def rank_dropout_readers(blocks, kind: str) -> list[str]:
     """The kinds of a preset file's [[adapter.blocks]] on a `kind` network (BOFT, DyLoRA, GLoRA outside
     bypass_mode) whose LyCORIS modules read the network's rank_dropout: another kind's than the adapter's
-    but BOFT, DyLoRA and IA3 (which never read it), and a block with its own bypass_mode."""
+    but BOFT, DyLoRA and IA3 (which never read it). A block in its entry's own bypass_mode reads none: it is
+    one of BYPASS_BLOCKS (Diag-OFT, BOFT, DyLoRA, IA^3), whose bypass forwards never draw a rank mask
+    (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403)."""
     never = (kind, "boft", "dylora", "ia3")
-    own = {b["kind"] for b in blocks if b.get("kind", kind) not in never}
-    return sorted(own | {b.get("kind", kind) for b in blocks if b.get("bypass") == "on"})
+    return sorted({b["kind"] for b in blocks if b.get("kind", kind) not in never and b.get("bypass") != "on"})
 
 
 def _norms_alone_draw(kwargs: dict[str, str], kind: str) -> bool:
