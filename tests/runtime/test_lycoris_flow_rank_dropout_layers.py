@@ -10,6 +10,8 @@ left where the module leaves it (one mask per fused Linear, its parts sharing it
   `rank_dropout`, CLIP-L's NormModules `norm_rank_dropout` (the same rate), DyLoraModule none; each CLIP
   LayerNorm's offsets against its NormModule alike. An algo=glora network whose Diag-OFT entry has its own
   `bypass_mode` (was DBS403): DiagOFTModule's bypass forward draws no rank dropout, the other entries theirs.
+  LoCon and GLoRA networks' `dora_wd` (was DBS403): the decomposed fused layers beside other kinds, the
+  magnitudes' gradients too.
 - SD3 and Chroma (their fused rank-dropout paths are Flux's code, runtime/mixed_kinds.py): a LoCon network
   with LoHa, Diag-OFT, full and IA^3 entries on their fused q/k/v (SD3's last context modulation in kohya's
   row order)."""
@@ -25,6 +27,7 @@ from torch import nn
 
 from dbspec.convert.kohya.chroma_rows import chroma_model, chroma_parts
 from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+from dbspec.runtime.lycoris_dora import dora_scale_of
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
@@ -232,6 +235,10 @@ def check_fused_layers(monkeypatch, plan, denoiser, file, algo, args, rows, part
         x = torch.randn(3, _base(parts[0]).in_features)
         masked += _same_training(module.train(), stacked, x, path)
         compared[path] = module
+        if getattr(module, "dora_scale", None) is not None:  # a decomposed module: its magnitudes' gradients
+            ours_grad = torch.cat([dora_scale_of(p, "default").grad for p in parts])
+            ours_grad = ours_grad if order is None else ours_grad[order]
+            torch.testing.assert_close(ours_grad, module.dora_scale.grad, rtol=1e-3, atol=1e-6, msg=path)
     ours.zero_grad(set_to_none=True)
     assert masked >= 2  # the draws move on
     return compared
@@ -302,6 +309,27 @@ def test_flux_glora_network_with_an_entrys_own_bypass_mode(tmp_path, monkeypatch
     own = compared["double_blocks.0.img_attn.qkv"]  # LyCORIS's module in the entry's bypass_mode
     assert type(own).__name__ == "DiagOFTModule" and own.bypass_mode and not own.dropout
     assert {"LohaModule", "LoConModule", "GLoRAModule"} <= _classes(compared)
+
+
+@pytest.mark.parametrize("algo", ["locon", "glora"])
+def test_flux_decomposed_fused_layers_beside_other_kinds(tmp_path, monkeypatch, algo):
+    """dora_wd with rank_dropout beside other kinds on the fused Linears (was DBS403, a spec's DBS578): a
+    LoCon network's own layers and its LoHa entry decomposed (the adapter's dora), a GLoRA network's LoCon /
+    LoHa entries (their blocks' dora); each part decomposes its rows of its fused module's masked update:
+    the magnitudes' gradients equal LyCORIS's `dora_scale` gradients too."""
+    preset = BYPASS_FILE.replace('algo = "diag-oft"\ndim = 4\nbypass_mode = true', 'algo = "full"')
+    args = {"algo": algo, "rank_dropout": str(RATE), "module_dropout": str(DROP), "dora_wd": "True"}
+    plan = _plan(tmp_path, "flux", FLUX, preset, args)
+    a = plan.adapter
+    assert a.rank_dropout == RATE and a.fused and (a.dora or {b.dora for b in a.blocks} >= {"on"})
+    drops = {k: v for k, v in args.items() if k != "algo"}
+    compared = check_fused_layers(
+        monkeypatch, plan, build_pipeline("builtin:tiny-flux").transformer.float(), tmp_path / "p.toml", algo,
+        drops, flux_model(1, 1), diffusers_parts,
+    )  # fmt: skip
+    decomposed = {p for p, m in compared.items() if getattr(m, "dora_scale", None) is not None}
+    assert {"single_blocks.0.linear1", "double_blocks.0.txt_attn.qkv"} <= decomposed
+    assert type(compared["double_blocks.0.img_attn.qkv"]).__name__ == "FullModule"
 
 
 @pytest.mark.parametrize("family", ["sd3", "chroma"])
