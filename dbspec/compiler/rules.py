@@ -3448,24 +3448,31 @@ def lycoris_row_masks(a) -> bool:
     lycoris-lora 4.1.3's network, test_lycoris_rank_dropout_kinds.py), TLoraModule in either mode
     (test_lycoris_tlora_rank_dropout.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
-        # GLoRA's none outside bypass)
+        # GLoRA's none outside bypass); a block in its own bypass_mode is of BYPASS_KINDS, whose bypass
+        # forwards draw none (runtime/lycoris_oft.py add_oft_rank_dropout skips a bypass Diag-OFT layer;
+        # test_lycoris_flow_rank_dropout_layers.py)
         a.kind in ("loha", "full", "ia3", "glora", "dylora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(
             getattr(b, "bypass", "adapter") != "on"
+            or (a.kind if getattr(b, "kind", "adapter") == "adapter" else b.kind) in BYPASS_KINDS
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )
     blocks = (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
     # on Flux / SD3 / Chroma's fused Linears (fused_projections) each kind's one LyCORIS module draws one mask
     # its parts share (runtime/mixed_kinds.py; checked against lycoris-lora 4.1.3's modules on kohya's fused
-    # Linears, test_lycoris_mixed_flow_rank_dropout.py), undecomposed only: a decomposed fused layer's draws
-    # beside other kinds are not checked
-    decomposed = getattr(a, "dora", False) or any(getattr(b, "dora", "adapter") == "on" for b in blocks)
+    # Linears, test_lycoris_mixed_flow_rank_dropout.py), decomposed per output row too (each part its rows
+    # of the masked update; test_lycoris_flow_rank_dropout_layers.py, magnitudes' gradients included); a
+    # fused layer decomposed per input column (its parts' one shared magnitude) beside other kinds is not
+    # checked
+    columns = getattr(a, "dora_axis", "output") == "input" or any(
+        getattr(b, "dora_axis", "adapter") == "input" for b in blocks
+    )
     return (
         (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
-        and not (getattr(a, "fused_projections", False) and decomposed)
+        and not (getattr(a, "fused_projections", False) and columns)
         and all(
             getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))

@@ -146,8 +146,9 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     spec's DBS267 / DBS583): LoConModule's one draw per fused Linear shared by the decomposed parts
     (fused_lycoris_dropout.py add_fused_locon_dora_dropout; same test file); a GLoRA network's
     wd_on_output=False with it too (was DBS403, a spec's DBS583: its blocks' own `dora_axis` "input", one draw
-    per fused layer, tests/runtime/test_lycoris_flux_block_columns.py). What stays refused: the network's
-    rank_dropout beside other kinds (DBS578)."""
+    per fused layer, tests/runtime/test_lycoris_flux_block_columns.py). The network's rank_dropout beside
+    other kinds with dora_wd per output row too (was DBS403, a spec's DBS578; beside LoKr entries DBS402);
+    per input column it stays refused (DBS578)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "glora").adapter
@@ -167,7 +168,14 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     assert (a.kind, a.dora, a.module_dropout) == ("glora", False, 0.1)
     assert [(b.kind, b.dora) for b in a.blocks] == [("lora", "on"), ("loha", "on")]
     drop = '"algo=locon" "dora_wd=True" "rank_dropout=0.1"'
-    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)
+    outcome = _flux(tmp_path / "rank", MIXED, drop, allow=True)  # the LoKr entries: kohya stops (DBS402)
+    assert "LokrModules draw the network's rank-dropout mask" in messages(outcome, "DBS402"), errors(outcome)
+    loha = MIXED.replace('algo = "lokr"', 'algo = "loha"')  # per output row: converts (was DBS403)
+    outcome = _flux(tmp_path / "rank_loha", loha, drop)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "rank_loha").adapter
+    assert (a.dora, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, "lycoris") and a.fused
+    outcome = _flux(tmp_path / "rank_cols", loha, drop + ' "wd_on_output=False"', allow=True)  # per column
     assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
     cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
     outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}')

@@ -2,10 +2,11 @@
 LyCORIS's other algorithms (issue 12; was DBS403, a spec's DBS578 with `fused_projections`): the adapter's
 rate with `rank_dropout_form = "lycoris"`, each kind's module on a fused Linear drawing one mask its parts
 share (tests/runtime/test_lycoris_mixed_flow_rank_dropout.py holds the training forwards to lycoris-lora
-4.1.3's modules on kohya's fused Linears). A full, IA^3, GLoRA (outside bypass_mode) or DyLoRA (without
-train_norm) network's too (was DBS403 from the converter): the adapter's rate, its entries drawing it. With
-`dora_wd` (decomposed fused layers beside other kinds) or on a DyLoRA network with train_norm (its
-NormModules draw it too; not checked there) or beside LoKr entries it stays refused."""
+4.1.3's modules on kohya's fused Linears). A full, IA^3, GLoRA (outside bypass_mode) or DyLoRA network's too
+(was DBS403 from the converter): the adapter's rate, its entries drawing it (a DyLoRA one's with train_norm
+its CLIP NormModules too: the adapter's `norm_rank_dropout`, was DBS403), and with `dora_wd` per output row
+(was DBS403); per input column it stays refused; beside LoKr entries it is DBS402, as on SD (their
+LokrModules' CPU mask stops kohya on a GPU)."""
 
 from __future__ import annotations
 
@@ -84,15 +85,41 @@ def _refused(tmp_path, args: str, other: str = "loha", code: str = "DBS403") -> 
 
 
 def test_rank_dropout_with_dora_beside_other_kinds_on_fused_layers_still_refused(tmp_path):
-    """A decomposed fused layer's draws beside other kinds are not checked: DBS403 (the spec's DBS578); so
-    is a DyLoRA network's beside NormModules, and beside LoKr entries (on SD DBS402: their LokrModules' CPU
-    mask stops kohya at the first step on a GPU; here still the refusal the converter gave before)."""
+    """A fused layer decomposed per input column beside other kinds is not checked: DBS403 (the spec's
+    DBS578; per output row it converts, test_dora_per_row_beside_other_kinds_on_fused_layers).
+    Beside LoKr entries DBS402 with SD's message (was DBS403;
+    network.lokr_entries_rank_dropout: their LokrModules' CPU mask stops kohya at the first step on a GPU)."""
     for name, args, other, code in (
-        ("dora", '"algo=locon" "rank_dropout=0.25" "dora_wd=True"', "loha", "DBS403"),
-        ("norms", '"algo=dylora" "rank_dropout=0.25" "block_size=2" "train_norm=True"', "locon", "DBS403"),
-        ("lokr_full", '"algo=full" "rank_dropout=0.25"', "lokr", "DBS403"),
-        ("lokr_glora", '"algo=glora" "rank_dropout=0.25"', "lokr", "DBS403"),
-        ("lokr_locon", '"algo=locon" "rank_dropout=0.25"', "lokr", "DBS403"),
+        ("dora", '"algo=locon" "rank_dropout=0.25" "dora_wd=True" "wd_on_output=False"', "loha", "DBS403"),
+        ("lokr_full", '"algo=full" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_glora", '"algo=glora" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_locon", '"algo=locon" "rank_dropout=0.25"', "lokr", "DBS402"),
+        ("lokr_loha", '"algo=loha" "rank_dropout=0.25"', "lokr", "DBS402"),
     ):
         (tmp_path / name).mkdir()
         assert _refused(tmp_path / name, args, other, code), name
+
+
+def test_dylora_network_with_train_norm_rank_dropout_beside_entries(tmp_path):
+    """A DyLoRA network's rank_dropout with train_norm reaching CLIP-L's LayerNorms (was DBS403): the
+    adapter's rank_dropout (its entries') and norm_rank_dropout (the NormModules'), the same rate, as on SD
+    (tests/runtime/test_lycoris_flow_rank_dropout_layers.py holds both to lycoris-lora's modules)."""
+    preset = PRESET.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]').replace("OTHER", "locon")
+    (tmp_path / "mixed.toml").write_text(preset, encoding="utf-8")
+    args = '"algo=dylora" "preset=mixed.toml" "rank_dropout=0.25" "block_size=2" "train_norm=True"'
+    a = plan_of(flux_lycoris(tmp_path, args), tmp_path, BASE).adapter
+    assert (a.kind, a.rank_dropout, a.norm_rank_dropout) == ("dylora", 0.25, 0.25)
+    assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and a.fused
+
+
+def test_dora_per_row_beside_other_kinds_on_fused_layers(tmp_path):
+    """A LoCon / LoHa network's dora_wd with rank_dropout beside other kinds on the fused Linears (was DBS403,
+    a spec's DBS578): the adapter's dora and rank_dropout, each part decomposing its rows of its fused
+    module's masked update (tests/runtime/test_lycoris_flow_rank_dropout_layers.py)."""
+    for algo, other in (("locon", "loha"), ("loha", "locon")):
+        folder = tmp_path / algo
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(PRESET.replace("OTHER", other), encoding="utf-8")
+        args = f'"algo={algo}" "preset=mixed.toml" "rank_dropout=0.25" "dora_wd=True"'
+        a = plan_of(flux_lycoris(folder, args), folder, BASE).adapter
+        assert (a.dora, a.rank_dropout, a.rank_dropout_form) == (True, 0.25, "lycoris") and a.fused

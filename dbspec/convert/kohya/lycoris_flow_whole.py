@@ -9,7 +9,7 @@ form: the full / IA^3 adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_b
 `fused_projections` so that each kind's fused Linear is one module of that kind (runtime/mixed_kinds.py, as
 beside a LoCon, GLoRA or DyLoRA network on these families). The network's `dora_wd` reaches the entries' LoCon
 / LoHa / LoKr modules alone (their blocks' `dora`); its `rank_dropout`, which those entries draw too, is the
-adapter's (entries_rank_dropout; refused beside LoKr entries or an entry's own bypass_mode)."""
+adapter's (entries_rank_dropout; beside LoKr entries DBS402, network.lokr_entries_rank_dropout)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,9 @@ def entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conve
     """The network's rank_dropout on a full / IA^3 network whose preset file gives some layers LoCon, LoHa,
     Diag-OFT or full modules (which draw it; FullModule draws it too, IA3Module never): the adapter's
     rank_dropout (was DBS403), each kind's one module per fused Linear drawing its mask as lycoris-lora
-    4.1.3 does (compiler rules.lycoris_row_masks, runtime/mixed_kinds.py). Refused (DBS403) where an entry
-    has its own bypass_mode (its module's bypass draws differ) and, as on SD, where LoKr entries draw it
-    (their CPU mask stops kohya: the spec's DBS578). True when refused."""
+    4.1.3 does (compiler rules.lycoris_row_masks, runtime/mixed_kinds.py), an entry in its own bypass_mode
+    none. Where LoKr entries draw it kohya stops (their CPU mask; DBS402, lycoris_flux.py). True when
+    refused."""
     if algo not in ("full", "ia3") or not float(kwargs.get("rank_dropout") or 0):
         return False
     return map_entries_rank_dropout(kwargs, file, args, conv, algo)
@@ -57,14 +57,15 @@ def entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conve
 
 def map_entries_rank_dropout(kwargs, file, args: Legacy, conv: Conversion, algo: str) -> bool:
     """The network's rank_dropout where the preset file's entries read it and the network's own modules
-    draw it alike or never: the adapter's `rank_dropout`, unless an entry has its own bypass_mode or is
-    LoKr (DBS403, refuse_entries_rank_dropout). True when refused."""
+    draw it alike or never: the adapter's `rank_dropout`, entries in their own bypass_mode (Diag-OFT, BOFT,
+    DyLoRA, IA^3: none read it there) drawing none (was DBS403); beside LoKr entries kohya stops first
+    (network.lokr_entries_rank_dropout, DBS402). True when refused."""
     blocks = (*file.blocks, *file.text_blocks)
     readers = rank_dropout_readers(blocks, algo)
     if not readers:
         return False
-    if any(b.get("bypass") == "on" for b in blocks) or "lokr" in readers:
-        return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
+    if "lokr" in readers:  # (lycoris_flux.py refuses it first: DBS402)
+        return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     note = (
         f"LyCORIS hands every module the rate: the preset file's {' / '.join(readers)} entries draw it as "

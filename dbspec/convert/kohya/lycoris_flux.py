@@ -84,6 +84,7 @@ from dbspec.convert.kohya.network import (
     _rank_dropout_scale_unread,
     _str_bool,
     TUCKER_NAMES,
+    lokr_entries_rank_dropout,
     lycoris_tucker,
     parse_network_args,
 )
@@ -238,7 +239,12 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is None or _entries_rank_dropout(kwargs, file, args, conv, algo):
+        if file is None or (
+            algo != "lokr"
+            and lokr_entries_rank_dropout(kwargs, (*file.blocks, *file.text_blocks), args, conv)
+        ):  # kohya stops first (DBS402, as on SD)
+            return False
+        if _entries_rank_dropout(kwargs, file, args, conv, algo):
             return False
         if entries_rank_dropout(kwargs, file, args, conv, algo):  # a full / IA^3 network's entries'
             return False
@@ -541,6 +547,12 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     conv.mapped(legacy, ("adapter", "text_encoder_norms"), list(file.clip_norms[0]), note)
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
+    entries = conv.values.get(("adapter", "rank_dropout"))
+    if algo == "dylora" and entries and not rate:  # _entries_rank_dropout made it the adapter's (its
+        # entries'): the NormModules draw it too, the DyLoRA adapter's norm_rank_dropout (its default 0),
+        # as on SD (network._block_rank_dropout; was DBS403)
+        why = "LyCORIS's NormModules draw it beside the preset file's entries; its DyLoRA modules never"
+        conv.put(("adapter", "norm_rank_dropout"), entries[0], conv.comment(legacy, why))
     if rate and alone:
         dropped = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         unread = "only in bypass_mode (off here)" if algo == "glora" else "never"
@@ -562,13 +574,14 @@ def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conv
     blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA network's, and a
     DyLoRA one's without train_norm, are the adapter's rank_dropout (was DBS403), its entries drawing it as
     their modules do, each fused Linear one module's mask (map_entries_rank_dropout, as on SD 1.x); a BOFT
-    network's stays refused (its adapter has no rank_dropout), as does a DyLoRA one's with train_norm (its
-    NormModules would draw it too). True when refused."""
+    network's stays refused (its adapter has no rank_dropout). A DyLoRA one's with train_norm too (was
+    DBS403): its NormModules draw it as well, the adapter's norm_rank_dropout (_file_train_norm), as on SD.
+    True when refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
-    if algo == "glora" or (algo == "dylora" and _off(kwargs.get("train_norm", "false"))):
+    if algo in ("glora", "dylora"):
         return map_entries_rank_dropout(kwargs, file, args, conv, algo)
-    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
+    return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
 
 
 def _block_size(

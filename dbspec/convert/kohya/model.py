@@ -252,7 +252,11 @@ def map_adapter(
         family,
         applied=(not a["network_train_unet_only"].value, not a["network_train_text_encoder_only"].value),
     )
+    put_kind = conv.values.get(("adapter", "kind"), (None,))[0]
     if kind is None:
+        if put_kind in ("full", "ia3", "diag-oft", "boft"):  # refused after the kind was written: no rank
+            for target in ("rank", "alpha"):  # or alpha on it (--allow-unsupported renders the rest)
+                conv.values.pop(("adapter", target), None)
         return False
     zero_alphas_to_ranks(conv, module.value)
     if kind == "dylora" and dropout.value:

@@ -415,7 +415,8 @@ def _map_network(
         if alpha_text is not None and not (built and (found is None or not block_conv_alphas)):
             _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
-    if lycoris and kind != "lokr" and _lokr_entries_rank_dropout(kwargs, put, args, conv):
+    entries = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
         return None
@@ -558,9 +559,9 @@ def _block_rank_dropout(
     kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion, norms: bool
 ) -> bool:
     """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode (whose own modules
-    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT, a
-    GLoRA entry's bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws no rank
-    dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
+    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT
+    outside an entry's own bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws
+    no rank dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
     refused (it was DBS405, "never read", though those entries read it). A GLoRA network's, and a DyLoRA
     one's, are the adapter's rank_dropout, its blocks drawing it (was DBS403), with train_norm (`norms`) a
     DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403);
@@ -587,7 +588,7 @@ def _block_rank_dropout(
         legacy,
         f"the preset file's {' / '.join(readers)} entries on an algo={kind} network draw it (LyCORIS hands "
         "every module the network's rank_dropout): dbspec draws no rank dropout on [[adapter.blocks]] of "
-        "another kind than the adapter's, or a block's own bypass",
+        "another kind than the adapter's",
     )
     return True
 
@@ -595,10 +596,11 @@ def _block_rank_dropout(
 def rank_dropout_readers(blocks, kind: str) -> list[str]:
     """The kinds of a preset file's [[adapter.blocks]] on a `kind` network (BOFT, DyLoRA, GLoRA outside
     bypass_mode) whose LyCORIS modules read the network's rank_dropout: another kind's than the adapter's
-    but BOFT, DyLoRA and IA3 (which never read it), and a block with its own bypass_mode."""
+    but BOFT, DyLoRA and IA3 (which never read it). A block in its entry's own bypass_mode reads none: it is
+    one of BYPASS_BLOCKS (Diag-OFT, BOFT, DyLoRA, IA^3), whose bypass forwards never draw a rank mask
+    (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403)."""
     never = (kind, "boft", "dylora", "ia3")
-    own = {b["kind"] for b in blocks if b.get("kind", kind) not in never}
-    return sorted(own | {b.get("kind", kind) for b in blocks if b.get("bypass") == "on"})
+    return sorted({b["kind"] for b in blocks if b.get("kind", kind) not in never and b.get("bypass") != "on"})
 
 
 def _norms_alone_draw(kwargs: dict[str, str], kind: str) -> bool:
@@ -889,15 +891,14 @@ def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conver
     )
 
 
-def _lokr_entries_rank_dropout(
-    kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion
-) -> bool:
-    """The network's rank_dropout beside a preset file's LoKr entries outside bypass_mode: LyCORIS hands it
-    to their LokrModules, which draw the mask on the CPU and multiply the GPU weight by it in place
-    (_lokr_rank_dropout_on_gpu): kohya stops at the first training step (DBS402). True when invalid."""
+def lokr_entries_rank_dropout(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> bool:
+    """The network's rank_dropout beside a preset file's LoKr entries (`blocks`: the file's [[adapter.blocks]]
+    and [[adapter.text_encoder_blocks]] dicts) outside bypass_mode: LyCORIS hands it to their LokrModules,
+    which draw the mask on the CPU and multiply the GPU weight by it in place (_lokr_rank_dropout_on_gpu):
+    kohya stops at the first training step (DBS402), on SD 1.x/2.x / SDXL as on Flux / SD3 / Chroma
+    (lycoris_flux.py). True when invalid."""
     if not _float(kwargs.get("rank_dropout") or 0.0) or _str_bool(kwargs.get("bypass_mode", "false")):
         return False
-    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     if not any(b.get("kind") == "lokr" and b.get("bypass") != "on" for b in blocks):
         return False
     conv.invalid(
