@@ -118,14 +118,6 @@ def _prepare(
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
             add_fused_lycoris_dropout(module, a.fused, *rates)
-        # LyCORIS's bypass dropout on the other layers (a lora adapter's LoHa / LoKr blocks' too, each its
-        # own draw as LohaModule / LokrModule in bypass_mode)
-        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
-            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
-
-            add_lycoris_layer_dropout(
-                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
-            )
         if a.kind == "boft" and a.module_dropout and not mixed(a):  # after the fused parts are tied
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
@@ -175,6 +167,15 @@ def _prepare(
 
                 add_split_dropout(module, plan.adapter.split_fused, *rates)
             add_lora_dropout(module, *rates, *forms)
+        # LyCORIS's bypass dropout on the other LoHa / LoKr layers (a lora adapter's LoHa / LoKr blocks' too,
+        # each its own draw as LohaModule / LokrModule in bypass_mode), after the fused layers' shared draws
+        # (above, add_module_dropout) so that a fused Linear's parts keep their one mask
+        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
+            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
+
+            add_lycoris_layer_dropout(
+                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
+            )
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

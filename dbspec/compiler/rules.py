@@ -3453,15 +3453,16 @@ _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora
 def mixed_output_dropout(a) -> bool:
     """Whether a run of several kinds takes the adapter's `output_dropout` (LyCORIS's `dropout` in
     bypass_mode) on every layer: a lora, loha or lokr adapter whose blocks are of those kinds, without
-    rank_dropout, fused_projections or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward
-    each drop their own update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA
-    layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones)."""
+    rank_dropout or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward each drop their own
+    update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA layers,
+    fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones; with fused_projections each
+    fused Linear one module's mask over its stacked output, its parts sharing it: fused_dropout.py,
+    fused_lycoris_dropout.py add_fused_lycoris_dropout)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
         and not getattr(a, "rank_dropout", 0.0)
-        and not getattr(a, "fused_projections", False)
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )

@@ -2,14 +2,16 @@
 preset file's entries give layers another of those algorithms, on SD 1.x (issue 12; was DBS403, a spec's
 DBS578): LoConModule's, LohaModule's and LokrModule's bypass_forward_diff each drop their own update after
 their module_dropout draw, so every layer takes the adapter's `output_dropout`
-(tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network).
+(tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network); on
+Flux / SD3 / Chroma too, each fused Linear one module's mask its parts share
+(tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py).
 rank_dropout in bypass_mode still differs per class (LoCon masks ranks, LoHa rows, LoKr nothing) and other
 algorithms' entries drop otherwise: still refused."""
 
 from __future__ import annotations
 
 import pytest
-from convert_kit import SD15, codes, errors, fate, images, kohya, plan_of
+from convert_kit import SD15, codes, errors, fate, flux_lycoris, images, kohya, plan_of
 from test_rules import DOG, STEPS, hits_of
 
 from dbspec.compiler import rules
@@ -90,3 +92,56 @@ def test_spec_output_dropout_beside_low_rank_blocks():
     assert hits_of(rules.mixed_block_kinds, body + LOHA + "dora = 'on'\n") == refused
     full = LOHA.replace("'loha'", "'full'")
     assert hits_of(rules.mixed_block_kinds, body + full) == refused
+
+
+FLUX_PRESET = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = ["CLIPAttention"]
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "{qkv}"
+[name_algo_map."single_blocks.*.linear1"]
+algo = "{linear1}"
+[module_algo_map.CLIPAttention]
+algo = "{linear1}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("algo", "qkv", "linear1", "given"),
+    [
+        ("lokr", "locon", "loha", '"dropout=0.3" "module_dropout=0.2"'),
+        ("locon", "lokr", "loha", '"dropout=0.3"'),
+        ("loha", "locon", "lokr", ""),  # --network_dropout
+    ],
+)
+def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path, algo, qkv, linear1, given):
+    """On Flux's fused Linears (was DBS403): the adapter's output_dropout with fused_projections, as on SD."""
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv=qkv, linear1=linear1), encoding="utf-8")
+    flags = "" if given else "--network_dropout=0.3"
+    outcome = flux_lycoris(tmp_path, f'"algo={algo}" "preset=p.toml" "bypass_mode=True" {given}', flags)
+    if flags:
+        assert fate(outcome, "network_dropout") == "mapped"
+    overrides = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    kind = {"locon": "lora"}
+    assert (a.kind, a.output_dropout, a.rank_dropout, a.dropout) == (kind.get(algo, algo), 0.3, 0.0, 0.0)
+    assert a.fused and a.module_dropout == (0.2 if "module_dropout" in given else 0.0)
+    assert {b.kind for b in a.blocks} == {kind.get(qkv, qkv), kind.get(linear1, linear1)}
+    assert {b.kind for b in a.text_encoder_blocks} == {kind.get(linear1, linear1)}
+
+
+def test_flux_bypass_rank_dropout_beside_low_rank_entries_still_refused(tmp_path):
+    """rank_dropout in bypass_mode: LoConModule masks ranks, LohaModule rows, LokrModule none."""
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
+    with pytest.raises(AssertionError, match="DBS40[23]"):
+        flux_lycoris(
+            tmp_path, '"algo=locon" "preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
+        )
+
+
+def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
+    """fused_projections no longer keeps a spec's output_dropout from blocks of kind lora / loha / lokr."""
+    body = DOG + STEPS + '[adapter]\nkind = "lokr"\nfused_projections = true\noutput_dropout = 0.3\n'
+    assert hits_of(rules.mixed_block_kinds, body + LOHA) == []

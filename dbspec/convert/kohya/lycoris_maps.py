@@ -443,15 +443,16 @@ MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"
 MIXED_SD = MIXED_FLOW
 
 
-def _bypass_output_dropout(algo: str, layers: list[Layer], flow: bool) -> bool:
+def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     """Whether the network's `dropout` in bypass_mode beside `layers` of other algorithms is the adapter's
-    `output_dropout`: a LoRA/LoCon, LoHa or LoKr network whose entries are of those algorithms too, on SD
-    1.x/2.x or SDXL (not `flow`). LoConModule's, LohaModule's and LokrModule's bypass_forward_diff in
-    lycoris-lora 4.1.3 each end in torch's Dropout of the module's update x scalar, drawn after the module's
-    own `torch.rand(1) < module_dropout`, each layer in forward order
-    (tests/runtime/test_lycoris_mixed_bypass_dropout.py)."""
+    `output_dropout`: a LoRA/LoCon, LoHa or LoKr network whose entries are of those algorithms too.
+    LoConModule's, LohaModule's and LokrModule's bypass_forward_diff in lycoris-lora 4.1.3 each end in
+    torch's Dropout of the module's update x scalar, drawn after the module's own `torch.rand(1) <
+    module_dropout`, each layer in forward order (tests/runtime/test_lycoris_mixed_bypass_dropout.py); on
+    Flux / SD3 / Chroma a fused Linear is one module, one mask over its stacked output its diffusers parts
+    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py)."""
     kinds = {_algo(algo), *(_algo(layer.algo) for layer in layers)}
-    return not flow and kinds <= set(_BLOCK_KINDS)
+    return kinds <= set(_BLOCK_KINDS)
 
 
 def _mixed_kinds(
@@ -495,10 +496,10 @@ def _mixed_kinds(
         on = [key for key in on if key != "use_tucker"]  # LoKr entries' blocks' `tucker` (_other_kind_blocks)
     # their bypass rules differ: rank_dropout (LoConModule masks ranks, LohaModule rows, LokrModule none);
     # `dropout` alone each LoCon / LoHa / LoKr module's bypass_forward_diff applies alike, torch's dropout of
-    # its update after its module_dropout draw (on SD 1.x/2.x and SDXL, adapter.output_dropout on every
-    # such layer: runtime/prepare.py; elsewhere, or beside other kinds, not expressed)
+    # its update after its module_dropout draw (adapter.output_dropout on every such layer, a fused Linear's
+    # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
     drops = bool(_rate(network.get("rank_dropout"))) or (
-        bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet, flow)
+        bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
     )
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
