@@ -114,11 +114,13 @@ def add_lycoris_layer_dropout(
     rank_dropout: float,
     rank_dropout_scale: bool,
     output_dropout: float,
+    lokr_rows: bool = True,
 ) -> int:
     """With `output_dropout` (LyCORIS's bypass forward): every LoKr / LoHa layer of `module` no fused draw
     wraps (a fused layer's other Linears, the text encoders') with a draw of its own, in LyCORIS's order
     (module_dropout, the row mask, the output's dropout), as LokrModule / LohaModule on that layer alone;
-    how many layers."""
+    how many layers. `lokr_rows` False: the LoKr layers draw no row mask (a lora adapter's LoKr blocks:
+    LokrModule's bypass forward never reads rank_dropout, compiler rules.mixed_bypass_ranks)."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
@@ -132,7 +134,8 @@ def add_lycoris_layer_dropout(
         conv = isinstance(base, torch.nn.Conv2d)
         rows = int(base.out_channels if conv else base.out_features)
         scale = _own_rescale(layer, rank_dropout_scale)  # its block's own, else the adapter's
-        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, scale, output_dropout)
+        masked = rank_dropout if lokr_rows or not isinstance(layer, LoKrLayer) else 0.0
+        draw = LycorisDraw(1, rows, module_dropout, masked, scale, output_dropout)
         draw.conv = conv
         layer.forward = _forward(layer, layer.forward, draw, (0, rows))
         layer.dbspec_lycoris_draw = draw

@@ -173,9 +173,9 @@ def _prepare(
         if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
             from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
 
-            add_lycoris_layer_dropout(
-                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
-            )
+            rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
+            # a lora adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
+            add_lycoris_layer_dropout(module, *rates, lokr_rows=a.kind == "lokr")
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

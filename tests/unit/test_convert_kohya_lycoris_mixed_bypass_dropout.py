@@ -65,7 +65,11 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        ("locon", "loha", '"dropout=0.3" "rank_dropout=0.2"'),  # each class's bypass rank dropout differs
+        # each class's bypass rank dropout differs: a LoHa / LoKr network's LoCon entries would need
+        # LoConModule's bypass rank mask beside the adapter's own rule
+        ("loha", "locon", '"dropout=0.3" "rank_dropout=0.2"'),
+        ("lokr", "loha", '"dropout=0.3" "rank_dropout=0.2"'),
+        ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
@@ -86,8 +90,12 @@ def test_spec_output_dropout_beside_low_rank_blocks():
     ranked = body.replace(
         "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
     )
+    # a lora adapter's LyCORIS bypass rank dropout: each kind's module reads it as its own
+    # (rules.mixed_bypass_ranks); in another form, or beside a lora adapter's own rank_dropout_form "kohya"
+    assert hits_of(rules.mixed_block_kinds, ranked + LOHA) == []
+    kohya_form = ranked.replace("'lycoris_bypass'", "'kohya'")
     assert ("DBS578", "error", ("adapter", "output_dropout")) in hits_of(
-        rules.mixed_block_kinds, ranked + LOHA
+        rules.mixed_block_kinds, kohya_form + LOHA
     )
     assert hits_of(rules.mixed_block_kinds, body + LOHA + "dora = 'on'\n") == refused
     full = LOHA.replace("'loha'", "'full'")
@@ -145,3 +153,22 @@ def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
     """fused_projections no longer keeps a spec's output_dropout from blocks of kind lora / loha / lokr."""
     body = DOG + STEPS + '[adapter]\nkind = "lokr"\nfused_projections = true\noutput_dropout = 0.3\n'
     assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
+
+
+def test_locon_bypass_rank_dropout_beside_loha_and_lokr_entries(tmp_path):
+    """A LoCon network's rank_dropout with its dropout in bypass_mode beside LoHa and LoKr entries on SD
+    (was DBS403): the lora adapter's rank_dropout in LoConModule's bypass form, which the LoHa layers read
+    as LohaModule's row mask and the LoKr layers not at all (rules.mixed_bypass_ranks;
+    tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
+    for entry in ("loha", "lokr"):
+        (tmp_path / entry).mkdir()
+        outcome = _convert(tmp_path / entry, "locon", entry, '"dropout=0.3" "rank_dropout=0.2"')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        a = plan_of(outcome, tmp_path / entry, ["model.base=builtin:tiny-sd1"]).adapter
+        assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+            "lora",
+            0.2,
+            "lycoris_bypass",
+            0.3,
+        )
+        assert {b.kind for b in a.blocks} == {entry} and not a.rank_dropout_scale
