@@ -233,11 +233,11 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
         from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout
 
         # the LoHa blocks' fused parts: LohaModule's one row mask over the fused update (LoKr blocks take
-        # none: the compiler refuses rank_dropout beside them, LokrModule's CPU mask stops kohya, DBS402)
-        loha = adapter.rank_dropout if "lokr" not in kinds else 0.0
+        # none: the compiler refuses rank_dropout beside them, LokrModule's CPU mask stops kohya, DBS402, but
+        # in bypass_mode, where LokrModule never reads it: rules.mixed_bypass_ranks)
         # output: LohaModule's / LokrModule's bypass dropout, one mask over the fused output
-        rates = (rate, loha, adapter.rank_dropout_scale, adapter.output_dropout)
-        count += add_fused_lycoris_dropout(module, fused, *rates)
+        rates = (rate, adapter.rank_dropout, adapter.rank_dropout_scale, adapter.output_dropout)
+        count += add_fused_lycoris_dropout(module, fused, *rates, lokr_rows=False)
     if adapter.kind != "lora":
         from dbspec.runtime.lora_dropout import add_lora_dropout
 

@@ -3457,13 +3457,13 @@ def mixed_bypass_ranks(a) -> bool:
     LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`, the CPU's), LokrModule's
     draws none; each after the module dropout draw and before the Dropout of the update (runtime/prepare.py:
     lora_dropout.py's LoRA layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones).
-    On SD 1.x/2.x / SDXL (not fused_projections), without rank_dropout_scale (create_network never passes
-    it on) or a dora."""
+    With fused_projections (Flux, SD3, Chroma) each fused Linear one module's draw its parts share
+    (fused_dropout.py, fused_lycoris_dropout.py add_fused_lycoris_dropout). Without rank_dropout_scale
+    (create_network never passes it on) or a dora."""
     return (
         getattr(a, "kind", "none") == "lora"
         and getattr(a, "rank_dropout_form", "kohya") == "lycoris_bypass"
         and bool(getattr(a, "output_dropout", 0.0))
-        and not getattr(a, "fused_projections", False)
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)
     )

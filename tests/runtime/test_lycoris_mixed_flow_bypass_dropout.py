@@ -109,15 +109,25 @@ def _grads_as_lycoris(unet, encoders: list, made: dict[str, nn.Module], family: 
 
 
 @pytest.mark.parametrize(
-    ("algo", "qkv", "linear1"),
-    [("lokr", "locon", "loha"), ("locon", "lokr", "loha"), ("loha", "locon", "lokr")],
+    ("algo", "qkv", "linear1", "ranks"),
+    [
+        ("lokr", "locon", "loha", 0.0),
+        ("locon", "lokr", "loha", 0.0),
+        ("loha", "locon", "lokr", 0.0),
+        # a LoCon network's rank_dropout beside it (rules.mixed_bypass_ranks): LoConModule's bypass masks the
+        # fused down's ranks, the fused LohaModule its stacked rows, LokrModule none
+        ("locon", "lokr", "loha", 0.25),
+    ],
 )
-def test_flux_bypass_dropout_beside_other_algorithms_is_lycoris(tmp_path, monkeypatch, algo, qkv, linear1):
+def test_flux_bypass_dropout_beside_other_algorithms_is_lycoris(
+    tmp_path, monkeypatch, algo, qkv, linear1, ranks
+):
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = tmp_path / "mixed.toml"
     file.write_text(FLUX_FILE.replace("QKV", qkv).replace("LINEAR1", linear1), encoding="utf-8")
     drops = {"bypass_mode": "True", "dropout": str(DROPOUT), "module_dropout": str(MODULE)}
+    drops.update({"rank_dropout": str(ranks)} if ranks else {})
     given = " ".join(f'"{k}={v}"' for k, v in drops.items())
     plan = plan_of(
         flux_lycoris(tmp_path, f'"algo={algo}" "preset={file.name}" {given}'),
@@ -125,7 +135,8 @@ def test_flux_bypass_dropout_beside_other_algorithms_is_lycoris(tmp_path, monkey
         ["model.base=builtin:tiny-flux", *_BASE],
     )
     a = plan.adapter
-    assert (a.output_dropout, a.module_dropout, a.rank_dropout, a.dora) == (DROPOUT, MODULE, 0.0, False)
+    assert (a.output_dropout, a.module_dropout, a.rank_dropout, a.dora) == (DROPOUT, MODULE, ranks, False)
+    assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")
     kind = {"locon": "lora"}
     assert a.fused and a.kind == kind.get(algo, algo)
     assert {b.kind for b in a.blocks} == {kind.get(qkv, qkv), kind.get(linear1, linear1)}

@@ -140,13 +140,19 @@ def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path,
     assert {b.kind for b in a.text_encoder_blocks} == {kind.get(linear1, linear1)}
 
 
-def test_flux_bypass_rank_dropout_beside_low_rank_entries_still_refused(tmp_path):
-    """rank_dropout in bypass_mode: LoConModule masks ranks, LohaModule rows, LokrModule none."""
+def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
+    """rank_dropout in bypass_mode (LoConModule masks ranks, LohaModule rows, LokrModule none): a LoCon
+    network's converts on Flux too (rules.mixed_bypass_ranks), a LoHa network's LoCon entries stay refused."""
     (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
+    args = '"preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
+    outcome = flux_lycoris(tmp_path, f'"algo=locon" {args}')
+    overrides = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.output_dropout) == ("lora", 0.1, 0.3)
+    assert a.rank_dropout_form == "lycoris_bypass"
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="lokr"), encoding="utf-8")
     with pytest.raises(AssertionError, match="DBS40[23]"):
-        flux_lycoris(
-            tmp_path, '"algo=locon" "preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
-        )
+        flux_lycoris(tmp_path, f'"algo=loha" {args}')
 
 
 def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():

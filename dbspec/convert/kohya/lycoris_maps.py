@@ -455,18 +455,19 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     return kinds <= set(_BLOCK_KINDS)
 
 
-def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any], flow: bool) -> bool:
+def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
     """Whether a LoRA/LoCon network's `rank_dropout` in bypass_mode, with its `dropout`, beside LoRA/LoCon,
-    LoHa and LoKr `layers` on SD 1.x/2.x / SDXL (not `flow`) is the adapter's rank_dropout in
-    rank_dropout_form "lycoris_bypass": in lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the
-    down's ranks (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask
-    (`torch.rand(out)`), LokrModule's draws none, each between its module_dropout draw and its Dropout
-    (compiler rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py). LoHa /
-    LoKr networks' (LohaModule's and LokrModule's own layers beside LoCon entries) stay refused: their
-    adapter has no LoCon bypass form for its LoRA blocks."""
+    LoHa and LoKr `layers` is the adapter's rank_dropout in rank_dropout_form "lycoris_bypass": in
+    lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
+    LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`), LokrModule's draws
+    none, each between its module_dropout draw and its Dropout (compiler rules.mixed_bypass_ranks;
+    tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py; on Flux / SD3 / Chroma each fused
+    Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). LoHa / LoKr networks'
+    (LohaModule's and LokrModule's own layers beside LoCon entries) stay refused: their adapter has no LoCon
+    bypass form for its LoRA blocks."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     dropout = bool(_rate(network.get("dropout")))
-    return not flow and bypass and dropout and _algo(algo) == "lora" and _bypass_output_dropout(algo, layers)
+    return bypass and dropout and _algo(algo) == "lora" and _bypass_output_dropout(algo, layers)
 
 
 def _mixed_kinds(
@@ -512,9 +513,9 @@ def _mixed_kinds(
     # `dropout` alone each LoCon / LoHa / LoKr module's bypass_forward_diff applies alike, torch's dropout of
     # its update after its module_dropout draw (adapter.output_dropout on every such layer, a fused Linear's
     # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
-    # a LoCon network's rank_dropout with its bypass dropout on SD 1.x/2.x / SDXL each module's bypass
-    # forward reads as its own (_bypass_rank_dropout)
-    ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network, flow)
+    # a LoCon network's rank_dropout with its bypass dropout each module's bypass forward reads as its own
+    # (_bypass_rank_dropout)
+    ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
     drops = ranks or (bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet))
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
