@@ -228,7 +228,8 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     kinds = set(other_kinds(adapter))
     # a LoCon / LoHa layer's rank dropout beside other kinds (compiler rules.lycoris_row_masks: LoHa blocks
     # always LohaModule's row mask; the adapter's LoCon blocks with the plan's rank_dropout_form "lycoris")
-    rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
+    # (a LoHa adapter's LoCon blocks in bypass_mode LoConModule's rank mask, "lycoris_bypass")
+    rows = adapter.rank_dropout if adapter.rank_dropout_form in ("lycoris", "lycoris_bypass") else 0.0
     if fused and adapter.kind not in ("lokr", "loha") and kinds & {"lokr", "loha"}:
         from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout
 

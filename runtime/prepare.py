@@ -117,7 +117,8 @@ def _prepare(
             from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
-            add_fused_lycoris_dropout(module, a.fused, *rates)
+            # a LoHa adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
+            add_fused_lycoris_dropout(module, a.fused, *rates, lokr_rows=a.kind == "lokr")
         if a.kind == "boft" and a.module_dropout and not mixed(a):  # after the fused parts are tied
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 

@@ -3451,18 +3451,20 @@ _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora
 
 
 def mixed_bypass_ranks(a) -> bool:
-    """Whether a lora adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form "lycoris_bypass")
-    with its `output_dropout` reaches blocks of kind lora / loha / lokr as their LyCORIS modules' bypass
-    forward reads it: LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
-    LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`, the CPU's), LokrModule's
-    draws none; each after the module dropout draw and before the Dropout of the update (runtime/prepare.py:
-    lora_dropout.py's LoRA layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones).
+    """Whether a lora adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form "lycoris_bypass"),
+    or a loha adapter's, with its `output_dropout` reaches blocks of kind lora / loha / lokr as their
+    LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the down's ranks
+    (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`,
+    the CPU's), LokrModule's draws none; each after the module dropout draw and before the Dropout of the
+    update (runtime/prepare.py: lora_dropout.py's LoRA layers, fused_lycoris_dropout.py
+    add_lycoris_layer_dropout's LoHa / LoKr ones).
     With fused_projections (Flux, SD3, Chroma) each fused Linear one module's draw its parts share
     (fused_dropout.py, fused_lycoris_dropout.py add_fused_lycoris_dropout). Without rank_dropout_scale
     (create_network never passes it on) or a dora."""
+    kind = getattr(a, "kind", "none")
     return (
-        getattr(a, "kind", "none") == "lora"
-        and getattr(a, "rank_dropout_form", "kohya") == "lycoris_bypass"
+        # a loha adapter's LoCon blocks take the bypass form (compiler/adapters.py)
+        (kind == "loha" or (kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris_bypass"))
         and bool(getattr(a, "output_dropout", 0.0))
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)

@@ -26,7 +26,7 @@ from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, l
 pytest.importorskip("lycoris.kohya")
 
 DROPOUT, RANKS, MODULE = 0.3, 0.25, 0.2
-# LoKr ResNets, LoHa MLPs, the network's LoCon on the attention and conv_in
+# LoKr ResNets, LoHa (a LoHa network: LoCon) MLPs, the network's algorithm on the attention and conv_in
 PRESET = """\
 enable_conv = true
 unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
@@ -36,34 +36,37 @@ text_encoder_target_module = []
 [module_algo_map.ResnetBlock2D]
 algo = "lokr"
 [module_algo_map.FeedForward]
-algo = "loha"
+algo = "MLP"
 dim = 2
 """
 
 
-def test_bypass_rank_dropout_beside_loha_and_lokr_entries_is_lycoris(pipe, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize(("algo", "mlp"), [("locon", "loha"), ("loha", "locon")])
+def test_bypass_rank_dropout_beside_other_low_rank_entries_is_lycoris(pipe, tmp_path, monkeypatch, algo, mlp):  # noqa: F811
+    """A LoCon network (the lora adapter's rank_dropout_form "lycoris_bypass") with LoHa / LoKr entries, a
+    LoHa network (its LoCon blocks in that form, compiler/adapters.py) with LoCon / LoKr entries."""
     drops = {
         "bypass_mode": "True",
         "dropout": str(DROPOUT),
         "rank_dropout": str(RANKS),
         "module_dropout": str(MODULE),
     }
-    PRESETS["mixed_bypass_ranks"] = PRESET
+    PRESETS["mixed_bypass_ranks"] = PRESET.replace("MLP", mlp)
     try:
         path, plan = _converted_plan(
-            tmp_path, "mixed_bypass_ranks", "locon", " ".join(f'"{k}={v}"' for k, v in drops.items())
+            tmp_path, "mixed_bypass_ranks", algo, " ".join(f'"{k}={v}"' for k, v in drops.items())
         )
     finally:
         del PRESETS["mixed_bypass_ranks"]
     a = plan.adapter
     assert (a.kind, a.output_dropout, a.rank_dropout, a.rank_dropout_form) == (
-        "lora",
+        {"locon": "lora"}.get(algo, algo),
         DROPOUT,
         RANKS,
         "lycoris_bypass",
     )
     assert a.module_dropout == MODULE and not a.rank_dropout_scale
-    assert {b.kind for b in a.blocks} - {"adapter"} == {"loha", "lokr"}
+    assert {b.kind for b in a.blocks} - {"adapter"} == {{"locon": "lora"}.get(mlp, mlp), "lokr"}
     ours = pipe.unet.__class__.from_config(pipe.unet.config)
     ours.load_state_dict(pipe.unet.state_dict())
     params = _prepare(ours, "unet", plan, torch.device("cpu"), a.denoiser_targets, plan.schedule.seed)
@@ -71,7 +74,7 @@ def test_bypass_rank_dropout_beside_loha_and_lokr_entries_is_lycoris(pipe, tmp_p
     with torch.no_grad():  # every trained tensor moved (no update 0)
         for p in params:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
-    made, theirs = lycoris_unet(pipe, monkeypatch, "locon", path, **drops)
+    made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **drops)
     classes = {type(m).__name__ for m in made.unet_loras}
     assert classes == {"LoConModule", "LohaModule", "LokrModule"}
     assert all(m.bypass_mode and m.rank_dropout == RANKS for m in made.unet_loras)

@@ -117,6 +117,7 @@ def _grads_as_lycoris(unet, encoders: list, made: dict[str, nn.Module], family: 
         # a LoCon network's rank_dropout beside it (rules.mixed_bypass_ranks): LoConModule's bypass masks the
         # fused down's ranks, the fused LohaModule its stacked rows, LokrModule none
         ("locon", "lokr", "loha", 0.25),
+        ("loha", "locon", "lokr", 0.25),  # a LoHa network's: its LoCon blocks in the bypass form
     ],
 )
 def test_flux_bypass_dropout_beside_other_algorithms_is_lycoris(
@@ -136,7 +137,7 @@ def test_flux_bypass_dropout_beside_other_algorithms_is_lycoris(
     )
     a = plan.adapter
     assert (a.output_dropout, a.module_dropout, a.rank_dropout, a.dora) == (DROPOUT, MODULE, ranks, False)
-    assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")
+    assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")  # its LoRA layers' rule
     kind = {"locon": "lora"}
     assert a.fused and a.kind == kind.get(algo, algo)
     assert {b.kind for b in a.blocks} == {kind.get(qkv, qkv), kind.get(linear1, linear1)}

@@ -65,9 +65,8 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        # each class's bypass rank dropout differs: a LoHa / LoKr network's LoCon entries would need
-        # LoConModule's bypass rank mask beside the adapter's own rule
-        ("loha", "locon", '"dropout=0.3" "rank_dropout=0.2"'),
+        # each class's bypass rank dropout differs: a LoKr network's rank_dropout its own layers never read
+        # (the converter leaves it out), so its adapter has none for the entries
         ("lokr", "loha", '"dropout=0.3" "rank_dropout=0.2"'),
         ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
@@ -142,7 +141,7 @@ def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path,
 
 def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     """rank_dropout in bypass_mode (LoConModule masks ranks, LohaModule rows, LokrModule none): a LoCon
-    network's converts on Flux too (rules.mixed_bypass_ranks), a LoHa network's LoCon entries stay refused."""
+    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's stays refused."""
     (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
     args = '"preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
     outcome = flux_lycoris(tmp_path, f'"algo=locon" {args}')
@@ -152,7 +151,7 @@ def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     assert a.rank_dropout_form == "lycoris_bypass"
     (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="lokr"), encoding="utf-8")
     with pytest.raises(AssertionError, match="DBS40[23]"):
-        flux_lycoris(tmp_path, f'"algo=loha" {args}')
+        flux_lycoris(tmp_path, f'"algo=lokr" {args}')
 
 
 def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
@@ -161,20 +160,20 @@ def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
     assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
 
 
-def test_locon_bypass_rank_dropout_beside_loha_and_lokr_entries(tmp_path):
-    """A LoCon network's rank_dropout with its dropout in bypass_mode beside LoHa and LoKr entries on SD
-    (was DBS403): the lora adapter's rank_dropout in LoConModule's bypass form, which the LoHa layers read
-    as LohaModule's row mask and the LoKr layers not at all (rules.mixed_bypass_ranks;
-    tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
-    for entry in ("loha", "lokr"):
-        (tmp_path / entry).mkdir()
-        outcome = _convert(tmp_path / entry, "locon", entry, '"dropout=0.3" "rank_dropout=0.2"')
-        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-        a = plan_of(outcome, tmp_path / entry, ["model.base=builtin:tiny-sd1"]).adapter
-        assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
-            "lora",
-            0.2,
-            "lycoris_bypass",
-            0.3,
-        )
-        assert {b.kind for b in a.blocks} == {entry} and not a.rank_dropout_scale
+@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("loha", "locon")])
+def test_bypass_rank_dropout_beside_low_rank_entries(tmp_path, algo, entry):
+    """A LoCon (LoHa) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon)
+    entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass form,
+    which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
+    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
+    outcome = _convert(tmp_path, algo, entry, '"dropout=0.3" "rank_dropout=0.2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    kind = {"locon": "lora"}
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        kind.get(algo, algo),
+        0.2,
+        "lycoris_bypass",
+        0.3,
+    )
+    assert {b.kind for b in a.blocks} == {kind.get(entry, entry)} and not a.rank_dropout_scale
