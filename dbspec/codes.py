@@ -2762,7 +2762,12 @@ each fused Linear one module's draw its parts share): each LoCon
 and LoHa layer draws its own row mask as its LyCORIS module does, decomposed or not, each full layer
 FullModule's row mask, each
 Diag-OFT layer its rotations' dropout, the IA^3, BOFT, GLoRA (outside bypass) and DyLoRA layers none, as
-their modules never read it),
+their modules never read it; and `output_dropout`, LyCORIS's `dropout` in bypass_mode, on a lora, loha or
+lokr adapter whose blocks are of those kinds, without `rank_dropout` or `dora`: each LoRA, LoHa and LoKr
+layer drops its own update after its module dropout draw, on Flux, SD3 and Chroma each fused Linear one
+mask its parts share; a lora adapter's `rank_dropout` in `rank_dropout_form = "lycoris_bypass"`, or a
+loha adapter's, beside it too, beside LoRA, LoHa and LoKr blocks alone: each LoRA layer masks its ranks,
+each LoHa layer its rows, each LoKr layer none, as their LyCORIS modules' bypass forward does),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa

@@ -84,9 +84,13 @@ def add_fused_lycoris_dropout(
     rank_dropout: float,
     rank_dropout_scale: bool,
     output_dropout: float = 0.0,
+    lokr_rows: bool = True,
 ) -> int:
     """Wrap the forward of every fused LoKr's / LoHa's parts in `module` with one shared draw per fused layer
-    and forward; how many fused layers."""
+    and forward; how many fused layers. `lokr_rows` False: the fused LoKr layers draw no row mask (a lora
+    adapter's LoKr blocks in LyCORIS's bypass forward, add_lycoris_layer_dropout's rule)."""
+    from peft.tuners.lokr import LoKrLayer
+
     wrapped = 0
     for _group, _index, found in fused_parts(module, fused, _lycoris_part):
         layers = [layer for _, _, layer in found]
@@ -100,7 +104,8 @@ def add_fused_lycoris_dropout(
         # the fused layer's rescale: its block's own (a LyCORIS map entry's; one block covers every part,
         # compiler/fused.py), set on the parts' layers by runtime/blocks.py, else the adapter's
         scale = _own_rescale(layers[0], rank_dropout_scale)
-        draw = LycorisDraw(len(layers), start, module_dropout, rank_dropout, scale, output_dropout)
+        masked = rank_dropout if lokr_rows or not isinstance(layers[0], LoKrLayer) else 0.0
+        draw = LycorisDraw(len(layers), start, module_dropout, masked, scale, output_dropout)
         for layer in layers:
             layer.forward = _forward(layer, layer.forward, draw, rows[id(layer)])
             layer.dbspec_lycoris_draw = draw
@@ -114,11 +119,13 @@ def add_lycoris_layer_dropout(
     rank_dropout: float,
     rank_dropout_scale: bool,
     output_dropout: float,
+    lokr_rows: bool = True,
 ) -> int:
     """With `output_dropout` (LyCORIS's bypass forward): every LoKr / LoHa layer of `module` no fused draw
     wraps (a fused layer's other Linears, the text encoders') with a draw of its own, in LyCORIS's order
     (module_dropout, the row mask, the output's dropout), as LokrModule / LohaModule on that layer alone;
-    how many layers."""
+    how many layers. `lokr_rows` False: the LoKr layers draw no row mask (a lora adapter's LoKr blocks:
+    LokrModule's bypass forward never reads rank_dropout, compiler rules.mixed_bypass_ranks)."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lokr import LoKrLayer
 
@@ -132,7 +139,8 @@ def add_lycoris_layer_dropout(
         conv = isinstance(base, torch.nn.Conv2d)
         rows = int(base.out_channels if conv else base.out_features)
         scale = _own_rescale(layer, rank_dropout_scale)  # its block's own, else the adapter's
-        draw = LycorisDraw(1, rows, module_dropout, rank_dropout, scale, output_dropout)
+        masked = rank_dropout if lokr_rows or not isinstance(layer, LoKrLayer) else 0.0
+        draw = LycorisDraw(1, rows, module_dropout, masked, scale, output_dropout)
         draw.conv = conv
         layer.forward = _forward(layer, layer.forward, draw, (0, rows))
         layer.dbspec_lycoris_draw = draw

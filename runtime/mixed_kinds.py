@@ -228,21 +228,25 @@ def add_module_dropout(module: torch.nn.Module, adapter: AdapterPlan, fused: tup
     kinds = set(other_kinds(adapter))
     # a LoCon / LoHa layer's rank dropout beside other kinds (compiler rules.lycoris_row_masks: LoHa blocks
     # always LohaModule's row mask; the adapter's LoCon blocks with the plan's rank_dropout_form "lycoris")
-    rows = adapter.rank_dropout if adapter.rank_dropout_form == "lycoris" else 0.0
+    # (a LoHa adapter's LoCon blocks in bypass_mode LoConModule's rank mask, "lycoris_bypass")
+    rows = adapter.rank_dropout if adapter.rank_dropout_form in ("lycoris", "lycoris_bypass") else 0.0
     if fused and adapter.kind not in ("lokr", "loha") and kinds & {"lokr", "loha"}:
         from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout
 
         # the LoHa blocks' fused parts: LohaModule's one row mask over the fused update (LoKr blocks take
-        # none: the compiler refuses rank_dropout beside them, LokrModule's CPU mask stops kohya, DBS402)
-        loha = adapter.rank_dropout if "lokr" not in kinds else 0.0
-        count += add_fused_lycoris_dropout(module, fused, rate, loha, adapter.rank_dropout_scale)
+        # none: the compiler refuses rank_dropout beside them, LokrModule's CPU mask stops kohya, DBS402, but
+        # in bypass_mode, where LokrModule never reads it: rules.mixed_bypass_ranks)
+        # output: LohaModule's / LokrModule's bypass dropout, one mask over the fused output
+        rates = (rate, adapter.rank_dropout, adapter.rank_dropout_scale, adapter.output_dropout)
+        count += add_fused_lycoris_dropout(module, fused, *rates, lokr_rows=False)
     if adapter.kind != "lora":
         from dbspec.runtime.lora_dropout import add_lora_dropout
 
         if fused and "lora" in kinds:  # the LoRA blocks' fused parts: one draw per fused layer, one
             from dbspec.runtime.fused_dropout import add_fused_dropout  # LoConModule row mask over its rows
 
-            count += add_fused_dropout(module, fused, rows, rate, form=adapter.rank_dropout_form)
+            form, output = adapter.rank_dropout_form, adapter.output_dropout  # LoConModule's bypass one
+            count += add_fused_dropout(module, fused, rows, rate, form=form, output_dropout=output)
         # a LoHa adapter's LoCon blocks draw LoConModule's row mask after its module dropout draw (the plan's
         # rank_dropout_form "lycoris"; decomposed ones in runtime/lycoris_dora.py); others none
         # output: LoConModule's bypass dropout of its update

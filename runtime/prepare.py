@@ -117,15 +117,8 @@ def _prepare(
             from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
-            add_fused_lycoris_dropout(module, a.fused, *rates)
-        # LyCORIS's bypass dropout on the other layers (a lora adapter's LoHa / LoKr blocks' too, each its
-        # own draw as LohaModule / LokrModule in bypass_mode)
-        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
-            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
-
-            add_lycoris_layer_dropout(
-                module, a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout
-            )
+            # a LoHa adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
+            add_fused_lycoris_dropout(module, a.fused, *rates, lokr_rows=a.kind == "lokr")
         if a.kind == "boft" and a.module_dropout and not mixed(a):  # after the fused parts are tied
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
@@ -175,6 +168,15 @@ def _prepare(
 
                 add_split_dropout(module, plan.adapter.split_fused, *rates)
             add_lora_dropout(module, *rates, *forms)
+        # LyCORIS's bypass dropout on the other LoHa / LoKr layers (a lora adapter's LoHa / LoKr blocks' too,
+        # each its own draw as LohaModule / LokrModule in bypass_mode), after the fused layers' shared draws
+        # (above, add_module_dropout) so that a fused Linear's parts keep their one mask
+        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
+            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
+
+            rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
+            # a lora adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
+            add_lycoris_layer_dropout(module, *rates, lokr_rows=a.kind == "lokr")
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

@@ -115,8 +115,9 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
     if isinstance(adapter, LoraAdapter) and adapter.rank_dropout:  # LyCORIS LoCon's masks (lora_dropout.py)
         extra["rank_dropout_form"] = adapter.rank_dropout_form
     elif adapter.kind == "loha" and adapter.rank_dropout and _lora_blocks(adapter):
-        # a LoHa network's LoCon entries draw LoConModule's row mask (rules.lycoris_row_masks admits them)
-        extra["rank_dropout_form"] = "lycoris"
+        # a LoHa network's LoCon entries draw LoConModule's row mask (rules.lycoris_row_masks admits them),
+        # in bypass_mode (its output_dropout) its rank mask (rules.mixed_bypass_ranks)
+        extra["rank_dropout_form"] = "lycoris_bypass" if adapter.output_dropout else "lycoris"
     if not isinstance(adapter, LoraAdapter) and adapter.max_norm:  # LoHa / LoKr: LyCORIS's max norm only
         extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout

@@ -3485,18 +3485,40 @@ def lycoris_row_masks(a) -> bool:
 _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora")
 
 
-def mixed_output_dropout(a) -> bool:
+def mixed_bypass_ranks(a) -> bool:
+    """Whether a lora adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form "lycoris_bypass"),
+    or a loha adapter's, with its `output_dropout` reaches blocks of kind lora / loha / lokr as their
+    LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the down's ranks
+    (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`,
+    the CPU's), LokrModule's draws none; each after the module dropout draw and before the Dropout of the
+    update (runtime/prepare.py: lora_dropout.py's LoRA layers, fused_lycoris_dropout.py
+    add_lycoris_layer_dropout's LoHa / LoKr ones).
+    With fused_projections (Flux, SD3, Chroma) each fused Linear one module's draw its parts share
+    (fused_dropout.py, fused_lycoris_dropout.py add_fused_lycoris_dropout). Without rank_dropout_scale
+    (create_network never passes it on) or a dora."""
+    kind = getattr(a, "kind", "none")
+    return (
+        # a loha adapter's LoCon blocks take the bypass form (compiler/adapters.py)
+        (kind == "loha" or (kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris_bypass"))
+        and bool(getattr(a, "output_dropout", 0.0))
+        and not getattr(a, "rank_dropout_scale", False)
+        and mixed_output_dropout(a, ranks=True)
+    )
+
+
+def mixed_output_dropout(a, ranks: bool = False) -> bool:
     """Whether a run of several kinds takes the adapter's `output_dropout` (LyCORIS's `dropout` in
     bypass_mode) on every layer: a lora, loha or lokr adapter whose blocks are of those kinds, without
-    rank_dropout, fused_projections or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward
-    each drop their own update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA
-    layers, fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones)."""
+    rank_dropout or a dora. LoConModule's, LohaModule's and LokrModule's bypass forward each drop their own
+    update after their module dropout draw (runtime/prepare.py: lora_dropout.py's LoRA layers,
+    fused_lycoris_dropout.py add_lycoris_layer_dropout's LoHa / LoKr ones; with fused_projections each
+    fused Linear one module's mask over its stacked output, its parts sharing it: fused_dropout.py,
+    fused_lycoris_dropout.py add_fused_lycoris_dropout)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
-        and not getattr(a, "rank_dropout", 0.0)
-        and not getattr(a, "fused_projections", False)
+        and (ranks or not getattr(a, "rank_dropout", 0.0))  # `ranks`: mixed_bypass_ranks's
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
@@ -3553,6 +3575,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("rank_dropout",)
     if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update
         kept += ("output_dropout",)
+    if mixed_bypass_ranks(a):  # and its bypass forward's rank mask: LoCon's ranks, LoHa's rows, LoKr's none
+        kept += ("rank_dropout", "output_dropout")
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)

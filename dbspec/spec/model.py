@@ -891,7 +891,8 @@ def _lycoris_output_dropout(what: str):
         "`rank_dropout` mask (drawn in that order, per layer and forward), the kept values scaled by "
         "1 / (1 - output_dropout); with `fused_projections` one draw over the whole fused layer's output, "
         "each part taking its rows. Beside `[[adapter.blocks]]` of kind lora / loha / lokr (without "
-        "`rank_dropout` or `fused_projections`) every block's layer drops its own update alike. "
+        "`rank_dropout`) every block's layer drops its own update alike (with `fused_projections` each "
+        "fused layer one draw, whatever its kind). "
         "Not with `dora` (LyCORIS's bypass forward has no weight decomposition). 0 turns it off.",
         minimum=0,
         maximum=1,
@@ -1015,8 +1016,8 @@ class LoraAdapter:
         "`bypass_mode`, kohya's lycoris.kohya network): torch's dropout of up(down(x)) x scale, after rank "
         "dropout, the kept values scaled by 1 / (1 - output_dropout); with `fused_projections` one draw over "
         "the whole fused layer's output, each part taking its rows. Beside `[[adapter.blocks]]` of kind "
-        "loha / lokr (without `rank_dropout` or `fused_projections`) their layers drop their own update "
-        "alike. 0 turns it off.",
+        "loha / lokr (without `rank_dropout`) their layers drop their own update alike (with "
+        "`fused_projections` each fused layer one draw, whatever its kind). 0 turns it off.",
         minimum=0,
         maximum=1,
     )

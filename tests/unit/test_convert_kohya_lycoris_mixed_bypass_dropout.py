@@ -2,14 +2,16 @@
 preset file's entries give layers another of those algorithms, on SD 1.x (issue 12; was DBS403, a spec's
 DBS578): LoConModule's, LohaModule's and LokrModule's bypass_forward_diff each drop their own update after
 their module_dropout draw, so every layer takes the adapter's `output_dropout`
-(tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network).
+(tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network); on
+Flux / SD3 / Chroma too, each fused Linear one module's mask its parts share
+(tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py).
 rank_dropout in bypass_mode still differs per class (LoCon masks ranks, LoHa rows, LoKr nothing) and other
 algorithms' entries drop otherwise: still refused."""
 
 from __future__ import annotations
 
 import pytest
-from convert_kit import SD15, codes, errors, fate, images, kohya, plan_of
+from convert_kit import SD15, codes, errors, fate, flux_lycoris, images, kohya, plan_of
 from test_rules import DOG, STEPS, hits_of
 
 from dbspec.compiler import rules
@@ -63,7 +65,10 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        ("locon", "loha", '"dropout=0.3" "rank_dropout=0.2"'),  # each class's bypass rank dropout differs
+        # each class's bypass rank dropout differs: a LoKr network's rank_dropout its own layers never read
+        # (the converter leaves it out), so its adapter has none for the entries
+        ("lokr", "loha", '"dropout=0.3" "rank_dropout=0.2"'),
+        ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
@@ -84,9 +89,91 @@ def test_spec_output_dropout_beside_low_rank_blocks():
     ranked = body.replace(
         "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
     )
+    # a lora adapter's LyCORIS bypass rank dropout: each kind's module reads it as its own
+    # (rules.mixed_bypass_ranks); in another form, or beside a lora adapter's own rank_dropout_form "kohya"
+    assert hits_of(rules.mixed_block_kinds, ranked + LOHA) == []
+    kohya_form = ranked.replace("'lycoris_bypass'", "'kohya'")
     assert ("DBS578", "error", ("adapter", "output_dropout")) in hits_of(
-        rules.mixed_block_kinds, ranked + LOHA
+        rules.mixed_block_kinds, kohya_form + LOHA
     )
     assert hits_of(rules.mixed_block_kinds, body + LOHA + "dora = 'on'\n") == refused
     full = LOHA.replace("'loha'", "'full'")
     assert hits_of(rules.mixed_block_kinds, body + full) == refused
+
+
+FLUX_PRESET = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = ["CLIPAttention"]
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "{qkv}"
+[name_algo_map."single_blocks.*.linear1"]
+algo = "{linear1}"
+[module_algo_map.CLIPAttention]
+algo = "{linear1}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("algo", "qkv", "linear1", "given"),
+    [
+        ("lokr", "locon", "loha", '"dropout=0.3" "module_dropout=0.2"'),
+        ("locon", "lokr", "loha", '"dropout=0.3"'),
+        ("loha", "locon", "lokr", ""),  # --network_dropout
+    ],
+)
+def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path, algo, qkv, linear1, given):
+    """On Flux's fused Linears (was DBS403): the adapter's output_dropout with fused_projections, as on SD."""
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv=qkv, linear1=linear1), encoding="utf-8")
+    flags = "" if given else "--network_dropout=0.3"
+    outcome = flux_lycoris(tmp_path, f'"algo={algo}" "preset=p.toml" "bypass_mode=True" {given}', flags)
+    if flags:
+        assert fate(outcome, "network_dropout") == "mapped"
+    overrides = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    kind = {"locon": "lora"}
+    assert (a.kind, a.output_dropout, a.rank_dropout, a.dropout) == (kind.get(algo, algo), 0.3, 0.0, 0.0)
+    assert a.fused and a.module_dropout == (0.2 if "module_dropout" in given else 0.0)
+    assert {b.kind for b in a.blocks} == {kind.get(qkv, qkv), kind.get(linear1, linear1)}
+    assert {b.kind for b in a.text_encoder_blocks} == {kind.get(linear1, linear1)}
+
+
+def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
+    """rank_dropout in bypass_mode (LoConModule masks ranks, LohaModule rows, LokrModule none): a LoCon
+    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's stays refused."""
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
+    args = '"preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
+    outcome = flux_lycoris(tmp_path, f'"algo=locon" {args}')
+    overrides = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.output_dropout) == ("lora", 0.1, 0.3)
+    assert a.rank_dropout_form == "lycoris_bypass"
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="lokr"), encoding="utf-8")
+    with pytest.raises(AssertionError, match="DBS40[23]"):
+        flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+
+
+def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
+    """fused_projections no longer keeps a spec's output_dropout from blocks of kind lora / loha / lokr."""
+    body = DOG + STEPS + '[adapter]\nkind = "lokr"\nfused_projections = true\noutput_dropout = 0.3\n'
+    assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
+
+
+@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("loha", "locon")])
+def test_bypass_rank_dropout_beside_low_rank_entries(tmp_path, algo, entry):
+    """A LoCon (LoHa) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon)
+    entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass form,
+    which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
+    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
+    outcome = _convert(tmp_path, algo, entry, '"dropout=0.3" "rank_dropout=0.2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    kind = {"locon": "lora"}
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        kind.get(algo, algo),
+        0.2,
+        "lycoris_bypass",
+        0.3,
+    )
+    assert {b.kind for b in a.blocks} == {kind.get(entry, entry)} and not a.rank_dropout_scale

@@ -443,15 +443,32 @@ MIXED_FLOW = ("lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora"
 MIXED_SD = MIXED_FLOW
 
 
-def _bypass_output_dropout(algo: str, layers: list[Layer], flow: bool) -> bool:
+def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     """Whether the network's `dropout` in bypass_mode beside `layers` of other algorithms is the adapter's
-    `output_dropout`: a LoRA/LoCon, LoHa or LoKr network whose entries are of those algorithms too, on SD
-    1.x/2.x or SDXL (not `flow`). LoConModule's, LohaModule's and LokrModule's bypass_forward_diff in
-    lycoris-lora 4.1.3 each end in torch's Dropout of the module's update x scalar, drawn after the module's
-    own `torch.rand(1) < module_dropout`, each layer in forward order
-    (tests/runtime/test_lycoris_mixed_bypass_dropout.py)."""
+    `output_dropout`: a LoRA/LoCon, LoHa or LoKr network whose entries are of those algorithms too.
+    LoConModule's, LohaModule's and LokrModule's bypass_forward_diff in lycoris-lora 4.1.3 each end in
+    torch's Dropout of the module's update x scalar, drawn after the module's own `torch.rand(1) <
+    module_dropout`, each layer in forward order (tests/runtime/test_lycoris_mixed_bypass_dropout.py); on
+    Flux / SD3 / Chroma a fused Linear is one module, one mask over its stacked output its diffusers parts
+    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py)."""
     kinds = {_algo(algo), *(_algo(layer.algo) for layer in layers)}
-    return not flow and kinds <= set(_BLOCK_KINDS)
+    return kinds <= set(_BLOCK_KINDS)
+
+
+def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
+    """Whether a LoRA/LoCon or LoHa network's `rank_dropout` in bypass_mode, with its `dropout`, beside
+    LoRA/LoCon, LoHa and LoKr `layers` is the adapter's rank_dropout (the LoRA layers' in rank_dropout_form
+    "lycoris_bypass"): in
+    lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
+    LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`), LokrModule's draws
+    none, each between its module_dropout draw and its Dropout (compiler rules.mixed_bypass_ranks;
+    tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py; on Flux / SD3 / Chroma each fused
+    Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's stays refused:
+    the converter leaves its rank_dropout out (LokrModule's bypass never reads it), so its adapter has none
+    for its entries, and a LoKr adapter's own rank_dropout with output_dropout is a row mask of dbspec's."""
+    bypass = str(network.get("bypass_mode", "false")).lower() != "false"
+    dropout = bool(_rate(network.get("dropout")))
+    return bypass and dropout and _algo(algo) in ("lora", "loha") and _bypass_output_dropout(algo, layers)
 
 
 def _mixed_kinds(
@@ -495,11 +512,12 @@ def _mixed_kinds(
         on = [key for key in on if key != "use_tucker"]  # LoKr entries' blocks' `tucker` (_other_kind_blocks)
     # their bypass rules differ: rank_dropout (LoConModule masks ranks, LohaModule rows, LokrModule none);
     # `dropout` alone each LoCon / LoHa / LoKr module's bypass_forward_diff applies alike, torch's dropout of
-    # its update after its module_dropout draw (on SD 1.x/2.x and SDXL, adapter.output_dropout on every
-    # such layer: runtime/prepare.py; elsewhere, or beside other kinds, not expressed)
-    drops = bool(_rate(network.get("rank_dropout"))) or (
-        bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet, flow)
-    )
+    # its update after its module_dropout draw (adapter.output_dropout on every such layer, a fused Linear's
+    # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
+    # a LoCon network's rank_dropout with its bypass dropout each module's bypass forward reads as its own
+    # (_bypass_rank_dropout)
+    ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
+    drops = ranks or (bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet))
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
     glora = _algo(algo) in ("glora", "full")
