@@ -3298,6 +3298,18 @@ nothing.""",
         help="remove adapter.rank_dropout, or add the blocks it is meant for",
     ),
     Code(
+        "DBS622",
+        ERROR,
+        "A T-LoRA block's random start where it cannot act",
+        """\
+`data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
+preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
+drawn as LyCORIS's TLoraModule draws it. A block of another `kind` has no T-LoRA layers to start, and with
+`fused_projections` each fused Linear starts from one SVD of its stacked weight, which dbspec does not draw
+at random.""",
+        help="remove the block's data_init, or set adapter.fused_projections = false",
+    ),
+    Code(
         "DBS623",
         WARNING,
         "adapter.norm_rank_dropout without norm offsets",

@@ -289,6 +289,7 @@ def _tlora_block(block) -> BlockPlan:
         unit=block.unit,  # a DyLoRA block's (LyCORIS's block_size)
         rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
+        data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 

@@ -3307,6 +3307,33 @@ def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's random SVD start (`data_init = false`, LyCORIS's use_data_init) on layers of another
+    kind, which never read it, or with `fused_projections`, whose one SVD per fused Linear dbspec draws from
+    the stacked weight only: DBS622."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora":
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table)):
+            if block.data_init:
+                continue
+            if block.kind not in ("adapter", "tlora"):
+                why = f'on a block of kind "{block.kind}", whose layers are not T-LoRA ones'
+            elif a.fused_projections and table == "blocks":
+                why = "with adapter.fused_projections = true (one SVD per fused Linear, of its weight)"
+            else:
+                continue
+            yield _err(
+                "DBS622",
+                ("adapter", table, i, "data_init"),
+                f"adapter.{table}[{i}].data_init = false {why}: a random SVD start needs T-LoRA layers "
+                "that each start from their own SVD",
+                codes.help("DBS622"),
+            )
+
+
+@rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
     layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of

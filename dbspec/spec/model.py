@@ -2247,6 +2247,19 @@ class TloraBlock:
         "network from the same preset file loads it as trained).",
         example="last",
     )
+    data_init: bool = option(
+        True,
+        doc="Whether the matched T-LoRA layers start from their weight's SVD (LyCORIS's `use_data_init`, a "
+        "preset file's map entry's own). false: from the SVD of a random matrix, as TLoraModule draws it "
+        "from torch's generator while the adapter is built (its two factors' own init, then "
+        "torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with `[schedule] seed` "
+        "(the denoiser's; text encoder i's: seed + 1 + i), `sig_type` picking its triplets; the frozen "
+        "start is the same. Saved with the run's weights; LyCORIS's file holds no frozen start and its "
+        "loaders rebuild one (create_network_from_weights from the base model's SVD, create_network from a "
+        "new draw): such a file loads there at another update than the one trained. Not with "
+        "`fused_projections` (DBS622).",
+        example=False,
+    )
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

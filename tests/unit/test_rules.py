@@ -620,6 +620,18 @@ CASES = [
         + STEPS
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = 1.0\n",
     ),
+    (  # a T-LoRA block's random start: on its own T-LoRA layers, not fused
+        rules.tlora_block_data_init,
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'
+        + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+        [("DBS622", "error", ("adapter", "blocks", 0, "data_init"))],
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\n'
+        + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+    ),
     (  # the norm offsets' own rank dropout: nothing draws it without norm offsets
         rules.norm_rank_dropout_needs_norms,
         '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\n' + DOG + STEPS,
