@@ -3321,6 +3321,18 @@ there, as those modules never read it). The adapter's own layers never draw it: 
 value changes nothing.""",
         help="remove adapter.norm_rank_dropout, or add the norm offsets it is meant for",
     ),
+    Code(
+        "DBS624",
+        WARNING,
+        "adapter.rank_dropout on a T-LoRA adapter without blocks that draw it",
+        """\
+LyCORIS's TLoraModule takes the network's `rank_dropout` and never reads it; only the modules of a preset
+file's entries of other algorithms draw it (LoCon's and full's row masks, LoHa's, the Diag-OFT rotations'
+dropout). On a `kind = "tlora"` adapter `rank_dropout` is therefore those blocks' alone (`[[adapter.blocks]]`
+/ `[[adapter.text_encoder_blocks]]` of kind lora, loha, full or diag-oft): without them the value changes
+nothing.""",
+        help="remove adapter.rank_dropout, or add the blocks it is meant for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -1304,6 +1304,22 @@ def rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def tlora_rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's TLoraModule never reads rank_dropout; only a T-LoRA adapter's blocks of kinds whose modules
+    read it draw it (DBS624)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "tlora" or not a.rank_dropout or rank_dropout_blocks(a):
+        return
+    yield _warn(
+        "DBS624",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "tlora" and no blocks of '
+        "kind lora, loha, full or diag-oft (LyCORIS's TLoraModule never reads it)",
+        codes.help("DBS624"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3448,7 +3464,7 @@ def lycoris_row_masks(a) -> bool:
     (test_lycoris_tlora_rank_dropout.py)."""
     loha = (  # a full / IA^3 / GLoRA adapter's blocks alike (full layers FullModule's mask, IA^3's none,
         # GLoRA's none outside bypass)
-        a.kind in ("loha", "full", "ia3", "glora", "dylora")
+        a.kind in ("loha", "full", "ia3", "glora", "dylora", "tlora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(

@@ -2295,6 +2295,16 @@ class TloraAdapter:
         minimum=0,
         maximum=1,
     )
+    rank_dropout: float = option(
+        0.0,
+        doc="LyCORIS's `rank_dropout`, which TLoraModule never reads: drawn by the layers of this adapter's "
+        "blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, LoHa's, "
+        "Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA "
+        "layers drawing none), in forward order with every layer's `module_dropout` draw. Without such "
+        "blocks it changes nothing (DBS624).",
+        minimum=0,
+        maximum=1,
+    )
     max_norm: float = _lycoris_max_norm("T-LoRA")
     bypass: bool = option(
         False,

@@ -479,7 +479,7 @@ def _mixed_kinds(
     if not unet:
         return other
     if _algo(algo) == "tlora":
-        _beside_tlora(unet, network)
+        _beside_tlora(unet, network, flow)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -581,13 +581,20 @@ _TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint
 _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 
 
-def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
+# the kinds whose LyCORIS modules draw (or never read) the network's rank_dropout as a T-LoRA adapter's
+# blocks of other kinds draw it (compiler rules.lycoris_row_masks: LoCon / LoHa / full row masks, Diag-OFT's
+# rotations' dropout; LoKr's not)
+_TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+
+
+def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = False) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
     (_TLORA_BLOCK_OWN), or beside a network option those modules read (their defaults are built, the
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
-    size 4, a block's `unit`)."""
+    size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
+    they are all of _TLORA_RANK_DROPOUT's kinds on SD 1.x/2.x and SDXL (not `flow`: Flux / SD3 / Chroma)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -608,6 +615,12 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             False,
         )
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
+    if (
+        not flow
+        and all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers)
+        and "rank_dropout" in on
+    ):
+        on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
     if network.get("factor", -1) != -1:
         on.append("factor")
     if network.get("block_size", 4) != 4:
