@@ -48,18 +48,20 @@ def _draws(forward, x: torch.Tensor) -> tuple[list, list, torch.Tensor]:
     return outs, grads, torch.get_rng_state()
 
 
-def test_tlora_entries_beside_rank_dropout_on_fused_layers_draw_as_lycoris(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("algo", "qkv"), [("locon", "tlora"), ("tlora", "locon")])
+def test_tlora_beside_rank_dropout_on_fused_layers_draws_as_lycoris(tmp_path, monkeypatch, algo, qkv):
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     _no_gc(monkeypatch)
     file = tmp_path / "mixed.toml"
-    file.write_text(FLUX_FILE.replace("OTHER", "loha").replace("QKV", "tlora").replace("LINEAR1", "full"))
+    file.write_text(FLUX_FILE.replace("OTHER", "loha").replace("QKV", qkv).replace("LINEAR1", "full"))
     base = ["model.base=builtin:tiny-flux", *_BASE, "schedule.steps=4"]
-    args = f'"algo=locon" "preset={file.name}" "rank_dropout={RATE}" "module_dropout={DROP}"'
+    args = f'"algo={algo}" "preset={file.name}" "rank_dropout={RATE}" "module_dropout={DROP}"'
     plan = plan_of(flux_lycoris(tmp_path, args), tmp_path, base)
     a = plan.adapter
-    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.module_dropout) == ("lora", RATE, "lycoris", DROP)
-    _, whole, tensors = _run(tmp_path, {"tlora", "loha", "full", "ia3"}, base, resume=False)
+    kind = {"locon": "lora"}.get(algo, algo)
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.module_dropout) == (kind, RATE, "lycoris", DROP)
+    _, whole, tensors = _run(tmp_path, {"tlora", "lora", "loha", "full", "ia3"} - {kind}, base, resume=False)
     unet = whole.components.unet
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     clip = _kohya_clip(_unwrapped(whole.components.text_encoders[0]))
@@ -67,7 +69,7 @@ def test_tlora_entries_beside_rank_dropout_on_fused_layers_draw_as_lycoris(tmp_p
     for attr in NETWORK_ATTRS:
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, [clip, nn.Module()], _kohya_tree(layers), algo="locon", preset=str(file),
+        1.0, 4, 1.0, None, [clip, nn.Module()], _kohya_tree(layers), algo=algo, preset=str(file),
         rank_dropout=RATE, module_dropout=DROP,
     )  # fmt: skip
     made.apply_to([clip, nn.Module()], _kohya_tree(layers), apply_text_encoder=True, apply_unet=True)
@@ -101,4 +103,6 @@ def test_tlora_entries_beside_rank_dropout_on_fused_layers_draw_as_lycoris(tmp_p
     unet.zero_grad(set_to_none=True)
     unet.eval()
     assert masked >= 3
-    assert ("TLoraModule", True) in checked and ("LohaModule", True) in checked  # fused q/k/v
+    fused_qkv = {"tlora": "TLoraModule", "locon": "LoConModule"}[qkv]
+    assert {(fused_qkv, True), ("LohaModule", True)} <= checked  # fused Linears
+    assert {"TLoraModule", "LoConModule", "LohaModule", "FullModule"} <= {name for name, _ in checked}

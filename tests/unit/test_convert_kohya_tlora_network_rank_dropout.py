@@ -1,7 +1,8 @@
 """A T-LoRA network's rank_dropout beside its preset file's LoCon / LoHa (full, Diag-OFT, ...) entries (was
 DBS403, a spec's DBS578): LyCORIS hands it to every module, TLoraModule never reads it and the entries'
 modules draw it, so it is the T-LoRA adapter's `rank_dropout`, which its blocks of those kinds draw
-(tests/runtime/test_lycoris_tlora_network_rank_dropout.py checks it against lycoris-lora 4.1.3's network)."""
+(tests/runtime/test_lycoris_tlora_network_rank_dropout.py checks it against lycoris-lora 4.1.3's network on
+SD 1.x, test_lycoris_flow_tlora_rank_dropout.py on Flux's fused Linears)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def test_tlora_network_s_rank_dropout_elsewhere(tmp_path):
         write(tmp_path / sub / "p.toml", _FILE + f'[module_algo_map.FeedForward]\nalgo = "{entry}"\n')
         outcome = _lycoris(tmp_path / sub, f'"algo=tlora", "preset=p.toml", {args}')
         assert "DBS403" in codes(outcome), (sub, errors(outcome))
+
+
+def test_flux_tlora_network_s_rank_dropout_is_its_entries(tmp_path):
+    """On Flux's fused Linears too (lycoris_flux.py _entries_rank_dropout: was DBS403), each fused Linear one
+    LyCORIS module's mask (tests/runtime/test_lycoris_flow_tlora_rank_dropout.py)."""
+    from test_convert_lycoris_flow_tlora import _flux
+
+    (tmp_path / "p.toml").write_text(
+        'use_fnmatch = true\nunet_target_module = []\nunet_target_name = ["double_blocks.*_attn.*"]\n'
+        '[name_algo_map."double_blocks.*.img_attn.qkv"]\nalgo = "locon"\n'
+    )
+    outcome = _flux(
+        tmp_path, "--network_train_unet_only --network_args algo=tlora preset=p.toml rank_dropout=0.1"
+    )
+    assert not errors(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, bool(a.fused)) == ("tlora", 0.1, "lycoris", True)
+    assert [b.kind for b in a.blocks if b.kind != "adapter"] == ["lora"]

@@ -550,23 +550,26 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
 
 
 def _unread_rank_dropout(kwargs: dict[str, str], algo: str) -> bool:
-    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, GLoRA outside
-    bypass_mode (LyCORIS's str_bool)."""
-    return algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
+    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, T-LoRA, GLoRA
+    outside bypass_mode (LyCORIS's str_bool)."""
+    return algo in ("boft", "dylora", "tlora") or (
+        algo == "glora" and _off(kwargs.get("bypass_mode", "false"))
+    )
 
 
 def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, algo: str) -> bool:
-    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA network (outside bypass_mode: their own modules
-    never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT modules (or an
-    entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no rank dropout on
-    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA network's, and a
-    DyLoRA one's without train_norm, are the adapter's rank_dropout (was DBS403), its entries drawing it as
-    their modules do, each fused Linear one module's mask (map_entries_rank_dropout, as on SD 1.x); a BOFT
-    network's stays refused (its adapter has no rank_dropout), as does a DyLoRA one's with train_norm (its
-    NormModules would draw it too). True when refused."""
+    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA / T-LoRA network (outside bypass_mode: their
+    own modules never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT
+    modules (or an entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no
+    rank dropout on blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA
+    network's, and a DyLoRA or T-LoRA one's without train_norm, are the adapter's rank_dropout (was DBS403),
+    its entries drawing it as their modules do, each fused Linear one module's mask
+    (map_entries_rank_dropout, as on SD 1.x); a BOFT network's stays refused (its adapter has no
+    rank_dropout), as does a DyLoRA one's with train_norm (its NormModules would draw it too). True when
+    refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
-    if algo == "glora" or (algo == "dylora" and _off(kwargs.get("train_norm", "false"))):
+    if algo == "glora" or (algo in ("dylora", "tlora") and _off(kwargs.get("train_norm", "false"))):
         return map_entries_rank_dropout(kwargs, file, args, conv, algo)
     return refuse_entries_rank_dropout(kwargs, file, args, conv, algo, also=", or a block's own bypass")
 

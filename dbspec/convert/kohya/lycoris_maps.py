@@ -615,11 +615,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
             False,
         )
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
-    if (
-        not flow
-        and all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers)
-        and "rank_dropout" in on
-    ):
+    if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
     if network.get("factor", -1) != -1:
         on.append("factor")
