@@ -279,6 +279,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         # another kind's layers (runtime/mixed_kinds.py)
         blocks=tuple(_tlora_block(b) for b in adapter.blocks),
         text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
+        t5_targets=_t5_targets(family, components),  # LyCORIS's TLoraModule on T5-XXL's Linears (train.t5)
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # one SVD per fused Linear
 

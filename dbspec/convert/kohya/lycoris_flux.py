@@ -173,12 +173,12 @@ def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_f
 
 
 def _t5_of_kind(a: dict[str, Legacy], conv: Conversion, preset: str, algo: str, t5_file: bool) -> bool:
-    """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora or dylora, trained: dbspec's T5
-    adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
+    """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora, dylora or tlora, trained: dbspec's
+    T5 adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
     text-encoder blocks); a --network_weights file's T5 modules load into them (init_weights, was DBS403;
     DyLoRA: only its alphas, lycoris_flow_dylora.flow_dylora_alphas). True (the mapping stands)."""
     if t5_file:
-        module = {**_WHOLE_ONLY, "dylora": "DyLoraModule"}[algo]
+        module = {**_WHOLE_ONLY, "dylora": "DyLoraModule", "tlora": "TLoraModule"}[algo]
         why = conv.comment(a["network_module"], f"preset {preset}: LyCORIS's {module} on T5-XXL")
         put_lycoris_t5(a, conv, why)
     return True
@@ -282,7 +282,8 @@ def map_lycoris_flow(
         done = map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
         return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if algo == "tlora":  # one SVD per fused Linear (lycoris_flow_tlora.py)
-        return map_flow_tlora(kwargs, a, conv, layout, preset, text_blocks)
+        done = map_flow_tlora(kwargs, a, conv, layout, preset, text_blocks)
+        return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
