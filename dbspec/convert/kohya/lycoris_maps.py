@@ -479,7 +479,7 @@ def _mixed_kinds(
     if not unet:
         return other
     if _algo(algo) == "tlora":
-        _beside_tlora(unet, network, flow)
+        _beside_tlora(unet, network)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -587,14 +587,15 @@ _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 _TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
 
 
-def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = False) -> None:
+def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
     (_TLORA_BLOCK_OWN), or beside a network option those modules read (their defaults are built, the
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
     size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
-    they are all of _TLORA_RANK_DROPOUT's kinds on SD 1.x/2.x and SDXL (not `flow`: Flux / SD3 / Chroma)."""
+    they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
+    mask)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
