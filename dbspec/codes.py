@@ -3303,6 +3303,18 @@ nothing.""",
         help="remove adapter.rank_dropout, or add the blocks it is meant for",
     ),
     Code(
+        "DBS622",
+        ERROR,
+        "A T-LoRA block's random start where it cannot act",
+        """\
+`data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
+preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
+drawn as LyCORIS's TLoraModule draws it. A block of another `kind` has no T-LoRA layers to start, and with
+`fused_projections` each fused Linear starts from one SVD of its stacked weight, which dbspec does not draw
+at random.""",
+        help="remove the block's data_init, or set adapter.fused_projections = false",
+    ),
+    Code(
         "DBS623",
         WARNING,
         "adapter.norm_rank_dropout without norm offsets",
@@ -3324,6 +3336,18 @@ full or IA^3 adapter gives the matched layers LyCORIS's trained scalar (a LyCORI
 own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layers alone: the block needs
 `kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
         help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
+    ),
+    Code(
+        "DBS624",
+        WARNING,
+        "adapter.rank_dropout on a T-LoRA adapter without blocks that draw it",
+        """\
+LyCORIS's TLoraModule takes the network's `rank_dropout` and never reads it; only the modules of a preset
+file's entries of other algorithms draw it (LoCon's and full's row masks, LoHa's, the Diag-OFT rotations'
+dropout). On a `kind = "tlora"` adapter `rank_dropout` is therefore those blocks' alone (`[[adapter.blocks]]`
+/ `[[adapter.text_encoder_blocks]]` of kind lora, loha, full or diag-oft): without them the value changes
+nothing.""",
+        help="remove adapter.rank_dropout, or add the blocks it is meant for",
     ),
 )
 

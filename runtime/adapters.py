@@ -248,13 +248,21 @@ def _add_one_kind(
             if units or zeros:
                 config = with_units(config, adapter, units, zeros)
         blocks = adapter.blocks if conv else adapter.text_encoder_blocks  # the component's
-        if adapter.kind == "tlora" and any(b.sig_type != "principal" for b in blocks):
-            from dbspec.runtime.blocks import block_sig_types
+        if adapter.kind == "tlora" and any(b.sig_type != "principal" or not b.data_init for b in blocks):
+            from dbspec.runtime.blocks import block_random_starts, block_sig_types
             from dbspec.runtime.lycoris_tlora import with_tlora
 
-            # blocks' own SVD starts (LyCORIS map entries' sig_type)
+            # blocks' own SVD starts (LyCORIS map entries' sig_type and use_data_init: a random start drawn
+            # from torch's generator as peft builds the layer, under this component's seed below)
             own = block_sig_types(module, config.target_modules, adapter, "" if conv else component)
-            config = with_tlora(config, bypass=adapter.bypass, dropout=adapter.bypass_dropout, sig_types=own)
+            drawn = block_random_starts(module, config.target_modules, adapter, "" if conv else component)
+            config = with_tlora(
+                config,
+                bypass=adapter.bypass,
+                dropout=adapter.bypass_dropout,
+                sig_types=own,
+                random_starts=drawn,
+            )
         if adapter.kind in ("diag-oft", "boft") and adapter.oft_form == "lycoris":  # blocks' own rescales
             from dbspec.runtime.blocks import block_rescaled
             from dbspec.runtime.lycoris_oft import with_oft

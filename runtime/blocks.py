@@ -159,6 +159,19 @@ def block_sig_types(module: torch.nn.Module, targets, adapter: AdapterPlan, comp
     }
 
 
+def block_random_starts(
+    module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = ""
+) -> frozenset:
+    """The ids of the T-LoRA layers whose block starts them from a random matrix's SVD (LyCORIS's map
+    entries' `use_data_init` false)."""
+    blocks = adapter.text_encoder_blocks if component else adapter.blocks
+    return frozenset(
+        id(layer)
+        for _, layer, block in _blocks_of(module, targets, blocks, component)
+        if block is not None and not block.data_init
+    )
+
+
 def block_units(module: torch.nn.Module, targets, adapter: AdapterPlan, component: str = "") -> dict:
     """{id(layer): unit} of the DyLoRA layers whose block sets its own ranks per block (LyCORIS's map
     entries' `block_size`)."""

@@ -63,7 +63,24 @@ def svd_start(
     triplets (`sig_type` "principal"), its last (`last`) or those from (min(out, in) - rank) // 2 on
     (`middle`, sliced as LyCORIS slices), as 2-D (rank, in), (out, rank) and (1, rank) float32 tensors."""
     flat = weight.detach().float().reshape(weight.shape[0], -1)
-    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    return _picked(*torch.linalg.svd(flat, full_matrices=False), rank, sig_type)
+
+
+def random_start(
+    weight: torch.Tensor, rank: int, sig_type: str = "principal"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TLoraModule._initialize_from_svd without use_data_init, drawing from torch's global generator what its
+    __init__ draws: its q_layer's and p_layer's own kaiming-uniform init (rank x in and out x rank values,
+    overwritten at once), then torch.normal(0, 1 / rank) of (out, in x kernel size) on the CPU, whose SVD
+    gives (Q, P, λ) as svd_start does (a convolution's Q: the caller keeps its first in-channel columns)."""
+    out, inputs = weight.shape[0], weight.shape[1]
+    for count in (rank * inputs, out * rank):  # the draws nn.Linear / nn.Conv2d's reset_parameters make
+        torch.empty(count).uniform_()
+    drawn = torch.normal(mean=0, std=1 / rank, size=(out, weight[0].numel()))
+    return _picked(*torch.linalg.svd(drawn, full_matrices=False), rank, sig_type)
+
+
+def _picked(u, s, vh, rank: int, sig_type: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if sig_type == "last":
         q, p, lam = vh[-rank:], u[:, -rank:], s[-rank:]
     elif sig_type == "middle":
@@ -96,6 +113,7 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         bypass: bool = False,
         dropout: float = 0.0,
         sig_types: dict | None = None,
+        random_starts: frozenset = frozenset(),
         **kw,
     ):
         super().__init__()
@@ -104,6 +122,8 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         self.tlora_bypass, self.tlora_dropout = bypass, dropout
         # the SVD start (LyCORIS's sig_type) of a block that sets its own: {id(base layer): sig_type}
         self.tlora_sig_type = (sig_types or {}).get(id(self.get_base_layer()), "principal")
+        # a block's random SVD start (LyCORIS's use_data_init false): the ids of those base layers
+        self.tlora_random = id(self.get_base_layer()) in random_starts
         for part in _TRAINED:
             setattr(self, part, nn.ParameterDict())
         for part in _BASE:
@@ -131,7 +151,8 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.scaling[adapter_name] = alpha / r
-        q, p, lam = svd_start(base.weight, r, self.tlora_sig_type)
+        start = random_start if self.tlora_random else svd_start
+        q, p, lam = start(base.weight, r, self.tlora_sig_type)
         if isinstance(base, nn.Conv2d):  # a patch's Q: the first in-channel columns of its flattened
             q = q[:, : base.in_channels]  # weight's singular vectors, as TLoraModule slices them
             q, p = q.reshape(*q.shape, 1, 1), p.reshape(*p.shape, 1, 1)
@@ -236,7 +257,8 @@ def dispatch_tlora(target: nn.Module, adapter_name: str, config, options=None, *
 
 def with_tlora(config, **options: Any):
     """`config` building TloraLayer; `options`: its switches (bypass, dropout; sig_types: {id(base layer):
-    LyCORIS's sig_type} of the layers whose block sets its own)."""
+    LyCORIS's sig_type} of the layers whose block sets its own; random_starts: the ids of the base layers
+    whose block starts them at random, LyCORIS's use_data_init false)."""
     dispatch = partial(dispatch_tlora, options=options)
     config._register_custom_module({nn.Linear: dispatch, nn.Conv2d: dispatch})
     return config
@@ -323,6 +345,8 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
             raise ValueError(f"{where}: T-LoRA on a fused layer needs every part adapted ({group.parts})")
         layers = [layer for _, _, layer in found]
         first = layers[0]
+        if any(layer.tlora_random for layer in layers):  # the compiler refuses it (DBS622)
+            raise ValueError(f"{where}: a random T-LoRA start on a fused layer")
         for _, part, layer in found[1:]:
             own = (layer.r[adapter], layer.scaling[adapter], layer.tlora_sig_type)
             if own != (first.r[adapter], first.scaling[adapter], first.tlora_sig_type):

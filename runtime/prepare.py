@@ -208,7 +208,7 @@ def _prepare(
 
 # the adapters beside whose blocks of other kinds LyCORIS's rank_dropout is drawn by each kind's layers
 # (compiler rules.lycoris_row_masks)
-_ROW_MASKS = ("lora", "loha", "full", "ia3", "glora", "dylora")
+_ROW_MASKS = ("lora", "loha", "full", "ia3", "glora", "dylora", "tlora")
 
 
 def _tie_fused(module: torch.nn.Module, adapter) -> None:
@@ -262,7 +262,8 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.dylora import tie_fused_dylora
 
         tie_fused_dylora(module, adapter.fused, adapters.ADAPTER_NAME)
-    if "lora" in kinds and adapter.kind in ("dylora", "glora"):  # LoConModule's one down per fused Linear
+    if "lora" in kinds and adapter.kind in ("dylora", "glora", "tlora"):  # LoConModule's one down per fused
+        # Linear
         from dbspec.runtime.fused import tie_fused_projections
 
         tie_fused_projections(module, adapter.fused)

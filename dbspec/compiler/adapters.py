@@ -267,6 +267,10 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         params=adapter_params(adapter, family, components),
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
+        # TLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's in
+        # the "lycoris" form
+        rank_dropout=adapter.rank_dropout,
+        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
@@ -276,6 +280,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         # another kind's layers (runtime/mixed_kinds.py)
         blocks=tuple(_tlora_block(b) for b in adapter.blocks),
         text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
+        t5_targets=_t5_targets(family, components),  # LyCORIS's TLoraModule on T5-XXL's Linears (train.t5)
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # one SVD per fused Linear
 
@@ -290,6 +295,7 @@ def _tlora_block(block) -> BlockPlan:
         unit=block.unit,  # a DyLoRA block's (LyCORIS's block_size)
         rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
+        data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 

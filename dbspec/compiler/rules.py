@@ -1304,6 +1304,22 @@ def rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def tlora_rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
+    """LyCORIS's TLoraModule never reads rank_dropout; only a T-LoRA adapter's blocks of kinds whose modules
+    read it draw it (DBS624)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "tlora" or not a.rank_dropout or rank_dropout_blocks(a):
+        return
+    yield _warn(
+        "DBS624",
+        ("adapter", "rank_dropout"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "tlora" and no blocks of '
+        "kind lora, loha, full or diag-oft (LyCORIS's TLoraModule never reads it)",
+        codes.help("DBS624"),
+    )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3332,6 +3348,33 @@ def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's random SVD start (`data_init = false`, LyCORIS's use_data_init) on layers of another
+    kind, which never read it, or with `fused_projections`, whose one SVD per fused Linear dbspec draws from
+    the stacked weight only: DBS622."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora":
+        return
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table)):
+            if block.data_init:
+                continue
+            if block.kind not in ("adapter", "tlora"):
+                why = f'on a block of kind "{block.kind}", whose layers are not T-LoRA ones'
+            elif a.fused_projections and table == "blocks":
+                why = "with adapter.fused_projections = true (one SVD per fused Linear, of its weight)"
+            else:
+                continue
+            yield _err(
+                "DBS622",
+                ("adapter", table, i, "data_init"),
+                f"adapter.{table}[{i}].data_init = false {why}: a random SVD start needs T-LoRA layers "
+                "that each start from their own SVD",
+                codes.help("DBS622"),
+            )
+
+
+@rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
     layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of
@@ -3451,7 +3494,7 @@ def lycoris_row_masks(a) -> bool:
         # GLoRA's none outside bypass); a block in its own bypass_mode is of BYPASS_KINDS, whose bypass
         # forwards draw none (runtime/lycoris_oft.py add_oft_rank_dropout skips a bypass Diag-OFT layer;
         # test_lycoris_flow_rank_dropout_layers.py)
-        a.kind in ("loha", "full", "ia3", "glora", "dylora")
+        a.kind in ("loha", "full", "ia3", "glora", "dylora", "tlora")
         and not getattr(a, "bypass", False)
         and not getattr(a, "rank_dropout_scale", False)
         and all(

@@ -401,6 +401,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a T-LoRA block's own SVD start (LyCORIS's sig_type), added since (the principal one then)
         ("adapter", "blocks", "*", "sig_type"): "principal",
         ("adapter", "text_encoder_blocks", "*", "sig_type"): "principal",
+        # a T-LoRA block's random SVD start (LyCORIS's use_data_init false), added since (refused then)
+        ("adapter", "blocks", "*", "data_init"): True,
+        ("adapter", "text_encoder_blocks", "*", "data_init"): True,
         # the norm offsets' own rank dropout, added since: they drew the adapter's rank_dropout then
         ("adapter", "norm_rank_dropout"): lambda run: _legacy_norm_rank_dropout(run["adapter"]),
     },

@@ -165,6 +165,9 @@ class BlockPlan:
     # T-LoRA: the weight's singular triplets the layers start from (LyCORIS's sig_type: "principal", "last",
     # "middle"; a preset file's map entry's own)
     sig_type: Literal["principal", "last", "middle"] = "principal"
+    # T-LoRA: False where the layers start from the SVD of a random matrix drawn from torch's generator as
+    # the adapter is built (LyCORIS's use_data_init; a preset file's map entry's own), not their weight's
+    data_init: bool = True
 
 
 def denoiser_held(blocks) -> bool:

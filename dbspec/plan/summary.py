@@ -825,6 +825,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 + (f", optimizer group of its own (`_{block.group}`)" if block.group else "")
                 + (", update scaled by 0 (its module_dropout drawn)" if block.zero_scale else "")
                 + (f", SVD start {block.sig_type}" if block.sig_type != "principal" else "")
+                + _random_start(block)
                 + _block_factor(block, a),
             )
         )
@@ -835,6 +836,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 f"rank {block.rank} alpha {block.alpha:g}"
                 + (f", {_block_rate(block)}" if block.lr or block.lr_scale != 1.0 else "")
                 + (f", SVD start {block.sig_type}" if block.sig_type != "principal" else "")
+                + _random_start(block)
                 + _block_factor(block, a),
             )
         )
@@ -1752,3 +1754,8 @@ def _second_name(plan: Plan) -> str:
     """The second text encoder's name in the optimizer row: Flux's is T5-XXL (train.t5)."""
     second = family_spec(plan.model.family).text_encoders[1:2]
     return "T5-XXL" if second and second[0].tokenizer_class.startswith("T5") else "second"
+
+
+def _random_start(block) -> str:
+    """A T-LoRA block's random start (LyCORIS's use_data_init false): drawn as the adapter is built."""
+    return "" if block.data_init else ", SVD of a random matrix (drawn from the run's seed)"

@@ -2278,6 +2278,19 @@ class TloraBlock:
         "network from the same preset file loads it as trained).",
         example="last",
     )
+    data_init: bool = option(
+        True,
+        doc="Whether the matched T-LoRA layers start from their weight's SVD (LyCORIS's `use_data_init`, a "
+        "preset file's map entry's own). false: from the SVD of a random matrix, as TLoraModule draws it "
+        "from torch's generator while the adapter is built (its two factors' own init, then "
+        "torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with `[schedule] seed` "
+        "(the denoiser's; text encoder i's: seed + 1 + i), `sig_type` picking its triplets; the frozen "
+        "start is the same. Saved with the run's weights; LyCORIS's file holds no frozen start and its "
+        "loaders rebuild one (create_network_from_weights from the base model's SVD, create_network from a "
+        "new draw): such a file loads there at another update than the one trained. Not with "
+        "`fused_projections` (DBS622).",
+        example=False,
+    )
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "
@@ -2310,6 +2323,16 @@ class TloraAdapter:
         doc="Skip a layer's whole update with this probability while training (LyCORIS `module_dropout`: "
         "TLoraModule.forward's one `torch.rand(1)` from torch's global generator per layer and training "
         "forward, first, the base output alone below the rate).",
+        minimum=0,
+        maximum=1,
+    )
+    rank_dropout: float = option(
+        0.0,
+        doc="LyCORIS's `rank_dropout`, which TLoraModule never reads: drawn by the layers of this adapter's "
+        "blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, LoHa's, "
+        "Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA "
+        "layers drawing none), in forward order with every layer's `module_dropout` draw. Without such "
+        "blocks it changes nothing (DBS624).",
         minimum=0,
         maximum=1,
     )

@@ -202,12 +202,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "unknown sig_type",
         ),
         ("own bypass_mode", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n", "", ""),
-        (
-            "random start",
-            _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n",
-            "DBS403",
-            "torch.normal",
-        ),
+        ("random start", _FILE + "[module_algo_map.Transformer2DModel]\nuse_data_init = false\n", "", ""),
     ],
 )
 def test_tlora_preset_files(tmp_path, name, text, code, words):
@@ -215,8 +210,9 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
     classes reaching k x k convolutions stop kohya: DBS402); map entries at the network's dims and algo
     change nothing; another algorithm converts (a block's kind: lora, loha, lokr, full, ia3, glora on Linear
     and 1x1 layers, without options of their own), an entry's own sig_type to its block's (one TLoraModule
-    does not know stops kohya, DBS402); use_data_init = false (a random start) or a negative alpha (its
-    update's sign flipped) are not expressed (DBS403)
+    does not know stops kohya, DBS402), use_data_init = false to its block's data_init (a random start,
+    tests/unit/test_convert_kohya_tlora_random.py); a negative alpha (its update's sign flipped) is not
+    expressed (DBS403)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')

@@ -620,6 +620,27 @@ CASES = [
         + STEPS
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = 1.0\n",
     ),
+    (  # TLoraModule never reads rank_dropout: the blocks of kinds whose modules read it alone draw it
+        rules.tlora_rank_dropout_needs_blocks,
+        '[adapter]\nkind = "tlora"\nrank = 4\nrank_dropout = 0.1\n' + DOG + STEPS,
+        [("DBS624", "warning", ("adapter", "rank_dropout"))],
+        '[adapter]\nkind = "tlora"\nrank = 4\nrank_dropout = 0.1\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+    ),
+    (  # a T-LoRA block's random start: on its own T-LoRA layers, not fused
+        rules.tlora_block_data_init,
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'
+        + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+        [("DBS622", "error", ("adapter", "blocks", 0, "data_init"))],
+        '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\n'
+        + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+    ),
     (  # the norm offsets' own rank dropout: nothing draws it without norm offsets
         rules.norm_rank_dropout_needs_norms,
         '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\n' + DOG + STEPS,

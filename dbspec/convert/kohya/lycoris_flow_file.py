@@ -434,8 +434,6 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
-    if algo == "tlora":  # a T-LoRA network's T5 modules: TLoraModule on T5-XXL, which train.t5 does not build
-        raise PresetError(f"{where}: dbspec trains no T-LoRA on T5-XXL", False)
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:

@@ -174,12 +174,12 @@ def _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_f
 
 
 def _t5_of_kind(a: dict[str, Legacy], conv: Conversion, preset: str, algo: str, t5_file: bool) -> bool:
-    """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora or dylora, trained: dbspec's T5
-    adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
+    """A preset file's T5-XXL modules of algo ia3, diag-oft, boft, glora, dylora or tlora, trained: dbspec's
+    T5 adapter of that kind (train.t5; was DBS403), the T5 Linears the file leaves out at rank 0 (its
     text-encoder blocks); a --network_weights file's T5 modules load into them (init_weights, was DBS403;
     DyLoRA: only its alphas, lycoris_flow_dylora.flow_dylora_alphas). True (the mapping stands)."""
     if t5_file:
-        module = {**_WHOLE_ONLY, "dylora": "DyLoraModule"}[algo]
+        module = {**_WHOLE_ONLY, "dylora": "DyLoraModule", "tlora": "TLoraModule"}[algo]
         why = conv.comment(a["network_module"], f"preset {preset}: LyCORIS's {module} on T5-XXL")
         put_lycoris_t5(a, conv, why)
     return True
@@ -288,7 +288,8 @@ def map_lycoris_flow(
         done = map_flow_dylora(kwargs, a, conv, layout, preset, text_blocks)
         return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if algo == "tlora":  # one SVD per fused Linear (lycoris_flow_tlora.py)
-        return map_flow_tlora(kwargs, a, conv, layout, preset, text_blocks)
+        done = map_flow_tlora(kwargs, a, conv, layout, preset, text_blocks)
+        return done and _t5_of_kind(a, conv, preset, algo, t5_file)
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
@@ -562,24 +563,27 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
 
 
 def _unread_rank_dropout(kwargs: dict[str, str], algo: str) -> bool:
-    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, GLoRA outside
-    bypass_mode (LyCORIS's str_bool)."""
-    return algo in ("boft", "dylora") or (algo == "glora" and _off(kwargs.get("bypass_mode", "false")))
+    """Whether `algo`'s own modules never read the network's rank_dropout: BOFT, DyLoRA, T-LoRA, GLoRA
+    outside bypass_mode (LyCORIS's str_bool)."""
+    return algo in ("boft", "dylora", "tlora") or (
+        algo == "glora" and _off(kwargs.get("bypass_mode", "false"))
+    )
 
 
 def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conversion, algo: str) -> bool:
-    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA network (outside bypass_mode: their own modules
-    never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT modules (or an
-    entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no rank dropout on
-    blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA network's, and a
-    DyLoRA one's without train_norm, are the adapter's rank_dropout (was DBS403), its entries drawing it as
-    their modules do, each fused Linear one module's mask (map_entries_rank_dropout, as on SD 1.x); a BOFT
-    network's stays refused (its adapter has no rank_dropout). A DyLoRA one's with train_norm too (was
-    DBS403): its NormModules draw it as well, the adapter's norm_rank_dropout (_file_train_norm), as on SD.
+    """The network's rank_dropout on a BOFT / DyLoRA / GLoRA / T-LoRA network (outside bypass_mode: their
+    own modules never read it) whose preset file gives some layers LoCon, LoHa, LoKr, full or Diag-OFT
+    modules (or an entry's own bypass_mode), which LyCORIS hands it too and which draw it: dbspec draws no
+    rank dropout on blocks of another kind than the adapter's (DBS403; was DBS405, "never read"). A GLoRA
+    network's, a DyLoRA one's and a T-LoRA one's without train_norm are the adapter's rank_dropout (was
+    DBS403), its entries drawing it as their modules do, each fused Linear one module's mask
+    (map_entries_rank_dropout, as on SD 1.x); a BOFT network's stays refused (its adapter has no
+    rank_dropout). A DyLoRA one's with train_norm too (was DBS403): its NormModules draw it as well, the
+    adapter's norm_rank_dropout (_file_train_norm), as on SD; a T-LoRA one's with train_norm stays refused.
     True when refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
-    if algo in ("glora", "dylora"):
+    if algo in ("glora", "dylora") or (algo == "tlora" and _off(kwargs.get("train_norm", "false"))):
         return map_entries_rank_dropout(kwargs, file, args, conv, algo)
     return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
 

@@ -217,7 +217,7 @@ def check_layers(
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network))
+            own = (*own, *_tlora_own(layer, network, unet))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -331,11 +331,12 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
-    """The keys of a T-LoRA network's entry its block carries (`sig_type`, `bypass_mode`: its `bypass`);
-    PresetError (DBS402) for a sig_type TLoraModule cannot start from (_initialize_from_svd raises
-    ValueError), and for an own bypass_mode beside the network's dropout, which TLoraModule applies in its
-    bypass forward only (not expressed: spec DBS605)."""
+def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool) -> tuple[str, ...]:
+    """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
+    `data_init`, `bypass_mode`: its `bypass`); PresetError (DBS402) for a sig_type TLoraModule cannot start
+    from (_initialize_from_svd raises ValueError), for an own bypass_mode beside the network's dropout, which
+    TLoraModule applies in its bypass forward only (not expressed: spec DBS605), and (DBS403) for a random
+    start off SD 1.x/2.x and SDXL (`unet`: check_layers')."""
     options = dict(layer.options)
     if (
         "bypass_mode" in options
@@ -348,12 +349,12 @@ def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
             "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
             False,
         )
-    if not options.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`
+    if not unet and not options.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`
         raise PresetError(
             f"`{layer.source}` hands its layers (e.g. {layer.path}) use_data_init = "
             f"{options['use_data_init']!r}: TLoraModule then starts from the SVD of a torch.normal matrix "
-            "drawn from torch's global generator while kohya builds the network, a start no later load "
-            "rebuilds (LyCORIS's file loader recomputes a data start), which dbspec does not build",
+            "drawn from torch's global generator while kohya builds the network; dbspec draws that start on "
+            "SD 1.x/2.x and SDXL (a block's data_init), not on Flux / SD3 / Chroma's fused Linears (DBS622)",
             False,
         )
     value = options.get("sig_type", "principal")
@@ -598,13 +599,21 @@ _TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint
 _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 
 
+# the kinds whose LyCORIS modules draw (or never read) the network's rank_dropout as a T-LoRA adapter's
+# blocks of other kinds draw it (compiler rules.lycoris_row_masks: LoCon / LoHa / full row masks, Diag-OFT's
+# rotations' dropout; LoKr's not)
+_TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+
+
 def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
     (_TLORA_BLOCK_OWN), or beside a network option those modules read (their defaults are built, the
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
-    size 4, a block's `unit`)."""
+    size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
+    they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
+    mask)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -625,6 +634,8 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             False,
         )
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
+    if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
+        on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
     if network.get("factor", -1) != -1:
         on.append("factor")
     if network.get("block_size", 4) != 4:
@@ -742,6 +753,8 @@ def _blocks(
             entry = dict(group[0].options)
             sig_type = entry.get("sig_type", "principal")
             switches.update({"sig_type": sig_type} if sig_type != "principal" else {})
+            if not entry.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`: a random start
+                switches["data_init"] = False
             if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
                 switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
         unit = _own_unit(group[0], network)

@@ -558,25 +558,26 @@ def _map_network(
 def _block_rank_dropout(
     kwargs: dict[str, str], kind: str, put: dict[str, Any], args: Legacy, conv: Conversion, norms: bool
 ) -> bool:
-    """The network's rank_dropout beside algo=boft, dylora or glora outside bypass_mode (whose own modules
-    never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full, Diag-OFT
-    outside an entry's own bypass_mode), whose modules LyCORIS hands it too and which draw it: dbspec draws
-    no rank dropout on blocks of another kind than the adapter's (as on a LoCon network's, DBS403). True when
-    refused (it was DBS405, "never read", though those entries read it). A GLoRA network's, and a DyLoRA
-    one's, are the adapter's rank_dropout, its blocks drawing it (was DBS403), with train_norm (`norms`) a
-    DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403);
-    a BOFT network's stays refused (its adapter has no rank_dropout)."""
+    """The network's rank_dropout beside algo=boft, dylora, tlora or glora outside bypass_mode (whose own
+    modules never read it) with a preset file's entries of other algorithms (LoCon, LoHa, LoKr, full,
+    Diag-OFT outside an entry's own bypass_mode), whose modules LyCORIS hands it too and which draw it:
+    dbspec draws no rank dropout on blocks of another kind than the adapter's (as on a LoCon network's,
+    DBS403). True when refused (it was DBS405, "never read", though those entries read it). A GLoRA
+    network's, a DyLoRA one's and a T-LoRA one's are the adapter's rank_dropout, its blocks drawing it (was
+    DBS403), with train_norm (`norms`) a DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403); a
+    BOFT network's stays refused (its adapter has no rank_dropout)."""
     # (IA^3's too: IA3Module never reads it, its entries of other algorithms do, each as its module draws
     # it: adapter.rank_dropout, _diag_oft_dropouts; compiler rules.lycoris_row_masks decides)
-    if kind not in ("boft", "dylora", "glora") or not _float(kwargs.get("rank_dropout") or 0.0):
+    if kind not in ("boft", "dylora", "glora", "tlora") or not _float(kwargs.get("rank_dropout") or 0.0):
         return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return False  # the adapter carries it (GLoRA's bypass forward)
     readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
     if not readers:
         return False
-    if kind in ("glora", "dylora"):  # the adapter's: its blocks' layers draw it as their modules do, the
-        # GLoRA / DyLoRA ones none outside bypass (compiler rules.lycoris_row_masks decides); a DyLoRA
+    if kind in ("glora", "dylora", "tlora"):  # the adapter's: its blocks' layers draw it as their modules
+        # do, the GLoRA / DyLoRA / T-LoRA ones none (GLoRA's outside bypass; compiler
+        # rules.lycoris_row_masks decides; a T-LoRA network's LoKr entries stop at lycoris_maps); a DyLoRA
         # network's NormModules draw it too: its norm_rank_dropout (which defaults to 0 there; GLoRA's to the
         # adapter's)
         put["rank_dropout"] = _float(kwargs.pop("rank_dropout"))
