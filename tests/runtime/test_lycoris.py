@@ -157,11 +157,18 @@ FILE_LOADER_KINDS = [k for k in KINDS if k != "lokr_tucker"]
 def trains_resumes_and_loads_back_in_lycoris(
     tmp_path, kind, loader, steps: int = 4, resume: bool = True
 ) -> None:
+    """trained_resumed_and_loaded_in_lycoris's checks, its run not kept."""
+    trained_resumed_and_loaded_in_lycoris(tmp_path, kind, loader, steps, resume)
+
+
+def trained_resumed_and_loaded_in_lycoris(tmp_path, kind, loader, steps: int = 4, resume: bool = True):
     """`kind` (a KINDS entry) trains `steps` steps; the run stopped after half of them and resumed ends with
     the same files bit for bit; its kohya export loads back in LyCORIS as below. Two steps (stopped after
     one) prove what four do: the resumed step restores every generator and the optimizer's state, and the
     trained model's outputs still differ from the base model's (checked below). `resume` False: the run
-    alone, for a variant whose kinds of saved state another run already resumes (the caller names it)."""
+    alone, for a variant whose kinds of saved state another run already resumes (the caller names it).
+    Returns the uninterrupted run (its models kept) and its plan's sample settings, for a caller's further
+    checks on that run."""
     table, args, conv_suffixes = KINDS[kind]
     spec = write_spec(tmp_path, steps=steps, extra=SPEC.format(adapter=table))
     lr = ["optimizer.lr=1e-2"]  # large enough that two steps move every factor visibly
@@ -250,8 +257,10 @@ def trains_resumes_and_loads_back_in_lycoris(
         with torch.no_grad():
             theirs = pipe.text_encoder(ids).last_hidden_state
         torch.testing.assert_close(theirs, ours_text, rtol=1e-4, atol=1e-4)
+    return whole, plan.validation
 
 
+trained_resumed_and_loaded_in_lycoris.__test__ = False
 # Its former test name, which test files not moved to two steps call (four steps, as they did): not a test.
 trains_resumes_and_loads_back_in_lycoris.__test__ = False
 test_adapter_trains_resumes_bit_exact_and_loads_back_in_lycoris = trains_resumes_and_loads_back_in_lycoris

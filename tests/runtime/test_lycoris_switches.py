@@ -257,30 +257,24 @@ SWITCH_KINDS = {
 def test_switches_train_resume_bit_exact_and_load_back_in_lycoris(tmp_path, kind, loader, monkeypatch):  # noqa: F811
     """Each switch trains and loads back in LyCORIS; locon_scalar's run (a trained scalar beside kohya's
     dropouts) also resumes bit-exact: the others' scalars and LoKr factors are state of the same kinds
-    (LoHa / LoKr weights resume in test_lycoris)."""
+    (LoHa / LoKr weights resume in test_lycoris). final/ holds the adapters in peft's layout (LoCon with a
+    scalar too: diffusers' LoRA format has no place for it), and `dbspec sample` rebuilds the scalars and
+    full LoKr factors from the saved tensors alone: the helper reloads every LoHa / LoKr run so
+    (lokr_full_matrix's), locon_scalar's is reloaded here."""
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
     monkeypatch.setitem(lycoris_runs.KINDS, kind, SWITCH_KINDS[kind])
     resume = kind == "locon_scalar"
-    lycoris_runs.trains_resumes_and_loads_back_in_lycoris(tmp_path, kind, loader, steps=2, resume=resume)
-
-
-@pytest.mark.parametrize("kind", ["locon_scalar", "lokr_full_matrix"])
-def test_final_weights_reload_onto_the_base_model_for_sampling(tmp_path, kind):
-    """final/ holds the adapters in peft's layout (LoCon with a scalar too: diffusers' LoRA format has no
-    place for it); `dbspec sample` rebuilds the scalars and full LoKr factors from the saved tensors alone."""
-    from dbspec.runtime.execute import execute
-    from dbspec.runtime.sample import SampleRequest, load_pipeline
-    from tests.runtime.runspec import compile_spec, write_spec
-
-    table = SWITCH_KINDS[kind][0]
-    spec = write_spec(tmp_path, steps=2, extra=lycoris_runs.SPEC.format(adapter=table))
-    plan = compile_spec(spec, ["optimizer.lr=1e-2"])
-    result = execute(plan, keep_models=True)
-    trained = result.components.unet.eval()
-    assert (Path(result.final) / "unet" / "adapter_model.safetensors").exists()
-    pipe = load_pipeline(SampleRequest(source=Path(result.output), settings=plan.validation))
-    torch.testing.assert_close(
-        lycoris_runs._unet_output(pipe.unet), lycoris_runs._unet_output(trained), rtol=1e-5, atol=1e-5
+    result, settings = lycoris_runs.trained_resumed_and_loaded_in_lycoris(
+        tmp_path, kind, loader, steps=2, resume=resume
     )
+    assert (Path(result.final) / "unet" / "adapter_model.safetensors").exists()
+    if kind == "locon_scalar":
+        trained = result.components.unet.eval()
+        pipe = load_pipeline(SampleRequest(source=Path(result.output), settings=settings))
+        torch.testing.assert_close(
+            lycoris_runs._unet_output(pipe.unet), lycoris_runs._unet_output(trained), rtol=1e-5, atol=1e-5
+        )
 
 
 # LyCORIS's algo=full (runtime/lycoris_full.py): trained copies of the targeted layers' weights and biases,

@@ -329,11 +329,17 @@ mask_group_id = 3
 
 
 def _converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"algo=tlora"'):
+    """converted_network on a tiny pipeline of its own (the caller may change it)."""
+    return converted_network(tmp_path, monkeypatch, preset, args)
+
+
+def converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"algo=tlora"', pipe=None):
     """`preset` (p.toml) under kohya's command line with `--network_args {args} "preset=p.toml"`, converted
     (neither DBS402 nor DBS403) to its plan's adapter on the tiny SD 1.x, and lycoris-lora 4.1.3's
     create_network from the same file and network_args on copies of a tiny pipeline's U-Net and CLIP (under
-    `text_model`, as kohya's), the network class's attributes restored after the test. Returns the adapter,
-    the network, the pipeline, and the copies it was built on: the CLIP's holder and the U-Net."""
+    `text_model`, as kohya's), the network class's attributes restored after the test. The pipeline is
+    `pipe` (left unchanged: a shared fixture's) or one built here. Returns the adapter, the network, the
+    pipeline, and the copies it was built on: the CLIP's holder and the U-Net."""
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
@@ -353,7 +359,8 @@ def _converted_network(tmp_path: Path, monkeypatch, preset: str, args: str = '"a
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    pipe = build_pipeline("builtin:tiny-sd1")
+    if pipe is None:
+        pipe = build_pipeline("builtin:tiny-sd1")
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)
     extra = dict(a.strip('"').split("=") for a in args.split())

@@ -18,7 +18,7 @@ from torch import nn
 
 from tests.runtime.test_lycoris import loader  # noqa: F401 (the fixture)
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
-from tests.runtime.test_lycoris_tlora import _no_gc
+from tests.runtime.test_lycoris_tlora import converted_network
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -101,34 +101,13 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     from dbspec.runtime.execute import execute
     from tests.runtime.runspec import compile_spec
     from tests.runtime.test_lycoris import _unet_output
-    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
     from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
-    from tests.unit.convert_kit import SD15, errors, images, kohya, out_path, plan_of
+    from tests.unit.convert_kit import out_path
 
-    _no_gc(monkeypatch)
     text = TLORA_OFT_DYLORA if preset == "defaults" else TLORA_OWN
-    (tmp_path / "p.toml").write_text(text, encoding="utf-8")
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    outcome = kohya(
-        tmp_path,
-        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
-        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
-        f'--network_args {ARGS} "preset=p.toml" --learning_rate=1e-2 --max_train_steps=2 --output_dir=out',
-    )
-    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    adapter = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    adapter, made, _, named, unet = converted_network(tmp_path, monkeypatch, text, ARGS, pipe=pipe)
     assert adapter.kind == "tlora" and {b.kind for b in adapter.blocks} == {"diag-oft", "dylora"}
     assert {b.kind for b in adapter.text_encoder_blocks} == {"boft"}
-
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
-    named.text_model = copy.deepcopy(pipe.text_encoder)
-    extra = dict(a.strip('"').split("=") for a in ARGS.split())
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, preset=str(tmp_path / "p.toml"), **extra
-    )
     theirs = _modules(made)
     kinds = {v[0] for v in theirs.values()}
     assert kinds == {"TLoraModule", "DiagOFTModule", "DyLoraModule", "ButterflyOFTModule"}
@@ -186,7 +165,7 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
         "UNET_TARGET_REPLACE_NAME",
         "TEXT_ENCODER_TARGET_REPLACE_MODULE",
     ):
-        monkeypatch.setattr(network, attr, [])
+        monkeypatch.setattr(lycoris_kohya.LycorisNetworkKohya, attr, [])
     fresh_unet, named = copy.deepcopy(pipe.unet), nn.Module()
     named.text_model = copy.deepcopy(pipe.text_encoder)
     loaded, weights = loader(1.0, str(export), None, named, fresh_unet, for_inference=True)

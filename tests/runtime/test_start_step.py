@@ -43,11 +43,19 @@ def _rows(run) -> list[dict]:
     return [row for row in map(json.loads, lines) if "loss" in row]
 
 
-def test_skipping_data_continues_the_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def still_run(tmp_path_factory):
+    """The uninterrupted 10-step run at the negligible lr, made once per test process: the reference of
+    test_skipping_data_continues_the_uninterrupted_run (its losses) and test_start_lr_places_the_schedule
+    (its logged lr), which only read it."""
+    return execute(_plan(tmp_path_factory.mktemp("still"), "", lr=STILL))
+
+
+def test_skipping_data_continues_the_uninterrupted_run(tmp_path, still_run):
     """A negligible lr holds the weights, so with noise seeded per micro-batch from the global step a later
     start's losses equal the uninterrupted run's from that step only when its batches, captions and noise
     are the same."""
-    whole = execute(_plan(tmp_path / "a", "", lr=STILL))
+    whole = still_run
     later = execute(_plan(tmp_path / "b", "start_step = 7\nskip_data = true", lr=STILL))
     assert whole.steps == later.steps == 10
     assert len(later.losses) == 3
@@ -56,12 +64,14 @@ def test_skipping_data_continues_the_uninterrupted_run(tmp_path):
     assert [r["epoch"] for r in _rows(later)] == [r["epoch"] for r in _rows(whole)][7:] == [1, 1, 1]
 
 
-def test_start_lr_places_the_schedule(tmp_path):
-    whole = _rows(execute(_plan(tmp_path / "a", "")))
+def test_start_lr_places_the_schedule(tmp_path, still_run):
+    """The logged lr of later starts against the uninterrupted run's, all at the negligible lr (the schedule's
+    factors are the lr's alike)."""
+    whole = _rows(still_run)
     at_start = _rows(
-        execute(_plan(tmp_path / "b", 'start_step = 4\nskip_data = true\nstart_lr = "start_step"'))
+        execute(_plan(tmp_path / "b", 'start_step = 4\nskip_data = true\nstart_lr = "start_step"', lr=STILL))
     )
-    first = _rows(execute(_plan(tmp_path / "c", "start_step = 4\nskip_data = true")))
+    first = _rows(execute(_plan(tmp_path / "c", "start_step = 4\nskip_data = true", lr=STILL)))
     assert [r["step"] for r in at_start] == [r["step"] for r in first] == list(range(5, 11))
     assert [r["lr"] for r in at_start] == [r["lr"] for r in whole[4:]]
     assert [r["lr"] for r in first] == [
