@@ -3327,17 +3327,6 @@ value changes nothing.""",
         help="remove adapter.norm_rank_dropout, or add the norm offsets it is meant for",
     ),
     Code(
-        "DBS625",
-        ERROR,
-        "A block's own scalar on layers without a scalar per block",
-        """\
-`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a GLoRA, DyLoRA,
-full or IA^3 adapter gives the matched layers LyCORIS's trained scalar (a LyCORIS preset file's map entry's
-own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layers alone: the block needs
-`kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
-        help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
-    ),
-    Code(
         "DBS624",
         WARNING,
         "adapter.rank_dropout on a T-LoRA adapter without blocks that draw it",
@@ -3348,6 +3337,17 @@ dropout). On a `kind = "tlora"` adapter `rank_dropout` is therefore those blocks
 / `[[adapter.text_encoder_blocks]]` of kind lora, loha, full or diag-oft): without them the value changes
 nothing.""",
         help="remove adapter.rank_dropout, or add the blocks it is meant for",
+    ),
+    Code(
+        "DBS625",
+        ERROR,
+        "A block's own scalar on layers without a scalar per block",
+        """\
+`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a GLoRA, DyLoRA,
+full or IA^3 adapter gives the matched layers LyCORIS's trained scalar (a LyCORIS preset file's map entry's
+own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layers alone: the block needs
+`kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
+        help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
     ),
 )
 
