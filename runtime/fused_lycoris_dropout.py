@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from dbspec.plan.model import FusedPlan
 from dbspec.runtime.adapters import ADAPTER_NAME
 from dbspec.runtime.fused import _lycoris_part, fused_parts
+from dbspec.runtime.kohya_rows import in_kohya_rows
 from dbspec.runtime.lycoris_dora import dora_scale_of
 
 
@@ -205,6 +206,10 @@ def _forward(layer, peft_forward, draw: LycorisDraw, rows: tuple[int, int]):
         skip, mask, output = draw.take(result, x.dtype)
         if skip:
             return result.to(x.dtype)
+        if mask is not None:  # a layer of its own whose rows kohya holds the other way round: its draws'
+            mask = in_kohya_rows(mask, layer)  # halves swapped (runtime/kohya_rows.py; never a fused part)
+        if output is not None and not draw.conv:
+            output = in_kohya_rows(output, layer, dim=-1)
         if dora_scale_of(layer, ADAPTER_NAME) is not None:  # dora_wd: the masked update decomposed
             part_mask = None if mask is None else mask[rows[0] : rows[1]]
             delta = layer.dora_delta(ADAPTER_NAME, part_mask, mask)  # per input column: every part's rows

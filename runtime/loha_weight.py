@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dbspec.runtime.kohya_rows import in_kohya_rows
 from dbspec.runtime.peft_draw import NoIdleDraw
 
 _CLASSES: dict[type, type] = {}
@@ -79,7 +80,8 @@ class LycorisLoha(NoIdleDraw):
         weight = weight.reshape(self.get_base_layer().weight.shape)
         if apply_rank_dropout:
             rescale = bool(self.rank_dropout_scale.get(adapter_name, False))
-            weight = weight * rank_dropout_mask(weight, self.rank_dropout[adapter_name], rescale)
+            mask = rank_dropout_mask(weight, self.rank_dropout[adapter_name], rescale)
+            weight = weight * in_kohya_rows(mask, self)  # SD3 / Flux's swapped modulation rows
         return weight
 
 

@@ -29,6 +29,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from dbspec.runtime.adapters import ADAPTER_NAME
+from dbspec.runtime.kohya_rows import dropped_in_kohya_rows, in_kohya_rows
 
 
 def add_lora_dropout(
@@ -105,10 +106,10 @@ def _forward(
         elif training and rank_dropout and form == "lycoris":  # LoConModule.make_weight: ΔW's output rows
             update = lora_b(lx)
             keep = torch.rand(update.size(1 if update.dim() == 4 else -1), device=x.device) > rank_dropout
-            keep = keep.to(update.dtype)
+            keep = in_kohya_rows(keep.to(update.dtype), layer)  # SD3 / Flux's swapped modulation rows
             keep = keep / keep.mean() if rescaled(layer) else keep
             update = update * (keep.view(-1, 1, 1) if update.dim() == 4 else keep)
-            return (result + _dropped(update * scale, training, output_dropout)).to(result.dtype)
+            return (result + _dropped(update * scale, training, output_dropout, layer)).to(result.dtype)
         elif training and rank_dropout:
             mask = torch.rand((lx.size(0), layer.r[ADAPTER_NAME]), device=lx.device) > rank_dropout
             if lx.dim() == 3:
@@ -117,7 +118,7 @@ def _forward(
                 mask = mask.unsqueeze(-1).unsqueeze(-1)
             lx = lx * mask
             scale = scale * (1.0 / (1.0 - rank_dropout))
-        return (result + _dropped(lora_b(lx) * scale, training, output_dropout)).to(result.dtype)
+        return (result + _dropped(lora_b(lx) * scale, training, output_dropout, layer)).to(result.dtype)
 
     return forward
 
@@ -142,6 +143,7 @@ def rescaled(layer) -> bool:
     return bool(getattr(layer, "dbspec_rank_dropout_scale", False))
 
 
-def _dropped(update: torch.Tensor, training: bool, output_dropout: float) -> torch.Tensor:
-    """LoConModule's bypass `dropout` (torch's) on the scaled update while training."""
-    return torch.nn.functional.dropout(update, p=output_dropout) if training and output_dropout else update
+def _dropped(update: torch.Tensor, training: bool, output_dropout: float, layer=None) -> torch.Tensor:
+    """LoConModule's bypass `dropout` (torch's) on the scaled update while training (over kohya's row order:
+    runtime/kohya_rows.py)."""
+    return dropped_in_kohya_rows(update, output_dropout, layer) if training and output_dropout else update

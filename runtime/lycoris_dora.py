@@ -118,12 +118,14 @@ class LycorisDora:
         delta = parent.get_delta_weight(adapter)
         rate = self.__dict__.get("dbspec_dora_rank_dropout", 0.0)  # LoRA / LoCon: lora_dropout.py sets it
         if own_rank_dropout and self.training and rate:
+            from dbspec.runtime.kohya_rows import in_kohya_rows
             from dbspec.runtime.lora_dropout import rescaled
 
             # LoConModule.make_weight: ΔW's output rows kept above the rate (a 0 / 1 mask, so masking after
             # peft's alpha / rank and the scalar is bit-equal to LyCORIS's masking before them), unscaled
             # unless the layer's block rescales (`drop / drop.mean()`)
             keep = (torch.rand(delta.shape[0], device=delta.device) > rate).to(delta.dtype)
+            keep = in_kohya_rows(keep, self)  # SD3 / Flux's swapped modulation rows (runtime/kohya_rows.py)
             keep = keep / keep.mean() if rescaled(self) else keep
             delta = delta * keep.view(-1, *[1] * (delta.dim() - 1))
         return delta

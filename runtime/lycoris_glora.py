@@ -180,8 +180,10 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
             mask_b = draw("bx", lambda: drop(ax.new_ones((*bx.shape[:-1], shared.rows), dtype=bx.dtype)))
             start, stop = self.__dict__["glora_rows"]
             ax, bx = ax * mask_a, bx * mask_b[..., start:stop]
-        else:
-            ax, bx = drop(ax), drop(bx)
+        elif training:  # bx's Dropout over kohya's rows (SD3 / Flux's swapped modulation: kohya_rows.py)
+            from dbspec.runtime.kohya_rows import dropped_in_kohya_rows
+
+            ax, bx = drop(ax), dropped_in_kohya_rows(bx, self.glora_dropout, self)
         return self.base_layer(x + ax * scale, *args, **kwargs) + bx * scale
 
     def __repr__(self) -> str:

@@ -163,8 +163,10 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
         draw = self.__dict__.get("oft_rank_draw")  # a fused Linear's parts' one mask
         if draw is not None:
             return draw.take(self, rotation)
+        from dbspec.runtime.kohya_rows import in_kohya_rows  # SD3 / Flux's swapped modulation: kohya's blocks
+
         ones = torch.ones_like(rotation)
-        return nn.functional.dropout(ones, self.oft_rank_dropout, training=True)
+        return in_kohya_rows(nn.functional.dropout(ones, self.oft_rank_dropout, training=True), self)
 
     def _rotated_delta(
         self, adapter: str, rows: torch.Tensor, dropped: bool = False, piece=None

@@ -101,6 +101,10 @@ def _prepare(
             # the offsets' own rank dropout (None: a plan before it, the adapter's)
             rank = a.rank_dropout if a.norm_rank_dropout is None else a.norm_rank_dropout
             add_norm_offsets(module, norms, a.module_dropout, rank, required=not (clip and several))
+        if denoiser:  # LyCORIS's row masks and bypass Dropout over a swapped Linear's rows: in kohya's order
+            from dbspec.runtime.kohya_rows import mark_swapped_rows
+
+            mark_swapped_rows(module, swapped_rows(module))
         # LyCORIS's LoKr / LoHa on fused Linears are tied in add_lora, before its switches wrap the parts
         # (IA^3's and full's parts keep their own rows: their fused layers share the dropout draws alone)
         if plan.adapter.fused and denoiser and plan.adapter.kind not in ("lokr", "loha", "ia3", "full"):
