@@ -295,11 +295,13 @@ def _locon_dropped(module: LycorisNormModule) -> torch.Tensor:
     the generator of the weights' device (kohya passes accelerator.device) and divided by its mean where the
     layer's block rescales (rank_dropout_scale). The mask is 0 / 1, so masking after alpha / rank and the
     scalar equals LyCORIS's masking before them; with LyCORIS's weight decomposition the update before it."""
+    from dbspec.runtime.kohya_rows import in_kohya_rows
     from dbspec.runtime.lora_dropout import rescaled
 
     parts = module.parts or (module.layer,)
     update = torch.cat([_own_update(part, own_rank_dropout=False) for part in parts])
     keep = (torch.rand(update.size(0), device=update.device) > module.rank_dropout).to(update.dtype)
+    keep = in_kohya_rows(keep, module.layer)  # SD3 / Flux's swapped modulation rows (never a fused part)
     keep = keep / keep.mean() if rescaled(module.layer) else keep
     return update * keep.view(-1, *[1] * (update.dim() - 1))
 

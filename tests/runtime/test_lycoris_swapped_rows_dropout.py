@@ -106,8 +106,29 @@ def test_swapped_modulation_draws_in_kohyas_rows(tmp_path, monkeypatch, family, 
 
         moved += _same_training(module.train(), stacked, torch.randn(3, _base(parts[0]).in_features), path)
         compared[path] = type(module).__name__
+        if algo in ("locon", "loha") and "bypass_mode" not in args:  # the max norm's masked update too
+            _same_max_norm(module, parts[0], ours, a, path)
     swapped_paths = (
         {SD3_LAST, "final_layer.adaLN_modulation.1"} if sd3 else {"final_layer.adaLN_modulation.1"}
     )
     assert compared.keys() == swapped_paths
     assert set(compared.values()) >= classes and moved == len(compared)  # every layer's draws move on
+
+
+def _same_max_norm(module: nn.Module, layer: nn.Module, ours: nn.Module, adapter, path: str) -> None:
+    """LyCORIS's apply_max_norm in training mode draws its module's row mask inside the norm (LoConModule's
+    make_weight, LohaModule's get_weight): the norm of our layer's update (runtime/max_norm.py) equals it from
+    the same generator state, over three draws, and leaves the generator alike."""
+    from dbspec.runtime.max_norm import lycoris_norm_modules, lycoris_update
+
+    mine = next(
+        m for m in lycoris_norm_modules(ours, [], adapter.fused, adapter.rank_dropout) if m.layer is layer
+    )
+    results = []
+    for norm in (lambda: module.apply_max_norm(1e9)[1], lambda: lycoris_update(mine).norm()):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            results.append(([float(norm()) for _ in range(3)], torch.get_rng_state()))
+    (want, after), (got, state) = results
+    assert torch.equal(after, state), path
+    assert got == pytest.approx(want, rel=1e-5) and len(set(want)) > 1, path
