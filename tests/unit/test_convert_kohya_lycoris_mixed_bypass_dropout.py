@@ -177,3 +177,26 @@ def test_bypass_rank_dropout_beside_low_rank_entries(tmp_path, algo, entry):
         0.3,
     )
     assert {b.kind for b in a.blocks} == {kind.get(entry, entry)} and not a.rank_dropout_scale
+
+
+@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("loha", "lokr")])
+def test_network_dropout_with_bypass_rank_dropout_is_the_network_args_dropout(tmp_path, algo, entry):
+    """--network_dropout beside a bypass rank_dropout and other algorithms' entries: train_network.py hands
+    LyCORIS's create_network `dropout=args.network_dropout` where network_args has no `dropout` (and
+    `neuron_dropout`, which lycoris.kohya never reads), so the plan is the one network_args' `dropout` makes
+    (runtime-checked in tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py); a network_args `dropout`
+    wins over it, as kohya's `if "dropout" not in net_kwargs`."""
+    plans = []
+    for given in ('"dropout=0.3"', "--network_dropout=0.3", '"dropout=0.3" --network_dropout=0.1'):
+        case = tmp_path / str(len(plans))
+        case.mkdir()
+        outcome = _convert(case, algo, entry, f'"rank_dropout=0.2" {given}')
+        assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+        if given.startswith("--"):
+            assert fate(outcome, "network_dropout") == "mapped"
+        plans.append(plan_of(outcome, case, ["model.base=builtin:tiny-sd1"]).adapter)
+    assert plans[0] == plans[1] == plans[2]
+    a = plans[1]
+    kind = {"locon": "lora"}
+    assert (a.kind, a.rank_dropout, a.output_dropout) == (kind.get(algo, algo), 0.2, 0.3)
+    assert a.rank_dropout_form == ("lycoris_bypass" if algo == "locon" else "kohya")
