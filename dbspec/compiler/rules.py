@@ -3503,23 +3503,14 @@ def lycoris_row_masks(a) -> bool:
             for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
         )
     )
-    blocks = (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
     # on Flux / SD3 / Chroma's fused Linears (fused_projections) each kind's one LyCORIS module draws one mask
     # its parts share (runtime/mixed_kinds.py; checked against lycoris-lora 4.1.3's modules on kohya's fused
-    # Linears, test_lycoris_mixed_flow_rank_dropout.py), decomposed per output row too (each part its rows
-    # of the masked update; test_lycoris_flow_rank_dropout_layers.py, magnitudes' gradients included); a
-    # fused layer decomposed per input column (its parts' one shared magnitude) beside other kinds is not
-    # checked
-    columns = getattr(a, "dora_axis", "output") == "input" or any(
-        getattr(b, "dora_axis", "adapter") == "input" for b in blocks
-    )
-    return (
-        (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris"))
-        and not (getattr(a, "fused_projections", False) and columns)
-        and all(
-            getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
-            for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
-        )
+    # Linears, test_lycoris_mixed_flow_rank_dropout.py), decomposed per output row (each part its rows of the
+    # masked update) or per input column (the parts' one shared magnitude, renormalised by the column norms of
+    # every part's masked rows) too (test_lycoris_flow_rank_dropout_layers.py, magnitudes' gradients included)
+    return (loha or (a.kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris")) and all(
+        getattr(b, "kind", "adapter") in ("adapter", "lora", "loha", *_ROW_MASK_BESIDE)
+        for b in (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
     )
 
 

@@ -11,7 +11,8 @@ left where the module leaves it (one mask per fused Linear, its parts sharing it
   LayerNorm's offsets against its NormModule alike. An algo=glora network whose Diag-OFT entry has its own
   `bypass_mode` (was DBS403): DiagOFTModule's bypass forward draws no rank dropout, the other entries theirs.
   LoCon and GLoRA networks' `dora_wd` (was DBS403): the decomposed fused layers beside other kinds, the
-  magnitudes' gradients too.
+  magnitudes' gradients too; per input column (`wd_on_output = false`, was DBS403) on LoCon, GLoRA and
+  DyLoRA networks, each fused module's parts sharing one magnitude.
 - SD3 and Chroma (their fused rank-dropout paths are Flux's code, runtime/mixed_kinds.py): a LoCon network
   with LoHa, Diag-OFT, full and IA^3 entries on their fused q/k/v (SD3's last context modulation in kohya's
   row order)."""
@@ -236,6 +237,11 @@ def check_fused_layers(monkeypatch, plan, denoiser, file, algo, args, rows, part
         masked += _same_training(module.train(), stacked, x, path)
         compared[path] = module
         if getattr(module, "dora_scale", None) is not None:  # a decomposed module: its magnitudes' gradients
+            if module.dora_scale.shape[0] == 1:  # per input column: the parts' one shared magnitude
+                assert len({id(dora_scale_of(p, "default")) for p in parts}) == 1, path
+                ours_grad = dora_scale_of(parts[0], "default").grad
+                torch.testing.assert_close(ours_grad, module.dora_scale.grad, rtol=1e-3, atol=1e-5, msg=path)
+                continue
             ours_grad = torch.cat([dora_scale_of(p, "default").grad for p in parts])
             ours_grad = ours_grad if order is None else ours_grad[order]
             torch.testing.assert_close(ours_grad, module.dora_scale.grad, rtol=1e-3, atol=1e-6, msg=path)
@@ -311,24 +317,34 @@ def test_flux_glora_network_with_an_entrys_own_bypass_mode(tmp_path, monkeypatch
     assert {"LohaModule", "LoConModule", "GLoRAModule"} <= _classes(compared)
 
 
-@pytest.mark.parametrize("algo", ["locon", "glora"])
+@pytest.mark.parametrize("algo", ["locon", "glora", "locon-columns", "glora-columns", "dylora-columns"])
 def test_flux_decomposed_fused_layers_beside_other_kinds(tmp_path, monkeypatch, algo):
     """dora_wd with rank_dropout beside other kinds on the fused Linears (was DBS403, a spec's DBS578): a
     LoCon network's own layers and its LoHa entry decomposed (the adapter's dora), a GLoRA network's LoCon /
     LoHa entries (their blocks' dora); each part decomposes its rows of its fused module's masked update:
-    the magnitudes' gradients equal LyCORIS's `dora_scale` gradients too."""
+    the magnitudes' gradients equal LyCORIS's `dora_scale` gradients too. With wd_on_output=False
+    (`-columns`, was DBS403) per input column: the LoCon network's layers and LoHa entry, a GLoRA or DyLoRA
+    network's LoCon / LoHa entries (their blocks' dora_axis); each fused module's parts share one (1, in)
+    magnitude, renormalised by the column norms of every part's masked rows as LoConModule / LohaModule
+    decompose the stacked weight."""
+    algo, columns = algo.removesuffix("-columns"), algo.endswith("-columns")
     preset = BYPASS_FILE.replace('algo = "diag-oft"\ndim = 4\nbypass_mode = true', 'algo = "full"')
     args = {"algo": algo, "rank_dropout": str(RATE), "module_dropout": str(DROP), "dora_wd": "True"}
+    args |= {"wd_on_output": "False"} if columns else {}
+    args |= {"block_size": "2"} if algo == "dylora" else {}
     plan = _plan(tmp_path, "flux", FLUX, preset, args)
     a = plan.adapter
     assert a.rank_dropout == RATE and a.fused and (a.dora or {b.dora for b in a.blocks} >= {"on"})
+    # a GLoRA adapter has no axis: its decomposed blocks carry it
+    assert ("input" in {a.dora_axis, *(b.dora_axis for b in a.blocks)}) == columns
     drops = {k: v for k, v in args.items() if k != "algo"}
     compared = check_fused_layers(
         monkeypatch, plan, build_pipeline("builtin:tiny-flux").transformer.float(), tmp_path / "p.toml", algo,
         drops, flux_model(1, 1), diffusers_parts,
     )  # fmt: skip
-    decomposed = {p for p, m in compared.items() if getattr(m, "dora_scale", None) is not None}
-    assert {"single_blocks.0.linear1", "double_blocks.0.txt_attn.qkv"} <= decomposed
+    decomposed = {p: m for p, m in compared.items() if getattr(m, "dora_scale", None) is not None}
+    assert {"single_blocks.0.linear1", "double_blocks.0.txt_attn.qkv"} <= decomposed.keys()
+    assert {m.dora_scale.shape[0] == 1 for m in decomposed.values()} == {columns}
     assert type(compared["double_blocks.0.img_attn.qkv"]).__name__ == "FullModule"
 
 

@@ -148,7 +148,8 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     wd_on_output=False with it too (was DBS403, a spec's DBS583: its blocks' own `dora_axis` "input", one draw
     per fused layer, tests/runtime/test_lycoris_flux_block_columns.py). The network's rank_dropout beside
     other kinds with dora_wd per output row too (was DBS403, a spec's DBS578; beside LoKr entries DBS402);
-    per input column it stays refused (DBS578)."""
+    per input column too (was DBS403, a spec's DBS578; tests/runtime/
+    test_lycoris_flow_rank_dropout_layers.py)."""
     outcome = _flux(tmp_path / "glora", MIXED, '"algo=glora" "dora_wd=True" "module_dropout=0.1"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "glora").adapter
@@ -175,8 +176,10 @@ def test_flux_dora_wd_with_module_dropout_beside_other_algorithms(tmp_path):
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "rank_loha").adapter
     assert (a.dora, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, "lycoris") and a.fused
-    outcome = _flux(tmp_path / "rank_cols", loha, drop + ' "wd_on_output=False"', allow=True)  # per column
-    assert "rank_dropout" in messages(outcome, "DBS403"), errors(outcome)
+    outcome = _flux(tmp_path / "rank_cols", loha, drop + ' "wd_on_output=False"')  # per column (was DBS403)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "rank_cols").adapter
+    assert (a.dora, a.dora_axis, a.rank_dropout, a.rank_dropout_form) == (True, "input", 0.1, "lycoris")
     cols = '"dora_wd=True" "wd_on_output=False" "module_dropout=0.1"'
     outcome = _flux(tmp_path / "cols", MIXED, f'"algo=glora" {cols}')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)

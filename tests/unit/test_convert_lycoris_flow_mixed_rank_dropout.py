@@ -84,13 +84,11 @@ def _refused(tmp_path, args: str, other: str = "loha", code: str = "DBS403") -> 
     return [e for e in errors(outcome) if "rank_dropout" in e and e.startswith(code)]
 
 
-def test_rank_dropout_with_dora_beside_other_kinds_on_fused_layers_still_refused(tmp_path):
-    """A fused layer decomposed per input column beside other kinds is not checked: DBS403 (the spec's
-    DBS578; per output row it converts, test_dora_per_row_beside_other_kinds_on_fused_layers).
-    Beside LoKr entries DBS402 with SD's message (was DBS403;
-    network.lokr_entries_rank_dropout: their LokrModules' CPU mask stops kohya at the first step on a GPU)."""
+def test_rank_dropout_beside_lokr_entries_on_fused_layers_is_refused(tmp_path):
+    """Beside LoKr entries DBS402 with SD's message (was DBS403; network.lokr_entries_rank_dropout: their
+    LokrModules' CPU mask stops kohya at the first step on a GPU). (A fused layer decomposed per input column
+    beside other kinds converts now: test_dora_beside_other_kinds_on_fused_layers.)"""
     for name, args, other, code in (
-        ("dora", '"algo=locon" "rank_dropout=0.25" "dora_wd=True" "wd_on_output=False"', "loha", "DBS403"),
         ("lokr_full", '"algo=full" "rank_dropout=0.25"', "lokr", "DBS402"),
         ("lokr_glora", '"algo=glora" "rank_dropout=0.25"', "lokr", "DBS402"),
         ("lokr_locon", '"algo=locon" "rank_dropout=0.25"', "lokr", "DBS402"),
@@ -112,14 +110,22 @@ def test_dylora_network_with_train_norm_rank_dropout_beside_entries(tmp_path):
     assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and a.fused
 
 
-def test_dora_per_row_beside_other_kinds_on_fused_layers(tmp_path):
+def test_dora_beside_other_kinds_on_fused_layers(tmp_path):
     """A LoCon / LoHa network's dora_wd with rank_dropout beside other kinds on the fused Linears (was DBS403,
     a spec's DBS578): the adapter's dora and rank_dropout, each part decomposing its rows of its fused
-    module's masked update (tests/runtime/test_lycoris_flow_rank_dropout_layers.py)."""
-    for algo, other in (("locon", "loha"), ("loha", "locon")):
-        folder = tmp_path / algo
+    module's masked update; per input column (wd_on_output=False, was DBS403 too) the parts' one magnitude
+    renormalising by the column norms of every part's masked rows
+    (tests/runtime/test_lycoris_flow_rank_dropout_layers.py)."""
+    for algo, other, axis in (
+        ("locon", "loha", "output"),
+        ("loha", "locon", "output"),
+        ("locon", "loha", "input"),
+    ):
+        folder = tmp_path / f"{algo}-{axis}"
         folder.mkdir()
         (folder / "mixed.toml").write_text(PRESET.replace("OTHER", other), encoding="utf-8")
         args = f'"algo={algo}" "preset=mixed.toml" "rank_dropout=0.25" "dora_wd=True"'
+        args += ' "wd_on_output=False"' if axis == "input" else ""
         a = plan_of(flux_lycoris(folder, args), folder, BASE).adapter
-        assert (a.dora, a.rank_dropout, a.rank_dropout_form) == (True, 0.25, "lycoris") and a.fused
+        assert (a.dora, a.dora_axis, a.rank_dropout, a.rank_dropout_form) == (True, axis, 0.25, "lycoris")
+        assert a.fused
