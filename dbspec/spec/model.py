@@ -2287,8 +2287,11 @@ class TloraBlock:
         "(the denoiser's; text encoder i's: seed + 1 + i), `sig_type` picking its triplets; the frozen "
         "start is the same. Saved with the run's weights; LyCORIS's file holds no frozen start and its "
         "loaders rebuild one (create_network_from_weights from the base model's SVD, create_network from a "
-        "new draw): such a file loads there at another update than the one trained. Not with "
-        "`fused_projections` (DBS622).",
+        "new draw): such a file loads there at another update than the one trained. With "
+        "`fused_projections` each fused Linear draws one matrix over its stacked rows in kohya's order, as "
+        "TLoraModule on kohya's layer, from the generator state its first-built part drew at; each layer "
+        "draws as TLoraModule does, while the order of draws over the model is peft's over diffusers' "
+        "modules, not kohya's.",
         example=False,
     )
     bypass: BlockSwitch = option(
