@@ -1,24 +1,35 @@
-"""lycoris.kohya algo=tlora with `train_norm` on kohya's Flux, its preset file reaching CLIP-L's LayerNorms:
-LyCORIS gives those norms NormModules beside the TLoraModules, but dbspec's T-LoRA adapter holds no norm
-offsets (no `text_encoder_norms` / `denoiser_norms` / `norm_rank_dropout`), so it is DBS403 as on SD, with
-or without the network's rank_dropout (which TLoraModule never reads and the NormModules would draw); the
-converter wrote `text_encoder_norms` into the tlora adapter and crashed rendering the spec."""
+"""lycoris.kohya algo=tlora with `train_norm` (issue 12; was DBS403 on SD, and on Flux a converter crash where
+the preset file reached CLIP's LayerNorms: it wrote `text_encoder_norms` into a tlora adapter that had none):
+the norms LyCORIS gives NormModules are the T-LoRA adapter's norm offsets (`denoiser_norms` /
+`text_encoder_norms`), and the network's `rank_dropout`, which TLoraModule never reads, is theirs
+(`norm_rank_dropout`), beside a preset file's entries the adapter's `rank_dropout` too, as on a DyLoRA
+network (tests/runtime/test_lycoris_flow_tlora_norms.py holds CLIP-L's offsets to lycoris-lora's
+NormModules)."""
 
 from __future__ import annotations
 
-from convert_kit import FLUX_LYCORIS, codes, component_file, images, kohya, messages
-from test_convert_lycoris_flow_mixed_rank_dropout import PRESET
+from convert_kit import errors, flux_lycoris, plan_of
+from test_convert_kohya_tlora import _lycoris
+from test_convert_lycoris_flow_mixed_rank_dropout import BASE, PRESET
 
 
-def test_tlora_network_train_norm_is_refused_not_a_crash(tmp_path):
-    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
-        component_file(tmp_path / name)
+def test_flux_tlora_network_train_norm_takes_norm_offsets(tmp_path):
     preset = PRESET.replace('["CLIPAttention"]', '["CLIPEncoderLayer"]').replace("OTHER", "locon")
-    (tmp_path / "mixed.toml").write_text(preset, encoding="utf-8")
-    for extra in ("", ' "rank_dropout=0.25"'):
-        args = f'"algo=tlora" "preset=mixed.toml" "train_norm=True"{extra}'
-        outcome = kohya(tmp_path, command=f"{FLUX_LYCORIS}--network_args {args}")
-        assert "DBS403" in codes(outcome), extra
-        said = messages(outcome, "DBS403")
-        assert "train_norm" in said and "no norm offsets" in said, said
+    for extra, rates in (("", (0.0, 0.0)), (' "rank_dropout=0.25"', (0.25, 0.25))):
+        folder = tmp_path / str(len(extra))
+        folder.mkdir()
+        (folder / "mixed.toml").write_text(preset, encoding="utf-8")
+        outcome = flux_lycoris(folder, f'"algo=tlora" "preset=mixed.toml" "train_norm=True"{extra}')
+        a = plan_of(outcome, folder, BASE).adapter
+        assert (a.kind, a.rank_dropout, a.norm_rank_dropout) == ("tlora", *rates), extra
+        assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and a.fused
+
+
+def test_sd_tlora_network_train_norm_takes_norm_offsets(tmp_path):
+    """attn-mlp reaches the U-Net transformers' norms: the denoiser's offsets; the network's rank_dropout
+    (no entries) the offsets' alone."""
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=attn-mlp", "train_norm=True", "rank_dropout=0.1"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.rank_dropout, a.norm_rank_dropout) == ("tlora", 0.0, 0.1)
+    assert a.denoiser_norms and not a.text_encoder_norms
