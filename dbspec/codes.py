@@ -3309,10 +3309,9 @@ nothing.""",
         """\
 `data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
-drawn as LyCORIS's TLoraModule draws it. A block of another `kind` has no T-LoRA layers to start, and with
-`fused_projections` each fused Linear starts from one SVD of its stacked weight, which dbspec does not draw
-at random.""",
-        help="remove the block's data_init, or set adapter.fused_projections = false",
+drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix over each fused Linear's
+stacked rows, as TLoraModule on kohya's layer). A block of another `kind` has no T-LoRA layers to start.""",
+        help="remove the block's data_init, or give the block kind tlora",
     ),
     Code(
         "DBS623",

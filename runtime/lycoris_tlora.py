@@ -21,6 +21,7 @@ base model's SVD."""
 from __future__ import annotations
 
 from functools import partial
+import itertools
 from typing import Any
 
 import torch
@@ -78,6 +79,11 @@ def random_start(
         torch.empty(count).uniform_()
     drawn = torch.normal(mean=0, std=1 / rank, size=(out, weight[0].numel()))
     return _picked(*torch.linalg.svd(drawn, full_matrices=False), rank, sig_type)
+
+
+# the order peft builds randomly started T-LoRA layers in (TloraLayer.tlora_rng): a fused Linear draws from
+# the generator state its first-built part saw (fit_fused_tlora)
+_BUILT = itertools.count()
 
 
 def _picked(u, s, vh, rank: int, sig_type: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -151,6 +157,8 @@ class TloraLayer(WeightDelta, nn.Module, LoraLayer):
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
         self.scaling[adapter_name] = alpha / r
+        if self.tlora_random:  # the generator state it draws from, kept for a fused layer's one draw
+            self.__dict__["tlora_rng"] = (next(_BUILT), torch.random.get_rng_state())
         start = random_start if self.tlora_random else svd_start
         q, p, lam = start(base.weight, r, self.tlora_sig_type)
         if isinstance(base, nn.Conv2d):  # a patch's Q: the first in-channel columns of its flattened
@@ -319,19 +327,34 @@ def _set_start(layer: TloraLayer, adapter: str, q, p, lam) -> None:
         getattr(layer, part)[adapter] = value.to(old.device, old.dtype).clone()
 
 
+def _fused_start(weight: torch.Tensor, rank: int, sig_type: str, layers) -> tuple:
+    """The start of TLoraModule on kohya's layer of `weight` (its stacked, or swapped, rows): its SVD, or
+    where the layers start at random (a block's data_init false) the SVD of ONE random matrix over those rows,
+    drawn as random_start draws it from the generator state the first-built of `layers` drew its own from
+    (TloraLayer.tlora_rng; the global generator left as it is)."""
+    if not layers[0].tlora_random:
+        return svd_start(weight, rank, sig_type)
+    _, state = min((layer.tlora_rng for layer in layers), key=lambda built: built[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.random.set_rng_state(state)
+        return random_start(weight, rank, sig_type)
+
+
 def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> int:
     """LyCORIS's TLoraModule on kohya's layers of Flux / SD3 / Chroma (plan.adapter.fused): on a fused Linear
     (Flux's qkv and linear1, SD3's qkv) it starts from ONE SVD of the stacked weight (the parts' rows in
-    kohya's order): Q (rank x in) and the singular values λ shared by every part, P (rows x rank) cut into
-    each part's rows, and the frozen copy alike. So the parts' Q and λ become one Parameter (the first
+    kohya's order; where the parts' block sets data_init false, of one random matrix over those rows, drawn
+    from the generator state the first-built part drew its own from: _fused_start): Q (rank x in) and the
+    singular values λ shared by every part, P (rows x rank) cut into each part's rows, and the frozen copy
+    alike. So the parts' Q and λ become one Parameter (the first
     part's: the optimizer, resume state and EMA hold it once), their Q0 / λ0 one tensor, each part keeping
     its rows of P and P0; part p's update is (P_p diag(λ) Q - P0_p diag(λ0) Q0) x scale, its rows of the
     fused module's, and bypass_mode's dropout one mask over the stacked rows (the first part called makes
     it, runtime/lycoris_glora.py FusedDraws). `swapped(path)`: a Linear kohya holds with its halves of rows
     the other way round (diffusers' AdaLayerNormContinuous input): its start is the SVD of kohya's rows, P's
-    halves swapped back, its dropout mask drawn over kohya's rows. ValueError when a fused layer's parts are
-    adapted in part or at other ranks, scales or SVD starts (the compiler refuses those plans). How many
-    fused layers were fitted."""
+    halves swapped back (a random start likewise), its dropout mask drawn over kohya's rows. ValueError when a
+    fused layer's parts are adapted in part or at other ranks, scales or SVD starts (the compiler refuses
+    those plans). How many fused layers were fitted."""
     from dbspec.runtime.fused import fused_parts
     from dbspec.runtime.lycoris_glora import FusedDraws
 
@@ -345,14 +368,14 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
             raise ValueError(f"{where}: T-LoRA on a fused layer needs every part adapted ({group.parts})")
         layers = [layer for _, _, layer in found]
         first = layers[0]
-        if any(layer.tlora_random for layer in layers):  # the compiler refuses it (DBS622)
-            raise ValueError(f"{where}: a random T-LoRA start on a fused layer")
         for _, part, layer in found[1:]:
-            own = (layer.r[adapter], layer.scaling[adapter], layer.tlora_sig_type)
-            if own != (first.r[adapter], first.scaling[adapter], first.tlora_sig_type):
-                raise ValueError(f"{where}: {part} has another rank, scale or sig_type than {found[0][1]}")
+            own = (layer.r[adapter], layer.scaling[adapter], layer.tlora_sig_type, layer.tlora_random)
+            if own != (first.r[adapter], first.scaling[adapter], first.tlora_sig_type, first.tlora_random):
+                raise ValueError(
+                    f"{where}: {part} has another rank, scale, sig_type or data_init than {found[0][1]}"
+                )
         stacked = torch.cat([layer.get_base_layer().weight for layer in layers], dim=0)
-        q, p, lam = svd_start(stacked, first.r[adapter], first.tlora_sig_type)
+        q, p, lam = _fused_start(stacked, first.r[adapter], first.tlora_sig_type, layers)
         at = 0
         for layer in layers:
             rows = layer.get_base_layer().weight.shape[0]
@@ -373,7 +396,7 @@ def fit_fused_tlora(module: nn.Module, groups, adapter: str, swapped=None) -> in
         for path, layer in module.named_modules():
             if isinstance(layer, TloraLayer) and id(layer) not in tied and swapped(path):
                 weight = _halves_swapped(layer.get_base_layer().weight)
-                q, p, lam = svd_start(weight, layer.r[adapter], layer.tlora_sig_type)
+                q, p, lam = _fused_start(weight, layer.r[adapter], layer.tlora_sig_type, [layer])
                 _set_start(layer, adapter, q, _halves_swapped(p), lam)
                 rows = weight.shape[0]  # its bypass dropout over kohya's rows
                 layer.__dict__["tlora_draws"] = FusedDraws(1, rows)

@@ -55,7 +55,7 @@ def adapter_plan(
 
 def _norm_rank_dropout(adapter, plan: AdapterPlan) -> float:
     """The norm offsets' rank dropout (adapter.norm_rank_dropout, LyCORIS's NormModule draws it); 0.0
-    where the plan has no norm offsets (T-LoRA has no field: none)."""
+    where the plan has no norm offsets."""
     norms = plan.denoiser_norms or plan.text_encoder_norms or plan.text_encoder_2_norms
     return getattr(adapter, "norm_rank_dropout", 0.0) if norms else 0.0
 
@@ -265,6 +265,9 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         denoiser_targets=targets,
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
+        text_encoder_norms=tuple(adapter.text_encoder_norms),  # LyCORIS train_norm (runtime/norm_offsets.py)
+        text_encoder_2_norms=tuple(adapter.text_encoder_2_norms),
+        denoiser_norms=tuple(adapter.denoiser_norms),
         params=adapter_params(adapter, family, components),
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
         # TLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's in

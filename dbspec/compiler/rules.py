@@ -3350,26 +3350,20 @@ def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
     """A T-LoRA block's random SVD start (`data_init = false`, LyCORIS's use_data_init) on layers of another
-    kind, which never read it, or with `fused_projections`, whose one SVD per fused Linear dbspec draws from
-    the stacked weight only: DBS622."""
+    kind, which never read it: DBS622 (with `fused_projections` one random matrix per fused Linear is drawn
+    over its stacked rows, runtime/lycoris_tlora.py fit_fused_tlora)."""
     a = spec.adapter
     if getattr(a, "kind", "") != "tlora":
         return
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table)):
-            if block.data_init:
-                continue
-            if block.kind not in ("adapter", "tlora"):
-                why = f'on a block of kind "{block.kind}", whose layers are not T-LoRA ones'
-            elif a.fused_projections and table == "blocks":
-                why = "with adapter.fused_projections = true (one SVD per fused Linear, of its weight)"
-            else:
+            if block.data_init or block.kind in ("adapter", "tlora"):
                 continue
             yield _err(
                 "DBS622",
                 ("adapter", table, i, "data_init"),
-                f"adapter.{table}[{i}].data_init = false {why}: a random SVD start needs T-LoRA layers "
-                "that each start from their own SVD",
+                f'adapter.{table}[{i}].data_init = false on a block of kind "{block.kind}", whose layers are '
+                "not T-LoRA ones: a random SVD start needs T-LoRA layers to start",
                 codes.help("DBS622"),
             )
 

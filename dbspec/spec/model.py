@@ -284,7 +284,8 @@ def _norm_rank_dropout(own: bool = True):
         "generator in forward order with the adapter's own draws, and keeps (not drops) the offsets it "
         "marks, unscaled. It is the norm offsets' alone: the adapter's layers never read it (kohya "
         "`lycoris.kohya` with `train_norm` beside an algo whose modules ignore the network's "
-        "`rank_dropout`: BOFT, DyLoRA, GLoRA outside `bypass_mode`). Without norm offsets it changes nothing."
+        "`rank_dropout`: BOFT, DyLoRA, T-LoRA, GLoRA outside `bypass_mode`). Without norm offsets it changes "
+        "nothing."
     )
     if not own:
         return option(0.0, doc=doc, minimum=0, maximum=1)
@@ -2287,8 +2288,11 @@ class TloraBlock:
         "(the denoiser's; text encoder i's: seed + 1 + i), `sig_type` picking its triplets; the frozen "
         "start is the same. Saved with the run's weights; LyCORIS's file holds no frozen start and its "
         "loaders rebuild one (create_network_from_weights from the base model's SVD, create_network from a "
-        "new draw): such a file loads there at another update than the one trained. Not with "
-        "`fused_projections` (DBS622).",
+        "new draw): such a file loads there at another update than the one trained. With "
+        "`fused_projections` each fused Linear draws one matrix over its stacked rows in kohya's order, as "
+        "TLoraModule on kohya's layer, from the generator state its first-built part drew at; each layer "
+        "draws as TLoraModule does, while the order of draws over the model is peft's over diffusers' "
+        "modules, not kohya's.",
         example=False,
     )
     bypass: BlockSwitch = option(
@@ -2318,6 +2322,11 @@ class TloraAdapter:
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()
+    text_encoder_norms: list[str] = _text_encoder_norms()
+    text_encoder_2_norms: list[str] = _text_encoder_2_norms()
+    denoiser_norms: list[str] = _denoiser_norms()
+    # TLoraModule never reads the network's rank_dropout: the offsets' own (0 unless set), as DyLoRA's
+    norm_rank_dropout: float = _norm_rank_dropout(own=False)
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole update with this probability while training (LyCORIS `module_dropout`: "

@@ -14,6 +14,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from dbspec.runtime.adapters import ADAPTER_NAME
+
 from tests.runtime.test_lycoris import _kohya_names, _merged, loader  # noqa: F401 (the fixture)
 from tests.runtime.test_lycoris_tlora import (
     Net,
@@ -187,3 +189,99 @@ def test_tlora_random_start_trains_reloads_and_exports(tmp_path, loader, monkeyp
                     getattr(layer, f"lora_tlora_{part}")["default"].reshape(getattr(lyco, part).shape)
                 )
         torch.testing.assert_close(_tlora_weight(lyco), trained, rtol=1e-4, atol=1e-4)
+
+
+def _random_spec(spec: str, sig_type: str) -> str:
+    """`spec` with its T-LoRA layers in one block started at random (a preset entry's use_data_init = false
+    over the whole denoiser) from `sig_type`."""
+    from tests.runtime.test_lycoris_flow_tlora import ALPHA, RANK
+
+    block = (
+        f'[[adapter.blocks]]\npattern = "."\nrank = {RANK}\nalpha = {ALPHA}\ndata_init = false\n'
+        f'sig_type = "{sig_type}"\n\n'
+    )
+    return spec.replace("[checkpoints]", block + "[checkpoints]") if "[checkpoints]" in spec else spec + block
+
+
+def _fused_cases():
+    from tests.runtime.test_lycoris_flow_tlora import FLUX, FLUX_SPEC, SD3, SD3_SPEC, _flux_layers, sd3_layers
+
+    return [
+        pytest.param(FLUX, _random_spec(FLUX_SPEC, "principal"), _flux_layers, "principal", id="flux"),
+        pytest.param(SD3, _random_spec(SD3_SPEC, "last"), sd3_layers, "last", id="sd3-last"),
+    ]
+
+
+@pytest.mark.parametrize(("base", "spec", "layers", "sig_type"), _fused_cases())
+def test_fused_tlora_random_start_is_tlora_module_on_kohyas_layer(
+    tmp_path, monkeypatch, base, spec, layers, sig_type
+):
+    """With fused_projections (Flux's img / txt qkv and linear1, SD3's qkv; a Linear alone; SD3's swapped
+    context modulation), each kohya layer's random start is TLoraModule's with use_data_init=False on kohya's
+    stacked Linear from the generator state the layer's first-built part drew its own from (one matrix over
+    the stacked rows in kohya's order, its SVD's P cut over diffusers' parts): trained and frozen Q, P, λ bit
+    for bit, the generator left as TLoraModule leaves it, Q and λ one Parameter; with moved parameters the
+    parts compute the module's output and give its gradients."""
+    from dbspec.runtime.lycoris_tlora import random_start
+    from tests.runtime.test_lycoris_flow_tlora import (
+        ALPHA,
+        RANK,
+        _built,
+        _kohya_linear,
+        _ours,
+        _outputs,
+        _swap,
+    )
+
+    _no_gc(monkeypatch)
+    plan, transformer = _built(tmp_path, base, spec)
+    assert plan.adapter.fused and {(b.data_init, b.sig_type) for b in plan.adapter.blocks} == {
+        (False, sig_type)
+    }
+    generator = torch.Generator().manual_seed(3)
+    for name, parts, swap in layers(transformer):
+        assert all(part.tlora_random for part in parts), name
+        _, state = min((part.tlora_rng for part in parts), key=lambda built: built[0])
+        kohya = _kohya_linear(parts, swap)
+        torch.random.set_rng_state(state)
+        theirs = tlora.TLoraModule(
+            name, kohya, 1.0, lora_dim=RANK, alpha=ALPHA, sig_type=sig_type, use_data_init=False
+        )
+        after = torch.random.get_rng_state()
+        torch.random.set_rng_state(state)
+        random_start(kohya.weight, RANK, sig_type)
+        assert torch.equal(torch.random.get_rng_state(), after), name
+        theirs.apply_to()
+        ours = _ours(parts, swap)
+        want = {**dict(theirs.named_parameters()), **dict(theirs.named_buffers())}
+        for key, value in ours.items():
+            assert torch.equal(value.detach(), want[key].detach()), (name, key)
+        data = tlora.TLoraModule(name, _kohya_linear(parts, swap), 1.0, lora_dim=RANK, alpha=ALPHA)
+        assert not torch.allclose(ours["lambda_layer"], data.lambda_layer), name  # not the weight's SVD
+        for part in parts[1:]:
+            assert part.lora_tlora_q[ADAPTER_NAME] is parts[0].lora_tlora_q[ADAPTER_NAME]
+            assert part.lora_tlora_lambda[ADAPTER_NAME] is parts[0].lora_tlora_lambda[ADAPTER_NAME]
+        with torch.no_grad():  # moved: the module's parameters, then ours from them
+            for param in (theirs.q_layer.weight, theirs.lambda_layer, theirs.p_layer.weight):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+            ours["q_layer.weight"].copy_(theirs.q_layer.weight)
+            ours["lambda_layer"].copy_(theirs.lambda_layer)
+            rows = _swap(theirs.p_layer.weight, swap).split([p.base_layer.out_features for p in parts])
+            for part, own in zip(parts, rows):
+                part.lora_tlora_p[ADAPTER_NAME].copy_(own)
+        x = torch.randn(2, 3, parts[0].base_layer.in_features, generator=generator)
+        got, ref = _outputs(parts, swap, x), theirs(x)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=name)
+        weights = torch.randn(ref.shape, generator=generator)
+        (got * weights).sum().backward()
+        (ref * weights).sum().backward()
+        torch.testing.assert_close(
+            ours["q_layer.weight"].grad, theirs.q_layer.weight.grad, rtol=1e-4, atol=1e-5, msg=name
+        )
+        torch.testing.assert_close(
+            ours["lambda_layer"].grad, theirs.lambda_layer.grad, rtol=1e-4, atol=1e-5, msg=name
+        )
+        grads = torch.cat([part.lora_tlora_p[ADAPTER_NAME].grad for part in parts])
+        torch.testing.assert_close(
+            _swap(grads, swap), theirs.p_layer.weight.grad, rtol=1e-4, atol=1e-5, msg=name
+        )

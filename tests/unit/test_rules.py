@@ -629,7 +629,7 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # a T-LoRA block's random start: on its own T-LoRA layers, not fused
+    (  # a T-LoRA block's random start: on its own T-LoRA layers
         rules.tlora_block_data_init,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'
         + "rank = 4\nalpha = 1.0\ndata_init = false\n"

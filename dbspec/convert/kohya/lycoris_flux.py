@@ -503,7 +503,8 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     `[adapter] text_encoder_norms` (runtime/norm_offsets.py), whatever the algo (lora / locon, lokr, loha,
     full, dylora, ia3, diag-oft, boft, glora; the adapter's module_dropout theirs too; a rank_dropout BOFT,
     DyLoRA and GLoRA outside bypass_mode never read the offsets' alone, `norm_rank_dropout`, was DBS403;
-    Diag-OFT's, IA^3's and full's adapters carry it), SD3's CLIP-G its own list where it reaches other
+    Diag-OFT's, IA^3's and full's adapters carry it; T-LoRA's too, TLoraModule never reading it), SD3's
+    CLIP-G its own list where it reaches other
     LayerNorms than CLIP-L (`text_encoder_2_norms`; CLIP Linears adapted or not: the offsets alone train
     CLIP), the network's dropouts drawn as NormModule draws them. False when refused."""
     if "train_norm" not in kwargs:
@@ -549,10 +550,10 @@ def _file_train_norm(kwargs: dict[str, str], file, args: Legacy, conv: Conversio
     if len(set(file.clip_norms)) > 1:  # SD3's CLIP-G reaches other LayerNorms than CLIP-L: its own list
         conv.put(("adapter", "text_encoder_2_norms"), list(file.clip_norms[1]), note + " (CLIP-G's)")
     entries = conv.values.get(("adapter", "rank_dropout"))
-    if algo == "dylora" and entries and not rate:  # _entries_rank_dropout made it the adapter's (its
-        # entries'): the NormModules draw it too, the DyLoRA adapter's norm_rank_dropout (its default 0),
-        # as on SD (network._block_rank_dropout; was DBS403)
-        why = "LyCORIS's NormModules draw it beside the preset file's entries; its DyLoRA modules never"
+    if algo in ("dylora", "tlora") and entries and not rate:  # _entries_rank_dropout made it the
+        # adapter's (its entries'): the NormModules draw it too, the DyLoRA / T-LoRA adapter's
+        # norm_rank_dropout (its default 0), as on SD (network._block_rank_dropout; was DBS403)
+        why = f"LyCORIS's NormModules draw it beside the preset file's entries; its {algo} modules never"
         conv.put(("adapter", "norm_rank_dropout"), entries[0], conv.comment(legacy, why))
     if rate and alone:
         dropped = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
@@ -579,11 +580,11 @@ def _entries_rank_dropout(kwargs: dict[str, str], file, args: Legacy, conv: Conv
     DBS403), its entries drawing it as their modules do, each fused Linear one module's mask
     (map_entries_rank_dropout, as on SD 1.x); a BOFT network's stays refused (its adapter has no
     rank_dropout). A DyLoRA one's with train_norm too (was DBS403): its NormModules draw it as well, the
-    adapter's norm_rank_dropout (_file_train_norm), as on SD; a T-LoRA one's with train_norm stays refused.
+    adapter's norm_rank_dropout (_file_train_norm), as on SD; a T-LoRA one's with train_norm alike.
     True when refused."""
     if not float(kwargs.get("rank_dropout") or 0) or not _unread_rank_dropout(kwargs, algo):
         return False
-    if algo in ("glora", "dylora") or (algo == "tlora" and _off(kwargs.get("train_norm", "false"))):
+    if algo in ("glora", "dylora", "tlora"):
         return map_entries_rank_dropout(kwargs, file, args, conv, algo)
     return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
 

@@ -217,7 +217,7 @@ def check_layers(
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network, unet))
+            own = (*own, *_tlora_own(layer, network))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -331,12 +331,11 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool) -> tuple[str, ...]:
+def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
     `data_init`, `bypass_mode`: its `bypass`); PresetError (DBS402) for a sig_type TLoraModule cannot start
-    from (_initialize_from_svd raises ValueError), for an own bypass_mode beside the network's dropout, which
-    TLoraModule applies in its bypass forward only (not expressed: spec DBS605), and (DBS403) for a random
-    start off SD 1.x/2.x and SDXL (`unet`: check_layers')."""
+    from (_initialize_from_svd raises ValueError), and for an own bypass_mode beside the network's dropout,
+    which TLoraModule applies in its bypass forward only (not expressed: spec DBS605)."""
     options = dict(layer.options)
     if (
         "bypass_mode" in options
@@ -347,14 +346,6 @@ def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool) -> tuple[str, 
             f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
             f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
             "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
-            False,
-        )
-    if not unet and not options.get("use_data_init", True):  # TLoraModule's `if self.use_data_init`
-        raise PresetError(
-            f"`{layer.source}` hands its layers (e.g. {layer.path}) use_data_init = "
-            f"{options['use_data_init']!r}: TLoraModule then starts from the SVD of a torch.normal matrix "
-            "drawn from torch's global generator while kohya builds the network; dbspec draws that start on "
-            "SD 1.x/2.x and SDXL (a block's data_init), not on Flux / SD3 / Chroma's fused Linears (DBS622)",
             False,
         )
     value = options.get("sig_type", "principal")

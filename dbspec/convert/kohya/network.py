@@ -564,7 +564,8 @@ def _block_rank_dropout(
     dbspec draws no rank dropout on blocks of another kind than the adapter's (as on a LoCon network's,
     DBS403). True when refused (it was DBS405, "never read", though those entries read it). A GLoRA
     network's, a DyLoRA one's and a T-LoRA one's are the adapter's rank_dropout, its blocks drawing it (was
-    DBS403), with train_norm (`norms`) a DyLoRA one's NormModules too (its norm_rank_dropout, was DBS403); a
+    DBS403), with train_norm (`norms`) a DyLoRA / T-LoRA one's NormModules too (its norm_rank_dropout, was
+    DBS403); a
     BOFT network's stays refused (its adapter has no rank_dropout)."""
     # (IA^3's too: IA3Module never reads it, its entries of other algorithms do, each as its module draws
     # it: adapter.rank_dropout, _diag_oft_dropouts; compiler rules.lycoris_row_masks decides)
@@ -581,7 +582,7 @@ def _block_rank_dropout(
         # network's NormModules draw it too: its norm_rank_dropout (which defaults to 0 there; GLoRA's to the
         # adapter's)
         put["rank_dropout"] = _float(kwargs.pop("rank_dropout"))
-        if kind == "dylora" and norms:
+        if kind in ("dylora", "tlora") and norms:
             put["norm_rank_dropout"] = put["rank_dropout"]
         return False
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
@@ -606,13 +607,14 @@ def rank_dropout_readers(blocks, kind: str) -> list[str]:
 
 def _norms_alone_draw(kwargs: dict[str, str], kind: str) -> bool:
     """Whether the network's rank_dropout (which LyCORIS hands every NormModule) is drawn by the
-    NormModules alone beside `kind`'s modules: BOFT and DyLoRA never read it, GLoRA only in bypass_mode.
+    NormModules alone beside `kind`'s modules: BOFT, DyLoRA and T-LoRA never read it, GLoRA only in
+    bypass_mode.
     The offsets then take it as adapter.norm_rank_dropout, the adapter's layers leaving it; every other
     kind's adapter carries it (Diag-OFT's bypass forward and IA3 leave it unread there too, for the
     offsets: norm_rank_dropout's default is the adapter's rank_dropout), as do every kind's module_dropout."""
     if not _float(kwargs.get("rank_dropout") or 0.0):
         return False
-    if kind in ("boft", "dylora"):
+    if kind in ("boft", "dylora", "tlora"):
         return True
     return kind == "glora" and not _str_bool(kwargs.get("bypass_mode", "false"))
 
@@ -647,11 +649,11 @@ def _train_norm(
     if not (unet or clip):
         conv.inert(legacy, "the preset reaches no norm layer of the models kohya trains: no NormModule")
         return False
-    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora", "dylora"):
+    if kind not in ("lora", "loha", "lokr", "full", "diag-oft", "boft", "ia3", "glora", "dylora", "tlora"):
         conv.unsupported(
             legacy,
             f"LyCORIS's NormModules beside algo={algo}: dbspec offsets norms beside lora / locon, loha, "
-            "lokr, full, ia3, diag-oft, boft and glora",
+            "lokr, full, ia3, diag-oft, boft, glora, dylora and tlora",
         )
         return False
     where = []
