@@ -509,18 +509,15 @@ def _mixed_kinds(
     # a LoCon network's rank_dropout with its bypass dropout each module's bypass forward reads as its own
     # (_bypass_rank_dropout)
     ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
-    drops = ranks or (bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet))
+    dropout = bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
+    drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
     glora = _algo(algo) in ("glora", "full")
-    if "bypass_mode" in on and not drops and bypass and not glora:
-        on.remove("bypass_mode")  # the network's own layers: LoRA/LoHa/LoKr inert, DyLoRA's adapter.bypass
-    elif (  # no adapter.bypass for the blocks: inert kinds only
-        "bypass_mode" in on
-        and not drops
-        and not glora
-        and {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT)
-    ):
+    # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
+    # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
+    alone = not glora and (bypass or {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT))
+    if "bypass_mode" in on and not drops and alone:
         on.remove("bypass_mode")
     decomposing = [layer for layer in unet if _algo(layer.algo) in _BLOCK_KINDS]
     if (
@@ -543,9 +540,17 @@ def _mixed_kinds(
     if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
         on += [key for key in ("constraint", "rescaled") if network.get(key)]
     if on:
+        named = ", ".join(on)
+        if "bypass_mode" in on and drops and alone:  # name the dropouts bypass_mode cannot take here
+            rates = [
+                f"{key} = {network[key]}"
+                for key, drawn in (("dropout", dropout), ("rank_dropout", ranks))
+                if drawn
+            ]
+            named += f" with its {' and '.join(rates)} (bypass_mode alone converts)"
         raise PresetError(
             f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo={algo} network with "
-            f"network_args {', '.join(on)}: dbspec trains several algorithms in one run with the options "
+            f"network_args {named}: dbspec trains several algorithms in one run with the options "
             "every one builds alike (DBS578)",
             False,
         )
