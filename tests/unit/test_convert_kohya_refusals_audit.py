@@ -56,6 +56,16 @@ exclude_name = ["*.norm*"]
 algo = "{algo}"
 {extra}
 """
+# the ResNets' k x k convolutions an entry's own (the transformers the network's)
+RESNET_PRESET = """\
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+text_encoder_target_module = []
+[module_algo_map.ResnetBlock2D]
+algo = "{algo}"
+{extra}
+[module_algo_map.FeedForward]
+algo = "{other}"
+"""
 PLAN_BASE = {
     "sd": ["model.base=builtin:tiny-sd1"],
     "flux": ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""'],
@@ -65,6 +75,10 @@ PLAN_BASE = {
 
 def _sd(algo: str, extra: str = "") -> str:
     return SD_PRESET.format(algo=algo, extra=extra)
+
+
+def _resnet(algo: str, extra: str, other: str) -> str:
+    return RESNET_PRESET.format(algo=algo, extra=extra, other=other)
 
 
 def _flux(algo: str, extra: str = "", clip: str = "") -> str:
@@ -272,6 +286,32 @@ REFUSED = {
         "DBS403",
         ["adapter.blocks[0].scalar", "module_algo_map.FeedForward", "adapter.max_norm"],
     ),
+    # line 108 (map entries): a LoKr entry's own rs_lora on a LoKr network beside entries of other algorithms
+    "lokr_entry_rs_lora_on_lokr_network_beside_loha": (
+        "sd",
+        '"algo=lokr"',
+        _resnet("lokr", "rs_lora = true", "loha"),
+        "",
+        "DBS403",
+        ["network_args preset", "module_algo_map.ResnetBlock2D", "own rs_lora in a network of several"],
+    ),
+    # line 108 (map entries): an entry's own use_tucker with the dropouts
+    "entry_use_tucker_with_module_dropout": (
+        "sd",
+        '"algo=locon" "module_dropout=0.1"',
+        _resnet("locon", "use_tucker = true", "locon"),
+        "",
+        "DBS403",
+        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.module_dropout"],
+    ),
+    "entry_use_tucker_with_rank_dropout": (
+        "sd",
+        '"algo=loha" "rank_dropout=0.1"',
+        _resnet("loha", "use_tucker = true", "loha"),
+        "",
+        "DBS403",
+        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.rank_dropout"],
+    ),
     # line 108: a LoKr entry's dim above 100000 with rs_lora
     "lokr_entry_huge_dim_rs_lora": (
         "sd",
@@ -320,7 +360,8 @@ def test_bypass_mode_alone_beside_those_entries_converts(tmp_path):
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
 
 
-# id: (family, network_args, preset file, flags, adapter values), each a sentence that said it was refused
+# id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
+# said it was refused
 CONVERTS = {
     # line 108 (algo=full): "on Flux / SD3 they stay DBS403"; tests/runtime/test_lycoris_flux_full_dropout.py
     "flux_full_module_dropout": (
@@ -410,6 +451,24 @@ CONVERTS = {
         "",
         {"module_dropout": 0.1},
     ),
+    # line 108 (map entries): a LoKr entry's own rs_lora "in a network of several algorithms: DBS403" on a
+    # LoCon network (tests/unit/test_convert_kohya_mixed_own_opts.py, test_lycoris_own_opts_networks.py)
+    "lokr_entry_rs_lora_on_locon_network_beside_loha": (
+        "sd",
+        '"algo=locon"',
+        _resnet("lokr", "rs_lora = true", "loha"),
+        "",
+        {"kind": "lora", "block": {"kind": "lokr", "rank_stabilized": "on", "alpha": 2.0}},
+    ),
+    # line 108 (map entries): an entry's own use_tucker "with ... --scale_weight_norms ...: DBS403"
+    # (tests/runtime/test_lycoris_block_dora_max_norm.py)
+    "entry_use_tucker_with_scale_weight_norms": (
+        "sd",
+        '"algo=locon"',
+        _resnet("locon", "use_tucker = true", "locon"),
+        "--scale_weight_norms=1",
+        {"max_norm": 1.0, "block": {"tucker": "on"}},
+    ),
     # line 108 (T-LoRA): "as does an entry's own use_data_init = false" on a T-LoRA network
     "tlora_entry_use_data_init_on_tlora": (
         "sd",
@@ -427,7 +486,12 @@ def test_now_converts(tmp_path, case):
     outcome = _convert(tmp_path, family, args, preset, flags)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     adapter = plan_of(outcome, tmp_path, PLAN_BASE[family]).adapter
+    expected = dict(expected)
+    block = expected.pop("block", {})  # one of the adapter's blocks holds these
     assert {key: getattr(adapter, key) for key in expected} == expected
+    assert not block or any({key: getattr(b, key) for key in block} == block for b in adapter.blocks), (
+        adapter.blocks
+    )
     if preset is not None and "algo = " in preset:  # the entry's kind is a block of the plan
         entry = preset.split('algo = "')[1].split('"')[0]
         kind = {"locon": "lora"}.get(entry, entry)
