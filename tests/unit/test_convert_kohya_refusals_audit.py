@@ -155,6 +155,24 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'diag-oft'", "bypass_mode with its dropout = 0.1"],
     ),
+    # line 274 (a GLoRA network's entries of other algorithms): "its bypass_mode there: DBS403" (on SD and
+    # Flux; a LoCon network's GLoRA entries in bypass_mode convert, line 413)
+    "glora_network_bypass_beside_locon": (
+        "sd",
+        '"algo=glora" "bypass_mode=True"',
+        _sd("locon"),
+        "",
+        "DBS403",
+        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode:"],
+    ),
+    "flux_glora_network_bypass_beside_locon": (
+        "flux",
+        '"algo=glora" "bypass_mode=True"',
+        _flux("locon"),
+        "",
+        "DBS403",
+        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode:"],
+    ),
     # line 108 (T-LoRA): the network's rank_dropout "beside LoKr entries and in bypass_mode it stays DBS403"
     "tlora_rank_dropout_beside_lokr": (
         "sd",
@@ -468,6 +486,47 @@ CONVERTS = {
         _resnet("locon", "use_tucker = true", "locon"),
         "--scale_weight_norms=1",
         {"max_norm": 1.0, "block": {"tucker": "on"}},
+    ),
+    # line 1100 (Flux / SD3 max norm): "with LoCon's rank_dropout (drawn inside the norm): DBS403"
+    # (tests/runtime/test_lycoris_swapped_rows_dropout.py)
+    "flux_max_norm_with_rank_dropout": (
+        "flux",
+        '"algo=locon" "rank_dropout=0.1"',
+        None,
+        "--scale_weight_norms=1",
+        {"max_norm": 1.0, "rank_dropout": 0.1, "max_norm_form": "lycoris"},
+    ),
+    "sd3_max_norm_with_rank_dropout": (
+        "sd3",
+        '"algo=locon" "rank_dropout=0.1"',
+        None,
+        "--scale_weight_norms=1",
+        {"max_norm": 1.0, "rank_dropout": 0.1, "max_norm_form": "lycoris"},
+    ),
+    # line 1405: full / IA^3 / GLoRA networks' max norm "beside preset-file entries of an algo whose modules
+    # scale: DBS403" (tests/runtime/test_lycoris_whole_main_mixed_flow.py)
+    "flux_full_network_max_norm_beside_locon": (
+        "flux",
+        '"algo=full"',
+        _flux("locon"),
+        "--scale_weight_norms=1",
+        {"kind": "full", "max_norm": 1.0},
+    ),
+    "flux_glora_network_max_norm_beside_loha": (
+        "flux",
+        '"algo=glora"',
+        _flux("loha"),
+        "--scale_weight_norms=1",
+        {"kind": "glora", "max_norm": 1.0},
+    ),
+    # line 612: a LoHa network's own decomposed entries "not with the other dropouts: DBS403"
+    # (tests/runtime/test_lycoris_loha_locon_rank_dropout.py)
+    "loha_network_decomposed_entries_module_dropout": (
+        "sd",
+        '"algo=loha" "module_dropout=0.1"',
+        _sd("loha", "weight_decompose = true"),
+        "",
+        {"kind": "loha", "module_dropout": 0.1, "block": {"dora": "on"}},
     ),
     # line 108 (T-LoRA): "as does an entry's own use_data_init = false" on a T-LoRA network
     "tlora_entry_use_data_init_on_tlora": (
