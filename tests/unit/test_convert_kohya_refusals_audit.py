@@ -173,14 +173,19 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode:"],
     ),
-    # line 108 (T-LoRA): the network's rank_dropout "beside LoKr entries and in bypass_mode it stays DBS403"
+    # line 108 (T-LoRA): the network's rank_dropout "beside LoKr entries and in bypass_mode it stays DBS403";
+    # beside LoKr entries kohya stops (their LokrModules' CPU mask, as on a LoCon network): DBS402, was DBS403
     "tlora_rank_dropout_beside_lokr": (
         "sd",
         '"algo=tlora" "rank_dropout=0.1"',
         _sd("lokr"),
         "",
-        "DBS403",
-        ["network_args preset", "algo = 'lokr' on an algo=tlora network with network_args rank_dropout"],
+        "DBS402",
+        [
+            "network_args preset",
+            "algo = 'lokr' on an algo=tlora network with network_args rank_dropout",
+            "#291",
+        ],
     ),
     "tlora_bypass_rank_dropout_beside_locon": (
         "sd",

@@ -609,7 +609,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
     size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
     they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
-    mask)."""
+    mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -628,6 +628,16 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
             "alpha only (Diag-OFT / BOFT their constraint and rescaled, DyLoRA its block_size)",
             False,
+        )
+    lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
+    bypass = str(network.get("bypass_mode", "false")).lower() != "false"
+    if lokr is not None and _rate(network.get("rank_dropout")) and not bypass:  # as network.py's
+        raise PresetError(  # lokr_entries_rank_dropout on the other networks
+            f"`{lokr.source}` gives {lokr.path} algo = 'lokr' on an algo=tlora network with network_args "
+            "rank_dropout: their LokrModules draw the rank-dropout mask on the CPU and multiply the GPU "
+            "weight by it, so kohya stops at the first training step on a GPU (RuntimeError: tensors on two "
+            "devices; LyCORIS issue #291)",
+            True,
         )
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
