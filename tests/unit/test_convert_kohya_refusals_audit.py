@@ -3,7 +3,8 @@
 sentence, refused with the documented code by a message naming the key and what it holds; each CONVERTS case
 one whose sentence said it stayed refused while later work lifted it (the sentence now says it converts and
 which test checks it against lycoris-lora 4.1.3). A refusal lifted later fails its case here: move it to
-CONVERTS and fix its sentence in docs/converting.md."""
+CONVERTS and fix its sentence in docs/converting.md. The comments' line numbers are converting.md's at the
+audit (after 719d694e; line 108 is the `network_module = lycoris.kohya` row)."""
 
 from __future__ import annotations
 
@@ -352,6 +353,41 @@ REFUSED = {
         "--fp8_base --mixed_precision bf16",
         "DBS403",
         ["adapter.blocks[0].kind", "module_algo_map.FeedForward", 'quantize_denoiser = "fp8"'],
+    ),
+    "flux_diag_oft_entry_fp8_base": (
+        "flux",
+        '"algo=locon"',
+        _flux("diag-oft"),
+        "--fp8_base --mixed_precision bf16",
+        "DBS403",
+        ["adapter.blocks[0].kind", "name_algo_map.double_blocks.*.img_attn.qkv", 'quantize_denoiser = "fp8"'],
+    ),
+    # line 108 (map entries): a LoRA/LoCon / LoHa entry's dim above [[adapter.blocks]]' bound
+    "locon_entry_dim_above_the_blocks_bound": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "dim = 200000"),
+        "",
+        "DBS403",
+        ["network_args preset", "dim = 200000, above [[adapter.blocks]]' 100000"],
+    ),
+    # line 108 (Diag-OFT): an entry's own negative constraint
+    "diag_oft_entry_negative_constraint": (
+        "sd",
+        '"algo=diag-oft"',
+        _sd("diag-oft", "constraint = -0.1"),
+        "",
+        "DBS403",
+        ["constraint", "module_algo_map.FeedForward", "-0.1"],
+    ),
+    # line 108 (T-LoRA): a negative alpha
+    "tlora_negative_network_alpha": (
+        "sd",
+        '"algo=tlora" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        "DBS403",
+        ["network_args", "network_alpha=-1", "sign flipped"],
     ),
     # lines 541 / 1063: LoKr entries with rank_dropout stop kohya (LokrModule's CPU mask)
     "lokr_entries_rank_dropout": (
