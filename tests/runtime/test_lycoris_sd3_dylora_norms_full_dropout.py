@@ -10,6 +10,10 @@ test_lycoris_flow_rank_dropout_layers.py's and test_lycoris_flux_full_dropout.py
   from one generator state: outputs, generator state after each (every module's `torch.rand` in forward
   order), the offsets', DyLoRA blocks' and LoCon factors' gradients; the fused entries as
   check_fused_layers compares them.
+- Flux's CLIP-L and T5-XXL whole with train_norm, rank_dropout and module_dropout on a DyLoRA network whose
+  file has one algorithm (the norms alone draw the rate: `norm_rank_dropout`) and on a full one (FullModule's
+  draws on every CLIP / T5 Linear but T5's gated-MLP output, where it stops kohya); LyCORIS's NormModules on
+  T5's T5LayerNorms are "not supported": no offsets, no draw.
 - An algo=full network's `module_dropout` and `rank_dropout` on SD3's and Chroma's fused Linears (Flux's
   by test_lycoris_flux_full_dropout.py's tiny run): one FullModule per kohya layer, its parts sharing the
   draws (SD3's last context modulation in kohya's row order)."""
@@ -61,8 +65,10 @@ algo = "locon"
 dim = 2
 alpha = 1
 """
-# Flux: one image q/k/v (DyLoRA), every CLIP-L encoder layer and T5-XXL block whole
+# Flux: one image q/k/v, every CLIP-L encoder layer and T5-XXL block whole (a FullModule on T5's gated MLP
+# output stops kohya: lycoris_flow_file._t5_full_output; the full network's file leaves it out)
 FLUX_T5_FILE = """\
+use_fnmatch = true
 unet_target_module = []
 unet_target_name = ["double_blocks.0.img_attn.qkv"]
 text_encoder_target_module = ["CLIPEncoderLayer", "T5Block"]
@@ -84,6 +90,7 @@ exclude_name = ["*.norm*"]
 PAIRS = {
     "NormModule": (("w_norm", "lora_w_norm"), ("b_norm", "lora_b_norm")),
     "LoConModule": (("lora_down.weight", "lora_A"), ("lora_up.weight", "lora_B")),
+    "FullModule": (("weight", "lora_full"), ("bias", "lora_full_bias")),
 }
 
 
@@ -97,7 +104,7 @@ def _ours(model: nn.Module, prefix: str) -> dict[str, nn.Module]:
 
 def _tensor(layer: nn.Module, name: str) -> torch.Tensor:
     value = getattr(layer, name)
-    value = value["default"] if isinstance(value, nn.ModuleDict) else value
+    value = value["default"] if isinstance(value, (nn.ModuleDict, nn.ParameterDict)) else value
     return value.weight if isinstance(value, nn.Module) else value
 
 
@@ -123,6 +130,8 @@ def _same_encoder(ours: nn.Module, theirs: nn.Module, made, prefix: str) -> set[
                 layer.drawn["default"] = module.block_count - 1
                 continue
             for other, mine in PAIRS[kind]:
+                if getattr(module, other.split(".")[0]) is None:  # FullModule on a Linear without bias
+                    continue
                 module.get_parameter(other).copy_(
                     _tensor(layer, mine).reshape(module.get_parameter(other).shape)
                 )
@@ -159,6 +168,8 @@ def _same_encoder(ours: nn.Module, theirs: nn.Module, made, prefix: str) -> set[
                     torch.testing.assert_close(got.flatten(1), want, rtol=1e-3, atol=1e-6)
         else:
             for other, mine in PAIRS[kind]:
+                if getattr(module, other.split(".")[0]) is None:
+                    continue
                 want, got = module.get_parameter(other).grad, _tensor(layer, mine).grad
                 assert (got is None) == (want is None), (module.lora_name, other)
                 if want is not None:
@@ -232,27 +243,31 @@ def test_full_network_dropouts_on_sd3_and_chroma_fused_layers(tmp_path, monkeypa
     assert set(fused) <= compared.keys()
 
 
-def test_flux_dylora_network_with_norms_alone_drawing_rank_dropout(tmp_path, monkeypatch):
-    """algo=dylora with train_norm, rank_dropout and module_dropout on Flux, the file's one algorithm
-    (no entry reads rank_dropout): the adapter's rank_dropout 0, the NormModules' norm_rank_dropout. CLIP-L
-    whole (DyLoRA on its Linears, offsets on its LayerNorms) and T5-XXL whole (DyLoRA on its Linears; the
-    NormModules LyCORIS puts on its T5LayerNorms are "not supported": no offsets, no draw) against
-    lycoris-lora's network."""
-    args = {"algo": "dylora", "block_size": "2", "train_norm": "True"}
-    args |= {"rank_dropout": str(RATE), "module_dropout": str(DROP)}
-    plan = _plan(tmp_path, "flux", FLUX, FLUX_T5_FILE, args)
+@pytest.mark.parametrize("algo", ["dylora", "full"])
+def test_flux_text_encoders_with_norms_and_dropouts(tmp_path, monkeypatch, algo):
+    """train_norm, rank_dropout and module_dropout on Flux, the file's one algorithm: CLIP-L whole (the
+    algo's modules on its Linears, offsets on its LayerNorms) and T5-XXL whole (the algo's modules on its
+    Linears; the NormModules LyCORIS puts on its T5LayerNorms are "not supported": no offsets, no draw)
+    against lycoris-lora's network. DyLoRA (no module reads rank_dropout): the adapter's rank_dropout 0,
+    the norms' norm_rank_dropout; full: FullModule's row masks and the norms' at the adapter's rate."""
+    args = {"algo": algo, "train_norm": "True", "rank_dropout": str(RATE), "module_dropout": str(DROP)}
+    args |= {"block_size": "2"} if algo == "dylora" else {}
+    preset = FLUX_T5_FILE + ('exclude_name = ["*.DenseReluDense.wo"]\n' if algo == "full" else "")
+    plan = _plan(tmp_path, "flux", FLUX, preset, args)
     a = plan.adapter
-    assert (a.kind, a.rank_dropout, a.norm_rank_dropout, a.module_dropout) == ("dylora", 0.0, RATE, DROP)
+    rate = 0.0 if algo == "dylora" else RATE
+    assert (a.kind, a.rank_dropout, a.norm_rank_dropout, a.module_dropout) == (algo, rate, RATE, DROP)
     assert a.text_encoder_norms == ("layer_norm1", "layer_norm2") and a.t5_targets
     monkeypatch.setattr(random, "randint", lambda lo, hi: hi)  # DyLoraModule's block: the last
     pipe = build_pipeline("builtin:tiny-flux")
     bases = [copy.deepcopy(pipe.text_encoder).float(), copy.deepcopy(pipe.text_encoder_2).float()]
     clip = _prepared(pipe.text_encoder.float(), "text_encoder", plan, text_targets(a, "text_encoder"))
     t5 = _prepared(pipe.text_encoder_2.float(), "text_encoder_2", plan, a.t5_targets)
-    drops = {k: args[k] for k in ("rank_dropout", "module_dropout", "block_size", "train_norm")}
+    drops = {k: v for k, v in args.items() if k != "algo"}
     made = _network(
-        monkeypatch, "dylora", tmp_path / "p.toml", [_kohya_clip(bases[0]), bases[1]], nn.Module(), drops
+        monkeypatch, algo, tmp_path / "p.toml", [_kohya_clip(bases[0]), bases[1]], nn.Module(), drops
     )
     assert {(m.rank_dropout, m.module_dropout) for m in made.text_encoder_loras} == {(RATE, DROP)}
-    assert _same_encoder(clip, bases[0], made, "lora_te1") == {"NormModule", "DyLoraModule"}
-    assert _same_encoder(t5, bases[1], made, "lora_te2") == {"unsupported NormModule", "DyLoraModule"}
+    own = {"dylora": "DyLoraModule", "full": "FullModule"}[algo]
+    assert _same_encoder(clip, bases[0], made, "lora_te1") == {"NormModule", own}
+    assert _same_encoder(t5, bases[1], made, "lora_te2") == {"unsupported NormModule", own}

@@ -54,6 +54,14 @@ FULL_FILES = {
 
 
 def _converted(tmp_path, family: str, preset: str, args: str):
+    outcome = _outcome(tmp_path, family, preset, args)
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    base = [f"model.base=builtin:tiny-{family}", "model.text_encoder_files=[]", 'model.vae=""']
+    base += ['model.denoiser_file=""'] if family == "chroma" else []
+    return outcome, plan_of(outcome, tmp_path, base).adapter
+
+
+def _outcome(tmp_path, family: str, preset: str, args: str):
     script, files = SCRIPTS[family]
     (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
@@ -66,10 +74,7 @@ def _converted(tmp_path, family: str, preset: str, args: str):
         f'--network_args "preset=p.toml" {args} --learning_rate=1e-2 --max_train_steps=2 '
         "--save_model_as=safetensors --output_dir=out",
     )
-    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
-    base = [f"model.base=builtin:tiny-{family}", "model.text_encoder_files=[]", 'model.vae=""']
-    base += ['model.denoiser_file=""'] if family == "chroma" else []
-    return outcome, plan_of(outcome, tmp_path, base).adapter
+    return outcome
 
 
 def test_dylora_norms_alone_draw_rank_dropout_on_flux(tmp_path):
@@ -109,3 +114,33 @@ def test_full_network_dropouts_on_sd3_and_chroma_fused_layers(tmp_path):
         (tmp_path / family).mkdir()
         _, a = _converted(tmp_path / family, family, preset, f'"algo=full" {DROPS}')
         assert (a.kind, a.rank_dropout, a.module_dropout) == ("full", 0.25, 0.3) and a.fused, family
+
+
+def test_full_module_on_t5_gated_output_stops_kohya(tmp_path):
+    """LyCORIS's FullModule on T5-XXL's DenseReluDense.wo (the network's algo=full, or a map entry's)
+    deletes the Linear's weight at apply_to, which transformers' T5DenseGatedActDense.forward reads: kohya's
+    first T5 encoding raises AttributeError (DBS402; was converted to train.t5's full copies). T5's
+    attention alone, or the gated MLP's inputs, convert; with network_train_unet_only apply_to drops T5's
+    modules."""
+    entry = '\n[module_algo_map.T5DenseGatedActDense]\nalgo = "full"\n'
+    for name, family, preset, args in (
+        ("network", "flux", T5_FILE, '"algo=full"'),
+        (
+            "sd3",
+            "sd3",
+            T5_FILE.replace("double_blocks.0.img_attn.qkv", "joint_blocks.0.x_block.attn.qkv"),
+            '"algo=full"',
+        ),
+        ("entry", "flux", T5_FILE + entry, '"algo=locon"'),
+    ):
+        (tmp_path / name).mkdir()
+        outcome = _outcome(tmp_path / name, family, preset, args)
+        assert "T5DenseGatedActDense" in messages(outcome, "DBS402"), (name, errors(outcome))
+    attention = T5_FILE.replace('"T5Block"', '"T5Attention"')
+    for name, preset, flags in (
+        ("attention", attention, ""),
+        ("unet_only", T5_FILE, " --network_train_unet_only"),
+    ):
+        (tmp_path / name).mkdir()
+        outcome = _outcome(tmp_path / name, "flux", preset, '"algo=full"' + flags)
+        assert "DBS402" not in codes(outcome), (name, errors(outcome))
