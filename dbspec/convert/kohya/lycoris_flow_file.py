@@ -275,6 +275,8 @@ def flux_preset_file(
             )
     if model.title in ("Flux", "Chroma"):  # FLUX.1's widths (Chroma's blocks alike)
         _boft_widths(built)
+    if applied[0]:  # apply_to keeps T5-XXL's modules (trained or idle: T5 encodes every step through them)
+        _t5_full_output(t5)
     idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
     if t5 and idle:
         t5 = []  # built, never trained
@@ -434,6 +436,21 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
     where = f"it adapts {len(t5)} T5-XXL layer(s) (e.g. {t5[0].path}, LyCORIS's {model.t5_prefix} modules)"
     if not model.t5_component:
         raise PresetError(f"{where}: dbspec trains no T5-XXL LoRA beside LyCORIS on {model.title}", False)
+
+
+def _t5_full_output(t5: list) -> None:
+    """PresetError (kohya stops) where a FullModule lands on T5-XXL's gated-MLP output Linear
+    (`DenseReluDense.wo`, the network's algo=full or a map entry's): FullModule.apply_to deletes the Linear's
+    `weight` (it holds the trained copy), and transformers' T5DenseGatedActDense.forward reads
+    `self.wo.weight` before calling it, so T5's first encoding raises AttributeError."""
+    wo = [layer.path for layer in t5 if layer.algo == "full" and layer.path.endswith("DenseReluDense.wo")]
+    if wo:
+        raise PresetError(
+            f"it gives T5-XXL's {wo[0]} ({len(wo)} gated-MLP output Linear(s)) LyCORIS's FullModule, whose "
+            "apply_to deletes the Linear's weight, which transformers' T5DenseGatedActDense reads "
+            "(`self.wo.weight`) in every forward: kohya's first T5-XXL encoding raises AttributeError",
+            True,
+        )
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:
