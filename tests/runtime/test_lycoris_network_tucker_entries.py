@@ -7,7 +7,8 @@ keeps its layers plain, and Linear / 1x1 layers ignore it. Checked against lycor
 create_network from the same network_args and preset: the same layers in the Tucker form, the plan's layers
 (adapter weights randomised, no training) export a file its network loads (strictly but DyLoRA's keys, which
 DyLoraModule never loads), and each module but DyLoRA's computes our layer's output and input gradient on a
-fixed input. No tiny run: the blocks' Tucker form trains in test_lycoris_own_opts_networks.py's run."""
+fixed input, and the Tucker cores' gradients. No tiny run: a block's Tucker form beside other kinds (each
+kind's layers built alone, runtime/mixed_kinds.py) trains in test_lycoris_whole_main_tucker.py's run."""
 
 from __future__ import annotations
 
@@ -120,5 +121,14 @@ def test_network_tucker_reaches_the_entries_k_x_k_convolutions(pipe, tmp_path, m
         (out * weights).sum().backward()
         (want * weights).sum().backward()
         torch.testing.assert_close(theirs.grad, mine.grad, rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        if m.lora_name in tucker:  # the Tucker core's gradient
+            key = _TUCKER[type(m).__name__]
+            core, their_core = _weight(getattr(layer, key)["default"]), _weight(getattr(m, key))
+            torch.testing.assert_close(core.grad, their_core.grad, rtol=1e-4, atol=1e-6, msg=m.lora_name)
         checked.add(m.lora_name)
     assert tucker <= checked
+
+
+def _weight(held) -> torch.Tensor:
+    """A Tucker core's tensor: the parameter itself (LoHa's, LoKr's) or its convolution's weight (LoCon's)."""
+    return held if isinstance(held, torch.Tensor) else held.weight
