@@ -8,7 +8,8 @@ create_network from the same network_args and preset: the same layers in the Tuc
 (adapter weights randomised, no training) export a file its network loads (strictly but DyLoRA's keys, which
 DyLoraModule never loads), and each module but DyLoRA's computes our layer's output and input gradient on a
 fixed input, and the Tucker cores' gradients. No tiny run: a block's Tucker form beside other kinds (each
-kind's layers built alone, runtime/mixed_kinds.py) trains in test_lycoris_whole_main_tucker.py's run."""
+kind's layers built alone, runtime/mixed_kinds.py) trains in test_lycoris_whole_main_tucker.py's run. On SD3
+the patch convolution's LoCon / LoKr entry alike (its one k x k convolution)."""
 
 from __future__ import annotations
 
@@ -132,3 +133,21 @@ def test_network_tucker_reaches_the_entries_k_x_k_convolutions(pipe, tmp_path, m
 def _weight(held) -> torch.Tensor:
     """A Tucker core's tensor: the parameter itself (LoHa's, LoKr's) or its convolution's weight (LoCon's)."""
     return held if isinstance(held, torch.Tensor) else held.weight
+
+
+# LoKr at dim 1: its second factor low-rank (LokrModule's Tucker form needs it; at dim 2 it is full)
+@pytest.mark.parametrize(("network", "entry", "dim"), [("dylora", "locon", 2), ("glora", "lokr", 1)])
+def test_sd3_network_tucker_reaches_the_patch_entry(tmp_path, monkeypatch, network, entry, dim):
+    """On SD3 the network's use_tucker beside a PatchEmbed entry of LoCon / LoHa / LoKr (was DBS403): the
+    patch convolution's block `tucker = "on"` (lycoris_flux._mixed_patch_tucker, as on a LoCon / LoHa / LoKr
+    network), checked as the entry's own use_tucker is (test_lycoris_whole_main_own_opts.py's check, its
+    preset without the entry's own use_tucker and the network's in the command line): the plan's layer
+    exports what lycoris-lora 4.1.3's module of the entry's class with use_tucker loads strictly, at the same
+    scale and output."""
+    from tests.runtime import test_lycoris_whole_main_own_opts as own_opts
+
+    monkeypatch.setattr(own_opts, "SD3_OWN", own_opts.SD3_OWN.replace("use_tucker = true\n", ""))
+    # the check writes `"algo={network}"` into --network_args: the network's use_tucker beside it
+    own_opts.test_sd3_patch_entry_own_tucker_is_lycoris_module(
+        tmp_path, f'{network}" "use_tucker=True', entry, dim
+    )

@@ -2,10 +2,13 @@
 (issue 12; was DBS403): DyLoraModule and GLoRAModule never read it, lycoris-lora 4.1.3's create_network hands
 it to every module and the entries' modules build their Tucker form on k x k convolutions, so it is those
 entries' blocks' `tucker = "on"` (lycoris_maps.network_tucker, as on a full / IA^3 network), an entry's own
-use_tucker = false keeping its block off, Linear-only entries untouched; the key is mapped, not DBS405.
+use_tucker = false keeping its block off, Linear-only entries untouched; the key is mapped, not DBS405. On
+SD3 the patch convolution's entry alike; on Flux (no k x k convolution) it is unread.
 tests/runtime/test_lycoris_network_tucker_entries.py compares the layers with lycoris-lora's modules."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from convert_kit import codes, expressible, fate, plan_of
@@ -37,3 +40,27 @@ def test_the_networks_use_tucker_beside_linear_entries_alone_is_unread(tmp_path,
     assert {b.kind for b in a.blocks if b.kind != "adapter"} == {"loha"}
     assert all(b.tucker == "adapter" for b in a.blocks)
     assert "DBS405" in codes(outcome) and fate(outcome, "network_args use_tucker") != "mapped"
+
+
+@pytest.mark.parametrize("algo", ["dylora", "glora"])
+@pytest.mark.parametrize("entry", ["locon", "loha", "lokr", "full"])
+def test_sd3_network_tucker_reaches_the_patch_entry(tmp_path, algo, entry):
+    """On SD3 the one k x k convolution LyCORIS adapts is the patch convolution: a LoCon / LoHa / LoKr
+    PatchEmbed entry's block takes the network's use_tucker (mapped; lycoris_flux._mixed_patch_tucker), a
+    full entry's FullModule never reads it (DBS405); on Flux (no k x k convolution) it is unread (DBS405)."""
+    from test_convert_lycoris_flow_preset_file import MIXED as FLUX_MIXED
+    from test_convert_lycoris_flow_preset_file import _flux, _sd3
+
+    preset = "unet_target_module = ['PatchEmbed', 'SingleDiTBlock']\n\n"
+    preset += f"[module_algo_map.PatchEmbed]\nalgo = '{entry}'\ndim = 4\nalpha = 1\n"
+    outcome = expressible(_sd3(tmp_path, preset, f'"algo={algo}" "use_tucker=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    (patch,) = [b for b in a.blocks if re.search(b.pattern, "pos_embed.proj")]
+    kind = {"locon": "lora"}.get(entry, entry)
+    assert (a.kind, patch.kind, patch.tucker) == (algo, kind, "adapter" if entry == "full" else "on")
+    assert all(b.tucker == "adapter" for b in a.blocks if b is not patch)
+    told = fate(outcome, "network_args use_tucker")
+    assert told != "mapped" and "DBS405" in codes(outcome) if entry == "full" else told == "mapped"
+    if entry == "locon":
+        flux = expressible(_flux(tmp_path / "flux", FLUX_MIXED, f'"algo={algo}" "use_tucker=True"'))
+        assert fate(flux, "network_args use_tucker") != "mapped" and "DBS405" in codes(flux)

@@ -500,8 +500,10 @@ def _mixed_kinds(
     # test_lycoris_mixed_dylora.py compare them with lycoris-lora on SD 1.x, test_lycoris_mixed_flow_glora.py
     # and test_lycoris_mixed_flow_dylora.py on Flux's fused Linears, each decomposed whole)
     on = [key for key in _MIXED_OFF if network.get(key) and key != "weight_decompose"]
-    if (
-        flow and _algo(algo) in _BLOCK_KINDS
+    if flow and _algo(algo) in (
+        *_BLOCK_KINDS,
+        "dylora",
+        "glora",
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
@@ -818,6 +820,7 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
     cannot be written; `entry_bypass`: check_layers'."""
+    sd = unet  # SD 1.x/2.x, SDXL (below `unet` holds the U-Net's blocks)
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
     inert = [
         *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
@@ -848,8 +851,8 @@ def map_blocks(
         )
     if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
         mixed_rank_stabilized([*unet, *text])
-    if kind in ("dylora", "glora") and kinds:  # the network's use_tucker on its entries' k x k convolutions
-        network_tucker(unet, network)
+    if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
+        network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
     if kind == "tlora":
         _tlora_alphas([*unet, *text])
     for block in [*unet, *text]:
