@@ -281,6 +281,10 @@ def map_lycoris_flow(
     rank = dim.value if dim.value is not None else 4
     if algo == "full":
         return _full(kwargs, a, args, conv, layout, preset, text_blocks, t5_file)
+    if algo in ("glora", "dylora"):  # the network's use_tucker, which their modules never read: the patch
+        # convolution's LoCon / LoHa / LoKr entry's block's `tucker` on SD3 (on Flux / Chroma no k x k layer)
+        layers = layout.presets[preset][0]
+        _mixed_patch_tucker(kwargs, args, conv, layout.targets(layers, True)[1], layout.convs, layers, algo)
     if algo == "glora":
         done = map_flow_glora(kwargs, a, conv, layout, preset, text_blocks)
         return done and _t5_of_kind(a, conv, preset, algo, t5_file)

@@ -35,6 +35,10 @@ from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, 
 _CLASS = {"locon": "lora"}
 # algorithms whose modules never read dim / alpha (FullModule, IA3Module): a map's values change nothing
 _NO_DIMS = ("full", "ia3")
+_TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
+# the networks whose own modules never read use_tucker and whose LoCon / LoHa / LoKr entries' blocks take the
+# network's (network_tucker; on SD 1.x/2.x and SDXL)
+_TUCKER_TO_ENTRIES = (*_NO_DIMS, "dylora", "glora")
 # the adapter kinds whose spec has [[adapter.blocks]], and their ranks' bound (spec AdapterBlock.rank)
 _BLOCK_KINDS = ("lora", "loha", "lokr")
 # the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
@@ -479,7 +483,8 @@ def _mixed_kinds(
     network its LoRA / LoHa / LoKr blocks'), which each LoRA / LoHa / LoKr layer takes as its LyCORIS
     module does and the other kinds' modules never read (runtime/mixed_kinds.py kind_adapter; on Flux / SD3
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
-    other kinds is refused (on Flux / SD3 it shapes SD3's patch convolution alone)."""
+    other kinds is refused on a LoRA/LoCon / LoHa / LoKr network (on a full / IA^3 / DyLoRA / GLoRA one it is
+    the entries' blocks' `tucker`, network_tucker; on Flux / SD3 it shapes SD3's patch convolution alone)."""
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
         return other  # T-LoRA's, full's and IA^3's too (their ScaleBlock's `kind`)
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
@@ -495,13 +500,16 @@ def _mixed_kinds(
     # test_lycoris_mixed_dylora.py compare them with lycoris-lora on SD 1.x, test_lycoris_mixed_flow_glora.py
     # and test_lycoris_mixed_flow_dylora.py on Flux's fused Linears, each decomposed whole)
     on = [key for key in _MIXED_OFF if network.get(key) and key != "weight_decompose"]
-    if (
-        flow and _algo(algo) in _BLOCK_KINDS
+    if flow and _algo(algo) in (
+        *_BLOCK_KINDS,
+        "dylora",
+        "glora",
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
-    if not flow and _algo(algo) in _NO_DIMS:  # FullModule / IA3Module never read it: the LoCon / LoHa /
-        on = [key for key in on if key != "use_tucker"]  # LoKr entries' blocks' `tucker` (_other_kind_blocks)
+    if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
+        # read it: the LoCon / LoHa / LoKr entries' blocks' `tucker` (network_tucker)
+        on = [key for key in on if key != "use_tucker"]
     # their bypass rules differ: rank_dropout (LoConModule masks ranks, LohaModule rows, LokrModule none);
     # `dropout` alone each LoCon / LoHa / LoKr module's bypass_forward_diff applies alike, torch's dropout of
     # its update after its module_dropout draw (adapter.output_dropout on every such layer, a fused Linear's
@@ -827,6 +835,7 @@ def map_blocks(
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
     cannot be written; `entry_bypass`: check_layers'."""
+    sd = unet  # SD 1.x/2.x, SDXL (below `unet` holds the U-Net's blocks)
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
     inert = [
         *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
@@ -857,6 +866,8 @@ def map_blocks(
         )
     if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
         mixed_rank_stabilized([*unet, *text])
+    if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
+        network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
     if kind == "tlora":
         _tlora_alphas([*unet, *text])
     for block in [*unet, *text]:
@@ -913,9 +924,6 @@ _SCALE_BLOCK_OWN = (
 )
 
 
-_TUCKER_ENTRIES = ("lora", "loha", "lokr")  # the kinds whose module reads use_tucker
-
-
 def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, Any], algo: str):
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
     another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
@@ -947,13 +955,23 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             _huge_block(block, high, block["kind"], rs_lora)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
-    if network.get("use_tucker"):  # LyCORIS hands the network's to every module: the Tucker form of the
-        for (
-            block
-        ) in unet:  # LoCon / LoHa / LoKr entries' k x k convolutions where they give none of their own
-            if block["kind"] in _TUCKER_ENTRIES and block.get("conv_rank") and "tucker" not in block:
-                block["tucker"] = "on"
+    network_tucker(unet, network)
     return unet, text
+
+
+def network_tucker(blocks: list[dict[str, Any]], network: dict[str, Any]) -> None:
+    """The network's use_tucker on a full / IA^3 / DyLoRA / GLoRA network (whose own modules never read it)
+    beside a preset file's LoCon / LoHa / LoKr entries: LyCORIS hands it to every module, and LoConModule,
+    LohaModule and LokrModule build their Tucker form on a k x k convolution, so the entries' U-Net blocks
+    with k x k convolutions (a `conv_rank`) and no use_tucker of their own get `tucker = "on"`; their
+    Linears and 1x1 convolutions ignore it (checked against lycoris-lora 4.1.3's modules:
+    tests/runtime/test_lycoris_whole_main_tucker.py, test_lycoris_network_tucker_entries.py)."""
+    if not network.get("use_tucker"):
+        return
+    for block in blocks:
+        if block.get("kind") in _TUCKER_ENTRIES and block.get("conv_rank") and "tucker" not in block:
+            block["tucker"] = "on"
+            block["_why"] += ", the network's use_tucker"
 
 
 def _oft_blocks(

@@ -450,6 +450,8 @@ def _map_network(
     ):  # LyCORIS hands them to its LoCon / LoHa /
         # LoKr entries' modules: those blocks' own `dora` / `dora_axis` (lycoris_maps._network_dora)
         kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)
+    if kind in ("glora", "dylora"):  # LyCORIS hands use_tucker to its LoCon / LoHa / LoKr entries' modules
+        entries_tucker(kwargs, put, args, conv)
     if kind == "glora":
         _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
@@ -1141,6 +1143,20 @@ def _tlora(
     return True
 
 
+def entries_tucker(kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion) -> None:
+    """The network's use_tucker (or its older names) on a full / IA^3 / DyLoRA / GLoRA network, whose own
+    modules never read it, where its preset file's LoCon / LoHa / LoKr entries' blocks took it
+    (lycoris_maps.network_tucker: `tucker = "on"` on their k x k convolutions): recorded as mapped there and
+    popped; otherwise left to the algorithm's own handling (ignored, DBS405)."""
+    tucker = [b for b in put.get("_blocks", ()) if b.get("tucker") == "on"]  # the entries' blocks took it
+    if not (tucker and lycoris_tucker(kwargs)):
+        return
+    why = f"LyCORIS hands it to the preset file's LoCon / LoHa / LoKr entries too: {_source_of(tucker)}"
+    for key in [k for k in kwargs if k in TUCKER_NAMES]:
+        item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+        conv.record(item, "mapped", "adapter.blocks.tucker", why)
+
+
 def _source_of(blocks: list[dict[str, Any]]) -> str:
     """The blocks' own `tucker` named for a note."""
     return ", ".join(f"{b['kind']} block `{b['pattern']}` tucker" for b in blocks[:3])
@@ -1170,19 +1186,9 @@ def _lycoris_full(
     output rotated or scaled, its bias too); full raises on it (DBS402)."""
     if conv_targets:
         put["conv_targets"] = list(conv_targets)
-    tucker = [b for b in put.get("_blocks", ()) if b.get("tucker") == "on"]  # the entries' blocks took it
+    entries_tucker(kwargs, put, args, conv)
     for key in _FULL_IGNORES:
-        if key in kwargs and key in TUCKER_NAMES and tucker and lycoris_tucker(kwargs):
-            why = (
-                f"LyCORIS hands it to the preset file's LoCon / LoHa / LoKr entries too: {_source_of(tucker)}"
-            )
-            conv.record(
-                Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
-                "mapped",
-                "adapter.blocks.tucker",
-                why,
-            )
-        elif key in kwargs:
+        if key in kwargs:
             conv.ignored(
                 Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source),
                 f"LyCORIS's {kind} algo takes it and never reads it",
