@@ -529,6 +529,11 @@ def load_peft_adapters(
             from dbspec.runtime.lycoris_oft import fit_oft_to_state
 
             fit_oft_to_state(module, state, "default")
+            from dbspec.runtime.kohya_rows import mark_swapped_rows
+            from dbspec.runtime.prepare import swapped_rows
+
+            # SD3 / Flux's swapped modulation with an odd count of blocks rotates kohya's rows, as in training
+            mark_swapped_rows(module, swapped_rows(module))
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
             # per input column: one magnitude per fused layer's column (tie_fused_doras), a LoCon's too
