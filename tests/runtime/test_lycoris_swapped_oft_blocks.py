@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.tiny import build_pipeline
-from tests.runtime.test_lycoris_flow_rank_dropout_layers import FILES, FLUX, _prepared, _same_training
+from tests.runtime.test_lycoris_flow_rank_dropout_layers import FILES, FLUX, SD3, _prepared, _same_training
 from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
 from tests.runtime.test_lycoris_preset_file_sdxl import NETWORK_ATTRS
 
@@ -43,6 +43,8 @@ unet_target_module = []
 unet_target_name = ["final_layer.adaLN_modulation.1", "double_blocks.*.img_mod.lin"]
 text_encoder_target_module = []
 """
+SD3_LAST = "joint_blocks.1.context_block.adaLN_modulation.1"  # SD3's last context modulation, swapped too
+SD3_PRESET = PRESET.replace("double_blocks.*.img_mod.lin", SD3_LAST)
 
 
 @pytest.fixture(scope="module")
@@ -54,24 +56,33 @@ def wide() -> nn.Module:
     return type(tiny)(**{**config, "attention_head_dim": 18, "axes_dims_rope": [2, 8, 8]}).float()
 
 
-def _plan(tmp_path: Path, dim: int, args: dict[str, str]):
-    """kohya's Flux command with lycoris.kohya algo=diag-oft at network_dim `dim` and `args`, converted
-    without refusal and planned on the tiny Flux."""
+def _wide_sd3() -> nn.Module:
+    """The tiny SD3 at width 36: its last context modulation and norm_out.linear have 72 rows."""
+    tiny = build_pipeline("builtin:tiny-sd3").transformer
+    config = {k: v for k, v in tiny.config.items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    return type(tiny)(**{**config, "attention_head_dim": 18, "caption_projection_dim": 36}).float()
+
+
+def _plan(tmp_path: Path, dim: int, args: dict[str, str], family: str = "flux"):
+    """kohya's Flux (SD3) command with lycoris.kohya algo=diag-oft at network_dim `dim` and `args`, converted
+    without refusal and planned on the tiny model."""
     from tests.unit.convert_kit import component_file, errors, images, kohya, plan_of
 
-    (tmp_path / "p.toml").write_text(PRESET, encoding="utf-8")
+    sd3 = family == "sd3"
+    (tmp_path / "p.toml").write_text(SD3_PRESET if sd3 else PRESET, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
-    for name in FILES["flux"]:
+    for name in FILES[family]:
         component_file(tmp_path / f"{name}.safetensors")
     network_args = " ".join(f'"{k}={v}"' for k, v in {"preset": "p.toml", **args}.items())
     outcome = kohya(
         tmp_path,
-        command=f"{FLUX} --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
+        command=f"{SD3 if sd3 else FLUX} --train_data_dir=x --resolution=64 --network_module=lycoris.kohya "
         f"--network_dim={dim} --network_alpha=1 --network_args {network_args} --learning_rate=1e-2 "
         "--max_train_steps=2 --save_model_as=safetensors --output_dir=out",
     )
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
-    base = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    base = [f"model.base=builtin:tiny-{family}", "model.text_encoder_files=[]", 'model.vae=""']
     return plan_of(outcome, tmp_path, base)
 
 
@@ -155,3 +166,32 @@ def _loads_back(tmp_path: Path, wide: nn.Module, plan, ours: nn.Module, layer, o
     fresh = _prepared(copy.deepcopy(wide), "unet", plan, plan.adapter.denoiser_targets)
     assert load_fused_lycoris_init(started, fresh, [], whole_layer_slots(started, fresh, [])) == 2
     torch.testing.assert_close(_output(fresh.norm_out.linear.eval(), x, order), want, rtol=0, atol=1e-6)
+
+
+def test_sd3_swapped_modulations_oft_blocks_follow_kohyas_rows(tmp_path, monkeypatch):
+    """SD3's last context modulation and final modulation (both swapped, runtime/sd3_kohya.py) at 9 blocks
+    of 8 with rank dropout: each layer's DiagOFTModule on kohya's layer against ours, outputs, input and
+    block gradients, generator state."""
+    from dbspec.runtime.sd3_kohya import swapped
+
+    args = {"algo": "diag-oft", "constraint": "0.5", "rescaled": "True", "rank_dropout": "0.3"}
+    plan = _plan(tmp_path, 8, args, "sd3")
+    ours = _prepared(_wide_sd3(), "unet", plan, plan.adapter.denoiser_targets)
+    tensors = lycoris_state(unet=ours, text_encoders=[], family="sd3", dtype="fp32")
+    layers = _kohya_layers(ours, mmdit(2, ()), sd3_parts, swapped)
+    made = _network(monkeypatch, 8, tmp_path / "p.toml", _kohya_tree(layers), args)
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    ours.train()
+    for path in (SD3_LAST, FINAL):
+        (layer,), order = layers[path]
+        module = theirs["lora_unet_" + path.replace(".", "_")]
+        assert module.oft_blocks.shape[0] == 9 and order is not None, path
+
+        def stacked(x, layer=layer, order=order):
+            return layer(x)[..., order]
+
+        assert _same_training(module.train(), stacked, torch.randn(3, _base(layer).in_features), path)
+        grad = layer.lora_oft_blocks["default"].grad
+        torch.testing.assert_close(grad, module.oft_blocks.grad, rtol=1e-4, atol=1e-6, msg=path)
