@@ -3310,8 +3310,12 @@ nothing.""",
 `data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
 drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix over each fused Linear's
-stacked rows, as TLoraModule on kohya's layer). A block of another `kind` has no T-LoRA layers to start.""",
-        help="remove the block's data_init, or give the block kind tlora",
+stacked rows, as TLoraModule on kohya's layer). A block of another `kind` has no T-LoRA layers to start.
+Beside a lora or loha adapter's layers a block of kind `tlora` starts at random on SD 1.x/2.x and SDXL
+(a LoCon / LoHa network's T-LoRA entry's own `use_data_init`); with `fused_projections` (Flux, SD3, Chroma)
+it is not built.""",
+        help="remove the block's data_init, or give the block kind tlora (beside lora / loha layers: on SD "
+        "1.x/2.x or SDXL)",
     ),
     Code(
         "DBS623",

@@ -7,7 +7,9 @@ LyCORIS's module on kohya's layer draws its row mask (LoConModule.make_weight's,
 DiagOFTModule's rank dropout over its blocks in kohya's row order: row j of the draw belongs to kohya's row
 j, which is diffusers' row (j + out / 2) mod out. So the layer's draw, made as LyCORIS makes it, is rolled by
 half its rows (blocks) before it meets diffusers' rows (the update rolled into kohya's order for the Dropout,
-then back), each row getting kohya's mask for that row. A layer is
+then back), each row getting kohya's mask for that row. A Diag-OFT layer split into an odd number of blocks
+(one over the end of one half and the start of the other) rotates kohya's rows themselves, its blocks and
+their mask in kohya's order (lycoris_oft.py DiagOftLayer._kohya_order). A layer is
 marked (`SWAPPED`) by mark_swapped_rows when the denoiser is prepared (runtime/prepare.py); FullModule's,
 TLoraModule's and ButterflyOFTModule's layers keep their own flags (lycoris_full.py, lycoris_tlora.py,
 lycoris_boft.py)."""

@@ -380,13 +380,14 @@ def _rows_swapped(name: str, weights: dict[str, torch.Tensor]) -> dict[str, torc
     names = ("hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "diff", "diff_b", "oft_blocks", "rescale")
     names += ("b1.weight", "lora_up.weight")  # GLoRA's rows (W a1 a2 follows W's own), DyLoRA's up
     names += ("dora_scale", "p_layer.weight")  # T-LoRA's P rows (Q and λ hold none)
-    # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped); a magnitude
-    # per input column (1, in, ...) holds no rows: the columns keep their order
+    # BOFT's 4-D blocks rotate kohya's row order already (runtime/lycoris_boft.py boft_swapped), Diag-OFT's
+    # odd count of blocks too (one spans the halves: lycoris_oft.py _kohya_order); a magnitude per input
+    # column (1, in, ...) holds no rows: the columns keep their order
     keys = [
         k
         for k in names
         if k in weights
-        and not (k == "oft_blocks" and weights[k].dim() == 4)
+        and not (k == "oft_blocks" and (weights[k].dim() == 4 or weights[k].shape[0] % 2))
         and not (k == "dora_scale" and weights[k].shape[0] == 1)
     ]
     if not keys and "oft_blocks" in weights:  # BOFT's without a rescale

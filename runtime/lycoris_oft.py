@@ -165,8 +165,18 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
             return draw.take(self, rotation)
         from dbspec.runtime.kohya_rows import in_kohya_rows  # SD3 / Flux's swapped modulation: kohya's blocks
 
-        ones = torch.ones_like(rotation)
-        return in_kohya_rows(nn.functional.dropout(ones, self.oft_rank_dropout, training=True), self)
+        mask = nn.functional.dropout(torch.ones_like(rotation), self.oft_rank_dropout, training=True)
+        return mask if self._kohya_order(rotation) else in_kohya_rows(mask, self)
+
+    def _kohya_order(self, rotation: torch.Tensor) -> bool:
+        """Whether the blocks rotate kohya's rows rather than diffusers': a Linear kohya holds with its halves
+        of rows the other way round (runtime/kohya_rows.py, SD3 / Flux's (shift, scale) modulation) split
+        into an odd number of blocks, the middle one over the end of one half and the start of the other
+        (no block of diffusers' rows is kohya's there). An even count keeps diffusers' rows: kohya's blocks
+        are the same blocks, the halves' swapped (the export swaps them back, lycoris_export.py)."""
+        from dbspec.runtime.kohya_rows import SWAPPED
+
+        return getattr(self, SWAPPED, False) and rotation.shape[0] % 2 == 1
 
     def _rotated_delta(
         self, adapter: str, rows: torch.Tensor, dropped: bool = False, piece=None
@@ -184,10 +194,15 @@ class DiagOftLayer(WeightDelta, nn.Module, LoraLayer):
             first, end, offset, width = tie.window(self)
             rotation, rows = rotation[first:end], tie.rows(self, org, piece)
         out_dim, *rest = rows.shape
+        kohya = tie is None and self._kohya_order(rotation)  # kohya's rows rotated, then back (half: out / 2)
+        if kohya:
+            rows = rows.roll(out_dim // 2, dims=0)
         blocks, size = rotation.shape[0], rotation.shape[1]
         eye = torch.eye(size, device=rotation.device, dtype=rotation.dtype)
         window = rows.to(rotation.dtype).reshape(blocks, size, *rest)
         delta = torch.einsum("k n m, k n ... -> k m ...", rotation - eye, window).reshape(out_dim, *rest)
+        if kohya:
+            delta = delta.roll(out_dim // 2, dims=0)
         if tie is not None:
             delta = delta[offset : offset + width]
         rescale = self._rescale(adapter, org)

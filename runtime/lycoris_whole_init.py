@@ -193,7 +193,8 @@ def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bo
     fused module's block size), or into the one Parameter the parts share where its blocks span them
     (runtime/fused_oft.py), its rescale rows too; the blocks over a part the run does not adapt must
     rotate nothing (B - B^T = 0) and its rescale be 1, as dbspec's export writes them. `swapped`: kohya's
-    (shift, scale) rows back to diffusers' (scale, shift), as the export swapped them."""
+    (shift, scale) rows back to diffusers' (scale, shift), as the export swapped them (an odd count of
+    blocks stays in kohya's order, as the layer holds it)."""
     layer = next(layer for layer, _ in rows if layer is not None)
     size = layer.lora_oft_blocks[adapter].shape[-1]
     widths = [base.weight.shape[0] for _, base in rows]
@@ -204,7 +205,8 @@ def _fused_oft_slots(rows: list[tuple], adapter: str, partial: bool, swapped: bo
         counts = [sum(widths) // size]
 
     def blocks(value: torch.Tensor) -> None:
-        value = _halves(value, swapped)
+        # an odd count: one block spans the halves, held in kohya's row order (lycoris_oft.py _kohya_order)
+        value = _halves(value, swapped and value.shape[0] % 2 == 0)
         if tied:
             _into(layer.lora_oft_blocks[adapter])(value)
             return

@@ -362,19 +362,21 @@ def _oft_fits(module: nn.Module, config, key: str) -> bool:
 
 
 def _of_kind(config, key: str) -> bool:
-    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT, GLoRA and DyLoRA
-    layers' `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` / `lora_dylora_*` told from LoRA's
-    `lora_A` / `lora_B` (all LoraConfigs)."""
+    """`key` is a weight of `config`'s kind: its peft prefix, LyCORIS's full, IA^3, Diag-OFT, GLoRA, DyLoRA
+    and T-LoRA layers' `lora_full*` / `lora_ia3` / `lora_oft_*` / `lora_glora_*` / `lora_dylora_*` /
+    `lora_tlora_*` told from LoRA's `lora_A` / `lora_B` (all LoraConfigs)."""
     from dbspec.runtime.dylora import is_dylora
     from dbspec.runtime.lycoris_full import is_full
     from dbspec.runtime.lycoris_glora import is_glora
     from dbspec.runtime.lycoris_ia3 import is_ia3
     from dbspec.runtime.lycoris_oft import is_oft
+    from dbspec.runtime.lycoris_tlora import is_tlora
 
     if _prefix(config) not in key:
         return False
     markers = {".lora_full": is_full, ".lora_ia3": is_ia3, ".lora_oft_": is_oft, ".lora_glora_": is_glora}
     markers[".lora_dylora_"] = is_dylora
+    markers[".lora_tlora_"] = is_tlora  # T-LoRA's beside a LoCon kind's (both LoraConfigs, `lora_` keys)
     own = next((marker for marker, test in markers.items() if test(config)), "")
     return own in key if own else not any(marker in key for marker in markers)
 
@@ -529,6 +531,11 @@ def load_peft_adapters(
             from dbspec.runtime.lycoris_oft import fit_oft_to_state
 
             fit_oft_to_state(module, state, "default")
+            from dbspec.runtime.kohya_rows import mark_swapped_rows
+            from dbspec.runtime.prepare import swapped_rows
+
+            # SD3 / Flux's swapped modulation with an odd count of blocks rotates kohya's rows, as in training
+            mark_swapped_rows(module, swapped_rows(module))
         if has_dora_scales(state):  # LyCORIS's weight decomposition: peft's config does not record it
             restore_lycoris_dora(module, "default", state)
             # per input column: one magnitude per fused layer's column (tie_fused_doras), a LoCon's too

@@ -502,6 +502,28 @@ def _block_scalar():
     )
 
 
+def _block_data_init():
+    return option(
+        True,
+        doc="Whether the matched T-LoRA layers (a T-LoRA adapter's, or a block of kind `tlora` beside a "
+        "lora or loha adapter's layers on SD 1.x/2.x and SDXL) start from their weight's SVD "
+        "(LyCORIS's `use_data_init`, a preset file's map entry's own). false: from the SVD of a random "
+        "matrix, as TLoraModule draws it from torch's generator while the adapter is built (its two factors' "
+        "own init, then torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with "
+        "`[schedule] seed` (the denoiser's; text encoder i's: seed + 1 + i; beside other kinds, the T-LoRA "
+        "layers' own pass: that seed plus the kind's place among the adapter's kinds), `sig_type` picking "
+        "its triplets; the frozen start is the same. Saved with the run's weights; LyCORIS's file holds no "
+        "frozen start and its loaders rebuild one (create_network_from_weights from the base model's SVD, "
+        "create_network from a new draw): such a file loads there at another update than the one trained. "
+        "With `fused_projections` each fused Linear draws one matrix over its stacked rows in kohya's order, "
+        "as TLoraModule on kohya's layer, from the generator state its first-built part drew at; each layer "
+        "draws as TLoraModule does, while the order of draws over the model is peft's over diffusers' "
+        "modules, not kohya's (whose other modules draw from the same generator in between). Other kinds' "
+        "blocks: true only (DBS622).",
+        example=False,
+    )
+
+
 def _block_oft_rescaled():
     return option(
         "adapter",
@@ -695,6 +717,7 @@ class AdapterBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
         1.0,
@@ -765,6 +788,7 @@ class TextEncoderBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
         1.0,
@@ -2279,22 +2303,7 @@ class TloraBlock:
         "network from the same preset file loads it as trained).",
         example="last",
     )
-    data_init: bool = option(
-        True,
-        doc="Whether the matched T-LoRA layers start from their weight's SVD (LyCORIS's `use_data_init`, a "
-        "preset file's map entry's own). false: from the SVD of a random matrix, as TLoraModule draws it "
-        "from torch's generator while the adapter is built (its two factors' own init, then "
-        "torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with `[schedule] seed` "
-        "(the denoiser's; text encoder i's: seed + 1 + i), `sig_type` picking its triplets; the frozen "
-        "start is the same. Saved with the run's weights; LyCORIS's file holds no frozen start and its "
-        "loaders rebuild one (create_network_from_weights from the base model's SVD, create_network from a "
-        "new draw): such a file loads there at another update than the one trained. With "
-        "`fused_projections` each fused Linear draws one matrix over its stacked rows in kohya's order, as "
-        "TLoraModule on kohya's layer, from the generator state its first-built part drew at; each layer "
-        "draws as TLoraModule does, while the order of draws over the model is peft's over diffusers' "
-        "modules, not kohya's.",
-        example=False,
-    )
+    data_init: bool = _block_data_init()
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

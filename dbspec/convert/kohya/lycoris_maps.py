@@ -222,6 +222,8 @@ def check_layers(
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
+        elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
+            own = (*own, "use_data_init")  # a T-LoRA entry's random start beside LoCon / LoHa (_blocks)
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -771,6 +773,8 @@ def _blocks(
                 switches["data_init"] = False
             if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
                 switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
+        elif _algo(group[0].algo) == "tlora" and not dict(group[0].options).get("use_data_init", True):
+            switches["data_init"] = False  # a T-LoRA entry's random start on another network's kind
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
