@@ -5,8 +5,9 @@ their module_dropout draw, so every layer takes the adapter's `output_dropout`
 (tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network); on
 Flux / SD3 / Chroma too, each fused Linear one module's mask its parts share
 (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py).
-rank_dropout in bypass_mode still differs per class (LoCon masks ranks, LoHa rows, LoKr nothing) and other
-algorithms' entries drop otherwise: still refused."""
+rank_dropout in bypass_mode differs per class (LoCon masks ranks, LoHa rows, LoKr nothing): with the bypass
+dropout the adapter's rank_dropout in rank_dropout_form "lycoris_bypass" (a LoKr network's too, its LoKr
+layers drawing none); without it, or beside other algorithms' entries, which drop otherwise: still refused."""
 
 from __future__ import annotations
 
@@ -65,10 +66,8 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        # each class's bypass rank dropout differs: a LoKr network's rank_dropout its own layers never read
-        # (the converter leaves it out), so its adapter has none for the entries
-        ("lokr", "loha", '"dropout=0.3" "rank_dropout=0.2"'),
         ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
+        ("lokr", "locon", '"rank_dropout=0.2"'),
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
@@ -141,7 +140,8 @@ def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path,
 
 def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     """rank_dropout in bypass_mode (LoConModule masks ranks, LohaModule rows, LokrModule none): a LoCon
-    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's stays refused."""
+    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's too (was DBS403), its LoKr
+    layers drawing none (rank_dropout_form "lycoris_bypass"); beside LoKr entries alone ignored."""
     (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
     args = '"preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
     outcome = flux_lycoris(tmp_path, f'"algo=locon" {args}')
@@ -149,9 +149,21 @@ def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
     assert (a.kind, a.rank_dropout, a.output_dropout) == ("lora", 0.1, 0.3)
     assert a.rank_dropout_form == "lycoris_bypass"
-    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="lokr"), encoding="utf-8")
-    with pytest.raises(AssertionError, match="DBS40[23]"):
-        flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="loha"), encoding="utf-8")
+    outcome = flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        "lokr",
+        0.1,
+        "lycoris_bypass",
+        0.3,
+    )
+    assert {b.kind for b in a.blocks} == {"lora", "loha"} and a.fused
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="lokr", linear1="lokr"), encoding="utf-8")
+    outcome = flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    assert fate(outcome, "network_args rank_dropout") == "inert"
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.output_dropout) == ("lokr", 0.0, 0.3)
 
 
 def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
@@ -160,12 +172,16 @@ def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
     assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
 
 
-@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("loha", "locon")])
+@pytest.mark.parametrize(
+    ("algo", "entry"),
+    [("locon", "loha"), ("locon", "lokr"), ("loha", "locon"), ("lokr", "locon"), ("lokr", "loha")],
+)
 def test_bypass_rank_dropout_beside_low_rank_entries(tmp_path, algo, entry):
-    """A LoCon (LoHa) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon)
-    entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass form,
-    which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
-    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
+    """A LoCon (LoHa, LoKr) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon,
+    LoHa) entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass
+    form, which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
+    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py,
+    test_lycoris_lokr_bypass_rank_dropout.py)."""
     outcome = _convert(tmp_path, algo, entry, '"dropout=0.3" "rank_dropout=0.2"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
@@ -200,3 +216,41 @@ def test_network_dropout_with_bypass_rank_dropout_is_the_network_args_dropout(tm
     kind = {"locon": "lora"}
     assert (a.kind, a.rank_dropout, a.output_dropout) == (kind.get(algo, algo), 0.2, 0.3)
     assert a.rank_dropout_form == ("lycoris_bypass" if algo == "locon" else "kohya")
+
+
+def test_lokr_bypass_rank_dropout_beside_lokr_entries_alone_stays_ignored(tmp_path):
+    """A LoKr network's bypass rank_dropout with LoKr entries only: no module reads it (DBS405, the plan
+    without it, as before)."""
+    outcome = _convert(tmp_path, "lokr", "lokr", '"dropout=0.3" "rank_dropout=0.2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome) and "DBS405" in codes(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == ("lokr", 0.0, "kohya", 0.3)
+
+
+def test_spec_lokr_bypass_rank_dropout_form():
+    """A lokr adapter's rank_dropout_form "lycoris_bypass": beside lora / loha blocks with output_dropout
+    (rules.mixed_bypass_ranks); DBS629 without output_dropout, DBS630 without blocks that draw it; the
+    default form beside those blocks stays DBS578."""
+    body = (
+        DOG
+        + STEPS
+        + (
+            '[adapter]\nkind = "lokr"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+            "output_dropout = 0.3\n"
+        )
+    )
+    lora = LOHA.replace("'loha'", "'lora'")
+    assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
+    assert hits_of(rules.mixed_block_kinds, body + lora) == []
+    assert hits_of(rules.lokr_bypass_rank_dropout, body + LOHA) == []
+    assert hits_of(rules.lokr_bypass_rank_dropout, body) == [
+        ("DBS630", "warning", ("adapter", "rank_dropout"))
+    ]
+    calm = body.replace("output_dropout = 0.3\n", "")
+    assert hits_of(rules.lokr_bypass_rank_dropout, calm + LOHA) == [
+        ("DBS629", "error", ("adapter", "rank_dropout_form"))
+    ]
+    default = body.replace('rank_dropout_form = "lycoris_bypass"\n', "")
+    assert ("DBS578", "error", ("adapter", "rank_dropout")) in hits_of(
+        rules.mixed_block_kinds, default + LOHA
+    )
