@@ -22,6 +22,9 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
+from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
+    test_flux_bypass_dropout_beside_other_algorithms_is_lycoris as _flux_case,
+)
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, lycoris_unet
 
 pytest.importorskip("lycoris.kohya")
@@ -91,3 +94,12 @@ def test_lokr_bypass_rank_dropout_reaches_its_locon_and_loha_entries(pipe, tmp_p
     assert len(mine) > 20 and all(any(h in key for key in mine) for h in held), sorted(mine)
     for key, value in mine.items():
         torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-3, atol=1e-6, msg=key)
+
+
+def test_flux_lokr_bypass_rank_dropout_reaches_its_fused_locon_and_loha_entries(tmp_path, monkeypatch):
+    """On Flux's fused Linears: the LoCon entry's q/k/v one LoConModule's bypass rank mask over its shared
+    down, the LoHa entry's linear1 one LohaModule row mask over its stacked rows, CLIP-L's LoHa layers theirs,
+    the LoKr layers none; every kohya layer's module against the plan's parts from the same generator state
+    (outputs, generator state, input and trained tensors' gradients), as the LoCon / LoHa networks' cases of
+    test_lycoris_mixed_flow_bypass_dropout.py."""
+    _flux_case(tmp_path, monkeypatch, "lokr", "locon", "loha", RANKS)
