@@ -3577,7 +3577,8 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        # IA^3 blocks' layers read neither (IA3Module's forwards: its module dropout draw alone)
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", "ia3"}
         and (ranks or not getattr(a, "rank_dropout", 0.0))  # `ranks`: mixed_bypass_ranks's
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)

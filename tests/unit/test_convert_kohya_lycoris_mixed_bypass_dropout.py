@@ -7,7 +7,8 @@ Flux / SD3 / Chroma too, each fused Linear one module's mask its parts share
 (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py).
 rank_dropout in bypass_mode differs per class (LoCon masks ranks, LoHa rows, LoKr nothing): with the bypass
 dropout the adapter's rank_dropout in rank_dropout_form "lycoris_bypass" (a LoKr network's too, its LoKr
-layers drawing none); without it, or beside other algorithms' entries, which drop otherwise: still refused."""
+layers drawing none); beside IA^3 entries too, whose IA3Module reads neither rate; without it, or beside other
+algorithms' entries, which drop otherwise: still refused."""
 
 from __future__ import annotations
 
@@ -254,3 +255,52 @@ def test_spec_lokr_bypass_rank_dropout_form():
     assert ("DBS578", "error", ("adapter", "rank_dropout")) in hits_of(
         rules.mixed_block_kinds, default + LOHA
     )
+
+
+@pytest.mark.parametrize(
+    ("algo", "given"),
+    [
+        ("locon", '"dropout=0.3"'),
+        ("locon", '"dropout=0.3" "rank_dropout=0.2" "module_dropout=0.1"'),
+        ("lokr", '"dropout=0.3" "rank_dropout=0.2"'),  # beside LoHa entries (below): theirs
+        ("loha", "--network_dropout=0.3"),
+    ],
+)
+def test_bypass_dropout_beside_ia3_entries(tmp_path, algo, given):
+    """IA^3 entries beside a LoCon / LoKr / LoHa network's bypass dropout (was DBS403): IA3Module reads
+    neither `dropout` nor `rank_dropout` in either forward, so the adapter's `bypass` (their bypass forward)
+    with its output_dropout (and rank_dropout, its LoRA layers' in the bypass form) on the other layers
+    (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
+    preset = PRESET.format(entry="ia3").replace("[module_algo_map.CLIPMLP]", LOHA_RESNETS)
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        allow=True,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset=p.toml" "bypass_mode=True" {given} '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    ranks = 0.2 if "rank_dropout" in given else 0.0
+    assert (a.bypass, a.output_dropout, a.rank_dropout) == (True, 0.3, ranks)
+    assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")
+    assert {b.kind for b in a.text_encoder_blocks} == {"ia3"}
+    assert "ia3" in {b.kind for b in a.blocks}
+
+
+# the MLPs LoHa (a LoHa network: its own), ahead of CLIP's IA^3 entry
+LOHA_RESNETS = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]'
+
+
+def test_spec_output_dropout_beside_ia3_blocks():
+    """A spec's output_dropout (and bypass rank_dropout) beside IA^3 blocks (rules.mixed_output_dropout)."""
+    body = DOG + STEPS + '[adapter]\nkind = "lora"\nbypass = true\noutput_dropout = 0.3\n'
+    ia3 = LOHA.replace("'loha'", "'ia3'")
+    assert hits_of(rules.mixed_block_kinds, body + ia3 + LOHA) == []
+    ranked = body.replace(
+        "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
+    )
+    assert hits_of(rules.mixed_block_kinds, ranked + ia3) == []

@@ -442,9 +442,12 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     torch's Dropout of the module's update x scalar, drawn after the module's own `torch.rand(1) <
     module_dropout`, each layer in forward order (tests/runtime/test_lycoris_mixed_bypass_dropout.py); on
     Flux / SD3 / Chroma a fused Linear is one module, one mask over its stacked output its diffusers parts
-    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py)."""
-    kinds = {_algo(algo), *(_algo(layer.algo) for layer in layers)}
-    return kinds <= set(_BLOCK_KINDS)
+    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py). IA^3 entries too (was DBS403): IA3Module
+    reads neither `dropout` nor `rank_dropout` in either forward (its output scaled in bypass_mode, the
+    adapter's `bypass`; its module_dropout draw alone), so their layers draw nothing more
+    (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
+    entries = {_algo(layer.algo) for layer in layers}
+    return _algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, "ia3"}
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
