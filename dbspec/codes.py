@@ -3352,6 +3352,30 @@ own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layer
 `kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
         help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
     ),
+    Code(
+        "DBS629",
+        ERROR,
+        "A LoKr adapter's bypass rank-dropout form without its bypass dropout",
+        """\
+`rank_dropout_form = "lycoris_bypass"` on a `kind = "lokr"` adapter is kohya's lycoris.kohya LoKr network in
+`bypass_mode` with a `dropout`: LokrModule's bypass forward draws no rank-dropout mask, and the rate reaches
+the `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of kind lora (LoConModule's bypass rank mask) and
+loha (LohaModule's row mask), each layer's draws followed by torch's Dropout of its update
+(`adapter.output_dropout`). dbspec trains that bypass forward with its dropout only: without
+`output_dropout` the form has nothing to be the bypass forward of.""",
+        help='set adapter.output_dropout (LyCORIS\'s bypass `dropout`), or rank_dropout_form = "lycoris"',
+    ),
+    Code(
+        "DBS630",
+        WARNING,
+        "adapter.rank_dropout on a LoKr adapter's bypass form without blocks that draw it",
+        """\
+With `rank_dropout_form = "lycoris_bypass"` a `kind = "lokr"` adapter's LoKr layers draw no rank dropout
+(LyCORIS's LokrModule never reads it in `bypass_mode`); only its `[[adapter.blocks]]` /
+`[[adapter.text_encoder_blocks]]` of kind lora and loha do (LoConModule's bypass rank mask, LohaModule's row
+mask). Without them the value changes nothing.""",
+        help="remove adapter.rank_dropout, or add the blocks it is meant for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -78,6 +78,13 @@ class LycorisDraw:
         return self.skip, self.mask, self.output
 
 
+def lokr_rows(adapter) -> bool:
+    """Whether a LoKr / LoHa adapter's LoKr layers draw the rank-dropout row mask: a LoKr adapter's, unless in
+    its bypass form (rank_dropout_form "lycoris_bypass": LokrModule's bypass forward never reads it, its
+    LoCon / LoHa blocks drawing theirs); a LoHa adapter's LoKr blocks never (the same bypass forward)."""
+    return adapter.kind == "lokr" and adapter.rank_dropout_form != "lycoris_bypass"
+
+
 def add_fused_lycoris_dropout(
     module: torch.nn.Module,
     fused: tuple[FusedPlan, ...],

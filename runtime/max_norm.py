@@ -197,6 +197,16 @@ class LycorisNormModule:
     rank_dropout: float = 0.0
 
 
+def locon_norm_rate(adapter) -> float:
+    """The rank-dropout rate LyCORIS's LoConModule.apply_max_norm draws its row mask at (make_weight in
+    training, whatever its bypass_mode): a lora adapter's LoCon layers', and a LoHa / LoKr adapter's LoCon
+    blocks' where the plan gives them LyCORIS's rank dropout (rank_dropout_form "lycoris" /
+    "lycoris_bypass", compiler/adapters.py); else none."""
+    if adapter.kind == "lora" or adapter.rank_dropout_form in ("lycoris", "lycoris_bypass"):
+        return adapter.rank_dropout
+    return 0.0
+
+
 def lycoris_norm_modules(
     denoiser: torch.nn.Module | None,
     text_encoders: Iterable[torch.nn.Module],

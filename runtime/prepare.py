@@ -118,11 +118,15 @@ def _prepare(
         a = plan.adapter
         lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
         if a.fused and denoiser and a.kind in ("lokr", "loha") and lycoris_drops:
-            from dbspec.runtime.fused_lycoris_dropout import add_fused_lycoris_dropout  # one draw per layer
+            from dbspec.runtime.fused_lycoris_dropout import (  # one draw per layer
+                add_fused_lycoris_dropout,
+                lokr_rows,
+            )
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
-            # a LoHa adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
-            add_fused_lycoris_dropout(module, a.fused, *rates, lokr_rows=a.kind == "lokr")
+            # a LoHa adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it), nor
+            # a LoKr adapter's layers in its bypass form (rank_dropout_form "lycoris_bypass")
+            add_fused_lycoris_dropout(module, a.fused, *rates, lokr_rows=lokr_rows(a))
         if a.kind == "boft" and a.module_dropout and not mixed(a):  # after the fused parts are tied
             from dbspec.runtime.lycoris_boft import add_boft_module_dropout
 
@@ -176,11 +180,12 @@ def _prepare(
         # each its own draw as LohaModule / LokrModule in bypass_mode), after the fused layers' shared draws
         # (above, add_module_dropout) so that a fused Linear's parts keep their one mask
         if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
-            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout
+            from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout, lokr_rows
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)
-            # a lora adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it)
-            add_lycoris_layer_dropout(module, *rates, lokr_rows=a.kind == "lokr")
+            # a lora adapter's LoKr blocks draw no row mask (LokrModule's bypass forward never reads it), nor
+            # a LoKr adapter's layers in its bypass form
+            add_lycoris_layer_dropout(module, *rates, lokr_rows=lokr_rows(a))
         # adapter weights train in fp32 beside a half-precision or quantised base, or in bf16 or fp16 where
         # precision.weights says so (kohya's full_bf16 / full_fp16 cast the LoRA network)
         adapter_dtype = to_dtype(plan.precision.weights)

@@ -25,7 +25,7 @@ from dbspec.runtime.distributed import StrategyError, sharded_models
 from dbspec.runtime.ema import Ema
 from dbspec.runtime.evaluate import RunningMean
 from dbspec.runtime.logs import cache_progress
-from dbspec.runtime.max_norm import lycoris_norm_modules, norm_modules
+from dbspec.runtime.max_norm import locon_norm_rate, lycoris_norm_modules, norm_modules
 from dbspec.runtime.max_norm_alphas import with_file_alphas
 from dbspec.runtime.families import family_runtime
 from dbspec.runtime.models import Components, pipeline_for
@@ -263,8 +263,9 @@ def setup(plan: Plan, accelerator, plan_json: str, *, resume: bool, console) -> 
         idle=idle,
     )
     if plan.adapter.max_norm and plan.adapter.max_norm_form == "lycoris":  # lycoris.kohya: denoiser first
-        # a lora adapter's LoCon layers draw their rank-dropout mask in the norm (LoConModule.make_weight)
-        locon_rate = plan.adapter.rank_dropout if plan.adapter.kind == "lora" else 0.0
+        # the LoCon layers draw their rank-dropout mask in the norm (LoConModule.make_weight): a lora
+        # adapter's, a LoHa / LoKr adapter's LoCon blocks
+        locon_rate = locon_norm_rate(plan.adapter)
         run.norm_modules = lycoris_norm_modules(
             comps.unet, comps.text_encoders, plan.adapter.fused, locon_rate
         )

@@ -118,6 +118,10 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         # a LoHa network's LoCon entries draw LoConModule's row mask (rules.lycoris_row_masks admits them),
         # in bypass_mode (its output_dropout) its rank mask (rules.mixed_bypass_ranks)
         extra["rank_dropout_form"] = "lycoris_bypass" if adapter.output_dropout else "lycoris"
+    elif adapter.kind == "lokr" and adapter.rank_dropout and adapter.rank_dropout_form == "lycoris_bypass":
+        # LokrModule's bypass forward: its LoKr layers draw none, its LoCon blocks LoConModule's bypass rank
+        # mask, its LoHa blocks LohaModule's row mask (rules.mixed_bypass_ranks; runtime/prepare.py)
+        extra["rank_dropout_form"] = "lycoris_bypass"
     if not isinstance(adapter, LoraAdapter) and adapter.max_norm:  # LoHa / LoKr: LyCORIS's max norm only
         extra.update(max_norm=adapter.max_norm, max_norm_form="lycoris")
     if not isinstance(adapter, LoraAdapter):  # LoHa / LoKr: the rescale acts only with rank dropout

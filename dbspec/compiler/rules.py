@@ -1320,6 +1320,34 @@ def tlora_rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def lokr_bypass_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A lokr adapter's rank_dropout in LyCORIS's bypass form (LokrModule's bypass forward draws none; its
+    LoCon / LoHa blocks draw theirs, rules.mixed_bypass_ranks): with its bypass dropout (output_dropout,
+    DBS629), and blocks of kind lora or loha to draw it (DBS630)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "lokr" or a.rank_dropout_form != "lycoris_bypass" or not a.rank_dropout:
+        return
+    if not a.output_dropout:
+        yield _err(
+            "DBS629",
+            ("adapter", "rank_dropout_form"),
+            'adapter.rank_dropout_form = "lycoris_bypass" on a lokr adapter with adapter.output_dropout = 0: '
+            "the form is LyCORIS's LoKr bypass forward with its dropout, which needs output_dropout",
+            codes.help("DBS629"),
+        )
+        return
+    if not any(b.kind in ("lora", "loha") for b in (*a.blocks, *a.text_encoder_blocks)):
+        yield _warn(
+            "DBS630",
+            ("adapter", "rank_dropout"),
+            f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "lokr", '
+            'rank_dropout_form = "lycoris_bypass" and no blocks of kind lora or loha (LyCORIS\'s LokrModule '
+            "never reads it in bypass_mode)",
+            codes.help("DBS630"),
+        )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3531,12 +3559,12 @@ _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora
 
 
 def mixed_bypass_ranks(a) -> bool:
-    """Whether a lora adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form "lycoris_bypass"),
-    or a loha adapter's, with its `output_dropout` reaches blocks of kind lora / loha / lokr as their
-    LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the down's ranks
-    (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`,
-    the CPU's), LokrModule's draws none; each after the module dropout draw and before the Dropout of the
-    update (runtime/prepare.py: lora_dropout.py's LoRA layers, fused_lycoris_dropout.py
+    """Whether a lora or lokr adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form
+    "lycoris_bypass"), or a loha adapter's, with its `output_dropout` reaches blocks of kind lora / loha /
+    lokr as their LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the
+    down's ranks (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask
+    (`torch.rand(out)`, the CPU's), LokrModule's draws none; each after the module dropout draw and before
+    the Dropout of the update (runtime/prepare.py: lora_dropout.py's LoRA layers, fused_lycoris_dropout.py
     add_lycoris_layer_dropout's LoHa / LoKr ones).
     With fused_projections (Flux, SD3, Chroma) each fused Linear one module's draw its parts share
     (fused_dropout.py, fused_lycoris_dropout.py add_fused_lycoris_dropout). Without rank_dropout_scale
@@ -3544,7 +3572,11 @@ def mixed_bypass_ranks(a) -> bool:
     kind = getattr(a, "kind", "none")
     return (
         # a loha adapter's LoCon blocks take the bypass form (compiler/adapters.py)
-        (kind == "loha" or (kind == "lora" and getattr(a, "rank_dropout_form", "kohya") == "lycoris_bypass"))
+        # a lokr adapter's in its bypass form: its LoKr layers draw none, its LoCon / LoHa blocks theirs
+        (
+            kind == "loha"
+            or (kind in ("lora", "lokr") and getattr(a, "rank_dropout_form", "") == "lycoris_bypass")
+        )
         and bool(getattr(a, "output_dropout", 0.0))
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)
@@ -3562,7 +3594,8 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        # IA^3 blocks' layers read neither (IA3Module's forwards: its module dropout draw alone)
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", "ia3"}
         and (ranks or not getattr(a, "rank_dropout", 0.0))  # `ranks`: mixed_bypass_ranks's
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)

@@ -271,7 +271,8 @@ class AdapterPlan:
     # lora with rank_dropout: whose mask (adapter.rank_dropout_form): "kohya" (networks.lora, per sample and
     # rank, rescaled), "lycoris" (LoCon: torch.rand(out), output rows), "lycoris_bypass" (torch.rand(rank));
     # loha, full, ia3 with rank_dropout and blocks of kind lora: "lycoris", those blocks' LoCon layers' (else
-    # "kohya")
+    # "kohya"); lokr: "lycoris_bypass" (LokrModule's bypass forward: its LoKr layers none, its lora / loha
+    # blocks LoConModule's rank mask / LohaModule's row mask), else "kohya" (each LoKr layer's row mask)
     rank_dropout_form: Literal["kohya", "lycoris", "lycoris_bypass"] = "kohya"
     # lora: the kohya_lora export's module names, kohya's network's or LyCORIS's (Flux / Chroma T5-XXL)
     kohya_names: Literal["kohya", "lycoris"] = "kohya"

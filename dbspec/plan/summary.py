@@ -787,6 +787,10 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
         rescale = ", kept rows rescaled" if a.rank_dropout_scale else ""
         if a.rank_dropout and a.kind == "diag-oft":  # DiagOFTModule's nn.Dropout on its rotations
             rescale = " (LyCORIS Diag-OFT: the rotations' entries, kept ones x 1 / (1 - rate))"
+        elif a.rank_dropout and a.kind == "lokr" and a.rank_dropout_form == "lycoris_bypass":
+            rescale = (
+                " (LyCORIS bypass: none on LoKr layers, LoRA blocks' ranks, LoHa blocks' rows, unscaled)"
+            )
         elif a.rank_dropout and a.kind != "lora" and a.rank_dropout_form == "lycoris":  # its LoCon blocks'
             rescale += " (LoRA blocks: LyCORIS LoCon's output rows, unscaled)"
         elif a.rank_dropout and a.rank_dropout_form != "kohya":  # LyCORIS LoCon's masks (lora_dropout.py)

@@ -5,8 +5,10 @@ their module_dropout draw, so every layer takes the adapter's `output_dropout`
 (tests/runtime/test_lycoris_mixed_bypass_dropout.py holds the runtime to lycoris-lora 4.1.3's network); on
 Flux / SD3 / Chroma too, each fused Linear one module's mask its parts share
 (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py).
-rank_dropout in bypass_mode still differs per class (LoCon masks ranks, LoHa rows, LoKr nothing) and other
-algorithms' entries drop otherwise: still refused."""
+rank_dropout in bypass_mode differs per class (LoCon masks ranks, LoHa rows, LoKr nothing): with the bypass
+dropout the adapter's rank_dropout in rank_dropout_form "lycoris_bypass" (a LoKr network's too, its LoKr
+layers drawing none); beside IA^3 entries too, whose IA3Module reads neither rate; without it, or beside other
+algorithms' entries, which drop otherwise: still refused."""
 
 from __future__ import annotations
 
@@ -65,10 +67,8 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        # each class's bypass rank dropout differs: a LoKr network's rank_dropout its own layers never read
-        # (the converter leaves it out), so its adapter has none for the entries
-        ("lokr", "loha", '"dropout=0.3" "rank_dropout=0.2"'),
         ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
+        ("lokr", "locon", '"rank_dropout=0.2"'),
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
@@ -141,7 +141,8 @@ def test_flux_bypass_dropout_beside_low_rank_entries_is_output_dropout(tmp_path,
 
 def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     """rank_dropout in bypass_mode (LoConModule masks ranks, LohaModule rows, LokrModule none): a LoCon
-    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's stays refused."""
+    network's converts on Flux too (rules.mixed_bypass_ranks), a LoKr network's too (was DBS403), its LoKr
+    layers drawing none (rank_dropout_form "lycoris_bypass"); beside LoKr entries alone ignored."""
     (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="loha", linear1="lokr"), encoding="utf-8")
     args = '"preset=p.toml" "bypass_mode=True" "dropout=0.3" "rank_dropout=0.1"'
     outcome = flux_lycoris(tmp_path, f'"algo=locon" {args}')
@@ -149,9 +150,21 @@ def test_flux_bypass_rank_dropout_beside_low_rank_entries(tmp_path):
     a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
     assert (a.kind, a.rank_dropout, a.output_dropout) == ("lora", 0.1, 0.3)
     assert a.rank_dropout_form == "lycoris_bypass"
-    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="lokr"), encoding="utf-8")
-    with pytest.raises(AssertionError, match="DBS40[23]"):
-        flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="loha"), encoding="utf-8")
+    outcome = flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        "lokr",
+        0.1,
+        "lycoris_bypass",
+        0.3,
+    )
+    assert {b.kind for b in a.blocks} == {"lora", "loha"} and a.fused
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="lokr", linear1="lokr"), encoding="utf-8")
+    outcome = flux_lycoris(tmp_path, f'"algo=lokr" {args}')
+    assert fate(outcome, "network_args rank_dropout") == "inert"
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.output_dropout) == ("lokr", 0.0, 0.3)
 
 
 def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
@@ -160,12 +173,16 @@ def test_spec_output_dropout_beside_low_rank_blocks_with_fused_projections():
     assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
 
 
-@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("loha", "locon")])
+@pytest.mark.parametrize(
+    ("algo", "entry"),
+    [("locon", "loha"), ("locon", "lokr"), ("loha", "locon"), ("lokr", "locon"), ("lokr", "loha")],
+)
 def test_bypass_rank_dropout_beside_low_rank_entries(tmp_path, algo, entry):
-    """A LoCon (LoHa) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon)
-    entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass form,
-    which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
-    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py)."""
+    """A LoCon (LoHa, LoKr) network's rank_dropout with its dropout in bypass_mode beside LoHa / LoKr (LoCon,
+    LoHa) entries on SD (was DBS403): the adapter's rank_dropout, its LoRA layers' in LoConModule's bypass
+    form, which the LoHa layers read as LohaModule's row mask and the LoKr layers not at all
+    (rules.mixed_bypass_ranks; tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py,
+    test_lycoris_lokr_bypass_rank_dropout.py)."""
     outcome = _convert(tmp_path, algo, entry, '"dropout=0.3" "rank_dropout=0.2"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
@@ -200,3 +217,90 @@ def test_network_dropout_with_bypass_rank_dropout_is_the_network_args_dropout(tm
     kind = {"locon": "lora"}
     assert (a.kind, a.rank_dropout, a.output_dropout) == (kind.get(algo, algo), 0.2, 0.3)
     assert a.rank_dropout_form == ("lycoris_bypass" if algo == "locon" else "kohya")
+
+
+def test_lokr_bypass_rank_dropout_beside_lokr_entries_alone_stays_ignored(tmp_path):
+    """A LoKr network's bypass rank_dropout with LoKr entries only: no module reads it (DBS405, the plan
+    without it, as before)."""
+    outcome = _convert(tmp_path, "lokr", "lokr", '"dropout=0.3" "rank_dropout=0.2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome) and "DBS405" in codes(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == ("lokr", 0.0, "kohya", 0.3)
+
+
+def test_spec_lokr_bypass_rank_dropout_form():
+    """A lokr adapter's rank_dropout_form "lycoris_bypass": beside lora / loha blocks with output_dropout
+    (rules.mixed_bypass_ranks); DBS629 without output_dropout, DBS630 without blocks that draw it; the
+    default form beside those blocks stays DBS578."""
+    body = (
+        DOG
+        + STEPS
+        + (
+            '[adapter]\nkind = "lokr"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+            "output_dropout = 0.3\n"
+        )
+    )
+    lora = LOHA.replace("'loha'", "'lora'")
+    assert hits_of(rules.mixed_block_kinds, body + LOHA) == []
+    assert hits_of(rules.mixed_block_kinds, body + lora) == []
+    assert hits_of(rules.lokr_bypass_rank_dropout, body + LOHA) == []
+    assert hits_of(rules.lokr_bypass_rank_dropout, body) == [
+        ("DBS630", "warning", ("adapter", "rank_dropout"))
+    ]
+    calm = body.replace("output_dropout = 0.3\n", "")
+    assert hits_of(rules.lokr_bypass_rank_dropout, calm + LOHA) == [
+        ("DBS629", "error", ("adapter", "rank_dropout_form"))
+    ]
+    default = body.replace('rank_dropout_form = "lycoris_bypass"\n', "")
+    assert ("DBS578", "error", ("adapter", "rank_dropout")) in hits_of(
+        rules.mixed_block_kinds, default + LOHA
+    )
+
+
+@pytest.mark.parametrize(
+    ("algo", "given"),
+    [
+        ("locon", '"dropout=0.3"'),
+        ("locon", '"dropout=0.3" "rank_dropout=0.2" "module_dropout=0.1"'),
+        ("lokr", '"dropout=0.3" "rank_dropout=0.2"'),  # beside LoHa entries (below): theirs
+        ("loha", "--network_dropout=0.3"),
+    ],
+)
+def test_bypass_dropout_beside_ia3_entries(tmp_path, algo, given):
+    """IA^3 entries beside a LoCon / LoKr / LoHa network's bypass dropout (was DBS403): IA3Module reads
+    neither `dropout` nor `rank_dropout` in either forward, so the adapter's `bypass` (their bypass forward)
+    with its output_dropout (and rank_dropout, its LoRA layers' in the bypass form) on the other layers
+    (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
+    preset = PRESET.format(entry="ia3").replace("[module_algo_map.CLIPMLP]", LOHA_RESNETS)
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    outcome = kohya(
+        tmp_path,
+        allow=True,
+        command=f"accelerate launch train_network.py --pretrained_model_name_or_path={SD15} "
+        "--train_data_dir=x --resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha=1 "
+        f'--network_args "algo={algo}" "preset=p.toml" "bypass_mode=True" {given} '
+        "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out",
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    ranks = 0.2 if "rank_dropout" in given else 0.0
+    assert (a.bypass, a.output_dropout, a.rank_dropout) == (True, 0.3, ranks)
+    assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")
+    assert {b.kind for b in a.text_encoder_blocks} == {"ia3"}
+    assert "ia3" in {b.kind for b in a.blocks}
+
+
+# the MLPs LoHa (a LoHa network: its own), ahead of CLIP's IA^3 entry
+LOHA_RESNETS = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]'
+
+
+def test_spec_output_dropout_beside_ia3_blocks():
+    """A spec's output_dropout (and bypass rank_dropout) beside IA^3 blocks (rules.mixed_output_dropout)."""
+    body = DOG + STEPS + '[adapter]\nkind = "lora"\nbypass = true\noutput_dropout = 0.3\n'
+    ia3 = LOHA.replace("'loha'", "'ia3'")
+    assert hits_of(rules.mixed_block_kinds, body + ia3 + LOHA) == []
+    ranked = body.replace(
+        "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
+    )
+    assert hits_of(rules.mixed_block_kinds, ranked + ia3) == []

@@ -629,6 +629,18 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (  # a LoKr adapter's bypass rank-dropout form: with its bypass dropout (DBS629; DBS630 without blocks)
+        rules.lokr_bypass_rank_dropout,
+        '[adapter]\nkind = "lokr"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+        [("DBS629", "error", ("adapter", "rank_dropout_form"))],
+        '[adapter]\nkind = "lokr"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+        + "output_dropout = 0.3\n[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+    ),
     (  # a T-LoRA block's random start: on its own T-LoRA layers
         rules.tlora_block_data_init,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'

@@ -297,7 +297,8 @@ def map_lycoris_flow(
     if not _dora_wd(kwargs, args, conv, algo):
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
-    if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo):
+    entries = (*file.blocks, *file.text_blocks) if preset_file else ()
+    if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo, entries):
         return False
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
@@ -1181,7 +1182,12 @@ def _lokr_args(
 
 
 def _lokr_dropouts(
-    kwargs: dict[str, str], network_dropout: Legacy, args: Legacy, conv: Conversion, algo: str
+    kwargs: dict[str, str],
+    network_dropout: Legacy,
+    args: Legacy,
+    conv: Conversion,
+    algo: str,
+    entries: tuple[dict, ...] = (),
 ) -> bool:
     """LokrModule and LohaModule (lycoris/modules/lokr.py, loha.py) apply their `dropout` only in their
     bypass forward (they warn: not implemented; the rebuild forward never reads it), so outside bypass_mode it
@@ -1193,14 +1199,25 @@ def _lokr_dropouts(
     fails on a GPU, network.py's _lokr_rank_dropout_on_gpu). `bypass_mode` (lycoris-lora 4.1.3's
     bypass_forward_diff: scale x ΔW x x scalar, after the same module_dropout draw, LoHa's rank mask from the
     same get_weight) is the same update, and LoKr's rank_dropout, which its bypass forward never draws,
-    ignored; there the `dropout` is torch's Dropout on the fused update (_lokr_bypass). False when refused or
-    invalid."""
+    ignored; there the `dropout` is torch's Dropout on the fused update (_lokr_bypass). Beside a preset file's
+    LoCon / LoHa `entries` (lycoris_maps._mixed_kinds admitted them with the bypass `dropout`) a LoKr
+    network's bypass rank_dropout is theirs: the adapter's rank_dropout in rank_dropout_form
+    "lycoris_bypass" (was DBS403; LoConModule's rank mask, LohaModule's row mask, one per fused Linear its
+    parts share, the LoKr layers none). False when refused or invalid."""
     bypass_text = kwargs.get("bypass_mode", "false")
     bypass = str(bypass_text).lower() != "false"  # LyCORIS's str_bool
     if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
         return False
     rank = float(kwargs.get("rank_dropout", 0) or 0)
-    if rank and algo == "lokr":
+    if rank and algo == "lokr" and bypass and any(b.get("kind") in ("lora", "loha") for b in entries):
+        legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
+        note = "LokrModule's bypass forward never reads it; the LoCon / LoHa entries' modules draw it"
+        conv.mapped(legacy, ("adapter", "rank_dropout"), rank, note=note)
+        why = (
+            "LyCORIS's bypass forward: the LoKr layers draw no rank dropout, the LoCon / LoHa entries theirs"
+        )
+        conv.put(("adapter", "rank_dropout_form"), "lycoris_bypass", conv.comment(args, why))
+    elif rank and algo == "lokr":
         _lokr_rank_dropout_on_gpu(kwargs, args, conv)
         kwargs.pop("bypass_mode", None)
         if not bypass:

@@ -448,25 +448,30 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     torch's Dropout of the module's update x scalar, drawn after the module's own `torch.rand(1) <
     module_dropout`, each layer in forward order (tests/runtime/test_lycoris_mixed_bypass_dropout.py); on
     Flux / SD3 / Chroma a fused Linear is one module, one mask over its stacked output its diffusers parts
-    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py)."""
-    kinds = {_algo(algo), *(_algo(layer.algo) for layer in layers)}
-    return kinds <= set(_BLOCK_KINDS)
+    share (tests/runtime/test_lycoris_mixed_flow_bypass_dropout.py). IA^3 entries too (was DBS403): IA3Module
+    reads neither `dropout` nor `rank_dropout` in either forward (its output scaled in bypass_mode, the
+    adapter's `bypass`; its module_dropout draw alone), so their layers draw nothing more
+    (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
+    entries = {_algo(layer.algo) for layer in layers}
+    return _algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, "ia3"}
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
-    """Whether a LoRA/LoCon or LoHa network's `rank_dropout` in bypass_mode, with its `dropout`, beside
+    """Whether a LoRA/LoCon, LoHa or LoKr network's `rank_dropout` in bypass_mode, with its `dropout`, beside
     LoRA/LoCon, LoHa and LoKr `layers` is the adapter's rank_dropout (the LoRA layers' in rank_dropout_form
     "lycoris_bypass"): in
     lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
     LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`), LokrModule's draws
     none, each between its module_dropout draw and its Dropout (compiler rules.mixed_bypass_ranks;
     tests/runtime/test_lycoris_mixed_bypass_rank_dropout.py; on Flux / SD3 / Chroma each fused
-    Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's stays refused:
-    the converter leaves its rank_dropout out (LokrModule's bypass never reads it), so its adapter has none
-    for its entries, and a LoKr adapter's own rank_dropout with output_dropout is a row mask of dbspec's."""
+    Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's too (was
+    DBS403): its adapter's rank_dropout in rank_dropout_form "lycoris_bypass", its LoKr layers drawing none,
+    its LoCon / LoHa entries theirs (network._lokr_rank_dropout_on_gpu;
+    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     dropout = bool(_rate(network.get("dropout")))
-    return bypass and dropout and _algo(algo) in ("lora", "loha") and _bypass_output_dropout(algo, layers)
+    low_rank = _algo(algo) in ("lora", "loha", "lokr")
+    return bypass and dropout and low_rank and _bypass_output_dropout(algo, layers)
 
 
 def _mixed_kinds(

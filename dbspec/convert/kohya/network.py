@@ -484,7 +484,7 @@ def _map_network(
     if lycoris and kind not in (*_WHOLE_LAYER_KINDS, "glora", "dylora", "tlora"):
         _tucker_and_scalar(kwargs, kind, bool(put.get("conv_rank")), put, unsupported)
         if kind == "lokr":
-            _lokr_rank_dropout_on_gpu(kwargs, args, conv)
+            _lokr_rank_dropout_on_gpu(kwargs, args, conv, put)
         _lycoris_bypass_and_dropout(kwargs, kind, dora, dropout, args, conv, put, unsupported)
         if kind not in _WHOLE_LAYER_KINDS:
             _lycoris_rs_lora(kwargs, kind, dim, alpha, put, unsupported)
@@ -875,15 +875,26 @@ def _locon_dropouts(kwargs: dict[str, str], bypass: bool, put: dict[str, Any]) -
             put["rank_dropout_form"] = "lycoris_bypass" if bypass else "lycoris"
 
 
-def _lokr_rank_dropout_on_gpu(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
+def _lokr_rank_dropout_on_gpu(
+    kwargs: dict[str, str], args: Legacy, conv: Conversion, put: dict[str, Any] | None = None
+) -> None:
     """lycoris-lora's LokrModule (4.1.3, still in its main branch: LyCORIS issue #291) draws the rank-dropout
     mask on the CPU and multiplies the rebuilt weight by it in place, without moving it as LohaModule does: on
     a GPU kohya's first training forward raises (two devices). Its bypass forward draws no mask at all (its
-    apply_max_norm does: map_scale_weight_norms)."""
+    apply_max_norm does: map_scale_weight_norms): ignored, unless a preset file's LoCon / LoHa entries
+    (`put`'s blocks of kind lora / loha; lycoris_maps._mixed_kinds admitted them only with the network's
+    bypass `dropout`, _bypass_rank_dropout) read it in their bypass forward: the adapter's rank_dropout in
+    rank_dropout_form "lycoris_bypass" (the LoKr layers none, LoConModule's rank mask, LohaModule's row mask;
+    was DBS403)."""
     if not _float(kwargs.get("rank_dropout") or 0.0):
         return
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     if _str_bool(kwargs.get("bypass_mode", "false")):
+        blocks = (*(put or {}).get("_blocks", ()), *(put or {}).get("_text_blocks", ()))
+        if put is not None and any(b.get("kind") in ("lora", "loha") for b in blocks):
+            put["rank_dropout"] = _float(legacy.value)
+            put["rank_dropout_form"] = "lycoris_bypass"
+            return
         conv.ignored(legacy, "LyCORIS's LoKr bypass forward never draws its rank-dropout mask")
         return
     conv.invalid(
