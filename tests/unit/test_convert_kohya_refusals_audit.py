@@ -104,23 +104,7 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 428, IA^3 entries in bypass_mode "with a dropout it stays DBS403, naming what it changes"
-    "ia3_entries_bypass_dropout": (
-        "sd",
-        '"algo=locon" "bypass_mode=True" "dropout=0.1"',
-        _sd("ia3"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'ia3'", "bypass_mode with its dropout = 0.1"],
-    ),
-    "ia3_entries_bypass_network_dropout": (
-        "sd",
-        '"algo=locon" "bypass_mode=True"',
-        _sd("ia3"),
-        "--network_dropout=0.1",
-        "DBS403",
-        ["network_args preset", "bypass_mode with its dropout = 0.1"],
-    ),
+    # line 428, IA^3 entries in bypass_mode "with a dropout it stays DBS403": the rank_dropout still does
     "ia3_entries_bypass_rank_dropout": (
         "sd",
         '"algo=locon" "bypass_mode=True" "rank_dropout=0.1"',
@@ -239,14 +223,6 @@ REFUSED = {
         "",
         "DBS403",
         ["network_args preset", "`sig_type` = 'last'"],
-    ),
-    "tlora_entry_use_data_init_on_locon": (
-        "sd",
-        '"algo=locon"',
-        _sd("tlora", "use_data_init = false"),
-        "",
-        "DBS403",
-        ["network_args preset", "`use_data_init` = False"],
     ),
     # line 108 (GLoRA): a negative alpha on another algorithm's entry
     "glora_entry_negative_alpha_on_locon": (
@@ -576,6 +552,32 @@ CONVERTS = {
         _sd("tlora", "use_data_init = false"),
         "",
         {},
+    ),
+    # line 428: IA^3 entries in bypass_mode with the network's dropout (IA3Module reads neither dropout; the
+    # other entries' layers take the adapter's output_dropout);
+    # tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py
+    "ia3_entries_bypass_dropout": (
+        "sd",
+        '"algo=locon" "bypass_mode=True" "dropout=0.1"',
+        _sd("ia3"),
+        "",
+        {"kind": "lora", "output_dropout": 0.1, "bypass": True, "block": {"kind": "ia3", "bypass": True}},
+    ),
+    "ia3_entries_bypass_network_dropout": (
+        "sd",
+        '"algo=locon" "bypass_mode=True"',
+        _sd("ia3"),
+        "--network_dropout=0.1",
+        {"kind": "lora", "output_dropout": 0.1, "bypass": True, "block": {"kind": "ia3", "bypass": True}},
+    ),
+    # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
+    # tests/runtime/test_lycoris_tlora_entry_random.py
+    "tlora_entry_use_data_init_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("tlora", "use_data_init = false"),
+        "",
+        {"kind": "lora", "block": {"kind": "tlora", "data_init": False}},
     ),
 }
 
