@@ -3602,6 +3602,23 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     )
 
 
+def glora_bypass_inert(a) -> bool:
+    """Whether a glora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
+    its blocks of other kinds as their default forward: blocks of kind lora, loha and lokr alone, none
+    decomposed, the adapter without `dropout` / `rank_dropout` (GLoRA's bypass dropouts, which LoConModule /
+    LohaModule read otherwise). LoConModule's, LohaModule's and LokrModule's bypass forward then computes
+    their default one after the same module_dropout draw (runtime/mixed_kinds.py kind_adapter hands them the
+    adapter's `bypass`, inert on those kinds; tests/runtime/test_lycoris_glora_bypass_entries.py)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    return (
+        getattr(a, "kind", "none") == "glora"
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        and not getattr(a, "dropout", 0.0)
+        and not getattr(a, "rank_dropout", 0.0)
+        and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
+    )
+
+
 @rule("spec")
 def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     """[[adapter.blocks]] of another `kind` (LyCORIS preset maps' `algo`) train that kind's layers beside
@@ -3662,7 +3679,10 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # from their kind's defaults): not expressed beside other kinds. An IA^3 adapter's bypass is LyCORIS's
     # network bypass_mode, which every module reads: its blocks' layers are built in it too (mixed_kinds.py
     # kind_adapter; Diag-OFT / BOFT / DyLoRA in their bypass forward, the others' computing their default one)
-    defaults = {**_MIXED_OFF, **({"bypass": False} if own in ("glora", "tlora") else {})}
+    # A GLoRA adapter's bypass beside LoRA / LoHa / LoKr blocks alone without its dropouts or a decomposed
+    # block (glora_bypass_inert): LyCORIS's network bypass_mode, their bypass forward their default one
+    closed = own == "tlora" or (own == "glora" and not glora_bypass_inert(a))
+    defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:
         yield _err(

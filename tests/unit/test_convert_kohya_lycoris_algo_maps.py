@@ -692,8 +692,10 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     """A GLoRA network's entries of other algorithms (was DBS403) are blocks of their kind beside the GLoRA
     layers (tests/runtime/test_lycoris_algo_maps.py checks the built layers, trains, resumes and loads the
     export in lycoris-lora); its module_dropout (was DBS403) every kind's layers draw as their LyCORIS class
-    does (tests/runtime/test_lycoris_mixed_module_dropout.py); its bypass_mode, which the other kinds'
-    blocks would not take, stays DBS403 (a spec's DBS578)."""
+    does (tests/runtime/test_lycoris_mixed_module_dropout.py); its bypass_mode (was DBS403, a spec's
+    DBS578) the adapter's `bypass`, which its LoCon / LoHa blocks take as LyCORIS's modules do, their bypass
+    forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout or
+    dora_wd beside them it stays DBS403."""
     outcome = expressible(_convert(tmp_path, MIXED, "glora"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("glora", 16, 8.0)
@@ -704,8 +706,13 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     outcome = expressible(_convert(tmp_path / "drop", MIXED, "glora", '"module_dropout=0.1"'))
     assert plan_of(outcome, tmp_path / "drop").adapter.module_dropout == 0.1
     (tmp_path / "bypass").mkdir()
-    outcome = _convert(tmp_path / "bypass", MIXED, "glora", '"bypass_mode=True"')
-    assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path / "bypass", MIXED, "glora", '"bypass_mode=True"'))
+    a = plan_of(outcome, tmp_path / "bypass").adapter
+    assert a.bypass and all(b.bypass for b in (*a.blocks, *a.text_encoder_blocks))
+    for name, args in (("dropout", '"dropout=0.1"'), ("dora", '"dora_wd=True"')):
+        (tmp_path / name).mkdir()
+        outcome = _convert(tmp_path / name, MIXED, "glora", f'"bypass_mode=True" {args}')
+        assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
 
 
 def test_mixed_algorithms_weight_decompose(tmp_path):

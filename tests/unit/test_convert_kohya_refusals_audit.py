@@ -140,23 +140,15 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'diag-oft'", "bypass_mode with its dropout = 0.1"],
     ),
-    # line 274 (a GLoRA network's entries of other algorithms): "its bypass_mode there: DBS403" (on SD and
-    # Flux; a LoCon network's GLoRA entries in bypass_mode convert, line 413)
-    "glora_network_bypass_beside_locon": (
+    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its dropout beside them
+    # stays DBS403 (bypass_mode alone converts, CONVERTS below)
+    "glora_network_bypass_dropout_beside_locon": (
         "sd",
-        '"algo=glora" "bypass_mode=True"',
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
         _sd("locon"),
         "",
         "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode:"],
-    ),
-    "flux_glora_network_bypass_beside_locon": (
-        "flux",
-        '"algo=glora" "bypass_mode=True"',
-        _flux("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode:"],
+        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode"],
     ),
     # line 108 (T-LoRA): the network's rank_dropout "beside LoKr entries and in bypass_mode it stays DBS403";
     # beside LoKr entries kohya stops (their LokrModules' CPU mask, as on a LoCon network): DBS402, was DBS403
@@ -569,6 +561,22 @@ CONVERTS = {
         _sd("ia3"),
         "--network_dropout=0.1",
         {"kind": "lora", "output_dropout": 0.1, "bypass": True, "block": {"kind": "ia3", "bypass": True}},
+    ),
+    # line 274 (a GLoRA network's entries of other algorithms): "its bypass_mode there: DBS403" (on SD and
+    # Flux); tests/runtime/test_lycoris_glora_bypass_entries.py
+    "glora_network_bypass_beside_locon": (
+        "sd",
+        '"algo=glora" "bypass_mode=True"',
+        _sd("locon"),
+        "",
+        {"kind": "glora", "bypass": True, "block": {"kind": "lora", "bypass": True}},
+    ),
+    "flux_glora_network_bypass_beside_locon": (
+        "flux",
+        '"algo=glora" "bypass_mode=True"',
+        _flux("locon"),
+        "",
+        {"kind": "glora", "bypass": True, "block": {"kind": "lora"}},
     ),
     # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
     # tests/runtime/test_lycoris_tlora_entry_random.py

@@ -474,6 +474,21 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     return bypass and dropout and low_rank and _bypass_output_dropout(algo, layers)
 
 
+def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
+    """Whether a GLoRA network's bypass_mode beside entries `layers` of other algorithms is its adapter's
+    `bypass` (was DBS403, a spec's DBS578): LoCon / LoHa / LoKr entries, none decomposed (the network's
+    dora_wd or an entry's own weight_decompose; LyCORIS's bypass forward never decomposes). Their
+    LoConModule / LohaModule / LokrModule get the network's bypass_mode, whose bypass forward without a
+    dropout, rank_dropout or weight decomposition computes their default one after the same module_dropout
+    draw (tests/runtime/test_lycoris_bypass_kinds.py), so the adapter's `bypass` hands their blocks
+    (runtime/mixed_kinds.py kind_adapter) a forward equal to lycoris-lora 4.1.3's, the GLoRA layers keeping
+    theirs (the network's dropout / rank_dropout beside them stays refused by the caller;
+    tests/runtime/test_lycoris_glora_bypass_entries.py)."""
+    entries = {_algo(layer.algo) for layer in layers}
+    own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
+    return entries <= {"lora", "loha", "lokr"} and not network.get("weight_decompose") and not own
+
+
 def _mixed_kinds(
     found: Targets,
     algo: str,
@@ -527,8 +542,9 @@ def _mixed_kinds(
     dropout = bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
-    # adapter's `bypass`, as a LoCon network's; FullModule raises on it)
-    glora = _algo(algo) in ("glora", "full")
+    # adapter's `bypass`, as a LoCon network's; FullModule raises on it); a GLoRA network's LoCon / LoHa /
+    # LoKr entries undecomposed do (_glora_bypass_inert)
+    glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not _glora_bypass_inert(unet, network))
     # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
     # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
     alone = not glora and (bypass or {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT))
