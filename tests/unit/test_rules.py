@@ -1764,12 +1764,14 @@ CASES = [
         rules.mixed_block_kinds,
         DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\n'
+        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\ndropout = 0.1\n'
         + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n",
-        [("DBS578", "error", ("adapter", "bypass"))],  # module_dropout: each kind draws its own (issue 12)
+        # module_dropout: each kind draws its own (issue 12); GLoRA's bypass dropout not the LoCon layers'
+        [("DBS578", "error", ("adapter", "dropout")), ("DBS578", "error", ("adapter", "bypass"))],
+        # a GLoRA adapter's bypass beside lora / loha / lokr blocks without its dropouts (issue 12)
         DOG
         + STEPS
-        + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
+        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
     ),
     (  # a GLoRA / DyLoRA adapter's max_norm scales its LoCon / LoHa / LoKr / Diag-OFT / BOFT blocks alone
