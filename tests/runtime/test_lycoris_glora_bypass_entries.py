@@ -4,7 +4,8 @@ forward and LoConModule / LohaModule / LokrModule computing theirs, which withou
 weight decomposition is their default one after the same module_dropout draw; the converted glora adapter's
 `bypass` reaches those blocks (runtime/mixed_kinds.py kind_adapter). Checked against lycoris-lora 4.1.3's
 network built with bypass_mode from the same file on tiny SD 1.x, module_dropout on: training outputs, the
-generator state after each of three training forwards, and every trained tensor's gradient (no tiny run)."""
+generator state after each of three training forwards, and every trained tensor's gradient; on tiny Flux's
+fused Linears each kohya layer's LyCORIS module against the plan's parts (no tiny run)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,96 @@ def test_glora_network_bypass_beside_locon_loha_lokr_entries_is_lycoris(pipe, tm
     assert len(mine) > 20 and all(any(h in key for key in mine) for h in _HELD), sorted(mine)
     for key, value in mine.items():
         torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-3, atol=1e-6, msg=key)
+
+
+# LoCon on the image stream's q/k/v, LoHa on the single blocks' linear1, LoKr on CLIP-L's attention, the
+# network's GLoRA on the text stream's q/k/v and the out projections
+FLUX_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "locon"
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+dim = 2
+alpha = 1
+[module_algo_map.CLIPAttention]
+algo = "lokr"
+"""
+
+
+def test_flux_glora_network_bypass_beside_fused_entries_is_lycoris(tmp_path, monkeypatch):
+    """On Flux's fused Linears: the LoCon q/k/v one LoConModule, the LoHa linear1 one LohaModule, the GLoRA
+    layers one GLoRAModule each (their parts one module_dropout draw), CLIP-L's LoKr layers, all in
+    bypass_mode; every kohya layer's module against the plan's parts from the same generator state
+    (outputs, generator state, input and trained tensors' gradients)."""
+    from torch import nn
+
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from tests.runtime.shared import moved_components
+    from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
+        _call_order,
+        _drawn_alike,
+        _grads_as_lycoris,
+    )
+    from tests.runtime.test_lycoris_mixed_flow_full import (
+        _BASE,
+        _base,
+        _kohya_layers,
+        _kohya_tree,
+        _lycoris_network,
+    )
+    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+    from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
+    from tests.unit.convert_kit import flux_lycoris, plan_of
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(FLUX_FILE, encoding="utf-8")
+    args = {"bypass_mode": "True", "module_dropout": "0.5"}
+    given = " ".join(f'"{k}={v}"' for k, v in args.items())
+    outcome = flux_lycoris(tmp_path, f'"algo=glora" "preset={file.name}" {given}')
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
+    a = plan.adapter
+    assert (a.kind, a.bypass, a.module_dropout, bool(a.fused)) == ("glora", True, 0.5, True)
+    assert {b.kind for b in a.blocks} - {"adapter"} == {"lora", "loha"}
+    assert {b.kind for b in a.text_encoder_blocks} - {"adapter"} == {"lokr"}
+    comps = moved_components(plan, text_encoder=True)
+    unet, encoders = comps.unet.train(), comps.text_encoders
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # every trained tensor moved (no update 0)
+        for model in (unet, *encoders):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
+    tensors = lycoris_state(unet=unet, text_encoders=encoders, family="flux", dtype="fp32")
+    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
+    clip = _kohya_clip(_unwrapped(encoders[0]))
+    made = _lycoris_network(
+        monkeypatch, "glora", file, [clip, nn.Module()], _kohya_tree(layers), tensors, **args
+    )
+    assert all(m.bypass_mode for m in made.values())
+    names = {"lora_unet_double_blocks_0_img_attn_qkv": "LoConModule"}
+    names["lora_unet_single_blocks_0_linear1"] = "LohaModule"
+    names["lora_unet_double_blocks_0_txt_attn_qkv"] = "GLoRAModule"
+    assert all(type(made[n]).__name__ == cls for n, cls in names.items())
+    compared = 0
+    for path, (parts, _) in layers.items():
+        name = "lora_unet_" + path.replace(".", "_")
+        if name in made:
+            x = torch.randn(3, _base(parts[0]).in_features)
+            assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > 1, name
+            compared += 1
+    for path, layer in encoders[0].named_modules():
+        name = "lora_te1_" + ("" if path.startswith("text_model.") else "text_model.") + path
+        name = name.replace(".", "_")
+        if name in made:
+            x = torch.randn(3, _base(layer).in_features)
+            assert type(made[name]).__name__ == "LokrModule"
+            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 1, name
+            compared += 1
+    assert compared == len(made)
+    assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
