@@ -3357,13 +3357,12 @@ own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layer
         ERROR,
         "A LoKr adapter's bypass rank-dropout form without its bypass dropout",
         """\
-`rank_dropout_form = "lycoris_bypass"` on a `kind = "lokr"` adapter is kohya's lycoris.kohya LoKr network in
-`bypass_mode` with a `dropout`: LokrModule's bypass forward draws no rank-dropout mask, and the rate reaches
-the `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of kind lora (LoConModule's bypass rank mask) and
-loha (LohaModule's row mask), each layer's draws followed by torch's Dropout of its update
-(`adapter.output_dropout`). dbspec trains that bypass forward with its dropout only: without
-`output_dropout` the form has nothing to be the bypass forward of.""",
-        help='set adapter.output_dropout (LyCORIS\'s bypass `dropout`), or rank_dropout_form = "lycoris"',
+No longer raised: `rank_dropout_form = "lycoris_bypass"` on a `kind = "lokr"` adapter without
+`output_dropout` is kohya's lycoris.kohya LoKr network in `bypass_mode` with a `rank_dropout` and no
+`dropout`: the `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of kind lora draw LoConModule's bypass
+rank mask and those of kind loha LohaModule's row mask with no Dropout after them (LyCORIS's `drop` is
+nn.Identity at 0, drawing nothing), the LoKr layers none (checked against lycoris-lora 4.1.3).""",
+        reserved=True,
     ),
     Code(
         "DBS630",

@@ -129,7 +129,9 @@ def add_lycoris_layer_dropout(
     output_dropout: float,
     lokr_rows: bool = True,
 ) -> int:
-    """With `output_dropout` (LyCORIS's bypass forward): every LoKr / LoHa layer of `module` no fused draw
+    """With `output_dropout` (LyCORIS's bypass forward), or its bypass rank_dropout without one (then no
+    output mask, as LyCORIS's nn.Identity `drop`; runtime/prepare.py): every LoKr / LoHa layer of `module` no
+    fused draw
     wraps (a fused layer's other Linears, the text encoders') with a draw of its own, in LyCORIS's order
     (module_dropout, the row mask, the output's dropout), as LokrModule / LohaModule on that layer alone;
     how many layers. `lokr_rows` False: the LoKr layers draw no row mask (a lora adapter's LoKr blocks:

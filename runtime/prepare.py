@@ -153,7 +153,11 @@ def _prepare(
             add_kinds_rank_dropout(module, a.rank_dropout, fused, swapped)
         # a LoHa adapter's LoCon blocks' row masks too (rank_dropout_form "lycoris": add_module_dropout), and
         # on fused Linears the LoHa / LoCon blocks' one mask per fused layer
-        locon_rows = a.kind != "lora" and a.rank_dropout_form == "lycoris" and a.rank_dropout
+        # (a lokr adapter's LoCon blocks in its bypass form LoConModule's bypass rank mask, with or without
+        # output_dropout)
+        locon_rows = (
+            a.kind != "lora" and a.rank_dropout_form in ("lycoris", "lycoris_bypass") and a.rank_dropout
+        )
         fused_rows = bool(a.fused) and denoiser and bool(a.rank_dropout)
         # each kind's layers draw as its LyCORIS class does, once per fused layer (a LoHa / LoKr adapter's
         # LoRA blocks their bypass dropout too)
@@ -179,7 +183,10 @@ def _prepare(
         # LyCORIS's bypass dropout on the other LoHa / LoKr layers (a lora adapter's LoHa / LoKr blocks' too,
         # each its own draw as LohaModule / LokrModule in bypass_mode), after the fused layers' shared draws
         # (above, add_module_dropout) so that a fused Linear's parts keep their one mask
-        if a.output_dropout and (a.kind in ("lokr", "loha") or mixed(a)):
+        # LyCORIS's bypass forward with rank_dropout and no `dropout` (its `drop` nn.Identity, drawing
+        # nothing): the same draws less the output's, the LoKr layers none (peft's LoKr would draw rows)
+        bypass_ranks = a.rank_dropout_form == "lycoris_bypass" and a.rank_dropout and mixed(a)
+        if (a.output_dropout or bypass_ranks) and (a.kind in ("lokr", "loha") or mixed(a)):
             from dbspec.runtime.fused_lycoris_dropout import add_lycoris_layer_dropout, lokr_rows
 
             rates = (a.module_dropout, a.rank_dropout, a.rank_dropout_scale, a.output_dropout)

@@ -1322,19 +1322,10 @@ def tlora_rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def lokr_bypass_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
     """A lokr adapter's rank_dropout in LyCORIS's bypass form (LokrModule's bypass forward draws none; its
-    LoCon / LoHa blocks draw theirs, rules.mixed_bypass_ranks): with its bypass dropout (output_dropout,
-    DBS629), and blocks of kind lora or loha to draw it (DBS630)."""
+    LoCon / LoHa blocks draw theirs, rules.mixed_bypass_ranks, with or without the bypass dropout
+    output_dropout): blocks of kind lora or loha to draw it (DBS630)."""
     a = spec.adapter
     if getattr(a, "kind", None) != "lokr" or a.rank_dropout_form != "lycoris_bypass" or not a.rank_dropout:
-        return
-    if not a.output_dropout:
-        yield _err(
-            "DBS629",
-            ("adapter", "rank_dropout_form"),
-            'adapter.rank_dropout_form = "lycoris_bypass" on a lokr adapter with adapter.output_dropout = 0: '
-            "the form is LyCORIS's LoKr bypass forward with its dropout, which needs output_dropout",
-            codes.help("DBS629"),
-        )
         return
     if not any(b.kind in ("lora", "loha") for b in (*a.blocks, *a.text_encoder_blocks)):
         yield _warn(
@@ -3560,7 +3551,8 @@ _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora
 
 def mixed_bypass_ranks(a) -> bool:
     """Whether a lora or lokr adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form
-    "lycoris_bypass"), or a loha adapter's, with its `output_dropout` reaches blocks of kind lora / loha /
+    "lycoris_bypass"; with or without its `output_dropout`), or a loha adapter's with its `output_dropout`,
+    reaches blocks of kind lora / loha /
     lokr as their LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the
     down's ranks (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask
     (`torch.rand(out)`, the CPU's), LokrModule's draws none; each after the module dropout draw and before
@@ -3577,7 +3569,10 @@ def mixed_bypass_ranks(a) -> bool:
             kind == "loha"
             or (kind in ("lora", "lokr") and getattr(a, "rank_dropout_form", "") == "lycoris_bypass")
         )
-        and bool(getattr(a, "output_dropout", 0.0))
+        # a loha adapter's LoCon blocks take the bypass form from its output_dropout; a lora / lokr adapter's
+        # form is its own, its rank mask drawn whether or not a Dropout follows (LyCORIS's `drop` is
+        # nn.Identity at 0)
+        and (kind != "loha" or bool(getattr(a, "output_dropout", 0.0)))
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)
     )

@@ -1380,12 +1380,12 @@ class LokrAdapter:
         "lycoris",
         doc="With `rank_dropout`: whose LyCORIS forward draws it. `lycoris` (LokrModule's default forward): "
         "each LoKr layer's output rows drawn at or under the rate dropped (`torch.rand(out)`). "
-        "`lycoris_bypass` (kohya's lycoris.kohya `bypass_mode` with `dropout`, which LokrModule's bypass "
-        "forward reads and its `rank_dropout` not): the LoKr layers draw none; the rate is that of "
+        "`lycoris_bypass` (kohya's lycoris.kohya `bypass_mode`, whose LokrModule bypass forward never "
+        "reads `rank_dropout`): the LoKr layers draw none; the rate is that of "
         "`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of kind lora (LoConModule's bypass "
         "forward: one `torch.rand(rank)` per layer and forward, the ranks at or under it dropped, unscaled) "
         "and loha (LohaModule's row mask), each after its module dropout draw and before `output_dropout`'s "
-        "(which it needs).",
+        "(if any).",
         example="lycoris_bypass",
     )
     rank_dropout_scale: bool = _rank_dropout_scale()

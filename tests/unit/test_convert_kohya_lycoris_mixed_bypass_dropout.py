@@ -67,14 +67,34 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        ("locon", "loha", '"rank_dropout=0.2"'),  # without the bypass dropout: not expressed
-        ("lokr", "locon", '"rank_dropout=0.2"'),
+        # a LoHa network's without the bypass dropout: its adapter's LoCon blocks take the bypass form from
+        # its output_dropout alone (not expressed)
+        ("loha", "locon", '"rank_dropout=0.2"'),
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
 def test_bypass_dropout_still_refused(tmp_path, algo, entry, given):
     outcome = _convert(tmp_path, algo, entry, given)
     assert {"DBS402", "DBS403"} & codes(outcome)
+
+
+@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("lokr", "locon")])
+def test_bypass_rank_dropout_without_dropout_converts(tmp_path, algo, entry):
+    """A LoCon / LoKr network's rank_dropout in bypass_mode without a `dropout` beside LoCon / LoHa / LoKr
+    entries (was DBS403): LoConModule's bypass rank mask, LohaModule's row mask, LokrModule's none, with no
+    Dropout after them (tests/runtime/test_lycoris_bypass_rank_dropout_alone.py): the adapter's rank_dropout
+    in rank_dropout_form "lycoris_bypass", output_dropout 0."""
+    outcome = _convert(tmp_path, algo, entry, '"rank_dropout=0.2"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
+    kind = {"locon": "lora"}
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        kind.get(algo, algo),
+        0.2,
+        "lycoris_bypass",
+        0.0,
+    )
+    assert {b.kind for b in a.blocks} == {kind.get(entry, entry)}
 
 
 LOHA = "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
@@ -230,8 +250,9 @@ def test_lokr_bypass_rank_dropout_beside_lokr_entries_alone_stays_ignored(tmp_pa
 
 def test_spec_lokr_bypass_rank_dropout_form():
     """A lokr adapter's rank_dropout_form "lycoris_bypass": beside lora / loha blocks with output_dropout
-    (rules.mixed_bypass_ranks); DBS629 without output_dropout, DBS630 without blocks that draw it; the
-    default form beside those blocks stays DBS578."""
+    (rules.mixed_bypass_ranks), without output_dropout too (LyCORIS's bypass rank mask with no Dropout
+    after it; DBS629 no longer raised); DBS630 without blocks that draw it; the default form beside those
+    blocks stays DBS578."""
     body = (
         DOG
         + STEPS
@@ -248,9 +269,9 @@ def test_spec_lokr_bypass_rank_dropout_form():
         ("DBS630", "warning", ("adapter", "rank_dropout"))
     ]
     calm = body.replace("output_dropout = 0.3\n", "")
-    assert hits_of(rules.lokr_bypass_rank_dropout, calm + LOHA) == [
-        ("DBS629", "error", ("adapter", "rank_dropout_form"))
-    ]
+    assert hits_of(rules.lokr_bypass_rank_dropout, calm + LOHA) == []
+    assert hits_of(rules.mixed_block_kinds, calm + LOHA) == []
+    assert hits_of(rules.mixed_block_kinds, calm + lora) == []
     default = body.replace('rank_dropout_form = "lycoris_bypass"\n', "")
     assert ("DBS578", "error", ("adapter", "rank_dropout")) in hits_of(
         rules.mixed_block_kinds, default + LOHA

@@ -104,15 +104,6 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 428, IA^3 entries in bypass_mode "with a dropout it stays DBS403": the rank_dropout still does
-    "ia3_entries_bypass_rank_dropout": (
-        "sd",
-        '"algo=locon" "bypass_mode=True" "rank_dropout=0.1"',
-        _sd("ia3"),
-        "",
-        "DBS403",
-        ["network_args preset", "bypass_mode with its rank_dropout = 0.1"],
-    ),
     # line 454: an IA^3 network's entries with their own bypass_mode
     "ia3_network_entry_own_bypass": (
         "sd",
@@ -121,15 +112,6 @@ REFUSED = {
         "",
         "DBS403",
         ["network_args preset", "`bypass_mode` = True, not the algo=ia3 network's"],
-    ),
-    # line 460: a LoKr network's rank_dropout in bypass_mode beside other algorithms
-    "lokr_network_bypass_rank_dropout_beside_locon": (
-        "sd",
-        '"algo=lokr" "bypass_mode=True" "rank_dropout=0.1"',
-        _sd("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo=lokr network", "bypass_mode with its rank_dropout = 0.1"],
     ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"
     "flux_diag_oft_entry_bypass_dropout": (
@@ -586,6 +568,31 @@ CONVERTS = {
         _sd("tlora", "use_data_init = false"),
         "",
         {"kind": "lora", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    # line 428, IA^3 entries in bypass_mode: "the rank_dropout still does" (without a dropout); LoConModule's
+    # bypass rank mask with no Dropout after it (tests/runtime/test_lycoris_bypass_rank_dropout_alone.py)
+    "ia3_entries_bypass_rank_dropout": (
+        "sd",
+        '"algo=locon" "bypass_mode=True" "rank_dropout=0.1"',
+        _sd("ia3"),
+        "",
+        {
+            "kind": "lora",
+            "rank_dropout": 0.1,
+            "rank_dropout_form": "lycoris_bypass",
+            "output_dropout": 0.0,
+            "bypass": True,
+            "block": {"kind": "ia3", "bypass": True},
+        },
+    ),
+    # line 460: a LoKr network's rank_dropout in bypass_mode beside LoCon entries, no dropout: the LoKr layers
+    # draw none, the LoCon entries their bypass rank mask (same test file)
+    "lokr_network_bypass_rank_dropout_beside_locon": (
+        "sd",
+        '"algo=lokr" "bypass_mode=True" "rank_dropout=0.1"',
+        _sd("locon"),
+        "",
+        {"kind": "lokr", "rank_dropout": 0.1, "rank_dropout_form": "lycoris_bypass", "output_dropout": 0.0},
     ),
 }
 

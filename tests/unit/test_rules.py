@@ -629,15 +629,15 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # a LoKr adapter's bypass rank-dropout form: with its bypass dropout (DBS629; DBS630 without blocks)
+    (  # a LoKr adapter's bypass rank-dropout form: blocks to draw it (DBS630), with or without its bypass
+        # dropout (DBS629 no longer raised)
         rules.lokr_bypass_rank_dropout,
         '[adapter]\nkind = "lokr"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
         + DOG
         + STEPS,
-        [("DBS629", "error", ("adapter", "rank_dropout_form"))],
+        [("DBS630", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "lokr"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
-        + "output_dropout = 0.3\n[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
         + DOG
         + STEPS,
     ),

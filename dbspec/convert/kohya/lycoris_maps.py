@@ -457,9 +457,12 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
-    """Whether a LoRA/LoCon, LoHa or LoKr network's `rank_dropout` in bypass_mode, with its `dropout`, beside
-    LoRA/LoCon, LoHa and LoKr `layers` is the adapter's rank_dropout (the LoRA layers' in rank_dropout_form
-    "lycoris_bypass"): in
+    """Whether a LoRA/LoCon, LoHa or LoKr network's `rank_dropout` in bypass_mode beside LoRA/LoCon, LoHa,
+    LoKr (and IA^3) `layers` is the adapter's rank_dropout (the LoRA layers' in rank_dropout_form
+    "lycoris_bypass"); a LoHa network's only with its `dropout` (its adapter's LoCon blocks take the bypass
+    form from its output_dropout, compiler/adapters.py). A LoRA/LoCon or LoKr network's without a `dropout`
+    too (was DBS403): the modules' bypass forward draws its rank mask whether or not a Dropout follows
+    (LyCORIS's `drop` is nn.Identity at 0; tests/runtime/test_lycoris_bypass_rank_dropout_alone.py). In
     lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
     LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`), LokrModule's draws
     none, each between its module_dropout draw and its Dropout (compiler rules.mixed_bypass_ranks;
@@ -470,8 +473,8 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     dropout = bool(_rate(network.get("dropout")))
-    low_rank = _algo(algo) in ("lora", "loha", "lokr")
-    return bypass and dropout and low_rank and _bypass_output_dropout(algo, layers)
+    low_rank = _algo(algo) in ("lora", "lokr") or (_algo(algo) == "loha" and dropout)
+    return bypass and low_rank and _bypass_output_dropout(algo, layers)
 
 
 def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -536,8 +539,8 @@ def _mixed_kinds(
     # `dropout` alone each LoCon / LoHa / LoKr module's bypass_forward_diff applies alike, torch's dropout of
     # its update after its module_dropout draw (adapter.output_dropout on every such layer, a fused Linear's
     # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
-    # a LoCon network's rank_dropout with its bypass dropout each module's bypass forward reads as its own
-    # (_bypass_rank_dropout)
+    # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
+    # forward reads as its own (_bypass_rank_dropout)
     ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
     dropout = bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
     drops = ranks or dropout
