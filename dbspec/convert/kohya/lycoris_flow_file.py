@@ -440,17 +440,23 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
 
 def _t5_full_output(t5: list) -> None:
     """PresetError (kohya stops) where a FullModule lands on T5-XXL's gated-MLP output Linear
-    (`DenseReluDense.wo`, the network's algo=full or a map entry's): FullModule.apply_to deletes the Linear's
-    `weight` (it holds the trained copy), and transformers' T5DenseGatedActDense.forward reads
-    `self.wo.weight` before calling it, so T5's first encoding raises AttributeError."""
+    (`DenseReluDense.wo`, the network's algo=full or a map entry's): t5_full_output_why."""
     wo = [layer.path for layer in t5 if layer.algo == "full" and layer.path.endswith("DenseReluDense.wo")]
     if wo:
-        raise PresetError(
-            f"it gives T5-XXL's {wo[0]} ({len(wo)} gated-MLP output Linear(s)) LyCORIS's FullModule, whose "
-            "apply_to deletes the Linear's weight, which transformers' T5DenseGatedActDense reads "
-            "(`self.wo.weight`) in every forward: kohya's first T5-XXL encoding raises AttributeError",
-            True,
-        )
+        raise PresetError(f"it gives T5-XXL's {wo[0]} {t5_full_output_why(len(wo))}", True)
+
+
+def t5_full_output_why(count: int) -> str:
+    """Why a LyCORIS FullModule on T5-XXL's gated-MLP output Linear (`DenseReluDense.wo`; a preset file's or a
+    --network_weights file's `diff`) stops kohya wherever apply_to keeps T5's modules: FullModule.apply_to
+    deletes the Linear's `weight` (it holds the trained copy), and transformers' T5DenseGatedActDense.forward
+    reads `self.wo.weight` before calling it, so T5's first encoding raises AttributeError (lycoris-lora 4.1.3
+    on the tiny T5-XXL). The message's tail after the module's name."""
+    return (
+        f"({count} gated-MLP output Linear(s)) LyCORIS's FullModule, whose apply_to deletes the Linear's "
+        "weight, which transformers' T5DenseGatedActDense reads (`self.wo.weight`) in every forward: kohya's "
+        "first T5-XXL encoding raises AttributeError"
+    )
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:
