@@ -243,6 +243,7 @@ def flux_preset_file(
     model: FlowModel | None = None,
     applied: tuple[bool, bool] = (True, True),
     t5_idle: str = "",
+    t5_wo_read: bool = True,
 ) -> FlowFile:
     """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
     conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
@@ -275,7 +276,7 @@ def flux_preset_file(
             )
     if model.title in ("Flux", "Chroma"):  # FLUX.1's widths (Chroma's blocks alike)
         _boft_widths(built)
-    if applied[0]:  # apply_to keeps T5-XXL's modules (trained or idle: T5 encodes every step through them)
+    if applied[0] and t5_wo_read:  # T5 encodes after apply_to through its modules (t5_wo_weight_read)
         _t5_full_output(t5)
     idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
     if t5 and idle:
@@ -446,6 +447,20 @@ def _t5_full_output(t5: list) -> None:
         raise PresetError(f"it gives T5-XXL's {wo[0]} {t5_full_output_why(len(wo))}", True)
 
 
+def t5_wo_weight_read(a: dict[str, Legacy]) -> bool:
+    """Whether kohya's T5-XXL encodes after apply_to with LyCORIS's T5 modules in place through transformers'
+    T5DenseGatedActDense.forward, which reads `self.wo.weight` (t5_full_output_why): apply_to keeps T5's
+    modules (no network_train_unet_only), T5 encodes while training (outputs not cached: they are cached
+    before the network is built and T5 waits on the CPU), and --fp8_base does not cast T5 (with it and no
+    --fp8_base_unet, flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 gives every
+    T5DenseGatedActDense a forward of its own that calls `wo` without reading its weight: no AttributeError,
+    lycoris-lora 4.1.3 on the tiny T5, scratch run)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
+    return not _given(a, "network_train_unet_only") and text_outputs_cached(a) is None and not fp8_t5
+
+
 def t5_full_output_why(count: int) -> str:
     """Why a LyCORIS FullModule on T5-XXL's gated-MLP output Linear (`DenseReluDense.wo`; a preset file's or a
     --network_weights file's `diff`) stops kohya wherever apply_to keeps T5's modules: FullModule.apply_to
@@ -571,6 +586,7 @@ def flow_preset_file(
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
             _t5_idle(a, file=bool(a["network_weights"].value)),
+            t5_wo_weight_read(a),
         )
     except PresetError as exc:
         if exc.crash:

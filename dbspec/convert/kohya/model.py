@@ -38,7 +38,7 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
-from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why
+from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -1410,8 +1410,8 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
-    wo = _file_t5_full_output(modules, family) if not unet_only and not _t5_idle(a, file=True) else []
-    if wo:  # apply_to keeps T5's modules and T5 encodes after it (with outputs cached: _t5_idle's DBS403)
+    wo = _file_t5_full_output(modules, family) if t5_wo_weight_read(a) else []
+    if wo:  # T5 encodes after apply_to through them (outputs cached: _t5_idle's DBS403; --fp8_base: DBS403)
         conv.invalid(
             from_file.key,
             True,
