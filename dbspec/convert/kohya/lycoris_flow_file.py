@@ -243,6 +243,7 @@ def flux_preset_file(
     model: FlowModel | None = None,
     applied: tuple[bool, bool] = (True, True),
     t5_idle: str = "",
+    t5_wo_read: bool = True,
 ) -> FlowFile:
     """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
     conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
@@ -275,7 +276,7 @@ def flux_preset_file(
             )
     if model.title in ("Flux", "Chroma"):  # FLUX.1's widths (Chroma's blocks alike)
         _boft_widths(built)
-    if applied[0]:  # apply_to keeps T5-XXL's modules (trained or idle: T5 encodes every step through them)
+    if applied[0] and t5_wo_read:  # T5 encodes after apply_to through its modules (t5_wo_weight_read)
         _t5_full_output(t5)
     idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
     if t5 and idle:
@@ -440,17 +441,37 @@ def _t5_trains(t5: list, algo: str, model: FlowModel) -> None:
 
 def _t5_full_output(t5: list) -> None:
     """PresetError (kohya stops) where a FullModule lands on T5-XXL's gated-MLP output Linear
-    (`DenseReluDense.wo`, the network's algo=full or a map entry's): FullModule.apply_to deletes the Linear's
-    `weight` (it holds the trained copy), and transformers' T5DenseGatedActDense.forward reads
-    `self.wo.weight` before calling it, so T5's first encoding raises AttributeError."""
+    (`DenseReluDense.wo`, the network's algo=full or a map entry's): t5_full_output_why."""
     wo = [layer.path for layer in t5 if layer.algo == "full" and layer.path.endswith("DenseReluDense.wo")]
     if wo:
-        raise PresetError(
-            f"it gives T5-XXL's {wo[0]} ({len(wo)} gated-MLP output Linear(s)) LyCORIS's FullModule, whose "
-            "apply_to deletes the Linear's weight, which transformers' T5DenseGatedActDense reads "
-            "(`self.wo.weight`) in every forward: kohya's first T5-XXL encoding raises AttributeError",
-            True,
-        )
+        raise PresetError(f"it gives T5-XXL's {wo[0]} {t5_full_output_why(len(wo))}", True)
+
+
+def t5_wo_weight_read(a: dict[str, Legacy]) -> bool:
+    """Whether kohya's T5-XXL encodes after apply_to with LyCORIS's T5 modules in place through transformers'
+    T5DenseGatedActDense.forward, which reads `self.wo.weight` (t5_full_output_why): apply_to keeps T5's
+    modules (no network_train_unet_only), T5 encodes while training (outputs not cached: they are cached
+    before the network is built and T5 waits on the CPU), and --fp8_base does not cast T5 (with it and no
+    --fp8_base_unet, flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 gives every
+    T5DenseGatedActDense a forward of its own that calls `wo` without reading its weight: no AttributeError,
+    lycoris-lora 4.1.3 on the tiny T5, scratch run)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
+    return not _given(a, "network_train_unet_only") and text_outputs_cached(a) is None and not fp8_t5
+
+
+def t5_full_output_why(count: int) -> str:
+    """Why a LyCORIS FullModule on T5-XXL's gated-MLP output Linear (`DenseReluDense.wo`; a preset file's or a
+    --network_weights file's `diff`) stops kohya wherever apply_to keeps T5's modules: FullModule.apply_to
+    deletes the Linear's `weight` (it holds the trained copy), and transformers' T5DenseGatedActDense.forward
+    reads `self.wo.weight` before calling it, so T5's first encoding raises AttributeError (lycoris-lora 4.1.3
+    on the tiny T5-XXL). The message's tail after the module's name."""
+    return (
+        f"({count} gated-MLP output Linear(s)) LyCORIS's FullModule, whose apply_to deletes the Linear's "
+        "weight, which transformers' T5DenseGatedActDense reads (`self.wo.weight`) in every forward: kohya's "
+        "first T5-XXL encoding raises AttributeError"
+    )
 
 
 def _t5_left(component: str, t5: list, text_rows: list[Row]) -> list[dict[str, Any]]:
@@ -565,6 +586,7 @@ def flow_preset_file(
             model,
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
             _t5_idle(a, file=bool(a["network_weights"].value)),
+            t5_wo_weight_read(a),
         )
     except PresetError as exc:
         if exc.crash:

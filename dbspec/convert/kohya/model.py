@@ -37,8 +37,8 @@ from dbspec.convert.kohya.file_ranks import (
     per_module_text_blocks,
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
-from dbspec.convert.kohya.lycoris_flow_factor_file import factor_file_adapter
-from dbspec.convert.kohya.lycoris_flow_file import _t5_idle
+from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
+from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -1386,6 +1386,17 @@ def _lycoris_sd_full_file(
     return True
 
 
+def _file_t5_full_output(modules: dict[str, LycorisModule], family: str) -> list[str]:
+    """The file's FullModules (a `diff`) on T5-XXL's gated-MLP output Linear `DenseReluDense.wo` (Flux's /
+    Chroma's lora_te2_, SD3's lora_te3_): create_network_from_weights builds them and kohya stops at T5's
+    first encoding after apply_to (lycoris_flow_file.t5_full_output_why)."""
+    return sorted(
+        n
+        for n, m in modules.items()
+        if m.algo == "full" and family in _T5 and (t5_path(n, family) or "").endswith(".DenseReluDense.wo")
+    )
+
+
 def _lycoris_flow_factor_file(
     a: Args, paths: PathMapper, conv: Conversion, family: str, modules: dict[str, LycorisModule]
 ) -> bool:
@@ -1399,6 +1410,16 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
+    wo = _file_t5_full_output(modules, family) if t5_wo_weight_read(a) else []
+    if wo:  # T5 encodes after apply_to through them (outputs cached: _t5_idle's DBS403; --fp8_base: DBS403)
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"LyCORIS's create_network_from_weights with `{weights.value}`: its `{wo[0]}.diff` gives "
+            f"T5-XXL's {t5_path(wo[0], family)} {t5_full_output_why(len(wo))}",
+        )
+        return False
     if is_flow_mixed(modules):  # LoKr / LoHa / LoCon / full / OFT / GLoRA: a run of several kinds
         found = flow_mixed_file(modules, family, unet_only, _t5_idle(a, file=True))
     else:
