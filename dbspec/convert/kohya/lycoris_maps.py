@@ -964,7 +964,7 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
         return [], []
     unet = [_own_ia3(b) for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo)]
     text = [
-        _own_ia3(b)
+        _own_ia3(b, text=True)
         for b in _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo)
     ]
     unet, text = [b for b in unet if b], [b for b in text if b]
@@ -989,10 +989,11 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
     return unet, text
 
 
-def _own_ia3(block: dict[str, Any]) -> dict[str, Any] | None:
+def _own_ia3(block: dict[str, Any], text: bool = False) -> dict[str, Any] | None:
     """A full / IA^3 network's block of `_blocks`: one of another kind as it is; an IA^3 network's own
     entry's block with its own bypass_mode (own_bypass_switch) as {pattern, bypass} (IA3Module never reads
-    dim / alpha: an IA^3 adapter's own block has no size); None for an own entry's block without one."""
+    dim / alpha: an IA^3 adapter's own block has no size; a text encoder's block, spec TextEncoderBlock,
+    rank 1 and alpha 1, unread); None for an own entry's block without one."""
     if "kind" in block:
         return block
     if "bypass" not in block:
@@ -1000,6 +1001,7 @@ def _own_ia3(block: dict[str, Any]) -> dict[str, Any] | None:
     why = block["_why"].split("`")
     return {
         "pattern": block["pattern"],
+        **({"rank": 1, "alpha": 1.0} if text else {}),
         "bypass": block["bypass"],
         "_why": f"kohya lycoris.kohya: the preset file's `{why[1]}` bypass_mode"
         if len(why) > 2
