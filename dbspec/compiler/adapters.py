@@ -536,7 +536,12 @@ def _scale_blocks(adapter) -> dict:
     def plan(b, text: bool) -> BlockPlan:
         if b.kind in ("adapter", adapter.kind):  # the adapter's own layers: no size
             return BlockPlan(
-                pattern=b.pattern, rank=1, alpha=1.0, conv_rank=0 if text else 1, lr_scale=b.lr_scale
+                pattern=b.pattern,
+                rank=1,
+                alpha=1.0,
+                conv_rank=0 if text else 1,
+                bypass=own_bypass(b),  # an IA^3 adapter's own (a map entry's bypass_mode; DBS592 on full)
+                lr_scale=b.lr_scale,
             )
         return BlockPlan(
             pattern=b.pattern,

@@ -3319,9 +3319,11 @@ def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
 def own_bypass_fits(adapter: str, block: str) -> bool:
     """A block of kind `block` ("adapter": the adapter's own) on an `adapter` adapter may take a bypass of
     its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
-    lora, loha, lokr, dylora or glora adapter's or a diag-oft, boft or dylora adapter's own
-    (runtime/mixed_kinds.py set_block_bypass)."""
+    lora, loha, lokr, dylora or glora adapter's, or a diag-oft, boft, dylora or ia3 adapter's own (a full
+    or ia3 adapter's blocks of another kind never: runtime/mixed_kinds.py set_block_bypass)."""
     own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks (DBS605)
+    if adapter in ("full", "ia3"):  # an IA^3 adapter's own blocks alone (a full adapter's never)
+        return adapter == "ia3" and block in ("adapter", "ia3")
     return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
 
 
@@ -3408,8 +3410,9 @@ def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
     layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of
-    another kind (runtime/mixed_kinds.py set_block_bypass; on Flux, SD3 and Chroma's fused Linears each part
-    of the one LyCORIS module in its block's forward): DBS592 elsewhere."""
+    another kind, or a diag-oft / boft / dylora / ia3 adapter's own (runtime/mixed_kinds.py set_block_bypass;
+    on Flux, SD3 and Chroma's fused Linears each part of the one LyCORIS module in its block's forward):
+    DBS592 elsewhere (a full / ia3 adapter's blocks of another kind too)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     for table, i, block in _own_bypass(a):
@@ -3421,7 +3424,8 @@ def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
             "DBS592",
             ("adapter", table, i, "bypass"),
             f'adapter.{table}[{i}].bypass = "{block.bypass}" on layers of kind "{kind}" ({own} adapter): a '
-            'block\'s own bypass acts on layers of kind "diag-oft", "boft", "dylora" or "ia3" only',
+            'block\'s own bypass acts on layers of kind "diag-oft", "boft", "dylora" or "ia3" only'
+            + (" (on a full or ia3 adapter an ia3 adapter's own)" if own in ("full", "ia3") else ""),
             codes.help("DBS592"),
         )
 

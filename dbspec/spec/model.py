@@ -616,9 +616,9 @@ def _block_bypass():
         'scaled, its bias included) or `"dylora"` (one block per layer, added unscaled) LyCORIS\'s bypass '
         "forward, `off` its default forward, `adapter` the adapter's `bypass`. A lora, loha or lokr "
         "adapter's blocks of those kinds, a dylora or glora adapter's blocks of those kinds other than "
-        "its own, and a diag-oft, boft (LyCORIS's form) or dylora (LyCORIS's form) adapter's own blocks "
-        "(entries of the network's own algorithm), only (DBS592; the other kinds compute the same update "
-        "either way); "
+        "its own, and a diag-oft, boft (LyCORIS's form), dylora (LyCORIS's form) or ia3 adapter's own "
+        "blocks (entries of the network's own algorithm), only (DBS592; the other kinds compute the same "
+        "update either way; a full or ia3 adapter's blocks of another kind never); "
         "on Flux, SD3 and Chroma's fused Linears each part computes its rows of the one LyCORIS module's "
         "forward in the block's mode. The exports are the same tensors.",
         example="on",
@@ -1515,6 +1515,7 @@ class ScaleBlock:
     rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    bypass: BlockSwitch = _block_bypass()  # an IA^3 adapter's own block (its entry's bypass_mode)
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")
 
 

@@ -637,7 +637,8 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
 def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
     """An entry's own bypass_mode on a DyLoRA entry of several blocks per layer: LyCORIS's bypass forward
     raises (DBS402); on a LoCon entry without dropouts: inert (DBS405); on an entry of an IA^3 network's own
-    algorithm (dbspec's IA^3 blocks hold no bypass: the network's on every layer): DBS403, saying so."""
+    algorithm: the ia3 adapter's own block's `bypass` (was DBS403;
+    tests/runtime/test_lycoris_ia3_own_bypass_entries.py)."""
     (tmp_path / "several").mkdir()
     entry = '[module_algo_map.FeedForward]\nalgo = "dylora"\nbypass_mode = true\n'
     outcome = _convert(tmp_path / "several", FULL + entry, "locon")
@@ -646,10 +647,10 @@ def test_entry_own_bypass_mode_where_no_block_carries_it(tmp_path):
         (tmp_path / f"ia3-{on}").mkdir()
         entry = f'[module_algo_map.FeedForward]\nalgo = "ia3"\nbypass_mode = {str(on).lower()}\n'
         args = "" if on else '"bypass_mode=True"'
-        outcome = _convert(tmp_path / f"ia3-{on}", FULL + entry, "ia3", args)
-        assert "DBS403" in codes(outcome)
-        assert "not the algo=ia3 network's" in messages(outcome, "DBS403")
-        assert "IA^3 adapter's [[adapter.blocks]] hold no bypass" in messages(outcome, "DBS403")
+        outcome = expressible(_convert(tmp_path / f"ia3-{on}", FULL + entry, "ia3", args))
+        adapter = plan_of(outcome, tmp_path / f"ia3-{on}").adapter
+        assert adapter.bypass is not on
+        assert [(b.kind, b.rank, b.bypass) for b in adapter.blocks] == [("adapter", 1, on)]
     (tmp_path / "locon").mkdir()
     entry = "[module_algo_map.FeedForward]\nbypass_mode = true\n"
     outcome = expressible(_convert(tmp_path / "locon", FULL + entry, "locon"))

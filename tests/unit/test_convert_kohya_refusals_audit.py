@@ -104,11 +104,12 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 454: an IA^3 network's entries with their own bypass_mode
-    "ia3_network_entry_own_bypass": (
-        "sd",
+    # line 454: an IA^3 network's entries with their own bypass_mode on Flux / SD3 / Chroma (unchecked on
+    # fused Linears; on SD they convert, CONVERTS below)
+    "flux_ia3_network_entry_own_bypass": (
+        "flux",
         '"algo=ia3"',
-        _sd("ia3", "bypass_mode = true"),
+        _flux("ia3", "bypass_mode = true"),
         "",
         "DBS403",
         ["network_args preset", "`bypass_mode` = True, not the algo=ia3 network's"],
@@ -372,6 +373,15 @@ def test_bypass_mode_alone_beside_those_entries_converts(tmp_path):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
+    # line 454: an IA^3 network's entries with their own bypass_mode: an ia3 adapter's own block's `bypass`
+    # (tests/runtime/test_lycoris_ia3_own_bypass_entries.py)
+    "ia3_network_entry_own_bypass": (
+        "sd",
+        '"algo=ia3"',
+        _sd("ia3", "bypass_mode = true"),
+        "",
+        {"kind": "ia3", "bypass": False, "block": {"kind": "adapter", "bypass": True, "rank": 1}},
+    ),
     # line 108 (algo=full): "on Flux / SD3 they stay DBS403"; tests/runtime/test_lycoris_flux_full_dropout.py
     "flux_full_module_dropout": (
         "flux",

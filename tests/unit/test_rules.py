@@ -1897,6 +1897,24 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
+    (  # ... and an ia3 adapter's own blocks (an algo=ia3 network's own entries': was DBS403 converted),
+        # not a full adapter's own (no bypass forward) nor a full / ia3 adapter's blocks of another kind
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "full"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nbypass = \"on\"\n"
+        + '[[adapter.blocks]]\npattern = \'down\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
+        [
+            ("DBS592", "error", ("adapter", "blocks", 0, "bypass")),
+            ("DBS592", "error", ("adapter", "blocks", 1, "bypass")),
+        ],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "ia3"\n'
+        + "[[adapter.blocks]]\npattern = 'up'\nbypass = \"on\"\n"
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 1\nalpha = 1.0\nbypass = \"off\"\n",
+    ),
     (  # ... and a diag-oft / boft adapter's own blocks (an algo=diag-oft / boft network's entries of its own
         # algorithm with their own bypass_mode; was DBS403 converted)
         rules.block_own_bypass,

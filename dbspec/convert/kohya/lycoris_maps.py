@@ -218,7 +218,9 @@ def check_layers(
             own = (*own, *_oft_own(layer, network))
         if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
-        if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
+        # an IA^3 network's own entries: on SD 1.x/2.x and SDXL alone (checked there, not on fused Linears)
+        ia3_own = _algo(algo) == _algo(layer.algo) == "ia3" and not unet
+        if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
@@ -241,8 +243,8 @@ def check_layers(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
                 f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
                 "beside a LoCon, LoHa or LoKr network, a DyLoRA or GLoRA network of another algorithm, or "
-                "on a Diag-OFT, BOFT or DyLoRA network's own; dbspec's IA^3 adapter's [[adapter.blocks]] "
-                "hold no bypass (an IA^3 network's entries take the network's bypass_mode only)",
+                "on a Diag-OFT, BOFT, DyLoRA or (on SD 1.x/2.x and SDXL) IA^3 network's own; on Flux, SD3 "
+                "and Chroma an IA^3 network's entries take the network's bypass_mode only",
                 False,
             )
         if read:
@@ -285,8 +287,8 @@ _LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora")
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
-# DyloraBlock); IA^3's [[adapter.blocks]] (ScaleBlock) hold no bypass
-_OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora")
+# DyloraBlock, ScaleBlock: an IA^3 adapter's own blocks, on SD 1.x/2.x and SDXL: check_layers)
+_OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora", "ia3")
 
 
 def _own_bypass(algo: str, entry: str) -> bool:
@@ -960,13 +962,13 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
     entry's own option such a block does not carry."""
     if not algo:
         return [], []
-    unet = [b for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo) if "kind" in b]
+    unet = [_own_ia3(b) for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo)]
     text = [
-        b
+        _own_ia3(b, text=True)
         for b in _blocks(found.text, found.text_rows, (dims[0], dims[1], 0, 0), rs_lora, network, algo)
-        if "kind" in b
     ]
-    for block in [*unet, *text]:
+    unet, text = [b for b in unet if b], [b for b in text if b]
+    for block in [b for b in [*unet, *text] if "kind" in b]:
         keys = (*_SCALE_BLOCK_KEYS, *_SCALE_BLOCK_OWN, "_why")
         extra = [k for k in block if k not in keys]
         own = [k for k in extra if not (k in ("conv_rank", "conv_alpha") and block in text)]
@@ -985,6 +987,26 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
     network_tucker(unet, network)
     return unet, text
+
+
+def _own_ia3(block: dict[str, Any], text: bool = False) -> dict[str, Any] | None:
+    """A full / IA^3 network's block of `_blocks`: one of another kind as it is; an IA^3 network's own
+    entry's block with its own bypass_mode (own_bypass_switch) as {pattern, bypass} (IA3Module never reads
+    dim / alpha: an IA^3 adapter's own block has no size; a text encoder's block, spec TextEncoderBlock,
+    rank 1 and alpha 1, unread); None for an own entry's block without one."""
+    if "kind" in block:
+        return block
+    if "bypass" not in block:
+        return None
+    why = block["_why"].split("`")
+    return {
+        "pattern": block["pattern"],
+        **({"rank": 1, "alpha": 1.0} if text else {}),
+        "bypass": block["bypass"],
+        "_why": f"kohya lycoris.kohya: the preset file's `{why[1]}` bypass_mode"
+        if len(why) > 2
+        else block["_why"],
+    }
 
 
 def network_tucker(blocks: list[dict[str, Any]], network: dict[str, Any]) -> None:
