@@ -3375,6 +3375,17 @@ With `rank_dropout_form = "lycoris_bypass"` a `kind = "lokr"` adapter's LoKr lay
 mask). Without them the value changes nothing.""",
         help="remove adapter.rank_dropout, or add the blocks it is meant for",
     ),
+    Code(
+        "DBS631",
+        WARNING,
+        "A LoHa adapter's bypass rank-dropout form without LoRA blocks or rank_dropout",
+        """`rank_dropout_form` on a `kind = "loha"` adapter says how its `[[adapter.blocks]]` /
+`[[adapter.text_encoder_blocks]]` of kind lora draw `rank_dropout`: `lycoris_bypass` is LyCORIS's LoConModule
+bypass forward (kohya's lycoris.kohya LoHa network in `bypass_mode`: one rank mask over each down
+projection), `lycoris` its default forward (the output rows). The LoHa layers draw LohaModule's row mask in
+either form, so without a `rank_dropout` or blocks of kind lora the form changes nothing.""",
+        help="remove adapter.rank_dropout_form, or add the rank_dropout and the lora blocks it is meant for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -116,8 +116,10 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         extra["rank_dropout_form"] = adapter.rank_dropout_form
     elif adapter.kind == "loha" and adapter.rank_dropout and _lora_blocks(adapter):
         # a LoHa network's LoCon entries draw LoConModule's row mask (rules.lycoris_row_masks admits them),
-        # in bypass_mode (its output_dropout) its rank mask (rules.mixed_bypass_ranks)
-        extra["rank_dropout_form"] = "lycoris_bypass" if adapter.output_dropout else "lycoris"
+        # in bypass_mode (its rank_dropout_form "lycoris_bypass", which its output_dropout implies) its rank
+        # mask (rules.mixed_bypass_ranks)
+        bypass = adapter.output_dropout or adapter.rank_dropout_form == "lycoris_bypass"
+        extra["rank_dropout_form"] = "lycoris_bypass" if bypass else "lycoris"
     elif adapter.kind == "lokr" and adapter.rank_dropout and adapter.rank_dropout_form == "lycoris_bypass":
         # LokrModule's bypass forward: its LoKr layers draw none, its LoCon blocks LoConModule's bypass rank
         # mask, its LoHa blocks LohaModule's row mask (rules.mixed_bypass_ranks; runtime/prepare.py)

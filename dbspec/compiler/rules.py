@@ -1339,6 +1339,26 @@ def lokr_bypass_rank_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def loha_bypass_rank_dropout_form(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A loha adapter's rank_dropout_form "lycoris_bypass" picks its lora blocks' LyCORIS forward
+    (LoConModule's bypass rank mask, rules.mixed_bypass_ranks); without rank_dropout or such blocks it
+    changes nothing (DBS631): the LoHa layers draw LohaModule's row mask in either form."""
+    a = spec.adapter
+    if getattr(a, "kind", None) != "loha" or a.rank_dropout_form != "lycoris_bypass":
+        return
+    if not a.rank_dropout or not any(b.kind == "lora" for b in (*a.blocks, *a.text_encoder_blocks)):
+        yield _warn(
+            "DBS631",
+            ("adapter", "rank_dropout_form"),
+            'adapter.rank_dropout_form = "lycoris_bypass" changes nothing with kind = "loha", '
+            f"adapter.rank_dropout = {a.rank_dropout:g} and "
+            f"{sum(b.kind == 'lora' for b in (*a.blocks, *a.text_encoder_blocks))} blocks of kind lora "
+            "(it picks those blocks' LyCORIS forward; the LoHa layers draw the same row mask in either)",
+            codes.help("DBS631"),
+        )
+
+
+@rule("spec")
 def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's GLoRAModule applies rank_dropout and dropout only in its bypass forward."""
     a = spec.adapter
@@ -3554,8 +3574,8 @@ _ROW_MASK_BESIDE = ("full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora
 
 
 def mixed_bypass_ranks(a) -> bool:
-    """Whether a lora or lokr adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form
-    "lycoris_bypass"; with or without its `output_dropout`), or a loha adapter's with its `output_dropout`,
+    """Whether a lora, loha or lokr adapter's rank_dropout in LyCORIS's bypass form (rank_dropout_form
+    "lycoris_bypass", with or without its `output_dropout`; a loha adapter's `output_dropout` implies it)
     reaches blocks of kind lora / loha /
     lokr as their LyCORIS modules' bypass forward reads it: LoConModule's bypass_forward_diff masks the
     down's ranks (`torch.rand(rank)`), LohaModule's rebuilds its update with get_weight's row mask
@@ -3573,10 +3593,14 @@ def mixed_bypass_ranks(a) -> bool:
             kind == "loha"
             or (kind in ("lora", "lokr") and getattr(a, "rank_dropout_form", "") == "lycoris_bypass")
         )
-        # a loha adapter's LoCon blocks take the bypass form from its output_dropout; a lora / lokr adapter's
-        # form is its own, its rank mask drawn whether or not a Dropout follows (LyCORIS's `drop` is
-        # nn.Identity at 0)
-        and (kind != "loha" or bool(getattr(a, "output_dropout", 0.0)))
+        # a loha adapter's LoCon blocks take the bypass form from its rank_dropout_form or its output_dropout
+        # (which implies it); a lora / lokr adapter's form is its own; the rank mask is drawn whether or not
+        # a Dropout follows (LyCORIS's `drop` is nn.Identity at 0)
+        and (
+            kind != "loha"
+            or bool(getattr(a, "output_dropout", 0.0))
+            or getattr(a, "rank_dropout_form", "") == "lycoris_bypass"
+        )
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)
     )

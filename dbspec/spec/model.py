@@ -1303,6 +1303,17 @@ class LohaAdapter:
     rank: int = _rank(8, "LoHa")
     alpha: float = _alpha()
     rank_dropout: float = _rank_dropout()
+    rank_dropout_form: Literal["lycoris", "lycoris_bypass"] = option(
+        "lycoris",
+        doc="With `rank_dropout` beside `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of kind "
+        "lora: whose LyCORIS forward those blocks draw it by (the LoHa layers draw LohaModule's row mask, "
+        "`torch.rand(out)`, in either). `lycoris` (LoConModule's default forward): their output rows drawn "
+        "at or under the rate dropped (`torch.rand(out)`). `lycoris_bypass` (kohya's lycoris.kohya "
+        "`bypass_mode`): LoConModule's bypass forward, one `torch.rand(rank)` per layer and forward, the "
+        "ranks at or under it dropped, unscaled, after its module dropout draw and before `output_dropout`'s "
+        "(if any). A nonzero `output_dropout` (LyCORIS's bypass dropout) implies `lycoris_bypass`.",
+        example="lycoris_bypass",
+    )
     rank_dropout_scale: bool = _rank_dropout_scale()
     module_dropout: float = _module_dropout()
     output_dropout: float = _lycoris_output_dropout("LoHa")

@@ -38,14 +38,14 @@ def test_loha_network_rank_dropout_beside_locon_entries(tmp_path):
 
 
 def test_loha_network_rank_dropout_still_refused_elsewhere(tmp_path):
-    """In bypass_mode (LoConModule's bypass mask over its ranks): still DBS403 (beside full, IA^3, Diag-OFT,
-    BOFT, GLoRA, DyLoRA and T-LoRA entries it converts: test_convert_kohya_rank_dropout_kinds.py,
-    test_convert_kohya_tlora.py); on a LoKr network kohya stops (LokrModule's mask drawn on the CPU, LyCORIS
-    issue #291): DBS402."""
-    for name, text, algo, args, code in (
-        ("bypass", FULL + LOCON, "loha", ' "bypass_mode=True"', "DBS403"),
-        ("lokr", FULL + LOCON, "lokr", "", "DBS402"),
-    ):
+    """In bypass_mode (LoConModule's bypass mask over its ranks) it converts now (was DBS403): the loha
+    adapter's rank_dropout_form "lycoris_bypass" (test_lycoris_loha_bypass_rank_dropout_alone.py); on a LoKr
+    network kohya stops (LokrModule's mask drawn on the CPU, LyCORIS issue #291): DBS402."""
+    (tmp_path / "bypass").mkdir()
+    outcome = _convert(tmp_path / "bypass", FULL + LOCON, "loha", '"rank_dropout=0.25" "bypass_mode=True"')
+    a = plan_of(expressible(outcome), tmp_path / "bypass").adapter
+    assert (a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (0.25, "lycoris_bypass", 0.0)
+    for name, text, algo, args, code in (("lokr", FULL + LOCON, "lokr", "", "DBS402"),):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, text, algo, '"rank_dropout=0.25"' + args)
         assert code in codes(outcome), (name, errors(outcome))

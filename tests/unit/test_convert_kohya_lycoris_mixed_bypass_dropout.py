@@ -67,9 +67,6 @@ def test_bypass_dropout_beside_low_rank_entries_is_every_layers_output_dropout(t
 @pytest.mark.parametrize(
     ("algo", "entry", "given"),
     [
-        # a LoHa network's without the bypass dropout: its adapter's LoCon blocks take the bypass form from
-        # its output_dropout alone (not expressed)
-        ("loha", "locon", '"rank_dropout=0.2"'),
         ("locon", "diag-oft", '"dropout=0.3"'),  # DiagOFTModule's bypass forward raises on it
     ],
 )
@@ -78,12 +75,15 @@ def test_bypass_dropout_still_refused(tmp_path, algo, entry, given):
     assert {"DBS402", "DBS403"} & codes(outcome)
 
 
-@pytest.mark.parametrize(("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("lokr", "locon")])
+@pytest.mark.parametrize(
+    ("algo", "entry"), [("locon", "loha"), ("locon", "lokr"), ("lokr", "locon"), ("loha", "locon")]
+)
 def test_bypass_rank_dropout_without_dropout_converts(tmp_path, algo, entry):
-    """A LoCon / LoKr network's rank_dropout in bypass_mode without a `dropout` beside LoCon / LoHa / LoKr
-    entries (was DBS403): LoConModule's bypass rank mask, LohaModule's row mask, LokrModule's none, with no
-    Dropout after them (tests/runtime/test_lycoris_bypass_rank_dropout_alone.py): the adapter's rank_dropout
-    in rank_dropout_form "lycoris_bypass", output_dropout 0."""
+    """A LoCon / LoKr / LoHa network's rank_dropout in bypass_mode without a `dropout` beside LoCon / LoHa /
+    LoKr entries (was DBS403; a LoHa network's: its adapter's new rank_dropout_form): LoConModule's bypass
+    rank mask, LohaModule's row mask, LokrModule's none, with no Dropout after them
+    (tests/runtime/test_lycoris_bypass_rank_dropout_alone.py, test_lycoris_loha_bypass_rank_dropout_alone.py):
+    the adapter's rank_dropout in rank_dropout_form "lycoris_bypass", output_dropout 0."""
     outcome = _convert(tmp_path, algo, entry, '"rank_dropout=0.2"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"]).adapter
@@ -278,6 +278,23 @@ def test_spec_lokr_bypass_rank_dropout_form():
     )
 
 
+def test_spec_loha_bypass_rank_dropout_form():
+    """A loha adapter's rank_dropout_form "lycoris_bypass" (new): beside lora blocks without output_dropout
+    (its LoCon blocks' bypass rank mask with no Dropout after it; rules.mixed_bypass_ranks), with it too;
+    DBS631 without lora blocks or rank_dropout, where it changes nothing."""
+    body = (
+        DOG + STEPS + '[adapter]\nkind = "loha"\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+    )
+    lora = LOHA.replace("'loha'", "'lora'")
+    assert hits_of(rules.mixed_block_kinds, body + lora) == []
+    assert hits_of(rules.mixed_block_kinds, body + "output_dropout = 0.3\n" + lora) == []
+    assert hits_of(rules.loha_bypass_rank_dropout_form, body + lora) == []
+    warned = [("DBS631", "warning", ("adapter", "rank_dropout_form"))]
+    assert hits_of(rules.loha_bypass_rank_dropout_form, body) == warned
+    calm = body.replace("rank_dropout = 0.1\n", "")
+    assert hits_of(rules.loha_bypass_rank_dropout_form, calm + lora) == warned
+
+
 @pytest.mark.parametrize(
     ("algo", "given"),
     [
@@ -325,3 +342,21 @@ def test_spec_output_dropout_beside_ia3_blocks():
         "output_dropout", "rank_dropout = 0.1\nrank_dropout_form = 'lycoris_bypass'\noutput_dropout"
     )
     assert hits_of(rules.mixed_block_kinds, ranked + ia3) == []
+
+
+def test_flux_loha_bypass_rank_dropout_without_dropout_beside_locon(tmp_path):
+    """A LoHa network's rank_dropout in bypass_mode without a `dropout` beside LoCon entries on Flux (was
+    DBS403): its LoCon entries' LoConModules draw their bypass rank mask, its LohaModules their row mask,
+    one per fused Linear, no Dropout after them: rank_dropout_form "lycoris_bypass", output_dropout 0."""
+    (tmp_path / "p.toml").write_text(FLUX_PRESET.format(qkv="locon", linear1="loha"), encoding="utf-8")
+    outcome = flux_lycoris(tmp_path, '"algo=loha" "preset=p.toml" "bypass_mode=True" "rank_dropout=0.1"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    overrides = ["model.base=builtin:tiny-flux", "model.text_encoder_files=[]", 'model.vae=""']
+    a = plan_of(outcome, tmp_path, [*overrides, "model.t5_max_length=16"]).adapter
+    assert (a.kind, a.rank_dropout, a.rank_dropout_form, a.output_dropout) == (
+        "loha",
+        0.1,
+        "lycoris_bypass",
+        0.0,
+    )
+    assert "lora" in {b.kind for b in a.blocks} and a.fused

@@ -604,6 +604,22 @@ CONVERTS = {
         "",
         {"kind": "lokr", "rank_dropout": 0.1, "rank_dropout_form": "lycoris_bypass", "output_dropout": 0.0},
     ),
+    # line 460: "a LoHa network's rank_dropout in bypass_mode without dropout beside LoCon entries stays
+    # DBS403": the loha adapter's rank_dropout_form "lycoris_bypass", its LoCon entries drawing their bypass
+    # rank mask, its LoHa layers their row mask (tests/runtime/test_lycoris_loha_bypass_rank_dropout_alone.py)
+    "loha_network_bypass_rank_dropout_beside_locon": (
+        "sd",
+        '"algo=loha" "bypass_mode=True" "rank_dropout=0.1"',
+        _sd("locon"),
+        "",
+        {
+            "kind": "loha",
+            "rank_dropout": 0.1,
+            "rank_dropout_form": "lycoris_bypass",
+            "output_dropout": 0.0,
+            "block": {"kind": "lora"},
+        },
+    ),
 }
 
 

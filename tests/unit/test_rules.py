@@ -641,6 +641,17 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (  # a LoHa adapter's bypass rank-dropout form: its lora blocks' LyCORIS forward, else nothing (DBS631)
+        rules.loha_bypass_rank_dropout_form,
+        '[adapter]\nkind = "loha"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+        + DOG
+        + STEPS,
+        [("DBS631", "warning", ("adapter", "rank_dropout_form"))],
+        '[adapter]\nkind = "loha"\nrank = 4\nrank_dropout = 0.1\nrank_dropout_form = "lycoris_bypass"\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+    ),
     (  # a T-LoRA block's random start: on its own T-LoRA layers
         rules.tlora_block_data_init,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'

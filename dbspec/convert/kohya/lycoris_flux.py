@@ -1229,6 +1229,11 @@ def _lokr_dropouts(
         conv.mapped(
             legacy, ("adapter", "rank_dropout"), rank, note="LohaModule: one row mask per fused layer"
         )
+        if bypass and any(b.get("kind") == "lora" for b in entries):
+            # the LoCon entries' LoConModules draw their bypass rank mask, with or without a `dropout`
+            # (was DBS403 without it; network._loha_bypass_form)
+            why = "LyCORIS's bypass forward: the LoCon entries draw LoConModule's bypass rank mask"
+            conv.put(("adapter", "rank_dropout_form"), "lycoris_bypass", conv.comment(args, why))
         if "rank_dropout_scale" in kwargs:
             _rank_dropout_scale_unread(kwargs, args, conv)
     module_dropout = float(kwargs.pop("module_dropout", 0) or 0)

@@ -461,10 +461,11 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
     """Whether a LoRA/LoCon, LoHa or LoKr network's `rank_dropout` in bypass_mode beside LoRA/LoCon, LoHa,
     LoKr (and IA^3) `layers` is the adapter's rank_dropout (the LoRA layers' in rank_dropout_form
-    "lycoris_bypass"); a LoHa network's only with its `dropout` (its adapter's LoCon blocks take the bypass
-    form from its output_dropout, compiler/adapters.py). A LoRA/LoCon or LoKr network's without a `dropout`
-    too (was DBS403): the modules' bypass forward draws its rank mask whether or not a Dropout follows
-    (LyCORIS's `drop` is nn.Identity at 0; tests/runtime/test_lycoris_bypass_rank_dropout_alone.py). In
+    "lycoris_bypass"; a LoHa adapter's LoCon blocks take that form from its own rank_dropout_form, which a
+    `dropout` (its output_dropout) implies: compiler/adapters.py). Without a `dropout` too (was DBS403):
+    the modules' bypass forward draws its rank mask whether or not a Dropout follows (LyCORIS's `drop` is
+    nn.Identity at 0; tests/runtime/test_lycoris_bypass_rank_dropout_alone.py, a LoHa network's
+    test_lycoris_loha_bypass_rank_dropout_alone.py). In
     lycoris-lora 4.1.3 LoConModule's bypass_forward_diff masks the down's ranks (`torch.rand(rank)`),
     LohaModule's rebuilds its update with get_weight's row mask (`torch.rand(out)`), LokrModule's draws
     none, each between its module_dropout draw and its Dropout (compiler rules.mixed_bypass_ranks;
@@ -474,8 +475,7 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     its LoCon / LoHa entries theirs (network._lokr_rank_dropout_on_gpu;
     tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
-    dropout = bool(_rate(network.get("dropout")))
-    low_rank = _algo(algo) in ("lora", "lokr") or (_algo(algo) == "loha" and dropout)
+    low_rank = _algo(algo) in ("lora", "loha", "lokr")
     return bypass and low_rank and _bypass_output_dropout(algo, layers)
 
 

@@ -493,6 +493,8 @@ def _map_network(
             key in kwargs and kind not in _WHOLE_LAYER_KINDS and ((kind != "lora" and lycoris) or not lycoris)
         ):  # LyCORIS's, or networks.lora's
             put[key] = _float(kwargs.pop(key))
+    if lycoris and kind == "loha" and bypass_mode and put.get("rank_dropout"):
+        _loha_bypass_form(put)
     if lycoris and "rank_dropout_scale" in kwargs:
         _rank_dropout_scale_unread(kwargs, args, conv)
     if kind == "lokr":
@@ -873,6 +875,17 @@ def _locon_dropouts(kwargs: dict[str, str], bypass: bool, put: dict[str, Any]) -
         put[key] = rate
         if key == "rank_dropout":
             put["rank_dropout_form"] = "lycoris_bypass" if bypass else "lycoris"
+
+
+def _loha_bypass_form(put: dict[str, Any]) -> None:
+    """A LoHa network's rank_dropout in bypass_mode beside LoCon entries (`put`'s blocks of kind lora): their
+    LoConModules draw their bypass rank mask (`torch.rand(rank)`), whether or not a `dropout` follows
+    (lycoris-lora 4.1.3; the LoHa layers LohaModule's row mask in either forward): the adapter's
+    rank_dropout_form "lycoris_bypass" (was DBS403 without the `dropout`, whose output_dropout implies it;
+    tests/runtime/test_lycoris_loha_bypass_rank_dropout_alone.py)."""
+    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if any(b.get("kind") == "lora" for b in blocks):
+        put["rank_dropout_form"] = "lycoris_bypass"
 
 
 def _lokr_rank_dropout_on_gpu(
