@@ -19,7 +19,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, lycoris_unet
+from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
 
 pytest.importorskip("lycoris.kohya")
 
@@ -78,15 +78,7 @@ def test_glora_network_bypass_beside_locon_loha_lokr_entries_is_lycoris(pipe, tm
     assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
     calm_then_dropped(ours, theirs, made, pipe.unet)  # eval equal, three dropped training forwards
     # every trained tensor's gradient over the three dropped forwards, by the name LyCORIS saves it under
-    grads = {k: v.grad for k, v in made.named_parameters() if v.grad is not None}
-    for p in ours.parameters():
-        if p.requires_grad:
-            p.data = p.grad if p.grad is not None else torch.zeros_like(p)
-    moved = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
-    mine = {k: v for k, v in moved.items() if k in grads and not k.endswith(".alpha")}
-    assert len(mine) > 20 and all(any(h in key for key in mine) for h in _HELD), sorted(mine)
-    for key, value in mine.items():
-        torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-3, atol=1e-6, msg=key)
+    grads_as_lycoris(ours, made, _HELD)
 
 
 # LoCon on the image stream's q/k/v, LoHa on the single blocks' linear1, LoKr on CLIP-L's attention, the
