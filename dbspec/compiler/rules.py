@@ -1287,35 +1287,25 @@ def ia3_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
     )
 
 
+# the adapters whose own modules never read rank_dropout, only their blocks of some kinds: code, LyCORIS class
+_BLOCKS_DRAW_RANKS = {"dylora": ("DBS621", "DyLoraModule"), "tlora": ("DBS624", "TLoraModule")}
+
+
 @rule("spec")
 def rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's DyLoraModule never reads rank_dropout; only a DyLoRA adapter's blocks of kinds whose modules
-    read it draw it (DBS621)."""
+    """LyCORIS's DyLoraModule and TLoraModule never read rank_dropout; only a DyLoRA / T-LoRA adapter's blocks
+    of kinds whose modules read it draw it (DBS621 / DBS624)."""
     a = spec.adapter
-    if getattr(a, "kind", None) != "dylora" or not a.rank_dropout or rank_dropout_blocks(a):
+    kind = getattr(a, "kind", None)
+    if kind not in _BLOCKS_DRAW_RANKS or not a.rank_dropout or rank_dropout_blocks(a):
         return
+    code, module = _BLOCKS_DRAW_RANKS[kind]
     yield _warn(
-        "DBS621",
+        code,
         ("adapter", "rank_dropout"),
-        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "{a.kind}" and no blocks of '
-        "kind lora, loha, full or diag-oft (LyCORIS's DyLoraModule never reads it)",
-        codes.help("DBS621"),
-    )
-
-
-@rule("spec")
-def tlora_rank_dropout_needs_blocks(spec: Spec, given: Given) -> Iterator[Hit]:
-    """LyCORIS's TLoraModule never reads rank_dropout; only a T-LoRA adapter's blocks of kinds whose modules
-    read it draw it (DBS624)."""
-    a = spec.adapter
-    if getattr(a, "kind", None) != "tlora" or not a.rank_dropout or rank_dropout_blocks(a):
-        return
-    yield _warn(
-        "DBS624",
-        ("adapter", "rank_dropout"),
-        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "tlora" and no blocks of '
-        "kind lora, loha, full or diag-oft (LyCORIS's TLoraModule never reads it)",
-        codes.help("DBS624"),
+        f'adapter.rank_dropout = {a.rank_dropout:g} changes nothing with kind = "{kind}" and no blocks of '
+        f"kind lora, loha, full or diag-oft (LyCORIS's {module} never reads it)",
+        codes.help(code),
     )
 
 

@@ -621,7 +621,7 @@ CASES = [
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = 1.0\n",
     ),
     (  # TLoraModule never reads rank_dropout: the blocks of kinds whose modules read it alone draw it
-        rules.tlora_rank_dropout_needs_blocks,
+        rules.rank_dropout_needs_blocks,
         '[adapter]\nkind = "tlora"\nrank = 4\nrank_dropout = 0.1\n' + DOG + STEPS,
         [("DBS624", "warning", ("adapter", "rank_dropout"))],
         '[adapter]\nkind = "tlora"\nrank = 4\nrank_dropout = 0.1\n'
