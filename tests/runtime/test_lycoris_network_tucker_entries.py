@@ -22,7 +22,7 @@ from torch import nn
 from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
-from tests.runtime.test_lycoris_own_opts_networks import _TUCKER, _built, _has_tucker, _loaded
+from tests.runtime.test_lycoris_own_opts_networks import _TUCKER, _built, _loaded, paired_layers, tucker_names
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
 
@@ -83,37 +83,16 @@ def test_network_tucker_reaches_the_entries_k_x_k_convolutions(pipe, tmp_path, m
     loras = [*made.unet_loras, *made.text_encoder_loras]
     own = {"dylora": "DyLoraModule", "glora": "GLoRAModule"}[algo]
     assert {type(m).__name__ for m in loras} == {own, *_TUCKER}
-    tucker = {
-        m.lora_name
-        for m in loras
-        if any(k.split(".")[0] == _TUCKER.get(type(m).__name__) for k in m.state_dict())
-    }
+    tucker, ours = tucker_names(loras, unet, text)
     assert {type(m).__name__ for m in loras if m.lora_name in tucker} == {"LoConModule", "LokrModule"}
-    ours = {
-        prefix + name.replace(".", "_")
-        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
-        for name, layer in model.named_modules()
-        if _has_tucker(layer)
-    }
     assert ours == tucker and any("upsamplers" in n for n in tucker)
 
     tensors = lycoris_state(unet=unet, text_encoders=[text], family=plan.model.family, dtype="fp32")
     skipped = _loaded(made, named, their_unet, tensors, strict=algo != "dylora")
     assert skipped == {m.lora_name for m in loras if type(m).__name__ == "DyLoraModule"}
-    modules = {**dict(unet.named_modules()), **{f"te.{k}": v for k, v in text.named_modules()}}
-    paths = {id(m): p for p, m in their_unet.named_modules()}
-    paths.update({id(m): f"te.{p}" for p, m in named.text_model.named_modules()})
     g = torch.Generator().manual_seed(3)
     checked = set()
-    for m in loras:
-        if type(m).__name__ == "DyLoraModule":
-            continue
-        layer = modules[paths[id(m.org_module[0])]]
-        base = layer.get_base_layer()
-        if isinstance(base, nn.Conv2d):
-            x = torch.randn(1, base.in_channels, 8, 8, generator=g)
-        else:
-            x = torch.randn(2, base.in_features, generator=g)
+    for m, layer, base, x in paired_layers(loras, unet, text, their_unet, named, g):
         mine, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
         out, want = layer(mine), m(theirs)
         assert not torch.allclose(out, base(x), atol=1e-5), m.lora_name

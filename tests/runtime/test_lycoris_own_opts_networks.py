@@ -415,18 +415,8 @@ def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(pipe, tmp_path,
     made, named, their_unet = _network(pipe, path, monkeypatch, algo)
     unet, text = _built(pipe, a)
     loras = [*made.unet_loras, *made.text_encoder_loras]
-    tucker = {
-        m.lora_name
-        for m in loras
-        if any(k.split(".")[0] == _TUCKER.get(type(m).__name__) for k in m.state_dict())
-    }
+    tucker, ours = tucker_names(loras, unet, text)
     assert {type(m).__name__ for m in loras if m.lora_name in tucker} == set(_TUCKER)
-    ours = {
-        prefix + name.replace(".", "_")
-        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
-        for name, layer in model.named_modules()
-        if _has_tucker(layer)
-    }
     assert ours == tucker
     kept = [m for m in loras if type(m).__name__ in ("DiagOFTModule", "ButterflyOFTModule")]
     oft = _oft_dylora_modules(SimpleNamespace(unet_loras=kept, text_encoder_loras=[]))
@@ -439,11 +429,38 @@ def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(pipe, tmp_path,
     tensors = lycoris_state(unet=unet, text_encoders=[text], family=plan.model.family, dtype="fp32")
     skipped = _loaded(made, named, their_unet, tensors, strict=algo != "dylora")
     assert skipped == {m.lora_name for m in loras if type(m).__name__ == "DyLoraModule"}
+    g = torch.Generator().manual_seed(3)
+    checked = set()
+    for m, layer, base, x in paired_layers(loras, unet, text, their_unet, named, g):
+        with torch.no_grad():
+            assert not torch.allclose(layer(x), base(x), atol=1e-5), m.lora_name
+            torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        checked.add(m.lora_name)
+    assert tucker <= checked and set(oft) <= checked
+
+
+def tucker_names(loras, unet, text) -> tuple[set[str], set[str]]:
+    """The kohya names of LyCORIS's modules holding a Tucker core, and of our layers training one."""
+    theirs = {
+        m.lora_name
+        for m in loras
+        if any(k.split(".")[0] == _TUCKER.get(type(m).__name__) for k in m.state_dict())
+    }
+    ours = {
+        prefix + name.replace(".", "_")
+        for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text))
+        for name, layer in model.named_modules()
+        if _has_tucker(layer)
+    }
+    return theirs, ours
+
+
+def paired_layers(loras, unet, text, their_unet, named, g: torch.Generator):
+    """Each LyCORIS module but DyLoRA's (their U-Net `their_unet`, CLIP `named`) with our layer on the same
+    base, its base layer and an input drawn from `g` (a convolution's 1 x C x 8 x 8, a Linear's 2 x in)."""
     modules = {**dict(unet.named_modules()), **{f"te.{k}": v for k, v in text.named_modules()}}
     paths = {id(m): p for p, m in their_unet.named_modules()}
     paths.update({id(m): f"te.{p}" for p, m in named.text_model.named_modules()})
-    g = torch.Generator().manual_seed(3)
-    checked = set()
     for m in loras:
         if type(m).__name__ == "DyLoraModule":
             continue
@@ -453,11 +470,7 @@ def test_entries_own_tucker_and_oft_rescaled_on_dylora_and_glora(pipe, tmp_path,
             x = torch.randn(1, base.in_channels, 8, 8, generator=g)
         else:
             x = torch.randn(2, base.in_features, generator=g)
-        with torch.no_grad():
-            assert not torch.allclose(layer(x), base(x), atol=1e-5), m.lora_name
-            torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
-        checked.add(m.lora_name)
-    assert tucker <= checked and set(oft) <= checked
+        yield m, layer, base, x
 
 
 def _has_tucker(layer: nn.Module) -> bool:
