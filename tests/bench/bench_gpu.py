@@ -241,9 +241,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         (site / "sitecustomize.py").write_text(SITECUSTOMIZE + VRAM_SITE)
         (vision / "bench_transforms.py").write_text(TRANSFORMS)
         (vision / "bench_runner.py").write_text(RUNNER)
+        # the caller's PYTHONPATH last: packages installed there (a GPU machine's carried wheels) stay visible
+        inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+            "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), *inherited]),
             "HF_HUB_OFFLINE": "1",
             "WANDB_MODE": "disabled",
         }
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 cmd = diffusers_cmd(
                     vision / "bench_runner.py", scripts, case, models[case.model], out, size, steps, mixed
                 )
-                run_env = {**env, "PYTHONPATH": os.pathsep.join([str(site), str(vision)])}
+                run_env = {**env, "PYTHONPATH": os.pathsep.join([str(site), str(vision), *inherited])}
                 got = measure(cmd, folder, run_env, folder, args.warmup)
                 rows.append({"case": case.name, "tool": "diffusers", "size": size, **got})
                 print(f"{case.name} diffusers: {got}", file=sys.stderr, flush=True)
