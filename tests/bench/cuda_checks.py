@@ -20,8 +20,10 @@ DIR/cuda_checks.log (every child process's output). Parts, each in its own proce
 3. `isolated`: torchao int8 / fp8 weight-only and torch.compile, in a second process (torchao is installed
    only for it, from `--extra-path`; inductor may compile for a minute).
 4. `bench`: tests/bench/bench_gpu.py for sd15-lora-512 and sd15-full-512 (then sdxl-lora-1024 when time is
-   left), real-size random models (tests/bench/real_models.py; `build_seconds` is how long building and
-   saving one took): steps/s, first step, peak VRAM allocated/reserved, the plan's memory `estimate`.
+   left), real-size random models (tests/bench/real_models.py; `build-<model>.build_seconds` is how long
+   building and saving one took; the first model builds on the CPU from the start, beside the other
+   parts): each row has steps/s, first_step_s, vram_allocated / vram_reserved (peak, bytes) and the plan's
+   memory `estimate`.
 
 `--reduced` runs parts 1-3 on the CPU (cases that need CUDA come back "skipped"), 2 steps, and part 4 as
 `bench_gpu.py --reduced`; tests/runtime/test_cuda_checks.py runs it so this script keeps working between
@@ -131,7 +133,7 @@ PARTS = {"tiny": TINY_CASES, "isolated": ISOLATED_CASES}
 BENCH_CASES = ["sd15-lora-512", "sd15-full-512", "sdxl-lora-1024"]
 BENCH_MODEL = {"sd15-lora-512": "sd15", "sd15-full-512": "sd15", "sdxl-lora-1024": "sdxl"}
 # seconds a part may take at most (each also stops at the overall budget)
-LIMITS = {"env": 45, "tiny": 170, "isolated": 130, "build": 90, "bench": 75}
+LIMITS = {"env": 45, "tiny": 170, "isolated": 130, "build": 120, "bench": 75}
 CASE_LIMITS = {"lora_compile": 100, "lora_fp8_quanto": 90}  # one tiny case on CUDA: 60 s unless named here
 
 
@@ -321,7 +323,27 @@ def run_part(part: str, out: Path, work: Path, reduced: bool, steps: int, only: 
         print(f"{part}/{name}: {got['status']} ({got['wall_s']} s)", flush=True)
         if cuda:
             torch.cuda.empty_cache()
+    results.set("facts", _facts(cuda))
     return results.data
+
+
+def _facts(cuda: bool) -> dict:
+    """The torch build and GPU, and which native libraries the cases loaded (bitsandbytes picks one of its
+    CUDA builds by torch.version.cuda)."""
+    import torch
+
+    facts = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    if cuda:
+        facts |= {"gpu": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability()}
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        maps = ""
+    names = ("libbitsandbytes", "quanto", "torchao")
+    facts["native_libraries"] = sorted(
+        {line.split()[-1] for line in maps.splitlines() if any(n in line for n in names)}
+    )
+    return facts
 
 
 # ---- the parent: parts as child processes, each with a time box
@@ -338,20 +360,41 @@ class Budget:
         return max(0.0, min(limit, self.left() - 5))
 
 
-def child(cmd: list[str], out: Path, timeout: float, env: dict) -> dict:
-    """Run `cmd` with its output appended to the log; its exit code, seconds and whether it timed out."""
-    started = time.time()
+def start_child(cmd: list[str], out: Path, env: dict) -> tuple[subprocess.Popen, float]:
+    """`cmd` started in a process group of its own, its output appended to the log."""
     with open(out / "cuda_checks.log", "ab") as sink:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-        try:
-            code = proc.wait(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its whole process group: inductor's compile workers too
-            code, timed_out = proc.wait(), True
+    return proc, time.time()
+
+
+def finish_child(proc: subprocess.Popen, started: float, timeout: float) -> dict:
+    """Wait up to `timeout` s for a started child, then kill its whole process group (inductor's compile
+    workers, bench_gpu's `dbspec run`); its exit code, seconds since it started and whether it timed out."""
+    try:
+        code = proc.wait(timeout=max(timeout, 0.1))
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code, timed_out = proc.wait(), True
     return {"returncode": code, "timed_out": timed_out, "seconds": round(time.time() - started, 1)}
+
+
+def child(cmd: list[str], out: Path, timeout: float, env: dict) -> dict:
+    """Run `cmd` with its output appended to the log; its exit code, seconds and whether it timed out."""
+    return finish_child(*start_child(cmd, out, env), timeout)
+
+
+def build_model(model: str, args, out: Path) -> tuple[subprocess.Popen, float]:
+    """Start building real-size `model` (CPU only: it overlaps the tiny part's GPU work)."""
+    code = (  # writes the build's own seconds beside the model (the parent may look later)
+        "import sys, time; t = time.time(); from tests.bench.real_models import build_real_model; "
+        f"build_real_model({model!r}, sys.argv[1] + '/' + {model!r}); "
+        f"open(sys.argv[1] + '/{model}.build_seconds', 'w').write(str(time.time() - t))"
+    )
+    env = child_env(False) | {"CUDA_VISIBLE_DEVICES": ""}
+    return start_child([sys.executable, "-c", code, str(args.models)], out, env)
 
 
 def child_env(reduced: bool, extra_path: str = "") -> dict:
@@ -398,22 +441,27 @@ def check_part(part: str, results: Results, out: Path, work: Path, budget: Budge
     log(out, f"{part}: {proc} {statuses}")
 
 
-def check_bench(results: Results, out: Path, work: Path, budget: Budget, args) -> None:
+def check_bench(results: Results, out: Path, budget: Budget, args, building: dict) -> None:
+    """bench_gpu.py case by case; `building`: model -> its build already started (by main)."""
     models = Path(args.models)
     bench = [sys.executable, str(ROOT / "tests" / "bench" / "bench_gpu.py")]
     built: dict[str, dict] = {}
     for case in args.bench:
         model = BENCH_MODEL[case]
         if not args.reduced and model not in built:
-            timeout = budget.box(LIMITS["build"] * (2.5 if model == "sdxl" else 1))
-            if timeout < (150 if model == "sdxl" else 40):
-                results.set("bench", case, {"status": "skipped", "why": "no time left to build the model"})
-                continue
-            code = (
-                "import sys; from tests.bench.real_models import build_real_model; "
-                f"build_real_model({model!r}, sys.argv[1] + '/' + {model!r})"
-            )
-            built[model] = child([sys.executable, "-c", code, str(models)], out, timeout, child_env(False))
+            if model in building:  # started at the beginning, beside the tiny part
+                built[model] = finish_child(*building.pop(model), budget.box(LIMITS["build"]))
+            else:
+                timeout = budget.box(LIMITS["build"] * (2.5 if model == "sdxl" else 1))
+                if timeout < (150 if model == "sdxl" else 40):
+                    results.set(
+                        "bench", case, {"status": "skipped", "why": "no time left to build the model"}
+                    )
+                    continue
+                built[model] = finish_child(*build_model(model, args, out), timeout)
+            seconds = Path(args.models) / f"{model}.build_seconds"
+            if built[model]["returncode"] == 0 and seconds.is_file():
+                built[model]["build_seconds"] = round(float(seconds.read_text()), 1)
             results.set("bench", f"build-{model}", built[model])
             log(out, f"bench: built {model} {built[model]}")
         if not args.reduced and built[model]["returncode"] != 0:
@@ -462,6 +510,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = Results(args.out / "cuda_checks.json")
     results.set("meta", {"argv": sys.argv, "reduced": args.reduced, "started": time.time()})
     log(args.out, f"cuda_checks: parts {args.parts}, budget {args.budget} s, work {work}")
+    building = {}
+    if "bench" in args.parts and not args.reduced:  # the first model builds on the CPU meanwhile
+        building[BENCH_MODEL[args.bench[0]]] = build_model(BENCH_MODEL[args.bench[0]], args, args.out)
     if "env" in args.parts:
         check_env(results, args.out, budget, args.reduced)
     for part in ("tiny", "isolated"):
@@ -473,7 +524,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             check_part(part, results, args.out, work, budget, args)
     if "bench" in args.parts:
-        check_bench(results, args.out, work, budget, args)
+        check_bench(results, args.out, budget, args, building)
     results.set("meta", "seconds", round(args.budget - budget.left(), 1))
     log(args.out, f"done in {results.data['meta']['seconds']} s")
     return results.data
