@@ -2332,8 +2332,8 @@ class TloraBlock:
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "
         "file's map entry's own): `on` TLoraModule's bypass forward (the update on activations), `off` its "
-        "default one, `adapter` the adapter's. The same update up to rounding; not with the adapter's "
-        "`dropout`, which LyCORIS applies in the bypass forward only (DBS605).",
+        "default one, `adapter` the adapter's. The same update up to rounding; the adapter's `dropout` "
+        "acts on the layers in the bypass forward alone, as LyCORIS applies it.",
         example="on",
     )
 
@@ -2388,7 +2388,8 @@ class TloraAdapter:
     dropout: float = option(
         0.0,
         doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on the update's output while "
-        "training, after `module_dropout`'s draw (LyCORIS `dropout`, kohya's `network_dropout`).",
+        "training, after `module_dropout`'s draw (LyCORIS `dropout`, kohya's `network_dropout`); on the "
+        "layers in the bypass forward alone (the adapter's `bypass`, or a block's own `bypass = \"on\"`).",
         minimum=0,
         maximum=1,
     )

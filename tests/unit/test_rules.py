@@ -575,15 +575,15 @@ CASES = [
         [("DBS603", "warning", ("adapter", "dropout"))],
         '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
-    (  # a T-LoRA block's own bypass beside the adapter's dropout (LyCORIS drops in bypass_mode only)
-        rules.tlora_block_bypass_dropout,
-        '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n'
+    (  # ... and in a T-LoRA block's own bypass forward (each layer drops in its own mode; DBS605 reserved)
+        rules.tlora_dropout_needs_bypass,
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
         + DOG
         + STEPS,
-        [("DBS605", "error", ("adapter", "blocks", 0, "bypass"))],
-        '[adapter]\nkind = "tlora"\nbypass = true\n'
-        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        [("DBS603", "warning", ("adapter", "dropout"))],
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "on"\n'
         + DOG
         + STEPS,
     ),
