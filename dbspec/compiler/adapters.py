@@ -290,9 +290,13 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         params=adapter_params(adapter, family, components),
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
         # TLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's in
-        # the "lycoris" form
+        # the "lycoris" form, in bypass_mode LoConModule's bypass rank mask (rules.tlora_bypass_locon)
         rank_dropout=adapter.rank_dropout,
-        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
+        rank_dropout_form=(
+            ("lycoris_bypass" if adapter.bypass else "lycoris")
+            if adapter.rank_dropout and _lora_blocks(adapter)
+            else "kohya"
+        ),
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)

@@ -3598,6 +3598,21 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     )
 
 
+def tlora_bypass_locon(a) -> bool:
+    """Whether a tlora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
+    its blocks of other kinds as LyCORIS's: blocks of kind lora alone, without the adapter's `dropout`
+    (LoConModule's bypass dropout of its update, not built there). LoConModule's bypass forward computes its
+    default one after the same module_dropout draw, and with the adapter's rank_dropout masks the down's
+    ranks (`torch.rand(rank)`: the plan's rank_dropout_form "lycoris_bypass", runtime/lora_dropout.py),
+    TLoraModule reading none of it (tests/runtime/test_lycoris_tlora_mixed_opts.py)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    return (
+        getattr(a, "kind", "none") == "tlora"
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"} <= {"lora"}
+        and not getattr(a, "dropout", 0.0)
+    )
+
+
 def glora_bypass_inert(a) -> bool:
     """Whether a glora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
     its blocks of other kinds as their default forward: blocks of kind lora, loha and lokr alone, none
@@ -3682,7 +3697,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # others' computing their default one)
     # A GLoRA adapter's bypass beside LoRA / LoHa / LoKr blocks alone without its dropouts or a decomposed
     # block (glora_bypass_inert): LyCORIS's network bypass_mode, their bypass forward their default one
-    closed = own == "tlora" or (own == "glora" and not glora_bypass_inert(a))
+    # A tlora adapter's bypass beside LoRA blocks alone without its dropout (tlora_bypass_locon): LyCORIS's
+    # network bypass_mode, their bypass forward their default one, its rank_dropout their bypass rank mask
+    tlora_locon = own == "tlora" and tlora_bypass_locon(a)
+    if tlora_locon and getattr(a, "bypass", False):
+        kept += ("rank_dropout",)
+    closed = (own == "tlora" and not tlora_locon) or (own == "glora" and not glora_bypass_inert(a))
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

@@ -2372,9 +2372,10 @@ class TloraAdapter:
         0.0,
         doc="LyCORIS's `rank_dropout`, which TLoraModule never reads: drawn by the layers of this adapter's "
         "blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, LoHa's, "
-        "Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA "
-        "layers drawing none), in forward order with every layer's `module_dropout` draw. Without such "
-        "blocks it changes nothing (DBS624).",
+        "Diag-OFT's rotations' dropout; with `bypass` beside LoCon blocks alone LoConModule's bypass rank "
+        "mask; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA layers drawing none), in "
+        "forward order with every layer's `module_dropout` draw. Without such blocks it changes nothing "
+        "(DBS624).",
         minimum=0,
         maximum=1,
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from peft.tuners.lora import LoraLayer
+
 from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.lycoris_oft import DiagOftLayer
 from dbspec.runtime.lycoris_tlora import TloraLayer
@@ -54,6 +56,10 @@ CASES = {
         "bypass_mode = false",
         {"bypass_mode": "True", "dropout": "0.3"},
     ),
+    # the network's bypass_mode beside LoCon entries (their bypass forward: the default one), with its
+    # rank_dropout LoConModule's bypass rank mask (torch.rand(rank)), which TLoraModule never reads
+    "locon_network_bypass": ("locon", "", {"bypass_mode": "True"}),
+    "locon_network_bypass_rank_dropout": ("locon", "", {"bypass_mode": "True", "rank_dropout": "0.3"}),
 }
 MODULE = "0.3"
 
@@ -77,9 +83,12 @@ def _built(pipe, tmp_path, monkeypatch, algo: str, extra: str, args: dict, flags
     return plan, ours, made, theirs
 
 
-def _mode(layer) -> bool:
-    """Our layer's LyCORIS bypass_mode."""
-    return layer.tlora_bypass if isinstance(layer, TloraLayer) else layer.oft_bypass
+def _mode(layer, lycoris: bool) -> bool:
+    """Our layer's LyCORIS bypass_mode (a LoRA layer's: inert, the default forward's update, its rank mask in
+    the plan's rank_dropout_form: LyCORIS's `lycoris`)."""
+    if isinstance(layer, TloraLayer):
+        return layer.tlora_bypass
+    return layer.oft_bypass if isinstance(layer, DiagOftLayer) else lycoris
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -88,13 +97,15 @@ def test_tlora_network_options_beside_entries_are_lycoris(pipe, tmp_path, monkey
     plan, ours, made, theirs = _built(pipe, tmp_path, monkeypatch, algo, extra, args)
     a = plan.adapter
     classes = {type(m).__name__ for m in made.unet_loras}
-    want = {"diag-oft": "DiagOFTModule", "boft": "ButterflyOFTModule", "tlora": "TLoraModule"}[algo]
+    want = {"diag-oft": "DiagOFTModule", "boft": "ButterflyOFTModule", "tlora": "TLoraModule"}.get(
+        algo, "LoConModule"
+    )
     assert classes == {"TLoraModule", want}
     modes = set()
     for module in made.unet_loras:  # each layer in its module's forward, the dropout where it reads it
         layer = _layer_of(ours, module.lora_name)
-        assert isinstance(layer, (TloraLayer, DiagOftLayer)), module.lora_name
-        assert _mode(layer) == bool(module.bypass_mode), module.lora_name
+        assert isinstance(layer, (TloraLayer, DiagOftLayer, LoraLayer)), module.lora_name
+        assert _mode(layer, bool(module.bypass_mode)) == bool(module.bypass_mode), module.lora_name
         modes.add((type(module).__name__, bool(module.bypass_mode)))
         rate = getattr(module.drop, "p", 0.0)  # LycorisBaseModule's: handed to every module
         assert rate == float(args.get("dropout", 0)), module.lora_name
@@ -105,9 +116,15 @@ def test_tlora_network_options_beside_entries_are_lycoris(pipe, tmp_path, monkey
     assert modes == {("TLoraModule", network), (want, own)}
     # the plan: the dropout the adapter's where some T-LoRA layer runs the bypass forward, else left out
     assert a.bypass_dropout == (float(args["dropout"]) if algo == "tlora" else 0.0)
-    assert [(b.kind, b.bypass) for b in a.blocks] == [({"tlora": "adapter"}.get(algo, algo), own)]
+    kind = {"tlora": "adapter", "locon": "lora"}.get(algo, algo)
+    assert [(b.kind, b.bypass) for b in a.blocks] == [(kind, own)]
+    if algo == "locon":  # LoConModule's in bypass_mode: the ranks
+        assert (a.rank_dropout, a.rank_dropout_form) == (
+            (0.3, "lycoris_bypass") if "rank_dropout" in args else (0.0, "kohya")
+        )
     calm_then_dropped(ours, theirs, made, pipe.unet)
-    held = ("lambda_layer", "oft_blocks") if algo != "tlora" else ("lambda_layer", "q_layer")
+    held = {"tlora": ("lambda_layer", "q_layer"), "locon": ("lambda_layer", "lora_up")}
+    held = held.get(algo, ("lambda_layer", "oft_blocks"))
     grads_as_lycoris(ours, made, held)
 
 

@@ -147,14 +147,6 @@ REFUSED = {
             "#291",
         ],
     ),
-    "tlora_bypass_rank_dropout_beside_locon": (
-        "sd",
-        '"algo=tlora" "bypass_mode=True" "rank_dropout=0.1"',
-        _sd("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo=tlora network with network_args bypass_mode"],
-    ),
     # line 108: a tlora entry's sig_type / use_data_init on another algorithm's network
     "tlora_entry_sig_type_on_locon": (
         "sd",
@@ -614,6 +606,23 @@ CONVERTS = {
         _sd("diag-oft"),
         "--scale_weight_norms=1",
         {"kind": "tlora", "max_norm": 1.0, "max_norm_form": "lycoris", "block": {"kind": "diag-oft"}},
+    ),
+    # line 108 (T-LoRA): the network's rank_dropout beside LoCon entries "in bypass_mode it stays DBS403": the
+    # adapter's bypass (its LoCon blocks' too) and rank_dropout in LoConModule's bypass form, TLoraModule
+    # reading none (tests/runtime/test_lycoris_tlora_mixed_opts.py)
+    "tlora_bypass_rank_dropout_beside_locon": (
+        "sd",
+        '"algo=tlora" "bypass_mode=True" "rank_dropout=0.1"',
+        _sd("locon"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": True,
+            "rank_dropout": 0.1,
+            "rank_dropout_form": "lycoris_bypass",
+            "bypass_dropout": 0.0,
+            "block": {"kind": "lora", "bypass": True},
+        },
     ),
     # line 109: a T-LoRA entry's own bypass_mode "beside the network's dropout ... DBS403 (a spec's DBS605)":
     # the adapter's bypass dropout, applied by the layers in the bypass forward alone (same test)

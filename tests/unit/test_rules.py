@@ -3534,8 +3534,9 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
     """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft and dylora
-    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578); on Flux too (DBS604
-    reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
+    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578) but its bypass (and
+    rank_dropout) beside LoRA blocks alone and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too
+    (DBS604 reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("lokr", "diag-oft", "boft", "dylora"):
@@ -3549,3 +3550,19 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
         ("adapter", "bypass"),
         ("adapter", "max_norm"),
     }
+    ranks = bypass.replace("max_norm = 1.0\n", "max_norm = 1.0\nrank_dropout = 0.1\n")
+    assert {h[2] for h in hits_of(rules.mixed_block_kinds, ranks + block.format("lora"))} == {
+        ("adapter", "max_norm")
+    }
+    dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
+    assert ("adapter", "bypass") in {
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))
+    }
+    for kind in ("diag-oft", "boft"):
+        assert (
+            hits_of(
+                rules.mixed_block_kinds,
+                tlora.replace('"tlora"\n', '"tlora"\nmax_norm = 1.0\n') + block.format(kind),
+            )
+            == []
+        )

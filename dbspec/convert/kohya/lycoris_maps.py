@@ -462,10 +462,13 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's too (was
     DBS403): its adapter's rank_dropout in rank_dropout_form "lycoris_bypass", its LoKr layers drawing none,
     its LoCon / LoHa entries theirs (network._lokr_rank_dropout_on_gpu;
-    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py)."""
+    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py). A T-LoRA network's beside LoCon entries alone
+    (was DBS403): TLoraModule never reads it, the LoCon layers their bypass rank mask (compiler
+    rules.tlora_bypass_locon; the network's dropout beside them stays refused: _beside_tlora)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     low_rank = _algo(algo) in ("lora", "loha", "lokr")
-    return bypass and low_rank and _bypass_output_dropout(algo, layers)
+    tlora = _algo(algo) == "tlora" and all(_algo(layer.algo) == "lora" for layer in layers)
+    return bypass and (tlora or low_rank and _bypass_output_dropout(algo, layers))
 
 
 def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -683,6 +686,9 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
+    locon = not flow and all(_algo(layer.algo) == "lora" for layer in layers)
+    if locon and network["bypass_mode"] and not network["dropout"] and "bypass_mode" in on:
+        on.remove("bypass_mode")  # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon)
     unread = not flow and all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
     if unread and not network["bypass_mode"] and "dropout" in on:
         on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
