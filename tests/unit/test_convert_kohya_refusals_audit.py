@@ -147,6 +147,24 @@ REFUSED = {
             "#291",
         ],
     ),
+    # line 108 / 109 (T-LoRA): these lifts are SD 1.x/2.x and SDXL's; on Flux's fused Linears a T-LoRA
+    # entry's own bypass_mode beside the network's dropout and the max norm beside Diag-OFT entries stay DBS403
+    "flux_tlora_entry_own_bypass_network_dropout": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("tlora", "bypass_mode = true"),
+        "",
+        "DBS403",
+        ["network_args preset", "bypass_mode = True beside the network's dropout 0.1"],
+    ),
+    "flux_tlora_diag_oft_entry_scale_weight_norms": (
+        "flux",
+        '"algo=tlora"',
+        _flux("diag-oft"),
+        "--scale_weight_norms=1",
+        "DBS403",
+        ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
+    ),
     # line 108: a tlora entry's sig_type / use_data_init on another algorithm's network
     "tlora_entry_sig_type_on_locon": (
         "sd",

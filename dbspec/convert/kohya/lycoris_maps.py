@@ -223,7 +223,7 @@ def check_layers(
         if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network))
+            own = (*own, *_tlora_own(layer, network, unet))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
             own = (*own, "use_data_init")  # a T-LoRA entry's random start beside LoCon / LoHa (_blocks)
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
@@ -339,12 +339,28 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool = False) -> tuple[str, ...]:
     """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
-    `data_init`, `bypass_mode`: its `bypass`, beside the network's dropout too: each TLoraModule drops in its
-    bypass forward alone, as each TloraLayer does); PresetError (DBS402) for a sig_type TLoraModule cannot
-    start from (_initialize_from_svd raises ValueError)."""
+    `data_init`, `bypass_mode`: its `bypass`, on SD 1.x/2.x and SDXL (`unet`) beside the network's dropout
+    too: each TLoraModule drops in its bypass forward alone, as each TloraLayer does,
+    tests/runtime/test_lycoris_tlora_mixed_opts.py); PresetError (DBS402) for a sig_type TLoraModule cannot
+    start from (_initialize_from_svd raises ValueError), and on Flux / SD3 / Chroma for an own bypass_mode
+    beside the network's dropout (not expressed there: their converter keeps the dropout in the network's
+    mode alone)."""
     options = dict(layer.options)
+    if (
+        not unet
+        and "bypass_mode" in options
+        and bool(options["bypass_mode"]) != network["bypass_mode"]
+        and network["dropout"]
+    ):
+        raise PresetError(
+            f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
+            f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
+            "only, on those layers and not the others (or the reverse), which dbspec builds on SD 1.x/2.x "
+            "and SDXL alone",
+            False,
+        )
     value = options.get("sig_type", "principal")
     if not (isinstance(value, str) and value in _SIG_TYPES):
         raise PresetError(
