@@ -1158,9 +1158,10 @@ def _tlora(
     if rate and not (bypass or own_bypass):
         oft = any(b.get("kind") in ("diag-oft", "boft") for b in blocks)  # lycoris_maps._TLORA_OFT_ENTRIES
         why = "TLoraModule applies its dropout only in bypass_mode (off here)"
-        conv.ignored(
-            legacy, why + ("; its Diag-OFT / BOFT entries' modules never read it there" if oft else "")
+        oft_why = (
+            "; its Diag-OFT entries' DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
         )
+        conv.ignored(legacy, why + (oft_why if oft else ""))
     elif rate and not 0 <= rate <= 1:  # TLoraModule builds nn.Dropout(dropout), which raises
         conv.invalid(legacy.key, legacy.value, legacy.source, f"torch's Dropout raises for p = {rate:g}")
         return False
