@@ -3681,13 +3681,18 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # (its trained singular values scaled), DiagOFTModule's / ButterflyOFTModule's of their blocks, each
     # module in lycoris.kohya's order (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x); not with
     # fused_projections (Flux / SD3 / Chroma's fused modules beside each other: not checked)
-    tlora_norms = (
+    tlora_oft = (
         own == "tlora"
         and {b.kind for _, b in other} <= {"diag-oft", "boft"}
         and not getattr(a, "fused_projections", False)
     )
-    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora" or tlora_norms:
+    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora" or tlora_oft:
         kept += ("max_norm",)
+    # and its dropout there (the T-LoRA layers' in their bypass forward alone): DiagOFTModule reads it in its
+    # bypass forward alone (where it raises: the converter refuses it), ButterflyOFTModule never
+    oft_off = all(b.kind == "boft" or getattr(b, "bypass", "adapter") != "on" for _, b in other)
+    if tlora_oft and oft_off and not getattr(a, "bypass", False):
+        kept += ("dropout",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
     if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update

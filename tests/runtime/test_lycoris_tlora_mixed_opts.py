@@ -128,6 +128,25 @@ def test_tlora_network_options_beside_entries_are_lycoris(pipe, tmp_path, monkey
     grads_as_lycoris(ours, made, held)
 
 
+def test_tlora_entries_own_bypass_beside_diag_oft_entries_and_the_dropout(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """Both at once: the transformer blocks' T-LoRA entry in its own bypass_mode (their attention: the
+    feed-forwards' Diag-OFT entry inside it takes theirs, as create_modules_ recurses) drops at the
+    network's rate, proj_in / proj_out's T-LoRA layers and the Diag-OFT ones (default forward) nowhere."""
+    own = '[module_algo_map.BasicTransformerBlock]\nalgo = "tlora"\nbypass_mode = true'
+    plan, ours, made, theirs = _built(pipe, tmp_path, monkeypatch, "diag-oft", own, {"dropout": "0.3"})
+    a = plan.adapter
+    assert (a.bypass, a.bypass_dropout) == (False, 0.3)
+    assert sorted((b.kind, b.bypass) for b in a.blocks) == [("adapter", True), ("diag-oft", False)]
+    modes = set()
+    for module in made.unet_loras:
+        layer = _layer_of(ours, module.lora_name)
+        assert _mode(layer, False) == bool(module.bypass_mode), module.lora_name
+        modes.add((type(module).__name__, bool(module.bypass_mode)))
+    assert modes == {("TLoraModule", True), ("TLoraModule", False), ("DiagOFTModule", False)}
+    calm_then_dropped(ours, theirs, made, pipe.unet)
+    grads_as_lycoris(ours, made, ("lambda_layer", "oft_blocks"))
+
+
 def test_diag_oft_entries_in_bypass_mode_with_the_dropout_stop_lycoris():
     """What the converter's DBS402 says: DiagOFTModule in bypass_mode with a dropout raises on a layer's
     first training forward (its rotations times a mask shaped like the output)."""

@@ -148,7 +148,8 @@ REFUSED = {
         ],
     ),
     # line 108 / 109 (T-LoRA): these lifts are SD 1.x/2.x and SDXL's; on Flux's fused Linears a T-LoRA
-    # entry's own bypass_mode beside the network's dropout and the max norm beside Diag-OFT entries stay DBS403
+    # entry's own bypass_mode beside the network's dropout and the max norm beside Diag-OFT entries stay
+    # DBS403
     "flux_tlora_entry_own_bypass_network_dropout": (
         "flux",
         '"algo=tlora" "dropout=0.1"',

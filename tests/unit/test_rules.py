@@ -3562,7 +3562,11 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
         assert (
             hits_of(
                 rules.mixed_block_kinds,
-                tlora.replace('"tlora"\n', '"tlora"\nmax_norm = 1.0\n') + block.format(kind),
+                tlora.replace('"tlora"\n', '"tlora"\nmax_norm = 1.0\ndropout = 0.1\n') + block.format(kind),
             )
             == []
         )
+    dropped = tlora.replace('"tlora"\n', '"tlora"\ndropout = 0.1\n')
+    assert [h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))] == [
+        ("adapter", "dropout")
+    ]
