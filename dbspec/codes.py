@@ -3132,18 +3132,19 @@ parts sharing Q and the singular values (checked against lycoris-lora 4.1.3's TL
 stacked Linear beside a LoCon network on tiny Flux).""",
         reserved=True,
     ),
-    # a T-LoRA block's own bypass beside the adapter's dropout: DBS605.
+    # a T-LoRA block's own bypass beside the adapter's dropout: DBS605 (reserved: each layer drops in its
+    # own mode).
     Code(
         "DBS605",
         ERROR,
         "A T-LoRA block's own bypass beside the adapter's dropout",
         """\
-`[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` `bypass` on a `kind = "tlora"` adapter (a preset
-file's map entry's own `bypass_mode`) with `adapter.dropout`: LyCORIS's TLoraModule applies its dropout in
-its bypass forward only, so the block's layers would drop where the others do not (or the reverse); dbspec's
-T-LoRA drops on every layer in the adapter's mode. Without the dropout both forwards compute the same
-update.""",
-        help="remove adapter.dropout, or the block's bypass",
+No longer raised: `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` `bypass` on a `kind = "tlora"`
+adapter (a preset file's map entry's own `bypass_mode`) with `adapter.dropout` trains as LyCORIS's TLoraModule
+does: each layer applies the dropout in its bypass forward only, so the layers in bypass_mode (the adapter's
+or their block's) drop and the others do not (checked against lycoris-lora 4.1.3's network from such a
+file on tiny SD 1.x).""",
+        reserved=True,
     ),
     Code(
         "DBS606",

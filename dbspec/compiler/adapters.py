@@ -82,6 +82,16 @@ def own_bypass(block) -> bool | None:
     return None if own == "adapter" else own == "on"
 
 
+def tlora_own_bypass(adapter) -> bool:
+    """A tlora adapter's T-LoRA block (kind "adapter" / "tlora") sets its own `bypass` on (a LyCORIS map
+    entry's own bypass_mode): its layers run TLoraModule's bypass forward, the only one that reads the
+    adapter's `dropout` (runtime/lycoris_tlora.py: each layer drops in its own mode, set_tlora_bypass)."""
+    return any(
+        getattr(b, "bypass", "adapter") == "on" and b.kind in ("adapter", "tlora")
+        for b in (*adapter.blocks, *adapter.text_encoder_blocks)
+    )
+
+
 def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Mapping) -> AdapterPlan:
     """The plan of the adapter's kind, its blocks' bypass not yet settled."""
     if adapter.kind in ("full", "ia3", "diag-oft", "boft"):
@@ -266,6 +276,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
     targets, no convolution rank; its module dropout, LyCORIS's max norm and bypass forward; on Flux / SD3 /
     Chroma one module per fused Linear (fused_projections: runtime/lycoris_tlora.py fit_fused_tlora)."""
     targets = tuple(adapter.denoiser_targets) if targets_given else family_spec(family).lora_targets
+    bypass_reads_dropout = adapter.bypass or _tlora_patch(targets, family) or tlora_own_bypass(adapter)
     plan = AdapterPlan(
         kind="tlora",
         rank=adapter.rank,
@@ -279,14 +290,19 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         params=adapter_params(adapter, family, components),
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
         # TLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's in
-        # the "lycoris" form
+        # the "lycoris" form, in bypass_mode LoConModule's bypass rank mask (rules.tlora_bypass_locon)
         rank_dropout=adapter.rank_dropout,
-        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
+        rank_dropout_form=(
+            ("lycoris_bypass" if adapter.bypass else "lycoris")
+            if adapter.rank_dropout and _lora_blocks(adapter)
+            else "kohya"
+        ),
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
-        # its dropout: in the bypass forward, which a patch convolution takes in either mode (SD3's)
-        bypass_dropout=adapter.dropout if adapter.bypass or _tlora_patch(targets, family) else 0.0,
+        # its dropout: in the bypass forward, which a patch convolution takes in either mode (SD3's), as do
+        # the layers of a block whose own bypass is on (each TloraLayer drops in its own mode alone)
+        bypass_dropout=adapter.dropout if bypass_reads_dropout else 0.0,
         # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
         # another kind's layers (runtime/mixed_kinds.py)
         blocks=tuple(_tlora_block(b) for b in adapter.blocks),

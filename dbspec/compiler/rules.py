@@ -34,6 +34,7 @@ from dbspec.compiler.adapters import (
     bypass_blocks,
     lycoris_dora,
     rank_dropout_blocks,
+    tlora_own_bypass,
 )
 from dbspec.compiler.init_file import has_norms
 from dbspec.compiler.mixed_init_file import run_kinds
@@ -1392,11 +1393,14 @@ def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def tlora_dropout_needs_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """LyCORIS's TLoraModule applies its dropout only in its bypass forward (DBS603), which a patch
-    convolution (SD3's) takes in either mode (families.reaches_patch_conv)."""
+    convolution (SD3's) takes in either mode (families.reaches_patch_conv), as do the layers of a T-LoRA
+    block whose own bypass is on (adapters.tlora_own_bypass)."""
     from dbspec.families import reaches_patch_conv
 
     a = spec.adapter
     if getattr(a, "kind", None) != "tlora" or reaches_patch_conv(spec.model.family, a.denoiser_targets):
+        return
+    if tlora_own_bypass(a):
         return
     if a.dropout and not a.bypass:
         yield _warn(
@@ -3331,7 +3335,7 @@ def own_bypass_fits(adapter: str, block: str) -> bool:
     its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
     lora, loha, lokr, dylora or glora adapter's, or a diag-oft, boft, dylora or ia3 adapter's own (a full
     or ia3 adapter's blocks of another kind never: runtime/mixed_kinds.py set_block_bypass)."""
-    own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks (DBS605)
+    own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks
     if adapter in ("full", "ia3"):  # an IA^3 adapter's own blocks alone (a full adapter's never)
         return adapter == "ia3" and block in ("adapter", "ia3")
     return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
@@ -3355,27 +3359,6 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                     "their constraint, may be 0)",
                     codes.help("DBS611"),
                 )
-
-
-@rule("spec")
-def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A T-LoRA block's own `bypass` beside the adapter's `dropout`, which LyCORIS's TLoraModule applies in
-    its bypass forward only, on the blocks' layers and not the others': not expressed (DBS605)."""
-    a = spec.adapter
-    if getattr(a, "kind", "") != "tlora" or not a.dropout:
-        return
-    for table in ("blocks", "text_encoder_blocks"):
-        for i, block in enumerate(getattr(a, table)):
-            if block.bypass != "adapter" and block.kind in ("adapter", "tlora"):
-                yield _err(
-                    "DBS605",
-                    ("adapter", table, i, "bypass"),
-                    f'adapter.{table}[{i}].bypass = "{block.bypass}" with adapter.dropout = {a.dropout:g}: '
-                    "LyCORIS's T-LoRA drops in its bypass forward only, so the block's layers would drop "
-                    "where the adapter's do not (or the reverse), which dbspec does not build",
-                    codes.help("DBS605"),
-                )
-                return
 
 
 @rule("spec")
@@ -3615,6 +3598,23 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     )
 
 
+def tlora_bypass_locon(a) -> bool:
+    """Whether a tlora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
+    its blocks of other kinds as LyCORIS's: blocks of kind lora alone, without the adapter's `dropout`
+    (LoConModule's bypass dropout of its update, not built there). LoConModule's bypass forward computes its
+    default one after the same module_dropout draw, and with the adapter's rank_dropout masks the down's
+    ranks (`torch.rand(rank)`: the plan's rank_dropout_form "lycoris_bypass", runtime/lora_dropout.py),
+    TLoraModule reading none of it (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x; not with
+    fused_projections: Flux / SD3 / Chroma's fused modules not checked)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    return (
+        getattr(a, "kind", "none") == "tlora"
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"} <= {"lora"}
+        and not getattr(a, "dropout", 0.0)
+        and not getattr(a, "fused_projections", False)
+    )
+
+
 def glora_bypass_inert(a) -> bool:
     """Whether a glora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
     its blocks of other kinds as their default forward: blocks of kind lora, loha and lokr alone, none
@@ -3677,8 +3677,22 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     kept += ("dora",)
     # max_norm: LyCORIS's, each kind's layers scaled by their own module's apply_max_norm (runtime/max_norm.py
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
-    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora":
+    # a tlora adapter's beside Diag-OFT / BOFT blocks alone: TLoraModule's twice-scaled norm of its update
+    # (its trained singular values scaled), DiagOFTModule's / ButterflyOFTModule's of their blocks, each
+    # module in lycoris.kohya's order (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x); not with
+    # fused_projections (Flux / SD3 / Chroma's fused modules beside each other: not checked)
+    tlora_oft = (
+        own == "tlora"
+        and {b.kind for _, b in other} <= {"diag-oft", "boft"}
+        and not getattr(a, "fused_projections", False)
+    )
+    if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora" or tlora_oft:
         kept += ("max_norm",)
+    # and its dropout there (the T-LoRA layers' in their bypass forward alone): DiagOFTModule reads it in its
+    # bypass forward alone (where it raises: the converter refuses it), ButterflyOFTModule never
+    oft_off = all(b.kind == "boft" or getattr(b, "bypass", "adapter") != "on" for _, b in other)
+    if tlora_oft and oft_off and not getattr(a, "bypass", False):
+        kept += ("dropout",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
     if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update
@@ -3688,13 +3702,19 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # a GLoRA adapter's bypass forward acts on its GLoRA layers alone (its blocks of other kinds are built
     # from the adapter's rank and alpha only): not expressed beside other kinds; its module_dropout every
     # kind's layers draw as their LyCORIS class does (runtime/mixed_kinds.py add_module_dropout)
-    # a T-LoRA adapter's bypass and max norm act on its own layers alone (its blocks of other kinds are built
-    # from their kind's defaults): not expressed beside other kinds. An IA^3 adapter's bypass is LyCORIS's
-    # network bypass_mode, which every module reads: its blocks' layers are built in it too (mixed_kinds.py
-    # kind_adapter; Diag-OFT / BOFT / DyLoRA in their bypass forward, the others' computing their default one)
+    # a T-LoRA adapter's bypass acts on its own layers alone (its blocks of other kinds are built from their
+    # kind's defaults): not expressed beside other kinds; its max norm beside Diag-OFT / BOFT blocks alone.
+    # An IA^3 adapter's bypass is LyCORIS's network bypass_mode, which every module reads: its blocks' layers
+    # are built in it too (mixed_kinds.py kind_adapter; Diag-OFT / BOFT / DyLoRA in their bypass forward, the
+    # others' computing their default one)
     # A GLoRA adapter's bypass beside LoRA / LoHa / LoKr blocks alone without its dropouts or a decomposed
     # block (glora_bypass_inert): LyCORIS's network bypass_mode, their bypass forward their default one
-    closed = own == "tlora" or (own == "glora" and not glora_bypass_inert(a))
+    # A tlora adapter's bypass beside LoRA blocks alone without its dropout (tlora_bypass_locon): LyCORIS's
+    # network bypass_mode, their bypass forward their default one, its rank_dropout their bypass rank mask
+    tlora_locon = own == "tlora" and tlora_bypass_locon(a)
+    if tlora_locon and getattr(a, "bypass", False):
+        kept += ("rank_dropout",)
+    closed = (own == "tlora" and not tlora_locon) or (own == "glora" and not glora_bypass_inert(a))
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

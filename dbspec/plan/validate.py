@@ -251,13 +251,16 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
             f"dylora_unit; found {a.dylora_form!r}, rank {a.rank}, unit {a.dylora_unit}, conv_rank "
             f"{a.conv_rank}"
         )
+    tlora_bypass = any(  # T-LoRA layers of a block whose own bypass is on
+        b.bypass and b.kind == "adapter" for b in (*a.blocks, *a.text_encoder_blocks)
+    )
     if (a.bypass_dropout or (a.kind == "glora" and a.rank_dropout)) and not (
         a.kind in ("glora", "tlora")
         and a.bypass
         or a.kind == "tlora"
-        and reaches_patch_conv(plan.model.family, a.denoiser_targets)
+        and (reaches_patch_conv(plan.model.family, a.denoiser_targets) or tlora_bypass)
     ):  # DBS556 / DBS603 in specs: GLoRA and T-LoRA apply them only in their bypass forward (T-LoRA's
-        # patch convolution takes it in either mode)
+        # patch convolution takes it in either mode, as do a block's layers in its own bypass_mode)
         yield (
             "adapter.bypass_dropout and GLoRA's rank_dropout act in GLoRA's or T-LoRA's bypass forward "
             f"only; found kind {a.kind!r}, bypass {str(a.bypass).lower()}"

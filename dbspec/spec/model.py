@@ -2332,8 +2332,8 @@ class TloraBlock:
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "
         "file's map entry's own): `on` TLoraModule's bypass forward (the update on activations), `off` its "
-        "default one, `adapter` the adapter's. The same update up to rounding; not with the adapter's "
-        "`dropout`, which LyCORIS applies in the bypass forward only (DBS605).",
+        "default one, `adapter` the adapter's. The same update up to rounding; the adapter's `dropout` "
+        "acts on the layers in the bypass forward alone, as LyCORIS applies it.",
         example="on",
     )
 
@@ -2372,9 +2372,10 @@ class TloraAdapter:
         0.0,
         doc="LyCORIS's `rank_dropout`, which TLoraModule never reads: drawn by the layers of this adapter's "
         "blocks of other kinds as their LyCORIS modules draw it (LoCon's and full's row masks, LoHa's, "
-        "Diag-OFT's rotations' dropout; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA "
-        "layers drawing none), in forward order with every layer's `module_dropout` draw. Without such "
-        "blocks it changes nothing (DBS624).",
+        "Diag-OFT's rotations' dropout; with `bypass` beside LoCon blocks alone LoConModule's bypass rank "
+        "mask; a preset file's entries, beside IA^3, BOFT, GLoRA and DyLoRA layers drawing none), in "
+        "forward order with every layer's `module_dropout` draw. Without such blocks it changes nothing "
+        "(DBS624).",
         minimum=0,
         maximum=1,
     )
@@ -2388,7 +2389,8 @@ class TloraAdapter:
     dropout: float = option(
         0.0,
         doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on the update's output while "
-        "training, after `module_dropout`'s draw (LyCORIS `dropout`, kohya's `network_dropout`).",
+        "training, after `module_dropout`'s draw (LyCORIS `dropout`, kohya's `network_dropout`); on the "
+        "layers in the bypass forward alone (the adapter's `bypass`, or a block's own `bypass = \"on\"`).",
         minimum=0,
         maximum=1,
     )

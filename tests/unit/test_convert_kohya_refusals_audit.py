@@ -147,48 +147,24 @@ REFUSED = {
             "#291",
         ],
     ),
-    "tlora_bypass_rank_dropout_beside_locon": (
-        "sd",
-        '"algo=tlora" "bypass_mode=True" "rank_dropout=0.1"',
-        _sd("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo=tlora network with network_args bypass_mode"],
-    ),
-    # line 108: Diag-OFT / BOFT / DyLoRA entries on a T-LoRA network with a network option those modules
-    # read and TLoraModule does not, an option of their own, or --scale_weight_norms
-    "tlora_diag_oft_entry_network_dropout": (
-        "sd",
+    # line 108 / 109 (T-LoRA): these lifts are SD 1.x/2.x and SDXL's; on Flux's fused Linears a T-LoRA
+    # entry's own bypass_mode beside the network's dropout and the max norm beside Diag-OFT entries stay
+    # DBS403
+    "flux_tlora_entry_own_bypass_network_dropout": (
+        "flux",
         '"algo=tlora" "dropout=0.1"',
-        _sd("diag-oft"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'diag-oft' on an algo=tlora network with network_args dropout"],
-    ),
-    "tlora_diag_oft_entry_own_bypass": (
-        "sd",
-        '"algo=tlora"',
-        _sd("diag-oft", "bypass_mode = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "diag-oft layers", "bypass_mode on an algo=tlora network"],
-    ),
-    "tlora_diag_oft_entry_scale_weight_norms": (
-        "sd",
-        '"algo=tlora"',
-        _sd("diag-oft"),
-        "--scale_weight_norms=1",
-        "DBS403",
-        ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
-    ),
-    # line 108: a T-LoRA entry's own bypass_mode beside the network's dropout
-    "tlora_entry_own_bypass_network_dropout": (
-        "sd",
-        '"algo=tlora" "dropout=0.1"',
-        _sd("tlora", "bypass_mode = true"),
+        _flux("tlora", "bypass_mode = true"),
         "",
         "DBS403",
         ["network_args preset", "bypass_mode = True beside the network's dropout 0.1"],
+    ),
+    "flux_tlora_diag_oft_entry_scale_weight_norms": (
+        "flux",
+        '"algo=tlora"',
+        _flux("diag-oft"),
+        "--scale_weight_norms=1",
+        "DBS403",
+        ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
     ),
     # line 108: a tlora entry's sig_type / use_data_init on another algorithm's network
     "tlora_entry_sig_type_on_locon": (
@@ -618,6 +594,67 @@ CONVERTS = {
             "rank_dropout_form": "lycoris_bypass",
             "output_dropout": 0.0,
             "block": {"kind": "lora"},
+        },
+    ),
+    # line 108 (T-LoRA): Diag-OFT entries on a T-LoRA network "with a network option those modules read and
+    # TLoraModule does not, an option of their own, or --scale_weight_norms" (tests/runtime/
+    # test_lycoris_tlora_mixed_opts.py): the network's dropout outside bypass_mode, which neither module reads
+    # (dropped, DBS405); an entry's own bypass_mode, its block's `bypass`; LyCORIS's max norm of each module
+    "tlora_diag_oft_entry_network_dropout": (
+        "sd",
+        '"algo=tlora" "dropout=0.1"',
+        _sd("diag-oft"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": False,
+            "bypass_dropout": 0.0,
+            "block": {"kind": "diag-oft", "bypass": False},
+        },
+    ),
+    "tlora_diag_oft_entry_own_bypass": (
+        "sd",
+        '"algo=tlora"',
+        _sd("diag-oft", "bypass_mode = true"),
+        "",
+        {"kind": "tlora", "bypass": False, "block": {"kind": "diag-oft", "bypass": True}},
+    ),
+    "tlora_diag_oft_entry_scale_weight_norms": (
+        "sd",
+        '"algo=tlora"',
+        _sd("diag-oft"),
+        "--scale_weight_norms=1",
+        {"kind": "tlora", "max_norm": 1.0, "max_norm_form": "lycoris", "block": {"kind": "diag-oft"}},
+    ),
+    # line 108 (T-LoRA): the network's rank_dropout beside LoCon entries "in bypass_mode it stays DBS403": the
+    # adapter's bypass (its LoCon blocks' too) and rank_dropout in LoConModule's bypass form, TLoraModule
+    # reading none (tests/runtime/test_lycoris_tlora_mixed_opts.py)
+    "tlora_bypass_rank_dropout_beside_locon": (
+        "sd",
+        '"algo=tlora" "bypass_mode=True" "rank_dropout=0.1"',
+        _sd("locon"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": True,
+            "rank_dropout": 0.1,
+            "rank_dropout_form": "lycoris_bypass",
+            "bypass_dropout": 0.0,
+            "block": {"kind": "lora", "bypass": True},
+        },
+    ),
+    # line 109: a T-LoRA entry's own bypass_mode "beside the network's dropout ... DBS403 (a spec's DBS605)":
+    # the adapter's bypass dropout, applied by the layers in the bypass forward alone (same test)
+    "tlora_entry_own_bypass_network_dropout": (
+        "sd",
+        '"algo=tlora" "dropout=0.1"',
+        _sd("tlora", "bypass_mode = true"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": False,
+            "bypass_dropout": 0.1,
+            "block": {"kind": "adapter", "bypass": True},
         },
     ),
 }

@@ -261,8 +261,9 @@ def test_tlora_entries_on_another_algo_s_network_are_tlora_blocks(tmp_path, algo
 
 def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
     """An entry's own bypass_mode on a tlora network: its block's `bypass` (TLoraModule's bypass forward on
-    those layers alone); beside the network's dropout, which TLoraModule applies in bypass_mode only, it is
-    not expressed (DBS403)."""
+    those layers alone); beside the network's dropout (was DBS403, a spec's DBS605), which TLoraModule applies
+    in bypass_mode only, the adapter's bypass dropout, which each layer applies in its own bypass forward
+    alone (tests/runtime/test_lycoris_tlora_mixed_opts.py)."""
     write(tmp_path / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')
     assert outcome.exit_code == 0, errors(outcome)
@@ -271,7 +272,9 @@ def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
     (tmp_path / "d").mkdir()
     write(tmp_path / "d" / "p.toml", _FILE + "[module_algo_map.FeedForward]\nbypass_mode = true\n")
     outcome = _lycoris(tmp_path / "d", '"algo=tlora", "preset=p.toml", "dropout=0.1"')
-    assert "DBS403" in codes(outcome) and "DBS605" in messages(outcome, "DBS403")
+    assert outcome.exit_code == 0 and not {"DBS403", "DBS603"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "d").adapter
+    assert (a.bypass, a.bypass_dropout, [b.bypass for b in a.blocks]) == (False, 0.1, [True])
 
 
 def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):

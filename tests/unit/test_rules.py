@@ -575,15 +575,15 @@ CASES = [
         [("DBS603", "warning", ("adapter", "dropout"))],
         '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS,
     ),
-    (  # a T-LoRA block's own bypass beside the adapter's dropout (LyCORIS drops in bypass_mode only)
-        rules.tlora_block_bypass_dropout,
-        '[adapter]\nkind = "tlora"\ndropout = 0.1\nbypass = true\n'
+    (  # ... and in a T-LoRA block's own bypass forward (each layer drops in its own mode; DBS605 reserved)
+        rules.tlora_dropout_needs_bypass,
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\n'
         + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
         + DOG
         + STEPS,
-        [("DBS605", "error", ("adapter", "blocks", 0, "bypass"))],
-        '[adapter]\nkind = "tlora"\nbypass = true\n'
-        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "off"\n'
+        [("DBS603", "warning", ("adapter", "dropout"))],
+        '[adapter]\nkind = "tlora"\ndropout = 0.1\n'
+        + '[[adapter.blocks]]\npattern = "to_q"\nrank = 4\nalpha = 4.0\nbypass = "on"\n'
         + DOG
         + STEPS,
     ),
@@ -3534,8 +3534,9 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
     """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft and dylora
-    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578); on Flux too (DBS604
-    reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
+    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578) but its bypass (and
+    rank_dropout) beside LoRA blocks alone and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too
+    (DBS604 reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("lokr", "diag-oft", "boft", "dylora"):
@@ -3549,3 +3550,23 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
         ("adapter", "bypass"),
         ("adapter", "max_norm"),
     }
+    ranks = bypass.replace("max_norm = 1.0\n", "max_norm = 1.0\nrank_dropout = 0.1\n")
+    assert {h[2] for h in hits_of(rules.mixed_block_kinds, ranks + block.format("lora"))} == {
+        ("adapter", "max_norm")
+    }
+    dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
+    assert ("adapter", "bypass") in {
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))
+    }
+    for kind in ("diag-oft", "boft"):
+        assert (
+            hits_of(
+                rules.mixed_block_kinds,
+                tlora.replace('"tlora"\n', '"tlora"\nmax_norm = 1.0\ndropout = 0.1\n') + block.format(kind),
+            )
+            == []
+        )
+    dropped = tlora.replace('"tlora"\n', '"tlora"\ndropout = 0.1\n')
+    assert [h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))] == [
+        ("adapter", "dropout")
+    ]

@@ -223,7 +223,7 @@ def check_layers(
         if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network))
+            own = (*own, *_tlora_own(layer, network, unet))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
             own = (*own, "use_data_init")  # a T-LoRA entry's random start beside LoCon / LoHa (_blocks)
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
@@ -296,12 +296,12 @@ def _own_bypass(algo: str, entry: str) -> bool:
     BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
     or LoKr network, of a DyLoRA or GLoRA network where the entry's algorithm is another, or of a Diag-OFT,
     BOFT or DyLoRA network's own algorithm (the block's `bypass`, runtime/mixed_kinds.py
-    set_block_bypass)."""
+    set_block_bypass); a T-LoRA network's Diag-OFT / BOFT entries' too (_beside_tlora lets those through)."""
     if _algo(entry) not in BYPASS_BLOCKS:
         return False
     if _algo(entry) == _algo(algo):
         return _algo(algo) in _OWN_BYPASS_NETWORKS
-    return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora")
+    return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora", "tlora")
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -339,21 +339,26 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
+def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool = False) -> tuple[str, ...]:
     """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
-    `data_init`, `bypass_mode`: its `bypass`); PresetError (DBS402) for a sig_type TLoraModule cannot start
-    from (_initialize_from_svd raises ValueError), and for an own bypass_mode beside the network's dropout,
-    which TLoraModule applies in its bypass forward only (not expressed: spec DBS605)."""
+    `data_init`, `bypass_mode`: its `bypass`, on SD 1.x/2.x and SDXL (`unet`) beside the network's dropout
+    too: each TLoraModule drops in its bypass forward alone, as each TloraLayer does,
+    tests/runtime/test_lycoris_tlora_mixed_opts.py); PresetError (DBS402) for a sig_type TLoraModule cannot
+    start from (_initialize_from_svd raises ValueError), and on Flux / SD3 / Chroma for an own bypass_mode
+    beside the network's dropout (not expressed there: their converter keeps the dropout in the network's
+    mode alone)."""
     options = dict(layer.options)
     if (
-        "bypass_mode" in options
+        not unet
+        and "bypass_mode" in options
         and bool(options["bypass_mode"]) != network["bypass_mode"]
         and network["dropout"]
     ):
         raise PresetError(
             f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
             f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
-            "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
+            "only, on those layers and not the others (or the reverse), which dbspec builds on SD 1.x/2.x "
+            "and SDXL alone",
             False,
         )
     value = options.get("sig_type", "principal")
@@ -473,10 +478,13 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's too (was
     DBS403): its adapter's rank_dropout in rank_dropout_form "lycoris_bypass", its LoKr layers drawing none,
     its LoCon / LoHa entries theirs (network._lokr_rank_dropout_on_gpu;
-    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py)."""
+    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py). A T-LoRA network's beside LoCon entries alone
+    (was DBS403): TLoraModule never reads it, the LoCon layers their bypass rank mask (compiler
+    rules.tlora_bypass_locon; the network's dropout beside them stays refused: _beside_tlora)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     low_rank = _algo(algo) in ("lora", "loha", "lokr")
-    return bypass and low_rank and _bypass_output_dropout(algo, layers)
+    tlora = _algo(algo) == "tlora" and all(_algo(layer.algo) == "lora" for layer in layers)
+    return bypass and (tlora or low_rank and _bypass_output_dropout(algo, layers))
 
 
 def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -519,7 +527,7 @@ def _mixed_kinds(
     if not unet:
         return other
     if _algo(algo) == "tlora":
-        _beside_tlora(unet, network)
+        _beside_tlora(unet, network, flow)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -635,9 +643,15 @@ _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 # blocks of other kinds draw it (compiler rules.lycoris_row_masks: LoCon / LoHa / full row masks, Diag-OFT's
 # rotations' dropout; LoKr's not)
 _TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora", "dylora")
+# the entries whose own bypass_mode a T-LoRA adapter's block carries (its `bypass`, runtime/mixed_kinds.py
+# set_block_bypass: DiagOFTModule's / ButterflyOFTModule's bypass forward, the output rotated, its bias too),
+# and whose modules never read the network's dropout outside bypass_mode (DiagOFTModule drops in its bypass
+# forward alone, ButterflyOFTModule never), as TLoraModule: on SD 1.x/2.x and SDXL
+# (tests/runtime/test_lycoris_tlora_mixed_opts.py)
+_TLORA_OFT_ENTRIES = ("diag-oft", "boft")
 
 
-def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
+def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = False) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
@@ -645,7 +659,11 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
     size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
     they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
-    mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask)."""
+    mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask). On SD
+    1.x/2.x and SDXL (not `flow`) Diag-OFT / BOFT entries' own bypass_mode is their block's `bypass`, and
+    outside bypass_mode beside them alone the network's dropout is read by none of the modules (DBS405 in
+    network.py); a Diag-OFT layer in bypass_mode with that dropout stops kohya (DBS402,
+    _oft_bypass_dropout)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -655,14 +673,20 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
         )
 
     def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry
-        return [k for k, _ in layer.options if k not in _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())]
+        own = _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())
+        if not flow and _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
+            own = (*own, "bypass_mode")
+        return [k for k, _ in layer.options if k not in own]
+
+    _oft_bypass_dropout(layers, network)  # kohya stops before anything else matters
 
     own = next((layer for layer in layers if extra(layer)), None)
     if own is not None:
         raise PresetError(
             f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
-            "alpha only (Diag-OFT / BOFT their constraint and rescaled, DyLoRA its block_size)",
+            "alpha only (Diag-OFT / BOFT their constraint, rescaled and, on SD 1.x/2.x and SDXL, "
+            "bypass_mode, DyLoRA its block_size)",
             False,
         )
     lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
@@ -678,6 +702,12 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
+    locon = not flow and all(_algo(layer.algo) == "lora" for layer in layers)
+    if locon and network["bypass_mode"] and not network["dropout"] and "bypass_mode" in on:
+        on.remove("bypass_mode")  # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon)
+    unread = not flow and all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
+    if unread and not network["bypass_mode"] and "dropout" in on:
+        on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
     if network.get("factor", -1) != -1:
         on.append("factor")
     if network.get("block_size", 4) != 4:
@@ -690,6 +720,24 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             "their defaults and the network's module_dropout only (DBS578)",
             False,
         )
+
+
+def _oft_bypass_dropout(layers: list[Layer], network: dict[str, Any]) -> None:
+    """PresetError (DBS402) for Diag-OFT entries of a T-LoRA network in bypass_mode (their own, else the
+    network's) beside the network's dropout: in training mode lycoris-lora 4.1.3's DiagOFTModule multiplies
+    its (blocks, size, size) rotations by a dropout mask shaped like the layer's output (..., blocks, size),
+    which raises RuntimeError on the first forward (network.py _diag_oft_bypass_dropout for the network's
+    own)."""
+    oft = next((x for x in layers if _algo(x.algo) == "diag-oft" and _bypassed(x, network)), None)
+    if oft is None or not network["dropout"]:
+        return
+    raise PresetError(
+        f"`{oft.source}` gives {oft.path} algo = 'diag-oft' in bypass_mode on an algo=tlora network with the "
+        f"network's dropout {network['dropout']:g}: LyCORIS's DiagOFTModule multiplies its (blocks, size, "
+        "size) rotations by a dropout mask shaped like the layer's output in training mode, and torch raises "
+        "RuntimeError on the first forward",
+        True,
+    )
 
 
 def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:

@@ -1120,8 +1120,9 @@ def _tlora(
     (the generic mapping; alpha 0 is the rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
     convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
     first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
-    bypass forward (bypass_mode: the adapter's `bypass`); module_dropout is the adapter's; the rest is never
-    read. `reach`: the preset and its k x k convolutions; `dims`: network_dim and network_alpha."""
+    bypass forward (bypass_mode: the adapter's `bypass`, or a preset entry's own: its block's); module_dropout
+    is the adapter's; the rest is never read. `reach`: the preset and its k x k convolutions; `dims`:
+    network_dim and network_alpha."""
     (preset, conv_targets), (dim, alpha) = reach, dims
     if conv_targets and applied[1]:
         conv.invalid(
@@ -1151,8 +1152,16 @@ def _tlora(
     if given is None and network_dropout is not None and network_dropout.value:
         given, legacy = str(network_dropout.value), network_dropout  # train_network.py hands it on
     rate = _float(given or 0) if given is not None else 0.0
-    if rate and not bypass:
-        conv.ignored(legacy, "TLoraModule applies its dropout only in bypass_mode (off here)")
+    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    # a T-LoRA entry's own bypass_mode: its TLoraModules drop in their bypass forward (the block's `bypass`)
+    own_bypass = any("kind" not in b and b.get("bypass") == "on" for b in blocks)
+    if rate and not (bypass or own_bypass):
+        oft = any(b.get("kind") in ("diag-oft", "boft") for b in blocks)  # lycoris_maps._TLORA_OFT_ENTRIES
+        why = "TLoraModule applies its dropout only in bypass_mode (off here)"
+        oft_why = (
+            "; its Diag-OFT entries' DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
+        )
+        conv.ignored(legacy, why + (oft_why if oft else ""))
     elif rate and not 0 <= rate <= 1:  # TLoraModule builds nn.Dropout(dropout), which raises
         conv.invalid(legacy.key, legacy.value, legacy.source, f"torch's Dropout raises for p = {rate:g}")
         return False
