@@ -322,15 +322,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "dim = 200000, above [[adapter.blocks]]' 100000"],
     ),
-    # line 108 (Diag-OFT): an entry's own negative constraint
-    "diag_oft_entry_negative_constraint": (
-        "sd",
-        '"algo=diag-oft"',
-        _sd("diag-oft", "constraint = -0.1"),
-        "",
-        "DBS403",
-        ["constraint", "module_algo_map.FeedForward", "-0.1"],
-    ),
     # line 108 (T-LoRA): a negative alpha
     "tlora_negative_network_alpha": (
         "sd",
@@ -619,6 +610,15 @@ CONVERTS = {
             "output_dropout": 0.0,
             "block": {"kind": "lora"},
         },
+    ),
+    # line 109 (Diag-OFT map entries): "a negative one ... is DBS403": the constraint LyCORIS applies, 0
+    # (tests/runtime/test_lycoris_entry_signs.py)
+    "diag_oft_entry_negative_constraint": (
+        "sd",
+        '"algo=diag-oft"',
+        _sd("diag-oft", "constraint = -0.1"),
+        "",
+        {"kind": "diag-oft", "block": {"alpha": 0.0}},
     ),
 }
 

@@ -393,7 +393,7 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
     `torch.tensor(constraint)`, `if rescaled`);
     PresetError for a constraint kohya cannot build (not a number: torch.tensor raises, DBS402) or that a
-    block does not express (a bool, a negative number: the saved alpha would differ)."""
+    block does not express (a bool). A negative one is the block's constraint 0 (applied_constraint)."""
     own = dict(layer.options)
     if "constraint" in own and not _same("constraint", own["constraint"], network):
         value = own["constraint"]
@@ -403,14 +403,23 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
                 f"LyCORIS's {layer.algo} module stores it with torch.tensor(), which raises on it",
                 True,
             )
-        if isinstance(value, bool) or value < 0:
+        if isinstance(value, bool):
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: dbspec's "
-                f"{layer.algo} block constraint is a number of at least 0 (LyCORIS would save that value as "
-                "the layers' alpha)",
+                f"{layer.algo} block constraint is a number (LyCORIS would save the bool as the layers' "
+                "alpha)",
                 False,
             )
     return ("constraint", "rescaled")
+
+
+def applied_constraint(value: float) -> float:
+    """The COFT constraint DiagOFTModule / ButterflyOFTModule apply for an entry's `constraint`: lycoris-lora
+    4.1.3 scales the skew blocks only `if constraint > 0` (diag_oft.py get_r, functional/diag_oft.py and
+    boft.py, kernels/autograd/diag_oft.py `_cscale`: `constraint <= 0` returns no scale), so a negative one
+    (NaN too) constrains nothing, as 0; the module saves it back as its `alpha`, dbspec's export 0, which
+    LyCORIS's loaders build to the same unconstrained module (tests/runtime/test_lycoris_entry_signs.py)."""
+    return float(value) if float(value) > 0 else 0.0
 
 
 def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -822,7 +831,7 @@ def _blocks(
             entry = dict(group[0].options)  # one entry: its own constraint (the block's alpha), rescaled
             c = 0.0
             if "constraint" in entry and not _same("constraint", entry["constraint"], network):
-                c = float(entry["constraint"])  # a number of at least 0 (_oft_own)
+                c = applied_constraint(entry["constraint"])  # a number (_oft_own); a negative one: 0
                 oft_own.append("constraint")
             block.update(alpha=c, **({"conv_alpha": c} if conv else {}))
             if "rescaled" in entry and bool(entry["rescaled"]) != bool(network.get("rescaled")):
@@ -1045,7 +1054,7 @@ def _oft_blocks(
         entry = dict(group[0].options)  # one entry: one constraint and rescaled
         own: dict[str, Any] = {}
         if "constraint" in entry and not _same("constraint", entry["constraint"], network):
-            own["constraint"] = float(entry["constraint"])
+            own["constraint"] = applied_constraint(entry["constraint"])  # a negative one: 0
         if "rescaled" in entry and bool(entry["rescaled"]) != network["rescaled"]:
             own["rescaled"] = "on" if entry["rescaled"] else "off"
         # its own bypass_mode (create_single_module hands it over the network's): the block's `bypass`

@@ -1,0 +1,142 @@
+"""Signs and starts of LyCORIS preset entries' own values that convert (issue 12, was DBS403), each checked
+against lycoris-lora 4.1.3's create_network from the same preset file and network_args on the tiny SD 1.x
+U-Net: our plan's layers (adapters.add_lora, as the run builds them), their trained tensors drawn at random,
+exported (lycoris_state) and loaded strictly into LyCORIS's network; both U-Nets then compute the same output
+in eval mode and in a training forward (1e-4), and every trained tensor's gradient by LyCORIS's saved name
+(1e-4). No tiny run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.runtime.adapters import add_lora
+from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+SCRIPT = (
+    "accelerate launch train_network.py --pretrained_model_name_or_path={sd15} --train_data_dir=x "
+    "--resolution=64 --network_module=lycoris.kohya --network_dim=4 --network_alpha={alpha} "
+    "--learning_rate=1e-2 --max_train_steps=2 --save_model_as=safetensors --output_dir=out "
+)
+
+
+def _preset(algo: str, extra: str) -> str:
+    """The transformers the network's, their feed-forwards an entry of `algo` with `extra` of its own."""
+    return (
+        'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
+        f'text_encoder_target_module = []\n[module_algo_map.FeedForward]\nalgo = "{algo}"\n{extra}\n'
+    )
+
+
+def _plan(tmp_path, preset: str, args: dict[str, str], alpha: float):
+    """The kohya command line (network_alpha `alpha`, `args` and the preset file) converted without DBS402 /
+    DBS403: its plan on the tiny SD 1.x."""
+    from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
+
+    (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    given = " ".join(f'"{k}={v}"' for k, v in {**args, "preset": "p.toml"}.items())
+    command = SCRIPT.format(sd15=SD15, alpha=f"{alpha:g}") + f"--network_args {given}"
+    outcome = kohya(tmp_path, command=command)
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    return plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
+
+
+def _theirs(pipe, tmp_path, monkeypatch, args: dict[str, str], alpha: float):  # noqa: F811
+    """lycoris-lora's create_network (dim 4, `alpha`, `args`, the preset file) applied to a copy of the tiny
+    U-Net: (the network, that U-Net); the class attributes apply_preset sets restored after the test."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named = nn.Module()
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    unet = copy.deepcopy(pipe.unet)
+    made = lycoris_kohya.create_network(
+        1.0, 4, alpha, None, named, unet, preset=str(tmp_path / "p.toml"), **args
+    )
+    made.apply_to(named, unet, apply_text_encoder=False, apply_unet=True)
+    return made, unet
+
+
+def _ours(pipe, adapter, spread: dict[str, float]):  # noqa: F811
+    """The plan's U-Net layers, every trained tensor moved by seeded noise (x 0.05, or x `spread[part]` for
+    tensors whose name holds `part`)."""
+    unet = copy.deepcopy(pipe.unet)
+    add_lora(unet, adapter, adapter.denoiser_targets, seed=0, conv=True)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if p.requires_grad:
+                scale = next((v for k, v in spread.items() if k in name), 0.05)
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return unet
+
+
+def same_as_lycoris(pipe, tmp_path, monkeypatch, adapter, args, alpha, held, spread=None):  # noqa: F811
+    """Our U-Net (the plan's `adapter`) and LyCORIS's from the same preset, `args` and `alpha`, our weights
+    loaded strictly into LyCORIS's: equal outputs (eval and training) and gradients by LyCORIS's names, among
+    them tensors whose names hold each of `held`; our output differs from the base U-Net's. Returns
+    LyCORIS's network."""
+    ours = _ours(pipe, adapter, spread or {})
+    made, theirs = _theirs(pipe, tmp_path, monkeypatch, args, alpha)
+    tensors = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if k.startswith("lora_")], (
+        result
+    )
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([10, 700])
+    ours.eval(), theirs.eval(), made.eval()
+    with torch.no_grad():
+        mine = ours(latents, t, context).sample
+        assert not torch.allclose(pipe.unet(latents, t, context).sample, mine, atol=1e-4)
+        torch.testing.assert_close(theirs(latents, t, context).sample, mine, rtol=1e-4, atol=1e-5)
+    ours.train(), theirs.train(), made.train()
+    mine = ours(latents, t, context).sample
+    other = theirs(latents, t, context).sample
+    torch.testing.assert_close(other, mine, rtol=1e-4, atol=1e-5)
+    mine.square().mean().backward()
+    other.square().mean().backward()
+    grads = {k: v.grad for k, v in made.named_parameters() if v.grad is not None}
+    for p in ours.parameters():
+        if p.requires_grad:
+            p.data = p.grad if p.grad is not None else torch.zeros_like(p)
+    moved = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
+    compared = {k: v for k, v in moved.items() if k in grads and not k.endswith(".alpha")}
+    assert all(any(h in key for key in compared) for h in held), sorted(compared)
+    assert compared.keys() == grads.keys() - {k for k in grads if k.endswith(".alpha")}
+    for key, value in compared.items():
+        torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-4, atol=1e-6, msg=key)
+    return made
+
+
+def test_diag_oft_entry_negative_constraint_is_unconstrained(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """A Diag-OFT entry's own `constraint = -0.1` on a Diag-OFT network constrained at 0.001: DiagOFTModule
+    scales its skew blocks only `if constraint > 0`, so those layers train unconstrained; the plan's block
+    constraint 0 trains them alike (blocks large enough that 0.1 x the width, and the network's 0.001, bind:
+    the same module at +0.1 computes another output)."""
+    args = {"algo": "diag-oft", "constraint": "0.001"}
+    plan = _plan(tmp_path, _preset("diag-oft", "constraint = -0.1"), args, 1.0)
+    a = plan.adapter
+    assert (a.kind, a.oft_constraint) == ("diag-oft", 0.001)
+    assert [b.alpha for b in a.blocks] == [0.0]
+    assert "ff" in a.blocks[0].pattern
+    made = same_as_lycoris(pipe, tmp_path, monkeypatch, a, args, 1.0, ("ff_net", "attn1"), {"oft": 1.0})
+    entries = [m for m in made.unet_loras if "_ff_net_" in m.lora_name]
+    # built at -0.1 x the width (the alpha buffer, which kohya saves, took our export's 0 on loading)
+    assert entries and all(m.constraint == pytest.approx(-0.1 * m.dim) for m in entries)
+    m = entries[0]
+    x = torch.randn(2, m.org_module[0].in_features, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        free = m(x)
+        m.constraint = 0.1 * m.dim  # the same module at +0.1
+        assert not torch.allclose(m(x), free, atol=1e-4)
