@@ -2828,10 +2828,12 @@ rescale).""",
         "A negative alpha on layers other than GLoRA's",
         """\
 A GLoRA adapter (`kind = "glora"`) takes an `alpha` / `conv_alpha` below 0, as LyCORIS's GLoRAModule keeps its
-sign (scale alpha / rank: the update trains with its sign flipped). Its `[[adapter.blocks]]` of another `kind`
-(LoRA/LoCon, LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3 layers beside it) read their alpha as those kinds
-do, where dbspec takes only alphas of 0 or more.""",
-        help='give the block an alpha of 0 or more, or kind = "adapter" (GLoRA)',
+sign (scale alpha / rank: the update trains with its sign flipped), and so do `[[adapter.blocks]]` of GLoRA
+layers (`kind = "glora"` beside a lora, loha or lokr adapter's layers: a LyCORIS preset file's GLoRA entry's
+own negative `alpha`). Blocks of other layers (LoRA/LoCon, LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a
+lora / loha / lokr adapter's own) read their alpha as those kinds do, where dbspec takes only alphas of 0 or
+more.""",
+        help='give the block an alpha of 0 or more, or GLoRA layers (kind = "glora")',
     ),
     Code(
         "DBS582",

@@ -3161,23 +3161,29 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+# the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
+# trains at it: GLoRAModule's (runtime/lycoris_glora.py)
+SIGNED_ALPHA_KINDS = ("glora",)
+
+
 @rule("spec")
-def glora_negative_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA adapter's blocks of another kind with an alpha below 0 (DBS581): only GLoRAModule's layers keep
-    a negative alpha's sign in dbspec (the GLoRA spec's alphas may be negative, the other kinds' may not)."""
+def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA adapter's alphas and its GLoRA blocks',
+    a LoRA / LoHa / LoKr adapter's blocks of kind glora: a LyCORIS preset file's GLoRA entries' own)."""
     a = spec.adapter
-    if a.kind != "glora":
-        return
-    for i, block in enumerate(a.blocks):
-        if block.kind in ("adapter", "glora"):
+    for i, block in enumerate(getattr(a, "blocks", ())):
+        own = getattr(block, "kind", "adapter")  # an OftBlock has none (its constraint no alpha)
+        kind = a.kind if own == "adapter" else own
+        if kind in SIGNED_ALPHA_KINDS:
             continue
         for key in ("alpha", "conv_alpha"):
-            if getattr(block, key) < 0:
+            if getattr(block, key, 0.0) < 0:
                 yield _err(
                     "DBS581",
                     ("adapter", "blocks", i, key),
                     f"adapter.blocks[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{block.kind}": only GLoRA layers take an alpha below 0',
+                    f'kind = "{own}" ({kind} layers): only GLoRA layers take an alpha below 0',
                     codes.help("DBS581"),
                 )
 

@@ -472,6 +472,21 @@ def _block_conv_alpha():
     return option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
+def _signed_block_alpha():
+    return option(
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA layers (`kind` "
+        "glora, or adapter on a glora adapter: LyCORIS's GLoRAModule keeps the sign, so their update trains "
+        "with its sign flipped and is saved with that alpha; a LyCORIS preset file's GLoRA entry's own "
+        "negative `alpha`; DBS581 for other kinds)."
+    )
+
+
+def _signed_block_conv_alpha():
+    return option(
+        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
+    )
+
+
 def _block_factor():
     return option(
         0,
@@ -692,7 +707,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = _block_alpha()
+    alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -700,7 +715,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = _signed_block_conv_alpha()
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
@@ -2034,11 +2049,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(
-        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for the GLoRA layers "
-        "(`kind` adapter or glora: LyCORIS's GLoRAModule keeps the sign, see the adapter's `alpha`; "
-        "DBS581 for other kinds)."
-    )
+    alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -2046,9 +2057,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = option(
-        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
-    )
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
     bypass: BlockSwitch = _block_bypass()
     # a block of kind lokr: a LyCORIS map entry's own split, switches and rs_lora; of kind lora / loha /

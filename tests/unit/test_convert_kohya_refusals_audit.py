@@ -199,15 +199,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "`sig_type` = 'last'"],
     ),
-    # line 108 (GLoRA): a negative alpha on another algorithm's entry
-    "glora_entry_negative_alpha_on_locon": (
-        "sd",
-        '"algo=locon"',
-        _sd("glora", "alpha = -2"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].alpha", "module_algo_map.FeedForward", "-2.0"],
-    ),
     # line 108 (mixed full / IA^3) and line 1191 (Flux): an IA^3 entry's own train_on_input
     "ia3_entry_train_on_input": (
         "sd",
@@ -619,6 +610,16 @@ CONVERTS = {
         _sd("diag-oft", "constraint = -0.1"),
         "",
         {"kind": "diag-oft", "block": {"alpha": 0.0}},
+    ),
+    # line 109 (GLoRA): "a negative alpha ... on another algorithm's entry (DBS581 in a spec) ... stays
+    # DBS403": a GLoRA entry's own on a LoCon network, its glora block's alpha
+    # (tests/runtime/test_lycoris_entry_signs.py)
+    "glora_entry_negative_alpha_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("glora", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "glora", "alpha": -2.0}},
     ),
 }
 
