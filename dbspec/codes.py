@@ -3307,17 +3307,18 @@ nothing.""",
     Code(
         "DBS622",
         ERROR,
-        "A T-LoRA block's random start where it cannot act",
+        "A T-LoRA block's own start where it cannot act",
         """\
 `data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
 drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix over each fused Linear's
-stacked rows, as TLoraModule on kohya's layer). A block of another `kind` has no T-LoRA layers to start.
-Beside a lora or loha adapter's layers a block of kind `tlora` starts at random on SD 1.x/2.x and SDXL
-(a LoCon / LoHa network's T-LoRA entry's own `use_data_init`); with `fused_projections` (Flux, SD3, Chroma)
-it is not built.""",
-        help="remove the block's data_init, or give the block kind tlora (beside lora / loha layers: on SD "
-        "1.x/2.x or SDXL)",
+stacked rows, as TLoraModule on kohya's layer); a `sig_type` other than `principal` (the entry's
+`sig_type`) from other singular triplets. A block of another `kind` has no T-LoRA layers to start.
+Beside a lora or loha adapter's layers a block of kind `tlora` starts its own way on SD 1.x/2.x and SDXL
+(a LoCon / LoHa network's T-LoRA entry's own `use_data_init` / `sig_type`); with `fused_projections` (Flux,
+SD3, Chroma) it is not built.""",
+        help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha "
+        "layers: on SD 1.x/2.x or SDXL)",
     ),
     Code(
         "DBS623",

@@ -3384,42 +3384,51 @@ def tlora_block_bypass_dropout(spec: Spec, given: Given) -> Iterator[Hit]:
                 return
 
 
+# a T-LoRA block's own start (LyCORIS map entries' sig_type / use_data_init): the value that starts nothing
+# of its own (TLoraModule's defaults), and what the block's starts instead
+_TLORA_STARTS = {"data_init": (True, "random SVD start"), "sig_type": ("principal", "SVD start of its own")}
+
+
 @rule("spec")
-def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A T-LoRA block's random SVD start (`data_init = false`, LyCORIS's use_data_init) on layers of another
-    kind, which never read it: DBS622 (with `fused_projections` one random matrix per fused Linear is drawn
-    over its stacked rows, runtime/lycoris_tlora.py fit_fused_tlora). Beside a lora / loha adapter's layers a
-    block of kind tlora starts at random on the U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py;
-    checked on SD 1.x against lycoris-lora's network, not on fused Linears or beside LoKr)."""
+def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's own start (`data_init = false`: a random SVD start, LyCORIS's use_data_init;
+    `sig_type` other than principal: other singular triplets) on layers of another kind, which never read it:
+    DBS622 (with `fused_projections` one SVD per fused Linear over its stacked rows, runtime/lycoris_tlora.py
+    fit_fused_tlora). Beside a lora / loha adapter's layers a block of kind tlora starts its own way on the
+    U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py; checked on SD 1.x against lycoris-lora's
+    network, not on fused Linears or beside LoKr)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     fused = bool(getattr(a, "fused_projections", False))
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
-            if getattr(block, "data_init", True):
-                continue
-            if own == "tlora" and block.kind in ("adapter", "tlora"):
-                continue
-            if block.kind != "tlora":
-                why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-            elif own not in ("lora", "loha"):
-                why = (
-                    f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones alone)'
+            for key, (plain, what) in _TLORA_STARTS.items():
+                value = getattr(block, key, plain)
+                if value == plain:
+                    continue
+                if own == "tlora" and block.kind in ("adapter", "tlora"):
+                    continue
+                if block.kind != "tlora":
+                    why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
+                elif own not in ("lora", "loha"):
+                    why = (
+                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones '
+                        "alone)"
+                    )
+                elif fused:
+                    why = (
+                        'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s '
+                        "layers built on SD 1.x/2.x and SDXL alone)"
+                    )
+                else:
+                    continue
+                shown = "false" if value is False else repr(value)
+                yield _err(
+                    "DBS622",
+                    ("adapter", table, i, key),
+                    f"adapter.{table}[{i}].{key} = {shown} on a block {why}: dbspec builds no {what} there",
+                    codes.help("DBS622"),
                 )
-            elif fused:
-                why = (
-                    'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s layers '
-                    "built on SD 1.x/2.x and SDXL alone)"
-                )
-            else:
-                continue
-            yield _err(
-                "DBS622",
-                ("adapter", table, i, "data_init"),
-                f"adapter.{table}[{i}].data_init = false on a block {why}: dbspec builds no random SVD start "
-                "there",
-                codes.help("DBS622"),
-            )
 
 
 @rule("spec")

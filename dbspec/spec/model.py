@@ -539,6 +539,21 @@ def _block_data_init():
     )
 
 
+def _block_sig_type():
+    return option(
+        "principal",
+        doc="Which of the weight's singular triplets the matched T-LoRA layers (a T-LoRA adapter's, or a "
+        "block of kind `tlora` beside a lora or loha adapter's layers on SD 1.x/2.x and SDXL) start from "
+        "(LyCORIS's `sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest "
+        "singular values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, "
+        "sliced as TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader "
+        "rebuilds the frozen start as `principal`: a file trained otherwise loads there at another update "
+        "(kohya's network from the same preset file loads it as trained). Other kinds' blocks: principal "
+        "only (DBS622).",
+        example="last",
+    )
+
+
 def _block_oft_rescaled():
     return option(
         "adapter",
@@ -732,6 +747,7 @@ class AdapterBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
@@ -803,6 +819,7 @@ class TextEncoderBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
@@ -2326,16 +2343,7 @@ class TloraBlock:
     )
     unit: int = _block_unit()
     rescaled: BlockSwitch = _block_oft_rescaled()
-    sig_type: Literal["principal", "last", "middle"] = option(
-        "principal",
-        doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "
-        "`sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest singular "
-        "values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, sliced as "
-        "TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader rebuilds "
-        "the frozen start as `principal`: a file trained otherwise loads there at another update (kohya's "
-        "network from the same preset file loads it as trained).",
-        example="last",
-    )
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
     data_init: bool = _block_data_init()
     bypass: BlockSwitch = option(
         "adapter",

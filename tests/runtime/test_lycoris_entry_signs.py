@@ -88,9 +88,9 @@ def same_as_lycoris(pipe, tmp_path, monkeypatch, adapter, args, alpha, held, spr
     made, theirs = _theirs(pipe, tmp_path, monkeypatch, args, alpha)
     tensors = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(tensors, strict=False)
-    assert not result.unexpected_keys and not [k for k in result.missing_keys if k.startswith("lora_")], (
-        result
-    )
+    frozen = (".base_q", ".base_p", ".base_lambda")  # T-LoRA's frozen start: LyCORIS builds its own
+    missing = [k for k in result.missing_keys if k.startswith("lora_") and not k.endswith(frozen)]
+    assert not result.unexpected_keys and not missing, result
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(2, 4, 8, 8, generator=g)
     context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
@@ -157,3 +157,30 @@ def test_glora_entry_negative_alpha_on_locon(pipe, tmp_path, monkeypatch):  # no
     )
     entries = [m for m in made.unet_loras if type(m).__name__ == "GLoRAModule"]
     assert entries and all(m.scale == pytest.approx(-0.5) for m in entries)
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha"])
+def test_tlora_entry_sig_type_beside_locon_and_loha(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """A T-LoRA entry's own `sig_type = "last"` on a LoCon / LoHa network: create_single_module hands it to
+    TLoraModule, which starts those layers (and their frozen copy) from the weight's last singular
+    triplets; the plan's block of kind tlora at sig_type last starts them alike (each frozen start LyCORIS's,
+    not the principal one) and trains them alike beside the network's layers."""
+    args = {"algo": algo}
+    plan = _plan(tmp_path, _preset("tlora", 'sig_type = "last"'), args, 1.0)
+    a = plan.adapter
+    assert [(b.kind, b.sig_type, b.data_init) for b in a.blocks] == [("tlora", "last", True)]
+    ours = _ours(pipe, a, {})
+    held = ("ff_net_0_proj.lambda_layer", "attn1_to_q.lora_up" if algo == "locon" else "attn1_to_q.hada_w1_a")
+    made = same_as_lycoris(pipe, tmp_path, monkeypatch, a, args, 1.0, held)
+    theirs = {m.lora_name: m for m in made.unet_loras if type(m).__name__ == "TLoraModule"}
+    assert theirs and all(m.sig_type == "last" for m in theirs.values())
+    frozen = {
+        "lora_unet_" + n.replace(".", "_"): m.lora_tlora_base_lambda["default"]
+        for n, m in ours.named_modules()
+        if hasattr(m, "lora_tlora_base_lambda")
+    }
+    assert frozen.keys() == theirs.keys()
+    for name, m in theirs.items():
+        torch.testing.assert_close(frozen[name].reshape(m.base_lambda.shape), m.base_lambda, msg=name)
+        s = torch.linalg.svdvals(m.org_module[0].weight.detach().float().reshape(m.shape[0], -1))
+        assert not torch.allclose(m.base_lambda.flatten(), s[: m.lora_dim], atol=1e-4), name  # not principal

@@ -190,15 +190,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "bypass_mode = True beside the network's dropout 0.1"],
     ),
-    # line 108: a tlora entry's sig_type / use_data_init on another algorithm's network
-    "tlora_entry_sig_type_on_locon": (
-        "sd",
-        '"algo=locon"',
-        _sd("tlora", 'sig_type = "last"'),
-        "",
-        "DBS403",
-        ["network_args preset", "`sig_type` = 'last'"],
-    ),
     # line 108 (mixed full / IA^3) and line 1191 (Flux): an IA^3 entry's own train_on_input
     "ia3_entry_train_on_input": (
         "sd",
@@ -620,6 +611,15 @@ CONVERTS = {
         _sd("glora", "alpha = -2"),
         "",
         {"kind": "lora", "alpha": 1.0, "block": {"kind": "glora", "alpha": -2.0}},
+    ),
+    # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
+    # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
+    "tlora_entry_sig_type_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "lora", "block": {"kind": "tlora", "sig_type": "last"}},
     ),
 }
 

@@ -653,7 +653,7 @@ CASES = [
         + STEPS,
     ),
     (  # a T-LoRA block's random start: on its own T-LoRA layers
-        rules.tlora_block_data_init,
+        rules.tlora_block_start,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'
         + "rank = 4\nalpha = 1.0\ndata_init = false\n"
         + DOG
@@ -661,6 +661,18 @@ CASES = [
         [("DBS622", "error", ("adapter", "blocks", 0, "data_init"))],
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\n'
         + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+    ),
+    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a lokr one's)
+        rules.tlora_block_start,
+        '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
+        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
+        + DOG
+        + STEPS,
+        [("DBS622", "error", ("adapter", "blocks", 0, "sig_type"))],
+        '[adapter]\nkind = "lora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
+        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
         + STEPS,
     ),

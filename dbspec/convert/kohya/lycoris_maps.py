@@ -225,7 +225,8 @@ def check_layers(
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
-            own = (*own, "use_data_init")  # a T-LoRA entry's random start beside LoCon / LoHa (_blocks)
+            # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa (_blocks)
+            own = (*own, "use_data_init", *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -356,14 +357,20 @@ def _tlora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
             "only, on those layers and not the others (or the reverse), which dbspec does not build (DBS605)",
             False,
         )
-    value = options.get("sig_type", "principal")
+    return (*_sig_type(layer), "bypass_mode", "use_data_init")
+
+
+def _sig_type(layer: Layer) -> tuple[str, ...]:
+    """("sig_type",): a T-LoRA entry's own `sig_type`, its block's; PresetError (DBS402) for one TLoraModule
+    cannot start from (_initialize_from_svd raises ValueError on anything but its three names)."""
+    value = dict(layer.options).get("sig_type", "principal")
     if not (isinstance(value, str) and value in _SIG_TYPES):
         raise PresetError(
             f"`{layer.source}` hands its layers (e.g. {layer.path}) sig_type = {value!r}: LyCORIS's "
             f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
             True,
         )
-    return ("sig_type", "bypass_mode", "use_data_init")
+    return ("sig_type",)
 
 
 # convolutions whose kernel is their stride, without padding (SD3's 2x2 stride-2 patch embedding, diffusers'
@@ -808,8 +815,12 @@ def _blocks(
                 switches["data_init"] = False
             if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
                 switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
-        elif _algo(group[0].algo) == "tlora" and not dict(group[0].options).get("use_data_init", True):
-            switches["data_init"] = False  # a T-LoRA entry's random start on another network's kind
+        elif _algo(group[0].algo) == "tlora":  # a T-LoRA entry's own start on another network's kind
+            entry = dict(group[0].options)
+            if not entry.get("use_data_init", True):
+                switches["data_init"] = False
+            if entry.get("sig_type", "principal") != "principal":  # one of TLoraModule's three (_sig_type)
+                switches["sig_type"] = entry["sig_type"]
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
