@@ -2825,15 +2825,15 @@ rescale).""",
     Code(
         "DBS581",
         ERROR,
-        "A negative alpha on layers other than GLoRA's",
+        "A negative alpha on layers other than GLoRA's or T-LoRA's",
         """\
-A GLoRA adapter (`kind = "glora"`) takes an `alpha` / `conv_alpha` below 0, as LyCORIS's GLoRAModule keeps its
-sign (scale alpha / rank: the update trains with its sign flipped), and so do `[[adapter.blocks]]` of GLoRA
-layers (`kind = "glora"` beside a lora, loha or lokr adapter's layers: a LyCORIS preset file's GLoRA entry's
-own negative `alpha`). Blocks of other layers (LoRA/LoCon, LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a
-lora / loha / lokr adapter's own) read their alpha as those kinds do, where dbspec takes only alphas of 0 or
-more.""",
-        help='give the block an alpha of 0 or more, or GLoRA layers (kind = "glora")',
+A GLoRA or T-LoRA adapter (`kind = "glora"`, `"tlora"`) takes an `alpha` below 0, as LyCORIS's GLoRAModule and
+TLoraModule keep its sign (scale alpha / rank: the update trains with its sign flipped), and so do blocks of
+GLoRA or T-LoRA layers (the adapter's own, or `kind = "glora"` / `"tlora"` beside a lora, loha or lokr
+adapter's layers: a LyCORIS preset file's entry's own negative `alpha`). Blocks of other layers (LoRA/LoCon,
+LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a lora / loha / lokr adapter's own) read their alpha as those
+kinds do, where dbspec takes only alphas of 0 or more.""",
+        help='give the block an alpha of 0 or more, or GLoRA / T-LoRA layers (kind = "glora" / "tlora")',
     ),
     Code(
         "DBS582",

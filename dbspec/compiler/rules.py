@@ -3162,17 +3162,19 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
-# trains at it: GLoRAModule's (runtime/lycoris_glora.py)
-SIGNED_ALPHA_KINDS = ("glora",)
+# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py)
+SIGNED_ALPHA_KINDS = ("glora", "tlora")
 
 
 @rule("spec")
 def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
-    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA adapter's alphas and its GLoRA blocks',
-    a LoRA / LoHa / LoKr adapter's blocks of kind glora: a LyCORIS preset file's GLoRA entries' own)."""
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA / T-LoRA adapter's alphas and its own
+    blocks', a LoRA / LoHa / LoKr adapter's blocks of kind glora or tlora: a LyCORIS preset file's GLoRA /
+    T-LoRA entries' own)."""
     a = spec.adapter
-    for i, block in enumerate(getattr(a, "blocks", ())):
+    tables = ("blocks", "text_encoder_blocks")
+    for table, i, block in ((t, i, b) for t in tables for i, b in enumerate(getattr(a, t, ()))):
         own = getattr(block, "kind", "adapter")  # an OftBlock has none (its constraint no alpha)
         kind = a.kind if own == "adapter" else own
         if kind in SIGNED_ALPHA_KINDS:
@@ -3181,9 +3183,9 @@ def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
             if getattr(block, key, 0.0) < 0:
                 yield _err(
                     "DBS581",
-                    ("adapter", "blocks", i, key),
-                    f"adapter.blocks[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{own}" ({kind} layers): only GLoRA layers take an alpha below 0',
+                    ("adapter", table, i, key),
+                    f"adapter.{table}[{i}].{key} = {getattr(block, key):g} on a block of "
+                    f'kind = "{own}" ({kind} layers): only GLoRA and T-LoRA layers take an alpha below 0',
                     codes.help("DBS581"),
                 )
 

@@ -474,10 +474,11 @@ def _block_conv_alpha():
 
 def _signed_block_alpha():
     return option(
-        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA layers (`kind` "
-        "glora, or adapter on a glora adapter: LyCORIS's GLoRAModule keeps the sign, so their update trains "
-        "with its sign flipped and is saved with that alpha; a LyCORIS preset file's GLoRA entry's own "
-        "negative `alpha`; DBS581 for other kinds)."
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA or T-LoRA "
+        "layers (`kind` glora or tlora, or adapter on a glora adapter: LyCORIS's GLoRAModule and "
+        "TLoraModule keep the sign, so their update trains with its sign flipped and is saved with that "
+        "alpha; a LyCORIS preset file's GLoRA / T-LoRA entry's own negative `alpha`; DBS581 for other "
+        "kinds)."
     )
 
 
@@ -2028,14 +2029,17 @@ class BoftAdapter:
     init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
-def _glora_alpha(what: str, rank: str, default=attrs.NOTHING, derived: str = ""):
-    """A GLoRA alpha: any sign (LyCORIS's GLoRAModule scales by alpha / rank, the sign kept)."""
+def _signed_alpha(
+    what: str, rank: str, module: str, default=attrs.NOTHING, derived: str = "", note: str = ""
+):
+    """A GLoRA or T-LoRA alpha: any sign (LyCORIS's GLoRAModule and TLoraModule scale by alpha / rank, the
+    sign kept); `module`: the LyCORIS class and its algo, e.g. "GLoRAModule (algo=glora)"."""
     return option(
         default,
-        doc=f"Alpha of {what}; the update is scaled by alpha / {rank}. May be negative: LyCORIS's "
-        "GLoRAModule keeps the sign (kohya `network_alpha` / `conv_alpha` / a preset entry's `alpha` below 0 "
-        "with algo=glora), so the update trains with its sign flipped and the export saves the negative "
-        "alpha, as LyCORIS does; 0 is the rank (scale 1), as LyCORIS reads it.",
+        doc=f"Alpha of {what}; the update is scaled by alpha / {rank}. May be negative: LyCORIS's {module} "
+        "keeps the sign (kohya `network_alpha` / `conv_alpha` / a preset entry's `alpha` below 0), so the "
+        "update trains with its sign flipped and the export saves the negative alpha, as LyCORIS does; 0 is "
+        f"the rank (scale 1), as LyCORIS reads it.{note}",
         derived=derived,
         example=-4.0,
     )
@@ -2102,9 +2106,10 @@ class GloraAdapter:
         "exported as LyCORIS's `a1.weight` / `a2.weight` / `b1.weight` / `b2.weight` / `alpha`."
     )
     rank: int = _rank(8, "GLoRA")
-    alpha: float = _glora_alpha(
+    alpha: float = _signed_alpha(
         "the GLoRA layers",
         "rank",
+        "GLoRAModule (algo=glora)",
         attrs.Factory(lambda self: float(self.rank), takes_self=True),
         "same as `rank` (scale 1.0)",
     )
@@ -2115,9 +2120,10 @@ class GloraAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _glora_alpha(
+    conv_alpha: float = _signed_alpha(
         "the convolution adapters",
         "conv_rank",
+        "GLoRAModule (algo=glora)",
         attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
         "same as `conv_rank` (scale 1.0)",
     )
@@ -2337,9 +2343,10 @@ class TloraBlock:
         maximum=100_000,
     )
     alpha: float = option(
-        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); above 0, except on a "
-        "block of `kind` diag-oft or boft, where it is their constraint (0: none; DBS611).",
-        minimum=0,
+        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); not 0, except on a "
+        "block of `kind` diag-oft or boft, where it is their constraint (0: none; DBS611); below 0 only on "
+        "T-LoRA layers (`kind` adapter or tlora: TLoraModule keeps the sign, see the adapter's `alpha`; "
+        "DBS581 for other kinds)."
     )
     unit: int = _block_unit()
     rescaled: BlockSwitch = _block_oft_rescaled()
@@ -2368,7 +2375,15 @@ class TloraAdapter:
         "`lambda_layer` / `alpha`; a loader recomputes the frozen copy from the base model."
     )
     rank: int = _rank(8, "T-LoRA")
-    alpha: float = _alpha()
+    alpha: float = _signed_alpha(
+        "the T-LoRA layers",
+        "rank",
+        "TLoraModule (algo=tlora)",
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        "same as `rank` (scale 1.0)",
+        " With `max_norm` a negative scale makes TLoraModule.apply_max_norm's norm (the update's times alpha "
+        "/ rank) negative, clamped up to half the limit: those layers are never scaled, as in LyCORIS.",
+    )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()

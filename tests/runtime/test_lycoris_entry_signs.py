@@ -19,6 +19,7 @@ from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
+tlora = pytest.importorskip("lycoris.modules.tlora")
 
 SCRIPT = (
     "accelerate launch train_network.py --pretrained_model_name_or_path={sd15} --train_data_dir=x "
@@ -184,3 +185,108 @@ def test_tlora_entry_sig_type_beside_locon_and_loha(pipe, tmp_path, monkeypatch,
         torch.testing.assert_close(frozen[name].reshape(m.base_lambda.shape), m.base_lambda, msg=name)
         s = torch.linalg.svdvals(m.org_module[0].weight.detach().float().reshape(m.shape[0], -1))
         assert not torch.allclose(m.base_lambda.flatten(), s[: m.lora_dim], atol=1e-4), name  # not principal
+
+
+def test_tlora_network_negative_alpha(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """A T-LoRA network at `--network_alpha=-1`, its feed-forwards an entry's own `alpha = -2`: TLoraModule
+    keeps the sign (scale -1 / 4, -2 / 4), so the updates train flipped; the plan's adapter alpha -1 and its
+    block's -2 train them alike. With --scale_weight_norms LyCORIS's apply_max_norm takes the update's norm
+    times the negative scale, clamps it up to half the limit and never scales: neither does ours, on updates
+    whose norm the limit would bind at a positive alpha."""
+    from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules
+
+    args = {"algo": "tlora"}
+    plan = _plan(tmp_path, _preset("tlora", "alpha = -2"), args, -1.0)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha) == ("tlora", 4, -1.0)
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("adapter", 4, -2.0)]
+    made = same_as_lycoris(
+        pipe, tmp_path, monkeypatch, a, args, -1.0, ("ff_net_0_proj.lambda_layer", "attn1")
+    )
+    scales = {m.scale for m in made.unet_loras}
+    assert scales == {-0.25, -0.5}
+    ours = _ours(pipe, a, {"lambda": 5.0})
+    norms = [float(lycoris_update_norm(m)) for m in lycoris_norm_modules(ours, [])]
+    limit = min(norms) / 8  # at scale +1 / 4 (or +2 / 4) every module's norm x scale would exceed it
+    before = {n: p.clone() for n, p in ours.named_parameters() if p.requires_grad}
+    assert apply_lycoris_max_norm(lycoris_norm_modules(ours, []), limit)[0] == 0
+    assert all(torch.equal(p, before[n]) for n, p in ours.named_parameters() if p.requires_grad)
+    for m in made.unet_loras:
+        assert m.apply_max_norm(limit)[0] == False  # noqa: E712 (a tensor)
+
+
+def lycoris_update_norm(module) -> torch.Tensor:
+    """The Frobenius norm of a T-LoRA module's update (its frozen start subtracted, times alpha / rank)."""
+    from dbspec.runtime.max_norm import lycoris_update
+
+    return lycoris_update(module).norm()
+
+
+def test_tlora_entry_negative_alpha_on_locon(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """A T-LoRA entry's own `alpha = -2` on a LoCon network: its block of kind tlora at -2 (TLoraModule keeps
+    the sign), trained as lycoris-lora's beside the LoCon layers."""
+    args = {"algo": "locon"}
+    plan = _plan(tmp_path, _preset("tlora", "alpha = -2"), args, 1.0)
+    a = plan.adapter
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("tlora", 4, -2.0)]
+    made = same_as_lycoris(pipe, tmp_path, monkeypatch, a, args, 1.0, ("ff_net_0_proj.lambda_layer", "attn1"))
+    assert {m.scale for m in made.unet_loras if type(m).__name__ == "TLoraModule"} == {-0.5}
+
+
+def test_flux_fused_tlora_negative_alpha(tmp_path):
+    """On Flux (one TLoraModule per fused Linear) `--network_alpha=-2` converts to the adapter's alpha -2 (was
+    DBS403); each fused layer's parts then compute lycoris-lora's TLoraModule at alpha -2 on kohya's stacked
+    Linear, outputs and the gradients of its shared Q, λ and stacked P, from the same moved tensors."""
+    from tests.runtime.test_lycoris_flow_tlora import (
+        FLUX,
+        FLUX_SPEC,
+        RANK,
+        _built,
+        _flux_layers,
+        _kohya_linear,
+    )
+    from tests.runtime.test_lycoris_flow_tlora import _ours as _fused_ours
+    from tests.runtime.test_lycoris_flow_tlora import _outputs, _swap
+    from tests.unit.convert_kit import FLUX_LYCORIS, component_file, errors, images, kohya, plan_of
+
+    images(tmp_path / "convert" / "x" / "10_ohwx", 2, (64, 64))
+    for file in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / "convert" / file)
+    command = FLUX_LYCORIS.replace("--network_alpha=1", "--network_alpha=-2") + "--network_args algo=tlora"
+    outcome = kohya(tmp_path / "convert", command=command)
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    assert plan_of(outcome, tmp_path / "convert").adapter.alpha == -2.0
+    spec = FLUX_SPEC.replace("alpha = 2.0", "alpha = -2.0").replace("module_dropout = 0.3\n", "")
+    plan, transformer = _built(tmp_path, FLUX, spec)
+    assert plan.adapter.alpha == -2.0
+    g = torch.Generator().manual_seed(0)
+    for name, parts, swap in _flux_layers(transformer)[:3]:
+        theirs = tlora.TLoraModule("fused", _kohya_linear(parts, swap), 1.0, lora_dim=RANK, alpha=-2.0)
+        theirs.apply_to()
+        ours = _fused_ours(parts, swap)
+        with torch.no_grad():
+            for key, param in (
+                ("q_layer.weight", theirs.q_layer.weight),
+                ("lambda_layer", theirs.lambda_layer),
+            ):
+                param.add_(torch.randn(param.shape, generator=g) * 0.1)
+                ours[key].copy_(param)
+            theirs.p_layer.weight.add_(torch.randn(theirs.p_layer.weight.shape, generator=g) * 0.1)
+            rows = _swap(theirs.p_layer.weight, swap).split([p.base_layer.out_features for p in parts])
+            for part, own in zip(parts, rows):
+                part.lora_tlora_p["default"].copy_(own)
+        x = torch.randn(2, 3, parts[0].base_layer.in_features, generator=g)
+        want, got = theirs(x), _outputs(parts, swap, x)
+        assert not torch.allclose(want, theirs.org_forward(x), atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+        want.square().sum().backward()
+        got.square().sum().backward()
+        first = parts[0]
+        torch.testing.assert_close(
+            first.lora_tlora_q["default"].grad, theirs.q_layer.weight.grad, rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            first.lora_tlora_lambda["default"].grad, theirs.lambda_layer.grad, rtol=1e-4, atol=1e-5
+        )
+        stacked = _swap(torch.cat([p.lora_tlora_p["default"].grad for p in parts]), swap)
+        torch.testing.assert_close(stacked, theirs.p_layer.weight.grad, rtol=1e-4, atol=1e-5, msg=name)

@@ -304,15 +304,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "dim = 200000, above [[adapter.blocks]]' 100000"],
     ),
-    # line 108 (T-LoRA): a negative alpha
-    "tlora_negative_network_alpha": (
-        "sd",
-        '"algo=tlora" "preset=attn-mlp"',
-        None,
-        "--network_alpha=-1",
-        "DBS403",
-        ["network_args", "network_alpha=-1", "sign flipped"],
-    ),
     # lines 541 / 1063: LoKr entries with rank_dropout stop kohya (LokrModule's CPU mask)
     "lokr_entries_rank_dropout": (
         "sd",
@@ -620,6 +611,15 @@ CONVERTS = {
         _sd("tlora", 'sig_type = "last"'),
         "",
         {"kind": "lora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    # line 108 (T-LoRA): a negative alpha, "DBS403 as the network's": TLoraModule keeps the sign, the
+    # adapter's alpha (tests/runtime/test_lycoris_entry_signs.py)
+    "tlora_negative_network_alpha": (
+        "sd",
+        '"algo=tlora" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "tlora", "alpha": -1.0},
     ),
 }
 

@@ -918,8 +918,6 @@ def map_blocks(
         mixed_rank_stabilized([*unet, *text])
     if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
         network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
-    if kind == "tlora":
-        _tlora_alphas([*unet, *text])
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
@@ -930,19 +928,6 @@ def map_blocks(
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
-
-
-def _tlora_alphas(blocks: list[dict[str, Any]]) -> None:
-    """PresetError for a T-LoRA entry's negative alpha: TLoraModule keeps the sign (its update would train
-    flipped), which the spec's block alpha (above 0) does not take, as for the network's own."""
-    negative = next((b for b in blocks if b["alpha"] < 0), None)
-    if negative is not None:
-        raise PresetError(
-            f"`{_source([negative])}` gives its T-LoRA layers alpha = {negative['alpha']:g}: TLoraModule "
-            "would train their update with its sign flipped, which dbspec's T-LoRA blocks (alpha above 0) do "
-            "not express",
-            False,
-        )
 
 
 # what a full / IA^3 adapter's blocks of another kind carry (spec ScaleBlock, TextEncoderBlock alike)
