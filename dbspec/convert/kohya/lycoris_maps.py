@@ -420,6 +420,12 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     return ("constraint", "rescaled")
 
 
+# what a negative constraint converts to, said where it is mapped (applied_constraint)
+NEGATIVE_CONSTRAINT = (
+    "a negative constraint constrains nothing (LyCORIS scales the blocks only if constraint > 0): 0"
+)
+
+
 def applied_constraint(value: float) -> float:
     """The COFT constraint DiagOFTModule / ButterflyOFTModule apply for an entry's `constraint`: lycoris-lora
     4.1.3 scales the skew blocks only `if constraint > 0` (diag_oft.py get_r, functional/diag_oft.py and

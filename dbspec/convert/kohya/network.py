@@ -37,7 +37,7 @@ from dbspec.convert.kohya.lycoris_file import (
     preset_targets,
     read_preset,
 )
-from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
+from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
@@ -1352,8 +1352,8 @@ def _diag_oft(
             {"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why},
         ]
     constraint = _float(kwargs.pop("constraint", "") or 0)
-    if constraint:
-        put["constraint"] = constraint
+    if constraint:  # a negative one constrains nothing, as 0 (was DBS403)
+        put["constraint"] = applied_constraint(constraint)
     if _str_bool(kwargs.pop("rescaled", "false")):
         put["rescaled"] = True
 
