@@ -1,9 +1,11 @@
-"""Signs and starts of LyCORIS preset entries' own values that convert (issue 12, was DBS403), each checked
-against lycoris-lora 4.1.3's create_network from the same preset file and network_args on the tiny SD 1.x
-U-Net: our plan's layers (adapters.add_lora, as the run builds them), their trained tensors drawn at random,
-exported (lycoris_state) and loaded strictly into LyCORIS's network; both U-Nets then compute the same output
-in eval mode and in a training forward (1e-4), and every trained tensor's gradient by LyCORIS's saved name
-(1e-4). No tiny run."""
+"""Signs and starts LyCORIS keeps that convert (issue 12, was DBS403): a Diag-OFT entry's negative constraint,
+GLoRA and T-LoRA entries' negative alphas, a T-LoRA entry's sig_type beside LoCon / LoHa, a T-LoRA network's
+negative network_alpha. Each is checked against lycoris-lora 4.1.3's create_network from the same preset file
+and network_args on the tiny SD 1.x U-Net: our plan's layers (adapters.add_lora, as the run builds them),
+their trained tensors moved at random, exported (lycoris_state) and loaded into LyCORIS's network (every key
+but T-LoRA's frozen start, which LyCORIS builds itself); both U-Nets then compute the same output in eval mode
+and in a training forward (1e-4), and every trained tensor's gradient by LyCORIS's saved name (1e-4). On Flux,
+one fused Linear's TLoraModule at a negative alpha. No tiny run."""
 
 from __future__ import annotations
 
@@ -82,9 +84,9 @@ def _ours(pipe, adapter, spread: dict[str, float]):  # noqa: F811
 
 def same_as_lycoris(pipe, tmp_path, monkeypatch, adapter, args, alpha, held, spread=None):  # noqa: F811
     """Our U-Net (the plan's `adapter`) and LyCORIS's from the same preset, `args` and `alpha`, our weights
-    loaded strictly into LyCORIS's: equal outputs (eval and training) and gradients by LyCORIS's names, among
-    them tensors whose names hold each of `held`; our output differs from the base U-Net's. Returns
-    LyCORIS's network."""
+    loaded into LyCORIS's (all its trained keys): equal outputs (eval and training) and gradients by
+    LyCORIS's names, among them tensors whose names hold each of `held`; our output differs from the base
+    U-Net's. Returns LyCORIS's network."""
     ours = _ours(pipe, adapter, spread or {})
     made, theirs = _theirs(pipe, tmp_path, monkeypatch, args, alpha)
     tensors = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
