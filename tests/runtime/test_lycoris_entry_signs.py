@@ -145,18 +145,21 @@ def test_diag_oft_entry_negative_constraint_is_unconstrained(pipe, tmp_path, mon
         assert not torch.allclose(m(x), free, atol=1e-4)
 
 
-def test_glora_entry_negative_alpha_on_locon(pipe, tmp_path, monkeypatch):  # noqa: F811
-    """A GLoRA entry's own `alpha = -2` on a LoCon network: create_single_module hands GLoRAModule `alpha or
-    self.alpha` (-2), which it keeps signed (scale -2 / 4), so those layers train with their update's sign
-    flipped; the plan's block of kind glora at alpha -2 trains them alike, the LoCon layers at the network's
-    alpha."""
-    args = {"algo": "locon"}
+@pytest.mark.parametrize(
+    ("algo", "kind", "held"), [("locon", "lora", "lora_up"), ("tlora", "tlora", "lambda_layer")]
+)
+def test_glora_entry_negative_alpha_on_another_network(pipe, tmp_path, monkeypatch, algo, kind, held):  # noqa: F811
+    """A GLoRA entry's own `alpha = -2` on a LoCon (or T-LoRA) network: create_single_module hands
+    GLoRAModule `alpha or self.alpha` (-2), which it keeps signed (scale -2 / 4), so those layers train with
+    their update's sign flipped; the plan's block of kind glora at alpha -2 trains them alike, the network's
+    layers at its alpha."""
+    args = {"algo": algo}
     plan = _plan(tmp_path, _preset("glora", "alpha = -2"), args, 1.0)
     a = plan.adapter
-    assert (a.kind, a.alpha) == ("lora", 1.0)
+    assert (a.kind, a.alpha) == (kind, 1.0)
     assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("glora", 4, -2.0)]
     made = same_as_lycoris(
-        pipe, tmp_path, monkeypatch, a, args, 1.0, ("ff_net_0_proj.a1", "attn1_to_q.lora_up")
+        pipe, tmp_path, monkeypatch, a, args, 1.0, ("ff_net_0_proj.a1", f"attn1_to_q.{held}")
     )
     entries = [m for m in made.unet_loras if type(m).__name__ == "GLoRAModule"]
     assert entries and all(m.scale == pytest.approx(-0.5) for m in entries)
