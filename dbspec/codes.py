@@ -2825,13 +2825,15 @@ rescale).""",
     Code(
         "DBS581",
         ERROR,
-        "A negative alpha on layers other than GLoRA's",
+        "A negative alpha on layers other than GLoRA's or T-LoRA's",
         """\
-A GLoRA adapter (`kind = "glora"`) takes an `alpha` / `conv_alpha` below 0, as LyCORIS's GLoRAModule keeps its
-sign (scale alpha / rank: the update trains with its sign flipped). Its `[[adapter.blocks]]` of another `kind`
-(LoRA/LoCon, LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3 layers beside it) read their alpha as those kinds
-do, where dbspec takes only alphas of 0 or more.""",
-        help='give the block an alpha of 0 or more, or kind = "adapter" (GLoRA)',
+A GLoRA or T-LoRA adapter (`kind = "glora"`, `"tlora"`) takes an `alpha` below 0, as LyCORIS's GLoRAModule and
+TLoraModule keep its sign (scale alpha / rank: the update trains with its sign flipped), and so do blocks of
+GLoRA or T-LoRA layers (the adapter's own, or `kind = "glora"` / `"tlora"` beside a lora, loha or lokr
+adapter's layers: a LyCORIS preset file's entry's own negative `alpha`). Blocks of other layers (LoRA/LoCon,
+LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a lora / loha / lokr adapter's own) read their alpha as those
+kinds do, where dbspec takes only alphas of 0 or more.""",
+        help='give the block an alpha of 0 or more, or GLoRA / T-LoRA layers (kind = "glora" / "tlora")',
     ),
     Code(
         "DBS582",
@@ -3306,17 +3308,18 @@ nothing.""",
     Code(
         "DBS622",
         ERROR,
-        "A T-LoRA block's random start where it cannot act",
+        "A T-LoRA block's own start where it cannot act",
         """\
 `data_init = false` on a T-LoRA adapter's `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS
 preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from the SVD of a random matrix
 drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix over each fused Linear's
-stacked rows, as TLoraModule on kohya's layer). A block of another `kind` has no T-LoRA layers to start.
-Beside a lora or loha adapter's layers a block of kind `tlora` starts at random on SD 1.x/2.x and SDXL
-(a LoCon / LoHa network's T-LoRA entry's own `use_data_init`); with `fused_projections` (Flux, SD3, Chroma)
-it is not built.""",
-        help="remove the block's data_init, or give the block kind tlora (beside lora / loha layers: on SD "
-        "1.x/2.x or SDXL)",
+stacked rows, as TLoraModule on kohya's layer); a `sig_type` other than `principal` (the entry's
+`sig_type`) from other singular triplets. A block of another `kind` has no T-LoRA layers to start.
+Beside a lora or loha adapter's layers a block of kind `tlora` starts its own way on SD 1.x/2.x and SDXL
+(a LoCon / LoHa network's T-LoRA entry's own `use_data_init` / `sig_type`); with `fused_projections` (Flux,
+SD3, Chroma) it is not built.""",
+        help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha "
+        "layers: on SD 1.x/2.x or SDXL)",
     ),
     Code(
         "DBS623",

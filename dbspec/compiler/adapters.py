@@ -175,6 +175,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
+                sig_type=b.sig_type,  # a tlora block's own SVD start (DBS622 elsewhere)
                 data_init=b.data_init,  # a tlora block's random start (DBS622 elsewhere)
                 bypass=own_bypass(b),
             )
@@ -198,6 +199,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rank_dropout_scale=_block_rank_dropout_scale(b, adapter),
                 unit=b.unit if b.kind == "dylora" else 0,
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
+                sig_type=b.sig_type,
                 data_init=b.data_init,
                 bypass=own_bypass(b),
             )

@@ -3165,23 +3165,31 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+# the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
+# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py)
+SIGNED_ALPHA_KINDS = ("glora", "tlora")
+
+
 @rule("spec")
-def glora_negative_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA adapter's blocks of another kind with an alpha below 0 (DBS581): only GLoRAModule's layers keep
-    a negative alpha's sign in dbspec (the GLoRA spec's alphas may be negative, the other kinds' may not)."""
+def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA / T-LoRA adapter's alphas and its own
+    blocks', a LoRA / LoHa / LoKr adapter's blocks of kind glora or tlora: a LyCORIS preset file's GLoRA /
+    T-LoRA entries' own)."""
     a = spec.adapter
-    if a.kind != "glora":
-        return
-    for i, block in enumerate(a.blocks):
-        if block.kind in ("adapter", "glora"):
+    tables = ("blocks", "text_encoder_blocks")
+    for table, i, block in ((t, i, b) for t in tables for i, b in enumerate(getattr(a, t, ()))):
+        own = getattr(block, "kind", "adapter")  # an OftBlock has none (its constraint no alpha)
+        kind = a.kind if own == "adapter" else own
+        if kind in SIGNED_ALPHA_KINDS:
             continue
         for key in ("alpha", "conv_alpha"):
-            if getattr(block, key) < 0:
+            if getattr(block, key, 0.0) < 0:
                 yield _err(
                     "DBS581",
-                    ("adapter", "blocks", i, key),
-                    f"adapter.blocks[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{block.kind}": only GLoRA layers take an alpha below 0',
+                    ("adapter", table, i, key),
+                    f"adapter.{table}[{i}].{key} = {getattr(block, key):g} on a block of "
+                    f'kind = "{own}" ({kind} layers): only GLoRA and T-LoRA layers take an alpha below 0',
                     codes.help("DBS581"),
                 )
 
@@ -3361,42 +3369,51 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+# a T-LoRA block's own start (LyCORIS map entries' sig_type / use_data_init): the value that starts nothing
+# of its own (TLoraModule's defaults), and what the block's starts instead
+_TLORA_STARTS = {"data_init": (True, "random SVD start"), "sig_type": ("principal", "SVD start of its own")}
+
+
 @rule("spec")
-def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A T-LoRA block's random SVD start (`data_init = false`, LyCORIS's use_data_init) on layers of another
-    kind, which never read it: DBS622 (with `fused_projections` one random matrix per fused Linear is drawn
-    over its stacked rows, runtime/lycoris_tlora.py fit_fused_tlora). Beside a lora / loha adapter's layers a
-    block of kind tlora starts at random on the U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py;
-    checked on SD 1.x against lycoris-lora's network, not on fused Linears or beside LoKr)."""
+def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA block's own start (`data_init = false`: a random SVD start, LyCORIS's use_data_init;
+    `sig_type` other than principal: other singular triplets) on layers of another kind, which never read it:
+    DBS622 (with `fused_projections` one SVD per fused Linear over its stacked rows, runtime/lycoris_tlora.py
+    fit_fused_tlora). Beside a lora / loha adapter's layers a block of kind tlora starts its own way on the
+    U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py; checked on SD 1.x against lycoris-lora's
+    network, not on fused Linears or beside LoKr)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     fused = bool(getattr(a, "fused_projections", False))
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
-            if getattr(block, "data_init", True):
-                continue
-            if own == "tlora" and block.kind in ("adapter", "tlora"):
-                continue
-            if block.kind != "tlora":
-                why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-            elif own not in ("lora", "loha"):
-                why = (
-                    f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones alone)'
+            for key, (plain, what) in _TLORA_STARTS.items():
+                value = getattr(block, key, plain)
+                if value == plain:
+                    continue
+                if own == "tlora" and block.kind in ("adapter", "tlora"):
+                    continue
+                if block.kind != "tlora":
+                    why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
+                elif own not in ("lora", "loha"):
+                    why = (
+                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones '
+                        "alone)"
+                    )
+                elif fused:
+                    why = (
+                        'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s '
+                        "layers built on SD 1.x/2.x and SDXL alone)"
+                    )
+                else:
+                    continue
+                shown = "false" if value is False else repr(value)
+                yield _err(
+                    "DBS622",
+                    ("adapter", table, i, key),
+                    f"adapter.{table}[{i}].{key} = {shown} on a block {why}: dbspec builds no {what} there",
+                    codes.help("DBS622"),
                 )
-            elif fused:
-                why = (
-                    'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s layers '
-                    "built on SD 1.x/2.x and SDXL alone)"
-                )
-            else:
-                continue
-            yield _err(
-                "DBS622",
-                ("adapter", table, i, "data_init"),
-                f"adapter.{table}[{i}].data_init = false on a block {why}: dbspec builds no random SVD start "
-                "there",
-                codes.help("DBS622"),
-            )
 
 
 @rule("spec")

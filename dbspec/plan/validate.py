@@ -126,8 +126,9 @@ def _dylora_problems(a) -> Iterator[str]:
 
 def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
-    # GLoRA's alphas may be below 0 (LyCORIS's GLoRAModule keeps the sign; 0 is the rank, as it reads it)
-    signed = a.kind == "glora"
+    # GLoRA's and T-LoRA's alphas may be below 0 (LyCORIS's GLoRAModule and TLoraModule keep the sign; 0 is
+    # the rank, as they read it)
+    signed = a.kind in ("glora", "tlora")
     if a.kind not in ("none", "full", "ia3", "diag-oft", "boft") and not (
         _at_least(1)(a.rank) and (_number(a.alpha) if signed else _above(0)(a.alpha))
     ):

@@ -472,6 +472,22 @@ def _block_conv_alpha():
     return option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
 
 
+def _signed_block_alpha():
+    return option(
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA or T-LoRA "
+        "layers (`kind` glora or tlora, or adapter on a glora adapter: LyCORIS's GLoRAModule and "
+        "TLoraModule keep the sign, so their update trains with its sign flipped and is saved with that "
+        "alpha; a LyCORIS preset file's GLoRA / T-LoRA entry's own negative `alpha`; DBS581 for other "
+        "kinds)."
+    )
+
+
+def _signed_block_conv_alpha():
+    return option(
+        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
+    )
+
+
 def _block_factor():
     return option(
         0,
@@ -521,6 +537,21 @@ def _block_data_init():
         "modules, not kohya's (whose other modules draw from the same generator in between). Other kinds' "
         "blocks: true only (DBS622).",
         example=False,
+    )
+
+
+def _block_sig_type():
+    return option(
+        "principal",
+        doc="Which of the weight's singular triplets the matched T-LoRA layers (a T-LoRA adapter's, or a "
+        "block of kind `tlora` beside a lora or loha adapter's layers on SD 1.x/2.x and SDXL) start from "
+        "(LyCORIS's `sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest "
+        "singular values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, "
+        "sliced as TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader "
+        "rebuilds the frozen start as `principal`: a file trained otherwise loads there at another update "
+        "(kohya's network from the same preset file loads it as trained). Other kinds' blocks: principal "
+        "only (DBS622).",
+        example="last",
     )
 
 
@@ -692,7 +723,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = _block_alpha()
+    alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -700,7 +731,7 @@ class AdapterBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = _signed_block_conv_alpha()
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
@@ -717,6 +748,7 @@ class AdapterBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
@@ -788,6 +820,7 @@ class TextEncoderBlock:
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     rescaled: BlockSwitch = _block_oft_rescaled()
     unit: int = _block_unit()
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
@@ -1996,14 +2029,17 @@ class BoftAdapter:
     init_alpha: Literal["match", "ignore"] = _init_alpha()
 
 
-def _glora_alpha(what: str, rank: str, default=attrs.NOTHING, derived: str = ""):
-    """A GLoRA alpha: any sign (LyCORIS's GLoRAModule scales by alpha / rank, the sign kept)."""
+def _signed_alpha(
+    what: str, rank: str, module: str, default=attrs.NOTHING, derived: str = "", note: str = ""
+):
+    """A GLoRA or T-LoRA alpha: any sign (LyCORIS's GLoRAModule and TLoraModule scale by alpha / rank, the
+    sign kept); `module`: the LyCORIS class and its algo, e.g. "GLoRAModule (algo=glora)"."""
     return option(
         default,
-        doc=f"Alpha of {what}; the update is scaled by alpha / {rank}. May be negative: LyCORIS's "
-        "GLoRAModule keeps the sign (kohya `network_alpha` / `conv_alpha` / a preset entry's `alpha` below 0 "
-        "with algo=glora), so the update trains with its sign flipped and the export saves the negative "
-        "alpha, as LyCORIS does; 0 is the rank (scale 1), as LyCORIS reads it.",
+        doc=f"Alpha of {what}; the update is scaled by alpha / {rank}. May be negative: LyCORIS's {module} "
+        "keeps the sign (kohya `network_alpha` / `conv_alpha` / a preset entry's `alpha` below 0), so the "
+        "update trains with its sign flipped and the export saves the negative alpha, as LyCORIS does; 0 is "
+        f"the rank (scale 1), as LyCORIS reads it.{note}",
         derived=derived,
         example=-4.0,
     )
@@ -2034,11 +2070,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(
-        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for the GLoRA layers "
-        "(`kind` adapter or glora: LyCORIS's GLoRAModule keeps the sign, see the adapter's `alpha`; "
-        "DBS581 for other kinds)."
-    )
+    alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
@@ -2046,9 +2078,7 @@ class GloraBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = option(
-        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
-    )
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
     bypass: BlockSwitch = _block_bypass()
     # a block of kind lokr: a LyCORIS map entry's own split, switches and rs_lora; of kind lora / loha /
@@ -2076,9 +2106,10 @@ class GloraAdapter:
         "exported as LyCORIS's `a1.weight` / `a2.weight` / `b1.weight` / `b2.weight` / `alpha`."
     )
     rank: int = _rank(8, "GLoRA")
-    alpha: float = _glora_alpha(
+    alpha: float = _signed_alpha(
         "the GLoRA layers",
         "rank",
+        "GLoRAModule (algo=glora)",
         attrs.Factory(lambda self: float(self.rank), takes_self=True),
         "same as `rank` (scale 1.0)",
     )
@@ -2089,9 +2120,10 @@ class GloraAdapter:
     text_encoder_2_norms: list[str] = _text_encoder_2_norms()
     denoiser_norms: list[str] = _denoiser_norms()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _glora_alpha(
+    conv_alpha: float = _signed_alpha(
         "the convolution adapters",
         "conv_rank",
+        "GLoRAModule (algo=glora)",
         attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
         "same as `conv_rank` (scale 1.0)",
     )
@@ -2311,22 +2343,14 @@ class TloraBlock:
         maximum=100_000,
     )
     alpha: float = option(
-        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); above 0, except on a "
-        "block of `kind` diag-oft or boft, where it is their constraint (0: none; DBS611).",
-        minimum=0,
+        doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); not 0, except on a "
+        "block of `kind` diag-oft or boft, where it is their constraint (0: none; DBS611); below 0 only on "
+        "T-LoRA layers (`kind` adapter or tlora: TLoraModule keeps the sign, see the adapter's `alpha`; "
+        "DBS581 for other kinds)."
     )
     unit: int = _block_unit()
     rescaled: BlockSwitch = _block_oft_rescaled()
-    sig_type: Literal["principal", "last", "middle"] = option(
-        "principal",
-        doc="Which of the weight's singular triplets the matched T-LoRA layers start from (LyCORIS's "
-        "`sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest singular "
-        "values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, sliced as "
-        "TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader rebuilds "
-        "the frozen start as `principal`: a file trained otherwise loads there at another update (kohya's "
-        "network from the same preset file loads it as trained).",
-        example="last",
-    )
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
     data_init: bool = _block_data_init()
     bypass: BlockSwitch = option(
         "adapter",
@@ -2351,7 +2375,15 @@ class TloraAdapter:
         "`lambda_layer` / `alpha`; a loader recomputes the frozen copy from the base model."
     )
     rank: int = _rank(8, "T-LoRA")
-    alpha: float = _alpha()
+    alpha: float = _signed_alpha(
+        "the T-LoRA layers",
+        "rank",
+        "TLoraModule (algo=tlora)",
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        "same as `rank` (scale 1.0)",
+        " With `max_norm` a negative scale makes TLoraModule.apply_max_norm's norm (the update's times alpha "
+        "/ rank) negative, clamped up to half the limit: those layers are never scaled, as in LyCORIS.",
+    )
     denoiser_targets: list[str] = _denoiser_targets()
     text_encoder_targets: list[str] = _text_encoder_targets()
     text_encoder_2_targets: list[str] = _text_encoder_2_targets()

@@ -883,9 +883,13 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     w = plan_of(expressible(_convert(tmp_path / "own", own, "lokr", '"factor=8"')), tmp_path / "own")
     oft = [(b.rank, b.alpha, b.rescaled) for b in w.adapter.blocks if b.kind == "diag-oft"]
     assert oft == [(4, 0.001, "on")]
-    bad = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = -1')
-    (tmp_path / "bad").mkdir()
-    assert "DBS403" in codes(_convert(tmp_path / "bad", bad, "lokr", '"factor=8"'))
+    # a negative one (was DBS403): DiagOFTModule constrains only `if constraint > 0`, the block's 0
+    negative = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = -1')
+    (tmp_path / "negative").mkdir()
+    n = plan_of(
+        expressible(_convert(tmp_path / "negative", negative, "lokr", '"factor=8"')), tmp_path / "negative"
+    )
+    assert [b.alpha for b in n.adapter.blocks if b.kind == "diag-oft"] == [0.0]
 
 
 @pytest.mark.parametrize("algo", ["dylora", "glora"])

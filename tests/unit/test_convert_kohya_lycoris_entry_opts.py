@@ -305,13 +305,21 @@ def test_diag_oft_entry_constraint_and_rescaled_become_block_options(tmp_path):
 
 def test_diag_oft_entry_constraint_kohya_cannot_build_or_dbspec_cannot_save(tmp_path):
     """An entry's constraint DiagOFTModule cannot store (a string: torch.tensor raises) stops kohya (DBS402);
-    a negative one or a bool, which LyCORIS saves as the layers' alpha as given, is not expressed (DBS403)."""
-    cases = [('"0.01"', "DBS402"), ("-0.5", "DBS403"), ("true", "DBS403")]
+    a bool, which LyCORIS saves as the layers' alpha as given, is not expressed (DBS403); a negative one (was
+    DBS403) constrains nothing, as DiagOFTModule scales only `if constraint > 0`: its block's constraint 0
+    (tests/runtime/test_lycoris_entry_signs.py)."""
+    cases = [('"0.01"', "DBS402"), ("true", "DBS403")]
     for i, (value, code) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
         text = FULL + f"[module_algo_map.FeedForward]\nconstraint = {value}\n"
         outcome = _convert(tmp_path / str(i), text, "diag-oft", '"conv_dim=16"')
         assert code in codes(outcome) and "constraint" in messages(outcome, code), value
+    (tmp_path / "negative").mkdir()
+    text = FULL + "[module_algo_map.FeedForward]\nconstraint = -0.5\n"
+    a = plan_of(
+        expressible(_convert(tmp_path / "negative", text, "diag-oft", '"conv_dim=16"')), tmp_path / "negative"
+    )
+    assert [b.alpha for b in a.adapter.blocks] == [0.0]  # a Diag-OFT block plan's alpha: its constraint
 
 
 def test_dylora_entry_block_size_becomes_a_block_unit(tmp_path):

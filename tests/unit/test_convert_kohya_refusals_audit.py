@@ -166,24 +166,6 @@ REFUSED = {
         "DBS403",
         ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
     ),
-    # line 108: a tlora entry's sig_type / use_data_init on another algorithm's network
-    "tlora_entry_sig_type_on_locon": (
-        "sd",
-        '"algo=locon"',
-        _sd("tlora", 'sig_type = "last"'),
-        "",
-        "DBS403",
-        ["network_args preset", "`sig_type` = 'last'"],
-    ),
-    # line 108 (GLoRA): a negative alpha on another algorithm's entry
-    "glora_entry_negative_alpha_on_locon": (
-        "sd",
-        '"algo=locon"',
-        _sd("glora", "alpha = -2"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].alpha", "module_algo_map.FeedForward", "-2.0"],
-    ),
     # line 108 (mixed full / IA^3) and line 1191 (Flux): an IA^3 entry's own train_on_input
     "ia3_entry_train_on_input": (
         "sd",
@@ -297,24 +279,6 @@ REFUSED = {
         "",
         "DBS403",
         ["network_args preset", "dim = 200000, above [[adapter.blocks]]' 100000"],
-    ),
-    # line 108 (Diag-OFT): an entry's own negative constraint
-    "diag_oft_entry_negative_constraint": (
-        "sd",
-        '"algo=diag-oft"',
-        _sd("diag-oft", "constraint = -0.1"),
-        "",
-        "DBS403",
-        ["constraint", "module_algo_map.FeedForward", "-0.1"],
-    ),
-    # line 108 (T-LoRA): a negative alpha
-    "tlora_negative_network_alpha": (
-        "sd",
-        '"algo=tlora" "preset=attn-mlp"',
-        None,
-        "--network_alpha=-1",
-        "DBS403",
-        ["network_args", "network_alpha=-1", "sign flipped"],
     ),
     # lines 541 / 1063: LoKr entries with rank_dropout stop kohya (LokrModule's CPU mask)
     "lokr_entries_rank_dropout": (
@@ -656,6 +620,43 @@ CONVERTS = {
             "bypass_dropout": 0.1,
             "block": {"kind": "adapter", "bypass": True},
         },
+    ),
+    # line 109 (Diag-OFT map entries): "a negative one ... is DBS403": the constraint LyCORIS applies, 0
+    # (tests/runtime/test_lycoris_entry_signs.py)
+    "diag_oft_entry_negative_constraint": (
+        "sd",
+        '"algo=diag-oft"',
+        _sd("diag-oft", "constraint = -0.1"),
+        "",
+        {"kind": "diag-oft", "block": {"alpha": 0.0}},
+    ),
+    # line 109 (GLoRA): "a negative alpha ... on another algorithm's entry (DBS581 in a spec) ... stays
+    # DBS403": a GLoRA entry's own on a LoCon network, its glora block's alpha
+    # (tests/runtime/test_lycoris_entry_signs.py)
+    "glora_entry_negative_alpha_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("glora", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "glora", "alpha": -2.0}},
+    ),
+    # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
+    # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
+    "tlora_entry_sig_type_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "lora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    # line 108 (T-LoRA): a negative alpha, "DBS403 as the network's": TLoraModule keeps the sign, the
+    # adapter's alpha (tests/runtime/test_lycoris_entry_signs.py)
+    "tlora_negative_network_alpha": (
+        "sd",
+        '"algo=tlora" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "tlora", "alpha": -1.0},
     ),
 }
 

@@ -173,12 +173,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
         ),
         ("default names", 'unet_target_module = ["Transformer2DModel"]\n', "DBS402", "conv_in, conv_out"),
         ("resnets", _FILE.replace('"]', '", "ResnetBlock2D"]', 1), "DBS402", "conv1, conv2"),
-        (
-            "negative alpha",
-            _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\nalpha = -2\n",
-            "DBS403",
-            "sign flipped",
-        ),
+        ("negative alpha", _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\nalpha = -2\n", "", ""),
         ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "", ""),
         ("diag-oft entry", _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n', "", ""),
         (
@@ -211,8 +206,8 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
     change nothing; another algorithm converts (a block's kind: lora, loha, lokr, full, ia3, glora on Linear
     and 1x1 layers, without options of their own), an entry's own sig_type to its block's (one TLoraModule
     does not know stops kohya, DBS402), use_data_init = false to its block's data_init (a random start,
-    tests/unit/test_convert_kohya_tlora_random.py); a negative alpha (its update's sign flipped) is not
-    expressed (DBS403)
+    tests/unit/test_convert_kohya_tlora_random.py); a negative alpha (its update's sign flipped, as
+    TLoraModule keeps it; was DBS403) to its block's (tests/runtime/test_lycoris_entry_signs.py)
     (tests/runtime/test_lycoris_tlora.py builds lycoris-lora's network from such a file)."""
     write(tmp_path / "p.toml", text)
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml"')

@@ -653,7 +653,7 @@ CASES = [
         + STEPS,
     ),
     (  # a T-LoRA block's random start: on its own T-LoRA layers
-        rules.tlora_block_data_init,
+        rules.tlora_block_start,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'
         + "rank = 4\nalpha = 1.0\ndata_init = false\n"
         + DOG
@@ -661,6 +661,18 @@ CASES = [
         [("DBS622", "error", ("adapter", "blocks", 0, "data_init"))],
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\n'
         + "rank = 4\nalpha = 1.0\ndata_init = false\n"
+        + DOG
+        + STEPS,
+    ),
+    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a lokr one's)
+        rules.tlora_block_start,
+        '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
+        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
+        + DOG
+        + STEPS,
+        [("DBS622", "error", ("adapter", "blocks", 0, "sig_type"))],
+        '[adapter]\nkind = "lora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
+        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
         + STEPS,
     ),
@@ -1674,7 +1686,7 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\nunit = 2\n",
     ),
     (  # a GLoRA adapter's alphas may be negative (GLoRAModule keeps the sign), its blocks of other kinds' not
-        rules.glora_negative_alpha,
+        rules.negative_block_alpha,
         DOG
         + STEPS
         + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
@@ -1685,6 +1697,18 @@ CASES = [
         + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = -1.0\n"
         + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n",
+    ),
+    (  # a lora adapter's GLoRA blocks may be negative (a LyCORIS GLoRA entry's own alpha), its own not
+        rules.negative_block_alpha,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = 1.0\nconv_alpha = -1.0\n",
+        [("DBS581", "error", ("adapter", "blocks", 0, "conv_alpha"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nrank = 8\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'glora'\nrank = 4\nalpha = -2.0\n",
     ),
     (  # a block with its own unit (a LyCORIS map entry's block_size): its ranks are whole blocks of it
         rules.dylora_blocks_fit,

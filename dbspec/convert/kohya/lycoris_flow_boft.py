@@ -22,6 +22,7 @@ conv_dim, which must be network_dim (dbspec has one block size)."""
 from __future__ import annotations
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_maps import NEGATIVE_CONSTRAINT, applied_constraint
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
@@ -124,8 +125,9 @@ def map_flow_boft(
     conv.mapped(dim, ("adapter", "block_size"), lora_dim)
     if constraint is not None:  # create_network: float(kwargs.get("constraint", 0) or 0)
         value = float(constraint.value or 0)
-        if value:
-            conv.mapped(constraint, ("adapter", "constraint"), value)
+        if value:  # a negative one: 0 (was DBS403)
+            note = "" if value > 0 else NEGATIVE_CONSTRAINT
+            conv.mapped(constraint, ("adapter", "constraint"), applied_constraint(value), note)
         else:
             conv.inert(constraint, "0 is off")
     if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own

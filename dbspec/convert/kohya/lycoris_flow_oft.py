@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_maps import NEGATIVE_CONSTRAINT, applied_constraint
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
@@ -120,7 +121,9 @@ def map_flow_diag_oft(
     if (
         constraint is not None
     ):  # one norm over each fused Linear's blocks (runtime/lycoris_oft.py link_fused_oft)
-        conv.mapped(constraint, ("adapter", "constraint"), float(constraint.value))
+        value = applied_constraint(constraint.value)  # a negative one: 0 (was DBS403)
+        note = "" if value else NEGATIVE_CONSTRAINT
+        conv.mapped(constraint, ("adapter", "constraint"), value, note)
     for key, given in drops.items():
         conv.mapped(given, ("adapter", key), float(given.value))
     if rescaled is not None:  # LyCORIS's str_bool: a learned scale per output row, the parts' rows their own

@@ -98,12 +98,10 @@ def map_flow_tlora(
     unsupported.update(kwargs)
     if refuse_rest(unsupported, args, conv, "tlora", layout.title):
         return False
-    if scale_alpha < 0:
-        conv.unsupported(alpha, f"{scale_alpha:g} (T-LoRA would train with its update's sign flipped)")
-        return False
     put_kind(conv, module, "tlora", preset, "TLoraModule", layout.title)
     conv.mapped(dim, ("adapter", "rank"), rank)
-    conv.mapped(alpha, ("adapter", "alpha"), scale_alpha or float(rank))  # TLoraModule: alpha 0 is the rank
+    # TLoraModule: alpha 0 is the rank; a negative one keeps its sign (its update trains flipped: spec alpha)
+    conv.mapped(alpha, ("adapter", "alpha"), scale_alpha or float(rank))
     why = "one TLoraModule per fused Linear: one SVD of the stacked weight, Q and λ shared, P the parts' rows"
     put_targets(conv, module, layout, layers, why)
     blocks = _file_blocks(layout, layers, convs, (rank, scale_alpha or float(rank)))

@@ -225,7 +225,8 @@ def check_layers(
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network, unet))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
-            own = (*own, "use_data_init")  # a T-LoRA entry's random start beside LoCon / LoHa (_blocks)
+            # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa (_blocks)
+            own = (*own, "use_data_init", *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -361,14 +362,20 @@ def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool = False) -> tup
             "and SDXL alone",
             False,
         )
-    value = options.get("sig_type", "principal")
+    return (*_sig_type(layer), "bypass_mode", "use_data_init")
+
+
+def _sig_type(layer: Layer) -> tuple[str, ...]:
+    """("sig_type",): a T-LoRA entry's own `sig_type`, its block's; PresetError (DBS402) for one TLoraModule
+    cannot start from (_initialize_from_svd raises ValueError on anything but its three names)."""
+    value = dict(layer.options).get("sig_type", "principal")
     if not (isinstance(value, str) and value in _SIG_TYPES):
         raise PresetError(
             f"`{layer.source}` hands its layers (e.g. {layer.path}) sig_type = {value!r}: LyCORIS's "
             f"TLoraModule raises ValueError (unknown sig_type) on anything but {', '.join(_SIG_TYPES)}",
             True,
         )
-    return ("sig_type", "bypass_mode", "use_data_init")
+    return ("sig_type",)
 
 
 # convolutions whose kernel is their stride, without padding (SD3's 2x2 stride-2 patch embedding, diffusers'
@@ -398,7 +405,7 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
     DiagOFTModule and ButterflyOFTModule read them raw: `constraint * out_dim` and the buffer
     `torch.tensor(constraint)`, `if rescaled`);
     PresetError for a constraint kohya cannot build (not a number: torch.tensor raises, DBS402) or that a
-    block does not express (a bool, a negative number: the saved alpha would differ)."""
+    block does not express (a bool). A negative one is the block's constraint 0 (applied_constraint)."""
     own = dict(layer.options)
     if "constraint" in own and not _same("constraint", own["constraint"], network):
         value = own["constraint"]
@@ -408,14 +415,29 @@ def _oft_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
                 f"LyCORIS's {layer.algo} module stores it with torch.tensor(), which raises on it",
                 True,
             )
-        if isinstance(value, bool) or value < 0:
+        if isinstance(value, bool):
             raise PresetError(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) constraint = {value!r}: dbspec's "
-                f"{layer.algo} block constraint is a number of at least 0 (LyCORIS would save that value as "
-                "the layers' alpha)",
+                f"{layer.algo} block constraint is a number (LyCORIS would save the bool as the layers' "
+                "alpha)",
                 False,
             )
     return ("constraint", "rescaled")
+
+
+# what a negative constraint converts to, said where it is mapped (applied_constraint)
+NEGATIVE_CONSTRAINT = (
+    "a negative constraint constrains nothing (LyCORIS scales the blocks only if constraint > 0): 0"
+)
+
+
+def applied_constraint(value: float) -> float:
+    """The COFT constraint DiagOFTModule / ButterflyOFTModule apply for an entry's `constraint`: lycoris-lora
+    4.1.3 scales the skew blocks only `if constraint > 0` (diag_oft.py get_r, functional/diag_oft.py and
+    boft.py, kernels/autograd/diag_oft.py `_cscale`: `constraint <= 0` returns no scale), so a negative one
+    (NaN too) constrains nothing, as 0; the module saves it back as its `alpha`, dbspec's export 0, which
+    LyCORIS's loaders build to the same unconstrained module (tests/runtime/test_lycoris_entry_signs.py)."""
+    return float(value) if float(value) > 0 else 0.0
 
 
 def _dylora_own(layer: Layer, network: dict[str, Any]) -> tuple[str, ...]:
@@ -847,8 +869,12 @@ def _blocks(
                 switches["data_init"] = False
             if "bypass_mode" in entry and bool(entry["bypass_mode"]) != network["bypass_mode"]:
                 switches["bypass"] = "on" if entry["bypass_mode"] else "off"  # TLoraModule's truth test
-        elif _algo(group[0].algo) == "tlora" and not dict(group[0].options).get("use_data_init", True):
-            switches["data_init"] = False  # a T-LoRA entry's random start on another network's kind
+        elif _algo(group[0].algo) == "tlora":  # a T-LoRA entry's own start on another network's kind
+            entry = dict(group[0].options)
+            if not entry.get("use_data_init", True):
+                switches["data_init"] = False
+            if entry.get("sig_type", "principal") != "principal":  # one of TLoraModule's three (_sig_type)
+                switches["sig_type"] = entry["sig_type"]
         unit = _own_unit(group[0], network)
         if not factor and not switches and same and not kind and rs == rs_lora and not unit:
             continue
@@ -870,7 +896,7 @@ def _blocks(
             entry = dict(group[0].options)  # one entry: its own constraint (the block's alpha), rescaled
             c = 0.0
             if "constraint" in entry and not _same("constraint", entry["constraint"], network):
-                c = float(entry["constraint"])  # a number of at least 0 (_oft_own)
+                c = applied_constraint(entry["constraint"])  # a number (_oft_own); a negative one: 0
                 oft_own.append("constraint")
             block.update(alpha=c, **({"conv_alpha": c} if conv else {}))
             if "rescaled" in entry and bool(entry["rescaled"]) != bool(network.get("rescaled")):
@@ -946,8 +972,6 @@ def map_blocks(
         mixed_rank_stabilized([*unet, *text])
     if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
         network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
-    if kind == "tlora":
-        _tlora_alphas([*unet, *text])
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
@@ -958,19 +982,6 @@ def map_blocks(
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
     return unet, text, inert
-
-
-def _tlora_alphas(blocks: list[dict[str, Any]]) -> None:
-    """PresetError for a T-LoRA entry's negative alpha: TLoraModule keeps the sign (its update would train
-    flipped), which the spec's block alpha (above 0) does not take, as for the network's own."""
-    negative = next((b for b in blocks if b["alpha"] < 0), None)
-    if negative is not None:
-        raise PresetError(
-            f"`{_source([negative])}` gives its T-LoRA layers alpha = {negative['alpha']:g}: TLoraModule "
-            "would train their update with its sign flipped, which dbspec's T-LoRA blocks (alpha above 0) do "
-            "not express",
-            False,
-        )
 
 
 # what a full / IA^3 adapter's blocks of another kind carry (spec ScaleBlock, TextEncoderBlock alike)
@@ -1093,7 +1104,7 @@ def _oft_blocks(
         entry = dict(group[0].options)  # one entry: one constraint and rescaled
         own: dict[str, Any] = {}
         if "constraint" in entry and not _same("constraint", entry["constraint"], network):
-            own["constraint"] = float(entry["constraint"])
+            own["constraint"] = applied_constraint(entry["constraint"])  # a negative one: 0
         if "rescaled" in entry and bool(entry["rescaled"]) != network["rescaled"]:
             own["rescaled"] = "on" if entry["rescaled"] else "off"
         # its own bypass_mode (create_single_module hands it over the network's): the block's `bypass`

@@ -37,7 +37,7 @@ from dbspec.convert.kohya.lycoris_file import (
     preset_targets,
     read_preset,
 )
-from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
+from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
@@ -425,9 +425,7 @@ def _map_network(
         if _train_norm(train_norm, norm_table, kind, algo, applied, put, conv) and alone:
             _norm_rank_dropout(kwargs, algo, put, args, conv)
     if kind == "tlora":
-        if not _tlora(
-            kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, unsupported, args, conv
-        ):
+        if not _tlora(kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, args, conv):
             return None
     elif kind in _WHOLE_LAYER_KINDS:
         if kind in ("full", "ia3") and _decomposing_blocks(put):  # their LoCon / LoHa / LoKr entries' modules
@@ -1111,13 +1109,13 @@ def _tlora(
     network_dropout: Legacy | None,
     applied: tuple[bool, bool],
     put: dict[str, Any],
-    unsupported: dict[str, str],
     args: Legacy,
     conv: Conversion,
 ) -> bool:
     """algo=tlora (lycoris/modules/tlora.py; create_network passes no sig_type / use_data_init /
     mask_group_id, and kohya never sets a timestep mask): network_dim / network_alpha are its rank and alpha
-    (the generic mapping; alpha 0 is the rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
+    (the generic mapping; alpha 0 is the rank, a negative one keeps its sign: TLoraModule's scale alpha /
+    rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
     convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
     first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
     bypass forward (bypass_mode: the adapter's `bypass`, or a preset entry's own: its block's); module_dropout
@@ -1169,10 +1167,8 @@ def _tlora(
         put["dropout"] = rate
         if legacy is network_dropout:
             conv.record(legacy, "mapped", "adapter.dropout")
-    if alpha == 0:  # TLoraModule: alpha None or 0 is the rank (scale 1)
+    if alpha == 0:  # TLoraModule: alpha None or 0 is the rank (scale 1); a negative one keeps its sign
         put["alpha"] = float(dim)
-    elif alpha < 0:  # a negative scale, which the spec's alpha (above 0) does not take
-        unsupported["network_alpha"] = f"{alpha:g} (T-LoRA would train with its update's sign flipped)"
     return True
 
 
@@ -1365,8 +1361,8 @@ def _diag_oft(
             {"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why},
         ]
     constraint = _float(kwargs.pop("constraint", "") or 0)
-    if constraint:
-        put["constraint"] = constraint
+    if constraint:  # a negative one constrains nothing, as 0 (was DBS403)
+        put["constraint"] = applied_constraint(constraint)
     if _str_bool(kwargs.pop("rescaled", "false")):
         put["rescaled"] = True
 
