@@ -114,14 +114,25 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "`bypass_mode` = True, not the algo=ia3 network's"],
     ),
-    # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"
+    # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
+    # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
+    # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
+    # DBS403 (on SD alike)
     "flux_diag_oft_entry_bypass_dropout": (
         "flux",
         '"algo=locon" "bypass_mode=True" "dropout=0.1"',
         _flux("diag-oft"),
         "",
-        "DBS403",
-        ["network_args preset", "algo = 'diag-oft'", "bypass_mode with its dropout = 0.1"],
+        "DBS402",
+        ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
+    ),
+    "diag_oft_entry_bypass_dropout": (
+        "sd",
+        '"algo=locon" "bypass_mode=True" "dropout=0.1"',
+        _sd("diag-oft"),
+        "",
+        "DBS402",
+        ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
     ),
     # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its dropout beside them
     # stays DBS403 (bypass_mode alone converts, CONVERTS below)

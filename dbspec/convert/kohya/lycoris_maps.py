@@ -192,6 +192,7 @@ def check_layers(
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
+        _oft_bypass_dropout(layer, network)
         _tlora_kxk(layer, algo)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
@@ -332,6 +333,25 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
             f"`{layer.source}` gives {layer.path} algo = 'full' with bypass_mode (its own or the network's): "
             "LyCORIS's FullModule raises ValueError (bypass mode is not supported in Full algo) when "
             "create_network builds it",
+            True,
+        )
+
+
+def _oft_bypass_dropout(layer: Layer, network: dict[str, Any]) -> None:
+    """PresetError (DBS402) for a Diag-OFT layer in bypass_mode (its own or the network's) beside the
+    network's nonzero `dropout` (else --network_dropout, which train_network.py hands on): LyCORIS's
+    create_single_module hands every module the network's dropout, and lycoris-lora 4.1.3's
+    DiagOFTModule._bypass_forward (lycoris/modules/diag_oft.py: `mask = self.drop(mask)` over
+    `torch.ones_like(org_out)`, then `r * scale * mask`) multiplies its (blocks, size, size) rotations by a
+    mask shaped like the output (..., blocks, size) in training mode: RuntimeError on the first training
+    forward, as for a Diag-OFT network's own (network.py _diag_oft_bypass_dropout)."""
+    if _algo(layer.algo) == "diag-oft" and _bypassed(layer, network) and network.get("dropout"):
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} in bypass_mode (its own or the "
+            f"network's) beside the network's dropout = {network['dropout']:g}: LyCORIS's DiagOFTModule "
+            "multiplies its (blocks, size, size) rotations by a dropout mask shaped like the layer's output "
+            "(..., blocks, size) in training mode, and torch raises RuntimeError (the shapes do not "
+            "broadcast) on the first forward",
             True,
         )
 
