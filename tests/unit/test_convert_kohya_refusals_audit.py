@@ -104,16 +104,6 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 454: an IA^3 network's entries with their own bypass_mode on Flux / SD3 / Chroma (unchecked on
-    # fused Linears; on SD they convert, CONVERTS below)
-    "flux_ia3_network_entry_own_bypass": (
-        "flux",
-        '"algo=ia3"',
-        _flux("ia3", "bypass_mode = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`bypass_mode` = True, not the algo=ia3 network's"],
-    ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
     # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
@@ -390,6 +380,15 @@ CONVERTS = {
         "sd",
         '"algo=ia3"',
         _sd("ia3", "bypass_mode = true"),
+        "",
+        {"kind": "ia3", "bypass": False, "block": {"kind": "adapter", "bypass": True, "rank": 1}},
+    ),
+    # line 454: on Flux / SD3 / Chroma (was DBS403, unchecked on fused Linears): the same block over every
+    # part (tests/runtime/test_lycoris_flux_ia3_own_bypass.py)
+    "flux_ia3_network_entry_own_bypass": (
+        "flux",
+        '"algo=ia3"',
+        _flux("ia3", "bypass_mode = true"),
         "",
         {"kind": "ia3", "bypass": False, "block": {"kind": "adapter", "bypass": True, "rank": 1}},
     ),

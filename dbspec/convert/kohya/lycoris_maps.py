@@ -219,9 +219,7 @@ def check_layers(
             own = (*own, *_oft_own(layer, network))
         if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
-        # an IA^3 network's own entries: on SD 1.x/2.x and SDXL alone (checked there, not on fused Linears)
-        ia3_own = _algo(algo) == _algo(layer.algo) == "ia3" and not unet
-        if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
+        if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
@@ -244,8 +242,7 @@ def check_layers(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
                 f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
                 "beside a LoCon, LoHa or LoKr network, a DyLoRA or GLoRA network of another algorithm, or "
-                "on a Diag-OFT, BOFT, DyLoRA or (on SD 1.x/2.x and SDXL) IA^3 network's own; on Flux, SD3 "
-                "and Chroma an IA^3 network's entries take the network's bypass_mode only",
+                "on a Diag-OFT, BOFT, DyLoRA or IA^3 network's own",
                 False,
             )
         if read:
@@ -288,7 +285,7 @@ _LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora")
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
-# DyloraBlock, ScaleBlock: an IA^3 adapter's own blocks, on SD 1.x/2.x and SDXL: check_layers)
+# DyloraBlock, ScaleBlock: an IA^3 adapter's own blocks; on Flux / SD3 / Chroma each part of a fused Linear)
 _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora", "ia3")
 
 
