@@ -166,6 +166,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 unit=b.unit if b.kind == "dylora" else 0,  # LyCORIS's DyLoraModule beside the others
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
                 data_init=b.data_init,  # a tlora block's random start (DBS622 elsewhere)
+                on_input=b.on_input,  # an ia3 block's input side (DBS618 elsewhere)
                 bypass=own_bypass(b),
             )
             for b in adapter.blocks
@@ -189,6 +190,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 unit=b.unit if b.kind == "dylora" else 0,
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
                 data_init=b.data_init,
+                on_input=b.on_input,
                 bypass=own_bypass(b),
             )
             for b in adapter.text_encoder_blocks

@@ -209,15 +209,7 @@ REFUSED = {
         "DBS403",
         ["adapter.blocks[0].alpha", "module_algo_map.FeedForward", "-2.0"],
     ),
-    # line 108 (mixed full / IA^3) and line 1191 (Flux): an IA^3 entry's own train_on_input
-    "ia3_entry_train_on_input": (
-        "sd",
-        '"algo=locon"',
-        _sd("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`train_on_input` = True"],
-    ),
+    # line 1191 (Flux): an IA^3 entry's own train_on_input (on SD it converts, CONVERTS below)
     "flux_ia3_entry_train_on_input": (
         "flux",
         '"algo=locon"',
@@ -579,6 +571,15 @@ CONVERTS = {
         _flux("locon"),
         "",
         {"kind": "glora", "bypass": True, "block": {"kind": "lora"}},
+    ),
+    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input, its block's on_input
+    # (tests/runtime/test_lycoris_ia3_entry_sides.py)
+    "ia3_entry_train_on_input": (
+        "sd",
+        '"algo=locon"',
+        _sd("ia3", "train_on_input = true"),
+        "",
+        {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
     ),
     # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
     # tests/runtime/test_lycoris_tlora_entry_random.py

@@ -221,6 +221,8 @@ def check_layers(
             own = (*own, *_dylora_own(layer, network))
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
+        if _input_side(algo, layer) and unet:  # an IA^3 entry's train_on_input: its block's `on_input`
+            own = (*own, "train_on_input")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
@@ -300,6 +302,13 @@ def _own_bypass(algo: str, entry: str) -> bool:
     if _algo(entry) == _algo(algo):
         return _algo(algo) in _OWN_BYPASS_NETWORKS
     return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora")
+
+
+def _input_side(algo: str, layer: Layer) -> bool:
+    """An IA^3 entry on a LoRA/LoCon, LoHa or LoKr network, whose own `train_on_input` (IA3Module's truth
+    test: a scale per input channel, W ((1 + s) x) + b) its block of kind ia3 carries as `on_input` (spec
+    AdapterBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side)."""
+    return _algo(layer.algo) == "ia3" and _algo(algo) in _BLOCK_KINDS
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -808,6 +817,8 @@ def _blocks(
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
+        if _input_side(algo, group[0]) and dict(group[0].options).get("train_on_input"):
+            switches["on_input"] = True  # IA3Module's `if train_on_input`: its scales on the input channels
         if _algo(group[0].algo) == "tlora" == _algo(algo):  # its own SVD start (_tlora_own)
             entry = dict(group[0].options)
             sig_type = entry.get("sig_type", "principal")
