@@ -3419,12 +3419,11 @@ def tlora_block_data_init(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
     """An IA^3 block's input side (`on_input`, LyCORIS's train_on_input) acts on a block of kind ia3 beside a
-    lora / loha / lokr adapter's layers (runtime/blocks.py: peft's rank INPUT_SIDE_RANK), not with
-    `fused_projections` (a fused Linear's parts would need one shared scale): DBS618 elsewhere (an ia3
-    adapter's own layers take `input_targets`)."""
+    lora / loha / lokr adapter's layers (runtime/blocks.py: peft's rank INPUT_SIDE_RANK; with
+    `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
+    tie_fused_ia3_inputs): DBS618 elsewhere (an ia3 adapter's own layers take `input_targets`)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
-    fused = bool(getattr(a, "fused_projections", False))
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             if not getattr(block, "on_input", False):
@@ -3433,8 +3432,6 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
                 why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
             elif own not in ("lora", "loha", "lokr"):
                 why = f"on a {own} adapter (beside lora, loha or lokr layers only)"
-            elif fused:
-                why = "with adapter.fused_projections = true"
             else:
                 continue
             yield _err(

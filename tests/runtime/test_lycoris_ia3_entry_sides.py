@@ -26,6 +26,7 @@ from tests.runtime.test_lycoris_rank_dropout_kinds import _layer_of
 pytest.importorskip("lycoris.kohya")
 
 MODULE = 0.1
+DROP = 0.3  # the fused layers' check: six forwards from one seed see both the skip and the scales
 # the network's LoCon on the transformers; the feed-forwards' and ResNets' IA^3 entries on their input side
 PRESET = """unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
 unet_target_name = []
@@ -119,3 +120,113 @@ def _copy(layer):
     import copy
 
     return copy.deepcopy(layer)
+
+
+# Flux / SD3: a LoCon network whose IA^3 entries on fused Linears (and a plain one) scale their input side
+FLUX_PRESET = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
+text_encoder_target_module = []
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*.img_attn.qkv"]
+algo = "ia3"
+train_on_input = true
+[name_algo_map."single_blocks.*.linear1"]
+algo = "ia3"
+train_on_input = true
+[name_algo_map."double_blocks.*.txt_attn.proj"]
+algo = "ia3"
+train_on_input = true
+"""
+SD3_PRESET = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["joint_blocks.*.attn.qkv", "joint_blocks.*.attn.proj"]
+text_encoder_target_module = []
+
+[name_algo_map."joint_blocks.*.x_block.attn.qkv"]
+algo = "ia3"
+train_on_input = true
+[name_algo_map."joint_blocks.*.x_block.attn.proj"]
+algo = "ia3"
+train_on_input = true
+"""
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("bypass", [False, True])
+def test_ia3_entries_on_their_input_side_on_fused_layers(tmp_path, monkeypatch, family, bypass):
+    """A LoCon network with module_dropout (and bypass_mode) whose IA^3 entries' own train_on_input reach
+    fused q/k/v (Flux's linear1 too) and a plain out-projection: each fused Linear's parts share one
+    input-side scale (runtime/lycoris_ia3.py tie_fused_ia3_inputs); the prepared transformer's layers against
+    lycoris-lora 4.1.3's network from the same file on kohya's stacked Linears holding our export (one
+    scale of the input's width per fused Linear, `on_input` 1), in training from one generator state:
+    outputs, input gradients, generator state and each IA3Module's scale gradient (the parts' shared one)."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_flow_rank_dropout_layers import (
+        FLUX,
+        SD3,
+        _network,
+        _plan,
+        _prepared,
+        _same_training,
+    )
+    from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
+
+    script, preset, rows, parts_of = {
+        "flux": (FLUX, FLUX_PRESET, flux_model(1, 1), diffusers_parts),
+        "sd3": (SD3, SD3_PRESET, mmdit(2, ()), sd3_parts),
+    }[family]
+    args = {"algo": "locon", "module_dropout": str(DROP), **({"bypass_mode": "True"} if bypass else {})}
+    plan = _plan(tmp_path, family, script, preset, args)
+    a = plan.adapter
+    assert (a.kind, a.bypass, a.module_dropout) == ("lora", bypass, DROP) and a.fused
+    ia3 = [b for b in a.blocks if b.kind == "ia3"]
+    assert ia3 and all(b.on_input for b in ia3), a.blocks
+    ours = _prepared(
+        build_pipeline(f"builtin:tiny-{family}").transformer.float(), "unet", plan, a.denoiser_targets
+    )
+    tensors = lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32")
+    layers = _kohya_layers(ours, rows, parts_of)
+    drops = {k: v for k, v in args.items() if k != "algo"}
+    made = _network(
+        monkeypatch, "locon", tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), drops
+    )
+    result = made.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    singles = {id(b.proj_mlp) for b in getattr(ours, "single_transformer_blocks", ())}
+    ours.train()
+    fused, skipped, kinds = 0, [], set()
+    for path, (parts, order) in layers.items():
+        module = theirs.get("lora_unet_" + path.replace(".", "_"))
+        if module is None:
+            continue
+        kinds.add(type(module).__name__)
+        calls = sorted(parts, key=lambda p: id(p) not in singles)  # diffusers calls proj_mlp first
+
+        def stacked(x, parts=parts, calls=calls, order=order):
+            got = {id(p): p(x) for p in calls}
+            out = torch.cat([got[id(p)] for p in parts], dim=-1)
+            return out if order is None else out[..., order]
+
+        x = torch.randn(3, _base(parts[0]).in_features)
+        _same_training(module.train(), stacked, x, path)
+        if type(module).__name__ != "IA3Module":
+            continue
+        assert module.train_input and all(isinstance(p, Ia3Layer) for p in parts), path
+        shared = {id(p.lora_ia3["default"]) for p in parts}
+        assert len(shared) == 1, path  # one scale per fused Linear
+        fused += len(parts) > 1
+        grad = parts[0].lora_ia3["default"].grad
+        torch.testing.assert_close(grad, module.weight.grad, rtol=1e-4, atol=1e-5, msg=path)
+        torch.manual_seed(11)  # _same_training's draws: which forwards skipped the scales
+        with torch.no_grad():
+            plain = module.org_forward(x)
+            skipped += [torch.equal(module(x), plain) for _ in range(6)]
+    assert kinds == {"IA3Module", "LoConModule"} and fused >= 2
+    assert any(skipped) and not all(skipped)  # both the module_dropout's skip and the scales seen

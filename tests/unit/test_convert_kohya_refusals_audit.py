@@ -209,15 +209,6 @@ REFUSED = {
         "DBS403",
         ["adapter.blocks[0].alpha", "module_algo_map.FeedForward", "-2.0"],
     ),
-    # line 1191 (Flux): an IA^3 entry's own train_on_input (on SD it converts, CONVERTS below)
-    "flux_ia3_entry_train_on_input": (
-        "flux",
-        '"algo=locon"',
-        _flux("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`train_on_input` = True"],
-    ),
     # line 549: a BOFT network's entries of other algorithms
     "boft_network_locon_entries": (
         "sd",
@@ -578,6 +569,14 @@ CONVERTS = {
         "sd",
         '"algo=locon"',
         _sd("ia3", "train_on_input = true"),
+        "",
+        {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
+    ),
+    # line 1191 (Flux): the same on a fused Linear, its parts sharing one scale over their input
+    "flux_ia3_entry_train_on_input": (
+        "flux",
+        '"algo=locon"',
+        _flux("ia3", "train_on_input = true"),
         "",
         {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
     ),

@@ -867,12 +867,15 @@ def test_diag_oft_and_glora_entries_on_fused_layers_are_blocks_of_their_kind(tmp
 
 
 def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
-    """An IA^3 entry's own train_on_input (one scale per input column: the fused layer's parts would share
-    it) and network options the kinds do not build alike (use_scalar) stay DBS403; so does an fp8 base (the
-    full and IA^3 layers use the float weight, DBS522)."""
+    """Network options the kinds do not build alike (use_scalar) stay DBS403; so does an fp8 base (the full
+    and IA^3 layers use the float weight, DBS522). An IA^3 entry's own train_on_input (one scale per input
+    column, which the fused layer's parts share) converts now (was DBS403): its block's `on_input`
+    (tests/runtime/test_lycoris_ia3_entry_sides.py)."""
     text = MIXED_FULL.replace('algo = "ia3"\nalpha = 8', 'algo = "ia3"\ntrain_on_input = true')
-    outcome = _flux(tmp_path / "input", text, '"algo=locon"', allow=True)
-    assert "train_on_input" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "input", text, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "input").adapter
+    assert sorted(b.on_input for b in a.blocks if b.kind == "ia3") == [False, True] and a.fused
     outcome = _flux(tmp_path / "scalar", MIXED_FULL, '"algo=lokr" "use_scalar=True"', allow=True)
     assert "DBS578" in messages(outcome, "DBS403")
     outcome = _flux(

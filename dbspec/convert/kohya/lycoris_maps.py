@@ -221,7 +221,7 @@ def check_layers(
             own = (*own, *_dylora_own(layer, network))
         if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
-        if _input_side(algo, layer) and unet:  # an IA^3 entry's train_on_input: its block's `on_input`
+        if _input_side(algo, layer):  # an IA^3 entry's train_on_input: its block's `on_input`
             own = (*own, "train_on_input")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
