@@ -230,3 +230,29 @@ def test_ia3_entries_on_their_input_side_on_fused_layers(tmp_path, monkeypatch, 
             skipped += [torch.equal(module(x), plain) for _ in range(6)]
     assert kinds == {"IA3Module", "LoConModule"} and fused >= 2
     assert any(skipped) and not all(skipped)  # both the module_dropout's skip and the scales seen
+
+
+def test_input_side_scales_load_from_a_lycoris_file_into_every_part():
+    """A LyCORIS file's input-side IA^3 `weight` (one scale per input column) loads whole into each part of
+    a fused Linear (runtime/lycoris_whole_init.py: no row split) and, on a Linear whose rows kohya holds
+    swapped (SD3's last context modulation), unswapped: the columns are the same either way."""
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.lycoris_whole_init import _slots
+
+    parts = [Ia3Layer(torch.nn.Linear(6, n), "default", r=2) for n in (4, 4, 8)]
+    for p in parts[1:]:
+        p.lora_ia3["default"] = parts[0].lora_ia3["default"]  # tied, as tie_fused_ia3_inputs ties them
+    value = torch.arange(6, dtype=torch.float32)
+    for rows, swapped in (
+        ([(p, p.get_base_layer()) for p in parts], False),
+        ([(parts[2], parts[2].base_layer)], True),
+    ):
+        slots = _slots(rows, "default", swapped)
+        shape, copy = slots["weight"]
+        assert shape == (6,)
+        with torch.no_grad():
+            copy(value)
+        assert all(torch.equal(p.lora_ia3["default"], value) for p, _ in rows)
+        slots["on_input"][1](torch.tensor(1))
+        with pytest.raises(ValueError, match="on_input"):
+            slots["on_input"][1](torch.tensor(0))
