@@ -1,13 +1,15 @@
 """An IA^3 preset-file entry's own `train_on_input` on a LoCon network (issue 12; was DBS403): its block of
-kind ia3's `on_input` (spec AdapterBlock; runtime/blocks.py builds those layers at peft's rank
-INPUT_SIDE_RANK). lycoris-lora 4.1.3's create_single_module hands the entry's train_on_input to its IA3Module,
-which then trains one scale per input channel (`weight` of the input's width, `on_input` 1): W ((1 + s) x) + b
-in either forward, the default one as W (1 + s) on the weight's columns. Checked on tiny SD 1.x without a tiny
-run: the plan's U-Net as runtime/prepare.py builds it (every trainable tensor moved at random) against
-lycoris-lora's network from the same file holding its export (the IA^3 scales of the input's width, so the
-load itself fails on the output side), with module_dropout, outside and in bypass_mode, over three training
-forwards from one generator state: equal outputs, generator state after each, every IA^3 scale's gradient;
-the feed-forwards' Linears and the ResNets' 3x3 and 1x1 convolutions alike."""
+kind ia3's `on_input` (spec AdapterBlock / TextEncoderBlock; runtime/blocks.py builds those layers at peft's
+rank INPUT_SIDE_RANK). lycoris-lora 4.1.3's create_single_module hands the entry's train_on_input to its
+IA3Module, which then trains one scale per input channel (`weight` of the input's width, `on_input` 1):
+W ((1 + s) x) + b in either forward, the default one as W (1 + s) on the weight's columns. Checked without a
+tiny run against lycoris-lora's network from the same file holding our export (the scales of the input's
+width, so the load itself fails on the output side), with module_dropout, from one generator state: outputs,
+generator state, every IA^3 scale's gradient; on tiny SD 1.x the U-Net (feed-forward Linears, ResNet 3x3 and
+1x1 convolutions; outside and in bypass_mode) and CLIP's MLPs; on tiny Flux and SD3 each kohya layer (the
+fused q/k/v, Flux's linear1, whose parts share one input-side scale, and a plain out-projection) with input
+gradients too. Also one layer against IA3Module itself, and a LyCORIS file's input-side scale loading whole
+into every part (runtime/lycoris_whole_init.py)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,81 @@ def test_ia3_entries_on_their_input_side_match_lycoris(pipe, tmp_path, monkeypat
         )
         checked += 1
     assert checked > len(modules) // 2
+
+
+CLIP_PRESET = """unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPEncoderLayer"]
+text_encoder_target_name = []
+
+[module_algo_map.CLIPMLP]
+algo = "ia3"
+train_on_input = true
+"""
+
+
+def test_ia3_clip_entries_on_their_input_side(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """CLIP's MLP entries on their input side beside the network's LoCon attention (the text encoder's blocks,
+    TextEncoderBlock `on_input`): CLIP's outputs, draws and IA^3 scales' gradients equal lycoris-lora's text
+    encoder modules' with train_on_input, our export loaded."""
+    import copy
+    import types
+
+    from torch import nn
+
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.prepare import _prepare, text_targets
+    from tests.runtime.lycoris_sd_file_kit import kohya_layers
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    path, plan = _converted_plan(tmp_path, "ia3_clip", "locon", f'"module_dropout={DROP}"', text=CLIP_PRESET)
+    a = plan.adapter
+    assert [(b.kind, b.on_input) for b in a.text_encoder_blocks if b.rank] == [("ia3", True)]
+    g = torch.Generator().manual_seed(3)
+    clip = copy.deepcopy(pipe.text_encoder)
+    _prepare(clip, "text_encoder", plan, torch.device("cpu"), text_targets(a, "text_encoder"), 0)
+    with torch.no_grad():
+        for p in clip.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo="locon", preset=str(path), module_dropout=str(DROP)
+    )
+    made.apply_to(named, unet, True, False)
+    ia3 = {m.lora_name: m for m in made.text_encoder_loras if type(m).__name__ == "IA3Module"}
+    assert ia3 and all(m.train_input for m in ia3.values())
+    layers = kohya_layers(types.SimpleNamespace(unet=None, text_encoders=[clip]), Ia3Layer, adapter=True)
+    assert sorted(layers) == sorted(ia3)
+    state = lycoris_state(unet=None, text_encoders=[clip], family="sd1", dtype="fp32")
+    result = made.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys and not [k for k in result.missing_keys if k.startswith("lora_te")]
+    ids = torch.randint(0, pipe.text_encoder.config.vocab_size, (2, 7), generator=g)
+    clip.train(), named.train(), made.train()
+    torch.manual_seed(11)
+    for step in range(3):
+        before = torch.get_rng_state()
+        mine = clip(ids)[0]
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        other = named.text_model(ids)[0]
+        assert torch.equal(torch.get_rng_state(), after), f"forward {step}: the generator's state differs"
+        torch.testing.assert_close(mine, other, rtol=1e-4, atol=1e-5, msg=f"forward {step}")
+        mine.square().mean().backward(), other.square().mean().backward()
+    checked = 0
+    for name, module in ia3.items():
+        grad, expected = layers[name].lora_ia3["default"].grad, module.weight.grad
+        if expected is None:
+            assert grad is None or not grad.any(), name
+            continue
+        torch.testing.assert_close(grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6, msg=name)
+        checked += 1
+    assert checked > len(ia3) // 2
 
 
 def test_ia3_input_side_layer_matches_lycoris_module():
