@@ -3281,6 +3281,18 @@ adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer
         help="remove zero_scale, or give the block a rank of 0 (no layer)",
     ),
     Code(
+        "DBS618",
+        ERROR,
+        "An IA^3 block's input side where it cannot act",
+        """\
+`on_input = true` on `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map
+entry's `train_on_input`) makes the matched IA^3 layers scale their input channels, as LyCORIS's IA3Module
+with train_on_input does. It acts on a block of kind `ia3` beside a lora, loha or lokr adapter's layers. A
+block of another `kind` has no IA^3 layers; an ia3 adapter's own layers take `adapter.input_targets`.""",
+        help="remove the block's on_input, or give the block kind ia3 on a lora, loha or lokr adapter (an "
+        "ia3 adapter: list the layers in input_targets)",
+    ),
+    Code(
         "DBS620",
         ERROR,
         "ProdigyPlusScheduleFree over bf16 or fp16 weights",

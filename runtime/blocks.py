@@ -55,6 +55,8 @@ def with_blocks(
             and tuple(layer.kernel_size) != (1, 1)
             and (adapter.kind != "tlora" or getattr(block, "conv_rank", 0) > 0)
         )
+        # an IA^3 block beside another kind's layers: its input side (LyCORIS's train_on_input, BlockPlan)
+        on_input = block is not None and block.kind == "adapter" and getattr(block, "on_input", False)
         if block is not None and block.rank and adapter.kind in ("full", "ia3") and block.kind == "adapter":
             block = None  # a full / IA^3 block's lr_scale (compiler/adapters.py _scale_blocks): no size
         if block is None and adapter.kind in (
@@ -67,7 +69,7 @@ def with_blocks(
         elif block is None and adapter.kind == "ia3":  # peft's rank: the scale's side (rank-0: excluded)
             from dbspec.runtime.lycoris_ia3 import INPUT_SIDE_RANK
 
-            rank, alpha = (INPUT_SIDE_RANK if targeted(path, adapter.input_targets) else 1), 1.0
+            rank, alpha = (INPUT_SIDE_RANK if on_input or targeted(path, adapter.input_targets) else 1), 1.0
         elif block is None:
             rank, alpha = (adapter.conv_rank, adapter.conv_alpha) if conv else (adapter.rank, adapter.alpha)
         else:

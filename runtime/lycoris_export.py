@@ -124,20 +124,23 @@ def _flow_ia3(unet: nn.Module, family: Family, cast) -> dict[str, torch.Tensor]:
     """IA3Module's tensors on kohya's Flux / SD3 (lycoris.kohya algo=ia3): a fused Linear's (qkv, linear1)
     output-row scales are its parts' concatenated in the original row order, a part left unadapted all 0
     (IA^3's identity); SD3's last context modulation with its (scale, shift) halves swapped to kohya's
-    (shift, scale)."""
+    (shift, scale). Input-side scales (a block's `on_input`, LyCORIS's train_on_input): a fused Linear's
+    parts share one (runtime/lycoris_ia3.py tie_fused_ia3_inputs), written once, `on_input` 1."""
     found = lora_adapter(unet)
     model = found[0] if found else unet
     table = _table(family)
     fused: dict[str, dict[int, torch.Tensor]] = {}  # kohya name -> part index -> scales
     blocks: dict[str, str] = {}  # kohya name -> its block's module path
     tensors: dict[str, torch.Tensor] = {}
+    inputs: dict[str, list[torch.Tensor]] = {}  # kohya name -> its parts' input-side scales (one shared)
     for name, weights, _alpha in _layers(unet):
         if "on_input" not in weights:  # another kind's layer (a run of several kinds)
             continue
-        if int(weights["on_input"]):
-            raise ValueError(f"`{name}`: dbspec writes no kohya form of an IA^3 scale per input column")
         scale = weights["weight"].detach()
         original, part = table.original_name(name)
+        if int(weights["on_input"]):  # one scale per input column: no rows to stack or swap
+            inputs.setdefault(original, []).append(scale)
+            continue
         if part is not None:
             fused.setdefault(original, {})[part] = scale
             blocks[original] = ".".join(name.split(".")[:2])
@@ -167,6 +170,11 @@ def _flow_ia3(unet: nn.Module, family: Family, cast) -> dict[str, torch.Tensor]:
     for original, scale in tensors.items():
         out[f"lora_unet_{original}.weight"] = scale.to("cpu", cast, copy=True).contiguous()
         out[f"lora_unet_{original}.on_input"] = torch.tensor(0).to(cast)  # cast as the other writers'
+    for original, scales in inputs.items():
+        if original in tensors or any(not torch.equal(s, scales[0]) for s in scales[1:]):
+            raise ValueError(f"`{original}`: its parts' IA^3 input-side scales differ (one IA3Module's)")
+        out[f"lora_unet_{original}.weight"] = scales[0].to("cpu", cast, copy=True).contiguous()
+        out[f"lora_unet_{original}.on_input"] = torch.tensor(1).to(cast)
     return out
 
 

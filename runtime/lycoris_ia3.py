@@ -148,6 +148,27 @@ class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
         return "lycoris_ia3." + super().__repr__()
 
 
+def tie_fused_ia3_inputs(module: nn.Module, fused) -> int:
+    """LyCORIS's one IA3Module with train_on_input on a fused Linear (plan.adapter.fused: Flux, SD3, Chroma;
+    a block of kind ia3's `on_input`): one scale per input column, which every part reads, so the parts'
+    input-side `lora_ia3` entries become one Parameter, the first part's (each part computes
+    W_p ((1 + s) x) + b_p, its rows of kohya's fused output; autograd sums the parts' gradients into it, as
+    the fused module's). ValueError when a fused layer's parts are adapted in part. How many fused layers."""
+    from dbspec.runtime.adapters import ADAPTER_NAME
+    from dbspec.runtime.fused import tie_parts
+
+    def adapted(layer) -> bool:
+        return isinstance(layer, Ia3Layer) and ADAPTER_NAME in layer.lora_ia3 and layer.on_input[ADAPTER_NAME]
+
+    def tie(layer, first) -> None:
+        layer.lora_ia3[ADAPTER_NAME] = first.lora_ia3[ADAPTER_NAME]
+
+    def same(layer) -> tuple:
+        return (tuple(layer.lora_ia3[ADAPTER_NAME].shape), layer.ia3_bypass)
+
+    return tie_parts(module, fused, adapted, "LyCORIS's IA^3 on the input side", same, "input width", tie)
+
+
 def dispatch_ia3(target: nn.Module, adapter_name: str, config, **kwargs: Any) -> nn.Module | None:
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):

@@ -155,7 +155,24 @@ def _slots(rows: list[tuple], adapter: str, swapped: bool, scale: float = 1.0) -
                 f"`on_input` is {int(value)}; the run's layer scales its {'in' if on_input else 'out'}puts"
             )
 
+    if on_input:  # one scale per input column, a fused layer's parts sharing it: no rows to split or swap
+        return {"weight": (own, _input_copy(rows, adapter)), "on_input": ((), check)}
     return {"weight": (shape, _rows_copy(rows, sizes, adapter, "scale", swapped)), "on_input": ((), check)}
+
+
+def _input_copy(rows: list[tuple], adapter: str):
+    """Copy an input-side IA^3 scale (LyCORIS's train_on_input: one per input column) into every part of its
+    layer (a fused Linear's parts share it, runtime/lycoris_ia3.py tie_fused_ia3_inputs); every part must be
+    adapted, as the run ties them."""
+
+    def copy(value: torch.Tensor) -> None:
+        for layer, _ in rows:
+            if layer is None:
+                raise ValueError("an input-side IA^3 scale over a fused layer's part this run does not adapt")
+            target = layer.lora_ia3[adapter]
+            target.copy_(value.reshape(target.shape).to(target.device, target.dtype))
+
+    return copy
 
 
 def _oft_slots(layer: nn.Module, adapter: str, partial: bool) -> dict[str, Slot]:

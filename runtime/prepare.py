@@ -267,7 +267,8 @@ def swapped_rows(module: torch.nn.Module):
 
 def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
     """In a run of several kinds (runtime/mixed_kinds.py), the fused Linears its Diag-OFT / BOFT / GLoRA /
-    DyLoRA blocks hold (a DyLoRA adapter's LoRA blocks too) as that kind's one module on the fused layer (each
+    DyLoRA / input-side IA^3 blocks hold (a DyLoRA adapter's LoRA blocks too) as that kind's one module on the
+    fused layer (each
     kind's parts only: the others are left alone; the adapter's own kind's are _tie_fused's)."""
     kinds = {b.kind for b in adapter.blocks if b.kind != adapter.kind}
     if "boft" in kinds:  # one ButterflyOFTModule per fused Linear: its blocks shared
@@ -291,6 +292,10 @@ def _tie_fused_kinds(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.lycoris_glora import tie_fused_glora
 
         tie_fused_glora(module, adapter.fused, adapters.ADAPTER_NAME)
+    if "ia3" in kinds:  # an IA^3 block's input side (on_input): one scale per input column the parts share
+        from dbspec.runtime.lycoris_ia3 import tie_fused_ia3_inputs
+
+        tie_fused_ia3_inputs(module, adapter.fused)
     if "tlora" in kinds:  # one SVD of the stacked weight per fused Linear: Q and λ shared, P the parts' rows
         from dbspec.runtime.lycoris_tlora import fit_fused_tlora
 

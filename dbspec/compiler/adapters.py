@@ -177,6 +177,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
                 sig_type=b.sig_type,  # a tlora block's own SVD start (DBS622 elsewhere)
                 data_init=b.data_init,  # a tlora block's random start (DBS622 elsewhere)
+                on_input=b.on_input,  # an ia3 block's input side (DBS618 elsewhere)
                 bypass=own_bypass(b),
             )
             for b in adapter.blocks
@@ -201,6 +202,7 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
                 rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",
                 sig_type=b.sig_type,
                 data_init=b.data_init,
+                on_input=b.on_input,
                 bypass=own_bypass(b),
             )
             for b in adapter.text_encoder_blocks

@@ -3417,6 +3417,33 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An IA^3 block's input side (`on_input`, LyCORIS's train_on_input) acts on a block of kind ia3 beside a
+    lora / loha / lokr adapter's layers (runtime/blocks.py: peft's rank INPUT_SIDE_RANK; with
+    `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
+    tie_fused_ia3_inputs): DBS618 elsewhere (an ia3 adapter's own layers take `input_targets`)."""
+    a = spec.adapter
+    own = getattr(a, "kind", "")
+    for table in ("blocks", "text_encoder_blocks"):
+        for i, block in enumerate(getattr(a, table, ())):
+            if not getattr(block, "on_input", False):
+                continue
+            if block.kind != "ia3":
+                why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
+            elif own not in ("lora", "loha", "lokr"):
+                why = f"on a {own} adapter (beside lora, loha or lokr layers only)"
+            else:
+                continue
+            yield _err(
+                "DBS618",
+                ("adapter", table, i, "on_input"),
+                f"adapter.{table}[{i}].on_input = true on a block {why}: dbspec builds no input-side IA^3 "
+                "scale there",
+                codes.help("DBS618"),
+            )
+
+
+@rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
     layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of

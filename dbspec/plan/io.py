@@ -404,6 +404,9 @@ LEGACY_ADDED_FIELDS: dict[int, dict[tuple[str, ...], object]] = {
         # a T-LoRA block's random SVD start (LyCORIS's use_data_init false), added since (refused then)
         ("adapter", "blocks", "*", "data_init"): True,
         ("adapter", "text_encoder_blocks", "*", "data_init"): True,
+        # an IA^3 block's input side (LyCORIS's train_on_input), added since (refused then)
+        ("adapter", "blocks", "*", "on_input"): False,
+        ("adapter", "text_encoder_blocks", "*", "on_input"): False,
         # the norm offsets' own rank dropout, added since: they drew the adapter's rank_dropout then
         ("adapter", "norm_rank_dropout"): lambda run: _legacy_norm_rank_dropout(run["adapter"]),
     },

@@ -168,6 +168,9 @@ class BlockPlan:
     # T-LoRA: False where the layers start from the SVD of a random matrix drawn from torch's generator as
     # the adapter is built (LyCORIS's use_data_init; a preset file's map entry's own), not their weight's
     data_init: bool = True
+    # IA^3 beside another kind: True where the layers scale their input channels (LyCORIS's train_on_input;
+    # a preset file's map entry's own), peft's rank INPUT_SIDE_RANK (runtime/blocks.py)
+    on_input: bool = False
 
 
 def denoiser_held(blocks) -> bool:

@@ -555,6 +555,20 @@ def _block_sig_type():
     )
 
 
+def _block_on_input():
+    return option(
+        False,
+        doc="Whether the matched IA^3 layers (a block of kind `ia3` beside a lora, loha or lokr adapter's "
+        "layers) scale their input channels instead of their output channels (LyCORIS's `train_on_input`, a "
+        "preset file's map entry's own): each layer computes W ((1 + s) x) + b with one s per input channel "
+        "from 0, in either forward (bypass_mode alike), exported as IA3Module's `weight` of the input's "
+        "width and `on_input` 1. With `fused_projections` (Flux, SD3, Chroma) the parts of a fused Linear "
+        "share one scale over the input they all read (kohya's one IA3Module on the fused layer). Other "
+        "blocks: false only (DBS618); an ia3 adapter's own layers take `input_targets`.",
+        example=True,
+    )
+
+
 def _block_oft_rescaled():
     return option(
         "adapter",
@@ -750,6 +764,7 @@ class AdapterBlock:
     unit: int = _block_unit()
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
         1.0,
@@ -822,6 +837,7 @@ class TextEncoderBlock:
     unit: int = _block_unit()
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
     data_init: bool = _block_data_init()  # a block of kind tlora (its entry's use_data_init)
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     bypass: BlockSwitch = _block_bypass()
     lr_scale: float = option(
         1.0,

@@ -104,24 +104,25 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 454: an IA^3 network's entries with their own bypass_mode on Flux / SD3 / Chroma (unchecked on
-    # fused Linears; on SD they convert, CONVERTS below)
-    "flux_ia3_network_entry_own_bypass": (
-        "flux",
-        '"algo=ia3"',
-        _flux("ia3", "bypass_mode = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`bypass_mode` = True, not the algo=ia3 network's"],
-    ),
-    # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"
+    # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
+    # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
+    # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
+    # DBS403 (on SD alike)
     "flux_diag_oft_entry_bypass_dropout": (
         "flux",
         '"algo=locon" "bypass_mode=True" "dropout=0.1"',
         _flux("diag-oft"),
         "",
-        "DBS403",
-        ["network_args preset", "algo = 'diag-oft'", "bypass_mode with its dropout = 0.1"],
+        "DBS402",
+        ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
+    ),
+    "diag_oft_entry_bypass_dropout": (
+        "sd",
+        '"algo=locon" "bypass_mode=True" "dropout=0.1"',
+        _sd("diag-oft"),
+        "",
+        "DBS402",
+        ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
     ),
     # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its dropout beside them
     # stays DBS403 (bypass_mode alone converts, CONVERTS below)
@@ -165,23 +166,6 @@ REFUSED = {
         "--scale_weight_norms=1",
         "DBS403",
         ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
-    ),
-    # line 108 (mixed full / IA^3) and line 1191 (Flux): an IA^3 entry's own train_on_input
-    "ia3_entry_train_on_input": (
-        "sd",
-        '"algo=locon"',
-        _sd("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`train_on_input` = True"],
-    ),
-    "flux_ia3_entry_train_on_input": (
-        "flux",
-        '"algo=locon"',
-        _flux("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "`train_on_input` = True"],
     ),
     # line 549: a BOFT network's entries of other algorithms
     "boft_network_locon_entries": (
@@ -319,6 +303,15 @@ CONVERTS = {
         "sd",
         '"algo=ia3"',
         _sd("ia3", "bypass_mode = true"),
+        "",
+        {"kind": "ia3", "bypass": False, "block": {"kind": "adapter", "bypass": True, "rank": 1}},
+    ),
+    # line 454: on Flux / SD3 / Chroma (was DBS403, unchecked on fused Linears): the same block over every
+    # part (tests/runtime/test_lycoris_flux_ia3_own_bypass.py)
+    "flux_ia3_network_entry_own_bypass": (
+        "flux",
+        '"algo=ia3"',
+        _flux("ia3", "bypass_mode = true"),
         "",
         {"kind": "ia3", "bypass": False, "block": {"kind": "adapter", "bypass": True, "rank": 1}},
     ),
@@ -509,6 +502,23 @@ CONVERTS = {
         _flux("locon"),
         "",
         {"kind": "glora", "bypass": True, "block": {"kind": "lora"}},
+    ),
+    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input, its block's on_input
+    # (tests/runtime/test_lycoris_ia3_entry_sides.py)
+    "ia3_entry_train_on_input": (
+        "sd",
+        '"algo=locon"',
+        _sd("ia3", "train_on_input = true"),
+        "",
+        {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
+    ),
+    # line 1191 (Flux): the same on a fused Linear, its parts sharing one scale over their input
+    "flux_ia3_entry_train_on_input": (
+        "flux",
+        '"algo=locon"',
+        _flux("ia3", "train_on_input = true"),
+        "",
+        {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
     ),
     # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
     # tests/runtime/test_lycoris_tlora_entry_random.py

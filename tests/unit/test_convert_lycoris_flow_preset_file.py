@@ -867,12 +867,15 @@ def test_diag_oft_and_glora_entries_on_fused_layers_are_blocks_of_their_kind(tmp
 
 
 def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
-    """An IA^3 entry's own train_on_input (one scale per input column: the fused layer's parts would share
-    it) and network options the kinds do not build alike (use_scalar) stay DBS403; so does an fp8 base (the
-    full and IA^3 layers use the float weight, DBS522)."""
+    """Network options the kinds do not build alike (use_scalar) stay DBS403; so does an fp8 base (the full
+    and IA^3 layers use the float weight, DBS522). An IA^3 entry's own train_on_input (one scale per input
+    column, which the fused layer's parts share) converts now (was DBS403): its block's `on_input`
+    (tests/runtime/test_lycoris_ia3_entry_sides.py)."""
     text = MIXED_FULL.replace('algo = "ia3"\nalpha = 8', 'algo = "ia3"\ntrain_on_input = true')
-    outcome = _flux(tmp_path / "input", text, '"algo=locon"', allow=True)
-    assert "train_on_input" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "input", text, '"algo=locon"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "input").adapter
+    assert sorted(b.on_input for b in a.blocks if b.kind == "ia3") == [False, True] and a.fused
     outcome = _flux(tmp_path / "scalar", MIXED_FULL, '"algo=lokr" "use_scalar=True"', allow=True)
     assert "DBS578" in messages(outcome, "DBS403")
     outcome = _flux(
@@ -1410,8 +1413,8 @@ def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
     Linears: their modules' bypass forward (the stacked output rotated / scaled, bias included; DyLoRA's
     update unscaled), each part its own rows: the adapter's `bypass` (was DBS403 / DBS578;
     tests/runtime/test_lycoris_mixed_flow_bypass.py against lycoris-lora 4.1.3); a DyLoRA entry of several
-    blocks is DBS402 (DyLoraModule's bypass forward fails in training), a dropout stays DBS403 naming
-    why."""
+    blocks is DBS402 (DyLoraModule's bypass forward fails in training), as is a dropout beside the Diag-OFT
+    entry (DiagOFTModule's bypass forward multiplies its rotations by an output-shaped mask: RuntimeError)."""
     args = f'"algo={network}" "bypass_mode=True"'
     outcome = _flux(tmp_path / "oft", FLUX_BYPASS.replace("OFT", "diag-oft"), args)
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -1432,8 +1435,8 @@ def test_flux_bypass_mode_beside_diag_oft_and_ia3_entries(tmp_path, network):
     assert "DBS402" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS402")
     drop = f'{args} "dropout=0.1"'
     outcome = _flux(tmp_path / "drop", FLUX_BYPASS.replace("OFT", "diag-oft"), drop, allow=True)
-    assert "DBS403" in codes(outcome) and fate(outcome, "network_args preset") == "unsupported"
-    assert "bypass_mode" in outcome.conversion.reports["network_args preset"].note
+    # the Diag-OFT entry's DiagOFTModule raises in its bypass forward's dropout: DBS402 (was DBS403)
+    assert "DBS402" in codes(outcome) and "RuntimeError" in messages(outcome, "DBS402")
 
 
 def test_flux_entries_own_bypass_mode_become_the_blocks_bypass(tmp_path):

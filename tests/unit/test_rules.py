@@ -676,6 +676,18 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (  # an IA^3 block's input side (LyCORIS's train_on_input): on a block of kind ia3 beside lora layers
+        rules.ia3_block_on_input,
+        '[adapter]\nkind = "lora"\nrank = 4\n[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\n'
+        + "rank = 4\nalpha = 1.0\non_input = true\n"
+        + DOG
+        + STEPS,
+        [("DBS618", "error", ("adapter", "blocks", 0, "on_input"))],
+        '[adapter]\nkind = "lora"\nrank = 4\n[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\n'
+        + "rank = 1\nalpha = 1.0\non_input = true\n"
+        + DOG
+        + STEPS,
+    ),
     (  # the norm offsets' own rank dropout: nothing draws it without norm offsets
         rules.norm_rank_dropout_needs_norms,
         '[adapter]\nkind = "boft"\nnorm_rank_dropout = 0.1\n' + DOG + STEPS,

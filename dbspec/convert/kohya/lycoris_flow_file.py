@@ -324,7 +324,8 @@ def flux_preset_file(
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
     # bypass_mode: the adapter's `bypass` gives a LoCon / LoHa / LoKr network's Diag-OFT, BOFT, IA^3 and
     # DyLoRA entries their bypass forward (each fused Linear's parts their own rows of the one module's
-    # output: lycoris_flux.py; a dropout stays DBS403), and an entry's own bypass_mode their block's
+    # output: lycoris_flux.py; a dropout stays DBS403, DBS402 beside a
+    # Diag-OFT entry: lycoris_maps._oft_bypass_dropout), and an entry's own bypass_mode their block's
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
     bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
     blocks, text_blocks, inert = map_blocks(

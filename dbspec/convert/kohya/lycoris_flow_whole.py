@@ -20,21 +20,25 @@ from dbspec.convert.kohya.network import rank_dropout_readers
 
 
 def kind_blocks(blocks, text_blocks) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The blocks of another kind (a map entry's algorithm) among a full / IA^3 network's (the leading rank-0
-    blocks are its `exclude` patterns, lycoris_flux._full_excluded)."""
-    return [b for b in blocks if "kind" in b], [b for b in text_blocks if "kind" in b]
+    """The blocks of another kind (a map entry's algorithm) among a full / IA^3 network's, and an IA^3
+    network's own entries' blocks with their own bypass_mode (lycoris_maps._own_ia3: a `bypass`, no kind;
+    the leading rank-0 blocks are its `exclude` patterns, lycoris_flux._full_excluded)."""
+    return [b for b in blocks if "kind" in b or "bypass" in b], [
+        b for b in text_blocks if "kind" in b or "bypass" in b
+    ]
 
 
 def put_kind_blocks(conv: Conversion, module: Legacy, blocks, text_blocks) -> bool:
-    """Writes the blocks of another kind into [[adapter.blocks]] / [[adapter.text_encoder_blocks]], each
-    commented with why; True when there were any (the adapter needs `fused_projections`)."""
+    """Writes the blocks of another kind (and an IA^3 network's own entries' with their own bypass_mode)
+    into [[adapter.blocks]] / [[adapter.text_encoder_blocks]], each commented with why; True when some block
+    is of another kind (the adapter needs `fused_projections`)."""
     unet, text = kind_blocks(blocks, text_blocks)
     for table, found in (("blocks", unet), ("text_encoder_blocks", text)):
         for index, block in enumerate(dict(b) for b in found):
             note = conv.comment(module, block.pop("_why"))
             for key, value in block.items():
                 conv.put(("adapter", table, index, key), value, note)
-    return bool(unet or text)
+    return any("kind" in b for b in (*unet, *text))
 
 
 FUSED_WHY = (

@@ -192,6 +192,7 @@ def check_layers(
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
+        _oft_bypass_dropout(layer, network)
         _tlora_kxk(layer, algo)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
@@ -218,10 +219,10 @@ def check_layers(
             own = (*own, *_oft_own(layer, network))
         if _algo(layer.algo) == "dylora":  # a DyLoRA block's unit (_blocks), beside other kinds too
             own = (*own, *_dylora_own(layer, network))
-        # an IA^3 network's own entries: on SD 1.x/2.x and SDXL alone (checked there, not on fused Linears)
-        ia3_own = _algo(algo) == _algo(layer.algo) == "ia3" and not unet
-        if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
+        if entry_bypass and _own_bypass(algo, layer.algo):  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
+        if _input_side(algo, layer):  # an IA^3 entry's train_on_input: its block's `on_input`
+            own = (*own, "train_on_input")
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network, unet))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
@@ -244,8 +245,7 @@ def check_layers(
                 f"`{layer.source}` hands its layers (e.g. {layer.path}) `bypass_mode` = {value!r}, not the "
                 f"algo={algo} network's: a {layer.algo} entry's own bypass_mode is its block's `bypass` "
                 "beside a LoCon, LoHa or LoKr network, a DyLoRA or GLoRA network of another algorithm, or "
-                "on a Diag-OFT, BOFT, DyLoRA or (on SD 1.x/2.x and SDXL) IA^3 network's own; on Flux, SD3 "
-                "and Chroma an IA^3 network's entries take the network's bypass_mode only",
+                "on a Diag-OFT, BOFT, DyLoRA or IA^3 network's own",
                 False,
             )
         if read:
@@ -288,7 +288,7 @@ _LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora")
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
-# DyloraBlock, ScaleBlock: an IA^3 adapter's own blocks, on SD 1.x/2.x and SDXL: check_layers)
+# DyloraBlock, ScaleBlock: an IA^3 adapter's own blocks; on Flux / SD3 / Chroma each part of a fused Linear)
 _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora", "ia3")
 
 
@@ -303,6 +303,13 @@ def _own_bypass(algo: str, entry: str) -> bool:
     if _algo(entry) == _algo(algo):
         return _algo(algo) in _OWN_BYPASS_NETWORKS
     return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora", "tlora")
+
+
+def _input_side(algo: str, layer: Layer) -> bool:
+    """An IA^3 entry on a LoRA/LoCon, LoHa or LoKr network, whose own `train_on_input` (IA3Module's truth
+    test: a scale per input channel, W ((1 + s) x) + b) its block of kind ia3 carries as `on_input` (spec
+    AdapterBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side)."""
+    return _algo(layer.algo) == "ia3" and _algo(algo) in _BLOCK_KINDS
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -333,6 +340,25 @@ def _full_bypass(layer: Layer, network: dict[str, Any]) -> None:
             f"`{layer.source}` gives {layer.path} algo = 'full' with bypass_mode (its own or the network's): "
             "LyCORIS's FullModule raises ValueError (bypass mode is not supported in Full algo) when "
             "create_network builds it",
+            True,
+        )
+
+
+def _oft_bypass_dropout(layer: Layer, network: dict[str, Any]) -> None:
+    """PresetError (DBS402) for a Diag-OFT layer in bypass_mode (its own or the network's) beside the
+    network's nonzero `dropout` (else --network_dropout, which train_network.py hands on): LyCORIS's
+    create_single_module hands every module the network's dropout, and lycoris-lora 4.1.3's
+    DiagOFTModule._bypass_forward (lycoris/modules/diag_oft.py: `mask = self.drop(mask)` over
+    `torch.ones_like(org_out)`, then `r * scale * mask`) multiplies its (blocks, size, size) rotations by a
+    mask shaped like the output (..., blocks, size) in training mode: RuntimeError on the first training
+    forward, as for a Diag-OFT network's own (network.py _diag_oft_bypass_dropout)."""
+    if _algo(layer.algo) == "diag-oft" and _bypassed(layer, network) and network.get("dropout"):
+        raise PresetError(
+            f"`{layer.source}` gives {layer.path} algo = {layer.algo!r} in bypass_mode (its own or the "
+            f"network's) beside the network's dropout = {network['dropout']:g}: LyCORIS's DiagOFTModule "
+            "multiplies its (blocks, size, size) rotations by a dropout mask shaped like the layer's output "
+            "(..., blocks, size) in training mode, and torch raises RuntimeError (the shapes do not "
+            "broadcast) on the first forward",
             True,
         )
 
@@ -861,6 +887,8 @@ def _blocks(
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
             switches.update(own_bypass_switch(algo, group[0], network))
+        if _input_side(algo, group[0]) and dict(group[0].options).get("train_on_input"):
+            switches["on_input"] = True  # IA3Module's `if train_on_input`: its scales on the input channels
         if _algo(group[0].algo) == "tlora" == _algo(algo):  # its own SVD start (_tlora_own)
             entry = dict(group[0].options)
             sig_type = entry.get("sig_type", "principal")
