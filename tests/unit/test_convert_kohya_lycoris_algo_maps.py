@@ -857,9 +857,10 @@ def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo, train_norm):
 
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
-    hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
-    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); BOFT's alike; GLoRA
-    entries blocks of kind "glora" at the entry's dim and alpha."""
+    hint (DiagOFTModule's lora_dim) and alpha the network's constraint (0 by default; a network
+    `constraint`, which LyCORIS hands every module and the other kinds ignore, was DBS403: their alpha,
+    tests/runtime/test_lycoris_network_constraint_oft_entries.py; a network `rescaled` stays DBS403); BOFT's
+    alike; GLoRA entries blocks of kind "glora" at the entry's dim and alpha."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
     )
@@ -875,7 +876,11 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     assert {b.kind: (b.rank, b.alpha) for b in o.adapter.blocks} == {"boft": (4, 0.0), "lora": (8, 4.0)}
     (tmp_path / "constraint").mkdir()
     outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
-    assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")
+    c = plan_of(expressible(outcome), tmp_path / "constraint").adapter
+    assert {b.kind: (b.rank, b.alpha) for b in c.blocks} == {"diag-oft": (4, 1e-4), "lora": (8, 4.0)}
+    (tmp_path / "rescaled").mkdir()
+    outcome = _convert(tmp_path / "rescaled", text, "lokr", '"factor=8" "rescaled=True"')
+    assert "DBS403" in codes(outcome) and "rescaled" in messages(outcome, "DBS403")
     # an entry's own constraint and rescaled (was DBS403): its block's alpha and `rescaled` (DiagOFTModule's
     # `if rescaled`: the string "false" is true); runtime: test_lycoris_mixed_file (OFT_RESCALED)
     own = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = "false"')

@@ -234,14 +234,15 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'locon' on an algo=boft network"],
     ),
-    # line 108 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries
-    "network_constraint_beside_diag_oft": (
+    # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries (its constraint
+    # converts, CONVERTS below)
+    "network_rescaled_beside_diag_oft": (
         "sd",
-        '"algo=locon" "constraint=0.1"',
+        '"algo=locon" "rescaled=True"',
         _sd("diag-oft"),
         "",
         "DBS403",
-        ["network_args preset", "algo=locon network with network_args constraint"],
+        ["network_args preset", "algo=locon network with network_args rescaled"],
     ),
     # line 108 (map entries): rs_lora in a network of several algorithms
     "rs_lora_beside_loha": (
@@ -619,6 +620,22 @@ CONVERTS = {
             "output_dropout": 0.0,
             "block": {"kind": "lora"},
         },
+    ),
+    # line 110 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries, their blocks' alpha
+    # (tests/runtime/test_lycoris_network_constraint_oft_entries.py)
+    "network_constraint_beside_diag_oft": (
+        "sd",
+        '"algo=locon" "constraint=0.1"',
+        _sd("diag-oft"),
+        "",
+        {"kind": "lora", "block": {"kind": "diag-oft", "alpha": 0.1}},
+    ),
+    "flux_glora_network_constraint_beside_diag_oft": (
+        "flux",
+        '"algo=glora" "constraint=0.1"',
+        _flux("diag-oft"),
+        "",
+        {"kind": "glora", "block": {"kind": "diag-oft", "alpha": 0.1}},
     ),
 }
 

@@ -574,7 +574,8 @@ def _mixed_kinds(
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
     if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
-        on += [key for key in ("constraint", "rescaled") if network.get(key)]
+        # (the network's constraint their blocks' alpha: _blocks; its rescaled not expressed)
+        on += [key for key in ("rescaled",) if network.get(key)]
     if on:
         named = ", ".join(on)
         if "bypass_mode" in on and drops and alone:  # name the dropouts bypass_mode cannot take here
@@ -818,9 +819,9 @@ def _blocks(
         if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
             block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
         oft_own: list[str] = []
-        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint 0
-            entry = dict(group[0].options)  # one entry: its own constraint (the block's alpha), rescaled
-            c = 0.0
+        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint the
+            entry = dict(group[0].options)  # network's (create_single_module hands it every module, which
+            c = float(network.get("constraint") or 0.0)  # only they read); its own replaces it (the alpha)
             if "constraint" in entry and not _same("constraint", entry["constraint"], network):
                 c = float(entry["constraint"])  # a number of at least 0 (_oft_own)
                 oft_own.append("constraint")
