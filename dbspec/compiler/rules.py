@@ -3618,15 +3618,17 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
 def glora_bypass_inert(a) -> bool:
     """Whether a glora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
     its blocks of other kinds as their default forward: blocks of kind lora, loha and lokr alone, none
-    decomposed, the adapter without `dropout` / `rank_dropout` (GLoRA's bypass dropouts, which LoConModule /
-    LohaModule read otherwise). LoConModule's, LohaModule's and LokrModule's bypass forward then computes
-    their default one after the same module_dropout draw (runtime/mixed_kinds.py kind_adapter hands them the
-    adapter's `bypass`, inert on those kinds; tests/runtime/test_lycoris_glora_bypass_entries.py)."""
+    decomposed, the adapter without `rank_dropout` (GLoRA's bypass rank masks, which LoConModule / LohaModule
+    read otherwise). LoConModule's, LohaModule's and LokrModule's bypass forward then computes their default
+    one after the same module_dropout draw (runtime/mixed_kinds.py kind_adapter hands them the adapter's
+    `bypass`, inert on those kinds; tests/runtime/test_lycoris_glora_bypass_entries.py), then drops it by the
+    adapter's `dropout` (LyCORIS's one `dropout`, which GLoRAModule applies to its pairs' outputs and those
+    modules to their update x scalar: the plan's output_dropout on those layers, compiler/adapters.py
+    _glora_plan; tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "glora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
-        and not getattr(a, "dropout", 0.0)
         and not getattr(a, "rank_dropout", 0.0)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
@@ -3695,6 +3697,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # A GLoRA adapter's bypass beside LoRA / LoHa / LoKr blocks alone without its dropouts or a decomposed
     # block (glora_bypass_inert): LyCORIS's network bypass_mode, their bypass forward their default one
     closed = own == "tlora" or (own == "glora" and not glora_bypass_inert(a))
+    if own == "glora" and getattr(a, "bypass", False) and not closed:  # every module's bypass Dropout
+        kept += ("dropout",)
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

@@ -694,8 +694,10 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     export in lycoris-lora); its module_dropout (was DBS403) every kind's layers draw as their LyCORIS class
     does (tests/runtime/test_lycoris_mixed_module_dropout.py); its bypass_mode (was DBS403, a spec's
     DBS578) the adapter's `bypass`, which its LoCon / LoHa blocks take as LyCORIS's modules do, their bypass
-    forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout or
-    dora_wd beside them it stays DBS403."""
+    forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout too
+    (was DBS403) GLoRA's bypass_dropout and its blocks' output_dropout
+    (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); with dora_wd beside them it stays
+    DBS403."""
     outcome = expressible(_convert(tmp_path, MIXED, "glora"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("glora", 16, 8.0)
@@ -709,7 +711,11 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     outcome = expressible(_convert(tmp_path / "bypass", MIXED, "glora", '"bypass_mode=True"'))
     a = plan_of(outcome, tmp_path / "bypass").adapter
     assert a.bypass and all(b.bypass for b in (*a.blocks, *a.text_encoder_blocks))
-    for name, args in (("dropout", '"dropout=0.1"'), ("dora", '"dora_wd=True"')):
+    (tmp_path / "dropout").mkdir()
+    outcome = _convert(tmp_path / "dropout", MIXED, "glora", '"bypass_mode=True" "dropout=0.1"')
+    a = plan_of(expressible(outcome), tmp_path / "dropout").adapter
+    assert (a.bypass, a.bypass_dropout, a.output_dropout) == (True, 0.1, 0.1)
+    for name, args in (("ranks", '"rank_dropout=0.1"'), ("dora", '"dora_wd=True"')):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, MIXED, "glora", f'"bypass_mode=True" {args}')
         assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")

@@ -123,11 +123,11 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'diag-oft'", "bypass_mode with its dropout = 0.1"],
     ),
-    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its dropout beside them
-    # stays DBS403 (bypass_mode alone converts, CONVERTS below)
-    "glora_network_bypass_dropout_beside_locon": (
+    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its rank_dropout beside
+    # them stays DBS403 (bypass_mode alone and with its dropout converts, CONVERTS below)
+    "glora_network_bypass_rank_dropout_beside_locon": (
         "sd",
-        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        '"algo=glora" "bypass_mode=True" "rank_dropout=0.1"',
         _sd("locon"),
         "",
         "DBS403",
@@ -618,6 +618,34 @@ CONVERTS = {
             "rank_dropout": 0.1,
             "rank_dropout_form": "lycoris_bypass",
             "output_dropout": 0.0,
+            "block": {"kind": "lora"},
+        },
+    ),
+    # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
+    # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
+    "glora_network_bypass_dropout_beside_locon": (
+        "sd",
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        _sd("locon"),
+        "",
+        {
+            "kind": "glora",
+            "bypass": True,
+            "bypass_dropout": 0.1,
+            "output_dropout": 0.1,
+            "block": {"kind": "lora", "bypass": True},
+        },
+    ),
+    "flux_glora_network_bypass_dropout_beside_locon": (
+        "flux",
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        _flux("locon"),
+        "",
+        {
+            "kind": "glora",
+            "bypass": True,
+            "bypass_dropout": 0.1,
+            "output_dropout": 0.1,
             "block": {"kind": "lora"},
         },
     ),

@@ -487,8 +487,11 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     dropout, rank_dropout or weight decomposition computes their default one after the same module_dropout
     draw (tests/runtime/test_lycoris_bypass_kinds.py), so the adapter's `bypass` hands their blocks
     (runtime/mixed_kinds.py kind_adapter) a forward equal to lycoris-lora 4.1.3's, the GLoRA layers keeping
-    theirs (the network's dropout / rank_dropout beside them stays refused by the caller;
-    tests/runtime/test_lycoris_glora_bypass_entries.py)."""
+    theirs (tests/runtime/test_lycoris_glora_bypass_entries.py). The network's `dropout` there too (was
+    DBS403): GLoRAModule's Dropout of each pair's output and those modules' bypass Dropout of their update x
+    scalar after the same draws, the adapter's `dropout` (its blocks' output_dropout in the plan;
+    tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); its rank_dropout beside them stays refused
+    by the caller."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
     return entries <= {"lora", "loha", "lokr"} and not network.get("weight_decompose") and not own
@@ -544,12 +547,15 @@ def _mixed_kinds(
     # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
     # forward reads as its own (_bypass_rank_dropout)
     ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
-    dropout = bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
+    # a GLoRA network's beside LoCon / LoHa / LoKr entries undecomposed: its adapter's `dropout`, GLoRA's
+    # pairs' and those modules' bypass Dropout alike (_glora_bypass_inert)
+    inert = _algo(algo) == "glora" and _glora_bypass_inert(unet, network)
+    dropout = bool(_rate(network.get("dropout"))) and not (_bypass_output_dropout(algo, unet) or inert)
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it); a GLoRA network's LoCon / LoHa /
     # LoKr entries undecomposed do (_glora_bypass_inert)
-    glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not _glora_bypass_inert(unet, network))
+    glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not inert)
     # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
     # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
     alone = not glora and (bypass or {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT))
