@@ -226,11 +226,15 @@ REFUSED = {
         ["network_args preset", "`train_on_input` = True"],
     ),
     # line 549: a BOFT network's entries of other algorithms
-    "boft_network_locon_entries": (
-        "sd",
+    # a BOFT network's entries of other algorithms on Flux (on SD they convert, CONVERTS below; dim 18 splits
+    # FLUX.1's 9216 q/k/v rows)
+    "flux_boft_network_locon_entries": (
+        "flux",
         '"algo=boft"',
-        _sd("locon"),
-        "",
+        _flux("locon").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
         "DBS403",
         ["network_args preset", "algo = 'locon' on an algo=boft network"],
     ),
@@ -620,6 +624,16 @@ CONVERTS = {
             "output_dropout": 0.0,
             "block": {"kind": "lora"},
         },
+    ),
+    # line 108 (train_norm sentence): a BOFT network's entries of other algorithms on SD, converted as the
+    # entries' network with the BOFT layers as boft entries
+    # (tests/runtime/test_lycoris_boft_network_entries.py)
+    "boft_network_locon_entries": (
+        "sd",
+        '"algo=boft"',
+        _sd("locon"),
+        "",
+        {"kind": "lora", "block": {"kind": "boft", "rank": 4, "alpha": 0.0}},
     ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)

@@ -39,7 +39,7 @@ from dbspec.convert.kohya.lycoris_file import (
 )
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
-from dbspec.convert.kohya.oft_entries import entries_constraint
+from dbspec.convert.kohya.oft_entries import boft_network_host, entries_constraint
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
@@ -336,6 +336,12 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
+            hosted = boft_network_host(algo, found)  # its LoCon / LoHa / LoKr entries' network (was DBS403)
+            if hosted is not None:
+                host, found = hosted
+                note = f"algo={algo}: its preset file's {host} entries' kind, its own layers {algo} blocks"
+                algo, kind = host, _ALGOS[host]
+                conv.put(("adapter", "kind"), kind, conv.comment(module, note))
             conv.facts[PRESET_LAYERS] = found  # which layers it builds (a DyLoRA alpha file: dylora.py)
             norm_table = found.norms
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
@@ -360,10 +366,14 @@ def _map_network(
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+                why = f"the LyCORIS preset file: {exc}"
+                if hosted is not None:  # the user wrote algo=boft: say which network it converts as
+                    why += f" (algo=boft beside {algo} entries converts as an algo={algo} network whose own "
+                    why += "layers are algo = 'boft' entries, which LyCORIS builds alike)"
                 if exc.crash:  # an entry LokrModule cannot read
-                    conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+                    conv.invalid(legacy.key, preset, args.source, why)
                 else:
-                    conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+                    conv.unsupported(legacy, why)
                 return None
             for key, why in inert:
                 conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)

@@ -5,6 +5,8 @@ read it)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dbspec.convert.common.core import Conversion, Legacy
 
 _OFT_KINDS = ("diag-oft", "boft")
@@ -23,3 +25,36 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
     why = f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' alpha): {named}"
     item = Legacy(key=f"{args.key} constraint", value=kwargs.pop("constraint"), source=args.source)
     conv.record(item, "mapped", "adapter.blocks.alpha", why)
+
+
+# the algorithms a BOFT network's entries may give (its layers then the entries' network's BOFT entries): the
+# first present is the adapter's kind
+_HOSTS = ("lora", "locon", "loha", "lokr")
+
+
+def boft_network_host(algo: str, found) -> tuple[str, object] | None:
+    """A BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: a BOFT adapter's
+    [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm, the file's
+    Targets with the network's own layers as entries of that network), else None. lycoris-lora 4.1.3's
+    network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
+    network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
+    the same root kwargs whatever it is, so algo=boft with LoCon entries builds what algo=locon builds with
+    each of those BOFT layers an entry of algo = "boft" at the network's dim, alpha and options: converted as
+    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft";
+    tests/runtime/test_lycoris_boft_network_entries.py)."""
+    if algo != "boft":
+        return None
+    layers = [*found.unet.values(), *found.text.values()]
+    given = {layer.algo.lower() for layer in layers if layer.source}
+    host = next((name for name in _HOSTS if name in given), None)
+    if host is None:
+        return None
+    source = f"network algo={algo}"  # the network's own layers: an entry's name in notes and messages
+
+    def moved(table: dict) -> dict:
+        return {
+            path: replace(layer, source=source) if not layer.source and layer.algo == algo else layer
+            for path, layer in table.items()
+        }
+
+    return host, found._replace(unet=moved(found.unet), text=moved(found.text))
