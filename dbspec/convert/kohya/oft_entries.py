@@ -1,7 +1,7 @@
-"""The network's Diag-OFT / BOFT options beside a LyCORIS preset file's Diag-OFT / BOFT entries on a
-network of another algorithm (lycoris-lora 4.1.3's create_network hands its `constraint` to every module
+"""LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` beside Diag-OFT /
+BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands it to every module
 through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and ButterflyOFTModule
-read it)."""
+read it), and a BOFT network's LoCon / LoHa / LoKr entries (converted as those entries' network)."""
 
 from __future__ import annotations
 
