@@ -258,6 +258,10 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         rank_dropout=adapter.rank_dropout if adapter.bypass or rank_dropout_blocks(adapter) else 0.0,
         rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
+        # LyCORIS's one `dropout`, which its LoCon / LoHa / LoKr blocks' modules apply to their update x
+        # scalar in bypass_mode (rules.glora_bypass_inert; runtime/prepare.py: lora_dropout.py,
+        # fused_lycoris_dropout.py)
+        output_dropout=adapter.dropout if adapter.bypass and _bypass_dropout_blocks(adapter) else 0.0,
         **_blocks_max_norm(adapter),
         params=adapter_params(adapter, family, components),
         t5_targets=_t5_targets(family, components),  # LyCORIS's GLoRAModule on T5-XXL's Linears (train.t5)
@@ -687,6 +691,13 @@ def rank_dropout_blocks(a) -> bool:
     readers = ("lora", "loha", "lokr", "full", "diag-oft")
     blocks = (*a.blocks, *getattr(a, "text_encoder_blocks", ()))
     return any(getattr(b, "kind", "adapter") in readers for b in blocks)
+
+
+def _bypass_dropout_blocks(adapter) -> bool:
+    """Some block gives its layers LoRA / LoCon, LoHa or LoKr beside the adapter's kind (LyCORIS's modules
+    whose bypass forward drops their update by the network's `dropout`)."""
+    kinds = {getattr(b, "kind", "adapter") for b in (*adapter.blocks, *adapter.text_encoder_blocks)}
+    return bool(kinds & {"lora", "loha", "lokr"})
 
 
 def _lora_blocks(adapter) -> bool:

@@ -2170,7 +2170,8 @@ class GloraAdapter:
     dropout: float = option(
         0.0,
         doc="With `bypass`: torch's dropout (kept values scaled by 1 / (1 - p)) on each pair's output, "
-        "a1 a2 x and b1 b2 x, while training (LyCORIS `dropout`, kohya's `network_dropout`).",
+        "a1 a2 x and b1 b2 x, while training (LyCORIS `dropout`, kohya's `network_dropout`); on the layers "
+        "of `[[adapter.blocks]]` of kind lora, loha or lokr, LyCORIS's bypass dropout of their update.",
         minimum=0,
         maximum=1,
     )

@@ -694,8 +694,10 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     export in lycoris-lora); its module_dropout (was DBS403) every kind's layers draw as their LyCORIS class
     does (tests/runtime/test_lycoris_mixed_module_dropout.py); its bypass_mode (was DBS403, a spec's
     DBS578) the adapter's `bypass`, which its LoCon / LoHa blocks take as LyCORIS's modules do, their bypass
-    forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout or
-    dora_wd beside them it stays DBS403."""
+    forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout too
+    (was DBS403) GLoRA's bypass_dropout and its blocks' output_dropout
+    (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); with dora_wd beside them it stays
+    DBS403."""
     outcome = expressible(_convert(tmp_path, MIXED, "glora"))
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.rank, a.alpha) == ("glora", 16, 8.0)
@@ -709,7 +711,11 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     outcome = expressible(_convert(tmp_path / "bypass", MIXED, "glora", '"bypass_mode=True"'))
     a = plan_of(outcome, tmp_path / "bypass").adapter
     assert a.bypass and all(b.bypass for b in (*a.blocks, *a.text_encoder_blocks))
-    for name, args in (("dropout", '"dropout=0.1"'), ("dora", '"dora_wd=True"')):
+    (tmp_path / "dropout").mkdir()
+    outcome = _convert(tmp_path / "dropout", MIXED, "glora", '"bypass_mode=True" "dropout=0.1"')
+    a = plan_of(expressible(outcome), tmp_path / "dropout").adapter
+    assert (a.bypass, a.bypass_dropout, a.output_dropout) == (True, 0.1, 0.1)
+    for name, args in (("ranks", '"rank_dropout=0.1"'), ("dora", '"dora_wd=True"')):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, MIXED, "glora", f'"bypass_mode=True" {args}')
         assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")
@@ -857,9 +863,10 @@ def test_rank_dropout_beside_entries_that_draw_it(tmp_path, algo, train_norm):
 
 def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
-    hint (DiagOFTModule's lora_dim) and alpha the network's constraint, 0 (a network `constraint` or
-    `rescaled`, which LyCORIS hands every module and the other kinds ignore: DBS403); BOFT's alike; GLoRA
-    entries blocks of kind "glora" at the entry's dim and alpha."""
+    hint (DiagOFTModule's lora_dim) and alpha the network's constraint (0 by default; a network
+    `constraint`, which LyCORIS hands every module and the other kinds ignore, was DBS403: their alpha,
+    tests/runtime/test_lycoris_network_constraint_oft_entries.py; a network `rescaled` stays DBS403); BOFT's
+    alike; GLoRA entries blocks of kind "glora" at the entry's dim and alpha."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
     )
@@ -875,7 +882,11 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     assert {b.kind: (b.rank, b.alpha) for b in o.adapter.blocks} == {"boft": (4, 0.0), "lora": (8, 4.0)}
     (tmp_path / "constraint").mkdir()
     outcome = _convert(tmp_path / "constraint", text, "lokr", '"factor=8" "constraint=1e-4"')
-    assert "DBS403" in codes(outcome) and "constraint" in messages(outcome, "DBS403")
+    c = plan_of(expressible(outcome), tmp_path / "constraint").adapter
+    assert {b.kind: (b.rank, b.alpha) for b in c.blocks} == {"diag-oft": (4, 1e-4), "lora": (8, 4.0)}
+    (tmp_path / "rescaled").mkdir()
+    outcome = _convert(tmp_path / "rescaled", text, "lokr", '"factor=8" "rescaled=True"')
+    assert "DBS403" in codes(outcome) and "rescaled" in messages(outcome, "DBS403")
     # an entry's own constraint and rescaled (was DBS403): its block's alpha and `rescaled` (DiagOFTModule's
     # `if rescaled`: the string "false" is true); runtime: test_lycoris_mixed_file (OFT_RESCALED)
     own = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = "false"')

@@ -124,11 +124,11 @@ REFUSED = {
         "DBS402",
         ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
     ),
-    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its dropout beside them
-    # stays DBS403 (bypass_mode alone converts, CONVERTS below)
-    "glora_network_bypass_dropout_beside_locon": (
+    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its rank_dropout beside
+    # them stays DBS403 (bypass_mode alone and with its dropout converts, CONVERTS below)
+    "glora_network_bypass_rank_dropout_beside_locon": (
         "sd",
-        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        '"algo=glora" "bypass_mode=True" "rank_dropout=0.1"',
         _sd("locon"),
         "",
         "DBS403",
@@ -168,22 +168,27 @@ REFUSED = {
         ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
     ),
     # line 549: a BOFT network's entries of other algorithms
-    "boft_network_locon_entries": (
-        "sd",
+    # a BOFT network's entries of other algorithms on Flux (on SD they convert, CONVERTS below; dim 18 splits
+    # FLUX.1's 9216 q/k/v rows)
+    "flux_boft_network_locon_entries": (
+        "flux",
         '"algo=boft"',
-        _sd("locon"),
-        "",
+        _flux("locon").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
         "DBS403",
         ["network_args preset", "algo = 'locon' on an algo=boft network"],
     ),
-    # line 108 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries
-    "network_constraint_beside_diag_oft": (
+    # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries (its constraint
+    # converts, CONVERTS below)
+    "network_rescaled_beside_diag_oft": (
         "sd",
-        '"algo=locon" "constraint=0.1"',
+        '"algo=locon" "rescaled=True"',
         _sd("diag-oft"),
         "",
         "DBS403",
-        ["network_args preset", "algo=locon network with network_args constraint"],
+        ["network_args preset", "algo=locon network with network_args rescaled"],
     ),
     # line 108 (map entries): rs_lora in a network of several algorithms
     "rs_lora_beside_loha": (
@@ -667,6 +672,60 @@ CONVERTS = {
         None,
         "--network_alpha=-1",
         {"kind": "tlora", "alpha": -1.0},
+    ),
+    # line 108 (train_norm sentence): a BOFT network's entries of other algorithms on SD, converted as the
+    # entries' network with the BOFT layers as boft entries
+    # (tests/runtime/test_lycoris_boft_network_entries.py)
+    "boft_network_locon_entries": (
+        "sd",
+        '"algo=boft"',
+        _sd("locon"),
+        "",
+        {"kind": "lora", "block": {"kind": "boft", "rank": 4, "alpha": 0.0}},
+    ),
+    # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
+    # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
+    "glora_network_bypass_dropout_beside_locon": (
+        "sd",
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        _sd("locon"),
+        "",
+        {
+            "kind": "glora",
+            "bypass": True,
+            "bypass_dropout": 0.1,
+            "output_dropout": 0.1,
+            "block": {"kind": "lora", "bypass": True},
+        },
+    ),
+    "flux_glora_network_bypass_dropout_beside_locon": (
+        "flux",
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        _flux("locon"),
+        "",
+        {
+            "kind": "glora",
+            "bypass": True,
+            "bypass_dropout": 0.1,
+            "output_dropout": 0.1,
+            "block": {"kind": "lora"},
+        },
+    ),
+    # line 110 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries, their blocks' alpha
+    # (tests/runtime/test_lycoris_network_constraint_oft_entries.py)
+    "network_constraint_beside_diag_oft": (
+        "sd",
+        '"algo=locon" "constraint=0.1"',
+        _sd("diag-oft"),
+        "",
+        {"kind": "lora", "block": {"kind": "diag-oft", "alpha": 0.1}},
+    ),
+    "flux_glora_network_constraint_beside_diag_oft": (
+        "flux",
+        '"algo=glora" "constraint=0.1"',
+        _flux("diag-oft"),
+        "",
+        {"kind": "glora", "block": {"kind": "diag-oft", "alpha": 0.1}},
     ),
 }
 

@@ -1812,13 +1812,15 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\ndropout = 0.1\n'
-        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'lora'\nrank = 6\nalpha = 1.0\n",
-        # module_dropout: each kind draws its own (issue 12); GLoRA's bypass dropout not the LoCon layers'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'mlp'\nkind = 'full'\nrank = 1\nalpha = 1.0\n",
+        # module_dropout: each kind draws its own (issue 12); GLoRA's bypass and its dropout not the full
+        # layers' (FullModule raises on bypass_mode)
         [("DBS578", "error", ("adapter", "dropout")), ("DBS578", "error", ("adapter", "bypass"))],
-        # a GLoRA adapter's bypass beside lora / loha / lokr blocks without its dropouts (issue 12)
+        # a GLoRA adapter's bypass and its dropout beside lora / loha / lokr blocks (issue 12): LyCORIS's
+        # bypass Dropout on every module (rules.glora_bypass_inert; was DBS578 with the dropout)
         DOG
         + STEPS
-        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\n'
+        + '[adapter]\nkind = "glora"\nrank = 8\nmodule_dropout = 0.1\nbypass = true\ndropout = 0.1\n'
         + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 6\nalpha = 1.0\n",
     ),
     (  # a GLoRA / DyLoRA adapter's max_norm scales its LoCon / LoHa / LoKr / Diag-OFT / BOFT blocks alone

@@ -34,6 +34,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     take_blocks_dora,
 )
 from dbspec.convert.kohya.network import _lycoris_rs_lora
+from dbspec.convert.kohya.oft_entries import entries_constraint
 
 # network_args GLoRAModule takes and never reads
 _UNREAD = ("dora_wd", "wd_on_output", "use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp")
@@ -79,6 +80,7 @@ def map_flow_glora(
     _lycoris_rs_lora(kwargs, "glora", rank, scale_alpha, put, unsupported)
     blocks = [] if layers == "none" else layout.targets(layers, True)[1]
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
+    entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "GLoRAModule takes it and never reads it")
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)

@@ -88,6 +88,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
+from dbspec.convert.kohya.oft_entries import entries_constraint
 from dbspec.families import family_spec
 
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -371,6 +372,7 @@ def map_lycoris_flow(
             )
             conv.put(("adapter", "dora_form"), "lycoris", conv.comment(module, why))
     _block_size(kwargs, args, conv, algo, [*blocks, *text_blocks])
+    entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():
@@ -663,6 +665,7 @@ def _full(
     drawn = _full_dropouts(kwargs, args, conv)
     blocks = layout.targets(layers, True)[1] if layers != "none" else []
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
+    entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
@@ -807,7 +810,9 @@ def _ia3(
                 note="IA3Module's bypass forward: each fused Linear's output, bias included, times (1 + s)",
             )
     # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
-    take_blocks_dora(kwargs, layout.targets(layers, True)[1] if layers != "none" else [], text_blocks)
+    blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    take_blocks_dora(kwargs, blocks, text_blocks)
+    entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)

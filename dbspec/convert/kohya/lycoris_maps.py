@@ -543,8 +543,11 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     dropout, rank_dropout or weight decomposition computes their default one after the same module_dropout
     draw (tests/runtime/test_lycoris_bypass_kinds.py), so the adapter's `bypass` hands their blocks
     (runtime/mixed_kinds.py kind_adapter) a forward equal to lycoris-lora 4.1.3's, the GLoRA layers keeping
-    theirs (the network's dropout / rank_dropout beside them stays refused by the caller;
-    tests/runtime/test_lycoris_glora_bypass_entries.py)."""
+    theirs (tests/runtime/test_lycoris_glora_bypass_entries.py). The network's `dropout` there too (was
+    DBS403): GLoRAModule's Dropout of each pair's output and those modules' bypass Dropout of their update x
+    scalar after the same draws, the adapter's `dropout` (its blocks' output_dropout in the plan;
+    tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); its rank_dropout beside them stays refused
+    by the caller."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
     return entries <= {"lora", "loha", "lokr"} and not network.get("weight_decompose") and not own
@@ -600,12 +603,15 @@ def _mixed_kinds(
     # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
     # forward reads as its own (_bypass_rank_dropout)
     ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
-    dropout = bool(_rate(network.get("dropout"))) and not _bypass_output_dropout(algo, unet)
+    # a GLoRA network's beside LoCon / LoHa / LoKr entries undecomposed: its adapter's `dropout`, GLoRA's
+    # pairs' and those modules' bypass Dropout alike (_glora_bypass_inert)
+    inert = _algo(algo) == "glora" and _glora_bypass_inert(unet, network)
+    dropout = bool(_rate(network.get("dropout"))) and not (_bypass_output_dropout(algo, unet) or inert)
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it); a GLoRA network's LoCon / LoHa /
     # LoKr entries undecomposed do (_glora_bypass_inert)
-    glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not _glora_bypass_inert(unet, network))
+    glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not inert)
     # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
     # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
     alone = not glora and (bypass or {_algo(algo), *(_algo(x.algo) for x in unet)} <= set(_BYPASS_INERT))
@@ -630,7 +636,8 @@ def _mixed_kinds(
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
     if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
-        on += [key for key in ("constraint", "rescaled") if network.get(key)]
+        # (the network's constraint their blocks' alpha: _blocks; its rescaled not expressed)
+        on += [key for key in ("rescaled",) if network.get(key)]
     if on:
         named = ", ".join(on)
         if "bypass_mode" in on and drops and alone:  # name the dropouts bypass_mode cannot take here
@@ -920,9 +927,9 @@ def _blocks(
         if kind in _NO_DIMS:  # FullModule, IA3Module never read dim / alpha: rank 1 switches them on
             block.update(rank=1, alpha=1.0, **({"conv_rank": 1, "conv_alpha": 1.0} if conv else {}))
         oft_own: list[str] = []
-        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint 0
-            entry = dict(group[0].options)  # one entry: its own constraint (the block's alpha), rescaled
-            c = 0.0
+        if kind in ("diag-oft", "boft"):  # OFT modules: the dim their block-size hint, the constraint the
+            entry = dict(group[0].options)  # network's (create_single_module hands it every module, which
+            c = float(network.get("constraint") or 0.0)  # only they read); its own replaces it (the alpha)
             if "constraint" in entry and not _same("constraint", entry["constraint"], network):
                 c = applied_constraint(entry["constraint"])  # a number (_oft_own); a negative one: 0
                 oft_own.append("constraint")

@@ -39,6 +39,7 @@ from dbspec.convert.kohya.lycoris_file import (
 )
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
+from dbspec.convert.kohya.oft_entries import boft_network_host, entries_constraint
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
@@ -338,6 +339,12 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
+            hosted = boft_network_host(algo, found)  # its LoCon / LoHa / LoKr entries' network (was DBS403)
+            if hosted is not None:
+                host, found = hosted
+                note = f"algo={algo}: its preset file's {host} entries' kind, its own layers {algo} blocks"
+                algo, kind = host, _ALGOS[host]
+                conv.put(("adapter", "kind"), kind, conv.comment(module, note))
             conv.facts[PRESET_LAYERS] = found  # which layers it builds (a DyLoRA alpha file: dylora.py)
             norm_table = found.norms
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
@@ -362,10 +369,14 @@ def _map_network(
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
+                why = f"the LyCORIS preset file: {exc}"
+                if hosted is not None:  # the user wrote algo=boft: say which network it converts as
+                    why += f" (algo=boft beside {algo} entries converts as an algo={algo} network whose own "
+                    why += "layers are algo = 'boft' entries, which LyCORIS builds alike)"
                 if exc.crash:  # an entry LokrModule cannot read
-                    conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+                    conv.invalid(legacy.key, preset, args.source, why)
                 else:
-                    conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+                    conv.unsupported(legacy, why)
                 return None
             for key, why in inert:
                 conv.ignored(Legacy(key=f"{args.key} preset {key}", value=preset, source=args.source), why)
@@ -419,6 +430,8 @@ def _map_network(
             _inert_conv_alpha(alpha_text, args, conv)
     put["denoiser_targets"], put["text_encoder_targets"] = list(unet), list(text)
     entries = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if lycoris and kind not in ("diag-oft", "boft"):  # the network's constraint: its OFT entries' blocks'
+        entries_constraint(kwargs, entries, args, conv)
     if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):

@@ -1,0 +1,60 @@
+"""LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` beside Diag-OFT /
+BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands it to every module
+through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and ButterflyOFTModule
+read it), and a BOFT network's LoCon / LoHa / LoKr entries (converted as those entries' network)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dbspec.convert.common.core import Conversion, Legacy
+
+_OFT_KINDS = ("diag-oft", "boft")
+
+
+def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
+    """The network's `constraint` on a network of another algorithm whose preset file's Diag-OFT / BOFT
+    entries (among `blocks`, the [[adapter.blocks]] / [[adapter.text_encoder_blocks]] lycoris_maps._blocks
+    wrote) took it as their blocks' alpha (an entry's own replaces it): recorded as mapped there and popped;
+    without such entries left to the caller (ignored, DBS405: no module of the network reads it). On SD
+    1.x/2.x / SDXL (network.py) and Flux / SD3 / Chroma (lycoris_flux.py, lycoris_flow_*.py) alike."""
+    blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
+    if not (blocks and "constraint" in kwargs):
+        return
+    named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
+    why = f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' alpha): {named}"
+    item = Legacy(key=f"{args.key} constraint", value=kwargs.pop("constraint"), source=args.source)
+    conv.record(item, "mapped", "adapter.blocks.alpha", why)
+
+
+# the algorithms a BOFT network's entries may give (its layers then the entries' network's BOFT entries): the
+# first present is the adapter's kind
+_HOSTS = ("lora", "locon", "loha", "lokr")
+
+
+def boft_network_host(algo: str, found) -> tuple[str, object] | None:
+    """A BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: a BOFT adapter's
+    [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm, the file's
+    Targets with the network's own layers as entries of that network), else None. lycoris-lora 4.1.3's
+    network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
+    network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
+    the same root kwargs whatever it is, so algo=boft with LoCon entries builds what algo=locon builds with
+    each of those BOFT layers an entry of algo = "boft" at the network's dim, alpha and options: converted as
+    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft";
+    tests/runtime/test_lycoris_boft_network_entries.py)."""
+    if algo != "boft":
+        return None
+    layers = [*found.unet.values(), *found.text.values()]
+    given = {layer.algo.lower() for layer in layers if layer.source}
+    host = next((name for name in _HOSTS if name in given), None)
+    if host is None:
+        return None
+    source = f"network algo={algo}"  # the network's own layers: an entry's name in notes and messages
+
+    def moved(table: dict) -> dict:
+        return {
+            path: replace(layer, source=source) if not layer.source and layer.algo == algo else layer
+            for path, layer in table.items()
+        }
+
+    return host, found._replace(unet=moved(found.unet), text=moved(found.text))
