@@ -3668,9 +3668,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
-    # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
-    # kinds the adapter, whose LoRA / LoHa layers never read it)
-    kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
+    # a lokr adapter's full_matrix and rank_stabilized (LyCORIS's rs_lora on full factors) act on its own LoKr
+    # layers alone (mixed_kinds.kind_adapter hands the other kinds the adapter, whose LoRA / LoHa / ... layers
+    # never read them; tests/runtime/test_lycoris_mixed_rs_lora.py)
+    kept = (
+        ("fused_projections", "full_matrix", "rank_stabilized") if own == "lokr" else ("fused_projections",)
+    )
     # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer, the other kinds' modules
     # never decomposing (runtime/mixed_kinds.py kind_adapter): on Flux / SD3 / Chroma each kind's fused
     # Linears whole, as that kind's one LyCORIS module on kohya's fused Linear (runtime/lycoris_dora.py)

@@ -101,14 +101,8 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
         ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
         # (a LoHa block's own weight decomposition beside the network's rank dropout converts now:
         # test_convert_kohya_loha_locon_rank_dropout.py)
-        # several algorithms build with the network's rs_lora (DBS578)
-        (
-            "lokr",
-            "",
-            "[module_algo_map.FeedForward]\nrs_lora = true\n"
-            '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
-            "their own rs_lora",
-        ),
+        # (a LoKr entry's own rs_lora on a LoKr network beside other algorithms converts now:
+        # test_convert_kohya_refusals_audit.py, tests/runtime/test_lycoris_mixed_rs_lora.py)
         # a full layer's scale dim / sqrt(dim) at a dim above the block bound
         ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n", "rs_lora"),
     ]

@@ -243,15 +243,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo=locon network with network_args constraint"],
     ),
-    # line 108 (map entries): rs_lora in a network of several algorithms
-    "rs_lora_beside_loha": (
-        "sd",
-        '"algo=locon" "rs_lora=True"',
-        _sd("loha"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'loha' on an algo=locon network with network_args rs_lora"],
-    ),
     # line 108: an entry's own use_scalar with --scale_weight_norms
     "entry_use_scalar_with_scale_weight_norms": (
         "sd",
@@ -260,15 +251,6 @@ REFUSED = {
         "--scale_weight_norms=1",
         "DBS403",
         ["adapter.blocks[0].scalar", "module_algo_map.FeedForward", "adapter.max_norm"],
-    ),
-    # line 108 (map entries): a LoKr entry's own rs_lora on a LoKr network beside entries of other algorithms
-    "lokr_entry_rs_lora_on_lokr_network_beside_loha": (
-        "sd",
-        '"algo=lokr"',
-        _resnet("lokr", "rs_lora = true", "loha"),
-        "",
-        "DBS403",
-        ["network_args preset", "module_algo_map.ResnetBlock2D", "own rs_lora in a network of several"],
     ),
     # line 108 (map entries): an entry's own use_tucker with the dropouts
     "entry_use_tucker_with_module_dropout": (
@@ -619,6 +601,22 @@ CONVERTS = {
             "output_dropout": 0.0,
             "block": {"kind": "lora"},
         },
+    ),
+    # line 108 (map entries): rs_lora in a network of several algorithms, a LoKr entry's own rs_lora on a LoKr
+    # network beside them (tests/runtime/test_lycoris_mixed_rs_lora.py)
+    "rs_lora_beside_loha": (
+        "sd",
+        '"algo=locon" "rs_lora=True"',
+        _sd("loha"),
+        "",
+        {"kind": "lora", "alpha": 2.0, "block": {"kind": "loha", "alpha": 2.0}},
+    ),
+    "lokr_entry_rs_lora_on_lokr_network_beside_loha": (
+        "sd",
+        '"algo=lokr"',
+        _resnet("lokr", "rs_lora = true", "loha"),
+        "",
+        {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
     ),
 }
 
