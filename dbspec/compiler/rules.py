@@ -3822,12 +3822,14 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     fused_tucker = any(
         key == "tucker" and not _mixed_factor_block(a, a.blocks[i]) for table, i, key, _ in own
     )
-    # LyCORIS's max norm (runtime/max_norm.py) puts a fixed scalar at 1 on the layers without one, so not
-    # beside a block's own scalar; a block's Tucker layers it takes as LoConModule / LohaModule /
+    # LyCORIS's max norm (runtime/max_norm.py) puts a fixed scalar at 1 on the layers without one and
+    # multiplies a block's own trained one in place, as LoConModule / LohaModule.apply_max_norm multiply
+    # their buffer or use_scalar's Parameter (LoKr's its factors; tests/runtime/
+    # test_lycoris_block_scalar_max_norm.py); a block's Tucker layers it takes as LoConModule / LohaModule /
     # LokrModule.apply_max_norm do (the Tucker update, decomposed or not: tests/runtime/
-    # test_lycoris_block_dora_max_norm.py), in LyCORIS's form alone (kohya's reads lora_up / lora_down)
+    # test_lycoris_block_dora_max_norm.py); both in LyCORIS's form alone (kohya's reads lora_up / lora_down)
     norm = getattr(a, "max_norm", 0.0)
-    tucker_norm = norm and getattr(a, "max_norm_form", "lycoris") != "lycoris"
+    kohya_norm = norm and getattr(a, "max_norm_form", "lycoris") != "lycoris"
     others = [
         f"adapter.{key}"
         for key, on in (
@@ -3837,7 +3839,7 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # places each layer's own tensors (runtime/mixed_init.py: a LoCon Tucker layer's lora_mid, a
             # LoHa's hada_t1 / hada_t2)
             ("init_weights", tucker and getattr(a, "init_weights", "") and len(run_kinds(a)) == 1),
-            ("max_norm", norm and (tucker_norm or any(key == "scalar" for _, _, key, _ in own))),
+            ("max_norm", kohya_norm),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
             ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),

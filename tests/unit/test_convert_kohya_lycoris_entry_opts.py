@@ -183,11 +183,14 @@ def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):
     assert [b.scalar for b in a.blocks] == ["off"] and not a.text_encoder_blocks
 
 
-def test_entry_use_scalar_with_max_norm_is_refused(tmp_path):
-    """LyCORIS's max norm puts a fixed scalar on the layers without one: a block's own scalar is refused."""
+def test_entry_use_scalar_with_max_norm_converts(tmp_path):
+    """LyCORIS's max norm puts a fixed scalar on the layers without one and multiplies a block's own trained
+    one (was DBS403; tests/runtime/test_lycoris_block_scalar_max_norm.py)."""
     text = FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n"
-    outcome = _convert(tmp_path, text, "locon", "--scale_weight_norms=1.0")
-    assert "DBS403" in codes(outcome) and 'scalar = "on" with adapter.max_norm' in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path, text, "locon", "--scale_weight_norms=1.0"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form, a.scalar) == (1.0, "lycoris", False)
+    assert [b.scalar for b in a.blocks] == ["on"]
 
 
 def test_lokr_entry_rs_lora_becomes_the_block_alpha_and_rank_stabilized(tmp_path):

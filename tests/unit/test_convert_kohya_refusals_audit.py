@@ -243,15 +243,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo=locon network with network_args constraint"],
     ),
-    # line 108: an entry's own use_scalar with --scale_weight_norms
-    "entry_use_scalar_with_scale_weight_norms": (
-        "sd",
-        '"algo=locon"',
-        _sd("locon", "use_scalar = true"),
-        "--scale_weight_norms=1",
-        "DBS403",
-        ["adapter.blocks[0].scalar", "module_algo_map.FeedForward", "adapter.max_norm"],
-    ),
     # line 108 (map entries): an entry's own use_tucker with the dropouts
     "entry_use_tucker_with_module_dropout": (
         "sd",
@@ -617,6 +608,15 @@ CONVERTS = {
         _resnet("lokr", "rs_lora = true", "loha"),
         "",
         {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
+    ),
+    # line 108: an entry's own use_scalar with --scale_weight_norms
+    # (tests/runtime/test_lycoris_block_scalar_max_norm.py)
+    "entry_use_scalar_with_scale_weight_norms": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "use_scalar = true"),
+        "--scale_weight_norms=1",
+        {"max_norm": 1.0, "max_norm_form": "lycoris", "scalar": False, "block": {"scalar": "on"}},
     ),
 }
 
