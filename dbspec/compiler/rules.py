@@ -3844,11 +3844,11 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
             ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),
             # LoCon's Tucker layers: no dropouts beside the module's; LyCORIS's weight decomposition they
-            # take (runtime/lycoris_dora.py on TuckerConv2d / a LoHa's Tucker form), peft's DoRA not (above)
-            *(
-                (key, tucker and bool(getattr(a, key, False)))
-                for key in ("rank_dropout", "module_dropout", "down_dropout", "output_dropout")
-            ),
+            # take (runtime/lycoris_dora.py on TuckerConv2d / a LoHa's Tucker form), peft's DoRA not (above);
+            # LyCORIS's module and rank dropout they draw as the adapter's Tucker layers do (lora_dropout.py
+            # on lora_mid's chain, loha_weight.py's row mask on the Tucker product), LoConModule's and
+            # LohaModule's draws (tests/runtime/test_lycoris_block_tucker_dropout.py)
+            *((key, tucker and bool(getattr(a, key, False))) for key in ("down_dropout", "output_dropout")),
         )
         if on
     ]

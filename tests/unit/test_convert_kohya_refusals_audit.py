@@ -243,23 +243,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo=locon network with network_args constraint"],
     ),
-    # line 108 (map entries): an entry's own use_tucker with the dropouts
-    "entry_use_tucker_with_module_dropout": (
-        "sd",
-        '"algo=locon" "module_dropout=0.1"',
-        _resnet("locon", "use_tucker = true", "locon"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.module_dropout"],
-    ),
-    "entry_use_tucker_with_rank_dropout": (
-        "sd",
-        '"algo=loha" "rank_dropout=0.1"',
-        _resnet("loha", "use_tucker = true", "loha"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.rank_dropout"],
-    ),
     # line 108: a LoKr entry's dim above 100000 with rs_lora
     "lokr_entry_huge_dim_rs_lora": (
         "sd",
@@ -617,6 +600,22 @@ CONVERTS = {
         _sd("locon", "use_scalar = true"),
         "--scale_weight_norms=1",
         {"max_norm": 1.0, "max_norm_form": "lycoris", "scalar": False, "block": {"scalar": "on"}},
+    ),
+    # line 108 (map entries): an entry's own use_tucker with the dropouts
+    # (tests/runtime/test_lycoris_block_tucker_dropout.py)
+    "entry_use_tucker_with_module_dropout": (
+        "sd",
+        '"algo=locon" "module_dropout=0.1"',
+        _resnet("locon", "use_tucker = true", "locon"),
+        "",
+        {"module_dropout": 0.1, "tucker": False, "block": {"tucker": "on"}},
+    ),
+    "entry_use_tucker_with_rank_dropout": (
+        "sd",
+        '"algo=loha" "rank_dropout=0.1"',
+        _resnet("loha", "use_tucker = true", "loha"),
+        "",
+        {"kind": "loha", "rank_dropout": 0.1, "tucker": False, "block": {"tucker": "on"}},
     ),
 }
 

@@ -2117,6 +2117,22 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n'
         + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
+    # a block's own Tucker form with LyCORIS's module and rank dropout (was DBS579: LoConModule draws as
+    # without it, tests/runtime/test_lycoris_block_tucker_dropout.py); not with kohya's down dropout
+    (
+        rules.block_scalar_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmodule_dropout = 0.1\ndown_dropout = 0.1\n'
+        + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+        [("DBS579", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmodule_dropout = 0.1\n'
+        + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+    ),
     # a block's own LyCORIS scalar / LoCon Tucker form (map entries' use_scalar / use_tucker) with LoRA-FA
     (
         rules.block_scalar_fits,
