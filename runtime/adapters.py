@@ -58,14 +58,16 @@ def norm_scalars(adapter: AdapterPlan) -> bool:
     multiply: LyCORIS's non-persistent `scalar` buffer without use_scalar. Saved and resumed with the layer;
     its exports fold it into `lora_up` / `hada_w1_a` as LyCORIS's custom_state_dict does. In a run of
     several kinds (runtime/mixed_kinds.py) the LoCon / LoHa layers of blocks of kind lora / loha too (each
-    kind's pass asks with its own kind's adapter)."""
+    kind's pass asks with its own kind's adapter). The layers that train use_scalar's (the adapter's, a
+    block's own) keep theirs, which the max norm multiplies (max_norm.add_norm_scalars): with the adapter's
+    use_scalar, only where a block turns it off."""
     blocks = (*adapter.blocks, *adapter.text_encoder_blocks)
     kinds = {adapter.kind, *(b.kind for b in blocks if b.rank or b.conv_rank)}
     return bool(
         adapter.max_norm
         and adapter.max_norm_form == "lycoris"
         and kinds & {"lora", "loha"}
-        and not adapter.scalar
+        and (not adapter.scalar or any(b.scalar == "off" for b in blocks))
     )
 
 

@@ -161,9 +161,11 @@ LYCORIS_NORM_KINDS = ("lora", "loha", "lokr", "oft", "tlora")
 
 
 def add_norm_scalars(module: torch.nn.Module) -> int:
-    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` (lycoris_switches.py's scalar, frozen);
-    LoKr layers (a run of several kinds: runtime/mixed_kinds.py) get none, LyCORIS's LoKr norm scaling its
-    factors."""
+    """A fixed scalar at 1 on every LoCon / LoHa layer of `module` without use_scalar's trained one
+    (lycoris_switches.py's scalar, frozen); a layer training its own (the adapter's use_scalar, a block's: a
+    LyCORIS map entry's) keeps it, which LoConModule's / LohaModule's apply_max_norm multiply in place as
+    they multiply the fixed one. LoKr layers (a run of several kinds: runtime/mixed_kinds.py) get none,
+    LyCORIS's LoKr norm scaling its factors."""
     from peft.tuners.loha import LoHaLayer
     from peft.tuners.lora import LoraLayer
 
@@ -173,14 +175,22 @@ def add_norm_scalars(module: torch.nn.Module) -> int:
         path: isinstance(layer, LoHaLayer) or (isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A)
         for path, layer in module.named_modules()
     }
+    held = {id(layer) for layer in module.modules() if layer_scalar(layer) is not None}
     count = add_scalars(module, init=False, own=own, default=False)
     with torch.no_grad():
         for layer in module.modules():
             scalar = layer_scalar(layer)
-            if scalar is not None:
-                scalar.fill_(1.0)
+            if scalar is None:
+                continue
+            if id(layer) not in held:  # max norm's own: at 1, marked (a later kind's peft injection turns
+                scalar.fill_(1.0)  # its adapter layers' parameters trainable again: frozen once more here)
+                layer.__dict__[_NORM_SCALAR] = True
+            if layer.__dict__.get(_NORM_SCALAR):
                 scalar.requires_grad_(False)
     return count
+
+
+_NORM_SCALAR = "dbspec_norm_scalar"  # a layer's fixed scalar is max norm's (add_norm_scalars), not trained
 
 
 @attrs.frozen(eq=False)

@@ -3714,9 +3714,12 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
             codes.help("DBS578"),
         )
     # fused_projections: mixed_kinds_family (Flux / SD3: LyCORIS's one module per fused Linear, each kind's)
-    # a lokr adapter's full_matrix acts on its own LoKr layers alone (mixed_kinds.kind_adapter hands the other
-    # kinds the adapter, whose LoRA / LoHa layers never read it)
-    kept = ("fused_projections", "full_matrix") if own == "lokr" else ("fused_projections",)
+    # a lokr adapter's full_matrix and rank_stabilized (LyCORIS's rs_lora on full factors) act on its own LoKr
+    # layers alone (mixed_kinds.kind_adapter hands the other kinds the adapter, whose LoRA / LoHa / ... layers
+    # never read them; tests/runtime/test_lycoris_mixed_rs_lora.py)
+    kept = (
+        ("fused_projections", "full_matrix", "rank_stabilized") if own == "lokr" else ("fused_projections",)
+    )
     # the adapter's dora (LyCORIS's dora_wd) on every LoRA / LoHa / LoKr layer, the other kinds' modules
     # never decomposing (runtime/mixed_kinds.py kind_adapter): on Flux / SD3 / Chroma each kind's fused
     # Linears whole, as that kind's one LyCORIS module on kohya's fused Linear (runtime/lycoris_dora.py)
@@ -3887,12 +3890,14 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
     fused_tucker = any(
         key == "tucker" and not _mixed_factor_block(a, a.blocks[i]) for table, i, key, _ in own
     )
-    # LyCORIS's max norm (runtime/max_norm.py) puts a fixed scalar at 1 on the layers without one, so not
-    # beside a block's own scalar; a block's Tucker layers it takes as LoConModule / LohaModule /
+    # LyCORIS's max norm (runtime/max_norm.py) puts a fixed scalar at 1 on the layers without one and
+    # multiplies a block's own trained one in place, as LoConModule / LohaModule.apply_max_norm multiply
+    # their buffer or use_scalar's Parameter (LoKr's its factors; tests/runtime/
+    # test_lycoris_block_scalar_max_norm.py); a block's Tucker layers it takes as LoConModule / LohaModule /
     # LokrModule.apply_max_norm do (the Tucker update, decomposed or not: tests/runtime/
-    # test_lycoris_block_dora_max_norm.py), in LyCORIS's form alone (kohya's reads lora_up / lora_down)
+    # test_lycoris_block_dora_max_norm.py); both in LyCORIS's form alone (kohya's reads lora_up / lora_down)
     norm = getattr(a, "max_norm", 0.0)
-    tucker_norm = norm and getattr(a, "max_norm_form", "lycoris") != "lycoris"
+    kohya_norm = norm and getattr(a, "max_norm_form", "lycoris") != "lycoris"
     others = [
         f"adapter.{key}"
         for key, on in (
@@ -3902,16 +3907,16 @@ def block_scalar_fits(spec: Spec, given: Given) -> Iterator[Hit]:
             # places each layer's own tensors (runtime/mixed_init.py: a LoCon Tucker layer's lora_mid, a
             # LoHa's hada_t1 / hada_t2)
             ("init_weights", tucker and getattr(a, "init_weights", "") and len(run_kinds(a)) == 1),
-            ("max_norm", norm and (tucker_norm or any(key == "scalar" for _, _, key, _ in own))),
+            ("max_norm", kohya_norm),
             ("freeze_down", getattr(a, "freeze_down", False)),
             # a fused layer's parts share one scalar (runtime/fused.py; compiler/fused.py checks its blocks)
             ("fused_projections", fused_tucker and getattr(a, "fused_projections", False)),
             # LoCon's Tucker layers: no dropouts beside the module's; LyCORIS's weight decomposition they
-            # take (runtime/lycoris_dora.py on TuckerConv2d / a LoHa's Tucker form), peft's DoRA not (above)
-            *(
-                (key, tucker and bool(getattr(a, key, False)))
-                for key in ("rank_dropout", "module_dropout", "down_dropout", "output_dropout")
-            ),
+            # take (runtime/lycoris_dora.py on TuckerConv2d / a LoHa's Tucker form), peft's DoRA not (above);
+            # LyCORIS's module and rank dropout they draw as the adapter's Tucker layers do (lora_dropout.py
+            # on lora_mid's chain, loha_weight.py's row mask on the Tucker product), LoConModule's and
+            # LohaModule's draws (tests/runtime/test_lycoris_block_tucker_dropout.py)
+            *((key, tucker and bool(getattr(a, key, False))) for key in ("down_dropout", "output_dropout")),
         )
         if on
     ]

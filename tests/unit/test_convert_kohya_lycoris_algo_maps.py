@@ -779,15 +779,20 @@ def test_glora_and_dylora_networks_dora_wd_is_their_entries_blocks_dora(tmp_path
 
 
 def test_mixed_algorithms_outside_the_kinds_are_not_expressed(tmp_path):
-    """Several algorithms with options the kinds do not build alike (rs_lora, LoRA+ on a LoKr network) stay
-    DBS403 (every algorithm of lycoris-lora 4.1.3 is a block's kind now: T-LoRA on CLIP's attention too)."""
+    """Several algorithms with options the kinds do not build alike (LoRA+ on a LoKr network) stay DBS403
+    (every algorithm of lycoris-lora 4.1.3 is a block's kind now: T-LoRA on CLIP's attention too). The
+    network's rs_lora converts (was DBS403): each kind's block at alpha x sqrt(dim), as LoConModule /
+    LohaModule scale by alpha / sqrt(dim) (tests/runtime/test_lycoris_mixed_rs_lora.py)."""
     text = MIXED + '[module_algo_map.CLIPAttention]\nalgo = "tlora"\n'
     outcome = _convert(tmp_path, text, "lokr")
     assert "DBS403" not in codes(outcome), messages(outcome, "DBS403")
     assert "tlora" in {b.kind for b in plan_of(outcome, tmp_path).adapter.text_encoder_blocks}
     (tmp_path / "rs").mkdir()
-    outcome = _convert(tmp_path / "rs", MIXED, "lokr", '"rs_lora=True"')
-    assert "DBS403" in codes(outcome) and "rs_lora" in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path / "rs", MIXED, "lokr", '"rs_lora=True"'))
+    a = plan_of(outcome, tmp_path / "rs").adapter
+    assert (a.kind, a.alpha, a.lokr_rank_stabilized) == ("lokr", 32.0, True)  # 8 x sqrt(16)
+    kinds = {b.kind: (b.rank, b.alpha, b.conv_rank, b.conv_alpha) for b in a.blocks}
+    assert kinds == {"loha": (4, 4.0, 0, 1.0), "lora": (8, 4 * 8**0.5, 8, 4 * 8**0.5)}
     # LyCORIS's LoRA+ raises the LoCon layers' lora_up on a LoKr network: a LoKr adapter has no ratio
     (tmp_path / "plus").mkdir()
     outcome = _convert(tmp_path / "plus", MIXED, "lokr", '"loraplus_lr_ratio=4"')

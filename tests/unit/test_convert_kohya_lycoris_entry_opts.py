@@ -101,14 +101,8 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
         ("locon", '"dropout=0.1"', "[module_algo_map.FeedForward]\nbypass_mode = true\n", "`bypass_mode`"),
         # (a LoHa block's own weight decomposition beside the network's rank dropout converts now:
         # test_convert_kohya_loha_locon_rank_dropout.py)
-        # several algorithms build with the network's rs_lora (DBS578)
-        (
-            "lokr",
-            "",
-            "[module_algo_map.FeedForward]\nrs_lora = true\n"
-            '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
-            "their own rs_lora",
-        ),
+        # (a LoKr entry's own rs_lora on a LoKr network beside other algorithms converts now:
+        # test_convert_kohya_refusals_audit.py, tests/runtime/test_lycoris_mixed_rs_lora.py)
         # a full layer's scale dim / sqrt(dim) at a dim above the block bound
         ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n", "rs_lora"),
     ]
@@ -189,11 +183,14 @@ def test_entry_use_scalar_becomes_a_block_scalar(tmp_path):
     assert [b.scalar for b in a.blocks] == ["off"] and not a.text_encoder_blocks
 
 
-def test_entry_use_scalar_with_max_norm_is_refused(tmp_path):
-    """LyCORIS's max norm puts a fixed scalar on the layers without one: a block's own scalar is refused."""
+def test_entry_use_scalar_with_max_norm_converts(tmp_path):
+    """LyCORIS's max norm puts a fixed scalar on the layers without one and multiplies a block's own trained
+    one (was DBS403; tests/runtime/test_lycoris_block_scalar_max_norm.py)."""
     text = FULL + "[module_algo_map.FeedForward]\nuse_scalar = true\n"
-    outcome = _convert(tmp_path, text, "locon", "--scale_weight_norms=1.0")
-    assert "DBS403" in codes(outcome) and 'scalar = "on" with adapter.max_norm' in messages(outcome, "DBS403")
+    outcome = expressible(_convert(tmp_path, text, "locon", "--scale_weight_norms=1.0"))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.max_norm, a.max_norm_form, a.scalar) == (1.0, "lycoris", False)
+    assert [b.scalar for b in a.blocks] == ["on"]
 
 
 def test_lokr_entry_rs_lora_becomes_the_block_alpha_and_rank_stabilized(tmp_path):

@@ -190,50 +190,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo=locon network with network_args rescaled"],
     ),
-    # line 108 (map entries): rs_lora in a network of several algorithms
-    "rs_lora_beside_loha": (
-        "sd",
-        '"algo=locon" "rs_lora=True"',
-        _sd("loha"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'loha' on an algo=locon network with network_args rs_lora"],
-    ),
-    # line 108: an entry's own use_scalar with --scale_weight_norms
-    "entry_use_scalar_with_scale_weight_norms": (
-        "sd",
-        '"algo=locon"',
-        _sd("locon", "use_scalar = true"),
-        "--scale_weight_norms=1",
-        "DBS403",
-        ["adapter.blocks[0].scalar", "module_algo_map.FeedForward", "adapter.max_norm"],
-    ),
-    # line 108 (map entries): a LoKr entry's own rs_lora on a LoKr network beside entries of other algorithms
-    "lokr_entry_rs_lora_on_lokr_network_beside_loha": (
-        "sd",
-        '"algo=lokr"',
-        _resnet("lokr", "rs_lora = true", "loha"),
-        "",
-        "DBS403",
-        ["network_args preset", "module_algo_map.ResnetBlock2D", "own rs_lora in a network of several"],
-    ),
-    # line 108 (map entries): an entry's own use_tucker with the dropouts
-    "entry_use_tucker_with_module_dropout": (
-        "sd",
-        '"algo=locon" "module_dropout=0.1"',
-        _resnet("locon", "use_tucker = true", "locon"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.module_dropout"],
-    ),
-    "entry_use_tucker_with_rank_dropout": (
-        "sd",
-        '"algo=loha" "rank_dropout=0.1"',
-        _resnet("loha", "use_tucker = true", "loha"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].tucker", "module_algo_map.ResnetBlock2D", "adapter.rank_dropout"],
-    ),
     # line 108: a LoKr entry's dim above 100000 with rs_lora
     "lokr_entry_huge_dim_rs_lora": (
         "sd",
@@ -726,6 +682,47 @@ CONVERTS = {
         _flux("diag-oft"),
         "",
         {"kind": "glora", "block": {"kind": "diag-oft", "alpha": 0.1}},
+    ),
+    # line 108 (map entries): rs_lora in a network of several algorithms, a LoKr entry's own rs_lora on a LoKr
+    # network beside them (tests/runtime/test_lycoris_mixed_rs_lora.py)
+    "rs_lora_beside_loha": (
+        "sd",
+        '"algo=locon" "rs_lora=True"',
+        _sd("loha"),
+        "",
+        {"kind": "lora", "alpha": 2.0, "block": {"kind": "loha", "alpha": 2.0}},
+    ),
+    "lokr_entry_rs_lora_on_lokr_network_beside_loha": (
+        "sd",
+        '"algo=lokr"',
+        _resnet("lokr", "rs_lora = true", "loha"),
+        "",
+        {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
+    ),
+    # line 108: an entry's own use_scalar with --scale_weight_norms
+    # (tests/runtime/test_lycoris_block_scalar_max_norm.py)
+    "entry_use_scalar_with_scale_weight_norms": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "use_scalar = true"),
+        "--scale_weight_norms=1",
+        {"max_norm": 1.0, "max_norm_form": "lycoris", "scalar": False, "block": {"scalar": "on"}},
+    ),
+    # line 108 (map entries): an entry's own use_tucker with the dropouts
+    # (tests/runtime/test_lycoris_block_tucker_dropout.py)
+    "entry_use_tucker_with_module_dropout": (
+        "sd",
+        '"algo=locon" "module_dropout=0.1"',
+        _resnet("locon", "use_tucker = true", "locon"),
+        "",
+        {"module_dropout": 0.1, "tucker": False, "block": {"tucker": "on"}},
+    ),
+    "entry_use_tucker_with_rank_dropout": (
+        "sd",
+        '"algo=loha" "rank_dropout=0.1"',
+        _resnet("loha", "use_tucker = true", "loha"),
+        "",
+        {"kind": "loha", "rank_dropout": 0.1, "tucker": False, "block": {"tucker": "on"}},
     ),
 }
 

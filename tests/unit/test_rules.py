@@ -2134,8 +2134,10 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
     ),
     # a block's own Tucker form with LyCORIS's max norm (was DBS579: LoConModule / LohaModule.apply_max_norm
-    # take the Tucker update, tests/runtime/test_lycoris_block_dora_max_norm.py); not in kohya's form (it
-    # reads lora_up / lora_down alone), nor a block's own scalar (max norm's fixed scalar on the others)
+    # take the Tucker update, tests/runtime/test_lycoris_block_dora_max_norm.py), and a block's own scalar
+    # (was DBS579: apply_max_norm multiplies use_scalar's trained scalar as it does the fixed one,
+    # tests/runtime/test_lycoris_block_scalar_max_norm.py); not in kohya's form (it reads lora_up / lora_down
+    # alone)
     (
         rules.block_scalar_fits,
         DOG
@@ -2150,6 +2152,23 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nconv_rank = 4\nmax_norm = 1.0\nmax_norm_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n'
+        + '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+    ),
+    # a block's own Tucker form with LyCORIS's module and rank dropout (was DBS579: LoConModule draws as
+    # without it, tests/runtime/test_lycoris_block_tucker_dropout.py); not with kohya's down dropout
+    (
+        rules.block_scalar_fits,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmodule_dropout = 0.1\ndown_dropout = 0.1\n'
+        + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
+        + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
+        [("DBS579", "error", ("adapter", "blocks", 0, "tucker"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "lora"\nconv_rank = 4\nmodule_dropout = 0.1\n'
+        + 'rank_dropout = 0.1\nrank_dropout_form = "lycoris"\n'
         + '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\ntucker = "on"\n',
     ),
     # a block's own LyCORIS scalar / LoCon Tucker form (map entries' use_scalar / use_tucker) with LoRA-FA

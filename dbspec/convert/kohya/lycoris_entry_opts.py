@@ -20,6 +20,8 @@ from dbspec.convert.kohya.lycoris_file import PresetError
 
 # the algorithms whose rs_lora a block carries: its alpha x sqrt(dim) (LoKr's full layers: rank_stabilized)
 _BLOCK_ALPHA = ("lora", "loha", "lokr")
+# the algorithms whose module classes scale by alpha / sqrt(dim) with the network's rs_lora (GLoRAModule too)
+_RS_READERS = (*_BLOCK_ALPHA, "glora")
 # the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
 _BLOCK_SCALAR = ("lora", "loha", "lokr")
 
@@ -96,23 +98,27 @@ def _rescales(algo: str, own: dict[str, Any], network: dict) -> bool:
     return algo in ("lora", "loha") or (algo == "lokr" and not network["bypass_mode"])
 
 
-def own_rank_stabilized(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
-    """{"rank_stabilized": "on" / "off"} of a LoKr layer whose entry gives rs_lora a truth other than the
-    network's (LokrModule's `if self.rs_lora`: a layer with both factors full scales by dim / sqrt(dim)),
-    else {}."""
-    own = dict(options)
-    if algo != "lokr" or "rs_lora" not in own or bool(own["rs_lora"]) == network:
+def own_rank_stabilized(
+    algo: str, options: tuple[tuple[str, Any], ...], network: bool, planned: bool
+) -> dict[str, str]:
+    """{"rank_stabilized": "on" / "off"} of a LoKr layer whose rs_lora (its entry's, tested for truth, else
+    the network's: LokrModule's `if self.rs_lora`, a layer with both factors full scaling by dim / sqrt(dim))
+    is not what its block plans without one (`planned`: a lokr adapter's own blocks the adapter's
+    rank_stabilized, the network's rs_lora; a block of kind lokr on another kind's adapter off), else {}."""
+    if algo != "lokr" or own_rs_lora(algo, options, network) == planned:
         return {}
-    return {"rank_stabilized": "on" if own["rs_lora"] else "off"}
+    return {"rank_stabilized": "on" if own_rs_lora(algo, options, network) else "off"}
 
 
-def mixed_rank_stabilized(blocks: list[dict[str, Any]]) -> None:
-    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`) or a LoHa / LoKr entry's own
-    rank_dropout_scale in a network of several algorithms (blocks with a `kind`: DBS578, each kind built with
-    the adapter's options)."""
-    own = next((b for b in blocks if "rank_stabilized" in b or "rank_dropout_scale" in b), None)
+def mixed_rank_stabilized(blocks: list[dict[str, Any]], rank_stabilized: bool = False) -> None:
+    """PresetError for a LoKr entry's own rs_lora (a block's `rank_stabilized`, unless `rank_stabilized`: a
+    LoKr network's own blocks, which its LoKr pass builds) or a LoHa / LoKr entry's own rank_dropout_scale in
+    a network of several algorithms (blocks with a `kind`: DBS578, each kind built with the adapter's
+    options)."""
+    keys = ("rank_dropout_scale",) if rank_stabilized else ("rank_stabilized", "rank_dropout_scale")
+    own = next((b for b in blocks if any(key in b for key in keys)), None)
     if own is not None and any("kind" in b for b in blocks):
-        key = "rs_lora" if "rank_stabilized" in own else "rank_dropout_scale"
+        key = "rank_dropout_scale" if "rank_dropout_scale" in own else "rs_lora"
         raise PresetError(
             f"`{own['_why'].split('`')[1]}` gives its layers their own {key} in a network of several "
             f"algorithms: dbspec builds each algorithm's layers there with the network's {key} (DBS578)",
@@ -123,11 +129,12 @@ def mixed_rank_stabilized(blocks: list[dict[str, Any]]) -> None:
 def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
     """Whether a layer of `algo` (lycoris' class name: "lora" for LoRA/LoCon) trains with rs_lora: its entry's
     value tested for truth (LoConModule's / LohaModule's / LokrModule's `if self.rs_lora`), else the
-    network's."""
+    network's where its class reads it (those and GLoRAModule); DyLoraModule, TLoraModule and the classes
+    without an alpha (full, IA^3, Diag-OFT, BOFT) never read it."""
     own = dict(options)
     if algo in _BLOCK_ALPHA and "rs_lora" in own:
         return bool(own["rs_lora"])
-    return network
+    return network and algo in _RS_READERS
 
 
 def _decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:

@@ -593,6 +593,8 @@ def _mixed_kinds(
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
+    if not flow and _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks)
+        on = [key for key in on if key != "rs_lora"]
     if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
         # read it: the LoCon / LoHa / LoKr entries' blocks' `tucker` (network_tucker)
         on = [key for key in on if key != "use_tucker"]
@@ -889,7 +891,10 @@ def _blocks(
         switches.update(own_dora_axis(_algo(group[0].algo), *entry))
         convs = any(layer.kind == "conv" for layer in group)
         switches.update(own_tucker(_algo(group[0].algo), group[0].options, network["use_tucker"], convs))
-        switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora))
+        # a lokr adapter's own LoKr layers plan its rank_stabilized (the network's rs_lora), a block of kind
+        # lokr on another kind's adapter none (compiler/adapters.py _other_lokr_switches)
+        planned = rs_lora and not kind
+        switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora, planned))
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
@@ -947,8 +952,9 @@ def _blocks(
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
         own += oft_own
         own += ["block_size"] if unit else []
+        given_rs = "rs_lora" in dict(group[0].options) and rs != rs_lora  # the entry's own, a block's alpha
         what = ", ".join(
-            [*own, *switches, *(["rs_lora"] if rs != rs_lora and "rank_stabilized" not in switches else [])]
+            [*own, *switches, *(["rs_lora"] if given_rs and "rank_stabilized" not in switches else [])]
         )
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
@@ -1004,7 +1010,9 @@ def map_blocks(
             False,
         )
     if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
-        mixed_rank_stabilized([*unet, *text])
+        # a LoKr network's own LoKr layers too on SD 1.x/2.x / SDXL (their pass keeps its blocks' own:
+        # runtime/mixed_kinds.py kind_adapter, adapters.add_lora's block_rank_stabilized)
+        mixed_rank_stabilized([*unet, *text], rank_stabilized=sd and _algo(algo) == "lokr")
     if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
         network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
     for block in [*unet, *text]:
