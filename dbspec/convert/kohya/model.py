@@ -39,6 +39,8 @@ from dbspec.convert.kohya.file_ranks import (
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
+from dbspec.convert.kohya.lycoris_file import PresetError
+from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full, t5_fp8_prepared
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -251,6 +253,7 @@ def map_adapter(
         paths,
         family,
         applied=(not a["network_train_unet_only"].value, not a["network_train_text_encoder_only"].value),
+        fp8=fp8_denoiser(a, flow=False),
     )
     put_kind = conv.values.get(("adapter", "kind"), (None,))[0]
     if kind is None:
@@ -1410,8 +1413,23 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
+    fp8 = "" if a["network_train_text_encoder_only"].value else fp8_denoiser(a, flow=True)
+    try:
+        for name, m in modules.items():  # --fp8_base casts the denoiser as it loads it
+            if name.startswith("lora_unet_"):
+                full_on_fp8(name, m.algo, "the file's `diff`", fp8)
+        if family in _T5 and not unet_only and t5_fp8_prepared(a):  # T5's first query weight read
+            t5_first_query_full([t5_path(n, family) for n, m in modules.items() if m.algo == "full"])
+    except PresetError as exc:
+        conv.invalid(
+            from_file.key,
+            True,
+            from_file.source,
+            f"LyCORIS's create_network_from_weights with `{weights.value}`: {exc}",
+        )
+        return False
     wo = _file_t5_full_output(modules, family) if t5_wo_weight_read(a) else []
-    if wo:  # T5 encodes after apply_to through them (outputs cached: _t5_idle's DBS403; --fp8_base: DBS403)
+    if wo:  # T5 encodes after apply_to through them (cached: _t5_idle's DBS403; --fp8_base: no read)
         conv.invalid(
             from_file.key,
             True,

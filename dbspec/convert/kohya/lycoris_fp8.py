@@ -1,0 +1,98 @@
+"""kohya's --fp8_base / --fp8_base_unet with LyCORIS modules that read or take the layer's own weight: where
+kohya stops (DBS402).
+
+train_network.py and sdxl_train_network.py cast the frozen U-Net to float8_e4m3fn after the network's
+apply_to (`unet.to(dtype=unet_weight_dtype)`); flux_train_network.py and sd3_train_network.py cast the
+denoiser as they load it (load_target_model's `model.to(torch.float8_e4m3fn)` / `mmdit.to(...)`), before
+the network is built. torch implements no arithmetic on float8_e4m3fn: its add / sub kernels raise
+NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA").
+
+- LyCORIS's FullModule (lycoris-lora 4.1.3's lycoris/modules/full.py) moves the layer's weight and bias into
+  its trained copy at apply_to and deletes them from the layer: after apply_to on SD 1.x/2.x and SDXL the
+  cast passes those layers by (dbspec's cast backend leaves them float: runtime/blocks.py
+  full_layer_paths); on Flux / SD3 / Chroma apply_to adds the float8 weight into the copy in place
+  (`self.weight.data.add_(self.org_module[0].weight.data)`, full.py line 112) and raises.
+- DiagOFTModule's default forward (no bypass_mode) casts the rotated weight to the layer's dtype and
+  subtracts the layer's weight from it (`delta_weight = new_weight - base_weight`, lycoris/modules/
+  diag_oft.py line 247): on a float8 layer kohya stops at the first step; its bypass forward rotates the
+  layer's output and runs.
+- flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 (--fp8_base without
+  --fp8_base_unet, T5-XXL on the device: its outputs not cached) reads
+  `t5xxl.encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py
+  get_t5xxl_actual_dtype), which a FullModule there has deleted: AttributeError.
+
+Checked on the CPU with lycoris-lora 4.1.3's modules (tests/unit/test_convert_kohya_lycoris_fp8.py)."""
+
+from __future__ import annotations
+
+from dbspec.convert.common.core import Legacy
+from dbspec.convert.kohya.lycoris_file import PresetError
+
+# when kohya casts the denoiser's weights to float8_e4m3fn (fp8_denoiser)
+AFTER_APPLY = "after apply_to"  # train_network.py, sdxl_train_network.py
+AT_LOAD = "at load"  # flux_train_network.py, sd3_train_network.py (Chroma too)
+
+T5_FIRST_QUERY = "encoder.block.0.layer.0.SelfAttention.q"
+
+
+def _given(a: dict[str, Legacy], key: str) -> bool:
+    return key in a and bool(a[key].value)
+
+
+def fp8_denoiser(a: dict[str, Legacy], flow: bool) -> str:
+    """When kohya's --fp8_base / --fp8_base_unet casts the denoiser (`flow`: Flux / SD3 / Chroma's scripts),
+    "" without them."""
+    if not (_given(a, "fp8_base") or _given(a, "fp8_base_unet")):
+        return ""
+    return AT_LOAD if flow else AFTER_APPLY
+
+
+def t5_fp8_prepared(a: dict[str, Legacy]) -> bool:
+    """Whether train_network.py hands T5-XXL to prepare_text_encoder_fp8 after apply_to: --fp8_base without
+    --fp8_base_unet, T5-XXL on the device (outputs not cached: cached, it waits on the CPU, which the cast
+    skips)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
+    return fp8_t5 and text_outputs_cached(a) is None
+
+
+def oft_on_fp8(path: str, algo: str, source: str, bypassed: bool, fp8: str) -> None:
+    """PresetError (kohya stops: DBS402) for a denoiser layer of LyCORIS's Diag-OFT in its default forward
+    (no bypass_mode, its entry's own or the network's) on a float8 base (`fp8`: fp8_denoiser's)."""
+    if fp8 and algo == "diag-oft" and not bypassed:
+        raise PresetError(
+            f"{source} gives {path} algo = 'diag-oft' without bypass_mode while kohya's --fp8_base holds "
+            "its weight as float8_e4m3fn: DiagOFTModule's default forward subtracts that weight from the "
+            "rotated one cast to float8 (`delta_weight = new_weight - base_weight`, lycoris/modules/"
+            "diag_oft.py line 247), which torch does not implement for Float8_e4m3fn (NotImplementedError "
+            "at the first step; its bypass_mode rotates the layer's output instead)",
+            True,
+        )
+
+
+def full_on_fp8(path: str, algo: str, source: str, fp8: str) -> None:
+    """PresetError (kohya stops: DBS402) for a denoiser layer of LyCORIS's full algo where kohya casts the
+    denoiser to float8 as it loads it (Flux / SD3 / Chroma), before the network is built."""
+    if fp8 == AT_LOAD and algo == "full":
+        raise PresetError(
+            f"{source} gives {path} algo = 'full' while kohya's --fp8_base casts the denoiser to "
+            "float8_e4m3fn as it loads it, before the network is built: FullModule.apply_to adds that weight "
+            "into its copy in place (`self.weight.data.add_(self.org_module[0].weight.data)`, "
+            "lycoris/modules/full.py line 112), which torch does not implement for Float8_e4m3fn "
+            "(NotImplementedError before training)",
+            True,
+        )
+
+
+def t5_first_query_full(paths: list[str]) -> None:
+    """PresetError (kohya stops: DBS402) where a FullModule takes T5-XXL's first query weight (`paths`: T5's
+    FullModule layers; the caller has checked that apply_to keeps them and t5_fp8_prepared)."""
+    if T5_FIRST_QUERY in paths:
+        raise PresetError(
+            f"it gives T5-XXL's {T5_FIRST_QUERY} algo = 'full', whose apply_to deletes the layer's weight, "
+            "and kohya's --fp8_base (without --fp8_base_unet) then prepares T5-XXL for fp8 by reading "
+            "`encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py "
+            "get_t5xxl_actual_dtype): AttributeError before training",
+            True,
+        )
