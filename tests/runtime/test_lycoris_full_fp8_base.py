@@ -1,5 +1,6 @@
 """A LyCORIS preset file's `full` entries with kohya's --fp8_base on SD 1.x/2.x / SDXL (issue 12; was
-DBS403): train_network.py casts the U-Net to float8_e4m3fn after the network's apply_to, which took each
+DBS403), beside a network in bypass_mode (its default forward would stop kohya on the float8 weights,
+DBS402): train_network.py casts the U-Net to float8_e4m3fn after the network's apply_to, which took each
 FullModule layer's weight and bias off the layer into the module's trained copy, so the cast passes those
 layers by and FullModule computes with its float copy, while the other layers (the LoCon ones) hold float8
 weights. The cast backend leaves the full blocks' layers out likewise (runtime/blocks.py full_layer_paths,
@@ -91,17 +92,19 @@ def test_full_layers_stay_float_under_the_cast_as_after_kohyas_apply_to():
 
 
 def test_the_converted_plans_unet_keeps_its_full_layers_float(tmp_path):
-    """kohya's command with the preset's FeedForward entries full and --fp8_base: the plan's cast backend,
-    and its U-Net as the run builds it: the FeedForward Linears FullLayers over float bases, every other
-    adapted layer over float8 storage."""
+    """kohya's command with the preset's FeedForward entries full (their own bypass_mode false, FullModule's
+    one forward) beside a LoCon network in bypass_mode (its default forward stops kohya on float8 weights)
+    and --fp8_base: the plan's cast backend, and its U-Net as the run builds it: the FeedForward Linears
+    FullLayers over float bases, every other adapted layer over float8 storage."""
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_algo_maps import _converted_plan
 
     preset = (
         'unet_target_module = ["Transformer2DModel"]\ntext_encoder_target_module = []\n'
-        '[module_algo_map.FeedForward]\nalgo = "full"\n'
+        '[module_algo_map.FeedForward]\nalgo = "full"\nbypass_mode = false\n'
     )
-    _, plan = _converted_plan(tmp_path, "ff", text=preset, args="--fp8_base --mixed_precision bf16")
+    args = '"bypass_mode=True" --fp8_base --mixed_precision bf16'
+    _, plan = _converted_plan(tmp_path, "ff", text=preset, args=args)
     p = plan.precision
     assert (p.quantize_backend, {c.name: c.quantized for c in p.components}["unet"]) == ("cast", "fp8")
     unet = moved_components(plan).unet

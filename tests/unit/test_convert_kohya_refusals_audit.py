@@ -296,8 +296,18 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "dim = 10000000000000", "rs_lora"],
     ),
-    # line 108: Diag-OFT entries with the component quantised (--fp8_base): DiagOFTModule's default forward
-    # subtracts the float8 weight (kohya stops; lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py)
+    # line 108: entries with the component quantised (--fp8_base) beside a network in LyCORIS's default
+    # forward: its LoConModules (and DiagOFTModule's default forward) compute with the float8 weight and stop
+    # kohya (lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py); full entries beside a network in
+    # bypass_mode convert (CONVERTS full_entry_fp8_base_bypass_network)
+    "full_entry_fp8_base": (
+        "sd",
+        '"algo=locon"',
+        _sd("full"),
+        "--fp8_base --mixed_precision bf16",
+        "DBS402",
+        ["network_args preset", "algo = 'lora' without bypass_mode", "locon.py line 338"],
+    ),
     "flux_diag_oft_entry_fp8_base": (
         "flux",
         '"algo=locon"',
@@ -366,13 +376,15 @@ def test_bypass_mode_alone_beside_those_entries_converts(tmp_path):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
-    # line 108: full entries with the component quantised (--fp8_base) on SD: kohya casts after apply_to
-    # took their weights into FullModule's copies, so the cast backend leaves those layers float
+    # line 108: full entries with the component quantised (--fp8_base) on SD, the network's LoCon layers in
+    # bypass_mode (their default forward stops kohya on float8 weights: REFUSED full_entry_fp8_base) and the
+    # entries' own bypass_mode false (FullModule's one forward): kohya casts after apply_to took their
+    # weights into FullModule's copies, so the cast backend leaves those layers float
     # (tests/runtime/test_lycoris_full_fp8_base.py)
-    "full_entry_fp8_base": (
+    "full_entry_fp8_base_bypass_network": (
         "sd",
-        '"algo=locon"',
-        _sd("full"),
+        '"algo=locon" "bypass_mode=True"',
+        _sd("full", "bypass_mode = false"),
         "--fp8_base --mixed_precision bf16",
         {"kind": "lora", "block": {"kind": "full"}},
     ),

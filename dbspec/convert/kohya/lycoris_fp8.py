@@ -4,18 +4,22 @@ kohya stops (DBS402).
 train_network.py and sdxl_train_network.py cast the frozen U-Net to float8_e4m3fn after the network's
 apply_to (`unet.to(dtype=unet_weight_dtype)`); flux_train_network.py and sd3_train_network.py cast the
 denoiser as they load it (load_target_model's `model.to(torch.float8_e4m3fn)` / `mmdit.to(...)`), before
-the network is built. torch implements no arithmetic on float8_e4m3fn: its add / sub kernels raise
-NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA").
+the network is built. torch implements no arithmetic on float8_e4m3fn: its add / sub / mul kernels raise
+NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA"), and it promotes no float8 type.
 
 - LyCORIS's FullModule (lycoris-lora 4.1.3's lycoris/modules/full.py) moves the layer's weight and bias into
   its trained copy at apply_to and deletes them from the layer: after apply_to on SD 1.x/2.x and SDXL the
   cast passes those layers by (dbspec's cast backend leaves them float: runtime/blocks.py
   full_layer_paths); on Flux / SD3 / Chroma apply_to adds the float8 weight into the copy in place
   (`self.weight.data.add_(self.org_module[0].weight.data)`, full.py line 112) and raises.
-- DiagOFTModule's default forward (no bypass_mode) casts the rotated weight to the layer's dtype and
-  subtracts the layer's weight from it (`delta_weight = new_weight - base_weight`, lycoris/modules/
-  diag_oft.py line 247): on a float8 layer kohya stops at the first step; its bypass forward rotates the
-  layer's output and runs.
+- The other modules' default forward (no bypass_mode) computes with the layer's weight: LoConModule,
+  LohaModule and LokrModule multiply their update cast to the layer's float8 dtype by their scale (e.g.
+  lycoris/modules/locon.py line 338), DiagOFTModule and ButterflyOFTModule subtract the float8 weight
+  (`delta_weight = new_weight - base_weight`, diag_oft.py line 247), TLoraModule adds to it, DyLoraModule and
+  IA3Module mix it with float tensors (no float8 promotion): kohya stops at the first step. Their bypass
+  forward reads the layer's output and runs; GLoRAModule's default forward does too. Checked for a preset
+  file's layers (lycoris_maps.check_layers); a network without a preset file and a --dim_from_weights
+  file's modules are not checked for it yet.
 - flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 (--fp8_base without
   --fp8_base_unet, T5-XXL on the device: its outputs not cached) reads
   `t5xxl.encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py
@@ -57,16 +61,35 @@ def t5_fp8_prepared(a: dict[str, Legacy]) -> bool:
     return fp8_t5 and text_outputs_cached(a) is None
 
 
-def oft_on_fp8(path: str, algo: str, source: str, bypassed: bool, fp8: str) -> None:
-    """PresetError (kohya stops: DBS402) for a denoiser layer of LyCORIS's Diag-OFT in its default forward
-    (no bypass_mode, its entry's own or the network's) on a float8 base (`fp8`: fp8_denoiser's)."""
-    if fp8 and algo == "diag-oft" and not bypassed:
+# lycoris-lora 4.1.3's default forward (no bypass_mode) on a float8 layer: the line that raises (on the CPU
+# and on CUDA: torch has no float8 add / mul kernels and promotes no float8 type) and what it does there
+_FORWARD_STOPS = {
+    "lora": ("locon.py line 338", "multiplies the update cast to float8 by its scale"),
+    "loha": ("loha.py line 317", "multiplies the update cast to float8 by its scalar"),
+    "lokr": ("lokr.py line 563", "multiplies the update cast to float8 by its scalar"),
+    "dylora": ("dylora.py line 142", "adds the float8 weight to the update (`diff + self.org_weight`)"),
+    "ia3": ("ia3.py line 14", "multiplies the float8 weight by its scales"),
+    "boft": ("boft.py line 216", "subtracts the float8 weight (`delta_weight = new_weight - base_weight`)"),
+    "diag-oft": (
+        "diag_oft.py line 247",
+        "subtracts the float8 weight (`delta_weight = new_weight - base_weight`)",
+    ),
+    "tlora": ("tlora.py line 557", "adds the update to the float8 weight (`base_weight + diff_weight`)"),
+}
+
+
+def forward_on_fp8(path: str, algo: str, source: str, bypassed: bool, fp8: str) -> None:
+    """PresetError (kohya stops: DBS402) for a denoiser layer whose LyCORIS module runs its default forward
+    (no bypass_mode, its entry's own or the network's) on a float8 base (`fp8`: fp8_denoiser's): every
+    module but FullModule (its float copy) and GLoRAModule (which reads the layer's output) computes with
+    the layer's weight there; their bypass forward reads the layer's output and runs."""
+    if fp8 and algo in _FORWARD_STOPS and not bypassed:
+        line, what = _FORWARD_STOPS[algo]
         raise PresetError(
-            f"{source} gives {path} algo = 'diag-oft' without bypass_mode while kohya's --fp8_base holds "
-            "its weight as float8_e4m3fn: DiagOFTModule's default forward subtracts that weight from the "
-            "rotated one cast to float8 (`delta_weight = new_weight - base_weight`, lycoris/modules/"
-            "diag_oft.py line 247), which torch does not implement for Float8_e4m3fn (NotImplementedError "
-            "at the first step; its bypass_mode rotates the layer's output instead)",
+            f"{source} gives {path} algo = {algo!r} without bypass_mode while kohya's --fp8_base holds its "
+            f"weight as float8_e4m3fn: LyCORIS's default forward {what} (lycoris/modules/{line}), "
+            "arithmetic torch does not implement for Float8_e4m3fn: kohya stops at the first step "
+            "(bypass_mode=True computes from the layer's output and runs)",
             True,
         )
 

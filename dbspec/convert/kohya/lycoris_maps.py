@@ -30,7 +30,7 @@ from dbspec.convert.kohya.lycoris_entry_opts import (
     split_options,
 )
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
-from dbspec.convert.kohya.lycoris_fp8 import oft_on_fp8
+from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
 _CLASS = {"locon": "lora"}
@@ -190,15 +190,15 @@ def check_layers(
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
     `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
     Linears over every part); `unet`: SD 1.x/2.x and SDXL (_mixed_kinds); `fp8`: when kohya's --fp8_base
-    casts the denoiser (lycoris_fp8.fp8_denoiser: its Diag-OFT layers in the default forward stop kohya); the
+    casts the denoiser (lycoris_fp8.fp8_denoiser: its layers in LyCORIS's default forward stop kohya); the
     (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
         _tlora_kxk(layer, algo)
-    for layer in found.unet.values():
+    for layer in sorted(found.unet.values(), key=lambda layer: not layer.source):  # entries' layers first
         source = f"`{layer.source}`" if layer.source else f"the algo={algo} network"
-        oft_on_fp8(layer.path, _algo(layer.algo), source, _bypassed(layer, network), fp8)
+        forward_on_fp8(layer.path, _algo(layer.algo), source, _bypassed(layer, network), fp8)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
         other = _mixed_kinds(found, algo, network, other, kinds, bypass, unet)
@@ -228,6 +228,12 @@ def check_layers(
         ia3_own = _algo(algo) == _algo(layer.algo) == "ia3" and not unet
         if entry_bypass and _own_bypass(algo, layer.algo) and not ia3_own:  # the block's `bypass` (_blocks)
             own = (*own, "bypass_mode")
+        if _algo(layer.algo) == "full" and "bypass_mode" in dict(layer.options):  # false here (_full_bypass)
+            own = (*own, "bypass_mode")
+            inert[f"{layer.source}.bypass_mode"] = (
+                "FullModule has one forward (bypass_mode=True raises): a false bypass_mode beside the "
+                "network's changes nothing"
+            )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
