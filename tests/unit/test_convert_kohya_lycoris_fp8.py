@@ -225,3 +225,28 @@ def test_a_files_full_module_on_t5s_first_query_stops_kohya_with_fp8_base(tmp_pa
     assert "prev.safetensors" in found and "encoder.block.0.layer.0.SelfAttention.q" in found, errors(outcome)
     outcome = kohya(tmp_path, allow=True, command=f"{FLUX} --mixed_precision bf16")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+
+
+@pytest.mark.parametrize(
+    ("family", "args", "stops"),
+    [
+        ("sd", '"algo=locon"', "locon.py line 338"),
+        ("sd", '"algo=diag-oft"', "diag_oft.py line 247"),
+        ("sd", '"algo=lokr" "preset=attn-only"', "lokr.py line 563"),
+        ("flux", '"algo=loha"', "loha.py line 317"),
+        ("flux", '"algo=full"', "full.py line 112"),
+        ("sd", '"algo=locon" "bypass_mode=True"', ""),
+        ("flux", '"algo=lokr" "bypass_mode=True"', ""),
+        ("sd", '"algo=glora"', ""),  # GLoRAModule reads the layer's output (DBS403: dbspec's own refusal)
+    ],
+)
+def test_builtin_preset_networks_in_the_default_forward_stop_kohya_with_fp8_base(
+    tmp_path, family, args, stops
+):
+    """A network from a built-in preset: all its denoiser modules of its algorithm, so the same stops."""
+    outcome = _convert(tmp_path, family, args, None, FLAGS)
+    if stops:
+        found = messages(outcome, "DBS402")
+        assert stops in found and "the algo=" in found, errors(outcome)
+    else:
+        assert "DBS402" not in codes(outcome), errors(outcome)

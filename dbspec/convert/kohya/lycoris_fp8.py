@@ -18,8 +18,8 @@ NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA"), and 
   (`delta_weight = new_weight - base_weight`, diag_oft.py line 247), TLoraModule adds to it, DyLoraModule and
   IA3Module mix it with float tensors (no float8 promotion): kohya stops at the first step. Their bypass
   forward reads the layer's output and runs; GLoRAModule's default forward does too. Checked for a preset
-  file's layers (lycoris_maps.check_layers); a network without a preset file and a --dim_from_weights
-  file's modules are not checked for it yet.
+  file's layers (lycoris_maps.check_layers) and a built-in preset's network (builtin_network_on_fp8); a
+  --dim_from_weights file's modules are not checked for it yet.
 - flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 (--fp8_base without
   --fp8_base_unet, T5-XXL on the device: its outputs not cached) reads
   `t5xxl.encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py
@@ -119,3 +119,31 @@ def t5_first_query_full(paths: list[str]) -> None:
             "get_t5xxl_actual_dtype): AttributeError before training",
             True,
         )
+
+
+def builtin_network_on_fp8(a: dict[str, Legacy], flow: bool) -> str:
+    """Why kohya stops on a lycoris.kohya network from a built-in preset (all its denoiser modules of the
+    network's algorithm; network.LYCORIS_BUILTIN_PRESETS, "ia3" building none) with --fp8_base (`flow`: Flux
+    / SD3 / Chroma's scripts): their default forward on the float8 weights (forward_on_fp8) or, where kohya
+    casts as it loads, FullModule.apply_to (full_on_fp8); "" where it runs (bypass_mode, GLoRA, full on SD
+    1.x/2.x and SDXL), for a preset file (lycoris_maps.check_layers), a --dim_from_weights file, and without
+    denoiser modules (network_train_text_encoder_only)."""
+    from dbspec.convert.kohya.network import _ALGOS, LYCORIS_BUILTIN_PRESETS, _str_bool, parse_network_args
+
+    fp8 = "" if _given(a, "network_train_text_encoder_only") else fp8_denoiser(a, flow)
+    from_file = _given(a, "dim_from_weights") and _given(a, "network_weights")
+    if not fp8 or a["network_module"].value != "lycoris.kohya" or from_file:
+        return ""
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    preset = kwargs.get("preset", "full") or "full"
+    algo = (kwargs.get("algo", "lora") or "lora").lower()
+    nothing = preset == "ia3" or (flow and preset == "unet-convblock-only")  # no module (reported elsewhere)
+    if preset not in LYCORIS_BUILTIN_PRESETS or nothing or algo not in _ALGOS:
+        return ""
+    source = f"the algo={algo} network (preset {preset})"
+    try:
+        full_on_fp8("its layers", _ALGOS[algo], source, fp8)
+        forward_on_fp8("its layers", _ALGOS[algo], source, _str_bool(kwargs.get("bypass_mode", "false")), fp8)
+    except PresetError as exc:
+        return str(exc)
+    return ""

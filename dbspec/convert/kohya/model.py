@@ -40,7 +40,13 @@ from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
 from dbspec.convert.kohya.lycoris_file import PresetError
-from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full, t5_fp8_prepared
+from dbspec.convert.kohya.lycoris_fp8 import (
+    builtin_network_on_fp8,
+    fp8_denoiser,
+    full_on_fp8,
+    t5_first_query_full,
+    t5_fp8_prepared,
+)
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -192,6 +198,8 @@ def map_adapter(
             "only kohya's networks.lora, networks.dylora, networks.lora_fa, networks.oft and LyCORIS's "
             "lycoris.kohya have a dbspec equivalent",
         )
+        return False
+    if _fp8_stops(a, False, conv):
         return False
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
@@ -1389,6 +1397,16 @@ def _lycoris_sd_full_file(
     return True
 
 
+def _fp8_stops(a: Args, flow: bool, conv: Conversion) -> bool:
+    """DBS402 where kohya's --fp8_base stops a lycoris.kohya network from a built-in preset
+    (lycoris_fp8.builtin_network_on_fp8)."""
+    why = builtin_network_on_fp8(a, flow)
+    if why:
+        args = a["network_args"]
+        conv.invalid(args.key, args.value, args.source, f"LyCORIS's create_network: {why}")
+    return bool(why)
+
+
 def _file_t5_full_output(modules: dict[str, LycorisModule], family: str) -> list[str]:
     """The file's FullModules (a `diff`) on T5-XXL's gated-MLP output Linear `DenseReluDense.wo` (Flux's /
     Chroma's lora_te2_, SD3's lora_te3_): create_network_from_weights builds them and kohya stops at T5's
@@ -1491,7 +1509,7 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
-        return _map_lycoris_flow(a, script, paths, conv, family)
+        return not _fp8_stops(a, True, conv) and _map_lycoris_flow(a, script, paths, conv, family)
     if module.value == "networks.oft_flux" and script == "flux_train_network":
         from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
 
