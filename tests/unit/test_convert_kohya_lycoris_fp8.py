@@ -207,7 +207,8 @@ def test_full_modules_elsewhere_on_t5_stay_dbspecs_refusal(tmp_path):
 
 
 def test_a_files_full_module_on_t5s_first_query_stops_kohya_with_fp8_base(tmp_path):
-    """--dim_from_weights: the file's `diff` there is DBS402 with --fp8_base; without it the file converts."""
+    """--dim_from_weights: the file's `diff` there is DBS402 with --fp8_base (before the denoiser's LoKr
+    module's first forward, which stops kohya too); without --fp8_base the file converts."""
     images(tmp_path / "x" / "10_ohwx dog", 2, (512, 512))
     for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
@@ -225,6 +226,13 @@ def test_a_files_full_module_on_t5s_first_query_stops_kohya_with_fp8_base(tmp_pa
     assert "prev.safetensors" in found and "encoder.block.0.layer.0.SelfAttention.q" in found, errors(outcome)
     outcome = kohya(tmp_path, allow=True, command=f"{FLUX} --mixed_precision bf16")
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    # without it, the LoKr module's default forward (create_network_from_weights hands no bypass_mode)
+    del tensors["lora_te2_encoder_block_0_layer_0_SelfAttention_q.diff"]
+    del tensors["lora_te2_encoder_block_0_layer_0_SelfAttention_q.alpha"]
+    save_file(tensors, str(tmp_path / "prev.safetensors"))
+    outcome = kohya(tmp_path, allow=True, command=f"{FLUX} {FLAGS}")
+    found = messages(outcome, "DBS402")
+    assert "prev.safetensors" in found and "lokr.py line 563" in found, errors(outcome)
 
 
 @pytest.mark.parametrize(

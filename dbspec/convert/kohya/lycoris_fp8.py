@@ -18,8 +18,8 @@ NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA"), and 
   (`delta_weight = new_weight - base_weight`, diag_oft.py line 247), TLoraModule adds to it, DyLoraModule and
   IA3Module mix it with float tensors (no float8 promotion): kohya stops at the first step. Their bypass
   forward reads the layer's output and runs; GLoRAModule's default forward does too. Checked for a preset
-  file's layers (lycoris_maps.check_layers) and a built-in preset's network (builtin_network_on_fp8); a
-  --dim_from_weights file's modules are not checked for it yet.
+  file's layers (lycoris_maps.check_layers), a built-in preset's network (builtin_network_on_fp8) and a
+  --dim_from_weights file's modules (file_on_fp8: create_network_from_weights hands them no bypass_mode).
 - flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 (--fp8_base without
   --fp8_base_unet, T5-XXL on the device: its outputs not cached) reads
   `t5xxl.encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py
@@ -144,6 +144,31 @@ def builtin_network_on_fp8(a: dict[str, Legacy], flow: bool) -> str:
     try:
         full_on_fp8("its layers", _ALGOS[algo], source, fp8)
         forward_on_fp8("its layers", _ALGOS[algo], source, _str_bool(kwargs.get("bypass_mode", "false")), fp8)
+    except PresetError as exc:
+        return str(exc)
+    return ""
+
+
+def file_on_fp8(modules: dict, fp8: str, t5_full: list[str]) -> str:
+    """Why kohya stops on a --dim_from_weights file's modules (`modules`: lycoris_flow_weights
+    .read_lycoris_file's) with --fp8_base (`fp8`: fp8_denoiser's, "" without denoiser modules; `t5_full`:
+    T5-XXL's paths of its FullModules where kohya prepares T5 for fp8, else []), in kohya's order:
+    apply_to (full_on_fp8), prepare_text_encoder_fp8 (t5_first_query_full), the first forward
+    (forward_on_fp8: create_network_from_weights builds each module from its tensors,
+    make_module_from_state_dict, with no bypass_mode); "" where kohya runs."""
+    unet = []
+    for name, module in sorted(modules.items()):
+        algo = {"locon": "lora"}.get(module.algo, module.algo)
+        if algo == "oft":  # DiagOFTModule's blocks are (n, b, b), ButterflyOFTModule's 4-D
+            algo = "boft" if len(module.shapes.get("oft_blocks", ())) == 4 else "diag-oft"
+        if name.startswith("lora_unet_"):
+            unet.append((name, algo))
+    try:
+        for name, algo in unet:
+            full_on_fp8(name, algo, "the file's module", fp8)
+        t5_first_query_full(t5_full)
+        for name, algo in unet:
+            forward_on_fp8(name, algo, "the file's module", False, fp8)
     except PresetError as exc:
         return str(exc)
     return ""

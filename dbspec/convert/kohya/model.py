@@ -39,12 +39,10 @@ from dbspec.convert.kohya.file_ranks import (
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
-from dbspec.convert.kohya.lycoris_file import PresetError
 from dbspec.convert.kohya.lycoris_fp8 import (
     builtin_network_on_fp8,
+    file_on_fp8,
     fp8_denoiser,
-    full_on_fp8,
-    t5_first_query_full,
     t5_fp8_prepared,
 )
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
@@ -199,7 +197,7 @@ def map_adapter(
             "lycoris.kohya have a dbspec equivalent",
         )
         return False
-    if _fp8_stops(a, False, conv):
+    if _fp8_stops(a, False, paths, conv):
         return False
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
@@ -1397,13 +1395,32 @@ def _lycoris_sd_full_file(
     return True
 
 
-def _fp8_stops(a: Args, flow: bool, conv: Conversion) -> bool:
-    """DBS402 where kohya's --fp8_base stops a lycoris.kohya network from a built-in preset
-    (lycoris_fp8.builtin_network_on_fp8)."""
+def _fp8_stops(a: Args, flow: bool, paths: PathMapper, conv: Conversion, family: str | None = None) -> bool:
+    """DBS402 where kohya's --fp8_base stops a lycoris.kohya network from a built-in preset or a
+    --dim_from_weights file (lycoris_fp8.builtin_network_on_fp8, file_on_fp8; `family`: T5-XXL's, on Flux /
+    SD3 / Chroma)."""
     why = builtin_network_on_fp8(a, flow)
     if why:
         args = a["network_args"]
         conv.invalid(args.key, args.value, args.source, f"LyCORIS's create_network: {why}")
+        return True
+    weights, from_file = a["network_weights"].value, a["dim_from_weights"]
+    if not (from_file.value and weights and a["network_module"].value == "lycoris.kohya"):
+        return False
+    prepared = family in _T5 and not a["network_train_unet_only"].value and t5_fp8_prepared(a)
+    fp8 = "" if a["network_train_text_encoder_only"].value else fp8_denoiser(a, flow)
+    local = paths.local(weights)
+    if not (fp8 or prepared) or local is None:
+        return False
+    try:
+        modules = read_lycoris_file(local)
+    except (ModelFileError, ValueError, OSError):
+        return False  # reported where the file is read
+    t5 = [t5_path(n, family) for n, m in modules.items() if m.algo == "full"] if prepared else []
+    why = file_on_fp8(modules, fp8, t5)
+    if why:
+        message = f"LyCORIS's create_network_from_weights with `{weights}`: {why}"
+        conv.invalid(from_file.key, True, from_file.source, message)
     return bool(why)
 
 
@@ -1431,21 +1448,6 @@ def _lycoris_flow_factor_file(
 
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
-    fp8 = "" if a["network_train_text_encoder_only"].value else fp8_denoiser(a, flow=True)
-    try:
-        for name, m in modules.items():  # --fp8_base casts the denoiser as it loads it
-            if name.startswith("lora_unet_"):
-                full_on_fp8(name, m.algo, "the file's `diff`", fp8)
-        if family in _T5 and not unet_only and t5_fp8_prepared(a):  # T5's first query weight read
-            t5_first_query_full([t5_path(n, family) for n, m in modules.items() if m.algo == "full"])
-    except PresetError as exc:
-        conv.invalid(
-            from_file.key,
-            True,
-            from_file.source,
-            f"LyCORIS's create_network_from_weights with `{weights.value}`: {exc}",
-        )
-        return False
     wo = _file_t5_full_output(modules, family) if t5_wo_weight_read(a) else []
     if wo:  # T5 encodes after apply_to through them (cached: _t5_idle's DBS403; --fp8_base: no read)
         conv.invalid(
@@ -1509,7 +1511,10 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
-        return not _fp8_stops(a, True, conv) and _map_lycoris_flow(a, script, paths, conv, family)
+        stops = _fp8_stops(
+            a, True, paths, conv, family or ("sd3" if script == "sd3_train_network" else "flux")
+        )
+        return not stops and _map_lycoris_flow(a, script, paths, conv, family)
     if module.value == "networks.oft_flux" and script == "flux_train_network":
         from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
 
