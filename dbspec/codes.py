@@ -2252,7 +2252,9 @@ with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer
 `conv_targets`. Turn quantisation off, or train a low-rank kind; keep each name in one list. The same for
 `adapter.kind = "ia3"` (LyCORIS's IA^3 scales each targeted layer's float weight), and for
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of those kinds beside a LoRA/LoHa/LoKr adapter (a
-LyCORIS preset file's `full` / `ia3` entries, e.g. with kohya's `--fp8_base`).""",
+LyCORIS preset file's `full` / `ia3` entries, e.g. with kohya's `--fp8_base`). The denoiser's `full` blocks
+with `quantize_backend = "cast"` are not refused: the cast leaves their layers float, as kohya's `--fp8_base`
+cast after LyCORIS's apply_to passes FullModule's layers by.""",
     ),
     Code(
         "DBS523",

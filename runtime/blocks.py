@@ -291,6 +291,24 @@ def block_tuckers(module: torch.nn.Module, targets, adapter: AdapterPlan, paths:
     }
 
 
+def full_layer_paths(module: torch.nn.Module, targets, adapter: AdapterPlan) -> list[str]:
+    """The paths of the denoiser's layers (`targets`, with the adapter's convolution targets) that train as
+    LyCORIS's full algo: their block's kind, else the adapter's, is "full" at a nonzero rank (a k x k
+    convolution's the block's conv_rank). LyCORIS's FullModule.apply_to takes such a layer's weight and bias
+    off it into its trained copy, so kohya's --fp8_base cast of the U-Net after apply_to passes them by:
+    the cast backend leaves them out likewise (runtime/prepare.py)."""
+    from dbspec.runtime.mixed_kinds import block_kind
+
+    out = []
+    for path, layer, block in _blocks_of(module, (*targets, *adapter.conv_targets), adapter.blocks, ""):
+        if block_kind(adapter, block) != "full":
+            continue
+        conv = isinstance(layer, torch.nn.Conv2d) and tuple(layer.kernel_size) != (1, 1)
+        if block is None or (block.conv_rank if conv else block.rank):
+            out.append(path)
+    return out
+
+
 def block_param_groups(
     groups: list[dict],
     denoiser: torch.nn.Module,

@@ -64,9 +64,14 @@ def _prepare(
 
         # kohya's fp8_base casts the U-Net as loaded (fp32) straight to float8 (one rounding, not two through
         # the planned dtype); its text encoders it casts after moving them to the device in the mixed dtype
-        # (the general path below). The weights are read, and the rest held, in the planned dtype.
+        # (the general path below). The weights are read, and the rest held, in the planned dtype. Layers
+        # of LyCORIS's full algo stay float (blocks.full_layer_paths: kohya casts after apply_to has taken
+        # their weights into FullModule's copies).
+        from dbspec.runtime.blocks import full_layer_paths
+
+        whole = full_layer_paths(module, targets, plan.adapter) if comp.trainable == "lora" else []
         module.to(device)
-        quantize_frozen(module, comp.quantized, backend=backend, dtype=to_dtype(comp.dtype))
+        quantize_frozen(module, comp.quantized, backend=backend, exclude=whole, dtype=to_dtype(comp.dtype))
     else:
         # The dtype is settled before quantising: quantised weights cannot change dtype afterwards.
         module.to(device, dtype=to_dtype(comp.dtype))

@@ -3788,13 +3788,17 @@ _FLOAT_KINDS["tlora"] = "starts from the SVD of"
 def block_kinds_quantized(spec: Spec, given: Given) -> Iterator[Hit]:
     """Blocks of LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA kind (a preset file's entries beside a
     LoRA/LoHa/LoKr network) use each matched layer's float weight, as the adapter of that kind does
-    (_lycoris_full_fits): DBS522 with the component quantised."""
+    (_lycoris_full_fits): DBS522 with the component quantised. Not the denoiser's full blocks under the cast
+    backend (kohya's --fp8_base): it leaves their layers float, as kohya's cast after LyCORIS's apply_to
+    passes FullModule's layers by (runtime/blocks.py full_layer_paths)."""
     p = spec.precision
     for table, key in (("blocks", "quantize_denoiser"), ("text_encoder_blocks", "quantize_text_encoder")):
         if getattr(p, key) == "none":
             continue
         for i, block in enumerate(getattr(spec.adapter, table, ())):
             kind = getattr(block, "kind", "adapter")
+            if kind == "full" and table == "blocks" and p.quantize_backend == "cast":
+                continue
             if kind in _FLOAT_KINDS:
                 yield _err(
                     "DBS522",

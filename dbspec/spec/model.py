@@ -3882,7 +3882,9 @@ class Precision:
         "CUDA GPU of compute capability >= 8.9 (but with cast). torchao and bitsandbytes quantise Linear "
         "layers only (convolutions stay in float). cast (fp8 only; kohya's fp8_base): every weight stored as "
         "float8_e4m3fn by a plain cast (no scale) and upcast to the compute dtype at each use; runs on every "
-        "device, embeddings stay in float. See docs/memory.md.",
+        "device, embeddings stay in float, and so do the layers of the denoiser's `full` [[adapter.blocks]] "
+        "(kohya casts after LyCORIS's FullModule has taken their weights into its trained copies). See "
+        "docs/memory.md.",
     )
     gradient_checkpointing: bool = option(
         False, doc="Recompute activations in the backward pass to save memory."

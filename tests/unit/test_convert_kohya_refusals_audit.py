@@ -199,22 +199,25 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "dim = 10000000000000", "rs_lora"],
     ),
-    # line 108: full entries with the component quantised (--fp8_base)
+    # line 108: entries with the component quantised (--fp8_base) beside a network in LyCORIS's default
+    # forward: its LoConModules (and DiagOFTModule's default forward) compute with the float8 weight and stop
+    # kohya (lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py); full entries beside a network in
+    # bypass_mode convert (CONVERTS full_entry_fp8_base_bypass_network)
     "full_entry_fp8_base": (
         "sd",
         '"algo=locon"',
         _sd("full"),
         "--fp8_base --mixed_precision bf16",
-        "DBS403",
-        ["adapter.blocks[0].kind", "module_algo_map.FeedForward", 'quantize_denoiser = "fp8"'],
+        "DBS402",
+        ["network_args preset", "algo = 'lora' without bypass_mode", "locon.py line 338"],
     ),
     "flux_diag_oft_entry_fp8_base": (
         "flux",
         '"algo=locon"',
         _flux("diag-oft"),
         "--fp8_base --mixed_precision bf16",
-        "DBS403",
-        ["adapter.blocks[0].kind", "name_algo_map.double_blocks.*.img_attn.qkv", 'quantize_denoiser = "fp8"'],
+        "DBS402",
+        ["network_args preset", "name_algo_map.double_blocks.*.img_attn.qkv", "diag_oft.py", "Float8_e4m3fn"],
     ),
     # line 108 (map entries): a LoRA/LoCon / LoHa entry's dim above [[adapter.blocks]]' bound
     "locon_entry_dim_above_the_blocks_bound": (
@@ -258,6 +261,18 @@ def test_bypass_mode_alone_beside_those_entries_converts(tmp_path):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
+    # line 108: full entries with the component quantised (--fp8_base) on SD, the network's LoCon layers in
+    # bypass_mode (their default forward stops kohya on float8 weights: REFUSED full_entry_fp8_base) and the
+    # entries' own bypass_mode false (FullModule's one forward): kohya casts after apply_to took their
+    # weights into FullModule's copies, so the cast backend leaves those layers float
+    # (tests/runtime/test_lycoris_full_fp8_base.py)
+    "full_entry_fp8_base_bypass_network": (
+        "sd",
+        '"algo=locon" "bypass_mode=True"',
+        _sd("full", "bypass_mode = false"),
+        "--fp8_base --mixed_precision bf16",
+        {"kind": "lora", "block": {"kind": "full"}},
+    ),
     # line 454: an IA^3 network's entries with their own bypass_mode: an ia3 adapter's own block's `bypass`
     # (tests/runtime/test_lycoris_ia3_own_bypass_entries.py)
     "ia3_network_entry_own_bypass": (

@@ -867,10 +867,11 @@ def test_diag_oft_and_glora_entries_on_fused_layers_are_blocks_of_their_kind(tmp
 
 
 def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
-    """Network options the kinds do not build alike (use_scalar) stay DBS403; so does an fp8 base (the full
-    and IA^3 layers use the float weight, DBS522). An IA^3 entry's own train_on_input (one scale per input
-    column, which the fused layer's parts share) converts now (was DBS403): its block's `on_input`
-    (tests/runtime/test_lycoris_ia3_entry_sides.py)."""
+    """An IA^3 entry's own train_on_input (one scale per input column, which the fused layer's parts share)
+    converts now (was DBS403): its block's `on_input` (tests/runtime/test_lycoris_ia3_entry_sides.py). Network
+    options the kinds do not build alike (use_scalar) stay DBS403; an fp8 base stops kohya (DBS402: --fp8_base
+    casts Flux as it loads it, and FullModule.apply_to adds that float8 weight into its copy,
+    lycoris_fp8.full_on_fp8)."""
     text = MIXED_FULL.replace('algo = "ia3"\nalpha = 8', 'algo = "ia3"\ntrain_on_input = true')
     outcome = _flux(tmp_path / "input", text, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
@@ -881,7 +882,9 @@ def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
     outcome = _flux(
         tmp_path / "fp8", MIXED_FULL, '"algo=locon" --fp8_base --mixed_precision bf16', allow=True
     )
-    assert 'precision.quantize_denoiser = "fp8": it scales' in messages(outcome, "DBS403")
+    assert "algo = 'full'" in messages(outcome, "DBS402") and "full.py line 112" in messages(
+        outcome, "DBS402"
+    )
 
 
 def test_chroma_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):

@@ -2624,14 +2624,15 @@ CASES = [
         + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
         + '[[adapter.blocks]]\npattern = "ff"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n',
     ),
-    (  # full / IA^3 blocks (Diag-OFT, BOFT, GLoRA alike) use the float weight: no quantised base (issue 12)
+    (  # full / IA^3 blocks (Diag-OFT, BOFT, GLoRA alike) use the float weight: no quantised base (issue 12);
+        # the cast backend leaves the denoiser's full blocks' layers float (kohya's --fp8_base after apply_to)
         rules.block_kinds_quantized,
         'family = "flux"\n'
         + DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
-        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "ia3"\nrank = 1\nalpha = 1.0\n'
+        + '[[adapter.text_encoder_blocks]]\npattern = "fc1"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
         + '[precision]\nquantize_denoiser = "fp8"\nquantize_text_encoder = "fp8"\n'
         + 'quantize_backend = "cast"\n',
         [
@@ -2642,7 +2643,7 @@ CASES = [
         + DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nfused_projections = true\n'
-        + '[[adapter.blocks]]\npattern = "attn"\nkind = "loha"\nrank = 1\nalpha = 1.0\n'
+        + '[[adapter.blocks]]\npattern = "attn"\nkind = "full"\nrank = 1\nalpha = 1.0\n'
         + '[precision]\nquantize_denoiser = "fp8"\nquantize_backend = "cast"\n',
     ),
     (  # several kinds on Chroma's fused layers as on Flux: a full block needs fused_projections there too

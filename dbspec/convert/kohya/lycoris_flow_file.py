@@ -58,6 +58,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
+from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full, t5_fp8_prepared
 from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, map_blocks
 from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
@@ -244,11 +245,14 @@ def flux_preset_file(
     applied: tuple[bool, bool] = (True, True),
     t5_idle: str = "",
     t5_wo_read: bool = True,
+    fp8: str = "",
+    t5_fp8: bool = False,
 ) -> FlowFile:
     """The preset file's table on kohya's Flux (or `model`'s; `dims`: the network's dim, alpha, conv_dim,
     conv_alpha; `network`: the module options create_network hands every module; `applied`: whether apply_to
-    keeps the (text-encoder, denoiser) modules, lycoris_maps.map_blocks). PresetError where kohya
-    stops or dbspec cannot express it."""
+    keeps the (text-encoder, denoiser) modules, lycoris_maps.map_blocks; `fp8`: when kohya's --fp8_base casts
+    the denoiser, `t5_fp8`: whether it prepares T5-XXL for fp8 after apply_to, lycoris_fp8). PresetError
+    where kohya stops or dbspec cannot express it."""
     model = model or FLUX_MODEL
     s = _settings(data, algo)
     for key, full in (
@@ -276,8 +280,14 @@ def flux_preset_file(
             )
     if model.title in ("Flux", "Chroma"):  # FLUX.1's widths (Chroma's blocks alike)
         _boft_widths(built)
+    for layer in built if applied[1] else []:  # apply_to on the denoiser cast as loaded: before T5 runs
+        full_on_fp8(
+            layer.path, layer.algo, f"`{layer.source}`" if layer.source else f"the algo={algo} network", fp8
+        )
     if applied[0] and t5_wo_read:  # T5 encodes after apply_to through its modules (t5_wo_weight_read)
         _t5_full_output(t5)
+    if applied[0] and t5_fp8:  # prepare_text_encoder_fp8 reads T5's first query weight after apply_to
+        t5_first_query_full([layer.path for layer in t5 if layer.algo == "full"])
     idle = t5_idle if applied[0] else "LycorisNetworkKohya.apply_to drops them with network_train_unet_only"
     if t5 and idle:
         t5 = []  # built, never trained
@@ -329,7 +339,17 @@ def flux_preset_file(
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
     bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
     blocks, text_blocks, inert = map_blocks(
-        found, algo, kind, conv_dims, rs_lora, network, applied, kinds, bypass=bypass, entry_bypass=True
+        found,
+        algo,
+        kind,
+        conv_dims,
+        rs_lora,
+        network,
+        applied,
+        kinds,
+        bypass=bypass,
+        entry_bypass=True,
+        fp8=fp8,
     )
     if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
         own = {
@@ -588,6 +608,8 @@ def flow_preset_file(
             (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
             _t5_idle(a, file=bool(a["network_weights"].value)),
             t5_wo_weight_read(a),
+            fp8_denoiser(a, flow=True),
+            t5_fp8_prepared(a),
         )
     except PresetError as exc:
         if exc.crash:

@@ -30,6 +30,7 @@ from dbspec.convert.kohya.lycoris_entry_opts import (
     split_options,
 )
 from dbspec.convert.kohya.lycoris_file import Layer, PresetError, Row, Targets, _suffixes
+from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8
 
 # lycoris-lora's network_module_dict: lora and locon are one class (LoConModule)
 _CLASS = {"locon": "lora"}
@@ -177,6 +178,7 @@ def check_layers(
     bypass: bool = False,
     entry_bypass: bool = False,
     unet: bool = False,
+    fp8: str = "",
 ) -> list[tuple[str, str]]:
     """PresetError for built layers whose map entry changes the algorithm (`kinds`: except to those of
     them, a block's `kind`, on a LoRA/LoCon, LoHa or LoKr network: _mixed_kinds) or hands the
@@ -187,13 +189,17 @@ def check_layers(
     LyCORIS bypass forward (network.py on SD 1.x/2.x and SDXL, lycoris_flow_file.py on Flux / SD3 / Chroma's
     fused Linears; without it bypass_mode converts only where every algorithm's bypass forward is inert);
     `entry_bypass`: blocks carry an entry's own bypass_mode (_own_bypass; on Flux / SD3 / Chroma's fused
-    Linears over every part); `unet`: SD 1.x/2.x and SDXL (_mixed_kinds); the (`entry.key`, why) of entry
-    keys the module class never reads (inert)."""
+    Linears over every part); `unet`: SD 1.x/2.x and SDXL (_mixed_kinds); `fp8`: when kohya's --fp8_base
+    casts the denoiser (lycoris_fp8.fp8_denoiser: its layers in LyCORIS's default forward stop kohya); the
+    (`entry.key`, why) of entry keys the module class never reads (inert)."""
     layers = [*found.text.values(), *found.unet.values()]
     for layer in layers:
         _full_bypass(layer, network)  # kohya stops before anything else matters
         _oft_bypass_dropout(layer, network)
         _tlora_kxk(layer, algo)
+    for layer in sorted(found.unet.values(), key=lambda layer: not layer.source):  # entries' layers first
+        source = f"`{layer.source}`" if layer.source else f"the algo={algo} network"
+        forward_on_fp8(layer.path, _algo(layer.algo), source, _bypassed(layer, network), fp8)
     other = [layer for layer in layers if _algo(layer.algo) != _algo(algo)]
     if other and kinds:
         other = _mixed_kinds(found, algo, network, other, kinds, bypass, unet)
@@ -223,6 +229,12 @@ def check_layers(
             own = (*own, "bypass_mode")
         if _input_side(algo, layer):  # an IA^3 entry's train_on_input: its block's `on_input`
             own = (*own, "train_on_input")
+        if _algo(layer.algo) == "full" and "bypass_mode" in dict(layer.options):  # false here (_full_bypass)
+            own = (*own, "bypass_mode")
+            inert[f"{layer.source}.bypass_mode"] = (
+                "FullModule has one forward (bypass_mode=True raises): a false bypass_mode beside the "
+                "network's changes nothing"
+            )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer, network, unet))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
@@ -973,17 +985,18 @@ def map_blocks(
     bypass: bool = False,
     entry_bypass: bool = False,
     unet: bool = False,
+    fp8: str = "",
 ) -> tuple[list[dict], list[dict], list[tuple[str, str]]]:
     """([[adapter.blocks]], [[adapter.text_encoder_blocks]], inert entry keys) for the map entries whose
     layers' dim or alpha differ from the network's `dims` (dim, alpha, conv_dim, conv_alpha); `network`: the
     module options create_network hands every module; `applied`: whether LycorisNetworkKohya.apply_to keeps
     the (text-encoder, U-Net) modules it built (it empties a list the script does not train: an entry's
     algorithm, options and dims there change nothing); `bypass`: check_layers'. PresetError where they
-    cannot be written; `entry_bypass`: check_layers'."""
+    cannot be written; `entry_bypass`, `fp8`: check_layers'."""
     sd = unet  # SD 1.x/2.x, SDXL (below `unet` holds the U-Net's blocks)
     kept = found._replace(text=found.text if applied[0] else {}, unet=found.unet if applied[1] else {})
     inert = [
-        *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet),
+        *check_layers(kept, algo, network, kinds, kind, bypass, entry_bypass, unet, fp8),
         *_dropped(found, kept),
     ]
     found = kept

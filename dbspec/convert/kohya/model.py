@@ -39,6 +39,12 @@ from dbspec.convert.kohya.file_ranks import (
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
 from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
+from dbspec.convert.kohya.lycoris_fp8 import (
+    builtin_network_on_fp8,
+    file_on_fp8,
+    fp8_denoiser,
+    t5_fp8_prepared,
+)
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
@@ -191,6 +197,8 @@ def map_adapter(
             "lycoris.kohya have a dbspec equivalent",
         )
         return False
+    if _fp8_stops(a, False, paths, conv):
+        return False
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if a["dim_from_weights"].value and a["network_weights"].value:
@@ -251,6 +259,7 @@ def map_adapter(
         paths,
         family,
         applied=(not a["network_train_unet_only"].value, not a["network_train_text_encoder_only"].value),
+        fp8=fp8_denoiser(a, flow=False),
     )
     put_kind = conv.values.get(("adapter", "kind"), (None,))[0]
     if kind is None:
@@ -1386,6 +1395,35 @@ def _lycoris_sd_full_file(
     return True
 
 
+def _fp8_stops(a: Args, flow: bool, paths: PathMapper, conv: Conversion, family: str | None = None) -> bool:
+    """DBS402 where kohya's --fp8_base stops a lycoris.kohya network from a built-in preset or a
+    --dim_from_weights file (lycoris_fp8.builtin_network_on_fp8, file_on_fp8; `family`: T5-XXL's, on Flux /
+    SD3 / Chroma)."""
+    why = builtin_network_on_fp8(a, flow)
+    if why:
+        args = a["network_args"]
+        conv.invalid(args.key, args.value, args.source, f"LyCORIS's create_network: {why}")
+        return True
+    weights, from_file = a["network_weights"].value, a["dim_from_weights"]
+    if not (from_file.value and weights and a["network_module"].value == "lycoris.kohya"):
+        return False
+    prepared = family in _T5 and not a["network_train_unet_only"].value and t5_fp8_prepared(a)
+    fp8 = "" if a["network_train_text_encoder_only"].value else fp8_denoiser(a, flow)
+    local = paths.local(weights)
+    if not (fp8 or prepared) or local is None:
+        return False
+    try:
+        modules = read_lycoris_file(local)
+    except (ModelFileError, ValueError, OSError):
+        return False  # reported where the file is read
+    t5 = [t5_path(n, family) for n, m in modules.items() if m.algo == "full"] if prepared else []
+    why = file_on_fp8(modules, fp8, t5)
+    if why:
+        message = f"LyCORIS's create_network_from_weights with `{weights}`: {why}"
+        conv.invalid(from_file.key, True, from_file.source, message)
+    return bool(why)
+
+
 def _file_t5_full_output(modules: dict[str, LycorisModule], family: str) -> list[str]:
     """The file's FullModules (a `diff`) on T5-XXL's gated-MLP output Linear `DenseReluDense.wo` (Flux's /
     Chroma's lora_te2_, SD3's lora_te3_): create_network_from_weights builds them and kohya stops at T5's
@@ -1411,7 +1449,7 @@ def _lycoris_flow_factor_file(
     module, weights, from_file = a["network_module"], a["network_weights"], a["dim_from_weights"]
     unet_only = bool(a["network_train_unet_only"].value)
     wo = _file_t5_full_output(modules, family) if t5_wo_weight_read(a) else []
-    if wo:  # T5 encodes after apply_to through them (outputs cached: _t5_idle's DBS403; --fp8_base: DBS403)
+    if wo:  # T5 encodes after apply_to through them (cached: _t5_idle's DBS403; --fp8_base: no read)
         conv.invalid(
             from_file.key,
             True,
@@ -1473,7 +1511,10 @@ def _map_flow_adapter(a: Args, script: str, paths: PathMapper, conv: Conversion,
     if idle_text_modules(a, paths, conv, script):  # the file's text-encoder modules at text_encoder_lr 0
         return False
     if module.value == "lycoris.kohya" and script in ("flux_train_network", "sd3_train_network"):
-        return _map_lycoris_flow(a, script, paths, conv, family)
+        stops = _fp8_stops(
+            a, True, paths, conv, family or ("sd3" if script == "sd3_train_network" else "flux")
+        )
+        return not stops and _map_lycoris_flow(a, script, paths, conv, family)
     if module.value == "networks.oft_flux" and script == "flux_train_network":
         from dbspec.convert.kohya.oft_flux import map_kohya_oft_flux  # diag-oft's kohya form per part
 

@@ -277,15 +277,19 @@ def map_network(
     paths=None,
     family: str | None = None,
     applied: tuple[bool, bool] = (True, True),
+    fp8: str = "",
 ) -> str | None:
     """Put [adapter] kind, targets and the network_args; the kind, or None when it has no dbspec
     equivalent. `original_names`: the family's kohya LoRA names follow the original UNet layout (SDXL), which
     numbers kohya's blocks differently. `dropout`: --network_dropout, which train_network.py hands LyCORIS as
     its `dropout` argument unless network_args has one. `paths` and `family` read a LyCORIS preset file;
     `applied`: whether the network's apply_to keeps its (text-encoder, U-Net) modules (train_network.py:
-    not network_train_unet_only, not network_train_text_encoder_only)."""
+    not network_train_unet_only, not network_train_text_encoder_only); `fp8`: when kohya's --fp8_base casts
+    the U-Net (lycoris_fp8.fp8_denoiser: a preset file's layers where that stops kohya)."""
     try:
-        return _map_network(module, args, dim, alpha, conv, original_names, dropout, paths, family, applied)
+        return _map_network(
+            module, args, dim, alpha, conv, original_names, dropout, paths, family, applied, fp8
+        )
     except ValueError as exc:
         conv.invalid(args.key, args.value, args.source, f"a network argument is not valid ({exc})")
         return None
@@ -302,6 +306,7 @@ def _map_network(
     paths=None,
     family: str | None = None,
     applied: tuple[bool, bool] = (True, True),
+    fp8: str = "",
 ) -> str | None:
     kwargs, problems = parse_network_args(args.value or [])
     for problem in problems:
@@ -366,6 +371,7 @@ def _map_network(
                     bypass=True,  # the adapter's `bypass` for its Diag-OFT / BOFT / DyLoRA blocks
                     entry_bypass=True,  # and their entries' own bypass_mode (a block's `bypass`)
                     unet=True,  # SD 1.x/2.x, SDXL (_mixed_kinds: the network's use_tucker beside other kinds)
+                    fp8=fp8,
                 )
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
