@@ -732,7 +732,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
     1.x/2.x and SDXL (not `flow`) Diag-OFT / BOFT entries' own bypass_mode is their block's `bypass`, and
     outside bypass_mode beside them alone the network's dropout is read by none of the modules (DBS405 in
     network.py); a Diag-OFT layer in bypass_mode with that dropout stops kohya (DBS402,
-    _oft_bypass_dropout)."""
+    _oft_bypass_dropout, in check_layers)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
     if conv is not None:
         raise PresetError(
@@ -746,8 +746,6 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
         if not flow and _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
             own = (*own, "bypass_mode")
         return [k for k, _ in layer.options if k not in own]
-
-    _oft_bypass_dropout(layers, network)  # kohya stops before anything else matters
 
     own = next((layer for layer in layers if extra(layer)), None)
     if own is not None:
@@ -789,24 +787,6 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
             "their defaults and the network's module_dropout only (DBS578)",
             False,
         )
-
-
-def _oft_bypass_dropout(layers: list[Layer], network: dict[str, Any]) -> None:
-    """PresetError (DBS402) for Diag-OFT entries of a T-LoRA network in bypass_mode (their own, else the
-    network's) beside the network's dropout: in training mode lycoris-lora 4.1.3's DiagOFTModule multiplies
-    its (blocks, size, size) rotations by a dropout mask shaped like the layer's output (..., blocks, size),
-    which raises RuntimeError on the first forward (network.py _diag_oft_bypass_dropout for the network's
-    own)."""
-    oft = next((x for x in layers if _algo(x.algo) == "diag-oft" and _bypassed(x, network)), None)
-    if oft is None or not network["dropout"]:
-        return
-    raise PresetError(
-        f"`{oft.source}` gives {oft.path} algo = 'diag-oft' in bypass_mode on an algo=tlora network with the "
-        f"network's dropout {network['dropout']:g}: LyCORIS's DiagOFTModule multiplies its (blocks, size, "
-        "size) rotations by a dropout mask shaped like the layer's output in training mode, and torch raises "
-        "RuntimeError on the first forward",
-        True,
-    )
 
 
 def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
