@@ -58,7 +58,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full, t5_fp8_prepared
+from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full
 from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, map_blocks
 from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
@@ -573,6 +573,16 @@ def _t5_idle(a: dict[str, Legacy], file: bool = False) -> str:
             "max_grad_norm 0 nothing reads their gradients (fresh, they leave T5's output the base's)"
         )
     return ""
+
+
+def t5_fp8_prepared(a: dict[str, Legacy]) -> bool:
+    """Whether train_network.py hands T5-XXL to prepare_text_encoder_fp8 after apply_to: --fp8_base without
+    --fp8_base_unet, T5-XXL on the device (outputs not cached: cached, it waits on the CPU, which the cast
+    skips)."""
+    from dbspec.convert.kohya.train import text_outputs_cached
+
+    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
+    return fp8_t5 and text_outputs_cached(a) is None
 
 
 def _given(a: dict[str, Legacy], key: str) -> bool:

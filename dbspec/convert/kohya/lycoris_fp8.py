@@ -18,8 +18,9 @@ NotImplementedError on the CPU ("add_stub") and on CUDA ("ufunc_add_CUDA"), and 
   (`delta_weight = new_weight - base_weight`, diag_oft.py line 247), TLoraModule adds to it, DyLoraModule and
   IA3Module mix it with float tensors (no float8 promotion): kohya stops at the first step. Their bypass
   forward reads the layer's output and runs; GLoRAModule's default forward does too. Checked for a preset
-  file's layers (lycoris_maps.check_layers), a built-in preset's network (builtin_network_on_fp8) and a
-  --dim_from_weights file's modules (file_on_fp8: create_network_from_weights hands them no bypass_mode).
+  file's layers (lycoris_maps.check_layers), a built-in preset's network (network.builtin_network_on_fp8)
+  and a --dim_from_weights file's modules (file_on_fp8: create_network_from_weights hands them no
+  bypass_mode).
 - flux_train_network.py's / sd3_train_network.py's prepare_text_encoder_fp8 (--fp8_base without
   --fp8_base_unet, T5-XXL on the device: its outputs not cached) reads
   `t5xxl.encoder.block[0].layer[0].SelfAttention.q.weight.dtype` (library/flux_utils.py
@@ -39,26 +40,17 @@ AT_LOAD = "at load"  # flux_train_network.py, sd3_train_network.py (Chroma too)
 T5_FIRST_QUERY = "encoder.block.0.layer.0.SelfAttention.q"
 
 
-def _given(a: dict[str, Legacy], key: str) -> bool:
+def given(a: dict[str, Legacy], key: str) -> bool:
+    """Whether kohya's argument `key` is set (present and truthy)."""
     return key in a and bool(a[key].value)
 
 
 def fp8_denoiser(a: dict[str, Legacy], flow: bool) -> str:
     """When kohya's --fp8_base / --fp8_base_unet casts the denoiser (`flow`: Flux / SD3 / Chroma's scripts),
     "" without them."""
-    if not (_given(a, "fp8_base") or _given(a, "fp8_base_unet")):
+    if not (given(a, "fp8_base") or given(a, "fp8_base_unet")):
         return ""
     return AT_LOAD if flow else AFTER_APPLY
-
-
-def t5_fp8_prepared(a: dict[str, Legacy]) -> bool:
-    """Whether train_network.py hands T5-XXL to prepare_text_encoder_fp8 after apply_to: --fp8_base without
-    --fp8_base_unet, T5-XXL on the device (outputs not cached: cached, it waits on the CPU, which the cast
-    skips)."""
-    from dbspec.convert.kohya.train import text_outputs_cached
-
-    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
-    return fp8_t5 and text_outputs_cached(a) is None
 
 
 # lycoris-lora 4.1.3's default forward (no bypass_mode) on a float8 layer: the line that raises (on the CPU
@@ -110,7 +102,8 @@ def full_on_fp8(path: str, algo: str, source: str, fp8: str) -> None:
 
 def t5_first_query_full(paths: list[str]) -> None:
     """PresetError (kohya stops: DBS402) where a FullModule takes T5-XXL's first query weight (`paths`: T5's
-    FullModule layers; the caller has checked that apply_to keeps them and t5_fp8_prepared)."""
+    FullModule layers; the caller has checked that apply_to keeps them and
+    lycoris_flow_file.t5_fp8_prepared)."""
     if T5_FIRST_QUERY in paths:
         raise PresetError(
             f"it gives T5-XXL's {T5_FIRST_QUERY} algo = 'full', whose apply_to deletes the layer's weight, "
@@ -119,34 +112,6 @@ def t5_first_query_full(paths: list[str]) -> None:
             "get_t5xxl_actual_dtype): AttributeError before training",
             True,
         )
-
-
-def builtin_network_on_fp8(a: dict[str, Legacy], flow: bool) -> str:
-    """Why kohya stops on a lycoris.kohya network from a built-in preset (all its denoiser modules of the
-    network's algorithm; network.LYCORIS_BUILTIN_PRESETS, "ia3" building none) with --fp8_base (`flow`: Flux
-    / SD3 / Chroma's scripts): their default forward on the float8 weights (forward_on_fp8) or, where kohya
-    casts as it loads, FullModule.apply_to (full_on_fp8); "" where it runs (bypass_mode, GLoRA, full on SD
-    1.x/2.x and SDXL), for a preset file (lycoris_maps.check_layers), a --dim_from_weights file, and without
-    denoiser modules (network_train_text_encoder_only)."""
-    from dbspec.convert.kohya.network import _ALGOS, LYCORIS_BUILTIN_PRESETS, _str_bool, parse_network_args
-
-    fp8 = "" if _given(a, "network_train_text_encoder_only") else fp8_denoiser(a, flow)
-    from_file = _given(a, "dim_from_weights") and _given(a, "network_weights")
-    if not fp8 or a["network_module"].value != "lycoris.kohya" or from_file:
-        return ""
-    kwargs, _ = parse_network_args(a["network_args"].value or [])
-    preset = kwargs.get("preset", "full") or "full"
-    algo = (kwargs.get("algo", "lora") or "lora").lower()
-    nothing = preset == "ia3" or (flow and preset == "unet-convblock-only")  # no module (reported elsewhere)
-    if preset not in LYCORIS_BUILTIN_PRESETS or nothing or algo not in _ALGOS:
-        return ""
-    source = f"the algo={algo} network (preset {preset})"
-    try:
-        full_on_fp8("its layers", _ALGOS[algo], source, fp8)
-        forward_on_fp8("its layers", _ALGOS[algo], source, _str_bool(kwargs.get("bypass_mode", "false")), fp8)
-    except PresetError as exc:
-        return str(exc)
-    return ""
 
 
 def file_on_fp8(modules: dict, fp8: str, t5_full: list[str]) -> str:

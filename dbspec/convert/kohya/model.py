@@ -17,6 +17,7 @@ from dbspec.convert.common.paths import PathMapper, model_path  # noqa: F401 - m
 from dbspec.convert.kohya.alpha_zero import zero_alphas_to_ranks
 from dbspec.convert.kohya.flow import FLOW_SCRIPTS, NETWORK_MODULES, is_weights_file, map_flow_model
 from dbspec.convert.kohya.network import (
+    builtin_network_on_fp8,
     lokr_rank_dropout,
     map_init_weights,
     map_network,
@@ -38,12 +39,15 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import kohya_suffix, read_lora_file
 from dbspec.convert.kohya.lycoris_flow_factor_file import _T5, factor_file_adapter, t5_path
-from dbspec.convert.kohya.lycoris_flow_file import _t5_idle, t5_full_output_why, t5_wo_weight_read
+from dbspec.convert.kohya.lycoris_flow_file import (
+    _t5_idle,
+    t5_fp8_prepared,
+    t5_full_output_why,
+    t5_wo_weight_read,
+)
 from dbspec.convert.kohya.lycoris_fp8 import (
-    builtin_network_on_fp8,
     file_on_fp8,
     fp8_denoiser,
-    t5_fp8_prepared,
 )
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import report_weights
@@ -1397,8 +1401,8 @@ def _lycoris_sd_full_file(
 
 def _fp8_stops(a: Args, flow: bool, paths: PathMapper, conv: Conversion, family: str | None = None) -> bool:
     """DBS402 where kohya's --fp8_base stops a lycoris.kohya network from a built-in preset or a
-    --dim_from_weights file (lycoris_fp8.builtin_network_on_fp8, file_on_fp8; `family`: T5-XXL's, on Flux /
-    SD3 / Chroma)."""
+    --dim_from_weights file (network.builtin_network_on_fp8, lycoris_fp8.file_on_fp8; `family`: T5-XXL's,
+    on Flux / SD3 / Chroma)."""
     why = builtin_network_on_fp8(a, flow)
     if why:
         args = a["network_args"]

@@ -37,6 +37,7 @@ from dbspec.convert.kohya.lycoris_file import (
     preset_targets,
     read_preset,
 )
+from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import unread_network_arg
 from dbspec.convert.kohya.oft_entries import boft_network_host, entries_constraint
@@ -1697,3 +1698,29 @@ def put_text_blocks(blocks: list[dict], note: str, conv: Conversion) -> None:
         why = note + (": the modules it lacks get none" if block["pattern"] == "^" else ": its modules' rank")
         for key, value in block.items():
             conv.put(("adapter", "text_encoder_blocks", index, key), value, why)
+
+
+def builtin_network_on_fp8(a: dict[str, Legacy], flow: bool) -> str:
+    """Why kohya stops on a lycoris.kohya network from a built-in preset (all its denoiser modules of the
+    network's algorithm; network.LYCORIS_BUILTIN_PRESETS, "ia3" building none) with --fp8_base (`flow`: Flux
+    / SD3 / Chroma's scripts): their default forward on the float8 weights (forward_on_fp8) or, where kohya
+    casts as it loads, FullModule.apply_to (full_on_fp8); "" where it runs (bypass_mode, GLoRA, full on SD
+    1.x/2.x and SDXL), for a preset file (lycoris_maps.check_layers), a --dim_from_weights file, and without
+    denoiser modules (network_train_text_encoder_only)."""
+    fp8 = "" if given(a, "network_train_text_encoder_only") else fp8_denoiser(a, flow)
+    from_file = given(a, "dim_from_weights") and given(a, "network_weights")
+    if not fp8 or a["network_module"].value != "lycoris.kohya" or from_file:
+        return ""
+    kwargs, _ = parse_network_args(a["network_args"].value or [])
+    preset = kwargs.get("preset", "full") or "full"
+    algo = (kwargs.get("algo", "lora") or "lora").lower()
+    nothing = preset == "ia3" or (flow and preset == "unet-convblock-only")  # no module (reported elsewhere)
+    if preset not in LYCORIS_BUILTIN_PRESETS or nothing or algo not in _ALGOS:
+        return ""
+    source = f"the algo={algo} network (preset {preset})"
+    try:
+        full_on_fp8("its layers", _ALGOS[algo], source, fp8)
+        forward_on_fp8("its layers", _ALGOS[algo], source, _str_bool(kwargs.get("bypass_mode", "false")), fp8)
+    except PresetError as exc:
+        return str(exc)
+    return ""
