@@ -20,7 +20,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
     _converted_plan,
     pipe,
 )
-from tests.runtime.test_lycoris_glora_bypass_entries import _HELD, MODULE, PRESET
+from tests.runtime.test_lycoris_glora_bypass_entries import _HELD, MODULE, PRESET, flux_bypass_entries_alike
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
 
 pytest.importorskip("lycoris.kohya")
@@ -58,75 +58,6 @@ def test_glora_network_bypass_dropout_beside_locon_loha_lokr_entries_is_lycoris(
     calm_then_dropped(ours, theirs, made, pipe.unet)  # eval equal, three dropped training forwards
     # every trained tensor's gradient over the three dropped forwards, by the name LyCORIS saves it under
     grads_as_lycoris(ours, made, _HELD)
-
-
-def flux_bypass_entries_alike(tmp_path, monkeypatch, args: dict[str, str]) -> None:
-    """test_lycoris_glora_bypass_entries.py's FLUX_FILE (LoCon q/k/v, LoHa linear1, CLIP-L's LoKr beside the
-    GLoRA network's layers) converted with network_args `args` (bypass_mode among them) on tiny Flux: every
-    kohya layer's lycoris-lora 4.1.3 module, built from the same args and loaded from our export, against the
-    plan's parts from the same generator state (outputs, generator state, input and trained tensors'
-    gradients)."""
-    from torch import nn
-
-    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
-    from tests.runtime.shared import moved_components
-    from tests.runtime.test_lycoris_glora_bypass_entries import FLUX_FILE
-    from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
-        _call_order,
-        _drawn_alike,
-        _grads_as_lycoris,
-    )
-    from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _base, _kohya_layers, _kohya_tree
-    from tests.runtime.test_lycoris_mixed_flow_full import _lycoris_network
-    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
-    from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
-    from tests.unit.convert_kit import flux_lycoris, plan_of
-
-    file = tmp_path / "mixed.toml"
-    file.write_text(FLUX_FILE, encoding="utf-8")
-    given = " ".join(f'"{k}={v}"' for k, v in args.items())
-    outcome = flux_lycoris(tmp_path, f'"algo=glora" "preset={file.name}" {given}')
-    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
-    a = plan.adapter
-    dropout = float(args.get("dropout", 0.0))
-    assert (a.kind, a.bypass, a.bypass_dropout, a.output_dropout) == ("glora", True, dropout, dropout)
-    comps = moved_components(plan, text_encoder=True)
-    unet, encoders = comps.unet.train(), comps.text_encoders
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # every trained tensor moved (no update 0)
-        for model in (unet, *encoders):
-            for p in model.parameters():
-                if p.requires_grad:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
-    tensors = lycoris_state(unet=unet, text_encoders=encoders, family="flux", dtype="fp32")
-    layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
-    clip = _kohya_clip(_unwrapped(encoders[0]))
-    made = _lycoris_network(
-        monkeypatch, "glora", file, [clip, nn.Module()], _kohya_tree(layers), tensors, **args
-    )
-    assert all(m.bypass_mode for m in made.values())
-    assert {type(m).__name__ for m in made.values()} == {
-        "GLoRAModule",
-        "LoConModule",
-        "LohaModule",
-        "LokrModule",
-    }
-    compared = 0
-    for path, (parts, _) in layers.items():
-        name = "lora_unet_" + path.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(parts[0]).in_features)
-            assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > 1, name
-            compared += 1
-    for path, layer in encoders[0].named_modules():
-        name = "lora_te1_" + ("" if path.startswith("text_model.") else "text_model.") + path
-        name = name.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(layer).in_features)
-            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 1, name
-            compared += 1
-    assert compared == len(made)
-    assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
 
 
 def test_flux_glora_network_bypass_dropout_beside_fused_entries_is_lycoris(tmp_path, monkeypatch):

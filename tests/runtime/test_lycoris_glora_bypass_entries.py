@@ -106,6 +106,26 @@ def test_flux_glora_network_bypass_beside_fused_entries_is_lycoris(tmp_path, mon
     layers one GLoRAModule each (their parts one module_dropout draw), CLIP-L's LoKr layers, all in
     bypass_mode; every kohya layer's module against the plan's parts from the same generator state
     (outputs, generator state, input and trained tensors' gradients)."""
+    plan, made = flux_bypass_entries_alike(
+        tmp_path, monkeypatch, {"bypass_mode": "True", "module_dropout": "0.5"}
+    )
+    a = plan.adapter
+    assert (a.kind, a.bypass, a.module_dropout, bool(a.fused)) == ("glora", True, 0.5, True)
+    assert {b.kind for b in a.blocks} - {"adapter"} == {"lora", "loha"}
+    assert {b.kind for b in a.text_encoder_blocks} - {"adapter"} == {"lokr"}
+    names = {"lora_unet_double_blocks_0_img_attn_qkv": "LoConModule"}
+    names["lora_unet_single_blocks_0_linear1"] = "LohaModule"
+    names["lora_unet_double_blocks_0_txt_attn_qkv"] = "GLoRAModule"
+    assert all(type(made[n]).__name__ == cls for n, cls in names.items())
+    assert all(type(made[n]).__name__ == "LokrModule" for n in made if n.startswith("lora_te1_"))
+
+
+def flux_bypass_entries_alike(tmp_path, monkeypatch, args: dict[str, str]):
+    """FLUX_FILE (LoCon q/k/v, LoHa linear1, CLIP-L's LoKr beside the
+    GLoRA network's layers) converted with network_args `args` (bypass_mode among them) on tiny Flux: every
+    kohya layer's lycoris-lora 4.1.3 module, built from the same args and loaded from our export, against the
+    plan's parts from the same generator state (outputs, generator state, input and trained tensors'
+    gradients); returns the plan and LyCORIS's modules by name."""
     from torch import nn
 
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
@@ -115,27 +135,20 @@ def test_flux_glora_network_bypass_beside_fused_entries_is_lycoris(tmp_path, mon
         _drawn_alike,
         _grads_as_lycoris,
     )
-    from tests.runtime.test_lycoris_mixed_flow_full import (
-        _BASE,
-        _base,
-        _kohya_layers,
-        _kohya_tree,
-        _lycoris_network,
-    )
+    from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _base, _kohya_layers, _kohya_tree
+    from tests.runtime.test_lycoris_mixed_flow_full import _lycoris_network
     from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
     from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
     from tests.unit.convert_kit import flux_lycoris, plan_of
 
     file = tmp_path / "mixed.toml"
     file.write_text(FLUX_FILE, encoding="utf-8")
-    args = {"bypass_mode": "True", "module_dropout": "0.5"}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
     outcome = flux_lycoris(tmp_path, f'"algo=glora" "preset={file.name}" {given}')
     plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
     a = plan.adapter
-    assert (a.kind, a.bypass, a.module_dropout, bool(a.fused)) == ("glora", True, 0.5, True)
-    assert {b.kind for b in a.blocks} - {"adapter"} == {"lora", "loha"}
-    assert {b.kind for b in a.text_encoder_blocks} - {"adapter"} == {"lokr"}
+    dropout = float(args.get("dropout", 0.0))
+    assert (a.kind, a.bypass, a.bypass_dropout, a.output_dropout) == ("glora", True, dropout, dropout)
     comps = moved_components(plan, text_encoder=True)
     unet, encoders = comps.unet.train(), comps.text_encoders
     g = torch.Generator().manual_seed(3)
@@ -151,10 +164,12 @@ def test_flux_glora_network_bypass_beside_fused_entries_is_lycoris(tmp_path, mon
         monkeypatch, "glora", file, [clip, nn.Module()], _kohya_tree(layers), tensors, **args
     )
     assert all(m.bypass_mode for m in made.values())
-    names = {"lora_unet_double_blocks_0_img_attn_qkv": "LoConModule"}
-    names["lora_unet_single_blocks_0_linear1"] = "LohaModule"
-    names["lora_unet_double_blocks_0_txt_attn_qkv"] = "GLoRAModule"
-    assert all(type(made[n]).__name__ == cls for n, cls in names.items())
+    assert {type(m).__name__ for m in made.values()} == {
+        "GLoRAModule",
+        "LoConModule",
+        "LohaModule",
+        "LokrModule",
+    }
     compared = 0
     for path, (parts, _) in layers.items():
         name = "lora_unet_" + path.replace(".", "_")
@@ -167,8 +182,8 @@ def test_flux_glora_network_bypass_beside_fused_entries_is_lycoris(tmp_path, mon
         name = name.replace(".", "_")
         if name in made:
             x = torch.randn(3, _base(layer).in_features)
-            assert type(made[name]).__name__ == "LokrModule"
             assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 1, name
             compared += 1
     assert compared == len(made)
     assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
+    return plan, made
