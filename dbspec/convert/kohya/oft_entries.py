@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network_reads import constraint_key
 
 _OFT_KINDS = ("diag-oft", "boft")
 
@@ -19,11 +20,12 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
     without such entries left to the caller (ignored, DBS405: no module of the network reads it). On SD
     1.x/2.x / SDXL (network.py) and Flux / SD3 / Chroma (lycoris_flux.py, lycoris_flow_*.py) alike."""
     blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
-    if not (blocks and "constraint" in kwargs):
+    key = constraint_key(kwargs)  # its deprecated name `constrain` where given
+    if not (blocks and key in kwargs):
         return
     named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
     why = f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' alpha): {named}"
-    item = Legacy(key=f"{args.key} constraint", value=kwargs.pop("constraint"), source=args.source)
+    item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
     conv.record(item, "mapped", "adapter.blocks.alpha", why)
 
 
