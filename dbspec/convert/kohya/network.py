@@ -231,8 +231,8 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     # Diag-OFT / BOFT (create_network's `float(kwargs.get("constraint", None) or 0)` and str_bool)
     out["constraint"] = _rate(kwargs.get(constraint_key(kwargs)) or 0.0)  # `constrain` too
     out["rescaled"] = _str_bool(kwargs.get("rescaled", "false"))
-    # IA^3 (DyLoRA takes it too): create_network never hands it, so every module keeps its default, the
-    # output side (an entry's own true: its block's `on_input`, lycoris_maps._input_side)
+    # IA^3 (DyLoRA takes it and never uses it): create_network never hands it, so every module keeps its
+    # default, the output side (an entry's own true: its block's `on_input`, lycoris_maps._input_side)
     out["train_on_input"] = False
     # T-LoRA: create_network hands TLoraModule neither, which starts from its defaults (the principal SVD)
     out["sig_type"], out["use_data_init"] = "principal", True
