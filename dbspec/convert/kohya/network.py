@@ -40,7 +40,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
-from dbspec.convert.kohya.oft_entries import boft_network_host, entries_constraint
+from dbspec.convert.kohya.oft_entries import entries_constraint, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
@@ -347,7 +347,8 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
-            hosted = boft_network_host(algo, found)  # its LoCon / LoHa / LoKr entries' network (was DBS403)
+            written = algo  # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries: theirs (was DBS403)
+            hosted = oft_network_host(algo, found)
             if hosted is not None:
                 host, found = hosted
                 note = f"algo={algo}: its preset file's {host} entries' kind, its own layers {algo} blocks"
@@ -379,9 +380,9 @@ def _map_network(
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
                 why = f"the LyCORIS preset file: {exc}"
-                if hosted is not None:  # the user wrote algo=boft: say which network it converts as
-                    why += f" (algo=boft beside {algo} entries converts as an algo={algo} network whose own "
-                    why += "layers are algo = 'boft' entries, which LyCORIS builds alike)"
+                if hosted is not None:  # the user wrote algo=boft / diag-oft: which network it converts as
+                    why += f" (algo={written} beside {algo} entries converts as an algo={algo} network whose "
+                    why += f"own layers are algo = '{written}' entries, which LyCORIS builds alike)"
                 if exc.crash:  # an entry LokrModule cannot read
                     conv.invalid(legacy.key, preset, args.source, why)
                 else:

@@ -1,7 +1,8 @@
 """LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` beside Diag-OFT /
 BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands it to every module
 through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and ButterflyOFTModule
-read it), and a BOFT network's LoCon / LoHa / LoKr entries (converted as those entries' network)."""
+read it), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr entries (converted as those entries'
+network)."""
 
 from __future__ import annotations
 
@@ -34,17 +35,18 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
 _HOSTS = ("lora", "locon", "loha", "lokr")
 
 
-def boft_network_host(algo: str, found) -> tuple[str, object] | None:
-    """A BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: a BOFT adapter's
-    [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm, the file's
-    Targets with the network's own layers as entries of that network), else None. lycoris-lora 4.1.3's
-    network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
+def oft_network_host(algo: str, found) -> tuple[str, object] | None:
+    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: an
+    OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm,
+    the file's Targets with the network's own layers as entries of that network), else None. lycoris-lora
+    4.1.3's network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
     network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
-    the same root kwargs whatever it is, so algo=boft with LoCon entries builds what algo=locon builds with
-    each of those BOFT layers an entry of algo = "boft" at the network's dim, alpha and options: converted as
-    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft";
-    tests/runtime/test_lycoris_boft_network_entries.py)."""
-    if algo != "boft":
+    the same root kwargs whatever it is, so algo=boft (or diag-oft) with LoCon entries builds what
+    algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo = "boft" ("diag-oft") at
+    the network's dim, alpha and options: converted as that network (its adapter of the entries' kind, the
+    OFT layers blocks of kind "boft" / "diag-oft"; tests/runtime/test_lycoris_boft_network_entries.py,
+    tests/runtime/test_lycoris_diag_oft_network_entries.py)."""
+    if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
     given = {layer.algo.lower() for layer in layers if layer.source}
