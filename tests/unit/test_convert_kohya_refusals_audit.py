@@ -180,6 +180,16 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo = 'locon' on an algo=boft network"],
     ),
+    # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
+    # on Flux (on SD its LoCon / LoHa / LoKr entries convert, CONVERTS below)
+    "flux_diag_oft_network_locon_entries": (
+        "flux",
+        '"algo=diag-oft"',
+        _flux("locon"),
+        "",
+        "DBS403",
+        ["network_args preset", "algo = 'locon' on an algo=diag-oft network"],
+    ),
     # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries (its constraint
     # converts, CONVERTS below)
     "network_rescaled_beside_diag_oft": (
@@ -653,6 +663,23 @@ CONVERTS = {
         _sd("locon"),
         "",
         {"kind": "lora", "block": {"kind": "boft", "rank": 4, "alpha": 0.0}},
+    ),
+    # line 108 (train_norm sentence): a Diag-OFT network's entries of other algorithms on SD, converted as the
+    # entries' network with the Diag-OFT layers as diag-oft entries, the network's constraint (here by its
+    # deprecated name) their blocks' alpha (tests/runtime/test_lycoris_diag_oft_network_entries.py)
+    "diag_oft_network_locon_entries": (
+        "sd",
+        '"algo=diag-oft" "constrain=0.1"',
+        _sd("locon"),
+        "",
+        {"kind": "lora", "block": {"kind": "diag-oft", "rank": 4, "alpha": 0.1}},
+    ),
+    "diag_oft_network_loha_entries": (
+        "sd",
+        '"algo=diag-oft"',
+        _sd("loha"),
+        "",
+        {"kind": "loha", "block": {"kind": "diag-oft", "rank": 4, "alpha": 0.0}},
     ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)

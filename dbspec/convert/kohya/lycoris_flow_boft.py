@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_maps import NEGATIVE_CONSTRAINT, applied_constraint
+from dbspec.convert.kohya.network_reads import constraint_key
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
@@ -115,7 +116,8 @@ def map_flow_boft(
     dropout = a["network_dropout"]
     if dropout.value and float(dropout.value):
         conv.ignored(dropout, "LyCORIS's ButterflyOFTModule never reads its dropout")
-    constraint = popped(args, kwargs, "constraint") if "constraint" in kwargs else None
+    key = constraint_key(kwargs)  # its deprecated name `constrain` where given
+    constraint = popped(args, kwargs, key) if key in kwargs else None
     rescaled = popped(args, kwargs, "rescaled") if "rescaled" in kwargs else None
     unread = lambda k: k in _UNREAD or k.startswith("loraplus_")  # noqa: E731
     ignore_args(kwargs, args, conv, unread, "LyCORIS's ButterflyOFTModule takes it and never reads it")

@@ -39,7 +39,7 @@ from dbspec.convert.kohya.oft_entries import entries_constraint
 # network_args GLoRAModule takes and never reads
 _UNREAD = ("dora_wd", "wd_on_output", "use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp")
 _UNREAD += ("rank_dropout_scale", "factor", "decompose_both", "full_matrix", "unbalanced_factorization")
-_UNREAD += ("block_size", "constraint", "verbose")
+_UNREAD += ("block_size", "constraint", "constrain", "verbose")
 
 
 def map_flow_glora(

@@ -30,6 +30,7 @@ from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_maps import NEGATIVE_CONSTRAINT, applied_constraint
+from dbspec.convert.kohya.network_reads import constraint_key
 from dbspec.convert.kohya.lycoris_flow_args import (
     ignore_args,
     popped,
@@ -77,7 +78,8 @@ def map_flow_diag_oft(
     if refused:
         conv.unsupported(args, f"algo=diag-oft on {layout.title}'s fused Linears: {', '.join(refused)}")
         return False
-    constraint = legacy("constraint") if float(kwargs.get("constraint") or 0) else None
+    key = constraint_key(kwargs)  # its deprecated name `constrain` where given
+    constraint = legacy(key) if float(kwargs.get(key) or 0) else None
     bypass = str(kwargs.pop("bypass_mode", "false")).lower() != "false"  # LyCORIS's str_bool
     # DiagOFTModule's draws, once per fused module (its parts share them: runtime/fused.py FusedSkip,
     # runtime/lycoris_oft.py FusedRankDraw); its bypass forward never reads rank_dropout
@@ -85,8 +87,8 @@ def map_flow_diag_oft(
     norms = ("adapter", "text_encoder_norms") in conv.values  # train_norm's NormModules draw it too
     if bypass and "rank_dropout" in drops and not norms:
         conv.ignored(drops.pop("rank_dropout"), "DiagOFTModule draws it in its default forward only")
-    for key in [k for k in ("constraint", "rank_dropout", "module_dropout") if k in kwargs]:
-        conv.inert(legacy(key), "0 is off")
+    for off in [k for k in (key, "rank_dropout", "module_dropout") if k in kwargs]:
+        conv.inert(legacy(off), "0 is off")
     own_size = popped(args, kwargs, "conv_dim") if own_conv else None  # put_conv_dim maps it
     if "conv_dim" in kwargs:
         conv.inert(legacy("conv_dim"), "network_dim's block size" if conv_targets else "no convolution here")

@@ -39,7 +39,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
 
 _UNREAD = ("use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "rank_dropout_scale", "full_matrix")
-_UNREAD += ("unbalanced_factorization", "block_size", "constraint", "verbose")
+_UNREAD += ("unbalanced_factorization", "block_size", "constraint", "constrain", "verbose")
 
 
 def map_flow_tlora(

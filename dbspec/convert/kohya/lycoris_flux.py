@@ -74,7 +74,7 @@ from dbspec.convert.kohya.lycoris_flow_tlora import map_flow_tlora
 from dbspec.convert.kohya.lycoris_flow_boft import map_flow_boft
 from dbspec.convert.kohya.lycoris_flow_oft import map_flow_diag_oft
 from dbspec.convert.kohya.loraplus import loraplus
-from dbspec.convert.kohya.network_reads import unread_network_arg
+from dbspec.convert.kohya.network_reads import shadowed_constraint, unread_network_arg
 from dbspec.convert.kohya.network import (
     BYPASS_DORA,
     KOHYA_TEXT_TARGETS,
@@ -211,6 +211,7 @@ def map_lycoris_flow(
             f"full, ia3, diag-oft, boft, glora, dylora and tlora only{why}",
         )
         return False
+    shadowed_constraint(kwargs, args, conv)  # a `constraint` beside its deprecated `constrain`, which wins
     lokr = algo in ("lokr", "loha")  # LyCORIS's LoKr / LoHa on the fused layers (one module each)
     preset = kwargs.pop("preset", "full") or "full"
     if preset in layout.nothing:

@@ -87,11 +87,17 @@ _READS = {
     "diag-oft": (*_COMMON, "constraint", "rescaled"),
     "boft": (*_COMMON, "constraint", "rescaled"),
     "glora": (*_COMMON, "weight_decompose", "rs_lora"),
-    "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size", "train_on_input"),
+    "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size"),
     # TLoraModule: its SVD start's choice (create_network never passes them; an entry can) and bypass_mode
     # (use_tucker lands in its rank_dropout_scale, never read; its mask_group_id picks a mask kohya never
     # sets)
     "tlora": ("bypass_mode", "sig_type", "use_data_init"),
+}
+
+
+# Keyword arguments a module class names in its signature and never uses (an entry's value changes nothing)
+_TAKEN_UNUSED = {
+    "dylora": {"train_on_input": "DyLoraModule takes train_on_input (IA^3's switch) and never uses it"},
 }
 
 
@@ -269,8 +275,9 @@ def check_layers(
                 "and rs_lora on full factors)",
                 False,
             )
+        unused = _TAKEN_UNUSED.get(_algo(layer.algo), {})
         for key in [k for k, _ in layer.options if k not in reads]:
-            inert[f"{layer.source}.{key}"] = (
+            inert[f"{layer.source}.{key}"] = unused.get(key) or (
                 f"LyCORIS hands it to {layer.algo}'s module class, whose **kwargs never read it"
             )
         if not (isinstance(layer.dim, int) and not isinstance(layer.dim, bool)) or not _number(layer.alpha):

@@ -39,8 +39,8 @@ from dbspec.convert.kohya.lycoris_file import (
 )
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
-from dbspec.convert.kohya.network_reads import unread_network_arg
-from dbspec.convert.kohya.oft_entries import boft_network_host, entries_constraint
+from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
+from dbspec.convert.kohya.oft_entries import entries_constraint, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import report_weights
 from dbspec.families import family_spec
@@ -229,10 +229,10 @@ def _module_options(kwargs: dict[str, str], network_dropout: Legacy | None = Non
     out["wd_on_out"] = _str_bool(kwargs.get("wd_on_output", "true"))
     out["decompose_both"] = bool(kwargs.get("decompose_both", False))  # passed raw, tested for truth
     # Diag-OFT / BOFT (create_network's `float(kwargs.get("constraint", None) or 0)` and str_bool)
-    out["constraint"] = _rate(kwargs.get("constraint") or 0.0)
+    out["constraint"] = _rate(kwargs.get(constraint_key(kwargs)) or 0.0)  # `constrain` too
     out["rescaled"] = _str_bool(kwargs.get("rescaled", "false"))
-    # IA^3 (DyLoRA takes it too): create_network never hands it, so every module keeps its default, the
-    # output side (an entry's own true: its block's `on_input`, lycoris_maps._input_side)
+    # IA^3 (DyLoRA takes it and never uses it): create_network never hands it, so every module keeps its
+    # default, the output side (an entry's own true: its block's `on_input`, lycoris_maps._input_side)
     out["train_on_input"] = False
     # T-LoRA: create_network hands TLoraModule neither, which starts from its defaults (the principal SVD)
     out["sig_type"], out["use_data_init"] = "principal", True
@@ -322,6 +322,8 @@ def _map_network(
         )
         return None
     kind = _ALGOS[algo]
+    if lycoris:  # a `constraint` beside its deprecated name `constrain`, which replaces it
+        shadowed_constraint(kwargs, args, conv)
     conv.put(("adapter", "kind"), kind, conv.comment(module, f"algo={algo}" if lycoris else ""))
     conv.record(module, "mapped", "adapter.kind")
     unsupported: dict[str, str] = {}
@@ -345,7 +347,8 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
-            hosted = boft_network_host(algo, found)  # its LoCon / LoHa / LoKr entries' network (was DBS403)
+            written = algo  # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries: theirs (was DBS403)
+            hosted = oft_network_host(algo, found)
             if hosted is not None:
                 host, found = hosted
                 note = f"algo={algo}: its preset file's {host} entries' kind, its own layers {algo} blocks"
@@ -377,9 +380,9 @@ def _map_network(
             except PresetError as exc:
                 legacy = Legacy(key=f"{args.key} preset", value=preset, source=args.source)
                 why = f"the LyCORIS preset file: {exc}"
-                if hosted is not None:  # the user wrote algo=boft: say which network it converts as
-                    why += f" (algo=boft beside {algo} entries converts as an algo={algo} network whose own "
-                    why += "layers are algo = 'boft' entries, which LyCORIS builds alike)"
+                if hosted is not None:  # the user wrote algo=boft / diag-oft: which network it converts as
+                    why += f" (algo={written} beside {algo} entries converts as an algo={algo} network whose "
+                    why += f"own layers are algo = '{written}' entries, which LyCORIS builds alike)"
                 if exc.crash:  # an entry LokrModule cannot read
                     conv.invalid(legacy.key, preset, args.source, why)
                 else:
@@ -1383,7 +1386,7 @@ def _diag_oft(
             *put.get("_blocks", ()),
             {"pattern": KXK_CONVS, "block_size": conv_dim, "_why": why},
         ]
-    constraint = _float(kwargs.pop("constraint", "") or 0)
+    constraint = _float(kwargs.pop(constraint_key(kwargs), "") or 0)  # its deprecated `constrain` too
     if constraint:  # a negative one constrains nothing, as 0 (was DBS403)
         put["constraint"] = applied_constraint(constraint)
     if _str_bool(kwargs.pop("rescaled", "false")):

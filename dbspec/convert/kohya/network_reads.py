@@ -7,6 +7,8 @@ dbspec does not express (DBS403)."""
 
 from __future__ import annotations
 
+from dbspec.convert.common.core import Conversion, Legacy
+
 # networks/lora.py's create_network (kohya's LoRA on SD 1.x / 2.x / SDXL)
 LORA_READS = {
     "conv_dim",
@@ -84,3 +86,26 @@ def unread_network_arg(key: str, kind: str, algo: str, module: str) -> str | Non
     if lycoris and key in _ENTRY_NAMES:
         hint = f"; its network-wide switch is {_ENTRY_NAMES[key]}, {key} a preset file entry's key"
     return f"{module}'s create_network does not read it (it ignores arguments it does not know{hint})"
+
+
+# LyCORIS's older name of constraint (lycoris/wrapper.py deprecated_arg_dict)
+_OLD_CONSTRAINT = "constrain"
+
+
+def constraint_key(kwargs: dict[str, str]) -> str:
+    """The network_args key whose value lycoris-lora 4.1.3's create_network reads as `constraint`: its first
+    loop copies each deprecated name's value into the new one (`kwargs["constraint"] = kwargs["constrain"]`)
+    before `float(kwargs.get("constraint", None) or 0)`, so a given `constrain` is read, else `constraint`."""
+    return _OLD_CONSTRAINT if _OLD_CONSTRAINT in kwargs else "constraint"
+
+
+def shadowed_constraint(kwargs: dict[str, str], args: Legacy, conv: Conversion) -> None:
+    """`constraint` beside its deprecated name `constrain`: create_network copies constrain's value over it
+    whatever their order, so it is never read (DBS405; taken out of `kwargs`, constraint_key then names
+    `constrain` for every reader)."""
+    if _OLD_CONSTRAINT in kwargs and "constraint" in kwargs:
+        item = Legacy(key=f"{args.key} constraint", value=kwargs.pop("constraint"), source=args.source)
+        why = (
+            f"LyCORIS's create_network copies the deprecated `constrain` ({kwargs[_OLD_CONSTRAINT]}) over it"
+        )
+        conv.ignored(item, why)

@@ -1,13 +1,15 @@
 """LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` beside Diag-OFT /
 BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands it to every module
 through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and ButterflyOFTModule
-read it), and a BOFT network's LoCon / LoHa / LoKr entries (converted as those entries' network)."""
+read it), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr entries (converted as those entries'
+network)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.network_reads import constraint_key
 
 _OFT_KINDS = ("diag-oft", "boft")
 
@@ -19,11 +21,12 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
     without such entries left to the caller (ignored, DBS405: no module of the network reads it). On SD
     1.x/2.x / SDXL (network.py) and Flux / SD3 / Chroma (lycoris_flux.py, lycoris_flow_*.py) alike."""
     blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
-    if not (blocks and "constraint" in kwargs):
+    key = constraint_key(kwargs)  # its deprecated name `constrain` where given
+    if not (blocks and key in kwargs):
         return
     named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
     why = f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' alpha): {named}"
-    item = Legacy(key=f"{args.key} constraint", value=kwargs.pop("constraint"), source=args.source)
+    item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
     conv.record(item, "mapped", "adapter.blocks.alpha", why)
 
 
@@ -32,17 +35,18 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
 _HOSTS = ("lora", "locon", "loha", "lokr")
 
 
-def boft_network_host(algo: str, found) -> tuple[str, object] | None:
-    """A BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: a BOFT adapter's
-    [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm, the file's
-    Targets with the network's own layers as entries of that network), else None. lycoris-lora 4.1.3's
-    network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
+def oft_network_host(algo: str, found) -> tuple[str, object] | None:
+    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: an
+    OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm,
+    the file's Targets with the network's own layers as entries of that network), else None. lycoris-lora
+    4.1.3's network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
     network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
-    the same root kwargs whatever it is, so algo=boft with LoCon entries builds what algo=locon builds with
-    each of those BOFT layers an entry of algo = "boft" at the network's dim, alpha and options: converted as
-    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft";
-    tests/runtime/test_lycoris_boft_network_entries.py)."""
-    if algo != "boft":
+    the same root kwargs whatever it is, so algo=boft (or diag-oft) with LoCon entries builds what
+    algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo = "boft" ("diag-oft") at
+    the network's dim, alpha and options: converted as that network (its adapter of the entries' kind, the
+    OFT layers blocks of kind "boft" / "diag-oft"; tests/runtime/test_lycoris_boft_network_entries.py,
+    tests/runtime/test_lycoris_diag_oft_network_entries.py)."""
+    if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
     given = {layer.algo.lower() for layer in layers if layer.source}
