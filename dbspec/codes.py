@@ -2254,7 +2254,10 @@ with `precision.quantize_denoiser` or `quantize_text_encoder`: a quantised layer
 `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of those kinds beside a LoRA/LoHa/LoKr adapter (a
 LyCORIS preset file's `full` / `ia3` entries, e.g. with kohya's `--fp8_base`). The denoiser's `full` blocks
 with `quantize_backend = "cast"` are not refused: the cast leaves their layers float, as kohya's `--fp8_base`
-cast after LyCORIS's apply_to passes FullModule's layers by.""",
+cast after LyCORIS's apply_to passes FullModule's layers by. Nor are IA^3, Diag-OFT and BOFT layers in
+LyCORIS's bypass forward (`bypass`, the adapter's or a block's own) with `quantize_backend = "cast"` outside
+fused projections: that forward reads the layer's output, which the cast base computes as kohya's float8
+layer does.""",
     ),
     Code(
         "DBS523",

@@ -23,6 +23,7 @@ from dbspec.compiler.disk import disk_needed, free_disk, shortfalls
 from dbspec.compiler.losses import plan_loss
 from dbspec.compiler.distributed import plan_distributed, sharding
 from dbspec.compiler.memory import estimate_memory, prodigy_zero_start
+from dbspec.compiler.cast_float import cast_float_params, keeps_float
 from dbspec.compiler.modelinfo import layer_params
 from dbspec.compiler.evaluation import select_weights
 from dbspec.compiler.fused import fused_for
@@ -347,6 +348,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
     spec = ctx.spec
     trainable = {c.name: c.params for c in precision.components if c.trainable == "full"}
     held = zero = 0
+    cast_float = (0, True)
     if isinstance(spec.adapter, LowRankAdapter):
         # the adapter's own count: its targets (the family's when unset) and shared down-projections
         planned = adapter_plan(
@@ -362,6 +364,7 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         ):  # kohya's U-Net modules at unet_lr 0: no optimizer state
             held = planned.params["unet"] if "unet" in planned.params else 0
         zero = prodigy_zero_start(spec.adapter, trainable["lora"] - held)
+        cast_float = _cast_float(planned, model, precision)
     largest = max((b.size for b in buckets), key=lambda s: s[0] * s[1])
     return estimate_memory(
         components=precision.components,
@@ -385,7 +388,18 @@ def _memory(ctx: Context, model, precision, buckets, loss: LossPlan):
         slice_p=spec.optimizer.slice_p if spec.optimizer.kind == "prodigy" else 1,
         held_params=held,
         zero_start=zero,
+        cast_float=cast_float,
     )
+
+
+def _cast_float(planned, model, precision) -> tuple[int, bool]:
+    """The denoiser's full-algo layers the cast backend leaves float (compiler/cast_float.py), their sizes
+    read from the model's files only where such layers exist."""
+    unet = next((c for c in precision.components if c.name == "unet"), None)
+    backend = precision.quantize_backend
+    if not keeps_float(planned, unet, backend):  # nothing kept float: no files read
+        return 0, True
+    return cast_float_params(planned, unet, backend, model_layers(model, precision).get("unet", {}))
 
 
 def _first_moment(o) -> float:

@@ -176,6 +176,7 @@ def estimate_memory(
     slice_p: int = 1,
     held_params: int = 0,
     zero_start: int = 0,
+    cast_float: tuple[int, bool] = (0, True),
 ) -> MemoryPlan:
     """Peak device bytes of one training step at the largest bucket.
 
@@ -193,12 +194,16 @@ def estimate_memory(
     whole at lr_scale 0): their weights and gradients count, no optimizer state.
     `zero_start`: stepped adapter parameters in tensors that are all zero at the optimizer's first step
     (prodigy_zero_start): Prodigy keeps a scalar p0 for each such tensor, not a copy.
+    `cast_float`: (the denoiser's parameters the cast backend leaves in their held dtype, whether that count
+    is exact; compiler/cast_float.py): LyCORIS full layers, whose weights kohya's cast finds moved into
+    FullModule's copies.
     """
     notes: list[str] = []
     groups = _trained_groups(components, trainable_params, DTYPE_BYTES[adapter_dtype])
     trainable = sum(g.count for g in groups)
     adapters = sum(g.count * g.param_bytes for g in groups if g.adapter)
-    weights = sum(_weight_bytes(c, notes, quantize_backend, family) for c in components) + adapters
+    weights = sum(_weight_bytes(c, notes, quantize_backend, family, cast_float) for c in components)
+    weights += adapters
     gradients = sum(g.count * g.param_bytes for g in groups)
     state_bytes = _optimizer_state_bytes(optimizer, momentum, notes, slice_p)
     optimizer_bytes = int((trainable - held_params) * state_bytes)
@@ -217,7 +222,9 @@ def estimate_memory(
     if sharding is not None and sharding.sharded:
         # the models that go through accelerate's prepare (every trained one, its frozen base included)
         wrapped = sum(
-            _weight_bytes(c, [], quantize_backend, family) for c in components if c.trainable != "frozen"
+            _weight_bytes(c, [], quantize_backend, family, cast_float)
+            for c in components
+            if c.trainable != "frozen"
         )
         weights, gradients, optimizer_bytes = _sharded(
             sharding, weights, wrapped + adapters, gradients, optimizer_bytes, notes
@@ -395,7 +402,11 @@ def _trained_groups(
 
 
 def _weight_bytes(
-    component: ComponentPlan, notes: list[str], backend: str = "quanto", family: str = ""
+    component: ComponentPlan,
+    notes: list[str],
+    backend: str = "quanto",
+    family: str = "",
+    cast_float: tuple[int, bool] = (0, True),
 ) -> int:
     held = DTYPE_BYTES[component.dtype]
     if component.quantized == "none":
@@ -415,7 +426,23 @@ def _weight_bytes(
         f"{stored:.2f} bytes "
         f"per quantised weight including scales; {kept} (~{share:.0%}) stay {component.dtype}"
     )
-    return int(component.params * per_param)
+    kept_float = cast_float[0] if backend == "cast" and component.name == "unet" else 0
+    if kept_float:
+        notes.append(_cast_float_note(component, kept_float, cast_float[1]))
+    return int(component.params * per_param + kept_float * (held - stored))
+
+
+def _cast_float_note(component: ComponentPlan, count: int, exact: bool) -> str:
+    """The plan note for the full-algo layers the cast backend leaves float (compiler/cast_float.py)."""
+    how = (
+        "counted from the model's files"
+        if exact
+        else "an upper bound, the whole denoiser (no diffusers folder to read the matched layers' sizes from)"
+    )
+    return (
+        f"{component.name}: {count:,} parameters of LyCORIS full layers stay {component.dtype} under the "
+        f"cast backend (kohya's --fp8_base casts after FullModule took their weights; {how})"
+    )
 
 
 # CAME's factored state has Adafactor's shape twice over (squared gradient and instability; 1-D tensors

@@ -1426,7 +1426,7 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         "tlora": "starts from the SVD of",
     }[a.kind]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
-        if getattr(p, key) != "none":
+        if getattr(p, key) != "none" and not _bypass_over_cast(a.kind, _all_bypassed(a), spec):
             yield _err(
                 "DBS522",
                 ("precision", key),
@@ -3784,13 +3784,34 @@ _FLOAT_KINDS["glora"] = "multiplies"
 _FLOAT_KINDS["tlora"] = "starts from the SVD of"
 
 
+def _all_bypassed(a) -> bool:
+    """The adapter's own layers all run LyCORIS's bypass forward: its `bypass`, no block of its kind (the
+    adapter's) turning it off."""
+    own = ("adapter", a.kind)
+    blocks = (*getattr(a, "blocks", ()), *getattr(a, "text_encoder_blocks", ()))
+    return getattr(a, "bypass", False) and not any(
+        getattr(b, "kind", "adapter") in own and getattr(b, "bypass", "adapter") == "off" for b in blocks
+    )
+
+
+def _bypass_over_cast(kind: str, bypass: bool, spec: Spec) -> bool:
+    """IA^3, Diag-OFT and BOFT layers in LyCORIS's bypass forward over the cast backend (kohya's --fp8_base):
+    the forward reads the layer's output, which the cast base computes from its weight upcast per use as
+    kohya's float8 layer computes under autocast (tests/runtime/test_lycoris_bypass_fp8_base.py, Linear and
+    convolution layers); not over fused projections (Flux's / SD3's parts: unchecked there)."""
+    fused = getattr(spec.adapter, "fused_projections", False)
+    cast = spec.precision.quantize_backend == "cast"
+    return bypass and cast and not fused and kind in ("ia3", "diag-oft", "boft")
+
+
 @rule("spec")
 def block_kinds_quantized(spec: Spec, given: Given) -> Iterator[Hit]:
     """Blocks of LyCORIS's full, IA^3, Diag-OFT, BOFT or GLoRA kind (a preset file's entries beside a
     LoRA/LoHa/LoKr network) use each matched layer's float weight, as the adapter of that kind does
     (_lycoris_full_fits): DBS522 with the component quantised. Not the denoiser's full blocks under the cast
     backend (kohya's --fp8_base): it leaves their layers float, as kohya's cast after LyCORIS's apply_to
-    passes FullModule's layers by (runtime/blocks.py full_layer_paths)."""
+    passes FullModule's layers by (runtime/blocks.py full_layer_paths); nor IA^3 / Diag-OFT / BOFT blocks in
+    bypass_mode under it (_bypass_over_cast)."""
     p = spec.precision
     for table, key in (("blocks", "quantize_denoiser"), ("text_encoder_blocks", "quantize_text_encoder")):
         if getattr(p, key) == "none":
@@ -3798,6 +3819,10 @@ def block_kinds_quantized(spec: Spec, given: Given) -> Iterator[Hit]:
         for i, block in enumerate(getattr(spec.adapter, table, ())):
             kind = getattr(block, "kind", "adapter")
             if kind == "full" and table == "blocks" and p.quantize_backend == "cast":
+                continue
+            own = getattr(block, "bypass", "adapter")
+            bypass = own == "on" or (own == "adapter" and getattr(spec.adapter, "bypass", False))
+            if _bypass_over_cast(kind, bypass, spec):
                 continue
             if kind in _FLOAT_KINDS:
                 yield _err(

@@ -283,6 +283,30 @@ CONVERTS = {
         "--fp8_base --mixed_precision bf16",
         {"kind": "lora", "block": {"kind": "full"}},
     ),
+    # line 108: IA^3 / Diag-OFT / BOFT entries in bypass_mode (the network's) with --fp8_base on SD: their
+    # bypass forward reads the layer's output, which the cast base computes as kohya's float8 layer under
+    # autocast (was DBS403, a spec's DBS522; tests/runtime/test_lycoris_bypass_fp8_base.py)
+    **{
+        f"{kind.replace('-', '_')}_entry_fp8_base_bypass_network": (
+            "sd",
+            '"algo=locon" "bypass_mode=True"',
+            _sd(kind),
+            "--fp8_base --mixed_precision bf16",
+            {"kind": "lora", "bypass": True, "block": {"kind": kind, "bypass": True}},
+        )
+        for kind in ("ia3", "diag-oft", "boft")
+    },
+    # line 150 (fp8_base): an algo=ia3 / diag-oft / boft network in bypass_mode with --fp8_base (same test)
+    **{
+        f"{kind.replace('-', '_')}_network_fp8_base_bypass": (
+            "sd",
+            f'"algo={kind}" "bypass_mode=True"',
+            None,
+            "--fp8_base --mixed_precision bf16",
+            {"kind": kind, "bypass": True},
+        )
+        for kind in ("ia3", "diag-oft", "boft")
+    },
     # line 454: an IA^3 network's entries with their own bypass_mode: an ia3 adapter's own block's `bypass`
     # (tests/runtime/test_lycoris_ia3_own_bypass_entries.py)
     "ia3_network_entry_own_bypass": (
