@@ -714,6 +714,24 @@ CONVERTS = {
         "",
         {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
     ),
+    # on Flux / SD3 / Chroma's fused Linears too (was DBS403 there;
+    # tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)
+    "flux_rs_lora_beside_loha": (
+        "flux",
+        '"algo=locon" "rs_lora=True"',
+        _flux("loha"),
+        "",
+        {"kind": "lora", "alpha": 2.0, "block": {"kind": "loha", "alpha": 2.0}},
+    ),
+    "flux_lokr_entry_rs_lora_on_lokr_network_beside_loha": (
+        "flux",
+        '"algo=lokr"',
+        _flux("lokr", "rs_lora = true").replace(
+            "[name_algo_map", '[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n[name_algo_map', 1
+        ),
+        "",
+        {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
+    ),
     # line 108: an entry's own use_scalar with --scale_weight_norms
     # (tests/runtime/test_lycoris_block_scalar_max_norm.py)
     "entry_use_scalar_with_scale_weight_norms": (
