@@ -1,9 +1,10 @@
 """On Flux's fused Linears (issue 12; was DBS403 there, converted on SD 1.x/2.x / SDXL already): a LoCon /
 LoHa / LoKr network's `rs_lora` beside preset entries of other algorithms (each kind's block at alpha x
 sqrt(dim), as LoConModule / LohaModule / LokrModule scale by alpha / sqrt(dim); a LoKr block on another kind's
-adapter rank_stabilized "on"), and a LoKr entry's own rs_lora on a LoKr network beside them. Each kohya
-layer's lycoris-lora 4.1.3 module, built by create_network from the same network_args and file on kohya's
-stacked original-layout Linears and loaded from our export, against the plan's diffusers parts from the same
+adapter rank_stabilized "on"), a LoKr entry's own rs_lora on a LoKr network beside them, and a BOFT network's
+LoCon / LoHa entries (converted as the entries' network, its own layers `boft` blocks). Each kohya layer's
+lycoris-lora 4.1.3 module, built by create_network from the same network_args and file on kohya's stacked
+original-layout Linears and loaded from our export, against the plan's diffusers parts from the same
 generator state: outputs, input gradients and generator state over six training forwards (module_dropout
 draws), and every trained tensor's gradient (no tiny run)."""
 
@@ -46,6 +47,25 @@ dim = 2
 LOKR_OWN_FILE = RS_FILE.replace("alpha = 3\n", "alpha = 3\nrs_lora = true\n").replace(
     'algo = "lokr"\ndim = 2', 'algo = "locon"\ndim = 2'
 )
+# a BOFT network's LoCon / LoHa entries: the BOFT layers the rest (the double blocks' out projections)
+BOFT_FILE = """\
+use_fnmatch = true
+unet_target_module = []
+unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear1"]
+text_encoder_target_module = ["CLIPAttention"]
+exclude_name = ["*.norm*"]
+
+[name_algo_map."double_blocks.*_attn.qkv"]
+algo = "locon"
+dim = 4
+alpha = 2
+[name_algo_map."single_blocks.*.linear1"]
+algo = "loha"
+dim = 2
+alpha = 1
+[module_algo_map.CLIPAttention]
+algo = "locon"
+"""
 
 
 def _alike(tmp_path, monkeypatch, algo: str, text: str, args: dict[str, str], dim: int = 4):
@@ -160,3 +180,15 @@ def test_flux_lokr_entry_own_rs_lora_on_lokr_network_is_lycoris(tmp_path, monkey
     assert any(b.rank_stabilized == "on" for b in a.blocks)
     assert made["lora_unet_single_blocks_0_linear1"].rs_lora
     assert not made["lora_unet_double_blocks_0_img_attn_proj"].rs_lora
+
+
+def test_flux_boft_network_locon_loha_entries_is_lycoris(tmp_path, monkeypatch):
+    """A BOFT network's LoCon / LoHa entries: converted as a LoCon network whose own layers are `boft`
+    blocks (ButterflyOFTModule on the out projections)."""
+    # dim 6: a block size FLUX.1's 3072-wide out projections split by (kohya stops at 4, DBS402)
+    a, made, full = _alike(tmp_path, monkeypatch, "boft", BOFT_FILE, {"module_dropout": "0.5"}, dim=6)
+    assert a.kind == "lora" and any(b.kind == "boft" for b in a.blocks)
+    classes = _classes(made)
+    assert classes["lora_unet_double_blocks_0_img_attn_proj"] == "ButterflyOFTModule"
+    assert classes["lora_unet_double_blocks_0_txt_attn_qkv"] == "LoConModule"
+    assert classes["lora_unet_single_blocks_0_linear1"] == "LohaModule"

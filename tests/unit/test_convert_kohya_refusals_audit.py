@@ -167,19 +167,6 @@ REFUSED = {
         "DBS403",
         ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
     ),
-    # line 549: a BOFT network's entries of other algorithms
-    # a BOFT network's entries of other algorithms on Flux (on SD they convert, CONVERTS below; dim 18 splits
-    # FLUX.1's 9216 q/k/v rows)
-    "flux_boft_network_locon_entries": (
-        "flux",
-        '"algo=boft"',
-        _flux("locon").replace(
-            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
-        ),
-        "--network_dim=18",
-        "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=boft network"],
-    ),
     # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries (its constraint
     # converts, CONVERTS below)
     "network_rescaled_beside_diag_oft": (
@@ -653,6 +640,17 @@ CONVERTS = {
         _sd("locon"),
         "",
         {"kind": "lora", "block": {"kind": "boft", "rank": 4, "alpha": 0.0}},
+    ),
+    # on Flux / SD3 / Chroma too (was DBS403 there; dim 18 splits FLUX.1's 9216 q/k/v rows)
+    # (tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)
+    "flux_boft_network_locon_entries": (
+        "flux",
+        '"algo=boft"',
+        _flux("locon").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
+        {"kind": "lora", "rank": 18, "block": {"kind": "boft", "rank": 18, "alpha": 0.0}},
     ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)

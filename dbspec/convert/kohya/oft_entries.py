@@ -40,8 +40,9 @@ def boft_network_host(algo: str, found) -> tuple[str, object] | None:
     network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
     the same root kwargs whatever it is, so algo=boft with LoCon entries builds what algo=locon builds with
     each of those BOFT layers an entry of algo = "boft" at the network's dim, alpha and options: converted as
-    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft";
-    tests/runtime/test_lycoris_boft_network_entries.py)."""
+    that network (its adapter of the entries' kind, the BOFT layers blocks of kind "boft"): network.py on SD
+    1.x/2.x / SDXL (tests/runtime/test_lycoris_boft_network_entries.py), lycoris_flow_file.py on Flux / SD3 /
+    Chroma (tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)."""
     if algo != "boft":
         return None
     layers = [*found.unet.values(), *found.text.values()]
