@@ -1327,6 +1327,9 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
         if algo == "boft":
             o = plan_of(other, tmp_path / "other").adapter
             assert o.kind == "loha" and {b.kind for b in o.blocks} >= {"boft", "lokr"}
+            off = _flux(tmp_path / "off", MIXED, f'"algo=boft" "rescaled=False" {dim}', allow=True)
+            assert not {"DBS402", "DBS403"} & codes(off), errors(off)
+            assert "rescaled" not in messages(off, "DBS405")  # the boft blocks' own, off (not "unread")
     else:
         assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these

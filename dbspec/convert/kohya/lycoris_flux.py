@@ -246,6 +246,10 @@ def map_lycoris_flow(
             hosted = f"algo={algo}: its preset file's {file.host} entries' kind, its own layers {algo} blocks"
             algo = file.host
             lokr = algo in ("lokr", "loha")
+            if _off(kwargs.get("rescaled", "")):  # the boft blocks' rescaled off, as the network's (on, a
+                # rescaled beside other kinds: DBS403 from the file's blocks)
+                legacy = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
+                conv.inert(legacy, "off")
         if file is None or (
             algo != "lokr"
             and lokr_entries_rank_dropout(kwargs, (*file.blocks, *file.text_blocks), args, conv)
