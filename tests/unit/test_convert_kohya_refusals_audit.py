@@ -167,19 +167,6 @@ REFUSED = {
         "DBS403",
         ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
     ),
-    # line 549: a BOFT network's entries of other algorithms
-    # a BOFT network's entries of other algorithms on Flux (on SD they convert, CONVERTS below; dim 18 splits
-    # FLUX.1's 9216 q/k/v rows)
-    "flux_boft_network_locon_entries": (
-        "flux",
-        '"algo=boft"',
-        _flux("locon").replace(
-            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
-        ),
-        "--network_dim=18",
-        "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=boft network"],
-    ),
     # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
     # on Flux (on SD its LoCon / LoHa / LoKr entries convert, CONVERTS below)
     "flux_diag_oft_network_locon_entries": (
@@ -705,6 +692,17 @@ CONVERTS = {
         "",
         {"kind": "loha", "block": {"kind": "diag-oft", "rank": 4, "alpha": 0.0}},
     ),
+    # on Flux / SD3 / Chroma too (was DBS403 there; dim 18 splits FLUX.1's 9216 q/k/v rows)
+    # (tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)
+    "flux_boft_network_locon_entries": (
+        "flux",
+        '"algo=boft"',
+        _flux("locon").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
+        {"kind": "lora", "rank": 18, "block": {"kind": "boft", "rank": 18, "alpha": 0.0}},
+    ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
     "glora_network_bypass_dropout_beside_locon": (
@@ -762,6 +760,24 @@ CONVERTS = {
         "sd",
         '"algo=lokr"',
         _resnet("lokr", "rs_lora = true", "loha"),
+        "",
+        {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
+    ),
+    # on Flux / SD3 / Chroma's fused Linears too (was DBS403 there;
+    # tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)
+    "flux_rs_lora_beside_loha": (
+        "flux",
+        '"algo=locon" "rs_lora=True"',
+        _flux("loha"),
+        "",
+        {"kind": "lora", "alpha": 2.0, "block": {"kind": "loha", "alpha": 2.0}},
+    ),
+    "flux_lokr_entry_rs_lora_on_lokr_network_beside_loha": (
+        "flux",
+        '"algo=lokr"',
+        _flux("lokr", "rs_lora = true").replace(
+            "[name_algo_map", '[name_algo_map."single_blocks.*.linear1"]\nalgo = "loha"\n[name_algo_map', 1
+        ),
         "",
         {"kind": "lokr", "lokr_rank_stabilized": False, "block": {"rank_stabilized": "on", "alpha": 2.0}},
     ),

@@ -1321,8 +1321,15 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
         assert all(re.search(e.blocks[0].pattern, p) for p in qkv)
         assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
-    if algo in ("glora", "ia3"):  # a GLoRA / IA^3 network's entries of other algorithms: blocks of their
-        assert not {"DBS402", "DBS403"} & codes(other), errors(other)  # kind (was DBS403)
+    if algo in ("glora", "ia3", "boft"):  # a GLoRA / IA^3 network's entries of other algorithms: blocks of
+        assert not {"DBS402", "DBS403"} & codes(other), errors(other)  # their kind (was DBS403); a BOFT
+        # network's LoHa / LoKr entries: their network, its own layers boft blocks (was DBS403)
+        if algo == "boft":
+            o = plan_of(other, tmp_path / "other").adapter
+            assert o.kind == "loha" and {b.kind for b in o.blocks} >= {"boft", "lokr"}
+            off = _flux(tmp_path / "off", MIXED, f'"algo=boft" "rescaled=False" {dim}', allow=True)
+            assert not {"DBS402", "DBS403"} & codes(off), errors(off)
+            assert "rescaled" not in messages(off, "DBS405")  # the boft blocks' own, off (not "unread")
     else:
         assert "algo = 'lokr'" in messages(other, "DBS403")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these

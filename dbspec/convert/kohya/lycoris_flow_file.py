@@ -60,6 +60,7 @@ from dbspec.convert.kohya.lycoris_file import (
 )
 from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full
 from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, map_blocks
+from dbspec.convert.kohya.oft_entries import oft_network_host
 from dbspec.families import family_spec
 from dbspec.flow_layout import FLUX_TOP, SD3_BLOCK, SD3_TOP
 from dbspec.convert.kohya.network import _module_options, _str_bool, load_preset_file, parse_network_args
@@ -219,6 +220,9 @@ class FlowFile(NamedTuple):
     # ("unet" or "text", diffusers path (text: <component>.<path>), Layer): a fused Linear's parts all
     # (a DyLoRA --network_weights file's alphas onto the entries' dims: lycoris_flow_dylora.py)
     modules: dict[str, list[tuple[str, str, Layer]]] = {}
+    # a BOFT network's LoCon / LoHa / LoKr entries' algorithm: the network it converts as, its own layers
+    # `boft` blocks (oft_entries.oft_network_host); "" otherwise
+    host: str = ""
 
 
 class FlowModel(NamedTuple):
@@ -329,6 +333,12 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
+    # its LoCon / LoHa / LoKr entries' network (was DBS403); a Diag-OFT network's stays DBS403 here (unchecked)
+    hosted = oft_network_host(algo, found) if algo == "boft" else None
+    host = ""
+    if hosted is not None:
+        host, found = hosted
+        algo = host
     # the blocks' form: Diag-OFT's / BOFT's a block size (lycoris_maps._oft_blocks), IA^3's none
     kind = algo if algo in ("lokr", "loha", "dylora", "diag-oft", "boft", "ia3", "full", "tlora") else "lora"
     kinds = MIXED_FLOW  # blocks' `kind`: one module of one kind per fused Linear (Flux, SD3, Chroma)
@@ -338,19 +348,29 @@ def flux_preset_file(
     # Diag-OFT entry: lycoris_maps._oft_bypass_dropout), and an entry's own bypass_mode their block's
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
     bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
-    blocks, text_blocks, inert = map_blocks(
-        found,
-        algo,
-        kind,
-        conv_dims,
-        rs_lora,
-        network,
-        applied,
-        kinds,
-        bypass=bypass,
-        entry_bypass=True,
-        fp8=fp8,
-    )
+    try:
+        blocks, text_blocks, inert = map_blocks(
+            found,
+            algo,
+            kind,
+            conv_dims,
+            rs_lora,
+            network,
+            applied,
+            kinds,
+            bypass=bypass,
+            entry_bypass=True,
+            fp8=fp8,
+        )
+    except PresetError as exc:
+        if not host:
+            raise
+        # the user wrote algo=boft: say which network it converts as (as network.py on SD)
+        raise PresetError(
+            f"{exc} (algo=boft beside {host} entries converts as an algo={host} network whose own layers are "
+            "algo = 'boft' entries, which LyCORIS builds alike)",
+            exc.crash,
+        ) from exc
     if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert
         own = {
             layer.source
@@ -394,7 +414,18 @@ def flux_preset_file(
             path = f"{component}.{layer.path}"
             modules[prefix + layer.path.replace(".", "_")] = [("text", path, found.text[path])]
     return FlowFile(
-        targets, text, blocks, inert, found.convs, text_blocks, norms, clip_norms, text_2, bool(t5), modules
+        targets,
+        text,
+        blocks,
+        inert,
+        found.convs,
+        text_blocks,
+        norms,
+        clip_norms,
+        text_2,
+        bool(t5),
+        modules,
+        host,
     )
 
 
@@ -622,10 +653,11 @@ def flow_preset_file(
             t5_fp8_prepared(a),
         )
     except PresetError as exc:
+        why = f"the LyCORIS preset file: {exc}"
         if exc.crash:
-            conv.invalid(legacy.key, preset, args.source, f"the LyCORIS preset file: {exc}")
+            conv.invalid(legacy.key, preset, args.source, why)
         else:
-            conv.unsupported(legacy, f"the LyCORIS preset file: {exc}")
+            conv.unsupported(legacy, why)
         return None
     norms = _str_bool(kwargs.get("train_norm", "false")) and any(found.clip_norms)  # CLIP's NormModules
     if not (found.denoiser or found.text or found.convs or found.text_2 or found.t5 or norms):

@@ -232,6 +232,7 @@ def map_lycoris_flow(
     t5_file = False  # a preset file's T5-XXL modules train
     exclude: list[str] = []  # IA^3's, Diag-OFT's, BOFT's layers the targets take and the file leaves out
     why = ""
+    hosted = ""  # a BOFT network converted as its entries' network: what the adapter's kind says
     if family == "chroma" and preset in layout.presets:  # the built-in presets' classes on kohya's Chroma:
         layout = attrs.evolve(  # its blocks' Linears, and no CLIP-L one (flux_utils' dummy has none)
             layout,
@@ -241,6 +242,15 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
+        if file is not None and file.host:  # a BOFT network's LoCon / LoHa / LoKr entries' network, its own
+            # layers `boft` blocks (oft_entries.oft_network_host; was DBS403)
+            hosted = f"algo={algo}: its preset file's {file.host} entries' kind, its own layers {algo} blocks"
+            algo = file.host
+            lokr = algo in ("lokr", "loha")
+            if _off(kwargs.get("rescaled", "")):  # the boft blocks' rescaled off, as the network's (on, a
+                # rescaled beside other kinds: DBS403 from the file's blocks)
+                legacy = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
+                conv.inert(legacy, "off")
         if file is None or (
             algo != "lokr"
             and lokr_entries_rank_dropout(kwargs, (*file.blocks, *file.text_blocks), args, conv)
@@ -327,7 +337,8 @@ def map_lycoris_flow(
         )
         return False
     form = {"lokr": "LoKr", "loha": "LoHa"}.get(algo, "LoCon")
-    why = conv.comment(module, f"algo={algo}, preset {preset}: LyCORIS's {form} on kohya's {layout.title}")
+    said = hosted or f"algo={algo}, preset {preset}"
+    why = conv.comment(module, f"{said}: LyCORIS's {form} on kohya's {layout.title}")
     conv.put(("adapter", "kind"), algo if lokr else "lora", why)
     conv.mapped(dim, ("adapter", "rank"), rank)
     conv.mapped(alpha, ("adapter", "alpha"), float(alpha.value))

@@ -612,7 +612,8 @@ def _mixed_kinds(
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
-    if not flow and _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks)
+    if _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks; on Flux / SD3 /
+        # Chroma each fused Linear's parts alike)
         on = [key for key in on if key != "rs_lora"]
     if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
         # read it: the LoCon / LoHa / LoKr entries' blocks' `tucker` (network_tucker)
@@ -1012,7 +1013,7 @@ def map_blocks(
     if _algo(algo) not in _LOKR_OWN_NETWORKS:  # there each kind's layers built alone
         # a LoKr network's own LoKr layers too on SD 1.x/2.x / SDXL (their pass keeps its blocks' own:
         # runtime/mixed_kinds.py kind_adapter, adapters.add_lora's block_rank_stabilized)
-        mixed_rank_stabilized([*unet, *text], rank_stabilized=sd and _algo(algo) == "lokr")
+        mixed_rank_stabilized([*unet, *text], rank_stabilized=_algo(algo) == "lokr")
     if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
         network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
     for block in [*unet, *text]:
