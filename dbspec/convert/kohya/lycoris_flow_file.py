@@ -333,7 +333,7 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    # its LoCon / LoHa / LoKr entries' network (was DBS403); a Diag-OFT network's stays DBS403 here (unchecked)
+    # its LoCon / LoHa / LoKr entries' network (was DBS403); a Diag-OFT network's stays DBS403 (unchecked)
     hosted = oft_network_host(algo, found) if algo == "boft" else None
     host = ""
     if hosted is not None:

@@ -45,8 +45,8 @@ def oft_network_host(algo: str, found) -> tuple[str, object] | None:
     algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo = "boft" ("diag-oft") at
     the network's dim, alpha and options: converted as that network (its adapter of the entries' kind, the
     OFT layers blocks of kind "boft" / "diag-oft"): network.py on SD 1.x/2.x / SDXL
-    (tests/runtime/test_lycoris_boft_network_entries.py, tests/runtime/test_lycoris_diag_oft_network_entries.py),
-    lycoris_flow_file.py on Flux / SD3 / Chroma for BOFT alone (tests/runtime/test_lycoris_flow_mixed_rs_lora_boft.py)."""
+    (tests/runtime/test_lycoris_boft_network_entries.py, test_lycoris_diag_oft_network_entries.py),
+    lycoris_flow_file.py on Flux / SD3 / Chroma for BOFT alone (test_lycoris_flow_mixed_rs_lora_boft.py)."""
     if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
