@@ -236,7 +236,7 @@ def check_layers(
                 "network's changes nothing"
             )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network, unet))
+            own = (*own, *_tlora_own(layer))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
             # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa (_blocks)
             own = (*own, "use_data_init", *_sig_type(layer))
@@ -378,28 +378,13 @@ def _oft_bypass_dropout(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool = False) -> tuple[str, ...]:
+def _tlora_own(layer: Layer) -> tuple[str, ...]:
     """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
-    `data_init`, `bypass_mode`: its `bypass`, on SD 1.x/2.x and SDXL (`unet`) beside the network's dropout
-    too: each TLoraModule drops in its bypass forward alone, as each TloraLayer does,
-    tests/runtime/test_lycoris_tlora_mixed_opts.py); PresetError (DBS402) for a sig_type TLoraModule cannot
-    start from (_initialize_from_svd raises ValueError), and on Flux / SD3 / Chroma for an own bypass_mode
-    beside the network's dropout (not expressed there: their converter keeps the dropout in the network's
-    mode alone)."""
-    options = dict(layer.options)
-    if (
-        not unet
-        and "bypass_mode" in options
-        and bool(options["bypass_mode"]) != network["bypass_mode"]
-        and network["dropout"]
-    ):
-        raise PresetError(
-            f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
-            f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
-            "only, on those layers and not the others (or the reverse), which dbspec builds on SD 1.x/2.x "
-            "and SDXL alone",
-            False,
-        )
+    `data_init`, `bypass_mode`: its `bypass`, beside the network's dropout too: each TLoraModule drops in its
+    bypass forward alone, as each TloraLayer does (tests/runtime/test_lycoris_tlora_mixed_opts.py; on Flux /
+    SD3 / Chroma's fused Linears one TLoraModule, one mask over its stacked output its parts share,
+    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py; was DBS403 there); PresetError (DBS402) for a
+    sig_type TLoraModule cannot start from (_initialize_from_svd raises ValueError)."""
     return (*_sig_type(layer), "bypass_mode", "use_data_init")
 
 
@@ -769,9 +754,11 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
-    locon = not flow and all(_algo(layer.algo) == "lora" for layer in layers)
+    locon = all(_algo(layer.algo) == "lora" for layer in layers)
     if locon and network["bypass_mode"] and not network["dropout"] and "bypass_mode" in on:
-        on.remove("bypass_mode")  # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon)
+        # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon; on Flux / SD3 / Chroma each
+        # fused LoConModule's one rank mask its parts share, test_lycoris_flow_tlora_mixed_opts.py)
+        on.remove("bypass_mode")
     unread = not flow and all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
     if unread and not network["bypass_mode"] and "dropout" in on:
         on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
