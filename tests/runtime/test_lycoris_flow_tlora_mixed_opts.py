@@ -2,13 +2,16 @@
 Linears (issue 12; was DBS403 there, the SD case: test_lycoris_tlora_mixed_opts.py): a T-LoRA entry's own
 `bypass_mode` beside the network's `dropout` (each TLoraModule drops in its own bypass forward alone, as each
 TloraLayer does; a fused Linear is ONE TLoraModule, one torch dropout mask over its stacked output, which
-diffusers' parts share, each its rows: runtime/lycoris_tlora.py fit_fused_tlora), both ways round. No tiny
-run: the plan's denoiser as runtime/prepare.py builds it (every trained tensor moved at random), its LyCORIS
-export loaded into lycoris-lora 4.1.3's create_network from the same file and network_args on kohya's layers
-(the parts' base weights stacked in kohya's rows; TLoraModule's frozen start its own SVD of them); each kohya
-layer's module in its forward mode, in training from one generator state against the parts called in
-diffusers' order: outputs, input gradients, the generator state after, and every trained tensor's gradient
-(by the name LyCORIS saves it under)."""
+diffusers' parts share, each its rows: runtime/lycoris_tlora.py fit_fused_tlora), both ways round; the
+network's `bypass_mode` (and `rank_dropout`) beside LoCon entries (each fused LoConModule's one bypass rank
+mask); `--scale_weight_norms` beside Diag-OFT / BOFT entries (one norm per fused module: count, mean and
+largest norm, the weights after). No tiny run: the plan's denoiser as runtime/prepare.py builds it (every
+trained tensor moved at random), its LyCORIS export loaded into lycoris-lora 4.1.3's create_network from the
+same file and network_args on kohya's layers (the parts' base weights stacked in kohya's rows; TLoraModule's
+frozen start its own SVD of them); each kohya layer's module in its forward mode, in training from one
+generator state against the parts called in diffusers' order: outputs, input gradients, the generator state
+after, and every trained tensor's gradient (by the name LyCORIS saves it under).
+"""
 
 from __future__ import annotations
 
@@ -172,21 +175,23 @@ def _built(tmp_path, monkeypatch, family: str, file: str, args: dict[str, str], 
     return plan, ours, layers, made
 
 
-def _entry(algo: str, extra: str = "") -> str:
-    """FLUX_FILE with the image q/k/v's and linear1's entries of `algo` (their own `extra`)."""
-    return FLUX_FILE.replace('algo = "tlora"', f'algo = "{algo}"').replace("OWN", extra)
+def _entry(algo: str, extra: str = "", family: str = "flux") -> str:
+    """The family's file with its entries of `algo` (their own `extra`)."""
+    text = FAMILIES[family][1]
+    return text.replace('algo = "tlora"', f'algo = "{algo}"').replace("OWN", extra)
 
 
-@pytest.mark.parametrize("ranks", [0.0, 0.3])
-def test_tlora_network_bypass_beside_locon_entries_on_fused_layers(tmp_path, monkeypatch, ranks):
-    """The network's bypass_mode (and rank_dropout) beside LoCon entries on Flux's fused q/k/v and linear1
-    (rules.tlora_bypass_locon; was DBS403 with fused_projections): every module in its bypass forward,
+@pytest.mark.parametrize(("family", "ranks"), [("flux", 0.0), ("flux", 0.3), ("sd3", 0.3), ("chroma", 0.3)])
+def test_tlora_network_bypass_beside_locon_entries_on_fused_layers(tmp_path, monkeypatch, family, ranks):
+    """The network's bypass_mode (and rank_dropout) beside LoCon entries on the fused q/k/v (Flux's and
+    Chroma's linear1 too; rules.tlora_bypass_locon; was DBS403 with fused_projections): every module in its
+    bypass forward,
     TLoraModule reading no rank_dropout, each fused LoConModule one `torch.rand(rank)` mask over its down's
     ranks, which the parts share."""
     _no_gc(monkeypatch)
     args = {"algo": "tlora", "bypass_mode": "True", "module_dropout": str(MODULE)}
     args |= {"rank_dropout": str(ranks)} if ranks else {}
-    plan, ours, layers, made = _built(tmp_path, monkeypatch, "flux", _entry("locon"), args)
+    plan, ours, layers, made = _built(tmp_path, monkeypatch, family, _entry("locon", "", family), args)
     a = plan.adapter
     assert a.fused and (a.kind, a.bypass, a.rank_dropout, a.bypass_dropout) == ("tlora", True, ranks, 0.0)
     assert a.rank_dropout_form == ("lycoris_bypass" if ranks else "kohya")
@@ -197,27 +202,30 @@ def test_tlora_network_bypass_beside_locon_entries_on_fused_layers(tmp_path, mon
         ("LoConModule", True),
     }
     compared = _layers_as_lycoris(made, ours, layers, 0.0, moves=bool(ranks))
-    fused = {p for p, (_, f) in compared.items() if f}
-    assert {"double_blocks.0.img_attn.qkv", "single_blocks.0.linear1"} <= fused
-    assert type(modules["lora_unet_single_blocks_0_linear1"]).__name__ == "LoConModule"
-    assert _grads_as_lycoris(ours, [], modules, "flux") >= 2 * len(modules)
+    fused = {
+        type(modules["lora_unet_" + p.replace(".", "_")]).__name__ for p, (_, f) in compared.items() if f
+    }
+    assert fused == {"LoConModule", "TLoraModule"}  # fused layers of both kinds
+    assert _grads_as_lycoris(ours, [], modules, family) >= 2 * len(modules)
 
 
-@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
-def test_tlora_network_max_norm_beside_oft_entries_on_fused_layers(tmp_path, monkeypatch, algo):
-    """--scale_weight_norms on a T-LoRA network with Diag-OFT / BOFT entries on Flux's fused q/k/v and
-    linear1 (was DBS403 with fused_projections): lycoris.kohya's apply_max_norm_regularization over
-    TLoraModule (one norm of the fused module's stacked update, the shared λ scaled once) and
+@pytest.mark.parametrize(
+    ("family", "algo"), [("flux", "diag-oft"), ("flux", "boft"), ("sd3", "diag-oft"), ("chroma", "diag-oft")]
+)
+def test_tlora_network_max_norm_beside_oft_entries_on_fused_layers(tmp_path, monkeypatch, family, algo):
+    """--scale_weight_norms on a T-LoRA network with Diag-OFT / BOFT entries on the fused q/k/v (Flux's and
+    Chroma's linear1 too; was DBS403 with fused_projections): lycoris.kohya's apply_max_norm_regularization
+    over TLoraModule (one norm of the fused module's stacked update, the shared λ scaled once) and
     DiagOFTModule / ButterflyOFTModule (one norm of the fused module's blocks): the same count, mean and
     largest norm, and every weight after, as runtime/max_norm.py's over the plan's denoiser."""
     from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules
 
     _no_gc(monkeypatch)
-    file = _entry(algo).replace("dim = 2\nalpha = 1\n", "")
+    file = _entry(algo, "", family).replace("dim = 2\nalpha = 1\n", "")
     if algo == "boft":  # FLUX.1's q/k/v rows split by 18 (the converter checks its widths), its linear1 not
         file = file.split('[name_algo_map."single_blocks')[0] + "dim = 18\n"
     plan, ours, layers, made = _built(
-        tmp_path, monkeypatch, "flux", file, {"algo": "tlora"}, "--scale_weight_norms=1"
+        tmp_path, monkeypatch, family, file, {"algo": "tlora"}, "--scale_weight_norms=1"
     )
     a = plan.adapter
     assert a.fused and (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
@@ -231,7 +239,7 @@ def test_tlora_network_max_norm_beside_oft_entries_on_fused_layers(tmp_path, mon
         for p in list({id(p): p for p in moved}.values())[::2]:  # a fused module's shared tensors once
             p.mul_(40.0)
     made.load_state_dict(
-        lycoris_state(unet=ours, text_encoders=[], family="flux", dtype="fp32"), strict=False
+        lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32"), strict=False
     )
     limit = 0.5
     mine = apply_lycoris_max_norm(lycoris_norm_modules(ours, [], a.fused), limit)
@@ -241,7 +249,7 @@ def test_tlora_network_max_norm_beside_oft_entries_on_fused_layers(tmp_path, mon
     torch.testing.assert_close(
         torch.tensor([mine[1], mine[2]]), torch.tensor([float(mean), float(largest)]), rtol=1e-5, atol=1e-6
     )
-    after = lycoris_state(unet=ours, text_encoders=[], family="flux", dtype="fp32")
+    after = lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32")
     theirs = made.state_dict()
     compared = 0
     for key, value in after.items():
