@@ -5,12 +5,13 @@ TloraLayer does; a fused Linear is ONE TLoraModule, one torch dropout mask over 
 diffusers' parts share, each its rows: runtime/lycoris_tlora.py fit_fused_tlora), both ways round; the
 network's `bypass_mode` (and `rank_dropout`) beside LoCon entries (each fused LoConModule's one bypass rank
 mask); `--scale_weight_norms` beside Diag-OFT / BOFT entries (one norm per fused module: count, mean and
-largest norm, the weights after). No tiny run: the plan's denoiser as runtime/prepare.py builds it (every
-trained tensor moved at random), its LyCORIS export loaded into lycoris-lora 4.1.3's create_network from the
-same file and network_args on kohya's layers (the parts' base weights stacked in kohya's rows; TLoraModule's
-frozen start its own SVD of them); each kohya layer's module in its forward mode, in training from one
-generator state against the parts called in diffusers' order: outputs, input gradients, the generator state
-after, and every trained tensor's gradient (by the name LyCORIS saves it under).
+largest norm, the weights after); Diag-OFT / BOFT entries' own `bypass_mode` and the network's dropout outside
+bypass_mode beside them. No tiny run: the plan's denoiser as runtime/prepare.py builds it (every trained
+tensor moved at random), its LyCORIS export loaded into lycoris-lora 4.1.3's create_network from the same file
+and network_args on kohya's layers (the parts' base weights stacked in kohya's rows; TLoraModule's frozen
+start its own SVD of them); each kohya layer's module in its forward mode, in training from one generator
+state against the parts called in diffusers' order: outputs, input gradients, the generator state after, and
+every trained tensor's gradient (by the name LyCORIS saves it under).
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ WAYS = {
 }
 
 
-def _layers_as_lycoris(made, ours, layers, dropout: float = DROPOUT, moves: bool = True) -> dict:
-    """Each kohya layer's module (TLoraModule, an entry's LoConModule) against the parts (_same_training;
-    `moves`: some masks differ from forward to forward); {kohya path: (its bypass_mode, whether fused)}."""
+def _layers_as_lycoris(made, ours, layers, dropout: float = DROPOUT, moves: bool = True, drops=None) -> dict:
+    """Each kohya layer's module (TLoraModule, an entry's) against the parts (_same_training; `dropout`: the
+    network's, every module's `drop`; `drops`: the T-LoRA layers' bypass dropout, else `dropout`; `moves`:
+    some masks differ from forward to forward); {kohya path: (its bypass_mode, whether fused)}."""
+    drops = dropout if drops is None else drops
     theirs = {m.lora_name: m for m in made.unet_loras}
     singles = {id(b.proj_mlp) for b in getattr(ours, "single_transformer_blocks", ())}
     ours.train()
@@ -97,7 +100,7 @@ def _layers_as_lycoris(made, ours, layers, dropout: float = DROPOUT, moves: bool
                 path
             )  # handed to every module: read in the bypass forward alone
             assert {p.tlora_bypass for p in parts} == {bool(module.bypass_mode)}, path  # one mode per module
-            assert all(isinstance(p, TloraLayer) and p.tlora_dropout == dropout for p in parts), path
+            assert all(isinstance(p, TloraLayer) and p.tlora_dropout == drops for p in parts), path
         calls = sorted(parts, key=lambda p: id(p) not in singles)  # diffusers calls proj_mlp first
 
         def stacked(x, parts=parts, calls=calls, order=order):
@@ -258,3 +261,59 @@ def test_tlora_network_max_norm_beside_oft_entries_on_fused_layers(tmp_path, mon
         torch.testing.assert_close(value, theirs[key].reshape(value.shape), rtol=1e-5, atol=1e-6, msg=key)
         compared += 1
     assert compared >= 2 * len(made.unet_loras)
+
+
+# id: (the entry's algo, its own options, network_args): Diag-OFT / BOFT entries on the fused q/k/v
+# (Diag-OFT's on linear1 too)
+OFT_CASES = {
+    # the network's dropout, which neither TLoraModule nor DiagOFTModule reads outside bypass_mode (DBS405)
+    "diag_oft_network_dropout": ("diag-oft", "", {"dropout": "0.1"}),
+    # the entries' own bypass_mode (the network's rank_dropout: DiagOFTModule's bypass forward never reads it)
+    "diag_oft_own_bypass": ("diag-oft", "bypass_mode = true", {"rank_dropout": "0.1"}),
+    # BOFT's own bypass_mode beside the network's dropout, which ButterflyOFTModule never reads
+    "boft_own_bypass_network_dropout": ("boft", "bypass_mode = true", {"dropout": "0.1"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OFT_CASES))
+def test_tlora_network_options_beside_oft_entries_on_fused_layers(tmp_path, monkeypatch, case):
+    """Diag-OFT / BOFT entries on a T-LoRA network on Flux's fused Linears (was DBS403 there): the network's
+    dropout outside bypass_mode (read by none: ignored) and their own bypass_mode (their block's `bypass`:
+    each fused module's bypass forward, its parts their rows of it): each module's forward mode, training
+    outputs, generator state and gradients as lycoris-lora 4.1.3's."""
+    from dbspec.runtime.lycoris_oft import DiagOftLayer
+
+    _no_gc(monkeypatch)
+    algo, own, network = OFT_CASES[case]
+    file = _entry(algo, own).replace("dim = 2\nalpha = 1\n", "")
+    if algo == "boft":  # FLUX.1's q/k/v rows split by 18 (the converter checks its widths), its linear1 not
+        file = file.split('[name_algo_map."single_blocks')[0].replace(own, f"{own}\ndim = 18")
+    args = {"algo": "tlora", **network, "module_dropout": str(MODULE)}
+    plan, ours, layers, made = _built(tmp_path, monkeypatch, "flux", file, args)
+    a = plan.adapter
+    bypass = bool(own)
+    assert a.fused and (a.bypass, a.bypass_dropout, a.rank_dropout) == (False, 0.0, 0.0)
+    assert {(b.kind, b.bypass) for b in a.blocks} == {(algo, bypass)}
+    modules = {m.lora_name: m for m in made.unet_loras}
+    kinds = {"diag-oft": "DiagOFTModule", "boft": "ButterflyOFTModule"}
+    assert {(type(m).__name__, bool(m.bypass_mode)) for m in modules.values()} == {
+        ("TLoraModule", False),
+        (kinds[algo], bypass),
+    }
+    for path, (parts, _) in layers.items():
+        module = modules.get("lora_unet_" + path.replace(".", "_"))
+        if module is not None and type(module).__name__ != "TLoraModule":
+            assert all(isinstance(p, DiagOftLayer) and p.oft_bypass == bypass for p in parts), path
+    rate = float(network.get("dropout", 0.0))  # handed to every module, read by none of them here
+    compared = _layers_as_lycoris(made, ours, layers, rate, moves=False, drops=0.0)
+    fused = {
+        type(modules["lora_unet_" + p.replace(".", "_")]).__name__ for p, (_, f) in compared.items() if f
+    }
+    assert kinds[algo] in fused
+    # a bypass rotation keeps the squared sum _same_training back-propagates: BOFT's blocks' gradient is 0 up
+    # to rounding on both sides (its fused gradient against ButterflyOFTModule: test_lycoris_flux_boft.py)
+    rotated = {n for n, m in modules.items() if type(m).__name__ == "ButterflyOFTModule"}
+    for name in rotated:
+        assert modules[name].oft_blocks.grad.abs().max() < 1e-3, name
+    kept = {n: m for n, m in modules.items() if n not in rotated}
+    assert _grads_as_lycoris(ours, [], kept, "flux") >= len(kept)

@@ -624,6 +624,24 @@ CONVERTS = {
             "block": {"kind": "lora", "bypass": True},
         },
     ),
+    # and Diag-OFT / BOFT entries on Flux beside a T-LoRA network (same test): the network's dropout outside
+    # bypass_mode, read by none (DBS405); an entry's own bypass_mode, its block's `bypass`
+    "flux_tlora_diag_oft_entry_network_dropout": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("diag-oft"),
+        "",
+        {"kind": "tlora", "bypass_dropout": 0.0, "block": {"kind": "diag-oft", "bypass": False}},
+    ),
+    "flux_tlora_boft_entry_own_bypass": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("boft", "bypass_mode = true").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
+        {"kind": "tlora", "bypass": False, "bypass_dropout": 0.0, "block": {"kind": "boft", "bypass": True}},
+    ),
     # line 109 (Diag-OFT map entries): "a negative one ... is DBS403": the constraint LyCORIS applies, 0
     # (tests/runtime/test_lycoris_entry_signs.py)
     "diag_oft_entry_negative_constraint": (

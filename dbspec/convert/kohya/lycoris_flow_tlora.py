@@ -96,7 +96,12 @@ def map_flow_tlora(
         why = "TLoraModule drops SD3's patch convolution's update alone outside bypass_mode (its bypass path)"
         conv.mapped(given, ("adapter", "dropout"), float(given.value), note=why)
     elif given is not None and not (bypass or own_bypass):
-        conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
+        why = "TLoraModule applies its dropout only in bypass_mode (off here)"
+        if layers != "none" and any(
+            b.get("kind") in ("diag-oft", "boft") for b in layout.targets(layers, True)[1]
+        ):  # lycoris_maps._TLORA_OFT_ENTRIES
+            why += "; DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
+        conv.ignored(given, why)
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
         conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False
