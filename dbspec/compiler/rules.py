@@ -3648,14 +3648,14 @@ def tlora_bypass_locon(a) -> bool:
     (LoConModule's bypass dropout of its update, not built there). LoConModule's bypass forward computes its
     default one after the same module_dropout draw, and with the adapter's rank_dropout masks the down's
     ranks (`torch.rand(rank)`: the plan's rank_dropout_form "lycoris_bypass", runtime/lora_dropout.py),
-    TLoraModule reading none of it (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x; not with
-    fused_projections: Flux / SD3 / Chroma's fused modules not checked)."""
+    TLoraModule reading none of it (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x; with
+    fused_projections each fused LoConModule's one rank mask its parts share,
+    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py on Flux)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "tlora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"} <= {"lora"}
         and not getattr(a, "dropout", 0.0)
-        and not getattr(a, "fused_projections", False)
     )
 
 
@@ -3728,13 +3728,9 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
     # a tlora adapter's beside Diag-OFT / BOFT blocks alone: TLoraModule's twice-scaled norm of its update
     # (its trained singular values scaled), DiagOFTModule's / ButterflyOFTModule's of their blocks, each
-    # module in lycoris.kohya's order (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x); not with
-    # fused_projections (Flux / SD3 / Chroma's fused modules beside each other: not checked)
-    tlora_oft = (
-        own == "tlora"
-        and {b.kind for _, b in other} <= {"diag-oft", "boft"}
-        and not getattr(a, "fused_projections", False)
-    )
+    # module in lycoris.kohya's order (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x); with
+    # fused_projections one norm per fused module (test_lycoris_flow_tlora_mixed_opts.py, Flux)
+    tlora_oft = own == "tlora" and {b.kind for _, b in other} <= {"diag-oft", "boft"}
     if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora" or tlora_oft:
         kept += ("max_norm",)
     # and its dropout there (the T-LoRA layers' in their bypass forward alone): DiagOFTModule reads it in its

@@ -148,25 +148,6 @@ REFUSED = {
             "#291",
         ],
     ),
-    # line 108 / 109 (T-LoRA): these lifts are SD 1.x/2.x and SDXL's; on Flux's fused Linears a T-LoRA
-    # entry's own bypass_mode beside the network's dropout and the max norm beside Diag-OFT entries stay
-    # DBS403
-    "flux_tlora_entry_own_bypass_network_dropout": (
-        "flux",
-        '"algo=tlora" "dropout=0.1"',
-        _flux("tlora", "bypass_mode = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "bypass_mode = True beside the network's dropout 0.1"],
-    ),
-    "flux_tlora_diag_oft_entry_scale_weight_norms": (
-        "flux",
-        '"algo=tlora"',
-        _flux("diag-oft"),
-        "--scale_weight_norms=1",
-        "DBS403",
-        ["adapter.max_norm", "scale_weight_norms", 'kind = "diag-oft" on a tlora adapter'],
-    ),
     # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
     # on Flux (on SD its LoCon / LoHa / LoKr entries convert, CONVERTS below)
     "flux_diag_oft_network_locon_entries": (
@@ -627,6 +608,60 @@ CONVERTS = {
             "bypass_dropout": 0.1,
             "block": {"kind": "adapter", "bypass": True},
         },
+    ),
+    # line 108 / 109 (T-LoRA) on Flux's fused Linears (were DBS403 there, the SD lifts above): a T-LoRA
+    # entry's own bypass_mode beside the network's dropout (one mask per fused TLoraModule), the max norm
+    # beside Diag-OFT entries (one norm per fused module), the network's bypass_mode (and rank_dropout) beside
+    # LoCon entries (one rank mask per fused LoConModule); tests/runtime/test_lycoris_flow_tlora_mixed_opts.py
+    "flux_tlora_entry_own_bypass_network_dropout": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("tlora", "bypass_mode = true"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": False,
+            "bypass_dropout": 0.1,
+            "block": {"kind": "adapter", "bypass": True},
+        },
+    ),
+    "flux_tlora_diag_oft_entry_scale_weight_norms": (
+        "flux",
+        '"algo=tlora"',
+        _flux("diag-oft"),
+        "--scale_weight_norms=1",
+        {"kind": "tlora", "max_norm": 1.0, "max_norm_form": "lycoris", "block": {"kind": "diag-oft"}},
+    ),
+    "flux_tlora_bypass_rank_dropout_beside_locon": (
+        "flux",
+        '"algo=tlora" "bypass_mode=True" "rank_dropout=0.1"',
+        _flux("locon"),
+        "",
+        {
+            "kind": "tlora",
+            "bypass": True,
+            "rank_dropout": 0.1,
+            "rank_dropout_form": "lycoris_bypass",
+            "block": {"kind": "lora", "bypass": True},
+        },
+    ),
+    # and Diag-OFT / BOFT entries on Flux beside a T-LoRA network (same test): the network's dropout outside
+    # bypass_mode, read by none (DBS405); an entry's own bypass_mode, its block's `bypass`
+    "flux_tlora_diag_oft_entry_network_dropout": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("diag-oft"),
+        "",
+        {"kind": "tlora", "bypass_dropout": 0.0, "block": {"kind": "diag-oft", "bypass": False}},
+    ),
+    "flux_tlora_boft_entry_own_bypass": (
+        "flux",
+        '"algo=tlora" "dropout=0.1"',
+        _flux("boft", "bypass_mode = true").replace(
+            '"double_blocks.*_attn.*", "single_blocks.*.linear*"', '"double_blocks.*_attn.qkv"'
+        ),
+        "--network_dim=18",
+        {"kind": "tlora", "bypass": False, "bypass_dropout": 0.0, "block": {"kind": "boft", "bypass": True}},
     ),
     # line 109 (Diag-OFT map entries): "a negative one ... is DBS403": the constraint LyCORIS applies, 0
     # (tests/runtime/test_lycoris_entry_signs.py)

@@ -3628,3 +3628,22 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
     assert [h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))] == [
         ("adapter", "dropout")
     ]
+
+
+def test_a_tlora_adapter_s_fused_blocks_keep_its_bypass_and_max_norm():
+    """With fused_projections (Flux / SD3 / Chroma) a tlora adapter's max_norm beside Diag-OFT / BOFT blocks
+    and its bypass (and rank_dropout) beside LoRA blocks alone pass mixed_block_kinds as on SD (each fused
+    Linear one LyCORIS module, one norm and one rank mask:
+    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py; was DBS578); its dropout beside LoRA blocks in bypass
+    stays DBS578."""
+    tlora = 'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "tlora"\nfused_projections = true\n'
+    block = '[[adapter.blocks]]\npattern = "qkv"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
+    for kind in ("diag-oft", "boft"):
+        normed = tlora.replace("true\n", "true\nmax_norm = 1.0\n")
+        assert hits_of(rules.mixed_block_kinds, normed + block.format(kind)) == [], kind
+    ranks = tlora.replace("true\n", "true\nbypass = true\nrank_dropout = 0.1\n")
+    assert hits_of(rules.mixed_block_kinds, ranks + block.format("lora")) == []
+    dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
+    assert ("adapter", "bypass") in {
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))
+    }

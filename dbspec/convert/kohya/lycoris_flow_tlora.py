@@ -80,16 +80,28 @@ def map_flow_tlora(
     if given is None and a["network_dropout"].value:  # train_network.py hands it on as `dropout`
         given = a["network_dropout"]
     unsupported: dict[str, str] = {}
+    # a T-LoRA entry's own bypass_mode: its fused TLoraModules drop in their bypass forward (the block's
+    # `bypass`; one mask per fused Linear, tests/runtime/test_lycoris_flow_tlora_mixed_opts.py)
+    own_bypass = layers != "none" and any(
+        "kind" not in b and b.get("bypass") == "on" for b in layout.targets(layers, True)[1]
+    )
     if given is not None and not float(given.value or 0):
         conv.inert(given, "0 is off")
-    elif given is not None and not bypass and patch and not 0 <= float(given.value) <= 1:
+    elif given is not None and not (bypass or own_bypass) and patch and not 0 <= float(given.value) <= 1:
         conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False
-    elif given is not None and not bypass and patch:  # the patch's bypass path drops, the Linears' not
+    elif (
+        given is not None and not (bypass or own_bypass) and patch
+    ):  # the patch's bypass path drops, the Linears' not
         why = "TLoraModule drops SD3's patch convolution's update alone outside bypass_mode (its bypass path)"
         conv.mapped(given, ("adapter", "dropout"), float(given.value), note=why)
-    elif given is not None and not bypass:
-        conv.ignored(given, "TLoraModule applies its dropout only in bypass_mode (off here)")
+    elif given is not None and not (bypass or own_bypass):
+        why = "TLoraModule applies its dropout only in bypass_mode (off here)"
+        if layers != "none" and any(
+            b.get("kind") in ("diag-oft", "boft") for b in layout.targets(layers, True)[1]
+        ):  # lycoris_maps._TLORA_OFT_ENTRIES
+            why += "; DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
+        conv.ignored(given, why)
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
         conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False

@@ -242,7 +242,7 @@ def check_layers(
                 "network's changes nothing"
             )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
-            own = (*own, *_tlora_own(layer, network, unet))
+            own = (*own, *_tlora_own(layer))
         elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
             # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa (_blocks)
             own = (*own, "use_data_init", *_sig_type(layer))
@@ -385,28 +385,13 @@ def _oft_bypass_dropout(layer: Layer, network: dict[str, Any]) -> None:
 _SIG_TYPES = ("principal", "last", "middle")  # TLoraModule._initialize_from_svd's
 
 
-def _tlora_own(layer: Layer, network: dict[str, Any], unet: bool = False) -> tuple[str, ...]:
+def _tlora_own(layer: Layer) -> tuple[str, ...]:
     """The keys of a T-LoRA network's entry its block carries (`sig_type`, `use_data_init`: its
-    `data_init`, `bypass_mode`: its `bypass`, on SD 1.x/2.x and SDXL (`unet`) beside the network's dropout
-    too: each TLoraModule drops in its bypass forward alone, as each TloraLayer does,
-    tests/runtime/test_lycoris_tlora_mixed_opts.py); PresetError (DBS402) for a sig_type TLoraModule cannot
-    start from (_initialize_from_svd raises ValueError), and on Flux / SD3 / Chroma for an own bypass_mode
-    beside the network's dropout (not expressed there: their converter keeps the dropout in the network's
-    mode alone)."""
-    options = dict(layer.options)
-    if (
-        not unet
-        and "bypass_mode" in options
-        and bool(options["bypass_mode"]) != network["bypass_mode"]
-        and network["dropout"]
-    ):
-        raise PresetError(
-            f"`{layer.source}` hands its layers (e.g. {layer.path}) bypass_mode = {options['bypass_mode']!r} "
-            f"beside the network's dropout {network['dropout']:g}: TLoraModule drops in its bypass forward "
-            "only, on those layers and not the others (or the reverse), which dbspec builds on SD 1.x/2.x "
-            "and SDXL alone",
-            False,
-        )
+    `data_init`, `bypass_mode`: its `bypass`, beside the network's dropout too: each TLoraModule drops in its
+    bypass forward alone, as each TloraLayer does (tests/runtime/test_lycoris_tlora_mixed_opts.py; on Flux /
+    SD3 / Chroma's fused Linears one TLoraModule, one mask over its stacked output its parts share,
+    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py; was DBS403 there); PresetError (DBS402) for a
+    sig_type TLoraModule cannot start from (_initialize_from_svd raises ValueError)."""
     return (*_sig_type(layer), "bypass_mode", "use_data_init")
 
 
@@ -597,7 +582,7 @@ def _mixed_kinds(
     if not unet:
         return other
     if _algo(algo) == "tlora":
-        _beside_tlora(unet, network, flow)
+        _beside_tlora(unet, network)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -723,12 +708,13 @@ _TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora
 # the entries whose own bypass_mode a T-LoRA adapter's block carries (its `bypass`, runtime/mixed_kinds.py
 # set_block_bypass: DiagOFTModule's / ButterflyOFTModule's bypass forward, the output rotated, its bias too),
 # and whose modules never read the network's dropout outside bypass_mode (DiagOFTModule drops in its bypass
-# forward alone, ButterflyOFTModule never), as TLoraModule: on SD 1.x/2.x and SDXL
-# (tests/runtime/test_lycoris_tlora_mixed_opts.py)
+# forward alone, ButterflyOFTModule never), as TLoraModule (tests/runtime/test_lycoris_tlora_mixed_opts.py;
+# on Flux / SD3 / Chroma's fused Linears each fused module's bypass forward,
+# test_lycoris_flow_tlora_mixed_opts.py)
 _TLORA_OFT_ENTRIES = ("diag-oft", "boft")
 
 
-def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = False) -> None:
+def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
@@ -736,8 +722,8 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
     network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
     size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
     they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
-    mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask). On SD
-    1.x/2.x and SDXL (not `flow`) Diag-OFT / BOFT entries' own bypass_mode is their block's `bypass`, and
+    mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask). Diag-OFT
+    / BOFT entries' own bypass_mode is their block's `bypass` (on Flux / SD3 / Chroma too), and
     outside bypass_mode beside them alone the network's dropout is read by none of the modules (DBS405 in
     network.py); a Diag-OFT layer in bypass_mode with that dropout stops kohya (DBS402,
     _oft_bypass_dropout, in check_layers)."""
@@ -751,7 +737,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
 
     def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry
         own = _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())
-        if not flow and _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
+        if _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
             own = (*own, "bypass_mode")
         return [k for k, _ in layer.options if k not in own]
 
@@ -760,8 +746,8 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
         raise PresetError(
             f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
-            "alpha only (Diag-OFT / BOFT their constraint, rescaled and, on SD 1.x/2.x and SDXL, "
-            "bypass_mode, DyLoRA its block_size)",
+            "alpha only (Diag-OFT / BOFT their constraint, rescaled and bypass_mode, DyLoRA its "
+            "block_size)",
             False,
         )
     lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
@@ -777,10 +763,12 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = Fal
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
-    locon = not flow and all(_algo(layer.algo) == "lora" for layer in layers)
+    locon = all(_algo(layer.algo) == "lora" for layer in layers)
     if locon and network["bypass_mode"] and not network["dropout"] and "bypass_mode" in on:
-        on.remove("bypass_mode")  # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon)
-    unread = not flow and all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
+        # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon; on Flux / SD3 / Chroma each
+        # fused LoConModule's one rank mask its parts share, test_lycoris_flow_tlora_mixed_opts.py)
+        on.remove("bypass_mode")
+    unread = all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
     if unread and not network["bypass_mode"] and "dropout" in on:
         on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
     if network.get("factor", -1) != -1:
