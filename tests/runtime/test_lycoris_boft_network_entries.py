@@ -1,7 +1,7 @@
 """A BOFT network's preset-file entries of other algorithms (issue 12; was DBS403): lycoris-lora 4.1.3's
 network `algo` only names the algorithm of the layers no map entry sets, every module getting the same root
 kwargs, so algo=boft with LoCon / LoHa entries builds what algo=locon builds with the BOFT layers as entries;
-the converter writes that network (oft_entries.boft_network_host): a lora adapter, its LoHa entries' blocks,
+the converter writes that network (oft_entries.oft_network_host): a lora adapter, its LoHa entries' blocks,
 the BOFT layers blocks of kind "boft" at the network's dim (their block-size hint). Checked against
 lycoris-lora's create_network(algo="boft") from the same file on tiny SD 1.x with module_dropout: every
 module's class, our export loading strictly into it, training outputs and the generator state after each of
