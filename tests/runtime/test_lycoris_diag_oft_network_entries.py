@@ -13,28 +13,11 @@ binding constraint given by its deprecated name `constrain` (no tiny run)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from dbspec.runtime.lycoris_export import lycoris_state
-from dbspec.runtime.prepare import _prepare
-from tests.runtime.test_lycoris_algo_maps import _converted_plan, pipe  # noqa: F401 (pipe: a fixture)
-from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
+from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (pipe: a fixture)
+from tests.runtime.test_lycoris_boft_network_entries import oft_network_entries_alike
 
 pytest.importorskip("lycoris.kohya")
-
-MODULE = 0.3
-# the network's Diag-OFT on the transformers' attention and projections, LoCon on their feed-forwards, LoHa
-# on the ResNets' convolutions
-PRESET = """\
-unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
-unet_target_name = []
-text_encoder_target_module = []
-
-[module_algo_map.FeedForward]
-algo = "locon"
-[module_algo_map.ResnetBlock2D]
-algo = "loha"
-"""
 
 
 @pytest.mark.parametrize(
@@ -46,40 +29,7 @@ def test_diag_oft_network_beside_locon_loha_entries_is_lycoris(pipe, tmp_path, m
     """The network's module_dropout; with its rank_dropout; and with its bypass_mode (the Diag-OFT layers'
     rotation of the output, the LoCon / LoHa layers' bypass forward their default one) and a binding
     constraint (the blocks' alpha) under LyCORIS's deprecated name."""
-    args = {"module_dropout": str(MODULE), **extra}
-    path, plan = _converted_plan(
-        tmp_path, "diag_oft_entries", "diag-oft", " ".join(f'"{k}={v}"' for k, v in args.items()), text=PRESET
-    )
-    a = plan.adapter
-    assert (a.kind, a.rank, a.module_dropout, a.rank_dropout) == (
-        "lora",
-        4,
-        MODULE,
-        float(extra.get("rank_dropout", 0)),
-    )
     constraint = float(extra.get("constrain", 0.0))
-    assert {(b.kind, b.rank, b.alpha) for b in a.blocks if b.kind == "diag-oft"} == {
-        ("diag-oft", 4, constraint)
-    }
-    bypass = "bypass_mode" in extra
-    assert a.bypass == bypass
-    assert {b.kind for b in a.blocks} == {"diag-oft", "loha"}
-    ours = pipe.unet.__class__.from_config(pipe.unet.config)
-    ours.load_state_dict(pipe.unet.state_dict())
-    params = _prepare(ours, "unet", plan, torch.device("cpu"), a.denoiser_targets, plan.schedule.seed)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # every trained tensor moved (no update 0)
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
-    made, theirs = lycoris_unet(pipe, monkeypatch, "diag-oft", path, **args)
-    classes = {type(m).__name__ for m in made.unet_loras}
-    assert classes == {"DiagOFTModule", "LoConModule", "LohaModule"}
-    assert all(m.bypass_mode == bypass for m in made.unet_loras)
+    made = oft_network_entries_alike(pipe, tmp_path, monkeypatch, "diag-oft", extra, constraint)
     oft = [m for m in made.unet_loras if type(m).__name__ == "DiagOFTModule"]
-    assert all(m.constraint == pytest.approx(constraint * m.dim) for m in oft)  # `constrain` was read
-    state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
-    result = made.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys)
-    calm_then_dropped(ours, theirs, made, pipe.unet)  # eval equal, three dropped training forwards
-    # every trained tensor's gradient over the three dropped forwards, by the name LyCORIS saves it under
-    grads_as_lycoris(ours, made, ("oft_blocks", "lora_up", "hada_w1_a"))
+    assert oft and all(m.constraint == pytest.approx(constraint * m.dim) for m in oft)  # `constrain` was read
