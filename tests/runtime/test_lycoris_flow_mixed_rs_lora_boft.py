@@ -74,13 +74,11 @@ def _alike(tmp_path, monkeypatch, algo: str, text: str, args: dict[str, str], di
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
-        _call_order,
-        _drawn_alike,
+        modules_alike,
         _grads_as_lycoris,
     )
     from tests.runtime.test_lycoris_mixed_flow_full import (
         _BASE,
-        _base,
         _kohya_layers,
         _kohya_tree,
     )
@@ -111,21 +109,7 @@ def _alike(tmp_path, monkeypatch, algo: str, text: str, args: dict[str, str], di
     with torch.no_grad():
         for m in full:
             m.lokr_w1.div_(m.scale)
-    compared = 0
-    for path, (parts, _) in layers.items():
-        name = "lora_unet_" + path.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(parts[0]).in_features)
-            assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > 1, name
-            compared += 1
-    for path, layer in encoders[0].named_modules():
-        name = "lora_te1_" + ("" if path.startswith("text_model.") else "text_model.") + path
-        name = name.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(layer).in_features)
-            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 1, name
-            compared += 1
-    assert compared == len(made)
+    modules_alike(made, layers, unet, encoders, least=1)
     for m in full:  # its gradient as the export writes the factor (x the scale)
         m.lokr_w1.grad.mul_(m.scale)
     assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)

@@ -131,11 +131,10 @@ def flux_bypass_entries_alike(tmp_path, monkeypatch, args: dict[str, str]):
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
-        _call_order,
-        _drawn_alike,
+        modules_alike,
         _grads_as_lycoris,
     )
-    from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _base, _kohya_layers, _kohya_tree
+    from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _kohya_layers, _kohya_tree
     from tests.runtime.test_lycoris_mixed_flow_full import _lycoris_network
     from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
     from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
@@ -170,20 +169,6 @@ def flux_bypass_entries_alike(tmp_path, monkeypatch, args: dict[str, str]):
         "LohaModule",
         "LokrModule",
     }
-    compared = 0
-    for path, (parts, _) in layers.items():
-        name = "lora_unet_" + path.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(parts[0]).in_features)
-            assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > 1, name
-            compared += 1
-    for path, layer in encoders[0].named_modules():
-        name = "lora_te1_" + ("" if path.startswith("text_model.") else "text_model.") + path
-        name = name.replace(".", "_")
-        if name in made:
-            x = torch.randn(3, _base(layer).in_features)
-            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 1, name
-            compared += 1
-    assert compared == len(made)
+    modules_alike(made, layers, unet, encoders, least=1)
     assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
     return plan, made

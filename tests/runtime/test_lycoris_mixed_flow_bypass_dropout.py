@@ -168,13 +168,22 @@ def _layers_as_lycoris(made: dict[str, nn.Module], layers, comps, family: str) -
     """Every module of lycoris-lora's network `made` (on kohya's `layers`, CLIP-L's) draws and computes what
     the plan's layers do (_drawn_alike), each trained tensor's gradient after equal; how many fused layers."""
     unet, encoders = comps.unet.train(), comps.text_encoders
+    fused = modules_alike(made, layers, unet, encoders, least=2)
+    assert _grads_as_lycoris(unet, encoders, made, family) >= 2 * len(made)
+    return fused
+
+
+def modules_alike(made: dict[str, nn.Module], layers, unet, encoders: list, least: int) -> int:
+    """Each module of lycoris-lora's network `made` against the plan's parts of its kohya layer (`layers`:
+    _kohya_layers's; CLIP-L's layers by LyCORIS's lora_te1_ names): _drawn_alike over more than `least`
+    distinct draws, every module compared; how many of them are fused (several parts)."""
     fused = compared = 0
     for path, (parts, _) in layers.items():
         name = "lora_unet_" + path.replace(".", "_")
         if name not in made:
             continue
         x = torch.randn(3, _base(parts[0]).in_features)
-        assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > 2, name
+        assert _drawn_alike(made[name].train(), parts, _call_order(parts, unet), x) > least, name
         fused += len(parts) > 1
         compared += 1
     assert compared == len([n for n in made if n.startswith("lora_unet_")])
@@ -183,10 +192,9 @@ def _layers_as_lycoris(made: dict[str, nn.Module], layers, comps, family: str) -
         name = name.replace(".", "_")
         if name in made:
             x = torch.randn(3, _base(layer).in_features)
-            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > 2, name
+            assert _drawn_alike(made[name].train(), [layer.train()], [layer], x) > least, name
             compared += 1
     assert compared == len(made)
-    assert _grads_as_lycoris(unet, encoders, made, family) >= 2 * len(made)
     return fused
 
 
