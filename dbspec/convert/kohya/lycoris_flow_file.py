@@ -58,7 +58,7 @@ from dbspec.convert.kohya.lycoris_file import (
     _walk,
     clip_text,
 )
-from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, t5_first_query_full
+from dbspec.convert.kohya.lycoris_fp8 import fp8_denoiser, full_on_fp8, given, t5_first_query_full
 from dbspec.convert.kohya.lycoris_maps import MIXED_FLOW, UNSEEN, _pattern, map_blocks
 from dbspec.convert.kohya.oft_entries import oft_network_host
 from dbspec.families import family_spec
@@ -509,8 +509,8 @@ def t5_wo_weight_read(a: dict[str, Legacy]) -> bool:
     lycoris-lora 4.1.3 on the tiny T5, scratch run)."""
     from dbspec.convert.kohya.train import text_outputs_cached
 
-    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
-    return not _given(a, "network_train_unet_only") and text_outputs_cached(a) is None and not fp8_t5
+    fp8_t5 = given(a, "fp8_base") and not given(a, "fp8_base_unet")
+    return not given(a, "network_train_unet_only") and text_outputs_cached(a) is None and not fp8_t5
 
 
 def t5_full_output_why(count: int) -> str:
@@ -612,12 +612,8 @@ def t5_fp8_prepared(a: dict[str, Legacy]) -> bool:
     skips)."""
     from dbspec.convert.kohya.train import text_outputs_cached
 
-    fp8_t5 = _given(a, "fp8_base") and not _given(a, "fp8_base_unet")
+    fp8_t5 = given(a, "fp8_base") and not given(a, "fp8_base_unet")
     return fp8_t5 and text_outputs_cached(a) is None
-
-
-def _given(a: dict[str, Legacy], key: str) -> bool:
-    return key in a and bool(a[key].value)
 
 
 def flow_preset_file(
@@ -646,7 +642,7 @@ def flow_preset_file(
             _module_options(kwargs, a["network_dropout"]),
             rs_lora,
             model,
-            (not _given(a, "network_train_unet_only"), not _given(a, "network_train_text_encoder_only")),
+            (not given(a, "network_train_unet_only"), not given(a, "network_train_text_encoder_only")),
             _t5_idle(a, file=bool(a["network_weights"].value)),
             t5_wo_weight_read(a),
             fp8_denoiser(a, flow=True),
