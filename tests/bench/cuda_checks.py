@@ -137,6 +137,13 @@ LIMITS = {"env": 45, "tiny": 170, "isolated": 130, "build": 120, "bench": 75}
 CASE_LIMITS = {"lora_compile": 100, "lora_fp8_quanto": 90}  # one tiny case on CUDA: 60 s unless named here
 
 
+def set_limits(items: list[str]) -> None:
+    """`NAME=SECONDS` items into LIMITS (a part's name) or CASE_LIMITS (a tiny/isolated case's)."""
+    for item in items:
+        name, _, seconds = item.partition("=")
+        (LIMITS if name in LIMITS else CASE_LIMITS)[name] = float(seconds)
+
+
 class Results:
     """cuda_checks.json, rewritten whole after every change."""
 
@@ -432,6 +439,7 @@ def check_part(part: str, results: Results, out: Path, work: Path, budget: Budge
     cmd = [sys.executable, __file__, "--child", part, "--out", str(out), "--work", str(work / part)]
     cmd += ["--steps", str(args.steps)] + (["--reduced"] if args.reduced else [])
     cmd += ["--cases", *args.cases] if args.cases else []
+    cmd += ["--limit", *args.limit] if args.limit else []
     extra = args.extra_path if part == "isolated" else ""
     proc = child(cmd, out, timeout, child_env(args.reduced, extra))
     partial = out / f"part-{part}.json"
@@ -498,7 +506,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", type=Path, help="run folders (default: a folder under /tmp)")
     ap.add_argument("--child", choices=list(PARTS), help=argparse.SUPPRESS)
     ap.add_argument("--in-process", action="store_true", help="tiny/isolated parts in this process")
+    ap.add_argument("--limit", nargs="+", default=[], help="NAME=SECONDS: a part's or a tiny case's time box")
     args = ap.parse_args(argv)
+    set_limits(args.limit)
     args.steps = args.steps or (2 if args.reduced else 6)
     args.out.mkdir(parents=True, exist_ok=True)
     import tempfile

@@ -49,3 +49,11 @@ def test_a_hanging_child_is_killed_at_its_time_box(tmp_path):
 def test_a_hanging_case_raises_at_its_time_box():
     with pytest.raises(cuda_checks.CaseTimeout), cuda_checks.time_box(0.2):
         time.sleep(5)
+
+
+def test_limit_items_set_a_parts_or_a_cases_time_box(monkeypatch):
+    monkeypatch.setattr(cuda_checks, "LIMITS", {"tiny": 170})
+    monkeypatch.setattr(cuda_checks, "CASE_LIMITS", {})
+    cuda_checks.set_limits(["tiny=230", "lora_fp8_quanto=250.5"])
+    assert cuda_checks.LIMITS == {"tiny": 230.0}
+    assert cuda_checks.CASE_LIMITS == {"lora_fp8_quanto": 250.5}
