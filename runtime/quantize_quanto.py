@@ -38,7 +38,7 @@ def quantize(module: torch.nn.Module, kind: str, exclude: Sequence[str]) -> int:
     if layers:
         _install_autocast_guard(module)
         for m in layers:
-            m.register_forward_pre_hook(_contiguous_inputs)
+            m.register_forward_pre_hook(_inputs_as_computed)
     return len(layers)
 
 
@@ -46,10 +46,22 @@ def is_quantized(module: torch.nn.Module) -> bool:
     return any(isinstance(m, QModuleMixin) for m in module.modules())
 
 
-def _contiguous_inputs(module: torch.nn.Module, args: tuple) -> tuple:
-    """quanto's CPU int8 matmul (torch._weight_int8pack_mm) rejects activations whose last dimension is
-    strided, which diffusers' attention reshapes produce; a copy only when needed."""
-    return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+def _inputs_as_computed(module: torch.nn.Module, args: tuple) -> tuple:
+    """Each activation contiguous (quanto's CPU int8 matmul, torch._weight_int8pack_mm, rejects a strided
+    last dimension, which diffusers' attention reshapes produce) and, under autocast, in its dtype: autocast
+    casts a float Linear's input at dispatch, but quanto's QTensor takes F.linear before that
+    (__torch_function__), and its CUDA fp8 kernel (marlin) takes bf16 / fp16 only: the first GPU run stopped
+    at "fp8_marlin_gemm only supports bfloat16 and float16" on a LayerNorm's fp32 output. Copies only when
+    needed."""
+    device_type = module.weight.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    return tuple(_as_computed(a, dtype) if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _as_computed(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+        tensor = tensor.to(dtype)
+    return tensor.contiguous()
 
 
 def _install_autocast_guard(module: torch.nn.Module) -> None:

@@ -174,3 +174,21 @@ def test_quantising_after_lora_or_an_unknown_kind_is_refused():
 def test_kernel_build_pending_is_false_for_int8_and_cpu_fp8():
     assert not kernel_build_pending("int8", CPU)
     assert not kernel_build_pending("fp8", CPU)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_a_quantised_linear_under_autocast_computes_from_inputs_in_its_dtype(kind):
+    """As autocast casts a float Linear's input: quanto's QTensor takes F.linear before autocast does, and
+    its CUDA fp8 kernel (marlin) refuses a LayerNorm's fp32 output (the first GPU run)."""
+    torch.manual_seed(0)
+    quantised, reference = torch.nn.Sequential(torch.nn.Linear(32, 16)), torch.nn.Linear(32, 16)
+    reference.load_state_dict(quantised[0].state_dict())
+    quantize_frozen(quantised, kind, dtype=torch.bfloat16)
+    reference.to(torch.bfloat16)
+    seen = []
+    quantised[0].register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = quantised(x), reference(x)
+    assert seen == [torch.bfloat16] and got.dtype == want.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(got.float().flatten(), want.float().flatten(), dim=0) > 0.99
