@@ -13,7 +13,9 @@ Cases (batch 1, AdamW, the bundled sample images):
 The models are full-size SD1.5 and SDXL with random weights built from the public configs
 (`tests/bench/real_models.py`; nothing is downloaded), saved as diffusers folders both tools load. Every
 process gets a `sitecustomize.py` that records the wall time of each optimizer step (bench_vs_diffusers.py's)
-and, at exit, `torch.cuda.max_memory_allocated()` / `max_memory_reserved()`. steps/s = the steps after
+and the peaks `torch.cuda.max_memory_allocated()` / `max_memory_reserved()` over the run, with each optimizer
+step's own allocated peak (`vram_allocated_per_step`: a first epoch that fills the caches shows apart from
+the training steps). steps/s = the steps after
 `--warmup` over their wall time; the table also shows the plan's memory estimate against the peak.
 dbspec runs with its caches on by default (filled in the run's first epoch; `--caches off` encodes every
 step, as diffusers does). `--diffusers` is a diffusers source checkout (the folder holding
@@ -45,15 +47,35 @@ GIB = 2**30
 VRAM_SITE = """
 _vram = os.environ.get("DBSPEC_BENCH_VRAM")
 if _vram:
+    _peaks = {"allocated": 0, "reserved": 0, "step_allocated": []}
+
+    def _cuda():
+        torch = sys.modules.get("torch")
+        ready = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+        return torch if ready else None
+
+    def _take_peaks():
+        torch = _cuda()
+        if torch is not None:
+            allocated = torch.cuda.max_memory_allocated()
+            _peaks["allocated"] = max(_peaks["allocated"], allocated)
+            _peaks["reserved"] = max(_peaks["reserved"], torch.cuda.max_memory_reserved())
+            return allocated
+
+    def _step_peak():
+        # each optimizer step's own peak (a cache-filling first epoch apart from the training steps)
+        allocated = _take_peaks()
+        if allocated is not None:
+            _peaks["step_allocated"].append(allocated)
+            _cuda().cuda.reset_peak_memory_stats()
+
+    _after_step.append(_step_peak)
+
     def _write_vram():
         import json
-        torch = sys.modules.get("torch")
-        stats = {}
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            stats = {"allocated": torch.cuda.max_memory_allocated(),
-                     "reserved": torch.cuda.max_memory_reserved()}
+        _take_peaks()
         with open(_vram, "w") as f:
-            f.write(json.dumps(stats))
+            f.write(json.dumps(_peaks if _cuda() is not None else {}))
 
     atexit.register(_write_vram)
 """
@@ -188,6 +210,7 @@ def measure(cmd: list[str], cwd: Path, env: dict, work: Path, warmup: int) -> di
         "first_step_s": times[0] - started,
         "vram_allocated": stats.get("allocated"),
         "vram_reserved": stats.get("reserved"),
+        "vram_allocated_per_step": stats.get("step_allocated"),
         "rss": usage.ru_maxrss * 1024,
     }
 

@@ -45,8 +45,14 @@ SITECUSTOMIZE = """\
 import atexit, os, sys, time
 
 _log = os.environ.get("DBSPEC_BENCH_LOG")
+_after_step = []  # more per-step recorders (bench_gpu.py's VRAM peaks)
 if _log:
     _times = []
+
+    def _step_done(*_):
+        _times.append((time.time(), time.process_time()))
+        for record in _after_step:
+            record()
 
     class _Finder:
         # Registers torch's global optimizer-step hook as soon as torch.optim is imported, without importing
@@ -62,9 +68,7 @@ if _log:
 
             def exec_module(module):
                 original(module)
-                module.register_optimizer_step_post_hook(
-                    lambda *_: _times.append((time.time(), time.process_time()))
-                )
+                module.register_optimizer_step_post_hook(_step_done)
 
             loader.exec_module = exec_module
             return spec
