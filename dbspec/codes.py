@@ -2772,7 +2772,10 @@ lokr adapter whose blocks are of those kinds, without `rank_dropout` or `dora`: 
 layer drops its own update after its module dropout draw, on Flux, SD3 and Chroma each fused Linear one
 mask its parts share; a lora adapter's `rank_dropout` in `rank_dropout_form = "lycoris_bypass"`, or a
 loha adapter's, beside it too, beside LoRA, LoHa and LoKr blocks alone: each LoRA layer masks its ranks,
-each LoHa layer its rows, each LoKr layer none, as their LyCORIS modules' bypass forward does),
+each LoHa layer its rows, each LoKr layer none, as their LyCORIS modules' bypass forward does; a glora
+adapter's `rank_dropout` and `dropout` with `bypass` beside LoRA, LoHa and LoKr blocks alone, none
+decomposed: the GLoRA layers draw GLoRAModule's own, ranks kept below the rate, the blocks' layers as
+above),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa

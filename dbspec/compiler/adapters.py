@@ -254,9 +254,10 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         bypass=adapter.bypass,
         # LyCORIS applies these in bypass mode only (DBS556 warns when they are set without it); its blocks
         # of other kinds draw rank_dropout as their modules do (rules.lycoris_row_masks), LoCon's in the
-        # "lycoris" form
+        # "lycoris" form; in bypass_mode its LoCon / LoHa / LoKr blocks as their bypass forward does
+        # (rules.glora_bypass_inert: the "lycoris_bypass" form), the GLoRA layers their own masks
         rank_dropout=adapter.rank_dropout if adapter.bypass or rank_dropout_blocks(adapter) else 0.0,
-        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
+        rank_dropout_form=_glora_rank_dropout_form(adapter),
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         # LyCORIS's one `dropout`, which its LoCon / LoHa / LoKr blocks' modules apply to their update x
         # scalar in bypass_mode (rules.glora_bypass_inert; runtime/prepare.py: lora_dropout.py,
@@ -269,6 +270,21 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
+
+
+def _glora_rank_dropout_form(adapter) -> str:
+    """The rank-dropout form of a glora adapter's blocks of other kinds (its GLoRA layers keep GLoRAModule's
+    own masks, runtime/lycoris_glora.py: a rank KEPT where its `torch.rand(rank)` draw is below the rate).
+    In bypass_mode beside LoCon / LoHa / LoKr blocks "lycoris_bypass": LyCORIS hands every module the
+    network's bypass_mode, so LoConModule's bypass forward keeps the ranks whose `torch.rand(rank)` draw is
+    above the rate, LohaModule's rebuilds its update with get_weight's row mask and LokrModule's draws none
+    (runtime/prepare.py: lora_dropout.py, fused_lycoris_dropout.py add_lycoris_layer_dropout, LoKr rows
+    off); outside it "lycoris" beside LoCon blocks (LoConModule's row mask), else "kohya" (unused)."""
+    if not adapter.rank_dropout:
+        return "kohya"
+    if adapter.bypass and _bypass_dropout_blocks(adapter):
+        return "lycoris_bypass"
+    return "lycoris" if _lora_blocks(adapter) else "kohya"
 
 
 def _tlora_patch(targets: tuple[str, ...], family: str) -> bool:

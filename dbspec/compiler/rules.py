@@ -3662,18 +3662,21 @@ def tlora_bypass_locon(a) -> bool:
 def glora_bypass_inert(a) -> bool:
     """Whether a glora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
     its blocks of other kinds as their default forward: blocks of kind lora, loha and lokr alone, none
-    decomposed, the adapter without `rank_dropout` (GLoRA's bypass rank masks, which LoConModule / LohaModule
-    read otherwise). LoConModule's, LohaModule's and LokrModule's bypass forward then computes their default
+    decomposed. LoConModule's, LohaModule's and LokrModule's bypass forward then computes their default
     one after the same module_dropout draw (runtime/mixed_kinds.py kind_adapter hands them the adapter's
     `bypass`, inert on those kinds; tests/runtime/test_lycoris_glora_bypass_entries.py), then drops it by the
     adapter's `dropout` (LyCORIS's one `dropout`, which GLoRAModule applies to its pairs' outputs and those
     modules to their update x scalar: the plan's output_dropout on those layers, compiler/adapters.py
-    _glora_plan; tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)."""
+    _glora_plan; tests/runtime/test_lycoris_glora_bypass_dropout_entries.py). The adapter's `rank_dropout`
+    there too (was DBS578): each class's own mask form, settled per block kind in the plan (compiler/
+    adapters.py _glora_rank_dropout_form, rank_dropout_form "lycoris_bypass"): the GLoRA layers keep the
+    ranks whose `torch.rand(rank)` draw is below the rate (one draw for a2 x, one for b2 x), the LoCon ones
+    those whose draw is above it, the LoHa ones LohaModule's row mask, the LoKr ones none
+    (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "glora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
-        and not getattr(a, "rank_dropout", 0.0)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
@@ -3760,8 +3763,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if tlora_locon and getattr(a, "bypass", False):
         kept += ("rank_dropout",)
     closed = (own == "tlora" and not tlora_locon) or (own == "glora" and not glora_bypass_inert(a))
-    if own == "glora" and getattr(a, "bypass", False) and not closed:  # every module's bypass Dropout
-        kept += ("dropout",)
+    if own == "glora" and getattr(a, "bypass", False) and not closed:  # every module's bypass Dropout, and
+        kept += ("dropout", "rank_dropout")  # its bypass forward's rank mask: each class's own form
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

@@ -2162,7 +2162,10 @@ class GloraAdapter:
         0.0,
         doc="With `bypass`: LyCORIS GLoRA's rank mask, one `torch.rand(rank)` per pair and forward while "
         "training, on a2 x and b2 x; LyCORIS keeps the ranks whose draw is BELOW the value (so 0.1 keeps "
-        "about a tenth of them), unscaled (kohya's network never passes `rank_dropout_scale`).",
+        "about a tenth of them), unscaled (kohya's network never passes `rank_dropout_scale`). The layers "
+        "of `[[adapter.blocks]]` of kind lora, loha or lokr draw their own LyCORIS class's mask, in its "
+        "bypass forward with `bypass`: LoCon one `torch.rand(rank)` whose ranks ABOVE the value are kept, "
+        "LoHa its update's output rows (`torch.rand(out)`, kept above it), LoKr none.",
         minimum=0,
         maximum=1,
     )

@@ -696,7 +696,9 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     DBS578) the adapter's `bypass`, which its LoCon / LoHa blocks take as LyCORIS's modules do, their bypass
     forward their default one (tests/runtime/test_lycoris_glora_bypass_entries.py); with its dropout too
     (was DBS403) GLoRA's bypass_dropout and its blocks' output_dropout
-    (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); with dora_wd beside them it stays
+    (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); with its rank_dropout (was DBS403) the
+    adapter's, its blocks in rank_dropout_form "lycoris_bypass"
+    (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py); with dora_wd beside them it stays
     DBS403."""
     outcome = expressible(_convert(tmp_path, MIXED, "glora"))
     a = plan_of(outcome, tmp_path).adapter
@@ -715,7 +717,11 @@ def test_mixed_algorithms_on_a_glora_network(tmp_path):
     outcome = _convert(tmp_path / "dropout", MIXED, "glora", '"bypass_mode=True" "dropout=0.1"')
     a = plan_of(expressible(outcome), tmp_path / "dropout").adapter
     assert (a.bypass, a.bypass_dropout, a.output_dropout) == (True, 0.1, 0.1)
-    for name, args in (("ranks", '"rank_dropout=0.1"'), ("dora", '"dora_wd=True"')):
+    (tmp_path / "ranks").mkdir()
+    outcome = _convert(tmp_path / "ranks", MIXED, "glora", '"bypass_mode=True" "rank_dropout=0.1"')
+    a = plan_of(expressible(outcome), tmp_path / "ranks").adapter
+    assert (a.bypass, a.rank_dropout, a.rank_dropout_form) == (True, 0.1, "lycoris_bypass")
+    for name, args in (("dora", '"dora_wd=True"'),):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, MIXED, "glora", f'"bypass_mode=True" {args}')
         assert "bypass_mode" in messages(outcome, "DBS403"), messages(outcome, "DBS403")

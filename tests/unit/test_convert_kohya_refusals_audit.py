@@ -124,16 +124,6 @@ REFUSED = {
         "DBS402",
         ["network_args preset", "algo = 'diag-oft' in bypass_mode", "dropout = 0.1", "RuntimeError"],
     ),
-    # line 274 (a GLoRA network's entries of other algorithms): its bypass_mode with its rank_dropout beside
-    # them stays DBS403 (bypass_mode alone and with its dropout converts, CONVERTS below)
-    "glora_network_bypass_rank_dropout_beside_locon": (
-        "sd",
-        '"algo=glora" "bypass_mode=True" "rank_dropout=0.1"',
-        _sd("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=glora network with network_args bypass_mode"],
-    ),
     # line 108 (T-LoRA): the network's rank_dropout "beside LoKr entries and in bypass_mode it stays DBS403";
     # beside LoKr entries kohya stops (their LokrModules' CPU mask, as on a LoCon network): DBS402, was DBS403
     "tlora_rank_dropout_beside_lokr": (
@@ -766,6 +756,28 @@ CONVERTS = {
             "block": {"kind": "lora"},
         },
     ),
+    # line 274: a GLoRA network's bypass_mode with its rank_dropout beside LoCon / LoHa / LoKr entries (was
+    # DBS403): each LyCORIS class's own bypass mask, the GLoRA layers' kept below the rate, the blocks' in
+    # rank_dropout_form "lycoris_bypass" (LoCon's ranks kept above it, LoHa's rows, LoKr's none: its bypass
+    # forward never reads it, so issue #291's CPU mask is not reached); on SD and Flux
+    # (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py)
+    **{
+        f"{family_}glora_network_bypass_rank_dropout_beside_{entry}": (
+            family,
+            '"algo=glora" "bypass_mode=True" "rank_dropout=0.1"',
+            (_sd if family == "sd" else _flux)(entry),
+            "",
+            {
+                "kind": "glora",
+                "bypass": True,
+                "rank_dropout": 0.1,
+                "rank_dropout_form": "lycoris_bypass",
+                "block": {"kind": {"locon": "lora"}.get(entry, entry)},
+            },
+        )
+        for family, family_ in (("sd", ""), ("flux", "flux_"))
+        for entry in ("locon", "loha", "lokr")
+    },
     # line 110 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries, their blocks' alpha
     # (tests/runtime/test_lycoris_network_constraint_oft_entries.py)
     "network_constraint_beside_diag_oft": (

@@ -550,8 +550,12 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     theirs (tests/runtime/test_lycoris_glora_bypass_entries.py). The network's `dropout` there too (was
     DBS403): GLoRAModule's Dropout of each pair's output and those modules' bypass Dropout of their update x
     scalar after the same draws, the adapter's `dropout` (its blocks' output_dropout in the plan;
-    tests/runtime/test_lycoris_glora_bypass_dropout_entries.py); its rank_dropout beside them stays refused
-    by the caller."""
+    tests/runtime/test_lycoris_glora_bypass_dropout_entries.py). Its `rank_dropout` there too (was DBS403):
+    each module's own bypass mask, GLoRAModule's pairs' ranks kept where `torch.rand(rank) < rate`,
+    LoConModule's where `> rate`, LohaModule's get_weight row mask, LokrModule's none, each after its
+    module_dropout draw: the adapter's rank_dropout, its blocks' form settled in the plan (rank_dropout_form
+    "lycoris_bypass", compiler/adapters.py _glora_rank_dropout_form;
+    tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py)."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
     return entries <= {"lora", "loha", "lokr"} and not network.get("weight_decompose") and not own
@@ -609,10 +613,13 @@ def _mixed_kinds(
     # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
     # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
     # forward reads as its own (_bypass_rank_dropout)
-    ranks = bool(_rate(network.get("rank_dropout"))) and not _bypass_rank_dropout(algo, unet, network)
     # a GLoRA network's beside LoCon / LoHa / LoKr entries undecomposed: its adapter's `dropout`, GLoRA's
-    # pairs' and those modules' bypass Dropout alike (_glora_bypass_inert)
+    # pairs' and those modules' bypass Dropout alike, and its `rank_dropout`, each class's own bypass mask
+    # (_glora_bypass_inert)
     inert = _algo(algo) == "glora" and _glora_bypass_inert(unet, network)
+    ranks = bool(_rate(network.get("rank_dropout"))) and not (
+        _bypass_rank_dropout(algo, unet, network) or inert
+    )
     dropout = bool(_rate(network.get("dropout"))) and not (_bypass_output_dropout(algo, unet) or inert)
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
