@@ -876,8 +876,9 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     """Diag-OFT entries beside a LoKr network: blocks of kind "diag-oft", the entry's dim their block-size
     hint (DiagOFTModule's lora_dim) and alpha the network's constraint (0 by default; a network
     `constraint`, which LyCORIS hands every module and the other kinds ignore, was DBS403: their alpha,
-    tests/runtime/test_lycoris_network_constraint_oft_entries.py; a network `rescaled` stays DBS403); BOFT's
-    alike; GLoRA entries blocks of kind "glora" at the entry's dim and alpha."""
+    tests/runtime/test_lycoris_network_constraint_oft_entries.py; a network `rescaled`, was DBS403, their
+    `rescaled`: test_lycoris_network_rescaled_oft_entries.py); BOFT's alike; GLoRA entries blocks of kind
+    "glora" at the entry's dim and alpha."""
     text = MIXED.replace(
         '[module_algo_map.FeedForward]\nalgo = "loha"', '[module_algo_map.FeedForward]\nalgo = "diag-oft"'
     )
@@ -896,8 +897,9 @@ def test_diag_oft_entries_are_diag_oft_blocks(tmp_path):
     c = plan_of(expressible(outcome), tmp_path / "constraint").adapter
     assert {b.kind: (b.rank, b.alpha) for b in c.blocks} == {"diag-oft": (4, 1e-4), "lora": (8, 4.0)}
     (tmp_path / "rescaled").mkdir()
-    outcome = _convert(tmp_path / "rescaled", text, "lokr", '"factor=8" "rescaled=True"')
-    assert "DBS403" in codes(outcome) and "rescaled" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path / "rescaled", text, "lokr", '"factor=8" "rescaled=True"')  # was DBS403
+    r = plan_of(expressible(outcome), tmp_path / "rescaled").adapter
+    assert [(b.kind, b.rescaled) for b in r.blocks if b.kind == "diag-oft"] == [("diag-oft", "on")]
     # an entry's own constraint and rescaled (was DBS403): its block's alpha and `rescaled` (DiagOFTModule's
     # `if rescaled`: the string "false" is true); runtime: test_lycoris_mixed_file (OFT_RESCALED)
     own = text.replace('algo = "diag-oft"', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = "false"')

@@ -138,26 +138,6 @@ REFUSED = {
             "#291",
         ],
     ),
-    # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
-    # on Flux (on SD its LoCon / LoHa / LoKr entries convert, CONVERTS below)
-    "flux_diag_oft_network_locon_entries": (
-        "flux",
-        '"algo=diag-oft"',
-        _flux("locon"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo = 'locon' on an algo=diag-oft network"],
-    ),
-    # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries (its constraint
-    # converts, CONVERTS below)
-    "network_rescaled_beside_diag_oft": (
-        "sd",
-        '"algo=locon" "rescaled=True"',
-        _sd("diag-oft"),
-        "",
-        "DBS403",
-        ["network_args preset", "algo=locon network with network_args rescaled"],
-    ),
     # line 108: a LoKr entry's dim above 100000 with rs_lora
     "lokr_entry_huge_dim_rs_lora": (
         "sd",
@@ -728,6 +708,16 @@ CONVERTS = {
         "--network_dim=18",
         {"kind": "lora", "rank": 18, "block": {"kind": "boft", "rank": 18, "alpha": 0.0}},
     ),
+    # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
+    # on Flux / SD3 / Chroma too (was DBS403 there), as a BOFT network's
+    # (tests/runtime/test_lycoris_flow_oft_network_entries.py)
+    "flux_diag_oft_network_locon_entries": (
+        "flux",
+        '"algo=diag-oft"',
+        _flux("locon"),
+        "",
+        {"kind": "lora", "block": {"kind": "diag-oft", "rank": 4, "alpha": 0.0}},
+    ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
     "glora_network_bypass_dropout_beside_locon": (
@@ -793,6 +783,23 @@ CONVERTS = {
         _flux("diag-oft"),
         "",
         {"kind": "glora", "block": {"kind": "diag-oft", "alpha": 0.1}},
+    ),
+    # line 110 (Diag-OFT blocks): the network's rescaled beside Diag-OFT / BOFT entries, their blocks'
+    # `rescaled` (was DBS403; tests/runtime/test_lycoris_network_rescaled_oft_entries.py,
+    # test_lycoris_flow_oft_network_entries.py)
+    "network_rescaled_beside_diag_oft": (
+        "sd",
+        '"algo=locon" "rescaled=True"',
+        _sd("diag-oft"),
+        "",
+        {"kind": "lora", "block": {"kind": "diag-oft", "rescaled": "on"}},
+    ),
+    "flux_network_rescaled_beside_boft": (
+        "flux",
+        '"algo=locon" "rescaled=True"',
+        _flux("boft", "dim = 18"),
+        "",
+        {"kind": "lora", "block": {"kind": "boft", "rescaled": "on"}},
     ),
     # line 108 (map entries): rs_lora in a network of several algorithms, a LoKr entry's own rs_lora on a LoKr
     # network beside them (tests/runtime/test_lycoris_mixed_rs_lora.py)

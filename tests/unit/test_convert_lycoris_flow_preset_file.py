@@ -1292,7 +1292,8 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
     (fused q/k/v whole: fused_projections but for IA^3's per-row scales), its CLIP attention the text
     targets; tests/runtime/test_lycoris_flow_file_whole_algos.py checks them against create_network. A map
     entry's own dim is a block over whole fused layers (GLoRA's rank / alpha, Diag-OFT's / BOFT's block
-    size), inert on IA^3 (DBS405); another algorithm's is refused (DBS403)."""
+    size), inert on IA^3 (DBS405); another algorithm's converts (blocks of its kind; on a Diag-OFT / BOFT
+    network the entries' network)."""
     plain = DOUBLE_ATTENTION.split("[name_algo_map")[0]
     dim = "--network_dim 18" if algo == "boft" else ""  # FLUX.1's 9216-row qkv: an even block of 18
     outcome = _flux(tmp_path / "plain", plain, f'"algo={algo}" {dim}')
@@ -1321,17 +1322,16 @@ def test_whole_network_algos_take_a_files_layers(tmp_path, algo):
         assert all(re.search(e.blocks[0].pattern, p) for p in qkv)
         assert not re.search(e.blocks[0].pattern, "transformer_blocks.0.attn.add_q_proj")
     other = _flux(tmp_path / "other", MIXED, f'"algo={algo}" {dim}', allow=True)
-    if algo in ("glora", "ia3", "boft"):  # a GLoRA / IA^3 network's entries of other algorithms: blocks of
-        assert not {"DBS402", "DBS403"} & codes(other), errors(other)  # their kind (was DBS403); a BOFT
-        # network's LoHa / LoKr entries: their network, its own layers boft blocks (was DBS403)
-        if algo == "boft":
-            o = plan_of(other, tmp_path / "other").adapter
-            assert o.kind == "loha" and {b.kind for b in o.blocks} >= {"boft", "lokr"}
-            off = _flux(tmp_path / "off", MIXED, f'"algo=boft" "rescaled=False" {dim}', allow=True)
-            assert not {"DBS402", "DBS403"} & codes(off), errors(off)
-            assert "rescaled" not in messages(off, "DBS405")  # the boft blocks' own, off (not "unread")
-    else:
-        assert "algo = 'lokr'" in messages(other, "DBS403")
+    # a GLoRA / IA^3 network's entries of other algorithms: blocks of their kind (was DBS403); a BOFT /
+    # Diag-OFT network's LoHa / LoKr entries: their network, its own layers boft / diag-oft blocks (was
+    # DBS403; Diag-OFT's: tests/runtime/test_lycoris_flow_oft_network_entries.py)
+    assert not {"DBS402", "DBS403"} & codes(other), errors(other)
+    if algo in ("boft", "diag-oft"):
+        o = plan_of(other, tmp_path / "other").adapter
+        assert o.kind == "loha" and {b.kind for b in o.blocks} >= {algo, "lokr"}
+        off = _flux(tmp_path / "off", MIXED, f'"algo={algo}" "rescaled=False" {dim}', allow=True)
+        assert not {"DBS402", "DBS403"} & codes(off), errors(off)
+        assert "rescaled" not in messages(off, "DBS405")  # the OFT blocks' own, off (not "unread")
     # train_norm reaching CLIP's LayerNorms (CLIPEncoderLayer; was DBS403): dbspec's offsets beside these
     # (tests/runtime/test_lycoris_clip_norms.py); a rank_dropout beside Diag-OFT (its rotations' mask too)
     # and IA^3 (for the offsets alone): rank_dropout; beside BOFT and GLoRA outside bypass_mode, which never

@@ -220,8 +220,8 @@ class FlowFile(NamedTuple):
     # ("unet" or "text", diffusers path (text: <component>.<path>), Layer): a fused Linear's parts all
     # (a DyLoRA --network_weights file's alphas onto the entries' dims: lycoris_flow_dylora.py)
     modules: dict[str, list[tuple[str, str, Layer]]] = {}
-    # a BOFT network's LoCon / LoHa / LoKr entries' algorithm: the network it converts as, its own layers
-    # `boft` blocks (oft_entries.oft_network_host); "" otherwise
+    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries' algorithm: the network it converts as, its own
+    # layers `diag-oft` / `boft` blocks (oft_entries.oft_network_host); "" otherwise
     host: str = ""
 
 
@@ -333,9 +333,9 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    # its LoCon / LoHa / LoKr entries' network (was DBS403); a Diag-OFT network's stays DBS403 (unchecked)
-    hosted = oft_network_host(algo, found) if algo == "boft" else None
-    host = ""
+    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries' network (was DBS403)
+    hosted = oft_network_host(algo, found)
+    host, written = "", algo  # written: what the user's network_args say
     if hosted is not None:
         host, found = hosted
         algo = host
@@ -365,10 +365,10 @@ def flux_preset_file(
     except PresetError as exc:
         if not host:
             raise
-        # the user wrote algo=boft: say which network it converts as (as network.py on SD)
+        # the user wrote algo=boft / diag-oft: say which network it converts as (as network.py on SD)
         raise PresetError(
-            f"{exc} (algo=boft beside {host} entries converts as an algo={host} network whose own layers are "
-            "algo = 'boft' entries, which LyCORIS builds alike)",
+            f"{exc} (algo={written} beside {host} entries converts as an algo={host} network whose own "
+            f"layers are algo = '{written}' entries, which LyCORIS builds alike)",
             exc.crash,
         ) from exc
     if algo == "ia3":  # IA3Module takes lora_dim and alpha and never reads them: an entry's own are inert

@@ -88,7 +88,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
-from dbspec.convert.kohya.oft_entries import entries_constraint
+from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
 from dbspec.families import family_spec
 
 CLIP_ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -242,15 +242,17 @@ def map_lycoris_flow(
     preset_file = preset not in layout.presets
     if preset_file:  # a preset file: lycoris_flow_file.py
         file = flow_preset_file(preset, algo, a, paths, conv, family, layout.title)
-        if file is not None and file.host:  # a BOFT network's LoCon / LoHa / LoKr entries' network, its own
-            # layers `boft` blocks (oft_entries.oft_network_host; was DBS403)
+        if file is not None and file.host:  # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries'
+            # network, its own layers `diag-oft` / `boft` blocks (oft_entries.oft_network_host; was DBS403)
             hosted = f"algo={algo}: its preset file's {file.host} entries' kind, its own layers {algo} blocks"
             algo = file.host
             lokr = algo in ("lokr", "loha")
-            if _off(kwargs.get("rescaled", "")):  # the boft blocks' rescaled off, as the network's (on, a
-                # rescaled beside other kinds: DBS403 from the file's blocks)
+            if _off(kwargs.get("rescaled", "")):  # the OFT blocks' rescaled off, as the network's (on: their
+                # blocks' `rescaled`, _file_rescaled)
                 legacy = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
                 conv.inert(legacy, "off")
+        if file is not None and algo not in ("diag-oft", "boft"):
+            _file_rescaled(kwargs, file, args, conv)
         if file is None or (
             algo != "lokr"
             and lokr_entries_rank_dropout(kwargs, (*file.blocks, *file.text_blocks), args, conv)
@@ -438,7 +440,8 @@ def _switches(
     T5-XXL):
 
     - `rescaled`: only the OFT / BOFT modules read it (lycoris_flow_oft.py, lycoris_flow_boft.py); LoCon,
-      LoKr, LoHa, Full, IA^3, GLoRA and DyLoRA take it and never do: inert.
+      LoKr, LoHa, Full, IA^3, GLoRA and DyLoRA take it and never do: inert (with a preset file left for its
+      Diag-OFT / BOFT entries' blocks, _file_rescaled).
     - `train_norm`: a NormModule on each module with "Norm" in its class name inside the preset's classes.
       Flux's QKNorm / RMSNorm and SD3's RMS q/k norms (no `weight` with `_norm`) get one that is "not
       supported" (no parameter, the layer's own forward) and CLIP's CLIPAttention / CLIPMLP hold no norm, so
@@ -467,8 +470,10 @@ def _switches(
         legacy = Legacy(key=f"{args.key} {key}", value=value, source=args.source)
         if _off(value):
             conv.inert(legacy, "off")
+        elif key == "rescaled" and not built_in:
+            kwargs[key] = value  # the file's Diag-OFT / BOFT entries decide (_file_rescaled)
         elif key == "rescaled":
-            conv.inert(legacy, "only LyCORIS's OFT / BOFT modules read it, not this algo's")
+            conv.inert(legacy, _RESCALED_UNREAD)
         elif key == "train_norm" and not built_in:
             kwargs[key] = value  # the norms the file reaches decide (_file_train_norm)
         elif key == "train_norm" and layers in layout.bare_norms:
@@ -621,6 +626,20 @@ def _block_size(
         return
     legacy = Legacy(key=f"{args.key} block_size", value=kwargs.pop("block_size"), source=args.source)
     conv.ignored(legacy, unread_network_arg("block_size", algo, algo, "lycoris.kohya"))
+
+
+_RESCALED_UNREAD = "only LyCORIS's OFT / BOFT modules read it, not this algo's"
+
+
+def _file_rescaled(kwargs: dict[str, str], file, args: Legacy, conv: Conversion) -> None:
+    """The network's `rescaled` (on; _switches left it) on a network of another algorithm than Diag-OFT /
+    BOFT with a preset file: its Diag-OFT / BOFT entries' blocks' `rescaled` (oft_entries.entries_rescaled,
+    lycoris_maps._blocks; was DBS403), inert where the file gives no such entry (no other module class reads
+    it)."""
+    entries_rescaled(kwargs, [*file.blocks, *file.text_blocks], args, conv)
+    if "rescaled" in kwargs:
+        legacy = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
+        conv.inert(legacy, _RESCALED_UNREAD)
 
 
 def _inert_or_unsupported(

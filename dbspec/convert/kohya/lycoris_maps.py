@@ -649,9 +649,8 @@ def _mixed_kinds(
     if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
-    if any(_algo(layer.algo) in ("diag-oft", "boft") for layer in unet):  # root kwargs the OFTs read
-        # (the network's constraint their blocks' alpha: _blocks; its rescaled not expressed)
-        on += [key for key in ("rescaled",) if network.get(key)]
+    # the root kwargs the OFTs alone read, the network's constraint and rescaled, are their blocks' alpha and
+    # `rescaled` (_blocks; oft_entries.entries_constraint, entries_rescaled)
     if on:
         named = ", ".join(on)
         if "bypass_mode" in on and drops and alone:  # name the dropouts bypass_mode cannot take here
@@ -934,8 +933,12 @@ def _blocks(
                 c = applied_constraint(entry["constraint"])  # a number (_oft_own); a negative one: 0
                 oft_own.append("constraint")
             block.update(alpha=c, **({"conv_alpha": c} if conv else {}))
+            # DiagOFTModule's (ButterflyOFTModule's) `if rescaled`: the entry's own, else the network's
+            # (create_single_module hands it the root kwargs the entry does not give); the adapter's off
             if "rescaled" in entry and bool(entry["rescaled"]) != bool(network.get("rescaled")):
-                switches["rescaled"] = "on" if entry["rescaled"] else "off"  # DiagOFTModule's `if rescaled`
+                switches["rescaled"] = "on" if entry["rescaled"] else "off"
+            elif network.get("rescaled"):
+                switches["rescaled"] = "on"
         if factor:
             block["factor"] = factor
         if kind == "dylora":  # DyLoraModule beside other kinds: the entry's block_size, else the network's

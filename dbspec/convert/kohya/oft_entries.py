@@ -1,8 +1,8 @@
-"""LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` beside Diag-OFT /
-BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands it to every module
-through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and ButterflyOFTModule
-read it), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr entries (converted as those entries'
-network)."""
+"""LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` and `rescaled`
+beside Diag-OFT / BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands
+them to every module through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and
+ButterflyOFTModule read them), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr entries (converted as
+those entries' network)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,25 @@ def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
     conv.record(item, "mapped", "adapter.blocks.alpha", why)
 
 
+def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
+    """The network's `rescaled` on a network of another algorithm whose preset file's Diag-OFT / BOFT
+    entries (among `blocks`) took it as their blocks' `rescaled` (lycoris-lora 4.1.3's create_network
+    str_bools it into LycorisNetworkKohya's root kwargs, create_single_module hands it every module whose
+    entry gives no `rescaled` of its own, and of the module classes only DiagOFTModule and ButterflyOFTModule
+    read it: `if rescaled`, a trained scale per output row from 1; lycoris_maps._blocks writes the blocks'
+    "on"): recorded as mapped there and popped; without such entries left to the caller. As
+    entries_constraint, on every family."""
+    blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
+    if not (blocks and "rescaled" in kwargs):
+        return
+    named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
+    why = (
+        f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' rescaled): {named}"
+    )
+    item = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
+    conv.record(item, "mapped", "adapter.blocks.rescaled", why)
+
+
 # the algorithms a BOFT network's entries may give (its layers then the entries' network's BOFT entries): the
 # first present is the adapter's kind
 _HOSTS = ("lora", "locon", "loha", "lokr")
@@ -46,7 +65,8 @@ def oft_network_host(algo: str, found) -> tuple[str, object] | None:
     the network's dim, alpha and options: converted as that network (its adapter of the entries' kind, the
     OFT layers blocks of kind "boft" / "diag-oft"): network.py on SD 1.x/2.x / SDXL
     (tests/runtime/test_lycoris_boft_network_entries.py, test_lycoris_diag_oft_network_entries.py),
-    lycoris_flow_file.py on Flux / SD3 / Chroma for BOFT alone (test_lycoris_flow_mixed_rs_lora_boft.py)."""
+    lycoris_flow_file.py on Flux / SD3 / Chroma (test_lycoris_flow_mixed_rs_lora_boft.py,
+    test_lycoris_flow_oft_network_entries.py)."""
     if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
