@@ -454,8 +454,10 @@ def unit_scale_full_lokr(
 
 
 def full_lokr_scale(rank: int, rank_stabilized: bool) -> float:
-    """LokrModule's scale of a layer whose two Kronecker factors are full: 1, or sqrt(rank) with rs_lora."""
-    return math.sqrt(rank) if rank_stabilized else 1.0
+    """LokrModule's scale of a layer whose two Kronecker factors are full: 1, or sqrt(rank) with rs_lora,
+    computed as LokrModule computes it, alpha (the rank) / sqrt(rank) (an ulp from math.sqrt(rank) at some
+    ranks, which a preset's `dim = 10000000000000`, a scale of 3162277.66..., shows)."""
+    return rank / math.sqrt(rank) if rank_stabilized else 1.0
 
 
 def inject_lora(module: torch.nn.Module, config: PeftConfig) -> None:

@@ -15,7 +15,8 @@ LyCORIS's (lycoris/modules/locon.py, loha.py, lokr.py):
 - LoKr: `lokr_w1` (or `lokr_w1_a` @ `lokr_w1_b`) and `lokr_w2` (or `lokr_w2_a` @ `lokr_w2_b`), `alpha`; the
   update is kron(w1, w2) * alpha / rank, where the loaders read the rank off `lokr_w1_a` / `lokr_w2_a`. With
   both factors full there is no rank and the loaders apply scale 1, so peft's alpha / rank goes into
-  `lokr_w1`.
+  `lokr_w1` (with rs_lora sqrt(rank), which kohya's `--network_weights` into an rs_lora network, keeping its
+  modules' own scale, applies again: docs/converting.md says to divide it out first).
 
 peft keeps its weights in these very shapes (its LoHa and LoKr follow LyCORIS; non-effective convolutions are
 flattened the same way), so the export is a renaming plus DoRA's reshape and LoKr's full-factor scale.

@@ -13,7 +13,7 @@ from dbspec.diagnostics import Diagnostic, Span, error, has_errors
 from dbspec.spec.fields import spec_leaves
 from dbspec.spec.load import RawSpec, load_spec_file
 from dbspec.spec.migrate import OLDEST, migrate
-from dbspec.spec.model import SPEC_VERSION, Spec, table_classes
+from dbspec.spec.model import BLOCK_RANK_MAX, LOKR_BLOCK_RANK_MAX, SPEC_VERSION, Spec, table_classes
 from dbspec.spec.paths import KeyPath, dotted, table_label
 from dbspec.spec.structure import Located, structure_spec, toml_type
 from dbspec.spec.suggest import suggest
@@ -249,7 +249,7 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
     for path, value, field in _numbers(spec):
         if not raw.given(path):
             continue  # defaults are in range; a default derived from a bad value is reported as that value
-        bound = _violated(value, field.metadata)
+        bound = _violated(value, field.metadata) or block_rank_bound(spec, path, value, field.metadata)
         if bound:
             key = dotted(path)
             found.append(
@@ -261,6 +261,18 @@ def check_ranges(raw: RawSpec, spec: Spec) -> list[Diagnostic]:
                 )
             )
     return found
+
+
+def block_rank_bound(spec: Spec, path: KeyPath, value: float, meta: dict) -> str:
+    """The bound a block's rank / conv_rank breaks, or "": LOKR_BLOCK_RANK_MAX is the option's (a LoKr layer's
+    factors stop at its width, the rank then only LyCORIS's rs_lora scale), BLOCK_RANK_MAX a block's of any
+    other kind (its `kind`, or the adapter's for `adapter`: a pair, or more, at the rank itself)."""
+    if meta["maximum"] != LOKR_BLOCK_RANK_MAX or value <= BLOCK_RANK_MAX or len(path) != 4:
+        return ""
+    adapter = getattr(spec, path[0])
+    block = getattr(adapter, path[1])[path[2]]
+    kind = adapter.kind if block.kind == "adapter" else block.kind
+    return "" if kind == "lokr" else _violated(value, {**meta, "maximum": BLOCK_RANK_MAX})
 
 
 def _numbers(spec: Spec):

@@ -503,6 +503,19 @@ def _block_factor():
 BlockSwitch = Literal["adapter", "on", "off"]
 # the layers a block's own rank_dropout_scale rescales (the kept rank-dropout rows divided by their share)
 _RESCALED_KINDS = "LoHa / LoKr with `rank_dropout`, LoRA with a LyCORIS `rank_dropout_form`"
+
+# The rank / conv_rank of [[adapter.blocks]] / [[adapter.text_encoder_blocks]] (LyCORIS preset files' dims):
+# a block of any kind but LoKr trains a pair (or more) at the rank itself, up to BLOCK_RANK_MAX (spec/check.py
+# block_rank_bound); a LoKr block's factors stop at the layer's width (each full from half its larger part),
+# where the rank only sets LokrModule's rs_lora scale of a full layer, sqrt(rank): any TOML integer, as a
+# preset file's full-matrix `dim = 10000000000000`
+BLOCK_RANK_MAX = 100_000
+LOKR_BLOCK_RANK_MAX = 2**63 - 1
+_LOKR_RANK = (
+    "; a LoKr block's (its `kind`, or the adapter's) up to 2^63 - 1: its factors stop at the layer's width, "
+    "the rank then only sets a full layer's `rank_stabilized` scale, sqrt(rank) (LyCORIS's full-matrix "
+    "`dim = 10000000000000` with rs_lora)"
+)
 BlockKind = Literal[
     "adapter", "lora", "loha", "lokr", "full", "ia3", "diag-oft", "boft", "glora", "dylora", "tlora"
 ]
@@ -732,18 +745,18 @@ class AdapterBlock:
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers; 0 adapts none of them. Up to 100000: a LyCORIS "
-        "preset file's dims (LoKr's full-matrix idiom; LoRA/LoCon and LoHa train a pair at the rank itself, "
-        "wider than the layer if so).",
+        "preset file's dims (LoRA/LoCon and LoHa train a pair at the rank itself, wider than the layer if "
+        "so)" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
-        "none. Up to 100000.",
+        "none. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     conv_alpha: float = _signed_block_conv_alpha()
     factor: int = _block_factor()
@@ -815,9 +828,9 @@ class TextEncoderBlock:
         example="lora",
     )
     rank: int = option(
-        doc="Rank of the matched layers; 0 adapts none of them. Up to 100000.",
+        doc="Rank of the matched layers; 0 adapts none of them. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
     factor: int = _block_factor()
@@ -916,17 +929,17 @@ class DyloraBlock:
     )
     rank: int = option(
         doc="Rank of the matched linear (and 1x1) layers, a multiple of the block's `unit` (else the "
-        "adapter's); 0 adapts none of them. Up to 100000 (a LyCORIS preset file's dims).",
+        "adapter's); 0 adapts none of them. Up to 100000 (a LyCORIS preset file's dims)" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = _block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
-        "of the block's `unit` (else the adapter's); 0 adapts none. Up to 100000.",
+        "of the block's `unit` (else the adapter's); 0 adapts none. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     conv_alpha: float = _block_conv_alpha()
     unit: int = option(
@@ -1544,9 +1557,9 @@ class ScaleBlock:
     rank: int = option(
         0,
         doc="Rank of the matched linear (and 1x1) layers of a block of another `kind`; 0 adapts none of "
-        "them. Unused by the adapter's own full / IA^3 layers (no rank).",
+        "them. Unused by the adapter's own full / IA^3 layers (no rank). Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = option(
         1.0,
@@ -1556,9 +1569,9 @@ class ScaleBlock:
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions of a block of another `kind` (among `conv_targets`); 0 "
-        "adapts none. Up to 100000.",
+        "adapts none. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     conv_alpha: float = _block_conv_alpha()
     unit: int = _block_unit()
@@ -2082,17 +2095,18 @@ class GloraBlock:
         example="lora",
     )
     rank: int = option(
-        doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them.",
+        doc="Rank of both low-rank pairs of the matched linear (and 1x1) layers; 0 adapts none of them. Up "
+        "to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0); 0 adapts "
-        "none.",
+        "none. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
@@ -2358,9 +2372,9 @@ class TloraBlock:
     rank: int = option(
         doc="Rank of the matched T-LoRA layers: the number of their weight's first singular triplets the "
         "layer starts from and trains (LyCORIS pads ranks above min(out, in) with zero vectors); 0 adapts "
-        "none of them. Up to 100000.",
+        "none of them. Up to 100000" + _LOKR_RANK + ".",
         minimum=0,
-        maximum=100_000,
+        maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = option(
         doc="Alpha of the matched layers (scale alpha / rank, as TLoraModule scales); not 0, except on a "

@@ -426,14 +426,15 @@ def test_huge_lokr_dims_are_full_factors_at_the_block_bound(tmp_path):
 def test_huge_dims_keep_their_rank_on_lokr_only(tmp_path):
     """With factor 4 GEGLU's 10240-wide projection splits 4 x 2560 (full only from dim 1280): a LoKr dim of
     100000 is a block at 100000 (no width assumption); LoKr's 10^13 with rs_lora scales a full layer by
-    sqrt(dim) (DBS403)."""
+    sqrt(dim): a block at 10^13 (was DBS403; tests/runtime/test_lycoris_lokr_huge_rs_lora.py)."""
     text = FULL + "[module_algo_map.FeedForward]\ndim = 100000\n"
     outcome = _convert(tmp_path, text, "lokr", args='"factor=4"')
     assert [b.rank for b in plan_of(expressible(outcome), tmp_path).adapter.blocks] == [100000]
     (tmp_path / "rs").mkdir()
     huge = text.replace("100000", "10000000000000")
     outcome = _convert(tmp_path / "rs", huge, "lokr", args='"rs_lora=True"')
-    assert "DBS403" in codes(outcome) and "dim / sqrt(dim)" in messages(outcome, "DBS403")
+    a = plan_of(expressible(outcome), tmp_path / "rs").adapter
+    assert a.lokr_rank_stabilized and [b.rank for b in a.blocks] == [10**13]
 
 
 def test_dims_above_1024_on_locon_and_loha(tmp_path):

@@ -103,13 +103,17 @@ def test_entry_options_that_change_something_stay_refused(tmp_path):
         # test_convert_kohya_loha_locon_rank_dropout.py)
         # (a LoKr entry's own rs_lora on a LoKr network beside other algorithms converts now:
         # test_convert_kohya_refusals_audit.py, tests/runtime/test_lycoris_mixed_rs_lora.py)
-        # a full layer's scale dim / sqrt(dim) at a dim above the block bound
-        ("lokr", "", "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n", "rs_lora"),
     ]
     for i, (algo, args, entry, named) in enumerate(cases):
         (tmp_path / str(i)).mkdir()
         outcome = _convert(tmp_path / str(i), FULL + entry, algo, args)
         assert "DBS403" in codes(outcome) and named in messages(outcome, "DBS403"), (algo, entry)
+    # a full layer's scale dim / sqrt(dim) at a dim above the pairs' bound converts now (was DBS403): the LoKr
+    # block keeps the dim (tests/runtime/test_lycoris_lokr_huge_rs_lora.py)
+    (tmp_path / "huge").mkdir()
+    entry = "[module_algo_map.FeedForward]\nrs_lora = true\ndim = 10000000000000\n"
+    a = plan_of(expressible(_convert(tmp_path / "huge", FULL + entry, "lokr")), tmp_path / "huge").adapter
+    assert [(b.rank, b.rank_stabilized) for b in a.blocks] == [(10**13, "on")]
 
 
 def test_lokr_entry_unbalanced_factorization_becomes_a_block_switch(tmp_path):

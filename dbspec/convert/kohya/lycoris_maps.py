@@ -45,7 +45,7 @@ _BLOCK_KINDS = ("lora", "loha", "lokr")
 # the other algorithms whose layers take a dim and alpha of their own: DyLoRA (spec DyloraBlock; DyLoRAModule
 # never reads rs_lora) and GLoRA (spec GloraBlock: both of a layer's pairs at the entry's dim)
 _RANKED = (*_BLOCK_KINDS, "dylora", "glora", "diag-oft", "tlora")  # T-LoRA: spec TloraBlock
-_MAX_BLOCK_RANK = 100_000  # spec AdapterBlock / TextEncoderBlock rank, every kind
+_MAX_BLOCK_RANK = 100_000  # spec BLOCK_RANK_MAX: a block's rank of any kind but LoKr (LOKR_BLOCK_RANK_MAX)
 _OFT = ("diag-oft", "boft")  # their blocks: a block size, constraint and rescale (spec OftBlock)
 
 
@@ -1173,11 +1173,13 @@ def _oft_blocks(
 
 
 def _huge_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool) -> None:
-    """A block's dim above [[adapter.blocks]]' bound of 100000. LoRA/LoCon and LoHa layers train a pair at
-    the dim itself (no module clamps it to the layer's width): PresetError. On LoKr (LyCORIS's
-    `dim = 10000000000000` idiom) every layer trains both Kronecker factors in full at scale 1 (LokrModule
-    sets alpha to the dim; a factor is full once the dim reaches half the larger part of its split, at most
-    the layer's width), which a block at 100000 builds alike on layers narrower than 200000."""
+    """A block's dim above [[adapter.blocks]]' bound of 100000 for pairs. LoRA/LoCon and LoHa layers train a
+    pair at the dim itself (LoConModule's lora_down / lora_up, LohaModule's hada_w*: no module clamps it to
+    the layer's width): PresetError. On LoKr (LyCORIS's `dim = 10000000000000` idiom) every layer trains both
+    Kronecker factors in full (a factor is full once the dim reaches half the larger part of its split, at
+    most the layer's width) and LokrModule replaces alpha by the dim: scale 1, which a block at 100000 builds
+    alike on layers narrower than 200000; with rs_lora dim / sqrt(dim) = sqrt(dim), which only the dim
+    itself gives (a LoKr block's rank goes past 100000: spec LOKR_BLOCK_RANK_MAX)."""
     where = (
         f"`{_source([block])}` gives some layers dim = {high}, above [[adapter.blocks]]' {_MAX_BLOCK_RANK}"
     )
@@ -1186,10 +1188,8 @@ def _huge_block(block: dict[str, Any], high: int, kind: str, rs_lora: bool) -> N
             f"{where}: a {kind} layer trains a pair at that rank (only LoKr's factors cap)", False
         )
     if rs_lora:
-        raise PresetError(
-            f"{where}: with rs_lora LokrModule scales a full layer by dim / sqrt(dim), which depends on it",
-            False,
-        )
+        block["_why"] += f" (dim {high}: both Kronecker factors full at rs_lora's sqrt({high}), LokrModule's)"
+        return
     for rank, alpha in (("rank", "alpha"), ("conv_rank", "conv_alpha")):
         if block.get(rank, 0) > _MAX_BLOCK_RANK:
             block[rank], block[alpha] = _MAX_BLOCK_RANK, float(_MAX_BLOCK_RANK)

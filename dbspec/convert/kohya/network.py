@@ -465,8 +465,9 @@ def _map_network(
     elif conv_targets and (conv_dim or file_convs):
         if not conv_dim:  # LyCORIS's create_single_module: each at its map entry's dim, its block's conv_rank
             conv_dim = max((b.get("conv_rank", 0) for b in put.get("_blocks", [])), default=0)
-            if kind != "lokr":  # each convolution at its block's rank: the adapter's only turns them on
-                conv_dim = min(conv_dim, 1024)  # spec conv_rank's bound (LoKr's: 100000)
+            # each convolution at its block's rank: the adapter's only turns them on, up to spec conv_rank's
+            # bound (LoKr's 100000: its blocks' go past it with rs_lora, lycoris_maps._huge_block)
+            conv_dim = min(conv_dim, 100_000 if kind == "lokr" else 1024)
         put.update(conv_rank=conv_dim, conv_alpha=conv_alpha)
         if list(conv_targets) != KOHYA_CONV_TARGETS:
             put["conv_targets"] = list(conv_targets)
