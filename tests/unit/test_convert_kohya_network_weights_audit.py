@@ -251,3 +251,20 @@ def test_networks_lora_dim_from_weights_with_a_lycoris_file_stays_dbs403(tmp_pat
     outcome = kohya_lora(tmp_path, f"{WEIGHTS} --dim_from_weights")
     assert fate(outcome, "dim_from_weights") == "unsupported"
     assert "not in kohya's LoRA layout" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("module", ["lycoris.kohya", "networks.lora_flux"])
+@pytest.mark.parametrize("dim", ["", "--dim_from_weights"])
+def test_flux_file_that_is_no_safetensors_file_stops_kohya(tmp_path, module, dim):
+    """Every reader of the file says it alike (weights_file.report_weights): Flux's too (was DBS403 with
+    --dim_from_weights, the plan's DBS357 without)."""
+    from convert_kit import FLUX_LYCORIS, component_file
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    (tmp_path / "w.safetensors").write_bytes(b"<html>404 Not Found</html>")
+    command = FLUX_LYCORIS.replace("lycoris.kohya", module)
+    outcome = kohya(tmp_path, command=f"{command}--network_weights w.safetensors {dim}")
+    assert not outcome.written and "DBS403" not in codes(outcome), errors(outcome)
+    assert "`w.safetensors` is no safetensors file" in messages(outcome, "DBS402")

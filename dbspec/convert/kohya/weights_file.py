@@ -29,21 +29,27 @@ def report_weights(
     weights: Legacy, local: Path | None, exc: BaseException, need: str, conv: Conversion
 ) -> bool:
     """Reports `weights` unreadable (`need`: what reads the file) when `exc` came of a file that is not
-    here or cannot be read; True when it did, False when the caller reports its own refusal."""
+    here or cannot be read, or kohya's own failure when it is here and no safetensors file (_report_broken);
+    True when it did, False when the caller reports its own refusal."""
     why = not_here(local, exc)
     if why:
         conv.unreadable(weights, f"{need}: {why}")
-    return bool(why)
+        return True
+    return local is not None and _report_broken(weights, local, conv)
 
 
 def not_safetensors(weights: Legacy, paths, conv: Conversion) -> bool:
-    """DBS402 when the `--network_weights` file is here and is no safetensors file (a truncated download, a
-    renamed checkpoint): load_weights and create_network_from_weights (networks/lora.py, lycoris/kohya.py)
-    read a `.safetensors` name with safetensors' load_file, which raises. True when reported; a file not
-    here or not readable here is left to its readers (DBS401)."""
+    """DBS402 when the `--network_weights` file is here and is no safetensors file (_report_broken); a file
+    not here or not readable here is left to its readers (DBS401). True when reported."""
     local = paths.local(weights.value)
-    if local is None or not local.is_file():
-        return False
+    return local is not None and local.is_file() and _report_broken(weights, local, conv)
+
+
+def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
+    """DBS402 when `local` opens and is no safetensors file (a truncated download, a saved web page):
+    load_weights and create_network_from_weights (networks/lora.py, lycoris/kohya.py, kohya's Flux / SD3
+    and DyLoRA networks) read a `.safetensors` name with safetensors' load_file, which raises. True when
+    reported."""
     try:
         read_safetensors_header(local)
     except OSError:
@@ -55,9 +61,9 @@ def not_safetensors(weights: Legacy, paths, conv: Conversion) -> bool:
             weights.key,
             weights.value,
             weights.source,
-            f"`{paths.name_of(weights.value)}` is no safetensors file ({exc.reason}): kohya reads it "
-            "with safetensors' load_file (load_weights; create_network_from_weights with "
-            "--dim_from_weights), which raises (SafetensorError)",
+            f"`{local.name}` is no safetensors file ({exc.reason}): kohya reads it with safetensors' "
+            "load_file (load_weights; create_network_from_weights with --dim_from_weights), which raises "
+            "(SafetensorError)",
             help="point --network_weights at the .safetensors file kohya or LyCORIS saved",
         )
         return True
