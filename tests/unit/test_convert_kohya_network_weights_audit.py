@@ -268,3 +268,18 @@ def test_flux_file_that_is_no_safetensors_file_stops_kohya(tmp_path, module, dim
     outcome = kohya(tmp_path, command=f"{command}--network_weights w.safetensors {dim}")
     assert not outcome.written and "DBS403" not in codes(outcome), errors(outcome)
     assert "`w.safetensors` is no safetensors file" in messages(outcome, "DBS402")
+
+
+def test_flux_lycoris_dim_from_weights_from_a_file_of_no_module_stops_kohya(tmp_path):
+    """On Flux alike (model.py's Flux / SD3 reader): LyCORIS's wrapper's `lycoris_*` names build nothing."""
+    from convert_kit import FLUX_LYCORIS, component_file
+
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    name = "lycoris_double_blocks_0_img_attn_proj"
+    tensors = {f"{name}.lora_down.weight": _t(4, 3072), f"{name}.lora_up.weight": _t(3072, 4)}
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    outcome = kohya(tmp_path, command=f"{FLUX_LYCORIS}--network_weights w.safetensors --dim_from_weights")
+    assert not outcome.written and fate(outcome, "dim_from_weights") == "invalid"
+    assert "empty parameter list" in messages(outcome, "DBS402")
