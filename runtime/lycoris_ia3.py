@@ -2,8 +2,9 @@
 
 LyCORIS's IA3Module (lycoris/modules/ia3.py) trains one scale per output channel of a layer (per input
 channel with `train_on_input`), `weight`, starting at 0: the layer's weight becomes W x (1 + s), broadcast
-over its rows (or columns), and its forward adds op(x, W x s) with no bias, so the bias is not scaled. It
-saves `weight` (Linear: (out,) or (in,); convolution: (1, out or in, 1, 1)) and `on_input` (0 or 1).
+over its rows (or columns), and its forward adds op(x, W (1 + s) - W), the merged weight cast to W's dtype
+first (a bf16 base rounds it), with no bias, so the bias is not scaled. It saves `weight` (Linear: (out,) or
+(in,); convolution: (1, out or in, 1, 1)) and `on_input` (0 or 1).
 
 peft's own IA3 is another update: it scales the layer's whole output (bias included) by a vector that starts
 at 1, so its weight decay pulls towards 0 where LyCORIS's pulls towards the base layer. `Ia3Layer` is
@@ -72,12 +73,18 @@ class Ia3Layer(AddedOutput, nn.Module, LoraLayer):
         self.set_adapter(self.active_adapters, inference_mode=getattr(config, "inference_mode", False))
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """W x s on the layer's rows (or columns): LyCORIS's make_weight(diff=True)."""
+        """W x s on the layer's rows (or columns), as IA3Module.forward computes it: the merged weight
+        W x (1 + s) cast to W's dtype, minus W. Over a bf16 base (kohya's frozen U-Net under bf16) that is
+        round(W (1 + s)) - W, not round(W x s): a scale below half of W's bf16 step changes nothing in the
+        forward while its gradient still flows (through the cast), as in kohya's run."""
         scale = self.lora_ia3[adapter]
-        weight = self.get_base_layer().weight.to(scale.dtype)
+        base = self.get_base_layer().weight.detach()
+        weight = base.to(scale.dtype)
         if self.on_input[adapter]:
-            return weight * scale
-        return (weight.transpose(0, 1) * scale).transpose(0, 1)
+            merged = weight * (scale + 1)
+        else:
+            merged = (weight.transpose(0, 1) * (scale + 1)).transpose(0, 1)
+        return merged.to(base.dtype) - base
 
     def _op(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         base = self.get_base_layer()

@@ -179,6 +179,16 @@ REFUSED = {
         "DBS402",
         ["network_args rank_dropout", "LyCORIS issue #291"],
     ),
+    # --network_weights (the `--network_weights` paragraph of the lycoris.kohya row): a `.pt` file, which
+    # kohya torch.loads: dbspec starts an adapter from a .safetensors file only
+    "network_weights_pt_file": (
+        "sd",
+        '"algo=locon"',
+        None,
+        "--network_weights prev/w.pt",
+        "DBS403",
+        ["network_weights", "from a .safetensors file only"],
+    ),
 }
 
 
@@ -198,6 +208,54 @@ def test_bypass_mode_alone_beside_those_entries_converts(tmp_path):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, "sd", f'"algo={algo}" "bypass_mode=True"', _sd(entry))
         assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+
+
+# --network_weights files here that stop kohya (tests/unit/test_convert_kohya_network_weights_audit.py has
+# the conversions): id: (prev/w.safetensors' bytes, flags, code, what the refusal's path and message name)
+REFUSED_FILES = {
+    # safetensors' load_file raises on it (load_weights; create_network_from_weights)
+    "network_weights_not_safetensors": (
+        b"<html>404</html>",
+        "",
+        "DBS402",
+        ["network_weights", "is no safetensors file", "load_file"],
+    ),
+    "dim_from_weights_not_safetensors": (
+        b"<html>404</html>",
+        "--dim_from_weights",
+        "DBS402",
+        ["network_weights", "is no safetensors file", "load_file"],
+    ),
+    # LyCORIS's create_network_from_weights builds no module (LyCORIS's own wrapper's `lycoris_` names): the
+    # optimizer gets an empty parameter list (was DBS403 "not in kohya's LoRA layout")
+    "lycoris_dim_from_weights_no_module": (
+        "lycoris_down_blocks_0_attentions_0_proj_in",
+        "--dim_from_weights",
+        "DBS402",
+        ["dim_from_weights", "builds modules from", "empty parameter list"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_FILES))
+def test_network_weights_file_still_refused(tmp_path, case):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    held, flags, code, named = REFUSED_FILES[case]
+    (tmp_path / "prev").mkdir()
+    if isinstance(held, bytes):
+        (tmp_path / "prev" / "w.safetensors").write_bytes(held)
+    else:  # one LoRA module under that name
+        tensors = {"lora_down.weight": np.zeros((4, 320), np.float32), "lora_up.weight": np.zeros((320, 4))}
+        save_file(
+            {f"{held}.{k}": v.astype(np.float32) for k, v in tensors.items()},
+            str(tmp_path / "prev/w.safetensors"),
+        )
+    outcome = _convert(tmp_path, "sd", '"algo=locon"', None, f"--network_weights prev/w.safetensors {flags}")
+    assert code in codes(outcome), errors(outcome)
+    said = [f"{d.path}: {d.message}" for d in outcome.diagnostics if d.code == code]
+    assert any(all(part in text for part in named) for text in said), said
 
 
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that

@@ -50,7 +50,7 @@ from dbspec.convert.kohya.lycoris_fp8 import (
     fp8_denoiser,
 )
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
-from dbspec.convert.kohya.weights_file import report_weights
+from dbspec.convert.kohya.weights_file import lycoris_builds_nothing, report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
@@ -862,6 +862,8 @@ def _flow_dim_from_weights(
             from_file.source,
             "--dim_from_weights reads the ranks from --network_weights, which is not given",
         )
+        return
+    if lycoris and lycoris_builds_nothing(weights, from_file, paths, conv):
         return
     local = paths.local(weights.value)
     try:

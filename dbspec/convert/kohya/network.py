@@ -42,7 +42,11 @@ from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_c
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
-from dbspec.convert.kohya.weights_file import report_weights
+from dbspec.convert.kohya.weights_file import (
+    lycoris_builds_nothing,
+    not_safetensors,
+    report_weights,
+)
 from dbspec.families import family_spec
 from dbspec.spec.model import KOHYA_CONV_TARGETS
 
@@ -1526,6 +1530,8 @@ def map_network_weights(
             weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
         )
         return
+    if not_safetensors(weights, paths, conv):  # kohya's load_file raises
+        return
     kind = conv.values.get(("adapter", "kind"), (None, ""))[0]
     lycoris = a["network_module"].value == "lycoris.kohya"
     # lycoris.kohya with --dim_from_weights never gets here with another algo: create_network_from_weights
@@ -1573,6 +1579,8 @@ def map_network_weights(
             _other_axis_dora(weights, paths, conv)
             map_lycoris_file_alphas(weights, paths, conv)  # LyCORIS's modules keep their scale too
         map_file_alphas(a, paths, conv)  # kohya's networks.lora: a file of other alphas trains at its own
+        return
+    if lycoris and lycoris_builds_nothing(weights, from_file, paths, conv):
         return
     local = paths.local(weights.value)
     try:

@@ -1,13 +1,16 @@
 """A --network_weights file that is not on this machine or cannot be read here: every reader of it (the ranks
 of --dim_from_weights, DyLoRA's alphas) reports that alike, as unreadable (DBS401: convert where the file
 is), not as something dbspec does not express; a file that is here and read, but of a layout dbspec cannot
-use, stays each reader's own refusal (DBS403)."""
+use, stays each reader's own refusal (DBS403). A file here that is no safetensors file stops kohya (DBS402),
+as does a --dim_from_weights file LyCORIS builds no module from."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.lycoris_flow_weights import read_lycoris_file
 
 
 def not_here(local: Path | None, exc: BaseException) -> str:
@@ -26,8 +29,71 @@ def report_weights(
     weights: Legacy, local: Path | None, exc: BaseException, need: str, conv: Conversion
 ) -> bool:
     """Reports `weights` unreadable (`need`: what reads the file) when `exc` came of a file that is not
-    here or cannot be read; True when it did, False when the caller reports its own refusal."""
+    here or cannot be read, or kohya's own failure when it is here and no safetensors file (_report_broken);
+    True when it did, False when the caller reports its own refusal."""
     why = not_here(local, exc)
     if why:
         conv.unreadable(weights, f"{need}: {why}")
-    return bool(why)
+        return True
+    return local is not None and _report_broken(weights, local, conv)
+
+
+def not_safetensors(weights: Legacy, paths, conv: Conversion) -> bool:
+    """DBS402 when the `--network_weights` file is here and is no safetensors file (_report_broken); a file
+    not here or not readable here is left to its readers (DBS401). True when reported."""
+    local = paths.local(weights.value)
+    return local is not None and local.is_file() and _report_broken(weights, local, conv)
+
+
+def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
+    """DBS402 when `local` opens and is no safetensors file (a truncated download, a saved web page):
+    load_weights and create_network_from_weights (networks/lora.py, lycoris/kohya.py, kohya's Flux / SD3
+    and DyLoRA networks) read a `.safetensors` name with safetensors' load_file, which raises. True when
+    reported."""
+    try:
+        read_safetensors_header(local)
+    except OSError:
+        return False
+    except ModelFileError as exc:
+        if not_here(local, exc):  # a file it cannot open: its readers say so (DBS401)
+            return False
+        conv.invalid(
+            weights.key,
+            weights.value,
+            weights.source,
+            f"`{local.name}` is no safetensors file ({exc.reason}): kohya reads it with safetensors' "
+            "load_file (load_weights; create_network_from_weights with --dim_from_weights), which raises "
+            "(SafetensorError)",
+            help="point --network_weights at the .safetensors file kohya or LyCORIS saved",
+        )
+        return True
+    return False
+
+
+def lycoris_builds_nothing(weights: Legacy, from_file: Legacy, paths, conv: Conversion) -> bool:
+    """DBS402 for lycoris.kohya with --dim_from_weights from a file here without one module LyCORIS's
+    create_network_from_weights builds (lycoris/kohya.py: only `lora_unet*` / `lora_te*` names, each made
+    by the class get_module detects from its keys): the network has no module, its
+    prepare_optimizer_params returns no group and kohya's optimizer raises ValueError (an empty parameter
+    list). True when reported."""
+    local = paths.local(weights.value)
+    if local is None or not local.is_file():
+        return False
+    try:
+        modules = read_lycoris_file(local)
+    except (ModelFileError, OSError):
+        return False
+    if any(m.algo for m in modules.values()):
+        return False
+    first = next(iter(modules.values()), None)
+    held = f"only `{first.name}` tensors LyCORIS makes no module of" if first else "no module under them"
+    conv.invalid(
+        from_file.key,
+        True,
+        from_file.source,
+        f"LyCORIS's create_network_from_weights builds modules from `{paths.name_of(weights.value)}`'s "
+        f"`lora_unet*` / `lora_te*` names, and it holds {held}: the network has no module and kohya's "
+        "optimizer raises ValueError (an empty parameter list)",
+        help="start from a file kohya's lycoris.kohya saved, or train without --dim_from_weights",
+    )
+    return True
