@@ -104,6 +104,29 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
+    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on a T-LoRA network: TloraBlock has
+    # no `on_input` (DBS403); on Flux / SD3 / Chroma on an IA^3, DyLoRA, GLoRA or full network: their
+    # fused Linears' parts would share one input-side scale, which dbspec ties beside LoCon / LoHa / LoKr
+    # layers alone (DBS618 in the converted spec: DBS403)
+    "tlora_network_ia3_entry_train_on_input": (
+        "sd",
+        '"algo=tlora"',
+        _sd("ia3", "train_on_input = true"),
+        "",
+        "DBS403",
+        ["network_args preset", "train_on_input on an algo=tlora network"],
+    ),
+    **{
+        f"flux_{algo}_network_ia3_entry_train_on_input": (
+            "flux",
+            f'"algo={algo}"',
+            _flux("ia3", "train_on_input = true"),
+            "",
+            "DBS403",
+            ["adapter.blocks[0].on_input", f"on the {algo} adapter on Flux with fused projections"],
+        )
+        for algo in ("ia3", "dylora", "glora", "full")
+    },
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
     # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
@@ -497,6 +520,35 @@ CONVERTS = {
         _flux("ia3", "train_on_input = true"),
         "",
         {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
+    ),
+    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on an IA^3 network (its own block's
+    # on_input) and on DyLoRA / GLoRA / full networks (their block of kind ia3's), SD 1.x/2.x and SDXL
+    # (tests/runtime/test_lycoris_ia3_entry_sides_networks.py)
+    "ia3_network_entry_train_on_input": (
+        "sd",
+        '"algo=ia3"',
+        _sd("ia3", "train_on_input = true"),
+        "",
+        {"kind": "ia3", "input_targets": (), "block": {"kind": "adapter", "on_input": True}},
+    ),
+    **{
+        f"{algo}_network_ia3_entry_train_on_input": (
+            "sd",
+            f'"algo={algo}"',
+            _sd("ia3", "train_on_input = true"),
+            "",
+            {"kind": algo, "block": {"kind": "ia3", "on_input": True}},
+        )
+        for algo in ("dylora", "glora", "full")
+    },
+    # line 1447: the network's own train_on_input is never read (DBS405: create_network hands
+    # LycorisNetworkKohya a fixed argument list): every IA3Module on its output side
+    "ia3_network_train_on_input": (
+        "sd",
+        '"algo=ia3" "train_on_input=True"',
+        None,
+        "",
+        {"kind": "ia3", "input_targets": ()},
     ),
     # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
     # tests/runtime/test_lycoris_tlora_entry_random.py

@@ -1,0 +1,97 @@
+"""An IA^3 preset-file entry's own `train_on_input` on an IA^3, full, GLoRA or DyLoRA network (issue 12; was
+DBS403): an IA^3 network's own block's `on_input` (spec ScaleBlock), the others' block of kind ia3's (spec
+ScaleBlock, GloraBlock, DyloraBlock); runtime/mixed_kinds.py kind_adapter hands it to runtime/blocks.py, which
+builds those layers at peft's rank INPUT_SIDE_RANK. lycoris-lora 4.1.3's create_single_module hands the
+entry's train_on_input to its IA3Module whatever the network's algorithm: one scale per input channel,
+W ((1 + s) x) + b. The plan's U-Net built by runtime/prepare.py and lycoris-lora's network from the same file
+on tiny SD 1.x holding our export (the input-side scales of the input's width: the load fails on the output
+side; DyLoRA's blocks copied, its draw fixed to the last block as ours): training-mode outputs (with
+module_dropout where the network's classes draw it), the generator state after each forward and every IA^3
+scale's gradient equal. The layer math against IA3Module itself: test_lycoris_ia3_entry_sides.py."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixture)
+    _converted_plan,
+    pipe,
+)
+from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
+from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
+from tests.runtime.test_lycoris_rank_dropout_kinds import _layer_of, _same_dylora_blocks
+
+pytest.importorskip("lycoris.kohya")
+
+MODULE = 0.1
+# the network's algorithm on the transformers' attention; the feed-forwards' and ResNets' IA^3 entries on
+# their input side (Linears, 3x3 and 1x1 convolutions)
+PRESET = """unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = []
+text_encoder_target_name = []
+
+[module_algo_map.FeedForward]
+algo = "ia3"
+train_on_input = true
+[module_algo_map.ResnetBlock2D]
+algo = "ia3"
+train_on_input = true
+"""
+
+
+@pytest.mark.parametrize(
+    ("algo", "rate"), [("ia3", MODULE), ("glora", MODULE), ("full", 0.0), ("dylora", 0.0)]
+)
+def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
+    """IA^3 and GLoRA networks with module_dropout, full and DyLoRA ones without: the entries' layers scale
+    their input channels as lycoris-lora's IA3Modules with train_on_input, the network's own layers as its
+    modules; the same outputs, draws and IA^3 scale gradients."""
+    args = f'"module_dropout={rate}"' if rate else ""
+    path, plan = _converted_plan(tmp_path, f"ia3_input_{algo}", algo, args, text=PRESET)
+    a = plan.adapter
+    assert (a.kind, a.module_dropout) == (algo, rate)
+    entries = [b for b in a.blocks if b.on_input]
+    assert len(entries) == 2, a.blocks
+    assert {b.kind for b in entries} == {"adapter" if algo == "ia3" else "ia3"}
+    ours = _ours(pipe, plan)
+    made, theirs = lycoris_unet(
+        pipe, monkeypatch, algo, path, **({"module_dropout": str(rate)} if rate else {})
+    )
+    modules = [m for m in made.unet_loras if type(m).__name__ == "IA3Module"]
+    inputs = [m for m in modules if m.train_input]
+    assert inputs and {m.module_type for m in inputs} == {"linear", "conv2d"}
+    assert all(int(m.on_input) == 1 for m in inputs)
+    for m in modules:  # our layers: the entries' on the input side, an IA^3 network's own on the output's
+        layer = _layer_of(ours, m.lora_name)
+        assert layer.on_input["default"] == m.train_input, m.lora_name
+        assert layer.lora_ia3["default"].numel() == m.weight.numel(), m.lora_name
+    state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
+    assert all(int(state[f"{m.lora_name}.on_input"]) == int(m.train_input) for m in modules)
+    result = made.load_state_dict(state, strict=False)
+    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    # DyLoRA layers export kohya's lora_down / lora_up, which DyLoraModule does not hold
+    assert {k.split(".")[0] for k in result.unexpected_keys} <= dylora
+    assert {k.split(".")[0] for k in result.missing_keys if not k.startswith("lora_te")} <= dylora
+    assert _same_dylora_blocks(ours, made) == len(dylora) and (algo == "dylora") == bool(dylora)
+    monkeypatch.setattr(random, "randint", lambda lo, hi: hi)  # DyLoraModule's draw: the last block
+    latents, context = _inputs(1, pipe.unet)
+    t = torch.tensor([10, 700])
+    ours.train(), theirs.train(), made.train()
+    same_draws(ours, theirs, (latents, t, context), 3, backward=True)
+    checked = 0
+    for module in modules:
+        grad = _layer_of(ours, module.lora_name).lora_ia3["default"].grad
+        expected = module.weight.grad
+        if expected is None:  # dropped in all three forwards: ours too
+            assert grad is None or not grad.any(), module.lora_name
+            continue
+        torch.testing.assert_close(
+            grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6, msg=module.lora_name
+        )
+        checked += 1
+    assert checked > len(modules) // 2
