@@ -7,7 +7,8 @@ W ((1 + s) x) + b. The plan's U-Net built by runtime/prepare.py and lycoris-lora
 on tiny SD 1.x holding our export (the input-side scales of the input's width: the load fails on the output
 side; DyLoRA's blocks copied, its draw fixed to the last block as ours): training-mode outputs (with
 module_dropout where the network's classes draw it), the generator state after each forward and every IA^3
-scale's gradient equal. The layer math against IA3Module itself: test_lycoris_ia3_entry_sides.py."""
+scale's gradient equal; on CLIP's MLPs (the text encoder's blocks, TextEncoderBlock `on_input`) alike. The
+layer math against IA3Module itself: test_lycoris_ia3_entry_sides.py."""
 
 from __future__ import annotations
 
@@ -95,3 +96,84 @@ def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, m
         )
         checked += 1
     assert checked > len(modules) // 2
+
+
+CLIP_PRESET = """unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = ["CLIPEncoderLayer"]
+text_encoder_target_name = []
+
+[module_algo_map.CLIPMLP]
+algo = "ia3"
+train_on_input = true
+"""
+
+
+@pytest.mark.parametrize("algo", ["ia3", "glora", "full", "dylora"])
+def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
+    """CLIP's MLP entries on their input side beside the network's attention (the text encoder's blocks,
+    TextEncoderBlock `on_input`): CLIP's outputs and the IA^3 scales' gradients equal lycoris-lora's text
+    encoder modules' with train_on_input, our export loaded (DyLoRA's blocks copied, its draw the last)."""
+    import copy
+    import types
+
+    from torch import nn
+
+    from dbspec.runtime.dylora import DyloraLayer
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.prepare import _prepare, text_targets
+    from tests.runtime.lycoris_sd_file_kit import kohya_layers
+    from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
+
+    lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    path, plan = _converted_plan(tmp_path, f"ia3_clip_{algo}", algo, text=CLIP_PRESET)
+    a = plan.adapter
+    entries = [(b.kind, b.on_input) for b in a.text_encoder_blocks if b.on_input]
+    assert entries == [("adapter" if algo == "ia3" else "ia3", True)], a.text_encoder_blocks
+    g = torch.Generator().manual_seed(3)
+    clip = copy.deepcopy(pipe.text_encoder)
+    _prepare(clip, "text_encoder", plan, torch.device("cpu"), text_targets(a, "text_encoder"), 0)
+    with torch.no_grad():
+        for p in clip.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
+    named.text_model = copy.deepcopy(pipe.text_encoder)
+    made = lycoris_kohya.create_network(1.0, 4, 1.0, None, named, unet, algo=algo, preset=str(path))
+    made.apply_to(named, unet, True, False)
+    ia3 = {m.lora_name: m for m in made.text_encoder_loras if type(m).__name__ == "IA3Module"}
+    assert ia3 and all(m.train_input for m in ia3.values()) == (algo != "ia3")
+    assert any(m.train_input for m in ia3.values())
+    ours = types.SimpleNamespace(unet=None, text_encoders=[clip])
+    layers = kohya_layers(ours, Ia3Layer, adapter=True)
+    assert sorted(layers) == sorted(ia3)
+    assert all(layers[name].on_input["default"] == m.train_input for name, m in ia3.items())
+    state = lycoris_state(unet=None, text_encoders=[clip], family="sd1", dtype="fp32")
+    result = made.load_state_dict(state, strict=False)
+    dylora = [m for m in made.text_encoder_loras if type(m).__name__ == "DyLoraModule"]
+    dropped = {m.lora_name for m in dylora}  # DyLoraModule holds no lora_down / lora_up
+    assert {k.split(".")[0] for k in result.unexpected_keys} <= dropped
+    assert {k.split(".")[0] for k in result.missing_keys if k.startswith("lora_te")} <= dropped
+    blocks = kohya_layers(ours, DyloraLayer, adapter=True)
+    assert sorted(blocks) == sorted(m.lora_name for m in dylora)
+    for module in dylora:  # our blocks into LyCORIS's, both draws the last block
+        layer = blocks[module.lora_name]
+        with torch.no_grad():
+            for mine, theirs in zip(layer.lora_dylora_down["default"], module.down_list):
+                theirs.copy_(mine.flatten(1))
+            for mine, theirs in zip(layer.lora_dylora_up["default"], module.up_list):
+                theirs.copy_(mine.flatten(1))
+        layer.drawn["default"] = module.block_count - 1
+    assert bool(dylora) == (algo == "dylora")
+    monkeypatch.setattr(random, "randint", lambda lo, hi: hi)
+    ids = torch.randint(0, pipe.text_encoder.config.vocab_size, (2, 7), generator=g)
+    clip.train(), named.train(), made.train()
+    mine, other = clip(ids)[0], named.text_model(ids)[0]
+    torch.testing.assert_close(mine, other, rtol=1e-4, atol=1e-5)
+    mine.square().mean().backward(), other.square().mean().backward()
+    for name, module in ia3.items():
+        grad, expected = layers[name].lora_ia3["default"].grad, module.weight.grad
+        torch.testing.assert_close(grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6, msg=name)
