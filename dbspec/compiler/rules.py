@@ -3426,9 +3426,9 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
     lora / loha / lokr / dylora / glora / full adapter's layers, or on an ia3 adapter's own block
     (runtime/blocks.py: peft's rank INPUT_SIDE_RANK, runtime/mixed_kinds.py kind_adapter handing the block
     on; with `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
-    tie_fused_ia3_inputs, on a lora / loha / lokr adapter's blocks only; the other hosts' on SD 1.x/2.x and
-    SDXL alone, where they are checked): DBS618 elsewhere (silent about the family for family = "auto": the
-    compiler runs it again with the detected family)."""
+    tie_fused_ia3_inputs from runtime/prepare.py _tie_fused_kinds, for blocks of kind ia3 alone: an ia3
+    adapter's own blocks on SD 1.x/2.x and SDXL only): DBS618 elsewhere (silent about the family for
+    family = "auto": the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     family = FAMILIES.get(spec.model.family)
@@ -3442,12 +3442,12 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
                 why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
             elif own not in _INPUT_SIDE_HOSTS:
                 why = f"on the {own} adapter (beside lora, loha, lokr, dylora, glora or full layers only)"
-            elif fused and own not in ("lora", "loha", "lokr"):
+            elif fused and own == "ia3":
                 where = family.title if family else "a family"
                 why = (
-                    f"on the {own} adapter on {where} with fused projections "
-                    "(there a lora, loha or lokr adapter's only; a fused Linear's parts share one input-side "
-                    "scale, which dbspec ties beside those kinds alone)"
+                    f"of the ia3 adapter's own on {where} with fused projections (a fused Linear's parts "
+                    "share one input-side scale, which dbspec ties for blocks of kind ia3 beside another "
+                    "kind's layers alone)"
                 )
             else:
                 continue

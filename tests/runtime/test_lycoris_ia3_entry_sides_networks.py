@@ -177,3 +177,81 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
     for name, module in ia3.items():
         grad, expected = layers[name].lora_ia3["default"].grad, module.weight.grad
         torch.testing.assert_close(grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+@pytest.mark.parametrize("algo", ["glora", "full", "dylora"])
+def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
+    tmp_path, monkeypatch, family, algo
+):
+    """GLoRA, full and DyLoRA networks with module_dropout on Flux / SD3 whose IA^3 entries' own
+    train_on_input reach fused q/k/v (Flux's linear1 too) and a plain out-projection: each fused Linear's
+    parts share one input-side scale (runtime/prepare.py _tie_fused_kinds, runtime/lycoris_ia3.py
+    tie_fused_ia3_inputs, as beside LoCon); the prepared transformer's layers against lycoris-lora 4.1.3's
+    network from the same file on kohya's stacked Linears holding our export, in training from one
+    generator state: outputs, input gradients, generator state and each IA3Module's scale gradient (the
+    parts' shared one); the network's own modules alike but DyLoRA's (its draw, python's random.randint per
+    forward, is ours per step: tests/runtime/test_lycoris_mixed_flow_dylora.py)."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model, mmdit, sd3_parts
+    from dbspec.runtime.lycoris_ia3 import Ia3Layer
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_flow_rank_dropout_layers import (
+        FLUX,
+        SD3,
+        _network,
+        _plan,
+        _prepared,
+        _same_training,
+    )
+    from tests.runtime.test_lycoris_ia3_entry_sides import DROP, FLUX_PRESET, SD3_PRESET
+    from tests.runtime.test_lycoris_mixed_flow_full import _base, _kohya_layers, _kohya_tree
+
+    script, preset, rows, parts_of = {
+        "flux": (FLUX, FLUX_PRESET, flux_model(1, 1), diffusers_parts),
+        "sd3": (SD3, SD3_PRESET, mmdit(2, ()), sd3_parts),
+    }[family]
+    args = {"algo": algo, "module_dropout": str(DROP)}
+    plan = _plan(tmp_path, family, script, preset, args)
+    a = plan.adapter
+    assert (a.kind, a.module_dropout) == (algo, DROP) and a.fused
+    ia3 = [b for b in a.blocks if b.kind == "ia3"]
+    assert ia3 and all(b.on_input for b in ia3), a.blocks
+    ours = _prepared(
+        build_pipeline(f"builtin:tiny-{family}").transformer.float(), "unet", plan, a.denoiser_targets
+    )
+    tensors = lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32")
+    layers = _kohya_layers(ours, rows, parts_of)
+    drops = {k: v for k, v in args.items() if k != "algo"}
+    made = _network(
+        monkeypatch, algo, tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), drops
+    )
+    result = made.load_state_dict(tensors, strict=False)
+    dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    assert {k.split(".")[0] for k in (*result.unexpected_keys, *result.missing_keys)} <= dylora, result
+    theirs = {m.lora_name: m for m in made.unet_loras}
+    singles = {id(b.proj_mlp) for b in getattr(ours, "single_transformer_blocks", ())}
+    ours.train()
+    fused, kinds = 0, set()
+    for path, (parts, order) in layers.items():
+        module = theirs.get("lora_unet_" + path.replace(".", "_"))
+        if module is None or type(module).__name__ == "DyLoraModule":
+            continue
+        kinds.add(type(module).__name__)
+        calls = sorted(parts, key=lambda p: id(p) not in singles)  # diffusers calls proj_mlp first
+
+        def stacked(x, parts=parts, calls=calls, order=order):
+            got = {id(p): p(x) for p in calls}
+            out = torch.cat([got[id(p)] for p in parts], dim=-1)
+            return out if order is None else out[..., order]
+
+        x = torch.randn(3, _base(parts[0]).in_features)
+        _same_training(module.train(), stacked, x, path)
+        if type(module).__name__ != "IA3Module":
+            continue
+        assert module.train_input and all(isinstance(p, Ia3Layer) for p in parts), path
+        assert len({id(p.lora_ia3["default"]) for p in parts}) == 1, path  # one scale per fused Linear
+        fused += len(parts) > 1
+        grad = parts[0].lora_ia3["default"].grad
+        torch.testing.assert_close(grad, module.weight.grad, rtol=1e-4, atol=1e-5, msg=path)
+    own = {"glora": {"GLoRAModule"}, "full": {"FullModule"}, "dylora": set()}[algo]
+    assert kinds == {"IA3Module", *own} and fused >= 2
