@@ -3426,13 +3426,14 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
     lora / loha / lokr / dylora / glora / full adapter's layers, or on an ia3 adapter's own block
     (runtime/blocks.py: peft's rank INPUT_SIDE_RANK, runtime/mixed_kinds.py kind_adapter handing the block
     on; with `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
-    tie_fused_ia3_inputs from runtime/prepare.py _tie_fused_kinds, for blocks of kind ia3 alone: an ia3
-    adapter's own blocks on SD 1.x/2.x and SDXL only): DBS618 elsewhere (silent about the family for
-    family = "auto": the compiler runs it again with the detected family)."""
+    tie_fused_ia3_inputs from runtime/prepare.py, which an ia3 adapter's own blocks need on a family with
+    fused layers): DBS618 elsewhere (silent about the family for family = "auto": the compiler runs it again
+    with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     family = FAMILIES.get(spec.model.family)
-    fused = getattr(a, "fused_projections", False) or (family is not None and family.denoiser != "unet")
+    fused = getattr(a, "fused_projections", False)
+    transformer = family is not None and bool(family.fused_projections)
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             if not getattr(block, "on_input", False):
@@ -3442,12 +3443,11 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
                 why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
             elif own not in _INPUT_SIDE_HOSTS:
                 why = f"on the {own} adapter (beside lora, loha, lokr, dylora, glora or full layers only)"
-            elif fused and own == "ia3":
-                where = family.title if family else "a family"
+            elif own == "ia3" and table == "blocks" and transformer and not fused:
                 why = (
-                    f"of the ia3 adapter's own on {where} with fused projections (a fused Linear's parts "
-                    "share one input-side scale, which dbspec ties for blocks of kind ia3 beside another "
-                    "kind's layers alone)"
+                    f"of the ia3 adapter's own on {family.title} without adapter.fused_projections "
+                    "(LyCORIS's one IA3Module per fused Linear: one input-side scale its parts share, which "
+                    "dbspec ties with fused_projections)"
                 )
             else:
                 continue

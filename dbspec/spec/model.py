@@ -564,8 +564,9 @@ def _block_on_input():
         "W ((1 + s) x) + b with one s per input channel from 0, in either forward (bypass_mode alike), "
         "exported as IA3Module's `weight` of the input's width and `on_input` 1. With `fused_projections` "
         "(Flux, SD3, Chroma) the parts of a fused Linear share one scale over the input they all read "
-        "(kohya's one IA3Module on the fused layer; blocks of kind ia3 there, not an ia3 adapter's own). "
-        "Other blocks: false only (DBS618); an ia3 adapter's own layers also take `input_targets`.",
+        "(kohya's one IA3Module on the fused layer; an ia3 adapter's own blocks there need "
+        "`fused_projections`). Other blocks: false only (DBS618); an ia3 adapter's own layers also take "
+        "`input_targets`.",
         example=True,
     )
 

@@ -180,14 +180,15 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
-@pytest.mark.parametrize("algo", ["glora", "full", "dylora"])
+@pytest.mark.parametrize("algo", ["ia3", "glora", "full", "dylora"])
 def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
     tmp_path, monkeypatch, family, algo
 ):
-    """GLoRA, full and DyLoRA networks with module_dropout on Flux / SD3 whose IA^3 entries' own
+    """IA^3, GLoRA, full and DyLoRA networks with module_dropout on Flux / SD3 whose IA^3 entries' own
     train_on_input reach fused q/k/v (Flux's linear1 too) and a plain out-projection: each fused Linear's
-    parts share one input-side scale (runtime/prepare.py _tie_fused_kinds, runtime/lycoris_ia3.py
-    tie_fused_ia3_inputs, as beside LoCon); the prepared transformer's layers against lycoris-lora 4.1.3's
+    parts share one input-side scale (runtime/prepare.py _tie_fused_kinds, or own_input_side for the IA^3
+    network's own blocks, with its fused_projections; runtime/lycoris_ia3.py tie_fused_ia3_inputs, as beside
+    LoCon); the prepared transformer's layers against lycoris-lora 4.1.3's
     network from the same file on kohya's stacked Linears holding our export, in training from one
     generator state: outputs, input gradients, generator state and each IA3Module's scale gradient (the
     parts' shared one); the network's own modules alike but DyLoRA's (its draw, python's random.randint per
@@ -214,7 +215,7 @@ def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
     plan = _plan(tmp_path, family, script, preset, args)
     a = plan.adapter
     assert (a.kind, a.module_dropout) == (algo, DROP) and a.fused
-    ia3 = [b for b in a.blocks if b.kind == "ia3"]
+    ia3 = [b for b in a.blocks if b.kind == ("adapter" if algo == "ia3" else "ia3")]
     assert ia3 and all(b.on_input for b in ia3), a.blocks
     ours = _prepared(
         build_pipeline(f"builtin:tiny-{family}").transformer.float(), "unet", plan, a.denoiser_targets
@@ -246,12 +247,64 @@ def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
 
         x = torch.randn(3, _base(parts[0]).in_features)
         _same_training(module.train(), stacked, x, path)
-        if type(module).__name__ != "IA3Module":
+        if type(module).__name__ != "IA3Module" or not module.train_input:  # an IA^3 network's own: outputs
             continue
-        assert module.train_input and all(isinstance(p, Ia3Layer) for p in parts), path
+        assert all(isinstance(p, Ia3Layer) for p in parts), path
         assert len({id(p.lora_ia3["default"]) for p in parts}) == 1, path  # one scale per fused Linear
         fused += len(parts) > 1
         grad = parts[0].lora_ia3["default"].grad
         torch.testing.assert_close(grad, module.weight.grad, rtol=1e-4, atol=1e-5, msg=path)
-    own = {"glora": {"GLoRAModule"}, "full": {"FullModule"}, "dylora": set()}[algo]
+    own = {"ia3": set(), "glora": {"GLoRAModule"}, "full": {"FullModule"}, "dylora": set()}[algo]
     assert kinds == {"IA3Module", *own} and fused >= 2
+
+
+def test_ia3_network_own_input_side_trains_on_fused_layers_and_lycoris_loads_the_export(tmp_path):
+    """The tiny run (2 steps) of what an IA^3 network's own entries with train_on_input on kohya's Flux
+    convert to (their blocks' `on_input`, fused_projections): each fused Linear's parts train one shared
+    input-side scale (runtime/prepare.py own_input_side), and the kohya_lora export, one `weight` of the
+    input's width with `on_input` 1 per fused Linear, is what lycoris-lora's IA3Module(train_on_input=True)
+    on the stacked Linear computes (the output-side modules beside it alike)."""
+    from lycoris.modules.ia3 import IA3Module
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.lycoris_flow_kit import (
+        BASE,
+        assert_lycoris_computes,
+        kohya_export,
+        stacked_linear,
+        unet_only_spec,
+    )
+    from tests.runtime.runspec import make_plan
+
+    # the img q/k/v of double block 0 and single block 0's linear1 parts (TOML literal strings: regexes)
+    entries = r"""
+[[adapter.blocks]]
+pattern = '(?:^|\.)transformer_blocks\.0\.attn\.to_[qkv]$'
+on_input = true
+
+[[adapter.blocks]]
+pattern = 'single_transformer_blocks\.0\.(?:attn\.to_[qkv]|proj_mlp)$'
+on_input = true
+"""
+    plan = make_plan(
+        tmp_path,
+        base=BASE,
+        steps=2,
+        extra=unet_only_spec('kind = "ia3"\nfused_projections = true\n') + entries,
+    )
+    assert [b.on_input for b in plan.adapter.blocks] == [True, True] and plan.adapter.fused
+    whole = execute(plan, keep_models=True)
+    assert whole.status == "finished"
+    tensors, names = kohya_export(plan, whole)
+    inputs = {n for n in names if f"{n}.on_input" in tensors and int(tensors[f"{n}.on_input"])}
+    assert inputs == {"lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1"}
+
+    def theirs(name: str, parts) -> IA3Module:
+        module = IA3Module(name, stacked_linear(parts), 1.0, train_on_input=name in inputs)
+        module.load_state_dict(
+            {k.removeprefix(name + "."): v for k, v in tensors.items() if k.startswith(name + ".")}
+        )
+        module.apply_to()
+        return module.eval()
+
+    assert_lycoris_computes(whole.components.unet, theirs)

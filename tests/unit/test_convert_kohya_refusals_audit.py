@@ -105,9 +105,7 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
     # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on a T-LoRA network: TloraBlock has
-    # no `on_input` (DBS403); on Flux / SD3 / Chroma on an IA^3 network: its fused Linears' parts would
-    # share one input-side scale, which dbspec ties for blocks of kind ia3 alone (DBS618 in the converted
-    # spec: DBS403)
+    # no `on_input` (DBS403)
     "tlora_network_ia3_entry_train_on_input": (
         "sd",
         '"algo=tlora"',
@@ -115,14 +113,6 @@ REFUSED = {
         "",
         "DBS403",
         ["network_args preset", "train_on_input on an algo=tlora network"],
-    ),
-    "flux_ia3_network_entry_train_on_input": (
-        "flux",
-        '"algo=ia3"',
-        _flux("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["adapter.blocks[0].on_input", "of the ia3 adapter's own on Flux with fused projections"],
     ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
@@ -538,7 +528,15 @@ CONVERTS = {
         )
         for algo in ("dylora", "glora", "full")
     },
-    # on Flux / SD3 / Chroma too, a fused Linear's parts sharing one input-side scale
+    # on Flux / SD3 / Chroma too, a fused Linear's parts sharing one input-side scale (an IA^3 network's with
+    # fused_projections, which its own blocks' on_input needs there: DBS618)
+    "flux_ia3_network_entry_train_on_input": (
+        "flux",
+        '"algo=ia3"',
+        _flux("ia3", "train_on_input = true"),
+        "",
+        {"kind": "ia3", "block": {"kind": "adapter", "on_input": True}},
+    ),
     **{
         f"flux_{algo}_network_ia3_entry_train_on_input": (
             "flux",
