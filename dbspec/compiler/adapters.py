@@ -331,6 +331,7 @@ def _tlora_block(block) -> BlockPlan:
         rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
         data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)
+        on_input=block.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 

@@ -3417,13 +3417,13 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # the adapters whose IA^3 layers (blocks of kind ia3; an ia3 adapter's own) may take an input side (DBS618)
-_INPUT_SIDE_HOSTS = ("lora", "loha", "lokr", "dylora", "glora", "full", "ia3")
+_INPUT_SIDE_HOSTS = ("lora", "loha", "lokr", "dylora", "glora", "full", "tlora", "ia3")
 
 
 @rule("spec")
 def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
     """An IA^3 block's input side (`on_input`, LyCORIS's train_on_input) acts on a block of kind ia3 beside a
-    lora / loha / lokr / dylora / glora / full adapter's layers, or on an ia3 adapter's own block
+    lora / loha / lokr / dylora / glora / full / tlora adapter's layers, or on an ia3 adapter's own block
     (runtime/blocks.py: peft's rank INPUT_SIDE_RANK, runtime/mixed_kinds.py kind_adapter handing the block
     on; with `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
     tie_fused_ia3_inputs from runtime/prepare.py, which an ia3 adapter's own blocks need on a family with
@@ -3442,7 +3442,7 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
             if not ia3:
                 why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
             elif own not in _INPUT_SIDE_HOSTS:
-                why = f"on the {own} adapter (beside lora, loha, lokr, dylora, glora or full layers only)"
+                why = f"on the {own} adapter (beside lora, loha, lokr, dylora, glora, full or tlora layers)"
             elif own == "ia3" and table == "blocks" and transformer and not fused:
                 why = (
                     f"of the ia3 adapter's own on {family.title} without adapter.fused_projections "

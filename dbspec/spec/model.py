@@ -558,9 +558,10 @@ def _block_sig_type():
 def _block_on_input():
     return option(
         False,
-        doc="Whether the matched IA^3 layers (a block of kind `ia3` beside a lora, loha, lokr, dylora, glora "
-        "or full adapter's layers; an ia3 adapter's own block) scale their input channels instead of their "
-        "output channels (LyCORIS's `train_on_input`, a preset file's map entry's own): each layer computes "
+        doc="Whether the matched IA^3 layers (a block of kind `ia3` beside a lora, loha, lokr, dylora, "
+        "glora, full or tlora adapter's layers; an ia3 adapter's own block) scale their input channels "
+        "instead of their output channels (LyCORIS's `train_on_input`, a preset file's map entry's own): "
+        "each layer computes "
         "W ((1 + s) x) + b with one s per input channel from 0, in either forward (bypass_mode alike), "
         "exported as IA3Module's `weight` of the input's width and `on_input` 1. With `fused_projections` "
         "(Flux, SD3, Chroma) the parts of a fused Linear share one scale over the input they all read "
@@ -2375,6 +2376,7 @@ class TloraBlock:
     rescaled: BlockSwitch = _block_oft_rescaled()
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
     data_init: bool = _block_data_init()
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

@@ -25,6 +25,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
 from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
 from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
 from tests.runtime.test_lycoris_rank_dropout_kinds import _layer_of, _same_dylora_blocks
+from tests.runtime.test_lycoris_tlora import _no_gc
 
 pytest.importorskip("lycoris.kohya")
 
@@ -46,18 +47,24 @@ train_on_input = true
 
 
 @pytest.mark.parametrize(
-    ("algo", "rate"), [("ia3", MODULE), ("glora", MODULE), ("full", 0.0), ("dylora", 0.0)]
+    ("algo", "rate"),
+    [("ia3", MODULE), ("glora", MODULE), ("tlora", MODULE), ("full", 0.0), ("dylora", 0.0)],
 )
 def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
-    """IA^3 and GLoRA networks with module_dropout, full and DyLoRA ones without: the entries' layers scale
-    their input channels as lycoris-lora's IA3Modules with train_on_input, the network's own layers as its
-    modules; the same outputs, draws and IA^3 scale gradients."""
+    """IA^3, GLoRA and T-LoRA networks with module_dropout, full and DyLoRA ones without: the entries' layers
+    scale their input channels as lycoris-lora's IA3Modules with train_on_input, the network's own layers as
+    its modules; the same outputs, draws and IA^3 scale gradients. A T-LoRA network's on the transformers
+    alone (its blocks of other kinds take no k x k convolution, DBS403)."""
     args = f'"module_dropout={rate}"' if rate else ""
-    path, plan = _converted_plan(tmp_path, f"ia3_input_{algo}", algo, args, text=PRESET)
+    preset = PRESET
+    _no_gc(monkeypatch)  # TLoraModule's gc.collect() per module
+    if algo == "tlora":  # the transformers alone (a T-LoRA network's blocks of other kinds: no k x k one)
+        preset = PRESET.replace(', "ResnetBlock2D"]', "]").split("[module_algo_map.ResnetBlock2D]")[0]
+    path, plan = _converted_plan(tmp_path, f"ia3_input_{algo}", algo, args, text=preset)
     a = plan.adapter
     assert (a.kind, a.module_dropout) == (algo, rate)
     entries = [b for b in a.blocks if b.on_input]
-    assert len(entries) == 2, a.blocks
+    assert len(entries) == (1 if algo == "tlora" else 2), a.blocks
     assert {b.kind for b in entries} == {"adapter" if algo == "ia3" else "ia3"}
     ours = _ours(pipe, plan)
     made, theirs = lycoris_unet(
@@ -65,7 +72,9 @@ def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, m
     )
     modules = [m for m in made.unet_loras if type(m).__name__ == "IA3Module"]
     inputs = [m for m in modules if m.train_input]
-    assert inputs and {m.module_type for m in inputs} == {"linear", "conv2d"}
+    assert inputs and {m.module_type for m in inputs} == (
+        {"linear"} if algo == "tlora" else {"linear", "conv2d"}
+    )
     assert all(int(m.on_input) == 1 for m in inputs)
     for m in modules:  # our layers: the entries' on the input side, an IA^3 network's own on the output's
         layer = _layer_of(ours, m.lora_name)
@@ -77,7 +86,9 @@ def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, m
     dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
     # DyLoRA layers export kohya's lora_down / lora_up, which DyLoraModule does not hold
     assert {k.split(".")[0] for k in result.unexpected_keys} <= dylora
-    assert {k.split(".")[0] for k in result.missing_keys if not k.startswith("lora_te")} <= dylora
+    # TLoraModule's frozen start (base_*), which it builds from the same weight's SVD and never loads
+    missing = [k for k in result.missing_keys if not k.startswith("lora_te") and ".base_" not in k]
+    assert {k.split(".")[0] for k in missing} <= dylora
     assert _same_dylora_blocks(ours, made) == len(dylora) and (algo == "dylora") == bool(dylora)
     monkeypatch.setattr(random, "randint", lambda lo, hi: hi)  # DyLoraModule's draw: the last block
     latents, context = _inputs(1, pipe.unet)
@@ -109,7 +120,7 @@ train_on_input = true
 """
 
 
-@pytest.mark.parametrize("algo", ["ia3", "glora", "full", "dylora"])
+@pytest.mark.parametrize("algo", ["ia3", "glora", "tlora", "full", "dylora"])
 def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
     """CLIP's MLP entries on their input side beside the network's attention (the text encoder's blocks,
     TextEncoderBlock `on_input`): CLIP's outputs and the IA^3 scales' gradients equal lycoris-lora's text
@@ -126,6 +137,7 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
     from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS
 
     lycoris_kohya = pytest.importorskip("lycoris.kohya")
+    _no_gc(monkeypatch)
     path, plan = _converted_plan(tmp_path, f"ia3_clip_{algo}", algo, text=CLIP_PRESET)
     a = plan.adapter
     entries = [(b.kind, b.on_input) for b in a.text_encoder_blocks if b.on_input]
@@ -156,7 +168,8 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
     dylora = [m for m in made.text_encoder_loras if type(m).__name__ == "DyLoraModule"]
     dropped = {m.lora_name for m in dylora}  # DyLoraModule holds no lora_down / lora_up
     assert {k.split(".")[0] for k in result.unexpected_keys} <= dropped
-    assert {k.split(".")[0] for k in result.missing_keys if k.startswith("lora_te")} <= dropped
+    missing = [k for k in result.missing_keys if k.startswith("lora_te") and ".base_" not in k]  # T-LoRA's
+    assert {k.split(".")[0] for k in missing} <= dropped
     blocks = kohya_layers(ours, DyloraLayer, adapter=True)
     assert sorted(blocks) == sorted(m.lora_name for m in dylora)
     for module in dylora:  # our blocks into LyCORIS's, both draws the last block
@@ -180,11 +193,11 @@ def test_ia3_clip_entries_on_their_input_side_beside_other_networks(pipe, tmp_pa
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3"])
-@pytest.mark.parametrize("algo", ["ia3", "glora", "full", "dylora"])
+@pytest.mark.parametrize("algo", ["ia3", "glora", "tlora", "full", "dylora"])
 def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
     tmp_path, monkeypatch, family, algo
 ):
-    """IA^3, GLoRA, full and DyLoRA networks with module_dropout on Flux / SD3 whose IA^3 entries' own
+    """IA^3, GLoRA, T-LoRA, full and DyLoRA networks with module_dropout on Flux / SD3 whose IA^3 entries' own
     train_on_input reach fused q/k/v (Flux's linear1 too) and a plain out-projection: each fused Linear's
     parts share one input-side scale (runtime/prepare.py _tie_fused_kinds, or own_input_side for the IA^3
     network's own blocks, with its fused_projections; runtime/lycoris_ia3.py tie_fused_ia3_inputs, as beside
@@ -212,6 +225,7 @@ def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
         "sd3": (SD3, SD3_PRESET, mmdit(2, ()), sd3_parts),
     }[family]
     args = {"algo": algo, "module_dropout": str(DROP)}
+    _no_gc(monkeypatch)
     plan = _plan(tmp_path, family, script, preset, args)
     a = plan.adapter
     assert (a.kind, a.module_dropout) == (algo, DROP) and a.fused
@@ -228,7 +242,8 @@ def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
     )
     result = made.load_state_dict(tensors, strict=False)
     dylora = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
-    assert {k.split(".")[0] for k in (*result.unexpected_keys, *result.missing_keys)} <= dylora, result
+    missing = [k for k in result.missing_keys if ".base_" not in k]  # TLoraModule's frozen start
+    assert {k.split(".")[0] for k in (*result.unexpected_keys, *missing)} <= dylora, result
     theirs = {m.lora_name: m for m in made.unet_loras}
     singles = {id(b.proj_mlp) for b in getattr(ours, "single_transformer_blocks", ())}
     ours.train()
@@ -254,7 +269,7 @@ def test_ia3_entries_on_their_input_side_on_fused_layers_beside_other_networks(
         fused += len(parts) > 1
         grad = parts[0].lora_ia3["default"].grad
         torch.testing.assert_close(grad, module.weight.grad, rtol=1e-4, atol=1e-5, msg=path)
-    own = {"ia3": set(), "glora": {"GLoRAModule"}, "full": {"FullModule"}, "dylora": set()}[algo]
+    own = {"glora": {"GLoRAModule"}, "tlora": {"TLoraModule"}, "full": {"FullModule"}}.get(algo, set())
     assert kinds == {"IA3Module", *own} and fused >= 2
 
 

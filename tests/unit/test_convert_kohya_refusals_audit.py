@@ -104,16 +104,6 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on a T-LoRA network: TloraBlock has
-    # no `on_input` (DBS403)
-    "tlora_network_ia3_entry_train_on_input": (
-        "sd",
-        '"algo=tlora"',
-        _sd("ia3", "train_on_input = true"),
-        "",
-        "DBS403",
-        ["network_args preset", "train_on_input on an algo=tlora network"],
-    ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
     # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
@@ -509,7 +499,8 @@ CONVERTS = {
         {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
     ),
     # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on an IA^3 network (its own block's
-    # on_input) and on DyLoRA / GLoRA / full networks (their block of kind ia3's), SD 1.x/2.x and SDXL
+    # on_input) and on DyLoRA / GLoRA / full / T-LoRA networks (their block of kind ia3's), SD 1.x/2.x and
+    # SDXL
     # (tests/runtime/test_lycoris_ia3_entry_sides_networks.py)
     "ia3_network_entry_train_on_input": (
         "sd",
@@ -526,7 +517,7 @@ CONVERTS = {
             "",
             {"kind": algo, "block": {"kind": "ia3", "on_input": True}},
         )
-        for algo in ("dylora", "glora", "full")
+        for algo in ("dylora", "glora", "full", "tlora")
     },
     # on Flux / SD3 / Chroma too, a fused Linear's parts sharing one input-side scale (an IA^3 network's with
     # fused_projections, which its own blocks' on_input needs there: DBS618)
@@ -545,7 +536,7 @@ CONVERTS = {
             "",
             {"kind": algo, "block": {"kind": "ia3", "on_input": True}},
         )
-        for algo in ("dylora", "glora", "full")
+        for algo in ("dylora", "glora", "full", "tlora")
     },
     # line 1447: the network's own train_on_input is never read (DBS405: create_network hands
     # LycorisNetworkKohya a fixed argument list): every IA3Module on its output side

@@ -325,16 +325,15 @@ def _own_bypass(algo: str, entry: str) -> bool:
 
 
 def _input_side(algo: str, layer: Layer) -> bool:
-    """An IA^3 entry on a LoRA/LoCon, LoHa, LoKr, DyLoRA, GLoRA, full or IA^3 network, whose own
+    """An IA^3 entry on a LoRA/LoCon, LoHa, LoKr, DyLoRA, GLoRA, full, T-LoRA or IA^3 network, whose own
     `train_on_input` (IA3Module's truth test: a scale per input channel, W ((1 + s) x) + b) its block (of
     kind ia3; an IA^3 network's own) carries as `on_input` (spec AdapterBlock, DyloraBlock, GloraBlock,
-    ScaleBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side). A T-LoRA
-    network's TloraBlock has none (DBS403)."""
+    ScaleBlock, TloraBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side)."""
     return _algo(layer.algo) == "ia3" and _algo(algo) in (*_BLOCK_KINDS, *_INPUT_SIDE_NETWORKS)
 
 
 # the networks besides LoRA/LoCon, LoHa and LoKr whose IA^3 entries' own train_on_input a block carries
-_INPUT_SIDE_NETWORKS = ("dylora", "glora", "full", "ia3")
+_INPUT_SIDE_NETWORKS = ("dylora", "glora", "full", "tlora", "ia3")
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -705,6 +704,7 @@ _TLORA_NETWORK_OFF = (
 # constraint as its alpha, `rescaled`; DyLoRA's block size as its `unit`), checked by _oft_own / _dylora_own
 _TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint", "rescaled")}
 _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
+_TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_side)
 
 
 # the kinds whose LyCORIS modules draw (or never read) the network's rank_dropout as a T-LoRA adapter's
