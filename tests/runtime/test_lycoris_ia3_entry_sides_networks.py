@@ -47,30 +47,45 @@ train_on_input = true
 
 
 @pytest.mark.parametrize(
-    ("algo", "rate"),
-    [("ia3", MODULE), ("glora", MODULE), ("tlora", MODULE), ("full", 0.0), ("dylora", 0.0)],
+    ("algo", "rate", "bypass"),
+    [
+        ("ia3", MODULE, False),
+        ("ia3", MODULE, True),
+        ("glora", MODULE, False),
+        ("tlora", MODULE, False),
+        ("full", 0.0, False),
+        ("dylora", 0.0, False),
+    ],
 )
-def test_ia3_entries_on_their_input_side_beside_other_networks(pipe, tmp_path, monkeypatch, algo, rate):  # noqa: F811
+def test_ia3_entries_on_their_input_side_beside_other_networks(
+    pipe,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    algo,
+    rate,
+    bypass,
+):
     """IA^3, GLoRA and T-LoRA networks with module_dropout, full and DyLoRA ones without: the entries' layers
     scale their input channels as lycoris-lora's IA3Modules with train_on_input, the network's own layers as
-    its modules; the same outputs, draws and IA^3 scale gradients. A T-LoRA network's on the transformers
-    alone (its blocks of other kinds take no k x k convolution, DBS403)."""
-    args = f'"module_dropout={rate}"' if rate else ""
+    its modules; the same outputs, draws and IA^3 scale gradients (the IA^3 network in bypass_mode too). A
+    T-LoRA network's on the transformers alone (its blocks of other kinds take no k x k convolution,
+    DBS403)."""
+    drops = {**({"module_dropout": str(rate)} if rate else {}), **({"bypass_mode": "True"} if bypass else {})}
+    args = " ".join(f'"{k}={v}"' for k, v in drops.items())
     preset = PRESET
     _no_gc(monkeypatch)  # TLoraModule's gc.collect() per module
     if algo == "tlora":  # the transformers alone (a T-LoRA network's blocks of other kinds: no k x k one)
         preset = PRESET.replace(', "ResnetBlock2D"]', "]").split("[module_algo_map.ResnetBlock2D]")[0]
     path, plan = _converted_plan(tmp_path, f"ia3_input_{algo}", algo, args, text=preset)
     a = plan.adapter
-    assert (a.kind, a.module_dropout) == (algo, rate)
+    assert (a.kind, a.module_dropout, a.bypass) == (algo, rate, bypass)
     entries = [b for b in a.blocks if b.on_input]
     assert len(entries) == (1 if algo == "tlora" else 2), a.blocks
     assert {b.kind for b in entries} == {"adapter" if algo == "ia3" else "ia3"}
     ours = _ours(pipe, plan)
-    made, theirs = lycoris_unet(
-        pipe, monkeypatch, algo, path, **({"module_dropout": str(rate)} if rate else {})
-    )
+    made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **drops)
     modules = [m for m in made.unet_loras if type(m).__name__ == "IA3Module"]
+    assert all(bool(m.bypass_mode) == bypass for m in modules)
     inputs = [m for m in modules if m.train_input]
     assert inputs and {m.module_type for m in inputs} == (
         {"linear"} if algo == "tlora" else {"linear", "conv2d"}
