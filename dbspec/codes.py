@@ -3295,10 +3295,12 @@ adapter's own layers (its blocks of kind "adapter" or "dylora") have that buffer
         """\
 `on_input = true` on `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` (a LyCORIS preset file's map
 entry's `train_on_input`) makes the matched IA^3 layers scale their input channels, as LyCORIS's IA3Module
-with train_on_input does. It acts on a block of kind `ia3` beside a lora, loha or lokr adapter's layers. A
-block of another `kind` has no IA^3 layers; an ia3 adapter's own layers take `adapter.input_targets`.""",
-        help="remove the block's on_input, or give the block kind ia3 on a lora, loha or lokr adapter (an "
-        "ia3 adapter: list the layers in input_targets)",
+with train_on_input does. It acts on a block of kind `ia3` beside a lora, loha, lokr, dylora, glora, full or
+tlora adapter's layers, and on an ia3 adapter's own block (of kind `adapter`), which on Flux, SD3 and Chroma
+needs `adapter.fused_projections` (LyCORIS's one IA3Module per fused Linear: one input-side scale its parts
+share). A block of another `kind` has no IA^3 layers.""",
+        help="remove the block's on_input, or give the block kind ia3 on a lora, loha, lokr, dylora, glora, "
+        "full or tlora adapter (an ia3 adapter: its own block, or list the layers in input_targets)",
     ),
     Code(
         "DBS620",

@@ -120,6 +120,10 @@ def _prepare(
             tie_fused_projections(module, plan.adapter.fused)
         if plan.adapter.fused and denoiser and mixed(plan.adapter):  # other kinds' blocks' fused layers
             _tie_fused_kinds(module, plan.adapter)
+        if plan.adapter.fused and denoiser and own_input_side(plan.adapter):  # an IA^3 adapter's own blocks'
+            from dbspec.runtime.lycoris_ia3 import tie_fused_ia3_inputs
+
+            tie_fused_ia3_inputs(module, plan.adapter.fused)
         a = plan.adapter
         lycoris_drops = a.rank_dropout or a.module_dropout or a.output_dropout
         if a.fused and denoiser and a.kind in ("lokr", "loha") and lycoris_drops:
@@ -259,6 +263,12 @@ def _tie_fused(module: torch.nn.Module, adapter) -> None:
         from dbspec.runtime.fused import tie_fused_projections
 
         tie_fused_projections(module, adapter.fused)
+
+
+def own_input_side(adapter) -> bool:
+    """An IA^3 adapter whose own blocks (a LyCORIS map entry's train_on_input) put some layers on their input
+    side: LyCORIS's one IA3Module per fused Linear, one scale its parts share (tie_fused_ia3_inputs)."""
+    return adapter.kind == "ia3" and any(b.kind == "adapter" and b.on_input for b in adapter.blocks)
 
 
 def swapped_rows(module: torch.nn.Module):

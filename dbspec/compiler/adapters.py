@@ -347,6 +347,7 @@ def _tlora_block(block) -> BlockPlan:
         rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
         data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)
+        on_input=block.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
     )
 
@@ -409,6 +410,7 @@ def _rank_blocks(adapter) -> dict:
                 conv_alpha=b.conv_alpha if conv else 1.0,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
                 **_other_kind_options(b, adapter),
                 # blocks of kind lora / loha / lokr: LyCORIS's weight decomposition (a network's dora_wd
                 # or an entry's weight_decompose; rules DBS583 keep it off GLoRA / DyLoRA layers)
@@ -427,6 +429,7 @@ def _rank_blocks(adapter) -> dict:
                 alpha=b.alpha,
                 unit=unit(b),
                 bypass=own_bypass(b),
+                on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
                 **_other_kind_options(b, adapter),
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
@@ -583,6 +586,7 @@ def _scale_blocks(adapter) -> dict:
                 alpha=1.0,
                 conv_rank=0 if text else 1,
                 bypass=own_bypass(b),  # an IA^3 adapter's own (a map entry's bypass_mode; DBS592 on full)
+                on_input=b.on_input,  # an IA^3 adapter's own input side (a map entry's; DBS618 on full)
                 lr_scale=b.lr_scale,
             )
         return BlockPlan(
@@ -599,6 +603,7 @@ def _scale_blocks(adapter) -> dict:
             **_block_switches(b, adapter),
             scalar=_block_scalar(b, adapter),
             rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
+            on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
             dora=_block_dora(b, adapter),
             dora_axis=_block_dora_axis(b, adapter),
             lr_scale=b.lr_scale,

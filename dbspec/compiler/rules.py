@@ -3416,22 +3416,39 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                 )
 
 
+# the adapters whose IA^3 layers (blocks of kind ia3; an ia3 adapter's own) may take an input side (DBS618)
+_INPUT_SIDE_HOSTS = ("lora", "loha", "lokr", "dylora", "glora", "full", "tlora", "ia3")
+
+
 @rule("spec")
 def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
     """An IA^3 block's input side (`on_input`, LyCORIS's train_on_input) acts on a block of kind ia3 beside a
-    lora / loha / lokr adapter's layers (runtime/blocks.py: peft's rank INPUT_SIDE_RANK; with
-    `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
-    tie_fused_ia3_inputs): DBS618 elsewhere (an ia3 adapter's own layers take `input_targets`)."""
+    lora / loha / lokr / dylora / glora / full / tlora adapter's layers, or on an ia3 adapter's own block
+    (runtime/blocks.py: peft's rank INPUT_SIDE_RANK, runtime/mixed_kinds.py kind_adapter handing the block
+    on; with `fused_projections` a fused Linear's parts sharing one scale, runtime/lycoris_ia3.py
+    tie_fused_ia3_inputs from runtime/prepare.py, which an ia3 adapter's own blocks need on a family with
+    fused layers): DBS618 elsewhere (silent about the family for family = "auto": the compiler runs it again
+    with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
+    family = FAMILIES.get(spec.model.family)
+    fused = getattr(a, "fused_projections", False)
+    transformer = family is not None and bool(family.fused_projections)
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             if not getattr(block, "on_input", False):
                 continue
-            if block.kind != "ia3":
+            ia3 = block.kind == "ia3" or (own == "ia3" and block.kind == "adapter")
+            if not ia3:
                 why = f'of kind "{block.kind}", whose layers are not IA^3 ones'
-            elif own not in ("lora", "loha", "lokr"):
-                why = f"on a {own} adapter (beside lora, loha or lokr layers only)"
+            elif own not in _INPUT_SIDE_HOSTS:
+                why = f"on the {own} adapter (beside lora, loha, lokr, dylora, glora, full or tlora layers)"
+            elif own == "ia3" and table == "blocks" and transformer and not fused:
+                why = (
+                    f"of the ia3 adapter's own on {family.title} without adapter.fused_projections "
+                    "(LyCORIS's one IA3Module per fused Linear: one input-side scale its parts share, which "
+                    "dbspec ties with fused_projections)"
+                )
             else:
                 continue
             yield _err(

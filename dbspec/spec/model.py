@@ -571,13 +571,16 @@ def _block_sig_type():
 def _block_on_input():
     return option(
         False,
-        doc="Whether the matched IA^3 layers (a block of kind `ia3` beside a lora, loha or lokr adapter's "
-        "layers) scale their input channels instead of their output channels (LyCORIS's `train_on_input`, a "
-        "preset file's map entry's own): each layer computes W ((1 + s) x) + b with one s per input channel "
-        "from 0, in either forward (bypass_mode alike), exported as IA3Module's `weight` of the input's "
-        "width and `on_input` 1. With `fused_projections` (Flux, SD3, Chroma) the parts of a fused Linear "
-        "share one scale over the input they all read (kohya's one IA3Module on the fused layer). Other "
-        "blocks: false only (DBS618); an ia3 adapter's own layers take `input_targets`.",
+        doc="Whether the matched IA^3 layers (a block of kind `ia3` beside a lora, loha, lokr, dylora, "
+        "glora, full or tlora adapter's layers; an ia3 adapter's own block) scale their input channels "
+        "instead of their output channels (LyCORIS's `train_on_input`, a preset file's map entry's own): "
+        "each layer computes "
+        "W ((1 + s) x) + b with one s per input channel from 0, in either forward (bypass_mode alike), "
+        "exported as IA3Module's `weight` of the input's width and `on_input` 1. With `fused_projections` "
+        "(Flux, SD3, Chroma) the parts of a fused Linear share one scale over the input they all read "
+        "(kohya's one IA3Module on the fused layer; an ia3 adapter's own blocks there need "
+        "`fused_projections`). Other blocks: false only (DBS618); an ia3 adapter's own layers also take "
+        "`input_targets`.",
         example=True,
     )
 
@@ -964,6 +967,7 @@ class DyloraBlock:
     scalar: BlockSwitch = _block_scalar()
     tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (its entry's use_tucker)
     rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
@@ -1589,6 +1593,8 @@ class ScaleBlock:
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     bypass: BlockSwitch = _block_bypass()  # an IA^3 adapter's own block (its entry's bypass_mode)
+    # an IA^3 adapter's own block or a block of kind ia3 on a full adapter (its entry's train_on_input)
+    on_input: bool = _block_on_input()
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")
 
 
@@ -2123,6 +2129,7 @@ class GloraBlock:
     scalar: BlockSwitch = _block_scalar()
     tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (its entry's use_tucker)
     rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("GLoRA (or the block's `kind`)")
@@ -2386,6 +2393,7 @@ class TloraBlock:
     rescaled: BlockSwitch = _block_oft_rescaled()
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
     data_init: bool = _block_data_init()
+    on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

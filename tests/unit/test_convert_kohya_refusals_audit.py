@@ -520,6 +520,55 @@ CONVERTS = {
         "",
         {"kind": "lora", "block": {"kind": "ia3", "on_input": True}},
     ),
+    # line 108 (mixed full / IA^3): an IA^3 entry's own train_on_input on an IA^3 network (its own block's
+    # on_input) and on DyLoRA / GLoRA / full / T-LoRA networks (their block of kind ia3's), SD 1.x/2.x and
+    # SDXL
+    # (tests/runtime/test_lycoris_ia3_entry_sides_networks.py)
+    "ia3_network_entry_train_on_input": (
+        "sd",
+        '"algo=ia3"',
+        _sd("ia3", "train_on_input = true"),
+        "",
+        {"kind": "ia3", "input_targets": (), "block": {"kind": "adapter", "on_input": True}},
+    ),
+    **{
+        f"{algo}_network_ia3_entry_train_on_input": (
+            "sd",
+            f'"algo={algo}"',
+            _sd("ia3", "train_on_input = true"),
+            "",
+            {"kind": algo, "block": {"kind": "ia3", "on_input": True}},
+        )
+        for algo in ("dylora", "glora", "full", "tlora")
+    },
+    # on Flux / SD3 / Chroma too, a fused Linear's parts sharing one input-side scale (an IA^3 network's with
+    # fused_projections, which its own blocks' on_input needs there: DBS618)
+    "flux_ia3_network_entry_train_on_input": (
+        "flux",
+        '"algo=ia3"',
+        _flux("ia3", "train_on_input = true"),
+        "",
+        {"kind": "ia3", "block": {"kind": "adapter", "on_input": True}},
+    ),
+    **{
+        f"flux_{algo}_network_ia3_entry_train_on_input": (
+            "flux",
+            f'"algo={algo}"',
+            _flux("ia3", "train_on_input = true"),
+            "",
+            {"kind": algo, "block": {"kind": "ia3", "on_input": True}},
+        )
+        for algo in ("dylora", "glora", "full", "tlora")
+    },
+    # line 1447: the network's own train_on_input is never read (DBS405: create_network hands
+    # LycorisNetworkKohya a fixed argument list): every IA3Module on its output side
+    "ia3_network_train_on_input": (
+        "sd",
+        '"algo=ia3" "train_on_input=True"',
+        None,
+        "",
+        {"kind": "ia3", "input_targets": ()},
+    ),
     # line 108 (T-LoRA): an entry's own use_data_init = false on a LoCon network;
     # tests/runtime/test_lycoris_tlora_entry_random.py
     "tlora_entry_use_data_init_on_locon": (

@@ -21,11 +21,14 @@ from dbspec.convert.kohya.network import rank_dropout_readers
 
 def kind_blocks(blocks, text_blocks) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The blocks of another kind (a map entry's algorithm) among a full / IA^3 network's, and an IA^3
-    network's own entries' blocks with their own bypass_mode (lycoris_maps._own_ia3: a `bypass`, no kind;
-    the leading rank-0 blocks are its `exclude` patterns, lycoris_flux._full_excluded)."""
-    return [b for b in blocks if "kind" in b or "bypass" in b], [
-        b for b in text_blocks if "kind" in b or "bypass" in b
-    ]
+    network's own entries' blocks with their own bypass_mode or train_on_input (lycoris_maps._own_ia3: a
+    `bypass`, an `on_input` (which the compiler refuses on these families, DBS618), no kind; the leading
+    rank-0 blocks are its `exclude` patterns, lycoris_flux._full_excluded)."""
+
+    def kept(block) -> bool:
+        return "kind" in block or "bypass" in block or "on_input" in block
+
+    return [b for b in blocks if kept(b)], [b for b in text_blocks if kept(b)]
 
 
 def put_kind_blocks(conv: Conversion, module: Legacy, blocks, text_blocks) -> bool:

@@ -869,8 +869,12 @@ def _ia3(
     else:
         conv.put(("adapter", "denoiser_targets"), targets, conv.comment(module, note))
     mixed = put_kind_blocks(conv, module, blocks if layers != "none" else [], text_blocks)
-    if (skip or mixed) and layers != "none":  # the parts of a fused Linear are one IA3Module: one draw
-        why = "one IA3Module per fused Linear: its parts share the module_dropout draw"
+    # its own entries' train_on_input (their blocks' on_input): one input-side scale per fused Linear
+    inputs = any(b.get("on_input") for b in blocks) if layers != "none" else False
+    if (skip or mixed or inputs) and layers != "none":  # the parts of a fused Linear are one IA3Module
+        why = "one IA3Module per fused Linear: its parts share the module_dropout draw" + (
+            " and an input-side scale (its own entries' train_on_input)" if inputs else ""
+        )
         conv.put(("adapter", "fused_projections"), True, conv.comment(module, FUSED_WHY if mixed else why))
     put_rest(conv, module, args, preset, text, {})
     return True

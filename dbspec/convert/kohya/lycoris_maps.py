@@ -325,10 +325,15 @@ def _own_bypass(algo: str, entry: str) -> bool:
 
 
 def _input_side(algo: str, layer: Layer) -> bool:
-    """An IA^3 entry on a LoRA/LoCon, LoHa or LoKr network, whose own `train_on_input` (IA3Module's truth
-    test: a scale per input channel, W ((1 + s) x) + b) its block of kind ia3 carries as `on_input` (spec
-    AdapterBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side)."""
-    return _algo(layer.algo) == "ia3" and _algo(algo) in _BLOCK_KINDS
+    """An IA^3 entry on a LoRA/LoCon, LoHa, LoKr, DyLoRA, GLoRA, full, T-LoRA or IA^3 network, whose own
+    `train_on_input` (IA3Module's truth test: a scale per input channel, W ((1 + s) x) + b) its block (of
+    kind ia3; an IA^3 network's own) carries as `on_input` (spec AdapterBlock, DyloraBlock, GloraBlock,
+    ScaleBlock, TloraBlock, TextEncoderBlock; runtime/blocks.py builds those layers on the input side)."""
+    return _algo(layer.algo) == "ia3" and _algo(algo) in (*_BLOCK_KINDS, *_INPUT_SIDE_NETWORKS)
+
+
+# the networks besides LoRA/LoCon, LoHa and LoKr whose IA^3 entries' own train_on_input a block carries
+_INPUT_SIDE_NETWORKS = ("dylora", "glora", "full", "tlora", "ia3")
 
 
 def own_bypass_switch(algo: str, layer: Layer, network: dict[str, Any]) -> dict[str, str]:
@@ -705,6 +710,7 @@ _TLORA_NETWORK_OFF = (
 # constraint as its alpha, `rescaled`; DyLoRA's block size as its `unit`), checked by _oft_own / _dylora_own
 _TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint", "rescaled")}
 _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
+_TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_side)
 
 
 # the kinds whose LyCORIS modules draw (or never read) the network's rank_dropout as a T-LoRA adapter's
@@ -1052,6 +1058,7 @@ _SCALE_BLOCK_OWN = (
     "rank_stabilized",
     "scalar",
     "rescaled",
+    "on_input",  # an IA^3 entry's own train_on_input on a full network (ScaleBlock on_input)
 )
 
 
@@ -1092,19 +1099,21 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
 
 def _own_ia3(block: dict[str, Any], text: bool = False) -> dict[str, Any] | None:
     """A full / IA^3 network's block of `_blocks`: one of another kind as it is; an IA^3 network's own
-    entry's block with its own bypass_mode (own_bypass_switch) as {pattern, bypass} (IA3Module never reads
-    dim / alpha: an IA^3 adapter's own block has no size; a text encoder's block, spec TextEncoderBlock,
-    rank 1 and alpha 1, unread); None for an own entry's block without one."""
+    entry's block with its own bypass_mode (own_bypass_switch) and train_on_input (its `on_input`) as
+    {pattern, bypass, on_input} (IA3Module never reads dim / alpha: an IA^3 adapter's own block has no size;
+    a text encoder's block, spec TextEncoderBlock, rank 1 and alpha 1, unread); None for an own entry's
+    block without either."""
     if "kind" in block:
         return block
-    if "bypass" not in block:
+    own = [name for key, name in (("bypass", "bypass_mode"), ("on_input", "train_on_input")) if key in block]
+    if not own:
         return None
     why = block["_why"].split("`")
     return {
         "pattern": block["pattern"],
         **({"rank": 1, "alpha": 1.0} if text else {}),
-        "bypass": block["bypass"],
-        "_why": f"kohya lycoris.kohya: the preset file's `{why[1]}` bypass_mode"
+        **{key: block[key] for key in ("bypass", "on_input") if key in block},
+        "_why": f"kohya lycoris.kohya: the preset file's `{why[1]}` {', '.join(own)}"
         if len(why) > 2
         else block["_why"],
     }
