@@ -2830,15 +2830,17 @@ rescale).""",
     Code(
         "DBS581",
         ERROR,
-        "A negative alpha on layers other than GLoRA's or T-LoRA's",
+        "A negative alpha on layers that do not keep its sign",
         """\
-A GLoRA or T-LoRA adapter (`kind = "glora"`, `"tlora"`) takes an `alpha` below 0, as LyCORIS's GLoRAModule and
-TLoraModule keep its sign (scale alpha / rank: the update trains with its sign flipped), and so do blocks of
-GLoRA or T-LoRA layers (the adapter's own, or `kind = "glora"` / `"tlora"` beside a lora, loha or lokr
-adapter's layers: a LyCORIS preset file's entry's own negative `alpha`). Blocks of other layers (LoRA/LoCon,
-LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a lora / loha / lokr adapter's own) read their alpha as those
+LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule keep a negative alpha's sign (scale
+alpha / rank: the update trains with its sign flipped), and so does dbspec on GLoRA, T-LoRA, LoRA/LoCon, LoHa
+and LoKr layers: a block of those layers (the adapter's own, or `kind = "glora"`, `"tlora"`, `"lora"`,
+`"loha"`, `"lokr"` beside another adapter's layers: a LyCORIS preset file's entry's own negative `alpha`)
+takes an `alpha` / `conv_alpha` below 0, in `[[adapter.blocks]]` and `[[adapter.text_encoder_blocks]]`.
+Blocks of other layers (DyLoRA, Diag-OFT, BOFT, full, IA^3, a dylora adapter's own) read their alpha as those
 kinds do, where dbspec takes only alphas of 0 or more.""",
-        help='give the block an alpha of 0 or more, or GLoRA / T-LoRA layers (kind = "glora" / "tlora")',
+        help="give the block an alpha of 0 or more, or layers of a kind that keeps the sign "
+        '(kind = "lora", "loha", "lokr", "glora" or "tlora")',
     ),
     Code(
         "DBS582",

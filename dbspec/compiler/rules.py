@@ -3166,16 +3166,17 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
-# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py)
-SIGNED_ALPHA_KINDS = ("glora", "tlora")
+# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py), LoConModule's,
+# LohaModule's and LokrModule's (peft's LoRA / LoHa / LoKr layers, scaling alpha / rank with its sign)
+SIGNED_ALPHA_KINDS = ("glora", "tlora", "lora", "loha", "lokr")
 
 
 @rule("spec")
 def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
-    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA / T-LoRA adapter's alphas and its own
-    blocks', a LoRA / LoHa / LoKr adapter's blocks of kind glora or tlora: a LyCORIS preset file's GLoRA /
-    T-LoRA entries' own)."""
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (GLoRA, T-LoRA, LoRA/LoCon, LoHa and LoKr
+    blocks, the adapter's own or another kind's: a LyCORIS preset file's entries' own negative alpha); a
+    DyLoRA block's stays above 0."""
     a = spec.adapter
     tables = ("blocks", "text_encoder_blocks")
     for table, i, block in ((t, i, b) for t in tables for i, b in enumerate(getattr(a, t, ()))):
@@ -3189,7 +3190,8 @@ def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                     "DBS581",
                     ("adapter", table, i, key),
                     f"adapter.{table}[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{own}" ({kind} layers): only GLoRA and T-LoRA layers take an alpha below 0',
+                    f'kind = "{own}" ({kind} layers): only GLoRA, T-LoRA, LoRA, LoHa and LoKr layers take '
+                    "an alpha below 0",
                     codes.help("DBS581"),
                 )
 

@@ -474,17 +474,18 @@ def _block_conv_alpha():
 
 def _signed_block_alpha():
     return option(
-        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA or T-LoRA "
-        "layers (`kind` glora or tlora, or adapter on a glora adapter: LyCORIS's GLoRAModule and "
-        "TLoraModule keep the sign, so their update trains with its sign flipped and is saved with that "
-        "alpha; a LyCORIS preset file's GLoRA / T-LoRA entry's own negative `alpha`; DBS581 for other "
-        "kinds)."
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, "
+        "LoHa or LoKr layers (LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule "
+        "keep the sign, so their update trains with its sign flipped and is saved with that alpha; a "
+        "LyCORIS preset file's entry's own negative `alpha`; DBS581 for other kinds)."
     )
 
 
 def _signed_block_conv_alpha():
     return option(
-        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
+        1.0,
+        doc="Alpha of the matched 3x3 convolutions; below 0 only for the layers whose `alpha` may be, as "
+        "`alpha`.",
     )
 
 
@@ -819,7 +820,11 @@ class TextEncoderBlock:
         minimum=0,
         maximum=100_000,
     )
-    alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
+    alpha: float = option(
+        doc="Alpha of the matched layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, LoHa "
+        "or LoKr layers (their LyCORIS modules keep the sign: a preset file's CLIP entry's own negative "
+        "`alpha`; DBS581 for other kinds)."
+    )
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
@@ -1550,8 +1555,9 @@ class ScaleBlock:
     )
     alpha: float = option(
         1.0,
-        doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank).",
-        minimum=0,
+        doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank); below 0 "
+        "for LoRA/LoCon, LoHa, LoKr, GLoRA or T-LoRA layers (their LyCORIS modules keep the sign: a preset "
+        "file's entry's own negative `alpha`; DBS581 for other kinds).",
     )
     conv_rank: int = option(
         0,
@@ -1560,7 +1566,7 @@ class ScaleBlock:
         minimum=0,
         maximum=100_000,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
     # a block of kind lokr: a LyCORIS map entry's own split and switches (DBS576)
     factor: int = _block_factor()

@@ -682,6 +682,46 @@ CONVERTS = {
         "",
         {"kind": "lora", "alpha": 1.0, "block": {"kind": "glora", "alpha": -2.0}},
     ),
+    # line 109: a LoCon / LoHa / LoKr entry's own negative alpha (DBS581 in a spec before): LoConModule,
+    # LohaModule and LokrModule keep its sign (scale alpha / dim), its block's alpha; a CLIP entry's its
+    # text-encoder block's; on Flux's fused Linears alike (tests/runtime/test_lycoris_entry_signs_locon.py)
+    "locon_entry_negative_alpha": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "adapter", "alpha": -2.0}},
+    ),
+    "loha_entry_negative_alpha_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("loha", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "loha", "alpha": -2.0}},
+    ),
+    "lokr_entry_negative_alpha_on_lokr": (
+        "sd",
+        '"algo=lokr"',
+        _sd("lokr", "alpha = -2"),
+        "",
+        {"kind": "lokr", "alpha": 1.0, "block": {"kind": "adapter", "alpha": -2.0}},
+    ),
+    "clip_locon_entry_negative_alpha": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "alpha = -2")
+        .replace("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention"]')
+        .replace("FeedForward", "CLIPAttention"),
+        "",
+        {"kind": "lora", "alpha": 1.0},
+    ),
+    "flux_loha_entry_negative_alpha_on_locon": (
+        "flux",
+        '"algo=locon"',
+        _flux("loha", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "loha", "alpha": -2.0}},
+    ),
     # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
     # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
     "tlora_entry_sig_type_on_locon": (
