@@ -798,12 +798,13 @@ with an optimizer whose step reads all parameters together (prodigy, D-Adaptatio
         ERROR,
         "Adapter options that cannot train together",
         """\
-Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
-would be scaled to nothing) or with no `conv_targets`; a module named both in `denoiser_targets` and in
-`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
-divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
-cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them).""",
+Adapter options that cannot train together: a lora, loha or lokr adapter's `alpha = 0` (its updates would be
+scaled to nothing; a negative alpha trains them with their sign flipped, as LyCORIS and kohya keep it);
+`conv_rank` above 0 with `conv_alpha = 0` (the convolution updates would be scaled to nothing) or with no
+`conv_targets`; a module named both in `denoiser_targets` and in `conv_targets` (it would get two ranks);
+`factor = 0` for LoKr (-1 splits near the square root, or give a divisor of the layer widths); LoRA on
+convolutions with `precision.quantize_denoiser` (peft's LoRA convolution cannot run on a quantised layer; LoHa
+and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA wraps them).""",
     ),
     Code(
         "DBS261",

@@ -1163,6 +1163,15 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         "tlora",  # no convolution rank, no option to combine
     ):  # lycoris_switches_fit
         return
+    # alpha may be negative (LyCORIS keeps the sign), not 0 (unset it is the rank, whose own range is checked)
+    if a.kind in ("lora", "loha", "lokr") and not a.alpha and given(("adapter", "alpha")):
+        yield _err(
+            "DBS260",
+            ("adapter", "alpha"),
+            f"alpha is 0 on a {a.kind} adapter: its updates would be scaled to nothing",
+            "set alpha to a number other than 0 (the same as rank gives scale 1.0; kohya's alpha 0 is the "
+            "rank)",
+        )
     if a.conv_rank and not a.conv_alpha:
         yield _err(
             "DBS260",

@@ -210,6 +210,32 @@ def _alpha():
     )
 
 
+def _signed_lycoris_alpha():
+    """A lora / loha / lokr adapter's alpha: any sign but 0 (LyCORIS's LoConModule, LohaModule and LokrModule,
+    and kohya's LoRAModule, scale by alpha / rank with the sign kept)."""
+    return option(
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        doc="Alpha; the update is scaled by alpha / rank. May be negative: LyCORIS's LoConModule, LohaModule "
+        "and LokrModule (and kohya's LoRAModule) keep the sign (kohya `network_alpha` below 0), so the "
+        "update trains with its sign flipped and the export saves the negative alpha; with `max_norm` in "
+        "the `\"lycoris\"` form a negative scale makes LoConModule's norm (its unscaled update's times alpha "
+        "/ rank) negative, clamped up to half the limit: those LoRA layers are never scaled, as in LyCORIS "
+        "(LoHa's and LoKr's norms, of their scaled update, are not negative). Not 0 (DBS260).",
+        derived="same as `rank` (scale 1.0)",
+        example=8.0,
+    )
+
+
+def _signed_lycoris_conv_alpha():
+    return option(
+        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
+        doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
+        "`conv_alpha`); may be negative, as `alpha`.",
+        derived="same as `conv_rank` (scale 1.0)",
+        example=1.0,
+    )
+
+
 def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
@@ -1041,7 +1067,7 @@ class LoraAdapter:
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
     )
     rank: int = _rank(16, "LoRA")
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
     rank_dropout: float = option(
         0.0,
@@ -1170,7 +1196,7 @@ class LoraAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     scalar: bool = _scalar()
@@ -1355,7 +1381,7 @@ class LohaAdapter:
         "freezes the base weights."
     )
     rank: int = _rank(8, "LoHa")
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     rank_dropout: float = _rank_dropout()
     rank_dropout_form: Literal["lycoris", "lycoris_bypass"] = option(
         "lycoris",
@@ -1380,7 +1406,7 @@ class LohaAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     dora: bool = _lycoris_dora("LoHa")
@@ -1421,7 +1447,7 @@ class LokrAdapter:
         " A rank of half the larger second factor or more trains it in full; a layer whose two factors are "
         "both full trains at scale 1 (alpha unused; sqrt(rank) with `rank_stabilized`), as LyCORIS.",
     )
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     factor: int = option(
         -1,
         doc="Split each dimension into factor x (dimension / factor) (LyCORIS `factor`); -1 splits near the "
@@ -1465,7 +1491,7 @@ class LokrAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank(100_000)
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     dora: bool = _lycoris_dora("LoKr")
     dora_axis: Literal["output", "input"] = _dora_axis()

@@ -35,15 +35,15 @@ _HELD["diag-oft"] = "oft_blocks"
 _FROZEN = (".base_q", ".base_p", ".base_lambda")  # T-LoRA's frozen start: LyCORIS builds its own
 
 
-def _plan(tmp_path, preset: str, args: dict[str, str], flags: str = ""):
-    """The kohya command (network_alpha 1, `args`, the preset file, `flags`) converted without DBS402 /
+def _plan(tmp_path, preset: str, args: dict[str, str], flags: str = "", alpha: float = 1.0):
+    """The kohya command (network_alpha `alpha`, `args`, the preset file, `flags`) converted without DBS402 /
     DBS403: its plan on the tiny SD 1.x."""
     from tests.unit.convert_kit import SD15, errors, images, kohya, plan_of
 
     (tmp_path / "p.toml").write_text(preset, encoding="utf-8")
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     given = " ".join(f'"{k}={v}"' for k, v in {**args, "preset": "p.toml"}.items())
-    command = SCRIPT.format(sd15=SD15, alpha="1") + f"--network_args {given} {flags}"
+    command = SCRIPT.format(sd15=SD15, alpha=f"{alpha:g}") + f"--network_args {given} {flags}"
     outcome = kohya(tmp_path, command=command)
     assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
     return plan_of(outcome, tmp_path, ["model.base=builtin:tiny-sd1"])
@@ -115,32 +115,40 @@ def test_locon_entry_negative_alpha_on_full_network(pipe, tmp_path, monkeypatch)
         torch.testing.assert_close(moved[key], grad.reshape(moved[key].shape), rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize(("network", "entry"), [("loha", "locon"), ("locon", "loha"), ("locon", "lokr")])
-def test_entry_negative_alpha_max_norm_is_lycoris(pipe, tmp_path, monkeypatch, network, entry):  # noqa: F811
-    """--scale_weight_norms beside an entry's own `alpha = -2`: lycoris.kohya's apply_max_norm_regularization
-    and ours (runtime/max_norm.py) scale the same modules (LoConModule at a negative scale never: its norm
-    below 0, clamped up to half the limit; LohaModule and LokrModule as at +2), log the same mean and largest
-    norm, and leave equal networks (outputs after)."""
+@pytest.mark.parametrize(
+    ("network", "entry", "alpha"),
+    [
+        ("loha", "locon", 1.0),
+        ("locon", "loha", 1.0),
+        ("locon", "lokr", 1.0),
+        # the network's own negative alpha (--network_alpha=-1): LoCon's never scaled, LoHa's all
+        ("locon", "locon", -1.0),
+        ("loha", "lokr", -1.0),
+    ],
+)
+def test_negative_alpha_max_norm_is_lycoris(pipe, tmp_path, monkeypatch, network, entry, alpha):  # noqa: F811
+    """--scale_weight_norms beside an entry's own `alpha = -2` (and the network's `alpha`): lycoris.kohya's
+    apply_max_norm_regularization and ours (runtime/max_norm.py) scale the same modules (LoConModule at a
+    negative scale never: its norm below 0, clamped up to half the limit; LohaModule and LokrModule as at the
+    positive alpha), log the same mean and largest norm, and leave equal networks (outputs after)."""
     from dbspec.runtime.max_norm import apply_lycoris_max_norm, lycoris_norm_modules, lycoris_update
 
     args = {"algo": network}
-    plan = _plan(tmp_path, _preset(entry, "alpha = -2"), args, "--scale_weight_norms=1")
+    plan = _plan(tmp_path, _preset(entry, "alpha = -2"), args, "--scale_weight_norms=1", alpha)
     a = plan.adapter
-    assert (a.max_norm, a.max_norm_form) == (1.0, "lycoris")
+    assert (a.max_norm, a.max_norm_form, a.alpha) == (1.0, "lycoris", alpha)
     ours = _ours(pipe, a, {})
-    made, theirs = _theirs(pipe, tmp_path, monkeypatch, args, 1.0)
+    made, theirs = _theirs(pipe, tmp_path, monkeypatch, args, alpha)
     tensors = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys and not [k for k in result.missing_keys if k.startswith("lora_")]
     modules = lycoris_norm_modules(ours, [])
-    limit = (
-        min(float(lycoris_update(m).detach().norm()) for m in modules) / 4
-    )  # binds every module at a positive scale
+    limit = min(float(lycoris_update(m).detach().norm()) for m in modules) / 4  # binds every module at +alpha
     mine = apply_lycoris_max_norm(modules, limit)
     want = made.apply_max_norm_regularization(limit, "cpu")
-    entries = [m for m in made.unet_loras if "_ff_net_" in m.lora_name]
-    kept = len(entries) if entry == "locon" else 0  # the negative LoCon modules, never scaled
-    assert mine[0] == want[0] == len(made.unet_loras) - kept
+    kept = [m for m in made.unet_loras if type(m).__name__ == "LoConModule" and m.scale < 0]  # never scaled
+    assert bool(kept) == (entry == "locon" or (network == "locon" and alpha < 0))
+    assert mine[0] == want[0] == len(made.unet_loras) - len(kept)
     assert mine[1:] == pytest.approx((float(want[1]), float(want[2])), rel=1e-4)
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(2, 4, 8, 8, generator=g)
@@ -149,6 +157,80 @@ def test_entry_negative_alpha_max_norm_is_lycoris(pipe, tmp_path, monkeypatch, n
     ours.eval(), theirs.eval(), made.eval()
     with torch.no_grad():
         torch.testing.assert_close(theirs(latents, t, context).sample, ours(latents, t, context).sample)
+
+
+# the transformers' and the ResNets' layers the network's (their 3x3 convolutions at conv_dim / conv_alpha)
+NETWORK_PRESET = """\
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D"]
+unet_target_name = []
+text_encoder_target_module = []
+"""
+
+
+@pytest.mark.parametrize("network", ["locon", "loha", "lokr"])
+def test_network_negative_alpha_is_lycoris(pipe, tmp_path, monkeypatch, network):  # noqa: F811
+    """`--network_alpha=-1` with `conv_alpha=-2` on a LoCon / LoHa / LoKr network (was DBS403: the adapter's
+    alpha above 0, conv_alpha 0 or more): the adapter's alpha -1 and conv_alpha -2, trained as lycoris-lora's
+    network at those alphas (its modules at scale -1 / 4 and -2 / 4, a LokrModule with two full factors at
+    1)."""
+    args = {"algo": network, "conv_dim": "4", "conv_alpha": "-2"}
+    plan = _plan(tmp_path, NETWORK_PRESET, args, alpha=-1.0)
+    a = plan.adapter
+    assert (a.kind, a.rank, a.alpha, a.conv_rank, a.conv_alpha) == (
+        {"locon": "lora"}.get(network, network),
+        4,
+        -1.0,
+        4,
+        -2.0,
+    )
+    held = (f"attn1_to_q.{_HELD[network]}", f"resnets_0_conv1.{_HELD[network]}")
+    made = same_as_lycoris(pipe, tmp_path, monkeypatch, a, args, -1.0, held)
+    scales = {m.scale for m in made.unet_loras}
+    assert {-0.25, -0.5} <= scales <= {-0.25, -0.5, 1.0}
+
+
+def test_flux_network_negative_alpha_is_lycoris(tmp_path, monkeypatch):
+    """On Flux `--network_alpha=-1` on a LoCon network (one LoConModule per fused Linear) beside LoHa / LoKr
+    entries at their own negative alphas, in bypass_mode with the network's dropouts: each kohya layer's
+    module against the plan's parts, CLIP-L's alike."""
+    from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
+    from tests.runtime.shared import moved_components
+    from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import DROPOUT, MODULE, _layers_as_lycoris
+    from tests.runtime.test_lycoris_mixed_flow_full import _BASE, _kohya_layers, _kohya_tree
+    from tests.runtime.test_lycoris_preset_file_flow import _unwrapped
+    from tests.runtime.test_lycoris_preset_file_sdxl import _kohya_clip
+    from tests.unit.convert_kit import FLUX_LYCORIS, component_file, errors, images, kohya, plan_of
+
+    file = tmp_path / "mixed.toml"
+    file.write_text(FLUX_FILE.replace("QKV", "lokr").replace("LINEAR1", "loha"), encoding="utf-8")
+    drops = {"bypass_mode": "True", "dropout": str(DROPOUT), "module_dropout": str(MODULE)}
+    given = " ".join(f'"{k}={v}"' for k, v in {"algo": "locon", "preset": file.name, **drops}.items())
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    command = FLUX_LYCORIS.replace("--network_alpha=1", "--network_alpha=-1") + f"--network_args {given}"
+    outcome = kohya(tmp_path, command=command)
+    assert not {"DBS402", "DBS403"} & {d.code for d in outcome.diagnostics}, errors(outcome)
+    plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
+    a = plan.adapter
+    assert a.fused and (a.kind, a.alpha) == ("lora", -1.0)
+    comps = moved_components(plan, text_encoder=True)
+    tensors = lycoris_state(unet=comps.unet, text_encoders=comps.text_encoders, family="flux", dtype="fp32")
+    layers = _kohya_layers(comps.unet, flux_model(1, 1), diffusers_parts)
+    clip = _kohya_clip(_unwrapped(comps.text_encoders[0]))
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    tree = _kohya_tree(layers)
+    built = lycoris_kohya.create_network(
+        1.0, 4, -1.0, None, [clip, nn.Module()], tree, algo="locon", preset=str(file), **drops
+    )
+    built.apply_to([clip, nn.Module()], tree, apply_text_encoder=True, apply_unet=True)
+    result = built.load_state_dict(tensors, strict=False)
+    assert not result.unexpected_keys and not result.missing_keys, result
+    made = {m.lora_name: m for m in [*built.unet_loras, *built.text_encoder_loras]}
+    assert made["lora_unet_double_blocks_0_txt_attn_qkv"].scale == -0.25  # the network's LoConModule
+    assert _layers_as_lycoris(made, layers, comps, "flux") == 3
 
 
 CLIP_PRESET = """\

@@ -722,6 +722,44 @@ CONVERTS = {
         "",
         {"kind": "lora", "alpha": 1.0, "block": {"kind": "loha", "alpha": -2.0}},
     ),
+    # line 108: a negative network_alpha / conv_alpha on a LoCon / LoHa / LoKr network (was DBS403: the
+    # adapter's alpha above 0): LoConModule, LohaModule and LokrModule keep the sign, the adapter's alphas
+    # (tests/runtime/test_lycoris_entry_signs_locon.py)
+    "locon_negative_network_alpha": (
+        "sd",
+        '"algo=locon" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lora", "alpha": -1.0},
+    ),
+    "loha_negative_network_alpha": (
+        "sd",
+        '"algo=loha" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "loha", "alpha": -1.0},
+    ),
+    "lokr_negative_network_alpha": (
+        "sd",
+        '"algo=lokr" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lokr", "alpha": -1.0},
+    ),
+    "locon_negative_conv_alpha": (
+        "sd",
+        '"algo=locon" "conv_dim=4" "conv_alpha=-1"',
+        None,
+        "",
+        {"kind": "lora", "conv_rank": 4, "conv_alpha": -1.0},
+    ),
+    "flux_locon_negative_network_alpha": (
+        "flux",
+        '"algo=locon"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lora", "alpha": -1.0},
+    ),
     # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
     # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
     "tlora_entry_sig_type_on_locon": (
