@@ -3390,9 +3390,10 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     """A T-LoRA block's own start (`data_init = false`: a random SVD start, LyCORIS's use_data_init;
     `sig_type` other than principal: other singular triplets) on layers of another kind, which never read it:
     DBS622 (with `fused_projections` one SVD per fused Linear over its stacked rows, runtime/lycoris_tlora.py
-    fit_fused_tlora). Beside a lora / loha adapter's layers a block of kind tlora starts its own way on the
-    U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py; checked on SD 1.x against lycoris-lora's
-    network, not on fused Linears or beside LoKr)."""
+    fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
+    (its T-LoRA pass, runtime/mixed_kinds.py), with fused_projections beside a lora adapter's alone
+    (fit_fused_tlora's one SVD per fused Linear); checked against lycoris-lora's network on SD 1.x beside
+    LoCon / LoHa / LoKr and on Flux / SD3 / Chroma's fused Linears beside LoCon."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     fused = bool(getattr(a, "fused_projections", False))
@@ -3406,15 +3407,15 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     continue
                 if block.kind != "tlora":
                     why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-                elif own not in ("lora", "loha"):
+                elif own not in ("lora", "loha", "lokr"):
                     why = (
-                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones '
-                        "alone)"
+                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
+                        "ones alone)"
                     )
-                elif fused:
+                elif fused and own != "lora":
                     why = (
-                        'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s '
-                        "layers built on SD 1.x/2.x and SDXL alone)"
+                        f'of kind "tlora" beside a {own} adapter\'s layers with adapter.fused_projections = '
+                        "true (on fused Linears built beside lora ones alone)"
                     )
                 else:
                     continue

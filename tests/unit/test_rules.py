@@ -664,13 +664,14 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a lokr one's)
+    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a dylora one's;
+        # was a lokr adapter's block, whose T-LoRA layers start their own way since)
         rules.tlora_block_start,
-        '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
-        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
+        '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n[[adapter.text_encoder_blocks]]\npattern = "q"\n'
+        + 'kind = "tlora"\nrank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
         + STEPS,
-        [("DBS622", "error", ("adapter", "blocks", 0, "sig_type"))],
+        [("DBS622", "error", ("adapter", "text_encoder_blocks", 0, "sig_type"))],
         '[adapter]\nkind = "lora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
         + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
