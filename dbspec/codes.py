@@ -3336,10 +3336,10 @@ drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix ov
 stacked rows, as TLoraModule on kohya's layer); a `sig_type` other than `principal` (the entry's
 `sig_type`) from other singular triplets. A block of another `kind` has no T-LoRA layers to start.
 Beside a lora, loha or lokr adapter's layers a block of kind `tlora` starts its own way (a LoCon / LoHa /
-LoKr network's T-LoRA entry's own `use_data_init` / `sig_type`), with `fused_projections` (Flux, SD3, Chroma:
-one start per fused Linear) beside a lora adapter's alone; beside other kinds' layers it is not built.""",
+LoKr network's T-LoRA entry's own `use_data_init` / `sig_type`), with `fused_projections` (Flux, SD3, Chroma)
+one start per fused Linear; beside other kinds' layers it is not built.""",
         help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha / "
-        "lokr layers; with fused_projections beside lora layers)",
+        "lokr layers)",
     ),
     Code(
         "DBS623",

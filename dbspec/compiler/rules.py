@@ -3391,12 +3391,11 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     `sig_type` other than principal: other singular triplets) on layers of another kind, which never read it:
     DBS622 (with `fused_projections` one SVD per fused Linear over its stacked rows, runtime/lycoris_tlora.py
     fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
-    (its T-LoRA pass, runtime/mixed_kinds.py), with fused_projections beside a lora adapter's alone
-    (fit_fused_tlora's one SVD per fused Linear); checked against lycoris-lora's network on SD 1.x beside
-    LoCon / LoHa / LoKr and on Flux / SD3 / Chroma's fused Linears beside LoCon."""
+    (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
+    Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
+    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
-    fused = bool(getattr(a, "fused_projections", False))
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             for key, (plain, what) in _TLORA_STARTS.items():
@@ -3411,11 +3410,6 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     why = (
                         f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
                         "ones alone)"
-                    )
-                elif fused and own != "lora":
-                    why = (
-                        f'of kind "tlora" beside a {own} adapter\'s layers with adapter.fused_projections = '
-                        "true (on fused Linears built beside lora ones alone)"
                     )
                 else:
                     continue

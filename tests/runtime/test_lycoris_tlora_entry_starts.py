@@ -1,16 +1,15 @@
 """A T-LoRA entry's own start on another algorithm's network (issue 12, was DBS403, a spec's DBS622): its
 `sig_type` (the weight's last / middle singular triplets) and `use_data_init = false` (a random start), which
-lycoris-lora 4.1.3's create_network hands TLoraModule whatever the network's algorithm. On a LoKr network
-(SD 1.x): dbspec's T-LoRA pass beside the LoKr layers (runtime/mixed_kinds.py, one sub-adapter per kind)
-builds them as beside LoCon / LoHa, checked as there: the sig_type case with
-test_lycoris_entry_signs.same_as_lycoris (outputs, gradients, the export loading; each frozen start
-LyCORIS's, not the principal one), the random start with test_lycoris_tlora_entry_random's check (each
-layer's Q, P, λ and frozen copy bit for bit TLoraModule's draw from the generator state the layer drew at,
-the generator after alike, the saved adapters reloading). Beside LoCon on Flux / SD3 / Chroma's fused Linears
-(one TLoraModule per kohya layer, runtime/lycoris_tlora.py fit_fused_tlora's one SVD of the stacked weight):
-every kohya module against the parts with LyCORIS's own frozen start (sig_type), and each fused layer's random
-start TLoraModule(use_data_init=False)'s on kohya's stacked Linear. Beside LoHa / LoKr there it stays
-refused (not checked: the refusals audit). No tiny run."""
+lycoris-lora 4.1.3's create_network hands TLoraModule whatever the network's algorithm. On a LoKr network (SD
+1.x): dbspec's T-LoRA pass beside the LoKr layers (runtime/mixed_kinds.py, one sub-adapter per kind) builds
+them as beside LoCon / LoHa, checked as there: the sig_type case with test_lycoris_entry_signs.same_as_lycoris
+(outputs, gradients, the export loading; each frozen start LyCORIS's, not the principal one), the random start
+with test_lycoris_tlora_entry_random's check (each layer's Q, P, λ and frozen copy bit for bit TLoraModule's
+draw from the generator state the layer drew at, the generator after alike, the saved adapters reloading).
+Beside LoCon on Flux / SD3 / Chroma's fused Linears (one TLoraModule per kohya layer, runtime/lycoris_tlora.py
+fit_fused_tlora's one SVD of the stacked weight): every kohya module against the parts with LyCORIS's own
+frozen start (sig_type), and each fused layer's random start TLoraModule(use_data_init=False)'s on kohya's
+stacked Linear; on Flux beside LoKr / LoHa alike (sig_type) and beside LoKr (random start). No tiny run."""
 
 from __future__ import annotations
 
@@ -59,11 +58,11 @@ def test_tlora_entry_random_start_beside_lokr(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("family", "network"),
-    [("flux", "locon"), ("sd3", "locon"), ("chroma", "locon")],
+    [("flux", "locon"), ("sd3", "locon"), ("chroma", "locon"), ("flux", "lokr"), ("flux", "loha")],
 )
-def test_fused_tlora_entry_sig_type_beside_locon(tmp_path, monkeypatch, family, network):
+def test_fused_tlora_entry_sig_type_beside_other_kinds(tmp_path, monkeypatch, family, network):
     """On Flux's / SD3's / Chroma's fused Linears (one TLoraModule per kohya layer) a T-LoRA entry's own
-    `sig_type = "last"` on a LoCon network (was DBS403, a spec's DBS622 with fused_projections): each fused
+    `sig_type = "last"` on a LoCon / LoKr / LoHa network (was DBS403, a spec's DBS622 with fused_projections):
     layer's parts start from the last triplets of ONE SVD of the stacked weight (runtime/lycoris_tlora.py
     fit_fused_tlora), so every kohya layer's module, its frozen start LyCORIS's own, computes what the parts
     do in training (outputs, input gradients) and every trained tensor's gradient is LyCORIS's."""
@@ -90,7 +89,7 @@ def test_fused_tlora_entry_sig_type_beside_locon(tmp_path, monkeypatch, family, 
         from dbspec.runtime.sd3_kohya import swapped
     layers = _kohya_layers(ours, rows(guidance), parts_of, swapped)
     made = _network(
-        monkeypatch, "locon", tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), {}
+        monkeypatch, network, tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), {}
     )
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys, result
@@ -106,10 +105,11 @@ def test_fused_tlora_entry_sig_type_beside_locon(tmp_path, monkeypatch, family, 
     assert _grads_as_lycoris(ours, [], modules, family) >= 2 * len(modules)
 
 
-def test_flux_tlora_entry_random_start_beside_locon(tmp_path, monkeypatch):
-    """On Flux's fused Linears a T-LoRA entry's own `use_data_init = false` on a LoCon network: each fused
-    T-LoRA layer's start (trained and frozen Q, P, λ) is bit for bit TLoraModule(use_data_init=False)'s on
-    kohya's stacked Linear from the generator state the layer's first-built part drew at, which leaves the
+@pytest.mark.parametrize("network", ["locon", "lokr"])
+def test_flux_tlora_entry_random_start_beside_other_kinds(tmp_path, monkeypatch, network):
+    """On Flux's fused Linears a T-LoRA entry's own `use_data_init = false` on a LoCon (LoKr) network: each
+    fused T-LoRA layer's start (trained and frozen Q, P, λ) is bit for bit TLoraModule(use_data_init=False)'s
+    on kohya's stacked Linear from the generator state the layer's first-built part drew at, which leaves the
     generator as our draw does; not the weight's SVD; Q and λ one Parameter over the parts."""
     from dbspec.runtime.adapters import ADAPTER_NAME
     from dbspec.runtime.lycoris_tlora import TloraLayer, random_start
@@ -122,16 +122,16 @@ def test_flux_tlora_entry_random_start_beside_locon(tmp_path, monkeypatch):
 
     tlora = pytest.importorskip("lycoris.modules.tlora")
     _no_gc(monkeypatch)
-    plan = _plan(tmp_path, "flux", FLUX, FLUX_FILE.replace("OWN", "use_data_init = false"), {"algo": "locon"})
+    plan = _plan(tmp_path, "flux", FLUX, FLUX_FILE.replace("OWN", "use_data_init = false"), {"algo": network})
     a = plan.adapter
-    assert a.fused and a.kind == "lora"
+    assert a.fused and a.kind == {"locon": "lora"}.get(network, network)
     assert {(b.kind, b.data_init) for b in a.blocks} == {("tlora", False)}
     transformer = build_pipeline("builtin:tiny-flux").transformer.float()
     _prepare(transformer, "unet", plan, torch.device("cpu"), a.denoiser_targets, 0)
     checked = 0
     for name, parts, swap in _flux_layers(transformer):
         if not all(isinstance(part, TloraLayer) for part in parts):
-            continue  # the network's LoCon layers
+            continue  # the network's layers
         assert all(part.tlora_random for part in parts), name
         _, state = min((part.tlora_rng for part in parts), key=lambda built: built[0])
         rank, alpha = parts[0].r[ADAPTER_NAME], parts[0].lora_alpha[ADAPTER_NAME]

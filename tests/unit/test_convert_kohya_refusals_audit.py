@@ -168,32 +168,16 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "algo=locon network with network_args rescaled"],
     ),
-    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init beside LoHa / LoKr layers on Flux /
-    # SD3 / Chroma's fused Linears (beside LoCon there, and beside LoHa / LoKr on SD, it converts: CONVERTS
-    # below), and on networks of other algorithms: dbspec builds no start of its own there (a spec's DBS622)
-    "flux_tlora_entry_sig_type_beside_lokr": (
-        "flux",
-        '"algo=lokr"',
-        _flux("tlora", 'sig_type = "last"'),
-        "",
-        "DBS403",
-        ["network_args preset", "`sig_type` = 'last'", "not beside an algo=lokr network's layers on Flux"],
-    ),
-    "flux_tlora_entry_random_start_beside_loha": (
-        "flux",
-        '"algo=loha"',
-        _flux("tlora", "use_data_init = false"),
-        "",
-        "DBS403",
-        ["network_args preset", "`use_data_init` = False", "not beside an algo=loha network's layers"],
-    ),
+    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a network of another algorithm than
+    # LoCon / LoHa / LoKr (those convert, CONVERTS below): dbspec builds no start of its own there (a spec's
+    # DBS622)
     "tlora_entry_sig_type_on_glora": (
         "sd",
         '"algo=glora"',
         _sd("tlora", 'sig_type = "last"'),
         "",
         "DBS403",
-        ["network_args preset", "`sig_type` = 'last'", "not on an algo=glora network"],
+        ["network_args preset", "`sig_type` = 'last'", "not on an algo=glora network", "DBS622"],
     ),
     # line 108: a LoKr entry's dim above 100000 with rs_lora
     "lokr_entry_huge_dim_rs_lora": (
@@ -796,9 +780,9 @@ CONVERTS = {
         "",
         {"kind": "lora", "block": {"kind": "tlora", "sig_type": "last"}},
     ),
-    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a LoKr network, and beside LoCon on
-    # Flux / SD3 / Chroma's fused Linears (one SVD per fused Linear), were DBS403 (a spec's DBS622): its tlora
-    # block's (tests/runtime/test_lycoris_tlora_entry_starts.py)
+    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a LoKr network, and beside LoCon /
+    # LoHa / LoKr on Flux / SD3 / Chroma's fused Linears (one start per fused Linear), were DBS403 (a spec's
+    # DBS622): its tlora block's (tests/runtime/test_lycoris_tlora_entry_starts.py)
     "tlora_entry_sig_type_on_lokr": (
         "sd",
         '"algo=lokr"',
@@ -826,6 +810,20 @@ CONVERTS = {
         _flux("tlora", "use_data_init = false"),
         "",
         {"kind": "lora", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "flux_tlora_entry_sig_type_on_lokr": (
+        "flux",
+        '"algo=lokr"',
+        _flux("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "lokr", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "flux_tlora_entry_random_start_on_loha": (
+        "flux",
+        '"algo=loha"',
+        _flux("tlora", "use_data_init = false"),
+        "",
+        {"kind": "loha", "block": {"kind": "tlora", "data_init": False}},
     ),
     # line 108 (T-LoRA): a negative alpha, "DBS403 as the network's": TLoraModule keeps the sign, the
     # adapter's alpha (tests/runtime/test_lycoris_entry_signs.py)

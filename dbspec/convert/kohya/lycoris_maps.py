@@ -243,12 +243,9 @@ def check_layers(
             )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer))
-        elif (
-            _algo(layer.algo) == "tlora"
-            and _algo(algo) in ("lora", "loha", "lokr")
-            and (unet or _algo(algo) == "lora")
-        ):  # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa / LoKr (_blocks); on Flux /
-            # SD3 / Chroma's fused Linears beside LoCon alone (checked there)
+        elif _algo(layer.algo) == "tlora" and _algo(algo) in ("lora", "loha", "lokr"):
+            # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa / LoKr (_blocks), on every
+            # family (Flux / SD3 / Chroma's fused Linears: one start per fused Linear)
             own = (*own, "use_data_init", *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
@@ -295,22 +292,16 @@ def check_layers(
 
 
 def _tlora_start_unbuilt(layer: Layer, read: list[tuple[str, Any]], algo: str) -> None:
-    """PresetError for a T-LoRA entry's own start (`sig_type` / `use_data_init`) on another algorithm's
-    network where dbspec builds none: on a network other than LoCon / LoHa / LoKr, or beside LoHa / LoKr on
-    Flux / SD3 / Chroma's fused Linears (check_layers lets the others through; a spec's DBS622)."""
+    """PresetError for a T-LoRA entry's own start (`sig_type` / `use_data_init`) on a network other than
+    LoCon / LoHa / LoKr (check_layers lets those through), where dbspec builds none (a spec's DBS622)."""
     starts = [(k, v) for k, v in read if k in ("sig_type", "use_data_init")]
     if not starts or _algo(layer.algo) != "tlora":
         return
     keys = ", ".join(f"`{k}` = {v!r}" for k, v in starts)
-    where = (
-        f"beside an algo={algo} network's layers on Flux / SD3 / Chroma's fused Linears"
-        if _algo(algo) in ("loha", "lokr")
-        else f"on an algo={algo} network"
-    )
     raise PresetError(
         f"`{layer.source}` hands its T-LoRA layers (e.g. {layer.path}) {keys}: dbspec starts a T-LoRA "
-        "entry's layers its own way beside LoCon / LoHa / LoKr layers on SD 1.x/2.x and SDXL and beside "
-        f"LoCon ones on fused Linears (checked against lycoris-lora there), not {where} (a spec's DBS622)",
+        "entry's layers its own way beside LoCon / LoHa / LoKr layers (checked against lycoris-lora there), "
+        f"not on an algo={algo} network (a spec's DBS622)",
         False,
     )
 
