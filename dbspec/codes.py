@@ -798,12 +798,13 @@ with an optimizer whose step reads all parameters together (prodigy, D-Adaptatio
         ERROR,
         "Adapter options that cannot train together",
         """\
-Adapter options that cannot train together: `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates
-would be scaled to nothing) or with no `conv_targets`; a module named both in `denoiser_targets` and in
-`conv_targets` (it would get two ranks); `factor = 0` for LoKr (-1 splits near the square root, or give a
-divisor of the layer widths); LoRA on convolutions with `precision.quantize_denoiser` (peft's LoRA convolution
-cannot run on a quantised layer; LoHa and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA
-wraps them).""",
+Adapter options that cannot train together: a lora, loha or lokr adapter's `alpha = 0` (its updates would be
+scaled to nothing; a negative alpha trains them with their sign flipped, as LyCORIS and kohya keep it);
+`conv_rank` above 0 with `conv_alpha = 0` (the convolution updates would be scaled to nothing) or with no
+`conv_targets`; a module named both in `denoiser_targets` and in `conv_targets` (it would get two ranks);
+`factor = 0` for LoKr (-1 splits near the square root, or give a divisor of the layer widths); LoRA on
+convolutions with `precision.quantize_denoiser` (peft's LoRA convolution cannot run on a quantised layer; LoHa
+and LoKr can; `quantize_backend = "cast"` keeps float layers, so LoRA wraps them).""",
     ),
     Code(
         "DBS261",
@@ -2833,15 +2834,17 @@ rescale).""",
     Code(
         "DBS581",
         ERROR,
-        "A negative alpha on layers other than GLoRA's or T-LoRA's",
+        "A negative alpha on layers that do not keep its sign",
         """\
-A GLoRA or T-LoRA adapter (`kind = "glora"`, `"tlora"`) takes an `alpha` below 0, as LyCORIS's GLoRAModule and
-TLoraModule keep its sign (scale alpha / rank: the update trains with its sign flipped), and so do blocks of
-GLoRA or T-LoRA layers (the adapter's own, or `kind = "glora"` / `"tlora"` beside a lora, loha or lokr
-adapter's layers: a LyCORIS preset file's entry's own negative `alpha`). Blocks of other layers (LoRA/LoCon,
-LoHa, LoKr, DyLoRA, Diag-OFT, BOFT, full, IA^3, a lora / loha / lokr adapter's own) read their alpha as those
+LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule keep a negative alpha's sign (scale
+alpha / rank: the update trains with its sign flipped), and so does dbspec on GLoRA, T-LoRA, LoRA/LoCon, LoHa
+and LoKr layers: a block of those layers (the adapter's own, or `kind = "glora"`, `"tlora"`, `"lora"`,
+`"loha"`, `"lokr"` beside another adapter's layers: a LyCORIS preset file's entry's own negative `alpha`)
+takes an `alpha` / `conv_alpha` below 0, in `[[adapter.blocks]]` and `[[adapter.text_encoder_blocks]]`.
+Blocks of other layers (DyLoRA, Diag-OFT, BOFT, full, IA^3, a dylora adapter's own) read their alpha as those
 kinds do, where dbspec takes only alphas of 0 or more.""",
-        help='give the block an alpha of 0 or more, or GLoRA / T-LoRA layers (kind = "glora" / "tlora")',
+        help="give the block an alpha of 0 or more, or layers of a kind that keeps the sign "
+        '(kind = "lora", "loha", "lokr", "glora" or "tlora")',
     ),
     Code(
         "DBS582",
@@ -3337,11 +3340,11 @@ preset file's map entry's `use_data_init`) starts the matched T-LoRA layers from
 drawn as LyCORIS's TLoraModule draws it (with `fused_projections`, one matrix over each fused Linear's
 stacked rows, as TLoraModule on kohya's layer); a `sig_type` other than `principal` (the entry's
 `sig_type`) from other singular triplets. A block of another `kind` has no T-LoRA layers to start.
-Beside a lora or loha adapter's layers a block of kind `tlora` starts its own way on SD 1.x/2.x and SDXL
-(a LoCon / LoHa network's T-LoRA entry's own `use_data_init` / `sig_type`); with `fused_projections` (Flux,
-SD3, Chroma) it is not built.""",
-        help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha "
-        "layers: on SD 1.x/2.x or SDXL)",
+Beside a lora, loha or lokr adapter's layers a block of kind `tlora` starts its own way (a LoCon / LoHa /
+LoKr network's T-LoRA entry's own `use_data_init` / `sig_type`), with `fused_projections` (Flux, SD3, Chroma)
+one start per fused Linear; beside other kinds' layers it is not built.""",
+        help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha / "
+        "lokr layers)",
     ),
     Code(
         "DBS623",

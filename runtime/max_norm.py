@@ -153,6 +153,9 @@ def max_norm_metrics(result: tuple[int, float, float]) -> dict[str, float]:
 # rank once more (lycoris-lora 4.1.3 applies the scale twice), the same clamps and CPU ratio, and the trained
 # singular values λ multiplied by it: the frozen start's are not, so the update's norm does not become the
 # limit; the logged norm is that scaled norm times the ratio, as LyCORIS returns it.
+# With a negative alpha (LyCORIS keeps its sign) LoConModule's norm, its unscaled update's times alpha / rank,
+# is below 0: the clamp lifts it to half the limit and the module is never scaled, its logged norm that
+# negative one; LohaModule's and LokrModule's, the norm of their update at its (negative) scale, are not.
 # The norm is taken in training mode: with rank_dropout LoConModule, LohaModule and LokrModule draw their
 # row mask inside it (LoCon's on the weights' device, kohya passing accelerator.device; LoHa's and LoKr's on
 # the CPU), one draw per module, so the generator streams match kohya's.
@@ -381,6 +384,8 @@ def apply_lycoris_max_norm(modules: list[LycorisNormModule], limit: float) -> tu
         orig_norm = lycoris_update(module).norm()
         if module.kind == "tlora":  # TLoraModule.apply_max_norm scales the (scaled) update's norm again
             orig_norm = orig_norm * module.layer.scaling[ADAPTER_NAME]
+        elif module.kind == "lora" and module.layer.scaling[ADAPTER_NAME] < 0:  # LoConModule's: the norm of
+            orig_norm = -orig_norm  # its unscaled update times alpha / rank, below 0 with a negative alpha
         norm = torch.clamp(orig_norm, limit / 2)
         desired = torch.clamp(norm, max=limit)
         oft = module.kind == "oft"

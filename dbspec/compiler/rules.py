@@ -1163,6 +1163,15 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
         "tlora",  # no convolution rank, no option to combine
     ):  # lycoris_switches_fit
         return
+    # alpha may be negative (LyCORIS keeps the sign), not 0 (unset it is the rank, whose own range is checked)
+    if a.kind in ("lora", "loha", "lokr") and not a.alpha and given(("adapter", "alpha")):
+        yield _err(
+            "DBS260",
+            ("adapter", "alpha"),
+            f"alpha is 0 on a {a.kind} adapter: its updates would be scaled to nothing",
+            "set alpha to a number other than 0 (the same as rank gives scale 1.0; kohya's alpha 0 is the "
+            "rank)",
+        )
     if a.conv_rank and not a.conv_alpha:
         yield _err(
             "DBS260",
@@ -3166,16 +3175,17 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 # the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
-# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py)
-SIGNED_ALPHA_KINDS = ("glora", "tlora")
+# trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py), LoConModule's,
+# LohaModule's and LokrModule's (peft's LoRA / LoHa / LoKr layers, scaling alpha / rank with its sign)
+SIGNED_ALPHA_KINDS = ("glora", "tlora", "lora", "loha", "lokr")
 
 
 @rule("spec")
 def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
-    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (a GLoRA / T-LoRA adapter's alphas and its own
-    blocks', a LoRA / LoHa / LoKr adapter's blocks of kind glora or tlora: a LyCORIS preset file's GLoRA /
-    T-LoRA entries' own)."""
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (GLoRA, T-LoRA, LoRA/LoCon, LoHa and LoKr
+    blocks, the adapter's own or another kind's: a LyCORIS preset file's entries' own negative alpha); a
+    DyLoRA block's stays above 0."""
     a = spec.adapter
     tables = ("blocks", "text_encoder_blocks")
     for table, i, block in ((t, i, b) for t in tables for i, b in enumerate(getattr(a, t, ()))):
@@ -3189,7 +3199,8 @@ def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                     "DBS581",
                     ("adapter", table, i, key),
                     f"adapter.{table}[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{own}" ({kind} layers): only GLoRA and T-LoRA layers take an alpha below 0',
+                    f'kind = "{own}" ({kind} layers): only GLoRA, T-LoRA, LoRA, LoHa and LoKr layers take '
+                    "an alpha below 0",
                     codes.help("DBS581"),
                 )
 
@@ -3379,12 +3390,12 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     """A T-LoRA block's own start (`data_init = false`: a random SVD start, LyCORIS's use_data_init;
     `sig_type` other than principal: other singular triplets) on layers of another kind, which never read it:
     DBS622 (with `fused_projections` one SVD per fused Linear over its stacked rows, runtime/lycoris_tlora.py
-    fit_fused_tlora). Beside a lora / loha adapter's layers a block of kind tlora starts its own way on the
-    U-Net families alone (its T-LoRA pass, runtime/mixed_kinds.py; checked on SD 1.x against lycoris-lora's
-    network, not on fused Linears or beside LoKr)."""
+    fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
+    (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
+    Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
+    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
-    fused = bool(getattr(a, "fused_projections", False))
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             for key, (plain, what) in _TLORA_STARTS.items():
@@ -3395,15 +3406,10 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     continue
                 if block.kind != "tlora":
                     why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-                elif own not in ("lora", "loha"):
+                elif own not in ("lora", "loha", "lokr"):
                     why = (
-                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha ones '
-                        "alone)"
-                    )
-                elif fused:
-                    why = (
-                        'of kind "tlora" with adapter.fused_projections = true (beside another kind\'s '
-                        "layers built on SD 1.x/2.x and SDXL alone)"
+                        f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
+                        "ones alone)"
                     )
                 else:
                     continue

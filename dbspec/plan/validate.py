@@ -127,16 +127,22 @@ def _dylora_problems(a) -> Iterator[str]:
 def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
     # GLoRA's and T-LoRA's alphas may be below 0 (LyCORIS's GLoRAModule and TLoraModule keep the sign; 0 is
-    # the rank, as they read it)
+    # the rank, as they read it); LoRA's, LoHa's and LoKr's too (LoConModule, LohaModule, LokrModule and
+    # kohya's LoRAModule keep it), but not 0 (peft's scale would be 0)
     signed = a.kind in ("glora", "tlora")
+    nonzero = a.kind in ("lora", "loha", "lokr")
+
+    def fits(value) -> bool:
+        if signed:
+            return _number(value)
+        return _number(value) and value != 0 if nonzero else _above(0)(value)
+
     if a.kind not in ("none", "full", "ia3", "diag-oft", "boft") and not (
-        _at_least(1)(a.rank) and (_number(a.alpha) if signed else _above(0)(a.alpha))
+        _at_least(1)(a.rank) and fits(a.alpha)
     ):
-        need = "a number as alpha" if signed else "alpha > 0"
+        need = "a number as alpha" if signed else "a number other than 0 as alpha" if nonzero else "alpha > 0"
         yield f"a {a.kind} adapter needs rank >= 1 and {need}; found rank {a.rank}, alpha {a.alpha}"
-    if a.conv_rank and not (
-        (_number(a.conv_alpha) if signed else _above(0)(a.conv_alpha)) and a.conv_targets
-    ):
+    if a.conv_rank and not (fits(a.conv_alpha) and a.conv_targets):
         yield (
             f"convolution adapters need conv_alpha > 0 and conv_targets; found conv_alpha {a.conv_alpha}, "
             f"conv_targets {list(a.conv_targets)}"

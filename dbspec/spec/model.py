@@ -210,6 +210,32 @@ def _alpha():
     )
 
 
+def _signed_lycoris_alpha():
+    """A lora / loha / lokr adapter's alpha: any sign but 0 (LyCORIS's LoConModule, LohaModule and LokrModule,
+    and kohya's LoRAModule, scale by alpha / rank with the sign kept)."""
+    return option(
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        doc="Alpha; the update is scaled by alpha / rank. May be negative: LyCORIS's LoConModule, LohaModule "
+        "and LokrModule (and kohya's LoRAModule) keep the sign (kohya `network_alpha` below 0), so the "
+        "update trains with its sign flipped and the export saves the negative alpha; with `max_norm` in "
+        "the `\"lycoris\"` form a negative scale makes LoConModule's norm (its unscaled update's times alpha "
+        "/ rank) negative, clamped up to half the limit: those LoRA layers are never scaled, as in LyCORIS "
+        "(LoHa's and LoKr's norms, of their scaled update, are not negative). Not 0 (DBS260).",
+        derived="same as `rank` (scale 1.0)",
+        example=8.0,
+    )
+
+
+def _signed_lycoris_conv_alpha():
+    return option(
+        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
+        doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
+        "`conv_alpha`); may be negative, as `alpha`.",
+        derived="same as `conv_rank` (scale 1.0)",
+        example=1.0,
+    )
+
+
 def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
@@ -474,17 +500,18 @@ def _block_conv_alpha():
 
 def _signed_block_alpha():
     return option(
-        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 only for GLoRA or T-LoRA "
-        "layers (`kind` glora or tlora, or adapter on a glora adapter: LyCORIS's GLoRAModule and "
-        "TLoraModule keep the sign, so their update trains with its sign flipped and is saved with that "
-        "alpha; a LyCORIS preset file's GLoRA / T-LoRA entry's own negative `alpha`; DBS581 for other "
-        "kinds)."
+        doc="Alpha of the matched linear layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, "
+        "LoHa or LoKr layers (LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule "
+        "keep the sign, so their update trains with its sign flipped and is saved with that alpha; a "
+        "LyCORIS preset file's entry's own negative `alpha`; DBS581 for other kinds)."
     )
 
 
 def _signed_block_conv_alpha():
     return option(
-        1.0, doc="Alpha of the matched 3x3 convolutions; below 0 only for GLoRA layers, as `alpha`."
+        1.0,
+        doc="Alpha of the matched 3x3 convolutions; below 0 only for the layers whose `alpha` may be, as "
+        "`alpha`.",
     )
 
 
@@ -835,7 +862,11 @@ class TextEncoderBlock:
         minimum=0,
         maximum=LOKR_BLOCK_RANK_MAX,
     )
-    alpha: float = option(doc="Alpha of the matched layers (scale alpha / rank).", minimum=0)
+    alpha: float = option(
+        doc="Alpha of the matched layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, LoHa "
+        "or LoKr layers (their LyCORIS modules keep the sign: a preset file's CLIP entry's own negative "
+        "`alpha`; DBS581 for other kinds)."
+    )
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
     full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
@@ -1053,7 +1084,7 @@ class LoraAdapter:
         doc="Adapter kind: lora trains low-rank adapters and freezes the base weights."
     )
     rank: int = _rank(16, "LoRA")
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     dropout: float = option(0.0, doc="Dropout on the LoRA path.", minimum=0, maximum=1)
     rank_dropout: float = option(
         0.0,
@@ -1182,7 +1213,7 @@ class LoraAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     scalar: bool = _scalar()
@@ -1367,7 +1398,7 @@ class LohaAdapter:
         "freezes the base weights."
     )
     rank: int = _rank(8, "LoHa")
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     rank_dropout: float = _rank_dropout()
     rank_dropout_form: Literal["lycoris", "lycoris_bypass"] = option(
         "lycoris",
@@ -1392,7 +1423,7 @@ class LohaAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     dora: bool = _lycoris_dora("LoHa")
@@ -1433,7 +1464,7 @@ class LokrAdapter:
         " A rank of half the larger second factor or more trains it in full; a layer whose two factors are "
         "both full trains at scale 1 (alpha unused; sqrt(rank) with `rank_stabilized`), as LyCORIS.",
     )
-    alpha: float = _alpha()
+    alpha: float = _signed_lycoris_alpha()
     factor: int = option(
         -1,
         doc="Split each dimension into factor x (dimension / factor) (LyCORIS `factor`); -1 splits near the "
@@ -1477,7 +1508,7 @@ class LokrAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank(100_000)
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_lycoris_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     dora: bool = _lycoris_dora("LoKr")
     dora_axis: Literal["output", "input"] = _dora_axis()
@@ -1567,8 +1598,9 @@ class ScaleBlock:
     )
     alpha: float = option(
         1.0,
-        doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank).",
-        minimum=0,
+        doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank); below 0 "
+        "for LoRA/LoCon, LoHa, LoKr, GLoRA or T-LoRA layers (their LyCORIS modules keep the sign: a preset "
+        "file's entry's own negative `alpha`; DBS581 for other kinds).",
     )
     conv_rank: int = option(
         0,
@@ -1577,7 +1609,7 @@ class ScaleBlock:
         minimum=0,
         maximum=LOKR_BLOCK_RANK_MAX,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
     # a block of kind lokr: a LyCORIS map entry's own split and switches (DBS576)
     factor: int = _block_factor()

@@ -138,6 +138,17 @@ REFUSED = {
             "#291",
         ],
     ),
+    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a network of another algorithm than
+    # LoCon / LoHa / LoKr (those convert, CONVERTS below): dbspec builds no start of its own there (a spec's
+    # DBS622)
+    "tlora_entry_sig_type_on_glora": (
+        "sd",
+        '"algo=glora"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        "DBS403",
+        ["network_args preset", "`sig_type` = 'last'", "not on an algo=glora network", "DBS622"],
+    ),
     # line 108: entries with the component quantised (--fp8_base) beside a network in LyCORIS's default
     # forward: its LoConModules (and DiagOFTModule's default forward) compute with the float8 weight and stop
     # kohya (lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py); full entries beside a network in
@@ -753,6 +764,84 @@ CONVERTS = {
         "",
         {"kind": "lora", "alpha": 1.0, "block": {"kind": "glora", "alpha": -2.0}},
     ),
+    # line 109: a LoCon / LoHa / LoKr entry's own negative alpha (DBS581 in a spec before): LoConModule,
+    # LohaModule and LokrModule keep its sign (scale alpha / dim), its block's alpha; a CLIP entry's its
+    # text-encoder block's; on Flux's fused Linears alike (tests/runtime/test_lycoris_entry_signs_locon.py)
+    "locon_entry_negative_alpha": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "adapter", "alpha": -2.0}},
+    ),
+    "loha_entry_negative_alpha_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("loha", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "loha", "alpha": -2.0}},
+    ),
+    "lokr_entry_negative_alpha_on_lokr": (
+        "sd",
+        '"algo=lokr"',
+        _sd("lokr", "alpha = -2"),
+        "",
+        {"kind": "lokr", "alpha": 1.0, "block": {"kind": "adapter", "alpha": -2.0}},
+    ),
+    "clip_locon_entry_negative_alpha": (
+        "sd",
+        '"algo=locon"',
+        _sd("locon", "alpha = -2")
+        .replace("text_encoder_target_module = []", 'text_encoder_target_module = ["CLIPAttention"]')
+        .replace("FeedForward", "CLIPAttention"),
+        "",
+        {"kind": "lora", "alpha": 1.0},
+    ),
+    "flux_loha_entry_negative_alpha_on_locon": (
+        "flux",
+        '"algo=locon"',
+        _flux("loha", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "loha", "alpha": -2.0}},
+    ),
+    # line 108: a negative network_alpha / conv_alpha on a LoCon / LoHa / LoKr network (was DBS403: the
+    # adapter's alpha above 0): LoConModule, LohaModule and LokrModule keep the sign, the adapter's alphas
+    # (tests/runtime/test_lycoris_entry_signs_locon.py)
+    "locon_negative_network_alpha": (
+        "sd",
+        '"algo=locon" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lora", "alpha": -1.0},
+    ),
+    "loha_negative_network_alpha": (
+        "sd",
+        '"algo=loha" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "loha", "alpha": -1.0},
+    ),
+    "lokr_negative_network_alpha": (
+        "sd",
+        '"algo=lokr" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lokr", "alpha": -1.0},
+    ),
+    "locon_negative_conv_alpha": (
+        "sd",
+        '"algo=locon" "conv_dim=4" "conv_alpha=-1"',
+        None,
+        "",
+        {"kind": "lora", "conv_rank": 4, "conv_alpha": -1.0},
+    ),
+    "flux_locon_negative_network_alpha": (
+        "flux",
+        '"algo=locon"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "lora", "alpha": -1.0},
+    ),
     # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
     # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
     "tlora_entry_sig_type_on_locon": (
@@ -761,6 +850,51 @@ CONVERTS = {
         _sd("tlora", 'sig_type = "last"'),
         "",
         {"kind": "lora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a LoKr network, and beside LoCon /
+    # LoHa / LoKr on Flux / SD3 / Chroma's fused Linears (one start per fused Linear), were DBS403 (a spec's
+    # DBS622): its tlora block's (tests/runtime/test_lycoris_tlora_entry_starts.py)
+    "tlora_entry_sig_type_on_lokr": (
+        "sd",
+        '"algo=lokr"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "lokr", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "tlora_entry_random_start_on_lokr": (
+        "sd",
+        '"algo=lokr"',
+        _sd("tlora", "use_data_init = false"),
+        "",
+        {"kind": "lokr", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "flux_tlora_entry_sig_type_on_locon": (
+        "flux",
+        '"algo=locon"',
+        _flux("tlora", 'sig_type = "middle"'),
+        "",
+        {"kind": "lora", "block": {"kind": "tlora", "sig_type": "middle"}},
+    ),
+    "flux_tlora_entry_random_start_on_locon": (
+        "flux",
+        '"algo=locon"',
+        _flux("tlora", "use_data_init = false"),
+        "",
+        {"kind": "lora", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "flux_tlora_entry_sig_type_on_lokr": (
+        "flux",
+        '"algo=lokr"',
+        _flux("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "lokr", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "flux_tlora_entry_random_start_on_loha": (
+        "flux",
+        '"algo=loha"',
+        _flux("tlora", "use_data_init = false"),
+        "",
+        {"kind": "loha", "block": {"kind": "tlora", "data_init": False}},
     ),
     # line 108 (T-LoRA): a negative alpha, "DBS403 as the network's": TLoraModule keeps the sign, the
     # adapter's alpha (tests/runtime/test_lycoris_entry_signs.py)

@@ -1,7 +1,8 @@
 """A T-LoRA entry's own `use_data_init = false` in a LoCon or LoHa network's preset file (was DBS403): its
 tlora block's `data_init = false` on SD 1.x/2.x and SDXL (tests/runtime/test_lycoris_tlora_entry_random.py
-checks the start against TLoraModule's); on a LoKr network and on Flux / SD3 / Chroma's fused Linears it
-stays DBS403, and a spec's such block there is DBS622."""
+checks the start against TLoraModule's); on a GLoRA network it stays DBS403, and a spec's such block there is
+DBS622 (a LoKr network's and Flux / SD3 / Chroma's fused Linears beside LoCon convert since:
+tests/runtime/test_lycoris_tlora_entry_starts.py; this file's refusals then moved to a GLoRA network)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,11 @@ def test_tlora_entry_random_start_is_its_block_s(tmp_path, algo):
 
 
 def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
-    """A LoKr network's T-LoRA entry's use_data_init = false, and a LoCon network's on Flux (one
-    TLoraModule per fused Linear, unchecked beside other kinds): DBS403 naming use_data_init; a lora spec's
-    tlora block with data_init = false and fused_projections: DBS622."""
+    """A GLoRA network's T-LoRA entry's use_data_init = false, on SD and on Flux (one TLoraModule per fused
+    Linear; unchecked beside GLoRA layers): DBS403 naming use_data_init; a lora spec's block of kind lora
+    with data_init = false and fused_projections: DBS622."""
     write(tmp_path / "p.toml", _FILE + _ENTRY)
-    outcome = _lycoris(tmp_path, '"algo=lokr", "preset=p.toml"')
+    outcome = _lycoris(tmp_path, '"algo=glora", "preset=p.toml"')
     assert "DBS403" in codes(outcome) and "use_data_init" in messages(outcome, "DBS403")
     flux = tmp_path / "flux"
     flux.mkdir()
@@ -49,7 +50,7 @@ def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
         + entry
         + "use_data_init = false\n"
     )
-    refused = _flux(flux, "--network_args algo=locon preset=p.toml")
+    refused = _flux(flux, "--network_args algo=glora preset=p.toml")
     assert "DBS403" in codes(refused) and "use_data_init" in messages(refused, "DBS403")
     (flux / "p.toml").write_text(
         'unet_target_module = ["DoubleStreamBlock", "SingleStreamBlock"]\ntext_encoder_target_module = []\n'
@@ -58,5 +59,10 @@ def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
     fused = plan_of(_flux(flux, "--network_args algo=locon preset=p.toml"), flux)
     assert fused.adapter.fused and {b.kind for b in fused.adapter.blocks} == {"tlora"}
     index = next(i for i, b in enumerate(fused.adapter.blocks) if b.kind == "tlora")
+    # a lora spec's tlora block with data_init = false and fused_projections plans (was DBS622), its block
+    # of kind lora with it does not (no T-LoRA layers to start)
     planned = plan_spec(out_path(flux), GPU, overrides=[f"adapter.blocks[{index}].data_init=false"])
+    assert planned.plan is not None and not planned.plan.adapter.blocks[index].data_init
+    lora = [f"adapter.blocks[{index}].data_init=false", f'adapter.blocks[{index}].kind="lora"']
+    planned = plan_spec(out_path(flux), GPU, overrides=lora)
     assert planned.plan is None and "DBS622" in {d.code for d in planned.diagnostics}

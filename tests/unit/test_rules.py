@@ -664,13 +664,14 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a lokr one's)
+    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a dylora one's;
+        # was a lokr adapter's block, whose T-LoRA layers start their own way since)
         rules.tlora_block_start,
-        '[adapter]\nkind = "lokr"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
-        + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
+        '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n[[adapter.text_encoder_blocks]]\npattern = "q"\n'
+        + 'kind = "tlora"\nrank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
         + STEPS,
-        [("DBS622", "error", ("adapter", "blocks", 0, "sig_type"))],
+        [("DBS622", "error", ("adapter", "text_encoder_blocks", 0, "sig_type"))],
         '[adapter]\nkind = "lora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "tlora"\n'
         + 'rank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
@@ -1697,12 +1698,13 @@ CASES = [
         + '[adapter]\nkind = "dylora"\nrank = 8\nunit = 4\n'
         + "[[adapter.text_encoder_blocks]]\npattern = 'layers'\nrank = 6\nalpha = 1.0\nunit = 2\n",
     ),
-    (  # a GLoRA adapter's alphas may be negative (GLoRAModule keeps the sign), its blocks of other kinds' not
+    (  # a GLoRA adapter's alphas may be negative (GLoRAModule keeps the sign), its DyLoRA blocks' not (was a
+        # LoRA block: LoRA / LoHa / LoKr blocks keep the sign too, as LyCORIS's modules do)
         rules.negative_block_alpha,
         DOG
         + STEPS
         + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = -1.0\n",
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nunit = 4\nalpha = -1.0\n",
         [("DBS581", "error", ("adapter", "blocks", 0, "alpha"))],
         DOG
         + STEPS
@@ -1710,12 +1712,14 @@ CASES = [
         + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = -1.0\n"
         + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n",
     ),
-    (  # a lora adapter's GLoRA blocks may be negative (a LyCORIS GLoRA entry's own alpha), its own not
+    (  # a lora adapter's GLoRA blocks may be negative (a LyCORIS GLoRA entry's own alpha), its DyLoRA ones
+        # not (was its own blocks': LoCon keeps the sign too, as LyCORIS's LoConModule does)
         rules.negative_block_alpha,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nrank = 8\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = 1.0\nconv_alpha = -1.0\n",
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nunit = 4\nalpha = 1.0\n"
+        + "conv_alpha = -1.0\n",
         [("DBS581", "error", ("adapter", "blocks", 0, "conv_alpha"))],
         DOG
         + STEPS

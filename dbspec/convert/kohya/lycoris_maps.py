@@ -243,8 +243,9 @@ def check_layers(
             )
         if _algo(layer.algo) == "tlora" == _algo(algo):  # a T-LoRA network's block's `sig_type` (_blocks)
             own = (*own, *_tlora_own(layer))
-        elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in ("lora", "loha"):
-            # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa (_blocks)
+        elif _algo(layer.algo) == "tlora" and _algo(algo) in ("lora", "loha", "lokr"):
+            # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa / LoKr (_blocks), on every
+            # family (Flux / SD3 / Chroma's fused Linears: one start per fused Linear)
             own = (*own, "use_data_init", *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
@@ -266,6 +267,7 @@ def check_layers(
                 "on a Diag-OFT, BOFT, DyLoRA or IA^3 network's own",
                 False,
             )
+        _tlora_start_unbuilt(layer, read, algo)
         if read:
             keys = ", ".join(f"`{k}` = {v!r}" for k, v in read)
             raise PresetError(
@@ -287,6 +289,21 @@ def check_layers(
                 False,
             )
     return list(inert.items())
+
+
+def _tlora_start_unbuilt(layer: Layer, read: list[tuple[str, Any]], algo: str) -> None:
+    """PresetError for a T-LoRA entry's own start (`sig_type` / `use_data_init`) on a network other than
+    LoCon / LoHa / LoKr (check_layers lets those through), where dbspec builds none (a spec's DBS622)."""
+    starts = [(k, v) for k, v in read if k in ("sig_type", "use_data_init")]
+    if not starts or _algo(layer.algo) != "tlora":
+        return
+    keys = ", ".join(f"`{k}` = {v!r}" for k, v in starts)
+    raise PresetError(
+        f"`{layer.source}` hands its T-LoRA layers (e.g. {layer.path}) {keys}: dbspec starts a T-LoRA "
+        "entry's layers its own way beside LoCon / LoHa / LoKr layers (checked against lycoris-lora there), "
+        f"not on an algo={algo} network (a spec's DBS622)",
+        False,
+    )
 
 
 # What a network with several algorithms keeps off (DBS578): options LyCORIS hands every module, which act on
