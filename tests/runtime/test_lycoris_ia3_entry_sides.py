@@ -72,6 +72,12 @@ def test_ia3_entries_on_their_input_side_match_lycoris(pipe, tmp_path, monkeypat
     ours.train(), theirs.train(), made.train()
     outputs = same_draws(ours, theirs, (latents, t, context), 3, backward=True)
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)  # the draws move on
+    ia3_scale_grads_alike(ours, modules)
+
+
+def ia3_scale_grads_alike(ours, modules) -> None:
+    """Each of LyCORIS's IA3Modules' scale gradients equal to our layer's (a layer dropped in every forward
+    has none on either side); most of them must have one."""
     checked = 0
     for module in modules:
         grad = _layer_of(ours, module.lora_name).lora_ia3["default"].grad

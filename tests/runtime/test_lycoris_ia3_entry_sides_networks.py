@@ -25,6 +25,7 @@ from tests.runtime.test_lycoris_algo_maps import (  # noqa: F401 (pipe: a fixtur
 from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
 from tests.runtime.test_lycoris_mixed_module_dropout import _inputs, lycoris_unet, same_draws
 from tests.runtime.test_lycoris_rank_dropout_kinds import _layer_of, _same_dylora_blocks
+from tests.runtime.test_lycoris_ia3_entry_sides import CLIP_PRESET, ia3_scale_grads_alike
 from tests.runtime.test_lycoris_tlora import _no_gc
 
 pytest.importorskip("lycoris.kohya")
@@ -110,29 +111,7 @@ def test_ia3_entries_on_their_input_side_beside_other_networks(
     t = torch.tensor([10, 700])
     ours.train(), theirs.train(), made.train()
     same_draws(ours, theirs, (latents, t, context), 3, backward=True)
-    checked = 0
-    for module in modules:
-        grad = _layer_of(ours, module.lora_name).lora_ia3["default"].grad
-        expected = module.weight.grad
-        if expected is None:  # dropped in all three forwards: ours too
-            assert grad is None or not grad.any(), module.lora_name
-            continue
-        torch.testing.assert_close(
-            grad.reshape(expected.shape), expected, rtol=1e-3, atol=1e-6, msg=module.lora_name
-        )
-        checked += 1
-    assert checked > len(modules) // 2
-
-
-CLIP_PRESET = """unet_target_module = ["Transformer2DModel"]
-unet_target_name = []
-text_encoder_target_module = ["CLIPEncoderLayer"]
-text_encoder_target_name = []
-
-[module_algo_map.CLIPMLP]
-algo = "ia3"
-train_on_input = true
-"""
+    ia3_scale_grads_alike(ours, modules)
 
 
 @pytest.mark.parametrize("algo", ["ia3", "glora", "tlora", "full", "dylora"])
