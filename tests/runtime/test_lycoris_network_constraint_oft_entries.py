@@ -53,6 +53,26 @@ def _network(pipe, path, monkeypatch, algo: str):  # noqa: F811
     return made, named, unet
 
 
+def oft_layers_alike(made, unet, their_unet, oft):
+    """Each of LyCORIS's OFT modules named in `oft` and our layer on the same base: equal outputs and
+    block gradients on a random input; yields (their module, our layer) for more checks."""
+    modules = dict(unet.named_modules())
+    paths = {id(m): p for p, m in their_unet.named_modules()}
+    g = torch.Generator().manual_seed(3)
+    for m in made.unet_loras:
+        if m.lora_name not in oft:
+            continue
+        layer = modules[paths[id(m.org_module[0])]]
+        base = layer.get_base_layer()
+        x = torch.randn(2, base.in_features, generator=g)
+        torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        m(x).square().sum().backward()
+        layer(x).square().sum().backward()
+        ours = layer.lora_oft_blocks["default"].grad
+        torch.testing.assert_close(m.oft_blocks.grad, ours, rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        yield m, layer
+
+
 @pytest.mark.parametrize("algo", ["locon", "glora"])
 def test_network_constraint_reaches_oft_entries(pipe, tmp_path, monkeypatch, algo):  # noqa: F811
     """A LoCon and a GLoRA network's constraint on their Diag-OFT / BOFT entries: the blocks' alpha, each OFT
@@ -69,21 +89,8 @@ def test_network_constraint_reaches_oft_entries(pipe, tmp_path, monkeypatch, alg
 
     tensors = lycoris_state(unet=unet, text_encoders=[text], family=plan.model.family, dtype="fp32")
     assert _loaded(made, named, their_unet, tensors, strict=True) == set()
-    modules = dict(unet.named_modules())
-    paths = {id(m): p for p, m in their_unet.named_modules()}
-    g = torch.Generator().manual_seed(3)
     bound = 0
-    for m in made.unet_loras:
-        if m.lora_name not in oft:
-            continue
-        layer = modules[paths[id(m.org_module[0])]]
-        base = layer.get_base_layer()
-        x = torch.randn(2, base.in_features, generator=g)
-        torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
-        m(x).square().sum().backward()
-        layer(x).square().sum().backward()
-        ours = layer.lora_oft_blocks["default"].grad
-        torch.testing.assert_close(m.oft_blocks.grad, ours, rtol=1e-4, atol=1e-5, msg=m.lora_name)
+    for m, _layer in oft_layers_alike(made, unet, their_unet, oft):
         with torch.no_grad():  # the constraint binds: the skew blocks' norm above constraint x out_dim
             bound += bool((m.oft_blocks - m.oft_blocks.transpose(-1, -2)).norm() > m.constraint)
     assert bound == len(oft)

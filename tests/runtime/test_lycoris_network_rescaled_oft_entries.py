@@ -20,6 +20,7 @@ from torch import nn
 from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
+from tests.runtime.test_lycoris_network_constraint_oft_entries import oft_layers_alike
 from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded
 from tests.runtime.test_lycoris_tlora_oft_dylora import _layers, _modules
 
@@ -72,21 +73,8 @@ def test_network_rescaled_reaches_oft_entries(pipe, tmp_path, monkeypatch, algo)
     tensors = lycoris_state(unet=unet, text_encoders=[text], family=plan.model.family, dtype="fp32")
     assert any(k.endswith(".rescale") for k in tensors)
     assert _loaded(made, named, their_unet, tensors, strict=True) == set()
-    modules = dict(unet.named_modules())
-    paths = {id(m): p for p, m in their_unet.named_modules()}
-    g = torch.Generator().manual_seed(3)
     rescaled = 0
-    for m in made.unet_loras:
-        if m.lora_name not in oft:
-            continue
-        layer = modules[paths[id(m.org_module[0])]]
-        base = layer.get_base_layer()
-        x = torch.randn(2, base.in_features, generator=g)
-        torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
-        m(x).square().sum().backward()
-        layer(x).square().sum().backward()
-        ours = layer.lora_oft_blocks["default"].grad
-        torch.testing.assert_close(m.oft_blocks.grad, ours, rtol=1e-4, atol=1e-5, msg=m.lora_name)
+    for m, layer in oft_layers_alike(made, unet, their_unet, oft):
         if m.rescaled:
             theirs, ours = m.rescale.grad, layer.lora_oft_rescale["default"].grad
             assert not torch.allclose(m.rescale.detach(), torch.ones_like(m.rescale))  # loaded, not 1
