@@ -798,9 +798,9 @@ with an optimizer whose step reads all parameters together (prodigy, D-Adaptatio
         ERROR,
         "Adapter options that cannot train together",
         """\
-Adapter options that cannot train together: a lora, loha or lokr adapter's `alpha = 0` (its updates would be
-scaled to nothing; a negative alpha trains them with their sign flipped, as LyCORIS and kohya keep it);
-`conv_rank` above 0 with `conv_alpha = 0` (the convolution updates would be scaled to nothing) or with no
+Adapter options that cannot train together: a lora, loha, lokr or dylora adapter's `alpha = 0` (its updates
+would be scaled to nothing; a negative alpha trains them with their sign flipped, as LyCORIS and kohya keep
+it); `conv_rank` above 0 with `conv_alpha = 0` (the convolution updates would be scaled to nothing) or with no
 `conv_targets`; a module named both in `denoiser_targets` and in `conv_targets` (it would get two ranks);
 `factor = 0` for LoKr (-1 splits near the square root, or give a divisor of the layer widths); LoRA on
 convolutions with `precision.quantize_denoiser` (peft's LoRA convolution cannot run on a quantised layer; LoHa
@@ -2836,15 +2836,16 @@ rescale).""",
         ERROR,
         "A negative alpha on layers that do not keep its sign",
         """\
-LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule keep a negative alpha's sign (scale
-alpha / rank: the update trains with its sign flipped), and so does dbspec on GLoRA, T-LoRA, LoRA/LoCon, LoHa
-and LoKr layers: a block of those layers (the adapter's own, or `kind = "glora"`, `"tlora"`, `"lora"`,
-`"loha"`, `"lokr"` beside another adapter's layers: a LyCORIS preset file's entry's own negative `alpha`)
-takes an `alpha` / `conv_alpha` below 0, in `[[adapter.blocks]]` and `[[adapter.text_encoder_blocks]]`.
-Blocks of other layers (DyLoRA, Diag-OFT, BOFT, full, IA^3, a dylora adapter's own) read their alpha as those
-kinds do, where dbspec takes only alphas of 0 or more.""",
+LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule, LokrModule and DyLoraModule keep a negative
+alpha's sign (scale alpha / rank, DyLoRA's alpha / (b + 1) with block b drawn: the update trains with its
+sign flipped), and so does dbspec on GLoRA, T-LoRA, LoRA/LoCon, LoHa, LoKr and DyLoRA layers: a block of those
+layers (the adapter's own, or `kind = "glora"`, `"tlora"`, `"lora"`, `"loha"`, `"lokr"`, `"dylora"` beside
+another adapter's layers: a LyCORIS preset file's entry's own negative `alpha`) takes an `alpha` /
+`conv_alpha` below 0, in `[[adapter.blocks]]` and `[[adapter.text_encoder_blocks]]`. Blocks of other layers
+(Diag-OFT, BOFT, full, IA^3) read their alpha as those kinds do, where dbspec takes only alphas of 0 or
+more.""",
         help="give the block an alpha of 0 or more, or layers of a kind that keeps the sign "
-        '(kind = "lora", "loha", "lokr", "glora" or "tlora")',
+        '(kind = "lora", "loha", "lokr", "glora", "tlora" or "dylora")',
     ),
     Code(
         "DBS582",

@@ -1164,7 +1164,7 @@ def adapter_options_fit(spec: Spec, given: Given) -> Iterator[Hit]:
     ):  # lycoris_switches_fit
         return
     # alpha may be negative (LyCORIS keeps the sign), not 0 (unset it is the rank, whose own range is checked)
-    if a.kind in ("lora", "loha", "lokr") and not a.alpha and given(("adapter", "alpha")):
+    if a.kind in ("lora", "loha", "lokr", "dylora") and not a.alpha and given(("adapter", "alpha")):
         yield _err(
             "DBS260",
             ("adapter", "alpha"),
@@ -3176,16 +3176,17 @@ def block_unit_dylora(spec: Spec, given: Given) -> Iterator[Hit]:
 
 # the kinds whose LyCORIS module keeps a negative alpha's sign (scale alpha / rank), whose layers dbspec
 # trains at it: GLoRAModule's and TLoraModule's (runtime/lycoris_glora.py, lycoris_tlora.py), LoConModule's,
-# LohaModule's and LokrModule's (peft's LoRA / LoHa / LoKr layers, scaling alpha / rank with its sign)
-SIGNED_ALPHA_KINDS = ("glora", "tlora", "lora", "loha", "lokr")
+# LohaModule's and LokrModule's (peft's LoRA / LoHa / LoKr layers, scaling alpha / rank with its sign),
+# DyLoraModule's and kohya's DyLoRAModule (runtime/dylora.py: alpha / (b + 1), alpha / rank, signed)
+SIGNED_ALPHA_KINDS = ("glora", "tlora", "lora", "loha", "lokr", "dylora")
 
 
 @rule("spec")
 def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block whose layers are of a kind that takes no negative alpha with an alpha below 0 (DBS581): only
-    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (GLoRA, T-LoRA, LoRA/LoCon, LoHa and LoKr
-    blocks, the adapter's own or another kind's: a LyCORIS preset file's entries' own negative alpha); a
-    DyLoRA block's stays above 0."""
+    the layers of SIGNED_ALPHA_KINDS keep its sign in dbspec (GLoRA, T-LoRA, LoRA/LoCon, LoHa, LoKr and
+    DyLoRA blocks, the adapter's own or another kind's: a LyCORIS preset file's entries' own negative
+    alpha); a Diag-OFT / BOFT block's (its constraint), a full or IA^3 one's stay at 0 or more."""
     a = spec.adapter
     tables = ("blocks", "text_encoder_blocks")
     for table, i, block in ((t, i, b) for t in tables for i, b in enumerate(getattr(a, t, ()))):
@@ -3199,8 +3200,8 @@ def negative_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                     "DBS581",
                     ("adapter", table, i, key),
                     f"adapter.{table}[{i}].{key} = {getattr(block, key):g} on a block of "
-                    f'kind = "{own}" ({kind} layers): only GLoRA, T-LoRA, LoRA, LoHa and LoKr layers take '
-                    "an alpha below 0",
+                    f'kind = "{own}" ({kind} layers): only GLoRA, T-LoRA, LoRA, LoHa, LoKr and DyLoRA '
+                    "layers take an alpha below 0",
                     codes.help("DBS581"),
                 )
 

@@ -128,9 +128,9 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     a = plan.adapter
     # GLoRA's and T-LoRA's alphas may be below 0 (LyCORIS's GLoRAModule and TLoraModule keep the sign; 0 is
     # the rank, as they read it); LoRA's, LoHa's and LoKr's too (LoConModule, LohaModule, LokrModule and
-    # kohya's LoRAModule keep it), but not 0 (peft's scale would be 0)
+    # kohya's LoRAModule keep it), and DyLoRA's (DyLoraModule, kohya's DyLoRAModule), but not 0
     signed = a.kind in ("glora", "tlora")
-    nonzero = a.kind in ("lora", "loha", "lokr")
+    nonzero = a.kind in ("lora", "loha", "lokr", "dylora")
 
     def fits(value) -> bool:
         if signed:

@@ -236,6 +236,29 @@ def _signed_lycoris_conv_alpha():
     )
 
 
+def _signed_dylora_alpha():
+    """A dylora adapter's alpha: any sign but 0 (LyCORIS's DyLoraModule and kohya's DyLoRAModule keep it)."""
+    return option(
+        attrs.Factory(lambda self: float(self.rank), takes_self=True),
+        doc="Alpha; the update is scaled by alpha / rank (in training as `dylora_form` says). May be "
+        "negative: LyCORIS's DyLoraModule (alpha / (b + 1) with block b drawn) and kohya's DyLoRAModule "
+        "(alpha / rank) keep the sign (kohya `network_alpha` below 0), so the update trains with its sign "
+        "flipped and the export saves the negative alpha (DyLoRA layers have no max norm). Not 0 (DBS260).",
+        derived="same as `rank` (scale 1.0)",
+        example=8.0,
+    )
+
+
+def _signed_dylora_conv_alpha():
+    return option(
+        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
+        doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
+        "`conv_alpha`); may be negative, as `alpha`.",
+        derived="same as `conv_rank` (scale 1.0)",
+        example=1.0,
+    )
+
+
 def _denoiser_targets():
     return option(
         factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
@@ -490,20 +513,13 @@ class OptimizerBlock:
     )
 
 
-def _block_alpha():
-    return option(doc="Alpha of the matched linear layers (scale alpha / rank).", minimum=0)
-
-
-def _block_conv_alpha():
-    return option(1.0, doc="Alpha of the matched 3x3 convolutions.", minimum=0)
-
-
 def _signed_block_alpha():
     return option(
         doc="Alpha of the matched linear layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, "
-        "LoHa or LoKr layers (LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule and LokrModule "
-        "keep the sign, so their update trains with its sign flipped and is saved with that alpha; a "
-        "LyCORIS preset file's entry's own negative `alpha`; DBS581 for other kinds)."
+        "LoHa, LoKr or DyLoRA layers (LyCORIS's GLoRAModule, TLoraModule, LoConModule, LohaModule, "
+        "LokrModule and DyLoraModule keep the sign, so their update trains with its sign flipped and is "
+        "saved with that alpha; a LyCORIS preset file's entry's own negative `alpha`; DBS581 for other "
+        "kinds)."
     )
 
 
@@ -863,9 +879,9 @@ class TextEncoderBlock:
         maximum=LOKR_BLOCK_RANK_MAX,
     )
     alpha: float = option(
-        doc="Alpha of the matched layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, LoHa "
-        "or LoKr layers (their LyCORIS modules keep the sign: a preset file's CLIP entry's own negative "
-        "`alpha`; DBS581 for other kinds)."
+        doc="Alpha of the matched layers (scale alpha / rank); below 0 for GLoRA, T-LoRA, LoRA/LoCon, LoHa, "
+        "LoKr or DyLoRA layers (their LyCORIS modules keep the sign: a preset file's CLIP entry's own "
+        "negative `alpha`; DBS581 for other kinds)."
     )
     factor: int = _block_factor()
     decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
@@ -967,7 +983,7 @@ class DyloraBlock:
         minimum=0,
         maximum=LOKR_BLOCK_RANK_MAX,
     )
-    alpha: float = _block_alpha()
+    alpha: float = _signed_block_alpha()
     conv_rank: int = option(
         0,
         doc="Rank of the matched 3x3 convolutions (when `conv_rank` of the adapter is above 0), a multiple "
@@ -975,7 +991,7 @@ class DyloraBlock:
         minimum=0,
         maximum=LOKR_BLOCK_RANK_MAX,
     )
-    conv_alpha: float = _block_conv_alpha()
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = option(
         0,
         doc="Ranks per block of the matched layers in place of the adapter's `unit` (a LyCORIS preset "
@@ -1599,8 +1615,8 @@ class ScaleBlock:
     alpha: float = option(
         1.0,
         doc="Alpha of the matched linear layers of a block of another `kind` (scale alpha / rank); below 0 "
-        "for LoRA/LoCon, LoHa, LoKr, GLoRA or T-LoRA layers (their LyCORIS modules keep the sign: a preset "
-        "file's entry's own negative `alpha`; DBS581 for other kinds).",
+        "for LoRA/LoCon, LoHa, LoKr, GLoRA, T-LoRA or DyLoRA layers (their LyCORIS modules keep the sign: a "
+        "preset file's entry's own negative `alpha`; DBS581 for other kinds).",
     )
     conv_rank: int = option(
         0,
@@ -2284,7 +2300,7 @@ class DyloraAdapter:
         "`alpha` file is a plain LoRA, as both tools save it."
     )
     rank: int = _rank(4, "DyLoRA", note=" A multiple of `unit`.")
-    alpha: float = _alpha()
+    alpha: float = _signed_dylora_alpha()
     unit: int = option(
         1,
         doc="Ranks per block (kohya networks.dylora `unit`, LyCORIS `block_size`): the rank drawn each step "
@@ -2317,7 +2333,7 @@ class DyloraAdapter:
     )
     norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _conv_alpha()
+    conv_alpha: float = _signed_dylora_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     module_dropout: float = option(
         0.0,

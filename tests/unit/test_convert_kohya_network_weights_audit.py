@@ -244,13 +244,15 @@ def test_lycoris_dim_from_weights_from_a_file_of_no_module_stops_kohya(tmp_path)
     assert "`w.safetensors`" in said and "empty parameter list" in said
 
 
-def test_networks_lora_dim_from_weights_with_a_lycoris_file_stays_dbs403(tmp_path):
-    """networks.lora's create_network_from_weights would build no module either (no `lora_down`) and kohya
-    stop on the empty optimizer; pinned as it is (tests/unit/test_convert_kohya_weights_missing.py too)."""
+def test_networks_lora_dim_from_weights_with_a_lycoris_file_stops_kohya(tmp_path):
+    """networks.lora's create_network_from_weights takes the ranks from `lora_down` keys alone: a LoHa file
+    builds no module and kohya stops on the empty optimizer (ValueError): DBS402 naming the file and
+    lycoris.kohya (was DBS403; tests/unit/test_convert_kohya_weights_missing.py too)."""
     _file(tmp_path, loha(Q, 320, 320))
     outcome = kohya_lora(tmp_path, f"{WEIGHTS} --dim_from_weights")
-    assert fate(outcome, "dim_from_weights") == "unsupported"
-    assert "not in kohya's LoRA layout" in messages(outcome, "DBS403")
+    assert not outcome.written and fate(outcome, "dim_from_weights") == "invalid"
+    said = messages(outcome, "DBS402")
+    assert "`w.safetensors`" in said and "empty parameter list" in said and "lycoris.kohya" in said
 
 
 @pytest.mark.parametrize("module", ["lycoris.kohya", "networks.lora_flux"])

@@ -842,6 +842,37 @@ CONVERTS = {
         "--network_alpha=-1",
         {"kind": "lora", "alpha": -1.0},
     ),
+    # line 108 / 109: a DyLoRA entry's own negative alpha (DBS581 in a spec before) and a DyLoRA network's
+    # negative network_alpha / conv_alpha (was DBS403): DyLoraModule keeps the sign (get_weight's alpha /
+    # (b + 1)), its block's / the adapter's alphas (tests/runtime/test_lycoris_entry_signs_dylora.py)
+    "dylora_entry_negative_alpha_on_locon": (
+        "sd",
+        '"algo=locon"',
+        _sd("dylora", "alpha = -2"),
+        "",
+        {"kind": "lora", "alpha": 1.0, "block": {"kind": "dylora", "alpha": -2.0}},
+    ),
+    "dylora_entry_negative_alpha_on_dylora": (
+        "sd",
+        '"algo=dylora"',
+        _sd("dylora", "alpha = -2"),
+        "",
+        {"kind": "dylora", "alpha": 1.0, "block": {"kind": "adapter", "alpha": -2.0}},
+    ),
+    "dylora_negative_network_alpha": (
+        "sd",
+        '"algo=dylora" "preset=attn-mlp"',
+        None,
+        "--network_alpha=-1",
+        {"kind": "dylora", "alpha": -1.0},
+    ),
+    "dylora_negative_conv_alpha": (
+        "sd",
+        '"algo=dylora" "conv_dim=4" "conv_alpha=-1"',
+        None,
+        "",
+        {"kind": "dylora", "conv_rank": 4, "conv_alpha": -1.0},
+    ),
     # line 109 (T-LoRA): "an entry's `sig_type` on another algo's network stays DBS403": its tlora block's
     # sig_type beside LoCon / LoHa on SD (tests/runtime/test_lycoris_entry_signs.py)
     "tlora_entry_sig_type_on_locon": (

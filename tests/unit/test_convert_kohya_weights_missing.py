@@ -65,7 +65,9 @@ def test_flux_dim_from_weights_file_not_here_is_unreadable(tmp_path, module):
 
 
 def test_a_file_of_another_layout_stays_refused(tmp_path):
-    """The file is here and read: what it holds decides (DBS403), not DBS401."""
+    """The file is here and read: what it holds decides, not DBS401. It has no `lora_down` tensor, so
+    networks/lora.py create_network_from_weights builds no module and kohya's optimizer raises ValueError
+    (an empty parameter list): DBS402 (was DBS403)."""
     (tmp_path / "prev").mkdir()
     save_file(
         {"model.diffusion_model.foo.weight": np.zeros((2, 2), np.float16)},
@@ -73,10 +75,9 @@ def test_a_file_of_another_layout_stays_refused(tmp_path):
     )
     outcome = kohya_lora(tmp_path, "--network_weights prev/x.safetensors --dim_from_weights")
     assert "DBS401" not in codes(outcome) and fate(outcome, "network_weights") != "unreadable"
-    assert (
-        fate(outcome, "dim_from_weights") == "unsupported"
-        and "not in kohya's LoRA layout" in errors(outcome)[0]
-    )
+    assert "DBS402" in codes(outcome) and fate(outcome, "dim_from_weights") == "invalid"
+    said = errors(outcome)[0]
+    assert "`x.safetensors`" in said and "no `lora_down` tensor" in said and "empty parameter list" in said
 
 
 def test_lycoris_dylora_alphas_file_not_here_is_unreadable(tmp_path):

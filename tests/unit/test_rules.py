@@ -1704,7 +1704,7 @@ CASES = [
         DOG
         + STEPS
         + '[adapter]\nkind = "glora"\nrank = 8\nalpha = -4.0\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nunit = 4\nalpha = -1.0\n",
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = -1.0\n",
         [("DBS581", "error", ("adapter", "blocks", 0, "alpha"))],
         DOG
         + STEPS
@@ -1712,13 +1712,13 @@ CASES = [
         + "[[adapter.blocks]]\npattern = 'ff'\nrank = 4\nalpha = -1.0\n"
         + "[[adapter.blocks]]\npattern = 'attn'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n",
     ),
-    (  # a lora adapter's GLoRA blocks may be negative (a LyCORIS GLoRA entry's own alpha), its DyLoRA ones
-        # not (was its own blocks': LoCon keeps the sign too, as LyCORIS's LoConModule does)
+    (  # a lora adapter's GLoRA blocks may be negative (a LyCORIS GLoRA entry's own alpha), its full ones
+        # not (was its own blocks', then its DyLoRA ones': LoConModule and DyLoraModule keep the sign too)
         rules.negative_block_alpha,
         DOG
         + STEPS
         + '[adapter]\nkind = "lora"\nrank = 8\n'
-        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nunit = 4\nalpha = 1.0\n"
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'full'\nrank = 4\nalpha = 1.0\n"
         + "conv_alpha = -1.0\n",
         [("DBS581", "error", ("adapter", "blocks", 0, "conv_alpha"))],
         DOG

@@ -104,11 +104,9 @@ def _glora(name: str, module: LycorisModule, layer: str) -> dict[str, Any] | str
             f"{INVALID}`{name}` has no alpha: make_module_from_state_dict builds it with float(alpha), "
             "TypeError"
         )
-    if module.alpha < 0:
-        return (
-            f"`{name}.alpha` is {module.alpha:g}: dbspec does not start a GLoRA from a file's negative alpha"
-        )
-    return {"rank": rank, "alpha": float(module.alpha or rank)}  # GLoRAModule: alpha 0 is the rank
+    # GLoRAModule: alpha 0 is the rank; a negative one keeps its sign (scale alpha / rank, saved signed), as
+    # the plan's glora layers do (tests/runtime/test_lycoris_sd_rebuilt_file_signs.py)
+    return {"rank": rank, "alpha": float(module.alpha or rank)}
 
 
 def _common(values: list[tuple]) -> tuple | None:

@@ -43,6 +43,7 @@ from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constrai
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import (
+    lora_builds_nothing,
     lycoris_builds_nothing,
     not_safetensors,
     report_weights,
@@ -1581,6 +1582,8 @@ def map_network_weights(
         map_file_alphas(a, paths, conv)  # kohya's networks.lora: a file of other alphas trains at its own
         return
     if lycoris and lycoris_builds_nothing(weights, from_file, paths, conv):
+        return
+    if not lycoris and lora_builds_nothing(weights, from_file, paths, conv):
         return
     local = paths.local(weights.value)
     try:

@@ -2,7 +2,7 @@
 of --dim_from_weights, DyLoRA's alphas) reports that alike, as unreadable (DBS401: convert where the file
 is), not as something dbspec does not express; a file that is here and read, but of a layout dbspec cannot
 use, stays each reader's own refusal (DBS403). A file here that is no safetensors file stops kohya (DBS402),
-as does a --dim_from_weights file LyCORIS builds no module from."""
+as does a --dim_from_weights file LyCORIS, or kohya's networks.lora, builds no module from."""
 
 from __future__ import annotations
 
@@ -95,5 +95,35 @@ def lycoris_builds_nothing(weights: Legacy, from_file: Legacy, paths, conv: Conv
         f"`lora_unet*` / `lora_te*` names, and it holds {held}: the network has no module and kohya's "
         "optimizer raises ValueError (an empty parameter list)",
         help="start from a file kohya's lycoris.kohya saved, or train without --dim_from_weights",
+    )
+    return True
+
+
+def lora_builds_nothing(weights: Legacy, from_file: Legacy, paths, conv: Conversion) -> bool:
+    """DBS402 for kohya's networks.lora with --dim_from_weights from a safetensors file here that holds no
+    `lora_down` tensor (a LyCORIS LoHa / LoKr file, a full checkpoint): networks/lora.py
+    create_network_from_weights takes each module's rank from its `lora_down` key alone, so `modules_dim` is
+    empty and LoRANetwork builds no module; prepare_optimizer_params then returns no parameter group and
+    kohya's optimizer raises ValueError (an empty parameter list). True when reported."""
+    local = paths.local(weights.value)
+    if local is None or not local.is_file():
+        return False
+    try:
+        names = [n for n in read_safetensors_header(local) if n != "__metadata__"]
+    except (ModelFileError, OSError):
+        return False  # its readers report it (DBS401, or DBS402 for no safetensors file)
+    if any("." in n and "lora_down" in n for n in names):
+        return False
+    held = f"`{names[0]}` and no `lora_down` tensor" if names else "no tensor"
+    conv.invalid(
+        from_file.key,
+        True,
+        from_file.source,
+        "kohya's networks.lora create_network_from_weights takes each module's rank from its `lora_down` "
+        f"tensor, and `{paths.name_of(weights.value)}` holds {held}: LoRANetwork builds no module and "
+        "kohya's optimizer raises ValueError (an empty parameter list); a LyCORIS file (LoHa, LoKr) builds "
+        "its network with network_module = lycoris.kohya",
+        help="start from a LoRA file kohya's networks.lora saved, use --network_module lycoris.kohya for a "
+        "LyCORIS file, or train without --dim_from_weights",
     )
     return True
