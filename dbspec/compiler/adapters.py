@@ -411,6 +411,9 @@ def _rank_blocks(adapter) -> dict:
                 unit=unit(b),
                 bypass=own_bypass(b),
                 on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
+                # a tlora block's own start (a glora adapter's: its sig_type alone; DBS622)
+                sig_type=getattr(b, "sig_type", "principal"),
+                data_init=getattr(b, "data_init", True),
                 **_other_kind_options(b, adapter),
                 # blocks of kind lora / loha / lokr: LyCORIS's weight decomposition (a network's dora_wd
                 # or an entry's weight_decompose; rules DBS583 keep it off GLoRA / DyLoRA layers)
@@ -430,6 +433,8 @@ def _rank_blocks(adapter) -> dict:
                 unit=unit(b),
                 bypass=own_bypass(b),
                 on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
+                sig_type=getattr(b, "sig_type", "principal"),
+                data_init=getattr(b, "data_init", True),
                 **_other_kind_options(b, adapter),
                 dora=_block_dora(b, adapter),
                 dora_axis=_block_dora_axis(b, adapter),
@@ -604,6 +609,8 @@ def _scale_blocks(adapter) -> dict:
             scalar=_block_scalar(b, adapter),
             rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
             on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
+            sig_type=b.sig_type,  # a tlora block's own start (DBS622 off U-Nets)
+            data_init=b.data_init,
             dora=_block_dora(b, adapter),
             dora_axis=_block_dora_axis(b, adapter),
             lr_scale=b.lr_scale,

@@ -3384,6 +3384,13 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
 # a T-LoRA block's own start (LyCORIS map entries' sig_type / use_data_init): the value that starts nothing
 # of its own (TLoraModule's defaults), and what the block's starts instead
 _TLORA_STARTS = {"data_init": (True, "random SVD start"), "sig_type": ("principal", "SVD start of its own")}
+# the adapters besides lora / loha / lokr whose T-LoRA blocks start their own way, on the U-Net families only
+# (tests/runtime/test_lycoris_tlora_entry_hosts.py): the keys each admits (a glora adapter's random start no)
+_TLORA_START_HOSTS = {
+    "full": ("data_init", "sig_type"),
+    "glora": ("sig_type",),
+    "ia3": ("data_init", "sig_type"),
+}
 
 
 @rule("spec")
@@ -3394,9 +3401,13 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
     (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
     Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
-    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon)."""
+    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); on SD 1.x/2.x and SDXL beside a
+    full or ia3 adapter's layers too, and its sig_type beside a glora adapter's (_TLORA_START_HOSTS; silent
+    about the family for family = "auto": the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
+    family = FAMILIES.get(spec.model.family)
+    unet = family is None or family.denoiser == "unet"
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             for key, (plain, what) in _TLORA_STARTS.items():
@@ -3407,10 +3418,13 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     continue
                 if block.kind != "tlora":
                     why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-                elif own not in ("lora", "loha", "lokr"):
+                elif own not in ("lora", "loha", "lokr") and not (
+                    unet and key in _TLORA_START_HOSTS.get(own, ())
+                ):
                     why = (
                         f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
-                        "ones alone)"
+                        "ones, and on SD 1.x/2.x and SDXL beside full / ia3 ones and with a sig_type beside "
+                        "glora ones)"
                     )
                 else:
                     continue

@@ -578,9 +578,10 @@ def _block_data_init():
     return option(
         True,
         doc="Whether the matched T-LoRA layers (a T-LoRA adapter's, or a block of kind `tlora` beside a "
-        "lora or loha adapter's layers on SD 1.x/2.x and SDXL) start from their weight's SVD "
-        "(LyCORIS's `use_data_init`, a preset file's map entry's own). false: from the SVD of a random "
-        "matrix, as TLoraModule draws it from torch's generator while the adapter is built (its two factors' "
+        "lora, loha or lokr adapter's layers, on SD 1.x/2.x and SDXL a full or ia3 adapter's too) start "
+        "from their weight's SVD (LyCORIS's `use_data_init`, a preset file's map entry's own). false: from "
+        "the SVD of a random matrix, as TLoraModule draws it from torch's generator while the adapter is "
+        "built (its two factors' "
         "own init, then torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with "
         "`[schedule] seed` (the denoiser's; text encoder i's: seed + 1 + i; beside other kinds, the T-LoRA "
         "layers' own pass: that seed plus the kind's place among the adapter's kinds), `sig_type` picking "
@@ -600,7 +601,8 @@ def _block_sig_type():
     return option(
         "principal",
         doc="Which of the weight's singular triplets the matched T-LoRA layers (a T-LoRA adapter's, or a "
-        "block of kind `tlora` beside a lora or loha adapter's layers on SD 1.x/2.x and SDXL) start from "
+        "block of kind `tlora` beside a lora, loha or lokr adapter's layers, on SD 1.x/2.x and SDXL a full, "
+        "ia3 or glora adapter's too) start from "
         "(LyCORIS's `sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest "
         "singular values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, "
         "sliced as TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader "
@@ -1643,6 +1645,9 @@ class ScaleBlock:
     bypass: BlockSwitch = _block_bypass()  # an IA^3 adapter's own block (its entry's bypass_mode)
     # an IA^3 adapter's own block or a block of kind ia3 on a full adapter (its entry's train_on_input)
     on_input: bool = _block_on_input()
+    # a block of kind tlora on a full / IA^3 adapter (its entry's sig_type / use_data_init; SD 1.x/2.x, SDXL)
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
+    data_init: bool = _block_data_init()
     lr_scale: float = _block_lr_scale("full or IA^3 (or the block's `kind`)")
 
 
@@ -2178,6 +2183,8 @@ class GloraBlock:
     tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (its entry's use_tucker)
     rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()  # a block of kind tlora's
+    data_init: bool = _block_data_init()  # a block of kind tlora (DBS622 beside GLoRA layers)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (GLoRAModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     lr_scale: float = _block_lr_scale("GLoRA (or the block's `kind`)")

@@ -247,6 +247,8 @@ def check_layers(
             # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa / LoKr (_blocks), on every
             # family (Flux / SD3 / Chroma's fused Linears: one start per fused Linear)
             own = (*own, "use_data_init", *_sig_type(layer))
+        elif _algo(layer.algo) == "tlora" and unet and _algo(algo) in _TLORA_START_HOSTS:
+            own = (*own, *_TLORA_START_HOSTS[_algo(algo)], *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
         for key, why in quiet:
@@ -291,17 +293,26 @@ def check_layers(
     return list(inert.items())
 
 
+# the networks besides LoCon / LoHa / LoKr a T-LoRA entry's own start converts on, SD 1.x/2.x and SDXL only
+# (its T-LoRA pass the same there, runtime/mixed_kinds.py; tests/runtime/test_lycoris_tlora_entry_hosts.py):
+# the keys beside its `sig_type` (a GLoRA network's random start stays DBS403: tests/unit/
+# test_convert_kohya_tlora_entry_random.py pins it unchecked)
+_TLORA_START_HOSTS = {"full": ("use_data_init",), "glora": (), "ia3": ("use_data_init",)}
+
+
 def _tlora_start_unbuilt(layer: Layer, read: list[tuple[str, Any]], algo: str) -> None:
     """PresetError for a T-LoRA entry's own start (`sig_type` / `use_data_init`) on a network other than
-    LoCon / LoHa / LoKr (check_layers lets those through), where dbspec builds none (a spec's DBS622)."""
+    LoCon / LoHa / LoKr (and, on SD 1.x/2.x and SDXL, full, IA^3 and GLoRA: _TLORA_START_HOSTS; check_layers
+    lets those through), where dbspec builds none (a spec's DBS622)."""
     starts = [(k, v) for k, v in read if k in ("sig_type", "use_data_init")]
     if not starts or _algo(layer.algo) != "tlora":
         return
     keys = ", ".join(f"`{k}` = {v!r}" for k, v in starts)
     raise PresetError(
         f"`{layer.source}` hands its T-LoRA layers (e.g. {layer.path}) {keys}: dbspec starts a T-LoRA "
-        "entry's layers its own way beside LoCon / LoHa / LoKr layers (checked against lycoris-lora there), "
-        f"not on an algo={algo} network (a spec's DBS622)",
+        "entry's layers its own way beside LoCon / LoHa / LoKr layers (checked against lycoris-lora there; "
+        "on SD 1.x/2.x and SDXL beside full and IA^3 ones too, and its sig_type beside GLoRA ones), "
+        f"not on an algo={algo} network here (a spec's DBS622)",
         False,
     )
 
@@ -1076,6 +1087,8 @@ _SCALE_BLOCK_OWN = (
     "scalar",
     "rescaled",
     "on_input",  # an IA^3 entry's own train_on_input on a full network (ScaleBlock on_input)
+    "sig_type",  # a T-LoRA entry's own start on a full network (ScaleBlock sig_type / data_init)
+    "data_init",
 )
 
 
@@ -1083,8 +1096,8 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
     another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
     entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own
-    rs_lora, a Diag-OFT / BOFT entry's own constraint (the block's alpha) and rescaled; PresetError for an
-    entry's own option such a block does not carry."""
+    rs_lora, a Diag-OFT / BOFT entry's own constraint (the block's alpha) and rescaled, a T-LoRA entry's own
+    start; PresetError for an entry's own option such a block does not carry."""
     if not algo:
         return [], []
     unet = [_own_ia3(b) for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo)]
