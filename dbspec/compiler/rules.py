@@ -3385,10 +3385,10 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
 # of its own (TLoraModule's defaults), and what the block's starts instead
 _TLORA_STARTS = {"data_init": (True, "random SVD start"), "sig_type": ("principal", "SVD start of its own")}
 # the adapters besides lora / loha / lokr whose T-LoRA blocks start their own way, on the U-Net families only
-# (tests/runtime/test_lycoris_tlora_entry_hosts.py): the keys each admits (a glora adapter's random start no)
+# (tests/runtime/test_lycoris_tlora_entry_hosts.py): the keys each admits
 _TLORA_START_HOSTS = {
     "full": ("data_init", "sig_type"),
-    "glora": ("sig_type",),
+    "glora": ("data_init", "sig_type"),
     "ia3": ("data_init", "sig_type"),
 }
 
@@ -3402,7 +3402,7 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
     Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
     Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); on SD 1.x/2.x and SDXL beside a
-    full or ia3 adapter's layers too, and its sig_type beside a glora adapter's (_TLORA_START_HOSTS; silent
+    full, ia3 or glora adapter's layers too (_TLORA_START_HOSTS; silent
     about the family for family = "auto": the compiler runs it again with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
@@ -3423,8 +3423,7 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                 ):
                     why = (
                         f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
-                        "ones, and on SD 1.x/2.x and SDXL beside full / ia3 ones and with a sig_type beside "
-                        "glora ones)"
+                        "ones, and on SD 1.x/2.x and SDXL beside full / ia3 / glora ones)"
                     )
                 else:
                     continue

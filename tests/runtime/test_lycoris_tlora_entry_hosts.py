@@ -93,7 +93,9 @@ def _full_grads_named_as_lycoris(export):
     return exported
 
 
-@pytest.mark.parametrize(("algo", "module"), [("full", "FullModule"), ("ia3", "IA3Module")])
+@pytest.mark.parametrize(
+    ("algo", "module"), [("full", "FullModule"), ("ia3", "IA3Module"), ("glora", "GLoRAModule")]
+)
 def test_tlora_entry_random_start_beside_full_and_ia3(tmp_path, monkeypatch, algo, module):
     """A T-LoRA entry's own `use_data_init = false` (the U-Net's transformers and CLIP's attention) on a full
     (IA^3) network (its ResNets): each layer's random start TLoraModule's, as beside LoCon / LoHa / LoKr (the

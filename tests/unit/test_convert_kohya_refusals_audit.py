@@ -147,14 +147,6 @@ REFUSED = {
     # tests/unit/test_rules.py); a Diag-OFT / BOFT network's (no T-LoRA entries on those networks: "dbspec
     # trains several algorithms" refusal first); Flux's fused Linears beside GLoRA / full / IA^3 layers
     # (fit_fused_tlora checked beside LoCon / LoHa / LoKr only)
-    "tlora_entry_random_start_on_glora": (
-        "sd",
-        '"algo=glora"',
-        _sd("tlora", "use_data_init = false"),
-        "",
-        "DBS403",
-        ["network_args preset", "`use_data_init` = False", "not on an algo=glora network", "DBS622"],
-    ),
     "tlora_entry_sig_type_on_dylora": (
         "sd",
         '"algo=dylora"',
@@ -949,6 +941,13 @@ CONVERTS = {
         _sd("tlora", 'sig_type = "last"'),
         "",
         {"kind": "glora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "tlora_entry_random_start_on_glora": (
+        "sd",
+        '"algo=glora"',
+        _sd("tlora", "use_data_init = false"),
+        "",
+        {"kind": "glora", "block": {"kind": "tlora", "data_init": False}},
     ),
     "tlora_entry_sig_type_on_full": (
         "sd",

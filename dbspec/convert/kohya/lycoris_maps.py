@@ -297,7 +297,7 @@ def check_layers(
 # (its T-LoRA pass the same there, runtime/mixed_kinds.py; tests/runtime/test_lycoris_tlora_entry_hosts.py):
 # the keys beside its `sig_type` (a GLoRA network's random start stays DBS403: tests/unit/
 # test_convert_kohya_tlora_entry_random.py pins it unchecked)
-_TLORA_START_HOSTS = {"full": ("use_data_init",), "glora": (), "ia3": ("use_data_init",)}
+_TLORA_START_HOSTS = {"full": ("use_data_init",), "glora": ("use_data_init",), "ia3": ("use_data_init",)}
 
 
 def _tlora_start_unbuilt(layer: Layer, read: list[tuple[str, Any]], algo: str) -> None:
