@@ -3709,11 +3709,14 @@ def glora_bypass_inert(a) -> bool:
     adapters.py _glora_rank_dropout_form, rank_dropout_form "lycoris_bypass"): the GLoRA layers keep the
     ranks whose `torch.rand(rank)` draw is below the rate (one draw for a2 x, one for b2 x), the LoCon ones
     those whose draw is above it, the LoHa ones LohaModule's row mask, the LoKr ones none
-    (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py)."""
+    (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py). Blocks of kind ia3 too (was DBS578):
+    IA3Module in bypass_mode scales the output, bias included (the input with `on_input`), the block's
+    settled `bypass` (runtime/mixed_kinds.py kind_adapter), and reads neither `dropout` nor `rank_dropout`
+    (its module_dropout draw alone; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "glora"
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr"}
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", "ia3"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 

@@ -1112,6 +1112,31 @@ CONVERTS = {
         for family, family_ in (("sd", ""), ("flux", "flux_"))
         for entry in ("locon", "loha", "lokr")
     },
+    # line 274: a GLoRA network's bypass_mode beside IA^3 entries (was DBS403, a spec's DBS578), with and
+    # without its dropout / rank_dropout / module_dropout and an entry's own train_on_input: IA3Module's
+    # bypass forward (the output scaled, bias included; the input with train_on_input), which reads neither
+    # dropout nor rank_dropout; on SD and Flux (tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)
+    **{
+        f"{family_}glora_network_bypass{name}_beside_ia3{side}": (
+            family,
+            f'"algo=glora" "bypass_mode=True"{args}',
+            (_sd if family == "sd" else _flux)("ia3", "train_on_input = true" if side else ""),
+            "",
+            {
+                "kind": "glora",
+                "bypass": True,
+                "bypass_dropout": 0.1 if "dropout=" in args.replace("rank_dropout", "") else 0.0,
+                "output_dropout": 0.0,
+                "block": {"kind": "ia3", "bypass": True, "on_input": bool(side)},
+            },
+        )
+        for family, family_ in (("sd", ""), ("flux", "flux_"))
+        for name, args in (
+            ("", ""),
+            ("_dropouts", ' "dropout=0.1" "rank_dropout=0.1" "module_dropout=0.1"'),
+        )
+        for side in ("", "_on_input")
+    },
     # line 110 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries, their blocks' alpha
     # (tests/runtime/test_lycoris_network_constraint_oft_entries.py)
     "network_constraint_beside_diag_oft": (

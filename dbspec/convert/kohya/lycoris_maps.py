@@ -588,10 +588,14 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     LoConModule's where `> rate`, LohaModule's get_weight row mask, LokrModule's none, each after its
     module_dropout draw: the adapter's rank_dropout, its blocks' form settled in the plan (rank_dropout_form
     "lycoris_bypass", compiler/adapters.py _glora_rank_dropout_form;
-    tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py)."""
+    tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py). IA^3 entries too (was DBS403): their
+    IA3Module gets the network's bypass_mode, its bypass forward scaling the output (bias included; with an
+    entry's own train_on_input the input), the block of kind ia3 in the adapter's settled `bypass`
+    (runtime/mixed_kinds.py kind_adapter), after its module_dropout draw alone: IA3Module reads neither
+    `dropout` nor `rank_dropout` (tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
-    return entries <= {"lora", "loha", "lokr"} and not network.get("weight_decompose") and not own
+    return entries <= {"lora", "loha", "lokr", "ia3"} and not network.get("weight_decompose") and not own
 
 
 def _mixed_kinds(
