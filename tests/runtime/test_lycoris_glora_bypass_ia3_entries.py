@@ -46,13 +46,26 @@ _HELD = ("a1.weight", "lora_up", "ff_net_2.weight", "conv_in.weight")  # GLoRA's
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [{}, {"dropout": "0.2"}, {"rank_dropout": "0.25"}, {"dropout": "0.2", "rank_dropout": "0.25"}],
-    ids=["bypass", "dropout", "rank_dropout", "both"],
+    ("extra", "own"),
+    [
+        ({}, True),
+        ({"dropout": "0.2"}, True),
+        ({"rank_dropout": "0.25"}, True),
+        ({"dropout": "0.2", "rank_dropout": "0.25"}, True),
+        ({"dropout": "0.2", "rank_dropout": "0.25"}, False),
+    ],
+    ids=["bypass", "dropout", "rank_dropout", "both", "feed_forward_own_bypass_off"],
 )
-def test_glora_network_bypass_beside_ia3_entries_is_lycoris(pipe, tmp_path, monkeypatch, extra):  # noqa: F811
+def test_glora_network_bypass_beside_ia3_entries_is_lycoris(pipe, tmp_path, monkeypatch, extra, own):  # noqa: F811
+    """`own` False: the feed-forwards' IA^3 entry turns bypass_mode off for its layers (its own
+    `bypass_mode = false`, which create_single_module hands its IA3Modules over the network's; the block's
+    `bypass` off, runtime/mixed_kinds.py set_block_bypass), conv_in's keeping the network's."""
     args = {"bypass_mode": "True", "module_dropout": str(MODULE), **extra}
-    PRESETS["glora_bypass_ia3"] = PRESET
+    given = (
+        PRESET if own else PRESET.replace('algo = "ia3"\n[name', 'algo = "ia3"\nbypass_mode = false\n[name')
+    )
+    assert own or given != PRESET
+    PRESETS["glora_bypass_ia3"] = given
     try:
         path, plan = _converted_plan(
             tmp_path, "glora_bypass_ia3", "glora", " ".join(f'"{k}={v}"' for k, v in args.items())
@@ -70,8 +83,9 @@ def test_glora_network_bypass_beside_ia3_entries_is_lycoris(pipe, tmp_path, monk
         ranks,
     )
     assert {b.kind for b in a.blocks} - {"adapter"} == {"lora", "ia3"}
-    assert all(b.bypass for b in a.blocks)  # settled: the adapter's
-    assert {b.on_input for b in a.blocks if b.kind == "ia3"} == {True, False}
+    # settled: the adapter's, or the feed-forwards' entry's own
+    assert {b.on_input: b.bypass for b in a.blocks if b.kind == "ia3"} == {True: True, False: own}
+    assert all(b.bypass for b in a.blocks if b.kind != "ia3")
     ours = pipe.unet.__class__.from_config(pipe.unet.config)
     ours.load_state_dict(pipe.unet.state_dict())
     params = _prepare(ours, "unet", plan, torch.device("cpu"), a.denoiser_targets, plan.schedule.seed)
@@ -82,8 +96,11 @@ def test_glora_network_bypass_beside_ia3_entries_is_lycoris(pipe, tmp_path, monk
     made, theirs = lycoris_unet(pipe, monkeypatch, "glora", path, **args)
     classes = {type(m).__name__ for m in made.unet_loras}
     assert classes == {"GLoRAModule", "LoConModule", "IA3Module"}
-    assert all(m.bypass_mode and m.module_dropout == MODULE for m in made.unet_loras)
+    assert all(m.module_dropout == MODULE for m in made.unet_loras)
     ia3 = {m.lora_name: m.train_input for m in made.unet_loras if type(m).__name__ == "IA3Module"}
+    assert all(
+        bool(m.bypass_mode) is (own or m.lora_name not in ia3 or ia3[m.lora_name]) for m in made.unet_loras
+    )
     assert ia3.pop("lora_unet_conv_in") and not any(ia3.values())
     state = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     result = made.load_state_dict(state, strict=False)
@@ -112,13 +129,16 @@ train_on_input = true
 
 
 @pytest.mark.parametrize(
-    "extra", [{}, {"dropout": "0.2", "rank_dropout": "0.25"}], ids=["bypass", "dropouts"]
+    "extra",
+    [{}, {"dropout": "0.2", "rank_dropout": "0.25"}, {"dropout": "0.2", "dora_wd": "True"}],
+    ids=["bypass", "dropouts", "dora_wd"],
 )
 def test_flux_glora_network_bypass_beside_ia3_entries_is_lycoris(tmp_path, monkeypatch, extra):
     """On Flux's fused Linears: the IA^3 q/k/v and linear1 one IA3Module each in bypass_mode (the fused
     biases at random: bypass_mode scales them), the GLoRA layers one GLoRAModule each, their parts one
     module_dropout draw; every kohya layer's module against the plan's parts from the same generator state
-    (outputs, generator state, input and trained tensors' gradients)."""
+    (outputs, generator state, input and trained tensors' gradients). With the network's dora_wd, which
+    GLoRAModule and IA3Module take and never read: inert (DBS405), no layer decomposed."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import _grads_as_lycoris, modules_alike
@@ -133,7 +153,7 @@ def test_flux_glora_network_bypass_beside_ia3_entries_is_lycoris(tmp_path, monke
     plan = plan_of(outcome, tmp_path, ["model.base=builtin:tiny-flux", *_BASE])
     a = plan.adapter
     dropout = float(args.get("dropout", 0.0))
-    assert (a.kind, a.bypass, a.module_dropout, bool(a.fused)) == ("glora", True, 0.5, True)
+    assert (a.kind, a.bypass, a.module_dropout, bool(a.fused), a.dora) == ("glora", True, 0.5, True, False)
     assert (a.bypass_dropout, a.output_dropout, a.rank_dropout) == (
         dropout,
         0.0,

@@ -104,6 +104,17 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
+    # line 274 (a GLoRA network's bypass_mode beside entries): with the network's dora_wd beside LoCon (and
+    # IA^3) entries it stays DBS403, a spec's DBS578: LoConModule's bypass forward never decomposes, while
+    # the IA^3 entries' alone convert (tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)
+    "glora_network_bypass_dora_wd_beside_locon_and_ia3": (
+        "sd",
+        '"algo=glora" "bypass_mode=True" "dora_wd=True"',
+        _resnet("locon", "", "ia3"),
+        "",
+        "DBS403",
+        ["network_args preset", "on an algo=glora network with network_args bypass_mode", "DBS578"],
+    ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped
     # dropout mask (RuntimeError, tests/runtime/test_lycoris_oft_entry_bypass_dropout.py): DBS402, was
@@ -1136,6 +1147,25 @@ CONVERTS = {
             ("_dropouts", ' "dropout=0.1" "rank_dropout=0.1" "module_dropout=0.1"'),
         )
         for side in ("", "_on_input")
+    },
+    # the same with the feed-forwards' IA^3 entry's own bypass_mode = false (its block's `bypass` off), and
+    # with the network's dora_wd beside IA^3 entries alone (GLoRAModule and IA3Module never read it: DBS405)
+    "glora_network_bypass_beside_ia3_entry_own_bypass_off": (
+        "sd",
+        '"algo=glora" "bypass_mode=True" "dropout=0.1"',
+        _sd("ia3", "bypass_mode = false"),
+        "",
+        {"kind": "glora", "bypass": True, "bypass_dropout": 0.1, "block": {"kind": "ia3", "bypass": False}},
+    ),
+    **{
+        f"{family_}glora_network_bypass_dora_wd_beside_ia3": (
+            family,
+            '"algo=glora" "bypass_mode=True" "dora_wd=True"',
+            (_sd if family == "sd" else _flux)("ia3"),
+            "",
+            {"kind": "glora", "bypass": True, "dora": False, "block": {"kind": "ia3", "bypass": True}},
+        )
+        for family, family_ in (("sd", ""), ("flux", "flux_"))
     },
     # line 110 (Diag-OFT blocks): the network's constraint beside Diag-OFT / BOFT entries, their blocks' alpha
     # (tests/runtime/test_lycoris_network_constraint_oft_entries.py)
