@@ -140,13 +140,13 @@ REFUSED = {
     ),
     # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a network of another algorithm than
     # LoCon / LoHa / LoKr, full, IA^3 and GLoRA (those convert, on SD and on Flux's fused Linears, CONVERTS
-    # below): a DyLoRA network's (its DyloraBlock carries none; a spec's tlora text-encoder block with
-    # sig_type beside a dylora adapter's layers pinned DBS622 in tests/unit/test_rules.py); a Diag-OFT / BOFT
+    # below) and DyLoRA on SD: a DyLoRA network's on Flux / SD3 / Chroma's fused Linears (unchecked beside
+    # the fused DyLoRA layers: tests/unit/test_convert_kohya_tlora_entry_random.py); a Diag-OFT / BOFT
     # network's (no T-LoRA entries on those networks: "dbspec trains several algorithms" refusal first)
-    "tlora_entry_sig_type_on_dylora": (
-        "sd",
+    "flux_tlora_entry_sig_type_on_dylora": (
+        "flux",
         '"algo=dylora"',
-        _sd("tlora", 'sig_type = "last"'),
+        _flux("tlora", 'sig_type = "last"'),
         "",
         "DBS403",
         ["network_args preset", "`sig_type` = 'last'", "not on an algo=dylora network", "DBS622"],
@@ -956,6 +956,20 @@ CONVERTS = {
         _sd("tlora", "use_data_init = false"),
         "",
         {"kind": "ia3", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "tlora_entry_sig_type_on_dylora": (
+        "sd",
+        '"algo=dylora"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "dylora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "tlora_entry_random_start_on_dylora": (
+        "sd",
+        '"algo=dylora"',
+        _sd("tlora", "use_data_init = false"),
+        "",
+        {"kind": "dylora", "block": {"kind": "tlora", "data_init": False}},
     ),
     "flux_tlora_entry_sig_type_on_glora": (
         "flux",
