@@ -2,12 +2,13 @@
 DBS622: its DyloraBlock carried no sig_type / data_init): lycoris-lora 4.1.3's create_network hands
 TLoraModule the entry's `sig_type` / `use_data_init` whatever the network's algorithm, and dbspec builds a
 tlora block's layers in their own pass beside the DyLoRA layers (runtime/mixed_kinds.py), as beside LoCon /
-LoHa / LoKr / GLoRA / full / IA^3 (test_lycoris_tlora_entry_hosts.py's checks, run on this network, with
-block_size = network_dim: one block per DyLoRA layer, so DyLoraModule's Python-random block draw is fixed):
-the sig_type case test_lycoris_entry_signs.same_as_lycoris (outputs in eval and training, every trained
-tensor's gradient by LyCORIS's name, each frozen start LyCORIS's, not the principal one), the random start
-each layer's Q, P, λ and frozen copy bit for bit TLoraModule's draw from the generator state the layer drew
-at. Flux / SD3 / Chroma's fused Linears beside a DyLoRA network's stay refused (unchecked). No tiny run."""
+LoHa / LoKr / GLoRA / full / IA^3. Checked on the tiny SD 1.x (block_size = network_dim): the sig_type case
+each TLoraModule of LyCORIS's network, our export loaded, against our T-LoRA layer (its frozen start ours at
+that sig_type, not the principal one; training outputs, input gradients, every trained tensor's gradient
+by LyCORIS's name), the whole U-Net not compared (DyLoraModule draws a block in eval too, where dbspec's
+DyLoRA layer is the saved LoRA); the random start test_lycoris_tlora_entry_random's check (each layer's Q,
+P, λ and frozen copy bit for bit TLoraModule's draw from the generator state the layer drew at). Flux / SD3
+/ Chroma's fused Linears beside a DyLoRA network's stay refused (unchecked). No tiny run."""
 
 from __future__ import annotations
 
