@@ -3384,13 +3384,17 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
 # a T-LoRA block's own start (LyCORIS map entries' sig_type / use_data_init): the value that starts nothing
 # of its own (TLoraModule's defaults), and what the block's starts instead
 _TLORA_STARTS = {"data_init": (True, "random SVD start"), "sig_type": ("principal", "SVD start of its own")}
-# the adapters besides lora / loha / lokr whose T-LoRA blocks start their own way, on the U-Net families only
-# (tests/runtime/test_lycoris_tlora_entry_hosts.py): the keys each admits
+# the adapters besides lora / loha / lokr whose T-LoRA blocks start their own way, on every family (tests/
+# runtime/test_lycoris_tlora_entry_hosts.py, test_lycoris_tlora_entry_flux_hosts.py): the keys each admits
 _TLORA_START_HOSTS = {
     "full": ("data_init", "sig_type"),
     "glora": ("data_init", "sig_type"),
     "ia3": ("data_init", "sig_type"),
+    "dylora": ("data_init", "sig_type"),
 }
+# those whose T-LoRA blocks start their own way on the U-Net families only (a dylora adapter's beside its
+# fused DyLoRA layers unchecked)
+_TLORA_UNET_HOSTS = ("dylora",)
 
 
 @rule("spec")
@@ -3401,9 +3405,10 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
     (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
     Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
-    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); on SD 1.x/2.x and SDXL beside a
-    full, ia3 or glora adapter's layers too (_TLORA_START_HOSTS; silent
-    about the family for family = "auto": the compiler runs it again with the detected family)."""
+    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); beside a full, ia3 or glora
+    adapter's layers too, on SD 1.x and Flux's fused Linears, and on SD 1.x/2.x and SDXL beside a dylora
+    adapter's (_TLORA_START_HOSTS; silent about the family for family = "auto": the compiler runs it again
+    with the detected family)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
     family = FAMILIES.get(spec.model.family)
@@ -3418,12 +3423,12 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     continue
                 if block.kind != "tlora":
                     why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-                elif own not in ("lora", "loha", "lokr") and not (
-                    unet and key in _TLORA_START_HOSTS.get(own, ())
+                elif own not in ("lora", "loha", "lokr") and (
+                    key not in _TLORA_START_HOSTS.get(own, ()) or (own in _TLORA_UNET_HOSTS and not unet)
                 ):
                     why = (
                         f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
-                        "ones, and on SD 1.x/2.x and SDXL beside full / ia3 / glora ones)"
+                        "/ full / ia3 / glora ones, and on SD 1.x/2.x and SDXL beside dylora ones)"
                     )
                 else:
                     continue

@@ -578,8 +578,9 @@ def _block_data_init():
     return option(
         True,
         doc="Whether the matched T-LoRA layers (a T-LoRA adapter's, or a block of kind `tlora` beside a "
-        "lora, loha or lokr adapter's layers, on SD 1.x/2.x and SDXL a full or ia3 adapter's too) start "
-        "from their weight's SVD (LyCORIS's `use_data_init`, a preset file's map entry's own). false: from "
+        "lora, loha, lokr, full, ia3 or glora adapter's layers, on SD 1.x/2.x and SDXL a dylora "
+        "adapter's too) start from their weight's SVD (LyCORIS's `use_data_init`, a preset file's map "
+        "entry's own). false: from "
         "the SVD of a random matrix, as TLoraModule draws it from torch's generator while the adapter is "
         "built (its two factors' "
         "own init, then torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with "
@@ -601,8 +602,8 @@ def _block_sig_type():
     return option(
         "principal",
         doc="Which of the weight's singular triplets the matched T-LoRA layers (a T-LoRA adapter's, or a "
-        "block of kind `tlora` beside a lora, loha or lokr adapter's layers, on SD 1.x/2.x and SDXL a full, "
-        "ia3 or glora adapter's too) start from "
+        "block of kind `tlora` beside a lora, loha, lokr, full, ia3 or glora adapter's layers, on SD 1.x/2.x "
+        "and SDXL a dylora adapter's too) start from "
         "(LyCORIS's `sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest "
         "singular values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, "
         "sliced as TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader "
@@ -1019,6 +1020,9 @@ class DyloraBlock:
     on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (DyLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
+    # a block of kind tlora (its entry's sig_type / use_data_init; SD 1.x/2.x, SDXL: DBS622 elsewhere)
+    sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
+    data_init: bool = _block_data_init()
     lr_scale: float = _block_lr_scale("DyLoRA (or the block's `kind`)")
     zero_scale: bool = _block_zero_scale()
 

@@ -150,37 +150,17 @@ REFUSED = {
         ],
     ),
     # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a network of another algorithm than
-    # LoCon / LoHa / LoKr (those convert, CONVERTS below; on SD beside full and IA^3 layers, and its sig_type
-    # beside GLoRA ones, too): unchecked there, dbspec builds no start of its own (a spec's DBS622). A GLoRA
-    # network's random start (pinned unchecked in tests/unit/test_convert_kohya_tlora_entry_random.py, though
-    # built by the same T-LoRA pass); a DyLoRA network's (its DyloraBlock carries none; a spec's tlora
-    # text-encoder block with sig_type beside a dylora adapter's layers pinned DBS622 in
-    # tests/unit/test_rules.py); a Diag-OFT / BOFT network's (no T-LoRA entries on those networks: "dbspec
-    # trains several algorithms" refusal first); Flux's fused Linears beside GLoRA / full / IA^3 layers
-    # (fit_fused_tlora checked beside LoCon / LoHa / LoKr only)
-    "tlora_entry_sig_type_on_dylora": (
-        "sd",
-        '"algo=dylora"',
-        _sd("tlora", 'sig_type = "last"'),
-        "",
-        "DBS403",
-        ["network_args preset", "`sig_type` = 'last'", "not on an algo=dylora network", "DBS622"],
-    ),
-    "flux_tlora_entry_sig_type_on_glora": (
+    # LoCon / LoHa / LoKr, full, IA^3 and GLoRA (those convert, on SD and on Flux's fused Linears, CONVERTS
+    # below) and DyLoRA on SD: a DyLoRA network's on Flux / SD3 / Chroma's fused Linears (unchecked beside
+    # the fused DyLoRA layers: tests/unit/test_convert_kohya_tlora_entry_random.py); a Diag-OFT / BOFT
+    # network's (no T-LoRA entries on those networks: "dbspec trains several algorithms" refusal first)
+    "flux_tlora_entry_sig_type_on_dylora": (
         "flux",
-        '"algo=glora"',
+        '"algo=dylora"',
         _flux("tlora", 'sig_type = "last"'),
         "",
         "DBS403",
-        ["network_args preset", "`sig_type` = 'last'", "not on an algo=glora network", "DBS622"],
-    ),
-    "flux_tlora_entry_random_start_on_full": (
-        "flux",
-        '"algo=full"',
-        _flux("tlora", "use_data_init = false"),
-        "",
-        "DBS403",
-        ["network_args preset", "`use_data_init` = False", "not on an algo=full network", "DBS622"],
+        ["network_args preset", "`sig_type` = 'last'", "not on an algo=dylora network", "DBS622"],
     ),
     **{
         f"tlora_entry_sig_type_on_{algo.replace('-', '_')}": (
@@ -987,6 +967,41 @@ CONVERTS = {
         _sd("tlora", "use_data_init = false"),
         "",
         {"kind": "ia3", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "tlora_entry_sig_type_on_dylora": (
+        "sd",
+        '"algo=dylora"',
+        _sd("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "dylora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "tlora_entry_random_start_on_dylora": (
+        "sd",
+        '"algo=dylora"',
+        _sd("tlora", "use_data_init = false"),
+        "",
+        {"kind": "dylora", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "flux_tlora_entry_sig_type_on_glora": (
+        "flux",
+        '"algo=glora"',
+        _flux("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "glora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
+    "flux_tlora_entry_random_start_on_full": (
+        "flux",
+        '"algo=full"',
+        _flux("tlora", "use_data_init = false"),
+        "",
+        {"kind": "full", "block": {"kind": "tlora", "data_init": False}},
+    ),
+    "flux_tlora_entry_sig_type_on_ia3": (
+        "flux",
+        '"algo=ia3"',
+        _flux("tlora", 'sig_type = "middle"'),
+        "",
+        {"kind": "ia3", "block": {"kind": "tlora", "sig_type": "middle"}},
     ),
     "flux_tlora_entry_sig_type_on_locon": (
         "flux",

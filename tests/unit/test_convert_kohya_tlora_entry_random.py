@@ -1,8 +1,9 @@
 """A T-LoRA entry's own `use_data_init = false` in a LoCon or LoHa network's preset file (was DBS403): its
 tlora block's `data_init = false` on SD 1.x/2.x and SDXL (tests/runtime/test_lycoris_tlora_entry_random.py
-checks the start against TLoraModule's); on a GLoRA network it stays DBS403, and a spec's such block there is
+checks the start against TLoraModule's); on a DyLoRA network it stays DBS403, and a spec's such block there is
 DBS622 (a LoKr network's and Flux / SD3 / Chroma's fused Linears beside LoCon convert since:
-tests/runtime/test_lycoris_tlora_entry_starts.py; this file's refusals then moved to a GLoRA network)."""
+tests/runtime/test_lycoris_tlora_entry_starts.py; this file's refusals then moved to a GLoRA network, and
+with GLoRA's fused Linears lifted, to a DyLoRA one on Flux)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def test_tlora_entry_random_start_is_its_block_s(tmp_path, algo):
 
 def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
     """A GLoRA network's T-LoRA entry's use_data_init = false converts on SD (its tlora block's data_init,
-    checked in tests/runtime/test_lycoris_tlora_entry_hosts.py) but not on Flux (one TLoraModule per fused
-    Linear; unchecked beside GLoRA layers): DBS403 naming use_data_init; a lora spec's block of kind lora
-    with data_init = false and fused_projections: DBS622."""
+    checked in tests/runtime/test_lycoris_tlora_entry_hosts.py) and on Flux (one TLoraModule per fused
+    Linear, checked in tests/runtime/test_lycoris_tlora_entry_flux_hosts.py), a DyLoRA network's not
+    (unchecked): DBS403 naming use_data_init; a lora spec's block of kind lora with data_init = false and
+    fused_projections: DBS622."""
     write(tmp_path / "p.toml", _FILE + _ENTRY)
     outcome = _lycoris(tmp_path, '"algo=glora", "preset=p.toml"')
     assert [(b.kind, b.data_init) for b in plan_of(outcome, tmp_path).adapter.blocks] == [("tlora", False)]
@@ -51,7 +53,9 @@ def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
         + entry
         + "use_data_init = false\n"
     )
-    refused = _flux(flux, "--network_args algo=glora preset=p.toml")
+    glora = plan_of(_flux(flux, "--network_args algo=glora preset=p.toml"), flux)
+    assert {(b.kind, b.data_init) for b in glora.adapter.blocks} == {("tlora", False)}
+    refused = _flux(flux, "--network_args algo=dylora preset=p.toml")
     assert "DBS403" in codes(refused) and "use_data_init" in messages(refused, "DBS403")
     (flux / "p.toml").write_text(
         'unet_target_module = ["DoubleStreamBlock", "SingleStreamBlock"]\ntext_encoder_target_module = []\n'

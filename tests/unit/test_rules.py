@@ -664,11 +664,12 @@ CASES = [
         + DOG
         + STEPS,
     ),
-    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not a dylora one's;
-        # was a lokr adapter's block, whose T-LoRA layers start their own way since)
+    (  # a T-LoRA block's own sig_type: on T-LoRA layers, beside a lora adapter's too (not on a dylora
+        # adapter's block of kind lora; was a lokr adapter's tlora block, then a dylora one's, whose T-LoRA
+        # layers start their own way since)
         rules.tlora_block_start,
         '[adapter]\nkind = "dylora"\nrank = 4\nunit = 4\n[[adapter.text_encoder_blocks]]\npattern = "q"\n'
-        + 'kind = "tlora"\nrank = 4\nalpha = 1.0\nsig_type = "last"\n'
+        + 'kind = "lora"\nrank = 4\nalpha = 1.0\nsig_type = "last"\n'
         + DOG
         + STEPS,
         [("DBS622", "error", ("adapter", "text_encoder_blocks", 0, "sig_type"))],
