@@ -766,3 +766,18 @@ def test_max_norm_of_a_glora_network_with_full_entries_only_is_inert(tmp_path):
     assert fate(outcome, "scale_weight_norms") == "inert"
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.max_norm) == ("glora", 0.0) and {b.kind for b in a.blocks} == {"full"}
+
+
+@pytest.mark.parametrize("network", ["locon", "ia3"])
+def test_ia3_entry_weight_decompose_and_rs_lora_are_inert(tmp_path, network):
+    """IA3Module (lycoris-lora 4.1.3 modules/ia3.py) names weight_decompose and rs_lora in its signature and
+    never uses them: an IA^3 entry's own are ignored with a warning (DBS405; were DBS403), its blocks the
+    same as without them."""
+    entry = '[module_algo_map.FeedForward]\nalgo = "ia3"\n'
+    plain = plan_of(expressible(_convert(tmp_path, FULL + entry, network)), tmp_path).adapter
+    (tmp_path / "own").mkdir()
+    own = entry + "weight_decompose = true\nrs_lora = true\n"
+    outcome = expressible(_convert(tmp_path / "own", FULL + own, network))
+    said = messages(outcome, "DBS405")
+    assert "FeedForward.weight_decompose" in said and "FeedForward.rs_lora" in said and "IA3Module" in said
+    assert plan_of(outcome, tmp_path / "own").adapter == plain

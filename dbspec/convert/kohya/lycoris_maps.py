@@ -83,7 +83,7 @@ _READS = {
         "unbalanced_factorization",
     ),
     "full": _COMMON,
-    "ia3": (*_COMMON, "weight_decompose", "rs_lora", "train_on_input"),
+    "ia3": (*_COMMON, "train_on_input"),
     "diag-oft": (*_COMMON, "constraint", "rescaled"),
     "boft": (*_COMMON, "constraint", "rescaled"),
     "glora": (*_COMMON, "weight_decompose", "rs_lora"),
@@ -98,6 +98,10 @@ _READS = {
 # Keyword arguments a module class names in its signature and never uses (an entry's value changes nothing)
 _TAKEN_UNUSED = {
     "dylora": {"train_on_input": "DyLoraModule takes train_on_input (IA^3's switch) and never uses it"},
+    "ia3": {
+        "weight_decompose": "IA3Module takes weight_decompose and never uses it",
+        "rs_lora": "IA3Module takes rs_lora and never uses it (its scales have no rank)",
+    },
 }
 
 
