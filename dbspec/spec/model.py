@@ -226,7 +226,8 @@ def _signed_lycoris_alpha():
     )
 
 
-def _signed_lycoris_conv_alpha():
+def _signed_conv_alpha():
+    """A lora / loha / lokr / dylora adapter's conv_alpha: any sign but 0, as its `alpha`."""
     return option(
         attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
         doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
@@ -246,16 +247,6 @@ def _signed_dylora_alpha():
         "flipped and the export saves the negative alpha (DyLoRA layers have no max norm). Not 0 (DBS260).",
         derived="same as `rank` (scale 1.0)",
         example=8.0,
-    )
-
-
-def _signed_dylora_conv_alpha():
-    return option(
-        attrs.Factory(lambda self: float(self.conv_rank), takes_self=True),
-        doc="Alpha of the convolution adapters; their update is scaled by conv_alpha / conv_rank (kohya "
-        "`conv_alpha`); may be negative, as `alpha`.",
-        derived="same as `conv_rank` (scale 1.0)",
-        example=1.0,
     )
 
 
@@ -1235,7 +1226,7 @@ class LoraAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _signed_lycoris_conv_alpha()
+    conv_alpha: float = _signed_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     scalar: bool = _scalar()
@@ -1445,7 +1436,7 @@ class LohaAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _signed_lycoris_conv_alpha()
+    conv_alpha: float = _signed_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     tucker: bool = _tucker()
     dora: bool = _lycoris_dora("LoHa")
@@ -1530,7 +1521,7 @@ class LokrAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     norm_rank_dropout: float = _norm_rank_dropout()
     conv_rank: int = _conv_rank(100_000)
-    conv_alpha: float = _signed_lycoris_conv_alpha()
+    conv_alpha: float = _signed_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     dora: bool = _lycoris_dora("LoKr")
     dora_axis: Literal["output", "input"] = _dora_axis()
@@ -2344,7 +2335,7 @@ class DyloraAdapter:
     )
     norm_rank_dropout: float = _norm_rank_dropout(own=False)
     conv_rank: int = _conv_rank()
-    conv_alpha: float = _signed_dylora_conv_alpha()
+    conv_alpha: float = _signed_conv_alpha()
     conv_targets: list[str] = _conv_targets()
     module_dropout: float = option(
         0.0,
