@@ -30,8 +30,8 @@ import math
 from importlib import import_module
 
 import torch
-from safetensors.torch import load_file
 
+from dbspec.runtime.weight_files import load_weights
 from dbspec.families import family_spec, flow_text_prefixes, lycoris_text_prefixes
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import ADAPTER_NAME, lora_adapter
@@ -45,7 +45,7 @@ def load_flow_init_weights(plan: Plan, unet: torch.nn.Module, text_encoders: lis
     """Copy the plan's kohya-layout Flux / SD3 LoRA into the adapters; returns the file modules set."""
     path = plan.adapter.init_weights
     family = plan.model.family
-    state = load_file(path)
+    state = load_weights(path)
     modules = {key[: -len(s)] for key in state for s in (_DOWN, _UP, _ALPHA) if key.endswith(s)}
     partial = plan.adapter.init_partial  # kohya's load_state_dict(strict=False)
     if plan.adapter.init_alpha == "ignore":  # kohya's modules keep network_alpha's scale: no alpha read,

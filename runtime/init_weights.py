@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 
 import torch
-from safetensors.torch import load_file
 
+from dbspec.runtime.weight_files import load_weights
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -64,7 +64,7 @@ def _load_norms(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
     if not any(getattr(a, key, ()) for key in keys):
         return 0
     path = a.init_weights
-    state = load_file(path)
+    state = load_weights(path)
     if not any(key.endswith((".w_norm", ".b_norm")) for key in state):
         return 0  # a file of the adapters alone: the offsets start at zero
     loaded = 0
@@ -129,7 +129,7 @@ def _load(plan: Plan, unet: torch.nn.Module, text_encoders: list) -> int:
 
         return load_flow_init_weights(plan, unet, text_encoders)
     path = plan.adapter.init_weights
-    state = load_file(path)
+    state = load_weights(path)
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     mids: dict[str, torch.Tensor] = {}  # LoCon's Tucker layers: their lora_mid weight
     scales: dict[str, torch.Tensor] = {}  # LoCon's weight-decomposed layers: their dora_scale
@@ -265,7 +265,7 @@ def _load_kohya_oft(plan: Plan, unet: torch.nn.Module) -> int:
     tensor). No alpha is read: the layers keep the adapter's constraint, as OFTModule keeps the one it was
     built with (the plan checked that the file's equal it, unless plan.adapter.init_alpha is "ignore")."""
     path = plan.adapter.init_weights
-    state = load_file(path)
+    state = load_weights(path)
     layers = _kohya_oft_layers(plan, unet)  # tensor key -> the layer's blocks
     partial = plan.adapter.init_partial
     ours = {key.split(".oft_blocks")[0] for key in layers}

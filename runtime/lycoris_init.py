@@ -30,8 +30,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from safetensors.torch import load_file
 
+from dbspec.runtime.weight_files import load_weights
 from dbspec.families import family_spec
 from dbspec.plan.model import Plan
 from dbspec.runtime.adapters import lora_adapter
@@ -60,7 +60,7 @@ def load_fused_lycoris_init(
     the slots to fill (kohya name -> (slots, alpha)) where not the adapter kind's (a run of several kinds:
     runtime/mixed_init.py)."""
     path = plan.adapter.init_weights
-    state = load_file(path)
+    state = load_weights(path)
     layers = _layers(plan, unet, text_encoders) if layers is None else layers
     a = plan.adapter  # train_norm's NormModules' tensors: runtime/init_weights.py loads them
     norms = any(getattr(a, k, ()) for k in ("denoiser_norms", "text_encoder_norms", "text_encoder_2_norms"))

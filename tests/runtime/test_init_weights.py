@@ -3,6 +3,7 @@ adapters hold the file's tensors at step 0; the second run resumes bit-exact (th
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,39 @@ def test_a_second_run_starts_from_the_kohya_export_and_resumes_bit_exact(tmp_pat
     theirs = load_file(str(Path(resumed.final) / "pytorch_lora_weights.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_a_torch_save_file_starts_the_run_as_its_safetensors_twin(tmp_path):
+    """The export's tensors in a torch.save `.pt` file (kohya's save_model_as pt; the alphas 0-d, one
+    matrix a view at an offset into a larger storage): the plan reads it without torch, the run loads it
+    with torch.load(weights_only=True), and at step 0 the adapters hold the same tensors as from the
+    .safetensors file; a file weights_only refuses fails naming it."""
+    export = _first_export(tmp_path)
+    saved = load_file(str(export))
+    key = sorted(k for k in saved if k.endswith(".lora_up.weight"))[0]
+    state = dict(saved)
+    padded = torch.cat([torch.zeros(1, *saved[key].shape[1:], dtype=saved[key].dtype), saved[key]])
+    state[key] = padded[1:]  # storage_offset > 0
+    twin = tmp_path / "twin.pt"
+    torch.save(state, twin)
+    plan = compile_spec(_second_spec(tmp_path, twin), ["optimizer.lr=1e-2"])
+    assert plan.adapter.init_weights == str(twin)
+    assert plan.adapter.init_layers == len({k.split(".")[0] for k in saved})
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    held, _ = kohya_lora_state(
+        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
+    )
+    assert held.keys() == saved.keys()
+    assert all(torch.equal(held[k], v.float()) for k, v in saved.items())
+    del run
+
+    torch.save({**state, "args": argparse.Namespace(rank=2)}, twin)  # a global weights_only refuses
+    comps = family_runtime(plan.model.family).load(plan)
+    configure_models(plan, comps, torch.device("cpu"))
+    with pytest.raises(
+        ValueError, match=r"twin\.pt: torch\.load\(weights_only=True\) refuses it \(Unsupported global"
+    ):
+        load_init_weights(plan, comps.unet, comps.text_encoders)
 
 
 def test_a_file_missing_a_layer_of_the_run_fails_naming_the_tensor(tmp_path):

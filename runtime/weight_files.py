@@ -1,0 +1,45 @@
+"""Load an adapter's starting file (`plan.adapter.init_weights`): a `.safetensors` file, or a torch.save
+`.pt` / `.ckpt` / `.pth` file as kohya loads `--network_weights` (`torch.load(map_location="cpu")`, here
+always weights_only=True: no code of the file runs). The state dict is what compiler/pickle_weights.py
+reads at plan time: the top-level dict's tensors, or its `state_dict`'s where it holds none."""
+
+from __future__ import annotations
+
+import pickle
+import re
+
+import torch
+from safetensors.torch import load_file
+
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")  # compiler/weight_file.py's
+
+
+def load_weights(path) -> dict[str, torch.Tensor]:
+    if not str(path).lower().endswith(PICKLE_SUFFIXES):
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only refuses a global it does not allow
+        raise ValueError(
+            f"{path}: torch.load(weights_only=True) refuses it ({_why(exc)}); save its state dict alone "
+            "(torch.save(dict_of_tensors)) or convert it to .safetensors"
+        ) from exc
+    except (RuntimeError, EOFError) as exc:  # a file damaged since the plan read it
+        raise ValueError(f"{path}: torch.load cannot read it ({_why(exc)}); re-save it") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    inner = obj.get("state_dict")  # kohya's / Lightning's full checkpoint
+    if not tensors and isinstance(inner, dict):
+        tensors = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    # a Parameter saved in the file loads as one; the loaders copy values, so a plain tensor serves
+    return {k: v.detach() if isinstance(v, torch.nn.Parameter) else v for k, v in tensors.items()}
+
+
+def _why(exc: BaseException) -> str:
+    """The line of torch's message that names the problem (weights_only's `Unsupported global: ...`)."""
+    text = str(exc).strip()
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if found:
+        return found.group(1).split(" Please use")[0]
+    return text.splitlines()[0] if text else type(exc).__name__
