@@ -34,7 +34,8 @@ from dbspec.compiler.init_file import (
     tally_modules,
 )
 from dbspec.compiler.lora_file import LoraFile, LoraModule, diffusers_tail, kohya_suffix, read_lora_file
-from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import read_weights_header
 from dbspec.families import (
     T5_LORA_TARGETS,
     family_spec,
@@ -171,7 +172,7 @@ def _other_axis_dora(ctx: Context, path, adapter, header=None, family: str = "",
     if own and (layers is None or not family or family_spec(family).fused_projections):
         return False
     try:
-        header = header if header is not None else read_safetensors_header(path)
+        header = header if header is not None else read_weights_header(path)
     except ModelFileError:
         return False  # reported by the reader
     shapes = {k: tuple(t.shape) for k, t in header.items()}
@@ -644,9 +645,7 @@ def _plan_fused_lycoris(ctx: Context, family: str, adapter, components, layers=N
             else 'start from it on a Flux or SD3 model, or set adapter.init_weights = ""',
         )
         return "", 0
-    from dbspec.compiler.safetensors_header import read_safetensors_header
-
-    header = read_file(ctx, path, read_safetensors_header, adapter.kind)
+    header = read_file(ctx, path, read_weights_header, adapter.kind)
     if header is None or _other_axis_dora(ctx, path, adapter, header, family, layers):
         return "", 0
     # LyCORIS's weight decomposition (dora_wd): each module's dora_scale too

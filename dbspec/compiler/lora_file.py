@@ -1,6 +1,6 @@
-"""A LoRA `.safetensors` file read without torch: kohya's layout (`lora_unet_*` / `lora_te*_*` modules with
-`.lora_down.weight`, `.lora_up.weight` and a scalar `.alpha`), as kohya sd-scripts' networks/lora.py saves it
-and dbspec's `kohya_lora` export writes it.
+"""A LoRA file read without torch (`.safetensors`, or torch.save's `.pt` / `.ckpt` / `.pth`: weight_file.py):
+kohya's layout (`lora_unet_*` / `lora_te*_*` modules with `.lora_down.weight`, `.lora_up.weight` and a scalar
+`.alpha`), as kohya sd-scripts' networks/lora.py saves it and dbspec's `kohya_lora` export writes it.
 
 The plan checks a starting file (`adapter.init_weights`, kohya `--network_weights`) against the adapter
 from the header alone, plus the few bytes of each scalar alpha; the converter reads the ranks kohya's
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import attrs
 
-from dbspec.compiler.safetensors_header import ModelFileError, _read_raw_header
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import RawWeights, read_raw_weights
 
 _DOWN, _UP, _ALPHA = ".lora_down.weight", ".lora_up.weight", ".alpha"
 _MID = ".lora_mid.weight"  # LyCORIS LoCon's Tucker core
@@ -57,9 +58,8 @@ def read_lora_file(
     NormModules (train_norm) beside the LoRA modules, their `.w_norm` / `.b_norm` tensors skipped (not read
     here)."""
     path = Path(path)
-    header, data_bytes = _read_raw_header(path)
-    header.pop("__metadata__", None)
-    data_start = path.stat().st_size - data_bytes
+    raw = read_raw_weights(path)
+    header = raw.header
     names = sorted(
         n
         for n in header
@@ -103,7 +103,7 @@ def read_lora_file(
         modules[base] = LoraModule(
             name=base,
             rank=down_shape[0],
-            alpha=None if alpha is None else _scalar(path, base + _ALPHA, alpha, data_start),
+            alpha=None if alpha is None else _scalar(path, base + _ALPHA, alpha, raw),
             conv=len(down_shape) == 4 and math.prod((mid or down_shape)[2:]) > 1,
             down=down_shape,
             up=up_shape,
@@ -124,15 +124,12 @@ def _module_of(name: str) -> str | None:
     return None
 
 
-def _scalar(path: Path, name: str, entry: dict, data_start: int) -> float:
+def _scalar(path: Path, name: str, entry: dict, weights: RawWeights) -> float:
     """The value of a one-number tensor, read from its bytes."""
     dtype, shape = entry.get("dtype"), entry.get("shape")
-    begin, end = entry.get("data_offsets", (0, 0))
     if math.prod(shape or ()) != 1 or (dtype not in _SCALAR and dtype != "BF16"):
         raise ModelFileError(path, f"`{name}` is not one number ({dtype} {shape})")
-    with path.open("rb") as f:
-        f.seek(data_start + begin)
-        raw = f.read(end - begin)
+    raw = weights.tensor_bytes(name)
     if dtype == "BF16":
         return struct.unpack("<f", b"\x00\x00" + raw[:2])[0]
     fmt, size = _SCALAR[dtype]

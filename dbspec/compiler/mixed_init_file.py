@@ -57,11 +57,11 @@ def plan_mixed_init(ctx: Context, family: str, adapter, components) -> tuple[str
         flow_component_prefixes,
         kohya_component_prefixes,
     )
-    from dbspec.compiler.safetensors_header import read_safetensors_header
+    from dbspec.compiler.weight_file import read_weights_header
 
     path = ctx.resolve(adapter.init_weights)
     kinds = run_kinds(adapter)
-    header = read_file(ctx, path, read_safetensors_header, "LyCORIS")
+    header = read_file(ctx, path, read_weights_header, "LyCORIS")
     if header is None:
         return "", 0
     # a DyLoRA layer's module in kohya's LoRA layout (DyLoraModule's custom_state_dict): its alpha loads

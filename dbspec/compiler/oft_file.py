@@ -14,7 +14,8 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.lora_file import _scalar, diffusers_tail, kohya_suffix
-from dbspec.compiler.safetensors_header import ModelFileError, _read_raw_header
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import read_raw_weights
 
 PREFIX = "oft_unet_"
 _ALPHA = ".alpha"
@@ -44,9 +45,8 @@ def read_oft_file(path: str | os.PathLike) -> OftFile:
     """The modules of a kohya networks.oft file; ModelFileError when a key is not `<module>.oft_blocks` or
     `<module>.alpha`, or a tensor is not shaped as OFTModule's."""
     path = Path(path)
-    header, data_bytes = _read_raw_header(path)
-    header.pop("__metadata__", None)
-    data_start = path.stat().st_size - data_bytes
+    raw = read_raw_weights(path)
+    header = raw.header
     keys = tuple(sorted(header))
     modules: dict[str, dict] = {}
     alphas: dict[str, float] = {}
@@ -60,7 +60,7 @@ def read_oft_file(path: str | os.PathLike) -> OftFile:
             )
         if blocks is None:
             entry = modules.setdefault(key[: -len(_ALPHA)], {})
-            alphas[key] = entry["alpha"] = _scalar(path, key, header[key], data_start)
+            alphas[key] = entry["alpha"] = _scalar(path, key, header[key], raw)
             continue
         entry = modules.setdefault(blocks[1], {})
         shape = tuple(header[key].get("shape") or ())

@@ -1,15 +1,16 @@
 """kohya `--network_weights` / `--dim_from_weights` on SD 1.x (issue 12 audit): realistic command lines and
-config files with networks.lora and lycoris.kohya (LoCon, LoHa, LoKr, a preset file) over files in kohya's
-key layout (`lora_unet_*` / `lora_te_*` modules as networks/lora.py and lycoris/kohya.py save them), present
-or not. Each conversion and refusal that depends on them: a file of the network's kind starts the adapter
-(adapter.init_weights, init_partial: load_state_dict(strict=False)); with --dim_from_weights the plan's
-ranks and alphas are the file's (networks/lora.py create_network_from_weights; LyCORIS's builds each module
-as the class its keys name, whatever the algo); a file kohya cannot read stops it (DBS402); a `.pt` file is
-DBS403 (dbspec reads .safetensors alone); a file of another kind, which kohya would load nothing of (every
-key unexpected to load_state_dict(strict=False)), is refused by the plan naming the file and its first
-tensor (DBS356 / DBS357), as one whose ranks are not the network's (kohya stops on load_state_dict's size
-mismatch); a file that is not here converts and the plan names it (DBS357); lycoris.kohya
---dim_from_weights from a file LyCORIS builds no module from stops kohya (an empty optimizer: DBS402)."""
+config files with networks.lora and lycoris.kohya (LoCon, LoHa, LoKr, a preset file) over files in kohya's key
+layout (`lora_unet_*` / `lora_te_*` modules as networks/lora.py and lycoris/kohya.py save them), present or
+not. Each conversion and refusal that depends on them: a file of the network's kind starts the adapter
+(adapter.init_weights, init_partial: load_state_dict(strict=False)); with --dim_from_weights the plan's ranks
+and alphas are the file's (networks/lora.py create_network_from_weights; LyCORIS's builds each module as the
+class its keys name, whatever the algo); a file kohya cannot read stops it (DBS402); a torch.save `.pt` /
+`.ckpt` file converts as its .safetensors twin (another suffix, or torch's legacy format: DBS403); a file of
+another kind, which kohya would load nothing of (every key unexpected to load_state_dict(strict=False)), is
+refused by the plan naming the file and its first tensor (DBS356 / DBS357), as one whose ranks are not the
+network's (kohya stops on load_state_dict's size mismatch); a file that is not here converts and the plan
+names it (DBS357); lycoris.kohya --dim_from_weights from a file LyCORIS builds no module from stops kohya (an
+empty optimizer: DBS402)."""
 
 from __future__ import annotations
 
@@ -167,16 +168,75 @@ def test_config_file_holds_the_options(tmp_path):
     assert (a.kind, a.rank, a.alpha) == ("loha", 4, 2.0) and a.init_layers == 2
 
 
+def _pt_file(tmp: Path, tensors: dict, name: str) -> None:
+    """A torch.save file of `tensors`, as kohya's save_model_as ckpt / pt writes one (the bare state dict)."""
+    import torch
+
+    (tmp / "prev").mkdir(parents=True, exist_ok=True)
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, tmp / "prev" / name)
+
+
+@pytest.mark.parametrize("name", ["w.pt", "w.ckpt"])
+@pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])
+def test_a_torch_save_file_starts_the_adapter_as_its_safetensors_twin(tmp_path, name, base):
+    """kohya torch.loads a --network_weights name other than `.safetensors` (load_weights): the file maps to
+    adapter.init_weights and plans as the same tensors in a .safetensors file (was DBS403)."""
+    tensors = lora(Q, 320, 320) | lora(TE, 768, 768)
+    adapters = []
+    for suffix_name, folder in ((name, tmp_path / "pt"), ("w.safetensors", tmp_path / "st")):
+        (_pt_file if suffix_name != "w.safetensors" else _file)(folder, tensors, suffix_name)
+        args = f"--network_dim 4 --network_alpha 1 --network_weights prev/{suffix_name}"
+        outcome = kohya_lora(folder, args, base)
+        assert not {"DBS402", "DBS403"} & codes(outcome) and fate(outcome, "network_weights") == "mapped"
+        adapters.append(plan_of(outcome, folder).adapter)
+    torch_file, twin = adapters
+    assert (
+        torch_file.init_weights.endswith(f"prev/{name}") and torch_file.init_layers == twin.init_layers == 2
+    )
+    assert (torch_file.kind, torch_file.rank, torch_file.alpha) == (twin.kind, twin.rank, twin.alpha)
+
+
+def test_dim_from_weights_reads_a_ckpt_files_ranks_and_alphas(tmp_path):
+    _pt_file(tmp_path, lora(Q, 320, 320, rank=2, alpha=2.0) | lora(TE, 768, 768, rank=8, alpha=4.0), "w.ckpt")
+    outcome = kohya_lora(tmp_path, "--network_dim 32 --network_weights prev/w.ckpt --dim_from_weights")
+    a = plan_of(exact(outcome), tmp_path).adapter
+    assert (a.rank, a.alpha) == (8, 4.0) and any((b.rank, b.alpha) == (2, 2.0) for b in a.blocks)
+
+
 # ---- refusals
 
 
-def test_a_pt_file_is_dbs403(tmp_path):
+def test_a_file_of_another_suffix_is_dbs403(tmp_path):
+    """kohya torch.loads any name but `.safetensors`; dbspec reads `.pt` / `.ckpt` / `.pth` alone."""
     (tmp_path / "prev").mkdir()
-    (tmp_path / "prev" / "w.pt").write_bytes(b"\x80\x02")
+    (tmp_path / "prev" / "w.bin").write_bytes(b"\x80\x02")
     for base in (KOHYA_LORA, LYCORIS):
-        outcome = kohya_lora(tmp_path, "--network_weights prev/w.pt", base)
+        outcome = kohya_lora(tmp_path, "--network_weights prev/w.bin", base)
         assert fate(outcome, "network_weights") == "unsupported"
-        assert ".safetensors file only" in messages(outcome, "DBS403")
+        assert ".pt, .ckpt or .pth file only" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])
+def test_a_corrupt_pt_file_stops_kohya(tmp_path, base):
+    (tmp_path / "prev").mkdir()
+    (tmp_path / "prev" / "w.pt").write_bytes(b"<html>404 Not Found</html>")
+    outcome = kohya_lora(tmp_path, "--network_weights prev/w.pt", base)
+    assert not outcome.written and fate(outcome, "network_weights") == "invalid"
+    said = messages(outcome, "DBS402")
+    assert "`w.pt` is no torch.save file" in said and "torch.load" in said
+
+
+def test_a_legacy_pt_file_is_dbs403_naming_what_to_do(tmp_path):
+    """torch's pre-1.6 format: kohya's torch.load reads it, dbspec cannot without torch."""
+    import torch
+
+    (tmp_path / "prev").mkdir()
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in lora(Q, 320, 320).items()}
+    torch.save(tensors, tmp_path / "prev" / "w.pt", _use_new_zipfile_serialization=False)
+    outcome = kohya_lora(tmp_path, "--network_weights prev/w.pt --dim_from_weights")
+    assert "DBS402" not in codes(outcome)
+    said = messages(outcome, "DBS403")
+    assert "legacy" in said and ".safetensors" in said, errors(outcome)
 
 
 @pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])

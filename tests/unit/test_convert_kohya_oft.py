@@ -127,7 +127,7 @@ def test_text_encoder_only_crashes_in_kohya(tmp_path):
     assert outcome.exit_code == 1 and "asserts apply_unet" in messages(outcome, "DBS402")
 
 
-@pytest.mark.parametrize("extra", ['network_weights = "w.pt"', "network_alpha = -1"])
+@pytest.mark.parametrize("extra", ['network_weights = "w.bin"', "network_alpha = -1"])
 def test_not_expressed(tmp_path, extra):
     text = SD15_TOML.format(model=SD15, extra="")
     if extra.startswith("network_alpha"):
@@ -177,6 +177,20 @@ def test_network_weights_start_the_blocks_from_kohyas_file(tmp_path):
     assert a.init_weights == str(tmp_path / "prev.safetensors") and a.init_partial and a.init_layers == 1
     assert (a.oft_blocks, a.oft_constraint) == (8, 0.001) and list(a.denoiser_targets) == ATTENTION
     assert fate(outcome, "network_weights") == "mapped"
+
+
+def test_network_weights_of_a_pt_file_start_the_blocks_as_its_safetensors_twin(tmp_path):
+    """kohya's save_model_as pt (torch.save of the state dict), which OFTNetwork.load_weights torch.loads:
+    converted and planned as the .safetensors file (was DBS403); the fp16 alpha read without torch."""
+    import torch
+    from safetensors.torch import load_file
+
+    _oft_file(tmp_path / "prev.safetensors", {SD15_ATTN: (8, 40, 0.001)})
+    torch.save(load_file(str(tmp_path / "prev.safetensors")), tmp_path / "prev.pt")
+    outcome = expressible(_toml(tmp_path, 'network_weights = "prev.pt"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.init_weights == str(tmp_path / "prev.pt") and a.init_partial and a.init_layers == 1
+    assert (a.oft_blocks, a.oft_constraint) == (8, 0.001)
 
 
 def test_network_weights_with_another_alpha_train_at_network_alphas_constraint(tmp_path):

@@ -86,6 +86,21 @@ def _flux(algo: str, extra: str = "", clip: str = "") -> str:
     return FLUX_PRESET.format(algo=algo, extra=extra, clip=clip)
 
 
+def _torch_lora(path: Path) -> None:
+    """A torch.save LoRA file (kohya's save_model_as pt) of one LoCon module on builtin:tiny-sd1's first
+    attention's to_q (32 -> 32) at SD's dim 4 and alpha 1."""
+    import torch
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "lora_down.weight": torch.zeros(4, 32),
+        "lora_up.weight": torch.zeros(32, 4),
+        "alpha": torch.tensor(1.0),
+    }
+    torch.save({f"{name}.{k}": v for k, v in tensors.items()}, path)
+
+
 def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags: str = "") -> Outcome:
     images(tmp / "x" / "10_ohwx", 2, (512, 512) if family == "sd3" else (64, 64))
     if preset is not None:
@@ -97,6 +112,8 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
     if family == "sd3":
         for name in ("clip_l.safetensors", "clip_g.safetensors", "t5xxl_fp16.safetensors"):
             component_file(tmp / "sd3" / name)
+    if "prev/w.pt" in flags:  # the file CONVERTS network_weights_pt_file starts from
+        _torch_lora(tmp / "prev" / "w.pt")
     base = {"sd": SD, "flux": FLUX_LYCORIS, "sd3": SD3}[family]
     return kohya(tmp, allow=True, command=f"{base}--network_args {args} {flags}")
 
@@ -214,16 +231,6 @@ REFUSED = {
         "DBS402",
         ["network_args rank_dropout", "LyCORIS issue #291"],
     ),
-    # --network_weights (the `--network_weights` paragraph of the lycoris.kohya row): a `.pt` file, which
-    # kohya torch.loads: dbspec starts an adapter from a .safetensors file only
-    "network_weights_pt_file": (
-        "sd",
-        '"algo=locon"',
-        None,
-        "--network_weights prev/w.pt",
-        "DBS403",
-        ["network_weights", "from a .safetensors file only"],
-    ),
 }
 
 
@@ -296,6 +303,17 @@ def test_network_weights_file_still_refused(tmp_path, case):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
+    # --network_weights (the `--network_weights` paragraph of the lycoris.kohya row): a `.pt` file, which
+    # kohya torch.loads (was DBS403: dbspec started an adapter from a .safetensors file only); read without
+    # torch (compiler/pickle_weights.py, tests/unit/test_pickle_weights.py) and loaded by the run with
+    # torch.load(weights_only=True) (tests/runtime/test_init_weights.py)
+    "network_weights_pt_file": (
+        "sd",
+        '"algo=locon"',
+        None,
+        "--network_weights prev/w.pt",
+        {"kind": "lora", "init_partial": True, "init_layers": 1},
+    ),
     # line 108: full entries with the component quantised (--fp8_base) on SD, the network's LoCon layers in
     # bypass_mode (their default forward stops kohya on float8 weights: REFUSED full_entry_fp8_base) and the
     # entries' own bypass_mode false (FullModule's one forward): kohya casts after apply_to took their

@@ -187,6 +187,46 @@ def test_a_file_that_does_not_fit_names_the_file_and_the_first_tensor(
     assert words in hits[0].message and str(lora.resolve()) in hits[0].message
 
 
+def _pt_twin(path: Path, suffix: str = ".pt") -> Path:
+    """The same tensors in a torch.save file (as kohya's save_model_as pt / ckpt writes them)."""
+    import torch
+    from safetensors.torch import load_file
+
+    twin = path.with_suffix(suffix)
+    torch.save(load_file(str(path)), twin)
+    return twin
+
+
+@pytest.mark.parametrize(
+    ("adapter", "words"),
+    [
+        ("rank = 8\nalpha = 4.0", ""),
+        (
+            "rank = 16\nalpha = 4.0",
+            f"`{TE}.lora_down.weight` has rank 8 (shape [8, 768]); adapter.rank is 16",
+        ),
+        ("rank = 8\nalpha = 8.0", f"`{TE}.alpha` is 4; adapter.alpha is 8"),
+    ],
+)
+def test_a_pt_file_plans_as_its_safetensors_twin(tmp_path, adapter, words):
+    """A torch.save `.pt` file (read without torch: compiler/pickle_weights.py) gives the plan the same lines,
+    and a file that does not fit the same diagnostic, as the .safetensors file of the same tensors."""
+    lora = write_lora(tmp_path / "prev.safetensors", MODULES)
+    twin = _pt_twin(lora)
+    seen = []
+    for file in (lora, twin):
+        planned = _plan(tmp_path, f'{adapter}\ninit_weights = "{file.name}"', "[train]\ntext_encoder = true")
+        said = [(d.code, d.path, d.message.replace(str(file.resolve()), "FILE")) for d in planned.diagnostics]
+        rows = adapter_rows(planned.plan.adapter) if planned.plan else []
+        seen.append((said, [(k, v.replace(str(file.resolve()), "FILE")) for k, v in rows]))
+    assert seen[0] == seen[1]
+    said, rows = seen[1]
+    if words:
+        assert any(code == "DBS356" and words in message for code, _, message in said), said
+    else:
+        assert dict(rows)["  starts from"].startswith("FILE"), rows
+
+
 def test_a_missing_or_foreign_file_is_dbs357(tmp_path):
     planned = _plan(tmp_path, 'init_weights = "nowhere.safetensors"')
     assert [d.code for d in planned.diagnostics if d.severity == "error"] == ["DBS357"]
@@ -375,6 +415,27 @@ def test_dylora_network_weights_with_dim_from_weights_and_lycoris_alphas_convert
     )
     assert fate(outcome, "dim_from_weights") == "mapped"
     assert plan_of(outcome, tmp_path).adapter.dylora_unit == 1
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".ckpt"])
+def test_dylora_networks_start_from_a_torch_save_file(tmp_path, suffix):
+    """networks.dylora's load_weights and LyCORIS algo=dylora's alphas read a torch.save file as its
+    .safetensors twin (kohya torch.loads it; was DBS403)."""
+    twin = _pt_twin(write_lora(tmp_path / "prev.safetensors", MODULES), suffix)
+    outcome = _convert(
+        tmp_path,
+        f'--network_dim=8 --network_alpha=4 --network_weights={twin.name} --network_args "unit=2"',
+        module="networks.dylora",
+    )
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.init_weights, a.init_layers, a.init_partial) == ("dylora", str(twin.resolve()), 3, True)
+    outcome = _convert(
+        tmp_path,
+        f'--network_dim=8 --network_alpha=2 --network_weights={twin.name} --network_args "algo=dylora"',
+        module="lycoris.kohya",
+    )
+    assert fate(outcome, "network_weights") == "mapped"
+    assert {b.alpha for b in plan_of(outcome, tmp_path).adapter.blocks} == {4.0}
 
 
 def test_a_hand_written_dylora_spec_starts_from_a_file(tmp_path):

@@ -17,6 +17,7 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import ONLY_WEIGHTS, readable_weights
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora_preset_alphas import (
@@ -187,8 +188,8 @@ def lycoris_dylora(
 
 def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> LoraFile | None:
     """The --network_weights file, or None (`key` reported unsupported, naming why)."""
-    if not str(weights.value).lower().endswith(".safetensors"):
-        conv.unsupported(key, f"dbspec reads {what} from a .safetensors file only (kohya also torch.loads)")
+    if not readable_weights(weights.value):
+        conv.unsupported(key, f"dbspec reads {what} from {ONLY_WEIGHTS}")
         return None
     local = paths.local(weights.value)
     try:

@@ -53,7 +53,8 @@ where dbspec cannot hold its group at rate 0)."""
 
 from __future__ import annotations
 
-from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import read_weights_header
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.rate_zero import lora_fa_holds, lora_fa_kept
 
@@ -130,7 +131,7 @@ def file_holds(a: dict[str, Legacy], paths, prefix: str) -> bool:
     weights = a["network_weights"]
     local = paths.local(weights.value) if weights.value and paths is not None else None
     try:
-        return bool(local) and any(k.startswith(prefix) for k in read_safetensors_header(local))
+        return bool(local) and any(k.startswith(prefix) for k in read_weights_header(local))
     except (ModelFileError, OSError, ValueError):
         return False
 
@@ -158,7 +159,7 @@ def _idle_modules(a: dict[str, Legacy], paths, script: str = "") -> dict[str, st
         return {}
     local = paths.local(weights.value)
     try:
-        names = sorted({k.split(".", 1)[0] for k in read_safetensors_header(local)}) if local else []
+        names = sorted({k.split(".", 1)[0] for k in read_weights_header(local)}) if local else []
     except (ModelFileError, OSError, ValueError):
         return {}
     rates = _rates(a)
@@ -229,7 +230,7 @@ def file_has_clip(a: dict[str, Legacy], paths, script: str) -> bool:
         return True
     local = paths.local(a["network_weights"].value)
     try:
-        names = set(read_safetensors_header(local)) if local else None
+        names = set(read_weights_header(local)) if local else None
     except (ModelFileError, OSError, ValueError):
         return True
     if names is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.lora_file import _scalar
-from dbspec.compiler.safetensors_header import _read_raw_header
+from dbspec.compiler.weight_file import read_raw_weights
 from dbspec.convert.kohya.file_ranks import _LAYOUTS, _patterns, flow_paths
 from dbspec.plan.lokr import factorization
 
@@ -55,9 +55,8 @@ def read_lycoris_file(path: str | Path) -> dict[str, LycorisModule]:
     """The file's modules as create_network_from_weights groups them (the key up to its first `.`, under
     kohya's prefixes); ModelFileError when it is no safetensors file or an alpha is no number."""
     path = Path(path)
-    header, data_bytes = _read_raw_header(path)
-    header.pop("__metadata__", None)
-    data_start = path.stat().st_size - data_bytes
+    raw = read_raw_weights(path)
+    header = raw.header
     grouped: dict[str, dict[str, dict]] = {}
     for key, entry in header.items():
         if "." not in key:
@@ -73,7 +72,7 @@ def read_lycoris_file(path: str | Path) -> dict[str, LycorisModule]:
             name=name,
             algo=algo,
             shapes={k: tuple(v["shape"]) for k, v in tensors.items() if k != "alpha"},
-            alpha=None if alpha is None else _scalar(path, f"{name}.alpha", alpha, data_start),
+            alpha=None if alpha is None else _scalar(path, f"{name}.alpha", alpha, raw),
         )
     return out
 

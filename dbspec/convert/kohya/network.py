@@ -19,7 +19,8 @@ from dbspec.convert.kohya.file_ranks import (
 )
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.init_file import other_axis_doras
-from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import ONLY_WEIGHTS, read_weights_header, readable_weights
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import block_lr_weights, kohya_blocks, kohya_conv
 from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
@@ -1463,7 +1464,7 @@ def _other_axis_dora(weights: Legacy, paths, conv: Conversion) -> None:
     try:
         if local is None:
             return  # a Windows path: the run checks it when it loads the file
-        shapes = {k: tuple(t.shape) for k, t in read_safetensors_header(local).items()}
+        shapes = {k: tuple(t.shape) for k, t in read_weights_header(local).items()}
     except (ModelFileError, OSError):
         return  # the plan reports the file (DBS357)
     found = other_axis_doras(shapes, axis)
@@ -1526,10 +1527,8 @@ def map_network_weights(
                 "--dim_from_weights reads the ranks from --network_weights, which is not given",
             )
         return
-    if not str(weights.value).lower().endswith(".safetensors"):
-        conv.unsupported(
-            weights, "dbspec starts a LoRA from a .safetensors file only (kohya also torch.loads)"
-        )
+    if not readable_weights(weights.value):
+        conv.unsupported(weights, f"dbspec starts a LoRA from {ONLY_WEIGHTS}")
         return
     if not_safetensors(weights, paths, conv):  # kohya's load_file raises
         return

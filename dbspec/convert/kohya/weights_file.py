@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dbspec.compiler.safetensors_header import ModelFileError, read_safetensors_header
+from dbspec.compiler.pickle_weights import TorchOnlyError
+from dbspec.compiler.safetensors_header import ModelFileError
+from dbspec.compiler.weight_file import is_pickle, read_weights_header
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_flow_weights import read_lycoris_file
 
@@ -48,15 +50,26 @@ def not_safetensors(weights: Legacy, paths, conv: Conversion) -> bool:
 def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
     """DBS402 when `local` opens and is no safetensors file (a truncated download, a saved web page):
     load_weights and create_network_from_weights (networks/lora.py, lycoris/kohya.py, kohya's Flux / SD3
-    and DyLoRA networks) read a `.safetensors` name with safetensors' load_file, which raises. True when
-    reported."""
+    and DyLoRA networks) read a `.safetensors` name with safetensors' load_file, which raises; any other
+    name with torch.load, which raises on a corrupt zip too (torch's legacy format it reads, dbspec does not:
+    left to the readers' refusal, DBS403). True when reported."""
     try:
-        read_safetensors_header(local)
-    except OSError:
+        read_weights_header(local)
+    except (OSError, TorchOnlyError):
         return False
     except ModelFileError as exc:
         if not_here(local, exc):  # a file it cannot open: its readers say so (DBS401)
             return False
+        if is_pickle(local):
+            conv.invalid(
+                weights.key,
+                weights.value,
+                weights.source,
+                f"`{local.name}` is no torch.save file ({exc.reason}): kohya reads it with torch.load, which "
+                "raises",
+                help="point --network_weights at the file kohya or LyCORIS saved",
+            )
+            return True
         conv.invalid(
             weights.key,
             weights.value,
@@ -109,7 +122,7 @@ def lora_builds_nothing(weights: Legacy, from_file: Legacy, paths, conv: Convers
     if local is None or not local.is_file():
         return False
     try:
-        names = [n for n in read_safetensors_header(local) if n != "__metadata__"]
+        names = [n for n in read_weights_header(local) if n != "__metadata__"]
     except (ModelFileError, OSError):
         return False  # its readers report it (DBS401, or DBS402 for no safetensors file)
     if any("." in n and "lora_down" in n for n in names):
