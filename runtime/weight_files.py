@@ -1,7 +1,7 @@
 """Load an adapter's starting file (`plan.adapter.init_weights`): a `.safetensors` file, or a torch.save
 `.pt` / `.ckpt` / `.pth` file as kohya loads `--network_weights` (`torch.load(map_location="cpu")`, here
 always weights_only=True: no code of the file runs). The state dict is what compiler/pickle_weights.py
-reads at plan time: the top-level dict's tensors, or its `state_dict`'s where it holds none."""
+reads at plan time: the tensors of its `state_dict`, else of the top-level dict."""
 
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ def load_weights(path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: torch.load cannot read it ({_why(exc)}); re-save it") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    inner = obj.get("state_dict")  # kohya's / Lightning's full checkpoint
-    if not tensors and isinstance(inner, dict):
-        tensors = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    inner = obj.get("state_dict")  # kohya's / Lightning's full checkpoint (runtime/models.py alike)
+    state = inner if isinstance(inner, dict) else obj
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     # a Parameter saved in the file loads as one; the loaders copy values, so a plain tensor serves
     return {k: v.detach() if isinstance(v, torch.nn.Parameter) else v for k, v in tensors.items()}
 

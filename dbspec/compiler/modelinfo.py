@@ -1,8 +1,9 @@
-"""What a base model is, read from its configs and safetensors headers: no torch, no weights loaded.
+"""What a base model is, read from its configs and safetensors headers (a torch.save checkpoint's pickle read
+without running it: pickle_weights.py): no torch, no weights loaded.
 
 `inspect_model` answers family (sd1/sd2/sdxl), prediction type, exact parameter counts and stored dtype per
 component, and a cheap identity for cache keys, for a diffusers folder, a single-file checkpoint or a hub id
-already in the local Hugging Face cache. It never unpickles and never reaches the network.
+already in the local Hugging Face cache. It never runs a pickle's code and never reaches the network.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import attrs
 
 from dbspec.families import FAMILIES
 from dbspec.families import Family as ModelFamily
+from dbspec.compiler.pickle_weights import TorchOnlyError, read_pickle_weights
 from dbspec.compiler.safetensors_header import (
     ModelFileError,
     TensorInfo,
@@ -251,9 +253,14 @@ _V_WORDS = ("v", "v_prediction", "v-prediction", "v_pred", "v-pred", "vpred", "v
 
 def _inspect_single_file(base: str, path: Path) -> ModelFacts:
     header = read_safetensors(path)
-    tensors = header.tensors
+    return _single_file_facts(base, path, header.tensors, header.metadata, "single_file")
+
+
+def _single_file_facts(
+    base: str, path: Path, tensors: dict[str, TensorInfo], metadata: dict[str, str], source: Source
+) -> ModelFacts:
     family, notes = _single_file_family(tensors)
-    prediction, prediction_notes = _single_file_prediction(family, tensors, header.metadata)
+    prediction, prediction_notes = _single_file_prediction(family, tensors, metadata)
     encoders = _TEXT_ENCODERS.get(family) or next(
         (enc for enc in _TEXT_ENCODERS.values() if any(_has(tensors, p) for p in enc.values())), {}
     )
@@ -267,7 +274,7 @@ def _inspect_single_file(base: str, path: Path) -> ModelFacts:
         elif family != "unknown":
             notes += (f"the checkpoint holds no {component} weights ({prefixes[component]}*)",)
     return ModelFacts(
-        source="single_file", base=base, path=str(path), resolved=True, family=family, prediction=prediction,
+        source=source, base=base, path=str(path), resolved=True, family=family, prediction=prediction,
         params=params, dtypes=dtypes, identity=_identity([], [path]), component_ids=ids,
         notes=(*notes, *prediction_notes),
     )  # fmt: skip
@@ -334,11 +341,22 @@ def _single_file_prediction(
 
 
 def _inspect_pickle(base: str, path: Path) -> ModelFacts:
+    """A torch.save checkpoint read as a .safetensors single file is (its `state_dict`), without running its
+    pickle (pickle_weights.py); torch's legacy format, unread without torch, gives unknown facts."""
+    try:
+        weights = read_pickle_weights(path)
+    except TorchOnlyError as exc:
+        note = f"{exc.reason}; or set [model] family and prediction"
+        return _unknown_facts("ckpt", base, path=str(path), identity=_identity([], [path]), note=note)
+    facts = _single_file_facts(base, path, weights.infos(), {}, "ckpt")
+    if not weights.foreign:
+        return facts
+    named = ", ".join(f"`{g}`" for g in weights.foreign)
     note = (
-        f"{path.suffix} checkpoints are pickles: family, prediction and parameter counts cannot be read "
-        "without unpickling; set [model] family and prediction, or convert the file to .safetensors"
+        f"its pickle names {named}, which torch.load(weights_only=True) refuses: the run loads it only with "
+        "model.allow_pickle = true"
     )
-    return _unknown_facts("ckpt", base, path=str(path), identity=_identity([], [path]), note=note)
+    return attrs.evolve(facts, notes=(*facts.notes, note))
 
 
 def _unknown_facts(source: Source, base: str, *, path: str, identity: str, note: str) -> ModelFacts:

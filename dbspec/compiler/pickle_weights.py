@@ -245,9 +245,9 @@ def read_pickle_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 
 
 def read_pickle_weights(path: str | os.PathLike) -> PickleWeights:
-    """The state dict of a torch.save zip file: the top-level dict's tensors, or, where it holds none, those
-    of its `state_dict` (kohya's and Lightning's full checkpoints: `{"state_dict": ..., "epoch": ...}`);
-    values that are no tensor (epoch, global_step) are left out. ModelFileError when the file is no torch
+    """The state dict of a torch.save zip file: the tensors of its `state_dict` (kohya's and Lightning's full
+    checkpoints: `{"state_dict": ..., "epoch": ...}`), else of the top-level dict (a LoRA file); values that
+    are no tensor (epoch, global_step) are left out. ModelFileError when the file is no torch
     zip file, torch's legacy format, or corrupt."""
     path = Path(path)
     try:
@@ -309,8 +309,6 @@ def _read_pickle(path: Path, z: zipfile.ZipFile) -> tuple[str, bytes]:
 def _state_dict(path: Path, obj) -> dict[str, PickledTensor]:
     if not isinstance(obj, dict):
         raise ModelFileError(path, f"holds a {type(obj).__name__}, not a state dict (a dict of tensors)")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, PickledTensor)}
     inner = obj.get("state_dict")  # a pickle's dict, not a config: a missing key is no typo
-    if not tensors and isinstance(inner, dict):
-        tensors = {k: v for k, v in inner.items() if isinstance(k, str) and isinstance(v, PickledTensor)}
-    return tensors
+    state = inner if isinstance(inner, dict) else obj  # as runtime/models.py and runtime/weight_files.py
+    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, PickledTensor)}

@@ -355,11 +355,42 @@ def test_single_file_that_is_not_a_checkpoint(tmp_path):
     assert any("not a Stable Diffusion checkpoint" in n for n in facts.notes)
 
 
-def test_ckpt_facts_are_unknown_and_never_unpickled(tmp_path):
-    (tmp_path / "old.ckpt").write_bytes(b"\x80\x04 not really a pickle")
+def test_ckpt_reads_as_its_safetensors_twin_without_running_its_pickle(tmp_path):
+    """A torch.save checkpoint (`{"state_dict": ..., "global_step"}`) gives the facts of the .safetensors file
+    of the same tensors (compiler/pickle_weights.py); an object weights_only refuses is named in a note."""
+    import argparse
+
+    import torch
+
+    header = read_safetensors_header(sd1_single_file(tmp_path / "full.safetensors"))
+    shrunk = {n: (t.dtype, tuple(min(d, 3) for d in t.shape)) for n, t in header.items()}
+    twin = inspect_model(str(write_safetensors(tmp_path / "twin.safetensors", shrunk)), tmp_path)
+    dtypes = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64, "I32": torch.int32}
+    state = {n: torch.zeros(shape, dtype=dtypes[d]) for n, (d, shape) in shrunk.items()}
+    torch.save({"state_dict": state, "global_step": 1, "args": argparse.Namespace(lr=1)}, tmp_path / "m.ckpt")
+    facts = inspect_model("m.ckpt", tmp_path)
+    assert facts.source == "ckpt" and facts.family == twin.family == "sd1"
+    assert (facts.prediction, facts.params, facts.dtypes) == (twin.prediction, twin.params, twin.dtypes)
+    assert facts.params["unet"] > 0 and set(facts.component_ids) == set(twin.component_ids)
+    (note,) = facts.notes
+    assert note.startswith("its pickle names `argparse.Namespace`, which torch.load(weights_only=True)")
+    assert note.endswith("only with model.allow_pickle = true")
+
+
+def test_legacy_or_corrupt_ckpt(tmp_path):
+    """torch's legacy format: unknown facts naming it (the run's torch.load reads it); a corrupt file: an
+    error naming it (was: unknown facts, the run failing)."""
+    import torch
+
+    torch.save(
+        {"state_dict": {"a": torch.zeros(1)}}, tmp_path / "old.ckpt", _use_new_zipfile_serialization=False
+    )
     facts = inspect_model("old.ckpt", tmp_path)
     assert (facts.source, facts.family, facts.prediction, facts.params) == ("ckpt", "unknown", "unknown", {})
-    assert facts.resolved and facts.identity.startswith("sha256:") and "unpickling" in facts.notes[0]
+    assert facts.resolved and facts.identity.startswith("sha256:") and "legacy" in facts.notes[0]
+    (tmp_path / "bad.ckpt").write_bytes(b"\x80\x04 not really a pickle")
+    with pytest.raises(ModelFileError, match="bad.ckpt: not a torch.save zip file"):
+        inspect_model("bad.ckpt", tmp_path)
 
 
 def test_builtin_is_not_ours_and_missing_path_is_an_error(tmp_path):
