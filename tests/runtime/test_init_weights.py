@@ -54,6 +54,17 @@ def _second_spec(tmp_path: Path, export: Path, steps: int = 4) -> Path:
     return write_spec(tmp_path / "second", steps=steps, extra=extra)
 
 
+def _starts_with(plan, saved: dict) -> None:
+    """At step 0 (set up, nothing trained) the adapters hold exactly `saved`'s tensors in kohya's layout."""
+    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
+    held, _ = kohya_lora_state(
+        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
+    )
+    assert held.keys() == saved.keys()
+    for key, value in saved.items():
+        assert torch.equal(held[key], value.float()), key
+
+
 def test_a_second_run_starts_from_the_kohya_export_and_resumes_bit_exact(tmp_path):
     export = _first_export(tmp_path)
     saved = load_file(str(export))
@@ -62,14 +73,7 @@ def test_a_second_run_starts_from_the_kohya_export_and_resumes_bit_exact(tmp_pat
     assert plan.adapter.init_layers == len({k.split(".")[0] for k in saved})
 
     # Step 0: the adapters hold exactly the file's tensors (up/down and the alpha they imply).
-    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
-    state, _ = kohya_lora_state(
-        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
-    )
-    assert state.keys() == saved.keys()
-    for key, value in saved.items():
-        assert torch.equal(state[key], value.float()), key
-    del run
+    _starts_with(plan, saved)
 
     whole = execute(compile_spec(_second_spec(tmp_path, export), ["optimizer.lr=1e-2", "output.dir=whole"]))
     parts_plan = compile_spec(_second_spec(tmp_path, export), ["optimizer.lr=1e-2", "output.dir=parts"])
@@ -100,13 +104,7 @@ def test_a_torch_save_file_starts_the_run_as_its_safetensors_twin(tmp_path):
     plan = compile_spec(_second_spec(tmp_path, twin), ["optimizer.lr=1e-2"])
     assert plan.adapter.init_weights == str(twin)
     assert plan.adapter.init_layers == len({k.split(".")[0] for k in saved})
-    run = setup(plan, make_accelerator(plan), plan_to_json(plan), resume=False, console=None)
-    held, _ = kohya_lora_state(
-        unet=run.comps.unet, text_encoders=run.comps.text_encoders, family=plan.model.family, dtype="fp32"
-    )
-    assert held.keys() == saved.keys()
-    assert all(torch.equal(held[k], v.float()) for k, v in saved.items())
-    del run
+    _starts_with(plan, saved)
 
     torch.save({**state, "args": argparse.Namespace(rank=2)}, twin)  # a global weights_only refuses
     comps = family_runtime(plan.model.family).load(plan)
