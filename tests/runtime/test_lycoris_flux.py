@@ -8,6 +8,7 @@ the trained transformer's output to 1.2e-7, presets full and attn-only.)"""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -267,12 +268,18 @@ def _fused_linear(parts) -> torch.nn.Linear:
     return fused
 
 
+@functools.cache
+def _base_transformer() -> torch.nn.Module:
+    """tiny-flux's transformer (float), built once per test process: only read (its layers copied)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    return build_pipeline(BASE).transformer.float()
+
+
 def _lycoris_file(tmp: Path, std: tuple[float, ...] = (0.1, 0.1, 0.1, 0.1)):
     """LoConModules (network_dim 4, network_alpha 2, rs_lora) on the tiny Flux's fused double-block
     attention Linears, their ups random (each its std), saved as lycoris.kohya saves them: (tensors, file)."""
-    from dbspec.runtime.tiny import build_pipeline
-
-    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
+    layers = _double_block_layers(_base_transformer().transformer_blocks[0].attn)
     torch.manual_seed(1)
     tensors = {}
     for (name, parts), deviation in zip(layers.items(), std):
@@ -459,12 +466,10 @@ def _factor_file(tmp: Path, kind: str, options: dict | None = None):
     """lycoris-lora's LokrModules / LohaModules (network_dim 2, alpha 1.5, `options`, every factor random)
     on the tiny Flux's fused layers, saved as lycoris.kohya saves them: (tensors, the LOKR spec of `kind`
     started from the file with kohya's strict=False, the single block's other layers keeping their init)."""
-    from dbspec.runtime.tiny import build_pipeline
-
     cls = LokrModule if kind == "lokr" else LohaModule
     torch.manual_seed(3)
     tensors = {}
-    for name, parts in _factor_layers(build_pipeline(BASE).transformer.float()).items():
+    for name, parts in _factor_layers(_base_transformer()).items():
         module = cls(name, _fused_linear(parts), 1.0, 2, 1.5, **(options or {}))
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)

@@ -20,7 +20,13 @@ from safetensors.torch import load_file, save_file
 
 from dbspec.runtime.lycoris_dora import dora_scale_of
 from tests.runtime.runspec import make_plan, whole_and_resumed
-from tests.runtime.test_lycoris_flux import ATTN_ONLY, BASE, _double_block_layers, _fused_linear
+from tests.runtime.test_lycoris_flux import (
+    ATTN_ONLY,
+    BASE,
+    _base_transformer,
+    _double_block_layers,
+    _fused_linear,
+)
 
 COLUMNS = 'dora = true\ndora_form = "lycoris"\ndora_axis = "input"\n'
 SPEC = ATTN_ONLY.replace("fused_projections = true\n", "fused_projections = true\n" + COLUMNS)
@@ -104,11 +110,10 @@ def test_fused_locon_dora_per_input_column_starts_from_its_file(tmp_path):
     fused layer's (1, in) dora_scale loads into the parts' shared magnitude (runtime/flow_init.py), its down
     and ups as usual; the run's layers then compute what lycoris-lora's modules loaded from the file do."""
     from dbspec.runtime.adapters import ADAPTER_NAME
-    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_flow_init import _loaded
 
     torch.manual_seed(0)
-    layers = _double_block_layers(build_pipeline(BASE).transformer.float().transformer_blocks[0].attn)
+    layers = _double_block_layers(_base_transformer().transformer_blocks[0].attn)
     tensors = {}
     for name, parts in layers.items():
         fused = _fused_linear(parts)
@@ -145,7 +150,6 @@ def test_fused_lokr_and_loha_dora_per_input_column_start_from_their_file(tmp_pat
     Linears (was DBS575 / DBS403): each module's factors load as before and its (1, in) dora_scale into the
     magnitude the fused layer's parts share (runtime/lycoris_init.py); the run's layers then compute what
     lycoris-lora 4.1.3's modules built after apply_to and loaded from the file (strict=False) compute."""
-    from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_flow_init import _loaded
     from tests.runtime.test_lycoris_flux import LOKR, _factor_layers
 
@@ -153,7 +157,7 @@ def test_fused_lokr_and_loha_dora_per_input_column_start_from_their_file(tmp_pat
     options = {"weight_decompose": True, "wd_on_out": False}
     torch.manual_seed(3)
     tensors = {}
-    for name, parts in _factor_layers(build_pipeline(BASE).transformer.float()).items():
+    for name, parts in _factor_layers(_base_transformer()).items():
         module = cls(name, _fused_linear(parts), 1.0, 2, 1.5, **options)
         with torch.no_grad():
             for key, p in module.named_parameters():

@@ -10,6 +10,7 @@ embedder at this width loaded every module of the LoKr, LoHa and LoCon files, ea
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -296,15 +297,21 @@ def _kohya_linear(parts, order) -> torch.nn.Linear:
 _CLASSES = {"locon": LoConModule, "lokr": LokrModule, "loha": LohaModule}
 
 
+@functools.cache
+def _base_transformer() -> torch.nn.Module:
+    """tiny-sd3's transformer (float), built once per test process: only read (its layers copied)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    return build_pipeline(BASE).transformer.float()
+
+
 def _sd3_file(tmp: Path, algo: str, more: str = "", options: dict | None = None):
     """lycoris-lora's modules of `algo` (network_dim 2, alpha 1.5, every tensor random) on _layers' kohya
     Linears, saved as lycoris.kohya saves them: (tensors, the LOKR spec of its kind started from the file
     with kohya's strict=False, the other layers keeping their init)."""
-    from dbspec.runtime.tiny import build_pipeline
-
     torch.manual_seed(5)
     tensors = {}
-    for name, parts, order in _layers(build_pipeline(BASE).transformer.float()):
+    for name, parts, order in _layers(_base_transformer()):
         module = _CLASSES[algo](name, _kohya_linear(parts, order), 1.0, 2, 1.5, **(options or {}))
         for p in module.parameters():
             torch.nn.init.normal_(p, std=0.2)
@@ -375,10 +382,9 @@ def test_network_weights_of_the_tucker_patch_convolution_load_as_lycoris(tmp_pat
     load_state_dict(strict=False) into the module built at kohya's conv_dim / conv_alpha after apply_to: the
     same outputs."""
     from tests.runtime.test_flow_init import _loaded
-    from dbspec.runtime.tiny import build_pipeline
 
     rank = 1 if cls is LokrModule else 2
-    conv = build_pipeline(BASE).transformer.float().pos_embed.proj
+    conv = _base_transformer().pos_embed.proj  # copied below
     torch.manual_seed(5)
     module = cls("lora_unet_x_embedder_proj", copy.deepcopy(conv), 1.0, rank, 1.0, use_tucker=True)
     for p in module.parameters():

@@ -12,6 +12,7 @@ convolution loads."""
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import pytest
@@ -103,18 +104,22 @@ ROTATIONS = [
 ]
 
 
+@functools.cache
+def _base_transformer() -> nn.Module:
+    """tiny-sd3's transformer (float), built once per test process: only read (_copy copies its layers)."""
+    from dbspec.runtime.tiny import build_pipeline
+
+    return build_pipeline("builtin:tiny-sd3").transformer.float()
+
+
 def _file(tmp_path, cls, ranks, options, linear):
     """lycoris-lora's modules on tiny-sd3's patch convolution and fused x-block q/k/v (every tensor random),
     saved as its network saves them, and the layers as kohya's --dim_from_weights leaves them: LyCORIS's
     create_network_from_weights on a tree of kohya's names, apply_to, then train_network.py's load_weights
     (for FullModule a second diff: W + 2 diff)."""
-    from dbspec.runtime.tiny import build_pipeline
-
     torch.manual_seed(11)
     tensors, layers = {}, {}
-    for (name, parts), (rank, alpha) in zip(
-        _layers(build_pipeline("builtin:tiny-sd3").transformer.float()).items(), ranks
-    ):
+    for (name, parts), (rank, alpha) in zip(_layers(_base_transformer()).items(), ranks):
         layers[name] = _copy(parts)
         own = options if name.endswith("x_embedder_proj") else linear
         if cls is FullModule:
