@@ -74,8 +74,20 @@ quantize_backend = "{backend}"
 """
 
 
+@pytest.fixture(scope="module")
+def plain_lora(tmp_path_factory) -> dict:
+    """The keys, shapes and dtypes of a 1-step LoRA run's export on the float base: the same for every
+    backend, so run once for the module (was once per backend)."""
+    folder = tmp_path_factory.mktemp("plain")
+    spec = write_spec(folder, steps=1, extra="[adapter]\nkind = 'lora'\nrank = 2\n")
+    plain = execute(compile_spec(spec, ["output.dir=plain"]))
+    return {k: (v.shape, v.dtype) for k, v in final_weights(plain.final).items()}
+
+
 @pytest.mark.parametrize(("backend", "kind"), ON_CPU[:3], ids=[f"{b}-{k}" for b, k in ON_CPU[:3]])
-def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path, backend, kind):
+def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(
+    tmp_path, backend, kind, plain_lora
+):
     spec = write_spec(tmp_path, steps=4, extra=QUANTISED_LORA.format(kind=kind, backend=backend))
     whole_plan = compile_spec(spec, ["output.dir=whole"])
     assert whole_plan.precision.quantize_backend == backend
@@ -94,13 +106,7 @@ def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The export is a plain LoRA: the same keys, shapes and dtypes as a run on a float base.
-    plain = execute(
-        compile_spec(
-            write_spec(tmp_path, steps=1, extra="[adapter]\nkind = 'lora'\nrank = 2\n"), ["output.dir=plain"]
-        )
-    )
-    c = final_weights(plain.final)
-    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in c.items()}
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == plain_lora
 
 
 # --- the memory estimate's bytes per weight, measured ------------------------------------------------------
