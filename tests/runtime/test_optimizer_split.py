@@ -222,8 +222,7 @@ def test_adamw_split_steps_as_one_adamw(tmp_path):
 def test_a_prodigy_split_run_logs_each_d_and_resumes_bit_exact(tmp_path):
     """With Prodigy's own options off their defaults (kohya's common optimizer_args, plus slice_p): the
     state they shape (sliced sums, the bias-corrected step) resumes bit-exact too."""
-    # 3 steps, stopped after 2 (the chunks' saved state is checked) and resumed for the last one
-    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=3, extra="[train]\ntext_encoder = true\n")
+    spec = write_spec(tmp_path, base="builtin:tiny-sdxl", steps=4, extra="[train]\ntext_encoder = true\n")
     kind = [
         'optimizer.kind="prodigy"',
         "optimizer.lr=1.0",
@@ -236,7 +235,7 @@ def test_a_prodigy_split_run_logs_each_d_and_resumes_bit_exact(tmp_path):
         "optimizer.slice_p=2",
     ]
     whole = execute(compile_spec(spec, [*kind, 'output.dir="whole"']))
-    assert whole.status == "finished" and len(whole.losses) == 3
+    assert whole.status == "finished" and len(whole.losses) == 4
     rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert all({"d*lr", "d*lr/1", "d*lr/2", "d*lr/3"} <= row.keys() for row in rows)
     plan = compile_spec(spec, [*kind, 'output.dir="parts"'])
