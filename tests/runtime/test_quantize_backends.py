@@ -9,6 +9,7 @@ CPU: docs/memory.md says so.
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from dbspec.runtime.execute import execute
 from dbspec.runtime.quantize import FORMATS, is_quantized, quantize_frozen, quantized_bytes
 from dbspec.runtime.tiny import build_pipeline
 from tests.runtime.runspec import compile_spec, final_weights, write_spec
+from tests.runtime.shared import once_per_session
 
 # (backend, format) pairs that run on the CPU; quanto's int8 is covered by tests/runtime/test_quantize.py too.
 ON_CPU = [("torchao", "int8"), ("bitsandbytes", "nf4"), ("bitsandbytes", "int8"), ("quanto", "int8")]
@@ -74,8 +76,29 @@ quantize_backend = "{backend}"
 """
 
 
+def _plain_lora(folder: Path) -> None:
+    result = execute(
+        compile_spec(
+            write_spec(folder, steps=1, extra="[adapter]\nkind = 'lora'\nrank = 2\n"), ["output.dir=plain"]
+        )
+    )
+    (folder / "final.txt").write_text(str(Path(result.final).relative_to(folder)))
+
+
+@pytest.fixture(scope="module")
+def plain_lora(tmp_path_factory) -> dict:
+    """The keys, shapes and dtypes of a 1-step LoRA run's export on the float base: the same run for every
+    backend here and for test_quantize_cast.py's cast backend, so run once per session (was once per test,
+    four identical runs)."""
+    folder = once_per_session(tmp_path_factory, "quantize-plain-lora", _plain_lora)
+    final = folder / (folder / "final.txt").read_text()
+    return {k: (v.shape, v.dtype) for k, v in final_weights(final).items()}
+
+
 @pytest.mark.parametrize(("backend", "kind"), ON_CPU[:3], ids=[f"{b}-{k}" for b, k in ON_CPU[:3]])
-def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path, backend, kind):
+def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(
+    tmp_path, backend, kind, plain_lora
+):
     spec = write_spec(tmp_path, steps=4, extra=QUANTISED_LORA.format(kind=kind, backend=backend))
     whole_plan = compile_spec(spec, ["output.dir=whole"])
     assert whole_plan.precision.quantize_backend == backend
@@ -94,13 +117,7 @@ def test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_
     a, b = final_weights(whole.final), final_weights(second.final)
     assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # The export is a plain LoRA: the same keys, shapes and dtypes as a run on a float base.
-    plain = execute(
-        compile_spec(
-            write_spec(tmp_path, steps=1, extra="[adapter]\nkind = 'lora'\nrank = 2\n"), ["output.dir=plain"]
-        )
-    )
-    c = final_weights(plain.final)
-    assert {k: (v.shape, v.dtype) for k, v in a.items()} == {k: (v.shape, v.dtype) for k, v in c.items()}
+    assert {k: (v.shape, v.dtype) for k, v in a.items()} == plain_lora
 
 
 # --- the memory estimate's bytes per weight, measured ------------------------------------------------------

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from dbspec.compiler.memory import CAST_BYTES
 from dbspec.runtime.quantize import is_quantized, quantize_frozen, quantized_bytes
 from dbspec.runtime.tiny import build_pipeline
+from tests.runtime.test_quantize_backends import plain_lora  # noqa: F401 (a pytest fixture)
 from tests.runtime.test_quantize_backends import (
     test_a_quantised_lora_run_resumes_bit_exact_and_exports_plain_lora_keys as _resumes_bit_exact,
 )
@@ -93,8 +94,8 @@ def test_a_lora_on_the_cast_base_trains_and_only_the_adapter_moves():
     _trains("cast", "fp8")
 
 
-def test_a_cast_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path):
-    _resumes_bit_exact(tmp_path, "cast", "fp8")
+def test_a_cast_lora_run_resumes_bit_exact_and_exports_plain_lora_keys(tmp_path, plain_lora):  # noqa: F811
+    _resumes_bit_exact(tmp_path, "cast", "fp8", plain_lora)
 
 
 CAST_LOCON = """
