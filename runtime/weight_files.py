@@ -1,7 +1,8 @@
 """Load an adapter's starting file (`plan.adapter.init_weights`): a `.safetensors` file, or a torch.save
-`.pt` / `.ckpt` / `.pth` file as kohya loads `--network_weights` (`torch.load(map_location="cpu")`, here
-always weights_only=True: no code of the file runs). The state dict is what compiler/pickle_weights.py
-reads at plan time: the tensors of its `state_dict`, else of the top-level dict."""
+file (any other name: `.pt`, `.ckpt`, `.pth`, `.bin`) as kohya loads `--network_weights`
+(`torch.load(map_location="cpu")`, here always weights_only=True: no code of the file runs). The state dict
+is what compiler/pickle_weights.py reads at plan time: the tensors of its `state_dict`, else of the
+top-level dict."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import re
 import torch
 from safetensors.torch import load_file
 
-PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")  # compiler/weight_file.py's
+from dbspec.util.torch_files import is_torch_file
 
 
 def load_weights(path) -> dict[str, torch.Tensor]:
-    if not str(path).lower().endswith(PICKLE_SUFFIXES):
+    if not is_torch_file(path):  # by its first bytes, as the plan read it
         return load_file(str(path))
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -24,10 +24,8 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.safetensors_header import MAX_HEADER_BYTES, ModelFileError, TensorInfo
+from dbspec.util.torch_files import LEGACY_MAGIC
 
-# torch.save's non-zip format (torch < 1.6, or _use_new_zipfile_serialization=False) opens with a pickled
-# magic number, 0x1950a86a20f9469cfc6c: PROTO 2, LONG1 of 10 bytes, little-endian.
-_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 _RESAVE = "re-save it with a torch >= 1.6 `torch.save`, or convert it to .safetensors"
 # what zipfile raises on a damaged or unusual archive (encrypted: RuntimeError; another compression:
 # NotImplementedError)
@@ -252,8 +250,8 @@ def read_pickle_weights(path: str | os.PathLike) -> PickleWeights:
     path = Path(path)
     try:
         with path.open("rb") as f:
-            head = f.read(len(_LEGACY_MAGIC))
-        if head == _LEGACY_MAGIC:
+            head = f.read(len(LEGACY_MAGIC))
+        if head == LEGACY_MAGIC:
             raise TorchOnlyError(
                 path,
                 "torch's legacy (pre-1.6, non-zip) serialization, which dbspec reads only through torch; "

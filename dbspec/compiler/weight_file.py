@@ -1,7 +1,8 @@
 """One entry point for a weight file that starts an adapter (`adapter.init_weights`, kohya
-`--network_weights`): a `.safetensors` file's header, or a torch.save `.pt` / `.ckpt` / `.pth` file read by
-compiler/pickle_weights.py (refused when it names a global the run's weights_only load refuses), both as
-tensor name -> TensorInfo, plus the bytes of one tensor (the plan reads scalar alphas)."""
+`--network_weights`): a `.safetensors` file's header, or a torch.save file (any other name: `.pt`, `.ckpt`,
+`.pth`, `.bin`) read by compiler/pickle_weights.py (refused when it names a global the run's weights_only
+load refuses), both as tensor name -> TensorInfo, plus the bytes of one tensor (the plan reads scalar
+alphas)."""
 
 from __future__ import annotations
 
@@ -13,25 +14,18 @@ import attrs
 
 from dbspec.compiler.pickle_weights import read_start_file
 from dbspec.compiler.safetensors_header import TensorInfo, _read_raw_header, read_safetensors_header
-
-PICKLE_SUFFIXES = (".pt", ".ckpt", ".pth")  # what kohya torch.loads and dbspec reads without torch
-WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
-# why the converter refuses another --network_weights name
-ONLY_WEIGHTS = "a .safetensors, .pt, .ckpt or .pth file only (kohya torch.loads any other name)"
+from dbspec.util.torch_files import is_torch_file
 
 
-def is_pickle(path: str | os.PathLike) -> bool:
-    return str(path).lower().endswith(PICKLE_SUFFIXES)
-
-
-def readable_weights(path: str | os.PathLike) -> bool:
-    """Whether dbspec reads a weight file of this name (a .safetensors or torch.save file)."""
-    return str(path).lower().endswith(WEIGHT_SUFFIXES)
+def kohya_torch_loads(path: str | os.PathLike) -> bool:
+    """kohya's loader for a weights file by its name (load_weights, create_network_from_weights): torch.load
+    for any name but `.safetensors`, whose file goes to safetensors' load_file."""
+    return not str(path).endswith(".safetensors")
 
 
 def read_weights_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
     """Tensor name -> dtype and shape of a .safetensors or torch.save file; ModelFileError when unreadable."""
-    return read_start_file(path).infos() if is_pickle(path) else read_safetensors_header(path)
+    return read_start_file(path).infos() if is_torch_file(path) else read_safetensors_header(path)
 
 
 @attrs.frozen(kw_only=True)
@@ -45,7 +39,7 @@ class RawWeights:
 
 def read_raw_weights(path: str | os.PathLike) -> RawWeights:
     path = Path(path)
-    if is_pickle(path):
+    if is_torch_file(path):
         weights = read_start_file(path)
         header = {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in weights.tensors.items()}
         return RawWeights(header=header, tensor_bytes=weights.tensor_bytes)

@@ -1240,17 +1240,18 @@ class LoraAdapter:
     # kohya --network_weights: the run starts from a saved LoRA instead of peft's random init.
     init_weights: str = option(
         "",
-        doc="Start the LoRA from this `.safetensors` file, or torch.save `.pt` / `.ckpt` / `.pth` file "
-        "(kohya `--network_weights`; read without running its pickle, loaded with weights_only), relative to "
-        "the spec file: kohya's LoRA layout, as kohya saves it and dbspec's `kohya_lora` export writes it. "
-        "Its layers, ranks and alphas must be the adapter's (checked at plan time); layers of a model that "
-        "does not train are ignored. Flux and SD3 files name the original model's fused layers (kohya's "
-        "lora_flux / lora_sd3): a fused layer's down is shared by its parts (or, a `split_qkv` file, split "
-        "among them) and its up rows go to each part. With `tucker = true` (LyCORIS LoCon's Tucker form, SD "
-        "1.x/2.x and SDXL) each k x k convolution's `lora_mid` loads too, its `lora_down` / `lora_up` 1x1. "
-        "With `scalar` (LyCORIS's use_scalar; a block's own too) every layer's scalar starts at 1 after the "
-        "file loads, as LyCORIS's load hook sets it (the file's `lora_up` holds it folded; a fused layer's "
-        "parts share one). A resumed run takes the checkpoint's weights instead. Empty: peft's random init.",
+        doc="Start the LoRA from this `.safetensors` or torch.save file (`.pt`, `.ckpt`, `.bin`: told "
+        "apart by its first bytes; kohya `--network_weights`; a pickle read without running it, loaded with "
+        "weights_only), relative to the spec file: kohya's LoRA layout, as kohya saves it and dbspec's "
+        "`kohya_lora` export writes it. Its layers, ranks and alphas must be the adapter's (checked at "
+        "plan time); layers of a model that does not train are ignored. Flux and SD3 files name the "
+        "original model's fused layers (kohya's lora_flux / lora_sd3): a fused layer's down is shared by"
+        " its parts (or, a `split_qkv` file, split among them) and its up rows go to each part. With "
+        "`tucker = true` (LyCORIS LoCon's Tucker form, SD 1.x/2.x and SDXL) each k x k convolution's "
+        "`lora_mid` loads too, its `lora_down` / `lora_up` 1x1. With `scalar` (LyCORIS's use_scalar; a "
+        "block's own too) every layer's scalar starts at 1 after the file loads, as LyCORIS's load hook "
+        "sets it (the file's `lora_up` holds it folded; a fused layer's parts share one). A resumed run "
+        "takes the checkpoint's weights instead. Empty: peft's random init.",
         example="previous-run/final/lora.kohya.safetensors",
     )
     init_partial: bool = option(

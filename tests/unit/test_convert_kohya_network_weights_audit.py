@@ -176,11 +176,12 @@ def _pt_file(tmp: Path, tensors: dict, name: str) -> None:
     torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in tensors.items()}, tmp / "prev" / name)
 
 
-@pytest.mark.parametrize("name", ["w.pt", "w.ckpt"])
+@pytest.mark.parametrize("name", ["w.pt", "w.ckpt", "w.bin"])
 @pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])
 def test_a_torch_save_file_starts_the_adapter_as_its_safetensors_twin(tmp_path, name, base):
-    """kohya torch.loads a --network_weights name other than `.safetensors` (load_weights): the file maps to
-    adapter.init_weights and plans as the same tensors in a .safetensors file (was DBS403)."""
+    """kohya torch.loads a --network_weights name other than `.safetensors` (load_weights), whatever the
+    suffix: the file maps to adapter.init_weights and plans as the same tensors in a .safetensors file (was
+    DBS403)."""
     tensors = lora(Q, 320, 320) | lora(TE, 768, 768)
     adapters = []
     for suffix_name, folder in ((name, tmp_path / "pt"), ("w.safetensors", tmp_path / "st")):
@@ -206,24 +207,17 @@ def test_dim_from_weights_reads_a_ckpt_files_ranks_and_alphas(tmp_path):
 # ---- refusals
 
 
-def test_a_file_of_another_suffix_is_dbs403(tmp_path):
-    """kohya torch.loads any name but `.safetensors`; dbspec reads `.pt` / `.ckpt` / `.pth` alone."""
-    (tmp_path / "prev").mkdir()
-    (tmp_path / "prev" / "w.bin").write_bytes(b"\x80\x02")
-    for base in (KOHYA_LORA, LYCORIS):
-        outcome = kohya_lora(tmp_path, "--network_weights prev/w.bin", base)
-        assert fate(outcome, "network_weights") == "unsupported"
-        assert ".pt, .ckpt or .pth file only" in messages(outcome, "DBS403")
-
-
+@pytest.mark.parametrize("name", ["w.pt", "w.bin"])
 @pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])
-def test_a_corrupt_pt_file_stops_kohya(tmp_path, base):
+def test_a_corrupt_torch_save_file_stops_kohya(tmp_path, base, name):
+    """Any name but `.safetensors` is torch.load's in kohya, which raises on a file that is no torch.save
+    zip (a `.bin` too: was DBS403 for its suffix)."""
     (tmp_path / "prev").mkdir()
-    (tmp_path / "prev" / "w.pt").write_bytes(b"<html>404 Not Found</html>")
-    outcome = kohya_lora(tmp_path, "--network_weights prev/w.pt", base)
+    (tmp_path / "prev" / name).write_bytes(b"<html>404 Not Found</html>")
+    outcome = kohya_lora(tmp_path, f"--network_weights prev/{name}", base)
     assert not outcome.written and fate(outcome, "network_weights") == "invalid"
     said = messages(outcome, "DBS402")
-    assert "`w.pt` is no torch.save file" in said and "torch.load" in said
+    assert f"`{name}` is no torch.save file" in said and "torch.load" in said
 
 
 def test_a_legacy_pt_file_is_dbs403_naming_what_to_do(tmp_path):
@@ -248,6 +242,17 @@ def test_a_file_that_is_no_safetensors_file_stops_kohya(tmp_path, base, dim):
     assert not outcome.written and fate(outcome, "network_weights") == "invalid"
     said = messages(outcome, "DBS402")
     assert "`w.safetensors` is no safetensors file" in said and "load_file" in said
+
+
+@pytest.mark.parametrize("base", [KOHYA_LORA, LYCORIS])
+def test_a_torch_save_file_named_safetensors_stops_kohya(tmp_path, base):
+    """kohya picks its loader by the name: a `.safetensors` name goes to safetensors' load_file, which raises
+    on a torch.save zip (dbspec, which reads a file by its first bytes, would have read it)."""
+    _pt_file(tmp_path, lora(Q, 320, 320), "w.safetensors")
+    outcome = kohya_lora(tmp_path, WEIGHTS, base)
+    assert not outcome.written and fate(outcome, "network_weights") == "invalid"
+    said = messages(outcome, "DBS402")
+    assert "`w.safetensors` is a torch.save file" in said and "load_file" in said
 
 
 @pytest.mark.parametrize(

@@ -116,3 +116,39 @@ def test_a_corrupt_file_is_a_model_file_error(tmp_path, damage):
     with pytest.raises(ModelFileError) as exc:
         read_weights_header(path)
     assert exc.value.path == str(path) and exc.value.reason
+
+
+def test_a_file_is_told_torch_or_safetensors_by_its_first_bytes(tmp_path):
+    """util/torch_files.py: the content decides, whatever the name; a file of neither kind goes by its name
+    (so its reader names the problem). A safetensors header whose length's first byte is 0x80 (a pickle's
+    PROTO opcode) is still safetensors."""
+    from safetensors.torch import save_file
+
+    from dbspec.util.torch_files import is_torch_file
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "zip.safetensors")
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.st", _use_new_zipfile_serialization=False)
+    save_file({"w": torch.ones(2)}, str(tmp_path / "st.pt"))
+    name = next(f"w{'x' * n}" for n in range(200) if _header_length(tmp_path, f"w{'x' * n}") % 256 == 0x80)
+    save_file({name: torch.ones(2)}, str(tmp_path / "proto.bin"))
+    assert (tmp_path / "proto.bin").read_bytes()[0] == 0x80
+    (tmp_path / "junk.bin").write_bytes(b"<html>")
+    (tmp_path / "junk.safetensors").write_bytes(b"<html>")
+    told = {p.name: is_torch_file(p) for p in tmp_path.iterdir() if p.suffix != ".probe"}
+    assert told == {
+        "zip.safetensors": True,
+        "legacy.st": True,
+        "st.pt": False,
+        "proto.bin": False,
+        "junk.bin": True,
+        "junk.safetensors": False,
+    }
+    assert is_torch_file(tmp_path / "missing.pt") and not is_torch_file(tmp_path / "missing.safetensors")
+
+
+def _header_length(tmp_path, name: str) -> int:
+    from safetensors.torch import save_file
+
+    probe = tmp_path / "h.probe"
+    save_file({name: torch.ones(2)}, str(probe))
+    return int.from_bytes(probe.read_bytes()[:8], "little")

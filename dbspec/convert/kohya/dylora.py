@@ -17,7 +17,6 @@ import attrs
 
 from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.compiler.weight_file import ONLY_WEIGHTS, readable_weights
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.alpha_zero import ZEROED
 from dbspec.convert.kohya.dylora_preset_alphas import (
@@ -188,9 +187,6 @@ def lycoris_dylora(
 
 def _read(weights: Legacy, paths, conv: Conversion, key: Legacy, what: str) -> LoraFile | None:
     """The --network_weights file, or None (`key` reported unsupported, naming why)."""
-    if not readable_weights(weights.value):
-        conv.unsupported(key, f"dbspec reads {what} from {ONLY_WEIGHTS}")
-        return None
     local = paths.local(weights.value)
     try:
         if local is None:

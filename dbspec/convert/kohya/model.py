@@ -52,7 +52,6 @@ from dbspec.convert.kohya.lycoris_fp8 import (
 from dbspec.convert.kohya.lycoris_flow_weights import LycorisModule, locon_dora, read_lycoris_file
 from dbspec.convert.kohya.weights_file import lycoris_builds_nothing, report_weights
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.compiler.weight_file import ONLY_WEIGHTS, readable_weights
 from dbspec.families import T5_LORA_TARGETS, family_spec, flow_text_prefixes, lycoris_text_prefixes
 
 Args = dict[str, Legacy]
@@ -359,9 +358,7 @@ def _kohya_dylora_network(a: Args, paths: PathMapper, conv: Conversion, rank: in
     if a["network_dropout"].value:
         conv.ignored(a["network_dropout"], "networks.dylora's create_network never reads the dropout")
     weights = a["network_weights"]
-    if weights.value and not readable_weights(weights.value):
-        conv.unsupported(weights, f"dbspec starts a DyLoRA from {ONLY_WEIGHTS}")
-    elif weights.value:  # DyLoRANetwork.load_weights: load_state_dict(strict=False), the file's rows per rank
+    if weights.value:  # DyLoRANetwork.load_weights: load_state_dict(strict=False), the file's rows per rank
         map_init_weights(weights, paths, conv)
         map_file_alphas(a, paths, conv)  # DyLoRAModule keeps network_alpha's scale: init_alpha "ignore"
     return True
@@ -1071,9 +1068,6 @@ def _map_lycoris_flow(a: Args, script: str, paths: PathMapper, conv: Conversion,
     weights = a["network_weights"]
     if kind in ("full", "ia3") and weights.value:
         # LyCORIS's load_weights into FullModule (W + diff) / IA3Module: runtime/lycoris_whole_init.py
-        if not readable_weights(weights.value):
-            conv.unsupported(weights, f"dbspec starts it from {ONLY_WEIGHTS}")
-            return False
         map_init_weights(weights, paths, conv)
         map_lycoris_file_alphas(weights, paths, conv)  # other kinds' LoCon / LoHa / LoKr blocks
     elif kind == "dylora" and weights.value and not other_block_kinds(conv):
@@ -1121,10 +1115,7 @@ def _lycoris_flow_from_weights(
     from dbspec.convert.kohya.lycoris_flow_norms import flow_file_norms
     from dbspec.convert.kohya.lora_sd3 import map_lora_sd3
 
-    module, weights = a["network_module"], a["network_weights"]
-    if weights.value and not readable_weights(weights.value):
-        conv.unsupported(weights, f"dbspec builds the network from {ONLY_WEIGHTS}")
-        return False
+    module = a["network_module"]
     a = _lycoris_from_weights_args(a, conv)
     wanted = NETWORK_MODULES[script]
     flow = (family or "flux") if wanted == "networks.lora_flux" else "sd3"
@@ -1349,9 +1340,6 @@ def _lycoris_sd_rebuilt_file(
     make_module_from_state_dict rebuilds it with). That kind over the file's layers, modules built otherwise
     than most as blocks, started from the file."""
     weights, from_file = a["network_weights"], a["dim_from_weights"]
-    if not readable_weights(weights.value):
-        conv.unsupported(weights, f"dbspec builds the network from {ONLY_WEIGHTS}")
-        return False
     found = finder(modules, family, bool(a["network_train_unet_only"].value))
     found = _rebuilt(found, weights, from_file, conv)
     if found is None:

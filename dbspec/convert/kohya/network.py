@@ -20,7 +20,7 @@ from dbspec.convert.kohya.file_ranks import (
 from dbspec.compiler.lora_file import read_lora_file
 from dbspec.compiler.init_file import other_axis_doras
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.compiler.weight_file import ONLY_WEIGHTS, read_weights_header, readable_weights
+from dbspec.compiler.weight_file import read_weights_header
 from dbspec.convert.common.core import DIFFERS, Conversion, Legacy
 from dbspec.convert.kohya.blocks import block_lr_weights, kohya_blocks, kohya_conv
 from dbspec.convert.kohya.lora_fa_blocks import NoUnetModules, lora_fa_blocks
@@ -1526,9 +1526,6 @@ def map_network_weights(
                 from_file.source,
                 "--dim_from_weights reads the ranks from --network_weights, which is not given",
             )
-        return
-    if not readable_weights(weights.value):
-        conv.unsupported(weights, f"dbspec starts a LoRA from {ONLY_WEIGHTS}")
         return
     if not_safetensors(weights, paths, conv):  # kohya's load_file raises
         return

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from dbspec.compiler.oft_file import OftFile, adapts, read_oft_file
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.compiler.weight_file import ONLY_WEIGHTS, readable_weights
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.group_lists import relative_step_lift, schedule_lifts
 from dbspec.convert.kohya.network import KOHYA_UNET_TARGETS, parse_network_args
@@ -82,9 +81,6 @@ def map_kohya_oft(a, conv: Conversion, paths=None, original_names: bool = False)
 def _weights_file(weights: Legacy, paths, conv: Conversion, required: bool) -> OftFile | None | bool:
     """The --network_weights file read here; None where it is not on this machine and not `required` (the
     plan checks it); False when it cannot be used (reported)."""
-    if not readable_weights(weights.value):
-        conv.unsupported(weights, f"dbspec starts networks.oft from {ONLY_WEIGHTS}")
-        return False
     local = paths.local(weights.value) if paths is not None else None
     if local is None or not local.is_file():
         if not required:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from dbspec.compiler.pickle_weights import TorchOnlyError
 from dbspec.compiler.safetensors_header import ModelFileError
-from dbspec.compiler.weight_file import is_pickle, read_weights_header
+from dbspec.compiler.weight_file import kohya_torch_loads, read_weights_header
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.lycoris_flow_weights import read_lycoris_file
+from dbspec.util.torch_files import is_torch_file
 
 
 def not_here(local: Path | None, exc: BaseException) -> str:
@@ -48,11 +49,15 @@ def not_safetensors(weights: Legacy, paths, conv: Conversion) -> bool:
 
 
 def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
-    """DBS402 when `local` opens and is no safetensors file (a truncated download, a saved web page):
-    load_weights and create_network_from_weights (networks/lora.py, lycoris/kohya.py, kohya's Flux / SD3
-    and DyLoRA networks) read a `.safetensors` name with safetensors' load_file, which raises; any other
-    name with torch.load, which raises on a corrupt zip too (torch's legacy format it reads, dbspec does not:
-    left to the readers' refusal, DBS403). True when reported."""
+    """DBS402 when `local` opens and is not what kohya's loader for its name reads (a truncated download, a
+    saved web page, a torch.save file named `.safetensors`): load_weights and create_network_from_weights
+    (networks/lora.py, lycoris/kohya.py, kohya's Flux / SD3 and DyLoRA networks) read a `.safetensors` name
+    with safetensors' load_file and any other name with torch.load, each raising on the other's files and
+    on corrupt ones (torch's legacy format torch.load reads, dbspec does not: left to the readers'
+    refusal, DBS403). True when reported."""
+    torch_load = kohya_torch_loads(local)
+    if _opens(local) and is_torch_file(local) != torch_load:  # the content is the other loader's kind
+        return _wrong_loader(weights, local, torch_load, conv)
     try:
         read_weights_header(local)
     except (OSError, TorchOnlyError):
@@ -60,7 +65,7 @@ def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
     except ModelFileError as exc:
         if not_here(local, exc):  # a file it cannot open: its readers say so (DBS401)
             return False
-        if is_pickle(local):
+        if torch_load:
             conv.invalid(
                 weights.key,
                 weights.value,
@@ -81,6 +86,32 @@ def _report_broken(weights: Legacy, local: Path, conv: Conversion) -> bool:
         )
         return True
     return False
+
+
+def _opens(local: Path) -> bool:
+    try:
+        with local.open("rb"):
+            return True
+    except OSError:
+        return False
+
+
+def _wrong_loader(weights: Legacy, local: Path, torch_load: bool, conv: Conversion) -> bool:
+    """DBS402: kohya picks the loader by the name (kohya_torch_loads) and the file is the other kind."""
+    if torch_load:
+        what = "is no torch.save file (its first bytes are not a zip's)"
+        loader = "torch.load (any name but `.safetensors`), which raises"
+    else:
+        what = "is a torch.save file"
+        loader = "safetensors' load_file (a `.safetensors` name), which raises (SafetensorError)"
+    conv.invalid(
+        weights.key,
+        weights.value,
+        weights.source,
+        f"`{local.name}` {what}: kohya reads it with {loader}",
+        help="point --network_weights at the file kohya or LyCORIS saved, under the name it was saved with",
+    )
+    return True
 
 
 def lycoris_builds_nothing(weights: Legacy, from_file: Legacy, paths, conv: Conversion) -> bool:
