@@ -21,6 +21,7 @@ from dbspec.runtime.component_files import (
     load_vae_file,
 )
 from dbspec.runtime.families import family_runtime
+from dbspec.runtime.weight_files import state_tensors
 from dbspec.runtime.dtypes import to_dtype  # noqa: F401 - re-exported
 
 
@@ -184,8 +185,9 @@ def _ckpt_as_safetensors(m: ModelPlan, cache_dir: Path) -> str:
             f"`{m.base}` holds more than tensors, and loading it would unpickle arbitrary objects: "
             f"convert it to .safetensors, or set model.allow_pickle = true if you trust it ({exc})"
         ) from None
-    state = obj["state_dict"] if isinstance(obj, dict) and "state_dict" in obj else obj
-    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"`{m.base}` holds a {type(obj).__name__}, not a checkpoint's state dict")
+    tensors = {k: v.contiguous() for k, v in state_tensors(obj).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     save_file(tensors, str(staging))

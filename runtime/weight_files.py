@@ -29,10 +29,16 @@ def load_weights(path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: torch.load cannot read it ({_why(exc)}); re-save it") from exc
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
-    inner = obj.get("state_dict")  # kohya's / Lightning's full checkpoint (runtime/models.py alike)
+    return state_tensors(obj)
+
+
+def state_tensors(obj: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a torch.load'ed dict's `state_dict` (kohya's / Lightning's full checkpoint), else of the
+    dict itself, as compiler/pickle_weights.py reads them; a saved Parameter as its plain tensor (the loaders
+    copy values)."""
+    inner = obj.get("state_dict")
     state = inner if isinstance(inner, dict) else obj
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    # a Parameter saved in the file loads as one; the loaders copy values, so a plain tensor serves
     return {k: v.detach() if isinstance(v, torch.nn.Parameter) else v for k, v in tensors.items()}
 
 

@@ -237,11 +237,6 @@ def _swap(raw: bytes, size: int, dtype: str) -> bytes:
     return b"".join(raw[i : i + part][::-1] for i in range(0, len(raw), part))
 
 
-def read_pickle_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """Tensor name -> dtype and shape of a torch.save file's state dict (read_safetensors_header's twin)."""
-    return read_pickle_weights(path).infos()
-
-
 def read_pickle_weights(path: str | os.PathLike) -> PickleWeights:
     """The state dict of a torch.save zip file: the tensors of its `state_dict` (kohya's and Lightning's full
     checkpoints: `{"state_dict": ..., "epoch": ...}`), else of the top-level dict (a LoRA file); values that

@@ -70,7 +70,7 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 def read_safetensors(path: str | os.PathLike) -> SafetensorsHeader:
     """Tensors and `__metadata__` of one file; raises ModelFileError when the header is
     truncated or corrupt."""
-    header, data_bytes = _read_raw_header(Path(path))
+    header, data_bytes = read_raw_header(Path(path))
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ModelFileError(path, '"__metadata__" is not a table of strings')
@@ -78,7 +78,7 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(tensors=tensors, metadata=metadata)
 
 
-def _read_raw_header(path: Path) -> tuple[dict, int]:
+def read_raw_header(path: Path) -> tuple[dict, int]:
     """The parsed JSON header and the number of data bytes after it."""
     try:
         with path.open("rb") as f:

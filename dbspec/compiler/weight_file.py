@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from dbspec.compiler.pickle_weights import read_start_file
-from dbspec.compiler.safetensors_header import TensorInfo, _read_raw_header, read_safetensors_header
+from dbspec.compiler.safetensors_header import TensorInfo, read_raw_header, read_safetensors_header
 from dbspec.util.torch_files import is_torch_file
 
 
@@ -43,7 +43,7 @@ def read_raw_weights(path: str | os.PathLike) -> RawWeights:
         weights = read_start_file(path)
         header = {n: {"dtype": t.dtype, "shape": list(t.shape)} for n, t in weights.tensors.items()}
         return RawWeights(header=header, tensor_bytes=weights.tensor_bytes)
-    header, data_bytes = _read_raw_header(path)
+    header, data_bytes = read_raw_header(path)
     header.pop("__metadata__", None)
     data_start = path.stat().st_size - data_bytes
 
