@@ -170,7 +170,7 @@ REFUSED = {
     # LoCon / LoHa / LoKr, full, IA^3 and GLoRA (those convert, on SD and on Flux's fused Linears, CONVERTS
     # below) and DyLoRA on SD: a DyLoRA network's on Flux / SD3 / Chroma's fused Linears (unchecked beside
     # the fused DyLoRA layers: tests/unit/test_convert_kohya_tlora_entry_random.py); a Diag-OFT / BOFT
-    # network's (no T-LoRA entries on those networks: "dbspec trains several algorithms" refusal first)
+    # network's now convert (CONVERTS tlora_entry_sig_type_on_*)
     "flux_tlora_entry_sig_type_on_dylora": (
         "flux",
         '"algo=dylora"',
@@ -179,17 +179,6 @@ REFUSED = {
         "DBS403",
         ["network_args preset", "`sig_type` = 'last'", "not on an algo=dylora network", "DBS622"],
     ),
-    **{
-        f"tlora_entry_sig_type_on_{algo.replace('-', '_')}": (
-            "sd",
-            f'"algo={algo}"',
-            _sd("tlora", 'sig_type = "last"'),
-            "",
-            "DBS403",
-            ["network_args preset", "algo = 'tlora'", f"algo={algo} network"],
-        )
-        for algo in ("diag-oft", "boft")
-    },
     # line 108: entries with the component quantised (--fp8_base) beside a network in LyCORIS's default
     # forward: its LoConModules (and DiagOFTModule's default forward) compute with the float8 weight and stop
     # kohya (lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py); full entries beside a network in
@@ -303,6 +292,21 @@ def test_network_weights_file_still_refused(tmp_path, case):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
+    # line 109 (T-LoRA): a Diag-OFT / BOFT network's T-LoRA entries (their own sig_type too; was DBS403, "no
+    # T-LoRA entries on those networks"): converted as a T-LoRA network whose own layers are Diag-OFT / BOFT
+    # blocks (oft_entries.oft_network_host), as for LoCon / LoHa / LoKr entries; the network's constraint and
+    # rescaled their blocks' alpha and `rescaled` (tests/runtime/test_lycoris_oft_network_tlora_entries.py,
+    # on SD and Flux's fused Linears against lycoris-lora 4.1.3's create_network(algo=diag-oft / boft))
+    **{
+        f"tlora_entry_sig_type_on_{algo.replace('-', '_')}": (
+            "sd",
+            f'"algo={algo}" "constraint=0.0001"',
+            _sd("tlora", 'sig_type = "last"'),
+            "",
+            {"kind": "tlora", "block": {"kind": algo, "alpha": 1e-4}},
+        )
+        for algo in ("diag-oft", "boft")
+    },
     # --network_weights (the `--network_weights` paragraph of the lycoris.kohya row): a `.pt` file, which
     # kohya torch.loads (was DBS403: dbspec started an adapter from a .safetensors file only); read without
     # torch (compiler/pickle_weights.py, tests/unit/test_pickle_weights.py) and loaded by the run with

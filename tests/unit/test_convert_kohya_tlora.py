@@ -375,9 +375,10 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     create_single_module builds them, the entry's dim (else the network's) their block-size hint / rank,
     the network's constraint 0 (the OFT blocks' alpha) unrescaled, DyLoRA in blocks of the network's
     block_size 4 (the block's unit); a DyLoRA dim that is not a multiple stops kohya (DyLoraModule asserts,
-    DBS402), the network's block_size / constraint / rescaled beside them stay DBS403, the entries' own
+    DBS402), the network's block_size beside them stays DBS403, its constraint / rescaled and the entries' own
     constraint / rescaled (Diag-OFT, BOFT) and block_size (DyLoRA) are their blocks'
-    (tests/runtime/test_lycoris_tlora_oft_dylora.py checks them against lycoris-lora 4.1.3)."""
+    (tests/runtime/test_lycoris_tlora_oft_dylora.py and test_lycoris_oft_network_tlora_entries.py check them
+    against lycoris-lora 4.1.3)."""
     text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention", "CLIPMLP"]\n', 1)
     text += '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n'
     text += '[module_algo_map.BasicTransformerBlock]\nalgo = "dylora"\n'
@@ -395,15 +396,16 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     ((boft,),) = (a.text_encoder_blocks,)
     assert (boft.kind, boft.rank, boft.alpha) == ("boft", 4, 0.0) and "fc1" in boft.pattern
     assert not a.oft_rescaled and a.oft_constraint == 0.0
-    for args, code, words in (
-        ('"block_size=8"', "DBS403", "block_size"),
-        ('"constraint=0.1"', "DBS403", "constraint"),
-        ('"rescaled=True"', "DBS403", "rescaled"),
-    ):
-        folder = tmp_path / words
-        write(folder / "p.toml", text)
-        outcome = _lycoris(folder, f'"algo=tlora", "preset=p.toml", {args}')
-        assert code in codes(outcome) and words in messages(outcome, code), args
+    write(tmp_path / "block_size" / "p.toml", text)
+    outcome = _lycoris(tmp_path / "block_size", '"algo=tlora", "preset=p.toml", "block_size=8"')
+    assert "DBS403" in codes(outcome) and "block_size" in messages(outcome, "DBS403")
+    # the network's constraint and rescaled: the Diag-OFT / BOFT blocks' alpha and rescaled (was DBS403)
+    write(tmp_path / "oft" / "p.toml", text)
+    outcome = _lycoris(tmp_path / "oft", '"algo=tlora", "preset=p.toml", "constraint=0.1", "rescaled=True"')
+    assert outcome.exit_code == 0, errors(outcome)
+    a = plan_of(outcome, tmp_path / "oft").adapter
+    oft = [b for b in [*a.blocks, *a.text_encoder_blocks] if b.kind in ("diag-oft", "boft")]
+    assert {(b.kind, b.alpha, b.rescaled) for b in oft} == {("diag-oft", 0.1, "on"), ("boft", 0.1, "on")}
     write(tmp_path / "odd" / "p.toml", text.replace('algo = "dylora"\n', 'algo = "dylora"\ndim = 6\n'))
     outcome = _lycoris(tmp_path / "odd", '"algo=tlora", "preset=p.toml"')
     assert "DBS402" in codes(outcome) and "lora_dim % block_size" in messages(outcome, "DBS402")

@@ -220,8 +220,8 @@ class FlowFile(NamedTuple):
     # ("unet" or "text", diffusers path (text: <component>.<path>), Layer): a fused Linear's parts all
     # (a DyLoRA --network_weights file's alphas onto the entries' dims: lycoris_flow_dylora.py)
     modules: dict[str, list[tuple[str, str, Layer]]] = {}
-    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries' algorithm: the network it converts as, its own
-    # layers `diag-oft` / `boft` blocks (oft_entries.oft_network_host); "" otherwise
+    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr / T-LoRA entries' algorithm: the network it converts as,
+    # its own layers `diag-oft` / `boft` blocks (oft_entries.oft_network_host); "" otherwise
     host: str = ""
 
 
@@ -333,7 +333,7 @@ def flux_preset_file(
         [*rows, *_unseen_parts(rows, model)],
         text_rows,
     )
-    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries' network (was DBS403)
+    # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr / T-LoRA entries' network (was DBS403)
     hosted = oft_network_host(algo, found)
     host, written = "", algo  # written: what the user's network_args say
     if hosted is not None:

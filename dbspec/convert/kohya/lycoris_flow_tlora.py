@@ -20,7 +20,8 @@ conv_alpha (_put_patch); a dropout outside bypass_mode that path alone applies (
 runtime/lycoris_tlora.py: the Linears' default forward never reads it). A preset
 file (lycoris_flow_file.py, as for the other algos): its targets, its T-LoRA entries' own dims as blocks
 over whole fused Linears, the patch at its entry's conv dim (_file_blocks), its entries of other algorithms
-blocks of their kind (lycoris_maps._beside_tlora)."""
+blocks of their kind (lycoris_maps._beside_tlora), the network's constraint its Diag-OFT / BOFT blocks' alpha
+(oft_entries.entries_constraint; its rescaled their `rescaled`, lycoris_flux._file_rescaled)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     refuse_rest,
 )
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
+from dbspec.convert.kohya.oft_entries import entries_constraint
 
 _UNREAD = ("use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "rank_dropout_scale", "full_matrix")
 _UNREAD += ("unbalanced_factorization", "block_size", "constraint", "constrain", "verbose")
@@ -65,6 +67,8 @@ def map_flow_tlora(
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(popped(args, kwargs, key), why)
+    file_blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    entries_constraint(kwargs, [*file_blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "TLoraModule takes it and never reads it")
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which T-LoRA has not"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)

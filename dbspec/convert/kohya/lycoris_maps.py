@@ -741,7 +741,8 @@ def _mixed_kinds(
 
 # the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank,
 # alpha and DyLoRA's unit; the adapter's module_dropout alone reaches them): those modules read them,
-# TLoraModule does not
+# TLoraModule does not. The network's constraint and rescaled are its Diag-OFT / BOFT blocks' alpha and
+# `rescaled`, as on the other networks (_blocks, oft_entries.entries_constraint / entries_rescaled)
 _TLORA_NETWORK_OFF = (
     "dropout",
     "rank_dropout",
@@ -753,8 +754,6 @@ _TLORA_NETWORK_OFF = (
     "full_matrix",
     "unbalanced_factorization",
     "decompose_both",
-    "constraint",
-    "rescaled",
 )
 
 

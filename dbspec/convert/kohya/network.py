@@ -353,7 +353,8 @@ def _map_network(
             found = preset_file_targets(preset, algo, dims, family, paths, args, conv, train_norm is not None)
             if found is None:
                 return None
-            written = algo  # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr entries: theirs (was DBS403)
+            # a Diag-OFT / BOFT network's LoCon / LoHa / LoKr / T-LoRA entries: theirs (was DBS403)
+            written = algo
             hosted = oft_network_host(algo, found)
             if hosted is not None:
                 host, found = hosted

@@ -1,8 +1,8 @@
 """LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` and `rescaled`
 beside Diag-OFT / BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands
 them to every module through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and
-ButterflyOFTModule read them), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr entries (converted as
-those entries' network)."""
+ButterflyOFTModule read them), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr / T-LoRA entries
+(converted as those entries' network)."""
 
 from __future__ import annotations
 
@@ -51,22 +51,23 @@ def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Convers
 
 # the algorithms a BOFT network's entries may give (its layers then the entries' network's BOFT entries): the
 # first present is the adapter's kind
-_HOSTS = ("lora", "locon", "loha", "lokr")
+_HOSTS = ("lora", "locon", "loha", "lokr", "tlora")
 
 
 def oft_network_host(algo: str, found) -> tuple[str, object] | None:
-    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr (was DBS403: an
-    OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank): (the entries' algorithm,
-    the file's Targets with the network's own layers as entries of that network), else None. lycoris-lora
-    4.1.3's network algo only names the algorithm of the layers no map entry sets (create_modules's `algo =
-    network_module`, LycorisNetworkKohya never reading it otherwise), and create_network hands every module
-    the same root kwargs whatever it is, so algo=boft (or diag-oft) with LoCon entries builds what
-    algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo = "boft" ("diag-oft") at
-    the network's dim, alpha and options: converted as that network (its adapter of the entries' kind, the
-    OFT layers blocks of kind "boft" / "diag-oft"): network.py on SD 1.x/2.x / SDXL
+    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr / T-LoRA (was
+    DBS403: an OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank): (the entries'
+    algorithm, the file's Targets with the network's own layers as entries of that network), else None.
+    lycoris-lora 4.1.3's network algo only names the algorithm of the layers no map entry sets
+    (create_modules's `algo = network_module`, LycorisNetworkKohya never reading it otherwise), and
+    create_network hands every module the same root kwargs whatever it is, so algo=boft (or diag-oft) with
+    LoCon entries builds what algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo =
+    "boft" ("diag-oft") at the network's dim, alpha and options: converted as that network (its adapter of the
+    entries' kind, the OFT layers blocks of kind "boft" / "diag-oft"): network.py on SD 1.x/2.x / SDXL
     (tests/runtime/test_lycoris_boft_network_entries.py, test_lycoris_diag_oft_network_entries.py),
     lycoris_flow_file.py on Flux / SD3 / Chroma (test_lycoris_flow_mixed_rs_lora_boft.py,
-    test_lycoris_flow_oft_network_entries.py)."""
+    test_lycoris_flow_oft_network_entries.py); T-LoRA entries alike
+    (test_lycoris_oft_network_tlora_entries.py)."""
     if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
