@@ -3343,8 +3343,8 @@ stacked rows, as TLoraModule on kohya's layer); a `sig_type` other than `princip
 `sig_type`) from other singular triplets. A block of another `kind` has no T-LoRA layers to start.
 Beside a lora, loha or lokr adapter's layers a block of kind `tlora` starts its own way (a LoCon / LoHa /
 LoKr network's T-LoRA entry's own `use_data_init` / `sig_type`), with `fused_projections` (Flux, SD3, Chroma)
-one start per fused Linear; on SD 1.x/2.x and SDXL beside a full or ia3 adapter's layers too, and with its
-`sig_type` beside a glora adapter's; beside other kinds' layers it is not built.""",
+one start per fused Linear; beside a full, ia3, glora or dylora adapter's layers too; beside other kinds'
+layers (or on a block of another kind) it is not built.""",
         help="remove the block's data_init / sig_type, or give the block kind tlora (beside lora / loha / "
         "lokr layers)",
     ),

@@ -3392,9 +3392,6 @@ _TLORA_START_HOSTS = {
     "ia3": ("data_init", "sig_type"),
     "dylora": ("data_init", "sig_type"),
 }
-# those whose T-LoRA blocks start their own way on the U-Net families only (a dylora adapter's beside its
-# fused DyLoRA layers unchecked)
-_TLORA_UNET_HOSTS = ("dylora",)
 
 
 @rule("spec")
@@ -3405,14 +3402,11 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
     fit_fused_tlora). Beside a lora / loha / lokr adapter's layers a block of kind tlora starts its own way
     (its T-LoRA pass, runtime/mixed_kinds.py; with fused_projections fit_fused_tlora's one SVD per fused
     Linear); checked against lycoris-lora's network on SD 1.x beside LoCon / LoHa / LoKr and on Flux's fused
-    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); beside a full, ia3 or glora
-    adapter's layers too, on SD 1.x and Flux's fused Linears, and on SD 1.x/2.x and SDXL beside a dylora
-    adapter's (_TLORA_START_HOSTS; silent about the family for family = "auto": the compiler runs it again
-    with the detected family)."""
+    Linears beside LoCon / LoHa / LoKr (SD3's and Chroma's beside LoCon); beside a full, ia3, glora or
+    dylora adapter's layers too, on SD 1.x and on Flux's, SD3's and Chroma's fused Linears
+    (_TLORA_START_HOSTS)."""
     a = spec.adapter
     own = getattr(a, "kind", "")
-    family = FAMILIES.get(spec.model.family)
-    unet = family is None or family.denoiser == "unet"
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
             for key, (plain, what) in _TLORA_STARTS.items():
@@ -3423,12 +3417,10 @@ def tlora_block_start(spec: Spec, given: Given) -> Iterator[Hit]:
                     continue
                 if block.kind != "tlora":
                     why = f'of kind "{block.kind}", whose layers are not T-LoRA ones'
-                elif own not in ("lora", "loha", "lokr") and (
-                    key not in _TLORA_START_HOSTS.get(own, ()) or (own in _TLORA_UNET_HOSTS and not unet)
-                ):
+                elif own not in ("lora", "loha", "lokr") and key not in _TLORA_START_HOSTS.get(own, ()):
                     why = (
                         f'of kind "tlora" beside a {own} adapter\'s layers (built beside lora / loha / lokr '
-                        "/ full / ia3 / glora ones, and on SD 1.x/2.x and SDXL beside dylora ones)"
+                        "/ full / ia3 / glora / dylora ones)"
                     )
                 else:
                     continue

@@ -569,9 +569,8 @@ def _block_data_init():
     return option(
         True,
         doc="Whether the matched T-LoRA layers (a T-LoRA adapter's, or a block of kind `tlora` beside a "
-        "lora, loha, lokr, full, ia3 or glora adapter's layers, on SD 1.x/2.x and SDXL a dylora "
-        "adapter's too) start from their weight's SVD (LyCORIS's `use_data_init`, a preset file's map "
-        "entry's own). false: from "
+        "lora, loha, lokr, full, ia3, glora or dylora adapter's layers) start from their weight's SVD "
+        "(LyCORIS's `use_data_init`, a preset file's map entry's own). false: from "
         "the SVD of a random matrix, as TLoraModule draws it from torch's generator while the adapter is "
         "built (its two factors' "
         "own init, then torch.normal(0, 1 / rank) of the weight's out x in x kernel size), seeded with "
@@ -593,8 +592,8 @@ def _block_sig_type():
     return option(
         "principal",
         doc="Which of the weight's singular triplets the matched T-LoRA layers (a T-LoRA adapter's, or a "
-        "block of kind `tlora` beside a lora, loha, lokr, full, ia3 or glora adapter's layers, on SD 1.x/2.x "
-        "and SDXL a dylora adapter's too) start from "
+        "block of kind `tlora` beside a lora, loha, lokr, full, ia3, glora or dylora adapter's layers) "
+        "start from "
         "(LyCORIS's `sig_type`, a preset file's map entry's own): `principal` the first `rank` (the largest "
         "singular values), `last` the last `rank`, `middle` the `rank` from (min(out, in) - rank) // 2 on, "
         "sliced as TLoraModule slices them; the frozen start is the same triplets. LyCORIS's own file loader "

@@ -86,7 +86,57 @@ def _full_named_as_lycoris(export):
     return exported
 
 
-@pytest.mark.parametrize("network", ["glora", "full", "ia3"])
+@pytest.mark.parametrize("network", ["glora", "full", "ia3", "dylora"])
 def test_flux_tlora_entry_random_start_beside_glora_full_and_ia3(tmp_path, monkeypatch, network):
-    """A T-LoRA entry's own `use_data_init = false` on a GLoRA (full, IA^3) network, Flux's fused Linears."""
+    """A T-LoRA entry's own `use_data_init = false` on a GLoRA (full, IA^3, DyLoRA: was DBS403 there) network,
+    Flux's fused Linears."""
     starts.test_flux_tlora_entry_random_start_beside_other_kinds(tmp_path, monkeypatch, network)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "chroma"])
+def test_fused_tlora_entry_sig_type_beside_dylora(tmp_path, monkeypatch, family):
+    """A T-LoRA entry's own `sig_type = "last"` on a DyLoRA network on Flux's / SD3's / Chroma's fused
+    Linears (was DBS403, a spec's DBS622 with fused_projections: "unchecked beside the fused DyLoRA layers"):
+    the plan's T-LoRA blocks beside the dylora adapter's layers (fitted after tie_fused_dylora, prepare.py
+    _tie_fused_kinds), each kohya layer's TLoraModule (LyCORIS's own frozen start at that sig_type on the
+    stacked weight) loaded from our export computes what the parts do in training (outputs, input gradients)
+    and every T-LoRA tensor's gradient is LyCORIS's. The DyLoRA layers' own checks against DyLoraModule on
+    these fused Linears: test_lycoris_mixed_flow_dylora.py."""
+    from types import SimpleNamespace
+
+    from dbspec.runtime.lycoris_export import lycoris_state
+    from dbspec.runtime.tiny import build_pipeline
+    from tests.runtime.test_lycoris_flow_rank_dropout_layers import _network, _plan, _prepared
+    from tests.runtime.test_lycoris_flow_tlora_mixed_opts import FAMILIES, _layers_as_lycoris
+    from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import _grads_as_lycoris
+    from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers, _kohya_tree
+    from tests.runtime.test_lycoris_tlora import _no_gc
+
+    _no_gc(monkeypatch)
+    script, text, rows, parts_of = FAMILIES[family]
+    plan = _plan(tmp_path, family, script, text.replace("OWN", 'sig_type = "last"'), {"algo": "dylora"})
+    a = plan.adapter
+    assert a.fused and a.kind == "dylora"
+    assert {(b.kind, b.sig_type) for b in a.blocks if b.kind == "tlora"} == {("tlora", "last")}
+    transformer = build_pipeline(f"builtin:tiny-{family}").transformer.float()
+    guidance = len(getattr(getattr(transformer, "distilled_guidance_layer", None), "layers", ()))
+    ours = _prepared(transformer, "unet", plan, a.denoiser_targets)
+    tensors = lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32")
+    swapped = None
+    if family == "sd3":
+        from dbspec.runtime.sd3_kohya import swapped
+    layers = _kohya_layers(ours, rows(guidance), parts_of, swapped)
+    made = _network(
+        monkeypatch, "dylora", tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), {}
+    )
+    tloras = {m.lora_name: m for m in made.unet_loras if type(m).__name__ == "TLoraModule"}
+    assert {type(m).__name__ for m in made.unet_loras} == {"TLoraModule", "DyLoraModule"}
+    assert tloras and all(m.sig_type == "last" for m in tloras.values())
+    own = {k: v for k, v in tensors.items() if k.split(".")[0] in tloras}
+    result = made.load_state_dict(own, strict=False)
+    assert not result.unexpected_keys, result
+    loaded = {k.split(".")[0] for k in own}
+    assert loaded == set(tloras)  # every TLoraModule's tensors came from our export
+    compared = _layers_as_lycoris(SimpleNamespace(unet_loras=list(tloras.values())), ours, layers, 0.0, False)
+    assert any(fused for _, fused in compared.values())  # a fused T-LoRA layer among them
+    assert _grads_as_lycoris(ours, [], tloras, family) >= 3 * len(tloras)

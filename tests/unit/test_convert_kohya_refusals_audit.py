@@ -166,19 +166,6 @@ REFUSED = {
             "#291",
         ],
     ),
-    # line 109 (T-LoRA): a T-LoRA entry's own sig_type / use_data_init on a network of another algorithm than
-    # LoCon / LoHa / LoKr, full, IA^3 and GLoRA (those convert, on SD and on Flux's fused Linears, CONVERTS
-    # below) and DyLoRA on SD: a DyLoRA network's on Flux / SD3 / Chroma's fused Linears (unchecked beside
-    # the fused DyLoRA layers: tests/unit/test_convert_kohya_tlora_entry_random.py); a Diag-OFT / BOFT
-    # network's now convert (CONVERTS tlora_entry_sig_type_on_*)
-    "flux_tlora_entry_sig_type_on_dylora": (
-        "flux",
-        '"algo=dylora"',
-        _flux("tlora", 'sig_type = "last"'),
-        "",
-        "DBS403",
-        ["network_args preset", "`sig_type` = 'last'", "not on an algo=dylora network", "DBS622"],
-    ),
     # line 108: entries with the component quantised (--fp8_base) beside a network in LyCORIS's default
     # forward: its LoConModules (and DiagOFTModule's default forward) compute with the float8 weight and stop
     # kohya (lycoris_fp8.py, tests/unit/test_convert_kohya_lycoris_fp8.py); full entries beside a network in
@@ -292,6 +279,17 @@ def test_network_weights_file_still_refused(tmp_path, case):
 # id: (family, network_args, preset file, flags, adapter values and a "block"'s), each a sentence that
 # said it was refused
 CONVERTS = {
+    # line 109 (T-LoRA): a T-LoRA entry's own sig_type on a DyLoRA network's Flux / SD3 / Chroma fused Linears
+    # (was DBS403, a spec's DBS622, "unchecked beside the fused DyLoRA layers"): fit_fused_tlora after
+    # tie_fused_dylora (tests/runtime/test_lycoris_tlora_entry_flux_hosts.py against lycoris-lora 4.1.3's
+    # TLoraModules on kohya's stacked Linears of tiny Flux, SD3 and Chroma; use_data_init = false too)
+    "flux_tlora_entry_sig_type_on_dylora": (
+        "flux",
+        '"algo=dylora"',
+        _flux("tlora", 'sig_type = "last"'),
+        "",
+        {"kind": "dylora", "block": {"kind": "tlora", "sig_type": "last"}},
+    ),
     # line 109 (T-LoRA): a Diag-OFT / BOFT network's T-LoRA entries (their own sig_type too; was DBS403, "no
     # T-LoRA entries on those networks"): converted as a T-LoRA network whose own layers are Diag-OFT / BOFT
     # blocks (oft_entries.oft_network_host), as for LoCon / LoHa / LoKr entries; the network's constraint and

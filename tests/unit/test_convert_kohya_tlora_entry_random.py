@@ -8,7 +8,7 @@ with GLoRA's fused Linears lifted, to a DyLoRA one on Flux)."""
 from __future__ import annotations
 
 import pytest
-from convert_kit import GPU, codes, errors, messages, out_path, plan_of, plan_spec, write
+from convert_kit import GPU, errors, out_path, plan_of, plan_spec, write
 from test_convert_kohya_tlora import _FILE, _lycoris
 from test_convert_lycoris_flux import _flux
 
@@ -36,11 +36,11 @@ def test_tlora_entry_random_start_is_its_block_s(tmp_path, algo):
     assert planned.plan is None and "DBS622" in {d.code for d in planned.diagnostics}
 
 
-def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
+def test_tlora_entry_random_start_on_glora_and_dylora_networks(tmp_path):
     """A GLoRA network's T-LoRA entry's use_data_init = false converts on SD (its tlora block's data_init,
     checked in tests/runtime/test_lycoris_tlora_entry_hosts.py) and on Flux (one TLoraModule per fused
-    Linear, checked in tests/runtime/test_lycoris_tlora_entry_flux_hosts.py), a DyLoRA network's not
-    (unchecked): DBS403 naming use_data_init; a lora spec's block of kind lora with data_init = false and
+    Linear, checked in tests/runtime/test_lycoris_tlora_entry_flux_hosts.py), a DyLoRA network's on Flux too
+    (was DBS403, checked there as well); a lora spec's block of kind lora with data_init = false and
     fused_projections: DBS622."""
     write(tmp_path / "p.toml", _FILE + _ENTRY)
     outcome = _lycoris(tmp_path, '"algo=glora", "preset=p.toml"')
@@ -55,8 +55,9 @@ def test_tlora_entry_random_start_stays_refused_where_unchecked(tmp_path):
     )
     glora = plan_of(_flux(flux, "--network_args algo=glora preset=p.toml"), flux)
     assert {(b.kind, b.data_init) for b in glora.adapter.blocks} == {("tlora", False)}
-    refused = _flux(flux, "--network_args algo=dylora preset=p.toml")
-    assert "DBS403" in codes(refused) and "use_data_init" in messages(refused, "DBS403")
+    dylora = plan_of(_flux(flux, "--network_args algo=dylora preset=p.toml"), flux)
+    assert dylora.adapter.kind == "dylora"
+    assert {(b.kind, b.data_init) for b in dylora.adapter.blocks} == {("tlora", False)}
     (flux / "p.toml").write_text(
         'unet_target_module = ["DoubleStreamBlock", "SingleStreamBlock"]\ntext_encoder_target_module = []\n'
         + entry

@@ -251,7 +251,7 @@ def check_layers(
             # a T-LoRA entry's random start and SVD triplets beside LoCon / LoHa / LoKr (_blocks), on every
             # family (Flux / SD3 / Chroma's fused Linears: one start per fused Linear)
             own = (*own, "use_data_init", *_sig_type(layer))
-        elif _algo(layer.algo) == "tlora" and _tlora_start_host(algo, unet):
+        elif _algo(layer.algo) == "tlora" and _algo(algo) in _TLORA_START_HOSTS:
             own = (*own, *_TLORA_START_HOSTS[_algo(algo)], *_sig_type(layer))
         read = [(k, v) for k, v in layer.options if k in reads and k not in own and not _same(k, v, network)]
         read, quiet = split_options(_algo(layer.algo), layer.kind, layer.options, read, network, layer.source)
@@ -297,37 +297,30 @@ def check_layers(
     return list(inert.items())
 
 
-# the networks besides LoCon / LoHa / LoKr a T-LoRA entry's own start converts on (DyLoRA's on the U-Nets
-# alone: _TLORA_UNET_HOSTS), its T-LoRA pass the same there (runtime/mixed_kinds.py; on Flux / SD3 / Chroma's
-# fused Linears fit_fused_tlora beside any kind, runtime/prepare.py _tie_fused_kinds; tests/runtime/
-# test_lycoris_tlora_entry_hosts.py, _flux_hosts.py, _dylora.py): the keys beside its `sig_type`
+# the networks besides LoCon / LoHa / LoKr a T-LoRA entry's own start converts on, its T-LoRA pass the same
+# there (runtime/mixed_kinds.py; on Flux / SD3 / Chroma's fused Linears fit_fused_tlora beside any kind,
+# runtime/prepare.py _tie_fused_kinds; tests/runtime/test_lycoris_tlora_entry_hosts.py, _flux_hosts.py,
+# _dylora.py): the keys beside its `sig_type`
 _TLORA_START_HOSTS = {
     "full": ("use_data_init",),
     "glora": ("use_data_init",),
     "ia3": ("use_data_init",),
     "dylora": ("use_data_init",),
 }
-# those on SD 1.x/2.x and SDXL only (beside a DyLoRA network's fused layers unchecked)
-_TLORA_UNET_HOSTS = ("dylora",)
-
-
-def _tlora_start_host(algo: str, unet: bool) -> bool:
-    """Whether a T-LoRA entry's own start converts on an `algo` network here (_TLORA_START_HOSTS)."""
-    return _algo(algo) in _TLORA_START_HOSTS and (unet or _algo(algo) not in _TLORA_UNET_HOSTS)
 
 
 def _tlora_start_unbuilt(layer: Layer, read: list[tuple[str, Any]], algo: str) -> None:
     """PresetError for a T-LoRA entry's own start (`sig_type` / `use_data_init`) on a network other than
-    LoCon / LoHa / LoKr, full, IA^3 and GLoRA (and on SD 1.x/2.x and SDXL DyLoRA: _TLORA_START_HOSTS;
-    check_layers lets those through), where dbspec builds none (a spec's DBS622)."""
+    LoCon / LoHa / LoKr, full, IA^3, GLoRA and DyLoRA (_TLORA_START_HOSTS; check_layers lets those
+    through), where dbspec builds none (a spec's DBS622)."""
     starts = [(k, v) for k, v in read if k in ("sig_type", "use_data_init")]
     if not starts or _algo(layer.algo) != "tlora":
         return
     keys = ", ".join(f"`{k}` = {v!r}" for k, v in starts)
     raise PresetError(
         f"`{layer.source}` hands its T-LoRA layers (e.g. {layer.path}) {keys}: dbspec starts a T-LoRA "
-        "entry's layers its own way beside LoCon / LoHa / LoKr, full, IA^3 and GLoRA layers, and on SD "
-        "1.x/2.x and SDXL beside DyLoRA ones (checked against lycoris-lora there), "
+        "entry's layers its own way beside LoCon / LoHa / LoKr, full, IA^3, GLoRA and DyLoRA layers "
+        "(checked against lycoris-lora there), "
         f"not on an algo={algo} network here (a spec's DBS622)",
         False,
     )
