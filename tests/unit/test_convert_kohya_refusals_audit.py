@@ -121,16 +121,34 @@ def _convert(tmp: Path, family: str, args: str, preset: str | None = None, flags
 # id: (family, network_args, preset file, flags, code, what the refusal's path and message name);
 # the comment: the sentence's place in docs/converting.md
 REFUSED = {
-    # line 274 (a GLoRA network's bypass_mode beside entries): with the network's dora_wd beside LoCon (and
-    # IA^3) entries it stays DBS403, a spec's DBS578: LoConModule's bypass forward never decomposes, while
-    # the IA^3 entries' alone convert (tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)
+    # line 274 (a GLoRA network's bypass_mode beside entries): with the network's dora_wd (or an entry's own
+    # weight_decompose) beside LoCon (and IA^3) entries kohya trains a file that does not compute what it
+    # trained: LoConModule's bypass forward never decomposes, so dora_scale gets no gradient, yet it is saved
+    # and its loaders decompose with it (DBS402 as for an IA^3 or LoCon network's pair; was DBS403, a spec's
+    # DBS578), while the IA^3 entries' alone convert (tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)
     "glora_network_bypass_dora_wd_beside_locon_and_ia3": (
         "sd",
         '"algo=glora" "bypass_mode=True" "dora_wd=True"',
         _resnet("locon", "", "ia3"),
         "",
-        "DBS403",
-        ["network_args preset", "on an algo=glora network with network_args bypass_mode", "DBS578"],
+        "DBS402",
+        [
+            "network_args preset",
+            "on an algo=glora network with bypass_mode and weight decomposition",
+            "dora_scale",
+        ],
+    ),
+    "glora_network_bypass_entry_weight_decompose": (
+        "sd",
+        '"algo=glora" "bypass_mode=True"',
+        _resnet("locon", "weight_decompose = true", "ia3"),
+        "",
+        "DBS402",
+        [
+            "network_args preset",
+            "on an algo=glora network with bypass_mode and weight decomposition",
+            "dora_scale",
+        ],
     ),
     # line 1262 (Flux mixed kinds in bypass_mode): "a dropout with bypass_mode stays DBS403"; a Diag-OFT
     # entry there stops kohya: DiagOFTModule's bypass forward multiplies its rotations by an output-shaped

@@ -68,7 +68,7 @@ def own_dora_axis(algo: str, options: tuple[tuple[str, Any], ...], network: dict
     network's wd_on_output (LoConModule's, LohaModule's, LokrModule's `if self.wd_on_out`: a dora_scale per
     output row, else per input column), else {}."""
     own = dict(options)
-    if algo not in _BLOCK_SCALAR or "wd_on_out" not in own or not _decomposed(own, network):
+    if algo not in _BLOCK_SCALAR or "wd_on_out" not in own or not decomposed(own, network):
         return {}
     if bool(own["wd_on_out"]) == network["wd_on_out"]:
         return {}
@@ -137,7 +137,7 @@ def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) 
     return network and algo in _RS_READERS
 
 
-def _decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:
+def decomposed(options: dict[str, Any], network: dict[str, Any]) -> bool:
     """The layer's weight_decompose: its entry's (truth), else the network's dora_wd."""
     return bool(options["weight_decompose"]) if "weight_decompose" in options else network["weight_decompose"]
 
@@ -178,7 +178,7 @@ def _bypass_decomposed(algo: str, own: dict[str, Any], network: dict[str, Any], 
     if algo not in ("lora", "loha", "lokr") or not ({"bypass_mode", "weight_decompose"} & own.keys()):
         return
     bypass = bool(own["bypass_mode"]) if "bypass_mode" in own else network["bypass_mode"]
-    if bypass and _decomposed(own, network) and not (network["bypass_mode"] and network["weight_decompose"]):
+    if bypass and decomposed(own, network) and not (network["bypass_mode"] and network["weight_decompose"]):
         raise PresetError(
             f"`{source}` gives its layers bypass_mode and weight_decompose (one of them its own): with "
             "bypass_mode LyCORIS's forward never applies the weight decomposition, so dora_scale gets no "
@@ -207,7 +207,7 @@ def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[st
             "LoConModule and LohaModule build their Tucker form only on k x k convolutions; the entry "
             "reaches linear or 1x1 layers"
         )
-    if key == "wd_on_out" and not _decomposed(own, network):
+    if key == "wd_on_out" and not decomposed(own, network):
         return "LyCORIS's modules read it only with weight_decompose, off on the entry's layers"
     if algo not in ("lora", "loha", "lokr"):
         return ""
@@ -219,7 +219,7 @@ def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[st
     if key == "rank_dropout_scale" and algo == "lokr" and network["bypass_mode"]:
         return "LokrModule's bypass forward draws no rank-dropout mask"
     if key == "bypass_mode" and not (
-        network["dropout"] or network["rank_dropout"] or _decomposed(own, network)
+        network["dropout"] or network["rank_dropout"] or decomposed(own, network)
     ):
         return (
             "its bypass forward adds ΔW x to W x, the update dbspec's adapters compute on every layer; with "

@@ -19,6 +19,7 @@ from typing import Any
 
 from dbspec.plan.model import BYPASS_KINDS
 from dbspec.convert.kohya.lycoris_entry_opts import (
+    decomposed,
     mixed_rank_stabilized,
     own_rank_dropout_scale,
     own_rank_stabilized,
@@ -581,6 +582,14 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     return bypass and (tlora or low_rank and _bypass_output_dropout(algo, layers))
 
 
+def _bypass_decomposes(layer: Layer, network: dict[str, Any]) -> bool:
+    """Whether a LoCon / LoHa / LoKr entry's layer runs LyCORIS's bypass forward (its own bypass_mode, else
+    the network's) with a weight decomposition (its own weight_decompose, else the network's dora_wd)."""
+    own = dict(layer.options)
+    bypass = bool(own["bypass_mode"]) if "bypass_mode" in own else bool(network.get("bypass_mode"))
+    return bypass and decomposed(own, network)
+
+
 def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     """Whether a GLoRA network's bypass_mode beside entries `layers` of other algorithms is its adapter's
     `bypass` (was DBS403, a spec's DBS578): LoCon / LoHa / LoKr entries, none decomposed (the network's
@@ -663,7 +672,7 @@ def _mixed_kinds(
     # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
     # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
     # forward reads as its own (_bypass_rank_dropout)
-    # a GLoRA network's beside LoCon / LoHa / LoKr entries undecomposed: its adapter's `dropout`, GLoRA's
+    # a GLoRA network's beside LoCon / LoHa / LoKr entries inert_dora: its adapter's `dropout`, GLoRA's
     # pairs' and those modules' bypass Dropout alike, and its `rank_dropout`, each class's own bypass mask
     # (_glora_bypass_inert)
     inert = _algo(algo) == "glora" and _glora_bypass_inert(unet, network)
@@ -674,7 +683,7 @@ def _mixed_kinds(
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it); a GLoRA network's LoCon / LoHa /
-    # LoKr entries undecomposed do (_glora_bypass_inert)
+    # LoKr entries inert_dora do (_glora_bypass_inert)
     glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not inert)
     # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
     # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
@@ -682,17 +691,15 @@ def _mixed_kinds(
     if "bypass_mode" in on and not drops and alone:
         on.remove("bypass_mode")
     decomposing = [layer for layer in unet if _algo(layer.algo) in _BLOCK_KINDS]
-    if (
-        _algo(algo) == "ia3"
-        and network.get("bypass_mode")
-        and network.get("weight_decompose")
-        and decomposing
-    ):
-        raise PresetError(  # the network's pair (network.py's BYPASS_DORA), reaching its entries alone
-            f"`{decomposing[0].source}` gives {decomposing[0].path} algo = {decomposing[0].algo!r} on an "
-            "algo=ia3 network with bypass_mode and dora_wd: with bypass_mode LyCORIS's forward never applies "
-            "the weight decomposition, so dora_scale gets no gradient, yet the saved file carries it and its "
-            "loaders decompose with it: the file does not compute what kohya trained",
+    inert_dora = next((layer for layer in decomposing if _bypass_decomposes(layer, network)), None)
+    if _algo(algo) in ("ia3", "glora") and inert_dora is not None:  # IA3Module and GLoRAModule take
+        # weight_decompose and never read it: the pair reaches the entries alone (network.py's BYPASS_DORA)
+        raise PresetError(
+            f"`{inert_dora.source}` gives {inert_dora.path} algo = {inert_dora.algo!r} on an "
+            f"algo={_algo(algo)} network with bypass_mode and weight decomposition (the network's dora_wd or "
+            "the entry's own weight_decompose): with bypass_mode LyCORIS's forward never applies the weight "
+            "decomposition, so dora_scale gets no gradient, yet the saved file carries it and its loaders "
+            "decompose with it: the file does not compute what kohya trained",
             True,
         )
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
