@@ -2258,7 +2258,9 @@ with `quantize_backend = "cast"` are not refused: the cast leaves their layers f
 cast after LyCORIS's apply_to passes FullModule's layers by. Nor are IA^3, Diag-OFT and BOFT layers in
 LyCORIS's bypass forward (`bypass`, the adapter's or a block's own) with `quantize_backend = "cast"` outside
 fused projections: that forward reads the layer's output, which the cast base computes as kohya's float8
-layer does.""",
+layer does. Nor kohya's own OFT (`kind = "diag-oft"`, `form = "kohya"`) with `quantize_backend = "cast"`: it
+rotates the float8 weight upcast, as kohya's OFTModule does. A quantised text encoder with no targeted layer
+is not refused.""",
     ),
     Code(
         "DBS523",

@@ -1434,8 +1434,13 @@ def _lycoris_full_fits(spec: Spec, given: Given) -> Iterator[Hit]:
         "glora": "multiplies",
         "tlora": "starts from the SVD of",
     }[a.kind]
+    text = [*a.text_encoder_targets, *a.text_encoder_2_targets]
     for key in ("quantize_denoiser", "quantize_text_encoder"):
-        if getattr(p, key) != "none" and not _bypass_over_cast(a.kind, _all_bypassed(a), spec):
+        if key == "quantize_text_encoder" and not text:  # no layer of theirs adapted (kohya's OFT: the U-Net)
+            continue
+        if getattr(p, key) != "none" and not (
+            _bypass_over_cast(a.kind, _all_bypassed(a), spec) or _kohya_oft_over_cast(a, spec)
+        ):
             yield _err(
                 "DBS522",
                 ("precision", key),
@@ -3838,6 +3843,17 @@ def _bypass_over_cast(kind: str, bypass: bool, spec: Spec) -> bool:
     fused = getattr(spec.adapter, "fused_projections", False)
     cast = spec.precision.quantize_backend == "cast"
     return bypass and cast and not fused and kind in ("ia3", "diag-oft", "boft")
+
+
+def _kohya_oft_over_cast(adapter, spec: Spec) -> bool:
+    """kohya's own OFT (`form = "kohya"`: networks.oft, oft_flux) over the cast backend (kohya's
+    --fp8_base): kohya's OFTModule rotates `org_module.weight.to(torch.float32)`, the float8 weight upcast
+    exactly, which is what the cast base's weight reads as (tests/runtime/test_kohya_oft_fp8_base.py)."""
+    return (
+        adapter.kind == "diag-oft"
+        and getattr(adapter, "form", "") == "kohya"
+        and spec.precision.quantize_backend == "cast"
+    )
 
 
 @rule("spec")

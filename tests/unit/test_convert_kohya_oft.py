@@ -98,6 +98,30 @@ def test_sdxl_command_line_with_defaults(tmp_path):
     assert "kohya_lora" in plan.checkpoints.exports
 
 
+def test_sdxl_fp8_base_is_the_cast_backend_under_the_rotation(tmp_path):
+    """--fp8_base (was DBS403, a spec's DBS522): the U-Net and the text encoders stored as float8 (the cast
+    backend), OFTModule rotating the float8 weight upcast (tests/runtime/test_kohya_oft_fp8_base.py); the
+    text encoders carry no OFT layer, so their cast refuses nothing."""
+    images(tmp_path / "img" / "10_ohwx cat", 2, (1024, 1024))
+    outcome = expressible(
+        kohya(
+            tmp_path,
+            command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+            "--train_data_dir=img --resolution=1024 --output_dir=out --network_module=networks.oft "
+            "--network_train_unet_only --fp8_base --learning_rate=1e-4 --max_train_steps=400 "
+            "--mixed_precision=bf16 --save_model_as=safetensors",
+        )
+    )
+    plan = plan_of(outcome, tmp_path)
+    quantized = {c.name: c.quantized for c in plan.precision.components}
+    assert (plan.adapter.kind, plan.adapter.oft_form, plan.precision.quantize_backend) == (
+        "diag-oft",
+        "kohya",
+        "cast",
+    )
+    assert quantized["unet"] == "fp8" and quantized["text_encoder"] == "fp8"
+
+
 def test_what_networks_oft_ignores(tmp_path):
     extra = 'network_args = ["enable_conv=1", "dropout=0.1", "loraplus_lr_ratio=4"]\nnetwork_dropout = 0.1\n'
     extra += "scale_weight_norms = 1.0\n"

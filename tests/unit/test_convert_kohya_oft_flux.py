@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from convert_kit import codes, component_file, errors, fate, images, kohya, messages, plan_of
+from convert_kit import codes, component_file, errors, expressible, fate, images, kohya, messages, plan_of
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 BASE = (
@@ -114,13 +114,22 @@ def test_a_dim_that_does_not_divide_the_width_is_refused(tmp_path):
         ("--dim_from_weights", "DBS402"),  # create_network_from_weights(1, None, ...)
         ("--unet_lr 0", "DBS403"),
         ("--network_train_text_encoder_only", "DBS402"),
-        # kohya's oft_flux upcasts an fp8 weight; dbspec's OFT rotates float weights only (DBS522)
-        ("--fp8_base --network_train_unet_only", "DBS403"),
     ],
 )
 def test_not_expressed(tmp_path, extra, code):
     outcome = _flux(tmp_path, extra, allow=True)
     assert code in codes(outcome), errors(outcome)
+
+
+def test_fp8_base_is_the_cast_backend_under_the_rotation(tmp_path):
+    """--fp8_base (was DBS403, a spec's DBS522): kohya's oft_flux rotates `org_module.weight.to(float32)`, the
+    float8 weight upcast, which the cast backend's weight reads as (tests/runtime/test_kohya_oft_fp8_base.py):
+    the transformer stored as float8 under kohya's OFT."""
+    plan = plan_of(expressible(_flux(tmp_path, "--fp8_base --network_train_unet_only")), tmp_path)
+    a, p = plan.adapter, plan.precision
+    assert (a.kind, a.oft_form) == ("diag-oft", "kohya")
+    assert p.quantize_backend == "cast"
+    assert {c.name: c.quantized for c in p.components}["unet"] == "fp8"
 
 
 def test_rate_0_trains_on_adafactors_relative_step(tmp_path):
