@@ -86,6 +86,14 @@ def test_argparse_rules_last_wins_prefixes_lists_and_ratios():
         "seed": -1,
     }
     assert parsed.problems[0][2].startswith("ambiguous option")
+    assert parsed.problems[0][:2] == ("--learning", "x")  # the value as written, for the report
+    unknown = parse_argv(["--initial_step", "10", "--xformers", "--made_up=3", "--other", "a", "b"], table)
+    assert [p[:2] for p in unknown.problems] == [
+        ("--initial_step", "10"),
+        ("--made_up", "3"),
+        ("--other", "a b"),
+    ]
+    assert unknown.values == {"xformers": True}
     assert (int_or_float("100"), int_or_float("0.05"), int_or_float("5%")) == (100, 0.05, 0.05)
     with pytest.raises(ValueError):
         int_or_float("12.5")

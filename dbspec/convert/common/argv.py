@@ -50,9 +50,9 @@ def parse_argv(tokens: tuple[str, ...] | list[str], table: dict[str, Arg]) -> Pa
             continue
         name, eq, text = token[2:].partition("=")
         arg, why = _lookup(name, table)
-        if arg is None:
-            problems.append(("--" + name, text, why))
-            i = _skip_values(tokens, i)
+        if arg is None:  # its value as written: the words up to the next option
+            start, i = i, _skip_values(tokens, i)
+            problems.append(("--" + name, text if eq else " ".join(tokens[start:i]), why))
             continue
         value, i, problem = _read_value(arg, eq, text, tokens, i)
         if problem:
