@@ -157,9 +157,9 @@ def test_tlora_entries_own_bypass_beside_the_dropout_on_fused_layers(tmp_path, m
     assert _grads_as_lycoris(ours, [], made_modules, family) >= 3 * len(made_modules)
 
 
-def _built(tmp_path, monkeypatch, family: str, file: str, args: dict[str, str], flags: str = ""):
-    """The converted plan, our prepared denoiser, kohya's layers and lycoris-lora's network (the export
-    loaded; TLoraModule's frozen start its own)."""
+def _built(tmp_path, monkeypatch, family: str, file: str, args: dict[str, str], flags: str = "", only=""):
+    """The converted plan, our prepared denoiser, kohya's layers and lycoris-lora's network of args' algo
+    (the export loaded, of the modules of class `only` if given; TLoraModule's frozen start its own)."""
     script, _, rows, parts_of = FAMILIES[family]
     plan = _plan(tmp_path, family, f"{script} {flags}", file, args)
     transformer = build_pipeline(f"builtin:tiny-{family}").transformer.float()
@@ -171,10 +171,16 @@ def _built(tmp_path, monkeypatch, family: str, file: str, args: dict[str, str], 
         from dbspec.runtime.sd3_kohya import swapped
     layers = _kohya_layers(ours, rows(guidance), parts_of, swapped)
     drops = {k: v for k, v in args.items() if k != "algo"}
-    made = _network(monkeypatch, "tlora", tmp_path / "p.toml", [nn.Module()] * 3, _kohya_tree(layers), drops)
+    algo = args.get("algo", "tlora")
+    made = _network(monkeypatch, algo, tmp_path / "p.toml", [nn.Module()] * 3, _kohya_tree(layers), drops)
+    kept = {m.lora_name for m in made.unet_loras if type(m).__name__ == only}
+    if only:
+        tensors = {k: v for k, v in tensors.items() if k.split(".")[0] in kept}
+        assert {k.split(".")[0] for k in tensors} == kept  # each of them from our export
     result = made.load_state_dict(tensors, strict=False)
     assert not result.unexpected_keys, result
-    assert all(k.rsplit(".", 1)[-1].startswith("base_") for k in result.missing_keys), result
+    missing = [k for k in result.missing_keys if k.split(".")[0] in kept or not only]
+    assert all(k.rsplit(".", 1)[-1].startswith("base_") for k in missing), result
     return plan, ours, layers, made
 
 

@@ -21,20 +21,12 @@ from tests.runtime.test_lycoris_algo_maps import _converted_plan, pipe  # noqa: 
 from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
 from tests.runtime.test_lycoris_tlora import _no_gc
+from tests.runtime.test_lycoris_tlora_mixed_opts import FILE
 
 pytest.importorskip("lycoris.kohya")
 
-# the network's algorithm on the transformers' attention, T-LoRA on their feed-forwards
-FILE = """\
-unet_target_module = ["Transformer2DModel"]
-unet_target_name = []
-text_encoder_target_module = []
-
-[module_algo_map.FeedForward]
-algo = "tlora"
-sig_type = "{sig}"
-"""
-# id: (network algo, the entries' sig_type, network_args besides module_dropout)
+# id: (network algo, the entries' sig_type, network_args besides module_dropout): FILE's network algorithm on
+# the transformers' attention, T-LoRA entries on their feed-forwards
 CASES = {
     "diag_oft_constraint_sig_last": ("diag-oft", "last", {"constraint": "0.0001"}),
     "boft_rescaled_sig_middle": ("boft", "middle", {"rescaled": "True"}),
@@ -47,7 +39,9 @@ def test_oft_network_tlora_entries_are_lycoris(pipe, tmp_path, monkeypatch, case
     _no_gc(monkeypatch)
     args = {"module_dropout": "0.3", **extra}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
-    path, plan = _converted_plan(tmp_path, "oft_tlora", algo, given, text=FILE.format(sig=sig))
+    path, plan = _converted_plan(
+        tmp_path, "oft_tlora", algo, given, text=FILE.format(algo="tlora", extra=f'sig_type = "{sig}"')
+    )
     a = plan.adapter
     assert (a.kind, a.rank, a.module_dropout) == ("tlora", 4, 0.3)
     constraint = float(extra.get("constraint", 0.0))
@@ -73,25 +67,6 @@ def test_oft_network_tlora_entries_are_lycoris(pipe, tmp_path, monkeypatch, case
     grads_as_lycoris(ours, made, ("lambda_layer", "q_layer", "oft_blocks"))
 
 
-# Flux: the network's Diag-OFT on the double blocks' attention and the single blocks' Linears but the image
-# q/k/v (fused) and the single blocks' linear1 (fused), which are T-LoRA entries
-FLUX_FILE = """\
-use_fnmatch = true
-unet_target_module = []
-unet_target_name = ["double_blocks.*_attn.*", "single_blocks.*.linear*"]
-text_encoder_target_module = []
-exclude_name = ["*.norm*"]
-
-[name_algo_map."double_blocks.*.img_attn.qkv"]
-algo = "tlora"
-sig_type = "last"
-[name_algo_map."single_blocks.*.linear1"]
-algo = "tlora"
-dim = 2
-alpha = 1
-"""
-
-
 def test_flux_diag_oft_network_tlora_entries_are_lycoris(tmp_path, monkeypatch):
     """On Flux's fused Linears: a Diag-OFT network's T-LoRA entries with the network's binding constraint and
     rescaled (its Diag-OFT blocks' alpha and `rescaled`): each kohya layer's lycoris-lora module (built by
@@ -101,13 +76,15 @@ def test_flux_diag_oft_network_tlora_entries_are_lycoris(tmp_path, monkeypatch):
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from dbspec.runtime.tiny import build_pipeline
     from tests.runtime.test_lycoris_flow_rank_dropout_layers import FLUX, _network, _plan, _prepared
-    from tests.runtime.test_lycoris_flow_tlora_mixed_opts import _layers_as_lycoris
+    from tests.runtime.test_lycoris_flow_tlora_mixed_opts import FLUX_FILE, _layers_as_lycoris
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import _grads_as_lycoris
     from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers, _kohya_tree
 
     _no_gc(monkeypatch)
     args = {"algo": "diag-oft", "constraint": "0.0001", "rescaled": "True", "module_dropout": "0.2"}
-    plan = _plan(tmp_path, "flux", FLUX, FLUX_FILE, args)
+    # the network's Diag-OFT on the double blocks' attention and the single blocks' Linears but the image
+    # q/k/v (fused) and the single blocks' linear1 (fused), T-LoRA entries starting from the last triplets
+    plan = _plan(tmp_path, "flux", FLUX, FLUX_FILE.replace("OWN", 'sig_type = "last"'), args)
     a = plan.adapter
     assert a.fused and (a.kind, a.module_dropout) == ("tlora", 0.2)
     assert {(b.kind, b.alpha, b.rescaled) for b in a.blocks if b.kind != "adapter"} == {

@@ -104,39 +104,21 @@ def test_fused_tlora_entry_sig_type_beside_dylora(tmp_path, monkeypatch, family)
     these fused Linears: test_lycoris_mixed_flow_dylora.py."""
     from types import SimpleNamespace
 
-    from dbspec.runtime.lycoris_export import lycoris_state
-    from dbspec.runtime.tiny import build_pipeline
-    from tests.runtime.test_lycoris_flow_rank_dropout_layers import _network, _plan, _prepared
-    from tests.runtime.test_lycoris_flow_tlora_mixed_opts import FAMILIES, _layers_as_lycoris
+    from tests.runtime.test_lycoris_flow_tlora_mixed_opts import FAMILIES, _built, _layers_as_lycoris
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import _grads_as_lycoris
-    from tests.runtime.test_lycoris_mixed_flow_full import _kohya_layers, _kohya_tree
     from tests.runtime.test_lycoris_tlora import _no_gc
 
     _no_gc(monkeypatch)
-    script, text, rows, parts_of = FAMILIES[family]
-    plan = _plan(tmp_path, family, script, text.replace("OWN", 'sig_type = "last"'), {"algo": "dylora"})
+    file = FAMILIES[family][1].replace("OWN", 'sig_type = "last"')
+    plan, ours, layers, made = _built(
+        tmp_path, monkeypatch, family, file, {"algo": "dylora"}, only="TLoraModule"
+    )
     a = plan.adapter
     assert a.fused and a.kind == "dylora"
     assert {(b.kind, b.sig_type) for b in a.blocks if b.kind == "tlora"} == {("tlora", "last")}
-    transformer = build_pipeline(f"builtin:tiny-{family}").transformer.float()
-    guidance = len(getattr(getattr(transformer, "distilled_guidance_layer", None), "layers", ()))
-    ours = _prepared(transformer, "unet", plan, a.denoiser_targets)
-    tensors = lycoris_state(unet=ours, text_encoders=[], family=family, dtype="fp32")
-    swapped = None
-    if family == "sd3":
-        from dbspec.runtime.sd3_kohya import swapped
-    layers = _kohya_layers(ours, rows(guidance), parts_of, swapped)
-    made = _network(
-        monkeypatch, "dylora", tmp_path / "p.toml", [torch.nn.Module()] * 3, _kohya_tree(layers), {}
-    )
     tloras = {m.lora_name: m for m in made.unet_loras if type(m).__name__ == "TLoraModule"}
     assert {type(m).__name__ for m in made.unet_loras} == {"TLoraModule", "DyLoraModule"}
     assert tloras and all(m.sig_type == "last" for m in tloras.values())
-    own = {k: v for k, v in tensors.items() if k.split(".")[0] in tloras}
-    result = made.load_state_dict(own, strict=False)
-    assert not result.unexpected_keys, result
-    loaded = {k.split(".")[0] for k in own}
-    assert loaded == set(tloras)  # every TLoraModule's tensors came from our export
     compared = _layers_as_lycoris(SimpleNamespace(unet_loras=list(tloras.values())), ours, layers, 0.0, False)
     assert any(fused for _, fused in compared.values())  # a fused T-LoRA layer among them
     assert _grads_as_lycoris(ours, [], tloras, family) >= 3 * len(tloras)

@@ -77,21 +77,23 @@ def test_network_args_widen_the_targets(tmp_path, args, linear, convs):
     assert list(a.conv_targets) == (KOHYA_CONV_TARGETS if convs else [])
 
 
+def _sdxl(tmp_path, flags: str):
+    """sdxl_train_network.py with networks.oft on the U-Net alone, mixed bf16, and `flags`: its plan."""
+    images(tmp_path / "img" / "10_ohwx cat", 2, (1024, 1024))
+    command = (
+        f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
+        "--train_data_dir=img --resolution=1024 --output_dir=out --network_module=networks.oft "
+        "--network_train_unet_only --learning_rate=1e-4 --max_train_steps=400 --mixed_precision=bf16 "
+        f"--save_model_as=safetensors {flags}"
+    )
+    return plan_of(expressible(kohya(tmp_path, command=command)), tmp_path)
+
+
 def test_sdxl_command_line_with_defaults(tmp_path):
     """sdxl_train_network.py; network_dim unset (4 blocks) and network_alpha unset (train_network.py's 1:
     kohya warns it is large, a constraint of the layer's width)."""
-    images(tmp_path / "img" / "10_ohwx cat", 2, (1024, 1024))
-    outcome = expressible(
-        kohya(
-            tmp_path,
-            command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
-            "--train_data_dir=img --resolution=1024 --output_dir=out --network_module=networks.oft "
-            "--network_args enable_all_linear=1 --network_train_unet_only --cache_text_encoder_outputs "
-            "--learning_rate=1e-4 --max_train_steps=400 --optimizer_type=AdamW8bit --mixed_precision=bf16 "
-            "--gradient_checkpointing --save_model_as=safetensors",
-        )
-    )
-    plan = plan_of(outcome, tmp_path)
+    flags = "--network_args enable_all_linear=1 --cache_text_encoder_outputs --optimizer_type=AdamW8bit "
+    plan = _sdxl(tmp_path, flags + "--gradient_checkpointing")
     a = plan.adapter
     assert (a.kind, a.oft_form, a.oft_blocks, a.oft_constraint) == ("diag-oft", "kohya", 4, 1.0)
     assert set(a.denoiser_targets) == ALL_LINEAR and not plan.train_text_encoder
@@ -102,17 +104,7 @@ def test_sdxl_fp8_base_is_the_cast_backend_under_the_rotation(tmp_path):
     """--fp8_base (was DBS403, a spec's DBS522): the U-Net and the text encoders stored as float8 (the cast
     backend), OFTModule rotating the float8 weight upcast (tests/runtime/test_kohya_oft_fp8_base.py); the
     text encoders carry no OFT layer, so their cast refuses nothing."""
-    images(tmp_path / "img" / "10_ohwx cat", 2, (1024, 1024))
-    outcome = expressible(
-        kohya(
-            tmp_path,
-            command=f"accelerate launch sdxl_train_network.py --pretrained_model_name_or_path={SDXL} "
-            "--train_data_dir=img --resolution=1024 --output_dir=out --network_module=networks.oft "
-            "--network_train_unet_only --fp8_base --learning_rate=1e-4 --max_train_steps=400 "
-            "--mixed_precision=bf16 --save_model_as=safetensors",
-        )
-    )
-    plan = plan_of(outcome, tmp_path)
+    plan = _sdxl(tmp_path, "--fp8_base")
     quantized = {c.name: c.quantized for c in plan.precision.components}
     assert (plan.adapter.kind, plan.adapter.oft_form, plan.precision.quantize_backend) == (
         "diag-oft",
