@@ -1116,6 +1116,19 @@ CONVERTS = {
         "--network_dim=18",
         {"kind": "lora", "rank": 18, "block": {"kind": "boft", "rank": 18, "alpha": 0.0}},
     ),
+    # line 110: a Diag-OFT / BOFT network's full, IA^3 and GLoRA entries (was DBS403 "several algorithms"),
+    # converted as that kind's network with the OFT layers its blocks (tests/runtime/
+    # test_lycoris_oft_network_whole_entries.py); its DyLoRA entries stay DBS403 (unchecked)
+    **{
+        f"{algo.replace('-', '_')}_network_{entry}_entries": (
+            "sd",
+            f'"algo={algo}" "constraint=0.0001"',
+            _sd(entry),
+            "",
+            {"kind": entry, "block": {"kind": algo, "rank": 4, "alpha": 0.0001}},
+        )
+        for algo, entry in (("diag-oft", "full"), ("boft", "ia3"), ("diag-oft", "glora"))
+    },
     # line 1592 (Flux whole-layer algos with a preset file): a Diag-OFT network's entries of other algorithms
     # on Flux / SD3 / Chroma too (was DBS403 there), as a BOFT network's
     # (tests/runtime/test_lycoris_flow_oft_network_entries.py)

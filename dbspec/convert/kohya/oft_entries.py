@@ -1,8 +1,8 @@
 """LyCORIS's OFTs beside other algorithms in one preset file: the network's `constraint` and `rescaled`
 beside Diag-OFT / BOFT entries on a network of another algorithm (lycoris-lora 4.1.3's create_network hands
 them to every module through LycorisNetworkKohya's root kwargs; of the module classes only DiagOFTModule and
-ButterflyOFTModule read them), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr / T-LoRA entries
-(converted as those entries' network)."""
+ButterflyOFTModule read them), and a Diag-OFT or BOFT network's LoCon / LoHa / LoKr / T-LoRA / full /
+IA^3 / GLoRA entries (converted as those entries' network)."""
 
 from __future__ import annotations
 
@@ -49,16 +49,16 @@ def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Convers
     conv.record(item, "mapped", "adapter.blocks.rescaled", why)
 
 
-# the algorithms a BOFT network's entries may give (its layers then the entries' network's BOFT entries): the
-# first present is the adapter's kind
-_HOSTS = ("lora", "locon", "loha", "lokr", "tlora")
+# the algorithms a Diag-OFT / BOFT network's entries may give (its layers then the entries' network's OFT
+# entries): the first present is the adapter's kind (DyLoRA entries not: unchecked, DBS403)
+_HOSTS = ("lora", "locon", "loha", "lokr", "tlora", "full", "ia3", "glora")
 
 
 def oft_network_host(algo: str, found) -> tuple[str, object] | None:
-    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr / T-LoRA (was
-    DBS403: an OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank): (the entries'
-    algorithm, the file's Targets with the network's own layers as entries of that network), else None.
-    lycoris-lora 4.1.3's network algo only names the algorithm of the layers no map entry sets
+    """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr / T-LoRA / full /
+    IA^3 / GLoRA (was DBS403: an OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank):
+    (the entries' algorithm, the file's Targets with the network's own layers as entries of that network),
+    else None. lycoris-lora 4.1.3's network algo only names the algorithm of the layers no map entry sets
     (create_modules's `algo = network_module`, LycorisNetworkKohya never reading it otherwise), and
     create_network hands every module the same root kwargs whatever it is, so algo=boft (or diag-oft) with
     LoCon entries builds what algo=locon builds with each of those BOFT (Diag-OFT) layers an entry of algo =
@@ -67,7 +67,8 @@ def oft_network_host(algo: str, found) -> tuple[str, object] | None:
     (tests/runtime/test_lycoris_boft_network_entries.py, test_lycoris_diag_oft_network_entries.py),
     lycoris_flow_file.py on Flux / SD3 / Chroma (test_lycoris_flow_mixed_rs_lora_boft.py,
     test_lycoris_flow_oft_network_entries.py); T-LoRA entries alike
-    (test_lycoris_oft_network_tlora_entries.py)."""
+    (test_lycoris_oft_network_tlora_entries.py), full / IA^3 / GLoRA entries too
+    (test_lycoris_oft_network_whole_entries.py)."""
     if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
