@@ -1157,3 +1157,26 @@ def test_network_weights_of_dora_per_input_column_start_the_fused_magnitude(tmp_
     assert f"`{qkv}.dora_scale` has shape [{3 * width}, 1], not [1, " in messages(outcome, "DBS402")
     if algo == "locon":
         assert f"not [1, {width}]" in messages(outcome, "DBS402")
+
+
+def test_allow_unsupported_writes_no_full_fine_tune_for_a_refused_network(tmp_path):
+    """With --allow-unsupported a network the converter refuses on Flux (here a Diag-OFT network's DyLoRA
+    entries, DBS403) leaves no adapter: the spec would be a full fine-tune, so nothing is written, the
+    refusal named and no knock-on error about a LoRA export on a full fine-tune."""
+    from convert_kit import FLUX_LYCORIS
+
+    (tmp_path / "p.toml").write_text(
+        'unet_target_module = ["DoubleStreamBlock"]\ntext_encoder_target_module = []\n'
+        '[module_algo_map.DoubleStreamBlock]\nalgo = "dylora"\n',
+        encoding="utf-8",
+    )
+    images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
+    for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
+        component_file(tmp_path / name)
+    command = f'{FLUX_LYCORIS}--network_args "algo=diag-oft" "preset=p.toml"'
+    outcome = kohya(tmp_path, allow=True, command=command)
+    assert not outcome.written
+    said = [d.message for d in outcome.diagnostics if d.severity == "error"]
+    assert len(said) == 1 and "without it the spec would be a full fine-tune" in said[0], said
+    assert not any("this is a full fine-tune" in d.message for d in outcome.diagnostics)
+    assert any(d.code == "DBS403" and d.severity == "warning" for d in outcome.diagnostics)  # the refusal

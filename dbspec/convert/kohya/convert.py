@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dbspec.convert.common.core import UNSUPPORTED as UNSUPPORTED_CODE
 from dbspec.convert.common.core import Conversion, Legacy, require_minimums
 from dbspec.convert.common.epochs import dbspec_epoch, kohya_epoch
 from dbspec.convert.kohya.data import (
@@ -49,6 +50,7 @@ from dbspec.convert.kohya.train import (
 )
 from dbspec.convert.common.launcher import report_launcher
 from dbspec.convert.common.paths import PathMapper
+from dbspec.diagnostics import error
 
 # Options that never change what trains.
 INERT = {
@@ -164,8 +166,8 @@ def convert_kohya(
         return conv, _header(ka)  # kohya stops at these; mapping on would only add noise
     lora = script in ("train_network", "sdxl_train_network", *FLOW_SCRIPTS)
     family = map_model(a, script, paths, conv)
-    if lora:
-        map_adapter(a, paths, conv, family, script)
+    if lora and not map_adapter(a, paths, conv, family, script):
+        _no_network(a, script, conv)
     config = _dataset_source(ka, paths, conv)
     layout = _layout(ka, config, paths, conv) if config is not None else None
     kohya_batches, dbspec_batches = _batches(layout, conv)
@@ -374,3 +376,21 @@ def _processes(launcher: dict) -> int:
         if name in launcher and str(launcher[name].value).isdigit():
             return int(launcher[name].value)
     return 1
+
+
+def _no_network(a, script: str, conv: Conversion) -> None:
+    """A network script whose network did not convert (reported) and left no adapter kind: with
+    --allow-unsupported the spec would be a full fine-tune, another run than any kohya makes (and its
+    exports are refused as one), so the conversion stops here, whatever --allow-unsupported says."""
+    if not conv.allow_unsupported or conv.has_errors() or ("adapter", "kind") in conv.values:
+        return
+    module = a["network_module"]
+    conv.diagnostics.append(
+        error(
+            UNSUPPORTED_CODE,
+            f"{script}.py trains the network `{module.key}` = {module.value!r}, which did not convert (the "
+            "warnings above): without it the spec would be a full fine-tune, so nothing is written",
+            path=module.key,
+            help="change what the warnings name, e.g. the preset file's entries, and convert again",
+        )
+    )
