@@ -2776,9 +2776,10 @@ layer drops its own update after its module dropout draw, on Flux, SD3 and Chrom
 mask its parts share; a lora adapter's `rank_dropout` in `rank_dropout_form = "lycoris_bypass"`, or a
 loha adapter's, beside it too, beside LoRA, LoHa and LoKr blocks alone: each LoRA layer masks its ranks,
 each LoHa layer its rows, each LoKr layer none, as their LyCORIS modules' bypass forward does; a glora
-adapter's `rank_dropout` and `dropout` with `bypass` beside LoRA, LoHa and LoKr blocks alone, none
-decomposed: the GLoRA layers draw GLoRAModule's own, ranks kept below the rate, the blocks' layers as
-above),
+adapter's `rank_dropout` and `dropout` with `bypass` beside LoRA, LoHa, LoKr, IA^3, Diag-OFT and BOFT
+blocks alone, none decomposed: the GLoRA layers draw GLoRAModule's own, ranks kept below the rate, the
+blocks' layers as above, the OFTs' none; not its `dropout` beside Diag-OFT blocks, whose bypass forward
+cannot apply it),
 `multiplier`, `max_norm` (but LyCORIS's, `max_norm_form = "lycoris"` on a lora adapter: each LoRA, LoHa,
 LoKr, Diag-OFT and BOFT layer scaled as its kind's LyCORIS module scales it, the other kinds' never),
 `freeze_down`, `dora` (but LyCORIS's weight decomposition on every LoRA / LoHa

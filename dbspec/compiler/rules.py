@@ -3714,11 +3714,15 @@ def glora_bypass_inert(a) -> bool:
     (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py). Blocks of kind ia3 too (was DBS578):
     IA3Module in bypass_mode scales the output, bias included (the input with `on_input`), the block's
     settled `bypass` (runtime/mixed_kinds.py kind_adapter), and reads neither `dropout` nor `rank_dropout`
-    (its module_dropout draw alone; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)."""
+    (its module_dropout draw alone; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py). Blocks of kind
+    diag-oft and boft too (was DBS578): their bypass forward rotates the output and reads no rank_dropout,
+    ButterflyOFTModule no dropout either (DiagOFTModule's raises on it: mixed_block_kinds keeps the adapter's
+    dropout off beside them; tests/runtime/test_lycoris_glora_bypass_oft_entries.py)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "glora"
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", "ia3"}
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"}
+        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
@@ -3806,7 +3810,9 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("rank_dropout",)
     closed = (own == "tlora" and not tlora_locon) or (own == "glora" and not glora_bypass_inert(a))
     if own == "glora" and getattr(a, "bypass", False) and not closed:  # every module's bypass Dropout, and
-        kept += ("dropout", "rank_dropout")  # its bypass forward's rank mask: each class's own form
+        kept += ("rank_dropout",)  # its bypass forward's rank mask: each class's own form (the OFTs' none)
+        if all(b.kind != "diag-oft" for _, b in other):  # DiagOFTModule's bypass Dropout raises (LyCORIS)
+            kept += ("dropout",)
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

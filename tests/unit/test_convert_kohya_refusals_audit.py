@@ -1139,6 +1139,18 @@ CONVERTS = {
         "",
         {"kind": "lora", "block": {"kind": "diag-oft", "rank": 4, "alpha": 0.0}},
     ),
+    # line 304: a GLoRA network's bypass_mode beside Diag-OFT / BOFT entries (was DBS403, a spec's DBS578),
+    # their blocks in the adapter's bypass (tests/runtime/test_lycoris_glora_bypass_oft_entries.py)
+    **{
+        f"glora_network_bypass_beside_{oft.replace('-', '_')}": (
+            "sd",
+            '"algo=glora" "bypass_mode=True" "rank_dropout=0.1"',
+            _sd(oft),
+            "",
+            {"kind": "glora", "bypass": True, "block": {"kind": oft, "bypass": True}},
+        )
+        for oft in ("diag-oft", "boft")
+    },
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
     "glora_network_bypass_dropout_beside_locon": (

@@ -1215,7 +1215,9 @@ def test_flux_glora_network_with_entries_of_other_algorithms(tmp_path):
     """Flux: algo=glora with a preset file giving layers other algorithms (was DBS403, DBS578): the GLoRA
     adapter with fused_projections, the entries blocks of their kind over whole fused layers
     (tests/runtime/test_lycoris_mixed_flow_glora.py checks them against lycoris-lora's network); the
-    network's bypass_mode, which the other kinds' blocks would not take, stays DBS403."""
+    network's bypass_mode beside LoCon, LoKr, LoHa, IA^3 and Diag-OFT entries (was DBS403) the adapter's
+    `bypass`, which every block takes (tests/runtime/test_lycoris_glora_bypass_oft_entries.py and the GLoRA
+    bypass tests beside the other kinds)."""
     file = DYLORA_NETWORK.replace("QKV", "diag-oft").replace(
         '"dylora"\ndim = 6\nalpha = 3\nblock_size = 3', '"loha"\ndim = 6\nalpha = 3'
     )
@@ -1232,12 +1234,11 @@ def test_flux_glora_network_with_entries_of_other_algorithms(tmp_path):
         assert all(re.search(kinds["lokr"].pattern, p) for p in parts)
     assert {(b.kind, b.rank, b.alpha) for b in a.text_encoder_blocks} == {("loha", 6, 3.0)}
     outcome = _flux(
-        tmp_path / "bypass",
-        file.replace('algo = "full"', 'algo = "lokr"'),
-        '"algo=glora" "bypass_mode=True"',
-        allow=True,
+        tmp_path / "bypass", file.replace('algo = "full"', 'algo = "lokr"'), '"algo=glora" "bypass_mode=True"'
     )
-    assert "bypass_mode" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    a = plan_of(outcome, tmp_path / "bypass").adapter
+    assert a.bypass and {b.kind: b.bypass for b in a.blocks if b.kind == "diag-oft"} == {"diag-oft": True}
 
 
 def test_flux_dylora_network_file_refusals(tmp_path):

@@ -611,13 +611,16 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     entry's own train_on_input the input), the block of kind ia3 in the adapter's settled `bypass`
     (runtime/mixed_kinds.py kind_adapter), after its module_dropout draw alone: IA3Module reads neither
     `dropout` nor `rank_dropout`, nor the network's dora_wd (beside IA^3 entries alone it is inert, as
-    outside bypass_mode: DBS405; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py)."""
+    outside bypass_mode: DBS405; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py). Diag-OFT and BOFT
+    entries too (was DBS403): their modules' bypass forward, the block's settled `bypass`, reading no
+    rank_dropout (a Diag-OFT one's dropout stops kohya: _oft_bypass_dropout, DBS402;
+    tests/runtime/test_lycoris_glora_bypass_oft_entries.py)."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
     # the network's dora_wd decomposes LoCon / LoHa / LoKr layers alone: GLoRAModule and IA3Module take
     # weight_decompose and never read it (beside IA^3 entries alone inert, DBS405, as outside bypass_mode)
     decomposed = bool(entries & {"lora", "loha", "lokr"}) and bool(network.get("weight_decompose"))
-    return entries <= {"lora", "loha", "lokr", "ia3"} and not decomposed and not own
+    return entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"} and not decomposed and not own
 
 
 def _mixed_kinds(
