@@ -1151,6 +1151,23 @@ CONVERTS = {
         )
         for oft in ("diag-oft", "boft")
     },
+    # line 110 (mixed kinds): a LoCon / LoHa network's factor / decompose_both / unbalanced_factorization
+    # beside LoKr entries (was DBS403): their blocks'
+    # (tests/runtime/test_lycoris_network_lokr_args_entries.py)
+    "locon_network_factor_beside_lokr_entries": (
+        "sd",
+        '"algo=locon" "factor=4" "decompose_both=True"',
+        _sd("lokr"),
+        "",
+        {"kind": "lora", "block": {"kind": "lokr", "factor": 4, "decompose_both": "on"}},
+    ),
+    "flux_loha_network_unbalanced_beside_lokr_entries": (
+        "flux",
+        '"algo=loha" "unbalanced_factorization=True"',
+        _flux("lokr"),
+        "",
+        {"kind": "loha", "block": {"kind": "lokr", "unbalanced_factorization": "on"}},
+    ),
     # line 274: a GLoRA network's bypass_mode with its dropout beside LoCon entries, GLoRA's bypass dropout
     # and the LoCon layers' bypass Dropout (tests/runtime/test_lycoris_glora_bypass_dropout_entries.py)
     "glora_network_bypass_dropout_beside_locon": (

@@ -63,6 +63,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     refuse_rest,
     take_blocks_dora,
 )
+from dbspec.convert.kohya.lokr_entries import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 
@@ -90,6 +91,7 @@ def map_flow_dylora(
     unsupported: dict[str, str] = {}
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up only:

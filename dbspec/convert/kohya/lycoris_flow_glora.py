@@ -34,6 +34,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     take_blocks_dora,
 )
 from dbspec.convert.kohya.network import _lycoris_rs_lora
+from dbspec.convert.kohya.lokr_entries import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 # network_args GLoRAModule takes and never reads
@@ -81,6 +82,7 @@ def map_flow_glora(
     blocks = [] if layers == "none" else layout.targets(layers, True)[1]
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "GLoRAModule takes it and never reads it")
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which GLoRA has not"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)

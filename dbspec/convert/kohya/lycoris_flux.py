@@ -88,6 +88,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
+from dbspec.convert.kohya.lokr_entries import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
 from dbspec.families import family_spec
 
@@ -387,6 +388,7 @@ def map_lycoris_flow(
             conv.put(("adapter", "dora_form"), "lycoris", conv.comment(module, why))
     _block_size(kwargs, args, conv, algo, [*blocks, *text_blocks])
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     for index, block in enumerate(blocks):
         block_note = conv.comment(module, block.pop("_why"))
         for key, value in block.items():
@@ -697,6 +699,7 @@ def _full(
     blocks = layout.targets(layers, True)[1] if layers != "none" else []
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
@@ -844,6 +847,7 @@ def _ia3(
     blocks = layout.targets(layers, True)[1] if layers != "none" else []
     take_blocks_dora(kwargs, blocks, text_blocks)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)

@@ -128,6 +128,20 @@ def _own_factor(layer: Layer, network: dict[str, Any]) -> int:
     return 1 if factor == 0 else -1 if factor < 0 or factor > _MAX_FACTOR else factor
 
 
+def _network_lokr(layer: Layer, network: dict[str, Any], factor: int, switches: dict[str, str]):
+    """A LoKr entry's block on a network of another algorithm: the network's `factor`, `decompose_both` and
+    `unbalanced_factorization`, which create_single_module hands every module and LokrModule alone reads,
+    where the entry gives none of its own (its block's `factor` / switches; the adapter of another kind has
+    none to inherit; was DBS403, a spec's DBS578)."""
+    given = network.get("factor", -1)
+    if not factor and given != -1 and "factor" not in dict(layer.options):
+        factor = 1 if given == 0 else -1 if given < 0 or given > _MAX_FACTOR else given
+    for key in ("decompose_both", "unbalanced_factorization"):
+        if network.get(key) and _SWITCHES[key] not in switches and key not in dict(layer.options):
+            switches = {**switches, _SWITCHES[key]: "on"}
+    return factor, switches
+
+
 def _own_unit(layer: Layer, network: dict[str, Any]) -> int:
     """A DyLoRA layer's entry's own `block_size` (a positive int: _dylora_own), its block's `unit`; 0 where
     it is the network's."""
@@ -706,7 +720,8 @@ def _mixed_kinds(
             True,
         )
     lokr = _algo(algo) != "lokr" and any(_algo(layer.algo) == "lokr" for layer in unet)
-    if lokr:  # the LoKr layers of a LoRA / LoHa adapter split as LoKr's defaults
+    if lokr and _algo(algo) not in _LOKR_OWN_NETWORKS:  # elsewhere the LoKr blocks carry the network's
+        # factor and switches, which only LokrModule reads (_blocks, _network_lokr)
         on += [key for key in ("decompose_both", "unbalanced_factorization") if network.get(key)]
         on += ["factor"] if network.get("factor", -1) != -1 else []
     # the root kwargs the OFTs alone read, the network's constraint and rescaled, are their blocks' alpha and
@@ -937,6 +952,8 @@ def _blocks(
         entry = _network_dora(algo, group[0], network)  # a GLoRA / DyLoRA network's dora_wd on it
         factor = _own_factor(group[0], network)  # one entry: one factor and set of switches
         switches = _own_switches(group[0], network, any(layer.kind == "conv" for layer in group))
+        if algo and _algo(algo) != "lokr" and _algo(group[0].algo) == "lokr":
+            factor, switches = _network_lokr(group[0], network, factor, switches)
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
