@@ -69,6 +69,10 @@ def test_the_rule_reads_what_lycoris_create_network_reads():
         ('"algo=full" "rank=4"', "rank", "does not read it"),
         ('"algo=dylora" "blocksize=2"', "blocksize", "does not read it"),
         ('"algo=glora" "use_scalr=True"', "use_scalr", "does not read it"),
+        # LokrModule's split and switches on another algorithm's modules (was DBS403 for LoCon, IA^3, DyLoRA)
+        ('"algo=locon" "factor=8"', "factor", "LoKr only, not algo=locon"),
+        ('"algo=ia3" "decompose_both=True"', "decompose_both", "LoKr only, not algo=ia3"),
+        ('"algo=dylora" "factor=4"', "factor", "LoKr only, not algo=dylora"),
     ],
 )
 def test_flux_unread_network_args_are_ignored_not_refused(tmp_path, network_args, key, said):
@@ -78,7 +82,7 @@ def test_flux_unread_network_args_are_ignored_not_refused(tmp_path, network_args
     assert said in messages(outcome, "DBS405")
     algo = network_args.split('"')[1].removeprefix("algo=")
     assert plan.adapter.kind == {"locon": "lora"}.get(algo, algo)
-    assert plan.adapter.rank == (0 if algo == "full" else 4)  # LyCORIS's FullModule has no rank
+    assert plan.adapter.rank == (0 if algo in ("full", "ia3") else 4)  # FullModule / IA3Module have no rank
     assert not plan.adapter.dora  # weight_decompose does not turn LyCORIS's weight decomposition on
 
 
@@ -114,3 +118,20 @@ def test_sd_says_the_same_as_flux(tmp_path):
     flux = flux_lycoris(tmp_path / "flux", '"algo=locon" "weight_decompose=True"')
     assert messages(sd, "DBS405") == messages(flux, "DBS405")
     assert fate(sd, "network_args weight_decompose") == "inert"
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "full", "ia3", "diag-oft", "boft", "dylora", "glora"])
+def test_sd_lokr_args_on_another_algorithm_are_ignored(tmp_path, algo):
+    """A LoKr network's `factor` and `decompose_both` left in network_args when the algo changed (was
+    DBS403 on SD): create_network hands them every module and LokrModule alone reads them, so no module of
+    this network does (DBS405); beside LoKr entries they are those entries' blocks'
+    (lycoris_maps._network_lokr)."""
+    outcome = kohya_lora(
+        tmp_path, f'--network_args "algo={algo}" "factor=8" "decompose_both=True"', base=SD_LYCORIS
+    )
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    for key in ("factor", "decompose_both"):
+        assert fate(outcome, f"network_args {key}") == "inert"
+        assert f"`network_args {key}`: LyCORIS reads it for LoKr only, not algo={algo}" in messages(
+            outcome, "DBS405"
+        )

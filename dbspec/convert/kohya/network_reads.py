@@ -42,8 +42,6 @@ LYCORIS_READS = {
     "bypass_mode",
     "rs_lora",
     "preset",
-    "decompose_both",
-    "factor",
     "loraplus_lr_ratio",
     "loraplus_unet_lr_ratio",
     "loraplus_text_encoder_lr_ratio",
@@ -65,8 +63,12 @@ KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
     "rescaled": ("Diag-OFT / BOFT", ("diag-oft", "boft")),
     "train_t5xxl": ("Flux's T5 text encoder", ()),
     "train_llm_adapter": ("Anima's LLM adapter blocks", ()),
-    "full_matrix": ("LoKr", ("lokr",)),
-    "unbalanced_factorization": ("LoKr", ("lokr",)),
+    # LokrModule's split and switches: create_network hands them every module, the others never read them
+    # (beside a preset file's LoKr entries they are those entries' blocks': lokr_entries.py)
+    **{
+        key: ("LoKr", ("lokr",))
+        for key in ("factor", "decompose_both", "full_matrix", "unbalanced_factorization")
+    },
 }
 # a key LyCORIS reads only in a preset file's entries (lycoris/config.py), whose network-level switch is named
 # otherwise
