@@ -689,7 +689,7 @@ def _mixed_kinds(
     # parts sharing its one mask: runtime/prepare.py; beside other kinds not expressed)
     # a LoCon / LoKr network's rank_dropout (a LoHa network's with its bypass dropout) each module's bypass
     # forward reads as its own (_bypass_rank_dropout)
-    # a GLoRA network's beside LoCon / LoHa / LoKr entries inert_dora: its adapter's `dropout`, GLoRA's
+    # a GLoRA network's beside LoCon / LoHa / LoKr entries undecomposed: its adapter's `dropout`, GLoRA's
     # pairs' and those modules' bypass Dropout alike, and its `rank_dropout`, each class's own bypass mask
     # (_glora_bypass_inert)
     inert = _algo(algo) == "glora" and _glora_bypass_inert(unet, network)
@@ -700,7 +700,7 @@ def _mixed_kinds(
     drops = ranks or dropout
     # these adapters' blocks of other kinds take no bypass (an IA^3 network's take its bypass_mode: the
     # adapter's `bypass`, as a LoCon network's; FullModule raises on it); a GLoRA network's LoCon / LoHa /
-    # LoKr entries inert_dora do (_glora_bypass_inert)
+    # LoKr entries undecomposed do (_glora_bypass_inert)
     glora = _algo(algo) == "full" or (_algo(algo) == "glora" and not inert)
     # bypass_mode without those dropouts: the network's own layers (LoRA/LoHa/LoKr inert, DyLoRA's
     # adapter.bypass), or, with no adapter.bypass for the blocks, inert kinds only
