@@ -63,7 +63,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     refuse_rest,
     take_blocks_dora,
 )
-from dbspec.convert.kohya.lokr_entries import entries_lokr_args
+from dbspec.convert.kohya.entry_args import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 

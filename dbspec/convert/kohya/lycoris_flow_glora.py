@@ -34,7 +34,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     take_blocks_dora,
 )
 from dbspec.convert.kohya.network import _lycoris_rs_lora
-from dbspec.convert.kohya.lokr_entries import entries_lokr_args
+from dbspec.convert.kohya.entry_args import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 # network_args GLoRAModule takes and never reads

@@ -88,7 +88,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
-from dbspec.convert.kohya.lokr_entries import entries_lokr_args
+from dbspec.convert.kohya.entry_args import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
 from dbspec.families import family_spec
 

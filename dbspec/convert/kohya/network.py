@@ -41,7 +41,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
-from dbspec.convert.kohya.lokr_entries import entries_lokr_args
+from dbspec.convert.kohya.entry_args import entries_lokr_args
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import (

@@ -64,7 +64,7 @@ KIND_ONLY: dict[str, tuple[str, tuple[str, ...]]] = {
     "train_t5xxl": ("Flux's T5 text encoder", ()),
     "train_llm_adapter": ("Anima's LLM adapter blocks", ()),
     # LokrModule's split and switches: create_network hands them every module, the others never read them
-    # (beside a preset file's LoKr entries they are those entries' blocks': lokr_entries.py)
+    # (beside a preset file's LoKr entries they are those entries' blocks': entry_args.py)
     **{
         key: ("LoKr", ("lokr",))
         for key in ("factor", "decompose_both", "full_matrix", "unbalanced_factorization")

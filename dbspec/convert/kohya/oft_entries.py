@@ -9,44 +9,28 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.convert.kohya.entry_args import take_entry_args
 from dbspec.convert.kohya.network_reads import constraint_key
 
 _OFT_KINDS = ("diag-oft", "boft")
+_OFT_NAMES = "Diag-OFT / BOFT"
 
 
 def entries_constraint(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
-    """The network's `constraint` on a network of another algorithm whose preset file's Diag-OFT / BOFT
-    entries (among `blocks`, the [[adapter.blocks]] / [[adapter.text_encoder_blocks]] lycoris_maps._blocks
-    wrote) took it as their blocks' alpha (an entry's own replaces it): recorded as mapped there and popped;
-    without such entries left to the caller (ignored, DBS405: no module of the network reads it). On SD
-    1.x/2.x / SDXL (network.py) and Flux / SD3 / Chroma (lycoris_flux.py, lycoris_flow_*.py) alike."""
-    blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
-    key = constraint_key(kwargs)  # its deprecated name `constrain` where given
-    if not (blocks and key in kwargs):
-        return
-    named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
-    why = f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' alpha): {named}"
-    item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
-    conv.record(item, "mapped", "adapter.blocks.alpha", why)
+    """The network's `constraint` (its deprecated name `constrain` where given) beside Diag-OFT / BOFT
+    entries, which took it as their blocks' alpha (an entry's own replaces it): entry_args.take_entry_args;
+    without such entries left to the caller (ignored, DBS405: no module of the network reads it)."""
+    keys = {constraint_key(kwargs): ("adapter.blocks.alpha", "blocks' alpha")}
+    take_entry_args(kwargs, blocks, _OFT_KINDS, keys, _OFT_NAMES, args, conv)
 
 
 def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
-    """The network's `rescaled` on a network of another algorithm whose preset file's Diag-OFT / BOFT
-    entries (among `blocks`) took it as their blocks' `rescaled` (lycoris-lora 4.1.3's create_network
-    str_bools it into LycorisNetworkKohya's root kwargs, create_single_module hands it every module whose
-    entry gives no `rescaled` of its own, and of the module classes only DiagOFTModule and ButterflyOFTModule
-    read it: `if rescaled`, a trained scale per output row from 1; lycoris_maps._blocks writes the blocks'
-    "on"): recorded as mapped there and popped; without such entries left to the caller. As
-    entries_constraint, on every family."""
-    blocks = [b for b in blocks if b.get("kind") in _OFT_KINDS]
-    if not (blocks and "rescaled" in kwargs):
-        return
-    named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in blocks[:3])
-    why = (
-        f"LyCORIS hands it to the preset file's Diag-OFT / BOFT entries' modules (blocks' rescaled): {named}"
-    )
-    item = Legacy(key=f"{args.key} rescaled", value=kwargs.pop("rescaled"), source=args.source)
-    conv.record(item, "mapped", "adapter.blocks.rescaled", why)
+    """The network's `rescaled` beside Diag-OFT / BOFT entries, which took it as their blocks' `rescaled`
+    (create_network str_bools it, create_single_module hands it every module whose entry gives none of its
+    own, and only DiagOFTModule and ButterflyOFTModule read it: `if rescaled`, a trained scale per output row
+    from 1; lycoris_maps._blocks writes the blocks' "on"): entry_args.take_entry_args."""
+    keys = {"rescaled": ("adapter.blocks.rescaled", "blocks' rescaled")}
+    take_entry_args(kwargs, blocks, _OFT_KINDS, keys, _OFT_NAMES, args, conv)
 
 
 # the algorithms a Diag-OFT / BOFT network's entries may give (its layers then the entries' network's OFT

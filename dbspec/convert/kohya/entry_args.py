@@ -1,0 +1,42 @@
+"""A network's arguments only some LyCORIS module classes read, beside a preset file's entries of those
+algorithms on a network of another: lycoris-lora 4.1.3's create_single_module hands the root kwargs to every
+module whose entry does not give its own, so they are those entries' blocks' (lycoris_maps._blocks writes
+them): the network's `constraint` / `rescaled` for Diag-OFT / BOFT entries (oft_entries.py), its `factor`,
+`decompose_both` and `unbalanced_factorization` for LoKr entries (LokrModule alone reads them)."""
+
+from __future__ import annotations
+
+from dbspec.convert.common.core import Conversion, Legacy
+
+LOKR_ARGS = ("factor", "decompose_both", "unbalanced_factorization")
+
+
+def take_entry_args(
+    kwargs: dict[str, str],
+    blocks,
+    kinds: tuple[str, ...],
+    keys: dict[str, tuple[str, str]],
+    what: str,
+    args: Legacy,
+    conv: Conversion,
+) -> None:
+    """Each network_args key of `keys` (-> the spec path it maps to, the blocks' field named in the note)
+    beside entries of `kinds` (among `blocks`, the [[adapter.blocks]] / [[adapter.text_encoder_blocks]]
+    lycoris_maps._blocks wrote, `what` naming their algorithms): recorded as mapped there and popped;
+    without such entries left to the caller. On SD 1.x/2.x / SDXL (network.py) and Flux / SD3 / Chroma
+    (lycoris_flux.py, lycoris_flow_*.py) alike."""
+    entries = [b for b in blocks if b.get("kind") in kinds]
+    if not entries:
+        return
+    named = ", ".join(f"{b['kind']} block `{b['pattern']}`" for b in entries[:3])
+    for key, (target, field) in keys.items():
+        if key in kwargs:
+            item = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
+            why = f"LyCORIS hands it to the preset file's {what} entries' modules ({field}): {named}"
+            conv.record(item, "mapped", target, why)
+
+
+def entries_lokr_args(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
+    """The network's LoKr split and switches beside LoKr entries (lycoris_maps._network_lokr; was DBS403)."""
+    keys = {key: (f"adapter.blocks.{key}", "their blocks'") for key in LOKR_ARGS}
+    take_entry_args(kwargs, blocks, ("lokr",), keys, "LoKr", args, conv)
