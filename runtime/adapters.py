@@ -319,11 +319,14 @@ def _add_one_kind(
             block_rank_dropout_scales(module, adapter, ADAPTER_NAME, "" if conv else component)
         if conv and adapter.fused and adapter.kind in ("lokr", "loha"):  # before the switches wrap them
             tie_fused_lycoris(module, adapter, seed)
-        if adapter.full_matrix or adapter.scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar
+        # a GLoRA adapter's scalar is its layers' own (lycoris_glora.py): not the LoRA / LoHa / LoKr layers'
+        # another kind's pass built (runtime/mixed_kinds.py)
+        scalar = adapter.scalar and adapter.kind != "glora"
+        if adapter.full_matrix or scalar or own_full or own_scalar:  # LoKr full_matrix, use_scalar
             from dbspec.runtime.lycoris_switches import apply_switches
 
             full = adapter.kind == "lokr" and adapter.full_matrix
-            apply_switches(module, full, adapter.scalar, own_full, own_scalar)
+            apply_switches(module, full, scalar, own_full, own_scalar)
     if norm_scalars(adapter):  # LyCORIS's max norm multiplies a scalar LoCon and LoHa hold at 1 otherwise
         from dbspec.runtime.max_norm import add_norm_scalars
 

@@ -71,7 +71,7 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         **dict.fromkeys(("decompose_both", "full_matrix", "tucker", "unbalanced_factorization"), "adapter"),
     )
     blocks = tuple(
-        attrs.evolve(b, kind="adapter")
+        attrs.evolve(b, kind="adapter", **({} if own else _settled_scalar(adapter, kind, b)))
         if (b.kind == "adapter" and own) or b.kind == kind
         else attrs.evolve(b, kind="adapter", **off)
         for b in getattr(adapter, table)
@@ -85,6 +85,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
+    if not own and kind != "glora":  # the adapter's use_scalar reaches this kind's layers through their
+        extra["scalar"] = False  # blocks (_settled_scalar), not the layers earlier passes built
     if not own and adapter.kind in ("full", "ia3"):  # no size of their own: every layer (its convolutions
         # among conv_targets) at its block's, the catch-all block above at rank 0
         extra.update(rank=1, alpha=1.0, conv_rank=1, conv_alpha=1.0)
@@ -94,6 +96,21 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     mine = [b for b in getattr(adapter, table) if block_kind(adapter, b) == kind and (b.rank or b.conv_rank)]
     extra["bypass"] = all(block_bypass(adapter, b) for b in mine) and (adapter.bypass or not own)
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
+
+
+# the kinds whose LyCORIS module reads the network's use_scalar (LoConModule, LohaModule, LokrModule; also
+# GLoRAModule, whose layers take the adapter's own: no block of kind glora carries one)
+SCALAR_KINDS = ("lora", "loha", "lokr")
+
+
+def _settled_scalar(adapter: AdapterPlan, kind: str, block) -> dict:
+    """A block of `kind`'s layers in their own pass (not the adapter's kind): its scalar settled "on" /
+    "off" where it inherits the adapter's (`scalar` in a run of several kinds is every LoRA / LoHa / LoKr
+    layer's, as LyCORIS hands the network's use_scalar to every module), so the pass's adapter can leave
+    its scalar off: runtime/lycoris_switches.py add_scalars then touches this pass's layers alone."""
+    if kind not in SCALAR_KINDS or block.scalar != "adapter":
+        return {}
+    return {"scalar": "on" if adapter.scalar else "off"}
 
 
 def block_bypass(adapter: AdapterPlan, block) -> bool:

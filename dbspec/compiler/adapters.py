@@ -680,7 +680,10 @@ def _block_switches(block, adapter) -> dict[str, str]:
     if adapter.kind in ("lora", "loha") or (kind != adapter.kind and kind in ("lora", "loha", "lokr")):
         tucker, network = getattr(block, "tucker", "adapter"), getattr(adapter, "tucker", False)
         own = network if tucker == "adapter" else tucker == "on"
-        return {"tucker": "adapter" if own == network else "on" if own else "off"}
+        # a lokr adapter's full_matrix settles its plan's tucker off (_lycoris_switches): a LoCon / LoHa
+        # block inheriting the adapter's Tucker form keeps it on
+        planned = network and not (adapter.kind == "lokr" and getattr(adapter, "full_matrix", False))
+        return {"tucker": "adapter" if own == planned else "on" if own else "off"}
     if adapter.kind != "lokr" or kind != "lokr":  # DBS576 refuses a block switch outside LoKr
         return {}
     given = {key: getattr(block, key, "adapter") for key in BLOCK_SWITCHES}

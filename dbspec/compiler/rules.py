@@ -3773,6 +3773,11 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # never decomposing (runtime/mixed_kinds.py kind_adapter): on Flux / SD3 / Chroma each kind's fused
     # Linears whole, as that kind's one LyCORIS module on kohya's fused Linear (runtime/lycoris_dora.py)
     kept += ("dora",)
+    # the adapter's use_scalar and Tucker form on every LoRA / LoHa / LoKr layer (a GLoRA adapter's scalar on
+    # its GLoRA layers too) but where a block gives its own, as LyCORIS hands the network's use_scalar /
+    # use_tucker to every module and the other kinds' never read them (mixed_kinds.kind_adapter settles each
+    # kind's blocks; tests/runtime/test_lycoris_network_switches_entries.py)
+    kept += ("scalar", "tucker") if own in ("lora", "loha", "lokr") else ("scalar",) if own == "glora" else ()
     # max_norm: LyCORIS's, each kind's layers scaled by their own module's apply_max_norm (runtime/max_norm.py
     # finds them by class); a lora adapter's only in LyCORIS's form (kohya's networks.lora has no other kinds)
     # a tlora adapter's beside Diag-OFT / BOFT blocks alone: TLoraModule's twice-scaled norm of its update

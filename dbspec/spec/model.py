@@ -376,7 +376,8 @@ def _tucker():
         "factors are a rank x rank x k x k core with an output and an input matrix (`hada_t1`/`hada_t2`, "
         "`lokr_t2`; LoRA: LoCon's 1x1 `lora_down`, k x k `lora_mid`, 1x1 `lora_up`, on its convolution "
         "adapters, `conv_rank` above 0) instead of one rank x (in x k x k) matrix; 1x1 convolutions and "
-        "linears are unchanged.",
+        "linears are unchanged. Beside blocks of another `kind`: every LoRA / LoHa / LoKr layer's, but where "
+        "its block gives its own (LyCORIS's network `use_tucker`).",
     )
 
 
@@ -453,7 +454,8 @@ def _scalar():
         "at 0, and the factor LyCORIS otherwise starts at zero starts random instead (LoRA `lora_up`, LoHa "
         "`hada_w2_a`, LoKr `lokr_w2` / `lokr_w2_b`), so the run still starts at the base model. The exports "
         "fold the scalar into LyCORIS's factor (`lora_up`, `hada_w1_a`, `lokr_w1` / `lokr_w1_a`), as "
-        "LyCORIS saves it.",
+        "LyCORIS saves it. Beside blocks of another `kind`: every LoRA / LoHa / LoKr layer's, but where its "
+        "block gives its own (LyCORIS's network `use_scalar`).",
     )
 
 
@@ -2220,7 +2222,8 @@ class GloraAdapter:
         False,
         doc="LyCORIS `use_scalar` for GLoRA: the update is multiplied by a trained scalar that starts at 0, "
         "and a2 and b2 start kaiming-uniform instead of zero (so the run still starts at the base model); "
-        "the export folds the scalar into `a2.weight` and `b2.weight`, as LyCORIS saves it.",
+        "the export folds the scalar into `a2.weight` and `b2.weight`, as LyCORIS saves it. Beside blocks "
+        "of kind lora / loha / lokr: their layers' too, but where a block gives its own.",
     )
     module_dropout: float = _module_dropout()
     bypass: bool = option(
