@@ -136,7 +136,7 @@ def _network_lokr(layer: Layer, network: dict[str, Any], factor: int, switches: 
     given = network.get("factor", -1)
     if not factor and given != -1 and "factor" not in dict(layer.options):
         factor = 1 if given == 0 else -1 if given < 0 or given > _MAX_FACTOR else given
-    for key in ("decompose_both", "unbalanced_factorization"):
+    for key in ("decompose_both", "unbalanced_factorization", "full_matrix"):
         if network.get(key) and _SWITCHES[key] not in switches and key not in dict(layer.options):
             switches = {**switches, _SWITCHES[key]: "on"}
     return factor, switches
@@ -637,6 +637,44 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     return entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"} and not decomposed and not own
 
 
+# the kinds whose LyCORIS modules read the network's use_scalar (GLoRAModule too: the adapter's own, which a
+# GLoRA block of another adapter cannot carry)
+_SCALAR_READERS = (*_BLOCK_KINDS, "glora")
+# the networks whose adapter has no `scalar`: their LoCon / LoHa / LoKr entries' blocks carry the network's
+# use_scalar (_blocks, _scalar_against)
+_SCALAR_TO_ENTRIES = (*_NO_DIMS, "dylora")
+
+
+def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
+    """The network's use_scalar / use_tucker / full_matrix beside entries of other algorithms (`layers`) as
+    dbspec's blocks express them on SD 1.x/2.x and SDXL: LyCORIS hands them to every module, and the
+    LoCon / LoHa / LoKr modules read use_scalar and use_tucker (GLoRAModule use_scalar), LokrModule
+    full_matrix, the others neither. The adapter's `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's
+    but where a block gives its own (runtime/mixed_kinds.py kind_adapter); a full / IA^3 / DyLoRA network's
+    entries' blocks carry its use_scalar (_scalar_against), a LoKr entry's block its full_matrix
+    (_network_lokr); a lokr network's full_matrix is its own layers' (tests/runtime/
+    test_lycoris_network_switches_entries.py; a lokr network's full_matrix leaves its own layers no Tucker
+    form, its LoCon / LoHa entries' blocks theirs: compiler/adapters.py _block_switches). Not a full / IA^3 /
+    DyLoRA network's use_scalar beside GLoRA entries (GLoRAModule's scalar is the adapter's)."""
+    kinds = {_algo(layer.algo) for layer in layers}
+    own = _algo(algo)
+    if key == "use_scalar":
+        return own in _SCALAR_READERS or (own in _SCALAR_TO_ENTRIES and "glora" not in kinds)
+    if key == "use_tucker":
+        return own in _BLOCK_KINDS
+    if key == "full_matrix":
+        return own == "lokr" or (own in _LOKR_OWN_NETWORKS and "lokr" in kinds) or "lokr" not in kinds
+    return False
+
+
+def _scalar_against(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, bool]:
+    """(entry options, the adapter's scalar) own_scalar reads for `layer`'s block: on a full / IA^3 / DyLoRA
+    network (no adapter scalar) the network's use_scalar is the entry's unless it gives its own."""
+    if _algo(algo) not in _SCALAR_TO_ENTRIES:
+        return layer.options, network["use_scalar"]
+    return (("use_scalar", network["use_scalar"]), *layer.options), False
+
+
 def _mixed_kinds(
     found: Targets,
     algo: str,
@@ -680,6 +718,8 @@ def _mixed_kinds(
     if _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks; on Flux / SD3 /
         # Chroma each fused Linear's parts alike)
         on = [key for key in on if key != "rs_lora"]
+    if not flow:  # on SD 1.x/2.x, SDXL: the network's switches each kind's blocks carry (_network_switches)
+        on = [key for key in on if not _switch_expressed(key, algo, unet, network)]
     if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
         # read it: the LoCon / LoHa / LoKr entries' blocks' `tucker` (network_tucker)
         on = [key for key in on if key != "use_tucker"]
@@ -957,7 +997,7 @@ def _blocks(
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
-        switches.update(own_scalar(_algo(group[0].algo), group[0].options, network["use_scalar"]))
+        switches.update(own_scalar(_algo(group[0].algo), *_scalar_against(algo, group[0], network)))
         switches.update(own_dora(_algo(group[0].algo), *entry))
         switches.update(own_dora_axis(_algo(group[0].algo), *entry))
         convs = any(layer.kind == "conv" for layer in group)

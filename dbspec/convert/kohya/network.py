@@ -41,7 +41,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
-from dbspec.convert.kohya.entry_args import entries_lokr_args
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import (
@@ -453,6 +453,8 @@ def _map_network(
         entries_rescaled(kwargs, entries, args, conv)
     if lycoris and kind != "lokr":  # the network's LoKr split and switches: its LoKr entries' blocks'
         entries_lokr_args(kwargs, entries, args, conv)
+    if lycoris and kind in ("full", "ia3", "dylora"):  # no scalar of their own: their entries' blocks'
+        entries_scalar(kwargs, entries, args, conv)
     if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
@@ -1407,11 +1409,14 @@ def _diag_oft(
 
 def _lokr_full_matrix(kwargs: dict[str, str], put: dict[str, Any]) -> None:
     """LyCORIS's full_matrix (its str_bool): both LoKr factors full on every layer, whatever the rank. The
-    low-rank splits it overrides (decompose_both, use_tucker) stay out of the spec: they change nothing."""
+    low-rank splits it overrides (decompose_both, use_tucker) stay out of the spec: they change nothing; but
+    use_tucker beside a preset file's LoCon / LoHa entries, whose modules take it (the adapter's `tucker`
+    there: compiler/adapters.py _block_switches)."""
     if _str_bool(kwargs.pop("full_matrix", "false")):
         put["full_matrix"] = True
         put.pop("decompose_both", None)
-        put.pop("tucker", None)
+        if not any(b.get("kind") in ("lora", "loha") for b in put.get("_blocks", ())):
+            put.pop("tucker", None)
 
 
 def _why(module: Legacy) -> str:

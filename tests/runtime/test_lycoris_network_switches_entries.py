@@ -1,0 +1,184 @@
+"""A network's `use_scalar`, `use_tucker` and `full_matrix` beside its preset file's entries of other
+algorithms on SD 1.x (issue 12; was DBS403, a spec's DBS578): create_single_module hands them to every
+module; LoConModule, LohaModule and LokrModule read use_scalar and use_tucker (GLoRAModule use_scalar),
+LokrModule full_matrix, the others neither, and an entry's own value replaces the network's. dbspec's
+adapter `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's in a run of several kinds (a block's own
+replacing them: runtime/mixed_kinds.py kind_adapter settles each kind's blocks), a full / IA^3 network's
+entries' blocks carry its use_scalar, a LoKr entry's block its full_matrix. Checked against lycoris-lora
+4.1.3's create_network from the same file: every module's class, dim and scale, which modules train a
+scalar, LoKr factor shapes; the plan's layers (weights randomised) export a file that loads strictly into
+LyCORIS's network (a Tucker core or full factor LyCORIS lacks, or lacking one it has, fails the load), each
+LoCon / LoHa / LoKr module then computing our layer's output. One tiny run trains the LoCon network's case
+and resumes bit-exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from dbspec.runtime.lycoris_export import lycoris_state
+from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
+from tests.runtime.test_lycoris_mixed_full import _classes, _lycoris_classes
+from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded
+from tests.runtime.test_lycoris_whole_main_own_opts import _lokr_shapes, _scaled, _their_lokr_shapes
+
+lycoris_kohya = pytest.importorskip("lycoris.kohya")
+
+# the network's own: the transformers' attention and CLIP's attention; entries: LoHa on the ResNets (their
+# 3x3 convolutions take the Tucker form), LoKr on the feed-forwards and CLIP's MLPs, a LoHa entry turning
+# the network's scalar and Tucker form off on the down-samplers' 3x3 convolutions, full on conv_in, and
+# (where `{glora}`) GLoRA on the time embedding
+SWITCHES = """\
+enable_conv = true
+unet_target_module = ["Transformer2DModel", "ResnetBlock2D", "Downsample2D"]
+unet_target_name = ["conv_in", "time_embedding.linear_1"]
+text_encoder_target_module = ["CLIPAttention", "CLIPMLP"]
+text_encoder_target_name = []
+
+[module_algo_map.ResnetBlock2D]
+algo = "loha"
+[module_algo_map.FeedForward]
+algo = "lokr"
+dim = 2
+[module_algo_map.Downsample2D]
+algo = "loha"
+use_scalar = false
+use_tucker = false
+[name_algo_map.conv_in]
+algo = "full"
+[module_algo_map.CLIPMLP]
+algo = "lokr"
+dim = 2
+{glora}"""
+GLORA = '[name_algo_map."time_embedding.linear_1"]\nalgo = "glora"\n'
+
+# id: (network algo, its network_args, whether the file has the GLoRA entry)
+CASES = {
+    "locon_scalar_tucker": ("locon", {"use_scalar": "True", "use_tucker": "True"}, True),
+    "loha_scalar_tucker": ("loha", {"use_scalar": "True", "use_tucker": "True"}, True),
+    "lokr_full_matrix_scalar_tucker": (
+        "lokr",
+        {"full_matrix": "True", "use_scalar": "True", "use_tucker": "True"},
+        True,
+    ),
+    "full_scalar_full_matrix": ("full", {"use_scalar": "True", "full_matrix": "True"}, False),
+    # a Diag-OFT network's entries: a LoHa adapter whose own layers are Diag-OFT blocks (oft_entries._HOSTS)
+    "diag_oft_scalar_tucker_full_matrix": (
+        "diag-oft",
+        {"use_scalar": "True", "use_tucker": "True", "full_matrix": "True"},
+        True,
+    ),
+}
+
+
+def _network(pipe, path, monkeypatch, algo: str, args: dict[str, str]):  # noqa: F811
+    """lycoris-lora's create_network from the preset on copies of the tiny SD 1.x's U-Net and CLIP:
+    (network, its CLIP holder, its U-Net)."""
+    network = lycoris_kohya.LycorisNetworkKohya
+    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
+        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
+    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
+    named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
+    made = lycoris_kohya.create_network(
+        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(path), **args
+    )
+    return made, named, unet
+
+
+def _tucker(made) -> set[str]:
+    """LyCORIS's modules built in their Tucker form."""
+    return {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if getattr(m, "tucker", False)}
+
+
+def _same_outputs(made, named, their_unet, unet, text) -> set[str]:
+    """Each LoCon / LoHa / LoKr / GLoRA module of LyCORIS's applied network gives our layer's output on a
+    fixed random input; the names checked."""
+    ours = {**dict(unet.named_modules()), **{f"te.{k}": v for k, v in text.named_modules()}}
+    paths = {id(m): p for p, m in their_unet.named_modules()}
+    paths.update({id(m): f"te.{p}" for p, m in named.text_model.named_modules()})
+    g = torch.Generator().manual_seed(3)
+    checked = set()
+    for m in [*made.unet_loras, *made.text_encoder_loras]:
+        if type(m).__name__ not in ("LoConModule", "LohaModule", "LokrModule", "GLoRAModule"):
+            continue
+        layer = ours[paths[id(m.org_module[0])]]
+        base = layer.get_base_layer()
+        shape = (1, base.in_channels, 8, 8) if isinstance(base, nn.Conv2d) else (2, base.in_features)
+        x = torch.randn(shape, generator=g)
+        with torch.no_grad():
+            assert not torch.allclose(layer(x), base(x), atol=1e-5), m.lora_name
+            torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
+        checked.add(m.lora_name)
+    return checked
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_network_switches_reach_other_algorithms_entries_as_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    algo, args, glora = CASES[case]
+    given = " ".join(f'"{k}={v}"' for k, v in args.items())
+    text = SWITCHES.format(glora=GLORA if glora else "")
+    path, plan = _converted_plan(tmp_path, "switches", algo, given, text=text)
+    a = plan.adapter
+    assert a.kind == {"locon": "lora", "diag-oft": "loha"}.get(algo, algo)
+    assert len({b.kind for b in a.blocks} - {a.kind}) >= 2
+    made, named, their_unet = _network(pipe, path, monkeypatch, algo, args)
+    unet, text_encoder = _built(pipe, a)
+    theirs = _lycoris_classes(made)
+    assert {v[0] for v in theirs.values()} >= {"LohaModule", "LokrModule", "FullModule"}
+    assert {**_classes(unet, "lora_unet_"), **_classes(text_encoder, "lora_te_text_model_")} == theirs
+    scaled = {
+        m.lora_name
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        if isinstance(getattr(m, "scalar", None), nn.Parameter) and type(m).__name__ != "GLoRAModule"
+    }
+    # every LoCon / LoHa / LoKr module but the down-samplers' (their entry's own use_scalar = false)
+    assert scaled and not any("downsamplers" in k for k in scaled)
+    assert {*_scaled(unet, "lora_unet_"), *_scaled(text_encoder, "lora_te_text_model_")} == scaled
+    if "use_tucker" in args:  # the ResNets' 3x3 convolutions (LoHa), not the down-samplers'
+        tucker = _tucker(made)
+        assert tucker and all("resnets" in k for k in tucker)
+    assert {
+        **_lokr_shapes(unet, "lora_unet_"),
+        **_lokr_shapes(text_encoder, "lora_te_text_model_"),
+    } == _their_lokr_shapes(made)
+    if "full_matrix" in args:  # every LoKr module's both factors full
+        lokr = [m for m in [*made.unet_loras, *made.text_encoder_loras] if type(m).__name__ == "LokrModule"]
+        assert lokr and all(m.use_w1 and m.use_w2 for m in lokr)
+
+    tensors = lycoris_state(unet=unet, text_encoders=[text_encoder], family=plan.model.family, dtype="fp32")
+    assert _loaded(made, named, their_unet, tensors, strict=True) == set()
+    checked = _same_outputs(made, named, their_unet, unet, text_encoder)
+    assert len(checked) > 20 and any(k.startswith("lora_te_") for k in checked)
+
+
+def test_locon_network_switches_beside_entries_train_and_resume(tmp_path):
+    """The LoCon network's use_scalar and use_tucker beside LoHa / LoKr / full / GLoRA entries train 2 steps
+    (the scalars move off 0); stopped after one and resumed, the losses and files are bit-identical."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+    from tests.unit.convert_kit import out_path
+
+    algo, args, _ = CASES["locon_scalar_tucker"]
+    given = " ".join(f'"{k}={v}"' for k, v in args.items())
+    _converted_plan(tmp_path, "switches", algo, given, text=SWITCHES.format(glora=GLORA))
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "optimizer.lr=1e-2"]
+    whole = execute(compile_spec(out_path(tmp_path), [*base, "output.dir=whole"]), keep_models=True)
+    scalars = [p for n, p in whole.components.unet.named_parameters() if "scalar" in n]
+    assert scalars and all(float(p) != 0.0 for p in scalars)
+    split = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
+    assert {"unet/loha/adapter_model.safetensors", "unet/lokr/adapter_model.safetensors"} <= set(files)
+    for name in files:
+        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name

@@ -1,0 +1,118 @@
+"""A network's `use_scalar`, `use_tucker` and `full_matrix` beside its preset file's entries of other
+algorithms on SD 1.x/2.x and SDXL (issue 12; were DBS403, a spec's DBS578): LyCORIS hands them to every
+module and LoConModule / LohaModule / LokrModule read the first two (GLoRAModule use_scalar), LokrModule the
+third. The adapter's `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's in a run of several kinds (a
+block's own replacing them); a full / IA^3 / DyLoRA network's use_scalar is its entries' blocks' `scalar`, a
+LoCon / LoHa / full / IA^3 / DyLoRA / GLoRA network's full_matrix its LoKr entries' blocks' `full_matrix`.
+tests/runtime/test_lycoris_network_switches_entries.py compares the layers with lycoris-lora 4.1.3."""
+
+from __future__ import annotations
+
+import pytest
+from convert_kit import codes, expressible, fate, messages, plan_of
+from test_convert_kohya_lycoris_entry_opts import FULL, _convert
+from test_rules import DOG, STEPS, hits_of
+
+from dbspec.compiler import rules
+
+# LoHa on the ResNets (3x3 convolutions), LoKr on the feed-forwards and CLIP's MLPs, a LoHa entry with its
+# own use_scalar / use_tucker off on the down-samplers
+ENTRIES = (
+    FULL
+    + """
+[module_algo_map.ResnetBlock2D]
+algo = "loha"
+[module_algo_map.FeedForward]
+algo = "lokr"
+[module_algo_map.Downsample2D]
+algo = "loha"
+use_scalar = false
+use_tucker = false
+[module_algo_map.CLIPMLP]
+algo = "lokr"
+"""
+)
+
+
+def _kinds(blocks) -> dict[str, tuple]:
+    """{kind: (scalar, tucker, full_matrix)} of the blocks of each kind (one set of values per kind)."""
+    out: dict[str, set] = {}
+    for b in blocks:
+        out.setdefault(b.kind, set()).add((b.scalar, b.tucker, b.full_matrix))
+    return {k: v.pop() if len(v) == 1 else tuple(sorted(v)) for k, v in out.items()}
+
+
+def test_locon_network_scalar_and_tucker_are_the_adapters(tmp_path):
+    outcome = expressible(_convert(tmp_path, ENTRIES, "locon", '"use_scalar=True" "use_tucker=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.scalar, a.tucker) == ("lora", True, True)
+    # the ResNets' LoHa and the feed-forwards' LoKr inherit them; the down-samplers' entry turns both off
+    assert _kinds(a.blocks) == {
+        "loha": (("adapter", "adapter", "adapter"), ("off", "off", "adapter")),
+        "lokr": ("adapter", "adapter", "adapter"),
+    }
+    assert _kinds(a.text_encoder_blocks) == {"lokr": ("adapter", "adapter", "adapter")}
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3", "dylora"])
+def test_network_without_a_scalar_gives_its_entries_blocks_one(tmp_path, algo):
+    args = '"use_scalar=True"' + (' "block_size=4"' if algo == "dylora" else "")
+    outcome = expressible(_convert(tmp_path, ENTRIES, algo, args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert {b.scalar for b in a.blocks if b.kind == "lokr"} == {"on"}
+    # the down-samplers' entry: off, the adapter's (no scalar)
+    assert sorted(b.scalar for b in a.blocks if b.kind == "loha") == ["adapter", "on"]
+    assert [b.scalar for b in a.text_encoder_blocks] == ["on"]
+    assert fate(outcome, "network_args use_scalar") == "mapped"
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3", "dylora"])
+def test_scalar_beside_glora_entries_stays_refused(tmp_path, algo):
+    """GLoRAModule reads the network's use_scalar too, and a GLoRA layer's scalar is its adapter's: a
+    network without one cannot give it."""
+    text = FULL + '[module_algo_map.FeedForward]\nalgo = "glora"\n'
+    outcome = _convert(tmp_path, text, algo, '"use_scalar=True"' + (' "block_size=4"' * (algo == "dylora")))
+    assert "DBS403" in codes(outcome) and "use_scalar" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("algo", ["locon", "loha", "full", "glora"])
+def test_full_matrix_is_the_lokr_entries_blocks(tmp_path, algo):
+    outcome = expressible(_convert(tmp_path, ENTRIES, algo, '"full_matrix=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert {b.full_matrix for b in (*a.blocks, *a.text_encoder_blocks) if b.kind == "lokr"} == {"on"}
+    assert fate(outcome, "network_args full_matrix") == "mapped"
+
+
+def test_full_matrix_without_lokr_layers_is_ignored(tmp_path):
+    text = ENTRIES.replace('algo = "lokr"', 'algo = "loha"')
+    outcome = expressible(_convert(tmp_path, text, "locon", '"full_matrix=True"'))
+    assert fate(outcome, "network_args full_matrix") == "inert"
+    assert not plan_of(outcome, tmp_path).adapter.full_matrix
+
+
+def test_lokr_network_full_matrix_keeps_its_entries_tucker(tmp_path):
+    """A lokr network's full_matrix leaves its own layers no Tucker form, its LoHa entries theirs."""
+    args = '"full_matrix=True" "use_tucker=True" "use_scalar=True"'
+    outcome = expressible(_convert(tmp_path, ENTRIES, "lokr", args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.full_matrix, a.tucker, a.scalar) == ("lokr", True, False, True)
+    # the plan's tucker off: the ResNets' LoHa blocks' own on, the down-samplers' off (the adapter's)
+    assert _kinds(a.blocks)["loha"] == (("adapter", "on", "adapter"), ("off", "adapter", "adapter"))
+
+
+LOHA = "[[adapter.blocks]]\npattern = 'ff'\nkind = 'loha'\nrank = 4\nalpha = 1.0\n"
+
+
+@pytest.mark.parametrize("option", ["scalar = true", "tucker = true\nconv_rank = 4"])
+def test_adapter_switches_beside_other_kinds_pass_the_check(option):
+    body = DOG + STEPS + f'[adapter]\nkind = "lokr"\n{option}\n' + LOHA
+    assert hits_of(rules.mixed_block_kinds, body) == []
+
+
+def test_a_glora_blocks_own_scalar_stays_refused():
+    """A GLoRA layer's scalar is its adapter's: a block of kind glora has none of its own (DBS578)."""
+    body = DOG + STEPS + '[adapter]\nkind = "lora"\nscalar = true\n' + LOHA.replace("'loha'", "'glora'")
+    assert hits_of(rules.mixed_block_kinds, body + "scalar = 'off'\n") == [
+        ("DBS578", "error", ("adapter", "blocks", 0, "scalar"))
+    ]
+    assert hits_of(rules.mixed_block_kinds, body) == []
