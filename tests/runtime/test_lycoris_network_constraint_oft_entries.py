@@ -9,16 +9,14 @@ constraint binding: the blocks' norm above it)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded
+from tests.runtime.test_lycoris_own_opts_networks import _network as own_network
 from tests.runtime.test_lycoris_tlora_oft_dylora import _layers, _modules
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -40,17 +38,7 @@ algo = "boft"
 
 
 def _network(pipe, path, monkeypatch, algo: str):  # noqa: F811
-    """lycoris-lora's create_network with the network's constraint from the preset on copies of the tiny
-    SD 1.x's U-Net and CLIP: (network, its CLIP holder, its U-Net)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
-    named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(path), constraint=CONSTRAINT
-    )
-    return made, named, unet
+    return own_network(pipe, path, monkeypatch, algo, {"constraint": CONSTRAINT})
 
 
 def oft_layers_alike(made, unet, their_unet, oft):

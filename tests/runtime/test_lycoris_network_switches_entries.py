@@ -13,17 +13,15 @@ and resumes bit-exact."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from tests.runtime.test_lycoris_algo_maps import NETWORK_ATTRS, _converted_plan
+from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_full import _classes, _lycoris_classes
-from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded
+from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded, _network
 from tests.runtime.test_lycoris_whole_main_own_opts import _lokr_shapes, _scaled, _their_lokr_shapes
 
 lycoris_kohya = pytest.importorskip("lycoris.kohya")
@@ -73,20 +71,6 @@ CASES = {
         True,
     ),
 }
-
-
-def _network(pipe, path, monkeypatch, algo: str, args: dict[str, str]):  # noqa: F811
-    """lycoris-lora's create_network from the preset on copies of the tiny SD 1.x's U-Net and CLIP:
-    (network, its CLIP holder, its U-Net)."""
-    network = lycoris_kohya.LycorisNetworkKohya
-    for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
-        monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
-    named, unet = nn.Module(), copy.deepcopy(pipe.unet)
-    named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
-    made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(path), **args
-    )
-    return made, named, unet
 
 
 def _tucker(made) -> set[str]:

@@ -65,16 +65,25 @@ rescaled = true
 ARGS = {"dylora": {"block_size": "2"}, "glora": {}, "full": {}}
 
 
-def _network(pipe, path: Path, monkeypatch, algo: str):  # noqa: F811
-    """lycoris-lora's create_network from the preset on copies of the tiny SD 1.x's U-Net and CLIP:
-    (network, its CLIP holder, its U-Net)."""
+def _network(pipe, path: Path, monkeypatch, algo: str, args: dict | None = None):  # noqa: F811
+    """lycoris-lora's create_network from the preset on copies of the tiny SD 1.x's U-Net and CLIP, with the
+    network's `args` (else ARGS's): (network, its CLIP holder, its U-Net)."""
     network = lycoris_kohya.LycorisNetworkKohya
     for attr in NETWORK_ATTRS:  # apply_preset sets the class's attributes: restored after the test
         monkeypatch.setattr(network, attr, copy.copy(getattr(network, attr)))
     named, unet = nn.Module(), copy.deepcopy(pipe.unet)
     named.text_model = copy.deepcopy(pipe.text_encoder)  # kohya's CLIP names its modules text_model.*
     made = lycoris_kohya.create_network(
-        1.0, 4, 1.0, None, named, unet, algo=algo, conv_dim="4", preset=str(path), **ARGS[algo]
+        1.0,
+        4,
+        1.0,
+        None,
+        named,
+        unet,
+        algo=algo,
+        conv_dim="4",
+        preset=str(path),
+        **(ARGS.get(algo, {}) if args is None else args),
     )
     return made, named, unet
 
