@@ -68,9 +68,20 @@ algo = "locon"
 """
 
 
-def _alike(tmp_path, monkeypatch, algo: str, text: str, args: dict[str, str], dim: int = 4):
+def _alike(
+    tmp_path,
+    monkeypatch,
+    algo: str,
+    text: str,
+    args: dict[str, str],
+    dim: int = 4,
+    grads: bool = True,
+    keep: list | None = None,
+):
     """The file converted with network algo `algo` and `args` on tiny Flux; every kohya layer's lycoris-lora
-    module (loaded from our export) against the plan's parts; the plan's adapter and LyCORIS's modules."""
+    module (loaded from our export) against the plan's parts, and (`grads`) every trained tensor's gradient
+    (not with use_scalar: the export folds a trained scalar into a factor whose gradient it then scales);
+    the plan's adapter and LyCORIS's modules (`keep` gets our transformer and text encoders)."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
@@ -112,7 +123,9 @@ def _alike(tmp_path, monkeypatch, algo: str, text: str, args: dict[str, str], di
     modules_alike(made, layers, unet, encoders, least=1)
     for m in full:  # its gradient as the export writes the factor (x the scale)
         m.lokr_w1.grad.mul_(m.scale)
-    assert _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
+    assert not grads or _grads_as_lycoris(unet, encoders, made, "flux") >= len(made)
+    if keep is not None:
+        keep.extend([unet, *encoders])
     return plan.adapter, made, full
 
 

@@ -166,3 +166,36 @@ def test_locon_network_switches_beside_entries_train_and_resume(tmp_path):
     for name in files:
         x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+
+
+# id: (network algo, its network_args, the single blocks' linear1 entry's algo)
+FLUX_CASES = {
+    "lokr_scalar_full_matrix": ("lokr", {"use_scalar": "True", "full_matrix": "True"}, "loha"),
+    "locon_scalar_full_matrix": ("locon", {"use_scalar": "True", "full_matrix": "True"}, "lokr"),
+    "full_scalar_full_matrix": ("full", {"use_scalar": "True", "full_matrix": "True"}, "lokr"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLUX_CASES))
+def test_flux_network_switches_reach_fused_entries_as_lycoris(tmp_path, monkeypatch, case):
+    """On Flux's fused Linears (LoCon entries on the double blocks' q/k/v and CLIP's attention, a LoHa /
+    LoKr entry on the single blocks' linear1), with module_dropout: each kohya module (one per fused Linear)
+    trains a scalar where LyCORIS's does and has both LoKr factors full, its outputs, input gradients and
+    generator state those of the plan's parts (test_lycoris_flow_mixed_rs_lora_boft's _alike)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    algo, args, linear1 = FLUX_CASES[case]
+    text = BOFT_FILE.replace('algo = "loha"', f'algo = "{linear1}"')
+    ours: list = []
+    args = {**args, "module_dropout": "0.3"}
+    _, made, _ = _alike(tmp_path, monkeypatch, algo, text, args, grads=False, keep=ours)
+    kinds = {type(m).__name__ for m in made.values()}
+    assert {"LoConModule", {"loha": "LohaModule", "lokr": "LokrModule"}[linear1]} <= kinds
+    readers = ("LoConModule", "LohaModule", "LokrModule")
+    scaled = {k for k, m in made.items() if isinstance(getattr(m, "scalar", None), nn.Parameter)}
+    assert scaled == {k for k, m in made.items() if type(m).__name__ in readers}
+    # ours: every LoRA / LoHa / LoKr part of those fused Linears, and CLIP's LoCon layers
+    built = [{k for k, v in _classes(model, "").items() if v[0] in readers} for model in ours]
+    assert all(built[:2]) and [_scaled(model, "") for model in ours] == built  # the T5: none
+    lokr = [m for m in made.values() if type(m).__name__ == "LokrModule"]
+    assert lokr and all(m.use_w1 and m.use_w2 for m in lokr)

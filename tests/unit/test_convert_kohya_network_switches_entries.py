@@ -116,3 +116,23 @@ def test_a_glora_blocks_own_scalar_stays_refused():
         ("DBS578", "error", ("adapter", "blocks", 0, "scalar"))
     ]
     assert hits_of(rules.mixed_block_kinds, body) == []
+
+
+@pytest.mark.parametrize("algo", ["locon", "full", "dylora"])
+def test_on_flux_they_reach_the_fused_entries_alike(tmp_path, algo):
+    """On Flux's fused Linears too (was DBS403; tests/runtime/test_lycoris_network_switches_entries.py
+    compares kohya's modules): the LoKr entries' blocks take the network's full_matrix, and its use_scalar
+    where the network's adapter has no scalar (recorded as theirs)."""
+    from test_convert_lycoris_flow_preset_file import MIXED as FLUX_MIXED
+    from test_convert_lycoris_flow_preset_file import _flux
+
+    outcome = expressible(_flux(tmp_path, FLUX_MIXED, f'"algo={algo}" "use_scalar=1" "full_matrix=True"'))
+    a = plan_of(outcome, tmp_path).adapter
+    lokr = [b for b in a.blocks if b.kind == "lokr"]
+    assert a.fused and lokr and {b.full_matrix for b in lokr} == {"on"}
+    assert fate(outcome, "network_args full_matrix") == "mapped"
+    if algo == "locon":  # the adapter's
+        assert a.scalar and {b.scalar for b in a.blocks if b.kind in ("loha", "lokr")} == {"adapter"}
+    else:
+        assert {b.scalar for b in a.blocks if b.kind in ("loha", "lokr")} == {"on"}
+        assert fate(outcome, "network_args use_scalar") == "mapped"

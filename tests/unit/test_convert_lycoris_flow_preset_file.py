@@ -743,11 +743,13 @@ def test_entries_of_other_algorithms_are_blocks_of_their_kind(tmp_path):
         assert {bool(re.search(loha.pattern, p)) for p in parts} == {i < 38}
     assert not any(re.search(b.pattern, "transformer_blocks.0.attn.add_q_proj") for b in a.blocks)
     # the network's use_tucker shapes no Linear (was DBS403: test_sd3_network_tucker_form_beside_entries...);
-    # use_scalar, which every kind would build differently, stays DBS403 (a spec's DBS578)
+    # use_scalar is the adapter's, every LoCon / LoHa / LoKr fused Linear's (was DBS403, a spec's DBS578;
+    # tests/runtime/test_lycoris_network_switches_entries.py)
     tucker = _flux(tmp_path / "tucker", MIXED, '"algo=locon" "use_tucker=True"')
     assert not {"DBS402", "DBS403"} & codes(tucker) and fate(tucker, "network_args use_tucker") == "inert"
-    scalar = _flux(tmp_path / "scalar", MIXED, '"algo=locon" "use_scalar=True"', allow=True)
-    assert "DBS578" in messages(scalar, "DBS403")
+    scalar = _flux(tmp_path / "scalar", MIXED, '"algo=locon" "use_scalar=True"')
+    assert not {"DBS402", "DBS403"} & codes(scalar), errors(scalar)
+    assert plan_of(scalar, tmp_path / "scalar").adapter.scalar
     # a boft entry: one ButterflyOFTModule per fused Linear (tests/runtime/test_lycoris_flux_boft.py), its
     # dim LyCORIS's lora_dim (the block size: power2factorization of the stacked rows)
     boft = MIXED.replace('algo = "lokr"\ndim = 8', 'algo = "boft"\ndim = 32')
@@ -869,16 +871,18 @@ def test_diag_oft_and_glora_entries_on_fused_layers_are_blocks_of_their_kind(tmp
 def test_full_and_ia3_entries_refused_where_kohya_differs(tmp_path):
     """An IA^3 entry's own train_on_input (one scale per input column, which the fused layer's parts share)
     converts now (was DBS403): its block's `on_input` (tests/runtime/test_lycoris_ia3_entry_sides.py). Network
-    options the kinds do not build alike (use_scalar) stay DBS403; an fp8 base stops kohya (DBS402: --fp8_base
+    options the kinds do not build alike stay DBS403; an fp8 base stops kohya (DBS402: --fp8_base
     casts Flux as it loads it, and FullModule.apply_to adds that float8 weight into its copy,
-    lycoris_fp8.full_on_fp8)."""
+    lycoris_fp8.full_on_fp8). The network's use_scalar (was DBS403) is the adapter's: its LoKr layers',
+    FullModule / IA3Module never reading it."""
     text = MIXED_FULL.replace('algo = "ia3"\nalpha = 8', 'algo = "ia3"\ntrain_on_input = true')
     outcome = _flux(tmp_path / "input", text, '"algo=locon"')
     assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
     a = plan_of(outcome, tmp_path / "input").adapter
     assert sorted(b.on_input for b in a.blocks if b.kind == "ia3") == [False, True] and a.fused
-    outcome = _flux(tmp_path / "scalar", MIXED_FULL, '"algo=lokr" "use_scalar=True"', allow=True)
-    assert "DBS578" in messages(outcome, "DBS403")
+    outcome = _flux(tmp_path / "scalar", MIXED_FULL, '"algo=lokr" "use_scalar=True"')
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert plan_of(outcome, tmp_path / "scalar").adapter.scalar
     outcome = _flux(
         tmp_path / "fp8", MIXED_FULL, '"algo=locon" --fp8_base --mixed_precision bf16', allow=True
     )

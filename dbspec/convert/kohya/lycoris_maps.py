@@ -647,15 +647,15 @@ _SCALAR_TO_ENTRIES = (*_NO_DIMS, "dylora")
 
 def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
     """The network's use_scalar / use_tucker / full_matrix beside entries of other algorithms (`layers`) as
-    dbspec's blocks express them on SD 1.x/2.x and SDXL: LyCORIS hands them to every module, and the
-    LoCon / LoHa / LoKr modules read use_scalar and use_tucker (GLoRAModule use_scalar), LokrModule
-    full_matrix, the others neither. The adapter's `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's
-    but where a block gives its own (runtime/mixed_kinds.py kind_adapter); a full / IA^3 / DyLoRA network's
-    entries' blocks carry its use_scalar (_scalar_against), a LoKr entry's block its full_matrix
-    (_network_lokr); a lokr network's full_matrix is its own layers' (tests/runtime/
-    test_lycoris_network_switches_entries.py; a lokr network's full_matrix leaves its own layers no Tucker
-    form, its LoCon / LoHa entries' blocks theirs: compiler/adapters.py _block_switches). Not a full / IA^3 /
-    DyLoRA network's use_scalar beside GLoRA entries (GLoRAModule's scalar is the adapter's)."""
+    dbspec's blocks express them (on Flux / SD3 / Chroma each fused Linear's parts alike): LyCORIS hands
+    them to every module, and the LoCon / LoHa / LoKr modules read use_scalar and use_tucker (GLoRAModule
+    use_scalar), LokrModule full_matrix, the others neither. The adapter's `scalar` / `tucker` are every
+    LoRA / LoHa / LoKr layer's but where a block gives its own (runtime/mixed_kinds.py kind_adapter); a
+    full / IA^3 / DyLoRA network's entries' blocks carry its use_scalar (_scalar_against), a LoKr entry's
+    block its full_matrix (_network_lokr); a lokr network's full_matrix is its own layers', leaving its
+    LoCon / LoHa entries' blocks their Tucker form (compiler/adapters.py _block_switches;
+    tests/runtime/test_lycoris_network_switches_entries.py). Not a full / IA^3 / DyLoRA network's
+    use_scalar beside GLoRA entries (GLoRAModule's scalar is the adapter's)."""
     kinds = {_algo(layer.algo) for layer in layers}
     own = _algo(algo)
     if key == "use_scalar":
@@ -718,8 +718,8 @@ def _mixed_kinds(
     if _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks; on Flux / SD3 /
         # Chroma each fused Linear's parts alike)
         on = [key for key in on if key != "rs_lora"]
-    if not flow:  # on SD 1.x/2.x, SDXL: the network's switches each kind's blocks carry (_network_switches)
-        on = [key for key in on if not _switch_expressed(key, algo, unet, network)]
+    # the network's switches each kind's blocks carry (use_tucker on Flux / SD3 / Chroma: above)
+    on = [key for key in on if not _switch_expressed(key, algo, unet, network)]
     if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
         # read it: the LoCon / LoHa / LoKr entries' blocks' `tucker` (network_tucker)
         on = [key for key in on if key != "use_tucker"]
