@@ -4,7 +4,8 @@ module and LoConModule / LohaModule / LokrModule read the first two (GLoRAModule
 third. The adapter's `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's in a run of several kinds (a
 block's own replacing them); a full / IA^3 / DyLoRA network's use_scalar is its entries' blocks' `scalar`, a
 LoCon / LoHa / full / IA^3 / DyLoRA / GLoRA network's full_matrix its LoKr entries' blocks' `full_matrix`.
-tests/runtime/test_lycoris_network_switches_entries.py compares the layers with lycoris-lora 4.1.3."""
+tests/runtime/test_lycoris_network_switches_entries.py compares the layers with lycoris-lora 4.1.3. Also a
+Diag-OFT / BOFT network's DyLoRA entries (its block_size theirs, as create_network hands it every module)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,15 @@ def test_on_flux_they_reach_the_fused_entries_alike(tmp_path, algo):
     else:
         assert {b.scalar for b in a.blocks if b.kind in ("loha", "lokr")} == {"on"}
         assert fate(outcome, "network_args use_scalar") == "mapped"
+
+
+@pytest.mark.parametrize("algo", ["diag-oft", "boft"])
+def test_oft_network_dylora_entries_are_a_dylora_network(tmp_path, algo):
+    """A Diag-OFT / BOFT network's DyLoRA entries (was DBS403): a DyLoRA adapter in LyCORIS's form at the
+    network's block_size whose own layers are OFT blocks at its dim and constraint
+    (tests/runtime/test_lycoris_oft_network_dylora_entries.py)."""
+    text = FULL + '[module_algo_map.FeedForward]\nalgo = "dylora"\n'
+    outcome = expressible(_convert(tmp_path, text, algo, '"block_size=8" "constraint=0.001"'))
+    a = plan_of(outcome, tmp_path).adapter
+    assert (a.kind, a.dylora_form, a.dylora_unit) == ("dylora", "lycoris", 8)
+    assert {(b.kind, b.alpha) for b in a.blocks if b.kind == algo} == {(algo, 0.001)}

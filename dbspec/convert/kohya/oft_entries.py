@@ -34,13 +34,14 @@ def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Convers
 
 
 # the algorithms a Diag-OFT / BOFT network's entries may give (its layers then the entries' network's OFT
-# entries): the first present is the adapter's kind (DyLoRA entries not: unchecked, DBS403)
-_HOSTS = ("lora", "locon", "loha", "lokr", "tlora", "full", "ia3", "glora")
+# entries): the first present is the adapter's kind
+_HOSTS = ("lora", "locon", "loha", "lokr", "tlora", "full", "ia3", "glora", "dylora")
 
 
 def oft_network_host(algo: str, found) -> tuple[str, object] | None:
     """A Diag-OFT or BOFT network whose preset file gives some layers LoCon / LoHa / LoKr / T-LoRA / full /
-    IA^3 / GLoRA (was DBS403: an OFT adapter's [[adapter.blocks]] hold a block size, not another kind's rank):
+    IA^3 / GLoRA / DyLoRA (was DBS403: an OFT adapter's [[adapter.blocks]] hold a block size, not another
+    kind's rank):
     (the entries' algorithm, the file's Targets with the network's own layers as entries of that network),
     else None. lycoris-lora 4.1.3's network algo only names the algorithm of the layers no map entry sets
     (create_modules's `algo = network_module`, LycorisNetworkKohya never reading it otherwise), and
@@ -52,7 +53,8 @@ def oft_network_host(algo: str, found) -> tuple[str, object] | None:
     lycoris_flow_file.py on Flux / SD3 / Chroma (test_lycoris_flow_mixed_rs_lora_boft.py,
     test_lycoris_flow_oft_network_entries.py); T-LoRA entries alike
     (test_lycoris_oft_network_tlora_entries.py), full / IA^3 / GLoRA entries too
-    (test_lycoris_oft_network_whole_entries.py)."""
+    (test_lycoris_oft_network_whole_entries.py), DyLoRA entries (test_lycoris_oft_network_dylora_entries.py;
+    the network's block_size theirs)."""
     if algo not in _OFT_KINDS:
         return None
     layers = [*found.unet.values(), *found.text.values()]
