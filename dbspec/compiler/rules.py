@@ -3717,12 +3717,14 @@ def glora_bypass_inert(a) -> bool:
     (its module_dropout draw alone; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py). Blocks of kind
     diag-oft and boft too (was DBS578): their bypass forward rotates the output and reads no rank_dropout,
     ButterflyOFTModule no dropout either (DiagOFTModule's raises on it: mixed_block_kinds keeps the adapter's
-    dropout off beside them; tests/runtime/test_lycoris_glora_bypass_oft_entries.py)."""
+    dropout off beside them; tests/runtime/test_lycoris_glora_bypass_oft_entries.py). Blocks of kind dylora
+    too (was DBS578): DyLoraModule's bypass forward adds its one block unscaled (dylora_bypass_runs: one block
+    per layer, DBS549) and reads no dropout (tests/runtime/test_lycoris_glora_bypass_dylora_entries.py)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "glora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"}
-        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"}
+        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
@@ -4821,8 +4823,16 @@ def dylora_bypass_runs(spec: Spec, given: Given) -> Iterator[Hit]:
     if a.kind in ("lora", "loha", "lokr") and (a.bypass or any(_own_bypass(a))):
         yield from _blocks_bypass(a)
         return
-    if a.kind == "glora":  # its DyLoRA blocks' own bypass (a GLoRA adapter's reaches none beside them)
-        yield from _several_blocks_bypass(a, [(t, i) for t, i, b in _own_bypass(a) if b.bypass == "on"])
+    if a.kind == "glora":  # its DyLoRA blocks' own bypass, or the adapter's (glora_bypass_inert)
+        found = [(t, i) for t, i, b in _own_bypass(a) if b.bypass == "on"]
+        if a.bypass and glora_bypass_inert(a):
+            found += [
+                (t, i)
+                for t in ("blocks", "text_encoder_blocks")
+                for i, b in enumerate(getattr(a, t))
+                if b.kind == "dylora" and b.bypass == "adapter"
+            ]
+        yield from _several_blocks_bypass(a, found)
     if a.kind == "dylora":
         yield from _dylora_adapter_bypass(a)
 

@@ -43,3 +43,17 @@ def test_max_norm_without_blocks_it_scales_warns(kind):
         ("DBS610", "warning", ("adapter", "max_norm"))
     ]
     assert hits_of(rules.blocks_max_norm_scales_something, body + LOCON) == []
+
+
+def test_glora_bypass_beside_dylora_blocks():
+    """A GLoRA adapter's bypass reaches its DyLoRA blocks (issue 12; was DBS578): DyLoraModule's bypass
+    forward, one block per layer (DBS549 for several: LyCORIS's crashes), no dropout read
+    (tests/runtime/test_lycoris_glora_bypass_dylora_entries.py)."""
+    dylora = "[[adapter.blocks]]\npattern = 'ff'\nkind = 'dylora'\nrank = 4\nalpha = 2.0\nunit = 4\n"
+    body = DOG + STEPS + '[adapter]\nkind = "glora"\nbypass = true\ndropout = 0.2\n' + dylora
+    assert hits_of(rules.mixed_block_kinds, body) == []
+    assert hits_of(rules.dylora_bypass_runs, body) == []
+    several = body.replace("unit = 4", "unit = 2")
+    assert hits_of(rules.dylora_bypass_runs, several) == [
+        ("DBS549", "error", ("adapter", "blocks", 0, "rank"))
+    ]

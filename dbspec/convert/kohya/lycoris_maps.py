@@ -628,13 +628,19 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     outside bypass_mode: DBS405; tests/runtime/test_lycoris_glora_bypass_ia3_entries.py). Diag-OFT and BOFT
     entries too (was DBS403): their modules' bypass forward, the block's settled `bypass`, reading no
     rank_dropout (a Diag-OFT one's dropout stops kohya: _oft_bypass_dropout, DBS402;
-    tests/runtime/test_lycoris_glora_bypass_oft_entries.py)."""
+    tests/runtime/test_lycoris_glora_bypass_oft_entries.py). DyLoRA entries too (was DBS403): DyLoraModule's
+    bypass forward adds its one block unscaled (several blocks per layer crash: _dylora_fits, DBS402),
+    reading neither dropout nor rank_dropout (tests/runtime/test_lycoris_glora_bypass_dylora_entries.py)."""
     entries = {_algo(layer.algo) for layer in layers}
     own = any(k == "weight_decompose" for layer in layers for k, _ in layer.options)
     # the network's dora_wd decomposes LoCon / LoHa / LoKr layers alone: GLoRAModule and IA3Module take
     # weight_decompose and never read it (beside IA^3 entries alone inert, DBS405, as outside bypass_mode)
     decomposed = bool(entries & {"lora", "loha", "lokr"}) and bool(network.get("weight_decompose"))
-    return entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"} and not decomposed and not own
+    return (
+        entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora"}
+        and not decomposed
+        and not own
+    )
 
 
 # the kinds whose LyCORIS modules read the network's use_scalar (GLoRAModule too: the adapter's own, which a
