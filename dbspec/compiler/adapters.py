@@ -329,14 +329,14 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         bypass_dropout=adapter.dropout if bypass_reads_dropout else 0.0,
         # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
         # another kind's layers (runtime/mixed_kinds.py)
-        blocks=tuple(_tlora_block(b) for b in adapter.blocks),
-        text_encoder_blocks=tuple(_tlora_block(b) for b in adapter.text_encoder_blocks),
+        blocks=tuple(_tlora_block(b, adapter) for b in adapter.blocks),
+        text_encoder_blocks=tuple(_tlora_block(b, adapter) for b in adapter.text_encoder_blocks),
         t5_targets=_t5_targets(family, components),  # LyCORIS's TLoraModule on T5-XXL's Linears (train.t5)
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # one SVD per fused Linear
 
 
-def _tlora_block(block) -> BlockPlan:
+def _tlora_block(block, adapter) -> BlockPlan:
     kind = "adapter" if block.kind == "tlora" else block.kind  # a LyCORIS map entry's other algorithm
     return BlockPlan(
         pattern=block.pattern,
@@ -344,11 +344,14 @@ def _tlora_block(block) -> BlockPlan:
         rank=block.rank,
         alpha=block.alpha,  # a Diag-OFT / BOFT block's constraint
         unit=block.unit,  # a DyLoRA block's (LyCORIS's block_size)
-        rescaled=block.rescaled,  # a Diag-OFT / BOFT block's
         sig_type=block.sig_type,
         data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)
         on_input=block.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
         bypass=own_bypass(block),  # TLoraModule's bypass forward (runtime/lycoris_tlora.py set_tlora_bypass)
+        # a block of kind lora / loha / lokr: its scalar, a LoKr one's split and switches (the adapter has
+        # none: each kind's layers built alone, runtime/mixed_kinds.py kind_adapter); a Diag-OFT / BOFT
+        # block's `rescaled`
+        **_other_kind_options(block, adapter),
     )
 
 

@@ -3325,12 +3325,12 @@ def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_scalar_kind(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA, DyLoRA, full or IA^3 adapter's block's own scalar (a LyCORIS map entry's use_scalar) acts on
-    the LoRA / LoHa / LoKr layers of a block of that kind (compiler/adapters.py _other_kind_options,
+    """A GLoRA, DyLoRA, full, IA^3 or T-LoRA adapter's block's own scalar (a LyCORIS map entry's use_scalar)
+    acts on the LoRA / LoHa / LoKr layers of a block of that kind (compiler/adapters.py _other_kind_options,
     runtime/mixed_kinds.py kind_adapter): DBS625 on a block of the adapter's own layers or another kind
     (in a run of several kinds DBS578 names it)."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("glora", "dylora", "full", "ia3") or len(run_kinds(a)) > 1:
+    if getattr(a, "kind", "none") not in ("glora", "dylora", "full", "ia3", "tlora") or len(run_kinds(a)) > 1:
         return
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):

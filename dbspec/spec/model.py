@@ -2447,6 +2447,15 @@ class TloraBlock:
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
     data_init: bool = _block_data_init()
     on_input: bool = _block_on_input()  # a block of kind ia3 (its entry's train_on_input)
+    # a block of kind lokr: its LoKr split and switches (its entry's own, else the network's); of kind lora /
+    # loha / lokr: LyCORIS's scalar (the T-LoRA adapter has none: "adapter" is off)
+    factor: int = _block_factor()
+    decompose_both: BlockSwitch = _block_switch("decompose_both", "decompose_both")
+    full_matrix: BlockSwitch = _block_switch("full_matrix", "full_matrix")
+    unbalanced_factorization: BlockSwitch = _block_switch(
+        "unbalanced_factorization", "unbalanced_factorization"
+    )
+    scalar: BlockSwitch = _block_scalar()
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

@@ -173,7 +173,16 @@ FLUX_CASES = {
     "lokr_scalar_full_matrix": ("lokr", {"use_scalar": "True", "full_matrix": "True"}, "loha"),
     "locon_scalar_full_matrix": ("locon", {"use_scalar": "True", "full_matrix": "True"}, "lokr"),
     "full_scalar_full_matrix": ("full", {"use_scalar": "True", "full_matrix": "True"}, "lokr"),
+    # a T-LoRA network's: its entries' blocks' (spec TloraBlock), the LoKr one's at the network's factor
+    "tlora_scalar_factor": ("tlora", {"use_scalar": "True", "factor": "4"}, "lokr"),
 }
+
+
+def _tlora(model: nn.Module) -> set[str]:
+    """The T-LoRA layers' names as _classes gives them (a LoRA layer of its own kind, which has no scalar)."""
+    from dbspec.runtime.lycoris_tlora import TloraLayer
+
+    return {n.replace(".", "_") for n, m in model.named_modules() if isinstance(m, TloraLayer)}
 
 
 @pytest.mark.parametrize("case", sorted(FLUX_CASES))
@@ -195,7 +204,7 @@ def test_flux_network_switches_reach_fused_entries_as_lycoris(tmp_path, monkeypa
     scaled = {k for k, m in made.items() if isinstance(getattr(m, "scalar", None), nn.Parameter)}
     assert scaled == {k for k, m in made.items() if type(m).__name__ in readers}
     # ours: every LoRA / LoHa / LoKr part of those fused Linears, and CLIP's LoCon layers
-    built = [{k for k, v in _classes(model, "").items() if v[0] in readers} for model in ours]
+    built = [{k for k, v in _classes(model, "").items() if v[0] in readers} - _tlora(model) for model in ours]
     assert all(built[:2]) and [_scaled(model, "") for model in ours] == built  # the T5: none
     lokr = [m for m in made.values() if type(m).__name__ == "LokrModule"]
-    assert lokr and all(m.use_w1 and m.use_w2 for m in lokr)
+    assert lokr and all(m.use_w1 and m.use_w2 for m in lokr) == ("full_matrix" in args)

@@ -149,3 +149,39 @@ def test_oft_network_dylora_entries_are_a_dylora_network(tmp_path, algo):
     a = plan_of(outcome, tmp_path).adapter
     assert (a.kind, a.dylora_form, a.dylora_unit) == ("dylora", "lycoris", 8)
     assert {(b.kind, b.alpha) for b in a.blocks if b.kind == algo} == {(algo, 0.001)}
+
+
+TLORA = FULL.replace(', "ResnetBlock2D", "Downsample2D", "Upsample2D"', "").replace(
+    'unet_target_name = ["conv_in", "conv_out"]', "unet_target_name = []"
+)
+
+
+@pytest.mark.parametrize(
+    ("entry", "args", "want"),
+    [
+        ("lokr", '"use_scalar=True" "factor=4" "full_matrix=True"', (4, "on", "on")),
+        ("lokr", '"factor=4" "unbalanced_factorization=True"', (4, "adapter", "adapter")),
+        ("loha", '"use_scalar=True"', (0, "adapter", "on")),
+    ],
+)
+def test_tlora_network_switches_are_its_entries_blocks(tmp_path, entry, args, want):
+    """A T-LoRA network's use_scalar, factor and LoKr switches (TLoraModule reads none; was DBS403): its
+    LoCon / LoHa / LoKr entries' blocks' (spec TloraBlock;
+    tests/runtime/test_lycoris_tlora_entry_switches.py)."""
+    text = TLORA + f'[module_algo_map.FeedForward]\nalgo = "{entry}"\n'
+    outcome = expressible(_convert(tmp_path, text, "tlora", args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert a.kind == "tlora"
+    assert {(b.factor, b.full_matrix, b.scalar) for b in a.blocks if b.kind == entry} == {want}
+    if "unbalanced" in args:
+        assert {b.unbalanced_factorization for b in a.blocks if b.kind == entry} == {"on"}
+    if "use_scalar" in args:
+        assert fate(outcome, "network_args use_scalar") == "mapped"
+
+
+def test_tlora_blocks_own_scalar_on_its_own_layers_is_refused():
+    """A T-LoRA block's scalar (TLoraModule has none): DBS625 on its own layers."""
+    body = DOG + STEPS + '[adapter]\nkind = "tlora"\n' + LOHA.replace("'loha'", "'adapter'")
+    assert hits_of(rules.block_scalar_kind, body + "scalar = 'on'\n") == [
+        ("DBS625", "error", ("adapter", "blocks", 0, "scalar"))
+    ]

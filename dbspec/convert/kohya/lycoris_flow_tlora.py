@@ -37,6 +37,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     put_targets,
     refuse_rest,
 )
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
@@ -64,11 +65,14 @@ def map_flow_tlora(
     ignore_args(
         kwargs, args, conv, lambda k: k in ("conv_dim", "conv_alpha"), "the preset reaches no convolution"
     )
+    file_blocks = layout.targets(layers, True)[1] if layers != "none" else []
+    entries = [*file_blocks, *text_blocks]
+    entries_lokr_args(kwargs, entries, args, conv)  # its LoKr blocks' split and switches
+    entries_scalar(kwargs, entries, args, conv)  # its LoCon / LoHa / LoKr blocks' scalar
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(popped(args, kwargs, key), why)
-    file_blocks = layout.targets(layers, True)[1] if layers != "none" else []
-    entries_constraint(kwargs, [*file_blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
+    entries_constraint(kwargs, entries, args, conv)  # its Diag-OFT / BOFT blocks' alpha
     ignore_args(kwargs, args, conv, lambda k: k in _UNREAD, "TLoraModule takes it and never reads it")
     why = "LyCORIS's LoRA+ raises the `lora_up` parameters, which T-LoRA has not"
     ignore_args(kwargs, args, conv, lambda k: k.startswith("loraplus_"), why)

@@ -355,7 +355,7 @@ BYPASS_BLOCKS = BYPASS_KINDS
 # the networks whose blocks of other kinds carry a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa /
 # LoKr entry's own use_scalar and a LoKr entry's own rs_lora (spec AdapterBlock, ScaleBlock, DyloraBlock,
 # GloraBlock; TloraBlock has none)
-_LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora")
+_LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora", "tlora")
 
 
 # the networks whose entries of their own algorithm a block with a `bypass` expresses (spec OftBlock,
@@ -648,7 +648,7 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
 _SCALAR_READERS = (*_BLOCK_KINDS, "glora")
 # the networks whose adapter has no `scalar`: their LoCon / LoHa / LoKr entries' blocks carry the network's
 # use_scalar (_blocks, _scalar_against)
-_SCALAR_TO_ENTRIES = (*_NO_DIMS, "dylora")
+_SCALAR_TO_ENTRIES = (*_NO_DIMS, "dylora", "tlora")
 
 
 def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -666,8 +666,8 @@ def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[st
     own = _algo(algo)
     if key == "use_scalar":
         return own in _SCALAR_READERS or (own in _SCALAR_TO_ENTRIES and "glora" not in kinds)
-    if key == "use_tucker":
-        return own in _BLOCK_KINDS
+    if key == "use_tucker":  # a T-LoRA network's entries: Linear and 1x1 layers alone (_beside_tlora)
+        return own in (*_BLOCK_KINDS, "tlora")
     if key == "full_matrix":
         return own == "lokr" or (own in _LOKR_OWN_NETWORKS and "lokr" in kinds) or "lokr" not in kinds
     return False
@@ -807,18 +807,7 @@ def _mixed_kinds(
 # alpha and DyLoRA's unit; the adapter's module_dropout alone reaches them): those modules read them,
 # TLoraModule does not. The network's constraint and rescaled are its Diag-OFT / BOFT blocks' alpha and
 # `rescaled`, as on the other networks (_blocks, oft_entries.entries_constraint / entries_rescaled)
-_TLORA_NETWORK_OFF = (
-    "dropout",
-    "rank_dropout",
-    "bypass_mode",
-    "weight_decompose",
-    "use_scalar",
-    "use_tucker",
-    "rs_lora",
-    "full_matrix",
-    "unbalanced_factorization",
-    "decompose_both",
-)
+_TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode", "weight_decompose", "rs_lora")
 
 
 # what a T-LoRA adapter's block of another kind carries of its entry's own options (spec TloraBlock: the OFTs'
@@ -826,6 +815,16 @@ _TLORA_NETWORK_OFF = (
 _TLORA_BLOCK_OWN = {"diag-oft": ("constraint", "rescaled"), "boft": ("constraint", "rescaled")}
 _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 _TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_side)
+# a LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own split and switches: its block's `scalar`,
+# `factor` and switches (spec TloraBlock; runtime/mixed_kinds.py builds each kind alone)
+_TLORA_BLOCK_OWN.update(lora=("use_scalar",), loha=("use_scalar",))
+_TLORA_BLOCK_OWN["lokr"] = (
+    "use_scalar",
+    "factor",
+    "decompose_both",
+    "full_matrix",
+    "unbalanced_factorization",
+)
 
 
 # the kinds whose LyCORIS modules draw (or never read) the network's rank_dropout as a T-LoRA adapter's
@@ -873,8 +872,9 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
         raise PresetError(
             f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
-            "alpha only (Diag-OFT / BOFT their constraint, rescaled and bypass_mode, DyLoRA its "
-            "block_size)",
+            "alpha (LoCon / LoHa / LoKr their use_scalar, LoKr its factor, decompose_both, full_matrix "
+            "and unbalanced_factorization, Diag-OFT / BOFT their constraint, rescaled and bypass_mode, "
+            "DyLoRA its block_size)",
             False,
         )
     lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
@@ -898,8 +898,6 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     unread = all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
     if unread and not network["bypass_mode"] and "dropout" in on:
         on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
-    if network.get("factor", -1) != -1:
-        on.append("factor")
     if network.get("block_size", 4) != 4:
         on.append("block_size")
     if on:
@@ -907,7 +905,8 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
         raise PresetError(
             f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo=tlora network with "
             f"network_args {', '.join(on)}: dbspec's T-LoRA adapter builds its blocks of other kinds with "
-            "their defaults and the network's module_dropout only (DBS578)",
+            "their kind's defaults, the network's module_dropout and the options their blocks carry "
+            "(use_scalar, LoKr's factor and switches; DBS578)",
             False,
         )
 

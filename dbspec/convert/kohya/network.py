@@ -453,8 +453,8 @@ def _map_network(
         entries_rescaled(kwargs, entries, args, conv)
     if lycoris and kind != "lokr":  # the network's LoKr split and switches: its LoKr entries' blocks'
         entries_lokr_args(kwargs, entries, args, conv)
-    if lycoris and kind in ("full", "ia3", "dylora"):  # no scalar of their own: their entries' blocks'
-        entries_scalar(kwargs, entries, args, conv)
+    if lycoris and kind in ("full", "ia3", "dylora", "tlora"):  # no scalar of their own: their entries'
+        entries_scalar(kwargs, entries, args, conv)  # blocks'
     if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
