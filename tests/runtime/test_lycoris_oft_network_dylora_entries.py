@@ -27,7 +27,7 @@ from tests.runtime.test_lycoris_mixed_module_dropout import (
     lycoris_unet,
     same_draws,
 )
-from tests.runtime.test_lycoris_oft_network_whole_entries import CLASSES
+from tests.runtime.test_lycoris_oft_network_whole_entries import CLASSES, oft_blocks_alike
 from tests.runtime.test_lycoris_tlora_mixed_opts import FILE
 
 pytest.importorskip("lycoris.kohya")
@@ -69,18 +69,12 @@ def test_oft_network_dylora_entries_are_lycoris(pipe, tmp_path, monkeypatch, cas
     )
     a = plan.adapter
     assert (a.kind, a.dylora_form, a.dylora_unit, a.module_dropout) == ("dylora", "lycoris", 4 // blocks, 0.3)
-    constraint = float(extra.get("constraint", 0.0))
-    rescaled = "on" if "rescaled" in extra else "adapter"
-    oft_blocks = {(b.kind, b.rank, b.alpha, b.rescaled) for b in a.blocks if b.kind == algo}
-    assert oft_blocks == {(algo, 4, constraint, rescaled)}
     ours = _ours(pipe, plan)
     made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **args)
     assert {type(m).__name__ for m in made.unet_loras} == {CLASSES[algo], "DyLoraModule"}
     dylora = [m for m in made.unet_loras if type(m).__name__ == "DyLoraModule"]
     assert {(m.block_size, m.block_count) for m in dylora} == {(4 // blocks, blocks)}
-    oft = [m for m in made.unet_loras if type(m).__name__ == CLASSES[algo]]
-    assert all(m.rescaled == ("rescaled" in extra) for m in oft)
-    assert all(float(m.constraint) == pytest.approx(constraint * m.dim) for m in oft)
+    oft_blocks_alike(a, made, algo, extra)
     result = made.load_state_dict(
         lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32"), strict=False
     )

@@ -38,6 +38,18 @@ CLASSES = {
 }
 
 
+def oft_blocks_alike(a, made, algo: str, extra: dict) -> None:
+    """The plan's blocks of the OFT network's own layers at its dim 4, constraint (their alpha) and rescale
+    (`extra`: its network_args), as lycoris-lora's OFT modules in `made` (the constraint times their dim)."""
+    constraint = float(extra.get("constraint", 0.0))
+    rescaled = "on" if "rescaled" in extra else "adapter"
+    oft_blocks = {(b.kind, b.rank, b.alpha, b.rescaled) for b in a.blocks if b.kind == algo}
+    assert oft_blocks == {(algo, 4, constraint, rescaled)}
+    oft = [m for m in made.unet_loras if type(m).__name__ == CLASSES[algo]]
+    assert oft and all(m.rescaled == ("rescaled" in extra) for m in oft)
+    assert all(float(m.constraint) == pytest.approx(constraint * m.dim) for m in oft)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_oft_network_whole_layer_entries_are_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
     algo, entry, extra, named = CASES[case]
@@ -46,16 +58,10 @@ def test_oft_network_whole_layer_entries_are_lycoris(pipe, tmp_path, monkeypatch
     path, plan = _converted_plan(tmp_path, "oft_host", algo, given, text=FILE.format(algo=entry, extra=""))
     a = plan.adapter
     assert (a.kind, a.module_dropout) == (entry, 0.3)
-    constraint = float(extra.get("constraint", 0.0))
-    rescaled = "on" if "rescaled" in extra else "adapter"
-    oft_blocks = {(b.kind, b.rank, b.alpha, b.rescaled) for b in a.blocks if b.kind == algo}
-    assert oft_blocks == {(algo, 4, constraint, rescaled)}
     ours = _ours(pipe, plan)
     made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **args)
     assert {type(m).__name__ for m in made.unet_loras} == {CLASSES[algo], CLASSES[entry]}
-    oft = [m for m in made.unet_loras if type(m).__name__ == CLASSES[algo]]
-    assert all(m.rescaled == ("rescaled" in extra) for m in oft)
-    assert all(float(m.constraint) == pytest.approx(constraint * m.dim) for m in oft)
+    oft_blocks_alike(a, made, algo, extra)
     result = made.load_state_dict(
         lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32"), strict=False
     )
