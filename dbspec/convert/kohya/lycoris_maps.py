@@ -354,7 +354,7 @@ BYPASS_BLOCKS = BYPASS_KINDS
 
 # the networks whose blocks of other kinds carry a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa /
 # LoKr entry's own use_scalar and a LoKr entry's own rs_lora (spec AdapterBlock, ScaleBlock, DyloraBlock,
-# GloraBlock; TloraBlock has none)
+# GloraBlock; TloraBlock all but rs_lora: _beside_tlora refuses that)
 _LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora", "tlora")
 
 
@@ -657,10 +657,10 @@ def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[st
     them to every module, and the LoCon / LoHa / LoKr modules read use_scalar and use_tucker (GLoRAModule
     use_scalar), LokrModule full_matrix, the others neither. The adapter's `scalar` / `tucker` are every
     LoRA / LoHa / LoKr layer's but where a block gives its own (runtime/mixed_kinds.py kind_adapter); a
-    full / IA^3 / DyLoRA network's entries' blocks carry its use_scalar (_scalar_against), a LoKr entry's
-    block its full_matrix (_network_lokr); a lokr network's full_matrix is its own layers', leaving its
-    LoCon / LoHa entries' blocks their Tucker form (compiler/adapters.py _block_switches;
-    tests/runtime/test_lycoris_network_switches_entries.py). Not a full / IA^3 / DyLoRA network's
+    full / IA^3 / DyLoRA / T-LoRA network's entries' blocks carry its use_scalar (_scalar_against), a LoKr
+    entry's block its full_matrix (_network_lokr); a lokr network's full_matrix is its own layers', leaving
+    its LoCon / LoHa entries' blocks their Tucker form (compiler/adapters.py _block_switches;
+    tests/runtime/test_lycoris_network_switches_entries.py). Not a full / IA^3 / DyLoRA / T-LoRA network's
     use_scalar beside GLoRA entries (GLoRAModule's scalar is the adapter's)."""
     kinds = {_algo(layer.algo) for layer in layers}
     own = _algo(algo)
@@ -674,8 +674,8 @@ def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[st
 
 
 def _scalar_against(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tuple, bool]:
-    """(entry options, the adapter's scalar) own_scalar reads for `layer`'s block: on a full / IA^3 / DyLoRA
-    network (no adapter scalar) the network's use_scalar is the entry's unless it gives its own."""
+    """(entry options, the adapter's scalar) own_scalar reads for `layer`'s block: on a full / IA^3 / DyLoRA /
+    T-LoRA network (no adapter scalar) the network's use_scalar is the entry's unless it gives its own."""
     if _algo(algo) not in _SCALAR_TO_ENTRIES:
         return layer.options, network["use_scalar"]
     return (("use_scalar", network["use_scalar"]), *layer.options), False
@@ -804,9 +804,11 @@ def _mixed_kinds(
 
 
 # the network options a T-LoRA adapter does not hand its blocks of other kinds (spec TloraBlock: a kind, rank,
-# alpha and DyLoRA's unit; the adapter's module_dropout alone reaches them): those modules read them,
-# TLoraModule does not. The network's constraint and rescaled are its Diag-OFT / BOFT blocks' alpha and
-# `rescaled`, as on the other networks (_blocks, oft_entries.entries_constraint / entries_rescaled)
+# alpha, DyLoRA's unit, LoCon / LoHa / LoKr's scalar and LoKr's factor and switches, which carry the
+# network's use_scalar, factor, decompose_both, full_matrix and unbalanced_factorization; the adapter's
+# module_dropout reaches them): those modules read them, TLoraModule does not. The network's constraint and
+# rescaled are its Diag-OFT / BOFT blocks' alpha and `rescaled`, as on the other networks (_blocks,
+# oft_entries.entries_constraint / entries_rescaled)
 _TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode", "weight_decompose", "rs_lora")
 
 
