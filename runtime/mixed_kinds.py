@@ -100,7 +100,7 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
 
 # the kinds whose LyCORIS module reads the network's use_scalar (LoConModule, LohaModule, LokrModule; also
 # GLoRAModule, whose layers take the adapter's own: no block of kind glora carries one)
-SCALAR_KINDS = ("lora", "loha", "lokr")
+_SCALAR_KINDS = ("lora", "loha", "lokr")
 
 
 def _settled_scalar(adapter: AdapterPlan, kind: str, block) -> dict:
@@ -108,7 +108,7 @@ def _settled_scalar(adapter: AdapterPlan, kind: str, block) -> dict:
     "off" where it inherits the adapter's (`scalar` in a run of several kinds is every LoRA / LoHa / LoKr
     layer's, as LyCORIS hands the network's use_scalar to every module), so the pass's adapter can leave
     its scalar off: runtime/lycoris_switches.py add_scalars then touches this pass's layers alone."""
-    if kind not in SCALAR_KINDS or block.scalar != "adapter":
+    if kind not in _SCALAR_KINDS or block.scalar != "adapter":
         return {}
     return {"scalar": "on" if adapter.scalar else "off"}
 
