@@ -3,9 +3,10 @@ blocks of those kinds, against lycoris-lora 4.1.3's create_network from the same
 each module's class, block size / rank, alpha, constraint and scale; a tiny run of the file with the entries'
 own options trains, draws as lycoris-lora's network (module_dropout: every module's one draw in forward
 order), its export loads back in lycoris-lora's kohya loader and its adapter folders as `dbspec sample` loads
-them. The file at the entries' defaults (one DyLoRA block per layer, no Diag-OFT rescale) is checked built
-only, as the run builds it (adapters.add_lora): its run would train, draw, export and reload the same kinds
-through the same paths."""
+them. The file at the entries' defaults (one DyLoRA block per layer, no Diag-OFT rescale), and with the
+network's block_size 2 (the DyLoRA entries' blocks' `unit`, was DBS403), is checked built only, as the run
+builds it (adapters.add_lora): its run would train, draw, export and reload the same kinds through the same
+paths."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def _layers(model, prefix: str) -> dict[str, tuple]:
     return out
 
 
-@pytest.mark.parametrize("preset", ["defaults", "own"])
+@pytest.mark.parametrize("preset", ["defaults", "own", "network_block_size"])
 def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     pipe,  # noqa: F811
     tmp_path,
@@ -104,15 +105,17 @@ def test_tlora_network_s_oft_and_dylora_entries_build_train_and_load_as_lycoris(
     from tests.runtime.test_lycoris_norm_dropouts import draws_as_lycoris
     from tests.unit.convert_kit import out_path
 
-    text = TLORA_OFT_DYLORA if preset == "defaults" else TLORA_OWN
-    adapter, made, _, named, unet = converted_network(tmp_path, monkeypatch, text, ARGS, pipe=pipe)
+    # network_block_size: the network's block_size (was DBS403) the DyLoRA entries' blocks' `unit`
+    text = TLORA_OWN if preset == "own" else TLORA_OFT_DYLORA
+    args = ARGS + (' "block_size=2"' if preset == "network_block_size" else "")
+    adapter, made, _, named, unet = converted_network(tmp_path, monkeypatch, text, args, pipe=pipe)
     assert adapter.kind == "tlora" and {b.kind for b in adapter.blocks} == {"diag-oft", "dylora"}
     assert {b.kind for b in adapter.text_encoder_blocks} == {"boft"}
     theirs = _modules(made)
     kinds = {v[0] for v in theirs.values()}
     assert kinds == {"TLoraModule", "DiagOFTModule", "DyLoraModule", "ButterflyOFTModule"}
     own = preset == "own"  # the entries' own options reach lycoris-lora's modules
-    assert {v[2] for v in theirs.values() if v[0] == "DyLoraModule"} == ({2} if own else {4})
+    assert {v[2] for v in theirs.values() if v[0] == "DyLoraModule"} == ({4} if preset == "defaults" else {2})
     assert {v[4] for v in theirs.values() if v[0] == "DiagOFTModule"} == {own}
     if not own:  # the layers as the run builds them
         built, text = copy.deepcopy(pipe.unet), copy.deepcopy(pipe.text_encoder)

@@ -376,8 +376,8 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     create_single_module builds them, the entry's dim (else the network's) their block-size hint / rank,
     the network's constraint 0 (the OFT blocks' alpha) unrescaled, DyLoRA in blocks of the network's
     block_size 4 (the block's unit); a DyLoRA dim that is not a multiple stops kohya (DyLoraModule asserts,
-    DBS402), the network's block_size beside them stays DBS403, its constraint / rescaled and the entries' own
-    constraint / rescaled (Diag-OFT, BOFT) and block_size (DyLoRA) are their blocks'
+    DBS402), the network's block_size is their blocks' `unit` (was DBS403), its constraint / rescaled and the
+    entries' own constraint / rescaled (Diag-OFT, BOFT) and block_size (DyLoRA) are their blocks'
     (tests/runtime/test_lycoris_tlora_oft_dylora.py and test_lycoris_oft_network_tlora_entries.py check them
     against lycoris-lora 4.1.3)."""
     text = _FILE.replace('"]\n', '"]\ntext_encoder_target_module = ["CLIPAttention", "CLIPMLP"]\n', 1)
@@ -399,7 +399,9 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     assert not a.oft_rescaled and a.oft_constraint == 0.0
     write(tmp_path / "block_size" / "p.toml", text)
     outcome = _lycoris(tmp_path / "block_size", '"algo=tlora", "preset=p.toml", "block_size=8"')
-    assert "DBS403" in codes(outcome) and "block_size" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    planned = plan_of(outcome, tmp_path / "block_size").adapter
+    assert [(b.kind, b.unit) for b in planned.blocks if b.kind == "dylora"] == [("dylora", 8)]
     # the network's constraint and rescaled: the Diag-OFT / BOFT blocks' alpha and rescaled (was DBS403)
     write(tmp_path / "oft" / "p.toml", text)
     outcome = _lycoris(tmp_path / "oft", '"algo=tlora", "preset=p.toml", "constraint=0.1", "rescaled=True"')

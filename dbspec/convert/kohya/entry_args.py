@@ -49,3 +49,10 @@ def entries_scalar(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversio
     DBS578)."""
     keys = {"use_scalar": ("adapter.blocks.scalar", "their blocks' `scalar`")}
     take_entry_args(kwargs, blocks, ("lora", "loha", "lokr"), keys, "LoCon / LoHa / LoKr", args, conv)
+
+
+def entries_block_size(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
+    """A T-LoRA network's block_size (TLoraModule never reads it) beside DyLoRA entries: their blocks' `unit`
+    where the entry gives none (lycoris_maps._blocks; was DBS403)."""
+    keys = {"block_size": ("adapter.blocks.unit", "their blocks' `unit`")}
+    take_entry_args(kwargs, blocks, ("dylora",), keys, "DyLoRA", args, conv)

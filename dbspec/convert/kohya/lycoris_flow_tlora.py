@@ -37,7 +37,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     put_targets,
     refuse_rest,
 )
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
+from dbspec.convert.kohya.entry_args import entries_block_size, entries_lokr_args, entries_scalar
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
@@ -69,6 +69,7 @@ def map_flow_tlora(
     entries = [*file_blocks, *text_blocks]
     entries_lokr_args(kwargs, entries, args, conv)  # its LoKr blocks' split and switches
     entries_scalar(kwargs, entries, args, conv)  # its LoCon / LoHa / LoKr blocks' scalar
+    entries_block_size(kwargs, entries, args, conv)  # its DyLoRA blocks' unit
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(popped(args, kwargs, key), why)

@@ -846,9 +846,10 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
     T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
     LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
-    (_TLORA_BLOCK_OWN), or beside a network option those modules read (their defaults are built, the
-    network's `module_dropout` alone handed on: Diag-OFT's / BOFT's constraint 0 unrescaled, DyLoRA's block
-    size 4, a block's `unit`); the network's rank_dropout is the adapter's, which those blocks draw, where
+    (_TLORA_BLOCK_OWN), or beside a network option those modules read that their blocks do not carry
+    (_TLORA_NETWORK_OFF; the network's module_dropout reaches them, its constraint / rescaled the Diag-OFT /
+    BOFT blocks', its block_size the DyLoRA blocks' `unit`, its use_scalar and LoKr split and switches the
+    LoCon / LoHa / LoKr blocks'); the network's rank_dropout is the adapter's, which those blocks draw, where
     they are all of _TLORA_RANK_DROPOUT's kinds (on Flux / SD3 / Chroma each fused Linear one module's
     mask); beside LoKr entries outside bypass_mode it stops kohya (DBS402: LokrModule's CPU mask). Diag-OFT
     / BOFT entries' own bypass_mode is their block's `bypass` (on Flux / SD3 / Chroma too), and
@@ -900,8 +901,6 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     unread = all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
     if unread and not network["bypass_mode"] and "dropout" in on:
         on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
-    if network.get("block_size", 4) != 4:
-        on.append("block_size")
     if on:
         first = layers[0]
         raise PresetError(
