@@ -58,6 +58,8 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     (what the compiler plans for kind lokr)."""
     own = kind == adapter.kind
     table = "text_encoder_blocks" if component else "blocks"
+    # this kind's blocks with layers (the adapter's own kind's: its blocks of kind "adapter" too)
+    mine = [b for b in getattr(adapter, table) if block_kind(adapter, b) == kind and (b.rank or b.conv_rank)]
     # the other kinds' blocks at rank 0 and never decomposed here: each kind's pass gives LyCORIS's weight
     # decomposition (runtime/lycoris_dora.py add_lycoris_dora, over every adapted layer so far) to its own
     # layers alone, each as its block's `dora` / `dora_axis` say (a map entry's weight_decompose / wd_on_out)
@@ -85,15 +87,14 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
         extra["dora"] = False
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
-    if not own and kind != "glora":  # the adapter's use_scalar reaches this kind's layers through their
-        extra["scalar"] = False  # blocks (_settled_scalar), not the layers earlier passes built
+    if not own:
+        extra["scalar"] = _pass_scalar(adapter, kind, mine)
     if not own and adapter.kind in ("full", "ia3"):  # no size of their own: every layer (its convolutions
         # among conv_targets) at its block's, the catch-all block above at rank 0
         extra.update(rank=1, alpha=1.0, conv_rank=1, conv_alpha=1.0)
     # the kind's layers built in its blocks' bypass_mode: when they differ, in the default forward,
     # set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer build only
     # there); the adapter's own kind's, its own blocks' and the adapter's
-    mine = [b for b in getattr(adapter, table) if block_kind(adapter, b) == kind and (b.rank or b.conv_rank)]
     extra["bypass"] = all(block_bypass(adapter, b) for b in mine) and (adapter.bypass or not own)
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 
@@ -111,6 +112,17 @@ def _settled_scalar(adapter: AdapterPlan, kind: str, block) -> dict:
     if kind not in _SCALAR_KINDS or block.scalar != "adapter":
         return {}
     return {"scalar": "on" if adapter.scalar else "off"}
+
+
+def _pass_scalar(adapter: AdapterPlan, kind: str, mine: list) -> bool:
+    """The use_scalar another kind's pass builds with: off for LoRA / LoHa / LoKr (the adapter's reaches
+    their layers through their blocks, _settled_scalar, not the layers earlier passes built); GLoRA's layers
+    take one for the pass, their blocks' (the compiler's glora_blocks_one_scalar keeps them alike), else the
+    adapter's."""
+    if kind != "glora":
+        return False
+    settled = [adapter.scalar if b.scalar == "adapter" else b.scalar == "on" for b in mine]
+    return any(settled) if settled else adapter.scalar
 
 
 def block_bypass(adapter: AdapterPlan, block) -> bool:

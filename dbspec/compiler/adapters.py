@@ -458,6 +458,8 @@ def _other_kind_options(block, adapter) -> dict:
     kind = getattr(block, "kind", "adapter")
     if kind in ("diag-oft", "boft"):
         return {"rescaled": getattr(block, "rescaled", "adapter")}
+    if kind == "glora":  # its GLoRA layers' use_scalar (every block of kind glora alike: DBS578)
+        return {"scalar": _block_scalar(block, adapter)}
     if kind not in ("lora", "loha", "lokr"):
         return {}
     own = {"scalar": _block_scalar(block, adapter), **_block_switches(block, adapter)}

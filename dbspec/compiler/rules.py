@@ -3251,8 +3251,8 @@ def _built_alone(kind: str, key: str) -> bool:
     Chroma each fused Linear one module of the kind, runtime/fused_lokr.py): a LoRA, LoHa or LoKr block's
     `scalar` (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a
     LyCORIS map entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
-    if key == "scalar":
-        return kind in _TUCKER_KINDS
+    if key == "scalar":  # a GLoRA block's too (its layers' GLoRAModule use_scalar: glora_blocks_one_scalar)
+        return kind in (*_TUCKER_KINDS, "glora")
     return kind == "lokr" and key in ("rank_stabilized", *_LOKR_OWN)
 
 
@@ -3274,6 +3274,32 @@ def _own_block_options(adapter, own: str):
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
+
+
+@rule("spec")
+def glora_blocks_one_scalar(spec: Spec, given: Given) -> Iterator[Hit]:
+    """Blocks of kind glora beside another adapter kind build their GLoRA layers in one pass with one
+    use_scalar (runtime/mixed_kinds.py kind_adapter: a block's own, else the adapter's): DBS578 where two
+    such blocks settle it differently."""
+    a = spec.adapter
+    network = getattr(a, "scalar", False)
+    for table in ("blocks", "text_encoder_blocks"):
+        found = [
+            (i, network if b.scalar == "adapter" else b.scalar == "on")
+            for i, b in enumerate(getattr(a, table, ()))
+            if getattr(b, "kind", "adapter") == "glora" and getattr(a, "kind", "") != "glora"
+        ]
+        other = next(((i, on) for i, on in found if on != found[0][1]), None)
+        if other is not None:
+            first, second = ("on" if found[0][1] else "off"), ("on" if other[1] else "off")
+            yield _err(
+                "DBS578",
+                ("adapter", table, other[0], "scalar"),
+                f"adapter.{table}[{other[0]}].scalar settles GLoRA's use_scalar {second} where "
+                f"adapter.{table}[{found[0][0]}] settles it {first}: dbspec builds every GLoRA layer beside "
+                "another kind with one scalar setting",
+                codes.help("DBS578"),
+            )
 
 
 @rule("spec")

@@ -63,7 +63,7 @@ CASES = {
         {"full_matrix": "True", "use_scalar": "True", "use_tucker": "True"},
         True,
     ),
-    "full_scalar_full_matrix": ("full", {"use_scalar": "True", "full_matrix": "True"}, False),
+    "full_scalar_full_matrix": ("full", {"use_scalar": "True", "full_matrix": "True"}, True),
     # a Diag-OFT network's entries: a LoHa adapter whose own layers are Diag-OFT blocks (oft_entries._HOSTS)
     "diag_oft_scalar_tucker_full_matrix": (
         "diag-oft",
@@ -71,6 +71,17 @@ CASES = {
         True,
     ),
 }
+
+
+def _glora_scaled(model: nn.Module) -> set[str]:
+    """The kohya names of the model's GLoRA layers training a scalar (runtime/lycoris_glora.py)."""
+    from dbspec.runtime.lycoris_glora import GloraLayer
+
+    return {
+        "lora_unet_" + n.replace(".", "_")
+        for n, m in model.named_modules()
+        if isinstance(m, GloraLayer) and "default" in m.lora_glora_scalar
+    }
 
 
 def _tucker(made) -> set[str]:
@@ -122,6 +133,14 @@ def test_network_switches_reach_other_algorithms_entries_as_lycoris(pipe, tmp_pa
     # every LoCon / LoHa / LoKr module but the down-samplers' (their entry's own use_scalar = false)
     assert scaled and not any("downsamplers" in k for k in scaled)
     assert {*_scaled(unet, "lora_unet_"), *_scaled(text_encoder, "lora_te_text_model_")} == scaled
+    # the GLoRA entry's: GLoRAModule reads the network's use_scalar too (on a full network its block's)
+    glora_scaled = {
+        m.lora_name
+        for m in made.unet_loras
+        if type(m).__name__ == "GLoRAModule" and isinstance(m.scalar, nn.Parameter)
+    }
+    assert glora_scaled == ({"lora_unet_time_embedding_linear_1"} if glora else set())
+    assert _glora_scaled(unet) == glora_scaled
     if "use_tucker" in args:  # the ResNets' 3x3 convolutions (LoHa), not the down-samplers'
         tucker = _tucker(made)
         assert tucker and all("resnets" in k for k in tucker)

@@ -10,7 +10,7 @@ Diag-OFT / BOFT network's DyLoRA entries (its block_size theirs, as create_netwo
 from __future__ import annotations
 
 import pytest
-from convert_kit import codes, expressible, fate, messages, plan_of
+from convert_kit import expressible, fate, plan_of
 from test_convert_kohya_lycoris_entry_opts import FULL, _convert
 from test_rules import DOG, STEPS, hits_of
 
@@ -67,13 +67,20 @@ def test_network_without_a_scalar_gives_its_entries_blocks_one(tmp_path, algo):
     assert fate(outcome, "network_args use_scalar") == "mapped"
 
 
-@pytest.mark.parametrize("algo", ["full", "ia3", "dylora"])
-def test_scalar_beside_glora_entries_stays_refused(tmp_path, algo):
-    """GLoRAModule reads the network's use_scalar too, and a GLoRA layer's scalar is its adapter's: a
-    network without one cannot give it."""
+@pytest.mark.parametrize("algo", ["full", "ia3", "dylora", "tlora"])
+def test_scalar_beside_glora_entries_is_their_blocks(tmp_path, algo):
+    """GLoRAModule reads the network's use_scalar too: a network without a scalar of its own gives its GLoRA
+    entries' blocks `scalar = "on"` (was DBS403; every GLoRA layer beside another kind takes one setting)."""
     text = FULL + '[module_algo_map.FeedForward]\nalgo = "glora"\n'
-    outcome = _convert(tmp_path, text, algo, '"use_scalar=True"' + (' "block_size=4"' * (algo == "dylora")))
-    assert "DBS403" in codes(outcome) and "use_scalar" in messages(outcome, "DBS403")
+    if algo == "tlora":  # its entries take Linear and 1x1 layers alone
+        text = text.replace(', "ResnetBlock2D", "Downsample2D", "Upsample2D"', "").replace(
+            'unet_target_name = ["conv_in", "conv_out"]', "unet_target_name = []"
+        )
+    args = '"use_scalar=True"' + (' "block_size=4"' * (algo == "dylora"))
+    outcome = expressible(_convert(tmp_path, text, algo, args))
+    a = plan_of(outcome, tmp_path).adapter
+    assert {b.scalar for b in a.blocks if b.kind == "glora"} == {"on"}
+    assert fate(outcome, "network_args use_scalar") == "mapped"
 
 
 @pytest.mark.parametrize("algo", ["locon", "loha", "full", "glora"])
@@ -110,13 +117,16 @@ def test_adapter_switches_beside_other_kinds_pass_the_check(option):
     assert hits_of(rules.mixed_block_kinds, body) == []
 
 
-def test_a_glora_blocks_own_scalar_stays_refused():
-    """A GLoRA layer's scalar is its adapter's: a block of kind glora has none of its own (DBS578)."""
+def test_glora_blocks_take_one_scalar():
+    """A GLoRA block's own scalar beside another kind is its GLoRA layers' (GLoRAModule's use_scalar), one
+    setting for all of them (runtime/mixed_kinds.py builds them in one pass): DBS578 where two differ."""
     body = DOG + STEPS + '[adapter]\nkind = "lora"\nscalar = true\n' + LOHA.replace("'loha'", "'glora'")
-    assert hits_of(rules.mixed_block_kinds, body + "scalar = 'off'\n") == [
-        ("DBS578", "error", ("adapter", "blocks", 0, "scalar"))
+    assert hits_of(rules.mixed_block_kinds, body + "scalar = 'off'\n") == []
+    assert hits_of(rules.glora_blocks_one_scalar, body + "scalar = 'off'\n") == []
+    second = LOHA.replace("'loha'", "'glora'").replace("'ff'", "'attn'")
+    assert hits_of(rules.glora_blocks_one_scalar, body + "scalar = 'off'\n" + second) == [
+        ("DBS578", "error", ("adapter", "blocks", 1, "scalar"))
     ]
-    assert hits_of(rules.mixed_block_kinds, body) == []
 
 
 @pytest.mark.parametrize("algo", ["locon", "full", "dylora"])

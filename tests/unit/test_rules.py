@@ -2431,6 +2431,17 @@ CASES = [
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
         '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
+    # blocks of kind glora beside another adapter kind: one use_scalar for all their GLoRA layers (issue 12)
+    (
+        rules.glora_blocks_one_scalar,
+        DOG + STEPS + '[adapter]\nkind = "full"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n'
+        '[[adapter.blocks]]\npattern = "attn"\nkind = "glora"\nrank = 4\nalpha = 4.0\n',
+        [("DBS578", "error", ("adapter", "blocks", 1, "scalar"))],
+        DOG + STEPS + '[adapter]\nkind = "full"\n'
+        '[[adapter.blocks]]\npattern = "ff"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n'
+        '[[adapter.blocks]]\npattern = "attn"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+    ),
     # a GLoRA adapter's [[adapter.blocks]] (GloraBlock) too: a Diag-OFT / BOFT entry's own rescaled (issue 12)
     (
         rules.block_oft_rescaled,

@@ -3,7 +3,7 @@ algorithms on a network of another: lycoris-lora 4.1.3's create_single_module ha
 module whose entry does not give its own, so they are those entries' blocks' (lycoris_maps._blocks writes
 them): the network's `constraint` / `rescaled` for Diag-OFT / BOFT entries (oft_entries.py), its `factor`,
 `decompose_both`, `unbalanced_factorization` and `full_matrix` for LoKr entries (LokrModule alone reads
-them), a full / IA^3 / DyLoRA / T-LoRA network's `use_scalar` for LoCon / LoHa / LoKr entries."""
+them), a full / IA^3 / DyLoRA / T-LoRA network's `use_scalar` for LoCon / LoHa / LoKr / GLoRA entries."""
 
 from __future__ import annotations
 
@@ -45,10 +45,11 @@ def entries_lokr_args(kwargs: dict[str, str], blocks, args: Legacy, conv: Conver
 
 def entries_scalar(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
     """A full / IA^3 / DyLoRA / T-LoRA network's use_scalar (its own modules never read it) beside LoCon /
-    LoHa / LoKr entries: their blocks' `scalar` (lycoris_maps._scalar_against; was DBS403, a spec's
-    DBS578)."""
+    LoHa / LoKr / GLoRA entries: their blocks' `scalar` (lycoris_maps._scalar_against, _blocks; was DBS403,
+    a spec's DBS578)."""
     keys = {"use_scalar": ("adapter.blocks.scalar", "their blocks' `scalar`")}
-    take_entry_args(kwargs, blocks, ("lora", "loha", "lokr"), keys, "LoCon / LoHa / LoKr", args, conv)
+    kinds = ("lora", "loha", "lokr", "glora")
+    take_entry_args(kwargs, blocks, kinds, keys, "LoCon / LoHa / LoKr / GLoRA", args, conv)
 
 
 def entries_block_size(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:

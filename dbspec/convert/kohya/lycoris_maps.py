@@ -643,8 +643,8 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     )
 
 
-# the kinds whose LyCORIS modules read the network's use_scalar (GLoRAModule too: the adapter's own, which a
-# GLoRA block of another adapter cannot carry)
+# the kinds whose LyCORIS modules read the network's use_scalar (GLoRAModule too: a GLoRA network's adapter
+# `scalar`, another network's GLoRA blocks' `scalar`, all alike)
 _SCALAR_READERS = (*_BLOCK_KINDS, "glora")
 # the networks whose adapter has no `scalar`: their LoCon / LoHa / LoKr entries' blocks carry the network's
 # use_scalar (_blocks, _scalar_against)
@@ -660,12 +660,12 @@ def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[st
     full / IA^3 / DyLoRA / T-LoRA network's entries' blocks carry its use_scalar (_scalar_against), a LoKr
     entry's block its full_matrix (_network_lokr); a lokr network's full_matrix is its own layers', leaving
     its LoCon / LoHa entries' blocks their Tucker form (compiler/adapters.py _block_switches;
-    tests/runtime/test_lycoris_network_switches_entries.py). Not a full / IA^3 / DyLoRA / T-LoRA network's
-    use_scalar beside GLoRA entries (GLoRAModule's scalar is the adapter's)."""
+    tests/runtime/test_lycoris_network_switches_entries.py); beside GLoRA entries the GLoRA blocks' `scalar`
+    alike (GLoRAModule reads it too)."""
     kinds = {_algo(layer.algo) for layer in layers}
     own = _algo(algo)
     if key == "use_scalar":
-        return own in _SCALAR_READERS or (own in _SCALAR_TO_ENTRIES and "glora" not in kinds)
+        return own in (*_SCALAR_READERS, *_SCALAR_TO_ENTRIES)
     if key == "use_tucker":  # a T-LoRA network's entries: Linear and 1x1 layers alone (_beside_tlora)
         return own in (*_BLOCK_KINDS, "tlora")
     if key == "full_matrix":
@@ -1004,6 +1004,8 @@ def _blocks(
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
         switches.update(own_scalar(_algo(group[0].algo), *_scalar_against(algo, group[0], network)))
+        if _algo(group[0].algo) == "glora" and _algo(algo) in _SCALAR_TO_ENTRIES and network["use_scalar"]:
+            switches["scalar"] = "on"  # GLoRAModule reads the network's use_scalar: every GLoRA block's
         switches.update(own_dora(_algo(group[0].algo), *entry))
         switches.update(own_dora_axis(_algo(group[0].algo), *entry))
         convs = any(layer.kind == "conv" for layer in group)
