@@ -1,15 +1,15 @@
 """A network's `use_scalar`, `use_tucker` and `full_matrix` beside its preset file's entries of other
-algorithms on SD 1.x (issue 12; was DBS403, a spec's DBS578): create_single_module hands them to every
-module; LoConModule, LohaModule and LokrModule read use_scalar and use_tucker (GLoRAModule use_scalar),
-LokrModule full_matrix, the others neither, and an entry's own value replaces the network's. dbspec's
-adapter `scalar` / `tucker` are every LoRA / LoHa / LoKr layer's in a run of several kinds (a block's own
-replacing them: runtime/mixed_kinds.py kind_adapter settles each kind's blocks), a full / IA^3 network's
-entries' blocks carry its use_scalar, a LoKr entry's block its full_matrix. Checked against lycoris-lora
-4.1.3's create_network from the same file: every module's class, dim and scale, which modules train a
-scalar, LoKr factor shapes; the plan's layers (weights randomised) export a file that loads strictly into
-LyCORIS's network (a Tucker core or full factor LyCORIS lacks, or lacking one it has, fails the load), each
-LoCon / LoHa / LoKr module then computing our layer's output. One tiny run trains the LoCon network's case
-and resumes bit-exact."""
+algorithms (issue 12; were DBS403, a spec's DBS578): create_single_module hands them to every module;
+LoConModule, LohaModule and LokrModule read use_scalar and use_tucker (GLoRAModule use_scalar), LokrModule
+full_matrix, the others neither, and an entry's own value replaces the network's. dbspec's adapter `scalar` /
+`tucker` are every LoRA / LoHa / LoKr layer's in a run of several kinds (a block's own replacing them:
+runtime/mixed_kinds.py kind_adapter settles each kind's blocks), a full / IA^3 / DyLoRA / T-LoRA network's
+entries' blocks carry its use_scalar (GLoRA blocks' too), a LoKr entry's block its full_matrix. Checked
+against lycoris-lora 4.1.3's create_network from the same file on tiny SD 1.x: every module's class, dim and
+scale, which modules train a scalar (GLoRA's too), Tucker cores, LoKr factor shapes; the plan's layers
+(weights randomised) export a file that loads strictly into LyCORIS's network, each module but DyLoRA's then
+computing our layer's output; one tiny run of the LoCon network's case resumes bit-exact. On kohya's tiny
+Flux Linears the same for use_scalar and full_matrix (test_lycoris_flow_mixed_rs_lora_boft's _alike)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dbspec.runtime.lycoris_export import lycoris_state
 from tests.runtime.test_lycoris_algo_maps import _converted_plan
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_full import _classes, _lycoris_classes
+from tests.runtime.test_lycoris_mixed_rs_lora import _same_outputs
 from tests.runtime.test_lycoris_own_opts_networks import _built, _loaded, _network
 from tests.runtime.test_lycoris_whole_main_own_opts import _lokr_shapes, _scaled, _their_lokr_shapes
 
@@ -87,28 +88,6 @@ def _glora_scaled(model: nn.Module) -> set[str]:
 def _tucker(made) -> set[str]:
     """LyCORIS's modules built in their Tucker form."""
     return {m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if getattr(m, "tucker", False)}
-
-
-def _same_outputs(made, named, their_unet, unet, text) -> set[str]:
-    """Each LoCon / LoHa / LoKr / GLoRA module of LyCORIS's applied network gives our layer's output on a
-    fixed random input; the names checked."""
-    ours = {**dict(unet.named_modules()), **{f"te.{k}": v for k, v in text.named_modules()}}
-    paths = {id(m): p for p, m in their_unet.named_modules()}
-    paths.update({id(m): f"te.{p}" for p, m in named.text_model.named_modules()})
-    g = torch.Generator().manual_seed(3)
-    checked = set()
-    for m in [*made.unet_loras, *made.text_encoder_loras]:
-        if type(m).__name__ not in ("LoConModule", "LohaModule", "LokrModule", "GLoRAModule"):
-            continue
-        layer = ours[paths[id(m.org_module[0])]]
-        base = layer.get_base_layer()
-        shape = (1, base.in_channels, 8, 8) if isinstance(base, nn.Conv2d) else (2, base.in_features)
-        x = torch.randn(shape, generator=g)
-        with torch.no_grad():
-            assert not torch.allclose(layer(x), base(x), atol=1e-5), m.lora_name
-            torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5, msg=m.lora_name)
-        checked.add(m.lora_name)
-    return checked
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
