@@ -332,6 +332,7 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         blocks=tuple(_tlora_block(b, adapter) for b in adapter.blocks),
         text_encoder_blocks=tuple(_tlora_block(b, adapter) for b in adapter.text_encoder_blocks),
         t5_targets=_t5_targets(family, components),  # LyCORIS's TLoraModule on T5-XXL's Linears (train.t5)
+        dora_form="lycoris" if block_dora(adapter) else "peft",  # its LoRA / LoHa / LoKr blocks' own
     )
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # one SVD per fused Linear
 
@@ -352,6 +353,10 @@ def _tlora_block(block, adapter) -> BlockPlan:
         # none: each kind's layers built alone, runtime/mixed_kinds.py kind_adapter); a Diag-OFT / BOFT
         # block's `rescaled`
         **_other_kind_options(block, adapter),
+        # blocks of kind lora / loha / lokr: LyCORIS's weight decomposition (a network's dora_wd or an entry's
+        # weight_decompose; TLoraModule never decomposes: DBS583 on the T-LoRA layers)
+        dora=_block_dora(block, adapter),
+        dora_axis=_block_dora_axis(block, adapter),
     )
 
 

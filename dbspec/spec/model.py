@@ -2457,6 +2457,8 @@ class TloraBlock:
         "unbalanced_factorization", "unbalanced_factorization"
     )
     scalar: BlockSwitch = _block_scalar()
+    dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (TLoraModule never decomposes)
+    dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
     bypass: BlockSwitch = option(
         "adapter",
         doc="LyCORIS `bypass_mode` of the matched T-LoRA layers in place of the adapter's `bypass` (a preset "

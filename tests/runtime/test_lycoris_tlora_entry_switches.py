@@ -1,18 +1,21 @@
-"""An algo=tlora network's `use_scalar`, `factor`, `decompose_both`, `full_matrix` and
-`unbalanced_factorization` beside its preset file's LoCon / LoHa / LoKr entries, and those entries' own
-(issue 12; each was DBS403): TLoraModule reads none of them, LoConModule / LohaModule / LokrModule
-use_scalar, LokrModule the rest, so they are those entries' blocks' `scalar`, `factor` and switches (spec
-TloraBlock; the T-LoRA adapter has none). The plan's U-Net built as a run builds it and lycoris-lora 4.1.3's
-network from the same network_args and file on tiny SD 1.x: the modules training a scalar and every LoKr
-factor's shape alike, our export loading into that network (a factor shape LyCORIS lacks fails the load), eval
-and training-mode outputs and the generator state after each forward equal (module_dropout). No gradient
-comparison: the export folds a trained scalar into a factor, whose gradient then differs by it."""
+"""An algo=tlora network's `use_scalar`, `factor`, `decompose_both`, `full_matrix`,
+`unbalanced_factorization` and `dora_wd` (`wd_on_output`) beside its preset file's LoCon / LoHa / LoKr
+entries, and those entries' own (issue 12; each was DBS403): TLoraModule reads none of them, LoConModule /
+LohaModule / LokrModule use_scalar and the weight decomposition, LokrModule the rest, so they are those
+entries' blocks' `scalar`, `factor`, switches, `dora` and `dora_axis` (spec TloraBlock; the T-LoRA adapter
+has none). The plan's U-Net built as a run builds it and lycoris-lora 4.1.3's network from the same
+network_args and file on tiny SD 1.x: the modules training a scalar, every LoKr factor's shape and the
+decomposed modules' dora_scale shapes alike, our export loading into that network (a factor shape LyCORIS
+lacks fails the load), eval and training-mode outputs and the generator state after each forward equal
+(module_dropout). No gradient comparison: the export folds a trained scalar into a factor, whose gradient
+then differs by it."""
 
 from __future__ import annotations
 
 import pytest
 from torch import nn
 
+from tests.runtime.test_lycoris_algo_maps import _decomposed_by, _decomposed_of
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped
 from tests.runtime.test_lycoris_tlora_mixed_opts import _built
@@ -37,6 +40,11 @@ CASES = {
     "lokr_own": ("lokr", "factor = 4\nunbalanced_factorization = true\nuse_scalar = true", {}, True),
     "loha_network_scalar": ("loha", "", {"use_scalar": "True"}, True),
     "locon_own_scalar_off": ("locon", "use_scalar = false", {"use_scalar": "True"}, False),
+    # the network's dora_wd (its wd_on_output) and an entry's own weight_decompose: the blocks' `dora`
+    # (`dora_axis`), TLoraModule never decomposing
+    "locon_network_dora": ("locon", "", {"dora_wd": "True"}, False),
+    "lokr_network_dora_input": ("lokr", "", {"dora_wd": "True", "wd_on_output": "False"}, False),
+    "loha_own_dora": ("loha", "weight_decompose = true", {}, False),
 }
 CLASSES = {"lokr": "LokrModule", "loha": "LohaModule", "locon": "LoConModule"}
 
@@ -51,4 +59,23 @@ def test_tlora_network_entries_switches_are_lycoris(pipe, tmp_path, monkeypatch,
     assert bool(scaled) == scalar and _scaled(ours, "lora_unet_") == scaled
     shapes = _their_lokr_shapes(made)
     assert bool(shapes) == (algo == "lokr") and _lokr_shapes(ours, "lora_unet_") == shapes
+    decomposed = _decomposed_of(made)
+    dora = "dora" in case
+    assert bool(decomposed) == dora and _decomposed_by(ours, "lora_unet_") == decomposed
+    if "input" in case:  # one magnitude per input column
+        assert all(shape[0] == 1 for shape in decomposed.values())
     calm_then_dropped(ours, theirs, made, pipe.unet)
+
+
+def test_flux_tlora_network_dora_wd_reaches_its_fused_entries_as_lycoris(tmp_path, monkeypatch):
+    """On Flux's fused Linears: a T-LoRA network's dora_wd decomposes its LoCon (q/k/v, CLIP) and LoKr
+    (linear1) entries' modules, one per fused Linear, never TLoraModule: every kohya module against the
+    plan's parts (test_lycoris_flow_mixed_rs_lora_boft's _alike: outputs, generator state, gradients)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    text = BOFT_FILE.replace('algo = "loha"', 'algo = "lokr"')
+    a, made, _ = _alike(tmp_path, monkeypatch, "tlora", text, {"dora_wd": "True", "module_dropout": "0.3"})
+    assert a.kind == "tlora" and {(b.kind, b.dora) for b in a.blocks} == {("lora", "on"), ("lokr", "on")}
+    decomposing = {k for k, m in made.items() if getattr(m, "wd", False)}
+    assert decomposing == {k for k, m in made.items() if type(m).__name__ in ("LoConModule", "LokrModule")}
+    assert any(type(m).__name__ == "TLoraModule" for m in made.values())

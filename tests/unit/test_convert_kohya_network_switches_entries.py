@@ -195,3 +195,23 @@ def test_tlora_blocks_own_scalar_on_its_own_layers_is_refused():
     assert hits_of(rules.block_scalar_kind, body + "scalar = 'on'\n") == [
         ("DBS625", "error", ("adapter", "blocks", 0, "scalar"))
     ]
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_tlora_network_dora_wd_is_its_entries_blocks(tmp_path, family):
+    """A T-LoRA network's dora_wd / wd_on_output (TLoraModule never decomposes; was DBS403): its LoCon / LoHa
+    / LoKr entries' blocks' `dora` / `dora_axis` (tests/runtime/test_lycoris_tlora_entry_switches.py)."""
+    args = '"dora_wd=True" "wd_on_output=False"'
+    if family == "flux":
+        from test_convert_lycoris_flow_preset_file import MIXED as FLUX_MIXED
+        from test_convert_lycoris_flow_preset_file import _flux
+
+        outcome = expressible(_flux(tmp_path, FLUX_MIXED, f'"algo=tlora" {args}'))
+    else:
+        text = TLORA + '[module_algo_map.FeedForward]\nalgo = "lokr"\n'
+        outcome = expressible(_convert(tmp_path, text, "tlora", args))
+    a = plan_of(outcome, tmp_path).adapter
+    entries = [b for b in a.blocks if b.kind in ("lora", "loha", "lokr")]
+    assert a.kind == "tlora" and a.dora_form == "lycoris" and entries
+    assert {(b.dora, b.dora_axis) for b in entries} == {("on", "input")}
+    assert all(b.dora == "adapter" for b in a.blocks if b.kind == "adapter")

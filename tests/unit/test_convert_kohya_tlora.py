@@ -273,14 +273,14 @@ def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
 
 
 def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):
-    """The network's options LoConModule / LokrModule read and TLoraModule does not (dora_wd, rs_lora, ...)
-    beside a tlora network's entries of other algorithms: DBS403 (those blocks carry no weight decomposition
-    or rank stabilisation of their own; their use_scalar, factor and LoKr switches they do:
+    """The network's options LoConModule / LokrModule read and TLoraModule does not (rs_lora) beside a tlora
+    network's entries of other algorithms: DBS403 (those blocks carry no rank stabilisation of their own;
+    their use_scalar, factor, LoKr switches and weight decomposition they do:
     test_convert_kohya_network_switches_entries.py); rank_dropout beside LoKr entries stops kohya (DBS402:
     their LokrModules' CPU mask; test_convert_kohya_refusals_audit.py)."""
     write(tmp_path / "p.toml", _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\n')
-    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "dora_wd=True"')
-    assert "DBS403" in codes(outcome) and "weight_decompose" in messages(outcome, "DBS403")
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rs_lora=True"')
+    assert "DBS403" in codes(outcome) and "rs_lora" in messages(outcome, "DBS403")
 
 
 def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):

@@ -36,6 +36,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     put_rest,
     put_targets,
     refuse_rest,
+    take_blocks_dora,
 )
 from dbspec.convert.kohya.entry_args import entries_block_size, entries_lokr_args, entries_scalar
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
@@ -70,6 +71,7 @@ def map_flow_tlora(
     entries_lokr_args(kwargs, entries, args, conv)  # its LoKr blocks' split and switches
     entries_scalar(kwargs, entries, args, conv)  # its LoCon / LoHa / LoKr blocks' scalar
     entries_block_size(kwargs, entries, args, conv)  # its DyLoRA blocks' unit
+    take_blocks_dora(kwargs, file_blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(popped(args, kwargs, key), why)

@@ -809,7 +809,7 @@ def _mixed_kinds(
 # module_dropout reaches them): those modules read them, TLoraModule does not. The network's constraint and
 # rescaled are its Diag-OFT / BOFT blocks' alpha and `rescaled`, as on the other networks (_blocks,
 # oft_entries.entries_constraint / entries_rescaled)
-_TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode", "weight_decompose", "rs_lora")
+_TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode", "rs_lora")
 
 
 # what a T-LoRA adapter's block of another kind carries of its entry's own options (spec TloraBlock: the OFTs'
@@ -819,9 +819,13 @@ _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 _TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_side)
 # a LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own split and switches: its block's `scalar`,
 # `factor` and switches (spec TloraBlock; runtime/mixed_kinds.py builds each kind alone)
-_TLORA_BLOCK_OWN.update(lora=("use_scalar",), loha=("use_scalar",))
+_TLORA_BLOCK_OWN.update(
+    lora=("use_scalar", "weight_decompose", "wd_on_out"), loha=("use_scalar", "weight_decompose", "wd_on_out")
+)
 _TLORA_BLOCK_OWN["lokr"] = (
     "use_scalar",
+    "weight_decompose",
+    "wd_on_out",
     "factor",
     "decompose_both",
     "full_matrix",
@@ -919,7 +923,7 @@ def _network_dora(algo: str, layer: Layer, network: dict[str, Any]) -> tuple[tup
     every module where the entry has none (GLoRAModule and DyLoraModule take weight_decompose and never read
     it; LoConModule, LohaModule and LokrModule decompose): its LoCon / LoHa / LoKr blocks' `dora` /
     `dora_axis` against an adapter that decomposes nothing."""
-    if _algo(algo) not in ("glora", "dylora", *_NO_DIMS):
+    if _algo(algo) not in ("glora", "dylora", "tlora", *_NO_DIMS):
         return layer.options, network
     given = (("weight_decompose", network["weight_decompose"]), ("wd_on_out", network["wd_on_out"]))
     return (*given, *layer.options), {**network, "weight_decompose": False, "wd_on_out": True}

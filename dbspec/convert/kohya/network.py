@@ -464,6 +464,8 @@ def _map_network(
         if _train_norm(train_norm, norm_table, kind, algo, applied, put, conv) and alone:
             _norm_rank_dropout(kwargs, algo, put, args, conv)
     if kind == "tlora":
+        if _decomposing_blocks(put):  # its LoCon / LoHa / LoKr entries' blocks' own `dora` / `dora_axis`
+            kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)  # (lycoris_maps._network_dora)
         if not _tlora(kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, args, conv):
             return None
     elif kind in _WHOLE_LAYER_KINDS:
