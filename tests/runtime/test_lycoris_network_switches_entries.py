@@ -206,3 +206,25 @@ def test_flux_network_switches_reach_fused_entries_as_lycoris(tmp_path, monkeypa
     assert all(built[:2]) and [_scaled(model, "") for model in ours] == built  # the T5: none
     lokr = [m for m in made.values() if type(m).__name__ == "LokrModule"]
     assert lokr and all(m.use_w1 and m.use_w2 for m in lokr) == ("full_matrix" in args)
+
+
+def test_glora_entry_own_scalar_beside_a_locon_network_is_lycoris(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """A GLoRA entry's own use_scalar on a LoCon network without one (was DBS403): its block's `scalar`, the
+    GLoRA layer training a scalar as lycoris-lora's GLoRAModule, no LoCon / LoHa / LoKr layer one; the export
+    loads strictly, each module computing ours."""
+    text = SWITCHES.format(glora=GLORA + "use_scalar = true\n")
+    path, plan = _converted_plan(tmp_path, "switches", "locon", "", text=text)
+    a = plan.adapter
+    assert not a.scalar and [b.scalar for b in a.blocks if b.kind == "glora"] == ["on"]
+    made, named, their_unet = _network(pipe, path, monkeypatch, "locon", {})
+    unet, text_encoder = _built(pipe, a)
+    theirs = {
+        m.lora_name
+        for m in made.unet_loras
+        if type(m).__name__ == "GLoRAModule" and isinstance(m.scalar, nn.Parameter)
+    }
+    assert theirs == {"lora_unet_time_embedding_linear_1"} == _glora_scaled(unet)
+    assert not _scaled(unet, "lora_unet_") and not _scaled(text_encoder, "lora_te_text_model_")
+    tensors = lycoris_state(unet=unet, text_encoders=[text_encoder], family=plan.model.family, dtype="fp32")
+    assert _loaded(made, named, their_unet, tensors, strict=True) == set()
+    assert "lora_unet_time_embedding_linear_1" in _same_outputs(made, named, their_unet, unet, text_encoder)

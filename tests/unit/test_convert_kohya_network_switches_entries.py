@@ -10,7 +10,7 @@ Diag-OFT / BOFT network's DyLoRA entries (its block_size theirs, as create_netwo
 from __future__ import annotations
 
 import pytest
-from convert_kit import expressible, fate, plan_of
+from convert_kit import expressible, fate, messages, plan_of
 from test_convert_kohya_lycoris_entry_opts import FULL, _convert
 from test_rules import DOG, STEPS, hits_of
 
@@ -215,3 +215,20 @@ def test_tlora_network_dora_wd_is_its_entries_blocks(tmp_path, family):
     assert a.kind == "tlora" and a.dora_form == "lycoris" and entries
     assert {(b.dora, b.dora_axis) for b in entries} == {("on", "input")}
     assert all(b.dora == "adapter" for b in a.blocks if b.kind == "adapter")
+
+
+def test_glora_entries_own_scalar(tmp_path):
+    """A GLoRA entry's own use_scalar (was DBS403): beside another network's layers its block's `scalar`;
+    GLoRA entries that settle it differently, or a GLoRA network's own entry with its own, stay DBS403
+    (dbspec builds every GLoRA layer of a run with one use_scalar)."""
+    for name in ("own", "differ", "glora"):
+        (tmp_path / name).mkdir()
+    own = FULL + '[module_algo_map.FeedForward]\nalgo = "glora"\nuse_scalar = true\n'
+    outcome = expressible(_convert(tmp_path / "own", own, "locon"))
+    a = plan_of(outcome, tmp_path / "own").adapter
+    assert not a.scalar and [b.scalar for b in a.blocks if b.kind == "glora"] == ["on"]
+    differ = own + '[module_algo_map.Transformer2DModel]\nalgo = "glora"\n'
+    outcome = _convert(tmp_path / "differ", differ, "locon")
+    assert "where other GLoRA layers of the file take the other" in messages(outcome, "DBS403")
+    outcome = _convert(tmp_path / "glora", own, "glora")
+    assert "on a GLoRA network, whose adapter takes one scalar" in messages(outcome, "DBS403")

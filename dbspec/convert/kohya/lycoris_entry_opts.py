@@ -24,6 +24,8 @@ _BLOCK_ALPHA = ("lora", "loha", "lokr")
 _RS_READERS = (*_BLOCK_ALPHA, "glora")
 # the algorithms whose blocks carry LyCORIS's use_scalar (a block's `scalar`)
 _BLOCK_SCALAR = ("lora", "loha", "lokr")
+# and GLoRA's beside another network's layers (one setting for all its GLoRA blocks: lycoris_maps._blocks)
+_SCALAR_ENTRIES = (*_BLOCK_SCALAR, "glora")
 
 
 def own_tucker(algo: str, options: tuple[tuple[str, Any], ...], network: bool, convs: bool) -> dict[str, str]:
@@ -43,9 +45,9 @@ def own_tucker(algo: str, options: tuple[tuple[str, Any], ...], network: bool, c
 
 def own_scalar(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> dict[str, str]:
     """{"scalar": "on" / "off"} of a layer of `algo` whose entry gives use_scalar a truth other than the
-    network's (LoConModule's, LohaModule's, LokrModule's `if use_scalar`), else {}."""
+    network's (LoConModule's, LohaModule's, LokrModule's, GLoRAModule's `if use_scalar`), else {}."""
     own = dict(options)
-    if algo not in _BLOCK_SCALAR or "use_scalar" not in own or bool(own["use_scalar"]) == network:
+    if algo not in _SCALAR_ENTRIES or "use_scalar" not in own or bool(own["use_scalar"]) == network:
         return {}
     return {"scalar": "on" if own["use_scalar"] else "off"}
 
@@ -193,7 +195,7 @@ def _block_keeps(algo: str, key: str) -> bool:
     k x k convolutions: _inert already took its other layers)."""
     return (
         (key == "rs_lora" and algo in _BLOCK_ALPHA)
-        or (key == "use_scalar" and algo in _BLOCK_SCALAR)
+        or (key == "use_scalar" and algo in _SCALAR_ENTRIES)
         or (key == "weight_decompose" and algo in _BLOCK_SCALAR)  # the block's `dora`
         or (key == "wd_on_out" and algo in _BLOCK_SCALAR)  # the block's `dora_axis` (decomposed: _inert)
         or (key == "use_tucker" and algo in ("lora", "loha"))
