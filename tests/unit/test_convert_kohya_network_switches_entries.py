@@ -81,6 +81,12 @@ def test_scalar_beside_glora_entries_is_their_blocks(tmp_path, algo):
     a = plan_of(outcome, tmp_path).adapter
     assert {b.scalar for b in a.blocks if b.kind == "glora"} == {"on"}
     assert fate(outcome, "network_args use_scalar") == "mapped"
+    # an entry's own use_scalar = false wins over the network's, as create_single_module hands it
+    (tmp_path / "off").mkdir()
+    off = expressible(_convert(tmp_path / "off", text + "use_scalar = false\n", algo, args))
+    assert {b.scalar for b in plan_of(off, tmp_path / "off").adapter.blocks if b.kind == "glora"} == {
+        "adapter"
+    }
 
 
 @pytest.mark.parametrize("algo", ["locon", "loha", "full", "glora"])

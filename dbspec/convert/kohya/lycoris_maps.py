@@ -822,6 +822,7 @@ _TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_
 _TLORA_BLOCK_OWN.update(
     lora=("use_scalar", "weight_decompose", "wd_on_out"), loha=("use_scalar", "weight_decompose", "wd_on_out")
 )
+_TLORA_BLOCK_OWN["glora"] = ("use_scalar",)  # its block's `scalar` (every GLoRA block alike)
 _TLORA_BLOCK_OWN["lokr"] = (
     "use_scalar",
     "weight_decompose",
@@ -879,9 +880,9 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
         raise PresetError(
             f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
-            "alpha (LoCon / LoHa / LoKr their use_scalar, LoKr its factor, decompose_both, full_matrix "
-            "and unbalanced_factorization, Diag-OFT / BOFT their constraint, rescaled and bypass_mode, "
-            "DyLoRA its block_size)",
+            "alpha (LoCon / LoHa / LoKr / GLoRA their use_scalar, LoKr its factor, decompose_both, "
+            "full_matrix and unbalanced_factorization, Diag-OFT / BOFT their constraint, rescaled and "
+            "bypass_mode, DyLoRA its block_size)",
             False,
         )
     lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
@@ -1008,8 +1009,6 @@ def _blocks(
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
         rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
         switches.update(own_scalar(_algo(group[0].algo), *_scalar_against(algo, group[0], network)))
-        if _algo(group[0].algo) == "glora" and _algo(algo) in _SCALAR_TO_ENTRIES and network["use_scalar"]:
-            switches["scalar"] = "on"  # GLoRAModule reads the network's use_scalar: every GLoRA block's
         switches.update(own_dora(_algo(group[0].algo), *entry))
         switches.update(own_dora_axis(_algo(group[0].algo), *entry))
         convs = any(layer.kind == "conv" for layer in group)
