@@ -2456,6 +2456,7 @@ class TloraBlock:
     unbalanced_factorization: BlockSwitch = _block_switch(
         "unbalanced_factorization", "unbalanced_factorization"
     )
+    rank_stabilized: BlockSwitch = _block_rank_stabilized()  # a block of kind lokr (its entry's rs_lora)
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (TLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()

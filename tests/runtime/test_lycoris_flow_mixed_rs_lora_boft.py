@@ -191,3 +191,21 @@ def test_flux_boft_network_locon_loha_entries_is_lycoris(tmp_path, monkeypatch):
     assert classes["lora_unet_double_blocks_0_img_attn_proj"] == "ButterflyOFTModule"
     assert classes["lora_unet_double_blocks_0_txt_attn_qkv"] == "LoConModule"
     assert classes["lora_unet_single_blocks_0_linear1"] == "LohaModule"
+
+
+# the networks whose own modules never read rs_lora (GLoRAModule does, at its own alpha / sqrt(dim)); a
+# DyLoRA network's own DyLoraModules load no file key (its entries' blocks: the same lycoris_maps._blocks,
+# checked on SD in test_lycoris_mixed_rs_lora and on Flux's plan in test_convert_kohya_rs_lora_entries)
+@pytest.mark.parametrize("algo", ["glora", "full", "ia3", "tlora"])
+def test_flux_rs_lora_of_other_networks_reaches_their_entries_as_lycoris(tmp_path, monkeypatch, algo):
+    """A GLoRA / full / IA^3 / T-LoRA network's rs_lora beside LoHa / LoKr entries (was DBS403):
+    the entries' blocks at alpha x sqrt(dim), the LoKr ones on linear1 (full factors) `rank_stabilized`."""
+    args = {"rs_lora": "True", "module_dropout": "0.5"}
+    a, made, full = _alike(tmp_path, monkeypatch, algo, RS_FILE, args)
+    assert full and all(m.rs_lora for m in full)
+    lokr = [b for b in a.blocks if b.kind == "lokr"]
+    assert lokr and all(b.rank_stabilized == "on" for b in lokr)
+    classes = _classes(made)
+    assert classes["lora_unet_double_blocks_0_img_attn_qkv"] == "LohaModule"
+    own = {"glora": "GLoRAModule", "full": "FullModule", "ia3": "IA3Module"}
+    assert classes["lora_unet_double_blocks_0_img_attn_proj"] == own.get(algo, "TLoraModule")

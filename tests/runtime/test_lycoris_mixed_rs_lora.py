@@ -64,6 +64,12 @@ CASES = {
     "lokr_network_rs_lora": ("lokr", True, "lokr", ""),
     "lokr_entry_own_rs_lora": ("lokr", False, "lokr", "rs_lora = true"),
     "lokr_entry_own_rs_lora_off": ("lokr", True, "lokr", "rs_lora = false"),
+    # networks whose own modules never read it (GLoRAModule does): its entries' blocks' alpha x sqrt(dim),
+    # the LoKr ones' rank_stabilized (were DBS403)
+    "dylora_network_rs_lora": ("dylora", True, "dylora", ""),
+    "glora_network_rs_lora": ("glora", True, "glora", ""),
+    "full_network_rs_lora": ("full", True, "full", ""),
+    "ia3_network_rs_lora": ("ia3", True, "ia3", ""),
 }
 
 
@@ -122,11 +128,12 @@ def test_rs_lora_beside_other_algorithms_builds_as_lycoris(pipe, tmp_path, monke
     full = theirs["lora_unet_conv_out"]  # both factors full: dim / sqrt(dim) with rs_lora, else 1
     assert full == ("LokrModule", 64, 8.0 if rs_lora else 1.0)
     assert theirs["lora_unet_time_embedding_linear_1"][2] == 0.25  # DyLoraModule: 1 / 4, rs_lora or not
-    resnets = {v[2] for k, v in theirs.items() if "resnets" in k}
-    rs = rs_lora if not own else "true" in own
+    resnets = {v[2] for k, v in theirs.items() if "resnets" in k and len(v) == 3}
+    rs = (rs_lora if not own else "true" in own) and resnet != "dylora"  # DyLoraModule: alpha / dim
     # the ResNets: 1 / sqrt(4) with rs_lora, else 1 / 4; a LoKr's narrow layers both factors full: 4 /
-    # sqrt(4) with rs_lora, else 1
-    assert resnets == {0.5 if rs else 0.25} | ({2.0 if rs else 1.0} if resnet == "lokr" else set())
+    # sqrt(4) with rs_lora, else 1 (full and IA^3: no scale)
+    low_rank = {0.5 if rs else 0.25} if resnet not in ("full", "ia3") else set()
+    assert resnets == low_rank | ({2.0 if rs else 1.0} if resnet == "lokr" else set())
     assert {
         **_lokr_shapes(unet, "lora_unet_"),
         **_lokr_shapes(text_encoder, "lora_te_text_model_"),

@@ -178,7 +178,7 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
         ("diag-oft entry", _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n', "", ""),
         (
             "entry option",
-            _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nrs_lora = true\n',
+            _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nrank_dropout_scale = true\n',
             "DBS403",
             "blocks of other kinds carry a kind, rank and alpha",
         ),
@@ -272,15 +272,17 @@ def test_a_tlora_entry_s_own_bypass_mode_is_its_block_s(tmp_path):
     assert (a.bypass, a.bypass_dropout, [b.bypass for b in a.blocks]) == (False, 0.1, [True])
 
 
-def test_network_options_beside_a_tlora_network_s_other_kinds_are_refused(tmp_path):
-    """The network's options LoConModule / LokrModule read and TLoraModule does not (rs_lora) beside a tlora
-    network's entries of other algorithms: DBS403 (those blocks carry no rank stabilisation of their own;
-    their use_scalar, factor, LoKr switches and weight decomposition they do:
-    test_convert_kohya_network_switches_entries.py); rank_dropout beside LoKr entries stops kohya (DBS402:
-    their LokrModules' CPU mask; test_convert_kohya_refusals_audit.py)."""
+def test_network_options_beside_a_tlora_network_s_other_kinds(tmp_path):
+    """The network's rs_lora, which LokrModule reads and TLoraModule does not, beside a tlora network's LoKr
+    entries: their blocks' alpha x sqrt(dim) and `rank_stabilized` (was DBS403;
+    test_convert_kohya_rs_lora_entries.py); rank_dropout beside LoKr entries stops kohya (DBS402: their
+    LokrModules' CPU mask; test_convert_kohya_refusals_audit.py)."""
     write(tmp_path / "p.toml", _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\n')
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rs_lora=True"')
-    assert "DBS403" in codes(outcome) and "rs_lora" in messages(outcome, "DBS403")
+    assert not {"DBS402", "DBS403"} & codes(outcome), errors(outcome)
+    assert [b.rank_stabilized for b in plan_of(outcome, tmp_path).adapter.blocks] == ["on"]
+    outcome = _lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "rank_dropout=0.1"')
+    assert "DBS402" in codes(outcome) and "CPU" in messages(outcome, "DBS402")
 
 
 def test_a_tlora_entry_on_a_kxk_convolution_stops_kohya(tmp_path):

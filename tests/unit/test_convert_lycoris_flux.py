@@ -1160,21 +1160,21 @@ def test_network_weights_of_dora_per_input_column_start_the_fused_magnitude(tmp_
 
 
 def test_allow_unsupported_writes_no_full_fine_tune_for_a_refused_network(tmp_path):
-    """With --allow-unsupported a network the converter refuses on Flux (here a T-LoRA network's rs_lora
-    beside LoCon entries, DBS403: their blocks carry no rank stabilisation) leaves no adapter: the spec
+    """With --allow-unsupported a network the converter refuses on Flux (here a LoCon entry at dim 200000,
+    DBS403: above [[adapter.blocks]]' rank bound, a pair at that rank) leaves no adapter: the spec
     would be a full fine-tune, so nothing is written, the refusal named and no knock-on error about a LoRA
     export on a full fine-tune."""
     from convert_kit import FLUX_LYCORIS
 
     (tmp_path / "p.toml").write_text(
         'unet_target_module = ["DoubleStreamBlock"]\ntext_encoder_target_module = []\n'
-        '[module_algo_map.DoubleStreamBlock]\nalgo = "locon"\n',
+        '[module_algo_map.DoubleStreamBlock]\nalgo = "locon"\ndim = 200000\n',
         encoding="utf-8",
     )
     images(tmp_path / "x" / "10_ohwx", 2, (64, 64))
     for name in ("clip_l.safetensors", "t5xxl.safetensors", "ae.safetensors"):
         component_file(tmp_path / name)
-    command = f'{FLUX_LYCORIS}--network_args "algo=tlora" "rs_lora=True" "preset=p.toml"'
+    command = f'{FLUX_LYCORIS}--network_args "algo=locon" "preset=p.toml"'
     outcome = kohya(tmp_path, allow=True, command=command)
     assert not outcome.written
     said = [d.message for d in outcome.diagnostics if d.severity == "error"]

@@ -3,7 +3,8 @@ algorithms on a network of another: lycoris-lora 4.1.3's create_single_module ha
 module whose entry does not give its own, so they are those entries' blocks' (lycoris_maps._blocks writes
 them): the network's `constraint` / `rescaled` for Diag-OFT / BOFT entries (oft_entries.py), its `factor`,
 `decompose_both`, `unbalanced_factorization` and `full_matrix` for LoKr entries (LokrModule alone reads
-them), a full / IA^3 / DyLoRA / T-LoRA network's `use_scalar` for LoCon / LoHa / LoKr / GLoRA entries."""
+them), a full / IA^3 / DyLoRA / T-LoRA network's `use_scalar` and `rs_lora` for LoCon / LoHa / LoKr / GLoRA
+entries."""
 
 from __future__ import annotations
 
@@ -43,11 +44,15 @@ def entries_lokr_args(kwargs: dict[str, str], blocks, args: Legacy, conv: Conver
     take_entry_args(kwargs, blocks, ("lokr",), keys, "LoKr", args, conv)
 
 
-def entries_scalar(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
-    """A full / IA^3 / DyLoRA / T-LoRA network's use_scalar (its own modules never read it) beside LoCon /
-    LoHa / LoKr / GLoRA entries: their blocks' `scalar` (lycoris_maps._scalar_against, _blocks; was DBS403,
-    a spec's DBS578)."""
-    keys = {"use_scalar": ("adapter.blocks.scalar", "their blocks' `scalar`")}
+def entries_scalar_rs_lora(kwargs: dict[str, str], blocks, args: Legacy, conv: Conversion) -> None:
+    """A full / IA^3 / DyLoRA / T-LoRA network's use_scalar and rs_lora (its own modules never read them)
+    beside LoCon / LoHa / LoKr / GLoRA entries: their blocks' `scalar` (lycoris_maps._scalar_against,
+    _blocks; was DBS403, a spec's DBS578), and their alpha x sqrt(dim) and a LoKr block's
+    `rank_stabilized` (lycoris_maps._blocks; was DBS403)."""
+    keys = {
+        "use_scalar": ("adapter.blocks.scalar", "their blocks' `scalar`"),
+        "rs_lora": ("adapter.blocks.alpha", "their blocks' alpha x sqrt(rank), LoKr's `rank_stabilized`"),
+    }
     kinds = ("lora", "loha", "lokr", "glora")
     take_entry_args(kwargs, blocks, kinds, keys, "LoCon / LoHa / LoKr / GLoRA", args, conv)
 

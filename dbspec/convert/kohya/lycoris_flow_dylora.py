@@ -63,7 +63,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     refuse_rest,
     take_blocks_dora,
 )
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 
@@ -92,7 +92,7 @@ def map_flow_dylora(
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
-    entries_scalar(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
+    entries_scalar_rs_lora(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
     lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up only:

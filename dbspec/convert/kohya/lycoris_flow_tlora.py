@@ -38,7 +38,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     refuse_rest,
     take_blocks_dora,
 )
-from dbspec.convert.kohya.entry_args import entries_block_size, entries_lokr_args, entries_scalar
+from dbspec.convert.kohya.entry_args import entries_block_size, entries_lokr_args, entries_scalar_rs_lora
 from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
@@ -69,7 +69,7 @@ def map_flow_tlora(
     file_blocks = layout.targets(layers, True)[1] if layers != "none" else []
     entries = [*file_blocks, *text_blocks]
     entries_lokr_args(kwargs, entries, args, conv)  # its LoKr blocks' split and switches
-    entries_scalar(kwargs, entries, args, conv)  # its LoCon / LoHa / LoKr blocks' scalar
+    entries_scalar_rs_lora(kwargs, entries, args, conv)  # its LoCon / LoHa / LoKr blocks' scalar
     entries_block_size(kwargs, entries, args, conv)  # its DyLoRA blocks' unit
     take_blocks_dora(kwargs, file_blocks, text_blocks)  # its LoCon / LoHa / LoKr blocks' own dora (read)
     for key, why in _TLORA_UNREAD.items():

@@ -88,7 +88,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
 from dbspec.families import family_spec
 
@@ -700,7 +700,7 @@ def _full(
     take_blocks_dora(kwargs, blocks, text_blocks)  # its LoCon / LoHa / LoKr entries' blocks' own dora (read)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
-    entries_scalar(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
+    entries_scalar_rs_lora(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
     _lycoris_full(kwargs, "full", False, put, unsupported, args, conv, a["network_dropout"], False)
     for key in [k for k in ("dropout", "factor", "decompose_both", "full_matrix") if k in kwargs]:
         conv.ignored(
@@ -849,7 +849,7 @@ def _ia3(
     take_blocks_dora(kwargs, blocks, text_blocks)
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
-    entries_scalar(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
+    entries_scalar_rs_lora(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
     for key in list(kwargs):
         if key in _INERT or key in ("use_scalar", "dora_wd", "rs_lora"):
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)

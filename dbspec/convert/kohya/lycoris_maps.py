@@ -354,7 +354,7 @@ BYPASS_BLOCKS = BYPASS_KINDS
 
 # the networks whose blocks of other kinds carry a LoKr entry's own factor and switches, a LoRA/LoCon / LoHa /
 # LoKr entry's own use_scalar and a LoKr entry's own rs_lora (spec AdapterBlock, ScaleBlock, DyloraBlock,
-# GloraBlock; TloraBlock all but rs_lora: _beside_tlora refuses that)
+# GloraBlock, TloraBlock)
 _LOKR_OWN_NETWORKS = ("lora", "loha", "full", "ia3", "dylora", "glora", "tlora")
 
 
@@ -721,9 +721,10 @@ def _mixed_kinds(
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]
-    if _algo(algo) in _BLOCK_KINDS:  # the network's rs_lora: each kind's blocks' (_blocks; on Flux / SD3 /
-        # Chroma each fused Linear's parts alike)
-        on = [key for key in on if key != "rs_lora"]
+    # the network's rs_lora: each reading kind's blocks' (_blocks: LoCon / LoHa / LoKr / GLoRA entries'
+    # alpha x sqrt(dim), LoKr's `rank_stabilized`; DyLoRA, T-LoRA, full, IA^3, Diag-OFT and BOFT modules
+    # never read it; on Flux / SD3 / Chroma each fused Linear's parts alike)
+    on = [key for key in on if key != "rs_lora"]
     # the network's switches each kind's blocks carry (use_tucker on Flux / SD3 / Chroma: above)
     on = [key for key in on if not _switch_expressed(key, algo, unet, network)]
     if not flow and _algo(algo) in _TUCKER_TO_ENTRIES:  # FullModule / IA3Module / DyLoRA / GLoRA never
@@ -809,7 +810,7 @@ def _mixed_kinds(
 # module_dropout reaches them): those modules read them, TLoraModule does not. The network's constraint and
 # rescaled are its Diag-OFT / BOFT blocks' alpha and `rescaled`, as on the other networks (_blocks,
 # oft_entries.entries_constraint / entries_rescaled)
-_TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode", "rs_lora")
+_TLORA_NETWORK_OFF = ("dropout", "rank_dropout", "bypass_mode")
 
 
 # what a T-LoRA adapter's block of another kind carries of its entry's own options (spec TloraBlock: the OFTs'
@@ -819,11 +820,14 @@ _TLORA_BLOCK_OWN["dylora"] = ("block_size",)
 _TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_side)
 # a LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own split and switches: its block's `scalar`,
 # `factor` and switches (spec TloraBlock; runtime/mixed_kinds.py builds each kind alone)
+# and their own rs_lora (its block's alpha x sqrt(dim), a LoKr block's `rank_stabilized`)
 _TLORA_BLOCK_OWN.update(
-    lora=("use_scalar", "weight_decompose", "wd_on_out"), loha=("use_scalar", "weight_decompose", "wd_on_out")
+    lora=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora"),
+    loha=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora"),
 )
-_TLORA_BLOCK_OWN["glora"] = ("use_scalar",)  # its block's `scalar` (every GLoRA block alike)
+_TLORA_BLOCK_OWN["glora"] = ("use_scalar", "rs_lora")  # its block's `scalar` (every GLoRA block alike)
 _TLORA_BLOCK_OWN["lokr"] = (
+    "rs_lora",
     "use_scalar",
     "weight_decompose",
     "wd_on_out",
@@ -880,9 +884,9 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
         raise PresetError(
             f"`{own.source}` hands its {own.algo} layers (e.g. {own.path}) {', '.join(extra(own))} on an "
             "algo=tlora network: dbspec's T-LoRA adapter's blocks of other kinds carry a kind, rank and "
-            "alpha (LoCon / LoHa / LoKr / GLoRA their use_scalar, LoKr its factor, decompose_both, "
-            "full_matrix and unbalanced_factorization, Diag-OFT / BOFT their constraint, rescaled and "
-            "bypass_mode, DyLoRA its block_size)",
+            "alpha (LoCon / LoHa / LoKr / GLoRA their use_scalar and rs_lora, LoKr its factor, "
+            "decompose_both, full_matrix and unbalanced_factorization, Diag-OFT / BOFT their constraint, "
+            "rescaled and bypass_mode, DyLoRA its block_size)",
             False,
         )
     lokr = next((layer for layer in layers if _algo(layer.algo) == "lokr"), None)
@@ -912,7 +916,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             f"`{first.source}` gives {first.path} algo = {first.algo!r} on an algo=tlora network with "
             f"network_args {', '.join(on)}: dbspec's T-LoRA adapter builds its blocks of other kinds with "
             "their kind's defaults, the network's module_dropout and the options their blocks carry "
-            "(use_scalar, LoKr's factor and switches; DBS578)",
+            "(use_scalar, rs_lora, LoKr's factor and switches; DBS578)",
             False,
         )
 
@@ -1007,7 +1011,9 @@ def _blocks(
             factor, switches = _network_lokr(group[0], network, factor, switches)
         same = all((layer.dim, layer.alpha) == defaults[layer.kind] for layer in group)
         kind = _algo(group[0].algo) if algo and _algo(group[0].algo) != _algo(algo) else ""  # one entry
-        rs = own_rs_lora(_algo(group[0].algo), group[0].options, rs_lora)  # the entry's own rs_lora
+        # the entry's own rs_lora, else the network's as its class reads it (`rs_lora`: the adapter's own
+        # layers', off where the network's class never reads it: a DyLoRA / T-LoRA network's entries read it)
+        rs = own_rs_lora(_algo(group[0].algo), group[0].options, network["rs_lora"])
         switches.update(own_scalar(_algo(group[0].algo), *_scalar_against(algo, group[0], network)))
         switches.update(own_dora(_algo(group[0].algo), *entry))
         switches.update(own_dora_axis(_algo(group[0].algo), *entry))
@@ -1016,7 +1022,9 @@ def _blocks(
         # a lokr adapter's own LoKr layers plan its rank_stabilized (the network's rs_lora), a block of kind
         # lokr on another kind's adapter none (compiler/adapters.py _other_lokr_switches)
         planned = rs_lora and not kind
-        switches.update(own_rank_stabilized(_algo(group[0].algo), group[0].options, rs_lora, planned))
+        switches.update(
+            own_rank_stabilized(_algo(group[0].algo), group[0].options, network["rs_lora"], planned)
+        )
         switches.update(own_rank_dropout_scale(_algo(group[0].algo), group[0].options, network))
         if algo:  # a Diag-OFT / BOFT / DyLoRA / IA^3 entry's own bypass_mode (check_layers let it through;
             # on a DyLoRA network its own algorithm's entries' too)
@@ -1078,7 +1086,10 @@ def _blocks(
         own = [*([f"algo {group[0].algo}"] if kind else []), "dim / alpha", *(["factor"] if factor else [])]
         own += oft_own
         own += ["block_size"] if unit else []
-        given_rs = "rs_lora" in dict(group[0].options) and rs != rs_lora  # the entry's own, a block's alpha
+        # the entry's own, a block's alpha
+        given_rs = "rs_lora" in dict(group[0].options) and rs != own_rs_lora(
+            _algo(group[0].algo), (), network["rs_lora"]
+        )
         what = ", ".join(
             [*own, *switches, *(["rs_lora"] if given_rs and "rank_stabilized" not in switches else [])]
         )
@@ -1171,9 +1182,8 @@ def map_blocks(
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            rs = (
-                block.get("rank_stabilized", "on" if rs_lora else "off") == "on"
-            )  # the entry's own, else the network's
+            # the entry's own, else the network's (a block of another kind: off, _blocks' `planned`)
+            rs = block.get("rank_stabilized", "on" if rs_lora and "kind" not in block else "off") == "on"
             _huge_block(block, high, block.get("kind", kind), rs)
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None), block.pop("tucker", None)
@@ -1240,7 +1250,7 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             )
         high = max(block["rank"], block.get("conv_rank", 0))
         if high > _MAX_BLOCK_RANK:
-            _huge_block(block, high, block["kind"], rs_lora)
+            _huge_block(block, high, block["kind"], block.get("rank_stabilized") == "on")
     for block in text:
         block.pop("conv_rank", None), block.pop("conv_alpha", None)
     network_tucker(unet, network)

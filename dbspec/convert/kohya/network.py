@@ -41,7 +41,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import (
@@ -454,7 +454,7 @@ def _map_network(
     if lycoris and kind != "lokr":  # the network's LoKr split and switches: its LoKr entries' blocks'
         entries_lokr_args(kwargs, entries, args, conv)
     if lycoris and kind in ("full", "ia3", "dylora", "tlora"):  # no scalar of their own: their entries'
-        entries_scalar(kwargs, entries, args, conv)  # blocks'
+        entries_scalar_rs_lora(kwargs, entries, args, conv)  # blocks'
     if lycoris and kind != "lokr" and lokr_entries_rank_dropout(kwargs, entries, args, conv):
         return None  # kohya stops first
     if _block_rank_dropout(kwargs, kind, put, args, conv, train_norm is not None):
