@@ -257,7 +257,7 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         # "lycoris" form; in bypass_mode its LoCon / LoHa / LoKr blocks as their bypass forward does
         # (rules.glora_bypass_inert: the "lycoris_bypass" form), the GLoRA layers their own masks
         rank_dropout=adapter.rank_dropout if adapter.bypass or rank_dropout_blocks(adapter) else 0.0,
-        rank_dropout_form=_glora_rank_dropout_form(adapter),
+        rank_dropout_form=_lycoris_rank_dropout_form(adapter),
         bypass_dropout=adapter.dropout if adapter.bypass else 0.0,
         # LyCORIS's one `dropout`, which its LoCon / LoHa / LoKr blocks' modules apply to their update x
         # scalar in bypass_mode (rules.glora_bypass_inert; runtime/prepare.py: lora_dropout.py,
@@ -272,9 +272,10 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
 
-def _glora_rank_dropout_form(adapter) -> str:
-    """The rank-dropout form of a glora adapter's blocks of other kinds (its GLoRA layers keep GLoRAModule's
-    own masks, runtime/lycoris_glora.py: a rank KEPT where its `torch.rand(rank)` draw is below the rate).
+def _lycoris_rank_dropout_form(adapter) -> str:
+    """The rank-dropout form of a glora or tlora adapter's blocks of other kinds (its GLoRA layers keep
+    GLoRAModule's own masks, runtime/lycoris_glora.py: a rank KEPT where its `torch.rand(rank)` draw is below
+    the rate; TLoraModule reads none).
     In bypass_mode beside LoCon / LoHa / LoKr blocks "lycoris_bypass": LyCORIS hands every module the
     network's bypass_mode, so LoConModule's bypass forward keeps the ranks whose `torch.rand(rank)` draw is
     above the rate, LohaModule's rebuilds its update with get_weight's row mask and LokrModule's draws none
@@ -314,19 +315,17 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         params=adapter_params(adapter, family, components),
         module_dropout=adapter.module_dropout,  # TLoraModule.forward's draw (runtime/mixed_kinds.py)
         # TLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's in
-        # the "lycoris" form, in bypass_mode LoConModule's bypass rank mask (rules.tlora_bypass_locon)
+        # the "lycoris" form, in bypass_mode each class's bypass mask (rules.tlora_bypass_inert)
         rank_dropout=adapter.rank_dropout,
-        rank_dropout_form=(
-            ("lycoris_bypass" if adapter.bypass else "lycoris")
-            if adapter.rank_dropout and _lora_blocks(adapter)
-            else "kohya"
-        ),
+        rank_dropout_form=_lycoris_rank_dropout_form(adapter),
         max_norm=adapter.max_norm,  # TLoraModule.apply_max_norm (runtime/max_norm.py)
         max_norm_form="lycoris" if adapter.max_norm else "kohya",
         bypass=adapter.bypass,  # TLoraModule.bypass_forward (runtime/lycoris_tlora.py)
         # its dropout: in the bypass forward, which a patch convolution takes in either mode (SD3's), as do
         # the layers of a block whose own bypass is on (each TloraLayer drops in its own mode alone)
         bypass_dropout=adapter.dropout if bypass_reads_dropout else 0.0,
+        # its LoCon / LoHa / LoKr blocks' modules theirs x scalar in bypass_mode (rules.tlora_bypass_inert)
+        output_dropout=adapter.dropout if adapter.bypass and _bypass_dropout_blocks(adapter) else 0.0,
         # a LyCORIS preset file's per-layer dims: each matched layer's SVD start at its block's rank, or
         # another kind's layers (runtime/mixed_kinds.py)
         blocks=tuple(_tlora_block(b, adapter) for b in adapter.blocks),

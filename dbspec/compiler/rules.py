@@ -3707,20 +3707,25 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     )
 
 
-def tlora_bypass_locon(a) -> bool:
+def tlora_bypass_inert(a) -> bool:
     """Whether a tlora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
-    its blocks of other kinds as LyCORIS's: blocks of kind lora alone, without the adapter's `dropout`
-    (LoConModule's bypass dropout of its update, not built there). LoConModule's bypass forward computes its
-    default one after the same module_dropout draw, and with the adapter's rank_dropout masks the down's
-    ranks (`torch.rand(rank)`: the plan's rank_dropout_form "lycoris_bypass", runtime/lora_dropout.py),
-    TLoraModule reading none of it (tests/runtime/test_lycoris_tlora_mixed_opts.py, SD 1.x; with
-    fused_projections each fused LoConModule's one rank mask its parts share,
-    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py on Flux)."""
+    its blocks of other kinds as LyCORIS's, as a glora adapter's does (glora_bypass_inert): blocks of kind
+    lora, loha and lokr, none decomposed, each LoConModule's / LohaModule's / LokrModule's bypass forward
+    computing its default one after the same module_dropout draw, then dropping it by the adapter's
+    `dropout` (the plan's output_dropout; TLoraModule its own update, bypass_dropout), the adapter's
+    rank_dropout each class's bypass mask (LoCon's ranks, LoHa's rows, LoKr's none: the plan's
+    rank_dropout_form "lycoris_bypass"), TLoraModule reading none of it; blocks of kind ia3, diag-oft and
+    boft in their bypass forward (the block's settled `bypass`), reading no rank_dropout, IA3Module and
+    ButterflyOFTModule no dropout (DiagOFTModule's raises: mixed_block_kinds keeps the adapter's dropout off
+    beside them). tests/runtime/test_lycoris_tlora_bypass_entries.py, test_lycoris_tlora_mixed_opts.py (SD
+    1.x); with fused_projections each fused module's one mask its parts share
+    (test_lycoris_flow_tlora_mixed_opts.py on Flux)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
     return (
         getattr(a, "kind", "none") == "tlora"
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"} <= {"lora"}
-        and not getattr(a, "dropout", 0.0)
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"}
+        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"}
+        and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
 
@@ -3734,7 +3739,7 @@ def glora_bypass_inert(a) -> bool:
     modules to their update x scalar: the plan's output_dropout on those layers, compiler/adapters.py
     _glora_plan; tests/runtime/test_lycoris_glora_bypass_dropout_entries.py). The adapter's `rank_dropout`
     there too (was DBS578): each class's own mask form, settled per block kind in the plan (compiler/
-    adapters.py _glora_rank_dropout_form, rank_dropout_form "lycoris_bypass"): the GLoRA layers keep the
+    adapters.py _lycoris_rank_dropout_form, rank_dropout_form "lycoris_bypass"): the GLoRA layers keep the
     ranks whose `torch.rand(rank)` draw is below the rate (one draw for a2 x, one for b2 x), the LoCon ones
     those whose draw is above it, the LoHa ones LohaModule's row mask, the LoKr ones none
     (tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py). Blocks of kind ia3 too (was DBS578):
@@ -3815,10 +3820,11 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     tlora_oft = own == "tlora" and {b.kind for _, b in other} <= {"diag-oft", "boft"}
     if (own != "lora" or getattr(a, "max_norm_form", "kohya") == "lycoris") and own != "tlora" or tlora_oft:
         kept += ("max_norm",)
-    # and its dropout there (the T-LoRA layers' in their bypass forward alone): DiagOFTModule reads it in its
-    # bypass forward alone (where it raises: the converter refuses it), ButterflyOFTModule never
+    # and its dropout outside bypass (the T-LoRA layers' in their own bypass forward alone): every other
+    # kind's module reads it in its bypass forward alone or never, DiagOFTModule where it raises (the
+    # converter refuses it), so blocks of other kinds outside theirs (a BOFT one's own: it never reads it)
     oft_off = all(b.kind == "boft" or getattr(b, "bypass", "adapter") != "on" for _, b in other)
-    if tlora_oft and oft_off and not getattr(a, "bypass", False):
+    if own == "tlora" and oft_off and not getattr(a, "bypass", False):
         kept += ("dropout",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
@@ -3836,14 +3842,11 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     # others' computing their default one)
     # A GLoRA adapter's bypass beside LoRA / LoHa / LoKr blocks alone without its dropouts or a decomposed
     # block (glora_bypass_inert): LyCORIS's network bypass_mode, their bypass forward their default one
-    # A tlora adapter's bypass beside LoRA blocks alone without its dropout (tlora_bypass_locon): LyCORIS's
-    # network bypass_mode, their bypass forward their default one, its rank_dropout their bypass rank mask
-    tlora_locon = own == "tlora" and tlora_bypass_locon(a)
-    if tlora_locon and getattr(a, "bypass", False):
-        kept += ("rank_dropout",)
-    closed = (own == "tlora" and not tlora_locon) or (own == "glora" and not glora_bypass_inert(a))
-    if own == "glora" and getattr(a, "bypass", False) and not closed:  # every module's bypass Dropout, and
-        kept += ("rank_dropout",)  # its bypass forward's rank mask: each class's own form (the OFTs' none)
+    # A tlora adapter's bypass likewise (tlora_bypass_inert): LyCORIS's network bypass_mode, every kind's
+    # module in its bypass forward, its dropout and rank_dropout each class's
+    closed = (own == "tlora" and not tlora_bypass_inert(a)) or (own == "glora" and not glora_bypass_inert(a))
+    if own in ("glora", "tlora") and getattr(a, "bypass", False) and not closed:  # every module's bypass
+        kept += ("rank_dropout",)  # Dropout, and its rank mask: each class's own form (the OFTs' none)
         if all(b.kind != "diag-oft" for _, b in other):  # DiagOFTModule's bypass Dropout raises (LyCORIS)
             kept += ("dropout",)
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}

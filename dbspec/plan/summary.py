@@ -792,7 +792,7 @@ def adapter_rows(a, denoiser: str = "unet") -> list[tuple[str, str]]:
                 " (LyCORIS bypass: none on LoKr layers, LoRA blocks' ranks, LoHa blocks' rows, unscaled)"
             )
         elif a.rank_dropout and a.kind == "glora" and a.rank_dropout_form == "lycoris_bypass":
-            rescale = (  # each class's own bypass mask (compiler/adapters.py _glora_rank_dropout_form)
+            rescale = (  # each class's own bypass mask (compiler/adapters.py _lycoris_rank_dropout_form)
                 " (LyCORIS bypass: GLoRA layers keep the ranks drawn below the rate, LoRA blocks those "
                 "above it, LoHa blocks' rows, none on LoKr blocks, unscaled)"
             )

@@ -5,7 +5,7 @@ GLoRAModule keeps the ranks of a2 x and of b2 x whose `torch.rand(rank)` draw is
 LoConModule those of its down's output whose draw is ABOVE it, LohaModule rebuilds its update with
 get_weight's row mask (`torch.rand(out) > rate`, the CPU's), LokrModule draws none. The converted glora
 adapter's rank_dropout with its blocks' form settled in the plan (rank_dropout_form "lycoris_bypass":
-compiler/adapters.py _glora_rank_dropout_form), the GLoRA layers keeping theirs (runtime/lycoris_glora.py).
+compiler/adapters.py _lycoris_rank_dropout_form), the GLoRA layers keeping theirs (runtime/lycoris_glora.py).
 Checked against lycoris-lora 4.1.3's network built with bypass_mode, rank_dropout and module_dropout (and
 with the network's dropout too) from the same file on tiny SD 1.x: eval outputs, training outputs, the
 generator state after each of three training forwards, and every trained tensor's gradient (no tiny run)."""

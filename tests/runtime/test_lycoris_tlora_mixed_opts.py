@@ -64,15 +64,14 @@ CASES = {
 MODULE = "0.3"
 
 
-def _built(pipe, tmp_path, monkeypatch, algo: str, extra: str, args: dict, flags: str = ""):  # noqa: F811
+def _built(pipe, tmp_path, monkeypatch, algo: str, extra: str, args: dict, flags: str = "", text: str = ""):  # noqa: F811
     """The converted plan, our U-Net (every trained tensor moved at random) and lycoris-lora's network and
-    U-Net from the same file and network_args, our weights loaded into it."""
+    U-Net from the same file (FILE, or `text`) and network_args, our weights loaded into it."""
     _no_gc(monkeypatch)
     args = {**args, "module_dropout": MODULE}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
-    path, plan = _converted_plan(
-        tmp_path, "tlora_mixed", "tlora", f"{given} {flags}", text=FILE.format(algo=algo, extra=extra)
-    )
+    text = text or FILE.format(algo=algo, extra=extra)
+    path, plan = _converted_plan(tmp_path, "tlora_mixed", "tlora", f"{given} {flags}", text=text)
     ours = _ours(pipe, plan)
     made, theirs = lycoris_unet(pipe, monkeypatch, "tlora", path, **args)
     result = made.load_state_dict(

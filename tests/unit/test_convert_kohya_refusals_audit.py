@@ -1364,6 +1364,26 @@ CONVERTS = {
         "",
         {"kind": "lokr", "lokr_rank_stabilized": True, "block": {"rank": 10**13}},
     ),
+    # line 108 (rs_lora beside entries): a T-LoRA network's rs_lora "beside them stays DBS403" (and a DyLoRA /
+    # GLoRA / full / IA^3 network's): their LoCon / LoHa / LoKr / GLoRA entries' blocks' alpha x sqrt(dim), a
+    # LoKr block's rank_stabilized (tests/runtime/test_lycoris_mixed_rs_lora.py and others)
+    "tlora_network_rs_lora_beside_lokr": (
+        "sd",
+        '"algo=tlora" "rs_lora=True"',
+        _sd("lokr", "dim = 8\nalpha = 2"),
+        "",
+        {"kind": "tlora", "block": {"kind": "lokr", "rank_stabilized": "on"}},
+    ),
+    # line 108 (T-LoRA): its rank_dropout / dropout "in bypass_mode stays DBS403" beside entries but LoCon's:
+    # the adapter's bypass, dropout and rank_dropout beside LoCon / LoHa / LoKr / IA^3 / Diag-OFT / BOFT
+    # entries too (tests/runtime/test_lycoris_tlora_bypass_entries.py)
+    "tlora_network_bypass_dropouts_beside_loha": (
+        "sd",
+        '"algo=tlora" "bypass_mode=True" "dropout=0.1" "rank_dropout=0.1"',
+        _sd("loha"),
+        "",
+        {"kind": "tlora", "bypass": True, "output_dropout": 0.1, "rank_dropout_form": "lycoris_bypass"},
+    ),
 }
 
 

@@ -3608,9 +3608,11 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
     """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft and dylora
-    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578) but its bypass (and
-    rank_dropout) beside LoRA blocks alone and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too
-    (DBS604 reserved); alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
+    (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578) but its bypass (with its
+    dropout and rank_dropout) beside LoRA / LoHa / LoKr / IA^3 / Diag-OFT / BOFT blocks undecomposed
+    (rules.tlora_bypass_inert; its dropout not beside Diag-OFT ones there), its dropout outside bypass beside
+    any, and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too (DBS604 reserved); alpha 0 only
+    on a Diag-OFT / BOFT block (their constraint; DBS611)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("lokr", "diag-oft", "boft", "dylora"):
@@ -3620,18 +3622,22 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
         assert [h[2] for h in hits_of(rules.tlora_block_alpha, zero) if h[0] == "DBS611"] == code, kind
     assert hits_of(rules.tlora_block_alpha, tlora + block.format("boft")) == []
     bypass = tlora.replace('"tlora"\n', '"tlora"\nbypass = true\nmax_norm = 1.0\n')
-    assert {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format("loha"))} == {
-        ("adapter", "bypass"),
-        ("adapter", "max_norm"),
-    }
     ranks = bypass.replace("max_norm = 1.0\n", "max_norm = 1.0\nrank_dropout = 0.1\n")
-    assert {h[2] for h in hits_of(rules.mixed_block_kinds, ranks + block.format("lora"))} == {
-        ("adapter", "max_norm")
-    }
     dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
-    assert ("adapter", "bypass") in {
-        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))
+    for kind in ("lora", "loha", "lokr", "ia3", "boft"):  # (its max_norm beside OFT blocks alone)
+        normed = set() if kind == "boft" else {("adapter", "max_norm")}
+        assert {h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format(kind))} == normed, kind
+    assert hits_of(rules.mixed_block_kinds, ranks + block.format("diag-oft")) == []
+    # DiagOFTModule's bypass Dropout raises; GLoRA's / full's / DyLoRA's bypass forward is not built here;
+    # LyCORIS's bypass forward never decomposes
+    assert ("adapter", "dropout") in {
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("diag-oft"))
     }
+    for kind in ("glora", "full", "dylora"):
+        hits = {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format(kind) + "unit = 4\n")}
+        assert ("adapter", "bypass") in hits, kind
+    decomposed = bypass + block.format("lora") + 'dora = "on"\n'
+    assert ("adapter", "bypass") in {h[2] for h in hits_of(rules.mixed_block_kinds, decomposed)}
     for kind in ("diag-oft", "boft"):
         assert (
             hits_of(
@@ -3640,18 +3646,18 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
             )
             == []
         )
+    # outside bypass its dropout is the T-LoRA layers' in their own bypass forward alone: beside any kind
     dropped = tlora.replace('"tlora"\n', '"tlora"\ndropout = 0.1\n')
-    assert [h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))] == [
-        ("adapter", "dropout")
-    ]
+    for kind in ("lora", "loha", "lokr", "glora", "full"):
+        assert hits_of(rules.mixed_block_kinds, dropped + block.format(kind)) == [], kind
 
 
 def test_a_tlora_adapter_s_fused_blocks_keep_its_bypass_and_max_norm():
     """With fused_projections (Flux / SD3 / Chroma) a tlora adapter's max_norm beside Diag-OFT / BOFT blocks
-    and its bypass (and rank_dropout) beside LoRA blocks alone pass mixed_block_kinds as on SD (each fused
-    Linear one LyCORIS module, one norm and one rank mask:
-    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py; was DBS578); its dropout beside LoRA blocks in bypass
-    stays DBS578."""
+    and its bypass (with its rank_dropout and dropout) beside LoRA blocks pass mixed_block_kinds as on SD
+    (each fused Linear one LyCORIS module, one norm and one rank mask:
+    tests/runtime/test_lycoris_flow_tlora_mixed_opts.py, test_lycoris_tlora_bypass_entries.py; was DBS578);
+    beside GLoRA blocks its bypass stays DBS578."""
     tlora = 'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "tlora"\nfused_projections = true\n'
     block = '[[adapter.blocks]]\npattern = "qkv"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("diag-oft", "boft"):
@@ -3660,6 +3666,7 @@ def test_a_tlora_adapter_s_fused_blocks_keep_its_bypass_and_max_norm():
     ranks = tlora.replace("true\n", "true\nbypass = true\nrank_dropout = 0.1\n")
     assert hits_of(rules.mixed_block_kinds, ranks + block.format("lora")) == []
     dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
+    assert hits_of(rules.mixed_block_kinds, dropped + block.format("lora")) == []
     assert ("adapter", "bypass") in {
-        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("lora"))
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("glora"))
     }

@@ -347,7 +347,7 @@ def flux_preset_file(
     # output: lycoris_flux.py; a dropout stays DBS403, DBS402 beside a
     # Diag-OFT entry: lycoris_maps._oft_bypass_dropout), and an entry's own bypass_mode their block's
     # `bypass` (runtime/mixed_kinds.py set_block_bypass gives every part of a fused Linear its block's)
-    bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3")
+    bypass = kind in ("lora", "loha", "lokr", "dylora", "ia3", "tlora")
     try:
         blocks, text_blocks, inert = map_blocks(
             found,

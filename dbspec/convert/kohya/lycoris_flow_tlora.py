@@ -39,7 +39,7 @@ from dbspec.convert.kohya.lycoris_flow_args import (
     take_blocks_dora,
 )
 from dbspec.convert.kohya.entry_args import entries_block_size, entries_lokr_args, entries_scalar_rs_lora
-from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool
+from dbspec.convert.kohya.network import _TLORA_UNREAD, _str_bool, tlora_unread_dropout
 from dbspec.convert.kohya.oft_entries import entries_constraint
 
 _UNREAD = ("use_tucker", "use_cp", "use_conv_cp", "disable_conv_cp", "rank_dropout_scale", "full_matrix")
@@ -107,12 +107,7 @@ def map_flow_tlora(
         why = "TLoraModule drops SD3's patch convolution's update alone outside bypass_mode (its bypass path)"
         conv.mapped(given, ("adapter", "dropout"), float(given.value), note=why)
     elif given is not None and not (bypass or own_bypass):
-        why = "TLoraModule applies its dropout only in bypass_mode (off here)"
-        if layers != "none" and any(
-            b.get("kind") in ("diag-oft", "boft") for b in layout.targets(layers, True)[1]
-        ):  # lycoris_maps._TLORA_OFT_ENTRIES
-            why += "; DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
-        conv.ignored(given, why)
+        conv.ignored(given, tlora_unread_dropout(entries))
     elif given is not None and not 0 <= float(given.value) <= 1:  # nn.Dropout raises
         conv.invalid(given.key, given.value, given.source, f"torch's Dropout raises for p = {given.value}")
         return False

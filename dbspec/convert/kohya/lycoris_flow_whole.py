@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
-from dbspec.convert.kohya.network import rank_dropout_readers
+from dbspec.convert.kohya.network import _str_bool, rank_dropout_readers
 
 
 def kind_blocks(blocks, text_blocks) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -66,12 +66,14 @@ def map_entries_rank_dropout(kwargs, file, args: Legacy, conv: Conversion, algo:
     """The network's rank_dropout where the preset file's entries read it and the network's own modules
     draw it alike or never: the adapter's `rank_dropout`, entries in their own bypass_mode (Diag-OFT, BOFT,
     DyLoRA, IA^3: none read it there) drawing none (was DBS403); beside LoKr entries kohya stops first
-    (network.lokr_entries_rank_dropout, DBS402). True when refused."""
+    (network.lokr_entries_rank_dropout, DBS402) but in the network's bypass_mode, where LokrModule draws
+    none (a T-LoRA network's: lycoris_maps._tlora_bypass_inert). True when refused."""
     blocks = (*file.blocks, *file.text_blocks)
     readers = rank_dropout_readers(blocks, algo)
     if not readers:
         return False
-    if "lokr" in readers:  # (lycoris_flux.py refuses it first: DBS402)
+    bypass = _str_bool(kwargs.get("bypass_mode", "false"))
+    if "lokr" in readers and not bypass:  # (lycoris_flux.py refuses it first: DBS402)
         return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     note = (

@@ -569,7 +569,8 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     adapter's `bypass`; its module_dropout draw alone), so their layers draw nothing more
     (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
     entries = {_algo(layer.algo) for layer in layers}
-    return _algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, "ia3"}
+    tlora = _algo(algo) == "tlora" and entries <= set(_TLORA_BYPASS)  # its blocks' (_tlora_bypass_inert)
+    return tlora or (_algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, "ia3"})
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -587,13 +588,32 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     Linear one module's draws, test_lycoris_mixed_flow_bypass_dropout.py). A LoKr network's too (was
     DBS403): its adapter's rank_dropout in rank_dropout_form "lycoris_bypass", its LoKr layers drawing none,
     its LoCon / LoHa entries theirs (network._lokr_rank_dropout_on_gpu;
-    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py). A T-LoRA network's beside LoCon entries alone
-    (was DBS403): TLoraModule never reads it, the LoCon layers their bypass rank mask (compiler
-    rules.tlora_bypass_locon; the network's dropout beside them stays refused: _beside_tlora)."""
+    tests/runtime/test_lycoris_lokr_bypass_rank_dropout.py). A T-LoRA network's beside LoCon, LoHa, LoKr,
+    IA^3, Diag-OFT and BOFT entries (was DBS403): TLoraModule never reads it, each entry its bypass mask
+    (_tlora_bypass_inert)."""
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     low_rank = _algo(algo) in ("lora", "loha", "lokr")
-    tlora = _algo(algo) == "tlora" and all(_algo(layer.algo) == "lora" for layer in layers)
+    tlora = _algo(algo) == "tlora" and all(_algo(layer.algo) in _TLORA_BYPASS for layer in layers)
     return bypass and (tlora or low_rank and _bypass_output_dropout(algo, layers))
+
+
+# the entries whose LyCORIS module's bypass forward a T-LoRA adapter's `bypass` gives their blocks (compiler
+# rules.tlora_bypass_inert)
+_TLORA_BYPASS = ("lora", "loha", "lokr", "ia3", "diag-oft", "boft")
+
+
+def _tlora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
+    """Whether a T-LoRA network's bypass_mode beside entries `layers` of other algorithms is its adapter's
+    `bypass` (was DBS403, a spec's DBS578), as a GLoRA network's is (_glora_bypass_inert): LoCon / LoHa /
+    LoKr entries (a decomposed one: DBS402 in _mixed_kinds, LyCORIS's bypass forward never decomposes),
+    IA^3, Diag-OFT and BOFT entries. Every module gets the network's bypass_mode and `dropout`: TLoraModule
+    drops its update in its bypass forward (the adapter's bypass_dropout), LoConModule / LohaModule /
+    LokrModule theirs x scalar (the plan's output_dropout), IA3Module and ButterflyOFTModule read none
+    (DiagOFTModule's raises: _oft_bypass_dropout, DBS402); its `rank_dropout` each class's bypass mask
+    (LoCon's ranks, LoHa's rows, the others none: rank_dropout_form "lycoris_bypass"), each after its
+    module_dropout draw, in forward order (tests/runtime/test_lycoris_tlora_bypass_entries.py; on Flux /
+    SD3 / Chroma each fused Linear one module, its parts sharing its masks)."""
+    return network["bypass_mode"] and all(_algo(layer.algo) in _TLORA_BYPASS for layer in layers)
 
 
 def _bypass_decomposes(layer: Layer, network: dict[str, Any]) -> bool:
@@ -619,7 +639,7 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     each module's own bypass mask, GLoRAModule's pairs' ranks kept where `torch.rand(rank) < rate`,
     LoConModule's where `> rate`, LohaModule's get_weight row mask, LokrModule's none, each after its
     module_dropout draw: the adapter's rank_dropout, its blocks' form settled in the plan (rank_dropout_form
-    "lycoris_bypass", compiler/adapters.py _glora_rank_dropout_form;
+    "lycoris_bypass", compiler/adapters.py _lycoris_rank_dropout_form;
     tests/runtime/test_lycoris_glora_bypass_rank_dropout_entries.py). IA^3 entries too (was DBS403): their
     IA3Module gets the network's bypass_mode, its bypass forward scaling the output (bias included; with an
     entry's own train_on_input the input), the block of kind ia3 in the adapter's settled `bypass`
@@ -756,7 +776,7 @@ def _mixed_kinds(
         on.remove("bypass_mode")
     decomposing = [layer for layer in unet if _algo(layer.algo) in _BLOCK_KINDS]
     inert_dora = next((layer for layer in decomposing if _bypass_decomposes(layer, network)), None)
-    if _algo(algo) in ("ia3", "glora") and inert_dora is not None:  # IA3Module and GLoRAModule take
+    if _algo(algo) in ("ia3", "glora", "tlora") and inert_dora is not None:  # IA3Module, GLoRAModule take
         # weight_decompose and never read it: the pair reaches the entries alone (network.py's BYPASS_DORA)
         raise PresetError(
             f"`{inert_dora.source}` gives {inert_dora.path} algo = {inert_dora.algo!r} on an "
@@ -902,14 +922,10 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     on = [key for key in _TLORA_NETWORK_OFF if network.get(key)]
     if all(_algo(layer.algo) in _TLORA_RANK_DROPOUT for layer in layers) and "rank_dropout" in on:
         on.remove("rank_dropout")  # the adapter's rank_dropout (network.py _block_rank_dropout)
-    locon = all(_algo(layer.algo) == "lora" for layer in layers)
-    if locon and network["bypass_mode"] and not network["dropout"] and "bypass_mode" in on:
-        # the adapter's `bypass`, its LoCon blocks' too (rules.tlora_bypass_locon; on Flux / SD3 / Chroma each
-        # fused LoConModule's one rank mask its parts share, test_lycoris_flow_tlora_mixed_opts.py)
-        on.remove("bypass_mode")
-    unread = all(_algo(layer.algo) in _TLORA_OFT_ENTRIES for layer in layers)
-    if unread and not network["bypass_mode"] and "dropout" in on:
-        on.remove("dropout")  # no module reads it outside bypass_mode (network.py _tlora: DBS405)
+    if _tlora_bypass_inert(layers, network):  # the adapter's `bypass`, `dropout` and `rank_dropout`, its
+        on = [key for key in on if key not in ("bypass_mode", "dropout", "rank_dropout")]  # blocks' too
+    if not network["bypass_mode"] and "dropout" in on:  # every module reads it in its bypass forward alone:
+        on.remove("dropout")  # the T-LoRA / OFT entries' own bypass_mode (network.py _tlora; else DBS405)
     if on:
         first = layers[0]
         raise PresetError(

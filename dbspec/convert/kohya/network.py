@@ -1196,12 +1196,7 @@ def _tlora(
     # a T-LoRA entry's own bypass_mode: its TLoraModules drop in their bypass forward (the block's `bypass`)
     own_bypass = any("kind" not in b and b.get("bypass") == "on" for b in blocks)
     if rate and not (bypass or own_bypass):
-        oft = any(b.get("kind") in ("diag-oft", "boft") for b in blocks)  # lycoris_maps._TLORA_OFT_ENTRIES
-        why = "TLoraModule applies its dropout only in bypass_mode (off here)"
-        oft_why = (
-            "; its Diag-OFT entries' DiagOFTModule reads it in bypass_mode alone, ButterflyOFTModule never"
-        )
-        conv.ignored(legacy, why + (oft_why if oft else ""))
+        conv.ignored(legacy, tlora_unread_dropout(blocks))
     elif rate and not 0 <= rate <= 1:  # TLoraModule builds nn.Dropout(dropout), which raises
         conv.invalid(legacy.key, legacy.value, legacy.source, f"torch's Dropout raises for p = {rate:g}")
         return False
@@ -1212,6 +1207,19 @@ def _tlora(
     if alpha == 0:  # TLoraModule: alpha None or 0 is the rank (scale 1); a negative one keeps its sign
         put["alpha"] = float(dim)
     return True
+
+
+def tlora_unread_dropout(blocks) -> str:
+    """Why a T-LoRA network's `dropout` outside bypass_mode (no T-LoRA entry's own either) changes nothing,
+    its preset file's `blocks` of other kinds too (lycoris_maps._beside_tlora): every LyCORIS module reads it
+    in its bypass forward alone, or never."""
+    why = "TLoraModule applies its dropout only in bypass_mode (off here)"
+    if any(b.get("kind") for b in blocks):
+        why += (
+            "; its preset entries' LyCORIS modules read it in their bypass forward alone (LoCon, LoHa, LoKr, "
+            "GLoRA, Diag-OFT) or never (full, IA^3, DyLoRA, BOFT)"
+        )
+    return why
 
 
 def entries_tucker(kwargs: dict[str, str], put: dict[str, Any], args: Legacy, conv: Conversion) -> None:
