@@ -238,3 +238,19 @@ def test_glora_entries_own_scalar(tmp_path):
     assert "where other GLoRA layers of the file take the other" in messages(outcome, "DBS403")
     outcome = _convert(tmp_path / "glora", own, "glora")
     assert "on a GLoRA network, whose adapter takes one scalar" in messages(outcome, "DBS403")
+
+
+@pytest.mark.parametrize("entry", ["locon", "lokr", "diag-oft", "full"])
+def test_a_full_networks_dropout_is_read_by_no_module(tmp_path, entry):
+    """FullModule never reads the network's dropout, and its entries' modules only in their bypass forward,
+    which a full network never runs (it raises on bypass_mode): ignored, DBS405 (was DBS403;
+    tests/runtime/test_lycoris_network_dropouts_entries.py)."""
+    from test_convert_kohya_refusals_audit import PLAN_BASE
+    from test_convert_kohya_refusals_audit import _convert as _audit
+    from test_convert_kohya_refusals_audit import _sd
+
+    outcome = expressible(_audit(tmp_path, "sd", '"algo=full" "dropout=0.1"', _sd(entry)))
+    a = plan_of(outcome, tmp_path, PLAN_BASE["sd"]).adapter
+    assert (a.kind, a.dropout, a.output_dropout) == ("full", 0.0, 0.0)
+    assert fate(outcome, "network_args dropout") == "inert"
+    assert "FullModule takes it and never reads it" in messages(outcome, "DBS405")

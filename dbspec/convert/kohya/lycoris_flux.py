@@ -83,6 +83,7 @@ from dbspec.convert.kohya.network import (
     _lycoris_rs_lora,
     _rank_dropout_scale_unread,
     _str_bool,
+    entries_tucker,
     TUCKER_NAMES,
     lokr_entries_rank_dropout,
     lycoris_tucker,
@@ -287,6 +288,10 @@ def map_lycoris_flow(
             targets=lambda _layers, _lokr: (file.denoiser, file.blocks, note),
             convs={"blocks+patch": tuple(file.convs)},
         )
+    if algo in ("full", "ia3"):  # the network's use_tucker, which their modules never read: SD3's patch
+        # entry's block's `tucker`, set with their blocks (lycoris_maps.network_tucker; on Flux / Chroma no
+        # k x k layer: left to their own handling, DBS405)
+        entries_tucker(kwargs, {"_blocks": layout.targets(layout.presets[preset][0], True)[1]}, args, conv)
     if algo in ("ia3", "diag-oft", "boft"):
         done = _rotations_or_scales(kwargs, a, conv, layout, preset, algo, family, preset_file, text_blocks)
         if done and exclude:  # lycoris_flow_file.py's rank-0 blocks: the final layer's proj_out target

@@ -738,6 +738,7 @@ def _mixed_kinds(
         *_BLOCK_KINDS,
         "dylora",
         "glora",
+        *_NO_DIMS,
     ):  # use_tucker shapes LoCon / LoHa / LoKr k x k convolutions alone: on Flux / SD3
         # at most SD3's patch convolution, its block's `tucker` (lycoris_flux._mixed_patch_tucker; was DBS578)
         on = [key for key in on if key != "use_tucker"]

@@ -1273,6 +1273,14 @@ def _lycoris_full(
                 f"LyCORIS's {kind} algo takes it and never reads it",
             )
     kwargs.pop("rs_lora", None)  # scales alpha, which these algos have not
+    if kind == "full" and "dropout" in kwargs:  # FullModule never reads it; a preset file's entries'
+        # modules in their bypass forward alone, which a full network never runs (it raises on bypass_mode;
+        # an entry's own: Diag-OFT's raises with it, DBS402, BOFT's / IA3's / DyLoRA's never read it)
+        conv.ignored(
+            Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source),
+            "LyCORIS's FullModule takes it and never reads it (a preset file's entries read it in their "
+            "bypass forward alone)",
+        )
     if _str_bool(kwargs.get("bypass_mode", "false")) and kind == "full":
         conv.invalid(
             f"{args.key} bypass_mode",

@@ -1,0 +1,68 @@
+"""A network's `dropout` (and in bypass_mode its `rank_dropout`) beside its preset file's entries of other
+algorithms where the LyCORIS classes involved read them as dbspec's plan says (issue 12; were DBS403): a full
+network's `dropout` (FullModule never reads it, its LoCon / LoHa entries' modules only in their bypass
+forward, which a full network never runs: ignored, DBS405). lycoris-lora 4.1.3's network built from the
+same file and network_args on tiny SD 1.x (module_dropout on, so training forwards draw) against the plan's
+U-Net as a run builds it: eval and training outputs, the generator state after each of three training
+forwards, and every trained tensor's gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dbspec.runtime.lycoris_export import lycoris_state
+from dbspec.runtime.prepare import _prepare
+from tests.runtime.test_lycoris_algo_maps import _converted_plan, pipe  # noqa: F401 (pipe: a fixture)
+from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
+
+pytest.importorskip("lycoris.kohya")
+
+# the network's own on the transformers' attention and proj_in / proj_out; the feed-forwards' output Linear
+# the FeedForward entry's, their GEGLU's input Linear the GEGLU entry's (create_modules_ recurses)
+TEXT = """\
+unet_target_module = ["Transformer2DModel"]
+unet_target_name = []
+text_encoder_target_module = []
+
+[module_algo_map.FeedForward]
+algo = "{ff}"
+[module_algo_map.GEGLU]
+algo = "{geglu}"
+"""
+# the trained tensors LyCORIS saves for each kind (FullModule trains `weight` and saves `diff`: its gradients
+# are not compared by name)
+HELD = {"locon": "lora_up", "loha": "hada_w1_a", "lokr": "lokr_w1", "ia3": "weight"}
+HELD.update({"diag-oft": "oft_blocks", "boft": "oft_blocks"})
+
+
+def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dict[str, str]):  # noqa: F811
+    """The file (TEXT) converted with network `algo` and `args` (module_dropout 0.3 added); our U-Net as
+    the run prepares it (every trained tensor moved) and lycoris-lora's from the same, our weights loaded:
+    the plan's adapter after calm_then_dropped and grads_as_lycoris pass."""
+    args = {**args, "module_dropout": "0.3"}
+    given = " ".join(f'"{k}={v}"' for k, v in args.items())
+    path, plan = _converted_plan(tmp_path, "dropouts", algo, given, text=TEXT.format(ff=ff, geglu=geglu))
+    a = plan.adapter
+    ours = pipe.unet.__class__.from_config(pipe.unet.config)
+    ours.load_state_dict(pipe.unet.state_dict())
+    params = _prepare(ours, "unet", plan, torch.device("cpu"), a.denoiser_targets, plan.schedule.seed)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # every trained tensor moved (no update 0)
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
+    made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **args)
+    result = made.load_state_dict(
+        lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32"), strict=False
+    )
+    assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys), result
+    calm_then_dropped(ours, theirs, made, pipe.unet)
+    grads_as_lycoris(ours, made, tuple(HELD[k] for k in (algo, ff, geglu) if k in HELD))
+    return a, made
+
+
+@pytest.mark.parametrize(("ff", "geglu"), [("locon", "loha"), ("loha", "lokr")])
+def test_full_networks_dropout_is_read_by_no_module(pipe, tmp_path, monkeypatch, ff, geglu):  # noqa: F811
+    a, made = alike(pipe, tmp_path, monkeypatch, "full", ff, geglu, {"dropout": "0.3"})
+    assert a.kind == "full" and (a.dropout, a.output_dropout) == (0.0, 0.0)
+    assert all(getattr(m.drop, "p", 0.3) == 0.3 for m in made.unet_loras if hasattr(m, "drop"))
