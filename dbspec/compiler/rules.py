@@ -3682,6 +3682,13 @@ def mixed_bypass_ranks(a) -> bool:
             kind != "loha"
             or bool(getattr(a, "output_dropout", 0.0))
             or getattr(a, "rank_dropout_form", "") == "lycoris_bypass"
+            # beside no LoCon block the form reaches no layer (LohaModule's bypass forward draws its row
+            # mask as its default one; LoKr, IA^3, BOFT, DyLoRA, Diag-OFT blocks none there)
+            or not any(
+                getattr(b, "kind", "adapter") == "lora"
+                for t in ("blocks", "text_encoder_blocks")
+                for b in getattr(a, t, ())
+            )
         )
         and not getattr(a, "rank_dropout_scale", False)
         and mixed_output_dropout(a, ranks=True)
@@ -3697,10 +3704,13 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     fused Linear one module's mask over its stacked output, its parts sharing it: fused_dropout.py,
     fused_lycoris_dropout.py add_fused_lycoris_dropout)."""
     blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    # IA^3, BOFT and DyLoRA blocks' layers read neither (IA3Module's, ButterflyOFTModule's and DyLoraModule's
+    # bypass forward: their module dropout draw alone), Diag-OFT's no rank_dropout (its bypass Dropout raises:
+    # not beside an output_dropout)
+    inert = {"ia3", "boft", "dylora", *(() if getattr(a, "output_dropout", 0.0) else ("diag-oft",))}
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
-        # IA^3 blocks' layers read neither (IA3Module's forwards: its module dropout draw alone)
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", "ia3"}
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", *inert}
         and (ranks or not getattr(a, "rank_dropout", 0.0))  # `ranks`: mixed_bypass_ranks's
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)

@@ -1,10 +1,12 @@
 """A network's `dropout` (and in bypass_mode its `rank_dropout`) beside its preset file's entries of other
 algorithms where the LyCORIS classes involved read them as dbspec's plan says (issue 12; were DBS403): a full
 network's `dropout` (FullModule never reads it, its LoCon / LoHa entries' modules only in their bypass
-forward, which a full network never runs: ignored, DBS405). lycoris-lora 4.1.3's network built from the
-same file and network_args on tiny SD 1.x (module_dropout on, so training forwards draw) against the plan's
-U-Net as a run builds it: eval and training outputs, the generator state after each of three training
-forwards, and every trained tensor's gradient."""
+forward, which a full network never runs: ignored, DBS405); a LoCon / LoHa / LoKr network's in bypass_mode
+beside BOFT, DyLoRA, IA^3 and (rank_dropout alone) Diag-OFT entries, whose bypass forward reads neither.
+lycoris-lora 4.1.3's network built from the same file and network_args on tiny SD 1.x (module_dropout on,
+so training forwards draw) against the plan's U-Net as a run builds it: eval and training outputs, the
+generator state after each of three training forwards, and every trained tensor's gradient (DyLoRA's
+blocks copied in: DyLoraModule loads no file key)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dbspec.runtime.lycoris_export import lycoris_state
 from dbspec.runtime.prepare import _prepare
 from tests.runtime.test_lycoris_algo_maps import _converted_plan, pipe  # noqa: F401 (pipe: a fixture)
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
+from tests.runtime.test_lycoris_oft_network_dylora_entries import _copy_blocks
 
 pytest.importorskip("lycoris.kohya")
 
@@ -55,7 +58,12 @@ def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dic
     result = made.load_state_dict(
         lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32"), strict=False
     )
-    assert not result.unexpected_keys and all(k.startswith("lora_te_") for k in result.missing_keys), result
+    # DyLoraModule loads no file key (up_list / down_list): each layer's one block copied in (one block per
+    # layer: its draw fixed)
+    dyloras = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
+    assert {k.split(".")[0] for k in result.unexpected_keys} <= dyloras, result
+    assert all(k.startswith("lora_te_") or k.split(".")[0] in dyloras for k in result.missing_keys), result
+    assert _copy_blocks(made, theirs, ours) == len(dyloras)
     calm_then_dropped(ours, theirs, made, pipe.unet)
     grads_as_lycoris(ours, made, tuple(HELD[k] for k in (algo, ff, geglu) if k in HELD))
     return a, made
@@ -66,3 +74,28 @@ def test_full_networks_dropout_is_read_by_no_module(pipe, tmp_path, monkeypatch,
     a, made = alike(pipe, tmp_path, monkeypatch, "full", ff, geglu, {"dropout": "0.3"})
     assert a.kind == "full" and (a.dropout, a.output_dropout) == (0.0, 0.0)
     assert all(getattr(m.drop, "p", 0.3) == 0.3 for m in made.unet_loras if hasattr(m, "drop"))
+
+
+BYPASS = {"bypass_mode": "True", "dropout": "0.3", "rank_dropout": "0.3"}
+RANKS = {"bypass_mode": "True", "rank_dropout": "0.3"}
+# id: (network algo, the FeedForward entry's, the GEGLU entry's, network_args)
+CASES = {
+    "locon_boft_dylora": ("locon", "boft", "dylora", BYPASS),
+    "lokr_ia3_boft": ("lokr", "ia3", "boft", BYPASS),
+    "loha_boft_diag_oft_ranks": ("loha", "boft", "diag-oft", RANKS),
+    "locon_diag_oft_dylora_ranks": ("locon", "diag-oft", "dylora", RANKS),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bypass_dropouts_beside_entries_reading_none_are_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    """A LoCon / LoHa / LoKr network's bypass_mode with its dropout and rank_dropout beside BOFT, DyLoRA and
+    IA^3 entries (and Diag-OFT ones with the rank_dropout alone) (was DBS403, a spec's DBS578): their
+    modules' bypass forward reads neither (DiagOFTModule's Dropout raises: DBS402), the network's own layers
+    drop and mask as their class does (output_dropout, rank_dropout_form "lycoris_bypass")."""
+    algo, ff, geglu, args = CASES[case]
+    a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, args)
+    assert a.bypass and a.output_dropout == float(args.get("dropout", 0))
+    # LoCon's ranks, LoHa's rows; LoKr, IA^3, BOFT, DyLoRA and Diag-OFT none there (else DBS405)
+    drawn = {algo, ff, geglu} & {"locon", "loha"}
+    assert a.rank_dropout == (0.3 if drawn else 0.0) and all(m.bypass_mode for m in made.unet_loras)

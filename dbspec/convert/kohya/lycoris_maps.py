@@ -570,7 +570,10 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     (tests/runtime/test_lycoris_ia3_entries_bypass_dropout.py)."""
     entries = {_algo(layer.algo) for layer in layers}
     tlora = _algo(algo) == "tlora" and entries <= set(_TLORA_BYPASS)  # its blocks' (_tlora_bypass_inert)
-    return tlora or (_algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, "ia3"})
+    # BOFT and DyLoRA entries read neither in their bypass forward, Diag-OFT no rank_dropout (its dropout
+    # raises: _oft_bypass_dropout, DBS402, first)
+    inert = {"ia3", "boft", "dylora", "diag-oft"}
+    return tlora or (_algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, *inert})
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
