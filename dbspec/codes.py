@@ -3420,6 +3420,18 @@ projection), `lycoris` its default forward (the output rows). The LoHa layers dr
 either form, so without a `rank_dropout` or blocks of kind lora the form changes nothing.""",
         help="remove adapter.rank_dropout_form, or add the rank_dropout and the lora blocks it is meant for",
     ),
+    Code(
+        "DBS632",
+        WARNING,
+        "An IA^3 or DyLoRA adapter's dropout that reaches no layer",
+        """\
+`adapter.dropout` on a `kind = "ia3"` or `kind = "dylora"` adapter is LyCORIS's network `dropout`, which
+IA3Module and DyLoraModule never read: it drops the update of the adapter's `[[adapter.blocks]]` /
+`[[adapter.text_encoder_blocks]]` of kind lora, loha and lokr in their bypass forward (`bypass = true`),
+as LoConModule / LohaModule / LokrModule apply it there. Without `bypass` or such blocks it changes
+nothing.""",
+        help="remove adapter.dropout, or set bypass = true beside the lora / loha / lokr blocks it is for",
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

@@ -272,10 +272,18 @@ def _glora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
     return attrs.evolve(plan, fused=fused_plan(adapter, family, plan))  # GLoRA on fused Linears
 
 
+def _host_output_dropout(adapter) -> float:
+    """An IA^3 / DyLoRA adapter's `dropout` (LyCORIS's network dropout, which IA3Module and DyLoraModule never
+    read) as its LoCon / LoHa / LoKr blocks' bypass dropout: in bypass_mode beside such blocks (their
+    modules' bypass forward drops their update), else none (DBS632)."""
+    dropout = getattr(adapter, "dropout", 0.0)
+    return dropout if getattr(adapter, "bypass", False) and _bypass_dropout_blocks(adapter) else 0.0
+
+
 def _lycoris_rank_dropout_form(adapter) -> str:
-    """The rank-dropout form of a glora or tlora adapter's blocks of other kinds (its GLoRA layers keep
-    GLoRAModule's own masks, runtime/lycoris_glora.py: a rank KEPT where its `torch.rand(rank)` draw is below
-    the rate; TLoraModule reads none).
+    """The rank-dropout form of a glora, tlora, ia3, full or dylora adapter's blocks of other kinds (its
+    GLoRA layers keep GLoRAModule's own masks, runtime/lycoris_glora.py: a rank KEPT where its
+    `torch.rand(rank)` draw is below the rate; TLoraModule, IA3Module and DyLoraModule read none).
     In bypass_mode beside LoCon / LoHa / LoKr blocks "lycoris_bypass": LyCORIS hands every module the
     network's bypass_mode, so LoConModule's bypass forward keeps the ranks whose `torch.rand(rank)` draw is
     above the rate, LohaModule's rebuilds its update with get_weight's row mask and LokrModule's draws none
@@ -283,7 +291,7 @@ def _lycoris_rank_dropout_form(adapter) -> str:
     off); outside it "lycoris" beside LoCon blocks (LoConModule's row mask), else "kohya" (unused)."""
     if not adapter.rank_dropout:
         return "kohya"
-    if adapter.bypass and _bypass_dropout_blocks(adapter):
+    if getattr(adapter, "bypass", False) and _bypass_dropout_blocks(adapter):
         return "lycoris_bypass"
     return "lycoris" if _lora_blocks(adapter) else "kohya"
 
@@ -372,7 +380,8 @@ def _dylora_plan(adapter, family: str, components, targets_given: bool) -> Adapt
         # DyLoraModule never reads it; its blocks of other kinds draw it (rules.lycoris_row_masks), LoCon's
         # in the "lycoris" form
         rank_dropout=adapter.rank_dropout,
-        rank_dropout_form="lycoris" if adapter.rank_dropout and _lora_blocks(adapter) else "kohya",
+        rank_dropout_form=_lycoris_rank_dropout_form(adapter),  # in bypass_mode: rules.host_bypass_inert
+        output_dropout=_host_output_dropout(adapter),  # its LoCon / LoHa / LoKr blocks' bypass dropout
         bypass=adapter.bypass,
         **_blocks_max_norm(adapter),
         t5_targets=_t5_targets(family, components),  # LyCORIS's DyLoraModule on T5-XXL's Linears (train.t5)
@@ -510,9 +519,10 @@ def _full_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         rank_dropout=getattr(adapter, "rank_dropout", 0.0),  # diag-oft: DiagOFTModule's rotations' dropout
         # full / ia3 with blocks of kind lora: those LoCon layers draw LoConModule's row mask
         # (rules.lycoris_row_masks admits them, runtime/mixed_kinds.py add_module_dropout)
-        rank_dropout_form="lycoris"
-        if getattr(adapter, "rank_dropout", 0.0) and adapter.kind in ("full", "ia3") and _lora_blocks(adapter)
-        else "kohya",
+        # (in bypass_mode an IA^3 adapter's LoCon / LoHa / LoKr blocks their bypass forward's masks:
+        # rules.host_bypass_inert)
+        rank_dropout_form=_lycoris_rank_dropout_form(adapter) if adapter.kind in ("full", "ia3") else "kohya",
+        output_dropout=_host_output_dropout(adapter),  # ia3: its LoCon / LoHa / LoKr blocks' bypass dropout
         # diag-oft, boft: LyCORIS's apply_max_norm scales the blocks (runtime/max_norm.py)
         max_norm=getattr(adapter, "max_norm", 0.0),
         max_norm_form="lycoris" if getattr(adapter, "max_norm", 0.0) else "kohya",

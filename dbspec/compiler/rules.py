@@ -1382,6 +1382,27 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
 
 
 @rule("spec")
+def host_dropout_unread(spec: Spec, given: Given) -> Iterator[Hit]:
+    """An IA^3 / DyLoRA adapter's `dropout` (LyCORIS's network dropout, which IA3Module and DyLoraModule never
+    read) acts on its blocks of kind lora, loha and lokr in bypass_mode alone (DBS632 elsewhere)."""
+    a = spec.adapter
+    if getattr(a, "kind", None) not in ("ia3", "dylora") or not getattr(a, "dropout", 0.0):
+        return
+    kinds = {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
+    if a.bypass and kinds & {"lora", "loha", "lokr"}:
+        return
+    why = "no blocks of kind lora, loha or lokr" if a.bypass else "bypass = false"
+    module = "IA3Module" if a.kind == "ia3" else "DyLoraModule"
+    yield _warn(
+        "DBS632",
+        ("adapter", "dropout"),
+        f'adapter.dropout = {a.dropout:g} changes nothing with kind = "{a.kind}" and {why} (LyCORIS\'s '
+        f"{module} never reads it; LoConModule, LohaModule and LokrModule in their bypass forward alone)",
+        codes.help("DBS632"),
+    )
+
+
+@rule("spec")
 def norm_rank_dropout_needs_norms(spec: Spec, given: Given) -> Iterator[Hit]:
     """adapter.norm_rank_dropout is drawn by the norm offsets alone: without them it changes nothing."""
     a = spec.adapter
@@ -3717,6 +3738,24 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     )
 
 
+def host_bypass_inert(a) -> bool:
+    """Whether an ia3 or dylora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads)
+    takes its `dropout` and `rank_dropout` to its blocks of other kinds as LyCORIS's modules read them:
+    blocks of kind lora, loha and lokr (none decomposed) drop their update x scalar (the plan's
+    output_dropout) and mask as their class does (LoCon's ranks, LoHa's rows, LoKr's none:
+    rank_dropout_form "lycoris_bypass"), blocks of kind ia3, boft, dylora and diag-oft read neither
+    (DiagOFTModule's Dropout raises: not beside the dropout), IA3Module and DyLoraModule never read either;
+    each after its module_dropout draw (tests/runtime/test_lycoris_network_dropouts_entries.py)."""
+    blocks = [b for t in ("blocks", "text_encoder_blocks") for b in getattr(a, t, ())]
+    kinds = {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"}
+    return (
+        getattr(a, "kind", "none") in ("ia3", "dylora")
+        and getattr(a, "bypass", False)
+        and kinds <= {"lora", "loha", "lokr", "ia3", "boft", "dylora", "diag-oft"}
+        and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
+    )
+
+
 def tlora_bypass_inert(a) -> bool:
     """Whether a tlora adapter's `bypass` (LyCORIS's network bypass_mode, which every module reads) reaches
     its blocks of other kinds as LyCORIS's, as a glora adapter's does (glora_bypass_inert): blocks of kind
@@ -3859,6 +3898,13 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("rank_dropout",)  # Dropout, and its rank mask: each class's own form (the OFTs' none)
         if all(b.kind != "diag-oft" for _, b in other):  # DiagOFTModule's bypass Dropout raises (LyCORIS)
             kept += ("dropout",)
+    # an IA^3 / DyLoRA adapter's likewise (host_bypass_inert); its dropout outside bypass_mode reaches no
+    # layer (host_dropout_unread warns) but a Diag-OFT block's in its own bypass forward (where it raises)
+    if host_bypass_inert(a):
+        kept += ("rank_dropout",) + (("dropout",) if all(b.kind != "diag-oft" for _, b in other) else ())
+    if own in ("ia3", "dylora") and not getattr(a, "bypass", False):
+        unread = all(b.kind != "diag-oft" or getattr(b, "bypass", "adapter") != "on" for _, b in other)
+        kept += ("dropout",) if unread else ()
     defaults = {**_MIXED_OFF, **({"bypass": False} if closed else {})}
     set_ = [key for key, off in defaults.items() if getattr(a, key, off) != off and key not in kept]
     for key in set_:

@@ -673,6 +673,18 @@ def _block_rank_stabilized():
     )
 
 
+def _blocks_bypass_dropout(kind: str, module: str):
+    return option(
+        0.0,
+        doc=f"LyCORIS's network `dropout`, which its {module} never reads: with `bypass`, torch's dropout "
+        "(kept values scaled by 1 / (1 - p)) of the update of its blocks of kind lora, loha and lokr while "
+        "training, as LoConModule's / LohaModule's / LokrModule's bypass forward applies it after their "
+        f"`module_dropout` draw; without `bypass` or such blocks it changes nothing (DBS632). {kind}.",
+        minimum=0,
+        maximum=1,
+    )
+
+
 def _block_switch(key: str, what: str, kinds: str = "LoKr"):
     return option(
         "adapter",
@@ -1791,6 +1803,7 @@ class Ia3Adapter:
         maximum=1,
     )
     norm_rank_dropout: float = _norm_rank_dropout()
+    dropout: float = _blocks_bypass_dropout("IA^3 (kohya lycoris.kohya algo=ia3)", "IA3Module")
     bypass: bool = option(
         False,
         doc="LyCORIS `bypass_mode` (IA3Module's bypass forward): scale the layer's output channels, its "
@@ -2356,6 +2369,7 @@ class DyloraAdapter:
         "LyCORIS runs it only with one block per layer (`rank`, and `conv_rank` if set, equal to `unit`); "
         "the exports are the same `lora_down` / `lora_up` / `alpha` file, read at alpha / rank.",
     )
+    dropout: float = _blocks_bypass_dropout("DyLoRA (kohya lycoris.kohya algo=dylora)", "DyLoraModule")
     max_norm: float = _blocks_max_norm("DyLoRA")
     # kohya lycoris.kohya algo=dylora on kohya's Flux / SD3: one module per fused Linear (runtime/dylora.py)
     fused_projections: bool = option(

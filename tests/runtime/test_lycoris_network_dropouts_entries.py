@@ -84,6 +84,12 @@ CASES = {
     "lokr_ia3_boft": ("lokr", "ia3", "boft", BYPASS),
     "loha_boft_diag_oft_ranks": ("loha", "boft", "diag-oft", RANKS),
     "locon_diag_oft_dylora_ranks": ("locon", "diag-oft", "dylora", RANKS),
+    # an IA^3 / DyLoRA network's own modules read neither: its adapter's dropout and rank_dropout its LoCon /
+    # LoHa / LoKr blocks' (rules.host_bypass_inert)
+    "ia3_locon_loha": ("ia3", "locon", "loha", BYPASS),
+    "ia3_lokr_boft": ("ia3", "lokr", "boft", BYPASS),
+    "dylora_locon_loha": ("dylora", "locon", "loha", BYPASS),
+    "dylora_loha_lokr": ("dylora", "loha", "lokr", BYPASS),
 }
 
 
@@ -92,10 +98,23 @@ def test_bypass_dropouts_beside_entries_reading_none_are_lycoris(pipe, tmp_path,
     """A LoCon / LoHa / LoKr network's bypass_mode with its dropout and rank_dropout beside BOFT, DyLoRA and
     IA^3 entries (and Diag-OFT ones with the rank_dropout alone) (was DBS403, a spec's DBS578): their
     modules' bypass forward reads neither (DiagOFTModule's Dropout raises: DBS402), the network's own layers
-    drop and mask as their class does (output_dropout, rank_dropout_form "lycoris_bypass")."""
+    drop and mask as their class does (output_dropout, rank_dropout_form "lycoris_bypass"); an IA^3 /
+    DyLoRA network's beside LoCon / LoHa / LoKr entries (and those), whose own modules read neither."""
     algo, ff, geglu, args = CASES[case]
     a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, args)
     assert a.bypass and a.output_dropout == float(args.get("dropout", 0))
     # LoCon's ranks, LoHa's rows; LoKr, IA^3, BOFT, DyLoRA and Diag-OFT none there (else DBS405)
     drawn = {algo, ff, geglu} & {"locon", "loha"}
     assert a.rank_dropout == (0.3 if drawn else 0.0) and all(m.bypass_mode for m in made.unet_loras)
+
+
+def test_flux_ia3_network_bypass_dropouts_beside_fused_entries_are_lycoris(tmp_path, monkeypatch):
+    """On Flux's fused Linears (LoCon q/k/v and CLIP-L attention, LoHa linear1, IA^3 on the rest): each
+    LoCon / LoHa module drops and masks its stacked update as its class does, the parts sharing its masks,
+    IA3Module reading neither (test_lycoris_flow_mixed_rs_lora_boft's _alike: outputs, generator state,
+    gradients)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    a, made, _ = _alike(tmp_path, monkeypatch, "ia3", BOFT_FILE, {**BYPASS, "module_dropout": "0.3"})
+    assert (a.kind, a.bypass, a.output_dropout, a.rank_dropout_form) == ("ia3", True, 0.3, "lycoris_bypass")
+    assert {type(m).__name__ for m in made.values()} == {"IA3Module", "LoConModule", "LohaModule"}

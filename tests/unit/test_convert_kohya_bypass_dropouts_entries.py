@@ -49,3 +49,47 @@ def test_a_lokr_networks_rank_dropout_beside_them_alone_is_read_by_no_module(tmp
 def test_diag_oft_entries_beside_the_dropout_in_bypass_mode_stop_kohya(tmp_path):
     outcome = _convert(tmp_path, "sd", f'"algo=loha" {BYPASS}', _sd("diag-oft", "dim = 8"))
     assert "DBS402" in codes(outcome) and "DiagOFTModule" in messages(outcome, "DBS402")
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("network", ["ia3", "dylora"])
+@pytest.mark.parametrize("given", ["network_args", "--network_dropout"])
+def test_an_ia3_or_dylora_networks_bypass_dropouts_are_its_locon_entries(tmp_path, family, network, given):
+    """IA3Module and DyLoraModule never read the dropout or rank_dropout; in bypass_mode LyCORIS's LoCon /
+    LoHa / LoKr entries drop their update by it (the adapter's `dropout`: the plan's output_dropout) and
+    mask their ranks (was DBS403); --network_dropout, which train_network.py hands on as `dropout`, alike."""
+    from test_convert_kohya_refusals_audit import _flux
+
+    args, flags = ('"dropout=0.1"', "") if given == "network_args" else ("", "--network_dropout 0.1")
+    preset = _sd("locon") if family == "sd" else _flux("locon")
+    outcome = _convert(
+        tmp_path, family, f'"algo={network}" "bypass_mode=True" "rank_dropout=0.2" {args}', preset, flags
+    )
+    a = plan_of(expressible(outcome), tmp_path, PLAN_BASE[family]).adapter
+    assert (a.kind, a.bypass, a.output_dropout, a.rank_dropout) == (network, True, 0.1, 0.2)
+    assert a.rank_dropout_form == "lycoris_bypass"
+    assert "DBS405" not in {d.code for d in outcome.diagnostics if "dropout" in d.message.split(":")[0]}
+
+
+@pytest.mark.parametrize("network", ["ia3", "dylora"])
+def test_without_bypass_their_dropout_stays_unread(tmp_path, network):
+    outcome = expressible(_convert(tmp_path, "sd", f'"algo={network}" "dropout=0.1"', _sd("locon")))
+    assert plan_of(outcome, tmp_path, PLAN_BASE["sd"]).adapter.output_dropout == 0.0
+    assert "never reads it" in messages(outcome, "DBS405")
+
+
+def test_a_spec_ia3_or_dylora_dropout_that_reaches_no_layer_is_dbs632():
+    from test_rules import DOG, STEPS, hits_of
+
+    from dbspec.compiler import rules
+
+    block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
+    for kind in ("ia3", "dylora"):
+        spec = f'[adapter]\nkind = "{kind}"\ndropout = 0.1\nbypass = true\n' + DOG + STEPS
+        assert hits_of(rules.host_dropout_unread, spec + block.format("lora")) == [], kind
+        assert [h[0] for h in hits_of(rules.host_dropout_unread, spec + block.format("boft"))] == ["DBS632"]
+        off = spec.replace("bypass = true\n", "")
+        assert [h[0] for h in hits_of(rules.host_dropout_unread, off + block.format("lora"))] == ["DBS632"]
+        assert hits_of(rules.mixed_block_kinds, spec + block.format("loha")) == [], kind
+        diag = hits_of(rules.mixed_block_kinds, spec + block.format("diag-oft"))
+        assert ("adapter", "dropout") in {h[2] for h in diag}, kind

@@ -32,9 +32,9 @@ def test_bypass_with_dropouts_is_the_adapters_and_its_blocks(tmp_path, family, e
     assert (a.kind, a.bypass, a.bypass_dropout) == ("tlora", True, 0.2)
     assert a.output_dropout == (0.2 if low_rank else 0.0)
     assert [b.kind for b in a.blocks] == [{"locon": "lora"}.get(entry, entry)]
-    # LoCon's ranks, LoHa's rows, LoKr's none: the adapter's, their bypass form; IA^3 / BOFT beside T-LoRA
-    # read it nowhere (DBS405)
-    rank_dropout = (0.1, "lycoris_bypass") if low_rank else (0.0, "kohya")
+    # LoCon's ranks, LoHa's rows: the adapter's, their bypass form; LoKr, IA^3 and BOFT beside T-LoRA read it
+    # nowhere there (DBS405)
+    rank_dropout = (0.1, "lycoris_bypass") if entry in ("locon", "loha") else (0.0, "kohya")
     assert (a.rank_dropout, a.rank_dropout_form) == rank_dropout
 
 

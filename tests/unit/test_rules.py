@@ -652,6 +652,18 @@ CASES = [
         + DOG
         + STEPS,
     ),
+    (  # an IA^3 / DyLoRA adapter's dropout: its lora / loha / lokr blocks' in bypass, else nothing (DBS632)
+        rules.host_dropout_unread,
+        '[adapter]\nkind = "ia3"\ndropout = 0.1\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+        [("DBS632", "warning", ("adapter", "dropout"))],
+        '[adapter]\nkind = "ia3"\ndropout = 0.1\nbypass = true\n'
+        + "[[adapter.blocks]]\npattern = 'ff'\nkind = 'lora'\nrank = 4\nalpha = 1.0\n"
+        + DOG
+        + STEPS,
+    ),
     (  # a T-LoRA block's random start: on its own T-LoRA layers
         rules.tlora_block_start,
         '[adapter]\nkind = "tlora"\n[[adapter.blocks]]\npattern = "ff"\nkind = "lora"\n'

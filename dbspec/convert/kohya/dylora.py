@@ -19,6 +19,7 @@ from dbspec.compiler.lora_file import LoraFile, read_lora_file
 from dbspec.compiler.safetensors_header import ModelFileError
 from dbspec.convert.common.core import Conversion, Legacy
 from dbspec.convert.kohya.alpha_zero import ZEROED
+from dbspec.convert.kohya.entry_args import host_bypass_dropout
 from dbspec.convert.kohya.dylora_preset_alphas import (
     PRESET_LAYERS,
     has_preset_ranks,
@@ -112,13 +113,15 @@ def lycoris_dylora(
     args: Legacy,
     conv: Conversion,
     dim: int,
+    network_dropout: Legacy | None = None,
 ) -> None:
     """algo=dylora (lycoris/modules/dylora.py): network_dim / network_alpha and conv_dim / conv_alpha are its
     ranks and alphas (the generic mapping), `block_size` (4 unless given) its blocks; a rank that is not a
     multiple of it is DyLoraModule's AssertionError. DyLoraModule takes `dropout`, `rank_dropout`, `dora_wd`,
-    `use_tucker`, `use_scalar` and `rs_lora` and never reads them (ignored). Its `module_dropout` skips the
-    layer in a training forward; its bypass forward (`bypass_mode`) runs only with one block per layer (it
-    views the drawn blocks as the whole rank), unscaled."""
+    `use_tucker`, `use_scalar` and `rs_lora` and never reads them (ignored; in bypass_mode beside LoCon /
+    LoHa / LoKr entries the `dropout`, else `network_dropout`, is theirs: entry_args.host_bypass_dropout).
+    Its `module_dropout` skips the layer in a training forward; its bypass forward (`bypass_mode`) runs only
+    with one block per layer (it views the drawn blocks as the whole rank), unscaled."""
     put["dylora_form"] = "lycoris"
     block = int(kwargs.pop("block_size", "") or 4)  # kohya.py: int(block_size or 4)
     conv_rank = put.get("conv_rank", 0)
@@ -147,6 +150,9 @@ def lycoris_dylora(
                     f"LyCORIS's DyLoraModule asserts lora_dim % block_size == 0, and the preset file's "
                     f"`{source}` gives layers dim {entry[key]}, not a multiple of {size}",
                 )
+    # in bypass_mode beside LoCon / LoHa / LoKr entries its dropout is theirs (was DBS403)
+    bypass = str(kwargs.get("bypass_mode", "false")).lower() != "false"  # (--network_dropout's too)
+    host_bypass_dropout(kwargs, put, bypass, args, conv, network_dropout)
     for key in ("dropout", "rank_dropout", "dora_wd", "wd_on_output", "use_tucker", "use_scalar", "rs_lora"):
         if key in kwargs:
             conv.ignored(

@@ -8,6 +8,8 @@ entries."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dbspec.convert.common.core import Conversion, Legacy
 
 LOKR_ARGS = ("factor", "decompose_both", "unbalanced_factorization", "full_matrix")
@@ -62,3 +64,35 @@ def entries_block_size(kwargs: dict[str, str], blocks, args: Legacy, conv: Conve
     where the entry gives none (lycoris_maps._blocks; was DBS403)."""
     keys = {"block_size": ("adapter.blocks.unit", "their blocks' `unit`")}
     take_entry_args(kwargs, blocks, ("dylora",), keys, "DyLoRA", args, conv)
+
+
+def host_bypass_dropout(
+    kwargs: dict[str, str],
+    put: dict[str, Any],
+    bypass: bool,
+    args: Legacy,
+    conv: Conversion,
+    network_dropout: Legacy | None = None,
+) -> bool:
+    """An IA^3 / DyLoRA network's `dropout` (network_args', else --network_dropout, which train_network.py
+    hands on), which IA3Module and DyLoraModule never read, in bypass_mode beside a preset file's LoCon /
+    LoHa / LoKr entries, whose bypass forward drops their update by it (was DBS403): the adapter's
+    `dropout` (compiler rules.host_bypass_inert: their blocks' output_dropout). True when taken."""
+    blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+    if not bypass or not {b.get("kind") for b in blocks} & {"lora", "loha", "lokr"}:
+        return False
+    if "dropout" in kwargs:
+        legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
+    elif network_dropout is not None and network_dropout.value:
+        legacy = network_dropout
+    else:
+        return False
+    rate = float(legacy.value or 0)
+    if not 0 <= rate <= 1:  # nn.Dropout raises
+        conv.invalid(legacy.key, legacy.value, legacy.source, f"torch's Dropout raises for p = {rate:g}")
+        return True
+    if rate:
+        put["dropout"] = rate
+        why = "the preset file's LoCon / LoHa / LoKr entries' bypass forward drops their update by it"
+        conv.record(legacy, "mapped", "adapter.dropout", why)
+    return True

@@ -82,8 +82,6 @@ def map_flow_dylora(
     layers, text = layout.presets[preset]
     rank = int(dim.value) if dim.value is not None else 4  # LyCORIS's create_network: None is 4
     network_dropout = a["network_dropout"]
-    if network_dropout.value and float(network_dropout.value) and "dropout" not in kwargs:
-        conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
     put: dict[str, Any] = {}
     put_convs(kwargs, args, conv, put, layout, layers, rank, alpha.value)
     blocks = [] if layers == "none" else layout.targets(layers, True)[1]
@@ -93,7 +91,10 @@ def map_flow_dylora(
     entries_constraint(kwargs, [*blocks, *text_blocks], args, conv)  # its Diag-OFT / BOFT blocks' alpha
     entries_lokr_args(kwargs, [*blocks, *text_blocks], args, conv)  # its LoKr blocks' split
     entries_scalar_rs_lora(kwargs, [*blocks, *text_blocks], args, conv)  # its LoCon / LoHa / LoKr blocks'
-    lycoris_dylora(kwargs, put, unsupported, args, conv, rank)
+    lycoris_dylora(kwargs, put, unsupported, args, conv, rank, network_dropout)
+    given = network_dropout.value and float(network_dropout.value) and "dropout" not in kwargs
+    if given and "dropout" not in put:  # (else its LoCon / LoHa / LoKr entries': host_bypass_dropout)
+        conv.ignored(network_dropout, "LyCORIS's DyLoraModule takes it (as `dropout`) and never reads it")
     blocks, text_blocks = put.pop("_blocks"), put.pop("_text_blocks")
     if any(b.get("kind") == "lora" for b in (*blocks, *text_blocks)):  # LyCORIS raises their lora_up only:
         loraplus(kwargs, put, unsupported)  # the LoCon blocks' lora_B (runtime/prepare.py lora_up_ids)

@@ -69,11 +69,11 @@ def map_entries_rank_dropout(kwargs, file, args: Legacy, conv: Conversion, algo:
     (network.lokr_entries_rank_dropout, DBS402) but in the network's bypass_mode, where LokrModule draws
     none (a T-LoRA network's: lycoris_maps._tlora_bypass_inert). True when refused."""
     blocks = (*file.blocks, *file.text_blocks)
-    readers = rank_dropout_readers(blocks, algo)
+    bypass = _str_bool(kwargs.get("bypass_mode", "false"))
+    readers = rank_dropout_readers(blocks, algo, bypass)
     if not readers:
         return False
-    bypass = _str_bool(kwargs.get("bypass_mode", "false"))
-    if "lokr" in readers and not bypass:  # (lycoris_flux.py refuses it first: DBS402)
+    if "lokr" in readers:  # (lycoris_flux.py refuses it first: DBS402)
         return refuse_entries_rank_dropout(kwargs, file, args, conv, algo)
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     note = (

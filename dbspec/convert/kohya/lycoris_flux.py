@@ -89,7 +89,7 @@ from dbspec.convert.kohya.network import (
     lycoris_tucker,
     parse_network_args,
 )
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora, host_bypass_dropout
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
 from dbspec.families import family_spec
 
@@ -820,7 +820,18 @@ def _ia3(
             legacy = Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source)
             conv.inert(legacy, "IA3Module has no rank or alpha")
     network_dropout = a["network_dropout"]
-    own_dropout = "dropout" in kwargs  # else train_network.py hands --network_dropout on as `dropout`
+    # in bypass_mode beside LoCon / LoHa / LoKr entries the dropout is theirs (entry_args.host_bypass_dropout)
+    entries = {
+        "_blocks": layout.targets(layers, True)[1] if layers != "none" else [],
+        "_text_blocks": text_blocks,
+    }
+    bypass = not _off(kwargs.get("bypass_mode", "false"))
+    taken = host_bypass_dropout(kwargs, entries, bypass, args, conv, network_dropout)
+    if "dropout" in entries:
+        conv.put(("adapter", "dropout"), entries["dropout"], conv.comment(args))
+    own_dropout = (
+        "dropout" in kwargs or taken
+    )  # else train_network.py hands --network_dropout on as `dropout`
     norms = ("adapter", "text_encoder_norms") in conv.values  # train_norm's (_file_train_norm)
     skip = False  # IA3Module.forward's module_dropout draw: one per (fused) module
     for key in [k for k in ("dropout", "rank_dropout", "module_dropout") if k in kwargs]:

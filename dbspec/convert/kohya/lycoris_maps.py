@@ -573,7 +573,10 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     # BOFT and DyLoRA entries read neither in their bypass forward, Diag-OFT no rank_dropout (its dropout
     # raises: _oft_bypass_dropout, DBS402, first)
     inert = {"ia3", "boft", "dylora", "diag-oft"}
-    return tlora or (_algo(algo) in _BLOCK_KINDS and entries <= {*_BLOCK_KINDS, *inert})
+    # an IA^3 / DyLoRA network's own modules read neither: its adapter's dropout and rank_dropout its LoCon /
+    # LoHa / LoKr entries' (compiler rules.host_bypass_inert; network.host_bypass_dropout)
+    host = _algo(algo) in ("ia3", "dylora")
+    return tlora or ((host or _algo(algo) in _BLOCK_KINDS) and entries <= {*_BLOCK_KINDS, *inert})
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -597,7 +600,8 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
     bypass = str(network.get("bypass_mode", "false")).lower() != "false"
     low_rank = _algo(algo) in ("lora", "loha", "lokr")
     tlora = _algo(algo) == "tlora" and all(_algo(layer.algo) in _TLORA_BYPASS for layer in layers)
-    return bypass and (tlora or low_rank and _bypass_output_dropout(algo, layers))
+    host = _algo(algo) in ("ia3", "dylora")  # (rules.host_bypass_inert)
+    return bypass and (tlora or (low_rank or host) and _bypass_output_dropout(algo, layers))
 
 
 # the entries whose LyCORIS module's bypass forward a T-LoRA adapter's `bypass` gives their blocks (compiler

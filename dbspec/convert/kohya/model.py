@@ -272,7 +272,8 @@ def map_adapter(
                 conv.values.pop(("adapter", target), None)
         return False
     zero_alphas_to_ranks(conv, module.value)
-    if kind == "dylora" and dropout.value:
+    if kind == "dylora" and dropout.value and ("adapter", "dropout") not in conv.values:  # else its entries'
+        # (entry_args.host_bypass_dropout)
         conv.ignored(
             dropout, "LyCORIS's DyLoraModule takes the dropout train_network.py hands it and never reads it"
         )

@@ -41,7 +41,7 @@ from dbspec.convert.kohya.lycoris_file import (
 from dbspec.convert.kohya.lycoris_fp8 import forward_on_fp8, fp8_denoiser, full_on_fp8, given
 from dbspec.convert.kohya.lycoris_maps import BYPASS_BLOCKS, MIXED_SD, applied_constraint, map_blocks
 from dbspec.convert.kohya.network_reads import constraint_key, shadowed_constraint, unread_network_arg
-from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora
+from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora, host_bypass_dropout
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled, oft_network_host
 from dbspec.convert.kohya.targets import KOHYA_TEXT_TARGETS, KOHYA_UNET_TARGETS, RESNET_LINEAR
 from dbspec.convert.kohya.weights_file import (
@@ -495,7 +495,7 @@ def _map_network(
     if kind == "glora":
         _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
-        lycoris_dylora(kwargs, put, unsupported, args, conv, dim)
+        lycoris_dylora(kwargs, put, unsupported, args, conv, dim, dropout)
     dora = _dora(kwargs, lycoris, args, conv) and kind not in (
         *_WHOLE_LAYER_KINDS,
         "glora",
@@ -617,7 +617,8 @@ def _block_rank_dropout(
         return False
     if kind == "glora" and _str_bool(kwargs.get("bypass_mode", "false")):
         return False  # the adapter carries it (GLoRA's bypass forward)
-    readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
+    bypass = _str_bool(kwargs.get("bypass_mode", "false"))  # (a GLoRA network's returned above)
+    readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind, bypass)
     if not readers:
         return False
     if kind in ("glora", "dylora", "tlora"):  # the adapter's: its blocks' layers draw it as their modules
@@ -639,13 +640,16 @@ def _block_rank_dropout(
     return True
 
 
-def rank_dropout_readers(blocks, kind: str) -> list[str]:
+def rank_dropout_readers(blocks, kind: str, bypass: bool = False) -> list[str]:
     """The kinds of a preset file's [[adapter.blocks]] on a `kind` network (BOFT, DyLoRA, GLoRA outside
     bypass_mode) whose LyCORIS modules read the network's rank_dropout: another kind's than the adapter's
     but BOFT, DyLoRA and IA3 (which never read it). A block in its entry's own bypass_mode reads none: it is
     one of BYPASS_BLOCKS (Diag-OFT, BOFT, DyLoRA, IA^3), whose bypass forwards never draw a rank mask
-    (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403)."""
+    (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403). In the
+    network's `bypass` LoCon and LoHa entries alone read it (their bypass forward's masks)."""
     never = (kind, "boft", "dylora", "ia3")
+    if bypass:  # the network's bypass_mode: LoConModule's ranks, LohaModule's rows, the others none
+        return sorted({b["kind"] for b in blocks if b.get("kind") in ("lora", "loha")})
     return sorted({b["kind"] for b in blocks if b.get("kind", kind) not in never and b.get("bypass") != "on"})
 
 
@@ -1347,16 +1351,19 @@ def _diag_oft_dropouts(
     if "rank_dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         rate = _float(legacy.value or 0)
-        readers = rank_dropout_readers((*put.get("_blocks", ()), *put.get("_text_blocks", ())), kind)
+        blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
+        readers = rank_dropout_readers(blocks, kind, bypass and kind == "ia3")
         if rate and kind == "ia3" and not norms and not readers:
             conv.ignored(legacy, "LyCORIS's IA3Module takes it and never reads it")
-        elif rate and bypass and not norms:
+        elif rate and bypass and not norms and kind == "diag-oft":
             conv.ignored(
                 legacy, "LyCORIS's DiagOFTModule draws it in its default forward only, not bypass_mode"
             )
         elif rate:
             put["rank_dropout"] = rate
     if bypass and kind == "diag-oft":
+        return
+    if kind == "ia3" and host_bypass_dropout(kwargs, put, bypass, args, conv, network_dropout):
         return
     if "dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
