@@ -151,7 +151,8 @@ def _prepare(
 
             fused, swapped = (a.fused, swapped_rows(module)) if denoiser else ((), None)
             add_full_rank_dropout(module, a.rank_dropout, fused, swapped)
-        if a.kind == "diag-oft" and a.rank_dropout and not mixed(a):  # its rotations' dropout
+        if a.kind == "diag-oft" and a.rank_dropout:  # its rotations' dropout (beside BOFT blocks too: theirs
+            # none, add_oft_rank_dropout takes the Diag-OFT layers alone)
             from dbspec.runtime.lycoris_oft import add_oft_rank_dropout
 
             add_oft_rank_dropout(module, a.rank_dropout, adapters.ADAPTER_NAME)

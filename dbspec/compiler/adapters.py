@@ -657,6 +657,8 @@ def _oft_blocks(adapter) -> dict:
         size = {"conv_rank": b.block_size, "conv_alpha": c} if conv else {}
         return BlockPlan(
             pattern=b.pattern,
+            # the other OFT's layers (runtime/mixed_kinds.py builds each kind alone)
+            kind="adapter" if b.kind in ("adapter", adapter.kind) else b.kind,  # (rules.mixed_block_kinds)
             rank=b.block_size,
             alpha=c,
             rescaled=rescaled,

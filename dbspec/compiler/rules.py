@@ -3825,12 +3825,15 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
     if not other:
         return
     i, block = other[0]
-    if own not in (*_MIXED_ADAPTERS, "tlora", "full", "ia3"):
+    # a Diag-OFT adapter's BOFT blocks (LyCORIS's two OFTs in one network; the adapter of LyCORIS's form)
+    oft_pair = own == "diag-oft" and {b.kind for _, b in other} <= {"boft"} and a.form == "lycoris"
+    if own not in (*_MIXED_ADAPTERS, "tlora", "full", "ia3") and not oft_pair:
         yield _err(
             "DBS578",
             ("adapter", i.split("[")[0], int(i.split("[")[1].rstrip("]")), "kind"),
             f'adapter.{i}.kind = "{block.kind}" on a {own} adapter: dbspec trains several adapter kinds in '
-            "one run on adapters of kind lora, loha, lokr, dylora, glora, full, ia3 or tlora",
+            "one run on adapters of kind lora, loha, lokr, dylora, glora, full, ia3 or tlora (and a "
+            "diag-oft adapter of LyCORIS's form beside boft blocks)",
             codes.help("DBS578"),
         )
         return
@@ -3877,6 +3880,8 @@ def mixed_block_kinds(spec: Spec, given: Given) -> Iterator[Hit]:
         kept += ("dropout",)
     if lycoris_row_masks(a):  # each LoCon / LoHa layer's own row mask, as LoConModule / LohaModule draw it
         kept += ("rank_dropout",)
+    if oft_pair and own == "diag-oft":  # its Diag-OFT layers' rotations' dropout, the BOFT blocks' none
+        kept += ("rank_dropout",)  # (runtime/lycoris_oft.py add_oft_rank_dropout)
     if mixed_output_dropout(a):  # each LoRA / LoHa / LoKr layer's bypass dropout of its own update
         kept += ("output_dropout",)
     if mixed_bypass_ranks(a):  # and its bypass forward's rank mask: LoCon's ranks, LoHa's rows, LoKr's none

@@ -687,15 +687,18 @@ def _norm_dropout_rows(a) -> list[tuple[str, str]]:
 
 
 def _oft_block_rows(a) -> list[tuple[str, str]]:
-    """A Diag-OFT / BOFT adapter's own blocks (LyCORIS preset files' entries): block-size hint, constraint,
-    rescale and bypass_mode (the `exclude` patterns' rank-0 blocks left out)."""
+    """A Diag-OFT / BOFT adapter's own blocks (LyCORIS preset files' entries): their kind where it is the
+    other OFT's, block-size hint, constraint, rescale and bypass_mode (the `exclude` patterns' rank-0 blocks
+    left out)."""
     if a.kind not in ("diag-oft", "boft"):
         return []
     tables = (("  block", a.blocks), ("  text-encoder block", a.text_encoder_blocks))
     return [
         (
             f"{name} /{block.pattern}/",
-            f"block size hint {block.rank}, constraint {block.alpha:g}" + _block_factor(block, a),
+            ("BOFT, " if block.kind == "boft" else "")
+            + f"block size hint {block.rank}, constraint {block.alpha:g}"
+            + _block_factor(block, a),
         )
         for name, blocks in tables
         for block in blocks

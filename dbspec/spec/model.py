@@ -1872,6 +1872,16 @@ class OftBlock:
         "whose pattern matches a module sets its block size.",
         example="ff\\.net",
     )
+    kind: Literal["adapter", "diag-oft", "boft"] = option(
+        "adapter",
+        doc="The matched layers' orthogonal algorithm: `adapter` (the adapter's), or on a diag-oft adapter "
+        "of LyCORIS's form `boft` in its place (a LyCORIS preset file's BOFT entries on an algo=diag-oft "
+        "network, or an algo=boft network's own layers beside Diag-OFT entries), built with the block's "
+        "block size, constraint, rescale and bypass and the adapter's `module_dropout`; the Diag-OFT layers "
+        "alone draw the adapter's `rank_dropout` (their rotations' dropout), as ButterflyOFTModule never "
+        "reads it. `diag-oft` on a boft adapter: DBS578.",
+        example="boft",
+    )
     block_size: int = option(
         doc="The matched layers' `block_size` in place of the adapter's (LyCORIS's lora_dim, split as "
         "LyCORIS's factorization of each layer's width).",

@@ -726,6 +726,9 @@ def _mixed_kinds(
     / Chroma each fused Linear whole); `unet`: SD 1.x/2.x, SDXL, where the network's use_tucker beside
     other kinds is refused on a LoRA/LoCon / LoHa / LoKr network (on a full / IA^3 / DyLoRA / GLoRA one it is
     the entries' blocks' `tucker`, network_tucker; on Flux / SD3 it shapes SD3's patch convolution alone)."""
+    if _algo(algo) == "diag-oft":  # its BOFT entries: blocks of kind boft (spec OftBlock `kind`,
+        # _oft_blocks), every network option reaching both as LyCORIS hands it them
+        return [layer for layer in other if _algo(layer.algo) != "boft"]
     if _algo(algo) not in (*_BLOCK_KINDS, "dylora", "glora", "tlora", *_NO_DIMS):  # DyLoRA's, GLoRA's,
         return other  # T-LoRA's, full's and IA^3's too (their ScaleBlock's `kind`)
     flow = not unet  # the flag: Flux / SD3 / Chroma (lycoris_flow_file.py; below `unet` holds the layers)
@@ -1181,8 +1184,8 @@ def map_blocks(
         return (*_other_kind_blocks(found, dims, rs_lora, network, algo if kinds else ""), inert)
     if kind in _OFT:  # an entry's dim: its layers' block-size hint
         return (
-            _oft_blocks(found.unet, found.unet_rows, dims, network),
-            _oft_blocks(found.text, found.text_rows, dims, network),
+            _oft_blocks(found.unet, found.unet_rows, dims, network, kind),
+            _oft_blocks(found.text, found.text_rows, dims, network, kind),
             inert,
         )
     rs_lora = rs_lora and kind not in ("dylora", "tlora")  # DyLoraModule, TLoraModule never read it
@@ -1319,7 +1322,7 @@ def network_tucker(blocks: list[dict[str, Any]], network: dict[str, Any]) -> Non
 
 
 def _oft_blocks(
-    layers: dict[str, Layer], rows: list[Row], dims, network: dict[str, Any]
+    layers: dict[str, Layer], rows: list[Row], dims, network: dict[str, Any], kind: str = ""
 ) -> list[dict[str, Any]]:
     """Diag-OFT's and BOFT's [[adapter.blocks]]: DiagOFTModule (ButterflyOFTModule alike) takes the layer's
     dim (`dim or lora_dim`, on k x k convolutions `dim or conv_lora_dim`) as its block-size hint and never
@@ -1328,7 +1331,8 @@ def _oft_blocks(
     PresetError for an entry's convolutions with conv_dim 0 (dbspec's Diag-OFT and BOFT adapt convolutions
     only with conv_dim). One block per entry and block size: an entry without its own dim gives its linears
     and 1x1 convolutions `lora_dim`, its k x k ones `conv_lora_dim` (network._diag_oft's block over the k x k
-    convolutions follows these)."""
+    convolutions follows these). A Diag-OFT network's (`kind`) BOFT entries: blocks of kind boft, their own
+    ButterflyOFTModules (spec OftBlock `kind`; runtime/mixed_kinds.py builds each kind alone)."""
     dim, conv_dim = dims[0], dims[2]
     built = [row for row in rows if row[0] in layers]
     groups: dict[tuple[str, int], list[Layer]] = {}
@@ -1344,7 +1348,9 @@ def _oft_blocks(
             own["rescaled"] = "on" if entry["rescaled"] else "off"
         # its own bypass_mode (create_single_module hands it over the network's): the block's `bypass`
         own.update(own_bypass_switch(group[0].algo, group[0], network))
-        if not own and all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group):
+        other = {"kind": _algo(group[0].algo)} if kind and _algo(group[0].algo) != kind else {}
+        same = all(layer.dim == (conv_dim if layer.kind == "conv" else dim) for layer in group)
+        if not own and not other and same:
             continue
         conv = next((layer for layer in group if layer.kind == "conv"), None)
         if conv is not None and not conv_dim:
@@ -1353,10 +1359,11 @@ def _oft_blocks(
                 "adapt convolutions only with conv_dim",
                 False,
             )
-        what = ", ".join(["dim (its block size)", *own])
+        what = ", ".join([*([f"algo {group[0].algo}"] if other else []), "dim (its block size)", *own])
         out.append(
             {
                 "pattern": _pattern({layer.path for layer in group}, built),
+                **other,
                 "block_size": group[0].dim,
                 **own,
                 "_why": f"kohya lycoris.kohya: the preset file's `{source}` {what}",

@@ -35,7 +35,7 @@ def entries_rescaled(kwargs: dict[str, str], blocks, args: Legacy, conv: Convers
 
 # the algorithms a Diag-OFT / BOFT network's entries may give (its layers then the entries' network's OFT
 # entries): the first present is the adapter's kind
-_HOSTS = ("lora", "locon", "loha", "lokr", "tlora", "full", "ia3", "glora", "dylora")
+_HOSTS = ("lora", "locon", "loha", "lokr", "tlora", "full", "ia3", "glora", "dylora", "diag-oft")
 
 
 def oft_network_host(algo: str, found) -> tuple[str, object] | None:
@@ -59,7 +59,9 @@ def oft_network_host(algo: str, found) -> tuple[str, object] | None:
         return None
     layers = [*found.unet.values(), *found.text.values()]
     given = {layer.algo.lower() for layer in layers if layer.source}
-    host = next((name for name in _HOSTS if name in given), None)
+    # (a Diag-OFT network's BOFT entries: its own adapter's boft blocks, lycoris_maps._oft_blocks; a BOFT
+    # network's Diag-OFT entries: a Diag-OFT adapter whose own layers are boft blocks)
+    host = next((name for name in _HOSTS if name in given and name != algo), None)
     if host is None:
         return None
     source = f"network algo={algo}"  # the network's own layers: an entry's name in notes and messages
