@@ -3773,7 +3773,7 @@ def tlora_bypass_inert(a) -> bool:
     return (
         getattr(a, "kind", "none") == "tlora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter", "tlora"}
-        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft"}
+        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "glora", "dylora"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 

@@ -35,7 +35,8 @@ algo = "{geglu}"
 """
 # the trained tensors LyCORIS saves for each kind (FullModule trains `weight` and saves `diff`: its gradients
 # are not compared by name)
-HELD = {"locon": "lora_up", "loha": "hada_w1_a", "lokr": "lokr_w1", "ia3": "weight"}
+HELD = {"locon": "lora_up", "loha": "hada_w1_a", "lokr": "lokr_w1", "ia3": "weight", "tlora": "lambda_layer"}
+HELD["glora"] = "a1.weight"
 HELD.update({"diag-oft": "oft_blocks", "boft": "oft_blocks"})
 
 
@@ -62,7 +63,9 @@ def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dic
     # layer: its draw fixed)
     dyloras = {m.lora_name for m in made.unet_loras if type(m).__name__ == "DyLoraModule"}
     assert {k.split(".")[0] for k in result.unexpected_keys} <= dyloras, result
-    assert all(k.startswith("lora_te_") or k.split(".")[0] in dyloras for k in result.missing_keys), result
+    # (TLoraModule's frozen start, base_*: its own SVD of the same base weights)
+    missing = [k for k in result.missing_keys if not k.rsplit(".", 1)[-1].startswith("base_")]
+    assert all(k.startswith("lora_te_") or k.split(".")[0] in dyloras for k in missing), result
     assert _copy_blocks(made, theirs, ours) == len(dyloras)
     calm_then_dropped(ours, theirs, made, pipe.unet)
     grads_as_lycoris(ours, made, tuple(HELD[k] for k in (algo, ff, geglu) if k in HELD))
@@ -90,6 +93,10 @@ CASES = {
     "ia3_lokr_boft": ("ia3", "lokr", "boft", BYPASS),
     "dylora_locon_loha": ("dylora", "locon", "loha", BYPASS),
     "dylora_loha_lokr": ("dylora", "loha", "lokr", BYPASS),
+    # a T-LoRA network's GLoRA entries (their pairs' bypass dropout and rank masks, the T-LoRA layers'
+    # bypass dropout) and DyLoRA entries (their one block unscaled, reading neither)
+    "tlora_glora_dylora": ("tlora", "glora", "dylora", BYPASS),
+    "tlora_glora_locon": ("tlora", "glora", "locon", BYPASS),
 }
 
 
@@ -102,9 +109,11 @@ def test_bypass_dropouts_beside_entries_reading_none_are_lycoris(pipe, tmp_path,
     DyLoRA network's beside LoCon / LoHa / LoKr entries (and those), whose own modules read neither."""
     algo, ff, geglu, args = CASES[case]
     a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, args)
-    assert a.bypass and a.output_dropout == float(args.get("dropout", 0))
-    # LoCon's ranks, LoHa's rows; LoKr, IA^3, BOFT, DyLoRA and Diag-OFT none there (else DBS405)
-    drawn = {algo, ff, geglu} & {"locon", "loha"}
+    low_rank = {algo, ff, geglu} & {"locon", "loha", "lokr"}
+    assert a.bypass and a.output_dropout == (float(args.get("dropout", 0)) if low_rank else 0.0)
+    # LoCon's ranks, LoHa's rows, GLoRA's pairs'; LoKr, IA^3, BOFT, DyLoRA and Diag-OFT none there (else
+    # DBS405)
+    drawn = {algo, ff, geglu} & {"locon", "loha", "glora"}
     assert a.rank_dropout == (0.3 if drawn else 0.0) and all(m.bypass_mode for m in made.unet_loras)
 
 
@@ -118,3 +127,16 @@ def test_flux_ia3_network_bypass_dropouts_beside_fused_entries_are_lycoris(tmp_p
     a, made, _ = _alike(tmp_path, monkeypatch, "ia3", BOFT_FILE, {**BYPASS, "module_dropout": "0.3"})
     assert (a.kind, a.bypass, a.output_dropout, a.rank_dropout_form) == ("ia3", True, 0.3, "lycoris_bypass")
     assert {type(m).__name__ for m in made.values()} == {"IA3Module", "LoConModule", "LohaModule"}
+
+
+def test_flux_tlora_network_bypass_dropouts_beside_fused_glora_entries_are_lycoris(tmp_path, monkeypatch):
+    """On Flux's fused Linears: a T-LoRA network in bypass_mode with its dropout and rank_dropout beside GLoRA
+    entries on the image q/k/v (one GLoRAModule per fused Linear: its pairs' masks over the stacked rows) and
+    CLIP-L's attention: each kohya module against the plan's parts (test_lycoris_flow_mixed_rs_lora_boft's
+    _alike: outputs, generator state, gradients)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    text = BOFT_FILE.replace('algo = "locon"', 'algo = "glora"').replace('algo = "loha"', 'algo = "glora"')
+    a, made, _ = _alike(tmp_path, monkeypatch, "tlora", text, {**BYPASS, "module_dropout": "0.3"})
+    assert (a.kind, a.bypass, a.bypass_dropout, a.rank_dropout) == ("tlora", True, 0.3, 0.3)
+    assert {type(m).__name__ for m in made.values()} == {"TLoraModule", "GLoRAModule"}

@@ -49,10 +49,16 @@ def test_decomposed_entries_in_bypass_mode_stop_kohyas_file_from_matching(tmp_pa
     assert "DBS402" in codes(outcome) and "dora_scale" in messages(outcome, "DBS402")
 
 
-def test_glora_entries_in_bypass_mode_stay_refused(tmp_path):
-    """GLoRAModule's bypass forward beside a T-LoRA adapter: not expressed (DBS403)."""
-    outcome = _outcome(tmp_path, "glora", '"bypass_mode=True"')
-    assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403")
+@pytest.mark.parametrize(("entry", "extra"), [("glora", ""), ("dylora", "dim = 4")])
+def test_glora_and_dylora_entries_in_bypass_mode(tmp_path, entry, extra):
+    """GLoRAModule's bypass forward drops its pairs' outputs (the adapter's bypass_dropout) and masks their
+    ranks; DyLoraModule's adds its one block unscaled, reading neither (was DBS403;
+    tests/runtime/test_lycoris_network_dropouts_entries.py)."""
+    outcome = expressible(_outcome(tmp_path, entry, BYPASS, extra=extra))
+    a = plan_of(outcome, tmp_path, PLAN_BASE["sd"]).adapter
+    assert (a.bypass, a.bypass_dropout, a.output_dropout) == (True, 0.2, 0.0)
+    assert a.rank_dropout == (0.1 if entry == "glora" else 0.0)
+    assert [b.kind for b in a.blocks] == [entry]
 
 
 @pytest.mark.parametrize("entry", ["locon", "loha", "lokr", "ia3", "glora", "full", "dylora", "diag-oft"])

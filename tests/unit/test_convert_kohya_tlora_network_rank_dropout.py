@@ -28,8 +28,8 @@ def test_tlora_network_s_rank_dropout_is_its_locon_and_loha_entries(tmp_path):
 
 def test_tlora_network_s_rank_dropout_elsewhere(tmp_path):
     """Without entries that read it: never read (DBS405), a spec's DBS624; beside LoKr entries kohya stops
-    (DBS402: their LokrModules' CPU mask, LyCORIS issue #291); in bypass_mode beside GLoRA entries: still
-    DBS403 (beside LoCon / LoHa / LoKr / IA^3 / OFT entries it converts,
+    (DBS402: their LokrModules' CPU mask, LyCORIS issue #291); in bypass_mode beside full entries kohya stops
+    (FullModule raises on bypass_mode; beside the other kinds it converts,
     test_convert_kohya_tlora_bypass_entries.py)."""
     outcome = _lycoris(tmp_path, '"algo=tlora", "preset=attn-mlp", "rank_dropout=0.1"')
     assert "DBS405" in codes(outcome) and "never reads" in messages(outcome, "DBS405")
@@ -38,7 +38,7 @@ def test_tlora_network_s_rank_dropout_elsewhere(tmp_path):
     assert planned.plan is not None and "DBS624" in {d.code for d in planned.diagnostics}
     for sub, entry, args, code in (
         ("k", "lokr", '"rank_dropout=0.1"', "DBS402"),
-        ("b", "glora", '"rank_dropout=0.1", "bypass_mode=True"', "DBS403"),
+        ("b", "full", '"rank_dropout=0.1", "bypass_mode=True"', "DBS402"),
     ):
         (tmp_path / sub).mkdir()
         write(tmp_path / sub / "p.toml", _FILE + f'[module_algo_map.FeedForward]\nalgo = "{entry}"\n')

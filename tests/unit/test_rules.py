@@ -3621,10 +3621,10 @@ def test_missing_captions_inert_where_no_caption_file_can_be_missing(dataset, in
 def test_a_tlora_adapter_s_blocks_of_other_kinds():
     """A tlora adapter takes blocks of kind lora, loha, lokr, full, ia3, glora, diag-oft, boft and dylora
     (their rank and alpha, DyLoRA's unit), not with its bypass or max_norm (DBS578) but its bypass (with its
-    dropout and rank_dropout) beside LoRA / LoHa / LoKr / IA^3 / Diag-OFT / BOFT blocks undecomposed
-    (rules.tlora_bypass_inert; its dropout not beside Diag-OFT ones there), its dropout outside bypass beside
-    any, and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too (DBS604 reserved); alpha 0 only
-    on a Diag-OFT / BOFT block (their constraint; DBS611)."""
+    dropout and rank_dropout) beside LoRA / LoHa / LoKr / IA^3 / Diag-OFT / BOFT / GLoRA / DyLoRA blocks
+    undecomposed (rules.tlora_bypass_inert; its dropout not beside Diag-OFT ones there), its dropout outside
+    bypass beside any, and its max_norm beside Diag-OFT / BOFT blocks alone; on Flux too (DBS604 reserved);
+    alpha 0 only on a Diag-OFT / BOFT block (their constraint; DBS611)."""
     tlora = '[adapter]\nkind = "tlora"\n' + DOG + STEPS
     block = '[[adapter.blocks]]\npattern = "ff"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("lokr", "diag-oft", "boft", "dylora"):
@@ -3645,9 +3645,11 @@ def test_a_tlora_adapter_s_blocks_of_other_kinds():
     assert ("adapter", "dropout") in {
         h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("diag-oft"))
     }
-    for kind in ("glora", "full", "dylora"):
-        hits = {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format(kind) + "unit = 4\n")}
-        assert ("adapter", "bypass") in hits, kind
+    hits = {h[2] for h in hits_of(rules.mixed_block_kinds, bypass + block.format("full"))}
+    assert ("adapter", "bypass") in hits  # FullModule raises on bypass_mode
+    for kind in ("glora", "dylora"):  # their bypass forward (GLoRA's dropouts, DyLoRA's one block)
+        hits = {h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format(kind) + "unit = 4\n")}
+        assert hits == {("adapter", "max_norm")}, kind
     decomposed = bypass + block.format("lora") + 'dora = "on"\n'
     assert ("adapter", "bypass") in {h[2] for h in hits_of(rules.mixed_block_kinds, decomposed)}
     for kind in ("diag-oft", "boft"):
@@ -3669,7 +3671,7 @@ def test_a_tlora_adapter_s_fused_blocks_keep_its_bypass_and_max_norm():
     and its bypass (with its rank_dropout and dropout) beside LoRA blocks pass mixed_block_kinds as on SD
     (each fused Linear one LyCORIS module, one norm and one rank mask:
     tests/runtime/test_lycoris_flow_tlora_mixed_opts.py, test_lycoris_tlora_bypass_entries.py; was DBS578);
-    beside GLoRA blocks its bypass stays DBS578."""
+    beside full blocks its bypass stays DBS578."""
     tlora = 'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "tlora"\nfused_projections = true\n'
     block = '[[adapter.blocks]]\npattern = "qkv"\nkind = "{}"\nrank = 4\nalpha = 4.0\n'
     for kind in ("diag-oft", "boft"):
@@ -3680,5 +3682,5 @@ def test_a_tlora_adapter_s_fused_blocks_keep_its_bypass_and_max_norm():
     dropped = ranks.replace("rank_dropout = 0.1\n", "rank_dropout = 0.1\ndropout = 0.1\n")
     assert hits_of(rules.mixed_block_kinds, dropped + block.format("lora")) == []
     assert ("adapter", "bypass") in {
-        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("glora"))
+        h[2] for h in hits_of(rules.mixed_block_kinds, dropped + block.format("full"))
     }

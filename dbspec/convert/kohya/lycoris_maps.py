@@ -606,7 +606,7 @@ def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]
 
 # the entries whose LyCORIS module's bypass forward a T-LoRA adapter's `bypass` gives their blocks (compiler
 # rules.tlora_bypass_inert)
-_TLORA_BYPASS = ("lora", "loha", "lokr", "ia3", "diag-oft", "boft")
+_TLORA_BYPASS = ("lora", "loha", "lokr", "ia3", "diag-oft", "boft", "glora", "dylora")
 
 
 def _tlora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -616,8 +616,10 @@ def _tlora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     IA^3, Diag-OFT and BOFT entries. Every module gets the network's bypass_mode and `dropout`: TLoraModule
     drops its update in its bypass forward (the adapter's bypass_dropout), LoConModule / LohaModule /
     LokrModule theirs x scalar (the plan's output_dropout), IA3Module and ButterflyOFTModule read none
-    (DiagOFTModule's raises: _oft_bypass_dropout, DBS402); its `rank_dropout` each class's bypass mask
-    (LoCon's ranks, LoHa's rows, the others none: rank_dropout_form "lycoris_bypass"), each after its
+    (DiagOFTModule's raises: _oft_bypass_dropout, DBS402); GLoRA entries' GLoRAModule its pairs' outputs
+    (the adapter's bypass_dropout on them) and DyLoRA entries' DyLoraModule nothing (its one block unscaled:
+    several blocks crash, _dylora_fits); its `rank_dropout` each class's bypass mask (LoCon's ranks, LoHa's
+    rows, GLoRA's pairs' ranks, the others none: rank_dropout_form "lycoris_bypass"), each after its
     module_dropout draw, in forward order (tests/runtime/test_lycoris_tlora_bypass_entries.py; on Flux /
     SD3 / Chroma each fused Linear one module, its parts sharing its masks)."""
     return network["bypass_mode"] and all(_algo(layer.algo) in _TLORA_BYPASS for layer in layers)

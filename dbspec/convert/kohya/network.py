@@ -646,10 +646,12 @@ def rank_dropout_readers(blocks, kind: str, bypass: bool = False) -> list[str]:
     but BOFT, DyLoRA and IA3 (which never read it). A block in its entry's own bypass_mode reads none: it is
     one of BYPASS_BLOCKS (Diag-OFT, BOFT, DyLoRA, IA^3), whose bypass forwards never draw a rank mask
     (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403). In the
-    network's `bypass` LoCon and LoHa entries alone read it (their bypass forward's masks)."""
+    network's `bypass` LoCon, LoHa and GLoRA entries alone read it (their bypass forward's masks)."""
     never = (kind, "boft", "dylora", "ia3")
-    if bypass:  # the network's bypass_mode: LoConModule's ranks, LohaModule's rows, the others none
-        return sorted({b["kind"] for b in blocks if b.get("kind") in ("lora", "loha")})
+    if bypass:  # the network's bypass_mode: LoConModule's ranks, LohaModule's rows, GLoRAModule's pairs'
+        return sorted(
+            {b["kind"] for b in blocks if b.get("kind") in ("lora", "loha", "glora")}
+        )  # the others none
     return sorted({b["kind"] for b in blocks if b.get("kind", kind) not in never and b.get("bypass") != "on"})
 
 
