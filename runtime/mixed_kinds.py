@@ -96,6 +96,11 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     # set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer build only
     # there); the adapter's own kind's, its own blocks' and the adapter's
     extra["bypass"] = all(block_bypass(adapter, b) for b in mine) and (adapter.bypass or not own)
+    if kind in ("glora", "tlora") and not own:  # LyCORIS's one network dropout: GLoRAModule's pairs' and
+        # TLoraModule's update dropped in their bypass forward as the adapter's LoCon / LoHa / LoKr layers'
+        # (its output_dropout; a glora / tlora adapter's own bypass_dropout; compiler
+        # rules.mixed_output_dropout, host_bypass_inert)
+        extra["bypass_dropout"] = adapter.bypass_dropout or adapter.output_dropout
     return attrs.evolve(adapter, kind=kind, **{table: blocks}, **extra)
 
 

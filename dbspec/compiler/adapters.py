@@ -152,8 +152,12 @@ def _kind_plan(adapter, family: str, components, targets_given: bool, layers: Ma
         extra.update(lokr_factorization="lycoris", unbalanced_factorization=adapter.unbalanced_factorization)
     extra.update(_lycoris_switches(adapter))
     # LyCORIS bypass_mode for the blocks of kinds whose bypass forward differs (runtime/mixed_kinds.py
-    # kind_adapter hands it on); elsewhere the same update (DBS216: no effect)
-    extra["bypass"] = adapter.bypass and bool(bypass_blocks(adapter))
+    # kind_adapter hands it on), and GLoRA / T-LoRA blocks', whose bypass forward takes the output_dropout
+    # and rank_dropout (GLoRA's pairs' masks); elsewhere the same update (DBS216: no effect)
+    blocks = (*adapter.blocks, *getattr(adapter, "text_encoder_blocks", ()))
+    drops = getattr(adapter, "output_dropout", 0.0) or adapter.rank_dropout
+    glora_tlora = drops and any(getattr(b, "kind", "adapter") in ("glora", "tlora") for b in blocks)
+    extra["bypass"] = adapter.bypass and (bool(bypass_blocks(adapter)) or bool(glora_tlora))
     if getattr(adapter, "blocks", ()):  # LoRA, LoHa, LoKr
         extra["blocks"] = tuple(
             BlockPlan(
@@ -277,7 +281,10 @@ def _host_output_dropout(adapter) -> float:
     read) as its LoCon / LoHa / LoKr blocks' bypass dropout: in bypass_mode beside such blocks (their
     modules' bypass forward drops their update), else none (DBS632)."""
     dropout = getattr(adapter, "dropout", 0.0)
-    return dropout if getattr(adapter, "bypass", False) and _bypass_dropout_blocks(adapter) else 0.0
+    kinds = {getattr(b, "kind", "adapter") for b in (*adapter.blocks, *adapter.text_encoder_blocks)}
+    # GLoRA / T-LoRA blocks drop in their bypass forward alike (runtime/mixed_kinds.py kind_adapter)
+    readers = kinds & {"lora", "loha", "lokr", "glora", "tlora"}
+    return dropout if getattr(adapter, "bypass", False) and readers else 0.0
 
 
 def _lycoris_rank_dropout_form(adapter) -> str:

@@ -1389,7 +1389,7 @@ def host_dropout_unread(spec: Spec, given: Given) -> Iterator[Hit]:
     if getattr(a, "kind", None) not in ("ia3", "dylora") or not getattr(a, "dropout", 0.0):
         return
     kinds = {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
-    if a.bypass and kinds & {"lora", "loha", "lokr"}:
+    if a.bypass and kinds & {"lora", "loha", "lokr", "glora", "tlora"}:
         return
     why = "no blocks of kind lora, loha or lokr" if a.bypass else "bypass = false"
     module = "IA3Module" if a.kind == "ia3" else "DyLoraModule"
@@ -3729,9 +3729,12 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     # bypass forward: their module dropout draw alone), Diag-OFT's no rank_dropout (its bypass Dropout raises:
     # not beside an output_dropout)
     inert = {"ia3", "boft", "dylora", *(() if getattr(a, "output_dropout", 0.0) else ("diag-oft",))}
+    # GLoRA / T-LoRA blocks drop in their bypass forward too (runtime/mixed_kinds.py kind_adapter hands them
+    # the output_dropout), GLoRA's masking its pairs' ranks, T-LoRA's none
+    readers = {"lora", "loha", "lokr", "glora", "tlora"}
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
-        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {"lora", "loha", "lokr", *inert}
+        and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {*readers, *inert}
         and (ranks or not getattr(a, "rank_dropout", 0.0))  # `ranks`: mixed_bypass_ranks's
         and not getattr(a, "dora", False)  # LyCORIS's bypass forward never decomposes (BYPASS_DORA)
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
@@ -3751,7 +3754,7 @@ def host_bypass_inert(a) -> bool:
     return (
         getattr(a, "kind", "none") in ("ia3", "dylora")
         and getattr(a, "bypass", False)
-        and kinds <= {"lora", "loha", "lokr", "ia3", "boft", "dylora", "diag-oft"}
+        and kinds <= {"lora", "loha", "lokr", "ia3", "boft", "dylora", "diag-oft", "glora", "tlora"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
@@ -3804,7 +3807,7 @@ def glora_bypass_inert(a) -> bool:
     return (
         getattr(a, "kind", "none") == "glora"
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"}
-        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora"}
+        <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora", "tlora"}
         and all(getattr(b, "dora", "adapter") != "on" for b in blocks)
     )
 
@@ -4981,13 +4984,18 @@ def _blocks_bypass(a) -> Iterator[Hit]:
     # "on", else the adapter's)
     taken = [(t, i) for t, i in found if getattr(a, t)[i].bypass == "adapter"]
     found = [(t, i) for t, i in found if getattr(a, t)[i].bypass == "on" or (a.bypass and (t, i) in taken)]
-    if a.bypass and not taken:
+    # GLoRA / T-LoRA blocks' bypass forward takes the adapter's output_dropout and rank_dropout (GLoRA's
+    # pairs' masks: runtime/mixed_kinds.py kind_adapter)
+    dropping = (getattr(a, "output_dropout", 0.0) or a.rank_dropout) and any(
+        b.kind in ("glora", "tlora") for b in (*a.blocks, *a.text_encoder_blocks)
+    )
+    if a.bypass and not taken and not dropping:
         yield _warn(
             "DBS216",
             ("adapter", "bypass"),
             f'adapter.bypass has no effect with kind = "{a.kind}" and no blocks of kind "diag-oft", "boft", '
-            '"dylora" or "ia3" without a bypass of their own (LyCORIS\'s bypass forward of its other layers '
-            "is the same update)",
+            '"dylora", "ia3", "glora" or "tlora" without a bypass of their own (LyCORIS\'s bypass forward of '
+            "its other layers is the same update)",
             'remove adapter.bypass, or give blocks kind = "diag-oft", "boft", "dylora" or "ia3"',
         )
     yield from _several_blocks_bypass(a, found)

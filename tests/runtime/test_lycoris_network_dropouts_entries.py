@@ -97,6 +97,13 @@ CASES = {
     # bypass dropout) and DyLoRA entries (their one block unscaled, reading neither)
     "tlora_glora_dylora": ("tlora", "glora", "dylora", BYPASS),
     "tlora_glora_locon": ("tlora", "glora", "locon", BYPASS),
+    # T-LoRA and GLoRA entries on other networks: their bypass forward drops by the network's dropout (the
+    # adapter's output_dropout handed on: runtime/mixed_kinds.py kind_adapter), GLoRA's masking its pairs
+    "locon_tlora_glora": ("locon", "tlora", "glora", BYPASS),
+    "lokr_glora_tlora_ranks": ("lokr", "glora", "tlora", RANKS),
+    "ia3_tlora_glora": ("ia3", "tlora", "glora", BYPASS),
+    "dylora_glora_locon": ("dylora", "glora", "locon", BYPASS),
+    "glora_tlora_loha": ("glora", "tlora", "loha", BYPASS),
 }
 
 
@@ -109,7 +116,10 @@ def test_bypass_dropouts_beside_entries_reading_none_are_lycoris(pipe, tmp_path,
     DyLoRA network's beside LoCon / LoHa / LoKr entries (and those), whose own modules read neither."""
     algo, ff, geglu, args = CASES[case]
     a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, args)
-    low_rank = {algo, ff, geglu} & {"locon", "loha", "lokr"}
+    # the output_dropout: the network's own LoCon / LoHa / LoKr layers', else its entries' (GLoRA / T-LoRA
+    # ones' handed on as their bypass dropout on another network: runtime/mixed_kinds.py kind_adapter)
+    readers = {"locon", "loha", "lokr", *(() if algo in ("glora", "tlora") else ("glora", "tlora"))}
+    low_rank = algo in ("locon", "loha", "lokr") or bool({ff, geglu} & readers)
     assert a.bypass and a.output_dropout == (float(args.get("dropout", 0)) if low_rank else 0.0)
     # LoCon's ranks, LoHa's rows, GLoRA's pairs'; LoKr, IA^3, BOFT, DyLoRA and Diag-OFT none there (else
     # DBS405)
@@ -140,3 +150,17 @@ def test_flux_tlora_network_bypass_dropouts_beside_fused_glora_entries_are_lycor
     a, made, _ = _alike(tmp_path, monkeypatch, "tlora", text, {**BYPASS, "module_dropout": "0.3"})
     assert (a.kind, a.bypass, a.bypass_dropout, a.rank_dropout) == ("tlora", True, 0.3, 0.3)
     assert {type(m).__name__ for m in made.values()} == {"TLoraModule", "GLoRAModule"}
+
+
+def test_flux_locon_network_bypass_dropouts_beside_fused_glora_tlora_entries_are_lycoris(
+    tmp_path, monkeypatch
+):
+    """On Flux's fused Linears: a LoCon network in bypass_mode with its dropout and rank_dropout beside GLoRA
+    entries (q/k/v, CLIP-L's attention) and T-LoRA ones (linear1), one module per fused Linear: each kohya
+    module against the plan's parts (outputs, generator state, gradients)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    text = BOFT_FILE.replace('algo = "locon"', 'algo = "glora"').replace('algo = "loha"', 'algo = "tlora"')
+    a, made, _ = _alike(tmp_path, monkeypatch, "locon", text, {**BYPASS, "module_dropout": "0.3"})
+    assert (a.kind, a.bypass, a.output_dropout, a.rank_dropout) == ("lora", True, 0.3, 0.3)
+    assert {type(m).__name__ for m in made.values()} == {"LoConModule", "GLoRAModule", "TLoraModule"}

@@ -93,3 +93,34 @@ def test_a_spec_ia3_or_dylora_dropout_that_reaches_no_layer_is_dbs632():
         assert hits_of(rules.mixed_block_kinds, spec + block.format("loha")) == [], kind
         diag = hits_of(rules.mixed_block_kinds, spec + block.format("diag-oft"))
         assert ("adapter", "dropout") in {h[2] for h in diag}, kind
+
+
+@pytest.mark.parametrize("family", ["sd", "flux"])
+@pytest.mark.parametrize("network", ["locon", "lokr", "ia3", "dylora"])
+@pytest.mark.parametrize("entry", ["glora", "tlora"])
+def test_glora_and_tlora_entries_take_the_bypass_dropouts(tmp_path, family, network, entry):
+    """GLoRAModule's and TLoraModule's bypass forward drop their update by the network's dropout, GLoRA's
+    masking its pairs' ranks (was DBS403): the adapter's `bypass` and output_dropout, which
+    runtime/mixed_kinds.py kind_adapter hands their blocks
+    (tests/runtime/test_lycoris_network_dropouts_entries.py)."""
+    from test_convert_kohya_refusals_audit import _flux
+
+    preset = _sd(entry) if family == "sd" else _flux(entry)
+    args = f'"algo={network}" "bypass_mode=True" "dropout=0.1" "rank_dropout=0.2"'
+    a = plan_of(expressible(_convert(tmp_path, family, args, preset)), tmp_path, PLAN_BASE[family]).adapter
+    assert (a.bypass, a.output_dropout) == (True, 0.1)
+    # GLoRA's pairs' masks (and a LoCon network's own layers'); T-LoRA's none
+    assert a.rank_dropout == (0.2 if entry == "glora" or network == "locon" else 0.0)
+
+
+def test_a_lora_adapters_bypass_beside_glora_blocks_acts_with_a_dropout_alone():
+    from test_rules import DOG, STEPS, hits_of
+
+    from dbspec.compiler import rules
+
+    spec = '[adapter]\nkind = "lora"\nbypass = true\n' + DOG + STEPS
+    spec += "[[adapter.blocks]]\npattern = 'up'\nkind = \"glora\"\nrank = 4\nalpha = 1.0\n"
+    assert [h[0] for h in hits_of(rules.dylora_bypass_runs, spec)] == ["DBS216"]  # the same update
+    dropped = spec.replace("bypass = true\n", "bypass = true\noutput_dropout = 0.1\n")
+    assert hits_of(rules.dylora_bypass_runs, dropped) == []
+    assert hits_of(rules.mixed_block_kinds, dropped) == []

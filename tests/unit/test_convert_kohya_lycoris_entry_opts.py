@@ -486,7 +486,8 @@ def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
     unscaled) change their layers: the adapter's `bypass`, which gives those blocks their bypass forward (was
     DBS403); a DyLoRA entry of several blocks per layer crashes in LyCORIS's bypass forward (DBS402);
     IA3Module's (the bias scaled) the adapter's `bypass` too; FullModule raises on it: DBS402
-    (tests/runtime/test_lycoris_bypass_kinds.py); a dropout acts otherwise in bypass: DBS403."""
+    (tests/runtime/test_lycoris_bypass_kinds.py); a dropout acts in bypass alone: the adapter's
+    output_dropout."""
     entries = '[module_algo_map.FeedForward]\nalgo = "loha"\n[module_algo_map.CLIPMLP]\nalgo = "glora"\n'
     outcome = _convert(tmp_path, FULL + entries, "locon", '"bypass_mode=True"')
     assert "DBS403" not in codes(outcome), messages(outcome, "DBS403")
@@ -540,10 +541,13 @@ def test_bypass_mode_on_a_network_of_several_algorithms(tmp_path):
         (tmp_path / name).mkdir()
         outcome = _convert(tmp_path / name, FULL + entry, "locon", args)
         assert "DBS402" in codes(outcome) and "FullModule raises" in messages(outcome, "DBS402"), name
-    # with a dropout bypass_mode changes what it drops (LoConModule.bypass_forward_diff)
+    # with a dropout bypass_mode changes what it drops (LoConModule.bypass_forward_diff, LohaModule's,
+    # GLoRAModule's pairs'): the adapter's output_dropout, the GLoRA blocks' bypass dropout (was DBS403;
+    # tests/runtime/test_lycoris_network_dropouts_entries.py)
     (tmp_path / "drop").mkdir()
     outcome = _convert(tmp_path / "drop", FULL + entries, "locon", '"bypass_mode=True", "dropout=0.1"')
-    assert "DBS403" in codes(outcome) and "bypass_mode" in messages(outcome, "DBS403")
+    a = plan_of(expressible(outcome), tmp_path / "drop").adapter
+    assert (a.bypass, a.output_dropout) == (True, 0.1)
 
 
 def test_bypass_mode_on_a_dylora_network_with_other_algorithms(tmp_path):

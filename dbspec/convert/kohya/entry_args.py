@@ -79,7 +79,7 @@ def host_bypass_dropout(
     LoHa / LoKr entries, whose bypass forward drops their update by it (was DBS403): the adapter's
     `dropout` (compiler rules.host_bypass_inert: their blocks' output_dropout). True when taken."""
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
-    if not bypass or not {b.get("kind") for b in blocks} & {"lora", "loha", "lokr"}:
+    if not bypass or not {b.get("kind") for b in blocks} & {"lora", "loha", "lokr", "glora", "tlora"}:
         return False
     if "dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)

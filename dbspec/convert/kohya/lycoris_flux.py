@@ -318,13 +318,15 @@ def map_lycoris_flow(
         return False
     bypass_text = kwargs.get("bypass_mode", "false")
     entries = (*file.blocks, *file.text_blocks) if preset_file else ()
+    given = kwargs.get("dropout") or a["network_dropout"].value or 0  # (before _dropouts takes them)
+    drops = bool(float(given or 0) or float(kwargs.get("rank_dropout") or 0))
     if lokr and not _lokr_dropouts(kwargs, a["network_dropout"], args, conv, algo, entries):
         return False
     if not lokr and not _dropouts(kwargs, a["network_dropout"], args, conv):
         return False
     if preset_file and str(bypass_text).lower() != "false":  # LyCORIS's str_bool
         _bypass_blocks(
-            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source), file, conv
+            Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source), file, conv, drops
         )
     layers, text = layout.presets[preset]
     patch_tucker = _patch_tucker(layout.targets(layers, lokr)[1], layout.convs.get(layers, ()))
@@ -1097,9 +1099,10 @@ def _dora_wd(kwargs: dict[str, str], args: Legacy, conv: Conversion, algo: str) 
     return True
 
 
-def _bypass_blocks(legacy: Legacy, file, conv: Conversion) -> None:
+def _bypass_blocks(legacy: Legacy, file, conv: Conversion, drops: bool = False) -> None:
     """A LoCon / LoHa / LoKr network's bypass_mode beside a preset file's Diag-OFT / BOFT / IA^3 / DyLoRA
-    entries (without dropouts: lycoris_maps._mixed_kinds; DyLoRA's of one block, else DBS402): their modules'
+    entries (DyLoRA's of one block, else DBS402), or GLoRA / T-LoRA entries with the network's dropout or
+    rank_dropout (`drops`: their bypass forward's, runtime/mixed_kinds.py kind_adapter): their modules'
     bypass forward on each fused Linear, the stacked output rotated or scaled, bias included (DyLoRA: its
     block unscaled), which each part computes for its own rows (a Diag-OFT's parts share its blocks where one
     spans two parts; a BOFT's parts rotate every part's output by the butterfly they share; a DyLoRA's share
@@ -1107,12 +1110,17 @@ def _bypass_blocks(legacy: Legacy, file, conv: Conversion) -> None:
     4.1.3's network on kohya's fused layers)."""
     # (a block whose entry's own bypass_mode is off keeps its layers from it)
     blocks = (*file.blocks, *file.text_blocks)
-    if any(b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off" for b in blocks):
+    if any(
+        (b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off")
+        or (b.get("kind") in ("glora", "tlora") and drops)
+        for b in blocks
+    ):  # (GLoRA / T-LoRA entries: the network's `drops` there, runtime/mixed_kinds.py kind_adapter)
         conv.mapped(
             legacy,
             ("adapter", "bypass"),
             True,
-            note="LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / IA^3 / DyLoRA entries",
+            note="LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / IA^3 / DyLoRA / GLoRA / "
+            "T-LoRA entries",
         )
 
 
@@ -1271,7 +1279,8 @@ def _lokr_dropouts(
     if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
         return False
     rank = float(kwargs.get("rank_dropout", 0) or 0)
-    if rank and algo == "lokr" and bypass and any(b.get("kind") in ("lora", "loha") for b in entries):
+    readers = ("lora", "loha", "glora")  # (GLoRA's pairs' masks: runtime/mixed_kinds.py kind_adapter)
+    if rank and algo == "lokr" and bypass and any(b.get("kind") in readers for b in entries):
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         note = "LokrModule's bypass forward never reads it; the LoCon / LoHa entries' modules draw it"
         conv.mapped(legacy, ("adapter", "rank_dropout"), rank, note=note)

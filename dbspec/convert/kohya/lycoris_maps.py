@@ -574,9 +574,11 @@ def _bypass_output_dropout(algo: str, layers: list[Layer]) -> bool:
     # raises: _oft_bypass_dropout, DBS402, first)
     inert = {"ia3", "boft", "dylora", "diag-oft"}
     # an IA^3 / DyLoRA network's own modules read neither: its adapter's dropout and rank_dropout its LoCon /
-    # LoHa / LoKr entries' (compiler rules.host_bypass_inert; network.host_bypass_dropout)
+    # LoHa / LoKr entries' (compiler rules.host_bypass_inert; network.host_bypass_dropout); GLoRA and T-LoRA
+    # entries' modules drop in their bypass forward alike (runtime/mixed_kinds.py kind_adapter)
     host = _algo(algo) in ("ia3", "dylora")
-    return tlora or ((host or _algo(algo) in _BLOCK_KINDS) and entries <= {*_BLOCK_KINDS, *inert})
+    readers = {*_BLOCK_KINDS, "glora", "tlora"}
+    return tlora or ((host or _algo(algo) in _BLOCK_KINDS) and entries <= {*readers, *inert})
 
 
 def _bypass_rank_dropout(algo: str, layers: list[Layer], network: dict[str, Any]) -> bool:
@@ -666,7 +668,7 @@ def _glora_bypass_inert(layers: list[Layer], network: dict[str, Any]) -> bool:
     # weight_decompose and never read it (beside IA^3 entries alone inert, DBS405, as outside bypass_mode)
     decomposed = bool(entries & {"lora", "loha", "lokr"}) and bool(network.get("weight_decompose"))
     return (
-        entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora"}
+        entries <= {"lora", "loha", "lokr", "ia3", "diag-oft", "boft", "dylora", "tlora"}
         and not decomposed
         and not own
     )

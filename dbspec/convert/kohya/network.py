@@ -858,16 +858,23 @@ def _lycoris_bypass_and_dropout(
     bypass = _str_bool(bypass_text)
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     # (a block whose entry's own bypass_mode is off keeps its layers from it)
-    if bypass and any(b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off" for b in blocks):
+    given = kwargs.get("dropout") or (network_dropout.value if network_dropout is not None else 0)
+    drops = _float(given or 0) or _float(kwargs.get("rank_dropout") or 0) or put.get("rank_dropout")
+    if bypass and any(
+        (b.get("kind") in BYPASS_BLOCKS and b.get("bypass") != "off")
+        or (b.get("kind") in ("glora", "tlora") and drops)
+        for b in blocks
+    ):
         # a preset file's Diag-OFT / BOFT / DyLoRA / IA^3 entries: their modules' bypass forward (the output
         # rotated or scaled, bias included; DyLoRA's one block unscaled), which the adapter's `bypass` gives
-        # those blocks
+        # those blocks; GLoRA / T-LoRA entries': their dropout and masks there (runtime/mixed_kinds.py)
         put["bypass"] = True
         conv.record(
             Legacy(key=f"{args.key} bypass_mode", value=bypass_text, source=args.source),
             "mapped",
             "adapter.bypass",
-            "LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / DyLoRA / IA^3 entries' layers",
+            "LyCORIS's bypass forward of the preset file's Diag-OFT / BOFT / DyLoRA / IA^3 / GLoRA / T-LoRA "
+            "entries' layers",
         )
     if "dropout" in kwargs:
         text = kwargs.pop("dropout")
@@ -940,17 +947,18 @@ def _lokr_rank_dropout_on_gpu(
     """lycoris-lora's LokrModule (4.1.3, still in its main branch: LyCORIS issue #291) draws the rank-dropout
     mask on the CPU and multiplies the rebuilt weight by it in place, without moving it as LohaModule does: on
     a GPU kohya's first training forward raises (two devices). Its bypass forward draws no mask at all (its
-    apply_max_norm does: map_scale_weight_norms): ignored, unless a preset file's LoCon / LoHa entries
-    (`put`'s blocks of kind lora / loha; lycoris_maps._mixed_kinds admitted them only with the network's
-    bypass `dropout`, _bypass_rank_dropout) read it in their bypass forward: the adapter's rank_dropout in
-    rank_dropout_form "lycoris_bypass" (the LoKr layers none, LoConModule's rank mask, LohaModule's row mask;
-    was DBS403)."""
+    apply_max_norm does: map_scale_weight_norms): ignored, unless a preset file's LoCon / LoHa / GLoRA
+    entries (`put`'s blocks of kind lora / loha / glora; lycoris_maps._mixed_kinds admitted them only with
+    the network's bypass `dropout`, _bypass_rank_dropout) read it in their bypass forward: the adapter's
+    rank_dropout in rank_dropout_form "lycoris_bypass" (the LoKr layers none, LoConModule's rank mask,
+    LohaModule's row mask, GLoRAModule's pairs' masks; was DBS403)."""
     if not _float(kwargs.get("rank_dropout") or 0.0):
         return
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     if _str_bool(kwargs.get("bypass_mode", "false")):
         blocks = (*(put or {}).get("_blocks", ()), *(put or {}).get("_text_blocks", ()))
-        if put is not None and any(b.get("kind") in ("lora", "loha") for b in blocks):
+        if put is not None and any(b.get("kind") in ("lora", "loha", "glora") for b in blocks):  # GLoRA:
+            # its pairs' masks in its bypass forward (runtime/mixed_kinds.py kind_adapter)
             put["rank_dropout"] = _float(legacy.value)
             put["rank_dropout_form"] = "lycoris_bypass"
             return
