@@ -11,11 +11,10 @@ blocks copied in: DyLoraModule loads no file key)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from dbspec.runtime.lycoris_export import lycoris_state
-from dbspec.runtime.prepare import _prepare
 from tests.runtime.test_lycoris_algo_maps import _converted_plan, pipe  # noqa: F401 (pipe: a fixture)
+from tests.runtime.test_lycoris_loha_locon_rank_dropout import _ours
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris, lycoris_unet
 from tests.runtime.test_lycoris_oft_network_dylora_entries import _copy_blocks
 
@@ -48,13 +47,7 @@ def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dic
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
     path, plan = _converted_plan(tmp_path, "dropouts", algo, given, text=TEXT.format(ff=ff, geglu=geglu))
     a = plan.adapter
-    ours = pipe.unet.__class__.from_config(pipe.unet.config)
-    ours.load_state_dict(pipe.unet.state_dict())
-    params = _prepare(ours, "unet", plan, torch.device("cpu"), a.denoiser_targets, plan.schedule.seed)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # every trained tensor moved (no update 0)
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
+    ours = _ours(pipe, plan)  # as the run prepares it, every trained tensor moved (no update 0)
     made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **args)
     result = made.load_state_dict(
         lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32"), strict=False

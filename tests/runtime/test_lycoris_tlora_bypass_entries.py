@@ -18,6 +18,7 @@ import pytest
 
 from tests.runtime.test_lycoris_algo_maps import pipe  # noqa: F401 (a fixture)
 from tests.runtime.test_lycoris_mixed_module_dropout import calm_then_dropped, grads_as_lycoris
+from tests.runtime.test_lycoris_network_dropouts_entries import HELD, TEXT  # HELD: a kind's saved tensor
 from tests.runtime.test_lycoris_tlora_mixed_opts import _built
 
 pytest.importorskip("lycoris.kohya")
@@ -30,28 +31,8 @@ CLASSES = {
     "diag-oft": "DiagOFTModule",
     "boft": "ButterflyOFTModule",
 }
-# the trained tensors LyCORIS saves for each kind (grads_as_lycoris finds one of each)
-HELD = {
-    "locon": "lora_up",
-    "loha": "hada_w1_a",
-    "lokr": "lokr_w1",
-    "ia3": "weight",
-    "diag-oft": "oft_blocks",
-    "boft": "oft_blocks",
-}
-# T-LoRA (the network's) on the transformers' attention and proj_in / proj_out; the feed-forwards' output
-# Linear (ff.net.2) the FeedForward entry's, their GEGLU's input Linear (ff.net.0.proj) the GEGLU entry's
-# (create_modules_ recurses into a mapped class inside a mapped class)
-TEXT = """\
-unet_target_module = ["Transformer2DModel"]
-unet_target_name = []
-text_encoder_target_module = []
-
-[module_algo_map.FeedForward]
-algo = "{ff}"
-[module_algo_map.GEGLU]
-algo = "{geglu}"
-"""
+# T-LoRA (the network's) on the transformers' attention and proj_in / proj_out, the entries on their
+# feed-forwards (TEXT)
 BYPASS = {"bypass_mode": "True", "dropout": "0.3", "rank_dropout": "0.3"}
 # id: (the FeedForward entry's algo, the GEGLU entry's, network_args)
 CASES = {
