@@ -63,3 +63,36 @@ def test_tlora_networks_entries_own_rs_lora(tmp_path, entry, kind):
 def test_an_entrys_own_rs_lora_off_keeps_its_block_plain(tmp_path):
     _, a = _plan(tmp_path, "sd", "dylora", "lokr", "rs_lora = false", '"rs_lora=True"')
     assert [(b.kind, b.alpha, b.rank_stabilized) for b in a.blocks] == [("lokr", 1.0, "adapter")]
+
+
+def test_a_glora_entrys_own_rs_lora_is_its_blocks_alpha(tmp_path):
+    """GLoRAModule's `if self.rs_lora`: an entry's own is its block's alpha x sqrt(dim) (was DBS403)."""
+    _, a = _plan(tmp_path, "sd", "locon", "glora", "dim = 4\nrs_lora = true")
+    assert [(b.kind, b.rank, b.alpha) for b in a.blocks] == [("glora", 4, 2.0)]
+
+
+@pytest.mark.parametrize(
+    ("entry", "option", "module"),
+    [
+        ("full", "use_tucker = true", "FullModule"),
+        ("full", "use_scalar = true", "FullModule"),
+        ("ia3", "use_scalar = true", "IA3Module"),
+        ("ia3", "rank_dropout_scale = true", "IA3Module"),
+        ("diag-oft", "use_tucker = true", "DiagOFTModule"),
+        ("boft", "use_scalar = true", "ButterflyOFTModule"),
+        ("dylora", "rs_lora = true", "DyLoraModule"),
+        ("dylora", "weight_decompose = true", "DyLoraModule"),
+        ("glora", "use_tucker = true", "GLoRAModule"),
+        ("glora", "weight_decompose = true", "GLoRAModule"),
+    ],
+)
+def test_an_entrys_own_option_its_class_never_uses_is_inert(tmp_path, entry, option, module):
+    """lycoris-lora 4.1.3's module classes take these in their signature and never use them: the entry's
+    value changes nothing (DBS405, was DBS403)."""
+    from convert_kit import fate, messages
+
+    extra = option + ("\ndim = 8" if "oft" in entry else "\ndim = 4" if entry == "dylora" else "")
+    outcome, _ = _plan(tmp_path, "sd", "locon", entry, extra)
+    key = option.split(" ")[0]
+    assert fate(outcome, f"network_args preset module_algo_map.FeedForward.{key}") == "inert"
+    assert f"{module} takes {key} and never uses it" in messages(outcome, "DBS405")

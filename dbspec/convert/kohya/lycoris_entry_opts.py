@@ -130,11 +130,11 @@ def mixed_rank_stabilized(blocks: list[dict[str, Any]], rank_stabilized: bool = 
 
 def own_rs_lora(algo: str, options: tuple[tuple[str, Any], ...], network: bool) -> bool:
     """Whether a layer of `algo` (lycoris' class name: "lora" for LoRA/LoCon) trains with rs_lora: its entry's
-    value tested for truth (LoConModule's / LohaModule's / LokrModule's `if self.rs_lora`), else the
-    network's where its class reads it (those and GLoRAModule); DyLoraModule, TLoraModule and the classes
+    value tested for truth (LoConModule's / LohaModule's / LokrModule's / GLoRAModule's `if self.rs_lora`),
+    else the network's where its class reads it; DyLoraModule, TLoraModule and the classes
     without an alpha (full, IA^3, Diag-OFT, BOFT) never read it."""
     own = dict(options)
-    if algo in _BLOCK_ALPHA and "rs_lora" in own:
+    if algo in _RS_READERS and "rs_lora" in own:  # (GLoRAModule's `if self.rs_lora` too)
         return bool(own["rs_lora"])
     return network and algo in _RS_READERS
 
@@ -194,7 +194,7 @@ def _block_keeps(algo: str, key: str) -> bool:
     """A block expresses the entry's `key` on a layer of `algo` (its alpha, scalar, or LoCon's tucker on its
     k x k convolutions: _inert already took its other layers)."""
     return (
-        (key == "rs_lora" and algo in _BLOCK_ALPHA)
+        (key == "rs_lora" and algo in _RS_READERS)  # (GLoRA's: its block's alpha too)
         or (key == "use_scalar" and algo in _SCALAR_ENTRIES)
         or (key == "weight_decompose" and algo in _BLOCK_SCALAR)  # the block's `dora`
         or (key == "wd_on_out" and algo in _BLOCK_SCALAR)  # the block's `dora_axis` (decomposed: _inert)

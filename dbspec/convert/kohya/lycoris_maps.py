@@ -66,9 +66,9 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# The keyword arguments each lycoris-lora 4.1.3 module class reads besides those create_single_module sets
+# The keyword arguments each lycoris-lora 4.1.3 module class uses besides those create_single_module sets
 # itself (lora_name, module, multiplier, dim, alpha, the dropouts); a map entry's other keys land in the
-# class's **kwargs, which it never reads.
+# class's signature unused (_TAKEN_UNUSED) or its **kwargs, which it never reads.
 _COMMON = ("use_tucker", "use_scalar", "rank_dropout_scale", "bypass_mode")
 _READS = {
     "lora": (*_COMMON, "weight_decompose", "wd_on_out", "rs_lora"),
@@ -83,12 +83,12 @@ _READS = {
         "full_matrix",
         "unbalanced_factorization",
     ),
-    "full": _COMMON,
-    "ia3": (*_COMMON, "train_on_input"),
-    "diag-oft": (*_COMMON, "constraint", "rescaled"),
-    "boft": (*_COMMON, "constraint", "rescaled"),
-    "glora": (*_COMMON, "weight_decompose", "rs_lora"),
-    "dylora": (*_COMMON, "weight_decompose", "rs_lora", "block_size"),
+    "full": ("rank_dropout_scale", "bypass_mode"),  # its row mask's rescale (FullModule.make_weight)
+    "ia3": ("bypass_mode", "train_on_input"),
+    "diag-oft": ("bypass_mode", "constraint", "rescaled"),
+    "boft": ("bypass_mode", "constraint", "rescaled"),
+    "glora": ("use_scalar", "rank_dropout_scale", "bypass_mode", "rs_lora"),  # (its tucker fixed off)
+    "dylora": ("bypass_mode", "block_size"),
     # TLoraModule: its SVD start's choice (create_network never passes them; an entry can) and bypass_mode
     # (use_tucker lands in its rank_dropout_scale, never read; its mask_group_id picks a mask kohya never
     # sets)
@@ -96,14 +96,32 @@ _READS = {
 }
 
 
-# Keyword arguments a module class names in its signature and never uses (an entry's value changes nothing)
+# Keyword arguments a module class names in its signature and never uses (an entry's value changes nothing;
+# lycoris-lora 4.1.3: LycorisBaseModule stores use_tucker / use_scalar / rank_dropout_scale for the classes
+# that read them)
+_SIGNATURE = ("use_tucker", "use_scalar", "rank_dropout_scale")
 _TAKEN_UNUSED = {
-    "dylora": {"train_on_input": "DyLoraModule takes train_on_input (IA^3's switch) and never uses it"},
-    "ia3": {
-        "weight_decompose": "IA3Module takes weight_decompose and never uses it",
-        "rs_lora": "IA3Module takes rs_lora and never uses it (its scales have no rank)",
-    },
+    kind: {key: f"{name} takes {key} and never uses it" for key in _SIGNATURE}
+    for kind, name in (
+        ("full", "FullModule"),
+        ("ia3", "IA3Module"),
+        ("diag-oft", "DiagOFTModule"),
+        ("boft", "ButterflyOFTModule"),
+        ("dylora", "DyLoraModule"),
+    )
 }
+_TAKEN_UNUSED["full"].pop("rank_dropout_scale")  # (FullModule's row mask rescale)
+_TAKEN_UNUSED["glora"] = {"use_tucker": "GLoRAModule takes use_tucker and never uses it (no Tucker form)"}
+_TAKEN_UNUSED["glora"]["weight_decompose"] = "GLoRAModule takes weight_decompose and never uses it"
+_TAKEN_UNUSED["dylora"].update(
+    train_on_input="DyLoraModule takes train_on_input (IA^3's switch) and never uses it",
+    weight_decompose="DyLoraModule takes weight_decompose and never uses it",
+    rs_lora="DyLoraModule takes rs_lora and never uses it (its scale is alpha / the drawn rank)",
+)
+_TAKEN_UNUSED["ia3"].update(
+    weight_decompose="IA3Module takes weight_decompose and never uses it",
+    rs_lora="IA3Module takes rs_lora and never uses it (its scales have no rank)",
+)
 
 
 # The module options a map entry may give its layers that [[adapter.blocks]] express (a block's `factor`,
