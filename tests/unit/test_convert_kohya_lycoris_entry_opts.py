@@ -612,7 +612,8 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
     `bypass` (tests/runtime/test_lycoris_bypass_blocks.py against lycoris-lora 4.1.3); on a GLoRA network a
     DyLoRA entry's too (one block: its bypass forward), several blocks DBS402; an entry of the network's own
     algorithm takes its own too on a DyLoRA network (a DyloraBlock's `bypass`; was DBS403), on a GLoRA one it
-    stays DBS403 (a block carries the bypass of Diag-OFT, BOFT, DyLoRA and IA^3 layers only)."""
+    is inert without a dropout and stays DBS403 with one (a block carries the bypass of Diag-OFT, BOFT,
+    DyLoRA and IA^3 layers only)."""
     # a DyLoRA network of one block per layer (its conv_dim too)
     unit = '"block_size=16" "conv_dim=16"' if network == "dylora" else ""
     entry = '[module_algo_map.FeedForward]\nalgo = "diag-oft"\nbypass_mode = true\n'
@@ -630,7 +631,11 @@ def test_entry_own_bypass_mode_on_glora_and_dylora_networks(tmp_path, network):
         assert not a.bypass and [(b.kind, b.rank, b.unit, b.bypass) for b in a.blocks] == [
             ("adapter", 4, 4, True)
         ]
-    else:
+    else:  # GLoRAModule's bypass forward with nothing to drop: its default one (inert, was DBS403); with
+        # the network's dropout it stays DBS403 (a GLoRA entry's own bypass differs from the adapter's)
+        assert "DBS405" in codes(outcome) and "nothing drops" in messages(outcome, "DBS405")
+        (tmp_path / "own_drop").mkdir()
+        outcome = _convert(tmp_path / "own_drop", FULL + entry, network, '"dropout=0.1"')
         assert "DBS403" in codes(outcome) and "`bypass_mode` = True" in messages(outcome, "DBS403")
     if network == "glora":
         (tmp_path / "one").mkdir()

@@ -96,3 +96,23 @@ def test_an_entrys_own_option_its_class_never_uses_is_inert(tmp_path, entry, opt
     key = option.split(" ")[0]
     assert fate(outcome, f"network_args preset module_algo_map.FeedForward.{key}") == "inert"
     assert f"{module} takes {key} and never uses it" in messages(outcome, "DBS405")
+
+
+@pytest.mark.parametrize(
+    ("network", "entry", "option"),
+    [
+        ("tlora", "full", "use_tucker = true"),  # never used (above), on a T-LoRA network too
+        ("tlora", "lokr", "use_tucker = true"),  # LokrModule's Tucker form: k x k convolutions alone
+        ("tlora", "locon", "rank_dropout_scale = true"),  # no rank dropout to rescale
+        ("tlora", "glora", "bypass_mode = true"),  # nothing drops: its default forward's update
+        ("locon", "tlora", "bypass_mode = true"),
+        ("locon", "full", "rank_dropout_scale = true"),
+        ("locon", "glora", "rank_dropout_scale = true"),
+    ],
+)
+def test_an_entrys_own_option_that_changes_nothing_there_is_inert(tmp_path, network, entry, option):
+    """Options the entry's class reads but that change nothing on its layers (was DBS403): DBS405."""
+    from convert_kit import codes
+
+    outcome, _ = _plan(tmp_path, "sd", network, entry, option)
+    assert "DBS405" in codes(outcome)

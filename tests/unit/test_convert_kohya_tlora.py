@@ -176,11 +176,12 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
         ("negative alpha", _FILE + "[module_algo_map.Transformer2DModel]\ndim = 16\nalpha = -2\n", "", ""),
         ("other algo", _FILE + '[module_algo_map.Transformer2DModel]\nalgo = "lokr"\n', "", ""),
         ("diag-oft entry", _FILE + '[module_algo_map.FeedForward]\nalgo = "diag-oft"\n', "", ""),
+        # an entry's own option that changes nothing there (no rank dropout to rescale): DBS405, was DBS403
         (
             "entry option",
             _FILE + '[module_algo_map.FeedForward]\nalgo = "lokr"\nrank_dropout_scale = true\n',
-            "DBS403",
-            "blocks of other kinds carry a kind, rank and alpha",
+            "",
+            "",
         ),
         (
             "entry convolution",
@@ -414,8 +415,8 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     write(tmp_path / "odd" / "p.toml", text.replace('algo = "dylora"\n', 'algo = "dylora"\ndim = 6\n'))
     outcome = _lycoris(tmp_path / "odd", '"algo=tlora", "preset=p.toml"')
     assert "DBS402" in codes(outcome) and "lora_dim % block_size" in messages(outcome, "DBS402")
-    # the entries' own constraint, rescaled and block_size: their blocks' alpha, rescaled and unit; another
-    # option of theirs (the OFTs' block_size, DyLoRA's rescaled) stays DBS403
+    # the entries' own constraint, rescaled and block_size: their blocks' alpha, rescaled and unit; an option
+    # their class never reads (DyLoRA's rescaled) changes nothing (DBS405; was DBS403)
     own = text.replace('algo = "diag-oft"\n', 'algo = "diag-oft"\nconstraint = 0.001\nrescaled = true\n')
     own = own.replace('algo = "dylora"\n', 'algo = "dylora"\nblock_size = 2\n')
     write(tmp_path / "own" / "p.toml", own)
@@ -426,7 +427,7 @@ def test_tlora_network_s_oft_and_dylora_entries_are_blocks(tmp_path):
     other = own.replace("block_size = 2\n", "block_size = 2\nrescaled = true\n")
     write(tmp_path / "other" / "p.toml", other)
     outcome = _lycoris(tmp_path / "other", '"algo=tlora", "preset=p.toml"')
-    assert "DBS403" in codes(outcome) and "rescaled on an algo=tlora" in messages(outcome, "DBS403")
+    assert "DBS403" not in codes(outcome) and "rescaled" in messages(outcome, "DBS405")
 
 
 def test_tlora_entries_beside_a_networks_rank_dropout(tmp_path):

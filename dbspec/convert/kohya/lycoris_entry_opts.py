@@ -162,7 +162,7 @@ def split_options(
     rest: list[tuple[str, Any]] = []
     inert: list[tuple[str, str]] = []
     for key, value in read:
-        why = _inert(algo, kind, key, own, network)
+        why = inert_option(algo, kind, key, own, network)
         if why:
             inert.append((key, why))
         elif not _block_keeps(algo, key) and not (
@@ -192,7 +192,7 @@ def _bypass_decomposed(algo: str, own: dict[str, Any], network: dict[str, Any], 
 
 def _block_keeps(algo: str, key: str) -> bool:
     """A block expresses the entry's `key` on a layer of `algo` (its alpha, scalar, or LoCon's tucker on its
-    k x k convolutions: _inert already took its other layers)."""
+    k x k convolutions: inert_option already took its other layers)."""
     return (
         (key == "rs_lora" and algo in _RS_READERS)  # (GLoRA's: its block's alpha too)
         or (key == "use_scalar" and algo in _SCALAR_ENTRIES)
@@ -202,15 +202,27 @@ def _block_keeps(algo: str, key: str) -> bool:
     )
 
 
-def _inert(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[str, Any]) -> str:
+def inert_option(algo: str, kind: str, key: str, own: dict[str, Any], network: dict[str, Any]) -> str:
     """Why the entry's `key` changes nothing on a layer (module classes of lycoris-lora 4.1.3), else ""."""
-    if key == "use_tucker" and algo in ("lora", "loha") and kind != "conv":
+    if key == "use_tucker" and algo in ("lora", "loha", "lokr") and kind != "conv":
         return (
-            "LoConModule and LohaModule build their Tucker form only on k x k convolutions; the entry "
-            "reaches linear or 1x1 layers"
+            "LoConModule, LohaModule and LokrModule build their Tucker form only on k x k convolutions; the "
+            "entry reaches linear or 1x1 layers"
         )
     if key == "wd_on_out" and not decomposed(own, network):
         return "LyCORIS's modules read it only with weight_decompose, off on the entry's layers"
+    # FullModule's row mask and GLoRAModule's pairs' masks (its bypass forward) rescale alike; T-LoRA's and
+    # GLoRA's bypass forward without a dropout or rank_dropout is their default one (no decomposition)
+    quiet = not (network["dropout"] or network["rank_dropout"])
+    if key == "rank_dropout_scale" and algo in ("full", "glora") and not network["rank_dropout"]:
+        return (
+            "LyCORIS's module reads it only when it draws a rank-dropout mask; the network's rank_dropout: 0"
+        )
+    if key == "bypass_mode" and algo in ("glora", "tlora") and quiet:
+        return (
+            "its bypass forward computes the default one's update when nothing drops (the network's dropout "
+            "and rank_dropout 0)"
+        )
     if algo not in ("lora", "loha", "lokr"):
         return ""
     if key == "rank_dropout_scale" and not network["rank_dropout"]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from dbspec.plan.model import BYPASS_KINDS
 from dbspec.convert.kohya.lycoris_entry_opts import (
+    inert_option,
     decomposed,
     mixed_rank_stabilized,
     own_rank_dropout_scale,
@@ -926,11 +927,21 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
             False,
         )
 
-    def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry
+    def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry (those its
+        # class never uses, or that change nothing on its layers, check_layers reports inert)
         own = _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())
         if _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
             own = (*own, "bypass_mode")
-        return [k for k, _ in layer.options if k not in own]
+        reads = _READS.get(_algo(layer.algo), ())
+        options = dict(layer.options)
+        return [
+            k
+            for k, _ in layer.options
+            if k not in own
+            and k in reads
+            and not _same(k, options[k], network)
+            and not inert_option(_algo(layer.algo), layer.kind, k, options, network)
+        ]
 
     own = next((layer for layer in layers if extra(layer)), None)
     if own is not None:
