@@ -102,7 +102,6 @@ def test_an_entrys_own_option_its_class_never_uses_is_inert(tmp_path, entry, opt
     ("network", "entry", "option"),
     [
         ("tlora", "full", "use_tucker = true"),  # never used (above), on a T-LoRA network too
-        ("tlora", "lokr", "use_tucker = true"),  # LokrModule's Tucker form: k x k convolutions alone
         ("tlora", "locon", "rank_dropout_scale = true"),  # no rank dropout to rescale
         ("tlora", "glora", "bypass_mode = true"),  # nothing drops: its default forward's update
         ("locon", "tlora", "bypass_mode = true"),
@@ -116,3 +115,10 @@ def test_an_entrys_own_option_that_changes_nothing_there_is_inert(tmp_path, netw
 
     outcome, _ = _plan(tmp_path, "sd", network, entry, option)
     assert "DBS405" in codes(outcome)
+
+
+def test_a_lokr_entrys_own_tucker_on_linear_layers_converts_on_a_tlora_network(tmp_path):
+    """LokrModule builds its Tucker form on k x k convolutions alone: on a T-LoRA network's Linear entries
+    its block takes none (was DBS403; its switch, not reported, as beside the other networks)."""
+    _, a = _plan(tmp_path, "sd", "tlora", "lokr", "use_tucker = true")
+    assert [b.kind for b in a.blocks] == ["lokr"]
