@@ -43,7 +43,7 @@ from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trai
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
-from dbspec.plan.model import BNB_OPTIMIZER_KINDS, denoiser_held
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS, denoiser_held, own_bypass_fits
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
@@ -3402,17 +3402,6 @@ def _own_bypass(a) -> Iterator[tuple[str, int, object]]:
                 yield table, i, block
 
 
-def own_bypass_fits(adapter: str, block: str) -> bool:
-    """A block of kind `block` ("adapter": the adapter's own) on an `adapter` adapter may take a bypass of
-    its own: its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass forward differs), beside a
-    lora, loha, lokr, dylora or glora adapter's, or a diag-oft, boft, dylora or ia3 adapter's own (a full
-    or ia3 adapter's blocks of another kind never: runtime/mixed_kinds.py set_block_bypass)."""
-    own = adapter == "tlora" and block in ("adapter", "tlora")  # a T-LoRA adapter's own blocks
-    if adapter in ("full", "ia3"):  # an IA^3 adapter's own blocks alone (a full adapter's never)
-        return adapter == "ia3" and block in ("adapter", "ia3")
-    return own or (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
-
-
 @rule("spec")
 def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
     """A T-LoRA adapter's block at alpha 0: the constraint 0 of a Diag-OFT / BOFT block's layers, scale 0 on
@@ -3534,8 +3523,9 @@ def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
     layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of
     another kind, or a diag-oft / boft / dylora / ia3 adapter's own (runtime/mixed_kinds.py set_block_bypass;
-    on Flux, SD3 and Chroma's fused Linears each part of the one LyCORIS module in its block's forward):
-    DBS592 elsewhere (a full / ia3 adapter's blocks of another kind too)."""
+    on Flux, SD3 and Chroma's fused Linears each part of the one LyCORIS module in its block's forward), a
+    tlora adapter's of those kinds too (plan.model.own_bypass_fits): DBS592 elsewhere (a full / ia3
+    adapter's blocks of another kind too)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     for table, i, block in _own_bypass(a):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dbspec.families import FAMILIES, reaches_patch_conv
-from dbspec.plan.model import BYPASS_KINDS, Plan
+from dbspec.plan.model import BYPASS_KINDS, Plan, own_bypass_fits
 
 Check = tuple[str, Callable[[object], bool], str]  # dotted field, test, requirement
 
@@ -196,15 +196,7 @@ def _structure_problems(plan: Plan) -> Iterator[str]:
     # DBS592 in specs: a block's own bypass_mode acts on Diag-OFT, BOFT, DyLoRA and IA^3 layers only (a
     # LoRA / LoHa / LoKr / DyLoRA / GLoRA adapter's blocks of those kinds, a Diag-OFT / BOFT / DyLoRA
     # adapter's own blocks; a tlora adapter's own blocks: TLoraModule's bypass forward, set_tlora_bypass)
-    fits = [
-        b
-        for b in own
-        if (
-            (a.kind if b.kind == "adapter" else b.kind) in BYPASS_KINDS
-            and a.kind in ("lora", "loha", "lokr", "dylora", "glora", "diag-oft", "boft")
-        )
-        or (a.kind == "tlora" and b.kind in ("adapter", "tlora"))
-    ]
+    fits = [b for b in own if own_bypass_fits(a.kind, b.kind)]  # (the spec rule's, rules.block_own_bypass)
     own = [b for b in own if b not in fits]
     if own:
         yield (

@@ -39,13 +39,15 @@ HELD["glora"] = "a1.weight"
 HELD.update({"diag-oft": "oft_blocks", "boft": "oft_blocks"})
 
 
-def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dict[str, str]):  # noqa: F811
-    """The file (TEXT) converted with network `algo` and `args` (module_dropout 0.3 added); our U-Net as
-    the run prepares it (every trained tensor moved) and lycoris-lora's from the same, our weights loaded:
-    the plan's adapter after calm_then_dropped and grads_as_lycoris pass."""
+def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dict[str, str], own: str = ""):  # noqa: F811
+    """The file (TEXT, the FeedForward entry given `own` options too) converted with network `algo` and
+    `args` (module_dropout 0.3 added); our U-Net as the run prepares it (every trained tensor moved) and
+    lycoris-lora's from the same, our weights loaded: the plan's adapter after calm_then_dropped and
+    grads_as_lycoris pass."""
     args = {**args, "module_dropout": "0.3"}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
-    path, plan = _converted_plan(tmp_path, "dropouts", algo, given, text=TEXT.format(ff=ff, geglu=geglu))
+    text = TEXT.format(ff=ff, geglu=geglu).replace(f'algo = "{ff}"\n', f'algo = "{ff}"\n{own}', 1)
+    path, plan = _converted_plan(tmp_path, "dropouts", algo, given, text=text)
     a = plan.adapter
     ours = _ours(pipe, plan)  # as the run prepares it, every trained tensor moved (no update 0)
     made, theirs = lycoris_unet(pipe, monkeypatch, algo, path, **args)
@@ -157,3 +159,24 @@ def test_flux_locon_network_bypass_dropouts_beside_fused_glora_tlora_entries_are
     a, made, _ = _alike(tmp_path, monkeypatch, "locon", text, {**BYPASS, "module_dropout": "0.3"})
     assert (a.kind, a.bypass, a.output_dropout, a.rank_dropout) == ("lora", True, 0.3, 0.3)
     assert {type(m).__name__ for m in made.values()} == {"LoConModule", "GLoRAModule", "TLoraModule"}
+
+
+# id: (network algo, the FeedForward entry's (its own bypass_mode on), the GEGLU entry's)
+OWN_BYPASS = {
+    "diag_oft_boft_boft": ("diag-oft", "boft", "diag-oft"),
+    "tlora_ia3_locon": ("tlora", "ia3", "locon"),
+    "tlora_dylora_loha": ("tlora", "dylora", "loha"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OWN_BYPASS))
+def test_an_entrys_own_bypass_on_other_networks_is_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    """A BOFT entry's own bypass_mode on a Diag-OFT network, an IA^3 / DyLoRA entry's on a T-LoRA network
+    (was DBS403): its block's `bypass`, those layers alone in their bypass forward (the output rotated /
+    scaled, bias included; DyLoRA's one block unscaled) as lycoris-lora's modules."""
+    algo, ff, geglu = OWN_BYPASS[case]
+    own = "bypass_mode = true\n" + ("dim = 4\n" if ff == "dylora" else "")
+    a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, {}, own=own)
+    assert [b.bypass for b in a.blocks if b.kind == ff] == [True]
+    modes = {(type(m).__name__, bool(m.bypass_mode)) for m in made.unet_loras}
+    assert any(mode for _, mode in modes) and any(not mode for _, mode in modes), modes

@@ -46,3 +46,23 @@ def test_the_rule_holds_boft_blocks_on_a_lycoris_form_diag_oft_adapter_alone():
     assert [h[0] for h in hits_of(rules.mixed_block_kinds, kohya + block.format("boft"))] == ["DBS578"]
     boft = '[adapter]\nkind = "boft"\n' + DOG + STEPS
     assert [h[0] for h in hits_of(rules.mixed_block_kinds, boft + block.format("diag-oft"))] == ["DBS578"]
+
+
+def test_entries_own_bypass_converts_and_its_plan_file_is_valid(tmp_path):
+    """A BOFT entry's own bypass_mode on a Diag-OFT network, an IA^3 entry's on a T-LoRA network (was
+    DBS403): their block's `bypass`; and the plan's blocks with a bypass of their own pass plan-file
+    validation as the spec rule passes them (plan.model.own_bypass_fits: plan/validate.py had refused a
+    T-LoRA adapter's Diag-OFT block and an IA^3 adapter's own block with their own bypass)."""
+    from dbspec.plan.validate import plan_problems
+
+    for name, network, entry, extra in (
+        ("pair", "diag-oft", "boft", "dim = 8\nbypass_mode = true"),
+        ("tlora_ia3", "tlora", "ia3", "bypass_mode = true"),
+        ("tlora_oft", "tlora", "diag-oft", "bypass_mode = true"),
+        ("ia3_own", "ia3", "ia3", "bypass_mode = true"),
+    ):
+        (tmp_path / name).mkdir()
+        outcome = expressible(_convert(tmp_path / name, "sd", f'"algo={network}"', _sd(entry, extra)))
+        plan = plan_of(outcome, tmp_path / name, PLAN_BASE["sd"])
+        assert [b.bypass for b in plan.adapter.blocks] == [True], name
+        assert plan_problems(plan) == [], name

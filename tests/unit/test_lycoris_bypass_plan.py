@@ -169,7 +169,9 @@ def test_dylora_and_glora_blocks_own_bypass_settle_per_block(tmp_path):
 def test_tlora_blocks_own_bypass_plan_file_reads_back(tmp_path):
     """A tlora adapter's own blocks with a bypass of their own (an algo=tlora preset entry's bypass_mode) pass
     plan_problems, so the run's plan.json reads back (`dbspec sample`, resume); a Diag-OFT block's own on a
-    tlora adapter is still refused."""
+    tlora adapter too, as the spec rule admits it (it had been refused here: plan.model.own_bypass_fits now
+    decides both; tests/runtime/test_lycoris_tlora_mixed_opts.py checks those layers against LyCORIS), a
+    LoRA block's own is refused."""
     table = (
         'kind = "tlora"\nrank = 4\n[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 1.0\nbypass = "on"\n'
     )
@@ -178,7 +180,9 @@ def test_tlora_blocks_own_bypass_plan_file_reads_back(tmp_path):
     assert not a.bypass and [b.bypass for b in a.blocks] == [True]
     assert not plan_problems(plan) and plan_from_json(plan_to_json(plan)).adapter == a
     oft = attrs.evolve(a.blocks[0], kind="diag-oft")
-    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(oft,)))
+    assert not plan_problems(attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(oft,))))
+    lora = attrs.evolve(a.blocks[0], kind="lora")
+    broken = attrs.evolve(plan, adapter=attrs.evolve(a, blocks=(lora,)))
     assert any("a block's own bypass acts on" in p for p in plan_problems(broken))
 
 

@@ -384,15 +384,17 @@ _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora", "ia3")
 
 def _own_bypass(algo: str, entry: str) -> bool:
     """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
-    BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of a LoRA/LoCon, LoHa
-    or LoKr network, of a DyLoRA or GLoRA network where the entry's algorithm is another, or of a Diag-OFT,
-    BOFT or DyLoRA network's own algorithm (the block's `bypass`, runtime/mixed_kinds.py
-    set_block_bypass); a T-LoRA network's Diag-OFT / BOFT entries' too (_beside_tlora lets those through)."""
+    BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of any network where
+    the entry's algorithm is another but a full / IA^3 one (a T-LoRA network's IA^3 / DyLoRA entries and a
+    Diag-OFT network's BOFT entries: was DBS403), or of a Diag-OFT, BOFT, DyLoRA or IA^3 network's own
+    algorithm (the block's `bypass`, runtime/mixed_kinds.py set_block_bypass; plan.model.own_bypass_fits)."""
     if _algo(entry) not in BYPASS_BLOCKS:
         return False
     if _algo(entry) == _algo(algo):
         return _algo(algo) in _OWN_BYPASS_NETWORKS
-    return _algo(algo) in (*_BLOCK_KINDS, "dylora", "glora", "tlora")
+    # every network's blocks of those kinds (a T-LoRA one's IA^3 / DyLoRA blocks, a Diag-OFT one's BOFT
+    # blocks: plan.model.own_bypass_fits) but a full / IA^3 network's (their own bypass not built there)
+    return _algo(algo) not in _NO_DIMS
 
 
 def _input_side(algo: str, layer: Layer) -> bool:
@@ -930,7 +932,7 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     def extra(layer: Layer) -> list[str]:  # the entry's own options its block does not carry (those its
         # class never uses, or that change nothing on its layers, check_layers reports inert)
         own = _TLORA_BLOCK_OWN.get(_algo(layer.algo), ())
-        if _algo(layer.algo) in _TLORA_OFT_ENTRIES:  # its block's `bypass`
+        if _algo(layer.algo) in BYPASS_BLOCKS:  # its block's `bypass` (Diag-OFT, BOFT, IA^3, DyLoRA)
             own = (*own, "bypass_mode")
         reads = _READS.get(_algo(layer.algo), ())
         options = dict(layer.options)
