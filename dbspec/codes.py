@@ -3427,9 +3427,9 @@ either form, so without a `rank_dropout` or blocks of kind lora the form changes
         """\
 `adapter.dropout` on a `kind = "ia3"` or `kind = "dylora"` adapter is LyCORIS's network `dropout`, which
 IA3Module and DyLoraModule never read: it drops the update of the adapter's `[[adapter.blocks]]` /
-`[[adapter.text_encoder_blocks]]` of kind lora, loha and lokr in their bypass forward (`bypass = true`),
-as LoConModule / LohaModule / LokrModule apply it there. Without `bypass` or such blocks it changes
-nothing.""",
+`[[adapter.text_encoder_blocks]]` of kind lora, loha, lokr, glora and tlora in their bypass forward
+(`bypass = true`), as LoConModule / LohaModule / LokrModule / GLoRAModule / TLoraModule apply it there.
+Without `bypass` or such blocks it changes nothing.""",
         help="remove adapter.dropout, or set bypass = true beside the lora / loha / lokr blocks it is for",
     ),
 )

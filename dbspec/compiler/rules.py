@@ -1384,20 +1384,22 @@ def glora_dropouts_need_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def host_dropout_unread(spec: Spec, given: Given) -> Iterator[Hit]:
     """An IA^3 / DyLoRA adapter's `dropout` (LyCORIS's network dropout, which IA3Module and DyLoraModule never
-    read) acts on its blocks of kind lora, loha and lokr in bypass_mode alone (DBS632 elsewhere)."""
+    read) acts on its blocks of kind lora, loha, lokr, glora and tlora in bypass_mode alone (DBS632
+    elsewhere)."""
     a = spec.adapter
     if getattr(a, "kind", None) not in ("ia3", "dylora") or not getattr(a, "dropout", 0.0):
         return
     kinds = {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
     if a.bypass and kinds & {"lora", "loha", "lokr", "glora", "tlora"}:
         return
-    why = "no blocks of kind lora, loha or lokr" if a.bypass else "bypass = false"
+    why = "no blocks of kind lora, loha, lokr, glora or tlora" if a.bypass else "bypass = false"
     module = "IA3Module" if a.kind == "ia3" else "DyLoraModule"
     yield _warn(
         "DBS632",
         ("adapter", "dropout"),
         f'adapter.dropout = {a.dropout:g} changes nothing with kind = "{a.kind}" and {why} (LyCORIS\'s '
-        f"{module} never reads it; LoConModule, LohaModule and LokrModule in their bypass forward alone)",
+        f"{module} never reads it; LoConModule, LohaModule, LokrModule, GLoRAModule and TLoraModule in "
+        "their bypass forward alone)",
         codes.help("DBS632"),
     )
 

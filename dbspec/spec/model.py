@@ -677,8 +677,8 @@ def _blocks_bypass_dropout(kind: str, module: str):
     return option(
         0.0,
         doc=f"LyCORIS's network `dropout`, which its {module} never reads: with `bypass`, torch's dropout "
-        "(kept values scaled by 1 / (1 - p)) of the update of its blocks of kind lora, loha and lokr while "
-        "training, as LoConModule's / LohaModule's / LokrModule's bypass forward applies it after their "
+        "(kept values scaled by 1 / (1 - p)) of the update of its blocks of kind lora, loha, lokr, glora and "
+        "tlora while training, as those LyCORIS modules' bypass forward applies it after their "
         f"`module_dropout` draw; without `bypass` or such blocks it changes nothing (DBS632). {kind}.",
         minimum=0,
         maximum=1,
