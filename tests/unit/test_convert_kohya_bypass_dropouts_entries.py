@@ -124,3 +124,11 @@ def test_a_lora_adapters_bypass_beside_glora_blocks_acts_with_a_dropout_alone():
     dropped = spec.replace("bypass = true\n", "bypass = true\noutput_dropout = 0.1\n")
     assert hits_of(rules.dylora_bypass_runs, dropped) == []
     assert hits_of(rules.mixed_block_kinds, dropped) == []
+
+
+def test_a_zero_dropout_there_is_reported_off(tmp_path):
+    from convert_kit import fate
+
+    outcome = expressible(_convert(tmp_path, "sd", '"algo=ia3" "bypass_mode=True" "dropout=0"', _sd("locon")))
+    assert fate(outcome, "network_args dropout") == "inert"
+    assert plan_of(outcome, tmp_path, PLAN_BASE["sd"]).adapter.output_dropout == 0.0

@@ -76,8 +76,9 @@ def host_bypass_dropout(
 ) -> bool:
     """An IA^3 / DyLoRA network's `dropout` (network_args', else --network_dropout, which train_network.py
     hands on), which IA3Module and DyLoraModule never read, in bypass_mode beside a preset file's LoCon /
-    LoHa / LoKr entries, whose bypass forward drops their update by it (was DBS403): the adapter's
-    `dropout` (compiler rules.host_bypass_inert: their blocks' output_dropout). True when taken."""
+    LoHa / LoKr / GLoRA / T-LoRA entries, whose bypass forward drops their update by it (was DBS403): the
+    adapter's `dropout` (compiler rules.host_bypass_inert: their blocks' output_dropout; 0: inert). True when
+    taken."""
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
     if not bypass or not {b.get("kind") for b in blocks} & {"lora", "loha", "lokr", "glora", "tlora"}:
         return False
@@ -93,6 +94,8 @@ def host_bypass_dropout(
         return True
     if rate:
         put["dropout"] = rate
-        why = "the preset file's LoCon / LoHa / LoKr entries' bypass forward drops their update by it"
+        why = "the preset file's LoCon / LoHa / LoKr / GLoRA / T-LoRA entries' bypass forward drops by it"
         conv.record(legacy, "mapped", "adapter.dropout", why)
+    else:
+        conv.inert(legacy, "0 is off")
     return True
