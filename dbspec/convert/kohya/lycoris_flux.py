@@ -88,6 +88,7 @@ from dbspec.convert.kohya.network import (
     lokr_entries_rank_dropout,
     lycoris_tucker,
     parse_network_args,
+    rank_dropout_readers,
 )
 from dbspec.convert.kohya.entry_args import entries_lokr_args, entries_scalar_rs_lora, host_bypass_dropout
 from dbspec.convert.kohya.oft_entries import entries_constraint, entries_rescaled
@@ -1279,8 +1280,7 @@ def _lokr_dropouts(
     if bypass and not _lokr_bypass(kwargs, network_dropout, args, conv, algo):
         return False
     rank = float(kwargs.get("rank_dropout", 0) or 0)
-    readers = ("lora", "loha", "glora")  # (GLoRA's pairs' masks: runtime/mixed_kinds.py kind_adapter)
-    if rank and algo == "lokr" and bypass and any(b.get("kind") in readers for b in entries):
+    if rank and algo == "lokr" and bypass and rank_dropout_readers(entries, algo, bypass=True):
         legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
         note = "LokrModule's bypass forward never reads it; the LoCon / LoHa entries' modules draw it"
         conv.mapped(legacy, ("adapter", "rank_dropout"), rank, note=note)

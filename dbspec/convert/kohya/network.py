@@ -648,10 +648,8 @@ def rank_dropout_readers(blocks, kind: str, bypass: bool = False) -> list[str]:
     (lycoris-lora 4.1.3's DiagOFTModule draws it in make_weight alone; was counted a reader, DBS403). In the
     network's `bypass` LoCon, LoHa and GLoRA entries alone read it (their bypass forward's masks)."""
     never = (kind, "boft", "dylora", "ia3")
-    if bypass:  # the network's bypass_mode: LoConModule's ranks, LohaModule's rows, GLoRAModule's pairs'
-        return sorted(
-            {b["kind"] for b in blocks if b.get("kind") in ("lora", "loha", "glora")}
-        )  # the others none
+    if bypass:  # LoConModule's ranks, LohaModule's rows, GLoRAModule's pairs' (the others draw none)
+        return sorted({b["kind"] for b in blocks if b.get("kind") in ("lora", "loha", "glora")})
     return sorted({b["kind"] for b in blocks if b.get("kind", kind) not in never and b.get("bypass") != "on"})
 
 
@@ -957,8 +955,7 @@ def _lokr_rank_dropout_on_gpu(
     legacy = Legacy(key=f"{args.key} rank_dropout", value=kwargs.pop("rank_dropout"), source=args.source)
     if _str_bool(kwargs.get("bypass_mode", "false")):
         blocks = (*(put or {}).get("_blocks", ()), *(put or {}).get("_text_blocks", ()))
-        if put is not None and any(b.get("kind") in ("lora", "loha", "glora") for b in blocks):  # GLoRA:
-            # its pairs' masks in its bypass forward (runtime/mixed_kinds.py kind_adapter)
+        if put is not None and rank_dropout_readers(blocks, "lokr", bypass=True):
             put["rank_dropout"] = _float(legacy.value)
             put["rank_dropout_form"] = "lycoris_bypass"
             return
