@@ -635,6 +635,8 @@ def _scale_blocks(adapter) -> dict:
             scalar=_block_scalar(b, adapter),
             rescaled=b.rescaled if b.kind in ("diag-oft", "boft") else "adapter",  # DBS591 elsewhere
             on_input=b.on_input,  # a block of kind ia3's input side (DBS618 elsewhere)
+            # a Diag-OFT / BOFT / DyLoRA / IA^3 block's own bypass_mode (a map entry's; DBS592 elsewhere)
+            bypass=own_bypass(b),
             sig_type=b.sig_type,  # a tlora block's own start (DBS622 off U-Nets)
             data_init=b.data_init,
             dora=_block_dora(b, adapter),

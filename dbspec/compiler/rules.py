@@ -3523,11 +3523,10 @@ def ia3_block_on_input(spec: Spec, given: Given) -> Iterator[Hit]:
 @rule("spec")
 def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
     """A block's own `bypass` (a LyCORIS map entry's bypass_mode) acts on the Diag-OFT, BOFT, DyLoRA and IA^3
-    layers of a block of that kind beside a lora / loha / lokr adapter's, or a dylora / glora adapter's of
-    another kind, or a diag-oft / boft / dylora / ia3 adapter's own (runtime/mixed_kinds.py set_block_bypass;
-    on Flux, SD3 and Chroma's fused Linears each part of the one LyCORIS module in its block's forward), a
-    tlora adapter's of those kinds too (plan.model.own_bypass_fits): DBS592 elsewhere (a full / ia3
-    adapter's blocks of another kind too)."""
+    layers of a block of that kind on an adapter of any other kind, or a diag-oft / boft / dylora / ia3
+    adapter's own (runtime/mixed_kinds.py set_block_bypass; on Flux, SD3 and Chroma's fused Linears each part
+    of the one LyCORIS module in its block's forward), and a tlora adapter's own (plan.model.own_bypass_fits):
+    DBS592 elsewhere (a full adapter's own layers too)."""
     a = spec.adapter
     own = getattr(a, "kind", "none")
     for table, i, block in _own_bypass(a):
@@ -3540,7 +3539,7 @@ def block_own_bypass(spec: Spec, given: Given) -> Iterator[Hit]:
             ("adapter", table, i, "bypass"),
             f'adapter.{table}[{i}].bypass = "{block.bypass}" on layers of kind "{kind}" ({own} adapter): a '
             'block\'s own bypass acts on layers of kind "diag-oft", "boft", "dylora" or "ia3" only'
-            + (" (on a full or ia3 adapter an ia3 adapter's own)" if own in ("full", "ia3") else ""),
+            + (" (a full adapter's own layers have no bypass forward)" if own == "full" else ""),
             codes.help("DBS592"),
         )
 

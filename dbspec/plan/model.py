@@ -107,14 +107,12 @@ BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
 def own_bypass_fits(adapter: str, block: str) -> bool:
     """A block of kind `block` ("adapter": the adapter's own) on an `adapter` adapter may take a bypass of its
     own (a LyCORIS map entry's bypass_mode): its layers are Diag-OFT, BOFT, DyLoRA or IA^3 ones (their bypass
-    forward differs; runtime/mixed_kinds.py set_block_bypass), but a full or ia3 adapter's blocks of another
-    kind (their own bypass is not built there: an IA^3 adapter's own blocks alone), or a T-LoRA adapter's
-    own (TLoraModule's bypass forward, runtime/lycoris_tlora.py). The spec rule (compiler
-    rules.block_own_bypass, DBS592) and plan files (plan/validate.py) alike."""
+    forward differs; runtime/mixed_kinds.py set_block_bypass), whichever the adapter's kind (a full adapter's
+    own layers have none), or a T-LoRA adapter's own (TLoraModule's bypass forward,
+    runtime/lycoris_tlora.py). The spec rule (compiler rules.block_own_bypass, DBS592) and plan files
+    (plan/validate.py) alike."""
     if adapter == "tlora" and block in ("adapter", "tlora"):
         return True
-    if adapter in ("full", "ia3"):
-        return adapter == "ia3" and block in ("adapter", "ia3")
     return (adapter if block in ("adapter", adapter) else block) in BYPASS_KINDS
 
 

@@ -726,11 +726,10 @@ def _block_bypass():
         "preset file's `module_algo_map` / `name_algo_map` entry's own `bypass_mode`): `on` gives a block "
         'of `kind = "diag-oft"` / `"boft"` (the output rotated, its bias included), `"ia3"` (the output '
         'scaled, its bias included) or `"dylora"` (one block per layer, added unscaled) LyCORIS\'s bypass '
-        "forward, `off` its default forward, `adapter` the adapter's `bypass`. A lora, loha or lokr "
-        "adapter's blocks of those kinds, a dylora or glora adapter's blocks of those kinds other than "
-        "its own, and a diag-oft, boft (LyCORIS's form), dylora (LyCORIS's form) or ia3 adapter's own "
-        "blocks (entries of the network's own algorithm), only (DBS592; the other kinds compute the same "
-        "update either way; a full or ia3 adapter's blocks of another kind never); "
+        "forward, `off` its default forward, `adapter` the adapter's `bypass`. Blocks of those kinds on "
+        "an adapter of any other kind, and a diag-oft, boft (LyCORIS's form), dylora (LyCORIS's form) or "
+        "ia3 adapter's own blocks (entries of the network's own algorithm), only (DBS592; the other kinds "
+        "compute the same update either way, a full adapter's own layers have no bypass forward); "
         "on Flux, SD3 and Chroma's fused Linears each part computes its rows of the one LyCORIS module's "
         "forward in the block's mode. The exports are the same tensors.",
         example="on",
@@ -1652,7 +1651,9 @@ class ScaleBlock:
     rescaled: BlockSwitch = _block_oft_rescaled()  # a block of kind diag-oft / boft (its entry's rescaled)
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (full / IA^3 never decompose)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
-    bypass: BlockSwitch = _block_bypass()  # an IA^3 adapter's own block (its entry's bypass_mode)
+    bypass: BlockSwitch = (
+        _block_bypass()
+    )  # an IA^3 adapter's own block, a Diag-OFT / BOFT / DyLoRA / IA^3 one
     # an IA^3 adapter's own block or a block of kind ia3 on a full adapter (its entry's train_on_input)
     on_input: bool = _block_on_input()
     # a block of kind tlora on a full / IA^3 adapter (its entry's sig_type / use_data_init; SD 1.x/2.x, SDXL)

@@ -81,7 +81,8 @@ def _alike(
     """The file converted with network algo `algo` and `args` on tiny Flux; every kohya layer's lycoris-lora
     module (loaded from our export) against the plan's parts, and (`grads`) every trained tensor's gradient
     (not with use_scalar: the export folds a trained scalar into a factor whose gradient it then scales);
-    the plan's adapter and LyCORIS's modules (`keep` gets our transformer and text encoders)."""
+    the plan's adapter and LyCORIS's modules (`keep` gets our transformer and text encoders). CLIP-L's
+    frozen biases are drawn too (the tiny one's are 0; Diag-OFT's / IA^3's bypass forward differs by them)."""
     from dbspec.convert.kohya.lycoris_flow_file import diffusers_parts, flux_model
     from tests.runtime.shared import moved_components
     from tests.runtime.test_lycoris_mixed_flow_bypass_dropout import (
@@ -110,6 +111,9 @@ def _alike(
             for p in model.parameters():
                 if p.requires_grad:
                     p.copy_(torch.randn(p.shape, generator=g) * 0.05 + p)
+        for name, p in encoders[0].named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     tensors = lycoris_state(unet=unet, text_encoders=encoders, family="flux", dtype="fp32")
     layers = _kohya_layers(unet, flux_model(1, 1), diffusers_parts)
     clip = _kohya_clip(_unwrapped(encoders[0]))

@@ -94,18 +94,18 @@ def calm_then_dropped(ours, theirs, made, unet) -> None:
     assert not torch.allclose(outputs[0], outputs[1], atol=1e-4)
 
 
-def grads_as_lycoris(ours, made, held) -> dict:
+def grads_as_lycoris(ours, made, held, least: int = 20) -> dict:
     """After calm_then_dropped: every trained tensor's gradient of our U-Net, by the name LyCORIS saves it
-    under, equals the LyCORIS network's (`made`); more than 20 compared, among them a tensor of each name part
-    in `held` (each kind's layers). Our gradients replace our weights (lycoris_state moves them as it moves
-    weights). Returns ours by name."""
+    under, equals the LyCORIS network's (`made`); more than `least` compared, among them a tensor of each
+    name part in `held` (each kind's layers). Our gradients replace our weights (lycoris_state moves them as
+    it moves weights). Returns ours by name."""
     grads = {k: v.grad for k, v in made.named_parameters() if v.grad is not None}
     for p in ours.parameters():
         if p.requires_grad:
             p.data = p.grad if p.grad is not None else torch.zeros_like(p)
     moved = lycoris_state(unet=ours, text_encoders=[], family="sd1", dtype="fp32")
     mine = {k: v for k, v in moved.items() if k in grads and not k.endswith(".alpha")}
-    assert len(mine) > 20 and all(any(h in key for key in mine) for h in held), sorted(mine)
+    assert len(mine) > least and all(any(h in key for key in mine) for h in held), sorted(mine)
     for key, value in mine.items():
         torch.testing.assert_close(value, grads[key].reshape(value.shape), rtol=1e-3, atol=1e-6, msg=key)
     return mine

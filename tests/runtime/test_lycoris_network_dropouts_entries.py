@@ -43,7 +43,8 @@ def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dic
     """The file (TEXT, the FeedForward entry given `own` options too) converted with network `algo` and
     `args` (module_dropout 0.3 added); our U-Net as the run prepares it (every trained tensor moved) and
     lycoris-lora's from the same, our weights loaded: the plan's adapter after calm_then_dropped and
-    grads_as_lycoris pass."""
+    grads_as_lycoris pass (a full network's own layers compared by their outputs alone: FullModule trains
+    the weight, the file holds its difference)."""
     args = {**args, "module_dropout": "0.3"}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
     text = TEXT.format(ff=ff, geglu=geglu).replace(f'algo = "{ff}"\n', f'algo = "{ff}"\n{own}', 1)
@@ -63,7 +64,9 @@ def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dic
     assert all(k.startswith("lora_te_") or k.split(".")[0] in dyloras for k in missing), result
     assert _copy_blocks(made, theirs, ours) == len(dyloras)
     calm_then_dropped(ours, theirs, made, pipe.unet)
-    grads_as_lycoris(ours, made, tuple(HELD[k] for k in (algo, ff, geglu) if k in HELD))
+    grads_as_lycoris(
+        ours, made, tuple(HELD[k] for k in (algo, ff, geglu) if k in HELD), 20 - 14 * (algo == "full")
+    )
     return a, made
 
 
@@ -180,3 +183,46 @@ def test_an_entrys_own_bypass_on_other_networks_is_lycoris(pipe, tmp_path, monke
     assert [b.bypass for b in a.blocks if b.kind == ff] == [True]
     modes = {(type(m).__name__, bool(m.bypass_mode)) for m in made.unet_loras}
     assert any(mode for _, mode in modes) and any(not mode for _, mode in modes), modes
+
+
+# id: (network algo, the FeedForward entry's (its own bypass_mode given), the GEGLU entry's, network_args)
+OWN_BYPASS_FULL_IA3 = {
+    "full_diag_oft_ia3": ("full", "diag-oft", "ia3", {}),
+    "full_boft_locon": ("full", "boft", "locon", {}),
+    "full_ia3_loha": ("full", "ia3", "loha", {}),
+    "ia3_dylora_locon": ("ia3", "dylora", "locon", {}),
+    "ia3_boft_lokr": ("ia3", "boft", "lokr", {}),
+    # the network in bypass_mode, the entry's own off
+    "ia3_bypass_diag_oft_off": ("ia3", "diag-oft", "loha", {"bypass_mode": "True"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OWN_BYPASS_FULL_IA3))
+def test_an_entrys_own_bypass_on_full_and_ia3_networks_is_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    """A Diag-OFT / BOFT / IA^3 / DyLoRA entry's own bypass_mode on a full or IA^3 network (was DBS403): its
+    block of that kind carries `bypass` (spec ScaleBlock), those layers alone in their own forward as
+    lycoris-lora's modules."""
+    algo, ff, geglu, args = OWN_BYPASS_FULL_IA3[case]
+    on = not args
+    own = f"bypass_mode = {str(on).lower()}\n" + ("dim = 4\n" if ff == "dylora" else "")
+    a, made = alike(pipe, tmp_path, monkeypatch, algo, ff, geglu, args, own=own)
+    assert [b.bypass for b in a.blocks if b.kind == ff] == [on]
+    modes = {(type(m).__name__, bool(m.bypass_mode)) for m in made.unet_loras}
+    assert any(mode for _, mode in modes) and any(not mode for _, mode in modes), modes
+
+
+@pytest.mark.parametrize("algo", ["full", "ia3"])
+def test_flux_entries_own_bypass_on_full_and_ia3_networks_is_lycoris(tmp_path, monkeypatch, algo):
+    """On Flux's fused Linears: Diag-OFT entries on the image / text q/k/v and IA^3 ones on CLIP-L's
+    attention, each with its own bypass_mode, on a full or IA^3 network: each kohya module against the plan's
+    parts (test_lycoris_flow_mixed_rs_lora_boft's _alike: outputs, generator state, gradients)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    text = BOFT_FILE.replace('algo = "locon"\ndim = 4', 'algo = "diag-oft"\nbypass_mode = true\ndim = 4')
+    text = text.replace('CLIPAttention]\nalgo = "locon"', 'CLIPAttention]\nalgo = "ia3"\nbypass_mode = true')
+    a, made, _ = _alike(tmp_path, monkeypatch, algo, text, {"module_dropout": "0.3"})
+    assert {b.kind for b in a.blocks if b.bypass} == {"diag-oft"}
+    # (an IA^3 network's IA^3 entries: its own block)
+    assert {b.kind for b in a.text_encoder_blocks if b.bypass} == {"ia3" if algo == "full" else "adapter"}
+    modes = {(type(m).__name__, bool(m.bypass_mode)) for m in made.values()}
+    assert {("DiagOFTModule", True), ("IA3Module", True), ("LohaModule", False)} <= modes, modes

@@ -49,10 +49,11 @@ def test_the_rule_holds_boft_blocks_on_a_lycoris_form_diag_oft_adapter_alone():
 
 
 def test_entries_own_bypass_converts_and_its_plan_file_is_valid(tmp_path):
-    """A BOFT entry's own bypass_mode on a Diag-OFT network, an IA^3 entry's on a T-LoRA network (was
-    DBS403): their block's `bypass`; and the plan's blocks with a bypass of their own pass plan-file
-    validation as the spec rule passes them (plan.model.own_bypass_fits: plan/validate.py had refused a
-    T-LoRA adapter's Diag-OFT block and an IA^3 adapter's own block with their own bypass)."""
+    """A BOFT entry's own bypass_mode on a Diag-OFT network, an IA^3 entry's on a T-LoRA network, a Diag-OFT
+    / BOFT / IA^3 / DyLoRA entry's on a full or IA^3 network (were DBS403): their block's `bypass`; and the
+    plan's blocks with a bypass of their own pass plan-file validation as the spec rule passes them
+    (plan.model.own_bypass_fits: plan/validate.py had refused a T-LoRA adapter's Diag-OFT block and an
+    IA^3 adapter's own block with their own bypass)."""
     from dbspec.plan.validate import plan_problems
 
     for name, network, entry, extra in (
@@ -60,6 +61,10 @@ def test_entries_own_bypass_converts_and_its_plan_file_is_valid(tmp_path):
         ("tlora_ia3", "tlora", "ia3", "bypass_mode = true"),
         ("tlora_oft", "tlora", "diag-oft", "bypass_mode = true"),
         ("ia3_own", "ia3", "ia3", "bypass_mode = true"),
+        ("full_oft", "full", "diag-oft", "bypass_mode = true"),
+        ("full_ia3", "full", "ia3", "bypass_mode = true"),
+        ("full_dylora", "full", "dylora", "dim = 4\nbypass_mode = true"),
+        ("ia3_boft", "ia3", "boft", "bypass_mode = true"),
     ):
         (tmp_path / name).mkdir()
         outcome = expressible(_convert(tmp_path / name, "sd", f'"algo={network}"', _sd(entry, extra)))

@@ -1963,14 +1963,15 @@ CASES = [
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"ia3\"\nrank = 1\nalpha = 1.0\n"
         + 'bypass = "off"\n',
     ),
-    (  # ... and an ia3 adapter's own blocks (an algo=ia3 network's own entries': was DBS403 converted),
-        # not a full adapter's own (no bypass forward) nor a full / ia3 adapter's blocks of another kind
+    (  # ... and an ia3 adapter's own blocks (an algo=ia3 network's own entries': was DBS403 converted), and
+        # a full / ia3 adapter's blocks of kind diag-oft / boft / dylora / ia3 (their entries': was DBS403);
+        # not a full adapter's own (no bypass forward) nor its blocks of a kind without one
         rules.block_own_bypass,
         DOG
         + STEPS
         + '[adapter]\nkind = "full"\n'
         + "[[adapter.blocks]]\npattern = 'up'\nbypass = \"on\"\n"
-        + '[[adapter.blocks]]\npattern = \'down\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n',
+        + '[[adapter.blocks]]\npattern = \'down\'\nkind = "lokr"\nrank = 4\nalpha = 1.0\nbypass = "on"\n',
         [
             ("DBS592", "error", ("adapter", "blocks", 0, "bypass")),
             ("DBS592", "error", ("adapter", "blocks", 1, "bypass")),
@@ -1979,7 +1980,23 @@ CASES = [
         + STEPS
         + '[adapter]\nkind = "ia3"\n'
         + "[[adapter.blocks]]\npattern = 'up'\nbypass = \"on\"\n"
+        + '[[adapter.blocks]]\npattern = \'down\'\nkind = "diag-oft"\nrank = 4\nalpha = 0.0\nbypass = "on"\n'
         + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nrank = 1\nalpha = 1.0\nbypass = \"off\"\n",
+    ),
+    (  # (a full adapter's blocks of those kinds)
+        rules.block_own_bypass,
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "full"\n'
+        + '[[adapter.blocks]]\npattern = \'up\'\nkind = "glora"\nrank = 4\nalpha = 1.0\nbypass = "off"\n',
+        [("DBS592", "error", ("adapter", "blocks", 0, "bypass"))],
+        DOG
+        + STEPS
+        + '[adapter]\nkind = "full"\n'
+        + "[[adapter.blocks]]\npattern = 'down'\nkind = \"dylora\"\nrank = 4\nalpha = 1.0\nunit = 4\n"
+        + 'bypass = "on"\n'
+        + "[[adapter.text_encoder_blocks]]\npattern = 'fc1'\nkind = \"boft\"\nrank = 2\nalpha = 0.0\n"
+        + 'bypass = "off"\n',
     ),
     (  # ... and a diag-oft / boft adapter's own blocks (an algo=diag-oft / boft network's entries of its own
         # algorithm with their own bypass_mode; was DBS403 converted)

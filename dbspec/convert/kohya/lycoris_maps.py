@@ -385,16 +385,12 @@ _OWN_BYPASS_NETWORKS = ("diag-oft", "boft", "dylora", "ia3")
 def _own_bypass(algo: str, entry: str) -> bool:
     """A block carries the bypass_mode of an entry of algorithm `entry` on an `algo` network: a Diag-OFT,
     BOFT, DyLoRA or IA^3 block (their bypass forward differs from their default one) of any network where
-    the entry's algorithm is another but a full / IA^3 one (a T-LoRA network's IA^3 / DyLoRA entries and a
-    Diag-OFT network's BOFT entries: was DBS403), or of a Diag-OFT, BOFT, DyLoRA or IA^3 network's own
+    the entry's algorithm is another (a full / IA^3 network's, a T-LoRA network's IA^3 / DyLoRA entries and
+    a Diag-OFT network's BOFT entries: were DBS403), or of a Diag-OFT, BOFT, DyLoRA or IA^3 network's own
     algorithm (the block's `bypass`, runtime/mixed_kinds.py set_block_bypass; plan.model.own_bypass_fits)."""
     if _algo(entry) not in BYPASS_BLOCKS:
         return False
-    if _algo(entry) == _algo(algo):
-        return _algo(algo) in _OWN_BYPASS_NETWORKS
-    # every network's blocks of those kinds (a T-LoRA one's IA^3 / DyLoRA blocks, a Diag-OFT one's BOFT
-    # blocks: plan.model.own_bypass_fits) but a full / IA^3 network's (their own bypass not built there)
-    return _algo(algo) not in _NO_DIMS
+    return _algo(entry) != _algo(algo) or _algo(algo) in _OWN_BYPASS_NETWORKS
 
 
 def _input_side(algo: str, layer: Layer) -> bool:
@@ -1278,6 +1274,7 @@ _SCALE_BLOCK_OWN = (
     "rank_stabilized",
     "scalar",
     "rescaled",
+    "bypass",
     "on_input",  # an IA^3 entry's own train_on_input on a full network (ScaleBlock on_input)
     "sig_type",  # a T-LoRA entry's own start on a full network (ScaleBlock sig_type / data_init)
     "data_init",
@@ -1288,8 +1285,9 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
     """A full / IA^3 network's ([[adapter.blocks]], [[adapter.text_encoder_blocks]]): its map entries of
     another algorithm, each a block of that `kind` at its dim and alpha (spec ScaleBlock), with a LoKr
     entry's own factor and switches, a LoRA/LoCon / LoHa / LoKr entry's own use_scalar, a LoKr entry's own
-    rs_lora, a Diag-OFT / BOFT entry's own constraint (the block's alpha) and rescaled, a T-LoRA entry's own
-    start; PresetError for an entry's own option such a block does not carry."""
+    rs_lora, a Diag-OFT / BOFT entry's own constraint (the block's alpha) and rescaled, a Diag-OFT / BOFT /
+    DyLoRA / IA^3 entry's own bypass_mode, a T-LoRA entry's own start; PresetError for an entry's own option
+    such a block does not carry."""
     if not algo:
         return [], []
     unet = [_own_ia3(b) for b in _blocks(found.unet, found.unet_rows, dims, rs_lora, network, algo)]
@@ -1306,8 +1304,8 @@ def _other_kind_blocks(found: Targets, dims, rs_lora: bool, network: dict[str, A
             raise PresetError(
                 f"`{_source([block])}` gives its {block['kind']} layers their own {', '.join(own)} on an "
                 f"algo={algo} network: a full / IA^3 adapter's [[adapter.blocks]] of another kind carry a "
-                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora, a scalar and "
-                "Diag-OFT / BOFT's constraint and rescaled, no other option of their own",
+                "rank, alpha, unit, dora, Tucker form, LoKr's factor, switches and rs_lora, a scalar, "
+                "Diag-OFT / BOFT's constraint and rescaled and a bypass_mode, no other option of their own",
                 False,
             )
         high = max(block["rank"], block.get("conv_rank", 0))
