@@ -3380,11 +3380,12 @@ nothing.""",
         ERROR,
         "A block's own scalar on layers without a scalar per block",
         """\
-`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a GLoRA, DyLoRA,
-full or IA^3 adapter gives the matched layers LyCORIS's trained scalar (a LyCORIS preset file's map entry's
-own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa and LoKr layers alone: the block needs
-`kind = "lora"`, `"loha"` or `"lokr"` (a GLoRA adapter's own layers take the adapter's `scalar`).""",
-        help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr"',
+`scalar = "on"` / `"off"` in `[[adapter.blocks]]` / `[[adapter.text_encoder_blocks]]` of a DyLoRA, full,
+IA^3 or T-LoRA adapter gives the matched layers LyCORIS's trained scalar (a LyCORIS preset file's map
+entry's own `use_scalar`). dbspec builds it per block on LoRA/LoCon, LoHa, LoKr and GLoRA layers alone: the
+block needs `kind = "lora"`, `"loha"`, `"lokr"` or `"glora"` (a GLoRA adapter's own blocks take one of
+their own too).""",
+        help='set the block\'s scalar to "adapter", or its kind to "lora" / "loha" / "lokr" / "glora"',
     ),
     Code(
         "DBS629",

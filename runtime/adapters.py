@@ -250,6 +250,13 @@ def _add_one_kind(
             if units or zeros:
                 config = with_units(config, adapter, units, zeros)
         blocks = adapter.blocks if conv else adapter.text_encoder_blocks  # the component's
+        if adapter.kind == "glora" and any(b.scalar != "adapter" for b in blocks):
+            from dbspec.runtime.blocks import block_glora_scalars
+            from dbspec.runtime.lycoris_glora import glora_options, with_glora
+
+            # blocks' own use_scalar (LyCORIS map entries'): each GLoRA layer built with its block's
+            own = block_glora_scalars(module, config.target_modules, adapter, "" if conv else component)
+            config = with_glora(config, **glora_options(adapter), scalars=own)
         if adapter.kind == "tlora" and any(b.sig_type != "principal" or not b.data_init for b in blocks):
             from dbspec.runtime.blocks import block_random_starts, block_sig_types
             from dbspec.runtime.lycoris_tlora import with_tlora
@@ -290,7 +297,12 @@ def _add_one_kind(
         torch.manual_seed(seed)
         own_full: dict[str, bool] = {}  # LoKr layers whose block sets its own full_matrix
         # layers whose block sets its own use_scalar (paths as peft keeps them)
-        own_scalar = _block_scalars(module, config, adapter, "" if conv else component, conv)
+        # (a GLoRA layer's its own: GloraLayer's, above)
+        own_scalar = (
+            {}
+            if adapter.kind == "glora"
+            else _block_scalars(module, config, adapter, "" if conv else component, conv)
+        )
         # layers whose block sets its own weight decomposition (weight_decompose; paths as peft keeps them)
         own_dora = _block_doras(module, config, adapter, "" if conv else component, conv)
         # layers whose block sets its own weight-decomposition axis (wd_on_out; paths as peft keeps them)

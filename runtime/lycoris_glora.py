@@ -193,20 +193,25 @@ class GloraLayer(WeightDelta, nn.Module, LoraLayer):
 def dispatch_glora(target: nn.Module, adapter_name: str, config, options: dict | None = None, **kwargs: Any):
     base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
     if isinstance(base, (nn.Linear, nn.Conv2d)):
+        options = dict(options or {})
+        own = options.pop("scalars", {})  # {id(base layer): use_scalar} where a block sets its own
+        if id(base) in own:
+            options["scalar"] = own[id(base)]
         return GloraLayer(
             target,
             adapter_name,
             config=config,
             r=kwargs.get("r", config.r),
             lora_alpha=kwargs.get("lora_alpha", config.lora_alpha),
-            **(options or {}),
+            **options,
         )
     return None
 
 
 def glora_config(targets: list[str], rank: int, alpha: float, **options: Any):
     """A LoraConfig building GloraLayer on every target (peft's rank and alpha are GLoRA's); `options`:
-    GloraLayer's switches (scalar, bypass, rank_dropout, module_dropout, dropout)."""
+    GloraLayer's switches (scalar, bypass, rank_dropout, module_dropout, dropout; scalars: {id(base layer):
+    use_scalar} of the layers whose block sets its own, a LyCORIS map entry's)."""
     from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets)
@@ -237,8 +242,11 @@ def is_glora(config) -> bool:
     return any(getattr(d, "func", None) is dispatch_glora for d in customs)
 
 
-def has_glora_scalar(state: dict[str, torch.Tensor]) -> bool:
-    return any(".lora_glora_scalar" in key for key in state)
+def glora_scalar_layers(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[int, bool]:
+    """{id(layer): True} of `module`'s layers a saved GLoRA state holds a use_scalar scalar for (each layer
+    its own: a block may set its own, a LyCORIS map entry's): with_glora's `scalars`."""
+    paths = {key.split(".lora_glora_scalar")[0] for key in state if ".lora_glora_scalar" in key}
+    return {id(module.get_submodule(path)): True for path in paths}
 
 
 def has_glora(state: dict[str, torch.Tensor]) -> bool:

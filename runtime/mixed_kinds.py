@@ -88,7 +88,7 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     if kind == "dylora" and not own:  # LyCORIS's DyLoraModule, each layer in blocks of its block's unit
         extra = {"dylora_form": "lycoris", "dylora_unit": 1}
     if not own:
-        extra["scalar"] = _pass_scalar(adapter, kind, mine)
+        extra["scalar"] = _pass_scalar(adapter, kind)
     if not own and adapter.kind in ("full", "ia3"):  # no size of their own: every layer (its convolutions
         # among conv_targets) at its block's, the catch-all block above at rank 0
         extra.update(rank=1, alpha=1.0, conv_rank=1, conv_alpha=1.0)
@@ -105,7 +105,7 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
 
 
 # the kinds whose LyCORIS module reads the network's use_scalar (LoConModule, LohaModule, LokrModule; also
-# GLoRAModule, whose layers take the adapter's own: no block of kind glora carries one)
+# GLoRAModule, whose layers take the adapter's, else their block's own: GloraLayer per layer)
 _SCALAR_KINDS = ("lora", "loha", "lokr")
 
 
@@ -119,15 +119,11 @@ def _settled_scalar(adapter: AdapterPlan, kind: str, block) -> dict:
     return {"scalar": "on" if adapter.scalar else "off"}
 
 
-def _pass_scalar(adapter: AdapterPlan, kind: str, mine: list) -> bool:
+def _pass_scalar(adapter: AdapterPlan, kind: str) -> bool:
     """The use_scalar another kind's pass builds with: off for LoRA / LoHa / LoKr (the adapter's reaches
     their layers through their blocks, _settled_scalar, not the layers earlier passes built); GLoRA's layers
-    take one for the pass, their blocks' (the compiler's glora_blocks_one_scalar keeps them alike), else the
-    adapter's."""
-    if kind != "glora":
-        return False
-    settled = [adapter.scalar if b.scalar == "adapter" else b.scalar == "on" for b in mine]
-    return any(settled) if settled else adapter.scalar
+    the adapter's, each block of its own over it (adapters.add_lora: block_glora_scalars)."""
+    return adapter.scalar if kind == "glora" else False
 
 
 def block_bypass(adapter: AdapterPlan, block) -> bool:

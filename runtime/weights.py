@@ -440,10 +440,10 @@ def load_peft_adapters(
             config = with_ia3(config, bypass)
         from dbspec.runtime.lycoris_oft import has_oft, has_rescale, with_oft
 
-        from dbspec.runtime.lycoris_glora import has_glora, has_glora_scalar, with_glora
+        from dbspec.runtime.lycoris_glora import glora_scalar_layers, has_glora, with_glora
 
         if has_glora(state):  # LyCORIS's GLoRA (ranks and alphas in peft's config; its use_scalar's scalars)
-            config = with_glora(config, scalar=has_glora_scalar(state))
+            config = with_glora(config, scalars=glora_scalar_layers(module, state))
         from dbspec.runtime.lycoris_tlora import has_tlora, with_tlora
 
         if has_tlora(state):  # LyCORIS's T-LoRA (rank and alpha in peft's config; its frozen start saved,

@@ -473,12 +473,13 @@ def _other_kind_options(block, adapter) -> dict:
     map entry's factor, decompose_both, full_matrix, unbalanced_factorization, rs_lora); of kind lora / loha
     / lokr: its own scalar (use_scalar) and Tucker form (use_tucker, on k x k convolutions), each kind's
     layers built alone (runtime/mixed_kinds.py kind_adapter); of kind diag-oft / boft: its own row rescale
-    (rescaled; its constraint the block's alpha); a text encoders' GloraBlock / DyloraBlock alike (spec
-    TextEncoderBlock has them)."""
+    (rescaled; its constraint the block's alpha); of a GLoRA adapter's own or of kind glora: its own scalar
+    (each GLoRA layer its block's, runtime/lycoris_glora.py); a text encoders' GloraBlock / DyloraBlock alike
+    (spec TextEncoderBlock has them)."""
     kind = getattr(block, "kind", "adapter")
     if kind in ("diag-oft", "boft"):
         return {"rescaled": getattr(block, "rescaled", "adapter")}
-    if kind == "glora":  # its GLoRA layers' use_scalar (every block of kind glora alike: DBS578)
+    if kind == "glora" or (kind == "adapter" and adapter.kind == "glora"):  # its GLoRA layers' use_scalar
         return {"scalar": _block_scalar(block, adapter)}
     if kind not in ("lora", "loha", "lokr"):
         return {}

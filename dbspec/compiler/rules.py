@@ -3274,7 +3274,7 @@ def _built_alone(kind: str, key: str) -> bool:
     Chroma each fused Linear one module of the kind, runtime/fused_lokr.py): a LoRA, LoHa or LoKr block's
     `scalar` (LyCORIS's use_scalar), a LoKr block's `rank_stabilized` (rs_lora), split and switches (a
     LyCORIS map entry's own factor, decompose_both, full_matrix, unbalanced_factorization)."""
-    if key == "scalar":  # a GLoRA block's too (its layers' GLoRAModule use_scalar: glora_blocks_one_scalar)
+    if key == "scalar":  # a GLoRA block's too (its layers' GLoRAModule use_scalar, each layer its block's)
         return kind in (*_TUCKER_KINDS, "glora")
     return kind == "lokr" and key in ("rank_stabilized", *_LOKR_OWN)
 
@@ -3297,32 +3297,6 @@ def _own_block_options(adapter, own: str):
                     continue
                 if value not in ("adapter", 0) and (key in _NEVER_MIXED or not lokr_own):
                     yield table, index, key
-
-
-@rule("spec")
-def glora_blocks_one_scalar(spec: Spec, given: Given) -> Iterator[Hit]:
-    """Blocks of kind glora beside another adapter kind build their GLoRA layers in one pass with one
-    use_scalar (runtime/mixed_kinds.py kind_adapter: a block's own, else the adapter's): DBS578 where two
-    such blocks settle it differently."""
-    a = spec.adapter
-    network = getattr(a, "scalar", False)
-    for table in ("blocks", "text_encoder_blocks"):
-        found = [
-            (i, network if b.scalar == "adapter" else b.scalar == "on")
-            for i, b in enumerate(getattr(a, table, ()))
-            if getattr(b, "kind", "adapter") == "glora" and getattr(a, "kind", "") != "glora"
-        ]
-        other = next(((i, on) for i, on in found if on != found[0][1]), None)
-        if other is not None:
-            first, second = ("on" if found[0][1] else "off"), ("on" if other[1] else "off")
-            yield _err(
-                "DBS578",
-                ("adapter", table, other[0], "scalar"),
-                f"adapter.{table}[{other[0]}].scalar settles GLoRA's use_scalar {second} where "
-                f"adapter.{table}[{found[0][0]}] settles it {first}: dbspec builds every GLoRA layer beside "
-                "another kind with one scalar setting",
-                codes.help("DBS578"),
-            )
 
 
 @rule("spec")
@@ -3374,12 +3348,13 @@ def block_oft_rescaled(spec: Spec, given: Given) -> Iterator[Hit]:
 
 @rule("spec")
 def block_scalar_kind(spec: Spec, given: Given) -> Iterator[Hit]:
-    """A GLoRA, DyLoRA, full, IA^3 or T-LoRA adapter's block's own scalar (a LyCORIS map entry's use_scalar)
-    acts on the LoRA / LoHa / LoKr layers of a block of that kind (compiler/adapters.py _other_kind_options,
-    runtime/mixed_kinds.py kind_adapter): DBS625 on a block of the adapter's own layers or another kind
-    (in a run of several kinds DBS578 names it)."""
+    """A DyLoRA, full, IA^3 or T-LoRA adapter's block's own scalar (a LyCORIS map entry's use_scalar) acts on
+    the LoRA / LoHa / LoKr / GLoRA layers of a block of that kind (compiler/adapters.py _other_kind_options,
+    runtime/mixed_kinds.py kind_adapter; a GLoRA adapter's own blocks too, each GLoRA layer its block's):
+    DBS625 on a block of the adapter's own layers or another kind (in a run of several kinds DBS578 names
+    it)."""
     a = spec.adapter
-    if getattr(a, "kind", "none") not in ("glora", "dylora", "full", "ia3", "tlora") or len(run_kinds(a)) > 1:
+    if getattr(a, "kind", "none") not in ("dylora", "full", "ia3", "tlora") or len(run_kinds(a)) > 1:
         return
     for table in ("blocks", "text_encoder_blocks"):
         for i, block in enumerate(getattr(a, table, ())):
@@ -3391,7 +3366,7 @@ def block_scalar_kind(spec: Spec, given: Given) -> Iterator[Hit]:
                 "DBS625",
                 ("adapter", table, i, "scalar"),
                 f'adapter.{table}[{i}].scalar = "{value}" on a {a.kind} adapter\'s own layers: a scalar of '
-                'a block\'s own acts on blocks of kind "lora", "loha" or "lokr"',
+                'a block\'s own acts on blocks of kind "lora", "loha", "lokr" or "glora"',
                 codes.help("DBS625"),
             )
 

@@ -562,8 +562,8 @@ def _block_scalar():
         "adapter",
         doc="LoRA/LoCon, LoHa, LoKr: whether the matched layers' updates are multiplied by LyCORIS's trained "
         "scalar (`scalar` of the adapter, in place of it; a LyCORIS preset file's `module_algo_map` / "
-        "`name_algo_map` entry's `use_scalar`): on, off, or `adapter` (the adapter's). On a block of kind "
-        "glora beside another adapter kind: its GLoRA layers' (every such block alike).",
+        "`name_algo_map` entry's `use_scalar`): on, off, or `adapter` (the adapter's). On a glora "
+        "adapter's own blocks and blocks of kind glora: their GLoRA layers' (each layer its block's).",
         example="on",
     )
 

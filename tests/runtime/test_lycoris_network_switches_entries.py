@@ -74,12 +74,12 @@ CASES = {
 }
 
 
-def _glora_scaled(model: nn.Module) -> set[str]:
+def _glora_scaled(model: nn.Module, prefix: str = "lora_unet_") -> set[str]:
     """The kohya names of the model's GLoRA layers training a scalar (runtime/lycoris_glora.py)."""
     from dbspec.runtime.lycoris_glora import GloraLayer
 
     return {
-        "lora_unet_" + n.replace(".", "_")
+        prefix + n.replace(".", "_")
         for n, m in model.named_modules()
         if isinstance(m, GloraLayer) and "default" in m.lora_glora_scalar
     }
@@ -228,3 +228,116 @@ def test_glora_entry_own_scalar_beside_a_locon_network_is_lycoris(pipe, tmp_path
     tensors = lycoris_state(unet=unet, text_encoders=[text_encoder], family=plan.model.family, dtype="fp32")
     assert _loaded(made, named, their_unet, tensors, strict=True) == set()
     assert "lora_unet_time_embedding_linear_1" in _same_outputs(made, named, their_unet, unet, text_encoder)
+
+
+# id: (network algo, its network_args, the time embedding's GLoRA entry's own use_scalar, CLIP MLP's)
+GLORA_OWN = {
+    # a GLoRA network's own layers without a scalar, its GLoRA entries' with one of their own, and the
+    # reverse (was DBS403: one scalar per GLoRA adapter)
+    "glora_entries_on": ("glora", {}, "true", "true"),
+    "glora_scalar_entries_off": ("glora", {"use_scalar": "True"}, "false", ""),
+    # two GLoRA entries settling it differently beside a LoCon network (was DBS403, a spec's DBS578)
+    "locon_entries_differ": ("locon", {}, "true", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GLORA_OWN))
+def test_glora_layers_take_their_entrys_own_scalar_as_lycoris(pipe, tmp_path, monkeypatch, case):  # noqa: F811
+    """GLoRA entries' own use_scalar beside GLoRA layers of another setting (a GLoRA network's own, or
+    another GLoRA entry's): each GLoRA layer its block's `scalar` (runtime/lycoris_glora.py per layer), the
+    layers training a scalar exactly lycoris-lora's GLoRAModules with one; the export loads strictly, each
+    module computing ours."""
+    algo, args, time_own, clip_own = GLORA_OWN[case]
+    given = " ".join(f'"{k}={v}"' for k, v in args.items())
+    own = f"use_scalar = {time_own}\n"
+    second = '[name_algo_map."time_embedding.linear_2"]\nalgo = "glora"\n'
+    text = SWITCHES.format(glora=GLORA + own + second).replace(
+        '"time_embedding.linear_1"]', '"time_embedding.linear_1", "time_embedding.linear_2"]', 1
+    )
+    if clip_own:  # CLIP's MLPs GLoRA entries of their own use_scalar
+        text = text.replace('[module_algo_map.CLIPMLP]\nalgo = "lokr"\ndim = 2\n', "")
+        text += f'[module_algo_map.CLIPMLP]\nalgo = "glora"\nuse_scalar = {clip_own}\n'
+    path, plan = _converted_plan(tmp_path, "switches", algo, given, text=text)
+    a = plan.adapter
+    made, named, their_unet = _network(pipe, path, monkeypatch, algo, args)
+    unet, text_encoder = _built(pipe, a)
+    theirs = {
+        m.lora_name
+        for m in [*made.unet_loras, *made.text_encoder_loras]
+        if type(m).__name__ == "GLoRAModule" and isinstance(m.scalar, nn.Parameter)
+    }
+    glora = {
+        m.lora_name for m in [*made.unet_loras, *made.text_encoder_loras] if type(m).__name__ == "GLoRAModule"
+    }
+    assert theirs and glora - theirs  # both settings
+    assert theirs == _glora_scaled(unet) | _glora_scaled(text_encoder, "lora_te_text_model_")
+    tensors = lycoris_state(unet=unet, text_encoders=[text_encoder], family=plan.model.family, dtype="fp32")
+    assert _loaded(made, named, their_unet, tensors, strict=True) == set()
+    assert glora <= _same_outputs(made, named, their_unet, unet, text_encoder)
+
+
+def test_glora_entries_own_scalar_train_resume_and_reload(tmp_path):
+    """A GLoRA network whose GLoRA entries train a scalar of their own (GLORA_OWN's first case) trains 2
+    steps (those scalars move off 0, the network's own layers have none); stopped after one and resumed, the
+    losses and files are bit-identical; `dbspec sample`'s reload of the adapter folders (runtime/weights.py:
+    each layer's scalar as its saved state holds one) gives the trained U-Net's output."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from dbspec.runtime.lycoris_glora import GloraLayer
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+    from tests.runtime.runspec import compile_spec
+    from tests.unit.convert_kit import out_path
+
+    text = SWITCHES.format(glora=GLORA + "use_scalar = true\n")
+    _converted_plan(tmp_path, "switches", "glora", "", text=text)
+    base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "optimizer.lr=1e-2"]
+    plan = compile_spec(out_path(tmp_path), [*base, "output.dir=whole"])
+    whole = execute(plan, keep_models=True)
+    trained = whole.components.unet
+    layers = {n: m for n, m in trained.named_modules() if isinstance(m, GloraLayer)}
+    scaled = {n for n, m in layers.items() if "default" in m.lora_glora_scalar}
+    assert scaled == {"time_embedding.linear_1"} and len(layers) > 1
+    assert float(layers["time_embedding.linear_1"].lora_glora_scalar["default"]) != 0.0
+    split = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    for name in sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors")):
+        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    again = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation)).unet
+    again = again.to(trained.device, trained.dtype)
+    reloaded = {n for n, m in again.named_modules() if isinstance(m, GloraLayer) and m.lora_glora_scalar}
+    assert reloaded == scaled
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, trained.config.in_channels, 8, 8, generator=g)
+    context = torch.randn(1, 7, trained.config.cross_attention_dim, generator=g)
+    trained.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(sample, 500, context).sample, trained(sample, 500, context).sample)
+
+
+@pytest.mark.parametrize("algo", ["glora", "locon"])
+def test_flux_glora_entries_own_scalar_as_lycoris(tmp_path, monkeypatch, algo):
+    """On Flux's fused Linears: GLoRA entries on the double blocks' q/k/v with a use_scalar of their own
+    beside GLoRA layers without one (a GLoRA network's own, or CLIP's attention's GLoRA entry on a LoCon
+    network): each fused GLoRAModule trains a scalar where lycoris-lora's does (one per fused Linear, its
+    parts sharing it), outputs, input gradients and generator state those of the plan's parts
+    (test_lycoris_flow_mixed_rs_lora_boft's _alike)."""
+    from tests.runtime.test_lycoris_flow_mixed_rs_lora_boft import BOFT_FILE, _alike
+
+    text = BOFT_FILE.replace('algo = "locon"\ndim = 4', 'algo = "glora"\nuse_scalar = true\ndim = 4')
+    text = text.replace('CLIPAttention]\nalgo = "locon"', 'CLIPAttention]\nalgo = "glora"')
+    ours: list = []
+    _, made, _ = _alike(tmp_path, monkeypatch, algo, text, {"module_dropout": "0.3"}, grads=False, keep=ours)
+    glora = {k for k, m in made.items() if type(m).__name__ == "GLoRAModule"}
+    scaled = {k for k in glora if isinstance(made[k].scalar, nn.Parameter)}
+    assert scaled == {k for k in glora if "_attn_qkv" in k} and glora - scaled
+    from dbspec.runtime.lycoris_glora import GloraLayer
+
+    parts = [m for n, m in ours[0].named_modules() if isinstance(m, GloraLayer) and m.lora_glora_scalar]
+    assert parts and all("default" in m.lora_glora_scalar for m in parts)
+    assert len({id(m.lora_glora_scalar["default"]) for m in parts}) == len(scaled)  # one per fused Linear

@@ -123,16 +123,14 @@ def test_adapter_switches_beside_other_kinds_pass_the_check(option):
     assert hits_of(rules.mixed_block_kinds, body) == []
 
 
-def test_glora_blocks_take_one_scalar():
-    """A GLoRA block's own scalar beside another kind is its GLoRA layers' (GLoRAModule's use_scalar), one
-    setting for all of them (runtime/mixed_kinds.py builds them in one pass): DBS578 where two differ."""
+def test_glora_blocks_take_their_own_scalar():
+    """A GLoRA block's own scalar beside another kind is its GLoRA layers' (GLoRAModule's use_scalar), each
+    GLoRA layer its block's (runtime/lycoris_glora.py): two blocks that differ pass (was DBS578)."""
     body = DOG + STEPS + '[adapter]\nkind = "lora"\nscalar = true\n' + LOHA.replace("'loha'", "'glora'")
-    assert hits_of(rules.mixed_block_kinds, body + "scalar = 'off'\n") == []
-    assert hits_of(rules.glora_blocks_one_scalar, body + "scalar = 'off'\n") == []
     second = LOHA.replace("'loha'", "'glora'").replace("'ff'", "'attn'")
-    assert hits_of(rules.glora_blocks_one_scalar, body + "scalar = 'off'\n" + second) == [
-        ("DBS578", "error", ("adapter", "blocks", 1, "scalar"))
-    ]
+    spec = body + "scalar = 'off'\n" + second
+    for rule in (rules.mixed_block_kinds, rules.block_scalar_kind, rules.block_scalar_fits):
+        assert hits_of(rule, spec) == [], rule.__name__
 
 
 @pytest.mark.parametrize("algo", ["locon", "full", "dylora"])
@@ -224,20 +222,25 @@ def test_tlora_network_dora_wd_is_its_entries_blocks(tmp_path, family):
 
 
 def test_glora_entries_own_scalar(tmp_path):
-    """A GLoRA entry's own use_scalar (was DBS403): beside another network's layers its block's `scalar`;
-    GLoRA entries that settle it differently, or a GLoRA network's own entry with its own, stay DBS403
-    (dbspec builds every GLoRA layer of a run with one use_scalar)."""
-    for name in ("own", "differ", "glora"):
+    """A GLoRA entry's own use_scalar (was DBS403): its block's `scalar`, beside another network's layers,
+    beside GLoRA entries that settle it differently, and on a GLoRA network beside its own layers (were
+    DBS403 too: each GLoRA layer takes its block's, runtime/lycoris_glora.py;
+    tests/runtime/test_lycoris_network_switches_entries.py against lycoris-lora 4.1.3)."""
+    for name in ("own", "differ", "glora", "glora_off"):
         (tmp_path / name).mkdir()
     own = FULL + '[module_algo_map.FeedForward]\nalgo = "glora"\nuse_scalar = true\n'
     outcome = expressible(_convert(tmp_path / "own", own, "locon"))
     a = plan_of(outcome, tmp_path / "own").adapter
     assert not a.scalar and [b.scalar for b in a.blocks if b.kind == "glora"] == ["on"]
     differ = own + '[module_algo_map.Transformer2DModel]\nalgo = "glora"\n'
-    outcome = _convert(tmp_path / "differ", differ, "locon")
-    assert "where other GLoRA layers of the file take the other" in messages(outcome, "DBS403")
-    outcome = _convert(tmp_path / "glora", own, "glora")
-    assert "on a GLoRA network, whose adapter takes one scalar" in messages(outcome, "DBS403")
+    a = plan_of(expressible(_convert(tmp_path / "differ", differ, "locon")), tmp_path / "differ").adapter
+    assert sorted(b.scalar for b in a.blocks if b.kind == "glora") == ["adapter", "on"]
+    a = plan_of(expressible(_convert(tmp_path / "glora", own, "glora")), tmp_path / "glora").adapter
+    assert (a.kind, a.scalar) == ("glora", False) and [b.scalar for b in a.blocks] == ["on"]
+    off = own.replace("use_scalar = true", "use_scalar = false")
+    outcome = expressible(_convert(tmp_path / "glora_off", off, "glora", '"use_scalar=True"'))
+    a = plan_of(outcome, tmp_path / "glora_off").adapter
+    assert (a.kind, a.scalar) == ("glora", True) and [b.scalar for b in a.blocks] == ["off"]
 
 
 @pytest.mark.parametrize("entry", ["locon", "lokr", "diag-oft", "full"])

@@ -2460,16 +2460,15 @@ CASES = [
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
         '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
-    # blocks of kind glora beside another adapter kind: one use_scalar for all their GLoRA layers (issue 12)
+    # a GLoRA adapter's own blocks take a scalar of their own (each GLoRA layer its block's: issue 12, was
+    # DBS625), a T-LoRA adapter's own not
     (
-        rules.glora_blocks_one_scalar,
-        DOG + STEPS + '[adapter]\nkind = "full"\n'
-        '[[adapter.blocks]]\npattern = "ff"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n'
-        '[[adapter.blocks]]\npattern = "attn"\nkind = "glora"\nrank = 4\nalpha = 4.0\n',
-        [("DBS578", "error", ("adapter", "blocks", 1, "scalar"))],
-        DOG + STEPS + '[adapter]\nkind = "full"\n'
-        '[[adapter.blocks]]\npattern = "ff"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n'
-        '[[adapter.blocks]]\npattern = "attn"\nkind = "glora"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        rules.block_scalar_kind,
+        DOG + STEPS + '[adapter]\nkind = "tlora"\nrank = 4\n'
+        '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
+        [("DBS625", "error", ("adapter", "blocks", 0, "scalar"))],
+        DOG + STEPS + '[adapter]\nkind = "glora"\nrank = 4\nscalar = true\n'
+        '[[adapter.blocks]]\npattern = "ff"\nrank = 4\nalpha = 4.0\nscalar = "off"\n',
     ),
     # a GLoRA adapter's [[adapter.blocks]] (GloraBlock) too: a Diag-OFT / BOFT entry's own rescaled (issue 12)
     (

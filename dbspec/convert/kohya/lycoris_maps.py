@@ -1153,33 +1153,7 @@ def _blocks(
         )
         block["_why"] = f"kohya lycoris.kohya: the preset file's `{source}` {what}"
         out.append(block)
-    _glora_one_scalar(out, algo, network)
     return out
-
-
-def _glora_one_scalar(blocks: list[dict[str, Any]], algo: str, network: dict[str, Any]) -> None:
-    """PresetError for GLoRA entries' own use_scalar dbspec cannot build: on a GLoRA network (its adapter
-    takes one `scalar` for its layers), or beside another network's layers where two GLoRA entries' blocks
-    settle it differently (every GLoRA layer there is built in one pass: rules.glora_blocks_one_scalar)."""
-    glora = [b for b in blocks if b.get("kind") == "glora" or (not b.get("kind") and _algo(algo) == "glora")]
-    own = next((b for b in glora if "scalar" in b and _algo(algo) == "glora"), None)
-    network_scalar = bool(network["use_scalar"]) and _algo(algo) in _SCALAR_READERS
-    settled = {b.get("scalar", "on" if network_scalar else "off") for b in glora}
-    if own is None and len(settled) < 2:
-        return
-    first = own or next((b for b in glora if "scalar" in b), glora[0])
-    source = first["_why"].split("`")[1]
-    where = (
-        "on a GLoRA network, whose adapter takes one scalar"
-        if own
-        else f"(use_scalar {first.get('scalar', 'on' if network_scalar else 'off')}) where other GLoRA "
-        "layers of the file take the other"
-    )
-    raise PresetError(
-        f"`{source}` gives its GLoRA layers their own use_scalar {where}: dbspec builds every GLoRA layer "
-        "of a run with one use_scalar (a spec's DBS578)",
-        False,
-    )
 
 
 def map_blocks(
