@@ -13,7 +13,7 @@ import attrs
 from dbspec.compiler.fused import block_dora, fused_plan, split_fused_plan, targeted
 from dbspec.denoiser_layout import block_linear_in_out, denoiser_paths
 from dbspec.families import T5_LORA_TARGETS, family_spec, t5_text_encoders
-from dbspec.plan.model import BYPASS_KINDS, AdapterPlan, BlockPlan, FusedPlan
+from dbspec.plan.model import BYPASS_DROPOUT_KINDS, BYPASS_KINDS, AdapterPlan, BlockPlan, FusedPlan
 from dbspec.spec.model import LoraAdapter, LowRankAdapter
 
 # Parameters per (in + out) unit of rank, relative to LoRA's rank x (in + out): LoHa keeps two LoRA-shaped
@@ -283,7 +283,7 @@ def _host_output_dropout(adapter) -> float:
     dropout = getattr(adapter, "dropout", 0.0)
     kinds = {getattr(b, "kind", "adapter") for b in (*adapter.blocks, *adapter.text_encoder_blocks)}
     # GLoRA / T-LoRA blocks drop in their bypass forward alike (runtime/mixed_kinds.py kind_adapter)
-    readers = kinds & {"lora", "loha", "lokr", "glora", "tlora"}
+    readers = kinds & set(BYPASS_DROPOUT_KINDS)
     return dropout if getattr(adapter, "bypass", False) and readers else 0.0
 
 

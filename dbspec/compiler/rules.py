@@ -43,7 +43,7 @@ from dbspec.compiler.precision import any_text_encoder_trains, text_encoder_trai
 from dbspec.compiler.schedule import TORCH_SCHEDULES, WARMUP_SCHEDULES
 from dbspec.compiler.zero_group import ORDER_DEPENDENT, schedule_lifts_zero, zero_group_moves
 from dbspec.diagnostics import Diagnostic
-from dbspec.plan.model import BNB_OPTIMIZER_KINDS, denoiser_held, own_bypass_fits
+from dbspec.plan.model import BNB_OPTIMIZER_KINDS, BYPASS_DROPOUT_KINDS, denoiser_held, own_bypass_fits
 from dbspec.spec.check import anchor
 from dbspec.spec.load import RawSpec
 from dbspec.spec.model import (
@@ -1390,7 +1390,7 @@ def host_dropout_unread(spec: Spec, given: Given) -> Iterator[Hit]:
     if getattr(a, "kind", None) not in ("ia3", "dylora") or not getattr(a, "dropout", 0.0):
         return
     kinds = {b.kind for b in (*a.blocks, *a.text_encoder_blocks)}
-    if a.bypass and kinds & {"lora", "loha", "lokr", "glora", "tlora"}:
+    if a.bypass and kinds & set(BYPASS_DROPOUT_KINDS):
         return
     why = "no blocks of kind lora, loha, lokr, glora or tlora" if a.bypass else "bypass = false"
     module = "IA3Module" if a.kind == "ia3" else "DyLoraModule"
@@ -3697,7 +3697,7 @@ def mixed_output_dropout(a, ranks: bool = False) -> bool:
     inert = {"ia3", "boft", "dylora", *(() if getattr(a, "output_dropout", 0.0) else ("diag-oft",))}
     # GLoRA / T-LoRA blocks drop in their bypass forward too (runtime/mixed_kinds.py kind_adapter hands them
     # the output_dropout), GLoRA's masking its pairs' ranks, T-LoRA's none
-    readers = {"lora", "loha", "lokr", "glora", "tlora"}
+    readers = set(BYPASS_DROPOUT_KINDS)
     return (
         getattr(a, "kind", "none") in ("lora", "loha", "lokr")
         and {getattr(b, "kind", "adapter") for b in blocks} - {"adapter"} <= {*readers, *inert}

@@ -102,6 +102,9 @@ class ModelPlan:
 # the block kinds whose LyCORIS bypass forward differs from their default one (a lora / loha / lokr adapter's
 # `bypass`): Diag-OFT and BOFT rotate the bias too, DyLoRA adds its update unscaled, IA^3 scales the bias too
 BYPASS_KINDS = ("diag-oft", "boft", "dylora", "ia3")
+# the block kinds whose LyCORIS bypass forward drops its update by the network's dropout (LoConModule,
+# LohaModule, LokrModule, GLoRAModule, TLoraModule): an IA^3 / DyLoRA adapter's `dropout` reaches them alone
+BYPASS_DROPOUT_KINDS = ("lora", "loha", "lokr", "glora", "tlora")
 
 
 def own_bypass_fits(adapter: str, block: str) -> bool:

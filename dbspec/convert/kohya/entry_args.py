@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from dbspec.convert.common.core import Conversion, Legacy
+from dbspec.plan.model import BYPASS_DROPOUT_KINDS
 
 LOKR_ARGS = ("factor", "decompose_both", "unbalanced_factorization", "full_matrix")
 
@@ -80,7 +81,7 @@ def host_bypass_dropout(
     adapter's `dropout` (compiler rules.host_bypass_inert: their blocks' output_dropout; 0: inert). True when
     taken."""
     blocks = (*put.get("_blocks", ()), *put.get("_text_blocks", ()))
-    if not bypass or not {b.get("kind") for b in blocks} & {"lora", "loha", "lokr", "glora", "tlora"}:
+    if not bypass or not {b.get("kind") for b in blocks} & set(BYPASS_DROPOUT_KINDS):
         return False
     if "dropout" in kwargs:
         legacy = Legacy(key=f"{args.key} dropout", value=kwargs.pop("dropout"), source=args.source)
