@@ -3433,6 +3433,19 @@ IA3Module and DyLoraModule never read: it drops the update of the adapter's `[[a
 Without `bypass` or such blocks it changes nothing.""",
         help="remove adapter.dropout, or set bypass = true beside the lora / loha / lokr blocks it is for",
     ),
+    Code(
+        "DBS633",
+        ERROR,
+        "A T-LoRA adapter's k x k convolution outside its other kinds' blocks",
+        """\
+A `kind = "tlora"` adapter's `conv_targets` are the k x k convolutions its `[[adapter.blocks]]` of another
+`kind` (lora, loha, lokr, full, ia3, glora, diag-oft, boft, dylora: a LyCORIS preset file's entries of other
+algorithms on the ResNets of an `algo=tlora` network) adapt at their `conv_rank`; the T-LoRA layers take
+none, as LyCORIS's TLoraModule cannot run a k x k convolution (its 1x1 factors add an output of another
+size). A block of T-LoRA layers with a `conv_rank`, or `conv_targets` on a transformer family (no k x k
+convolution to give them), is refused.""",
+        help='give those convolutions a block of another kind (e.g. kind = "lora"), or remove the conv_rank',
+    ),
 )
 
 BY_CODE: dict[str, Code] = {row.code: row for row in CODES}

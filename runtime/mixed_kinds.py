@@ -92,6 +92,9 @@ def kind_adapter(adapter: AdapterPlan, kind: str, component: str = "") -> Adapte
     if not own and adapter.kind in ("full", "ia3"):  # no size of their own: every layer (its convolutions
         # among conv_targets) at its block's, the catch-all block above at rank 0
         extra.update(rank=1, alpha=1.0, conv_rank=1, conv_alpha=1.0)
+    if not own and adapter.kind == "tlora" and adapter.conv_targets:  # its blocks of other kinds' k x k
+        # convolutions (the T-LoRA layers take none: its conv_rank 0), each at its block's, the catch-all 0
+        extra.update(conv_rank=1, conv_alpha=1.0)
     # the kind's layers built in its blocks' bypass_mode: when they differ, in the default forward,
     # set_block_bypass then giving each layer its block's (DyLoRA's several blocks per layer build only
     # there); the adapter's own kind's, its own blocks' and the adapter's

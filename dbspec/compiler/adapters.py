@@ -322,6 +322,9 @@ def _tlora_plan(adapter, family: str, components, targets_given: bool) -> Adapte
         rank=adapter.rank,
         alpha=adapter.alpha,
         denoiser_targets=targets,
+        # the k x k convolutions its blocks of other kinds adapt at their conv_rank (runtime/mixed_kinds.py
+        # kind_adapter); no T-LoRA layer (conv_rank 0: its own pass never reaches them, DBS633)
+        conv_targets=tuple(adapter.conv_targets),
         text_encoder_targets=tuple(adapter.text_encoder_targets),
         text_encoder_2_targets=tuple(adapter.text_encoder_2_targets),
         text_encoder_norms=tuple(adapter.text_encoder_norms),  # LyCORIS train_norm (runtime/norm_offsets.py)
@@ -358,6 +361,9 @@ def _tlora_block(block, adapter) -> BlockPlan:
         kind=kind,
         rank=block.rank,
         alpha=block.alpha,  # a Diag-OFT / BOFT block's constraint
+        # a block of another kind's k x k convolutions (the adapter's conv_targets; DBS633 on T-LoRA layers)
+        conv_rank=getattr(block, "conv_rank", 0),
+        conv_alpha=getattr(block, "conv_alpha", 1.0),
         unit=block.unit,  # a DyLoRA block's (LyCORIS's block_size)
         sig_type=block.sig_type,
         data_init=block.data_init,  # LyCORIS's use_data_init (runtime/lycoris_tlora.py random_start)

@@ -3134,11 +3134,11 @@ def lycoris_rank_dropout_unfused(spec: Spec, given: Given) -> Iterator[Hit]:
 
 def _own_tucker(adapter, table: str, block) -> bool:
     """A block's Tucker form another rule than DBS576 weighs: a LoRA / LoHa adapter's (DBS579), or a full /
-    IA^3 / DyLoRA / GLoRA adapter's denoiser block of kind lora, loha or lokr (its kind's layers built alone,
-    mixed_kinds.kind_adapter)."""
+    IA^3 / DyLoRA / GLoRA / T-LoRA adapter's denoiser block of kind lora, loha or lokr (its kind's layers
+    built alone, mixed_kinds.kind_adapter; a T-LoRA adapter's on its conv_targets)."""
     if adapter.kind in ("lora", "loha"):
         return True
-    others = ("full", "ia3", "dylora", "glora")
+    others = ("full", "ia3", "dylora", "glora", "tlora")
     return adapter.kind in others and table == "blocks" and block.kind in _TUCKER_KINDS
 
 
@@ -3397,6 +3397,35 @@ def tlora_block_alpha(spec: Spec, given: Given) -> Iterator[Hit]:
                     "their constraint, may be 0)",
                     codes.help("DBS611"),
                 )
+
+
+@rule("spec")
+def tlora_block_conv(spec: Spec, given: Given) -> Iterator[Hit]:
+    """A T-LoRA adapter's k x k convolutions (its `conv_targets`, its blocks' `conv_rank`) are its blocks of
+    other kinds' alone, on a U-Net (runtime/mixed_kinds.py kind_adapter): DBS633 for a block of T-LoRA layers
+    with a conv_rank (TLoraModule cannot run a k x k convolution) and for conv_targets on a transformer
+    family (silent for family = "auto": the compiler runs it again with the detected family)."""
+    a = spec.adapter
+    if getattr(a, "kind", "") != "tlora":
+        return
+    for i, block in enumerate(a.blocks):
+        if block.conv_rank and block.kind in ("adapter", "tlora"):
+            yield _err(
+                "DBS633",
+                ("adapter", "blocks", i, "conv_rank"),
+                f"adapter.blocks[{i}].conv_rank = {block.conv_rank} on T-LoRA layers: a k x k convolution "
+                "takes a block of another kind on a tlora adapter (LyCORIS's TLoraModule cannot run one)",
+                codes.help("DBS633"),
+            )
+    family = FAMILIES.get(spec.model.family)
+    if a.conv_targets and family is not None and family.denoiser != "unet":
+        yield _err(
+            "DBS633",
+            ("adapter", "conv_targets"),
+            f"adapter.conv_targets = {a.conv_targets} on a tlora adapter on {family.title}: its blocks of "
+            "other kinds adapt k x k convolutions on a U-Net (SD 1.x/2.x, SDXL) only",
+            codes.help("DBS633"),
+        )
 
 
 # a T-LoRA block's own start (LyCORIS map entries' sig_type / use_data_init): the value that starts nothing

@@ -2448,7 +2448,8 @@ class TloraBlock:
     kind: BlockKind = option(
         "adapter",
         doc="The matched layers' adapter algorithm: `adapter` (T-LoRA), or `lora`, `loha`, `lokr`, `full`, "
-        "`ia3`, `glora`, `diag-oft`, `boft`, `dylora` in its place on their Linear and 1x1 layers (a LyCORIS "
+        "`ia3`, `glora`, `diag-oft`, `boft`, `dylora` in its place on their Linear and 1x1 layers (k x k "
+        "convolutions among `conv_targets` at `conv_rank` too; a LyCORIS "
         "preset file's `module_algo_map` / `name_algo_map` entry's `algo` on an `algo=tlora` network, SD "
         "1.x/2.x and SDXL), as `[[adapter.blocks]]` `kind`, built with that kind's defaults and the "
         "adapter's `module_dropout` (Diag-OFT / BOFT: the rank their block-size hint, the alpha their "
@@ -2468,6 +2469,16 @@ class TloraBlock:
         "T-LoRA layers (`kind` adapter or tlora: TLoraModule keeps the sign, see the adapter's `alpha`; "
         "DBS581 for other kinds)."
     )
+    conv_rank: int = option(
+        0,
+        doc="Rank of the matched k x k convolutions (among the adapter's `conv_targets`) of a block of "
+        "another `kind` (a LyCORIS preset file's entry of another algorithm on them: its dim, else the "
+        "network's conv_dim); 0 adapts none. T-LoRA layers take none (TLoraModule cannot run a k x k "
+        "convolution: DBS633). Up to 100000" + _LOKR_RANK + ".",
+        minimum=0,
+        maximum=LOKR_BLOCK_RANK_MAX,
+    )
+    conv_alpha: float = _signed_block_conv_alpha()
     unit: int = _block_unit()
     rescaled: BlockSwitch = _block_oft_rescaled()
     sig_type: Literal["principal", "last", "middle"] = _block_sig_type()
@@ -2482,6 +2493,7 @@ class TloraBlock:
         "unbalanced_factorization", "unbalanced_factorization"
     )
     rank_stabilized: BlockSwitch = _block_rank_stabilized()  # a block of kind lokr (its entry's rs_lora)
+    tucker: BlockSwitch = _block_tucker()  # a block of kind lora / loha / lokr (k x k convolutions)
     scalar: BlockSwitch = _block_scalar()
     dora: BlockSwitch = _block_dora()  # a block of kind lora / loha / lokr (TLoraModule never decomposes)
     dora_axis: Literal["adapter", "output", "input"] = _block_dora_axis()
@@ -2525,6 +2537,13 @@ class TloraAdapter:
     denoiser_norms: list[str] = _denoiser_norms()
     # TLoraModule never reads the network's rank_dropout: the offsets' own (0 unless set), as DyLoRA's
     norm_rank_dropout: float = _norm_rank_dropout(own=False)
+    conv_targets: list[str] = option(
+        factory=list,
+        doc="Denoiser k x k convolution names (suffixes) that `[[adapter.blocks]]` of another `kind` may "
+        "adapt at their `conv_rank` (a LyCORIS preset file's entries of other algorithms on the ResNets' "
+        "convolutions of an `algo=tlora` network); the T-LoRA layers never take one (TLoraModule cannot "
+        "run a k x k convolution). Empty: no convolution.",
+    )
     module_dropout: float = option(
         0.0,
         doc="Skip a layer's whole update with this probability while training (LyCORIS `module_dropout`: "

@@ -39,15 +39,25 @@ HELD["glora"] = "a1.weight"
 HELD.update({"diag-oft": "oft_blocks", "boft": "oft_blocks"})
 
 
-def alike(pipe, tmp_path, monkeypatch, algo: str, ff: str, geglu: str, args: dict[str, str], own: str = ""):  # noqa: F811
-    """The file (TEXT, the FeedForward entry given `own` options too) converted with network `algo` and
+def alike(
+    pipe,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    algo: str,
+    ff: str,
+    geglu: str,
+    args: dict[str, str],
+    own: str = "",
+    text: str = "",
+):
+    """The file (`text`, else TEXT; the `ff` entry given `own` options too) converted with network `algo` and
     `args` (module_dropout 0.3 added); our U-Net as the run prepares it (every trained tensor moved) and
     lycoris-lora's from the same, our weights loaded: the plan's adapter after calm_then_dropped and
     grads_as_lycoris pass (a full network's own layers compared by their outputs alone: FullModule trains
     the weight, the file holds its difference)."""
     args = {**args, "module_dropout": "0.3"}
     given = " ".join(f'"{k}={v}"' for k, v in args.items())
-    text = TEXT.format(ff=ff, geglu=geglu).replace(f'algo = "{ff}"\n', f'algo = "{ff}"\n{own}', 1)
+    text = (text or TEXT).format(ff=ff, geglu=geglu).replace(f'algo = "{ff}"\n', f'algo = "{ff}"\n{own}', 1)
     path, plan = _converted_plan(tmp_path, "dropouts", algo, given, text=text)
     a = plan.adapter
     ours = _ours(pipe, plan)  # as the run prepares it, every trained tensor moved (no update 0)

@@ -15,6 +15,7 @@ from convert_kit import (
     SDXL,
     codes,
     errors,
+    expressible,
     fate,
     images,
     kohya,
@@ -183,12 +184,22 @@ _FILE = 'unet_target_module = ["Transformer2DModel"]\nunet_target_name = []\n'
             "",
             "",
         ),
+        # entries of other algorithms on the ResNets' k x k convolutions: the adapter's conv_targets, their
+        # blocks' conv_rank (was DBS403; tests/runtime/test_lycoris_tlora_conv_entries.py); a T-LoRA entry
+        # there stops kohya (DBS402)
         (
             "entry convolution",
             _FILE.replace('"]', '", "ResnetBlock2D"]', 1)
             + '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
-            "DBS403",
-            "Linear and 1x1 layers only",
+            "",
+            "",
+        ),
+        (
+            "own convolution beside entries",
+            _FILE.replace('"]', '", "ResnetBlock2D", "Downsample2D"]', 1)
+            + '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n',
+            "DBS402",
+            "k x k convolutions (conv) a T-LoRA module",
         ),
         ("sig_type", _FILE + '[module_algo_map.Transformer2DModel]\nsig_type = "last"\n', "", ""),
         (
@@ -219,6 +230,19 @@ def test_tlora_preset_files(tmp_path, name, text, code, words):
         return
     assert code in codes(outcome), (name, errors(outcome))
     assert words in messages(outcome, code), name
+
+
+def test_tlora_network_resnet_entries_are_conv_blocks(tmp_path):
+    """LoCon entries on the ResNets of an algo=tlora network (was DBS403): the adapter's conv_targets (the
+    k x k convolutions they reach), their block's conv_rank at conv_dim (network_dim by default: LyCORIS's),
+    the T-LoRA layers on none (tests/runtime/test_lycoris_tlora_conv_entries.py against lycoris-lora)."""
+    text = _FILE.replace('"]', '", "ResnetBlock2D"]', 1) + '[module_algo_map.ResnetBlock2D]\nalgo = "locon"\n'
+    write(tmp_path / "p.toml", text)
+    a = plan_of(
+        expressible(_lycoris(tmp_path, '"algo=tlora", "preset=p.toml", "conv_dim=6"')), tmp_path
+    ).adapter
+    assert (a.kind, a.conv_rank, a.conv_targets) == ("tlora", 0, ("conv1", "conv2"))
+    assert [(b.kind, b.rank, b.conv_rank) for b in a.blocks] == [("lora", 8, 6)]
 
 
 def test_tlora_entries_own_dims_are_blocks(tmp_path):

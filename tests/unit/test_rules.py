@@ -2460,6 +2460,21 @@ CASES = [
         DOG + STEPS + '[adapter]\nkind = "dylora"\nrank = 4\n'
         '[[adapter.blocks]]\npattern = "ff"\nkind = "lokr"\nrank = 4\nalpha = 4.0\nscalar = "on"\n',
     ),
+    # a T-LoRA adapter's k x k convolutions: its blocks of other kinds' alone, on a U-Net (issue 12)
+    (
+        rules.tlora_block_conv,
+        DOG + STEPS + '[adapter]\nkind = "tlora"\nrank = 4\nconv_targets = ["conv1"]\n'
+        '[[adapter.blocks]]\npattern = "resnets"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n',
+        [("DBS633", "error", ("adapter", "blocks", 0, "conv_rank"))],
+        DOG + STEPS + '[adapter]\nkind = "tlora"\nrank = 4\nconv_targets = ["conv1"]\n'
+        '[[adapter.blocks]]\npattern = "resnets"\nkind = "lora"\nrank = 4\nalpha = 4.0\nconv_rank = 4\n',
+    ),
+    (
+        rules.tlora_block_conv,
+        'family = "flux"\n' + DOG + STEPS + '[adapter]\nkind = "tlora"\nrank = 4\nconv_targets = ["proj"]\n',
+        [("DBS633", "error", ("adapter", "conv_targets"))],
+        DOG + STEPS + '[adapter]\nkind = "tlora"\nrank = 4\n',
+    ),
     # a GLoRA adapter's own blocks take a scalar of their own (each GLoRA layer its block's: issue 12, was
     # DBS625), a T-LoRA adapter's own not
     (

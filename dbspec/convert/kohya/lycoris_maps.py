@@ -714,7 +714,7 @@ def _switch_expressed(key: str, algo: str, layers: list[Layer], network: dict[st
     own = _algo(algo)
     if key == "use_scalar":
         return own in (*_SCALAR_READERS, *_SCALAR_TO_ENTRIES)
-    if key == "use_tucker":  # a T-LoRA network's entries: Linear and 1x1 layers alone (_beside_tlora)
+    if key == "use_tucker":  # a T-LoRA network's entries' k x k convolutions: their blocks' (network_tucker)
         return own in (*_BLOCK_KINDS, "tlora")
     if key == "full_matrix":
         return own == "lokr" or (own in _LOKR_OWN_NETWORKS and "lokr" in kinds) or "lokr" not in kinds
@@ -757,7 +757,7 @@ def _mixed_kinds(
     if not unet:
         return other
     if _algo(algo) == "tlora":
-        _beside_tlora(unet, network)
+        _beside_tlora(unet, network, flow)
     first = unet[0]
     # the network's dora_wd: the adapter's dora on a LoRA/LoCon, LoHa or LoKr network; on a GLoRA / DyLoRA
     # one (whose adapter takes none) the `dora` of its LoCon / LoHa / LoKr entries' blocks, as LyCORIS hands
@@ -874,13 +874,14 @@ _TLORA_BLOCK_OWN["ia3"] = ("train_on_input",)  # its block's `on_input` (_input_
 # `factor` and switches (spec TloraBlock; runtime/mixed_kinds.py builds each kind alone)
 # and their own rs_lora (its block's alpha x sqrt(dim), a LoKr block's `rank_stabilized`)
 _TLORA_BLOCK_OWN.update(
-    lora=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora"),
-    loha=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora"),
+    lora=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora", "use_tucker"),
+    loha=("use_scalar", "weight_decompose", "wd_on_out", "rs_lora", "use_tucker"),
 )
 _TLORA_BLOCK_OWN["glora"] = ("use_scalar", "rs_lora")  # its block's `scalar` (every GLoRA block alike)
 _TLORA_BLOCK_OWN["lokr"] = (
     "rs_lora",
     "use_scalar",
+    "use_tucker",
     "weight_decompose",
     "wd_on_out",
     "factor",
@@ -903,10 +904,11 @@ _TLORA_RANK_DROPOUT = ("lora", "loha", "full", "ia3", "diag-oft", "boft", "glora
 _TLORA_OFT_ENTRIES = ("diag-oft", "boft")
 
 
-def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
+def _beside_tlora(layers: list[Layer], network: dict[str, Any], flow: bool = False) -> None:
     """PresetError for entries of other algorithms on an algo=tlora network (spec TloraBlock `kind`) that a
-    T-LoRA adapter's blocks do not build: on a k x k convolution (the T-LoRA adapter has no convolution rank,
-    LyCORIS's create_single_module gives them conv_dim), with an option of their own its block does not carry
+    T-LoRA adapter's blocks do not build: on a k x k convolution on Flux / SD3 / Chroma (`flow`; on a U-Net
+    their blocks' conv_rank, the adapter's conv_targets: LyCORIS's create_single_module gives them the
+    entry's dim, else conv_dim), with an option of their own its block does not carry
     (_TLORA_BLOCK_OWN), or beside a network option those modules read that their blocks do not carry
     (_TLORA_NETWORK_OFF; the network's module_dropout reaches them, its constraint / rescaled the Diag-OFT /
     BOFT blocks', its block_size the DyLoRA blocks' `unit`, its use_scalar and LoKr split and switches the
@@ -918,10 +920,11 @@ def _beside_tlora(layers: list[Layer], network: dict[str, Any]) -> None:
     network.py); a Diag-OFT layer in bypass_mode with that dropout stops kohya (DBS402,
     _oft_bypass_dropout, in check_layers)."""
     conv = next((layer for layer in layers if layer.kind == "conv"), None)
-    if conv is not None:
+    if conv is not None and flow:
         raise PresetError(
             f"`{conv.source}` gives {conv.path} (a k x k convolution) algo = {conv.algo!r} on an algo=tlora "
-            "network: dbspec's T-LoRA adapter takes blocks of other kinds on Linear and 1x1 layers only",
+            "network: dbspec's T-LoRA adapter takes blocks of other kinds on Linear and 1x1 layers only on "
+            "Flux, SD3 and Chroma",
             False,
         )
 
@@ -1209,7 +1212,9 @@ def map_blocks(
         # a LoKr network's own LoKr layers too on SD 1.x/2.x / SDXL (their pass keeps its blocks' own:
         # runtime/mixed_kinds.py kind_adapter, adapters.add_lora's block_rank_stabilized)
         mixed_rank_stabilized([*unet, *text], rank_stabilized=_algo(algo) == "lokr")
-    if kind in ("dylora", "glora") and kinds and sd:  # the network's use_tucker on its entries' k x k
+    if (
+        kind in ("dylora", "glora", "tlora") and kinds and sd
+    ):  # the network's use_tucker on its entries' k x k
         network_tucker(unet, network)  # convolutions (on SD3's patch: lycoris_flux._mixed_patch_tucker)
     for block in [*unet, *text]:
         high = max(block["rank"], block.get("conv_rank", 0))

@@ -337,6 +337,7 @@ def _map_network(
     put: dict[str, Any] = {}
     targets_note = ""
     file_convs = False  # a preset file's convolutions: with conv_dim 0 only those a map entry gives a dim
+    own_convs = None  # a preset file's k x k convolutions of the network's own algorithm (None: every one)
     train_norm = None  # LyCORIS's train_norm, on (its str_bool)
     if lycoris and _str_bool(kwargs.get("train_norm", "false")):
         train_norm = Legacy(key=f"{args.key} train_norm", value=kwargs.pop("train_norm"), source=args.source)
@@ -366,6 +367,10 @@ def _map_network(
             norm_table = found.norms
             unet, text, conv_targets = found.denoiser, found.text_encoder, found.convs
             file_convs = bool(conv_targets)
+            # the k x k convolutions of the network's own algorithm (a T-LoRA network's: kohya stops, _tlora)
+            own_convs = sorted(
+                {p.rsplit(".", 1)[-1] for p, x in found.unet.items() if x.kind == "conv" and x.algo == algo}
+            )
             if found.text_encoder_2 is not None:  # SDXL's two encoders adapt different layers
                 put["text_encoder_2_targets"] = found.text_encoder_2
             targets_note = f"kohya lycoris.kohya: the layers LyCORIS builds for preset {preset}"
@@ -466,7 +471,8 @@ def _map_network(
     if kind == "tlora":
         if _decomposing_blocks(put):  # its LoCon / LoHa / LoKr entries' blocks' own `dora` / `dora_axis`
             kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)  # (lycoris_maps._network_dora)
-        if not _tlora(kwargs, (preset, list(conv_targets)), (dim, alpha), dropout, applied, put, args, conv):
+        convs = (list(conv_targets), list(conv_targets) if own_convs is None else own_convs)
+        if not _tlora(kwargs, (preset, *convs), (dim, alpha), dropout, applied, put, args, conv):
             return None
     elif kind in _WHOLE_LAYER_KINDS:
         if kind in ("full", "ia3") and _decomposing_blocks(put):  # their LoCon / LoHa / LoKr entries' modules
@@ -490,8 +496,8 @@ def _map_network(
     ):  # LyCORIS hands them to its LoCon / LoHa /
         # LoKr entries' modules: those blocks' own `dora` / `dora_axis` (lycoris_maps._network_dora)
         kwargs.pop("dora_wd", None), kwargs.pop("wd_on_output", None)
-    if kind in ("glora", "dylora"):  # LyCORIS hands use_tucker to its LoCon / LoHa / LoKr entries' modules
-        entries_tucker(kwargs, put, args, conv)
+    if kind in ("glora", "dylora", "tlora"):  # LyCORIS hands use_tucker to its LoCon / LoHa / LoKr entries'
+        entries_tucker(kwargs, put, args, conv)  # modules
     if kind == "glora":
         _glora(kwargs, dim, alpha, dropout, put, unsupported, args, conv)
     if kind == "dylora":
@@ -1170,11 +1176,13 @@ def _tlora(
     (the generic mapping; alpha 0 is the rank, a negative one keeps its sign: TLoraModule's scale alpha /
     rank). conv_dim (defaulting to network_dim, 0 too) gives every k x k
     convolution a preset reaches a TLoraModule whose 1x1 factors' output has another size: kohya stops at the
-    first forward (False, reported), unless apply_to drops the U-Net's modules. `dropout` acts only in its
-    bypass forward (bypass_mode: the adapter's `bypass`, or a preset entry's own: its block's); module_dropout
-    is the adapter's; the rest is never read. `reach`: the preset and its k x k convolutions; `dims`:
-    network_dim and network_alpha."""
-    (preset, conv_targets), (dim, alpha) = reach, dims
+    first forward (False, reported), unless apply_to drops the U-Net's modules; a preset file's entries of
+    other algorithms on them build their own modules there (the adapter's `conv_targets`, their blocks'
+    conv_rank: lycoris_maps._beside_tlora). `dropout` acts only in its bypass forward (bypass_mode: the
+    adapter's `bypass`, or a preset entry's own: its block's); module_dropout is the adapter's; the rest is
+    never read. `reach`: the preset, its k x k convolutions and those of T-LoRA layers; `dims`: network_dim
+    and network_alpha."""
+    (preset, all_convs, conv_targets), (dim, alpha) = reach, dims
     if conv_targets and applied[1]:
         conv.invalid(
             f"{args.key} preset",
@@ -1189,6 +1197,8 @@ def _tlora(
         )
         return False
     put.pop("conv_targets", None)
+    if any(b.get("conv_rank") for b in put.get("_blocks", ())):  # its entries' of other algorithms
+        put["conv_targets"] = all_convs
     for key, why in _TLORA_UNREAD.items():
         if key in kwargs:
             conv.ignored(Legacy(key=f"{args.key} {key}", value=kwargs.pop(key), source=args.source), why)
