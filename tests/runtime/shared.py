@@ -81,3 +81,42 @@ def moved_components(plan, text_encoder: bool = False, seed: int = 4):
                 if p.requires_grad:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     return comps
+
+
+def resumes_bit_exact(spec: Path, base: list[str], whole) -> list[str]:
+    """The spec's run (`base` overrides) stopped after one step and resumed: its losses are those of the
+    uninterrupted `whole` run and every file it saves is bit-identical; the files' paths."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dbspec.runtime.execute import execute
+    from tests.runtime.runspec import compile_spec
+
+    split = compile_spec(spec, [*base, "output.dir=parts"])
+    first = execute(split, stop_after=1)
+    resumed = execute(split, resume=True)
+    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
+    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
+    for name in files:
+        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    return files
+
+
+def reloads_as_trained(plan, whole):
+    """`dbspec sample`'s reload of the run's adapter folders (runtime/sample.py load_pipeline): its U-Net's
+    output on fixed inputs is the trained one's (`whole`, run with keep_models); the reloaded U-Net."""
+    import torch
+
+    from dbspec.runtime.sample import SampleRequest, load_pipeline
+
+    trained = whole.components.unet
+    again = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation)).unet
+    again = again.to(trained.device, trained.dtype)
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, trained.config.in_channels, 8, 8, generator=g)
+    context = torch.randn(1, 7, trained.config.cross_attention_dim, generator=g)
+    trained.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(sample, 500, context).sample, trained(sample, 500, context).sample)
+    return again

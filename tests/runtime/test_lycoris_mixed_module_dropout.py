@@ -9,11 +9,9 @@ and resumes bit-exact."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from dbspec.runtime.adapters import add_lora
@@ -221,15 +219,9 @@ def test_mixed_module_dropout_trains_and_resumes(pipe, tmp_path):  # noqa: F811
     assert plan.adapter.module_dropout == 0.5
     from tests.unit.convert_kit import out_path
 
+    from tests.runtime.shared import resumes_bit_exact
+
     spec = out_path(tmp_path)
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2"]
     whole = execute(compile_spec(spec, [*base, "output.dir=whole"]))
-    split = compile_spec(spec, [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
-    assert "unet/full/adapter_model.safetensors" in files
-    for name in files:
-        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+    assert "unet/full/adapter_model.safetensors" in resumes_bit_exact(spec, base, whole)

@@ -281,14 +281,10 @@ def test_glora_entries_own_scalar_train_resume_and_reload(tmp_path):
     steps (those scalars move off 0, the network's own layers have none); stopped after one and resumed, the
     losses and files are bit-identical; `dbspec sample`'s reload of the adapter folders (runtime/weights.py:
     each layer's scalar as its saved state holds one) gives the trained U-Net's output."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     from dbspec.runtime.execute import execute
     from dbspec.runtime.lycoris_glora import GloraLayer
-    from dbspec.runtime.sample import SampleRequest, load_pipeline
     from tests.runtime.runspec import compile_spec
+    from tests.runtime.shared import reloads_as_trained, resumes_bit_exact
     from tests.unit.convert_kit import out_path
 
     text = SWITCHES.format(glora=GLORA + "use_scalar = true\n")
@@ -296,28 +292,14 @@ def test_glora_entries_own_scalar_train_resume_and_reload(tmp_path):
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "optimizer.lr=1e-2"]
     plan = compile_spec(out_path(tmp_path), [*base, "output.dir=whole"])
     whole = execute(plan, keep_models=True)
-    trained = whole.components.unet
-    layers = {n: m for n, m in trained.named_modules() if isinstance(m, GloraLayer)}
+    layers = {n: m for n, m in whole.components.unet.named_modules() if isinstance(m, GloraLayer)}
     scaled = {n for n, m in layers.items() if "default" in m.lora_glora_scalar}
     assert scaled == {"time_embedding.linear_1"} and len(layers) > 1
     assert float(layers["time_embedding.linear_1"].lora_glora_scalar["default"]) != 0.0
-    split = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    for name in sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors")):
-        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-    again = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation)).unet
-    again = again.to(trained.device, trained.dtype)
+    resumes_bit_exact(out_path(tmp_path), base, whole)
+    again = reloads_as_trained(plan, whole)
     reloaded = {n for n, m in again.named_modules() if isinstance(m, GloraLayer) and m.lora_glora_scalar}
     assert reloaded == scaled
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, trained.config.in_channels, 8, 8, generator=g)
-    context = torch.randn(1, 7, trained.config.cross_attention_dim, generator=g)
-    trained.eval(), again.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(again(sample, 500, context).sample, trained(sample, 500, context).sample)
 
 
 @pytest.mark.parametrize("algo", ["glora", "locon"])

@@ -74,15 +74,11 @@ def test_tlora_network_with_locon_resnets_trains_resumes_and_reloads(tmp_path):
     """A T-LoRA network with LoCon entries on the ResNets trains 2 steps (the convolutions' LoCon layers
     move); stopped after one and resumed, the losses and files are bit-identical; `dbspec sample`'s reload
     of the adapter folders gives the trained U-Net's output."""
-    from pathlib import Path
-
-    import torch
     from peft.tuners.lora import LoraLayer
-    from safetensors.torch import load_file
 
     from dbspec.runtime.execute import execute
-    from dbspec.runtime.sample import SampleRequest, load_pipeline
     from tests.runtime.runspec import compile_spec
+    from tests.runtime.shared import reloads_as_trained, resumes_bit_exact
     from tests.runtime.test_lycoris_algo_maps import _converted_plan
     from tests.unit.convert_kit import out_path
 
@@ -90,27 +86,11 @@ def test_tlora_network_with_locon_resnets_trains_resumes_and_reloads(tmp_path):
     base = ["model.base=builtin:tiny-sd1", "schedule.steps=2", "optimizer.lr=1e-2"]
     plan = compile_spec(out_path(tmp_path), [*base, "output.dir=whole"])
     whole = execute(plan, keep_models=True)
-    trained = whole.components.unet
-    conv = trained.get_submodule("down_blocks.0.resnets.0.conv1")
+    conv = whole.components.unet.get_submodule("down_blocks.0.resnets.0.conv1")
     assert isinstance(conv, LoraLayer) and float(conv.lora_B["default"].weight.abs().sum()) > 0
-    split = compile_spec(out_path(tmp_path), [*base, "output.dir=parts"])
-    first = execute(split, stop_after=1)
-    resumed = execute(split, resume=True)
-    assert resumed.status == "finished" and first.losses + resumed.losses == whole.losses
-    files = sorted(str(p.relative_to(whole.final)) for p in Path(whole.final).rglob("*.safetensors"))
-    assert "unet/lora/adapter_model.safetensors" in files
-    for name in files:
-        x, y = load_file(str(Path(whole.final) / name)), load_file(str(Path(resumed.final) / name))
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
-    again = load_pipeline(SampleRequest(source=Path(whole.output), settings=plan.validation)).unet
-    again = again.to(trained.device, trained.dtype)
+    assert "unet/lora/adapter_model.safetensors" in resumes_bit_exact(out_path(tmp_path), base, whole)
+    again = reloads_as_trained(plan, whole)
     assert isinstance(again.get_submodule("down_blocks.0.resnets.0.conv1"), LoraLayer)
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(1, trained.config.in_channels, 8, 8, generator=g)
-    context = torch.randn(1, 7, trained.config.cross_attention_dim, generator=g)
-    trained.eval(), again.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(again(sample, 500, context).sample, trained(sample, 500, context).sample)
 
 
 @pytest.mark.parametrize(
